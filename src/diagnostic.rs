@@ -1,0 +1,367 @@
+//! Diagnostics: a problem found in a user's file, with the file, line, column, the offending line
+//! and a hint, rendered the way a compiler would.
+//!
+//! Every stage that reads user input collects [`Diagnostic`]s instead of stopping at the first
+//! problem. This module only formats; it never reads files (the [`SourceMap`] is filled by the
+//! caller) and never prints.
+
+use std::fmt::Write as _;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// Index of a file in a [`SourceMap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId(pub usize);
+
+/// A place in a user's file: which file and which bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: FileId,
+    pub span: Range<usize>,
+}
+
+impl Location {
+    pub fn new(file: FileId, span: Range<usize>) -> Self {
+        Location { file, span }
+    }
+}
+
+/// The text of every file read, so that diagnostics can quote them.
+#[derive(Debug, Default, Clone)]
+pub struct SourceMap {
+    files: Vec<SourceFile>,
+}
+
+#[derive(Debug, Clone)]
+struct SourceFile {
+    path: PathBuf,
+    text: String,
+    line_starts: Vec<usize>,
+}
+
+impl SourceMap {
+    pub fn add(&mut self, path: impl Into<PathBuf>, text: String) -> FileId {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        self.files.push(SourceFile {
+            path: path.into(),
+            text,
+            line_starts,
+        });
+        FileId(self.files.len() - 1)
+    }
+
+    pub fn path(&self, file: FileId) -> &Path {
+        &self.files[file.0].path
+    }
+
+    pub fn text(&self, file: FileId) -> &str {
+        &self.files[file.0].text
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = FileId> + '_ {
+        (0..self.files.len()).map(FileId)
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    pub fn line_col(&self, file: FileId, offset: usize) -> (usize, usize) {
+        let f = &self.files[file.0];
+        let offset = offset.min(f.text.len());
+        let line = match f.line_starts.binary_search(&offset) {
+            Ok(i) => i,
+            Err(i) => i - 1,
+        };
+        let start = f.line_starts[line];
+        let col = f.text[start..floor_char_boundary(&f.text, offset)]
+            .chars()
+            .count();
+        (line + 1, col + 1)
+    }
+
+    fn line_text(&self, file: FileId, line: usize) -> &str {
+        let f = &self.files[file.0];
+        let start = f.line_starts[line - 1];
+        let end = f
+            .line_starts
+            .get(line)
+            .map(|e| e - 1)
+            .unwrap_or(f.text.len());
+        f.text[start..end].trim_end_matches('\r')
+    }
+
+    /// `path:line:col` of a location.
+    pub fn describe(&self, loc: &Location) -> String {
+        let (line, col) = self.line_col(loc.file, loc.span.start);
+        format!("{}:{}:{}", self.path(loc.file).display(), line, col)
+    }
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// How bad a diagnostic is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One problem found in the user's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub message: String,
+    pub location: Option<Location>,
+    /// A short label under the caret.
+    pub label: Option<String>,
+    pub hint: Option<String>,
+    /// Other places worth quoting (e.g. the first definition of a duplicate id).
+    pub notes: Vec<(String, Location)>,
+}
+
+impl Diagnostic {
+    pub fn error(message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Error,
+            message: message.into(),
+            location: None,
+            label: None,
+            hint: None,
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn warning(message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(message)
+        }
+    }
+
+    pub fn at(mut self, location: Location) -> Self {
+        self.location = Some(location);
+        self
+    }
+
+    pub fn at_opt(mut self, location: Option<Location>) -> Self {
+        self.location = location;
+        self
+    }
+
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn hint_opt(mut self, hint: Option<String>) -> Self {
+        self.hint = hint;
+        self
+    }
+
+    pub fn note(mut self, text: impl Into<String>, location: Location) -> Self {
+        self.notes.push((text.into(), location));
+        self
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+
+    /// Renders the diagnostic like a compiler message, quoting the offending line.
+    pub fn render(&self, sources: &SourceMap) -> String {
+        let mut out = String::new();
+        let word = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        let _ = writeln!(out, "{word}: {}", self.message);
+        if let Some(loc) = &self.location {
+            quote(&mut out, sources, loc, self.label.as_deref());
+        }
+        for (text, loc) in &self.notes {
+            let _ = writeln!(out, "   = note: {text}");
+            quote(&mut out, sources, loc, None);
+        }
+        if let Some(hint) = &self.hint {
+            let _ = writeln!(out, "   = hint: {hint}");
+        }
+        out
+    }
+}
+
+fn quote(out: &mut String, sources: &SourceMap, loc: &Location, label: Option<&str>) {
+    let (line, col) = sources.line_col(loc.file, loc.span.start);
+    let text = sources.line_text(loc.file, line);
+    let gutter = line.to_string().len();
+    let pad = " ".repeat(gutter);
+    let _ = writeln!(out, "{pad}--> {}", sources.describe(loc));
+    let _ = writeln!(out, "{pad} |");
+    let _ = writeln!(out, "{line} | {text}");
+    // The caret covers the span, clipped to the first line.
+    let line_chars = text.chars().count();
+    let span_text = &sources.text(loc.file)
+        [floor_char_boundary(sources.text(loc.file), loc.span.start)
+            ..floor_char_boundary(
+                sources.text(loc.file),
+                loc.span.end.min(sources.text(loc.file).len()),
+            )];
+    let span_chars = span_text
+        .split('\n')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .count()
+        .max(1)
+        .min(line_chars.saturating_sub(col - 1).max(1));
+    let _ = write!(
+        out,
+        "{pad} | {}{}",
+        " ".repeat(col - 1),
+        "^".repeat(span_chars)
+    );
+    match label {
+        Some(label) => {
+            let _ = writeln!(out, " {label}");
+        }
+        None => out.push('\n'),
+    }
+}
+
+/// All diagnostics of a stage, with the sources needed to show them.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub sources: SourceMap,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Report {
+    pub fn errors(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.is_error()).count()
+    }
+
+    pub fn warnings(&self) -> usize {
+        self.diagnostics.len() - self.errors()
+    }
+
+    /// Every diagnostic rendered, then a count.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for d in &self.diagnostics {
+            out.push_str(&d.render(&self.sources));
+            out.push('\n');
+        }
+        let (e, w) = (self.errors(), self.warnings());
+        if e > 0 {
+            let _ = writeln!(
+                out,
+                "{} error{} and {} warning{} found",
+                e,
+                plural(e),
+                w,
+                plural(w)
+            );
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.render())
+    }
+}
+
+pub(crate) fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// The closest candidate to `name`, when it is close enough to be a likely typo.
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let name_l = name.to_lowercase();
+    let mut best: Option<(usize, &str)> = None;
+    for c in candidates {
+        let d = edit_distance(&name_l, &c.to_lowercase());
+        let limit = (name.chars().count().max(c.chars().count()) / 3).max(1);
+        let normalised_equal = normalise(name) == normalise(c);
+        if (d <= limit || normalised_equal) && best.is_none_or(|(bd, _)| d < bd) {
+            best = Some((d, c));
+        }
+    }
+    best.map(|(_, c)| format!("did you mean `{c}`?"))
+}
+
+fn normalise(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        cur[0] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_names_only() {
+        let names = ["erp-db", "erp-app", "directory"];
+        assert_eq!(
+            did_you_mean("erp_db", names).as_deref(),
+            Some("did you mean `erp-db`?")
+        );
+        assert_eq!(
+            did_you_mean("directroy", names).as_deref(),
+            Some("did you mean `directory`?")
+        );
+        assert_eq!(did_you_mean("print", names), None);
+    }
+
+    #[test]
+    fn line_and_column_are_one_based_and_count_characters() {
+        let mut map = SourceMap::default();
+        let f = map.add("a.toml", "x = 1\né = \"y\"\n".to_string());
+        assert_eq!(map.line_col(f, 0), (1, 1));
+        let at_y = map.text(f).find('"').unwrap();
+        assert_eq!(map.line_col(f, at_y), (2, 5));
+    }
+
+    #[test]
+    fn renders_file_line_caret_and_hint() {
+        let mut map = SourceMap::default();
+        let f = map.add("inv/h.toml", "[hosts.a]\nsite = \"pari\"\n".to_string());
+        let start = map.text(f).find("\"pari\"").unwrap();
+        let d = Diagnostic::error("unknown site `pari`")
+            .at(Location::new(f, start..start + 6))
+            .hint("did you mean `paris`?");
+        let text = d.render(&map);
+        assert!(text.contains("--> inv/h.toml:2:8"), "{text}");
+        assert!(text.contains("2 | site = \"pari\""), "{text}");
+        assert!(text.contains("  |        ^^^^^^"), "{text}");
+        assert!(text.contains("= hint: did you mean `paris`?"), "{text}");
+    }
+}

@@ -1,0 +1,13 @@
+//! Exit codes of the `reprise` binary: a documented, stable contract for scripts and cron.
+
+/// Everything went as asked.
+pub const OK: u8 = 0;
+/// The operation ran and failed (reserved for runs: a step failed, a service is not recovered).
+pub const FAILED: u8 = 1;
+/// The command line is wrong (unknown option, missing argument): clap's own code.
+pub const USAGE: u8 = 2;
+/// The inventory or runbooks are invalid (syntax, unknown keys, references, cycles, templates,
+/// site rules), or the command names something they do not define.
+pub const INVALID_INPUT: u8 = 3;
+/// A file or folder could not be read or written.
+pub const IO: u8 = 4;

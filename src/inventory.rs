@@ -1,0 +1,581 @@
+//! The inventory: sites, hosts, services, VMs, backup sets and hypervisor drivers, read from
+//! `inventory/*.toml` (all files merged) and checked for references between them.
+//!
+//! Loading is pure: it takes the files' text (see [`crate::sources`]) and returns the model and
+//! every problem found. It must not reach the network or the clock.
+
+use indexmap::IndexMap;
+use toml::de::DeValue;
+
+use crate::diagnostic::{Diagnostic, FileId, Location, did_you_mean};
+use crate::duration::Duration;
+use crate::fields::{Sp, Table, Value, parse_document, type_name};
+use crate::sources::Sources;
+
+pub const SITE_ROLES: &[&str] = &["primary", "recovery", "remote"];
+pub const HOST_ROLES: &[&str] = &[
+    "hypervisor",
+    "storage",
+    "firewall",
+    "vpn",
+    "domain-controller",
+    "app-server",
+    "database",
+    "file-server",
+    "print-server",
+    "remote-access",
+    "backup",
+    "ups",
+    "switch",
+    "management",
+];
+pub const SERVICE_KINDS: &[&str] = &[
+    "power",
+    "network",
+    "firewall",
+    "vpn",
+    "storage",
+    "hypervisor",
+    "vm",
+    "directory",
+    "database",
+    "application",
+    "file",
+    "print",
+    "remote-access",
+    "backup",
+];
+
+/// What a site is for in a recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SiteRole {
+    Primary,
+    Recovery,
+    Remote,
+}
+
+impl SiteRole {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "primary" => SiteRole::Primary,
+            "recovery" => SiteRole::Recovery,
+            "remote" => SiteRole::Remote,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SiteRole::Primary => "primary",
+            SiteRole::Recovery => "recovery",
+            SiteRole::Remote => "remote",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub id: String,
+    pub description: Option<String>,
+    pub role: SiteRole,
+    pub loc: Location,
+}
+
+/// A variable's value: plain text, or a secret read from the environment when a step runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VarValue {
+    Text(String),
+    Secret { env: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub id: String,
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    pub site: Option<Sp<String>>,
+    pub role: String,
+    pub description: Option<String>,
+    pub known_hosts: Option<String>,
+    pub vars: IndexMap<String, VarValue>,
+    pub loc: Location,
+}
+
+/// Where a service lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    Nowhere,
+    Host(Sp<String>),
+    Vm(Sp<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub id: String,
+    pub description: Option<String>,
+    pub kind: String,
+    pub owner: Option<String>,
+    pub rto: Duration,
+    pub rpo: Option<Duration>,
+    pub depends_on: Vec<Sp<String>>,
+    pub placement: Placement,
+    pub loc: Location,
+}
+
+impl Service {
+    pub fn vm(&self) -> Option<&str> {
+        match &self.placement {
+            Placement::Vm(v) => Some(v.as_str()),
+            _ => None,
+        }
+    }
+
+    pub fn host(&self) -> Option<&str> {
+        match &self.placement {
+            Placement::Host(h) => Some(h.as_str()),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Vm {
+    pub id: String,
+    pub name: String,
+    pub driver: Sp<String>,
+    pub primary: Sp<String>,
+    pub recovery: Sp<String>,
+    pub disks: Vec<String>,
+    pub address: Option<String>,
+    pub recovery_address: Option<String>,
+    pub retention: u32,
+    pub vmid: Option<u32>,
+    pub loc: Location,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupSet {
+    pub id: String,
+    pub description: Option<String>,
+    pub source_host: Sp<String>,
+    pub source_path: String,
+    pub dest_host: Sp<String>,
+    pub dest_path: String,
+    pub retention: u32,
+    pub loc: Location,
+}
+
+/// The actions a hypervisor driver implements as command templates.
+pub const VM_ACTIONS: &[&str] = &[
+    "start",
+    "stop",
+    "status",
+    "autostart-off",
+    "autostart-on",
+    "drill-start",
+    "drill-stop",
+];
+
+/// A hypervisor driver: one command template per VM action.
+#[derive(Debug, Clone)]
+pub struct Driver {
+    pub id: String,
+    pub actions: IndexMap<String, Sp<String>>,
+    pub loc: Location,
+}
+
+/// Everything in `inventory/`.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    pub sites: IndexMap<String, Site>,
+    pub hosts: IndexMap<String, Host>,
+    pub services: IndexMap<String, Service>,
+    pub vms: IndexMap<String, Vm>,
+    pub backups: IndexMap<String, BackupSet>,
+    pub drivers: IndexMap<String, Driver>,
+}
+
+impl Inventory {
+    pub fn site_of(&self, host: &str) -> Option<&Site> {
+        let site = self.hosts.get(host)?.site.as_ref()?;
+        self.sites.get(site.as_str())
+    }
+}
+
+/// The built-in hypervisor drivers, overridable under `[drivers.NAME]`.
+pub const BUILTIN_DRIVERS: &str = include_str!("drivers.toml");
+pub const BUILTIN_DRIVERS_PATH: &str = "<built-in drivers>";
+
+/// Reads every inventory file of `sources` (and the built-in drivers, which must be the first
+/// file given) into an [`Inventory`], collecting every problem.
+pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) -> Inventory {
+    let mut inv = Inventory::default();
+    for &file in files {
+        let text = sources.map.text(file);
+        let doc = parse_document(file, text, diags);
+        let mut root = Table::root(file, &doc, "the inventory");
+        let builtin = sources.map.path(file).to_str() == Some(BUILTIN_DRIVERS_PATH);
+        for_each_entry(&mut root, "sites", diags, |id, t, diags| {
+            let role = t.req_choice("role", SITE_ROLES, diags);
+            let site = Site {
+                id: id.value.clone(),
+                description: t.str("description", diags).map(|s| s.value),
+                role: role
+                    .and_then(|r| SiteRole::parse(&r.value))
+                    .unwrap_or(SiteRole::Primary),
+                loc: id.loc.clone(),
+            };
+            insert_unique(&mut inv.sites, "site", id, site, |s| &s.loc, diags);
+        });
+        for_each_entry(&mut root, "hosts", diags, |id, t, diags| {
+            let address = t.req_str("address", diags).map(|s| s.value).unwrap_or_default();
+            let port = t.int("port", 1, 65535, diags).map(|p| p.value as u16).unwrap_or(22);
+            let user = t.str("user", diags).map(|s| s.value).unwrap_or_else(|| "root".into());
+            let site = t.req_str("site", diags);
+            let role = t.req_choice("role", HOST_ROLES, diags).map(|s| s.value).unwrap_or_default();
+            let description = t.str("description", diags).map(|s| s.value);
+            let known_hosts = t.str("known_hosts", diags).map(|s| s.value);
+            let vars = read_vars(t, diags);
+            let host = Host {
+                id: id.value.clone(),
+                address,
+                port,
+                user,
+                site,
+                role,
+                description,
+                known_hosts,
+                vars,
+                loc: id.loc.clone(),
+            };
+            insert_unique(&mut inv.hosts, "host", id, host, |h| &h.loc, diags);
+        });
+        for_each_entry(&mut root, "services", diags, |id, t, diags| {
+            let description = t.str("description", diags).map(|s| s.value);
+            let kind = t.req_choice("kind", SERVICE_KINDS, diags).map(|s| s.value).unwrap_or_default();
+            let owner = t.str("owner", diags).map(|s| s.value);
+            let rto = t.req_duration("rto", diags).map(|d| d.value);
+            let rpo = t.duration("rpo", diags).map(|d| d.value);
+            let depends_on = t.str_list("depends_on", diags);
+            let host = t.str("host", diags);
+            let vm = t.str("vm", diags);
+            let placement = match (host, vm) {
+                (Some(h), None) => Placement::Host(h),
+                (None, Some(v)) => Placement::Vm(v),
+                (None, None) => Placement::Nowhere,
+                (Some(_), Some(v)) => {
+                    diags.push(
+                        Diagnostic::error(format!(
+                            "service `{}` has both `host` and `vm`",
+                            id.value
+                        ))
+                        .at(v.loc.clone())
+                        .hint("a service lives on one host or one vm: keep one of the two"),
+                    );
+                    Placement::Vm(v)
+                }
+            };
+            let service = Service {
+                id: id.value.clone(),
+                description,
+                kind,
+                owner,
+                rto: rto.unwrap_or_default(),
+                rpo,
+                depends_on,
+                placement,
+                loc: id.loc.clone(),
+            };
+            insert_unique(&mut inv.services, "service", id, service, |s| &s.loc, diags);
+        });
+        for_each_entry(&mut root, "vms", diags, |id, t, diags| {
+            let name = t.str("name", diags).map(|s| s.value).unwrap_or_else(|| id.value.clone());
+            let placeholder = || Sp::new(String::new(), id.loc.clone());
+            let driver = t.req_str("driver", diags).unwrap_or_else(placeholder);
+            let primary = t.req_str("primary", diags).unwrap_or_else(placeholder);
+            let recovery = t.req_str("recovery", diags).unwrap_or_else(placeholder);
+            let disks = t.str_list("disks", diags).into_iter().map(|d| d.value).collect();
+            let address = t.str("address", diags).map(|s| s.value);
+            let recovery_address = t.str("recovery_address", diags).map(|s| s.value);
+            let retention = t.int("retention", 1, 1000, diags).map(|r| r.value as u32).unwrap_or(7);
+            let vmid = t.int("vmid", 1, 999_999_999, diags).map(|r| r.value as u32);
+            let vm = Vm {
+                id: id.value.clone(),
+                name,
+                driver,
+                primary,
+                recovery,
+                disks,
+                address,
+                recovery_address,
+                retention,
+                vmid,
+                loc: id.loc.clone(),
+            };
+            insert_unique(&mut inv.vms, "vm", id, vm, |v| &v.loc, diags);
+        });
+        for_each_entry(&mut root, "backups", diags, |id, t, diags| {
+            let placeholder = || Sp::new(String::new(), id.loc.clone());
+            let description = t.str("description", diags).map(|s| s.value);
+            let source_host = t.req_str("source_host", diags).unwrap_or_else(placeholder);
+            let source_path = t.req_str("source_path", diags).map(|s| s.value).unwrap_or_default();
+            let dest_host = t.req_str("dest_host", diags).unwrap_or_else(placeholder);
+            let dest_path = t.req_str("dest_path", diags).map(|s| s.value).unwrap_or_default();
+            let retention = t.int("retention", 1, 1000, diags).map(|r| r.value as u32).unwrap_or(7);
+            let set = BackupSet {
+                id: id.value.clone(),
+                description,
+                source_host,
+                source_path,
+                dest_host,
+                dest_path,
+                retention,
+                loc: id.loc.clone(),
+            };
+            insert_unique(&mut inv.backups, "backup set", id, set, |b| &b.loc, diags);
+        });
+        for_each_entry(&mut root, "drivers", diags, |id, t, diags| {
+            let mut actions = IndexMap::new();
+            for action in VM_ACTIONS {
+                if let Some(cmd) = t.str(action, diags) {
+                    actions.insert(action.to_string(), cmd);
+                }
+            }
+            match inv.drivers.get_mut(&id.value) {
+                // An inventory driver of a built-in name overrides the actions it names.
+                Some(existing) if !builtin && existing_is_builtin(sources, existing) => {
+                    existing.actions.extend(actions);
+                    existing.loc = id.loc.clone();
+                }
+                _ => {
+                    let driver = Driver {
+                        id: id.value.clone(),
+                        actions,
+                        loc: id.loc.clone(),
+                    };
+                    insert_unique(&mut inv.drivers, "driver", id, driver, |d| &d.loc, diags);
+                }
+            }
+        });
+        root.finish(diags);
+    }
+    check_references(&inv, diags);
+    inv
+}
+
+fn existing_is_builtin(sources: &Sources, d: &Driver) -> bool {
+    sources.map.path(d.loc.file).to_str() == Some(BUILTIN_DRIVERS_PATH)
+}
+
+/// Calls `f` for every `[section.ID]` table of a file.
+fn for_each_entry<'t, 'i>(
+    root: &mut Table<'t, 'i>,
+    section: &'static str,
+    diags: &mut Vec<Diagnostic>,
+    mut f: impl FnMut(&Sp<String>, &mut Table<'t, 'i>, &mut Vec<Diagnostic>),
+) {
+    let Some(value) = root.get(section) else {
+        return;
+    };
+    let singular = section.trim_end_matches('s');
+    let Some(mut table) = Table::of(root.file, value, format!("`[{section}]`"), diags) else {
+        return;
+    };
+    for (id, v) in table.entries() {
+        check_id(&id, diags);
+        let what = format!("{} `{}`", singular.replace("backup", "backup set"), id.value);
+        if let Some(mut t) = Table::of(root.file, v, what, diags) {
+            f(&id, &mut t, diags);
+            t.finish(diags);
+        }
+    }
+}
+
+/// Ids are used in commands, file names and step ids: keep them plain.
+fn check_id(id: &Sp<String>, diags: &mut Vec<Diagnostic>) {
+    let ok = !id.value.is_empty()
+        && id
+            .value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && id.value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !ok {
+        diags.push(
+            Diagnostic::error(format!("invalid id `{}`", id.value))
+                .at(id.loc.clone())
+                .hint("ids use letters, digits, `-` and `_`, and start with a letter or digit"),
+        );
+    }
+}
+
+fn insert_unique<T>(
+    map: &mut IndexMap<String, T>,
+    what: &str,
+    id: &Sp<String>,
+    item: T,
+    loc: impl Fn(&T) -> &Location,
+    diags: &mut Vec<Diagnostic>,
+) {
+    if let Some(first) = map.get(&id.value) {
+        diags.push(
+            Diagnostic::error(format!("{what} `{}` is defined twice", id.value))
+                .at(id.loc.clone())
+                .note("first defined here", loc(first).clone())
+                .hint("ids must be unique across all files of the folder"),
+        );
+        return;
+    }
+    map.insert(id.value.clone(), item);
+}
+
+fn read_vars(t: &mut Table<'_, '_>, diags: &mut Vec<Diagnostic>) -> IndexMap<String, VarValue> {
+    let mut vars = IndexMap::new();
+    let Some(v) = t.get("vars") else {
+        return vars;
+    };
+    let what = format!("`vars` of {}", t.what);
+    let Some(mut table) = Table::of(t.file, v, what, diags) else {
+        return vars;
+    };
+    for (key, value) in table.entries() {
+        if let Some(var) = read_var(t.file, &key, value, diags) {
+            vars.insert(key.value.clone(), var);
+        }
+    }
+    vars
+}
+
+fn read_var(
+    file: FileId,
+    key: &Sp<String>,
+    value: &Value<'_>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<VarValue> {
+    let loc = Location::new(file, value.span());
+    match value.get_ref() {
+        DeValue::String(s) => Some(VarValue::Text(s.to_string())),
+        DeValue::Integer(i) => Some(VarValue::Text(i.as_str().replace('_', ""))),
+        DeValue::Boolean(b) => Some(VarValue::Text(b.to_string())),
+        DeValue::Table(_) => {
+            let mut t = Table::of(file, value, format!("variable `{}`", key.value), diags)?;
+            let env = t.req_str("env", diags);
+            t.finish(diags);
+            let env = env?;
+            let valid = !env.value.is_empty()
+                && env.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                diags.push(
+                    Diagnostic::error(format!("invalid environment variable name `{}`", env.value))
+                        .at(env.loc),
+                );
+                return None;
+            }
+            Some(VarValue::Secret { env: env.value })
+        }
+        other => {
+            diags.push(
+                Diagnostic::error(format!(
+                    "variable `{}` must be a string, a number, a boolean or {{ env = \"NAME\" }}, not {}",
+                    key.value,
+                    type_name(other)
+                ))
+                .at(loc),
+            );
+            None
+        }
+    }
+}
+
+/// An "unknown X" diagnostic with a suggestion from the known ids.
+pub fn unknown<'a>(
+    what: &str,
+    name: &Sp<String>,
+    known: impl IntoIterator<Item = &'a String>,
+) -> Diagnostic {
+    let known: Vec<&str> = known.into_iter().map(String::as_str).collect();
+    let hint = did_you_mean(&name.value, known.iter().copied()).or_else(|| {
+        (!known.is_empty() && known.len() <= 12)
+            .then(|| format!("known {what}s: {}", known.join(", ")))
+    });
+    Diagnostic::error(format!("unknown {what} `{}`", name.value))
+        .at(name.loc.clone())
+        .hint_opt(hint)
+}
+
+fn check_ref<T>(
+    what: &str,
+    name: &Sp<String>,
+    map: &IndexMap<String, T>,
+    diags: &mut Vec<Diagnostic>,
+) -> bool {
+    if name.value.is_empty() {
+        // A missing required field, already reported.
+        return false;
+    }
+    if map.contains_key(&name.value) {
+        return true;
+    }
+    diags.push(unknown(what, name, map.keys()));
+    false
+}
+
+fn check_references(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
+    for host in inv.hosts.values() {
+        if let Some(site) = &host.site {
+            check_ref("site", site, &inv.sites, diags);
+        }
+    }
+    for service in inv.services.values() {
+        for dep in &service.depends_on {
+            if dep.value == service.id {
+                diags.push(
+                    Diagnostic::error(format!("service `{}` depends on itself", service.id))
+                        .at(dep.loc.clone()),
+                );
+            } else {
+                check_ref("service", dep, &inv.services, diags);
+            }
+        }
+        match &service.placement {
+            Placement::Host(h) => {
+                check_ref("host", h, &inv.hosts, diags);
+            }
+            Placement::Vm(v) => {
+                check_ref("vm", v, &inv.vms, diags);
+            }
+            Placement::Nowhere => {}
+        }
+    }
+    for vm in inv.vms.values() {
+        check_ref("driver", &vm.driver, &inv.drivers, diags);
+        for (side, host, expected) in [
+            ("primary", &vm.primary, SiteRole::Primary),
+            ("recovery", &vm.recovery, SiteRole::Recovery),
+        ] {
+            if !check_ref("host", host, &inv.hosts, diags) {
+                continue;
+            }
+            if let Some(site) = inv.site_of(&host.value)
+                && site.role != expected
+            {
+                diags.push(
+                    Diagnostic::error(format!(
+                        "the {side} host of vm `{}` is `{}`, on site `{}` which is a {} site",
+                        vm.id,
+                        host.value,
+                        site.id,
+                        site.role.as_str()
+                    ))
+                    .at(host.loc.clone())
+                    .hint(format!("the {side} host must be on a {} site", expected.as_str())),
+                );
+            }
+        }
+    }
+    for set in inv.backups.values() {
+        check_ref("host", &set.source_host, &inv.hosts, diags);
+        check_ref("host", &set.dest_host, &inv.hosts, diags);
+    }
+}

@@ -1,0 +1,798 @@
+//! Building a [`Plan`] from the model: selection, step resolution, ordering, estimates.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::diagnostic::{Diagnostic, Location};
+use crate::duration::Duration;
+use crate::inventory::{Host, Inventory, Service, SiteRole, Vm};
+use crate::model::Model;
+use crate::plan::{
+    Action, Estimate, LeftOut, Plan, PlanOptions, PlannedService, PlannedStep, Replicated,
+    Selection,
+};
+use crate::runbook::{Mode, Phase, Probe, ReplicaSource, Side, Step, StepKind};
+use crate::template::{Command, Lookup, Scope, Template, TemplateValue};
+
+const DEFAULT_EXEC_TIMEOUT: Duration = Duration(300);
+const DEFAULT_CHECK_TIMEOUT: Duration = Duration(600);
+const DEFAULT_VM_TIMEOUT: Duration = Duration(600);
+const DEFAULT_REPLICATE_TIMEOUT: Duration = Duration(7200);
+const DEFAULT_MANUAL_EXPECTED: Duration = Duration(900);
+
+/// Makes the plan for `opts`, or every problem that prevents it.
+pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>> {
+    let inv = &model.inventory;
+    let mode = opts.mode;
+    let mut diags = Vec::new();
+    if opts.emergency && mode != Mode::Failover {
+        diags.push(
+            Diagnostic::error(format!("--emergency applies to failover, not to {mode}"))
+                .hint("an emergency failover is `reprise plan failover --emergency`"),
+        );
+        return Err(diags);
+    }
+
+    // Which services take part.
+    let has_book = |s: &str| model.runbooks.get(s, mode).is_some();
+    let mut requested = Vec::new();
+    for name in &opts.services {
+        if inv.services.contains_key(name) {
+            requested.push(name.as_str());
+        } else {
+            let hint = crate::diagnostic::did_you_mean(name, inv.services.keys().map(String::as_str));
+            diags.push(Diagnostic::error(format!("unknown service `{name}`")).hint_opt(hint));
+        }
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let roots: Vec<&str> = if opts.services.is_empty() {
+        inv.services.keys().map(String::as_str).filter(|s| has_book(s)).collect()
+    } else {
+        requested.clone()
+    };
+    let closure = model.graph.with_dependencies(&roots);
+    let members: BTreeSet<String> = if opts.only {
+        roots.iter().map(|s| s.to_string()).collect()
+    } else {
+        closure.clone()
+    };
+    let selection = Selection {
+        requested: requested.iter().map(|s| s.to_string()).collect(),
+        only: opts.only,
+        pulled_in: if opts.services.is_empty() || opts.only {
+            Vec::new()
+        } else {
+            ordered(model, &members, |s| !requested.contains(&s))
+        },
+        assumed_running: if opts.only {
+            ordered(model, &closure, |s| !members.contains(s))
+        } else {
+            Vec::new()
+        },
+    };
+    let order: Vec<&str> = model
+        .graph
+        .order()
+        .into_iter()
+        .filter(|s| members.contains(*s))
+        .collect();
+
+    for &sid in &order {
+        if has_book(sid) {
+            continue;
+        }
+        let service = &inv.services[sid];
+        let needed_by: Vec<&str> = model
+            .graph
+            .dependants(sid)
+            .into_iter()
+            .filter(|d| members.contains(*d))
+            .collect();
+        let mut d = if needed_by.is_empty() {
+            Diagnostic::error(format!("service `{sid}` has no {mode} runbook"))
+        } else {
+            Diagnostic::error(format!(
+                "service `{sid}` has no {mode} runbook, but {} depend{} on it",
+                needed_by.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "),
+                if needed_by.len() == 1 { "s" } else { "" }
+            ))
+        };
+        d = d
+            .at(service.loc.clone())
+            .hint(format!(
+                "add [[{sid}.{mode}]] steps to a runbook file, or `{sid}.{mode} = []` when nothing needs doing"
+            ));
+        diags.push(d);
+    }
+
+    // Steps, in dependency order.
+    let mut steps: Vec<PlannedStep> = Vec::new();
+    let mut left_out = Vec::new();
+    let mut main_steps: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut cleanup_steps: HashMap<&str, Vec<usize>> = HashMap::new();
+    for &sid in &order {
+        let Some(book) = model.runbooks.get(sid, mode) else {
+            continue;
+        };
+        for step in book.steps.iter().filter(|s| s.phase == Phase::Main) {
+            if opts.emergency && step.needs_primary {
+                left_out.push(LeftOut {
+                    id: format!("{sid}/{}", step.id.value),
+                    reason: "needs the primary site, declared lost".to_string(),
+                });
+                continue;
+            }
+            let after = match main_steps.get(sid).and_then(|v| v.last()) {
+                Some(&prev) => vec![prev],
+                None => {
+                    let mut deps = BTreeSet::new();
+                    for dep in model.graph.dependencies(sid) {
+                        deps.extend(last_main(model, dep, &members, &main_steps));
+                    }
+                    deps.into_iter().collect()
+                }
+            };
+            if let Some(planned) = resolve(model, opts, &inv.services[sid], step, after, &steps, &mut diags) {
+                main_steps.entry(sid).or_default().push(steps.len());
+                steps.push(planned);
+            }
+        }
+    }
+    // Drill cleanup: after everything, dependants before their dependencies.
+    let sinks: BTreeSet<usize> = order
+        .iter()
+        .filter(|s| {
+            model
+                .graph
+                .dependants(s)
+                .iter()
+                .all(|d| !members.contains(*d))
+        })
+        .flat_map(|s| last_main(model, s, &members, &main_steps))
+        .collect();
+    for &sid in order.iter().rev() {
+        let Some(book) = model.runbooks.get(sid, mode) else {
+            continue;
+        };
+        for step in book.steps.iter().filter(|s| s.phase == Phase::Cleanup) {
+            let after = match cleanup_steps.get(sid).and_then(|v| v.last()) {
+                Some(&prev) => vec![prev],
+                None => {
+                    let mut deps = sinks.clone();
+                    for dependant in model.graph.dependants(sid) {
+                        deps.extend(last_cleanup(model, dependant, &members, &cleanup_steps));
+                    }
+                    deps.into_iter().collect()
+                }
+            };
+            if let Some(planned) = resolve(model, opts, &inv.services[sid], step, after, &steps, &mut diags) {
+                cleanup_steps.entry(sid).or_default().push(steps.len());
+                steps.push(planned);
+            }
+        }
+    }
+    if diags.iter().any(Diagnostic::is_error) {
+        return Err(diags);
+    }
+
+    // Estimated timeline: every step starts as soon as what it waits for is done.
+    let index: HashMap<String, usize> = steps.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
+    for i in 0..steps.len() {
+        let start = steps[i]
+            .after
+            .iter()
+            .map(|a| steps[index[a]].est_finish_s)
+            .max()
+            .unwrap_or(0);
+        steps[i].est_start_s = start;
+        steps[i].est_finish_s = start + steps[i].expected_s;
+    }
+    let mut critical_path = Vec::new();
+    if let Some(mut cur) = (0..steps.len()).max_by_key(|&i| (steps[i].est_finish_s, std::cmp::Reverse(i))) {
+        loop {
+            steps[cur].critical = true;
+            critical_path.push(steps[cur].id.clone());
+            let Some(prev) = steps[cur]
+                .after
+                .iter()
+                .map(|a| index[a])
+                .max_by_key(|&p| (steps[p].est_finish_s, std::cmp::Reverse(p)))
+            else {
+                break;
+            };
+            cur = prev;
+        }
+    }
+    critical_path.reverse();
+    let total = Duration(steps.iter().map(|s| s.est_finish_s).max().unwrap_or(0));
+
+    let mut warnings = Vec::new();
+    let services: Vec<PlannedService> = order
+        .iter()
+        .map(|&sid| {
+            let s = &inv.services[sid];
+            let done = last_main(model, sid, &members, &main_steps)
+                .into_iter()
+                .map(|i| steps[i].est_finish_s)
+                .max()
+                .unwrap_or(0);
+            let estimated_rto = Duration(done);
+            let rto_ok = estimated_rto <= s.rto;
+            if !rto_ok {
+                warnings.push(format!(
+                    "estimated recovery time of {sid} ({estimated_rto}) exceeds its RTO target ({})",
+                    s.rto
+                ));
+            }
+            PlannedService {
+                id: sid.to_string(),
+                kind: s.kind.clone(),
+                owner: s.owner.clone(),
+                rto_target: s.rto,
+                rpo_target: s.rpo,
+                estimated_rto,
+                rto_ok,
+                depends_on: model
+                    .graph
+                    .dependencies(sid)
+                    .into_iter()
+                    .filter(|d| members.contains(*d))
+                    .map(str::to_string)
+                    .collect(),
+                steps: steps
+                    .iter()
+                    .filter(|st| st.service == sid)
+                    .map(|st| st.id.clone())
+                    .collect(),
+            }
+        })
+        .collect();
+    let not_covered = inv
+        .services
+        .keys()
+        .filter(|s| !members.contains(*s) && !has_book(s) && opts.services.is_empty())
+        .cloned()
+        .collect();
+    Ok(Plan {
+        mode,
+        emergency: opts.emergency,
+        run_id: opts.run_id.clone(),
+        selection,
+        services,
+        steps,
+        left_out,
+        not_covered,
+        estimate: Estimate {
+            total,
+            critical_path,
+        },
+        warnings,
+    })
+}
+
+fn ordered(model: &Model, set: &BTreeSet<String>, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    model
+        .graph
+        .order()
+        .into_iter()
+        .filter(|s| set.contains(*s) && keep(s))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The steps that mark `sid` as recovered: its last main step, or (when it has none) those of
+/// what it depends on.
+fn last_main(
+    model: &Model,
+    sid: &str,
+    members: &BTreeSet<String>,
+    main_steps: &HashMap<&str, Vec<usize>>,
+) -> BTreeSet<usize> {
+    if !members.contains(sid) {
+        return BTreeSet::new();
+    }
+    if let Some(&last) = main_steps.get(sid).and_then(|v| v.last()) {
+        return BTreeSet::from([last]);
+    }
+    model
+        .graph
+        .dependencies(sid)
+        .into_iter()
+        .flat_map(|d| last_main(model, d, members, main_steps))
+        .collect()
+}
+
+/// The steps after which the cleanup of what `sid` depends on may start.
+fn last_cleanup(
+    model: &Model,
+    sid: &str,
+    members: &BTreeSet<String>,
+    cleanup_steps: &HashMap<&str, Vec<usize>>,
+) -> BTreeSet<usize> {
+    if !members.contains(sid) {
+        return BTreeSet::new();
+    }
+    if let Some(&last) = cleanup_steps.get(sid).and_then(|v| v.last()) {
+        return BTreeSet::from([last]);
+    }
+    model
+        .graph
+        .dependants(sid)
+        .into_iter()
+        .flat_map(|d| last_cleanup(model, d, members, cleanup_steps))
+        .collect()
+}
+
+/// Template values for one step.
+struct StepScope<'a> {
+    inv: &'a Inventory,
+    host: Option<&'a Host>,
+    service: &'a Service,
+    vm: Option<(&'a Vm, Side)>,
+    run_id: &'a str,
+    mode: Mode,
+}
+
+fn host_lookup(host: &Host, name: &str) -> Lookup {
+    let text = |s: &str| Lookup::Found(TemplateValue::Text(s.to_string()));
+    match name {
+        "id" => text(&host.id),
+        "address" => text(&host.address),
+        "port" => text(&host.port.to_string()),
+        "user" => text(&host.user),
+        "site" => text(host.site.as_ref().map(|s| s.as_str()).unwrap_or("")),
+        "role" => text(&host.role),
+        _ => match host.vars.get(name) {
+            Some(crate::inventory::VarValue::Text(t)) => text(t),
+            Some(crate::inventory::VarValue::Secret { env }) => {
+                Lookup::Found(TemplateValue::Secret { env: env.clone() })
+            }
+            None => Lookup::Missing {
+                what: format!("host `{}` has no variable `{name}`", host.id),
+                known: ["id", "address", "port", "user", "site", "role"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain(host.vars.keys().cloned())
+                    .collect(),
+            },
+        },
+    }
+}
+
+impl Scope for StepScope<'_> {
+    fn lookup(&self, namespace: &str, name: &str) -> Lookup {
+        let text = |s: &str| Lookup::Found(TemplateValue::Text(s.to_string()));
+        let missing = |what: String, known: &[&str]| Lookup::Missing {
+            what,
+            known: known.iter().map(|s| s.to_string()).collect(),
+        };
+        match namespace {
+            "host" => match self.host {
+                Some(h) => host_lookup(h, name),
+                None => missing("this step runs on no host".into(), &[]),
+            },
+            "primary" | "recovery" => match self.vm {
+                Some((vm, _)) => {
+                    let id = if namespace == "primary" { &vm.primary } else { &vm.recovery };
+                    match self.inv.hosts.get(&id.value) {
+                        Some(h) => host_lookup(h, name),
+                        None => missing(format!("unknown host `{}`", id.value), &[]),
+                    }
+                }
+                None => missing("this step concerns no vm".into(), &[]),
+            },
+            "service" => {
+                let s = self.service;
+                let known = ["id", "kind", "owner", "description"];
+                match name {
+                    "id" => text(&s.id),
+                    "kind" => text(&s.kind),
+                    "owner" => match &s.owner {
+                        Some(o) => text(o),
+                        None => missing(format!("service `{}` has no owner", s.id), &known),
+                    },
+                    "description" => match &s.description {
+                        Some(d) => text(d),
+                        None => missing(format!("service `{}` has no description", s.id), &known),
+                    },
+                    _ => missing(format!("services have no `{name}`"), &known),
+                }
+            }
+            "vm" => {
+                let Some((vm, side)) = self.vm else {
+                    return missing(
+                        format!("this step concerns no vm (service `{}` lives on none)", self.service.id),
+                        &[],
+                    );
+                };
+                let known = ["id", "name", "driver", "address", "disks", "vmid"];
+                match name {
+                    "id" => text(&vm.id),
+                    "name" => text(&vm.name),
+                    "driver" => text(&vm.driver.value),
+                    "disks" => Lookup::Found(TemplateValue::List(vm.disks.clone())),
+                    "address" => {
+                        let addr = match side {
+                            Side::Recovery => vm.recovery_address.as_ref().or(vm.address.as_ref()),
+                            Side::Primary => vm.address.as_ref(),
+                        };
+                        match addr {
+                            Some(a) => text(a),
+                            None => missing(format!("vm `{}` has no address", vm.id), &known),
+                        }
+                    }
+                    "vmid" => match vm.vmid {
+                        Some(v) => text(&v.to_string()),
+                        None => missing(format!("vm `{}` has no vmid", vm.id), &known),
+                    },
+                    _ => missing(format!("vms have no `{name}`"), &known),
+                }
+            }
+            "run" => match name {
+                "id" => text(self.run_id),
+                "mode" => text(self.mode.as_str()),
+                _ => missing(format!("runs have no `{name}`"), &["id", "mode"]),
+            },
+            _ => missing(format!("unknown namespace `{namespace}`"), &[]),
+        }
+    }
+}
+
+fn render(tpl: &Template, scope: &StepScope<'_>, diags: &mut Vec<Diagnostic>) -> Option<Command> {
+    collect(tpl.render(scope), diags)
+}
+
+fn render_plain(tpl: &Template, scope: &StepScope<'_>, diags: &mut Vec<Diagnostic>) -> Option<String> {
+    collect(tpl.render_plain(scope), diags).map(|c| c.to_string())
+}
+
+fn collect(r: Result<Command, Vec<Diagnostic>>, diags: &mut Vec<Diagnostic>) -> Option<Command> {
+    match r {
+        Ok(c) => Some(c),
+        Err(errors) => {
+            diags.extend(errors);
+            None
+        }
+    }
+}
+
+/// Resolves one runbook step into a planned step: host, rendered commands, site rules.
+fn resolve(
+    model: &Model,
+    opts: &PlanOptions,
+    service: &Service,
+    step: &Step,
+    after_idx: Vec<usize>,
+    planned: &[PlannedStep],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<PlannedStep> {
+    let inv = &model.inventory;
+    let mode = opts.mode;
+    let id = format!("{}/{}", service.id, step.id.value);
+    let errors_before = diags.len();
+    let service_host = || {
+        service
+            .host()
+            .map(|h| crate::fields::Sp::new(h.to_string(), service.loc.clone()))
+    };
+    let no_host = |what: &str| {
+        Diagnostic::error(format!("step `{id}` ({what}) has no host"))
+            .at(step.id.loc.clone())
+            .hint(format!(
+                "add `host = \"...\"` to the step, or `host = \"...\"` to service `{}`",
+                service.id
+            ))
+    };
+    let service_vm = service.vm().and_then(|v| inv.vms.get(v));
+    let mut scope = StepScope {
+        inv,
+        host: None,
+        service,
+        vm: service_vm.map(|v| (v, mode.default_side())),
+        run_id: &opts.run_id,
+        mode,
+    };
+    let mut touched: Vec<(String, Location)> = Vec::new();
+    let mut action_name = None;
+    let timeout;
+    let mut retries = 0;
+    let mut idempotent = false;
+    let host_id: Option<String>;
+    let (command, verify, undo, action) = match &step.kind {
+        StepKind::Exec {
+            host,
+            run,
+            verify,
+            undo,
+            retries: r,
+            idempotent: i,
+        } => {
+            retries = *r;
+            idempotent = *i;
+            timeout = Some(step.timeout.unwrap_or(DEFAULT_EXEC_TIMEOUT));
+            let Some(h) = host.clone().or_else(service_host) else {
+                diags.push(no_host("exec"));
+                return None;
+            };
+            scope.host = inv.hosts.get(&h.value);
+            touched.push((h.value.clone(), h.loc.clone()));
+            host_id = Some(h.value);
+            let run = render(run, &scope, diags);
+            let verify = verify.as_ref().and_then(|t| render(t, &scope, diags));
+            let undo = undo.as_ref().and_then(|t| render(t, &scope, diags));
+            let run = run?;
+            (
+                run.to_string(),
+                verify.as_ref().map(ToString::to_string),
+                undo.as_ref().map(ToString::to_string),
+                Action::Exec { run, verify, undo },
+            )
+        }
+        StepKind::Check {
+            host,
+            probe,
+            interval,
+        } => {
+            timeout = Some(step.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT));
+            let interval = *interval;
+            match probe {
+                Probe::Command { run } => {
+                    let Some(h) = host.clone().or_else(service_host) else {
+                        diags.push(no_host("command check"));
+                        return None;
+                    };
+                    scope.host = inv.hosts.get(&h.value);
+                    touched.push((h.value.clone(), h.loc.clone()));
+                    host_id = Some(h.value);
+                    let run = render(run, &scope, diags)?;
+                    (run.to_string(), None, None, Action::Probe { run, interval })
+                }
+                Probe::Tcp { address, port } => {
+                    if let Some(h) = host {
+                        diags.push(
+                            Diagnostic::error(format!("tcp check `{id}` names a host"))
+                                .at(h.loc.clone())
+                                .hint("tcp and http checks run from the orchestrator, as a user would connect; use `probe = \"command\"` to check from a host"),
+                        );
+                        return None;
+                    }
+                    host_id = None;
+                    let address = match address {
+                        Some(t) => render_plain(t, &scope, diags)?,
+                        None => match default_address(inv, service, mode) {
+                            Some(a) => a,
+                            None => {
+                                diags.push(
+                                    Diagnostic::error(format!("tcp check `{id}` has no address"))
+                                        .at(step.id.loc.clone())
+                                        .hint("add `address = \"...\"`, or give the service's vm or host an address"),
+                                );
+                                return None;
+                            }
+                        },
+                    };
+                    (
+                        format!("tcp {address}:{port} (every {interval})"),
+                        None,
+                        None,
+                        Action::Tcp {
+                            address,
+                            port: *port,
+                            interval,
+                        },
+                    )
+                }
+                Probe::Http { url, status } => {
+                    if let Some(h) = host {
+                        diags.push(
+                            Diagnostic::error(format!("http check `{id}` names a host"))
+                                .at(h.loc.clone())
+                                .hint("tcp and http checks run from the orchestrator, as a user would connect; use `probe = \"command\"` to check from a host"),
+                        );
+                        return None;
+                    }
+                    host_id = None;
+                    let url = render_plain(url, &scope, diags)?;
+                    (
+                        format!("http GET {url} expect {status} (every {interval})"),
+                        None,
+                        None,
+                        Action::Http {
+                            url,
+                            status: *status,
+                            interval,
+                        },
+                    )
+                }
+            }
+        }
+        StepKind::Manual { instructions } => {
+            timeout = step.timeout;
+            host_id = None;
+            (
+                instructions.clone(),
+                None,
+                None,
+                Action::Manual {
+                    instructions: instructions.clone(),
+                },
+            )
+        }
+        StepKind::Vm { action, vm, side } => {
+            timeout = Some(step.timeout.unwrap_or(DEFAULT_VM_TIMEOUT));
+            action_name = Some(action.clone());
+            let vm_id = match vm {
+                Some(v) => v.clone(),
+                None => match service.vm() {
+                    Some(v) => crate::fields::Sp::new(v.to_string(), step.id.loc.clone()),
+                    None => {
+                        diags.push(
+                            Diagnostic::error(format!("vm step `{id}` names no vm"))
+                                .at(step.id.loc.clone())
+                                .hint(format!("add `vm = \"...\"`: service `{}` lives on no vm", service.id)),
+                        );
+                        return None;
+                    }
+                },
+            };
+            let vm = inv.vms.get(&vm_id.value)?;
+            let side_v = side.as_ref().map(|s| s.value).unwrap_or(mode.default_side());
+            let h = match side_v {
+                Side::Primary => &vm.primary,
+                Side::Recovery => &vm.recovery,
+            };
+            let host_loc = side.as_ref().map(|s| s.loc.clone()).unwrap_or_else(|| step.id.loc.clone());
+            touched.push((h.value.clone(), host_loc));
+            host_id = Some(h.value.clone());
+            scope.host = inv.hosts.get(&h.value);
+            scope.vm = Some((vm, side_v));
+            let Some(driver) = inv.drivers.get(&vm.driver.value) else {
+                return None;
+            };
+            let Some(tpl) = driver.actions.get(action) else {
+                diags.push(
+                    Diagnostic::error(format!("driver `{}` has no `{action}` action", driver.id))
+                        .at(step.id.loc.clone())
+                        .note(format!("driver `{}` is defined here", driver.id), driver.loc.clone())
+                        .hint(format!("add `{action} = \"...\"` under [drivers.{}]", driver.id)),
+                );
+                return None;
+            };
+            let text = model.sources.map.text(tpl.loc.file);
+            let tpl = match Template::parse(tpl, text) {
+                Ok(t) => t,
+                Err(d) => {
+                    diags.push(d);
+                    return None;
+                }
+            };
+            let run = render(&tpl, &scope, diags)?;
+            (
+                run.to_string(),
+                None,
+                None,
+                Action::Exec {
+                    run,
+                    verify: None,
+                    undo: None,
+                },
+            )
+        }
+        StepKind::Replicate { source } => {
+            timeout = Some(step.timeout.unwrap_or(DEFAULT_REPLICATE_TIMEOUT));
+            let reverse = mode == Mode::Failback;
+            let (what, from, to) = match source {
+                ReplicaSource::Vm(v) => {
+                    let vm = inv.vms.get(&v.value)?;
+                    (Replicated::Vm(vm.id.clone()), &vm.primary, &vm.recovery)
+                }
+                ReplicaSource::Backup(b) => {
+                    let set = inv.backups.get(&b.value)?;
+                    (Replicated::Backup(set.id.clone()), &set.source_host, &set.dest_host)
+                }
+            };
+            let (from, to) = if reverse { (to, from) } else { (from, to) };
+            touched.push((from.value.clone(), step.id.loc.clone()));
+            touched.push((to.value.clone(), step.id.loc.clone()));
+            host_id = Some(to.value.clone());
+            let (noun, name) = match &what {
+                Replicated::Vm(v) => ("vm", v),
+                Replicated::Backup(b) => ("backup", b),
+            };
+            (
+                format!(
+                    "replicate {noun} {name}: {} → {}{}",
+                    from.value,
+                    to.value,
+                    if reverse { " (reverse direction)" } else { "" }
+                ),
+                None,
+                None,
+                Action::Replicate {
+                    what,
+                    from_host: from.value.clone(),
+                    to_host: to.value.clone(),
+                },
+            )
+        }
+    };
+    // Site rules.
+    for (host, loc) in &touched {
+        let Some(site) = inv.site_of(host) else { continue };
+        let problem = match (mode, site.role) {
+            (Mode::Drill, SiteRole::Primary) => Some((
+                "a drill must not touch production".to_string(),
+                "run it on a recovery-site host (for vm steps: `on = \"recovery\"`)".to_string(),
+            )),
+            (Mode::Failover, SiteRole::Primary) if !step.needs_primary => Some((
+                "it would fail when the primary site is lost".to_string(),
+                "mark it `needs_primary = true`, or run it on a host of another site".to_string(),
+            )),
+            (Mode::Restore, SiteRole::Recovery) => Some((
+                "a restore brings back the primary site by itself".to_string(),
+                "run it on a host of the primary site".to_string(),
+            )),
+            _ => None,
+        };
+        if let Some((why, hint)) = problem {
+            diags.push(
+                Diagnostic::error(format!(
+                    "{mode} step `{id}` uses `{host}` on site `{}` ({}): {why}",
+                    site.id,
+                    site.role.as_str()
+                ))
+                .at(loc.clone())
+                .hint(hint),
+            );
+        }
+    }
+    if diags.len() > errors_before {
+        return None;
+    }
+    let host = host_id.as_deref().and_then(|h| inv.hosts.get(h));
+    let expected = step
+        .expected
+        .or(timeout)
+        .unwrap_or(DEFAULT_MANUAL_EXPECTED);
+    Some(PlannedStep {
+        id,
+        service: service.id.clone(),
+        step: step.id.value.clone(),
+        host: host_id.clone(),
+        target: host.map(|h| format!("{}@{}:{}", h.user, h.address, h.port)),
+        site: host.and_then(|h| h.site.as_ref().map(|s| s.value.clone())),
+        kind: step.kind.name(),
+        action: action_name,
+        command,
+        verify,
+        undo,
+        description: step.description.clone(),
+        timeout_s: timeout.map(Duration::secs),
+        expected_s: expected.secs(),
+        retries,
+        idempotent,
+        needs_primary: step.needs_primary,
+        phase: step.phase,
+        after: after_idx.into_iter().map(|i| planned[i].id.clone()).collect(),
+        est_start_s: 0,
+        est_finish_s: 0,
+        critical: false,
+        action_spec: action,
+    })
+}
+
+/// Where a service answers for the side the mode brings up.
+fn default_address(inv: &Inventory, service: &Service, mode: Mode) -> Option<String> {
+    if let Some(vm) = service.vm().and_then(|v| inv.vms.get(v)) {
+        return match mode.default_side() {
+            Side::Recovery => vm.recovery_address.clone().or(vm.address.clone()),
+            Side::Primary => vm.address.clone(),
+        };
+    }
+    service
+        .host()
+        .and_then(|h| inv.hosts.get(h))
+        .map(|h| h.address.clone())
+}
+

@@ -1,0 +1,207 @@
+//! The plan: every concrete step a drill, failover, restore or failback would run, in dependency
+//! order, with its host, fully rendered command, timeout and the steps it waits for, plus an
+//! estimated timeline.
+//!
+//! [`build`] is a pure function of the model and [`PlanOptions`]: no IO, no clock (the run id is
+//! passed in). [`Plan`] serializes to the documented JSON contract; [`text`] renders it for a
+//! person. The executable form of each step ([`Action`]) keeps secrets unresolved.
+
+mod build;
+pub mod text;
+
+pub use build::build;
+
+use serde::{Serialize, Serializer};
+
+use crate::duration::Duration;
+use crate::runbook::{Mode, Phase};
+use crate::template::Command;
+
+/// What to plan.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    pub mode: Mode,
+    /// Failover with the primary site declared lost: `needs_primary` steps are left out.
+    pub emergency: bool,
+    /// Limit the plan to these services (and, unless `only`, what they depend on).
+    pub services: Vec<String>,
+    pub only: bool,
+    pub run_id: String,
+}
+
+impl PlanOptions {
+    pub fn new(mode: Mode) -> Self {
+        PlanOptions {
+            mode,
+            emergency: false,
+            services: Vec::new(),
+            only: false,
+            run_id: "dry-run".to_string(),
+        }
+    }
+}
+
+/// A plan. The fields `mode` and `steps[].{id, service, host, kind, command, timeout_s, after}`
+/// are a stable contract of `reprise plan --json`; other fields may be added.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub mode: Mode,
+    pub emergency: bool,
+    pub run_id: String,
+    pub selection: Selection,
+    pub services: Vec<PlannedService>,
+    pub steps: Vec<PlannedStep>,
+    /// Steps not in the plan, and why (emergency failover leaves out `needs_primary` steps).
+    pub left_out: Vec<LeftOut>,
+    /// Services with no runbook for this mode, that nothing in the plan needs.
+    pub not_covered: Vec<String>,
+    pub estimate: Estimate,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Selection {
+    /// The services asked for with `--service`; empty means all.
+    pub requested: Vec<String>,
+    /// `--only`: dependencies were not pulled in.
+    pub only: bool,
+    /// Dependencies added because a requested service needs them.
+    pub pulled_in: Vec<String>,
+    /// With `--only`: dependencies left out, assumed to be running already.
+    pub assumed_running: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedService {
+    pub id: String,
+    pub kind: String,
+    pub owner: Option<String>,
+    #[serde(serialize_with = "ser_duration")]
+    #[serde(rename = "rto_target_s")]
+    pub rto_target: Duration,
+    #[serde(serialize_with = "ser_opt_duration")]
+    #[serde(rename = "rpo_target_s")]
+    pub rpo_target: Option<Duration>,
+    /// Estimated time from the start of the run until its last main step is done.
+    #[serde(serialize_with = "ser_duration")]
+    #[serde(rename = "estimated_rto_s")]
+    pub estimated_rto: Duration,
+    pub rto_ok: bool,
+    /// Dependencies that are part of the plan.
+    pub depends_on: Vec<String>,
+    pub steps: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedStep {
+    /// `service/step`.
+    pub id: String,
+    pub service: String,
+    pub step: String,
+    /// The host it runs on; `null` for the operator (manual) or the orchestrator itself.
+    pub host: Option<String>,
+    /// `user@address:port` of the host.
+    pub target: Option<String>,
+    pub site: Option<String>,
+    pub kind: &'static str,
+    /// VM action (`start`, `drill-start`, …) for vm steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// The rendered command (secrets redacted), the probe, or the instructions.
+    pub command: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undo: Option<String>,
+    pub description: Option<String>,
+    pub timeout_s: Option<u64>,
+    pub expected_s: u64,
+    pub retries: u32,
+    pub idempotent: bool,
+    pub needs_primary: bool,
+    pub phase: Phase,
+    /// Ids of the steps it waits for.
+    pub after: Vec<String>,
+    /// Estimated start and finish, in seconds from the start of the run.
+    pub est_start_s: u64,
+    pub est_finish_s: u64,
+    /// On the critical path of the plan.
+    pub critical: bool,
+    #[serde(skip)]
+    pub action_spec: Action,
+}
+
+/// What executing a step means, with secrets still unresolved.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Exec {
+        run: Command,
+        verify: Option<Command>,
+        undo: Option<Command>,
+    },
+    Tcp {
+        address: String,
+        port: u16,
+        interval: Duration,
+    },
+    Http {
+        url: String,
+        status: u16,
+        interval: Duration,
+    },
+    Probe {
+        run: Command,
+        interval: Duration,
+    },
+    Manual {
+        instructions: String,
+    },
+    Replicate {
+        what: Replicated,
+        from_host: String,
+        to_host: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replicated {
+    Vm(String),
+    Backup(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LeftOut {
+    pub id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Estimate {
+    /// Estimated duration of the whole run, cleanup included.
+    #[serde(serialize_with = "ser_duration")]
+    #[serde(rename = "total_s")]
+    pub total: Duration,
+    /// The chain of steps that decides it.
+    pub critical_path: Vec<String>,
+}
+
+impl Plan {
+    pub fn step(&self, id: &str) -> Option<&PlannedStep> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a plan always serializes")
+    }
+}
+
+pub(crate) fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.secs())
+}
+
+pub(crate) fn ser_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_u64(d.secs()),
+        None => s.serialize_none(),
+    }
+}

@@ -1,0 +1,195 @@
+//! The plan for a person at 3 a.m.: grouped by service in dependency order, each step with its
+//! estimated start, host and exact command, then the critical path and what was left out.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use crate::duration::Duration;
+use crate::plan::{Plan, PlannedStep};
+use crate::runbook::{Mode, Phase};
+
+/// What a mode does, in one line.
+pub fn describe(mode: Mode, emergency: bool) -> &'static str {
+    match (mode, emergency) {
+        (Mode::Drill, _) => "failover drill on the recovery site; production is not touched",
+        (Mode::Failover, false) => "planned failover to the recovery site",
+        (Mode::Failover, true) => "EMERGENCY failover: the primary site is declared lost",
+        (Mode::Restore, _) => "cold start of the primary site, in dependency order",
+        (Mode::Failback, _) => "failback to the primary site, replication reversed first",
+    }
+}
+
+fn clock(secs: u64) -> String {
+    format!("T+{}:{:02}", secs / 3600, (secs % 3600) / 60)
+}
+
+pub fn render(plan: &Plan) -> String {
+    let mut out = String::new();
+    let title = if plan.emergency {
+        "EMERGENCY FAILOVER".to_string()
+    } else {
+        plan.mode.as_str().to_uppercase()
+    };
+    let _ = writeln!(out, "{title} plan: {}", describe(plan.mode, plan.emergency));
+    let _ = writeln!(
+        out,
+        "{} service{}, {} step{}, estimated {} until the last step (run id {})",
+        plan.services.len(),
+        crate::diagnostic::plural(plan.services.len()),
+        plan.steps.len(),
+        crate::diagnostic::plural(plan.steps.len()),
+        plan.estimate.total,
+        plan.run_id
+    );
+    if !plan.selection.requested.is_empty() {
+        let _ = writeln!(out, "Limited to: {}", plan.selection.requested.join(", "));
+        if !plan.selection.pulled_in.is_empty() {
+            let _ = writeln!(out, "Pulled in as dependencies: {}", plan.selection.pulled_in.join(", "));
+        }
+    }
+    if plan.selection.only && !plan.selection.assumed_running.is_empty() {
+        let _ = writeln!(
+            out,
+            "--only: NOT included, assumed already running: {}",
+            plan.selection.assumed_running.join(", ")
+        );
+    }
+    if plan.mode == Mode::Drill {
+        let _ = writeln!(out, "Cleanup steps run at the end, even when the drill fails.");
+    }
+    let by_id: HashMap<&str, &PlannedStep> = plan.steps.iter().map(|s| (s.id.as_str(), s)).collect();
+
+    for (n, service) in plan.services.iter().enumerate() {
+        let verdict = if service.rto_ok { "ok" } else { "OVER TARGET" };
+        let _ = writeln!(
+            out,
+            "\n[{}] {} ({}){}",
+            n + 1,
+            service.id,
+            service.kind,
+            service
+                .owner
+                .as_ref()
+                .map(|o| format!(", owner {o}"))
+                .unwrap_or_default()
+        );
+        let _ = writeln!(
+            out,
+            "    RTO target {}, estimated {} ({verdict}){}",
+            service.rto_target,
+            service.estimated_rto,
+            service
+                .rpo_target
+                .map(|r| format!("; RPO target {r}"))
+                .unwrap_or_default()
+        );
+        if !service.depends_on.is_empty() {
+            let _ = writeln!(out, "    needs: {}", service.depends_on.join(", "));
+        }
+        let mut previous: Option<&str> = None;
+        for sid in &service.steps {
+            let step = by_id[sid.as_str()];
+            if step.phase == Phase::Main {
+                render_step(&mut out, step, previous);
+                previous = Some(&step.id);
+            }
+        }
+        if service.steps.is_empty() {
+            let _ = writeln!(out, "    (nothing to do in this mode)");
+        }
+    }
+    let cleanup: Vec<&PlannedStep> = plan.steps.iter().filter(|s| s.phase == Phase::Cleanup).collect();
+    if !cleanup.is_empty() {
+        let _ = writeln!(out, "\n[cleanup] reverse dependency order, always runs");
+        let mut previous: Option<&str> = None;
+        for step in cleanup {
+            render_step(&mut out, step, previous);
+            previous = Some(&step.id);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nCritical path ({}): {}",
+        plan.estimate.total,
+        plan.estimate.critical_path.join(" → ")
+    );
+    if !plan.warnings.is_empty() {
+        let _ = writeln!(out, "\nWarnings:");
+        for w in &plan.warnings {
+            let _ = writeln!(out, "  ! {w}");
+        }
+    }
+    if !plan.left_out.is_empty() {
+        let _ = writeln!(out, "\nLeft out ({} step{}):", plan.left_out.len(), crate::diagnostic::plural(plan.left_out.len()));
+        for l in &plan.left_out {
+            let _ = writeln!(out, "  - {}: {}", l.id, l.reason);
+        }
+    }
+    if !plan.not_covered.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nNot covered (no {} runbook): {}",
+            plan.mode,
+            plan.not_covered.join(", ")
+        );
+    }
+    out
+}
+
+fn render_step(out: &mut String, step: &PlannedStep, previous: Option<&str>) {
+    let whom = match (&step.host, step.kind) {
+        (Some(h), _) => format!("on {h}"),
+        (None, "manual") => "by the operator".to_string(),
+        (None, _) => "from the orchestrator".to_string(),
+    };
+    let mut facts = vec![format!("expected {}", Duration(step.expected_s))];
+    match step.timeout_s {
+        Some(t) => facts.push(format!("timeout {}", Duration(t))),
+        None if step.kind == "manual" => facts.push("waits for confirmation".to_string()),
+        None => {}
+    }
+    if step.retries > 0 {
+        facts.push(format!("retries {}", step.retries));
+    }
+    if step.idempotent {
+        facts.push("idempotent".to_string());
+    }
+    if step.needs_primary {
+        facts.push("needs primary".to_string());
+    }
+    let kind = match &step.action {
+        Some(a) => format!("{} {a}", step.kind),
+        None => step.kind.to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "  {:>7}  {}  [{kind}] {whom}{}",
+        clock(step.est_start_s),
+        step.id,
+        if step.critical { "  *critical" } else { "" }
+    );
+    if let Some(d) = &step.description {
+        let _ = writeln!(out, "           {d}");
+    }
+    let label = if step.kind == "manual" { "do" } else { "$" };
+    for (i, line) in step.command.lines().enumerate() {
+        let lead = if i == 0 { label } else { " " };
+        let _ = writeln!(out, "           {lead} {line}");
+    }
+    if let Some(v) = &step.verify {
+        let _ = writeln!(out, "           verify: {v}");
+    }
+    if let Some(u) = &step.undo {
+        let _ = writeln!(out, "           undo: {u}");
+    }
+    let _ = writeln!(out, "           {}", facts.join(", "));
+    let waits: Vec<&str> = step
+        .after
+        .iter()
+        .map(String::as_str)
+        .filter(|a| Some(*a) != previous)
+        .collect();
+    if !waits.is_empty() {
+        let _ = writeln!(out, "           waits for: {}", waits.join(", "));
+    }
+}

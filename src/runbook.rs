@@ -1,0 +1,449 @@
+//! Runbooks: per service and per mode, the ordered steps that recover it, read from
+//! `runbooks/*.toml`.
+//!
+//! A file's top-level keys are service ids; under each, one array of step tables per mode:
+//! `[[erp-db.failover]]`. Loading is pure and checks each step on its own (keys, kinds,
+//! references, template syntax); what depends on the mode (hosts, sites, rendered commands) is
+//! checked when plans are made.
+
+use indexmap::IndexMap;
+use toml::de::DeValue;
+
+use crate::diagnostic::{Diagnostic, Location, did_you_mean};
+use crate::duration::Duration;
+use crate::fields::{Sp, Table, parse_document, type_name};
+use crate::inventory::{Inventory, VM_ACTIONS, unknown};
+use crate::sources::Sources;
+use crate::template::Template;
+
+/// The four jobs reprise does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Drill,
+    Failover,
+    Restore,
+    Failback,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [Mode::Drill, Mode::Failover, Mode::Restore, Mode::Failback];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Drill => "drill",
+            Mode::Failover => "failover",
+            Mode::Restore => "restore",
+            Mode::Failback => "failback",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// The side a VM step targets when the step does not say.
+    pub fn default_side(self) -> Side {
+        match self {
+            Mode::Drill | Mode::Failover => Side::Recovery,
+            Mode::Restore | Mode::Failback => Side::Primary,
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which copy of a VM a step acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Primary,
+    Recovery,
+}
+
+/// Main steps run in dependency order; cleanup steps (drills only) run after all main steps,
+/// in reverse dependency order, even when the drill failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Main,
+    Cleanup,
+}
+
+#[derive(Debug, Clone)]
+pub enum Probe {
+    Tcp {
+        address: Option<Template>,
+        port: u16,
+    },
+    Http {
+        url: Template,
+        status: u16,
+    },
+    Command {
+        run: Template,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum ReplicaSource {
+    Vm(Sp<String>),
+    Backup(Sp<String>),
+}
+
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    Exec {
+        host: Option<Sp<String>>,
+        run: Template,
+        verify: Option<Template>,
+        undo: Option<Template>,
+        retries: u32,
+        idempotent: bool,
+    },
+    Check {
+        host: Option<Sp<String>>,
+        probe: Probe,
+        interval: Duration,
+    },
+    Manual {
+        instructions: String,
+    },
+    Vm {
+        action: String,
+        vm: Option<Sp<String>>,
+        side: Option<Sp<Side>>,
+    },
+    Replicate {
+        source: ReplicaSource,
+    },
+}
+
+impl StepKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Exec { .. } => "exec",
+            StepKind::Check { .. } => "check",
+            StepKind::Manual { .. } => "manual",
+            StepKind::Vm { .. } => "vm",
+            StepKind::Replicate { .. } => "replicate",
+        }
+    }
+}
+
+pub const STEP_KINDS: &[&str] = &["exec", "check", "manual", "vm", "replicate"];
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub id: Sp<String>,
+    pub kind: StepKind,
+    pub description: Option<String>,
+    pub timeout: Option<Duration>,
+    pub expected: Option<Duration>,
+    pub needs_primary: bool,
+    pub phase: Phase,
+    pub loc: Location,
+}
+
+/// The steps of one service for one mode.
+#[derive(Debug, Clone)]
+pub struct Runbook {
+    pub service: String,
+    pub mode: Mode,
+    pub steps: Vec<Step>,
+    pub loc: Location,
+}
+
+/// Every runbook, by service then mode.
+#[derive(Debug, Clone, Default)]
+pub struct Runbooks {
+    pub by_service: IndexMap<String, IndexMap<Mode, Runbook>>,
+}
+
+impl Runbooks {
+    pub fn get(&self, service: &str, mode: Mode) -> Option<&Runbook> {
+        self.by_service.get(service)?.get(&mode)
+    }
+}
+
+/// Reads every runbook file, checking each step against the inventory.
+pub fn load(sources: &Sources, inv: &Inventory, diags: &mut Vec<Diagnostic>) -> Runbooks {
+    let mut books = Runbooks::default();
+    for &file in &sources.runbooks {
+        let text = sources.map.text(file);
+        let doc = parse_document(file, text, diags);
+        let mut root = Table::root(file, &doc, "the runbooks");
+        for (service, value) in root.entries() {
+            if !inv.services.contains_key(&service.value) {
+                diags.push(
+                    unknown("service", &service, inv.services.keys())
+                        .label("runbook for a service the inventory does not define"),
+                );
+                continue;
+            }
+            let Some(mut table) =
+                Table::of(file, value, format!("runbooks of `{}`", service.value), diags)
+            else {
+                continue;
+            };
+            for (mode_name, steps) in table.entries() {
+                let Some(mode) = Mode::parse(&mode_name.value) else {
+                    let hint = did_you_mean(&mode_name.value, Mode::ALL.iter().map(|m| m.as_str()))
+                        .unwrap_or_else(|| "modes are: drill, failover, restore, failback".into());
+                    diags.push(
+                        Diagnostic::error(format!(
+                            "unknown mode `{}` in the runbooks of `{}`",
+                            mode_name.value, service.value
+                        ))
+                        .at(mode_name.loc.clone())
+                        .hint(hint),
+                    );
+                    continue;
+                };
+                let DeValue::Array(items) = steps.get_ref() else {
+                    diags.push(
+                        Diagnostic::error(format!(
+                            "the {mode} runbook of `{}` must be a list of steps ([[{}.{mode}]]), not {}",
+                            service.value,
+                            service.value,
+                            type_name(steps.get_ref())
+                        ))
+                        .at(Location::new(file, steps.span())),
+                    );
+                    continue;
+                };
+                let mut book = Runbook {
+                    service: service.value.clone(),
+                    mode,
+                    steps: Vec::new(),
+                    loc: mode_name.loc.clone(),
+                };
+                for item in items.iter() {
+                    let what = format!("a {mode} step of `{}`", service.value);
+                    if let Some(mut t) = Table::of(file, item, what, diags) {
+                        if let Some(step) = read_step(text, &mut t, mode, inv, diags) {
+                            if let Some(first) = book.steps.iter().find(|s| s.id.value == step.id.value) {
+                                diags.push(
+                                    Diagnostic::error(format!(
+                                        "step `{}` is defined twice in the {mode} runbook of `{}`",
+                                        step.id.value, service.value
+                                    ))
+                                    .at(step.id.loc.clone())
+                                    .note("first defined here", first.id.loc.clone()),
+                                );
+                            } else {
+                                book.steps.push(step);
+                            }
+                        }
+                        t.finish(diags);
+                    }
+                }
+                let modes = books.by_service.entry(service.value.clone()).or_default();
+                if let Some(first) = modes.get(&mode) {
+                    diags.push(
+                        Diagnostic::error(format!(
+                            "the {mode} runbook of `{}` is defined twice",
+                            service.value
+                        ))
+                        .at(book.loc.clone())
+                        .note("first defined here", first.loc.clone())
+                        .hint("keep the steps of one service and mode in one place"),
+                    );
+                } else {
+                    modes.insert(mode, book);
+                }
+            }
+        }
+    }
+    books
+}
+
+fn template(
+    text: &str,
+    t: &mut Table<'_, '_>,
+    key: &'static str,
+    required: bool,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Template> {
+    let value = if required {
+        t.req_str(key, diags)
+    } else {
+        t.str(key, diags)
+    }?;
+    match Template::parse(&value, text) {
+        Ok(tpl) => Some(tpl),
+        Err(d) => {
+            diags.push(d);
+            None
+        }
+    }
+}
+
+fn read_step(
+    text: &str,
+    t: &mut Table<'_, '_>,
+    mode: Mode,
+    inv: &Inventory,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Step> {
+    let id = t.req_str("id", diags);
+    let kind = t.req_choice("kind", STEP_KINDS, diags);
+    if let Some(id) = &id {
+        t.what = format!("step `{}`", id.value);
+        let ok = !id.value.is_empty()
+            && id
+                .value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok {
+            diags.push(
+                Diagnostic::error(format!("invalid step id `{}`", id.value))
+                    .at(id.loc.clone())
+                    .hint("step ids use letters, digits, `-` and `_`"),
+            );
+        }
+    }
+    let description = t.str("description", diags).map(|s| s.value);
+    let timeout = t.duration("timeout", diags).map(|d| d.value);
+    let expected = t.duration("expected", diags).map(|d| d.value);
+    let needs_primary = t.bool("needs_primary", diags).unwrap_or(false);
+    let phase = match t.choice("phase", &["main", "cleanup"], diags) {
+        Some(p) if p.value == "cleanup" => {
+            if mode != Mode::Drill {
+                diags.push(
+                    Diagnostic::error(format!("`phase = \"cleanup\"` in a {mode} runbook"))
+                        .at(p.loc)
+                        .hint("only drills have a cleanup phase"),
+                );
+            }
+            Phase::Cleanup
+        }
+        _ => Phase::Main,
+    };
+    let host = |t: &mut Table<'_, '_>, diags: &mut Vec<Diagnostic>| {
+        let h = t.str("host", diags)?;
+        if inv.hosts.contains_key(&h.value) {
+            Some(h)
+        } else {
+            diags.push(unknown("host", &h, inv.hosts.keys()));
+            None
+        }
+    };
+    let step_kind = match kind.as_ref().map(|k| k.value.as_str()) {
+        Some("exec") => {
+            let host = host(t, diags);
+            let run = template(text, t, "run", true, diags);
+            let verify = template(text, t, "verify", false, diags);
+            let undo = template(text, t, "undo", false, diags);
+            let retries = t.int("retries", 0, 100, diags).map(|r| r.value as u32).unwrap_or(0);
+            let idempotent = t.bool("idempotent", diags).unwrap_or(false);
+            StepKind::Exec {
+                host,
+                run: run?,
+                verify,
+                undo,
+                retries,
+                idempotent,
+            }
+        }
+        Some("check") => {
+            let host = host(t, diags);
+            let interval = t
+                .duration("interval", diags)
+                .map(|d| d.value)
+                .unwrap_or(Duration(5));
+            let probe_kind = t.req_choice("probe", &["tcp", "http", "command"], diags)?;
+            let probe = match probe_kind.value.as_str() {
+                "tcp" => {
+                    let address = template(text, t, "address", false, diags);
+                    let port = t.req_int("port", 1, 65535, diags);
+                    Probe::Tcp {
+                        address,
+                        port: port?.value as u16,
+                    }
+                }
+                "http" => {
+                    let url = template(text, t, "url", true, diags);
+                    let status = t.int("status", 100, 599, diags).map(|s| s.value as u16).unwrap_or(200);
+                    Probe::Http { url: url?, status }
+                }
+                _ => Probe::Command {
+                    run: template(text, t, "run", true, diags)?,
+                },
+            };
+            StepKind::Check {
+                host,
+                probe,
+                interval,
+            }
+        }
+        Some("manual") => StepKind::Manual {
+            instructions: t.req_str("instructions", diags)?.value,
+        },
+        Some("vm") => {
+            let action = t.req_choice("action", VM_ACTIONS, diags);
+            let vm = t.str("vm", diags);
+            if let Some(v) = &vm
+                && !inv.vms.contains_key(&v.value)
+            {
+                diags.push(unknown("vm", v, inv.vms.keys()));
+            }
+            let side = t.choice("on", &["primary", "recovery"], diags).map(|s| {
+                let side = if s.value == "primary" {
+                    Side::Primary
+                } else {
+                    Side::Recovery
+                };
+                Sp::new(side, s.loc)
+            });
+            StepKind::Vm {
+                action: action?.value,
+                vm,
+                side,
+            }
+        }
+        Some("replicate") => {
+            let vm = t.str("vm", diags);
+            let backup = t.str("backup", diags);
+            let source = match (vm, backup) {
+                (Some(v), None) => {
+                    if !inv.vms.contains_key(&v.value) {
+                        diags.push(unknown("vm", &v, inv.vms.keys()));
+                    }
+                    ReplicaSource::Vm(v)
+                }
+                (None, Some(b)) => {
+                    if !inv.backups.contains_key(&b.value) {
+                        diags.push(unknown("backup set", &b, inv.backups.keys()));
+                    }
+                    ReplicaSource::Backup(b)
+                }
+                _ => {
+                    diags.push(
+                        Diagnostic::error("a replicate step names either `vm` or `backup`")
+                            .at(t.loc.clone())
+                            .hint("add `vm = \"...\"` or `backup = \"...\"`, not both"),
+                    );
+                    return None;
+                }
+            };
+            StepKind::Replicate { source }
+        }
+        _ => return None,
+    };
+    Some(Step {
+        id: id?,
+        kind: step_kind,
+        description,
+        timeout,
+        expected,
+        needs_primary,
+        phase,
+        loc: t.loc.clone(),
+    })
+}
+

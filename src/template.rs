@@ -1,0 +1,356 @@
+//! Command templates: `{{ namespace.name }}` placeholders in step commands, filled from the host,
+//! service, VM and run when a plan is made.
+//!
+//! Every substituted value is shell-quoted unless the placeholder says `| raw`, so that an
+//! inventory value can never inject a command. Secrets stay placeholders in the rendered
+//! [`Command`]: they are shown redacted and resolved only by the executor. No IO here.
+
+use std::fmt;
+
+use crate::diagnostic::{Diagnostic, Location};
+use crate::fields::{Sp, sub_location};
+
+pub const NAMESPACES: &[&str] = &["host", "service", "vm", "primary", "recovery", "run"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Lit(String),
+    Var {
+        namespace: String,
+        name: String,
+        raw: bool,
+        loc: Location,
+    },
+}
+
+/// A parsed template with the location of each placeholder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub source: Sp<String>,
+    parts: Vec<Part>,
+}
+
+impl Template {
+    /// Parses `value`; `file_text` is the text of the file it was read from, to place errors
+    /// on the placeholder itself.
+    pub fn parse(value: &Sp<String>, file_text: &str) -> Result<Template, Diagnostic> {
+        let s = value.value.as_str();
+        let mut parts = Vec::new();
+        let mut rest = 0;
+        while let Some(open) = s[rest..].find("{{").map(|i| i + rest) {
+            if open > rest {
+                parts.push(Part::Lit(s[rest..open].to_string()));
+            }
+            let Some(close) = s[open..].find("}}").map(|i| i + open) else {
+                return Err(Diagnostic::error("unclosed `{{` in template")
+                    .at(sub_location(file_text, value, open, 2))
+                    .hint("close the placeholder with `}}`"));
+            };
+            let inner = &s[open + 2..close];
+            let loc = sub_location(file_text, value, open, close + 2 - open);
+            let (expr, filter) = match inner.split_once('|') {
+                Some((e, f)) => (e.trim(), Some(f.trim())),
+                None => (inner.trim(), None),
+            };
+            let raw = match filter {
+                None => false,
+                Some("raw") => true,
+                Some(other) => {
+                    return Err(Diagnostic::error(format!("unknown template filter `{other}`"))
+                        .at(loc)
+                        .hint("the only filter is `raw`: {{ host.x | raw }}"));
+                }
+            };
+            let Some((namespace, name)) = expr.split_once('.') else {
+                return Err(
+                    Diagnostic::error(format!("invalid placeholder `{{{{{inner}}}}}`"))
+                        .at(loc)
+                        .hint("write {{ namespace.name }}, e.g. {{ host.images_dir }}"),
+                );
+            };
+            let valid = |t: &str| {
+                !t.is_empty()
+                    && t
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            };
+            if !valid(namespace) || !valid(name) {
+                return Err(
+                    Diagnostic::error(format!("invalid placeholder `{{{{{inner}}}}}`"))
+                        .at(loc)
+                        .hint("write {{ namespace.name }}, e.g. {{ host.images_dir }}"),
+                );
+            }
+            if !NAMESPACES.contains(&namespace) {
+                let hint = crate::diagnostic::did_you_mean(namespace, NAMESPACES.iter().copied())
+                    .unwrap_or_else(|| format!("namespaces are: {}", NAMESPACES.join(", ")));
+                return Err(
+                    Diagnostic::error(format!("unknown template namespace `{namespace}`"))
+                        .at(loc)
+                        .hint(hint),
+                );
+            }
+            parts.push(Part::Var {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                raw,
+                loc,
+            });
+            rest = close + 2;
+        }
+        if rest < s.len() {
+            parts.push(Part::Lit(s[rest..].to_string()));
+        }
+        Ok(Template {
+            source: value.clone(),
+            parts,
+        })
+    }
+
+    /// Fills the placeholders from `scope`, shell-quoting each value; every unknown variable is
+    /// reported.
+    pub fn render(&self, scope: &dyn Scope) -> Result<Command, Vec<Diagnostic>> {
+        self.render_with(scope, true)
+    }
+
+    /// Fills the placeholders without shell quoting, for values that are not shell commands
+    /// (addresses, URLs).
+    pub fn render_plain(&self, scope: &dyn Scope) -> Result<Command, Vec<Diagnostic>> {
+        self.render_with(scope, false)
+    }
+
+    fn render_with(&self, scope: &dyn Scope, quote: bool) -> Result<Command, Vec<Diagnostic>> {
+        let mut out = Command::default();
+        let mut errors = Vec::new();
+        for part in &self.parts {
+            match part {
+                Part::Lit(s) => out.push_text(s),
+                Part::Var {
+                    namespace,
+                    name,
+                    raw,
+                    loc,
+                } => match scope.lookup(namespace, name) {
+                    Lookup::Found(value) if !quote => match value {
+                        TemplateValue::Text(t) => out.push_text(&t),
+                        TemplateValue::List(items) => out.push_text(&items.join(" ")),
+                        TemplateValue::Secret { env } => out.parts.push(CommandPart::Secret {
+                            env,
+                            quote: false,
+                        }),
+                    },
+                    Lookup::Found(value) => match value {
+                        TemplateValue::Text(t) if *raw => out.push_text(&t),
+                        TemplateValue::Text(t) => out.push_text(&shell_quote(&t)),
+                        TemplateValue::List(items) => {
+                            let words: Vec<String> = items
+                                .iter()
+                                .map(|i| if *raw { i.clone() } else { shell_quote(i) })
+                                .collect();
+                            out.push_text(&words.join(" "));
+                        }
+                        TemplateValue::Secret { env } => out.parts.push(CommandPart::Secret {
+                            env,
+                            quote: !raw,
+                        }),
+                    },
+                    Lookup::Missing { what, known } => {
+                        let hint = crate::diagnostic::did_you_mean(
+                            name,
+                            known.iter().map(String::as_str),
+                        )
+                        .or_else(|| {
+                            (!known.is_empty()).then(|| format!("known: {}", known.join(", ")))
+                        });
+                        errors.push(
+                            Diagnostic::error(format!(
+                                "unknown template variable `{namespace}.{name}`: {what}"
+                            ))
+                            .at(loc.clone())
+                            .hint_opt(hint),
+                        );
+                    }
+                },
+            }
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// A value a placeholder can take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateValue {
+    Text(String),
+    List(Vec<String>),
+    Secret { env: String },
+}
+
+/// The answer of a [`Scope`].
+pub enum Lookup {
+    Found(TemplateValue),
+    /// Not there: `what` says why ("host `hv-main` has no variable `x`"), `known` lists the names
+    /// that are.
+    Missing { what: String, known: Vec<String> },
+}
+
+/// Where placeholders find their values.
+pub trait Scope {
+    fn lookup(&self, namespace: &str, name: &str) -> Lookup;
+}
+
+/// A rendered command: text with secrets kept apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Command {
+    pub parts: Vec<CommandPart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CommandPart {
+    Text(String),
+    /// Read from the environment variable `env` when the command runs.
+    Secret { env: String, quote: bool },
+}
+
+impl Command {
+    pub fn text(s: impl Into<String>) -> Self {
+        Command {
+            parts: vec![CommandPart::Text(s.into())],
+        }
+    }
+
+    fn push_text(&mut self, s: &str) {
+        if let Some(CommandPart::Text(t)) = self.parts.last_mut() {
+            t.push_str(s);
+        } else {
+            self.parts.push(CommandPart::Text(s.to_string()));
+        }
+    }
+
+    /// The environment variables the command needs.
+    pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            CommandPart::Secret { env, .. } => Some(env.as_str()),
+            CommandPart::Text(_) => None,
+        })
+    }
+
+    /// The command with every secret resolved by `resolve`, for execution only.
+    pub fn expose(&self, resolve: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                CommandPart::Text(t) => out.push_str(t),
+                CommandPart::Secret { env, quote } => {
+                    let v = resolve(env).ok_or_else(|| env.clone())?;
+                    if *quote {
+                        out.push_str(&shell_quote(&v));
+                    } else {
+                        out.push_str(&v);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Display for Command {
+    /// The redacted form: secrets appear as `<secret:NAME>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.parts {
+            match p {
+                CommandPart::Text(t) => f.write_str(t)?,
+                CommandPart::Secret { env, .. } => write!(f, "<secret:{env}>")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Quotes `s` for a POSIX shell, leaving plain words as they are.
+pub fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '@' | '%' | '+' | ',' | '=')
+        });
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnostic::{FileId, Location};
+
+    struct Fixed;
+    impl Scope for Fixed {
+        fn lookup(&self, namespace: &str, name: &str) -> Lookup {
+            match (namespace, name) {
+                ("host", "dir") => Lookup::Found(TemplateValue::Text("/srv/a b".into())),
+                ("host", "evil") => Lookup::Found(TemplateValue::Text("x; rm -rf / 'y'".into())),
+                ("vm", "disks") => Lookup::Found(TemplateValue::List(vec!["a.qcow2".into(), "b c".into()])),
+                ("host", "pw") => Lookup::Found(TemplateValue::Secret { env: "PW".into() }),
+                _ => Lookup::Missing {
+                    what: format!("no `{name}`"),
+                    known: vec!["dir".into(), "evil".into()],
+                },
+            }
+        }
+    }
+
+    fn tpl(s: &str) -> Template {
+        let text = format!("run = \"{s}\"");
+        let value = Sp::new(s.to_string(), Location::new(FileId(0), 6..text.len()));
+        Template::parse(&value, &text).unwrap()
+    }
+
+    #[track_caller]
+    fn check(template: &str, expected: &str) {
+        assert_eq!(tpl(template).render(&Fixed).unwrap().to_string(), expected);
+    }
+
+    #[test]
+    fn quotes_every_value() {
+        check("ls {{ host.dir }}", "ls '/srv/a b'");
+        check("echo {{host.evil}}", r"echo 'x; rm -rf / '\''y'\'''");
+        check("echo {{ host.evil | raw }}", "echo x; rm -rf / 'y'");
+        check("for d in {{ vm.disks }}", "for d in a.qcow2 'b c'");
+        check("mysql -p{{ host.pw }}", "mysql -p<secret:PW>");
+    }
+
+    #[test]
+    fn secrets_are_resolved_only_on_demand() {
+        let cmd = tpl("x {{ host.pw }}").render(&Fixed).unwrap();
+        assert_eq!(cmd.secrets().collect::<Vec<_>>(), ["PW"]);
+        assert_eq!(cmd.expose(|_| Some("s3 cr".into())).unwrap(), "x 's3 cr'");
+        assert_eq!(cmd.expose(|_| None), Err("PW".to_string()));
+    }
+
+    #[test]
+    fn unknown_variable_points_at_the_placeholder() {
+        let errs = tpl("ls {{ host.dri }}").render(&Fixed).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        let loc = errs[0].location.clone().unwrap();
+        assert_eq!(loc.span, 10..24);
+        assert_eq!(errs[0].hint.as_deref(), Some("did you mean `dir`?"));
+    }
+
+    #[test]
+    fn syntax_errors() {
+        let text = "run = \"ls {{ host.dir\"";
+        let value = Sp::new("ls {{ host.dir".to_string(), Location::new(FileId(0), 6..text.len()));
+        assert!(Template::parse(&value, text).is_err());
+        for bad in ["{{ hostdir }}", "{{ hots.dir }}", "{{ host.dir | upper }}"] {
+            let text = format!("run = \"{bad}\"");
+            let value = Sp::new(bad.to_string(), Location::new(FileId(0), 6..text.len()));
+            assert!(Template::parse(&value, &text).is_err(), "{bad}");
+        }
+    }
+}
