@@ -43,10 +43,14 @@ pub struct Cli {
 pub enum Command {
     /// Check the inventory and runbooks: syntax, references, cycles, site rules, templates,
     /// and that every mode plans.
-    #[command(after_help = "Example:\n  reprise validate --inventory site/inventory --runbooks site/runbooks")]
+    #[command(
+        after_help = "Example:\n  reprise validate --inventory site/inventory --runbooks site/runbooks"
+    )]
     Validate,
     /// Show the service dependency graph.
-    #[command(after_help = "Examples:\n  reprise graph\n  reprise graph --format mermaid > services.mmd")]
+    #[command(
+        after_help = "Examples:\n  reprise graph\n  reprise graph --format mermaid > services.mmd"
+    )]
     Graph {
         #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
         format: GraphFormat,
@@ -60,7 +64,9 @@ pub enum Command {
         json: bool,
     },
     /// Show exactly what a drill, failover, restore or failback would do (a dry run).
-    #[command(after_help = "Examples:\n  reprise plan drill\n  reprise plan failover --emergency\n  reprise plan restore --service erp-app --only --json")]
+    #[command(
+        after_help = "Examples:\n  reprise plan drill\n  reprise plan failover --emergency\n  reprise plan restore --service erp-app --only --json"
+    )]
     Plan {
         #[arg(value_enum)]
         mode: ModeArg,
@@ -139,7 +145,11 @@ pub fn main() -> u8 {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { exit::USAGE } else { exit::OK };
+            return if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
         }
     };
     let outcome = run(&cli);

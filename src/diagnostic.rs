@@ -209,8 +209,8 @@ fn quote(out: &mut String, sources: &SourceMap, loc: &Location, label: Option<&s
     let _ = writeln!(out, "{line} | {text}");
     // The caret covers the span, clipped to the first line.
     let line_chars = text.chars().count();
-    let span_text = &sources.text(loc.file)
-        [floor_char_boundary(sources.text(loc.file), loc.span.start)
+    let span_text =
+        &sources.text(loc.file)[floor_char_boundary(sources.text(loc.file), loc.span.start)
             ..floor_char_boundary(
                 sources.text(loc.file),
                 loc.span.end.min(sources.text(loc.file).len()),
@@ -286,7 +286,10 @@ pub(crate) fn plural(n: usize) -> &'static str {
 }
 
 /// The closest candidate to `name`, when it is close enough to be a likely typo.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let name_l = name.to_lowercase();
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
@@ -307,20 +310,30 @@ fn normalise(s: &str) -> String {
         .collect()
 }
 
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of two
+/// neighbouring characters each count one.
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
     for i in 1..=a.len() {
-        cur[0] = i;
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
         }
-        std::mem::swap(&mut prev, &mut cur);
     }
-    prev[b.len()]
+    d[a.len()][b.len()]
 }
 
 #[cfg(test)]

@@ -167,7 +167,11 @@ impl<'t, 'i> Table<'t, 'i> {
         }
     }
 
-    pub fn req_str(&mut self, key: &'static str, diags: &mut Vec<Diagnostic>) -> Option<Sp<String>> {
+    pub fn req_str(
+        &mut self,
+        key: &'static str,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Sp<String>> {
         let present = self.entries.contains_key(key);
         let r = self.str(key, diags);
         if !present {
@@ -221,7 +225,11 @@ impl<'t, 'i> Table<'t, 'i> {
         }
     }
 
-    pub fn duration(&mut self, key: &'static str, diags: &mut Vec<Diagnostic>) -> Option<Sp<Duration>> {
+    pub fn duration(
+        &mut self,
+        key: &'static str,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Sp<Duration>> {
         let s = self.str(key, diags)?;
         match s.value.parse::<Duration>() {
             Ok(d) => Some(Sp::new(d, s.loc)),
@@ -229,7 +237,9 @@ impl<'t, 'i> Table<'t, 'i> {
                 diags.push(
                     Diagnostic::error(format!("invalid duration `{}`: {e}", s.value))
                         .at(s.loc)
-                        .hint("write a duration like \"30s\", \"15m\", \"4h\", \"1d\" or \"1h30m\""),
+                        .hint(
+                            "write a duration like \"30s\", \"15m\", \"4h\", \"1d\" or \"1h30m\"",
+                        ),
                 );
                 None
             }
@@ -315,7 +325,11 @@ impl<'t, 'i> Table<'t, 'i> {
     }
 
     /// Like [`Table::duration`], and reports the key when it is missing.
-    pub fn req_duration(&mut self, key: &'static str, diags: &mut Vec<Diagnostic>) -> Option<Sp<Duration>> {
+    pub fn req_duration(
+        &mut self,
+        key: &'static str,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Sp<Duration>> {
         if !self.entries.contains_key(key) {
             self.known.push(key);
             self.missing(key, diags);

@@ -1,14 +1,14 @@
 //! The service dependency graph (petgraph): cycles, a stable dependency order, levels, impact
 //! analysis, and export as text, Graphviz DOT and Mermaid. Pure functions of the inventory.
 
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::fmt::Write as _;
 
+use petgraph::Direction;
 use petgraph::algo::tarjan_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
-use petgraph::Direction;
 
 use crate::diagnostic::Diagnostic;
 use crate::duration::Duration;
@@ -248,9 +248,8 @@ impl ServiceGraph {
                 }
             })
             .collect();
-        affected.sort_by(|a, b| {
-            (a.rto, a.distance, &a.service).cmp(&(b.rto, b.distance, &b.service))
-        });
+        affected
+            .sort_by(|a, b| (a.rto, a.distance, &a.service).cmp(&(b.rto, b.distance, &b.service)));
         Impact {
             service: id.to_string(),
             affected,
@@ -268,7 +267,10 @@ impl ServiceGraph {
             if n == b {
                 break;
             }
-            let mut next: Vec<NodeIndex> = self.graph.neighbors_directed(n, Direction::Outgoing).collect();
+            let mut next: Vec<NodeIndex> = self
+                .graph
+                .neighbors_directed(n, Direction::Outgoing)
+                .collect();
             next.sort();
             for m in next {
                 if m != a && !prev.contains_key(&m) {
@@ -324,7 +326,8 @@ impl ServiceGraph {
 
     /// Graphviz DOT, an edge from each dependency to its dependant.
     pub fn to_dot(&self, inv: &Inventory) -> String {
-        let mut out = String::from("digraph services {\n  rankdir=LR;\n  node [shape=box, style=rounded];\n");
+        let mut out =
+            String::from("digraph services {\n  rankdir=LR;\n  node [shape=box, style=rounded];\n");
         for id in self.order() {
             let s = &inv.services[id];
             let _ = writeln!(
@@ -346,7 +349,13 @@ impl ServiceGraph {
         let key = |id: &str| id.replace('-', "_");
         for id in self.order() {
             let s = &inv.services[id];
-            let _ = writeln!(out, "  {}[\"{id}<br/>{} · RTO {}\"]", key(id), s.kind, s.rto);
+            let _ = writeln!(
+                out,
+                "  {}[\"{id}<br/>{} · RTO {}\"]",
+                key(id),
+                s.kind,
+                s.rto
+            );
         }
         for (a, b) in self.sorted_edges() {
             let _ = writeln!(out, "  {} --> {}", key(a), key(b));
@@ -393,7 +402,11 @@ impl Impact {
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         if self.affected.is_empty() {
-            let _ = writeln!(out, "If {} fails, no other service goes down.", self.service);
+            let _ = writeln!(
+                out,
+                "If {} fails, no other service goes down.",
+                self.service
+            );
             return out;
         }
         let _ = writeln!(
@@ -404,7 +417,12 @@ impl Impact {
             crate::diagnostic::plural(self.affected.len()),
             if self.affected.len() == 1 { "es" } else { "" }
         );
-        let width = self.affected.iter().map(|a| a.service.len()).max().unwrap_or(0);
+        let width = self
+            .affected
+            .iter()
+            .map(|a| a.service.len())
+            .max()
+            .unwrap_or(0);
         for a in &self.affected {
             let _ = writeln!(
                 out,

@@ -230,11 +230,23 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
             insert_unique(&mut inv.sites, "site", id, site, |s| &s.loc, diags);
         });
         for_each_entry(&mut root, "hosts", diags, |id, t, diags| {
-            let address = t.req_str("address", diags).map(|s| s.value).unwrap_or_default();
-            let port = t.int("port", 1, 65535, diags).map(|p| p.value as u16).unwrap_or(22);
-            let user = t.str("user", diags).map(|s| s.value).unwrap_or_else(|| "root".into());
+            let address = t
+                .req_str("address", diags)
+                .map(|s| s.value)
+                .unwrap_or_default();
+            let port = t
+                .int("port", 1, 65535, diags)
+                .map(|p| p.value as u16)
+                .unwrap_or(22);
+            let user = t
+                .str("user", diags)
+                .map(|s| s.value)
+                .unwrap_or_else(|| "root".into());
             let site = t.req_str("site", diags);
-            let role = t.req_choice("role", HOST_ROLES, diags).map(|s| s.value).unwrap_or_default();
+            let role = t
+                .req_choice("role", HOST_ROLES, diags)
+                .map(|s| s.value)
+                .unwrap_or_default();
             let description = t.str("description", diags).map(|s| s.value);
             let known_hosts = t.str("known_hosts", diags).map(|s| s.value);
             let vars = read_vars(t, diags);
@@ -254,7 +266,10 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
         });
         for_each_entry(&mut root, "services", diags, |id, t, diags| {
             let description = t.str("description", diags).map(|s| s.value);
-            let kind = t.req_choice("kind", SERVICE_KINDS, diags).map(|s| s.value).unwrap_or_default();
+            let kind = t
+                .req_choice("kind", SERVICE_KINDS, diags)
+                .map(|s| s.value)
+                .unwrap_or_default();
             let owner = t.str("owner", diags).map(|s| s.value);
             let rto = t.req_duration("rto", diags).map(|d| d.value);
             let rpo = t.duration("rpo", diags).map(|d| d.value);
@@ -291,15 +306,25 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
             insert_unique(&mut inv.services, "service", id, service, |s| &s.loc, diags);
         });
         for_each_entry(&mut root, "vms", diags, |id, t, diags| {
-            let name = t.str("name", diags).map(|s| s.value).unwrap_or_else(|| id.value.clone());
+            let name = t
+                .str("name", diags)
+                .map(|s| s.value)
+                .unwrap_or_else(|| id.value.clone());
             let placeholder = || Sp::new(String::new(), id.loc.clone());
             let driver = t.req_str("driver", diags).unwrap_or_else(placeholder);
             let primary = t.req_str("primary", diags).unwrap_or_else(placeholder);
             let recovery = t.req_str("recovery", diags).unwrap_or_else(placeholder);
-            let disks = t.str_list("disks", diags).into_iter().map(|d| d.value).collect();
+            let disks = t
+                .str_list("disks", diags)
+                .into_iter()
+                .map(|d| d.value)
+                .collect();
             let address = t.str("address", diags).map(|s| s.value);
             let recovery_address = t.str("recovery_address", diags).map(|s| s.value);
-            let retention = t.int("retention", 1, 1000, diags).map(|r| r.value as u32).unwrap_or(7);
+            let retention = t
+                .int("retention", 1, 1000, diags)
+                .map(|r| r.value as u32)
+                .unwrap_or(7);
             let vmid = t.int("vmid", 1, 999_999_999, diags).map(|r| r.value as u32);
             let vm = Vm {
                 id: id.value.clone(),
@@ -320,10 +345,19 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
             let placeholder = || Sp::new(String::new(), id.loc.clone());
             let description = t.str("description", diags).map(|s| s.value);
             let source_host = t.req_str("source_host", diags).unwrap_or_else(placeholder);
-            let source_path = t.req_str("source_path", diags).map(|s| s.value).unwrap_or_default();
+            let source_path = t
+                .req_str("source_path", diags)
+                .map(|s| s.value)
+                .unwrap_or_default();
             let dest_host = t.req_str("dest_host", diags).unwrap_or_else(placeholder);
-            let dest_path = t.req_str("dest_path", diags).map(|s| s.value).unwrap_or_default();
-            let retention = t.int("retention", 1, 1000, diags).map(|r| r.value as u32).unwrap_or(7);
+            let dest_path = t
+                .req_str("dest_path", diags)
+                .map(|s| s.value)
+                .unwrap_or_default();
+            let retention = t
+                .int("retention", 1, 1000, diags)
+                .map(|r| r.value as u32)
+                .unwrap_or(7);
             let set = BackupSet {
                 id: id.value.clone(),
                 description,
@@ -385,7 +419,11 @@ fn for_each_entry<'t, 'i>(
     };
     for (id, v) in table.entries() {
         check_id(&id, diags);
-        let what = format!("{} `{}`", singular.replace("backup", "backup set"), id.value);
+        let what = format!(
+            "{} `{}`",
+            singular.replace("backup", "backup set"),
+            id.value
+        );
         if let Some(mut t) = Table::of(root.file, v, what, diags) {
             f(&id, &mut t, diags);
             t.finish(diags);
@@ -400,7 +438,11 @@ fn check_id(id: &Sp<String>, diags: &mut Vec<Diagnostic>) {
             .value
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && id.value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        && id
+            .value
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
     if !ok {
         diags.push(
             Diagnostic::error(format!("invalid id `{}`", id.value))
@@ -464,7 +506,10 @@ fn read_var(
             t.finish(diags);
             let env = env?;
             let valid = !env.value.is_empty()
-                && env.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                && env
+                    .value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
                 diags.push(
                     Diagnostic::error(format!("invalid environment variable name `{}`", env.value))
@@ -569,7 +614,10 @@ fn check_references(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
                         site.role.as_str()
                     ))
                     .at(host.loc.clone())
-                    .hint(format!("the {side} host must be on a {} site", expected.as_str())),
+                    .hint(format!(
+                        "the {side} host must be on a {} site",
+                        expected.as_str()
+                    )),
                 );
             }
         }

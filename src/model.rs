@@ -36,7 +36,8 @@ impl Model {
             return Err(model.report(diags));
         }
         // Every mode must plan: that checks hosts, sites, drivers and templates.
-        let mut variants: Vec<PlanOptions> = Mode::ALL.iter().map(|&m| PlanOptions::new(m)).collect();
+        let mut variants: Vec<PlanOptions> =
+            Mode::ALL.iter().map(|&m| PlanOptions::new(m)).collect();
         variants.push(PlanOptions {
             emergency: true,
             ..PlanOptions::new(Mode::Failover)

@@ -185,9 +185,12 @@ pub fn load(sources: &Sources, inv: &Inventory, diags: &mut Vec<Diagnostic>) -> 
                 );
                 continue;
             }
-            let Some(mut table) =
-                Table::of(file, value, format!("runbooks of `{}`", service.value), diags)
-            else {
+            let Some(mut table) = Table::of(
+                file,
+                value,
+                format!("runbooks of `{}`", service.value),
+                diags,
+            ) else {
                 continue;
             };
             for (mode_name, steps) in table.entries() {
@@ -226,7 +229,9 @@ pub fn load(sources: &Sources, inv: &Inventory, diags: &mut Vec<Diagnostic>) -> 
                     let what = format!("a {mode} step of `{}`", service.value);
                     if let Some(mut t) = Table::of(file, item, what, diags) {
                         if let Some(step) = read_step(text, &mut t, mode, inv, diags) {
-                            if let Some(first) = book.steps.iter().find(|s| s.id.value == step.id.value) {
+                            if let Some(first) =
+                                book.steps.iter().find(|s| s.id.value == step.id.value)
+                            {
                                 diags.push(
                                     Diagnostic::error(format!(
                                         "step `{}` is defined twice in the {mode} runbook of `{}`",
@@ -339,7 +344,10 @@ fn read_step(
             let run = template(text, t, "run", true, diags);
             let verify = template(text, t, "verify", false, diags);
             let undo = template(text, t, "undo", false, diags);
-            let retries = t.int("retries", 0, 100, diags).map(|r| r.value as u32).unwrap_or(0);
+            let retries = t
+                .int("retries", 0, 100, diags)
+                .map(|r| r.value as u32)
+                .unwrap_or(0);
             let idempotent = t.bool("idempotent", diags).unwrap_or(false);
             StepKind::Exec {
                 host,
@@ -368,7 +376,10 @@ fn read_step(
                 }
                 "http" => {
                     let url = template(text, t, "url", true, diags);
-                    let status = t.int("status", 100, 599, diags).map(|s| s.value as u16).unwrap_or(200);
+                    let status = t
+                        .int("status", 100, 599, diags)
+                        .map(|s| s.value as u16)
+                        .unwrap_or(200);
                     Probe::Http { url: url?, status }
                 }
                 _ => Probe::Command {
@@ -446,4 +457,3 @@ fn read_step(
         loc: t.loc.clone(),
     })
 }
-

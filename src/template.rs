@@ -56,9 +56,11 @@ impl Template {
                 None => false,
                 Some("raw") => true,
                 Some(other) => {
-                    return Err(Diagnostic::error(format!("unknown template filter `{other}`"))
-                        .at(loc)
-                        .hint("the only filter is `raw`: {{ host.x | raw }}"));
+                    return Err(
+                        Diagnostic::error(format!("unknown template filter `{other}`"))
+                            .at(loc)
+                            .hint("the only filter is `raw`: {{ host.x | raw }}"),
+                    );
                 }
             };
             let Some((namespace, name)) = expr.split_once('.') else {
@@ -70,8 +72,7 @@ impl Template {
             };
             let valid = |t: &str| {
                 !t.is_empty()
-                    && t
-                        .chars()
+                    && t.chars()
                         .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
             };
             if !valid(namespace) || !valid(name) {
@@ -134,10 +135,9 @@ impl Template {
                     Lookup::Found(value) if !quote => match value {
                         TemplateValue::Text(t) => out.push_text(&t),
                         TemplateValue::List(items) => out.push_text(&items.join(" ")),
-                        TemplateValue::Secret { env } => out.parts.push(CommandPart::Secret {
-                            env,
-                            quote: false,
-                        }),
+                        TemplateValue::Secret { env } => {
+                            out.parts.push(CommandPart::Secret { env, quote: false })
+                        }
                     },
                     Lookup::Found(value) => match value {
                         TemplateValue::Text(t) if *raw => out.push_text(&t),
@@ -149,19 +149,17 @@ impl Template {
                                 .collect();
                             out.push_text(&words.join(" "));
                         }
-                        TemplateValue::Secret { env } => out.parts.push(CommandPart::Secret {
-                            env,
-                            quote: !raw,
-                        }),
+                        TemplateValue::Secret { env } => {
+                            out.parts.push(CommandPart::Secret { env, quote: !raw })
+                        }
                     },
                     Lookup::Missing { what, known } => {
-                        let hint = crate::diagnostic::did_you_mean(
-                            name,
-                            known.iter().map(String::as_str),
-                        )
-                        .or_else(|| {
-                            (!known.is_empty()).then(|| format!("known: {}", known.join(", ")))
-                        });
+                        let hint =
+                            crate::diagnostic::did_you_mean(name, known.iter().map(String::as_str))
+                                .or_else(|| {
+                                    (!known.is_empty())
+                                        .then(|| format!("known: {}", known.join(", ")))
+                                });
                         errors.push(
                             Diagnostic::error(format!(
                                 "unknown template variable `{namespace}.{name}`: {what}"
@@ -194,7 +192,10 @@ pub enum Lookup {
     Found(TemplateValue),
     /// Not there: `what` says why ("host `hv-main` has no variable `x`"), `known` lists the names
     /// that are.
-    Missing { what: String, known: Vec<String> },
+    Missing {
+        what: String,
+        known: Vec<String>,
+    },
 }
 
 /// Where placeholders find their values.
@@ -212,7 +213,10 @@ pub struct Command {
 pub enum CommandPart {
     Text(String),
     /// Read from the environment variable `env` when the command runs.
-    Secret { env: String, quote: bool },
+    Secret {
+        env: String,
+        quote: bool,
+    },
 }
 
 impl Command {
@@ -275,7 +279,8 @@ impl fmt::Display for Command {
 pub fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
         && s.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '@' | '%' | '+' | ',' | '=')
+            c.is_ascii_alphanumeric()
+                || matches!(c, '-' | '_' | '.' | '/' | ':' | '@' | '%' | '+' | ',' | '=')
         });
     if plain {
         s.to_string()
@@ -295,7 +300,9 @@ mod tests {
             match (namespace, name) {
                 ("host", "dir") => Lookup::Found(TemplateValue::Text("/srv/a b".into())),
                 ("host", "evil") => Lookup::Found(TemplateValue::Text("x; rm -rf / 'y'".into())),
-                ("vm", "disks") => Lookup::Found(TemplateValue::List(vec!["a.qcow2".into(), "b c".into()])),
+                ("vm", "disks") => {
+                    Lookup::Found(TemplateValue::List(vec!["a.qcow2".into(), "b c".into()]))
+                }
                 ("host", "pw") => Lookup::Found(TemplateValue::Secret { env: "PW".into() }),
                 _ => Lookup::Missing {
                     what: format!("no `{name}`"),
@@ -345,7 +352,10 @@ mod tests {
     #[test]
     fn syntax_errors() {
         let text = "run = \"ls {{ host.dir\"";
-        let value = Sp::new("ls {{ host.dir".to_string(), Location::new(FileId(0), 6..text.len()));
+        let value = Sp::new(
+            "ls {{ host.dir".to_string(),
+            Location::new(FileId(0), 6..text.len()),
+        );
         assert!(Template::parse(&value, text).is_err());
         for bad in ["{{ hostdir }}", "{{ hots.dir }}", "{{ host.dir | upper }}"] {
             let text = format!("run = \"{bad}\"");

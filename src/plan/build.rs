@@ -39,7 +39,8 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
         if inv.services.contains_key(name) {
             requested.push(name.as_str());
         } else {
-            let hint = crate::diagnostic::did_you_mean(name, inv.services.keys().map(String::as_str));
+            let hint =
+                crate::diagnostic::did_you_mean(name, inv.services.keys().map(String::as_str));
             diags.push(Diagnostic::error(format!("unknown service `{name}`")).hint_opt(hint));
         }
     }
@@ -47,7 +48,11 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
         return Err(diags);
     }
     let roots: Vec<&str> = if opts.services.is_empty() {
-        inv.services.keys().map(String::as_str).filter(|s| has_book(s)).collect()
+        inv.services
+            .keys()
+            .map(String::as_str)
+            .filter(|s| has_book(s))
+            .collect()
     } else {
         requested.clone()
     };
@@ -94,7 +99,11 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
         } else {
             Diagnostic::error(format!(
                 "service `{sid}` has no {mode} runbook, but {} depend{} on it",
-                needed_by.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "),
+                needed_by
+                    .iter()
+                    .map(|s| format!("`{s}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 if needed_by.len() == 1 { "s" } else { "" }
             ))
         };
@@ -133,7 +142,15 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
                     deps.into_iter().collect()
                 }
             };
-            if let Some(planned) = resolve(model, opts, &inv.services[sid], step, after, &steps, &mut diags) {
+            if let Some(planned) = resolve(
+                model,
+                opts,
+                &inv.services[sid],
+                step,
+                after,
+                &steps,
+                &mut diags,
+            ) {
                 main_steps.entry(sid).or_default().push(steps.len());
                 steps.push(planned);
             }
@@ -159,14 +176,27 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
             let after = match cleanup_steps.get(sid).and_then(|v| v.last()) {
                 Some(&prev) => vec![prev],
                 None => {
-                    let mut deps = sinks.clone();
+                    // After the cleanup of what depends on it; that cleanup waited for the end
+                    // of the main phase, or else this one does.
+                    let mut deps = BTreeSet::new();
                     for dependant in model.graph.dependants(sid) {
                         deps.extend(last_cleanup(model, dependant, &members, &cleanup_steps));
+                    }
+                    if deps.is_empty() {
+                        deps = sinks.clone();
                     }
                     deps.into_iter().collect()
                 }
             };
-            if let Some(planned) = resolve(model, opts, &inv.services[sid], step, after, &steps, &mut diags) {
+            if let Some(planned) = resolve(
+                model,
+                opts,
+                &inv.services[sid],
+                step,
+                after,
+                &steps,
+                &mut diags,
+            ) {
                 cleanup_steps.entry(sid).or_default().push(steps.len());
                 steps.push(planned);
             }
@@ -177,7 +207,11 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
     }
 
     // Estimated timeline: every step starts as soon as what it waits for is done.
-    let index: HashMap<String, usize> = steps.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
+    let index: HashMap<String, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.clone(), i))
+        .collect();
     for i in 0..steps.len() {
         let start = steps[i]
             .after
@@ -189,7 +223,9 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
         steps[i].est_finish_s = start + steps[i].expected_s;
     }
     let mut critical_path = Vec::new();
-    if let Some(mut cur) = (0..steps.len()).max_by_key(|&i| (steps[i].est_finish_s, std::cmp::Reverse(i))) {
+    if let Some(mut cur) =
+        (0..steps.len()).max_by_key(|&i| (steps[i].est_finish_s, std::cmp::Reverse(i)))
+    {
         loop {
             steps[cur].critical = true;
             critical_path.push(steps[cur].id.clone());
@@ -374,7 +410,11 @@ impl Scope for StepScope<'_> {
             },
             "primary" | "recovery" => match self.vm {
                 Some((vm, _)) => {
-                    let id = if namespace == "primary" { &vm.primary } else { &vm.recovery };
+                    let id = if namespace == "primary" {
+                        &vm.primary
+                    } else {
+                        &vm.recovery
+                    };
                     match self.inv.hosts.get(&id.value) {
                         Some(h) => host_lookup(h, name),
                         None => missing(format!("unknown host `{}`", id.value), &[]),
@@ -402,7 +442,10 @@ impl Scope for StepScope<'_> {
             "vm" => {
                 let Some((vm, side)) = self.vm else {
                     return missing(
-                        format!("this step concerns no vm (service `{}` lives on none)", self.service.id),
+                        format!(
+                            "this step concerns no vm (service `{}` lives on none)",
+                            self.service.id
+                        ),
                         &[],
                     );
                 };
@@ -443,7 +486,11 @@ fn render(tpl: &Template, scope: &StepScope<'_>, diags: &mut Vec<Diagnostic>) ->
     collect(tpl.render(scope), diags)
 }
 
-fn render_plain(tpl: &Template, scope: &StepScope<'_>, diags: &mut Vec<Diagnostic>) -> Option<String> {
+fn render_plain(
+    tpl: &Template,
+    scope: &StepScope<'_>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<String> {
     collect(tpl.render_plain(scope), diags).map(|c| c.to_string())
 }
 
@@ -630,19 +677,28 @@ fn resolve(
                         diags.push(
                             Diagnostic::error(format!("vm step `{id}` names no vm"))
                                 .at(step.id.loc.clone())
-                                .hint(format!("add `vm = \"...\"`: service `{}` lives on no vm", service.id)),
+                                .hint(format!(
+                                    "add `vm = \"...\"`: service `{}` lives on no vm",
+                                    service.id
+                                )),
                         );
                         return None;
                     }
                 },
             };
             let vm = inv.vms.get(&vm_id.value)?;
-            let side_v = side.as_ref().map(|s| s.value).unwrap_or(mode.default_side());
+            let side_v = side
+                .as_ref()
+                .map(|s| s.value)
+                .unwrap_or(mode.default_side());
             let h = match side_v {
                 Side::Primary => &vm.primary,
                 Side::Recovery => &vm.recovery,
             };
-            let host_loc = side.as_ref().map(|s| s.loc.clone()).unwrap_or_else(|| step.id.loc.clone());
+            let host_loc = side
+                .as_ref()
+                .map(|s| s.loc.clone())
+                .unwrap_or_else(|| step.id.loc.clone());
             touched.push((h.value.clone(), host_loc));
             host_id = Some(h.value.clone());
             scope.host = inv.hosts.get(&h.value);
@@ -654,8 +710,14 @@ fn resolve(
                 diags.push(
                     Diagnostic::error(format!("driver `{}` has no `{action}` action", driver.id))
                         .at(step.id.loc.clone())
-                        .note(format!("driver `{}` is defined here", driver.id), driver.loc.clone())
-                        .hint(format!("add `{action} = \"...\"` under [drivers.{}]", driver.id)),
+                        .note(
+                            format!("driver `{}` is defined here", driver.id),
+                            driver.loc.clone(),
+                        )
+                        .hint(format!(
+                            "add `{action} = \"...\"` under [drivers.{}]",
+                            driver.id
+                        )),
                 );
                 return None;
             };
@@ -689,7 +751,11 @@ fn resolve(
                 }
                 ReplicaSource::Backup(b) => {
                     let set = inv.backups.get(&b.value)?;
-                    (Replicated::Backup(set.id.clone()), &set.source_host, &set.dest_host)
+                    (
+                        Replicated::Backup(set.id.clone()),
+                        &set.source_host,
+                        &set.dest_host,
+                    )
                 }
             };
             let (from, to) = if reverse { (to, from) } else { (from, to) };
@@ -719,7 +785,9 @@ fn resolve(
     };
     // Site rules.
     for (host, loc) in &touched {
-        let Some(site) = inv.site_of(host) else { continue };
+        let Some(site) = inv.site_of(host) else {
+            continue;
+        };
         let problem = match (mode, site.role) {
             (Mode::Drill, SiteRole::Primary) => Some((
                 "a drill must not touch production".to_string(),
@@ -751,10 +819,7 @@ fn resolve(
         return None;
     }
     let host = host_id.as_deref().and_then(|h| inv.hosts.get(h));
-    let expected = step
-        .expected
-        .or(timeout)
-        .unwrap_or(DEFAULT_MANUAL_EXPECTED);
+    let expected = step.expected.or(timeout).unwrap_or(DEFAULT_MANUAL_EXPECTED);
     Some(PlannedStep {
         id,
         service: service.id.clone(),
@@ -774,7 +839,10 @@ fn resolve(
         idempotent,
         needs_primary: step.needs_primary,
         phase: step.phase,
-        after: after_idx.into_iter().map(|i| planned[i].id.clone()).collect(),
+        after: after_idx
+            .into_iter()
+            .map(|i| planned[i].id.clone())
+            .collect(),
         est_start_s: 0,
         est_finish_s: 0,
         critical: false,
@@ -795,4 +863,3 @@ fn default_address(inv: &Inventory, service: &Service, mode: Mode) -> Option<Str
         .and_then(|h| inv.hosts.get(h))
         .map(|h| h.address.clone())
 }
-

@@ -13,7 +13,9 @@ pub fn describe(mode: Mode, emergency: bool) -> &'static str {
     match (mode, emergency) {
         (Mode::Drill, _) => "failover drill on the recovery site; production is not touched",
         (Mode::Failover, false) => "planned failover to the recovery site",
-        (Mode::Failover, true) => "EMERGENCY failover: the primary site is declared lost",
+        (Mode::Failover, true) => {
+            "the primary site is declared lost; steps that need it are left out"
+        }
         (Mode::Restore, _) => "cold start of the primary site, in dependency order",
         (Mode::Failback, _) => "failback to the primary site, replication reversed first",
     }
@@ -44,7 +46,11 @@ pub fn render(plan: &Plan) -> String {
     if !plan.selection.requested.is_empty() {
         let _ = writeln!(out, "Limited to: {}", plan.selection.requested.join(", "));
         if !plan.selection.pulled_in.is_empty() {
-            let _ = writeln!(out, "Pulled in as dependencies: {}", plan.selection.pulled_in.join(", "));
+            let _ = writeln!(
+                out,
+                "Pulled in as dependencies: {}",
+                plan.selection.pulled_in.join(", ")
+            );
         }
     }
     if plan.selection.only && !plan.selection.assumed_running.is_empty() {
@@ -55,9 +61,13 @@ pub fn render(plan: &Plan) -> String {
         );
     }
     if plan.mode == Mode::Drill {
-        let _ = writeln!(out, "Cleanup steps run at the end, even when the drill fails.");
+        let _ = writeln!(
+            out,
+            "Cleanup steps run at the end, even when the drill fails."
+        );
     }
-    let by_id: HashMap<&str, &PlannedStep> = plan.steps.iter().map(|s| (s.id.as_str(), s)).collect();
+    let by_id: HashMap<&str, &PlannedStep> =
+        plan.steps.iter().map(|s| (s.id.as_str(), s)).collect();
 
     for (n, service) in plan.services.iter().enumerate() {
         let verdict = if service.rto_ok { "ok" } else { "OVER TARGET" };
@@ -98,7 +108,11 @@ pub fn render(plan: &Plan) -> String {
             let _ = writeln!(out, "    (nothing to do in this mode)");
         }
     }
-    let cleanup: Vec<&PlannedStep> = plan.steps.iter().filter(|s| s.phase == Phase::Cleanup).collect();
+    let cleanup: Vec<&PlannedStep> = plan
+        .steps
+        .iter()
+        .filter(|s| s.phase == Phase::Cleanup)
+        .collect();
     if !cleanup.is_empty() {
         let _ = writeln!(out, "\n[cleanup] reverse dependency order, always runs");
         let mut previous: Option<&str> = None;
@@ -120,7 +134,12 @@ pub fn render(plan: &Plan) -> String {
         }
     }
     if !plan.left_out.is_empty() {
-        let _ = writeln!(out, "\nLeft out ({} step{}):", plan.left_out.len(), crate::diagnostic::plural(plan.left_out.len()));
+        let _ = writeln!(
+            out,
+            "\nLeft out ({} step{}):",
+            plan.left_out.len(),
+            crate::diagnostic::plural(plan.left_out.len())
+        );
         for l in &plan.left_out {
             let _ = writeln!(out, "  - {}: {}", l.id, l.reason);
         }

@@ -1,0 +1,123 @@
+//! End-to-end command-line behaviour: exit codes and messages for the situations a user meets.
+
+use crate::common::{mini_copy, reprise, root};
+
+#[test]
+fn missing_folder_is_an_io_error_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = reprise(dir.path(), &["validate"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("cannot read inventory folder inventory"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("--inventory DIR"), "{}", run.stderr);
+}
+
+#[test]
+fn valid_fixture_validates() {
+    let dir = mini_copy();
+    let run = reprise(dir.path(), &["validate"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .starts_with("ok: 3 sites, 4 hosts, 4 services, 2 vms, 1 backup sets"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn unknown_service_in_a_plan_is_invalid_input_with_a_suggestion() {
+    let dir = mini_copy();
+    let run = reprise(dir.path(), &["plan", "drill", "--service", "ap"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains("unknown service `ap`"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("did you mean `app`?"), "{}", run.stderr);
+    let run = reprise(dir.path(), &["impact", "netwrok"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains("did you mean `network`?"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn emergency_applies_to_failover_only() {
+    let dir = mini_copy();
+    let run = reprise(dir.path(), &["plan", "restore", "--emergency"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains("--emergency applies to failover"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn bad_usage_exits_2_and_help_shows_an_example() {
+    let dir = mini_copy();
+    assert_eq!(reprise(dir.path(), &["plan", "sideways"]).code, 2);
+    let help = reprise(dir.path(), &["--help"]);
+    assert_eq!(help.code, 0);
+    assert!(
+        help.stdout.contains("reprise plan failover --emergency"),
+        "{}",
+        help.stdout
+    );
+    let help = reprise(dir.path(), &["plan", "--help"]);
+    assert!(help.stdout.contains("Examples:"), "{}", help.stdout);
+}
+
+#[test]
+fn secrets_are_never_shown() {
+    let dir = mini_copy();
+    for args in [&["plan", "failover"][..], &["plan", "failover", "--json"]] {
+        let run = reprise(dir.path(), args);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(run.stdout.contains("<secret:FW_TOKEN>"), "{}", run.stdout);
+    }
+}
+
+#[test]
+fn only_flags_what_it_leaves_out() {
+    let dir = mini_copy();
+    let run = reprise(
+        dir.path(),
+        &["plan", "failover", "--service", "app", "--only", "--json"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(plan["selection"]["only"], true);
+    assert_eq!(
+        plan["selection"]["assumed_running"],
+        serde_json::json!(["power", "network", "db"])
+    );
+    let services: Vec<&str> = plan["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(services, ["app"]);
+    // The first step of app waits for nothing left in the plan.
+    assert_eq!(plan["steps"][0]["after"], serde_json::json!([]));
+    let text = reprise(
+        dir.path(),
+        &["plan", "failover", "--service", "app", "--only"],
+    );
+    assert!(
+        text.stdout
+            .contains("NOT included, assumed already running: power, network, db"),
+        "{}",
+        text.stdout
+    );
+    let _ = root();
+}

@@ -1,0 +1,6 @@
+//! Integration tests: the `reprise` binary and library at their boundaries.
+
+mod bad_input;
+mod cli;
+mod common;
+mod example;
