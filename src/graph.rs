@@ -217,8 +217,8 @@ impl ServiceGraph {
         while let Some(n) = queue.pop_front() {
             let d = seen[&n];
             for m in self.graph.neighbors_directed(n, dir) {
-                if !seen.contains_key(&m) {
-                    seen.insert(m, d + 1);
+                if let std::collections::hash_map::Entry::Vacant(e) = seen.entry(m) {
+                    e.insert(d + 1);
                     queue.push_back(m);
                 }
             }

@@ -282,7 +282,7 @@ fn template(
     match Template::parse(&value, text) {
         Ok(tpl) => Some(tpl),
         Err(d) => {
-            diags.push(d);
+            diags.push(*d);
             None
         }
     }

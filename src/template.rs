@@ -33,7 +33,13 @@ pub struct Template {
 impl Template {
     /// Parses `value`; `file_text` is the text of the file it was read from, to place errors
     /// on the placeholder itself.
-    pub fn parse(value: &Sp<String>, file_text: &str) -> Result<Template, Diagnostic> {
+    pub fn parse(value: &Sp<String>, file_text: &str) -> Result<Template, Box<Diagnostic>> {
+        Self::parse_inner(value, file_text).map_err(Box::new)
+    }
+
+    // The error is boxed once, in `parse`; inside, plain values keep the code readable.
+    #[allow(clippy::result_large_err)]
+    fn parse_inner(value: &Sp<String>, file_text: &str) -> Result<Template, Diagnostic> {
         let s = value.value.as_str();
         let mut parts = Vec::new();
         let mut rest = 0;

@@ -703,9 +703,7 @@ fn resolve(
             host_id = Some(h.value.clone());
             scope.host = inv.hosts.get(&h.value);
             scope.vm = Some((vm, side_v));
-            let Some(driver) = inv.drivers.get(&vm.driver.value) else {
-                return None;
-            };
+            let driver = inv.drivers.get(&vm.driver.value)?;
             let Some(tpl) = driver.actions.get(action) else {
                 diags.push(
                     Diagnostic::error(format!("driver `{}` has no `{action}` action", driver.id))
@@ -725,7 +723,7 @@ fn resolve(
             let tpl = match Template::parse(tpl, text) {
                 Ok(t) => t,
                 Err(d) => {
-                    diags.push(d);
+                    diags.push(*d);
                     return None;
                 }
             };
