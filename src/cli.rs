@@ -35,6 +35,10 @@ pub struct Cli {
     /// Folder of runbook files (*.toml, merged).
     #[arg(long, global = true, default_value = "runbooks", value_name = "DIR")]
     pub runbooks: PathBuf,
+    /// Overlay file with per-environment values (addresses, ports, directories, drivers) over the
+    /// inventory, e.g. the lab's (repeatable).
+    #[arg(long = "overlay", global = true, value_name = "FILE")]
+    pub overlays: Vec<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -159,7 +163,13 @@ pub fn main() -> u8 {
 }
 
 fn load(cli: &Cli) -> Result<(Model, String), Outcome> {
-    let sources = Sources::read(&cli.inventory, &cli.runbooks).map_err(|e| {
+    let sources = Sources::read(&cli.inventory, &cli.runbooks).and_then(|mut s| {
+        for o in &cli.overlays {
+            s.add_overlay(o)?;
+        }
+        Ok(s)
+    });
+    let sources = sources.map_err(|e| {
         let hint = match &e {
             SourcesError::Folder { .. } | SourcesError::Empty { .. } => {
                 "\nhint: run from the folder holding inventory/ and runbooks/, or pass --inventory DIR --runbooks DIR\n"

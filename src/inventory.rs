@@ -99,6 +99,8 @@ pub struct Host {
     pub role: String,
     pub description: Option<String>,
     pub known_hosts: Option<String>,
+    /// Private key to log in with; the ssh-agent or `--identity` when absent.
+    pub identity: Option<String>,
     pub vars: IndexMap<String, VarValue>,
     pub loc: Location,
 }
@@ -249,6 +251,7 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
                 .unwrap_or_default();
             let description = t.str("description", diags).map(|s| s.value);
             let known_hosts = t.str("known_hosts", diags).map(|s| s.value);
+            let identity = t.str("identity", diags).map(|s| s.value);
             let vars = read_vars(t, diags);
             let host = Host {
                 id: id.value.clone(),
@@ -259,6 +262,7 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
                 role,
                 description,
                 known_hosts,
+                identity,
                 vars,
                 loc: id.loc.clone(),
             };
@@ -395,8 +399,77 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
         });
         root.finish(diags);
     }
+    for &file in &sources.overlays {
+        apply_overlay(&mut inv, file, sources.map.text(file), diags);
+    }
     check_references(&inv, diags);
     inv
+}
+
+/// Applies an overlay: for an environment such as the lab, new values for some keys of
+/// existing hosts, vms and backup sets (addresses, ports, directories, drivers). It cannot add
+/// or remove anything, so the runbooks stay the same.
+fn apply_overlay(inv: &mut Inventory, file: FileId, text: &str, diags: &mut Vec<Diagnostic>) {
+    let doc = parse_document(file, text, diags);
+    let mut root = Table::root(file, &doc, "the overlay");
+    for_each_entry(&mut root, "hosts", diags, |id, t, diags| {
+        let Some(host) = inv.hosts.get_mut(&id.value) else {
+            diags.push(
+                unknown("host", id, inv.hosts.keys())
+                    .label("an overlay changes existing hosts only"),
+            );
+            return;
+        };
+        if let Some(a) = t.str("address", diags) {
+            host.address = a.value;
+        }
+        if let Some(p) = t.int("port", 1, 65535, diags) {
+            host.port = p.value as u16;
+        }
+        if let Some(u) = t.str("user", diags) {
+            host.user = u.value;
+        }
+        if let Some(k) = t.str("known_hosts", diags) {
+            host.known_hosts = Some(k.value);
+        }
+        if let Some(k) = t.str("identity", diags) {
+            host.identity = Some(k.value);
+        }
+        host.vars.extend(read_vars(t, diags));
+    });
+    for_each_entry(&mut root, "vms", diags, |id, t, diags| {
+        let Some(vm) = inv.vms.get_mut(&id.value) else {
+            diags.push(
+                unknown("vm", id, inv.vms.keys()).label("an overlay changes existing vms only"),
+            );
+            return;
+        };
+        if let Some(d) = t.str("driver", diags) {
+            vm.driver = d;
+        }
+        if let Some(a) = t.str("address", diags) {
+            vm.address = Some(a.value);
+        }
+        if let Some(a) = t.str("recovery_address", diags) {
+            vm.recovery_address = Some(a.value);
+        }
+    });
+    for_each_entry(&mut root, "backups", diags, |id, t, diags| {
+        let Some(set) = inv.backups.get_mut(&id.value) else {
+            diags.push(
+                unknown("backup set", id, inv.backups.keys())
+                    .label("an overlay changes existing backup sets only"),
+            );
+            return;
+        };
+        if let Some(p) = t.str("source_path", diags) {
+            set.source_path = p.value;
+        }
+        if let Some(p) = t.str("dest_path", diags) {
+            set.dest_path = p.value;
+        }
+    });
+    root.finish(diags);
 }
 
 fn existing_is_builtin(sources: &Sources, d: &Driver) -> bool {

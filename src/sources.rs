@@ -13,6 +13,8 @@ pub struct Sources {
     /// The built-in drivers first, then `inventory/*.toml`.
     pub inventory: Vec<FileId>,
     pub runbooks: Vec<FileId>,
+    /// Overlay files (`--overlay`): per-environment values over the inventory.
+    pub overlays: Vec<FileId>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,13 @@ impl Sources {
             sources.runbooks.push(sources.map.add(path, text));
         }
         Ok(sources)
+    }
+
+    /// Adds an overlay file (read after the inventory, changing some of its values).
+    pub fn add_overlay(&mut self, path: &Path) -> Result<(), SourcesError> {
+        let text = read_text(path)?;
+        self.overlays.push(self.map.add(path, text));
+        Ok(())
     }
 
     /// Sources from text held in memory (tests, benchmarks, generated inventories).
