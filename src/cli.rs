@@ -90,6 +90,46 @@ pub enum Command {
         #[arg(long, default_value = "dry-run", value_name = "ID")]
         run_id: String,
     },
+    /// A lab of the inventory on this machine: real sshd per host on 127.0.0.x, real images.
+    #[command(
+        after_help = "Example:\n  reprise lab up && reprise --overlay lab/overlay.toml drill --yes --no-prompt && reprise lab down"
+    )]
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+        /// The lab's folder.
+        #[arg(long, default_value = "lab", value_name = "DIR", global = true)]
+        lab_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabAction {
+    /// Start the lab: one sshd per host, images, the overlay `DIR/overlay.toml`.
+    Up,
+    /// Stop every process the lab started, and nothing else.
+    Down,
+    /// Show hosts, VMs and processes of the lab.
+    Status,
+    /// (internal) A lab "VM" or service process.
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        pidfile: PathBuf,
+        #[arg(long)]
+        listen: Vec<String>,
+        #[arg(long)]
+        image: Vec<PathBuf>,
+    },
+    /// (internal) A stand-in command on a lab host.
+    #[command(hide = true)]
+    Stub {
+        name: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -197,11 +237,67 @@ fn invalid(report: &Report) -> Outcome {
 
 /// Runs a parsed command line.
 pub fn run(cli: &Cli) -> Outcome {
+    // Commands that read only the journal or the lab.
+    match &cli.command {
+        Command::Lab { action, lab_dir } => match action {
+            LabAction::Serve {
+                name,
+                pidfile,
+                listen,
+                image,
+            } => {
+                return match crate::lab::serve(name, listen, image, pidfile) {
+                    Ok(()) => Outcome::ok(String::new()),
+                    Err(e) => Outcome::err(exit::FAILED, format!("{e}\n")),
+                };
+            }
+            LabAction::Stub { name, args } => {
+                let code = crate::lab::stub(name, args);
+                return Outcome {
+                    code: code.clamp(0, 255) as u8,
+                    ..Outcome::default()
+                };
+            }
+            LabAction::Down => {
+                return match crate::lab::down(lab_dir) {
+                    Ok(n) => Outcome::ok(format!("lab down: stopped {n} processes\n")),
+                    Err(e) => Outcome::err(exit::FAILED, format!("error: {e}\n")),
+                };
+            }
+            LabAction::Status => {
+                return match crate::lab::status(lab_dir) {
+                    Ok(text) => Outcome::ok(text),
+                    Err(e) => Outcome::err(exit::FAILED, format!("error: {e}\n")),
+                };
+            }
+            LabAction::Up => {}
+        },
+        _ => {}
+    }
     let (model, warnings) = match load(cli) {
         Ok(m) => m,
         Err(o) => return o,
     };
     let mut outcome = match &cli.command {
+        Command::Lab { lab_dir, .. } => {
+            let reload = |overlay: &std::path::Path| {
+                let mut sources =
+                    Sources::read(&cli.inventory, &cli.runbooks).map_err(|e| e.to_string())?;
+                sources.add_overlay(overlay).map_err(|e| e.to_string())?;
+                Model::load(sources).map(|(m, _)| m).map_err(|r| r.render())
+            };
+            match crate::lab::up(&model, reload, lab_dir) {
+                Ok(state) => Outcome::ok(format!(
+                    "lab up in {}: {} hosts (sshd on 127.0.0.x:{}), {} vms\nrun with: reprise --overlay {} drill --yes --no-prompt\n",
+                    state.dir.display(),
+                    state.hosts.len(),
+                    crate::lab::SSH_PORT,
+                    state.vms.len(),
+                    crate::lab::overlay_path(&state.dir).display()
+                )),
+                Err(e) => Outcome::err(exit::FAILED, format!("error: {e}\n")),
+            }
+        }
         Command::Validate => {
             let inv = &model.inventory;
             let books: usize = model.runbooks.by_service.values().map(|m| m.len()).sum();

@@ -47,7 +47,7 @@ pub const SERVICE_KINDS: &[&str] = &[
 ];
 
 /// What a site is for in a recovery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SiteRole {
     Primary,

@@ -11,6 +11,7 @@ pub mod exit;
 pub mod fields;
 pub mod graph;
 pub mod inventory;
+pub mod lab;
 pub mod model;
 pub mod plan;
 pub mod runbook;

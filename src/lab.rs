@@ -1,0 +1,1063 @@
+//! The lab: the example inventory brought to life on this machine, on loopback only.
+//!
+//! `lab up` gives every host of the inventory a real OpenSSH `sshd` on its own 127.0.0.x address
+//! (a high port, its own host key, its own directory tree standing for its disk), writes a
+//! `known_hosts` and a client key for the tool, creates the VMs' disk images with `qemu-img`, and
+//! writes an overlay of the inventory (`overlay.toml`) that changes only addresses, ports,
+//! directories and the hypervisor driver: the example's runbooks run unchanged.
+//!
+//! Commands that would change a real machine (`systemctl`, `iptables-restore`, `ip`, `mount`,
+//! the `lab-vm` driver…) resolve, on lab hosts, to stand-ins first on that host's PATH: they
+//! record each call in the host's `calls.log` and play its effect inside the host's directory.
+//! The lab's "VMs" and services are real processes that read their disk image and serve their
+//! ports, so health checks are real. Nothing here touches the real machine's firewall, services,
+//! mounts or network configuration, and nothing listens outside 127.0.0.0/8.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::{SiteRole, VarValue};
+use crate::model::Model;
+use crate::plan::{self, Action, PlanOptions};
+use crate::runbook::Mode;
+
+/// The port every lab sshd listens on (each on its own address).
+pub const SSH_PORT: u16 = 2222;
+
+/// Size of each lab disk image.
+const IMAGE_SIZE: &str = "64M";
+
+/// The commands that lab hosts answer with stand-ins.
+pub const STAND_INS: &[&str] = &[
+    "lab-vm",
+    "systemctl",
+    "iptables-restore",
+    "iptables",
+    "iptables-save",
+    "ip",
+    "mount",
+    "umount",
+    "mountpoint",
+    "upsc",
+    "ping",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} not found: run `bash scripts/test.sh` or install {1} (apt-get install {1})")]
+    Missing(&'static str, &'static str),
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error("the lab in {0} is running: `reprise lab down` first")]
+    Running(PathBuf),
+    #[error("no lab in {0}: `reprise lab up` first")]
+    NotUp(PathBuf),
+    #[error("sshd of {host} did not start listening on {addr} within 10s; see {log}")]
+    SshdStart {
+        host: String,
+        addr: String,
+        log: PathBuf,
+    },
+    #[error("the example does not load: {0}")]
+    Model(String),
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LabError + 'a {
+    move |source| LabError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What `lab up` set up, saved as `lab.json` for the stand-ins, `status` and `down`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    pub dir: PathBuf,
+    pub exe: PathBuf,
+    pub hosts: BTreeMap<String, LabHost>,
+    pub vms: BTreeMap<String, LabVm>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabHost {
+    pub address: String,
+    pub port: u16,
+    pub site_role: SiteRole,
+    /// Ports its services answer on (from the runbooks' health checks).
+    pub ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabVm {
+    pub name: String,
+    pub primary_host: String,
+    pub recovery_host: String,
+    pub primary_address: String,
+    pub recovery_address: String,
+    pub disks: Vec<String>,
+    pub ports: Vec<u16>,
+}
+
+impl LabState {
+    pub fn load(dir: &Path) -> Result<LabState, LabError> {
+        let path = dir.join("lab.json");
+        let text =
+            std::fs::read_to_string(&path).map_err(|_| LabError::NotUp(dir.to_path_buf()))?;
+        serde_json::from_str(&text).map_err(|e| LabError::Io {
+            what: "parse",
+            path,
+            source: std::io::Error::other(e),
+        })
+    }
+
+    pub fn host_dir(&self, host: &str) -> PathBuf {
+        host_dir(&self.dir, host)
+    }
+}
+
+pub fn host_dir(lab: &Path, host: &str) -> PathBuf {
+    lab.join("hosts").join(host)
+}
+
+/// The root of a host's "disk": absolute paths of the inventory live under it.
+pub fn host_root(lab: &Path, host: &str) -> PathBuf {
+    host_dir(lab, host).join("root")
+}
+
+pub fn overlay_path(lab: &Path) -> PathBuf {
+    lab.join("overlay.toml")
+}
+
+fn find(cmd: &'static str, package: &'static str) -> Result<PathBuf, LabError> {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(cmd);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(LabError::Missing(cmd, package))
+}
+
+fn run(cmd: &mut Command) -> Result<String, LabError> {
+    let out = cmd.output().map_err(|e| LabError::Command {
+        command: format!("{cmd:?}"),
+        stderr: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            command: format!("{cmd:?}"),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+/// The overlay text for the lab: new addresses, ports, directories and driver.
+fn overlay_text(
+    model: &Model,
+    lab: &Path,
+    addrs: &BTreeMap<String, String>,
+    vms: &BTreeMap<String, LabVm>,
+) -> String {
+    let client = lab.join("client");
+    let mut out = String::from(
+        "# The lab overlay, written by `reprise lab up`: only addresses, ports, directories\n\
+         # and the hypervisor driver differ from the inventory.\n",
+    );
+    for host in model.inventory.hosts.values() {
+        out.push_str(&format!(
+            "\n[hosts.{}]\naddress = {}\nport = {SSH_PORT}\nuser = \"root\"\nknown_hosts = {}\nidentity = {}\n",
+            host.id,
+            toml_str(&addrs[&host.id]),
+            toml_str(&client.join("known_hosts").to_string_lossy()),
+            toml_str(&client.join("id_ed25519").to_string_lossy()),
+        ));
+        let mut vars = String::new();
+        for (k, v) in &host.vars {
+            if let VarValue::Text(t) = v
+                && t.starts_with('/')
+            {
+                let moved = format!("{}{t}", host_root(lab, &host.id).display());
+                vars.push_str(&format!("{k} = {}\n", toml_str(&moved)));
+            }
+        }
+        if !vars.is_empty() {
+            out.push_str(&format!("[hosts.{}.vars]\n{vars}", host.id));
+        }
+    }
+    for (id, vm) in vms {
+        out.push_str(&format!(
+            "\n[vms.{id}]\ndriver = \"lab\"\naddress = {}\nrecovery_address = {}\n",
+            toml_str(&vm.primary_address),
+            toml_str(&vm.recovery_address)
+        ));
+    }
+    for set in model.inventory.backups.values() {
+        out.push_str(&format!(
+            "\n[backups.{}]\nsource_path = {}\ndest_path = {}\n",
+            set.id,
+            toml_str(&format!(
+                "{}{}",
+                host_root(lab, &set.source_host.value).display(),
+                set.source_path
+            )),
+            toml_str(&format!(
+                "{}{}",
+                host_root(lab, &set.dest_host.value).display(),
+                set.dest_path
+            )),
+        ));
+    }
+    out
+}
+
+/// Addresses and ports the runbooks' tcp and http checks expect, under the overlay.
+fn checked_ports(model: &Model) -> BTreeMap<String, Vec<u16>> {
+    let mut ports: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+    let mut variants: Vec<PlanOptions> = Mode::ALL.iter().map(|&m| PlanOptions::new(m)).collect();
+    variants.push(PlanOptions {
+        emergency: true,
+        ..PlanOptions::new(Mode::Failover)
+    });
+    for opts in variants {
+        let Ok(plan) = plan::build(model, &opts) else {
+            continue;
+        };
+        for step in &plan.steps {
+            let (addr, port) = match &step.action_spec {
+                Action::Tcp { address, port, .. } => (address.clone(), *port),
+                Action::Http { url, .. } => {
+                    let rest = url
+                        .trim_start_matches("http://")
+                        .trim_start_matches("https://");
+                    let authority = rest.split('/').next().unwrap_or(rest);
+                    match authority.rsplit_once(':') {
+                        Some((a, p)) => (a.to_string(), p.parse().unwrap_or(80)),
+                        None => (authority.to_string(), 80),
+                    }
+                }
+                _ => continue,
+            };
+            let entry = ports.entry(addr).or_default();
+            if !entry.contains(&port) {
+                entry.push(port);
+                entry.sort_unstable();
+            }
+        }
+    }
+    ports
+}
+
+/// Brings the lab up in `lab` from the inventory and runbooks of `base`.
+pub fn up(
+    base: &Model,
+    load_with_overlay: impl Fn(&Path) -> Result<Model, String>,
+    lab: &Path,
+) -> Result<LabState, LabError> {
+    let sshd = find("sshd", "openssh-server")?;
+    let keygen = find("ssh-keygen", "openssh-client")?;
+    let qemu_img = find("qemu-img", "qemu-utils")?;
+    if lab.join("lab.json").exists() {
+        if let Ok(state) = LabState::load(lab)
+            && !running_pids(&state).is_empty()
+        {
+            return Err(LabError::Running(lab.to_path_buf()));
+        }
+        std::fs::remove_dir_all(lab).map_err(io("remove", lab))?;
+    }
+    std::fs::create_dir_all(lab).map_err(io("create", lab))?;
+    let lab = std::fs::canonicalize(lab).map_err(io("resolve", lab))?;
+    let exe = std::env::current_exe().map_err(io("locate", Path::new("reprise")))?;
+    let run_dir = Path::new("/run/sshd");
+    std::fs::create_dir_all(run_dir).map_err(io("create", run_dir))?;
+
+    // Addresses: hosts on 127.0.0.10+, VMs on 127.0.1.x (primary) and 127.0.2.x (recovery).
+    let mut addrs = BTreeMap::new();
+    for (i, id) in base.inventory.hosts.keys().enumerate() {
+        addrs.insert(id.clone(), format!("127.0.0.{}", 10 + i));
+    }
+    let mut vms = BTreeMap::new();
+    for (j, vm) in base.inventory.vms.values().enumerate() {
+        vms.insert(
+            vm.id.clone(),
+            LabVm {
+                name: vm.name.clone(),
+                primary_host: vm.primary.value.clone(),
+                recovery_host: vm.recovery.value.clone(),
+                primary_address: format!("127.0.1.{}", 10 + j),
+                recovery_address: format!("127.0.2.{}", 10 + j),
+                disks: vm.disks.clone(),
+                ports: Vec::new(),
+            },
+        );
+    }
+    let overlay = overlay_path(&lab);
+    std::fs::write(&overlay, overlay_text(base, &lab, &addrs, &vms))
+        .map_err(io("write", &overlay))?;
+    let model = load_with_overlay(&overlay).map_err(LabError::Model)?;
+    let ports = checked_ports(&model);
+    for vm in vms.values_mut() {
+        let mut p: Vec<u16> = ports.get(&vm.primary_address).cloned().unwrap_or_default();
+        p.extend(ports.get(&vm.recovery_address).cloned().unwrap_or_default());
+        p.sort_unstable();
+        p.dedup();
+        vm.ports = p;
+    }
+    let mut hosts = BTreeMap::new();
+    for host in model.inventory.hosts.values() {
+        let role = model
+            .inventory
+            .site_of(&host.id)
+            .map(|s| s.role)
+            .unwrap_or(SiteRole::Remote);
+        hosts.insert(
+            host.id.clone(),
+            LabHost {
+                address: host.address.clone(),
+                port: SSH_PORT,
+                site_role: role,
+                ports: ports.get(&host.address).cloned().unwrap_or_default(),
+            },
+        );
+    }
+    let state = LabState {
+        dir: lab.clone(),
+        exe: exe.clone(),
+        hosts,
+        vms,
+    };
+    let json = lab.join("lab.json");
+    std::fs::write(
+        &json,
+        serde_json::to_string_pretty(&state).expect("lab state serializes"),
+    )
+    .map_err(io("write", &json))?;
+
+    // The tool's key and known_hosts.
+    let client = lab.join("client");
+    std::fs::create_dir_all(&client).map_err(io("create", &client))?;
+    run(Command::new(&keygen)
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "reprise-lab", "-f"])
+        .arg(client.join("id_ed25519")))?;
+    let client_pub =
+        std::fs::read_to_string(client.join("id_ed25519.pub")).map_err(io("read", &client))?;
+    let mut known_hosts = String::new();
+
+    for host in model.inventory.hosts.values() {
+        let hd = host_dir(&lab, &host.id);
+        let root = host_root(&lab, &host.id);
+        for sub in ["bin", "run", "units"] {
+            std::fs::create_dir_all(hd.join(sub)).map_err(io("create", &hd))?;
+        }
+        std::fs::create_dir_all(&root).map_err(io("create", &root))?;
+        for v in host.vars.values() {
+            if let VarValue::Text(t) = v
+                && t.starts_with(&root.to_string_lossy().to_string())
+            {
+                // Directories the runbooks use; files get their parent.
+                let p = PathBuf::from(t);
+                let dir = if p.extension().is_some() {
+                    p.parent().map(Path::to_path_buf).unwrap_or(p)
+                } else {
+                    p
+                };
+                std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+            }
+        }
+        let key = hd.join("ssh_host_ed25519_key");
+        run(Command::new(&keygen)
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", &host.id, "-f"])
+            .arg(&key))?;
+        let pubkey =
+            std::fs::read_to_string(key.with_extension("pub")).map_err(io("read", &key))?;
+        let mut parts = pubkey.split_whitespace();
+        known_hosts.push_str(&format!(
+            "[{}]:{SSH_PORT} {} {}\n",
+            host.address,
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or("")
+        ));
+        let auth = hd.join("authorized_keys");
+        std::fs::write(&auth, &client_pub).map_err(io("write", &auth))?;
+        for name in STAND_INS {
+            let p = hd.join("bin").join(name);
+            let script = format!(
+                "#!/bin/sh\n# lab stand-in: records the call and plays its effect in this host's directory\nexec {} lab stub {name} \"$@\"\n",
+                shell_word(&exe.to_string_lossy())
+            );
+            std::fs::write(&p, script).map_err(io("write", &p))?;
+            set_mode(&p, 0o755)?;
+        }
+        let config = hd.join("sshd_config");
+        let path_env = format!(
+            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            hd.join("bin").display()
+        );
+        let text = format!(
+            "ListenAddress {}:{SSH_PORT}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPrintMotd no\n\
+             AcceptEnv none\nSetEnv PATH={path_env} LAB_HOST={} LAB_HOST_DIR={} LAB_DIR={}\nMaxSessions 64\nMaxStartups 64:30:128\nLogLevel ERROR\n",
+            host.address,
+            key.display(),
+            hd.join("run/sshd.pid").display(),
+            auth.display(),
+            host.id,
+            hd.display(),
+            lab.display()
+        );
+        std::fs::write(&config, text).map_err(io("write", &config))?;
+    }
+    let kh = client.join("known_hosts");
+    std::fs::write(&kh, known_hosts).map_err(io("write", &kh))?;
+
+    // Disk images: the primary copies, and the replicas on the recovery host.
+    for (id, vm) in &state.vms {
+        let base_vm = &model.inventory.vms[id];
+        for (host, var) in [
+            (&vm.primary_host, "images_dir"),
+            (&vm.recovery_host, "images_dir"),
+        ] {
+            let Some(VarValue::Text(dir)) = model.inventory.hosts[host].vars.get(var) else {
+                continue;
+            };
+            std::fs::create_dir_all(dir).map_err(io("create", Path::new(dir)))?;
+            for disk in &base_vm.disks {
+                let path = Path::new(dir).join(disk);
+                if !path.exists() {
+                    run(Command::new(&qemu_img)
+                        .args(["create", "-q", "-f", "qcow2"])
+                        .arg(&path)
+                        .arg(IMAGE_SIZE))?;
+                }
+            }
+        }
+    }
+
+    // Start every sshd, then wait until each listens.
+    for (id, host) in &state.hosts {
+        let hd = host_dir(&lab, id);
+        let log = hd.join("sshd.log");
+        let logf = std::fs::File::create(&log).map_err(io("create", &log))?;
+        Command::new(&sshd)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(hd.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .process_group(0)
+            .spawn()
+            .map_err(io("start", &sshd))?;
+        let _ = host;
+    }
+    for (id, host) in &state.hosts {
+        let addr: SocketAddr = format!("{}:{}", host.address, host.port)
+            .parse()
+            .expect("a loopback address");
+        if !wait_port(addr, Duration::from_secs(10)) {
+            return Err(LabError::SshdStart {
+                host: id.clone(),
+                addr: addr.to_string(),
+                log: host_dir(&lab, id).join("sshd.log"),
+            });
+        }
+    }
+
+    // Production is running: services of primary and remote hosts, primary VMs.
+    for (id, host) in &state.hosts {
+        if host.site_role != SiteRole::Recovery && !host.ports.is_empty() {
+            start_serve(&state, id, "services", &host.address, &host.ports, &[])?;
+            std::fs::write(host_dir(&lab, id).join("units/production"), "")
+                .map_err(io("write", &lab))?;
+        }
+    }
+    for vm in state.vms.values() {
+        let dir = match model.inventory.hosts[&vm.primary_host]
+            .vars
+            .get("images_dir")
+        {
+            Some(VarValue::Text(d)) => PathBuf::from(d),
+            _ => continue,
+        };
+        let images: Vec<PathBuf> = vm.disks.iter().map(|d| dir.join(d)).collect();
+        start_serve(
+            &state,
+            &vm.primary_host,
+            &format!("vm-{}", vm.name),
+            &vm.primary_address,
+            &vm.ports,
+            &images,
+        )?;
+    }
+    Ok(state)
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<(), LabError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(io("chmod", p))
+}
+
+fn shell_word(s: &str) -> String {
+    crate::template::shell_quote(s)
+}
+
+/// Polls until `addr` accepts a connection, or the deadline.
+pub fn wait_port(addr: SocketAddr, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+}
+
+fn read_pid(p: &Path) -> Option<u32> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+/// Every process the lab started that still runs, with its pid file.
+pub fn running_pids(state: &LabState) -> Vec<(PathBuf, u32)> {
+    let mut out = Vec::new();
+    for id in state.hosts.keys() {
+        let run = state.host_dir(id).join("run");
+        let Ok(entries) = std::fs::read_dir(&run) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "pid")
+                && let Some(pid) = read_pid(&p)
+                && pid_alive(pid)
+            {
+                out.push((p, pid));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Stops every process the lab started, and nothing else.
+pub fn down(lab: &Path) -> Result<usize, LabError> {
+    let state = LabState::load(lab)?;
+    let pids = running_pids(&state);
+    for (_, pid) in &pids {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|(_, p)| pid_alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (_, pid) in &pids {
+        if pid_alive(*pid) {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+    for (path, _) in &pids {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(pids.len())
+}
+
+/// A readable status of the lab.
+pub fn status(lab: &Path) -> Result<String, LabError> {
+    let state = LabState::load(lab)?;
+    let running = running_pids(&state);
+    let alive = |host: &str, name: &str| {
+        running
+            .iter()
+            .any(|(p, _)| p == &state.host_dir(host).join("run").join(format!("{name}.pid")))
+    };
+    let mut out = format!("lab in {}\n\nhosts:\n", state.dir.display());
+    for (id, h) in &state.hosts {
+        out.push_str(&format!(
+            "  {id:<14} {}:{} sshd {}{}\n",
+            h.address,
+            h.port,
+            if alive(id, "sshd") { "up" } else { "DOWN" },
+            if alive(id, "services") {
+                format!(", services on {:?}", h.ports)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    out.push_str("\nvms:\n");
+    for (id, vm) in &state.vms {
+        let on = |host: &str, prefix: &str| alive(host, &format!("vm-{prefix}{}", vm.name));
+        let mut where_ = Vec::new();
+        if on(&vm.primary_host, "") {
+            where_.push(format!(
+                "primary ({} {})",
+                vm.primary_host, vm.primary_address
+            ));
+        }
+        if on(&vm.recovery_host, "") {
+            where_.push(format!(
+                "recovery ({} {})",
+                vm.recovery_host, vm.recovery_address
+            ));
+        }
+        if on(&vm.recovery_host, "drill-") {
+            where_.push(format!("drill copy ({})", vm.recovery_host));
+        }
+        let text = if where_.is_empty() {
+            "stopped".to_string()
+        } else {
+            where_.join(", ")
+        };
+        out.push_str(&format!("  {id:<14} {text}\n"));
+    }
+    out.push_str(&format!("\n{} lab processes running\n", running.len()));
+    Ok(out)
+}
+
+/// Starts a lab process serving `ports` on `address` (after reading `images`), recorded as
+/// `run/<name>.pid` of `host`. Does nothing when it already runs.
+pub fn start_serve(
+    state: &LabState,
+    host: &str,
+    name: &str,
+    address: &str,
+    ports: &[u16],
+    images: &[PathBuf],
+) -> Result<(), LabError> {
+    let pidfile = state.host_dir(host).join("run").join(format!("{name}.pid"));
+    if read_pid(&pidfile).is_some_and(pid_alive) {
+        return Ok(());
+    }
+    let listen: Vec<String> = ports.iter().map(|p| format!("{address}:{p}")).collect();
+    let mut cmd = Command::new(&state.exe);
+    cmd.args(["lab", "serve", "--pidfile"])
+        .arg(&pidfile)
+        .arg("--name")
+        .arg(name);
+    for l in &listen {
+        cmd.arg("--listen").arg(l);
+    }
+    for i in images {
+        cmd.arg("--image").arg(i);
+    }
+    let log = state.host_dir(host).join(format!("{name}.log"));
+    let logf = std::fs::File::create(&log).map_err(io("create", &log))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(logf)
+        .process_group(0)
+        .spawn()
+        .map_err(io("start", &state.exe))?;
+    // Wait until it listens (or exits with its reason in the log).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let reason = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(LabError::Command {
+                command: format!("lab serve {name}"),
+                stderr: format!("exited with {status}: {}", reason.trim()),
+            });
+        }
+        let listening = listen.iter().all(|l| {
+            l.parse().ok().is_some_and(|a: SocketAddr| {
+                TcpStream::connect_timeout(&a, Duration::from_millis(100)).is_ok()
+            })
+        });
+        if listening && pidfile.exists() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::Command {
+                command: format!("lab serve {name}"),
+                stderr: "did not listen within 10s".into(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops the lab process `name` of `host`, if it runs.
+pub fn stop_serve(state: &LabState, host: &str, name: &str) -> bool {
+    let pidfile = state.host_dir(host).join("run").join(format!("{name}.pid"));
+    let Some(pid) = read_pid(&pidfile) else {
+        return false;
+    };
+    if pid_alive(pid) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pid_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = std::fs::remove_file(&pidfile);
+    true
+}
+
+/// The body of a lab "VM" or service: checks and reads its disk images, then answers every
+/// connection on its ports with a small HTTP 200, until killed.
+pub fn serve(
+    name: &str,
+    listen: &[String],
+    images: &[PathBuf],
+    pidfile: &Path,
+) -> Result<(), String> {
+    for image in images {
+        let mut f = std::fs::File::open(image).map_err(|e| {
+            format!(
+                "refusing to start {name}: cannot open {}: {e}",
+                image.display()
+            )
+        })?;
+        let mut head = [0u8; 4];
+        f.read_exact(&mut head).map_err(|e| {
+            format!(
+                "refusing to start {name}: cannot read {}: {e}",
+                image.display()
+            )
+        })?;
+        if &head != b"QFI\xfb" {
+            return Err(format!(
+                "refusing to start {name}: {} is not a qcow2 image",
+                image.display()
+            ));
+        }
+        // Read it all, as a booting VM reads its disk: a damaged file fails here.
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "refusing to start {name}: reading {} failed: {e}",
+                        image.display()
+                    ));
+                }
+            }
+        }
+    }
+    let mut listeners = Vec::new();
+    for l in listen {
+        let addr: SocketAddr = l.parse().map_err(|_| format!("bad listen address {l}"))?;
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "refusing to listen on {addr}: the lab listens on 127.0.0.0/8 only"
+            ));
+        }
+        listeners
+            .push(TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+    }
+    let tmp = pidfile.with_extension("tmp");
+    std::fs::write(&tmp, std::process::id().to_string()).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, pidfile).map_err(|e| e.to_string())?;
+    let body = format!("lab {name} is up\n");
+    let mut handles = Vec::new();
+    for listener in listeners {
+        let body = body.clone();
+        handles.push(std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf);
+                let _ = write!(
+                    conn,
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+/// A stand-in for a command that would change a real machine: records the call in the host's
+/// `calls.log` and plays its effect inside the host's directory. Returns the exit code.
+pub fn stub(name: &str, args: &[String]) -> i32 {
+    let (Ok(host), Ok(host_dir), Ok(lab)) = (
+        std::env::var("LAB_HOST"),
+        std::env::var("LAB_HOST_DIR"),
+        std::env::var("LAB_DIR"),
+    ) else {
+        eprintln!("{name}: this is a lab stand-in and runs only on lab hosts");
+        return 127;
+    };
+    let host_dir = PathBuf::from(host_dir);
+    let lab = PathBuf::from(lab);
+    if let Ok(mut log) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(host_dir.join("calls.log"))
+    {
+        let _ = writeln!(
+            log,
+            "{} {name} {}",
+            chrono::Utc::now().to_rfc3339(),
+            args.join(" ")
+        );
+    }
+    let state = match LabState::load(&lab) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return 1;
+        }
+    };
+    let root = host_dir.join("root");
+    let lib = root.join("var/lib/lab");
+    let _ = std::fs::create_dir_all(&lib);
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    match name {
+        "lab-vm" => lab_vm(&state, &host, args),
+        "systemctl" => {
+            let (verb, unit) = (arg(0), arg(1));
+            let units = host_dir.join("units");
+            let unit_file = units.join(unit.replace('/', "_"));
+            let ports = state
+                .hosts
+                .get(&host)
+                .map(|h| (h.address.clone(), h.ports.clone()));
+            match verb {
+                "start" | "restart" | "reload-or-restart" => {
+                    let _ = std::fs::write(&unit_file, "");
+                    if let Some((addr, ports)) = ports
+                        && !ports.is_empty()
+                        && let Err(e) = start_serve(&state, &host, "services", &addr, &ports, &[])
+                    {
+                        eprintln!("systemctl: {e}");
+                        return 1;
+                    }
+                    0
+                }
+                "stop" => {
+                    let _ = std::fs::remove_file(&unit_file);
+                    let left = std::fs::read_dir(&units).map(|d| d.count()).unwrap_or(0);
+                    if left == 0 {
+                        stop_serve(&state, &host, "services");
+                    }
+                    0
+                }
+                "is-active" | "status" => {
+                    if unit_file.exists() || units.join("production").exists() {
+                        println!("active");
+                        0
+                    } else {
+                        println!("inactive");
+                        3
+                    }
+                }
+                "enable" | "disable" | "daemon-reload" | "is-enabled" => 0,
+                other => {
+                    eprintln!("systemctl (lab): unsupported verb `{other}`");
+                    1
+                }
+            }
+        }
+        "iptables-restore" => {
+            let mut rules = String::new();
+            let file = args.iter().find(|a| !a.starts_with('-'));
+            let read = match file {
+                Some(f) => std::fs::read_to_string(f).map(|t| rules = t),
+                None => std::io::stdin().read_to_string(&mut rules).map(|_| ()),
+            };
+            if let Err(e) = read {
+                eprintln!("iptables-restore: {e}");
+                return 1;
+            }
+            if !rules.lines().any(|l| l.trim() == "COMMIT") {
+                eprintln!("iptables-restore: line 1 failed: no COMMIT in the rules");
+                return 1;
+            }
+            if args.iter().any(|a| a == "--test" || a == "-t") {
+                return 0;
+            }
+            match std::fs::write(lib.join("iptables.rules"), rules) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("iptables-restore: {e}");
+                    1
+                }
+            }
+        }
+        "iptables" | "iptables-save" => {
+            let rules = std::fs::read_to_string(lib.join("iptables.rules")).unwrap_or_default();
+            let chain = args.iter().skip_while(|a| *a != "-S" && *a != "-L").nth(1);
+            for line in rules
+                .lines()
+                .filter(|l| !l.starts_with('*') && *l != "COMMIT")
+            {
+                let line = line.replace(":", "-P ").replacen("-P -P", "-P", 1);
+                if chain.is_none_or(|c| line.contains(c.as_str())) {
+                    println!("{line}");
+                }
+            }
+            0
+        }
+        "ip" => {
+            println!("1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 state UNKNOWN (lab)");
+            0
+        }
+        "mount" | "umount" => 0,
+        "mountpoint" => 0,
+        "upsc" => {
+            if args.iter().any(|a| a == "ups.status") {
+                println!("OL");
+            } else {
+                println!("battery.charge: 100\nups.status: OL\ninput.voltage: 230.0");
+            }
+            0
+        }
+        "ping" => {
+            let target = args
+                .iter()
+                .rfind(|a| !a.starts_with('-'))
+                .cloned()
+                .unwrap_or_default();
+            let loopback = std::net::ToSocketAddrs::to_socket_addrs(&(target.as_str(), 0))
+                .map(|mut a| a.all(|x| x.ip().is_loopback()))
+                .unwrap_or(false);
+            if loopback {
+                println!("PING {target}: 1 packets transmitted, 1 received (lab)");
+                0
+            } else {
+                eprintln!("ping: {target}: not a lab address");
+                2
+            }
+        }
+        other => {
+            eprintln!("{other}: no lab stand-in");
+            127
+        }
+    }
+}
+
+/// The lab hypervisor driver: "VMs" are `lab serve` processes reading their images.
+fn lab_vm(state: &LabState, host: &str, args: &[String]) -> i32 {
+    let verb = args.first().map(String::as_str).unwrap_or("");
+    let Some(name) = args.get(1) else {
+        eprintln!("usage: lab-vm start|stop|status|autostart NAME ...");
+        return 2;
+    };
+    let base = name.strip_prefix("drill-").unwrap_or(name);
+    let Some(vm) = state.vms.values().find(|v| v.name == *base) else {
+        eprintln!("lab-vm: no vm named {base}");
+        return 1;
+    };
+    let process = format!("vm-{name}");
+    match verb {
+        "start" => {
+            let (Some(dir), disks) = (args.get(2), &args[3.min(args.len())..]) else {
+                eprintln!("usage: lab-vm start NAME DIR DISK...");
+                return 2;
+            };
+            let images: Vec<PathBuf> = disks.iter().map(|d| Path::new(dir).join(d)).collect();
+            for i in &images {
+                let check = Command::new("qemu-img")
+                    .args(["check", "-q"])
+                    .arg(i)
+                    .output();
+                match check {
+                    Ok(o) if o.status.success() => {}
+                    Ok(o) => {
+                        eprintln!(
+                            "lab-vm: refusing to start {name}: {} is damaged: {}",
+                            i.display(),
+                            String::from_utf8_lossy(&o.stderr).trim()
+                        );
+                        return 1;
+                    }
+                    Err(e) => {
+                        eprintln!("lab-vm: cannot check {}: {e}", i.display());
+                        return 1;
+                    }
+                }
+            }
+            let address = if host == vm.recovery_host {
+                &vm.recovery_address
+            } else {
+                &vm.primary_address
+            };
+            match start_serve(state, host, &process, address, &vm.ports, &images) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("lab-vm: {e}");
+                    1
+                }
+            }
+        }
+        "stop" => {
+            stop_serve(state, host, &process);
+            0
+        }
+        "status" => {
+            let pidfile = state
+                .host_dir(host)
+                .join("run")
+                .join(format!("{process}.pid"));
+            if read_pid(&pidfile).is_some_and(pid_alive) {
+                println!("running");
+                0
+            } else {
+                println!("shut off");
+                3
+            }
+        }
+        "autostart" => {
+            let flag = state
+                .host_dir(host)
+                .join("units")
+                .join(format!("autostart-{name}"));
+            match args.get(2).map(String::as_str) {
+                Some("on") => {
+                    let _ = std::fs::write(flag, "");
+                }
+                _ => {
+                    let _ = std::fs::remove_file(flag);
+                }
+            }
+            0
+        }
+        other => {
+            eprintln!("lab-vm: unknown action `{other}`");
+            2
+        }
+    }
+}
