@@ -6,12 +6,22 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use std::io::IsTerminal;
+
+use tokio::sync::watch;
+
 use crate::diagnostic::Report;
+use crate::event::{Event, RunStatus};
 use crate::exit;
+use crate::journal::JournalError;
 use crate::model::Model;
 use crate::plan::{self, PlanOptions};
+use crate::run::{ExecOptions, RunError, SshOptions, StartOptions};
 use crate::runbook::Mode;
+use crate::runner::RunOptions;
 use crate::sources::{Sources, SourcesError};
+use crate::ssh::HostKeyPolicy;
+use crate::view::TerminalView;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -39,8 +49,65 @@ pub struct Cli {
     /// inventory, e.g. the lab's (repeatable).
     #[arg(long = "overlay", global = true, value_name = "FILE")]
     pub overlays: Vec<PathBuf>,
+    /// Folder of run journals (`runs/<run-id>/journal.jsonl`) and the run lock.
+    #[arg(long, global = true, default_value = ".", value_name = "DIR")]
+    pub state_dir: PathBuf,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Options of every command that runs steps.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExecArgs {
+    /// Steps running at once, in all.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub parallel: usize,
+    /// Steps running at once on one host.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub per_host: usize,
+    /// Trust and record host keys never seen before (a changed key is always refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// known_hosts file for hosts that name none [default: ~/.ssh/known_hosts].
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Private key to log in with [default: the ssh-agent].
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Seconds to wait for a host to answer.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub connect_timeout: u64,
+    /// Who runs it, for the journal and the report [default: $SUDO_USER or $USER].
+    #[arg(long, value_name = "NAME")]
+    pub operator: Option<String>,
+    /// Never ask on the terminal: manual steps wait for `reprise confirm`.
+    #[arg(long)]
+    pub no_prompt: bool,
+    /// On failure of a planned failover or failback, do not undo completed steps.
+    #[arg(long)]
+    pub no_rollback: bool,
+}
+
+/// Options of drill, failover, restore and failback.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Show the plan instead of running it (the same as `reprise plan`).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: the plan as JSON.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
+    /// Limit the run to this service and what it depends on (repeatable).
+    #[arg(long = "service", value_name = "SERVICE")]
+    pub services: Vec<String>,
+    /// With --service: do not pull in dependencies (they are assumed running).
+    #[arg(long, requires = "services")]
+    pub only: bool,
+    /// Do not ask before a failover or failback.
+    #[arg(long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub exec: ExecArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +167,63 @@ pub enum Command {
         /// The lab's folder.
         #[arg(long, default_value = "lab", value_name = "DIR", global = true)]
         lab_dir: PathBuf,
+    },
+    /// Rehearse a failover on the recovery site without touching production; cleanup always runs.
+    #[command(
+        after_help = "Examples:\n  reprise drill --dry-run\n  reprise drill --service erp-app --no-prompt"
+    )]
+    Drill(RunArgs),
+    /// Fail over to the recovery site (planned, or --emergency when the primary site is lost).
+    #[command(
+        after_help = "Examples:\n  reprise failover --dry-run\n  reprise failover --emergency --yes"
+    )]
+    Failover {
+        /// The primary site is lost: steps that need it are left out, and the run keeps going
+        /// on every branch that does not depend on a failure.
+        #[arg(long)]
+        emergency: bool,
+        #[command(flatten)]
+        args: RunArgs,
+    },
+    /// Cold start of the primary site after a power cut, in dependency order.
+    #[command(after_help = "Example:\n  reprise restore --parallel 4")]
+    Restore(RunArgs),
+    /// Return to the primary site after a failover (replication reversed first).
+    #[command(after_help = "Example:\n  reprise failback --service erp-app")]
+    Failback(RunArgs),
+    /// Carry on a run that stopped (crash, Ctrl-C, failure): finished steps are never repeated.
+    #[command(after_help = "Example:\n  reprise resume latest")]
+    Resume {
+        /// Run id, or `latest`.
+        run: String,
+        #[command(flatten)]
+        exec: ExecArgs,
+    },
+    /// Confirm a manual step of a run, from any shell.
+    #[command(
+        after_help = "Example:\n  reprise confirm latest power/generators --by \"Karim Benali\" --note \"both containers on\""
+    )]
+    Confirm {
+        /// Run id, or `latest`.
+        run: String,
+        /// Step id, `service/step`.
+        step: String,
+        /// Who confirms.
+        #[arg(long)]
+        by: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// List past runs.
+    Runs {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one run's journal, readably.
+    #[command(after_help = "Example:\n  reprise show latest")]
+    Show {
+        /// Run id, or `latest`.
+        run: String,
     },
 }
 
@@ -272,6 +396,19 @@ pub fn run(cli: &Cli) -> Outcome {
             }
             LabAction::Up => {}
         },
+        Command::Confirm {
+            run,
+            step,
+            by,
+            note,
+        } => {
+            return match crate::run::confirm(&cli.state_dir, run, step, by, note.clone()) {
+                Ok(run_id) => Outcome::ok(format!("confirmed {step} of run {run_id} as {by}\n")),
+                Err(e) => run_error(e),
+            };
+        }
+        Command::Runs { json } => return runs(cli, *json),
+        Command::Show { run } => return show(cli, run),
         _ => {}
     }
     let (model, warnings) = match load(cli) {
@@ -366,7 +503,326 @@ pub fn run(cli: &Cli) -> Outcome {
                 Err(errors) => invalid(&model.report(errors)),
             }
         }
+        Command::Drill(args) => start(cli, &model, Mode::Drill, false, args),
+        Command::Failover { emergency, args } => {
+            start(cli, &model, Mode::Failover, *emergency, args)
+        }
+        Command::Restore(args) => start(cli, &model, Mode::Restore, false, args),
+        Command::Failback(args) => start(cli, &model, Mode::Failback, false, args),
+        Command::Resume { run, exec } => {
+            let (shutdown, _guard) = ctrl_c();
+            let mut view = TerminalView::new(&model.inventory, Some(run));
+            let operator = operator(exec);
+            let result = crate::run::resume(
+                &model,
+                &cli.state_dir,
+                run,
+                &exec_options(exec),
+                &operator,
+                &mut view,
+                shutdown,
+            );
+            finish(result)
+        }
+        Command::Confirm { .. } | Command::Runs { .. } | Command::Show { .. } => {
+            unreachable!("handled before loading the model")
+        }
     };
     outcome.stderr = warnings + &outcome.stderr;
     outcome
+}
+
+fn operator(exec: &ExecArgs) -> String {
+    exec.operator
+        .clone()
+        .or_else(|| std::env::var("SUDO_USER").ok())
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+fn run_options(exec: &ExecArgs) -> RunOptions {
+    RunOptions {
+        parallel: exec.parallel.max(1),
+        per_host: exec.per_host.max(1),
+        rollback: !exec.no_rollback,
+        ..RunOptions::default()
+    }
+}
+
+fn exec_options(exec: &ExecArgs) -> ExecOptions {
+    ExecOptions {
+        run: run_options(exec),
+        ssh: ssh_options(exec),
+    }
+}
+
+fn ssh_options(exec: &ExecArgs) -> SshOptions {
+    SshOptions {
+        policy: if exec.accept_new_host_keys {
+            HostKeyPolicy::AcceptNew
+        } else {
+            HostKeyPolicy::Strict
+        },
+        known_hosts: exec
+            .known_hosts
+            .clone()
+            .unwrap_or_else(SshOptions::default_known_hosts),
+        identity: exec.identity.clone(),
+        connect_timeout: std::time::Duration::from_secs(exec.connect_timeout.max(1)),
+    }
+}
+
+/// Ctrl-C turns the watch to true: no new steps, running ones finish, cleanup still runs.
+fn ctrl_c() -> (watch::Receiver<bool>, watch::Sender<bool>) {
+    let (tx, rx) = watch::channel(false);
+    let signal = tx.clone();
+    // Only the first handler of a process can be set; later calls are harmless.
+    let _ = ctrlc::set_handler(move || {
+        let _ = signal.send(true);
+    });
+    (rx, tx)
+}
+
+fn start(cli: &Cli, model: &Model, mode: Mode, emergency: bool, args: &RunArgs) -> Outcome {
+    let plan_opts = PlanOptions {
+        mode,
+        emergency,
+        services: args.services.clone(),
+        only: args.only,
+        run_id: "dry-run".to_string(),
+    };
+    if args.dry_run {
+        return match plan::build(model, &plan_opts) {
+            Ok(p) if args.json => Outcome::ok(p.to_json() + "\n"),
+            Ok(p) => Outcome::ok(plan::text::render(&p)),
+            Err(errors) => invalid(&model.report(errors)),
+        };
+    }
+    if matches!(mode, Mode::Failover | Mode::Failback) && !args.yes {
+        let what = if emergency {
+            "EMERGENCY FAILOVER"
+        } else {
+            &mode.as_str().to_uppercase()
+        };
+        if !std::io::stdin().is_terminal() {
+            return Outcome::err(
+                exit::USAGE,
+                format!(
+                    "error: refusing to start a {what} without confirmation: pass --yes (or run it on a terminal)\n"
+                ),
+            );
+        }
+        eprint!(
+            "This starts a real {what}: services will move. Type {} to go on: ",
+            mode.as_str()
+        );
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if answer.trim() != mode.as_str() {
+            return Outcome::err(
+                exit::FAILED,
+                "not confirmed: nothing was done\n".to_string(),
+            );
+        }
+    }
+    let opts = StartOptions {
+        plan: plan_opts,
+        exec: exec_options(&args.exec),
+        state_dir: cli.state_dir.clone(),
+        operator: operator(&args.exec),
+    };
+    let (shutdown, _guard) = ctrl_c();
+    let mut view = TerminalView::new(&model.inventory, None);
+    if !args.exec.no_prompt && std::io::stdin().is_terminal() {
+        view.prompt_on_terminal(cli.state_dir.clone());
+    }
+    finish(crate::run::start(model, &opts, &mut view, shutdown))
+}
+
+fn finish(result: Result<crate::run::RunOutcome, RunError>) -> Outcome {
+    match result {
+        Ok(outcome) => {
+            let mut stderr = String::new();
+            if let Some(stale) = &outcome.replaced_stale_lock {
+                stderr = format!(
+                    "note: took over a stale lock of run {} (pid {} on {}, which is no longer running)\n",
+                    stale.run_id, stale.pid, stale.machine
+                );
+            }
+            let code = match outcome.status {
+                RunStatus::Succeeded => exit::OK,
+                RunStatus::Interrupted => exit::INTERRUPTED,
+                RunStatus::Partial | RunStatus::Failed => exit::FAILED,
+            };
+            Outcome {
+                stdout: format!("journal: {}\n", outcome.dir.join("journal.jsonl").display()),
+                stderr,
+                code,
+            }
+        }
+        Err(e) => run_error(e),
+    }
+}
+
+fn run_error(e: RunError) -> Outcome {
+    match e {
+        RunError::Plan(report) => invalid(&report),
+        RunError::Journal(JournalError::Locked { .. }) => {
+            Outcome::err(exit::LOCKED, format!("error: {e}\n"))
+        }
+        RunError::Journal(JournalError::NoSuchRun { .. })
+        | RunError::UnknownStep { .. }
+        | RunError::SourcesChanged { .. } => {
+            Outcome::err(exit::INVALID_INPUT, format!("error: {e}\n"))
+        }
+        RunError::AlreadyFinished(_) => Outcome::err(exit::INVALID_INPUT, format!("error: {e}\n")),
+        RunError::Journal(_) | RunError::NoStart(_) => {
+            Outcome::err(exit::IO, format!("error: {e}\n"))
+        }
+    }
+}
+
+fn runs(cli: &Cli, json: bool) -> Outcome {
+    let list = match crate::run::summaries(&cli.state_dir) {
+        Ok(l) => l,
+        Err(e) => return run_error(e),
+    };
+    if json {
+        return Outcome::ok(serde_json::to_string_pretty(&list).expect("runs serialize") + "\n");
+    }
+    if list.is_empty() {
+        return Outcome::ok(format!(
+            "no runs in {}\n",
+            crate::journal::runs_dir(&cli.state_dir).display()
+        ));
+    }
+    let mut out = format!(
+        "{:<32} {:<20} {:<12} {:<18} {:>11}  {}\n",
+        "RUN", "MODE", "RESULT", "STARTED (UTC)", "DURATION", "STEPS DONE"
+    );
+    for r in list {
+        let mode = if r.emergency {
+            "failover (emergency)".to_string()
+        } else {
+            r.mode.to_string()
+        };
+        let result = r
+            .status
+            .map(|s| format!("{s:?}").to_lowercase())
+            .unwrap_or_else(|| "unfinished".into());
+        let duration = r
+            .ended
+            .map(|e| {
+                crate::duration::Duration((e - r.started).num_seconds().max(0) as u64).to_string()
+            })
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:<32} {:<20} {:<12} {:<18} {:>11}  {}/{}\n",
+            r.run_id,
+            mode,
+            result,
+            r.started.format("%Y-%m-%d %H:%M"),
+            duration,
+            r.steps_done,
+            r.steps
+        ));
+    }
+    Outcome::ok(out)
+}
+
+fn show(cli: &Cli, run: &str) -> Outcome {
+    let dir = match crate::journal::RunDir::open(&cli.state_dir, run) {
+        Ok(d) => d,
+        Err(e) => return run_error(e.into()),
+    };
+    let events = match dir.read() {
+        Ok(e) => e,
+        Err(e) => return run_error(e.into()),
+    };
+    let mut out = String::new();
+    for e in &events {
+        let at = e.at().format("%Y-%m-%d %H:%M:%S");
+        let line = match e {
+            Event::RunStarted {
+                mode,
+                emergency,
+                operator,
+                machine,
+                version,
+                sources_digest,
+                steps,
+                ..
+            } => format!(
+                "run {} started: {mode}{} by {operator} on {machine}, reprise {version}, files {}, {} steps",
+                dir.run_id,
+                if *emergency { " (emergency)" } else { "" },
+                &sources_digest[..12.min(sources_digest.len())],
+                steps.len()
+            ),
+            Event::RunResumed {
+                operator, machine, ..
+            } => format!("resumed by {operator} on {machine}"),
+            Event::StepStarted {
+                step,
+                attempt,
+                host,
+                ..
+            } => format!(
+                "started {step} (attempt {attempt}){}",
+                host.as_deref()
+                    .map(|h| format!(" on {h}"))
+                    .unwrap_or_default()
+            ),
+            Event::StepOutput {
+                step,
+                stdout,
+                stderr,
+                exit_code,
+                ..
+            } => {
+                let mut text = format!(
+                    "output of {step} (exit {}):",
+                    exit_code.map(|c| c.to_string()).unwrap_or("-".into())
+                );
+                for l in stdout.lines().chain(stderr.lines()) {
+                    text.push_str(&format!("\n    | {l}"));
+                }
+                text
+            }
+            Event::StepFinished {
+                step,
+                status,
+                duration_ms,
+                message,
+                ..
+            } => format!(
+                "finished {step}: {status:?} in {:.1}s{}",
+                *duration_ms as f64 / 1000.0,
+                message
+                    .as_deref()
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default()
+            ),
+            Event::WaitingForOperator { step, .. } => format!("waiting for a person: {step}"),
+            Event::Confirmed { step, by, note, .. } => format!(
+                "confirmed {step} by {by}{}",
+                note.as_deref()
+                    .map(|n| format!(": {n}"))
+                    .unwrap_or_default()
+            ),
+            Event::UndoFinished {
+                step, ok, message, ..
+            } => format!(
+                "undo of {step}: {}{}",
+                if *ok { "ok" } else { "FAILED" },
+                message
+                    .as_deref()
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default()
+            ),
+            Event::RunFinished { status, .. } => format!("run finished: {status:?}"),
+        };
+        out.push_str(&format!("{at}  {line}\n"));
+    }
+    Outcome::ok(out)
 }

@@ -2,7 +2,7 @@
 
 /// Everything went as asked.
 pub const OK: u8 = 0;
-/// The operation ran and failed (reserved for runs: a step failed, a service is not recovered).
+/// The run failed, or finished with failed or blocked steps; or it was not confirmed.
 pub const FAILED: u8 = 1;
 /// The command line is wrong (unknown option, missing argument): clap's own code.
 pub const USAGE: u8 = 2;
@@ -11,3 +11,7 @@ pub const USAGE: u8 = 2;
 pub const INVALID_INPUT: u8 = 3;
 /// A file or folder could not be read or written.
 pub const IO: u8 = 4;
+/// Another run holds the lock of this state folder.
+pub const LOCKED: u8 = 5;
+/// The run was interrupted (Ctrl-C); `reprise resume` carries on.
+pub const INTERRUPTED: u8 = 130;

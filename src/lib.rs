@@ -2,18 +2,26 @@
 //!
 //! The pipeline, one module a stage: [`sources`] (files on disk) → [`inventory`] and
 //! [`runbook`] (validated model, see [`model`]) → [`graph`] (service dependencies) → [`plan`]
-//! (every concrete step, in order). [`cli`] is the command line on top. See ARCHITECTURE.md.
+//! (every concrete step, in order) → [`runner`] (execution over [`ssh`], emitting [`event`]s) →
+//! [`journal`] and [`view`]. [`run`] ties a run together; [`lab`] brings the example to life on
+//! loopback; [`cli`] is the command line on top. See ARCHITECTURE.md.
 
 pub mod cli;
 pub mod diagnostic;
 pub mod duration;
+pub mod event;
 pub mod exit;
 pub mod fields;
 pub mod graph;
 pub mod inventory;
+pub mod journal;
 pub mod lab;
 pub mod model;
 pub mod plan;
+pub mod run;
 pub mod runbook;
+pub mod runner;
 pub mod sources;
+pub mod ssh;
 pub mod template;
+pub mod view;

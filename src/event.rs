@@ -1,0 +1,136 @@
+//! The typed events of a run. The runner emits them; the journal, the terminal view and the
+//! report consume them. An event is a fact with its time; it never carries a secret.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::runbook::Mode;
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Done (and verified, when the step has a `verify`).
+    Done,
+    /// Failed after its last attempt.
+    Failed,
+    /// Did not succeed before its deadline.
+    TimedOut,
+    /// Not run because a step it waits for did not succeed.
+    Blocked,
+    /// Not run because the run was stopped (Ctrl-C, or a failure in a planned run).
+    Cancelled,
+    /// Its `undo` ran after a failure of the run.
+    RolledBack,
+}
+
+impl StepStatus {
+    pub fn succeeded(self) -> bool {
+        self == StepStatus::Done
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every step done.
+    Succeeded,
+    /// Some steps failed or were blocked; the others done (emergency failover, restore).
+    Partial,
+    /// The run failed (and was rolled back where it could be).
+    Failed,
+    /// Stopped by the operator; `reprise resume` carries on.
+    Interrupted,
+}
+
+/// One line of the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    RunStarted {
+        at: DateTime<Utc>,
+        run_id: String,
+        mode: Mode,
+        emergency: bool,
+        services: Vec<String>,
+        only: bool,
+        /// Who started it.
+        operator: String,
+        /// The machine the orchestrator ran on.
+        machine: String,
+        version: String,
+        /// Hash of the inventory and runbook files used.
+        sources_digest: String,
+        steps: Vec<String>,
+    },
+    StepStarted {
+        at: DateTime<Utc>,
+        step: String,
+        attempt: u32,
+        host: Option<String>,
+    },
+    StepOutput {
+        at: DateTime<Utc>,
+        step: String,
+        attempt: u32,
+        stdout: String,
+        stderr: String,
+        exit_code: Option<i32>,
+    },
+    StepFinished {
+        at: DateTime<Utc>,
+        step: String,
+        attempt: u32,
+        status: StepStatus,
+        duration_ms: u64,
+        message: Option<String>,
+    },
+    WaitingForOperator {
+        at: DateTime<Utc>,
+        step: String,
+        instructions: String,
+    },
+    Confirmed {
+        at: DateTime<Utc>,
+        step: String,
+        by: String,
+        note: Option<String>,
+    },
+    UndoFinished {
+        at: DateTime<Utc>,
+        step: String,
+        ok: bool,
+        message: Option<String>,
+    },
+    RunResumed {
+        at: DateTime<Utc>,
+        operator: String,
+        machine: String,
+    },
+    RunFinished {
+        at: DateTime<Utc>,
+        status: RunStatus,
+    },
+}
+
+impl Event {
+    pub fn at(&self) -> DateTime<Utc> {
+        match self {
+            Event::RunStarted { at, .. }
+            | Event::StepStarted { at, .. }
+            | Event::StepOutput { at, .. }
+            | Event::StepFinished { at, .. }
+            | Event::WaitingForOperator { at, .. }
+            | Event::Confirmed { at, .. }
+            | Event::UndoFinished { at, .. }
+            | Event::RunResumed { at, .. }
+            | Event::RunFinished { at, .. } => *at,
+        }
+    }
+
+    /// Events after which the journal is flushed to disk.
+    pub fn is_boundary(&self) -> bool {
+        !matches!(self, Event::StepOutput { .. })
+    }
+}

@@ -1,0 +1,449 @@
+//! A run of a plan, from start to journal: start, resume, confirm, list and read back.
+//!
+//! Glue between the pure stages (model, plan) and the edges (SSH transport, journal, runner):
+//! it takes the state lock, writes every event to the journal before showing it, and turns what
+//! the journal says back into the state a resumed run starts from. It never prints: events go to
+//! the journal and to the [`Sink`] the caller gives (the terminal view).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::diagnostic::{Report, did_you_mean};
+use crate::event::{Event, RunStatus, StepStatus};
+use crate::journal::{
+    self, Confirmation, JournalError, JournalWriter, LockHolder, RunDir, StateLock,
+};
+use crate::model::Model;
+use crate::plan::{self, Plan, PlanOptions};
+use crate::runbook::Mode;
+use crate::runner::{self, Prior, RunContext, RunOptions, Sink};
+use crate::ssh::{HostKeyPolicy, HostSpec, SshTransport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the plan cannot be made")]
+    Plan(Report),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(
+        "the inventory or runbooks changed since run `{run_id}` started (files hash {then}, now {now}); \
+         resuming would run a different plan. Restore the files, or start a new run"
+    )]
+    SourcesChanged {
+        run_id: String,
+        then: String,
+        now: String,
+    },
+    #[error("run `{0}` already finished successfully: nothing to resume")]
+    AlreadyFinished(String),
+    #[error("the journal of run `{0}` does not say how it started")]
+    NoStart(String),
+    #[error("run `{run_id}` has no step `{step}`{}", hint.as_ref().map(|h| format!("; {h}")).unwrap_or_default())]
+    UnknownStep {
+        run_id: String,
+        step: String,
+        hint: Option<String>,
+    },
+}
+
+/// How to reach hosts.
+#[derive(Debug, Clone)]
+pub struct SshOptions {
+    pub policy: HostKeyPolicy,
+    /// Used for hosts that name no `known_hosts` of their own.
+    pub known_hosts: PathBuf,
+    /// Private key; the ssh-agent when none.
+    pub identity: Option<PathBuf>,
+    pub connect_timeout: StdDuration,
+}
+
+impl SshOptions {
+    pub fn default_known_hosts() -> PathBuf {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/root"))
+            .join(".ssh/known_hosts")
+    }
+}
+
+/// Everything needed to start a run.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub plan: PlanOptions,
+    pub exec: ExecOptions,
+    pub state_dir: PathBuf,
+    pub operator: String,
+}
+
+/// What a run came to.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub dir: PathBuf,
+    /// A stale lock of a dead process that was taken over.
+    pub replaced_stale_lock: Option<LockHolder>,
+}
+
+/// Writes each event to the journal first, then shows it.
+struct Tee<'a> {
+    journal: JournalWriter,
+    view: &'a mut dyn Sink,
+    error: Option<JournalError>,
+}
+
+impl Sink for Tee<'_> {
+    fn emit(&mut self, event: &Event) {
+        if let Err(e) = self.journal.append(event)
+            && self.error.is_none()
+        {
+            self.error = Some(e);
+        }
+        self.view.emit(event);
+    }
+}
+
+fn transport(model: &Model, ssh: &SshOptions) -> SshTransport {
+    let hosts: HashMap<String, HostSpec> = model
+        .inventory
+        .hosts
+        .values()
+        .map(|h| {
+            let spec = HostSpec {
+                id: h.id.clone(),
+                address: h.address.clone(),
+                port: h.port,
+                user: h.user.clone(),
+                known_hosts: h
+                    .known_hosts
+                    .as_ref()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| ssh.known_hosts.clone()),
+                identity: h
+                    .identity
+                    .as_ref()
+                    .map(PathBuf::from)
+                    .or_else(|| ssh.identity.clone()),
+            };
+            (h.id.clone(), spec)
+        })
+        .collect();
+    SshTransport::new(hosts, ssh.policy, ssh.connect_timeout)
+}
+
+/// How steps are run and hosts reached, for a new or a resumed run.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    pub run: RunOptions,
+    pub ssh: SshOptions,
+}
+
+/// A run ready to go: its plan, folder, first journal event and what is already done.
+struct Launch {
+    plan: Plan,
+    dir: RunDir,
+    first: Event,
+    prior: HashMap<String, Prior>,
+}
+
+fn execute(
+    model: &Model,
+    Launch {
+        plan,
+        dir,
+        first,
+        prior,
+    }: Launch,
+    exec: &ExecOptions,
+    view: &mut dyn Sink,
+    shutdown: watch::Receiver<bool>,
+) -> Result<RunStatus, RunError> {
+    let (run, ssh) = (&exec.run, &exec.ssh);
+    let journal = JournalWriter::open(&dir)?;
+    let mut tee = Tee {
+        journal,
+        view,
+        error: None,
+    };
+    tee.emit(&first);
+    if let Some(e) = tee.error.take() {
+        return Err(e.into());
+    }
+    let ctx = RunContext {
+        plan: Arc::new(plan),
+        transport: Arc::new(transport(model, ssh)),
+        confirmations: Arc::new(dir),
+        secrets: runner::env_secrets(),
+        options: run.clone(),
+        prior,
+    };
+    let status = runner::run(ctx, &mut tee, shutdown);
+    match tee.error {
+        Some(e) => Err(e.into()),
+        None => Ok(status),
+    }
+}
+
+/// Starts a new run of `opts.plan` (its `run_id` is replaced by a new one).
+pub fn start(
+    model: &Model,
+    opts: &StartOptions,
+    view: &mut dyn Sink,
+    shutdown: watch::Receiver<bool>,
+) -> Result<RunOutcome, RunError> {
+    let now = Utc::now();
+    let run_id = journal::new_run_id(&opts.state_dir, now, opts.plan.mode.as_str());
+    let plan_opts = PlanOptions {
+        run_id: run_id.clone(),
+        ..opts.plan.clone()
+    };
+    let plan = plan::build(model, &plan_opts).map_err(|d| RunError::Plan(model.report(d)))?;
+    let machine = journal::machine_name();
+    let lock = StateLock::acquire(
+        &opts.state_dir,
+        &LockHolder {
+            pid: std::process::id(),
+            machine: machine.clone(),
+            run_id: run_id.clone(),
+            operator: opts.operator.clone(),
+            since: now,
+        },
+    )?;
+    let dir = RunDir::create(&opts.state_dir, &run_id)?;
+    let first = Event::RunStarted {
+        at: now,
+        run_id: run_id.clone(),
+        mode: plan.mode,
+        emergency: plan.emergency,
+        services: plan.selection.requested.clone(),
+        only: plan.selection.only,
+        operator: opts.operator.clone(),
+        machine,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        sources_digest: model.sources.digest(),
+        steps: plan.steps.iter().map(|s| s.id.clone()).collect(),
+    };
+    let path = dir.path.clone();
+    let status = execute(
+        model,
+        Launch {
+            plan,
+            dir,
+            first,
+            prior: HashMap::new(),
+        },
+        &opts.exec,
+        view,
+        shutdown,
+    )?;
+    Ok(RunOutcome {
+        run_id,
+        status,
+        dir: path,
+        replaced_stale_lock: lock.replaced_stale.clone(),
+    })
+}
+
+/// How a run started, read back from its journal.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub at: DateTime<Utc>,
+    pub run_id: String,
+    pub mode: Mode,
+    pub emergency: bool,
+    pub services: Vec<String>,
+    pub only: bool,
+    pub operator: String,
+    pub sources_digest: String,
+    pub steps: Vec<String>,
+}
+
+pub fn started(run_id: &str, events: &[Event]) -> Result<Started, RunError> {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::RunStarted {
+                at,
+                run_id,
+                mode,
+                emergency,
+                services,
+                only,
+                operator,
+                sources_digest,
+                steps,
+                ..
+            } => Some(Started {
+                at: *at,
+                run_id: run_id.clone(),
+                mode: *mode,
+                emergency: *emergency,
+                services: services.clone(),
+                only: *only,
+                operator: operator.clone(),
+                sources_digest: sources_digest.clone(),
+                steps: steps.clone(),
+            }),
+            _ => None,
+        })
+        .ok_or_else(|| RunError::NoStart(run_id.to_string()))
+}
+
+/// The last status a run finished with, if it finished.
+pub fn finished(events: &[Event]) -> Option<RunStatus> {
+    events.iter().rev().find_map(|e| match e {
+        Event::RunFinished { status, .. } => Some(*status),
+        _ => None,
+    })
+}
+
+/// Carries on a run where it stopped: finished steps are never repeated.
+pub fn resume(
+    model: &Model,
+    state_dir: &Path,
+    run_id: &str,
+    exec: &ExecOptions,
+    operator: &str,
+    view: &mut dyn Sink,
+    shutdown: watch::Receiver<bool>,
+) -> Result<RunOutcome, RunError> {
+    let dir = RunDir::open(state_dir, run_id)?;
+    let events = dir.read()?;
+    let start = started(&dir.run_id, &events)?;
+    if finished(&events) == Some(RunStatus::Succeeded) {
+        return Err(RunError::AlreadyFinished(dir.run_id.clone()));
+    }
+    let now_digest = model.sources.digest();
+    if now_digest != start.sources_digest {
+        return Err(RunError::SourcesChanged {
+            run_id: dir.run_id.clone(),
+            then: start.sources_digest[..12].to_string(),
+            now: now_digest[..12].to_string(),
+        });
+    }
+    let plan_opts = PlanOptions {
+        mode: start.mode,
+        emergency: start.emergency,
+        services: start.services.clone(),
+        only: start.only,
+        run_id: dir.run_id.clone(),
+    };
+    let plan = plan::build(model, &plan_opts).map_err(|d| RunError::Plan(model.report(d)))?;
+    let machine = journal::machine_name();
+    let lock = StateLock::acquire(
+        state_dir,
+        &LockHolder {
+            pid: std::process::id(),
+            machine: machine.clone(),
+            run_id: dir.run_id.clone(),
+            operator: operator.to_string(),
+            since: Utc::now(),
+        },
+    )?;
+    let prior = runner::prior_from_journal(&events);
+    let first = Event::RunResumed {
+        at: Utc::now(),
+        operator: operator.to_string(),
+        machine,
+    };
+    let path = dir.path.clone();
+    let run_id = dir.run_id.clone();
+    let launch = Launch {
+        plan,
+        dir,
+        first,
+        prior,
+    };
+    let status = execute(model, launch, exec, view, shutdown)?;
+    Ok(RunOutcome {
+        run_id,
+        status,
+        dir: path,
+        replaced_stale_lock: lock.replaced_stale.clone(),
+    })
+}
+
+/// Records that `by` confirmed a manual step of a run (from any shell).
+pub fn confirm(
+    state_dir: &Path,
+    run_id: &str,
+    step: &str,
+    by: &str,
+    note: Option<String>,
+) -> Result<String, RunError> {
+    let dir = RunDir::open(state_dir, run_id)?;
+    let events = dir.read()?;
+    let start = started(&dir.run_id, &events)?;
+    if !start.steps.iter().any(|s| s == step) {
+        return Err(RunError::UnknownStep {
+            run_id: dir.run_id.clone(),
+            step: step.to_string(),
+            hint: did_you_mean(step, start.steps.iter().map(String::as_str)),
+        });
+    }
+    dir.confirm(
+        step,
+        &Confirmation {
+            by: by.to_string(),
+            note,
+            at: Utc::now(),
+        },
+    )?;
+    Ok(dir.run_id)
+}
+
+/// One line of `reprise runs`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub mode: Mode,
+    pub emergency: bool,
+    pub operator: String,
+    pub started: DateTime<Utc>,
+    pub ended: Option<DateTime<Utc>>,
+    pub status: Option<RunStatus>,
+    pub steps_done: usize,
+    pub steps: usize,
+}
+
+pub fn summaries(state_dir: &Path) -> Result<Vec<RunSummary>, RunError> {
+    let mut out = Vec::new();
+    for id in journal::list(state_dir)? {
+        let events = RunDir::open(state_dir, &id)?.read()?;
+        let Ok(start) = started(&id, &events) else {
+            continue;
+        };
+        let mut done = std::collections::HashSet::new();
+        for e in &events {
+            if let Event::StepFinished {
+                step,
+                status: StepStatus::Done,
+                ..
+            } = e
+            {
+                done.insert(step.clone());
+            }
+        }
+        let ended = events.iter().rev().find_map(|e| match e {
+            Event::RunFinished { at, .. } => Some(*at),
+            _ => None,
+        });
+        out.push(RunSummary {
+            run_id: id,
+            mode: start.mode,
+            emergency: start.emergency,
+            operator: start.operator,
+            started: start.at,
+            ended,
+            status: finished(&events),
+            steps_done: done.len(),
+            steps: start.steps.len(),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,1292 @@
+//! The runner: executes a [`Plan`] as fast as its dependencies allow, within a global and a
+//! per-host concurrency limit, and emits an [`Event`] for everything that happens.
+//!
+//! It owns the tokio runtime ([`run`] is synchronous for its callers); blocking SSH calls go to
+//! `spawn_blocking`. It never prints: the journal and the terminal view consume its events.
+//! Cancellation (Ctrl-C, tests) is passed in as a watch channel.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration as StdDuration, Instant};
+
+use chrono::Utc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::event::{Event, RunStatus, StepStatus};
+use crate::journal::Confirmation;
+use crate::plan::{Action, Plan, PlannedStep};
+use crate::runbook::{Mode, Phase};
+use crate::ssh::{ExecOutput, Transport};
+use crate::template::Command;
+
+/// Bytes of each output stream kept in the journal per attempt.
+pub const OUTPUT_LIMIT: usize = 16 * 1024;
+
+/// How a run behaves.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Steps running at once, in all.
+    pub parallel: usize,
+    /// Steps running at once on one host.
+    pub per_host: usize,
+    /// Undo completed steps when a planned failover or failback fails.
+    pub rollback: bool,
+    /// How often manual steps look for a confirmation.
+    pub confirmation_poll: StdDuration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            parallel: 8,
+            per_host: 4,
+            rollback: true,
+            confirmation_poll: StdDuration::from_millis(250),
+        }
+    }
+}
+
+/// Where manual steps find their confirmations (the run folder, or a terminal prompt feeding it).
+pub trait Confirmations: Send + Sync {
+    fn confirmation(&self, step: &str) -> Option<Confirmation>;
+}
+
+impl Confirmations for crate::journal::RunDir {
+    fn confirmation(&self, step: &str) -> Option<Confirmation> {
+        crate::journal::RunDir::confirmation(self, step)
+    }
+}
+
+/// Where events go. Called from the runner's task, in order.
+pub trait Sink: Send {
+    fn emit(&mut self, event: &Event);
+}
+
+/// What a resumed run knows of a step from the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prior {
+    /// Finished successfully: never run again.
+    Done,
+    /// Was running when the orchestrator died: verify, re-run if idempotent, or ask.
+    Interrupted,
+}
+
+/// Resolves secrets at execution time.
+pub type SecretResolver = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+pub fn env_secrets() -> SecretResolver {
+    Arc::new(|name| std::env::var(name).ok())
+}
+
+/// Everything a run needs.
+pub struct RunContext {
+    pub plan: Arc<Plan>,
+    pub transport: Arc<dyn Transport>,
+    pub confirmations: Arc<dyn Confirmations>,
+    pub secrets: SecretResolver,
+    pub options: RunOptions,
+    pub prior: HashMap<String, Prior>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Pending,
+    Running,
+    Finished(StepStatus),
+}
+
+/// Runs the plan on a fresh tokio runtime, until done or `shutdown` turns true.
+pub fn run(ctx: RunContext, sink: &mut dyn Sink, shutdown: watch::Receiver<bool>) -> RunStatus {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    runtime.block_on(execute(ctx, sink, shutdown))
+}
+
+/// The result of one step's task.
+struct Outcome {
+    index: usize,
+    status: StepStatus,
+    attempt: u32,
+    message: Option<String>,
+    elapsed: StdDuration,
+}
+
+/// Messages from step tasks to the loop: events to emit, and the final outcome.
+enum Msg {
+    Event(Event),
+}
+
+/// Runs the plan on the current runtime.
+pub async fn execute(
+    ctx: RunContext,
+    sink: &mut dyn Sink,
+    mut shutdown: watch::Receiver<bool>,
+) -> RunStatus {
+    let plan = ctx.plan.clone();
+    let n = plan.steps.len();
+    let index: HashMap<&str, usize> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+    let after: Vec<Vec<usize>> = plan
+        .steps
+        .iter()
+        .map(|s| s.after.iter().map(|a| index[a.as_str()]).collect())
+        .collect();
+    let mut state = vec![State::Pending; n];
+    for (i, s) in plan.steps.iter().enumerate() {
+        if ctx.prior.get(&s.id) == Some(&Prior::Done) {
+            state[i] = State::Finished(StepStatus::Done);
+        }
+    }
+    let keep_going = matches!(plan.mode, Mode::Restore | Mode::Drill)
+        || (plan.mode == Mode::Failover && plan.emergency);
+    let ctx = Arc::new(ctx);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Msg>();
+    let mut tasks: JoinSet<Outcome> = JoinSet::new();
+    let mut per_host: HashMap<String, usize> = HashMap::new();
+    let mut running = 0usize;
+    let mut halted = false; // no new main steps
+    let mut interrupted = false;
+    let mut planned_failure = false;
+    let mut done_order: Vec<usize> = Vec::new();
+
+    loop {
+        // Settle steps that can no longer run, then start what is ready.
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for i in 0..n {
+                if state[i] != State::Pending {
+                    continue;
+                }
+                let step = &plan.steps[i];
+                // Cleanup steps run whatever happened before them.
+                if step.phase == Phase::Main {
+                    if let Some(&bad) = after[i]
+                        .iter()
+                        .find(|&&j| matches!(state[j], State::Finished(s) if !s.succeeded()))
+                    {
+                        let (status, msg) = if state[bad] == State::Finished(StepStatus::Cancelled)
+                        {
+                            (
+                                StepStatus::Cancelled,
+                                format!("the run stopped before {}", plan.steps[bad].id),
+                            )
+                        } else {
+                            (
+                                StepStatus::Blocked,
+                                format!("blocked: {} did not succeed", plan.steps[bad].id),
+                            )
+                        };
+                        state[i] = State::Finished(status);
+                        sink.emit(&finished_event(step, 0, status, 0, Some(msg)));
+                        changed = true;
+                    } else if halted {
+                        state[i] = State::Finished(StepStatus::Cancelled);
+                        sink.emit(&finished_event(
+                            step,
+                            0,
+                            StepStatus::Cancelled,
+                            0,
+                            Some("the run was stopped before this step".into()),
+                        ));
+                        changed = true;
+                    }
+                }
+            }
+        }
+        for i in 0..n {
+            if state[i] != State::Pending || running >= ctx.options.parallel.max(1) {
+                continue;
+            }
+            let step = &plan.steps[i];
+            let ready = match step.phase {
+                Phase::Main => after[i]
+                    .iter()
+                    .all(|&j| state[j] == State::Finished(StepStatus::Done)),
+                Phase::Cleanup => after[i]
+                    .iter()
+                    .all(|&j| matches!(state[j], State::Finished(_))),
+            };
+            if !ready {
+                continue;
+            }
+            if let Some(h) = &step.host
+                && per_host.get(h).copied().unwrap_or(0) >= ctx.options.per_host.max(1)
+            {
+                continue;
+            }
+            state[i] = State::Running;
+            running += 1;
+            if let Some(h) = &step.host {
+                *per_host.entry(h.clone()).or_default() += 1;
+            }
+            let ctx2 = ctx.clone();
+            let tx2 = tx.clone();
+            let sd = shutdown.clone();
+            let prior = ctx.prior.get(&step.id).copied();
+            tasks.spawn(async move { run_step(ctx2, i, prior, tx2, sd).await });
+        }
+        if running == 0 {
+            break;
+        }
+        tokio::select! {
+            Some(msg) = rx.recv() => match msg {
+                Msg::Event(e) => sink.emit(&e),
+            },
+            Some(joined) = tasks.join_next() => {
+                // Events sent before the outcome come first.
+                while let Ok(Msg::Event(e)) = rx.try_recv() {
+                    sink.emit(&e);
+                }
+                let out = joined.expect("a step task does not panic");
+                let step = &plan.steps[out.index];
+                running -= 1;
+                if let Some(h) = &step.host {
+                    *per_host.get_mut(h).expect("counted") -= 1;
+                }
+                state[out.index] = State::Finished(out.status);
+                sink.emit(&finished_event(step, out.attempt, out.status, out.elapsed.as_millis() as u64, out.message));
+                if out.status.succeeded() {
+                    done_order.push(out.index);
+                } else if step.phase == Phase::Main && !keep_going && out.status != StepStatus::Cancelled {
+                    halted = true;
+                    planned_failure = true;
+                }
+            },
+            changed = shutdown.changed(), if !interrupted => {
+                if changed.is_err() || *shutdown.borrow() {
+                    interrupted = true;
+                    halted = true;
+                }
+            },
+        }
+    }
+
+    if planned_failure && ctx.options.rollback {
+        for &i in done_order.iter().rev() {
+            let step = &plan.steps[i];
+            let Action::Exec {
+                undo: Some(undo), ..
+            } = &step.action_spec
+            else {
+                continue;
+            };
+            let (ok, message) =
+                match exec(&ctx, step, undo, step.timeout_s.map(StdDuration::from_secs)).await {
+                    Ok(out) if out.exit_code == 0 => (true, None),
+                    Ok(out) => (
+                        false,
+                        Some(format!(
+                            "undo exited with {}: {}",
+                            out.exit_code,
+                            out.stderr.trim()
+                        )),
+                    ),
+                    Err(e) => (false, Some(e)),
+                };
+            sink.emit(&Event::UndoFinished {
+                at: Utc::now(),
+                step: step.id.clone(),
+                ok,
+                message,
+            });
+            if ok {
+                state[i] = State::Finished(StepStatus::RolledBack);
+            }
+        }
+    }
+
+    let status = if interrupted {
+        RunStatus::Interrupted
+    } else if planned_failure {
+        RunStatus::Failed
+    } else if state
+        .iter()
+        .all(|s| *s == State::Finished(StepStatus::Done))
+    {
+        RunStatus::Succeeded
+    } else if state.contains(&State::Finished(StepStatus::Done)) {
+        RunStatus::Partial
+    } else {
+        RunStatus::Failed
+    };
+    sink.emit(&Event::RunFinished {
+        at: Utc::now(),
+        status,
+    });
+    status
+}
+
+fn finished_event(
+    step: &PlannedStep,
+    attempt: u32,
+    status: StepStatus,
+    ms: u64,
+    message: Option<String>,
+) -> Event {
+    Event::StepFinished {
+        at: Utc::now(),
+        step: step.id.clone(),
+        attempt,
+        status,
+        duration_ms: ms,
+        message,
+    }
+}
+
+fn started(tx: &tokio::sync::mpsc::UnboundedSender<Msg>, step: &PlannedStep, attempt: u32) {
+    let _ = tx.send(Msg::Event(Event::StepStarted {
+        at: Utc::now(),
+        step: step.id.clone(),
+        attempt,
+        host: step.host.clone(),
+    }));
+}
+
+async fn run_step(
+    ctx: Arc<RunContext>,
+    index: usize,
+    prior: Option<Prior>,
+    tx: tokio::sync::mpsc::UnboundedSender<Msg>,
+    shutdown: watch::Receiver<bool>,
+) -> Outcome {
+    let step = &ctx.plan.steps[index];
+    let begin = Instant::now();
+    let outcome = |status, attempt, message| Outcome {
+        index,
+        status,
+        attempt,
+        message,
+        elapsed: begin.elapsed(),
+    };
+    // A step that was running when the orchestrator died.
+    if prior == Some(Prior::Interrupted) {
+        if let Action::Exec {
+            verify: Some(verify),
+            ..
+        } = &step.action_spec
+        {
+            started(&tx, step, 0);
+            if let Ok(out) = exec(&ctx, step, verify, Some(StdDuration::from_secs(60))).await
+                && out.exit_code == 0
+            {
+                return outcome(
+                    StepStatus::Done,
+                    0,
+                    Some("verified after the interruption: not run again".into()),
+                );
+            }
+        }
+        let idempotent = step.idempotent || !matches!(step.action_spec, Action::Exec { .. });
+        if !idempotent {
+            let instructions = format!(
+                "Step {} was running on {} when reprise stopped, and cannot safely run twice. \
+                 Check whether it took effect ({}), finish it by hand if needed, then confirm.",
+                step.id,
+                step.host.as_deref().unwrap_or("the orchestrator"),
+                step.command
+            );
+            return wait_for_operator(&ctx, step, instructions, &tx, shutdown, begin, index).await;
+        }
+    }
+    match &step.action_spec {
+        Action::Manual { instructions } => {
+            wait_for_operator(
+                &ctx,
+                step,
+                instructions.clone(),
+                &tx,
+                shutdown,
+                begin,
+                index,
+            )
+            .await
+        }
+        Action::Exec { run, verify, .. } => {
+            let timeout = step.timeout_s.map(StdDuration::from_secs);
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                started(&tx, step, attempt);
+                let result = exec(&ctx, step, run, timeout).await;
+                let (status, message) = match result {
+                    Ok(out) => {
+                        output_event(&tx, step, attempt, &out);
+                        if out.timed_out {
+                            (
+                                StepStatus::TimedOut,
+                                Some(format!("timed out after {}s", step.timeout_s.unwrap_or(0))),
+                            )
+                        } else if out.exit_code != 0 {
+                            (
+                                StepStatus::Failed,
+                                Some(format!("exited with status {}", out.exit_code)),
+                            )
+                        } else if let Some(v) = verify {
+                            match exec(
+                                &ctx,
+                                step,
+                                v,
+                                timeout.map(|t| t.min(StdDuration::from_secs(120))),
+                            )
+                            .await
+                            {
+                                Ok(vo) if vo.exit_code == 0 => (StepStatus::Done, None),
+                                Ok(vo) => {
+                                    output_event(&tx, step, attempt, &vo);
+                                    (
+                                        StepStatus::Failed,
+                                        Some(format!("verify failed (status {})", vo.exit_code)),
+                                    )
+                                }
+                                Err(e) => (
+                                    StepStatus::Failed,
+                                    Some(format!("verify could not run: {e}")),
+                                ),
+                            }
+                        } else {
+                            (StepStatus::Done, None)
+                        }
+                    }
+                    Err(e) => (StepStatus::Failed, Some(e)),
+                };
+                if status.succeeded() || attempt > step.retries || *shutdown.borrow() {
+                    return outcome(status, attempt, message);
+                }
+                let backoff = StdDuration::from_secs((1u64 << (attempt - 1).min(5)).min(30));
+                tokio::time::sleep(backoff).await;
+            }
+        }
+        Action::Probe { run, interval } => {
+            let deadline = step
+                .timeout_s
+                .map(StdDuration::from_secs)
+                .unwrap_or(StdDuration::from_secs(600));
+            let interval = StdDuration::from_secs(interval.secs().max(1));
+            started(&tx, step, 1);
+            let mut last = None;
+            loop {
+                let left = deadline.saturating_sub(begin.elapsed());
+                if left.is_zero() {
+                    return outcome(StepStatus::TimedOut, 1, last);
+                }
+                match exec(
+                    &ctx,
+                    step,
+                    run,
+                    Some(left.min(interval.max(StdDuration::from_secs(30)))),
+                )
+                .await
+                {
+                    Ok(out) if out.exit_code == 0 => {
+                        output_event(&tx, step, 1, &out);
+                        return outcome(StepStatus::Done, 1, None);
+                    }
+                    Ok(out) => {
+                        last = Some(format!(
+                            "not healthy yet: status {} {}",
+                            out.exit_code,
+                            out.stderr.trim()
+                        ))
+                    }
+                    Err(e) => last = Some(e),
+                }
+                if *shutdown.borrow() {
+                    return outcome(StepStatus::Cancelled, 1, last);
+                }
+                tokio::time::sleep(interval.min(deadline.saturating_sub(begin.elapsed()))).await;
+            }
+        }
+        Action::Tcp {
+            address,
+            port,
+            interval,
+        } => {
+            started(&tx, step, 1);
+            let target = format!("{address}:{port}");
+            poll(&ctx, step, begin, *interval, shutdown, index, move || {
+                let target = target.clone();
+                async move {
+                    match tokio::time::timeout(
+                        StdDuration::from_secs(5),
+                        tokio::net::TcpStream::connect(&target),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(format!("{target}: {e}")),
+                        Err(_) => Err(format!("{target}: no answer within 5s")),
+                    }
+                }
+            })
+            .await
+        }
+        Action::Http {
+            url,
+            status,
+            interval,
+        } => {
+            started(&tx, step, 1);
+            let url = url.clone();
+            let expected = *status;
+            poll(&ctx, step, begin, *interval, shutdown, index, move || {
+                let url = url.clone();
+                async move {
+                    match tokio::time::timeout(StdDuration::from_secs(10), http_status(&url)).await
+                    {
+                        Ok(Ok(code)) if code == expected => Ok(()),
+                        Ok(Ok(code)) => Err(format!("{url}: status {code}, expected {expected}")),
+                        Ok(Err(e)) => Err(format!("{url}: {e}")),
+                        Err(_) => Err(format!("{url}: no answer within 10s")),
+                    }
+                }
+            })
+            .await
+        }
+        Action::Replicate { .. } => {
+            started(&tx, step, 1);
+            outcome(
+                StepStatus::Failed,
+                1,
+                Some("replication steps are not executed by this version yet: replicate by hand, then confirm with `reprise confirm`".into()),
+            )
+        }
+    }
+}
+
+/// Polls `check` every `interval` until it passes, the step's deadline, or shutdown.
+async fn poll<F, Fut>(
+    _ctx: &RunContext,
+    step: &PlannedStep,
+    begin: Instant,
+    interval: crate::duration::Duration,
+    shutdown: watch::Receiver<bool>,
+    index: usize,
+    check: F,
+) -> Outcome
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = step
+        .timeout_s
+        .map(StdDuration::from_secs)
+        .unwrap_or(StdDuration::from_secs(600));
+    let interval = StdDuration::from_secs(interval.secs().max(1));
+    loop {
+        let last = match check().await {
+            Ok(()) => {
+                return Outcome {
+                    index,
+                    status: StepStatus::Done,
+                    attempt: 1,
+                    message: None,
+                    elapsed: begin.elapsed(),
+                };
+            }
+            Err(e) => Some(format!("not healthy yet: {e}")),
+        };
+        let left = deadline.saturating_sub(begin.elapsed());
+        if left.is_zero() {
+            return Outcome {
+                index,
+                status: StepStatus::TimedOut,
+                attempt: 1,
+                message: last,
+                elapsed: begin.elapsed(),
+            };
+        }
+        if *shutdown.borrow() {
+            return Outcome {
+                index,
+                status: StepStatus::Cancelled,
+                attempt: 1,
+                message: last,
+                elapsed: begin.elapsed(),
+            };
+        }
+        tokio::time::sleep(interval.min(left)).await;
+    }
+}
+
+async fn wait_for_operator(
+    ctx: &RunContext,
+    step: &PlannedStep,
+    instructions: String,
+    tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
+    mut shutdown: watch::Receiver<bool>,
+    begin: Instant,
+    index: usize,
+) -> Outcome {
+    started(tx, step, 1);
+    let _ = tx.send(Msg::Event(Event::WaitingForOperator {
+        at: Utc::now(),
+        step: step.id.clone(),
+        instructions,
+    }));
+    let deadline = step.timeout_s.map(StdDuration::from_secs);
+    loop {
+        if let Some(c) = ctx.confirmations.confirmation(&step.id) {
+            let _ = tx.send(Msg::Event(Event::Confirmed {
+                at: c.at,
+                step: step.id.clone(),
+                by: c.by,
+                note: c.note,
+            }));
+            return Outcome {
+                index,
+                status: StepStatus::Done,
+                attempt: 1,
+                message: None,
+                elapsed: begin.elapsed(),
+            };
+        }
+        if deadline.is_some_and(|d| begin.elapsed() >= d) {
+            return Outcome {
+                index,
+                status: StepStatus::TimedOut,
+                attempt: 1,
+                message: Some("no confirmation before the timeout".into()),
+                elapsed: begin.elapsed(),
+            };
+        }
+        if *shutdown.borrow() {
+            return Outcome {
+                index,
+                status: StepStatus::Cancelled,
+                attempt: 1,
+                message: Some("the run was stopped while waiting".into()),
+                elapsed: begin.elapsed(),
+            };
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.options.confirmation_poll) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+fn output_event(
+    tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
+    step: &PlannedStep,
+    attempt: u32,
+    out: &ExecOutput,
+) {
+    let _ = tx.send(Msg::Event(Event::StepOutput {
+        at: Utc::now(),
+        step: step.id.clone(),
+        attempt,
+        stdout: out.stdout.clone(),
+        stderr: out.stderr.clone(),
+        exit_code: Some(out.exit_code),
+    }));
+}
+
+/// Runs a command of a step on its host, with secrets resolved and redacted from the output.
+async fn exec(
+    ctx: &RunContext,
+    step: &PlannedStep,
+    command: &Command,
+    timeout: Option<StdDuration>,
+) -> Result<ExecOutput, String> {
+    let Some(host) = step.host.clone() else {
+        return Err(format!("step {} has no host to run on", step.id));
+    };
+    let secrets: Vec<(String, String)> = command
+        .secrets()
+        .filter_map(|name| (ctx.secrets)(name).map(|v| (name.to_string(), v)))
+        .collect();
+    let text = command
+        .expose(|name| (ctx.secrets)(name))
+        .map_err(|missing| format!("secret {missing} is not set in the environment"))?;
+    let transport = ctx.transport.clone();
+    let deadline = timeout.unwrap_or(StdDuration::from_secs(3600));
+    let joined = tokio::task::spawn_blocking(move || transport.exec(&host, &text, deadline)).await;
+    let mut out = match joined {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(e) => return Err(format!("the ssh task failed: {e}")),
+    };
+    for (name, value) in &secrets {
+        if !value.is_empty() {
+            out.stdout = out.stdout.replace(value, &format!("<secret:{name}>"));
+            out.stderr = out.stderr.replace(value, &format!("<secret:{name}>"));
+        }
+    }
+    Ok(out)
+}
+
+/// A minimal HTTP/1.0 GET over plain TCP: the status code.
+async fn http_status(url: &str) -> Result<u16, String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        "only http:// URLs are checked directly; use a command probe for https".to_string()
+    })?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let host = authority.split(':').next().unwrap_or(authority);
+    let req = format!(
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: reprise\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 256];
+    let mut got = 0;
+    while got < buf.len() {
+        let n = stream
+            .read(&mut buf[got..])
+            .await
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+        if buf[..got].contains(&b'\n') {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..got]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "not an HTTP answer: {:?}",
+                head.lines().next().unwrap_or("")
+            )
+        })?;
+    Ok(status)
+}
+
+/// Steps a journal says were finished, and those it says were running when it ends.
+pub fn prior_from_journal(events: &[Event]) -> HashMap<String, Prior> {
+    let mut prior = HashMap::new();
+    let mut running: HashSet<String> = HashSet::new();
+    for e in events {
+        match e {
+            Event::StepStarted { step, .. } => {
+                running.insert(step.clone());
+            }
+            Event::StepFinished { step, status, .. } => {
+                running.remove(step);
+                if status.succeeded() {
+                    prior.insert(step.clone(), Prior::Done);
+                } else {
+                    prior.remove(step);
+                }
+            }
+            Event::UndoFinished { step, ok: true, .. } => {
+                prior.remove(step);
+            }
+            _ => {}
+        }
+    }
+    for step in running {
+        prior.entry(step).or_insert(Prior::Interrupted);
+    }
+    prior
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::duration::Duration;
+    use crate::plan::{Estimate, PlannedStep, Selection};
+    use crate::ssh::SshError;
+    use std::sync::Mutex;
+
+    /// A transport that records calls and answers from a script: commands containing `fail`
+    /// exit 1, `flaky:N` fails until its Nth call.
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<(String, String)>>,
+        running: Mutex<HashMap<String, usize>>,
+        max_per_host: Mutex<usize>,
+        hold: StdDuration,
+    }
+
+    impl Transport for Fake {
+        fn exec(
+            &self,
+            host: &str,
+            command: &str,
+            _deadline: StdDuration,
+        ) -> Result<ExecOutput, SshError> {
+            {
+                let mut r = self.running.lock().unwrap();
+                let n = r.entry(host.to_string()).or_default();
+                *n += 1;
+                let mut m = self.max_per_host.lock().unwrap();
+                *m = (*m).max(*n);
+            }
+            std::thread::sleep(self.hold);
+            let count = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push((host.to_string(), command.to_string()));
+                calls.iter().filter(|(_, c)| c == command).count()
+            };
+            *self.running.lock().unwrap().get_mut(host).unwrap() -= 1;
+            let code = if command.contains("fail") {
+                1
+            } else if let Some(n) = command.split("flaky:").nth(1) {
+                let n: usize = n.trim().parse().unwrap();
+                if count < n { 1 } else { 0 }
+            } else {
+                0
+            };
+            Ok(ExecOutput {
+                exit_code: code,
+                stdout: format!("ran {command}"),
+                stderr: String::new(),
+                truncated: false,
+                timed_out: false,
+                duration: StdDuration::ZERO,
+            })
+        }
+    }
+
+    impl Fake {
+        fn commands(&self) -> Vec<String> {
+            self.calls
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, c)| c.clone())
+                .collect()
+        }
+    }
+
+    struct Confirm(Mutex<u32>);
+    impl Confirmations for Confirm {
+        fn confirmation(&self, _step: &str) -> Option<Confirmation> {
+            let mut n = self.0.lock().unwrap();
+            *n += 1;
+            (*n >= 3).then(|| Confirmation {
+                by: "sofia".into(),
+                note: None,
+                at: Utc::now(),
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct Collect(Vec<Event>);
+    impl Sink for Collect {
+        fn emit(&mut self, event: &Event) {
+            self.0.push(event.clone());
+        }
+    }
+
+    impl Collect {
+        fn status(&self, step: &str) -> Option<StepStatus> {
+            self.0.iter().rev().find_map(|e| match e {
+                Event::StepFinished {
+                    step: s, status, ..
+                } if s == step => Some(*status),
+                _ => None,
+            })
+        }
+    }
+
+    fn exec_step(id: &str, host: &str, after: &[&str], run: &str) -> PlannedStep {
+        PlannedStep {
+            id: id.into(),
+            service: id.split('/').next().unwrap().into(),
+            step: id.split('/').nth(1).unwrap().into(),
+            host: Some(host.into()),
+            target: None,
+            site: None,
+            kind: "exec",
+            action: None,
+            command: run.into(),
+            verify: None,
+            undo: None,
+            description: None,
+            timeout_s: Some(60),
+            expected_s: 60,
+            retries: 0,
+            idempotent: false,
+            needs_primary: false,
+            phase: Phase::Main,
+            after: after.iter().map(|s| s.to_string()).collect(),
+            est_start_s: 0,
+            est_finish_s: 0,
+            critical: false,
+            action_spec: Action::Exec {
+                run: Command::text(run),
+                verify: None,
+                undo: Some(Command::text(format!("undo {run}"))),
+            },
+        }
+    }
+
+    fn plan(mode: Mode, emergency: bool, steps: Vec<PlannedStep>) -> Arc<Plan> {
+        Arc::new(Plan {
+            mode,
+            emergency,
+            run_id: "t".into(),
+            selection: Selection {
+                requested: vec![],
+                only: false,
+                pulled_in: vec![],
+                assumed_running: vec![],
+            },
+            services: vec![],
+            steps,
+            left_out: vec![],
+            not_covered: vec![],
+            estimate: Estimate {
+                total: Duration(0),
+                critical_path: vec![],
+            },
+            warnings: vec![],
+        })
+    }
+
+    fn go(
+        plan: Arc<Plan>,
+        fake: Arc<Fake>,
+        prior: HashMap<String, Prior>,
+        options: RunOptions,
+    ) -> (RunStatus, Collect) {
+        let ctx = RunContext {
+            plan,
+            transport: fake,
+            confirmations: Arc::new(Confirm(Mutex::new(0))),
+            secrets: Arc::new(|n| (n == "PW").then(|| "hunter2".to_string())),
+            options,
+            prior,
+        };
+        let mut sink = Collect::default();
+        let (_tx, rx) = watch::channel(false);
+        let status = run(ctx, &mut sink, rx);
+        (status, sink)
+    }
+
+    fn diamond() -> Vec<PlannedStep> {
+        vec![
+            exec_step("a/1", "h1", &[], "a1"),
+            exec_step("b/1", "h2", &["a/1"], "b1"),
+            exec_step("c/1", "h3", &["a/1"], "c1"),
+            exec_step("d/1", "h1", &["b/1", "c/1"], "d1"),
+        ]
+    }
+
+    #[test]
+    fn steps_run_after_what_they_wait_for() {
+        let fake = Arc::new(Fake::default());
+        let (status, events) = go(
+            plan(Mode::Restore, false, diamond()),
+            fake.clone(),
+            HashMap::new(),
+            RunOptions::default(),
+        );
+        assert_eq!(status, RunStatus::Succeeded);
+        let cmds = fake.commands();
+        assert_eq!(cmds.first().unwrap(), "a1");
+        assert_eq!(cmds.last().unwrap(), "d1");
+        assert_eq!(cmds.len(), 4);
+        assert!(matches!(
+            events.0.last(),
+            Some(Event::RunFinished {
+                status: RunStatus::Succeeded,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn per_host_limit_is_respected() {
+        let steps: Vec<PlannedStep> = (0..6)
+            .map(|i| exec_step(&format!("s{i}/x"), "h1", &[], &format!("c{i}")))
+            .collect();
+        let fake = Arc::new(Fake {
+            hold: StdDuration::from_millis(30),
+            ..Fake::default()
+        });
+        let options = RunOptions {
+            per_host: 2,
+            ..RunOptions::default()
+        };
+        let (status, _) = go(
+            plan(Mode::Restore, false, steps),
+            fake.clone(),
+            HashMap::new(),
+            options,
+        );
+        assert_eq!(status, RunStatus::Succeeded);
+        assert_eq!(*fake.max_per_host.lock().unwrap(), 2);
+    }
+
+    #[test]
+    fn planned_failover_stops_and_undoes_in_reverse_order() {
+        let mut steps = diamond();
+        steps[2] = exec_step("c/1", "h3", &["b/1"], "c1 fail");
+        let fake = Arc::new(Fake::default());
+        let (status, events) = go(
+            plan(Mode::Failover, false, steps),
+            fake.clone(),
+            HashMap::new(),
+            RunOptions::default(),
+        );
+        assert_eq!(status, RunStatus::Failed);
+        assert_eq!(
+            fake.commands(),
+            ["a1", "b1", "c1 fail", "undo b1", "undo a1"]
+        );
+        assert_eq!(events.status("c/1"), Some(StepStatus::Failed));
+        assert_eq!(events.status("d/1"), Some(StepStatus::Blocked));
+        let undone: Vec<&str> = events
+            .0
+            .iter()
+            .filter_map(|e| match e {
+                Event::UndoFinished { step, ok: true, .. } => Some(step.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(undone, ["b/1", "a/1"]);
+    }
+
+    #[test]
+    fn no_rollback_leaves_completed_steps() {
+        let mut steps = diamond();
+        steps[1] = exec_step("b/1", "h2", &["a/1"], "b1 fail");
+        let fake = Arc::new(Fake::default());
+        let options = RunOptions {
+            rollback: false,
+            ..RunOptions::default()
+        };
+        let (status, _) = go(
+            plan(Mode::Failback, false, steps),
+            fake.clone(),
+            HashMap::new(),
+            options,
+        );
+        assert_eq!(status, RunStatus::Failed);
+        assert!(!fake.commands().iter().any(|c| c.starts_with("undo")));
+    }
+
+    #[test]
+    fn emergency_keeps_going_on_independent_branches() {
+        let mut steps = diamond();
+        steps[1] = exec_step("b/1", "h2", &["a/1"], "b1 fail");
+        steps.push(exec_step("e/1", "h4", &["c/1"], "e1"));
+        let fake = Arc::new(Fake::default());
+        let (status, events) = go(
+            plan(Mode::Failover, true, steps),
+            fake.clone(),
+            HashMap::new(),
+            RunOptions::default(),
+        );
+        assert_eq!(status, RunStatus::Partial);
+        assert!(fake.commands().contains(&"e1".to_string()));
+        assert_eq!(events.status("d/1"), Some(StepStatus::Blocked));
+        assert_eq!(events.status("e/1"), Some(StepStatus::Done));
+        assert!(!fake.commands().iter().any(|c| c.starts_with("undo")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_with_backoff_until_success() {
+        let mut step = exec_step("a/1", "h1", &[], "flaky:3");
+        step.retries = 2;
+        let fake = Arc::new(Fake::default());
+        let ctx = RunContext {
+            plan: plan(Mode::Restore, false, vec![step]),
+            transport: fake.clone(),
+            confirmations: Arc::new(Confirm(Mutex::new(0))),
+            secrets: env_secrets(),
+            options: RunOptions::default(),
+            prior: HashMap::new(),
+        };
+        let mut sink = Collect::default();
+        let (_tx, rx) = watch::channel(false);
+        let status = execute(ctx, &mut sink, rx).await;
+        assert_eq!(status, RunStatus::Succeeded);
+        assert_eq!(fake.commands().len(), 3);
+        assert!(matches!(
+            sink.0
+                .iter()
+                .rev()
+                .find(|e| matches!(e, Event::StepFinished { .. })),
+            Some(Event::StepFinished { attempt: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn verify_decides_whether_a_step_is_done() {
+        let mut step = exec_step("a/1", "h1", &[], "start");
+        step.action_spec = Action::Exec {
+            run: Command::text("start"),
+            verify: Some(Command::text("check fail")),
+            undo: None,
+        };
+        let (status, events) = go(
+            plan(Mode::Restore, false, vec![step]),
+            Arc::new(Fake::default()),
+            HashMap::new(),
+            RunOptions::default(),
+        );
+        assert_eq!(status, RunStatus::Failed);
+        assert_eq!(events.status("a/1"), Some(StepStatus::Failed));
+    }
+
+    #[test]
+    fn manual_steps_wait_for_a_confirmation_and_record_it() {
+        let mut step = exec_step("power/generators", "h1", &[], "");
+        step.host = None;
+        step.action_spec = Action::Manual {
+            instructions: "Connect the generators".into(),
+        };
+        let options = RunOptions {
+            confirmation_poll: StdDuration::from_millis(5),
+            ..RunOptions::default()
+        };
+        let (status, events) = go(
+            plan(Mode::Restore, false, vec![step]),
+            Arc::new(Fake::default()),
+            HashMap::new(),
+            options,
+        );
+        assert_eq!(status, RunStatus::Succeeded);
+        assert!(
+            events
+                .0
+                .iter()
+                .any(|e| matches!(e, Event::WaitingForOperator { .. }))
+        );
+        assert!(
+            events
+                .0
+                .iter()
+                .any(|e| matches!(e, Event::Confirmed { by, .. } if by == "sofia"))
+        );
+    }
+
+    #[test]
+    fn resume_never_repeats_finished_steps_and_verifies_interrupted_ones() {
+        let mut steps = diamond();
+        steps[1].action_spec = Action::Exec {
+            run: Command::text("b1"),
+            verify: Some(Command::text("b1 verify")),
+            undo: None,
+        };
+        let prior = HashMap::from([
+            ("a/1".to_string(), Prior::Done),
+            ("b/1".to_string(), Prior::Interrupted),
+        ]);
+        let fake = Arc::new(Fake::default());
+        let (status, _) = go(
+            plan(Mode::Restore, false, steps),
+            fake.clone(),
+            prior,
+            RunOptions::default(),
+        );
+        assert_eq!(status, RunStatus::Succeeded);
+        let cmds = fake.commands();
+        assert!(!cmds.contains(&"a1".to_string()));
+        assert!(cmds.contains(&"b1 verify".to_string()));
+        assert!(!cmds.contains(&"b1".to_string()), "{cmds:?}");
+    }
+
+    #[test]
+    fn secrets_are_resolved_for_the_host_and_redacted_from_output() {
+        let mut step = exec_step("a/1", "h1", &[], "");
+        step.action_spec = Action::Exec {
+            run: Command {
+                parts: vec![
+                    crate::template::CommandPart::Text("login ".into()),
+                    crate::template::CommandPart::Secret {
+                        env: "PW".into(),
+                        quote: true,
+                    },
+                ],
+            },
+            verify: None,
+            undo: None,
+        };
+        let fake = Arc::new(Fake::default());
+        let (status, events) = go(
+            plan(Mode::Restore, false, vec![step]),
+            fake.clone(),
+            HashMap::new(),
+            RunOptions::default(),
+        );
+        assert_eq!(status, RunStatus::Succeeded);
+        assert_eq!(fake.commands(), ["login hunter2"]);
+        let out = events
+            .0
+            .iter()
+            .find_map(|e| match e {
+                Event::StepOutput { stdout, .. } => Some(stdout.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(out, "ran login <secret:PW>");
+    }
+
+    #[test]
+    fn prior_state_is_read_from_a_journal() {
+        let at = Utc::now();
+        let events = vec![
+            Event::StepStarted {
+                at,
+                step: "a/1".into(),
+                attempt: 1,
+                host: None,
+            },
+            Event::StepFinished {
+                at,
+                step: "a/1".into(),
+                attempt: 1,
+                status: StepStatus::Done,
+                duration_ms: 1,
+                message: None,
+            },
+            Event::StepStarted {
+                at,
+                step: "b/1".into(),
+                attempt: 1,
+                host: None,
+            },
+            Event::StepStarted {
+                at,
+                step: "c/1".into(),
+                attempt: 1,
+                host: None,
+            },
+            Event::StepFinished {
+                at,
+                step: "c/1".into(),
+                attempt: 1,
+                status: StepStatus::Failed,
+                duration_ms: 1,
+                message: None,
+            },
+        ];
+        let prior = prior_from_journal(&events);
+        assert_eq!(prior.get("a/1"), Some(&Prior::Done));
+        assert_eq!(prior.get("b/1"), Some(&Prior::Interrupted));
+        assert_eq!(prior.get("c/1"), None);
+    }
+}

@@ -1,0 +1,254 @@
+//! What the operator sees during a run: one line per step that starts, finishes or waits, with
+//! the elapsed time against the service's RTO target, and a live progress bar on a terminal
+//! (none when output is not a terminal). A consumer of runner events; it decides nothing.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::duration::Duration;
+use crate::event::{Event, RunStatus, StepStatus};
+use std::path::PathBuf;
+
+use crate::inventory::Inventory;
+use crate::journal::{Confirmation, RunDir};
+use crate::runner::Sink;
+
+pub struct TerminalView {
+    began: Instant,
+    rto: HashMap<String, Duration>,
+    total: usize,
+    done: usize,
+    bar: Option<ProgressBar>,
+    out: Box<dyn Write + Send>,
+    run_id: String,
+    prompter: Option<std::sync::mpsc::Sender<(String, String)>>,
+}
+
+impl TerminalView {
+    /// A view of runs over `inventory` (for each service's RTO target). `run_id` is known for
+    /// a resumed run; a new run's comes with its first event.
+    pub fn new(inventory: &Inventory, run_id: Option<&str>) -> Self {
+        TerminalView {
+            began: Instant::now(),
+            rto: inventory
+                .services
+                .values()
+                .map(|s| (s.id.clone(), s.rto))
+                .collect(),
+            total: 0,
+            done: 0,
+            bar: None,
+            out: Box::new(std::io::stdout()),
+            run_id: run_id.unwrap_or_default().to_string(),
+            prompter: None,
+        }
+    }
+
+    /// Asks on the terminal for the confirmation of manual steps (who, and a note), one at a
+    /// time; `reprise confirm` from another shell works all the same.
+    pub fn prompt_on_terminal(&mut self, state_dir: PathBuf) {
+        let (tx, rx) = std::sync::mpsc::channel::<(String, String)>();
+        std::thread::spawn(move || {
+            let stdin = std::io::stdin();
+            for (run_id, step) in rx {
+                let Ok(dir) = RunDir::open(&state_dir, &run_id) else {
+                    continue;
+                };
+                if dir.confirmation(&step).is_some() {
+                    continue;
+                }
+                eprint!("confirm {step}: your name (empty: wait for `reprise confirm`): ");
+                let mut name = String::new();
+                if stdin.read_line(&mut name).unwrap_or(0) == 0 {
+                    return;
+                }
+                let name = name.trim();
+                if name.is_empty() {
+                    continue;
+                }
+                eprint!("note (optional): ");
+                let mut note = String::new();
+                let _ = stdin.read_line(&mut note);
+                let note = Some(note.trim().to_string()).filter(|n| !n.is_empty());
+                let c = Confirmation {
+                    by: name.to_string(),
+                    note,
+                    at: chrono::Utc::now(),
+                };
+                if let Err(e) = dir.confirm(&step, &c) {
+                    eprintln!("cannot record the confirmation: {e}");
+                }
+            }
+        });
+        self.prompter = Some(tx);
+    }
+
+    fn start_bar(&mut self, total: usize) {
+        self.total = total;
+        if std::io::stderr().is_terminal() && self.prompter.is_none() {
+            let bar = ProgressBar::new(total as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            self.bar = Some(bar);
+        }
+    }
+
+    fn line(&mut self, text: String) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => {
+                let _ = writeln!(self.out, "{text}");
+            }
+        }
+    }
+
+    fn clock(&self) -> String {
+        let s = self.began.elapsed().as_secs();
+        format!("{:02}:{:02}:{:02}", s / 3600, (s % 3600) / 60, s % 60)
+    }
+
+    fn against_rto(&self, step: &str) -> String {
+        let service = step.split('/').next().unwrap_or(step);
+        match self.rto.get(service) {
+            Some(rto) => format!(
+                " [{} of RTO {rto}]",
+                Duration(self.began.elapsed().as_secs())
+            ),
+            None => String::new(),
+        }
+    }
+}
+
+impl Sink for TerminalView {
+    fn emit(&mut self, event: &Event) {
+        let clock = self.clock();
+        match event {
+            Event::RunStarted {
+                run_id,
+                mode,
+                emergency,
+                operator,
+                steps,
+                ..
+            } => {
+                self.run_id = run_id.clone();
+                self.start_bar(steps.len());
+                let mode = if *emergency {
+                    "emergency failover".to_string()
+                } else {
+                    mode.to_string()
+                };
+                self.line(format!(
+                    "{clock} run {run_id}: {mode} started by {operator}, {} steps",
+                    steps.len()
+                ));
+            }
+            Event::RunResumed { operator, .. } => {
+                self.line(format!("{clock} run {} resumed by {operator}", self.run_id));
+            }
+            Event::StepStarted {
+                step,
+                attempt,
+                host,
+                ..
+            } => {
+                let on = host
+                    .as_deref()
+                    .map(|h| format!(" on {h}"))
+                    .unwrap_or_default();
+                let again = if *attempt > 1 {
+                    format!(" (attempt {attempt})")
+                } else {
+                    String::new()
+                };
+                self.line(format!("{clock} ▶ {step}{on}{again}"));
+            }
+            Event::StepFinished {
+                step,
+                status,
+                duration_ms,
+                message,
+                ..
+            } => {
+                let mark = match status {
+                    StepStatus::Done => "✔",
+                    StepStatus::Blocked | StepStatus::Cancelled => "·",
+                    StepStatus::RolledBack => "↶",
+                    _ => "✘",
+                };
+                let why = message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default();
+                let rto = if *status == StepStatus::Done {
+                    self.against_rto(step)
+                } else {
+                    String::new()
+                };
+                self.line(format!(
+                    "{clock} {mark} {step} {status:?} in {:.1}s{why}{rto}",
+                    *duration_ms as f64 / 1000.0
+                ));
+                self.done += 1;
+                if let Some(bar) = &self.bar {
+                    bar.set_position(self.done as u64);
+                }
+            }
+            Event::WaitingForOperator {
+                step, instructions, ..
+            } => {
+                self.line(format!(
+                    "{clock} ⏸ {step} waits for a person:\n    {}\n    confirm with: reprise confirm {} {step} --by NAME [--note TEXT]",
+                    instructions.replace('\n', "\n    "),
+                    self.run_id
+                ));
+                if let Some(p) = &self.prompter {
+                    let _ = p.send((self.run_id.clone(), step.clone()));
+                }
+            }
+            Event::Confirmed { step, by, note, .. } => {
+                let note = note
+                    .as_deref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default();
+                self.line(format!("{clock} ✔ {step} confirmed by {by}{note}"));
+            }
+            Event::UndoFinished {
+                step, ok, message, ..
+            } => {
+                let why = message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default();
+                let word = if *ok { "undone" } else { "undo FAILED" };
+                self.line(format!("{clock} ↶ {step} {word}{why}"));
+            }
+            Event::StepOutput { .. } => {}
+            Event::RunFinished { status, .. } => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+                let word = match status {
+                    RunStatus::Succeeded => "succeeded",
+                    RunStatus::Partial => "finished with failures (see above)",
+                    RunStatus::Failed => "FAILED",
+                    RunStatus::Interrupted => "was interrupted; `reprise resume` carries on",
+                };
+                let s = self.began.elapsed().as_secs();
+                self.line(format!(
+                    "{clock} run {} {word} after {}",
+                    self.run_id,
+                    Duration(s)
+                ));
+            }
+        }
+    }
+}
