@@ -46,6 +46,7 @@ pub const STAND_INS: &[&str] = &[
     "umount",
     "mountpoint",
     "upsc",
+    "upsrw",
     "ping",
 ];
 
@@ -965,6 +966,7 @@ pub fn stub(name: &str, args: &[String]) -> i32 {
             }
             0
         }
+        "upsrw" => 0,
         "ping" => {
             let target = args
                 .iter()

@@ -108,7 +108,10 @@ pub enum StepKind {
         idempotent: bool,
     },
     Check {
+        /// Command probes run on it; tcp and http probes target it (from the orchestrator).
         host: Option<Sp<String>>,
+        /// Tcp and http probes: target this vm (on the mode's side).
+        vm: Option<Sp<String>>,
         probe: Probe,
         interval: Duration,
     },
@@ -362,6 +365,12 @@ fn read_step(
         }
         Some("check") => {
             let host = host(t, diags);
+            let vm = t.str("vm", diags);
+            if let Some(v) = &vm
+                && !inv.vms.contains_key(&v.value)
+            {
+                diags.push(unknown("vm", v, inv.vms.keys()));
+            }
             let interval = t
                 .duration("interval", diags)
                 .map(|d| d.value)
@@ -388,8 +397,16 @@ fn read_step(
                     run: template(text, t, "run", true, diags)?,
                 },
             };
+            if vm.is_some() && matches!(probe, Probe::Command { .. }) {
+                diags.push(
+                    Diagnostic::error("a command check runs on a host, not a vm")
+                        .at(vm.as_ref().map(|v| v.loc.clone()).unwrap_or_else(|| t.loc.clone()))
+                        .hint("use `host = \"...\"` for a command check; `vm` is for tcp and http checks"),
+                );
+            }
             StepKind::Check {
                 host,
+                vm,
                 probe,
                 interval,
             }

@@ -578,6 +578,7 @@ fn resolve(
         }
         StepKind::Check {
             host,
+            vm,
             probe,
             interval,
         } => {
@@ -596,24 +597,29 @@ fn resolve(
                     (run.to_string(), None, None, Action::Probe { run, interval })
                 }
                 Probe::Tcp { address, port } => {
-                    if let Some(h) = host {
-                        diags.push(
-                            Diagnostic::error(format!("tcp check `{id}` names a host"))
-                                .at(h.loc.clone())
-                                .hint("tcp and http checks run from the orchestrator, as a user would connect; use `probe = \"command\"` to check from a host"),
-                        );
-                        return None;
-                    }
                     host_id = None;
+                    let Some(target) = probe_target(
+                        inv,
+                        service,
+                        step,
+                        host,
+                        vm.as_ref(),
+                        mode,
+                        &mut scope,
+                        &id,
+                        diags,
+                    ) else {
+                        return None;
+                    };
                     let address = match address {
                         Some(t) => render_plain(t, &scope, diags)?,
-                        None => match default_address(inv, service, mode) {
+                        None => match target {
                             Some(a) => a,
                             None => {
                                 diags.push(
                                     Diagnostic::error(format!("tcp check `{id}` has no address"))
                                         .at(step.id.loc.clone())
-                                        .hint("add `address = \"...\"`, or give the service's vm or host an address"),
+                                        .hint("add `address = \"...\"`, `host = \"...\"` or `vm = \"...\"`, or give the service a vm or host with an address"),
                                 );
                                 return None;
                             }
@@ -631,15 +637,18 @@ fn resolve(
                     )
                 }
                 Probe::Http { url, status } => {
-                    if let Some(h) = host {
-                        diags.push(
-                            Diagnostic::error(format!("http check `{id}` names a host"))
-                                .at(h.loc.clone())
-                                .hint("tcp and http checks run from the orchestrator, as a user would connect; use `probe = \"command\"` to check from a host"),
-                        );
-                        return None;
-                    }
                     host_id = None;
+                    probe_target(
+                        inv,
+                        service,
+                        step,
+                        host,
+                        vm.as_ref(),
+                        mode,
+                        &mut scope,
+                        &id,
+                        diags,
+                    )?;
                     let url = render_plain(url, &scope, diags)?;
                     (
                         format!("http GET {url} expect {status} (every {interval})"),
@@ -846,6 +855,51 @@ fn resolve(
         critical: false,
         action_spec: action,
     })
+}
+
+/// The target of a tcp or http probe (run from the orchestrator): the `host` or `vm` the step
+/// names, else the service's own; sets the template scope accordingly. `None` on a reported
+/// error; `Some(None)` when there is no default address.
+#[allow(clippy::too_many_arguments)]
+fn probe_target<'a>(
+    inv: &'a Inventory,
+    service: &Service,
+    step: &Step,
+    host: &Option<crate::fields::Sp<String>>,
+    vm: Option<&crate::fields::Sp<String>>,
+    mode: Mode,
+    scope: &mut StepScope<'a>,
+    id: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Option<String>> {
+    match (host, vm) {
+        (Some(h), Some(_)) => {
+            diags.push(
+                Diagnostic::error(format!("check `{id}` names both a host and a vm"))
+                    .at(h.loc.clone())
+                    .hint("a tcp or http check targets one host or one vm"),
+            );
+            None
+        }
+        (Some(h), None) => {
+            let host = inv.hosts.get(&h.value)?;
+            scope.host = Some(host);
+            Some(Some(host.address.clone()))
+        }
+        (None, Some(v)) => {
+            let vm = inv.vms.get(&v.value)?;
+            let side = mode.default_side();
+            scope.vm = Some((vm, side));
+            Some(match side {
+                Side::Recovery => vm.recovery_address.clone().or(vm.address.clone()),
+                Side::Primary => vm.address.clone(),
+            })
+        }
+        (None, None) => {
+            let _ = step;
+            Some(default_address(inv, service, mode))
+        }
+    }
 }
 
 /// Where a service answers for the side the mode brings up.

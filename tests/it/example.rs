@@ -140,7 +140,7 @@ fn graph_in_every_format() {
 
 #[test]
 fn impact_of_core_services() {
-    for service in ["power", "storage-main", "directory", "erp-db"] {
+    for service in ["power-paris", "storage-main", "directory", "erp-db"] {
         insta::assert_snapshot!(format!("impact_{service}"), ok(&["impact", service]).stdout);
     }
 }
