@@ -598,19 +598,16 @@ fn resolve(
                 }
                 Probe::Tcp { address, port } => {
                     host_id = None;
-                    let Some(target) = probe_target(
+                    let target = probe_target(
                         inv,
                         service,
-                        step,
                         host,
                         vm.as_ref(),
                         mode,
                         &mut scope,
                         &id,
                         diags,
-                    ) else {
-                        return None;
-                    };
+                    )?;
                     let address = match address {
                         Some(t) => render_plain(t, &scope, diags)?,
                         None => match target {
@@ -641,7 +638,6 @@ fn resolve(
                     probe_target(
                         inv,
                         service,
-                        step,
                         host,
                         vm.as_ref(),
                         mode,
@@ -864,7 +860,6 @@ fn resolve(
 fn probe_target<'a>(
     inv: &'a Inventory,
     service: &Service,
-    step: &Step,
     host: &Option<crate::fields::Sp<String>>,
     vm: Option<&crate::fields::Sp<String>>,
     mode: Mode,
@@ -895,10 +890,7 @@ fn probe_target<'a>(
                 Side::Primary => vm.address.clone(),
             })
         }
-        (None, None) => {
-            let _ = step;
-            Some(default_address(inv, service, mode))
-        }
+        (None, None) => Some(default_address(inv, service, mode)),
     }
 }
 
