@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# The main job on the built-in example: validate it, then show the drill plan (a dry run).
+# The main job on the built-in example: a lab of SSH hosts on loopback, a drill, its record.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/prereqs.sh
 cargo build --release --quiet
-./target/release/reprise validate
-./target/release/reprise plan drill
+bin=./target/release/reprise
+$bin validate
+$bin lab down >/dev/null 2>&1 || true
+$bin lab up
+trap '$bin lab down' EXIT
+$bin --overlay lab/overlay.toml drill --no-prompt
+$bin runs
+$bin show latest

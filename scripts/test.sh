@@ -3,16 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need() {
-    # Installs a Debian package when its command is missing (fresh machines have few tools).
-    local cmd=$1 pkg=$2
-    if ! command -v "$cmd" >/dev/null 2>&1; then
-        echo "installing $pkg (for $cmd)"
-        if [ -z "${APT_UPDATED:-}" ]; then apt-get update -q; APT_UPDATED=1; fi
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg"
-    fi
-}
-need qemu-img qemu-utils
+source scripts/prereqs.sh
 
 echo "== cargo fmt --check"
 cargo fmt --check

@@ -487,9 +487,12 @@ pub fn up(
         }
     }
 
-    // Production is running: services of primary and remote hosts, primary VMs.
+    // Production is running: every host's services, except the standby ones of the recovery
+    // site (its VPN server and firewall wait for a failover); the VMs on their primary host.
     for (id, host) in &state.hosts {
-        if host.site_role != SiteRole::Recovery && !host.ports.is_empty() {
+        let role = model.inventory.hosts[id].role.as_str();
+        let standby = host.site_role == SiteRole::Recovery && matches!(role, "vpn" | "firewall");
+        if !standby && !host.ports.is_empty() {
             start_serve(&state, id, "services", &host.address, &host.ports, &[])?;
             std::fs::write(host_dir(&lab, id).join("units/production"), "")
                 .map_err(io("write", &lab))?;

@@ -1,0 +1,33 @@
+# Installs what reprise's lab and tests need on a fresh Debian machine (as root), skipping
+# what is already there. Sourced by demo.sh and test.sh.
+need() {
+    # need CMD PACKAGE: install PACKAGE when CMD is missing.
+    local cmd=$1 pkg=$2
+    if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
+        if [ -z "${REPRISE_APT_UPDATED:-}" ]; then
+            apt-get update -q
+            REPRISE_APT_UPDATED=1
+        fi
+        echo "installing $pkg (for $cmd)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg"
+    fi
+}
+need_lib() {
+    # need_lib PKGCONFIG-NAME PACKAGE: install a -dev package the build needs.
+    local name=$1 pkg=$2
+    if ! pkg-config --exists "$name" 2>/dev/null; then
+        need pkg-config pkg-config
+        if [ -z "${REPRISE_APT_UPDATED:-}" ]; then
+            apt-get update -q
+            REPRISE_APT_UPDATED=1
+        fi
+        echo "installing $pkg (for the build)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$pkg"
+    fi
+}
+need pkg-config pkg-config
+need_lib openssl libssl-dev
+need qemu-img qemu-utils
+need sshd openssh-server
+need ssh-keygen openssh-client
+need ssh openssh-client
