@@ -456,6 +456,20 @@ pub fn up(
         }
     }
 
+    // Backup sets: a few files at the source, as the nightly jobs leave them.
+    for set in model.inventory.backups.values() {
+        let src = Path::new(&set.source_path);
+        std::fs::create_dir_all(src).map_err(io("create", src))?;
+        for day in 1..=3 {
+            let f = src.join(format!("{}-2026-11-{day:02}.dump", set.id));
+            std::fs::write(&f, format!("{} backup, day {day}\n", set.id).repeat(1000))
+                .map_err(io("write", &f))?;
+        }
+        if let Some(parent) = Path::new(&set.dest_path).parent() {
+            std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+        }
+    }
+
     // Start every sshd, then wait until each listens.
     for (id, host) in &state.hosts {
         let hd = host_dir(&lab, id);

@@ -747,41 +747,76 @@ fn resolve(
         StepKind::Replicate { source } => {
             timeout = Some(step.timeout.unwrap_or(DEFAULT_REPLICATE_TIMEOUT));
             let reverse = mode == Mode::Failback;
-            let (what, from, to) = match source {
+            let swap = |a: String, b: String| if reverse { (b, a) } else { (a, b) };
+            let images_dir =
+                |host: &str| match inv.hosts.get(host).and_then(|h| h.vars.get("images_dir")) {
+                    Some(crate::inventory::VarValue::Text(d)) => {
+                        Ok(d.trim_end_matches('/').to_string())
+                    }
+                    _ => Err(Diagnostic::error(format!(
+                        "replicate step `{id}` needs the variable `images_dir` of host `{host}`"
+                    ))
+                    .at(step.id.loc.clone())
+                    .hint(format!(
+                        "add `images_dir = \"/var/lib/libvirt/images\"` under [hosts.{host}.vars]"
+                    ))),
+                };
+            let (what, from, to, items) = match source {
                 ReplicaSource::Vm(v) => {
                     let vm = inv.vms.get(&v.value)?;
-                    (Replicated::Vm(vm.id.clone()), &vm.primary, &vm.recovery)
+                    let (from, to) = swap(vm.primary.value.clone(), vm.recovery.value.clone());
+                    let (src, dst) = match (images_dir(&from), images_dir(&to)) {
+                        (Ok(a), Ok(b)) => (a, b),
+                        (a, b) => {
+                            diags.extend(a.err());
+                            diags.extend(b.err());
+                            return None;
+                        }
+                    };
+                    let items = vm
+                        .disks
+                        .iter()
+                        .map(|d| (format!("{src}/{d}"), format!("{dst}/{d}")))
+                        .collect();
+                    (Replicated::Vm(vm.id.clone()), from, to, items)
                 }
                 ReplicaSource::Backup(b) => {
                     let set = inv.backups.get(&b.value)?;
+                    let (from, to) =
+                        swap(set.source_host.value.clone(), set.dest_host.value.clone());
+                    let (src, dst) = swap(set.source_path.clone(), set.dest_path.clone());
                     (
                         Replicated::Backup(set.id.clone()),
-                        &set.source_host,
-                        &set.dest_host,
+                        from,
+                        to,
+                        vec![(src, dst)],
                     )
                 }
             };
-            let (from, to) = if reverse { (to, from) } else { (from, to) };
-            touched.push((from.value.clone(), step.id.loc.clone()));
-            touched.push((to.value.clone(), step.id.loc.clone()));
-            host_id = Some(to.value.clone());
+            touched.push((from.clone(), step.id.loc.clone()));
+            touched.push((to.clone(), step.id.loc.clone()));
+            host_id = Some(to.clone());
             let (noun, name) = match &what {
                 Replicated::Vm(v) => ("vm", v),
                 Replicated::Backup(b) => ("backup", b),
             };
+            let paths: Vec<String> = items
+                .iter()
+                .map(|(a, b)| format!("{from}:{a} → {to}:{b}"))
+                .collect();
             (
                 format!(
-                    "replicate {noun} {name}: {} → {}{}",
-                    from.value,
-                    to.value,
-                    if reverse { " (reverse direction)" } else { "" }
+                    "replicate {noun} {name}{}: {}",
+                    if reverse { " (reverse direction)" } else { "" },
+                    paths.join(", ")
                 ),
                 None,
                 None,
                 Action::Replicate {
                     what,
-                    from_host: from.value.clone(),
-                    to_host: to.value.clone(),
+                    from_host: from,
+                    to_host: to,
+                    items,
                 },
             )
         }

@@ -156,10 +156,13 @@ pub enum Action {
     Manual {
         instructions: String,
     },
+    /// Copy files (a vm's disks) or a directory (a backup set) from one host to another.
     Replicate {
         what: Replicated,
         from_host: String,
         to_host: String,
+        /// (source path, destination path) pairs.
+        items: Vec<(String, String)>,
     },
 }
 
