@@ -6,7 +6,7 @@
 //! decide what to run, and it never prints.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Write as _};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use sha2::Digest as _;
-use ssh2::{CheckResult, HashType, KnownHostFileKind, KnownHostKeyFormat, Session as RawSession};
+use ssh2::{CheckResult, HashType, KnownHostFileKind, Session as RawSession};
+
+/// Seconds between the TERM that ends a command at its deadline and the KILL that follows when
+/// TERM was not enough.
+const KILL_AFTER_SECS: u64 = 5;
 
 /// How to reach one host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,7 +146,7 @@ impl Session {
             .first()
             .ok_or_else(|| connect_err("no address".into()))?;
         let tcp =
-            TcpStream::connect_timeout(addr, timeout).map_err(|e| connect_err(e.to_string()))?;
+            TcpStream::connect_timeout(addr, timeout).map_err(|e| connect_err(io_reason(&e)))?;
         let mut raw = RawSession::new().map_err(|e| connect_err(e.to_string()))?;
         raw.set_tcp_stream(tcp);
         raw.set_timeout(timeout.as_millis() as u32);
@@ -184,43 +188,61 @@ impl Session {
         })
     }
 
-    /// Runs `command` under `deadline`: the remote side kills it (coreutils `timeout`, then
-    /// KILL 5 s later) and the local side stops waiting shortly after.
+    /// Runs `command` under `deadline`: the remote side ends it (coreutils `timeout`: TERM to
+    /// its process group, KILL 5 s later), and the local side stops waiting when even the KILL
+    /// has had a session timeout to be answered, so a hung host cannot block forever.
     pub fn exec(
         &self,
         command: &str,
         deadline: Duration,
         output_limit: usize,
     ) -> Result<ExecOutput, SshError> {
+        self.run(command, deadline, output_limit)
+            .map_err(ExecFailure::into_error)
+    }
+
+    fn run(
+        &self,
+        command: &str,
+        deadline: Duration,
+        output_limit: usize,
+    ) -> Result<ExecOutput, ExecFailure> {
         let secs = deadline.as_secs().max(1);
         let wrapped = format!(
-            "timeout --kill-after=5 {secs} sh -c {}",
+            "timeout --kill-after={KILL_AFTER_SECS} {secs} sh -c {}",
             crate::template::shell_quote(command)
         );
+        let wait_secs = secs + KILL_AFTER_SECS + u64::from(self.raw.timeout()).div_ceil(1000);
         let began = Instant::now();
-        let local_deadline = began + Duration::from_secs(secs + 15);
+        let local_deadline = began + Duration::from_secs(wait_secs);
         let fail = |reason: String| SshError::Session {
             host: self.spec.id.clone(),
             reason,
         };
+        let started = |what: &str, e: ssh2::Error| {
+            ExecFailure::Started(fail(format!("{what}: {}", e.message())))
+        };
         self.raw.set_blocking(true);
-        let mut channel = self
-            .raw
-            .channel_session()
-            .map_err(|e| fail(format!("open channel: {}", e.message())))?;
-        channel
-            .exec(&wrapped)
-            .map_err(|e| fail(format!("exec: {}", e.message())))?;
+        let mut channel = self.raw.channel_session().map_err(|e| {
+            ExecFailure::NotStarted(if is_timeout(&e) {
+                SshError::Hung {
+                    host: self.spec.id.clone(),
+                    secs: u64::from(self.raw.timeout()).div_ceil(1000),
+                }
+            } else {
+                fail(format!("open channel: {}", e.message()))
+            })
+        })?;
+        channel.exec(&wrapped).map_err(|e| started("exec", e))?;
         self.raw.set_blocking(false);
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
         let mut truncated = false;
         let mut buf = vec![0u8; 32 * 1024];
-        let result = loop {
+        let result = 'read: loop {
             let mut progressed = false;
             for (stream_id, sink) in [(0, &mut stdout), (1, &mut stderr)] {
-                let mut stream = channel.stream(stream_id);
-                match stream.read(&mut buf) {
+                match channel.stream(stream_id).read(&mut buf) {
                     Ok(0) => {}
                     Ok(n) => {
                         progressed = true;
@@ -230,8 +252,8 @@ impl Session {
                         }
                         sink.extend_from_slice(&buf[..n.min(room)]);
                     }
-                    // WouldBlock, or a stream that ended: EOF on the channel decides.
-                    Err(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => break 'read Err(fail(format!("read: {e}"))),
                 }
             }
             if channel.eof() {
@@ -240,26 +262,174 @@ impl Session {
             if Instant::now() > local_deadline {
                 break Err(SshError::Hung {
                     host: self.spec.id.clone(),
-                    secs: secs + 15,
+                    secs: wait_secs,
                 });
             }
+            // Sends one only when the keepalive interval has passed.
+            let _ = self.raw.keepalive_send();
             if !progressed {
                 std::thread::sleep(Duration::from_millis(2));
             }
         };
         self.raw.set_blocking(true);
-        result?;
-        let _ = channel.wait_close();
-        let exit_code = channel
-            .exit_status()
-            .map_err(|e| fail(format!("exit status: {}", e.message())))?;
+        result.map_err(ExecFailure::Started)?;
+        channel
+            .wait_close()
+            .map_err(|e| started("close channel", e))?;
+        let exit_code = match channel.exit_signal() {
+            // `timeout` re-raises a signal that killed the command, and dies of the KILL it
+            // sends itself: sshd then reports a signal, not a status. Shells say 128 + number.
+            Ok(ssh2::ExitSignal {
+                exit_signal: Some(name),
+                ..
+            }) => signal_exit_code(&name),
+            _ => channel
+                .exit_status()
+                .map_err(|e| started("exit status", e))?,
+        };
+        let duration = began.elapsed();
         Ok(ExecOutput {
             exit_code,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
             truncated,
-            // 124: timeout sent TERM; 137: it had to KILL.
-            timed_out: exit_code == 124 || exit_code == 137,
+            // 124: timeout sent TERM; 137: it had to KILL. A command that exits so by itself
+            // before the deadline did not time out.
+            timed_out: (exit_code == 124 || exit_code == 137)
+                && duration >= Duration::from_secs(secs),
+            duration,
+        })
+    }
+}
+
+/// Why a command failed at the transport level, and whether it may have run.
+enum ExecFailure {
+    /// The command never reached the host: trying it on a fresh session is safe.
+    NotStarted(SshError),
+    /// It may have run: it must not be sent again.
+    Started(SshError),
+}
+
+impl ExecFailure {
+    fn into_error(self) -> SshError {
+        match self {
+            ExecFailure::NotStarted(e) | ExecFailure::Started(e) => e,
+        }
+    }
+}
+
+fn is_timeout(e: &ssh2::Error) -> bool {
+    // LIBSSH2_ERROR_TIMEOUT
+    e.code() == ssh2::ErrorCode::Session(-9)
+}
+
+/// The exit code a shell shows for a process killed by signal `name` (`KILL` → 137); 255, as
+/// `ssh` does, for a signal it does not know.
+fn signal_exit_code(name: &str) -> i32 {
+    const SIGNALS: [&str; 15] = [
+        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+        "PIPE", "ALRM", "TERM",
+    ];
+    let name = name.trim_start_matches("SIG");
+    SIGNALS
+        .iter()
+        .position(|s| *s == name)
+        .map_or(255, |i| 128 + 1 + i as i32)
+}
+
+/// A connection error as a short lowercase reason ("connection refused").
+fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused
+        | K::ConnectionReset
+        | K::TimedOut
+        | K::HostUnreachable
+        | K::NetworkUnreachable
+        | K::AddrNotAvailable => e.kind().to_string(),
+        _ => e.to_string(),
+    }
+}
+
+/// The result of streaming one command's output into another command, host to host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipeOutput {
+    pub bytes: u64,
+    pub read_exit: i32,
+    pub write_exit: i32,
+    pub stderr: String,
+    pub duration: Duration,
+}
+
+impl Session {
+    /// Streams the standard output of `read_cmd` (here) into the standard input of
+    /// `write_cmd` on `dest`, in large writes over exec channels.
+    pub fn pipe(
+        &self,
+        read_cmd: &str,
+        dest: &Session,
+        write_cmd: &str,
+        deadline: Duration,
+    ) -> Result<PipeOutput, SshError> {
+        let secs = deadline.as_secs().max(1);
+        let wrap = |c: &str| {
+            format!(
+                "timeout --kill-after=5 {secs} sh -c {}",
+                crate::template::shell_quote(c)
+            )
+        };
+        let fail = |host: &str, what: &str, e: ssh2::Error| SshError::Session {
+            host: host.to_string(),
+            reason: format!("{what}: {}", e.message()),
+        };
+        let began = Instant::now();
+        self.raw.set_blocking(true);
+        dest.raw.set_blocking(true);
+        let mut src = self
+            .raw
+            .channel_session()
+            .map_err(|e| fail(&self.spec.id, "open channel", e))?;
+        let mut dst = dest
+            .raw
+            .channel_session()
+            .map_err(|e| fail(&dest.spec.id, "open channel", e))?;
+        dst.exec(&wrap(write_cmd))
+            .map_err(|e| fail(&dest.spec.id, "exec", e))?;
+        src.exec(&wrap(read_cmd))
+            .map_err(|e| fail(&self.spec.id, "exec", e))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut bytes = 0u64;
+        loop {
+            let n = src.read(&mut buf).map_err(|e| SshError::Session {
+                host: self.spec.id.clone(),
+                reason: format!("read: {e}"),
+            })?;
+            if n == 0 {
+                break;
+            }
+            std::io::Write::write_all(&mut dst, &buf[..n]).map_err(|e| SshError::Session {
+                host: dest.spec.id.clone(),
+                reason: format!("write: {e}"),
+            })?;
+            bytes += n as u64;
+        }
+        dst.send_eof().map_err(|e| fail(&dest.spec.id, "eof", e))?;
+        let mut stderr = String::new();
+        let _ = src.stderr().read_to_string(&mut stderr);
+        let mut rest = String::new();
+        let _ = dst.read_to_string(&mut rest);
+        let _ = dst.stderr().read_to_string(&mut stderr);
+        let _ = src.wait_close();
+        let _ = dst.wait_close();
+        Ok(PipeOutput {
+            bytes,
+            read_exit: src
+                .exit_status()
+                .map_err(|e| fail(&self.spec.id, "exit status", e))?,
+            write_exit: dst
+                .exit_status()
+                .map_err(|e| fail(&dest.spec.id, "exit status", e))?,
+            stderr,
             duration: began.elapsed(),
         })
     }
@@ -278,7 +448,7 @@ fn verify_host_key(
     policy: HostKeyPolicy,
 ) -> Result<(), SshError> {
     let endpoint = spec.endpoint();
-    let (key, key_type) = raw.host_key().ok_or_else(|| SshError::Session {
+    let (key, _) = raw.host_key().ok_or_else(|| SshError::Session {
         host: spec.id.clone(),
         reason: "the server sent no host key".into(),
     })?;
@@ -300,20 +470,7 @@ fn verify_host_key(
     match kh.check_port(&spec.address, spec.port, key) {
         CheckResult::Match => Ok(()),
         CheckResult::Mismatch => {
-            let name = spec.known_name();
-            let known = kh
-                .iter()
-                .ok()
-                .and_then(|hosts| {
-                    hosts
-                        .iter()
-                        .filter(|h| {
-                            h.name() == Some(name.as_str())
-                                || h.name() == Some(spec.address.as_str())
-                        })
-                        .find_map(|h| sha256_b64_key(h.key()))
-                })
-                .unwrap_or_else(|| "another key (hashed entry)".into());
+            let known = known_fingerprint(raw, spec, key).unwrap_or_else(|| "another key".into());
             Err(SshError::ChangedHostKey {
                 host: spec.id.clone(),
                 endpoint,
@@ -323,32 +480,7 @@ fn verify_host_key(
             })
         }
         CheckResult::NotFound | CheckResult::Failure if policy == HostKeyPolicy::AcceptNew => {
-            let format = match key_type {
-                ssh2::HostKeyType::Rsa => KnownHostKeyFormat::SshRsa,
-                ssh2::HostKeyType::Dss => KnownHostKeyFormat::SshDss,
-                ssh2::HostKeyType::Ecdsa256 => KnownHostKeyFormat::Ecdsa256,
-                ssh2::HostKeyType::Ecdsa384 => KnownHostKeyFormat::Ecdsa384,
-                ssh2::HostKeyType::Ecdsa521 => KnownHostKeyFormat::Ecdsa521,
-                ssh2::HostKeyType::Ed25519 => KnownHostKeyFormat::Ed25519,
-                ssh2::HostKeyType::Unknown => KnownHostKeyFormat::Unknown,
-            };
-            let write_err = |reason: String| SshError::KnownHosts {
-                path: spec.known_hosts.display().to_string(),
-                reason,
-            };
-            kh.add(
-                &spec.known_name(),
-                key,
-                &format!("added by reprise for {}", spec.id),
-                format,
-            )
-            .map_err(|e| write_err(e.message().to_string()))?;
-            if let Some(dir) = spec.known_hosts.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| write_err(e.to_string()))?;
-            }
-            kh.write_file(&spec.known_hosts, KnownHostFileKind::OpenSSH)
-                .map_err(|e| write_err(e.message().to_string()))?;
-            Ok(())
+            append_known_host(spec, key)
         }
         CheckResult::NotFound | CheckResult::Failure => Err(SshError::UnknownHostKey {
             host: spec.id.clone(),
@@ -358,10 +490,77 @@ fn verify_host_key(
     }
 }
 
+/// The fingerprint of the `known_hosts` entry that holds another key for this host. Each line
+/// is matched on its own by libssh2, so hashed names (`|1|...`, Debian's default) count too.
+fn known_fingerprint(raw: &RawSession, spec: &HostSpec, key: &[u8]) -> Option<String> {
+    let text = std::fs::read_to_string(&spec.known_hosts).ok()?;
+    text.lines().find_map(|line| {
+        let mut one = raw.known_hosts().ok()?;
+        one.read_str(line, KnownHostFileKind::OpenSSH).ok()?;
+        if !matches!(
+            one.check_port(&spec.address, spec.port, key),
+            CheckResult::Mismatch
+        ) {
+            return None;
+        }
+        sha256_b64_key(one.hosts().ok()?.first()?.key())
+    })
+}
+
+/// Appends the host's key to its `known_hosts` as `ssh` does (`[address]:port` for a port
+/// other than 22), leaving every line already there as it was.
+fn append_known_host(spec: &HostSpec, key: &[u8]) -> Result<(), SshError> {
+    let path = &spec.known_hosts;
+    let err = |reason: String| SshError::KnownHosts {
+        path: path.display().to_string(),
+        reason,
+    };
+    // The key blob starts with its type name: a u32 length, then the name.
+    let kind = key
+        .get(..4)
+        .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
+        .and_then(|n| key.get(4..4 + n))
+        .and_then(|name| std::str::from_utf8(name).ok())
+        .ok_or_else(|| err("the host key offered is malformed".into()))?;
+    let mut line = format!(
+        "{} {kind} {} added by reprise for {}\n",
+        spec.known_name(),
+        base64::engine::general_purpose::STANDARD.encode(key),
+        spec.id
+    );
+    match std::fs::read(path) {
+        // A last line without its newline would swallow the new one.
+        Ok(old) if old.last().is_some_and(|&c| c != b'\n') => line.insert(0, '\n'),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+            }
+        }
+        Err(e) => return Err(err(e.to_string())),
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .map_err(|e| err(e.to_string()))
+}
+
 /// Runs commands on hosts by id; the runner's view of the network.
 pub trait Transport: Send + Sync {
     /// Runs `command` on `host`, stopped at `deadline`.
     fn exec(&self, host: &str, command: &str, deadline: Duration) -> Result<ExecOutput, SshError>;
+
+    /// Streams the output of `read_cmd` on `from` into `write_cmd` on `to`.
+    fn pipe(
+        &self,
+        from: &str,
+        read_cmd: &str,
+        to: &str,
+        write_cmd: &str,
+        deadline: Duration,
+    ) -> Result<PipeOutput, SshError>;
 }
 
 /// SSH to the inventory's hosts, keeping idle sessions for reuse (one session carries one
@@ -411,23 +610,50 @@ impl SshTransport {
     }
 }
 
+impl SshTransport {
+    fn give_back(&self, host: &str, session: Session) {
+        self.idle
+            .lock()
+            .expect("not poisoned")
+            .entry(host.to_string())
+            .or_default()
+            .push(session);
+    }
+}
+
 impl Transport for SshTransport {
+    fn pipe(
+        &self,
+        from: &str,
+        read_cmd: &str,
+        to: &str,
+        write_cmd: &str,
+        deadline: Duration,
+    ) -> Result<PipeOutput, SshError> {
+        // Fresh sessions: a long transfer should not be broken by a stale idle one.
+        let src = self.new_session(from)?;
+        let dst = self.new_session(to)?;
+        let out = src.pipe(read_cmd, &dst, write_cmd, deadline)?;
+        self.give_back(from, src);
+        self.give_back(to, dst);
+        Ok(out)
+    }
+
     fn exec(&self, host: &str, command: &str, deadline: Duration) -> Result<ExecOutput, SshError> {
-        // An idle session may have died with its host: then a new one is tried once.
+        // An idle session may have died with its host or its connection: a command it could
+        // not even send is tried once on a new session. One that may have run is never sent
+        // twice.
+        let fresh = || -> Result<(Session, Result<ExecOutput, SshError>), SshError> {
+            let s = self.new_session(host)?;
+            let r = s.exec(command, deadline, self.output_limit);
+            Ok((s, r))
+        };
         let (session, result) = match self.idle_session(host) {
-            Some(s) => match s.exec(command, deadline, self.output_limit) {
-                Err(SshError::Session { .. }) => {
-                    let s = self.new_session(host)?;
-                    let r = s.exec(command, deadline, self.output_limit);
-                    (s, r)
-                }
-                r => (s, r),
+            Some(s) => match s.run(command, deadline, self.output_limit) {
+                Err(ExecFailure::NotStarted(_)) => fresh()?,
+                r => (s, r.map_err(ExecFailure::into_error)),
             },
-            None => {
-                let s = self.new_session(host)?;
-                let r = s.exec(command, deadline, self.output_limit);
-                (s, r)
-            }
+            None => fresh()?,
         };
         match result {
             Ok(out) => {
