@@ -291,16 +291,35 @@ pub fn did_you_mean<'a>(
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<String> {
     let name_l = name.to_lowercase();
-    let mut best: Option<(usize, &str)> = None;
+    let mut best: Vec<&str> = Vec::new();
+    let mut best_d = usize::MAX;
     for c in candidates {
         let d = edit_distance(&name_l, &c.to_lowercase());
         let limit = (name.chars().count().max(c.chars().count()) / 3).max(1);
-        let normalised_equal = normalise(name) == normalise(c);
-        if (d <= limit || normalised_equal) && best.is_none_or(|(bd, _)| d < bd) {
-            best = Some((d, c));
+        let d = if normalise(name) == normalise(c) {
+            0
+        } else {
+            d
+        };
+        if d > limit || d > best_d {
+            continue;
+        }
+        if d < best_d {
+            best.clear();
+            best_d = d;
+        }
+        if !best.contains(&c) {
+            best.push(c);
         }
     }
-    best.map(|(_, c)| format!("did you mean `{c}`?"))
+    match best.as_slice() {
+        [] => None,
+        [one] => Some(format!("did you mean `{one}`?")),
+        many => {
+            let names: Vec<String> = many.iter().map(|c| format!("`{c}`")).collect();
+            Some(format!("did you mean {}?", names.join(" or ")))
+        }
+    }
 }
 
 fn normalise(s: &str) -> String {

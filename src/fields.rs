@@ -74,6 +74,10 @@ pub struct Table<'t, 'i> {
     entries: &'t DeTable<'i>,
     used: HashSet<String>,
     known: Vec<&'static str>,
+    /// Required keys found missing; reported by `finish`, unless a misspelt key stands for one.
+    missing: Vec<&'static str>,
+    /// Unknown keys are not reported (the table's kind was unknown: its keys mean nothing).
+    lenient: bool,
 }
 
 impl<'t, 'i> Table<'t, 'i> {
@@ -93,6 +97,8 @@ impl<'t, 'i> Table<'t, 'i> {
                 entries,
                 used: HashSet::new(),
                 known: Vec::new(),
+                missing: Vec::new(),
+                lenient: false,
             }),
             other => {
                 diags.push(
@@ -112,7 +118,34 @@ impl<'t, 'i> Table<'t, 'i> {
             entries: doc.get_ref(),
             used: HashSet::new(),
             known: Vec::new(),
+            missing: Vec::new(),
+            lenient: false,
         }
+    }
+
+    /// Stops reporting unknown keys: called when the table's kind is itself wrong, so that one
+    /// mistake gives one error.
+    pub fn lenient(&mut self) {
+        self.lenient = true;
+    }
+
+    /// Whether the table has `key` (without reading it).
+    pub fn has(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    /// The keys of the table not read so far.
+    pub fn unread(&self) -> Vec<Sp<String>> {
+        self.entries
+            .iter()
+            .filter(|(k, _)| !self.used.contains(k.get_ref().as_ref()))
+            .map(|(k, _)| Sp::new(k.get_ref().to_string(), self.loc(k.span())))
+            .collect()
+    }
+
+    /// Marks `key` as read.
+    pub fn mark_used(&mut self, key: &str) {
+        self.used.insert(key.to_string());
     }
 
     fn loc(&self, span: std::ops::Range<usize>) -> Location {
@@ -137,12 +170,10 @@ impl<'t, 'i> Table<'t, 'i> {
             .collect()
     }
 
-    fn missing(&self, key: &str, diags: &mut Vec<Diagnostic>) {
-        diags.push(
-            Diagnostic::error(format!("{} is missing `{key}`", self.what))
-                .at(self.loc.clone())
-                .hint(format!("add `{key} = ...` to this table")),
-        );
+    fn missing(&mut self, key: &'static str, _diags: &mut Vec<Diagnostic>) {
+        if !self.missing.contains(&key) {
+            self.missing.push(key);
+        }
     }
 
     fn wrong_type(&self, key: &str, expected: &str, v: &Value<'_>, diags: &mut Vec<Diagnostic>) {
@@ -338,11 +369,13 @@ impl<'t, 'i> Table<'t, 'i> {
         self.duration(key, diags)
     }
 
-    /// Reports every key that was never read.
+    /// Reports the missing required keys and every key that was never read. A misspelt key
+    /// that stands for a missing one is reported once, as a misspelling.
     pub fn finish(self, diags: &mut Vec<Diagnostic>) {
+        let mut explained = Vec::new();
         for (k, _) in self.entries.iter() {
             let key = k.get_ref();
-            if self.used.contains(key.as_ref()) {
+            if self.used.contains(key.as_ref()) || self.lenient {
                 continue;
             }
             let hint = did_you_mean(key, self.known.iter().copied()).unwrap_or_else(|| {
@@ -351,10 +384,25 @@ impl<'t, 'i> Table<'t, 'i> {
                 known.dedup();
                 format!("known keys: {}", known.join(", "))
             });
+            explained.extend(
+                self.missing
+                    .iter()
+                    .filter(|m| did_you_mean(key, [**m]).is_some()),
+            );
             diags.push(
                 Diagnostic::error(format!("unknown key `{key}` in {}", self.what))
                     .at(self.loc(k.span()))
                     .hint(hint),
+            );
+        }
+        for key in &self.missing {
+            if explained.contains(key) {
+                continue;
+            }
+            diags.push(
+                Diagnostic::error(format!("{} is missing `{key}`", self.what))
+                    .at(self.loc.clone())
+                    .hint(format!("add `{key} = ...` to this table")),
             );
         }
     }

@@ -78,7 +78,8 @@ impl SiteRole {
 pub struct Site {
     pub id: String,
     pub description: Option<String>,
-    pub role: SiteRole,
+    /// `None` when the file gave an invalid role (already reported).
+    pub role: Option<SiteRole>,
     pub loc: Location,
 }
 
@@ -224,9 +225,7 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
             let site = Site {
                 id: id.value.clone(),
                 description: t.str("description", diags).map(|s| s.value),
-                role: role
-                    .and_then(|r| SiteRole::parse(&r.value))
-                    .unwrap_or(SiteRole::Primary),
+                role: role.and_then(|r| SiteRole::parse(&r.value)),
                 loc: id.loc.clone(),
             };
             insert_unique(&mut inv.sites, "site", id, site, |s| &s.loc, diags);
@@ -586,7 +585,8 @@ fn read_var(
             if !valid {
                 diags.push(
                     Diagnostic::error(format!("invalid environment variable name `{}`", env.value))
-                        .at(env.loc),
+                        .at(env.loc)
+                        .hint("environment variable names use letters, digits and `_`"),
                 );
                 return None;
             }
@@ -650,7 +650,8 @@ fn check_references(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
             if dep.value == service.id {
                 diags.push(
                     Diagnostic::error(format!("service `{}` depends on itself", service.id))
-                        .at(dep.loc.clone()),
+                        .at(dep.loc.clone())
+                        .hint("remove it from its own `depends_on`"),
                 );
             } else {
                 check_ref("service", dep, &inv.services, diags);
@@ -676,7 +677,8 @@ fn check_references(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
                 continue;
             }
             if let Some(site) = inv.site_of(&host.value)
-                && site.role != expected
+                && let Some(role) = site.role
+                && role != expected
             {
                 diags.push(
                     Diagnostic::error(format!(
@@ -684,7 +686,7 @@ fn check_references(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
                         vm.id,
                         host.value,
                         site.id,
-                        site.role.as_str()
+                        role.as_str()
                     ))
                     .at(host.loc.clone())
                     .hint(format!(

@@ -327,7 +327,7 @@ pub fn up(
         let role = model
             .inventory
             .site_of(&host.id)
-            .map(|s| s.role)
+            .and_then(|s| s.role)
             .unwrap_or(SiteRole::Remote);
         hosts.insert(
             host.id.clone(),

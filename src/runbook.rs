@@ -301,9 +301,28 @@ fn read_step(
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Step> {
     let id = t.req_str("id", diags);
-    let kind = t.req_choice("kind", STEP_KINDS, diags);
     if let Some(id) = &id {
         t.what = format!("step `{}`", id.value);
+    }
+    // `power.failback = []` written after a [[...]] header lands in that step.
+    for key in t.unread() {
+        if inv.services.contains_key(&key.value) {
+            t.mark_used(&key.value);
+            diags.push(
+                Diagnostic::error(format!("`{}.…` is read as a key of {}", key.value, t.what))
+                    .at(key.loc.clone())
+                    .hint(format!(
+                        "in TOML, keys after a [[...]] header belong to that table: move `{}.MODE = ...` above the first [[...]] of the file",
+                        key.value
+                    )),
+            );
+        }
+    }
+    let kind = t.req_choice("kind", STEP_KINDS, diags);
+    if kind.is_none() {
+        t.lenient();
+    }
+    if let Some(id) = &id {
         let ok = !id.value.is_empty()
             && id
                 .value
@@ -375,7 +394,10 @@ fn read_step(
                 .duration("interval", diags)
                 .map(|d| d.value)
                 .unwrap_or(Duration(5));
-            let probe_kind = t.req_choice("probe", &["tcp", "http", "command"], diags)?;
+            let Some(probe_kind) = t.req_choice("probe", &["tcp", "http", "command"], diags) else {
+                t.lenient();
+                return None;
+            };
             let probe = match probe_kind.value.as_str() {
                 "tcp" => {
                     let address = template(text, t, "address", false, diags);
@@ -452,12 +474,19 @@ fn read_step(
                     }
                     ReplicaSource::Backup(b)
                 }
-                _ => {
-                    diags.push(
-                        Diagnostic::error("a replicate step names either `vm` or `backup`")
-                            .at(t.loc.clone())
-                            .hint("add `vm = \"...\"` or `backup = \"...\"`, not both"),
-                    );
+                (v, _) => {
+                    let (message, hint) = if v.is_some() {
+                        (
+                            "a replicate step names both `vm` and `backup`",
+                            "keep one of the two",
+                        )
+                    } else {
+                        (
+                            "a replicate step names neither `vm` nor `backup`",
+                            "add `vm = \"...\"` or `backup = \"...\"`",
+                        )
+                    };
+                    diags.push(Diagnostic::error(message).at(t.loc.clone()).hint(hint));
                     return None;
                 }
             };

@@ -564,6 +564,11 @@ fn resolve(
             };
             scope.host = inv.hosts.get(&h.value);
             touched.push((h.value.clone(), h.loc.clone()));
+            // A forbidden host is reported before any template of the step is rendered.
+            if let Some(d) = site_violation(inv, mode, step.needs_primary, &id, &h.value, &h.loc) {
+                diags.push(d);
+                return None;
+            }
             host_id = Some(h.value);
             let run = render(run, &scope, diags);
             let verify = verify.as_ref().and_then(|t| render(t, &scope, diags));
@@ -592,6 +597,20 @@ fn resolve(
                     };
                     scope.host = inv.hosts.get(&h.value);
                     touched.push((h.value.clone(), h.loc.clone()));
+                    // A forbidden host is reported before any template of the step is rendered.
+                    if let Some(d) =
+                        site_violation(inv, mode, step.needs_primary, &id, &h.value, &h.loc)
+                    {
+                        diags.push(d);
+                        return None;
+                    }
+                    // A forbidden host is reported before any template of the step is rendered.
+                    if let Some(d) =
+                        site_violation(inv, mode, step.needs_primary, &id, &h.value, &h.loc)
+                    {
+                        diags.push(d);
+                        return None;
+                    }
                     host_id = Some(h.value);
                     let run = render(run, &scope, diags)?;
                     (run.to_string(), None, None, Action::Probe { run, interval })
@@ -704,7 +723,13 @@ fn resolve(
                 .as_ref()
                 .map(|s| s.loc.clone())
                 .unwrap_or_else(|| step.id.loc.clone());
-            touched.push((h.value.clone(), host_loc));
+            touched.push((h.value.clone(), host_loc.clone()));
+            // A forbidden host is reported before any template of the step is rendered.
+            if let Some(d) = site_violation(inv, mode, step.needs_primary, &id, &h.value, &host_loc)
+            {
+                diags.push(d);
+                return None;
+            }
             host_id = Some(h.value.clone());
             scope.host = inv.hosts.get(&h.value);
             scope.vm = Some((vm, side_v));
@@ -821,36 +846,10 @@ fn resolve(
             )
         }
     };
-    // Site rules.
+    // Site rules (checked before rendering, see `site_violation`).
     for (host, loc) in &touched {
-        let Some(site) = inv.site_of(host) else {
-            continue;
-        };
-        let problem = match (mode, site.role) {
-            (Mode::Drill, SiteRole::Primary) => Some((
-                "a drill must not touch production".to_string(),
-                "run it on a recovery-site host (for vm steps: `on = \"recovery\"`)".to_string(),
-            )),
-            (Mode::Failover, SiteRole::Primary) if !step.needs_primary => Some((
-                "it would fail when the primary site is lost".to_string(),
-                "mark it `needs_primary = true`, or run it on a host of another site".to_string(),
-            )),
-            (Mode::Restore, SiteRole::Recovery) => Some((
-                "a restore brings back the primary site by itself".to_string(),
-                "run it on a host of the primary site".to_string(),
-            )),
-            _ => None,
-        };
-        if let Some((why, hint)) = problem {
-            diags.push(
-                Diagnostic::error(format!(
-                    "{mode} step `{id}` uses `{host}` on site `{}` ({}): {why}",
-                    site.id,
-                    site.role.as_str()
-                ))
-                .at(loc.clone())
-                .hint(hint),
-            );
+        if let Some(d) = site_violation(inv, mode, step.needs_primary, &id, host, loc) {
+            diags.push(d);
         }
     }
     if diags.len() > errors_before {
@@ -886,6 +885,44 @@ fn resolve(
         critical: false,
         action_spec: action,
     })
+}
+
+/// A step on `host` that the mode forbids: a drill never touches the primary site, a failover
+/// step on it must need the primary, a restore never runs on the recovery site.
+fn site_violation(
+    inv: &Inventory,
+    mode: Mode,
+    needs_primary: bool,
+    id: &str,
+    host: &str,
+    loc: &Location,
+) -> Option<Diagnostic> {
+    let site = inv.site_of(host)?;
+    let role = site.role?;
+    let (why, hint) = match (mode, role) {
+        (Mode::Drill, SiteRole::Primary) => (
+            "a drill must not touch production",
+            "run it on a recovery-site host (for vm steps: `on = \"recovery\"`)",
+        ),
+        (Mode::Failover, SiteRole::Primary) if !needs_primary => (
+            "it would fail when the primary site is lost",
+            "mark it `needs_primary = true`, or run it on a host of another site",
+        ),
+        (Mode::Restore, SiteRole::Recovery) => (
+            "a restore brings back the primary site by itself",
+            "run it on a host of the primary site",
+        ),
+        _ => return None,
+    };
+    Some(
+        Diagnostic::error(format!(
+            "{mode} step `{id}` uses `{host}` on site `{}` ({}): {why}",
+            site.id,
+            role.as_str()
+        ))
+        .at(loc.clone())
+        .hint(hint),
+    )
 }
 
 /// The target of a tcp or http probe (run from the orchestrator): the `host` or `vm` the step

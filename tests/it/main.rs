@@ -4,3 +4,5 @@ mod bad_input;
 mod cli;
 mod common;
 mod example;
+mod ssh;
+mod sshd;

@@ -1,0 +1,432 @@
+//! The SSH transport against a real OpenSSH `sshd` (see `sshd.rs`): commands, deadlines that
+//! really stop the remote process, output limits, host-key policy and failing hosts.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use reprise::ssh::{
+    ExecOutput, HostKeyPolicy, HostSpec, Session, SshError, SshTransport, Transport,
+};
+
+use crate::sshd::{Sshd, poll_until, unique};
+
+const CONNECT: Duration = Duration::from_secs(2);
+const LIMIT: usize = 64 * 1024;
+
+fn connect(spec: &HostSpec) -> Session {
+    Session::connect(spec, HostKeyPolicy::Strict, CONNECT)
+        .unwrap_or_else(|e| panic!("connect: {e}"))
+}
+
+fn exec(session: &Session, command: &str) -> ExecOutput {
+    session
+        .exec(command, Duration::from_secs(10), LIMIT)
+        .unwrap_or_else(|e| panic!("exec {command:?}: {e}"))
+}
+
+fn transport(sshd: &Sshd, id: &str, policy: HostKeyPolicy) -> SshTransport {
+    SshTransport::new([(id.to_string(), sshd.spec(id))].into(), policy, CONNECT)
+}
+
+/// Whether a process whose command line contains `marker` runs on this machine.
+fn running(marker: &str) -> bool {
+    Command::new("pgrep")
+        .args(["-f", marker])
+        .output()
+        .expect("pgrep runs")
+        .status
+        .success()
+}
+
+/// A `sleep` whose command line carries a unique marker, for `pgrep -f`: a symlink to sleep.
+fn marked_sleep(dir: &Path) -> (String, String) {
+    let marker = unique("sleep");
+    let path = dir.join(&marker);
+    std::os::unix::fs::symlink("/bin/sleep", &path).unwrap();
+    (marker, path.display().to_string())
+}
+
+#[test]
+fn exec_reports_output_and_exit_code() {
+    let sshd = Sshd::start();
+    let session = connect(&sshd.spec("hv1"));
+    // (command, exit code, stdout, stderr): each runs under `sh -c`, quoted as one word.
+    let cases: &[(&str, i32, &str, &str)] = &[
+        ("echo hello", 0, "hello\n", ""),
+        ("echo out; echo err >&2", 0, "out\n", "err\n"),
+        ("exit 3", 3, "", ""),
+        ("echo partial; false", 1, "partial\n", ""),
+        ("printf '%s|' \"it's\" 'a b' $((1+2))", 0, "it's|a b|3|", ""),
+        (
+            "cat /nonexistent-reprise",
+            1,
+            "",
+            "cat: /nonexistent-reprise: No such file or directory\n",
+        ),
+        ("kill -TERM $$", 143, "", ""),
+    ];
+    for &(command, code, stdout, stderr) in cases {
+        let out = exec(&session, command);
+        let got = (out.exit_code, out.stdout.as_str(), out.stderr.as_str());
+        assert_eq!(got, (code, stdout, stderr), "{command}");
+        assert!(!out.truncated && !out.timed_out, "{command}: {out:?}");
+    }
+}
+
+#[test]
+fn deadline_stops_the_remote_command() {
+    let sshd = Sshd::start();
+    let session = connect(&sshd.spec("hv1"));
+    let (marker, sleep) = marked_sleep(sshd.dir());
+    let began = Instant::now();
+    let out = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            session.exec(
+                &format!("{sleep} 30; echo not reached"),
+                Duration::from_secs(1),
+                LIMIT,
+            )
+        });
+        // The marker does find the remote command while it runs.
+        assert!(poll_until(Duration::from_secs(5), || running(&marker)));
+        run.join().unwrap().unwrap()
+    });
+    let took = began.elapsed();
+    assert!(out.timed_out, "{out:?}");
+    assert_eq!(out.exit_code, 124);
+    assert_eq!(out.stdout, "");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(
+        poll_until(Duration::from_secs(3), || !running(&marker)),
+        "the remote command survived its deadline"
+    );
+    // The session is still usable after a timeout.
+    assert_eq!(exec(&session, "echo after").stdout, "after\n");
+}
+
+#[test]
+fn deadline_kills_a_command_that_ignores_term() {
+    let sshd = Sshd::start();
+    let session = connect(&sshd.spec("hv1"));
+    let (marker, sleep) = marked_sleep(sshd.dir());
+    let began = Instant::now();
+    let out = session
+        .exec(
+            &format!("trap '' TERM; {sleep} 30"),
+            Duration::from_secs(1),
+            LIMIT,
+        )
+        .unwrap();
+    let took = began.elapsed();
+    // TERM at 1 s is ignored; KILL follows 5 s later.
+    assert!(out.timed_out, "{out:?}");
+    assert_eq!(out.exit_code, 137);
+    assert!(
+        took >= Duration::from_secs(6) && took < Duration::from_secs(9),
+        "took {took:?}"
+    );
+    assert!(poll_until(Duration::from_secs(3), || !running(&marker)));
+}
+
+#[test]
+fn output_beyond_the_limit_is_drained_and_marked_truncated() {
+    let sshd = Sshd::start();
+    let session = connect(&sshd.spec("hv1"));
+    // 2 MB on each stream, interleaved: far beyond the SSH window, so both must be drained.
+    let command = "i=0; while [ $i -lt 32 ]; do head -c 65536 /dev/zero | tr '\\0' o; \
+                   head -c 65536 /dev/zero | tr '\\0' e >&2; i=$((i+1)); done; echo tail";
+    let out = session
+        .exec(command, Duration::from_secs(20), 1000)
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "the command ran to its end");
+    assert!(out.truncated);
+    assert!(!out.timed_out);
+    assert_eq!(out.stdout, "o".repeat(1000));
+    assert_eq!(out.stderr, "e".repeat(1000));
+
+    let out = session
+        .exec("echo 12345", Duration::from_secs(5), 6)
+        .unwrap();
+    assert_eq!((out.stdout.as_str(), out.truncated), ("12345\n", false));
+    let out = session
+        .exec("echo 123456", Duration::from_secs(5), 6)
+        .unwrap();
+    assert_eq!((out.stdout.as_str(), out.truncated), ("123456", true));
+}
+
+#[test]
+fn transport_reuses_and_reconnects() {
+    let mut sshd = Sshd::start();
+    let t = transport(&sshd, "hv1", HostKeyPolicy::Strict);
+    // The client's port of the connection that carried a command (from `SSH_CLIENT`).
+    let port = |t: &SshTransport| {
+        let out = t
+            .exec("hv1", "echo $SSH_CLIENT", Duration::from_secs(5))
+            .unwrap();
+        out.stdout.split_whitespace().nth(1).unwrap().to_string()
+    };
+    let first = port(&t);
+    assert_eq!(port(&t), first, "the idle session is reused");
+    // A restarted host (same key) drops the idle session: the next command reconnects.
+    sshd.restart(false);
+    assert_ne!(port(&t), first);
+    let err = t.exec("hv9", "true", Duration::from_secs(1)).unwrap_err();
+    assert_eq!(err.to_string(), "unknown host `hv9`");
+}
+
+#[test]
+fn unknown_host_key_is_refused_under_strict() {
+    let sshd = Sshd::start();
+    std::fs::write(&sshd.known_hosts, "").unwrap();
+    let marker = sshd.dir().join("executed");
+    let t = transport(&sshd, "hv2", HostKeyPolicy::Strict);
+    let err = t
+        .exec(
+            "hv2",
+            &format!("touch {}", marker.display()),
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "unknown host key for hv2 ({}): {}; check it, then run with --accept-new-host-keys to trust it",
+            sshd.endpoint(),
+            sshd.host_fingerprint()
+        )
+    );
+    assert!(!marker.exists(), "a command ran on an untrusted host");
+    assert_eq!(std::fs::read_to_string(&sshd.known_hosts).unwrap(), "");
+
+    // A missing known_hosts file is the same: unknown, and not created.
+    std::fs::remove_file(&sshd.known_hosts).unwrap();
+    let err = Session::connect(&sshd.spec("hv2"), HostKeyPolicy::Strict, CONNECT).err();
+    assert!(
+        matches!(err, Some(SshError::UnknownHostKey { .. })),
+        "{err:?}"
+    );
+    assert!(!sshd.known_hosts.exists());
+}
+
+#[test]
+fn unknown_host_key_is_recorded_under_accept_new() {
+    let sshd = Sshd::start();
+    // What the user had is kept as it was; the new key is appended.
+    let before = "# my hosts\n\
+                  [127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ\n";
+    std::fs::write(&sshd.known_hosts, before).unwrap();
+    let t = transport(&sshd, "hv2", HostKeyPolicy::AcceptNew);
+    let out = t
+        .exec("hv2", "echo trusted", Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(out.stdout, "trusted\n");
+    let after = std::fs::read_to_string(&sshd.known_hosts).unwrap();
+    let added = after
+        .strip_prefix(before)
+        .unwrap_or_else(|| panic!("known_hosts was rewritten, not appended to:\n{after}"));
+    let line = sshd.known_hosts_line();
+    assert!(
+        added.starts_with(line.trim_end()),
+        "added {added:?}, expected {line:?}"
+    );
+    // OpenSSH itself finds the entry under its `[address]:port` name.
+    let found = Command::new("ssh-keygen")
+        .arg("-F")
+        .arg(format!("[{}]:{}", sshd.address, sshd.port))
+        .arg("-f")
+        .arg(&sshd.known_hosts)
+        .output()
+        .unwrap();
+    assert!(
+        found.status.success(),
+        "ssh-keygen -F does not find the entry:\n{after}"
+    );
+
+    // From now on the host is known: Strict connects.
+    let session = connect(&sshd.spec("hv2"));
+    assert_eq!(exec(&session, "echo again").stdout, "again\n");
+    // And a second AcceptNew adds nothing.
+    let t = transport(&sshd, "hv2", HostKeyPolicy::AcceptNew);
+    t.exec("hv2", "true", Duration::from_secs(5)).unwrap();
+    assert_eq!(std::fs::read_to_string(&sshd.known_hosts).unwrap(), after);
+}
+
+/// A changed key is refused under every policy, naming both fingerprints, running nothing and
+/// leaving `known_hosts` as it was.
+fn check_changed_key_refused(sshd: &mut Sshd, hash_known_hosts: bool) {
+    if hash_known_hosts {
+        // What Debian's `ssh` writes by default (HashKnownHosts yes).
+        let status = Command::new("ssh-keygen")
+            .arg("-H")
+            .arg("-f")
+            .arg(&sshd.known_hosts)
+            .output()
+            .unwrap()
+            .status;
+        assert!(status.success());
+        let text = std::fs::read_to_string(&sshd.known_hosts).unwrap();
+        assert!(text.starts_with("|1|"), "not hashed: {text}");
+    }
+    let old = sshd.host_fingerprint();
+    connect(&sshd.spec("hv2"));
+    sshd.restart(true);
+    let new = sshd.host_fingerprint();
+    assert_ne!(old, new);
+    let known_hosts = std::fs::read_to_string(&sshd.known_hosts).unwrap();
+    let marker = sshd.dir().join("executed");
+    for policy in [HostKeyPolicy::Strict, HostKeyPolicy::AcceptNew] {
+        let t = transport(sshd, "hv2", policy);
+        let err = t
+            .exec(
+                "hv2",
+                &format!("touch {}", marker.display()),
+                Duration::from_secs(5),
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "host key of hv2 ({}) has changed: known {old}, offered {new}; refusing to connect \
+                 (if the host was really reinstalled, remove its old line from {})",
+                sshd.endpoint(),
+                sshd.known_hosts.display()
+            ),
+            "{policy:?}"
+        );
+        assert!(
+            !marker.exists(),
+            "a command ran on a host whose key changed"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&sshd.known_hosts).unwrap(),
+            known_hosts
+        );
+    }
+}
+
+#[test]
+fn changed_host_key_is_always_refused() {
+    check_changed_key_refused(&mut Sshd::start(), false);
+}
+
+#[test]
+fn changed_host_key_is_refused_with_hashed_known_hosts() {
+    check_changed_key_refused(&mut Sshd::start(), true);
+}
+
+#[test]
+fn wrong_identity_fails_authentication() {
+    let sshd = Sshd::start();
+    let other = sshd.dir().join("other_ed25519");
+    crate::sshd::keygen(&other);
+    let spec = HostSpec {
+        identity: Some(other),
+        ..sshd.spec("hv2")
+    };
+    let err = Session::connect(&spec, HostKeyPolicy::Strict, CONNECT)
+        .err()
+        .unwrap();
+    let msg = err.to_string();
+    let prefix = format!(
+        "authentication failed for {}@hv2 ({}): ",
+        sshd.user,
+        sshd.endpoint()
+    );
+    assert!(msg.starts_with(&prefix), "{msg}");
+}
+
+#[test]
+fn connection_refused_is_quick_and_clear() {
+    // A port that was free a moment ago on a loopback address: nothing listens there.
+    let listener = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let spec = HostSpec {
+        id: "hv2".into(),
+        address: "127.0.0.3".into(),
+        port,
+        user: "root".into(),
+        known_hosts: "/nonexistent/known_hosts".into(),
+        identity: None,
+    };
+    let began = Instant::now();
+    let err = Session::connect(&spec, HostKeyPolicy::Strict, CONNECT)
+        .err()
+        .unwrap();
+    assert!(
+        began.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("failed to connect to hv2 (127.0.0.3:{port}): connection refused")
+    );
+}
+
+#[test]
+fn hung_host_fails_connect_within_its_timeout() {
+    let sshd = Sshd::start();
+    sshd.freeze();
+    let began = Instant::now();
+    let err = Session::connect(
+        &sshd.spec("hv2"),
+        HostKeyPolicy::Strict,
+        Duration::from_secs(1),
+    )
+    .err()
+    .unwrap();
+    let took = began.elapsed();
+    sshd.thaw();
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(err.to_string(), "no answer from hv2 within 1s");
+    // Thawed, it answers again.
+    connect(&sshd.spec("hv2"));
+}
+
+#[test]
+fn hung_host_fails_exec_within_its_timeout() {
+    let sshd = Sshd::start();
+    let session = Session::connect(
+        &sshd.spec("hv2"),
+        HostKeyPolicy::Strict,
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    // Frozen before the command: opening the channel times out.
+    sshd.freeze();
+    let began = Instant::now();
+    let err = session
+        .exec("echo hi", Duration::from_secs(1), LIMIT)
+        .unwrap_err();
+    let took = began.elapsed();
+    sshd.thaw();
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert!(
+        matches!(err, SshError::Hung { .. } | SshError::Session { .. }),
+        "{err:?}"
+    );
+
+    // Frozen while the command runs: the local deadline (command deadline + the 5 s grace
+    // before KILL + the session timeout) stops the wait.
+    let session = Session::connect(
+        &sshd.spec("hv2"),
+        HostKeyPolicy::Strict,
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let (marker, sleep) = marked_sleep(sshd.dir());
+    let began = Instant::now();
+    let result = std::thread::scope(|s| {
+        let run = s.spawn(|| session.exec(&format!("{sleep} 30"), Duration::from_secs(1), LIMIT));
+        assert!(poll_until(Duration::from_secs(5), || running(&marker)));
+        sshd.freeze();
+        run.join().unwrap()
+    });
+    let took = began.elapsed();
+    sshd.thaw();
+    let err = result.unwrap_err();
+    assert!(took < Duration::from_secs(9), "took {took:?}");
+    assert_eq!(err.to_string(), "no answer from hv2 within 7s");
+}
