@@ -776,25 +776,32 @@ fn resolve(
             let images_dir =
                 |host: &str| match inv.hosts.get(host).and_then(|h| h.vars.get("images_dir")) {
                     Some(crate::inventory::VarValue::Text(d)) => {
-                        Ok(d.trim_end_matches('/').to_string())
+                        Some(d.trim_end_matches('/').to_string())
                     }
-                    _ => Err(Diagnostic::error(format!(
-                        "replicate step `{id}` needs the variable `images_dir` of host `{host}`"
-                    ))
-                    .at(step.id.loc.clone())
-                    .hint(format!(
-                        "add `images_dir = \"/var/lib/libvirt/images\"` under [hosts.{host}.vars]"
-                    ))),
+                    _ => None,
                 };
+            let no_images_dir = |host: &str| {
+                Diagnostic::error(format!(
+                    "replicate step `{id}` needs the variable `images_dir` of host `{host}`"
+                ))
+                .at(step.id.loc.clone())
+                .hint(format!(
+                    "add `images_dir = \"/var/lib/libvirt/images\"` under [hosts.{host}.vars]"
+                ))
+            };
             let (what, from, to, items) = match source {
                 ReplicaSource::Vm(v) => {
                     let vm = inv.vms.get(&v.value)?;
                     let (from, to) = swap(vm.primary.value.clone(), vm.recovery.value.clone());
                     let (src, dst) = match (images_dir(&from), images_dir(&to)) {
-                        (Ok(a), Ok(b)) => (a, b),
+                        (Some(a), Some(b)) => (a, b),
                         (a, b) => {
-                            diags.extend(a.err());
-                            diags.extend(b.err());
+                            if a.is_none() {
+                                diags.push(no_images_dir(&from));
+                            }
+                            if b.is_none() {
+                                diags.push(no_images_dir(&to));
+                            }
                             return None;
                         }
                     };
