@@ -276,17 +276,7 @@ impl Session {
         channel
             .wait_close()
             .map_err(|e| started("close channel", e))?;
-        let exit_code = match channel.exit_signal() {
-            // `timeout` re-raises a signal that killed the command, and dies of the KILL it
-            // sends itself: sshd then reports a signal, not a status. Shells say 128 + number.
-            Ok(ssh2::ExitSignal {
-                exit_signal: Some(name),
-                ..
-            }) => signal_exit_code(&name),
-            _ => channel
-                .exit_status()
-                .map_err(|e| started("exit status", e))?,
-        };
+        let exit_code = exit_code(&channel).map_err(|e| started("exit status", e))?;
         let duration = began.elapsed();
         Ok(ExecOutput {
             exit_code,
@@ -321,6 +311,19 @@ impl ExecFailure {
 fn is_timeout(e: &ssh2::Error) -> bool {
     // LIBSSH2_ERROR_TIMEOUT
     e.code() == ssh2::ErrorCode::Session(-9)
+}
+
+/// The command's exit code. `timeout` re-raises a signal that killed the command, and dies of
+/// the KILL it sends itself: sshd then reports a signal, not a status (which libssh2 would give
+/// as 0), so a signal is turned into the code a shell shows: 128 + its number.
+fn exit_code(channel: &ssh2::Channel) -> Result<i32, ssh2::Error> {
+    match channel.exit_signal() {
+        Ok(ssh2::ExitSignal {
+            exit_signal: Some(name),
+            ..
+        }) => Ok(signal_exit_code(&name)),
+        _ => channel.exit_status(),
+    }
 }
 
 /// The exit code a shell shows for a process killed by signal `name` (`KILL` → 137); 255, as
@@ -423,12 +426,8 @@ impl Session {
         let _ = dst.wait_close();
         Ok(PipeOutput {
             bytes,
-            read_exit: src
-                .exit_status()
-                .map_err(|e| fail(&self.spec.id, "exit status", e))?,
-            write_exit: dst
-                .exit_status()
-                .map_err(|e| fail(&dest.spec.id, "exit status", e))?,
+            read_exit: exit_code(&src).map_err(|e| fail(&self.spec.id, "exit status", e))?,
+            write_exit: exit_code(&dst).map_err(|e| fail(&dest.spec.id, "exit status", e))?,
             stderr,
             duration: began.elapsed(),
         })

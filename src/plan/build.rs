@@ -244,6 +244,13 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
     let total = Duration(steps.iter().map(|s| s.est_finish_s).max().unwrap_or(0));
 
     let mut warnings = Vec::new();
+    let mut by_service: HashMap<&str, Vec<String>> = HashMap::new();
+    for st in &steps {
+        by_service
+            .entry(st.service.as_str())
+            .or_default()
+            .push(st.id.clone());
+    }
     let services: Vec<PlannedService> = order
         .iter()
         .map(|&sid| {
@@ -276,11 +283,7 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
                     .filter(|d| members.contains(*d))
                     .map(str::to_string)
                     .collect(),
-                steps: steps
-                    .iter()
-                    .filter(|st| st.service == sid)
-                    .map(|st| st.id.clone())
-                    .collect(),
+                steps: by_service.remove(sid).unwrap_or_default(),
             }
         })
         .collect();

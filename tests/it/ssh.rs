@@ -430,3 +430,47 @@ fn hung_host_fails_exec_within_its_timeout() {
     assert!(took < Duration::from_secs(9), "took {took:?}");
     assert_eq!(err.to_string(), "no answer from hv2 within 7s");
 }
+
+#[test]
+fn pipe_streams_between_hosts_and_reports_exits() {
+    let (a, b) = (Sshd::start(), Sshd::start());
+    let t = SshTransport::new(
+        [
+            ("hv1".to_string(), a.spec("hv1")),
+            ("hv2".to_string(), b.spec("hv2")),
+        ]
+        .into(),
+        HostKeyPolicy::Strict,
+        CONNECT,
+    );
+    let copy = b.dir().join("copy");
+    let write = format!("cat > {}", copy.display());
+    // 3 MB: many SSH windows' worth.
+    let out = t
+        .pipe(
+            "hv1",
+            "head -c 3000000 /dev/zero",
+            "hv2",
+            &write,
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    assert_eq!(
+        (out.bytes, out.read_exit, out.write_exit),
+        (3_000_000, 0, 0)
+    );
+    assert_eq!(std::fs::metadata(&copy).unwrap().len(), 3_000_000);
+
+    // A reading side killed by a signal is a failure, not exit 0.
+    let out = t
+        .pipe(
+            "hv1",
+            "printf abc; kill -KILL $$",
+            "hv2",
+            &write,
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    assert_eq!((out.read_exit, out.write_exit), (137, 0));
+    assert_eq!(std::fs::read_to_string(&copy).unwrap(), "abc");
+}
