@@ -230,7 +230,11 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum LabAction {
     /// Start the lab: one sshd per host, images, the overlay `DIR/overlay.toml`.
-    Up,
+    Up {
+        /// Second byte of the lab's loopback addresses (127.N.0.x), to run labs side by side.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        net: u8,
+    },
     /// Stop every process the lab started, and nothing else.
     Down,
     /// Show hosts, VMs and processes of the lab.
@@ -394,7 +398,7 @@ pub fn run(cli: &Cli) -> Outcome {
                     Err(e) => Outcome::err(exit::FAILED, format!("error: {e}\n")),
                 };
             }
-            LabAction::Up => {}
+            LabAction::Up { .. } => {}
         },
         Command::Confirm {
             run,
@@ -416,14 +420,18 @@ pub fn run(cli: &Cli) -> Outcome {
         Err(o) => return o,
     };
     let mut outcome = match &cli.command {
-        Command::Lab { lab_dir, .. } => {
+        Command::Lab { lab_dir, action } => {
+            let net = match action {
+                LabAction::Up { net } => *net,
+                _ => 0,
+            };
             let reload = |overlay: &std::path::Path| {
                 let mut sources =
                     Sources::read(&cli.inventory, &cli.runbooks).map_err(|e| e.to_string())?;
                 sources.add_overlay(overlay).map_err(|e| e.to_string())?;
                 Model::load(sources).map(|(m, _)| m).map_err(|r| r.render())
             };
-            match crate::lab::up(&model, reload, lab_dir) {
+            match crate::lab::up(&model, reload, lab_dir, net) {
                 Ok(state) => Outcome::ok(format!(
                     "lab up in {}: {} hosts (sshd on 127.0.0.x:{}), {} vms\nrun with: reprise --overlay {} drill --yes --no-prompt\n",
                     state.dir.display(),

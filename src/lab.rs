@@ -267,11 +267,13 @@ fn checked_ports(model: &Model) -> BTreeMap<String, Vec<u16>> {
     ports
 }
 
-/// Brings the lab up in `lab` from the inventory and runbooks of `base`.
+/// Brings the lab up in `lab` from the inventory and runbooks of `base`, on the loopback
+/// addresses 127.`net`.0.x (hosts), 127.`net`.1.x and 127.`net`.2.x (VMs, primary and recovery).
 pub fn up(
     base: &Model,
     load_with_overlay: impl Fn(&Path) -> Result<Model, String>,
     lab: &Path,
+    net: u8,
 ) -> Result<LabState, LabError> {
     let sshd = find("sshd", "openssh-server")?;
     let keygen = find("ssh-keygen", "openssh-client")?;
@@ -293,7 +295,7 @@ pub fn up(
     // Addresses: hosts on 127.0.0.10+, VMs on 127.0.1.x (primary) and 127.0.2.x (recovery).
     let mut addrs = BTreeMap::new();
     for (i, id) in base.inventory.hosts.keys().enumerate() {
-        addrs.insert(id.clone(), format!("127.0.0.{}", 10 + i));
+        addrs.insert(id.clone(), format!("127.{net}.0.{}", 10 + i));
     }
     let mut vms = BTreeMap::new();
     for (j, vm) in base.inventory.vms.values().enumerate() {
@@ -303,8 +305,8 @@ pub fn up(
                 name: vm.name.clone(),
                 primary_host: vm.primary.value.clone(),
                 recovery_host: vm.recovery.value.clone(),
-                primary_address: format!("127.0.1.{}", 10 + j),
-                recovery_address: format!("127.0.2.{}", 10 + j),
+                primary_address: format!("127.{net}.1.{}", 10 + j),
+                recovery_address: format!("127.{net}.2.{}", 10 + j),
                 disks: vm.disks.clone(),
                 ports: Vec::new(),
             },

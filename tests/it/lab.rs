@@ -1,0 +1,417 @@
+//! Runs of the example on the lab: real sshd per host on loopback, real qcow2 images, process
+//! VMs, and the example's own runbooks. Each test has its own lab on 127.N.x.x.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{Run, reprise, root};
+
+/// A lab for one test; brought down on drop.
+struct Lab {
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn up(net: u8) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let lab = dir.path().join("lab");
+        let run = reprise(
+            &root(),
+            &[
+                "lab",
+                "up",
+                "--lab-dir",
+                lab.to_str().unwrap(),
+                "--net",
+                &net.to_string(),
+            ],
+        );
+        assert_eq!(
+            run.code, 0,
+            "lab up failed (run scripts/test.sh, which installs sshd and qemu-img): {run:?}"
+        );
+        Lab { dir }
+    }
+
+    fn lab(&self) -> PathBuf {
+        self.dir.path().join("lab")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// `reprise` with the lab's overlay and state folder.
+    fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<String> {
+        let mut args = vec![
+            "--overlay".to_string(),
+            self.lab()
+                .join("overlay.toml")
+                .to_string_lossy()
+                .to_string(),
+            "--state-dir".to_string(),
+            self.state().to_string_lossy().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    fn run(&self, extra: &[&str]) -> Run {
+        let args = self.args(extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        reprise(&root(), &refs)
+    }
+
+    fn spawn(&self, extra: &[&str]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_reprise"))
+            .args(self.args(extra))
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn host_root(&self, host: &str) -> PathBuf {
+        self.lab().join("hosts").join(host).join("root")
+    }
+
+    fn journal(&self) -> Vec<serde_json::Value> {
+        let runs = self.state().join("runs");
+        let mut ids: Vec<_> = std::fs::read_dir(&runs)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        ids.sort();
+        let text = std::fs::read_to_string(ids.last().unwrap().join("journal.jsonl")).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Confirms, from another process, every manual step the latest run waits for, until
+    /// `done` returns true or the deadline.
+    fn confirm_until(&self, mut done: impl FnMut() -> bool, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline && !done() {
+            if self.state().join("runs").exists() {
+                let events = self.journal();
+                for e in &events {
+                    if e["event"] == "waiting_for_operator" {
+                        let step = e["step"].as_str().unwrap();
+                        let confirmed = events
+                            .iter()
+                            .any(|c| c["event"] == "confirmed" && c["step"] == step);
+                        if !confirmed {
+                            let run = self.run(&[
+                                "confirm",
+                                "latest",
+                                step,
+                                "--by",
+                                "Sofia Haddad",
+                                "--note",
+                                "checked",
+                            ]);
+                            assert_eq!(run.code, 0, "{run:?}");
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = reprise(
+            &root(),
+            &["lab", "down", "--lab-dir", self.lab().to_str().unwrap()],
+        );
+    }
+}
+
+fn sha256_tree(dir: &Path) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().is_file() {
+            let o = Command::new("sha256sum").arg(e.path()).output().unwrap();
+            out.insert(
+                e.file_name().to_string_lossy().to_string(),
+                String::from_utf8_lossy(&o.stdout)[..64].to_string(),
+            );
+        }
+    }
+    out
+}
+
+fn statuses(events: &[serde_json::Value]) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for e in events.iter().filter(|e| e["event"] == "step_finished") {
+        out.insert(
+            e["step"].as_str().unwrap().to_string(),
+            e["status"].as_str().unwrap().to_string(),
+        );
+    }
+    out
+}
+
+fn plan(lab: &Lab, mode: &[&str]) -> serde_json::Value {
+    let mut args = vec!["plan"];
+    args.extend(mode);
+    args.push("--json");
+    let run = lab.run(&args);
+    assert_eq!(run.code, 0, "{run:?}");
+    serde_json::from_str(&run.stdout).unwrap()
+}
+
+#[test]
+fn drill_of_the_example_recovers_in_dependency_order_and_leaves_replicas_untouched() {
+    let lab = Lab::up(101);
+    let replicas = lab.host_root("hv-pra").join("srv/replicas/images");
+    let before = sha256_tree(&replicas);
+    assert!(
+        !before.is_empty(),
+        "no replica images in {}",
+        replicas.display()
+    );
+    let run = lab.run(&["drill", "--no-prompt"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let events = lab.journal();
+    let status = statuses(&events);
+    let plan = plan(&lab, &["drill"]);
+    // Every step done, each started only after everything it waits for had finished.
+    let at = |event: &str, step: &str| {
+        events
+            .iter()
+            .find(|e| e["event"] == event && e["step"] == step)
+            .and_then(|e| e["at"].as_str())
+            .unwrap_or_else(|| panic!("no {event} for {step}"))
+            .to_string()
+    };
+    for step in plan["steps"].as_array().unwrap() {
+        let id = step["id"].as_str().unwrap();
+        assert_eq!(status.get(id).map(String::as_str), Some("done"), "{id}");
+        for a in step["after"].as_array().unwrap() {
+            assert!(
+                at("step_started", id) >= at("step_finished", a.as_str().unwrap()),
+                "{id} started before {a} finished"
+            );
+        }
+    }
+    // Cleanup removed the drill copies and their overlays; the replicas did not change.
+    let overlays = lab.host_root("hv-pra").join("var/lib/libvirt/drill");
+    let left: Vec<_> = walk(&overlays);
+    assert!(left.is_empty(), "overlays left behind: {left:?}");
+    assert_eq!(sha256_tree(&replicas), before);
+    let status_text = reprise(
+        &root(),
+        &["lab", "status", "--lab-dir", lab.lab().to_str().unwrap()],
+    )
+    .stdout;
+    assert!(!status_text.contains("drill copy"), "{status_text}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn planned_failover_then_failback_with_confirmations_from_another_process() {
+    let lab = Lab::up(102);
+    for mode in ["failover", "failback"] {
+        let mut child = lab.spawn(&[mode, "--yes", "--no-prompt"]);
+        let mut exit = None;
+        lab.confirm_until(
+            || {
+                exit = child.try_wait().unwrap();
+                exit.is_some()
+            },
+            Duration::from_secs(240),
+        );
+        let exit = exit.unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("{mode} did not finish");
+        });
+        assert!(exit.success(), "{mode} failed: {:?}", lab.journal().last());
+        let events = lab.journal();
+        let confirmations: Vec<_> = events
+            .iter()
+            .filter(|e| e["event"] == "confirmed")
+            .collect();
+        assert!(!confirmations.is_empty(), "{mode} had no manual step");
+        assert!(confirmations.iter().all(|c| c["by"] == "Sofia Haddad"));
+        let status = reprise(
+            &root(),
+            &["lab", "status", "--lab-dir", lab.lab().to_str().unwrap()],
+        )
+        .stdout;
+        let side = if mode == "failover" {
+            "recovery (hv-pra"
+        } else {
+            "primary (hv-main"
+        };
+        let erp = status
+            .lines()
+            .find(|l| l.trim_start().starts_with("erp-db"))
+            .unwrap();
+        assert!(erp.contains(side), "after {mode}: {erp}");
+        assert!(
+            !erp.contains(", "),
+            "erp-db runs on both sites after {mode}: {erp}"
+        );
+    }
+}
+
+#[test]
+fn emergency_failover_keeps_going_around_a_failure() {
+    let lab = Lab::up(103);
+    // The primary site is gone, and so is the Casablanca firewall.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.lab().join("lab.json")).unwrap())
+            .unwrap();
+    for (host, h) in state["hosts"].as_object().unwrap() {
+        if h["site_role"] == "primary" || host == "fw-casa" {
+            let pid =
+                std::fs::read_to_string(lab.lab().join("hosts").join(host).join("run/sshd.pid"))
+                    .unwrap();
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+    let mut child = lab.spawn(&[
+        "failover",
+        "--emergency",
+        "--yes",
+        "--no-prompt",
+        "--connect-timeout",
+        "2",
+    ]);
+    let mut exit = None;
+    lab.confirm_until(
+        || {
+            exit = child.try_wait().unwrap();
+            exit.is_some()
+        },
+        Duration::from_secs(240),
+    );
+    let exit = exit.expect("the emergency failover finished");
+    assert_eq!(exit.code(), Some(1), "a partial recovery exits 1");
+    let events = lab.journal();
+    let status = statuses(&events);
+    let plan = plan(&lab, &["failover", "--emergency"]);
+    let failed: Vec<&String> = status
+        .iter()
+        .filter(|(_, s)| *s == "failed")
+        .map(|(k, _)| k)
+        .collect();
+    assert!(!failed.is_empty(), "{status:?}");
+    for step in plan["steps"].as_array().unwrap() {
+        let id = step["id"].as_str().unwrap();
+        let waits_on_bad = step["after"].as_array().unwrap().iter().any(|a| {
+            matches!(
+                status.get(a.as_str().unwrap()).map(String::as_str),
+                Some("failed" | "blocked" | "timed_out")
+            )
+        });
+        if waits_on_bad {
+            assert_eq!(status.get(id).map(String::as_str), Some("blocked"), "{id}");
+        }
+    }
+    // Branches that do not depend on the failure finished.
+    for independent in ["storage-pra", "hv-pra", "firewall-pra"] {
+        assert!(
+            status
+                .iter()
+                .any(|(k, s)| k.starts_with(&format!("{independent}/")) && s == "done"),
+            "{independent}: {status:?}"
+        );
+    }
+    assert!(status.values().any(|s| s == "blocked"));
+}
+
+#[test]
+fn a_killed_run_resumes_without_repeating_finished_steps() {
+    let lab = Lab::up(104);
+    let mut child = lab.spawn(&["drill", "--no-prompt"]);
+    // Kill -9 once a few steps are done.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = if lab.state().join("runs").exists() {
+            lab.journal()
+                .iter()
+                .filter(|e| e["event"] == "step_finished")
+                .count()
+        } else {
+            0
+        };
+        if done >= 8 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the drill did not progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let before = statuses(&lab.journal());
+    let mut resumed = lab.spawn(&["resume", "latest", "--no-prompt"]);
+    let mut exit = None;
+    lab.confirm_until(
+        || {
+            exit = resumed.try_wait().unwrap();
+            exit.is_some()
+        },
+        Duration::from_secs(120),
+    );
+    assert!(
+        exit.expect("resume finished").success(),
+        "{:?}",
+        lab.journal().last()
+    );
+    let events = lab.journal();
+    assert!(events.iter().any(|e| e["event"] == "run_resumed"));
+    // No step that had finished was started again after the resume.
+    let resumed_at = events
+        .iter()
+        .position(|e| e["event"] == "run_resumed")
+        .unwrap();
+    for (step, s) in &before {
+        if s == "done" {
+            assert!(
+                !events[resumed_at..]
+                    .iter()
+                    .any(|e| e["event"] == "step_started" && e["step"] == step.as_str()),
+                "{step} ran twice"
+            );
+        }
+    }
+    // Each drill copy was started exactly once on hv-pra (the stand-ins record every call).
+    let calls = std::fs::read_to_string(lab.lab().join("hosts/hv-pra/calls.log")).unwrap();
+    let mut starts: HashMap<&str, usize> = HashMap::new();
+    for line in calls.lines() {
+        if let Some(rest) = line.split(" lab-vm start ").nth(1) {
+            *starts
+                .entry(rest.split_whitespace().next().unwrap())
+                .or_default() += 1;
+        }
+    }
+    assert!(!starts.is_empty());
+    assert!(starts.values().all(|&n| n == 1), "{starts:?}");
+    assert_eq!(
+        statuses(&events).values().filter(|s| *s != "done").count(),
+        0
+    );
+}
