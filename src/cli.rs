@@ -683,6 +683,7 @@ fn run_error(e: RunError) -> Outcome {
         | RunError::SourcesChanged { .. } => {
             Outcome::err(exit::INVALID_INPUT, format!("error: {e}\n"))
         }
+        RunError::SplitBrain { .. } => Outcome::err(exit::SPLIT_BRAIN, format!("error: {e}\n")),
         RunError::AlreadyFinished(_) => Outcome::err(exit::INVALID_INPUT, format!("error: {e}\n")),
         RunError::Journal(_) | RunError::NoStart(_) => {
             Outcome::err(exit::IO, format!("error: {e}\n"))

@@ -13,5 +13,7 @@ pub const INVALID_INPUT: u8 = 3;
 pub const IO: u8 = 4;
 /// Another run holds the lock of this state folder.
 pub const LOCKED: u8 = 5;
+/// A failback found a service running on both sites: nothing was done.
+pub const SPLIT_BRAIN: u8 = 6;
 /// The run was interrupted (Ctrl-C); `reprise resume` carries on.
 pub const INTERRUPTED: u8 = 130;

@@ -20,9 +20,9 @@ use crate::journal::{
 };
 use crate::model::Model;
 use crate::plan::{self, Plan, PlanOptions};
-use crate::runbook::Mode;
+use crate::runbook::{Mode, Side};
 use crate::runner::{self, Prior, RunContext, RunOptions, Sink};
-use crate::ssh::{HostKeyPolicy, HostSpec, SshTransport};
+use crate::ssh::{HostKeyPolicy, HostSpec, SshTransport, Transport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -43,6 +43,12 @@ pub enum RunError {
     AlreadyFinished(String),
     #[error("the journal of run `{0}` does not say how it started")]
     NoStart(String),
+    #[error(
+        "refusing to {mode}: {} on both sites. Two copies write diverging data: stop the copy that must \
+         not run (in doubt, keep the recovery copy, which has the newest data), then start again",
+        .services.join(", ")
+    )]
+    SplitBrain { mode: Mode, services: Vec<String> },
     #[error("run `{run_id}` has no step `{step}`{}", hint.as_ref().map(|h| format!("; {h}")).unwrap_or_default())]
     UnknownStep {
         run_id: String,
@@ -189,6 +195,37 @@ fn execute(
     }
 }
 
+/// Services of the plan whose vm runs on both its primary and its recovery host (asked through
+/// the driver's `status` action; "running" in its output means running).
+pub fn running_on_both_sites(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<String> {
+    let mut both = Vec::new();
+    for planned in &plan.services {
+        let service = &model.inventory.services[&planned.id];
+        let Some(vm) = service.vm().and_then(|v| model.inventory.vms.get(v)) else {
+            continue;
+        };
+        let running = |side| {
+            let Some((host, cmd)) = plan::vm_status_command(model, service, vm, side, &plan.run_id)
+            else {
+                return false;
+            };
+            let Ok(text) = cmd.expose(|n| std::env::var(n).ok()) else {
+                return false;
+            };
+            transport
+                .exec(&host, &text, StdDuration::from_secs(30))
+                .is_ok_and(|o| o.exit_code == 0 && o.stdout.contains("running"))
+        };
+        if running(Side::Primary) && running(Side::Recovery) {
+            both.push(format!(
+                "{} (vm {} runs on {} and on {})",
+                service.id, vm.id, vm.primary.value, vm.recovery.value
+            ));
+        }
+    }
+    both
+}
+
 /// Starts a new run of `opts.plan` (its `run_id` is replaced by a new one).
 pub fn start(
     model: &Model,
@@ -203,6 +240,16 @@ pub fn start(
         ..opts.plan.clone()
     };
     let plan = plan::build(model, &plan_opts).map_err(|d| RunError::Plan(model.report(d)))?;
+    if plan.mode == Mode::Failback {
+        // After an emergency failover the primary may have come back by itself.
+        let both = running_on_both_sites(model, &plan, &transport(model, &opts.exec.ssh));
+        if !both.is_empty() {
+            return Err(RunError::SplitBrain {
+                mode: plan.mode,
+                services: both,
+            });
+        }
+    }
     let machine = journal::machine_name();
     let lock = StateLock::acquire(
         &opts.state_dir,

@@ -363,6 +363,33 @@ fn last_cleanup(
         .collect()
 }
 
+/// The driver's `status` command for one copy of a vm, with the host it runs on: used to check,
+/// before a failback, that a service does not run on both sites.
+pub fn vm_status_command(
+    model: &Model,
+    service: &Service,
+    vm: &Vm,
+    side: Side,
+    run_id: &str,
+) -> Option<(String, Command)> {
+    let inv = &model.inventory;
+    let host_id = match side {
+        Side::Primary => &vm.primary.value,
+        Side::Recovery => &vm.recovery.value,
+    };
+    let scope = StepScope {
+        inv,
+        host: Some(inv.hosts.get(host_id)?),
+        service,
+        vm: Some((vm, side)),
+        run_id,
+        mode: Mode::Failback,
+    };
+    let tpl = inv.drivers.get(&vm.driver.value)?.actions.get("status")?;
+    let tpl = Template::parse(tpl, model.sources.map.text(tpl.loc.file)).ok()?;
+    Some((host_id.clone(), tpl.render(&scope).ok()?))
+}
+
 /// Template values for one step.
 struct StepScope<'a> {
     inv: &'a Inventory,

@@ -9,7 +9,7 @@
 mod build;
 pub mod text;
 
-pub use build::build;
+pub use build::{build, vm_status_command};
 
 use serde::{Serialize, Serializer};
 

@@ -415,3 +415,43 @@ fn a_killed_run_resumes_without_repeating_finished_steps() {
         0
     );
 }
+
+#[test]
+fn failback_refuses_while_a_service_runs_on_both_sites() {
+    let lab = Lab::up(105);
+    // An emergency failover leaves the primary copies alone: here the primary site "came
+    // back" with its VMs running, next to the recovery copies.
+    let mut child = lab.spawn(&["failover", "--emergency", "--yes", "--no-prompt"]);
+    let mut exit = None;
+    lab.confirm_until(
+        || {
+            exit = child.try_wait().unwrap();
+            exit.is_some()
+        },
+        Duration::from_secs(240),
+    );
+    assert!(
+        exit.expect("the failover finished").success(),
+        "{:?}",
+        lab.journal().last()
+    );
+    let runs_before = std::fs::read_dir(lab.state().join("runs")).unwrap().count();
+    let run = lab.run(&["failback", "--yes", "--no-prompt"]);
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(
+        run.stderr.contains("refusing to failback"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("erp-db (vm erp-db runs on hv-main and on hv-pra)"),
+        "{}",
+        run.stderr
+    );
+    // Nothing was started: no new run.
+    assert_eq!(
+        std::fs::read_dir(lab.state().join("runs")).unwrap().count(),
+        runs_before
+    );
+}
