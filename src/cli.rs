@@ -49,6 +49,10 @@ pub struct Cli {
     /// inventory, e.g. the lab's (repeatable).
     #[arg(long = "overlay", global = true, value_name = "FILE")]
     pub overlays: Vec<PathBuf>,
+    /// Logs on stderr: `text`, or `json` for machines (level from REPRISE_LOG, e.g. `debug`;
+    /// default `warn` for text, `info` for json).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Folder of run journals (`runs/<run-id>/journal.jsonl`) and the run lock.
     #[arg(long, global = true, default_value = ".", value_name = "DIR")]
     pub state_dir: PathBuf,
@@ -260,6 +264,29 @@ pub enum LabAction {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logs(format: LogFormat) {
+    let default = if format == LogFormat::Json {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REPRISE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum GraphFormat {
     Text,
@@ -324,6 +351,7 @@ pub fn main() -> u8 {
             };
         }
     };
+    init_logs(cli.log_format);
     let outcome = run(&cli);
     let _ = std::io::stdout().write_all(outcome.stdout.as_bytes());
     let _ = std::io::stderr().write_all(outcome.stderr.as_bytes());
@@ -545,6 +573,16 @@ fn operator(exec: &ExecArgs) -> String {
         .clone()
         .or_else(|| std::env::var("SUDO_USER").ok())
         .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .or_else(|| {
+            // No login variables (cron, CI): the name of the effective user.
+            std::process::Command::new("id")
+                .arg("-un")
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .filter(|n| !n.is_empty())
+        })
         .unwrap_or_else(|| "unknown".to_string())
 }
 

@@ -103,8 +103,61 @@ struct Tee<'a> {
     error: Option<JournalError>,
 }
 
+/// Structured logs of the run's events (`--log-format json` for machines).
+fn log(event: &Event) {
+    match event {
+        Event::RunStarted {
+            run_id,
+            mode,
+            emergency,
+            operator,
+            steps,
+            ..
+        } => {
+            tracing::info!(run_id, %mode, emergency, operator, steps = steps.len(), "run started")
+        }
+        Event::RunResumed { operator, .. } => tracing::info!(operator, "run resumed"),
+        Event::StepStarted {
+            step,
+            attempt,
+            host,
+            ..
+        } => {
+            tracing::debug!(
+                step,
+                attempt,
+                host = host.as_deref().unwrap_or("-"),
+                "step started"
+            )
+        }
+        Event::StepOutput {
+            step, exit_code, ..
+        } => tracing::debug!(step, exit_code, "step output"),
+        Event::StepFinished {
+            step,
+            attempt,
+            status,
+            duration_ms,
+            message,
+            ..
+        } => {
+            let message = message.as_deref().unwrap_or("");
+            if status.succeeded() {
+                tracing::info!(step, attempt, status = ?status, duration_ms, "step finished")
+            } else {
+                tracing::warn!(step, attempt, status = ?status, duration_ms, message, "step did not succeed")
+            }
+        }
+        Event::WaitingForOperator { step, .. } => tracing::info!(step, "waiting for an operator"),
+        Event::Confirmed { step, by, .. } => tracing::info!(step, by, "confirmed"),
+        Event::UndoFinished { step, ok, .. } => tracing::warn!(step, ok, "undo finished"),
+        Event::RunFinished { status, .. } => tracing::info!(status = ?status, "run finished"),
+    }
+}
+
 impl Sink for Tee<'_> {
     fn emit(&mut self, event: &Event) {
+        log(event);
         if let Err(e) = self.journal.append(event)
             && self.error.is_none()
         {
