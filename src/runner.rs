@@ -1441,4 +1441,44 @@ mod tests {
         assert_eq!(prior.get("b/1"), Some(&Prior::Interrupted));
         assert_eq!(prior.get("c/1"), None);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn ctrl_c_stops_new_steps_but_a_drill_still_cleans_up() {
+        // a/1 waits for a person; b/1 waits for a/1; the cleanup step waits for both.
+        let mut manual = exec_step("a/1", "h1", &[], "");
+        manual.host = None;
+        manual.action_spec = Action::Manual {
+            instructions: "never confirmed".into(),
+        };
+        let later = exec_step("b/1", "h1", &["a/1"], "b1");
+        let mut cleanup = exec_step("a/cleanup", "h2", &["a/1", "b/1"], "remove overlay");
+        cleanup.phase = Phase::Cleanup;
+        struct Never;
+        impl Confirmations for Never {
+            fn confirmation(&self, _step: &str) -> Option<Confirmation> {
+                None
+            }
+        }
+        let fake = Arc::new(Fake::default());
+        let ctx = RunContext {
+            plan: plan(Mode::Drill, false, vec![manual, later, cleanup]),
+            transport: fake.clone(),
+            confirmations: Arc::new(Never),
+            secrets: env_secrets(),
+            options: RunOptions::default(),
+            prior: HashMap::new(),
+        };
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            tokio::time::sleep(StdDuration::from_secs(30)).await;
+            let _ = tx.send(true);
+        });
+        let mut sink = Collect::default();
+        let status = execute(ctx, &mut sink, rx).await;
+        assert_eq!(status, RunStatus::Interrupted);
+        assert_eq!(sink.status("a/1"), Some(StepStatus::Cancelled));
+        assert_eq!(sink.status("b/1"), Some(StepStatus::Cancelled));
+        assert_eq!(sink.status("a/cleanup"), Some(StepStatus::Done));
+        assert_eq!(fake.commands(), ["remove overlay"]);
+    }
 }

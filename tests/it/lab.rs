@@ -455,3 +455,60 @@ fn failback_refuses_while_a_service_runs_on_both_sites() {
         runs_before
     );
 }
+
+#[test]
+fn a_failed_planned_failover_undoes_completed_steps_in_reverse_order() {
+    let lab = Lab::up(106);
+    // The recovery hypervisor is down: its first step fails after the network steps are done.
+    let pid = std::fs::read_to_string(lab.lab().join("hosts/hv-pra/run/sshd.pid")).unwrap();
+    let _ = Command::new("kill").arg(pid.trim()).status();
+    let mut child = lab.spawn(&["failover", "--yes", "--no-prompt", "--connect-timeout", "2"]);
+    let mut exit = None;
+    lab.confirm_until(
+        || {
+            exit = child.try_wait().unwrap();
+            exit.is_some()
+        },
+        Duration::from_secs(240),
+    );
+    assert_eq!(exit.expect("the failover finished").code(), Some(1));
+    let events = lab.journal();
+    let status = statuses(&events);
+    let failed: Vec<&String> = status
+        .iter()
+        .filter(|(_, s)| *s == "failed")
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(failed.len(), 1, "{status:?}");
+    let on_hv_pra = events.iter().any(|e| {
+        e["event"] == "step_started" && e["step"] == failed[0].as_str() && e["host"] == "hv-pra"
+    });
+    assert!(on_hv_pra, "{} did not run on hv-pra", failed[0]);
+    // Steps done before the failure that have an undo were undone, last done first.
+    let done_order: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "step_finished" && e["status"] == "done")
+        .map(|e| e["step"].as_str().unwrap())
+        .collect();
+    let undone: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "undo_finished")
+        .map(|e| {
+            assert_eq!(e["ok"], true, "{e}");
+            e["step"].as_str().unwrap()
+        })
+        .collect();
+    assert!(!undone.is_empty(), "nothing was undone");
+    let positions: Vec<usize> = undone
+        .iter()
+        .map(|u| done_order.iter().position(|d| d == u).unwrap())
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] > w[1]),
+        "undo order {undone:?} vs done order {done_order:?}"
+    );
+    assert!(matches!(
+        events.last().unwrap()["status"].as_str(),
+        Some("failed")
+    ));
+}
