@@ -93,6 +93,24 @@ impl Lab {
             .collect()
     }
 
+    /// Runs reprise in the background, confirming its manual steps from this process, until it
+    /// exits; panics after `within`.
+    fn run_confirming(&self, extra: &[&str], within: Duration) -> std::process::ExitStatus {
+        let mut child = self.spawn(extra);
+        let mut exit = None;
+        self.confirm_until(
+            || {
+                exit = child.try_wait().unwrap();
+                exit.is_some()
+            },
+            within,
+        );
+        exit.unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("reprise {extra:?} did not finish within {within:?}");
+        })
+    }
+
     /// Confirms, from another process, every manual step the latest run waits for, until
     /// `done` returns true or the deadline.
     fn confirm_until(&self, mut done: impl FnMut() -> bool, within: Duration) {
@@ -234,19 +252,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn planned_failover_then_failback_with_confirmations_from_another_process() {
     let lab = Lab::up(102);
     for mode in ["failover", "failback"] {
-        let mut child = lab.spawn(&[mode, "--yes", "--no-prompt"]);
-        let mut exit = None;
-        lab.confirm_until(
-            || {
-                exit = child.try_wait().unwrap();
-                exit.is_some()
-            },
-            Duration::from_secs(240),
-        );
-        let exit = exit.unwrap_or_else(|| {
-            let _ = child.kill();
-            panic!("{mode} did not finish");
-        });
+        let exit = lab.run_confirming(&[mode, "--yes", "--no-prompt"], Duration::from_secs(240);
         assert!(exit.success(), "{mode} failed: {:?}", lab.journal().last());
         let events = lab.journal();
         let confirmations: Vec<_> = events
@@ -292,23 +298,18 @@ fn emergency_failover_keeps_going_around_a_failure() {
             let _ = Command::new("kill").arg(pid.trim()).status();
         }
     }
-    let mut child = lab.spawn(&[
-        "failover",
-        "--emergency",
-        "--yes",
-        "--no-prompt",
-        "--connect-timeout",
-        "2",
-    ]);
-    let mut exit = None;
-    lab.confirm_until(
-        || {
-            exit = child.try_wait().unwrap();
-            exit.is_some()
-        },
+    let exit = lab.run_confirming(
+        &[
+            "failover",
+            "--emergency",
+            "--yes",
+            "--no-prompt",
+            "--connect-timeout",
+            "2",
+        ],
         Duration::from_secs(240),
     );
-    let exit = exit.expect("the emergency failover finished");
+    let exit = exit;
     assert_eq!(exit.code(), Some(1), "a partial recovery exits 1");
     let events = lab.journal();
     let status = statuses(&events);
@@ -367,20 +368,11 @@ fn a_killed_run_resumes_without_repeating_finished_steps() {
     child.kill().unwrap();
     let _ = child.wait();
     let before = statuses(&lab.journal());
-    let mut resumed = lab.spawn(&["resume", "latest", "--no-prompt"]);
-    let mut exit = None;
-    lab.confirm_until(
-        || {
-            exit = resumed.try_wait().unwrap();
-            exit.is_some()
-        },
+    let exit = lab.run_confirming(
+        &["resume", "latest", "--no-prompt"],
         Duration::from_secs(120),
     );
-    assert!(
-        exit.expect("resume finished").success(),
-        "{:?}",
-        lab.journal().last()
-    );
+    assert!(exit.success(), "{:?}", lab.journal().last());
     let events = lab.journal();
     assert!(events.iter().any(|e| e["event"] == "run_resumed"));
     // No step that had finished was started again after the resume.
@@ -421,20 +413,11 @@ fn failback_refuses_while_a_service_runs_on_both_sites() {
     let lab = Lab::up(105);
     // An emergency failover leaves the primary copies alone: here the primary site "came
     // back" with its VMs running, next to the recovery copies.
-    let mut child = lab.spawn(&["failover", "--emergency", "--yes", "--no-prompt"]);
-    let mut exit = None;
-    lab.confirm_until(
-        || {
-            exit = child.try_wait().unwrap();
-            exit.is_some()
-        },
+    let exit = lab.run_confirming(
+        &["failover", "--emergency", "--yes", "--no-prompt"],
         Duration::from_secs(240),
     );
-    assert!(
-        exit.expect("the failover finished").success(),
-        "{:?}",
-        lab.journal().last()
-    );
+    assert!(exit.success(), "{:?}", lab.journal().last());
     let runs_before = std::fs::read_dir(lab.state().join("runs")).unwrap().count();
     let run = lab.run(&["failback", "--yes", "--no-prompt"]);
     assert_eq!(run.code, 6, "{run:?}");
@@ -462,16 +445,11 @@ fn a_failed_planned_failover_undoes_completed_steps_in_reverse_order() {
     // The recovery hypervisor is down: its first step fails after the network steps are done.
     let pid = std::fs::read_to_string(lab.lab().join("hosts/hv-pra/run/sshd.pid")).unwrap();
     let _ = Command::new("kill").arg(pid.trim()).status();
-    let mut child = lab.spawn(&["failover", "--yes", "--no-prompt", "--connect-timeout", "2"]);
-    let mut exit = None;
-    lab.confirm_until(
-        || {
-            exit = child.try_wait().unwrap();
-            exit.is_some()
-        },
+    let exit = lab.run_confirming(
+        &["failover", "--yes", "--no-prompt", "--connect-timeout", "2"],
         Duration::from_secs(240),
     );
-    assert_eq!(exit.expect("the failover finished").code(), Some(1));
+    assert_eq!(exit.code(), Some(1));
     let events = lab.journal();
     let status = statuses(&events);
     let failed: Vec<&String> = status
