@@ -252,7 +252,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn planned_failover_then_failback_with_confirmations_from_another_process() {
     let lab = Lab::up(102);
     for mode in ["failover", "failback"] {
-        let exit = lab.run_confirming(&[mode, "--yes", "--no-prompt"], Duration::from_secs(240);
+        let exit = lab.run_confirming(&[mode, "--yes", "--no-prompt"], Duration::from_secs(240));
         assert!(exit.success(), "{mode} failed: {:?}", lab.journal().last());
         let events = lab.journal();
         let confirmations: Vec<_> = events
@@ -309,7 +309,6 @@ fn emergency_failover_keeps_going_around_a_failure() {
         ],
         Duration::from_secs(240),
     );
-    let exit = exit;
     assert_eq!(exit.code(), Some(1), "a partial recovery exits 1");
     let events = lab.journal();
     let status = statuses(&events);
