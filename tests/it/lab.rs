@@ -87,8 +87,14 @@ impl Lab {
             .filter(|p| p.is_dir())
             .collect();
         ids.sort();
-        let text = std::fs::read_to_string(ids.last().unwrap().join("journal.jsonl")).unwrap();
-        text.lines()
+        // The run may be starting (no journal yet) or writing a line: read whole lines only.
+        let Some(last) = ids.last() else {
+            return Vec::new();
+        };
+        let text = std::fs::read_to_string(last.join("journal.jsonl")).unwrap_or_default();
+        let complete = &text[..text.rfind('\n').map(|i| i + 1).unwrap_or(0)];
+        complete
+            .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
