@@ -29,10 +29,14 @@ Examples:
   reprise plan drill                        what a drill would do, step by step
   reprise plan failover --emergency --json  the emergency failover plan, for tools
   reprise plan restore --service erp-app    restore the ERP and what it needs
-  reprise impact storage                    what goes down when the storage fails
+  reprise impact storage-main               what goes down when the main storage fails
   reprise graph --format dot | dot -Tsvg > services.svg
+  reprise lab up && reprise --overlay lab/overlay.toml drill --no-prompt
+  reprise confirm latest power-paris/power-back --by \"Karim Benali\"
 
-Exit codes: 0 ok, 1 failed, 2 usage, 3 invalid inventory or runbooks, 4 cannot read files.";
+Exit codes: 0 ok, 1 run failed or partial, 2 usage, 3 invalid inventory or runbooks,
+4 cannot read or write files, 5 another run holds the lock, 6 failback refused (service on both
+sites), 130 interrupted (resume it).";
 
 /// reprise: disaster recovery for small IT teams. Drills, failovers, restores and failbacks
 /// driven by a dependency graph of services.
