@@ -320,47 +320,62 @@ fn ordered(model: &Model, set: &BTreeSet<String>, keep: impl Fn(&str) -> bool) -
         .collect()
 }
 
-/// The steps that mark `sid` as recovered: its last main step, or (when it has none) those of
-/// what it depends on.
+/// The steps that mark `sid` as recovered: its last main step; or, for a service with no step
+/// in the plan (an empty runbook, or left out by `--only`), those of what it depends on.
 fn last_main(
     model: &Model,
     sid: &str,
     members: &BTreeSet<String>,
     main_steps: &HashMap<&str, Vec<usize>>,
 ) -> BTreeSet<usize> {
-    if !members.contains(sid) {
-        return BTreeSet::new();
-    }
-    if let Some(&last) = main_steps.get(sid).and_then(|v| v.last()) {
-        return BTreeSet::from([last]);
-    }
-    model
-        .graph
-        .dependencies(sid)
-        .into_iter()
-        .flat_map(|d| last_main(model, d, members, main_steps))
-        .collect()
+    frontier(model, sid, members, main_steps, Direction::Dependencies)
 }
 
-/// The steps after which the cleanup of what `sid` depends on may start.
+/// The steps after which the cleanup of what `sid` depends on may start: its own last cleanup
+/// step, or those of what depends on it.
 fn last_cleanup(
     model: &Model,
     sid: &str,
     members: &BTreeSet<String>,
     cleanup_steps: &HashMap<&str, Vec<usize>>,
 ) -> BTreeSet<usize> {
-    if !members.contains(sid) {
-        return BTreeSet::new();
+    frontier(model, sid, members, cleanup_steps, Direction::Dependants)
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Dependencies,
+    Dependants,
+}
+
+/// From `sid`, the last planned step of each nearest service (in `direction`) that has steps,
+/// walking through services without any (each visited once).
+fn frontier(
+    model: &Model,
+    sid: &str,
+    members: &BTreeSet<String>,
+    steps: &HashMap<&str, Vec<usize>>,
+    direction: Direction,
+) -> BTreeSet<usize> {
+    let mut found = BTreeSet::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![sid];
+    while let Some(s) = stack.pop() {
+        if !seen.insert(s) {
+            continue;
+        }
+        if members.contains(s)
+            && let Some(&last) = steps.get(s).and_then(|v| v.last())
+        {
+            found.insert(last);
+            continue;
+        }
+        match direction {
+            Direction::Dependencies => stack.extend(model.graph.dependencies(s)),
+            Direction::Dependants => stack.extend(model.graph.dependants(s)),
+        }
     }
-    if let Some(&last) = cleanup_steps.get(sid).and_then(|v| v.last()) {
-        return BTreeSet::from([last]);
-    }
-    model
-        .graph
-        .dependants(sid)
-        .into_iter()
-        .flat_map(|d| last_cleanup(model, d, members, cleanup_steps))
-        .collect()
+    found
 }
 
 /// The driver's `status` command for one copy of a vm, with the host it runs on: used to check,
