@@ -118,7 +118,7 @@ done
 if [ "$SKIP_ANSIBLE" != 1 ]; then
   $GEN ansible "$ANS" "$N" "$OV"
   mkdir -p "$ANS/cp" "$ANS/tmp"
-  "$ANSIBLE_VENV/bin/ansible-playbook" --version | head -1 >&2
+  av=$("$ANSIBLE_VENV/bin/ansible-playbook" --version 2>&1 || true); log "${av%%$'\n'*}"
   for ((r = 1; r <= REPS; r++)); do
     log "rep $r/$REPS: ansible command N=$N, N=1; raw N=$N, N=1"
     R[ac_n]+=" $(ans_run command-n)"
@@ -189,12 +189,12 @@ echo "== reprise benchmark ($(date -u +%FT%TZ), $(nproc) CPUs, medians of $REPS,
 echo
 echo "1. per-step overhead, N=$N trivial steps (\`true\`) on one host, sequential"
 echo "   total/N includes process start and connection setup; marginal = (T_N - T_1)/(N-1)"
-printf "   %-34s %12s %12s %14s\n" tool "total s" "ms/step" "marginal ms"
-printf "   %-34s %12s %12s %14s\n" "reprise restore --parallel 1" "$(M rp_n)" "$(per rp_n)" "$(marg rp_n rp_1)"
-printf "   %-34s %12s %12s %14s\n" "ssh ControlMaster (ssh -S) x N" "$(M cm_n)" "$(per cm_n)" "$(marg cm_n cm_1)"
+printf "   %-38s %12s %12s %14s\n" tool "total s" "ms/step" "marginal ms"
+printf "   %-38s %12s %12s %14s\n" "reprise restore --parallel 1" "$(M rp_n)" "$(per rp_n)" "$(marg rp_n rp_1)"
+printf "   %-38s %12s %12s %14s\n" "ssh ControlMaster (ssh -S) x N" "$(M cm_n)" "$(per cm_n)" "$(marg cm_n cm_1)"
 if [ "$SKIP_ANSIBLE" != 1 ]; then
-printf "   %-34s %12s %12s %14s\n" "ansible-playbook command, pipelining" "$(M ac_n)" "$(per ac_n)" "$(marg ac_n ac_1)"
-printf "   %-34s %12s %12s %14s\n" "ansible-playbook raw" "$(M ar_n)" "$(per ar_n)" "$(marg ar_n ar_1)"
+printf "   %-38s %12s %12s %14s\n" "ansible-playbook command, pipelining" "$(M ac_n)" "$(per ac_n)" "$(marg ac_n ac_1)"
+printf "   %-38s %12s %12s %14s\n" "ansible-playbook raw" "$(M ar_n)" "$(per ar_n)" "$(marg ar_n ar_1)"
 fi
 echo "   ratios (ms/step, >1 means reprise is faster):"
 echo "     ControlMaster/reprise = $(calc "$(per cm_n)/$(per rp_n)")  (marginal: $(calc "$(marg cm_n cm_1)/$(marg rp_n rp_1)"))   target >= 1"
