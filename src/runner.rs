@@ -7,12 +7,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration as StdDuration, Instant};
+use std::time::Duration as StdDuration;
 
 use chrono::Utc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+// Tokio's clock, so that paused time in tests drives deadlines and polling alike.
+use tokio::time::Instant;
 
 use crate::event::{Event, RunStatus, StepStatus};
 use crate::journal::Confirmation;
@@ -467,44 +469,32 @@ async fn run_step(
             }
         }
         Action::Probe { run, interval } => {
+            started(&tx, step, 1);
             let deadline = step
                 .timeout_s
                 .map(StdDuration::from_secs)
                 .unwrap_or(StdDuration::from_secs(600));
-            let interval = StdDuration::from_secs(interval.secs().max(1));
-            started(&tx, step, 1);
-            let mut last = None;
-            loop {
-                let left = deadline.saturating_sub(begin.elapsed());
-                if left.is_zero() {
-                    return outcome(StepStatus::TimedOut, 1, last);
-                }
-                match exec(
-                    &ctx,
-                    step,
-                    run,
-                    Some(left.min(interval.max(StdDuration::from_secs(30)))),
-                )
-                .await
-                {
-                    Ok(out) if out.exit_code == 0 => {
-                        output_event(&tx, step, 1, &out);
-                        return outcome(StepStatus::Done, 1, None);
+            let per_try = StdDuration::from_secs(interval.secs().max(30));
+            let (ctx2, tx2, run) = (ctx.clone(), tx.clone(), run.clone());
+            poll(step, begin, *interval, shutdown, index, move || {
+                let (ctx, tx, run) = (ctx2.clone(), tx2.clone(), run.clone());
+                async move {
+                    let step = &ctx.plan.steps[index];
+                    // A try never runs past the step's deadline.
+                    let left = deadline
+                        .saturating_sub(begin.elapsed())
+                        .max(StdDuration::from_secs(1));
+                    match exec(&ctx, step, &run, Some(per_try.min(left))).await {
+                        Ok(out) if out.exit_code == 0 => {
+                            output_event(&tx, step, 1, &out);
+                            Ok(())
+                        }
+                        Ok(out) => Err(format!("status {} {}", out.exit_code, out.stderr.trim())),
+                        Err(e) => Err(e),
                     }
-                    Ok(out) => {
-                        last = Some(format!(
-                            "not healthy yet: status {} {}",
-                            out.exit_code,
-                            out.stderr.trim()
-                        ))
-                    }
-                    Err(e) => last = Some(e),
                 }
-                if *shutdown.borrow() {
-                    return outcome(StepStatus::Cancelled, 1, last);
-                }
-                tokio::time::sleep(interval.min(deadline.saturating_sub(begin.elapsed()))).await;
-            }
+            })
+            .await
         }
         Action::Tcp {
             address,
@@ -513,7 +503,7 @@ async fn run_step(
         } => {
             started(&tx, step, 1);
             let target = format!("{address}:{port}");
-            poll(&ctx, step, begin, *interval, shutdown, index, move || {
+            poll(step, begin, *interval, shutdown, index, move || {
                 let target = target.clone();
                 async move {
                     match tokio::time::timeout(
@@ -538,7 +528,7 @@ async fn run_step(
             started(&tx, step, 1);
             let url = url.clone();
             let expected = *status;
-            poll(&ctx, step, begin, *interval, shutdown, index, move || {
+            poll(step, begin, *interval, shutdown, index, move || {
                 let url = url.clone();
                 async move {
                     match tokio::time::timeout(StdDuration::from_secs(10), http_status(&url)).await
@@ -692,7 +682,6 @@ async fn replicate_item(
 
 /// Polls `check` every `interval` until it passes, the step's deadline, or shutdown.
 async fn poll<F, Fut>(
-    _ctx: &RunContext,
     step: &PlannedStep,
     begin: Instant,
     interval: crate::duration::Duration,
@@ -1480,5 +1469,39 @@ mod tests {
         assert_eq!(sink.status("b/1"), Some(StepStatus::Cancelled));
         assert_eq!(sink.status("a/cleanup"), Some(StepStatus::Done));
         assert_eq!(fake.commands(), ["remove overlay"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn command_checks_poll_until_healthy_or_their_deadline() {
+        let mut healthy_later = exec_step("a/ready", "h1", &[], "");
+        healthy_later.action_spec = Action::Probe {
+            run: Command::text("flaky:3"),
+            interval: Duration(5),
+        };
+        let mut never = exec_step("b/ready", "h2", &[], "");
+        never.timeout_s = Some(20);
+        never.action_spec = Action::Probe {
+            run: Command::text("fail"),
+            interval: Duration(5),
+        };
+        let fake = Arc::new(Fake::default());
+        let ctx = RunContext {
+            plan: plan(Mode::Restore, false, vec![healthy_later, never]),
+            transport: fake.clone(),
+            confirmations: Arc::new(Confirm(Mutex::new(0))),
+            secrets: env_secrets(),
+            options: RunOptions::default(),
+            prior: HashMap::new(),
+        };
+        let (_tx, rx) = watch::channel(false);
+        let mut sink = Collect::default();
+        execute(ctx, &mut sink, rx).await;
+        assert_eq!(sink.status("a/ready"), Some(StepStatus::Done));
+        assert_eq!(sink.status("b/ready"), Some(StepStatus::TimedOut));
+        let cmds = fake.commands();
+        assert_eq!(cmds.iter().filter(|c| *c == "flaky:3").count(), 3);
+        // Every 5 s for 20 s: a handful of tries, not a busy loop.
+        let tries = cmds.iter().filter(|c| *c == "fail").count();
+        assert!((4..=6).contains(&tries), "{tries} tries");
     }
 }
