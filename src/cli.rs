@@ -813,6 +813,26 @@ fn show(cli: &Cli, run: &str) -> Outcome {
             Event::RunResumed {
                 operator, machine, ..
             } => format!("resumed by {operator} on {machine}"),
+            Event::ReplicaPointUsed {
+                step,
+                item,
+                point,
+                taken_at,
+                verified,
+                note,
+                ..
+            } => format!(
+                "{step} uses point {point} of {item} (taken {}{}){}",
+                taken_at.format("%Y-%m-%d %H:%M:%S"),
+                if *verified {
+                    ", verified"
+                } else {
+                    ", not verified"
+                },
+                note.as_deref()
+                    .map(|n| format!(": {n}"))
+                    .unwrap_or_default()
+            ),
             Event::StepStarted {
                 step,
                 attempt,

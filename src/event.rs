@@ -103,6 +103,21 @@ pub enum Event {
         ok: bool,
         message: Option<String>,
     },
+    /// A replica point chosen for a VM or backup set (failover, failback, drill): the data-loss
+    /// window of that item is the time between `taken_at` and the incident (or the run's start).
+    ReplicaPointUsed {
+        at: DateTime<Utc>,
+        step: String,
+        /// The VM or backup set id.
+        item: String,
+        /// The point's id.
+        point: String,
+        /// When the point's source state was captured.
+        taken_at: DateTime<Utc>,
+        verified: bool,
+        /// Why this point (e.g. "newest point 20261128T0200Z failed verification").
+        note: Option<String>,
+    },
     RunResumed {
         at: DateTime<Utc>,
         operator: String,
@@ -124,6 +139,7 @@ impl Event {
             | Event::WaitingForOperator { at, .. }
             | Event::Confirmed { at, .. }
             | Event::UndoFinished { at, .. }
+            | Event::ReplicaPointUsed { at, .. }
             | Event::RunResumed { at, .. }
             | Event::RunFinished { at, .. } => *at,
         }

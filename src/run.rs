@@ -151,6 +151,9 @@ fn log(event: &Event) {
         Event::WaitingForOperator { step, .. } => tracing::info!(step, "waiting for an operator"),
         Event::Confirmed { step, by, .. } => tracing::info!(step, by, "confirmed"),
         Event::UndoFinished { step, ok, .. } => tracing::warn!(step, ok, "undo finished"),
+        Event::ReplicaPointUsed {
+            step, item, point, ..
+        } => tracing::info!(step, item, point, "replica point used"),
         Event::RunFinished { status, .. } => tracing::info!(status = ?status, "run finished"),
     }
 }

@@ -154,6 +154,15 @@ impl Sink for TerminalView {
             Event::RunResumed { operator, .. } => {
                 self.line(format!("{clock} run {} resumed by {operator}", self.run_id));
             }
+            Event::ReplicaPointUsed {
+                item, point, note, ..
+            } => {
+                let why = note
+                    .as_deref()
+                    .map(|n| format!(": {n}"))
+                    .unwrap_or_default();
+                self.line(format!("{clock} ⎘ {item} from point {point}{why}"));
+            }
             Event::StepStarted {
                 step,
                 attempt,
