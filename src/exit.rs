@@ -15,5 +15,7 @@ pub const IO: u8 = 4;
 pub const LOCKED: u8 = 5;
 /// A failback found a service running on both sites: nothing was done.
 pub const SPLIT_BRAIN: u8 = 6;
+/// `reprise check`: a recovery would not work now (see its table).
+pub const NOT_READY: u8 = 7;
 /// The run was interrupted (Ctrl-C); `reprise resume` carries on.
 pub const INTERRUPTED: u8 = 130;

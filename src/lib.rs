@@ -18,6 +18,7 @@ pub mod journal;
 pub mod lab;
 pub mod model;
 pub mod plan;
+pub mod readiness;
 pub mod run;
 pub mod runbook;
 pub mod runner;
