@@ -1,5 +1,12 @@
 # Installs what reprise's lab and tests need on a fresh Debian machine (as root), skipping
 # what is already there. Sourced by demo.sh and test.sh.
+apt_install() {
+    if [ -z "${REPRISE_APT_UPDATED:-}" ]; then
+        apt-get update -q
+        REPRISE_APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
 need() {
     # need CMD PACKAGE: install PACKAGE when CMD is missing.
     local cmd=$1 pkg=$2
@@ -31,3 +38,11 @@ need qemu-img qemu-utils
 need sshd openssh-server
 need ssh-keygen openssh-client
 need ssh openssh-client
+need rsync rsync
+# The report's PDF and its rendering test: headless Chromium, pdftotext, and a font.
+need chromium chromium
+need pdftotext poppler-utils
+if [ ! -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+    echo "installing fonts-dejavu-core (for the report's PDF)"
+    apt_install fonts-dejavu-core
+fi

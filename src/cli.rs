@@ -4,6 +4,7 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use std::io::IsTerminal;
@@ -114,8 +115,40 @@ pub struct RunArgs {
     /// Do not ask before a failover or failback.
     #[arg(long)]
     pub yes: bool,
+    /// When the outage began (RFC 3339, or `YYYY-MM-DD HH:MM` in local time): the report
+    /// measures RTO and data loss from it instead of from the start of the run.
+    #[arg(long, value_name = "TIME", value_parser = parse_incident_time)]
+    pub incident_at: Option<DateTime<Utc>>,
     #[command(flatten)]
     pub exec: ExecArgs,
+}
+
+fn parse_incident_time(text: &str) -> Result<DateTime<Utc>, String> {
+    let text = text.trim();
+    let at = if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        t.with_timezone(&Utc)
+    } else {
+        let naive = ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"]
+            .iter()
+            .find_map(|f| chrono::NaiveDateTime::parse_from_str(text, f).ok())
+            .ok_or_else(|| {
+                format!(
+                    "`{text}` is not a time: use e.g. 2026-11-28T03:12:00Z or \"2026-11-28 03:12\""
+                )
+            })?;
+        match naive.and_local_timezone(chrono::Local) {
+            chrono::LocalResult::Single(t) | chrono::LocalResult::Ambiguous(t, _) => {
+                t.with_timezone(&Utc)
+            }
+            chrono::LocalResult::None => {
+                return Err(format!("`{text}` does not exist in the local time zone"));
+            }
+        }
+    };
+    if at > Utc::now() {
+        return Err(format!("the incident time {at} is in the future"));
+    }
+    Ok(at)
 }
 
 #[derive(Debug, Subcommand)]
@@ -224,6 +257,35 @@ pub enum Command {
     },
     /// List past runs.
     Runs {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The recovery report of a run, for management: results against RTO/RPO targets, a
+    /// timeline, manual approvals, problems, recommendations and evidence. Made only from the
+    /// run's journal, so it can be made again later, identically.
+    #[command(
+        after_help = "Examples:\n  reprise report latest\n  reprise report latest --format html --output drill.html\n  reprise report 20261128-0310-failover --lang fr --pdf --output rapport.pdf"
+    )]
+    Report {
+        /// Run id, or `latest`.
+        #[arg(default_value = "latest")]
+        run: String,
+        /// Output format (default: from --output's extension, else Markdown).
+        #[arg(long, value_enum)]
+        format: Option<crate::report::Format>,
+        /// Write to FILE instead of standard output.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Render the HTML report to PDF with headless Chromium (`--output` names the PDF).
+        #[arg(long, conflicts_with = "format")]
+        pdf: bool,
+        /// Labels in English or French.
+        #[arg(long, value_enum, default_value_t = crate::report::Lang::En)]
+        lang: crate::report::Lang,
+    },
+    /// Per service: the last drill that recovered it, and whether it met its RTO then.
+    #[command(after_help = "Example:\n  reprise history --json")]
+    History {
         #[arg(long)]
         json: bool,
     },
@@ -445,6 +507,14 @@ pub fn run(cli: &Cli) -> Outcome {
         }
         Command::Runs { json } => return runs(cli, *json),
         Command::Show { run } => return show(cli, run),
+        Command::Report {
+            run,
+            format,
+            output,
+            pdf,
+            lang,
+        } => return report(cli, run, *format, output.as_deref(), *pdf, *lang),
+        Command::History { json } => return history(cli, *json),
         _ => {}
     }
     let (model, warnings) = match load(cli) {
@@ -564,7 +634,11 @@ pub fn run(cli: &Cli) -> Outcome {
             );
             finish(result)
         }
-        Command::Confirm { .. } | Command::Runs { .. } | Command::Show { .. } => {
+        Command::Confirm { .. }
+        | Command::Runs { .. }
+        | Command::Show { .. }
+        | Command::Report { .. }
+        | Command::History { .. } => {
             unreachable!("handled before loading the model")
         }
     };
@@ -680,6 +754,7 @@ fn start(cli: &Cli, model: &Model, mode: Mode, emergency: bool, args: &RunArgs) 
         exec: exec_options(&args.exec),
         state_dir: cli.state_dir.clone(),
         operator: operator(&args.exec),
+        incident_at: args.incident_at,
     };
     let (shutdown, _guard) = ctrl_c();
     let mut view = TerminalView::new(&model.inventory, None);
@@ -733,6 +808,103 @@ fn run_error(e: RunError) -> Outcome {
     }
 }
 
+fn report(
+    cli: &Cli,
+    run: &str,
+    format: Option<crate::report::Format>,
+    output: Option<&std::path::Path>,
+    pdf: bool,
+    lang: crate::report::Lang,
+) -> Outcome {
+    use crate::report::Format;
+    let report = match crate::report::for_run(&cli.state_dir, run, lang) {
+        Ok(r) => r,
+        Err(e) => return run_error(e),
+    };
+    if pdf {
+        let target = output
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(format!("{}.pdf", report.run_id)));
+        let html = crate::report::render(&report, Format::Html, lang);
+        return match crate::report::pdf::print(&html, &target) {
+            Ok(()) => Outcome::ok(format!("{}\n", target.display())),
+            Err(e @ crate::report::pdf::PdfError::NoChromium) => {
+                Outcome::err(exit::FAILED, format!("error: {e}\n"))
+            }
+            Err(e) => Outcome::err(exit::IO, format!("error: {e}\n")),
+        };
+    }
+    let format = format.unwrap_or_else(|| {
+        match output
+            .and_then(|p| p.extension())
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("html" | "htm") => Format::Html,
+            Some("json") => Format::Json,
+            _ => Format::Md,
+        }
+    });
+    let text = crate::report::render(&report, format, lang);
+    match output {
+        None => Outcome::ok(text),
+        Some(path) => match std::fs::write(path, text) {
+            Ok(()) => Outcome::ok(format!("{}\n", path.display())),
+            Err(e) => Outcome::err(
+                exit::IO,
+                format!("error: cannot write {}: {e}\n", path.display()),
+            ),
+        },
+    }
+}
+
+fn history(cli: &Cli, json: bool) -> Outcome {
+    let last = match crate::report::last_drills(&cli.state_dir) {
+        Ok(l) => l,
+        Err(e) => return run_error(e),
+    };
+    if json {
+        return Outcome::ok(
+            serde_json::to_string_pretty(&last).expect("history serializes") + "\n",
+        );
+    }
+    if last.is_empty() {
+        return Outcome::ok(format!(
+            "no runs in {}\n",
+            crate::journal::runs_dir(&cli.state_dir).display()
+        ));
+    }
+    let now = chrono::Utc::now();
+    let mut out = format!(
+        "{:<20} {:<20} {:>9} {:>12}  {}\n",
+        "SERVICE", "LAST DRILL (UTC)", "DAYS AGO", "RTO", "RUN"
+    );
+    for l in last {
+        let (when, ago) = match l.at {
+            Some(t) => (
+                t.format("%Y-%m-%d %H:%M").to_string(),
+                (now - t).num_days().to_string(),
+            ),
+            None => ("never".to_string(), "-".to_string()),
+        };
+        let rto = match (l.achieved_rto_s, l.rto_met) {
+            (Some(a), Some(true)) => format!("{} ok", crate::report::human_duration(a)),
+            (Some(a), Some(false)) => format!("{} MISSED", crate::report::human_duration(a)),
+            _ => "-".to_string(),
+        };
+        out.push_str(&format!(
+            "{:<20} {:<20} {:>9} {:>12}  {}\n",
+            l.service,
+            when,
+            ago,
+            rto,
+            l.run_id.as_deref().unwrap_or("-")
+        ));
+    }
+    Outcome::ok(out)
+}
+
 fn runs(cli: &Cli, json: bool) -> Outcome {
     let list = match crate::run::summaries(&cli.state_dir) {
         Ok(l) => l,
@@ -748,8 +920,8 @@ fn runs(cli: &Cli, json: bool) -> Outcome {
         ));
     }
     let mut out = format!(
-        "{:<32} {:<20} {:<12} {:<18} {:>11}  {}\n",
-        "RUN", "MODE", "RESULT", "STARTED (UTC)", "DURATION", "STEPS DONE"
+        "{:<32} {:<20} {:<22} {:<17} {:>9} {:>7}  {}\n",
+        "RUN", "MODE", "RESULT", "STARTED (UTC)", "DURATION", "RTO MET", "STEPS DONE"
     );
     for r in list {
         let mode = if r.emergency {
@@ -757,10 +929,19 @@ fn runs(cli: &Cli, json: bool) -> Outcome {
         } else {
             r.mode.to_string()
         };
-        let result = r
-            .status
-            .map(|s| format!("{s:?}").to_lowercase())
-            .unwrap_or_else(|| "unfinished".into());
+        let result = match (r.status, r.result) {
+            (None, _) => "unfinished".to_string(),
+            (_, Some(o)) => serde_json::to_value(o)
+                .ok()
+                .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))
+                .unwrap_or_default(),
+            (Some(s), None) => format!("{s:?}").to_lowercase(),
+        };
+        let rto = if r.rto_measured > 0 {
+            format!("{}/{}", r.rto_met, r.rto_measured)
+        } else {
+            "-".to_string()
+        };
         let duration = r
             .ended
             .map(|e| {
@@ -768,12 +949,13 @@ fn runs(cli: &Cli, json: bool) -> Outcome {
             })
             .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
-            "{:<32} {:<20} {:<12} {:<18} {:>11}  {}/{}\n",
+            "{:<32} {:<20} {:<22} {:<17} {:>9} {:>7}  {}/{}\n",
             r.run_id,
             mode,
             result,
             r.started.format("%Y-%m-%d %H:%M"),
             duration,
+            rto,
             r.steps_done,
             r.steps
         ));

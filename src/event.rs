@@ -4,7 +4,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::runbook::Mode;
+use crate::plan::Plan;
+use crate::readiness::Readiness;
+use crate::runbook::{Mode, Phase};
 
 /// How a step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -63,6 +65,19 @@ pub enum Event {
         /// Hash of the inventory and runbook files used.
         sources_digest: String,
         steps: Vec<String>,
+        /// The sites the plan's steps run on, busiest first.
+        #[serde(default)]
+        sites: Vec<String>,
+        /// When the outage began, as declared by the operator: RTO and data loss are measured
+        /// from it (from the run's start when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        incident_at: Option<DateTime<Utc>>,
+        /// What the run set out to do, so the report needs nothing but the journal.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        plan: Option<Box<RunPlan>>,
+        /// The latest `reprise check` before the run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        readiness: Option<Box<Readiness>>,
     },
     StepStarted {
         at: DateTime<Utc>,
@@ -148,5 +163,79 @@ impl Event {
     /// Events after which the journal is flushed to disk.
     pub fn is_boundary(&self) -> bool {
         !matches!(self, Event::StepOutput { .. })
+    }
+}
+
+/// The plan of a run as recorded in its journal: services with their targets, steps with what
+/// they wait for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunPlan {
+    pub services: Vec<ServiceRecord>,
+    pub steps: Vec<StepRecord>,
+    /// Estimated duration of the whole run, in seconds.
+    pub estimated_s: u64,
+    /// The steps that decide the estimate.
+    pub critical_path: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub id: String,
+    pub kind: String,
+    pub owner: Option<String>,
+    pub rto_target_s: u64,
+    pub rpo_target_s: Option<u64>,
+    pub estimated_rto_s: u64,
+    pub depends_on: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub id: String,
+    pub service: String,
+    pub kind: String,
+    pub host: Option<String>,
+    pub phase: Phase,
+    pub description: Option<String>,
+    /// For manual steps: what the operator is asked to do.
+    pub instructions: Option<String>,
+    pub after: Vec<String>,
+    pub expected_s: u64,
+}
+
+impl RunPlan {
+    pub fn of(plan: &Plan) -> RunPlan {
+        RunPlan {
+            services: plan
+                .services
+                .iter()
+                .map(|s| ServiceRecord {
+                    id: s.id.clone(),
+                    kind: s.kind.clone(),
+                    owner: s.owner.clone(),
+                    rto_target_s: s.rto_target.secs(),
+                    rpo_target_s: s.rpo_target.map(|d| d.secs()),
+                    estimated_rto_s: s.estimated_rto.secs(),
+                    depends_on: s.depends_on.clone(),
+                })
+                .collect(),
+            steps: plan
+                .steps
+                .iter()
+                .map(|s| StepRecord {
+                    id: s.id.clone(),
+                    service: s.service.clone(),
+                    kind: s.kind.to_string(),
+                    host: s.host.clone(),
+                    phase: s.phase,
+                    description: s.description.clone(),
+                    instructions: (s.kind == "manual").then(|| s.command.clone()),
+                    after: s.after.clone(),
+                    expected_s: s.expected_s,
+                })
+                .collect(),
+            estimated_s: plan.estimate.total.secs(),
+            critical_path: plan.estimate.critical_path.clone(),
+        }
     }
 }

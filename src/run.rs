@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::diagnostic::{Report, did_you_mean};
-use crate::event::{Event, RunStatus, StepStatus};
+use crate::event::{Event, RunPlan, RunStatus, StepStatus};
 use crate::journal::{
     self, Confirmation, JournalError, JournalWriter, LockHolder, RunDir, StateLock,
 };
@@ -84,6 +84,8 @@ pub struct StartOptions {
     pub exec: ExecOptions,
     pub state_dir: PathBuf,
     pub operator: String,
+    /// When the outage began (declared by the operator).
+    pub incident_at: Option<DateTime<Utc>>,
 }
 
 /// What a run came to.
@@ -330,6 +332,10 @@ pub fn start(
         version: env!("CARGO_PKG_VERSION").to_string(),
         sources_digest: model.sources.digest(),
         steps: plan.steps.iter().map(|s| s.id.clone()).collect(),
+        sites: sites_of(&plan),
+        incident_at: opts.incident_at,
+        plan: Some(Box::new(RunPlan::of(&plan))),
+        readiness: crate::readiness::load_latest(&opts.state_dir).map(Box::new),
     };
     let path = dir.path.clone();
     let status = execute(
@@ -350,6 +356,19 @@ pub fn start(
         dir: path,
         replaced_stale_lock: lock.replaced_stale.clone(),
     })
+}
+
+/// The sites a plan's steps run on, busiest first.
+fn sites_of(plan: &Plan) -> Vec<String> {
+    let mut count: Vec<(String, usize)> = Vec::new();
+    for site in plan.steps.iter().filter_map(|s| s.site.as_ref()) {
+        match count.iter_mut().find(|(s, _)| s == site) {
+            Some((_, n)) => *n += 1,
+            None => count.push((site.clone(), 1)),
+        }
+    }
+    count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    count.into_iter().map(|(s, _)| s).collect()
 }
 
 /// How a run started, read back from its journal.
@@ -512,6 +531,11 @@ pub struct RunSummary {
     pub status: Option<RunStatus>,
     pub steps_done: usize,
     pub steps: usize,
+    /// The overall result, as in the report.
+    pub result: Option<crate::report::Outcome>,
+    /// Services within their RTO target, of those measured.
+    pub rto_met: usize,
+    pub rto_measured: usize,
 }
 
 pub fn summaries(state_dir: &Path) -> Result<Vec<RunSummary>, RunError> {
@@ -536,6 +560,13 @@ pub fn summaries(state_dir: &Path) -> Result<Vec<RunSummary>, RunError> {
             Event::RunFinished { at, .. } => Some(*at),
             _ => None,
         });
+        let report = crate::report::build(&crate::report::Input {
+            events: &events,
+            journal_bytes: &[],
+            history: &[],
+            lang: crate::report::Lang::En,
+        })
+        .ok();
         out.push(RunSummary {
             run_id: id,
             mode: start.mode,
@@ -546,6 +577,9 @@ pub fn summaries(state_dir: &Path) -> Result<Vec<RunSummary>, RunError> {
             status: finished(&events),
             steps_done: done.len(),
             steps: start.steps.len(),
+            result: report.as_ref().map(|r| r.result),
+            rto_met: report.as_ref().map_or(0, |r| r.rto_met),
+            rto_measured: report.as_ref().map_or(0, |r| r.rto_measured),
         });
     }
     Ok(out)

@@ -69,7 +69,7 @@ pub enum Side {
 
 /// Main steps run in dependency order; cleanup steps (drills only) run after all main steps,
 /// in reverse dependency order, even when the drill failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     Main,

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Makes the journals in tests/fixtures/journals/ with the real runner on a lab of the example:
+# a drill, an emergency failover with the primary site and a Casablanca host down, a planned
+# failover with manual steps confirmed from another process, and a drill killed and resumed.
+# The report tests snapshot reports of these journals. Run it again when the journal changes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/prereqs.sh
+cargo build --quiet
+bin=$PWD/target/debug/reprise
+work=$(mktemp -d)
+out=$PWD/tests/fixtures/journals
+lab="$bin lab --lab-dir $work/lab"
+trap '$lab down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+$lab up --net 60 >/dev/null
+ov=$work/lab/overlay.toml
+
+journal_of() { ls -d "$1"/runs/*/ | tail -1 | sed 's:/$::'; }
+
+# Confirms every manual step of the newest run in state folder $1 as it comes, as $2.
+confirmer() {
+    local state=$1 by=$2
+    while true; do
+        local run
+        run=$(ls -d "$state"/runs/*/ 2>/dev/null | tail -1) || true
+        if [ -n "$run" ] && [ -f "$run/journal.jsonl" ]; then
+            python3 - "$run/journal.jsonl" 2>/dev/null <<'PY' | while read -r step; do
+import json, sys
+events = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+waiting = [e["step"] for e in events if e["event"] == "waiting_for_operator"]
+done = {e["step"] for e in events if e["event"] == "confirmed"}
+for s in waiting:
+    if s not in done:
+        print(s)
+PY
+                sleep 2
+                $bin --state-dir "$state" confirm latest "$step" --by "$by" --note "checked on site" >/dev/null 2>&1 || true
+            done
+        fi
+        sleep 0.5
+    done
+}
+
+save() { cp "$(journal_of "$1")/journal.jsonl" "$out/$2.jsonl"; echo "$out/$2.jsonl"; }
+
+# 1. A drill.
+$bin --overlay "$ov" --state-dir "$work/drill" drill --no-prompt --operator "Karim Benali" >/dev/null
+save "$work/drill" drill
+
+# 2. A planned failover: its manual steps confirmed from another shell.
+confirmer "$work/planned" "Sofia Haddad" & c=$!
+$bin --overlay "$ov" --state-dir "$work/planned" failover --yes --no-prompt --operator "Karim Benali" >/dev/null || true
+kill $c; wait $c 2>/dev/null || true
+save "$work/planned" manual
+
+# 3. A drill killed (kill -9) in the middle, resumed by someone else.
+$lab down >/dev/null; $lab up --net 60 >/dev/null
+$bin --overlay "$ov" --state-dir "$work/resumed" drill --no-prompt --operator "Karim Benali" >/dev/null & r=$!
+until [ "$(grep -c '"step_finished"' "$(journal_of "$work/resumed" 2>/dev/null)/journal.jsonl" 2>/dev/null || echo 0)" -ge 10 ]; do sleep 0.05; done
+kill -9 $r; wait $r 2>/dev/null || true
+$bin --overlay "$ov" --state-dir "$work/resumed" resume latest --no-prompt --operator "Nadia Amrani" >/dev/null
+save "$work/resumed" resumed
+
+# 4. An emergency failover declared 5h30 after the incident (RTO targets of 4h and less are
+#    missed), with the primary site down and the replica of the planning VM damaged: planning
+#    fails and citrix, which needs it, is blocked.
+$lab down >/dev/null; $lab up --net 60 >/dev/null
+python3 - "$work/lab" <<'PY' | while read -r pidfile; do kill "$(cat "$pidfile")"; done
+import json, sys, os
+lab = sys.argv[1]
+state = json.load(open(os.path.join(lab, "lab.json")))
+for host, h in state["hosts"].items():
+    if h["site_role"] == "primary":
+        print(os.path.join(lab, "hosts", host, "run", "sshd.pid"))
+PY
+truncate -s 4096 "$work/lab/hosts/hv-pra/root/srv/replicas/images/planning-system.qcow2"
+incident=$(date -u -d '-330 minutes' +%Y-%m-%dT%H:%M:%SZ)
+confirmer "$work/emergency" "Sofia Haddad" & c=$!
+$bin --overlay "$ov" --state-dir "$work/emergency" failover --emergency --yes --no-prompt \
+    --operator "Karim Benali" --incident-at "$incident" --connect-timeout 2 >/dev/null 2>&1 || true
+kill $c; wait $c 2>/dev/null || true
+save "$work/emergency" emergency

@@ -1,0 +1,527 @@
+//! The report's words, in English and French.
+
+use super::human_duration as d;
+use super::{Outcome, ServiceStatus};
+use crate::event::StepStatus;
+use crate::runbook::Mode;
+
+/// The language of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    En,
+    Fr,
+}
+
+impl Lang {
+    pub fn labels(self) -> &'static Labels {
+        match self {
+            Lang::En => &EN,
+            Lang::Fr => &FR,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::Fr => "fr",
+        }
+    }
+}
+
+/// Every fixed word of a report.
+pub struct Labels {
+    pub lang: Lang,
+    pub title: &'static str,
+    pub summary: &'static str,
+    pub run: &'static str,
+    pub mode: &'static str,
+    pub sites: &'static str,
+    pub started: &'static str,
+    pub ended: &'static str,
+    pub not_ended: &'static str,
+    pub duration: &'static str,
+    pub estimated: &'static str,
+    pub incident: &'static str,
+    pub operator: &'static str,
+    pub machine: &'static str,
+    pub result: &'static str,
+    pub measured_from_incident: &'static str,
+    pub measured_from_start: &'static str,
+    pub resumed_by: &'static str,
+    pub services: &'static str,
+    pub service: &'static str,
+    pub status: &'static str,
+    pub rto_target: &'static str,
+    pub rto_achieved: &'static str,
+    pub rpo_target: &'static str,
+    pub data_loss: &'static str,
+    pub point: &'static str,
+    pub steps: &'static str,
+    pub met: &'static str,
+    pub missed: &'static str,
+    pub not_measured: &'static str,
+    pub none: &'static str,
+    pub unverified: &'static str,
+    pub timeline: &'static str,
+    pub timeline_note: &'static str,
+    pub critical_path: &'static str,
+    pub legend_done: &'static str,
+    pub legend_failed: &'static str,
+    pub legend_wait: &'static str,
+    pub legend_cleanup: &'static str,
+    pub legend_critical: &'static str,
+    pub manual: &'static str,
+    pub step: &'static str,
+    pub instructions: &'static str,
+    pub asked: &'static str,
+    pub confirmed_by: &'static str,
+    pub confirmed_at: &'static str,
+    pub waited: &'static str,
+    pub note: &'static str,
+    pub not_confirmed: &'static str,
+    pub problems: &'static str,
+    pub no_problems: &'static str,
+    pub recommendations: &'static str,
+    pub no_recommendations: &'static str,
+    pub readiness: &'static str,
+    pub ready: &'static str,
+    pub not_ready: &'static str,
+    pub evidence: &'static str,
+    pub run_id: &'static str,
+    pub tool_version: &'static str,
+    pub sources_digest: &'static str,
+    pub journal_digest: &'static str,
+    pub events: &'static str,
+    pub people: &'static str,
+    pub evidence_note: &'static str,
+    pub blocked_default: &'static str,
+    pub not_involved: &'static str,
+    pub rec_no_readiness: &'static str,
+    pub rec_no_drill: &'static str,
+}
+
+impl Labels {
+    pub fn mode(&self, mode: Mode, emergency: bool) -> &'static str {
+        match (self.lang, mode, emergency) {
+            (Lang::En, Mode::Drill, _) => "Failover drill",
+            (Lang::En, Mode::Failover, false) => "Planned failover",
+            (Lang::En, Mode::Failover, true) => "Emergency failover",
+            (Lang::En, Mode::Restore, _) => "Restore (cold start)",
+            (Lang::En, Mode::Failback, _) => "Failback",
+            (Lang::Fr, Mode::Drill, _) => "Exercice de bascule",
+            (Lang::Fr, Mode::Failover, false) => "Bascule planifiée",
+            (Lang::Fr, Mode::Failover, true) => "Bascule d'urgence",
+            (Lang::Fr, Mode::Restore, _) => "Redémarrage (démarrage à froid)",
+            (Lang::Fr, Mode::Failback, _) => "Retour sur le site principal",
+        }
+    }
+
+    pub fn outcome(&self, o: Outcome) -> &'static str {
+        match (self.lang, o) {
+            (Lang::En, Outcome::Recovered) => "Recovered",
+            (Lang::En, Outcome::RecoveredWithIssues) => "Recovered with issues",
+            (Lang::En, Outcome::PartiallyRecovered) => "Partially recovered",
+            (Lang::En, Outcome::Failed) => "Failed",
+            (Lang::En, Outcome::Incomplete) => "Incomplete: the run stopped before its end",
+            (Lang::Fr, Outcome::Recovered) => "Rétabli",
+            (Lang::Fr, Outcome::RecoveredWithIssues) => "Rétabli avec des problèmes",
+            (Lang::Fr, Outcome::PartiallyRecovered) => "Partiellement rétabli",
+            (Lang::Fr, Outcome::Failed) => "Échec",
+            (Lang::Fr, Outcome::Incomplete) => "Incomplet : l'opération s'est arrêtée avant la fin",
+        }
+    }
+
+    pub fn service_status(&self, s: ServiceStatus) -> &'static str {
+        match (self.lang, s) {
+            (Lang::En, ServiceStatus::Recovered) => "recovered",
+            (Lang::En, ServiceStatus::Failed) => "failed",
+            (Lang::En, ServiceStatus::Blocked) => "blocked",
+            (Lang::En, ServiceStatus::RolledBack) => "rolled back",
+            (Lang::En, ServiceStatus::Cancelled) => "cancelled",
+            (Lang::En, ServiceStatus::NotFinished) => "not finished",
+            (Lang::En, ServiceStatus::NothingToDo) => "nothing to do",
+            (Lang::Fr, ServiceStatus::Recovered) => "rétabli",
+            (Lang::Fr, ServiceStatus::Failed) => "en échec",
+            (Lang::Fr, ServiceStatus::Blocked) => "bloqué",
+            (Lang::Fr, ServiceStatus::RolledBack) => "annulé (retour arrière)",
+            (Lang::Fr, ServiceStatus::Cancelled) => "interrompu",
+            (Lang::Fr, ServiceStatus::NotFinished) => "non terminé",
+            (Lang::Fr, ServiceStatus::NothingToDo) => "rien à faire",
+        }
+    }
+
+    pub fn step_status(&self, s: StepStatus) -> &'static str {
+        match (self.lang, s) {
+            (Lang::En, StepStatus::Done) => "done",
+            (Lang::En, StepStatus::Failed) => "failed",
+            (Lang::En, StepStatus::TimedOut) => "timed out",
+            (Lang::En, StepStatus::Blocked) => "blocked",
+            (Lang::En, StepStatus::Cancelled) => "cancelled",
+            (Lang::En, StepStatus::RolledBack) => "rolled back",
+            (Lang::Fr, StepStatus::Done) => "fait",
+            (Lang::Fr, StepStatus::Failed) => "en échec",
+            (Lang::Fr, StepStatus::TimedOut) => "délai dépassé",
+            (Lang::Fr, StepStatus::Blocked) => "bloqué",
+            (Lang::Fr, StepStatus::Cancelled) => "interrompu",
+            (Lang::Fr, StepStatus::RolledBack) => "annulé (retour arrière)",
+        }
+    }
+
+    /// "18 of 22 services recovered".
+    pub fn count_recovered(&self, n: usize, of: usize) -> String {
+        match self.lang {
+            Lang::En => format!("{n} of {of} services recovered"),
+            Lang::Fr => format!("{n} services rétablis sur {of}"),
+        }
+    }
+
+    pub fn count_rto(&self, n: usize, of: usize) -> String {
+        match self.lang {
+            Lang::En => format!("{n} of {of} services within their RTO target"),
+            Lang::Fr => format!("{n} services sur {of} dans leur objectif de durée (RTO)"),
+        }
+    }
+
+    pub fn count_rpo(&self, n: usize, of: usize) -> String {
+        match (self.lang, of) {
+            (Lang::En, 0) => "data loss (RPO): no replica point was used in this run".to_string(),
+            (Lang::Fr, 0) => {
+                "perte de données (RPO) : aucun point de réplique utilisé dans cette opération"
+                    .to_string()
+            }
+            (Lang::En, _) => format!("{n} of {of} services within their RPO target"),
+            (Lang::Fr, _) => {
+                format!("{n} services sur {of} dans leur objectif de perte de données (RPO)")
+            }
+        }
+    }
+
+    pub fn failed_after(&self, status: StepStatus, attempts: u32) -> String {
+        let what = self.step_status(status);
+        match self.lang {
+            Lang::En => format!("{what} after {attempts} attempt(s)"),
+            Lang::Fr => format!("{what} après {attempts} tentative(s)"),
+        }
+    }
+
+    pub fn retried(&self, attempts: u32) -> String {
+        match self.lang {
+            Lang::En => format!("succeeded on attempt {attempts}"),
+            Lang::Fr => format!("réussi à la tentative {attempts}"),
+        }
+    }
+
+    pub fn undo(&self, ok: bool) -> &'static str {
+        match (self.lang, ok) {
+            (Lang::En, true) => "rolled back (undo succeeded)",
+            (Lang::En, false) => "undo FAILED",
+            (Lang::Fr, true) => "retour arrière effectué",
+            (Lang::Fr, false) => "retour arrière EN ÉCHEC",
+        }
+    }
+
+    pub fn ran_again(&self) -> &'static str {
+        match self.lang {
+            Lang::En => "was running when the run stopped, taken up again by the resume",
+            Lang::Fr => "en cours quand l'opération s'est arrêtée, reprise à la relance",
+        }
+    }
+
+    pub fn count_problems(&self, n: usize) -> String {
+        match (self.lang, n) {
+            (Lang::En, 1) => "1 problem".to_string(),
+            (Lang::En, n) => format!("{n} problems"),
+            (Lang::Fr, 1) => "1 problème".to_string(),
+            (Lang::Fr, n) => format!("{n} problèmes"),
+        }
+    }
+
+    pub fn interrupted(&self) -> &'static str {
+        match self.lang {
+            Lang::En => "run interrupted by the operator",
+            Lang::Fr => "opération interrompue par l'opérateur",
+        }
+    }
+
+    pub fn rec_rto_missed(
+        &self,
+        service: &str,
+        achieved: f64,
+        target: f64,
+        chain: &[String],
+        longest: Option<(&str, f64)>,
+    ) -> String {
+        let chain = chain.join(" → ");
+        match self.lang {
+            Lang::En => {
+                let mut t = format!(
+                    "{service} was recovered in {} against a target of {}: its critical path was {chain}.",
+                    d(achieved),
+                    d(target)
+                );
+                if let Some((step, secs)) = longest {
+                    t.push_str(&format!(
+                        " The longest step, {step}, took {}: shorten it, run it earlier, or revise the target.",
+                        d(secs)
+                    ));
+                }
+                t
+            }
+            Lang::Fr => {
+                let mut t = format!(
+                    "{service} a été rétabli en {} pour un objectif de {} : son chemin critique était {chain}.",
+                    d(achieved),
+                    d(target)
+                );
+                if let Some((step, secs)) = longest {
+                    t.push_str(&format!(
+                        " L'étape la plus longue, {step}, a pris {} : la raccourcir, la lancer plus tôt, ou revoir l'objectif.",
+                        d(secs)
+                    ));
+                }
+                t
+            }
+        }
+    }
+
+    pub fn rec_late_start(&self, delay: f64, services: &[String]) -> String {
+        let list = services.join(", ");
+        match self.lang {
+            Lang::En => format!(
+                "The run started {} after the declared incident, already past the RTO target of {list}: shorten the time from incident to decision (alerting, on-call, who may declare the disaster).",
+                d(delay)
+            ),
+            Lang::Fr => format!(
+                "L'opération a commencé {} après l'incident déclaré, au-delà de l'objectif RTO de {list} : raccourcir le délai entre l'incident et la décision (alerte, astreinte, qui peut déclarer le sinistre).",
+                d(delay)
+            ),
+        }
+    }
+
+    pub fn rec_not_recovered(&self, service: &str, reason: Option<&str>) -> String {
+        let reason = reason.unwrap_or("-");
+        match self.lang {
+            Lang::En => format!(
+                "{service} was not recovered ({reason}): fix the cause and run a drill of it again (`reprise drill --service {service}`)."
+            ),
+            Lang::Fr => format!(
+                "{service} n'a pas été rétabli ({reason}) : corriger la cause et refaire un exercice (`reprise drill --service {service}`)."
+            ),
+        }
+    }
+
+    pub fn rec_rpo_missed(&self, service: &str, loss: f64, target: f64) -> String {
+        match self.lang {
+            Lang::En => format!(
+                "{service} lost {} of data against a target of {}: replicate it more often and watch `reprise status`.",
+                d(loss),
+                d(target)
+            ),
+            Lang::Fr => format!(
+                "{service} a perdu {} de données pour un objectif de {} : le répliquer plus souvent et surveiller `reprise status`.",
+                d(loss),
+                d(target)
+            ),
+        }
+    }
+
+    pub fn rec_point_unverified(&self, item: &str, point: &str) -> String {
+        match self.lang {
+            Lang::En => format!(
+                "The replica point {point} of {item} had not been verified when it was used: schedule `reprise verify`."
+            ),
+            Lang::Fr => format!(
+                "Le point de réplique {point} de {item} n'était pas vérifié quand il a été utilisé : planifier `reprise verify`."
+            ),
+        }
+    }
+
+    pub fn rec_long_wait(&self, step: &str, waited: f64) -> String {
+        match self.lang {
+            Lang::En => format!(
+                "The manual step {step} waited {} for a confirmation: make sure the person in charge is named and reachable, or automate it.",
+                d(waited)
+            ),
+            Lang::Fr => format!(
+                "L'étape manuelle {step} a attendu {} une confirmation : s'assurer que la personne responsable est désignée et joignable, ou l'automatiser.",
+                d(waited)
+            ),
+        }
+    }
+
+    pub fn rec_retried(&self, step: &str, attempts: u32) -> String {
+        match self.lang {
+            Lang::En => format!(
+                "{step} needed {attempts} attempts: find out why it does not succeed the first time."
+            ),
+            Lang::Fr => format!(
+                "{step} a demandé {attempts} tentatives : comprendre pourquoi elle ne réussit pas du premier coup."
+            ),
+        }
+    }
+
+    pub fn rec_not_ready(&self, failed: &[String]) -> String {
+        let list = failed.join(", ");
+        match self.lang {
+            Lang::En => format!("The readiness check before the run found problems: {list}."),
+            Lang::Fr => {
+                format!(
+                    "Le contrôle de préparation avant l'opération a trouvé des problèmes : {list}."
+                )
+            }
+        }
+    }
+
+    pub fn rec_drill_overdue(&self, days: i64, every: i64) -> String {
+        match self.lang {
+            Lang::En => format!(
+                "The previous successful drill was {days} days before this one: drill at least every {every} days."
+            ),
+            Lang::Fr => format!(
+                "Le précédent exercice réussi date de {days} jours avant celui-ci : faire un exercice au moins tous les {every} jours."
+            ),
+        }
+    }
+}
+
+static EN: Labels = Labels {
+    lang: Lang::En,
+    title: "Recovery report",
+    summary: "Summary",
+    run: "Run",
+    mode: "Operation",
+    sites: "Sites",
+    started: "Started",
+    ended: "Ended",
+    not_ended: "not ended",
+    duration: "Duration",
+    estimated: "Estimated beforehand",
+    incident: "Incident declared at",
+    operator: "Run by",
+    machine: "From machine",
+    result: "Result",
+    measured_from_incident: "RTO and data loss are measured from the declared incident time.",
+    measured_from_start: "RTO and data loss are measured from the start of the run.",
+    resumed_by: "Resumed by",
+    services: "Services",
+    service: "Service",
+    status: "Status",
+    rto_target: "RTO target",
+    rto_achieved: "RTO achieved",
+    rpo_target: "RPO target",
+    data_loss: "Data loss",
+    point: "Replica point",
+    steps: "Steps",
+    met: "met",
+    missed: "MISSED",
+    not_measured: "n/a",
+    none: "none",
+    unverified: "not verified",
+    timeline: "Timeline",
+    timeline_note: "Each bar is a step, on the row of its service; time runs from the start of the run.",
+    critical_path: "Critical path (the chain of steps that decided the end)",
+    legend_done: "done",
+    legend_failed: "failed / timed out",
+    legend_wait: "waiting for a person",
+    legend_cleanup: "cleanup",
+    legend_critical: "critical path",
+    manual: "Manual steps and approvals",
+    step: "Step",
+    instructions: "Instructions",
+    asked: "Asked at",
+    confirmed_by: "Confirmed by",
+    confirmed_at: "Confirmed at",
+    waited: "Waited",
+    note: "Note",
+    not_confirmed: "not confirmed",
+    problems: "Problems",
+    no_problems: "No step failed, was retried, blocked or rolled back.",
+    recommendations: "Recommendations",
+    no_recommendations: "None: the run met its targets.",
+    readiness: "Readiness check before the run",
+    ready: "ready",
+    not_ready: "NOT READY",
+    evidence: "Evidence",
+    run_id: "Run id",
+    tool_version: "reprise version",
+    sources_digest: "Inventory and runbooks (BLAKE3)",
+    journal_digest: "Journal (BLAKE3)",
+    events: "Journal events",
+    people: "People involved",
+    evidence_note: "This report is built only from the run's journal: `reprise report RUN` gives it again, identically.",
+    blocked_default: "waits for a step that did not succeed",
+    not_involved: "Nothing to do in this run for",
+    rec_no_readiness: "No readiness check was recorded before this run: run `reprise check` before drills and keep its result with the report.",
+    rec_no_drill: "No successful drill is recorded before this run: drill the recovery at least every 90 days.",
+};
+
+static FR: Labels = Labels {
+    lang: Lang::Fr,
+    title: "Rapport de reprise d'activité",
+    summary: "Synthèse",
+    run: "Opération",
+    mode: "Type",
+    sites: "Sites",
+    started: "Début",
+    ended: "Fin",
+    not_ended: "non terminée",
+    duration: "Durée",
+    estimated: "Durée estimée avant",
+    incident: "Incident déclaré à",
+    operator: "Lancée par",
+    machine: "Depuis la machine",
+    result: "Résultat",
+    measured_from_incident: "Le RTO et la perte de données sont mesurés depuis l'heure déclarée de l'incident.",
+    measured_from_start: "Le RTO et la perte de données sont mesurés depuis le début de l'opération.",
+    resumed_by: "Reprise par",
+    services: "Services",
+    service: "Service",
+    status: "État",
+    rto_target: "Objectif RTO",
+    rto_achieved: "RTO obtenu",
+    rpo_target: "Objectif RPO",
+    data_loss: "Perte de données",
+    point: "Point de réplique",
+    steps: "Étapes",
+    met: "tenu",
+    missed: "NON TENU",
+    not_measured: "n/d",
+    none: "aucun",
+    unverified: "non vérifié",
+    timeline: "Chronologie",
+    timeline_note: "Chaque barre est une étape, sur la ligne de son service ; le temps part du début de l'opération.",
+    critical_path: "Chemin critique (la suite d'étapes qui a fixé la fin)",
+    legend_done: "fait",
+    legend_failed: "en échec / délai dépassé",
+    legend_wait: "attente d'une personne",
+    legend_cleanup: "nettoyage",
+    legend_critical: "chemin critique",
+    manual: "Étapes manuelles et validations",
+    step: "Étape",
+    instructions: "Consignes",
+    asked: "Demandée à",
+    confirmed_by: "Confirmée par",
+    confirmed_at: "Confirmée à",
+    waited: "Attente",
+    note: "Note",
+    not_confirmed: "non confirmée",
+    problems: "Problèmes",
+    no_problems: "Aucune étape en échec, relancée, bloquée ou annulée.",
+    recommendations: "Recommandations",
+    no_recommendations: "Aucune : l'opération a tenu ses objectifs.",
+    readiness: "Contrôle de préparation avant l'opération",
+    ready: "prêt",
+    not_ready: "PAS PRÊT",
+    evidence: "Preuves",
+    run_id: "Identifiant",
+    tool_version: "Version de reprise",
+    sources_digest: "Inventaire et procédures (BLAKE3)",
+    journal_digest: "Journal (BLAKE3)",
+    events: "Événements du journal",
+    people: "Personnes impliquées",
+    evidence_note: "Ce rapport est construit uniquement à partir du journal de l'opération : `reprise report RUN` le redonne à l'identique.",
+    blocked_default: "attend une étape qui n'a pas réussi",
+    not_involved: "Rien à faire dans cette opération pour",
+    rec_no_readiness: "Aucun contrôle de préparation n'a été enregistré avant cette opération : lancer `reprise check` avant les exercices et joindre son résultat au rapport.",
+    rec_no_drill: "Aucun exercice réussi n'est enregistré avant cette opération : faire un exercice de reprise au moins tous les 90 jours.",
+};

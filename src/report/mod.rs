@@ -1,0 +1,1059 @@
+//! The recovery report: what a run recovered, how long it took against the targets, how much
+//! data was lost, what went wrong and who did what, for the people who did not watch it.
+//!
+//! [`build`] is a pure function of a run's journal (plus the earlier runs' briefs for the
+//! "last drill" recommendation): the same journal always gives the same report. [`render`]
+//! writes it as Markdown, HTML (one self-contained file with an SVG timeline) or JSON, with
+//! English or French labels.
+
+mod lang;
+pub mod pdf;
+mod render;
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::event::{Event, RunPlan, RunStatus, StepStatus};
+use crate::readiness::{ItemStatus, Readiness};
+use crate::runbook::{Mode, Phase};
+
+pub use lang::Lang;
+pub use render::{Format, render};
+
+/// How long a manual step may wait before the report suggests preparing it better.
+const LONG_MANUAL_WAIT_S: f64 = 600.0;
+/// Drills should happen at least this often.
+const DRILL_EVERY_DAYS: i64 = 90;
+/// Lines of a failed step's output quoted in the report.
+const EXCERPT_LINES: usize = 12;
+
+/// A report of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoveryReport {
+    pub run_id: String,
+    pub mode: Mode,
+    pub emergency: bool,
+    pub sites: Vec<String>,
+    pub operator: String,
+    pub machine: String,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub incident_at: Option<DateTime<Utc>>,
+    /// RTO and data loss are measured from here: the incident, or the start of the run.
+    pub measured_from: DateTime<Utc>,
+    pub duration_s: Option<f64>,
+    pub run_status: Option<RunStatus>,
+    pub result: Outcome,
+    pub services_recovered: usize,
+    pub services_in_scope: usize,
+    pub rto_met: usize,
+    pub rto_measured: usize,
+    pub rpo_met: usize,
+    pub rpo_measured: usize,
+    pub estimated_s: Option<u64>,
+    pub services: Vec<ServiceReport>,
+    pub timeline: Vec<TimelineStep>,
+    /// The chain of steps that decided when the run ended, as it happened.
+    pub critical_path: Vec<String>,
+    pub manual: Vec<ManualStep>,
+    pub problems: Vec<Problem>,
+    pub recommendations: Vec<Recommendation>,
+    pub resumes: Vec<Resume>,
+    pub readiness: Option<Readiness>,
+    pub evidence: Evidence,
+}
+
+/// The overall result, in a manager's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every service recovered within its targets.
+    Recovered,
+    /// Every service recovered, but some targets were missed or some steps were retried.
+    RecoveredWithIssues,
+    /// Some services recovered, others failed or were blocked (emergency failover, restore).
+    PartiallyRecovered,
+    /// The run failed (and was rolled back where it could be).
+    Failed,
+    /// The run stopped before its end (interrupted, or the journal ends mid-run).
+    Incomplete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceStatus {
+    Recovered,
+    Failed,
+    Blocked,
+    RolledBack,
+    Cancelled,
+    /// Some steps never ran (the run stopped first).
+    NotFinished,
+    /// The plan had nothing to do for it in this mode.
+    NothingToDo,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceReport {
+    pub id: String,
+    pub kind: String,
+    pub owner: Option<String>,
+    pub status: ServiceStatus,
+    pub rto_target_s: u64,
+    /// From `measured_from` to its last health check passing (or its last main step).
+    pub achieved_rto_s: Option<f64>,
+    /// `None` when there was nothing to measure (nothing to do).
+    pub rto_met: Option<bool>,
+    pub estimated_rto_s: u64,
+    pub rpo_target_s: Option<u64>,
+    /// The oldest replica point used for it, measured from `measured_from`.
+    pub data_loss_s: Option<f64>,
+    pub rpo_met: Option<bool>,
+    pub points: Vec<PointUsed>,
+    pub steps_done: usize,
+    pub steps_total: usize,
+    /// For a blocked or failed service: the step that stopped it and why.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PointUsed {
+    pub item: String,
+    pub point: String,
+    pub taken_at: DateTime<Utc>,
+    pub verified: bool,
+    pub note: Option<String>,
+}
+
+/// One bar of the timeline, in seconds from the start of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineStep {
+    pub id: String,
+    pub service: String,
+    pub kind: String,
+    pub phase: Phase,
+    pub host: Option<String>,
+    pub start_s: Option<f64>,
+    pub end_s: Option<f64>,
+    pub status: Option<StepStatus>,
+    pub attempts: u32,
+    /// For manual steps: when the request reached the operator, and how long it waited.
+    pub wait_start_s: Option<f64>,
+    pub wait_s: Option<f64>,
+    pub critical: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ManualStep {
+    pub step: String,
+    pub instructions: String,
+    pub asked_at: Option<DateTime<Utc>>,
+    pub confirmed_at: Option<DateTime<Utc>>,
+    pub by: Option<String>,
+    pub note: Option<String>,
+    pub waited_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Problem {
+    Failed {
+        step: String,
+        status: StepStatus,
+        attempts: u32,
+        message: Option<String>,
+        excerpt: String,
+    },
+    Retried {
+        step: String,
+        attempts: u32,
+    },
+    Blocked {
+        service: String,
+        reason: String,
+    },
+    /// Was running when the run stopped (crash, Ctrl-C) and ran again after the resume.
+    RanAgain {
+        step: String,
+        /// What the resume did with it (verified, run again, handed to the operator).
+        outcome: Option<String>,
+    },
+    RolledBack {
+        step: String,
+        ok: bool,
+        message: Option<String>,
+    },
+    Interrupted {
+        at: DateTime<Utc>,
+    },
+}
+
+/// A recommendation, derived from the data; `text` is in the report's language.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recommendation {
+    pub kind: &'static str,
+    pub subject: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Resume {
+    pub at: DateTime<Utc>,
+    pub operator: String,
+    pub machine: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Evidence {
+    pub run_id: String,
+    pub tool_version: String,
+    /// BLAKE3 of the inventory and runbook files the run used.
+    pub sources_digest: String,
+    /// BLAKE3 of the journal file the report was made from.
+    pub journal_blake3: String,
+    pub events: usize,
+    pub operators: Vec<String>,
+}
+
+/// An earlier run, for the "last drill" recommendation.
+#[derive(Debug, Clone)]
+pub struct RunBrief {
+    pub run_id: String,
+    pub mode: Mode,
+    pub started_at: DateTime<Utc>,
+    pub status: Option<RunStatus>,
+}
+
+/// What a report is made from.
+pub struct Input<'a> {
+    pub events: &'a [Event],
+    /// The journal file's bytes, for the evidence hash.
+    pub journal_bytes: &'a [u8],
+    /// Other runs of the same state folder (only those that started before this one count).
+    pub history: &'a [RunBrief],
+    pub lang: Lang,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("the journal has no `run_started` event: it is not a run's journal")]
+    NoStart,
+}
+
+#[derive(Default)]
+struct StepFacts {
+    first_start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+    status: Option<StepStatus>,
+    attempts: u32,
+    message: Option<String>,
+    stdout: String,
+    stderr: String,
+    asked: Option<DateTime<Utc>>,
+    confirmed: Option<(DateTime<Utc>, String, Option<String>)>,
+    undo: Option<(bool, Option<String>)>,
+    /// Was running when the run stopped, and ran again after the resume.
+    restarted: bool,
+}
+
+/// Builds the report of a run from its journal.
+pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
+    let l = input.lang.labels();
+    let mut head = None;
+    for e in input.events {
+        if let Event::RunStarted {
+            at,
+            run_id,
+            mode,
+            emergency,
+            operator,
+            machine,
+            version,
+            sources_digest,
+            steps,
+            sites,
+            incident_at,
+            plan,
+            readiness,
+            ..
+        } = e
+        {
+            head = Some((
+                *at,
+                run_id.clone(),
+                *mode,
+                *emergency,
+                operator.clone(),
+                machine.clone(),
+                version.clone(),
+                sources_digest.clone(),
+                steps.clone(),
+                sites.clone(),
+                *incident_at,
+                plan.clone(),
+                readiness.clone(),
+            ));
+            break;
+        }
+    }
+    let Some((
+        started_at,
+        run_id,
+        mode,
+        emergency,
+        operator,
+        machine,
+        version,
+        sources_digest,
+        step_ids,
+        sites,
+        incident_at,
+        plan,
+        readiness,
+    )) = head
+    else {
+        return Err(ReportError::NoStart);
+    };
+    // Journals written before plans were recorded still give a report, with the steps only.
+    let readiness = readiness.map(|r| *r);
+    let plan = plan.map(|p| *p).unwrap_or_else(|| RunPlan {
+        services: Vec::new(),
+        steps: Vec::new(),
+        estimated_s: 0,
+        critical_path: Vec::new(),
+    });
+    let measured_from = incident_at.unwrap_or(started_at).min(started_at);
+
+    let mut facts: HashMap<&str, StepFacts> = HashMap::new();
+    let mut points: Vec<(String, PointUsed)> = Vec::new();
+    let mut resumes = Vec::new();
+    let mut ended_at = None;
+    let mut run_status = None;
+    let mut interrupted_at = Vec::new();
+    let mut operators = vec![operator.clone()];
+    for e in input.events {
+        match e {
+            Event::StepStarted {
+                at, step, attempt, ..
+            } => {
+                let f = facts.entry(step).or_default();
+                f.first_start.get_or_insert(*at);
+                if *attempt <= f.attempts {
+                    // Started again from its first attempt: the run stopped while it ran.
+                    f.restarted = true;
+                }
+                f.attempts = *attempt;
+            }
+            Event::StepOutput {
+                step,
+                stdout,
+                stderr,
+                ..
+            } => {
+                let f = facts.entry(step).or_default();
+                f.stdout = stdout.clone();
+                f.stderr = stderr.clone();
+            }
+            Event::StepFinished {
+                at,
+                step,
+                status,
+                message,
+                ..
+            } => {
+                let f = facts.entry(step).or_default();
+                f.end = Some(*at);
+                f.status = Some(*status);
+                f.message = message.clone();
+            }
+            Event::WaitingForOperator { at, step, .. } => {
+                facts.entry(step).or_default().asked.get_or_insert(*at);
+            }
+            Event::Confirmed { at, step, by, note } => {
+                facts.entry(step).or_default().confirmed = Some((*at, by.clone(), note.clone()));
+                if !operators.contains(by) {
+                    operators.push(by.clone());
+                }
+            }
+            Event::UndoFinished {
+                step, ok, message, ..
+            } => {
+                facts.entry(step).or_default().undo = Some((*ok, message.clone()));
+            }
+            Event::ReplicaPointUsed {
+                step,
+                item,
+                point,
+                taken_at,
+                verified,
+                note,
+                ..
+            } => points.push((
+                step.clone(),
+                PointUsed {
+                    item: item.clone(),
+                    point: point.clone(),
+                    taken_at: *taken_at,
+                    verified: *verified,
+                    note: note.clone(),
+                },
+            )),
+            Event::RunResumed {
+                at,
+                operator,
+                machine,
+            } => {
+                resumes.push(Resume {
+                    at: *at,
+                    operator: operator.clone(),
+                    machine: machine.clone(),
+                });
+                if !operators.contains(operator) {
+                    operators.push(operator.clone());
+                }
+            }
+            Event::RunFinished { at, status } => {
+                ended_at = Some(*at);
+                run_status = Some(*status);
+                if *status == RunStatus::Interrupted {
+                    interrupted_at.push(*at);
+                }
+            }
+            Event::RunStarted { .. } => {}
+        }
+    }
+    let last_event = input.events.iter().map(Event::at).max();
+    let secs = |t: DateTime<Utc>| (t - started_at).num_milliseconds() as f64 / 1000.0;
+    let status_of = |id: &str| -> Option<StepStatus> {
+        let f = facts.get(id)?;
+        match f.undo {
+            Some((true, _)) => Some(StepStatus::RolledBack),
+            _ => f.status,
+        }
+    };
+
+    // Steps: from the recorded plan, or from the list of ids for older journals.
+    let records: Vec<crate::event::StepRecord> = if plan.steps.is_empty() {
+        step_ids
+            .iter()
+            .map(|id| crate::event::StepRecord {
+                id: id.clone(),
+                service: id.split('/').next().unwrap_or(id).to_string(),
+                kind: "exec".to_string(),
+                host: None,
+                phase: Phase::Main,
+                description: None,
+                instructions: None,
+                after: Vec::new(),
+                expected_s: 0,
+            })
+            .collect()
+    } else {
+        plan.steps.clone()
+    };
+    let index: HashMap<&str, usize> = records
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+
+    let chain_to = |last: usize| -> Vec<String> {
+        let mut chain = vec![last];
+        let mut cur = last;
+        loop {
+            let prev = records[cur]
+                .after
+                .iter()
+                .filter_map(|a| index.get(a.as_str()).copied())
+                .filter(|&i| {
+                    facts
+                        .get(records[i].id.as_str())
+                        .and_then(|f| f.end)
+                        .is_some()
+                })
+                .max_by_key(|&i| facts[records[i].id.as_str()].end);
+            match prev {
+                Some(p) if !chain.contains(&p) => {
+                    chain.push(p);
+                    cur = p;
+                }
+                _ => break,
+            }
+        }
+        chain.reverse();
+        chain.into_iter().map(|i| records[i].id.clone()).collect()
+    };
+    let last_step = records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| facts.get(s.id.as_str()).and_then(|f| f.end).map(|e| (e, i)))
+        .max()
+        .map(|(_, i)| i);
+    let critical_path = last_step.map(chain_to).unwrap_or_default();
+
+    let timeline: Vec<TimelineStep> = records
+        .iter()
+        .map(|s| {
+            let f = facts.get(s.id.as_str());
+            let wait_start = f.and_then(|f| f.asked);
+            let wait_s = match (wait_start, f.and_then(|f| f.confirmed.as_ref())) {
+                (Some(a), Some((c, _, _))) => {
+                    Some(((*c - a).num_milliseconds() as f64 / 1000.0).max(0.0))
+                }
+                _ => None,
+            };
+            TimelineStep {
+                id: s.id.clone(),
+                service: s.service.clone(),
+                kind: s.kind.clone(),
+                phase: s.phase,
+                host: s.host.clone(),
+                start_s: f.and_then(|f| f.first_start).map(secs),
+                end_s: f.and_then(|f| f.end).map(secs),
+                status: status_of(&s.id),
+                attempts: f.map(|f| f.attempts).unwrap_or(0),
+                wait_start_s: wait_start.map(secs),
+                wait_s,
+                critical: critical_path.contains(&s.id),
+            }
+        })
+        .collect();
+
+    // Services: from the recorded plan, or from the step ids.
+    let mut service_ids: Vec<String> = plan.services.iter().map(|s| s.id.clone()).collect();
+    for s in &records {
+        if !service_ids.contains(&s.service) {
+            service_ids.push(s.service.clone());
+        }
+    }
+    let mut services = Vec::new();
+    for id in &service_ids {
+        let rec = plan.services.iter().find(|s| &s.id == id);
+        let main: Vec<&crate::event::StepRecord> = records
+            .iter()
+            .filter(|s| &s.service == id && s.phase == Phase::Main)
+            .collect();
+        let statuses: Vec<Option<StepStatus>> = main.iter().map(|s| status_of(&s.id)).collect();
+        let done = statuses
+            .iter()
+            .filter(|s| **s == Some(StepStatus::Done))
+            .count();
+        let first_bad = main.iter().zip(&statuses).find(|(_, st)| {
+            matches!(
+                st,
+                Some(StepStatus::Failed | StepStatus::TimedOut | StepStatus::RolledBack)
+            )
+        });
+        let status = if main.is_empty() {
+            ServiceStatus::NothingToDo
+        } else if done == main.len() {
+            ServiceStatus::Recovered
+        } else if statuses.contains(&Some(StepStatus::RolledBack)) {
+            ServiceStatus::RolledBack
+        } else if first_bad.is_some() {
+            ServiceStatus::Failed
+        } else if statuses.contains(&Some(StepStatus::Blocked)) {
+            ServiceStatus::Blocked
+        } else if statuses.contains(&Some(StepStatus::Cancelled)) {
+            ServiceStatus::Cancelled
+        } else {
+            ServiceStatus::NotFinished
+        };
+        let reason = match status {
+            ServiceStatus::Failed | ServiceStatus::RolledBack => first_bad.map(|(s, st)| {
+                let f = facts.get(s.id.as_str());
+                let why = f
+                    .and_then(|f| f.message.clone())
+                    .unwrap_or_else(|| format!("{:?}", st.unwrap_or(StepStatus::Failed)));
+                format!("{}: {why}", s.id)
+            }),
+            ServiceStatus::Blocked | ServiceStatus::Cancelled => main
+                .iter()
+                .zip(&statuses)
+                .find(|(_, st)| matches!(st, Some(StepStatus::Blocked | StepStatus::Cancelled)))
+                .map(|(s, _)| {
+                    let why = facts
+                        .get(s.id.as_str())
+                        .and_then(|f| f.message.clone())
+                        .unwrap_or_else(|| l.blocked_default.to_string());
+                    format!("{}: {why}", s.id)
+                }),
+            _ => None,
+        };
+        // Up when its last health check passed (or its last main step, without checks).
+        let achieved = if status == ServiceStatus::Recovered {
+            let checks: Vec<_> = main.iter().filter(|s| s.kind == "check").collect();
+            let pool: Vec<&&crate::event::StepRecord> = if checks.is_empty() {
+                main.iter().collect()
+            } else {
+                checks
+            };
+            pool.iter()
+                .filter_map(|s| facts.get(s.id.as_str()).and_then(|f| f.end))
+                .max()
+                .map(|t| (t - measured_from).num_milliseconds() as f64 / 1000.0)
+        } else {
+            None
+        };
+        let rto_target_s = rec.map(|r| r.rto_target_s).unwrap_or(0);
+        let rto_met = match status {
+            ServiceStatus::NothingToDo => None,
+            _ if rec.is_none() => None,
+            _ => Some(achieved.is_some_and(|a| a <= rto_target_s as f64)),
+        };
+        let used: Vec<PointUsed> = points
+            .iter()
+            .filter(|(step, _)| step.split('/').next() == Some(id.as_str()))
+            .map(|(_, p)| p.clone())
+            .collect();
+        let data_loss_s = used
+            .iter()
+            .map(|p| ((measured_from - p.taken_at).num_milliseconds() as f64 / 1000.0).max(0.0))
+            .fold(None, |acc: Option<f64>, x| {
+                Some(acc.map_or(x, |a| a.max(x)))
+            });
+        let rpo_target_s = rec.and_then(|r| r.rpo_target_s);
+        let rpo_met = match (data_loss_s, rpo_target_s) {
+            (Some(loss), Some(target)) => Some(loss <= target as f64),
+            _ => None,
+        };
+        services.push(ServiceReport {
+            id: id.clone(),
+            kind: rec.map(|r| r.kind.clone()).unwrap_or_default(),
+            owner: rec.and_then(|r| r.owner.clone()),
+            status,
+            rto_target_s,
+            achieved_rto_s: achieved,
+            rto_met,
+            estimated_rto_s: rec.map(|r| r.estimated_rto_s).unwrap_or(0),
+            rpo_target_s,
+            data_loss_s,
+            rpo_met,
+            points: used,
+            steps_done: done,
+            steps_total: main.len(),
+            reason,
+        });
+    }
+
+    let manual: Vec<ManualStep> = records
+        .iter()
+        .filter(|s| s.kind == "manual")
+        .map(|s| {
+            let f = facts.get(s.id.as_str());
+            let asked = f.and_then(|f| f.asked);
+            let confirmed = f.and_then(|f| f.confirmed.clone());
+            ManualStep {
+                step: s.id.clone(),
+                instructions: s.instructions.clone().unwrap_or_default(),
+                asked_at: asked,
+                confirmed_at: confirmed.as_ref().map(|c| c.0),
+                by: confirmed.as_ref().map(|c| c.1.clone()),
+                note: confirmed.as_ref().and_then(|c| c.2.clone()),
+                waited_s: match (asked, &confirmed) {
+                    (Some(a), Some(c)) => {
+                        Some(((c.0 - a).num_milliseconds() as f64 / 1000.0).max(0.0))
+                    }
+                    _ => None,
+                },
+            }
+        })
+        .collect();
+
+    let mut problems = Vec::new();
+    for s in &records {
+        let Some(f) = facts.get(s.id.as_str()) else {
+            continue;
+        };
+        match f.status {
+            Some(st @ (StepStatus::Failed | StepStatus::TimedOut)) => {
+                problems.push(Problem::Failed {
+                    step: s.id.clone(),
+                    status: st,
+                    attempts: f.attempts,
+                    message: f.message.clone(),
+                    excerpt: excerpt(&f.stdout, &f.stderr),
+                })
+            }
+            Some(StepStatus::Done) if f.attempts > 1 => problems.push(Problem::Retried {
+                step: s.id.clone(),
+                attempts: f.attempts,
+            }),
+            _ => {}
+        }
+        if f.restarted {
+            problems.push(Problem::RanAgain {
+                step: s.id.clone(),
+                outcome: f.message.clone(),
+            });
+        }
+        if let Some((ok, message)) = &f.undo {
+            problems.push(Problem::RolledBack {
+                step: s.id.clone(),
+                ok: *ok,
+                message: message.clone(),
+            });
+        }
+    }
+    for s in &services {
+        if matches!(s.status, ServiceStatus::Blocked) {
+            problems.push(Problem::Blocked {
+                service: s.id.clone(),
+                reason: s.reason.clone().unwrap_or_default(),
+            });
+        }
+    }
+    for at in &interrupted_at {
+        problems.push(Problem::Interrupted { at: *at });
+    }
+
+    let in_scope: Vec<&ServiceReport> = services
+        .iter()
+        .filter(|s| s.status != ServiceStatus::NothingToDo)
+        .collect();
+    let services_recovered = in_scope
+        .iter()
+        .filter(|s| s.status == ServiceStatus::Recovered)
+        .count();
+    let rto_measured = services.iter().filter(|s| s.rto_met.is_some()).count();
+    let rto_met = services.iter().filter(|s| s.rto_met == Some(true)).count();
+    let rpo_measured = services.iter().filter(|s| s.rpo_met.is_some()).count();
+    let rpo_met = services.iter().filter(|s| s.rpo_met == Some(true)).count();
+    let result = match run_status {
+        None | Some(RunStatus::Interrupted) => Outcome::Incomplete,
+        Some(RunStatus::Failed) => Outcome::Failed,
+        Some(RunStatus::Partial) => Outcome::PartiallyRecovered,
+        Some(RunStatus::Succeeded) => {
+            if rto_met == rto_measured && rpo_met == rpo_measured && problems.is_empty() {
+                Outcome::Recovered
+            } else {
+                Outcome::RecoveredWithIssues
+            }
+        }
+    };
+
+    let mut recommendations = Vec::new();
+    // Time lost before the run started (incident to start) counts against every target.
+    let delay = (started_at - measured_from).num_milliseconds() as f64 / 1000.0;
+    let late_start: Vec<String> = services
+        .iter()
+        .filter(|s| s.rto_met == Some(false) && delay > s.rto_target_s as f64)
+        .map(|s| s.id.clone())
+        .collect();
+    if !late_start.is_empty() {
+        recommendations.push(Recommendation {
+            kind: "late_start",
+            subject: "incident".to_string(),
+            text: l.rec_late_start(delay, &late_start),
+        });
+    }
+    for s in &services {
+        if s.rto_met == Some(false) && !late_start.contains(&s.id) {
+            if let Some(achieved) = s.achieved_rto_s {
+                // The chain of steps that made this service late.
+                let last = records
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.service == s.id && r.phase == Phase::Main)
+                    .filter_map(|(i, r)| {
+                        facts.get(r.id.as_str()).and_then(|f| f.end).map(|e| (e, i))
+                    })
+                    .max()
+                    .map(|(_, i)| i);
+                let chain = last.map(&chain_to).unwrap_or_default();
+                let longest = chain
+                    .iter()
+                    .filter_map(|id| {
+                        let t = timeline.iter().find(|t| &t.id == id)?;
+                        Some((t.end_s? - t.start_s?, id.clone()))
+                    })
+                    .max_by(|a, b| a.0.total_cmp(&b.0));
+                recommendations.push(Recommendation {
+                    kind: "rto_missed",
+                    subject: s.id.clone(),
+                    text: l.rec_rto_missed(
+                        &s.id,
+                        achieved,
+                        s.rto_target_s as f64,
+                        &chain,
+                        longest.as_ref().map(|(d, id)| (id.as_str(), *d)),
+                    ),
+                });
+            } else {
+                recommendations.push(Recommendation {
+                    kind: "not_recovered",
+                    subject: s.id.clone(),
+                    text: l.rec_not_recovered(&s.id, s.reason.as_deref()),
+                });
+            }
+        } else if s.rto_met == Some(false) && s.achieved_rto_s.is_none() {
+            recommendations.push(Recommendation {
+                kind: "not_recovered",
+                subject: s.id.clone(),
+                text: l.rec_not_recovered(&s.id, s.reason.as_deref()),
+            });
+        }
+        if s.rpo_met == Some(false) {
+            recommendations.push(Recommendation {
+                kind: "rpo_missed",
+                subject: s.id.clone(),
+                text: l.rec_rpo_missed(
+                    &s.id,
+                    s.data_loss_s.unwrap_or(0.0),
+                    s.rpo_target_s.unwrap_or(0) as f64,
+                ),
+            });
+        }
+        for p in s.points.iter().filter(|p| !p.verified) {
+            recommendations.push(Recommendation {
+                kind: "point_unverified",
+                subject: p.item.clone(),
+                text: l.rec_point_unverified(&p.item, &p.point),
+            });
+        }
+    }
+    for m in &manual {
+        if let Some(w) = m.waited_s.filter(|w| *w > LONG_MANUAL_WAIT_S) {
+            recommendations.push(Recommendation {
+                kind: "long_manual_wait",
+                subject: m.step.clone(),
+                text: l.rec_long_wait(&m.step, w),
+            });
+        }
+    }
+    for p in &problems {
+        if let Problem::Retried { step, attempts } = p {
+            recommendations.push(Recommendation {
+                kind: "retried",
+                subject: step.clone(),
+                text: l.rec_retried(step, *attempts),
+            });
+        }
+    }
+    match &readiness {
+        Some(r) => {
+            let failed: Vec<String> = r
+                .items
+                .iter()
+                .filter(|i| i.status == ItemStatus::Failed)
+                .map(|i| format!("{} {}", i.area, i.subject))
+                .collect();
+            if !failed.is_empty() {
+                recommendations.push(Recommendation {
+                    kind: "not_ready",
+                    subject: "readiness".to_string(),
+                    text: l.rec_not_ready(&failed),
+                });
+            }
+        }
+        None => recommendations.push(Recommendation {
+            kind: "no_readiness",
+            subject: "readiness".to_string(),
+            text: l.rec_no_readiness.to_string(),
+        }),
+    }
+    let previous_drill = input
+        .history
+        .iter()
+        .filter(|r| {
+            r.run_id != run_id
+                && r.mode == Mode::Drill
+                && r.started_at < started_at
+                && matches!(r.status, Some(RunStatus::Succeeded | RunStatus::Partial))
+        })
+        .map(|r| r.started_at)
+        .max();
+    match previous_drill {
+        Some(t) if (started_at - t).num_days() > DRILL_EVERY_DAYS => {
+            recommendations.push(Recommendation {
+                kind: "drill_overdue",
+                subject: "drill".to_string(),
+                text: l.rec_drill_overdue((started_at - t).num_days(), DRILL_EVERY_DAYS),
+            })
+        }
+        None if mode != Mode::Drill => recommendations.push(Recommendation {
+            kind: "no_drill",
+            subject: "drill".to_string(),
+            text: l.rec_no_drill.to_string(),
+        }),
+        _ => {}
+    }
+
+    let ended = ended_at.or(last_event);
+    Ok(RecoveryReport {
+        run_id: run_id.clone(),
+        mode,
+        emergency,
+        sites,
+        operator,
+        machine,
+        started_at,
+        ended_at,
+        incident_at,
+        measured_from,
+        duration_s: ended.map(secs),
+        run_status,
+        result,
+        services_recovered,
+        services_in_scope: in_scope.len(),
+        rto_met,
+        rto_measured,
+        rpo_met,
+        rpo_measured,
+        estimated_s: (plan.estimated_s > 0).then_some(plan.estimated_s),
+        services,
+        timeline,
+        critical_path,
+        manual,
+        problems,
+        recommendations,
+        resumes,
+        readiness,
+        evidence: Evidence {
+            run_id,
+            tool_version: version,
+            sources_digest,
+            journal_blake3: blake3::hash(input.journal_bytes).to_hex().to_string(),
+            events: input.events.len(),
+            operators,
+        },
+    })
+}
+
+/// The last lines of a step's output (stderr first: that is where the reason usually is).
+fn excerpt(stdout: &str, stderr: &str) -> String {
+    let mut lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.len() < EXCERPT_LINES {
+        let out: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+        let room = EXCERPT_LINES - lines.len();
+        let mut tail = out[out.len().saturating_sub(room)..].to_vec();
+        tail.append(&mut lines);
+        lines = tail;
+    }
+    let lines = &lines[lines.len().saturating_sub(EXCERPT_LINES)..];
+    let mut text = lines.join("\n");
+    if text.len() > 2000 {
+        let mut cut = text.len() - 2000;
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        text = format!("…{}", &text[cut..]);
+    }
+    text
+}
+
+/// A duration for people: `42s`, `4m 05s`, `1h 02m`.
+pub fn human_duration(secs: f64) -> String {
+    let secs = secs.max(0.0);
+    if secs < 10.0 {
+        return format!("{secs:.1}s");
+    }
+    let s = secs.round() as u64;
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m {:02}s", s / 60, s % 60)
+    } else if s < 86400 {
+        format!("{}h {:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}d {:02}h", s / 86400, (s % 86400) / 3600)
+    }
+}
+
+/// The report of run `run` (an id or `latest`) of a state folder, with the earlier runs as
+/// history.
+pub fn for_run(
+    state_dir: &std::path::Path,
+    run: &str,
+    lang: Lang,
+) -> Result<RecoveryReport, crate::run::RunError> {
+    let dir = crate::journal::RunDir::open(state_dir, run)?;
+    let bytes =
+        std::fs::read(dir.journal_path()).map_err(|source| crate::journal::JournalError::Io {
+            what: "read",
+            path: dir.journal_path(),
+            source,
+        })?;
+    let events = dir.read()?;
+    let history = briefs(state_dir)?;
+    build(&Input {
+        events: &events,
+        journal_bytes: &bytes,
+        history: &history,
+        lang,
+    })
+    .map_err(|_| crate::run::RunError::NoStart(dir.run_id.clone()))
+}
+
+/// Mode, start and result of every run of a state folder, oldest first.
+pub fn briefs(state_dir: &std::path::Path) -> Result<Vec<RunBrief>, crate::run::RunError> {
+    let mut out = Vec::new();
+    for id in crate::journal::list(state_dir)? {
+        let events = crate::journal::RunDir::open(state_dir, &id)?.read()?;
+        if let Ok(start) = crate::run::started(&id, &events) {
+            out.push(RunBrief {
+                run_id: id,
+                mode: start.mode,
+                started_at: start.at,
+                status: crate::run::finished(&events),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The last successful drill of a service.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastDrill {
+    pub service: String,
+    pub run_id: Option<String>,
+    pub at: Option<DateTime<Utc>>,
+    pub achieved_rto_s: Option<f64>,
+    pub rto_met: Option<bool>,
+}
+
+/// Per service seen in any run: the newest drill in which it was recovered.
+pub fn last_drills(state_dir: &std::path::Path) -> Result<Vec<LastDrill>, crate::run::RunError> {
+    let mut last: Vec<LastDrill> = Vec::new();
+    for id in crate::journal::list(state_dir)? {
+        let dir = crate::journal::RunDir::open(state_dir, &id)?;
+        let events = dir.read()?;
+        let Ok(report) = build(&Input {
+            events: &events,
+            journal_bytes: &[],
+            history: &[],
+            lang: Lang::En,
+        }) else {
+            continue;
+        };
+        for s in &report.services {
+            if s.status == ServiceStatus::NothingToDo {
+                continue;
+            }
+            let entry = match last.iter_mut().find(|l| l.service == s.id) {
+                Some(e) => e,
+                None => {
+                    last.push(LastDrill {
+                        service: s.id.clone(),
+                        run_id: None,
+                        at: None,
+                        achieved_rto_s: None,
+                        rto_met: None,
+                    });
+                    last.last_mut().expect("just pushed")
+                }
+            };
+            let newer = entry.at.is_none_or(|t| t < report.started_at);
+            if report.mode == Mode::Drill && s.status == ServiceStatus::Recovered && newer {
+                entry.run_id = Some(report.run_id.clone());
+                entry.at = Some(report.started_at);
+                entry.achieved_rto_s = s.achieved_rto_s;
+                entry.rto_met = s.rto_met;
+            }
+        }
+    }
+    last.sort_by(|a, b| a.service.cmp(&b.service));
+    Ok(last)
+}
