@@ -495,3 +495,71 @@ fn a_failed_planned_failover_undoes_completed_steps_in_reverse_order() {
         Some("failed")
     ));
 }
+
+/// Runs `cmd` with `args`, failing clearly when it is not installed.
+fn tool(cmd: &str, args: &[&str]) -> std::process::Output {
+    Command::new(cmd).args(args).output().unwrap_or_else(|e| {
+        panic!("{cmd} is needed by this test (scripts/test.sh installs it): {e}")
+    })
+}
+
+#[test]
+fn a_lab_drill_report_prints_to_pdf_in_headless_chromium() {
+    let lab = Lab::up(107);
+    let run = lab.run(&["drill", "--no-prompt", "--operator", "Karim Benali"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    // The artifacts stay in target/ci-artifacts for people to look at.
+    let out = root().join("target/ci-artifacts");
+    std::fs::create_dir_all(&out).unwrap();
+    let html = out.join("report-drill.html");
+    let run = lab.run(&["report", "latest", "--output", html.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    for forbidden in ["src=", "href=", "url(http", "@import", "<link", "<script"] {
+        assert!(!page.contains(forbidden), "{forbidden}");
+    }
+    let pdf = out.join("report-drill.pdf");
+    let run = lab.run(&[
+        "report",
+        "latest",
+        "--pdf",
+        "--output",
+        pdf.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        run.code, 0,
+        "printing needs Chromium (scripts/test.sh installs it): {run:?}"
+    );
+    let text = tool("pdftotext", &["-layout", pdf.to_str().unwrap(), "-"]);
+    assert!(text.status.success(), "{text:?}");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("Recovery report"), "{text}");
+    assert!(text.contains("Result: Recovered"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&lab.run(&["report", "latest", "--format", "json"]).stdout).unwrap();
+    for s in report["services"].as_array().unwrap() {
+        assert!(
+            text.contains(s["id"].as_str().unwrap()),
+            "{} not in the PDF",
+            s["id"]
+        );
+    }
+    // A screenshot of the page, as a PNG.
+    let png = out.join("report-drill.png");
+    let _ = std::fs::remove_file(&png);
+    let shot = tool(
+        "chromium",
+        &[
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1000,2600",
+            &format!("--screenshot={}", png.display()),
+            &format!("file://{}", html.display()),
+        ],
+    );
+    assert!(shot.status.success(), "{shot:?}");
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000);
+}

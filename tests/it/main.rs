@@ -6,5 +6,6 @@ mod common;
 mod example;
 mod lab;
 mod props;
+mod report;
 mod ssh;
 mod sshd;
