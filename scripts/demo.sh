@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on the built-in example: a lab of SSH hosts on loopback, a drill, its record.
+# The main job on the built-in example: a lab of SSH hosts on loopback, a drill, its report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prereqs.sh
@@ -11,4 +11,9 @@ $bin lab up
 trap '$bin lab down' EXIT
 $bin --overlay lab/overlay.toml drill --no-prompt
 $bin runs
-$bin show latest
+mkdir -p reports
+run=$($bin report latest --format json | sed -n 's/^  "run_id": "\(.*\)",$/\1/p')
+$bin report latest --output "reports/$run.html" >/dev/null
+$bin report latest --pdf --output "reports/$run.pdf" >/dev/null
+$bin report latest
+echo "report: reports/$run.html and reports/$run.pdf"
