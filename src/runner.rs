@@ -293,7 +293,7 @@ pub async fn execute(
                             out.stderr.trim()
                         )),
                     ),
-                    Err(e) => (false, Some(e)),
+                    Err(e) => (false, Some(e.message)),
                 };
             sink.emit(&Event::UndoFinished {
                 at: Utc::now(),
@@ -420,6 +420,7 @@ async fn run_step(
                 attempt += 1;
                 started(&tx, step, attempt);
                 let result = exec(&ctx, step, run, timeout).await;
+                let refused = matches!(&result, Err(e) if e.refused);
                 let (status, message) = match result {
                     Ok(out) => {
                         output_event(&tx, step, attempt, &out);
@@ -459,9 +460,9 @@ async fn run_step(
                             (StepStatus::Done, None)
                         }
                     }
-                    Err(e) => (StepStatus::Failed, Some(e)),
+                    Err(e) => (StepStatus::Failed, Some(e.message)),
                 };
-                if status.succeeded() || attempt > step.retries || *shutdown.borrow() {
+                if status.succeeded() || refused || attempt > step.retries || *shutdown.borrow() {
                     return outcome(status, attempt, message);
                 }
                 let backoff = StdDuration::from_secs((1u64 << (attempt - 1).min(5)).min(30));
@@ -489,7 +490,9 @@ async fn run_step(
                             output_event(&tx, step, 1, &out);
                             Ok(())
                         }
-                        Ok(out) => Err(format!("status {} {}", out.exit_code, out.stderr.trim())),
+                        Ok(out) => {
+                            Err(format!("status {} {}", out.exit_code, out.stderr.trim()).into())
+                        }
                         Err(e) => Err(e),
                     }
                 }
@@ -513,8 +516,8 @@ async fn run_step(
                     .await
                     {
                         Ok(Ok(_)) => Ok(()),
-                        Ok(Err(e)) => Err(format!("{target}: {e}")),
-                        Err(_) => Err(format!("{target}: no answer within 5s")),
+                        Ok(Err(e)) => Err(format!("{target}: {e}").into()),
+                        Err(_) => Err(format!("{target}: no answer within 5s").into()),
                     }
                 }
             })
@@ -534,9 +537,11 @@ async fn run_step(
                     match tokio::time::timeout(StdDuration::from_secs(10), http_status(&url)).await
                     {
                         Ok(Ok(code)) if code == expected => Ok(()),
-                        Ok(Ok(code)) => Err(format!("{url}: status {code}, expected {expected}")),
-                        Ok(Err(e)) => Err(format!("{url}: {e}")),
-                        Err(_) => Err(format!("{url}: no answer within 10s")),
+                        Ok(Ok(code)) => {
+                            Err(format!("{url}: status {code}, expected {expected}").into())
+                        }
+                        Ok(Err(e)) => Err(format!("{url}: {e}").into()),
+                        Err(_) => Err(format!("{url}: no answer within 10s").into()),
                     }
                 }
             })
@@ -691,7 +696,7 @@ async fn poll<F, Fut>(
 ) -> Outcome
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<(), TryError>>,
 {
     let deadline = step
         .timeout_s
@@ -706,6 +711,15 @@ where
                     status: StepStatus::Done,
                     attempt: 1,
                     message: None,
+                    elapsed: begin.elapsed(),
+                };
+            }
+            Err(e) if e.refused => {
+                return Outcome {
+                    index,
+                    status: StepStatus::Failed,
+                    attempt: 1,
+                    message: Some(e.message),
                     elapsed: begin.elapsed(),
                 };
             }
@@ -808,14 +822,49 @@ fn output_event(
 }
 
 /// Runs a command of a step on its host, with secrets resolved and redacted from the output.
+/// Why a try did not succeed. A `refused` error (a changed or unknown host key, failed
+/// authentication, a missing secret) does not change by trying again: the step fails at once.
+#[derive(Debug)]
+struct TryError {
+    message: String,
+    refused: bool,
+}
+
+impl From<String> for TryError {
+    fn from(message: String) -> Self {
+        TryError {
+            message,
+            refused: false,
+        }
+    }
+}
+
+impl std::fmt::Display for TryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl TryError {
+    fn refused(message: String) -> Self {
+        TryError {
+            message,
+            refused: true,
+        }
+    }
+}
+
 async fn exec(
     ctx: &RunContext,
     step: &PlannedStep,
     command: &Command,
     timeout: Option<StdDuration>,
-) -> Result<ExecOutput, String> {
+) -> Result<ExecOutput, TryError> {
     let Some(host) = step.host.clone() else {
-        return Err(format!("step {} has no host to run on", step.id));
+        return Err(TryError::refused(format!(
+            "step {} has no host to run on",
+            step.id
+        )));
     };
     let secrets: Vec<(String, String)> = command
         .secrets()
@@ -823,14 +872,29 @@ async fn exec(
         .collect();
     let text = command
         .expose(|name| (ctx.secrets)(name))
-        .map_err(|missing| format!("secret {missing} is not set in the environment"))?;
+        .map_err(|missing| {
+            TryError::refused(format!("secret {missing} is not set in the environment"))
+        })?;
     let transport = ctx.transport.clone();
     let deadline = timeout.unwrap_or(StdDuration::from_secs(3600));
     let joined = tokio::task::spawn_blocking(move || transport.exec(&host, &text, deadline)).await;
     let mut out = match joined {
         Ok(Ok(out)) => out,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(e) => return Err(format!("the ssh task failed: {e}")),
+        Ok(Err(e)) => {
+            let refused = matches!(
+                e,
+                crate::ssh::SshError::ChangedHostKey { .. }
+                    | crate::ssh::SshError::UnknownHostKey { .. }
+                    | crate::ssh::SshError::KnownHosts { .. }
+                    | crate::ssh::SshError::Auth { .. }
+                    | crate::ssh::SshError::UnknownHost(_)
+            );
+            return Err(TryError {
+                message: e.to_string(),
+                refused,
+            });
+        }
+        Err(e) => return Err(format!("the ssh task failed: {e}").into()),
     };
     for (name, value) in &secrets {
         if !value.is_empty() {
@@ -974,6 +1038,21 @@ mod tests {
                 calls.iter().filter(|(_, c)| c == command).count()
             };
             *self.running.lock().unwrap().get_mut(host).unwrap() -= 1;
+            if command.contains("changed-key") {
+                return Err(SshError::ChangedHostKey {
+                    host: host.to_string(),
+                    endpoint: "127.0.0.1:22".into(),
+                    known: "SHA256:old".into(),
+                    offered: "SHA256:new".into(),
+                    known_hosts: "known_hosts".into(),
+                });
+            }
+            if command.contains("unreachable") {
+                return Err(SshError::Hung {
+                    host: host.to_string(),
+                    secs: 2,
+                });
+            }
             let code = if command.contains("fail") {
                 1
             } else if let Some(n) = command.split("flaky:").nth(1) {
@@ -1469,6 +1548,64 @@ mod tests {
         assert_eq!(sink.status("b/1"), Some(StepStatus::Cancelled));
         assert_eq!(sink.status("a/cleanup"), Some(StepStatus::Done));
         assert_eq!(fake.commands(), ["remove overlay"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_host_fails_at_once_while_a_silent_one_is_tried_again() {
+        // A changed host key will not change by trying again: no retries, no polling.
+        let mut exec_refused = exec_step("a/run", "h1", &[], "changed-key run");
+        exec_refused.retries = 3;
+        let mut check_refused = exec_step("b/ready", "h2", &[], "");
+        check_refused.timeout_s = Some(600);
+        check_refused.action_spec = Action::Probe {
+            run: Command::text("changed-key probe"),
+            interval: Duration(5),
+        };
+        // A host that does not answer may come back: retried with backoff.
+        let mut silent = exec_step("c/run", "h3", &[], "unreachable run");
+        silent.retries = 2;
+        let fake = Arc::new(Fake::default());
+        let ctx = RunContext {
+            plan: plan(
+                Mode::Restore,
+                false,
+                vec![exec_refused, check_refused, silent],
+            ),
+            transport: fake.clone(),
+            confirmations: Arc::new(Confirm(Mutex::new(0))),
+            secrets: env_secrets(),
+            options: RunOptions::default(),
+            prior: HashMap::new(),
+        };
+        let (_tx, rx) = watch::channel(false);
+        let mut sink = Collect::default();
+        let begin = Instant::now();
+        execute(ctx, &mut sink, rx).await;
+        assert_eq!(sink.status("a/run"), Some(StepStatus::Failed));
+        assert_eq!(sink.status("b/ready"), Some(StepStatus::Failed));
+        assert_eq!(sink.status("c/run"), Some(StepStatus::Failed));
+        let tries = |c: &str| fake.commands().iter().filter(|x| *x == c).count();
+        assert_eq!(tries("changed-key run"), 1);
+        assert_eq!(tries("changed-key probe"), 1);
+        assert_eq!(tries("unreachable run"), 3);
+        // The refused check did not wait for its 600 s deadline.
+        assert!(
+            begin.elapsed() < StdDuration::from_secs(60),
+            "{:?}",
+            begin.elapsed()
+        );
+        let message = sink
+            .0
+            .iter()
+            .find_map(|e| match e {
+                Event::StepFinished { step, message, .. } if step == "b/ready" => message.clone(),
+                _ => None,
+            })
+            .unwrap();
+        assert!(
+            message.contains("SHA256:old") && message.contains("SHA256:new"),
+            "{message}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

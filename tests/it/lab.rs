@@ -563,3 +563,148 @@ fn a_lab_drill_report_prints_to_pdf_in_headless_chromium() {
     let bytes = std::fs::read(&png).unwrap();
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000);
 }
+
+fn sshd_pid(lab: &Lab, host: &str) -> String {
+    std::fs::read_to_string(lab.lab().join("hosts").join(host).join("run/sshd.pid"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn calls(lab: &Lab, host: &str) -> String {
+    std::fs::read_to_string(lab.lab().join("hosts").join(host).join("calls.log"))
+        .unwrap_or_default()
+}
+
+/// The fingerprint `ssh-keygen -lf` gives of a public key file.
+fn fingerprint(pubkey: &Path) -> String {
+    let out = tool("ssh-keygen", &["-lf", pubkey.to_str().unwrap()]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_host_with_a_changed_key_is_refused_and_nothing_runs_on_it() {
+    let lab = Lab::up(108);
+    // fw-casa is "reinstalled": a new host key, picked up by its sshd on SIGHUP.
+    let dir = lab.lab().join("hosts/fw-casa");
+    let old = fingerprint(&dir.join("ssh_host_ed25519_key.pub"));
+    std::fs::remove_file(dir.join("ssh_host_ed25519_key")).unwrap();
+    std::fs::remove_file(dir.join("ssh_host_ed25519_key.pub")).unwrap();
+    let made = tool(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            dir.join("ssh_host_ed25519_key").to_str().unwrap(),
+        ],
+    );
+    assert!(made.status.success(), "{made:?}");
+    let new = fingerprint(&dir.join("ssh_host_ed25519_key.pub"));
+    assert_ne!(old, new);
+    let _ = Command::new("kill")
+        .args(["-HUP", &sshd_pid(&lab, "fw-casa")])
+        .status();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = calls(&lab, "fw-casa");
+
+    let run = lab.run(&["drill", "--no-prompt"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let events = lab.journal();
+    let status = statuses(&events);
+    assert_eq!(
+        status
+            .get("firewall-casa/policy-parses")
+            .map(String::as_str),
+        Some("failed"),
+        "{status:?}"
+    );
+    let message = events
+        .iter()
+        .find(|e| e["event"] == "step_finished" && e["step"] == "firewall-casa/policy-parses")
+        .and_then(|e| e["message"].as_str())
+        .unwrap()
+        .to_string();
+    assert!(message.contains("fw-casa"), "{message}");
+    assert!(
+        message.contains(&old) && message.contains(&new),
+        "{message}"
+    );
+    // Nothing ran on it, and its dependants were blocked, not run.
+    assert_eq!(calls(&lab, "fw-casa"), before);
+    assert_eq!(
+        status.get("directory-casa/ldap").map(String::as_str),
+        Some("blocked")
+    );
+    // The recovery site's own branch went on.
+    assert_eq!(
+        status.get("hv-pra/libvirtd").map(String::as_str),
+        Some("done")
+    );
+}
+
+#[test]
+fn a_hung_host_times_out_its_check_at_the_deadline_and_the_run_goes_on() {
+    let lab = Lab::up(109);
+    // fw-casa's sshd is frozen: connections are accepted by the kernel, never answered.
+    let pid = sshd_pid(&lab, "fw-casa");
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    struct Thaw(String);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+        }
+    }
+    let _thaw = Thaw(pid);
+    let before = calls(&lab, "fw-casa");
+    let run = lab.run(&["drill", "--no-prompt", "--connect-timeout", "2"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let events = lab.journal();
+    let finished = events
+        .iter()
+        .find(|e| e["event"] == "step_finished" && e["step"] == "firewall-casa/policy-parses")
+        .unwrap();
+    // A check keeps trying a host that does not answer (it may come back) until its deadline,
+    // and no try outlives it by more than the connect timeout and a small margin.
+    assert_eq!(finished["status"], "timed_out", "{finished}");
+    let plan = plan(&lab, &["drill"]);
+    let timeout_s = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "firewall-casa/policy-parses")
+        .unwrap()["timeout_s"]
+        .as_u64()
+        .unwrap();
+    let ms = finished["duration_ms"].as_u64().unwrap();
+    assert!(ms >= timeout_s * 1000, "{finished}");
+    assert!(ms <= timeout_s * 1000 + 2000 + 3000, "{finished}");
+    assert!(
+        finished["message"]
+            .as_str()
+            .unwrap()
+            .contains("no answer from fw-casa"),
+        "{finished}"
+    );
+    // The rest of the drill did not wait for it.
+    let status = statuses(&events);
+    assert_eq!(
+        status.get("hv-pra/libvirtd").map(String::as_str),
+        Some("done")
+    );
+    // Nothing ran on the frozen host.
+    assert_eq!(calls(&lab, "fw-casa"), before);
+}
