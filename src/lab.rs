@@ -414,6 +414,8 @@ pub fn up(
             set_mode(&p, 0o755)?;
         }
         let config = hd.join("sshd_config");
+        // SHLVL=1 makes the remote bash a nested shell, which does not read this machine's
+        // ~/.bashrc: a lab host's environment is its own, not the user's of the real machine.
         let path_env = format!(
             "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             hd.join("bin").display()
@@ -421,7 +423,7 @@ pub fn up(
         let text = format!(
             "ListenAddress {}:{SSH_PORT}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPrintMotd no\n\
-             AcceptEnv none\nSetEnv PATH={path_env} LAB_HOST={} LAB_HOST_DIR={} LAB_DIR={}\nMaxSessions 64\nMaxStartups 64:30:128\nLogLevel ERROR\n",
+             AcceptEnv none\nSetEnv SHLVL=1 PATH={path_env} LAB_HOST={} LAB_HOST_DIR={} LAB_DIR={}\nMaxSessions 64\nMaxStartups 64:30:128\nLogLevel ERROR\n",
             host.address,
             key.display(),
             hd.join("run/sshd.pid").display(),
