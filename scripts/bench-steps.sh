@@ -2,7 +2,7 @@
 # Benchmarks reprise against peers measured in the same run, on loopback labs (127.150-152.x.x):
 #   1. per-step overhead, N trivial steps on one host: reprise vs OpenSSH ControlMaster vs
 #      ansible-playbook (pipelining, one task per command); plus parallel throughput;
-#   2. scheduling of a ~200-step DAG of sleeps over 10 hosts: makespan vs critical path vs
+#   2. scheduling of a 500-step DAG of sleeps over 20 hosts: makespan vs critical path vs
 #      topological waves;
 #   3. peak RSS and CPU time of the orchestrator driving 50 hosts at once.
 # Prints medians of REPS runs and ratios; asserts no wall-clock limits.
@@ -135,7 +135,7 @@ marg() { calc "($(M "$1")-$(M "$2"))*1000/($N-1)"; }           # (T_N - T_1)/(N-
 
 # ================================ 2. scheduling =============================================
 G=$TMP/dag
-$GEN dag "$G" 10 40 5 "$DAG_SEED"
+$GEN dag "$G" 20 100 5 "$DAG_SEED"
 "$BIN" validate --inventory "$G/inventory" --runbooks "$G/runbooks" >/dev/null
 log "lab up (10 hosts) on 127.151.0.x"
 lab_up "$G/inventory" "$G/runbooks" "$G/lab" 151
@@ -208,7 +208,7 @@ echo "     reprise --parallel 8 --per-host 8 : $(M rp_par) s = $(per rp_par) ms/
 echo "     ssh ControlMaster, xargs -P 8     : $(M cm_par) s = $(per cm_par) ms/step  (speed-up vs sequential x$(calc "$(M cm_n)/$(M cm_par)"))"
 echo "     ControlMaster/reprise = $(calc "$(M cm_par)/$(M rp_par)")"
 echo
-echo "2. scheduling: $(SM steps | cut -d. -f1) steps (sleep 0.1-0.5 s, seed $DAG_SEED), 40 services on 10 hosts, $(SM levels | cut -d. -f1) levels; restore --parallel 64 --per-host 16"
+echo "2. scheduling: $(SM steps | cut -d. -f1) steps (sleep 0.1-0.5 s, seed $DAG_SEED), 100 services on 20 hosts, $(SM levels | cut -d. -f1) levels; restore --parallel 64 --per-host 16"
 echo "   sum of all sleeps (serial)                 : $(SM sum_known_s) s"
 echo "   critical path, known sleeps                : $(SM cp_known_s) s"
 echo "   critical path, measured step durations     : $(SM cp_measured_s) s   (journal duration_ms)"

@@ -147,6 +147,9 @@ impl Session {
             .ok_or_else(|| connect_err("no address".into()))?;
         let tcp =
             TcpStream::connect_timeout(addr, timeout).map_err(|e| connect_err(io_reason(&e)))?;
+        // Small packets (channel open, exec, close) go out at once instead of waiting for the
+        // peer's delayed ACK: this is most of the cost of a short command otherwise.
+        let _ = tcp.set_nodelay(true);
         let mut raw = RawSession::new().map_err(|e| connect_err(e.to_string()))?;
         raw.set_tcp_stream(tcp);
         raw.set_timeout(timeout.as_millis() as u32);
