@@ -121,3 +121,33 @@ fn only_flags_what_it_leaves_out() {
     );
     let _ = root();
 }
+
+#[test]
+fn a_bad_incident_time_is_refused_before_anything_runs() {
+    let dir = mini_copy();
+    let run = reprise(
+        dir.path(),
+        &[
+            "failover",
+            "--emergency",
+            "--incident-at",
+            "last night",
+            "--yes",
+        ],
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("is not a time"), "{}", run.stderr);
+    let run = reprise(
+        dir.path(),
+        &[
+            "failover",
+            "--emergency",
+            "--incident-at",
+            "2999-01-01T00:00:00Z",
+            "--yes",
+        ],
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("in the future"), "{}", run.stderr);
+    assert!(!dir.path().join("runs").exists());
+}
