@@ -32,6 +32,8 @@ impl Lang {
 pub struct Labels {
     pub lang: Lang,
     pub title: &'static str,
+    /// ": " in English, " : " in French.
+    pub colon: &'static str,
     pub summary: &'static str,
     pub run: &'static str,
     pub mode: &'static str,
@@ -101,6 +103,15 @@ pub struct Labels {
 }
 
 impl Labels {
+    /// A duration for people, in this language (`1d 02h` is `1j 02h` in French).
+    pub fn dur(&self, secs: f64) -> String {
+        let text = d(secs);
+        match self.lang {
+            Lang::En => text,
+            Lang::Fr => text.replace('d', "j"),
+        }
+    }
+
     pub fn mode(&self, mode: Mode, emergency: bool) -> &'static str {
         match (self.lang, mode, emergency) {
             (Lang::En, Mode::Drill, _) => "Failover drill",
@@ -256,13 +267,13 @@ impl Labels {
             Lang::En => {
                 let mut t = format!(
                     "{service} was recovered in {} against a target of {}: its critical path was {chain}.",
-                    d(achieved),
-                    d(target)
+                    self.dur(achieved),
+                    self.dur(target)
                 );
                 if let Some((step, secs)) = longest {
                     t.push_str(&format!(
                         " The longest step, {step}, took {}: shorten it, run it earlier, or revise the target.",
-                        d(secs)
+                        self.dur(secs)
                     ));
                 }
                 t
@@ -270,13 +281,13 @@ impl Labels {
             Lang::Fr => {
                 let mut t = format!(
                     "{service} a été rétabli en {} pour un objectif de {} : son chemin critique était {chain}.",
-                    d(achieved),
-                    d(target)
+                    self.dur(achieved),
+                    self.dur(target)
                 );
                 if let Some((step, secs)) = longest {
                     t.push_str(&format!(
                         " L'étape la plus longue, {step}, a pris {} : la raccourcir, la lancer plus tôt, ou revoir l'objectif.",
-                        d(secs)
+                        self.dur(secs)
                     ));
                 }
                 t
@@ -289,11 +300,11 @@ impl Labels {
         match self.lang {
             Lang::En => format!(
                 "The run started {} after the declared incident, already past the RTO target of {list}: shorten the time from incident to decision (alerting, on-call, who may declare the disaster).",
-                d(delay)
+                self.dur(delay)
             ),
             Lang::Fr => format!(
                 "L'opération a commencé {} après l'incident déclaré, au-delà de l'objectif RTO de {list} : raccourcir le délai entre l'incident et la décision (alerte, astreinte, qui peut déclarer le sinistre).",
-                d(delay)
+                self.dur(delay)
             ),
         }
     }
@@ -314,13 +325,13 @@ impl Labels {
         match self.lang {
             Lang::En => format!(
                 "{service} lost {} of data against a target of {}: replicate it more often and watch `reprise status`.",
-                d(loss),
-                d(target)
+                self.dur(loss),
+                self.dur(target)
             ),
             Lang::Fr => format!(
                 "{service} a perdu {} de données pour un objectif de {} : le répliquer plus souvent et surveiller `reprise status`.",
-                d(loss),
-                d(target)
+                self.dur(loss),
+                self.dur(target)
             ),
         }
     }
@@ -340,11 +351,11 @@ impl Labels {
         match self.lang {
             Lang::En => format!(
                 "The manual step {step} waited {} for a confirmation: make sure the person in charge is named and reachable, or automate it.",
-                d(waited)
+                self.dur(waited)
             ),
             Lang::Fr => format!(
                 "L'étape manuelle {step} a attendu {} une confirmation : s'assurer que la personne responsable est désignée et joignable, ou l'automatiser.",
-                d(waited)
+                self.dur(waited)
             ),
         }
     }
@@ -387,6 +398,7 @@ impl Labels {
 static EN: Labels = Labels {
     lang: Lang::En,
     title: "Recovery report",
+    colon: ": ",
     summary: "Summary",
     run: "Run",
     mode: "Operation",
@@ -458,6 +470,7 @@ static EN: Labels = Labels {
 static FR: Labels = Labels {
     lang: Lang::Fr,
     title: "Rapport de reprise d'activité",
+    colon: " : ",
     summary: "Synthèse",
     run: "Opération",
     mode: "Type",

@@ -5,9 +5,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 
 use super::lang::{Labels, Lang};
-use super::{
-    Outcome, Problem, RecoveryReport, ServiceReport, ServiceStatus, TimelineStep, human_duration,
-};
+use super::{Outcome, Problem, RecoveryReport, ServiceReport, ServiceStatus, TimelineStep};
 use crate::event::StepStatus;
 use crate::readiness::ItemStatus;
 use crate::runbook::Phase;
@@ -39,7 +37,7 @@ fn time(t: DateTime<Utc>) -> String {
 }
 
 fn opt_dur(s: Option<f64>, l: &Labels) -> String {
-    s.map(human_duration)
+    s.map(|x| l.dur(x))
         .unwrap_or_else(|| l.not_measured.to_string())
 }
 
@@ -107,7 +105,7 @@ fn facts(r: &RecoveryReport, l: &Labels) -> Vec<(&'static str, String)> {
         duration.push_str(&format!(
             " ({} {})",
             l.estimated.to_lowercase(),
-            human_duration(e as f64)
+            l.dur(e as f64)
         ));
     }
     f.push((l.duration, duration));
@@ -202,13 +200,14 @@ fn markdown(r: &RecoveryReport, l: &Labels) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "# {}: {} {}\n",
+        "# {}{}{} {}\n",
         l.title,
+        l.colon,
         l.mode(r.mode, r.emergency),
         r.run_id
     );
     let _ = writeln!(o, "## {}\n", l.summary);
-    let _ = writeln!(o, "**{}: {}**\n", l.result, l.outcome(r.result));
+    let _ = writeln!(o, "**{}{}{}**\n", l.result, l.colon, l.outcome(r.result));
     let _ = writeln!(o, "{}\n", headline(r, l));
     let _ = writeln!(o, "| | |\n|---|---|");
     for (k, v) in facts(r, l) {
@@ -244,11 +243,11 @@ fn markdown(r: &RecoveryReport, l: &Labels) -> String {
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} |",
             s.id,
             l.service_status(s.status),
-            human_duration(s.rto_target_s as f64),
+            l.dur(s.rto_target_s as f64),
             opt_dur(s.achieved_rto_s, l),
             met(s.rto_met, l),
             s.rpo_target_s
-                .map(|t| human_duration(t as f64))
+                .map(|t| l.dur(t as f64))
                 .unwrap_or_else(|| l.not_measured.to_string()),
             opt_dur(s.data_loss_s, l),
             met(s.rpo_met, l),
@@ -263,7 +262,13 @@ fn markdown(r: &RecoveryReport, l: &Labels) -> String {
     }
     let _ = writeln!(o, "\n## {}\n", l.timeline);
     let _ = writeln!(o, "{}\n", l.timeline_note);
-    let _ = writeln!(o, "{}: {}\n", l.critical_path, r.critical_path.join(" → "));
+    let _ = writeln!(
+        o,
+        "{}{}{}\n",
+        l.critical_path,
+        l.colon,
+        r.critical_path.join(" → ")
+    );
     let _ = writeln!(
         o,
         "| {} | {} | +start | +end | {} |\n|---|---|---|---|---|",
@@ -280,11 +285,11 @@ fn markdown(r: &RecoveryReport, l: &Labels) -> String {
             t.id,
             if t.critical { " ★" } else { "" },
             t.service,
-            t.start_s.map(human_duration).unwrap_or_default(),
-            t.end_s.map(human_duration).unwrap_or_default(),
+            t.start_s.map(|x| l.dur(x)).unwrap_or_default(),
+            t.end_s.map(|x| l.dur(x)).unwrap_or_default(),
             t.status.map(|s| l.step_status(s)).unwrap_or("-"),
             t.wait_s
-                .map(|w| format!(" ({} {})", l.waited.to_lowercase(), human_duration(w)))
+                .map(|w| format!(" ({} {})", l.waited.to_lowercase(), l.dur(w)))
                 .unwrap_or_default()
         );
     }
@@ -317,7 +322,7 @@ fn markdown(r: &RecoveryReport, l: &Labels) -> String {
     }
     for p in &r.problems {
         let (what, text, excerpt) = problem_line(p, l);
-        let _ = writeln!(o, "- **{what}**: {text}");
+        let _ = writeln!(o, "- **{what}**{}{text}", l.colon);
         if let Some(x) = excerpt {
             let _ = writeln!(o, "\n  ```text");
             for line in x.lines() {
@@ -431,8 +436,9 @@ fn html(r: &RecoveryReport, l: &Labels) -> String {
     );
     let _ = writeln!(
         o,
-        "<h1>{}: {}<small>{} {}</small></h1>",
+        "<h1>{}{}{}<small>{} {}</small></h1>",
         esc(l.title),
+        l.colon,
         esc(l.mode(r.mode, r.emergency)),
         esc(l.run),
         esc(&r.run_id)
@@ -446,8 +452,9 @@ fn html(r: &RecoveryReport, l: &Labels) -> String {
     };
     let _ = writeln!(
         o,
-        "<div class=\"verdict {class}\" id=\"result\">{}: {}</div>\n<p>{}</p>",
+        "<div class=\"verdict {class}\" id=\"result\">{}{}{}</div>\n<p>{}</p>",
         esc(l.result),
+        l.colon,
         esc(l.outcome(r.result)),
         esc(&headline(r, l))
     );
@@ -498,12 +505,12 @@ fn html(r: &RecoveryReport, l: &Labels) -> String {
             o,
             "<tr><td class=\"id\">{}</td><td>{status}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>{}<td class=\"num\">{}</td><td class=\"num\">{}</td>{}<td>{}</td></tr>",
             esc(&s.id),
-            esc(&human_duration(s.rto_target_s as f64)),
+            esc(&l.dur(s.rto_target_s as f64)),
             esc(&opt_dur(s.achieved_rto_s, l)),
             met_cell(s.rto_met),
             esc(&s
                 .rpo_target_s
-                .map(|t| human_duration(t as f64))
+                .map(|t| l.dur(t as f64))
                 .unwrap_or_else(|| l.not_measured.to_string())),
             esc(&opt_dur(s.data_loss_s, l)),
             met_cell(s.rpo_met),
@@ -710,7 +717,7 @@ fn gantt(r: &RecoveryReport, l: &Labels) -> String {
             o,
             "<line x1=\"{x:.1}\" y1=\"{}\" x2=\"{x:.1}\" y2=\"{height}\" stroke=\"#e1e4e8\"/><text x=\"{x:.1}\" y=\"15\" font-size=\"12\" text-anchor=\"middle\" fill=\"#57606a\">{}</text>",
             TOP - 6.0,
-            esc(&human_duration(tick))
+            esc(&l.dur(tick))
         );
         tick += step;
     }
@@ -749,7 +756,7 @@ fn gantt(r: &RecoveryReport, l: &Labels) -> String {
                     (w * k).max(2.0),
                     esc(&t.id),
                     esc(l.legend_wait),
-                    esc(&human_duration(w))
+                    esc(&l.dur(w))
                 );
             }
             let (Some(s), Some(e)) = (t.start_s, t.end_s) else {
@@ -774,7 +781,7 @@ fn gantt(r: &RecoveryReport, l: &Labels) -> String {
                 bar_color(t),
                 esc(&t.id),
                 esc(t.status.map(|s| l.step_status(s)).unwrap_or("-")),
-                esc(&human_duration(e - t.start_s.unwrap_or(s)))
+                esc(&l.dur(e - t.start_s.unwrap_or(s)))
             );
         }
     }
