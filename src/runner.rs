@@ -885,6 +885,7 @@ async fn exec(
                 e,
                 crate::ssh::SshError::ChangedHostKey { .. }
                     | crate::ssh::SshError::UnknownHostKey { .. }
+                    | crate::ssh::SshError::RevokedHostKey { .. }
                     | crate::ssh::SshError::KnownHosts { .. }
                     | crate::ssh::SshError::Auth { .. }
                     | crate::ssh::SshError::UnknownHost(_)

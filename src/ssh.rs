@@ -83,6 +83,15 @@ pub enum SshError {
     },
     #[error("cannot use known_hosts file {path}: {reason}")]
     KnownHosts { path: String, reason: String },
+    #[error(
+        "host key of {host} ({endpoint}) is marked @revoked in {known_hosts}: {offered}; refusing to connect"
+    )]
+    RevokedHostKey {
+        host: String,
+        endpoint: String,
+        offered: String,
+        known_hosts: String,
+    },
     #[error("authentication failed for {user}@{host} ({endpoint}): {reason}")]
     Auth {
         user: String,
@@ -463,11 +472,39 @@ fn verify_host_key(
         reason: e.message().to_string(),
     })?;
     if spec.known_hosts.exists() {
-        kh.read_file(&spec.known_hosts, KnownHostFileKind::OpenSSH)
-            .map_err(|e| SshError::KnownHosts {
+        let text =
+            std::fs::read_to_string(&spec.known_hosts).map_err(|e| SshError::KnownHosts {
                 path: spec.known_hosts.display().to_string(),
-                reason: e.message().to_string(),
+                reason: e.to_string(),
             })?;
+        // Line by line, as `ssh` reads it: a line libssh2 cannot parse (a key type it does not
+        // know) is skipped rather than making the whole file unusable; `@cert-authority` lines
+        // are skipped (host certificates are not used); a key marked `@revoked` is refused.
+        for line in text.lines() {
+            let t = line.trim_start();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            if let Some(rest) = t.strip_prefix("@revoked") {
+                let blob = rest
+                    .split_whitespace()
+                    .nth(2)
+                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+                if blob.as_deref() == Some(key) {
+                    return Err(SshError::RevokedHostKey {
+                        host: spec.id.clone(),
+                        endpoint,
+                        offered,
+                        known_hosts: spec.known_hosts.display().to_string(),
+                    });
+                }
+                continue;
+            }
+            if t.starts_with('@') {
+                continue;
+            }
+            let _ = kh.read_str(line, KnownHostFileKind::OpenSSH);
+        }
     }
     match kh.check_port(&spec.address, spec.port, key) {
         CheckResult::Match => Ok(()),
@@ -496,17 +533,19 @@ fn verify_host_key(
 /// is matched on its own by libssh2, so hashed names (`|1|...`, Debian's default) count too.
 fn known_fingerprint(raw: &RawSession, spec: &HostSpec, key: &[u8]) -> Option<String> {
     let text = std::fs::read_to_string(&spec.known_hosts).ok()?;
-    text.lines().find_map(|line| {
-        let mut one = raw.known_hosts().ok()?;
-        one.read_str(line, KnownHostFileKind::OpenSSH).ok()?;
-        if !matches!(
-            one.check_port(&spec.address, spec.port, key),
-            CheckResult::Mismatch
-        ) {
-            return None;
-        }
-        sha256_b64_key(one.hosts().ok()?.first()?.key())
-    })
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('@'))
+        .find_map(|line| {
+            let mut one = raw.known_hosts().ok()?;
+            one.read_str(line, KnownHostFileKind::OpenSSH).ok()?;
+            if !matches!(
+                one.check_port(&spec.address, spec.port, key),
+                CheckResult::Mismatch
+            ) {
+                return None;
+            }
+            sha256_b64_key(one.hosts().ok()?.first()?.key())
+        })
 }
 
 /// Appends the host's key to its `known_hosts` as `ssh` does (`[address]:port` for a port

@@ -474,3 +474,48 @@ fn pipe_streams_between_hosts_and_reports_exits() {
     assert_eq!((out.read_exit, out.write_exit), (137, 0));
     assert_eq!(std::fs::read_to_string(&copy).unwrap(), "abc");
 }
+
+#[test]
+fn known_hosts_markers_and_unreadable_lines_are_handled_as_ssh_does() {
+    let sshd = Sshd::start();
+    let line = sshd.known_hosts_line();
+    // A CA line and a line libssh2 cannot read do not make the file unusable.
+    std::fs::write(
+        &sshd.known_hosts,
+        format!(
+            "# managed by hand\n@cert-authority *.school.example ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJXE+kkfbEI4vKaqZ/3MJo3OaWszDdt4qOSk9NxxbOjR\nnot a known_hosts line\n{line}"
+        ),
+    )
+    .unwrap();
+    let session = connect(&sshd.spec("hv2"));
+    assert_eq!(exec(&session, "echo ok").stdout, "ok\n");
+    drop(session);
+
+    // The host's own key marked @revoked is refused, even under accept-new, and nothing runs.
+    let mut fields = line.split_whitespace().skip(1);
+    let (kind, key) = (fields.next().unwrap(), fields.next().unwrap());
+    std::fs::write(
+        &sshd.known_hosts,
+        format!("{line}@revoked * {kind} {key}\n"),
+    )
+    .unwrap();
+    let marker = sshd.dir().join("executed");
+    let t = transport(&sshd, "hv2", HostKeyPolicy::AcceptNew);
+    let err = t
+        .exec(
+            "hv2",
+            &format!("touch {}", marker.display()),
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+    assert!(matches!(err, SshError::RevokedHostKey { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("hv2") && text.contains(&sshd.host_fingerprint()),
+        "{text}"
+    );
+    assert!(
+        !marker.exists(),
+        "a command ran on a host whose key is revoked"
+    );
+}
