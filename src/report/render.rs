@@ -189,7 +189,7 @@ fn not_involved(r: &RecoveryReport, l: &Labels) -> Option<String> {
         .filter(|s| s.status == ServiceStatus::NothingToDo)
         .map(|s| s.id.as_str())
         .collect();
-    (!idle.is_empty()).then(|| format!("{}: {}.", l.not_involved, idle.join(", ")))
+    (!idle.is_empty()).then(|| format!("{}{}{}.", l.not_involved, l.colon, idle.join(", ")))
 }
 
 fn md_cell(s: &str) -> String {
