@@ -9,6 +9,8 @@ $bin validate
 $bin lab down >/dev/null 2>&1 || true
 $bin lab up
 trap '$bin lab down' EXIT
+# Would a recovery work now? Its result goes into the drill's report.
+$bin --overlay lab/overlay.toml check
 $bin --overlay lab/overlay.toml drill --no-prompt
 $bin runs
 mkdir -p reports

@@ -33,11 +33,12 @@ Examples:
   reprise impact storage-main               what goes down when the main storage fails
   reprise graph --format dot | dot -Tsvg > services.svg
   reprise lab up && reprise --overlay lab/overlay.toml drill --no-prompt
+  reprise check                             would a recovery work now?
   reprise confirm latest power-paris/power-back --by \"Karim Benali\"
 
 Exit codes: 0 ok, 1 run failed or partial, 2 usage, 3 invalid inventory or runbooks,
 4 cannot read or write files, 5 another run holds the lock, 6 failback refused (service on both
-sites), 130 interrupted (resume it).";
+sites), 7 not ready (reprise check), 130 interrupted (resume it).";
 
 /// reprise: disaster recovery for small IT teams. Drills, failovers, restores and failbacks
 /// driven by a dependency graph of services.
@@ -254,6 +255,30 @@ pub enum Command {
         by: String,
         #[arg(long)]
         note: Option<String>,
+    },
+    /// Would a recovery work now? Every host reachable with a known key, the tools the
+    /// runbooks call present, clocks in sync, replica copies fresh against the RPO with room for
+    /// the next update, every mode planning, and the estimated RTO within each target. The
+    /// result is kept for the next run's report.
+    #[command(
+        after_help = "Examples:\n  reprise check\n  reprise --overlay lab/overlay.toml check --json\n\nExit codes: 0 ready, 7 not ready (see the FAILED lines), 3 invalid inventory or runbooks."
+    )]
+    Check {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Largest accepted clock difference between a host and this machine.
+        #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+        clock_tolerance: f64,
+        /// known_hosts file for hosts that name none [default: ~/.ssh/known_hosts].
+        #[arg(long, value_name = "FILE")]
+        known_hosts: Option<PathBuf>,
+        /// Private key to log in with [default: the ssh-agent].
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+        /// Seconds to wait for a host to answer.
+        #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+        connect_timeout: u64,
     },
     /// List past runs.
     Runs {
@@ -612,6 +637,62 @@ pub fn run(cli: &Cli) -> Outcome {
                 Ok(p) => Outcome::ok(plan::text::render(&p)),
                 Err(errors) => invalid(&model.report(errors)),
             }
+        }
+        Command::Check {
+            json,
+            clock_tolerance,
+            known_hosts,
+            identity,
+            connect_timeout,
+        } => {
+            let ssh = SshOptions {
+                policy: HostKeyPolicy::Strict,
+                known_hosts: known_hosts
+                    .clone()
+                    .unwrap_or_else(SshOptions::default_known_hosts),
+                identity: identity.clone(),
+                connect_timeout: std::time::Duration::from_secs((*connect_timeout).max(1)),
+            };
+            let transport = crate::run::transport(&model, &ssh);
+            let opts = crate::check::CheckOptions {
+                clock_tolerance_s: clock_tolerance.max(0.0),
+            };
+            let readiness = crate::check::check(&model, &transport, &opts);
+            let path = crate::readiness::latest_path(&cli.state_dir);
+            let saved = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| {
+                    let json =
+                        serde_json::to_string_pretty(&readiness).expect("readiness serializes");
+                    let tmp = path.with_extension("json.tmp");
+                    std::fs::write(&tmp, json + "\n")?;
+                    std::fs::rename(&tmp, &path)
+                });
+            let stdout = if *json {
+                serde_json::to_string_pretty(&readiness).expect("readiness serializes") + "\n"
+            } else {
+                crate::check::render(&readiness)
+            };
+            let mut outcome = Outcome {
+                stdout,
+                stderr: String::new(),
+                code: if readiness.ready {
+                    exit::OK
+                } else {
+                    exit::NOT_READY
+                },
+            };
+            if let Err(e) = saved {
+                outcome.stderr = format!(
+                    "error: cannot save the result to {}: {e}; the next run's report will not show it\n",
+                    path.display()
+                );
+                if readiness.ready {
+                    outcome.code = exit::IO;
+                }
+            }
+            outcome
         }
         Command::Drill(args) => start(cli, &model, Mode::Drill, false, args),
         Command::Failover { emergency, args } => {

@@ -469,8 +469,15 @@ pub fn up(
             std::fs::write(&f, format!("{} backup, day {day}\n", set.id).repeat(1000))
                 .map_err(io("write", &f))?;
         }
-        if let Some(parent) = Path::new(&set.dest_path).parent() {
-            std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+        // And last night's copy on the recovery storage.
+        let dest = Path::new(&set.dest_path);
+        std::fs::create_dir_all(dest).map_err(io("create", dest))?;
+        for entry in std::fs::read_dir(src).map_err(io("read", src))? {
+            let from = entry.map_err(io("read", src))?.path();
+            if let Some(name) = from.file_name() {
+                let to = dest.join(name);
+                std::fs::copy(&from, &to).map_err(io("write", &to))?;
+            }
         }
     }
 

@@ -3,9 +3,11 @@
 //! The pipeline, one module a stage: [`sources`] (files on disk) → [`inventory`] and
 //! [`runbook`] (validated model, see [`model`]) → [`graph`] (service dependencies) → [`plan`]
 //! (every concrete step, in order) → [`runner`] (execution over [`ssh`], emitting [`event`]s) →
-//! [`journal`] and [`view`]. [`run`] ties a run together; [`lab`] brings the example to life on
+//! [`journal`] and [`view`]. [`run`] ties a run together; [`check`] says whether a recovery
+//! would work now, [`report`] tells management how one went; [`lab`] brings the example to life on
 //! loopback; [`cli`] is the command line on top. See ARCHITECTURE.md.
 
+pub mod check;
 pub mod cli;
 pub mod diagnostic;
 pub mod duration;

@@ -708,3 +708,129 @@ fn a_hung_host_times_out_its_check_at_the_deadline_and_the_run_goes_on() {
     // Nothing ran on the frozen host.
     assert_eq!(calls(&lab, "fw-casa"), before);
 }
+
+fn check_items(json: &serde_json::Value, status: &str) -> Vec<(String, String)> {
+    json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["status"] == status)
+        .map(|i| {
+            (
+                i["area"].as_str().unwrap().to_string(),
+                i["subject"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn check_finds_a_stopped_sshd_a_stale_replica_and_a_missing_tool() {
+    let lab = Lab::up(41);
+    let run = lab.run(&["check", "--json"]);
+    assert_eq!(run.code, 0, "a fresh lab is ready: {run:?}");
+    let green: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(green["ready"], true);
+    assert_eq!(check_items(&green, "failed"), []);
+    let ok = check_items(&green, "ok");
+    for area in [
+        "ssh", "clock", "tools", "replicas", "space", "runbooks", "rto",
+    ] {
+        assert!(ok.iter().any(|(a, _)| a == area), "no {area} item: {ok:?}");
+    }
+    let ssh_hosts = ok.iter().filter(|(a, _)| a == "ssh").count();
+    assert_eq!(ssh_hosts, 14, "every host of the example is reached");
+    let saved = std::fs::read_to_string(lab.state().join("check/latest.json")).unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&saved).unwrap(),
+        green
+    );
+
+    // The main storage's sshd stops; the ERP data disk's replica was last updated 3 days ago;
+    // the recovery hypervisor loses its VM tool.
+    let killed = tool("kill", &[&sshd_pid(&lab, "san-main")]);
+    assert!(killed.status.success());
+    let replica = walk(&lab.host_root("hv-pra"))
+        .into_iter()
+        .find(|p| p.ends_with("erp-db-data.qcow2"))
+        .expect("the lab has a replica of the ERP data disk on hv-pra");
+    let touched = tool("touch", &["-d", "3 days ago", replica.to_str().unwrap()]);
+    assert!(touched.status.success());
+    assert!(
+        !tool("sh", &["-c", "command -v lab-vm"]).status.success(),
+        "lab-vm must not be on this machine's PATH for this test"
+    );
+    std::fs::remove_file(lab.lab().join("hosts/hv-pra/bin/lab-vm")).unwrap();
+
+    let run = lab.run(&["check", "--json"]);
+    assert_eq!(run.code, 7, "not ready: {run:?}");
+    let red: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(red["ready"], false);
+    let mut failed = check_items(&red, "failed");
+    failed.sort();
+    assert_eq!(
+        failed,
+        [
+            (
+                "replicas".to_string(),
+                "vm erp-db (erp-db-data.qcow2)".to_string()
+            ),
+            ("ssh".to_string(), "san-main".to_string()),
+            ("tools".to_string(), "hv-pra".to_string()),
+        ]
+    );
+    let detail = |area: &str| {
+        red["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["area"] == area && i["status"] == "failed")
+            .unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(detail("ssh").contains("127.41.0."), "{}", detail("ssh"));
+    assert!(detail("tools").contains("lab-vm"), "{}", detail("tools"));
+    assert!(
+        detail("replicas").contains("3d") && detail("replicas").contains("RPO"),
+        "{}",
+        detail("replicas")
+    );
+
+    // The same on a terminal: a table and the verdict naming each problem.
+    let run = lab.run(&["check"]);
+    assert_eq!(run.code, 7);
+    let verdict = run.stdout.lines().last().unwrap();
+    assert!(
+        verdict.starts_with("verdict: NOT READY: 3 failed"),
+        "{verdict}"
+    );
+    for what in ["ssh san-main", "tools hv-pra", "replicas vm erp-db"] {
+        assert!(verdict.contains(what), "{verdict}");
+    }
+}
+
+#[test]
+fn a_drill_after_a_check_carries_the_readiness_into_its_report() {
+    let lab = Lab::up(42);
+    let check = lab.run(&["check", "--json"]);
+    assert_eq!(check.code, 0, "{check:?}");
+    let check: serde_json::Value = serde_json::from_str(&check.stdout).unwrap();
+    let drill = lab.run(&["drill", "--service", "erp-app", "--no-prompt"]);
+    assert_eq!(drill.code, 0, "{drill:?}");
+    let report = lab.run(&["report", "latest", "--format", "json"]);
+    assert_eq!(report.code, 0, "{report:?}");
+    let report: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    assert_eq!(
+        report["readiness"], check,
+        "the report shows the check it started from"
+    );
+    let md = lab.run(&["report", "latest"]);
+    assert!(
+        md.stdout.contains("Readiness check before the run"),
+        "{}",
+        md.stdout
+    );
+    assert!(!md.stdout.contains("No readiness check was recorded"));
+}

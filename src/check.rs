@@ -1,0 +1,1124 @@
+//! `reprise check`: would a recovery work now?
+//!
+//! One short SSH conversation per host, all hosts at once: the host key must be known, the clock
+//! is read, the tools the plans' commands call are looked up with `command -v`, and the replica
+//! copies, their sources and the free space around them are measured. Then, without touching any
+//! host, every mode is planned (the runbooks are valid) and the emergency failover's estimated
+//! RTO is compared with each service's target.
+//!
+//! Gathering ([`probe_hosts`]) is apart from judging ([`evaluate`]), a pure function of what was
+//! gathered, so the rules are unit-tested without hosts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration as StdDuration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::model::Model;
+use crate::plan::{self, Action, Plan, PlanOptions};
+use crate::readiness::{ItemStatus, Readiness, ReadinessItem};
+use crate::runbook::{Mode, ReplicaSource, StepKind};
+use crate::ssh::{SshError, Transport};
+use crate::template::shell_quote;
+
+/// How strict the check is.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// Largest accepted difference between a host's clock and this machine's, in seconds.
+    pub clock_tolerance_s: f64,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions {
+            clock_tolerance_s: 5.0,
+        }
+    }
+}
+
+/// A copy kept on the recovery side: a vm disk or a backup set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaTarget {
+    /// `vm dc1` or `backup erp-dumps`.
+    pub what: String,
+    /// The service whose RPO applies, with the target in seconds.
+    pub service: Option<String>,
+    pub rpo_s: Option<u64>,
+    pub from_host: String,
+    pub source: String,
+    pub to_host: String,
+    pub copy: String,
+    /// A directory (backup set) rather than a file (disk image).
+    pub dir: bool,
+}
+
+/// Size and age of a file or directory on a host (for a directory: total size, newest file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathStat {
+    pub bytes: u64,
+    /// Modification time, Unix seconds.
+    pub mtime: i64,
+}
+
+/// Free space of the filesystem holding a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Space {
+    pub total: u64,
+    pub avail: u64,
+    /// Where the filesystem is mounted: copies on one filesystem share its free space.
+    pub mount: String,
+}
+
+/// What one host told.
+#[derive(Debug, Clone, Default)]
+pub struct HostProbe {
+    /// Why it could not be reached (connection, host key, login).
+    pub error: Option<String>,
+    pub endpoint: String,
+    /// Its clock minus this machine's, in seconds, and the uncertainty (half the round trip).
+    pub skew_s: Option<(f64, f64)>,
+    pub missing_tools: Vec<String>,
+    pub found_tools: Vec<String>,
+    /// Paths asked for; `None` when absent.
+    pub stats: HashMap<String, Option<PathStat>>,
+    /// Free space by path asked for.
+    pub space: HashMap<String, Space>,
+}
+
+/// What each host must be asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostQuestions {
+    pub tools: BTreeSet<String>,
+    pub files: BTreeSet<String>,
+    pub dirs: BTreeSet<String>,
+    /// Paths whose filesystem's free space matters.
+    pub space: BTreeSet<String>,
+}
+
+/// The plans a recovery may need, each built from the model: the check's view of the runbooks.
+pub struct Plans {
+    /// (label, plan or the errors rendered).
+    pub by_mode: Vec<(String, Result<Plan, String>)>,
+}
+
+impl Plans {
+    pub fn build(model: &Model) -> Plans {
+        let modes = [
+            ("drill", Mode::Drill, false),
+            ("planned failover", Mode::Failover, false),
+            ("emergency failover", Mode::Failover, true),
+            ("restore", Mode::Restore, false),
+            ("failback", Mode::Failback, false),
+        ];
+        let by_mode = modes
+            .iter()
+            .map(|(label, mode, emergency)| {
+                let mut opts = PlanOptions::new(*mode);
+                opts.emergency = *emergency;
+                opts.run_id = "check".to_string();
+                let plan = plan::build(model, &opts).map_err(|e| model.report(e).render());
+                (label.to_string(), plan)
+            })
+            .collect();
+        Plans { by_mode }
+    }
+
+    fn ok(&self) -> impl Iterator<Item = &Plan> {
+        self.by_mode.iter().filter_map(|(_, p)| p.as_ref().ok())
+    }
+
+    fn emergency(&self) -> Option<&Plan> {
+        self.by_mode
+            .iter()
+            .find(|(l, _)| l == "emergency failover")
+            .and_then(|(_, p)| p.as_ref().ok())
+    }
+}
+
+/// Shell words that are not programs to look for.
+const NOT_TOOLS: &[&str] = &[
+    "!", "{", "}", "(", ")", "[", "[[", "]]", ":", ".", "if", "then", "else", "elif", "fi", "for",
+    "while", "until", "do", "done", "case", "esac", "in", "function", "time", "set", "cd", "echo",
+    "exit", "true", "false", "export", "local", "read", "printf", "test", "return", "shift",
+    "eval", "exec", "wait", "trap", "unset", "break", "continue", "source", "command", "type",
+    "umask", "ulimit", "alias", "let", "declare", "readonly", "pwd", "kill",
+];
+
+/// The programs a shell command calls: the first word of each simple command (after
+/// separators, pipes, `do`, `then`, `!`…), skipping assignments, redirections, builtins and
+/// anything quoted or computed. Quoted strings such as `sh -c '…'` are not looked into.
+pub fn command_words(cmd: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut at_start = true;
+    // After `for` or `case`, words are data until the next separator.
+    let mut skipping = false;
+    let chars: Vec<char> = cmd.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            ' ' | '\t' => {
+                i += 1;
+            }
+            '\n' | ';' | '&' | '|' | '(' | ')' | '{' | '}' | '`' => {
+                at_start = true;
+                skipping = false;
+                i += 1;
+            }
+            _ => {
+                // One word, quotes kept opaque.
+                let mut word = String::new();
+                let mut opaque = false;
+                while i < chars.len() {
+                    let c = chars[i];
+                    if c.is_whitespace() || ";&|()`".contains(c) {
+                        break;
+                    }
+                    match c {
+                        '\'' | '"' => {
+                            opaque = true;
+                            let quote = c;
+                            i += 1;
+                            while i < chars.len() && chars[i] != quote {
+                                if quote == '"' && chars[i] == '\\' {
+                                    i += 1;
+                                }
+                                i += 1;
+                            }
+                            i += 1;
+                        }
+                        '\\' => {
+                            opaque = true;
+                            i += 2;
+                        }
+                        '$' | '<' | '>' | '*' | '?' => {
+                            opaque = true;
+                            word.push(c);
+                            i += 1;
+                        }
+                        _ => {
+                            word.push(c);
+                            i += 1;
+                        }
+                    }
+                }
+                if !at_start || skipping {
+                    continue;
+                }
+                if word.contains('=') && !opaque {
+                    // An assignment before the command: the command comes next.
+                    continue;
+                }
+                if word.starts_with(|c: char| c.is_ascii_digit()) && word.contains('>') {
+                    continue;
+                }
+                if word == "for" || word == "case" {
+                    skipping = true;
+                    continue;
+                }
+                if NOT_TOOLS.contains(&word.as_str()) {
+                    // Keywords keep the next word in command position.
+                    at_start = matches!(
+                        word.as_str(),
+                        "!" | "if" | "then" | "else" | "elif" | "while" | "until" | "do" | "time"
+                    );
+                    continue;
+                }
+                at_start = false;
+                if !opaque
+                    && !word.is_empty()
+                    && word
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._+-/".contains(c))
+                    && !word.starts_with('-')
+                {
+                    words.push(word);
+                }
+            }
+        }
+    }
+    words
+}
+
+/// Per host, the programs the plans' commands call there, with one step that needs each.
+pub fn tools_by_host(plans: &Plans) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut tools: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for plan in plans.ok() {
+        for step in &plan.steps {
+            let Some(host) = &step.host else { continue };
+            let texts: Vec<&str> = match &step.action_spec {
+                Action::Exec { .. } | Action::Probe { .. } => std::iter::once(&step.command)
+                    .chain(step.verify.iter())
+                    .chain(step.undo.iter())
+                    .map(String::as_str)
+                    .collect(),
+                _ => continue,
+            };
+            for text in texts {
+                for word in command_words(text) {
+                    tools
+                        .entry(host.clone())
+                        .or_default()
+                        .entry(word)
+                        .or_insert_with(|| step.id.clone());
+                }
+            }
+        }
+    }
+    tools
+}
+
+/// Every replica copy of the inventory, with the RPO that applies to it.
+pub fn replica_targets(model: &Model) -> Vec<ReplicaTarget> {
+    let inv = &model.inventory;
+    // Which service's runbooks replicate a backup set or act on a vm: its RPO applies (a vm
+    // that is no service's own, such as a second domain controller, follows the service
+    // whose runbooks handle it).
+    let mut backup_owner: HashMap<&str, &str> = HashMap::new();
+    let mut vm_owner: HashMap<&str, &str> = HashMap::new();
+    for (service, books) in &model.runbooks.by_service {
+        for book in books.values() {
+            for step in &book.steps {
+                match &step.kind {
+                    StepKind::Replicate {
+                        source: ReplicaSource::Backup(b),
+                    } => {
+                        backup_owner.entry(b.value.as_str()).or_insert(service);
+                    }
+                    StepKind::Replicate {
+                        source: ReplicaSource::Vm(v),
+                    }
+                    | StepKind::Vm { vm: Some(v), .. } => {
+                        vm_owner.entry(v.value.as_str()).or_insert(service);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let images_dir = |host: &str| match inv.hosts.get(host).and_then(|h| h.vars.get("images_dir")) {
+        Some(crate::inventory::VarValue::Text(d)) => Some(d.trim_end_matches('/').to_string()),
+        _ => None,
+    };
+    let mut targets = Vec::new();
+    for vm in inv.vms.values() {
+        let service = inv
+            .services
+            .values()
+            .find(|s| s.vm() == Some(vm.id.as_str()))
+            .or_else(|| {
+                vm_owner
+                    .get(vm.id.as_str())
+                    .and_then(|s| inv.services.get(*s))
+            });
+        let (Some(src), Some(dst)) = (
+            images_dir(&vm.primary.value),
+            images_dir(&vm.recovery.value),
+        ) else {
+            continue;
+        };
+        for disk in &vm.disks {
+            targets.push(ReplicaTarget {
+                what: format!("vm {} ({disk})", vm.id),
+                service: service.map(|s| s.id.clone()),
+                rpo_s: service.and_then(|s| s.rpo).map(|d| d.secs()),
+                from_host: vm.primary.value.clone(),
+                source: format!("{src}/{disk}"),
+                to_host: vm.recovery.value.clone(),
+                copy: format!("{dst}/{disk}"),
+                dir: false,
+            });
+        }
+    }
+    for set in inv.backups.values() {
+        let service = backup_owner
+            .get(set.id.as_str())
+            .and_then(|s| inv.services.get(*s));
+        targets.push(ReplicaTarget {
+            what: format!("backup {}", set.id),
+            service: service.map(|s| s.id.clone()),
+            rpo_s: service.and_then(|s| s.rpo).map(|d| d.secs()),
+            from_host: set.source_host.value.clone(),
+            source: set.source_path.clone(),
+            to_host: set.dest_host.value.clone(),
+            copy: set.dest_path.clone(),
+            dir: true,
+        });
+    }
+    targets
+}
+
+/// The hosts to ask, and what: every host the plans use, and every end of a replica.
+pub fn questions(
+    model: &Model,
+    plans: &Plans,
+    replicas: &[ReplicaTarget],
+) -> BTreeMap<String, HostQuestions> {
+    let mut q: BTreeMap<String, HostQuestions> = BTreeMap::new();
+    for plan in plans.ok() {
+        for step in &plan.steps {
+            if let Some(h) = &step.host {
+                q.entry(h.clone()).or_default();
+            }
+        }
+    }
+    for (host, tools) in tools_by_host(plans) {
+        q.entry(host).or_default().tools = tools.into_keys().collect();
+    }
+    for r in replicas {
+        let (paths, side) = (&r.source, &r.from_host);
+        let entry = q.entry(side.clone()).or_default();
+        if r.dir {
+            entry.dirs.insert(paths.clone());
+        } else {
+            entry.files.insert(paths.clone());
+        }
+        let entry = q.entry(r.to_host.clone()).or_default();
+        if r.dir {
+            entry.dirs.insert(r.copy.clone());
+        } else {
+            entry.files.insert(r.copy.clone());
+        }
+        entry.space.insert(r.copy.clone());
+    }
+    // Hosts of the inventory no plan uses are still worth knowing about.
+    for host in model.inventory.hosts.keys() {
+        q.entry(host.clone()).or_default();
+    }
+    q
+}
+
+/// The shell script that answers a host's questions, one tab-separated line per answer.
+pub fn probe_script(q: &HostQuestions) -> String {
+    let list = |set: &BTreeSet<String>| {
+        set.iter()
+            .map(|s| shell_quote(s))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut s = String::from("LC_ALL=C; export LC_ALL\n");
+    if !q.tools.is_empty() {
+        s.push_str(&format!(
+            "for t in {}; do if command -v \"$t\" >/dev/null 2>&1; then printf 'tool\\t%s\\tok\\n' \"$t\"; else printf 'tool\\t%s\\tmissing\\n' \"$t\"; fi; done\n",
+            list(&q.tools)
+        ));
+    }
+    if !q.files.is_empty() {
+        s.push_str(&format!(
+            "for p in {}; do if [ -f \"$p\" ]; then printf 'file\\t%s\\t%s\\n' \"$p\" \"$(stat -c '%s %Y' -- \"$p\")\"; else printf 'file\\t%s\\tabsent\\n' \"$p\"; fi; done\n",
+            list(&q.files)
+        ));
+    }
+    if !q.dirs.is_empty() {
+        s.push_str(&format!(
+            "for p in {}; do if [ -d \"$p\" ]; then printf 'dir\\t%s\\t%s %s\\n' \"$p\" \"$(du -skL -- \"$p\" | cut -f1)\" \"$(find \"$p\" -type f -printf '%T@\\n' | sort -n | tail -n 1 | cut -d. -f1)\"; else printf 'dir\\t%s\\tabsent\\n' \"$p\"; fi; done\n",
+            list(&q.dirs)
+        ));
+    }
+    if !q.space.is_empty() {
+        s.push_str(&format!(
+            "for p in {}; do d=$p; while [ ! -e \"$d\" ] && [ \"$d\" != / ]; do d=$(dirname -- \"$d\"); done; printf 'space\\t%s\\t%s\\n' \"$p\" \"$(df -Pk -- \"$d\" | awk 'NR==2 {{print $2, $4, $6}}')\"; done\n",
+            list(&q.space)
+        ));
+    }
+    s.push_str("echo end\n");
+    s
+}
+
+/// Reads the answers of [`probe_script`] into `probe`.
+pub fn parse_answers(text: &str, probe: &mut HostProbe) -> bool {
+    let mut complete = false;
+    for line in text.lines() {
+        if line == "end" {
+            complete = true;
+            continue;
+        }
+        let mut parts = line.splitn(3, '\t');
+        let (Some(kind), Some(path), Some(value)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let nums: Vec<u64> = value
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        match kind {
+            "tool" if value == "ok" => probe.found_tools.push(path.to_string()),
+            "tool" => probe.missing_tools.push(path.to_string()),
+            "file" | "dir" => {
+                let stat = match nums.as_slice() {
+                    [size, mtime] => Some(PathStat {
+                        bytes: if kind == "dir" { size * 1024 } else { *size },
+                        mtime: *mtime as i64,
+                    }),
+                    // An empty directory: its size, no file time.
+                    [size] if kind == "dir" => Some(PathStat {
+                        bytes: size * 1024,
+                        mtime: 0,
+                    }),
+                    _ => None,
+                };
+                probe.stats.insert(path.to_string(), stat);
+            }
+            "space" => {
+                let mut f = value.splitn(3, ' ');
+                let num = |v: Option<&str>| v.and_then(|v| v.parse::<u64>().ok());
+                if let (Some(total), Some(avail)) = (num(f.next()), num(f.next())) {
+                    probe.space.insert(
+                        path.to_string(),
+                        Space {
+                            total: total * 1024,
+                            avail: avail * 1024,
+                            mount: f.next().unwrap_or("").to_string(),
+                        },
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    complete
+}
+
+fn now_secs() -> f64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    d.as_secs_f64()
+}
+
+/// Asks one host: reach it, read its clock, then its answers.
+pub fn probe_host(transport: &dyn Transport, host: &str, q: &HostQuestions) -> HostProbe {
+    let mut probe = HostProbe::default();
+    let deadline = StdDuration::from_secs(60);
+    // The answers first: this also opens the session, so the clock is read on a warm one
+    // and the round trip is short.
+    match transport.exec(host, &probe_script(q), deadline) {
+        Ok(out) => {
+            if !parse_answers(&out.stdout, &mut probe) {
+                probe.error = Some(format!(
+                    "the checks did not finish (exit {}): {}",
+                    out.exit_code,
+                    out.stderr.trim()
+                ));
+                return probe;
+            }
+        }
+        Err(e) => {
+            probe.error = Some(describe(&e));
+            return probe;
+        }
+    }
+    let before = now_secs();
+    let started = Instant::now();
+    if let Ok(out) = transport.exec(host, "date +%s.%N", deadline) {
+        let rtt = started.elapsed().as_secs_f64();
+        if let Ok(remote) = out.stdout.trim().parse::<f64>() {
+            probe.skew_s = Some((remote - (before + rtt / 2.0), rtt / 2.0));
+        }
+    }
+    probe
+}
+
+fn describe(e: &SshError) -> String {
+    e.to_string()
+}
+
+/// Asks every host at once.
+pub fn probe_hosts(
+    transport: &dyn Transport,
+    questions: &BTreeMap<String, HostQuestions>,
+) -> BTreeMap<String, HostProbe> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = questions
+            .iter()
+            .map(|(host, q)| {
+                (
+                    host.clone(),
+                    scope.spawn(move || probe_host(transport, host, q)),
+                )
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(host, h)| {
+                let probe = h.join().unwrap_or_else(|_| HostProbe {
+                    error: Some("the check of this host stopped unexpectedly".to_string()),
+                    ..HostProbe::default()
+                });
+                (host, probe)
+            })
+            .collect()
+    })
+}
+
+fn item(area: &str, subject: &str, status: ItemStatus, detail: String) -> ReadinessItem {
+    ReadinessItem {
+        area: area.to_string(),
+        subject: subject.to_string(),
+        status,
+        detail,
+    }
+}
+
+/// `1h05m`, `3d 4h`, `42s`.
+pub fn human_secs(secs: u64) -> String {
+    let (d, h, m, s) = (
+        secs / 86400,
+        secs % 86400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Judges what was gathered. Pure: `now` is passed in.
+pub fn evaluate(
+    model: &Model,
+    plans: &Plans,
+    replicas: &[ReplicaTarget],
+    probes: &BTreeMap<String, HostProbe>,
+    opts: &CheckOptions,
+    now: DateTime<Utc>,
+) -> Vec<ReadinessItem> {
+    let mut items = Vec::new();
+    let used: BTreeSet<&str> = plans
+        .ok()
+        .flat_map(|p| p.steps.iter().filter_map(|s| s.host.as_deref()))
+        .chain(
+            replicas
+                .iter()
+                .flat_map(|r| [r.from_host.as_str(), r.to_host.as_str()]),
+        )
+        .collect();
+    let tools = tools_by_host(plans);
+
+    // Reachability, clocks and tools, host by host.
+    for (host, probe) in probes {
+        let addr = model
+            .inventory
+            .hosts
+            .get(host)
+            .map(|h| format!("{}@{}:{}", h.user, h.address, h.port))
+            .unwrap_or_default();
+        if let Some(e) = &probe.error {
+            let status = if used.contains(host.as_str()) {
+                ItemStatus::Failed
+            } else {
+                ItemStatus::Warning
+            };
+            items.push(item("ssh", host, status, e.clone()));
+            continue;
+        }
+        items.push(item(
+            "ssh",
+            host,
+            ItemStatus::Ok,
+            format!("{addr}: reachable, host key known"),
+        ));
+        if let Some((skew, uncertainty)) = probe.skew_s {
+            let status = if skew.abs() - uncertainty > opts.clock_tolerance_s {
+                ItemStatus::Failed
+            } else {
+                ItemStatus::Ok
+            };
+            let side = if skew >= 0.0 { "ahead of" } else { "behind" };
+            let detail = if status == ItemStatus::Ok {
+                format!(
+                    "{:.2}s {side} this machine (tolerance {}s)",
+                    skew.abs(),
+                    opts.clock_tolerance_s
+                )
+            } else {
+                format!(
+                    "{:.1}s {side} this machine, more than the {}s tolerated: timelines and data ages would be wrong; sync it (chrony, NTP)",
+                    skew.abs(),
+                    opts.clock_tolerance_s
+                )
+            };
+            items.push(item("clock", host, status, detail));
+        } else {
+            items.push(item(
+                "clock",
+                host,
+                ItemStatus::Warning,
+                "its clock could not be read (`date +%s.%N`)".to_string(),
+            ));
+        }
+        let needed = tools.get(host);
+        if let Some(needed) = needed.filter(|n| !n.is_empty()) {
+            if probe.missing_tools.is_empty() {
+                let names: Vec<&str> = needed.keys().map(String::as_str).collect();
+                items.push(item(
+                    "tools",
+                    host,
+                    ItemStatus::Ok,
+                    format!("{} found: {}", names.len(), names.join(", ")),
+                ));
+            } else {
+                let missing: Vec<String> = probe
+                    .missing_tools
+                    .iter()
+                    .map(|t| match needed.get(t) {
+                        Some(step) => format!("{t} (needed by {step})"),
+                        None => t.clone(),
+                    })
+                    .collect();
+                items.push(item(
+                    "tools",
+                    host,
+                    ItemStatus::Failed,
+                    format!("missing: {}", missing.join(", ")),
+                ));
+            }
+        }
+    }
+
+    // Replica copies: present, fresh against the RPO; room for the next update.
+    // By host and filesystem: (total, free, largest copy, growth, copies).
+    type Need = (u64, u64, u64, u64, Vec<String>);
+    let mut needs_by_space: BTreeMap<(String, String), Need> = BTreeMap::new();
+    for r in replicas {
+        let subject = r.what.clone();
+        let Some(dest) = probes.get(&r.to_host) else {
+            continue;
+        };
+        if dest.error.is_some() {
+            items.push(item(
+                "replicas",
+                &subject,
+                ItemStatus::Failed,
+                format!("{} is not reachable: the copy cannot be checked", r.to_host),
+            ));
+            continue;
+        }
+        let copy = dest.stats.get(&r.copy).copied().flatten();
+        let source = probes
+            .get(&r.from_host)
+            .and_then(|p| p.stats.get(&r.source).copied().flatten());
+        let Some(copy) = copy else {
+            items.push(item(
+                "replicas",
+                &subject,
+                ItemStatus::Failed,
+                format!(
+                    "no copy at {}:{}: replicate it before a drill",
+                    r.to_host, r.copy
+                ),
+            ));
+            continue;
+        };
+        let age = (now.timestamp() - copy.mtime).max(0) as u64;
+        let (status, detail) = match r.rpo_s {
+            _ if copy.mtime == 0 => (
+                ItemStatus::Failed,
+                format!("{}:{} holds no file", r.to_host, r.copy),
+            ),
+            Some(rpo) if age > rpo => (
+                ItemStatus::Failed,
+                format!(
+                    "newest data {} old, older than the RPO of {} ({}): a failover now would lose more than allowed",
+                    human_secs(age),
+                    r.service.as_deref().unwrap_or("?"),
+                    human_secs(rpo)
+                ),
+            ),
+            Some(rpo) => (
+                ItemStatus::Ok,
+                format!(
+                    "newest data {} old (RPO {}), {} on {}",
+                    human_secs(age),
+                    human_secs(rpo),
+                    human_bytes(copy.bytes),
+                    r.to_host
+                ),
+            ),
+            None => (
+                ItemStatus::Ok,
+                format!(
+                    "newest data {} old (no RPO target), {} on {}",
+                    human_secs(age),
+                    human_bytes(copy.bytes),
+                    r.to_host
+                ),
+            ),
+        };
+        items.push(item("replicas", &subject, status, detail));
+        if let Some(space) = dest.space.get(&r.copy) {
+            let src_bytes = source.map(|s| s.bytes).unwrap_or(copy.bytes);
+            let entry = needs_by_space
+                .entry((r.to_host.clone(), space.mount.clone()))
+                .or_insert((space.total, space.avail, 0, 0, Vec::new()));
+            entry.1 = entry.1.min(space.avail);
+            // The next update writes a full new copy beside the old one before the swap.
+            entry.2 = entry.2.max(src_bytes);
+            entry.3 += src_bytes.saturating_sub(copy.bytes);
+            entry.4.push(r.copy.clone());
+        }
+    }
+    for ((host, _), (total, avail, largest, growth, paths)) in needs_by_space {
+        let need = largest + growth;
+        let used_after = total.saturating_sub(avail) + need;
+        let (status, detail) = if avail < need {
+            (
+                ItemStatus::Failed,
+                format!(
+                    "{} free, the next replication needs {} (largest copy {} written beside the old one, growth {})",
+                    human_bytes(avail),
+                    human_bytes(need),
+                    human_bytes(largest),
+                    human_bytes(growth)
+                ),
+            )
+        } else if total > 0 && used_after * 10 > total * 9 {
+            (
+                ItemStatus::Warning,
+                format!(
+                    "{} free of {}; after the next replication the disk would be over 90% full",
+                    human_bytes(avail),
+                    human_bytes(total)
+                ),
+            )
+        } else {
+            (
+                ItemStatus::Ok,
+                format!(
+                    "{} free of {}, the next replication needs {}",
+                    human_bytes(avail),
+                    human_bytes(total),
+                    human_bytes(need)
+                ),
+            )
+        };
+        let detail = if paths.len() == 1 {
+            format!("{detail} (for {})", paths[0])
+        } else {
+            format!("{detail} (for {} copies)", paths.len())
+        };
+        items.push(item("space", &host, status, detail));
+    }
+
+    // Runbooks: every mode plans.
+    for (label, plan) in &plans.by_mode {
+        match plan {
+            Ok(p) => {
+                let status = if p.warnings.is_empty() {
+                    ItemStatus::Ok
+                } else {
+                    ItemStatus::Warning
+                };
+                let mut detail = format!("{} steps plan", p.steps.len());
+                if !p.warnings.is_empty() {
+                    detail.push_str(&format!("; {}", p.warnings.join("; ")));
+                }
+                items.push(item("runbooks", label, status, detail));
+            }
+            Err(e) => {
+                let first = e.lines().next().unwrap_or("").to_string();
+                items.push(item(
+                    "runbooks",
+                    label,
+                    ItemStatus::Failed,
+                    format!("does not plan: {first} (run `reprise validate`)"),
+                ));
+            }
+        }
+    }
+
+    // Estimated RTO of an emergency failover, the worst case, against each target.
+    if let Some(plan) = plans.emergency() {
+        for s in &plan.services {
+            let (est, target) = (s.estimated_rto.secs(), s.rto_target.secs());
+            let status = if s.rto_ok {
+                ItemStatus::Ok
+            } else {
+                ItemStatus::Failed
+            };
+            let detail = if s.rto_ok {
+                format!(
+                    "estimated {} within the target {}",
+                    human_secs(est),
+                    human_secs(target)
+                )
+            } else {
+                format!(
+                    "estimated {} exceeds the target {}: shorten its chain of steps or raise the target",
+                    human_secs(est),
+                    human_secs(target)
+                )
+            };
+            items.push(item("rto", &s.id, status, detail));
+        }
+    }
+    items
+}
+
+/// The order of the table.
+const AREAS: [&str; 7] = [
+    "ssh", "clock", "tools", "replicas", "space", "runbooks", "rto",
+];
+
+/// Runs the whole check.
+pub fn check(model: &Model, transport: &dyn Transport, opts: &CheckOptions) -> Readiness {
+    let plans = Plans::build(model);
+    let replicas = replica_targets(model);
+    let q = questions(model, &plans, &replicas);
+    let probes = probe_hosts(transport, &q);
+    let now = Utc::now();
+    let mut items = evaluate(model, &plans, &replicas, &probes, opts, now);
+    items.sort_by_key(|i| AREAS.iter().position(|a| *a == i.area));
+    Readiness {
+        at: now,
+        ready: !items.iter().any(|i| i.status == ItemStatus::Failed),
+        items,
+    }
+}
+
+/// The table and the verdict, for a person.
+pub fn render(r: &Readiness) -> String {
+    let mut out = format!(
+        "readiness check at {}\n\n",
+        r.at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    let w_area = r
+        .items
+        .iter()
+        .map(|i| i.area.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let w_subj = r
+        .items
+        .iter()
+        .map(|i| i.subject.chars().count())
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    out.push_str(&format!(
+        "{:w_area$}  {:w_subj$}  {:7}  DETAIL\n",
+        "AREA", "SUBJECT", "STATUS"
+    ));
+    for i in &r.items {
+        let status = match i.status {
+            ItemStatus::Ok => "ok",
+            ItemStatus::Warning => "WARNING",
+            ItemStatus::Failed => "FAILED",
+        };
+        let pad = w_subj.saturating_sub(i.subject.chars().count());
+        out.push_str(&format!(
+            "{:w_area$}  {}{}  {:7}  {}\n",
+            i.area,
+            i.subject,
+            " ".repeat(pad),
+            status,
+            i.detail
+        ));
+    }
+    let count = |s| r.items.iter().filter(|i| i.status == s).count();
+    let (ok, warn, failed) = (
+        count(ItemStatus::Ok),
+        count(ItemStatus::Warning),
+        count(ItemStatus::Failed),
+    );
+    out.push('\n');
+    if r.ready {
+        out.push_str(&format!(
+            "verdict: READY: {ok} checks passed, {warn} warnings\n"
+        ));
+    } else {
+        let what: Vec<String> = r
+            .items
+            .iter()
+            .filter(|i| i.status == ItemStatus::Failed)
+            .map(|i| format!("{} {}", i.area, i.subject))
+            .collect();
+        out.push_str(&format!(
+            "verdict: NOT READY: {failed} failed ({}); {ok} passed, {warn} warnings\n",
+            what.join("; ")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_words_finds_the_programs_and_skips_shell_syntax() {
+        let w = command_words(
+            "virsh domstate dc1 | grep -qx 'shut off' || { virsh shutdown dc1 && timeout 300 sh -c 'until virsh domstate \"$0\"; do sleep 2; done' dc1; }",
+        );
+        assert_eq!(w, ["virsh", "grep", "virsh", "timeout"]);
+        let w = command_words(
+            "set -e; dir=/var/x; mkdir -p \"$dir\"; files=; for d in a.qcow2 b.qcow2; do qemu-img create -q -f qcow2 \"$dir/$d\"; done",
+        );
+        assert_eq!(w, ["mkdir", "qemu-img"]);
+        let w = command_words("LC_ALL=C iptables-restore < /etc/iptables/rules.v4 2>/dev/null");
+        assert_eq!(w, ["iptables-restore"]);
+        let w = command_words("if ! mountpoint -q /srv; then mount /srv; fi; \"$HOME/x\" run");
+        assert_eq!(w, ["mountpoint", "mount"]);
+        let w = command_words("/usr/sbin/upsrw -s x=1\nsystemctl start a");
+        assert_eq!(w, ["/usr/sbin/upsrw", "systemctl"]);
+    }
+
+    #[test]
+    fn answers_are_read_back_line_by_line() {
+        let mut p = HostProbe::default();
+        let complete = parse_answers(
+            "tool\tvirsh\tok\ntool\tqemu-img\tmissing\nfile\t/a b\t1048576 1700000000\nfile\t/c\tabsent\ndir\t/d\t8 1700000100\nspace\t/a b\t1000 400 /srv\n",
+            &mut p,
+        );
+        assert!(!complete, "no end line: the answers are cut");
+        assert_eq!(p.found_tools, ["virsh"]);
+        assert_eq!(p.missing_tools, ["qemu-img"]);
+        assert_eq!(
+            p.stats["/a b"],
+            Some(PathStat {
+                bytes: 1048576,
+                mtime: 1700000000
+            })
+        );
+        assert_eq!(p.stats["/c"], None);
+        assert_eq!(p.stats["/d"].unwrap().bytes, 8192);
+        assert_eq!(p.space["/a b"].avail, 400 * 1024);
+        assert_eq!(p.space["/a b"].mount, "/srv");
+        assert!(parse_answers("end\n", &mut HostProbe::default()));
+    }
+
+    fn example() -> Model {
+        let sources = crate::sources::Sources::read(
+            std::path::Path::new("inventory"),
+            std::path::Path::new("runbooks"),
+        )
+        .unwrap();
+        Model::load(sources).map(|(m, _)| m).unwrap()
+    }
+
+    #[test]
+    fn clocks_space_and_replica_ages_are_judged_against_their_limits() {
+        let model = example();
+        let plans = Plans::build(&model);
+        let replicas = replica_targets(&model);
+        let now = Utc::now();
+        let t = now.timestamp();
+        let mut pra = HostProbe {
+            skew_s: Some((12.0, 0.01)),
+            ..HostProbe::default()
+        };
+        let mut main = HostProbe {
+            skew_s: Some((-0.5, 0.01)),
+            ..HostProbe::default()
+        };
+        for r in replicas.iter().filter(|r| r.to_host == "hv-pra") {
+            // One disk of the ERP database is 20 minutes old: beyond its 15-minute RPO.
+            let age = if r.copy.ends_with("erp-db-data.qcow2") {
+                1200
+            } else {
+                60
+            };
+            let copy = PathStat {
+                bytes: 1 << 30,
+                mtime: t - age,
+            };
+            pra.stats.insert(r.copy.clone(), Some(copy));
+            pra.space.insert(
+                r.copy.clone(),
+                Space {
+                    total: 1 << 40,
+                    avail: 3 << 30,
+                    mount: "/srv/replicas".to_string(),
+                },
+            );
+            let source = PathStat {
+                bytes: 2 << 30,
+                mtime: t,
+            };
+            main.stats.insert(r.source.clone(), Some(source));
+        }
+        let unused = HostProbe {
+            error: Some("failed to connect".to_string()),
+            ..HostProbe::default()
+        };
+        let probes: BTreeMap<String, HostProbe> = [
+            ("hv-pra".to_string(), pra),
+            ("hv-main".to_string(), main),
+            ("not-in-any-plan".to_string(), unused),
+        ]
+        .into_iter()
+        .collect();
+        let items = evaluate(
+            &model,
+            &plans,
+            &replicas,
+            &probes,
+            &CheckOptions::default(),
+            now,
+        );
+        let status = |area: &str, subject: &str| {
+            items
+                .iter()
+                .find(|i| i.area == area && i.subject == subject)
+                .map(|i| i.status)
+        };
+        assert_eq!(status("clock", "hv-pra"), Some(ItemStatus::Failed));
+        assert_eq!(status("clock", "hv-main"), Some(ItemStatus::Ok));
+        assert_eq!(
+            status("replicas", "vm erp-db (erp-db-data.qcow2)"),
+            Some(ItemStatus::Failed)
+        );
+        assert_eq!(
+            status("replicas", "vm erp-db (erp-db-system.qcow2)"),
+            Some(ItemStatus::Ok)
+        );
+        // Every copy grows by 1 GiB and the largest new copy is written beside its old one:
+        // far more than the 3 GiB free.
+        assert_eq!(status("space", "hv-pra"), Some(ItemStatus::Failed));
+        assert_eq!(
+            status("ssh", "not-in-any-plan"),
+            Some(ItemStatus::Warning),
+            "a host no plan uses does not stop a recovery"
+        );
+        // Every mode plans and the emergency failover's estimates meet the example's targets.
+        assert!(
+            items
+                .iter()
+                .filter(|i| i.area == "runbooks" || i.area == "rto")
+                .all(|i| i.status == ItemStatus::Ok)
+        );
+        assert_eq!(items.iter().filter(|i| i.area == "runbooks").count(), 5);
+    }
+
+    #[test]
+    fn durations_read_like_a_person_writes_them() {
+        assert_eq!(human_secs(42), "42s");
+        assert_eq!(human_secs(3 * 60 + 5), "3m05s");
+        assert_eq!(human_secs(3600 + 5 * 60), "1h05m");
+        assert_eq!(human_secs(3 * 86400 + 4 * 3600), "3d 4h");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+    }
+}
