@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes the journals in tests/fixtures/journals/ with the real runner on a lab of the example:
-# a drill, an emergency failover with the primary site and a Casablanca host down, a planned
+# a drill after a readiness check, an emergency failover with the primary site and a Casablanca host down, a planned
 # failover with manual steps confirmed from another process, and a drill killed and resumed.
 # The report tests snapshot reports of these journals. Run it again when the journal changes.
 set -euo pipefail
@@ -43,7 +43,8 @@ PY
 
 save() { cp "$(journal_of "$1")/journal.jsonl" "$out/$2.jsonl"; echo "$out/$2.jsonl"; }
 
-# 1. A drill.
+# 1. A drill, after a readiness check.
+$bin --overlay "$ov" --state-dir "$work/drill" check >/dev/null
 $bin --overlay "$ov" --state-dir "$work/drill" drill --no-prompt --operator "Karim Benali" >/dev/null
 save "$work/drill" drill
 
@@ -75,6 +76,8 @@ for host, h in state["hosts"].items():
 PY
 truncate -s 4096 "$work/lab/hosts/hv-pra/root/srv/replicas/images/planning-system.qcow2"
 incident=$(date -u -d '-330 minutes' +%Y-%m-%dT%H:%M:%SZ)
+# The readiness check run at the start of the crisis finds the primary site gone.
+$bin --overlay "$ov" --state-dir "$work/emergency" check --connect-timeout 2 >/dev/null || true
 confirmer "$work/emergency" "Sofia Haddad" & c=$!
 $bin --overlay "$ov" --state-dir "$work/emergency" failover --emergency --yes --no-prompt \
     --operator "Karim Benali" --incident-at "$incident" --connect-timeout 2 >/dev/null 2>&1 || true

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -400,6 +400,9 @@ async fn run_step(
             return wait_for_operator(&ctx, step, instructions, &tx, shutdown, begin, index).await;
         }
     }
+    if let (Some(replica), Some(host)) = (&step.replica, &step.host) {
+        record_replica_use(&ctx, step, host, replica, &tx).await;
+    }
     match &step.action_spec {
         Action::Manual { instructions } => {
             wait_for_operator(
@@ -683,6 +686,56 @@ async fn replicate_item(
         secs,
         piped.bytes as f64 / secs / 1e6
     ))
+}
+
+/// Records which copy a vm starts from on the recovery host, and how old its data is: the
+/// oldest modification time of its disks' copies (written by the last replication). Nothing is
+/// recorded when the copies cannot be read: the step itself then fails and says why.
+async fn record_replica_use(
+    ctx: &RunContext,
+    step: &PlannedStep,
+    host: &str,
+    replica: &crate::plan::ReplicaUse,
+    tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
+) {
+    let paths: Vec<String> = replica
+        .paths
+        .iter()
+        .map(|p| crate::template::shell_quote(p))
+        .collect();
+    let cmd = format!("stat -c %Y -- {}", paths.join(" "));
+    let transport = ctx.transport.clone();
+    let h = host.to_string();
+    let out =
+        tokio::task::spawn_blocking(move || transport.exec(&h, &cmd, StdDuration::from_secs(30)))
+            .await;
+    let Ok(Ok(out)) = out else { return };
+    let times: Vec<i64> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    if out.exit_code != 0 || times.len() != replica.paths.len() {
+        return;
+    }
+    let Some(taken_at) = times
+        .iter()
+        .min()
+        .and_then(|t| DateTime::<Utc>::from_timestamp(*t, 0))
+    else {
+        return;
+    };
+    let _ = tx.send(Msg::Event(Event::ReplicaPointUsed {
+        at: Utc::now(),
+        step: step.id.clone(),
+        item: replica.vm.clone(),
+        point: format!("copy-{}", taken_at.format("%Y%m%dT%H%M%SZ")),
+        taken_at,
+        verified: false,
+        note: Some(format!(
+            "the copy on {host} as the last replication left it (no verified replica point)"
+        )),
+    }));
 }
 
 /// Polls `check` every `interval` until it passes, the step's deadline, or shutdown.
@@ -1159,6 +1212,7 @@ mod tests {
                 verify: None,
                 undo: Some(Command::text(format!("undo {run}"))),
             },
+            replica: None,
         }
     }
 

@@ -7,8 +7,8 @@ use crate::duration::Duration;
 use crate::inventory::{Host, Inventory, Service, SiteRole, Vm};
 use crate::model::Model;
 use crate::plan::{
-    Action, Estimate, LeftOut, Plan, PlanOptions, PlannedService, PlannedStep, Replicated,
-    Selection,
+    Action, Estimate, LeftOut, Plan, PlanOptions, PlannedService, PlannedStep, ReplicaUse,
+    Replicated, Selection,
 };
 use crate::runbook::{Mode, Phase, Probe, ReplicaSource, Side, Step, StepKind};
 use crate::template::{Command, Lookup, Scope, Template, TemplateValue};
@@ -587,6 +587,7 @@ fn resolve(
     };
     let mut touched: Vec<(String, Location)> = Vec::new();
     let mut action_name = None;
+    let mut replica = None;
     let timeout;
     let mut retries = 0;
     let mut idempotent = false;
@@ -778,6 +779,12 @@ fn resolve(
             host_id = Some(h.value.clone());
             scope.host = inv.hosts.get(&h.value);
             scope.vm = Some((vm, side_v));
+            if side_v == Side::Recovery && (action == "start" || action == "drill-start") {
+                replica = images_dir_of(inv, &h.value).map(|dir| ReplicaUse {
+                    vm: vm.id.clone(),
+                    paths: vm.disks.iter().map(|d| format!("{dir}/{d}")).collect(),
+                });
+            }
             let driver = inv.drivers.get(&vm.driver.value)?;
             let Some(tpl) = driver.actions.get(action) else {
                 diags.push(
@@ -818,13 +825,7 @@ fn resolve(
             timeout = Some(step.timeout.unwrap_or(DEFAULT_REPLICATE_TIMEOUT));
             let reverse = mode == Mode::Failback;
             let swap = |a: String, b: String| if reverse { (b, a) } else { (a, b) };
-            let images_dir =
-                |host: &str| match inv.hosts.get(host).and_then(|h| h.vars.get("images_dir")) {
-                    Some(crate::inventory::VarValue::Text(d)) => {
-                        Some(d.trim_end_matches('/').to_string())
-                    }
-                    _ => None,
-                };
+            let images_dir = |host: &str| images_dir_of(inv, host);
             let no_images_dir = |host: &str| {
                 Diagnostic::error(format!(
                     "replicate step `{id}` needs the variable `images_dir` of host `{host}`"
@@ -918,6 +919,7 @@ fn resolve(
         site: host.and_then(|h| h.site.as_ref().map(|s| s.value.clone())),
         kind: step.kind.name(),
         action: action_name,
+        replica,
         command,
         verify,
         undo,
@@ -1030,4 +1032,12 @@ fn default_address(inv: &Inventory, service: &Service, mode: Mode) -> Option<Str
         .host()
         .and_then(|h| inv.hosts.get(h))
         .map(|h| h.address.clone())
+}
+
+/// The folder of a host's vm disk images (its `images_dir` variable), without a trailing `/`.
+pub fn images_dir_of(inv: &Inventory, host: &str) -> Option<String> {
+    match inv.hosts.get(host).and_then(|h| h.vars.get("images_dir")) {
+        Some(crate::inventory::VarValue::Text(d)) => Some(d.trim_end_matches('/').to_string()),
+        _ => None,
+    }
 }

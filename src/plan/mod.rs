@@ -9,7 +9,7 @@
 mod build;
 pub mod text;
 
-pub use build::{build, vm_status_command};
+pub use build::{build, images_dir_of, vm_status_command};
 
 use serde::{Serialize, Serializer};
 
@@ -129,6 +129,17 @@ pub struct PlannedStep {
     pub critical: bool,
     #[serde(skip)]
     pub action_spec: Action,
+    /// A vm started from its copy on the recovery host: the copy's age is the data lost.
+    #[serde(skip)]
+    pub replica: Option<ReplicaUse>,
+}
+
+/// The replica a vm step starts from: the vm and the paths of its disks' copies on the step's
+/// host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaUse {
+    pub vm: String,
+    pub paths: Vec<String>,
 }
 
 /// What executing a step means, with secrets still unresolved.

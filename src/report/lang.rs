@@ -336,14 +336,38 @@ impl Labels {
         }
     }
 
-    pub fn rec_point_unverified(&self, item: &str, point: &str) -> String {
+    pub fn rec_point_unverified(&self, items: &[String]) -> String {
+        let list = items.join(", ");
         match self.lang {
             Lang::En => format!(
-                "The replica point {point} of {item} had not been verified when it was used: schedule `reprise verify`."
+                "The replicas used for {list} had not been verified when they were used: verify the replicas on a schedule, so that a corrupt copy is found before the day it is needed."
             ),
             Lang::Fr => format!(
-                "Le point de réplique {point} de {item} n'était pas vérifié quand il a été utilisé : planifier `reprise verify`."
+                "Les répliques utilisées pour {list} n'étaient pas vérifiées quand elles ont été utilisées : vérifier les répliques régulièrement, pour qu'une copie corrompue soit découverte avant le jour où elle sert."
             ),
+        }
+    }
+
+    /// `82 checks passed, 1 warning, 0 failed`.
+    pub fn checks_summary(&self, ok: usize, warnings: usize, failed: usize) -> String {
+        match self.lang {
+            Lang::En => format!("{ok} checks passed, {warnings} warnings, {failed} failed"),
+            Lang::Fr => {
+                format!("{ok} contrôles réussis, {warnings} avertissements, {failed} en échec")
+            }
+        }
+    }
+
+    /// A readiness status, in words.
+    pub fn check_status(&self, status: crate::readiness::ItemStatus) -> &'static str {
+        use crate::readiness::ItemStatus;
+        match (self.lang, status) {
+            (Lang::En, ItemStatus::Ok) => "ok",
+            (Lang::En, ItemStatus::Warning) => "warning",
+            (Lang::En, ItemStatus::Failed) => "failed",
+            (Lang::Fr, ItemStatus::Ok) => "ok",
+            (Lang::Fr, ItemStatus::Warning) => "avertissement",
+            (Lang::Fr, ItemStatus::Failed) => "échec",
         }
     }
 

@@ -735,6 +735,7 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
     };
 
     let mut recommendations = Vec::new();
+    let mut unverified: Vec<String> = Vec::new();
     // Time lost before the run started (incident to start) counts against every target.
     let delay = (started_at - measured_from).num_milliseconds() as f64 / 1000.0;
     let late_start: Vec<String> = services
@@ -807,12 +808,17 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
             });
         }
         for p in s.points.iter().filter(|p| !p.verified) {
-            recommendations.push(Recommendation {
-                kind: "point_unverified",
-                subject: p.item.clone(),
-                text: l.rec_point_unverified(&p.item, &p.point),
-            });
+            if !unverified.contains(&p.item) {
+                unverified.push(p.item.clone());
+            }
         }
+    }
+    if !unverified.is_empty() {
+        recommendations.push(Recommendation {
+            kind: "point_unverified",
+            subject: unverified.join(", "),
+            text: l.rec_point_unverified(&unverified),
+        });
     }
     for m in &manual {
         if let Some(w) = m.waited_s.filter(|w| *w > LONG_MANUAL_WAIT_S) {

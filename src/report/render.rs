@@ -343,10 +343,11 @@ fn markdown(r: &RecoveryReport, l: &Labels) -> String {
     if let Some(rd) = &r.readiness {
         let _ = writeln!(
             o,
-            "\n## {}\n\n{}: **{}**\n",
+            "\n## {}\n\n{}: **{}** ({})\n",
             l.readiness,
             time(rd.at),
-            if rd.ready { l.ready } else { l.not_ready }
+            if rd.ready { l.ready } else { l.not_ready },
+            readiness_counts(rd, l)
         );
         let problems: Vec<_> = rd
             .items
@@ -354,7 +355,14 @@ fn markdown(r: &RecoveryReport, l: &Labels) -> String {
             .filter(|i| i.status != ItemStatus::Ok)
             .collect();
         for i in problems {
-            let _ = writeln!(o, "- {:?} {} {}: {}", i.status, i.area, i.subject, i.detail);
+            let _ = writeln!(
+                o,
+                "- {} {} {}: {}",
+                l.check_status(i.status),
+                i.area,
+                i.subject,
+                i.detail
+            );
         }
     }
 
@@ -603,10 +611,11 @@ fn html(r: &RecoveryReport, l: &Labels) -> String {
     if let Some(rd) = &r.readiness {
         let _ = writeln!(
             o,
-            "<h2>{}</h2>\n<p>{}: <strong>{}</strong></p>",
+            "<h2>{}</h2>\n<p>{}: <strong>{}</strong> ({})</p>",
             esc(l.readiness),
             esc(&time(rd.at)),
-            esc(if rd.ready { l.ready } else { l.not_ready })
+            esc(if rd.ready { l.ready } else { l.not_ready }),
+            esc(&readiness_counts(rd, l))
         );
         let bad: Vec<_> = rd
             .items
@@ -618,8 +627,8 @@ fn html(r: &RecoveryReport, l: &Labels) -> String {
             for i in bad {
                 let _ = writeln!(
                     o,
-                    "<li>{:?} {} {}: {}</li>",
-                    i.status,
+                    "<li>{} {} {}: {}</li>",
+                    esc(l.check_status(i.status)),
                     esc(&i.area),
                     esc(&i.subject),
                     esc(&i.detail)
@@ -787,4 +796,13 @@ fn gantt(r: &RecoveryReport, l: &Labels) -> String {
     }
     let _ = writeln!(o, "</svg>");
     o
+}
+
+fn readiness_counts(rd: &crate::readiness::Readiness, l: &Labels) -> String {
+    let count = |s| rd.items.iter().filter(|i| i.status == s).count();
+    l.checks_summary(
+        count(ItemStatus::Ok),
+        count(ItemStatus::Warning),
+        count(ItemStatus::Failed),
+    )
 }
