@@ -826,6 +826,15 @@ fn a_drill_after_a_check_carries_the_readiness_into_its_report() {
         report["readiness"], check,
         "the report shows the check it started from"
     );
+    // Each vm started from its copy on hv-pra: the copy and its age are the data loss.
+    let services = report["services"].as_array().unwrap();
+    let erp_db = services.iter().find(|s| s["id"] == "erp-db").unwrap();
+    let points = erp_db["points"].as_array().unwrap();
+    assert_eq!(points.len(), 1, "{erp_db}");
+    assert_eq!(points[0]["item"], "erp-db");
+    let loss = erp_db["data_loss_s"].as_f64().unwrap();
+    assert!(loss >= 0.0 && loss < 900.0, "the lab's copies are fresh: {loss}");
+    assert_eq!(erp_db["rpo_met"], true);
     let md = lab.run(&["report", "latest"]);
     assert!(
         md.stdout.contains("Readiness check before the run"),
