@@ -57,13 +57,18 @@ save "$work/planned" manual
 # 3. A drill killed (kill -9) in the middle, resumed by someone else.
 $lab down >/dev/null; $lab up --net 60 >/dev/null
 $bin --overlay "$ov" --state-dir "$work/resumed" drill --no-prompt --operator "Karim Benali" >/dev/null & r=$!
-until [ "$(grep -c '"step_finished"' "$(journal_of "$work/resumed" 2>/dev/null)/journal.jsonl" 2>/dev/null || echo 0)" -ge 10 ]; do sleep 0.05; done
+finished_steps() { grep -c '"step_finished"' "$(journal_of "$work/resumed" 2>/dev/null)/journal.jsonl" 2>/dev/null || true; }
+until [ "$(finished_steps)" -ge 10 ] 2>/dev/null; do sleep 0.05; done
 kill -9 $r; wait $r 2>/dev/null || true
+# A step cut in the middle that cannot safely run twice waits for someone to check it.
+confirmer "$work/resumed" "Nadia Amrani" & c=$!
 $bin --overlay "$ov" --state-dir "$work/resumed" resume latest --no-prompt --operator "Nadia Amrani" >/dev/null
+kill $c; wait $c 2>/dev/null || true
 save "$work/resumed" resumed
 
 # 4. An emergency failover declared 5h30 after the incident (RTO targets of 4h and less are
-#    missed), with the primary site down and the replica of the planning VM damaged: planning
+#    missed), with the primary site down, replicas 10 to 40 minutes older than the incident
+#    (the ERP database misses its RPO) and the replica of the planning VM damaged: planning
 #    fails and citrix, which needs it, is blocked.
 $lab down >/dev/null; $lab up --net 60 >/dev/null
 python3 - "$work/lab" <<'PY' | while read -r pidfile; do kill "$(cat "$pidfile")"; done
@@ -76,6 +81,11 @@ for host, h in state["hosts"].items():
 PY
 truncate -s 4096 "$work/lab/hosts/hv-pra/root/srv/replicas/images/planning-system.qcow2"
 incident=$(date -u -d '-330 minutes' +%Y-%m-%dT%H:%M:%SZ)
+# The last replication ran 10 minutes before the incident; the ERP database's data disk had
+# not been replicated for 40 minutes (its RPO is 15).
+images=$work/lab/hosts/hv-pra/root/srv/replicas/images
+touch -d "$incident - 10 minutes" "$images"/*.qcow2
+touch -d "$incident - 40 minutes" "$images/erp-db-data.qcow2"
 # The readiness check run at the start of the crisis finds the primary site gone.
 $bin --overlay "$ov" --state-dir "$work/emergency" check --connect-timeout 2 >/dev/null || true
 confirmer "$work/emergency" "Sofia Haddad" & c=$!

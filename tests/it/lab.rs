@@ -833,7 +833,10 @@ fn a_drill_after_a_check_carries_the_readiness_into_its_report() {
     assert_eq!(points.len(), 1, "{erp_db}");
     assert_eq!(points[0]["item"], "erp-db");
     let loss = erp_db["data_loss_s"].as_f64().unwrap();
-    assert!(loss >= 0.0 && loss < 900.0, "the lab's copies are fresh: {loss}");
+    assert!(
+        loss >= 0.0 && loss < 900.0,
+        "the lab's copies are fresh: {loss}"
+    );
     assert_eq!(erp_db["rpo_met"], true);
     let md = lab.run(&["report", "latest"]);
     assert!(
