@@ -1084,6 +1084,7 @@ mod tests {
                 read_exit: 0,
                 write_exit: 0,
                 stderr: String::new(),
+                output: String::new(),
                 duration: StdDuration::ZERO,
             })
         }
