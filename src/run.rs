@@ -172,7 +172,8 @@ impl Sink for Tee<'_> {
     }
 }
 
-fn transport(model: &Model, ssh: &SshOptions) -> SshTransport {
+/// SSH to the model's hosts with these options.
+pub fn transport(model: &Model, ssh: &SshOptions) -> SshTransport {
     let hosts: HashMap<String, HostSpec> = model
         .inventory
         .hosts
