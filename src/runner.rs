@@ -552,6 +552,7 @@ async fn run_step(
             from_host,
             to_host,
             items,
+            retention,
         } => {
             started(&tx, step, 1);
             let deadline = step
@@ -559,8 +560,31 @@ async fn run_step(
                 .map(StdDuration::from_secs)
                 .unwrap_or(StdDuration::from_secs(7200));
             let mut report = String::new();
+            // Every disk of a vm gets the same point.
+            let taken_at = Utc::now();
+            let replication = crate::replica::remote::Replication {
+                point: crate::replica::remote::point_id(taken_at),
+                taken_at,
+                retention: *retention,
+                reread: false,
+                deadline,
+            };
+            let mut point = None;
             for (src, dst) in items {
-                match replicate_item(&ctx, what, from_host, src, to_host, dst, deadline).await {
+                let copied = match what {
+                    Replicated::Vm(_) => {
+                        replicate_image(&ctx, from_host, src, to_host, dst, &replication)
+                            .await
+                            .map(|t| {
+                                point = Some(t.applied.point.id.clone());
+                                t.line()
+                            })
+                    }
+                    Replicated::Backup(_) => {
+                        replicate_backup(&ctx, from_host, src, to_host, dst, deadline).await
+                    }
+                };
+                match copied {
                     Ok(line) => report.push_str(&line),
                     Err(e) => {
                         let _ = tx.send(Msg::Event(Event::StepOutput {
@@ -583,17 +607,54 @@ async fn run_step(
                 stderr: String::new(),
                 exit_code: Some(0),
             }));
+            if let (Replicated::Vm(vm), Some(point)) = (what, point) {
+                let _ = tx.send(Msg::Event(Event::ReplicaPointUsed {
+                    at: Utc::now(),
+                    step: step.id.clone(),
+                    item: vm.clone(),
+                    point,
+                    taken_at,
+                    verified: true,
+                    note: Some("made by this step; its BLAKE3 matched end to end".into()),
+                }));
+            }
             outcome(StepStatus::Done, 1, None)
         }
     }
 }
 
-/// Copies one file (a vm disk) or directory (a backup set) between hosts through the
-/// orchestrator, into a temporary name renamed at the end (the previous copy stays usable
-/// until then), and compares SHA-256 sums on both sides.
-async fn replicate_item(
+/// Brings one vm disk's recovery copy up to date through the replication helpers, as a new
+/// point (see [`crate::replica`]).
+async fn replicate_image(
     ctx: &RunContext,
-    what: &Replicated,
+    from: &str,
+    src: &str,
+    to: &str,
+    dst: &str,
+    replication: &crate::replica::remote::Replication,
+) -> Result<crate::replica::ImageTransfer, String> {
+    let transport = ctx.transport.clone();
+    let (from, src, to, dst, r) = (
+        from.to_string(),
+        src.to_string(),
+        to.to_string(),
+        dst.to_string(),
+        replication.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        crate::replica::remote::Helpers::new(transport.as_ref())
+            .replicate(&from, &src, &to, &dst, &r)
+    })
+    .await
+    .map_err(|e| format!("the replication task failed: {e}"))?
+    .map_err(|e| e.to_string())
+}
+
+/// Copies a directory (a backup set) between hosts through the orchestrator, into a
+/// temporary name renamed at the end (the previous copy stays usable until then), and
+/// compares SHA-256 sums on both sides. (Vm disks go through [`replicate_image`].)
+async fn replicate_backup(
+    ctx: &RunContext,
     from: &str,
     src: &str,
     to: &str,
@@ -602,38 +663,24 @@ async fn replicate_item(
 ) -> Result<String, String> {
     let q = crate::template::shell_quote;
     let part = format!("{dst}.reprise-part");
-    let (read_cmd, write_cmd, sum_src, sum_dst) = match what {
-        Replicated::Vm(_) => (
-            format!("cat {}", q(src)),
-            format!(
-                "mkdir -p \"$(dirname {d})\" && cat > {p} && mv -f {p} {d}",
-                d = q(dst),
-                p = q(&part)
-            ),
-            format!("sha256sum < {}", q(src)),
-            format!("sha256sum < {}", q(dst)),
-        ),
-        Replicated::Backup(_) => {
-            let old = format!("{dst}.reprise-old");
-            let tree_sum = |dir: &str| {
-                format!(
-                    "cd {} && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum | sha256sum",
-                    q(dir)
-                )
-            };
-            (
-                format!("tar -C {} -cf - .", q(src)),
-                format!(
-                    "rm -rf {p} && mkdir -p {p} && tar -C {p} -xf - && rm -rf {o} && {{ [ ! -e {d} ] || mv {d} {o}; }} && mv {p} {d} && rm -rf {o}",
-                    p = q(&part),
-                    d = q(dst),
-                    o = q(&old)
-                ),
-                tree_sum(src),
-                tree_sum(dst),
-            )
-        }
+    let old = format!("{dst}.reprise-old");
+    let tree_sum = |dir: &str| {
+        format!(
+            "cd {} && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum | sha256sum",
+            q(dir)
+        )
     };
+    let (read_cmd, write_cmd, sum_src, sum_dst) = (
+        format!("tar -C {} -cf - .", q(src)),
+        format!(
+            "rm -rf {p} && mkdir -p {p} && tar -C {p} -xf - && rm -rf {o} && {{ [ ! -e {d} ] || mv {d} {o}; }} && mv {p} {d} && rm -rf {o}",
+            p = q(&part),
+            d = q(dst),
+            o = q(&old)
+        ),
+        tree_sum(src),
+        tree_sum(dst),
+    );
     let transport = ctx.transport.clone();
     let (f, t) = (from.to_string(), to.to_string());
     let piped = tokio::task::spawn_blocking(move || {

@@ -11,7 +11,7 @@ use crate::exit;
 use crate::inventory::VarValue;
 use crate::model::Model;
 use crate::replica::helper::{self, Request};
-use crate::replica::remote::{Helpers, Replication, image_path};
+use crate::replica::remote::{Helpers, Replication, image_path, point_id};
 use crate::replica::{Point, Verified};
 use crate::run::SshOptions;
 use crate::ssh::HostKeyPolicy;
@@ -264,11 +264,6 @@ fn select(model: &Model, names: &[String]) -> Result<Vec<VmImages>, Outcome> {
 
 fn transport(model: &Model, ssh: &SshArgs) -> crate::ssh::SshTransport {
     crate::run::transport(model, &ssh.options())
-}
-
-/// A point id from a time: `20261128T031000Z`.
-pub fn point_id(at: DateTime<Utc>) -> String {
-    at.format("%Y%m%dT%H%M%SZ").to_string()
 }
 
 /// `reprise replicate`.

@@ -834,7 +834,7 @@ fn resolve(
                     "add `images_dir = \"/var/lib/libvirt/images\"` under [hosts.{host}.vars]"
                 ))
             };
-            let (what, from, to, items) = match source {
+            let (what, from, to, items, retention) = match source {
                 ReplicaSource::Vm(v) => {
                     let vm = inv.vms.get(&v.value)?;
                     let (from, to) = swap(vm.primary.value.clone(), vm.recovery.value.clone());
@@ -855,7 +855,7 @@ fn resolve(
                         .iter()
                         .map(|d| (format!("{src}/{d}"), format!("{dst}/{d}")))
                         .collect();
-                    (Replicated::Vm(vm.id.clone()), from, to, items)
+                    (Replicated::Vm(vm.id.clone()), from, to, items, vm.retention)
                 }
                 ReplicaSource::Backup(b) => {
                     let set = inv.backups.get(&b.value)?;
@@ -867,6 +867,7 @@ fn resolve(
                         from,
                         to,
                         vec![(src, dst)],
+                        set.retention,
                     )
                 }
             };
@@ -894,6 +895,7 @@ fn resolve(
                     from_host: from,
                     to_host: to,
                     items,
+                    retention,
                 },
             )
         }

@@ -23,4 +23,5 @@ pub mod store;
 pub mod wire;
 
 pub use blocks::{BLOCK, Manifest};
+pub use remote::{ImageTransfer, ReplicaError};
 pub use store::{Point, Store, StoreError, Verified};

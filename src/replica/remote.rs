@@ -331,6 +331,11 @@ fn helper_error(stderr: &str, code: i32) -> String {
     }
 }
 
+/// A point id from the time its source was read: `20261128T031000Z`.
+pub fn point_id(at: DateTime<Utc>) -> String {
+    at.format("%Y%m%dT%H%M%SZ").to_string()
+}
+
 /// The path of a disk image on a host: `images_dir/disk`.
 pub fn image_path(dir: &str, disk: &str) -> String {
     Path::new(dir.trim_end_matches('/'))

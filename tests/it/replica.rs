@@ -386,3 +386,65 @@ fn unknown_vms_and_dead_hosts_are_named() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("hv-pra"), "{run:?}");
 }
+
+#[test]
+fn a_planned_failover_syncs_the_disks_as_a_point_and_journals_it() {
+    let lab = Lab::up(76);
+    let src = lab.src();
+    new_image("qcow2", &src, "64M");
+    qemu_io("qcow2", &src, "write -P 0x5a 0 8M");
+    // Its last step is the operator's check of the data, confirmed from here.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(lab.args(&[
+            "failover",
+            "--service",
+            "erp-db",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ]))
+        .current_dir(lab.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the failover did not finish within 30s");
+        }
+        let _ = lab.run(&[
+            "confirm",
+            "latest",
+            "erp-db/data-check",
+            "--by",
+            "Nadia Morel",
+        ]);
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success(), "{status:?}");
+    assert_eq!(b3(&lab.dst()), b3(&src));
+    let points = lab.points();
+    assert_eq!(points.len(), 1, "{points:?}");
+    let runs = lab.dir.path().join("state/runs");
+    let dir = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let journal = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap();
+    let used: Vec<serde_json::Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "replica_point_used")
+        .collect();
+    assert_eq!(used.len(), 1, "{journal}");
+    assert_eq!(used[0]["item"], "erp-db");
+    assert_eq!(used[0]["step"], "erp-db/final-sync");
+    assert_eq!(used[0]["point"].as_str(), Some(points[0].0.as_str()));
+    assert_eq!(used[0]["verified"], true);
+}
