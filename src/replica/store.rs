@@ -306,6 +306,17 @@ impl Store {
 
     /// Receives a stream from the source helper and makes it a new point.
     pub fn apply(&self, input: &mut impl Read, new: NewPoint) -> Result<Applied, StoreError> {
+        self.apply_until(input, new, false)
+    }
+
+    /// [`Store::apply`]; with `stop_at_commit`, stops as a crash would right after the commit
+    /// record, before the mirror is touched (for tests of recovery).
+    fn apply_until(
+        &self,
+        input: &mut impl Read,
+        new: NewPoint,
+        stop_at_commit: bool,
+    ) -> Result<Applied, StoreError> {
         let began = std::time::Instant::now();
         let _lock = self.lock()?;
         let recovered = self.recover()?;
@@ -333,7 +344,7 @@ impl Store {
         let mut applied = if fresh {
             self.receive_fresh(input, &header, &new)?
         } else {
-            self.receive_update(input, &header, &base, points.last(), &new)?
+            self.receive_update(input, &header, &base, points.last(), &new, stop_at_commit)?
         };
         applied.recovered = recovered;
         applied.point.duration_ms = began.elapsed().as_millis() as u64;
@@ -453,6 +464,7 @@ impl Store {
         base: &Manifest,
         prev: Option<&Point>,
         new: &NewPoint,
+        stop_at_commit: bool,
     ) -> Result<Applied, StoreError> {
         let stream_err = |reason: String| StoreError::Stream {
             image: self.name(),
@@ -560,8 +572,16 @@ impl Store {
         drop(jfile);
         sync_dir(&self.dir)?;
         // Committed: from here on the update is completed, now or by the next run.
-        let journal = read_journal(&jpath)?;
         let point = commit.point.clone();
+        if stop_at_commit {
+            return Ok(Applied {
+                point,
+                blocks: changed,
+                dropped: Vec::new(),
+                recovered: None,
+            });
+        }
+        let journal = read_journal(&jpath)?;
         let dropped = self.roll_forward(&jpath, &journal, commit)?;
         Ok(Applied {
             point,
@@ -1003,4 +1023,58 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_committed_update_cut_before_the_mirror_is_completed_by_the_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        std::fs::write(&src, vec![1u8; 6 * BLOCK + 9]).unwrap();
+        let store = Store::new(&dst);
+        let point = |id: &str| NewPoint {
+            id: id.into(),
+            taken_at: Utc::now(),
+            source: "src".into(),
+            retention: 5,
+        };
+        let stream = |store: &Store| {
+            let (m, _) = store.base_manifest(false).unwrap();
+            let mut out = Vec::new();
+            crate::replica::helper::send(&src, &m, &mut out).unwrap();
+            out
+        };
+        store.apply(&mut &stream(&store)[..], point("p1")).unwrap();
+        let v1 = std::fs::read(&dst).unwrap();
+        std::fs::write(&src, vec![2u8; 4 * BLOCK]).unwrap();
+        store
+            .apply_until(&mut &stream(&store)[..], point("p2"), true)
+            .unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), v1, "the mirror was touched");
+        assert!(store.path("journal").exists());
+        // The next run completes it before anything else.
+        let (m, note) = store.base_manifest(false).unwrap();
+        assert!(note.unwrap().contains("completed"));
+        assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+        assert_eq!(m, Manifest::of_file(&dst).unwrap());
+        let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["p1", "p2"]);
+        let out = dir.path().join("p1.out");
+        store.restore("p1", &out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), v1);
+        assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_while_the_image_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(&dir.path().join("img"));
+        let _held = store.lock().unwrap();
+        let err = store.base_manifest(false).unwrap_err();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    }
 }
