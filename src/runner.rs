@@ -571,19 +571,20 @@ async fn run_step(
             };
             let mut point = None;
             for (src, dst) in items {
-                let copied = match what {
-                    Replicated::Vm(_) => {
-                        replicate_image(&ctx, from_host, src, to_host, dst, &replication)
-                            .await
-                            .map(|t| {
-                                point = Some(t.applied.point.id.clone());
-                                t.line()
-                            })
-                    }
-                    Replicated::Backup(_) => {
-                        replicate_backup(&ctx, from_host, src, to_host, dst, deadline).await
-                    }
-                };
+                let copied = replicate_image(
+                    &ctx,
+                    matches!(what, Replicated::Backup(_)),
+                    from_host,
+                    src,
+                    to_host,
+                    dst,
+                    &replication,
+                )
+                .await
+                .map(|t| {
+                    point = Some(t.applied.point.id.clone());
+                    t.line()
+                });
                 match copied {
                     Ok(line) => report.push_str(&line),
                     Err(e) => {
@@ -607,11 +608,14 @@ async fn run_step(
                 stderr: String::new(),
                 exit_code: Some(0),
             }));
-            if let (Replicated::Vm(vm), Some(point)) = (what, point) {
+            let item = match what {
+                Replicated::Vm(v) | Replicated::Backup(v) => v,
+            };
+            if let Some(point) = point {
                 let _ = tx.send(Msg::Event(Event::ReplicaPointUsed {
                     at: Utc::now(),
                     step: step.id.clone(),
-                    item: vm.clone(),
+                    item: item.clone(),
                     point,
                     taken_at,
                     verified: true,
@@ -623,10 +627,11 @@ async fn run_step(
     }
 }
 
-/// Brings one vm disk's recovery copy up to date through the replication helpers, as a new
-/// point (see [`crate::replica`]).
+/// Brings one vm disk's recovery copy (or a backup set's folder, file by file) up to date
+/// through the replication helpers, as a new point (see [`crate::replica`]).
 async fn replicate_image(
     ctx: &RunContext,
+    folder: bool,
     from: &str,
     src: &str,
     to: &str,
@@ -642,94 +647,16 @@ async fn replicate_image(
         replication.clone(),
     );
     tokio::task::spawn_blocking(move || {
-        crate::replica::remote::Helpers::new(transport.as_ref())
-            .replicate(&from, &src, &to, &dst, &r)
+        let helpers = crate::replica::remote::Helpers::new(transport.as_ref());
+        if folder {
+            helpers.replicate_tree(&from, &src, &to, &dst, &r)
+        } else {
+            helpers.replicate(&from, &src, &to, &dst, &r)
+        }
     })
     .await
     .map_err(|e| format!("the replication task failed: {e}"))?
     .map_err(|e| e.to_string())
-}
-
-/// Copies a directory (a backup set) between hosts through the orchestrator, into a
-/// temporary name renamed at the end (the previous copy stays usable until then), and
-/// compares SHA-256 sums on both sides. (Vm disks go through [`replicate_image`].)
-async fn replicate_backup(
-    ctx: &RunContext,
-    from: &str,
-    src: &str,
-    to: &str,
-    dst: &str,
-    deadline: StdDuration,
-) -> Result<String, String> {
-    let q = crate::template::shell_quote;
-    let part = format!("{dst}.reprise-part");
-    let old = format!("{dst}.reprise-old");
-    let tree_sum = |dir: &str| {
-        format!(
-            "cd {} && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum | sha256sum",
-            q(dir)
-        )
-    };
-    let (read_cmd, write_cmd, sum_src, sum_dst) = (
-        format!("tar -C {} -cf - .", q(src)),
-        format!(
-            "rm -rf {p} && mkdir -p {p} && tar -C {p} -xf - && rm -rf {o} && {{ [ ! -e {d} ] || mv {d} {o}; }} && mv {p} {d} && rm -rf {o}",
-            p = q(&part),
-            d = q(dst),
-            o = q(&old)
-        ),
-        tree_sum(src),
-        tree_sum(dst),
-    );
-    let transport = ctx.transport.clone();
-    let (f, t) = (from.to_string(), to.to_string());
-    let piped = tokio::task::spawn_blocking(move || {
-        transport.pipe(&f, &read_cmd, &t, &write_cmd, deadline)
-    })
-    .await
-    .map_err(|e| format!("the copy task failed: {e}"))?
-    .map_err(|e| e.to_string())?;
-    if piped.read_exit != 0 || piped.write_exit != 0 {
-        return Err(format!(
-            "copying {from}:{src} to {to}:{dst} failed (read exit {}, write exit {}): {}",
-            piped.read_exit,
-            piped.write_exit,
-            piped.stderr.trim()
-        ));
-    }
-    let sum = |host: String, cmd: String| {
-        let transport = ctx.transport.clone();
-        async move {
-            let h = host.clone();
-            tokio::task::spawn_blocking(move || {
-                transport.exec(&h, &cmd, StdDuration::from_secs(3600))
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
-            .and_then(|o| {
-                if o.exit_code == 0 {
-                    Ok(o.stdout.split_whitespace().next().unwrap_or("").to_string())
-                } else {
-                    Err(format!("checksum failed on {host}: {}", o.stderr.trim()))
-                }
-            })
-        }
-    };
-    let (a, b) = tokio::join!(sum(from.to_string(), sum_src), sum(to.to_string(), sum_dst));
-    let (a, b) = (a?, b?);
-    if a != b || a.is_empty() {
-        return Err(format!(
-            "{to}:{dst} does not match {from}:{src} after the copy (sha256 {b} vs {a})"
-        ));
-    }
-    let secs = piped.duration.as_secs_f64().max(0.001);
-    Ok(format!(
-        "{from}:{src} → {to}:{dst}: {} bytes in {:.1}s ({:.1} MB/s), sha256 {a}\n",
-        piped.bytes,
-        secs,
-        piped.bytes as f64 / secs / 1e6
-    ))
 }
 
 /// Polls `check` every `interval` until it passes, the step's deadline, or shutdown.

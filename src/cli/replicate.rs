@@ -76,6 +76,25 @@ pub enum HelperAction {
         #[arg(long)]
         retention: u32,
     },
+    SendTree {
+        dir: PathBuf,
+    },
+    TreeBase {
+        dir: PathBuf,
+        #[arg(long)]
+        reread: bool,
+    },
+    ApplyTree {
+        dir: PathBuf,
+        #[arg(long)]
+        point: String,
+        #[arg(long)]
+        taken_at: DateTime<Utc>,
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        retention: u32,
+    },
     Points {
         image: PathBuf,
     },
@@ -135,6 +154,24 @@ impl HelperAction {
                 source: source.clone(),
                 retention: *retention,
             },
+            HelperAction::SendTree { dir } => Request::SendTree { dir: dir.clone() },
+            HelperAction::TreeBase { dir, reread } => Request::TreeBase {
+                dir: dir.clone(),
+                reread: *reread,
+            },
+            HelperAction::ApplyTree {
+                dir,
+                point,
+                taken_at,
+                source,
+                retention,
+            } => Request::ApplyTree {
+                dir: dir.clone(),
+                point: point.clone(),
+                taken_at: *taken_at,
+                source: source.clone(),
+                retention: *retention,
+            },
             HelperAction::Points { image } => Request::Points {
                 image: image.clone(),
             },
@@ -163,11 +200,67 @@ struct Image {
     dst: String,
 }
 
-/// A VM and its images, with its retention.
+/// A VM and its images, or a backup set and its folder, with its retention.
 struct VmImages {
     id: String,
     retention: u32,
     images: Vec<Image>,
+    /// A backup set (a folder replicated file by file), not a vm.
+    backup: bool,
+}
+
+fn backup_item(model: &Model, id: &str) -> Option<VmImages> {
+    let set = model.inventory.backups.get(id)?;
+    Some(VmImages {
+        id: id.to_string(),
+        retention: set.retention,
+        images: vec![Image {
+            from: set.source_host.value.clone(),
+            src: set.source_path.clone(),
+            to: set.dest_host.value.clone(),
+            dst: set.dest_path.clone(),
+        }],
+        backup: true,
+    })
+}
+
+/// A vm or a backup set, by id.
+fn item(model: &Model, id: &str) -> Result<VmImages, Outcome> {
+    if let Some(b) = backup_item(model, id) {
+        return Ok(b);
+    }
+    if model.inventory.vms.contains_key(id) {
+        return vm_images(model, id);
+    }
+    let known = model
+        .inventory
+        .vms
+        .keys()
+        .chain(model.inventory.backups.keys())
+        .map(String::as_str);
+    let hint = crate::diagnostic::did_you_mean(id, known)
+        .map(|h| format!("\nhint: {h}"))
+        .unwrap_or_default();
+    Err(Outcome::err(
+        exit::INVALID_INPUT,
+        format!("error: unknown vm `{id}` (nor backup set){hint}\n"),
+    ))
+}
+
+/// The services whose runbooks replicate backup set `set`.
+fn services_of_backup<'m>(model: &'m Model, set: &str) -> Vec<&'m str> {
+    let mut out = Vec::new();
+    for (service, books) in &model.runbooks.by_service {
+        let names_it = books.values().flat_map(|b| &b.steps).any(|s| {
+            matches!(&s.kind, crate::runbook::StepKind::Replicate {
+                source: crate::runbook::ReplicaSource::Backup(b),
+            } if b.value == set)
+        });
+        if names_it {
+            out.push(service.as_str());
+        }
+    }
+    out
 }
 
 fn images_dir(model: &Model, host: &str) -> Option<String> {
@@ -201,6 +294,7 @@ fn vm_images(model: &Model, id: &str) -> Result<VmImages, Outcome> {
     Ok(VmImages {
         id: id.to_string(),
         retention: vm.retention,
+        backup: false,
         images: vm
             .disks
             .iter()
@@ -223,40 +317,53 @@ fn select(model: &Model, names: &[String]) -> Result<Vec<VmImages>, Outcome> {
             .vms
             .keys()
             .filter_map(|id| vm_images(model, id).ok())
+            .chain(inv.backups.keys().filter_map(|id| backup_item(model, id)))
             .collect());
     }
     let mut out: Vec<VmImages> = Vec::new();
     for name in names {
-        let vm = match inv.services.get(name) {
-            Some(s) => match s.vm() {
-                Some(v) => v.to_string(),
-                None => {
+        let ids: Vec<String> = match inv.services.get(name) {
+            Some(s) => {
+                let mut ids: Vec<String> = s.vm().map(str::to_string).into_iter().collect();
+                ids.extend(
+                    inv.backups
+                        .keys()
+                        .filter(|b| services_of_backup(model, b).contains(&name.as_str()))
+                        .cloned(),
+                );
+                if ids.is_empty() {
                     return Err(Outcome::err(
                         exit::INVALID_INPUT,
                         format!(
-                            "error: service `{name}` runs on no vm: there is no disk image to replicate\n"
+                            "error: service `{name}` has no vm and replicates no backup set: there is nothing to replicate\n"
                         ),
                     ));
                 }
-            },
-            None if inv.vms.contains_key(name) => name.clone(),
+                ids
+            }
+            None if inv.vms.contains_key(name) || inv.backups.contains_key(name) => {
+                vec![name.clone()]
+            }
             None => {
                 let known = inv
                     .services
                     .keys()
                     .chain(inv.vms.keys())
+                    .chain(inv.backups.keys())
                     .map(String::as_str);
                 let hint = crate::diagnostic::did_you_mean(name, known)
                     .map(|h| format!("\nhint: {h}"))
                     .unwrap_or_default();
                 return Err(Outcome::err(
                     exit::INVALID_INPUT,
-                    format!("error: unknown service or vm `{name}`{hint}\n"),
+                    format!("error: unknown service, vm or backup set `{name}`{hint}\n"),
                 ));
             }
         };
-        if !out.iter().any(|v| v.id == vm) {
-            out.push(vm_images(model, &vm)?);
+        for id in ids {
+            if !out.iter().any(|v| v.id == id) {
+                out.push(item(model, &id)?);
+            }
         }
     }
     Ok(out)
@@ -285,7 +392,12 @@ pub fn replicate(model: &Model, services: &[String], verify: bool, ssh: &SshArgs
             deadline: std::time::Duration::from_secs(7200),
         };
         for img in &vm.images {
-            match helpers.replicate(&img.from, &img.src, &img.to, &img.dst, &r) {
+            let done = if vm.backup {
+                helpers.replicate_tree(&img.from, &img.src, &img.to, &img.dst, &r)
+            } else {
+                helpers.replicate(&img.from, &img.src, &img.to, &img.dst, &r)
+            };
+            match done {
                 Ok(t) => out.stdout.push_str(&format!("{}: {}", vm.id, t.line())),
                 Err(e) => {
                     out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
@@ -332,7 +444,7 @@ fn vm_points(
 
 /// `reprise points VM`.
 pub fn points(model: &Model, vm: &str, json: bool, ssh: &SshArgs) -> Outcome {
-    let vm = match vm_images(model, vm) {
+    let vm = match item(model, vm) {
         Ok(v) => v,
         Err(o) => return o,
     };
@@ -383,7 +495,7 @@ pub fn points(model: &Model, vm: &str, json: bool, ssh: &SshArgs) -> Outcome {
 /// `reprise verify [VM] [--point P]`.
 pub fn verify(model: &Model, vm: Option<&str>, point: Option<&str>, ssh: &SshArgs) -> Outcome {
     let vms = match vm {
-        Some(v) => match vm_images(model, v) {
+        Some(v) => match item(model, v) {
             Ok(v) => vec![v],
             Err(o) => return o,
         },
@@ -436,11 +548,22 @@ pub fn status(model: &Model, json: bool, ssh: &SshArgs, now: DateTime<Utc>) -> O
     let mut rows = Vec::new();
     let mut out = Outcome::default();
     for vm in &vms {
+        let backup_services = if vm.backup {
+            services_of_backup(model, &vm.id)
+        } else {
+            Vec::new()
+        };
         let rpo = model
             .inventory
             .services
             .values()
-            .filter(|s| s.vm() == Some(vm.id.as_str()))
+            .filter(|s| {
+                if vm.backup {
+                    backup_services.contains(&s.id.as_str())
+                } else {
+                    s.vm() == Some(vm.id.as_str())
+                }
+            })
             .filter_map(|s| s.rpo)
             .min_by_key(|d| d.0);
         let points = match vm_points(&helpers, vm) {
@@ -474,7 +597,7 @@ pub fn status(model: &Model, json: bool, ssh: &SshArgs, now: DateTime<Utc>) -> O
             .iter()
             .map(|(id, good, age, rpo, breach, last)| {
                 serde_json::json!({
-                    "vm": id,
+                    "item": id,
                     "newest_good_point": good.as_ref().map(|p| &p.id),
                     "taken_at": good.as_ref().map(|p| p.taken_at),
                     "age_s": age,
@@ -490,7 +613,7 @@ pub fn status(model: &Model, json: bool, ssh: &SshArgs, now: DateTime<Utc>) -> O
     } else {
         out.stdout.push_str(&format!(
             "{:<12} {:<20} {:>10} {:>8}  {:<8} LAST TRANSFER\n",
-            "VM", "NEWEST GOOD POINT", "AGE", "RPO", "STATE"
+            "VM OR SET", "NEWEST GOOD POINT", "AGE", "RPO", "STATE"
         ));
         for (id, good, age, rpo, breach, last) in &rows {
             let last = last

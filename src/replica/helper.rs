@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::blocks::{self, BLOCK, Manifest};
 use super::store::{NewPoint, Store};
+use super::tree::{Tree, TreeStore, send_tree};
 use super::wire;
 
 /// One request to the helper.
@@ -38,7 +39,19 @@ pub enum Request {
         image: PathBuf,
         point: Option<String>,
     },
-    /// Writes a point to a file.
+    /// Source side of a backup set: reads the recovery tree (JSON) on stdin, writes the stream.
+    SendTree { dir: PathBuf },
+    /// Recovery side of a backup set: the tree to compare against (JSON).
+    TreeBase { dir: PathBuf, reread: bool },
+    /// Recovery side of a backup set: applies a stream as a new point; answers with JSON.
+    ApplyTree {
+        dir: PathBuf,
+        point: String,
+        taken_at: DateTime<Utc>,
+        source: String,
+        retention: u32,
+    },
+    /// Writes a point to a file (an image) or a folder (a backup set).
     Restore {
         image: PathBuf,
         point: String,
@@ -111,13 +124,62 @@ pub fn serve(req: Request, stdin: &mut impl Read, stdout: &mut impl Write) -> Re
                 .map_err(|e| e.to_string())?;
             out(stdout, &serde_json::to_vec(&applied).expect("serializes"))
         }
+        Request::SendTree { dir } => {
+            let mut m = Vec::new();
+            stdin
+                .read_to_end(&mut m)
+                .map_err(|e| format!("reading the recovery tree: {e}"))?;
+            let base: Tree = serde_json::from_slice(&m)
+                .map_err(|e| format!("the recovery tree is not understood: {e}"))?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout);
+            send_tree(&dir, &base, &mut w)?;
+            w.flush().map_err(|e| format!("writing the stream: {e}"))?;
+            Ok(())
+        }
+        Request::TreeBase { dir, reread } => {
+            let t = TreeStore::new(&dir)
+                .base(reread)
+                .map_err(|e| e.to_string())?;
+            out(stdout, &serde_json::to_vec(&t).expect("serializes"))
+        }
+        Request::ApplyTree {
+            dir,
+            point,
+            taken_at,
+            source,
+            retention,
+        } => {
+            let mut input = std::io::BufReader::with_capacity(1 << 20, stdin);
+            let (point, files) = TreeStore::new(&dir)
+                .apply(
+                    &mut input,
+                    NewPoint {
+                        id: point,
+                        taken_at,
+                        source,
+                        retention,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+            let applied = super::store::Applied {
+                blocks: files,
+                point,
+                dropped: Vec::new(),
+                recovered: None,
+            };
+            out(stdout, &serde_json::to_vec(&applied).expect("serializes"))
+        }
         Request::Points { image } => {
             let points = Store::new(&image).points().map_err(|e| e.to_string())?;
             out(stdout, &serde_json::to_vec(&points).expect("serializes"))
         }
         Request::Verify { image, point } => {
-            let checked: Vec<Checked> = Store::new(&image)
-                .verify(point.as_deref())
+            let checked = if image.is_dir() {
+                TreeStore::new(&image).verify(point.as_deref())
+            } else {
+                Store::new(&image).verify(point.as_deref())
+            };
+            let checked: Vec<Checked> = checked
                 .map_err(|e| e.to_string())?
                 .into_iter()
                 .map(|(point, good)| Checked { point, good })
@@ -128,9 +190,12 @@ pub fn serve(req: Request, stdin: &mut impl Read, stdout: &mut impl Write) -> Re
             image,
             point,
             output,
-        } => Store::new(&image)
-            .restore(&point, &output)
-            .map_err(|e| e.to_string()),
+        } => if image.is_dir() {
+            TreeStore::new(&image).restore(&point, &output)
+        } else {
+            Store::new(&image).restore(&point, &output)
+        }
+        .map_err(|e| e.to_string()),
     }
 }
 

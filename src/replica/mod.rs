@@ -13,6 +13,8 @@
 //! commits the point only when the whole-image hash matches end to end. [`remote`] is the
 //! orchestrator's side: it deploys the helper over SSH and pipes one side into the other.
 //!
+//! Backup sets (folders) follow the same point model file by file ([`tree`]).
+//!
 //! This module never prints and never decides what to replicate: the runner and the command
 //! line do.
 
@@ -20,6 +22,7 @@ pub mod blocks;
 pub mod helper;
 pub mod remote;
 pub mod store;
+pub mod tree;
 pub mod wire;
 
 pub use blocks::{BLOCK, Manifest};

@@ -39,6 +39,8 @@ pub struct ImageTransfer {
     pub manifest_bytes: u64,
     pub duration: Duration,
     pub applied: Applied,
+    /// What `applied.blocks` counts: `blocks` of an image or `files` of a backup set.
+    pub unit: &'static str,
 }
 
 impl ImageTransfer {
@@ -47,7 +49,7 @@ impl ImageTransfer {
         let secs = self.duration.as_secs_f64().max(0.001);
         let total = self.sent_bytes + self.manifest_bytes;
         format!(
-            "{}:{} → {}:{}: point {}, {} bytes sent ({} of blocks, {} of manifest) in {:.1}s ({:.1} MB/s), {} blocks changed, image of {} bytes, blake3 {}{}\n",
+            "{}:{} → {}:{}: point {}, {} bytes sent ({} of data, {} of manifest) in {:.1}s ({:.1} MB/s), {} {} changed, {} bytes in all, blake3 {}{}\n",
             self.from,
             self.src,
             self.to,
@@ -59,6 +61,7 @@ impl ImageTransfer {
             secs,
             total as f64 / secs / 1e6,
             self.applied.blocks,
+            self.unit,
             self.applied.point.size,
             self.applied.point.blake3,
             self.applied
@@ -225,9 +228,69 @@ impl<'a> Helpers<'a> {
                 r.retention
             ),
         );
+        self.finish(from, src, to, dst, &send, &manifest, &apply, r, began)
+            .map(|t| ImageTransfer {
+                unit: "blocks",
+                ..t
+            })
+    }
+
+    /// Brings the folder `to:dst` up to date with `from:src` (a backup set), file by file,
+    /// and makes it a new point.
+    pub fn replicate_tree(
+        &self,
+        from: &str,
+        src: &str,
+        to: &str,
+        dst: &str,
+        r: &Replication,
+    ) -> Result<ImageTransfer, ReplicaError> {
+        let began = std::time::Instant::now();
+        let q = |s: &str| shell_quote(s);
+        let from_hash = self.deploy(from)?;
+        let base = self.call(
+            to,
+            &format!(
+                "tree-base {}{}",
+                q(dst),
+                if r.reread { " --reread" } else { "" }
+            ),
+            &[],
+            r.deadline,
+        )?;
+        let to_hash = self.deploy(to)?;
+        let send = self.command(&from_hash, &format!("send-tree {}", q(src)));
+        let apply = self.command(
+            &to_hash,
+            &format!(
+                "apply-tree {} --point {} --taken-at {} --source {} --retention {}",
+                q(dst),
+                q(&r.point),
+                q(&r.taken_at.to_rfc3339()),
+                q(&format!("{from}:{src}")),
+                r.retention
+            ),
+        );
+        self.finish(from, src, to, dst, &send, &base, &apply, r, began)
+            .map(|t| ImageTransfer { unit: "files", ..t })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        from: &str,
+        src: &str,
+        to: &str,
+        dst: &str,
+        send: &str,
+        input: &[u8],
+        apply: &str,
+        r: &Replication,
+        began: std::time::Instant,
+    ) -> Result<ImageTransfer, ReplicaError> {
         let piped = self
             .transport
-            .pipe_with_input(from, &send, &manifest, to, &apply, r.deadline)?;
+            .pipe_with_input(from, send, input, to, apply, r.deadline)?;
         if piped.read_exit != 0 || piped.write_exit != 0 {
             let host = if piped.read_exit != 0 { from } else { to };
             return Err(ReplicaError::Helper {
@@ -236,12 +299,7 @@ impl<'a> Helpers<'a> {
                     "replicating {from}:{src} to {to}:{dst} failed (source exit {}, recovery exit {}): {}",
                     piped.read_exit,
                     piped.write_exit,
-                    piped
-                        .stderr
-                        .lines()
-                        .map(|l| l.trim_start_matches("error: "))
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    helper_error(&piped.stderr, piped.write_exit)
                 ),
             });
         }
@@ -256,9 +314,10 @@ impl<'a> Helpers<'a> {
             to: to.to_string(),
             dst: dst.to_string(),
             sent_bytes: piped.bytes,
-            manifest_bytes: manifest.len() as u64,
+            manifest_bytes: input.len() as u64,
             duration: began.elapsed(),
             applied,
+            unit: "blocks",
         })
     }
 

@@ -448,3 +448,83 @@ fn a_planned_failover_syncs_the_disks_as_a_point_and_journals_it() {
     assert_eq!(used[0]["point"].as_str(), Some(points[0].0.as_str()));
     assert_eq!(used[0]["verified"], true);
 }
+
+fn tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            out.insert(
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn a_backup_set_travels_file_by_file_with_deletions_and_points() {
+    let lab = Lab::up(77);
+    let src = lab
+        .dir
+        .path()
+        .join("lab/hosts/san-main/root/export/backups/erp");
+    let dst = lab
+        .dir
+        .path()
+        .join("lab/hosts/nas-pra/root/srv/backups/erp");
+    let run = lab.run(&["replicate", "--service", "erp-dumps"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let v1 = tree(&src);
+    assert_eq!(tree(&dst), v1);
+
+    std::fs::write(
+        src.join("erp-dumps-2026-11-04.dump"),
+        "day 4\n".repeat(5000),
+    )
+    .unwrap();
+    std::fs::remove_file(src.join("erp-dumps-2026-11-01.dump")).unwrap();
+    std::fs::write(src.join("erp-dumps-2026-11-02.dump"), "rewritten").unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let run = lab.run(&["replicate", "--service", "erp-dumps"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("2 files changed"), "{run:?}");
+    let sent = run
+        .stdout
+        .split_once(": point ")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    assert!(sent < 32_000 + 2_000, "{sent} bytes sent for 30 kB changed");
+    assert_eq!(tree(&dst), tree(&src));
+
+    let points = lab.run(&["points", "erp-dumps", "--json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&points.stdout).unwrap();
+    assert_eq!(list.len(), 2, "{points:?}");
+    let out = lab.dir.path().join("first");
+    let run = reprise(
+        lab.dir.path(),
+        &[
+            "helper",
+            "restore",
+            dst.to_str().unwrap(),
+            "--point",
+            list[0]["id"].as_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(tree(&out), v1);
+    let run = lab.run(&["verify", "erp-dumps"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    std::fs::write(dst.join("erp-dumps-2026-11-03.dump"), "tampered").unwrap();
+    let run = lab.run(&["verify", "erp-dumps"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("BAD"), "{run:?}");
+}
