@@ -236,7 +236,37 @@ impl Store {
         self.write_atomic("points.json", &json)
     }
 
+    /// Size, mtime and inode of the mirror: what it was when the manifest was written.
+    fn stamp(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(&self.image).ok()?;
+        Some(format!(
+            "{} {}.{:09} {}",
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ino()
+        ))
+    }
+
+    fn write_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
+        self.write_atomic("manifest", &m.encode())?;
+        let stamp = self.stamp().unwrap_or_default();
+        self.write_atomic("stamp", stamp.as_bytes())
+    }
+
+    /// The saved manifest, if the mirror was not changed behind it since (a vm started on the
+    /// copy, a manual edit): a mirror changed since must be hashed again, or the blocks that
+    /// changed would never be sent.
     fn saved_manifest(&self) -> Result<Option<Manifest>, StoreError> {
+        let stamp = std::fs::read_to_string(self.path("stamp")).ok();
+        if stamp.is_none() || stamp != self.stamp() {
+            return Ok(None);
+        }
+        self.raw_manifest()
+    }
+
+    fn raw_manifest(&self) -> Result<Option<Manifest>, StoreError> {
         let path = self.path("manifest");
         match std::fs::read(&path) {
             Ok(bytes) => Manifest::decode(&bytes)
@@ -265,7 +295,7 @@ impl Store {
             _ => {
                 let m = Manifest::of_file(&self.image).map_err(io_err(&self.image))?;
                 if saved.as_ref() != Some(&m) {
-                    self.write_atomic("manifest", &m.encode())?;
+                    self.write_manifest(&m)?;
                 }
                 m
             }
@@ -436,7 +466,7 @@ impl Store {
             whole,
             cvs,
         };
-        self.write_atomic("manifest", &manifest.encode())?;
+        self.write_manifest(&manifest)?;
         let point = Point {
             id: self.unique_id(&new.id)?,
             taken_at: new.taken_at,
@@ -647,7 +677,7 @@ impl Store {
             .map_err(io_err(&self.image))?;
         mirror.sync_all().map_err(io_err(&self.image))?;
         // 3. The manifest.
-        let mut m = self.saved_manifest()?.unwrap_or_else(|| Manifest {
+        let mut m = self.raw_manifest()?.unwrap_or_else(|| Manifest {
             size: commit.old_size,
             whole: [0; 32],
             cvs: Vec::new(),
@@ -659,7 +689,7 @@ impl Store {
         }
         m.size = commit.point.size;
         m.whole = parse_hex(&commit.new_whole).unwrap_or([0; 32]);
-        self.write_atomic("manifest", &m.encode())?;
+        self.write_manifest(&m)?;
         // 4. The points, within retention.
         let mut points = self.points()?;
         if !points.iter().any(|p| p.id == commit.point.id) {
@@ -798,7 +828,7 @@ impl Store {
             if let Some(m) = manifest {
                 // The next replication must see the mirror as it really is, to mend it.
                 if self.saved_manifest()?.as_ref() != Some(&m) {
-                    self.write_atomic("manifest", &m.encode())?;
+                    self.write_manifest(&m)?;
                 }
             }
             points[k].verified = if good { Verified::Yes } else { Verified::Bad };
@@ -1067,6 +1097,43 @@ mod tests {
         store.restore("p1", &out).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), v1);
         assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
+    }
+
+    #[test]
+    fn a_mirror_changed_behind_its_manifest_is_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        std::fs::write(&src, vec![4u8; 5 * BLOCK]).unwrap();
+        let store = Store::new(&dst);
+        let replicate = |id: &str| {
+            let (m, _) = store.base_manifest(false).unwrap();
+            let mut out = Vec::new();
+            let sent = crate::replica::helper::send(&src, &m, &mut out).unwrap();
+            store
+                .apply(
+                    &mut &out[..],
+                    NewPoint {
+                        id: id.into(),
+                        taken_at: Utc::now(),
+                        source: "src".into(),
+                        retention: 5,
+                    },
+                )
+                .unwrap();
+            sent.blocks
+        };
+        replicate("p1");
+        // A vm started on the copy writes to it.
+        use std::os::unix::fs::FileExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&dst)
+            .unwrap()
+            .write_all_at(b"written by the vm", 3 * BLOCK as u64)
+            .unwrap();
+        assert_eq!(replicate("p2"), 1);
+        assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
     }
 
     #[test]
