@@ -24,6 +24,8 @@ use crate::sources::{Sources, SourcesError};
 use crate::ssh::HostKeyPolicy;
 use crate::view::TerminalView;
 
+mod replicate;
+
 const EXAMPLES: &str = "\
 Examples:
   reprise validate                          check ./inventory and ./runbooks
@@ -38,7 +40,7 @@ Examples:
 
 Exit codes: 0 ok, 1 run failed or partial, 2 usage, 3 invalid inventory or runbooks,
 4 cannot read or write files, 5 another run holds the lock, 6 failback refused (service on both
-sites), 7 not ready (reprise check), 130 interrupted (resume it).";
+sites), 7 not ready (reprise check), 8 RPO target missed (reprise status), 130 interrupted (resume it).";
 
 /// reprise: disaster recovery for small IT teams. Drills, failovers, restores and failbacks
 /// driven by a dependency graph of services.
@@ -320,6 +322,58 @@ pub enum Command {
         /// Run id, or `latest`.
         run: String,
     },
+    /// Bring the recovery copies of VM disks up to date, sending only the blocks that
+    /// changed, and make each a verified replica point.
+    #[command(
+        after_help = "Examples:\n  reprise replicate\n  reprise replicate --service erp-db --verify"
+    )]
+    Replicate {
+        /// Only the vm of this service (or this vm) (repeatable).
+        #[arg(long = "service", value_name = "SERVICE")]
+        services: Vec<String>,
+        /// Read the recovery copies again instead of trusting their manifests.
+        #[arg(long)]
+        verify: bool,
+        #[command(flatten)]
+        ssh: replicate::SshArgs,
+    },
+    /// List the replica points of a vm, newest first.
+    #[command(after_help = "Example:\n  reprise points erp-db")]
+    Points {
+        vm: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        ssh: replicate::SshArgs,
+    },
+    /// Read replica points again and check their BLAKE3; a point that fails is marked bad.
+    #[command(
+        after_help = "Examples:\n  reprise verify\n  reprise verify erp-db --point 20261128T020000Z"
+    )]
+    Verify {
+        /// Only this vm [default: all].
+        vm: Option<String>,
+        /// Only this point [default: all].
+        #[arg(long, value_name = "POINT")]
+        point: Option<String>,
+        #[command(flatten)]
+        ssh: replicate::SshArgs,
+    },
+    /// Per replicated vm: the newest good point, its age against the RPO target, the last
+    /// transfer. Exits with 8 when a target is missed.
+    #[command(after_help = "Example:\n  reprise status --json")]
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        ssh: replicate::SshArgs,
+    },
+    /// (internal) The replication helper run on hosts.
+    #[command(hide = true)]
+    Helper {
+        #[command(subcommand)]
+        action: replicate::HelperAction,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -540,6 +594,7 @@ pub fn run(cli: &Cli) -> Outcome {
             lang,
         } => return report(cli, run, *format, output.as_deref(), *pdf, *lang),
         Command::History { json } => return history(cli, *json),
+        Command::Helper { action } => return replicate::helper(action),
         _ => {}
     }
     let (model, warnings) = match load(cli) {
@@ -715,7 +770,18 @@ pub fn run(cli: &Cli) -> Outcome {
             );
             finish(result)
         }
+        Command::Replicate {
+            services,
+            verify,
+            ssh,
+        } => replicate::replicate(&model, services, *verify, ssh),
+        Command::Points { vm, json, ssh } => replicate::points(&model, vm, *json, ssh),
+        Command::Verify { vm, point, ssh } => {
+            replicate::verify(&model, vm.as_deref(), point.as_deref(), ssh)
+        }
+        Command::Status { json, ssh } => replicate::status(&model, *json, ssh, Utc::now()),
         Command::Confirm { .. }
+        | Command::Helper { .. }
         | Command::Runs { .. }
         | Command::Show { .. }
         | Command::Report { .. }

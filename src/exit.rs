@@ -17,5 +17,7 @@ pub const LOCKED: u8 = 5;
 pub const SPLIT_BRAIN: u8 = 6;
 /// `reprise check`: a recovery would not work now (see its table).
 pub const NOT_READY: u8 = 7;
+/// `reprise status`: a replicated VM has no good point within its service's RPO target.
+pub const RPO_BREACH: u8 = 8;
 /// The run was interrupted (Ctrl-C); `reprise resume` carries on.
 pub const INTERRUPTED: u8 = 130;

@@ -21,6 +21,7 @@ pub mod lab;
 pub mod model;
 pub mod plan;
 pub mod readiness;
+pub mod replica;
 pub mod report;
 pub mod run;
 pub mod runbook;

@@ -172,7 +172,7 @@ impl Sink for Tee<'_> {
     }
 }
 
-/// The SSH transport to the model's hosts.
+/// SSH to the model's hosts with these options.
 pub fn transport(model: &Model, ssh: &SshOptions) -> SshTransport {
     let hosts: HashMap<String, HostSpec> = model
         .inventory

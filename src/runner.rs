@@ -555,6 +555,7 @@ async fn run_step(
             from_host,
             to_host,
             items,
+            retention,
         } => {
             started(&tx, step, 1);
             let deadline = step
@@ -562,8 +563,32 @@ async fn run_step(
                 .map(StdDuration::from_secs)
                 .unwrap_or(StdDuration::from_secs(7200));
             let mut report = String::new();
+            // Every disk of a vm gets the same point.
+            let taken_at = Utc::now();
+            let replication = crate::replica::remote::Replication {
+                point: crate::replica::remote::point_id(taken_at),
+                taken_at,
+                retention: *retention,
+                reread: false,
+                deadline,
+            };
+            let mut point = None;
             for (src, dst) in items {
-                match replicate_item(&ctx, what, from_host, src, to_host, dst, deadline).await {
+                let copied = replicate_image(
+                    &ctx,
+                    matches!(what, Replicated::Backup(_)),
+                    from_host,
+                    src,
+                    to_host,
+                    dst,
+                    &replication,
+                )
+                .await
+                .map(|t| {
+                    point = Some(t.applied.point.id.clone());
+                    t.line()
+                });
+                match copied {
                     Ok(line) => report.push_str(&line),
                     Err(e) => {
                         let _ = tx.send(Msg::Event(Event::StepOutput {
@@ -586,106 +611,55 @@ async fn run_step(
                 stderr: String::new(),
                 exit_code: Some(0),
             }));
+            let item = match what {
+                Replicated::Vm(v) | Replicated::Backup(v) => v,
+            };
+            if let Some(point) = point {
+                let _ = tx.send(Msg::Event(Event::ReplicaPointUsed {
+                    at: Utc::now(),
+                    step: step.id.clone(),
+                    item: item.clone(),
+                    point,
+                    taken_at,
+                    verified: true,
+                    note: Some("made by this step; its BLAKE3 matched end to end".into()),
+                }));
+            }
             outcome(StepStatus::Done, 1, None)
         }
     }
 }
 
-/// Copies one file (a vm disk) or directory (a backup set) between hosts through the
-/// orchestrator, into a temporary name renamed at the end (the previous copy stays usable
-/// until then), and compares SHA-256 sums on both sides.
-async fn replicate_item(
+/// Brings one vm disk's recovery copy (or a backup set's folder, file by file) up to date
+/// through the replication helpers, as a new point (see [`crate::replica`]).
+async fn replicate_image(
     ctx: &RunContext,
-    what: &Replicated,
+    folder: bool,
     from: &str,
     src: &str,
     to: &str,
     dst: &str,
-    deadline: StdDuration,
-) -> Result<String, String> {
-    let q = crate::template::shell_quote;
-    let part = format!("{dst}.reprise-part");
-    let (read_cmd, write_cmd, sum_src, sum_dst) = match what {
-        Replicated::Vm(_) => (
-            format!("cat {}", q(src)),
-            format!(
-                "mkdir -p \"$(dirname {d})\" && cat > {p} && mv -f {p} {d}",
-                d = q(dst),
-                p = q(&part)
-            ),
-            format!("sha256sum < {}", q(src)),
-            format!("sha256sum < {}", q(dst)),
-        ),
-        Replicated::Backup(_) => {
-            let old = format!("{dst}.reprise-old");
-            let tree_sum = |dir: &str| {
-                format!(
-                    "cd {} && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum | sha256sum",
-                    q(dir)
-                )
-            };
-            (
-                format!("tar -C {} -cf - .", q(src)),
-                format!(
-                    "rm -rf {p} && mkdir -p {p} && tar -C {p} -xf - && rm -rf {o} && {{ [ ! -e {d} ] || mv {d} {o}; }} && mv {p} {d} && rm -rf {o}",
-                    p = q(&part),
-                    d = q(dst),
-                    o = q(&old)
-                ),
-                tree_sum(src),
-                tree_sum(dst),
-            )
-        }
-    };
+    replication: &crate::replica::remote::Replication,
+) -> Result<crate::replica::ImageTransfer, String> {
     let transport = ctx.transport.clone();
-    let (f, t) = (from.to_string(), to.to_string());
-    let piped = tokio::task::spawn_blocking(move || {
-        transport.pipe(&f, &read_cmd, &t, &write_cmd, deadline)
+    let (from, src, to, dst, r) = (
+        from.to_string(),
+        src.to_string(),
+        to.to_string(),
+        dst.to_string(),
+        replication.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let helpers = crate::replica::remote::Helpers::new(transport.as_ref());
+        if folder {
+            helpers.replicate_tree(&from, &src, &to, &dst, &r)
+        } else {
+            helpers.replicate(&from, &src, &to, &dst, &r)
+        }
     })
     .await
-    .map_err(|e| format!("the copy task failed: {e}"))?
-    .map_err(|e| e.to_string())?;
-    if piped.read_exit != 0 || piped.write_exit != 0 {
-        return Err(format!(
-            "copying {from}:{src} to {to}:{dst} failed (read exit {}, write exit {}): {}",
-            piped.read_exit,
-            piped.write_exit,
-            piped.stderr.trim()
-        ));
-    }
-    let sum = |host: String, cmd: String| {
-        let transport = ctx.transport.clone();
-        async move {
-            let h = host.clone();
-            tokio::task::spawn_blocking(move || {
-                transport.exec(&h, &cmd, StdDuration::from_secs(3600))
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
-            .and_then(|o| {
-                if o.exit_code == 0 {
-                    Ok(o.stdout.split_whitespace().next().unwrap_or("").to_string())
-                } else {
-                    Err(format!("checksum failed on {host}: {}", o.stderr.trim()))
-                }
-            })
-        }
-    };
-    let (a, b) = tokio::join!(sum(from.to_string(), sum_src), sum(to.to_string(), sum_dst));
-    let (a, b) = (a?, b?);
-    if a != b || a.is_empty() {
-        return Err(format!(
-            "{to}:{dst} does not match {from}:{src} after the copy (sha256 {b} vs {a})"
-        ));
-    }
-    let secs = piped.duration.as_secs_f64().max(0.001);
-    Ok(format!(
-        "{from}:{src} → {to}:{dst}: {} bytes in {:.1}s ({:.1} MB/s), sha256 {a}\n",
-        piped.bytes,
-        secs,
-        piped.bytes as f64 / secs / 1e6
-    ))
+    .map_err(|e| format!("the replication task failed: {e}"))?
+    .map_err(|e| e.to_string())
 }
 
 /// Records which copy a vm starts from on the recovery host, and how old its data is: the
@@ -1137,6 +1111,7 @@ mod tests {
                 read_exit: 0,
                 write_exit: 0,
                 stderr: String::new(),
+                output: String::new(),
                 duration: StdDuration::ZERO,
             })
         }

@@ -373,6 +373,8 @@ pub struct PipeOutput {
     pub read_exit: i32,
     pub write_exit: i32,
     pub stderr: String,
+    /// What `write_cmd` printed.
+    pub output: String,
     pub duration: Duration,
 }
 
@@ -382,6 +384,19 @@ impl Session {
     pub fn pipe(
         &self,
         read_cmd: &str,
+        dest: &Session,
+        write_cmd: &str,
+        deadline: Duration,
+    ) -> Result<PipeOutput, SshError> {
+        self.pipe_with_input(read_cmd, &[], dest, write_cmd, deadline)
+    }
+
+    /// [`Session::pipe`], with `input` written first to the standard input of `read_cmd`
+    /// (which must read it all before it writes much).
+    pub fn pipe_with_input(
+        &self,
+        read_cmd: &str,
+        input: &[u8],
         dest: &Session,
         write_cmd: &str,
         deadline: Duration,
@@ -412,6 +427,44 @@ impl Session {
             .map_err(|e| fail(&dest.spec.id, "exec", e))?;
         src.exec(&wrap(read_cmd))
             .map_err(|e| fail(&self.spec.id, "exec", e))?;
+        // A long quiet stretch (the source hashing an unchanged image) is not a dead peer:
+        // the remote `timeout` bounds the commands.
+        let (old_src, old_dst) = (self.raw.timeout(), dest.raw.timeout());
+        let long = ((secs + KILL_AFTER_SECS + 30) * 1000).min(u64::from(u32::MAX)) as u32;
+        self.raw.set_timeout(long);
+        dest.raw.set_timeout(long);
+        let result = self.relay(&mut src, input, dest, &mut dst);
+        self.raw.set_timeout(old_src);
+        dest.raw.set_timeout(old_dst);
+        let (bytes, output, stderr) = result?;
+        Ok(PipeOutput {
+            bytes,
+            read_exit: exit_code(&src).map_err(|e| fail(&self.spec.id, "exit status", e))?,
+            write_exit: exit_code(&dst).map_err(|e| fail(&dest.spec.id, "exit status", e))?,
+            stderr,
+            output,
+            duration: began.elapsed(),
+        })
+    }
+
+    fn relay(
+        &self,
+        src: &mut ssh2::Channel,
+        input: &[u8],
+        dest: &Session,
+        dst: &mut ssh2::Channel,
+    ) -> Result<(u64, String, String), SshError> {
+        let fail = |host: &str, what: &str, e: ssh2::Error| SshError::Session {
+            host: host.to_string(),
+            reason: format!("{what}: {}", e.message()),
+        };
+        if !input.is_empty() {
+            src.write_all(input).map_err(|e| SshError::Session {
+                host: self.spec.id.clone(),
+                reason: format!("write: {e}"),
+            })?;
+        }
+        src.send_eof().map_err(|e| fail(&self.spec.id, "eof", e))?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut bytes = 0u64;
         loop {
@@ -422,7 +475,7 @@ impl Session {
             if n == 0 {
                 break;
             }
-            std::io::Write::write_all(&mut dst, &buf[..n]).map_err(|e| SshError::Session {
+            std::io::Write::write_all(dst, &buf[..n]).map_err(|e| SshError::Session {
                 host: dest.spec.id.clone(),
                 reason: format!("write: {e}"),
             })?;
@@ -436,14 +489,69 @@ impl Session {
         let _ = dst.stderr().read_to_string(&mut stderr);
         let _ = src.wait_close();
         let _ = dst.wait_close();
-        Ok(PipeOutput {
-            bytes,
-            read_exit: exit_code(&src).map_err(|e| fail(&self.spec.id, "exit status", e))?,
-            write_exit: exit_code(&dst).map_err(|e| fail(&dest.spec.id, "exit status", e))?,
-            stderr,
-            duration: began.elapsed(),
-        })
+        Ok((bytes, rest, stderr))
     }
+
+    /// Runs `command` with `input` on its standard input, and returns its standard output as
+    /// bytes (no limit: for helpers that answer with data).
+    pub fn exec_bytes(
+        &self,
+        command: &str,
+        input: &[u8],
+        deadline: Duration,
+    ) -> Result<BytesOutput, SshError> {
+        let secs = deadline.as_secs().max(1);
+        let wrapped = format!(
+            "timeout --kill-after={KILL_AFTER_SECS} {secs} sh -c {}",
+            crate::template::shell_quote(command)
+        );
+        let fail = |what: &str, e: ssh2::Error| SshError::Session {
+            host: self.spec.id.clone(),
+            reason: format!("{what}: {}", e.message()),
+        };
+        let io_fail = |what: &str, e: std::io::Error| SshError::Session {
+            host: self.spec.id.clone(),
+            reason: format!("{what}: {e}"),
+        };
+        let began = Instant::now();
+        self.raw.set_blocking(true);
+        let old = self.raw.timeout();
+        let mut channel = self
+            .raw
+            .channel_session()
+            .map_err(|e| fail("open channel", e))?;
+        channel.exec(&wrapped).map_err(|e| fail("exec", e))?;
+        self.raw
+            .set_timeout(((secs + KILL_AFTER_SECS + 30) * 1000).min(u64::from(u32::MAX)) as u32);
+        let result = (|| {
+            channel.write_all(input).map_err(|e| io_fail("write", e))?;
+            channel.send_eof().map_err(|e| fail("eof", e))?;
+            let mut stdout = Vec::new();
+            channel
+                .read_to_end(&mut stdout)
+                .map_err(|e| io_fail("read", e))?;
+            let mut stderr = String::new();
+            let _ = channel.stderr().read_to_string(&mut stderr);
+            channel.wait_close().map_err(|e| fail("close channel", e))?;
+            Ok(BytesOutput {
+                exit_code: exit_code(&channel).map_err(|e| fail("exit status", e))?,
+                stdout,
+                stderr,
+                duration: began.elapsed(),
+            })
+        })();
+        self.raw.set_timeout(old);
+        result
+    }
+}
+
+/// The result of [`Session::exec_bytes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BytesOutput {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+    pub duration: Duration,
 }
 
 fn sha256_b64_key(key_b64: &str) -> Option<String> {
@@ -602,6 +710,40 @@ pub trait Transport: Send + Sync {
         write_cmd: &str,
         deadline: Duration,
     ) -> Result<PipeOutput, SshError>;
+
+    /// Runs `command` on `host` with `input` on its standard input; its output as bytes.
+    fn exec_bytes(
+        &self,
+        host: &str,
+        command: &str,
+        input: &[u8],
+        deadline: Duration,
+    ) -> Result<BytesOutput, SshError> {
+        let _ = (command, input, deadline);
+        Err(SshError::Session {
+            host: host.to_string(),
+            reason: "this transport cannot send data to a command".into(),
+        })
+    }
+
+    /// [`Transport::pipe`], with `input` written first to `read_cmd`'s standard input.
+    fn pipe_with_input(
+        &self,
+        from: &str,
+        read_cmd: &str,
+        input: &[u8],
+        to: &str,
+        write_cmd: &str,
+        deadline: Duration,
+    ) -> Result<PipeOutput, SshError> {
+        if input.is_empty() {
+            return self.pipe(from, read_cmd, to, write_cmd, deadline);
+        }
+        Err(SshError::Session {
+            host: from.to_string(),
+            reason: "this transport cannot send data to a command".into(),
+        })
+    }
 }
 
 /// SSH to the inventory's hosts, keeping idle sessions for reuse (one session carries one
@@ -663,6 +805,39 @@ impl SshTransport {
 }
 
 impl Transport for SshTransport {
+    fn exec_bytes(
+        &self,
+        host: &str,
+        command: &str,
+        input: &[u8],
+        deadline: Duration,
+    ) -> Result<BytesOutput, SshError> {
+        let session = match self.idle_session(host) {
+            Some(s) => s,
+            None => self.new_session(host)?,
+        };
+        let out = session.exec_bytes(command, input, deadline)?;
+        self.give_back(host, session);
+        Ok(out)
+    }
+
+    fn pipe_with_input(
+        &self,
+        from: &str,
+        read_cmd: &str,
+        input: &[u8],
+        to: &str,
+        write_cmd: &str,
+        deadline: Duration,
+    ) -> Result<PipeOutput, SshError> {
+        let src = self.new_session(from)?;
+        let dst = self.new_session(to)?;
+        let out = src.pipe_with_input(read_cmd, input, &dst, write_cmd, deadline)?;
+        self.give_back(from, src);
+        self.give_back(to, dst);
+        Ok(out)
+    }
+
     fn pipe(
         &self,
         from: &str,

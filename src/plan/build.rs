@@ -835,7 +835,7 @@ fn resolve(
                     "add `images_dir = \"/var/lib/libvirt/images\"` under [hosts.{host}.vars]"
                 ))
             };
-            let (what, from, to, items) = match source {
+            let (what, from, to, items, retention) = match source {
                 ReplicaSource::Vm(v) => {
                     let vm = inv.vms.get(&v.value)?;
                     let (from, to) = swap(vm.primary.value.clone(), vm.recovery.value.clone());
@@ -856,7 +856,7 @@ fn resolve(
                         .iter()
                         .map(|d| (format!("{src}/{d}"), format!("{dst}/{d}")))
                         .collect();
-                    (Replicated::Vm(vm.id.clone()), from, to, items)
+                    (Replicated::Vm(vm.id.clone()), from, to, items, vm.retention)
                 }
                 ReplicaSource::Backup(b) => {
                     let set = inv.backups.get(&b.value)?;
@@ -868,6 +868,7 @@ fn resolve(
                         from,
                         to,
                         vec![(src, dst)],
+                        set.retention,
                     )
                 }
             };
@@ -895,6 +896,7 @@ fn resolve(
                     from_host: from,
                     to_host: to,
                     items,
+                    retention,
                 },
             )
         }

@@ -174,6 +174,8 @@ pub enum Action {
         to_host: String,
         /// (source path, destination path) pairs.
         items: Vec<(String, String)>,
+        /// Replica points kept (vm disks).
+        retention: u32,
     },
 }
 

@@ -6,6 +6,7 @@ mod common;
 mod example;
 mod lab;
 mod props;
+mod replica;
 mod report;
 mod ssh;
 mod sshd;

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Benchmarks `reprise replicate` against peers measured in the same run, on the same files,
+# over the same sshd (a lab on 127.79.x.x):
+#   1. initial full copy of an image of SIZE_MIB random MiB: reprise vs `cat img | ssh host 'cat > copy'`;
+#   2. PCTS% of its 64 KiB blocks changed (random blocks, random data): reprise vs
+#      `rsync --inplace --no-whole-file -e ssh` vs rsync's default mode (temporary file + rename).
+# Wall time and bytes on the wire (reprise: block stream + manifest; rsync: its --stats total bytes
+# sent + received; cat: the image size). Prints medians of REPS runs and ratios; asserts nothing.
+#
+# Env: SIZE_MIB (1024), PCTS ("1 10"), REPS (3), NET (79), KEEP (0: remove the tmp dir).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SIZE_MIB=${SIZE_MIB:-1024}
+PCTS=${PCTS:-"1 10"}
+REPS=${REPS:-3}
+NET=${NET:-79}
+log() { echo "[bench] $*" >&2; }
+now() { echo "$EPOCHREALTIME"; }
+py() { python3 -c "$@"; }
+median() { py 'import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+
+command -v sshd >/dev/null || { log "installing openssh-server"; apt-get install -y -qq openssh-server >/dev/null; }
+command -v qemu-img >/dev/null || { log "installing qemu-utils"; apt-get install -y -qq qemu-utils >/dev/null; }
+command -v rsync >/dev/null || { log "installing rsync"; apt-get install -y -qq rsync >/dev/null; }
+log "cargo build --release"
+cargo build --release --quiet
+BIN=$ROOT/target/release/reprise
+
+TMP=$(mktemp -d /tmp/reprise-bench-replicate.XXXXXX)
+LAB=$TMP/lab
+cleanup() {
+  "$BIN" lab down --lab-dir "$LAB" >/dev/null 2>&1 || true
+  [ "${KEEP:-0}" = 1 ] || rm -rf "$TMP"
+}
+trap cleanup EXIT
+"$BIN" lab up --lab-dir "$LAB" --net "$NET" >/dev/null
+R=("$BIN" --overlay "$LAB/overlay.toml" --state-dir "$TMP/state")
+SRC_DIR=$(grep -A3 '^\[hosts.hv-main.vars\]' "$LAB/overlay.toml" | sed -n 's/^images_dir = "\(.*\)"/\1/p')
+DST_DIR=$(grep -A3 '^\[hosts.hv-pra.vars\]' "$LAB/overlay.toml" | sed -n 's/^images_dir = "\(.*\)"/\1/p')
+PRA=$(grep -A2 '^\[hosts.hv-pra\]' "$LAB/overlay.toml" | sed -n 's/^address = "\(.*\)"/\1/p')
+SSH="ssh -p 2222 -i $LAB/client/id_ed25519 -o UserKnownHostsFile=$LAB/client/known_hosts -o BatchMode=yes -o Compression=no"
+SRC=$SRC_DIR/erp-db-data.qcow2
+DST=$DST_DIR/erp-db-data.qcow2
+BASE=$TMP/base.img
+SIZE=$((SIZE_MIB * 1024 * 1024))
+
+log "making a $SIZE_MIB MiB image of random data"
+head -c "$SIZE" /dev/urandom > "$BASE"
+
+# Bytes of the data disk's line of `reprise replicate`.
+reprise_run() {
+  local t0 t1 out
+  t0=$(now)
+  out=$("${R[@]}" replicate --service erp-db)
+  t1=$(now)
+  local bytes
+  bytes=$(echo "$out" | grep erp-db-data | sed -n 's/.*: point [^,]*, \([0-9]*\) bytes sent.*/\1/p')
+  echo "$(py "print($t1 - $t0)") $bytes"
+}
+
+# 1. Initial full copy.
+declare -a R_T R_B C_T
+for i in $(seq "$REPS"); do
+  log "initial copy, run $i"
+  cp "$BASE" "$SRC"
+  rm -rf "$DST" "$DST.reprise"
+  read -r t b < <(reprise_run)
+  R_T+=("$t"); R_B+=("$b")
+  t0=$(now); $SSH root@"$PRA" "cat > '$DST_DIR/cat-copy.img'" < "$SRC"; t1=$(now)
+  C_T+=("$(py "print($t1 - $t0)")")
+  cmp -s "$SRC" "$DST" || { log "the reprise copy differs"; exit 1; }
+done
+rt=$(median "${R_T[@]}"); rb=$(median "${R_B[@]}"); ct=$(median "${C_T[@]}")
+echo
+echo "Initial copy of $SIZE_MIB MiB of random data (medians of $REPS):"
+printf '  %-34s %8.2f s  %12.0f bytes  %7.1f MB/s\n' "reprise replicate" "$rt" "$rb" "$(py "print($SIZE/$rt/1e6)")"
+printf '  %-34s %8.2f s  %12d bytes  %7.1f MB/s\n' "cat | ssh 'cat > copy'" "$ct" "$SIZE" "$(py "print($SIZE/$ct/1e6)")"
+printf '  reprise throughput = %.2f x cat|ssh\n' "$(py "print($ct/$rt)")"
+
+# 2. Changed blocks.
+change() { # percent seed
+  py "
+import os, random
+random.seed($2)
+n = $SIZE // 65536
+k = max(1, n * $1 // 100)
+with open('$SRC', 'r+b') as f:
+    for b in random.sample(range(n), k):
+        f.seek(b * 65536); f.write(os.urandom(65536))
+print(k * 65536)"
+}
+rsync_run() { # extra-args dst
+  local t0 t1 out
+  t0=$(now)
+  out=$(rsync $1 --stats -e "$SSH" "$SRC" root@"$PRA":"$2")
+  t1=$(now)
+  local sent recv
+  sent=$(echo "$out" | sed -n 's/^Total bytes sent: \([0-9,]*\).*/\1/p' | tr -d ,)
+  recv=$(echo "$out" | sed -n 's/^Total bytes received: \([0-9,]*\).*/\1/p' | tr -d ,)
+  echo "$(py "print($t1 - $t0)") $((sent + recv))"
+}
+for pct in $PCTS; do
+  declare -a RT=() RB=() IT=() IB=() DT=() DB=()
+  changed=0
+  for i in $(seq "$REPS"); do
+    log "$pct% changed, run $i"
+    cp "$BASE" "$SRC"
+    "${R[@]}" replicate --service erp-db >/dev/null     # the copy is up to date (not timed)
+    cp "$BASE" "$DST_DIR/rsync-inplace.img"
+    cp "$BASE" "$DST_DIR/rsync-default.img"
+    # An old mtime: rsync's quick check (size and mtime) must not skip the file.
+    touch -d @0 "$DST_DIR/rsync-inplace.img" "$DST_DIR/rsync-default.img"
+    sync
+    changed=$(change "$pct" "$i")
+    read -r t b < <(reprise_run); RT+=("$t"); RB+=("$b")
+    read -r t b < <(rsync_run "--inplace --no-whole-file" "$DST_DIR/rsync-inplace.img"); IT+=("$t"); IB+=("$b")
+    read -r t b < <(rsync_run "" "$DST_DIR/rsync-default.img"); DT+=("$t"); DB+=("$b")
+    cmp -s "$SRC" "$DST" || { log "the reprise copy differs"; exit 1; }
+    cmp -s "$SRC" "$DST_DIR/rsync-inplace.img" || { log "the rsync --inplace copy differs"; exit 1; }
+    cmp -s "$SRC" "$DST_DIR/rsync-default.img" || { log "the rsync copy differs"; exit 1; }
+  done
+  rt=$(median "${RT[@]}"); rb=$(median "${RB[@]}")
+  it=$(median "${IT[@]}"); ib=$(median "${IB[@]}")
+  dt=$(median "${DT[@]}"); db=$(median "${DB[@]}")
+  echo
+  echo "$pct% of the 64 KiB blocks changed ($changed bytes), medians of $REPS:"
+  printf '  %-34s %8.2f s  %12.0f bytes on the wire (%.3f x changed)\n' "reprise replicate" "$rt" "$rb" "$(py "print($rb/$changed)")"
+  printf '  %-34s %8.2f s  %12.0f bytes on the wire (%.3f x changed)\n' "rsync --inplace --no-whole-file" "$it" "$ib" "$(py "print($ib/$changed)")"
+  printf '  %-34s %8.2f s  %12.0f bytes on the wire (%.3f x changed)\n' "rsync (default)" "$dt" "$db" "$(py "print($db/$changed)")"
+  printf '  wall time: reprise = %.2f x rsync --inplace, %.2f x rsync default\n' "$(py "print($rt/$it)")" "$(py "print($rt/$dt)")"
+done

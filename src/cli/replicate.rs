@@ -1,0 +1,651 @@
+//! `reprise replicate`, `points`, `verify`, `status` and the hidden `helper`: the command
+//! line of [`crate::replica`].
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+
+use super::Outcome;
+use crate::exit;
+use crate::inventory::VarValue;
+use crate::model::Model;
+use crate::replica::helper::{self, Request};
+use crate::replica::remote::{Helpers, Replication, image_path, point_id};
+use crate::replica::{Point, Verified};
+use crate::run::SshOptions;
+use crate::ssh::HostKeyPolicy;
+
+/// How to reach hosts, for the replication commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SshArgs {
+    /// Trust and record host keys never seen before (a changed key is always refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// known_hosts file for hosts that name none [default: ~/.ssh/known_hosts].
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Private key to log in with [default: the ssh-agent].
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Seconds to wait for a host to answer.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub connect_timeout: u64,
+}
+
+impl SshArgs {
+    fn options(&self) -> SshOptions {
+        SshOptions {
+            policy: if self.accept_new_host_keys {
+                HostKeyPolicy::AcceptNew
+            } else {
+                HostKeyPolicy::Strict
+            },
+            known_hosts: self
+                .known_hosts
+                .clone()
+                .unwrap_or_else(SshOptions::default_known_hosts),
+            identity: self.identity.clone(),
+            connect_timeout: std::time::Duration::from_secs(self.connect_timeout.max(1)),
+        }
+    }
+}
+
+/// The hidden `reprise helper …` requests.
+#[derive(Debug, clap::Subcommand)]
+pub enum HelperAction {
+    Hash {
+        file: PathBuf,
+    },
+    Send {
+        image: PathBuf,
+    },
+    Manifest {
+        image: PathBuf,
+        #[arg(long)]
+        reread: bool,
+    },
+    Apply {
+        image: PathBuf,
+        #[arg(long)]
+        point: String,
+        #[arg(long)]
+        taken_at: DateTime<Utc>,
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        retention: u32,
+    },
+    SendTree {
+        dir: PathBuf,
+    },
+    TreeBase {
+        dir: PathBuf,
+        #[arg(long)]
+        reread: bool,
+    },
+    ApplyTree {
+        dir: PathBuf,
+        #[arg(long)]
+        point: String,
+        #[arg(long)]
+        taken_at: DateTime<Utc>,
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        retention: u32,
+    },
+    Points {
+        image: PathBuf,
+    },
+    Verify {
+        image: PathBuf,
+        #[arg(long)]
+        point: Option<String>,
+    },
+    Restore {
+        image: PathBuf,
+        #[arg(long)]
+        point: String,
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+/// Runs a helper request with this process's standard input and output.
+pub fn helper(action: &HelperAction) -> Outcome {
+    let req = match action.clone_request() {
+        Ok(r) => r,
+        Err(o) => return o,
+    };
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match helper::serve(req, &mut stdin.lock(), &mut out) {
+        Ok(()) => {
+            let _ = out.flush();
+            Outcome::default()
+        }
+        Err(e) => Outcome::err(exit::FAILED, format!("error: {e}\n")),
+    }
+}
+
+impl HelperAction {
+    fn clone_request(&self) -> Result<Request, Outcome> {
+        Ok(match self {
+            HelperAction::Hash { file } => Request::Hash { file: file.clone() },
+            HelperAction::Send { image } => Request::Send {
+                image: image.clone(),
+            },
+            HelperAction::Manifest { image, reread } => Request::Manifest {
+                image: image.clone(),
+                reread: *reread,
+            },
+            HelperAction::Apply {
+                image,
+                point,
+                taken_at,
+                source,
+                retention,
+            } => Request::Apply {
+                image: image.clone(),
+                point: point.clone(),
+                taken_at: *taken_at,
+                source: source.clone(),
+                retention: *retention,
+            },
+            HelperAction::SendTree { dir } => Request::SendTree { dir: dir.clone() },
+            HelperAction::TreeBase { dir, reread } => Request::TreeBase {
+                dir: dir.clone(),
+                reread: *reread,
+            },
+            HelperAction::ApplyTree {
+                dir,
+                point,
+                taken_at,
+                source,
+                retention,
+            } => Request::ApplyTree {
+                dir: dir.clone(),
+                point: point.clone(),
+                taken_at: *taken_at,
+                source: source.clone(),
+                retention: *retention,
+            },
+            HelperAction::Points { image } => Request::Points {
+                image: image.clone(),
+            },
+            HelperAction::Verify { image, point } => Request::Verify {
+                image: image.clone(),
+                point: point.clone(),
+            },
+            HelperAction::Restore {
+                image,
+                point,
+                output,
+            } => Request::Restore {
+                image: image.clone(),
+                point: point.clone(),
+                output: output.clone(),
+            },
+        })
+    }
+}
+
+/// One replicated image of a VM: where it comes from and where its copy is.
+struct Image {
+    from: String,
+    src: String,
+    to: String,
+    dst: String,
+}
+
+/// A VM and its images, or a backup set and its folder, with its retention.
+struct VmImages {
+    id: String,
+    retention: u32,
+    images: Vec<Image>,
+    /// A backup set (a folder replicated file by file), not a vm.
+    backup: bool,
+}
+
+fn backup_item(model: &Model, id: &str) -> Option<VmImages> {
+    let set = model.inventory.backups.get(id)?;
+    Some(VmImages {
+        id: id.to_string(),
+        retention: set.retention,
+        images: vec![Image {
+            from: set.source_host.value.clone(),
+            src: set.source_path.clone(),
+            to: set.dest_host.value.clone(),
+            dst: set.dest_path.clone(),
+        }],
+        backup: true,
+    })
+}
+
+/// A vm or a backup set, by id.
+fn item(model: &Model, id: &str) -> Result<VmImages, Outcome> {
+    if let Some(b) = backup_item(model, id) {
+        return Ok(b);
+    }
+    if model.inventory.vms.contains_key(id) {
+        return vm_images(model, id);
+    }
+    let known = model
+        .inventory
+        .vms
+        .keys()
+        .chain(model.inventory.backups.keys())
+        .map(String::as_str);
+    let hint = crate::diagnostic::did_you_mean(id, known)
+        .map(|h| format!("\nhint: {h}"))
+        .unwrap_or_default();
+    Err(Outcome::err(
+        exit::INVALID_INPUT,
+        format!("error: unknown vm `{id}` (nor backup set){hint}\n"),
+    ))
+}
+
+/// The services whose runbooks replicate backup set `set`.
+fn services_of_backup<'m>(model: &'m Model, set: &str) -> Vec<&'m str> {
+    let mut out = Vec::new();
+    for (service, books) in &model.runbooks.by_service {
+        let names_it = books.values().flat_map(|b| &b.steps).any(|s| {
+            matches!(&s.kind, crate::runbook::StepKind::Replicate {
+                source: crate::runbook::ReplicaSource::Backup(b),
+            } if b.value == set)
+        });
+        if names_it {
+            out.push(service.as_str());
+        }
+    }
+    out
+}
+
+fn images_dir(model: &Model, host: &str) -> Option<String> {
+    match model.inventory.hosts.get(host)?.vars.get("images_dir") {
+        Some(VarValue::Text(d)) => Some(d.clone()),
+        _ => None,
+    }
+}
+
+/// The replicated images of a VM, or why it has none.
+fn vm_images(model: &Model, id: &str) -> Result<VmImages, Outcome> {
+    let Some(vm) = model.inventory.vms.get(id) else {
+        let hint =
+            crate::diagnostic::did_you_mean(id, model.inventory.vms.keys().map(String::as_str))
+                .map(|h| format!("\nhint: {h}"))
+                .unwrap_or_default();
+        return Err(Outcome::err(
+            exit::INVALID_INPUT,
+            format!("error: unknown vm `{id}`{hint}\n"),
+        ));
+    };
+    let (from, to) = (vm.primary.value.clone(), vm.recovery.value.clone());
+    let (Some(a), Some(b)) = (images_dir(model, &from), images_dir(model, &to)) else {
+        return Err(Outcome::err(
+            exit::INVALID_INPUT,
+            format!(
+                "error: vm `{id}` cannot be replicated: hosts `{from}` and `{to}` need the variable `images_dir`\n"
+            ),
+        ));
+    };
+    Ok(VmImages {
+        id: id.to_string(),
+        retention: vm.retention,
+        backup: false,
+        images: vm
+            .disks
+            .iter()
+            .map(|d| Image {
+                from: from.clone(),
+                src: image_path(&a, d),
+                to: to.clone(),
+                dst: image_path(&b, d),
+            })
+            .collect(),
+    })
+}
+
+/// The VMs named by `--service` (a service placed on a VM, or a VM id), or every VM that can
+/// be replicated.
+fn select(model: &Model, names: &[String]) -> Result<Vec<VmImages>, Outcome> {
+    let inv = &model.inventory;
+    if names.is_empty() {
+        return Ok(inv
+            .vms
+            .keys()
+            .filter_map(|id| vm_images(model, id).ok())
+            .chain(inv.backups.keys().filter_map(|id| backup_item(model, id)))
+            .collect());
+    }
+    let mut out: Vec<VmImages> = Vec::new();
+    for name in names {
+        let ids: Vec<String> = match inv.services.get(name) {
+            Some(s) => {
+                let mut ids: Vec<String> = s.vm().map(str::to_string).into_iter().collect();
+                ids.extend(
+                    inv.backups
+                        .keys()
+                        .filter(|b| services_of_backup(model, b).contains(&name.as_str()))
+                        .cloned(),
+                );
+                if ids.is_empty() {
+                    return Err(Outcome::err(
+                        exit::INVALID_INPUT,
+                        format!(
+                            "error: service `{name}` has no vm and replicates no backup set: there is nothing to replicate\n"
+                        ),
+                    ));
+                }
+                ids
+            }
+            None if inv.vms.contains_key(name) || inv.backups.contains_key(name) => {
+                vec![name.clone()]
+            }
+            None => {
+                let known = inv
+                    .services
+                    .keys()
+                    .chain(inv.vms.keys())
+                    .chain(inv.backups.keys())
+                    .map(String::as_str);
+                let hint = crate::diagnostic::did_you_mean(name, known)
+                    .map(|h| format!("\nhint: {h}"))
+                    .unwrap_or_default();
+                return Err(Outcome::err(
+                    exit::INVALID_INPUT,
+                    format!("error: unknown service, vm or backup set `{name}`{hint}\n"),
+                ));
+            }
+        };
+        for id in ids {
+            if !out.iter().any(|v| v.id == id) {
+                out.push(item(model, &id)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn transport(model: &Model, ssh: &SshArgs) -> crate::ssh::SshTransport {
+    crate::run::transport(model, &ssh.options())
+}
+
+/// `reprise replicate`.
+pub fn replicate(model: &Model, services: &[String], verify: bool, ssh: &SshArgs) -> Outcome {
+    let vms = match select(model, services) {
+        Ok(v) => v,
+        Err(o) => return o,
+    };
+    let transport = transport(model, ssh);
+    let helpers = Helpers::new(&transport);
+    let mut out = Outcome::default();
+    for vm in &vms {
+        let taken_at = Utc::now();
+        let r = Replication {
+            point: point_id(taken_at),
+            taken_at,
+            retention: vm.retention,
+            reread: verify,
+            deadline: std::time::Duration::from_secs(7200),
+        };
+        for img in &vm.images {
+            let done = if vm.backup {
+                helpers.replicate_tree(&img.from, &img.src, &img.to, &img.dst, &r)
+            } else {
+                helpers.replicate(&img.from, &img.src, &img.to, &img.dst, &r)
+            };
+            match done {
+                Ok(t) => out.stdout.push_str(&format!("{}: {}", vm.id, t.line())),
+                Err(e) => {
+                    out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
+                    out.code = exit::FAILED;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The points of a VM: those present on every disk, with each disk's verdict.
+fn vm_points(
+    helpers: &Helpers,
+    vm: &VmImages,
+) -> Result<Vec<(Point, Verified)>, crate::replica::remote::ReplicaError> {
+    let mut per_disk = Vec::new();
+    for img in &vm.images {
+        per_disk.push(helpers.points(&img.to, &img.dst)?);
+    }
+    let Some(first) = per_disk.first() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for p in first {
+        let mut verdict = p.verified;
+        let mut everywhere = true;
+        for other in &per_disk[1..] {
+            match other.iter().find(|o| o.id == p.id) {
+                Some(o) if o.verified == Verified::Bad => verdict = Verified::Bad,
+                Some(o) if o.verified == Verified::No && verdict == Verified::Yes => {
+                    verdict = Verified::No
+                }
+                Some(_) => {}
+                None => everywhere = false,
+            }
+        }
+        if everywhere {
+            out.push((p.clone(), verdict));
+        }
+    }
+    Ok(out)
+}
+
+/// `reprise points VM`.
+pub fn points(model: &Model, vm: &str, json: bool, ssh: &SshArgs) -> Outcome {
+    let vm = match item(model, vm) {
+        Ok(v) => v,
+        Err(o) => return o,
+    };
+    let transport = transport(model, ssh);
+    let helpers = Helpers::new(&transport);
+    let points = match vm_points(&helpers, &vm) {
+        Ok(p) => p,
+        Err(e) => return Outcome::err(exit::FAILED, format!("error: {}: {e}\n", vm.id)),
+    };
+    if json {
+        let list: Vec<serde_json::Value> = points
+            .iter()
+            .map(|(p, v)| {
+                serde_json::json!({
+                    "id": p.id, "taken_at": p.taken_at, "verified": v,
+                    "size": p.size, "blake3": p.blake3, "source": p.source,
+                })
+            })
+            .collect();
+        return Outcome {
+            stdout: serde_json::to_string_pretty(&list).expect("json") + "\n",
+            ..Outcome::default()
+        };
+    }
+    let mut s = format!(
+        "{:<20} {:<23} {:<8} {:>14}  BLAKE3 (first disk)\n",
+        "POINT", "TAKEN AT", "VERIFIED", "SIZE"
+    );
+    for (p, v) in points.iter().rev() {
+        s.push_str(&format!(
+            "{:<20} {:<23} {:<8} {:>14}  {}\n",
+            p.id,
+            p.taken_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            v.to_string(),
+            p.size,
+            &p.blake3[..16]
+        ));
+    }
+    if points.is_empty() {
+        s.push_str(&format!(
+            "(no point yet: run `reprise replicate --service {}`)\n",
+            vm.id
+        ));
+    }
+    Outcome::ok(s)
+}
+
+/// `reprise verify [VM] [--point P]`.
+pub fn verify(model: &Model, vm: Option<&str>, point: Option<&str>, ssh: &SshArgs) -> Outcome {
+    let vms = match vm {
+        Some(v) => match item(model, v) {
+            Ok(v) => vec![v],
+            Err(o) => return o,
+        },
+        None => match select(model, &[]) {
+            Ok(v) => v,
+            Err(o) => return o,
+        },
+    };
+    let transport = transport(model, ssh);
+    let helpers = Helpers::new(&transport);
+    let mut out = Outcome::default();
+    for vm in &vms {
+        for img in &vm.images {
+            match helpers.verify(&img.to, &img.dst, point) {
+                Ok(checked) => {
+                    for c in checked {
+                        if c.good {
+                            out.stdout.push_str(&format!(
+                                "{}: {}:{} point {}: good\n",
+                                vm.id, img.to, img.dst, c.point
+                            ));
+                        } else {
+                            out.stdout.push_str(&format!(
+                                "{}: {}:{} point {}: BAD (its BLAKE3 does not match; marked bad, never used unless named)\n",
+                                vm.id, img.to, img.dst, c.point
+                            ));
+                            out.code = exit::FAILED;
+                        }
+                    }
+                }
+                Err(e) => {
+                    out.stderr
+                        .push_str(&format!("error: {}: {}:{}: {e}\n", vm.id, img.to, img.dst));
+                    out.code = exit::FAILED;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `reprise status`: per VM, the newest good point against the RPO target.
+pub fn status(model: &Model, json: bool, ssh: &SshArgs, now: DateTime<Utc>) -> Outcome {
+    let vms = match select(model, &[]) {
+        Ok(v) => v,
+        Err(o) => return o,
+    };
+    let transport = transport(model, ssh);
+    let helpers = Helpers::new(&transport);
+    let mut rows = Vec::new();
+    let mut out = Outcome::default();
+    for vm in &vms {
+        let backup_services = if vm.backup {
+            services_of_backup(model, &vm.id)
+        } else {
+            Vec::new()
+        };
+        let rpo = model
+            .inventory
+            .services
+            .values()
+            .filter(|s| {
+                if vm.backup {
+                    backup_services.contains(&s.id.as_str())
+                } else {
+                    s.vm() == Some(vm.id.as_str())
+                }
+            })
+            .filter_map(|s| s.rpo)
+            .min_by_key(|d| d.0);
+        let points = match vm_points(&helpers, vm) {
+            Ok(p) => p,
+            Err(e) => {
+                out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
+                out.code = exit::FAILED;
+                continue;
+            }
+        };
+        let good = points.iter().rev().find(|(_, v)| *v == Verified::Yes);
+        let last = points.last().map(|(p, _)| p);
+        let age = good.map(|(p, _)| (now - p.taken_at).num_seconds().max(0) as u64);
+        let breach = match (rpo, age) {
+            (Some(r), Some(a)) => a > r.0,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        rows.push((
+            vm.id.clone(),
+            good.map(|(p, _)| p.clone()),
+            age,
+            rpo,
+            breach,
+            last.cloned(),
+        ));
+    }
+    let breaches = rows.iter().filter(|r| r.4).count();
+    if json {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(id, good, age, rpo, breach, last)| {
+                serde_json::json!({
+                    "item": id,
+                    "newest_good_point": good.as_ref().map(|p| &p.id),
+                    "taken_at": good.as_ref().map(|p| p.taken_at),
+                    "age_s": age,
+                    "rpo_s": rpo.map(|r| r.0),
+                    "breach": breach,
+                    "last_transfer": last.as_ref().map(|p| serde_json::json!({
+                        "point": p.id, "bytes": p.received_bytes, "duration_ms": p.duration_ms,
+                    })),
+                })
+            })
+            .collect();
+        out.stdout = serde_json::to_string_pretty(&list).expect("json") + "\n";
+    } else {
+        out.stdout.push_str(&format!(
+            "{:<12} {:<20} {:>10} {:>8}  {:<8} LAST TRANSFER\n",
+            "VM OR SET", "NEWEST GOOD POINT", "AGE", "RPO", "STATE"
+        ));
+        for (id, good, age, rpo, breach, last) in &rows {
+            let last = last
+                .as_ref()
+                .map(|p| {
+                    let secs = p.duration_ms as f64 / 1000.0;
+                    format!(
+                        "{} bytes in {:.1}s ({:.1} MB/s)",
+                        p.received_bytes,
+                        secs,
+                        p.received_bytes as f64 / secs.max(0.001) / 1e6
+                    )
+                })
+                .unwrap_or_else(|| "-".into());
+            out.stdout.push_str(&format!(
+                "{:<12} {:<20} {:>10} {:>8}  {:<8} {}\n",
+                id,
+                good.as_ref().map(|p| p.id.as_str()).unwrap_or("none"),
+                age.map(|a| crate::duration::Duration(a).to_string())
+                    .unwrap_or_else(|| "-".into()),
+                rpo.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                if *breach { "BREACH" } else { "ok" },
+                last
+            ));
+        }
+    }
+    if breaches > 0 && out.code == exit::OK {
+        out.stderr.push_str(&format!(
+            "{breaches} replica{} older than the RPO target\n",
+            if breaches == 1 { " is" } else { "s are" }
+        ));
+        out.code = exit::RPO_BREACH;
+    }
+    out
+}

@@ -1,0 +1,257 @@
+//! Blocks, their hashes and the manifest of an image.
+//!
+//! A block's hash is the BLAKE3 chaining value of its bytes at its offset in the image (BLAKE3
+//! is a tree of 1 KiB chunks, and a 64 KiB block at a 64 KiB boundary is one of its subtrees),
+//! so the plain BLAKE3 of the whole image is the merge of the block hashes: a side that knows
+//! the hashes of its blocks knows the hash of its image without reading it again.
+//!
+//! Pure functions and plain file reads; nothing here knows about hosts.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
+
+use blake3::hazmat::{HasherExt as _, Mode, merge_subtrees_non_root, merge_subtrees_root};
+
+/// Block size: 64 KiB.
+pub const BLOCK: usize = 64 * 1024;
+
+/// Blocks read and hashed at once.
+const BATCH: usize = 64;
+
+/// A block's hash (its BLAKE3 chaining value).
+pub type Cv = [u8; 32];
+
+static ZERO: [u8; BLOCK] = [0; BLOCK];
+
+/// Whether `data` holds only zero bytes.
+pub fn is_zero(data: &[u8]) -> bool {
+    // A slice comparison is a memcmp: fast even in an unoptimized build.
+    data == &ZERO[..data.len()]
+}
+
+/// Number of blocks of an image of `size` bytes.
+pub fn count(size: u64) -> u64 {
+    size.div_ceil(BLOCK as u64)
+}
+
+/// Length of block `idx` of an image of `size` bytes.
+pub fn block_len(size: u64, idx: u64) -> usize {
+    let start = idx * BLOCK as u64;
+    (size.saturating_sub(start)).min(BLOCK as u64) as usize
+}
+
+/// The hash of block `idx` holding `data`.
+pub fn cv(idx: u64, data: &[u8]) -> Cv {
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset(idx * BLOCK as u64);
+    h.update(data);
+    h.finalize_non_root()
+}
+
+/// Hashes consecutive blocks starting at `first`, held back to back in `buf`, on all cores.
+pub fn cvs(first: u64, buf: &[u8]) -> Vec<Cv> {
+    let blocks: Vec<&[u8]> = buf.chunks(BLOCK).collect();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(blocks.len().max(1));
+    if threads <= 1 {
+        return blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| cv(first + i as u64, b))
+            .collect();
+    }
+    let per = blocks.len().div_ceil(threads);
+    let mut out = vec![[0u8; 32]; blocks.len()];
+    std::thread::scope(|s| {
+        for (part, (slots, group)) in out.chunks_mut(per).zip(blocks.chunks(per)).enumerate() {
+            s.spawn(move || {
+                for (i, (slot, b)) in slots.iter_mut().zip(group).enumerate() {
+                    *slot = cv(first + (part * per + i) as u64, b);
+                }
+            });
+        }
+    });
+    out
+}
+
+fn merge(cvs: &[Cv]) -> Cv {
+    if cvs.len() == 1 {
+        return cvs[0];
+    }
+    let split = left_len(cvs.len());
+    merge_subtrees_non_root(&merge(&cvs[..split]), &merge(&cvs[split..]), Mode::Hash)
+}
+
+/// BLAKE3's rule: the left subtree holds the largest power of two that leaves the right one
+/// something.
+fn left_len(n: usize) -> usize {
+    1 << (usize::BITS - 1 - (n - 1).leading_zeros())
+}
+
+/// The BLAKE3 of an image of two blocks or more, from its block hashes. An image of one block
+/// or none is its own hash (`blake3::hash`): there is no tree to merge.
+pub fn root(cvs: &[Cv]) -> Option<[u8; 32]> {
+    if cvs.len() < 2 {
+        return None;
+    }
+    let split = left_len(cvs.len());
+    Some(*merge_subtrees_root(&merge(&cvs[..split]), &merge(&cvs[split..]), Mode::Hash).as_bytes())
+}
+
+/// Reads `path` in batches of blocks: `f(first block, bytes)` for each.
+pub fn read_blocks(
+    file: &File,
+    size: u64,
+    mut f: impl FnMut(u64, &[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; BLOCK * BATCH];
+    let mut idx = 0u64;
+    let n = count(size);
+    while idx < n {
+        let start = idx * BLOCK as u64;
+        let len = (size - start).min((BLOCK * BATCH) as u64) as usize;
+        file.read_exact_at(&mut buf[..len], start)?;
+        f(idx, &buf[..len])?;
+        idx += len.div_ceil(BLOCK) as u64;
+    }
+    Ok(())
+}
+
+/// What the recovery side knows of its copy: its size, the hash of every block and of the
+/// whole image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub size: u64,
+    pub whole: [u8; 32],
+    pub cvs: Vec<Cv>,
+}
+
+const MAGIC: &[u8; 8] = b"RPRMAN1\n";
+
+impl Manifest {
+    /// The manifest of no copy: every block of the source differs from it.
+    pub fn empty() -> Manifest {
+        Manifest {
+            size: 0,
+            whole: *blake3::hash(b"").as_bytes(),
+            cvs: Vec::new(),
+        }
+    }
+
+    /// Reads and hashes the file at `path`.
+    pub fn of_file(path: &Path) -> io::Result<Manifest> {
+        let file = File::open(path)?;
+        let size = file.metadata()?.len();
+        let mut all = Vec::with_capacity(count(size) as usize);
+        let mut single = None;
+        read_blocks(&file, size, |first, buf| {
+            if size <= BLOCK as u64 {
+                single = Some(*blake3::hash(buf).as_bytes());
+            }
+            all.extend(cvs(first, buf));
+            Ok(())
+        })?;
+        let whole = root(&all)
+            .or(single)
+            .unwrap_or(*blake3::hash(b"").as_bytes());
+        Ok(Manifest {
+            size,
+            whole,
+            cvs: all,
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(56 + self.cvs.len() * 32);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.whole);
+        out.extend_from_slice(&(self.cvs.len() as u64).to_le_bytes());
+        for c in &self.cvs {
+            out.extend_from_slice(c);
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, String> {
+        let bad = || "not a reprise manifest (truncated or damaged)".to_string();
+        if bytes.len() < 56 || &bytes[..8] != MAGIC {
+            return Err(bad());
+        }
+        let size = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        let whole: [u8; 32] = bytes[16..48].try_into().expect("32 bytes");
+        let n = u64::from_le_bytes(bytes[48..56].try_into().expect("8 bytes"));
+        let rest = &bytes[56..];
+        if n != count(size) || rest.len() as u64 != n * 32 {
+            return Err(bad());
+        }
+        let cvs = rest
+            .chunks_exact(32)
+            .map(|c| c.try_into().expect("32 bytes"))
+            .collect();
+        Ok(Manifest { size, whole, cvs })
+    }
+}
+
+/// Lowercase hex of a hash.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_whole(size: usize) {
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 + i / 1000) as u8).collect();
+        let hashes = cvs(0, &data);
+        assert_eq!(hashes.len() as u64, count(size as u64));
+        let expected = *blake3::hash(&data).as_bytes();
+        match root(&hashes) {
+            Some(r) => assert_eq!(r, expected, "size {size}"),
+            None => assert!(size <= BLOCK),
+        }
+    }
+
+    #[test]
+    fn the_whole_hash_is_plain_blake3_of_the_image() {
+        for size in [
+            BLOCK + 1,
+            2 * BLOCK,
+            3 * BLOCK - 5,
+            5 * BLOCK,
+            7 * BLOCK + 1024,
+            9 * BLOCK + 3,
+        ] {
+            check_whole(size);
+        }
+    }
+
+    #[test]
+    fn a_manifest_survives_encoding_and_refuses_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        std::fs::write(&p, vec![3u8; 3 * BLOCK + 10]).unwrap();
+        let m = Manifest::of_file(&p).unwrap();
+        assert_eq!(
+            m.whole,
+            *blake3::hash(&std::fs::read(&p).unwrap()).as_bytes()
+        );
+        let bytes = m.encode();
+        assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+        assert!(Manifest::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(Manifest::decode(b"garbage").is_err());
+    }
+
+    #[test]
+    fn zero_blocks_are_seen() {
+        assert!(is_zero(&[0; 100]));
+        assert!(!is_zero(&[0, 0, 1]));
+        assert_eq!(block_len(BLOCK as u64 + 5, 1), 5);
+        assert_eq!(block_len(BLOCK as u64, 1), 0);
+    }
+}

@@ -1,0 +1,381 @@
+//! What `reprise helper …` does on a host: the source side reads its image and sends the
+//! blocks that differ from the recovery manifest; the recovery side answers with its manifest,
+//! applies a stream, lists, verifies and restores points. Standard input and output carry the
+//! protocol (binary manifests and streams, JSON answers); errors are returned, one line each.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::blocks::{self, BLOCK, Manifest};
+use super::store::{NewPoint, Store};
+use super::tree::{Tree, TreeStore, send_tree};
+use super::wire;
+
+/// One request to the helper.
+#[derive(Debug, Clone)]
+pub enum Request {
+    /// BLAKE3 of a file (the helper checks its own upload with it).
+    Hash { file: PathBuf },
+    /// Source side: reads the recovery manifest on stdin, writes the stream.
+    Send { image: PathBuf },
+    /// Recovery side: the manifest to compare against (after settling an interrupted update).
+    Manifest { image: PathBuf, reread: bool },
+    /// Recovery side: applies a stream as a new point; answers with JSON.
+    Apply {
+        image: PathBuf,
+        point: String,
+        taken_at: DateTime<Utc>,
+        source: String,
+        retention: u32,
+    },
+    /// The points as JSON.
+    Points { image: PathBuf },
+    /// Verifies one point or all; answers with JSON.
+    Verify {
+        image: PathBuf,
+        point: Option<String>,
+    },
+    /// Source side of a backup set: reads the recovery tree (JSON) on stdin, writes the stream.
+    SendTree { dir: PathBuf },
+    /// Recovery side of a backup set: the tree to compare against (JSON).
+    TreeBase { dir: PathBuf, reread: bool },
+    /// Recovery side of a backup set: applies a stream as a new point; answers with JSON.
+    ApplyTree {
+        dir: PathBuf,
+        point: String,
+        taken_at: DateTime<Utc>,
+        source: String,
+        retention: u32,
+    },
+    /// Writes a point to a file (an image) or a folder (a backup set).
+    Restore {
+        image: PathBuf,
+        point: String,
+        output: PathBuf,
+    },
+}
+
+/// What a verification found, per point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Checked {
+    pub point: String,
+    pub good: bool,
+}
+
+/// What the source sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sent {
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+/// Serves one request.
+pub fn serve(req: Request, stdin: &mut impl Read, stdout: &mut impl Write) -> Result<(), String> {
+    let out = |stdout: &mut dyn Write, bytes: &[u8]| {
+        stdout
+            .write_all(bytes)
+            .and_then(|()| stdout.flush())
+            .map_err(|e| format!("writing the answer: {e}"))
+    };
+    match req {
+        Request::Hash { file } => {
+            let h = hash_file(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            out(stdout, format!("{h}\n").as_bytes())
+        }
+        Request::Send { image } => {
+            let mut m = Vec::new();
+            stdin
+                .read_to_end(&mut m)
+                .map_err(|e| format!("reading the recovery manifest: {e}"))?;
+            let base = Manifest::decode(&m)?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout);
+            send(&image, &base, &mut w)?;
+            w.flush().map_err(|e| format!("writing the stream: {e}"))?;
+            Ok(())
+        }
+        Request::Manifest { image, reread } => {
+            let (m, _) = Store::new(&image)
+                .base_manifest(reread)
+                .map_err(|e| e.to_string())?;
+            out(stdout, &m.encode())
+        }
+        Request::Apply {
+            image,
+            point,
+            taken_at,
+            source,
+            retention,
+        } => {
+            let mut input = std::io::BufReader::with_capacity(1 << 20, stdin);
+            let applied = Store::new(&image)
+                .apply(
+                    &mut input,
+                    NewPoint {
+                        id: point,
+                        taken_at,
+                        source,
+                        retention,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+            out(stdout, &serde_json::to_vec(&applied).expect("serializes"))
+        }
+        Request::SendTree { dir } => {
+            let mut m = Vec::new();
+            stdin
+                .read_to_end(&mut m)
+                .map_err(|e| format!("reading the recovery tree: {e}"))?;
+            let base: Tree = serde_json::from_slice(&m)
+                .map_err(|e| format!("the recovery tree is not understood: {e}"))?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout);
+            send_tree(&dir, &base, &mut w)?;
+            w.flush().map_err(|e| format!("writing the stream: {e}"))?;
+            Ok(())
+        }
+        Request::TreeBase { dir, reread } => {
+            let t = TreeStore::new(&dir)
+                .base(reread)
+                .map_err(|e| e.to_string())?;
+            out(stdout, &serde_json::to_vec(&t).expect("serializes"))
+        }
+        Request::ApplyTree {
+            dir,
+            point,
+            taken_at,
+            source,
+            retention,
+        } => {
+            let mut input = std::io::BufReader::with_capacity(1 << 20, stdin);
+            let (point, files) = TreeStore::new(&dir)
+                .apply(
+                    &mut input,
+                    NewPoint {
+                        id: point,
+                        taken_at,
+                        source,
+                        retention,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+            let applied = super::store::Applied {
+                blocks: files,
+                point,
+                dropped: Vec::new(),
+                recovered: None,
+            };
+            out(stdout, &serde_json::to_vec(&applied).expect("serializes"))
+        }
+        Request::Points { image } => {
+            let points = Store::new(&image).points().map_err(|e| e.to_string())?;
+            out(stdout, &serde_json::to_vec(&points).expect("serializes"))
+        }
+        Request::Verify { image, point } => {
+            let checked = if image.is_dir() {
+                TreeStore::new(&image).verify(point.as_deref())
+            } else {
+                Store::new(&image).verify(point.as_deref())
+            };
+            let checked: Vec<Checked> = checked
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|(point, good)| Checked { point, good })
+                .collect();
+            out(stdout, &serde_json::to_vec(&checked).expect("serializes"))
+        }
+        Request::Restore {
+            image,
+            point,
+            output,
+        } => if image.is_dir() {
+            TreeStore::new(&image).restore(&point, &output)
+        } else {
+            Store::new(&image).restore(&point, &output)
+        }
+        .map_err(|e| e.to_string()),
+    }
+}
+
+/// BLAKE3 of a file, hex.
+pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut h = blake3::Hasher::new();
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// Reads `image` and writes the stream of the blocks that differ from `base`.
+pub fn send(image: &Path, base: &Manifest, w: &mut impl Write) -> Result<Sent, String> {
+    let name = image.display().to_string();
+    let file = File::open(image).map_err(|e| format!("{name}: {e}"))?;
+    let size = file.metadata().map_err(|e| format!("{name}: {e}"))?.len();
+    let werr = |e: std::io::Error| format!("writing the stream of {name}: {e}");
+    wire::write_header(
+        w,
+        &wire::Header {
+            base_size: base.size,
+            base_whole: base.whole,
+            size,
+        },
+    )
+    .map_err(werr)?;
+    let mut all = Vec::with_capacity(blocks::count(size) as usize);
+    let mut single = None;
+    let mut sent = Sent::default();
+    blocks::read_blocks(&file, size, |first, buf| {
+        if size <= BLOCK as u64 {
+            single = Some(*blake3::hash(buf).as_bytes());
+        }
+        let cvs = blocks::cvs(first, buf);
+        for (i, (c, b)) in cvs.iter().zip(buf.chunks(BLOCK)).enumerate() {
+            let idx = first + i as u64;
+            if base.cvs.get(idx as usize) == Some(c) {
+                continue;
+            }
+            sent.blocks += 1;
+            if blocks::is_zero(b) {
+                wire::write_zero(w, idx, b.len() as u32)?;
+            } else {
+                sent.bytes += b.len() as u64;
+                wire::write_data(w, idx, b)?;
+            }
+        }
+        all.extend(cvs);
+        Ok(())
+    })
+    .map_err(|e| format!("{name}: {e}"))?;
+    let whole = blocks::root(&all)
+        .or(single)
+        .unwrap_or(*blake3::hash(b"").as_bytes());
+    wire::write_end(w, &whole).map_err(werr)?;
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::store::Verified;
+
+    fn write_at(path: &Path, off: u64, data: &[u8]) {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(data, off).unwrap();
+    }
+
+    /// One replication, as the two helpers do it, without the network.
+    fn replicate(src: &Path, dst: &Path, id: &str, retention: u32) -> (u64, Sent) {
+        let store = Store::new(dst);
+        let (m, _) = store.base_manifest(false).unwrap();
+        let mut stream = Vec::new();
+        let sent = send(src, &m, &mut stream).unwrap();
+        let applied = store
+            .apply(
+                &mut &stream[..],
+                NewPoint {
+                    id: id.into(),
+                    taken_at: Utc::now(),
+                    source: "src".into(),
+                    retention,
+                },
+            )
+            .unwrap();
+        assert_eq!(applied.point.blake3, hash_file(src).unwrap());
+        (stream.len() as u64, sent)
+    }
+
+    #[test]
+    fn only_changed_blocks_travel_and_every_point_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        let f = File::create(&src).unwrap();
+        f.set_len(40 * BLOCK as u64 + 100).unwrap();
+        write_at(&src, 0, &vec![1u8; 5 * BLOCK]);
+        let (_, first) = replicate(&src, &dst, "p1", 3);
+        assert_eq!(first.bytes, 5 * BLOCK as u64);
+        let v1 = std::fs::read(&src).unwrap();
+        let (bytes, none) = replicate(&src, &dst, "p2", 3);
+        assert_eq!(none.blocks, 0);
+        assert!(bytes < 200);
+        write_at(&src, 7 * BLOCK as u64 + 3, b"changed");
+        let (_, one) = replicate(&src, &dst, "p3", 3);
+        assert_eq!(one.blocks, 1);
+        let v3 = std::fs::read(&src).unwrap();
+        // Shrink, then grow.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&src)
+            .unwrap()
+            .set_len(3 * BLOCK as u64 + 7)
+            .unwrap();
+        replicate(&src, &dst, "p4", 3);
+        let v4 = std::fs::read(&src).unwrap();
+        let store = Store::new(&dst);
+        let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["p2", "p3", "p4"]);
+        for (id, want) in [("p2", &v1), ("p3", &v3), ("p4", &v4)] {
+            let out = dir.path().join(format!("{id}.out"));
+            store.restore(id, &out).unwrap();
+            assert_eq!(&std::fs::read(&out).unwrap(), want, "{id}");
+        }
+        assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
+    }
+
+    #[test]
+    fn a_flipped_byte_marks_the_point_bad_and_the_next_run_mends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        std::fs::write(&src, vec![9u8; 4 * BLOCK]).unwrap();
+        replicate(&src, &dst, "p1", 5);
+        write_at(&dst, 2 * BLOCK as u64 + 10, b"X");
+        let store = Store::new(&dst);
+        assert_eq!(store.verify(None).unwrap(), [("p1".to_string(), false)]);
+        assert_eq!(store.points().unwrap()[0].verified, Verified::Bad);
+        let (_, sent) = replicate(&src, &dst, "p2", 5);
+        assert_eq!(sent.blocks, 1);
+        assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+    }
+
+    #[test]
+    fn an_update_cut_before_its_commit_leaves_the_mirror_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        std::fs::write(&src, vec![5u8; 8 * BLOCK]).unwrap();
+        replicate(&src, &dst, "p1", 5);
+        let before = std::fs::read(&dst).unwrap();
+        write_at(&src, 0, &vec![6u8; 8 * BLOCK]);
+        let store = Store::new(&dst);
+        let (m, _) = store.base_manifest(false).unwrap();
+        let mut stream = Vec::new();
+        send(&src, &m, &mut stream).unwrap();
+        let cut = &stream[..stream.len() / 2];
+        let err = store
+            .apply(
+                &mut &cut[..],
+                NewPoint {
+                    id: "p2".into(),
+                    taken_at: Utc::now(),
+                    source: "src".into(),
+                    retention: 5,
+                },
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("ended early"), "{err}");
+        assert_eq!(std::fs::read(&dst).unwrap(), before);
+        assert_eq!(store.verify(None).unwrap(), [("p1".to_string(), true)]);
+        replicate(&src, &dst, "p2", 5);
+        assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+    }
+}

@@ -1,0 +1,158 @@
+//! The stream from the source helper to the recovery helper: a header naming the manifest it
+//! was computed against and the new size, the blocks that differ (data, or only their length
+//! for a block of zeros, which stays a hole), and the whole-image hash at the end.
+//!
+//! Pure encoding and decoding over `Read`/`Write`.
+
+use std::io::{self, Read, Write};
+
+const MAGIC: &[u8; 8] = b"RPRSTR1\n";
+
+/// The start of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Size and whole hash of the recovery manifest the source compared against.
+    pub base_size: u64,
+    pub base_whole: [u8; 32],
+    /// Size of the source image.
+    pub size: u64,
+}
+
+/// One record after the header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Data { idx: u64, data: Vec<u8> },
+    Zero { idx: u64, len: u32 },
+    End { whole: [u8; 32] },
+}
+
+pub fn write_header(w: &mut impl Write, h: &Header) -> io::Result<()> {
+    w.write_all(MAGIC)?;
+    w.write_all(&h.base_size.to_le_bytes())?;
+    w.write_all(&h.base_whole)?;
+    w.write_all(&h.size.to_le_bytes())
+}
+
+pub fn write_data(w: &mut impl Write, idx: u64, data: &[u8]) -> io::Result<()> {
+    w.write_all(&[1])?;
+    w.write_all(&idx.to_le_bytes())?;
+    w.write_all(&(data.len() as u32).to_le_bytes())?;
+    w.write_all(data)
+}
+
+pub fn write_zero(w: &mut impl Write, idx: u64, len: u32) -> io::Result<()> {
+    w.write_all(&[2])?;
+    w.write_all(&idx.to_le_bytes())?;
+    w.write_all(&len.to_le_bytes())
+}
+
+pub fn write_end(w: &mut impl Write, whole: &[u8; 32]) -> io::Result<()> {
+    w.write_all(&[3])?;
+    w.write_all(whole)
+}
+
+fn truncated(e: io::Error) -> String {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        "the stream from the source ended early (connection lost or source helper stopped)".into()
+    } else {
+        format!("reading the stream from the source: {e}")
+    }
+}
+
+fn u64_of(r: &mut impl Read) -> Result<u64, String> {
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b).map_err(truncated)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn u32_of(r: &mut impl Read) -> Result<u32, String> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b).map_err(truncated)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+pub fn read_header(r: &mut impl Read) -> Result<Header, String> {
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic).map_err(truncated)?;
+    if &magic != MAGIC {
+        return Err("the source did not send a reprise block stream".into());
+    }
+    let base_size = u64_of(r)?;
+    let mut base_whole = [0u8; 32];
+    r.read_exact(&mut base_whole).map_err(truncated)?;
+    let size = u64_of(r)?;
+    Ok(Header {
+        base_size,
+        base_whole,
+        size,
+    })
+}
+
+/// The next record; `buf` is reused for block data.
+pub fn read_record(r: &mut impl Read) -> Result<Record, String> {
+    let mut tag = [0u8; 1];
+    r.read_exact(&mut tag).map_err(truncated)?;
+    match tag[0] {
+        1 => {
+            let idx = u64_of(r)?;
+            let len = u32_of(r)? as usize;
+            if len > super::BLOCK {
+                return Err(format!(
+                    "block {idx} of the stream is too long ({len} bytes)"
+                ));
+            }
+            let mut data = vec![0u8; len];
+            r.read_exact(&mut data).map_err(truncated)?;
+            Ok(Record::Data { idx, data })
+        }
+        2 => {
+            let idx = u64_of(r)?;
+            let len = u32_of(r)?;
+            Ok(Record::Zero { idx, len })
+        }
+        3 => {
+            let mut whole = [0u8; 32];
+            r.read_exact(&mut whole).map_err(truncated)?;
+            Ok(Record::End { whole })
+        }
+        t => Err(format!("unknown record {t} in the stream from the source")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_a_cut_stream_is_an_error() {
+        let mut buf = Vec::new();
+        let h = Header {
+            base_size: 5,
+            base_whole: [1; 32],
+            size: 9,
+        };
+        write_header(&mut buf, &h).unwrap();
+        write_data(&mut buf, 3, b"abc").unwrap();
+        write_zero(&mut buf, 4, 100).unwrap();
+        write_end(&mut buf, &[7; 32]).unwrap();
+        let mut r = &buf[..];
+        assert_eq!(read_header(&mut r).unwrap(), h);
+        assert_eq!(
+            read_record(&mut r).unwrap(),
+            Record::Data {
+                idx: 3,
+                data: b"abc".to_vec()
+            }
+        );
+        assert_eq!(
+            read_record(&mut r).unwrap(),
+            Record::Zero { idx: 4, len: 100 }
+        );
+        assert_eq!(read_record(&mut r).unwrap(), Record::End { whole: [7; 32] });
+        let mut cut = &buf[..buf.len() - 3];
+        read_header(&mut cut).unwrap();
+        read_record(&mut cut).unwrap();
+        read_record(&mut cut).unwrap();
+        assert!(read_record(&mut cut).unwrap_err().contains("ended early"));
+    }
+}

@@ -1,0 +1,530 @@
+//! Replication of VM disks over a real sshd on loopback (the lab), with real qcow2 and raw
+//! images written by qemu-io: round trip, incremental sends, sparse copies, corruption,
+//! interruption, points in time and retention. Each test has its own lab on 127.7x.x.x.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{Run, copy_tree, reprise, root};
+
+/// A lab for one test, brought down on drop, with its own copy of the inventory.
+struct Lab {
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn up(net: u8) -> Lab {
+        for tool in ["qemu-img", "qemu-io"] {
+            let ok = Command::new(tool)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                ok,
+                "{tool} is missing: install qemu-utils (scripts/test.sh does)"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        copy_tree(&root().join("inventory"), &dir.path().join("inventory"));
+        copy_tree(&root().join("runbooks"), &dir.path().join("runbooks"));
+        let lab = dir.path().join("lab");
+        let run = reprise(
+            dir.path(),
+            &[
+                "lab",
+                "up",
+                "--lab-dir",
+                lab.to_str().unwrap(),
+                "--net",
+                &net.to_string(),
+            ],
+        );
+        assert_eq!(
+            run.code, 0,
+            "lab up failed (run scripts/test.sh, which installs sshd and qemu-img): {run:?}"
+        );
+        Lab { dir }
+    }
+
+    fn args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "--overlay".to_string(),
+            self.dir
+                .path()
+                .join("lab/overlay.toml")
+                .display()
+                .to_string(),
+            "--state-dir".to_string(),
+            self.dir.path().join("state").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    fn run(&self, extra: &[&str]) -> Run {
+        let args = self.args(extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        reprise(self.dir.path(), &refs)
+    }
+
+    /// The erp-db data disk on the primary host.
+    fn src(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join("lab/hosts/hv-main/root/srv/datastore/images/erp-db-data.qcow2")
+    }
+
+    /// Its copy on the recovery host.
+    fn dst(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join("lab/hosts/hv-pra/root/srv/replicas/images/erp-db-data.qcow2")
+    }
+
+    /// `reprise replicate --service erp-db`, which must succeed; bytes sent for the data disk.
+    fn replicate(&self) -> u64 {
+        let run = self.run(&["replicate", "--service", "erp-db"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        sent_bytes(&run.stdout)
+    }
+
+    /// The points of erp-db, oldest first: (id, verified).
+    fn points(&self) -> Vec<(String, String)> {
+        let run = self.run(&["points", "erp-db", "--json"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let list: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
+        list.iter()
+            .map(|p| {
+                (
+                    p["id"].as_str().unwrap().to_string(),
+                    p["verified"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let lab = self.dir.path().join("lab");
+        let _ = reprise(
+            self.dir.path(),
+            &["lab", "down", "--lab-dir", lab.to_str().unwrap()],
+        );
+    }
+}
+
+/// Bytes on the wire for the data disk, from `replicate`'s line about it.
+fn sent_bytes(stdout: &str) -> u64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("erp-db-data"))
+        .unwrap_or_else(|| panic!("no line about the data disk in {stdout}"));
+    let (_, rest) = line.split_once(": point ").unwrap();
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let i = words.iter().position(|w| *w == "bytes").unwrap();
+    words[i - 1].parse().unwrap()
+}
+
+fn tool(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn qemu_io(format: &str, image: &Path, command: &str) {
+    tool(
+        "qemu-io",
+        &["-f", format, "-c", command, image.to_str().unwrap()],
+    );
+}
+
+fn new_image(format: &str, image: &Path, size: &str) {
+    let _ = std::fs::remove_file(image);
+    tool(
+        "qemu-img",
+        &["create", "-q", "-f", format, image.to_str().unwrap(), size],
+    );
+}
+
+fn b3(path: &Path) -> String {
+    reprise::replica::helper::hash_file(path).unwrap()
+}
+
+#[test]
+fn a_replicated_qcow2_is_identical_and_only_changes_travel() {
+    let lab = Lab::up(70);
+    let src = lab.src();
+    new_image("qcow2", &src, "256M");
+    qemu_io("qcow2", &src, "write -P 0x11 0 96M");
+    lab.replicate();
+    assert_eq!(b3(&lab.dst()), b3(&src));
+    tool("qemu-img", &["check", "-q", lab.dst().to_str().unwrap()]);
+
+    let size = std::fs::metadata(&src).unwrap().len();
+    let again = lab.replicate();
+    assert!(again * 100 < size, "{again} bytes sent for no change");
+
+    // 1% of the image's 64 KiB blocks: whole clusters rewritten in place.
+    let blocks = size / 65536;
+    let changed = blocks / 100;
+    for i in 0..changed {
+        qemu_io(
+            "qcow2",
+            &src,
+            &format!("write -P 0x22 {} 64k", i * 97 * 65536 % (96 << 20)),
+        );
+    }
+    let sent = lab.replicate();
+    let data = changed * 65536;
+    let manifest = blocks * 32 + 64;
+    assert!(sent >= data, "{sent} bytes sent, {data} changed");
+    assert!(
+        sent as f64 <= data as f64 * 1.1 + manifest as f64 + 4096.0,
+        "{sent} bytes sent for {data} bytes changed"
+    );
+    assert_eq!(b3(&lab.dst()), b3(&src));
+    tool("qemu-img", &["check", "-q", lab.dst().to_str().unwrap()]);
+}
+
+#[test]
+fn a_sparse_raw_image_stays_sparse() {
+    let lab = Lab::up(71);
+    let src = lab.src();
+    new_image("raw", &src, "1G");
+    qemu_io("raw", &src, "write -P 0x33 0 30M");
+    qemu_io("raw", &src, "write -P 0x44 600M 20M");
+    let sent = lab.replicate();
+    assert!(sent < 60 << 20, "{sent} bytes sent for 50 MiB of data");
+    let (s, d) = (
+        std::fs::metadata(&src).unwrap(),
+        std::fs::metadata(lab.dst()).unwrap(),
+    );
+    assert_eq!(d.len(), 1 << 30);
+    assert!(
+        d.blocks() * 512 <= s.blocks() * 512 + (1 << 20),
+        "the copy takes {} bytes, the source {}",
+        d.blocks() * 512,
+        s.blocks() * 512
+    );
+    assert_eq!(b3(&lab.dst()), b3(&src));
+    // Data turned back into zeros becomes a hole again.
+    qemu_io("raw", &src, "write -z 600M 20M");
+    lab.replicate();
+    assert!(std::fs::metadata(lab.dst()).unwrap().blocks() * 512 <= (32 << 20));
+    assert_eq!(b3(&lab.dst()), b3(&src));
+}
+
+#[test]
+fn a_flipped_byte_is_found_marked_bad_and_mended_by_the_next_run() {
+    let lab = Lab::up(72);
+    let src = lab.src();
+    new_image("qcow2", &src, "64M");
+    qemu_io("qcow2", &src, "write -P 0x55 0 16M");
+    lab.replicate();
+    let run = lab.run(&["verify", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+
+    {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(lab.dst())
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, 5 << 20).unwrap();
+        f.write_all_at(&[b[0] ^ 0xff], 5 << 20).unwrap();
+    }
+    let run = lab.run(&["verify", "erp-db"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("BAD"), "{run:?}");
+    assert!(run.stdout.contains("erp-db-data.qcow2"), "{run:?}");
+    let points = lab.points();
+    assert_eq!(points.len(), 1);
+    assert_eq!(points[0].1, "bad");
+    let status = lab.run(&["status", "--json"]);
+    assert_eq!(status.code, 8, "a bad point is no good point: {status:?}");
+
+    // The next replication sends the damaged block again.
+    let sent = lab.replicate();
+    assert!(sent < 1 << 20, "{sent}");
+    assert_eq!(b3(&lab.dst()), b3(&src));
+    let newest = lab.points().last().unwrap().clone();
+    assert_eq!(newest.1, "yes");
+    let run = lab.run(&["verify", "erp-db", "--point", &newest.0]);
+    assert_eq!(run.code, 0, "{run:?}");
+}
+
+#[test]
+fn a_killed_replication_leaves_the_last_point_good_and_the_next_one_completes() {
+    let lab = Lab::up(73);
+    let src = lab.src();
+    new_image("raw", &src, "1G");
+    qemu_io("raw", &src, "write -P 0x66 0 8M");
+    lab.replicate();
+    let first = lab.points()[0].0.clone();
+    let before = b3(&lab.dst());
+
+    qemu_io("raw", &src, "write -P 0x77 0 900M");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(lab.args(&["replicate", "--service", "erp-db"]))
+        .current_dir(lab.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut journal = lab.dst().into_os_string();
+    journal.push(".reprise/journal");
+    let journal = PathBuf::from(journal);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let len = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
+        if len > 32 << 20 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the replication ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "the transfer never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    assert_eq!(b3(&lab.dst()), before, "the mirror was touched");
+    // The recovery helper notices the lost connection and lets go of the image.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let run = loop {
+        let run = lab.run(&["verify", "erp-db", "--point", &first]);
+        if !run.stderr.contains("another process") || Instant::now() > deadline {
+            break run;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(run.code, 0, "{run:?}");
+
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!journal.exists(), "the cut update was not thrown away");
+    assert_eq!(b3(&lab.dst()), b3(&src));
+}
+
+#[test]
+fn every_point_kept_restores_exactly_and_retention_drops_the_oldest() {
+    let lab = Lab::up(74);
+    // erp-db keeps 3 points in this copy of the inventory.
+    let vms = lab.dir.path().join("inventory/vms.toml");
+    let text = std::fs::read_to_string(&vms).unwrap();
+    let (head, tail) = text.split_once("[vms.erp-db]").unwrap();
+    let tail = tail.replacen("retention = 14", "retention = 3", 1);
+    std::fs::write(&vms, format!("{head}[vms.erp-db]{tail}")).unwrap();
+
+    let src = lab.src();
+    new_image("qcow2", &src, "64M");
+    let mut expected = Vec::new();
+    for (i, pattern) in ["0x01", "0x02", "0x03", "0x04"].iter().enumerate() {
+        qemu_io("qcow2", &src, &format!("write -P {pattern} {}M 4M", i * 2));
+        lab.replicate();
+        expected.push(b3(&src));
+        // Distinct point ids (they name the second they were taken).
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let points = lab.points();
+    assert_eq!(points.len(), 3, "{points:?}");
+    for (k, (id, verified)) in points.iter().enumerate() {
+        assert_eq!(verified, "yes");
+        let out = lab.dir.path().join(format!("restored-{k}.qcow2"));
+        let run = reprise(
+            lab.dir.path(),
+            &[
+                "helper",
+                "restore",
+                lab.dst().to_str().unwrap(),
+                "--point",
+                id,
+                "--output",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(run.code, 0, "{run:?}");
+        assert_eq!(b3(&out), expected[k + 1], "point {id}");
+        tool("qemu-img", &["check", "-q", out.to_str().unwrap()]);
+    }
+    // The mirror and two reverse deltas: far below three copies.
+    let mut store = lab.dst().into_os_string();
+    store.push(".reprise/deltas");
+    let deltas: u64 = std::fs::read_dir(PathBuf::from(store))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let size = std::fs::metadata(lab.dst()).unwrap().len();
+    assert!(deltas < size / 2, "deltas {deltas} bytes, image {size}");
+}
+
+#[test]
+fn unknown_vms_and_dead_hosts_are_named() {
+    let lab = Lab::up(75);
+    let run = lab.run(&["points", "erp-dbb"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stderr.contains("unknown vm `erp-dbb`"), "{run:?}");
+    assert!(run.stderr.contains("erp-db"), "{run:?}");
+    let run = lab.run(&["replicate", "--service", "nope"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    // The recovery host's sshd goes away.
+    let pid =
+        std::fs::read_to_string(lab.dir.path().join("lab/hosts/hv-pra/run/sshd.pid")).unwrap();
+    tool("kill", &[pid.trim()]);
+    let run = lab.run(&["replicate", "--service", "erp-db", "--connect-timeout", "2"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("hv-pra"), "{run:?}");
+}
+
+#[test]
+fn a_planned_failover_syncs_the_disks_as_a_point_and_journals_it() {
+    let lab = Lab::up(76);
+    let src = lab.src();
+    new_image("qcow2", &src, "64M");
+    qemu_io("qcow2", &src, "write -P 0x5a 0 8M");
+    // Its last step is the operator's check of the data, confirmed from here.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(lab.args(&[
+            "failover",
+            "--service",
+            "erp-db",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ]))
+        .current_dir(lab.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the failover did not finish within 30s");
+        }
+        let _ = lab.run(&[
+            "confirm",
+            "latest",
+            "erp-db/data-check",
+            "--by",
+            "Nadia Morel",
+        ]);
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success(), "{status:?}");
+    assert_eq!(b3(&lab.dst()), b3(&src));
+    let points = lab.points();
+    assert_eq!(points.len(), 1, "{points:?}");
+    let runs = lab.dir.path().join("state/runs");
+    let dir = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let journal = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap();
+    let used: Vec<serde_json::Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "replica_point_used")
+        .collect();
+    assert_eq!(used.len(), 1, "{journal}");
+    assert_eq!(used[0]["item"], "erp-db");
+    assert_eq!(used[0]["step"], "erp-db/final-sync");
+    assert_eq!(used[0]["point"].as_str(), Some(points[0].0.as_str()));
+    assert_eq!(used[0]["verified"], true);
+}
+
+fn tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            out.insert(
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn a_backup_set_travels_file_by_file_with_deletions_and_points() {
+    let lab = Lab::up(77);
+    let src = lab
+        .dir
+        .path()
+        .join("lab/hosts/san-main/root/export/backups/erp");
+    let dst = lab
+        .dir
+        .path()
+        .join("lab/hosts/nas-pra/root/srv/backups/erp");
+    let run = lab.run(&["replicate", "--service", "erp-dumps"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let v1 = tree(&src);
+    assert_eq!(tree(&dst), v1);
+
+    std::fs::write(
+        src.join("erp-dumps-2026-11-04.dump"),
+        "day 4\n".repeat(5000),
+    )
+    .unwrap();
+    std::fs::remove_file(src.join("erp-dumps-2026-11-01.dump")).unwrap();
+    std::fs::write(src.join("erp-dumps-2026-11-02.dump"), "rewritten").unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let run = lab.run(&["replicate", "--service", "erp-dumps"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("2 files changed"), "{run:?}");
+    let sent = run
+        .stdout
+        .split_once(": point ")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    assert!(sent < 32_000 + 2_000, "{sent} bytes sent for 30 kB changed");
+    assert_eq!(tree(&dst), tree(&src));
+
+    let points = lab.run(&["points", "erp-dumps", "--json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&points.stdout).unwrap();
+    assert_eq!(list.len(), 2, "{points:?}");
+    let out = lab.dir.path().join("first");
+    let run = reprise(
+        lab.dir.path(),
+        &[
+            "helper",
+            "restore",
+            dst.to_str().unwrap(),
+            "--point",
+            list[0]["id"].as_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(tree(&out), v1);
+    let run = lab.run(&["verify", "erp-dumps"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    std::fs::write(dst.join("erp-dumps-2026-11-03.dump"), "tampered").unwrap();
+    let run = lab.run(&["verify", "erp-dumps"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("BAD"), "{run:?}");
+}
