@@ -9,6 +9,9 @@ $bin validate
 $bin lab down >/dev/null 2>&1 || true
 $bin lab up
 trap '$bin lab down' EXIT
+# Last night's replication, as cron runs it: verified replica points on the recovery host.
+$bin --overlay lab/overlay.toml replicate
+$bin --overlay lab/overlay.toml status
 # Would a recovery work now? Its result goes into the drill's report.
 $bin --overlay lab/overlay.toml check
 $bin --overlay lab/overlay.toml drill --no-prompt

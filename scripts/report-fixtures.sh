@@ -14,6 +14,8 @@ lab="$bin lab --lab-dir $work/lab"
 trap '$lab down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 $lab up --net 60 >/dev/null
 ov=$work/lab/overlay.toml
+replicate() { $bin --overlay "$ov" --state-dir "$work/replicate" replicate >/dev/null; }
+replicate
 
 journal_of() { ls -d "$1"/runs/*/ | tail -1 | sed 's:/$::'; }
 
@@ -55,7 +57,7 @@ kill $c; wait $c 2>/dev/null || true
 save "$work/planned" manual
 
 # 3. A drill killed (kill -9) in the middle, resumed by someone else.
-$lab down >/dev/null; $lab up --net 60 >/dev/null
+$lab down >/dev/null; $lab up --net 60 >/dev/null; replicate
 $bin --overlay "$ov" --state-dir "$work/resumed" drill --no-prompt --operator "Karim Benali" >/dev/null & r=$!
 finished_steps() { grep -c '"step_finished"' "$(journal_of "$work/resumed" 2>/dev/null)/journal.jsonl" 2>/dev/null || true; }
 until [ "$(finished_steps)" -ge 10 ] 2>/dev/null; do sleep 0.05; done
@@ -70,7 +72,7 @@ save "$work/resumed" resumed
 #    missed), with the primary site down, replicas 10 to 40 minutes older than the incident
 #    (the ERP database misses its RPO) and the replica of the planning VM damaged: planning
 #    fails and citrix, which needs it, is blocked.
-$lab down >/dev/null; $lab up --net 60 >/dev/null
+$lab down >/dev/null; $lab up --net 60 >/dev/null; replicate
 python3 - "$work/lab" <<'PY' | while read -r pidfile; do kill "$(cat "$pidfile")"; done
 import json, sys, os
 lab = sys.argv[1]
@@ -84,8 +86,19 @@ incident=$(date -u -d '-330 minutes' +%Y-%m-%dT%H:%M:%SZ)
 # The last replication ran 10 minutes before the incident; the ERP database's data disk had
 # not been replicated for 40 minutes (its RPO is 15).
 images=$work/lab/hosts/hv-pra/root/srv/replicas/images
-touch -d "$incident - 10 minutes" "$images"/*.qcow2
-touch -d "$incident - 40 minutes" "$images/erp-db-data.qcow2"
+python3 - "$images" "$incident" <<'PY'
+import datetime, glob, json, sys
+images, incident = sys.argv[1], datetime.datetime.fromisoformat(sys.argv[2].replace("Z", "+00:00"))
+for points_file in glob.glob(images + "/*.qcow2.reprise/points.json"):
+    minutes = 40 if "erp-db-data" in points_file else 10
+    points = json.load(open(points_file))
+    # A single point (the copy itself, no deltas): its id is its time, as replicate names it.
+    for p in points:
+        taken = incident - datetime.timedelta(minutes=minutes)
+        p["taken_at"] = taken.strftime("%Y-%m-%dT%H:%M:%SZ")
+        p["id"] = taken.strftime("%Y%m%dT%H%M%SZ")
+    json.dump(points, open(points_file, "w"))
+PY
 # The readiness check run at the start of the crisis finds the primary site gone.
 $bin --overlay "$ov" --state-dir "$work/emergency" check --connect-timeout 2 >/dev/null || true
 confirmer "$work/emergency" "Sofia Haddad" & c=$!

@@ -83,6 +83,8 @@ pub struct HostProbe {
     pub stats: HashMap<String, Option<PathStat>>,
     /// Free space by path asked for.
     pub space: HashMap<String, Space>,
+    /// Replica points of the copies asked for (`COPY.reprise/points.json`), oldest first.
+    pub points: HashMap<String, Vec<crate::replica::Point>>,
 }
 
 /// What each host must be asked.
@@ -93,6 +95,8 @@ pub struct HostQuestions {
     pub dirs: BTreeSet<String>,
     /// Paths whose filesystem's free space matters.
     pub space: BTreeSet<String>,
+    /// Copies whose replica points are read.
+    pub points: BTreeSet<String>,
 }
 
 /// The plans a recovery may need, each built from the model: the check's view of the runbooks.
@@ -380,6 +384,7 @@ pub fn questions(
             entry.files.insert(r.copy.clone());
         }
         entry.space.insert(r.copy.clone());
+        entry.points.insert(r.copy.clone());
     }
     // Hosts of the inventory no plan uses are still worth knowing about.
     for host in model.inventory.hosts.keys() {
@@ -413,6 +418,12 @@ pub fn probe_script(q: &HostQuestions) -> String {
         s.push_str(&format!(
             "for p in {}; do if [ -d \"$p\" ]; then printf 'dir\\t%s\\t%s %s\\n' \"$p\" \"$(du -skL -- \"$p\" | cut -f1)\" \"$(find \"$p\" -type f -printf '%T@\\n' | sort -n | tail -n 1 | cut -d. -f1)\"; else printf 'dir\\t%s\\tabsent\\n' \"$p\"; fi; done\n",
             list(&q.dirs)
+        ));
+    }
+    if !q.points.is_empty() {
+        s.push_str(&format!(
+            "for p in {}; do if [ -f \"$p.reprise/points.json\" ]; then printf 'points\\t%s\\t%s\\n' \"$p\" \"$(tr -d '\\n' < \"$p.reprise/points.json\")\"; fi; done\n",
+            list(&q.points)
         ));
     }
     if !q.space.is_empty() {
@@ -459,6 +470,11 @@ pub fn parse_answers(text: &str, probe: &mut HostProbe) -> bool {
                     _ => None,
                 };
                 probe.stats.insert(path.to_string(), stat);
+            }
+            "points" => {
+                if let Ok(points) = serde_json::from_str(value) {
+                    probe.points.insert(path.to_string(), points);
+                }
             }
             "space" => {
                 let mut f = value.splitn(3, ' ');
@@ -550,6 +566,95 @@ pub fn probe_hosts(
             })
             .collect()
     })
+}
+
+/// A copy kept as replica points: its newest point is what a failover starts from.
+fn judge_points(
+    r: &ReplicaTarget,
+    points: &[crate::replica::Point],
+    now: DateTime<Utc>,
+) -> ReadinessItem {
+    use crate::replica::Verified;
+    let newest = points.last().expect("judged only with points");
+    let age = (now - newest.taken_at).num_seconds().max(0) as u64;
+    let kept = points.len();
+    let rpo = match r.rpo_s {
+        Some(rpo) => format!("RPO {}", human_secs(rpo)),
+        None => "no RPO target".to_string(),
+    };
+    let (status, detail) = match newest.verified {
+        Verified::Bad => (
+            ItemStatus::Failed,
+            format!(
+                "newest point {} FAILED verification: a failover now would start from a damaged copy; replicate again (the damaged blocks are sent again)",
+                newest.id
+            ),
+        ),
+        _ if r.rpo_s.is_some_and(|rpo| age > rpo) => (
+            ItemStatus::Failed,
+            format!(
+                "newest point {} is {} old, older than the {rpo} of {}: a failover now would lose more than allowed",
+                newest.id,
+                human_secs(age),
+                r.service.as_deref().unwrap_or("?")
+            ),
+        ),
+        Verified::No => (
+            ItemStatus::Warning,
+            format!(
+                "newest point {} ({} old, {rpo}) was never verified: run `reprise verify`",
+                newest.id,
+                human_secs(age)
+            ),
+        ),
+        Verified::Yes => (
+            ItemStatus::Ok,
+            format!(
+                "newest point {} {} old ({rpo}), verified{}; {kept} points kept, {} on {}",
+                newest.id,
+                human_secs(age),
+                newest
+                    .checked_at
+                    .map(|c| format!(" {} ago", human_secs((now - c).num_seconds().max(0) as u64)))
+                    .unwrap_or_default(),
+                human_bytes(newest.size),
+                r.to_host
+            ),
+        ),
+    };
+    item("replicas", &r.what, status, detail)
+}
+
+/// A copy made without replica points: its age is its modification time.
+fn judge_bare_copy(r: &ReplicaTarget, copy: PathStat, now: DateTime<Utc>) -> ReadinessItem {
+    let age = (now.timestamp() - copy.mtime).max(0) as u64;
+    let (status, detail) = match r.rpo_s {
+        _ if copy.mtime == 0 => (
+            ItemStatus::Failed,
+            format!("{}:{} holds no file", r.to_host, r.copy),
+        ),
+        Some(rpo) if age > rpo => (
+            ItemStatus::Failed,
+            format!(
+                "newest data {} old, older than the RPO of {} ({}): a failover now would lose more than allowed",
+                human_secs(age),
+                r.service.as_deref().unwrap_or("?"),
+                human_secs(rpo)
+            ),
+        ),
+        rpo => (
+            ItemStatus::Warning,
+            format!(
+                "newest data {} old ({}), {} on {}, but no replica point: nothing proves the copy is whole; run `reprise replicate`",
+                human_secs(age),
+                rpo.map(|r| format!("RPO {}", human_secs(r)))
+                    .unwrap_or_else(|| "no RPO target".to_string()),
+                human_bytes(copy.bytes),
+                r.to_host
+            ),
+        ),
+    };
+    item("replicas", &r.what, status, detail)
 }
 
 fn item(area: &str, subject: &str, status: ItemStatus, detail: String) -> ReadinessItem {
@@ -731,51 +836,27 @@ pub fn evaluate(
             ));
             continue;
         };
-        let age = (now.timestamp() - copy.mtime).max(0) as u64;
-        let (status, detail) = match r.rpo_s {
-            _ if copy.mtime == 0 => (
-                ItemStatus::Failed,
-                format!("{}:{} holds no file", r.to_host, r.copy),
-            ),
-            Some(rpo) if age > rpo => (
-                ItemStatus::Failed,
-                format!(
-                    "newest data {} old, older than the RPO of {} ({}): a failover now would lose more than allowed",
-                    human_secs(age),
-                    r.service.as_deref().unwrap_or("?"),
-                    human_secs(rpo)
-                ),
-            ),
-            Some(rpo) => (
-                ItemStatus::Ok,
-                format!(
-                    "newest data {} old (RPO {}), {} on {}",
-                    human_secs(age),
-                    human_secs(rpo),
-                    human_bytes(copy.bytes),
-                    r.to_host
-                ),
-            ),
-            None => (
-                ItemStatus::Ok,
-                format!(
-                    "newest data {} old (no RPO target), {} on {}",
-                    human_secs(age),
-                    human_bytes(copy.bytes),
-                    r.to_host
-                ),
-            ),
-        };
-        items.push(item("replicas", &subject, status, detail));
+        let points = dest.points.get(&r.copy).filter(|p| !p.is_empty());
+        match points {
+            Some(points) => items.push(judge_points(r, points, now)),
+            None => items.push(judge_bare_copy(r, copy, now)),
+        }
         if let Some(space) = dest.space.get(&r.copy) {
             let src_bytes = source.map(|s| s.bytes).unwrap_or(copy.bytes);
             let entry = needs_by_space
                 .entry((r.to_host.clone(), space.mount.clone()))
                 .or_insert((space.total, space.avail, 0, 0, Vec::new()));
             entry.1 = entry.1.min(space.avail);
-            // The next update writes a full new copy beside the old one before the swap.
-            entry.2 = entry.2.max(src_bytes);
-            entry.3 += src_bytes.saturating_sub(copy.bytes);
+            let growth = src_bytes.saturating_sub(copy.bytes);
+            if points.is_some() {
+                // Updated in place: the journal and the reverse delta hold what changed,
+                // counted as a tenth of the image.
+                entry.3 += growth + src_bytes / 10;
+            } else {
+                // A bare copy is written whole beside the old one before the swap.
+                entry.2 = entry.2.max(src_bytes);
+                entry.3 += growth;
+            }
             entry.4.push(r.copy.clone());
         }
     }
@@ -1045,6 +1126,26 @@ mod tests {
                 mtime: t - age,
             };
             pra.stats.insert(r.copy.clone(), Some(copy));
+            // Every other copy is kept as points; dc1's newest failed verification.
+            if !r.copy.ends_with("erp-db-data.qcow2") {
+                let verified = if r.copy.ends_with("dc1-system.qcow2") {
+                    crate::replica::Verified::Bad
+                } else {
+                    crate::replica::Verified::Yes
+                };
+                let point = crate::replica::Point {
+                    id: "P1".to_string(),
+                    taken_at: now - chrono::Duration::seconds(age),
+                    source: format!("{}:{}", r.from_host, r.source),
+                    size: 1 << 30,
+                    blake3: "00".to_string(),
+                    verified,
+                    checked_at: None,
+                    received_bytes: 0,
+                    duration_ms: 0,
+                };
+                pra.points.insert(r.copy.clone(), vec![point]);
+            }
             pra.space.insert(
                 r.copy.clone(),
                 Space {
@@ -1094,8 +1195,12 @@ mod tests {
             status("replicas", "vm erp-db (erp-db-system.qcow2)"),
             Some(ItemStatus::Ok)
         );
-        // Every copy grows by 1 GiB and the largest new copy is written beside its old one:
-        // far more than the 3 GiB free.
+        assert_eq!(
+            status("replicas", "vm dc1 (dc1-system.qcow2)"),
+            Some(ItemStatus::Failed),
+            "a failover would start from a damaged copy"
+        );
+        // Every copy grows by 1 GiB, more than the 3 GiB free.
         assert_eq!(status("space", "hv-pra"), Some(ItemStatus::Failed));
         assert_eq!(
             status("ssh", "not-in-any-plan"),

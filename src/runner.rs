@@ -663,8 +663,9 @@ async fn replicate_image(
 }
 
 /// Records which copy a vm starts from on the recovery host, and how old its data is: the
-/// oldest modification time of its disks' copies (written by the last replication). Nothing is
-/// recorded when the copies cannot be read: the step itself then fails and says why.
+/// newest replica point of each disk (`IMAGE.reprise/points.json`), or, for a copy made
+/// without points, its modification time. Nothing is recorded when the copies cannot be read:
+/// the step itself then fails and says why.
 async fn record_replica_use(
     ctx: &RunContext,
     step: &PlannedStep,
@@ -672,44 +673,111 @@ async fn record_replica_use(
     replica: &crate::plan::ReplicaUse,
     tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
 ) {
-    let paths: Vec<String> = replica
-        .paths
-        .iter()
-        .map(|p| crate::template::shell_quote(p))
-        .collect();
-    let cmd = format!("stat -c %Y -- {}", paths.join(" "));
+    let cmd = copies_script(&replica.paths);
     let transport = ctx.transport.clone();
     let h = host.to_string();
     let out =
         tokio::task::spawn_blocking(move || transport.exec(&h, &cmd, StdDuration::from_secs(30)))
             .await;
     let Ok(Ok(out)) = out else { return };
-    let times: Vec<i64> = out
-        .stdout
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    if out.exit_code != 0 || times.len() != replica.paths.len() {
+    if out.exit_code != 0 {
         return;
     }
-    let Some(taken_at) = times
-        .iter()
-        .min()
-        .and_then(|t| DateTime::<Utc>::from_timestamp(*t, 0))
-    else {
+    let Some(used) = copy_in_use(&replica.paths, &out.stdout, host) else {
         return;
     };
     let _ = tx.send(Msg::Event(Event::ReplicaPointUsed {
         at: Utc::now(),
         step: step.id.clone(),
         item: replica.vm.clone(),
-        point: format!("copy-{}", taken_at.format("%Y%m%dT%H%M%SZ")),
-        taken_at,
-        verified: false,
-        note: Some(format!(
-            "the copy on {host} as the last replication left it (no verified replica point)"
-        )),
+        point: used.point,
+        taken_at: used.taken_at,
+        verified: used.verified,
+        note: used.note,
     }));
+}
+
+/// Prints, for each copy, `== MTIME` (or `== missing`) then its points file.
+fn copies_script(paths: &[String]) -> String {
+    let q: Vec<String> = paths
+        .iter()
+        .map(|p| crate::template::shell_quote(p))
+        .collect();
+    format!(
+        "for p in {}; do printf '== %s\\n' \"$(stat -c %Y -- \"$p\" 2>/dev/null || echo missing)\"; cat -- \"$p.reprise/points.json\" 2>/dev/null; echo; done",
+        q.join(" ")
+    )
+}
+
+/// The copy a vm starts from, as [`copies_script`] described it.
+#[derive(Debug, Clone, PartialEq)]
+struct CopyInUse {
+    point: String,
+    taken_at: DateTime<Utc>,
+    verified: bool,
+    note: Option<String>,
+}
+
+fn copy_in_use(paths: &[String], text: &str, host: &str) -> Option<CopyInUse> {
+    let chunks: Vec<&str> = text.split("== ").skip(1).collect();
+    if chunks.len() != paths.len() {
+        return None;
+    }
+    let mut ids = Vec::new();
+    let mut oldest: Option<DateTime<Utc>> = None;
+    let mut verified = true;
+    let mut notes = Vec::new();
+    for (path, chunk) in paths.iter().zip(chunks) {
+        let (first, rest) = chunk.split_once('\n').unwrap_or((chunk, ""));
+        let mtime = first
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0))?;
+        let disk = path.rsplit('/').next().unwrap_or(path);
+        let points: Vec<crate::replica::Point> =
+            serde_json::from_str(rest.trim()).unwrap_or_default();
+        let (id, at) = match points.last() {
+            Some(p) => {
+                match p.verified {
+                    crate::replica::Verified::Yes => {}
+                    crate::replica::Verified::No => {
+                        verified = false;
+                        notes.push(format!("point {} of {disk} was never verified", p.id));
+                    }
+                    crate::replica::Verified::Bad => {
+                        verified = false;
+                        notes.push(format!(
+                            "point {} of {disk} FAILED verification: the vm starts from a damaged copy",
+                            p.id
+                        ));
+                    }
+                }
+                (p.id.clone(), p.taken_at)
+            }
+            None => {
+                verified = false;
+                notes.push(format!(
+                    "{disk}: the copy on {host} as it was last written, no replica point"
+                ));
+                (format!("copy-{}", mtime.format("%Y%m%dT%H%M%SZ")), mtime)
+            }
+        };
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+        oldest = Some(oldest.map_or(at, |o| o.min(at)));
+    }
+    Some(CopyInUse {
+        point: ids.join("+"),
+        taken_at: oldest?,
+        verified,
+        note: if notes.is_empty() {
+            Some(format!("the newest point on {host}, verified"))
+        } else {
+            Some(notes.join("; "))
+        },
+    })
 }
 
 /// Polls `check` every `interval` until it passes, the step's deadline, or shutdown.
@@ -1670,5 +1738,49 @@ mod tests {
         // Every 5 s for 20 s: a handful of tries, not a busy loop.
         let tries = cmds.iter().filter(|c| *c == "fail").count();
         assert!((4..=6).contains(&tries), "{tries} tries");
+    }
+
+    #[test]
+    fn a_vm_starts_from_the_newest_point_of_each_disk_or_from_its_bare_copy() {
+        let paths = ["/r/a.qcow2".to_string(), "/r/b.qcow2".to_string()];
+        let point = |id: &str, at: &str, verified: &str| {
+            format!(
+                r#"{{"id":"{id}","taken_at":"{at}","source":"hv-main:/i","size":1,"blake3":"00","verified":"{verified}","checked_at":null,"received_bytes":0,"duration_ms":0}}"#
+            )
+        };
+        let text = format!(
+            "== 1764400000\n[{},{}]\n== 1764400100\n[{}]\n",
+            point("P1", "2026-11-29T01:00:00Z", "yes"),
+            point("P2", "2026-11-29T02:00:00Z", "yes"),
+            point("P2", "2026-11-29T02:00:00Z", "yes"),
+        );
+        let used = copy_in_use(&paths, &text, "hv-pra").unwrap();
+        assert_eq!(used.point, "P2");
+        assert!(used.verified);
+        assert_eq!(used.taken_at.to_rfc3339(), "2026-11-29T02:00:00+00:00");
+
+        // A bad newest point is said loudly; a disk with no points counts by its mtime.
+        let text = format!(
+            "== 1764400000\n[{}]\n== 1764300000\n\n",
+            point("P3", "2026-11-29T03:00:00Z", "bad")
+        );
+        let used = copy_in_use(&paths, &text, "hv-pra").unwrap();
+        assert!(!used.verified);
+        assert_eq!(used.point, "P3+copy-20251128T032000Z");
+        assert_eq!(
+            used.taken_at.timestamp(),
+            1764300000,
+            "the older of the two"
+        );
+        let note = used.note.unwrap();
+        assert!(note.contains("P3 of a.qcow2 FAILED verification"), "{note}");
+        assert!(note.contains("b.qcow2: the copy on hv-pra"), "{note}");
+
+        // A copy that is not there: nothing to record (the start step fails on its own).
+        assert_eq!(
+            copy_in_use(&paths, "== missing\n\n== 1\n\n", "hv-pra"),
+            None
+        );
+        assert_eq!(copy_in_use(&paths, "== 1\n\n", "hv-pra"), None);
     }
 }

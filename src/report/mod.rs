@@ -603,11 +603,16 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
             _ if rec.is_none() => None,
             _ => Some(achieved.is_some_and(|a| a <= rto_target_s as f64)),
         };
-        let used: Vec<PointUsed> = points
+        // A point made by a replicate step and then started from is listed once.
+        let mut used: Vec<PointUsed> = Vec::new();
+        for (_, p) in points
             .iter()
             .filter(|(step, _)| step.split('/').next() == Some(id.as_str()))
-            .map(|(_, p)| p.clone())
-            .collect();
+        {
+            if !used.iter().any(|u| u.item == p.item && u.point == p.point) {
+                used.push(p.clone());
+            }
+        }
         let data_loss_s = used
             .iter()
             .map(|p| ((measured_from - p.taken_at).num_milliseconds() as f64 / 1000.0).max(0.0))

@@ -725,13 +725,27 @@ fn check_items(json: &serde_json::Value, status: &str) -> Vec<(String, String)> 
 }
 
 #[test]
-fn check_finds_a_stopped_sshd_a_stale_replica_and_a_missing_tool() {
+fn check_finds_a_stopped_sshd_a_stale_replica_a_bad_point_and_a_missing_tool() {
     let lab = Lab::up(41);
+    // Copies made without replica points are usable but unproven: warnings, still ready.
     let run = lab.run(&["check", "--json"]);
-    assert_eq!(run.code, 0, "a fresh lab is ready: {run:?}");
+    assert_eq!(run.code, 0, "{run:?}");
+    let unproven: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let warned = check_items(&unproven, "warning");
+    assert_eq!(
+        warned.iter().filter(|(a, _)| a == "replicas").count(),
+        15,
+        "12 vm disks and 3 backup sets without points: {warned:?}"
+    );
+
+    let run = lab.run(&["replicate"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = lab.run(&["check", "--json"]);
+    assert_eq!(run.code, 0, "a replicated lab is ready: {run:?}");
     let green: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(green["ready"], true);
     assert_eq!(check_items(&green, "failed"), []);
+    assert_eq!(check_items(&green, "warning"), []);
     let ok = check_items(&green, "ok");
     for area in [
         "ssh", "clock", "tools", "replicas", "space", "runbooks", "rto",
@@ -746,16 +760,34 @@ fn check_finds_a_stopped_sshd_a_stale_replica_and_a_missing_tool() {
         green
     );
 
-    // The main storage's sshd stops; the ERP data disk's replica was last updated 3 days ago;
-    // the recovery hypervisor loses its VM tool.
+    // The main storage's sshd stops; the ERP data disk was last replicated 3 days ago; a byte
+    // of the LMS system disk's copy rots and `reprise verify` marks its point bad; the
+    // recovery hypervisor loses its VM tool.
     let killed = tool("kill", &[&sshd_pid(&lab, "san-main")]);
     assert!(killed.status.success());
-    let replica = walk(&lab.host_root("hv-pra"))
-        .into_iter()
-        .find(|p| p.ends_with("erp-db-data.qcow2"))
-        .expect("the lab has a replica of the ERP data disk on hv-pra");
-    let touched = tool("touch", &["-d", "3 days ago", replica.to_str().unwrap()]);
-    assert!(touched.status.success());
+    let copy = |disk: &str| {
+        walk(&lab.host_root("hv-pra"))
+            .into_iter()
+            .find(|p| p.ends_with(disk))
+            .unwrap_or_else(|| panic!("the lab has a copy of {disk} on hv-pra"))
+    };
+    let points_file = PathBuf::from(format!(
+        "{}.reprise/points.json",
+        copy("erp-db-data.qcow2").display()
+    ));
+    let mut points: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&points_file).unwrap()).unwrap();
+    let three_days_ago = chrono::Utc::now() - chrono::Duration::days(3);
+    for p in points.as_array_mut().unwrap() {
+        p["taken_at"] = serde_json::json!(three_days_ago.to_rfc3339());
+    }
+    std::fs::write(&points_file, serde_json::to_string(&points).unwrap()).unwrap();
+    let lms = copy("lms-system.qcow2");
+    let mut bytes = std::fs::read(&lms).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&lms, &bytes).unwrap();
+    let run = lab.run(&["verify", "lms"]);
+    assert_ne!(run.code, 0, "verify finds the rotten byte: {run:?}");
     assert!(
         !tool("sh", &["-c", "command -v lab-vm"]).status.success(),
         "lab-vm must not be on this machine's PATH for this test"
@@ -775,38 +807,50 @@ fn check_finds_a_stopped_sshd_a_stale_replica_and_a_missing_tool() {
                 "replicas".to_string(),
                 "vm erp-db (erp-db-data.qcow2)".to_string()
             ),
+            (
+                "replicas".to_string(),
+                "vm lms (lms-system.qcow2)".to_string()
+            ),
             ("ssh".to_string(), "san-main".to_string()),
             ("tools".to_string(), "hv-pra".to_string()),
         ]
     );
-    let detail = |area: &str| {
+    let detail = |subject: &str| {
         red["items"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|i| i["area"] == area && i["status"] == "failed")
+            .find(|i| i["subject"] == subject && i["status"] == "failed")
             .unwrap()["detail"]
             .as_str()
             .unwrap()
             .to_string()
     };
-    assert!(detail("ssh").contains("127.41.0."), "{}", detail("ssh"));
-    assert!(detail("tools").contains("lab-vm"), "{}", detail("tools"));
     assert!(
-        detail("replicas").contains("3d") && detail("replicas").contains("RPO"),
+        detail("san-main").contains("127.41.0."),
         "{}",
-        detail("replicas")
+        detail("san-main")
     );
+    assert!(detail("hv-pra").contains("lab-vm"), "{}", detail("hv-pra"));
+    let stale = detail("vm erp-db (erp-db-data.qcow2)");
+    assert!(stale.contains("3d") && stale.contains("RPO"), "{stale}");
+    let bad = detail("vm lms (lms-system.qcow2)");
+    assert!(bad.contains("FAILED verification"), "{bad}");
 
     // The same on a terminal: a table and the verdict naming each problem.
     let run = lab.run(&["check"]);
     assert_eq!(run.code, 7);
     let verdict = run.stdout.lines().last().unwrap();
     assert!(
-        verdict.starts_with("verdict: NOT READY: 3 failed"),
+        verdict.starts_with("verdict: NOT READY: 4 failed"),
         "{verdict}"
     );
-    for what in ["ssh san-main", "tools hv-pra", "replicas vm erp-db"] {
+    for what in [
+        "ssh san-main",
+        "tools hv-pra",
+        "replicas vm erp-db",
+        "replicas vm lms",
+    ] {
         assert!(verdict.contains(what), "{verdict}");
     }
 }
@@ -814,6 +858,8 @@ fn check_finds_a_stopped_sshd_a_stale_replica_and_a_missing_tool() {
 #[test]
 fn a_drill_after_a_check_carries_the_readiness_into_its_report() {
     let lab = Lab::up(42);
+    let replicated = lab.run(&["replicate"]);
+    assert_eq!(replicated.code, 0, "{replicated:?}");
     let check = lab.run(&["check", "--json"]);
     assert_eq!(check.code, 0, "{check:?}");
     let check: serde_json::Value = serde_json::from_str(&check.stdout).unwrap();
@@ -826,15 +872,25 @@ fn a_drill_after_a_check_carries_the_readiness_into_its_report() {
         report["readiness"], check,
         "the report shows the check it started from"
     );
-    // Each vm started from its copy on hv-pra: the copy and its age are the data loss.
+    // Each vm started from the newest point of its copy on hv-pra: its age is the data loss.
     let services = report["services"].as_array().unwrap();
     let erp_db = services.iter().find(|s| s["id"] == "erp-db").unwrap();
     let points = erp_db["points"].as_array().unwrap();
     assert_eq!(points.len(), 1, "{erp_db}");
     assert_eq!(points[0]["item"], "erp-db");
+    assert_eq!(
+        points[0]["verified"], true,
+        "the newest point, verified: {erp_db}"
+    );
+    let newest = lab.run(&["points", "erp-db"]);
+    let id = points[0]["point"].as_str().unwrap();
+    assert!(
+        newest.stdout.contains(id),
+        "{id} is a point of erp-db: {newest:?}"
+    );
     let loss = erp_db["data_loss_s"].as_f64().unwrap();
     assert!(
-        loss >= 0.0 && loss < 900.0,
+        (0.0..900.0).contains(&loss),
         "the lab's copies are fresh: {loss}"
     );
     assert_eq!(erp_db["rpo_met"], true);

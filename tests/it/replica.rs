@@ -442,11 +442,15 @@ fn a_planned_failover_syncs_the_disks_as_a_point_and_journals_it() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|e| e["event"] == "replica_point_used")
         .collect();
-    assert_eq!(used.len(), 1, "{journal}");
+    assert_eq!(used.len(), 2, "{journal}");
     assert_eq!(used[0]["item"], "erp-db");
     assert_eq!(used[0]["step"], "erp-db/final-sync");
     assert_eq!(used[0]["point"].as_str(), Some(points[0].0.as_str()));
     assert_eq!(used[0]["verified"], true);
+    // The vm then starts from that very point.
+    assert_eq!(used[1]["step"], "erp-db/start");
+    assert_eq!(used[1]["point"], used[0]["point"]);
+    assert_eq!(used[1]["verified"], true);
 }
 
 fn tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
