@@ -307,7 +307,7 @@ impl Store {
     /// mirror was not touched), completed when it had. Call with the lock held.
     fn recover(&self) -> Result<Option<String>, StoreError> {
         let staging = self.path("staging");
-        let mut note = None;
+        let mut note = self.finish_roll_back()?;
         if staging.exists() {
             std::fs::remove_file(&staging).map_err(io_err(&staging))?;
             note = Some("an interrupted first copy was thrown away".to_string());
@@ -845,12 +845,18 @@ impl Store {
         self.recover()?;
         let points = self.points()?;
         let k = self.find(&points, id)?;
+        self.restore_unlocked(&points, k, out)
+    }
+
+    /// [`Store::restore`] with the lock held.
+    fn restore_unlocked(&self, points: &[Point], k: usize, out: &Path) -> Result<(), StoreError> {
+        let id = points[k].id.as_str();
         let f = File::create(out).map_err(io_err(out))?;
         f.set_len(points[k].size).map_err(io_err(out))?;
         let mut cvs = Vec::new();
         let mut single = None;
         let size = points[k].size;
-        self.read_point(&points, k, |first, buf| {
+        self.read_point(points, k, |first, buf| {
             if size <= BLOCK as u64 {
                 single = Some(*blake3::hash(buf).as_bytes());
             }
@@ -875,6 +881,110 @@ impl Store {
             });
         }
         Ok(())
+    }
+}
+
+/// What [`Store::roll_back`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledBack {
+    /// The point the copy now holds: the newest.
+    pub point: String,
+    /// The newer points given up, oldest first.
+    pub dropped: Vec<String>,
+}
+
+/// A roll-back under way (`rollback.json`): the restored copy `rollback.img` is complete and
+/// checked; what remains is to put it in place and forget the newer points.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RollBackIntent {
+    point: String,
+}
+
+/// Rolling the copy back to an older point, for a failover from the last good state before a
+/// corruption or an attack: the older point is written whole beside the copy and checked, an
+/// intent record is written, then the copy is replaced (one rename) and the newer points are
+/// dropped. The deltas of the points before it stay valid, since each rebuilds its point from
+/// its successor. A roll-back cut at any moment is thrown away (no intent yet: the copy was not
+/// touched) or completed by the next use of the store.
+impl Store {
+    pub fn roll_back(&self, id: &str) -> Result<RolledBack, StoreError> {
+        let _lock = self.lock()?;
+        self.recover()?;
+        let points = self.points()?;
+        let k = self.find(&points, id)?;
+        if points[k].verified == Verified::Bad {
+            return Err(StoreError::Damaged {
+                path: self.name(),
+                reason: format!("point {id} failed verification: choose a good point"),
+            });
+        }
+        if k + 1 == points.len() {
+            return Ok(RolledBack {
+                point: id.to_string(),
+                dropped: Vec::new(),
+            });
+        }
+        let tmp = self.path("rollback.img");
+        self.restore_unlocked(&points, k, &tmp)?;
+        let intent = RollBackIntent {
+            point: id.to_string(),
+        };
+        let json = serde_json::to_vec(&intent).expect("intent serializes");
+        self.write_atomic("rollback.json", &json)?;
+        let dropped = points[k + 1..].iter().map(|p| p.id.clone()).collect();
+        self.finish_roll_back()?;
+        Ok(RolledBack {
+            point: id.to_string(),
+            dropped,
+        })
+    }
+
+    /// Completes a roll-back whose intent was written; does nothing otherwise. Lock held.
+    fn finish_roll_back(&self) -> Result<Option<String>, StoreError> {
+        let intent_path = self.path("rollback.json");
+        let tmp = self.path("rollback.img");
+        let intent: RollBackIntent = match std::fs::read(&intent_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Damaged {
+                path: intent_path.display().to_string(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // A restored copy with no intent: the roll-back was cut before it began.
+                if tmp.exists() {
+                    std::fs::remove_file(&tmp).map_err(io_err(&tmp))?;
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(io_err(&intent_path)(e)),
+        };
+        if tmp.exists() {
+            std::fs::rename(&tmp, &self.image).map_err(io_err(&self.image))?;
+            sync_dir(self.image.parent().unwrap_or(Path::new(".")))?;
+        }
+        let mut points = self.points()?;
+        let k = self.find(&points, &intent.point)?;
+        for p in &points[k..] {
+            let delta = self.path(&format!("deltas/{}.rdelta", p.id));
+            match std::fs::remove_file(&delta) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&delta)(e)),
+            }
+        }
+        points.truncate(k + 1);
+        self.write_points(&points)?;
+        for name in ["manifest", "stamp"] {
+            let p = self.path(name);
+            if p.exists() {
+                std::fs::remove_file(&p).map_err(io_err(&p))?;
+            }
+        }
+        std::fs::remove_file(&intent_path).map_err(io_err(&intent_path))?;
+        sync_dir(&self.dir)?;
+        Ok(Some(format!(
+            "the copy was rolled back to point {}",
+            intent.point
+        )))
     }
 }
 
@@ -1058,6 +1168,80 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_copy_is_rolled_back_to_an_older_good_point_and_replication_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        let store = Store::new(&dst);
+        let replicate = |id: &str, content: &[u8]| {
+            std::fs::write(&src, content).unwrap();
+            let (m, _) = store.base_manifest(false).unwrap();
+            let mut out = Vec::new();
+            crate::replica::helper::send(&src, &m, &mut out).unwrap();
+            let new = NewPoint {
+                id: id.into(),
+                taken_at: Utc::now(),
+                source: "src".into(),
+                retention: 5,
+            };
+            store.apply(&mut &out[..], new).unwrap();
+        };
+        let v1 = vec![1u8; 6 * BLOCK];
+        let mut v2 = v1.clone();
+        v2[..3 * BLOCK].fill(2);
+        let v3 = vec![3u8; 6 * BLOCK];
+        replicate("p1", &v1);
+        replicate("p2", &v2);
+        replicate("p3", &v3);
+
+        // The copy rots; verification marks the newest point bad, the older ones stay good.
+        let mut rotten = std::fs::read(&dst).unwrap();
+        rotten[5 * BLOCK + 7] ^= 0xff;
+        std::fs::write(&dst, &rotten).unwrap();
+        let checked = store.verify(None).unwrap();
+        assert_eq!(
+            checked,
+            [
+                ("p1".to_string(), true),
+                ("p2".to_string(), true),
+                ("p3".to_string(), false)
+            ]
+        );
+        assert!(store.roll_back("p3").is_err(), "a bad point is never used");
+
+        let done = store.roll_back("p2").unwrap();
+        assert_eq!(done.dropped, ["p3"]);
+        assert_eq!(std::fs::read(&dst).unwrap(), v2);
+        let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["p1", "p2"]);
+        assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
+        let out = dir.path().join("p1.img");
+        store.restore("p1", &out).unwrap();
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            v1,
+            "older points still rebuild"
+        );
+
+        // Replication carries on from the rolled-back copy.
+        replicate("p4", &v3);
+        assert_eq!(std::fs::read(&dst).unwrap(), v3);
+
+        // A roll-back cut after its intent was written is completed by the next use.
+        store.restore("p2", &store.path("rollback.img")).unwrap();
+        std::fs::write(store.path("rollback.json"), br#"{"point":"p2"}"#).unwrap();
+        store.base_manifest(false).unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), v2);
+        let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["p1", "p2"]);
+        // One cut before its intent is thrown away: the copy was not touched.
+        std::fs::write(store.path("rollback.img"), b"partial").unwrap();
+        store.base_manifest(false).unwrap();
+        assert!(!store.path("rollback.img").exists());
+        assert_eq!(std::fs::read(&dst).unwrap(), v2);
+    }
 
     #[test]
     fn a_committed_update_cut_before_the_mirror_is_completed_by_the_next_run() {
