@@ -126,6 +126,17 @@ pub struct RunArgs {
     pub exec: ExecArgs,
 }
 
+fn parse_point(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((vm, point)) if !vm.is_empty() && !point.is_empty() => {
+            Ok((vm.to_string(), point.to_string()))
+        }
+        _ => Err(format!(
+            "`{text}` is not VM=POINT: use e.g. --point erp-db=20261128T020000Z"
+        )),
+    }
+}
+
 fn parse_incident_time(text: &str) -> Result<DateTime<Utc>, String> {
     let text = text.trim();
     let at = if let Ok(t) = DateTime::parse_from_rfc3339(text) {
@@ -219,13 +230,21 @@ pub enum Command {
     Drill(RunArgs),
     /// Fail over to the recovery site (planned, or --emergency when the primary site is lost).
     #[command(
-        after_help = "Examples:\n  reprise failover --dry-run\n  reprise failover --emergency --yes"
+        after_help = "Examples:\n  reprise failover --dry-run\n  reprise failover --emergency --yes\n  reprise failover --emergency --point-before \"2026-11-28 01:00\" --yes\n  reprise failover --point erp-db=20261128T020000Z --yes"
     )]
     Failover {
         /// The primary site is lost: steps that need it are left out, and the run keeps going
         /// on every branch that does not depend on a failure.
         #[arg(long)]
         emergency: bool,
+        /// Start VM from this replica point (see `reprise points VM`); its copy is rolled back
+        /// to it first (repeatable). Default: the newest point that did not fail verification.
+        #[arg(long = "point", value_name = "VM=POINT", value_parser = parse_point)]
+        points: Vec<(String, String)>,
+        /// Start every VM not named by --point from its newest good point taken before TIME
+        /// (e.g. the last state before a ransomware attack).
+        #[arg(long, value_name = "TIME", value_parser = parse_incident_time)]
+        point_before: Option<DateTime<Utc>>,
         #[command(flatten)]
         args: RunArgs,
     },
@@ -750,8 +769,31 @@ pub fn run(cli: &Cli) -> Outcome {
             outcome
         }
         Command::Drill(args) => start(cli, &model, Mode::Drill, false, args),
-        Command::Failover { emergency, args } => {
-            start(cli, &model, Mode::Failover, *emergency, args)
+        Command::Failover {
+            emergency,
+            points,
+            point_before,
+            args,
+        } => {
+            for (vm, _) in points {
+                if !model.inventory.vms.contains_key(vm) {
+                    let hint = crate::diagnostic::did_you_mean(
+                        vm,
+                        model.inventory.vms.keys().map(String::as_str),
+                    )
+                    .map(|h| format!("hint: {h}\n"))
+                    .unwrap_or_default();
+                    return Outcome::err(
+                        exit::INVALID_INPUT,
+                        format!("error: --point names an unknown vm `{vm}`\n{hint}"),
+                    );
+                }
+            }
+            let choice = crate::runner::PointChoice {
+                by_vm: points.iter().cloned().collect(),
+                before: *point_before,
+            };
+            start_with(cli, &model, Mode::Failover, *emergency, args, choice)
         }
         Command::Restore(args) => start(cli, &model, Mode::Restore, false, args),
         Command::Failback(args) => start(cli, &model, Mode::Failback, false, args),
@@ -855,6 +897,17 @@ fn ctrl_c() -> (watch::Receiver<bool>, watch::Sender<bool>) {
 }
 
 fn start(cli: &Cli, model: &Model, mode: Mode, emergency: bool, args: &RunArgs) -> Outcome {
+    start_with(cli, model, mode, emergency, args, Default::default())
+}
+
+fn start_with(
+    cli: &Cli,
+    model: &Model,
+    mode: Mode,
+    emergency: bool,
+    args: &RunArgs,
+    points: crate::runner::PointChoice,
+) -> Outcome {
     let plan_opts = PlanOptions {
         mode,
         emergency,
@@ -896,9 +949,11 @@ fn start(cli: &Cli, model: &Model, mode: Mode, emergency: bool, args: &RunArgs) 
             );
         }
     }
+    let mut exec = exec_options(&args.exec);
+    exec.run.points = points;
     let opts = StartOptions {
         plan: plan_opts,
-        exec: exec_options(&args.exec),
+        exec,
         state_dir: cli.state_dir.clone(),
         operator: operator(&args.exec),
         incident_at: args.incident_at,

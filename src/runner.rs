@@ -37,6 +37,8 @@ pub struct RunOptions {
     pub rollback: bool,
     /// How often manual steps look for a confirmation.
     pub confirmation_poll: StdDuration,
+    /// The replica points a failover starts the vms from.
+    pub points: PointChoice,
 }
 
 impl Default for RunOptions {
@@ -46,6 +48,7 @@ impl Default for RunOptions {
             per_host: 4,
             rollback: true,
             confirmation_poll: StdDuration::from_millis(250),
+            points: PointChoice::default(),
         }
     }
 }
@@ -400,8 +403,11 @@ async fn run_step(
             return wait_for_operator(&ctx, step, instructions, &tx, shutdown, begin, index).await;
         }
     }
-    if let (Some(replica), Some(host)) = (&step.replica, &step.host) {
-        record_replica_use(&ctx, step, host, replica, &tx).await;
+    if let (Some(replica), Some(host)) = (&step.replica, &step.host)
+        && let Err(e) = start_from_replica(&ctx, step, host, replica, &tx).await
+    {
+        started(&tx, step, 1);
+        return outcome(StepStatus::Failed, 1, Some(e));
     }
     match &step.action_spec {
         Action::Manual { instructions } => {
@@ -662,30 +668,116 @@ async fn replicate_image(
     .map_err(|e| e.to_string())
 }
 
-/// Records which copy a vm starts from on the recovery host, and how old its data is: the
-/// newest replica point of each disk (`IMAGE.reprise/points.json`), or, for a copy made
-/// without points, its modification time. Nothing is recorded when the copies cannot be read:
-/// the step itself then fails and says why.
-async fn record_replica_use(
+/// Which replica point a failover starts the vms from (`failover --point VM=ID`,
+/// `--point-before TIME`); by default the newest point that did not fail verification.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PointChoice {
+    pub by_vm: HashMap<String, String>,
+    pub before: Option<DateTime<Utc>>,
+}
+
+/// Decides which copy a vm starts from on the recovery host, and records it with the age of
+/// its data: per disk, the newest replica point (`IMAGE.reprise/points.json`) that did not fail
+/// verification, or the one asked for; a copy made without points counts by its modification
+/// time. In a failover, a disk whose chosen point is not its newest is first rolled back to it
+/// (the newer points are dropped); a drill never changes a copy and only says so. An error
+/// stops the step before the vm starts. When the copies cannot be read at all, nothing is
+/// recorded: the step itself then fails and says why.
+async fn start_from_replica(
     ctx: &RunContext,
     step: &PlannedStep,
     host: &str,
     replica: &crate::plan::ReplicaUse,
     tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
-) {
+) -> Result<(), String> {
     let cmd = copies_script(&replica.paths);
     let transport = ctx.transport.clone();
     let h = host.to_string();
     let out =
         tokio::task::spawn_blocking(move || transport.exec(&h, &cmd, StdDuration::from_secs(30)))
             .await;
-    let Ok(Ok(out)) = out else { return };
+    let Ok(Ok(out)) = out else { return Ok(()) };
     if out.exit_code != 0 {
-        return;
+        return Ok(());
     }
-    let Some(used) = copy_in_use(&replica.paths, &out.stdout, host) else {
-        return;
+    let Some(mut disks) = parse_copies(&replica.paths, &out.stdout) else {
+        return Ok(());
     };
+    let failover = ctx.plan.mode == crate::runbook::Mode::Failover;
+    let want = match (
+        ctx.options.points.by_vm.get(&replica.vm),
+        ctx.options.points.before,
+    ) {
+        (Some(id), _) => Some(Want::Id(id.clone())),
+        (None, Some(t)) => Some(Want::Before(t)),
+        (None, None) => None,
+    };
+    let mut want = want.filter(|_| failover);
+    let mut notes = Vec::new();
+    if want.is_none()
+        && failover
+        && let Some(id) = common_fallback(&disks)
+    {
+        // A vm's disks start from one point: a disk rolled back takes the others with it.
+        notes.push(format!(
+            "a newest point failed verification: every disk starts from point {id}"
+        ));
+        want = Some(Want::Id(id));
+    }
+    for disk in disks.iter_mut() {
+        let candidates = start_candidates(disk, want.as_ref())?;
+        let newest = disk.points.len().checked_sub(1);
+        let name = disk.name().to_string();
+        let mut chosen = None;
+        let mut failures = Vec::new();
+        for k in candidates {
+            if Some(k) == newest {
+                chosen = Some(k);
+                break;
+            }
+            if !failover {
+                break;
+            }
+            let (transport, h, image, id) = (
+                ctx.transport.clone(),
+                host.to_string(),
+                disk.path.clone(),
+                disk.points[k].id.clone(),
+            );
+            let rolled = tokio::task::spawn_blocking(move || {
+                crate::replica::remote::Helpers::new(transport.as_ref()).roll_back(&h, &image, &id)
+            })
+            .await
+            .map_err(|e| format!("the roll-back task failed: {e}"))?;
+            match rolled {
+                Ok(done) => {
+                    notes.push(format!(
+                        "{name} rolled back to point {} (newer points dropped: {})",
+                        done.point,
+                        done.dropped.join(", ")
+                    ));
+                    disk.points.truncate(k + 1);
+                    chosen = Some(k);
+                    break;
+                }
+                Err(e) if want.is_none() => failures.push(format!("{}: {e}", disk.points[k].id)),
+                Err(e) => {
+                    return Err(format!(
+                        "cannot roll {name} back to point {}: {e}",
+                        disk.points[k].id
+                    ));
+                }
+            }
+        }
+        if !failures.is_empty() {
+            notes.push(format!(
+                "{name}: points that could not be rebuilt: {}",
+                failures.join("; ")
+            ));
+        }
+        disk.chosen = chosen.or(newest);
+    }
+    let used = describe_copies(&disks, host, notes);
     let _ = tx.send(Msg::Event(Event::ReplicaPointUsed {
         at: Utc::now(),
         step: step.id.clone(),
@@ -695,6 +787,54 @@ async fn record_replica_use(
         verified: used.verified,
         note: used.note,
     }));
+    Ok(())
+}
+
+/// When a disk's newest point failed verification, the newest point id that every disk
+/// holds and none failed: the point the whole vm falls back to.
+fn common_fallback(disks: &[DiskCopy]) -> Option<String> {
+    use crate::replica::Verified;
+    let needs = disks
+        .iter()
+        .any(|d| d.points.last().is_some_and(|p| p.verified == Verified::Bad));
+    if !needs || disks.iter().any(|d| d.points.is_empty()) {
+        return None;
+    }
+    disks[0]
+        .points
+        .iter()
+        .rev()
+        .map(|p| p.id.clone())
+        .find(|id| {
+            disks.iter().all(|d| {
+                d.points
+                    .iter()
+                    .any(|p| &p.id == id && p.verified != Verified::Bad)
+            })
+        })
+}
+
+/// A point asked for at failover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Want {
+    Id(String),
+    Before(DateTime<Utc>),
+}
+
+/// One disk's copy on the recovery host, as [`copies_script`] described it.
+#[derive(Debug, Clone)]
+struct DiskCopy {
+    path: String,
+    mtime: DateTime<Utc>,
+    points: Vec<crate::replica::Point>,
+    /// The point it starts from; `None` for a copy without points.
+    chosen: Option<usize>,
+}
+
+impl DiskCopy {
+    fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
 }
 
 /// Prints, for each copy, `== MTIME` (or `== missing`) then its points file.
@@ -709,7 +849,89 @@ fn copies_script(paths: &[String]) -> String {
     )
 }
 
-/// The copy a vm starts from, as [`copies_script`] described it.
+fn parse_copies(paths: &[String], text: &str) -> Option<Vec<DiskCopy>> {
+    let chunks: Vec<&str> = text.split("== ").skip(1).collect();
+    if chunks.len() != paths.len() {
+        return None;
+    }
+    paths
+        .iter()
+        .zip(chunks)
+        .map(|(path, chunk)| {
+            let (first, rest) = chunk.split_once('\n').unwrap_or((chunk, ""));
+            let mtime = first
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0))?;
+            let points: Vec<crate::replica::Point> =
+                serde_json::from_str(rest.trim()).unwrap_or_default();
+            Some(DiskCopy {
+                path: path.clone(),
+                mtime,
+                chosen: points.len().checked_sub(1),
+                points,
+            })
+        })
+        .collect()
+}
+
+/// The points a disk may start from, best first: the one asked for, or the newest points that
+/// did not fail verification (older ones as fallbacks when a roll-back cannot rebuild one).
+fn start_candidates(disk: &DiskCopy, want: Option<&Want>) -> Result<Vec<usize>, String> {
+    use crate::replica::Verified;
+    let name = disk.name();
+    let ids = || {
+        disk.points
+            .iter()
+            .map(|p| format!("{} ({})", p.id, p.verified))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if disk.points.is_empty() {
+        return match want {
+            None => Ok(Vec::new()),
+            Some(_) => Err(format!(
+                "{name} has no replica points: it can only start from its copy as it is (run without --point)"
+            )),
+        };
+    }
+    let good = |k: &usize| disk.points[*k].verified != Verified::Bad;
+    match want {
+        Some(Want::Id(id)) => match disk.points.iter().position(|p| &p.id == id) {
+            Some(k) if good(&k) => Ok(vec![k]),
+            Some(_) => Err(format!(
+                "point {id} of {name} failed verification and is never used; its points: {}",
+                ids()
+            )),
+            None => Err(format!("{name} has no point {id}; its points: {}", ids())),
+        },
+        Some(Want::Before(t)) => {
+            let k = (0..disk.points.len())
+                .rev()
+                .find(|k| good(k) && disk.points[*k].taken_at <= *t)
+                .ok_or_else(|| {
+                    format!(
+                        "{name} has no good point taken before {}; its points: {}",
+                        t.format("%Y-%m-%d %H:%M:%S UTC"),
+                        ids()
+                    )
+                })?;
+            Ok(vec![k])
+        }
+        None => {
+            let good: Vec<usize> = (0..disk.points.len()).rev().filter(good).collect();
+            if good.is_empty() {
+                // Nothing better: the newest, said loudly (see describe_copies).
+                Ok(vec![disk.points.len() - 1])
+            } else {
+                Ok(good)
+            }
+        }
+    }
+}
+
+/// The copy a vm starts from, as recorded in the journal.
 #[derive(Debug, Clone, PartialEq)]
 struct CopyInUse {
     point: String,
@@ -718,37 +940,24 @@ struct CopyInUse {
     note: Option<String>,
 }
 
-fn copy_in_use(paths: &[String], text: &str, host: &str) -> Option<CopyInUse> {
-    let chunks: Vec<&str> = text.split("== ").skip(1).collect();
-    if chunks.len() != paths.len() {
-        return None;
-    }
+fn describe_copies(disks: &[DiskCopy], host: &str, mut notes: Vec<String>) -> CopyInUse {
     let mut ids = Vec::new();
     let mut oldest: Option<DateTime<Utc>> = None;
     let mut verified = true;
-    let mut notes = Vec::new();
-    for (path, chunk) in paths.iter().zip(chunks) {
-        let (first, rest) = chunk.split_once('\n').unwrap_or((chunk, ""));
-        let mtime = first
-            .trim()
-            .parse::<i64>()
-            .ok()
-            .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0))?;
-        let disk = path.rsplit('/').next().unwrap_or(path);
-        let points: Vec<crate::replica::Point> =
-            serde_json::from_str(rest.trim()).unwrap_or_default();
-        let (id, at) = match points.last() {
+    for disk in disks {
+        let name = disk.name();
+        let (id, at) = match disk.chosen.map(|k| &disk.points[k]) {
             Some(p) => {
                 match p.verified {
                     crate::replica::Verified::Yes => {}
                     crate::replica::Verified::No => {
                         verified = false;
-                        notes.push(format!("point {} of {disk} was never verified", p.id));
+                        notes.push(format!("point {} of {name} was never verified", p.id));
                     }
                     crate::replica::Verified::Bad => {
                         verified = false;
                         notes.push(format!(
-                            "point {} of {disk} FAILED verification: the vm starts from a damaged copy",
+                            "point {} of {name} FAILED verification: the vm starts from a damaged copy",
                             p.id
                         ));
                     }
@@ -758,9 +967,12 @@ fn copy_in_use(paths: &[String], text: &str, host: &str) -> Option<CopyInUse> {
             None => {
                 verified = false;
                 notes.push(format!(
-                    "{disk}: the copy on {host} as it was last written, no replica point"
+                    "{name}: the copy on {host} as it was last written, no replica point"
                 ));
-                (format!("copy-{}", mtime.format("%Y%m%dT%H%M%SZ")), mtime)
+                (
+                    format!("copy-{}", disk.mtime.format("%Y%m%dT%H%M%SZ")),
+                    disk.mtime,
+                )
             }
         };
         if !ids.contains(&id) {
@@ -768,16 +980,23 @@ fn copy_in_use(paths: &[String], text: &str, host: &str) -> Option<CopyInUse> {
         }
         oldest = Some(oldest.map_or(at, |o| o.min(at)));
     }
-    Some(CopyInUse {
+    CopyInUse {
         point: ids.join("+"),
-        taken_at: oldest?,
+        taken_at: oldest.unwrap_or_else(Utc::now),
         verified,
         note: if notes.is_empty() {
             Some(format!("the newest point on {host}, verified"))
         } else {
             Some(notes.join("; "))
         },
-    })
+    }
+}
+
+/// The copy a vm starts from when nothing is rolled back: each disk's newest point.
+#[cfg(test)]
+fn copy_in_use(paths: &[String], text: &str, host: &str) -> Option<CopyInUse> {
+    let disks = parse_copies(paths, text)?;
+    Some(describe_copies(&disks, host, Vec::new()))
 }
 
 /// Polls `check` every `interval` until it passes, the step's deadline, or shutdown.
@@ -1782,5 +2001,77 @@ mod tests {
             None
         );
         assert_eq!(copy_in_use(&paths, "== 1\n\n", "hv-pra"), None);
+    }
+
+    fn disk(name: &str, points: &[(&str, &str, &str)]) -> DiskCopy {
+        let points: Vec<crate::replica::Point> = points
+            .iter()
+            .map(|(id, at, verified)| {
+                serde_json::from_str(&format!(
+                    r#"{{"id":"{id}","taken_at":"{at}","source":"s","size":1,"blake3":"00","verified":"{verified}","checked_at":null,"received_bytes":0,"duration_ms":0}}"#
+                ))
+                .unwrap()
+            })
+            .collect();
+        DiskCopy {
+            path: format!("/r/{name}"),
+            mtime: Utc::now(),
+            chosen: points.len().checked_sub(1),
+            points,
+        }
+    }
+
+    #[test]
+    fn a_failover_starts_from_the_newest_good_point_or_the_one_asked_for() {
+        let sys = disk(
+            "sys",
+            &[
+                ("P1", "2026-11-28T01:00:00Z", "yes"),
+                ("P2", "2026-11-28T02:00:00Z", "yes"),
+                ("P3", "2026-11-28T03:00:00Z", "bad"),
+            ],
+        );
+        let data = disk(
+            "data",
+            &[
+                ("P1", "2026-11-28T01:00:00Z", "yes"),
+                ("P2", "2026-11-28T02:00:00Z", "bad"),
+                ("P3", "2026-11-28T03:00:00Z", "yes"),
+            ],
+        );
+        // Newest good first, older good ones as fallbacks; a bad point never.
+        assert_eq!(start_candidates(&sys, None).unwrap(), [1, 0]);
+        assert_eq!(start_candidates(&data, None).unwrap(), [2, 0]);
+        // The vm falls back as a whole to the newest point good on every disk.
+        assert_eq!(
+            common_fallback(&[sys.clone(), data.clone()]),
+            Some("P1".to_string())
+        );
+        assert_eq!(common_fallback(&[data.clone()]), None, "nothing is bad");
+        // Asked for by id, or by time.
+        let id = |s: &str| Want::Id(s.to_string());
+        assert_eq!(start_candidates(&sys, Some(&id("P1"))).unwrap(), [0]);
+        let err = start_candidates(&sys, Some(&id("P3"))).unwrap_err();
+        assert!(err.contains("failed verification"), "{err}");
+        let err = start_candidates(&sys, Some(&id("P9"))).unwrap_err();
+        assert!(
+            err.contains("no point P9") && err.contains("P1 (yes)"),
+            "{err}"
+        );
+        let before = |t: &str| Want::Before(t.parse().unwrap());
+        assert_eq!(
+            start_candidates(&sys, Some(&before("2026-11-28T02:30:00Z"))).unwrap(),
+            [1]
+        );
+        assert_eq!(
+            start_candidates(&data, Some(&before("2026-11-28T02:30:00Z"))).unwrap(),
+            [0],
+            "the bad P2 is passed over"
+        );
+        assert!(start_candidates(&sys, Some(&before("2026-11-27T00:00:00Z"))).is_err());
+        // A copy without points starts as it is, and cannot honour a request.
+        let bare = disk("bare", &[]);
+        assert!(start_candidates(&bare, None).unwrap().is_empty());
+        assert!(start_candidates(&bare, Some(&id("P1"))).is_err());
     }
 }

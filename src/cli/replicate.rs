@@ -110,6 +110,11 @@ pub enum HelperAction {
         #[arg(long)]
         output: PathBuf,
     },
+    RollBack {
+        image: PathBuf,
+        #[arg(long)]
+        point: String,
+    },
 }
 
 /// Runs a helper request with this process's standard input and output.
@@ -187,6 +192,10 @@ impl HelperAction {
                 image: image.clone(),
                 point: point.clone(),
                 output: output.clone(),
+            },
+            HelperAction::RollBack { image, point } => Request::RollBack {
+                image: image.clone(),
+                point: point.clone(),
             },
         })
     }

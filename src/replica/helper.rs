@@ -57,6 +57,8 @@ pub enum Request {
         point: String,
         output: PathBuf,
     },
+    /// Rolls an image's copy back to an older point; answers with JSON.
+    RollBack { image: PathBuf, point: String },
 }
 
 /// What a verification found, per point.
@@ -196,6 +198,12 @@ pub fn serve(req: Request, stdin: &mut impl Read, stdout: &mut impl Write) -> Re
             Store::new(&image).restore(&point, &output)
         }
         .map_err(|e| e.to_string()),
+        Request::RollBack { image, point } => {
+            let done = Store::new(&image)
+                .roll_back(&point)
+                .map_err(|e| e.to_string())?;
+            out(stdout, &serde_json::to_vec(&done).expect("serializes"))
+        }
     }
 }
 

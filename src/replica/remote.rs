@@ -376,6 +376,31 @@ impl<'a> Helpers<'a> {
     }
 }
 
+impl Helpers<'_> {
+    /// Rolls `host:image` back to its point `point` (newer points are dropped).
+    pub fn roll_back(
+        &self,
+        host: &str,
+        image: &str,
+        point: &str,
+    ) -> Result<crate::replica::store::RolledBack, ReplicaError> {
+        let out = self.call(
+            host,
+            &format!(
+                "roll-back {} --point {}",
+                shell_quote(image),
+                shell_quote(point)
+            ),
+            &[],
+            Duration::from_secs(7200),
+        )?;
+        serde_json::from_slice(&out).map_err(|e| ReplicaError::Helper {
+            host: host.to_string(),
+            reason: format!("the helper's answer is not understood ({e})"),
+        })
+    }
+}
+
 /// The helper's error line, without its `error: ` prefix.
 fn helper_error(stderr: &str, code: i32) -> String {
     let text = stderr

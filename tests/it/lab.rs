@@ -902,3 +902,80 @@ fn a_drill_after_a_check_carries_the_readiness_into_its_report() {
     );
     assert!(!md.stdout.contains("No readiness check was recorded"));
 }
+
+/// Where two files first differ.
+fn first_difference(a: &[u8], b: &[u8]) -> usize {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .expect("the files differ")
+}
+
+#[test]
+fn a_failover_after_a_bad_point_starts_from_the_previous_good_one_and_says_so() {
+    let lab = Lab::up(43);
+    let source = lab
+        .host_root("hv-main")
+        .join("srv/datastore/images/erp-db-system.qcow2");
+    assert!(source.exists(), "{}", source.display());
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let copy = walk(&lab.host_root("hv-pra"))
+        .into_iter()
+        .find(|p| p.ends_with("erp-db-system.qcow2"))
+        .unwrap();
+    let first = std::fs::read(&copy).unwrap();
+    // The database writes; the next replication makes a second point.
+    let before = std::fs::read(&source).unwrap();
+    let wrote = tool(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x5a 0 64k",
+            source.to_str().unwrap(),
+        ],
+    );
+    assert!(wrote.status.success(), "{wrote:?}");
+    let changed_at = first_difference(&before, &std::fs::read(&source).unwrap());
+    std::thread::sleep(Duration::from_millis(1100)); // point ids are per second
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    // A byte of the copy rots where the second point wrote; verify marks that point bad.
+    let mut bytes = std::fs::read(&copy).unwrap();
+    bytes[changed_at] ^= 0xff;
+    std::fs::write(&copy, &bytes).unwrap();
+    let run = lab.run(&["verify", "erp-db"]);
+    assert_ne!(run.code, 0, "{run:?}");
+
+    let status = lab.run_confirming(
+        &[
+            "failover",
+            "--emergency",
+            "--service",
+            "erp-db",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ],
+        Duration::from_secs(90),
+    );
+    assert!(status.success(), "{status:?}");
+    let used: Vec<serde_json::Value> = lab
+        .journal()
+        .into_iter()
+        .filter(|e| e["event"] == "replica_point_used")
+        .collect();
+    assert_eq!(used.len(), 1, "{used:?}");
+    let note = used[0]["note"].as_str().unwrap();
+    assert!(note.contains("rolled back"), "the run says so: {note}");
+    assert_eq!(used[0]["verified"], true, "{:?}", used[0]);
+    // The vm started from the first point's content, on both disks.
+    assert_eq!(std::fs::read(&copy).unwrap(), first);
+    assert!(
+        !used[0]["point"].as_str().unwrap().contains('+'),
+        "one point for the whole vm: {:?}",
+        used[0]
+    );
+}
