@@ -2047,7 +2047,11 @@ mod tests {
             common_fallback(&[sys.clone(), data.clone()]),
             Some("P1".to_string())
         );
-        assert_eq!(common_fallback(&[data.clone()]), None, "nothing is bad");
+        assert_eq!(
+            common_fallback(std::slice::from_ref(&data)),
+            None,
+            "nothing is bad"
+        );
         // Asked for by id, or by time.
         let id = |s: &str| Want::Id(s.to_string());
         assert_eq!(start_candidates(&sys, Some(&id("P1"))).unwrap(), [0]);
