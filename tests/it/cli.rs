@@ -151,3 +151,27 @@ fn a_bad_incident_time_is_refused_before_anything_runs() {
     assert!(run.stderr.contains("in the future"), "{}", run.stderr);
     assert!(!dir.path().join("runs").exists());
 }
+
+#[test]
+fn a_bad_point_request_is_refused_before_anything_runs() {
+    let dir = mini_copy();
+    let run = reprise(dir.path(), &["failover", "--point", "erp-db", "--yes"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("is not VM=POINT"), "{}", run.stderr);
+    let run = reprise(
+        dir.path(),
+        &[
+            "failover",
+            "--point",
+            "no-such-vm=20261128T020000Z",
+            "--yes",
+        ],
+    );
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains("unknown vm `no-such-vm`"),
+        "{}",
+        run.stderr
+    );
+    assert!(!dir.path().join("runs").exists());
+}
