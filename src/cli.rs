@@ -126,13 +126,15 @@ pub struct RunArgs {
     pub exec: ExecArgs,
 }
 
+/// `VM=POINT`, or `POINT` for every vm (an empty vm).
 fn parse_point(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((vm, point)) if !vm.is_empty() && !point.is_empty() => {
             Ok((vm.to_string(), point.to_string()))
         }
+        None if !text.is_empty() => Ok((String::new(), text.to_string())),
         _ => Err(format!(
-            "`{text}` is not VM=POINT: use e.g. --point erp-db=20261128T020000Z"
+            "`{text}` is not POINT or VM=POINT: use e.g. --point erp-db=20261128T020000Z"
         )),
     }
 }
@@ -237,9 +239,10 @@ pub enum Command {
         /// on every branch that does not depend on a failure.
         #[arg(long)]
         emergency: bool,
-        /// Start VM from this replica point (see `reprise points VM`); its copy is rolled back
-        /// to it first (repeatable). Default: the newest point that did not fail verification.
-        #[arg(long = "point", value_name = "VM=POINT", value_parser = parse_point)]
+        /// Start VM from this replica point (see `reprise points VM`), or every vm from POINT;
+        /// the copies are rolled back to it first (repeatable). Default: the newest point that
+        /// did not fail verification.
+        #[arg(long = "point", value_name = "[VM=]POINT", value_parser = parse_point)]
         points: Vec<(String, String)>,
         /// Start every VM not named by --point from its newest good point taken before TIME
         /// (e.g. the last state before a ransomware attack).
@@ -776,7 +779,7 @@ pub fn run(cli: &Cli) -> Outcome {
             args,
         } => {
             for (vm, _) in points {
-                if !model.inventory.vms.contains_key(vm) {
+                if !vm.is_empty() && !model.inventory.vms.contains_key(vm) {
                     let hint = crate::diagnostic::did_you_mean(
                         vm,
                         model.inventory.vms.keys().map(String::as_str),
@@ -790,7 +793,16 @@ pub fn run(cli: &Cli) -> Outcome {
                 }
             }
             let choice = crate::runner::PointChoice {
-                by_vm: points.iter().cloned().collect(),
+                by_vm: points
+                    .iter()
+                    .filter(|(vm, _)| !vm.is_empty())
+                    .cloned()
+                    .collect(),
+                all: points
+                    .iter()
+                    .rev()
+                    .find(|(vm, _)| vm.is_empty())
+                    .map(|(_, p)| p.clone()),
                 before: *point_before,
             };
             start_with(cli, &model, Mode::Failover, *emergency, args, choice)

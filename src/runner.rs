@@ -673,6 +673,8 @@ async fn replicate_image(
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PointChoice {
     pub by_vm: HashMap<String, String>,
+    /// For every vm not in `by_vm`.
+    pub all: Option<String>,
     pub before: Option<DateTime<Utc>>,
 }
 
@@ -704,9 +706,10 @@ async fn start_from_replica(
         return Ok(());
     };
     let failover = ctx.plan.mode == crate::runbook::Mode::Failover;
+    let choice = &ctx.options.points;
     let want = match (
-        ctx.options.points.by_vm.get(&replica.vm),
-        ctx.options.points.before,
+        choice.by_vm.get(&replica.vm).or(choice.all.as_ref()),
+        choice.before,
     ) {
         (Some(id), _) => Some(Want::Id(id.clone())),
         (None, Some(t)) => Some(Want::Before(t)),

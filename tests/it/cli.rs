@@ -155,9 +155,13 @@ fn a_bad_incident_time_is_refused_before_anything_runs() {
 #[test]
 fn a_bad_point_request_is_refused_before_anything_runs() {
     let dir = mini_copy();
-    let run = reprise(dir.path(), &["failover", "--point", "erp-db", "--yes"]);
+    let run = reprise(dir.path(), &["failover", "--point", "erp-db=", "--yes"]);
     assert_eq!(run.code, 2, "{run:?}");
-    assert!(run.stderr.contains("is not VM=POINT"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("is not POINT or VM=POINT"),
+        "{}",
+        run.stderr
+    );
     let run = reprise(
         dir.path(),
         &[
