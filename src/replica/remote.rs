@@ -290,7 +290,11 @@ impl<'a> Helpers<'a> {
     ) -> Result<ImageTransfer, ReplicaError> {
         let piped = self
             .transport
-            .pipe_with_input(from, send, input, to, apply, r.deadline)?;
+            .pipe_with_input(from, send, input, to, apply, r.deadline)
+            .map_err(|e| ReplicaError::Helper {
+                host: to.to_string(),
+                reason: format!("replicating {from}:{src} to {to}:{dst} failed: {e}"),
+            })?;
         if piped.read_exit != 0 || piped.write_exit != 0 {
             let host = if piped.read_exit != 0 { from } else { to };
             return Err(ReplicaError::Helper {
