@@ -225,6 +225,10 @@ pub enum Command {
         /// on every branch that does not depend on a failure.
         #[arg(long)]
         emergency: bool,
+        /// The replica point vms start from (`reprise points VM`) [default: the newest good
+        /// one; points that failed verification are skipped, and the journal says so].
+        #[arg(long, value_name = "POINT")]
+        point: Option<String>,
         #[command(flatten)]
         args: RunArgs,
     },
@@ -668,12 +672,14 @@ pub fn run(cli: &Cli) -> Outcome {
                 Err(errors) => invalid(&model.report(errors)),
             }
         }
-        Command::Drill(args) => start(cli, &model, Mode::Drill, false, args),
-        Command::Failover { emergency, args } => {
-            start(cli, &model, Mode::Failover, *emergency, args)
-        }
-        Command::Restore(args) => start(cli, &model, Mode::Restore, false, args),
-        Command::Failback(args) => start(cli, &model, Mode::Failback, false, args),
+        Command::Drill(args) => start(cli, &model, Mode::Drill, false, args, None),
+        Command::Failover {
+            emergency,
+            point,
+            args,
+        } => start(cli, &model, Mode::Failover, *emergency, args, point.clone()),
+        Command::Restore(args) => start(cli, &model, Mode::Restore, false, args, None),
+        Command::Failback(args) => start(cli, &model, Mode::Failback, false, args, None),
         Command::Resume { run, exec } => {
             let (shutdown, _guard) = ctrl_c();
             let mut view = TerminalView::new(&model.inventory, Some(run));
@@ -773,7 +779,14 @@ fn ctrl_c() -> (watch::Receiver<bool>, watch::Sender<bool>) {
     (rx, tx)
 }
 
-fn start(cli: &Cli, model: &Model, mode: Mode, emergency: bool, args: &RunArgs) -> Outcome {
+fn start(
+    cli: &Cli,
+    model: &Model,
+    mode: Mode,
+    emergency: bool,
+    args: &RunArgs,
+    point: Option<String>,
+) -> Outcome {
     let plan_opts = PlanOptions {
         mode,
         emergency,
@@ -817,7 +830,11 @@ fn start(cli: &Cli, model: &Model, mode: Mode, emergency: bool, args: &RunArgs) 
     }
     let opts = StartOptions {
         plan: plan_opts,
-        exec: exec_options(&args.exec),
+        exec: {
+            let mut e = exec_options(&args.exec);
+            e.run.point = point;
+            e
+        },
         state_dir: cli.state_dir.clone(),
         operator: operator(&args.exec),
         incident_at: args.incident_at,

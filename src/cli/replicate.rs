@@ -95,6 +95,11 @@ pub enum HelperAction {
         #[arg(long)]
         retention: u32,
     },
+    Rollback {
+        image: PathBuf,
+        #[arg(long)]
+        point: String,
+    },
     Points {
         image: PathBuf,
     },
@@ -171,6 +176,10 @@ impl HelperAction {
                 taken_at: *taken_at,
                 source: source.clone(),
                 retention: *retention,
+            },
+            HelperAction::Rollback { image, point } => Request::Rollback {
+                image: image.clone(),
+                point: point.clone(),
             },
             HelperAction::Points { image } => Request::Points {
                 image: image.clone(),

@@ -361,6 +361,119 @@ impl<'a> Helpers<'a> {
         })
     }
 
+    /// Makes point `point` of `host:image` the copy again (the points after it are dropped).
+    pub fn rollback(&self, host: &str, image: &str, point: &str) -> Result<(), ReplicaError> {
+        self.call(
+            host,
+            &format!(
+                "rollback {} --point {}",
+                shell_quote(image),
+                shell_quote(point)
+            ),
+            &[],
+            Duration::from_secs(7200),
+        )
+        .map(|_| ())
+    }
+
+    /// Chooses the point a vm starts from at failover: `wanted` if named (even a bad one: it
+    /// was asked for by name, and the note says so), else the newest good point, skipping bad
+    /// ones with a note; makes it the copy of every disk if it is not the newest. Returns the
+    /// point, whether it is known good, and the note.
+    pub fn choose_point(
+        &self,
+        host: &str,
+        images: &[String],
+        wanted: Option<&str>,
+    ) -> Result<(Point, bool, String), ReplicaError> {
+        let mut per_disk = Vec::new();
+        for img in images {
+            per_disk.push(self.points(host, img)?);
+        }
+        let Some(first) = per_disk.first() else {
+            return Err(ReplicaError::Helper {
+                host: host.to_string(),
+                reason: "the vm has no disk".into(),
+            });
+        };
+        // Points on every disk, oldest first, with the worst verdict of their disks.
+        let points: Vec<(Point, super::Verified)> = first
+            .iter()
+            .filter_map(|p| {
+                let mut v = p.verified;
+                for d in &per_disk[1..] {
+                    let o = d.iter().find(|o| o.id == p.id)?;
+                    if o.verified == super::Verified::Bad {
+                        v = super::Verified::Bad;
+                    }
+                }
+                Some((p.clone(), v))
+            })
+            .collect();
+        let newest = points.last().map(|(p, _)| p.id.clone());
+        let (chosen, note) = match wanted {
+            Some(w) => {
+                let (p, v) =
+                    points
+                        .iter()
+                        .find(|(p, _)| p.id == w)
+                        .ok_or_else(|| ReplicaError::Helper {
+                            host: host.to_string(),
+                            reason: format!(
+                                "{} has no point `{w}` (see `reprise points`)",
+                                images.join(", ")
+                            ),
+                        })?;
+                let note = if *v == super::Verified::Bad {
+                    format!("point {w} asked for by name, although it failed verification")
+                } else {
+                    format!("point {w} asked for by name")
+                };
+                (p.clone(), note)
+            }
+            None => {
+                let Some((p, _)) = points
+                    .iter()
+                    .rev()
+                    .find(|(_, v)| *v != super::Verified::Bad)
+                else {
+                    return Err(ReplicaError::Helper {
+                        host: host.to_string(),
+                        reason: format!(
+                            "{} has no good point to start from (every point failed verification, or none was made)",
+                            images.join(", ")
+                        ),
+                    });
+                };
+                let skipped: Vec<&str> = points
+                    .iter()
+                    .rev()
+                    .take_while(|(q, _)| q.id != p.id)
+                    .map(|(q, _)| q.id.as_str())
+                    .collect();
+                let note = if skipped.is_empty() {
+                    "the newest point".to_string()
+                } else {
+                    format!(
+                        "newest good point; {} failed verification and {} skipped",
+                        skipped.join(", "),
+                        if skipped.len() == 1 { "was" } else { "were" }
+                    )
+                };
+                (p.clone(), note)
+            }
+        };
+        if newest.as_deref() != Some(chosen.id.as_str()) {
+            for img in images {
+                self.rollback(host, img, &chosen.id)?;
+            }
+        }
+        let good = points
+            .iter()
+            .any(|(p, v)| p.id == chosen.id && *v == super::Verified::Yes);
+        Ok((chosen, good, note))
+    }
+
     /// Writes point `point` of `host:image` to `host:output`.
     pub fn restore(
         &self,
