@@ -225,10 +225,6 @@ pub enum Command {
         /// on every branch that does not depend on a failure.
         #[arg(long)]
         emergency: bool,
-        /// The replica point vms start from (`reprise points VM`) [default: the newest good
-        /// one; points that failed verification are skipped, and the journal says so].
-        #[arg(long, value_name = "POINT")]
-        point: Option<String>,
         #[command(flatten)]
         args: RunArgs,
     },
@@ -672,14 +668,12 @@ pub fn run(cli: &Cli) -> Outcome {
                 Err(errors) => invalid(&model.report(errors)),
             }
         }
-        Command::Drill(args) => start(cli, &model, Mode::Drill, false, args, None),
-        Command::Failover {
-            emergency,
-            point,
-            args,
-        } => start(cli, &model, Mode::Failover, *emergency, args, point.clone()),
-        Command::Restore(args) => start(cli, &model, Mode::Restore, false, args, None),
-        Command::Failback(args) => start(cli, &model, Mode::Failback, false, args, None),
+        Command::Drill(args) => start(cli, &model, Mode::Drill, false, args),
+        Command::Failover { emergency, args } => {
+            start(cli, &model, Mode::Failover, *emergency, args)
+        }
+        Command::Restore(args) => start(cli, &model, Mode::Restore, false, args),
+        Command::Failback(args) => start(cli, &model, Mode::Failback, false, args),
         Command::Resume { run, exec } => {
             let (shutdown, _guard) = ctrl_c();
             let mut view = TerminalView::new(&model.inventory, Some(run));
@@ -779,14 +773,7 @@ fn ctrl_c() -> (watch::Receiver<bool>, watch::Sender<bool>) {
     (rx, tx)
 }
 
-fn start(
-    cli: &Cli,
-    model: &Model,
-    mode: Mode,
-    emergency: bool,
-    args: &RunArgs,
-    point: Option<String>,
-) -> Outcome {
+fn start(cli: &Cli, model: &Model, mode: Mode, emergency: bool, args: &RunArgs) -> Outcome {
     let plan_opts = PlanOptions {
         mode,
         emergency,
@@ -830,11 +817,7 @@ fn start(
     }
     let opts = StartOptions {
         plan: plan_opts,
-        exec: {
-            let mut e = exec_options(&args.exec);
-            e.run.point = point;
-            e
-        },
+        exec: exec_options(&args.exec),
         state_dir: cli.state_dir.clone(),
         operator: operator(&args.exec),
         incident_at: args.incident_at,

@@ -37,8 +37,6 @@ pub struct RunOptions {
     pub rollback: bool,
     /// How often manual steps look for a confirmation.
     pub confirmation_poll: StdDuration,
-    /// The replica point vms start from at failover (default: the newest good one).
-    pub point: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -48,7 +46,6 @@ impl Default for RunOptions {
             per_host: 4,
             rollback: true,
             confirmation_poll: StdDuration::from_millis(250),
-            point: None,
         }
     }
 }
@@ -417,41 +414,6 @@ async fn run_step(
             .await
         }
         Action::Exec { run, verify, .. } => {
-            if let Some(from) = &step.starts_from {
-                let transport = ctx.transport.clone();
-                let (from, wanted) = (from.clone(), ctx.options.point.clone());
-                let chosen = tokio::task::spawn_blocking(move || {
-                    choose_point(transport.as_ref(), &from, wanted.as_deref())
-                })
-                .await
-                .unwrap_or_else(|e| Err(format!("choosing the replica point failed: {e}")));
-                match chosen {
-                    Ok(Some((item, point, verified, note))) => {
-                        let _ = tx.send(Msg::Event(Event::ReplicaPointUsed {
-                            at: Utc::now(),
-                            step: step.id.clone(),
-                            item,
-                            taken_at: point.taken_at,
-                            point: point.id,
-                            verified,
-                            note: Some(note),
-                        }));
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        started(&tx, step, 1);
-                        let _ = tx.send(Msg::Event(Event::StepOutput {
-                            at: Utc::now(),
-                            step: step.id.clone(),
-                            attempt: 1,
-                            stdout: String::new(),
-                            stderr: e.clone(),
-                            exit_code: None,
-                        }));
-                        return outcome(StepStatus::Failed, 1, Some(e));
-                    }
-                }
-            }
             let timeout = step.timeout_s.map(StdDuration::from_secs);
             let mut attempt = 0;
             loop {
@@ -663,31 +625,6 @@ async fn run_step(
             outcome(StepStatus::Done, 1, None)
         }
     }
-}
-
-/// The point a vm starts from at failover, made the copy (see
-/// [`crate::replica::remote::Helpers::choose_point`]); `None` for copies without points
-/// (made by other means), which are used as they are.
-fn choose_point(
-    transport: &dyn Transport,
-    from: &crate::plan::StartsFrom,
-    wanted: Option<&str>,
-) -> Result<Option<(String, crate::replica::Point, bool, String)>, String> {
-    let helpers = crate::replica::remote::Helpers::new(transport);
-    let mut any = false;
-    for img in &from.images {
-        any |= !helpers
-            .points(&from.host, img)
-            .map_err(|e| e.to_string())?
-            .is_empty();
-    }
-    if !any && wanted.is_none() {
-        return Ok(None);
-    }
-    let (point, good, note) = helpers
-        .choose_point(&from.host, &from.images, wanted)
-        .map_err(|e| e.to_string())?;
-    Ok(Some((from.vm.clone(), point, good, note)))
 }
 
 /// Brings one vm disk's recovery copy (or a backup set's folder, file by file) up to date
@@ -1197,7 +1134,6 @@ mod tests {
                 verify: None,
                 undo: Some(Command::text(format!("undo {run}"))),
             },
-            starts_from: None,
         }
     }
 

@@ -95,11 +95,6 @@ pub enum HelperAction {
         #[arg(long)]
         retention: u32,
     },
-    Rollback {
-        image: PathBuf,
-        #[arg(long)]
-        point: String,
-    },
     Points {
         image: PathBuf,
     },
@@ -176,10 +171,6 @@ impl HelperAction {
                 taken_at: *taken_at,
                 source: source.clone(),
                 retention: *retention,
-            },
-            HelperAction::Rollback { image, point } => Request::Rollback {
-                image: image.clone(),
-                point: point.clone(),
             },
             HelperAction::Points { image } => Request::Points {
                 image: image.clone(),

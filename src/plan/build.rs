@@ -587,7 +587,6 @@ fn resolve(
     };
     let mut touched: Vec<(String, Location)> = Vec::new();
     let mut action_name = None;
-    let mut starts_from = None;
     let timeout;
     let mut retries = 0;
     let mut idempotent = false;
@@ -779,22 +778,6 @@ fn resolve(
             host_id = Some(h.value.clone());
             scope.host = inv.hosts.get(&h.value);
             scope.vm = Some((vm, side_v));
-            if mode == Mode::Failover
-                && side_v == Side::Recovery
-                && action == "start"
-                && let Some(crate::inventory::VarValue::Text(dir)) =
-                    scope.host.and_then(|host| host.vars.get("images_dir"))
-            {
-                starts_from = Some(crate::plan::StartsFrom {
-                    vm: vm.id.clone(),
-                    host: h.value.clone(),
-                    images: vm
-                        .disks
-                        .iter()
-                        .map(|d| crate::replica::remote::image_path(dir, d))
-                        .collect(),
-                });
-            }
             let driver = inv.drivers.get(&vm.driver.value)?;
             let Some(tpl) = driver.actions.get(action) else {
                 diags.push(
@@ -955,7 +938,6 @@ fn resolve(
         est_finish_s: 0,
         critical: false,
         action_spec: action,
-        starts_from,
     })
 }
 

@@ -129,18 +129,6 @@ pub struct PlannedStep {
     pub critical: bool,
     #[serde(skip)]
     pub action_spec: Action,
-    /// A failover's start of a vm on its recovery host: the replica it starts from, whose
-    /// point is chosen (and made the copy) just before.
-    #[serde(skip)]
-    pub starts_from: Option<StartsFrom>,
-}
-
-/// The recovery copies a vm starts from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StartsFrom {
-    pub vm: String,
-    pub host: String,
-    pub images: Vec<String>,
 }
 
 /// What executing a step means, with secrets still unresolved.

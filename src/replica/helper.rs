@@ -51,8 +51,6 @@ pub enum Request {
         source: String,
         retention: u32,
     },
-    /// Makes an older point the copy again (an image), dropping the points after it.
-    Rollback { image: PathBuf, point: String },
     /// Writes a point to a file (an image) or a folder (a backup set).
     Restore {
         image: PathBuf,
@@ -171,9 +169,6 @@ pub fn serve(req: Request, stdin: &mut impl Read, stdout: &mut impl Write) -> Re
             };
             out(stdout, &serde_json::to_vec(&applied).expect("serializes"))
         }
-        Request::Rollback { image, point } => Store::new(&image)
-            .rollback(&point)
-            .map_err(|e| e.to_string()),
         Request::Points { image } => {
             let points = Store::new(&image).points().map_err(|e| e.to_string())?;
             out(stdout, &serde_json::to_vec(&points).expect("serializes"))

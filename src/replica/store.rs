@@ -312,20 +312,6 @@ impl Store {
             std::fs::remove_file(&staging).map_err(io_err(&staging))?;
             note = Some("an interrupted first copy was thrown away".to_string());
         }
-        let intent = self.path("rollback");
-        if let Ok(id) = std::fs::read_to_string(&intent) {
-            let staging = self.path("rollback.img");
-            if staging.exists() {
-                // Cut before the rename: the copy is untouched; start again.
-                std::fs::remove_file(&staging).map_err(io_err(&staging))?;
-                self.rollback_locked(&id)?;
-            } else {
-                self.finish_rollback(&id)?;
-            }
-            return Ok(Some(format!(
-                "an interrupted return to point {id} was completed"
-            )));
-        }
         let path = self.path("journal");
         if !path.exists() {
             return Ok(note);
@@ -853,65 +839,18 @@ impl Store {
         Ok(out)
     }
 
-    /// Makes point `id` the copy again, for a failover to it: it is written beside the copy,
-    /// checked, and renamed over it; the points after it are dropped (the copy now holds
-    /// `id`, and the vm started on it will write to it). An intent record makes a cut
-    /// rollback start again (or finish, once renamed) at the next use.
-    pub fn rollback(&self, id: &str) -> Result<(), StoreError> {
-        let _lock = self.lock()?;
-        self.recover()?;
-        self.rollback_locked(id)
-    }
-
-    fn rollback_locked(&self, id: &str) -> Result<(), StoreError> {
-        let points = self.points()?;
-        let k = self.find(&points, id)?;
-        if k + 1 == points.len() {
-            return Ok(());
-        }
-        self.write_atomic("rollback", id.as_bytes())?;
-        let staging = self.path("rollback.img");
-        self.restore_into(&points, k, &staging)?;
-        std::fs::rename(&staging, &self.image).map_err(io_err(&self.image))?;
-        if let Some(parent) = self.image.parent() {
-            sync_dir(parent)?;
-        }
-        self.finish_rollback(id)
-    }
-
-    /// After the rename: the manifest, the points, the deltas, then the intent goes.
-    fn finish_rollback(&self, id: &str) -> Result<(), StoreError> {
-        let mut points = self.points()?;
-        let k = self.find(&points, id)?;
-        let m = Manifest::of_file(&self.image).map_err(io_err(&self.image))?;
-        self.write_manifest(&m)?;
-        let dropped: Vec<Point> = points.drain(k + 1..).collect();
-        self.write_points(&points)?;
-        for p in points[k..].iter().chain(&dropped) {
-            let _ = std::fs::remove_file(self.path(&format!("deltas/{}.rdelta", p.id)));
-        }
-        let intent = self.path("rollback");
-        std::fs::remove_file(&intent).map_err(io_err(&intent))?;
-        sync_dir(&self.dir)
-    }
-
     /// Writes point `id` to `out` (sparse), and checks its hash.
     pub fn restore(&self, id: &str, out: &Path) -> Result<(), StoreError> {
         let _lock = self.lock()?;
         self.recover()?;
         let points = self.points()?;
         let k = self.find(&points, id)?;
-        self.restore_into(&points, k, out)
-    }
-
-    fn restore_into(&self, points: &[Point], k: usize, out: &Path) -> Result<(), StoreError> {
-        let id = points[k].id.clone();
         let f = File::create(out).map_err(io_err(out))?;
         f.set_len(points[k].size).map_err(io_err(out))?;
         let mut cvs = Vec::new();
         let mut single = None;
         let size = points[k].size;
-        self.read_point(points, k, |first, buf| {
+        self.read_point(&points, k, |first, buf| {
             if size <= BLOCK as u64 {
                 single = Some(*blake3::hash(buf).as_bytes());
             }
@@ -1195,41 +1134,6 @@ mod tests {
             .unwrap();
         assert_eq!(replicate("p2"), 1);
         assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
-    }
-
-    #[test]
-    fn a_rollback_makes_an_older_point_the_copy_and_drops_the_newer_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src.img");
-        let dst = dir.path().join("dst.img");
-        let store = Store::new(&dst);
-        let mut versions = Vec::new();
-        for (i, id) in ["p1", "p2", "p3"].iter().enumerate() {
-            std::fs::write(&src, vec![i as u8 + 1; 3 * BLOCK + i]).unwrap();
-            let (m, _) = store.base_manifest(false).unwrap();
-            let mut out = Vec::new();
-            crate::replica::helper::send(&src, &m, &mut out).unwrap();
-            store
-                .apply(
-                    &mut &out[..],
-                    NewPoint {
-                        id: (*id).into(),
-                        taken_at: Utc::now(),
-                        source: "src".into(),
-                        retention: 5,
-                    },
-                )
-                .unwrap();
-            versions.push(std::fs::read(&src).unwrap());
-        }
-        store.rollback("p2").unwrap();
-        assert_eq!(std::fs::read(&dst).unwrap(), versions[1]);
-        let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
-        assert_eq!(ids, ["p1", "p2"]);
-        assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
-        let out = dir.path().join("p1.out");
-        store.restore("p1", &out).unwrap();
-        assert_eq!(std::fs::read(&out).unwrap(), versions[0]);
     }
 
     #[test]
