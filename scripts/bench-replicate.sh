@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # Benchmarks `reprise replicate` against peers measured in the same run, on the same files,
-# over the same sshd (a lab on 127.79.x.x):
+# over the same sshd (a lab on 127.160.x.x):
 #   1. initial full copy of an image of SIZE_MIB random MiB: reprise vs `cat img | ssh host 'cat > copy'`;
 #   2. PCTS% of its 64 KiB blocks changed (random blocks, random data): reprise vs
 #      `rsync --inplace --no-whole-file -e ssh` vs rsync's default mode (temporary file + rename).
 # Wall time and bytes on the wire (reprise: block stream + manifest; rsync: its --stats total bytes
 # sent + received; cat: the image size). Prints medians of REPS runs and ratios; asserts nothing.
 #
-# Env: SIZE_MIB (1024), PCTS ("1 10"), REPS (3), NET (79), KEEP (0: remove the tmp dir).
+# Env: SIZE_MIB (1024), PCTS ("1 10"), REPS (3), NET (160), KEEP (0: remove the tmp dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 SIZE_MIB=${SIZE_MIB:-1024}
 PCTS=${PCTS:-"1 10"}
 REPS=${REPS:-3}
-NET=${NET:-79}
+NET=${NET:-160}
 log() { echo "[bench] $*" >&2; }
 now() { echo "$EPOCHREALTIME"; }
 py() { python3 -c "$@"; }

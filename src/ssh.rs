@@ -304,6 +304,27 @@ impl Session {
     }
 }
 
+/// Waits (at most 100 ms) until the session's socket is ready in the direction libssh2 is
+/// blocked on.
+fn wait_socket(raw: &RawSession) {
+    use std::os::fd::AsRawFd as _;
+    let events = match raw.block_directions() {
+        ssh2::BlockDirections::Inbound => libc::POLLIN,
+        ssh2::BlockDirections::Outbound => libc::POLLOUT,
+        ssh2::BlockDirections::Both => libc::POLLIN | libc::POLLOUT,
+        ssh2::BlockDirections::None => libc::POLLIN,
+    };
+    let mut fd = libc::pollfd {
+        fd: raw.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the duration of the call.
+    unsafe {
+        libc::poll(&mut fd, 1, 100);
+    }
+}
+
 /// Why a command failed at the transport level, and whether it may have run.
 enum ExecFailure {
     /// The command never reached the host: trying it on a fresh session is safe.
@@ -475,9 +496,29 @@ impl Session {
             if n == 0 {
                 break;
             }
-            std::io::Write::write_all(dst, &buf[..n]).map_err(|e| SshError::Session {
+            // Non-blocking, so that a destination command that died (the channel closed while
+            // its window is full) is seen at once rather than at the session timeout.
+            dest.raw.set_blocking(false);
+            let mut off = 0;
+            let written = loop {
+                if off == n {
+                    break Ok(());
+                }
+                match dst.write(&buf[off..n]) {
+                    Ok(k) => off += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if dst.eof() {
+                            break Err("the command on this host stopped reading".to_string());
+                        }
+                        wait_socket(&dest.raw);
+                    }
+                    Err(e) => break Err(format!("write: {e}")),
+                }
+            };
+            dest.raw.set_blocking(true);
+            written.map_err(|reason| SshError::Session {
                 host: dest.spec.id.clone(),
-                reason: format!("write: {e}"),
+                reason,
             })?;
             bytes += n as u64;
         }

@@ -141,18 +141,22 @@ impl<'a> Helpers<'a> {
         let path = format!("H=\"${{XDG_CACHE_HOME:-$HOME/.cache}}/reprise/helper-{hash}\"");
         let probe = self.transport.exec_bytes(
             host,
-            &format!("{path}; if [ -x \"$H\" ]; then echo present; else echo missing; fi"),
+            &format!(
+                "{path}; if [ -x \"$H\" ]; then touch \"$H\"; echo present; else echo missing; fi"
+            ),
             &[],
             Duration::from_secs(60),
         )?;
         if String::from_utf8_lossy(&probe.stdout).trim() != "present" {
             // Written under a temporary name, checked by hash on the host, then renamed: a
             // cut upload or two uploads at once never leave a wrong helper under its name.
+            // Helpers of other versions unused for a week (a use touches it) are removed.
             let upload = self.transport.exec_bytes(
                 host,
                 &format!(
                     "{path}; mkdir -p \"$(dirname \"$H\")\" && t=\"$H.part.$$\" && cat > \"$t\" && chmod 755 \"$t\" \
                      && s=$(\"$t\" helper hash \"$t\") && [ \"$s\" = {hash} ] && mv -f \"$t\" \"$H\"; r=$?; rm -f \"$t\"; \
+                     find \"$(dirname \"$H\")\" -maxdepth 1 -name 'helper-*' -mtime +7 -delete 2>/dev/null; \
                      [ $r = 0 ] || echo \"the uploaded copy hashes to '$s', expected {hash}\" >&2; exit $r"
                 ),
                 bytes,
@@ -290,7 +294,11 @@ impl<'a> Helpers<'a> {
     ) -> Result<ImageTransfer, ReplicaError> {
         let piped = self
             .transport
-            .pipe_with_input(from, send, input, to, apply, r.deadline)?;
+            .pipe_with_input(from, send, input, to, apply, r.deadline)
+            .map_err(|e| ReplicaError::Helper {
+                host: to.to_string(),
+                reason: format!("replicating {from}:{src} to {to}:{dst} failed: {e}"),
+            })?;
         if piped.read_exit != 0 || piped.write_exit != 0 {
             let host = if piped.read_exit != 0 { from } else { to };
             return Err(ReplicaError::Helper {

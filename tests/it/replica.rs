@@ -532,3 +532,83 @@ fn a_backup_set_travels_file_by_file_with_deletions_and_points() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stdout.contains("BAD"), "{run:?}");
 }
+
+/// The pid of the recovery helper applying a stream to `image`, if running.
+fn apply_helper(image: &Path) -> Option<i32> {
+    let want = format!("helper\0apply\0{}\0", image.display());
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        String::from_utf8_lossy(&cmd).contains(&want).then_some(pid)
+    })
+}
+
+#[test]
+fn a_killed_recovery_helper_fails_the_run_and_leaves_the_last_point_good() {
+    let lab = Lab::up(78);
+    let src = lab.src();
+    new_image("raw", &src, "512M");
+    qemu_io("raw", &src, "write -P 0x21 0 8M");
+    lab.replicate();
+    let first = lab.points()[0].0.clone();
+    let before = b3(&lab.dst());
+    qemu_io("raw", &src, "write -P 0x31 0 400M");
+    let child = Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(lab.args(&["replicate", "--service", "erp-db"]))
+        .current_dir(lab.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut journal = lab.dst().into_os_string();
+    journal.push(".reprise/journal");
+    let journal = PathBuf::from(journal);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pid = loop {
+        let len = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
+        if len > 32 << 20
+            && let Some(pid) = apply_helper(&lab.dst())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the transfer never started");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    tool("kill", &["-KILL", &pid.to_string()]);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("erp-db-data.qcow2"), "{stderr}");
+    assert_eq!(b3(&lab.dst()), before, "the mirror was touched");
+    let run = lab.run(&["verify", "erp-db", "--point", &first]);
+    assert_eq!(run.code, 0, "{run:?}");
+    lab.replicate();
+    assert_eq!(b3(&lab.dst()), b3(&src));
+    assert_eq!(lab.points().len(), 2);
+}
+
+#[test]
+fn verify_rereads_a_copy_damaged_behind_its_manifest() {
+    let lab = Lab::up(79);
+    let src = lab.src();
+    new_image("qcow2", &src, "64M");
+    qemu_io("qcow2", &src, "write -P 0x61 0 8M");
+    lab.replicate();
+    // Damage that keeps size and mtime (bit rot): the manifest cannot see it.
+    let dst = lab.dst();
+    let mtime = std::fs::metadata(&dst).unwrap().modified().unwrap();
+    {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::OpenOptions::new().write(true).open(&dst).unwrap();
+        f.write_all_at(b"rot", 1 << 20).unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+    let sent = lab.replicate();
+    assert!(sent < 64 << 10, "{sent}");
+    assert_ne!(b3(&dst), b3(&src), "the damage was found without --verify");
+    let run = lab.run(&["replicate", "--service", "erp-db", "--verify"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let sent = sent_bytes(&run.stdout);
+    assert!((64 << 10..1 << 20).contains(&sent), "{sent}");
+    assert_eq!(b3(&dst), b3(&src));
+}
