@@ -356,6 +356,9 @@ pub enum Command {
         /// Read the recovery copies again instead of trusting their manifests.
         #[arg(long)]
         verify: bool,
+        /// Show what it would do (the driver's snapshot hooks, the copies) and do nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         ssh: replicate::SshArgs,
     },
@@ -827,8 +830,9 @@ pub fn run(cli: &Cli) -> Outcome {
         Command::Replicate {
             services,
             verify,
+            dry_run,
             ssh,
-        } => replicate::replicate(&model, services, *verify, ssh),
+        } => replicate::replicate(&model, services, *verify, *dry_run, ssh),
         Command::Points { vm, json, ssh } => replicate::points(&model, vm, *json, ssh),
         Command::Verify { vm, point, ssh } => {
             replicate::verify(&model, vm.as_deref(), point.as_deref(), ssh)

@@ -179,6 +179,8 @@ pub const VM_ACTIONS: &[&str] = &[
     "autostart-on",
     "drill-start",
     "drill-stop",
+    "replicate-begin",
+    "replicate-end",
 ];
 
 /// A hypervisor driver: one command template per VM action.

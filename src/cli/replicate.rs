@@ -382,16 +382,130 @@ fn transport(model: &Model, ssh: &SshArgs) -> crate::ssh::SshTransport {
     crate::run::transport(model, &ssh.options())
 }
 
+/// A driver hook around the replication of a running vm (`replicate-begin`, `replicate-end`):
+/// the host it runs on and its command, secrets unresolved.
+fn snapshot_hook(
+    model: &Model,
+    vm: &str,
+    action: &str,
+) -> Option<(String, crate::template::Command)> {
+    let inv = &model.inventory;
+    let v = inv.vms.get(vm)?;
+    let service = inv
+        .services
+        .values()
+        .find(|s| s.vm() == Some(vm))
+        .or_else(|| inv.services.values().next())?;
+    crate::plan::vm_action_command(
+        model,
+        service,
+        v,
+        crate::runbook::Side::Primary,
+        action,
+        "replicate",
+    )
+}
+
+/// Runs a snapshot hook; the error says what to do by hand.
+fn run_hook(
+    transport: &dyn crate::ssh::Transport,
+    host: &str,
+    cmd: &crate::template::Command,
+) -> Result<f64, String> {
+    let text = cmd
+        .expose(|n| std::env::var(n).ok())
+        .map_err(|e| e.to_string())?;
+    let began = std::time::Instant::now();
+    let out = transport
+        .exec(host, &text, std::time::Duration::from_secs(600))
+        .map_err(|e| e.to_string())?;
+    if out.exit_code != 0 {
+        return Err(format!(
+            "exited with {} on {host}: {}",
+            out.exit_code,
+            out.stderr.trim()
+        ));
+    }
+    Ok(began.elapsed().as_secs_f64())
+}
+
+/// `reprise replicate --dry-run`: what it would do, vm by vm.
+fn replicate_plan(model: &Model, vms: &[VmImages]) -> String {
+    let mut s = String::new();
+    for vm in vms {
+        s.push_str(&format!(
+            "{} {} (keeps {} points)\n",
+            if vm.backup { "backup set" } else { "vm" },
+            vm.id,
+            vm.retention
+        ));
+        let hook = |action| {
+            (!vm.backup)
+                .then(|| snapshot_hook(model, &vm.id, action))
+                .flatten()
+        };
+        if let Some((host, cmd)) = hook("replicate-begin") {
+            s.push_str(&format!("  on {host}: {}\n", cmd));
+        }
+        for img in &vm.images {
+            s.push_str(&format!(
+                "  {}:{} → {}:{}\n",
+                img.from, img.src, img.to, img.dst
+            ));
+        }
+        if let Some((host, cmd)) = hook("replicate-end") {
+            s.push_str(&format!("  on {host}: {}\n", cmd));
+        }
+    }
+    s
+}
+
 /// `reprise replicate`.
-pub fn replicate(model: &Model, services: &[String], verify: bool, ssh: &SshArgs) -> Outcome {
+pub fn replicate(
+    model: &Model,
+    services: &[String],
+    verify: bool,
+    dry_run: bool,
+    ssh: &SshArgs,
+) -> Outcome {
     let vms = match select(model, services) {
         Ok(v) => v,
         Err(o) => return o,
     };
+    if dry_run {
+        return Outcome {
+            stdout: replicate_plan(model, &vms),
+            ..Outcome::default()
+        };
+    }
     let transport = transport(model, ssh);
     let helpers = Helpers::new(&transport);
     let mut out = Outcome::default();
     for vm in &vms {
+        // A running vm's disks are frozen by its driver's snapshot while they are read.
+        let end = if vm.backup {
+            None
+        } else {
+            snapshot_hook(model, &vm.id, "replicate-end")
+        };
+        if !vm.backup
+            && let Some((host, cmd)) = snapshot_hook(model, &vm.id, "replicate-begin")
+        {
+            match run_hook(&transport, &host, &cmd) {
+                Ok(secs) => out.stdout.push_str(&format!(
+                    "{}: disks frozen for the copy (replicate-begin on {host}, {secs:.1}s)\n",
+                    vm.id
+                )),
+                Err(e) => {
+                    out.stderr.push_str(&format!(
+                        "error: {}: its snapshot could not be made (replicate-begin {e}); not replicated, its copy is as it was\n",
+                        vm.id
+                    ));
+                    out.code = exit::FAILED;
+                    continue;
+                }
+            }
+        }
         let taken_at = Utc::now();
         let r = Replication {
             point: point_id(taken_at),
@@ -410,6 +524,22 @@ pub fn replicate(model: &Model, services: &[String], verify: bool, ssh: &SshArgs
                 Ok(t) => out.stdout.push_str(&format!("{}: {}", vm.id, t.line())),
                 Err(e) => {
                     out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
+                    out.code = exit::FAILED;
+                }
+            }
+        }
+        if let Some((host, cmd)) = end {
+            match run_hook(&transport, &host, &cmd) {
+                Ok(secs) => out.stdout.push_str(&format!(
+                    "{}: snapshot merged back (replicate-end on {host}, {secs:.1}s)\n",
+                    vm.id
+                )),
+                Err(e) => {
+                    out.stderr.push_str(&format!(
+                        "error: {}: its snapshot was NOT merged back (replicate-end {e}): the vm still writes to overlays; run on {host}: {}\n",
+                        vm.id,
+                        cmd
+                    ));
                     out.code = exit::FAILED;
                 }
             }

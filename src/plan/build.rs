@@ -387,6 +387,19 @@ pub fn vm_status_command(
     side: Side,
     run_id: &str,
 ) -> Option<(String, Command)> {
+    vm_action_command(model, service, vm, side, "status", run_id)
+}
+
+/// The host and rendered command of a driver action of `vm` on `side` (`None` when the driver
+/// has no such action or it does not render).
+pub fn vm_action_command(
+    model: &Model,
+    service: &Service,
+    vm: &Vm,
+    side: Side,
+    action: &str,
+    run_id: &str,
+) -> Option<(String, Command)> {
     let inv = &model.inventory;
     let host_id = match side {
         Side::Primary => &vm.primary.value,
@@ -400,7 +413,7 @@ pub fn vm_status_command(
         run_id,
         mode: Mode::Failback,
     };
-    let tpl = inv.drivers.get(&vm.driver.value)?.actions.get("status")?;
+    let tpl = inv.drivers.get(&vm.driver.value)?.actions.get(action)?;
     let tpl = Template::parse(tpl, model.sources.map.text(tpl.loc.file)).ok()?;
     Some((host_id.clone(), tpl.render(&scope).ok()?))
 }

@@ -979,3 +979,58 @@ fn a_failover_after_a_bad_point_starts_from_the_previous_good_one_and_says_so() 
         used[0]
     );
 }
+
+#[test]
+fn replicate_freezes_a_running_vm_around_its_copy_and_copies_nothing_without_a_snapshot() {
+    let lab = Lab::up(45);
+    // The dry run shows the driver's hooks around the copies.
+    let plan = lab.run(&["replicate", "--dry-run", "--service", "erp-db"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let lines: Vec<&str> = plan.stdout.lines().collect();
+    assert!(
+        lines[1].contains("on hv-main: lab-vm freeze erp-db"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("on hv-main: lab-vm thaw erp-db"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        !calls(&lab, "hv-main").contains("freeze"),
+        "a dry run does nothing"
+    );
+
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let log = calls(&lab, "hv-main");
+    let freeze = log
+        .find("lab-vm freeze erp-db")
+        .expect("frozen before the copy");
+    let thaw = log
+        .find("lab-vm thaw erp-db")
+        .expect("merged back after the copy");
+    assert!(freeze < thaw, "{log}");
+    assert!(run.stdout.contains("disks frozen"), "{}", run.stdout);
+    let points = |lab: &Lab| lab.run(&["points", "erp-db", "--json"]).stdout;
+    let before = points(&lab);
+    assert!(before.contains("taken_at"), "{before}");
+
+    // No snapshot, no copy: the copy and its points stay as they were.
+    std::fs::remove_file(lab.lab().join("hosts/hv-main/bin/lab-vm")).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("erp-db: its snapshot could not be made")
+            && run.stderr.contains("hv-main"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(points(&lab), before);
+}
