@@ -5,7 +5,8 @@
 #   2. PCTS% of its 64 KiB blocks changed (random blocks, random data): reprise vs
 #      `rsync --inplace --no-whole-file -e ssh` vs rsync's default mode (temporary file + rename).
 # Wall time and bytes on the wire (reprise: block stream + manifest; rsync: its --stats total bytes
-# sent + received; cat: the image size). Prints medians of REPS runs and ratios; asserts nothing.
+# sent + received; cat: the image size), and the peak memory of the orchestrator and the helpers
+# during the initial copy. Prints medians of REPS runs and ratios; asserts nothing.
 #
 # Env: SIZE_MIB (1024), PCTS ("1 10"), REPS (3), NET (160), KEEP (0: remove the tmp dir).
 set -euo pipefail
@@ -59,13 +60,48 @@ reprise_run() {
   echo "$(py "print($t1 - $t0)") $bytes"
 }
 
+# Peak resident memory (VmHWM) of the orchestrator (`reprise ... replicate`) and of the
+# replication helpers (`helper-<hash> helper ...`, on the lab's hosts, i.e. this machine),
+# sampled every 20 ms until the file $1 exists; prints "orchestrator_kib helper_kib".
+peak_memory() {
+  py "
+import os, time
+stop = '$1'
+peak = {'orch': 0, 'helper': 0}
+while not os.path.exists(stop):
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')
+            status = open(f'/proc/{pid}/status').read()
+        except OSError:
+            continue
+        words = [w.decode(errors='replace') for w in cmd if w]
+        if not words:
+            continue
+        hwm = next((int(l.split()[1]) for l in status.splitlines() if l.startswith('VmHWM:')), 0)
+        if 'replicate' in words and os.path.basename(words[0]) == 'reprise':
+            peak['orch'] = max(peak['orch'], hwm)
+        elif any(os.path.basename(w).startswith('helper-') for w in words) and 'helper' in words:
+            peak['helper'] = max(peak['helper'], hwm)
+    time.sleep(0.02)
+print(peak['orch'], peak['helper'])"
+}
+
 # 1. Initial full copy.
-declare -a R_T R_B C_T
+declare -a R_T R_B C_T M_O M_H
 for i in $(seq "$REPS"); do
   log "initial copy, run $i"
   cp "$BASE" "$SRC"
   rm -rf "$DST" "$DST.reprise"
+  rm -f "$TMP/stop"
+  peak_memory "$TMP/stop" > "$TMP/peak" &
+  sampler=$!
   read -r t b < <(reprise_run)
+  touch "$TMP/stop"; wait "$sampler"
+  read -r mo mh < "$TMP/peak"
+  M_O+=("$mo"); M_H+=("$mh")
   R_T+=("$t"); R_B+=("$b")
   t0=$(now); $SSH root@"$PRA" "cat > '$DST_DIR/cat-copy.img'" < "$SRC"; t1=$(now)
   C_T+=("$(py "print($t1 - $t0)")")
@@ -77,6 +113,8 @@ echo "Initial copy of $SIZE_MIB MiB of random data (medians of $REPS):"
 printf '  %-34s %8.2f s  %12.0f bytes  %7.1f MB/s\n' "reprise replicate" "$rt" "$rb" "$(py "print($SIZE/$rt/1e6)")"
 printf '  %-34s %8.2f s  %12d bytes  %7.1f MB/s\n' "cat | ssh 'cat > copy'" "$ct" "$SIZE" "$(py "print($SIZE/$ct/1e6)")"
 printf '  reprise throughput = %.2f x cat|ssh\n' "$(py "print($ct/$rt)")"
+printf '  peak memory (max of %s runs): orchestrator %.1f MiB, each helper at most %.1f MiB\n' "$REPS" \
+  "$(py "print(max([${M_O[*]// /,}]) / 1024)")" "$(py "print(max([${M_H[*]// /,}]) / 1024)")"
 
 # 2. Changed blocks.
 change() { # percent seed
