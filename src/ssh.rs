@@ -107,6 +107,9 @@ pub enum SshError {
     UnknownHost(String),
 }
 
+/// Bytes relayed so far by every pipe of this process: what a progress display reads.
+pub static PIPED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The result of a remote command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecOutput {
@@ -521,6 +524,7 @@ impl Session {
                 reason,
             })?;
             bytes += n as u64;
+            PIPED_BYTES.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
         dst.send_eof().map_err(|e| fail(&dest.spec.id, "eof", e))?;
         let mut stderr = String::new();

@@ -460,6 +460,62 @@ fn replicate_plan(model: &Model, vms: &[VmImages]) -> String {
     s
 }
 
+/// One line of progress: what was sent, how fast, and, when the size of the source is known,
+/// how long at most until the end (an update sends only what changed: often far less).
+pub fn progress_line(label: &str, sent: u64, total: Option<u64>, elapsed: f64) -> String {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let rate = if elapsed > 0.0 {
+        sent as f64 / elapsed
+    } else {
+        0.0
+    };
+    let mut line = format!("{label}: {:.1} MiB sent, {:.1} MB/s", mib(sent), rate / 1e6);
+    if let Some(total) = total.filter(|t| *t > 0) {
+        let pct = (sent as f64 / total as f64 * 100.0).min(100.0);
+        line.push_str(&format!(", {pct:.0}% of {:.1} MiB", mib(total)));
+        if rate > 0.0 && total > sent {
+            let eta = ((total - sent) as f64 / rate).round() as u64;
+            line.push_str(&format!(", at most {} left", crate::check::human_secs(eta)));
+        }
+    }
+    line
+}
+
+/// Shows [`progress_line`] on a terminal every half second while `work` runs.
+fn with_progress<T>(label: &str, total: Option<u64>, work: impl FnOnce() -> T) -> T {
+    use std::io::IsTerminal as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !std::io::stderr().is_terminal() {
+        return work();
+    }
+    let done = AtomicBool::new(false);
+    let base = crate::ssh::PIPED_BYTES.load(Ordering::Relaxed);
+    let began = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                let sent = crate::ssh::PIPED_BYTES.load(Ordering::Relaxed) - base;
+                let line = progress_line(label, sent, total, began.elapsed().as_secs_f64());
+                eprint!("\r\x1b[K{line}");
+            }
+            eprint!("\r\x1b[K");
+        });
+        let out = work();
+        done.store(true, Ordering::Relaxed);
+        out
+    })
+}
+
+/// The size of a file on a host, for the progress display.
+fn remote_size(transport: &dyn crate::ssh::Transport, host: &str, path: &str) -> Option<u64> {
+    let cmd = format!("stat -c %s -- {}", crate::template::shell_quote(path));
+    let out = transport
+        .exec(host, &cmd, std::time::Duration::from_secs(30))
+        .ok()?;
+    out.stdout.trim().parse().ok()
+}
+
 /// `reprise replicate`.
 pub fn replicate(
     model: &Model,
@@ -515,10 +571,21 @@ pub fn replicate(
             deadline: std::time::Duration::from_secs(7200),
         };
         for img in &vm.images {
+            let name = img.src.rsplit('/').next().unwrap_or(&img.src);
+            let label = format!("{} {name}", vm.id);
             let done = if vm.backup {
-                helpers.replicate_tree(&img.from, &img.src, &img.to, &img.dst, &r)
+                with_progress(&label, None, || {
+                    helpers.replicate_tree(&img.from, &img.src, &img.to, &img.dst, &r)
+                })
             } else {
-                helpers.replicate(&img.from, &img.src, &img.to, &img.dst, &r)
+                let total = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    remote_size(&transport, &img.from, &img.src)
+                } else {
+                    None
+                };
+                with_progress(&label, total, || {
+                    helpers.replicate(&img.from, &img.src, &img.to, &img.dst, &r)
+                })
             };
             match done {
                 Ok(t) => out.stdout.push_str(&format!("{}: {}", vm.id, t.line())),
@@ -787,4 +854,27 @@ pub fn status(model: &Model, json: bool, ssh: &SshArgs, now: DateTime<Utc>) -> O
         out.code = exit::RPO_BREACH;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_line;
+
+    #[test]
+    fn progress_says_what_was_sent_how_fast_and_how_long_at_most() {
+        let mib = 1024 * 1024;
+        assert_eq!(
+            progress_line("erp-db data.qcow2", 100 * mib, Some(400 * mib), 2.0),
+            "erp-db data.qcow2: 100.0 MiB sent, 52.4 MB/s, 25% of 400.0 MiB, at most 6s left"
+        );
+        assert_eq!(
+            progress_line("backups erp", 3 * mib, None, 1.0),
+            "backups erp: 3.0 MiB sent, 3.1 MB/s"
+        );
+        // Nothing sent yet (the source is being hashed): no time can be promised.
+        assert_eq!(
+            progress_line("dc1 system.qcow2", 0, Some(mib), 0.5),
+            "dc1 system.qcow2: 0.0 MiB sent, 0.0 MB/s, 0% of 1.0 MiB"
+        );
+    }
 }

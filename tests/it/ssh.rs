@@ -446,6 +446,7 @@ fn pipe_streams_between_hosts_and_reports_exits() {
     let copy = b.dir().join("copy");
     let write = format!("cat > {}", copy.display());
     // 3 MB: many SSH windows' worth.
+    let before = reprise::ssh::PIPED_BYTES.load(std::sync::atomic::Ordering::Relaxed);
     let out = t
         .pipe(
             "hv1",
@@ -460,6 +461,9 @@ fn pipe_streams_between_hosts_and_reports_exits() {
         (3_000_000, 0, 0)
     );
     assert_eq!(std::fs::metadata(&copy).unwrap().len(), 3_000_000);
+    // The progress counter saw them go (other tests may pipe at the same time: at least).
+    let counted = reprise::ssh::PIPED_BYTES.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(counted >= 3_000_000, "{counted}");
 
     // A reading side killed by a signal is a failure, not exit 0.
     let out = t
