@@ -103,6 +103,9 @@ pub struct HostQuestions {
 pub struct Plans {
     /// (label, plan or the errors rendered).
     pub by_mode: Vec<(String, Result<Plan, String>)>,
+    /// Commands run outside plans: the drivers' snapshot hooks of `reprise replicate`, as
+    /// (host, what, command).
+    pub hooks: Vec<(String, String, String)>,
 }
 
 impl Plans {
@@ -124,7 +127,31 @@ impl Plans {
                 (label.to_string(), plan)
             })
             .collect();
-        Plans { by_mode }
+        let inv = &model.inventory;
+        let mut hooks = Vec::new();
+        for vm in inv.vms.values() {
+            let Some(service) = inv
+                .services
+                .values()
+                .find(|s| s.vm() == Some(vm.id.as_str()))
+                .or_else(|| inv.services.values().next())
+            else {
+                continue;
+            };
+            for action in ["replicate-begin", "replicate-end"] {
+                if let Some((host, cmd)) = plan::vm_action_command(
+                    model,
+                    service,
+                    vm,
+                    crate::runbook::Side::Primary,
+                    action,
+                    "check",
+                ) {
+                    hooks.push((host, format!("{action} of vm {}", vm.id), cmd.to_string()));
+                }
+            }
+        }
+        Plans { by_mode, hooks }
     }
 
     fn ok(&self) -> impl Iterator<Item = &Plan> {
@@ -267,6 +294,15 @@ pub fn tools_by_host(plans: &Plans) -> BTreeMap<String, BTreeMap<String, String>
                         .or_insert_with(|| step.id.clone());
                 }
             }
+        }
+    }
+    for (host, what, text) in &plans.hooks {
+        for word in command_words(text) {
+            tools
+                .entry(host.clone())
+                .or_default()
+                .entry(word)
+                .or_insert_with(|| what.clone());
         }
     }
     tools
