@@ -114,7 +114,7 @@ printf '  %-34s %8.2f s  %12.0f bytes  %7.1f MB/s\n' "reprise replicate" "$rt" "
 printf '  %-34s %8.2f s  %12d bytes  %7.1f MB/s\n' "cat | ssh 'cat > copy'" "$ct" "$SIZE" "$(py "print($SIZE/$ct/1e6)")"
 printf '  reprise throughput = %.2f x cat|ssh\n' "$(py "print($ct/$rt)")"
 printf '  peak memory (max of %s runs): orchestrator %.1f MiB, each helper at most %.1f MiB\n' "$REPS" \
-  "$(py "print(max([${M_O[*]// /,}]) / 1024)")" "$(py "print(max([${M_H[*]// /,}]) / 1024)")"
+  "$(py "print(max([$(IFS=,; echo "${M_O[*]}")]) / 1024)")" "$(py "print(max([$(IFS=,; echo "${M_H[*]}")]) / 1024)")"
 
 # 2. Changed blocks.
 change() { # percent seed
