@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job on the built-in example: a lab of SSH hosts on loopback, a drill, its report.
+# The main job on the built-in example: a lab of SSH hosts on loopback, last night's replication,
+# a readiness check, a drill, its report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prereqs.sh
