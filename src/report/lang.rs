@@ -407,6 +407,17 @@ impl Labels {
         }
     }
 
+    pub fn rec_stale_readiness(&self, age: &str) -> String {
+        match self.lang {
+            Lang::En => format!(
+                "The last readiness check was {age} old when the run started: run `reprise check` just before a drill (and nightly from cron), so the report shows the state the run started from."
+            ),
+            Lang::Fr => format!(
+                "Le dernier contrôle de préparation avait {age} au début de l'opération : lancer `reprise check` juste avant un exercice (et chaque nuit par cron), pour que le rapport montre l'état de départ."
+            ),
+        }
+    }
+
     pub fn rec_drill_overdue(&self, days: i64, every: i64) -> String {
         match self.lang {
             Lang::En => format!(

@@ -24,6 +24,8 @@ pub use render::{Format, render};
 
 /// How long a manual step may wait before the report suggests preparing it better.
 const LONG_MANUAL_WAIT_S: f64 = 600.0;
+/// A readiness check older than this when the run starts no longer tells its starting state.
+const STALE_READINESS_S: i64 = 24 * 3600;
 /// Drills should happen at least this often.
 const DRILL_EVERY_DAYS: i64 = 90;
 /// Lines of a failed step's output quoted in the report.
@@ -858,6 +860,14 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
                     text: l.rec_not_ready(&failed),
                 });
             }
+            let age = (started_at - r.at).num_seconds();
+            if age > STALE_READINESS_S {
+                recommendations.push(Recommendation {
+                    kind: "stale_readiness",
+                    subject: "readiness".to_string(),
+                    text: l.rec_stale_readiness(&l.dur(age as f64)),
+                });
+            }
         }
         None => recommendations.push(Recommendation {
             kind: "no_readiness",
@@ -1246,6 +1256,30 @@ mod tests {
             lang: Lang::En,
         });
         assert!(matches!(no_start, Err(ReportError::NoStart)));
+    }
+
+    #[test]
+    fn a_readiness_check_from_the_day_before_or_earlier_is_flagged() {
+        let kinds = |age_s: i64| {
+            let mut start = started(None);
+            if let Event::RunStarted { readiness, .. } = &mut start {
+                *readiness = Some(Box::new(Readiness {
+                    at: t(-age_s),
+                    ready: true,
+                    items: Vec::new(),
+                }));
+            }
+            let mut events = vec![start];
+            events.extend(run("db/start", 0, 20, StepStatus::Done));
+            build_of(&events)
+                .recommendations
+                .iter()
+                .map(|x| x.kind)
+                .collect::<Vec<_>>()
+        };
+        assert!(!kinds(600).contains(&"stale_readiness"));
+        assert!(!kinds(600).contains(&"no_readiness"));
+        assert!(kinds(3 * 86400).contains(&"stale_readiness"));
     }
 
     #[test]
