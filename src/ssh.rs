@@ -309,6 +309,15 @@ impl Session {
 
 /// Waits (at most 100 ms) until the session's socket is ready in the direction libssh2 is
 /// blocked on.
+/// libssh2 ends a blocking wait with "Timed out waiting on socket" when its keepalive interval
+/// passes without data (it polls only until the next keepalive is due), whatever the session's
+/// timeout: a command quiet for that long (a helper hashing a large image) is not a dead one,
+/// so the read is tried again until `until`.
+fn quiet_timeout(e: &std::io::Error, until: Instant) -> bool {
+    (e.kind() == std::io::ErrorKind::TimedOut || e.to_string().contains("Timed out"))
+        && Instant::now() < until
+}
+
 fn wait_socket(raw: &RawSession) {
     use std::os::fd::AsRawFd as _;
     let events = match raw.block_directions() {
@@ -491,11 +500,18 @@ impl Session {
         src.send_eof().map_err(|e| fail(&self.spec.id, "eof", e))?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut bytes = 0u64;
+        let until = Instant::now() + Duration::from_millis(u64::from(self.raw.timeout()));
         loop {
-            let n = src.read(&mut buf).map_err(|e| SshError::Session {
-                host: self.spec.id.clone(),
-                reason: format!("read: {e}"),
-            })?;
+            let n = match src.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if quiet_timeout(&e, until) => continue,
+                Err(e) => {
+                    return Err(SshError::Session {
+                        host: self.spec.id.clone(),
+                        reason: format!("read: {e}"),
+                    });
+                }
+            };
             if n == 0 {
                 break;
             }
@@ -572,9 +588,16 @@ impl Session {
             channel.write_all(input).map_err(|e| io_fail("write", e))?;
             channel.send_eof().map_err(|e| fail("eof", e))?;
             let mut stdout = Vec::new();
-            channel
-                .read_to_end(&mut stdout)
-                .map_err(|e| io_fail("read", e))?;
+            let until = began + Duration::from_secs(secs + KILL_AFTER_SECS + 30);
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                match channel.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => stdout.extend_from_slice(&buf[..n]),
+                    Err(e) if quiet_timeout(&e, until) => {}
+                    Err(e) => return Err(io_fail("read", e)),
+                }
+            }
             let mut stderr = String::new();
             let _ = channel.stderr().read_to_string(&mut stderr);
             channel.wait_close().map_err(|e| fail("close channel", e))?;

@@ -197,16 +197,17 @@ fn a_replicated_qcow2_is_identical_and_only_changes_travel() {
 fn a_sparse_raw_image_stays_sparse() {
     let lab = Lab::up(71);
     let src = lab.src();
-    new_image("raw", &src, "1G");
-    qemu_io("raw", &src, "write -P 0x33 0 30M");
-    qemu_io("raw", &src, "write -P 0x44 600M 20M");
+    // 4 GiB holding 200 MiB of data.
+    new_image("raw", &src, "4G");
+    qemu_io("raw", &src, "write -P 0x33 0 120M");
+    qemu_io("raw", &src, "write -P 0x44 3G 80M");
     let sent = lab.replicate();
-    assert!(sent < 60 << 20, "{sent} bytes sent for 50 MiB of data");
+    assert!(sent < 210 << 20, "{sent} bytes sent for 200 MiB of data");
     let (s, d) = (
         std::fs::metadata(&src).unwrap(),
         std::fs::metadata(lab.dst()).unwrap(),
     );
-    assert_eq!(d.len(), 1 << 30);
+    assert_eq!(d.len(), 4 << 30);
     assert!(
         d.blocks() * 512 <= s.blocks() * 512 + (1 << 20),
         "the copy takes {} bytes, the source {}",
@@ -215,9 +216,9 @@ fn a_sparse_raw_image_stays_sparse() {
     );
     assert_eq!(b3(&lab.dst()), b3(&src));
     // Data turned back into zeros becomes a hole again.
-    qemu_io("raw", &src, "write -z 600M 20M");
+    qemu_io("raw", &src, "write -z 3G 80M");
     lab.replicate();
-    assert!(std::fs::metadata(lab.dst()).unwrap().blocks() * 512 <= (32 << 20));
+    assert!(std::fs::metadata(lab.dst()).unwrap().blocks() * 512 <= (122 << 20));
     assert_eq!(b3(&lab.dst()), b3(&src));
 }
 

@@ -523,3 +523,49 @@ fn known_hosts_markers_and_unreadable_lines_are_handled_as_ssh_does() {
         "a command ran on a host whose key is revoked"
     );
 }
+
+#[test]
+fn a_command_quiet_for_longer_than_the_keepalive_interval_is_waited_for() {
+    // A replication's source reads and hashes a large unchanged image before it sends
+    // anything, and a verification answers only at the end: a silence longer than the
+    // keepalive interval (15 s) and the connect timeout is not a dead host, the deadline
+    // bounds it.
+    let (a, b) = (Sshd::start(), Sshd::start());
+    let t = SshTransport::new(
+        [
+            ("hv1".to_string(), a.spec("hv1")),
+            ("hv2".to_string(), b.spec("hv2")),
+        ]
+        .into(),
+        HostKeyPolicy::Strict,
+        Duration::from_secs(2),
+    );
+    let copy = b.dir().join("copy");
+    std::thread::scope(|scope| {
+        let piped = scope.spawn(|| {
+            t.pipe_with_input(
+                "hv1",
+                "cat > /dev/null; head -c 3000000 /dev/zero; sleep 17; printf later",
+                b"manifest",
+                "hv2",
+                &format!("cat > {}", copy.display()),
+                Duration::from_secs(60),
+            )
+        });
+        let answered = scope.spawn(|| {
+            t.exec_bytes(
+                "hv2",
+                "cat > /dev/null; sleep 17; printf done",
+                b"request",
+                Duration::from_secs(60),
+            )
+        });
+        let out = piped.join().unwrap().unwrap();
+        assert_eq!((out.read_exit, out.write_exit), (0, 0));
+        let got = std::fs::read(&copy).unwrap();
+        assert_eq!(got.len(), 3_000_005);
+        assert!(got.ends_with(b"later"));
+        let out = answered.join().unwrap().unwrap();
+        assert_eq!((out.exit_code, out.stdout.as_slice()), (0, &b"done"[..]));
+    });
+}
