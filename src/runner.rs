@@ -705,7 +705,7 @@ async fn start_from_replica(
     let Some(mut disks) = parse_copies(&replica.paths, &out.stdout) else {
         return Ok(());
     };
-    let failover = ctx.plan.mode == crate::runbook::Mode::Failover;
+    let failover = replica.may_roll_back;
     let choice = &ctx.options.points;
     let want = match (
         choice.by_vm.get(&replica.vm).or(choice.all.as_ref()),

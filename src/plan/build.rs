@@ -796,6 +796,7 @@ fn resolve(
                 replica = images_dir_of(inv, &h.value).map(|dir| ReplicaUse {
                     vm: vm.id.clone(),
                     paths: vm.disks.iter().map(|d| format!("{dir}/{d}")).collect(),
+                    may_roll_back: mode == Mode::Failover,
                 });
             }
             let driver = inv.drivers.get(&vm.driver.value)?;

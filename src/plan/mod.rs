@@ -140,6 +140,8 @@ pub struct PlannedStep {
 pub struct ReplicaUse {
     pub vm: String,
     pub paths: Vec<String>,
+    /// A failover may roll the copies back to an older good point; a drill never changes them.
+    pub may_roll_back: bool,
 }
 
 /// What executing a step means, with secrets still unresolved.

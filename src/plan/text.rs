@@ -198,6 +198,17 @@ fn render_step(out: &mut String, step: &PlannedStep, previous: Option<&str>) {
     if let Some(v) = &step.verify {
         let _ = writeln!(out, "           verify: {v}");
     }
+    if let Some(r) = &step.replica {
+        let _ = writeln!(
+            out,
+            "           replica: {}",
+            if r.may_roll_back {
+                "the newest good point of each disk (a bad newest point: rolled back to the last good one; --point chooses)"
+            } else {
+                "the newest point of each disk, left untouched"
+            }
+        );
+    }
     if let Some(u) = &step.undo {
         let _ = writeln!(out, "           undo: {u}");
     }
