@@ -280,10 +280,12 @@ pub enum Command {
         #[arg(long)]
         note: Option<String>,
     },
-    /// Would a recovery work now? Every host reachable with a known key, the tools the
-    /// runbooks call present, clocks in sync, replica copies fresh against the RPO with room for
-    /// the next update, every mode planning, and the estimated RTO within each target. The
-    /// result is kept for the next run's report.
+    /// Would a recovery work now? A table of checks and a verdict; exits with 7 when not.
+    ///
+    /// Every host reachable with a known key, the tools the runbooks call present, clocks in
+    /// sync, replica points fresh against the RPO and not marked bad, room for the next
+    /// replication, every mode planning, and the estimated RTO within each target. The result
+    /// is kept for the next run's report.
     #[command(
         after_help = "Examples:\n  reprise check\n  reprise --overlay lab/overlay.toml check --json\n\nExit codes: 0 ready, 7 not ready (see the FAILED lines), 3 invalid inventory or runbooks."
     )]
@@ -344,8 +346,11 @@ pub enum Command {
         /// Run id, or `latest`.
         run: String,
     },
-    /// Bring the recovery copies of VM disks up to date, sending only the blocks that
+    /// Bring the recovery copies of VM disks and backup sets up to date, sending only what
     /// changed, and make each a verified replica point.
+    ///
+    /// A running VM's disks are frozen by its driver's snapshot hooks (`replicate-begin`,
+    /// `replicate-end`) while they are read; `--dry-run` shows them.
     #[command(
         after_help = "Examples:\n  reprise replicate\n  reprise replicate --service erp-db --verify"
     )]
