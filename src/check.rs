@@ -18,7 +18,7 @@ use crate::model::Model;
 use crate::plan::{self, Action, Plan, PlanOptions};
 use crate::readiness::{ItemStatus, Readiness, ReadinessItem};
 use crate::runbook::{Mode, ReplicaSource, StepKind};
-use crate::ssh::{SshError, Transport};
+use crate::ssh::Transport;
 use crate::template::shell_quote;
 
 /// How strict the check is.
@@ -127,26 +127,10 @@ impl Plans {
                 (label.to_string(), plan)
             })
             .collect();
-        let inv = &model.inventory;
         let mut hooks = Vec::new();
-        for vm in inv.vms.values() {
-            let Some(service) = inv
-                .services
-                .values()
-                .find(|s| s.vm() == Some(vm.id.as_str()))
-                .or_else(|| inv.services.values().next())
-            else {
-                continue;
-            };
+        for vm in model.inventory.vms.values() {
             for action in ["replicate-begin", "replicate-end"] {
-                if let Some((host, cmd)) = plan::vm_action_command(
-                    model,
-                    service,
-                    vm,
-                    crate::runbook::Side::Primary,
-                    action,
-                    "check",
-                ) {
+                if let Some((host, cmd)) = plan::replicate_hook(model, vm, action) {
                     hooks.push((host, format!("{action} of vm {}", vm.id), cmd.to_string()));
                 }
             }
@@ -336,10 +320,7 @@ pub fn replica_targets(model: &Model) -> Vec<ReplicaTarget> {
             }
         }
     }
-    let images_dir = |host: &str| match inv.hosts.get(host).and_then(|h| h.vars.get("images_dir")) {
-        Some(crate::inventory::VarValue::Text(d)) => Some(d.trim_end_matches('/').to_string()),
-        _ => None,
-    };
+    let images_dir = |host: &str| plan::images_dir_of(inv, host);
     let mut targets = Vec::new();
     for vm in inv.vms.values() {
         let service = inv
@@ -406,19 +387,16 @@ pub fn questions(
         q.entry(host).or_default().tools = tools.into_keys().collect();
     }
     for r in replicas {
-        let (paths, side) = (&r.source, &r.from_host);
-        let entry = q.entry(side.clone()).or_default();
-        if r.dir {
-            entry.dirs.insert(paths.clone());
-        } else {
-            entry.files.insert(paths.clone());
+        for (host, path) in [(&r.from_host, &r.source), (&r.to_host, &r.copy)] {
+            let entry = q.entry(host.clone()).or_default();
+            let paths = if r.dir {
+                &mut entry.dirs
+            } else {
+                &mut entry.files
+            };
+            paths.insert(path.clone());
         }
         let entry = q.entry(r.to_host.clone()).or_default();
-        if r.dir {
-            entry.dirs.insert(r.copy.clone());
-        } else {
-            entry.files.insert(r.copy.clone());
-        }
         entry.space.insert(r.copy.clone());
         entry.points.insert(r.copy.clone());
     }
@@ -557,7 +535,7 @@ pub fn probe_host(transport: &dyn Transport, host: &str, q: &HostQuestions) -> H
             }
         }
         Err(e) => {
-            probe.error = Some(describe(&e));
+            probe.error = Some(e.to_string());
             return probe;
         }
     }
@@ -570,10 +548,6 @@ pub fn probe_host(transport: &dyn Transport, host: &str, q: &HostQuestions) -> H
         }
     }
     probe
-}
-
-fn describe(e: &SshError) -> String {
-    e.to_string()
 }
 
 /// Asks every host at once.

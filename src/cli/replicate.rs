@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 
 use super::Outcome;
 use crate::exit;
-use crate::inventory::VarValue;
 use crate::model::Model;
 use crate::replica::helper::{self, Request};
 use crate::replica::remote::{Helpers, Replication, image_path, point_id};
@@ -272,13 +271,6 @@ fn services_of_backup<'m>(model: &'m Model, set: &str) -> Vec<&'m str> {
     out
 }
 
-fn images_dir(model: &Model, host: &str) -> Option<String> {
-    match model.inventory.hosts.get(host)?.vars.get("images_dir") {
-        Some(VarValue::Text(d)) => Some(d.clone()),
-        _ => None,
-    }
-}
-
 /// The replicated images of a VM, or why it has none.
 fn vm_images(model: &Model, id: &str) -> Result<VmImages, Outcome> {
     let Some(vm) = model.inventory.vms.get(id) else {
@@ -292,7 +284,10 @@ fn vm_images(model: &Model, id: &str) -> Result<VmImages, Outcome> {
         ));
     };
     let (from, to) = (vm.primary.value.clone(), vm.recovery.value.clone());
-    let (Some(a), Some(b)) = (images_dir(model, &from), images_dir(model, &to)) else {
+    let (Some(a), Some(b)) = (
+        crate::plan::images_dir_of(&model.inventory, &from),
+        crate::plan::images_dir_of(&model.inventory, &to),
+    ) else {
         return Err(Outcome::err(
             exit::INVALID_INPUT,
             format!(
@@ -382,28 +377,13 @@ fn transport(model: &Model, ssh: &SshArgs) -> crate::ssh::SshTransport {
     crate::run::transport(model, &ssh.options())
 }
 
-/// A driver hook around the replication of a running vm (`replicate-begin`, `replicate-end`):
-/// the host it runs on and its command, secrets unresolved.
+/// A driver hook around the replication of a running vm (`replicate-begin`, `replicate-end`).
 fn snapshot_hook(
     model: &Model,
     vm: &str,
     action: &str,
 ) -> Option<(String, crate::template::Command)> {
-    let inv = &model.inventory;
-    let v = inv.vms.get(vm)?;
-    let service = inv
-        .services
-        .values()
-        .find(|s| s.vm() == Some(vm))
-        .or_else(|| inv.services.values().next())?;
-    crate::plan::vm_action_command(
-        model,
-        service,
-        v,
-        crate::runbook::Side::Primary,
-        action,
-        "replicate",
-    )
+    crate::plan::replicate_hook(model, model.inventory.vms.get(vm)?, action)
 }
 
 /// Runs a snapshot hook; the error says what to do by hand.

@@ -1050,6 +1050,19 @@ fn default_address(inv: &Inventory, service: &Service, mode: Mode) -> Option<Str
         .map(|h| h.address.clone())
 }
 
+/// A driver's replication hook (`replicate-begin`, `replicate-end`) of `vm`, on its primary
+/// host: the host and the command, secrets unresolved.
+pub fn replicate_hook(model: &Model, vm: &Vm, action: &str) -> Option<(String, Command)> {
+    let inv = &model.inventory;
+    // The templates' scope needs a service: the vm's own, else any.
+    let service = inv
+        .services
+        .values()
+        .find(|s| s.vm() == Some(vm.id.as_str()))
+        .or_else(|| inv.services.values().next())?;
+    vm_action_command(model, service, vm, Side::Primary, action, "replicate")
+}
+
 /// The folder of a host's vm disk images (its `images_dir` variable), without a trailing `/`.
 pub fn images_dir_of(inv: &Inventory, host: &str) -> Option<String> {
     match inv.hosts.get(host).and_then(|h| h.vars.get("images_dir")) {
