@@ -206,37 +206,14 @@ impl<'a> Helpers<'a> {
         dst: &str,
         r: &Replication,
     ) -> Result<ImageTransfer, ReplicaError> {
-        let began = std::time::Instant::now();
-        let q = |s: &str| shell_quote(s);
-        let from_hash = self.deploy(from)?;
-        let manifest = self.call(
+        self.transfer(
+            ["manifest", "send", "apply", "blocks"],
+            from,
+            src,
             to,
-            &format!(
-                "manifest {}{}",
-                q(dst),
-                if r.reread { " --reread" } else { "" }
-            ),
-            &[],
-            r.deadline,
-        )?;
-        let to_hash = self.deploy(to)?;
-        let send = self.command(&from_hash, &format!("send {}", q(src)));
-        let apply = self.command(
-            &to_hash,
-            &format!(
-                "apply {} --point {} --taken-at {} --source {} --retention {}",
-                q(dst),
-                q(&r.point),
-                q(&r.taken_at.to_rfc3339()),
-                q(&format!("{from}:{src}")),
-                r.retention
-            ),
-        );
-        self.finish(from, src, to, dst, &send, &manifest, &apply, r, began)
-            .map(|t| ImageTransfer {
-                unit: "blocks",
-                ..t
-            })
+            dst,
+            r,
+        )
     }
 
     /// Brings the folder `to:dst` up to date with `from:src` (a backup set), file by file,
@@ -249,13 +226,35 @@ impl<'a> Helpers<'a> {
         dst: &str,
         r: &Replication,
     ) -> Result<ImageTransfer, ReplicaError> {
+        self.transfer(
+            ["tree-base", "send-tree", "apply-tree", "files"],
+            from,
+            src,
+            to,
+            dst,
+            r,
+        )
+    }
+
+    /// One transfer: the recovery side's base (`verbs[0]`), then the source's stream
+    /// (`verbs[1]`) piped into the recovery side's apply (`verbs[2]`); `verbs[3]` is the unit
+    /// of what changed.
+    fn transfer(
+        &self,
+        [base_verb, send_verb, apply_verb, unit]: [&'static str; 4],
+        from: &str,
+        src: &str,
+        to: &str,
+        dst: &str,
+        r: &Replication,
+    ) -> Result<ImageTransfer, ReplicaError> {
         let began = std::time::Instant::now();
         let q = |s: &str| shell_quote(s);
         let from_hash = self.deploy(from)?;
         let base = self.call(
             to,
             &format!(
-                "tree-base {}{}",
+                "{base_verb} {}{}",
                 q(dst),
                 if r.reread { " --reread" } else { "" }
             ),
@@ -263,11 +262,11 @@ impl<'a> Helpers<'a> {
             r.deadline,
         )?;
         let to_hash = self.deploy(to)?;
-        let send = self.command(&from_hash, &format!("send-tree {}", q(src)));
+        let send = self.command(&from_hash, &format!("{send_verb} {}", q(src)));
         let apply = self.command(
             &to_hash,
             &format!(
-                "apply-tree {} --point {} --taken-at {} --source {} --retention {}",
+                "{apply_verb} {} --point {} --taken-at {} --source {} --retention {}",
                 q(dst),
                 q(&r.point),
                 q(&r.taken_at.to_rfc3339()),
@@ -276,7 +275,7 @@ impl<'a> Helpers<'a> {
             ),
         );
         self.finish(from, src, to, dst, &send, &base, &apply, r, began)
-            .map(|t| ImageTransfer { unit: "files", ..t })
+            .map(|t| ImageTransfer { unit, ..t })
     }
 
     #[allow(clippy::too_many_arguments)]

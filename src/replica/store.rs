@@ -89,10 +89,31 @@ pub enum StoreError {
     Damaged { path: String, reason: String },
 }
 
-fn io_err(path: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
+pub(super) fn io_err(path: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
     move |e| StoreError::Io {
         path: path.display().to_string(),
         reason: e.to_string(),
+    }
+}
+
+/// Takes the lock of a store folder (`DIR/lock`, which `deltas/` is created beside), or says
+/// who holds it: one writer or reader at a time for the copy `name`.
+pub(super) fn lock_store(dir: &Path, name: &str) -> Result<File, StoreError> {
+    std::fs::create_dir_all(dir.join("deltas")).map_err(io_err(dir))?;
+    let path = dir.join("lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            image: name.to_string(),
+            lock: path.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
     }
 }
 
@@ -179,22 +200,7 @@ impl Store {
 
     /// Takes the image's lock, or says who holds it.
     pub fn lock(&self) -> Result<File, StoreError> {
-        std::fs::create_dir_all(self.dir.join("deltas")).map_err(io_err(&self.dir))?;
-        let path = self.path("lock");
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        match f.try_lock() {
-            Ok(()) => Ok(f),
-            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
-                image: self.name(),
-                lock: path.display().to_string(),
-            }),
-            Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
-        }
+        lock_store(&self.dir, &self.name())
     }
 
     /// The points, oldest first.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use super::store::{NewPoint, Point, StoreError, Verified};
+use super::store::{NewPoint, Point, StoreError, Verified, io_err, lock_store};
 
 /// One file of a tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,13 +231,6 @@ struct Undo {
     remove: Vec<String>,
 }
 
-fn io_err(path: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
-    move |e| StoreError::Io {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    }
-}
-
 fn move_file(from: &Path, to: &Path) -> Result<(), StoreError> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
@@ -279,22 +272,7 @@ impl TreeStore {
     }
 
     fn lock(&self) -> Result<File, StoreError> {
-        std::fs::create_dir_all(self.path("deltas")).map_err(io_err(&self.dir))?;
-        let path = self.path("lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        match f.try_lock() {
-            Ok(()) => Ok(f),
-            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
-                image: self.name(),
-                lock: path.display().to_string(),
-            }),
-            Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
-        }
+        lock_store(&self.dir, &self.name())
     }
 
     fn read_json<T: for<'de> Deserialize<'de> + Default>(
