@@ -17,11 +17,10 @@ use crate::exit;
 use crate::journal::JournalError;
 use crate::model::Model;
 use crate::plan::{self, PlanOptions};
-use crate::run::{ExecOptions, RunError, SshOptions, StartOptions};
+use crate::run::{ExecOptions, RunError, StartOptions};
 use crate::runbook::Mode;
 use crate::runner::RunOptions;
 use crate::sources::{Sources, SourcesError};
-use crate::ssh::HostKeyPolicy;
 use crate::view::TerminalView;
 
 mod replicate;
@@ -77,18 +76,8 @@ pub struct ExecArgs {
     /// Steps running at once on one host.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub per_host: usize,
-    /// Trust and record host keys never seen before (a changed key is always refused).
-    #[arg(long)]
-    pub accept_new_host_keys: bool,
-    /// known_hosts file for hosts that name none [default: ~/.ssh/known_hosts].
-    #[arg(long, value_name = "FILE")]
-    pub known_hosts: Option<PathBuf>,
-    /// Private key to log in with [default: the ssh-agent].
-    #[arg(long, value_name = "FILE")]
-    pub identity: Option<PathBuf>,
-    /// Seconds to wait for a host to answer.
-    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
-    pub connect_timeout: u64,
+    #[command(flatten)]
+    pub ssh: replicate::SshArgs,
     /// Who runs it, for the journal and the report [default: $SUDO_USER or $USER].
     #[arg(long, value_name = "NAME")]
     pub operator: Option<String>,
@@ -730,14 +719,14 @@ pub fn run(cli: &Cli) -> Outcome {
             identity,
             connect_timeout,
         } => {
-            let ssh = SshOptions {
-                policy: HostKeyPolicy::Strict,
-                known_hosts: known_hosts
-                    .clone()
-                    .unwrap_or_else(SshOptions::default_known_hosts),
+            // A check never trusts a new host key: an unknown key is a finding.
+            let ssh = replicate::SshArgs {
+                accept_new_host_keys: false,
+                known_hosts: known_hosts.clone(),
                 identity: identity.clone(),
-                connect_timeout: std::time::Duration::from_secs((*connect_timeout).max(1)),
-            };
+                connect_timeout: *connect_timeout,
+            }
+            .options();
             let transport = crate::run::transport(&model, &ssh);
             let opts = crate::check::CheckOptions {
                 clock_tolerance_s: clock_tolerance.max(0.0),
@@ -886,23 +875,7 @@ fn run_options(exec: &ExecArgs) -> RunOptions {
 fn exec_options(exec: &ExecArgs) -> ExecOptions {
     ExecOptions {
         run: run_options(exec),
-        ssh: ssh_options(exec),
-    }
-}
-
-fn ssh_options(exec: &ExecArgs) -> SshOptions {
-    SshOptions {
-        policy: if exec.accept_new_host_keys {
-            HostKeyPolicy::AcceptNew
-        } else {
-            HostKeyPolicy::Strict
-        },
-        known_hosts: exec
-            .known_hosts
-            .clone()
-            .unwrap_or_else(SshOptions::default_known_hosts),
-        identity: exec.identity.clone(),
-        connect_timeout: std::time::Duration::from_secs(exec.connect_timeout.max(1)),
+        ssh: exec.ssh.options(),
     }
 }
 

@@ -33,7 +33,7 @@ pub struct SshArgs {
 }
 
 impl SshArgs {
-    fn options(&self) -> SshOptions {
+    pub fn options(&self) -> SshOptions {
         SshOptions {
             policy: if self.accept_new_host_keys {
                 HostKeyPolicy::AcceptNew
