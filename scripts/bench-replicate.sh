@@ -4,6 +4,9 @@
 #   1. initial full copy of an image of SIZE_MIB random MiB: reprise vs `cat img | ssh host 'cat > copy'`;
 #   2. PCTS% of its 64 KiB blocks changed (random blocks, random data): reprise vs
 #      `rsync --inplace --no-whole-file -e ssh` vs rsync's default mode (temporary file + rename).
+# reprise is measured twice: relayed (the orchestrator on a third machine: the data goes through
+# it) and with `--here hv-pra` (the orchestrator on the recovery host, as in a real set-up that
+# must survive the loss of the main site: the data crosses SSH once, like the peers').
 # Wall time and bytes on the wire (reprise: block stream + manifest; rsync: its --stats total bytes
 # sent + received; cat: the image size), and the peak memory of the orchestrator and the helpers
 # during the initial copy. Prints medians of REPS runs and ratios; asserts nothing.
@@ -49,11 +52,11 @@ SIZE=$((SIZE_MIB * 1024 * 1024))
 log "making a $SIZE_MIB MiB image of random data"
 head -c "$SIZE" /dev/urandom > "$BASE"
 
-# Bytes of the data disk's line of `reprise replicate`.
+# Seconds and bytes of the data disk's line of `reprise replicate` (extra arguments: $@).
 reprise_run() {
   local t0 t1 out
   t0=$(now)
-  out=$("${R[@]}" replicate --service erp-db)
+  out=$("${R[@]}" replicate --service erp-db "$@")
   t1=$(now)
   local bytes
   bytes=$(echo "$out" | grep erp-db-data | sed -n 's/.*: point [^,]*, \([0-9]*\) bytes sent.*/\1/p')
@@ -83,37 +86,49 @@ while not os.path.exists(stop):
         hwm = next((int(l.split()[1]) for l in status.splitlines() if l.startswith('VmHWM:')), 0)
         if 'replicate' in words and os.path.basename(words[0]) == 'reprise':
             peak['orch'] = max(peak['orch'], hwm)
-        elif any(os.path.basename(w).startswith('helper-') for w in words) and 'helper' in words:
+        elif 'helper' in words and (os.path.basename(words[0]) == 'reprise'
+                                    or any(os.path.basename(w).startswith('helper-') for w in words)):
             peak['helper'] = max(peak['helper'], hwm)
     time.sleep(0.02)
 print(peak['orch'], peak['helper'])"
 }
 
 # 1. Initial full copy.
-declare -a R_T R_B C_T M_O M_H
+MODES=(relay here)
+declare -A MODE_ARGS=([relay]="" [here]="--here hv-pra")
+declare -A MODE_NAME=([relay]="reprise replicate (relayed)" [here]="reprise replicate --here hv-pra")
+declare -a C_T M_O M_H
+declare -A R_T R_B
 for i in $(seq "$REPS"); do
-  log "initial copy, run $i"
-  cp "$BASE" "$SRC"
-  rm -rf "$DST" "$DST.reprise"
-  rm -f "$TMP/stop"
-  peak_memory "$TMP/stop" > "$TMP/peak" &
-  sampler=$!
-  read -r t b < <(reprise_run)
-  touch "$TMP/stop"; wait "$sampler"
-  read -r mo mh < "$TMP/peak"
-  M_O+=("$mo"); M_H+=("$mh")
-  R_T+=("$t"); R_B+=("$b")
+  for mode in "${MODES[@]}"; do
+    log "initial copy, $mode, run $i"
+    cp "$BASE" "$SRC"
+    rm -rf "$DST" "$DST.reprise"
+    rm -f "$TMP/stop"
+    peak_memory "$TMP/stop" > "$TMP/peak" &
+    sampler=$!
+    # shellcheck disable=SC2086
+    read -r t b < <(reprise_run ${MODE_ARGS[$mode]})
+    touch "$TMP/stop"; wait "$sampler"
+    read -r mo mh < "$TMP/peak"
+    M_O+=("$mo"); M_H+=("$mh")
+    R_T[$mode]+="$t "; R_B[$mode]+="$b "
+    cmp -s "$SRC" "$DST" || { log "the reprise copy differs"; exit 1; }
+  done
   t0=$(now); $SSH root@"$PRA" "cat > '$DST_DIR/cat-copy.img'" < "$SRC"; t1=$(now)
   C_T+=("$(py "print($t1 - $t0)")")
-  cmp -s "$SRC" "$DST" || { log "the reprise copy differs"; exit 1; }
 done
-rt=$(median "${R_T[@]}"); rb=$(median "${R_B[@]}"); ct=$(median "${C_T[@]}")
+ct=$(median "${C_T[@]}")
 echo
 echo "Initial copy of $SIZE_MIB MiB of random data (medians of $REPS):"
-printf '  %-34s %8.2f s  %12.0f bytes  %7.1f MB/s\n' "reprise replicate" "$rt" "$rb" "$(py "print($SIZE/$rt/1e6)")"
+for mode in "${MODES[@]}"; do
+  # shellcheck disable=SC2086
+  rt=$(median ${R_T[$mode]}); rb=$(median ${R_B[$mode]})
+  printf '  %-34s %8.2f s  %12.0f bytes  %7.1f MB/s  (%.2f x cat|ssh)\n' "${MODE_NAME[$mode]}" "$rt" "$rb" \
+    "$(py "print($SIZE/$rt/1e6)")" "$(py "print($ct/$rt)")"
+done
 printf '  %-34s %8.2f s  %12d bytes  %7.1f MB/s\n' "cat | ssh 'cat > copy'" "$ct" "$SIZE" "$(py "print($SIZE/$ct/1e6)")"
-printf '  reprise throughput = %.2f x cat|ssh\n' "$(py "print($ct/$rt)")"
-printf '  peak memory (max of %s runs): orchestrator %.1f MiB, each helper at most %.1f MiB\n' "$REPS" \
+printf '  peak memory (max of all runs): orchestrator %.1f MiB, each helper at most %.1f MiB\n' \
   "$(py "print(max([$(IFS=,; echo "${M_O[*]}")]) / 1024)")" "$(py "print(max([$(IFS=,; echo "${M_H[*]}")]) / 1024)")"
 
 # 2. Changed blocks.
@@ -139,32 +154,40 @@ rsync_run() { # extra-args dst
   echo "$(py "print($t1 - $t0)") $((sent + recv))"
 }
 for pct in $PCTS; do
-  declare -a RT=() RB=() IT=() IB=() DT=() DB=()
+  declare -A RT=() RB=()
+  declare -a IT=() IB=() DT=() DB=()
   changed=0
   for i in $(seq "$REPS"); do
-    log "$pct% changed, run $i"
-    cp "$BASE" "$SRC"
-    "${R[@]}" replicate --service erp-db >/dev/null     # the copy is up to date (not timed)
+    for mode in "${MODES[@]}"; do
+      log "$pct% changed, $mode, run $i"
+      cp "$BASE" "$SRC"
+      "${R[@]}" replicate --service erp-db >/dev/null     # the copy is up to date (not timed)
+      sync
+      changed=$(change "$pct" "$i")                       # the same blocks in both modes
+      # shellcheck disable=SC2086
+      read -r t b < <(reprise_run ${MODE_ARGS[$mode]}); RT[$mode]+="$t "; RB[$mode]+="$b "
+      cmp -s "$SRC" "$DST" || { log "the reprise copy differs"; exit 1; }
+    done
     cp "$BASE" "$DST_DIR/rsync-inplace.img"
     cp "$BASE" "$DST_DIR/rsync-default.img"
     # An old mtime: rsync's quick check (size and mtime) must not skip the file.
     touch -d @0 "$DST_DIR/rsync-inplace.img" "$DST_DIR/rsync-default.img"
     sync
-    changed=$(change "$pct" "$i")
-    read -r t b < <(reprise_run); RT+=("$t"); RB+=("$b")
     read -r t b < <(rsync_run "--inplace --no-whole-file" "$DST_DIR/rsync-inplace.img"); IT+=("$t"); IB+=("$b")
     read -r t b < <(rsync_run "" "$DST_DIR/rsync-default.img"); DT+=("$t"); DB+=("$b")
-    cmp -s "$SRC" "$DST" || { log "the reprise copy differs"; exit 1; }
     cmp -s "$SRC" "$DST_DIR/rsync-inplace.img" || { log "the rsync --inplace copy differs"; exit 1; }
     cmp -s "$SRC" "$DST_DIR/rsync-default.img" || { log "the rsync copy differs"; exit 1; }
   done
-  rt=$(median "${RT[@]}"); rb=$(median "${RB[@]}")
   it=$(median "${IT[@]}"); ib=$(median "${IB[@]}")
   dt=$(median "${DT[@]}"); db=$(median "${DB[@]}")
   echo
   echo "$pct% of the 64 KiB blocks changed ($changed bytes), medians of $REPS:"
-  printf '  %-34s %8.2f s  %12.0f bytes on the wire (%.3f x changed)\n' "reprise replicate" "$rt" "$rb" "$(py "print($rb/$changed)")"
+  for mode in "${MODES[@]}"; do
+    # shellcheck disable=SC2086
+    rt=$(median ${RT[$mode]}); rb=$(median ${RB[$mode]})
+    printf '  %-34s %8.2f s  %12.0f bytes on the wire (%.3f x changed)  %.2f x rsync --inplace, %.2f x rsync default\n' \
+      "${MODE_NAME[$mode]}" "$rt" "$rb" "$(py "print($rb/$changed)")" "$(py "print($rt/$it)")" "$(py "print($rt/$dt)")"
+  done
   printf '  %-34s %8.2f s  %12.0f bytes on the wire (%.3f x changed)\n' "rsync --inplace --no-whole-file" "$it" "$ib" "$(py "print($ib/$changed)")"
   printf '  %-34s %8.2f s  %12.0f bytes on the wire (%.3f x changed)\n' "rsync (default)" "$dt" "$db" "$(py "print($db/$changed)")"
-  printf '  wall time: reprise = %.2f x rsync --inplace, %.2f x rsync default\n' "$(py "print($rt/$it)")" "$(py "print($rt/$dt)")"
 done

@@ -502,6 +502,23 @@ impl Outcome {
     }
 }
 
+impl Command {
+    /// The `--here` host of a command that reaches hosts.
+    fn here(&self) -> Option<&str> {
+        let ssh = match self {
+            Command::Drill(a) | Command::Restore(a) | Command::Failback(a) => &a.exec.ssh,
+            Command::Failover { args, .. } => &args.exec.ssh,
+            Command::Resume { exec, .. } => &exec.ssh,
+            Command::Replicate { ssh, .. }
+            | Command::Points { ssh, .. }
+            | Command::Verify { ssh, .. }
+            | Command::Status { ssh, .. } => ssh,
+            _ => return None,
+        };
+        ssh.here.as_deref()
+    }
+}
+
 /// Parses the process arguments, runs, prints, and returns the exit code.
 pub fn main() -> u8 {
     let cli = match Cli::try_parse() {
@@ -620,6 +637,18 @@ pub fn run(cli: &Cli) -> Outcome {
         Ok(m) => m,
         Err(o) => return o,
     };
+    if let Some(here) = cli.command.here()
+        && !model.inventory.hosts.contains_key(here)
+    {
+        let known: Vec<&str> = model.inventory.hosts.keys().map(String::as_str).collect();
+        return Outcome::err(
+            exit::USAGE,
+            format!(
+                "error: --here {here}: no such host in the inventory (hosts: {})\n",
+                known.join(", ")
+            ),
+        );
+    }
     let mut outcome = match &cli.command {
         Command::Lab { lab_dir, action } => {
             let net = match action {
@@ -725,6 +754,7 @@ pub fn run(cli: &Cli) -> Outcome {
                 known_hosts: known_hosts.clone(),
                 identity: identity.clone(),
                 connect_timeout: *connect_timeout,
+                here: None,
             }
             .options();
             let transport = crate::run::transport(&model, &ssh);

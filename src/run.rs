@@ -66,6 +66,8 @@ pub struct SshOptions {
     /// Private key; the ssh-agent when none.
     pub identity: Option<PathBuf>,
     pub connect_timeout: StdDuration,
+    /// The inventory host that is this machine (`--here`).
+    pub here: Option<String>,
 }
 
 impl SshOptions {
@@ -198,7 +200,7 @@ pub fn transport(model: &Model, ssh: &SshOptions) -> SshTransport {
             (h.id.clone(), spec)
         })
         .collect();
-    SshTransport::new(hosts, ssh.policy, ssh.connect_timeout)
+    SshTransport::new(hosts, ssh.policy, ssh.connect_timeout).with_here(ssh.here.clone())
 }
 
 /// How steps are run and hosts reached, for a new or a resumed run.

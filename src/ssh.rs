@@ -105,6 +105,9 @@ pub enum SshError {
     Hung { host: String, secs: u64 },
     #[error("unknown host `{0}`")]
     UnknownHost(String),
+    /// A stream to or from {host} failed on this machine's side.
+    #[error("streaming with {host}: {reason}")]
+    Local { host: String, reason: String },
 }
 
 /// Bytes relayed so far by every pipe of this process: what a progress display reads.
@@ -561,6 +564,28 @@ impl Session {
         input: &[u8],
         deadline: Duration,
     ) -> Result<BytesOutput, SshError> {
+        let mut stdout = Vec::new();
+        let out = self.exec_stream(command, &mut &input[..], &mut stdout, deadline, false)?;
+        Ok(BytesOutput {
+            exit_code: out.exit_code,
+            stdout,
+            stderr: out.stderr,
+            duration: out.duration,
+        })
+    }
+
+    /// Runs `command` with all of `input` streamed to its standard input, then its standard
+    /// output streamed into `output`, in large writes. With `counted`, the bytes streamed
+    /// either way count in [`PIPED_BYTES`]. A failure to read `input` or to write `output`
+    /// is [`SshError::Local`].
+    pub fn exec_stream(
+        &self,
+        command: &str,
+        input: &mut dyn Read,
+        output: &mut dyn std::io::Write,
+        deadline: Duration,
+        counted: bool,
+    ) -> Result<StreamOutput, SshError> {
         let secs = deadline.as_secs().max(1);
         let wrapped = format!(
             "timeout --kill-after={KILL_AFTER_SECS} {secs} sh -c {}",
@@ -574,6 +599,15 @@ impl Session {
             host: self.spec.id.clone(),
             reason: format!("{what}: {e}"),
         };
+        let local = |what: &str, e: std::io::Error| SshError::Local {
+            host: self.spec.id.clone(),
+            reason: format!("{what}: {e}"),
+        };
+        let count = |n: usize| {
+            if counted {
+                PIPED_BYTES.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
         let began = Instant::now();
         self.raw.set_blocking(true);
         let old = self.raw.timeout();
@@ -585,25 +619,42 @@ impl Session {
         self.raw
             .set_timeout(((secs + KILL_AFTER_SECS + 30) * 1000).min(u64::from(u32::MAX)) as u32);
         let result = (|| {
-            channel.write_all(input).map_err(|e| io_fail("write", e))?;
-            channel.send_eof().map_err(|e| fail("eof", e))?;
-            let mut stdout = Vec::new();
-            let until = began + Duration::from_secs(secs + KILL_AFTER_SECS + 30);
             let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(local("reading the local input", e)),
+                };
+                channel
+                    .write_all(&buf[..n])
+                    .map_err(|e| io_fail("write", e))?;
+                count(n);
+            }
+            channel.send_eof().map_err(|e| fail("eof", e))?;
+            let until = began + Duration::from_secs(secs + KILL_AFTER_SECS + 30);
             loop {
                 match channel.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => stdout.extend_from_slice(&buf[..n]),
+                    Ok(n) => {
+                        output
+                            .write_all(&buf[..n])
+                            .map_err(|e| local("writing the output locally", e))?;
+                        count(n);
+                    }
                     Err(e) if quiet_timeout(&e, until) => {}
                     Err(e) => return Err(io_fail("read", e)),
                 }
             }
+            output
+                .flush()
+                .map_err(|e| local("writing the output locally", e))?;
             let mut stderr = String::new();
             let _ = channel.stderr().read_to_string(&mut stderr);
             channel.wait_close().map_err(|e| fail("close channel", e))?;
-            Ok(BytesOutput {
+            Ok(StreamOutput {
                 exit_code: exit_code(&channel).map_err(|e| fail("exit status", e))?,
-                stdout,
                 stderr,
                 duration: began.elapsed(),
             })
@@ -611,6 +662,14 @@ impl Session {
         self.raw.set_timeout(old);
         result
     }
+}
+
+/// The result of [`Session::exec_stream`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamOutput {
+    pub exit_code: i32,
+    pub stderr: String,
+    pub duration: Duration,
 }
 
 /// The result of [`Session::exec_bytes`].
@@ -794,6 +853,29 @@ pub trait Transport: Send + Sync {
         })
     }
 
+    /// Runs `command` on `host` with all of `input` on its standard input, then streams its
+    /// standard output into `output` (the bytes count in [`PIPED_BYTES`]).
+    fn exec_stream(
+        &self,
+        host: &str,
+        command: &str,
+        input: &mut dyn Read,
+        output: &mut dyn std::io::Write,
+        deadline: Duration,
+    ) -> Result<StreamOutput, SshError> {
+        let _ = (command, input, output, deadline);
+        Err(SshError::Session {
+            host: host.to_string(),
+            reason: "this transport cannot stream to a command".into(),
+        })
+    }
+
+    /// The host of the inventory that is this very machine (`--here`), if any: replication
+    /// runs its side locally instead of over SSH to itself.
+    fn here(&self) -> Option<&str> {
+        None
+    }
+
     /// [`Transport::pipe`], with `input` written first to `read_cmd`'s standard input.
     fn pipe_with_input(
         &self,
@@ -824,6 +906,7 @@ pub struct SshTransport {
     idle: Mutex<HashMap<String, Vec<Session>>>,
     /// Serializes known_hosts updates under AcceptNew.
     known_hosts_lock: Mutex<()>,
+    here: Option<String>,
 }
 
 impl SshTransport {
@@ -839,7 +922,14 @@ impl SshTransport {
             output_limit: crate::runner::OUTPUT_LIMIT,
             idle: Mutex::new(HashMap::new()),
             known_hosts_lock: Mutex::new(()),
+            here: None,
         }
+    }
+
+    /// Declares `host` to be this machine (see [`Transport::here`]).
+    pub fn with_here(mut self, host: Option<String>) -> Self {
+        self.here = host;
+        self
     }
 
     fn idle_session(&self, host: &str) -> Option<Session> {
@@ -873,6 +963,25 @@ impl SshTransport {
 }
 
 impl Transport for SshTransport {
+    fn here(&self) -> Option<&str> {
+        self.here.as_deref()
+    }
+
+    fn exec_stream(
+        &self,
+        host: &str,
+        command: &str,
+        input: &mut dyn Read,
+        output: &mut dyn std::io::Write,
+        deadline: Duration,
+    ) -> Result<StreamOutput, SshError> {
+        // A fresh session: a long transfer should not be broken by a stale idle one.
+        let session = self.new_session(host)?;
+        let out = session.exec_stream(command, input, output, deadline, true)?;
+        self.give_back(host, session);
+        Ok(out)
+    }
+
     fn exec_bytes(
         &self,
         host: &str,

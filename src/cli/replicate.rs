@@ -30,6 +30,11 @@ pub struct SshArgs {
     /// Seconds to wait for a host to answer.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub connect_timeout: u64,
+    /// This machine is HOST of the inventory (e.g. the recovery host running reprise): its side
+    /// of a replication runs here, so the data crosses SSH once instead of being relayed.
+    /// Checked against HOST's machine id.
+    #[arg(long, env = "REPRISE_HERE", value_name = "HOST")]
+    pub here: Option<String>,
 }
 
 impl SshArgs {
@@ -46,6 +51,7 @@ impl SshArgs {
                 .unwrap_or_else(SshOptions::default_known_hosts),
             identity: self.identity.clone(),
             connect_timeout: std::time::Duration::from_secs(self.connect_timeout.max(1)),
+            here: self.here.clone(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! into the recovery helper over SSH. Blocking: callers keep it off async workers.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use std::sync::{Mutex, OnceLock};
@@ -12,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use super::helper::Checked;
 use super::store::{Applied, Point};
-use crate::ssh::{SshError, Transport};
+use crate::ssh::{PipeOutput, SshError, Transport};
 use crate::template::shell_quote;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -25,6 +26,8 @@ pub enum ReplicaError {
     Deploy { host: String, reason: String },
     #[error("{host}: {reason}")]
     Helper { host: String, reason: String },
+    #[error("--here {host}: {reason}")]
+    NotHere { host: String, reason: String },
 }
 
 /// What one image's replication did.
@@ -88,6 +91,8 @@ pub struct Replication {
 pub struct Helpers<'a> {
     transport: &'a dyn Transport,
     deployed: Mutex<HashMap<String, ()>>,
+    /// Whether the transport's `--here` host was found to be this machine (asked once).
+    here: Mutex<Option<Result<(), ReplicaError>>>,
 }
 
 /// This binary: its path, bytes and BLAKE3.
@@ -117,7 +122,212 @@ impl<'a> Helpers<'a> {
         Helpers {
             transport,
             deployed: Mutex::new(HashMap::new()),
+            here: Mutex::new(None),
         }
+    }
+
+    /// Whether `host` is this machine: the transport's `--here` host, once its machine id
+    /// and login user are found to be this machine's and this process's.
+    fn is_here(&self, host: &str) -> Result<bool, ReplicaError> {
+        if self.transport.here() != Some(host) {
+            return Ok(false);
+        }
+        let mut checked = self.here.lock().expect("not poisoned");
+        checked
+            .get_or_insert_with(|| self.confirm_here(host))
+            .clone()
+            .map(|()| true)
+    }
+
+    fn confirm_here(&self, host: &str) -> Result<(), ReplicaError> {
+        let not_here = |reason: String| ReplicaError::NotHere {
+            host: host.to_string(),
+            reason,
+        };
+        let mine = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(IDENTITY)
+            .output()
+            .map_err(|e| not_here(format!("cannot read this machine's id: {e}")))?;
+        let theirs = self
+            .transport
+            .exec_bytes(host, IDENTITY, &[], Duration::from_secs(60))?;
+        if !mine.status.success() || theirs.exit_code != 0 {
+            return Err(not_here(format!(
+                "cannot read the machine id: {}{}",
+                String::from_utf8_lossy(&mine.stderr).trim(),
+                theirs.stderr.trim()
+            )));
+        }
+        same_machine(
+            host,
+            &String::from_utf8_lossy(&mine.stdout),
+            &String::from_utf8_lossy(&theirs.stdout),
+        )
+        .map_err(not_here)
+    }
+
+    /// Starts the helper on this machine with `args` (shell words), its standard streams
+    /// piped, ended at `deadline` as a remote one is.
+    fn spawn_here(
+        &self,
+        host: &str,
+        args: &str,
+        deadline: Duration,
+    ) -> Result<std::process::Child, ReplicaError> {
+        let fail = |reason: String| ReplicaError::Helper {
+            host: host.to_string(),
+            reason,
+        };
+        let exe = std::env::current_exe()
+            .map_err(|e| fail(format!("cannot find this program to run the helper: {e}")))?;
+        std::process::Command::new("timeout")
+            .arg("--kill-after=5")
+            .arg(deadline.as_secs().max(1).to_string())
+            .arg("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec {} helper {args}",
+                shell_quote(&exe.display().to_string())
+            ))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| fail(format!("cannot start the helper here: {e}")))
+    }
+
+    /// Runs the helper on this machine with `input`; its exit code, output and errors.
+    fn run_here(
+        &self,
+        host: &str,
+        args: &str,
+        input: &[u8],
+        deadline: Duration,
+    ) -> Result<(i32, Vec<u8>, String), ReplicaError> {
+        let mut child = self.spawn_here(host, args, deadline)?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let out = std::thread::scope(|scope| {
+            scope.spawn(move || stdin.write_all(input));
+            child.wait_with_output()
+        })
+        .map_err(|e| ReplicaError::Helper {
+            host: host.to_string(),
+            reason: format!("the helper here: {e}"),
+        })?;
+        Ok((
+            exit_status(out.status),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Streams the source helper on `from` (over SSH, fed `base`) into the recovery helper
+    /// on this machine (`to`): the data crosses SSH once.
+    fn pipe_into_here(
+        &self,
+        from: &str,
+        send: &str,
+        base: &[u8],
+        to: &str,
+        apply_args: &str,
+        deadline: Duration,
+    ) -> Result<PipeOutput, ReplicaError> {
+        let began = std::time::Instant::now();
+        let mut child = self.spawn_here(to, apply_args, deadline)?;
+        let mut stdin = Counted::new(child.stdin.take().expect("piped"));
+        let (stdout, stderr) = (
+            child.stdout.take().expect("piped"),
+            child.stderr.take().expect("piped"),
+        );
+        let (streamed, output, errors) = std::thread::scope(|scope| {
+            let output = scope.spawn(|| read_all(stdout));
+            let errors = scope.spawn(|| read_all(stderr));
+            let streamed =
+                self.transport
+                    .exec_stream(from, send, &mut &base[..], &mut stdin, deadline);
+            // The end of the stream, or the source failed: the recovery helper sees it end.
+            drop(stdin.inner.take());
+            if streamed.is_err() {
+                let _ = child.kill();
+            }
+            (
+                streamed,
+                output.join().unwrap_or_default(),
+                errors.join().unwrap_or_default(),
+            )
+        });
+        let write_exit = child.wait().map(exit_status).unwrap_or(-1);
+        let errors = String::from_utf8_lossy(&errors).into_owned();
+        let read = match streamed {
+            Ok(s) => s,
+            // The recovery helper here stopped reading: its own error says why.
+            Err(SshError::Local { .. }) if write_exit != 0 => crate::ssh::StreamOutput {
+                exit_code: 0,
+                stderr: String::new(),
+                duration: began.elapsed(),
+            },
+            Err(e) => return Err(e.into()),
+        };
+        Ok(PipeOutput {
+            bytes: stdin.count,
+            read_exit: read.exit_code,
+            write_exit,
+            stderr: format!("{}{errors}", read.stderr),
+            output: String::from_utf8_lossy(&output).into_owned(),
+            duration: began.elapsed(),
+        })
+    }
+
+    /// Streams the source helper on this machine (`from`, fed `base`) into the recovery
+    /// helper on `to` over SSH: the data crosses SSH once.
+    fn pipe_from_here(
+        &self,
+        from: &str,
+        send_args: &str,
+        base: &[u8],
+        to: &str,
+        apply: &str,
+        deadline: Duration,
+    ) -> Result<PipeOutput, ReplicaError> {
+        let began = std::time::Instant::now();
+        let mut child = self.spawn_here(from, send_args, deadline)?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let mut stdout = Counted::new(child.stdout.take().expect("piped"));
+        let stderr = child.stderr.take().expect("piped");
+        let mut answer = Vec::new();
+        let (streamed, errors) = std::thread::scope(|scope| {
+            // The source reads all of the recovery manifest before it writes.
+            scope.spawn(move || stdin.write_all(base));
+            let errors = scope.spawn(|| read_all(stderr));
+            let streamed =
+                self.transport
+                    .exec_stream(to, apply, &mut stdout, &mut answer, deadline);
+            if streamed.is_err() {
+                let _ = child.kill();
+            }
+            (streamed, errors.join().unwrap_or_default())
+        });
+        let read_exit = child.wait().map(exit_status).unwrap_or(-1);
+        let errors = String::from_utf8_lossy(&errors).into_owned();
+        let written = match streamed {
+            Ok(s) => s,
+            // Reading the source helper here failed: its own error says why.
+            Err(SshError::Local { .. }) if read_exit != 0 => crate::ssh::StreamOutput {
+                exit_code: -1,
+                stderr: String::new(),
+                duration: began.elapsed(),
+            },
+            Err(e) => return Err(e.into()),
+        };
+        Ok(PipeOutput {
+            bytes: stdout.count,
+            read_exit,
+            write_exit: written.exit_code,
+            stderr: format!("{errors}{}", written.stderr),
+            output: String::from_utf8_lossy(&answer).into_owned(),
+            duration: began.elapsed(),
+        })
     }
 
     /// The shell words that run the helper on a host (once deployed).
@@ -184,6 +394,16 @@ impl<'a> Helpers<'a> {
         input: &[u8],
         deadline: Duration,
     ) -> Result<Vec<u8>, ReplicaError> {
+        if self.is_here(host)? {
+            let (code, stdout, stderr) = self.run_here(host, args, input, deadline)?;
+            if code != 0 {
+                return Err(ReplicaError::Helper {
+                    host: host.to_string(),
+                    reason: helper_error(&stderr, code),
+                });
+            }
+            return Ok(stdout);
+        }
         let hash = self.deploy(host)?;
         let out = self
             .transport
@@ -250,7 +470,6 @@ impl<'a> Helpers<'a> {
     ) -> Result<ImageTransfer, ReplicaError> {
         let began = std::time::Instant::now();
         let q = |s: &str| shell_quote(s);
-        let from_hash = self.deploy(from)?;
         let base = self.call(
             to,
             &format!(
@@ -261,20 +480,38 @@ impl<'a> Helpers<'a> {
             &[],
             r.deadline,
         )?;
-        let to_hash = self.deploy(to)?;
-        let send = self.command(&from_hash, &format!("{send_verb} {}", q(src)));
-        let apply = self.command(
-            &to_hash,
-            &format!(
-                "{apply_verb} {} --point {} --taken-at {} --source {} --retention {}",
-                q(dst),
-                q(&r.point),
-                q(&r.taken_at.to_rfc3339()),
-                q(&format!("{from}:{src}")),
-                r.retention
-            ),
+        let send = format!("{send_verb} {}", q(src));
+        let apply = format!(
+            "{apply_verb} {} --point {} --taken-at {} --source {} --retention {}",
+            q(dst),
+            q(&r.point),
+            q(&r.taken_at.to_rfc3339()),
+            q(&format!("{from}:{src}")),
+            r.retention
         );
-        self.finish(from, src, to, dst, &send, &base, &apply, r, began)
+        let failed = |e: String| ReplicaError::Helper {
+            host: to.to_string(),
+            reason: format!("replicating {from}:{src} to {to}:{dst} failed: {e}"),
+        };
+        // When this machine is one of the two hosts, its side runs here: no relay.
+        let piped = if self.is_here(to)? {
+            let send = self.command(&self.deploy(from)?, &send);
+            self.pipe_into_here(from, &send, &base, to, &apply, r.deadline)
+        } else if self.is_here(from)? {
+            let apply = self.command(&self.deploy(to)?, &apply);
+            self.pipe_from_here(from, &send, &base, to, &apply, r.deadline)
+        } else {
+            let send = self.command(&self.deploy(from)?, &send);
+            let apply = self.command(&self.deploy(to)?, &apply);
+            self.transport
+                .pipe_with_input(from, &send, &base, to, &apply, r.deadline)
+                .map_err(ReplicaError::from)
+        }
+        .map_err(|e| match e {
+            ReplicaError::Ssh(e) => failed(e.to_string()),
+            e => e,
+        })?;
+        self.finish(from, src, to, dst, piped, base.len(), began)
             .map(|t| ImageTransfer { unit, ..t })
     }
 
@@ -285,19 +522,10 @@ impl<'a> Helpers<'a> {
         src: &str,
         to: &str,
         dst: &str,
-        send: &str,
-        input: &[u8],
-        apply: &str,
-        r: &Replication,
+        piped: PipeOutput,
+        manifest_bytes: usize,
         began: std::time::Instant,
     ) -> Result<ImageTransfer, ReplicaError> {
-        let piped = self
-            .transport
-            .pipe_with_input(from, send, input, to, apply, r.deadline)
-            .map_err(|e| ReplicaError::Helper {
-                host: to.to_string(),
-                reason: format!("replicating {from}:{src} to {to}:{dst} failed: {e}"),
-            })?;
         if piped.read_exit != 0 || piped.write_exit != 0 {
             let host = if piped.read_exit != 0 { from } else { to };
             return Err(ReplicaError::Helper {
@@ -321,7 +549,7 @@ impl<'a> Helpers<'a> {
             to: to.to_string(),
             dst: dst.to_string(),
             sent_bytes: piped.bytes,
-            manifest_bytes: input.len() as u64,
+            manifest_bytes: manifest_bytes as u64,
             duration: began.elapsed(),
             applied,
             unit: "blocks",
@@ -408,6 +636,93 @@ impl Helpers<'_> {
     }
 }
 
+/// Prints this machine's id and the login user's uid, one per line.
+const IDENTITY: &str = "cat /etc/machine-id && id -u";
+
+/// Whether two answers to [`IDENTITY`] are the same machine and user; why not.
+fn same_machine(host: &str, mine: &str, theirs: &str) -> Result<(), String> {
+    let two = |s: &str| {
+        let mut lines = s.lines().map(str::trim);
+        (
+            lines.next().unwrap_or("").to_string(),
+            lines.next().unwrap_or("").to_string(),
+        )
+    };
+    let ((my_id, my_uid), (their_id, their_uid)) = (two(mine), two(theirs));
+    if my_id.is_empty() || my_id != their_id {
+        return Err(format!(
+            "{host} is another machine (its machine id is '{their_id}', this one's is '{my_id}'); \
+             name the host reprise runs on, or leave --here out"
+        ));
+    }
+    if my_uid != their_uid {
+        return Err(format!(
+            "reprise runs here as uid {my_uid} but logs in to {host} as uid {their_uid}; \
+             run it as that user, or leave --here out"
+        ));
+    }
+    Ok(())
+}
+
+/// An exit status as a shell gives it: the code, or 128 + the signal.
+fn exit_status(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt as _;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
+}
+
+fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
+    let mut v = Vec::new();
+    let _ = r.read_to_end(&mut v);
+    v
+}
+
+/// A reader or writer that counts the bytes through it; `None` once closed.
+struct Counted<T> {
+    inner: Option<T>,
+    count: u64,
+}
+
+impl<T> Counted<T> {
+    fn new(inner: T) -> Self {
+        Counted {
+            inner: Some(inner),
+            count: 0,
+        }
+    }
+}
+
+impl<T: std::io::Read> std::io::Read for Counted<T> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = match &mut self.inner {
+            Some(r) => r.read(buf)?,
+            None => 0,
+        };
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+impl<T: Write> Write for Counted<T> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = match &mut self.inner {
+            Some(w) => w.write(buf)?,
+            None => return Err(std::io::ErrorKind::BrokenPipe.into()),
+        };
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.inner {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The helper's error line, without its `error: ` prefix.
 fn helper_error(stderr: &str, code: i32) -> String {
     let text = stderr
@@ -433,4 +748,26 @@ pub fn image_path(dir: &str, disk: &str) -> String {
         .join(disk)
         .display()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn here_is_this_machine_only_with_the_same_id_and_the_same_user() {
+        assert_eq!(same_machine("hv-pra", "abc\n0\n", "abc\n0\n"), Ok(()));
+        let other = same_machine("hv-pra", "abc\n0\n", "def\n0\n").unwrap_err();
+        assert!(
+            other.contains("hv-pra is another machine") && other.contains("'def'"),
+            "{other}"
+        );
+        let user = same_machine("hv-pra", "abc\n1000\n", "abc\n0\n").unwrap_err();
+        assert!(
+            user.contains("uid 1000") && user.contains("uid 0"),
+            "{user}"
+        );
+        // No id at all is never a match.
+        assert!(same_machine("hv-pra", "", "").is_err());
+    }
 }

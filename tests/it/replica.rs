@@ -613,3 +613,125 @@ fn verify_rereads_a_copy_damaged_behind_its_manifest() {
     assert!((64 << 10..1 << 20).contains(&sent), "{sent}");
     assert_eq!(b3(&dst), b3(&src));
 }
+
+/// The parent pid of `pid`.
+fn parent(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid …: comm may hold spaces, so split after its closing parenthesis.
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The program names of `pid`'s ancestors, nearest first, up to `upto` (excluded).
+fn ancestors(mut pid: i32, upto: i32) -> Vec<String> {
+    let mut names = Vec::new();
+    while let Some(p) = parent(pid) {
+        if p == upto || p <= 1 {
+            break;
+        }
+        names.push(
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        );
+        pid = p;
+    }
+    names
+}
+
+#[test]
+fn with_here_the_local_side_runs_without_ssh_and_a_kill_loses_nothing() {
+    let lab = Lab::up(80);
+    let src = lab.src();
+    new_image("raw", &src, "1G");
+    qemu_io("raw", &src, "write -P 0x13 0 8M");
+    let run = lab.run(&["replicate", "--service", "erp-db", "--here", "hv-pra"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(b3(&lab.dst()), b3(&src));
+    assert!(sent_bytes(&run.stdout) >= 8 << 20, "{run:?}");
+    let first = lab.points()[0].0.clone();
+    let before = b3(&lab.dst());
+
+    // The recovery helper is a child of this reprise, not of the recovery host's sshd; killing
+    // reprise mid-transfer leaves the last point whole.
+    qemu_io("raw", &src, "write -P 0x14 0 900M");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(lab.args(&["replicate", "--service", "erp-db", "--here", "hv-pra"]))
+        .current_dir(lab.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut journal = lab.dst().into_os_string();
+    journal.push(".reprise/journal");
+    let journal = PathBuf::from(journal);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let helper = loop {
+        let len = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
+        if len > 32 << 20
+            && let Some(pid) = apply_helper(&lab.dst())
+        {
+            break pid;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the replication ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "the transfer never started");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let chain = ancestors(helper, child.id() as i32);
+    assert!(
+        parent(helper).is_some() && !chain.iter().any(|n| n.starts_with("sshd")),
+        "the recovery helper runs under {chain:?}"
+    );
+    let mut up = helper;
+    while let Some(p) = parent(up).filter(|p| *p > 1) {
+        if p == child.id() as i32 {
+            break;
+        }
+        up = p;
+    }
+    assert_eq!(
+        parent(up),
+        Some(child.id() as i32),
+        "the recovery helper is not a child of reprise: {chain:?}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(b3(&lab.dst()), before, "the mirror was touched");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let run = loop {
+        let run = lab.run(&["verify", "erp-db", "--point", &first, "--here", "hv-pra"]);
+        if !run.stderr.contains("another process") || Instant::now() > deadline {
+            break run;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(run.code, 0, "{run:?}");
+
+    // The next run completes; then, from the primary's side (the source helper runs here).
+    let run = lab.run(&["replicate", "--service", "erp-db", "--here", "hv-pra"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(b3(&lab.dst()), b3(&src));
+    qemu_io("raw", &src, "write -P 0x15 64M 1M");
+    let run = lab.run(&["replicate", "--service", "erp-db", "--here", "hv-main"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let sent = sent_bytes(&run.stdout);
+    assert!(
+        (1 << 20..2 << 20).contains(&sent),
+        "{sent} bytes sent for 1 MiB changed"
+    );
+    assert_eq!(b3(&lab.dst()), b3(&src));
+    assert_eq!(lab.points().len(), 3);
+
+    // A host the inventory does not know is refused before anything runs.
+    let run = lab.run(&["replicate", "--here", "hv-nowhere"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("--here hv-nowhere"), "{run:?}");
+}
