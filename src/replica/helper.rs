@@ -382,7 +382,11 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("ended early"), "{err}");
         assert_eq!(std::fs::read(&dst).unwrap(), before);
+        let pending = dst.with_extension("img.reprise").join("delta.pending");
+        assert!(pending.exists());
+        // The next use of the copy throws the cut update away.
         assert_eq!(store.verify(None).unwrap(), [("p1".to_string(), true)]);
+        assert!(!pending.exists(), "the cut update's delta is left behind");
         replicate(&src, &dst, "p2", 5);
         assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
     }
