@@ -437,6 +437,32 @@ impl Session {
         write_cmd: &str,
         deadline: Duration,
     ) -> Result<PipeOutput, SshError> {
+        let src = self.open_channel()?;
+        let dst = dest.open_channel()?;
+        self.pipe_on(src, read_cmd, input, dest, dst, write_cmd, deadline)
+    }
+
+    /// Opens a channel (blocking mode).
+    fn open_channel(&self) -> Result<ssh2::Channel, SshError> {
+        self.raw.set_blocking(true);
+        self.raw.channel_session().map_err(|e| SshError::Session {
+            host: self.spec.id.clone(),
+            reason: format!("open channel: {}", e.message()),
+        })
+    }
+
+    /// [`Session::pipe_with_input`] on channels already open on both sessions.
+    #[allow(clippy::too_many_arguments)]
+    fn pipe_on(
+        &self,
+        mut src: ssh2::Channel,
+        read_cmd: &str,
+        input: &[u8],
+        dest: &Session,
+        mut dst: ssh2::Channel,
+        write_cmd: &str,
+        deadline: Duration,
+    ) -> Result<PipeOutput, SshError> {
         let secs = deadline.as_secs().max(1);
         let wrap = |c: &str| {
             format!(
@@ -449,16 +475,6 @@ impl Session {
             reason: format!("{what}: {}", e.message()),
         };
         let began = Instant::now();
-        self.raw.set_blocking(true);
-        dest.raw.set_blocking(true);
-        let mut src = self
-            .raw
-            .channel_session()
-            .map_err(|e| fail(&self.spec.id, "open channel", e))?;
-        let mut dst = dest
-            .raw
-            .channel_session()
-            .map_err(|e| fail(&dest.spec.id, "open channel", e))?;
         dst.exec(&wrap(write_cmd))
             .map_err(|e| fail(&dest.spec.id, "exec", e))?;
         src.exec(&wrap(read_cmd))
@@ -586,6 +602,20 @@ impl Session {
         deadline: Duration,
         counted: bool,
     ) -> Result<StreamOutput, SshError> {
+        let channel = self.open_channel()?;
+        self.exec_stream_on(channel, command, input, output, deadline, counted)
+    }
+
+    /// [`Session::exec_stream`] on a channel already open.
+    fn exec_stream_on(
+        &self,
+        mut channel: ssh2::Channel,
+        command: &str,
+        input: &mut dyn Read,
+        output: &mut dyn std::io::Write,
+        deadline: Duration,
+        counted: bool,
+    ) -> Result<StreamOutput, SshError> {
         let secs = deadline.as_secs().max(1);
         let wrapped = format!(
             "timeout --kill-after={KILL_AFTER_SECS} {secs} sh -c {}",
@@ -609,12 +639,7 @@ impl Session {
             }
         };
         let began = Instant::now();
-        self.raw.set_blocking(true);
         let old = self.raw.timeout();
-        let mut channel = self
-            .raw
-            .channel_session()
-            .map_err(|e| fail("open channel", e))?;
         channel.exec(&wrapped).map_err(|e| fail("exec", e))?;
         self.raw
             .set_timeout(((secs + KILL_AFTER_SECS + 30) * 1000).min(u64::from(u32::MAX)) as u32);
@@ -952,6 +977,19 @@ impl SshTransport {
 }
 
 impl SshTransport {
+    /// A session to `host` with a channel open on it: an idle session when it still answers
+    /// (the connection costs more than most short transfers), else a new one.
+    fn session_with_channel(&self, host: &str) -> Result<(Session, ssh2::Channel), SshError> {
+        if let Some(session) = self.idle_session(host)
+            && let Ok(channel) = session.open_channel()
+        {
+            return Ok((session, channel));
+        }
+        let session = self.new_session(host)?;
+        let channel = session.open_channel()?;
+        Ok((session, channel))
+    }
+
     fn give_back(&self, host: &str, session: Session) {
         self.idle
             .lock()
@@ -975,9 +1013,8 @@ impl Transport for SshTransport {
         output: &mut dyn std::io::Write,
         deadline: Duration,
     ) -> Result<StreamOutput, SshError> {
-        // A fresh session: a long transfer should not be broken by a stale idle one.
-        let session = self.new_session(host)?;
-        let out = session.exec_stream(command, input, output, deadline, true)?;
+        let (session, channel) = self.session_with_channel(host)?;
+        let out = session.exec_stream_on(channel, command, input, output, deadline, true)?;
         self.give_back(host, session);
         Ok(out)
     }
@@ -1007,9 +1044,17 @@ impl Transport for SshTransport {
         write_cmd: &str,
         deadline: Duration,
     ) -> Result<PipeOutput, SshError> {
-        let src = self.new_session(from)?;
-        let dst = self.new_session(to)?;
-        let out = src.pipe_with_input(read_cmd, input, &dst, write_cmd, deadline)?;
+        let (src, src_channel) = self.session_with_channel(from)?;
+        let (dst, dst_channel) = self.session_with_channel(to)?;
+        let out = src.pipe_on(
+            src_channel,
+            read_cmd,
+            input,
+            &dst,
+            dst_channel,
+            write_cmd,
+            deadline,
+        )?;
         self.give_back(from, src);
         self.give_back(to, dst);
         Ok(out)
@@ -1023,13 +1068,7 @@ impl Transport for SshTransport {
         write_cmd: &str,
         deadline: Duration,
     ) -> Result<PipeOutput, SshError> {
-        // Fresh sessions: a long transfer should not be broken by a stale idle one.
-        let src = self.new_session(from)?;
-        let dst = self.new_session(to)?;
-        let out = src.pipe(read_cmd, &dst, write_cmd, deadline)?;
-        self.give_back(from, src);
-        self.give_back(to, dst);
-        Ok(out)
+        self.pipe_with_input(from, read_cmd, &[], to, write_cmd, deadline)
     }
 
     fn exec(&self, host: &str, command: &str, deadline: Duration) -> Result<ExecOutput, SshError> {
