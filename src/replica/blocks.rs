@@ -9,7 +9,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 
 use blake3::hazmat::{HasherExt as _, Mode, merge_subtrees_non_root, merge_subtrees_root};
@@ -17,8 +16,8 @@ use blake3::hazmat::{HasherExt as _, Mode, merge_subtrees_non_root, merge_subtre
 /// Block size: 64 KiB.
 pub const BLOCK: usize = 64 * 1024;
 
-/// Blocks read and hashed at once.
-const BATCH: usize = 64;
+/// Blocks hashed at once (on all cores).
+const BATCH: usize = 256;
 
 /// A block's hash (its BLAKE3 chaining value).
 pub type Cv = [u8; 32];
@@ -102,23 +101,81 @@ pub fn root(cvs: &[Cv]) -> Option<[u8; 32]> {
     Some(*merge_subtrees_root(&merge(&cvs[..split]), &merge(&cvs[split..]), Mode::Hash).as_bytes())
 }
 
-/// Reads `path` in batches of blocks: `f(first block, bytes)` for each.
+/// Reads the first `size` bytes of `file` in batches of blocks: `f(first block, bytes)` for
+/// each. The file is mapped rather than read: the bytes are hashed straight from the page
+/// cache, without a copy (half the time of reading an image that is in memory).
+///
+/// A file that changes while it is read gives blocks whose bytes may differ from what was
+/// hashed a moment before; the recovery side's end-to-end check then refuses the update.
+/// A file cut shorter than `size` while mapped ends the process (SIGBUS) before anything is
+/// committed.
 pub fn read_blocks(
     file: &File,
     size: u64,
     mut f: impl FnMut(u64, &[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; BLOCK * BATCH];
+    if size == 0 {
+        return Ok(());
+    }
+    let map = Mapped::new(file, size)?;
+    let bytes = map.bytes();
     let mut idx = 0u64;
     let n = count(size);
     while idx < n {
-        let start = idx * BLOCK as u64;
-        let len = (size - start).min((BLOCK * BATCH) as u64) as usize;
-        file.read_exact_at(&mut buf[..len], start)?;
-        f(idx, &buf[..len])?;
+        let start = (idx * BLOCK as u64) as usize;
+        let len = (bytes.len() - start).min(BLOCK * BATCH);
+        f(idx, &bytes[start..start + len])?;
         idx += len.div_ceil(BLOCK) as u64;
     }
     Ok(())
+}
+
+/// A read-only, private mapping of the start of a file.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn new(file: &File, size: u64) -> io::Result<Mapped> {
+        use std::os::fd::AsRawFd as _;
+        let len =
+            usize::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
+        // SAFETY: a read-only private mapping of `len` (> 0) bytes of an open file; checked
+        // for failure below and unmapped on drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the range just mapped; a hint only.
+        unsafe {
+            libc::madvise(ptr, len, libc::MADV_SEQUENTIAL);
+        }
+        Ok(Mapped { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` readable bytes mapped at `ptr`, alive as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe {
+            libc::munmap(self.ptr, self.len);
+        }
+    }
 }
 
 /// What the recovery side knows of its copy: its size, the hash of every block and of the
