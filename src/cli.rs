@@ -353,6 +353,11 @@ pub enum Command {
         /// Show what it would do (the driver's snapshot hooks, the copies) and do nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Compress the changed blocks of vm disks with zstd on the source, for a slow link
+        /// between the sites (costs CPU on both hosts; blocks that do not compress are sent as
+        /// they are).
+        #[arg(long)]
+        compress: bool,
         #[command(flatten)]
         ssh: replicate::SshArgs,
     },
@@ -855,8 +860,9 @@ pub fn run(cli: &Cli) -> Outcome {
             services,
             verify,
             dry_run,
+            compress,
             ssh,
-        } => replicate::replicate(&model, services, *verify, *dry_run, ssh),
+        } => replicate::replicate(&model, services, *verify, *dry_run, *compress, ssh),
         Command::Points { vm, json, ssh } => replicate::points(&model, vm, *json, ssh),
         Command::Verify { vm, point, ssh } => {
             replicate::verify(&model, vm.as_deref(), point.as_deref(), ssh)

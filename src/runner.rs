@@ -576,6 +576,7 @@ async fn run_step(
                 taken_at,
                 retention: *retention,
                 reread: false,
+                compress: false,
                 deadline,
             };
             let mut point = None;

@@ -64,6 +64,8 @@ pub enum HelperAction {
     },
     Send {
         image: PathBuf,
+        #[arg(long)]
+        compress: bool,
     },
     Manifest {
         image: PathBuf,
@@ -144,8 +146,9 @@ impl HelperAction {
     fn clone_request(&self) -> Result<Request, Outcome> {
         Ok(match self {
             HelperAction::Hash { file } => Request::Hash { file: file.clone() },
-            HelperAction::Send { image } => Request::Send {
+            HelperAction::Send { image, compress } => Request::Send {
                 image: image.clone(),
+                compress: *compress,
             },
             HelperAction::Manifest { image, reread } => Request::Manifest {
                 image: image.clone(),
@@ -508,6 +511,7 @@ pub fn replicate(
     services: &[String],
     verify: bool,
     dry_run: bool,
+    compress: bool,
     ssh: &SshArgs,
 ) -> Outcome {
     let vms = match select(model, services) {
@@ -554,6 +558,7 @@ pub fn replicate(
             taken_at,
             retention: vm.retention,
             reread: verify,
+            compress,
             deadline: std::time::Duration::from_secs(7200),
         };
         for img in &vm.images {

@@ -20,8 +20,9 @@ use super::wire;
 pub enum Request {
     /// BLAKE3 of a file (the helper checks its own upload with it).
     Hash { file: PathBuf },
-    /// Source side: reads the recovery manifest on stdin, writes the stream.
-    Send { image: PathBuf },
+    /// Source side: reads the recovery manifest on stdin, writes the stream (its data blocks
+    /// zstd-compressed with `compress`, when that makes them smaller).
+    Send { image: PathBuf, compress: bool },
     /// Recovery side: the manifest to compare against (after settling an interrupted update).
     Manifest { image: PathBuf, reread: bool },
     /// Recovery side: applies a stream as a new point; answers with JSON.
@@ -88,14 +89,14 @@ pub fn serve(req: Request, stdin: &mut impl Read, stdout: &mut impl Write) -> Re
             let h = hash_file(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             out(stdout, format!("{h}\n").as_bytes())
         }
-        Request::Send { image } => {
+        Request::Send { image, compress } => {
             let mut m = Vec::new();
             stdin
                 .read_to_end(&mut m)
                 .map_err(|e| format!("reading the recovery manifest: {e}"))?;
             let base = Manifest::decode(&m)?;
             let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout);
-            send(&image, &base, &mut w)?;
+            send(&image, &base, &mut w, compress)?;
             w.flush().map_err(|e| format!("writing the stream: {e}"))?;
             Ok(())
         }
@@ -222,9 +223,19 @@ pub fn hash_file(path: &Path) -> std::io::Result<String> {
     Ok(h.finalize().to_hex().to_string())
 }
 
-/// Reads `image` and writes the stream of the blocks that differ from `base`.
-pub fn send(image: &Path, base: &Manifest, w: &mut impl Write) -> Result<Sent, String> {
+/// Reads `image` and writes the stream of the blocks that differ from `base`, compressed with
+/// `compress` where that makes them smaller.
+pub fn send(
+    image: &Path,
+    base: &Manifest,
+    w: &mut impl Write,
+    compress: bool,
+) -> Result<Sent, String> {
     let name = image.display().to_string();
+    let mut compressor = match compress {
+        true => Some(wire::Compressor::new().map_err(|e| format!("zstd: {e}"))?),
+        false => None,
+    };
     let file = File::open(image).map_err(|e| format!("{name}: {e}"))?;
     let size = file.metadata().map_err(|e| format!("{name}: {e}"))?.len();
     let werr = |e: std::io::Error| format!("writing the stream of {name}: {e}");
@@ -253,6 +264,9 @@ pub fn send(image: &Path, base: &Manifest, w: &mut impl Write) -> Result<Sent, S
             sent.blocks += 1;
             if blocks::is_zero(b) {
                 wire::write_zero(w, idx, b.len() as u32)?;
+            } else if let Some(z) = compressor.as_mut().and_then(|c| c.compress(b)) {
+                sent.bytes += z.len() as u64;
+                wire::write_compressed(w, idx, b.len() as u32, &z)?;
             } else {
                 sent.bytes += b.len() as u64;
                 wire::write_data(w, idx, b)?;
@@ -285,7 +299,7 @@ mod tests {
         let store = Store::new(dst);
         let (m, _) = store.base_manifest(false).unwrap();
         let mut stream = Vec::new();
-        let sent = send(src, &m, &mut stream).unwrap();
+        let sent = send(src, &m, &mut stream, false).unwrap();
         let applied = store
             .apply(
                 &mut &stream[..],
@@ -340,6 +354,57 @@ mod tests {
     }
 
     #[test]
+    fn a_compressed_stream_is_smaller_and_gives_the_same_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        // Text-like blocks (compress well), then noise (does not), then zeros (a hole).
+        let mut data: Vec<u8> = (0..6 * BLOCK)
+            .map(|i| b"reprise "[i % 8] ^ (i / 4096) as u8)
+            .collect();
+        let mut x = 0x9e37_79b9_u32;
+        data.extend((0..2 * BLOCK).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        }));
+        data.extend(vec![0u8; BLOCK]);
+        std::fs::write(&src, &data).unwrap();
+        let store = Store::new(&dst);
+        let (m, _) = store.base_manifest(false).unwrap();
+        let (mut plain, mut packed) = (Vec::new(), Vec::new());
+        let sent_plain = send(&src, &m, &mut plain, false).unwrap();
+        let sent_packed = send(&src, &m, &mut packed, true).unwrap();
+        assert_eq!(sent_plain.blocks, sent_packed.blocks);
+        assert_eq!(sent_plain.bytes, 8 * BLOCK as u64);
+        // The noise goes as it is; the text shrinks to a few percent.
+        assert!(
+            sent_packed.bytes > 2 * BLOCK as u64,
+            "{}",
+            sent_packed.bytes
+        );
+        assert!(
+            sent_packed.bytes < 3 * BLOCK as u64,
+            "{}",
+            sent_packed.bytes
+        );
+        assert!(packed.len() < plain.len() / 2);
+        store
+            .apply(
+                &mut &packed[..],
+                NewPoint {
+                    id: "p1".into(),
+                    taken_at: Utc::now(),
+                    source: "src".into(),
+                    retention: 2,
+                },
+            )
+            .unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), data);
+    }
+
+    #[test]
     fn a_flipped_byte_marks_the_point_bad_and_the_next_run_mends_it() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src.img");
@@ -367,7 +432,7 @@ mod tests {
         let store = Store::new(&dst);
         let (m, _) = store.base_manifest(false).unwrap();
         let mut stream = Vec::new();
-        send(&src, &m, &mut stream).unwrap();
+        send(&src, &m, &mut stream, false).unwrap();
         let cut = &stream[..stream.len() / 2];
         let err = store
             .apply(

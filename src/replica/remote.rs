@@ -84,6 +84,9 @@ pub struct Replication {
     pub retention: u32,
     /// Hash the recovery copy again instead of trusting its manifest.
     pub reread: bool,
+    /// Compress the blocks of images with zstd on the source (backup sets are sent as they
+    /// are).
+    pub compress: bool,
     pub deadline: Duration,
 }
 
@@ -480,7 +483,15 @@ impl<'a> Helpers<'a> {
             &[],
             r.deadline,
         )?;
-        let send = format!("{send_verb} {}", q(src));
+        let send = format!(
+            "{send_verb} {}{}",
+            q(src),
+            if r.compress && send_verb == "send" {
+                " --compress"
+            } else {
+                ""
+            }
+        );
         let apply = format!(
             "{apply_verb} {} --point {} --taken-at {} --source {} --retention {}",
             q(dst),

@@ -1232,7 +1232,7 @@ mod tests {
             std::fs::write(&src, content).unwrap();
             let (m, _) = store.base_manifest(false).unwrap();
             let mut out = Vec::new();
-            crate::replica::helper::send(&src, &m, &mut out).unwrap();
+            crate::replica::helper::send(&src, &m, &mut out, false).unwrap();
             let new = NewPoint {
                 id: id.into(),
                 taken_at: Utc::now(),
@@ -1312,7 +1312,7 @@ mod tests {
         let stream = |store: &Store| {
             let (m, _) = store.base_manifest(false).unwrap();
             let mut out = Vec::new();
-            crate::replica::helper::send(&src, &m, &mut out).unwrap();
+            crate::replica::helper::send(&src, &m, &mut out, false).unwrap();
             out
         };
         store.apply(&mut &stream(&store)[..], point("p1")).unwrap();
@@ -1352,7 +1352,7 @@ mod tests {
         let stream = |store: &Store| {
             let (m, _) = store.base_manifest(false).unwrap();
             let mut out = Vec::new();
-            crate::replica::helper::send(&src, &m, &mut out).unwrap();
+            crate::replica::helper::send(&src, &m, &mut out, false).unwrap();
             out
         };
         store.apply(&mut &stream(&store)[..], point("p1")).unwrap();
@@ -1393,7 +1393,7 @@ mod tests {
         let replicate = |id: &str| {
             let (m, _) = store.base_manifest(false).unwrap();
             let mut out = Vec::new();
-            let sent = crate::replica::helper::send(&src, &m, &mut out).unwrap();
+            let sent = crate::replica::helper::send(&src, &m, &mut out, false).unwrap();
             store
                 .apply(
                     &mut &out[..],

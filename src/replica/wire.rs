@@ -1,6 +1,7 @@
 //! The stream from the source helper to the recovery helper: a header naming the manifest it
-//! was computed against and the new size, the blocks that differ (data, or only their length
-//! for a block of zeros, which stays a hole), and the whole-image hash at the end.
+//! was computed against and the new size, the blocks that differ (data, zstd-compressed data
+//! when asked for and smaller, or only their length for a block of zeros, which stays a hole),
+//! and the whole-image hash at the end.
 //!
 //! Pure encoding and decoding over `Read`/`Write`.
 
@@ -38,6 +39,31 @@ pub fn write_data(w: &mut impl Write, idx: u64, data: &[u8]) -> io::Result<()> {
     w.write_all(&idx.to_le_bytes())?;
     w.write_all(&(data.len() as u32).to_le_bytes())?;
     w.write_all(data)
+}
+
+/// Block `idx` of `len` bytes, as `z`, its zstd frame.
+pub fn write_compressed(w: &mut impl Write, idx: u64, len: u32, z: &[u8]) -> io::Result<()> {
+    w.write_all(&[4])?;
+    w.write_all(&idx.to_le_bytes())?;
+    w.write_all(&len.to_le_bytes())?;
+    w.write_all(&(z.len() as u32).to_le_bytes())?;
+    w.write_all(z)
+}
+
+/// Compresses blocks for [`write_compressed`]: zstd at its fastest level, kept only when it
+/// saves an eighth or more (data that does not compress is sent as it is).
+pub struct Compressor(zstd::bulk::Compressor<'static>);
+
+impl Compressor {
+    pub fn new() -> io::Result<Compressor> {
+        zstd::bulk::Compressor::new(1).map(Compressor)
+    }
+
+    /// The compressed frame of `block`, if worth it.
+    pub fn compress(&mut self, block: &[u8]) -> Option<Vec<u8>> {
+        let z = self.0.compress(block).ok()?;
+        (z.len() <= block.len() - block.len() / 8).then_some(z)
+    }
 }
 
 pub fn write_zero(w: &mut impl Write, idx: u64, len: u32) -> io::Result<()> {
@@ -115,6 +141,27 @@ pub fn read_record(r: &mut impl Read) -> Result<Record, String> {
             r.read_exact(&mut whole).map_err(truncated)?;
             Ok(Record::End { whole })
         }
+        4 => {
+            let idx = u64_of(r)?;
+            let len = u32_of(r)? as usize;
+            let zlen = u32_of(r)? as usize;
+            if len > super::BLOCK || zlen > super::BLOCK {
+                return Err(format!(
+                    "block {idx} of the stream is too long ({len} bytes, {zlen} compressed)"
+                ));
+            }
+            let mut z = vec![0u8; zlen];
+            r.read_exact(&mut z).map_err(truncated)?;
+            let data = zstd::bulk::decompress(&z, len)
+                .map_err(|e| format!("block {idx} of the stream does not decompress: {e}"))?;
+            if data.len() != len {
+                return Err(format!(
+                    "block {idx} of the stream decompresses to {} bytes, not {len}",
+                    data.len()
+                ));
+            }
+            Ok(Record::Data { idx, data })
+        }
         t => Err(format!("unknown record {t} in the stream from the source")),
     }
 }
@@ -154,5 +201,35 @@ mod tests {
         read_record(&mut cut).unwrap();
         read_record(&mut cut).unwrap();
         assert!(read_record(&mut cut).unwrap_err().contains("ended early"));
+    }
+
+    #[test]
+    fn a_compressed_block_comes_back_whole_and_a_damaged_one_is_an_error() {
+        let block: Vec<u8> = (0..super::super::BLOCK).map(|i| (i / 512) as u8).collect();
+        let mut c = Compressor::new().unwrap();
+        let z = c.compress(&block).expect("a repetitive block compresses");
+        assert!(z.len() < block.len() / 8, "{} bytes", z.len());
+        let mut buf = Vec::new();
+        write_compressed(&mut buf, 6, block.len() as u32, &z).unwrap();
+        assert_eq!(
+            read_record(&mut &buf[..]).unwrap(),
+            Record::Data {
+                idx: 6,
+                data: block.clone()
+            }
+        );
+        // Random bytes do not compress: sent as they are.
+        let noise: Vec<u8> = (0..4096u32)
+            .flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes())
+            .collect();
+        assert!(c.compress(&noise).is_none());
+        // A frame damaged in transit, or claiming another length, is refused.
+        let mut bad = buf.clone();
+        let last = bad.len() - 2;
+        bad[last] ^= 0xff;
+        assert!(read_record(&mut &bad[..]).is_err());
+        let mut short = Vec::new();
+        write_compressed(&mut short, 6, block.len() as u32 - 1, &z).unwrap();
+        assert!(read_record(&mut &short[..]).is_err());
     }
 }
