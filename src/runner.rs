@@ -720,12 +720,10 @@ async fn start_from_replica(
     let mut notes = Vec::new();
     if want.is_none()
         && failover
-        && let Some(id) = common_fallback(&disks)
+        && let Some((id, why)) = common_fallback(&disks)
     {
         // A vm's disks start from one point: a disk rolled back takes the others with it.
-        notes.push(format!(
-            "a newest point failed verification: every disk starts from point {id}"
-        ));
+        notes.push(format!("{why}: every disk starts from point {id}"));
         want = Some(Want::Id(id));
     }
     for disk in disks.iter_mut() {
@@ -794,16 +792,27 @@ async fn start_from_replica(
     Ok(())
 }
 
-/// When a disk's newest point failed verification, the newest point id that every disk
-/// holds and none failed: the point the whole vm falls back to.
-fn common_fallback(disks: &[DiskCopy]) -> Option<String> {
+/// When a disk's newest point failed verification, or the disks' newest points differ (a
+/// replication stopped between two disks of the vm), the newest point id that every disk
+/// holds and none failed: the point the whole vm falls back to, and why.
+fn common_fallback(disks: &[DiskCopy]) -> Option<(String, &'static str)> {
     use crate::replica::Verified;
-    let needs = disks
-        .iter()
-        .any(|d| d.points.last().is_some_and(|p| p.verified == Verified::Bad));
-    if !needs || disks.iter().any(|d| d.points.is_empty()) {
+    if disks.iter().any(|d| d.points.is_empty()) {
         return None;
     }
+    let why = if disks
+        .iter()
+        .any(|d| d.points.last().is_some_and(|p| p.verified == Verified::Bad))
+    {
+        "a newest point failed verification"
+    } else if disks
+        .windows(2)
+        .any(|w| w[0].points.last().map(|p| &p.id) != w[1].points.last().map(|p| &p.id))
+    {
+        "the disks' newest points differ (a replication stopped between them)"
+    } else {
+        return None;
+    };
     disks[0]
         .points
         .iter()
@@ -816,6 +825,7 @@ fn common_fallback(disks: &[DiskCopy]) -> Option<String> {
                     .any(|p| &p.id == id && p.verified != Verified::Bad)
             })
         })
+        .map(|id| (id, why))
 }
 
 /// A point asked for at failover.
@@ -2049,13 +2059,26 @@ mod tests {
         // The vm falls back as a whole to the newest point good on every disk.
         assert_eq!(
             common_fallback(&[sys.clone(), data.clone()]),
-            Some("P1".to_string())
+            Some(("P1".to_string(), "a newest point failed verification"))
         );
         assert_eq!(
             common_fallback(std::slice::from_ref(&data)),
             None,
             "nothing is bad"
         );
+        // A replication stopped after the first disk: the vm starts from the point both share.
+        let ahead = disk(
+            "sys",
+            &[
+                ("P1", "2026-11-28T01:00:00Z", "yes"),
+                ("P2", "2026-11-28T02:00:00Z", "yes"),
+            ],
+        );
+        let behind = disk("data", &[("P1", "2026-11-28T01:00:00Z", "yes")]);
+        let (id, why) = common_fallback(&[ahead.clone(), behind.clone()]).unwrap();
+        assert_eq!(id, "P1");
+        assert!(why.contains("differ"), "{why}");
+        assert_eq!(common_fallback(&[ahead.clone(), ahead.clone()]), None);
         // Asked for by id, or by time.
         let id = |s: &str| Want::Id(s.to_string());
         assert_eq!(start_candidates(&sys, Some(&id("P1"))).unwrap(), [0]);

@@ -203,7 +203,7 @@ fn render_step(out: &mut String, step: &PlannedStep, previous: Option<&str>) {
             out,
             "           replica: {}",
             if r.may_roll_back {
-                "the newest good point of each disk (a bad newest point: rolled back to the last good one; --point chooses)"
+                "one point for all disks, the newest good one they share (rolled back to it when a newest point is bad or only some disks have it; --point chooses)"
             } else {
                 "the newest point of each disk, left untouched"
             }

@@ -1034,3 +1034,110 @@ fn replicate_freezes_a_running_vm_around_its_copy_and_copies_nothing_without_a_s
     );
     assert_eq!(points(&lab), before);
 }
+
+#[test]
+fn an_emergency_failover_after_a_killed_replication_starts_from_the_last_good_point() {
+    let lab = Lab::up(44);
+    let source = lab
+        .host_root("hv-main")
+        .join("srv/datastore/images/erp-db-data.qcow2");
+    // A data disk big enough to be caught in the middle of its copy.
+    let made = tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            source.to_str().unwrap(),
+            "1G",
+        ],
+    );
+    assert!(made.status.success(), "{made:?}");
+    let qemu_io = |command: &str| {
+        let out = tool(
+            "qemu-io",
+            &["-f", "qcow2", "-c", command, source.to_str().unwrap()],
+        );
+        assert!(out.status.success(), "{out:?}");
+    };
+    qemu_io("write -P 0x21 0 8M");
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let first_point = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("erp-db-data.qcow2"))
+        .and_then(|l| l.split_once(": point "))
+        .and_then(|(_, rest)| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no point in {}", run.stdout))
+        .to_string();
+    let copy = walk(&lab.host_root("hv-pra"))
+        .into_iter()
+        .find(|p| p.ends_with("erp-db-data.qcow2"))
+        .unwrap();
+    let first = std::fs::read(&copy).unwrap();
+
+    // The next replication is killed while the update is being received.
+    qemu_io("write -P 0x31 0 600M");
+    let mut child = lab.spawn(&["replicate", "--service", "erp-db"]);
+    let journal = copy.with_extension("qcow2.reprise").join("journal");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0) < 32 << 20 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the replication ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "the transfer never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        std::fs::read(&copy).unwrap() == first,
+        "the copy was touched"
+    );
+    // The recovery helper sees its stream end and lets go of the copy.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let run = lab.run(&["verify", "erp-db", "--point", &first_point]);
+        if run.code == 0 {
+            break;
+        }
+        assert!(
+            run.stderr.contains("another process") && Instant::now() < deadline,
+            "{run:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let status = lab.run_confirming(
+        &[
+            "failover",
+            "--emergency",
+            "--service",
+            "erp-db",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ],
+        Duration::from_secs(90),
+    );
+    assert!(status.success(), "{status:?}");
+    let used: Vec<serde_json::Value> = lab
+        .journal()
+        .into_iter()
+        .filter(|e| e["event"] == "replica_point_used")
+        .collect();
+    assert_eq!(used.len(), 1, "{used:?}");
+    // The killed run had finished the system disk: the vm's disks start from the point they
+    // share, and the run says why.
+    assert_eq!(used[0]["point"], first_point.as_str(), "{:?}", used[0]);
+    assert_eq!(used[0]["verified"], true, "{:?}", used[0]);
+    let note = used[0]["note"].as_str().unwrap();
+    assert!(note.contains("newest points differ"), "{note}");
+    assert!(
+        std::fs::read(&copy).unwrap() == first,
+        "the vm did not start from the last good point"
+    );
+}
