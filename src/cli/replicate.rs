@@ -526,6 +526,15 @@ pub fn replicate(
     }
     let transport = transport(model, ssh);
     let helpers = Helpers::new(&transport);
+    // Every host at once: the connections, the helper uploads and the --here check.
+    let mut hosts: Vec<&str> = vms
+        .iter()
+        .flat_map(|vm| vm.images.iter())
+        .flat_map(|img| [img.from.as_str(), img.to.as_str()])
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    helpers.prepare(&hosts);
     let mut out = Outcome::default();
     for vm in &vms {
         // A running vm's disks are frozen by its driver's snapshot while they are read.

@@ -93,7 +93,8 @@ pub struct Replication {
 /// The helper deployed on hosts, for one orchestrator process.
 pub struct Helpers<'a> {
     transport: &'a dyn Transport,
-    deployed: Mutex<HashMap<String, ()>>,
+    /// Per host: deployed, or why not (a host is not tried twice by one command).
+    deployed: Mutex<HashMap<String, Result<(), ReplicaError>>>,
     /// Whether the transport's `--here` host was found to be this machine (asked once).
     here: Mutex<Option<Result<(), ReplicaError>>>,
 }
@@ -127,6 +128,22 @@ impl<'a> Helpers<'a> {
             deployed: Mutex::new(HashMap::new()),
             here: Mutex::new(None),
         }
+    }
+
+    /// Gets `hosts` ready at once (connected, the helper deployed, `--here` checked), so that
+    /// the transfers do not wait for them one after the other. Errors are left for the calls
+    /// that need the host, which meet them again and report them.
+    pub fn prepare(&self, hosts: &[&str]) {
+        std::thread::scope(|scope| {
+            for host in hosts {
+                scope.spawn(move || match self.is_here(host) {
+                    Ok(true) | Err(_) => {}
+                    Ok(false) => {
+                        let _ = self.deploy(host);
+                    }
+                });
+            }
+        });
     }
 
     /// Whether `host` is this machine: the transport's `--here` host, once its machine id
@@ -342,15 +359,20 @@ impl<'a> Helpers<'a> {
 
     /// Uploads the helper to `host` unless a verified copy is there.
     fn deploy(&self, host: &str) -> Result<String, ReplicaError> {
-        let (_, bytes, hash) = this_binary()?;
-        if self
-            .deployed
+        let (_, _, hash) = this_binary()?;
+        if let Some(done) = self.deployed.lock().expect("not poisoned").get(host) {
+            return done.clone().map(|()| hash.clone());
+        }
+        let done = self.upload(host);
+        self.deployed
             .lock()
             .expect("not poisoned")
-            .contains_key(host)
-        {
-            return Ok(hash.clone());
-        }
+            .insert(host.to_string(), done.clone());
+        done.map(|()| hash.clone())
+    }
+
+    fn upload(&self, host: &str) -> Result<(), ReplicaError> {
+        let (_, bytes, hash) = this_binary()?;
         let path = format!("H=\"${{XDG_CACHE_HOME:-$HOME/.cache}}/reprise/helper-{hash}\"");
         let probe = self.transport.exec_bytes(
             host,
@@ -382,11 +404,7 @@ impl<'a> Helpers<'a> {
                 });
             }
         }
-        self.deployed
-            .lock()
-            .expect("not poisoned")
-            .insert(host.to_string(), ());
-        Ok(hash.clone())
+        Ok(())
     }
 
     /// Runs the helper on `host` with `args`; its standard output.

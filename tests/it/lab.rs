@@ -259,7 +259,14 @@ fn planned_failover_then_failback_with_confirmations_from_another_process() {
     let lab = Lab::up(102);
     for mode in ["failover", "failback"] {
         let exit = lab.run_confirming(&[mode, "--yes", "--no-prompt"], Duration::from_secs(240));
-        assert!(exit.success(), "{mode} failed: {:?}", lab.journal().last());
+        let failed: Vec<serde_json::Value> = lab
+            .journal()
+            .into_iter()
+            .filter(|e| {
+                e["status"] == "failed" || (e["event"] == "step_output" && e["exit_code"] != 0)
+            })
+            .collect();
+        assert!(exit.success(), "{mode} failed: {failed:#?}");
         let events = lab.journal();
         let confirmations: Vec<_> = events
             .iter()
