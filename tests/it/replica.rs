@@ -91,6 +91,57 @@ impl Lab {
         sent_bytes(&run.stdout)
     }
 
+    /// `reprise replicate --service erp-db` and `extra`, in the background, its output piped.
+    fn spawn_replicate(&self, extra: &[&str]) -> std::process::Child {
+        let mut args = vec!["replicate", "--service", "erp-db"];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_reprise"))
+            .args(self.args(&args))
+            .current_dir(self.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits, while `child` replicates, until the update of the data disk's copy has
+    /// received 32 MiB; the pid of the recovery helper applying it.
+    fn wait_mid_update(&self, child: &mut std::process::Child) -> i32 {
+        let mut journal = self.dst().into_os_string();
+        journal.push(".reprise/journal");
+        let journal = PathBuf::from(journal);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let len = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
+            if len > 32 << 20
+                && let Some(pid) = apply_helper(&self.dst())
+            {
+                return pid;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the replication ended before it could be cut"
+            );
+            assert!(Instant::now() < deadline, "the transfer never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// `reprise verify erp-db --point POINT` and `extra`, once the recovery helper of a cut
+    /// transfer has noticed and let go of the copy (20 s at most).
+    fn verify_when_free(&self, point: &str, extra: &[&str]) -> Run {
+        let mut args = vec!["verify", "erp-db", "--point", point];
+        args.extend_from_slice(extra);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let run = self.run(&args);
+            if !run.stderr.contains("another process") || Instant::now() > deadline {
+                return run;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The points of erp-db, oldest first: (id, verified).
     fn points(&self) -> Vec<(String, String)> {
         let run = self.run(&["points", "erp-db", "--json"]);
@@ -283,42 +334,17 @@ fn a_killed_replication_leaves_the_last_point_good_and_the_next_one_completes() 
     let before = b3(&lab.dst());
 
     qemu_io("raw", &src, "write -P 0x77 0 900M");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
-        .args(lab.args(&["replicate", "--service", "erp-db"]))
-        .current_dir(lab.dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = lab.spawn_replicate(&[]);
+    lab.wait_mid_update(&mut child);
     let mut journal = lab.dst().into_os_string();
     journal.push(".reprise/journal");
     let journal = PathBuf::from(journal);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let len = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
-        if len > 32 << 20 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the replication ended before it could be killed"
-        );
-        assert!(Instant::now() < deadline, "the transfer never started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
     child.kill().unwrap();
     child.wait().unwrap();
 
     assert_eq!(b3(&lab.dst()), before, "the mirror was touched");
     // The recovery helper notices the lost connection and lets go of the image.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let run = loop {
-        let run = lab.run(&["verify", "erp-db", "--point", &first]);
-        if !run.stderr.contains("another process") || Instant::now() > deadline {
-            break run;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let run = lab.verify_when_free(&first, &[]);
     assert_eq!(run.code, 0, "{run:?}");
 
     let run = lab.run(&["replicate", "--service", "erp-db"]);
@@ -563,27 +589,8 @@ fn a_killed_recovery_helper_fails_the_run_and_leaves_the_last_point_good() {
     let first = lab.points()[0].0.clone();
     let before = b3(&lab.dst());
     qemu_io("raw", &src, "write -P 0x31 0 400M");
-    let child = Command::new(env!("CARGO_BIN_EXE_reprise"))
-        .args(lab.args(&["replicate", "--service", "erp-db"]))
-        .current_dir(lab.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut journal = lab.dst().into_os_string();
-    journal.push(".reprise/journal");
-    let journal = PathBuf::from(journal);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let pid = loop {
-        let len = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
-        if len > 32 << 20
-            && let Some(pid) = apply_helper(&lab.dst())
-        {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "the transfer never started");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let mut child = lab.spawn_replicate(&[]);
+    let pid = lab.wait_mid_update(&mut child);
     tool("kill", &["-KILL", &pid.to_string()]);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -669,31 +676,8 @@ fn with_here_the_local_side_runs_without_ssh_and_a_kill_loses_nothing() {
     // The recovery helper is a child of this reprise, not of the recovery host's sshd; killing
     // reprise mid-transfer leaves the last point whole.
     qemu_io("raw", &src, "write -P 0x14 0 900M");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
-        .args(lab.args(&["replicate", "--service", "erp-db", "--here", "hv-pra"]))
-        .current_dir(lab.dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut journal = lab.dst().into_os_string();
-    journal.push(".reprise/journal");
-    let journal = PathBuf::from(journal);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let helper = loop {
-        let len = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
-        if len > 32 << 20
-            && let Some(pid) = apply_helper(&lab.dst())
-        {
-            break pid;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the replication ended before it could be killed"
-        );
-        assert!(Instant::now() < deadline, "the transfer never started");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let mut child = lab.spawn_replicate(&["--here", "hv-pra"]);
+    let helper = lab.wait_mid_update(&mut child);
     let chain = ancestors(helper, child.id() as i32);
     assert!(
         parent(helper).is_some() && !chain.iter().any(|n| n.starts_with("sshd")),
@@ -714,14 +698,7 @@ fn with_here_the_local_side_runs_without_ssh_and_a_kill_loses_nothing() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(b3(&lab.dst()), before, "the mirror was touched");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let run = loop {
-        let run = lab.run(&["verify", "erp-db", "--point", &first, "--here", "hv-pra"]);
-        if !run.stderr.contains("another process") || Instant::now() > deadline {
-            break run;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let run = lab.verify_when_free(&first, &["--here", "hv-pra"]);
     assert_eq!(run.code, 0, "{run:?}");
 
     // The next run completes; then, from the primary's side (the source helper runs here).
