@@ -1222,6 +1222,24 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 mod tests {
     use super::*;
 
+    /// A new point named `id`, keeping 5.
+    fn point(id: &str) -> NewPoint {
+        NewPoint {
+            id: id.into(),
+            taken_at: Utc::now(),
+            source: "src".into(),
+            retention: 5,
+        }
+    }
+
+    /// The stream the source helper sends for `src` against `store`'s manifest.
+    fn stream_of(src: &Path, store: &Store) -> Vec<u8> {
+        let (m, _) = store.base_manifest(false).unwrap();
+        let mut out = Vec::new();
+        crate::replica::helper::send(src, &m, &mut out, false).unwrap();
+        out
+    }
+
     #[test]
     fn a_damaged_copy_is_rolled_back_to_an_older_good_point_and_replication_goes_on() {
         let dir = tempfile::tempdir().unwrap();
@@ -1303,18 +1321,7 @@ mod tests {
         let dst = dir.path().join("dst.img");
         std::fs::write(&src, vec![1u8; 6 * BLOCK + 9]).unwrap();
         let store = Store::new(&dst);
-        let point = |id: &str| NewPoint {
-            id: id.into(),
-            taken_at: Utc::now(),
-            source: "src".into(),
-            retention: 5,
-        };
-        let stream = |store: &Store| {
-            let (m, _) = store.base_manifest(false).unwrap();
-            let mut out = Vec::new();
-            crate::replica::helper::send(&src, &m, &mut out, false).unwrap();
-            out
-        };
+        let stream = |store: &Store| stream_of(&src, store);
         store.apply(&mut &stream(&store)[..], point("p1")).unwrap();
         let v1 = std::fs::read(&dst).unwrap();
         std::fs::write(&src, vec![2u8; 4 * BLOCK]).unwrap();
@@ -1343,18 +1350,7 @@ mod tests {
         let dst = dir.path().join("dst.img");
         std::fs::write(&src, vec![3u8; 5 * BLOCK]).unwrap();
         let store = Store::new(&dst);
-        let point = |id: &str| NewPoint {
-            id: id.into(),
-            taken_at: Utc::now(),
-            source: "src".into(),
-            retention: 5,
-        };
-        let stream = |store: &Store| {
-            let (m, _) = store.base_manifest(false).unwrap();
-            let mut out = Vec::new();
-            crate::replica::helper::send(&src, &m, &mut out, false).unwrap();
-            out
-        };
+        let stream = |store: &Store| stream_of(&src, store);
         store.apply(&mut &stream(&store)[..], point("p1")).unwrap();
         let v1 = std::fs::read(&dst).unwrap();
         std::os::unix::fs::FileExt::write_all_at(
