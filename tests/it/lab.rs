@@ -99,6 +99,31 @@ impl Lab {
             .collect()
     }
 
+    /// An emergency failover of erp-db alone, which must succeed; the copy its vm started from
+    /// (the run's one `replica_point_used` event).
+    fn emergency_failover_of_erp_db(&self) -> Vec<serde_json::Value> {
+        let status = self.run_confirming(
+            &[
+                "failover",
+                "--emergency",
+                "--service",
+                "erp-db",
+                "--only",
+                "--yes",
+                "--no-prompt",
+            ],
+            Duration::from_secs(90),
+        );
+        assert!(status.success(), "{status:?}");
+        let used: Vec<serde_json::Value> = self
+            .journal()
+            .into_iter()
+            .filter(|e| e["event"] == "replica_point_used")
+            .collect();
+        assert_eq!(used.len(), 1, "{used:?}");
+        used
+    }
+
     /// Runs reprise in the background, confirming its manual steps from this process, until it
     /// exits; panics after `within`.
     fn run_confirming(&self, extra: &[&str], within: Duration) -> std::process::ExitStatus {
@@ -956,25 +981,7 @@ fn a_failover_after_a_bad_point_starts_from_the_previous_good_one_and_says_so() 
     let run = lab.run(&["verify", "erp-db"]);
     assert_ne!(run.code, 0, "{run:?}");
 
-    let status = lab.run_confirming(
-        &[
-            "failover",
-            "--emergency",
-            "--service",
-            "erp-db",
-            "--only",
-            "--yes",
-            "--no-prompt",
-        ],
-        Duration::from_secs(90),
-    );
-    assert!(status.success(), "{status:?}");
-    let used: Vec<serde_json::Value> = lab
-        .journal()
-        .into_iter()
-        .filter(|e| e["event"] == "replica_point_used")
-        .collect();
-    assert_eq!(used.len(), 1, "{used:?}");
+    let used = lab.emergency_failover_of_erp_db();
     let note = used[0]["note"].as_str().unwrap();
     assert!(note.contains("rolled back"), "the run says so: {note}");
     assert_eq!(used[0]["verified"], true, "{:?}", used[0]);
@@ -1118,25 +1125,7 @@ fn an_emergency_failover_after_a_killed_replication_starts_from_the_last_good_po
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let status = lab.run_confirming(
-        &[
-            "failover",
-            "--emergency",
-            "--service",
-            "erp-db",
-            "--only",
-            "--yes",
-            "--no-prompt",
-        ],
-        Duration::from_secs(90),
-    );
-    assert!(status.success(), "{status:?}");
-    let used: Vec<serde_json::Value> = lab
-        .journal()
-        .into_iter()
-        .filter(|e| e["event"] == "replica_point_used")
-        .collect();
-    assert_eq!(used.len(), 1, "{used:?}");
+    let used = lab.emergency_failover_of_erp_db();
     // The killed run had finished the system disk: the vm's disks start from the point they
     // share, and the run says why.
     assert_eq!(used[0]["point"], first_point.as_str(), "{:?}", used[0]);
