@@ -295,43 +295,10 @@ pub fn tools_by_host(plans: &Plans) -> BTreeMap<String, BTreeMap<String, String>
 /// Every replica copy of the inventory, with the RPO that applies to it.
 pub fn replica_targets(model: &Model) -> Vec<ReplicaTarget> {
     let inv = &model.inventory;
-    // Which service's runbooks replicate a backup set or act on a vm: its RPO applies (a vm
-    // that is no service's own, such as a second domain controller, follows the service
-    // whose runbooks handle it).
-    let mut backup_owner: HashMap<&str, &str> = HashMap::new();
-    let mut vm_owner: HashMap<&str, &str> = HashMap::new();
-    for (service, books) in &model.runbooks.by_service {
-        for book in books.values() {
-            for step in &book.steps {
-                match &step.kind {
-                    StepKind::Replicate {
-                        source: ReplicaSource::Backup(b),
-                    } => {
-                        backup_owner.entry(b.value.as_str()).or_insert(service);
-                    }
-                    StepKind::Replicate {
-                        source: ReplicaSource::Vm(v),
-                    }
-                    | StepKind::Vm { vm: Some(v), .. } => {
-                        vm_owner.entry(v.value.as_str()).or_insert(service);
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
     let images_dir = |host: &str| plan::images_dir_of(inv, host);
     let mut targets = Vec::new();
     for vm in inv.vms.values() {
-        let service = inv
-            .services
-            .values()
-            .find(|s| s.vm() == Some(vm.id.as_str()))
-            .or_else(|| {
-                vm_owner
-                    .get(vm.id.as_str())
-                    .and_then(|s| inv.services.get(*s))
-            });
+        let service = rpo_service(model, Replicated::Vm(&vm.id));
         let (Some(src), Some(dst)) = (
             images_dir(&vm.primary.value),
             images_dir(&vm.recovery.value),
@@ -352,9 +319,7 @@ pub fn replica_targets(model: &Model) -> Vec<ReplicaTarget> {
         }
     }
     for set in inv.backups.values() {
-        let service = backup_owner
-            .get(set.id.as_str())
-            .and_then(|s| inv.services.get(*s));
+        let service = rpo_service(model, Replicated::Backup(&set.id));
         targets.push(ReplicaTarget {
             what: format!("backup {}", set.id),
             service: service.map(|s| s.id.clone()),
@@ -367,6 +332,72 @@ pub fn replica_targets(model: &Model) -> Vec<ReplicaTarget> {
         });
     }
     targets
+}
+
+/// Something replicated: a vm or a backup set, by id.
+#[derive(Debug, Clone, Copy)]
+pub enum Replicated<'a> {
+    Vm(&'a str),
+    Backup(&'a str),
+}
+
+/// The service whose RPO target a replicated vm or backup set answers to: the strictest of
+/// the services placed on the vm, or (for a vm that is no service's own, such as a second
+/// domain controller, and for a backup set) of the services whose runbooks act on it or
+/// replicate it. `reprise check` and `reprise status` judge replica ages by it.
+pub fn rpo_service<'m>(
+    model: &'m Model,
+    what: Replicated<'_>,
+) -> Option<&'m crate::inventory::Service> {
+    let inv = &model.inventory;
+    let by_runbooks = |id: &str| -> Vec<&'m crate::inventory::Service> {
+        model
+            .runbooks
+            .by_service
+            .iter()
+            .filter(|(_, books)| {
+                books
+                    .values()
+                    .flat_map(|b| &b.steps)
+                    .any(|step| match (&step.kind, what) {
+                        (
+                            StepKind::Replicate {
+                                source: ReplicaSource::Backup(b),
+                            },
+                            Replicated::Backup(_),
+                        ) => b.value == id,
+                        (
+                            StepKind::Replicate {
+                                source: ReplicaSource::Vm(v),
+                            }
+                            | StepKind::Vm { vm: Some(v), .. },
+                            Replicated::Vm(_),
+                        ) => v.value == id,
+                        _ => false,
+                    })
+            })
+            .filter_map(|(service, _)| inv.services.get(service))
+            .collect()
+    };
+    let candidates: Vec<&crate::inventory::Service> = match what {
+        Replicated::Vm(id) => {
+            let placed: Vec<_> = inv
+                .services
+                .values()
+                .filter(|s| s.vm() == Some(id))
+                .collect();
+            if placed.is_empty() {
+                by_runbooks(id)
+            } else {
+                placed
+            }
+        }
+        Replicated::Backup(id) => by_runbooks(id),
+    };
+    // The strictest target; a service without one only when none has one.
+    candidates
+        .into_iter()
+        .min_by_key(|s| s.rpo.map(|d| d.secs()).unwrap_or(u64::MAX))
 }
 
 /// The hosts to ask, and what: every host the plans use, and every end of a replica.
@@ -1107,6 +1138,30 @@ mod tests {
         )
         .unwrap();
         Model::load(sources).map(|(m, _)| m).unwrap()
+    }
+
+    #[test]
+    fn a_replica_answers_to_the_strictest_rpo_of_the_services_it_serves() {
+        let mut model = example();
+        let rpo = |model: &Model, what| {
+            rpo_service(model, what).map(|s| (s.id.clone(), s.rpo.map(|d| d.secs())))
+        };
+        let of = |id: &str, secs: u64| Some((id.to_string(), Some(secs)));
+        // The service on the vm.
+        assert_eq!(rpo(&model, Replicated::Vm("erp-db")), of("erp-db", 900));
+        // dc2 carries no service: the directory's runbooks start it.
+        assert_eq!(rpo(&model, Replicated::Vm("dc2")), of("directory", 3600));
+        // A backup set: the service whose runbooks replicate it.
+        assert_eq!(
+            rpo(&model, Replicated::Backup("erp-dumps")),
+            of("backups", 86400)
+        );
+        // Two services on one vm: the strictest target wins, whichever comes first.
+        model.inventory.services["directory"].placement =
+            model.inventory.services["erp-db"].placement.clone();
+        assert_eq!(rpo(&model, Replicated::Vm("erp-db")), of("erp-db", 900));
+        // A vm that nothing serves answers to nothing.
+        assert_eq!(rpo(&model, Replicated::Vm("no-such-vm")), None);
     }
 
     #[test]

@@ -754,24 +754,16 @@ pub fn status(model: &Model, json: bool, ssh: &SshArgs, now: DateTime<Utc>) -> O
     let mut rows = Vec::new();
     let mut out = Outcome::default();
     for vm in &vms {
-        let backup_services = if vm.backup {
-            services_of_backup(model, &vm.id)
-        } else {
-            Vec::new()
-        };
-        let rpo = model
-            .inventory
-            .services
-            .values()
-            .filter(|s| {
-                if vm.backup {
-                    backup_services.contains(&s.id.as_str())
-                } else {
-                    s.vm() == Some(vm.id.as_str())
-                }
-            })
-            .filter_map(|s| s.rpo)
-            .min_by_key(|d| d.0);
+        // The same target as `reprise check` judges the copy by.
+        let rpo = crate::check::rpo_service(
+            model,
+            if vm.backup {
+                crate::check::Replicated::Backup(&vm.id)
+            } else {
+                crate::check::Replicated::Vm(&vm.id)
+            },
+        )
+        .and_then(|s| s.rpo);
         let points = match vm_points(&helpers, vm) {
             Ok(p) => p,
             Err(e) => {
