@@ -341,7 +341,7 @@ pub enum Command {
     /// A running VM's disks are frozen by its driver's snapshot hooks (`replicate-begin`,
     /// `replicate-end`) while they are read; `--dry-run` shows them.
     #[command(
-        after_help = "Examples:\n  reprise replicate\n  reprise replicate --service erp-db --verify"
+        after_help = "Examples:\n  reprise replicate\n  reprise replicate --service erp-db --verify\n  REPRISE_HERE=hv-pra reprise replicate --compress    (on the recovery host, over a slow link)"
     )]
     Replicate {
         /// Only the vm of this service (or this vm) (repeatable).
