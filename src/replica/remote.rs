@@ -269,7 +269,7 @@ impl<'a> Helpers<'a> {
             // The end of the stream, or the source failed: the recovery helper sees it end.
             drop(stdin.inner.take());
             if streamed.is_err() {
-                let _ = child.kill();
+                kill_group(&child);
             }
             (
                 streamed,
@@ -324,8 +324,10 @@ impl<'a> Helpers<'a> {
                 self.transport
                     .exec_stream(to, apply, &mut stdout, &mut answer, deadline);
             if streamed.is_err() {
-                let _ = child.kill();
+                kill_group(&child);
             }
+            // Nobody reads the source any more: a helper still writing would never end.
+            drop(stdout.inner.take());
             (streamed, errors.join().unwrap_or_default())
         });
         let read_exit = child.wait().map(exit_status).unwrap_or(-1);
@@ -665,23 +667,23 @@ impl Helpers<'_> {
     }
 }
 
-/// Prints this machine's id and the login user's uid, one per line.
-const IDENTITY: &str = "cat /etc/machine-id && id -u";
+/// Prints this machine's id, the login user's uid, and the id of this boot, one per line (two
+/// hosts cloned from one template may share a machine id, never a boot id).
+const IDENTITY: &str = "cat /etc/machine-id && id -u && cat /proc/sys/kernel/random/boot_id";
 
 /// Whether two answers to [`IDENTITY`] are the same machine and user; why not.
 fn same_machine(host: &str, mine: &str, theirs: &str) -> Result<(), String> {
-    let two = |s: &str| {
+    let three = |s: &str| {
         let mut lines = s.lines().map(str::trim);
-        (
-            lines.next().unwrap_or("").to_string(),
-            lines.next().unwrap_or("").to_string(),
-        )
+        let mut next = || lines.next().unwrap_or("").to_string();
+        (next(), next(), next())
     };
-    let ((my_id, my_uid), (their_id, their_uid)) = (two(mine), two(theirs));
-    if my_id.is_empty() || my_id != their_id {
+    let ((my_id, my_uid, my_boot), (their_id, their_uid, their_boot)) =
+        (three(mine), three(theirs));
+    if my_id.is_empty() || my_id != their_id || my_boot.is_empty() || my_boot != their_boot {
         return Err(format!(
-            "{host} is another machine (its machine id is '{their_id}', this one's is '{my_id}'); \
-             name the host reprise runs on, or leave --here out"
+            "{host} is another machine (machine id '{their_id}', boot '{their_boot}'; this one: \
+             '{my_id}', boot '{my_boot}'); name the host reprise runs on, or leave --here out"
         ));
     }
     if my_uid != their_uid {
@@ -691,6 +693,17 @@ fn same_machine(host: &str, mine: &str, theirs: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Kills a helper started by [`Helpers::spawn_here`] and everything under it: `timeout` leads
+/// its own process group, so killing `timeout` alone would leave the helper running.
+fn kill_group(child: &std::process::Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: a signal to the process group our child leads; no memory is involved.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
 }
 
 /// An exit status as a shell gives it: the code, or 128 + the signal.
@@ -785,17 +798,22 @@ mod tests {
 
     #[test]
     fn here_is_this_machine_only_with_the_same_id_and_the_same_user() {
-        assert_eq!(same_machine("hv-pra", "abc\n0\n", "abc\n0\n"), Ok(()));
-        let other = same_machine("hv-pra", "abc\n0\n", "def\n0\n").unwrap_err();
+        assert_eq!(
+            same_machine("hv-pra", "abc\n0\nb1\n", "abc\n0\nb1\n"),
+            Ok(())
+        );
+        let other = same_machine("hv-pra", "abc\n0\nb1\n", "def\n0\nb1\n").unwrap_err();
         assert!(
             other.contains("hv-pra is another machine") && other.contains("'def'"),
             "{other}"
         );
-        let user = same_machine("hv-pra", "abc\n1000\n", "abc\n0\n").unwrap_err();
+        let user = same_machine("hv-pra", "abc\n1000\nb1\n", "abc\n0\nb1\n").unwrap_err();
         assert!(
             user.contains("uid 1000") && user.contains("uid 0"),
             "{user}"
         );
+        // A clone of the same template: same machine id, another boot.
+        assert!(same_machine("hv-pra", "abc\n0\nb1\n", "abc\n0\nb2\n").is_err());
         // No id at all is never a match.
         assert!(same_machine("hv-pra", "", "").is_err());
     }

@@ -642,6 +642,7 @@ impl Store {
         let dfile = d.into_inner().map_err(|e| derr(e.into_error()))?;
         dfile.sync_all().map_err(&derr)?;
         drop(dfile);
+        sync_dir(&self.dir)?;
         let json = serde_json::to_vec(&commit).expect("commit serializes");
         j.write_all(&[9]).map_err(&werr)?;
         j.write_all(&(json.len() as u32).to_le_bytes())
@@ -691,15 +692,33 @@ impl Store {
         // 1. The reverse delta of the previous point: the pending one, renamed (gone already
         // when an earlier try got past this stage).
         let pending = self.path("delta.pending");
-        if pending.exists() {
-            match &commit.prev {
-                Some(prev) => {
-                    let to = self.path(&format!("deltas/{prev}.rdelta"));
+        let present = |path: &Path| match std::fs::symlink_metadata(path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(path)(e)),
+        };
+        match &commit.prev {
+            Some(prev) => {
+                let to = self.path(&format!("deltas/{prev}.rdelta"));
+                if present(&pending)? {
                     std::fs::rename(&pending, &to).map_err(io_err(&to))?;
                     sync_dir(&self.dir.join("deltas"))?;
+                } else if !present(&to)? && self.points()?.iter().any(|p| &p.id == prev) {
+                    // Without it, overwriting the mirror would lose the previous point (unless
+                    // an earlier try got as far as dropping that point by retention).
+                    return Err(StoreError::Damaged {
+                        path: pending.display().to_string(),
+                        reason: format!(
+                            "the blocks this update replaces are neither here nor in {}; the copy was not touched",
+                            to.display()
+                        ),
+                    });
                 }
-                None => std::fs::remove_file(&pending).map_err(io_err(&pending))?,
             }
+            None if present(&pending)? => {
+                std::fs::remove_file(&pending).map_err(io_err(&pending))?
+            }
+            None => {}
         }
         // 2. The mirror.
         let mirror = OpenOptions::new()
@@ -1377,6 +1396,27 @@ mod tests {
             .unwrap()
             .len();
         assert!(delta < 2 * BLOCK as u64, "{delta}");
+    }
+
+    #[test]
+    fn a_committed_update_whose_replaced_blocks_are_gone_leaves_the_mirror_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        std::fs::write(&src, vec![7u8; 3 * BLOCK]).unwrap();
+        let store = Store::new(&dst);
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        let v1 = std::fs::read(&dst).unwrap();
+        std::fs::write(&src, vec![8u8; 3 * BLOCK]).unwrap();
+        store
+            .apply_until(&mut &stream_of(&src, &store)[..], point("p2"), true)
+            .unwrap();
+        std::fs::remove_file(store.path("delta.pending")).unwrap();
+        let err = store.base_manifest(false).unwrap_err().to_string();
+        assert!(err.contains("neither here nor"), "{err}");
+        assert_eq!(std::fs::read(&dst).unwrap(), v1, "the mirror was touched");
     }
 
     #[test]
