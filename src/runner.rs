@@ -693,20 +693,63 @@ async fn start_from_replica(
     replica: &crate::plan::ReplicaUse,
     tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
 ) -> Result<(), String> {
-    let cmd = copies_script(&replica.paths);
-    let transport = ctx.transport.clone();
-    let h = host.to_string();
-    let out =
-        tokio::task::spawn_blocking(move || transport.exec(&h, &cmd, StdDuration::from_secs(30)))
-            .await;
-    let Ok(Ok(out)) = out else { return Ok(()) };
-    if out.exit_code != 0 {
-        return Ok(());
-    }
-    let Some(mut disks) = parse_copies(&replica.paths, &out.stdout) else {
+    let read_copies = || async {
+        let cmd = copies_script(&replica.paths);
+        let transport = ctx.transport.clone();
+        let h = host.to_string();
+        let out = tokio::task::spawn_blocking(move || {
+            transport.exec(&h, &cmd, StdDuration::from_secs(30))
+        })
+        .await;
+        let Ok(Ok(out)) = out else { return None };
+        if out.exit_code != 0 {
+            return None;
+        }
+        parse_copies(&replica.paths, &out.stdout)
+    };
+    let Some(mut disks) = read_copies().await else {
         return Ok(());
     };
     let failover = replica.may_roll_back;
+    let mut notes = Vec::new();
+    // A replication or roll-back cut in the middle: its points file may not tell the truth
+    // until the update is completed or thrown away. A failover settles it first; a drill,
+    // which never changes a copy, says so.
+    let unsettled: Vec<String> = disks
+        .iter()
+        .filter(|d| d.unsettled)
+        .map(|d| d.path.clone())
+        .collect();
+    if !unsettled.is_empty() && failover {
+        for path in unsettled {
+            let (transport, h, image) = (ctx.transport.clone(), host.to_string(), path.clone());
+            let done = tokio::task::spawn_blocking(move || {
+                crate::replica::remote::Helpers::new(transport.as_ref()).settle(&h, &image)
+            })
+            .await
+            .map_err(|e| format!("the settle task failed: {e}"))?
+            .map_err(|e| {
+                format!(
+                    "cannot settle the interrupted update of {path} before starting from it: {e}"
+                )
+            })?;
+            if let Some(note) = done {
+                let name = path.rsplit('/').next().unwrap_or(&path);
+                notes.push(format!("{name}: {note}"));
+            }
+        }
+        let Some(again) = read_copies().await else {
+            return Ok(());
+        };
+        disks = again;
+    } else {
+        for d in disks.iter().filter(|d| d.unsettled) {
+            notes.push(format!(
+                "{}: an interrupted update is pending; the drill starts from the copy as it is (run `reprise replicate` to settle it)",
+                d.name()
+            ));
+        }
+    }
     let choice = &ctx.options.points;
     let want = match (
         choice.by_vm.get(&replica.vm).or(choice.all.as_ref()),
@@ -717,7 +760,6 @@ async fn start_from_replica(
         (None, None) => None,
     };
     let mut want = want.filter(|_| failover);
-    let mut notes = Vec::new();
     if want.is_none()
         && failover
         && let Some((id, why)) = common_fallback(&disks)
@@ -843,6 +885,8 @@ struct DiskCopy {
     points: Vec<crate::replica::Point>,
     /// The point it starts from; `None` for a copy without points.
     chosen: Option<usize>,
+    /// An update or roll-back was cut in the middle (its journal is still there).
+    unsettled: bool,
 }
 
 impl DiskCopy {
@@ -851,14 +895,15 @@ impl DiskCopy {
     }
 }
 
-/// Prints, for each copy, `== MTIME` (or `== missing`) then its points file.
+/// Prints, for each copy, `== MTIME` (or `== missing`), ` unsettled` when an update or
+/// roll-back of it was cut in the middle, then its points file.
 fn copies_script(paths: &[String]) -> String {
     let q: Vec<String> = paths
         .iter()
         .map(|p| crate::template::shell_quote(p))
         .collect();
     format!(
-        "for p in {}; do printf '== %s\\n' \"$(stat -c %Y -- \"$p\" 2>/dev/null || echo missing)\"; cat -- \"$p.reprise/points.json\" 2>/dev/null; echo; done",
+        "for p in {}; do u=; if [ -e \"$p.reprise/journal\" ] || [ -e \"$p.reprise/rollback.json\" ]; then u=' unsettled'; fi; printf '== %s%s\\n' \"$(stat -c %Y -- \"$p\" 2>/dev/null || echo missing)\" \"$u\"; cat -- \"$p.reprise/points.json\" 2>/dev/null; echo; done",
         q.join(" ")
     )
 }
@@ -873,8 +918,11 @@ fn parse_copies(paths: &[String], text: &str) -> Option<Vec<DiskCopy>> {
         .zip(chunks)
         .map(|(path, chunk)| {
             let (first, rest) = chunk.split_once('\n').unwrap_or((chunk, ""));
+            let (first, unsettled) = match first.trim().strip_suffix(" unsettled") {
+                Some(f) => (f, true),
+                None => (first.trim(), false),
+            };
             let mtime = first
-                .trim()
                 .parse::<i64>()
                 .ok()
                 .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0))?;
@@ -885,6 +933,7 @@ fn parse_copies(paths: &[String], text: &str) -> Option<Vec<DiskCopy>> {
                 mtime,
                 chosen: points.len().checked_sub(1),
                 points,
+                unsettled,
             })
         })
         .collect()
@@ -2015,6 +2064,22 @@ mod tests {
             None
         );
         assert_eq!(copy_in_use(&paths, "== 1\n\n", "hv-pra"), None);
+
+        // An update cut in the middle is seen, on its disk only.
+        let text = format!(
+            "== 1764400000 unsettled\n[{}]\n== 1764400100\n[{}]\n",
+            point("P1", "2026-11-29T01:00:00Z", "yes"),
+            point("P1", "2026-11-29T01:00:00Z", "yes"),
+        );
+        let disks = parse_copies(&paths, &text).unwrap();
+        assert!(disks[0].unsettled && !disks[1].unsettled);
+        assert_eq!(disks[0].mtime.timestamp(), 1764400000);
+        // The script marks a copy whose journal or roll-back record is still there.
+        let script = copies_script(&paths);
+        assert!(
+            script.contains(".reprise/journal") && script.contains(".reprise/rollback.json"),
+            "{script}"
+        );
     }
 
     fn disk(name: &str, points: &[(&str, &str, &str)]) -> DiskCopy {
@@ -2032,6 +2097,7 @@ mod tests {
             mtime: Utc::now(),
             chosen: points.len().checked_sub(1),
             points,
+            unsettled: false,
         }
     }
 

@@ -122,6 +122,9 @@ pub enum HelperAction {
         #[arg(long)]
         point: String,
     },
+    Settle {
+        image: PathBuf,
+    },
 }
 
 /// Runs a helper request with this process's standard input and output.
@@ -204,6 +207,9 @@ impl HelperAction {
             HelperAction::RollBack { image, point } => Request::RollBack {
                 image: image.clone(),
                 point: point.clone(),
+            },
+            HelperAction::Settle { image } => Request::Settle {
+                image: image.clone(),
             },
         })
     }

@@ -60,6 +60,9 @@ pub enum Request {
     },
     /// Rolls an image's copy back to an older point; answers with JSON.
     RollBack { image: PathBuf, point: String },
+    /// Completes or throws away an interrupted update or roll-back; answers with its note
+    /// (JSON, `null` when there was nothing to settle).
+    Settle { image: PathBuf },
 }
 
 /// What a verification found, per point.
@@ -204,6 +207,10 @@ pub fn serve(req: Request, stdin: &mut impl Read, stdout: &mut impl Write) -> Re
                 .roll_back(&point)
                 .map_err(|e| e.to_string())?;
             out(stdout, &serde_json::to_vec(&done).expect("serializes"))
+        }
+        Request::Settle { image } => {
+            let note = Store::new(&image).settle().map_err(|e| e.to_string())?;
+            out(stdout, &serde_json::to_vec(&note).expect("serializes"))
         }
     }
 }

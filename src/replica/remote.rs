@@ -643,6 +643,20 @@ impl<'a> Helpers<'a> {
 }
 
 impl Helpers<'_> {
+    /// Completes or throws away an interrupted update of `host:image`; what was done.
+    pub fn settle(&self, host: &str, image: &str) -> Result<Option<String>, ReplicaError> {
+        let out = self.call(
+            host,
+            &format!("settle {}", shell_quote(image)),
+            &[],
+            Duration::from_secs(7200),
+        )?;
+        serde_json::from_slice(&out).map_err(|e| ReplicaError::Helper {
+            host: host.to_string(),
+            reason: format!("the helper's answer is not understood ({e})"),
+        })
+    }
+
     /// Rolls `host:image` back to its point `point` (newer points are dropped).
     pub fn roll_back(
         &self,

@@ -213,6 +213,16 @@ impl Store {
         self.image.display().to_string()
     }
 
+    /// Settles an interrupted update or roll-back (see `recover`) so that the points file
+    /// tells the truth; what was done, if anything. A copy without points is left alone.
+    pub fn settle(&self) -> Result<Option<String>, StoreError> {
+        if !self.dir.is_dir() {
+            return Ok(None);
+        }
+        let _lock = self.lock()?;
+        self.recover()
+    }
+
     /// Takes the image's lock, or says who holds it.
     pub fn lock(&self) -> Result<File, StoreError> {
         lock_store(&self.dir, &self.name())

@@ -1111,19 +1111,20 @@ fn an_emergency_failover_after_a_killed_replication_starts_from_the_last_good_po
         std::fs::read(&copy).unwrap() == first,
         "the copy was touched"
     );
-    // The recovery helper sees its stream end and lets go of the copy.
+    // The recovery helper sees its stream end and exits; the cut update stays until settled.
+    let applying = format!("helper\0apply\0{}\0", copy.display());
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let run = lab.run(&["verify", "erp-db", "--point", &first_point]);
-        if run.code == 0 {
-            break;
-        }
-        assert!(
-            run.stderr.contains("another process") && Instant::now() < deadline,
-            "{run:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    while std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&applying))
+    }) {
+        assert!(Instant::now() < deadline, "the recovery helper never ended");
+        std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(
+        journal.exists(),
+        "the cut update was settled too early for this test"
+    );
 
     let used = lab.emergency_failover_of_erp_db();
     // The killed run had finished the system disk: the vm's disks start from the point they
@@ -1132,6 +1133,9 @@ fn an_emergency_failover_after_a_killed_replication_starts_from_the_last_good_po
     assert_eq!(used[0]["verified"], true, "{:?}", used[0]);
     let note = used[0]["note"].as_str().unwrap();
     assert!(note.contains("newest points differ"), "{note}");
+    // The failover settled the cut update before choosing: thrown away, copy untouched.
+    assert!(note.contains("thrown away"), "{note}");
+    assert!(!journal.exists());
     assert!(
         std::fs::read(&copy).unwrap() == first,
         "the vm did not start from the last good point"
