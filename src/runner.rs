@@ -765,8 +765,15 @@ async fn start_from_replica(
         && let Some((id, why)) = common_fallback(&disks)
     {
         // A vm's disks start from one point: a disk rolled back takes the others with it.
-        notes.push(format!("{why}: every disk starts from point {id}"));
-        want = Some(Want::Id(id));
+        match id {
+            Some(id) => {
+                notes.push(format!("{why}: every disk starts from point {id}"));
+                want = Some(Want::Id(id));
+            }
+            None => notes.push(format!(
+                "{why}, and no good point is on every disk: each disk starts from its own newest good point"
+            )),
+        }
     }
     for disk in disks.iter_mut() {
         let candidates = start_candidates(disk, want.as_ref())?;
@@ -836,8 +843,9 @@ async fn start_from_replica(
 
 /// When a disk's newest point failed verification, or the disks' newest points differ (a
 /// replication stopped between two disks of the vm), the newest point id that every disk
-/// holds and none failed: the point the whole vm falls back to, and why.
-fn common_fallback(disks: &[DiskCopy]) -> Option<(String, &'static str)> {
+/// holds and none failed: the point the whole vm falls back to (none when they share no
+/// good point), and why.
+fn common_fallback(disks: &[DiskCopy]) -> Option<(Option<String>, &'static str)> {
     use crate::replica::Verified;
     if disks.iter().any(|d| d.points.is_empty()) {
         return None;
@@ -855,7 +863,7 @@ fn common_fallback(disks: &[DiskCopy]) -> Option<(String, &'static str)> {
     } else {
         return None;
     };
-    disks[0]
+    let id = disks[0]
         .points
         .iter()
         .rev()
@@ -866,8 +874,8 @@ fn common_fallback(disks: &[DiskCopy]) -> Option<(String, &'static str)> {
                     .iter()
                     .any(|p| &p.id == id && p.verified != Verified::Bad)
             })
-        })
-        .map(|id| (id, why))
+        });
+    Some((id, why))
 }
 
 /// A point asked for at failover.
@@ -2125,7 +2133,7 @@ mod tests {
         // The vm falls back as a whole to the newest point good on every disk.
         assert_eq!(
             common_fallback(&[sys.clone(), data.clone()]),
-            Some(("P1".to_string(), "a newest point failed verification"))
+            Some((Some("P1".to_string()), "a newest point failed verification"))
         );
         assert_eq!(
             common_fallback(std::slice::from_ref(&data)),
@@ -2142,9 +2150,15 @@ mod tests {
         );
         let behind = disk("data", &[("P1", "2026-11-28T01:00:00Z", "yes")]);
         let (id, why) = common_fallback(&[ahead.clone(), behind.clone()]).unwrap();
-        assert_eq!(id, "P1");
+        assert_eq!(id.as_deref(), Some("P1"));
         assert!(why.contains("differ"), "{why}");
         assert_eq!(common_fallback(&[ahead.clone(), ahead.clone()]), None);
+        // Retention 1: the disks differ and share nothing; said, but no point to fall back to.
+        let alone = disk("data", &[("P0", "2026-11-28T00:30:00Z", "yes")]);
+        let only_newer = disk("sys", &[("P2", "2026-11-28T02:00:00Z", "yes")]);
+        let (id, why) = common_fallback(&[only_newer, alone]).unwrap();
+        assert_eq!(id, None);
+        assert!(why.contains("differ"), "{why}");
         // Asked for by id, or by time.
         let id = |s: &str| Want::Id(s.to_string());
         assert_eq!(start_candidates(&sys, Some(&id("P1"))).unwrap(), [0]);
