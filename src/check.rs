@@ -341,6 +341,40 @@ pub enum Replicated<'a> {
     Backup(&'a str),
 }
 
+/// The services whose runbooks act on a vm (replicate or start it) or replicate a backup set.
+pub fn runbook_services<'m>(
+    model: &'m Model,
+    what: Replicated<'_>,
+) -> Vec<&'m crate::inventory::Service> {
+    model
+        .runbooks
+        .by_service
+        .iter()
+        .filter(|(_, books)| {
+            books
+                .values()
+                .flat_map(|b| &b.steps)
+                .any(|step| match (&step.kind, what) {
+                    (
+                        StepKind::Replicate {
+                            source: ReplicaSource::Backup(b),
+                        },
+                        Replicated::Backup(id),
+                    ) => b.value == id,
+                    (
+                        StepKind::Replicate {
+                            source: ReplicaSource::Vm(v),
+                        }
+                        | StepKind::Vm { vm: Some(v), .. },
+                        Replicated::Vm(id),
+                    ) => v.value == id,
+                    _ => false,
+                })
+        })
+        .filter_map(|(service, _)| model.inventory.services.get(service))
+        .collect()
+}
+
 /// The service whose RPO target a replicated vm or backup set answers to: the strictest of
 /// the services placed on the vm, or (for a vm that is no service's own, such as a second
 /// domain controller, and for a backup set) of the services whose runbooks act on it or
@@ -350,35 +384,6 @@ pub fn rpo_service<'m>(
     what: Replicated<'_>,
 ) -> Option<&'m crate::inventory::Service> {
     let inv = &model.inventory;
-    let by_runbooks = |id: &str| -> Vec<&'m crate::inventory::Service> {
-        model
-            .runbooks
-            .by_service
-            .iter()
-            .filter(|(_, books)| {
-                books
-                    .values()
-                    .flat_map(|b| &b.steps)
-                    .any(|step| match (&step.kind, what) {
-                        (
-                            StepKind::Replicate {
-                                source: ReplicaSource::Backup(b),
-                            },
-                            Replicated::Backup(_),
-                        ) => b.value == id,
-                        (
-                            StepKind::Replicate {
-                                source: ReplicaSource::Vm(v),
-                            }
-                            | StepKind::Vm { vm: Some(v), .. },
-                            Replicated::Vm(_),
-                        ) => v.value == id,
-                        _ => false,
-                    })
-            })
-            .filter_map(|(service, _)| inv.services.get(service))
-            .collect()
-    };
     let candidates: Vec<&crate::inventory::Service> = match what {
         Replicated::Vm(id) => {
             let placed: Vec<_> = inv
@@ -387,12 +392,12 @@ pub fn rpo_service<'m>(
                 .filter(|s| s.vm() == Some(id))
                 .collect();
             if placed.is_empty() {
-                by_runbooks(id)
+                runbook_services(model, what)
             } else {
                 placed
             }
         }
-        Replicated::Backup(id) => by_runbooks(id),
+        Replicated::Backup(_) => runbook_services(model, what),
     };
     // The strictest target; a service without one only when none has one.
     candidates

@@ -272,18 +272,10 @@ fn item(model: &Model, id: &str) -> Result<VmImages, Outcome> {
 
 /// The services whose runbooks replicate backup set `set`.
 fn services_of_backup<'m>(model: &'m Model, set: &str) -> Vec<&'m str> {
-    let mut out = Vec::new();
-    for (service, books) in &model.runbooks.by_service {
-        let names_it = books.values().flat_map(|b| &b.steps).any(|s| {
-            matches!(&s.kind, crate::runbook::StepKind::Replicate {
-                source: crate::runbook::ReplicaSource::Backup(b),
-            } if b.value == set)
-        });
-        if names_it {
-            out.push(service.as_str());
-        }
-    }
-    out
+    crate::check::runbook_services(model, crate::check::Replicated::Backup(set))
+        .into_iter()
+        .map(|s| s.id.as_str())
+        .collect()
 }
 
 /// The replicated images of a VM, or why it has none.

@@ -409,6 +409,16 @@ impl<'a> Helpers<'a> {
         Ok(())
     }
 
+    /// Runs the helper on `host` with `args` and no input; its JSON answer.
+    fn call_json<T: serde::de::DeserializeOwned>(
+        &self,
+        host: &str,
+        args: &str,
+        deadline: Duration,
+    ) -> Result<T, ReplicaError> {
+        answer(host, &self.call(host, args, &[], deadline)?)
+    }
+
     /// Runs the helper on `host` with `args`; its standard output.
     fn call(
         &self,
@@ -569,11 +579,7 @@ impl<'a> Helpers<'a> {
                 ),
             });
         }
-        let applied: Applied =
-            serde_json::from_str(&piped.output).map_err(|e| ReplicaError::Helper {
-                host: to.to_string(),
-                reason: format!("the helper's answer is not understood ({e})"),
-            })?;
+        let applied: Applied = answer(to, piped.output.as_bytes())?;
         Ok(ImageTransfer {
             from: from.to_string(),
             src: src.to_string(),
@@ -589,16 +595,11 @@ impl<'a> Helpers<'a> {
 
     /// The points of `host:image`, oldest first.
     pub fn points(&self, host: &str, image: &str) -> Result<Vec<Point>, ReplicaError> {
-        let out = self.call(
+        self.call_json(
             host,
             &format!("points {}", shell_quote(image)),
-            &[],
             Duration::from_secs(60),
-        )?;
-        serde_json::from_slice(&out).map_err(|e| ReplicaError::Helper {
-            host: host.to_string(),
-            reason: format!("the helper's answer is not understood ({e})"),
-        })
+        )
     }
 
     /// Verifies one point of `host:image`, or all.
@@ -612,11 +613,7 @@ impl<'a> Helpers<'a> {
             Some(p) => format!("verify {} --point {}", shell_quote(image), shell_quote(p)),
             None => format!("verify {}", shell_quote(image)),
         };
-        let out = self.call(host, &args, &[], Duration::from_secs(7200))?;
-        serde_json::from_slice(&out).map_err(|e| ReplicaError::Helper {
-            host: host.to_string(),
-            reason: format!("the helper's answer is not understood ({e})"),
-        })
+        self.call_json(host, &args, Duration::from_secs(7200))
     }
 
     /// Writes point `point` of `host:image` to `host:output`.
@@ -640,21 +637,14 @@ impl<'a> Helpers<'a> {
         )
         .map(|_| ())
     }
-}
 
-impl Helpers<'_> {
     /// Completes or throws away an interrupted update of `host:image`; what was done.
     pub fn settle(&self, host: &str, image: &str) -> Result<Option<String>, ReplicaError> {
-        let out = self.call(
+        self.call_json(
             host,
             &format!("settle {}", shell_quote(image)),
-            &[],
             Duration::from_secs(7200),
-        )?;
-        serde_json::from_slice(&out).map_err(|e| ReplicaError::Helper {
-            host: host.to_string(),
-            reason: format!("the helper's answer is not understood ({e})"),
-        })
+        )
     }
 
     /// Rolls `host:image` back to its point `point` (newer points are dropped).
@@ -664,20 +654,15 @@ impl Helpers<'_> {
         image: &str,
         point: &str,
     ) -> Result<crate::replica::store::RolledBack, ReplicaError> {
-        let out = self.call(
+        self.call_json(
             host,
             &format!(
                 "roll-back {} --point {}",
                 shell_quote(image),
                 shell_quote(point)
             ),
-            &[],
             Duration::from_secs(7200),
-        )?;
-        serde_json::from_slice(&out).map_err(|e| ReplicaError::Helper {
-            host: host.to_string(),
-            reason: format!("the helper's answer is not understood ({e})"),
-        })
+        )
     }
 }
 
@@ -777,6 +762,14 @@ impl<T: Write> Write for Counted<T> {
             None => Ok(()),
         }
     }
+}
+
+/// A helper's JSON answer from `host`.
+fn answer<T: serde::de::DeserializeOwned>(host: &str, out: &[u8]) -> Result<T, ReplicaError> {
+    serde_json::from_slice(out).map_err(|e| ReplicaError::Helper {
+        host: host.to_string(),
+        reason: format!("the helper's answer is not understood ({e})"),
+    })
 }
 
 /// The helper's error line, without its `error: ` prefix.

@@ -431,8 +431,8 @@ fn hung_host_fails_exec_within_its_timeout() {
     assert_eq!(err.to_string(), "no answer from hv2 within 7s");
 }
 
-#[test]
-fn pipe_streams_between_hosts_and_reports_exits() {
+/// Two sshd, `hv1` and `hv2`, and a transport to both.
+fn two_hosts(connect_timeout: Duration) -> (Sshd, Sshd, SshTransport) {
     let (a, b) = (Sshd::start(), Sshd::start());
     let t = SshTransport::new(
         [
@@ -441,8 +441,14 @@ fn pipe_streams_between_hosts_and_reports_exits() {
         ]
         .into(),
         HostKeyPolicy::Strict,
-        CONNECT,
+        connect_timeout,
     );
+    (a, b, t)
+}
+
+#[test]
+fn pipe_streams_between_hosts_and_reports_exits() {
+    let (_a, b, t) = two_hosts(CONNECT);
     let copy = b.dir().join("copy");
     let write = format!("cat > {}", copy.display());
     // 3 MB: many SSH windows' worth.
@@ -530,16 +536,7 @@ fn a_command_quiet_for_longer_than_the_keepalive_interval_is_waited_for() {
     // anything, and a verification answers only at the end: a silence longer than the
     // keepalive interval (15 s) and the connect timeout is not a dead host, the deadline
     // bounds it.
-    let (a, b) = (Sshd::start(), Sshd::start());
-    let t = SshTransport::new(
-        [
-            ("hv1".to_string(), a.spec("hv1")),
-            ("hv2".to_string(), b.spec("hv2")),
-        ]
-        .into(),
-        HostKeyPolicy::Strict,
-        Duration::from_secs(2),
-    );
+    let (_a, b, t) = two_hosts(Duration::from_secs(2));
     let copy = b.dir().join("copy");
     std::thread::scope(|scope| {
         let piped = scope.spawn(|| {
