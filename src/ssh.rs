@@ -206,6 +206,15 @@ impl Session {
         })
     }
 
+    /// The ciphers negotiated with the host: (client to server, server to client).
+    pub fn ciphers(&self) -> (String, String) {
+        let method = |kind| self.raw.methods(kind).unwrap_or("").to_string();
+        (
+            method(ssh2::MethodType::CryptCs),
+            method(ssh2::MethodType::CryptSc),
+        )
+    }
+
     /// Runs `command` under `deadline`: the remote side ends it (coreutils `timeout`: TERM to
     /// its process group, KILL 5 s later), and the local side stops waiting when even the KILL
     /// has had a session timeout to be answered, so a hung host cannot block forever.

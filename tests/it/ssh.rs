@@ -485,6 +485,42 @@ fn pipe_streams_between_hosts_and_reports_exits() {
     assert_eq!(std::fs::read_to_string(&copy).unwrap(), "abc");
 }
 
+/// The cipher bulk data rides on: OpenSSH's first choice, chacha20-poly1305, whose ChaCha20 and
+/// Poly1305 come from libcrypto in reprise's libssh2 (`vendor/libssh2-sys`). A pipe decrypts
+/// what the first host sends and encrypts it for the second, whose sshd checks every packet's
+/// tag: a wrong key stream or tag would end the connection or change the bytes.
+#[test]
+fn random_data_crosses_both_directions_of_the_cipher_intact() {
+    let (a, b, t) = two_hosts(CONNECT);
+    let session = connect(&a.spec("hv1"));
+    let chacha = "chacha20-poly1305@openssh.com".to_string();
+    assert_eq!(session.ciphers(), (chacha.clone(), chacha));
+    drop(session);
+
+    // 20 MiB and 1 byte of random data (a ragged last packet), from the kernel's generator.
+    let len = 20 * 1024 * 1024 + 1;
+    let mut data = vec![0u8; len];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut data)
+        .unwrap();
+    let source = a.dir().join("random");
+    std::fs::write(&source, &data).unwrap();
+    let copy = b.dir().join("copy");
+    let out = t
+        .pipe(
+            "hv1",
+            &format!("cat {}", source.display()),
+            "hv2",
+            &format!("cat > {}", copy.display()),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(
+        (out.bytes, out.read_exit, out.write_exit),
+        (len as u64, 0, 0)
+    );
+    assert!(std::fs::read(&copy).unwrap() == data, "the copy differs");
+}
+
 #[test]
 fn known_hosts_markers_and_unreadable_lines_are_handled_as_ssh_does() {
     let sshd = Sshd::start();
