@@ -108,8 +108,9 @@ pub fn root(cvs: &[Cv]) -> Option<[u8; 32]> {
 ///
 /// A file that changes while it is read gives blocks whose bytes may differ from what was
 /// hashed a moment before; the recovery side's end-to-end check then refuses the update.
-/// A file cut shorter than `size` while mapped ends the process (SIGBUS) before anything is
-/// committed.
+/// A file cut shorter than `size` while mapped, or a disk read error under the mapping, ends
+/// the process (SIGBUS) before anything is committed; `explain_faults` words its last line.
+/// The recovery side reads its own copy with [`read_blocks_copied`] instead.
 pub fn read_blocks(
     file: &File,
     size: u64,
@@ -125,6 +126,64 @@ pub fn read_blocks(
         idx += len.div_ceil(BLOCK) as u64;
     }
     Ok(())
+}
+
+/// Like [`read_blocks`], with `pread` into one reused buffer: for the recovery side's own
+/// copy, where a read error (a bad sector) or a file cut short must come back as an error, for
+/// the point to be marked bad or the command to say so, rather than end the process.
+pub fn read_blocks_copied(
+    file: &File,
+    size: u64,
+    mut f: impl FnMut(u64, &[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = vec![0u8; size.min((BLOCK * BATCH) as u64) as usize];
+    let mut idx = 0u64;
+    let n = count(size);
+    while idx < n {
+        let start = idx * BLOCK as u64;
+        let len = (size - start).min((BLOCK * BATCH) as u64) as usize;
+        file.read_exact_at(&mut buf[..len], start).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::new(
+                    e.kind(),
+                    format!("shorter than {size} bytes: it changed while it was read"),
+                )
+            } else {
+                e
+            }
+        })?;
+        f(idx, &buf[..len])?;
+        idx += len.div_ceil(BLOCK) as u64;
+    }
+    Ok(())
+}
+
+/// The line written to standard error if the process faults (SIGBUS) on a mapped file: the
+/// image was cut short or could not be read under its mapping. Set once, before mapping.
+static FAULT_MESSAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// From now on, a fault on a mapped file ends the process with exit 1 and `message` (one
+/// line) on standard error, instead of a bare signal death (exit 135).
+pub fn explain_faults(message: &str) {
+    extern "C" fn on_fault(_: libc::c_int) {
+        if let Some(m) = FAULT_MESSAGE.get() {
+            // SAFETY: write(2) and _exit(2) are async-signal-safe; `m` is never freed.
+            unsafe {
+                libc::write(2, m.as_ptr().cast(), m.len());
+            }
+        }
+        // SAFETY: as above.
+        unsafe { libc::_exit(1) }
+    }
+    let _ = FAULT_MESSAGE.set(format!("{}\n", message.trim_end()).into_bytes());
+    // SAFETY: installs a handler that only calls async-signal-safe functions.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_fault as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
+    }
 }
 
 /// A read-only, private mapping of part of a file.
@@ -197,13 +256,13 @@ impl Manifest {
         }
     }
 
-    /// Reads and hashes the file at `path`.
+    /// Reads and hashes the file at `path` (with `pread`: a read error is an error).
     pub fn of_file(path: &Path) -> io::Result<Manifest> {
         let file = File::open(path)?;
         let size = file.metadata()?.len();
         let mut all = Vec::with_capacity(count(size) as usize);
         let mut single = None;
-        read_blocks(&file, size, |first, buf| {
+        read_blocks_copied(&file, size, |first, buf| {
             if size <= BLOCK as u64 {
                 single = Some(*blake3::hash(buf).as_bytes());
             }
@@ -287,7 +346,7 @@ mod tests {
     }
 
     #[test]
-    fn a_file_read_in_several_mapped_batches_gives_every_block_once() {
+    fn a_file_read_in_several_batches_gives_every_block_once() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("img");
         let size = 2 * BATCH * BLOCK + 3 * BLOCK + 100;
@@ -301,6 +360,23 @@ mod tests {
         })
         .unwrap();
         assert!(seen == data, "the batches do not give back the file");
+        // Read with pread, the same blocks in the same batches.
+        let mut copied = Vec::new();
+        read_blocks_copied(&File::open(&p).unwrap(), size as u64, |first, bytes| {
+            assert_eq!(first as usize * BLOCK, copied.len());
+            assert!(bytes.len() <= BATCH * BLOCK);
+            copied.extend_from_slice(bytes);
+            Ok(())
+        })
+        .unwrap();
+        assert!(
+            copied == data,
+            "the copied batches do not give back the file"
+        );
+        // A file shorter than expected is an error that says so, not a fault.
+        let err = read_blocks_copied(&File::open(&p).unwrap(), size as u64 + 1, |_, _| Ok(()))
+            .unwrap_err();
+        assert!(err.to_string().contains("shorter than"), "{err}");
         let m = Manifest::of_file(&p).unwrap();
         assert_eq!(m.whole, *blake3::hash(&data).as_bytes());
         assert_eq!(m.cvs.len(), 2 * BATCH + 4);

@@ -245,6 +245,9 @@ pub fn send(
     };
     let file = File::open(image).map_err(|e| format!("{name}: {e}"))?;
     let size = file.metadata().map_err(|e| format!("{name}: {e}"))?.len();
+    blocks::explain_faults(&format!(
+        "error: {name} was cut short, or the disk could not read it, while it was sent; nothing was committed"
+    ));
     let werr = |e: std::io::Error| format!("writing the stream of {name}: {e}");
     wire::write_header(
         w,

@@ -721,3 +721,43 @@ fn with_here_the_local_side_runs_without_ssh_and_a_kill_loses_nothing() {
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("--here hv-nowhere"), "{run:?}");
 }
+
+/// A source image cut short while the helper sends it (the pages under its mapped reads gone)
+/// ends the helper with exit 1 and an error naming the image, not a bare signal death.
+#[test]
+fn a_source_image_cut_short_while_it_is_sent_fails_naming_it() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("vm.raw");
+    // 64 MiB of data without a zero block: every block travels, and the pipe fills at once.
+    let data: Vec<u8> = (0..64u32 << 20).map(|i| (i % 251) as u8 | 1).collect();
+    std::fs::write(&image, &data).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(["helper", "send", image.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let manifest = reprise::replica::blocks::Manifest::empty().encode();
+    child.stdin.take().unwrap().write_all(&manifest).unwrap();
+    // The helper has begun: a full pipe now holds it inside its first mapped batch.
+    let mut stdout = child.stdout.take().unwrap();
+    stdout.read_exact(&mut [0u8; 4096]).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} was cut short", image.display())),
+        "{stderr}"
+    );
+    assert!((rest.len() as u64) < 64 << 20, "the whole image was sent");
+}
