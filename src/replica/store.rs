@@ -410,11 +410,17 @@ impl Store {
                     .into(),
             ));
         }
-        let mut applied = if fresh {
-            self.receive_fresh(input, &header, &new)?
+        let received = if fresh {
+            self.receive_fresh(input, &header, &new)
         } else {
-            self.receive_update(input, &header, &base, points.last(), &new, stop_at_commit)?
+            self.receive_update(input, &header, &base, points.last(), &new, stop_at_commit)
         };
+        let mut applied = received.inspect_err(|_| {
+            // What a failed update left (a partial first copy, or a journal without its
+            // commit) is thrown away now, a committed one completed, so that it does not hold
+            // the recovery host's space until the next run (a full disk is a common cause).
+            let _ = self.recover();
+        })?;
         applied.recovered = recovered;
         applied.point.duration_ms = began.elapsed().as_millis() as u64;
         // The duration is known only now: record it (the point itself is already safe).

@@ -356,9 +356,22 @@ impl TreeStore {
         input: &mut impl io::BufRead,
         new: NewPoint,
     ) -> Result<(Point, u64), StoreError> {
-        let began = std::time::Instant::now();
         let _lock = self.lock()?;
         self.recover()?;
+        self.receive(input, new).inspect_err(|_| {
+            // What a failed update staged is thrown away now (a committed one completed), so
+            // that it does not hold the recovery host's space until the next run.
+            let _ = self.recover();
+        })
+    }
+
+    /// [`TreeStore::apply`] once the lock is held and an earlier update settled.
+    fn receive(
+        &self,
+        input: &mut impl io::BufRead,
+        new: NewPoint,
+    ) -> Result<(Point, u64), StoreError> {
+        let began = std::time::Instant::now();
         let stream_err = |reason: String| StoreError::Stream {
             image: self.name(),
             reason,

@@ -761,3 +761,90 @@ fn a_source_image_cut_short_while_it_is_sent_fails_naming_it() {
     );
     assert!((rest.len() as u64) < 64 << 20, "the whole image was sent");
 }
+
+/// A recovery helper whose writes fail in the middle of an update (here the file size limit,
+/// as a full disk would) fails with the file and the reason, leaves the copy and its point as
+/// they were, and throws its partial journal away at once instead of holding the space.
+#[test]
+fn an_update_whose_writes_fail_keeps_the_point_and_frees_its_journal() {
+    use reprise::replica::store::{NewPoint, Store};
+    use std::io::Write as _;
+    use std::os::unix::process::CommandExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (dir.path().join("src.raw"), dir.path().join("dst.raw"));
+    let random = |n: usize| {
+        let mut data = vec![0u8; n];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut data)
+            .unwrap();
+        data
+    };
+    std::fs::write(&src, random(4 << 20)).unwrap();
+    let store = Store::new(&dst);
+    let point = |id: &str| NewPoint {
+        id: id.into(),
+        taken_at: chrono::Utc::now(),
+        source: "hv-main:src.raw".into(),
+        retention: 5,
+    };
+    let mut stream = Vec::new();
+    let (base, _) = store.base_manifest(false).unwrap();
+    reprise::replica::helper::send(&src, &base, &mut stream, false).unwrap();
+    store.apply(&mut &stream[..], point("p1")).unwrap();
+    let before = std::fs::read(&dst).unwrap();
+
+    // Every block changes: the update's journal would grow to 4 MiB; files may not pass 1 MiB.
+    std::fs::write(&src, random(4 << 20)).unwrap();
+    let (base, _) = store.base_manifest(false).unwrap();
+    let mut stream = Vec::new();
+    reprise::replica::helper::send(&src, &base, &mut stream, false).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_reprise"));
+    cmd.args([
+        "helper",
+        "apply",
+        dst.to_str().unwrap(),
+        "--point",
+        "p2",
+        "--taken-at",
+        &chrono::Utc::now().to_rfc3339(),
+        "--source",
+        "hv-main:src.raw",
+        "--retention",
+        "5",
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 1 << 20,
+                rlim_max: 1 << 20,
+            };
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    // The helper may stop reading when it fails: a broken pipe here is expected.
+    let _ = child.stdin.take().unwrap().write_all(&stream);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("dst.raw.reprise/journal") && stderr.contains("File too large"),
+        "{stderr}"
+    );
+    let store_dir = dir.path().join("dst.raw.reprise");
+    for left in ["journal", "delta.pending"] {
+        assert!(!store_dir.join(left).exists(), "{left} is left behind");
+    }
+    assert!(
+        std::fs::read(&dst).unwrap() == before,
+        "the copy was touched"
+    );
+    assert_eq!(store.verify(None).unwrap(), [("p1".to_string(), true)]);
+}
