@@ -433,7 +433,12 @@ fn hung_host_fails_exec_within_its_timeout() {
 
 /// Two sshd, `hv1` and `hv2`, and a transport to both.
 fn two_hosts(connect_timeout: Duration) -> (Sshd, Sshd, SshTransport) {
-    let (a, b) = (Sshd::start(), Sshd::start());
+    two_hosts_with(connect_timeout, "")
+}
+
+/// [`two_hosts`] whose sshd have `extra` configuration lines.
+fn two_hosts_with(connect_timeout: Duration, extra: &str) -> (Sshd, Sshd, SshTransport) {
+    let (a, b) = (Sshd::start_with(extra), Sshd::start_with(extra));
     let t = SshTransport::new(
         [
             ("hv1".to_string(), a.spec("hv1")),
@@ -488,10 +493,12 @@ fn pipe_streams_between_hosts_and_reports_exits() {
 /// The cipher bulk data rides on: OpenSSH's first choice, chacha20-poly1305, whose ChaCha20 and
 /// Poly1305 come from libcrypto in reprise's libssh2 (`vendor/libssh2-sys`). A pipe decrypts
 /// what the first host sends and encrypts it for the second, whose sshd checks every packet's
-/// tag: a wrong key stream or tag would end the connection or change the bytes.
+/// tag: a wrong key stream or tag would end the connection or change the bytes. Keys are
+/// renewed on the way (each renewal sets the cipher up afresh).
 #[test]
 fn random_data_crosses_both_directions_of_the_cipher_intact() {
-    let (a, b, t) = two_hosts(CONNECT);
+    // DEBUG1: the sshd log says when keys are renewed (it also reaches the commands' stderr).
+    let (a, b, t) = two_hosts_with(CONNECT, "LogLevel DEBUG1");
     let session = connect(&a.spec("hv1"));
     let chacha = "chacha20-poly1305@openssh.com".to_string();
     assert_eq!(session.ciphers(), (chacha.clone(), chacha));
@@ -519,6 +526,15 @@ fn random_data_crosses_both_directions_of_the_cipher_intact() {
         (len as u64, 0, 0)
     );
     assert!(std::fs::read(&copy).unwrap() == data, "the copy differs");
+    // The test sshd renews its keys every 4 MiB (`RekeyLimit`), as OpenSSH does every GiB or
+    // so of a long transfer: both directions went through several key changes.
+    let rekeys = |sshd: &Sshd, way: &str| {
+        let log = std::fs::read_to_string(sshd.dir().join("sshd.log")).unwrap();
+        log.matches(&format!("ssh_set_newkeys: rekeying {way}"))
+            .count()
+    };
+    assert!(rekeys(&a, "out") >= 3, "the sending sshd never rekeyed");
+    assert!(rekeys(&b, "in") >= 3, "the receiving sshd never rekeyed");
 }
 
 #[test]

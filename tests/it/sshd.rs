@@ -153,11 +153,19 @@ pub struct Sshd {
     /// A `known_hosts` holding this sshd's current host key as `[address]:port`.
     pub known_hosts: PathBuf,
     pub user: String,
+    /// Configuration lines given to `start_with`, kept for restarts.
+    extra: String,
 }
 
 impl Sshd {
     /// Starts an sshd on a fresh loopback address and port, and waits until it accepts.
     pub fn start() -> Sshd {
+        Sshd::start_with("")
+    }
+
+    /// [`Sshd::start`] with `extra` lines of configuration, which take precedence (sshd keeps
+    /// the first value of each keyword).
+    pub fn start_with(extra: &str) -> Sshd {
         assert!(
             Path::new(SSHD).is_file(),
             "{SSHD} is missing: the ssh tests run a real OpenSSH server; {INSTALL_HINT}"
@@ -183,7 +191,7 @@ impl Sshd {
         // between, so a failed start is retried on a new address and port.
         for _ in 0..5 {
             let (address, port) = free_loopback_port();
-            let mut child = spawn_sshd(dir.path(), address, port);
+            let mut child = spawn_sshd(dir.path(), address, port, extra);
             match wait_listening(&mut child, dir.path(), address, port) {
                 Ok(()) => {
                     let sshd = Sshd {
@@ -194,6 +202,7 @@ impl Sshd {
                         identity,
                         known_hosts,
                         user,
+                        extra: extra.to_string(),
                     };
                     sshd.trust_current_host_key();
                     return sshd;
@@ -258,7 +267,7 @@ impl Sshd {
         if new_host_key {
             keygen(&self.dir.path().join("host_ed25519"));
         }
-        self.child = spawn_sshd(self.dir.path(), self.address, self.port);
+        self.child = spawn_sshd(self.dir.path(), self.address, self.port, &self.extra);
         if let Err(e) = wait_listening(&mut self.child, self.dir.path(), self.address, self.port) {
             panic!("sshd did not restart: {e}");
         }
@@ -329,12 +338,15 @@ fn free_loopback_port() -> (Ipv4Addr, u16) {
     (address, port)
 }
 
-fn spawn_sshd(dir: &Path, address: Ipv4Addr, port: u16) -> Child {
+fn spawn_sshd(dir: &Path, address: Ipv4Addr, port: u16, extra: &str) -> Child {
+    // Keys are renewed every 4 MiB (OpenSSH's default is about every GiB), so that the tests'
+    // transfers go through key changes too.
     let config = dir.join("sshd_config");
     std::fs::write(
         &config,
         format!(
-            "ListenAddress {address}:{port}\n\
+            "{extra}\n\
+             ListenAddress {address}:{port}\n\
              HostKey {dir}/host_ed25519\n\
              PidFile {dir}/sshd.pid\n\
              AuthorizedKeysFile {dir}/authorized_keys\n\
@@ -344,6 +356,7 @@ fn spawn_sshd(dir: &Path, address: Ipv4Addr, port: u16) -> Child {
              KbdInteractiveAuthentication no\n\
              StrictModes no\n\
              UsePAM no\n\
+             RekeyLimit 4M\n\
              LogLevel VERBOSE\n",
             dir = dir.display()
         ),

@@ -19,6 +19,11 @@ use std::path::PathBuf;
 const MIN_LIBSSH2_VERSION: semver::Version = semver::Version::new(1, 10, 0);
 
 fn main() {
+    // The sources live here and may be patched: rebuild when they change.
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=libssh2/src");
+    println!("cargo:rerun-if-changed=libssh2/include");
+
     let zlib_ng_compat = env::var("CARGO_FEATURE_ZLIB_NG_COMPAT").is_ok();
 
     if !zlib_ng_compat && try_vcpkg() {

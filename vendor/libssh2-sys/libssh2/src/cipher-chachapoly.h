@@ -26,25 +26,29 @@
 #define CHACHA_KEYLEN   32 /* Only 256-bit keys used here */
 
 /* reprise: with OpenSSL, ChaCha20 and Poly1305 come from libcrypto (its
-   vectorised code) instead of the portable C of chacha.c and poly1305.c, as
-   OpenSSH's cipher-chachapoly-libcrypto.c does for ChaCha20. */
-#if defined(LIBSSH2_OPENSSL) && !defined(LIBSSH2_WOLFSSL)
+   vectorised code) when it provides them, as OpenSSH's
+   cipher-chachapoly-libcrypto.c does for ChaCha20; else from the portable C of
+   chacha.c and poly1305.c. */
+#if defined(LIBSSH2_OPENSSL) && !defined(LIBSSH2_WOLFSSL) && \
+    !defined(OPENSSL_NO_CHACHA)
 #define LIBSSH2_CHACHAPOLY_LIBCRYPTO 1
 #include <openssl/evp.h>
-#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L && !defined(OPENSSL_NO_POLY1305)
 #define LIBSSH2_CHACHAPOLY_LIBCRYPTO_POLY1305 1
 #endif
 #endif
 
 struct chachapoly_ctx {
+    struct chacha_ctx main_ctx, header_ctx;
 #ifdef LIBSSH2_CHACHAPOLY_LIBCRYPTO
+    /* NULL when libcrypto could not give ChaCha20: main_ctx and header_ctx
+       are used */
     EVP_CIPHER_CTX *main_evp, *header_evp;
+#endif
 #ifdef LIBSSH2_CHACHAPOLY_LIBCRYPTO_POLY1305
+    /* NULL when libcrypto could not give Poly1305: poly1305_auth is used */
     EVP_MAC *poly_mac;
     EVP_MAC_CTX *poly_ctx;
-#endif
-#else
-    struct chacha_ctx main_ctx, header_ctx;
 #endif
 };
 

@@ -468,6 +468,9 @@ static int crypt_get_length_chacha20_poly(LIBSSH2_SESSION *session,
 
     (void)session;
 
+    if(!ctx)  /* reprise: no context (its set-up failed) */
+        return 1;
+
     ret = chachapoly_get_length(&ctx->chachapoly_ctx, len, seqno, data,
                                 data_size);
 
