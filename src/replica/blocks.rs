@@ -160,27 +160,46 @@ pub fn read_blocks_copied(
 }
 
 /// The line written to standard error if the process faults (SIGBUS) on a mapped file: the
-/// image was cut short or could not be read under its mapping. Set once, before mapping.
-static FAULT_MESSAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+/// image was cut short or could not be read under its mapping. Each message set stays
+/// allocated for the life of the process (the handler may read it at any time).
+static FAULT_MESSAGE: std::sync::atomic::AtomicPtr<Vec<u8>> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+/// Set by the first thread to fault: the others wait for its `_exit` without writing.
+static FAULTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// From now on, a fault on a mapped file ends the process with exit 1 and `message` (one
-/// line) on standard error, instead of a bare signal death (exit 135).
+/// From now on, a fault on a mapped file (SIGBUS, `BUS_ADRERR`) ends the process with exit 1
+/// and `message` (one line) on standard error, instead of a bare signal death (exit 135).
+/// Other causes of SIGBUS keep its default action.
 pub fn explain_faults(message: &str) {
-    extern "C" fn on_fault(_: libc::c_int) {
-        if let Some(m) = FAULT_MESSAGE.get() {
-            // SAFETY: write(2) and _exit(2) are async-signal-safe; `m` is never freed.
-            unsafe {
-                libc::write(2, m.as_ptr().cast(), m.len());
+    use std::sync::atomic::Ordering;
+    extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        // SAFETY: only async-signal-safe calls (write, _exit, signal, raise, pause) and atomic
+        // loads; `info` is the kernel's, valid during the handler; a message is never freed.
+        unsafe {
+            if info.is_null() || (*info).si_code != libc::BUS_ADRERR {
+                libc::signal(sig, libc::SIG_DFL);
+                libc::raise(sig);
+                return;
             }
+            if FAULTED.swap(true, Ordering::SeqCst) {
+                loop {
+                    libc::pause();
+                }
+            }
+            let m = FAULT_MESSAGE.load(Ordering::SeqCst);
+            if !m.is_null() {
+                libc::write(2, (*m).as_ptr().cast(), (*m).len());
+            }
+            libc::_exit(1)
         }
-        // SAFETY: as above.
-        unsafe { libc::_exit(1) }
     }
-    let _ = FAULT_MESSAGE.set(format!("{}\n", message.trim_end()).into_bytes());
+    let text = Box::new(format!("{}\n", message.trim_end()).into_bytes());
+    FAULT_MESSAGE.store(Box::into_raw(text), Ordering::SeqCst);
     // SAFETY: installs a handler that only calls async-signal-safe functions.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = on_fault as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO;
         libc::sigemptyset(&mut action.sa_mask);
         libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
     }
