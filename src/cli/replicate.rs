@@ -133,6 +133,7 @@ pub fn helper(action: &HelperAction) -> Outcome {
         Ok(r) => r,
         Err(o) => return o,
     };
+    widen_pipes();
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -142,6 +143,19 @@ pub fn helper(action: &HelperAction) -> Outcome {
             Outcome::default()
         }
         Err(e) => Outcome::err(exit::FAILED, format!("error: {e}\n")),
+    }
+}
+
+/// Bulk data crosses the helper's standard input or output, usually pipes to sshd or to
+/// reprise: 1 MiB pipes (the most a process may ask for by default) instead of 64 KiB mean
+/// far fewer wake-ups and context switches on both ends.
+fn widen_pipes() {
+    for fd in [0, 1] {
+        // SAFETY: fcntl on this process's own standard descriptors; it fails harmlessly when
+        // one is not a pipe or the size is not allowed.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20);
+        }
     }
 }
 
