@@ -913,10 +913,11 @@ int ssh2_cipher_init(ssh2_cipher_ctx *ctx, SSH2_CIPHER_T(algo),
 #define EVP_MAX_BLOCK_LENGTH 32
 #endif
 
+/* reprise: en/decrypts in place, so that 'blocksize' may be a run of several
+   blocks (see transport.c): there is no bounce buffer of one block. */
 int ssh2_cipher_crypt(ssh2_cipher_ctx *ctx, SSH2_CIPHER_T(algo), int encrypt,
                       unsigned char *block, size_t blocksize, int firstlast)
 {
-    unsigned char buf[EVP_MAX_BLOCK_LENGTH];
     int ret = 1;
     int rc = 1;
 
@@ -937,8 +938,8 @@ int ssh2_cipher_crypt(ssh2_cipher_ctx *ctx, SSH2_CIPHER_T(algo), int encrypt,
 
     (void)algo;
 
-    if(blocksize > sizeof(buf) ||
-       blocksize < (size_t)(aadlen + authenticationtag))
+    if(blocksize < (size_t)(aadlen + authenticationtag) ||
+       blocksize - aadlen - authenticationtag > INT_MAX)
         return 1;
 
     cryptlen = (unsigned int)blocksize - aadlen - authenticationtag;
@@ -966,7 +967,7 @@ int ssh2_cipher_crypt(ssh2_cipher_ctx *ctx, SSH2_CIPHER_T(algo), int encrypt,
 #endif /* LIBSSH2_AES_GCM */
 
     if(cryptlen > 0)
-        ret = EVP_Cipher(*ctx, buf + aadlen, block + aadlen, cryptlen);
+        ret = EVP_Cipher(*ctx, block + aadlen, block + aadlen, cryptlen);
 
 #if defined(USE_OPENSSL_3) || defined(LIBSSH2_WOLFSSL)
     if(ret != -1)
@@ -1004,10 +1005,8 @@ int ssh2_cipher_crypt(ssh2_cipher_ctx *ctx, SSH2_CIPHER_T(algo), int encrypt,
 #endif /* LIBSSH2_AES_GCM */
             }
         }
-        /* Copy en/decrypted data back to the caller.
-           The first aadlen should not be touched because they were not
-           encrypted and are unmodified. */
-        memcpy(block + aadlen, buf + aadlen, cryptlen);
+        /* The data was en/decrypted in place; the first aadlen bytes
+           were not encrypted and are unmodified. */
         rc = !ret;
     }
 

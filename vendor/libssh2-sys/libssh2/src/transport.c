@@ -162,6 +162,21 @@ static int transport_decrypt(LIBSSH2_SESSION *session, unsigned char *source,
             decryptlen = len;
             lowerfirstlast = LAST_BLOCK;
         }
+#if defined(LIBSSH2_OPENSSL) && !defined(LIBSSH2_WOLFSSL)
+        /* reprise: a run of middle blocks goes in one call (the OpenSSL
+           back end works in place on any number of blocks), leaving the
+           calls for the last block as they were. */
+        else if(lowerfirstlast == MIDDLE_BLOCK) {
+            /* what the last call(s) need: one block, or with AAD the last
+               1 to 2 blocks that hold the whole tag */
+            ssize_t keep = !IS_LAST(firstlast) ? 0 :
+                CRYPT_FLAG_R(session, SSH2_CRYPT_FLAG_PKTLEN_AAD) ?
+                blocksize + len % blocksize : blocksize;
+            ssize_t run = (len - keep) / blocksize * blocksize;
+            if(run > decryptlen)
+                decryptlen = run;
+        }
+#endif
 
         if(session->remote.crypt->crypt(session, 0, source, decryptlen,
                                         &session->remote.crypt_abstract,
@@ -1243,6 +1258,25 @@ int ssh2_transport_send(LIBSSH2_SESSION *session,
                     /* advance the loop counter by the extra amount */
                     i += bsize - session->local.crypt->blocksize;
                 }
+#if defined(LIBSSH2_OPENSSL) && !defined(LIBSSH2_WOLFSSL)
+                /* reprise: a run of middle blocks goes in one call (the
+                   OpenSSL back end works in place on any number of
+                   blocks): with an integrated MAC up to the end of the
+                   packet (its own call follows), else up to the last
+                   block, whose call stays as it was. */
+                else if(firstlast == MIDDLE_BLOCK) {
+                    size_t bs = session->local.crypt->blocksize;
+                    size_t end = CRYPT_FLAG_L(session,
+                                              SSH2_CRYPT_FLAG_INTEGRATED_MAC)
+                        ? packet_length
+                        : i + (packet_length - i - bs) / bs * bs;
+                    if(end > i + bsize) {
+                        bsize = end - i;
+                        /* advance the loop counter by the extra amount */
+                        i += bsize - bs;
+                    }
+                }
+#endif
                 ssh2_deb((session, LIBSSH2_TRACE_SOCKET,
                           "crypting bytes %lu-%lu", (unsigned long)i,
                           (unsigned long)(i + bsize - 1)));
