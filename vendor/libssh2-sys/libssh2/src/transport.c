@@ -1264,7 +1264,9 @@ int ssh2_transport_send(LIBSSH2_SESSION *session,
                    blocks): with an integrated MAC up to the end of the
                    packet (its own call follows), else up to the last
                    block, whose call stays as it was. */
-                else if(firstlast == MIDDLE_BLOCK) {
+                else if(firstlast == MIDDLE_BLOCK &&
+                        packet_length - i >=
+                        2 * (size_t)session->local.crypt->blocksize) {
                     size_t bs = session->local.crypt->blocksize;
                     size_t end = CRYPT_FLAG_L(session,
                                               SSH2_CRYPT_FLAG_INTEGRATED_MAC)
