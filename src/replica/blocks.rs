@@ -116,21 +116,29 @@ pub fn read_blocks(
     size: u64,
     mut f: impl FnMut(u64, &[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
-    let mut idx = 0u64;
-    let n = count(size);
-    while idx < n {
-        let start = idx * BLOCK as u64;
-        let len = (size - start).min((BLOCK * BATCH) as u64) as usize;
+    for (idx, start, len) in batches(size) {
         let map = Mapped::new(file, start, len)?;
         f(idx, map.bytes())?;
-        idx += len.div_ceil(BLOCK) as u64;
     }
     Ok(())
 }
 
+/// The batches of the first `size` bytes of a file: (first block, offset, length).
+fn batches(size: u64) -> impl Iterator<Item = (u64, u64, usize)> {
+    let step = (BLOCK * BATCH) as u64;
+    (0..size.div_ceil(step)).map(move |k| {
+        let start = k * step;
+        (
+            start / BLOCK as u64,
+            start,
+            (size - start).min(step) as usize,
+        )
+    })
+}
+
 /// Like [`read_blocks`], with `pread` into one reused buffer: for the recovery side's own
-/// copy, where a read error (a bad sector) or a file cut short must come back as an error, for
-/// the point to be marked bad or the command to say so, rather than end the process.
+/// copy, where a read error (a bad sector) or a file cut short must come back as an error
+/// naming the file, rather than end the process.
 pub fn read_blocks_copied(
     file: &File,
     size: u64,
@@ -138,11 +146,7 @@ pub fn read_blocks_copied(
 ) -> io::Result<()> {
     use std::os::unix::fs::FileExt as _;
     let mut buf = vec![0u8; size.min((BLOCK * BATCH) as u64) as usize];
-    let mut idx = 0u64;
-    let n = count(size);
-    while idx < n {
-        let start = idx * BLOCK as u64;
-        let len = (size - start).min((BLOCK * BATCH) as u64) as usize;
+    for (idx, start, len) in batches(size) {
         file.read_exact_at(&mut buf[..len], start).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 io::Error::new(
@@ -154,7 +158,6 @@ pub fn read_blocks_copied(
             }
         })?;
         f(idx, &buf[..len])?;
-        idx += len.div_ceil(BLOCK) as u64;
     }
     Ok(())
 }

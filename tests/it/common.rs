@@ -50,3 +50,11 @@ pub fn mini_copy() -> tempfile::TempDir {
     copy_tree(&root().join("tests/fixtures/mini"), dir.path());
     dir
 }
+
+/// `n` random bytes from the kernel's generator.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut data = vec![0u8; n];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut data)
+        .unwrap();
+    data
+}

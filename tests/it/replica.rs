@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Run, copy_tree, reprise, root};
+use crate::common::{Run, copy_tree, random_bytes, reprise, root};
 
 /// A lab for one test, brought down on drop, with its own copy of the inventory.
 struct Lab {
@@ -772,13 +772,7 @@ fn an_update_whose_writes_fail_keeps_the_point_and_frees_its_journal() {
     use std::os::unix::process::CommandExt as _;
     let dir = tempfile::tempdir().unwrap();
     let (src, dst) = (dir.path().join("src.raw"), dir.path().join("dst.raw"));
-    let random = |n: usize| {
-        let mut data = vec![0u8; n];
-        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut data)
-            .unwrap();
-        data
-    };
-    std::fs::write(&src, random(4 << 20)).unwrap();
+    std::fs::write(&src, random_bytes(4 << 20)).unwrap();
     let store = Store::new(&dst);
     let point = |id: &str| NewPoint {
         id: id.into(),
@@ -793,7 +787,7 @@ fn an_update_whose_writes_fail_keeps_the_point_and_frees_its_journal() {
     let before = std::fs::read(&dst).unwrap();
 
     // Every block changes: the update's journal would grow to 4 MiB; files may not pass 1 MiB.
-    std::fs::write(&src, random(4 << 20)).unwrap();
+    std::fs::write(&src, random_bytes(4 << 20)).unwrap();
     let (base, _) = store.base_manifest(false).unwrap();
     let mut stream = Vec::new();
     reprise::replica::helper::send(&src, &base, &mut stream, false).unwrap();

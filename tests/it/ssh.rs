@@ -501,9 +501,7 @@ fn pipe_streams_between_hosts_and_reports_exits() {
 fn random_data_crosses_every_cipher_both_ways_intact() {
     // 20 MiB and 1 byte of random data (a ragged last packet), from the kernel's generator.
     let len = 20 * 1024 * 1024 + 1;
-    let mut data = vec![0u8; len];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut data)
-        .unwrap();
+    let data = crate::common::random_bytes(len);
     let cases = [
         ("aes128-gcm@openssh.com", None),
         ("aes256-gcm@openssh.com", None),
