@@ -58,3 +58,25 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
         .unwrap();
     data
 }
+
+/// Holds the machine-wide lock of one lab network (127.`net`.x.x) for as long as it lives, so
+/// that two test runs on one machine (two checkouts) wait for each other instead of fighting
+/// over the same addresses and ports.
+pub struct NetLock(#[allow(dead_code)] std::fs::File);
+
+impl NetLock {
+    pub fn take(net: u8) -> NetLock {
+        use std::os::fd::AsRawFd as _;
+        let path = std::env::temp_dir().join(format!("reprise-it-net-{net}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+        // SAFETY: flock on a descriptor this function owns; blocks until the lock is free.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(rc, 0, "cannot lock {}", path.display());
+        NetLock(file)
+    }
+}

@@ -11,10 +11,12 @@ use crate::common::{Run, reprise, root};
 /// A lab for one test; brought down on drop.
 struct Lab {
     dir: tempfile::TempDir,
+    _net: crate::common::NetLock,
 }
 
 impl Lab {
     fn up(net: u8) -> Lab {
+        let net_lock = crate::common::NetLock::take(net);
         let dir = tempfile::tempdir().unwrap();
         let lab = dir.path().join("lab");
         let run = reprise(
@@ -32,7 +34,10 @@ impl Lab {
             run.code, 0,
             "lab up failed (run scripts/test.sh, which installs sshd and qemu-img): {run:?}"
         );
-        Lab { dir }
+        Lab {
+            dir,
+            _net: net_lock,
+        }
     }
 
     fn lab(&self) -> PathBuf {

@@ -12,10 +12,12 @@ use crate::common::{Run, copy_tree, random_bytes, reprise, root};
 /// A lab for one test, brought down on drop, with its own copy of the inventory.
 struct Lab {
     dir: tempfile::TempDir,
+    _net: crate::common::NetLock,
 }
 
 impl Lab {
     fn up(net: u8) -> Lab {
+        let net_lock = crate::common::NetLock::take(net);
         for tool in ["qemu-img", "qemu-io"] {
             let ok = Command::new(tool)
                 .arg("--version")
@@ -46,7 +48,10 @@ impl Lab {
             run.code, 0,
             "lab up failed (run scripts/test.sh, which installs sshd and qemu-img): {run:?}"
         );
-        Lab { dir }
+        Lab {
+            dir,
+            _net: net_lock,
+        }
     }
 
     fn args(&self, extra: &[&str]) -> Vec<String> {
