@@ -915,15 +915,11 @@ fn exec_options(exec: &ExecArgs) -> ExecOptions {
     }
 }
 
-/// Ctrl-C turns the watch to true: no new steps, running ones finish, cleanup still runs.
-fn ctrl_c() -> (watch::Receiver<bool>, watch::Sender<bool>) {
-    let (tx, rx) = watch::channel(false);
-    let signal = tx.clone();
-    // Only the first handler of a process can be set; later calls are harmless.
-    let _ = ctrlc::set_handler(move || {
-        let _ = signal.send(true);
-    });
-    (rx, tx)
+/// Ctrl-C, SIGTERM or SIGHUP turn the watch to true: no new steps, running ones finish,
+/// cleanup still runs.
+fn ctrl_c() -> (watch::Receiver<bool>, crate::shutdown::Shutdown) {
+    let shutdown = crate::shutdown::Shutdown::listen();
+    (shutdown.receiver(), shutdown)
 }
 
 fn start(cli: &Cli, model: &Model, mode: Mode, emergency: bool, args: &RunArgs) -> Outcome {

@@ -26,6 +26,7 @@ pub mod report;
 pub mod run;
 pub mod runbook;
 pub mod runner;
+pub mod shutdown;
 pub mod sources;
 pub mod ssh;
 pub mod template;
