@@ -39,6 +39,8 @@ need sshd openssh-server
 need ssh-keygen openssh-client
 need ssh openssh-client
 need rsync rsync
+# The https health-check tests make a certificate authority and serve TLS with openssl.
+need openssl openssl
 # The report's PDF and its rendering test: headless Chromium, pdftotext, and a font.
 need chromium chromium
 need pdftotext poppler-utils

@@ -201,6 +201,9 @@ pub struct StepRecord {
     pub instructions: Option<String>,
     pub after: Vec<String>,
     pub expected_s: u64,
+    /// An https health check that accepted the server's certificate without verifying it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_unverified: bool,
 }
 
 impl RunPlan {
@@ -232,6 +235,10 @@ impl RunPlan {
                     instructions: (s.kind == "manual").then(|| s.command.clone()),
                     after: s.after.clone(),
                     expected_s: s.expected_s,
+                    tls_unverified: matches!(
+                        &s.action_spec,
+                        crate::plan::Action::Http { tls, .. } if tls.insecure
+                    ),
                 })
                 .collect(),
             estimated_s: plan.estimate.total.secs(),

@@ -246,13 +246,14 @@ fn checked_ports(model: &Model) -> BTreeMap<String, Vec<u16>> {
             let (addr, port) = match &step.action_spec {
                 Action::Tcp { address, port, .. } => (address.clone(), *port),
                 Action::Http { url, .. } => {
-                    let rest = url
-                        .trim_start_matches("http://")
-                        .trim_start_matches("https://");
+                    let (rest, default_port) = match url.strip_prefix("https://") {
+                        Some(rest) => (rest, 443),
+                        None => (url.trim_start_matches("http://"), 80),
+                    };
                     let authority = rest.split('/').next().unwrap_or(rest);
                     match authority.rsplit_once(':') {
-                        Some((a, p)) => (a.to_string(), p.parse().unwrap_or(80)),
-                        None => (authority.to_string(), 80),
+                        Some((a, p)) => (a.to_string(), p.parse().unwrap_or(default_port)),
+                        None => (authority.to_string(), default_port),
                     }
                 }
                 _ => continue,

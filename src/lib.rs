@@ -15,6 +15,7 @@ pub mod event;
 pub mod exit;
 pub mod fields;
 pub mod graph;
+pub mod http;
 pub mod inventory;
 pub mod journal;
 pub mod lab;

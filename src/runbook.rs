@@ -85,6 +85,12 @@ pub enum Probe {
     Http {
         url: Template,
         status: u16,
+        /// For https: a PEM file of the certificate authorities to trust instead of the
+        /// system's store (an absolute path on the orchestrator).
+        ca_file: Option<Sp<String>>,
+        /// For https: the certificate is not verified (a self-signed certificate); said in
+        /// the plan and the report.
+        insecure: bool,
     },
     Command {
         run: Template,
@@ -413,7 +419,34 @@ fn read_step(
                         .int("status", 100, 599, diags)
                         .map(|s| s.value as u16)
                         .unwrap_or(200);
-                    Probe::Http { url: url?, status }
+                    let ca_file = t.str("ca_file", diags);
+                    let insecure = t.bool("insecure", diags).unwrap_or(false);
+                    if let Some(ca) = &ca_file {
+                        if !ca.value.starts_with('/') {
+                            diags.push(
+                                Diagnostic::error(format!(
+                                    "`ca_file` must be an absolute path on the orchestrator, not `{}`",
+                                    ca.value
+                                ))
+                                .at(ca.loc.clone())
+                                .hint("e.g. ca_file = \"/etc/reprise/erp-ca.pem\""),
+                            );
+                        } else if insecure {
+                            diags.push(
+                                Diagnostic::error(
+                                    "`insecure = true` verifies no certificate, so `ca_file` would be ignored",
+                                )
+                                .at(ca.loc.clone())
+                                .hint("keep `ca_file` to verify against that authority, or `insecure` for a self-signed certificate, not both"),
+                            );
+                        }
+                    }
+                    Probe::Http {
+                        url: url?,
+                        status,
+                        ca_file,
+                        insecure,
+                    }
                 }
                 _ => Probe::Command {
                     run: template(text, t, "run", true, diags)?,

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 // Tokio's clock, so that paused time in tests drives deadlines and polling alike.
@@ -536,21 +535,31 @@ async fn run_step(
             url,
             status,
             interval,
+            tls,
         } => {
             started(&tx, step, 1);
-            let url = url.clone();
+            let (url, tls) = (url.clone(), tls.clone());
             let expected = *status;
             poll(step, begin, *interval, shutdown, index, move || {
-                let url = url.clone();
+                let (url, tls) = (url.clone(), tls.clone());
                 async move {
-                    match tokio::time::timeout(StdDuration::from_secs(10), http_status(&url)).await
-                    {
+                    let asked = url.clone();
+                    let got = tokio::task::spawn_blocking(move || {
+                        crate::http::status(&asked, &tls, StdDuration::from_secs(10))
+                    })
+                    .await;
+                    match got {
                         Ok(Ok(code)) if code == expected => Ok(()),
                         Ok(Ok(code)) => {
                             Err(format!("{url}: status {code}, expected {expected}").into())
                         }
+                        // A CA file that cannot be used will not mend by asking again.
+                        Ok(Err(
+                            e @ (crate::http::HttpError::CaFile { .. }
+                            | crate::http::HttpError::NoCertificate(_)),
+                        )) => Err(TryError::refused(e.to_string())),
                         Ok(Err(e)) => Err(format!("{url}: {e}").into()),
-                        Err(_) => Err(format!("{url}: no answer within 10s").into()),
+                        Err(e) => Err(format!("{url}: the check task failed: {e}").into()),
                     }
                 }
             })
@@ -1289,60 +1298,6 @@ async fn exec(
         }
     }
     Ok(out)
-}
-
-/// A minimal HTTP/1.0 GET over plain TCP: the status code.
-async fn http_status(url: &str) -> Result<u16, String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        "only http:// URLs are checked directly; use a command probe for https".to_string()
-    })?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let addr = if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    let mut stream = tokio::net::TcpStream::connect(&addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let host = authority.split(':').next().unwrap_or(authority);
-    let req = format!(
-        "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: reprise\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 256];
-    let mut got = 0;
-    while got < buf.len() {
-        let n = stream
-            .read(&mut buf[got..])
-            .await
-            .map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        got += n;
-        if buf[..got].contains(&b'\n') {
-            break;
-        }
-    }
-    let head = String::from_utf8_lossy(&buf[..got]);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "not an HTTP answer: {:?}",
-                head.lines().next().unwrap_or("")
-            )
-        })?;
-    Ok(status)
 }
 
 /// Steps a journal says were finished, and those it says were running when it ends.

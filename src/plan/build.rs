@@ -711,7 +711,12 @@ fn resolve(
                         },
                     )
                 }
-                Probe::Http { url, status } => {
+                Probe::Http {
+                    url: url_template,
+                    status,
+                    ca_file,
+                    insecure,
+                } => {
                     host_id = None;
                     probe_target(
                         inv,
@@ -723,15 +728,60 @@ fn resolve(
                         &id,
                         diags,
                     )?;
-                    let url = render_plain(url, &scope, diags)?;
+                    let url = render_plain(url_template, &scope, diags)?;
+                    let https = url.starts_with("https://");
+                    if !https && !url.starts_with("http://") {
+                        diags.push(
+                            Diagnostic::error(format!(
+                                "http check `{id}`: `{url}` is not an http:// or https:// address"
+                            ))
+                            .at(url_template.source.loc.clone())
+                            .hint(
+                                "use a command check (`probe = \"command\"`) for other protocols",
+                            ),
+                        );
+                        return None;
+                    }
+                    let tls = if https {
+                        crate::plan::Tls {
+                            ca_file: ca_file.as_ref().map(|c| c.value.clone()),
+                            insecure: *insecure,
+                        }
+                    } else {
+                        if let Some(loc) = ca_file
+                            .as_ref()
+                            .map(|c| c.loc.clone())
+                            .or_else(|| insecure.then(|| step.id.loc.clone()))
+                        {
+                            diags.push(
+                                Diagnostic::error(format!(
+                                    "http check `{id}`: `ca_file` and `insecure` are for https, and `{url}` is plain http"
+                                ))
+                                .at(loc)
+                                .hint("use an https:// address, or remove them"),
+                            );
+                            return None;
+                        }
+                        crate::plan::Tls::default()
+                    };
+                    let scheme = if https { "https" } else { "http" };
+                    let trust = match (&tls.ca_file, tls.insecure) {
+                        _ if !https => String::new(),
+                        (_, true) => ", certificate NOT verified".to_string(),
+                        (Some(ca), false) => format!(", certificate checked against {ca}"),
+                        (None, false) => {
+                            ", certificate checked against the system's authorities".to_string()
+                        }
+                    };
                     (
-                        format!("http GET {url} expect {status} (every {interval})"),
+                        format!("{scheme} GET {url} expect {status} (every {interval}{trust})"),
                         None,
                         None,
                         Action::Http {
                             url,
                             status: *status,
                             interval,
+                            tls,
                         },
                     )
                 }

@@ -134,6 +134,14 @@ pub struct PlannedStep {
     pub replica: Option<ReplicaUse>,
 }
 
+/// How an https health check trusts the server's certificate: the system's certificate
+/// authorities by default, the authorities of `ca_file` instead, or not at all (`insecure`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    pub ca_file: Option<String>,
+    pub insecure: bool,
+}
+
 /// The replica a vm step starts from: the vm and the paths of its disks' copies on the step's
 /// host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +169,8 @@ pub enum Action {
         url: String,
         status: u16,
         interval: Duration,
+        /// How an https certificate is checked.
+        tls: Tls,
     },
     Probe {
         run: Command,

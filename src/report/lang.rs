@@ -418,6 +418,18 @@ impl Labels {
         }
     }
 
+    pub fn rec_tls_unverified(&self, steps: &[String]) -> String {
+        let list = steps.join(", ");
+        match self.lang {
+            Lang::En => format!(
+                "Health checks accepted a certificate without verifying it (`insecure = true`): {list}. Give them the certificate authority (`ca_file`) so that a check proves it reached the real server."
+            ),
+            Lang::Fr => format!(
+                "Des contrôles de santé ont accepté un certificat sans le vérifier (`insecure = true`) : {list}. Leur donner l'autorité de certification (`ca_file`) pour qu'un contrôle prouve qu'il a joint le vrai serveur."
+            ),
+        }
+    }
+
     pub fn rec_drill_overdue(&self, days: i64, every: i64) -> String {
         match self.lang {
             Lang::En => format!(

@@ -450,6 +450,7 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
                 instructions: None,
                 after: Vec::new(),
                 expected_s: 0,
+                tls_unverified: false,
             })
             .collect()
     } else {
@@ -875,6 +876,18 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
             text: l.rec_no_readiness.to_string(),
         }),
     }
+    let unverified_tls: Vec<String> = records
+        .iter()
+        .filter(|r| r.tls_unverified)
+        .map(|r| r.id.clone())
+        .collect();
+    if !unverified_tls.is_empty() {
+        recommendations.push(Recommendation {
+            kind: "tls_unverified",
+            subject: "checks".to_string(),
+            text: l.rec_tls_unverified(&unverified_tls),
+        });
+    }
     let previous_drill = input
         .history
         .iter()
@@ -1100,6 +1113,7 @@ mod tests {
             instructions: (kind == "manual").then(|| "do it".to_string()),
             after: after.iter().map(|s| s.to_string()).collect(),
             expected_s: 10,
+            tls_unverified: false,
         }
     }
 

@@ -4,6 +4,7 @@ mod bad_input;
 mod cli;
 mod common;
 mod example;
+mod https;
 mod lab;
 mod props;
 mod replica;
