@@ -667,14 +667,7 @@ pub fn run(cli: &Cli) -> Outcome {
                 Model::load(sources).map(|(m, _)| m).map_err(|r| r.render())
             };
             match crate::lab::up(&model, reload, lab_dir, net) {
-                Ok(state) => Outcome::ok(format!(
-                    "lab up in {}: {} hosts (sshd on 127.0.0.x:{}), {} vms\nrun with: reprise --overlay {} drill --yes --no-prompt\n",
-                    state.dir.display(),
-                    state.hosts.len(),
-                    crate::lab::SSH_PORT,
-                    state.vms.len(),
-                    crate::lab::overlay_path(&state.dir).display()
-                )),
+                Ok(state) => Outcome::ok(crate::lab::describe_up(&state)),
                 Err(e) => Outcome::err(exit::FAILED, format!("error: {e}\n")),
             }
         }

@@ -72,8 +72,13 @@ pub enum LabError {
         addr: String,
         log: PathBuf,
     },
-    #[error("the example does not load: {0}")]
-    Model(String),
+    #[error("the inventory does not load with the lab's overlay {overlay}:\n{report}")]
+    Model { overlay: PathBuf, report: String },
+    #[error(
+        "commands of the inventory name paths outside the lab, which the lab would touch on this machine:\n{}\nhint: the lab moves only the folders given as host variables into its own tree: make each path a variable of its host (e.g. `data_dir = \"/var/lib/pgsql\"` under [hosts.NAME.vars]) and write `{{{{ host.data_dir }}}}` in the runbook",
+        .0.iter().map(|(what, path)| format!("  {what}: {path}")).collect::<Vec<_>>().join("\n")
+    )]
+    OutsidePaths(Vec<(String, String)>),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LabError + 'a {
@@ -91,6 +96,10 @@ pub struct LabState {
     pub exe: PathBuf,
     pub hosts: BTreeMap<String, LabHost>,
     pub vms: BTreeMap<String, LabVm>,
+    /// Per host, the programs the runbooks call that have no stand-in of their own: the
+    /// generic stand-in records each call and answers success.
+    #[serde(default)]
+    pub generic: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -200,6 +209,23 @@ fn overlay_text(
                 vars.push_str(&format!("{k} = {}\n", toml_str(&moved)));
             }
         }
+        // The lab's driver keeps disks and drill overlays in folders a real driver (Proxmox's
+        // storages, say) may not name: hypervisors of vms get the lab's own when they lack them.
+        let primary = vms.values().any(|v| v.primary_host == host.id);
+        let recovery = vms.values().any(|v| v.recovery_host == host.id);
+        for (var, needed, dir) in [
+            (
+                "images_dir",
+                primary || recovery,
+                "/var/lib/reprise-lab/images",
+            ),
+            ("overlays_dir", recovery, "/var/lib/reprise-lab/overlays"),
+        ] {
+            if needed && !host.vars.contains_key(var) {
+                let moved = format!("{}{dir}", host_root(lab, &host.id).display());
+                vars.push_str(&format!("{var} = {}\n", toml_str(&moved)));
+            }
+        }
         if !vars.is_empty() {
             out.push_str(&format!("[hosts.{}.vars]\n{vars}", host.id));
         }
@@ -230,18 +256,217 @@ fn overlay_text(
     out
 }
 
-/// Addresses and ports the runbooks' tcp and http checks expect, under the overlay.
-fn checked_ports(model: &Model) -> BTreeMap<String, Vec<u16>> {
-    let mut ports: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+/// The plan of every mode (and of the emergency failover) of a model; those that do not plan
+/// are left out (loading the model already reported why).
+fn every_plan(model: &Model) -> Vec<plan::Plan> {
     let mut variants: Vec<PlanOptions> = Mode::ALL.iter().map(|&m| PlanOptions::new(m)).collect();
     variants.push(PlanOptions {
         emergency: true,
         ..PlanOptions::new(Mode::Failover)
     });
-    for opts in variants {
-        let Ok(plan) = plan::build(model, &opts) else {
-            continue;
-        };
+    variants
+        .iter()
+        .filter_map(|opts| plan::build(model, opts).ok())
+        .collect()
+}
+
+/// Programs that run for real on lab hosts: they only read, print, wait or change files, and
+/// the overlay points every folder of the inventory into the lab. Anything else a runbook calls
+/// gets a stand-in: the example's have their effect played (`STAND_INS`); others are generic
+/// (the call is recorded and counts as a success, and `lab status` says so).
+const RUN_FOR_REAL: &[&str] = &[
+    "sh",
+    "bash",
+    "test",
+    "[",
+    "echo",
+    "printf",
+    "cat",
+    "grep",
+    "egrep",
+    "awk",
+    "sed",
+    "cut",
+    "tr",
+    "head",
+    "tail",
+    "wc",
+    "sort",
+    "uniq",
+    "tee",
+    "xargs",
+    "find",
+    "stat",
+    "ls",
+    "du",
+    "df",
+    "date",
+    "sleep",
+    "timeout",
+    "true",
+    "false",
+    "env",
+    "id",
+    "whoami",
+    "hostname",
+    "uname",
+    "basename",
+    "dirname",
+    "readlink",
+    "realpath",
+    "seq",
+    "expr",
+    "mkdir",
+    "rmdir",
+    "rm",
+    "cp",
+    "mv",
+    "ln",
+    "touch",
+    "chmod",
+    "sync",
+    "diff",
+    "cmp",
+    "sha256sum",
+    "b3sum",
+    "md5sum",
+    "gzip",
+    "gunzip",
+    "zcat",
+    "tar",
+    "qemu-img",
+    "qemu-io",
+    "rsync",
+    "command",
+    "exit",
+    "set",
+    "cd",
+    "export",
+    "read",
+    "wait",
+    "trap",
+    "local",
+    "return",
+    "shift",
+    "eval",
+    "exec",
+    ":",
+    "break",
+    "continue",
+    "if",
+    "then",
+    "else",
+    "elif",
+    "fi",
+    "while",
+    "until",
+    "do",
+    "done",
+    "for",
+    "case",
+    "esac",
+    "!",
+    "unset",
+];
+
+/// What the lab must stand in for, from every plan (and snapshot hook) under the overlay.
+#[derive(Debug, Default)]
+struct Calls {
+    /// Per host, the programs without a stand-in of their own: they get the generic one.
+    generic: BTreeMap<String, Vec<String>>,
+    /// Paths outside the lab that commands name literally (step or hook, path): the overlay
+    /// moves only host variables into the lab, so such a command would touch this machine.
+    outside: Vec<(String, String)>,
+}
+
+/// Files every machine has that a command may name without leaving the lab.
+const PATHS_EVERYWHERE: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/urandom",
+    "/dev/random",
+    "/dev/stdin",
+    "/dev/stdout",
+    "/dev/stderr",
+];
+
+fn calls(model: &Model, lab: &Path) -> Calls {
+    let plans = crate::check::Plans::build(model);
+    let mut calls = Calls::default();
+    for (host, tools) in crate::check::tools_by_host(&plans) {
+        for tool in tools.keys() {
+            // A program named by its path is judged with the other paths below.
+            if tool.contains('/')
+                || STAND_INS.contains(&tool.as_str())
+                || RUN_FOR_REAL.contains(&tool.as_str())
+            {
+                continue;
+            }
+            calls
+                .generic
+                .entry(host.clone())
+                .or_default()
+                .push(tool.clone());
+        }
+    }
+    let lab_prefix = format!("{}/", lab.display());
+    let allowed = |path: &str| {
+        path.starts_with(&lab_prefix)
+            || PATHS_EVERYWHERE.contains(&path)
+            || [
+                "/bin/",
+                "/usr/bin/",
+                "/sbin/",
+                "/usr/sbin/",
+                "/usr/local/bin/",
+            ]
+            .iter()
+            .any(|dir| {
+                path.strip_prefix(dir)
+                    .is_some_and(|name| RUN_FOR_REAL.contains(&name))
+            })
+    };
+    let mut texts: Vec<(String, String)> = plans
+        .hooks
+        .iter()
+        .map(|(_, what, text)| (what.clone(), text.clone()))
+        .collect();
+    for (_, plan) in &plans.by_mode {
+        let Ok(plan) = plan else { continue };
+        for step in plan.steps.iter().filter(|s| s.host.is_some()) {
+            if matches!(step.action_spec, Action::Exec { .. } | Action::Probe { .. }) {
+                for text in std::iter::once(&step.command)
+                    .chain(step.verify.iter())
+                    .chain(step.undo.iter())
+                {
+                    texts.push((format!("step {}", step.id), text.clone()));
+                }
+            }
+        }
+    }
+    for (what, text) in texts {
+        for path in absolute_paths(&text) {
+            let entry = (what.clone(), path.to_string());
+            if !allowed(path) && !calls.outside.contains(&entry) {
+                calls.outside.push(entry);
+            }
+        }
+    }
+    calls
+}
+
+/// The absolute paths a command names literally: words (or parts after `=`, `<`, `>`, a
+/// quote…) that start with `/`.
+fn absolute_paths(text: &str) -> Vec<&str> {
+    text.split(|c: char| c.is_whitespace() || "'\"=<>;|&(){}`,".contains(c))
+        .filter(|w| w.starts_with('/') && w.len() > 1)
+        .collect()
+}
+
+/// Addresses and ports the runbooks' tcp and http checks expect, under the overlay.
+fn checked_ports(plans: &[plan::Plan]) -> BTreeMap<String, Vec<u16>> {
+    let mut ports: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+    for plan in plans {
         for step in &plan.steps {
             let (addr, port) = match &step.action_spec {
                 Action::Tcp { address, port, .. } => (address.clone(), *port),
@@ -316,8 +541,15 @@ pub fn up(
     let overlay = overlay_path(&lab);
     std::fs::write(&overlay, overlay_text(base, &lab, &addrs, &vms))
         .map_err(io("write", &overlay))?;
-    let model = load_with_overlay(&overlay).map_err(LabError::Model)?;
-    let ports = checked_ports(&model);
+    let model = load_with_overlay(&overlay).map_err(|report| LabError::Model {
+        overlay: overlay.clone(),
+        report,
+    })?;
+    let calls = calls(&model, &lab);
+    if !calls.outside.is_empty() {
+        return Err(LabError::OutsidePaths(calls.outside));
+    }
+    let ports = checked_ports(&every_plan(&model));
     for vm in vms.values_mut() {
         let mut p: Vec<u16> = ports.get(&vm.primary_address).cloned().unwrap_or_default();
         p.extend(ports.get(&vm.recovery_address).cloned().unwrap_or_default());
@@ -347,6 +579,7 @@ pub fn up(
         exe: exe.clone(),
         hosts,
         vms,
+        generic: calls.generic,
     };
     let json = lab.join("lab.json");
     std::fs::write(
@@ -405,7 +638,8 @@ pub fn up(
         ));
         let auth = hd.join("authorized_keys");
         std::fs::write(&auth, &client_pub).map_err(io("write", &auth))?;
-        for name in STAND_INS {
+        let generic = state.generic.get(&host.id).into_iter().flatten();
+        for name in STAND_INS.iter().copied().chain(generic.map(String::as_str)) {
             let p = hd.join("bin").join(name);
             let script = format!(
                 "#!/bin/sh\n# lab stand-in: records the call and plays its effect in this host's directory\nexec {} lab stub {name} \"$@\"\n",
@@ -451,6 +685,10 @@ pub fn up(
             std::fs::create_dir_all(dir).map_err(io("create", Path::new(dir)))?;
             for disk in &base_vm.disks {
                 let path = Path::new(dir).join(disk);
+                // Proxmox names disks in a folder per vm: `100/vm-100-disk-0.qcow2`.
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+                }
                 if !path.exists() {
                     run(Command::new(&qemu_img)
                         .args(["create", "-q", "-f", "qcow2"])
@@ -643,6 +881,36 @@ pub fn down(lab: &Path) -> Result<usize, LabError> {
     Ok(pids.len())
 }
 
+/// What `lab up` says: where each host and vm answers, and how to use the lab.
+pub fn describe_up(state: &LabState) -> String {
+    let mut out = format!(
+        "lab up in {}: {} hosts, {} vms\n",
+        state.dir.display(),
+        state.hosts.len(),
+        state.vms.len()
+    );
+    for (id, h) in &state.hosts {
+        out.push_str(&format!("  host {id:<14} sshd {}:{}\n", h.address, h.port));
+    }
+    for (id, vm) in &state.vms {
+        out.push_str(&format!(
+            "  vm   {id:<14} {} on {}, {} on {}\n",
+            vm.primary_address, vm.primary_host, vm.recovery_address, vm.recovery_host
+        ));
+    }
+    for (host, names) in &state.generic {
+        out.push_str(&format!(
+            "  no stand-in on {host} for: {} (calls are recorded and succeed; see `lab status`)\n",
+            names.join(", ")
+        ));
+    }
+    out.push_str(&format!(
+        "run with: reprise --overlay {} drill --yes --no-prompt\n",
+        overlay_path(&state.dir).display()
+    ));
+    out
+}
+
 /// A readable status of the lab.
 pub fn status(lab: &Path) -> Result<String, LabError> {
     let state = LabState::load(lab)?;
@@ -691,6 +959,24 @@ pub fn status(lab: &Path) -> Result<String, LabError> {
             where_.join(", ")
         };
         out.push_str(&format!("  {id:<14} {text}\n"));
+    }
+    if !state.generic.is_empty() {
+        out.push_str("\ncommands without a stand-in (calls recorded, success assumed):\n");
+        for (host, names) in &state.generic {
+            let log =
+                std::fs::read_to_string(state.host_dir(host).join("calls.log")).unwrap_or_default();
+            let counted: Vec<String> = names
+                .iter()
+                .map(|n| {
+                    let calls = log
+                        .lines()
+                        .filter(|l| l.split_whitespace().nth(1) == Some(n.as_str()))
+                        .count();
+                    format!("{n} ({calls} calls)")
+                })
+                .collect();
+            out.push_str(&format!("  {host:<14} {}\n", counted.join(", ")));
+        }
     }
     out.push_str(&format!("\n{} lab processes running\n", running.len()));
     Ok(out)
@@ -1012,6 +1298,18 @@ pub fn stub(name: &str, args: &[String]) -> i32 {
                 eprintln!("ping: {target}: not a lab address");
                 2
             }
+        }
+        other
+            if state
+                .generic
+                .get(&host)
+                .is_some_and(|g| g.iter().any(|n| n == other)) =>
+        {
+            eprintln!(
+                "{other} (lab): no stand-in plays this command; the call was recorded in {} and counts as a success",
+                host_dir.join("calls.log").display()
+            );
+            0
         }
         other => {
             eprintln!("{other}: no lab stand-in");

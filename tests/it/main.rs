@@ -6,6 +6,7 @@ mod common;
 mod example;
 mod https;
 mod lab;
+mod lab_any;
 mod props;
 mod replica;
 mod report;
