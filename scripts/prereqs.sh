@@ -41,6 +41,8 @@ need ssh openssh-client
 need rsync rsync
 # The https health-check tests make a certificate authority and serve TLS with openssl.
 need openssl openssl
+# The schedule tests check the generated units with systemd-analyze (nothing is started).
+need systemd-analyze systemd
 # The report's PDF and its rendering test: headless Chromium, pdftotext, and a font.
 need chromium chromium
 need pdftotext poppler-utils

@@ -23,6 +23,7 @@ use crate::runner::RunOptions;
 use crate::sources::{Sources, SourcesError};
 use crate::view::TerminalView;
 
+mod ops;
 mod replicate;
 
 const EXAMPLES: &str = "\
@@ -392,6 +393,23 @@ pub enum Command {
         #[command(flatten)]
         ssh: replicate::SshArgs,
     },
+    /// Run the nightly `check` and every replication at the cadence its RPO needs, from
+    /// systemd timers (printed, or written with --install) or cron (--cron).
+    #[command(
+        after_help = "Examples:\n  reprise schedule                       # print the units\n  reprise schedule --install --here hv-pra\n  reprise schedule --cron --install      # /etc/cron.d/reprise\n\nEach replication runs every half of its RPO target (rounded down to 5, 10, 15, 20 or\n30 minutes, or 1, 2, 3, 4, 6, 8, 12 or 24 hours), so that one failed run is caught up in time."
+    )]
+    Schedule(ops::ScheduleArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Install:\n  reprise completions bash > /etc/bash_completion.d/reprise\n  reprise completions zsh > /usr/local/share/zsh/site-functions/_reprise\n  reprise completions fish > /etc/fish/completions/reprise.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: ops::Shell,
+    },
+    /// Print the man page, reprise(1).
+    #[command(after_help = "Install:\n  reprise manpage > /usr/local/share/man/man1/reprise.1")]
+    Manpage,
     /// (internal) The replication helper run on hosts.
     #[command(hide = true)]
     Helper {
@@ -636,6 +654,8 @@ pub fn run(cli: &Cli) -> Outcome {
         } => return report(cli, run, *format, output.as_deref(), *pdf, *lang),
         Command::History { json } => return history(cli, *json),
         Command::Helper { action } => return replicate::helper(action),
+        Command::Completions { shell } => return ops::completions(*shell),
+        Command::Manpage => return ops::manpage(),
         _ => {}
     }
     let (model, warnings) = match load(cli) {
@@ -861,8 +881,11 @@ pub fn run(cli: &Cli) -> Outcome {
             replicate::verify(&model, vm.as_deref(), point.as_deref(), ssh)
         }
         Command::Status { json, ssh } => replicate::status(&model, *json, ssh, Utc::now()),
+        Command::Schedule(args) => ops::schedule(cli, &model, args),
         Command::Confirm { .. }
         | Command::Helper { .. }
+        | Command::Completions { .. }
+        | Command::Manpage
         | Command::Runs { .. }
         | Command::Show { .. }
         | Command::Report { .. }

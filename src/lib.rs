@@ -27,6 +27,7 @@ pub mod report;
 pub mod run;
 pub mod runbook;
 pub mod runner;
+pub mod schedule;
 pub mod shutdown;
 pub mod sources;
 pub mod ssh;

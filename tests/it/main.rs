@@ -7,6 +7,7 @@ mod example;
 mod https;
 mod lab;
 mod lab_any;
+mod ops;
 mod props;
 mod replica;
 mod report;

@@ -1,0 +1,185 @@
+//! The command line of operations around recovery: `schedule` (systemd timers or cron for the
+//! nightly check and the replications), `completions` and `manpage`.
+
+use std::path::{Path, PathBuf};
+
+use clap::CommandFactory as _;
+
+use super::{Cli, Outcome};
+use crate::exit;
+use crate::model::Model;
+use crate::schedule::{self, Options};
+
+/// Shells `reprise completions` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// Arguments of `reprise schedule`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScheduleArgs {
+    /// A cron file (for /etc/cron.d) instead of systemd units.
+    #[arg(long)]
+    pub cron: bool,
+    /// Write the files (units to --dir, default /etc/systemd/system; the cron file to
+    /// /etc/cron.d/reprise) instead of printing them.
+    #[arg(long)]
+    pub install: bool,
+    /// Where --install writes the systemd units.
+    #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+    pub dir: PathBuf,
+    /// The user the commands run as.
+    #[arg(long, default_value = "root")]
+    pub user: String,
+    /// When the nightly `reprise check` runs (HH:MM, local time).
+    #[arg(long, value_name = "HH:MM", default_value = "02:00", value_parser = parse_time)]
+    pub check_at: String,
+    /// The replications run on this host of the inventory (see `replicate --here`).
+    #[arg(long, value_name = "HOST")]
+    pub here: Option<String>,
+    /// The reprise binary the commands call (default: this one).
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+}
+
+fn parse_time(text: &str) -> Result<String, String> {
+    let (h, m) = text
+        .split_once(':')
+        .ok_or_else(|| format!("`{text}` is not HH:MM"))?;
+    match (h.parse::<u32>(), m.parse::<u32>()) {
+        (Ok(h), Ok(m)) if h < 24 && m < 60 && m.to_string().len() <= 2 => {
+            Ok(format!("{h:02}:{m:02}"))
+        }
+        _ => Err(format!("`{text}` is not a time of day (HH:MM)")),
+    }
+}
+
+fn absolute(path: &Path) -> Result<String, Outcome> {
+    std::fs::canonicalize(path)
+        .map(|p| p.display().to_string())
+        .map_err(|e| {
+            Outcome::err(
+                exit::IO,
+                format!("error: cannot resolve {}: {e}\n", path.display()),
+            )
+        })
+}
+
+fn options(cli: &Cli, model: &Model, args: &ScheduleArgs) -> Result<Options, Outcome> {
+    if let Some(here) = &args.here
+        && !model.inventory.hosts.contains_key(here)
+    {
+        return Err(Outcome::err(
+            exit::INVALID_INPUT,
+            format!("error: --here {here}: no such host in the inventory\n"),
+        ));
+    }
+    let binary = match &args.binary {
+        Some(b) => absolute(b)?,
+        None => std::env::current_exe()
+            .and_then(std::fs::canonicalize)
+            .map(|p| p.display().to_string())
+            .map_err(|e| {
+                Outcome::err(exit::IO, format!("error: cannot locate this binary: {e}\n"))
+            })?,
+    };
+    let mut global_args = vec![
+        "--inventory".to_string(),
+        absolute(&cli.inventory)?,
+        "--runbooks".to_string(),
+        absolute(&cli.runbooks)?,
+        "--state-dir".to_string(),
+        absolute(&cli.state_dir)?,
+    ];
+    for overlay in &cli.overlays {
+        global_args.push("--overlay".to_string());
+        global_args.push(absolute(overlay)?);
+    }
+    Ok(Options {
+        binary,
+        workdir: absolute(Path::new("."))?,
+        global_args,
+        here: args.here.clone(),
+        user: args.user.clone(),
+        check_at: args.check_at.clone(),
+    })
+}
+
+/// `reprise schedule`.
+pub fn schedule(cli: &Cli, model: &Model, args: &ScheduleArgs) -> Outcome {
+    let opts = match options(cli, model, args) {
+        Ok(o) => o,
+        Err(e) => return e,
+    };
+    let jobs = schedule::jobs(model, &opts);
+    let files: Vec<(PathBuf, String)> = if args.cron {
+        vec![(
+            PathBuf::from("/etc/cron.d/reprise"),
+            schedule::cron_file(&jobs, &opts),
+        )]
+    } else {
+        schedule::systemd_units(&jobs, &opts)
+            .into_iter()
+            .map(|(name, text)| (args.dir.join(name), text))
+            .collect()
+    };
+    if !args.install {
+        let mut out = String::new();
+        for (path, text) in &files {
+            out.push_str(&format!("# ---- {}\n{text}\n", path.display()));
+        }
+        return Outcome::ok(out);
+    }
+    for (path, text) in &files {
+        let tmp = path.with_extension("reprise-tmp");
+        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Outcome::err(
+                exit::IO,
+                format!("error: cannot write {}: {e}\n", path.display()),
+            );
+        }
+    }
+    let mut out: String = files
+        .iter()
+        .map(|(p, _)| format!("wrote {}\n", p.display()))
+        .collect();
+    if !args.cron {
+        let timers: Vec<String> = jobs.iter().map(|j| format!("{}.timer", j.name)).collect();
+        out.push_str(&format!(
+            "now run: systemctl daemon-reload && systemctl enable --now {}\n",
+            timers.join(" ")
+        ));
+    }
+    Outcome::ok(out)
+}
+
+/// `reprise completions SHELL`: the completion script, generated from the command line's
+/// definition.
+pub fn completions(shell: Shell) -> Outcome {
+    let mut cmd = Cli::command();
+    let mut out = Vec::new();
+    let generator = match shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(generator, &mut cmd, "reprise", &mut out);
+    Outcome::ok(String::from_utf8_lossy(&out).to_string())
+}
+
+/// `reprise manpage`: reprise(1) in roff, generated from the command line's definition.
+pub fn manpage() -> Outcome {
+    let mut out = Vec::new();
+    match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+        Ok(()) => Outcome::ok(String::from_utf8_lossy(&out).to_string()),
+        Err(e) => Outcome::err(
+            exit::IO,
+            format!("error: cannot render the man page: {e}\n"),
+        ),
+    }
+}

@@ -1,0 +1,183 @@
+//! Operations around recovery: the schedule (systemd units checked by `systemd-analyze verify`,
+//! the cron file), shell completions loaded in a real bash, and the man page.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::{reprise, root};
+
+fn tool(name: &str) {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "`{name}` is missing: run scripts/test.sh, which installs it"
+    );
+}
+
+#[test]
+fn schedule_units_pass_systemd_verification_and_follow_each_rpo() {
+    tool("systemd-analyze");
+    let dir = tempfile::tempdir().unwrap();
+    let units = dir.path().join("units");
+    std::fs::create_dir(&units).unwrap();
+    let run = reprise(
+        &root(),
+        &[
+            "schedule",
+            "--install",
+            "--dir",
+            units.to_str().unwrap(),
+            "--here",
+            "hv-pra",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("systemctl daemon-reload && systemctl enable --now reprise-check.timer"),
+        "{}",
+        run.stdout
+    );
+    let mut files: Vec<String> = std::fs::read_dir(&units)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let read = |name: &str| std::fs::read_to_string(units.join(name)).unwrap();
+    // The nightly check.
+    assert!(read("reprise-check.timer").contains("OnCalendar=*-*-* 02:00:00"));
+    let check = read("reprise-check.service");
+    assert!(check.contains(" check\n"), "{check}");
+    assert!(
+        check.contains(&format!(
+            "--inventory {}",
+            root().join("inventory").display()
+        )),
+        "{check}"
+    );
+    // erp-db's RPO is 15 minutes: it replicates every 5, on the recovery host.
+    let fast = read("reprise-replicate-5min.service");
+    assert!(fast.contains("replicate --service erp-db"), "{fast}");
+    assert!(fast.contains("--here hv-pra"), "{fast}");
+    assert!(read("reprise-replicate-5min.timer").contains("OnCalendar=*-*-* *:00/5:00"));
+    // Every vm and backup set is in exactly one job.
+    let all: String = files
+        .iter()
+        .filter(|f| f.ends_with(".service"))
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    for item in ["erp-db", "dc2", "erp-dumps", "citrix"] {
+        let n = all.matches(&format!("--service {item} ")).count()
+            + all.matches(&format!("--service {item}\n")).count();
+        assert_eq!(n, 1, "{item} in {all}");
+    }
+}
+
+#[test]
+fn the_cron_alternative_runs_each_job_once_at_a_time() {
+    let run = reprise(&root(), &["schedule", "--cron"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("reprise-replicate-5min"))
+        .unwrap_or_else(|| panic!("{}", run.stdout));
+    assert!(line.starts_with("*/5 * * * * root cd "), "{line}");
+    assert!(
+        line.contains("flock -n /run/lock/reprise-replicate-5min.lock"),
+        "{line}"
+    );
+    assert!(line.contains("replicate --service erp-db"), "{line}");
+    assert!(
+        run.stdout.contains("\n0 2 * * * root cd "),
+        "{}",
+        run.stdout
+    );
+    // A bad time of day is a usage error.
+    let bad = reprise(&root(), &["schedule", "--check-at", "25:00"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+}
+
+fn bash_complete(script: &Path, words: &[&str]) -> Vec<String> {
+    let line = words.join(" ");
+    let program = format!(
+        "source {}; COMP_WORDS=({}); COMP_CWORD={}; COMP_LINE='{line}'; COMP_POINT={}; \
+         _reprise reprise '{}' '{}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        script.display(),
+        words
+            .iter()
+            .map(|w| format!("'{w}'"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        words.len() - 1,
+        line.len(),
+        words[words.len() - 1],
+        words[words.len() - 2],
+    );
+    let out = Command::new("bash")
+        .args(["-c", &program])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn completions_load_in_bash_and_complete_commands_and_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = reprise(dir.path(), &["completions", "bash"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let script = dir.path().join("reprise.bash");
+    std::fs::write(&script, &run.stdout).unwrap();
+    assert_eq!(bash_complete(&script, &["reprise", "sch"]), ["schedule"]);
+    let modes = bash_complete(&script, &["reprise", "plan", ""]);
+    for mode in ["drill", "failover", "restore", "failback"] {
+        assert!(modes.iter().any(|m| m == mode), "{modes:?}");
+    }
+    for shell in ["zsh", "fish"] {
+        let run = reprise(dir.path(), &["completions", shell]);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(
+            run.stdout.contains("failover") && run.stdout.contains("replicate"),
+            "{shell}: {}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn the_man_page_documents_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = reprise(dir.path(), &["manpage"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.starts_with(".ie"),
+        "{}",
+        &run.stdout[..200.min(run.stdout.len())]
+    );
+    assert!(run.stdout.contains(".TH reprise 1"), "{}", run.stdout);
+    for command in ["drill", "failover", "replicate", "schedule", "report"] {
+        assert!(run.stdout.contains(command), "{command}");
+    }
+}
