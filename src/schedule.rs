@@ -132,7 +132,7 @@ pub fn cadence_for(rpo_s: u64) -> u64 {
 }
 
 fn label(minutes: u64) -> String {
-    if minutes % 60 == 0 {
+    if minutes.is_multiple_of(60) {
         format!("{}h", minutes / 60)
     } else {
         format!("{minutes}min")
