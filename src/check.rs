@@ -160,67 +160,96 @@ const NOT_TOOLS: &[&str] = &[
 ];
 
 /// The programs a shell command calls: the first word of each simple command (after
-/// separators, pipes, `do`, `then`, `!`…), skipping assignments, redirections, builtins and
-/// anything quoted or computed. Quoted strings such as `sh -c '…'` are not looked into.
+/// separators, pipes, `do`, `then`, `!`…), skipping assignments, redirections, builtins, shell
+/// functions the command defines, arithmetic (`$((…))`, `((…))`), `case` patterns, here-
+/// documents and anything quoted or computed. Quoted strings such as `sh -c '…'` are not looked
+/// into; command substitutions (`$(…)`) are.
 pub fn command_words(cmd: &str) -> Vec<String> {
+    let chars: Vec<char> = cmd.chars().collect();
     let mut words = Vec::new();
+    let mut functions: Vec<String> = Vec::new();
     let mut at_start = true;
     // After `for` or `case`, words are data until the next separator.
     let mut skipping = false;
-    let chars: Vec<char> = cmd.chars().collect();
+    // Open `case` statements, and whether a pattern (`a|b)`) comes next.
+    let mut cases = 0usize;
+    let mut pattern_next = false;
+    // Here-documents announced on this line: their bodies start at the next new line.
+    let mut heredocs: Vec<(String, bool)> = Vec::new();
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
+        if pattern_next && cases > 0 {
+            if c.is_whitespace() {
+                i += 1;
+                continue;
+            }
+            if starts_word(&chars, i, "esac") {
+                cases -= 1;
+                pattern_next = false;
+                at_start = false;
+                i += 4;
+                continue;
+            }
+            // Up to and past the `)` that closes the pattern.
+            i = skip_past(&chars, i, ')');
+            pattern_next = false;
+            at_start = true;
+            continue;
+        }
         match c {
             ' ' | '\t' => {
                 i += 1;
             }
-            '\n' | ';' | '&' | '|' | '(' | ')' | '{' | '}' | '`' => {
+            '\n' => {
+                i += 1;
+                for (delim, strip_tabs) in std::mem::take(&mut heredocs) {
+                    i = skip_heredoc(&chars, i, &delim, strip_tabs);
+                }
+                at_start = true;
+                skipping = false;
+            }
+            '(' if at_start && chars.get(i + 1) == Some(&'(') => {
+                // An arithmetic command: `(( n++ ))`.
+                i = skip_arithmetic(&chars, i);
+                at_start = false;
+            }
+            ';' | '&' | '|' | '(' | ')' | '{' | '}' | '`' => {
+                if c == ';' && chars.get(i + 1) == Some(&';') && cases > 0 {
+                    // The end of a `case` branch: a pattern comes next.
+                    pattern_next = true;
+                    i += 1;
+                }
                 at_start = true;
                 skipping = false;
                 i += 1;
             }
             _ => {
-                // One word, quotes kept opaque.
-                let mut word = String::new();
-                let mut opaque = false;
-                while i < chars.len() {
-                    let c = chars[i];
-                    if c.is_whitespace() || ";&|()`".contains(c) {
-                        break;
-                    }
-                    match c {
-                        '\'' | '"' => {
-                            opaque = true;
-                            let quote = c;
-                            i += 1;
-                            while i < chars.len() && chars[i] != quote {
-                                if quote == '"' && chars[i] == '\\' {
-                                    i += 1;
-                                }
-                                i += 1;
-                            }
-                            i += 1;
-                        }
-                        '\\' => {
-                            opaque = true;
-                            i += 2;
-                        }
-                        '$' | '<' | '>' | '*' | '?' => {
-                            opaque = true;
-                            word.push(c);
-                            i += 1;
-                        }
-                        _ => {
-                            word.push(c);
-                            i += 1;
-                        }
-                    }
+                let (word, opaque, next) = read_word(&chars, i, &mut heredocs);
+                i = next;
+                // `name()`: a function definition; its calls are not programs.
+                let mut j = i;
+                while j < chars.len() && (chars[j] == ' ' || chars[j] == '\t') {
+                    j += 1;
                 }
-                if !at_start || skipping {
+                if at_start
+                    && !opaque
+                    && chars.get(j) == Some(&'(')
+                    && chars.get(j + 1) == Some(&')')
+                {
+                    functions.push(word);
+                    i = j + 2;
+                    at_start = true;
                     continue;
                 }
-                if word.contains('=') && !opaque {
+                if !at_start || skipping {
+                    if skipping && word == "in" && cases > 0 {
+                        pattern_next = true;
+                        skipping = false;
+                    }
+                    continue;
+                }
+                if is_assignment(&word) {
                     // An assignment before the command: the command comes next.
                     continue;
                 }
@@ -229,6 +258,20 @@ pub fn command_words(cmd: &str) -> Vec<String> {
                 }
                 if word == "for" || word == "case" {
                     skipping = true;
+                    if word == "case" {
+                        cases += 1;
+                    }
+                    continue;
+                }
+                if word == "esac" {
+                    cases = cases.saturating_sub(1);
+                    pattern_next = false;
+                }
+                if word == "function" {
+                    // `function name { … }`: the next word is a name, not a program.
+                    let (name, _, next) = read_word(&chars, skip_blanks(&chars, i), &mut heredocs);
+                    functions.push(name);
+                    i = next;
                     continue;
                 }
                 if NOT_TOOLS.contains(&word.as_str()) {
@@ -252,7 +295,166 @@ pub fn command_words(cmd: &str) -> Vec<String> {
             }
         }
     }
+    words.retain(|w| !functions.contains(w));
     words
+}
+
+/// Reads one word from `i`: its text (quotes removed, computed parts kept as `$`), whether
+/// anything in it was quoted or computed, and where it ends. A here-document operator in it
+/// (`<<END`, `<<-'END'`) is noted for the next new line.
+fn read_word(
+    chars: &[char],
+    mut i: usize,
+    heredocs: &mut Vec<(String, bool)>,
+) -> (String, bool, usize) {
+    let mut word = String::new();
+    let mut opaque = false;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_whitespace() || ";&|()`".contains(c) {
+            break;
+        }
+        match c {
+            '\'' | '"' => {
+                opaque = true;
+                let quote = c;
+                i += 1;
+                while i < chars.len() && chars[i] != quote {
+                    if quote == '"' && chars[i] == '\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            '\\' => {
+                opaque = true;
+                i += 2;
+            }
+            '$' if chars.get(i + 1) == Some(&'(') && chars.get(i + 2) == Some(&'(') => {
+                // Arithmetic, `$(( … ))`: a value, never a program.
+                opaque = true;
+                word.push('$');
+                i = skip_arithmetic(chars, i + 1);
+            }
+            '<' if chars.get(i + 1) == Some(&'<') && chars.get(i + 2) != Some(&'<') => {
+                opaque = true;
+                word.push_str("<<");
+                i += 2;
+                let strip_tabs = chars.get(i) == Some(&'-');
+                if strip_tabs {
+                    i += 1;
+                }
+                i = skip_blanks(chars, i);
+                // The delimiter, quoted or not (`'END'`, `"END"`, `\END`).
+                let mut delim = String::new();
+                while i < chars.len() && !chars[i].is_whitespace() && !";&|()<>".contains(chars[i])
+                {
+                    if !"'\"\\".contains(chars[i]) {
+                        delim.push(chars[i]);
+                    }
+                    i += 1;
+                }
+                if !delim.is_empty() {
+                    heredocs.push((delim, strip_tabs));
+                }
+            }
+            '$' | '<' | '>' | '*' | '?' => {
+                opaque = true;
+                word.push(c);
+                i += 1;
+            }
+            _ => {
+                word.push(c);
+                i += 1;
+            }
+        }
+    }
+    (word, opaque, i.min(chars.len()))
+}
+
+/// `NAME=value`: a variable assignment (the value may be quoted or computed).
+fn is_assignment(word: &str) -> bool {
+    word.split_once('=').is_some_and(|(name, _)| {
+        !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
+fn skip_blanks(chars: &[char], mut i: usize) -> usize {
+    while i < chars.len() && (chars[i] == ' ' || chars[i] == '\t') {
+        i += 1;
+    }
+    i
+}
+
+fn starts_word(chars: &[char], i: usize, word: &str) -> bool {
+    let w: Vec<char> = word.chars().collect();
+    chars.len() >= i + w.len()
+        && chars[i..i + w.len()] == w[..]
+        && chars
+            .get(i + w.len())
+            .is_none_or(|c| c.is_whitespace() || ";&|()".contains(*c))
+}
+
+/// From a `((` at `i`, past its closing `))` (or to the end).
+fn skip_arithmetic(chars: &[char], mut i: usize) -> usize {
+    let mut depth = 0usize;
+    while i < chars.len() {
+        match chars[i] {
+            '(' => depth += 1,
+            ')' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    i
+}
+
+/// From `i`, past the next `c` outside quotes (or to the end).
+fn skip_past(chars: &[char], mut i: usize, c: char) -> usize {
+    while i < chars.len() {
+        match chars[i] {
+            '\'' | '"' => {
+                let quote = chars[i];
+                i += 1;
+                while i < chars.len() && chars[i] != quote {
+                    i += 1;
+                }
+            }
+            x if x == c => return i + 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    i
+}
+
+/// From the start of a here-document's body, past the line that ends it.
+fn skip_heredoc(chars: &[char], mut i: usize, delim: &str, strip_tabs: bool) -> usize {
+    while i < chars.len() {
+        let end = chars[i..]
+            .iter()
+            .position(|&c| c == '\n')
+            .map_or(chars.len(), |p| i + p);
+        let line: String = chars[i..end].iter().collect();
+        let line = if strip_tabs {
+            line.trim_start_matches('\t')
+        } else {
+            line.as_str()
+        };
+        i = (end + 1).min(chars.len());
+        if line.trim_end() == delim {
+            break;
+        }
+    }
+    i
 }
 
 /// Per host, the programs the plans' commands call there, with one step that needs each.
@@ -1110,6 +1312,53 @@ mod tests {
         assert_eq!(w, ["mountpoint", "mount"]);
         let w = command_words("/usr/sbin/upsrw -s x=1\nsystemctl start a");
         assert_eq!(w, ["/usr/sbin/upsrw", "systemctl"]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_command_text_gives_words_without_panicking(
+            text in "[a-z $()=<>'\"\\;|&{}\n\t!#*?`-]{0,80}",
+        ) {
+            for w in command_words(&text) {
+                proptest::prop_assert!(!w.is_empty() && !w.starts_with('-'));
+            }
+        }
+    }
+
+    #[test]
+    fn arithmetic_patterns_functions_and_here_documents_are_not_programs() {
+        let check =
+            |cmd: &str, expected: &[&str]| assert_eq!(command_words(cmd), expected, "{cmd}");
+        check(
+            "id=$((900000 + 101)); qm clone 101 $id --name drill-x && qm set $id --net0 virtio",
+            &["qm", "qm"],
+        );
+        check(
+            "x=$(( 1 + 2 )) ; echo $((x * 3)) ; (( n++ )) ; qm stop $id",
+            &["qm"],
+        );
+        check(
+            "case $x in a|b) virsh start a;; (c) qm start 1;; *) ;; esac; ip a",
+            &["virsh", "qm", "ip"],
+        );
+        check(
+            "f() { virsh list; }; f; function g { qm list; }; g",
+            &["virsh", "qm"],
+        );
+        check(
+            "a=$(qm status 101 | awk '{print $2}') b=1 virsh list",
+            &["qm", "awk", "virsh"],
+        );
+        check(
+            "cat <<EOF > /x\nhello world\nEOF\nvirsh list",
+            &["cat", "virsh"],
+        );
+        check(
+            "cat <<-'END'\n\tnot a program\n\tEND\nqm list",
+            &["cat", "qm"],
+        );
+        check("x=1 y=2 qm list", &["qm"]);
+        check("[[ -e /x ]] && virsh list", &["virsh"]);
     }
 
     #[test]
