@@ -3,17 +3,20 @@
 # over the same sshd (a lab on 127.160.x.x):
 #   1. initial full copy of an image of SIZE_MIB random MiB: reprise vs `cat img | ssh host 'cat > copy'`
 #      (OpenSSH's default cipher; also followed by `sync copy`, as durable as a reprise point; and
-#      with `-c aes128-gcm@openssh.com`, the cipher reprise offers first on processors with AES);
+#      with `-c aes128-gcm@openssh.com`, the cipher reprise's OpenSSH client offers first on
+#      processors with AES);
 #   2. PCTS% of its 64 KiB blocks changed (random blocks, random data): reprise vs
 #      `rsync --inplace --no-whole-file -e ssh` vs rsync's default mode (temporary file + rename).
-# reprise is measured twice: relayed (the orchestrator on a third machine: the data goes through
-# it) and with `--here hv-pra` (the orchestrator on the recovery host, as in a real set-up that
-# must survive the loss of the main site: the data crosses SSH once, like the peers').
+# reprise is measured relayed (the orchestrator on a third machine: the data goes through it)
+# and with `--here hv-pra` (the orchestrator on the recovery host, as in a real set-up that must
+# survive the loss of the main site: the data crosses SSH once, like the peers'), each with both
+# SSH clients of its data: `--ssh-client openssh` (the system's ssh) and `--ssh-client libssh2`.
 # Wall time and bytes on the wire (reprise: block stream + manifest; rsync: its --stats total bytes
 # sent + received; cat: the image size), and the peak memory of the orchestrator and the helpers
 # during the initial copy. Prints medians of REPS runs and ratios; asserts nothing.
 #
-# Env: SIZE_MIB (1024), PCTS ("1 10"), REPS (3), NET (160), KEEP (0: remove the tmp dir).
+# Env: SIZE_MIB (1024), PCTS ("1 10"), REPS (3), NET (160), KEEP (0: remove the tmp dir),
+# MODES ("relay here relay-libssh2 here-libssh2").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -65,14 +68,15 @@ reprise_run() {
   echo "$(py "print($t1 - $t0)") $bytes"
 }
 
-# Peak resident memory (VmHWM) of the orchestrator (`reprise ... replicate`) and of the
-# replication helpers (`helper-<hash> helper ...`, on the lab's hosts, i.e. this machine),
-# sampled every 20 ms until the file $1 exists; prints "orchestrator_kib helper_kib".
+# Peak resident memory (VmHWM) of the orchestrator (`reprise ... replicate`), of the
+# replication helpers (`helper-<hash> helper ...`, on the lab's hosts, i.e. this machine) and of
+# each OpenSSH client carrying one, sampled every 20 ms until the file $1 exists; prints
+# "orchestrator_kib helper_kib ssh_kib".
 peak_memory() {
   py "
 import os, time
 stop = '$1'
-peak = {'orch': 0, 'helper': 0}
+peak = {'orch': 0, 'helper': 0, 'ssh': 0}
 while not os.path.exists(stop):
     for pid in os.listdir('/proc'):
         if not pid.isdigit():
@@ -91,15 +95,22 @@ while not os.path.exists(stop):
         elif 'helper' in words and (os.path.basename(words[0]) == 'reprise'
                                     or any(os.path.basename(w).startswith('helper-') for w in words)):
             peak['helper'] = max(peak['helper'], hwm)
+        elif os.path.basename(words[0]) == 'ssh' and any('helper' in w for w in words):
+            peak['ssh'] = max(peak['ssh'], hwm)
     time.sleep(0.02)
-print(peak['orch'], peak['helper'])"
+print(peak['orch'], peak['helper'], peak['ssh'])"
 }
 
 # 1. Initial full copy.
-MODES=(relay here)
-declare -A MODE_ARGS=([relay]="" [here]="--here hv-pra")
-declare -A MODE_NAME=([relay]="reprise replicate (relayed)" [here]="reprise replicate --here hv-pra")
-declare -a C_T S_T G_T M_O M_H
+read -r -a MODES <<< "${MODES:-relay here relay-libssh2 here-libssh2}"
+declare -A MODE_ARGS=(
+  [relay]="--ssh-client openssh" [here]="--here hv-pra --ssh-client openssh"
+  [relay-libssh2]="--ssh-client libssh2" [here-libssh2]="--here hv-pra --ssh-client libssh2")
+declare -A MODE_NAME=(
+  [relay]="reprise, openssh, relayed" [here]="reprise, openssh, --here hv-pra"
+  [relay-libssh2]="reprise, libssh2, relayed" [here-libssh2]="reprise, libssh2, --here hv-pra")
+declare -a C_T S_T G_T
+declare -A M_O M_H M_S
 declare -A R_T R_B
 for i in $(seq "$REPS"); do
   for mode in "${MODES[@]}"; do
@@ -135,8 +146,8 @@ for mode in "${MODES[@]}"; do
   # shellcheck disable=SC2086
   reprise_run ${MODE_ARGS[$mode]} >/dev/null
   touch "$TMP/stop"; wait "$sampler"
-  read -r mo mh < "$TMP/peak"
-  M_O+=("$mo"); M_H+=("$mh")
+  read -r mo mh ms < "$TMP/peak"
+  M_O[$mode]=$mo; M_H[$mode]=$mh; M_S[$mode]=$ms
 done
 echo
 echo "Initial copy of $SIZE_MIB MiB of random data (medians of $REPS):"
@@ -149,8 +160,12 @@ done
 printf '  %-34s %8.2f s  %12d bytes  %7.1f MB/s\n' "cat | ssh 'cat > copy'" "$ct" "$SIZE" "$(py "print($SIZE/$ct/1e6)")"
 printf '  %-34s %8.2f s  %12d bytes  %7.1f MB/s\n' "cat | ssh 'cat > copy && sync copy'" "$st" "$SIZE" "$(py "print($SIZE/$st/1e6)")"
 printf '  %-34s %8.2f s  %12d bytes  %7.1f MB/s\n' "cat | ssh -c aes128-gcm (same cipher)" "$gt" "$SIZE" "$(py "print($SIZE/$gt/1e6)")"
-printf '  peak memory (an untimed copy per mode): orchestrator %.1f MiB, each helper at most %.1f MiB\n' \
-  "$(py "print(max([$(IFS=,; echo "${M_O[*]}")]) / 1024)")" "$(py "print(max([$(IFS=,; echo "${M_H[*]}")]) / 1024)")"
+echo "  peak memory (an untimed copy per mode):"
+for mode in "${MODES[@]}"; do
+  printf '    %-32s orchestrator %.1f MiB, each helper at most %.1f MiB, each ssh at most %.1f MiB\n' \
+    "${MODE_NAME[$mode]}" "$(py "print(${M_O[$mode]} / 1024)")" "$(py "print(${M_H[$mode]} / 1024)")" \
+    "$(py "print(${M_S[$mode]} / 1024)")"
+done
 
 # 2. Changed blocks.
 change() { # percent seed
@@ -182,7 +197,8 @@ for pct in $PCTS; do
     for mode in "${MODES[@]}"; do
       log "$pct% changed, $mode, run $i"
       cp "$BASE" "$SRC"
-      "${R[@]}" replicate --service erp-db >/dev/null     # the copy is up to date (not timed)
+      # shellcheck disable=SC2086
+      "${R[@]}" replicate --service erp-db ${MODE_ARGS[$mode]} >/dev/null   # up to date (not timed)
       sync
       changed=$(change "$pct" "$i")                       # the same blocks in both modes
       # shellcheck disable=SC2086

@@ -773,6 +773,7 @@ pub fn run(cli: &Cli) -> Outcome {
                 identity: identity.clone(),
                 connect_timeout: *connect_timeout,
                 here: None,
+                ssh_client: replicate::SshClientArg::Libssh2,
             }
             .options();
             let transport = crate::run::transport(&model, &ssh);

@@ -68,6 +68,8 @@ pub struct SshOptions {
     pub connect_timeout: StdDuration,
     /// The inventory host that is this machine (`--here`).
     pub here: Option<String>,
+    /// The client of replication streams.
+    pub client: crate::ssh::SshClient,
 }
 
 impl SshOptions {
@@ -200,7 +202,9 @@ pub fn transport(model: &Model, ssh: &SshOptions) -> SshTransport {
             (h.id.clone(), spec)
         })
         .collect();
-    SshTransport::new(hosts, ssh.policy, ssh.connect_timeout).with_here(ssh.here.clone())
+    SshTransport::new(hosts, ssh.policy, ssh.connect_timeout)
+        .with_here(ssh.here.clone())
+        .with_client(ssh.client)
 }
 
 /// How steps are run and hosts reached, for a new or a resumed run.

@@ -1,6 +1,8 @@
 //! The SSH transport: runs commands on hosts with the `ssh2` crate (libssh2), verifying host
 //! keys against an OpenSSH `known_hosts` file, under deadlines that really stop the remote
-//! command. The only module that knows `ssh2`.
+//! command. The only module that knows `ssh2`, and the only one that knows how a host is
+//! reached: bulk streams may instead go through the system's OpenSSH client ([`openssh`]),
+//! started here once libssh2 has checked the host key.
 //!
 //! Blocking by design (callers keep it off async workers). It runs what it is given: it does not
 //! decide what to run, and it never prints.
@@ -15,6 +17,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use sha2::Digest as _;
 use ssh2::{CheckResult, HashType, KnownHostFileKind, Session as RawSession};
+
+pub mod openssh;
 
 /// Seconds between the TERM that ends a command at its deadline and the KILL that follows when
 /// TERM was not enough.
@@ -45,6 +49,17 @@ impl HostSpec {
             format!("[{}]:{}", self.address, self.port)
         }
     }
+}
+
+/// Which SSH client carries bulk streams (replication data) to and from hosts. Commands,
+/// helper calls and host-key checks always use libssh2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SshClient {
+    /// The system's `ssh` (OpenSSH), started as a process per stream.
+    #[default]
+    OpenSsh,
+    /// libssh2 channels, relayed by this process.
+    Libssh2,
 }
 
 /// What to do with a host key never seen before. A changed key is always refused.
@@ -140,38 +155,6 @@ pub struct Session {
     spec: HostSpec,
 }
 
-/// The ciphers offered first, when this machine's processor has AES and carry-less multiply
-/// instructions: AES-GCM then costs OpenSSL (here and in the host's sshd) a fraction of
-/// ChaCha20-Poly1305, whose Poly1305 OpenSSH computes in portable C; disk images cross SSH
-/// about 1.5 times as fast. The other ciphers libssh2 knows follow, in its order, for hosts
-/// without AES-GCM. Empty: libssh2's own order (ChaCha20-Poly1305 first).
-pub fn preferred_ciphers() -> &'static [&'static str] {
-    #[cfg(target_arch = "x86_64")]
-    let fast_gcm = std::arch::is_x86_feature_detected!("aes")
-        && std::arch::is_x86_feature_detected!("pclmulqdq");
-    #[cfg(target_arch = "aarch64")]
-    let fast_gcm = std::arch::is_aarch64_feature_detected!("aes")
-        && std::arch::is_aarch64_feature_detected!("pmull");
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    let fast_gcm = false;
-    if fast_gcm {
-        &["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
-    } else {
-        &[]
-    }
-}
-
-/// `preferred` first, then the rest of `supported` in its order, comma-separated.
-fn cipher_list(preferred: &[&str], supported: &[&str]) -> String {
-    let rest = supported.iter().filter(|c| !preferred.contains(c));
-    preferred
-        .iter()
-        .chain(rest)
-        .copied()
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 impl Session {
     /// Connects, verifies the host key and logs in.
     pub fn connect(
@@ -200,15 +183,6 @@ impl Session {
         let mut raw = RawSession::new().map_err(|e| connect_err(e.to_string()))?;
         raw.set_tcp_stream(tcp);
         raw.set_timeout(timeout.as_millis() as u32);
-        let preferred = preferred_ciphers();
-        if !preferred.is_empty() {
-            for way in [ssh2::MethodType::CryptCs, ssh2::MethodType::CryptSc] {
-                let supported = raw.supported_algs(way).unwrap_or_default();
-                let supported: Vec<&str> = supported.iter().map(|c| c.as_ref()).collect();
-                raw.method_pref(way, &cipher_list(preferred, &supported))
-                    .map_err(|e| connect_err(format!("cipher preference: {}", e.message())))?;
-            }
-        }
         raw.handshake().map_err(|e| {
             if e.code() == ssh2::ErrorCode::Session(-9) || e.message().contains("Timed out") {
                 SshError::Hung {
@@ -245,6 +219,18 @@ impl Session {
             raw,
             spec: spec.clone(),
         })
+    }
+
+    /// The type of the host key this session verified (`ssh-ed25519`, `ssh-rsa`, ...).
+    pub fn host_key_type(&self) -> Result<String, SshError> {
+        self.raw
+            .host_key()
+            .and_then(|(key, _)| key_type_name(key))
+            .map(str::to_string)
+            .ok_or_else(|| SshError::Session {
+                host: self.spec.id.clone(),
+                reason: "the host key offered is malformed".into(),
+            })
     }
 
     /// The ciphers negotiated with the host: (client to server, server to client).
@@ -866,13 +852,7 @@ fn append_known_host(spec: &HostSpec, key: &[u8]) -> Result<(), SshError> {
         path: path.display().to_string(),
         reason,
     };
-    // The key blob starts with its type name: a u32 length, then the name.
-    let kind = key
-        .get(..4)
-        .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
-        .and_then(|n| key.get(4..4 + n))
-        .and_then(|name| std::str::from_utf8(name).ok())
-        .ok_or_else(|| err("the host key offered is malformed".into()))?;
+    let kind = key_type_name(key).ok_or_else(|| err("the host key offered is malformed".into()))?;
     let mut line = format!(
         "{} {kind} {} added by reprise for {}\n",
         spec.known_name(),
@@ -896,6 +876,14 @@ fn append_known_host(spec: &HostSpec, key: &[u8]) -> Result<(), SshError> {
         .open(path)
         .and_then(|mut f| f.write_all(line.as_bytes()))
         .map_err(|e| err(e.to_string()))
+}
+
+/// The type name a host key blob starts with: a u32 length, then the name.
+fn key_type_name(key: &[u8]) -> Option<&str> {
+    key.get(..4)
+        .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
+        .and_then(|n| key.get(4..4usize.checked_add(n)?))
+        .and_then(|name| std::str::from_utf8(name).ok())
 }
 
 /// Runs commands on hosts by id; the runner's view of the network.
@@ -945,6 +933,21 @@ pub trait Transport: Send + Sync {
         })
     }
 
+    /// Starts `command` on `host` (stopped at `deadline`) as a local process carrying it, its
+    /// standard streams piped and leading its own process group, when this transport sends
+    /// bulk data through a client program (the OpenSSH client): the host key has then been
+    /// checked by this transport first, under its policy. `None` when it streams itself
+    /// ([`Transport::exec_stream`], [`Transport::pipe_with_input`]).
+    fn bulk_process(
+        &self,
+        host: &str,
+        command: &str,
+        deadline: Duration,
+    ) -> Option<Result<std::process::Child, SshError>> {
+        let _ = (host, command, deadline);
+        None
+    }
+
     /// The host of the inventory that is this very machine (`--here`), if any: replication
     /// runs its side locally instead of over SSH to itself.
     fn here(&self) -> Option<&str> {
@@ -982,6 +985,7 @@ pub struct SshTransport {
     /// Serializes known_hosts updates under AcceptNew.
     known_hosts_lock: Mutex<()>,
     here: Option<String>,
+    client: SshClient,
 }
 
 impl SshTransport {
@@ -998,7 +1002,14 @@ impl SshTransport {
             idle: Mutex::new(HashMap::new()),
             known_hosts_lock: Mutex::new(()),
             here: None,
+            client: SshClient::default(),
         }
+    }
+
+    /// Chooses the client of bulk streams (see [`Transport::bulk_process`]).
+    pub fn with_client(mut self, client: SshClient) -> Self {
+        self.client = client;
+        self
     }
 
     /// Declares `host` to be this machine (see [`Transport::here`]).
@@ -1053,6 +1064,43 @@ impl SshTransport {
 impl Transport for SshTransport {
     fn here(&self) -> Option<&str> {
         self.here.as_deref()
+    }
+
+    fn bulk_process(
+        &self,
+        host: &str,
+        command: &str,
+        deadline: Duration,
+    ) -> Option<Result<std::process::Child, SshError>> {
+        if self.client != SshClient::OpenSsh {
+            return None;
+        }
+        Some((|| {
+            let spec = self
+                .hosts
+                .get(host)
+                .ok_or_else(|| SshError::UnknownHost(host.to_string()))?;
+            // The gate: this transport's own check of the host key, on a new connection, now
+            // (a new key is recorded under accept-new). ssh(1) then checks the same key in the
+            // same file, and only a key of the type checked here.
+            let session = self.new_session(host)?;
+            let key_type = session.host_key_type()?;
+            self.give_back(host, session);
+            let secs = deadline.as_secs().max(1);
+            let wrapped = format!(
+                "timeout --kill-after={KILL_AFTER_SECS} {secs} sh -c {}",
+                crate::template::shell_quote(command)
+            );
+            openssh::command(spec, &key_type, self.connect_timeout, &wrapped)?
+                .spawn()
+                .map_err(|e| SshError::Local {
+                    host: host.to_string(),
+                    reason: format!(
+                        "cannot start the OpenSSH client `ssh`: {e}; install it (Debian: \
+                         openssh-client) or choose --ssh-client libssh2"
+                    ),
+                })
+        })())
     }
 
     fn exec_stream(
@@ -1150,28 +1198,5 @@ impl Transport for SshTransport {
             // A broken session is dropped, not reused.
             Err(e) => Err(e),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::cipher_list;
-
-    #[test]
-    fn preferred_ciphers_come_first_and_the_others_keep_their_order() {
-        let supported = [
-            "chacha20-poly1305@openssh.com",
-            "aes256-gcm@openssh.com",
-            "aes128-gcm@openssh.com",
-            "aes256-ctr",
-        ];
-        assert_eq!(
-            cipher_list(
-                &["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"],
-                &supported
-            ),
-            "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-ctr"
-        );
-        assert_eq!(cipher_list(&[], &supported), supported.join(","));
     }
 }

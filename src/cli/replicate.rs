@@ -13,7 +13,7 @@ use crate::replica::helper::{self, Request};
 use crate::replica::remote::{Helpers, Replication, image_path, point_id};
 use crate::replica::{Point, Verified};
 use crate::run::SshOptions;
-use crate::ssh::HostKeyPolicy;
+use crate::ssh::{HostKeyPolicy, SshClient};
 
 /// How to reach hosts, for the replication commands.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,6 +35,23 @@ pub struct SshArgs {
     /// Checked against HOST's machine id.
     #[arg(long, env = "REPRISE_HERE", value_name = "HOST")]
     pub here: Option<String>,
+    /// The SSH client that carries replication data: the system's `ssh` (faster; host keys
+    /// are still checked by reprise first), or libssh2 inside reprise (no `ssh` needed).
+    #[arg(
+        long,
+        env = "REPRISE_SSH_CLIENT",
+        value_enum,
+        default_value_t = SshClientArg::Openssh,
+        value_name = "CLIENT"
+    )]
+    pub ssh_client: SshClientArg,
+}
+
+/// `--ssh-client`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SshClientArg {
+    Openssh,
+    Libssh2,
 }
 
 impl SshArgs {
@@ -52,6 +69,10 @@ impl SshArgs {
             identity: self.identity.clone(),
             connect_timeout: std::time::Duration::from_secs(self.connect_timeout.max(1)),
             here: self.here.clone(),
+            client: match self.ssh_client {
+                SshClientArg::Openssh => SshClient::OpenSsh,
+                SshClientArg::Libssh2 => SshClient::Libssh2,
+            },
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::Child;
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -352,6 +353,56 @@ impl<'a> Helpers<'a> {
         })
     }
 
+    /// Both sides of a transfer as processes of this machine, when the transport carries bulk
+    /// data through a client program (the OpenSSH client): `send` on `from` and `apply` on
+    /// `to`, each run here (`--here`) or under that client. `None` when the transport streams
+    /// itself.
+    fn bulk_sides(
+        &self,
+        from: &str,
+        send: &str,
+        to: &str,
+        apply: &str,
+        deadline: Duration,
+    ) -> Result<Option<(Child, Child)>, ReplicaError> {
+        let remote = |host: &str, args: &str| -> Result<Option<Child>, ReplicaError> {
+            let command = self.command(&self.deploy(host)?, args);
+            Ok(self
+                .transport
+                .bulk_process(host, &command, deadline)
+                .transpose()?)
+        };
+        let side = |host: &str, args: &str| -> Result<Option<Child>, ReplicaError> {
+            if self.is_here(host)? {
+                self.spawn_here(host, args, deadline).map(Some)
+            } else {
+                remote(host, args)
+            }
+        };
+        // The side on another host first: whether it goes through a client program decides.
+        let (first, second) = if self.is_here(to)? {
+            ((from, send), (to, apply))
+        } else {
+            ((to, apply), (from, send))
+        };
+        let Some(mut one) = side(first.0, first.1)? else {
+            return Ok(None);
+        };
+        let other = match side(second.0, second.1) {
+            Ok(Some(other)) => other,
+            result => {
+                kill_group(&one);
+                let _ = one.wait();
+                return result.map(|_| None);
+            }
+        };
+        Ok(Some(if first.0 == from {
+            (one, other)
+        } else {
+            (other, one)
+        }))
+    }
+
     /// The shell words that run the helper on a host (once deployed).
     fn command(&self, hash: &str, args: &str) -> String {
         format!(
@@ -534,8 +585,13 @@ impl<'a> Helpers<'a> {
             host: to.to_string(),
             reason: format!("replicating {from}:{src} to {to}:{dst} failed: {e}"),
         };
-        // When this machine is one of the two hosts, its side runs here: no relay.
-        let piped = if self.is_here(to)? {
+        // Through the OpenSSH client, each side is a process (a helper here, or `ssh` carrying
+        // it); else, when this machine is one of the two hosts, its side runs here: no relay.
+        let piped = if let Some((source, recovery)) =
+            self.bulk_sides(from, &send, to, &apply, r.deadline)?
+        {
+            Ok(pipe_processes(source, &base, recovery, r.deadline))
+        } else if self.is_here(to)? {
             let send = self.command(&self.deploy(from)?, &send);
             self.pipe_into_here(from, &send, &base, to, &apply, r.deadline)
         } else if self.is_here(from)? {
@@ -694,13 +750,159 @@ fn same_machine(host: &str, mine: &str, theirs: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Kills a helper started by [`Helpers::spawn_here`] and everything under it: `timeout` leads
-/// its own process group, so killing `timeout` alone would leave the helper running.
+/// Kills a helper started by [`Helpers::spawn_here`] (or the OpenSSH client carrying one) and
+/// everything under it: `timeout` leads its own process group, so killing `timeout` alone
+/// would leave the helper running.
 fn kill_group(child: &std::process::Child) {
     if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: a signal to the process group our child leads; no memory is involved.
+        // SAFETY: a signal to the process group our child leads, and to the child itself
+        // (not yet waited for, so its pid is still its own); no memory is involved.
         unsafe {
             libc::kill(-pid, libc::SIGKILL);
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Seconds a side may run past its deadline before it is killed here: the remote `timeout`'s
+/// grace before KILL, and time for the news to arrive.
+const PAST_DEADLINE: Duration = Duration::from_secs(35);
+
+/// Streams the standard output of `source` into the standard input of `recovery`, after
+/// `input` is written to `source` (which reads all of it before it writes much), in large
+/// writes counted in [`crate::ssh::PIPED_BYTES`]. A side that ends or fails ends the transfer
+/// at once, even while the other is silent (the source hashing an unchanged stretch): the
+/// recovery side closing its input kills the source (which is then not blamed: its exit is 0),
+/// and the end of the source's output is the end of the recovery side's input. Both are
+/// killed, with their process groups, `PAST_DEADLINE` after `deadline`.
+fn pipe_processes(
+    mut source: Child,
+    input: &[u8],
+    mut recovery: Child,
+    deadline: Duration,
+) -> PipeOutput {
+    use std::io::Read as _;
+    use std::os::fd::AsRawFd as _;
+    let began = std::time::Instant::now();
+    let until = began + deadline + PAST_DEADLINE;
+    let mut source_in = source.stdin.take();
+    let mut source_out = source.stdout.take().expect("piped");
+    let source_err = source.stderr.take().expect("piped");
+    let mut recovery_in = recovery.stdin.take();
+    let recovery_out = recovery.stdout.take().expect("piped");
+    let recovery_err = recovery.stderr.take().expect("piped");
+    let mut bytes = 0u64;
+    let mut cut = false;
+    let mut late = false;
+    let (output, errors) = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            if let Some(mut w) = source_in.take() {
+                let _ = w.write_all(input);
+            }
+        });
+        let source_errors = scope.spawn(|| read_all(source_err));
+        let recovery_errors = scope.spawn(|| read_all(recovery_err));
+        let output = scope.spawn(|| read_all(recovery_out));
+        let mut buf = vec![0u8; 1 << 20];
+        if let Some(sink) = recovery_in.as_mut() {
+            loop {
+                if std::time::Instant::now() > until {
+                    late = true;
+                    break;
+                }
+                let mut fds = [
+                    libc::pollfd {
+                        fd: source_out.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                    // No event asked: a pipe whose reader is gone reports POLLERR.
+                    libc::pollfd {
+                        fd: sink.as_raw_fd(),
+                        events: 0,
+                        revents: 0,
+                    },
+                ];
+                // SAFETY: two valid pollfds, for the duration of the call.
+                unsafe {
+                    libc::poll(fds.as_mut_ptr(), 2, 200);
+                }
+                if fds[0].revents != 0 {
+                    match source_out.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if sink.write_all(&buf[..n]).is_err() {
+                                cut = true;
+                                break;
+                            }
+                            bytes += n as u64;
+                            crate::ssh::PIPED_BYTES
+                                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        // Cannot happen on a pipe; the source's own exit tells the rest.
+                        Err(_) => break,
+                    }
+                } else if fds[1].revents != 0 {
+                    cut = true;
+                    break;
+                }
+            }
+        }
+        // The recovery side sees its input end: a whole stream, or a cut one it refuses.
+        drop(recovery_in.take());
+        if cut || late {
+            kill_group(&source);
+        }
+        drop(source_out);
+        let source_exit = wait_until(&mut source, until);
+        let recovery_exit = wait_until(&mut recovery, until);
+        let errors = format!(
+            "{}{}",
+            String::from_utf8_lossy(&source_errors.join().unwrap_or_default()),
+            String::from_utf8_lossy(&recovery_errors.join().unwrap_or_default())
+        );
+        (
+            (
+                source_exit,
+                recovery_exit,
+                output.join().unwrap_or_default(),
+            ),
+            errors,
+        )
+    });
+    let (source_exit, recovery_exit, output) = output;
+    PipeOutput {
+        bytes,
+        // Killed because the recovery side had stopped: not the source's failure.
+        read_exit: if cut && !late { 0 } else { source_exit },
+        write_exit: recovery_exit,
+        stderr: if late {
+            format!(
+                "{errors}the transfer did not end within its deadline ({}s)",
+                deadline.as_secs()
+            )
+        } else {
+            errors
+        },
+        output: String::from_utf8_lossy(&output).into_owned(),
+        duration: began.elapsed(),
+    }
+}
+
+/// Waits for `child` until `until`, then kills it with its process group; its exit status.
+fn wait_until(child: &mut Child, until: std::time::Instant) -> i32 {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return exit_status(status),
+            Ok(None) if std::time::Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(None) => {
+                kill_group(child);
+                return child.wait().map(exit_status).unwrap_or(-1);
+            }
+            Err(_) => return -1,
         }
     }
 }
