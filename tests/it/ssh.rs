@@ -1,12 +1,14 @@
 //! The SSH transport against a real OpenSSH `sshd` (see `sshd.rs`): commands, deadlines that
 //! really stop the remote process, output limits, host-key policy and failing hosts.
 
+use std::io::{Read as _, Write as _};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reprise::ssh::{
-    ExecOutput, HostKeyPolicy, HostSpec, Session, SshError, SshTransport, Transport,
+    ExecOutput, HostKeyPolicy, HostSpec, Session, SshClient, SshError, SshTransport, Transport,
+    openssh,
 };
 
 use crate::sshd::{Sshd, poll_until, unique};
@@ -490,13 +492,12 @@ fn pipe_streams_between_hosts_and_reports_exits() {
     assert_eq!(std::fs::read_to_string(&copy).unwrap(), "abc");
 }
 
-/// Bulk data over each cipher reprise's libssh2 (`vendor/libssh2-sys`) computes differently
-/// from upstream: AES-GCM (whole runs of blocks per OpenSSL call, offered first on processors
-/// with AES instructions), ChaCha20-Poly1305 (on libcrypto), AES-CTR with a MAC after or
-/// before encryption and AES-CBC, for older hosts (runs of blocks). Each sshd is limited to one cipher (and MAC). A pipe
-/// decrypts what the first host sends and encrypts it for the second, whose sshd checks every
-/// packet's tag: a wrong key stream or tag would end the connection or change the bytes. Keys
-/// are renewed on the way (each renewal sets the cipher up afresh).
+/// Bulk data over each cipher libssh2 may negotiate with an OpenSSH host: AES-GCM,
+/// ChaCha20-Poly1305 (libssh2's first choice), AES-CTR with a MAC after or before encryption,
+/// and AES-CBC, for older hosts. Each sshd is limited to one cipher (and MAC). A pipe decrypts
+/// what the first host sends and encrypts it for the second, whose sshd checks every packet's
+/// tag: a wrong key stream or tag would end the connection or change the bytes. Keys are
+/// renewed on the way (each renewal sets the cipher up afresh).
 #[test]
 fn random_data_crosses_every_cipher_both_ways_intact() {
     // 20 MiB and 1 byte of random data (a ragged last packet), from the kernel's generator.
@@ -558,22 +559,6 @@ fn random_data_crosses_every_cipher_both_ways_intact() {
             "{cipher}: the receiving sshd never rekeyed"
         );
     }
-}
-
-/// With no limit on the host's side, reprise offers AES-GCM first on a processor with AES
-/// instructions (this one's choice is what `preferred_ciphers` says), else libssh2's order.
-#[test]
-fn the_cipher_offered_first_is_the_one_negotiated() {
-    let sshd = Sshd::start();
-    let session = connect(&sshd.spec("hv1"));
-    let expected = reprise::ssh::preferred_ciphers()
-        .first()
-        .copied()
-        .unwrap_or("chacha20-poly1305@openssh.com");
-    assert_eq!(
-        session.ciphers(),
-        (expected.to_string(), expected.to_string())
-    );
 }
 
 #[test]
@@ -656,4 +641,195 @@ fn a_command_quiet_for_longer_than_the_keepalive_interval_is_waited_for() {
         let out = answered.join().unwrap().unwrap();
         assert_eq!((out.exit_code, out.stdout.as_slice()), (0, &b"done"[..]));
     });
+}
+
+/// Runs `command` on `host` through the transport's bulk client (the OpenSSH client), with
+/// `input` on its standard input: (exit code, standard output), or why it was not started.
+fn bulk(
+    t: &SshTransport,
+    host: &str,
+    command: &str,
+    input: &[u8],
+) -> Result<(i32, Vec<u8>), SshError> {
+    let mut child = t
+        .bulk_process(host, command, Duration::from_secs(60))
+        .expect("the OpenSSH client carries bulk streams")?;
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::scope(|s| {
+        s.spawn(move || {
+            let _ = stdin.write_all(input);
+        });
+        s.spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        let mut out = Vec::new();
+        stdout.read_to_end(&mut out).unwrap();
+        out
+    });
+    Ok((child.wait().unwrap().code().unwrap_or(-1), out))
+}
+
+/// ssh(1) started as the OpenSSH path starts it, for a host key of `key_type`, but without
+/// reprise's own check first: what OpenSSH alone accepts. (exit code, standard error).
+fn ssh_alone(spec: &HostSpec, key_type: &str, command: &str) -> (i32, String) {
+    let out = openssh::command(spec, key_type, CONNECT, command)
+        .unwrap()
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// 20 MiB and 1 byte of random data through the OpenSSH client, both ways, across key
+/// renewals, with the command's exit code; AES-GCM negotiated on a processor with AES
+/// instructions (OpenSSH's default order otherwise); `known_hosts` left as it was.
+#[test]
+fn bulk_data_through_the_openssh_client_arrives_intact_both_ways() {
+    let sshd = Sshd::start_with("LogLevel DEBUG1");
+    let known_hosts = std::fs::read_to_string(&sshd.known_hosts).unwrap();
+    let t = transport(&sshd, "hv1", HostKeyPolicy::Strict).with_client(SshClient::OpenSsh);
+    let data = crate::common::random_bytes(20 * 1024 * 1024 + 1);
+    let copy = sshd.dir().join("copy");
+    let (code, out) = bulk(
+        &t,
+        "hv1",
+        &format!("cat > {} && printf done", copy.display()),
+        &data,
+    )
+    .unwrap();
+    assert_eq!((code, out.as_slice()), (0, &b"done"[..]));
+    assert!(std::fs::read(&copy).unwrap() == data, "the copy differs");
+    let (code, out) = bulk(&t, "hv1", &format!("cat {}; exit 3", copy.display()), &[]).unwrap();
+    assert_eq!(code, 3);
+    assert!(out == data, "the data read back differs");
+
+    let log = std::fs::read_to_string(sshd.dir().join("sshd.log")).unwrap();
+    let expected = openssh::preferred_ciphers()
+        .first()
+        .copied()
+        .unwrap_or("chacha20-poly1305@openssh.com");
+    assert!(
+        log.contains(&format!("kex: client->server cipher: {expected}")),
+        "{expected} was not negotiated:\n{log}"
+    );
+    assert!(
+        log.matches("ssh_set_newkeys: rekeying in").count() >= 3,
+        "keys were never renewed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&sshd.known_hosts).unwrap(),
+        known_hosts
+    );
+}
+
+/// The OpenSSH path refuses every host key reprise refuses, with reprise's own error (its
+/// check comes first), and ssh(1) alone, started as that path starts it, refuses it too: an
+/// unknown key, a key marked @revoked, a host certificate signed by a CA of an
+/// `@cert-authority` line (which reprise does not use), a changed key. A key reprise knows, or
+/// records under accept-new, is accepted by both. Nothing runs on a refused host and
+/// `known_hosts` is never written by ssh(1).
+#[test]
+fn the_openssh_path_refuses_every_host_key_reprise_refuses() {
+    let mut sshd = Sshd::start();
+    let spec = sshd.spec("hv2");
+    let line = sshd.known_hosts_line();
+    let marker = sshd.dir().join("executed");
+    let touch = format!("touch {}", marker.display());
+    let both = |sshd: &Sshd, policy: HostKeyPolicy| {
+        let t = transport(sshd, "hv2", policy).with_client(SshClient::OpenSsh);
+        let libssh2 = t.exec("hv2", &touch, Duration::from_secs(5)).map(|_| ());
+        let _ = std::fs::remove_file(&marker);
+        let openssh = bulk(&t, "hv2", &touch, &[]).map(|(code, _)| code);
+        (libssh2, openssh)
+    };
+    let refused = |sshd: &Sshd, policy, what: &str, ssh_says: &str| {
+        let known_hosts = std::fs::read_to_string(&sshd.known_hosts).unwrap();
+        let (libssh2, openssh) = both(sshd, policy);
+        let libssh2 = libssh2.expect_err(what);
+        let openssh = openssh.expect_err(what);
+        assert_eq!(openssh.to_string(), libssh2.to_string(), "{what}");
+        let (code, stderr) = ssh_alone(&spec, "ssh-ed25519", &touch);
+        assert_eq!(code, 255, "{what}: ssh(1) accepted it: {stderr}");
+        assert!(stderr.contains(ssh_says), "{what}: {stderr}");
+        assert!(!marker.exists(), "{what}: a command ran on a refused host");
+        assert_eq!(
+            std::fs::read_to_string(&sshd.known_hosts).unwrap(),
+            known_hosts,
+            "{what}"
+        );
+        libssh2
+    };
+
+    // Known: accepted by both.
+    let (libssh2, openssh) = both(&sshd, HostKeyPolicy::Strict);
+    assert!(libssh2.is_ok() && openssh.as_ref().is_ok_and(|c| *c == 0));
+    assert_eq!(ssh_alone(&spec, "ssh-ed25519", &touch).0, 0);
+    assert!(marker.exists());
+    std::fs::remove_file(&marker).unwrap();
+
+    // Unknown under strict.
+    std::fs::write(&sshd.known_hosts, "").unwrap();
+    let e = refused(
+        &sshd,
+        HostKeyPolicy::Strict,
+        "unknown",
+        "Host key verification failed",
+    );
+    assert!(matches!(e, SshError::UnknownHostKey { .. }), "{e:?}");
+
+    // Unknown under accept-new: recorded by reprise, then found by ssh(1) in the same file.
+    let t = transport(&sshd, "hv2", HostKeyPolicy::AcceptNew).with_client(SshClient::OpenSsh);
+    assert_eq!(bulk(&t, "hv2", &touch, &[]).unwrap().0, 0);
+    assert!(marker.exists());
+    std::fs::remove_file(&marker).unwrap();
+    assert_eq!(ssh_alone(&spec, "ssh-ed25519", "true").0, 0);
+
+    // Revoked, even under accept-new.
+    let mut fields = line.split_whitespace().skip(1);
+    let (kind, key) = (fields.next().unwrap(), fields.next().unwrap());
+    std::fs::write(
+        &sshd.known_hosts,
+        format!("{line}@revoked * {kind} {key}\n"),
+    )
+    .unwrap();
+    let e = refused(&sshd, HostKeyPolicy::AcceptNew, "revoked", "REVOKED");
+    assert!(matches!(e, SshError::RevokedHostKey { .. }), "{e:?}");
+
+    // A host certificate signed by a CA the file trusts for every host: ssh(1) would accept
+    // it, reprise does not, so neither path does.
+    let ca = sshd.dir().join("ca_ed25519");
+    crate::sshd::keygen(&ca);
+    sshd.certify_host_key(&ca);
+    let ca_pub = std::fs::read_to_string(ca.with_extension("pub")).unwrap();
+    let ca_key: Vec<&str> = ca_pub.split_whitespace().take(2).collect();
+    std::fs::write(
+        &sshd.known_hosts,
+        format!("@cert-authority * {} {}\n", ca_key[0], ca_key[1]),
+    )
+    .unwrap();
+    let e = refused(
+        &sshd,
+        HostKeyPolicy::Strict,
+        "certificate",
+        "Host key verification failed",
+    );
+    assert!(matches!(e, SshError::UnknownHostKey { .. }), "{e:?}");
+    // The same ssh(1) offered certificates accepts it: what limiting it to the key type
+    // reprise checked prevents.
+    let (code, stderr) = ssh_alone(&spec, "ssh-ed25519-cert-v01@openssh.com", "true");
+    assert_eq!(
+        code, 0,
+        "the certificate case is not what it claims: {stderr}"
+    );
+
+    // Changed, under both policies.
+    sshd.trust_current_host_key();
+    sshd.restart(true);
+    for policy in [HostKeyPolicy::Strict, HostKeyPolicy::AcceptNew] {
+        let e = refused(&sshd, policy, "changed", "HOST IDENTIFICATION HAS CHANGED");
+        assert!(matches!(e, SshError::ChangedHostKey { .. }), "{e:?}");
+    }
 }

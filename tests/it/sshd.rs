@@ -273,6 +273,22 @@ impl Sshd {
         }
     }
 
+    /// Gives this sshd a host certificate of its current key, signed by the CA key `ca`, and
+    /// restarts it (same address, port and key).
+    pub fn certify_host_key(&mut self, ca: &Path) {
+        run(Command::new(tool("ssh-keygen"))
+            .args(["-q", "-s"])
+            .arg(ca)
+            .args(["-I", "reprise-test-host", "-h", "-n"])
+            .arg(self.address.to_string())
+            .arg(self.host_key_pub()));
+        let cert = self.dir.path().join("host_ed25519-cert.pub");
+        assert!(cert.is_file(), "ssh-keygen -s wrote no {}", cert.display());
+        self.extra
+            .push_str(&format!("\nHostCertificate {}", cert.display()));
+        self.restart(false);
+    }
+
     /// Freezes sshd and every process it started (`kill -STOP`): a host that hangs.
     pub fn freeze(&self) {
         signal(&process_tree(self.child.id()), "STOP");
