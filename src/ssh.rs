@@ -1086,9 +1086,11 @@ impl Transport for SshTransport {
             let session = self.new_session(host)?;
             let key_type = session.host_key_type()?;
             self.give_back(host, session);
+            // `exit $?`: a command killed by a signal ends with 128 + its number, as over
+            // libssh2 (ssh(1) itself would exit with 255, as it does for its own failures).
             let secs = deadline.as_secs().max(1);
             let wrapped = format!(
-                "timeout --kill-after={KILL_AFTER_SECS} {secs} sh -c {}",
+                "timeout --kill-after={KILL_AFTER_SECS} {secs} sh -c {}; exit $?",
                 crate::template::shell_quote(command)
             );
             openssh::command(spec, &key_type, self.connect_timeout, &wrapped)?

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{Run, copy_tree, random_bytes, reprise, root};
+use crate::sshd::poll_until;
 
 /// A lab for one test, brought down on drop, with its own copy of the inventory.
 struct Lab {
@@ -846,4 +847,197 @@ fn an_update_whose_writes_fail_keeps_the_point_and_frees_its_journal() {
         "the copy was touched"
     );
     assert_eq!(store.verify(None).unwrap(), [("p1".to_string(), true)]);
+}
+
+/// The pid of the source helper sending `image`, if running.
+fn send_helper(image: &Path) -> Option<i32> {
+    let want = format!("helper\0send\0{}", image.display());
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        String::from_utf8_lossy(&cmd).contains(&want).then_some(pid)
+    })
+}
+
+/// Through the OpenSSH client, a side that fails ends the transfer at once with its own error:
+/// the recovery helper killed while the source is silent (stopped), relayed and with the
+/// recovery side here; the source helper killed, with the source here. The copy keeps its
+/// last point, and the next run completes.
+#[test]
+fn through_openssh_a_failing_side_ends_the_transfer_at_once_with_its_error() {
+    let lab = Lab::up(123);
+    let src = lab.src();
+    new_image("raw", &src, "512M");
+    qemu_io("raw", &src, "write -P 0x21 0 8M");
+    lab.replicate();
+    let before = b3(&lab.dst());
+    // (--here, the side killed, what the error says)
+    let cases = [
+        (None, "recovery", "recovery exit 137"),
+        (Some("hv-pra"), "recovery", "recovery exit 137"),
+        (Some("hv-main"), "source", "source exit 137"),
+    ];
+    for (n, (here, victim, says)) in cases.into_iter().enumerate() {
+        let what = format!("--here {here:?}, {victim} killed");
+        qemu_io("raw", &src, &format!("write -P {} 0 400M", 0x31 + n));
+        let mut args = vec!["--ssh-client", "openssh"];
+        if let Some(host) = here {
+            args.extend(["--here", host]);
+        }
+        let mut child = lab.spawn_replicate(&args);
+        let apply = lab.wait_mid_update(&mut child);
+        let send = send_helper(&src).expect("the source helper runs");
+        let stopped = if victim == "recovery" {
+            // The source goes silent: only the recovery side's end can end the transfer.
+            tool("kill", &["-STOP", &send.to_string()]);
+            tool("kill", &["-KILL", &apply.to_string()]);
+            Some(send)
+        } else {
+            tool("kill", &["-KILL", &send.to_string()]);
+            None
+        };
+        let ended = poll_until(Duration::from_secs(30), || {
+            child.try_wait().unwrap().is_some()
+        });
+        if let Some(pid) = stopped {
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+        if !ended {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(ended, "{what}: the run did not end within 30s");
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        let host = if victim == "recovery" {
+            "hv-pra"
+        } else {
+            "hv-main"
+        };
+        assert!(
+            stderr.contains(&format!("erp-db: {host}: replicating")) && stderr.contains(says),
+            "{what}: {stderr}"
+        );
+        assert_eq!(b3(&lab.dst()), before, "{what}: the copy was touched");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let run = lab.run(&["replicate", "--service", "erp-db"]);
+        if run.code == 0 {
+            break;
+        }
+        // A helper cut above may still hold the copy's lock for a moment.
+        assert!(
+            run.stderr.contains("another process") && Instant::now() < deadline,
+            "{run:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(b3(&lab.dst()), b3(&src));
+}
+
+/// Random data replicated byte for byte by both SSH clients, relayed and with either side
+/// here; and through the OpenSSH client with the key in an ssh-agent (no identity file), which
+/// both reprise's host check and ssh(1) use.
+#[test]
+fn both_ssh_clients_replicate_byte_identical_relayed_and_here_and_with_the_agent() {
+    use std::os::unix::fs::FileExt as _;
+    let lab = Lab::up(124);
+    let src = lab.src();
+    new_image("raw", &src, "64M");
+    let file = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    let mut offset = 0u64;
+    let mut change = || {
+        file.write_all_at(&random_bytes(8 << 20), offset).unwrap();
+        offset = (offset + (9 << 20)) % (56 << 20);
+    };
+    for client in ["openssh", "libssh2"] {
+        for here in [None, Some("hv-pra"), Some("hv-main")] {
+            change();
+            let mut args = vec!["replicate", "--service", "erp-db", "--ssh-client", client];
+            if let Some(host) = here {
+                args.extend(["--here", host]);
+            }
+            let run = lab.run(&args);
+            assert_eq!(run.code, 0, "{client} {here:?}: {run:?}");
+            assert!(
+                sent_bytes(&run.stdout) >= 8 << 20,
+                "{client} {here:?}: {run:?}"
+            );
+            assert_eq!(b3(&lab.dst()), b3(&src), "{client} {here:?}");
+        }
+    }
+
+    // The same hosts with no identity file: the key is in an ssh-agent.
+    let overlay = lab.dir.path().join("lab/overlay.toml");
+    let text = std::fs::read_to_string(&overlay).unwrap();
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("identity = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .expect("the lab names its client key");
+    let agent_overlay = lab.dir.path().join("lab/overlay-agent.toml");
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("identity = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&agent_overlay, without).unwrap();
+    let socket = lab.dir.path().join("agent.sock");
+    let agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ssh-agent runs (openssh-client)");
+    struct Agent(std::process::Child);
+    impl Drop for Agent {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _agent = Agent(agent);
+    assert!(poll_until(Duration::from_secs(10), || socket.exists()));
+    let added = Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &socket)
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
+    let replicate = |agent: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_reprise"));
+        cmd.args([
+            "--overlay",
+            agent_overlay.to_str().unwrap(),
+            "--state-dir",
+            lab.dir.path().join("state").to_str().unwrap(),
+            "replicate",
+            "--service",
+            "erp-db",
+            "--ssh-client",
+            "openssh",
+        ])
+        .current_dir(lab.dir.path())
+        .env_remove("SSH_AUTH_SOCK");
+        if let Some(socket) = agent {
+            cmd.env("SSH_AUTH_SOCK", socket);
+        }
+        cmd.output().unwrap()
+    };
+    change();
+    let out = replicate(Some(&socket));
+    assert!(out.status.success(), "{out:?}");
+    assert!(sent_bytes(&String::from_utf8_lossy(&out.stdout)) >= 8 << 20);
+    assert_eq!(b3(&lab.dst()), b3(&src));
+    // Without the agent the key is missing: the hosts refuse it.
+    let out = replicate(None);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("authentication failed"),
+        "{out:?}"
+    );
 }
