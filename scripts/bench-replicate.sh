@@ -87,7 +87,8 @@ while not os.path.exists(stop):
         except OSError:
             continue
         words = [w.decode(errors='replace') for w in cmd if w]
-        if not words:
+        # Only this bench's processes (other labs may replicate on the same machine).
+        if not words or not any('$TMP' in w for w in words):
             continue
         hwm = next((int(l.split()[1]) for l in status.splitlines() if l.startswith('VmHWM:')), 0)
         if 'replicate' in words and os.path.basename(words[0]) == 'reprise':
