@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The dependency check: `cargo deny check` (advisories, licences, bans, sources) against the
-# RustSec database kept in deny/advisory-db, offline (this machine may not reach GitHub).
-# Installs cargo-deny when missing. To refresh the database: replace deny/advisory-db with the
-# crates/, rust/ and LICENSE.txt of a newer advisory-db commit and update deny/SNAPSHOT.
+# The dependency check: `cargo deny check` (known vulnerabilities and unmaintained crates in
+# Cargo.lock, licences, duplicate versions, sources). cargo-deny is installed when missing.
+#
+# The advisories need the RustSec database (https://github.com/rustsec/advisory-db):
+#   bash scripts/deny.sh                      # fetches it (needs access to github.com)
+#   REPRISE_ADVISORY_DB=DIR bash scripts/deny.sh   # offline, against a checkout of it in DIR
+#   bash scripts/deny.sh --no-advisories      # licences, bans and sources only (offline)
+# The repository carries no copy of the database, so the test command does not run this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,24 +16,23 @@ if ! cargo deny --version 2>/dev/null | grep -q "^cargo-deny $CARGO_DENY_VERSION
     cargo install --locked --quiet cargo-deny --version "$CARGO_DENY_VERSION"
 fi
 
-# cargo-deny reads its database from a git checkout (the commit date says how old it is),
-# under db-path, in a folder named after the database's URL: one is made from the kept files,
-# with the snapshot's commit date.
-commit=$(sed -n 's/^commit //p' deny/SNAPSHOT)
-date=$(sed -n 's/^date //p' deny/SNAPSHOT)
-db=target/advisory-dbs/advisory-db-3157b0e258782691
-if [ "$(git -C "$db" log -1 --format=%s 2>/dev/null)" != "advisory-db $commit" ] \
-    || ! diff -rq deny/advisory-db "$db" --exclude=.git >/dev/null 2>&1; then
-    rm -rf "$db"
-    mkdir -p "$db"
-    cp -r deny/advisory-db/. "$db"/
-    git -C "$db" init -q
-    git -C "$db" add -A
-    GIT_AUTHOR_DATE=$date GIT_COMMITTER_DATE=$date git -C "$db" \
-        -c user.name=reprise -c user.email=reprise@localhost -c commit.gpgsign=false \
-        commit -q -m "advisory-db $commit"
+if [ "${1:-}" = "--no-advisories" ]; then
+    echo "checking licences, bans and sources; advisories NOT checked (--no-advisories)"
+    exec cargo deny --offline check --hide-inclusion-graph licenses bans sources
 fi
-cargo deny --offline check --hide-inclusion-graph 2>&1 || {
-    echo "error: cargo deny check failed (above); the advisory database is from $date" >&2
+if [ -n "${REPRISE_ADVISORY_DB:-}" ]; then
+    # cargo-deny looks for the database under db-path, in a folder named after its URL.
+    if [ ! -d "$REPRISE_ADVISORY_DB/crates" ] || ! git -C "$REPRISE_ADVISORY_DB" rev-parse HEAD >/dev/null 2>&1; then
+        echo "error: REPRISE_ADVISORY_DB=$REPRISE_ADVISORY_DB is not a git checkout of the RustSec advisory database" >&2
+        exit 4
+    fi
+    mkdir -p target/advisory-dbs
+    rm -rf target/advisory-dbs/advisory-db-3157b0e258782691
+    ln -s "$(cd "$REPRISE_ADVISORY_DB" && pwd)" target/advisory-dbs/advisory-db-3157b0e258782691
+    exec cargo deny --offline check --hide-inclusion-graph
+fi
+cargo deny check --hide-inclusion-graph || {
+    echo "error: cargo deny check failed (above). Without access to github.com, run it against a" >&2
+    echo "checkout of the advisory database: REPRISE_ADVISORY_DB=DIR bash scripts/deny.sh" >&2
     exit 1
 }
