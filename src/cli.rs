@@ -574,7 +574,7 @@ fn load(cli: &Cli) -> Result<(Model, String), Outcome> {
             SourcesError::Folder { .. } | SourcesError::Empty { .. } => {
                 "\nhint: run from the folder holding inventory/ and runbooks/, or pass --inventory DIR --runbooks DIR\n"
             }
-            SourcesError::File { .. } => "\n",
+            SourcesError::Files(_) => "\n",
         };
         Outcome::err(exit::IO, format!("error: {e}{hint}"))
     })?;

@@ -5,6 +5,7 @@
 //! problem. This module only formats; it never reads files (the [`SourceMap`] is filled by the
 //! caller) and never prints.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 pub struct FileId(pub usize);
 
 /// A place in a user's file: which file and which bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Location {
     pub file: FileId,
     pub span: Range<usize>,
@@ -105,14 +106,14 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 }
 
 /// How bad a diagnostic is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Severity {
     Error,
     Warning,
 }
 
 /// One problem found in the user's files.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Diagnostic {
     pub severity: Severity,
     pub message: String,
@@ -177,26 +178,60 @@ impl Diagnostic {
         self.severity == Severity::Error
     }
 
-    /// Renders the diagnostic like a compiler message, quoting the offending line.
+    /// Renders the diagnostic like a compiler message, quoting the offending line. Whatever
+    /// the input, the result is short: long texts and lines are cut (around the column for a
+    /// quoted line), and control characters are not copied to the terminal.
     pub fn render(&self, sources: &SourceMap) -> String {
         let mut out = String::new();
         let word = match self.severity {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        let _ = writeln!(out, "{word}: {}", self.message);
+        let _ = writeln!(out, "{word}: {}", clean(&self.message, MAX_TEXT));
         if let Some(loc) = &self.location {
             quote(&mut out, sources, loc, self.label.as_deref());
         }
-        for (text, loc) in &self.notes {
-            let _ = writeln!(out, "   = note: {text}");
+        for (text, loc) in self.notes.iter().take(MAX_NOTES) {
+            let _ = writeln!(out, "   = note: {}", clean(text, MAX_TEXT));
             quote(&mut out, sources, loc, None);
         }
+        if self.notes.len() > MAX_NOTES {
+            let _ = writeln!(
+                out,
+                "   = note: and {} more places",
+                self.notes.len() - MAX_NOTES
+            );
+        }
         if let Some(hint) = &self.hint {
-            let _ = writeln!(out, "   = hint: {hint}");
+            let _ = writeln!(out, "   = hint: {}", clean(hint, MAX_TEXT));
         }
         out
     }
+}
+
+/// At most this many diagnostics of one file are shown; the rest are counted.
+pub const MAX_PER_FILE: usize = 20;
+/// Messages, hints and labels are cut at this many characters.
+const MAX_TEXT: usize = 300;
+/// A quoted line is cut to this many characters around the column.
+const MAX_LINE: usize = 200;
+const MAX_NOTES: usize = 5;
+
+/// `s` cut to `max` characters (with `…`), control characters shown as `�`.
+fn clean(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        out.push(match c {
+            '\t' => ' ',
+            c if c.is_control() => char::REPLACEMENT_CHARACTER,
+            c => c,
+        });
+    }
+    out
 }
 
 fn quote(out: &mut String, sources: &SourceMap, loc: &Location, label: Option<&str>) {
@@ -206,32 +241,44 @@ fn quote(out: &mut String, sources: &SourceMap, loc: &Location, label: Option<&s
     let pad = " ".repeat(gutter);
     let _ = writeln!(out, "{pad}--> {}", sources.describe(loc));
     let _ = writeln!(out, "{pad} |");
-    let _ = writeln!(out, "{line} | {text}");
     // The caret covers the span, clipped to the first line.
-    let line_chars = text.chars().count();
-    let span_text =
-        &sources.text(loc.file)[floor_char_boundary(sources.text(loc.file), loc.span.start)
-            ..floor_char_boundary(
-                sources.text(loc.file),
-                loc.span.end.min(sources.text(loc.file).len()),
-            )];
-    let span_chars = span_text
+    let file_text = sources.text(loc.file);
+    let start = floor_char_boundary(file_text, loc.span.start.min(file_text.len()));
+    let end = floor_char_boundary(file_text, loc.span.end.min(file_text.len())).max(start);
+    let span_chars = file_text[start..end]
         .split('\n')
         .next()
         .unwrap_or("")
         .chars()
-        .count()
-        .max(1)
-        .min(line_chars.saturating_sub(col - 1).max(1));
+        .take(MAX_LINE)
+        .count();
+    // A long line is shown as a window around the column.
+    let line_chars = text.chars().count();
+    let (from, to) = if line_chars <= MAX_LINE {
+        (0, line_chars)
+    } else {
+        let from = (col - 1)
+            .saturating_sub(MAX_LINE / 3)
+            .min(line_chars - MAX_LINE);
+        (from, from + MAX_LINE)
+    };
+    let shown: String = text.chars().skip(from).take(to - from).collect();
+    let (lead, tail) = (
+        if from > 0 { "…" } else { "" },
+        if to < line_chars { "…" } else { "" },
+    );
+    let _ = writeln!(out, "{line} | {lead}{}{tail}", clean(&shown, MAX_LINE));
+    let caret_at = (col - 1).saturating_sub(from) + lead.chars().count();
+    let carets = span_chars.max(1).min(to.saturating_sub(col - 1).max(1));
     let _ = write!(
         out,
         "{pad} | {}{}",
-        " ".repeat(col - 1),
-        "^".repeat(span_chars)
+        " ".repeat(caret_at),
+        "^".repeat(carets)
     );
     match label {
         Some(label) => {
-            let _ = writeln!(out, " {label}");
+            let _ = writeln!(out, " {}", clean(label, MAX_TEXT));
         }
         None => out.push('\n'),
     }
@@ -253,12 +300,39 @@ impl Report {
         self.diagnostics.len() - self.errors()
     }
 
-    /// Every diagnostic rendered, then a count.
+    /// Every diagnostic rendered (at most [`MAX_PER_FILE`] per file, the others counted), then
+    /// a count.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let mut shown: HashMap<Option<FileId>, usize> = HashMap::new();
+        let mut hidden: BTreeMap<Option<FileId>, (usize, usize)> = BTreeMap::new();
         for d in &self.diagnostics {
+            let file = d.location.as_ref().map(|l| l.file);
+            let n = shown.entry(file).or_default();
+            if *n >= MAX_PER_FILE {
+                let h = hidden.entry(file).or_default();
+                if d.is_error() {
+                    h.0 += 1;
+                } else {
+                    h.1 += 1;
+                }
+                continue;
+            }
+            *n += 1;
             out.push_str(&d.render(&self.sources));
             out.push('\n');
+        }
+        for (file, (e, w)) in hidden {
+            let place = match file {
+                Some(f) => format!("in {}", self.sources.path(f).display()),
+                None => "without a place".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "... and {e} more error{} and {w} more warning{} {place}, not shown: fix the ones above first (later ones often follow from them)\n",
+                plural(e),
+                plural(w)
+            );
         }
         let (e, w) = (self.errors(), self.warnings());
         if e > 0 {
@@ -285,6 +359,9 @@ pub(crate) fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
+/// Names longer than this get no suggestion.
+const MAX_SUGGESTED: usize = 200;
+
 /// The closest candidate to `name`, when it is close enough to be a likely typo.
 pub fn did_you_mean<'a>(
     name: &str,
@@ -293,7 +370,14 @@ pub fn did_you_mean<'a>(
     let name_l = name.to_lowercase();
     let mut best: Vec<&str> = Vec::new();
     let mut best_d = usize::MAX;
+    // Long names are not typos of short ones, and the distance costs their product.
+    if name.len() > MAX_SUGGESTED {
+        return None;
+    }
     for c in candidates {
+        if c.len() > MAX_SUGGESTED {
+            continue;
+        }
         let d = edit_distance(&name_l, &c.to_lowercase());
         let limit = (name.chars().count().max(c.chars().count()) / 3).max(1);
         let d = if normalise(name) == normalise(c) {

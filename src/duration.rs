@@ -10,6 +10,10 @@ pub struct Duration(pub u64);
 impl Duration {
     pub const ZERO: Duration = Duration(0);
 
+    /// The longest duration a file may write: a year (366 days). A longer timeout, target or
+    /// estimate is a mistake, and sums of many bounded durations cannot overflow.
+    pub const MAX: Duration = Duration(366 * 86_400);
+
     pub fn secs(self) -> u64 {
         self.0
     }
@@ -30,8 +34,8 @@ pub enum DurationError {
     UnknownUnit(String),
     #[error("expected a number before `{0}`")]
     MissingNumber(String),
-    #[error("duration too large")]
-    Overflow,
+    #[error("longer than the limit of 366d")]
+    TooLong,
 }
 
 impl std::str::FromStr for Duration {
@@ -49,9 +53,7 @@ impl std::str::FromStr for Duration {
             if digits == 0 {
                 return Err(DurationError::MissingNumber(rest.to_string()));
             }
-            let number: u64 = rest[..digits]
-                .parse()
-                .map_err(|_| DurationError::Overflow)?;
+            let number: u64 = rest[..digits].parse().map_err(|_| DurationError::TooLong)?;
             rest = rest[digits..].trim_start();
             let unit_len = rest
                 .chars()
@@ -70,7 +72,8 @@ impl std::str::FromStr for Duration {
             total = number
                 .checked_mul(factor)
                 .and_then(|v| total.checked_add(v))
-                .ok_or(DurationError::Overflow)?;
+                .filter(|&t| t <= Duration::MAX.0)
+                .ok_or(DurationError::TooLong)?;
             rest = rest[unit_len..].trim_start();
         }
         Ok(Duration(total))
@@ -116,7 +119,10 @@ mod tests {
         check("15", Err(DurationError::MissingUnit("15".into())));
         check("4 hours", Err(DurationError::UnknownUnit("hours".into())));
         check("h", Err(DurationError::MissingNumber("h".into())));
-        check("99999999999999999999d", Err(DurationError::Overflow));
+        check("99999999999999999999d", Err(DurationError::TooLong));
+        check("366d", Ok(366 * 86_400));
+        check("366d1s", Err(DurationError::TooLong));
+        check("153722867280912930m", Err(DurationError::TooLong));
     }
 
     #[test]

@@ -38,14 +38,99 @@ pub fn parse_document<'i>(
     diags: &mut Vec<Diagnostic>,
 ) -> toml::Spanned<DeTable<'i>> {
     let (doc, errors) = DeTable::parse_recoverable(text);
-    for e in errors {
+    for (i, e) in errors.into_iter().enumerate() {
         let span = e.span().unwrap_or(0..0);
-        diags.push(
-            Diagnostic::error(format!("invalid TOML: {}", first_line(e.message())))
-                .at(Location::new(file, span)),
-        );
+        let mut d = Diagnostic::error(format!("invalid TOML: {}", first_line(e.message())))
+            .at(Location::new(file, span.clone()));
+        // Only the errors that will be shown are explained (each search reads the file).
+        if i < crate::diagnostic::MAX_PER_FILE && e.message() == "duplicate key" {
+            d = match first_definition(text, doc.get_ref(), span) {
+                Some((first, true)) => d
+                    .note("first defined here", Location::new(file, first))
+                    .hint("a table is written once: put all its keys under one header"),
+                Some((first, false)) => d
+                    .note("first defined here", Location::new(file, first))
+                    .hint("a key is set once per table: keep one of the two"),
+                None => d.hint("a key is set once per table, and a table is written once"),
+            };
+        }
+        diags.push(d);
     }
     doc
+}
+
+/// Where the key reported as a duplicate at `at` was first defined, and whether it is a
+/// table header.
+fn first_definition(
+    text: &str,
+    doc: &DeTable<'_>,
+    at: std::ops::Range<usize>,
+) -> Option<(std::ops::Range<usize>, bool)> {
+    let line_start = text.get(..at.start)?.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[at.start..]
+        .find('\n')
+        .map_or(text.len(), |i| at.start + i);
+    let line = &text[line_start..line_end];
+    if line.trim_start().starts_with('[') {
+        // A table header written twice: the same header on an earlier line.
+        let header = normal_header(line);
+        let mut offset = 0;
+        for earlier in text[..line_start].split_inclusive('\n') {
+            if normal_header(earlier) == header {
+                let lead = earlier.len() - earlier.trim_start().len();
+                let len = earlier.trim_end().len() - lead;
+                return Some((offset + lead..offset + lead + len, true));
+            }
+            offset += earlier.len();
+        }
+    }
+    // A key set twice: the last key of that name before it, in the same section.
+    let raw = text.get(at.clone())?;
+    let name = raw.trim_matches(|c| c == '"' || c == '\'');
+    let mut headers = Vec::new();
+    let mut keys = Vec::new();
+    walk_keys(text, doc, name, &mut headers, &mut keys);
+    headers.sort_unstable();
+    let section = |pos: usize| headers.iter().rev().find(|&&h| h <= pos).copied();
+    let here = section(at.start);
+    keys.into_iter()
+        .filter(|k| k.start < at.start && section(k.start) == here)
+        .max_by_key(|k| k.start)
+        .map(|k| (k, false))
+}
+
+/// `[a . b]  # x` → `[a.b]`.
+fn normal_header(line: &str) -> String {
+    let line = line.trim();
+    let end = line.rfind(']').map_or(line.len(), |i| i + 1);
+    line[..end].chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+/// The starts of every table header, and the spans of every key named `name`.
+fn walk_keys(
+    text: &str,
+    table: &DeTable<'_>,
+    name: &str,
+    headers: &mut Vec<usize>,
+    keys: &mut Vec<std::ops::Range<usize>>,
+) {
+    for (k, v) in table.iter() {
+        if k.get_ref().as_ref() == name {
+            keys.push(k.span());
+        }
+        let mut visit = |v: &Value<'_>| {
+            if let DeValue::Table(t) = v.get_ref() {
+                if text.as_bytes().get(v.span().start) == Some(&b'[') {
+                    headers.push(v.span().start);
+                }
+                walk_keys(text, t, name, headers, keys);
+            }
+        };
+        match v.get_ref() {
+            DeValue::Array(items) => items.iter().for_each(&mut visit),
+            _ => visit(v),
+        }
+    }
 }
 
 fn first_line(s: &str) -> &str {
@@ -256,6 +341,7 @@ impl<'t, 'i> Table<'t, 'i> {
         }
     }
 
+    /// A duration (zero allowed: an expected duration may be negligible).
     pub fn duration(
         &mut self,
         key: &'static str,
@@ -269,8 +355,144 @@ impl<'t, 'i> Table<'t, 'i> {
                     Diagnostic::error(format!("invalid duration `{}`: {e}", s.value))
                         .at(s.loc)
                         .hint(
-                            "write a duration like \"30s\", \"15m\", \"4h\", \"1d\" or \"1h30m\"",
+                            "write a duration like \"30s\", \"15m\", \"4h\", \"1d\" or \"1h30m\" (at most \"366d\")",
                         ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A duration that must be more than zero (a timeout, a target, an interval).
+    /// `hint` says why zero means nothing for this key.
+    pub fn positive_duration(
+        &mut self,
+        key: &'static str,
+        hint: &str,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Sp<Duration>> {
+        let d = self.duration(key, diags)?;
+        if d.value == Duration::ZERO {
+            diags.push(
+                Diagnostic::error(format!("`{key}` of {} is zero", self.what))
+                    .at(d.loc)
+                    .hint(hint),
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    /// Like [`Table::positive_duration`], and reports the key when it is missing.
+    pub fn req_positive_duration(
+        &mut self,
+        key: &'static str,
+        hint: &str,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Sp<Duration>> {
+        self.require(key, diags)?;
+        self.positive_duration(key, hint, diags)
+    }
+
+    /// Text that must not be blank, when present.
+    pub fn text(&mut self, key: &'static str, diags: &mut Vec<Diagnostic>) -> Option<Sp<String>> {
+        self.checked(key, diags, |v| {
+            blank(v).then(|| {
+                (
+                    "is empty".into(),
+                    format!("give `{key}` a value, or remove it"),
+                )
+            })
+        })
+    }
+
+    /// Text that must be present and not blank.
+    pub fn req_text(
+        &mut self,
+        key: &'static str,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Sp<String>> {
+        self.require(key, diags)?;
+        self.checked(key, diags, |v| {
+            blank(v).then(|| ("is empty".into(), format!("`{key}` needs a value")))
+        })
+    }
+
+    /// An IP address or a host name, when present.
+    pub fn address(
+        &mut self,
+        key: &'static str,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Sp<String>> {
+        self.checked(key, diags, |v| {
+            address_problem(v).map(|p| (p, ADDRESS_HINT.into()))
+        })
+    }
+
+    /// Like [`Table::address`], and reports the key when it is missing.
+    pub fn req_address(
+        &mut self,
+        key: &'static str,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Sp<String>> {
+        self.require(key, diags)?;
+        self.address(key, diags)
+    }
+
+    /// A name that ends up in file names and commands on a host (a vm's name): letters,
+    /// digits, `.`, `-` and `_`.
+    pub fn name(&mut self, key: &'static str, diags: &mut Vec<Diagnostic>) -> Option<Sp<String>> {
+        self.checked(key, diags, |v| {
+            name_problem(v).map(|p| (p, NAME_HINT.into()))
+        })
+    }
+
+    /// An absolute path on a host, when present.
+    pub fn abs_path(
+        &mut self,
+        key: &'static str,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Sp<String>> {
+        self.checked(key, diags, |v| {
+            path_problem(v, true).map(|p| (p, ABS_PATH_HINT.into()))
+        })
+    }
+
+    /// Like [`Table::abs_path`], and reports the key when it is missing.
+    pub fn req_abs_path(
+        &mut self,
+        key: &'static str,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Sp<String>> {
+        self.require(key, diags)?;
+        self.abs_path(key, diags)
+    }
+
+    /// `Some(())` when `key` is present; else remembers it as missing (reported by `finish`).
+    fn require(&mut self, key: &'static str, diags: &mut Vec<Diagnostic>) -> Option<()> {
+        if self.entries.contains_key(key) {
+            return Some(());
+        }
+        self.known.push(key);
+        self.missing(key, diags);
+        None
+    }
+
+    /// A string passed through `problem` (what is wrong with it, and a hint).
+    fn checked(
+        &mut self,
+        key: &'static str,
+        diags: &mut Vec<Diagnostic>,
+        problem: impl Fn(&str) -> Option<(String, String)>,
+    ) -> Option<Sp<String>> {
+        let s = self.str(key, diags)?;
+        match problem(&s.value) {
+            None => Some(s),
+            Some((what, hint)) => {
+                diags.push(
+                    Diagnostic::error(format!("`{key}` of {} {what}", self.what))
+                        .at(s.loc)
+                        .hint(hint),
                 );
                 None
             }
@@ -425,4 +647,132 @@ pub fn sub_location(text: &str, value: &Sp<String>, offset: usize, len: usize) -
         }
     }
     value.loc.clone()
+}
+
+fn blank(s: &str) -> bool {
+    s.trim().is_empty()
+}
+
+pub const ADDRESS_HINT: &str = "write an IPv4 address (192.0.2.10), an IPv6 address (2001:db8::10) or a host name (hv1.example.org)";
+pub const NAME_HINT: &str =
+    "names use letters, digits, `.`, `-` and `_`, and start with a letter or digit";
+pub const ABS_PATH_HINT: &str =
+    "write an absolute path without `.` or `..` parts, e.g. \"/srv/replicas\"";
+pub const REL_PATH_HINT: &str =
+    "write a file name relative to the host's `images_dir`, e.g. \"erp-db-data.qcow2\"";
+
+/// What is wrong with an address (after "`address` of host `x` "), if anything: it must be an
+/// IP address or a host name.
+pub fn address_problem(s: &str) -> Option<String> {
+    if blank(s) {
+        return Some("is empty".into());
+    }
+    if s.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    if s.contains(':') {
+        return Some("is not a valid IPv6 address".into());
+    }
+    let name = s.strip_suffix('.').unwrap_or(s);
+    if name.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Some("is not a valid IPv4 address (four numbers from 0 to 255)".into());
+    }
+    if name.len() > 253 {
+        return Some("is not a valid host name (longer than 253 characters)".into());
+    }
+    for label in name.split('.') {
+        let ok = (1..=63).contains(&label.len())
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Some(
+                "is not a valid host name (dot-separated labels of letters, digits and `-`)".into(),
+            );
+        }
+    }
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Some("is not a valid host name (its last label is a number)".into());
+    }
+    None
+}
+
+/// What is wrong with the URL of an http check, if anything: `http(s)://HOST[:PORT]/…`.
+pub fn url_problem(url: &str) -> Option<String> {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Some("is not an http:// or https:// URL".into());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(inner) => match inner.split_once(']') {
+            Some((host, "")) => (host, None),
+            Some((host, tail)) => match tail.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return Some("has a malformed `[IPv6]:PORT`".into()),
+            },
+            None => return Some("has an unclosed `[`".into()),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if let Some(port) = port
+        && !port.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return Some("has an invalid port (1 to 65535)".into());
+    }
+    if host.contains(':') && !authority.starts_with('[') {
+        return Some("has an IPv6 address without `[...]`".into());
+    }
+    address_problem(host).map(|p| format!("has a host that {p}"))
+}
+
+/// What is wrong with a name used in file names and commands on a host, if anything.
+pub fn name_problem(s: &str) -> Option<String> {
+    if blank(s) {
+        return Some("is empty".into());
+    }
+    let ok = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    (!ok).then(|| "is not a plain name".into())
+}
+
+/// What is wrong with a path on a host, if anything: absolute (a folder or backup set) or
+/// relative (a disk under `images_dir`), made of plain parts: no `.` or `..`, no empty part,
+/// no control character, and no part ending in `.reprise` (replica metadata lives there).
+pub fn path_problem(s: &str, absolute: bool) -> Option<String> {
+    if blank(s) {
+        return Some("is empty".into());
+    }
+    if s.chars().any(char::is_control) {
+        return Some("holds a control character".into());
+    }
+    let rest = match (s.strip_prefix('/'), absolute) {
+        (Some(_), false) => return Some("is an absolute path".into()),
+        (None, true) => return Some("is not an absolute path".into()),
+        (Some(""), true) => return Some("is the root folder".into()),
+        (Some(rest), true) => rest,
+        (None, false) => s,
+    };
+    for part in rest.split('/') {
+        match part {
+            "" => return Some("has an empty part (`//` or a trailing `/`)".into()),
+            "." | ".." => return Some(format!("has a `{part}` part")),
+            p if p.ends_with(".reprise") => {
+                return Some("has a part ending in `.reprise`, kept for replica metadata".into());
+            }
+            _ => {}
+        }
+    }
+    None
 }

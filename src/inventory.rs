@@ -9,7 +9,9 @@ use toml::de::DeValue;
 
 use crate::diagnostic::{Diagnostic, FileId, Location, did_you_mean};
 use crate::duration::Duration;
-use crate::fields::{Sp, Table, Value, parse_document, type_name};
+use crate::fields::{
+    ABS_PATH_HINT, REL_PATH_HINT, Sp, Table, Value, parse_document, path_problem, type_name,
+};
 use crate::sources::Sources;
 
 pub const SITE_ROLES: &[&str] = &["primary", "recovery", "remote"];
@@ -151,6 +153,8 @@ pub struct Vm {
     pub primary: Sp<String>,
     pub recovery: Sp<String>,
     pub disks: Vec<String>,
+    /// Where each of `disks` is written (same order).
+    pub disks_at: Vec<Location>,
     pub address: Option<String>,
     pub recovery_address: Option<String>,
     pub retention: u32,
@@ -166,6 +170,9 @@ pub struct BackupSet {
     pub source_path: String,
     pub dest_host: Sp<String>,
     pub dest_path: String,
+    /// Where `source_path` and `dest_path` are written (the overlay's, when it sets them).
+    pub source_at: Location,
+    pub dest_at: Location,
     pub retention: u32,
     pub loc: Location,
 }
@@ -209,6 +216,15 @@ impl Inventory {
     }
 }
 
+/// `address:port` for connecting, an IPv6 address in brackets (`[2001:db8::1]:22`).
+pub fn endpoint(address: &str, port: u16) -> String {
+    if address.contains(':') && !address.starts_with('[') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
+}
+
 /// The built-in hypervisor drivers, overridable under `[drivers.NAME]`.
 pub const BUILTIN_DRIVERS: &str = include_str!("drivers.toml");
 pub const BUILTIN_DRIVERS_PATH: &str = "<built-in drivers>";
@@ -234,7 +250,7 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
         });
         for_each_entry(&mut root, "hosts", diags, |id, t, diags| {
             let address = t
-                .req_str("address", diags)
+                .req_address("address", diags)
                 .map(|s| s.value)
                 .unwrap_or_default();
             let port = t
@@ -242,17 +258,17 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
                 .map(|p| p.value as u16)
                 .unwrap_or(22);
             let user = t
-                .str("user", diags)
+                .name("user", diags)
                 .map(|s| s.value)
                 .unwrap_or_else(|| "root".into());
-            let site = t.req_str("site", diags);
+            let site = t.req_text("site", diags);
             let role = t
                 .req_choice("role", HOST_ROLES, diags)
                 .map(|s| s.value)
                 .unwrap_or_default();
             let description = t.str("description", diags).map(|s| s.value);
-            let known_hosts = t.str("known_hosts", diags).map(|s| s.value);
-            let identity = t.str("identity", diags).map(|s| s.value);
+            let known_hosts = t.text("known_hosts", diags).map(|s| s.value);
+            let identity = t.text("identity", diags).map(|s| s.value);
             let vars = read_vars(t, diags);
             let host = Host {
                 id: id.value.clone(),
@@ -276,11 +292,19 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
                 .map(|s| s.value)
                 .unwrap_or_default();
             let owner = t.str("owner", diags).map(|s| s.value);
-            let rto = t.req_duration("rto", diags).map(|d| d.value);
-            let rpo = t.duration("rpo", diags).map(|d| d.value);
-            let depends_on = t.str_list("depends_on", diags);
-            let host = t.str("host", diags);
-            let vm = t.str("vm", diags);
+            let rto = t
+                .req_positive_duration(
+                    "rto",
+                    "an RTO of zero can never be met: write the real target, e.g. \"4h\"",
+                    diags,
+                )
+                .map(|d| d.value);
+            let rpo = t
+                .positive_duration("rpo", "no copy is ever zero seconds old: write the data loss the service can bear, e.g. \"15m\"", diags)
+                .map(|d| d.value);
+            let depends_on = non_blank(t.str_list("depends_on", diags), "depends_on", id, diags);
+            let host = t.text("host", diags);
+            let vm = t.text("vm", diags);
             let placement = match (host, vm) {
                 (Some(h), None) => Placement::Host(h),
                 (None, Some(v)) => Placement::Vm(v),
@@ -312,20 +336,30 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
         });
         for_each_entry(&mut root, "vms", diags, |id, t, diags| {
             let name = t
-                .str("name", diags)
+                .name("name", diags)
                 .map(|s| s.value)
                 .unwrap_or_else(|| id.value.clone());
             let placeholder = || Sp::new(String::new(), id.loc.clone());
-            let driver = t.req_str("driver", diags).unwrap_or_else(placeholder);
-            let primary = t.req_str("primary", diags).unwrap_or_else(placeholder);
-            let recovery = t.req_str("recovery", diags).unwrap_or_else(placeholder);
-            let disks = t
-                .str_list("disks", diags)
-                .into_iter()
-                .map(|d| d.value)
-                .collect();
-            let address = t.str("address", diags).map(|s| s.value);
-            let recovery_address = t.str("recovery_address", diags).map(|s| s.value);
+            let driver = t.req_text("driver", diags).unwrap_or_else(placeholder);
+            let primary = t.req_text("primary", diags).unwrap_or_else(placeholder);
+            let recovery = t.req_text("recovery", diags).unwrap_or_else(placeholder);
+            let mut disks = Vec::new();
+            let mut disks_at = Vec::new();
+            for d in t.str_list("disks", diags) {
+                match path_problem(&d.value, false) {
+                    None => {
+                        disks.push(d.value);
+                        disks_at.push(d.loc);
+                    }
+                    Some(problem) => diags.push(
+                        Diagnostic::error(format!("a disk of vm `{}` {problem}", id.value))
+                            .at(d.loc)
+                            .hint(REL_PATH_HINT),
+                    ),
+                }
+            }
+            let address = t.address("address", diags).map(|s| s.value);
+            let recovery_address = t.address("recovery_address", diags).map(|s| s.value);
             let retention = t
                 .int("retention", 1, 1000, diags)
                 .map(|r| r.value as u32)
@@ -338,6 +372,7 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
                 primary,
                 recovery,
                 disks,
+                disks_at,
                 address,
                 recovery_address,
                 retention,
@@ -349,16 +384,14 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
         for_each_entry(&mut root, "backups", diags, |id, t, diags| {
             let placeholder = || Sp::new(String::new(), id.loc.clone());
             let description = t.str("description", diags).map(|s| s.value);
-            let source_host = t.req_str("source_host", diags).unwrap_or_else(placeholder);
+            let source_host = t.req_text("source_host", diags).unwrap_or_else(placeholder);
             let source_path = t
-                .req_str("source_path", diags)
-                .map(|s| s.value)
-                .unwrap_or_default();
-            let dest_host = t.req_str("dest_host", diags).unwrap_or_else(placeholder);
+                .req_abs_path("source_path", diags)
+                .unwrap_or_else(placeholder);
+            let dest_host = t.req_text("dest_host", diags).unwrap_or_else(placeholder);
             let dest_path = t
-                .req_str("dest_path", diags)
-                .map(|s| s.value)
-                .unwrap_or_default();
+                .req_abs_path("dest_path", diags)
+                .unwrap_or_else(placeholder);
             let retention = t
                 .int("retention", 1, 1000, diags)
                 .map(|r| r.value as u32)
@@ -367,9 +400,11 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
                 id: id.value.clone(),
                 description,
                 source_host,
-                source_path,
+                source_path: source_path.value,
                 dest_host,
-                dest_path,
+                dest_path: dest_path.value,
+                source_at: source_path.loc,
+                dest_at: dest_path.loc,
                 retention,
                 loc: id.loc.clone(),
             };
@@ -378,7 +413,7 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
         for_each_entry(&mut root, "drivers", diags, |id, t, diags| {
             let mut actions = IndexMap::new();
             for action in VM_ACTIONS {
-                if let Some(cmd) = t.str(action, diags) {
+                if let Some(cmd) = t.text(action, diags) {
                     actions.insert(action.to_string(), cmd);
                 }
             }
@@ -421,19 +456,19 @@ fn apply_overlay(inv: &mut Inventory, file: FileId, text: &str, diags: &mut Vec<
             );
             return;
         };
-        if let Some(a) = t.str("address", diags) {
+        if let Some(a) = t.address("address", diags) {
             host.address = a.value;
         }
         if let Some(p) = t.int("port", 1, 65535, diags) {
             host.port = p.value as u16;
         }
-        if let Some(u) = t.str("user", diags) {
+        if let Some(u) = t.name("user", diags) {
             host.user = u.value;
         }
-        if let Some(k) = t.str("known_hosts", diags) {
+        if let Some(k) = t.text("known_hosts", diags) {
             host.known_hosts = Some(k.value);
         }
-        if let Some(k) = t.str("identity", diags) {
+        if let Some(k) = t.text("identity", diags) {
             host.identity = Some(k.value);
         }
         host.vars.extend(read_vars(t, diags));
@@ -445,13 +480,13 @@ fn apply_overlay(inv: &mut Inventory, file: FileId, text: &str, diags: &mut Vec<
             );
             return;
         };
-        if let Some(d) = t.str("driver", diags) {
+        if let Some(d) = t.text("driver", diags) {
             vm.driver = d;
         }
-        if let Some(a) = t.str("address", diags) {
+        if let Some(a) = t.address("address", diags) {
             vm.address = Some(a.value);
         }
-        if let Some(a) = t.str("recovery_address", diags) {
+        if let Some(a) = t.address("recovery_address", diags) {
             vm.recovery_address = Some(a.value);
         }
     });
@@ -463,11 +498,13 @@ fn apply_overlay(inv: &mut Inventory, file: FileId, text: &str, diags: &mut Vec<
             );
             return;
         };
-        if let Some(p) = t.str("source_path", diags) {
+        if let Some(p) = t.abs_path("source_path", diags) {
             set.source_path = p.value;
+            set.source_at = p.loc;
         }
-        if let Some(p) = t.str("dest_path", diags) {
+        if let Some(p) = t.abs_path("dest_path", diags) {
             set.dest_path = p.value;
+            set.dest_at = p.loc;
         }
     });
     root.finish(diags);
@@ -546,6 +583,32 @@ fn insert_unique<T>(
     map.insert(id.value.clone(), item);
 }
 
+/// Host variables that name a folder reprise (or its drivers) put files in: absolute paths.
+pub const PATH_VARS: &[&str] = &["images_dir", "overlays_dir"];
+
+/// The items of a list of names, without the blank ones (reported).
+fn non_blank(
+    items: Vec<Sp<String>>,
+    key: &str,
+    owner: &Sp<String>,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<Sp<String>> {
+    items
+        .into_iter()
+        .filter(|item| {
+            let blank = item.value.trim().is_empty();
+            if blank {
+                diags.push(
+                    Diagnostic::error(format!("an item of `{key}` of `{}` is empty", owner.value))
+                        .at(item.loc.clone())
+                        .hint("write an id, or remove the item"),
+                );
+            }
+            !blank
+        })
+        .collect()
+}
+
 fn read_vars(t: &mut Table<'_, '_>, diags: &mut Vec<Diagnostic>) -> IndexMap<String, VarValue> {
     let mut vars = IndexMap::new();
     let Some(v) = t.get("vars") else {
@@ -571,6 +634,20 @@ fn read_var(
 ) -> Option<VarValue> {
     let loc = Location::new(file, value.span());
     match value.get_ref() {
+        DeValue::String(s) if PATH_VARS.contains(&key.value.as_str()) => {
+            if let Some(problem) = path_problem(s, true) {
+                diags.push(
+                    Diagnostic::error(format!("variable `{}` {problem}", key.value))
+                        .at(loc)
+                        .hint(format!(
+                            "reprise puts files under `{}` on the host: {ABS_PATH_HINT}",
+                            key.value
+                        )),
+                );
+                return None;
+            }
+            Some(VarValue::Text(s.to_string()))
+        }
         DeValue::String(s) => Some(VarValue::Text(s.to_string())),
         DeValue::Integer(i) => Some(VarValue::Text(i.as_str().replace('_', ""))),
         DeValue::Boolean(b) => Some(VarValue::Text(b.to_string())),
@@ -702,5 +779,138 @@ fn check_references(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
     for set in inv.backups.values() {
         check_ref("host", &set.source_host, &inv.hosts, diags);
         check_ref("host", &set.dest_host, &inv.hosts, diags);
+    }
+    check_shared_paths(inv, diags);
+}
+
+/// What a path on a host is used for, to find two uses of one file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PathUse {
+    /// A vm disk, on its primary host or as the copy on its recovery host.
+    Disk,
+    BackupSource,
+    BackupCopy,
+}
+
+/// No two vm disks or replica copies may be the same file on a host, or lie inside a backup
+/// set's copy (which replication makes equal to its source, deleting what the source lacks).
+/// Backup sets may read the same folders. Sorted by path parts, each path follows the paths it
+/// lies in, so one pass with a stack finds every overlap.
+fn check_shared_paths(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
+    struct Use<'a> {
+        host: &'a str,
+        path: String,
+        kind: PathUse,
+        what: String,
+        loc: &'a Location,
+    }
+    let mut uses: Vec<Use<'_>> = Vec::new();
+    for vm in inv.vms.values() {
+        // One host on both sides is already an error of sites: its disk would be its own copy.
+        let sides = if vm.primary.value == vm.recovery.value {
+            &[("disk", &vm.primary)][..]
+        } else {
+            &[("disk", &vm.primary), ("recovery copy", &vm.recovery)][..]
+        };
+        for &(side, host) in sides {
+            let dir = match inv
+                .hosts
+                .get(&host.value)
+                .and_then(|h| h.vars.get("images_dir"))
+            {
+                Some(VarValue::Text(d)) => d.trim_end_matches('/'),
+                _ => continue,
+            };
+            for (disk, loc) in vm.disks.iter().zip(&vm.disks_at) {
+                uses.push(Use {
+                    host: &host.value,
+                    path: format!("{dir}/{disk}"),
+                    kind: PathUse::Disk,
+                    what: format!("the {side} `{disk}` of vm `{}`", vm.id),
+                    loc,
+                });
+            }
+        }
+    }
+    for set in inv.backups.values() {
+        for (host, path, kind, loc, side) in [
+            (
+                &set.source_host,
+                &set.source_path,
+                PathUse::BackupSource,
+                &set.source_at,
+                "source",
+            ),
+            (
+                &set.dest_host,
+                &set.dest_path,
+                PathUse::BackupCopy,
+                &set.dest_at,
+                "copy",
+            ),
+        ] {
+            if host.value.is_empty() || path.is_empty() {
+                continue;
+            }
+            uses.push(Use {
+                host: &host.value,
+                path: path.clone(),
+                kind,
+                what: format!("the {side} of backup set `{}`", set.id),
+                loc,
+            });
+        }
+    }
+    let key = |u: &Use<'_>| (u.loc.file, u.loc.span.start);
+    uses.sort_by(|a, b| {
+        a.host
+            .cmp(b.host)
+            .then_with(|| a.path.split('/').cmp(b.path.split('/')))
+            .then_with(|| key(a).cmp(&key(b)))
+    });
+    let within = |inner: &Use<'_>, outer: &Use<'_>| {
+        inner.host == outer.host
+            && (inner.path == outer.path
+                || inner
+                    .path
+                    .strip_prefix(outer.path.as_str())
+                    .is_some_and(|rest| rest.starts_with('/')))
+    };
+    // The uses that hold the current one (the same path, or a folder above it).
+    let mut open: Vec<&Use<'_>> = Vec::new();
+    let mut reported = std::collections::HashSet::new();
+    for u in &uses {
+        while open.last().is_some_and(|o| !within(u, o)) {
+            open.pop();
+        }
+        let clash = open.iter().rev().find(|o| {
+            let both_read = o.kind == PathUse::BackupSource && u.kind == PathUse::BackupSource;
+            !both_read && (o.path == u.path || o.kind != PathUse::BackupSource)
+        });
+        if let Some(o) = clash {
+            // The mistake is the later of two equal paths, or the folder that holds the other.
+            let d = if o.path == u.path {
+                Diagnostic::error(format!(
+                    "{} on `{}` ({}) is the same file as {}",
+                    u.what, u.host, u.path, o.what
+                ))
+                .at(u.loc.clone())
+                .note("that one is set here", o.loc.clone())
+                .hint("each vm disk and each copy needs its own file: rename one, or fix `images_dir` or the path")
+            } else {
+                Diagnostic::error(format!(
+                    "{} on `{}` ({}) holds {} ({})",
+                    o.what, o.host, o.path, u.what, u.path
+                ))
+                .at(o.loc.clone())
+                .note("that one is set here", u.loc.clone())
+                .hint("a copy is made equal to its source (what the source lacks is deleted): give it a folder of its own")
+            };
+            // One mistake, one error (a disk name is used on both hosts of its vm).
+            if reported.insert(d.location.clone()) {
+                diags.push(d);
+            }
+        }
+        open.push(u);
     }
 }

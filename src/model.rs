@@ -22,7 +22,7 @@ pub struct Model {
 impl Model {
     /// Loads and checks the files; any error (or, with `strict`, none) returns the full report.
     pub fn load(sources: Sources) -> Result<(Model, Vec<Diagnostic>), Report> {
-        let mut diags = Vec::new();
+        let mut diags = sources.diagnostics.clone();
         let inventory = inventory::load(&sources, &sources.inventory, &mut diags);
         let graph = ServiceGraph::build(&inventory, &mut diags);
         let runbooks = runbook::load(&sources, &inventory, &mut diags);
@@ -37,10 +37,11 @@ impl Model {
         }
         // Every mode must plan: that checks hosts, sites, drivers and templates. (An emergency
         // failover plans a subset of the failover's steps: it cannot fail where that succeeds.)
+        let mut seen = std::collections::HashSet::new();
         for opts in Mode::ALL.iter().map(|&m| PlanOptions::new(m)) {
             if let Err(errors) = plan::build(&model, &opts) {
                 for e in errors {
-                    if !diags.contains(&e) {
+                    if seen.insert(e.clone()) {
                         diags.push(e);
                     }
                 }

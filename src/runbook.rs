@@ -6,6 +6,8 @@
 //! references, template syntax); what depends on the mode (hosts, sites, rendered commands) is
 //! checked when plans are made.
 
+use std::collections::HashMap;
+
 use indexmap::IndexMap;
 use toml::de::DeValue;
 
@@ -236,22 +238,22 @@ pub fn load(sources: &Sources, inv: &Inventory, diags: &mut Vec<Diagnostic>) -> 
                     steps: Vec::new(),
                     loc: mode_name.loc.clone(),
                 };
+                let mut ids: HashMap<String, usize> = HashMap::new();
                 for item in items.iter() {
                     let what = format!("a {mode} step of `{}`", service.value);
                     if let Some(mut t) = Table::of(file, item, what, diags) {
                         if let Some(step) = read_step(text, &mut t, mode, inv, diags) {
-                            if let Some(first) =
-                                book.steps.iter().find(|s| s.id.value == step.id.value)
-                            {
+                            if let Some(&first) = ids.get(&step.id.value) {
                                 diags.push(
                                     Diagnostic::error(format!(
                                         "step `{}` is defined twice in the {mode} runbook of `{}`",
                                         step.id.value, service.value
                                     ))
                                     .at(step.id.loc.clone())
-                                    .note("first defined here", first.id.loc.clone()),
+                                    .note("first defined here", book.steps[first].id.loc.clone()),
                                 );
                             } else {
+                                ids.insert(step.id.value.clone(), book.steps.len());
                                 book.steps.push(step);
                             }
                         }
@@ -286,9 +288,9 @@ fn template(
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Template> {
     let value = if required {
-        t.req_str(key, diags)
+        t.req_text(key, diags)
     } else {
-        t.str(key, diags)
+        t.text(key, diags)
     }?;
     match Template::parse(&value, text) {
         Ok(tpl) => Some(tpl),
@@ -343,7 +345,13 @@ fn read_step(
         }
     }
     let description = t.str("description", diags).map(|s| s.value);
-    let timeout = t.duration("timeout", diags).map(|d| d.value);
+    let timeout = t
+        .positive_duration(
+            "timeout",
+            "a step with no time at all always times out: give it the time it needs, e.g. \"5m\"",
+            diags,
+        )
+        .map(|d| d.value);
     let expected = t.duration("expected", diags).map(|d| d.value);
     let needs_primary = t.bool("needs_primary", diags).unwrap_or(false);
     let phase = match t.choice("phase", &["main", "cleanup"], diags) {
@@ -360,7 +368,7 @@ fn read_step(
         _ => Phase::Main,
     };
     let host = |t: &mut Table<'_, '_>, diags: &mut Vec<Diagnostic>| {
-        let h = t.str("host", diags)?;
+        let h = t.text("host", diags)?;
         if inv.hosts.contains_key(&h.value) {
             Some(h)
         } else {
@@ -390,14 +398,18 @@ fn read_step(
         }
         Some("check") => {
             let host = host(t, diags);
-            let vm = t.str("vm", diags);
+            let vm = t.text("vm", diags);
             if let Some(v) = &vm
                 && !inv.vms.contains_key(&v.value)
             {
                 diags.push(unknown("vm", v, inv.vms.keys()));
             }
             let interval = t
-                .duration("interval", diags)
+                .positive_duration(
+                    "interval",
+                    "a check is tried again every `interval`: write e.g. \"5s\"",
+                    diags,
+                )
                 .map(|d| d.value)
                 .unwrap_or(Duration(5));
             let Some(probe_kind) = t.req_choice("probe", &["tcp", "http", "command"], diags) else {
@@ -467,11 +479,11 @@ fn read_step(
             }
         }
         Some("manual") => StepKind::Manual {
-            instructions: t.req_str("instructions", diags)?.value,
+            instructions: t.req_text("instructions", diags)?.value,
         },
         Some("vm") => {
             let action = t.req_choice("action", VM_ACTIONS, diags);
-            let vm = t.str("vm", diags);
+            let vm = t.text("vm", diags);
             if let Some(v) = &vm
                 && !inv.vms.contains_key(&v.value)
             {
@@ -492,8 +504,8 @@ fn read_step(
             }
         }
         Some("replicate") => {
-            let vm = t.str("vm", diags);
-            let backup = t.str("backup", diags);
+            let vm = t.text("vm", diags);
+            let backup = t.text("backup", diags);
             let source = match (vm, backup) {
                 (Some(v), None) => {
                     if !inv.vms.contains_key(&v.value) {

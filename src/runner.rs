@@ -513,7 +513,7 @@ async fn run_step(
             interval,
         } => {
             started(&tx, step, 1);
-            let target = format!("{address}:{port}");
+            let target = crate::inventory::endpoint(address, *port);
             poll(step, begin, *interval, shutdown, index, move || {
                 let target = target.clone();
                 async move {

@@ -1,9 +1,15 @@
 //! Reading the inventory and runbook folders from disk: the only IO of the loading pipeline.
 //! Everything after this stage works on the text kept here.
+//!
+//! Every `*.toml` entry of a folder must be a readable regular file (or a link to one) of at
+//! most [`MAX_FILE_BYTES`]: one that is not (a dangling link, a folder, a pipe, an unreadable
+//! or oversized file) is an error naming it, never skipped. A file that is not UTF-8 is kept
+//! (with replacement characters) and reported as a located error.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use crate::diagnostic::{FileId, SourceMap};
+use crate::diagnostic::{Diagnostic, FileId, Location, SourceMap};
 use crate::inventory::{BUILTIN_DRIVERS, BUILTIN_DRIVERS_PATH};
 
 /// The text of every file of both folders, in a stable (sorted) order.
@@ -15,6 +21,19 @@ pub struct Sources {
     pub runbooks: Vec<FileId>,
     /// Overlay files (`--overlay`): per-environment values over the inventory.
     pub overlays: Vec<FileId>,
+    /// Problems found while reading (a file that is not UTF-8), reported with the others.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// The largest inventory, runbook or overlay file read (a generated inventory of 10,000
+/// services takes 12 MiB in all): a larger one is refused rather than read into memory.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// Why one file or folder entry could not be read.
+#[derive(Debug)]
+pub struct FileProblem {
+    pub path: PathBuf,
+    pub reason: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -25,17 +44,16 @@ pub enum SourcesError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot read {path}: {source}")]
-    File {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{}", describe_problems(.0))]
+    Files(Vec<FileProblem>),
     #[error("{what} folder {path} holds no .toml file")]
     Empty { what: &'static str, path: PathBuf },
 }
 
 impl Sources {
     /// Reads every `*.toml` file of both folders.
+    /// Reads every `*.toml` file of both folders; every entry that cannot be read is
+    /// reported, not only the first.
     pub fn read(inventory: &Path, runbooks: &Path) -> Result<Sources, SourcesError> {
         let mut sources = Sources::default();
         sources.inventory.push(
@@ -43,22 +61,60 @@ impl Sources {
                 .map
                 .add(BUILTIN_DRIVERS_PATH, BUILTIN_DRIVERS.to_string()),
         );
-        for path in toml_files(inventory, "inventory")? {
-            let text = read_text(&path)?;
-            sources.inventory.push(sources.map.add(path, text));
+        let mut problems = Vec::new();
+        let inv_files = toml_files(inventory, "inventory", &mut problems)?;
+        let book_files = toml_files(runbooks, "runbooks", &mut problems)?;
+        for (files, ids) in [(inv_files, 0), (book_files, 1)] {
+            for path in files {
+                match read_bytes(&path) {
+                    Ok(bytes) => {
+                        let id = sources.add_bytes(path, bytes);
+                        if ids == 0 {
+                            sources.inventory.push(id);
+                        } else {
+                            sources.runbooks.push(id);
+                        }
+                    }
+                    Err(reason) => problems.push(FileProblem { path, reason }),
+                }
+            }
         }
-        for path in toml_files(runbooks, "runbooks")? {
-            let text = read_text(&path)?;
-            sources.runbooks.push(sources.map.add(path, text));
+        if !problems.is_empty() {
+            return Err(SourcesError::Files(problems));
         }
         Ok(sources)
     }
 
     /// Adds an overlay file (read after the inventory, changing some of its values).
     pub fn add_overlay(&mut self, path: &Path) -> Result<(), SourcesError> {
-        let text = read_text(path)?;
-        self.overlays.push(self.map.add(path, text));
+        let bytes = read_bytes(path).map_err(|reason| {
+            SourcesError::Files(vec![FileProblem {
+                path: path.to_path_buf(),
+                reason,
+            }])
+        })?;
+        let id = self.add_bytes(path.to_path_buf(), bytes);
+        self.overlays.push(id);
         Ok(())
+    }
+
+    /// Adds a file's content; one that is not UTF-8 is kept with replacement characters and
+    /// reported at its first invalid byte.
+    fn add_bytes(&mut self, path: PathBuf, bytes: Vec<u8>) -> FileId {
+        match String::from_utf8(bytes) {
+            Ok(text) => self.map.add(path, text),
+            Err(e) => {
+                let at = e.utf8_error().valid_up_to();
+                let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                let id = self.map.add(path, text);
+                self.diagnostics.push(
+                    Diagnostic::error("this file is not UTF-8 text")
+                        .at(Location::new(id, at..at + 1))
+                        .hint("save it as UTF-8 (inventory and runbook files are UTF-8 TOML)"),
+                );
+                id
+            }
+        }
     }
 
     /// Sources from text held in memory (tests, benchmarks, generated inventories).
@@ -96,14 +152,67 @@ impl Sources {
     }
 }
 
-fn read_text(path: &Path) -> Result<String, SourcesError> {
-    std::fs::read_to_string(path).map_err(|source| SourcesError::File {
-        path: path.to_path_buf(),
-        source,
-    })
+fn describe_problems(problems: &[FileProblem]) -> String {
+    match problems {
+        [one] => format!("cannot read {}: {}", one.path.display(), one.reason),
+        many => {
+            let mut out = format!("cannot read {} files:", many.len());
+            for p in many {
+                out.push_str(&format!("\n  {}: {}", p.path.display(), p.reason));
+            }
+            out
+        }
+    }
 }
 
-fn toml_files(dir: &Path, what: &'static str) -> Result<Vec<PathBuf>, SourcesError> {
+/// The content of a regular file of at most [`MAX_FILE_BYTES`], or why not.
+fn read_bytes(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(match std::fs::read_link(path) {
+                Ok(target) if e.kind() == std::io::ErrorKind::NotFound => format!(
+                    "it is a symbolic link to {}, which does not exist",
+                    target.display()
+                ),
+                _ => e.to_string(),
+            });
+        }
+    };
+    if meta.is_dir() {
+        return Err("it is a folder, not a file".into());
+    }
+    if !meta.is_file() {
+        return Err("it is not a regular file (a device, a pipe or a socket)".into());
+    }
+    let too_large = || {
+        format!(
+            "it is larger than {} MiB, the limit for one file: split it",
+            MAX_FILE_BYTES >> 20
+        )
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // Bounded even if the file grows while it is read.
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// The `*.toml` entries of a folder, sorted; an entry of the folder that cannot be listed is
+/// added to `problems`.
+fn toml_files(
+    dir: &Path,
+    what: &'static str,
+    problems: &mut Vec<FileProblem>,
+) -> Result<Vec<PathBuf>, SourcesError> {
     let entries = std::fs::read_dir(dir).map_err(|source| SourcesError::Folder {
         what,
         path: dir.to_path_buf(),
@@ -111,18 +220,21 @@ fn toml_files(dir: &Path, what: &'static str) -> Result<Vec<PathBuf>, SourcesErr
     })?;
     let mut files = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| SourcesError::Folder {
-            what,
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
-            files.push(path);
+        match entry {
+            Ok(entry) => {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "toml") {
+                    files.push(path);
+                }
+            }
+            Err(e) => problems.push(FileProblem {
+                path: dir.to_path_buf(),
+                reason: format!("an entry of this folder cannot be read: {e}"),
+            }),
         }
     }
     files.sort();
-    if files.is_empty() {
+    if files.is_empty() && problems.is_empty() {
         return Err(SourcesError::Empty {
             what,
             path: dir.to_path_buf(),

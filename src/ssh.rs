@@ -38,7 +38,7 @@ pub struct HostSpec {
 
 impl HostSpec {
     fn endpoint(&self) -> String {
-        format!("{}:{}", self.address, self.port)
+        crate::inventory::endpoint(&self.address, self.port)
     }
 
     /// The name OpenSSH writes in `known_hosts` for this host.

@@ -4,6 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::diagnostic::{Diagnostic, Location};
 use crate::duration::Duration;
+use crate::fields::{ADDRESS_HINT, address_problem, url_problem};
 use crate::inventory::{Host, Inventory, Service, SiteRole, Vm};
 use crate::model::Model;
 use crate::plan::{
@@ -206,7 +207,8 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
         return Err(diags);
     }
 
-    // Estimated timeline: every step starts as soon as what it waits for is done.
+    // Estimated timeline: every step starts as soon as what it waits for is done. Each
+    // duration is bounded, so the sums cannot overflow; they are checked all the same.
     let index: HashMap<String, usize> = steps
         .iter()
         .enumerate()
@@ -220,7 +222,17 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
             .max()
             .unwrap_or(0);
         steps[i].est_start_s = start;
-        steps[i].est_finish_s = start + steps[i].expected_s;
+        let Some(finish) = start.checked_add(steps[i].expected_s) else {
+            diags.push(
+                Diagnostic::error(format!(
+                    "the estimated timeline of the {mode} plan overflows at step `{}`",
+                    steps[i].id
+                ))
+                .hint("lower the `expected` and `timeout` durations of its steps"),
+            );
+            return Err(diags);
+        };
+        steps[i].est_finish_s = finish;
     }
     let mut critical_path = Vec::new();
     if let Some(mut cur) =
@@ -687,7 +699,20 @@ fn resolve(
                         diags,
                     )?;
                     let address = match address {
-                        Some(t) => render_plain(t, &scope, diags)?,
+                        Some(t) => {
+                            let a = render_plain(t, &scope, diags)?;
+                            if let Some(problem) = address_problem(&a) {
+                                diags.push(
+                                    Diagnostic::error(format!(
+                                        "the address of tcp check `{id}` {problem}"
+                                    ))
+                                    .at(t.source.loc.clone())
+                                    .hint(ADDRESS_HINT),
+                                );
+                                return None;
+                            }
+                            a
+                        }
                         None => match target {
                             Some(a) => a,
                             None => {
@@ -739,6 +764,14 @@ fn resolve(
                             .hint(
                                 "use a command check (`probe = \"command\"`) for other protocols",
                             ),
+                        );
+                        return None;
+                    }
+                    if let Some(problem) = url_problem(&url) {
+                        diags.push(
+                            Diagnostic::error(format!("the url of http check `{id}` {problem}"))
+                                .at(url_template.source.loc.clone())
+                                .hint("write `http://HOST[:PORT]/PATH` or `https://...`, HOST an IP address or a host name"),
                         );
                         return None;
                     }

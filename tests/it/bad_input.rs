@@ -5,6 +5,7 @@
 //! # target: runbooks/app.toml       (replaces or adds this file)
 //! # expect: runbooks/app.toml:5:7   (a location the output must name)
 //! # hint: did you mean `db`?        (text the output must contain; repeatable)
+//! # args: --overlay overlay.toml    (options before `validate`, for an overlay case)
 //! ```
 //!
 //! The test runs `reprise validate`, checks the documented exit code, the location and the
@@ -17,6 +18,7 @@ struct Case {
     target: String,
     expect: Vec<String>,
     hints: Vec<String>,
+    args: Vec<String>,
     text: String,
 }
 
@@ -47,6 +49,10 @@ fn cases() -> Vec<Case> {
             target,
             expect,
             hints: header("hint"),
+            args: header("args")
+                .iter()
+                .flat_map(|a| a.split_whitespace().map(str::to_string))
+                .collect(),
             text,
         });
     }
@@ -63,7 +69,9 @@ fn each_bad_input_is_reported_at_its_place_with_a_hint() {
         let target = dir.path().join(&case.target);
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         std::fs::write(&target, &case.text).unwrap();
-        let run = reprise(dir.path(), &["validate"]);
+        let mut args: Vec<&str> = case.args.iter().map(String::as_str).collect();
+        args.push("validate");
+        let run = reprise(dir.path(), &args);
         if run.code != 3 {
             failures.push(format!(
                 "{}: exit code {} (expected 3)\n{}{}",
