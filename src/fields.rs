@@ -633,20 +633,44 @@ impl<'t, 'i> Table<'t, 'i> {
 /// Location of a sub-string of a string value, when the source holds the text verbatim (no
 /// escapes); otherwise the whole value.
 pub fn sub_location(text: &str, value: &Sp<String>, offset: usize, len: usize) -> Location {
-    let span = &value.loc.span;
-    let raw = text.get(span.clone()).unwrap_or("");
-    for quote in ["\"\"\"", "'''", "\"", "'"] {
-        if let Some(body) = raw.strip_prefix(quote) {
-            let body = body.strip_prefix('\n').unwrap_or(body);
-            let skipped = raw.len() - body.len();
-            if body.get(..value.value.len()) == Some(value.value.as_str()) {
-                let start = span.start + skipped + offset;
-                return Location::new(value.loc.file, start..start + len);
+    SubLocator::new(text, value).at(offset, len)
+}
+
+/// Locations of sub-strings of one string value; whether the source holds it verbatim is
+/// found once (it costs the value's length), so placing many sub-strings stays linear.
+pub struct SubLocator {
+    whole: Location,
+    /// Where the value's text starts in the file, when it is there verbatim.
+    start: Option<usize>,
+}
+
+impl SubLocator {
+    pub fn new(text: &str, value: &Sp<String>) -> Self {
+        let span = &value.loc.span;
+        let raw = text.get(span.clone()).unwrap_or("");
+        let mut start = None;
+        for quote in ["\"\"\"", "'''", "\"", "'"] {
+            if let Some(body) = raw.strip_prefix(quote) {
+                let body = body.strip_prefix('\n').unwrap_or(body);
+                let skipped = raw.len() - body.len();
+                if body.get(..value.value.len()) == Some(value.value.as_str()) {
+                    start = Some(span.start + skipped);
+                }
+                break;
             }
-            break;
+        }
+        SubLocator {
+            whole: value.loc.clone(),
+            start,
         }
     }
-    value.loc.clone()
+
+    pub fn at(&self, offset: usize, len: usize) -> Location {
+        match self.start {
+            Some(start) => Location::new(self.whole.file, start + offset..start + offset + len),
+            None => self.whole.clone(),
+        }
+    }
 }
 
 fn blank(s: &str) -> bool {

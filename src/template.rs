@@ -8,7 +8,7 @@
 use std::fmt;
 
 use crate::diagnostic::{Diagnostic, Location};
-use crate::fields::{Sp, sub_location};
+use crate::fields::{Sp, SubLocator};
 
 pub const NAMESPACES: &[&str] = &["host", "service", "vm", "primary", "recovery", "run"];
 
@@ -41,6 +41,7 @@ impl Template {
     #[allow(clippy::result_large_err)]
     fn parse_inner(value: &Sp<String>, file_text: &str) -> Result<Template, Diagnostic> {
         let s = value.value.as_str();
+        let locator = SubLocator::new(file_text, value);
         let mut parts = Vec::new();
         let mut rest = 0;
         while let Some(open) = s[rest..].find("{{").map(|i| i + rest) {
@@ -49,11 +50,11 @@ impl Template {
             }
             let Some(close) = s[open..].find("}}").map(|i| i + open) else {
                 return Err(Diagnostic::error("unclosed `{{` in template")
-                    .at(sub_location(file_text, value, open, 2))
+                    .at(locator.at(open, 2))
                     .hint("close the placeholder with `}}`"));
             };
             let inner = &s[open + 2..close];
-            let loc = sub_location(file_text, value, open, close + 2 - open);
+            let loc = locator.at(open, close + 2 - open);
             let (expr, filter) = match inner.split_once('|') {
                 Some((e, f)) => (e.trim(), Some(f.trim())),
                 None => (inner.trim(), None),

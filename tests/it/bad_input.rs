@@ -96,3 +96,210 @@ fn each_bad_input_is_reported_at_its_place_with_a_hint() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// The output of one `reprise` run, with its peak memory.
+struct Measured {
+    code: i32,
+    stderr: String,
+    max_rss_kib: i64,
+}
+
+/// Runs `reprise ARGS` in `dir` and reads its own peak RSS from `wait4`.
+// The child is reaped by `wait4`, not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
+fn measured(dir: &std::path::Path, args: &[&str]) -> Measured {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(out.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for the child this function spawned, which nothing else waits for.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32, "wait4 failed");
+    assert!(
+        libc::WIFEXITED(status),
+        "reprise did not exit: status {status}"
+    );
+    Measured {
+        code: libc::WEXITSTATUS(status),
+        stderr: std::fs::read_to_string(out.path()).unwrap(),
+        max_rss_kib: usage.ru_maxrss,
+    }
+}
+
+/// Deterministic bytes that look random (a xorshift generator).
+fn noise(n: usize, mut seed: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+#[test]
+fn any_garbage_gives_a_short_located_error_in_bounded_memory() {
+    use base64::Engine as _;
+    let b64 =
+        |n: usize, seed: u64| base64::engine::general_purpose::STANDARD.encode(noise(n, seed));
+    let wrapped = |s: String| {
+        s.as_bytes()
+            .chunks(76)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let unknown_keys: String = (0..5000).map(|i| format!("key{i} = {i}\n")).collect();
+    let placeholders = format!(
+        "app.failover = []\napp.restore = []\napp.failback = []\n[[app.drill]]\nid = \"x\"\nkind = \"exec\"\nhost = \"hv2\"\nrun = \"{}\"\n",
+        "{{ host.nope }}".repeat(20_000)
+    );
+    let cases: [(&str, &str, String); 5] = [
+        // 133 KB of base64 on one line once gave 806 MB of errors.
+        (
+            "one line of base64",
+            "inventory/garbage.toml",
+            b64(100_000, 1),
+        ),
+        (
+            "base64 in lines",
+            "inventory/garbage.toml",
+            wrapped(b64(100_000, 2)),
+        ),
+        // A 10 MB line once took 24 GB of memory.
+        ("a 10 MB line", "inventory/garbage.toml", b64(7_500_000, 3)),
+        ("5000 unknown keys", "inventory/garbage.toml", unknown_keys),
+        ("20000 unknown variables", "runbooks/app.toml", placeholders),
+    ];
+    for (what, target, text) in cases {
+        let dir = mini_copy();
+        std::fs::write(dir.path().join(target), &text).unwrap();
+        let run = measured(dir.path(), &["validate"]);
+        let err = &run.stderr;
+        assert_eq!(run.code, 3, "{what}: exit code\n{err}");
+        assert!(
+            err.len() < 24 * 1024,
+            "{what}: {} bytes of errors for {} bytes of input",
+            err.len(),
+            text.len()
+        );
+        assert!(
+            err.contains(&format!("--> {target}:")),
+            "{what}: not located\n{err}"
+        );
+        assert!(
+            err.lines().all(|l| l.chars().count() < 420),
+            "{what}: a line is not cut\n{err}"
+        );
+        assert!(
+            err.contains(&format!("more warnings in {target}, not shown")),
+            "{what}: the rest is not counted\n{err}"
+        );
+        assert!(
+            run.max_rss_kib < 400 * 1024,
+            "{what}: {} MiB of memory for {} bytes of input",
+            run.max_rss_kib / 1024,
+            text.len()
+        );
+    }
+}
+
+#[test]
+fn a_long_line_is_quoted_around_the_column_with_the_caret_under_it() {
+    let dir = mini_copy();
+    let text = format!(
+        "[sites.x]\nrole = \"remote\"\ndescription = \"{}\" ! {}\n",
+        "k".repeat(5000),
+        "y".repeat(5000)
+    );
+    std::fs::write(dir.path().join("inventory/long.toml"), text).unwrap();
+    let run = reprise(dir.path(), &["validate"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    // The error is at the `!`, column 5018 of line 3: the quote is a window around it.
+    let err = &run.stderr;
+    let lines: Vec<&str> = err.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("--> inventory/long.toml:3:5018"))
+        .unwrap_or_else(|| panic!("not located:\n{err}"));
+    let (quoted, caret) = (lines[at + 2], lines[at + 3]);
+    assert!(
+        quoted.starts_with("3 | …") && quoted.ends_with('…'),
+        "{quoted}"
+    );
+    assert!(quoted.chars().count() < 220, "{quoted}");
+    let col = caret.find('^').expect("a caret");
+    assert_eq!(
+        quoted.chars().nth(caret[..col].chars().count()),
+        Some('!'),
+        "the caret is not under the error:\n{quoted}\n{caret}"
+    );
+}
+
+#[test]
+fn every_toml_entry_that_cannot_be_read_is_an_error_naming_it() {
+    let dir = mini_copy();
+    let inv = dir.path().join("inventory");
+    std::os::unix::fs::symlink("gone.toml", inv.join("dangling.toml")).unwrap();
+    std::fs::create_dir(inv.join("folder.toml")).unwrap();
+    let fifo = std::ffi::CString::new(inv.join("pipe.toml").to_str().unwrap()).unwrap();
+    // SAFETY: a valid, NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let big = std::fs::File::create(dir.path().join("runbooks/big.toml")).unwrap();
+    big.set_len(16 * 1024 * 1024 + 1).unwrap();
+    // Not `.toml`: not read, as before.
+    std::os::unix::fs::symlink("gone", inv.join("notes.txt")).unwrap();
+    let run = reprise(dir.path(), &["validate"]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    for needle in [
+        "cannot read 4 files:",
+        "inventory/dangling.toml: it is a symbolic link to gone.toml, which does not exist",
+        "inventory/folder.toml: it is a folder, not a file",
+        "inventory/pipe.toml: it is not a regular file",
+        "runbooks/big.toml: it is larger than 16 MiB",
+    ] {
+        assert!(
+            run.stderr.contains(needle),
+            "lacks `{needle}`:\n{}",
+            run.stderr
+        );
+    }
+    assert!(!run.stderr.contains("notes.txt"), "{}", run.stderr);
+
+    // The same for an overlay.
+    let dir = mini_copy();
+    std::os::unix::fs::symlink("gone.toml", dir.path().join("overlay.toml")).unwrap();
+    let run = reprise(dir.path(), &["--overlay", "overlay.toml", "validate"]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("overlay.toml: it is a symbolic link to gone.toml"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_file_that_is_not_utf8_is_a_located_error() {
+    let dir = mini_copy();
+    let mut text = b"[sites.x]\nrole = \"remote\"\ndescription = \"caf".to_vec();
+    text.extend_from_slice(b"\xe9\"\n");
+    std::fs::write(dir.path().join("inventory/latin1.toml"), text).unwrap();
+    let run = reprise(dir.path(), &["validate"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("error: this file is not UTF-8 text")
+            && run.stderr.contains("--> inventory/latin1.toml:3:19"),
+        "{}",
+        run.stderr
+    );
+}
