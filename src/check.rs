@@ -688,7 +688,9 @@ pub fn probe_script(q: &HostQuestions) -> String {
     s
 }
 
-/// Reads the answers of [`probe_script`] into `probe`.
+/// Reads the answers of [`probe_script`] into `probe`. A number the host sends that cannot
+/// be right (not a number, or a size that overflows) makes the probe fail with the line,
+/// rather than be read as something else. Returns whether the answers were complete.
 pub fn parse_answers(text: &str, probe: &mut HostProbe) -> bool {
     let mut complete = false;
     for line in text.lines() {
@@ -701,51 +703,85 @@ pub fn parse_answers(text: &str, probe: &mut HostProbe) -> bool {
         else {
             continue;
         };
-        let nums: Vec<u64> = value
-            .split_whitespace()
-            .filter_map(|v| v.parse().ok())
-            .collect();
+        let mut parsed = Ok(());
         match kind {
             "tool" if value == "ok" => probe.found_tools.push(path.to_string()),
             "tool" => probe.missing_tools.push(path.to_string()),
-            "file" | "dir" => {
-                let stat = match nums.as_slice() {
-                    [size, mtime] => Some(PathStat {
-                        bytes: if kind == "dir" { size * 1024 } else { *size },
-                        mtime: *mtime as i64,
-                    }),
-                    // An empty directory: its size, no file time.
-                    [size] if kind == "dir" => Some(PathStat {
-                        bytes: size * 1024,
-                        mtime: 0,
-                    }),
-                    _ => None,
-                };
-                probe.stats.insert(path.to_string(), stat);
-            }
+            "file" | "dir" => match path_stat(kind == "dir", value) {
+                Ok(stat) => {
+                    probe.stats.insert(path.to_string(), stat);
+                }
+                Err(e) => parsed = Err(e),
+            },
             "points" => {
                 if let Ok(points) = serde_json::from_str(value) {
                     probe.points.insert(path.to_string(), points);
                 }
             }
-            "space" => {
-                let mut f = value.splitn(3, ' ');
-                let num = |v: Option<&str>| v.and_then(|v| v.parse::<u64>().ok());
-                if let (Some(total), Some(avail)) = (num(f.next()), num(f.next())) {
-                    probe.space.insert(
-                        path.to_string(),
-                        Space {
-                            total: total * 1024,
-                            avail: avail * 1024,
-                            mount: f.next().unwrap_or("").to_string(),
-                        },
-                    );
+            "space" => match space(value) {
+                Ok(sp) => {
+                    probe.space.insert(path.to_string(), sp);
                 }
-            }
+                Err(e) => parsed = Err(e),
+            },
             _ => {}
+        }
+        if let Err(why) = parsed
+            && probe.error.is_none()
+        {
+            let line: String = line.chars().take(200).collect();
+            probe.error = Some(format!("it answered `{}`: {why}", line.escape_debug()));
         }
     }
     complete
+}
+
+/// `SIZE MTIME` of a file (bytes) or a folder (KiB, and the newest file's time, absent when
+/// it holds none), or `absent`.
+fn path_stat(dir: bool, value: &str) -> Result<Option<PathStat>, String> {
+    if value == "absent" {
+        return Ok(None);
+    }
+    let words: Vec<&str> = value.split_whitespace().collect();
+    let (size, mtime) = match words.as_slice() {
+        [size, mtime] => (*size, Some(*mtime)),
+        [size] if dir => (*size, None),
+        _ => return Err("expected a size and a time".into()),
+    };
+    let size = answer_number(size)?;
+    let bytes = if dir {
+        size.checked_mul(1024)
+            .ok_or_else(|| format!("{size} KiB overflows"))?
+    } else {
+        size
+    };
+    let mtime = match mtime {
+        Some(m) => i64::try_from(answer_number(m)?).map_err(|_| format!("time {m} overflows"))?,
+        None => 0,
+    };
+    Ok(Some(PathStat { bytes, mtime }))
+}
+
+/// `TOTAL AVAIL MOUNT` of `df -Pk`, in KiB.
+fn space(value: &str) -> Result<Space, String> {
+    let mut f = value.splitn(3, ' ');
+    let mut kib = |what: &str| -> Result<u64, String> {
+        let n = answer_number(f.next().unwrap_or(""))?;
+        n.checked_mul(1024)
+            .ok_or_else(|| format!("{what} {n} KiB overflows"))
+    };
+    let total = kib("total")?;
+    let avail = kib("free")?;
+    Ok(Space {
+        total,
+        avail,
+        mount: f.next().unwrap_or("").to_string(),
+    })
+}
+
+fn answer_number(word: &str) -> Result<u64, String> {
+    word.parse()
+        .map_err(|_| format!("`{}` is not a whole number", word.escape_debug()))
 }
 
 fn now_secs() -> f64 {
@@ -771,6 +807,9 @@ pub fn probe_host(transport: &dyn Transport, host: &str, q: &HostQuestions) -> H
                 ));
                 return probe;
             }
+            if probe.error.is_some() {
+                return probe;
+            }
         }
         Err(e) => {
             probe.error = Some(e.to_string());
@@ -781,7 +820,10 @@ pub fn probe_host(transport: &dyn Transport, host: &str, q: &HostQuestions) -> H
     let started = Instant::now();
     if let Ok(out) = transport.exec(host, "date +%s.%N", deadline) {
         let rtt = started.elapsed().as_secs_f64();
-        if let Ok(remote) = out.stdout.trim().parse::<f64>() {
+        // A clock that is not a finite number is not read (a warning), never compared.
+        if let Ok(remote) = out.stdout.trim().parse::<f64>()
+            && remote.is_finite()
+        {
             probe.skew_s = Some((remote - (before + rtt / 2.0), rtt / 2.0));
         }
     }
@@ -1051,8 +1093,9 @@ pub fn evaluate(
     }
 
     // Replica copies: present, fresh against the RPO; room for the next update.
-    // By host and filesystem: (total, free, largest copy, growth, copies).
-    type Need = (u64, u64, u64, u64, Vec<String>);
+    // By host and filesystem: (total, free, largest copy, growth, copies). Sizes come from
+    // the hosts: their sums are checked, `None` when they overflow.
+    type Need = (u64, u64, u64, Option<u64>, Vec<String>);
     let mut needs_by_space: BTreeMap<(String, String), Need> = BTreeMap::new();
     for r in replicas {
         let subject = r.what.clone();
@@ -1093,24 +1136,40 @@ pub fn evaluate(
             let src_bytes = source.map(|s| s.bytes).unwrap_or(copy.bytes);
             let entry = needs_by_space
                 .entry((r.to_host.clone(), space.mount.clone()))
-                .or_insert((space.total, space.avail, 0, 0, Vec::new()));
+                .or_insert((space.total, space.avail, 0, Some(0), Vec::new()));
             entry.1 = entry.1.min(space.avail);
             let growth = src_bytes.saturating_sub(copy.bytes);
             if points.is_some() {
                 // Updated in place: the journal and the reverse delta hold what changed,
                 // counted as a tenth of the image.
-                entry.3 += growth + src_bytes / 10;
+                entry.3 = entry
+                    .3
+                    .and_then(|g| g.checked_add(growth))
+                    .and_then(|g| g.checked_add(src_bytes / 10));
             } else {
                 // A bare copy is written whole beside the old one before the swap.
                 entry.2 = entry.2.max(src_bytes);
-                entry.3 += growth;
+                entry.3 = entry.3.and_then(|g| g.checked_add(growth));
             }
             entry.4.push(r.copy.clone());
         }
     }
     for ((host, _), (total, avail, largest, growth, paths)) in needs_by_space {
-        let need = largest + growth;
-        let used_after = total.saturating_sub(avail) + need;
+        let sums = growth.and_then(|growth| {
+            let need = largest.checked_add(growth)?;
+            let used_after = total.saturating_sub(avail).checked_add(need)?;
+            Some((growth, need, used_after))
+        });
+        let Some((growth, need, used_after)) = sums else {
+            items.push(item(
+                "space",
+                &host,
+                ItemStatus::Failed,
+                "the sizes this host reported add up to more than 16 EiB: its answers cannot be right"
+                    .to_string(),
+            ));
+            continue;
+        };
         let (status, detail) = if avail < need {
             (
                 ItemStatus::Failed,
@@ -1122,7 +1181,7 @@ pub fn evaluate(
                     human_bytes(growth)
                 ),
             )
-        } else if total > 0 && used_after * 10 > total * 9 {
+        } else if total > 0 && u128::from(used_after) * 10 > u128::from(total) * 9 {
             (
                 ItemStatus::Warning,
                 format!(
@@ -1534,6 +1593,95 @@ mod tests {
                 .all(|i| i.status == ItemStatus::Ok)
         );
         assert_eq!(items.iter().filter(|i| i.area == "runbooks").count(), 5);
+    }
+
+    #[test]
+    fn answers_that_cannot_be_right_fail_the_host_instead_of_wrapping() {
+        let answer = |line: &str| {
+            let mut p = HostProbe::default();
+            assert!(parse_answers(&format!("{line}\nend\n"), &mut p));
+            p
+        };
+        for (line, why) in [
+            ("space\t/srv\t18446744073709551615 1 /srv", "overflows"),
+            ("space\t/srv\t1000 -4 /srv", "not a whole number"),
+            ("space\t/srv\t", "not a whole number"),
+            ("dir\t/d\t18014398509481984 1700000000", "overflows"),
+            ("file\t/f\t12 18446744073709551615", "overflows"),
+            ("file\t/f\t12 99999999999999999999", "not a whole number"),
+            ("file\t/f\t12 1e9", "not a whole number"),
+            ("file\t/f\t12", "expected a size and a time"),
+            ("file\t/f\tgone", "expected a size and a time"),
+        ] {
+            let p = answer(line);
+            let error = p.error.unwrap_or_else(|| panic!("`{line}` was accepted"));
+            assert!(error.contains(why), "`{line}`: {error}");
+            assert!(
+                p.stats.is_empty() && p.space.is_empty(),
+                "`{line}` was kept"
+            );
+        }
+        // What the script sends normally is read as before.
+        let p = answer("file\t/f\tabsent\ndir\t/d\t8 \nspace\t/s\t10 4 /");
+        assert_eq!(p.error, None);
+        assert_eq!(p.stats["/f"], None);
+        assert_eq!(
+            p.stats["/d"],
+            Some(PathStat {
+                bytes: 8192,
+                mtime: 0
+            })
+        );
+        assert_eq!(p.space["/s"].avail, 4096);
+    }
+
+    #[test]
+    fn sizes_that_add_up_beyond_64_bits_are_a_failure_not_a_wrap() {
+        let model = example();
+        let plans = Plans::build(&model);
+        let replicas = replica_targets(&model);
+        let now = Utc::now();
+        let mut pra = HostProbe::default();
+        let mut main = HostProbe::default();
+        for r in replicas.iter().filter(|r| r.to_host == "hv-pra") {
+            let copy = PathStat {
+                bytes: 1,
+                mtime: now.timestamp(),
+            };
+            pra.stats.insert(r.copy.clone(), Some(copy));
+            pra.space.insert(
+                r.copy.clone(),
+                Space {
+                    total: u64::MAX,
+                    avail: u64::MAX,
+                    mount: "/srv".to_string(),
+                },
+            );
+            // Each source alone fits; what they grow by together does not.
+            let source = PathStat {
+                bytes: u64::MAX / 2,
+                mtime: now.timestamp(),
+            };
+            main.stats.insert(r.source.clone(), Some(source));
+        }
+        let probes: BTreeMap<String, HostProbe> =
+            [("hv-pra".to_string(), pra), ("hv-main".to_string(), main)]
+                .into_iter()
+                .collect();
+        let items = evaluate(
+            &model,
+            &plans,
+            &replicas,
+            &probes,
+            &CheckOptions::default(),
+            now,
+        );
+        let space = items
+            .iter()
+            .find(|i| i.area == "space" && i.subject == "hv-pra")
+            .expect("a space item");
+        assert_eq!(space.status, ItemStatus::Failed, "{}", space.detail);
+        assert!(space.detail.contains("cannot be right"), "{}", space.detail);
     }
 
     #[test]
