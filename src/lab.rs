@@ -725,7 +725,7 @@ pub fn up(
         let hd = host_dir(&lab, id);
         let log = hd.join("sshd.log");
         let logf = std::fs::File::create(&log).map_err(io("create", &log))?;
-        Command::new(&sshd)
+        let child = Command::new(&sshd)
             .arg("-D")
             .arg("-e")
             .arg("-f")
@@ -736,6 +736,7 @@ pub fn up(
             .process_group(0)
             .spawn()
             .map_err(io("start", &sshd))?;
+        record_started(&hd.join("run"), "sshd", child.id())?;
         let _ = host;
     }
     for (id, host) in &state.hosts {
@@ -820,18 +821,113 @@ pub fn wait_port(addr: SocketAddr, within: Duration) -> bool {
     false
 }
 
-fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.contains(") Z "))
-            .unwrap_or(false)
+/// What identifies a process the lab started, recorded by its parent as soon as it started
+/// (`run/NAME.started`): its pid, its start time (clock ticks after boot, field 22 of
+/// `/proc/PID/stat`) and the boot. A pid alone may since belong to an unrelated process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Started {
+    pid: u32,
+    start: u64,
+    boot: String,
 }
 
-fn read_pid(p: &Path) -> Option<u32> {
-    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+impl Started {
+    fn of(pid: u32) -> Option<Started> {
+        Some(Started {
+            pid,
+            start: proc_start(pid)?,
+            boot: boot_id()?,
+        })
+    }
+
+    fn read(path: &Path) -> Option<Started> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let mut f = text.split_whitespace();
+        Some(Started {
+            pid: f.next()?.parse().ok()?,
+            start: f.next()?.parse().ok()?,
+            boot: f.next()?.to_string(),
+        })
+    }
+
+    /// Whether the process recorded still runs (not a zombie), and is the same process.
+    fn runs(&self) -> bool {
+        Started::of(self.pid).as_ref() == Some(self)
+    }
+
+    /// Sends `signal` to the recorded process if it is still that process. The pid is pinned
+    /// with a pidfd before the identity is checked, so the signal cannot reach a process
+    /// that took the pid in between.
+    fn signal(&self, signal: i32) -> bool {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid as libc::pid_t, 0) };
+        if fd < 0 {
+            if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
+                return false; // gone
+            }
+            // A kernel without pidfds (before 5.3): checked, then signalled.
+            // SAFETY: kill takes a pid and a signal number.
+            return self.runs() && unsafe { libc::kill(self.pid as libc::pid_t, signal) } == 0;
+        }
+        // SAFETY: `fd` was just returned by pidfd_open and is owned here only.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        if !self.runs() {
+            return false;
+        }
+        // SAFETY: a pidfd this function owns, a signal number, no siginfo, no flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        rc == 0
+    }
 }
 
-/// Every process the lab started that still runs, with its pid file.
+/// The start time of a running process (field 22 of `/proc/PID/stat`); `None` when it is
+/// gone or a zombie.
+fn proc_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    if matches!(fields.next()?, "Z" | "X") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_string())
+}
+
+/// Records that the lab started `pid` as `name` (`run_dir/NAME.started`). A process that
+/// already ended gets no record (its caller finds out why, from its log).
+fn record_started(run_dir: &Path, name: &str, pid: u32) -> Result<(), LabError> {
+    let path = run_dir.join(format!("{name}.started"));
+    let Some(started) = Started::of(pid) else {
+        return Ok(());
+    };
+    let text = format!("{} {} {}\n", started.pid, started.start, started.boot);
+    let tmp = path.with_extension("started.tmp");
+    std::fs::write(&tmp, text).map_err(io("write", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("write", &path))
+}
+
+/// The pid of the lab process `name` of a host (its `run` folder) when it still runs.
+fn running(run_dir: &Path, name: &str) -> Option<u32> {
+    let started = Started::read(&run_dir.join(format!("{name}.started")))?;
+    started.runs().then_some(started.pid)
+}
+
+/// Every process the lab started that still runs (checked against what was recorded when
+/// it started), with its record.
 pub fn running_pids(state: &LabState) -> Vec<(PathBuf, u32)> {
     let mut out = Vec::new();
     for id in state.hosts.keys() {
@@ -841,11 +937,11 @@ pub fn running_pids(state: &LabState) -> Vec<(PathBuf, u32)> {
         };
         for e in entries.flatten() {
             let p = e.path();
-            if p.extension().is_some_and(|x| x == "pid")
-                && let Some(pid) = read_pid(&p)
-                && pid_alive(pid)
+            if p.extension().is_some_and(|x| x == "started")
+                && let Some(started) = Started::read(&p)
+                && started.runs()
             {
-                out.push((p, pid));
+                out.push((p, started.pid));
             }
         }
     }
@@ -853,32 +949,45 @@ pub fn running_pids(state: &LabState) -> Vec<(PathBuf, u32)> {
     out
 }
 
-/// Stops every process the lab started, and nothing else.
-pub fn down(lab: &Path) -> Result<usize, LabError> {
-    let state = LabState::load(lab)?;
-    let pids = running_pids(&state);
-    for (_, pid) in &pids {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|(_, p)| pid_alive(*p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for (_, pid) in &pids {
-        if pid_alive(*pid) {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(pid.to_string())
-                .status();
+/// Every record of a lab process (running or not) and its pid file.
+fn records(state: &LabState) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for id in state.hosts.keys() {
+        if let Ok(entries) = std::fs::read_dir(state.host_dir(id).join("run")) {
+            out.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "started")),
+            );
         }
     }
-    for (path, _) in &pids {
-        let _ = std::fs::remove_file(path);
+    out
+}
+
+/// Stops every process the lab started, and nothing else: a process is signalled only if it
+/// is still the one recorded when the lab started it (a pid of a process that ended may have
+/// been given to another one since).
+pub fn down(lab: &Path) -> Result<usize, LabError> {
+    let state = LabState::load(lab)?;
+    let ours: Vec<Started> = records(&state)
+        .iter()
+        .filter_map(|p| Started::read(p))
+        .filter(Started::runs)
+        .collect();
+    let stopped = ours.iter().filter(|p| p.signal(libc::SIGTERM)).count();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ours.iter().any(Started::runs) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(pids.len())
+    for p in &ours {
+        p.signal(libc::SIGKILL);
+    }
+    for record in records(&state) {
+        let _ = std::fs::remove_file(record.with_extension("pid"));
+        let _ = std::fs::remove_file(&record);
+    }
+    Ok(stopped)
 }
 
 /// What `lab up` says: where each host and vm answers, and how to use the lab.
@@ -916,9 +1025,12 @@ pub fn status(lab: &Path) -> Result<String, LabError> {
     let state = LabState::load(lab)?;
     let running = running_pids(&state);
     let alive = |host: &str, name: &str| {
-        running
-            .iter()
-            .any(|(p, _)| p == &state.host_dir(host).join("run").join(format!("{name}.pid")))
+        running.iter().any(|(p, _)| {
+            p == &state
+                .host_dir(host)
+                .join("run")
+                .join(format!("{name}.started"))
+        })
     };
     let mut out = format!("lab in {}\n\nhosts:\n", state.dir.display());
     for (id, h) in &state.hosts {
@@ -982,8 +1094,9 @@ pub fn status(lab: &Path) -> Result<String, LabError> {
     Ok(out)
 }
 
-/// Starts a lab process serving `ports` on `address` (after reading `images`), recorded as
-/// `run/<name>.pid` of `host`. Does nothing when it already runs.
+/// Starts a lab process serving `ports` on `address` (after reading `images`): it writes
+/// `run/<name>.pid` of `host` once it listens, and this function records it as
+/// `run/<name>.started`. Does nothing when it already runs.
 pub fn start_serve(
     state: &LabState,
     host: &str,
@@ -992,8 +1105,9 @@ pub fn start_serve(
     ports: &[u16],
     images: &[PathBuf],
 ) -> Result<(), LabError> {
-    let pidfile = state.host_dir(host).join("run").join(format!("{name}.pid"));
-    if read_pid(&pidfile).is_some_and(pid_alive) {
+    let run_dir = state.host_dir(host).join("run");
+    let pidfile = run_dir.join(format!("{name}.pid"));
+    if running(&run_dir, name).is_some() {
         return Ok(());
     }
     let listen: Vec<String> = ports.iter().map(|p| format!("{address}:{p}")).collect();
@@ -1017,6 +1131,7 @@ pub fn start_serve(
         .process_group(0)
         .spawn()
         .map_err(io("start", &state.exe))?;
+    record_started(&run_dir, name, child.id())?;
     // Wait until it listens (or exits with its reason in the log).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -1045,23 +1160,21 @@ pub fn start_serve(
     }
 }
 
-/// Stops the lab process `name` of `host`, if it runs.
+/// Stops the lab process `name` of `host`, if it runs (and is still the process started).
 pub fn stop_serve(state: &LabState, host: &str, name: &str) -> bool {
-    let pidfile = state.host_dir(host).join("run").join(format!("{name}.pid"));
-    let Some(pid) = read_pid(&pidfile) else {
+    let run_dir = state.host_dir(host).join("run");
+    let record = run_dir.join(format!("{name}.started"));
+    let Some(started) = Started::read(&record) else {
         return false;
     };
-    if pid_alive(pid) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
+    if started.signal(libc::SIGTERM) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while pid_alive(pid) && Instant::now() < deadline {
+        while started.runs() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let _ = std::fs::remove_file(&pidfile);
+    let _ = std::fs::remove_file(run_dir.join(format!("{name}.pid")));
+    let _ = std::fs::remove_file(&record);
     true
 }
 
@@ -1377,11 +1490,7 @@ fn lab_vm(state: &LabState, host: &str, args: &[String]) -> i32 {
             0
         }
         "status" => {
-            let pidfile = state
-                .host_dir(host)
-                .join("run")
-                .join(format!("{process}.pid"));
-            if read_pid(&pidfile).is_some_and(pid_alive) {
+            if running(&state.host_dir(host).join("run"), &process).is_some() {
                 println!("running");
                 0
             } else {

@@ -1158,3 +1158,102 @@ fn an_emergency_failover_after_a_killed_replication_starts_from_the_last_good_po
         "the vm did not start from the last good point"
     );
 }
+
+/// The start time of a running process (field 22 of /proc/PID/stat), `None` when gone.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    if f.next()? == "Z" {
+        return None;
+    }
+    f.nth(18)?.parse().ok()
+}
+
+#[test]
+fn lab_down_spares_a_process_that_took_the_pid_of_a_lab_process() {
+    let _net = crate::common::NetLock::take(130);
+    let dir = crate::common::mini_copy();
+    let lab = dir.path().join("lab");
+    let lab_arg = lab.to_str().unwrap();
+    let up = reprise(
+        dir.path(),
+        &["lab", "up", "--net", "130", "--lab-dir", lab_arg],
+    );
+    assert_eq!(up.code, 0, "lab up failed: {up:?}");
+    struct Down<'a>(&'a Path, &'a str);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = reprise(self.0, &["lab", "down", "--lab-dir", self.1]);
+        }
+    }
+    let _down = Down(dir.path(), lab_arg);
+
+    // The sshd of `fw` dies behind the lab's back, and its pid goes to an unrelated process:
+    // a `sleep` stands for it, with its pid where the lab recorded the sshd's.
+    let run = lab.join("hosts/fw/run");
+    let sshd: u32 = std::fs::read_to_string(run.join("sshd.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &sshd.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while start_time(sshd).is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut stranger = Command::new("sleep").arg("600").spawn().unwrap();
+    let record = std::fs::read_to_string(run.join("sshd.started")).unwrap();
+    let fields: Vec<&str> = record.split_whitespace().collect();
+    assert_eq!(fields.len(), 3, "pid, start time, boot id: {record}");
+    assert_eq!(fields[0], sshd.to_string());
+    std::fs::write(
+        run.join("sshd.started"),
+        format!("{} {} {}\n", stranger.id(), fields[1], fields[2]),
+    )
+    .unwrap();
+    std::fs::write(run.join("sshd.pid"), format!("{}\n", stranger.id())).unwrap();
+
+    // Every other process the lab started, as recorded.
+    let mut others = Vec::new();
+    for host in std::fs::read_dir(lab.join("hosts")).unwrap().flatten() {
+        for e in std::fs::read_dir(host.path().join("run"))
+            .unwrap()
+            .flatten()
+        {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "started") && p != run.join("sshd.started") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                let mut f = text.split_whitespace();
+                let pid: u32 = f.next().unwrap().parse().unwrap();
+                let start: u64 = f.next().unwrap().parse().unwrap();
+                assert_eq!(start_time(pid), Some(start), "{} does not run", p.display());
+                others.push((p, pid, start));
+            }
+        }
+    }
+    assert!(others.len() >= 5, "3 sshd, 2 vms: {others:?}");
+
+    let down = reprise(dir.path(), &["lab", "down", "--lab-dir", lab_arg]);
+    assert_eq!(down.code, 0, "{down:?}");
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "lab down killed a process it did not start"
+    );
+    for (p, pid, start) in &others {
+        assert_ne!(start_time(*pid), Some(*start), "{} still runs", p.display());
+    }
+    assert!(
+        down.stdout
+            .contains(&format!("stopped {} processes", others.len())),
+        "{down:?}"
+    );
+    stranger.kill().unwrap();
+    stranger.wait().unwrap();
+}
