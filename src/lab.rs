@@ -606,8 +606,12 @@ pub fn up(
         }
         std::fs::create_dir_all(&root).map_err(io("create", &root))?;
         for v in host.vars.values() {
+            // Only paths inside the host's root: `..` could climb out of it.
             if let VarValue::Text(t) = v
                 && t.starts_with(&root.to_string_lossy().to_string())
+                && Path::new(t)
+                    .components()
+                    .all(|c| c != std::path::Component::ParentDir)
             {
                 // Directories the runbooks use, and files they read (seeded).
                 let p = PathBuf::from(t);

@@ -1257,3 +1257,33 @@ fn lab_down_spares_a_process_that_took_the_pid_of_a_lab_process() {
     stranger.kill().unwrap();
     stranger.wait().unwrap();
 }
+
+#[test]
+fn lab_up_writes_nothing_outside_its_folder_for_a_path_that_climbs_out() {
+    let _net = crate::common::NetLock::take(131);
+    let dir = crate::common::mini_copy();
+    let escaped = dir.path().join("escaped.v4");
+    // A host variable naming a file: the lab seeds it under the host's root, unless `..`
+    // would take it out.
+    let hosts = dir.path().join("inventory/hosts.toml");
+    let text = std::fs::read_to_string(&hosts).unwrap().replacen(
+        "rules_file = \"/etc/fw/rules.v4\"",
+        &format!(
+            "rules_file = \"/etc/fw/{}{}\"",
+            "../".repeat(40),
+            escaped.to_str().unwrap().trim_start_matches('/')
+        ),
+        1,
+    );
+    std::fs::write(&hosts, text).unwrap();
+    let lab = dir.path().join("lab");
+    let lab_arg = lab.to_str().unwrap();
+    let up = reprise(
+        dir.path(),
+        &["lab", "up", "--net", "131", "--lab-dir", lab_arg],
+    );
+    let down = reprise(dir.path(), &["lab", "down", "--lab-dir", lab_arg]);
+    assert_eq!(up.code, 0, "lab up failed: {up:?}");
+    assert_eq!(down.code, 0, "{down:?}");
+    assert!(!escaped.exists(), "lab up wrote {}", escaped.display());
+}
