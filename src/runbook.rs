@@ -431,7 +431,7 @@ fn read_step(
                         .int("status", 100, 599, diags)
                         .map(|s| s.value as u16)
                         .unwrap_or(200);
-                    let ca_file = t.str("ca_file", diags);
+                    let ca_file = t.text("ca_file", diags);
                     let insecure = t.bool("insecure", diags).unwrap_or(false);
                     if let Some(ca) = &ca_file {
                         if !ca.value.starts_with('/') {
