@@ -251,6 +251,7 @@ fn every_toml_entry_that_cannot_be_read_is_an_error_naming_it() {
     let inv = dir.path().join("inventory");
     std::os::unix::fs::symlink("gone.toml", inv.join("dangling.toml")).unwrap();
     std::fs::create_dir(inv.join("folder.toml")).unwrap();
+    std::os::unix::fs::symlink("loop.toml", inv.join("loop.toml")).unwrap();
     let fifo = std::ffi::CString::new(inv.join("pipe.toml").to_str().unwrap()).unwrap();
     // SAFETY: a valid, NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
@@ -261,7 +262,8 @@ fn every_toml_entry_that_cannot_be_read_is_an_error_naming_it() {
     let run = reprise(dir.path(), &["validate"]);
     assert_eq!(run.code, 4, "{}", run.stderr);
     for needle in [
-        "cannot read 4 files:",
+        "cannot read 5 files:",
+        "inventory/loop.toml: Too many levels of symbolic links",
         "inventory/dangling.toml: it is a symbolic link to gone.toml, which does not exist",
         "inventory/folder.toml: it is a folder, not a file",
         "inventory/pipe.toml: it is not a regular file",
