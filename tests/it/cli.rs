@@ -179,3 +179,29 @@ fn a_bad_point_request_is_refused_before_anything_runs() {
     );
     assert!(!dir.path().join("runs").exists());
 }
+
+#[test]
+fn estimates_at_the_longest_durations_add_up_exactly_and_miss_the_target() {
+    // Two steps at the 366-day bound, one after the other: the plan says 732 days and more,
+    // over the 4h target, instead of wrapping around to a small "ok".
+    let dir = mini_copy();
+    let db = dir.path().join("runbooks/db.toml");
+    let text = std::fs::read_to_string(&db)
+        .unwrap()
+        .replacen("expected = \"10m\"", "expected = \"366d\"", 1)
+        .replacen(
+            "id = \"stop-primary\"",
+            "id = \"stop-primary\"\nexpected = \"366d\"",
+            1,
+        );
+    std::fs::write(&db, text).unwrap();
+    let run = reprise(dir.path(), &["plan", "failover"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = &run.stdout;
+    assert!(out.contains("T+8784:02  db/stop-primary"), "{out}");
+    assert!(out.contains("T+17568:02  db/start"), "{out}");
+    assert!(
+        out.contains("RTO target 4h, estimated 732d22m (OVER TARGET)"),
+        "{out}"
+    );
+}
