@@ -327,11 +327,17 @@ impl Report {
                 Some(f) => format!("in {}", self.sources.path(f).display()),
                 None => "without a place".to_string(),
             };
+            let mut counts = Vec::new();
+            if e > 0 {
+                counts.push(format!("{e} more error{}", plural(e)));
+            }
+            if w > 0 {
+                counts.push(format!("{w} more warning{}", plural(w)));
+            }
             let _ = writeln!(
                 out,
-                "... and {e} more error{} and {w} more warning{} {place}, not shown: fix the ones above first (later ones often follow from them)\n",
-                plural(e),
-                plural(w)
+                "... and {} {place}, not shown: fix the ones above first (later ones often follow from them)\n",
+                counts.join(" and ")
             );
         }
         let (e, w) = (self.errors(), self.warnings());
@@ -464,6 +470,31 @@ mod tests {
         assert_eq!(map.line_col(f, 0), (1, 1));
         let at_y = map.text(f).find('"').unwrap();
         assert_eq!(map.line_col(f, at_y), (2, 5));
+    }
+
+    #[test]
+    fn a_long_line_is_cut_around_the_caret_at_its_start_middle_and_end() {
+        let mut map = SourceMap::default();
+        let line = format!("{}X{}\u{1b}[2J", "é".repeat(1000), "ü".repeat(1000));
+        let f = map.add("a.toml", format!("{line}\n"));
+        let text = map.text(f).to_string();
+        for (at, marked) in [
+            (0, 'é'),
+            (text.find('X').unwrap(), 'X'),
+            (text.find('\u{1b}').unwrap(), '\u{fffd}'),
+        ] {
+            let d = Diagnostic::error("e").at(Location::new(f, at..at + 1));
+            let out = d.render(&map);
+            let lines: Vec<&str> = out.lines().collect();
+            let (quoted, caret) = (lines[3], lines[4]);
+            assert!(quoted.chars().count() <= MAX_LINE + 8, "{quoted}");
+            assert!(
+                !out.contains('\u{1b}'),
+                "a control character reached the output"
+            );
+            let col = caret.chars().position(|c| c == '^').unwrap();
+            assert_eq!(quoted.chars().nth(col), Some(marked), "{quoted}\n{caret}");
+        }
     }
 
     #[test]

@@ -201,7 +201,7 @@ fn any_garbage_gives_a_short_located_error_in_bounded_memory() {
             "{what}: a line is not cut\n{err}"
         );
         assert!(
-            err.contains(&format!("more warnings in {target}, not shown")),
+            err.contains(&format!("more errors in {target}, not shown")),
             "{what}: the rest is not counted\n{err}"
         );
         assert!(
