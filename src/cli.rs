@@ -160,7 +160,7 @@ fn parse_incident_time(text: &str) -> Result<DateTime<Utc>, String> {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check the inventory and runbooks: syntax, references, cycles, site rules, templates,
-    /// and that every mode plans.
+    /// addresses, durations, paths on hosts, disks shared by two vms, and that every mode plans.
     #[command(
         after_help = "Example:\n  reprise validate --inventory site/inventory --runbooks site/runbooks"
     )]
