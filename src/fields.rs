@@ -694,6 +694,9 @@ pub fn address_problem(s: &str) -> Option<String> {
     if s.parse::<std::net::IpAddr>().is_ok() {
         return None;
     }
+    if s.matches(':').count() == 1 {
+        return Some("holds a `:` (a port goes in `port`, not in the address)".into());
+    }
     if s.contains(':') {
         return Some("is not a valid IPv6 address".into());
     }
@@ -799,4 +802,104 @@ pub fn path_problem(s: &str, absolute: bool) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(problem: Option<String>, expected: Option<&str>) {
+        match (problem.as_deref(), expected) {
+            (None, None) => {}
+            (Some(p), Some(e)) if p.contains(e) => {}
+            (p, e) => panic!("got {p:?}, expected {e:?}"),
+        }
+    }
+
+    #[test]
+    fn addresses_are_ip_addresses_or_host_names() {
+        for ok in [
+            "192.0.2.10",
+            "::1",
+            "2001:db8::10",
+            "hv1",
+            "hv-main.paris.school.example",
+            "erp-db.example.",
+            "x1.y2",
+        ] {
+            check(address_problem(ok), None);
+        }
+        for (bad, why) in [
+            ("", "is empty"),
+            ("  ", "is empty"),
+            ("256.1.1.1", "IPv4"),
+            ("10.0.0", "IPv4"),
+            ("1.2.3.4.5", "IPv4"),
+            ("fe80::1%eth0", "IPv6"),
+            ("[::1]", "IPv6"),
+            ("db pra.example", "host name"),
+            ("db_pra", "host name"),
+            ("-db.example", "host name"),
+            ("a..b", "host name"),
+            ("host.123", "last label is a number"),
+            ("127.0.0.1:22", "a port goes in `port`"),
+        ] {
+            check(address_problem(bad), Some(why));
+        }
+        check(address_problem(&"a".repeat(64)), Some("host name"));
+        check(address_problem(&["a"; 130].join(".")), Some("253"));
+    }
+
+    #[test]
+    fn urls_name_a_scheme_a_host_and_maybe_a_port() {
+        for ok in [
+            "http://db.example/health",
+            "https://db.example:8443/",
+            "http://192.0.2.1",
+            "http://[2001:db8::1]:8080/x?y#z",
+        ] {
+            check(url_problem(ok), None);
+        }
+        for (bad, why) in [
+            ("ftp://db.example/", "http:// or https://"),
+            ("db.example/health", "http:// or https://"),
+            ("http://", "is empty"),
+            ("http://db.example:0/", "port"),
+            ("http://db.example:80800/", "port"),
+            ("http://db.example:/", "port"),
+            ("http://2001:db8::1/", "without `[...]`"),
+            ("http://[::1/", "unclosed"),
+            ("http://[::1]x/", "malformed"),
+            ("http://db_pra/", "host name"),
+        ] {
+            check(url_problem(bad), Some(why));
+        }
+    }
+
+    #[test]
+    fn paths_on_hosts_stay_where_they_are_meant_to() {
+        check(path_problem("/srv/replicas", true), None);
+        check(path_problem("db.qcow2", false), None);
+        check(path_problem("100/vm-100-disk-0.qcow2", false), None);
+        for (bad, absolute, why) in [
+            ("/etc/shadow", false, "absolute"),
+            ("srv/x", true, "not an absolute"),
+            ("/", true, "root"),
+            ("", false, "empty"),
+            ("../../etc/shadow", false, "`..`"),
+            ("/srv/../etc", true, "`..`"),
+            ("./db.qcow2", false, "`.`"),
+            ("/srv//x", true, "empty part"),
+            ("/srv/x/", true, "empty part"),
+            ("db.qcow2.reprise", false, ".reprise"),
+            ("a\nb", false, "control"),
+        ] {
+            check(path_problem(bad, absolute), Some(why));
+        }
+        check(name_problem("erp-db.v2"), None);
+        for bad in ["", "../db", "a/b", "-x", ".x", "a b"] {
+            assert!(name_problem(bad).is_some(), "{bad}");
+        }
+    }
 }

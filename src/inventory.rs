@@ -914,3 +914,15 @@ fn check_shared_paths(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
         open.push(u);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_ipv6_endpoint_is_bracketed() {
+        assert_eq!(super::endpoint("192.0.2.1", 22), "192.0.2.1:22");
+        assert_eq!(super::endpoint("hv1.example", 2222), "hv1.example:2222");
+        assert_eq!(super::endpoint("2001:db8::1", 22), "[2001:db8::1]:22");
+        let addr: std::net::SocketAddr = super::endpoint("::1", 22).parse().unwrap();
+        assert_eq!(addr.port(), 22);
+    }
+}
