@@ -413,8 +413,11 @@ pub enum Command {
     /// (internal) The replication helper run on hosts.
     #[command(hide = true)]
     Helper {
+        /// The helper protocol the caller speaks; another one is refused.
+        #[arg(long, global = true, value_name = "VERSION")]
+        protocol: Option<u32>,
         #[command(subcommand)]
-        action: replicate::HelperAction,
+        request: crate::replica::protocol::Request,
     },
 }
 
@@ -653,7 +656,7 @@ pub fn run(cli: &Cli) -> Outcome {
             lang,
         } => return report(cli, run, *format, output.as_deref(), *pdf, *lang),
         Command::History { json } => return history(cli, *json),
-        Command::Helper { action } => return replicate::helper(action),
+        Command::Helper { request, protocol } => return replicate::helper(request, *protocol),
         Command::Completions { shell } => return ops::completions(*shell),
         Command::Manpage => return ops::manpage(),
         _ => {}

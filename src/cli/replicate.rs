@@ -77,88 +77,14 @@ impl SshArgs {
     }
 }
 
-/// The hidden `reprise helper …` requests.
-#[derive(Debug, clap::Subcommand)]
-pub enum HelperAction {
-    Hash {
-        file: PathBuf,
-    },
-    Send {
-        image: PathBuf,
-        #[arg(long)]
-        compress: bool,
-    },
-    Manifest {
-        image: PathBuf,
-        #[arg(long)]
-        reread: bool,
-    },
-    Apply {
-        image: PathBuf,
-        #[arg(long)]
-        point: String,
-        #[arg(long)]
-        taken_at: DateTime<Utc>,
-        #[arg(long)]
-        source: String,
-        #[arg(long)]
-        retention: u32,
-    },
-    SendTree {
-        dir: PathBuf,
-    },
-    TreeBase {
-        dir: PathBuf,
-        #[arg(long)]
-        reread: bool,
-    },
-    ApplyTree {
-        dir: PathBuf,
-        #[arg(long)]
-        point: String,
-        #[arg(long)]
-        taken_at: DateTime<Utc>,
-        #[arg(long)]
-        source: String,
-        #[arg(long)]
-        retention: u32,
-    },
-    Points {
-        image: PathBuf,
-    },
-    Verify {
-        image: PathBuf,
-        #[arg(long)]
-        point: Option<String>,
-    },
-    Restore {
-        image: PathBuf,
-        #[arg(long)]
-        point: String,
-        #[arg(long)]
-        output: PathBuf,
-    },
-    RollBack {
-        image: PathBuf,
-        #[arg(long)]
-        point: String,
-    },
-    Settle {
-        image: PathBuf,
-    },
-}
-
-/// Runs a helper request with this process's standard input and output.
-pub fn helper(action: &HelperAction) -> Outcome {
-    let req = match action.clone_request() {
-        Ok(r) => r,
-        Err(o) => return o,
-    };
+/// Runs a helper request of protocol `protocol` with this process's standard input and
+/// output.
+pub fn helper(request: &Request, protocol: Option<u32>) -> Outcome {
     widen_pipes();
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    match helper::serve(req, &mut stdin.lock(), &mut out) {
+    match helper::serve(request.clone(), protocol, &mut stdin.lock(), &mut out) {
         Ok(()) => {
             let _ = out.flush();
             Outcome::default()
@@ -177,76 +103,6 @@ fn widen_pipes() {
         unsafe {
             libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20);
         }
-    }
-}
-
-impl HelperAction {
-    fn clone_request(&self) -> Result<Request, Outcome> {
-        Ok(match self {
-            HelperAction::Hash { file } => Request::Hash { file: file.clone() },
-            HelperAction::Send { image, compress } => Request::Send {
-                image: image.clone(),
-                compress: *compress,
-            },
-            HelperAction::Manifest { image, reread } => Request::Manifest {
-                image: image.clone(),
-                reread: *reread,
-            },
-            HelperAction::Apply {
-                image,
-                point,
-                taken_at,
-                source,
-                retention,
-            } => Request::Apply {
-                image: image.clone(),
-                point: point.clone(),
-                taken_at: *taken_at,
-                source: source.clone(),
-                retention: *retention,
-            },
-            HelperAction::SendTree { dir } => Request::SendTree { dir: dir.clone() },
-            HelperAction::TreeBase { dir, reread } => Request::TreeBase {
-                dir: dir.clone(),
-                reread: *reread,
-            },
-            HelperAction::ApplyTree {
-                dir,
-                point,
-                taken_at,
-                source,
-                retention,
-            } => Request::ApplyTree {
-                dir: dir.clone(),
-                point: point.clone(),
-                taken_at: *taken_at,
-                source: source.clone(),
-                retention: *retention,
-            },
-            HelperAction::Points { image } => Request::Points {
-                image: image.clone(),
-            },
-            HelperAction::Verify { image, point } => Request::Verify {
-                image: image.clone(),
-                point: point.clone(),
-            },
-            HelperAction::Restore {
-                image,
-                point,
-                output,
-            } => Request::Restore {
-                image: image.clone(),
-                point: point.clone(),
-                output: output.clone(),
-            },
-            HelperAction::RollBack { image, point } => Request::RollBack {
-                image: image.clone(),
-                point: point.clone(),
-            },
-            HelperAction::Settle { image } => Request::Settle {
-                image: image.clone(),
-            },
-        })
     }
 }
 

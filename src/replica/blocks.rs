@@ -16,6 +16,12 @@ use blake3::hazmat::{HasherExt as _, Mode, merge_subtrees_non_root, merge_subtre
 /// Block size: 64 KiB.
 pub const BLOCK: usize = 64 * 1024;
 
+/// The largest image replicated: 64 TiB. A stream or manifest announcing more is refused.
+pub const MAX_IMAGE_SIZE: u64 = 64 << 40;
+
+/// The length of the manifest of an image of [`MAX_IMAGE_SIZE`] bytes.
+pub const MAX_MANIFEST_BYTES: u64 = 56 + 32 * MAX_IMAGE_SIZE.div_ceil(BLOCK as u64);
+
 /// Blocks hashed at once (on all cores).
 const BATCH: usize = 256;
 
@@ -322,7 +328,7 @@ impl Manifest {
         let whole: [u8; 32] = bytes[16..48].try_into().expect("32 bytes");
         let n = u64::from_le_bytes(bytes[48..56].try_into().expect("8 bytes"));
         let rest = &bytes[56..];
-        if n != count(size) || rest.len() as u64 != n * 32 {
+        if size > MAX_IMAGE_SIZE || n != count(size) || rest.len() as u64 != n * 32 {
             return Err(bad());
         }
         let cvs = rest

@@ -5,65 +5,16 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::blocks::{self, BLOCK, Manifest};
+pub use super::protocol::Request;
+use super::protocol::{Hello, PROTOCOL, refuse_request};
 use super::store::{NewPoint, Store};
 use super::tree::{Tree, TreeStore, send_tree};
 use super::wire;
-
-/// One request to the helper.
-#[derive(Debug, Clone)]
-pub enum Request {
-    /// BLAKE3 of a file (the helper checks its own upload with it).
-    Hash { file: PathBuf },
-    /// Source side: reads the recovery manifest on stdin, writes the stream (its data blocks
-    /// zstd-compressed with `compress`, when that makes them smaller).
-    Send { image: PathBuf, compress: bool },
-    /// Recovery side: the manifest to compare against (after settling an interrupted update).
-    Manifest { image: PathBuf, reread: bool },
-    /// Recovery side: applies a stream as a new point; answers with JSON.
-    Apply {
-        image: PathBuf,
-        point: String,
-        taken_at: DateTime<Utc>,
-        source: String,
-        retention: u32,
-    },
-    /// The points as JSON.
-    Points { image: PathBuf },
-    /// Verifies one point or all; answers with JSON.
-    Verify {
-        image: PathBuf,
-        point: Option<String>,
-    },
-    /// Source side of a backup set: reads the recovery tree (JSON) on stdin, writes the stream.
-    SendTree { dir: PathBuf },
-    /// Recovery side of a backup set: the tree to compare against (JSON).
-    TreeBase { dir: PathBuf, reread: bool },
-    /// Recovery side of a backup set: applies a stream as a new point; answers with JSON.
-    ApplyTree {
-        dir: PathBuf,
-        point: String,
-        taken_at: DateTime<Utc>,
-        source: String,
-        retention: u32,
-    },
-    /// Writes a point to a file (an image) or a folder (a backup set).
-    Restore {
-        image: PathBuf,
-        point: String,
-        output: PathBuf,
-    },
-    /// Rolls an image's copy back to an older point; answers with JSON.
-    RollBack { image: PathBuf, point: String },
-    /// Completes or throws away an interrupted update or roll-back; answers with its note
-    /// (JSON, `null` when there was nothing to settle).
-    Settle { image: PathBuf },
-}
 
 /// What a verification found, per point.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -79,8 +30,16 @@ pub struct Sent {
     pub bytes: u64,
 }
 
-/// Serves one request.
-pub fn serve(req: Request, stdin: &mut impl Read, stdout: &mut impl Write) -> Result<(), String> {
+/// Serves one request of protocol `protocol` (`None`: typed by hand, taken as this one's).
+pub fn serve(
+    req: Request,
+    protocol: Option<u32>,
+    stdin: &mut impl Read,
+    stdout: &mut impl Write,
+) -> Result<(), String> {
+    if let Some(theirs) = protocol.filter(|p| *p != PROTOCOL) {
+        return Err(refuse_request(theirs));
+    }
     let out = |stdout: &mut dyn Write, bytes: &[u8]| {
         stdout
             .write_all(bytes)
@@ -88,15 +47,18 @@ pub fn serve(req: Request, stdin: &mut impl Read, stdout: &mut impl Write) -> Re
             .map_err(|e| format!("writing the answer: {e}"))
     };
     match req {
-        Request::Hash { file } => {
-            let h = hash_file(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        Request::Version => out(
+            stdout,
+            &serde_json::to_vec(&Hello::this()).expect("serializes"),
+        ),
+        Request::HashSelf => {
+            // The file this process runs, even if its path was replaced since.
+            let me = Path::new("/proc/self/exe");
+            let h = hash_file(me).map_err(|e| format!("{}: {e}", me.display()))?;
             out(stdout, format!("{h}\n").as_bytes())
         }
         Request::Send { image, compress } => {
-            let mut m = Vec::new();
-            stdin
-                .read_to_end(&mut m)
-                .map_err(|e| format!("reading the recovery manifest: {e}"))?;
+            let m = read_bounded(stdin, blocks::MAX_MANIFEST_BYTES, "the recovery manifest")?;
             let base = Manifest::decode(&m)?;
             let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout);
             send(&image, &base, &mut w, compress)?;
@@ -131,10 +93,7 @@ pub fn serve(req: Request, stdin: &mut impl Read, stdout: &mut impl Write) -> Re
             out(stdout, &serde_json::to_vec(&applied).expect("serializes"))
         }
         Request::SendTree { dir } => {
-            let mut m = Vec::new();
-            stdin
-                .read_to_end(&mut m)
-                .map_err(|e| format!("reading the recovery tree: {e}"))?;
+            let m = read_bounded(stdin, super::tree::MAX_TREE_BYTES, "the recovery tree")?;
             let base: Tree = serde_json::from_slice(&m)
                 .map_err(|e| format!("the recovery tree is not understood: {e}"))?;
             let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout);
@@ -213,6 +172,18 @@ pub fn serve(req: Request, stdin: &mut impl Read, stdout: &mut impl Write) -> Re
             out(stdout, &serde_json::to_vec(&note).expect("serializes"))
         }
     }
+}
+
+/// All of `r`, refused beyond `limit` bytes (what a well-behaved peer can send).
+fn read_bounded(r: &mut impl Read, limit: u64, what: &str) -> Result<Vec<u8>, String> {
+    let mut m = Vec::new();
+    r.take(limit + 1)
+        .read_to_end(&mut m)
+        .map_err(|e| format!("reading {what}: {e}"))?;
+    if m.len() as u64 > limit {
+        return Err(format!("{what} is longer than {limit} bytes: refused"));
+    }
+    Ok(m)
 }
 
 /// BLAKE3 of a file, hex.
@@ -297,6 +268,7 @@ pub fn send(
 mod tests {
     use super::*;
     use crate::replica::store::Verified;
+    use chrono::Utc;
 
     fn write_at(path: &Path, off: u64, data: &[u8]) {
         use std::os::unix::fs::FileExt as _;

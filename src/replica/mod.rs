@@ -12,14 +12,17 @@
 //! manifest ([`wire`]), the recovery side applies them through a write-ahead journal and
 //! commits the point only when the whole-image hash matches end to end. [`remote`] is the
 //! orchestrator's side: it deploys the helper over SSH and pipes one side into the other.
+//! [`protocol`] is the one definition of what they say to each other, and its version.
 //!
 //! Backup sets (folders) follow the same point model file by file ([`tree`]).
 //!
 //! This module never prints and never decides what to replicate: the runner and the command
 //! line do.
 
+pub mod beneath;
 pub mod blocks;
 pub mod helper;
+pub mod protocol;
 pub mod remote;
 pub mod store;
 pub mod tree;

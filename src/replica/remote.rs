@@ -13,6 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::helper::Checked;
+use super::protocol::{Hello, PROTOCOL, Request, VERSION};
 use super::store::{Applied, Point};
 use crate::ssh::{PipeOutput, SshError, Transport};
 use crate::template::shell_quote;
@@ -29,6 +30,16 @@ pub enum ReplicaError {
     Helper { host: String, reason: String },
     #[error("--here {host}: {reason}")]
     NotHere { host: String, reason: String },
+    #[error(
+        "{host}: its reprise helper speaks {theirs}; this reprise speaks protocol {ours} (reprise {version}): refusing to use it ({fix})"
+    )]
+    Protocol {
+        host: String,
+        theirs: String,
+        ours: u32,
+        version: &'static str,
+        fix: String,
+    },
 }
 
 /// What one image's replication did.
@@ -185,15 +196,29 @@ impl<'a> Helpers<'a> {
             &String::from_utf8_lossy(&mine.stdout),
             &String::from_utf8_lossy(&theirs.stdout),
         )
-        .map_err(not_here)
+        .map_err(not_here)?;
+        // The helper here is this program's file, which an upgrade may have replaced since
+        // this process started.
+        let (code, out, err) =
+            self.run_here(host, &Request::Version, &[], Duration::from_secs(60))?;
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "reprise".into());
+        handshake(
+            host,
+            code,
+            &out,
+            &err,
+            &format!("{exe} was replaced while this command ran: run it again"),
+        )
     }
 
-    /// Starts the helper on this machine with `args` (shell words), its standard streams
-    /// piped, ended at `deadline` as a remote one is.
+    /// Starts the helper on this machine with `req`, its standard streams piped, ended at
+    /// `deadline` as a remote one is.
     fn spawn_here(
         &self,
         host: &str,
-        args: &str,
+        req: &Request,
         deadline: Duration,
     ) -> Result<std::process::Child, ReplicaError> {
         let fail = |reason: String| ReplicaError::Helper {
@@ -208,8 +233,9 @@ impl<'a> Helpers<'a> {
             .arg("sh")
             .arg("-c")
             .arg(format!(
-                "exec {} helper {args}",
-                shell_quote(&exe.display().to_string())
+                "exec {} helper {}",
+                shell_quote(&exe.display().to_string()),
+                shell_words(req)
             ))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -222,11 +248,11 @@ impl<'a> Helpers<'a> {
     fn run_here(
         &self,
         host: &str,
-        args: &str,
+        req: &Request,
         input: &[u8],
         deadline: Duration,
     ) -> Result<(i32, Vec<u8>, String), ReplicaError> {
-        let mut child = self.spawn_here(host, args, deadline)?;
+        let mut child = self.spawn_here(host, req, deadline)?;
         let mut stdin = child.stdin.take().expect("piped");
         let out = std::thread::scope(|scope| {
             scope.spawn(move || stdin.write_all(input));
@@ -251,11 +277,11 @@ impl<'a> Helpers<'a> {
         send: &str,
         base: &[u8],
         to: &str,
-        apply_args: &str,
+        apply: &Request,
         deadline: Duration,
     ) -> Result<PipeOutput, ReplicaError> {
         let began = std::time::Instant::now();
-        let mut child = self.spawn_here(to, apply_args, deadline)?;
+        let mut child = self.spawn_here(to, apply, deadline)?;
         let mut stdin = Counted::new(child.stdin.take().expect("piped"));
         let (stdout, stderr) = (
             child.stdout.take().expect("piped"),
@@ -305,14 +331,14 @@ impl<'a> Helpers<'a> {
     fn pipe_from_here(
         &self,
         from: &str,
-        send_args: &str,
+        send: &Request,
         base: &[u8],
         to: &str,
         apply: &str,
         deadline: Duration,
     ) -> Result<PipeOutput, ReplicaError> {
         let began = std::time::Instant::now();
-        let mut child = self.spawn_here(from, send_args, deadline)?;
+        let mut child = self.spawn_here(from, send, deadline)?;
         let mut stdin = child.stdin.take().expect("piped");
         let mut stdout = Counted::new(child.stdout.take().expect("piped"));
         let stderr = child.stderr.take().expect("piped");
@@ -360,23 +386,23 @@ impl<'a> Helpers<'a> {
     fn bulk_sides(
         &self,
         from: &str,
-        send: &str,
+        send: &Request,
         to: &str,
-        apply: &str,
+        apply: &Request,
         deadline: Duration,
     ) -> Result<Option<(Child, Child)>, ReplicaError> {
-        let remote = |host: &str, args: &str| -> Result<Option<Child>, ReplicaError> {
-            let command = self.command(&self.deploy(host)?, args);
+        let remote = |host: &str, req: &Request| -> Result<Option<Child>, ReplicaError> {
+            let command = self.command(&self.deploy(host)?, req);
             Ok(self
                 .transport
                 .bulk_process(host, &command, deadline)
                 .transpose()?)
         };
-        let side = |host: &str, args: &str| -> Result<Option<Child>, ReplicaError> {
+        let side = |host: &str, req: &Request| -> Result<Option<Child>, ReplicaError> {
             if self.is_here(host)? {
-                self.spawn_here(host, args, deadline).map(Some)
+                self.spawn_here(host, req, deadline).map(Some)
             } else {
-                remote(host, args)
+                remote(host, req)
             }
         };
         // The side on another host first: whether it goes through a client program decides.
@@ -403,10 +429,12 @@ impl<'a> Helpers<'a> {
         }))
     }
 
-    /// The shell words that run the helper on a host (once deployed).
-    fn command(&self, hash: &str, args: &str) -> String {
+    /// The shell command that runs the helper on a host (once deployed) with `req`.
+    fn command(&self, hash: &str, req: &Request) -> String {
         format!(
-            "H=\"${{XDG_CACHE_HOME:-$HOME/.cache}}/reprise/helper-{hash}\"; exec \"$H\" helper {args}"
+            "{}; exec \"$H\" helper {}",
+            helper_path(hash),
+            shell_words(req)
         )
     }
 
@@ -424,62 +452,73 @@ impl<'a> Helpers<'a> {
         done.map(|()| hash.clone())
     }
 
+    /// Finds the helper on `host` or uploads it, then asks its protocol (in the same
+    /// command: no round trip of its own).
     fn upload(&self, host: &str) -> Result<(), ReplicaError> {
         let (_, bytes, hash) = this_binary()?;
-        let path = format!("H=\"${{XDG_CACHE_HOME:-$HOME/.cache}}/reprise/helper-{hash}\"");
+        let path = helper_path(hash);
+        let version = shell_words(&Request::Version);
+        let fix = format!(
+            "the helper is found by the hash of this program: remove ~/.cache/reprise/helper-{hash} on {host} so that it is uploaded again"
+        );
         let probe = self.transport.exec_bytes(
             host,
             &format!(
-                "{path}; if [ -x \"$H\" ]; then touch \"$H\"; echo present; else echo missing; fi"
+                "{path}; if [ -x \"$H\" ]; then touch \"$H\"; echo present; exec \"$H\" helper {version}; else echo missing; fi"
             ),
             &[],
             Duration::from_secs(60),
         )?;
-        if String::from_utf8_lossy(&probe.stdout).trim() != "present" {
-            // Written under a temporary name, checked by hash on the host, then renamed: a
-            // cut upload or two uploads at once never leave a wrong helper under its name.
-            // Helpers of other versions unused for a week (a use touches it) are removed.
-            let upload = self.transport.exec_bytes(
-                host,
-                &format!(
-                    "{path}; mkdir -p \"$(dirname \"$H\")\" && t=\"$H.part.$$\" && cat > \"$t\" && chmod 755 \"$t\" \
-                     && s=$(\"$t\" helper hash \"$t\") && [ \"$s\" = {hash} ] && mv -f \"$t\" \"$H\"; r=$?; rm -f \"$t\"; \
-                     find \"$(dirname \"$H\")\" -maxdepth 1 -name 'helper-*' -mtime +7 -delete 2>/dev/null; \
-                     [ $r = 0 ] || echo \"the uploaded copy hashes to '$s', expected {hash}\" >&2; exit $r"
-                ),
-                bytes,
-                Duration::from_secs(600),
-            )?;
-            if upload.exit_code != 0 {
-                return Err(ReplicaError::Deploy {
-                    host: host.to_string(),
-                    reason: format!("exit {}: {}", upload.exit_code, upload.stderr.trim()),
-                });
-            }
+        let text = String::from_utf8_lossy(&probe.stdout);
+        let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+        if first.trim() == "present" {
+            return handshake(host, probe.exit_code, rest.as_bytes(), &probe.stderr, &fix);
         }
-        Ok(())
+        // Written under a temporary name, checked by hash on the host, then renamed: a
+        // cut upload or two uploads at once never leave a wrong helper under its name.
+        // Helpers of other versions unused for a week (a use touches it) are removed.
+        let upload = self.transport.exec_bytes(
+            host,
+            &format!(
+                "{path}; mkdir -p \"$(dirname \"$H\")\" && t=\"$H.part.$$\" && cat > \"$t\" && chmod 755 \"$t\" \
+                 && s=$(\"$t\" helper {}) && [ \"$s\" = {hash} ] && mv -f \"$t\" \"$H\"; r=$?; rm -f \"$t\"; \
+                 find \"$(dirname \"$H\")\" -maxdepth 1 -name 'helper-*' -mtime +7 -delete 2>/dev/null; \
+                 if [ $r != 0 ]; then echo \"the uploaded copy hashes to '$s', expected {hash}\" >&2; exit $r; fi; \
+                 echo uploaded; exec \"$H\" helper {version}",
+                shell_words(&Request::HashSelf)
+            ),
+            bytes,
+            Duration::from_secs(600),
+        )?;
+        let Some(hello) = upload.stdout.strip_prefix(b"uploaded\n") else {
+            return Err(ReplicaError::Deploy {
+                host: host.to_string(),
+                reason: format!("exit {}: {}", upload.exit_code, upload.stderr.trim()),
+            });
+        };
+        handshake(host, upload.exit_code, hello, &upload.stderr, &fix)
     }
 
-    /// Runs the helper on `host` with `args` and no input; its JSON answer.
+    /// Runs the helper on `host` with `req` and no input; its JSON answer.
     fn call_json<T: serde::de::DeserializeOwned>(
         &self,
         host: &str,
-        args: &str,
+        req: &Request,
         deadline: Duration,
     ) -> Result<T, ReplicaError> {
-        answer(host, &self.call(host, args, &[], deadline)?)
+        answer(host, &self.call(host, req, &[], deadline)?)
     }
 
-    /// Runs the helper on `host` with `args`; its standard output.
+    /// Runs the helper on `host` with `req`; its standard output.
     fn call(
         &self,
         host: &str,
-        args: &str,
+        req: &Request,
         input: &[u8],
         deadline: Duration,
     ) -> Result<Vec<u8>, ReplicaError> {
         if self.is_here(host)? {
-            let (code, stdout, stderr) = self.run_here(host, args, input, deadline)?;
+            let (code, stdout, stderr) = self.run_here(host, req, input, deadline)?;
             if code != 0 {
                 return Err(ReplicaError::Helper {
                     host: host.to_string(),
@@ -491,7 +530,7 @@ impl<'a> Helpers<'a> {
         let hash = self.deploy(host)?;
         let out = self
             .transport
-            .exec_bytes(host, &self.command(&hash, args), input, deadline)?;
+            .exec_bytes(host, &self.command(&hash, req), input, deadline)?;
         if out.exit_code != 0 {
             return Err(ReplicaError::Helper {
                 host: host.to_string(),
@@ -510,14 +549,7 @@ impl<'a> Helpers<'a> {
         dst: &str,
         r: &Replication,
     ) -> Result<ImageTransfer, ReplicaError> {
-        self.transfer(
-            ["manifest", "send", "apply", "blocks"],
-            from,
-            src,
-            to,
-            dst,
-            r,
-        )
+        self.transfer(false, from, src, to, dst, r)
     }
 
     /// Brings the folder `to:dst` up to date with `from:src` (a backup set), file by file,
@@ -530,22 +562,14 @@ impl<'a> Helpers<'a> {
         dst: &str,
         r: &Replication,
     ) -> Result<ImageTransfer, ReplicaError> {
-        self.transfer(
-            ["tree-base", "send-tree", "apply-tree", "files"],
-            from,
-            src,
-            to,
-            dst,
-            r,
-        )
+        self.transfer(true, from, src, to, dst, r)
     }
 
-    /// One transfer: the recovery side's base (`verbs[0]`), then the source's stream
-    /// (`verbs[1]`) piped into the recovery side's apply (`verbs[2]`); `verbs[3]` is the unit
-    /// of what changed.
+    /// One transfer: the recovery side's base, then the source's stream piped into the
+    /// recovery side's apply.
     fn transfer(
         &self,
-        [base_verb, send_verb, apply_verb, unit]: [&'static str; 4],
+        tree: bool,
         from: &str,
         src: &str,
         to: &str,
@@ -553,34 +577,50 @@ impl<'a> Helpers<'a> {
         r: &Replication,
     ) -> Result<ImageTransfer, ReplicaError> {
         let began = std::time::Instant::now();
-        let q = |s: &str| shell_quote(s);
-        let base = self.call(
-            to,
-            &format!(
-                "{base_verb} {}{}",
-                q(dst),
-                if r.reread { " --reread" } else { "" }
-            ),
-            &[],
-            r.deadline,
-        )?;
-        let send = format!(
-            "{send_verb} {}{}",
-            q(src),
-            if r.compress && send_verb == "send" {
-                " --compress"
-            } else {
-                ""
-            }
+        let (src_path, dst_path) = (PathBuf::from(src), PathBuf::from(dst));
+        let (point, taken_at, source, retention) = (
+            r.point.clone(),
+            r.taken_at,
+            format!("{from}:{src}"),
+            r.retention,
         );
-        let apply = format!(
-            "{apply_verb} {} --point {} --taken-at {} --source {} --retention {}",
-            q(dst),
-            q(&r.point),
-            q(&r.taken_at.to_rfc3339()),
-            q(&format!("{from}:{src}")),
-            r.retention
-        );
+        let (base_req, send, apply, unit) = if tree {
+            (
+                Request::TreeBase {
+                    dir: dst_path.clone(),
+                    reread: r.reread,
+                },
+                Request::SendTree { dir: src_path },
+                Request::ApplyTree {
+                    dir: dst_path,
+                    point,
+                    taken_at,
+                    source,
+                    retention,
+                },
+                "files",
+            )
+        } else {
+            (
+                Request::Manifest {
+                    image: dst_path.clone(),
+                    reread: r.reread,
+                },
+                Request::Send {
+                    image: src_path,
+                    compress: r.compress,
+                },
+                Request::Apply {
+                    image: dst_path,
+                    point,
+                    taken_at,
+                    source,
+                    retention,
+                },
+                "blocks",
+            )
+        };
+        let base = self.call(to, &base_req, &[], r.deadline)?;
         let failed = |e: String| ReplicaError::Helper {
             host: to.to_string(),
             reason: format!("replicating {from}:{src} to {to}:{dst} failed: {e}"),
@@ -653,7 +693,9 @@ impl<'a> Helpers<'a> {
     pub fn points(&self, host: &str, image: &str) -> Result<Vec<Point>, ReplicaError> {
         self.call_json(
             host,
-            &format!("points {}", shell_quote(image)),
+            &Request::Points {
+                image: image.into(),
+            },
             Duration::from_secs(60),
         )
     }
@@ -665,11 +707,11 @@ impl<'a> Helpers<'a> {
         image: &str,
         point: Option<&str>,
     ) -> Result<Vec<Checked>, ReplicaError> {
-        let args = match point {
-            Some(p) => format!("verify {} --point {}", shell_quote(image), shell_quote(p)),
-            None => format!("verify {}", shell_quote(image)),
+        let req = Request::Verify {
+            image: image.into(),
+            point: point.map(str::to_string),
         };
-        self.call_json(host, &args, Duration::from_secs(7200))
+        self.call_json(host, &req, Duration::from_secs(7200))
     }
 
     /// Writes point `point` of `host:image` to `host:output`.
@@ -682,12 +724,11 @@ impl<'a> Helpers<'a> {
     ) -> Result<(), ReplicaError> {
         self.call(
             host,
-            &format!(
-                "restore {} --point {} --output {}",
-                shell_quote(image),
-                shell_quote(point),
-                shell_quote(output)
-            ),
+            &Request::Restore {
+                image: image.into(),
+                point: point.into(),
+                output: output.into(),
+            },
             &[],
             Duration::from_secs(7200),
         )
@@ -698,7 +739,9 @@ impl<'a> Helpers<'a> {
     pub fn settle(&self, host: &str, image: &str) -> Result<Option<String>, ReplicaError> {
         self.call_json(
             host,
-            &format!("settle {}", shell_quote(image)),
+            &Request::Settle {
+                image: image.into(),
+            },
             Duration::from_secs(7200),
         )
     }
@@ -712,14 +755,54 @@ impl<'a> Helpers<'a> {
     ) -> Result<crate::replica::store::RolledBack, ReplicaError> {
         self.call_json(
             host,
-            &format!(
-                "roll-back {} --point {}",
-                shell_quote(image),
-                shell_quote(point)
-            ),
+            &Request::RollBack {
+                image: image.into(),
+                point: point.into(),
+            },
             Duration::from_secs(7200),
         )
     }
+}
+
+/// `H="…/helper-HASH"`: where a host keeps the helper of this hash.
+fn helper_path(hash: &str) -> String {
+    format!("H=\"${{XDG_CACHE_HOME:-$HOME/.cache}}/reprise/helper-{hash}\"")
+}
+
+/// The words of `req` after `helper`, quoted for a shell.
+fn shell_words(req: &Request) -> String {
+    req.words()
+        .iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Checks a helper's answer to [`Request::Version`] (its exit code, output and errors):
+/// another protocol, or no answer, is refused naming both versions and what to do (`fix`).
+fn handshake(host: &str, code: i32, out: &[u8], err: &str, fix: &str) -> Result<(), ReplicaError> {
+    let hello = (code == 0)
+        .then(|| serde_json::from_slice::<Hello>(out).ok())
+        .flatten();
+    let theirs = match hello {
+        Some(h) if h.protocol == PROTOCOL => return Ok(()),
+        Some(h) => h.describe(),
+        None => {
+            let said = err.lines().next().unwrap_or("").trim();
+            format!(
+                "no protocol this reprise knows (`helper version` exited with {code}{}{}; a reprise older than protocol 2 does not answer it)",
+                if said.is_empty() { "" } else { ": " },
+                said.chars().take(200).collect::<String>()
+            )
+        }
+    };
+    Err(ReplicaError::Protocol {
+        host: host.to_string(),
+        theirs,
+        ours: PROTOCOL,
+        version: VERSION,
+        fix: fix.to_string(),
+    })
 }
 
 /// Prints this machine's id, the login user's uid, and the id of this boot, one per line (two

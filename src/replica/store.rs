@@ -455,15 +455,16 @@ impl Store {
         };
         let staging = self.path("staging");
         let f = File::create(&staging).map_err(io_err(&staging))?;
-        f.set_len(header.size).map_err(io_err(&staging))?;
         let n = blocks::count(header.size);
-        let mut cvs: Vec<Option<Cv>> = vec![None; n as usize];
+        // Every block comes, in order (checked by `Records`): the hashes grow with what
+        // arrives, never with what the header announces.
+        let mut records = wire::Records::new(header, 0);
+        let mut cvs: Vec<Cv> = Vec::new();
         let mut single = None;
         let mut received = 0u64;
         let whole = loop {
-            match wire::read_record(input).map_err(stream_err)? {
+            match records.next(input).map_err(stream_err)? {
                 Record::Data { idx, data } => {
-                    check_block(header.size, idx, data.len()).map_err(stream_err)?;
                     f.write_all_at(&data, idx * BLOCK as u64)
                         .map_err(io_err(&staging))?;
                     received += data.len() as u64;
@@ -473,24 +474,20 @@ impl Store {
                     if n == 1 {
                         single = Some(*blake3::hash(&data).as_bytes());
                     }
-                    cvs[idx as usize] = Some(blocks::cv(idx, &data));
+                    cvs.push(blocks::cv(idx, &data));
                 }
                 Record::Zero { idx, len } => {
-                    check_block(header.size, idx, len as usize).map_err(stream_err)?;
                     let zeros = vec![0u8; len as usize];
                     if n == 1 {
                         single = Some(*blake3::hash(&zeros).as_bytes());
                     }
-                    cvs[idx as usize] = Some(blocks::cv(idx, &zeros));
+                    cvs.push(blocks::cv(idx, &zeros));
                 }
                 Record::End { whole } => break whole,
             }
         };
-        let cvs: Vec<Cv> = cvs
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| c.ok_or_else(|| stream_err(format!("block {i} was never sent"))))
-            .collect::<Result<_, _>>()?;
+        // Zero blocks at the end are a hole: the size makes them.
+        f.set_len(header.size).map_err(io_err(&staging))?;
         let got = blocks::root(&cvs)
             .or(single)
             .unwrap_or(*blake3::hash(b"").as_bytes());
@@ -563,8 +560,11 @@ impl Store {
         d.write_all(&base.size.to_le_bytes()).map_err(&derr)?;
         let old_n = blocks::count(base.size);
         let new_n = blocks::count(header.size);
+        // Blocks beyond the base come in order (checked by `Records`): the hashes grow with
+        // what arrives, never with what the header announces.
+        let mut records = wire::Records::new(header, old_n);
         let mut cvs = base.cvs.clone();
-        cvs.resize(new_n as usize, [0; 32]);
+        cvs.truncate(new_n as usize);
         let mut single = None;
         let mut received = 0u64;
         let mut changed = 0u64;
@@ -584,23 +584,22 @@ impl Store {
             Ok(len as u64)
         };
         let whole = loop {
-            let (idx, data) = match wire::read_record(input).map_err(stream_err)? {
+            let (idx, data) = match records.next(input).map_err(stream_err)? {
                 Record::Data { idx, data } => {
-                    check_block(header.size, idx, data.len()).map_err(stream_err)?;
                     received += data.len() as u64;
                     (idx, data)
                 }
-                Record::Zero { idx, len } => {
-                    check_block(header.size, idx, len as usize).map_err(stream_err)?;
-                    (idx, vec![0u8; len as usize])
-                }
+                Record::Zero { idx, len } => (idx, vec![0u8; len as usize]),
                 Record::End { whole } => break whole,
             };
             let c = blocks::cv(idx, &data);
             if new_n == 1 {
                 single = Some(*blake3::hash(&data).as_bytes());
             }
-            cvs[idx as usize] = c;
+            match cvs.get_mut(idx as usize) {
+                Some(slot) => *slot = c,
+                None => cvs.push(c),
+            }
             changed += 1;
             j.write_all(&[1]).map_err(&werr)?;
             j.write_all(&idx.to_le_bytes()).map_err(&werr)?;
@@ -1073,15 +1072,6 @@ impl Store {
             intent.point
         )))
     }
-}
-
-fn check_block(size: u64, idx: u64, len: usize) -> Result<(), String> {
-    if idx >= blocks::count(size) || len != blocks::block_len(size, idx) {
-        return Err(format!(
-            "block {idx} of {len} bytes does not fit an image of {size} bytes"
-        ));
-    }
-    Ok(())
 }
 
 /// A block in a journal or delta: length, a zero flag, and the bytes unless zero.

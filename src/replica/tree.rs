@@ -8,19 +8,41 @@
 //! names the files that are gone. The recovery helper stages the new files, checks the digest
 //! of the whole tree against the source's, writes a commit record, then moves files in place;
 //! an interrupted update is thrown away (before its commit) or completed (after it).
+//!
+//! The recovery helper trusts nothing in the stream: it starts with the sender's protocol
+//! (another is refused); every path is checked ([`beneath::check`]) and every file operation
+//! goes through [`beneath::Dir`], which never follows a symbolic link; a path comes at most
+//! once; a `touch` may change only the time of a file the copy holds, a `delete` only remove
+//! one it holds; records, sizes, times and the number of files are bounded; and a link or a
+//! non-file in the copy where the stream would write is refused before the commit.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead as _, Read, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
+use super::beneath::{self, Dir, Kind};
+use super::protocol::{PROTOCOL, VERSION};
 use super::store::{NewPoint, Point, StoreError, Verified, io_err, lock_store};
+
+/// The longest record line of a tree stream (a path is at most 4 KiB).
+pub const MAX_LINE: usize = 64 << 10;
+/// The most files a backup set may hold.
+pub const MAX_FILES: usize = 1_000_000;
+/// The largest file of a backup set.
+pub const MAX_FILE_SIZE: u64 = super::blocks::MAX_IMAGE_SIZE;
+/// The longest recovery tree (JSON) a source reads.
+pub const MAX_TREE_BYTES: u64 = 1 << 30;
+/// Modification times are within years 0 to 9999 (in nanoseconds from the epoch).
+const MAX_MTIME_NS: i128 = 253_402_300_799 * 1_000_000_000;
+const MIN_MTIME_NS: i128 = -62_167_219_200 * 1_000_000_000;
 
 /// One file of a tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FileEntry {
     pub size: u64,
     pub mtime_ns: i128,
@@ -98,13 +120,15 @@ pub fn scan(root: &Path) -> io::Result<Tree> {
 }
 
 // The stream: JSON header lines and raw file bytes.
-//   {"file": {path, size, mtime_ns, blake3}}\n <size bytes>
-//   {"touch": {path, size, mtime_ns, blake3}}\n
-//   {"delete": path}\n
-//   {"end": digest}\n
+//   {"hello": {protocol}}\n                  first, and only first
+//   {"file": {path, entry: {size, mtime_ns, blake3}}}\n <size bytes>
+//   {"touch": {path, entry}}\n                 same content, new time
+//   {"delete": {path}}\n
+//   {"end": {digest}}\n
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
 enum Rec {
+    Hello { protocol: u32 },
     File { path: String, entry: FileEntry },
     Touch { path: String, entry: FileEntry },
     Delete { path: String },
@@ -117,18 +141,81 @@ fn put(w: &mut impl Write, rec: &Rec) -> io::Result<()> {
     w.write_all(&line)
 }
 
-fn get(r: &mut impl io::BufRead) -> Result<Rec, String> {
-    let mut line = String::new();
-    let n = r
-        .read_line(&mut line)
+const ENDED_EARLY: &str =
+    "the stream from the source ended early (connection lost or source helper stopped)";
+
+/// The next line of the stream, at most [`MAX_LINE`] bytes.
+fn line(r: &mut impl io::BufRead) -> Result<String, String> {
+    let mut buf = Vec::new();
+    (&mut *r)
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut buf)
         .map_err(|e| format!("reading the stream from the source: {e}"))?;
-    if n == 0 {
-        return Err(
-            "the stream from the source ended early (connection lost or source helper stopped)"
-                .into(),
-        );
+    if buf.last() != Some(&b'\n') {
+        if buf.len() > MAX_LINE {
+            return Err(format!(
+                "the stream from the source holds a record longer than {MAX_LINE} bytes: refused"
+            ));
+        }
+        return Err(ENDED_EARLY.into());
     }
-    serde_json::from_str(&line).map_err(|e| format!("the stream from the source is damaged: {e}"))
+    String::from_utf8(buf)
+        .map_err(|_| "the stream from the source is damaged: a record is not UTF-8".into())
+}
+
+fn get(r: &mut impl io::BufRead) -> Result<Rec, String> {
+    serde_json::from_str(&line(r)?)
+        .map_err(|e| format!("the stream from the source is damaged: {e}"))
+}
+
+/// Reads the first record, which must say the sender speaks this protocol.
+fn hello(r: &mut impl io::BufRead) -> Result<(), String> {
+    let first = line(r)?;
+    let value: serde_json::Value = serde_json::from_str(&first)
+        .map_err(|_| "the source did not send a reprise tree stream".to_string())?;
+    let theirs = match value.get("hello") {
+        Some(h) => h.get("protocol").and_then(serde_json::Value::as_u64),
+        // Protocol 1 began with its first file (or its end).
+        None if ["file", "touch", "delete", "end"]
+            .iter()
+            .any(|k| value.get(k).is_some()) =>
+        {
+            Some(1)
+        }
+        None => None,
+    };
+    match theirs {
+        Some(p) if p == u64::from(PROTOCOL) => Ok(()),
+        Some(p) => Err(format!(
+            "the source helper speaks protocol {p}; this helper speaks protocol {PROTOCOL} (reprise {VERSION}): both hosts must run the same reprise"
+        )),
+        None => Err("the source did not send a reprise tree stream".into()),
+    }
+}
+
+/// Whether an entry is one the source could have sent; why not.
+fn check_entry(path: &str, e: &FileEntry) -> Result<(), String> {
+    if e.size > MAX_FILE_SIZE {
+        return Err(format!(
+            "`{path}` is announced with {} bytes, more than the {MAX_FILE_SIZE} bytes reprise replicates: refused",
+            e.size
+        ));
+    }
+    if !(MIN_MTIME_NS..=MAX_MTIME_NS).contains(&e.mtime_ns) {
+        return Err(format!(
+            "`{path}` is announced with an impossible time ({} ns): refused",
+            e.mtime_ns
+        ));
+    }
+    if !is_hash(&e.blake3) {
+        return Err(format!("`{path}` is announced with a malformed hash"));
+    }
+    Ok(())
+}
+
+/// 64 lowercase hex digits.
+fn is_hash(h: &str) -> bool {
+    h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// What the source sent.
@@ -144,6 +231,7 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
     let err = |e: io::Error| format!("{name}: {e}");
     let mut now = Tree::default();
     let mut sent = TreeSent::default();
+    put(w, &Rec::Hello { protocol: PROTOCOL }).map_err(err)?;
     for (rel, meta) in walk(root).map_err(err)? {
         let path = root.join(&rel);
         let known = base.files.get(&rel);
@@ -208,6 +296,8 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
 pub struct TreeStore {
     root: PathBuf,
     dir: PathBuf,
+    /// The most files the copy may hold ([`MAX_FILES`]).
+    max_files: usize,
 }
 
 /// The commit record of a tree update.
@@ -220,6 +310,9 @@ struct Commit {
     /// Files that existed before `put` (their old versions go to the previous point's delta).
     replaced: Vec<String>,
     deleted: Vec<String>,
+    /// Files whose time changed, their content not (the time is in `tree`).
+    #[serde(default)]
+    touched: Vec<String>,
     tree: Tree,
     retention: u32,
 }
@@ -231,24 +324,24 @@ struct Undo {
     remove: Vec<String>,
 }
 
-fn move_file(from: &Path, to: &Path) -> Result<(), StoreError> {
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-    }
-    std::fs::rename(from, to).map_err(io_err(from))
+/// Copies the regular file `rel` from `from` to `to` without following a link on either side.
+fn copy_file(from: &Dir, rel: &str, to: &Dir) -> Result<(), StoreError> {
+    let src = from.path().join(rel);
+    let dst = to.path().join(rel);
+    let mut r = from.open_file(rel).map_err(io_err(&src))?;
+    let mut w = to.create_file(rel).map_err(io_err(&dst))?;
+    io::copy(&mut r, &mut w).map_err(io_err(&dst))?;
+    Ok(())
 }
 
-fn copy_tree(from: &Path, to: &Path) -> Result<(), StoreError> {
-    std::fs::create_dir_all(to).map_err(io_err(to))?;
+/// Copies every regular file of `from` into `to` (links in `from` are not files: left out).
+fn copy_tree(from: &Path, to: &Dir) -> Result<(), StoreError> {
     if !from.exists() {
         return Ok(());
     }
+    let src = Dir::open(from, false).map_err(io_err(from))?;
     for (rel, _) in walk(from).map_err(io_err(from))? {
-        let dst = to.join(&rel);
-        if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-        }
-        std::fs::copy(from.join(&rel), &dst).map_err(io_err(&dst))?;
+        copy_file(&src, &rel, to)?;
     }
     Ok(())
 }
@@ -260,6 +353,16 @@ impl TreeStore {
         TreeStore {
             root: root.to_path_buf(),
             dir: PathBuf::from(dir),
+            max_files: MAX_FILES,
+        }
+    }
+
+    /// The same store, holding at most `max_files` files (a lower bound than
+    /// [`MAX_FILES`], so that the bound can be tried without a million files).
+    pub fn with_max_files(self, max_files: usize) -> TreeStore {
+        TreeStore {
+            max_files: max_files.min(MAX_FILES),
+            ..self
         }
     }
 
@@ -382,30 +485,54 @@ impl TreeStore {
         } else {
             self.read_json("tree.json")?
         };
-        let staging = self.path("staging");
-        let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(&staging).map_err(io_err(&staging))?;
-        let (mut put_files, mut replaced, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
+        let staging_path = self.path("staging");
+        let _ = std::fs::remove_dir_all(&staging_path);
+        let staging = Dir::open(&staging_path, true).map_err(io_err(&staging_path))?;
+        let (mut put_files, mut replaced, mut deleted, mut touched) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut seen = std::collections::HashSet::new();
         let mut received = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        hello(input).map_err(stream_err)?;
         let digest = loop {
-            match get(input).map_err(stream_err)? {
-                Rec::File { path, entry } => {
-                    if path.split('/').any(|c| c == ".." || c.is_empty()) || path.starts_with('/') {
-                        return Err(stream_err(format!("refusing the path `{path}`")));
+            let rec = get(input).map_err(stream_err)?;
+            let path = match &rec {
+                Rec::File { path, .. } | Rec::Touch { path, .. } | Rec::Delete { path } => {
+                    beneath::check(path).map_err(stream_err)?;
+                    if !seen.insert(path.clone()) {
+                        return Err(stream_err(format!("`{path}` comes twice in the stream")));
                     }
-                    let dst = staging.join(&path);
-                    if let Some(parent) = dst.parent() {
-                        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+                    path.clone()
+                }
+                Rec::Hello { .. } => {
+                    return Err(stream_err("a second protocol header in the stream".into()));
+                }
+                Rec::End { digest } => {
+                    if !is_hash(digest) {
+                        return Err(stream_err("the end of the stream is malformed".into()));
                     }
-                    let mut f = File::create(&dst).map_err(io_err(&dst))?;
+                    break digest.clone();
+                }
+            };
+            match rec {
+                Rec::File { entry, .. } => {
+                    check_entry(&path, &entry).map_err(stream_err)?;
+                    let known = tree.files.contains_key(&path);
+                    if !known && tree.files.len() >= self.max_files {
+                        return Err(stream_err(format!(
+                            "the stream brings more than the {} files a backup set may hold: refused",
+                            self.max_files
+                        )));
+                    }
+                    let dst = staging_path.join(&path);
+                    let mut f = staging.create_file(&path).map_err(io_err(&dst))?;
                     let mut h = blake3::Hasher::new();
                     let mut left = entry.size;
-                    let mut buf = vec![0u8; 1 << 20];
                     while left > 0 {
-                        let n = (left as usize).min(buf.len());
+                        let n = left.min(buf.len() as u64) as usize;
                         input.read_exact(&mut buf[..n]).map_err(|e| {
                             stream_err(if e.kind() == io::ErrorKind::UnexpectedEof {
-                                "the stream from the source ended early (connection lost or source helper stopped)".into()
+                                ENDED_EARLY.into()
                             } else {
                                 e.to_string()
                             })
@@ -418,33 +545,74 @@ impl TreeStore {
                         return Err(stream_err(format!("`{path}` arrived damaged")));
                     }
                     f.sync_all().map_err(io_err(&dst))?;
-                    set_mtime(&dst, entry.mtime_ns);
+                    drop(f);
+                    staging
+                        .set_mtime(&path, entry.mtime_ns)
+                        .map_err(io_err(&dst))?;
                     received += entry.size;
-                    if tree.files.contains_key(&path) {
+                    if known {
                         replaced.push(path.clone());
                     }
                     put_files.push(path.clone());
                     tree.files.insert(path, entry);
                 }
-                Rec::Touch { path, entry } => {
-                    set_mtime(&self.root.join(&path), entry.mtime_ns);
-                    tree.files.insert(path, entry);
-                }
-                Rec::Delete { path } => {
-                    if tree.files.remove(&path).is_some() {
-                        deleted.push(path);
+                Rec::Touch { entry, .. } => {
+                    check_entry(&path, &entry).map_err(stream_err)?;
+                    let Some(known) = tree.files.get_mut(&path) else {
+                        return Err(stream_err(format!(
+                            "the stream touches `{path}`, which the copy does not hold"
+                        )));
+                    };
+                    if known.size != entry.size || known.blake3 != entry.blake3 {
+                        return Err(stream_err(format!(
+                            "the stream touches `{path}` with other content than the copy's (a touch changes only the time)"
+                        )));
                     }
+                    *known = entry;
+                    touched.push(path);
                 }
-                Rec::End { digest } => break digest,
+                Rec::Delete { .. } => {
+                    if tree.files.remove(&path).is_none() {
+                        return Err(stream_err(format!(
+                            "the stream deletes `{path}`, which the copy does not hold"
+                        )));
+                    }
+                    deleted.push(path);
+                }
+                Rec::Hello { .. } | Rec::End { .. } => unreachable!("handled above"),
             }
         };
         if tree.digest() != digest {
-            let _ = std::fs::remove_dir_all(&staging);
+            let _ = std::fs::remove_dir_all(&staging_path);
             return Err(StoreError::Mismatch {
                 image: self.name(),
                 expected: digest,
                 got: tree.digest(),
             });
+        }
+        // Nothing in the copy may be a link, or anything but a file, where the update writes:
+        // refused now rather than after the commit, which could not be completed.
+        if self.root.exists() {
+            let root = Dir::open(&self.root, false).map_err(io_err(&self.root))?;
+            for p in put_files.iter().chain(&deleted).chain(&touched) {
+                let at = self.root.join(p);
+                match root.kind(p).map_err(io_err(&at))? {
+                    None | Some(Kind::File) => {}
+                    Some(kind) => {
+                        return Err(StoreError::Io {
+                            path: at.display().to_string(),
+                            reason: format!(
+                                "it is a {} in the copy, where the source has a file; nothing was changed (remove it)",
+                                match kind {
+                                    Kind::Link => "symbolic link",
+                                    Kind::Dir => "folder",
+                                    _ => "special file",
+                                }
+                            ),
+                        });
+                    }
+                }
+            }
         }
         let taken: Vec<&str> = points.iter().map(|p| p.id.as_str()).collect();
         let mut id = new.id.clone();
@@ -470,6 +638,7 @@ impl TreeStore {
             put: put_files,
             replaced,
             deleted,
+            touched,
             tree,
             retention: new.retention.max(1),
         };
@@ -481,11 +650,14 @@ impl TreeStore {
     }
 
     /// Moves the staged files in place, keeping what they replace for the previous point.
-    /// Each move is done once: a file already moved is not there any more.
+    /// Each move is done once: a file already moved is not there any more. Every path goes
+    /// through [`Dir`]: checked again, and no link followed.
     fn roll_forward(&self, c: Commit) -> Result<(), StoreError> {
-        let staging = self.path("staging");
-        std::fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        let staging_path = self.path("staging");
+        let root = Dir::open(&self.root, true).map_err(io_err(&self.root))?;
+        let staging = Dir::open(&staging_path, true).map_err(io_err(&staging_path))?;
         let delta = c.prev.as_ref().map(|p| self.path(&format!("deltas/{p}")));
+        let mut keep = None;
         if let Some(d) = &delta {
             let undo = Undo {
                 restore: c.replaced.iter().chain(&c.deleted).cloned().collect(),
@@ -500,22 +672,31 @@ impl TreeStore {
             let f = d.join("undo.json");
             std::fs::write(&f, serde_json::to_vec(&undo).expect("serializes"))
                 .map_err(io_err(&f))?;
+            let files = d.join("files");
+            keep = Some(Dir::open(&files, true).map_err(io_err(&files))?);
         }
         for p in c.replaced.iter().chain(&c.deleted) {
             let cur = self.root.join(p);
-            if let Some(d) = &delta {
-                let keep = d.join("files").join(p);
-                if cur.exists() && !keep.exists() {
-                    move_file(&cur, &keep)?;
+            let present = root.kind(p).map_err(io_err(&cur))?.is_some();
+            if let Some(keep) = &keep {
+                let kept = keep.path().join(p);
+                if present && keep.kind(p).map_err(io_err(&kept))?.is_none() {
+                    root.rename(p, keep, p).map_err(io_err(&cur))?;
                 }
-            } else if cur.exists() && c.deleted.contains(p) {
-                std::fs::remove_file(&cur).map_err(io_err(&cur))?;
+            } else if present && c.deleted.contains(p) {
+                root.remove_file(p).map_err(io_err(&cur))?;
             }
         }
         for p in &c.put {
-            let staged = staging.join(p);
-            if staged.exists() {
-                move_file(&staged, &self.root.join(p))?;
+            let staged = staging_path.join(p);
+            if staging.kind(p).map_err(io_err(&staged))? == Some(Kind::File) {
+                staging.rename(p, &root, p).map_err(io_err(&staged))?;
+            }
+        }
+        for p in &c.touched {
+            if let Some(f) = c.tree.files.get(p) {
+                // Only a time: a file gone from the copy meanwhile is found by the next check.
+                let _ = root.set_mtime(p, f.mtime_ns);
             }
         }
         self.write_json("tree.json", &c.tree)?;
@@ -531,7 +712,7 @@ impl TreeStore {
         for id in dropped {
             let _ = std::fs::remove_dir_all(self.path(&format!("deltas/{id}")));
         }
-        let _ = std::fs::remove_dir_all(&staging);
+        let _ = std::fs::remove_dir_all(&staging_path);
         let commit = self.path("commit.json");
         std::fs::remove_file(&commit).map_err(io_err(&commit))?;
         Ok(())
@@ -553,7 +734,8 @@ impl TreeStore {
                 image: self.name(),
                 point: id.to_string(),
             })?;
-        copy_tree(&self.root, out)?;
+        let outd = Dir::open(out, true).map_err(io_err(out))?;
+        copy_tree(&self.root, &outd)?;
         for j in (k..points.len() - 1).rev() {
             let d = self.path(&format!("deltas/{}", points[j].id));
             let undo_path = d.join("undo.json");
@@ -564,14 +746,19 @@ impl TreeStore {
                         reason: e.to_string(),
                     })?;
             for p in &undo.remove {
-                let _ = std::fs::remove_file(out.join(p));
-            }
-            for p in &undo.restore {
-                let dst = out.join(p);
-                if let Some(parent) = dst.parent() {
-                    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+                match outd.remove_file(p) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(io_err(&out.join(p))(e));
+                    }
+                    _ => {}
                 }
-                std::fs::copy(d.join("files").join(p), &dst).map_err(io_err(&dst))?;
+            }
+            if !undo.restore.is_empty() {
+                let files = d.join("files");
+                let kept = Dir::open(&files, false).map_err(io_err(&files))?;
+                for p in &undo.restore {
+                    copy_file(&kept, p, &outd)?;
+                }
             }
         }
         let got = scan(out).map_err(io_err(out))?.digest();
@@ -625,15 +812,6 @@ impl TreeStore {
         }
         self.write_json("points.json", &points)?;
         Ok(out)
-    }
-}
-
-fn set_mtime(path: &Path, ns: i128) {
-    let secs = (ns.div_euclid(1_000_000_000)) as i64;
-    let nanos = ns.rem_euclid(1_000_000_000) as u32;
-    let t = std::time::UNIX_EPOCH + std::time::Duration::new(secs.max(0) as u64, nanos);
-    if let Ok(f) = File::options().write(true).open(path) {
-        let _ = f.set_modified(t);
     }
 }
 

@@ -1,13 +1,23 @@
-//! The stream from the source helper to the recovery helper: a header naming the manifest it
-//! was computed against and the new size, the blocks that differ (data, zstd-compressed data
-//! when asked for and smaller, or only their length for a block of zeros, which stays a hole),
-//! and the whole-image hash at the end.
+//! The stream from the source helper to the recovery helper: a header naming the sender's
+//! protocol, the manifest it was computed against and the new size, the blocks that differ
+//! (data, zstd-compressed data when asked for and smaller, or only their length for a block of
+//! zeros, which stays a hole), in increasing order, and the whole-image hash at the end.
+//!
+//! The receiver trusts none of it: [`read_header`] refuses another protocol and sizes beyond
+//! [`MAX_IMAGE_SIZE`]; [`Records`] refuses a block beyond the announced size, of the wrong
+//! length, repeated or out of order, and a stream that ends before every block it must carry
+//! came; nothing is allocated from a length before it is checked.
 //!
 //! Pure encoding and decoding over `Read`/`Write`.
 
 use std::io::{self, Read, Write};
 
-const MAGIC: &[u8; 8] = b"RPRSTR1\n";
+use super::blocks::{self, BLOCK, MAX_IMAGE_SIZE};
+use super::protocol::{PROTOCOL, VERSION};
+
+/// The start of a stream, followed by the protocol in decimal and a newline (`RPRSTR2\n`;
+/// reprise before versions were checked sent `RPRSTR1\n`, i.e. protocol 1).
+const MAGIC: &[u8; 6] = b"RPRSTR";
 
 /// The start of a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +39,7 @@ pub enum Record {
 
 pub fn write_header(w: &mut impl Write, h: &Header) -> io::Result<()> {
     w.write_all(MAGIC)?;
+    w.write_all(format!("{PROTOCOL}\n").as_bytes())?;
     w.write_all(&h.base_size.to_le_bytes())?;
     w.write_all(&h.base_whole)?;
     w.write_all(&h.size.to_le_bytes())
@@ -98,15 +109,42 @@ fn u32_of(r: &mut impl Read) -> Result<u32, String> {
 }
 
 pub fn read_header(r: &mut impl Read) -> Result<Header, String> {
-    let mut magic = [0u8; 8];
+    let mut magic = [0u8; 6];
     r.read_exact(&mut magic).map_err(truncated)?;
     if &magic != MAGIC {
         return Err("the source did not send a reprise block stream".into());
+    }
+    // The protocol: at most 10 digits, then a newline.
+    let mut digits = Vec::new();
+    loop {
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b).map_err(truncated)?;
+        match b[0] {
+            b'\n' if !digits.is_empty() => break,
+            b'0'..=b'9' if digits.len() < 10 => digits.push(b[0]),
+            _ => return Err("the header of the stream from the source is damaged".into()),
+        }
+    }
+    let theirs: u64 = std::str::from_utf8(&digits)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .ok_or("the header of the stream from the source is damaged")?;
+    if theirs != u64::from(PROTOCOL) {
+        return Err(format!(
+            "the source helper speaks protocol {theirs}; this helper speaks protocol {PROTOCOL} (reprise {VERSION}): both hosts must run the same reprise"
+        ));
     }
     let base_size = u64_of(r)?;
     let mut base_whole = [0u8; 32];
     r.read_exact(&mut base_whole).map_err(truncated)?;
     let size = u64_of(r)?;
+    for (what, n) in [("its base", base_size), ("the image", size)] {
+        if n > MAX_IMAGE_SIZE {
+            return Err(format!(
+                "the stream from the source announces {n} bytes for {what}, more than the {MAX_IMAGE_SIZE} bytes reprise replicates: refused"
+            ));
+        }
+    }
     Ok(Header {
         base_size,
         base_whole,
@@ -114,15 +152,112 @@ pub fn read_header(r: &mut impl Read) -> Result<Header, String> {
     })
 }
 
-/// The next record; `buf` is reused for block data.
+/// The records of one stream, each checked against its header as it comes: a block lies
+/// within the announced size and has the length that size gives it; indexes only increase
+/// (no block twice, none out of order); and every block the receiver does not already hold
+/// (all of them for a first copy; beyond the base for an update) comes, in turn, before the end.
+#[derive(Debug, Clone)]
+pub struct Records {
+    size: u64,
+    count: u64,
+    /// Blocks below this may be left out (the receiver has them).
+    held: u64,
+    /// The next index allowed.
+    next: u64,
+    ended: bool,
+}
+
+impl Records {
+    /// `base_blocks`: how many blocks the receiver holds (0 for a first copy).
+    pub fn new(header: &Header, base_blocks: u64) -> Records {
+        let count = blocks::count(header.size);
+        Records {
+            size: header.size,
+            count,
+            held: base_blocks.min(count),
+            next: 0,
+            ended: false,
+        }
+    }
+
+    /// The next record, checked; an error for anything the header does not allow.
+    pub fn next(&mut self, r: &mut impl Read) -> Result<Record, String> {
+        if self.ended {
+            return Err("the stream was read past its end".into());
+        }
+        let rec = read_record_within(r, self.size)?;
+        match &rec {
+            Record::Data { idx, data } => self.check(*idx, data.len())?,
+            Record::Zero { idx, len } => self.check(*idx, *len as usize)?,
+            Record::End { .. } => {
+                let missing = self.next.max(self.held);
+                if missing < self.count {
+                    return Err(format!(
+                        "the stream ended without block {missing} of the {} the header announced ({} bytes)",
+                        self.count, self.size
+                    ));
+                }
+                self.ended = true;
+            }
+        }
+        Ok(rec)
+    }
+
+    fn check(&mut self, idx: u64, len: usize) -> Result<(), String> {
+        if idx >= self.count {
+            return Err(format!(
+                "block {idx} lies beyond the image of {} bytes the header announced",
+                self.size
+            ));
+        }
+        if idx < self.next {
+            return Err(format!(
+                "block {idx} comes again or out of order (after block {})",
+                self.next - 1
+            ));
+        }
+        let needed = self.next.max(self.held);
+        if idx > needed {
+            return Err(format!(
+                "block {needed} is missing from the stream (block {idx} came instead)"
+            ));
+        }
+        let want = blocks::block_len(self.size, idx);
+        if len != want {
+            return Err(format!(
+                "block {idx} is {len} bytes; an image of {} bytes has {want} there",
+                self.size
+            ));
+        }
+        self.next = idx + 1;
+        Ok(())
+    }
+}
+
+/// The next record, its lengths checked before anything is allocated (use [`Records`] to
+/// check it against the header too).
 pub fn read_record(r: &mut impl Read) -> Result<Record, String> {
+    read_record_within(r, MAX_IMAGE_SIZE)
+}
+
+/// [`read_record`] for an image of `size` bytes: a block index beyond it is refused before
+/// its data is read.
+fn read_record_within(r: &mut impl Read, size: u64) -> Result<Record, String> {
+    let beyond = |idx: u64| {
+        (idx >= blocks::count(size)).then(|| {
+            format!("block {idx} lies beyond the image of {size} bytes the header announced")
+        })
+    };
     let mut tag = [0u8; 1];
     r.read_exact(&mut tag).map_err(truncated)?;
     match tag[0] {
         1 => {
             let idx = u64_of(r)?;
+            if let Some(e) = beyond(idx) {
+                return Err(e);
+            }
             let len = u32_of(r)? as usize;
-            if len > super::BLOCK {
+            if len > BLOCK {
                 return Err(format!(
                     "block {idx} of the stream is too long ({len} bytes)"
                 ));
@@ -134,6 +269,11 @@ pub fn read_record(r: &mut impl Read) -> Result<Record, String> {
         2 => {
             let idx = u64_of(r)?;
             let len = u32_of(r)?;
+            if len as usize > BLOCK {
+                return Err(format!(
+                    "block {idx} of the stream is too long ({len} bytes)"
+                ));
+            }
             Ok(Record::Zero { idx, len })
         }
         3 => {
@@ -143,9 +283,12 @@ pub fn read_record(r: &mut impl Read) -> Result<Record, String> {
         }
         4 => {
             let idx = u64_of(r)?;
+            if let Some(e) = beyond(idx) {
+                return Err(e);
+            }
             let len = u32_of(r)? as usize;
             let zlen = u32_of(r)? as usize;
-            if len > super::BLOCK || zlen > super::BLOCK {
+            if len > BLOCK || zlen > BLOCK {
                 return Err(format!(
                     "block {idx} of the stream is too long ({len} bytes, {zlen} compressed)"
                 ));
@@ -205,7 +348,7 @@ mod tests {
 
     #[test]
     fn a_compressed_block_comes_back_whole_and_a_damaged_one_is_an_error() {
-        let block: Vec<u8> = (0..super::super::BLOCK).map(|i| (i / 512) as u8).collect();
+        let block: Vec<u8> = (0..BLOCK).map(|i| (i / 512) as u8).collect();
         let mut c = Compressor::new().unwrap();
         let z = c.compress(&block).expect("a repetitive block compresses");
         assert!(z.len() < block.len() / 8, "{} bytes", z.len());

@@ -4,6 +4,7 @@ mod bad_input;
 mod cli;
 mod common;
 mod example;
+mod hostile;
 mod https;
 mod lab;
 mod lab_any;

@@ -1,0 +1,331 @@
+//! The helper protocol: the one definition of what the orchestrator asks a helper
+//! ([`Request`], read by `reprise helper` with clap and written by [`Request::words`] from the
+//! same enum), what a helper answers ([`Hello`], and the JSON types named on each request),
+//! and the version that both must speak ([`PROTOCOL`]).
+//!
+//! The handshake: the orchestrator asks each host's helper [`Request::Version`] once (with
+//! the probe that finds or uploads it) and refuses a helper of another protocol; every other
+//! request carries `--protocol`, which the helper refuses when it is not its own; the streams
+//! between two helpers start with the sender's protocol ([`super::wire`], [`super::tree`]),
+//! which the receiver refuses when it is not its own. Nothing of another version is ever read
+//! as if it were this one.
+//!
+//! No IO here.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The version of the helper protocol this binary speaks. Raise it whenever a request, an
+/// answer or a stream changes meaning. Version 1 is reprise before versions were exchanged
+/// (its block stream starts `RPRSTR1`, its tree stream has no header).
+pub const PROTOCOL: u32 = 2;
+
+/// The version of this program, as helpers report it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// One request to the helper: the subcommand of `reprise helper`. The JSON answer of each is
+/// named on it; errors are lines on standard error and a non-zero exit.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// The helper's protocol and version: [`Hello`]. Understood by every version, so it is
+    /// sent without `--protocol`.
+    Version,
+    /// BLAKE3 of this helper's own executable, hex, one line (an upload checks itself).
+    HashSelf,
+    /// Source side: reads the recovery manifest on stdin, writes the block stream (its data
+    /// blocks zstd-compressed with `compress`, when that makes them smaller).
+    Send {
+        image: PathBuf,
+        #[arg(long)]
+        compress: bool,
+    },
+    /// Recovery side: the binary manifest to compare against (after settling an interrupted
+    /// update).
+    Manifest {
+        image: PathBuf,
+        #[arg(long)]
+        reread: bool,
+    },
+    /// Recovery side: applies a block stream as a new point; answers `store::Applied`.
+    Apply {
+        image: PathBuf,
+        #[arg(long)]
+        point: String,
+        #[arg(long)]
+        taken_at: DateTime<Utc>,
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        retention: u32,
+    },
+    /// Source side of a backup set: reads the recovery tree (JSON) on stdin, writes the tree
+    /// stream.
+    SendTree { dir: PathBuf },
+    /// Recovery side of a backup set: the tree to compare against (`tree::Tree`).
+    TreeBase {
+        dir: PathBuf,
+        #[arg(long)]
+        reread: bool,
+    },
+    /// Recovery side of a backup set: applies a tree stream as a new point; answers
+    /// `store::Applied` (its `blocks` count files).
+    ApplyTree {
+        dir: PathBuf,
+        #[arg(long)]
+        point: String,
+        #[arg(long)]
+        taken_at: DateTime<Utc>,
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        retention: u32,
+    },
+    /// The points, oldest first: `Vec<store::Point>`.
+    Points { image: PathBuf },
+    /// Verifies one point or all: `Vec<helper::Checked>`.
+    Verify {
+        image: PathBuf,
+        #[arg(long)]
+        point: Option<String>,
+    },
+    /// Writes a point to a file (an image) or a folder (a backup set); no answer.
+    Restore {
+        image: PathBuf,
+        #[arg(long)]
+        point: String,
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Rolls an image's copy back to an older point: `store::RolledBack`.
+    RollBack {
+        image: PathBuf,
+        #[arg(long)]
+        point: String,
+    },
+    /// Completes or throws away an interrupted update or roll-back: its note
+    /// (`Option<String>`, `null` when there was nothing to settle).
+    Settle { image: PathBuf },
+}
+
+/// The answer to [`Request::Version`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    /// The reprise version of the helper (for people: only `protocol` is compared).
+    pub reprise: String,
+}
+
+impl Hello {
+    /// This binary's.
+    pub fn this() -> Hello {
+        Hello {
+            protocol: PROTOCOL,
+            reprise: VERSION.to_string(),
+        }
+    }
+
+    /// `protocol 2 (reprise 0.1.0)`.
+    pub fn describe(&self) -> String {
+        format!("protocol {} (reprise {})", self.protocol, self.reprise)
+    }
+}
+
+/// The words after `reprise helper` that clap reads back as this very request, derived from
+/// the clap definition of [`Request`] and its serde form (so there is no second list of
+/// arguments to keep in step), followed by `--protocol` for every request but
+/// [`Request::Version`].
+impl Request {
+    pub fn words(&self) -> Vec<String> {
+        use clap::Subcommand as _;
+        use serde_json::Value;
+        // A request is made of strings, numbers, flags, times and UTF-8 paths (paths come
+        // from the inventory, which is text): its JSON form always exists.
+        let value = serde_json::to_value(self).expect("a request has a JSON form");
+        let (name, fields) = match value {
+            Value::String(name) => (name, serde_json::Map::new()),
+            Value::Object(map) => {
+                let (name, fields) = map.into_iter().next().expect("one variant");
+                match fields {
+                    Value::Object(fields) => (name, fields),
+                    _ => (name, serde_json::Map::new()),
+                }
+            }
+            _ => unreachable!("an enum serializes as a string or a one-key object"),
+        };
+        let cli = Request::augment_subcommands(clap::Command::new("helper"));
+        let sub = cli
+            .find_subcommand(&name)
+            .expect("every variant is a subcommand");
+        let (mut positional, mut options) = (Vec::new(), Vec::new());
+        for arg in sub.get_arguments() {
+            let text = match fields.get(arg.get_id().as_str()) {
+                None | Some(Value::Null) | Some(Value::Bool(false)) => continue,
+                Some(Value::Bool(true)) => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(other) => Some(other.to_string()),
+            };
+            match (arg.get_long(), text) {
+                (Some(long), None) => options.push(format!("--{long}")),
+                // `--name=value`: a value that starts with `-` stays a value.
+                (Some(long), Some(text)) => options.push(format!("--{long}={text}")),
+                (None, Some(text)) => positional.push(text),
+                (None, None) => {}
+            }
+        }
+        if *self != Request::Version {
+            options.push(format!("--protocol={PROTOCOL}"));
+        }
+        let mut words = vec![name];
+        if positional.iter().any(|p| p.starts_with('-')) {
+            words.extend(options);
+            words.push("--".into());
+            words.extend(positional);
+        } else {
+            words.extend(positional);
+            words.extend(options);
+        }
+        words
+    }
+}
+
+/// Why a request of protocol `theirs` is refused by this helper.
+pub fn refuse_request(theirs: u32) -> String {
+    format!(
+        "this helper speaks protocol {PROTOCOL} (reprise {VERSION}); the request is of protocol {theirs}: the orchestrator and the helpers must be the same reprise"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser as _;
+
+    /// `reprise helper WORDS…` as the command line reads it: the request and its protocol.
+    fn parse(words: &[String]) -> (Request, Option<u32>) {
+        let args = ["reprise", "helper"]
+            .into_iter()
+            .map(String::from)
+            .chain(words.iter().cloned());
+        match Cli::try_parse_from(args) {
+            Ok(Cli {
+                command: Command::Helper { request, protocol },
+                ..
+            }) => (request, protocol),
+            Ok(other) => panic!("{words:?} read as {:?}", other.command),
+            Err(e) => panic!("{words:?}: {e}"),
+        }
+    }
+
+    /// One request of each kind (the match keeps this list complete).
+    fn samples() -> Vec<Request> {
+        let at = DateTime::parse_from_rfc3339("2026-11-28T03:10:00.123456789Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let all = vec![
+            Request::Version,
+            Request::HashSelf,
+            Request::Send {
+                image: "/srv/a b.qcow2".into(),
+                compress: true,
+            },
+            Request::Send {
+                image: "-starts-with-a-dash".into(),
+                compress: false,
+            },
+            Request::Manifest {
+                image: "/srv/a.qcow2".into(),
+                reread: true,
+            },
+            Request::Apply {
+                image: "/srv/a.qcow2".into(),
+                point: "-p1 'quoted' $x".into(),
+                taken_at: at,
+                source: "hv-main:/srv/a.qcow2".into(),
+                retention: 7,
+            },
+            Request::SendTree {
+                dir: "/export/backups".into(),
+            },
+            Request::TreeBase {
+                dir: "/srv/backups".into(),
+                reread: false,
+            },
+            Request::ApplyTree {
+                dir: "/srv/backups".into(),
+                point: "p".into(),
+                taken_at: at,
+                source: "san:/export".into(),
+                retention: 1,
+            },
+            Request::Points {
+                image: "/srv/a.qcow2".into(),
+            },
+            Request::Verify {
+                image: "/srv/a.qcow2".into(),
+                point: None,
+            },
+            Request::Verify {
+                image: "/srv/a.qcow2".into(),
+                point: Some("--p".into()),
+            },
+            Request::Restore {
+                image: "/srv/a.qcow2".into(),
+                point: "p".into(),
+                output: "/tmp/out=1".into(),
+            },
+            Request::RollBack {
+                image: "/srv/a.qcow2".into(),
+                point: "p".into(),
+            },
+            Request::Settle {
+                image: "/srv/a.qcow2".into(),
+            },
+        ];
+        for r in &all {
+            match r {
+                Request::Version
+                | Request::HashSelf
+                | Request::Send { .. }
+                | Request::Manifest { .. }
+                | Request::Apply { .. }
+                | Request::SendTree { .. }
+                | Request::TreeBase { .. }
+                | Request::ApplyTree { .. }
+                | Request::Points { .. }
+                | Request::Verify { .. }
+                | Request::Restore { .. }
+                | Request::RollBack { .. }
+                | Request::Settle { .. } => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_request_reads_back_as_itself_with_its_protocol() {
+        for req in samples() {
+            let words = req.words();
+            let (request, protocol) = parse(&words);
+            assert_eq!(request, req, "{words:?}");
+            let expected = (req != Request::Version).then_some(PROTOCOL);
+            assert_eq!(protocol, expected, "{words:?}");
+        }
+    }
+
+    #[test]
+    fn the_first_words_name_the_request_and_its_object() {
+        let req = Request::Apply {
+            image: "/srv/a.qcow2".into(),
+            point: "p1".into(),
+            taken_at: Utc::now(),
+            source: "s".into(),
+            retention: 2,
+        };
+        assert_eq!(req.words()[..2], ["apply", "/srv/a.qcow2"]);
+        assert_eq!(Request::Version.words(), ["version"]);
+    }
+}
