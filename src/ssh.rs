@@ -773,33 +773,13 @@ fn verify_host_key(
                 path: spec.known_hosts.display().to_string(),
                 reason: e.to_string(),
             })?;
-        // Line by line, as `ssh` reads it: a line libssh2 cannot parse (a key type it does not
-        // know) is skipped rather than making the whole file unusable; `@cert-authority` lines
-        // are skipped (host certificates are not used); a key marked `@revoked` is refused.
-        for line in text.lines() {
-            let t = line.trim_start();
-            if t.is_empty() || t.starts_with('#') {
-                continue;
-            }
-            if let Some(rest) = t.strip_prefix("@revoked") {
-                let blob = rest
-                    .split_whitespace()
-                    .nth(2)
-                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
-                if blob.as_deref() == Some(key) {
-                    return Err(SshError::RevokedHostKey {
-                        host: spec.id.clone(),
-                        endpoint,
-                        offered,
-                        known_hosts: spec.known_hosts.display().to_string(),
-                    });
-                }
-                continue;
-            }
-            if t.starts_with('@') {
-                continue;
-            }
-            let _ = kh.read_str(line, KnownHostFileKind::OpenSSH);
+        if read_known_hosts(&mut kh, &text, key).is_err() {
+            return Err(SshError::RevokedHostKey {
+                host: spec.id.clone(),
+                endpoint,
+                offered,
+                known_hosts: spec.known_hosts.display().to_string(),
+            });
         }
     }
     match kh.check_port(&spec.address, spec.port, key) {
@@ -822,6 +802,50 @@ fn verify_host_key(
             endpoint,
             offered,
         }),
+    }
+}
+
+/// Reads a `known_hosts` text into `kh` line by line, as `ssh` reads it: a line libssh2
+/// cannot parse (a key type it does not know) is skipped rather than making the whole file
+/// unusable; `@cert-authority` lines are skipped (host certificates are not used). `Err` when
+/// a line marks `key` `@revoked`.
+fn read_known_hosts(kh: &mut ssh2::KnownHosts, text: &str, key: &[u8]) -> Result<(), ()> {
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        if let Some(rest) = t.strip_prefix("@revoked") {
+            let blob = rest
+                .split_whitespace()
+                .nth(2)
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+            if blob.as_deref() == Some(key) {
+                return Err(());
+            }
+            continue;
+        }
+        if t.starts_with('@') {
+            continue;
+        }
+        let _ = kh.read_str(line, KnownHostFileKind::OpenSSH);
+    }
+    Ok(())
+}
+
+/// What a `known_hosts` text says of `key` at `address:port`, read as a connection reads it
+/// (without one): `Some(true)` a match, `Some(false)` another key or `@revoked`, `None` no
+/// entry. For tests and fuzzing of the reader.
+pub fn known_hosts_say(text: &str, address: &str, port: u16, key: &[u8]) -> Option<bool> {
+    let raw = RawSession::new().ok()?;
+    let mut kh = raw.known_hosts().ok()?;
+    if read_known_hosts(&mut kh, text, key).is_err() {
+        return Some(false);
+    }
+    match kh.check_port(address, port, key) {
+        CheckResult::Match => Some(true),
+        CheckResult::Mismatch => Some(false),
+        CheckResult::NotFound | CheckResult::Failure => None,
     }
 }
 

@@ -39,14 +39,17 @@ pub fn check(rel: &str) -> Result<(), String> {
     } else {
         return Ok(());
     };
-    Err(format!(
-        "refusing the path `{}`: {why}",
-        rel.escape_debug()
-            .to_string()
-            .chars()
-            .take(200)
-            .collect::<String>()
-    ))
+    Err(format!("refusing the path `{}`: {why}", shown(rel)))
+}
+
+/// A path from another host as a message shows it: control characters escaped (they could
+/// drive the operator's terminal), at most 200 characters.
+pub fn shown(rel: &str) -> String {
+    let mut s: String = rel.escape_debug().take(200).collect();
+    if rel.escape_debug().nth(200).is_some() {
+        s.push('…');
+    }
+    s
 }
 
 /// What a path names, its last component not followed.
@@ -133,14 +136,14 @@ impl Dir {
     fn why(&self, fd: &OwnedFd, name: &str, walked: &str, e: rustix::io::Errno) -> io::Error {
         let kind = rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)
             .map(|st| FileType::from_raw_mode(st.st_mode));
-        let at = self.path.join(walked);
+        let at = format!("{}/{}", self.path.display(), shown(walked));
         match kind {
             Ok(FileType::Symlink) => io::Error::other(format!(
                 "{} is a symbolic link: links inside a copy are never followed (remove it)",
-                at.display()
+                at
             )),
             Ok(FileType::Directory) | Err(_) => io::Error::from(e),
-            Ok(_) => io::Error::other(format!("{} is not a folder", at.display())),
+            Ok(_) => io::Error::other(format!("{at} is not a folder")),
         }
     }
 

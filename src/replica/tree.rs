@@ -195,6 +195,7 @@ fn hello(r: &mut impl io::BufRead) -> Result<(), String> {
 
 /// Whether an entry is one the source could have sent; why not.
 fn check_entry(path: &str, e: &FileEntry) -> Result<(), String> {
+    let path = beneath::shown(path);
     if e.size > MAX_FILE_SIZE {
         return Err(format!(
             "`{path}` is announced with {} bytes, more than the {MAX_FILE_SIZE} bytes reprise replicates: refused",
@@ -500,7 +501,10 @@ impl TreeStore {
                 Rec::File { path, .. } | Rec::Touch { path, .. } | Rec::Delete { path } => {
                     beneath::check(path).map_err(stream_err)?;
                     if !seen.insert(path.clone()) {
-                        return Err(stream_err(format!("`{path}` comes twice in the stream")));
+                        return Err(stream_err(format!(
+                            "`{}` comes twice in the stream",
+                            beneath::shown(path)
+                        )));
                     }
                     path.clone()
                 }
@@ -542,7 +546,10 @@ impl TreeStore {
                         left -= n as u64;
                     }
                     if h.finalize().to_hex().as_str() != entry.blake3 {
-                        return Err(stream_err(format!("`{path}` arrived damaged")));
+                        return Err(stream_err(format!(
+                            "`{}` arrived damaged",
+                            beneath::shown(&path)
+                        )));
                     }
                     f.sync_all().map_err(io_err(&dst))?;
                     drop(f);
@@ -560,12 +567,14 @@ impl TreeStore {
                     check_entry(&path, &entry).map_err(stream_err)?;
                     let Some(known) = tree.files.get_mut(&path) else {
                         return Err(stream_err(format!(
-                            "the stream touches `{path}`, which the copy does not hold"
+                            "the stream touches `{}`, which the copy does not hold",
+                            beneath::shown(&path)
                         )));
                     };
                     if known.size != entry.size || known.blake3 != entry.blake3 {
                         return Err(stream_err(format!(
-                            "the stream touches `{path}` with other content than the copy's (a touch changes only the time)"
+                            "the stream touches `{}` with other content than the copy's (a touch changes only the time)",
+                            beneath::shown(&path)
                         )));
                     }
                     *known = entry;
@@ -574,7 +583,8 @@ impl TreeStore {
                 Rec::Delete { .. } => {
                     if tree.files.remove(&path).is_none() {
                         return Err(stream_err(format!(
-                            "the stream deletes `{path}`, which the copy does not hold"
+                            "the stream deletes `{}`, which the copy does not hold",
+                            beneath::shown(&path)
                         )));
                     }
                     deleted.push(path);
@@ -595,12 +605,16 @@ impl TreeStore {
         if self.root.exists() {
             let root = Dir::open(&self.root, false).map_err(io_err(&self.root))?;
             for p in put_files.iter().chain(&deleted).chain(&touched) {
-                let at = self.root.join(p);
-                match root.kind(p).map_err(io_err(&at))? {
+                let at = format!("{}/{}", self.root.display(), beneath::shown(p));
+                let kind = root.kind(p).map_err(|e| StoreError::Io {
+                    path: at.clone(),
+                    reason: e.to_string(),
+                })?;
+                match kind {
                     None | Some(Kind::File) => {}
                     Some(kind) => {
                         return Err(StoreError::Io {
-                            path: at.display().to_string(),
+                            path: at,
                             reason: format!(
                                 "it is a {} in the copy, where the source has a file; nothing was changed (remove it)",
                                 match kind {

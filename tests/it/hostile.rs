@@ -281,6 +281,15 @@ fn touch_and_delete_name_only_files_the_copy_holds_and_touch_keeps_their_content
         &tree_stream(&[touch_rec("a.dump", b"zz"), end_rec(&lying)]),
         "other content",
     );
+    // A name made to drive the operator's terminal is shown escaped.
+    let err = set.refused(
+        &tree_stream(&[delete_rec("evil\u{1b}[2J\nname"), end_rec(&base)]),
+        "which the copy does not hold",
+    );
+    assert!(
+        err.contains("evil\\u{1b}[2J\\nname") && !err.contains('\u{1b}') && !err.contains('\n'),
+        "{err:?}"
+    );
     // A path twice, or a second header.
     set.refused(
         &tree_stream(&[file_rec("n", b"1"), file_rec("n", b"1"), end_rec(&base)]),
