@@ -1089,6 +1089,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_helper_of_another_protocol_or_none_is_refused_naming_both() {
+        let this = serde_json::to_vec(&Hello::this()).unwrap();
+        assert!(handshake("hv-pra", 0, &this, "", "fix").is_ok());
+        let old = br#"{"protocol":1,"reprise":"0.0.9"}"#;
+        let e = handshake("hv-pra", 0, old, "", "remove it").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "hv-pra: its reprise helper speaks protocol 1 (reprise 0.0.9); this reprise speaks protocol {PROTOCOL} (reprise {VERSION}): refusing to use it (remove it)"
+            )
+        );
+        let e = handshake(
+            "hv-pra",
+            2,
+            b"",
+            "error: unrecognized subcommand 'version'\n",
+            "x",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("hv-pra: its reprise helper speaks no protocol this reprise knows")
+                && e.contains("exited with 2: error: unrecognized subcommand 'version'"),
+            "{e}"
+        );
+        // An answer that is not a hello, even with exit 0, is never taken for one.
+        let e = handshake("hv-pra", 0, b"present", "", "x").unwrap_err();
+        assert!(e.to_string().contains("no protocol"), "{e}");
+    }
+
+    #[test]
     fn here_is_this_machine_only_with_the_same_id_and_the_same_user() {
         assert_eq!(
             same_machine("hv-pra", "abc\n0\nb1\n", "abc\n0\nb1\n"),

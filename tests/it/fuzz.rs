@@ -8,10 +8,12 @@
 //! inputs mutated (bits flipped, bytes set to edge values, runs inserted, deleted, repeated,
 //! cut, spliced with another input) and arbitrary bytes. A case fails on a panic, on a single
 //! allocation beyond 64 MiB (a decoder sizing memory from what it read: inputs are at most a
-//! few hundred KiB), and, for the targets that apply a stream, on any change outside the copy
-//! or to the copy when the stream is refused. A case still running after a minute aborts the
-//! binary (a hang), its input saved. Failing inputs are written to
-//! `target/fuzz-crashes/<target>/`: the smallest one goes into the corpus with the fix.
+//! few hundred KiB; one of over 256 MiB is refused at once and the binary aborts), and, for
+//! the targets that apply a stream, on any change outside the copy or to the copy when the
+//! stream is refused. A case still running after a minute aborts the binary (a hang). Failing
+//! inputs are written to `target/fuzz-crashes/<target>/` (and each input, before its case
+//! runs, to `last-input` there: what killed the process): the smallest one goes into the corpus
+//! with the fix.
 //!
 //! `REPRISE_FUZZ_CASES=N` runs N cases per target (the default keeps each target to a few
 //! seconds); `REPRISE_FUZZ_SEEDS=write` writes the generated seeds into the corpus again.
@@ -54,23 +56,38 @@ fn note(size: usize) {
     });
 }
 
-// SAFETY: every call is passed to the system allocator unchanged; `note` only reads and
-// writes two thread-local cells, which allocate nothing.
+/// Whether a watched thread may have `size` bytes at once; noted either way. A request far
+/// beyond [`MOST_AT_ONCE`] fails at once (the process then aborts, its input saved before the
+/// case ran), rather than taking the machine's memory.
+fn allowed(size: usize) -> bool {
+    note(size);
+    size <= 4 * MOST_AT_ONCE || !WATCHED.try_with(Cell::get).unwrap_or(false)
+}
+
+// SAFETY: every call is passed to the system allocator unchanged, or fails with a null
+// pointer as an allocator may; `note` and `allowed` only read and write thread-local cells,
+// which allocate nothing.
 unsafe impl GlobalAlloc for Watch {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
+        if !allowed(layout.size()) {
+            return std::ptr::null_mut();
+        }
         // SAFETY: the caller's contract, passed on.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
+        if !allowed(layout.size()) {
+            return std::ptr::null_mut();
+        }
         // SAFETY: the caller's contract, passed on.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
+        if !allowed(new_size) {
+            return std::ptr::null_mut();
+        }
         // SAFETY: the caller's contract, passed on.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -276,10 +293,13 @@ fn input(corpus: Arc<Vec<(String, Vec<u8>)>>) -> impl Strategy<Value = Vec<u8>> 
 fn save_crash(target: &str, kind: &str, bytes: &[u8]) -> PathBuf {
     let dir = root().join("target/fuzz-crashes").join(target);
     let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join(format!(
-        "{kind}-{}",
-        &blake3::hash(bytes).to_hex().as_str()[..16]
-    ));
+    let path = match kind {
+        "last-input" => dir.join(kind),
+        _ => dir.join(format!(
+            "{kind}-{}",
+            &blake3::hash(bytes).to_hex().as_str()[..16]
+        )),
+    };
     let _ = std::fs::write(&path, bytes);
     path
 }
@@ -313,7 +333,11 @@ fn fuzz(target: &'static str, n: u32, check: impl FnMut(&[u8])) {
             }
         })
     };
+    // Written before each case: what was running when the process died (an allocation
+    // refused, a stack overflow) is there.
+    let last = save_crash(target, "last-input", b"");
     let one = |bytes: &[u8]| -> Result<(), String> {
+        let _ = std::fs::write(&last, bytes);
         *current.lock().unwrap() = bytes.to_vec();
         started.store(epoch.elapsed().as_millis().max(1) as u64, Ordering::Relaxed);
         let mut outcome = Ok(());
