@@ -498,7 +498,7 @@ fn rebase(bytes: &[u8], base: &Manifest) -> Vec<u8> {
 #[test]
 fn fuzz_block_stream_decoding() {
     write_seeds("block-stream", block_seeds);
-    fuzz("block-stream", 3000, |bytes| {
+    fuzz("block-stream", 2000, |bytes| {
         let mut r = bytes;
         let Ok(header) = wire::read_header(&mut r) else {
             return;
@@ -527,7 +527,7 @@ fn fuzz_block_stream_applied_to_a_copy() {
     let fixture = dir.path().join("copy");
     let mut store = image_copy(&fixture);
     let fresh = dir.path().join("fresh");
-    fuzz("block-stream", 600, |bytes| {
+    fuzz("block-stream", 400, |bytes| {
         // A stream whose header names no base is tried as a first copy.
         if bytes.len() >= 16 && bytes[8..16] == [0; 8] {
             let _ = std::fs::remove_dir_all(&fresh);
@@ -638,7 +638,7 @@ fn fuzz_tree_stream_applied_to_a_copy() {
         )
     };
     let mut expected = outside();
-    fuzz("tree-stream", 600, |bytes| {
+    fuzz("tree-stream", 400, |bytes| {
         let before = store.points().unwrap();
         match unlocked(|| store.apply(&mut &bytes[..], point("p"))) {
             Ok(_) => {
@@ -668,7 +668,7 @@ fn fuzz_manifest() {
             ("image", Manifest::of_file(&p).unwrap().encode()),
         ]
     });
-    fuzz("manifest", 3000, |bytes| {
+    fuzz("manifest", 1500, |bytes| {
         if let Ok(m) = Manifest::decode(bytes) {
             assert_eq!(m.encode(), bytes, "a manifest decodes to another");
         }
@@ -690,7 +690,7 @@ fn fuzz_journal_reader() {
     });
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.jsonl");
-    fuzz("journal", 1000, |bytes| {
+    fuzz("journal", 600, |bytes| {
         std::fs::write(&path, bytes).unwrap();
         let _ = reprise::journal::read(&path);
     });
@@ -729,7 +729,7 @@ fn fuzz_known_hosts_reader() {
         ]
     });
     let key = host_key();
-    fuzz("known-hosts", 2000, |bytes| {
+    fuzz("known-hosts", 1000, |bytes| {
         let text = String::from_utf8_lossy(bytes);
         let _ = reprise::ssh::known_hosts_say(&text, "127.0.0.1", 2222, &key);
     });
@@ -770,7 +770,7 @@ fn fuzz_template_parser() {
     use reprise::diagnostic::{FileId, Location};
     use reprise::fields::Sp;
     use reprise::template::Template;
-    fuzz("template", 3000, |bytes| {
+    fuzz("template", 1500, |bytes| {
         let text = String::from_utf8_lossy(bytes).into_owned();
         // As a value of its own, and as the TOML string it was read from.
         let alone = Sp::new(text.clone(), Location::new(FileId(0), 0..text.len()));
