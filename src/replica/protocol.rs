@@ -191,6 +191,18 @@ impl Request {
     }
 }
 
+impl Request {
+    /// The longest answer the orchestrator reads to this request: the manifest of the
+    /// largest image, the tree of the largest backup set, or 64 MiB of JSON.
+    pub fn answer_limit(&self) -> u64 {
+        match self {
+            Request::Manifest { .. } => super::blocks::MAX_MANIFEST_BYTES,
+            Request::TreeBase { .. } => super::tree::MAX_TREE_BYTES,
+            _ => 64 << 20,
+        }
+    }
+}
+
 /// Why a request of protocol `theirs` is refused by this helper.
 pub fn refuse_request(theirs: u32) -> String {
     format!(

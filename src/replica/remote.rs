@@ -181,9 +181,7 @@ impl<'a> Helpers<'a> {
             .arg(IDENTITY)
             .output()
             .map_err(|e| not_here(format!("cannot read this machine's id: {e}")))?;
-        let theirs = self
-            .transport
-            .exec_bytes(host, IDENTITY, &[], Duration::from_secs(60))?;
+        let theirs = self.ask(host, IDENTITY, &[], 4096, Duration::from_secs(60))?;
         if !mine.status.success() || theirs.exit_code != 0 {
             return Err(not_here(format!(
                 "cannot read the machine id: {}{}",
@@ -461,12 +459,13 @@ impl<'a> Helpers<'a> {
         let fix = format!(
             "the helper is found by the hash of this program: remove ~/.cache/reprise/helper-{hash} on {host} so that it is uploaded again"
         );
-        let probe = self.transport.exec_bytes(
+        let probe = self.ask(
             host,
             &format!(
                 "{path}; if [ -x \"$H\" ]; then touch \"$H\"; echo present; exec \"$H\" helper {version}; else echo missing; fi"
             ),
             &[],
+            ANSWER_LIMIT,
             Duration::from_secs(60),
         )?;
         let text = String::from_utf8_lossy(&probe.stdout);
@@ -477,7 +476,7 @@ impl<'a> Helpers<'a> {
         // Written under a temporary name, checked by hash on the host, then renamed: a
         // cut upload or two uploads at once never leave a wrong helper under its name.
         // Helpers of other versions unused for a week (a use touches it) are removed.
-        let upload = self.transport.exec_bytes(
+        let upload = self.ask(
             host,
             &format!(
                 "{path}; mkdir -p \"$(dirname \"$H\")\" && t=\"$H.part.$$\" && cat > \"$t\" && chmod 755 \"$t\" \
@@ -488,6 +487,7 @@ impl<'a> Helpers<'a> {
                 shell_words(&Request::HashSelf)
             ),
             bytes,
+            ANSWER_LIMIT,
             Duration::from_secs(600),
         )?;
         let Some(hello) = upload.stdout.strip_prefix(b"uploaded\n") else {
@@ -528,9 +528,13 @@ impl<'a> Helpers<'a> {
             return Ok(stdout);
         }
         let hash = self.deploy(host)?;
-        let out = self
-            .transport
-            .exec_bytes(host, &self.command(&hash, req), input, deadline)?;
+        let out = self.ask(
+            host,
+            &self.command(&hash, req),
+            input,
+            req.answer_limit(),
+            deadline,
+        )?;
         if out.exit_code != 0 {
             return Err(ReplicaError::Helper {
                 host: host.to_string(),
@@ -538,6 +542,35 @@ impl<'a> Helpers<'a> {
             });
         }
         Ok(out.stdout)
+    }
+
+    /// Runs `command` on `host` with `input`; its answer, of which no more than `limit` bytes
+    /// are read (a host answering without end is refused, not held in memory).
+    fn ask(
+        &self,
+        host: &str,
+        command: &str,
+        input: &[u8],
+        limit: u64,
+        deadline: Duration,
+    ) -> Result<crate::ssh::BytesOutput, ReplicaError> {
+        let mut answer = Capped::new(limit);
+        let out = self
+            .transport
+            .exec_stream(host, command, &mut &input[..], &mut answer, deadline)
+            .map_err(|e| match e {
+                SshError::Local { .. } if answer.over => ReplicaError::Helper {
+                    host: host.to_string(),
+                    reason: format!("its answer is longer than {limit} bytes: refused"),
+                },
+                e => e.into(),
+            })?;
+        Ok(crate::ssh::BytesOutput {
+            exit_code: out.exit_code,
+            stdout: answer.bytes,
+            stderr: out.stderr,
+            duration: out.duration,
+        })
     }
 
     /// Brings `to:dst` up to date with `from:src` and makes it a new point.
@@ -763,6 +796,9 @@ impl<'a> Helpers<'a> {
         )
     }
 }
+
+/// The longest answer read from a probe or an upload (a line and a [`Hello`]).
+const ANSWER_LIMIT: u64 = 64 << 10;
 
 /// `H="…/helper-HASH"`: where a host keeps the helper of this hash.
 fn helper_path(hash: &str) -> String {
@@ -1003,6 +1039,41 @@ fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
     let mut v = Vec::new();
     let _ = r.read_to_end(&mut v);
     v
+}
+
+/// A writer that keeps at most `limit` bytes: what a host answers is read no further.
+struct Capped {
+    bytes: Vec<u8>,
+    limit: u64,
+    over: bool,
+}
+
+impl Capped {
+    fn new(limit: u64) -> Capped {
+        Capped {
+            bytes: Vec::new(),
+            limit,
+            over: false,
+        }
+    }
+}
+
+impl Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if (self.bytes.len() + buf.len()) as u64 > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other(format!(
+                "an answer longer than {} bytes",
+                self.limit
+            )));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A reader or writer that counts the bytes through it; `None` once closed.

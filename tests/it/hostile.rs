@@ -969,9 +969,14 @@ impl TwoHosts {
     /// Replaces the source host's helper by a script: `case` lines for some requests (the
     /// second word), the real helper for the others.
     fn source_helper(&self, cases: &str) {
+        self.helper_on("hv1", cases);
+    }
+
+    /// Replaces the helper of `host` by a script (see [`TwoHosts::source_helper`]).
+    fn helper_on(&self, host: &str, cases: &str) {
         let reprise = Path::new(env!("CARGO_BIN_EXE_reprise"));
         let hash = hash_file(reprise).unwrap();
-        let dir = self.path("hv1-cache/reprise");
+        let dir = self.path(&format!("{host}-cache/reprise"));
         std::fs::create_dir_all(&dir).unwrap();
         let script = format!(
             "#!/bin/sh\ncase \"$2\" in\n{cases}\n*) exec '{}' \"$@\";;\nesac\n",
@@ -1087,4 +1092,25 @@ fn a_helper_of_another_protocol_is_refused_naming_the_host_and_both_versions() {
         "{run:?}"
     );
     assert!(!hosts.path("copy/a.dump").exists());
+}
+
+#[test]
+fn an_answer_without_end_is_refused_not_held_in_memory() {
+    let hosts = TwoHosts::new();
+    hosts.helper_on("hv2", "points) exec yes;;");
+    let run = reprise(
+        hosts.dir.path(),
+        &[
+            "--overlay",
+            hosts.overlay.to_str().unwrap(),
+            "points",
+            "copied",
+        ],
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("hv2: its answer is longer than 67108864 bytes: refused"),
+        "{run:?}"
+    );
 }
