@@ -340,7 +340,7 @@ impl<'a> Helpers<'a> {
         let mut stdin = child.stdin.take().expect("piped");
         let mut stdout = Counted::new(child.stdout.take().expect("piped"));
         let stderr = child.stderr.take().expect("piped");
-        let mut answer = Vec::new();
+        let mut answer = Capped::new(OUTPUT_LIMIT);
         let (streamed, errors) = std::thread::scope(|scope| {
             // The source reads all of the recovery manifest before it writes.
             scope.spawn(move || stdin.write_all(base));
@@ -372,7 +372,7 @@ impl<'a> Helpers<'a> {
             read_exit,
             write_exit: written.exit_code,
             stderr: format!("{errors}{}", written.stderr),
-            output: String::from_utf8_lossy(&answer).into_owned(),
+            output: String::from_utf8_lossy(&answer.bytes).into_owned(),
             duration: began.elapsed(),
         })
     }
@@ -1035,9 +1035,15 @@ fn exit_status(status: std::process::ExitStatus) -> i32 {
         .unwrap_or(-1)
 }
 
-fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
+/// The most of a helper's answer or errors kept from a transfer.
+const OUTPUT_LIMIT: u64 = 64 << 20;
+
+/// All of `r` up to [`OUTPUT_LIMIT`] bytes; beyond, `r` is closed (its writer then fails on
+/// its next write), so that a host writing without end never fills this machine's memory.
+fn read_all(r: impl std::io::Read) -> Vec<u8> {
+    use std::io::Read as _;
     let mut v = Vec::new();
-    let _ = r.read_to_end(&mut v);
+    let _ = r.take(OUTPUT_LIMIT).read_to_end(&mut v);
     v
 }
 

@@ -1097,6 +1097,15 @@ fn a_helper_of_another_protocol_is_refused_naming_the_host_and_both_versions() {
 #[test]
 fn an_answer_without_end_is_refused_not_held_in_memory() {
     let hosts = TwoHosts::new();
+    // The answer to a transfer, then to a question.
+    hosts.helper_on("hv2", "apply-tree) cat > /dev/null; exec yes;;");
+    let run = hosts.replicate();
+    assert_eq!(run.code, 1, "{run:?}");
+    // Read up to a bound, then the pipe is closed: the side writing dies of it at once.
+    assert!(
+        run.stderr.contains("hv2: replicating") && run.stderr.contains("recovery exit 141"),
+        "{run:?}"
+    );
     hosts.helper_on("hv2", "points) exec yes;;");
     let run = reprise(
         hosts.dir.path(),
