@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source scripts/prereqs.sh
+source scripts/hv-prereqs.sh
 
 echo "== cargo fmt --check"
 cargo fmt --check

@@ -1,0 +1,334 @@
+//! reprise's built-in libvirt driver against real libvirt and QEMU (the set-up of `hv`): two
+//! libvirt daemons reached over SSH, a tiny guest that writes a counter to its disk.
+
+use std::time::Duration;
+
+use crate::hv::{Firmware, Hv, wait_for};
+
+/// The number of blocks a `reprise replicate` line says changed.
+fn blocks_changed(stdout: &str) -> u64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(" blocks changed"))
+        .unwrap_or_else(|| panic!("no `blocks changed` in {stdout}"));
+    let before = &line[..line.find(" blocks changed").unwrap()];
+    before
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line}"))
+}
+
+#[test]
+fn a_running_guest_is_replicated_twice_the_second_time_only_what_changed() {
+    let hv = Hv::up();
+    hv.start_guest_on_main("app", 10, Firmware::Bios, 16);
+    let (boot, _) = hv.wait_healthy(10, 2);
+    assert_eq!(boot, 0, "a new disk holds no counter");
+
+    let first = hv.reprise(&["replicate", "--service", "app"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    // 16 MiB of data (256 blocks of 64 KiB) and the counter's block.
+    assert!(blocks_changed(&first.stdout) >= 257, "{}", first.stdout);
+    // The snapshot overlay was merged back: the domain writes to its own disk again.
+    let blocks = hv.main.virsh("domblklist app --details");
+    assert!(
+        blocks.contains("/var/lib/libvirt/images/app.qcow2")
+            && !blocks.contains("reprise-replicate"),
+        "{blocks}"
+    );
+    assert!(
+        !hv.main
+            .path("/var/lib/libvirt/images/app.reprise-replicate")
+            .exists()
+    );
+    let copy = "/srv/replicas/app.qcow2";
+    hv.pra.sh(&format!("qemu-img check -q {copy}"));
+    let copied = hv.pra.counter_on_disk(copy);
+    assert!(copied >= 1, "the copy holds a counter the guest wrote");
+
+    // The guest goes on writing: the next replication sends the counter's block only.
+    let (_, now) = hv.health(10).expect("the guest still answers");
+    assert!(now >= copied, "{now} < {copied}");
+    hv.wait_healthy(10, now + 2);
+    let second = hv.reprise(&["replicate", "--service", "app"]);
+    assert_eq!(second.code, 0, "{second:?}");
+    assert_eq!(blocks_changed(&second.stdout), 1, "{}", second.stdout);
+    assert!(hv.pra.counter_on_disk(copy) > copied);
+    hv.main
+        .sh("qemu-img check -q -U /var/lib/libvirt/images/app.qcow2");
+    let points = hv.reprise(&["points", "app", "--json"]);
+    assert_eq!(points.code, 0, "{points:?}");
+    let points: serde_json::Value = serde_json::from_str(&points.stdout).unwrap();
+    assert_eq!(points.as_array().map(Vec::len), Some(2), "{points}");
+    wait_for("the guest writing on", Duration::from_secs(60), || {
+        hv.health(10).is_some_and(|(_, n)| n > now + 2)
+    });
+}
+
+/// What an administrator has to do by hand on hv-pra today before the built-in driver can start
+/// `vm` there: define the domain from hv-main's definition with its disk moved to the replica,
+/// and create the isolated `reprise-drill` network (with an address on hv-pra, so that a check
+/// run there reaches the drill copy).
+fn prepare_recovery_host_by_hand(hv: &Hv, vm: &str) {
+    let xml = hv.main.virsh(&format!("dumpxml --inactive {vm}")).replace(
+        &format!("/var/lib/libvirt/images/{vm}.qcow2"),
+        &format!("/srv/replicas/{vm}.qcow2"),
+    );
+    std::fs::write(hv.pra.path(&format!("/var/tmp/{vm}.xml")), xml).unwrap();
+    hv.pra.virsh(&format!("define /var/tmp/{vm}.xml"));
+    if !hv
+        .pra
+        .virsh("net-list --all --name")
+        .contains("reprise-drill")
+    {
+        std::fs::write(
+            hv.pra.path("/var/tmp/drill.xml"),
+            "<network><name>reprise-drill</name><bridge name='br-drill'/>\
+             <dns enable='no'/><ip address='10.126.0.1' prefix='24'/></network>",
+        )
+        .unwrap();
+        hv.pra.virsh("net-define /var/tmp/drill.xml");
+        hv.pra.virsh("net-start reprise-drill");
+    }
+}
+
+fn sha256(host: &crate::hv::Host, path: &str) -> String {
+    host.sh(&format!("sha256sum {path}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The standard output of the newest run's step `step` (all attempts).
+fn step_stdout(hv: &Hv, step: &str) -> String {
+    hv.journal()
+        .iter()
+        .filter(|e| e["event"] == "step_output" && e["step"] == step)
+        .map(|e| e["stdout"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Runs a drill of `vm` alone, which must succeed, and checks what it leaves: the copy's
+/// content unchanged, no drill domain, no overlay, production untouched.
+fn drill_and_check(hv: &Hv, vm: &str, ip: u8) {
+    let copy = format!("/srv/replicas/{vm}.qcow2");
+    let before = sha256(&hv.pra, &copy);
+    let copied = hv.pra.counter_on_disk(&copy);
+    let (_, production_before) = hv.health(ip).expect("production answers");
+    let run = hv.reprise(&["drill", "--no-prompt", "--service", vm, "--only"]);
+    assert_eq!(run.code, 0, "{run:?}\n{:#?}", hv.journal());
+    // The drill copy booted from the replica: the counter it found is the copy's.
+    let answer = step_stdout(hv, &format!("{vm}/healthy"));
+    assert!(
+        answer.contains(&format!("boot {copied} now")),
+        "the drill copy answered {answer:?}, the copy holds {copied}"
+    );
+    assert_eq!(
+        sha256(&hv.pra, &copy),
+        before,
+        "a drill changed the replica"
+    );
+    assert_eq!(
+        hv.pra.domains(),
+        vec![vm.to_string()],
+        "the drill copy is still defined on hv-pra"
+    );
+    let overlays = hv.pra.path("/srv/overlays");
+    let left: Vec<_> = std::fs::read_dir(&overlays)
+        .map(|d| {
+            d.flatten()
+                .flat_map(|run| {
+                    std::fs::read_dir(run.path())
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "overlays left: {left:?}");
+    // Production went on all along.
+    let (_, production_after) = hv.health(ip).expect("production still answers");
+    assert!(production_after > production_before);
+    assert_eq!(hv.main.domstate(vm), "running");
+}
+
+#[test]
+fn a_drill_boots_a_throw_away_copy_of_the_replica_and_leaves_it_unchanged() {
+    let hv = Hv::up();
+    hv.start_guest_on_main("app", 10, Firmware::Bios, 4);
+    hv.wait_healthy(10, 2);
+    let run = hv.reprise(&["replicate", "--service", "app"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    prepare_recovery_host_by_hand(&hv, "app");
+    drill_and_check(&hv, "app", 10);
+}
+
+#[test]
+fn a_uefi_guest_drill_is_cleaned_up() {
+    let hv = Hv::up();
+    hv.start_guest_on_main("uefi", 11, Firmware::Uefi, 4);
+    hv.wait_healthy(11, 2);
+    let run = hv.reprise(&["replicate", "--service", "uefi"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    prepare_recovery_host_by_hand(&hv, "uefi");
+    drill_and_check(&hv, "uefi", 11);
+    // A second drill finds nothing of the first in its way.
+    drill_and_check(&hv, "uefi", 11);
+}
+
+#[test]
+fn a_planned_failover_then_failback_lose_nothing() {
+    let hv = Hv::up();
+    hv.start_guest_on_main("app", 10, Firmware::Bios, 4);
+    hv.wait_healthy(10, 2);
+    let run = hv.reprise(&["replicate", "--service", "app"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    prepare_recovery_host_by_hand(&hv, "app");
+    hv.wait_healthy(10, 5);
+
+    let run = hv.reprise(&[
+        "failover",
+        "--yes",
+        "--no-prompt",
+        "--service",
+        "app",
+        "--only",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}\n{:#?}", hv.journal());
+    assert_eq!(hv.main.domstate("app"), "shut off");
+    assert!(
+        hv.main
+            .virsh("dominfo app")
+            .lines()
+            .any(|l| l.starts_with("Autostart:") && l.ends_with("disable")),
+        "{}",
+        hv.main.virsh("dominfo app")
+    );
+    let last_on_main = hv.main.counter_on_disk("/var/lib/libvirt/images/app.qcow2");
+    assert!(last_on_main >= 5);
+    let (boot, _) = hv.wait_healthy(10, 0);
+    assert_eq!(
+        boot, last_on_main,
+        "the recovery copy did not start from the primary's last write"
+    );
+    assert_eq!(hv.pra.domstate("app"), "running");
+
+    // Back to hv-main the same way.
+    hv.wait_healthy(10, last_on_main + 3);
+    let run = hv.reprise(&[
+        "failback",
+        "--yes",
+        "--no-prompt",
+        "--service",
+        "app",
+        "--only",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}\n{:#?}", hv.journal());
+    assert_eq!(hv.pra.domstate("app"), "shut off");
+    let last_on_pra = hv.pra.counter_on_disk("/srv/replicas/app.qcow2");
+    assert!(last_on_pra >= last_on_main + 3);
+    let (boot, _) = hv.wait_healthy(10, 0);
+    assert_eq!(
+        boot, last_on_pra,
+        "hv-main did not start from the recovery copy's last write"
+    );
+    assert_eq!(hv.main.domstate("app"), "running");
+}
+
+#[test]
+fn an_emergency_failover_starts_from_the_newest_good_point() {
+    let hv = Hv::up();
+    hv.start_guest_on_main("app", 10, Firmware::Bios, 4);
+    hv.wait_healthy(10, 2);
+    for _ in 0..2 {
+        let run = hv.reprise(&["replicate", "--service", "app"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        hv.wait_healthy(10, hv.health(10).unwrap().1 + 2);
+    }
+    let points = hv.reprise(&["points", "app", "--json"]);
+    let points: serde_json::Value = serde_json::from_str(&points.stdout).unwrap();
+    let newest = points
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .max()
+        .unwrap()
+        .to_string();
+    prepare_recovery_host_by_hand(&hv, "app");
+    let in_copy = hv.pra.counter_on_disk("/srv/replicas/app.qcow2");
+    // The main site is lost: its guest stops dead.
+    hv.main.virsh("destroy app");
+
+    let run = hv.reprise(&[
+        "failover",
+        "--emergency",
+        "--yes",
+        "--no-prompt",
+        "--service",
+        "app",
+        "--only",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}\n{:#?}", hv.journal());
+    let used: Vec<_> = hv
+        .journal()
+        .into_iter()
+        .filter(|e| e["event"] == "replica_point_used")
+        .collect();
+    assert_eq!(used.len(), 1, "{used:?}");
+    assert_eq!(used[0]["point"], newest.as_str(), "{used:?}");
+    let (boot, _) = hv.wait_healthy(10, 0);
+    assert_eq!(boot, in_copy);
+}
+
+#[test]
+fn a_replication_killed_between_its_snapshot_hooks_is_not_ignored_by_the_next_one() {
+    let hv = Hv::up();
+    // 200 MiB of data: the first copy takes long enough to be killed in the middle.
+    hv.start_guest_on_main("app", 10, Firmware::Bios, 200);
+    hv.wait_healthy(10, 2);
+    let overlay = "/var/lib/libvirt/images/app.reprise-replicate";
+    let mut child = hv
+        .command(&["replicate", "--service", "app"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the snapshot overlay of replicate-begin",
+        Duration::from_secs(60),
+        || hv.main.path(overlay).exists() || child.try_wait().unwrap().is_some(),
+    );
+    // `ip netns exec` execs reprise: this is reprise itself, killed as by an OOM killer.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        hv.main.path(overlay).exists(),
+        "the replication ended before it could be killed between its hooks"
+    );
+    // The guest now writes into the leftover overlay, not into the disk that is replicated.
+    let blocks = hv.main.virsh("domblklist app --details");
+    assert!(blocks.contains(overlay), "{blocks}");
+    let (_, at_kill) = hv.health(10).expect("the guest answers");
+    hv.wait_healthy(10, at_kill + 2);
+
+    let run = hv.reprise(&["replicate", "--service", "app"]);
+    if run.code == 0 {
+        // Settled: the overlay merged back, and the copy has what the guest wrote into it.
+        assert!(!hv.main.path(overlay).exists(), "{run:?}");
+        let blocks = hv.main.virsh("domblklist app --details");
+        assert!(!blocks.contains("reprise-replicate"), "{blocks}");
+        assert!(
+            hv.pra.counter_on_disk("/srv/replicas/app.qcow2") > at_kill,
+            "{run:?}"
+        );
+    } else {
+        // Refused: the message names the leftover overlay.
+        let text = format!("{}{}", run.stdout, run.stderr);
+        assert!(text.contains("app.reprise-replicate"), "{run:?}");
+    }
+}
