@@ -898,23 +898,34 @@ fn resolve(
                 );
                 return None;
             };
-            let text = model.sources.map.text(tpl.loc.file);
-            let tpl = match Template::parse(tpl, text) {
-                Ok(t) => t,
-                Err(d) => {
-                    diags.push(*d);
-                    return None;
+            let parse = |tpl: &crate::fields::Sp<String>, diags: &mut Vec<Diagnostic>| {
+                match Template::parse(tpl, model.sources.map.text(tpl.loc.file)) {
+                    Ok(t) => Some(t),
+                    Err(d) => {
+                        diags.push(*d);
+                        None
+                    }
                 }
             };
+            let tpl = parse(tpl, diags)?;
             let run = render(&tpl, &scope, diags)?;
+            // What puts the vm back as it was when a planned failover or failback rolls back:
+            // the opposite action of the same driver, on the same host (the other modes never
+            // roll back).
+            let undo = matches!(mode, Mode::Failover | Mode::Failback)
+                .then(|| undo_action(action))
+                .flatten()
+                .and_then(|a| driver.actions.get(a))
+                .and_then(|t| parse(t, diags))
+                .and_then(|t| render(&t, &scope, diags));
             (
                 run.to_string(),
                 None,
-                None,
+                undo.as_ref().map(ToString::to_string),
                 Action::Exec {
                     run,
                     verify: None,
-                    undo: None,
+                    undo,
                 },
             )
         }
@@ -1144,6 +1155,18 @@ pub fn replicate_hook(model: &Model, vm: &Vm, action: &str) -> Option<(String, C
         .find(|s| s.vm() == Some(vm.id.as_str()))
         .or_else(|| inv.services.values().next())?;
     vm_action_command(model, service, vm, Side::Primary, action, "replicate")
+}
+
+/// The vm action that undoes `action` (a vm stopped is started again, and so on); none for
+/// drill copies, which their cleanup removes.
+fn undo_action(action: &str) -> Option<&'static str> {
+    match action {
+        "stop" => Some("start"),
+        "start" => Some("stop"),
+        "autostart-off" => Some("autostart-on"),
+        "autostart-on" => Some("autostart-off"),
+        _ => None,
+    }
 }
 
 /// The folder of a host's vm disk images (its `images_dir` variable), without a trailing `/`.

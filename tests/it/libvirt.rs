@@ -332,3 +332,64 @@ fn a_replication_killed_between_its_snapshot_hooks_is_not_ignored_by_the_next_on
         assert!(text.contains("app.reprise-replicate"), "{run:?}");
     }
 }
+
+#[test]
+fn a_planned_failover_that_cannot_start_the_recovery_copy_brings_production_back() {
+    let hv = Hv::up();
+    hv.start_guest_on_main("app", 10, Firmware::Bios, 4);
+    hv.main.virsh("autostart app");
+    hv.wait_healthy(10, 2);
+    let run = hv.reprise(&["replicate", "--service", "app"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let (_, before) = hv.wait_healthy(10, 3);
+
+    // hv-pra has no domain `app`: the recovery side cannot start.
+    let run = hv.reprise(&[
+        "failover",
+        "--yes",
+        "--no-prompt",
+        "--service",
+        "app",
+        "--only",
+    ]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let journal = hv.journal();
+    let failed = journal
+        .iter()
+        .find(|e| e["event"] == "step_output" && e["step"] == "app/start")
+        .expect("the start's output is journaled");
+    assert!(
+        failed["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("failed to get domain 'app'"),
+        "{failed}"
+    );
+    let undone: Vec<(&str, bool)> = journal
+        .iter()
+        .filter(|e| e["event"] == "undo_finished")
+        .map(|e| (e["step"].as_str().unwrap(), e["ok"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        undone,
+        [
+            ("app/no-autostart-primary", true),
+            ("app/stop-primary", true)
+        ],
+        "{journal:#?}"
+    );
+    // Production is back, with all it had written, and comes back after a reboot as before.
+    assert_eq!(hv.main.domstate("app"), "running");
+    let info = hv.main.virsh("dominfo app");
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with("Autostart:") && l.ends_with("enable")),
+        "{info}"
+    );
+    let (boot, _) = hv.wait_healthy(10, 0);
+    assert!(
+        boot >= before,
+        "production restarted from {boot}, it had written {before}"
+    );
+    assert_eq!(hv.pra.domains(), Vec::<String>::new());
+}
