@@ -108,8 +108,10 @@ fn check_prerequisites() {
         }
     }
     let kernel = Path::new(KERNEL_DIR);
-    if !kernel.join("vmlinuz").is_file() {
-        missing.push(format!("{KERNEL_DIR}/vmlinuz (the guest's kernel)"));
+    for file in ["vmlinuz", "vmlinux"] {
+        if !kernel.join(file).is_file() {
+            missing.push(format!("{KERNEL_DIR}/{file} (the guests' kernel)"));
+        }
     }
     for m in MODULES {
         if !kernel.join("modules").join(format!("{m}.ko")).is_file() {
@@ -421,11 +423,14 @@ impl Hv {
     /// address 10.126.0.`ip` on the `prod` network.
     pub fn domain_xml(&self, name: &str, disk: &str, ip: u8, firmware: Firmware) -> String {
         let guest = self.guest_dir();
-        let loader = match firmware {
-            Firmware::Bios => String::new(),
-            Firmware::Uefi => format!(
-                "<loader readonly='yes' type='pflash'>{OVMF_CODE}</loader>\
+        let (loader, kernel) = match firmware {
+            Firmware::Bios => (String::new(), "vmlinux"),
+            Firmware::Uefi => (
+                format!(
+                    "<loader readonly='yes' type='pflash'>{OVMF_CODE}</loader>\
                  <nvram template='{OVMF_VARS}'/>"
+                ),
+                "vmlinuz",
             ),
         };
         format!(
@@ -461,7 +466,7 @@ impl Hv {
   </devices>
 </domain>
 ",
-            kernel = guest.join("vmlinuz").display(),
+            kernel = guest.join(kernel).display(),
             initrd = guest.join("initrd.gz").display(),
         )
     }
@@ -755,6 +760,12 @@ impl Host {
             ),
         )
         .unwrap();
+        // libvirtd probes QEMU's capabilities when it starts (seconds under TCG) and caches them:
+        // every host of this test process reuses the first one's cache (libvirt checks it
+        // against the emulator's and its own files, which are the same here).
+        let caps = dir.join("root/var/cache/libvirt/qemu/capabilities");
+        std::fs::create_dir_all(&caps).unwrap();
+        copy_files(&caps_cache(), &caps);
         let log = std::fs::File::create(dir.join("host.log")).unwrap();
         let sshd = Command::new("ip")
             .args([
@@ -815,7 +826,25 @@ impl Host {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+        if std::fs::read_dir(caps_cache()).map_or(true, |mut d| d.next().is_none()) {
+            copy_files(&caps, &caps_cache());
+        }
         host
+    }
+}
+
+/// This test process's copy of libvirt's QEMU capabilities cache (removed with the leftovers
+/// of dead test processes).
+fn caps_cache() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{NS_PREFIX}{}-qemu-caps", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Copies the files of `from` into `to` (best effort: a cache).
+fn copy_files(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).into_iter().flatten().flatten() {
+        let _ = std::fs::copy(e.path(), to.join(e.file_name()));
     }
 }
 
@@ -849,7 +878,14 @@ fn build_guest(dir: &Path) {
     std::fs::write(tree.join("init"), include_str!("init.sh")).unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(tree.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::copy(Path::new(KERNEL_DIR).join("vmlinuz"), dir.join("vmlinuz")).unwrap();
+    // vmlinux (uncompressed, booted through its PVH entry) for BIOS guests: decompressing the
+    // bzImage under TCG takes most of their boot; OVMF loads only the bzImage (vmlinuz).
+    for file in ["vmlinuz", "vmlinux"] {
+        let from = Path::new(KERNEL_DIR).join(file);
+        if std::fs::hard_link(&from, dir.join(file)).is_err() {
+            std::fs::copy(&from, dir.join(file)).unwrap();
+        }
+    }
     run(Command::new("bash")
         .arg("-c")
         .arg("cd \"$1\" && find . | /bin/busybox cpio -o -H newc 2>/dev/null | gzip -1 > \"$2\"")
