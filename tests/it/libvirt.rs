@@ -319,9 +319,13 @@ fn a_replication_killed_between_its_snapshot_hooks_is_not_ignored_by_the_next_on
         hv.main.path(overlay).exists(),
         "the replication ended before it could be killed between its hooks"
     );
-    // The guest now writes into the leftover overlay, not into the disk that is replicated.
-    let blocks = hv.main.virsh("domblklist app --details");
-    assert!(blocks.contains(overlay), "{blocks}");
+    // The guest now writes into the leftover overlay, not into the disk that is replicated (the
+    // `virsh snapshot-create-as` reprise started may still be finishing on hv-main).
+    wait_for(
+        "the guest writing into the leftover overlay",
+        Duration::from_secs(60),
+        || hv.main.virsh("domblklist app --details").contains(overlay),
+    );
     let (_, at_kill) = hv.health(10).expect("the guest answers");
     hv.wait_healthy(10, at_kill + 2);
 
