@@ -214,6 +214,14 @@ pub fn command_words(cmd: &str) -> Vec<String> {
                 i = skip_arithmetic(&chars, i);
                 at_start = false;
             }
+            '&' if (i > 0 && matches!(chars[i - 1], '>' | '<'))
+                || chars.get(i + 1) == Some(&'>') =>
+            {
+                // A redirection (`2>&1`, `<&3`, `&>/dev/null`), not a command separator: its
+                // target is no program.
+                let (_, _, next) = read_word(&chars, i + 1, &mut heredocs);
+                i = next.max(i + 1);
+            }
             ';' | '&' | '|' | '(' | ')' | '{' | '}' | '`' => {
                 if c == ';' && chars.get(i + 1) == Some(&';') && cases > 0 {
                     // The end of a `case` branch: a pattern comes next.
@@ -1371,6 +1379,10 @@ mod tests {
         assert_eq!(w, ["mountpoint", "mount"]);
         let w = command_words("/usr/sbin/upsrw -s x=1\nsystemctl start a");
         assert_eq!(w, ["/usr/sbin/upsrw", "systemctl"]);
+        let w = command_words(
+            "virsh net-info x >/dev/null 2>&1 || virsh net-start x &>/dev/null; cat <&3",
+        );
+        assert_eq!(w, ["virsh", "virsh", "cat"]);
     }
 
     proptest::proptest! {
