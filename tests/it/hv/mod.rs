@@ -102,6 +102,8 @@ fn check_prerequisites() {
         "gzip",
         OVMF_CODE,
         OVMF_VARS,
+        // The guests' network interfaces are tap devices.
+        "/dev/net/tun",
     ] {
         if !tool_present(tool) {
             missing.push(tool.to_string());
