@@ -1040,8 +1040,14 @@ fn finish(result: Result<crate::run::RunOutcome, RunError>) -> Outcome {
 fn run_error(e: RunError) -> Outcome {
     match e {
         RunError::Plan(report) => invalid(&report),
-        RunError::Journal(JournalError::Locked { .. }) => {
-            Outcome::err(exit::LOCKED, format!("error: {e}\n"))
+        RunError::Journal(
+            JournalError::Locked { .. }
+            | JournalError::LockBusy { .. }
+            | JournalError::LockedElsewhere { .. }
+            | JournalError::LockUnreadable { .. },
+        ) => Outcome::err(exit::LOCKED, format!("error: {e}\n")),
+        RunError::Journal(JournalError::BadRunId(_)) => {
+            Outcome::err(exit::USAGE, format!("error: {e}\n"))
         }
         RunError::Journal(JournalError::NoSuchRun { .. })
         | RunError::UnknownStep { .. }

@@ -1,11 +1,13 @@
 //! The durable journal of runs: `STATE/runs/<run-id>/journal.jsonl`, one JSON [`Event`] a line,
 //! append-only, flushed to disk (fsync) at every step boundary; operator confirmations as files
-//! beside it; and the lock that lets only one run change an inventory at a time.
+//! beside it; and the lock (an OS file lock) that lets only one run change an inventory at a
+//! time. Run ids are checked here before any path is made from them.
 //!
 //! It stores and reads back; it does not decide anything about a run.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read as _, Write};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -23,6 +25,10 @@ pub enum JournalError {
     },
     #[error("no run `{run_id}` in {dir}")]
     NoSuchRun { run_id: String, dir: PathBuf },
+    #[error(
+        "`{0}` is not a run id: give a run id as `reprise runs` lists it (letters, digits, `-` and `_`), or `latest`"
+    )]
+    BadRunId(String),
     #[error("run `{0}` already exists")]
     RunExists(String),
     #[error("{path}:{line}: corrupt journal line: {message}")]
@@ -31,11 +37,26 @@ pub enum JournalError {
         line: usize,
         message: String,
     },
+    #[error("the journal {path} stopped recording after an earlier write failed")]
+    Stopped { path: PathBuf },
     #[error(
-        "another run holds the lock {path}: run `{}` by {} on {} (pid {}), since {}",
-        holder.run_id, holder.operator, holder.machine, holder.pid, holder.since
+        "another run holds the lock {path}: {}; wait for it to end, or stop it with `kill -TERM {}` on {} (it stops cleanly; `reprise resume` carries on)",
+        holder.describe(), holder.pid, holder.machine
     )]
     Locked { path: PathBuf, holder: LockHolder },
+    #[error("another process holds the lock {path} and is writing who it is: try again in a moment")]
+    LockBusy { path: PathBuf },
+    #[error(
+        "the lock {path} was taken on another machine: {}; whether that run still goes on cannot be checked from here. \
+         If no reprise runs on {} any more, remove {path} and try again",
+        holder.describe(), holder.machine
+    )]
+    LockedElsewhere { path: PathBuf, holder: LockHolder },
+    #[error(
+        "the lock {path} is not a lock reprise can read ({reason}); it was left as it is: if no run is going on, \
+         remove it and try again"
+    )]
+    LockUnreadable { path: PathBuf, reason: String },
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> JournalError + 'a {
@@ -43,6 +64,25 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
         what,
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// The longest run id accepted.
+const RUN_ID_MAX: usize = 128;
+
+/// Checks that `id` can only name a run folder of the state folder: letters, digits, `-` and
+/// `_` (what [`new_run_id`] makes), never a path. `latest` is resolved before this.
+pub fn check_run_id(id: &str) -> Result<(), JournalError> {
+    let ok = !id.is_empty()
+        && id.len() <= RUN_ID_MAX
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        let shown: String = id.chars().take(RUN_ID_MAX).collect();
+        Err(JournalError::BadRunId(shown))
     }
 }
 
@@ -57,9 +97,15 @@ pub fn runs_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("runs")
 }
 
+/// Whether `path` is a folder itself (a symbolic link to one does not count).
+fn is_real_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_dir())
+}
+
 impl RunDir {
     /// Creates the folder of a new run.
     pub fn create(state_dir: &Path, run_id: &str) -> Result<RunDir, JournalError> {
+        check_run_id(run_id)?;
         let parent = runs_dir(state_dir);
         std::fs::create_dir_all(&parent).map_err(io("create", &parent))?;
         let path = parent.join(run_id);
@@ -78,7 +124,8 @@ impl RunDir {
         })
     }
 
-    /// Opens an existing run; `latest` names the newest.
+    /// Opens an existing run; `latest` names the newest. Anything else must be a run id (see
+    /// [`check_run_id`]): a path is refused before the file system is touched.
     pub fn open(state_dir: &Path, run_id: &str) -> Result<RunDir, JournalError> {
         let run_id = if run_id == "latest" {
             list(state_dir)?
@@ -88,10 +135,11 @@ impl RunDir {
                     dir: runs_dir(state_dir),
                 })?
         } else {
+            check_run_id(run_id)?;
             run_id.to_string()
         };
         let path = runs_dir(state_dir).join(&run_id);
-        if !path.join("journal.jsonl").is_file() {
+        if !is_real_dir(&path) || !path.join("journal.jsonl").is_file() {
             return Err(JournalError::NoSuchRun {
                 run_id,
                 dir: runs_dir(state_dir),
@@ -104,16 +152,18 @@ impl RunDir {
         self.path.join("journal.jsonl")
     }
 
+    /// The file of a step's confirmation: the step id percent-encoded, so that two step ids
+    /// never share a file (`a/b__c` and `a__b/c` are `a%2Fb__c` and `a__b%2Fc`).
     fn confirmation_path(&self, step: &str) -> PathBuf {
         self.path
             .join("confirmations")
-            .join(format!("{}.json", step.replace('/', "__")))
+            .join(format!("{}.json", percent_encode(step)))
     }
 
     /// Records an operator's confirmation of a manual step (atomically: written then renamed).
     pub fn confirm(&self, step: &str, confirmation: &Confirmation) -> Result<(), JournalError> {
         let path = self.confirmation_path(step);
-        let tmp = path.with_extension("tmp");
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let text = serde_json::to_string(confirmation).expect("a confirmation serializes");
         let mut f = File::create(&tmp).map_err(io("write", &tmp))?;
         f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
@@ -133,6 +183,20 @@ impl RunDir {
     }
 }
 
+/// `text` with every byte other than ASCII letters, digits, `-`, `_` and `.` written `%XX`:
+/// a one-to-one file name.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Who confirmed a manual step, when, and what they noted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Confirmation {
@@ -141,70 +205,204 @@ pub struct Confirmation {
     pub at: DateTime<Utc>,
 }
 
-/// Appends events to a journal.
+/// What was cut from the end of a journal: a line that a crash left half-written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TornTail {
+    /// The number the torn line had.
+    pub line: usize,
+    /// Bytes cut.
+    pub bytes: u64,
+    /// Where the bytes cut were kept, beside the journal.
+    pub kept_in: PathBuf,
+    /// The start of what was cut, for people.
+    pub excerpt: String,
+}
+
+/// Appends events to a journal. After a write fails it records nothing more: the journal
+/// keeps ending with a complete event.
 pub struct JournalWriter {
     file: File,
     path: PathBuf,
+    /// Bytes of complete events in the file.
+    len: u64,
+    stopped: bool,
 }
 
 impl JournalWriter {
+    /// Opens the journal of a new run.
     pub fn open(dir: &RunDir) -> Result<JournalWriter, JournalError> {
-        let path = dir.journal_path();
+        Self::open_path(dir.journal_path())
+    }
+
+    fn open_path(path: PathBuf) -> Result<JournalWriter, JournalError> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(io("open", &path))?;
-        Ok(JournalWriter { file, path })
+        let len = file.metadata().map_err(io("read", &path))?.len();
+        Ok(JournalWriter {
+            file,
+            path,
+            len,
+            stopped: false,
+        })
+    }
+
+    /// Opens the journal of a run to carry it on. A last line without its end (the process
+    /// died while writing it) is cut off first, so that nothing is appended onto it; the bytes
+    /// cut are kept beside the journal (`journal.torn-N`) and described.
+    pub fn resume(dir: &RunDir) -> Result<(JournalWriter, Option<TornTail>), JournalError> {
+        let path = dir.journal_path();
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        let mut bytes = Vec::new();
+        (&file)
+            .read_to_end(&mut bytes)
+            .map_err(io("read", &path))?;
+        let good = bytes
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let mut torn = None;
+        if good < bytes.len() {
+            let tail = &bytes[good..];
+            let kept_in = (1..)
+                .map(|n| dir.path.join(format!("journal.torn-{n}")))
+                .find(|p| !p.exists())
+                .expect("a free name");
+            let mut keep = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&kept_in)
+                .map_err(io("write", &kept_in))?;
+            keep.write_all(tail).map_err(io("write", &kept_in))?;
+            keep.sync_all().map_err(io("write", &kept_in))?;
+            file.set_len(good as u64).map_err(io("repair", &path))?;
+            file.sync_all().map_err(io("repair", &path))?;
+            let excerpt: String = String::from_utf8_lossy(&tail[..tail.len().min(120)])
+                .chars()
+                .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+                .collect();
+            torn = Some(TornTail {
+                line: bytes[..good].iter().filter(|&&b| b == b'\n').count() + 1,
+                bytes: tail.len() as u64,
+                kept_in,
+                excerpt,
+            });
+        }
+        Ok((
+            JournalWriter {
+                file,
+                path,
+                len: good as u64,
+                stopped: false,
+            },
+            torn,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Writes one event as one line; at step boundaries, flushes it to disk before returning.
+    /// When the write or the flush fails, the partial line is cut off (as far as the disk
+    /// lets it) and nothing more is written.
     pub fn append(&mut self, event: &Event) -> Result<(), JournalError> {
+        if self.stopped {
+            return Err(JournalError::Stopped {
+                path: self.path.clone(),
+            });
+        }
         let mut line = serde_json::to_string(event).expect("an event serializes");
         line.push('\n');
-        self.file
+        let written = self
+            .file
             .write_all(line.as_bytes())
-            .map_err(io("write", &self.path))?;
-        if event.is_boundary() {
-            self.file.sync_data().map_err(io("sync", &self.path))?;
+            .map_err(io("write", &self.path))
+            .and_then(|()| {
+                if event.is_boundary() {
+                    self.file.sync_data().map_err(io("sync", &self.path))
+                } else {
+                    Ok(())
+                }
+            });
+        match written {
+            Ok(()) => {
+                self.len += line.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.stopped = true;
+                let _ = self.file.set_len(self.len);
+                let _ = self.file.sync_all();
+                Err(e)
+            }
         }
-        Ok(())
     }
 }
 
 /// Reads a journal. A last line without its newline (the process died while writing it) is
 /// ignored; any other bad line is an error naming it.
 pub fn read(path: &Path) -> Result<Vec<Event>, JournalError> {
+    let (events, damage) = read_lenient(path)?;
+    match damage {
+        Some(e) => Err(e),
+        None => Ok(events),
+    }
+}
+
+/// Reads a journal as far as it can: the events before the first bad line, and the error
+/// naming that line. A last line without its newline is ignored.
+pub fn read_lenient(path: &Path) -> Result<(Vec<Event>, Option<JournalError>), JournalError> {
     let file = File::open(path).map_err(io("read", path))?;
     let mut reader = BufReader::new(file);
     let mut events = Vec::new();
-    let mut line = String::new();
+    let mut line = Vec::new();
     let mut number = 0;
     loop {
         line.clear();
-        let n = reader.read_line(&mut line).map_err(io("read", path))?;
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(io("read", path))?;
         if n == 0 {
             break;
         }
         number += 1;
-        if !line.ends_with('\n') {
+        if line.last() != Some(&b'\n') {
             break;
         }
-        match serde_json::from_str::<Event>(line.trim_end()) {
+        match serde_json::from_slice::<Event>(&line) {
             Ok(e) => events.push(e),
             Err(e) => {
-                return Err(JournalError::Corrupt {
+                let damage = JournalError::Corrupt {
                     path: path.to_path_buf(),
                     line: number,
                     message: e.to_string(),
-                });
+                };
+                return Ok((events, Some(damage)));
             }
         }
     }
-    Ok(events)
+    Ok((events, None))
 }
 
-/// Run ids in the state folder, oldest first (ids start with their UTC start time).
+/// The length of a journal's torn last line (no newline at its end), if it has one.
+pub fn torn_tail(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let good = bytes
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    (good < bytes.len()).then(|| (bytes.len() - good) as u64)
+}
+
+/// Run ids in the state folder, oldest first (ids start with their UTC start time). Only
+/// folders named as run ids, holding a journal, count.
 pub fn list(state_dir: &Path) -> Result<Vec<String>, JournalError> {
     let dir = runs_dir(state_dir);
     let entries = match std::fs::read_dir(&dir) {
@@ -214,8 +412,13 @@ pub fn list(state_dir: &Path) -> Result<Vec<String>, JournalError> {
     };
     let mut ids: Vec<String> = entries
         .filter_map(Result::ok)
-        .filter(|e| e.path().join("journal.jsonl").is_file())
-        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter_map(|e| {
+            let id = e.file_name().to_str()?.to_string();
+            (check_run_id(&id).is_ok()
+                && is_real_dir(&e.path())
+                && e.path().join("journal.jsonl").is_file())
+            .then_some(id)
+        })
         .collect();
     ids.sort();
     Ok(ids)
@@ -243,11 +446,26 @@ pub struct LockHolder {
     pub since: DateTime<Utc>,
 }
 
-/// The lock on a state folder: one run at a time changes an inventory. Released on drop.
+impl LockHolder {
+    fn describe(&self) -> String {
+        format!(
+            "run `{}` by {} on {} (pid {}), since {}",
+            self.run_id, self.operator, self.machine, self.pid, self.since
+        )
+    }
+}
+
+/// The lock on a state folder: one run at a time changes an inventory.
+///
+/// `STATE/runs/.lock` is locked with the OS (`flock`), so two processes can never both hold
+/// it, and it says who holds it (JSON). It is never removed: released, it is emptied and
+/// unlocked. A holder the OS no longer knows (its process died) left its name in it: on this
+/// machine that lock is taken over and said so; a holder on another machine cannot be checked
+/// from here and is refused; content that is not a lock is refused and left as it is.
 #[derive(Debug)]
 pub struct StateLock {
-    path: PathBuf,
-    /// A stale lock (its process is gone) that was taken over, to tell the operator about.
+    file: File,
+    /// A lock left by a process that is gone, that was taken over, to tell the operator about.
     pub replaced_stale: Option<LockHolder>,
 }
 
@@ -256,52 +474,91 @@ impl StateLock {
         let dir = runs_dir(state_dir);
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         let path = dir.join(".lock");
-        let text = serde_json::to_string(holder).expect("a lock serializes");
-        let mut replaced_stale = None;
-        for _ in 0..2 {
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    f.write_all(text.as_bytes()).map_err(io("write", &path))?;
-                    f.sync_all().map_err(io("write", &path))?;
-                    return Ok(StateLock {
-                        path,
-                        replaced_stale,
-                    });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let existing = std::fs::read_to_string(&path).unwrap_or_default();
-                    match serde_json::from_str::<LockHolder>(&existing) {
-                        Ok(other) if !is_stale(&other, &holder.machine) => {
-                            return Err(JournalError::Locked {
-                                path,
-                                holder: other,
-                            });
-                        }
-                        // A dead process's lock, or an unreadable one from a crash mid-write.
-                        other => {
-                            replaced_stale = other.ok();
-                            std::fs::remove_file(&path).map_err(io("remove", &path))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        let read_holder = |file: &File| -> Result<Option<LockHolder>, String> {
+            let bytes = read_from_start(file).map_err(|e| e.to_string())?;
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Ok(None);
+            }
+            serde_json::from_slice::<LockHolder>(&bytes)
+                .map(Some)
+                .map_err(|e| {
+                    let start: String = String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
+                        .chars()
+                        .map(|c| if c.is_control() { '?' } else { c })
+                        .collect();
+                    format!("{} bytes starting {start:?}: {e}", bytes.len())
+                })
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(match read_holder(&file) {
+                    Ok(Some(other)) if other.machine != holder.machine => {
+                        JournalError::LockedElsewhere {
+                            path,
+                            holder: other,
                         }
                     }
-                }
-                Err(e) => return Err(io("create", &path)(e)),
+                    Ok(Some(other)) => JournalError::Locked {
+                        path,
+                        holder: other,
+                    },
+                    _ => JournalError::LockBusy { path },
+                });
             }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", &path)(e)),
         }
-        Err(io("create", &path)(std::io::Error::other(
-            "the lock keeps reappearing",
-        )))
+        // Held: no process of this machine holds it. What it says is who held it last.
+        let replaced_stale = match read_holder(&file) {
+            Ok(None) => None,
+            Ok(Some(other)) if other.machine != holder.machine => {
+                return Err(JournalError::LockedElsewhere {
+                    path,
+                    holder: other,
+                });
+            }
+            Ok(Some(other)) => Some(other),
+            Err(reason) => return Err(JournalError::LockUnreadable { path, reason }),
+        };
+        let text = serde_json::to_string(holder).expect("a lock serializes");
+        file.set_len(0).map_err(io("write", &path))?;
+        (&file)
+            .write_all_at(text.as_bytes(), 0)
+            .map_err(io("write", &path))?;
+        file.sync_all().map_err(io("write", &path))?;
+        Ok(StateLock {
+            file,
+            replaced_stale,
+        })
     }
 }
 
 impl Drop for StateLock {
+    /// Empties the lock (free), then the OS lock goes with the file.
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let _ = self.file.set_len(0);
+        let _ = self.file.sync_all();
     }
 }
 
-/// A lock is stale when it was taken on this machine by a process that no longer runs.
-fn is_stale(holder: &LockHolder, this_machine: &str) -> bool {
-    holder.machine == this_machine && !Path::new(&format!("/proc/{}", holder.pid)).exists()
+/// The bytes of a file from its start (at most 1 MiB: a lock is a line), whatever its position.
+fn read_from_start(file: &File) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = file.read_at(&mut buf, bytes.len() as u64)?;
+        if n == 0 || bytes.len() > 1 << 20 {
+            return Ok(bytes);
+        }
+        bytes.extend_from_slice(&buf[..n]);
+    }
 }
 
 /// This machine's name, for the journal and the lock.
@@ -366,39 +623,108 @@ mod tests {
         );
     }
 
+    fn holder(run_id: &str) -> LockHolder {
+        LockHolder {
+            pid: std::process::id(),
+            machine: machine_name(),
+            run_id: run_id.into(),
+            operator: "nadia".into(),
+            since: at(),
+        }
+    }
+
     #[test]
     fn lock_is_exclusive_and_stale_locks_are_taken_over() {
         let state = tempfile::tempdir().unwrap();
-        let me = LockHolder {
-            pid: std::process::id(),
-            machine: machine_name(),
-            run_id: "r1".into(),
-            operator: "nadia".into(),
-            since: at(),
-        };
+        let me = holder("r1");
         let lock = StateLock::acquire(state.path(), &me).unwrap();
-        let err = StateLock::acquire(
-            state.path(),
-            &LockHolder {
-                run_id: "r2".into(),
-                ..me.clone()
-            },
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("run `r1` by nadia"), "{err}");
+        assert_eq!(lock.replaced_stale, None);
+        let err = StateLock::acquire(state.path(), &holder("r2")).unwrap_err();
+        assert!(
+            matches!(err, JournalError::Locked { .. }) && err.to_string().contains("run `r1` by nadia"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("kill -TERM"), "{err}");
         drop(lock);
-        // A lock left by a process that is gone.
+        // Released: free for the next run, and the file stays.
+        let path = state.path().join("runs/.lock");
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
+        let lock = StateLock::acquire(state.path(), &holder("r2")).unwrap();
+        assert_eq!(lock.replaced_stale, None);
+        drop(lock);
+        // A lock left by a process that is gone (its name still in the file, no OS lock).
         let dead = LockHolder {
             pid: u32::MAX - 1,
             ..me.clone()
         };
-        std::fs::write(
-            state.path().join("runs/.lock"),
-            serde_json::to_string(&dead).unwrap(),
-        )
-        .unwrap();
+        std::fs::write(&path, serde_json::to_string(&dead).unwrap()).unwrap();
         let lock = StateLock::acquire(state.path(), &me).unwrap();
         assert_eq!(lock.replaced_stale, Some(dead));
+    }
+
+    #[test]
+    fn two_takers_never_both_hold_the_lock() {
+        let state = tempfile::tempdir().unwrap();
+        let holders = std::sync::atomic::AtomicUsize::new(0);
+        let most = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (state, holders, most) = (state.path(), &holders, &most);
+                s.spawn(move || {
+                    for i in 0..200 {
+                        if let Ok(lock) = StateLock::acquire(state, &holder(&format!("r{t}-{i}")))
+                        {
+                            use std::sync::atomic::Ordering::SeqCst;
+                            let now = holders.fetch_add(1, SeqCst) + 1;
+                            most.fetch_max(now, SeqCst);
+                            std::thread::yield_now();
+                            holders.fetch_sub(1, SeqCst);
+                            drop(lock);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(most.into_inner(), 1);
+    }
+
+    #[test]
+    fn a_lock_that_is_not_one_is_left_as_it_is_and_refused() {
+        let state = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(state.path().join("runs")).unwrap();
+        let path = state.path().join("runs/.lock");
+        std::fs::write(&path, "garbage\x01").unwrap();
+        let err = StateLock::acquire(state.path(), &holder("r1")).unwrap_err();
+        assert!(matches!(err, JournalError::LockUnreadable { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("not a lock reprise can read") && text.contains("remove it"),
+            "{text}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"garbage\x01");
+    }
+
+    #[test]
+    fn a_lock_taken_on_another_machine_is_refused_with_how_to_clear_it() {
+        let state = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(state.path().join("runs")).unwrap();
+        let path = state.path().join("runs/.lock");
+        let other = LockHolder {
+            machine: "pra-orchestrator".into(),
+            pid: 4242,
+            ..holder("r0")
+        };
+        let text = serde_json::to_string(&other).unwrap();
+        std::fs::write(&path, &text).unwrap();
+        let err = StateLock::acquire(state.path(), &holder("r1")).unwrap_err();
+        assert!(matches!(err, JournalError::LockedElsewhere { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("pra-orchestrator")
+                && message.contains(&format!("remove {}", path.display())),
+            "{message}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     }
 
     #[test]
@@ -412,6 +738,108 @@ mod tests {
             at: at(),
         };
         dir.confirm("power/generators", &c).unwrap();
-        assert_eq!(dir.confirmation("power/generators"), Some(c));
+        assert_eq!(dir.confirmation("power/generators"), Some(c.clone()));
+        // Each step id has its own file: these two once shared one.
+        dir.confirm("a/b__c", &c).unwrap();
+        assert_eq!(dir.confirmation("a/b__c"), Some(c));
+        assert_eq!(dir.confirmation("a__b/c"), None);
+        let names: Vec<String> = std::fs::read_dir(dir.path.join("confirmations"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert!(names.contains(&"a%2Fb__c.json".to_string()), "{names:?}");
+    }
+
+    #[test]
+    fn run_ids_are_checked_before_any_path_is_made() {
+        let state = tempfile::tempdir().unwrap();
+        RunDir::create(state.path(), "20261128-031000-drill").unwrap();
+        std::fs::write(
+            state.path().join("runs/20261128-031000-drill/journal.jsonl"),
+            "",
+        )
+        .unwrap();
+        // A journal outside the state folder, and a run folder that is a link to it.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(outside.path().join("runs/evil")).unwrap();
+        std::fs::write(outside.path().join("runs/evil/journal.jsonl"), "").unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("runs/evil"),
+            state.path().join("runs/linked"),
+        )
+        .unwrap();
+        for bad in [
+            "../../outside/runs/evil",
+            "/tmp",
+            "a/b",
+            "..",
+            ".lock",
+            "",
+            "run id",
+            "é",
+        ] {
+            let err = RunDir::open(state.path(), bad).unwrap_err();
+            assert!(matches!(err, JournalError::BadRunId(_)), "{bad:?}: {err}");
+        }
+        assert!(matches!(
+            RunDir::open(state.path(), "linked").unwrap_err(),
+            JournalError::NoSuchRun { .. }
+        ));
+        assert_eq!(list(state.path()).unwrap(), ["20261128-031000-drill"]);
+        assert_eq!(
+            RunDir::open(state.path(), "latest").unwrap().run_id,
+            "20261128-031000-drill"
+        );
+        assert!(RunDir::create(state.path(), "../x").is_err());
+    }
+
+    #[test]
+    fn resuming_cuts_a_torn_last_line_and_keeps_it_beside_the_journal() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = RunDir::create(state.path(), "r1").unwrap();
+        let first = Event::RunFinished {
+            at: at(),
+            status: RunStatus::Interrupted,
+        };
+        let mut w = JournalWriter::open(&dir).unwrap();
+        w.append(&first).unwrap();
+        drop(w);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.journal_path())
+            .unwrap();
+        f.write_all(b"{\"event\":\"step_started\",\"at\":\"").unwrap();
+        drop(f);
+        assert_eq!(torn_tail(&dir.journal_path()), Some(30));
+        let (mut w, torn) = JournalWriter::resume(&dir).unwrap();
+        let torn = torn.expect("the torn line is found");
+        assert_eq!((torn.line, torn.bytes), (2, 30));
+        assert_eq!(
+            std::fs::read(&torn.kept_in).unwrap(),
+            b"{\"event\":\"step_started\",\"at\":\""
+        );
+        assert!(torn.excerpt.starts_with("{\"event\":\"step_started"));
+        let next = Event::RunFinished {
+            at: at(),
+            status: RunStatus::Succeeded,
+        };
+        w.append(&next).unwrap();
+        assert_eq!(dir.read().unwrap(), vec![first, next]);
+        // A journal that ends well needs no repair.
+        let (_, torn) = JournalWriter::resume(&dir).unwrap();
+        assert_eq!(torn, None);
+    }
+
+    #[test]
+    fn a_failed_write_stops_the_journal_at_its_last_complete_event() {
+        let mut w = JournalWriter::open_path(PathBuf::from("/dev/full")).unwrap();
+        let event = Event::RunFinished {
+            at: at(),
+            status: RunStatus::Failed,
+        };
+        let err = w.append(&event).unwrap_err();
+        assert!(err.to_string().contains("/dev/full"), "{err}");
+        let err = w.append(&event).unwrap_err();
+        assert!(matches!(err, JournalError::Stopped { .. }), "{err}");
     }
 }

@@ -137,16 +137,31 @@ impl Sources {
         sources
     }
 
-    /// A content hash of every file, in order: the same files give the same hash.
+    /// A content hash of the files, in order: the same files give the same hash, however the
+    /// folders were named on the command line (`./inv`, `inv`, `../x/inv`). Each file counts
+    /// by its part (built-in drivers, inventory, runbooks, overlay), its file name and its
+    /// text; the folder it was read from does not count.
     pub fn digest(&self) -> String {
         let mut hasher = blake3::Hasher::new();
-        for file in self.map.files() {
-            let path = self.map.path(file).to_string_lossy();
-            hasher.update(&(path.len() as u64).to_le_bytes());
-            hasher.update(path.as_bytes());
-            let text = self.map.text(file);
-            hasher.update(&(text.len() as u64).to_le_bytes());
-            hasher.update(text.as_bytes());
+        let parts: [(&str, &[FileId]); 3] = [
+            ("inventory", &self.inventory),
+            ("runbooks", &self.runbooks),
+            ("overlays", &self.overlays),
+        ];
+        for (part, files) in parts {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+            hasher.update(&(files.len() as u64).to_le_bytes());
+            for &file in files {
+                let path = self.map.path(file);
+                let name = path.file_name().unwrap_or(path.as_os_str());
+                let name = name.as_encoded_bytes();
+                hasher.update(&(name.len() as u64).to_le_bytes());
+                hasher.update(name);
+                let text = self.map.text(file);
+                hasher.update(&(text.len() as u64).to_le_bytes());
+                hasher.update(text.as_bytes());
+            }
         }
         hasher.finalize().to_hex().to_string()
     }
@@ -241,4 +256,53 @@ fn toml_files(
         });
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folders(root: &Path) {
+        for (dir, file, text) in [
+            ("inv", "hosts.toml", "[hosts.a]\naddress = \"10.0.0.1\"\n"),
+            ("inv", "sites.toml", "[sites.paris]\n"),
+            ("books", "erp.toml", "[[erp.drill]]\nid = \"x\"\n"),
+        ] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+            std::fs::write(root.join(dir).join(file), text).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_digest_does_not_depend_on_how_the_folders_are_named() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("site");
+        folders(&root);
+        std::fs::create_dir_all(base.path().join("elsewhere")).unwrap();
+        let digest = |inv: &Path, books: &Path| Sources::read(inv, books).unwrap().digest();
+        let absolute = digest(&root.join("inv"), &root.join("books"));
+        // The same folders spelled from the folder itself, relatively, and through `..`.
+        let spelled = [
+            (root.join("./inv"), root.join("books/")),
+            (
+                base.path().join("elsewhere/../site/inv"),
+                base.path().join("site/./books"),
+            ),
+        ];
+        for (inv, books) in spelled {
+            assert_eq!(digest(&inv, &books), absolute, "{}", inv.display());
+        }
+        // The same files copied elsewhere are the same files.
+        let copy = base.path().join("copy");
+        folders(&copy);
+        assert_eq!(digest(&copy.join("inv"), &copy.join("books")), absolute);
+        // A changed text, a renamed file, a file moved to the other folder: not the same.
+        std::fs::write(copy.join("inv/sites.toml"), "[sites.casa]\n").unwrap();
+        assert_ne!(digest(&copy.join("inv"), &copy.join("books")), absolute);
+        folders(&copy);
+        std::fs::rename(copy.join("inv/sites.toml"), copy.join("inv/site.toml")).unwrap();
+        assert_ne!(digest(&copy.join("inv"), &copy.join("books")), absolute);
+        std::fs::rename(copy.join("inv/site.toml"), copy.join("books/sites.toml")).unwrap();
+        assert_ne!(digest(&copy.join("inv"), &copy.join("books")), absolute);
+    }
 }
