@@ -9,8 +9,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use std::io::IsTerminal;
 
-use tokio::sync::watch;
-
 use crate::diagnostic::Report;
 use crate::event::{Event, RunStatus};
 use crate::exit;
@@ -127,6 +125,25 @@ fn parse_point(text: &str) -> Result<(String, String), String> {
             "`{text}` is not POINT or VM=POINT: use e.g. --point erp-db=20261128T020000Z"
         )),
     }
+}
+
+/// A run id as `reprise runs` lists it, or `latest`; never a path.
+fn parse_run_id(text: &str) -> Result<String, String> {
+    if text == "latest" {
+        return Ok(text.to_string());
+    }
+    crate::journal::check_run_id(text)
+        .map(|()| text.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Someone's name: not blank.
+fn parse_name(text: &str) -> Result<String, String> {
+    let name = text.trim();
+    if name.is_empty() {
+        return Err("a confirmation needs the name of who gives it".to_string());
+    }
+    Ok(name.to_string())
 }
 
 fn parse_incident_time(text: &str) -> Result<DateTime<Utc>, String> {
@@ -251,6 +268,7 @@ pub enum Command {
     #[command(after_help = "Example:\n  reprise resume latest")]
     Resume {
         /// Run id, or `latest`.
+        #[arg(value_parser = parse_run_id)]
         run: String,
         #[command(flatten)]
         exec: ExecArgs,
@@ -261,11 +279,12 @@ pub enum Command {
     )]
     Confirm {
         /// Run id, or `latest`.
+        #[arg(value_parser = parse_run_id)]
         run: String,
         /// Step id, `service/step`.
         step: String,
-        /// Who confirms.
-        #[arg(long)]
+        /// Who confirms (a name, not blank).
+        #[arg(long, value_parser = parse_name)]
         by: String,
         #[arg(long)]
         note: Option<String>,
@@ -309,7 +328,7 @@ pub enum Command {
     )]
     Report {
         /// Run id, or `latest`.
-        #[arg(default_value = "latest")]
+        #[arg(default_value = "latest", value_parser = parse_run_id)]
         run: String,
         /// Output format (default: from --output's extension, else Markdown).
         #[arg(long, value_enum)]
@@ -334,6 +353,7 @@ pub enum Command {
     #[command(after_help = "Example:\n  reprise show latest")]
     Show {
         /// Run id, or `latest`.
+        #[arg(value_parser = parse_run_id)]
         run: String,
     },
     /// Bring the recovery copies of VM disks and backup sets up to date, sending only what
@@ -859,7 +879,7 @@ pub fn run(cli: &Cli) -> Outcome {
         Command::Restore(args) => start(cli, &model, Mode::Restore, false, args),
         Command::Failback(args) => start(cli, &model, Mode::Failback, false, args),
         Command::Resume { run, exec } => {
-            let (shutdown, _guard) = ctrl_c();
+            let shutdown = ctrl_c();
             let mut view = TerminalView::new(&model.inventory, Some(run));
             let operator = operator(exec);
             let result = crate::run::resume(
@@ -935,11 +955,10 @@ fn exec_options(exec: &ExecArgs) -> ExecOptions {
     }
 }
 
-/// Ctrl-C, SIGTERM or SIGHUP turn the watch to true: no new steps, running ones finish,
-/// cleanup still runs.
-fn ctrl_c() -> (watch::Receiver<bool>, crate::shutdown::Shutdown) {
-    let shutdown = crate::shutdown::Shutdown::listen();
-    (shutdown.receiver(), shutdown)
+/// Ctrl-C, SIGTERM or SIGHUP ask the run to stop: no new steps, running ones finish,
+/// cleanup still runs, and the journal says which signal it was.
+fn ctrl_c() -> crate::shutdown::Shutdown {
+    crate::shutdown::Shutdown::listen()
 }
 
 fn start(cli: &Cli, model: &Model, mode: Mode, emergency: bool, args: &RunArgs) -> Outcome {
@@ -1004,7 +1023,7 @@ fn start_with(
         operator: operator(&args.exec),
         incident_at: args.incident_at,
     };
-    let (shutdown, _guard) = ctrl_c();
+    let shutdown = ctrl_c();
     let mut view = TerminalView::new(&model.inventory, None);
     if !args.exec.no_prompt && std::io::stdin().is_terminal() {
         view.prompt_on_terminal(cli.state_dir.clone());
@@ -1018,7 +1037,7 @@ fn finish(result: Result<crate::run::RunOutcome, RunError>) -> Outcome {
             let mut stderr = String::new();
             if let Some(stale) = &outcome.replaced_stale_lock {
                 stderr = format!(
-                    "note: took over a stale lock of run {} (pid {} on {}, which is no longer running)\n",
+                    "note: took over the lock left by run {} (pid {} on {}, which no longer holds it: it ended without releasing it)\n",
                     stale.run_id, stale.pid, stale.machine
                 );
             }
@@ -1051,11 +1070,15 @@ fn run_error(e: RunError) -> Outcome {
         }
         RunError::Journal(JournalError::NoSuchRun { .. })
         | RunError::UnknownStep { .. }
-        | RunError::SourcesChanged { .. } => {
-            Outcome::err(exit::INVALID_INPUT, format!("error: {e}\n"))
-        }
+        | RunError::SourcesChanged { .. }
+        | RunError::RunOver { .. }
+        | RunError::NotWaiting { .. }
+        | RunError::AlreadyConfirmed { .. }
+        | RunError::DrillOver { .. } => Outcome::err(exit::INVALID_INPUT, format!("error: {e}\n")),
+        RunError::NoName => Outcome::err(exit::USAGE, format!("error: {e}\n")),
         RunError::SplitBrain { .. } => Outcome::err(exit::SPLIT_BRAIN, format!("error: {e}\n")),
         RunError::AlreadyFinished(_) => Outcome::err(exit::INVALID_INPUT, format!("error: {e}\n")),
+        RunError::JournalFailed { .. } => Outcome::err(exit::IO, format!("error: {e}\n")),
         RunError::Journal(_) | RunError::NoStart(_) => {
             Outcome::err(exit::IO, format!("error: {e}\n"))
         }
@@ -1178,12 +1201,13 @@ fn runs(cli: &Cli, json: bool) -> Outcome {
         "RUN", "MODE", "RESULT", "STARTED (UTC)", "DURATION", "RTO MET", "STEPS DONE"
     );
     for r in list {
-        let mode = if r.emergency {
-            "failover (emergency)".to_string()
-        } else {
-            r.mode.to_string()
+        let mode = match r.mode {
+            _ if r.emergency => "failover (emergency)".to_string(),
+            Some(mode) => mode.to_string(),
+            None => "?".to_string(),
         };
         let result = match (r.status, r.result) {
+            _ if r.damaged.is_some() => "DAMAGED".to_string(),
             (None, _) => "unfinished".to_string(),
             (_, Some(o)) => serde_json::to_value(o)
                 .ok()
@@ -1198,8 +1222,9 @@ fn runs(cli: &Cli, json: bool) -> Outcome {
         };
         let duration = r
             .ended
-            .map(|e| {
-                crate::duration::Duration((e - r.started).num_seconds().max(0) as u64).to_string()
+            .zip(r.started)
+            .map(|(e, s)| {
+                crate::duration::Duration((e - s).num_seconds().max(0) as u64).to_string()
             })
             .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
@@ -1207,12 +1232,17 @@ fn runs(cli: &Cli, json: bool) -> Outcome {
             r.run_id,
             mode,
             result,
-            r.started.format("%Y-%m-%d %H:%M"),
+            r.started
+                .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                .unwrap_or_else(|| "-".into()),
             duration,
             rto,
             r.steps_done,
             r.steps
         ));
+        if let Some(why) = &r.damaged {
+            out.push_str(&format!("    damaged journal: {why}\n"));
+        }
     }
     Outcome::ok(out)
 }
@@ -1222,8 +1252,8 @@ fn show(cli: &Cli, run: &str) -> Outcome {
         Ok(d) => d,
         Err(e) => return run_error(e.into()),
     };
-    let events = match dir.read() {
-        Ok(e) => e,
+    let (events, damage) = match crate::journal::read_lenient(&dir.journal_path()) {
+        Ok(read) => read,
         Err(e) => return run_error(e.into()),
     };
     let mut out = String::new();
@@ -1249,6 +1279,18 @@ fn show(cli: &Cli, run: &str) -> Outcome {
             Event::RunResumed {
                 operator, machine, ..
             } => format!("resumed by {operator} on {machine}"),
+            Event::StopRequested { reason, .. } => format!(
+                "stop requested ({reason}): no new steps, running ones finish, a drill's cleanup runs"
+            ),
+            Event::JournalRepaired {
+                line,
+                bytes,
+                kept_in,
+                excerpt,
+                ..
+            } => format!(
+                "journal repaired: line {line} was cut short by a crash; its {bytes} bytes were cut off and kept in {kept_in} ({excerpt:?})"
+            ),
             Event::ReplicaPointUsed {
                 step,
                 item,
@@ -1331,5 +1373,19 @@ fn show(cli: &Cli, run: &str) -> Outcome {
         };
         out.push_str(&format!("{at}  {line}\n"));
     }
-    Outcome::ok(out)
+    if let Some(bytes) = crate::journal::torn_tail(&dir.journal_path()) {
+        out.push_str(&format!(
+            "(the journal ends with a line of {bytes} bytes cut short by a crash: `reprise resume {}` cuts it off)\n",
+            dir.run_id
+        ));
+    }
+    match damage {
+        // What could be read is shown, and where it stops.
+        Some(e) => Outcome {
+            stdout: out,
+            stderr: format!("error: {e}\n"),
+            code: exit::IO,
+        },
+        None => Outcome::ok(out),
+    }
 }

@@ -138,6 +138,20 @@ pub enum Event {
         operator: String,
         machine: String,
     },
+    /// A stop was asked (a signal: `SIGINT` for Ctrl-C, `SIGTERM`, `SIGHUP`): no new step
+    /// starts, running ones finish, a drill's cleanup runs, then the run ends `interrupted`.
+    StopRequested { at: DateTime<Utc>, reason: String },
+    /// The journal ended with a line a crash left half-written; it was cut off before the run
+    /// was carried on, and kept in `kept_in` (a file beside the journal).
+    JournalRepaired {
+        at: DateTime<Utc>,
+        /// The number the torn line had.
+        line: usize,
+        bytes: u64,
+        kept_in: String,
+        /// The start of what was cut.
+        excerpt: String,
+    },
     RunFinished {
         at: DateTime<Utc>,
         status: RunStatus,
@@ -156,6 +170,8 @@ impl Event {
             | Event::UndoFinished { at, .. }
             | Event::ReplicaPointUsed { at, .. }
             | Event::RunResumed { at, .. }
+            | Event::StopRequested { at, .. }
+            | Event::JournalRepaired { at, .. }
             | Event::RunFinished { at, .. } => *at,
         }
     }

@@ -44,7 +44,9 @@ pub enum JournalError {
         holder.describe(), holder.pid, holder.machine
     )]
     Locked { path: PathBuf, holder: LockHolder },
-    #[error("another process holds the lock {path} and is writing who it is: try again in a moment")]
+    #[error(
+        "another process holds the lock {path} and is writing who it is: try again in a moment"
+    )]
     LockBusy { path: PathBuf },
     #[error(
         "the lock {path} was taken on another machine: {}; whether that run still goes on cannot be checked from here. \
@@ -260,13 +262,8 @@ impl JournalWriter {
             .open(&path)
             .map_err(io("open", &path))?;
         let mut bytes = Vec::new();
-        (&file)
-            .read_to_end(&mut bytes)
-            .map_err(io("read", &path))?;
-        let good = bytes
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |i| i + 1);
+        (&file).read_to_end(&mut bytes).map_err(io("read", &path))?;
+        let good = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         let mut torn = None;
         if good < bytes.len() {
             let tail = &bytes[good..];
@@ -394,10 +391,7 @@ pub fn read_lenient(path: &Path) -> Result<(Vec<Event>, Option<JournalError>), J
 /// The length of a journal's torn last line (no newline at its end), if it has one.
 pub fn torn_tail(path: &Path) -> Option<u64> {
     let bytes = std::fs::read(path).ok()?;
-    let good = bytes
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
+    let good = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     (good < bytes.len()).then(|| (bytes.len() - good) as u64)
 }
 
@@ -529,8 +523,7 @@ impl StateLock {
         };
         let text = serde_json::to_string(holder).expect("a lock serializes");
         file.set_len(0).map_err(io("write", &path))?;
-        (&file)
-            .write_all_at(text.as_bytes(), 0)
+        file.write_all_at(text.as_bytes(), 0)
             .map_err(io("write", &path))?;
         file.sync_all().map_err(io("write", &path))?;
         Ok(StateLock {
@@ -641,7 +634,8 @@ mod tests {
         assert_eq!(lock.replaced_stale, None);
         let err = StateLock::acquire(state.path(), &holder("r2")).unwrap_err();
         assert!(
-            matches!(err, JournalError::Locked { .. }) && err.to_string().contains("run `r1` by nadia"),
+            matches!(err, JournalError::Locked { .. })
+                && err.to_string().contains("run `r1` by nadia"),
             "{err}"
         );
         assert!(err.to_string().contains("kill -TERM"), "{err}");
@@ -672,8 +666,7 @@ mod tests {
                 let (state, holders, most) = (state.path(), &holders, &most);
                 s.spawn(move || {
                     for i in 0..200 {
-                        if let Ok(lock) = StateLock::acquire(state, &holder(&format!("r{t}-{i}")))
-                        {
+                        if let Ok(lock) = StateLock::acquire(state, &holder(&format!("r{t}-{i}"))) {
                             use std::sync::atomic::Ordering::SeqCst;
                             let now = holders.fetch_add(1, SeqCst) + 1;
                             most.fetch_max(now, SeqCst);
@@ -755,7 +748,9 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         RunDir::create(state.path(), "20261128-031000-drill").unwrap();
         std::fs::write(
-            state.path().join("runs/20261128-031000-drill/journal.jsonl"),
+            state
+                .path()
+                .join("runs/20261128-031000-drill/journal.jsonl"),
             "",
         )
         .unwrap();
@@ -808,7 +803,8 @@ mod tests {
             .append(true)
             .open(dir.journal_path())
             .unwrap();
-        f.write_all(b"{\"event\":\"step_started\",\"at\":\"").unwrap();
+        f.write_all(b"{\"event\":\"step_started\",\"at\":\"")
+            .unwrap();
         drop(f);
         assert_eq!(torn_tail(&dir.journal_path()), Some(30));
         let (mut w, torn) = JournalWriter::resume(&dir).unwrap();

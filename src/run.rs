@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::watch;
 
 use crate::diagnostic::{Report, did_you_mean};
 use crate::event::{Event, RunPlan, RunStatus, StepStatus};
@@ -21,7 +20,8 @@ use crate::journal::{
 use crate::model::Model;
 use crate::plan::{self, Plan, PlanOptions};
 use crate::runbook::{Mode, Side};
-use crate::runner::{self, Prior, RunContext, RunOptions, Sink};
+use crate::runner::{self, Prior, RunContext, RunOptions, Sink, Unrecorded};
+use crate::shutdown::Shutdown;
 use crate::ssh::{HostKeyPolicy, HostSpec, SshTransport, Transport};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,37 @@ pub enum RunError {
     },
     #[error("run `{0}` already finished successfully: nothing to resume")]
     AlreadyFinished(String),
+    #[error(
+        "the drill `{run_id}` is over: its cleanup ran at {at} and removed its copies, so nothing of it is left to carry on; start a new drill"
+    )]
+    DrillOver { run_id: String, at: DateTime<Utc> },
+    #[error(
+        "the journal of run `{run_id}` could not be written: {error}. The run stopped: no step started after that{}. \
+         Free the space or mend the disk, then `reprise resume {run_id}` carries on (each step not recorded as done is checked again)",
+        if unrecorded.is_empty() { String::new() } else { format!("; these steps went on running and are not recorded: {}", unrecorded.join(", ")) }
+    )]
+    JournalFailed {
+        run_id: String,
+        error: Box<JournalError>,
+        unrecorded: Vec<String>,
+    },
+    #[error("a confirmation needs the name of who gives it: --by NAME")]
+    NoName,
+    #[error("run `{run_id}` is over ({status}): nothing in it waits for a confirmation")]
+    RunOver { run_id: String, status: String },
+    #[error("step `{step}` of run `{run_id}` does not wait for a confirmation: {why}")]
+    NotWaiting {
+        run_id: String,
+        step: String,
+        why: String,
+    },
+    #[error("step `{step}` of run `{run_id}` was already confirmed by {by} at {at}")]
+    AlreadyConfirmed {
+        run_id: String,
+        step: String,
+        by: String,
+        at: DateTime<Utc>,
+    },
     #[error("the journal of run `{0}` does not say how it started")]
     NoStart(String),
     #[error(
@@ -102,11 +133,14 @@ pub struct RunOutcome {
     pub replaced_stale_lock: Option<LockHolder>,
 }
 
-/// Writes each event to the journal first, then shows it.
+/// Writes each event to the journal first, then shows it. Once the journal fails, nothing
+/// more is shown; the steps that finish after that are kept to tell the operator.
 struct Tee<'a> {
     journal: JournalWriter,
     view: &'a mut dyn Sink,
     error: Option<JournalError>,
+    /// Steps that ran on, finished, and are not recorded.
+    unrecorded: Vec<String>,
 }
 
 /// Structured logs of the run's events (`--log-format json` for machines).
@@ -123,6 +157,13 @@ fn log(event: &Event) {
             tracing::info!(run_id, %mode, emergency, operator, steps = steps.len(), "run started")
         }
         Event::RunResumed { operator, .. } => tracing::info!(operator, "run resumed"),
+        Event::StopRequested { reason, .. } => tracing::warn!(reason, "stop requested"),
+        Event::JournalRepaired {
+            line,
+            bytes,
+            kept_in,
+            ..
+        } => tracing::warn!(line, bytes, kept_in, "torn journal line cut"),
         Event::StepStarted {
             step,
             attempt,
@@ -165,14 +206,29 @@ fn log(event: &Event) {
 }
 
 impl Sink for Tee<'_> {
-    fn emit(&mut self, event: &Event) {
+    fn emit(&mut self, event: &Event) -> Result<(), Unrecorded> {
         log(event);
-        if let Err(e) = self.journal.append(event)
-            && self.error.is_none()
-        {
-            self.error = Some(e);
+        if let Some(e) = &self.error {
+            if let Event::StepFinished { step, status, .. } = event
+                && *status != StepStatus::Cancelled
+            {
+                self.unrecorded.push(step.clone());
+            }
+            return Err(Unrecorded(e.to_string()));
         }
-        self.view.emit(event);
+        match self.journal.append(event) {
+            Ok(()) => self.view.emit(event),
+            Err(e) => {
+                tracing::error!(
+                    journal = %self.journal.path().display(),
+                    error = %e,
+                    "the journal cannot be written: no step starts any more, running ones finish"
+                );
+                let why = Unrecorded(e.to_string());
+                self.error = Some(e);
+                Err(why)
+            }
+        }
     }
 }
 
@@ -214,11 +270,12 @@ pub struct ExecOptions {
     pub ssh: SshOptions,
 }
 
-/// A run ready to go: its plan, folder, first journal event and what is already done.
+/// A run ready to go: its plan, folder, first journal events and what is already done.
 struct Launch {
     plan: Plan,
     dir: RunDir,
-    first: Event,
+    journal: JournalWriter,
+    first: Vec<Event>,
     prior: HashMap<String, Prior>,
 }
 
@@ -227,24 +284,27 @@ fn execute(
     Launch {
         plan,
         dir,
+        journal,
         first,
         prior,
     }: Launch,
     exec: &ExecOptions,
     view: &mut dyn Sink,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<RunStatus, RunError> {
     let (run, ssh) = (&exec.run, &exec.ssh);
-    let journal = JournalWriter::open(&dir)?;
     let mut tee = Tee {
         journal,
         view,
         error: None,
+        unrecorded: Vec::new(),
     };
-    tee.emit(&first);
-    if let Some(e) = tee.error.take() {
-        return Err(e.into());
+    for event in &first {
+        if tee.emit(event).is_err() {
+            return Err(tee.error.take().expect("the error is kept").into());
+        }
     }
+    let run_id = dir.run_id.clone();
     let ctx = RunContext {
         plan: Arc::new(plan),
         transport: Arc::new(transport(model, ssh)),
@@ -255,7 +315,11 @@ fn execute(
     };
     let status = runner::run(ctx, &mut tee, shutdown);
     match tee.error {
-        Some(e) => Err(e.into()),
+        Some(error) => Err(RunError::JournalFailed {
+            run_id,
+            error: Box::new(error),
+            unrecorded: tee.unrecorded,
+        }),
         None => Ok(status),
     }
 }
@@ -296,7 +360,7 @@ pub fn start(
     model: &Model,
     opts: &StartOptions,
     view: &mut dyn Sink,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<RunOutcome, RunError> {
     let now = Utc::now();
     let run_id = journal::new_run_id(&opts.state_dir, now, opts.plan.mode.as_str());
@@ -327,6 +391,7 @@ pub fn start(
         },
     )?;
     let dir = RunDir::create(&opts.state_dir, &run_id)?;
+    let journal = JournalWriter::open(&dir)?;
     let first = Event::RunStarted {
         at: now,
         run_id: run_id.clone(),
@@ -350,7 +415,8 @@ pub fn start(
         Launch {
             plan,
             dir,
-            first,
+            journal,
+            first: vec![first],
             prior: HashMap::new(),
         },
         &opts.exec,
@@ -431,7 +497,9 @@ pub fn finished(events: &[Event]) -> Option<RunStatus> {
     })
 }
 
-/// Carries on a run where it stopped: finished steps are never repeated.
+/// Carries on a run where it stopped: finished steps are never repeated. The state lock is
+/// taken before the journal is read, so what it says cannot change meanwhile; a torn last line
+/// is cut off (and that is journaled) before anything is appended.
 pub fn resume(
     model: &Model,
     state_dir: &Path,
@@ -439,30 +507,9 @@ pub fn resume(
     exec: &ExecOptions,
     operator: &str,
     view: &mut dyn Sink,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<RunOutcome, RunError> {
     let dir = RunDir::open(state_dir, run_id)?;
-    let events = dir.read()?;
-    let start = started(&dir.run_id, &events)?;
-    if finished(&events) == Some(RunStatus::Succeeded) {
-        return Err(RunError::AlreadyFinished(dir.run_id.clone()));
-    }
-    let now_digest = model.sources.digest();
-    if now_digest != start.sources_digest {
-        return Err(RunError::SourcesChanged {
-            run_id: dir.run_id.clone(),
-            then: start.sources_digest[..12].to_string(),
-            now: now_digest[..12].to_string(),
-        });
-    }
-    let plan_opts = PlanOptions {
-        mode: start.mode,
-        emergency: start.emergency,
-        services: start.services.clone(),
-        only: start.only,
-        run_id: dir.run_id.clone(),
-    };
-    let plan = plan::build(model, &plan_opts).map_err(|d| RunError::Plan(model.report(d)))?;
     let machine = journal::machine_name();
     let lock = StateLock::acquire(
         state_dir,
@@ -474,17 +521,57 @@ pub fn resume(
             since: Utc::now(),
         },
     )?;
-    let prior = runner::prior_from_journal(&events);
-    let first = Event::RunResumed {
-        at: Utc::now(),
+    let events = dir.read()?;
+    let start = started(&dir.run_id, &events)?;
+    if finished(&events) == Some(RunStatus::Succeeded) {
+        return Err(RunError::AlreadyFinished(dir.run_id.clone()));
+    }
+    let now_digest = model.sources.digest();
+    if now_digest != start.sources_digest {
+        return Err(RunError::SourcesChanged {
+            run_id: dir.run_id.clone(),
+            then: start.sources_digest.chars().take(12).collect(),
+            now: now_digest[..12].to_string(),
+        });
+    }
+    let plan_opts = PlanOptions {
+        mode: start.mode,
+        emergency: start.emergency,
+        services: start.services.clone(),
+        only: start.only,
+        run_id: dir.run_id.clone(),
+    };
+    let plan = plan::build(model, &plan_opts).map_err(|d| RunError::Plan(model.report(d)))?;
+    let mut prior = runner::prior_from_journal(&events);
+    if let Some(at) = runner::drill_cleaned_up(&plan, &events, &mut prior) {
+        return Err(RunError::DrillOver {
+            run_id: dir.run_id.clone(),
+            at,
+        });
+    }
+    let (journal, torn) = JournalWriter::resume(&dir)?;
+    let now = Utc::now();
+    let mut first = Vec::new();
+    if let Some(torn) = torn {
+        first.push(Event::JournalRepaired {
+            at: now,
+            line: torn.line,
+            bytes: torn.bytes,
+            kept_in: torn.kept_in.display().to_string(),
+            excerpt: torn.excerpt,
+        });
+    }
+    first.push(Event::RunResumed {
+        at: now,
         operator: operator.to_string(),
         machine,
-    };
+    });
     let path = dir.path.clone();
     let run_id = dir.run_id.clone();
     let launch = Launch {
         plan,
         dir,
+        journal,
         first,
         prior,
     };
@@ -497,7 +584,9 @@ pub fn resume(
     })
 }
 
-/// Records that `by` confirmed a manual step of a run (from any shell).
+/// Records that `by` confirmed a manual step of a run (from any shell). Only a step that
+/// waits for a confirmation in that run can be confirmed (a manual step, or a step handed to
+/// the operator after an interruption), once, and only by someone named.
 pub fn confirm(
     state_dir: &Path,
     run_id: &str,
@@ -505,6 +594,10 @@ pub fn confirm(
     by: &str,
     note: Option<String>,
 ) -> Result<String, RunError> {
+    let by = by.trim();
+    if by.is_empty() {
+        return Err(RunError::NoName);
+    }
     let dir = RunDir::open(state_dir, run_id)?;
     let events = dir.read()?;
     let start = started(&dir.run_id, &events)?;
@@ -513,6 +606,27 @@ pub fn confirm(
             run_id: dir.run_id.clone(),
             step: step.to_string(),
             hint: did_you_mean(step, start.steps.iter().map(String::as_str)),
+        });
+    }
+    if let Some(status) = over(&events) {
+        return Err(RunError::RunOver {
+            run_id: dir.run_id.clone(),
+            status: format!("{status:?}").to_lowercase(),
+        });
+    }
+    if let Err(why) = waiting(&events, step) {
+        return Err(RunError::NotWaiting {
+            run_id: dir.run_id.clone(),
+            step: step.to_string(),
+            why,
+        });
+    }
+    if let Some(given) = dir.confirmation(step) {
+        return Err(RunError::AlreadyConfirmed {
+            run_id: dir.run_id.clone(),
+            step: step.to_string(),
+            by: given.by,
+            at: given.at,
         });
     }
     dir.confirm(
@@ -526,14 +640,45 @@ pub fn confirm(
     Ok(dir.run_id)
 }
 
+/// How the run ended, when its journal ends with its end (not resumed since).
+fn over(events: &[Event]) -> Option<RunStatus> {
+    events.iter().rev().find_map(|e| match e {
+        Event::RunFinished { status, .. } => Some(Some(*status)),
+        Event::RunStarted { .. } | Event::RunResumed { .. } => Some(None),
+        _ => None,
+    })?
+}
+
+/// Whether the journal says `step` waits for a person now; if not, why.
+fn waiting(events: &[Event], step: &str) -> Result<(), String> {
+    let mut state = Err("it has not started".to_string());
+    for e in events {
+        match e {
+            Event::WaitingForOperator { step: s, .. } if s == step => state = Ok(()),
+            Event::StepStarted { step: s, .. } if s == step => {
+                state = Err("it is running and does not ask for one".to_string())
+            }
+            Event::StepFinished {
+                step: s, status, ..
+            } if s == step => state = Err(format!("it finished ({status:?})").to_lowercase()),
+            _ => {}
+        }
+    }
+    state
+}
+
 /// One line of `reprise runs`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunSummary {
     pub run_id: String,
-    pub mode: Mode,
+    /// Why its journal cannot be read to its end: the run is listed from what comes before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
+    /// `None` when even the start of the journal is damaged.
+    pub mode: Option<Mode>,
     pub emergency: bool,
-    pub operator: String,
-    pub started: DateTime<Utc>,
+    pub operator: Option<String>,
+    pub started: Option<DateTime<Utc>>,
     pub ended: Option<DateTime<Utc>>,
     pub status: Option<RunStatus>,
     pub steps_done: usize,
@@ -545,13 +690,22 @@ pub struct RunSummary {
     pub rto_measured: usize,
 }
 
+/// Every run of a state folder, oldest first. A journal that cannot be read to its end is
+/// listed as damaged, with why; it never hides the others.
 pub fn summaries(state_dir: &Path) -> Result<Vec<RunSummary>, RunError> {
     let mut out = Vec::new();
     for id in journal::list(state_dir)? {
-        let events = RunDir::open(state_dir, &id)?.read()?;
-        let Ok(start) = started(&id, &events) else {
-            continue;
+        let path = runs_dir_of(state_dir, &id);
+        let (events, damage) = match journal::read_lenient(&path) {
+            Ok((events, damage)) => (events, damage.map(|e| e.to_string())),
+            Err(e) => (Vec::new(), Some(e.to_string())),
         };
+        let start = started(&id, &events).ok();
+        let damaged = damage.or_else(|| {
+            start
+                .is_none()
+                .then(|| format!("{}: no `run_started` event", path.display()))
+        });
         let mut done = std::collections::HashSet::new();
         for e in &events {
             if let Event::StepFinished {
@@ -573,21 +727,27 @@ pub fn summaries(state_dir: &Path) -> Result<Vec<RunSummary>, RunError> {
             history: &[],
             lang: crate::report::Lang::En,
         })
-        .ok();
+        .ok()
+        .filter(|_| damaged.is_none());
         out.push(RunSummary {
             run_id: id,
-            mode: start.mode,
-            emergency: start.emergency,
-            operator: start.operator,
-            started: start.at,
+            damaged,
+            mode: start.as_ref().map(|s| s.mode),
+            emergency: start.as_ref().is_some_and(|s| s.emergency),
+            operator: start.as_ref().map(|s| s.operator.clone()),
+            started: start.as_ref().map(|s| s.at),
             ended,
             status: finished(&events),
             steps_done: done.len(),
-            steps: start.steps.len(),
+            steps: start.as_ref().map_or(0, |s| s.steps.len()),
             result: report.as_ref().map(|r| r.result),
             rto_met: report.as_ref().map_or(0, |r| r.rto_met),
             rto_measured: report.as_ref().map_or(0, |r| r.rto_measured),
         });
     }
     Ok(out)
+}
+
+fn runs_dir_of(state_dir: &Path, id: &str) -> PathBuf {
+    journal::runs_dir(state_dir).join(id).join("journal.jsonl")
 }

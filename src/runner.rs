@@ -19,6 +19,7 @@ use crate::event::{Event, RunStatus, StepStatus};
 use crate::journal::Confirmation;
 use crate::plan::{Action, Plan, PlannedStep, Replicated};
 use crate::runbook::{Mode, Phase};
+use crate::shutdown::Shutdown;
 use crate::ssh::{ExecOutput, Transport};
 use crate::template::Command;
 
@@ -65,8 +66,15 @@ impl Confirmations for crate::journal::RunDir {
 
 /// Where events go. Called from the runner's task, in order.
 pub trait Sink: Send {
-    fn emit(&mut self, event: &Event);
+    /// Takes an event. An error means it could not be recorded (the journal failed): the run
+    /// then stops (no step starts any more; running ones finish).
+    fn emit(&mut self, event: &Event) -> Result<(), Unrecorded>;
 }
+
+/// Why an event could not be recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unrecorded(pub String);
 
 /// What a resumed run knows of a step from the journal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +83,8 @@ pub enum Prior {
     Done,
     /// Was running when the orchestrator died: verify, re-run if idempotent, or ask.
     Interrupted,
+    /// A main step of a drill whose cleanup already ran: never run (its copies are gone).
+    DrillOver,
 }
 
 /// Resolves secrets at execution time.
@@ -101,15 +111,23 @@ enum State {
     Finished(StepStatus),
 }
 
-/// Runs the plan on a fresh tokio runtime, until done or `shutdown` turns true.
-pub fn run(ctx: RunContext, sink: &mut dyn Sink, shutdown: watch::Receiver<bool>) -> RunStatus {
+/// Runs the plan on a fresh tokio runtime, until done or `shutdown` is asked.
+pub fn run(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -> RunStatus {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a tokio runtime starts");
-    runtime.block_on(execute(ctx, sink, shutdown))
+    let status = runtime.block_on(execute(ctx, sink, shutdown));
+    // A transport call the runner stopped waiting for (a host that froze) is left to end
+    // on its own timeouts: the run does not wait for it.
+    runtime.shutdown_timeout(StdDuration::from_millis(100));
+    status
 }
+
+/// How long after a command's deadline the runner stops waiting for the transport, in case
+/// it does not keep that deadline itself: the remote side's KILL comes 5 s after its TERM.
+const LATE: StdDuration = StdDuration::from_secs(10);
 
 /// The result of one step's task.
 struct Outcome {
@@ -120,17 +138,36 @@ struct Outcome {
     elapsed: StdDuration,
 }
 
-/// Messages from step tasks to the loop: events to emit, and the final outcome.
+/// Messages from step tasks to the loop: events to emit.
 enum Msg {
     Event(Event),
+    /// An event that must be recorded before the step goes on (its start, before its
+    /// command is sent); the answer says whether it was.
+    Recorded(Event, tokio::sync::oneshot::Sender<bool>),
+}
+
+/// The sink of a run, and whether it still records.
+struct Out<'a> {
+    sink: &'a mut dyn Sink,
+    /// Why the journal stopped recording, once it did.
+    failed: Option<String>,
+}
+
+impl Out<'_> {
+    /// Emits an event; `false` when it could not be recorded.
+    fn emit(&mut self, event: &Event) -> bool {
+        match self.sink.emit(event) {
+            Ok(()) => true,
+            Err(Unrecorded(why)) => {
+                self.failed.get_or_insert(why);
+                false
+            }
+        }
+    }
 }
 
 /// Runs the plan on the current runtime.
-pub async fn execute(
-    ctx: RunContext,
-    sink: &mut dyn Sink,
-    mut shutdown: watch::Receiver<bool>,
-) -> RunStatus {
+pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -> RunStatus {
     let plan = ctx.plan.clone();
     let n = plan.steps.len();
     let index: HashMap<&str, usize> = plan
@@ -144,17 +181,36 @@ pub async fn execute(
         .iter()
         .map(|s| s.after.iter().map(|a| index[a.as_str()]).collect())
         .collect();
+    let mut out = Out { sink, failed: None };
     let mut state = vec![State::Pending; n];
     for (i, s) in plan.steps.iter().enumerate() {
-        if ctx.prior.get(&s.id) == Some(&Prior::Done) {
-            state[i] = State::Finished(StepStatus::Done);
+        match ctx.prior.get(&s.id) {
+            Some(Prior::Done) => state[i] = State::Finished(StepStatus::Done),
+            Some(Prior::DrillOver) => {
+                state[i] = State::Finished(StepStatus::Cancelled);
+                out.emit(&finished_event(
+                    s,
+                    0,
+                    StepStatus::Cancelled,
+                    0,
+                    Some(
+                        "not run: the drill's cleanup already ran and removed its copies; start a new drill to rehearse it"
+                            .into(),
+                    ),
+                ));
+            }
+            Some(Prior::Interrupted) | None => {}
         }
     }
     let keep_going = matches!(plan.mode, Mode::Restore | Mode::Drill)
         || (plan.mode == Mode::Failover && plan.emergency);
     let ctx = Arc::new(ctx);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Msg>();
+    // What the steps watch: a stop asked from outside, or a journal that stopped recording.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut asked = shutdown.receiver();
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
+    let mut task_step: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut per_host: HashMap<String, usize> = HashMap::new();
     let mut running = 0usize;
     let mut halted = false; // no new main steps
@@ -163,6 +219,11 @@ pub async fn execute(
     let mut done_order: Vec<usize> = Vec::new();
 
     loop {
+        if out.failed.is_some() && !halted {
+            // Nothing may run that the journal does not record: not even a cleanup step.
+            halted = true;
+            let _ = stop_tx.send(true);
+        }
         // Settle steps that can no longer run, then start what is ready.
         let mut changed = true;
         while changed {
@@ -172,38 +233,44 @@ pub async fn execute(
                     continue;
                 }
                 let step = &plan.steps[i];
-                // Cleanup steps run whatever happened before them.
-                if step.phase == Phase::Main {
-                    if let Some(&bad) = after[i]
-                        .iter()
-                        .find(|&&j| matches!(state[j], State::Finished(s) if !s.succeeded()))
-                    {
-                        let (status, msg) = if state[bad] == State::Finished(StepStatus::Cancelled)
-                        {
-                            (
-                                StepStatus::Cancelled,
-                                format!("the run stopped before {}", plan.steps[bad].id),
-                            )
-                        } else {
-                            (
-                                StepStatus::Blocked,
-                                format!("blocked: {} did not succeed", plan.steps[bad].id),
-                            )
-                        };
-                        state[i] = State::Finished(status);
-                        sink.emit(&finished_event(step, 0, status, 0, Some(msg)));
-                        changed = true;
-                    } else if halted {
-                        state[i] = State::Finished(StepStatus::Cancelled);
-                        sink.emit(&finished_event(
-                            step,
-                            0,
+                // Cleanup steps run whatever happened before them, unless the journal failed.
+                if step.phase == Phase::Cleanup && out.failed.is_none() {
+                    continue;
+                }
+                if let Some(&bad) = after[i]
+                    .iter()
+                    .find(|&&j| matches!(state[j], State::Finished(s) if !s.succeeded()))
+                    .filter(|_| step.phase == Phase::Main)
+                {
+                    let (status, msg) = if state[bad] == State::Finished(StepStatus::Cancelled) {
+                        (
                             StepStatus::Cancelled,
-                            0,
-                            Some("the run was stopped before this step".into()),
-                        ));
-                        changed = true;
-                    }
+                            format!("the run stopped before {}", plan.steps[bad].id),
+                        )
+                    } else {
+                        (
+                            StepStatus::Blocked,
+                            format!("blocked: {} did not succeed", plan.steps[bad].id),
+                        )
+                    };
+                    state[i] = State::Finished(status);
+                    out.emit(&finished_event(step, 0, status, 0, Some(msg)));
+                    changed = true;
+                } else if halted {
+                    let why = if out.failed.is_some() {
+                        "not started: the journal cannot record it"
+                    } else {
+                        "the run was stopped before this step"
+                    };
+                    state[i] = State::Finished(StepStatus::Cancelled);
+                    out.emit(&finished_event(
+                        step,
+                        0,
+                        StepStatus::Cancelled,
+                        0,
+                        Some(why.into()),
+                    ));
+                    changed = true;
                 }
             }
         }
@@ -235,47 +302,68 @@ pub async fn execute(
             }
             let ctx2 = ctx.clone();
             let tx2 = tx.clone();
-            let sd = shutdown.clone();
+            let sd = stop_rx.clone();
             let prior = ctx.prior.get(&step.id).copied();
-            tasks.spawn(async move { run_step(ctx2, i, prior, tx2, sd).await });
+            let task = tasks.spawn(async move { run_step(ctx2, i, prior, tx2, sd).await });
+            task_step.insert(task.id(), i);
         }
         if running == 0 {
             break;
         }
         tokio::select! {
-            Some(msg) = rx.recv() => match msg {
-                Msg::Event(e) => sink.emit(&e),
-            },
-            Some(joined) = tasks.join_next() => {
+            Some(msg) = rx.recv() => deliver(&mut out, msg),
+            Some(joined) = tasks.join_next_with_id() => {
                 // Events sent before the outcome come first.
-                while let Ok(Msg::Event(e)) = rx.try_recv() {
-                    sink.emit(&e);
+                while let Ok(msg) = rx.try_recv() {
+                    deliver(&mut out, msg);
                 }
-                let out = joined.expect("a step task does not panic");
-                let step = &plan.steps[out.index];
+                let result = match joined {
+                    Ok((id, result)) => {
+                        task_step.remove(&id);
+                        result
+                    }
+                    // A fault of reprise inside one step fails that step, not the run.
+                    Err(e) => {
+                        let index = task_step.remove(&e.id()).expect("every task is a step's");
+                        Outcome {
+                            index,
+                            status: StepStatus::Failed,
+                            attempt: 1,
+                            message: Some(format!("reprise failed inside this step: {}", fault(e))),
+                            elapsed: StdDuration::ZERO,
+                        }
+                    }
+                };
+                let step = &plan.steps[result.index];
                 running -= 1;
                 if let Some(h) = &step.host {
                     *per_host.get_mut(h).expect("counted") -= 1;
                 }
-                state[out.index] = State::Finished(out.status);
-                sink.emit(&finished_event(step, out.attempt, out.status, out.elapsed.as_millis() as u64, out.message));
-                if out.status.succeeded() {
-                    done_order.push(out.index);
-                } else if step.phase == Phase::Main && !keep_going && out.status != StepStatus::Cancelled {
+                state[result.index] = State::Finished(result.status);
+                out.emit(&finished_event(step, result.attempt, result.status, result.elapsed.as_millis() as u64, result.message));
+                if result.status.succeeded() {
+                    done_order.push(result.index);
+                } else if step.phase == Phase::Main && !keep_going && result.status != StepStatus::Cancelled {
                     halted = true;
                     planned_failure = true;
                 }
             },
-            changed = shutdown.changed(), if !interrupted => {
-                if changed.is_err() || *shutdown.borrow() {
+            changed = asked.changed(), if !interrupted => {
+                if changed.is_err() || *asked.borrow() {
                     interrupted = true;
                     halted = true;
+                    let _ = stop_tx.send(true);
+                    out.emit(&Event::StopRequested {
+                        at: Utc::now(),
+                        reason: shutdown.reason().unwrap_or("a stop was asked").to_string(),
+                    });
                 }
             },
         }
     }
 
-    if planned_failure && ctx.options.rollback {
+    // Undoing is running commands too: not once the journal stopped recording.
+    if planned_failure && ctx.options.rollback && out.failed.is_none() {
         for &i in done_order.iter().rev() {
             let step = &plan.steps[i];
             let Action::Exec {
@@ -297,7 +385,7 @@ pub async fn execute(
                     ),
                     Err(e) => (false, Some(e.message)),
                 };
-            sink.emit(&Event::UndoFinished {
+            out.emit(&Event::UndoFinished {
                 at: Utc::now(),
                 step: step.id.clone(),
                 ok,
@@ -309,7 +397,7 @@ pub async fn execute(
         }
     }
 
-    let status = if interrupted {
+    let status = if interrupted || out.failed.is_some() {
         RunStatus::Interrupted
     } else if planned_failure {
         RunStatus::Failed
@@ -323,11 +411,39 @@ pub async fn execute(
     } else {
         RunStatus::Failed
     };
-    sink.emit(&Event::RunFinished {
+    out.emit(&Event::RunFinished {
         at: Utc::now(),
         status,
     });
     status
+}
+
+/// Hands a step's message to the sink; a step waiting for its event to be recorded is told
+/// whether it was.
+fn deliver(out: &mut Out<'_>, msg: Msg) {
+    match msg {
+        Msg::Event(e) => {
+            out.emit(&e);
+        }
+        Msg::Recorded(e, recorded) => {
+            // Once the journal failed, nothing more starts.
+            let ok = out.failed.is_none() && out.emit(&e);
+            let _ = recorded.send(ok);
+        }
+    }
+}
+
+/// What went wrong in a step's task that ended without an outcome.
+fn fault(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let payload = e.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_string())
 }
 
 fn finished_event(
@@ -347,14 +463,29 @@ fn finished_event(
     }
 }
 
-fn started(tx: &tokio::sync::mpsc::UnboundedSender<Msg>, step: &PlannedStep, attempt: u32) {
-    let _ = tx.send(Msg::Event(Event::StepStarted {
+/// Records that a step starts, and waits until the journal has it on disk: nothing of the
+/// step runs before (a crash then leaves a journal that says it may have run). `false` when
+/// it could not be recorded: the step must not start.
+async fn record_start(
+    tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
+    step: &PlannedStep,
+    attempt: u32,
+) -> bool {
+    let (recorded, answer) = tokio::sync::oneshot::channel();
+    let event = Event::StepStarted {
         at: Utc::now(),
         step: step.id.clone(),
         attempt,
         host: step.host.clone(),
-    }));
+    };
+    if tx.send(Msg::Recorded(event, recorded)).is_err() {
+        return false;
+    }
+    answer.await.unwrap_or(false)
 }
+
+/// The message of a step that did not start because its start could not be recorded.
+const NOT_RECORDED: &str = "not started: the journal cannot record it";
 
 async fn run_step(
     ctx: Arc<RunContext>,
@@ -379,7 +510,9 @@ async fn run_step(
             ..
         } = &step.action_spec
         {
-            started(&tx, step, 0);
+            if !record_start(&tx, step, 0).await {
+                return outcome(StepStatus::Cancelled, 0, Some(NOT_RECORDED.into()));
+            }
             if let Ok(out) = exec(&ctx, step, verify, Some(StdDuration::from_secs(60))).await
                 && out.exit_code == 0
             {
@@ -402,11 +535,25 @@ async fn run_step(
             return wait_for_operator(&ctx, step, instructions, &tx, shutdown, begin, index).await;
         }
     }
-    if let (Some(replica), Some(host)) = (&step.replica, &step.host)
-        && let Err(e) = start_from_replica(&ctx, step, host, replica, &tx).await
+    // The step's start is on disk before anything of it runs on a host.
+    let mut recorded_first = false;
+    if let (Some(replica), Some(host)) = (&step.replica, &step.host) {
+        if !record_start(&tx, step, 1).await {
+            return outcome(StepStatus::Cancelled, 1, Some(NOT_RECORDED.into()));
+        }
+        recorded_first = true;
+        if let Err(e) = start_from_replica(&ctx, step, host, replica, &tx).await {
+            return outcome(StepStatus::Failed, 1, Some(e));
+        }
+    }
+    if !recorded_first
+        && !matches!(
+            step.action_spec,
+            Action::Manual { .. } | Action::Exec { .. }
+        )
+        && !record_start(&tx, step, 1).await
     {
-        started(&tx, step, 1);
-        return outcome(StepStatus::Failed, 1, Some(e));
+        return outcome(StepStatus::Cancelled, 1, Some(NOT_RECORDED.into()));
     }
     match &step.action_spec {
         Action::Manual { instructions } => {
@@ -422,12 +569,26 @@ async fn run_step(
             .await
         }
         Action::Exec { run, verify, .. } => {
-            let timeout = step.timeout_s.map(StdDuration::from_secs);
+            // The deadline bounds the whole step: every attempt, the waits between them and
+            // the verification.
+            let deadline = step.timeout_s.map(|t| begin + StdDuration::from_secs(t));
+            let left = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let past_deadline = || left().is_some_and(|l| l < StdDuration::from_secs(1));
+            let timed_out = |why: String| {
+                Some(format!(
+                    "timed out after {}s: {why}",
+                    step.timeout_s.unwrap_or(0)
+                ))
+            };
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                started(&tx, step, attempt);
-                let result = exec(&ctx, step, run, timeout).await;
+                let recorded =
+                    (attempt == 1 && recorded_first) || record_start(&tx, step, attempt).await;
+                if !recorded {
+                    return outcome(StepStatus::Cancelled, attempt, Some(NOT_RECORDED.into()));
+                }
+                let result = exec(&ctx, step, run, left()).await;
                 let refused = matches!(&result, Err(e) if e.refused);
                 let (status, message) = match result {
                     Ok(out) => {
@@ -443,42 +604,71 @@ async fn run_step(
                                 Some(format!("exited with status {}", out.exit_code)),
                             )
                         } else if let Some(v) = verify {
-                            match exec(
-                                &ctx,
-                                step,
-                                v,
-                                timeout.map(|t| t.min(StdDuration::from_secs(120))),
-                            )
-                            .await
-                            {
-                                Ok(vo) if vo.exit_code == 0 => (StepStatus::Done, None),
-                                Ok(vo) => {
-                                    output_event(&tx, step, attempt, &vo);
-                                    (
+                            let room = left().map_or(StdDuration::from_secs(120), |l| {
+                                l.min(StdDuration::from_secs(120))
+                            });
+                            if past_deadline() {
+                                (
+                                    StepStatus::TimedOut,
+                                    timed_out("no time was left to verify it".into()),
+                                )
+                            } else {
+                                match exec(&ctx, step, v, Some(room)).await {
+                                    Ok(vo) if vo.exit_code == 0 => (StepStatus::Done, None),
+                                    Ok(vo) if vo.timed_out || past_deadline() => {
+                                        output_event(&tx, step, attempt, &vo);
+                                        (
+                                            StepStatus::TimedOut,
+                                            timed_out("its verify did not pass in time".into()),
+                                        )
+                                    }
+                                    Ok(vo) => {
+                                        output_event(&tx, step, attempt, &vo);
+                                        (
+                                            StepStatus::Failed,
+                                            Some(format!(
+                                                "verify failed (status {})",
+                                                vo.exit_code
+                                            )),
+                                        )
+                                    }
+                                    Err(e) if past_deadline() => {
+                                        (StepStatus::TimedOut, timed_out(e.message))
+                                    }
+                                    Err(e) => (
                                         StepStatus::Failed,
-                                        Some(format!("verify failed (status {})", vo.exit_code)),
-                                    )
+                                        Some(format!("verify could not run: {e}")),
+                                    ),
                                 }
-                                Err(e) => (
-                                    StepStatus::Failed,
-                                    Some(format!("verify could not run: {e}")),
-                                ),
                             }
                         } else {
                             (StepStatus::Done, None)
                         }
                     }
+                    // The host did not answer before the step's deadline.
+                    Err(e) if !e.refused && past_deadline() => {
+                        (StepStatus::TimedOut, timed_out(e.message))
+                    }
                     Err(e) => (StepStatus::Failed, Some(e.message)),
                 };
-                if status.succeeded() || refused || attempt > step.retries || *shutdown.borrow() {
+                if status.succeeded()
+                    || status == StepStatus::TimedOut
+                    || refused
+                    || attempt > step.retries
+                    || *shutdown.borrow()
+                {
                     return outcome(status, attempt, message);
                 }
                 let backoff = StdDuration::from_secs((1u64 << (attempt - 1).min(5)).min(30));
+                let backoff = left().map_or(backoff, |l| backoff.min(l));
                 tokio::time::sleep(backoff).await;
+                if past_deadline() {
+                    // No time for another attempt: the step ends as its last attempt did.
+                    return outcome(status, attempt, message);
+                }
             }
         }
         Action::Probe { run, interval } => {
-            started(&tx, step, 1);
             let deadline = step
                 .timeout_s
                 .map(StdDuration::from_secs)
@@ -512,7 +702,6 @@ async fn run_step(
             port,
             interval,
         } => {
-            started(&tx, step, 1);
             let target = crate::inventory::endpoint(address, *port);
             poll(step, begin, *interval, shutdown, index, move || {
                 let target = target.clone();
@@ -537,7 +726,6 @@ async fn run_step(
             interval,
             tls,
         } => {
-            started(&tx, step, 1);
             let (url, tls) = (url.clone(), tls.clone());
             let expected = *status;
             poll(step, begin, *interval, shutdown, index, move || {
@@ -572,7 +760,6 @@ async fn run_step(
             items,
             retention,
         } => {
-            started(&tx, step, 1);
             let deadline = step
                 .timeout_s
                 .map(StdDuration::from_secs)
@@ -1151,7 +1338,15 @@ async fn wait_for_operator(
     begin: Instant,
     index: usize,
 ) -> Outcome {
-    started(tx, step, 1);
+    if !record_start(tx, step, 1).await {
+        return Outcome {
+            index,
+            status: StepStatus::Cancelled,
+            attempt: 1,
+            message: Some(NOT_RECORDED.into()),
+            elapsed: begin.elapsed(),
+        };
+    }
     let _ = tx.send(Msg::Event(Event::WaitingForOperator {
         at: Utc::now(),
         step: step.id.clone(),
@@ -1271,7 +1466,17 @@ async fn exec(
         })?;
     let transport = ctx.transport.clone();
     let deadline = timeout.unwrap_or(StdDuration::from_secs(3600));
-    let joined = tokio::task::spawn_blocking(move || transport.exec(&host, &text, deadline)).await;
+    let on = host.clone();
+    let call = tokio::task::spawn_blocking(move || transport.exec(&on, &text, deadline));
+    // The transport keeps the deadline itself; should it not (a host frozen in the middle of
+    // a call), the step stops waiting for it a little later all the same.
+    let Ok(joined) = tokio::time::timeout(deadline + LATE, call).await else {
+        return Err(format!(
+            "no answer from {host} within {}s",
+            (deadline + LATE).as_secs()
+        )
+        .into());
+    };
     let mut out = match joined {
         Ok(Ok(out)) => out,
         Ok(Err(e)) => {
@@ -1298,6 +1503,47 @@ async fn exec(
         }
     }
     Ok(out)
+}
+
+/// A drill whose cleanup already began (a stop or a failure ran it) has nothing left to
+/// rehearse: its copies are being removed or are gone. Its main steps not done are marked
+/// never to run, so that a resume only finishes what the cleanup left. Returns when the
+/// cleanup ended when nothing of it is left: the drill is over.
+pub fn drill_cleaned_up(
+    plan: &Plan,
+    events: &[Event],
+    prior: &mut HashMap<String, Prior>,
+) -> Option<DateTime<Utc>> {
+    if plan.mode != Mode::Drill {
+        return None;
+    }
+    let cleanup: HashSet<&str> = plan
+        .steps
+        .iter()
+        .filter(|s| s.phase == Phase::Cleanup)
+        .map(|s| s.id.as_str())
+        .collect();
+    let began = events
+        .iter()
+        .any(|e| matches!(e, Event::StepStarted { step, .. } if cleanup.contains(step.as_str())));
+    if !began {
+        return None;
+    }
+    for s in plan.steps.iter().filter(|s| s.phase == Phase::Main) {
+        if prior.get(&s.id) != Some(&Prior::Done) {
+            prior.insert(s.id.clone(), Prior::DrillOver);
+        }
+    }
+    if cleanup
+        .iter()
+        .any(|id| prior.get(*id) != Some(&Prior::Done))
+    {
+        return None;
+    }
+    events.iter().rev().find_map(|e| match e {
+        Event::StepFinished { at, step, .. } if cleanup.contains(step.as_str()) => Some(*at),
+        _ => None,
+    })
 }
 
 /// Steps a journal says were finished, and those it says were running when it ends.
@@ -1455,8 +1701,9 @@ mod tests {
     #[derive(Default)]
     struct Collect(Vec<Event>);
     impl Sink for Collect {
-        fn emit(&mut self, event: &Event) {
+        fn emit(&mut self, event: &Event) -> Result<(), Unrecorded> {
             self.0.push(event.clone());
+            Ok(())
         }
     }
 
@@ -1542,8 +1789,7 @@ mod tests {
             prior,
         };
         let mut sink = Collect::default();
-        let (_tx, rx) = watch::channel(false);
-        let status = run(ctx, &mut sink, rx);
+        let status = run(ctx, &mut sink, Shutdown::manual());
         (status, sink)
     }
 
@@ -1683,8 +1929,7 @@ mod tests {
             prior: HashMap::new(),
         };
         let mut sink = Collect::default();
-        let (_tx, rx) = watch::channel(false);
-        let status = execute(ctx, &mut sink, rx).await;
+        let status = execute(ctx, &mut sink, Shutdown::manual()).await;
         assert_eq!(status, RunStatus::Succeeded);
         assert_eq!(fake.commands().len(), 3);
         assert!(matches!(
@@ -1744,6 +1989,332 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, Event::Confirmed { by, .. } if by == "sofia"))
         );
+    }
+
+    /// A transport that writes each command it runs into a shared record, runs it after
+    /// `hold`, and answers as `Fake` would (or stays silent past its deadline for `frozen`).
+    struct Recorder {
+        record: Arc<Mutex<Vec<String>>>,
+        hold: StdDuration,
+    }
+
+    impl Transport for Recorder {
+        fn exec(
+            &self,
+            _host: &str,
+            command: &str,
+            deadline: StdDuration,
+        ) -> Result<ExecOutput, SshError> {
+            self.record.lock().unwrap().push(format!("ran {command}"));
+            if command.contains("frozen") {
+                // A transport that does not keep its deadline (a call stuck in a library).
+                std::thread::sleep(deadline + StdDuration::from_secs(60));
+            } else if command.contains("hung") {
+                // A host that never answers: the transport gives up at the deadline.
+                std::thread::sleep(deadline);
+                return Err(SshError::Hung {
+                    host: "h1".into(),
+                    secs: deadline.as_secs(),
+                });
+            }
+            std::thread::sleep(self.hold);
+            Ok(ExecOutput {
+                exit_code: 0,
+                stdout: String::new(),
+                stderr: String::new(),
+                truncated: false,
+                timed_out: false,
+                duration: StdDuration::ZERO,
+            })
+        }
+
+        fn pipe(
+            &self,
+            from: &str,
+            _r: &str,
+            _to: &str,
+            _w: &str,
+            _d: StdDuration,
+        ) -> Result<PipeOutput, SshError> {
+            Err(SshError::UnknownHost(from.into()))
+        }
+    }
+
+    /// A journal that takes its time to flush a step's start, and may stop recording.
+    struct SlowJournal {
+        record: Arc<Mutex<Vec<String>>>,
+        events: Vec<Event>,
+        /// Fails from the first `step_finished` on, as a full disk would.
+        fail_at_first_finish: bool,
+        failed: bool,
+    }
+
+    impl Sink for SlowJournal {
+        fn emit(&mut self, event: &Event) -> Result<(), Unrecorded> {
+            if self.fail_at_first_finish && matches!(event, Event::StepFinished { .. }) {
+                self.failed = true;
+            }
+            if self.failed {
+                self.record.lock().unwrap().push(match event {
+                    Event::StepFinished { step, .. } => format!("unrecorded end of {step}"),
+                    _ => "unrecorded".into(),
+                });
+                return Err(Unrecorded("no space left on device".into()));
+            }
+            if let Event::StepStarted { step, .. } = event {
+                std::thread::sleep(StdDuration::from_millis(50));
+                self.record.lock().unwrap().push(format!("recorded {step}"));
+            }
+            self.events.push(event.clone());
+            Ok(())
+        }
+    }
+
+    fn recorded_run(
+        steps: Vec<PlannedStep>,
+        mode: Mode,
+        fail_at_first_finish: bool,
+    ) -> (RunStatus, Vec<String>, Vec<Event>) {
+        let record = Arc::new(Mutex::new(Vec::new()));
+        let ctx = RunContext {
+            plan: plan(mode, false, steps),
+            transport: Arc::new(Recorder {
+                record: record.clone(),
+                hold: StdDuration::from_millis(100),
+            }),
+            confirmations: Arc::new(Confirm(Mutex::new(0))),
+            secrets: env_secrets(),
+            options: RunOptions::default(),
+            prior: HashMap::new(),
+        };
+        let mut journal = SlowJournal {
+            record: record.clone(),
+            events: Vec::new(),
+            fail_at_first_finish,
+            failed: false,
+        };
+        let status = run(ctx, &mut journal, Shutdown::manual());
+        let record = record.lock().unwrap().clone();
+        (status, record, journal.events)
+    }
+
+    #[test]
+    fn a_step_runs_only_once_its_start_is_recorded() {
+        let (status, record, _) = recorded_run(diamond(), Mode::Restore, false);
+        assert_eq!(status, RunStatus::Succeeded);
+        for (step, command) in [("a/1", "a1"), ("b/1", "b1"), ("c/1", "c1"), ("d/1", "d1")] {
+            let recorded = record.iter().position(|r| *r == format!("recorded {step}"));
+            let ran = record.iter().position(|r| *r == format!("ran {command}"));
+            assert!(
+                recorded.is_some() && recorded < ran,
+                "{step} ran before its start was recorded: {record:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_journal_that_fails_stops_the_run_and_lets_running_steps_finish() {
+        // Two steps run at once; the first end cannot be recorded. Nothing starts after that,
+        // not even the drill's cleanup; the other running step finishes.
+        let a = exec_step("a/1", "h1", &[], "a1");
+        let b = exec_step("b/1", "h2", &[], "b1");
+        let c = exec_step("c/1", "h1", &["a/1", "b/1"], "c1");
+        let mut cleanup = exec_step("c/cleanup", "h2", &["c/1"], "remove overlay");
+        cleanup.phase = Phase::Cleanup;
+        let (status, record, events) = recorded_run(vec![a, b, c, cleanup], Mode::Drill, true);
+        assert_eq!(status, RunStatus::Interrupted);
+        let ran: Vec<&String> = record.iter().filter(|r| r.starts_with("ran ")).collect();
+        assert_eq!(ran.len(), 2, "{record:?}");
+        assert!(ran.contains(&&"ran a1".to_string()) && ran.contains(&&"ran b1".to_string()));
+        for step in ["a/1", "b/1"] {
+            assert!(
+                record.contains(&format!("unrecorded end of {step}")),
+                "{step} did not finish: {record:?}"
+            );
+        }
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, Event::StepFinished { .. })),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_fault_inside_one_step_fails_that_step_not_the_run() {
+        struct Faulty;
+        impl Confirmations for Faulty {
+            fn confirmation(&self, step: &str) -> Option<Confirmation> {
+                if step == "m/1" {
+                    panic!("confirmation store unreadable");
+                }
+                None
+            }
+        }
+        let mut manual = exec_step("m/1", "h1", &[], "");
+        manual.host = None;
+        manual.action_spec = Action::Manual {
+            instructions: "check".into(),
+        };
+        let after = exec_step("m/2", "h1", &["m/1"], "m2");
+        let other = exec_step("o/1", "h2", &[], "o1");
+        let fake = Arc::new(Fake::default());
+        let ctx = RunContext {
+            plan: plan(Mode::Restore, false, vec![manual, after, other]),
+            transport: fake.clone(),
+            confirmations: Arc::new(Faulty),
+            secrets: env_secrets(),
+            options: RunOptions::default(),
+            prior: HashMap::new(),
+        };
+        let mut sink = Collect::default();
+        let status = run(ctx, &mut sink, Shutdown::manual());
+        assert_eq!(status, RunStatus::Partial);
+        assert_eq!(sink.status("m/1"), Some(StepStatus::Failed));
+        assert_eq!(sink.status("m/2"), Some(StepStatus::Blocked));
+        assert_eq!(sink.status("o/1"), Some(StepStatus::Done));
+        let message = sink
+            .0
+            .iter()
+            .find_map(|e| match e {
+                Event::StepFinished { step, message, .. } if step == "m/1" => message.clone(),
+                _ => None,
+            })
+            .unwrap();
+        assert!(
+            message.contains("reprise failed inside this step")
+                && message.contains("confirmation store unreadable"),
+            "{message}"
+        );
+    }
+
+    fn timed(id: &str, command: &str, timeout_s: u64, retries: u32) -> PlannedStep {
+        let mut step = exec_step(id, "h1", &[], command);
+        step.timeout_s = Some(timeout_s);
+        step.retries = retries;
+        step
+    }
+
+    #[test]
+    fn a_host_that_does_not_answer_times_the_step_out_at_its_deadline() {
+        // The transport gives up at the deadline it is given: the whole step's, not a fresh
+        // one per attempt, and the step is timed out, not retried.
+        let (status, record, events) =
+            recorded_run(vec![timed("a/1", "hung", 2, 3)], Mode::Restore, false);
+        assert_eq!(status, RunStatus::Failed);
+        assert_eq!(record.iter().filter(|r| *r == "ran hung").count(), 1);
+        let (status, message, ms) = events
+            .iter()
+            .find_map(|e| match e {
+                Event::StepFinished {
+                    status,
+                    message,
+                    duration_ms,
+                    ..
+                } => Some((*status, message.clone().unwrap_or_default(), *duration_ms)),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(status, StepStatus::TimedOut, "{message}");
+        assert!(message.contains("timed out after 2s"), "{message}");
+        assert!(ms < 4000, "{ms} ms");
+    }
+
+    #[test]
+    fn a_transport_stuck_past_the_deadline_does_not_hold_the_step() {
+        let (_, _, events) = recorded_run(vec![timed("a/1", "frozen", 2, 0)], Mode::Restore, false);
+        let (status, message, ms) = events
+            .iter()
+            .find_map(|e| match e {
+                Event::StepFinished {
+                    status,
+                    message,
+                    duration_ms,
+                    ..
+                } => Some((*status, message.clone().unwrap_or_default(), *duration_ms)),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(status, StepStatus::TimedOut, "{message}");
+        assert!(message.contains("no answer from h1"), "{message}");
+        // The deadline, then the grace for the remote KILL: not the minute the call hangs.
+        assert!(ms < 2000 + LATE.as_millis() as u64 + 2000, "{ms} ms");
+    }
+
+    #[test]
+    fn a_drill_whose_cleanup_ran_only_finishes_that_cleanup() {
+        let start = |vm: &str| exec_step(&format!("{vm}/start"), "h1", &[], &format!("start {vm}"));
+        let mut check_a = exec_step("a/healthy", "h1", &["a/start"], "check a");
+        check_a.timeout_s = Some(600);
+        let remove = |vm: &str, after: &[&str]| {
+            let mut s = exec_step(
+                &format!("{vm}/remove"),
+                "h2",
+                after,
+                &format!("remove {vm}"),
+            );
+            s.phase = Phase::Cleanup;
+            s.idempotent = true;
+            s
+        };
+        let steps = vec![
+            start("a"),
+            check_a,
+            start("b"),
+            remove("a", &["a/healthy", "b/start"]),
+            remove("b", &["a/healthy", "b/start"]),
+        ];
+        let plan = plan(Mode::Drill, false, steps);
+        let at = Utc::now();
+        let started = |step: &str| Event::StepStarted {
+            at,
+            step: step.into(),
+            attempt: 1,
+            host: None,
+        };
+        let finished = |step: &str, status| Event::StepFinished {
+            at,
+            step: step.into(),
+            attempt: 1,
+            status,
+            duration_ms: 1,
+            message: None,
+        };
+        // Stopped after a's copy started: the rest was cancelled, a's copy removed, and the
+        // orchestrator died while removing b's.
+        let mut events = vec![
+            started("a/start"),
+            finished("a/start", StepStatus::Done),
+            Event::StopRequested {
+                at,
+                reason: "SIGTERM".into(),
+            },
+            finished("a/healthy", StepStatus::Cancelled),
+            finished("b/start", StepStatus::Cancelled),
+            started("a/remove"),
+            finished("a/remove", StepStatus::Done),
+            started("b/remove"),
+        ];
+        let mut prior = prior_from_journal(&events);
+        assert_eq!(drill_cleaned_up(&plan, &events, &mut prior), None);
+        assert_eq!(prior.get("a/healthy"), Some(&Prior::DrillOver));
+        assert_eq!(prior.get("b/start"), Some(&Prior::DrillOver));
+        let fake = Arc::new(Fake::default());
+        let (status, sink) = go(plan.clone(), fake.clone(), prior, RunOptions::default());
+        // Only what the cleanup left: no copy re-checked, none started again.
+        assert_eq!(fake.commands(), ["remove b"]);
+        assert_eq!(sink.status("b/remove"), Some(StepStatus::Done));
+        assert_eq!(sink.status("a/healthy"), Some(StepStatus::Cancelled));
+        assert_eq!(status, RunStatus::Partial);
+        // Once every cleanup step is done, the drill is over.
+        events.push(finished("b/remove", StepStatus::Done));
+        let mut prior = prior_from_journal(&events);
+        assert_eq!(drill_cleaned_up(&plan, &events, &mut prior), Some(at));
+        // A drill stopped before its cleanup began carries on as any run.
+        let early = &events[..2];
+        let mut prior = prior_from_journal(early);
+        assert_eq!(drill_cleaned_up(&plan, early, &mut prior), None);
+        assert_eq!(prior.get("b/start"), None);
     }
 
     #[test]
@@ -1879,14 +2450,23 @@ mod tests {
             options: RunOptions::default(),
             prior: HashMap::new(),
         };
-        let (tx, rx) = watch::channel(false);
+        let shutdown = Shutdown::manual();
+        let signal = shutdown.clone();
         tokio::spawn(async move {
             tokio::time::sleep(StdDuration::from_secs(30)).await;
-            let _ = tx.send(true);
+            signal.trigger("SIGTERM");
         });
         let mut sink = Collect::default();
-        let status = execute(ctx, &mut sink, rx).await;
+        let status = execute(ctx, &mut sink, shutdown).await;
         assert_eq!(status, RunStatus::Interrupted);
+        // The journal says why the run stopped.
+        assert!(
+            sink.0
+                .iter()
+                .any(|e| matches!(e, Event::StopRequested { reason, .. } if reason == "SIGTERM")),
+            "{:?}",
+            sink.0
+        );
         assert_eq!(sink.status("a/1"), Some(StepStatus::Cancelled));
         assert_eq!(sink.status("b/1"), Some(StepStatus::Cancelled));
         assert_eq!(sink.status("a/cleanup"), Some(StepStatus::Done));
@@ -1920,10 +2500,9 @@ mod tests {
             options: RunOptions::default(),
             prior: HashMap::new(),
         };
-        let (_tx, rx) = watch::channel(false);
         let mut sink = Collect::default();
         let begin = Instant::now();
-        execute(ctx, &mut sink, rx).await;
+        execute(ctx, &mut sink, Shutdown::manual()).await;
         assert_eq!(sink.status("a/run"), Some(StepStatus::Failed));
         assert_eq!(sink.status("b/ready"), Some(StepStatus::Failed));
         assert_eq!(sink.status("c/run"), Some(StepStatus::Failed));
@@ -1973,9 +2552,8 @@ mod tests {
             options: RunOptions::default(),
             prior: HashMap::new(),
         };
-        let (_tx, rx) = watch::channel(false);
         let mut sink = Collect::default();
-        execute(ctx, &mut sink, rx).await;
+        execute(ctx, &mut sink, Shutdown::manual()).await;
         assert_eq!(sink.status("a/ready"), Some(StepStatus::Done));
         assert_eq!(sink.status("b/ready"), Some(StepStatus::TimedOut));
         let cmds = fake.commands();

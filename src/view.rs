@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use crate::inventory::Inventory;
 use crate::journal::{Confirmation, RunDir};
-use crate::runner::Sink;
+use crate::runner::{Sink, Unrecorded};
 
 pub struct TerminalView {
     began: Instant,
@@ -128,7 +128,7 @@ impl TerminalView {
 }
 
 impl Sink for TerminalView {
-    fn emit(&mut self, event: &Event) {
+    fn emit(&mut self, event: &Event) -> Result<(), Unrecorded> {
         let clock = self.clock();
         match event {
             Event::RunStarted {
@@ -153,6 +153,21 @@ impl Sink for TerminalView {
             }
             Event::RunResumed { operator, .. } => {
                 self.line(format!("{clock} run {} resumed by {operator}", self.run_id));
+            }
+            Event::StopRequested { reason, .. } => {
+                self.line(format!(
+                    "{clock} {reason}: stopping (no new steps; running ones finish; a drill's cleanup runs)"
+                ));
+            }
+            Event::JournalRepaired {
+                line,
+                bytes,
+                kept_in,
+                ..
+            } => {
+                self.line(format!(
+                    "{clock} the journal's last line ({line}, {bytes} bytes) was cut short by a crash: cut off, kept in {kept_in}"
+                ));
             }
             Event::ReplicaPointUsed {
                 item, point, note, ..
@@ -259,5 +274,6 @@ impl Sink for TerminalView {
                 ));
             }
         }
+        Ok(())
     }
 }

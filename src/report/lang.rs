@@ -247,10 +247,23 @@ impl Labels {
         }
     }
 
-    pub fn interrupted(&self) -> &'static str {
+    pub fn interrupted(&self, reason: Option<&str>) -> String {
+        match (self.lang, reason) {
+            (Lang::En, None) => "run interrupted by the operator".to_string(),
+            (Lang::En, Some(r)) => format!("run interrupted ({r})"),
+            (Lang::Fr, None) => "opération interrompue par l'opérateur".to_string(),
+            (Lang::Fr, Some(r)) => format!("opération interrompue ({r})"),
+        }
+    }
+
+    pub fn journal_repaired(&self, line: usize, bytes: u64, kept_in: &str) -> String {
         match self.lang {
-            Lang::En => "run interrupted by the operator",
-            Lang::Fr => "opération interrompue par l'opérateur",
+            Lang::En => format!(
+                "journal line {line} was cut short by a crash: its {bytes} bytes were cut off before the run went on (kept in {kept_in})"
+            ),
+            Lang::Fr => format!(
+                "ligne {line} du journal tronquée par un arrêt brutal : ses {bytes} octets ont été retirés avant la reprise (conservés dans {kept_in})"
+            ),
         }
     }
 

@@ -189,6 +189,15 @@ pub enum Problem {
     },
     Interrupted {
         at: DateTime<Utc>,
+        /// What stopped it (`SIGTERM`, …), when the journal says.
+        reason: Option<String>,
+    },
+    /// The journal ended with a line cut short by a crash, cut off before the run went on.
+    JournalRepaired {
+        at: DateTime<Utc>,
+        line: usize,
+        bytes: u64,
+        kept_in: String,
     },
 }
 
@@ -333,7 +342,9 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
     let mut resumes = Vec::new();
     let mut ended_at = None;
     let mut run_status = None;
-    let mut interrupted_at = Vec::new();
+    let mut interrupted_at: Vec<(DateTime<Utc>, Option<String>)> = Vec::new();
+    let mut stop_reason: Option<String> = None;
+    let mut repairs = Vec::new();
     let mut operators = vec![operator.clone()];
     for e in input.events {
         match e {
@@ -420,9 +431,22 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
                 ended_at = Some(*at);
                 run_status = Some(*status);
                 if *status == RunStatus::Interrupted {
-                    interrupted_at.push(*at);
+                    interrupted_at.push((*at, stop_reason.take()));
                 }
             }
+            Event::StopRequested { reason, .. } => stop_reason = Some(reason.clone()),
+            Event::JournalRepaired {
+                at,
+                line,
+                bytes,
+                kept_in,
+                ..
+            } => repairs.push(Problem::JournalRepaired {
+                at: *at,
+                line: *line,
+                bytes: *bytes,
+                kept_in: kept_in.clone(),
+            }),
             Event::RunStarted { .. } => {}
         }
     }
@@ -713,9 +737,13 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
             });
         }
     }
-    for at in &interrupted_at {
-        problems.push(Problem::Interrupted { at: *at });
+    for (at, reason) in &interrupted_at {
+        problems.push(Problem::Interrupted {
+            at: *at,
+            reason: reason.clone(),
+        });
     }
+    problems.extend(repairs);
 
     let in_scope: Vec<&ServiceReport> = services
         .iter()

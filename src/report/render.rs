@@ -170,7 +170,13 @@ fn problem_line(p: &Problem, l: &Labels) -> (String, String, Option<String>) {
             ),
             None,
         ),
-        Problem::Interrupted { at } => (time(*at), l.interrupted().to_string(), None),
+        Problem::Interrupted { at, reason } => (time(*at), l.interrupted(reason.as_deref()), None),
+        Problem::JournalRepaired {
+            at,
+            line,
+            bytes,
+            kept_in,
+        } => (time(*at), l.journal_repaired(*line, *bytes, kept_in), None),
     }
 }
 
