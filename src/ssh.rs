@@ -244,29 +244,58 @@ impl Session {
 
     /// Runs `command` under `deadline`: the remote side ends it (coreutils `timeout`: TERM to
     /// its process group, KILL 5 s later), and the local side stops waiting when even the KILL
-    /// has had a session timeout to be answered, so a hung host cannot block forever.
+    /// has had a moment to be answered, so a hung host cannot block forever. A command that
+    /// leaves a process of its own session behind, holding its output open (`setsid cmd &`),
+    /// ends when the command does.
     pub fn exec(
         &self,
         command: &str,
         deadline: Duration,
         output_limit: usize,
     ) -> Result<ExecOutput, SshError> {
-        self.run(command, deadline, output_limit)
+        self.run(command, Instant::now() + deadline, output_limit)
+            .map(|(out, _)| out)
             .map_err(ExecFailure::into_error)
     }
 
+    /// [`Session::exec`] until `until`, every wait of it included (opening the channel, reading,
+    /// closing). With the output, whether the session can carry another command: not when the
+    /// command left a process holding its channel open.
     fn run(
         &self,
         command: &str,
-        deadline: Duration,
+        until: Instant,
         output_limit: usize,
-    ) -> Result<ExecOutput, ExecFailure> {
-        let secs = deadline.as_secs().max(1);
+    ) -> Result<(ExecOutput, bool), ExecFailure> {
+        let session_timeout = self.raw.timeout();
+        let result = self.run_bounded(command, until, output_limit);
+        self.raw.set_timeout(session_timeout);
+        result
+    }
+
+    fn run_bounded(
+        &self,
+        command: &str,
+        until: Instant,
+        output_limit: usize,
+    ) -> Result<(ExecOutput, bool), ExecFailure> {
+        let left = until.saturating_duration_since(Instant::now());
+        let secs = left.as_secs_f64().ceil().max(1.0) as u64;
+        // The command's end is told on its standard error with a mark it cannot guess, so that
+        // a process it left running with its output open does not keep the step waiting. The
+        // shell that waits for it has its own standard error closed, so that it does not add
+        // its own words ("Terminated") to the command's.
+        let mark = end_mark();
         let wrapped = format!(
-            "timeout --kill-after={KILL_AFTER_SECS} {secs} sh -c {}",
-            crate::template::shell_quote(command)
+            "exec 3>&2 2>/dev/null; timeout --kill-after={KILL_AFTER_SECS} {secs} sh -c {}; r=$?; printf '\\n{mark} %d\\n' \"$r\" >&3; exit \"$r\"",
+            crate::template::shell_quote(&format!("exec 2>&3 3>&-; {command}"))
         );
-        let wait_secs = secs + KILL_AFTER_SECS + u64::from(self.raw.timeout()).div_ceil(1000);
+        // Every blocking wait of libssh2 ends by the deadline.
+        let session_timeout = u64::from(self.raw.timeout());
+        let bounded = (left.as_millis() as u64).clamp(1, session_timeout.max(1));
+        self.raw.set_timeout(bounded as u32);
+        let grace_secs = session_timeout.div_ceil(1000).min(2);
+        let wait_secs = secs + KILL_AFTER_SECS + grace_secs;
         let began = Instant::now();
         let local_deadline = began + Duration::from_secs(wait_secs);
         let fail = |reason: String| SshError::Session {
@@ -281,7 +310,7 @@ impl Session {
             ExecFailure::NotStarted(if is_timeout(&e) {
                 SshError::Hung {
                     host: self.spec.id.clone(),
-                    secs: u64::from(self.raw.timeout()).div_ceil(1000),
+                    secs: bounded.div_ceil(1000),
                 }
             } else {
                 fail(format!("open channel: {}", e.message()))
@@ -291,16 +320,28 @@ impl Session {
         self.raw.set_blocking(false);
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
+        // The end of the standard error stream as it came, to find the mark in.
+        let mut tail: Vec<u8> = Vec::new();
+        let mut ended: Option<(i32, Instant)> = None;
         let mut truncated = false;
         let mut buf = vec![0u8; 32 * 1024];
         let result = 'read: loop {
             let mut progressed = false;
-            for (stream_id, sink) in [(0, &mut stdout), (1, &mut stderr)] {
+            for stream_id in [0, 1] {
                 match channel.stream(stream_id).read(&mut buf) {
                     Ok(0) => {}
                     Ok(n) => {
                         progressed = true;
-                        let room = output_limit.saturating_sub(sink.len());
+                        // Standard error keeps room for the mark, taken out below.
+                        let (sink, limit) = if stream_id == 0 {
+                            (&mut stdout, output_limit)
+                        } else {
+                            tail.extend_from_slice(&buf[..n]);
+                            let cut = tail.len().saturating_sub(4096);
+                            tail.drain(..cut);
+                            (&mut stderr, output_limit + mark.len() + 16)
+                        };
+                        let room = limit.saturating_sub(sink.len());
                         if n > room {
                             truncated = true;
                         }
@@ -310,8 +351,20 @@ impl Session {
                     Err(e) => break 'read Err(fail(format!("read: {e}"))),
                 }
             }
+            if ended.is_none()
+                && let Some(code) = find_end(&tail, &mark)
+            {
+                ended = Some((code, Instant::now()));
+            }
             if channel.eof() {
-                break Ok(());
+                break Ok(None);
+            }
+            // Ended, but something it started holds its output open: its output so far is
+            // the step's, and the step is over.
+            if let Some((code, at)) = ended
+                && at.elapsed() > Duration::from_millis(300)
+            {
+                break Ok(Some(code));
             }
             if Instant::now() > local_deadline {
                 break Err(SshError::Hung {
@@ -325,14 +378,35 @@ impl Session {
                 std::thread::sleep(Duration::from_millis(2));
             }
         };
-        self.raw.set_blocking(true);
-        result.map_err(ExecFailure::Started)?;
-        channel
-            .wait_close()
-            .map_err(|e| started("close channel", e))?;
-        let exit_code = exit_code(&channel).map_err(|e| started("exit status", e))?;
+        let left_open = match result {
+            Ok(left_open) => left_open,
+            Err(e) => {
+                self.raw.set_blocking(true);
+                return Err(ExecFailure::Started(e));
+            }
+        };
+        strip_end(&mut stderr, &mark);
+        if stderr.len() > output_limit {
+            stderr.truncate(output_limit);
+            truncated = true;
+        }
+        let exit_code = match left_open {
+            Some(code) => {
+                // The channel stays open on the host's side: it is dropped with its session.
+                drop(channel);
+                self.raw.set_blocking(true);
+                code
+            }
+            None => {
+                self.raw.set_blocking(true);
+                channel
+                    .wait_close()
+                    .map_err(|e| started("close channel", e))?;
+                exit_code(&channel).map_err(|e| started("exit status", e))?
+            }
+        };
         let duration = began.elapsed();
-        Ok(ExecOutput {
+        let out = ExecOutput {
             exit_code,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
@@ -342,7 +416,55 @@ impl Session {
             timed_out: (exit_code == 124 || exit_code == 137)
                 && duration >= Duration::from_secs(secs),
             duration,
-        })
+        };
+        Ok((out, left_open.is_none()))
+    }
+}
+
+/// A mark no command can guess, that ends a command's standard error with its exit code.
+fn end_mark() -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = blake3::Hasher::new();
+    h.update(&std::process::id().to_le_bytes());
+    h.update(
+        &COUNT
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_le_bytes(),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.update(&now.as_nanos().to_le_bytes());
+    format!("reprise-end-{}", &h.finalize().to_hex()[..24])
+}
+
+/// The exit code in `\nMARK CODE\n` at the end of `tail`, once it came.
+fn find_end(tail: &[u8], mark: &str) -> Option<i32> {
+    let text = String::from_utf8_lossy(tail);
+    let at = text.rfind(&format!("\n{mark} "))?;
+    let rest = &text[at + mark.len() + 2..];
+    let (code, _) = rest.split_once('\n')?;
+    code.trim().parse().ok()
+}
+
+/// Takes the end mark (or, when the output was cut at the limit, the part of it that made it)
+/// out of a standard error stream.
+fn strip_end(stderr: &mut Vec<u8>, mark: &str) {
+    let needle = format!("\n{mark} ");
+    let needle = needle.as_bytes();
+    if let Some(at) = stderr.windows(needle.len()).position(|w| w == needle) {
+        let end = stderr[at + needle.len()..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(stderr.len(), |i| at + needle.len() + i + 1);
+        stderr.drain(at..end);
+        return;
+    }
+    for k in (1..needle.len()).rev() {
+        if stderr.ends_with(&needle[..k]) {
+            stderr.truncate(stderr.len() - k);
+            return;
+        }
     }
 }
 
@@ -1051,13 +1173,27 @@ impl SshTransport {
     }
 
     fn new_session(&self, host: &str) -> Result<Session, SshError> {
+        self.new_session_within(host, self.connect_timeout)
+    }
+
+    /// A new session, connected within `limit` at most (a command's deadline may leave less
+    /// than the connect timeout); it then waits as long as any session for what it sends.
+    fn new_session_within(&self, host: &str, limit: Duration) -> Result<Session, SshError> {
         let spec = self
             .hosts
             .get(host)
             .ok_or_else(|| SshError::UnknownHost(host.to_string()))?;
         let _guard = (self.policy == HostKeyPolicy::AcceptNew)
             .then(|| self.known_hosts_lock.lock().expect("not poisoned"));
-        Session::connect(spec, self.policy, self.connect_timeout)
+        let within = self
+            .connect_timeout
+            .min(limit)
+            .max(Duration::from_millis(100));
+        let session = Session::connect(spec, self.policy, within)?;
+        session
+            .raw
+            .set_timeout(self.connect_timeout.as_millis().min(u128::from(u32::MAX)) as u32);
+        Ok(session)
     }
 }
 
@@ -1199,30 +1335,57 @@ impl Transport for SshTransport {
         // An idle session may have died with its host or its connection: a command it could
         // not even send is tried once on a new session. One that may have run is never sent
         // twice.
-        let fresh = || -> Result<(Session, Result<ExecOutput, SshError>), SshError> {
-            let s = self.new_session(host)?;
-            let r = s.exec(command, deadline, self.output_limit);
+        // The deadline holds for all of it: a new connection, the command and its output.
+        let began = Instant::now();
+        let until = began + deadline;
+        // A host that did not answer is said so with the time it was given in all.
+        let waited = |e: SshError| match e {
+            SshError::Hung { host, .. } => SshError::Hung {
+                host,
+                secs: began.elapsed().as_secs_f64().round() as u64,
+            },
+            e => e,
+        };
+        type Attempt = Result<(ExecOutput, bool), ExecFailure>;
+        let fresh = || -> Result<(Session, Attempt), SshError> {
+            let left = until.saturating_duration_since(Instant::now());
+            let s = self.new_session_within(host, left)?;
+            let r = s.run(command, until, self.output_limit);
             Ok((s, r))
         };
         let (session, result) = match self.idle_session(host) {
-            Some(s) => match s.run(command, deadline, self.output_limit) {
-                Err(ExecFailure::NotStarted(_)) => fresh()?,
-                r => (s, r.map_err(ExecFailure::into_error)),
+            Some(s) => match s.run(command, until, self.output_limit) {
+                Err(ExecFailure::NotStarted(_)) => {
+                    s.discard();
+                    fresh().map_err(waited)?
+                }
+                r => (s, r),
             },
-            None => fresh()?,
+            None => fresh().map_err(waited)?,
         };
         match result {
-            Ok(out) => {
-                self.idle
-                    .lock()
-                    .expect("not poisoned")
-                    .entry(host.to_string())
-                    .or_default()
-                    .push(session);
+            Ok((out, true)) => {
+                self.give_back(host, session);
+                Ok(out)
+            }
+            // A session whose channel a left-behind process holds open is closed.
+            Ok((out, false)) => {
+                session.discard();
                 Ok(out)
             }
             // A broken session is dropped, not reused.
-            Err(e) => Err(e),
+            Err(e) => {
+                session.discard();
+                Err(waited(e.into_error()))
+            }
         }
+    }
+}
+impl Session {
+    /// Drops a session given up on without waiting long for a host that may not answer:
+    /// libssh2 would otherwise wait a whole session timeout to close it.
+    fn discard(self) {
+        self.raw.set_timeout(100);
+        drop(self);
     }
 }

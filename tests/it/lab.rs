@@ -171,10 +171,11 @@ impl Lab {
                                 "checked",
                             ]);
                             // Given already (the run had not yet seen it, or has since
-                            // finished the step): said, not redone.
+                            // finished the step or itself): said, not redone.
                             let again = run.code == 3
                                 && (run.stderr.contains("already confirmed")
-                                    || run.stderr.contains("it finished (done)"));
+                                    || run.stderr.contains("it finished (done)")
+                                    || run.stderr.contains("is over (succeeded)"));
                             assert!(run.code == 0 || again, "{run:?}");
                         }
                     }

@@ -67,6 +67,7 @@ fn exec_reports_output_and_exit_code() {
             "cat: /nonexistent-reprise: No such file or directory\n",
         ),
         ("kill -TERM $$", 143, "", ""),
+        ("printf 'no newline' >&2; exit 4", 4, "", "no newline"),
     ];
     for &(command, code, stdout, stderr) in cases {
         let out = exec(&session, command);
@@ -431,6 +432,79 @@ fn hung_host_fails_exec_within_its_timeout() {
     let err = result.unwrap_err();
     assert!(took < Duration::from_secs(9), "took {took:?}");
     assert_eq!(err.to_string(), "no answer from hv2 within 7s");
+}
+
+#[test]
+fn a_frozen_host_is_given_up_at_the_commands_deadline_connection_included() {
+    let sshd = Sshd::start();
+    // A connect timeout longer than the command's deadline: the deadline wins.
+    let t = SshTransport::new(
+        [("hv2".to_string(), sshd.spec("hv2"))].into(),
+        HostKeyPolicy::Strict,
+        Duration::from_secs(20),
+    );
+    // A session kept from an earlier command, then the host freezes.
+    assert_eq!(
+        t.exec("hv2", "echo up", Duration::from_secs(10))
+            .unwrap()
+            .stdout,
+        "up\n"
+    );
+    sshd.freeze();
+    for _ in 0..2 {
+        // Once through the kept session, once through a new connection.
+        let began = Instant::now();
+        let err = t
+            .exec("hv2", "echo hi", Duration::from_secs(3))
+            .unwrap_err();
+        let took = began.elapsed();
+        assert_eq!(err.to_string(), "no answer from hv2 within 3s");
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+    }
+    sshd.thaw();
+    assert_eq!(
+        t.exec("hv2", "echo back", Duration::from_secs(10))
+            .unwrap()
+            .stdout,
+        "back\n"
+    );
+}
+
+#[test]
+fn a_command_that_leaves_a_process_holding_its_output_ends_with_it() {
+    let sshd = Sshd::start();
+    let t = transport(&sshd, "hv1", HostKeyPolicy::Strict);
+    let pidfile = sshd.dir().join("escaped.pid");
+    // The background process has its own session (out of reach of the deadline's kill) and
+    // keeps the command's standard output and error open.
+    let command = format!(
+        "setsid sh -c 'echo $$ > {}; exec sleep 60' & echo started; echo note >&2",
+        pidfile.display()
+    );
+    let began = Instant::now();
+    let out = t.exec("hv1", &command, Duration::from_secs(20)).unwrap();
+    let took = began.elapsed();
+    assert!(poll_until(Duration::from_secs(5), || pidfile.exists()));
+    let escaped = std::fs::read_to_string(&pidfile).unwrap();
+    let _ = Command::new("kill").arg(escaped.trim()).status();
+    assert_eq!(
+        (
+            out.exit_code,
+            out.stdout.as_str(),
+            out.stderr.as_str(),
+            out.timed_out
+        ),
+        (0, "started\n", "note\n", false),
+        "{out:?}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // The next command runs (on a session of its own).
+    assert_eq!(
+        t.exec("hv1", "echo next", Duration::from_secs(10))
+            .unwrap()
+            .stdout,
+        "next\n"
+    );
 }
 
 /// Two sshd, `hv1` and `hv2`, and a transport to both.
