@@ -86,6 +86,10 @@ pub struct ExecArgs {
     /// On failure of a planned failover or failback, do not undo completed steps.
     #[arg(long)]
     pub no_rollback: bool,
+    /// Once the run is over, remove the folders of older runs but the newest N (runs a report
+    /// or `reprise history` needs, and unfinished ones, are kept; see `reprise prune`).
+    #[arg(long, value_name = "N", default_value_t = crate::run::KEEP_RUNS)]
+    pub keep_runs: usize,
 }
 
 /// Options of drill, failover, restore and failback.
@@ -348,6 +352,18 @@ pub enum Command {
     History {
         #[arg(long)]
         json: bool,
+    },
+    /// Remove the folders of old runs: all but the newest N, except the runs still needed (one
+    /// that never finished, the newest drill that succeeded, the newest drill that recovered
+    /// each service, and a journal that cannot be read). Run commands do this once they end.
+    #[command(after_help = "Examples:\n  reprise prune --dry-run\n  reprise prune --keep-runs 10")]
+    Prune {
+        /// Runs kept besides those still needed.
+        #[arg(long, value_name = "N", default_value_t = crate::run::KEEP_RUNS)]
+        keep_runs: usize,
+        /// Say what would be removed, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print one run's journal, readably.
     #[command(after_help = "Example:\n  reprise show latest")]
@@ -667,6 +683,7 @@ pub fn run(cli: &Cli) -> Outcome {
             };
         }
         Command::Runs { json } => return runs(cli, *json),
+        Command::Prune { keep_runs, dry_run } => return prune(cli, *keep_runs, *dry_run),
         Command::Show { run } => return show(cli, run),
         Command::Report {
             run,
@@ -911,6 +928,7 @@ pub fn run(cli: &Cli) -> Outcome {
         | Command::Completions { .. }
         | Command::Manpage
         | Command::Runs { .. }
+        | Command::Prune { .. }
         | Command::Show { .. }
         | Command::Report { .. }
         | Command::History { .. } => {
@@ -952,6 +970,7 @@ fn exec_options(exec: &ExecArgs) -> ExecOptions {
     ExecOptions {
         run: run_options(exec),
         ssh: exec.ssh.options(),
+        keep_runs: Some(exec.keep_runs),
     }
 }
 
@@ -1040,6 +1059,16 @@ fn finish(result: Result<crate::run::RunOutcome, RunError>) -> Outcome {
                     "note: took over the lock left by run {} (pid {} on {}, which no longer holds it: it ended without releasing it)\n",
                     stale.run_id, stale.pid, stale.machine
                 );
+            }
+            match &outcome.pruned {
+                Ok(p) if !p.removed.is_empty() => stderr.push_str(&format!(
+                    "note: removed {} old run folder{} (--keep-runs): {}\n",
+                    p.removed.len(),
+                    if p.removed.len() == 1 { "" } else { "s" },
+                    p.removed.join(", ")
+                )),
+                Ok(_) => {}
+                Err(e) => stderr.push_str(&format!("warning: old runs were not removed: {e}\n")),
             }
             let code = match outcome.status {
                 RunStatus::Succeeded => exit::OK,
@@ -1244,6 +1273,33 @@ fn runs(cli: &Cli, json: bool) -> Outcome {
             out.push_str(&format!("    damaged journal: {why}\n"));
         }
     }
+    Outcome::ok(out)
+}
+
+fn prune(cli: &Cli, keep: usize, dry_run: bool) -> Outcome {
+    let who = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".to_string());
+    let pruned = match crate::run::prune(&cli.state_dir, keep, dry_run, &who) {
+        Ok(p) => p,
+        Err(e) => return run_error(e),
+    };
+    let verb = if dry_run { "would remove" } else { "removed" };
+    let mut out = String::new();
+    for id in &pruned.removed {
+        out.push_str(&format!("{verb} {id}\n"));
+    }
+    for k in &pruned.kept {
+        out.push_str(&format!("kept {}: {}\n", k.run_id, k.why));
+    }
+    out.push_str(&format!(
+        "{} {} run folder{}; the newest {keep} and {} older one{} still needed are kept\n",
+        verb,
+        pruned.removed.len(),
+        if pruned.removed.len() == 1 { "" } else { "s" },
+        pruned.kept.len(),
+        if pruned.kept.len() == 1 { "" } else { "s" },
+    ));
     Outcome::ok(out)
 }
 

@@ -142,7 +142,7 @@ pub enum Event {
     /// starts, running ones finish, a drill's cleanup runs, then the run ends `interrupted`.
     StopRequested { at: DateTime<Utc>, reason: String },
     /// The journal ended with a line a crash left half-written; it was cut off before the run
-    /// was carried on, and kept in `kept_in` (a file beside the journal).
+    /// was carried on, and kept in `kept_in` (the name of a file beside the journal).
     JournalRepaired {
         at: DateTime<Utc>,
         /// The number the torn line had.

@@ -131,6 +131,8 @@ pub struct RunOutcome {
     pub dir: PathBuf,
     /// A stale lock of a dead process that was taken over.
     pub replaced_stale_lock: Option<LockHolder>,
+    /// What the retention removed after the run ([`prune`]), or why it could not.
+    pub pruned: Result<Pruned, String>,
 }
 
 /// Writes each event to the journal first, then shows it. Once the journal fails, nothing
@@ -268,6 +270,8 @@ pub fn transport(model: &Model, ssh: &SshOptions) -> SshTransport {
 pub struct ExecOptions {
     pub run: RunOptions,
     pub ssh: SshOptions,
+    /// Run folders kept once the run is over (see [`prune`]); `None` removes none.
+    pub keep_runs: Option<usize>,
 }
 
 /// A run ready to go: its plan, folder, first journal events and what is already done.
@@ -423,12 +427,22 @@ pub fn start(
         view,
         shutdown,
     )?;
+    let pruned = after_run(&opts.state_dir, opts.exec.keep_runs, &run_id);
     Ok(RunOutcome {
         run_id,
         status,
         dir: path,
         replaced_stale_lock: lock.replaced_stale.clone(),
+        pruned,
     })
+}
+
+/// The retention once a run is over, under its lock.
+fn after_run(state_dir: &Path, keep: Option<usize>, run_id: &str) -> Result<Pruned, String> {
+    match keep {
+        Some(keep) => prune_locked(state_dir, keep, Some(run_id), false).map_err(|e| e.to_string()),
+        None => Ok(Pruned::default()),
+    }
 }
 
 /// The sites a plan's steps run on, busiest first.
@@ -557,7 +571,11 @@ pub fn resume(
             at: now,
             line: torn.line,
             bytes: torn.bytes,
-            kept_in: torn.kept_in.display().to_string(),
+            kept_in: torn
+                .kept_in
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default(),
             excerpt: torn.excerpt,
         });
     }
@@ -576,11 +594,13 @@ pub fn resume(
         prior,
     };
     let status = execute(model, launch, exec, view, shutdown)?;
+    let pruned = after_run(state_dir, exec.keep_runs, &run_id);
     Ok(RunOutcome {
         run_id,
         status,
         dir: path,
         replaced_stale_lock: lock.replaced_stale.clone(),
+        pruned,
     })
 }
 
@@ -750,4 +770,128 @@ pub fn summaries(state_dir: &Path) -> Result<Vec<RunSummary>, RunError> {
 
 fn runs_dir_of(state_dir: &Path, id: &str) -> PathBuf {
     journal::runs_dir(state_dir).join(id).join("journal.jsonl")
+}
+
+/// How many runs are kept by default, besides those still needed (see [`prune`]).
+pub const KEEP_RUNS: usize = 30;
+
+/// What [`prune`] removed (or, with `dry_run`, would remove), and the older runs it kept.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Pruned {
+    pub removed: Vec<String>,
+    /// Runs older than the newest `keep` that are kept, each with why.
+    pub kept: Vec<KeptRun>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeptRun {
+    pub run_id: String,
+    pub why: String,
+}
+
+/// Removes the folders of old runs: all but the newest `keep`, except the runs still needed:
+/// the run in progress, a run that never finished (it may still be going, or be resumed), the
+/// newest drill that succeeded (a report's "last drill"), the newest drill that recovered each
+/// service (`reprise history`), and a run whose journal cannot be read (someone should look at
+/// it). Takes the state lock: no run goes on meanwhile.
+pub fn prune(
+    state_dir: &Path,
+    keep: usize,
+    dry_run: bool,
+    operator: &str,
+) -> Result<Pruned, RunError> {
+    let _lock = StateLock::acquire(
+        state_dir,
+        &LockHolder {
+            pid: std::process::id(),
+            machine: journal::machine_name(),
+            run_id: "prune".to_string(),
+            operator: operator.to_string(),
+            since: Utc::now(),
+        },
+    )?;
+    prune_locked(state_dir, keep, None, dry_run)
+}
+
+fn prune_locked(
+    state_dir: &Path,
+    keep: usize,
+    current: Option<&str>,
+    dry_run: bool,
+) -> Result<Pruned, RunError> {
+    let ids = journal::list(state_dir)?;
+    let old = ids.len().saturating_sub(keep);
+    let mut pruned = Pruned::default();
+    if old == 0 {
+        return Ok(pruned);
+    }
+    let needed = needed_runs(state_dir)?;
+    for id in &ids[..old] {
+        let why = if Some(id.as_str()) == current {
+            Some("the run in progress".to_string())
+        } else {
+            needed.get(id).cloned()
+        };
+        match why {
+            Some(why) => pruned.kept.push(KeptRun {
+                run_id: id.clone(),
+                why,
+            }),
+            None => {
+                if !dry_run {
+                    let dir = journal::runs_dir(state_dir).join(id);
+                    std::fs::remove_dir_all(&dir).map_err(|source| JournalError::Io {
+                        what: "remove",
+                        path: dir.clone(),
+                        source,
+                    })?;
+                }
+                pruned.removed.push(id.clone());
+            }
+        }
+    }
+    Ok(pruned)
+}
+
+/// The runs a retention must keep, with why.
+fn needed_runs(state_dir: &Path) -> Result<HashMap<String, String>, RunError> {
+    let mut needed = HashMap::new();
+    let mut last_drill: Option<(DateTime<Utc>, String)> = None;
+    for id in journal::list(state_dir)? {
+        let (events, damage) = match journal::read_lenient(&runs_dir_of(state_dir, &id)) {
+            Ok(read) => read,
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        let Some(start) = started(&id, &events).ok().filter(|_| damage.is_none()) else {
+            needed.insert(id, "its journal cannot be read to its end".to_string());
+            continue;
+        };
+        match over(&events) {
+            None => {
+                needed.insert(
+                    id,
+                    "it never finished: it may still be going, or be resumed".to_string(),
+                );
+            }
+            Some(RunStatus::Succeeded | RunStatus::Partial) if start.mode == Mode::Drill => {
+                if last_drill.as_ref().is_none_or(|(at, _)| *at < start.at) {
+                    last_drill = Some((start.at, id));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((_, id)) = last_drill {
+        needed
+            .entry(id)
+            .or_insert_with(|| "the last drill, which reports refer to".to_string());
+    }
+    for drill in crate::report::last_drills(state_dir)? {
+        if let Some(id) = drill.run_id {
+            needed
+                .entry(id)
+                .or_insert_with(|| format!("the last drill that recovered {}", drill.service));
+        }
+    }
+    Ok(needed)
 }

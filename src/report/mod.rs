@@ -1053,7 +1053,9 @@ pub fn for_run(
 pub fn briefs(state_dir: &std::path::Path) -> Result<Vec<RunBrief>, crate::run::RunError> {
     let mut out = Vec::new();
     for id in crate::journal::list(state_dir)? {
-        let events = crate::journal::RunDir::open(state_dir, &id)?.read()?;
+        // A damaged journal counts for what can be read of it; it never hides the others.
+        let dir = crate::journal::RunDir::open(state_dir, &id)?;
+        let (events, _) = crate::journal::read_lenient(&dir.journal_path())?;
         if let Ok(start) = crate::run::started(&id, &events) {
             out.push(RunBrief {
                 run_id: id,
@@ -1080,8 +1082,9 @@ pub struct LastDrill {
 pub fn last_drills(state_dir: &std::path::Path) -> Result<Vec<LastDrill>, crate::run::RunError> {
     let mut last: Vec<LastDrill> = Vec::new();
     for id in crate::journal::list(state_dir)? {
+        // A damaged journal counts for what can be read of it; it never hides the others.
         let dir = crate::journal::RunDir::open(state_dir, &id)?;
-        let events = dir.read()?;
+        let (events, _) = crate::journal::read_lenient(&dir.journal_path())?;
         let Ok(report) = build(&Input {
             events: &events,
             journal_bytes: &[],

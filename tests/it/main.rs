@@ -15,5 +15,6 @@ mod ops;
 mod props;
 mod replica;
 mod report;
+mod runs;
 mod ssh;
 mod sshd;
