@@ -274,6 +274,10 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
                 }
             }
         }
+        // The cleanup comes after the whole main phase: when a stop cancels the steps it waits
+        // for, it still waits for the main steps that run (a copy that is being started).
+        let main_running =
+            (0..n).any(|j| state[j] == State::Running && plan.steps[j].phase == Phase::Main);
         for i in 0..n {
             if state[i] != State::Pending || running >= ctx.options.parallel.max(1) {
                 continue;
@@ -283,9 +287,12 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
                 Phase::Main => after[i]
                     .iter()
                     .all(|&j| state[j] == State::Finished(StepStatus::Done)),
-                Phase::Cleanup => after[i]
-                    .iter()
-                    .all(|&j| matches!(state[j], State::Finished(_))),
+                Phase::Cleanup => {
+                    !main_running
+                        && after[i]
+                            .iter()
+                            .all(|&j| matches!(state[j], State::Finished(_)))
+                }
             };
             if !ready {
                 continue;
@@ -2018,6 +2025,7 @@ mod tests {
                 });
             }
             std::thread::sleep(self.hold);
+            self.record.lock().unwrap().push(format!("ended {command}"));
             Ok(ExecOutput {
                 exit_code: 0,
                 stdout: String::new(),
@@ -2138,6 +2146,54 @@ mod tests {
                 .any(|e| matches!(e, Event::StepFinished { .. })),
             "{events:?}"
         );
+    }
+
+    #[test]
+    fn a_stopped_drill_cleans_up_only_once_its_running_steps_ended() {
+        // The copy of `a` is being started when the stop comes; the check the cleanup waits
+        // for is cancelled at once. The copy must not be removed before it has started.
+        let start = exec_step("a/start", "h1", &[], "start a");
+        let mut check = exec_step("b/check", "h2", &[], "");
+        check.host = None;
+        check.action_spec = Action::Manual {
+            instructions: "never confirmed".into(),
+        };
+        let mut remove = exec_step("a/remove", "h1", &["b/check"], "remove a");
+        remove.phase = Phase::Cleanup;
+        let record = Arc::new(Mutex::new(Vec::new()));
+        struct Never;
+        impl Confirmations for Never {
+            fn confirmation(&self, _step: &str) -> Option<Confirmation> {
+                None
+            }
+        }
+        let ctx = RunContext {
+            plan: plan(Mode::Drill, false, vec![start, check, remove]),
+            transport: Arc::new(Recorder {
+                record: record.clone(),
+                hold: StdDuration::from_millis(400),
+            }),
+            confirmations: Arc::new(Never),
+            secrets: env_secrets(),
+            options: RunOptions::default(),
+            prior: HashMap::new(),
+        };
+        let shutdown = Shutdown::manual();
+        let signal = shutdown.clone();
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(StdDuration::from_millis(100));
+            signal.trigger("SIGTERM");
+        });
+        let mut sink = Collect::default();
+        assert_eq!(run(ctx, &mut sink, shutdown), RunStatus::Interrupted);
+        stopper.join().unwrap();
+        let record = record.lock().unwrap().clone();
+        let at = |what: &str| record.iter().position(|r| r == what);
+        assert!(
+            at("ended start a").is_some() && at("ended start a") < at("ran remove a"),
+            "{record:?}"
+        );
+        assert_eq!(sink.status("a/remove"), Some(StepStatus::Done));
     }
 
     #[test]

@@ -80,3 +80,42 @@ impl NetLock {
         NetLock(file)
     }
 }
+
+/// A process a test started in the background: killed (by its pid) if the test ends first.
+pub struct Background(pub std::process::Child);
+
+impl Background {
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    /// Sends `sig` to it.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) of the child this test started.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    /// Its exit code once it ends (-1 for a signal), within `within`.
+    pub fn wait(&mut self, within: std::time::Duration) -> i32 {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reprise did not end within {within:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

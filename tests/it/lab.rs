@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use crate::common::{Run, reprise, root};
 
 /// A lab for one test; brought down on drop.
-struct Lab {
+pub(crate) struct Lab {
     dir: tempfile::TempDir,
     _net: crate::common::NetLock,
 }
 
 impl Lab {
-    fn up(net: u8) -> Lab {
+    pub(crate) fn up(net: u8) -> Lab {
         let net_lock = crate::common::NetLock::take(net);
         let dir = tempfile::tempdir().unwrap();
         let lab = dir.path().join("lab");
@@ -40,16 +40,16 @@ impl Lab {
         }
     }
 
-    fn lab(&self) -> PathBuf {
+    pub(crate) fn lab(&self) -> PathBuf {
         self.dir.path().join("lab")
     }
 
-    fn state(&self) -> PathBuf {
+    pub(crate) fn state(&self) -> PathBuf {
         self.dir.path().join("state")
     }
 
     /// `reprise` with the lab's overlay and state folder.
-    fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<String> {
+    pub(crate) fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<String> {
         let mut args = vec![
             "--overlay".to_string(),
             self.lab()
@@ -63,7 +63,7 @@ impl Lab {
         args
     }
 
-    fn run(&self, extra: &[&str]) -> Run {
+    pub(crate) fn run(&self, extra: &[&str]) -> Run {
         let args = self.args(extra);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         reprise(&root(), &refs)
@@ -79,7 +79,16 @@ impl Lab {
             .unwrap()
     }
 
-    fn host_root(&self, host: &str) -> PathBuf {
+    /// What `reprise lab status` says of this lab.
+    pub(crate) fn lab_status(&self) -> String {
+        reprise(
+            &root(),
+            &["lab", "status", "--lab-dir", self.lab().to_str().unwrap()],
+        )
+        .stdout
+    }
+
+    pub(crate) fn host_root(&self, host: &str) -> PathBuf {
         self.lab().join("hosts").join(host).join("root")
     }
 

@@ -4,6 +4,7 @@ mod bad_input;
 mod cli;
 mod common;
 mod example;
+mod faults;
 mod fuzz;
 mod hostile;
 mod https;

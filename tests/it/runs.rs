@@ -3,12 +3,12 @@
 //! damaged and torn journals, the files hash, the state lock, signals and the retention.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Run, root};
+use crate::common::{Background, Run, root};
 
 /// Two services whose step ids once shared a confirmation file (`a/b__c`, `a__b/c`), and a
 /// third whose manual step waits for the first.
@@ -126,7 +126,7 @@ impl Site {
 
     /// Starts reprise in the background; it is killed if the test ends first.
     fn spawn(&self, args: &[&str]) -> Running {
-        Running(
+        Background(
             Command::new(env!("CARGO_BIN_EXE_reprise"))
                 .arg("--state-dir")
                 .arg("state")
@@ -217,7 +217,7 @@ impl Site {
 
     /// Starts reprise in the background with its standard error in `log`.
     fn spawn_logged(&self, args: &[&str], log: &Path) -> Running {
-        Running(
+        Background(
             Command::new(env!("CARGO_BIN_EXE_reprise"))
                 .arg("--state-dir")
                 .arg("state")
@@ -234,39 +234,7 @@ impl Site {
 
 const ALL: [&str; 3] = ["a/b__c", "a__b/c", "z/later"];
 
-/// A background reprise, killed when dropped before it ended.
-struct Running(Child);
-
-impl Running {
-    fn pid(&self) -> i32 {
-        self.0.id() as i32
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) of the child this test started.
-        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
-    }
-
-    fn wait(&mut self) -> i32 {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "reprise did not end");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
+type Running = crate::common::Background;
 
 fn confirm(site: &Site, step: &str, by: &str) -> Run {
     site.run(&["confirm", "latest", step, "--by", by])
@@ -316,7 +284,7 @@ fn a_confirmation_is_for_one_exact_step_that_waits_and_the_report_credits_only_i
     site.waiting("z/later");
     assert_eq!(confirm(&site, "a__b/c", "Karim Benali").code, 0);
     assert_eq!(confirm(&site, "z/later", "Sofia Haddad").code, 0);
-    assert_eq!(run.wait(), 0);
+    assert_eq!(run.wait(Duration::from_secs(60)), 0);
 
     // Over: nothing waits any more.
     let r = confirm(&site, "a__b/c", "Nadia");
@@ -351,7 +319,7 @@ fn a_confirmation_is_for_one_exact_step_that_waits_and_the_report_credits_only_i
 fn finished_run(site: &Site) -> String {
     let mut run = site.start(&["restore", "--no-prompt"]);
     site.confirm_each(&ALL);
-    assert_eq!(run.wait(), 0);
+    assert_eq!(run.wait(Duration::from_secs(60)), 0);
     site.runs().pop().unwrap()
 }
 
@@ -444,7 +412,7 @@ fn resume_after_a_torn_last_line_cuts_it_and_says_so() {
     let mut run = site.start(&["restore", "--no-prompt"]);
     site.waiting("a/b__c");
     run.signal(libc::SIGKILL);
-    run.wait();
+    run.wait(Duration::from_secs(60));
     // The orchestrator died in the middle of writing a line.
     let torn = br#"{"event":"step_finished","at":"2026-1"#;
     let path = site.journal_path();
@@ -465,7 +433,7 @@ fn resume_after_a_torn_last_line_cuts_it_and_says_so() {
     let mut resumed = site.spawn(&["resume", "latest", "--no-prompt"]);
     site.wait_for(|e| e["event"] == "run_resumed");
     site.confirm_each(&ALL);
-    assert_eq!(resumed.wait(), 0);
+    assert_eq!(resumed.wait(Duration::from_secs(60)), 0);
     // Every line of the journal is whole; the repair is its own event, before the resume.
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.ends_with('\n'));
@@ -514,7 +482,7 @@ fn resume_accepts_the_same_files_however_their_folders_are_spelled() {
     ]);
     site.waiting("a/b__c");
     run.signal(libc::SIGKILL);
-    run.wait();
+    run.wait(Duration::from_secs(60));
     let name = site
         .path()
         .file_name()
@@ -535,13 +503,13 @@ fn resume_accepts_the_same_files_however_their_folders_are_spelled() {
     ]);
     site.wait_for(|e| e["event"] == "run_resumed");
     site.confirm_each(&ALL);
-    assert_eq!(resumed.wait(), 0);
+    assert_eq!(resumed.wait(Duration::from_secs(60)), 0);
     // Changed files are still refused.
     let site2 = Site::new();
     let mut run = site2.start(&["restore", "--no-prompt"]);
     site2.waiting("a/b__c");
     run.signal(libc::SIGKILL);
-    run.wait();
+    run.wait(Duration::from_secs(60));
     std::fs::write(
         site2.path().join("runbooks/site.toml"),
         RUNBOOKS.replace("the UPS", "both UPS"),
@@ -603,7 +571,7 @@ fn the_state_lock_refuses_what_it_cannot_vouch_for_and_is_released_on_a_signal()
             second.stderr
         );
         run.signal(sig);
-        assert_eq!(run.wait(), 130, "{name}");
+        assert_eq!(run.wait(Duration::from_secs(60)), 130, "{name}");
         let events = site.journal();
         assert!(
             events
@@ -623,12 +591,12 @@ fn the_state_lock_refuses_what_it_cannot_vouch_for_and_is_released_on_a_signal()
     let mut resumed = site.spawn(&["resume", "latest", "--no-prompt"]);
     site.wait_for(|e| e["event"] == "run_resumed");
     site.confirm_each(&ALL);
-    assert_eq!(resumed.wait(), 0);
+    assert_eq!(resumed.wait(Duration::from_secs(60)), 0);
     // A lock left by a process killed outright is taken over, and said so.
     let mut run = site.start(&["restore", "--no-prompt"]);
     site.waiting("a/b__c");
     run.signal(libc::SIGKILL);
-    run.wait();
+    run.wait(Duration::from_secs(60));
     assert!(
         !std::fs::read(&lock).unwrap().is_empty(),
         "the dead run's name is left"
@@ -637,7 +605,7 @@ fn the_state_lock_refuses_what_it_cannot_vouch_for_and_is_released_on_a_signal()
     let mut resumed = site.spawn_logged(&["resume", "latest", "--no-prompt"], &log);
     site.wait_for(|e| e["event"] == "run_resumed");
     site.confirm_each(&ALL);
-    assert_eq!(resumed.wait(), 0);
+    assert_eq!(resumed.wait(Duration::from_secs(60)), 0);
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(
         said.contains("note: took over the lock left by run"),
@@ -787,7 +755,7 @@ fn prune_keeps_the_newest_runs_and_every_run_still_needed() {
     // A run prunes once it is over, under its own lock.
     let mut run = site.start(&["restore", "--no-prompt", "--keep-runs", "1"]);
     site.confirm_each(&ALL);
-    assert_eq!(run.wait(), 0);
+    assert_eq!(run.wait(Duration::from_secs(60)), 0);
     let left = site.runs();
     assert_eq!(left.len(), 4, "{left:?}");
     assert_eq!(
