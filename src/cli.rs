@@ -268,7 +268,8 @@ pub enum Command {
     /// Return to the primary site after a failover (replication reversed first).
     #[command(after_help = "Example:\n  reprise failback --service erp-app")]
     Failback(RunArgs),
-    /// Carry on a run that stopped (crash, Ctrl-C, failure): finished steps are never repeated.
+    /// Carry on a run that stopped (a crash, a signal, a full disk, a failure): finished steps
+    /// are never repeated; a line of the journal cut short by a crash is cut off first, and said.
     #[command(after_help = "Example:\n  reprise resume latest")]
     Resume {
         /// Run id, or `latest`.
@@ -277,7 +278,8 @@ pub enum Command {
         #[command(flatten)]
         exec: ExecArgs,
     },
-    /// Confirm a manual step of a run, from any shell.
+    /// Confirm a step of a run that waits for a person (a manual step, or a step handed over
+    /// after a crash), from any shell; once, with a name.
     #[command(
         after_help = "Example:\n  reprise confirm latest power/generators --by \"Karim Benali\" --note \"both containers on\""
     )]

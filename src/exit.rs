@@ -4,14 +4,19 @@
 pub const OK: u8 = 0;
 /// The run failed, or finished with failed or blocked steps; or it was not confirmed.
 pub const FAILED: u8 = 1;
-/// The command line is wrong (unknown option, missing argument): clap's own code.
+/// The command line is wrong (unknown option, missing argument; a run named by a path instead
+/// of its id; a confirmation without a name): clap's own code.
 pub const USAGE: u8 = 2;
 /// The inventory or runbooks are invalid (syntax, unknown keys, references, cycles, templates,
-/// site rules), or the command names something they do not define.
+/// site rules), or the command names something they do not define; or it asks what does not
+/// apply: `confirm` of a step that does not wait for one, `resume` of a run that succeeded, of a
+/// drill that is over, or with changed files.
 pub const INVALID_INPUT: u8 = 3;
-/// A file or folder could not be read or written.
+/// A file or folder could not be read or written; a run stopped because its journal could not
+/// be written (resume it once the disk has room).
 pub const IO: u8 = 4;
-/// Another run holds the lock of this state folder.
+/// Another run holds the lock of this state folder, or the lock was taken on another machine,
+/// or it is not a lock (it is left as it is).
 pub const LOCKED: u8 = 5;
 /// A failback found a service running on both sites: nothing was done.
 pub const SPLIT_BRAIN: u8 = 6;
@@ -19,5 +24,5 @@ pub const SPLIT_BRAIN: u8 = 6;
 pub const NOT_READY: u8 = 7;
 /// `reprise status`: a replicated VM has no good point within its service's RPO target.
 pub const RPO_BREACH: u8 = 8;
-/// The run was interrupted (Ctrl-C); `reprise resume` carries on.
+/// The run was interrupted (Ctrl-C, SIGTERM, SIGHUP); `reprise resume` carries on.
 pub const INTERRUPTED: u8 = 130;
