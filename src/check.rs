@@ -83,8 +83,13 @@ pub struct HostProbe {
     pub stats: HashMap<String, Option<PathStat>>,
     /// Free space by path asked for.
     pub space: HashMap<String, Space>,
-    /// Replica points of the copies asked for (`COPY.reprise/points.json`), oldest first.
-    pub points: HashMap<String, Vec<crate::replica::Point>>,
+    /// What the copies asked for and their metadata say (read by the replication helper).
+    pub copies: HashMap<String, crate::replica::CopyState>,
+    /// Why the copies could not be read.
+    pub copies_error: Option<String>,
+    /// Per vm whose driver can tell: the replication snapshot overlays left on this host, or
+    /// why the driver's check failed.
+    pub snapshots: HashMap<String, Result<Vec<String>, String>>,
 }
 
 /// What each host must be asked.
@@ -95,8 +100,10 @@ pub struct HostQuestions {
     pub dirs: BTreeSet<String>,
     /// Paths whose filesystem's free space matters.
     pub space: BTreeSet<String>,
-    /// Copies whose replica points are read.
-    pub points: BTreeSet<String>,
+    /// Copies whose replica points and metadata are read (by the replication helper).
+    pub copies: BTreeSet<String>,
+    /// The drivers' `replicate-check` of the vms whose primary this host is, by vm.
+    pub snapshots: BTreeMap<String, crate::template::Command>,
 }
 
 /// The plans a recovery may need, each built from the model: the check's view of the runbooks.
@@ -129,7 +136,7 @@ impl Plans {
             .collect();
         let mut hooks = Vec::new();
         for vm in model.inventory.vms.values() {
-            for action in ["replicate-begin", "replicate-end"] {
+            for action in ["replicate-check", "replicate-begin", "replicate-end"] {
                 if let Some((host, cmd)) = plan::replicate_hook(model, vm, action) {
                     hooks.push((host, format!("{action} of vm {}", vm.id), cmd.to_string()));
                 }
@@ -644,7 +651,15 @@ pub fn questions(
         }
         let entry = q.entry(r.to_host.clone()).or_default();
         entry.space.insert(r.copy.clone());
-        entry.points.insert(r.copy.clone());
+        entry.copies.insert(r.copy.clone());
+    }
+    for vm in model.inventory.vms.values() {
+        if let Some((host, cmd)) = plan::replicate_hook(model, vm, "replicate-check") {
+            q.entry(host)
+                .or_default()
+                .snapshots
+                .insert(vm.id.clone(), cmd);
+        }
     }
     // Hosts of the inventory no plan uses are still worth knowing about.
     for host in model.inventory.hosts.keys() {
@@ -680,10 +695,16 @@ pub fn probe_script(q: &HostQuestions) -> String {
             list(&q.dirs)
         ));
     }
-    if !q.points.is_empty() {
+    for (vm, cmd) in &q.snapshots {
+        // Secrets are not read here: a check that needs one says so.
+        let text = cmd
+            .expose(|n| std::env::var(n).ok())
+            .unwrap_or_else(|missing| format!("echo 'secret {missing} is not set' >&2; exit 2"));
         s.push_str(&format!(
-            "for p in {}; do if [ -f \"$p.reprise/points.json\" ]; then printf 'points\\t%s\\t%s\\n' \"$p\" \"$(tr -d '\\n' < \"$p.reprise/points.json\")\"; fi; done\n",
-            list(&q.points)
+            "o=$(sh -c {} 2>&1); r=$?; printf '%s\\n' \"$o\" | while IFS= read -r l; do printf 'snapshot\\t%s\\t%s\\n' {} \"$l\"; done; printf 'snapshotrc\\t%s\\t%s\\n' {} \"$r\"\n",
+            shell_quote(&text),
+            shell_quote(vm),
+            shell_quote(vm)
         ));
     }
     if !q.space.is_empty() {
@@ -721,9 +742,42 @@ pub fn parse_answers(text: &str, probe: &mut HostProbe) -> bool {
                 }
                 Err(e) => parsed = Err(e),
             },
-            "points" => {
-                if let Ok(points) = serde_json::from_str(value) {
-                    probe.points.insert(path.to_string(), points);
+            "snapshot" => {
+                if let Ok(found) = probe
+                    .snapshots
+                    .entry(path.to_string())
+                    .or_insert_with(|| Ok(Vec::new()))
+                {
+                    found.extend(crate::replica::snapshot::overlays(value));
+                    if !value.starts_with("overlay ") && !value.trim().is_empty() {
+                        found.push(format!("!{value}"));
+                    }
+                }
+            }
+            "snapshotrc" => {
+                let entry = probe
+                    .snapshots
+                    .entry(path.to_string())
+                    .or_insert_with(|| Ok(Vec::new()));
+                if value.trim() != "0" {
+                    let said: Vec<String> = match entry {
+                        Ok(lines) => lines
+                            .iter()
+                            .map(|l| l.trim_start_matches('!').to_string())
+                            .collect(),
+                        Err(_) => Vec::new(),
+                    };
+                    *entry = Err(format!(
+                        "its driver's replicate-check exited with {}{}",
+                        value.trim(),
+                        if said.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", said.join("; "))
+                        }
+                    ));
+                } else if let Ok(lines) = entry {
+                    lines.retain(|l| !l.starts_with('!'));
                 }
             }
             "space" => match space(value) {
@@ -838,18 +892,33 @@ pub fn probe_host(transport: &dyn Transport, host: &str, q: &HostQuestions) -> H
     probe
 }
 
-/// Asks every host at once.
+/// Asks every host at once; a host holding copies then has them read by the replication
+/// helper (deployed there if needed), which reads their metadata as a run would.
 pub fn probe_hosts(
     transport: &dyn Transport,
     questions: &BTreeMap<String, HostQuestions>,
 ) -> BTreeMap<String, HostProbe> {
+    let helpers = crate::replica::remote::Helpers::new(transport);
+    let helpers = &helpers;
     std::thread::scope(|scope| {
         let handles: Vec<_> = questions
             .iter()
             .map(|(host, q)| {
                 (
                     host.clone(),
-                    scope.spawn(move || probe_host(transport, host, q)),
+                    scope.spawn(move || {
+                        let mut probe = probe_host(transport, host, q);
+                        if probe.error.is_none() && !q.copies.is_empty() {
+                            let paths: Vec<String> = q.copies.iter().cloned().collect();
+                            match helpers.inspect(host, &paths) {
+                                Ok(states) => {
+                                    probe.copies = paths.into_iter().zip(states).collect();
+                                }
+                                Err(e) => probe.copies_error = Some(e.to_string()),
+                            }
+                        }
+                        probe
+                    }),
                 )
             })
             .collect();
@@ -864,95 +933,6 @@ pub fn probe_hosts(
             })
             .collect()
     })
-}
-
-/// A copy kept as replica points: its newest point is what a failover starts from.
-fn judge_points(
-    r: &ReplicaTarget,
-    points: &[crate::replica::Point],
-    now: DateTime<Utc>,
-) -> ReadinessItem {
-    use crate::replica::Verified;
-    let newest = points.last().expect("judged only with points");
-    let age = (now - newest.taken_at).num_seconds().max(0) as u64;
-    let kept = points.len();
-    let rpo = match r.rpo_s {
-        Some(rpo) => format!("RPO {}", human_secs(rpo)),
-        None => "no RPO target".to_string(),
-    };
-    let (status, detail) = match newest.verified {
-        Verified::Bad => (
-            ItemStatus::Failed,
-            format!(
-                "newest point {} FAILED verification: a failover now would start from a damaged copy; replicate again (the damaged blocks are sent again)",
-                newest.id
-            ),
-        ),
-        _ if r.rpo_s.is_some_and(|rpo| age > rpo) => (
-            ItemStatus::Failed,
-            format!(
-                "newest point {} is {} old, older than the {rpo} of {}: a failover now would lose more than allowed",
-                newest.id,
-                human_secs(age),
-                r.service.as_deref().unwrap_or("?")
-            ),
-        ),
-        Verified::No => (
-            ItemStatus::Warning,
-            format!(
-                "newest point {} ({} old, {rpo}) was never verified: run `reprise verify`",
-                newest.id,
-                human_secs(age)
-            ),
-        ),
-        Verified::Yes => (
-            ItemStatus::Ok,
-            format!(
-                "newest point {} {} old ({rpo}), verified{}; {kept} points kept, {} on {}",
-                newest.id,
-                human_secs(age),
-                newest
-                    .checked_at
-                    .map(|c| format!(" {} ago", human_secs((now - c).num_seconds().max(0) as u64)))
-                    .unwrap_or_default(),
-                human_bytes(newest.size),
-                r.to_host
-            ),
-        ),
-    };
-    item("replicas", &r.what, status, detail)
-}
-
-/// A copy made without replica points: its age is its modification time.
-fn judge_bare_copy(r: &ReplicaTarget, copy: PathStat, now: DateTime<Utc>) -> ReadinessItem {
-    let age = (now.timestamp() - copy.mtime).max(0) as u64;
-    let (status, detail) = match r.rpo_s {
-        _ if copy.mtime == 0 => (
-            ItemStatus::Failed,
-            format!("{}:{} holds no file", r.to_host, r.copy),
-        ),
-        Some(rpo) if age > rpo => (
-            ItemStatus::Failed,
-            format!(
-                "newest data {} old, older than the RPO of {} ({}): a failover now would lose more than allowed",
-                human_secs(age),
-                r.service.as_deref().unwrap_or("?"),
-                human_secs(rpo)
-            ),
-        ),
-        rpo => (
-            ItemStatus::Warning,
-            format!(
-                "newest data {} old ({}), {} on {}, but no replica point: nothing proves the copy is whole; run `reprise replicate`",
-                human_secs(age),
-                rpo.map(|r| format!("RPO {}", human_secs(r)))
-                    .unwrap_or_else(|| "no RPO target".to_string()),
-                human_bytes(copy.bytes),
-                r.to_host
-            ),
-        ),
-    };
-    item("replicas", &r.what, status, detail)
 }
 
 fn item(area: &str, subject: &str, status: ItemStatus, detail: String) -> ReadinessItem {
@@ -1135,11 +1115,40 @@ pub fn evaluate(
             ));
             continue;
         };
-        let points = dest.points.get(&r.copy).filter(|p| !p.is_empty());
-        match points {
-            Some(points) => items.push(judge_points(r, points, now)),
-            None => items.push(judge_bare_copy(r, copy, now)),
-        }
+        let state = match (&dest.copies_error, dest.copies.get(&r.copy)) {
+            (_, Some(state)) => state,
+            (e, None) => {
+                items.push(item(
+                    "replicas",
+                    &subject,
+                    ItemStatus::Failed,
+                    format!(
+                        "its replica points on {} could not be read: {}",
+                        r.to_host,
+                        e.as_deref().unwrap_or("no answer about it")
+                    ),
+                ));
+                continue;
+            }
+        };
+        let id = r.what.split_whitespace().nth(1).unwrap_or(&r.what);
+        let (level, detail) = crate::replica::choice::judge(state, id, r.rpo_s, now);
+        let status = match level {
+            crate::replica::choice::Level::Ok => ItemStatus::Ok,
+            crate::replica::choice::Level::Warning => ItemStatus::Warning,
+            crate::replica::choice::Level::Failed => ItemStatus::Failed,
+        };
+        let detail = match (&r.service, level) {
+            (Some(s), crate::replica::choice::Level::Failed) if detail.contains("RPO") => {
+                format!("{detail} (RPO of {s})")
+            }
+            _ if level == crate::replica::choice::Level::Ok => {
+                format!("{detail}, {} on {}", human_bytes(state.size), r.to_host)
+            }
+            _ => detail,
+        };
+        items.push(item("replicas", &subject, status, detail));
+        let points = (!state.points.is_empty()).then_some(());
         if let Some(space) = dest.space.get(&r.copy) {
             let src_bytes = source.map(|s| s.bytes).unwrap_or(copy.bytes);
             let entry = needs_by_space
@@ -1160,6 +1169,38 @@ pub fn evaluate(
                 entry.3 = entry.3.and_then(|g| g.checked_add(growth));
             }
             entry.4.push(r.copy.clone());
+        }
+    }
+    // Snapshots of running vms left on their primary host by an interrupted replication:
+    // the vm writes to an overlay that no replication copies.
+    for vm in model.inventory.vms.values() {
+        let host = &vm.primary.value;
+        let Some(found) = probes
+            .get(host)
+            .filter(|p| p.error.is_none())
+            .and_then(|p| p.snapshots.get(&vm.id))
+        else {
+            continue;
+        };
+        let subject = format!("vm {} (snapshot)", vm.id);
+        match found {
+            Ok(left) if left.is_empty() => {}
+            Ok(left) => items.push(item(
+                "replicas",
+                &subject,
+                ItemStatus::Failed,
+                format!(
+                    "a replication snapshot was left on {host} ({}): the vm writes to an overlay no replication copies, and its disk goes stale; `reprise replicate --service {}` merges it back first",
+                    left.join("; "),
+                    vm.id
+                ),
+            )),
+            Err(e) => items.push(item(
+                "replicas",
+                &subject,
+                ItemStatus::Warning,
+                format!("cannot tell whether a replication snapshot is left on {host}: {e}"),
+            )),
         }
     }
     for ((host, _), (total, avail, largest, growth, paths)) in needs_by_space {
@@ -1516,14 +1557,22 @@ mod tests {
                 mtime: t - age,
             };
             pra.stats.insert(r.copy.clone(), Some(copy));
-            // Every other copy is kept as points; dc1's newest failed verification.
+            // Every other copy is kept as points; dc1's newest failed verification; the ERP
+            // data disk has none (nothing proves it whole).
+            let mut state = crate::replica::CopyState {
+                path: r.copy.clone(),
+                exists: true,
+                size: 1 << 30,
+                ..Default::default()
+            };
             if !r.copy.ends_with("erp-db-data.qcow2") {
                 let verified = if r.copy.ends_with("dc1-system.qcow2") {
                     crate::replica::Verified::Bad
                 } else {
                     crate::replica::Verified::Yes
                 };
-                let point = crate::replica::Point {
+                state.managed = true;
+                state.points = vec![crate::replica::Point {
                     id: "P1".to_string(),
                     taken_at: now - chrono::Duration::seconds(age),
                     source: format!("{}:{}", r.from_host, r.source),
@@ -1533,9 +1582,10 @@ mod tests {
                     checked_at: None,
                     received_bytes: 0,
                     duration_ms: 0,
-                };
-                pra.points.insert(r.copy.clone(), vec![point]);
+                    stamp: None,
+                }];
             }
+            pra.copies.insert(r.copy.clone(), state);
             pra.space.insert(
                 r.copy.clone(),
                 Space {
@@ -1550,6 +1600,12 @@ mod tests {
             };
             main.stats.insert(r.source.clone(), Some(source));
         }
+        // A replication of the ERP database was killed: its snapshot overlay is still there.
+        main.snapshots.insert(
+            "erp-db".to_string(),
+            Ok(vec!["file /srv/erp-db-data.reprise-replicate".to_string()]),
+        );
+        main.snapshots.insert("dc1".to_string(), Ok(Vec::new()));
         let unused = HostProbe {
             error: Some("failed to connect".to_string()),
             ..HostProbe::default()
@@ -1590,6 +1646,24 @@ mod tests {
             Some(ItemStatus::Failed),
             "a failover would start from a damaged copy"
         );
+        let detail = |subject: &str| {
+            items
+                .iter()
+                .find(|i| i.subject == subject)
+                .map(|i| i.detail.clone())
+                .unwrap_or_default()
+        };
+        assert!(
+            detail("vm erp-db (erp-db-data.qcow2)").starts_with("UNVERIFIED"),
+            "{}",
+            detail("vm erp-db (erp-db-data.qcow2)")
+        );
+        assert_eq!(
+            status("replicas", "vm erp-db (snapshot)"),
+            Some(ItemStatus::Failed)
+        );
+        assert!(detail("vm erp-db (snapshot)").contains("reprise replicate --service erp-db"));
+        assert_eq!(status("replicas", "vm dc1 (snapshot)"), None);
         // Every copy grows by 1 GiB, more than the 3 GiB free.
         assert_eq!(status("space", "hv-pra"), Some(ItemStatus::Failed));
         assert_eq!(

@@ -114,6 +114,11 @@ pub struct RunArgs {
     /// measures RTO and data loss from it instead of from the start of the run.
     #[arg(long, value_name = "TIME", value_parser = parse_incident_time)]
     pub incident_at: Option<DateTime<Utc>>,
+    /// Start VM from its recovery copy as it is although no verified replica point proves it
+    /// (never replicated, its metadata damaged, changed behind its points, a vm ran on it);
+    /// journaled as unverified. Without it such a vm is not started (repeatable; `all`).
+    #[arg(long = "accept-unverified", value_name = "VM")]
+    pub accept_unverified: Vec<String>,
     #[command(flatten)]
     pub exec: ExecArgs,
 }
@@ -448,6 +453,20 @@ pub enum Command {
     /// Print the man page, reprise(1).
     #[command(after_help = "Install:\n  reprise manpage > /usr/local/share/man/man1/reprise.1")]
     Manpage,
+    /// Release the recovery copies of a vm or backup set that a drill or a failover still
+    /// holds (a lease no replication writes through): only once no drill copy or vm uses them.
+    #[command(
+        after_help = "Examples:\n  reprise release erp-db --run 20261128T031000Z-drill\n  reprise release erp-db"
+    )]
+    Release {
+        /// The vm or backup set.
+        item: String,
+        /// Only the leases of this run [default: every lease].
+        #[arg(long, value_name = "RUN")]
+        run: Option<String>,
+        #[command(flatten)]
+        ssh: replicate::SshArgs,
+    },
     /// (internal) The replication helper run on hosts.
     #[command(hide = true)]
     Helper {
@@ -576,7 +595,8 @@ impl Command {
             Command::Replicate { ssh, .. }
             | Command::Points { ssh, .. }
             | Command::Verify { ssh, .. }
-            | Command::Status { ssh, .. } => ssh,
+            | Command::Status { ssh, .. }
+            | Command::Release { ssh, .. } => ssh,
             _ => return None,
         };
         ssh.here.as_deref()
@@ -892,6 +912,7 @@ pub fn run(cli: &Cli) -> Outcome {
                     .find(|(vm, _)| vm.is_empty())
                     .map(|(_, p)| p.clone()),
                 before: *point_before,
+                accept_unverified: Vec::new(),
             };
             start_with(cli, &model, Mode::Failover, *emergency, args, choice)
         }
@@ -925,6 +946,9 @@ pub fn run(cli: &Cli) -> Outcome {
         }
         Command::Status { json, ssh } => replicate::status(&model, *json, ssh, Utc::now()),
         Command::Schedule(args) => ops::schedule(cli, &model, args),
+        Command::Release { item, run, ssh } => {
+            replicate::release(&model, item, run.as_deref(), ssh)
+        }
         Command::Confirm { .. }
         | Command::Helper { .. }
         | Command::Completions { .. }
@@ -992,8 +1016,23 @@ fn start_with(
     mode: Mode,
     emergency: bool,
     args: &RunArgs,
-    points: crate::runner::PointChoice,
+    mut points: crate::runner::PointChoice,
 ) -> Outcome {
+    for vm in &args.accept_unverified {
+        if vm != "all" && !model.inventory.vms.contains_key(vm) {
+            let hint =
+                crate::diagnostic::did_you_mean(vm, model.inventory.vms.keys().map(String::as_str))
+                    .map(|h| format!("hint: {h}\n"))
+                    .unwrap_or_default();
+            return Outcome::err(
+                exit::INVALID_INPUT,
+                format!("error: --accept-unverified names an unknown vm `{vm}`\n{hint}"),
+            );
+        }
+        points
+            .accept_unverified
+            .push(if vm == "all" { "*".into() } else { vm.clone() });
+    }
     let plan_opts = PlanOptions {
         mode,
         emergency,

@@ -129,9 +129,14 @@ pub enum Event {
         point: String,
         /// When the point's source state was captured.
         taken_at: DateTime<Utc>,
+        /// True only when the point's BLAKE3 matched (when made or last read) and the copy
+        /// still was that point when the vm started.
         verified: bool,
         /// Why this point (e.g. "newest point 20261128T0200Z failed verification").
         note: Option<String>,
+        /// The newer points given up by a roll-back to this one.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        dropped: Vec<String>,
     },
     RunResumed {
         at: DateTime<Utc>,

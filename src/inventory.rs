@@ -186,6 +186,7 @@ pub const VM_ACTIONS: &[&str] = &[
     "autostart-on",
     "drill-start",
     "drill-stop",
+    "replicate-check",
     "replicate-begin",
     "replicate-end",
 ];

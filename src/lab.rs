@@ -785,7 +785,104 @@ pub fn up(
             &images,
         )?;
     }
+    seed_points(&model)?;
     Ok(state)
+}
+
+/// Last night's replication, as cron leaves it on a real site: every vm disk and backup set
+/// of the lab has a verified replica point on the recovery side (replicated as `reprise
+/// replicate` does, over the lab's sshd; no snapshot: the lab's vms write nothing).
+fn seed_points(model: &Model) -> Result<(), LabError> {
+    use crate::replica::remote::{Helpers, Replication, image_path, point_id};
+    let options = crate::run::SshOptions {
+        policy: crate::ssh::HostKeyPolicy::Strict,
+        known_hosts: crate::run::SshOptions::default_known_hosts(),
+        identity: None,
+        connect_timeout: Duration::from_secs(10),
+        here: None,
+        client: crate::ssh::SshClient::default(),
+    };
+    let transport = crate::run::transport(model, &options);
+    let helpers = Helpers::new(&transport);
+    let now = chrono::Utc::now();
+    let replication = |retention| Replication {
+        point: point_id(now),
+        taken_at: now,
+        retention,
+        reread: false,
+        compress: false,
+        deadline: Duration::from_secs(600),
+    };
+    let inv = &model.inventory;
+    // (from, src, to, dst, retention, folder)
+    let mut copies = Vec::new();
+    for vm in inv.vms.values() {
+        let (from, to) = (&vm.primary.value, &vm.recovery.value);
+        let (Some(a), Some(b)) = (plan::images_dir_of(inv, from), plan::images_dir_of(inv, to))
+        else {
+            continue;
+        };
+        for d in &vm.disks {
+            copies.push((
+                from.clone(),
+                image_path(&a, d),
+                to.clone(),
+                image_path(&b, d),
+                vm.retention,
+                false,
+            ));
+        }
+    }
+    for set in inv.backups.values() {
+        copies.push((
+            set.source_host.value.clone(),
+            set.source_path.clone(),
+            set.dest_host.value.clone(),
+            set.dest_path.clone(),
+            set.retention,
+            true,
+        ));
+    }
+    let mut hosts: Vec<&str> = copies
+        .iter()
+        .flat_map(|c| [c.0.as_str(), c.2.as_str()])
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    helpers.prepare(&hosts);
+    let failed: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = copies
+            .iter()
+            .map(|(from, src, to, dst, retention, folder)| {
+                let helpers = &helpers;
+                scope.spawn(move || {
+                    let r = replication(*retention);
+                    let done = if *folder {
+                        helpers.replicate_tree(from, src, to, dst, &r)
+                    } else {
+                        helpers.replicate(from, src, to, dst, &r)
+                    };
+                    done.err()
+                        .map(|e| format!("{from}:{src} → {to}:{dst}: {e}"))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| {
+                h.join()
+                    .unwrap_or(Some("a replication thread stopped".into()))
+            })
+            .collect()
+    });
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(LabError::Command {
+            command: "the lab's first replication".into(),
+            stderr: failed.join("; "),
+        })
+    }
 }
 
 /// Content for a file the inventory names on a lab host.
@@ -1517,12 +1614,104 @@ fn lab_vm(state: &LabState, host: &str, args: &[String]) -> i32 {
             }
             0
         }
-        // The lab's images are quiescent: the snapshot around a replication is only recorded
-        // (calls.log).
-        "freeze" | "thaw" => 0,
+        // The snapshot around a replication, modelled on libvirt's: an overlay per disk takes
+        // the vm's writes while the disk is read (`freeze`), then is committed back (`thaw`).
+        "freeze" | "thaw" | "snapshot-check" => {
+            let (Some(dir), disks) = (args.get(2), &args[3.min(args.len())..]) else {
+                eprintln!("usage: lab-vm {verb} NAME DIR DISK...");
+                return 2;
+            };
+            let running = running(&state.host_dir(host).join("run"), &process).is_some();
+            snapshot(verb, Path::new(dir), disks, running)
+        }
         other => {
             eprintln!("lab-vm: unknown action `{other}`");
             2
         }
     }
+}
+
+/// The overlay of a lab disk during a replication: `DIR/STEM.reprise-replicate`, as libvirt
+/// names an external snapshot's file.
+fn overlay_of(dir: &Path, disk: &str) -> PathBuf {
+    let stem = Path::new(disk)
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| disk.to_string());
+    dir.join(format!("{stem}.reprise-replicate"))
+}
+
+/// `lab-vm freeze|thaw|snapshot-check`: libvirt's external snapshot, on files. A running vm's
+/// disks each get a qcow2 overlay backed by them (refused when one is already there, as
+/// libvirt refuses); `thaw` commits each overlay into its disk and removes it (a stopped vm
+/// too, as the libvirt driver's `replicate-end` does); `snapshot-check` names the overlays.
+fn snapshot(verb: &str, dir: &Path, disks: &[String], running: bool) -> i32 {
+    let qemu_img = |args: &[&std::ffi::OsStr]| -> Result<(), String> {
+        let out = Command::new("qemu-img")
+            .args(args)
+            .output()
+            .map_err(|e| format!("qemu-img: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    };
+    for disk in disks {
+        let (base, overlay) = (dir.join(disk), overlay_of(dir, disk));
+        match verb {
+            "snapshot-check" => {
+                if overlay.exists() {
+                    println!("overlay file {}", overlay.display());
+                }
+            }
+            "freeze" => {
+                if !running {
+                    // libvirt's driver snapshots only a running domain.
+                    return 0;
+                }
+                if overlay.exists() {
+                    eprintln!(
+                        "error: unsupported configuration: external snapshot file for disk {disk} already exists and is not a block device: {}",
+                        overlay.display()
+                    );
+                    return 1;
+                }
+                let mut head = [0u8; 4];
+                let format =
+                    match std::fs::File::open(&base).and_then(|mut f| f.read_exact(&mut head)) {
+                        Ok(()) if &head == b"QFI\xfb" => "qcow2",
+                        _ => "raw",
+                    };
+                if let Err(e) = qemu_img(&[
+                    "create".as_ref(),
+                    "-q".as_ref(),
+                    "-f".as_ref(),
+                    "qcow2".as_ref(),
+                    "-F".as_ref(),
+                    format.as_ref(),
+                    "-b".as_ref(),
+                    base.as_os_str(),
+                    overlay.as_os_str(),
+                ]) {
+                    eprintln!("lab-vm: cannot snapshot {disk}: {e}");
+                    return 1;
+                }
+            }
+            _ => {
+                if !overlay.exists() {
+                    continue;
+                }
+                if let Err(e) = qemu_img(&["commit".as_ref(), "-q".as_ref(), overlay.as_os_str()]) {
+                    eprintln!("lab-vm: cannot merge {} back: {e}", overlay.display());
+                    return 1;
+                }
+                if let Err(e) = std::fs::remove_file(&overlay) {
+                    eprintln!("lab-vm: cannot remove {}: {e}", overlay.display());
+                    return 1;
+                }
+            }
+        }
+    }
+    0
 }

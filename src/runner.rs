@@ -501,6 +501,17 @@ async fn run_step(
     tx: tokio::sync::mpsc::UnboundedSender<Msg>,
     shutdown: watch::Receiver<bool>,
 ) -> Outcome {
+    let out = run_step_inner(ctx.clone(), index, prior, tx, shutdown).await;
+    after_replica(&ctx, &ctx.plan.steps[index], out).await
+}
+
+async fn run_step_inner(
+    ctx: Arc<RunContext>,
+    index: usize,
+    prior: Option<Prior>,
+    tx: tokio::sync::mpsc::UnboundedSender<Msg>,
+    shutdown: watch::Receiver<bool>,
+) -> Outcome {
     let step = &ctx.plan.steps[index];
     let begin = Instant::now();
     let outcome = |status, attempt, message| Outcome {
@@ -544,12 +555,12 @@ async fn run_step(
     }
     // The step's start is on disk before anything of it runs on a host.
     let mut recorded_first = false;
-    if let (Some(replica), Some(host)) = (&step.replica, &step.host) {
+    if let Some(replica) = &step.replica {
         if !record_start(&tx, step, 1).await {
             return outcome(StepStatus::Cancelled, 1, Some(NOT_RECORDED.into()));
         }
         recorded_first = true;
-        if let Err(e) = start_from_replica(&ctx, step, host, replica, &tx).await {
+        if let Err(e) = before_replica(&ctx, step, replica, &tx).await {
             return outcome(StepStatus::Failed, 1, Some(e));
         }
     }
@@ -766,12 +777,63 @@ async fn run_step(
             to_host,
             items,
             retention,
+            snapshot,
         } => {
+            // A snapshot left on the source by an interrupted replication: the disks are stale
+            // (the vm wrote to the overlay), so it is merged back before they are read.
+            let mut settled = String::new();
+            if let Some(hooks) = snapshot {
+                let expose = |c: &Command| c.expose(|n| (ctx.secrets)(n));
+                let (check, end) = match (expose(&hooks.check), expose(&hooks.end)) {
+                    (Ok(c), Ok(e)) => (c, e),
+                    (Err(missing), _) | (_, Err(missing)) => {
+                        return outcome(
+                            StepStatus::Failed,
+                            1,
+                            Some(format!("secret {missing} is not set in the environment")),
+                        );
+                    }
+                };
+                let (transport, host, shown) = (
+                    ctx.transport.clone(),
+                    hooks.host.clone(),
+                    hooks.end.to_string(),
+                );
+                let done = tokio::task::spawn_blocking(move || {
+                    crate::replica::snapshot::settle(
+                        transport.as_ref(),
+                        &host,
+                        &check,
+                        &end,
+                        &shown,
+                    )
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("the snapshot task failed: {e}")));
+                match done {
+                    Ok(note) => {
+                        if let Some(n) = note {
+                            settled = format!("{n}\n");
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Msg::Event(Event::StepOutput {
+                            at: Utc::now(),
+                            step: step.id.clone(),
+                            attempt: 1,
+                            stdout: String::new(),
+                            stderr: e.clone(),
+                            exit_code: None,
+                        }));
+                        return outcome(StepStatus::Failed, 1, Some(e));
+                    }
+                }
+            }
             let deadline = step
                 .timeout_s
                 .map(StdDuration::from_secs)
                 .unwrap_or(StdDuration::from_secs(7200));
-            let mut report = String::new();
+            let mut report = settled;
             // Every disk of a vm gets the same point.
             let taken_at = Utc::now();
             let replication = crate::replica::remote::Replication {
@@ -833,6 +895,7 @@ async fn run_step(
                     taken_at,
                     verified: true,
                     note: Some("made by this step; its BLAKE3 matched end to end".into()),
+                    dropped: Vec::new(),
                 }));
             }
             outcome(StepStatus::Done, 1, None)
@@ -873,404 +936,410 @@ async fn replicate_image(
 }
 
 /// Which replica point a failover starts the vms from (`failover --point VM=ID`,
-/// `--point-before TIME`); by default the newest point that did not fail verification.
+/// `--point-before TIME`); by default the newest point that did not fail verification. A vm
+/// named in `accept_unverified` (or every vm, with `*`) may start from its copy as it is
+/// when nothing proves it (journaled as unverified).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PointChoice {
     pub by_vm: HashMap<String, String>,
     /// For every vm not in `by_vm`.
     pub all: Option<String>,
     pub before: Option<DateTime<Utc>>,
+    pub accept_unverified: Vec<String>,
 }
 
-/// Decides which copy a vm starts from on the recovery host, and records it with the age of
-/// its data: per disk, the newest replica point (`IMAGE.reprise/points.json`) that did not fail
-/// verification, or the one asked for; a copy made without points counts by its modification
-/// time. In a failover, a disk whose chosen point is not its newest is first rolled back to it
-/// (the newer points are dropped); a drill never changes a copy and only says so. An error
-/// stops the step before the vm starts. When the copies cannot be read at all, nothing is
-/// recorded: the step itself then fails and says why.
-async fn start_from_replica(
+impl PointChoice {
+    /// What the operator asked for `vm`, as [`crate::replica::choice`] takes it.
+    fn ask(&self, vm: &str, run: &str, failover: bool) -> crate::replica::choice::Ask {
+        use crate::replica::choice::Want;
+        let want = match (self.by_vm.get(vm).or(self.all.as_ref()), self.before) {
+            (Some(id), _) => Some(Want::Id(id.clone())),
+            (None, Some(t)) => Some(Want::Before(t)),
+            (None, None) => None,
+        };
+        crate::replica::choice::Ask {
+            want: want.filter(|_| failover),
+            accept_unverified: self.accept_unverified.iter().any(|v| v == vm || v == "*"),
+            run: Some(run.to_string()),
+        }
+    }
+}
+
+/// How long a run waits for a replication that holds a copy it needs.
+const COPY_WAIT: StdDuration = StdDuration::from_secs(60);
+
+/// Before a vm step that starts from the recovery copies (a drill's overlay copy, or the vm
+/// itself in a failover): the point is decided ([`crate::replica::choice::decide`], the
+/// decision `check` and `status` make too), the copies are prepared (an interrupted update
+/// settled, a copy changed behind its point read again, a failover's roll-back), leased (a
+/// replication never writes into them while they are used, and the lease checks they still
+/// are the point chosen), and the point is journaled with whether it is verified at that
+/// moment. An error stops the step before its command runs.
+async fn before_replica(
     ctx: &RunContext,
     step: &PlannedStep,
-    host: &str,
     replica: &crate::plan::ReplicaUse,
     tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
 ) -> Result<(), String> {
-    let read_copies = || async {
-        let cmd = copies_script(&replica.paths);
-        let transport = ctx.transport.clone();
-        let h = host.to_string();
-        let out = tokio::task::spawn_blocking(move || {
-            transport.exec(&h, &cmd, StdDuration::from_secs(30))
-        })
-        .await;
-        let Ok(Ok(out)) = out else { return None };
-        if out.exit_code != 0 {
-            return None;
-        }
-        parse_copies(&replica.paths, &out.stdout)
+    use crate::plan::ReplicaRole;
+    use crate::replica::choice::Use;
+    let how = match replica.role {
+        ReplicaRole::DrillStart => Use::Drill,
+        ReplicaRole::Start => Use::Failover,
+        ReplicaRole::DrillStop | ReplicaRole::FailedBack => return Ok(()),
     };
-    let Some(mut disks) = read_copies().await else {
-        return Ok(());
-    };
-    let failover = replica.may_roll_back;
-    let mut notes = Vec::new();
-    // A replication or roll-back cut in the middle: its points file may not tell the truth
-    // until the update is completed or thrown away. A failover settles it first; a drill,
-    // which never changes a copy, says so.
-    let unsettled: Vec<String> = disks
-        .iter()
-        .filter(|d| d.unsettled)
-        .map(|d| d.path.clone())
-        .collect();
-    if !unsettled.is_empty() && failover {
-        for path in unsettled {
-            let (transport, h, image) = (ctx.transport.clone(), host.to_string(), path.clone());
-            let done = tokio::task::spawn_blocking(move || {
-                crate::replica::remote::Helpers::new(transport.as_ref()).settle(&h, &image)
+    let failover = ctx.plan.mode == Mode::Failover;
+    // A drill asks the primary host (read only) whether a cut replication left its snapshot
+    // there: the vm then writes to an overlay no replication copies, and its copy goes stale.
+    let mut leftover_note = None;
+    if let Some((host, check)) = &replica.snapshot_check {
+        let text = check.expose(|n| (ctx.secrets)(n)).ok();
+        let (transport, h) = (ctx.transport.clone(), host.clone());
+        let out = match text {
+            Some(text) => tokio::task::spawn_blocking(move || {
+                transport.exec(&h, &text, StdDuration::from_secs(60))
             })
             .await
-            .map_err(|e| format!("the settle task failed: {e}"))?
-            .map_err(|e| {
-                format!(
-                    "cannot settle the interrupted update of {path} before starting from it: {e}"
-                )
-            })?;
-            if let Some(note) = done {
-                let name = path.rsplit('/').next().unwrap_or(&path);
-                notes.push(format!("{name}: {note}"));
-            }
-        }
-        let Some(again) = read_copies().await else {
-            return Ok(());
+            .ok()
+            .and_then(Result::ok),
+            None => None,
         };
-        disks = again;
-    } else {
-        for d in disks.iter().filter(|d| d.unsettled) {
-            notes.push(format!(
-                "{}: an interrupted update is pending; the drill starts from the copy as it is (run `reprise replicate` to settle it)",
-                d.name()
-            ));
-        }
-    }
-    let choice = &ctx.options.points;
-    let want = match (
-        choice.by_vm.get(&replica.vm).or(choice.all.as_ref()),
-        choice.before,
-    ) {
-        (Some(id), _) => Some(Want::Id(id.clone())),
-        (None, Some(t)) => Some(Want::Before(t)),
-        (None, None) => None,
-    };
-    let mut want = want.filter(|_| failover);
-    if want.is_none()
-        && failover
-        && let Some((id, why)) = common_fallback(&disks)
-    {
-        // A vm's disks start from one point: a disk rolled back takes the others with it.
-        match id {
-            Some(id) => {
-                notes.push(format!("{why}: every disk starts from point {id}"));
-                want = Some(Want::Id(id));
-            }
-            None => notes.push(format!(
-                "{why}, and no good point is on every disk: each disk starts from its own newest good point"
-            )),
-        }
-    }
-    for disk in disks.iter_mut() {
-        let candidates = start_candidates(disk, want.as_ref())?;
-        let newest = disk.points.len().checked_sub(1);
-        let name = disk.name().to_string();
-        let mut chosen = None;
-        let mut failures = Vec::new();
-        for k in candidates {
-            if Some(k) == newest {
-                chosen = Some(k);
-                break;
-            }
-            if !failover {
-                break;
-            }
-            let (transport, h, image, id) = (
-                ctx.transport.clone(),
-                host.to_string(),
-                disk.path.clone(),
-                disk.points[k].id.clone(),
-            );
-            let rolled = tokio::task::spawn_blocking(move || {
-                crate::replica::remote::Helpers::new(transport.as_ref()).roll_back(&h, &image, &id)
-            })
-            .await
-            .map_err(|e| format!("the roll-back task failed: {e}"))?;
-            match rolled {
-                Ok(done) => {
-                    notes.push(format!(
-                        "{name} rolled back to point {} (newer points dropped: {})",
-                        done.point,
-                        done.dropped.join(", ")
-                    ));
-                    disk.points.truncate(k + 1);
-                    chosen = Some(k);
-                    break;
-                }
-                Err(e) if want.is_none() => failures.push(format!("{}: {e}", disk.points[k].id)),
-                Err(e) => {
+        match out {
+            Some(o) if o.exit_code == 0 => {
+                let left = crate::replica::snapshot::overlays(&o.stdout);
+                if !left.is_empty() {
                     return Err(format!(
-                        "cannot roll {name} back to point {}: {e}",
-                        disk.points[k].id
+                        "a replication snapshot was left on {host} ({}): vm {}'s writes go to an overlay no replication copies, so its copy goes stale; merge it back with `reprise replicate --service {}`, then drill again",
+                        left.join("; "),
+                        replica.vm,
+                        replica.vm
                     ));
                 }
             }
+            // A drill does not depend on the primary site: said, not refused.
+            _ => {
+                leftover_note = Some(format!(
+                    "whether a replication snapshot was left on {host} could not be asked"
+                ))
+            }
         }
-        if !failures.is_empty() {
-            notes.push(format!(
-                "{name}: points that could not be rebuilt: {}",
-                failures.join("; ")
-            ));
-        }
-        disk.chosen = chosen.or(newest);
     }
-    let used = describe_copies(&disks, host, notes);
+    let ask = ctx
+        .options
+        .points
+        .ask(&replica.vm, &ctx.plan.run_id, failover);
+    let (transport, run, id, replica2) = (
+        ctx.transport.clone(),
+        ctx.plan.run_id.clone(),
+        step.id.clone(),
+        replica.clone(),
+    );
+    let chosen = tokio::task::spawn_blocking(move || {
+        choose_copies(
+            transport.as_ref(),
+            &run,
+            &id,
+            &replica2,
+            how,
+            &ask,
+            failover,
+        )
+    })
+    .await
+    .map_err(|e| format!("the replica task failed: {e}"))??;
+    let s = chosen.start;
+    let mut notes = chosen.notes;
+    notes.extend(s.notes);
+    notes.extend(leftover_note);
     let _ = tx.send(Msg::Event(Event::ReplicaPointUsed {
         at: Utc::now(),
         step: step.id.clone(),
         item: replica.vm.clone(),
-        point: used.point,
-        taken_at: used.taken_at,
-        verified: used.verified,
-        note: used.note,
+        point: s.point,
+        taken_at: s.taken_at,
+        verified: s.verified,
+        note: Some(if notes.is_empty() {
+            format!("the newest point on {}, verified", replica.host)
+        } else {
+            notes.join("; ")
+        }),
+        dropped: s.dropped,
     }));
     Ok(())
 }
 
-/// When a disk's newest point failed verification, or the disks' newest points differ (a
-/// replication stopped between two disks of the vm), the newest point id that every disk
-/// holds and none failed: the point the whole vm falls back to (none when they share no
-/// good point), and why.
-fn common_fallback(disks: &[DiskCopy]) -> Option<(Option<String>, &'static str)> {
-    use crate::replica::Verified;
-    if disks.iter().any(|d| d.points.is_empty()) {
-        return None;
-    }
-    let why = if disks
-        .iter()
-        .any(|d| d.points.last().is_some_and(|p| p.verified == Verified::Bad))
-    {
-        "a newest point failed verification"
-    } else if disks
-        .windows(2)
-        .any(|w| w[0].points.last().map(|p| &p.id) != w[1].points.last().map(|p| &p.id))
-    {
-        "the disks' newest points differ (a replication stopped between them)"
-    } else {
-        return None;
-    };
-    let id = disks[0]
-        .points
-        .iter()
-        .rev()
-        .map(|p| p.id.clone())
-        .find(|id| {
-            disks.iter().all(|d| {
-                d.points
-                    .iter()
-                    .any(|p| &p.id == id && p.verified != Verified::Bad)
-            })
-        });
-    Some((id, why))
+/// What [`choose_copies`] decided and did.
+struct Chosen {
+    start: crate::replica::choice::Start,
+    /// What was done to the copies on the way (settled, read again, rolled back, leased).
+    notes: Vec<String>,
 }
 
-/// A point asked for at failover.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Want {
-    Id(String),
-    Before(DateTime<Utc>),
-}
-
-/// One disk's copy on the recovery host, as [`copies_script`] described it.
-#[derive(Debug, Clone)]
-struct DiskCopy {
-    path: String,
-    mtime: DateTime<Utc>,
-    points: Vec<crate::replica::Point>,
-    /// The point it starts from; `None` for a copy without points.
-    chosen: Option<usize>,
-    /// An update or roll-back was cut in the middle (its journal is still there).
-    unsettled: bool,
-}
-
-impl DiskCopy {
-    fn name(&self) -> &str {
-        self.path.rsplit('/').next().unwrap_or(&self.path)
-    }
-}
-
-/// Prints, for each copy, `== MTIME` (or `== missing`), ` unsettled` when an update or
-/// roll-back of it was cut in the middle, then its points file.
-fn copies_script(paths: &[String]) -> String {
-    let q: Vec<String> = paths
-        .iter()
-        .map(|p| crate::template::shell_quote(p))
-        .collect();
-    format!(
-        "for p in {}; do u=; if [ -e \"$p.reprise/journal\" ] || [ -e \"$p.reprise/rollback.json\" ]; then u=' unsettled'; fi; printf '== %s%s\\n' \"$(stat -c %Y -- \"$p\" 2>/dev/null || echo missing)\" \"$u\"; cat -- \"$p.reprise/points.json\" 2>/dev/null; echo; done",
-        q.join(" ")
-    )
-}
-
-fn parse_copies(paths: &[String], text: &str) -> Option<Vec<DiskCopy>> {
-    let chunks: Vec<&str> = text.split("== ").skip(1).collect();
-    if chunks.len() != paths.len() {
-        return None;
-    }
-    paths
-        .iter()
-        .zip(chunks)
-        .map(|(path, chunk)| {
-            let (first, rest) = chunk.split_once('\n').unwrap_or((chunk, ""));
-            let (first, unsettled) = match first.trim().strip_suffix(" unsettled") {
-                Some(f) => (f, true),
-                None => (first.trim(), false),
-            };
-            let mtime = first
-                .parse::<i64>()
-                .ok()
-                .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0))?;
-            let points: Vec<crate::replica::Point> =
-                serde_json::from_str(rest.trim()).unwrap_or_default();
-            Some(DiskCopy {
-                path: path.clone(),
-                mtime,
-                chosen: points.len().checked_sub(1),
-                points,
-                unsettled,
-            })
-        })
-        .collect()
-}
-
-/// The points a disk may start from, best first: the one asked for, or the newest points that
-/// did not fail verification (older ones as fallbacks when a roll-back cannot rebuild one).
-fn start_candidates(disk: &DiskCopy, want: Option<&Want>) -> Result<Vec<usize>, String> {
-    use crate::replica::Verified;
-    let name = disk.name();
-    let ids = || {
-        disk.points
-            .iter()
-            .map(|p| format!("{} ({})", p.id, p.verified))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if disk.points.is_empty() {
-        return match want {
-            None => Ok(Vec::new()),
-            Some(_) => Err(format!(
-                "{name} has no replica points: it can only start from its copy as it is (run without --point)"
-            )),
-        };
-    }
-    let good = |k: &usize| disk.points[*k].verified != Verified::Bad;
-    match want {
-        Some(Want::Id(id)) => match disk.points.iter().position(|p| &p.id == id) {
-            Some(k) if good(&k) => Ok(vec![k]),
-            Some(_) => Err(format!(
-                "point {id} of {name} failed verification and is never used; its points: {}",
-                ids()
-            )),
-            None => Err(format!("{name} has no point {id}; its points: {}", ids())),
-        },
-        Some(Want::Before(t)) => {
-            let k = (0..disk.points.len())
-                .rev()
-                .find(|k| good(k) && disk.points[*k].taken_at <= *t)
-                .ok_or_else(|| {
-                    format!(
-                        "{name} has no good point taken before {}; its points: {}",
-                        t.format("%Y-%m-%d %H:%M:%S UTC"),
-                        ids()
-                    )
-                })?;
-            Ok(vec![k])
-        }
-        None => {
-            let good: Vec<usize> = (0..disk.points.len()).rev().filter(good).collect();
-            if good.is_empty() {
-                // Nothing better: the newest, said loudly (see describe_copies).
-                Ok(vec![disk.points.len() - 1])
-            } else {
-                Ok(good)
+/// The blocking part of [`before_replica`]: inspect, prepare and decide until a decision
+/// holds, then roll back and lease.
+fn choose_copies(
+    transport: &dyn Transport,
+    run: &str,
+    step: &str,
+    replica: &crate::plan::ReplicaUse,
+    how: crate::replica::choice::Use,
+    ask: &crate::replica::choice::Ask,
+    may_roll_back: bool,
+) -> Result<Chosen, String> {
+    use crate::replica::choice::{self, Decision, Prep, Use};
+    use crate::replica::{Lease, LeaseKind, Verified};
+    let helpers = crate::replica::remote::Helpers::new(transport);
+    let (host, paths) = (&replica.host, &replica.paths);
+    let name = |i: usize| choice::name(&paths[i]).to_string();
+    let mut notes = Vec::new();
+    // Points found impossible to rebuild on the way: no longer candidates.
+    let mut unusable: Vec<(usize, String)> = Vec::new();
+    let mut done: Vec<Prep> = Vec::new();
+    for _ in 0..(4 + 4 * paths.len()) {
+        let mut states = helpers
+            .inspect(host, paths)
+            .map_err(|e| format!("cannot read the copies of vm {} on {host}: {e}", replica.vm))?;
+        for (i, id) in &unusable {
+            if let Some(p) = states[*i].points.iter_mut().find(|p| &p.id == id) {
+                p.verified = Verified::Bad;
             }
         }
-    }
-}
-
-/// The copy a vm starts from, as recorded in the journal.
-#[derive(Debug, Clone, PartialEq)]
-struct CopyInUse {
-    point: String,
-    taken_at: DateTime<Utc>,
-    verified: bool,
-    note: Option<String>,
-}
-
-fn describe_copies(disks: &[DiskCopy], host: &str, mut notes: Vec<String>) -> CopyInUse {
-    let mut ids = Vec::new();
-    let mut oldest: Option<DateTime<Utc>> = None;
-    let mut verified = true;
-    for disk in disks {
-        let name = disk.name();
-        let (id, at) = match disk.chosen.map(|k| &disk.points[k]) {
-            Some(p) => {
-                match p.verified {
-                    crate::replica::Verified::Yes => {}
-                    crate::replica::Verified::No => {
-                        verified = false;
-                        notes.push(format!("point {} of {name} was never verified", p.id));
-                    }
-                    crate::replica::Verified::Bad => {
-                        verified = false;
-                        notes.push(format!(
-                            "point {} of {name} FAILED verification: the vm starts from a damaged copy",
-                            p.id
+        let start = match choice::decide(&states, how, ask) {
+            Decision::Refuse(why) => return Err(why),
+            Decision::Prepare(preps) => {
+                for prep in preps {
+                    if done.contains(&prep) {
+                        return Err(format!(
+                            "{}: still not settled after it was settled once; look at it before starting from it",
+                            states[match &prep {
+                                Prep::Settle(i) | Prep::Verify(i, _) => *i,
+                            }]
+                            .path
                         ));
                     }
+                    match &prep {
+                        Prep::Settle(i) => {
+                            let note =
+                                helpers.settle(host, &paths[*i], COPY_WAIT).map_err(|e| {
+                                    format!(
+                                        "cannot settle {} before starting from it: {e}",
+                                        paths[*i]
+                                    )
+                                })?;
+                            if let Some(n) = note {
+                                notes.push(format!("{}: {n}", name(*i)));
+                            }
+                        }
+                        Prep::Verify(i, id) => {
+                            let why = states[*i].changed.clone().unwrap_or_default();
+                            let checked =
+                                helpers.verify(host, &paths[*i], Some(id)).map_err(|e| {
+                                    format!(
+                                        "cannot read {} again before starting from it: {e}",
+                                        paths[*i]
+                                    )
+                                })?;
+                            let good = checked.iter().all(|c| c.good);
+                            notes.push(format!(
+                                "{}: {why}; read again by hash: point {id} {}",
+                                name(*i),
+                                if good {
+                                    "is whole, the copy still is that point"
+                                } else {
+                                    "is DAMAGED (marked bad)"
+                                }
+                            ));
+                        }
+                    }
+                    done.push(prep);
                 }
-                (p.id.clone(), p.taken_at)
+                continue;
             }
-            None => {
-                verified = false;
-                notes.push(format!(
-                    "{name}: the copy on {host} as it was last written, no replica point"
-                ));
-                (
-                    format!("copy-{}", disk.mtime.format("%Y%m%dT%H%M%SZ")),
-                    disk.mtime,
-                )
-            }
+            Decision::Start(s) => s,
         };
-        if !ids.contains(&id) {
-            ids.push(id);
+        if !start.roll_back.is_empty() && !may_roll_back {
+            return Err(format!(
+                "vm {} would need its copies rolled back to an older point, which only a failover does",
+                replica.vm
+            ));
         }
-        oldest = Some(oldest.map_or(at, |o| o.min(at)));
+        let mut again = false;
+        for (i, id) in &start.roll_back {
+            match helpers.roll_back(host, &paths[*i], id) {
+                Ok(r) => notes.push(format!(
+                    "{} rolled back to point {} (newer points dropped: {})",
+                    name(*i),
+                    r.point,
+                    r.dropped.join(", ")
+                )),
+                Err(e) if ask.want.is_none() => {
+                    notes.push(format!(
+                        "{}: point {id} could not be rebuilt ({e}): an older one is tried",
+                        name(*i)
+                    ));
+                    unusable.push((*i, id.clone()));
+                    again = true;
+                    break;
+                }
+                Err(e) => return Err(format!("cannot roll {} back to point {id}: {e}", name(*i))),
+            }
+        }
+        if again {
+            continue;
+        }
+        let kind = match how {
+            Use::Drill => LeaseKind::Drill,
+            Use::Failover => LeaseKind::Live,
+        };
+        // A resumed failover whose vm already runs on these copies holds them already.
+        if how == Use::Failover
+            && states.iter().all(|d| {
+                d.leases
+                    .iter()
+                    .any(|l| l.kind == LeaseKind::Live && l.run == run)
+            })
+        {
+            return Ok(Chosen { start, notes });
+        }
+        let mut leased = Vec::new();
+        for (i, path) in paths.iter().enumerate() {
+            let lease = Lease {
+                kind,
+                run: run.to_string(),
+                vm: replica.vm.clone(),
+                step: step.to_string(),
+                machine: crate::replica::meta::machine(),
+                pid: std::process::id(),
+                at: Utc::now(),
+                point: start.points[i].clone(),
+                taken_at: Some(start.taken_at),
+                verified: start.verified,
+            };
+            match helpers.take_lease(
+                host,
+                path,
+                &lease,
+                start.points[i].as_deref(),
+                COPY_WAIT,
+                false,
+            ) {
+                Ok(note) => {
+                    notes.extend(note.map(|n| format!("{}: {n}", name(i))));
+                    leased.push(path.clone());
+                }
+                Err(e) => {
+                    let _ = helpers.release(host, &leased, Some(run), Some(kind));
+                    return Err(format!("cannot take {} for this run: {e}", path));
+                }
+            }
+        }
+        return Ok(Chosen { start, notes });
     }
-    CopyInUse {
-        point: ids.join("+"),
-        taken_at: oldest.unwrap_or_else(Utc::now),
-        verified,
-        note: if notes.is_empty() {
-            Some(format!("the newest point on {host}, verified"))
-        } else {
-            Some(notes.join("; "))
-        },
-    }
+    Err(format!(
+        "the copies of vm {} on {host} kept changing while the run chose its point; start the run again",
+        replica.vm
+    ))
 }
 
-/// The copy a vm starts from when nothing is rolled back: each disk's newest point.
-#[cfg(test)]
-fn copy_in_use(paths: &[String], text: &str, host: &str) -> Option<CopyInUse> {
-    let disks = parse_copies(paths, text)?;
-    Some(describe_copies(&disks, host, Vec::new()))
+/// After a vm step that used the recovery copies: a vm now running on them ends their point
+/// history (and keeps them from any replication until it fails back); a drill's cleanup
+/// releases its lease; a failback releases the copies the vm ran on. A step that failed
+/// keeps what it held, except a start that did not start (its lease is released, so that
+/// the run can start again from the same point).
+async fn after_replica(ctx: &RunContext, step: &PlannedStep, mut out: Outcome) -> Outcome {
+    use crate::plan::ReplicaRole;
+    use crate::replica::LeaseKind;
+    let Some(replica) = step.replica.clone() else {
+        return out;
+    };
+    let done = out.status == StepStatus::Done;
+    let run = ctx.plan.run_id.clone();
+    let transport = ctx.transport.clone();
+    let vm = replica.vm.clone();
+    let step_id = step.id.clone();
+    let role = replica.role;
+    let status = out.status;
+    let result = tokio::task::spawn_blocking(move || -> Result<Option<String>, String> {
+        let helpers = crate::replica::remote::Helpers::new(transport.as_ref());
+        let (host, paths) = (&replica.host, &replica.paths);
+        match (role, done) {
+            (ReplicaRole::Start, true) => {
+                let mut notes = Vec::new();
+                for path in paths {
+                    let lease = crate::replica::Lease {
+                        kind: LeaseKind::Live,
+                        run: run.clone(),
+                        vm: vm.clone(),
+                        step: step_id.clone(),
+                        machine: crate::replica::meta::machine(),
+                        pid: std::process::id(),
+                        at: Utc::now(),
+                        point: None,
+                        taken_at: None,
+                        verified: false,
+                    };
+                    // The lease of the start is kept as it was; only the history ends.
+                    let held = helpers
+                        .inspect(host, std::slice::from_ref(path))
+                        .ok()
+                        .and_then(|s| s.into_iter().next())
+                        .and_then(|s| {
+                            s.leases
+                                .into_iter()
+                                .find(|l| l.kind == LeaseKind::Live && l.run == run)
+                        })
+                        .unwrap_or(lease);
+                    let note = helpers
+                        .take_lease(host, path, &held, None, COPY_WAIT, true)
+                        .map_err(|e| e.to_string())?;
+                    notes.extend(note);
+                }
+                Ok((!notes.is_empty()).then(|| {
+                    format!(
+                        "vm {vm} runs on its recovery copies: their point history ended, and no replication writes into them until a failback releases them"
+                    )
+                }))
+            }
+            (ReplicaRole::Start, false) if status == StepStatus::Failed => helpers
+                .release(host, paths, Some(&run), Some(LeaseKind::Live))
+                .map(|_| None)
+                .map_err(|e| e.to_string()),
+            (ReplicaRole::DrillStop, true) => helpers
+                .release(host, paths, Some(&run), Some(LeaseKind::Drill))
+                .map(|_| None)
+                .map_err(|e| e.to_string()),
+            (ReplicaRole::FailedBack, true) => helpers
+                .release(host, paths, None, Some(LeaseKind::Live))
+                .map(|r| {
+                    (!r.is_empty()).then(|| {
+                        format!("the recovery copies of vm {vm} were released: replication may write into them again")
+                    })
+                })
+                .map_err(|e| e.to_string()),
+            _ => Ok(None),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the replica task failed: {e}")));
+    let add = |m: &mut Option<String>, text: String| {
+        *m = Some(match m.take() {
+            Some(old) => format!("{old}; {text}"),
+            None => text,
+        });
+    };
+    match result {
+        Ok(Some(note)) => add(&mut out.message, note),
+        Ok(None) => {}
+        Err(e) => add(
+            &mut out.message,
+            format!(
+                "the leases of vm {}'s recovery copies could not be updated ({e}): see `reprise check`; `reprise release {}` frees them",
+                step.replica.as_ref().map(|r| r.vm.as_str()).unwrap_or(""),
+                step.replica.as_ref().map(|r| r.vm.as_str()).unwrap_or("")
+            ),
+        ),
+    }
+    out
 }
 
 /// Polls `check` every `interval` until it passes, the step's deadline, or shutdown.
@@ -1676,6 +1745,7 @@ mod tests {
                 bytes: 1,
                 read_exit: 0,
                 write_exit: 0,
+                write_failed_first: false,
                 stderr: String::new(),
                 output: String::new(),
                 duration: StdDuration::ZERO,
@@ -2617,161 +2687,5 @@ mod tests {
         // Every 5 s for 20 s: a handful of tries, not a busy loop.
         let tries = cmds.iter().filter(|c| *c == "fail").count();
         assert!((4..=6).contains(&tries), "{tries} tries");
-    }
-
-    #[test]
-    fn a_vm_starts_from_the_newest_point_of_each_disk_or_from_its_bare_copy() {
-        let paths = ["/r/a.qcow2".to_string(), "/r/b.qcow2".to_string()];
-        let point = |id: &str, at: &str, verified: &str| {
-            format!(
-                r#"{{"id":"{id}","taken_at":"{at}","source":"hv-main:/i","size":1,"blake3":"00","verified":"{verified}","checked_at":null,"received_bytes":0,"duration_ms":0}}"#
-            )
-        };
-        let text = format!(
-            "== 1764400000\n[{},{}]\n== 1764400100\n[{}]\n",
-            point("P1", "2026-11-29T01:00:00Z", "yes"),
-            point("P2", "2026-11-29T02:00:00Z", "yes"),
-            point("P2", "2026-11-29T02:00:00Z", "yes"),
-        );
-        let used = copy_in_use(&paths, &text, "hv-pra").unwrap();
-        assert_eq!(used.point, "P2");
-        assert!(used.verified);
-        assert_eq!(used.taken_at.to_rfc3339(), "2026-11-29T02:00:00+00:00");
-
-        // A bad newest point is said loudly; a disk with no points counts by its mtime.
-        let text = format!(
-            "== 1764400000\n[{}]\n== 1764300000\n\n",
-            point("P3", "2026-11-29T03:00:00Z", "bad")
-        );
-        let used = copy_in_use(&paths, &text, "hv-pra").unwrap();
-        assert!(!used.verified);
-        assert_eq!(used.point, "P3+copy-20251128T032000Z");
-        assert_eq!(
-            used.taken_at.timestamp(),
-            1764300000,
-            "the older of the two"
-        );
-        let note = used.note.unwrap();
-        assert!(note.contains("P3 of a.qcow2 FAILED verification"), "{note}");
-        assert!(note.contains("b.qcow2: the copy on hv-pra"), "{note}");
-
-        // A copy that is not there: nothing to record (the start step fails on its own).
-        assert_eq!(
-            copy_in_use(&paths, "== missing\n\n== 1\n\n", "hv-pra"),
-            None
-        );
-        assert_eq!(copy_in_use(&paths, "== 1\n\n", "hv-pra"), None);
-
-        // An update cut in the middle is seen, on its disk only.
-        let text = format!(
-            "== 1764400000 unsettled\n[{}]\n== 1764400100\n[{}]\n",
-            point("P1", "2026-11-29T01:00:00Z", "yes"),
-            point("P1", "2026-11-29T01:00:00Z", "yes"),
-        );
-        let disks = parse_copies(&paths, &text).unwrap();
-        assert!(disks[0].unsettled && !disks[1].unsettled);
-        assert_eq!(disks[0].mtime.timestamp(), 1764400000);
-        // The script marks a copy whose journal or roll-back record is still there.
-        let script = copies_script(&paths);
-        assert!(
-            script.contains(".reprise/journal") && script.contains(".reprise/rollback.json"),
-            "{script}"
-        );
-    }
-
-    fn disk(name: &str, points: &[(&str, &str, &str)]) -> DiskCopy {
-        let points: Vec<crate::replica::Point> = points
-            .iter()
-            .map(|(id, at, verified)| {
-                serde_json::from_str(&format!(
-                    r#"{{"id":"{id}","taken_at":"{at}","source":"s","size":1,"blake3":"00","verified":"{verified}","checked_at":null,"received_bytes":0,"duration_ms":0}}"#
-                ))
-                .unwrap()
-            })
-            .collect();
-        DiskCopy {
-            path: format!("/r/{name}"),
-            mtime: Utc::now(),
-            chosen: points.len().checked_sub(1),
-            points,
-            unsettled: false,
-        }
-    }
-
-    #[test]
-    fn a_failover_starts_from_the_newest_good_point_or_the_one_asked_for() {
-        let sys = disk(
-            "sys",
-            &[
-                ("P1", "2026-11-28T01:00:00Z", "yes"),
-                ("P2", "2026-11-28T02:00:00Z", "yes"),
-                ("P3", "2026-11-28T03:00:00Z", "bad"),
-            ],
-        );
-        let data = disk(
-            "data",
-            &[
-                ("P1", "2026-11-28T01:00:00Z", "yes"),
-                ("P2", "2026-11-28T02:00:00Z", "bad"),
-                ("P3", "2026-11-28T03:00:00Z", "yes"),
-            ],
-        );
-        // Newest good first, older good ones as fallbacks; a bad point never.
-        assert_eq!(start_candidates(&sys, None).unwrap(), [1, 0]);
-        assert_eq!(start_candidates(&data, None).unwrap(), [2, 0]);
-        // The vm falls back as a whole to the newest point good on every disk.
-        assert_eq!(
-            common_fallback(&[sys.clone(), data.clone()]),
-            Some((Some("P1".to_string()), "a newest point failed verification"))
-        );
-        assert_eq!(
-            common_fallback(std::slice::from_ref(&data)),
-            None,
-            "nothing is bad"
-        );
-        // A replication stopped after the first disk: the vm starts from the point both share.
-        let ahead = disk(
-            "sys",
-            &[
-                ("P1", "2026-11-28T01:00:00Z", "yes"),
-                ("P2", "2026-11-28T02:00:00Z", "yes"),
-            ],
-        );
-        let behind = disk("data", &[("P1", "2026-11-28T01:00:00Z", "yes")]);
-        let (id, why) = common_fallback(&[ahead.clone(), behind.clone()]).unwrap();
-        assert_eq!(id.as_deref(), Some("P1"));
-        assert!(why.contains("differ"), "{why}");
-        assert_eq!(common_fallback(&[ahead.clone(), ahead.clone()]), None);
-        // Retention 1: the disks differ and share nothing; said, but no point to fall back to.
-        let alone = disk("data", &[("P0", "2026-11-28T00:30:00Z", "yes")]);
-        let only_newer = disk("sys", &[("P2", "2026-11-28T02:00:00Z", "yes")]);
-        let (id, why) = common_fallback(&[only_newer, alone]).unwrap();
-        assert_eq!(id, None);
-        assert!(why.contains("differ"), "{why}");
-        // Asked for by id, or by time.
-        let id = |s: &str| Want::Id(s.to_string());
-        assert_eq!(start_candidates(&sys, Some(&id("P1"))).unwrap(), [0]);
-        let err = start_candidates(&sys, Some(&id("P3"))).unwrap_err();
-        assert!(err.contains("failed verification"), "{err}");
-        let err = start_candidates(&sys, Some(&id("P9"))).unwrap_err();
-        assert!(
-            err.contains("no point P9") && err.contains("P1 (yes)"),
-            "{err}"
-        );
-        let before = |t: &str| Want::Before(t.parse().unwrap());
-        assert_eq!(
-            start_candidates(&sys, Some(&before("2026-11-28T02:30:00Z"))).unwrap(),
-            [1]
-        );
-        assert_eq!(
-            start_candidates(&data, Some(&before("2026-11-28T02:30:00Z"))).unwrap(),
-            [0],
-            "the bad P2 is passed over"
-        );
-        assert!(start_candidates(&sys, Some(&before("2026-11-27T00:00:00Z"))).is_err());
-        // A copy without points starts as it is, and cannot honour a request.
-        let bare = disk("bare", &[]);
-        assert!(start_candidates(&bare, None).unwrap().is_empty());
-        assert!(start_candidates(&bare, Some(&id("P1"))).is_err());
     }
 }

@@ -479,6 +479,34 @@ fn quiet_timeout(e: &std::io::Error, until: Instant) -> bool {
         && Instant::now() < until
 }
 
+/// Reads what a channel has ready on its standard output and error, without waiting (its
+/// session is in non-blocking mode).
+fn drain(channel: &mut ssh2::Channel, out: &mut Vec<u8>, err: &mut Vec<u8>) {
+    let mut buf = [0u8; 16 * 1024];
+    for (stream, into) in [(0, out), (1, err)] {
+        loop {
+            match channel.stream(stream).read(&mut buf) {
+                Ok(n) if n > 0 => into.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+    }
+}
+
+/// Reads a channel's stream `stream` to its end (blocking), through the quiet stretches
+/// after which libssh2 gives up a wait (see [`quiet_timeout`]), until `until`.
+fn read_patiently(channel: &mut ssh2::Channel, stream: i32, into: &mut Vec<u8>, until: Instant) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match channel.stream(stream).read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => into.extend_from_slice(&buf[..n]),
+            Err(e) if quiet_timeout(&e, until) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 fn wait_socket(raw: &RawSession) {
     use std::os::fd::AsRawFd as _;
     let events = match raw.block_directions() {
@@ -566,6 +594,9 @@ pub struct PipeOutput {
     pub bytes: u64,
     pub read_exit: i32,
     pub write_exit: i32,
+    /// The command on the destination stopped first (it failed while data still came): the
+    /// source was cut, and `stderr` is the destination's.
+    pub write_failed_first: bool,
     pub stderr: String,
     /// What `write_cmd` printed.
     pub output: String,
@@ -646,24 +677,33 @@ impl Session {
         let result = self.relay(&mut src, input, dest, &mut dst);
         self.raw.set_timeout(old_src);
         dest.raw.set_timeout(old_dst);
-        let (bytes, output, stderr) = result?;
+        let (bytes, output, stderr, cut) = result?;
         Ok(PipeOutput {
             bytes,
-            read_exit: exit_code(&src).map_err(|e| fail(&self.spec.id, "exit status", e))?,
+            read_exit: if cut {
+                -1
+            } else {
+                exit_code(&src).map_err(|e| fail(&self.spec.id, "exit status", e))?
+            },
             write_exit: exit_code(&dst).map_err(|e| fail(&dest.spec.id, "exit status", e))?,
+            write_failed_first: cut,
             stderr,
             output,
             duration: began.elapsed(),
         })
     }
 
+    /// Streams `src`'s output into `dst`; (bytes, what `dst` printed, the errors of both,
+    /// whether `dst` stopped first). A destination command that stops while data still
+    /// comes (it failed: a full disk) is seen at once, its output and errors read, and the
+    /// source cut (its helper then stops on a closed pipe) instead of being left blocked.
     fn relay(
         &self,
         src: &mut ssh2::Channel,
         input: &[u8],
         dest: &Session,
         dst: &mut ssh2::Channel,
-    ) -> Result<(u64, String, String), SshError> {
+    ) -> Result<(u64, String, String, bool), SshError> {
         let fail = |host: &str, what: &str, e: ssh2::Error| SshError::Session {
             host: host.to_string(),
             reason: format!("{what}: {}", e.message()),
@@ -677,7 +717,11 @@ impl Session {
         src.send_eof().map_err(|e| fail(&self.spec.id, "eof", e))?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut bytes = 0u64;
+        // What the destination says while it runs: libssh2 reports its end only once all it
+        // sent was read.
+        let (mut dst_out, mut dst_err) = (Vec::new(), Vec::new());
         let until = Instant::now() + Duration::from_millis(u64::from(self.raw.timeout()));
+        let mut dst_stopped = false;
         loop {
             let n = match src.read(&mut buf) {
                 Ok(n) => n,
@@ -703,8 +747,10 @@ impl Session {
                 match dst.write(&buf[off..n]) {
                     Ok(k) => off += k,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        drain(dst, &mut dst_out, &mut dst_err);
                         if dst.eof() {
-                            break Err("the command on this host stopped reading".to_string());
+                            dst_stopped = true;
+                            break Ok(());
                         }
                         wait_socket(&dest.raw);
                     }
@@ -716,18 +762,37 @@ impl Session {
                 host: dest.spec.id.clone(),
                 reason,
             })?;
+            if dst_stopped {
+                break;
+            }
             bytes += n as u64;
             PIPED_BYTES.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
-        dst.send_eof().map_err(|e| fail(&dest.spec.id, "eof", e))?;
+        if dst_stopped {
+            // The source is cut: its side closes, and its helper ends on the closed pipe.
+            let _ = src.close();
+        } else {
+            dst.send_eof().map_err(|e| fail(&dest.spec.id, "eof", e))?;
+        }
         let mut stderr = String::new();
-        let _ = src.stderr().read_to_string(&mut stderr);
-        let mut rest = String::new();
-        let _ = dst.read_to_string(&mut rest);
-        let _ = dst.stderr().read_to_string(&mut stderr);
-        let _ = src.wait_close();
+        if !dst_stopped {
+            let _ = src.stderr().read_to_string(&mut stderr);
+        }
+        // Quiet stretches (the destination completing its update) are no dead peer.
+        let until = Instant::now() + Duration::from_millis(u64::from(dest.raw.timeout()));
+        read_patiently(dst, 0, &mut dst_out, until);
+        read_patiently(dst, 1, &mut dst_err, until);
+        stderr.push_str(&String::from_utf8_lossy(&dst_err));
+        if !dst_stopped {
+            let _ = src.wait_close();
+        }
         let _ = dst.wait_close();
-        Ok((bytes, rest, stderr))
+        Ok((
+            bytes,
+            String::from_utf8_lossy(&dst_out).into_owned(),
+            stderr,
+            dst_stopped,
+        ))
     }
 
     /// Runs `command` with `input` on its standard input, and returns its standard output as
@@ -803,19 +868,52 @@ impl Session {
             .set_timeout(((secs + KILL_AFTER_SECS + 30) * 1000).min(u64::from(u32::MAX)) as u32);
         let result = (|| {
             let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = match input.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(local("reading the local input", e)),
-                };
-                channel
-                    .write_all(&buf[..n])
-                    .map_err(|e| io_fail("write", e))?;
-                count(n);
+            // Written without blocking, so that a command that stops reading (it failed: a
+            // full disk) is seen at once, with what it said, instead of at the session's
+            // timeout: libssh2 reports its end only once everything it sent was read.
+            let (mut early, mut early_err) = (Vec::new(), Vec::new());
+            let mut stopped_reading = false;
+            let fed: Result<(), SshError> = (|| {
+                'feed: loop {
+                    let n = match input.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(local("reading the local input", e)),
+                    };
+                    self.raw.set_blocking(false);
+                    let mut off = 0;
+                    while off < n {
+                        match channel.write(&buf[off..n]) {
+                            Ok(k) => off += k,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                drain(&mut channel, &mut early, &mut early_err);
+                                if channel.eof() {
+                                    stopped_reading = true;
+                                    self.raw.set_blocking(true);
+                                    break 'feed;
+                                }
+                                wait_socket(&self.raw);
+                            }
+                            Err(e) => {
+                                self.raw.set_blocking(true);
+                                return Err(io_fail("write", e));
+                            }
+                        }
+                    }
+                    self.raw.set_blocking(true);
+                    count(n);
+                }
+                Ok(())
+            })();
+            self.raw.set_blocking(true);
+            fed?;
+            if !stopped_reading {
+                channel.send_eof().map_err(|e| fail("eof", e))?;
             }
-            channel.send_eof().map_err(|e| fail("eof", e))?;
+            output
+                .write_all(&early)
+                .map_err(|e| local("writing the output locally", e))?;
             let until = began + Duration::from_secs(secs + KILL_AFTER_SECS + 30);
             loop {
                 match channel.read(&mut buf) {
@@ -833,13 +931,14 @@ impl Session {
             output
                 .flush()
                 .map_err(|e| local("writing the output locally", e))?;
-            let mut stderr = String::new();
-            let _ = channel.stderr().read_to_string(&mut stderr);
+            read_patiently(&mut channel, 1, &mut early_err, until);
+            let stderr = String::from_utf8_lossy(&early_err).into_owned();
             channel.wait_close().map_err(|e| fail("close channel", e))?;
             Ok(StreamOutput {
                 exit_code: exit_code(&channel).map_err(|e| fail("exit status", e))?,
                 stderr,
                 duration: began.elapsed(),
+                stopped_reading,
             })
         })();
         self.raw.set_timeout(old);
@@ -853,6 +952,8 @@ pub struct StreamOutput {
     pub exit_code: i32,
     pub stderr: String,
     pub duration: Duration,
+    /// The command stopped reading before all of the input was sent (it failed).
+    pub stopped_reading: bool,
 }
 
 /// The result of [`Session::exec_bytes`].
@@ -1100,6 +1201,16 @@ pub trait Transport: Send + Sync {
         None
     }
 
+    /// Cuts every stream and command under way (a signal stops a replication): their calls
+    /// return an error at once, and the bulk processes of [`Transport::bulk_process`] are
+    /// told to stop ([`Transport::interrupted`]). Later calls open new connections.
+    fn interrupt(&self) {}
+
+    /// Whether [`Transport::interrupt`] was called: the streams of bulk processes stop.
+    fn interrupted(&self) -> bool {
+        false
+    }
+
     /// [`Transport::pipe`], with `input` written first to `read_cmd`'s standard input.
     fn pipe_with_input(
         &self,
@@ -1132,6 +1243,34 @@ pub struct SshTransport {
     known_hosts_lock: Mutex<()>,
     here: Option<String>,
     client: SshClient,
+    /// Sockets of the sessions carrying a stream now, for [`Transport::interrupt`]; the ids
+    /// it cut, whose sessions are not reused.
+    busy: Mutex<(u64, HashMap<u64, i32>, std::collections::HashSet<u64>)>,
+    /// [`Transport::interrupt`] was called.
+    cut: std::sync::atomic::AtomicBool,
+}
+
+/// Marks a session busy with a stream for as long as it lives.
+struct Busy<'a> {
+    transport: &'a SshTransport,
+    id: u64,
+}
+
+impl Busy<'_> {
+    /// Whether [`Transport::interrupt`] cut this session (then it must not be reused).
+    fn done(self) -> bool {
+        let mut busy = self.transport.busy.lock().expect("not poisoned");
+        busy.1.remove(&self.id);
+        busy.2.remove(&self.id)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut busy) = self.transport.busy.lock() {
+            busy.1.remove(&self.id);
+        }
+    }
 }
 
 impl SshTransport {
@@ -1149,6 +1288,21 @@ impl SshTransport {
             known_hosts_lock: Mutex::new(()),
             here: None,
             client: SshClient::default(),
+            busy: Mutex::new((0, HashMap::new(), std::collections::HashSet::new())),
+            cut: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Registers `session` as carrying a stream (see [`Transport::interrupt`]).
+    fn busy(&self, session: &Session) -> Busy<'_> {
+        use std::os::fd::AsRawFd as _;
+        let mut busy = self.busy.lock().expect("not poisoned");
+        busy.0 += 1;
+        let id = busy.0;
+        busy.1.insert(id, session.raw.as_raw_fd());
+        Busy {
+            transport: self,
+            id,
         }
     }
 
@@ -1274,9 +1428,12 @@ impl Transport for SshTransport {
         deadline: Duration,
     ) -> Result<StreamOutput, SshError> {
         let (session, channel) = self.session_with_channel(host)?;
-        let out = session.exec_stream_on(channel, command, input, output, deadline, true)?;
-        self.give_back(host, session);
-        Ok(out)
+        let busy = self.busy(&session);
+        let out = session.exec_stream_on(channel, command, input, output, deadline, true);
+        if !busy.done() && out.is_ok() {
+            self.give_back(host, session);
+        }
+        out
     }
 
     fn exec_bytes(
@@ -1290,9 +1447,12 @@ impl Transport for SshTransport {
             Some(s) => s,
             None => self.new_session(host)?,
         };
-        let out = session.exec_bytes(command, input, deadline)?;
-        self.give_back(host, session);
-        Ok(out)
+        let busy = self.busy(&session);
+        let out = session.exec_bytes(command, input, deadline);
+        if !busy.done() && out.is_ok() {
+            self.give_back(host, session);
+        }
+        out
     }
 
     fn pipe_with_input(
@@ -1306,6 +1466,7 @@ impl Transport for SshTransport {
     ) -> Result<PipeOutput, SshError> {
         let (src, src_channel) = self.session_with_channel(from)?;
         let (dst, dst_channel) = self.session_with_channel(to)?;
+        let (busy_src, busy_dst) = (self.busy(&src), self.busy(&dst));
         let out = src.pipe_on(
             src_channel,
             read_cmd,
@@ -1314,10 +1475,31 @@ impl Transport for SshTransport {
             dst_channel,
             write_cmd,
             deadline,
-        )?;
-        self.give_back(from, src);
-        self.give_back(to, dst);
-        Ok(out)
+        );
+        let (cut_src, cut_dst) = (busy_src.done(), busy_dst.done());
+        if out.is_ok() && !cut_src && !cut_dst {
+            self.give_back(from, src);
+            self.give_back(to, dst);
+        }
+        out
+    }
+
+    fn interrupted(&self) -> bool {
+        self.cut.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn interrupt(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut busy = self.busy.lock().expect("not poisoned");
+        let (_, live, cut) = &mut *busy;
+        for (id, fd) in live.iter() {
+            // SAFETY: the descriptor belongs to a session that is alive while registered (its
+            // `Busy` is dropped before it); shutdown only ends its connection.
+            unsafe {
+                libc::shutdown(*fd, libc::SHUT_RDWR);
+            }
+            cut.insert(*id);
+        }
     }
 
     fn pipe(

@@ -413,8 +413,77 @@ pub fn replicate(
             ..Outcome::default()
         };
     }
+    // From here on SIGINT, SIGTERM and SIGHUP stop the replication cleanly.
+    let shutdown = crate::shutdown::Shutdown::listen();
     let transport = transport(model, ssh);
-    let helpers = Helpers::new(&transport);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let finished = std::sync::atomic::AtomicBool::new(false);
+    use std::sync::atomic::Ordering;
+    std::thread::scope(|scope| {
+        // A signal cuts the transfers under way (their helpers stop, the recovery copies
+        // keep their last point); what follows still runs: the snapshot is merged back.
+        scope.spawn(|| {
+            while !finished.load(Ordering::Relaxed) {
+                if shutdown.requested() {
+                    stop.store(true, Ordering::Relaxed);
+                    crate::ssh::Transport::interrupt(&transport);
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        let out = replicate_all(model, &vms, verify, compress, &transport, &stop, &shutdown);
+        finished.store(true, Ordering::Relaxed);
+        out
+    })
+}
+
+/// The snapshot of a running vm, made by `replicate-begin`: merged back by `replicate-end`
+/// on every way out, a panic included.
+struct Snapshot<'a> {
+    transport: &'a dyn crate::ssh::Transport,
+    vm: String,
+    end: Option<(String, crate::template::Command)>,
+}
+
+impl Snapshot<'_> {
+    /// Runs `replicate-end` now: what to print.
+    fn end(mut self) -> Result<Option<String>, String> {
+        let Some((host, cmd)) = self.end.take() else {
+            return Ok(None);
+        };
+        match run_hook(self.transport, &host, &cmd) {
+            Ok(secs) => Ok(Some(format!(
+                "{}: snapshot merged back (replicate-end on {host}, {secs:.1}s)\n",
+                self.vm
+            ))),
+            Err(e) => Err(format!(
+                "error: {}: its snapshot was NOT merged back (replicate-end {e}): the vm still writes to overlays; run on {host}: {}\n",
+                self.vm, cmd
+            )),
+        }
+    }
+}
+
+impl Drop for Snapshot<'_> {
+    fn drop(&mut self) {
+        if let Some((host, cmd)) = self.end.take() {
+            let _ = run_hook(self.transport, &host, &cmd);
+        }
+    }
+}
+
+fn replicate_all(
+    model: &Model,
+    vms: &[VmImages],
+    verify: bool,
+    compress: bool,
+    transport: &crate::ssh::SshTransport,
+    stop: &std::sync::atomic::AtomicBool,
+    shutdown: &crate::shutdown::Shutdown,
+) -> Outcome {
+    use std::sync::atomic::Ordering;
+    let helpers = Helpers::new(transport);
     // Every host at once: the connections, the helper uploads and the --here check.
     let mut hosts: Vec<&str> = vms
         .iter()
@@ -425,17 +494,57 @@ pub fn replicate(
     hosts.dedup();
     helpers.prepare(&hosts);
     let mut out = Outcome::default();
-    for vm in &vms {
-        // A running vm's disks are frozen by its driver's snapshot while they are read.
-        let end = if vm.backup {
-            None
-        } else {
-            snapshot_hook(model, &vm.id, "replicate-end")
+    let stopped = || stop.load(Ordering::Relaxed);
+    let mut left: Vec<&str> = Vec::new();
+    let mut frozen = false;
+    for vm in vms {
+        if stopped() {
+            left.push(&vm.id);
+            continue;
+        }
+        let hook = |action| {
+            (!vm.backup)
+                .then(|| snapshot_hook(model, &vm.id, action))
+                .flatten()
         };
-        if !vm.backup
-            && let Some((host, cmd)) = snapshot_hook(model, &vm.id, "replicate-begin")
+        // A snapshot left by an interrupted replication: its disks are stale (the vm writes
+        // to the overlay) and a new snapshot would fail; merged back before anything else.
+        if let (Some((host, check)), Some((_, end))) =
+            (hook("replicate-check"), hook("replicate-end"))
         {
-            match run_hook(&transport, &host, &cmd) {
+            let settled = match (
+                check.expose(|n| std::env::var(n).ok()),
+                end.expose(|n| std::env::var(n).ok()),
+            ) {
+                (Ok(c), Ok(e)) => {
+                    crate::replica::snapshot::settle(transport, &host, &c, &e, &end.to_string())
+                }
+                (Err(m), _) | (_, Err(m)) => {
+                    Err(format!("secret {m} is not set in the environment"))
+                }
+            };
+            match settled {
+                Ok(Some(note)) => out.stdout.push_str(&format!("{}: {note}\n", vm.id)),
+                Ok(None) => {}
+                Err(e) => {
+                    out.stderr
+                        .push_str(&format!("error: {}: {e}; not replicated\n", vm.id));
+                    out.code = exit::FAILED;
+                    continue;
+                }
+            }
+        }
+        // A running vm's disks are frozen by its driver's snapshot while they are read.
+        let mut snapshot = Snapshot {
+            transport,
+            vm: vm.id.clone(),
+            end: None,
+        };
+        if let Some((host, cmd)) = hook("replicate-begin") {
+            // Whatever its result, the end runs: a begin cut half-way may have made overlays.
+            snapshot.end = hook("replicate-end");
+            frozen = true;
+            match run_hook(transport, &host, &cmd) {
                 Ok(secs) => out.stdout.push_str(&format!(
                     "{}: disks frozen for the copy (replicate-begin on {host}, {secs:.1}s)\n",
                     vm.id
@@ -446,6 +555,10 @@ pub fn replicate(
                         vm.id
                     ));
                     out.code = exit::FAILED;
+                    match snapshot.end() {
+                        Ok(_) => {}
+                        Err(e) => out.stderr.push_str(&e),
+                    }
                     continue;
                 }
             }
@@ -461,6 +574,10 @@ pub fn replicate(
         };
         for img in &vm.images {
             let name = img.src.rsplit('/').next().unwrap_or(&img.src);
+            if stopped() {
+                left.push(name);
+                continue;
+            }
             let label = format!("{} {name}", vm.id);
             let done = if vm.backup {
                 with_progress(&label, None, || {
@@ -468,7 +585,7 @@ pub fn replicate(
                 })
             } else {
                 let total = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                    remote_size(&transport, &img.from, &img.src)
+                    remote_size(transport, &img.from, &img.src)
                 } else {
                     None
                 };
@@ -478,50 +595,71 @@ pub fn replicate(
             };
             match done {
                 Ok(t) => out.stdout.push_str(&format!("{}: {}", vm.id, t.line())),
+                Err(_) if stopped() => {
+                    out.stderr.push_str(&format!(
+                        "{}: the copy of {name} was stopped; {}:{} keeps its last point\n",
+                        vm.id, img.to, img.dst
+                    ));
+                    left.push(name);
+                }
                 Err(e) => {
                     out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
                     out.code = exit::FAILED;
                 }
             }
         }
-        if let Some((host, cmd)) = end {
-            match run_hook(&transport, &host, &cmd) {
-                Ok(secs) => out.stdout.push_str(&format!(
-                    "{}: snapshot merged back (replicate-end on {host}, {secs:.1}s)\n",
-                    vm.id
-                )),
-                Err(e) => {
-                    out.stderr.push_str(&format!(
-                        "error: {}: its snapshot was NOT merged back (replicate-end {e}): the vm still writes to overlays; run on {host}: {}\n",
-                        vm.id,
-                        cmd
-                    ));
-                    out.code = exit::FAILED;
-                }
+        match snapshot.end() {
+            Ok(Some(line)) => out.stdout.push_str(&line),
+            Ok(None) => {}
+            Err(e) => {
+                out.stderr.push_str(&e);
+                out.code = exit::FAILED;
             }
         }
+    }
+    if stopped() {
+        out.stderr.push_str(&format!(
+            "interrupted by {}: no new copy was started{}{}\n",
+            shutdown.reason().unwrap_or("a signal"),
+            if left.is_empty() {
+                String::new()
+            } else {
+                format!(" (not replicated: {})", left.join(", "))
+            },
+            if frozen && out.code != exit::FAILED {
+                "; every snapshot made was merged back"
+            } else {
+                ""
+            }
+        ));
+        out.code = exit::INTERRUPTED;
     }
     out
 }
 
-/// The points of a VM: those present on every disk, with each disk's verdict.
-fn vm_points(
+/// What the recovery copies of a vm (or a backup set) and their metadata say, disk by disk.
+fn copies(
     helpers: &Helpers,
     vm: &VmImages,
-) -> Result<Vec<(Point, Verified)>, crate::replica::remote::ReplicaError> {
-    let mut per_disk = Vec::new();
+) -> Result<Vec<crate::replica::CopyState>, crate::replica::remote::ReplicaError> {
+    let mut out = Vec::new();
     for img in &vm.images {
-        per_disk.push(helpers.points(&img.to, &img.dst)?);
+        out.extend(helpers.inspect(&img.to, std::slice::from_ref(&img.dst))?);
     }
-    let Some(first) = per_disk.first() else {
-        return Ok(Vec::new());
+    Ok(out)
+}
+
+/// The points of a VM: those present on every disk, with each disk's verdict.
+fn vm_points(disks: &[crate::replica::CopyState]) -> Vec<(Point, Verified)> {
+    let Some(first) = disks.first() else {
+        return Vec::new();
     };
     let mut out = Vec::new();
-    for p in first {
+    for p in &first.points {
         let mut verdict = p.verified;
         let mut everywhere = true;
-        for other in &per_disk[1..] {
-            match other.iter().find(|o| o.id == p.id) {
+        for other in &disks[1..] {
+            match other.points.iter().find(|o| o.id == p.id) {
                 Some(o) if o.verified == Verified::Bad => verdict = Verified::Bad,
                 Some(o) if o.verified == Verified::No && verdict == Verified::Yes => {
                     verdict = Verified::No
@@ -534,7 +672,45 @@ fn vm_points(
             out.push((p.clone(), verdict));
         }
     }
-    Ok(out)
+    out
+}
+
+/// What is wrong with the copies of `vm` beyond their points' own verdicts (unverified,
+/// changed, damaged metadata, in use), one line each.
+fn copy_notes(vm: &VmImages, disks: &[crate::replica::CopyState]) -> Vec<String> {
+    use crate::replica::choice;
+    let mut notes = Vec::new();
+    for d in disks {
+        if let Some(why) = choice::unverified(d, None) {
+            notes.push(format!("UNVERIFIED: {why}"));
+        } else if let Some(why) = &d.changed {
+            notes.push(format!(
+                "UNVERIFIED: {}: {why} (`reprise verify {}` reads it again)",
+                choice::name(&d.path),
+                vm.id
+            ));
+        }
+        if let Some(crate::replica::meta::PointsSource::Previous { damage }) = &d.points_from {
+            notes.push(format!(
+                "{}: {damage}: its previous generation points.json.prev is used",
+                choice::name(&d.path)
+            ));
+        }
+        for l in &d.leases {
+            notes.push(format!(
+                "{} is used by {}",
+                choice::name(&d.path),
+                l.describe()
+            ));
+        }
+        for bad in &d.bad_leases {
+            notes.push(format!("{}: {bad}", choice::name(&d.path)));
+        }
+        if let Some(u) = &d.unsettled {
+            notes.push(format!("{}: {u}", choice::name(&d.path)));
+        }
+    }
+    notes
 }
 
 /// `reprise points VM`.
@@ -545,44 +721,65 @@ pub fn points(model: &Model, vm: &str, json: bool, ssh: &SshArgs) -> Outcome {
     };
     let transport = transport(model, ssh);
     let helpers = Helpers::new(&transport);
-    let points = match vm_points(&helpers, &vm) {
-        Ok(p) => p,
+    let disks = match copies(&helpers, &vm) {
+        Ok(d) => d,
         Err(e) => return Outcome::err(exit::FAILED, format!("error: {}: {e}\n", vm.id)),
+    };
+    let points = vm_points(&disks);
+    let notes = copy_notes(&vm, &disks);
+    // A point of a copy that is no longer it (changed, in use, unreadable history) is no
+    // good point, whatever it was when made.
+    let usable = notes.iter().all(|n| !n.starts_with("UNVERIFIED"))
+        && !disks.iter().any(|d| {
+            d.leases
+                .iter()
+                .any(|l| l.kind == crate::replica::LeaseKind::Live)
+        });
+    let state = |v: Verified| match (v, usable) {
+        (Verified::Bad, _) => "bad",
+        (_, false) => "unusable",
+        (Verified::Yes, true) => "good",
+        (Verified::No, true) => "unverified",
     };
     if json {
         let list: Vec<serde_json::Value> = points
             .iter()
             .map(|(p, v)| {
                 serde_json::json!({
-                    "id": p.id, "taken_at": p.taken_at, "verified": v,
+                    "id": p.id, "taken_at": p.taken_at, "verified": v, "state": state(*v),
                     "size": p.size, "blake3": p.blake3, "source": p.source,
                 })
             })
             .collect();
         return Outcome {
             stdout: serde_json::to_string_pretty(&list).expect("json") + "\n",
+            stderr: notes.iter().map(|n| format!("{n}\n")).collect(),
             ..Outcome::default()
         };
     }
     let mut s = format!(
-        "{:<20} {:<23} {:<8} {:>14}  BLAKE3 (first disk)\n",
-        "POINT", "TAKEN AT", "VERIFIED", "SIZE"
+        "{:<20} {:<23} {:<8} {:<10} {:>14}  BLAKE3 (first disk)\n",
+        "POINT", "TAKEN AT", "VERIFIED", "STATE", "SIZE"
     );
     for (p, v) in points.iter().rev() {
         s.push_str(&format!(
-            "{:<20} {:<23} {:<8} {:>14}  {}\n",
+            "{:<20} {:<23} {:<8} {:<10} {:>14}  {}\n",
             p.id,
             p.taken_at.format("%Y-%m-%d %H:%M:%S UTC"),
             v.to_string(),
+            state(*v),
             p.size,
-            &p.blake3[..16]
+            &p.blake3[..16.min(p.blake3.len())]
         ));
     }
     if points.is_empty() {
         s.push_str(&format!(
-            "(no point yet: run `reprise replicate --service {}`)\n",
+            "(no point: run `reprise replicate --service {}`)\n",
             vm.id
         ));
+    }
+    for n in &notes {
+        s.push_str(&format!("{n}\n"));
     }
     Outcome::ok(s)
 }
@@ -632,8 +829,10 @@ pub fn verify(model: &Model, vm: Option<&str>, point: Option<&str>, ssh: &SshArg
     out
 }
 
-/// `reprise status`: per VM, the newest good point against the RPO target.
+/// `reprise status`: per VM, the newest good point against the RPO target: the point a
+/// failover would start from now, verified (the decision a run makes).
 pub fn status(model: &Model, json: bool, ssh: &SshArgs, now: DateTime<Utc>) -> Outcome {
+    use crate::replica::choice::{self, Decision, Use};
     let vms = match select(model, &[]) {
         Ok(v) => v,
         Err(o) => return o,
@@ -653,43 +852,67 @@ pub fn status(model: &Model, json: bool, ssh: &SshArgs, now: DateTime<Utc>) -> O
             },
         )
         .and_then(|s| s.rpo);
-        let points = match vm_points(&helpers, vm) {
-            Ok(p) => p,
+        let mut disks = match copies(&helpers, vm) {
+            Ok(d) => d,
             Err(e) => {
                 out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
                 out.code = exit::FAILED;
                 continue;
             }
         };
-        let good = points.iter().rev().find(|(_, v)| *v == Verified::Yes);
-        let last = points.last().map(|(p, _)| p);
-        let age = good.map(|(p, _)| (now - p.taken_at).num_seconds().max(0) as u64);
+        let last = disks
+            .iter()
+            .filter_map(|d| d.points.last())
+            .max_by_key(|p| p.taken_at)
+            .cloned();
+        // An update cut in the middle is settled by the next replication or run; the points
+        // stand until then.
+        let mut notes = Vec::new();
+        for d in disks.iter_mut() {
+            if let Some(u) = d.unsettled.take() {
+                notes.push(format!("{}: {u}", choice::name(&d.path)));
+            }
+            d.busy = false;
+        }
+        let (good, why) = match choice::decide(&disks, Use::Failover, &Default::default()) {
+            Decision::Start(s) if s.verified => (Some((s.point, s.taken_at)), None),
+            Decision::Start(s) => (None, Some(s.notes.join("; "))),
+            Decision::Prepare(_) => (
+                None,
+                Some(
+                    disks
+                        .iter()
+                        .filter_map(|d| d.changed.clone())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
+            ),
+            Decision::Refuse(why) => (None, Some(why)),
+        };
+        let age = good
+            .as_ref()
+            .map(|(_, at)| (now - *at).num_seconds().max(0) as u64);
         let breach = match (rpo, age) {
             (Some(r), Some(a)) => a > r.0,
             (Some(_), None) => true,
             (None, _) => false,
         };
-        rows.push((
-            vm.id.clone(),
-            good.map(|(p, _)| p.clone()),
-            age,
-            rpo,
-            breach,
-            last.cloned(),
-        ));
+        let why = why.or_else(|| (!notes.is_empty()).then(|| notes.join("; ")));
+        rows.push((vm.id.clone(), good, age, rpo, breach, last, why));
     }
     let breaches = rows.iter().filter(|r| r.4).count();
     if json {
         let list: Vec<serde_json::Value> = rows
             .iter()
-            .map(|(id, good, age, rpo, breach, last)| {
+            .map(|(id, good, age, rpo, breach, last, why)| {
                 serde_json::json!({
                     "item": id,
-                    "newest_good_point": good.as_ref().map(|p| &p.id),
-                    "taken_at": good.as_ref().map(|p| p.taken_at),
+                    "newest_good_point": good.as_ref().map(|(p, _)| p),
+                    "taken_at": good.as_ref().map(|(_, t)| t),
                     "age_s": age,
                     "rpo_s": rpo.map(|r| r.0),
                     "breach": breach,
+                    "why": why,
                     "last_transfer": last.as_ref().map(|p| serde_json::json!({
                         "point": p.id, "bytes": p.received_bytes, "duration_ms": p.duration_ms,
                     })),
@@ -699,10 +922,10 @@ pub fn status(model: &Model, json: bool, ssh: &SshArgs, now: DateTime<Utc>) -> O
         out.stdout = serde_json::to_string_pretty(&list).expect("json") + "\n";
     } else {
         out.stdout.push_str(&format!(
-            "{:<12} {:<20} {:>10} {:>8}  {:<8} LAST TRANSFER\n",
+            "{:<12} {:<20} {:>10} {:>8}  {:<10} LAST TRANSFER\n",
             "VM OR SET", "NEWEST GOOD POINT", "AGE", "RPO", "STATE"
         ));
-        for (id, good, age, rpo, breach, last) in &rows {
+        for (id, good, age, rpo, breach, last, why) in &rows {
             let last = last
                 .as_ref()
                 .map(|p| {
@@ -716,23 +939,60 @@ pub fn status(model: &Model, json: bool, ssh: &SshArgs, now: DateTime<Utc>) -> O
                 })
                 .unwrap_or_else(|| "-".into());
             out.stdout.push_str(&format!(
-                "{:<12} {:<20} {:>10} {:>8}  {:<8} {}\n",
+                "{:<12} {:<20} {:>10} {:>8}  {:<10} {}\n",
                 id,
-                good.as_ref().map(|p| p.id.as_str()).unwrap_or("none"),
+                good.as_ref().map(|(p, _)| p.as_str()).unwrap_or("none"),
                 age.map(|a| crate::duration::Duration(a).to_string())
                     .unwrap_or_else(|| "-".into()),
                 rpo.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
-                if *breach { "BREACH" } else { "ok" },
+                match (breach, good.is_some()) {
+                    (true, true) => "BREACH",
+                    (true, false) | (false, false) => "UNVERIFIED",
+                    (false, true) => "ok",
+                },
                 last
             ));
+            if let Some(w) = why.as_ref().filter(|w| !w.is_empty()) {
+                out.stdout.push_str(&format!("  {id}: {w}\n"));
+            }
         }
     }
     if breaches > 0 && out.code == exit::OK {
         out.stderr.push_str(&format!(
-            "{breaches} replica{} older than the RPO target\n",
-            if breaches == 1 { " is" } else { "s are" }
+            "{breaches} replica{} no verified point within the RPO target\n",
+            if breaches == 1 { " has" } else { "s have" }
         ));
         out.code = exit::RPO_BREACH;
+    }
+    out
+}
+
+/// `reprise release ITEM [--run RUN]`: removes the leases of a vm's (or backup set's)
+/// recovery copies, for when the run that took them can no longer release them.
+pub fn release(model: &Model, id: &str, run: Option<&str>, ssh: &SshArgs) -> Outcome {
+    let vm = match item(model, id) {
+        Ok(v) => v,
+        Err(o) => return o,
+    };
+    let transport = transport(model, ssh);
+    let helpers = Helpers::new(&transport);
+    let mut out = Outcome::default();
+    for img in &vm.images {
+        match helpers.release(&img.to, std::slice::from_ref(&img.dst), run, None) {
+            Ok(done) if done.is_empty() => out
+                .stdout
+                .push_str(&format!("{}:{}: no lease to release\n", img.to, img.dst)),
+            Ok(done) => {
+                for d in done {
+                    out.stdout
+                        .push_str(&format!("{}: released {}:{d}\n", vm.id, img.to));
+                }
+            }
+            Err(e) => {
+                out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
+                out.code = exit::FAILED;
+            }
+        }
     }
     out
 }

@@ -8,8 +8,8 @@ use crate::fields::{ADDRESS_HINT, address_problem, url_problem};
 use crate::inventory::{Host, Inventory, Service, SiteRole, Vm};
 use crate::model::Model;
 use crate::plan::{
-    Action, Estimate, LeftOut, Plan, PlanOptions, PlannedService, PlannedStep, ReplicaUse,
-    Replicated, Selection,
+    Action, Estimate, LeftOut, Plan, PlanOptions, PlannedService, PlannedStep, ReplicaRole,
+    ReplicaUse, Replicated, Selection, SnapshotHooks,
 };
 use crate::runbook::{Mode, Phase, Probe, ReplicaSource, Side, Step, StepKind};
 use crate::template::{Command, Lookup, Scope, Template, TemplateValue};
@@ -875,13 +875,35 @@ fn resolve(
             host_id = Some(h.value.clone());
             scope.host = inv.hosts.get(&h.value);
             scope.vm = Some((vm, side_v));
-            if side_v == Side::Recovery && (action == "start" || action == "drill-start") {
-                replica = images_dir_of(inv, &h.value).map(|dir| ReplicaUse {
+            let role = match (side_v, action.as_str()) {
+                (Side::Recovery, "drill-start") => Some(ReplicaRole::DrillStart),
+                (Side::Recovery, "drill-stop") => Some(ReplicaRole::DrillStop),
+                (Side::Recovery, "start") => Some(ReplicaRole::Start),
+                (Side::Primary, "start") if mode == Mode::Failback => Some(ReplicaRole::FailedBack),
+                _ => None,
+            };
+            let recovery = &vm.recovery.value;
+            let snapshot_check = (role == Some(ReplicaRole::DrillStart))
+                .then(|| {
+                    vm_action_command(
+                        model,
+                        service,
+                        vm,
+                        Side::Primary,
+                        "replicate-check",
+                        &opts.run_id,
+                    )
+                })
+                .flatten();
+            replica = role.and_then(|role| {
+                images_dir_of(inv, recovery).map(|dir| ReplicaUse {
                     vm: vm.id.clone(),
+                    host: recovery.clone(),
                     paths: vm.disks.iter().map(|d| format!("{dir}/{d}")).collect(),
-                    may_roll_back: mode == Mode::Failover,
-                });
-            }
+                    role,
+                    snapshot_check,
+                })
+            });
             let driver = inv.drivers.get(&vm.driver.value)?;
             let Some(tpl) = driver.actions.get(action) else {
                 diags.push(
@@ -931,6 +953,7 @@ fn resolve(
         }
         StepKind::Replicate { source } => {
             timeout = Some(step.timeout.unwrap_or(DEFAULT_REPLICATE_TIMEOUT));
+            let mut snapshot = None;
             let reverse = mode == Mode::Failback;
             let swap = |a: String, b: String| if reverse { (b, a) } else { (a, b) };
             let images_dir = |host: &str| images_dir_of(inv, host);
@@ -964,6 +987,27 @@ fn resolve(
                         .iter()
                         .map(|d| (format!("{src}/{d}"), format!("{dst}/{d}")))
                         .collect();
+                    let side = if reverse {
+                        Side::Recovery
+                    } else {
+                        Side::Primary
+                    };
+                    snapshot = match (
+                        vm_action_command(
+                            model,
+                            service,
+                            vm,
+                            side,
+                            "replicate-check",
+                            &opts.run_id,
+                        ),
+                        vm_action_command(model, service, vm, side, "replicate-end", &opts.run_id),
+                    ) {
+                        (Some((host, check)), Some((_, end))) => {
+                            Some(SnapshotHooks { host, check, end })
+                        }
+                        _ => None,
+                    };
                     (Replicated::Vm(vm.id.clone()), from, to, items, vm.retention)
                 }
                 ReplicaSource::Backup(b) => {
@@ -1005,6 +1049,7 @@ fn resolve(
                     to_host: to,
                     items,
                     retention,
+                    snapshot,
                 },
             )
         }

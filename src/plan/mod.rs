@@ -142,14 +142,33 @@ pub struct Tls {
     pub insecure: bool,
 }
 
-/// The replica a vm step starts from: the vm and the paths of its disks' copies on the step's
-/// host.
+/// The recovery copies a vm step uses: the vm, the host holding them and their paths, and
+/// what the step does with them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaUse {
     pub vm: String,
+    /// The recovery host (for a failback's start on the primary, not the step's host).
+    pub host: String,
     pub paths: Vec<String>,
-    /// A failover may roll the copies back to an older good point; a drill never changes them.
-    pub may_roll_back: bool,
+    pub role: ReplicaRole,
+    /// For a drill's start: the vm's primary host and its driver's `replicate-check`, asked
+    /// (read only) whether a replication snapshot was left there.
+    pub snapshot_check: Option<(String, Command)>,
+}
+
+/// What a vm step does with the recovery copies of its vm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaRole {
+    /// A drill starts a throw-away copy on overlays of them: the point is chosen (never
+    /// rolled back) and the copies are leased until the drill's cleanup.
+    DrillStart,
+    /// A drill's cleanup removed its copy: the drill's lease is released.
+    DrillStop,
+    /// The vm starts on the copies themselves (a failover): the point is chosen, rolled back
+    /// to in a failover, and, once the vm runs, the copies' point history ends.
+    Start,
+    /// A failback started the vm on the primary again: the recovery copies are released.
+    FailedBack,
 }
 
 /// What executing a step means, with secrets still unresolved.
@@ -188,7 +207,20 @@ pub enum Action {
         items: Vec<(String, String)>,
         /// Replica points kept (vm disks).
         retention: u32,
+        /// A vm whose driver can tell a replication snapshot left on the source host: the
+        /// host, the driver's `replicate-check` and `replicate-end` (which merges it back).
+        snapshot: Option<SnapshotHooks>,
     },
+}
+
+/// A driver's commands about the snapshot a replication of a running vm makes on its host.
+#[derive(Debug, Clone)]
+pub struct SnapshotHooks {
+    pub host: String,
+    /// Prints one line per snapshot overlay left (`overlay …`), nothing when there is none.
+    pub check: Command,
+    /// Merges every overlay back into its disk (also for a stopped vm).
+    pub end: Command,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

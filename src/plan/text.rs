@@ -198,16 +198,17 @@ fn render_step(out: &mut String, step: &PlannedStep, previous: Option<&str>) {
     if let Some(v) = &step.verify {
         let _ = writeln!(out, "           verify: {v}");
     }
-    if let Some(r) = &step.replica {
-        let _ = writeln!(
-            out,
-            "           replica: {}",
-            if r.may_roll_back {
-                "one point for all disks, the newest good one they share (rolled back to it when a newest point is bad or only some disks have it; --point chooses)"
-            } else {
-                "the newest point of each disk, left untouched"
-            }
-        );
+    let replica = step.replica.as_ref().and_then(|r| match r.role {
+        crate::plan::ReplicaRole::Start => Some(
+            "one point for all disks, the newest good one they share (rolled back to it when a newest point is bad or only some disks have it; --point chooses)",
+        ),
+        crate::plan::ReplicaRole::DrillStart => {
+            Some("the newest point of each disk, left untouched")
+        }
+        crate::plan::ReplicaRole::DrillStop | crate::plan::ReplicaRole::FailedBack => None,
+    });
+    if let Some(r) = replica {
+        let _ = writeln!(out, "           replica: {r}");
     }
     if let Some(u) = &step.undo {
         let _ = writeln!(out, "           undo: {u}");

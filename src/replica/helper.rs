@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::blocks::{self, BLOCK, Manifest};
+use super::meta::{CopyState, Lease};
 pub use super::protocol::Request;
 use super::protocol::{Hello, PROTOCOL, refuse_request};
 use super::store::{NewPoint, Store};
@@ -115,7 +116,7 @@ pub fn serve(
             retention,
         } => {
             let mut input = std::io::BufReader::with_capacity(1 << 20, stdin);
-            let (point, files) = TreeStore::new(&dir)
+            let (point, files, recovered) = TreeStore::new(&dir)
                 .apply(
                     &mut input,
                     NewPoint {
@@ -130,12 +131,17 @@ pub fn serve(
                 blocks: files,
                 point,
                 dropped: Vec::new(),
-                recovered: None,
+                recovered,
             };
             out(stdout, &serde_json::to_vec(&applied).expect("serializes"))
         }
         Request::Points { image } => {
-            let points = Store::new(&image).points().map_err(|e| e.to_string())?;
+            let points = if image.is_dir() {
+                TreeStore::new(&image).points()
+            } else {
+                Store::new(&image).points()
+            }
+            .map_err(|e| e.to_string())?;
             out(stdout, &serde_json::to_vec(&points).expect("serializes"))
         }
         Request::Verify { image, point } => {
@@ -167,10 +173,101 @@ pub fn serve(
                 .map_err(|e| e.to_string())?;
             out(stdout, &serde_json::to_vec(&done).expect("serializes"))
         }
-        Request::Settle { image } => {
-            let note = Store::new(&image).settle().map_err(|e| e.to_string())?;
+        Request::Settle { image, wait } => {
+            let wait = std::time::Duration::from_secs(wait);
+            let until = std::time::Instant::now() + wait;
+            let note = loop {
+                let settled = if image.is_dir() {
+                    TreeStore::new(&image).settle()
+                } else {
+                    Store::new(&image).settle()
+                };
+                match settled {
+                    Err(super::StoreError::Locked { .. }) if std::time::Instant::now() < until => {
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                    }
+                    other => break other.map_err(|e| e.to_string())?,
+                }
+            };
             out(stdout, &serde_json::to_vec(&note).expect("serializes"))
         }
+        Request::Inspect { paths } => {
+            let states: Vec<CopyState> = paths.iter().map(|p| inspect(p)).collect();
+            out(stdout, &serde_json::to_vec(&states).expect("serializes"))
+        }
+        Request::Lease {
+            path,
+            kind,
+            run,
+            vm,
+            step,
+            machine,
+            pid,
+            point,
+            taken_at,
+            verified,
+            expect,
+            wait,
+            started,
+        } => {
+            let lease = Lease {
+                kind,
+                run,
+                vm,
+                step,
+                machine,
+                pid,
+                at: chrono::Utc::now(),
+                point,
+                taken_at,
+                verified,
+            };
+            let wait = std::time::Duration::from_secs(wait);
+            let note = if path.is_dir() {
+                TreeStore::new(&path).take_lease(&lease, wait)
+            } else {
+                Store::new(&path).take_lease(&lease, expect.as_deref(), wait, started)
+            }
+            .map_err(|e| e.to_string())?;
+            out(stdout, &serde_json::to_vec(&note).expect("serializes"))
+        }
+        Request::Release { paths, run, kind } => {
+            let mut released = Vec::new();
+            for p in &paths {
+                let which = |l: Option<&Lease>, name: &str| match l {
+                    Some(l) => {
+                        run.as_ref().is_none_or(|r| &l.run == r) && kind.is_none_or(|k| l.kind == k)
+                    }
+                    // A lease that cannot be read: by its file name, or with no filter.
+                    None => {
+                        run.as_ref().is_none_or(|r| name.ends_with(r.as_str()))
+                            && kind.is_none_or(|k| name.starts_with(&k.to_string()))
+                    }
+                };
+                let done = if p.is_dir() {
+                    TreeStore::new(p).release(which)
+                } else {
+                    Store::new(p).release(which)
+                }
+                .map_err(|e| e.to_string())?;
+                released.extend(done.into_iter().map(|d| format!("{}: {d}", p.display())));
+            }
+            out(stdout, &serde_json::to_vec(&released).expect("serializes"))
+        }
+    }
+}
+
+/// What a copy (an image, or a backup set's folder) and its metadata say.
+pub fn inspect(path: &Path) -> CopyState {
+    let tree_meta = {
+        let mut dir = path.as_os_str().to_owned();
+        dir.push(".reprise/tree.json");
+        std::path::PathBuf::from(dir).exists()
+    };
+    if path.is_dir() || (!path.exists() && tree_meta) {
+        TreeStore::new(path).inspect()
+    } else {
+        Store::new(path).inspect()
     }
 }
 

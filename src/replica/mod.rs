@@ -21,13 +21,17 @@
 
 pub mod beneath;
 pub mod blocks;
+pub mod choice;
 pub mod helper;
+pub mod meta;
 pub mod protocol;
 pub mod remote;
+pub mod snapshot;
 pub mod store;
 pub mod tree;
 pub mod wire;
 
 pub use blocks::{BLOCK, Manifest};
+pub use meta::{CopyState, Lease, LeaseKind};
 pub use remote::{ImageTransfer, ReplicaError};
 pub use store::{Point, Store, StoreError, Verified};

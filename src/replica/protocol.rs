@@ -105,9 +105,62 @@ pub enum Request {
         #[arg(long)]
         point: String,
     },
-    /// Completes or throws away an interrupted update or roll-back: its note
-    /// (`Option<String>`, `null` when there was nothing to settle).
-    Settle { image: PathBuf },
+    /// Completes or throws away an interrupted update or roll-back, and rewrites a damaged
+    /// points file from its previous generation: its note (`Option<String>`, `null` when
+    /// there was nothing to settle). Waits up to `wait` seconds for a replication holding it.
+    Settle {
+        image: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        #[serde(default)]
+        wait: u64,
+    },
+    /// What copies (images or backup sets) and their metadata say, changing nothing:
+    /// `Vec<meta::CopyState>`, one per path.
+    Inspect {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Records that a run uses a copy (`meta::Lease`), once no replication holds it (waiting
+    /// up to `wait` seconds) and, with `expect`, only while the copy still is that point; with
+    /// `started`, the vm now runs on it and its point history ends. Its note
+    /// (`Option<String>`).
+    Lease {
+        path: PathBuf,
+        #[arg(long)]
+        kind: super::meta::LeaseKind,
+        #[arg(long)]
+        run: String,
+        #[arg(long)]
+        vm: String,
+        #[arg(long)]
+        step: String,
+        #[arg(long)]
+        machine: String,
+        #[arg(long)]
+        pid: u32,
+        #[arg(long)]
+        point: Option<String>,
+        #[arg(long)]
+        taken_at: Option<DateTime<Utc>>,
+        #[arg(long)]
+        verified: bool,
+        #[arg(long)]
+        expect: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+        #[arg(long)]
+        started: bool,
+    },
+    /// Removes the leases of copies (of run `run`, of kind `kind`; every one without them):
+    /// what was released (`Vec<String>`).
+    Release {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long)]
+        run: Option<String>,
+        #[arg(long)]
+        kind: Option<super::meta::LeaseKind>,
+    },
 }
 
 /// The answer to [`Request::Version`].
@@ -163,6 +216,14 @@ impl Request {
         for arg in sub.get_arguments() {
             let text = match fields.get(arg.get_id().as_str()) {
                 None | Some(Value::Null) | Some(Value::Bool(false)) => continue,
+                // A list of positional values (paths): one word each.
+                Some(Value::Array(items)) if arg.get_long().is_none() => {
+                    positional.extend(items.iter().map(|v| match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    }));
+                    continue;
+                }
                 Some(Value::Bool(true)) => None,
                 Some(Value::String(s)) => Some(s.clone()),
                 Some(other) => Some(other.to_string()),
@@ -295,6 +356,30 @@ mod tests {
             },
             Request::Settle {
                 image: "/srv/a.qcow2".into(),
+                wait: 60,
+            },
+            Request::Inspect {
+                paths: vec!["/srv/a.qcow2".into(), "-b c".into()],
+            },
+            Request::Lease {
+                path: "/srv/a.qcow2".into(),
+                kind: crate::replica::LeaseKind::Live,
+                run: "20261128-031000-failover".into(),
+                vm: "erp-db".into(),
+                step: "erp-db/start".into(),
+                machine: "pra1".into(),
+                pid: 42,
+                point: Some("p1".into()),
+                taken_at: Some(at),
+                verified: true,
+                expect: Some("p1".into()),
+                wait: 60,
+                started: false,
+            },
+            Request::Release {
+                paths: vec!["/srv/a.qcow2".into()],
+                run: None,
+                kind: Some(crate::replica::LeaseKind::Drill),
             },
         ];
         for r in &all {
@@ -311,7 +396,10 @@ mod tests {
                 | Request::Verify { .. }
                 | Request::Restore { .. }
                 | Request::RollBack { .. }
-                | Request::Settle { .. } => {}
+                | Request::Settle { .. }
+                | Request::Inspect { .. }
+                | Request::Lease { .. }
+                | Request::Release { .. } => {}
             }
         }
         all

@@ -311,6 +311,7 @@ impl<'a> Helpers<'a> {
                 exit_code: 0,
                 stderr: String::new(),
                 duration: began.elapsed(),
+                stopped_reading: false,
             },
             Err(e) => return Err(e.into()),
         };
@@ -318,6 +319,7 @@ impl<'a> Helpers<'a> {
             bytes: stdin.count,
             read_exit: read.exit_code,
             write_exit,
+            write_failed_first: write_exit != 0 && read.exit_code == 0,
             stderr: format!("{}{errors}", read.stderr),
             output: String::from_utf8_lossy(&output).into_owned(),
             duration: began.elapsed(),
@@ -364,14 +366,23 @@ impl<'a> Helpers<'a> {
                 exit_code: -1,
                 stderr: String::new(),
                 duration: began.elapsed(),
+                stopped_reading: false,
             },
             Err(e) => return Err(e.into()),
         };
+        // The recovery side stopped reading and failed: the source here only saw a closed
+        // pipe; the recovery side's error is the one to tell.
+        let write_failed_first = written.stopped_reading && written.exit_code != 0;
         Ok(PipeOutput {
             bytes: stdout.count,
             read_exit,
             write_exit: written.exit_code,
-            stderr: format!("{errors}{}", written.stderr),
+            write_failed_first,
+            stderr: if write_failed_first {
+                written.stderr
+            } else {
+                format!("{errors}{}", written.stderr)
+            },
             output: String::from_utf8_lossy(&answer.bytes).into_owned(),
             duration: began.elapsed(),
         })
@@ -462,7 +473,9 @@ impl<'a> Helpers<'a> {
         let probe = self.ask(
             host,
             &format!(
-                "{path}; if [ -x \"$H\" ]; then touch \"$H\"; echo present; exec \"$H\" helper {version}; else echo missing; fi"
+                // `touch -c`: without it GNU touch opens the file for writing, and a helper
+                // started from it at that moment (another command) fails: "Text file busy".
+                "{path}; if [ -x \"$H\" ]; then touch -c \"$H\"; echo present; exec \"$H\" helper {version}; else echo missing; fi"
             ),
             &[],
             ANSWER_LIMIT,
@@ -663,7 +676,9 @@ impl<'a> Helpers<'a> {
         let piped = if let Some((source, recovery)) =
             self.bulk_sides(from, &send, to, &apply, r.deadline)?
         {
-            Ok(pipe_processes(source, &base, recovery, r.deadline))
+            Ok(pipe_processes(source, &base, recovery, r.deadline, &|| {
+                self.transport.interrupted()
+            }))
         } else if self.is_here(to)? {
             let send = self.command(&self.deploy(from)?, &send);
             self.pipe_into_here(from, &send, &base, to, &apply, r.deadline)
@@ -697,13 +712,26 @@ impl<'a> Helpers<'a> {
         began: std::time::Instant,
     ) -> Result<ImageTransfer, ReplicaError> {
         if piped.read_exit != 0 || piped.write_exit != 0 {
-            let host = if piped.read_exit != 0 { from } else { to };
+            let host = if piped.read_exit != 0 && !piped.write_failed_first {
+                from
+            } else {
+                to
+            };
             return Err(ReplicaError::Helper {
                 host: host.to_string(),
                 reason: format!(
-                    "replicating {from}:{src} to {to}:{dst} failed (source exit {}, recovery exit {}): {}",
-                    piped.read_exit,
-                    piped.write_exit,
+                    "replicating {from}:{src} to {to}:{dst} failed ({}): {}",
+                    if piped.write_failed_first {
+                        format!(
+                            "recovery exit {}; the source was stopped after it",
+                            piped.write_exit
+                        )
+                    } else {
+                        format!(
+                            "source exit {}, recovery exit {}",
+                            piped.read_exit, piped.write_exit
+                        )
+                    },
                     helper_error(&piped.stderr, piped.write_exit)
                 ),
             });
@@ -768,15 +796,98 @@ impl<'a> Helpers<'a> {
         .map(|_| ())
     }
 
-    /// Completes or throws away an interrupted update of `host:image`; what was done.
-    pub fn settle(&self, host: &str, image: &str) -> Result<Option<String>, ReplicaError> {
+    /// Completes or throws away an interrupted update of `host:image` (waiting up to `wait`
+    /// for a replication that holds it to end); what was done.
+    pub fn settle(
+        &self,
+        host: &str,
+        image: &str,
+        wait: Duration,
+    ) -> Result<Option<String>, ReplicaError> {
         self.call_json(
             host,
             &Request::Settle {
                 image: image.into(),
+                wait: wait.as_secs(),
             },
             Duration::from_secs(7200),
         )
+    }
+
+    /// What the copies `paths` of `host` and their metadata say, changing nothing.
+    pub fn inspect(
+        &self,
+        host: &str,
+        paths: &[String],
+    ) -> Result<Vec<crate::replica::CopyState>, ReplicaError> {
+        let states: Vec<crate::replica::CopyState> = self.call_json(
+            host,
+            &Request::Inspect {
+                paths: paths.iter().map(Into::into).collect(),
+            },
+            Duration::from_secs(600),
+        )?;
+        if states.len() != paths.len() {
+            return Err(ReplicaError::Helper {
+                host: host.to_string(),
+                reason: format!(
+                    "asked about {} copies, the helper answered about {}",
+                    paths.len(),
+                    states.len()
+                ),
+            });
+        }
+        Ok(states)
+    }
+
+    /// Records `lease` on the copy `host:path`, once no replication holds it (waiting up to
+    /// `wait`) and, with `expect`, only while it still is that point; with `started`, the vm
+    /// now runs on it and its point history ends. What was done.
+    pub fn take_lease(
+        &self,
+        host: &str,
+        path: &str,
+        lease: &crate::replica::Lease,
+        expect: Option<&str>,
+        wait: Duration,
+        started: bool,
+    ) -> Result<Option<String>, ReplicaError> {
+        let req = Request::Lease {
+            path: path.into(),
+            kind: lease.kind,
+            run: lease.run.clone(),
+            vm: lease.vm.clone(),
+            step: lease.step.clone(),
+            machine: lease.machine.clone(),
+            pid: lease.pid,
+            point: lease.point.clone(),
+            taken_at: lease.taken_at,
+            verified: lease.verified,
+            expect: expect.map(str::to_string),
+            wait: wait.as_secs(),
+            started,
+        };
+        self.call_json(host, &req, wait + Duration::from_secs(600))
+    }
+
+    /// Removes the leases of the copies `paths` of `host` (of run `run`, of kind `kind`);
+    /// what was released.
+    pub fn release(
+        &self,
+        host: &str,
+        paths: &[String],
+        run: Option<&str>,
+        kind: Option<crate::replica::LeaseKind>,
+    ) -> Result<Vec<String>, ReplicaError> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let req = Request::Release {
+            paths: paths.iter().map(Into::into).collect(),
+            run: run.map(str::to_string),
+            kind,
+        };
+        self.call_json(host, &req, Duration::from_secs(120))
     }
 
     /// Rolls `host:image` back to its point `point` (newer points are dropped).
@@ -893,12 +1004,14 @@ const PAST_DEADLINE: Duration = Duration::from_secs(35);
 /// at once, even while the other is silent (the source hashing an unchanged stretch): the
 /// recovery side closing its input kills the source (which is then not blamed: its exit is 0),
 /// and the end of the source's output is the end of the recovery side's input. Both are
-/// killed, with their process groups, `PAST_DEADLINE` after `deadline`.
+/// killed, with their process groups, `PAST_DEADLINE` after `deadline`, or when `stop` says
+/// so (a signal): then the recovery side's input is cut and it throws the update away.
 fn pipe_processes(
     mut source: Child,
     input: &[u8],
     mut recovery: Child,
     deadline: Duration,
+    stop: &dyn Fn() -> bool,
 ) -> PipeOutput {
     use std::io::Read as _;
     use std::os::fd::AsRawFd as _;
@@ -913,6 +1026,7 @@ fn pipe_processes(
     let mut bytes = 0u64;
     let mut cut = false;
     let mut late = false;
+    let mut stopped = false;
     let (output, errors) = std::thread::scope(|scope| {
         scope.spawn(move || {
             if let Some(mut w) = source_in.take() {
@@ -927,6 +1041,10 @@ fn pipe_processes(
             loop {
                 if std::time::Instant::now() > until {
                     late = true;
+                    break;
+                }
+                if stop() {
+                    stopped = true;
                     break;
                 }
                 let mut fds = [
@@ -970,8 +1088,13 @@ fn pipe_processes(
         }
         // The recovery side sees its input end: a whole stream, or a cut one it refuses.
         drop(recovery_in.take());
-        if cut || late {
+        if cut || late || stopped {
             kill_group(&source);
+        }
+        if stopped {
+            // An `ssh` carrying the recovery side would wait for its helper: cut it too,
+            // the helper then sees its stream end and throws the update away.
+            kill_group(&recovery);
         }
         drop(source_out);
         let source_exit = wait_until(&mut source, until);
@@ -996,7 +1119,10 @@ fn pipe_processes(
         // Killed because the recovery side had stopped: not the source's failure.
         read_exit: if cut && !late { 0 } else { source_exit },
         write_exit: recovery_exit,
-        stderr: if late {
+        write_failed_first: cut && !late,
+        stderr: if stopped {
+            format!("{errors}the transfer was stopped by a signal")
+        } else if late {
             format!(
                 "{errors}the transfer did not end within its deadline ({}s)",
                 deadline.as_secs()

@@ -26,6 +26,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::blocks::{self, BLOCK, Cv, Manifest, hex};
+use super::meta::{self, CopyState, Lease, PointsRead, PointsSource};
 use super::wire::{self, Record};
 
 /// Whether a point is known good.
@@ -66,6 +67,11 @@ pub struct Point {
     /// Bytes of blocks received to make it, and how long the update took.
     pub received_bytes: u64,
     pub duration_ms: u64,
+    /// What the copy was (size, mtime, inode; for a backup set, a digest of its file list)
+    /// when this point became its newest: a copy that differs was changed behind its points
+    /// (a vm started on it, an edit) and no longer is this point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +94,12 @@ pub enum StoreError {
     UnknownPoint { image: String, point: String },
     #[error("{path} is damaged: {reason}")]
     Damaged { path: String, reason: String },
+    #[error(
+        "{image} is in use: {who}; it is not written while in use (the run that took it releases it; if that run is over, `reprise release` frees it)"
+    )]
+    InUse { image: String, who: String },
+    #[error("{image}: {reason}")]
+    Refused { image: String, reason: String },
 }
 
 pub(super) fn io_err(path: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
@@ -214,13 +226,18 @@ impl Store {
     }
 
     /// Settles an interrupted update or roll-back (see `recover`) so that the points file
-    /// tells the truth; what was done, if anything. A copy without points is left alone.
+    /// tells the truth, and repairs a damaged points file from its previous generation; what
+    /// was done, if anything. A copy without points is left alone.
     pub fn settle(&self) -> Result<Option<String>, StoreError> {
         if !self.dir.is_dir() {
             return Ok(None);
         }
         let _lock = self.lock()?;
-        self.recover()
+        let mut notes: Vec<String> = self.recover()?.into_iter().collect();
+        if let Ok((_, repaired)) = self.checked_points() {
+            notes.extend(repaired);
+        }
+        Ok((!notes.is_empty()).then(|| notes.join("; ")))
     }
 
     /// Takes the image's lock, or says who holds it.
@@ -228,47 +245,218 @@ impl Store {
         lock_store(&self.dir, &self.name())
     }
 
-    /// The points, oldest first.
+    /// The points, oldest first, as its files give them: from the previous generation of the
+    /// points file when the newest is damaged or missing. An error when neither can be read
+    /// (or both are gone from a copy that has a history).
     pub fn points(&self) -> Result<Vec<Point>, StoreError> {
-        let path = self.path("points.json");
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Damaged {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(io_err(&path)(e)),
+        points_of(&self.dir)
+    }
+
+    /// With the lock held: the points, the points file rewritten from its previous generation
+    /// when that was used (and said).
+    fn checked_points(&self) -> Result<(Vec<Point>, Option<String>), StoreError> {
+        match meta::read_points(&self.dir) {
+            PointsRead::Read {
+                points,
+                source: PointsSource::Previous { damage },
+            } => {
+                let json = serde_json::to_vec_pretty(&points).expect("points serialize");
+                meta::write_file(&self.dir, "points.json", &json, false)?;
+                Ok((
+                    points.clone(),
+                    Some(format!(
+                        "{damage}: it was rewritten from points.json.prev (newest point {})",
+                        points.last().map(|p| p.id.as_str()).unwrap_or("none")
+                    )),
+                ))
+            }
+            _ => Ok((self.points()?, None)),
         }
     }
 
-    fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let tmp = self.path(&format!("{name}.tmp"));
-        self.write_atomic_with(name, |w| w.write_all(bytes).map_err(io_err(&tmp)))
+    /// With the lock held, before the copy is written: its points, or none when its history
+    /// cannot go on (its points cannot be read, or the copy changed behind its newest point),
+    /// which is then ended (and said): the next point is a first one.
+    fn history_for_update(&self) -> Result<(Vec<Point>, Vec<String>), StoreError> {
+        let mut notes = Vec::new();
+        let points = match self.checked_points() {
+            Ok((p, n)) => {
+                notes.extend(n);
+                p
+            }
+            Err(StoreError::Damaged { reason, .. }) => {
+                notes.push(self.end_history(format!("its points cannot be read: {reason}"))?);
+                return Ok((Vec::new(), notes));
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(why) = self.changed_since(&points) {
+            notes.push(self.end_history(why)?);
+            return Ok((Vec::new(), notes));
+        }
+        Ok((points, notes))
     }
 
-    /// Writes `name` through a temporary file, fsynced and renamed.
-    fn write_atomic_with(
+    /// Why the mirror is no longer its newest point: its stamp differs from the one recorded
+    /// when that point was made (points made before stamps were recorded are not judged).
+    pub fn changed_since(&self, points: &[Point]) -> Option<String> {
+        changed_since(points, self.stamp())
+    }
+
+    /// Ends the copy's point history: its points and deltas go, `ended.json` says why. The
+    /// copy itself is left as it is.
+    fn end_history(&self, why: String) -> Result<String, StoreError> {
+        let given_up: Vec<String> = self
+            .points()
+            .map(|p| p.into_iter().map(|p| p.id).collect())
+            .unwrap_or_default();
+        let ended = meta::Ended {
+            at: Utc::now(),
+            why: why.clone(),
+            points: given_up.clone(),
+        };
+        let json = serde_json::to_vec_pretty(&ended).expect("serializes");
+        meta::write_file(&self.dir, "ended.json", &json, false)?;
+        meta::write_file(&self.dir, "points.json", b"[]", false)?;
+        for name in ["points.json.prev", "manifest", "stamp"] {
+            remove_if_present(&self.path(name))?;
+        }
+        let deltas = self.path("deltas");
+        if let Ok(entries) = std::fs::read_dir(&deltas) {
+            for e in entries.flatten() {
+                remove_if_present(&e.path())?;
+            }
+        }
+        sync_dir(&self.dir)?;
+        Ok(if given_up.is_empty() {
+            format!("its point history was ended: {why}")
+        } else {
+            format!(
+                "its point history was ended ({why}); points given up: {}",
+                given_up.join(", ")
+            )
+        })
+    }
+
+    /// Refuses to write into a copy that a lease holds.
+    fn refuse_in_use(&self) -> Result<(), StoreError> {
+        match meta::in_use(&self.dir) {
+            Some(who) => Err(StoreError::InUse {
+                image: self.name(),
+                who,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// What the copy and its metadata say now, without changing anything.
+    pub fn inspect(&self) -> CopyState {
+        use std::os::unix::fs::MetadataExt as _;
+        let mut state = CopyState {
+            path: self.name(),
+            ..CopyState::default()
+        };
+        if let Ok(m) = std::fs::metadata(&self.image) {
+            state.exists = m.is_file();
+            state.size = m.len();
+            state.mtime = DateTime::<Utc>::from_timestamp(m.mtime(), 0);
+        }
+        state.stamp = self.stamp();
+        inspect_dir(&self.dir, &mut state);
+        state.changed = changed_since(&state.points, state.stamp.clone());
+        if !state.busy {
+            if self.path("journal").exists() {
+                state.unsettled =
+                    Some("an update was cut in the middle (its journal is still there)".into());
+            } else if self.path("rollback.json").exists() {
+                state.unsettled = Some("a roll-back was cut in the middle".into());
+            }
+        }
+        state
+    }
+
+    /// Records that `lease` uses the copy, once no replication holds it (waiting up to `wait`
+    /// for one to end). With `expect`, only while the copy still is that point (not changed
+    /// behind it). With `started` (a vm now runs on the copy itself), its point history ends:
+    /// the vm's writes make every earlier point meaningless. What was done, said.
+    pub fn take_lease(
         &self,
-        name: &str,
-        fill: impl FnOnce(&mut BufWriter<File>) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let path = self.path(name);
-        let tmp = self.path(&format!("{name}.tmp"));
-        let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io_err(&tmp))?);
-        fill(&mut w)?;
-        let f = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        sync_dir(&self.dir)
+        lease: &Lease,
+        expect: Option<&str>,
+        wait: std::time::Duration,
+        started: bool,
+    ) -> Result<Option<String>, StoreError> {
+        let _lock = lock_wait(&self.dir, &self.name(), wait)?;
+        if started {
+            meta::write_lease(&self.dir, lease)?;
+            if !meta::has_history(&self.dir) {
+                return Ok(None);
+            }
+            let why = format!(
+                "vm {} was started on it by run {}{}",
+                lease.vm,
+                lease.run,
+                lease
+                    .point
+                    .as_deref()
+                    .map(|p| format!(" from point {p}"))
+                    .unwrap_or_default()
+            );
+            return Ok(Some(self.end_history(why)?));
+        }
+        let mut notes: Vec<String> = self.recover()?.into_iter().collect();
+        let points = match self.checked_points() {
+            Ok((p, n)) => {
+                notes.extend(n);
+                p
+            }
+            Err(e) if expect.is_none() => {
+                notes.push(e.to_string());
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(id) = expect {
+            let newest = points.last().map(|p| p.id.as_str());
+            if newest != Some(id) {
+                return Err(StoreError::Refused {
+                    image: self.name(),
+                    reason: format!(
+                        "it is no longer point {id} (its newest point is {}): it changed while the run chose it; start the run again",
+                        newest.unwrap_or("none")
+                    ),
+                });
+            }
+            if let Some(why) = self.changed_since(&points) {
+                return Err(StoreError::Refused {
+                    image: self.name(),
+                    reason: why,
+                });
+            }
+        }
+        meta::write_lease(&self.dir, lease)?;
+        Ok((!notes.is_empty()).then(|| notes.join("; ")))
+    }
+
+    /// Removes the leases `which` selects; what was released.
+    pub fn release(
+        &self,
+        which: impl Fn(Option<&Lease>, &str) -> bool,
+    ) -> Result<Vec<String>, StoreError> {
+        meta::remove_leases(&self.dir, which)
+    }
+
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        meta::write_file(&self.dir, name, bytes, false)
     }
 
     fn write_points(&self, points: &[Point]) -> Result<(), StoreError> {
         let json = serde_json::to_vec_pretty(points).expect("points serialize");
-        self.write_atomic("points.json", &json)
+        meta::write_file(&self.dir, "points.json", &json, true)
     }
 
     /// Size, mtime and inode of the mirror: what it was when the manifest was written.
-    fn stamp(&self) -> Option<String> {
+    pub fn stamp(&self) -> Option<String> {
         use std::os::unix::fs::MetadataExt as _;
         let m = std::fs::metadata(&self.image).ok()?;
         Some(format!(
@@ -289,12 +477,16 @@ impl Store {
     /// The saved manifest, if the mirror was not changed behind it since (a vm started on the
     /// copy, a manual edit): a mirror changed since must be hashed again, or the blocks that
     /// changed would never be sent.
+    /// A damaged manifest is only a cache lost: the mirror is hashed again.
     fn saved_manifest(&self) -> Result<Option<Manifest>, StoreError> {
         let stamp = std::fs::read_to_string(self.path("stamp")).ok();
         if stamp.is_none() || stamp != self.stamp() {
             return Ok(None);
         }
-        self.raw_manifest()
+        match self.raw_manifest() {
+            Err(StoreError::Damaged { .. }) => Ok(None),
+            other => other,
+        }
     }
 
     fn raw_manifest(&self) -> Result<Option<Manifest>, StoreError> {
@@ -316,11 +508,25 @@ impl Store {
     /// of trusting the saved manifest; blocks that changed are then sent again.
     pub fn base_manifest(&self, reread: bool) -> Result<(Manifest, Option<String>), StoreError> {
         let _lock = self.lock()?;
-        let note = self.recover()?;
-        if self.points()?.is_empty() {
+        self.refuse_in_use()?;
+        let mut notes: Vec<String> = self.recover_for_update()?.into_iter().collect();
+        let (points, settled) = self.history_for_update()?;
+        notes.extend(settled);
+        let note = (!notes.is_empty()).then(|| notes.join("; "));
+        // Said again by the update that follows, which reports to the operator.
+        if let Some(n) = &note {
+            meta::write_file(&self.dir, "notes", n.as_bytes(), false)?;
+        }
+        if !self.image.is_file() {
             return Ok((Manifest::empty(), note));
         }
-        let saved = self.saved_manifest()?;
+        // A copy without points (never replicated, or its history ended) is updated in place
+        // too: only what differs travels, and its first point is checked as any other.
+        let saved = if points.is_empty() {
+            None
+        } else {
+            self.saved_manifest()?
+        };
         let m = match saved {
             Some(m) if !reread => m,
             _ => {
@@ -332,6 +538,27 @@ impl Store {
             }
         };
         Ok((m, note))
+    }
+
+    /// [`Self::recover`] before a replication writes: a record of an interrupted update or
+    /// roll-back that cannot be read leaves the copy in an unknown state, so its history is
+    /// ended and the replication makes a first point again (said).
+    fn recover_for_update(&self) -> Result<Option<String>, StoreError> {
+        match self.recover() {
+            Err(StoreError::Damaged { path, reason }) => {
+                for name in [
+                    "rollback.json",
+                    "rollback.img",
+                    "journal",
+                    "delta.pending",
+                    "staging",
+                ] {
+                    remove_if_present(&self.path(name))?;
+                }
+                Ok(Some(self.end_history(format!("{path}: {reason}"))?))
+            }
+            other => other,
+        }
     }
 
     /// Settles an update that was interrupted: thrown away when it had not committed (the
@@ -388,20 +615,35 @@ impl Store {
     ) -> Result<Applied, StoreError> {
         let began = std::time::Instant::now();
         let _lock = self.lock()?;
-        let recovered = self.recover()?;
+        self.refuse_in_use()?;
+        let mut notes: Vec<String> = meta::read_file(&self.path("notes"))
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .into_iter()
+            .collect();
+        let _ = std::fs::remove_file(self.path("notes"));
+        notes.extend(self.recover_for_update()?);
         let stream_err = |reason: String| StoreError::Stream {
             image: self.name(),
             reason,
         };
+        let (points, settled) = self.history_for_update()?;
+        notes.extend(settled);
+        let recovered = (!notes.is_empty()).then(|| notes.join("; "));
         let header = wire::read_header(input).map_err(stream_err)?;
-        let points = self.points()?;
-        let fresh = points.is_empty();
+        let fresh = !self.image.is_file();
         let base = if fresh {
             Manifest::empty()
         } else {
             match self.saved_manifest()? {
                 Some(m) => m,
-                None => Manifest::of_file(&self.image).map_err(io_err(&self.image))?,
+                None => {
+                    // Saved, so that the roll-forward updates this manifest and no other.
+                    let m = Manifest::of_file(&self.image).map_err(io_err(&self.image))?;
+                    self.write_manifest(&m)?;
+                    m
+                }
             }
         };
         if header.base_size != base.size || header.base_whole != base.whole {
@@ -511,9 +753,11 @@ impl Store {
             whole,
             cvs,
         };
+        let id = self.unique_id(&new.id)?;
         self.write_manifest(&manifest)?;
         let point = Point {
-            id: self.unique_id(&new.id)?,
+            stamp: self.stamp(),
+            id,
             taken_at: new.taken_at,
             source: new.source.clone(),
             size: header.size,
@@ -570,9 +814,11 @@ impl Store {
         let mut changed = 0u64;
         let mut written = 0u64;
         let mut old_block = vec![0u8; BLOCK];
+        let keep_old = prev.is_some();
         let mut write_old = |d: &mut BufWriter<File>, idx: u64| -> Result<u64, StoreError> {
             let len = blocks::block_len(base.size, idx);
-            if len == 0 {
+            // Without a previous point, what the update replaces is kept for nothing.
+            if len == 0 || !keep_old {
                 return Ok(0);
             }
             let buf = &mut old_block[..len];
@@ -647,6 +893,7 @@ impl Store {
                 checked_at: Some(Utc::now()),
                 received_bytes: received,
                 duration_ms: 0,
+                stamp: None,
             },
             prev: prev.map(|p| p.id.clone()),
             old_size: base.size,
@@ -776,10 +1023,13 @@ impl Store {
         m.size = commit.point.size;
         m.whole = parse_hex(&commit.new_whole).unwrap_or([0; 32]);
         self.write_manifest(&m)?;
-        // 4. The points, within retention.
+        // 4. The points, within retention; the new newest records what the mirror now is.
         let mut points = self.points()?;
         if !points.iter().any(|p| p.id == commit.point.id) {
             points.push(commit.point.clone());
+        }
+        if let Some(p) = points.last_mut().filter(|p| p.id == commit.point.id) {
+            p.stamp = self.stamp();
         }
         let mut dropped = Vec::new();
         while points.len() > commit.retention as usize {
@@ -902,20 +1152,30 @@ impl Store {
     pub fn verify(&self, only: Option<&str>) -> Result<Vec<(String, bool)>, StoreError> {
         let _lock = self.lock()?;
         self.recover()?;
-        let mut points = self.points()?;
+        let (mut points, _) = self.checked_points()?;
         let which: Vec<usize> = match only {
             Some(id) => vec![self.find(&points, id)?],
             None => (0..points.len()).collect(),
         };
         let mut out = Vec::new();
         for k in which {
-            let (whole, manifest) = self.hash_point(&points, k)?;
-            let good = hex(&whole) == points[k].blake3;
-            if let Some(m) = manifest {
-                // The next replication must see the mirror as it really is, to mend it.
-                if self.saved_manifest()?.as_ref() != Some(&m) {
-                    self.write_manifest(&m)?;
+            // A point whose reverse delta is damaged cannot be rebuilt: it is bad.
+            let good = match self.hash_point(&points, k) {
+                Ok((whole, manifest)) => {
+                    if let Some(m) = manifest {
+                        // The next replication must see the mirror as it really is, to mend it.
+                        if self.saved_manifest()?.as_ref() != Some(&m) {
+                            self.write_manifest(&m)?;
+                        }
+                    }
+                    hex(&whole) == points[k].blake3
                 }
+                Err(StoreError::Damaged { .. }) if k + 1 < points.len() => false,
+                Err(e) => return Err(e),
+            };
+            if good && k + 1 == points.len() {
+                // Read again and found whole: the copy is this point, whatever its stamp was.
+                points[k].stamp = self.stamp();
             }
             points[k].verified = if good { Verified::Yes } else { Verified::Bad };
             points[k].checked_at = Some(Utc::now());
@@ -996,7 +1256,7 @@ impl Store {
     pub fn roll_back(&self, id: &str) -> Result<RolledBack, StoreError> {
         let _lock = self.lock()?;
         self.recover()?;
-        let points = self.points()?;
+        let (points, _) = self.checked_points()?;
         let k = self.find(&points, id)?;
         if points[k].verified == Verified::Bad {
             return Err(StoreError::Damaged {
@@ -1058,6 +1318,7 @@ impl Store {
             }
         }
         points.truncate(k + 1);
+        points[k].stamp = self.stamp();
         self.write_points(&points)?;
         for name in ["manifest", "stamp"] {
             let p = self.path(name);
@@ -1071,6 +1332,93 @@ impl Store {
             "the copy was rolled back to point {}",
             intent.point
         )))
+    }
+}
+
+/// The points of a metadata folder (see [`Store::points`]).
+pub(super) fn points_of(dir: &Path) -> Result<Vec<Point>, StoreError> {
+    match meta::read_points(dir) {
+        PointsRead::Read { points, .. } => Ok(points),
+        PointsRead::None if !meta::has_history(dir) => Ok(Vec::new()),
+        PointsRead::None => Err(StoreError::Damaged {
+            path: dir.join("points.json").display().to_string(),
+            reason: "it is missing, and so is points.json.prev, while the copy has a history"
+                .into(),
+        }),
+        PointsRead::Damaged { reason } => Err(StoreError::Damaged {
+            path: dir.join("points.json").display().to_string(),
+            reason,
+        }),
+    }
+}
+
+/// Why a copy whose stamp is `now` is no longer its newest point.
+pub(super) fn changed_since(points: &[Point], now: Option<String>) -> Option<String> {
+    let newest = points.last()?;
+    let want = newest.stamp.as_ref()?;
+    (now.as_ref() != Some(want)).then(|| {
+        format!(
+            "the copy changed since its newest point {} was made (it was `{want}`, it is `{}`): a vm may have run on it, or it was edited",
+            newest.id,
+            now.as_deref().unwrap_or("missing")
+        )
+    })
+}
+
+/// What a copy's metadata folder says, into `state` (points, damage, leases, lock).
+pub(super) fn inspect_dir(dir: &Path, state: &mut CopyState) {
+    state.managed = meta::has_history(dir);
+    match meta::read_points(dir) {
+        PointsRead::Read { points, source } => {
+            state.points = points;
+            state.points_from = Some(source);
+        }
+        PointsRead::None if state.managed => {
+            state.damaged = Some(
+                "points.json is missing, and so is points.json.prev, while the copy has a history"
+                    .into(),
+            )
+        }
+        PointsRead::None => {}
+        PointsRead::Damaged { reason } => state.damaged = Some(reason),
+    }
+    if state.points.is_empty() && state.damaged.is_none() {
+        state.ended = meta::read_ended(dir);
+    }
+    for lease in meta::read_leases(dir) {
+        match lease {
+            Ok(l) => state.leases.push(l),
+            Err(e) => state.bad_leases.push(e),
+        }
+    }
+    // Held by a replication now? (Opened without creating anything.)
+    if let Ok(f) = OpenOptions::new().write(true).open(dir.join("lock")) {
+        state.busy = matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock));
+    }
+}
+
+/// [`lock_store`], waiting up to `wait` for another holder to let go.
+pub(super) fn lock_wait(
+    dir: &Path,
+    name: &str,
+    wait: std::time::Duration,
+) -> Result<File, StoreError> {
+    let until = std::time::Instant::now() + wait;
+    loop {
+        match lock_store(dir, name) {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn remove_if_present(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(path)(e)),
     }
 }
 
@@ -1237,15 +1585,12 @@ fn punch_hole(f: &File, off: u64, len: u64) -> io::Result<()> {
     Err(e)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
-}
+use super::meta::sync_dir;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replica::meta::LeaseKind;
 
     /// A new point named `id`, keeping 5.
     fn point(id: &str) -> NewPoint {
@@ -1420,9 +1765,24 @@ mod tests {
             .apply_until(&mut &stream_of(&src, &store)[..], point("p2"), true)
             .unwrap();
         std::fs::remove_file(store.path("delta.pending")).unwrap();
-        let err = store.base_manifest(false).unwrap_err().to_string();
+        // A failover does not guess: settling it fails and says what is missing.
+        let err = store.settle().unwrap_err().to_string();
         assert!(err.contains("neither here nor"), "{err}");
         assert_eq!(std::fs::read(&dst).unwrap(), v1, "the mirror was touched");
+        // A replication ends the history instead (and says so), then makes a first point.
+        let (_, note) = store.base_manifest(false).unwrap();
+        let note = note.unwrap();
+        assert!(
+            note.contains("its point history was ended") && note.contains("neither here nor"),
+            "{note}"
+        );
+        assert_eq!(std::fs::read(&dst).unwrap(), v1, "the mirror was touched");
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p3"))
+            .unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+        let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["p3"]);
     }
 
     #[test]
@@ -1460,6 +1820,188 @@ mod tests {
             .unwrap();
         assert_eq!(replicate("p2"), 1);
         assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+    }
+
+    #[test]
+    fn a_damaged_points_file_is_recovered_from_its_previous_generation_and_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        let store = Store::new(&dst);
+        std::fs::write(&src, vec![1u8; 3 * BLOCK]).unwrap();
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        std::fs::write(&src, vec![2u8; 3 * BLOCK]).unwrap();
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p2"))
+            .unwrap();
+        // The newest point records what the copy is.
+        let points = store.points().unwrap();
+        assert_eq!(points[1].stamp, store.stamp());
+        assert!(store.inspect().changed.is_none());
+        // points.json is cut short: its previous generation (written by the same update,
+        // before the duration was recorded) still has p2.
+        let full = std::fs::read(store.path("points.json")).unwrap();
+        std::fs::write(store.path("points.json"), &full[..full.len() / 2]).unwrap();
+        let state = store.inspect();
+        assert!(
+            matches!(&state.points_from, Some(PointsSource::Previous { damage }) if damage.contains("damaged")),
+            "{state:?}"
+        );
+        assert_eq!(state.points.last().unwrap().id, "p2");
+        assert!(state.changed.is_none(), "the copy still is p2");
+        // Any locked use rewrites it, and says so.
+        let note = store.settle().unwrap().unwrap();
+        assert!(note.contains("rewritten from points.json.prev"), "{note}");
+        assert_eq!(store.inspect().points_from, Some(PointsSource::Current));
+        // Both generations gone: nothing is guessed; a replication starts a new history.
+        std::fs::write(store.path("points.json"), b"garbage").unwrap();
+        std::fs::write(store.path("points.json.prev"), b"").unwrap();
+        let state = store.inspect();
+        assert!(
+            state.points.is_empty() && state.damaged.is_some(),
+            "{state:?}"
+        );
+        assert!(store.verify(None).is_err());
+        std::fs::write(&src, vec![3u8; 3 * BLOCK]).unwrap();
+        let applied = store
+            .apply(&mut &stream_of(&src, &store)[..], point("p3"))
+            .unwrap();
+        assert!(
+            applied
+                .recovered
+                .unwrap()
+                .contains("its points cannot be read"),
+            "said"
+        );
+        let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["p3"]);
+        assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+    }
+
+    #[test]
+    fn a_copy_changed_behind_its_point_is_no_longer_that_point() {
+        use std::os::unix::fs::FileExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        let store = Store::new(&dst);
+        std::fs::write(&src, vec![1u8; 4 * BLOCK]).unwrap();
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        std::fs::write(&src, vec![2u8; 4 * BLOCK]).unwrap();
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p2"))
+            .unwrap();
+        // Touched but not changed: reading it again re-establishes the point.
+        let f = OpenOptions::new().write(true).open(&dst).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+            .unwrap();
+        assert!(store.inspect().changed.is_some());
+        assert_eq!(
+            store.verify(Some("p2")).unwrap(),
+            [("p2".to_string(), true)]
+        );
+        assert!(store.inspect().changed.is_none());
+        // Written to (a vm ran on it): the newest point is found bad, and the next
+        // replication ends the history, sending only what differs.
+        f.write_all_at(b"written by a vm", BLOCK as u64).unwrap();
+        drop(f);
+        assert!(
+            store
+                .inspect()
+                .changed
+                .unwrap()
+                .contains("changed since its newest point p2")
+        );
+        assert_eq!(
+            store.verify(Some("p2")).unwrap(),
+            [("p2".to_string(), false)]
+        );
+        let (m, note) = store.base_manifest(false).unwrap();
+        assert!(note.unwrap().contains("points given up: p1, p2"));
+        let mut stream = Vec::new();
+        let sent = crate::replica::helper::send(&src, &m, &mut stream, false).unwrap();
+        assert_eq!(sent.blocks, 1);
+        store.apply(&mut &stream[..], point("p3")).unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+        let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["p3"]);
+        assert!(!store.path("deltas/p2.rdelta").exists());
+    }
+
+    #[test]
+    fn a_leased_copy_is_never_replicated_into_and_a_vm_started_on_it_ends_its_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        let store = Store::new(&dst);
+        std::fs::write(&src, vec![1u8; 2 * BLOCK]).unwrap();
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        let lease = |kind, run: &str| Lease {
+            kind,
+            run: run.into(),
+            vm: "erp-db".into(),
+            step: "erp-db/start".into(),
+            machine: "m".into(),
+            pid: 1,
+            at: Utc::now(),
+            point: Some("p1".into()),
+            taken_at: None,
+            verified: true,
+        };
+        let wait = std::time::Duration::from_millis(10);
+        store
+            .take_lease(&lease(LeaseKind::Drill, "r1"), Some("p1"), wait, false)
+            .unwrap();
+        let err = store.base_manifest(false).unwrap_err().to_string();
+        assert!(
+            err.contains("is in use: a drill copy of vm erp-db (run r1)"),
+            "{err}"
+        );
+        assert_eq!(store.release(|_, n| n == "drill-r1").unwrap().len(), 1);
+        // The copy is no longer the point expected: the lease is refused.
+        let err = store
+            .take_lease(&lease(LeaseKind::Live, "r2"), Some("p0"), wait, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no longer point p0"), "{err}");
+        assert_eq!(
+            store
+                .take_lease(&lease(LeaseKind::Live, "r2"), Some("p1"), wait, false)
+                .unwrap(),
+            None
+        );
+        assert!(
+            store.base_manifest(false).is_err(),
+            "a leased copy is not replicated into"
+        );
+        assert_eq!(
+            store.points().unwrap().len(),
+            1,
+            "not started yet: still its point"
+        );
+        let note = store
+            .take_lease(&lease(LeaseKind::Live, "r2"), None, wait, true)
+            .unwrap()
+            .unwrap();
+        assert!(
+            note.contains("vm erp-db was started on it by run r2 from point p1"),
+            "{note}"
+        );
+        let state = store.inspect();
+        assert!(
+            state.points.is_empty() && state.ended.is_some(),
+            "{state:?}"
+        );
+        assert!(
+            store.base_manifest(false).is_err(),
+            "a live copy is not replicated into"
+        );
     }
 
     #[test]

@@ -25,8 +25,12 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use super::beneath::{self, Dir, Kind};
+use super::meta::{self, CopyState, Lease};
 use super::protocol::{PROTOCOL, VERSION};
-use super::store::{NewPoint, Point, StoreError, Verified, io_err, lock_store};
+use super::store::{
+    NewPoint, Point, StoreError, Verified, changed_since, inspect_dir, io_err, lock_store,
+    lock_wait, points_of,
+};
 
 /// The longest record line of a tree stream (a path is at most 4 KiB).
 pub const MAX_LINE: usize = 64 << 10;
@@ -97,6 +101,22 @@ fn walk(root: &Path) -> io::Result<Vec<(String, std::fs::Metadata)>> {
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// The stamp of a tree: BLAKE3 of its files' paths, sizes and mtimes (stat only, no
+/// reading): any file written, added or removed changes it.
+pub fn tree_stamp(root: &Path) -> Option<String> {
+    if !root.is_dir() {
+        return None;
+    }
+    let mut h = blake3::Hasher::new();
+    for (rel, meta) in walk(root).ok()? {
+        h.update(rel.as_bytes());
+        h.update(&[0]);
+        h.update(&meta.len().to_le_bytes());
+        h.update(&mtime_ns(&meta).to_le_bytes());
+    }
+    Some(format!("tree {}", h.finalize().to_hex()))
 }
 
 /// Reads and hashes every file of `root` (the recovery side's `--verify`).
@@ -384,31 +404,177 @@ impl TreeStore {
         name: &str,
     ) -> Result<T, StoreError> {
         let path = self.path(name);
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| StoreError::Damaged {
+        match meta::read_file(&path) {
+            Ok(Some(b)) => serde_json::from_slice(&b).map_err(|e| StoreError::Damaged {
                 path: path.display().to_string(),
                 reason: e.to_string(),
             }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
-            Err(e) => Err(io_err(&path)(e)),
+            Ok(None) => Ok(T::default()),
+            Err(reason) => Err(StoreError::Damaged {
+                path: path.display().to_string(),
+                reason,
+            }),
         }
     }
 
     fn write_json(&self, name: &str, value: &impl Serialize) -> Result<(), StoreError> {
-        let path = self.path(name);
-        let tmp = self.path(&format!("{name}.tmp"));
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(&serde_json::to_vec_pretty(value).expect("serializes"))
-            .map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))
+        let bytes = serde_json::to_vec_pretty(value).expect("serializes");
+        meta::write_file(&self.dir, name, &bytes, name == "points.json")
     }
 
+    /// The points, oldest first (from `points.json.prev` when the newest is damaged); an
+    /// error when neither can be read.
     pub fn points(&self) -> Result<Vec<Point>, StoreError> {
-        self.read_json("points.json")
+        points_of(&self.dir)
+    }
+
+    /// With the lock held: the points, the points file rewritten from its previous
+    /// generation when that was used (and said).
+    fn checked_points(&self) -> Result<(Vec<Point>, Option<String>), StoreError> {
+        match meta::read_points(&self.dir) {
+            meta::PointsRead::Read {
+                points,
+                source: meta::PointsSource::Previous { damage },
+            } => {
+                let json = serde_json::to_vec_pretty(&points).expect("points serialize");
+                meta::write_file(&self.dir, "points.json", &json, false)?;
+                let newest = points.last().map(|p| p.id.clone()).unwrap_or_default();
+                Ok((
+                    points,
+                    Some(format!(
+                        "{damage}: it was rewritten from points.json.prev (newest point {newest})"
+                    )),
+                ))
+            }
+            _ => Ok((self.points()?, None)),
+        }
+    }
+
+    /// With the lock held, before the copy is written: its points, or none when its history
+    /// cannot go on (points unreadable, or the copy changed behind its newest point), which
+    /// is then ended (and said).
+    fn history_for_update(&self) -> Result<(Vec<Point>, Vec<String>), StoreError> {
+        let mut notes = Vec::new();
+        let points = match self.checked_points() {
+            Ok((p, n)) => {
+                notes.extend(n);
+                p
+            }
+            Err(StoreError::Damaged { reason, .. }) => {
+                notes.push(self.end_history(format!("its points cannot be read: {reason}"))?);
+                return Ok((Vec::new(), notes));
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(why) = changed_since(&points, tree_stamp(&self.root)) {
+            notes.push(self.end_history(why)?);
+            return Ok((Vec::new(), notes));
+        }
+        Ok((points, notes))
+    }
+
+    /// Ends the copy's point history: points and deltas go, `ended.json` says why.
+    fn end_history(&self, why: String) -> Result<String, StoreError> {
+        let given_up: Vec<String> = self
+            .points()
+            .map(|p| p.into_iter().map(|p| p.id).collect())
+            .unwrap_or_default();
+        let ended = meta::Ended {
+            at: Utc::now(),
+            why: why.clone(),
+            points: given_up.clone(),
+        };
+        self.write_json("ended.json", &ended)?;
+        meta::write_file(&self.dir, "points.json", b"[]", false)?;
+        let _ = std::fs::remove_file(self.path("points.json.prev"));
+        let _ = std::fs::remove_dir_all(self.path("deltas"));
+        std::fs::create_dir_all(self.path("deltas")).map_err(io_err(&self.dir))?;
+        meta::sync_dir(&self.dir)?;
+        Ok(format!(
+            "its point history was ended ({why}){}",
+            if given_up.is_empty() {
+                String::new()
+            } else {
+                format!("; points given up: {}", given_up.join(", "))
+            }
+        ))
+    }
+
+    /// What the copy and its metadata say now, without changing anything.
+    pub fn inspect(&self) -> CopyState {
+        let mut state = CopyState {
+            path: self.name(),
+            ..CopyState::default()
+        };
+        if self.root.is_dir() {
+            state.exists = true;
+            if let Ok(files) = walk(&self.root) {
+                state.size = files.iter().map(|(_, m)| m.len()).sum();
+                let newest = files.iter().map(|(_, m)| mtime_ns(m)).max().unwrap_or(0);
+                state.mtime = chrono::DateTime::<Utc>::from_timestamp(
+                    (newest.div_euclid(1_000_000_000)) as i64,
+                    0,
+                );
+            }
+        }
+        state.stamp = tree_stamp(&self.root);
+        inspect_dir(&self.dir, &mut state);
+        state.changed = changed_since(&state.points, state.stamp.clone());
+        if !state.busy {
+            if self.path("commit.json").exists() {
+                state.unsettled = Some(
+                    "an update was cut in the middle (its commit record is still there)".into(),
+                );
+            } else if self.path("staging").exists() {
+                state.unsettled = Some("an update was cut before its commit".into());
+            }
+        }
+        state
+    }
+
+    /// Refuses to write into a copy that a lease holds.
+    fn refuse_in_use(&self) -> Result<(), StoreError> {
+        match meta::in_use(&self.dir) {
+            Some(who) => Err(StoreError::InUse {
+                image: self.name(),
+                who,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records that `lease` uses the folder (see [`crate::replica::Store::take_lease`]).
+    pub fn take_lease(
+        &self,
+        lease: &Lease,
+        wait: std::time::Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let _lock = lock_wait(&self.dir, &self.name(), wait)?;
+        let note = self.recover()?;
+        meta::write_lease(&self.dir, lease)?;
+        Ok(note)
+    }
+
+    /// Removes the leases `which` selects; what was released.
+    pub fn release(
+        &self,
+        which: impl Fn(Option<&Lease>, &str) -> bool,
+    ) -> Result<Vec<String>, StoreError> {
+        meta::remove_leases(&self.dir, which)
+    }
+
+    /// [`Self::recover`] before a replication writes: a record of an interrupted update or
+    /// roll-back that cannot be read leaves the copy in an unknown state, so its history is
+    /// ended and the replication makes a first point again (said).
+    fn recover_for_update(&self) -> Result<Option<String>, StoreError> {
+        match self.recover() {
+            Err(StoreError::Damaged { path, reason }) => {
+                let _ = std::fs::remove_file(self.path("commit.json"));
+                let _ = std::fs::remove_dir_all(self.path("staging"));
+                Ok(Some(self.end_history(format!("{path}: {reason}"))?))
+            }
+            other => other,
+        }
     }
 
     /// Settles an interrupted update (see the module).
@@ -416,13 +582,17 @@ impl TreeStore {
         let staging = self.path("staging");
         let commit = self.path("commit.json");
         if commit.exists() {
-            let c: Commit = serde_json::from_slice(
-                &std::fs::read(&commit).map_err(io_err(&commit))?,
-            )
-            .map_err(|e| StoreError::Damaged {
-                path: commit.display().to_string(),
-                reason: e.to_string(),
-            })?;
+            let c: Commit = meta::read_file(&commit)
+                .and_then(|b| {
+                    serde_json::from_slice(&b.unwrap_or_default()).map_err(|e| e.to_string())
+                })
+                .map_err(|reason| StoreError::Damaged {
+                    path: commit.display().to_string(),
+                    reason: format!(
+                        "the commit record of an interrupted update cannot be read ({reason}): \
+                         the copy may be half updated; replicate it again once this file is removed"
+                    ),
+                })?;
             let id = c.point.id.clone();
             self.roll_forward(c)?;
             return Ok(Some(format!(
@@ -438,19 +608,43 @@ impl TreeStore {
         Ok(None)
     }
 
-    /// The tree the source compares against, after settling an interrupted update.
+    /// Settles an interrupted update and repairs a damaged points file; what was done.
+    pub fn settle(&self) -> Result<Option<String>, StoreError> {
+        if !self.dir.is_dir() {
+            return Ok(None);
+        }
+        let _lock = self.lock()?;
+        let mut notes: Vec<String> = self.recover()?.into_iter().collect();
+        if let Ok((_, repaired)) = self.checked_points() {
+            notes.extend(repaired);
+        }
+        Ok((!notes.is_empty()).then(|| notes.join("; ")))
+    }
+
+    /// The tree the source compares against, after settling an interrupted update. A copy
+    /// without points is read whole (so the first point sends only what differs, and files
+    /// the source does not have are deleted); a damaged `tree.json` is read again too.
     pub fn base(&self, reread: bool) -> Result<Tree, StoreError> {
         let _lock = self.lock()?;
-        self.recover()?;
-        if self.points()?.is_empty() {
-            return Ok(Tree::default());
+        self.refuse_in_use()?;
+        let mut notes: Vec<String> = self.recover_for_update()?.into_iter().collect();
+        let (points, settled) = self.history_for_update()?;
+        notes.extend(settled);
+        if !notes.is_empty() {
+            // Said again by the update that follows, which reports to the operator.
+            meta::write_file(&self.dir, "notes", notes.join("; ").as_bytes(), false)?;
         }
-        if reread {
-            let t = scan(&self.root).map_err(io_err(&self.root))?;
-            self.write_json("tree.json", &t)?;
+        let saved = if points.is_empty() || reread {
+            None
+        } else {
+            self.read_json::<Tree>("tree.json").ok()
+        };
+        if let Some(t) = saved.filter(|_| self.path("tree.json").exists()) {
             return Ok(t);
         }
-        self.read_json("tree.json")
+        let t = scan(&self.root).map_err(io_err(&self.root))?;
+        self.write_json("tree.json", &t)?;
+        Ok(t)
     }
 
     /// Receives a stream and makes it a new point.
@@ -459,14 +653,25 @@ impl TreeStore {
         &self,
         input: &mut impl io::BufRead,
         new: NewPoint,
-    ) -> Result<(Point, u64), StoreError> {
+    ) -> Result<(Point, u64, Option<String>), StoreError> {
         let _lock = self.lock()?;
-        self.recover()?;
-        self.receive(input, new).inspect_err(|_| {
-            // What a failed update staged is thrown away now (a committed one completed), so
-            // that it does not hold the recovery host's space until the next run.
-            let _ = self.recover();
-        })
+        self.refuse_in_use()?;
+        let mut notes: Vec<String> = meta::read_file(&self.path("notes"))
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .into_iter()
+            .collect();
+        let _ = std::fs::remove_file(self.path("notes"));
+        notes.extend(self.recover_for_update()?);
+        let note = (!notes.is_empty()).then(|| notes.join("; "));
+        self.receive(input, new)
+            .map(|(p, n)| (p, n, note))
+            .inspect_err(|_| {
+                // What a failed update staged is thrown away now (a committed one completed), so
+                // that it does not hold the recovery host's space until the next run.
+                let _ = self.recover();
+            })
     }
 
     /// [`TreeStore::apply`] once the lock is held and an earlier update settled.
@@ -480,12 +685,9 @@ impl TreeStore {
             image: self.name(),
             reason,
         };
-        let points = self.points()?;
-        let mut tree: Tree = if points.is_empty() {
-            Tree::default()
-        } else {
-            self.read_json("tree.json")?
-        };
+        let (points, _) = self.history_for_update()?;
+        // The tree the source compared against: `base` wrote it.
+        let mut tree: Tree = self.read_json("tree.json")?;
         let staging_path = self.path("staging");
         let _ = std::fs::remove_dir_all(&staging_path);
         let staging = Dir::open(&staging_path, true).map_err(io_err(&staging_path))?;
@@ -645,6 +847,7 @@ impl TreeStore {
             checked_at: Some(Utc::now()),
             received_bytes: received,
             duration_ms: began.elapsed().as_millis() as u64,
+            stamp: None,
         };
         let commit = Commit {
             point: point.clone(),
@@ -683,9 +886,12 @@ impl TreeStore {
                     .collect(),
             };
             std::fs::create_dir_all(d).map_err(io_err(d))?;
-            let f = d.join("undo.json");
-            std::fs::write(&f, serde_json::to_vec(&undo).expect("serializes"))
-                .map_err(io_err(&f))?;
+            meta::write_file(
+                d,
+                "undo.json",
+                &serde_json::to_vec(&undo).expect("serializes"),
+                false,
+            )?;
             let files = d.join("files");
             keep = Some(Dir::open(&files, true).map_err(io_err(&files))?);
         }
@@ -714,14 +920,21 @@ impl TreeStore {
             }
         }
         self.write_json("tree.json", &c.tree)?;
-        let mut points = self.points()?;
+        let mut points = self.points().unwrap_or_default();
         if !points.iter().any(|p| p.id == c.point.id) {
             points.push(c.point.clone());
+        }
+        // The new newest records what the copy now is.
+        if let Some(p) = points.last_mut().filter(|p| p.id == c.point.id) {
+            p.stamp = tree_stamp(&self.root);
         }
         let mut dropped = Vec::new();
         while points.len() > c.retention as usize {
             dropped.push(points.remove(0).id);
         }
+        self.write_json("points.json", &points)?;
+        // Twice: the generation kept beside it then holds the new point too, so a points
+        // file damaged later is recovered whole (an image's update writes it twice anyway).
         self.write_json("points.json", &points)?;
         for id in dropped {
             let _ = std::fs::remove_dir_all(self.path(&format!("deltas/{id}")));
@@ -790,7 +1003,7 @@ impl TreeStore {
     pub fn verify(&self, only: Option<&str>) -> Result<Vec<(String, bool)>, StoreError> {
         let _lock = self.lock()?;
         self.recover()?;
-        let mut points = self.points()?;
+        let (mut points, _) = self.checked_points()?;
         let ids: Vec<String> = match only {
             Some(id) => {
                 if !points.iter().any(|p| p.id == id) {
@@ -807,15 +1020,22 @@ impl TreeStore {
         for id in ids {
             let tmp = self.path("verify");
             let _ = std::fs::remove_dir_all(&tmp);
+            // A point whose delta is damaged cannot be rebuilt: it is bad.
             let good = match self.restore_locked(&id, &tmp) {
                 Ok(()) => true,
-                Err(StoreError::Mismatch { .. }) => false,
+                Err(StoreError::Mismatch { .. } | StoreError::Damaged { .. }) => false,
                 Err(e) => return Err(e),
             };
             let _ = std::fs::remove_dir_all(&tmp);
+            let newest = points.last().map(|p| p.id.clone());
+            let stamp = tree_stamp(&self.root);
             if let Some(p) = points.iter_mut().find(|p| p.id == id) {
                 p.verified = if good { Verified::Yes } else { Verified::Bad };
                 p.checked_at = Some(Utc::now());
+                if good && newest.as_deref() == Some(id.as_str()) {
+                    // Read again and found whole: the copy is this point.
+                    p.stamp = stamp;
+                }
             }
             out.push((id, good));
         }
@@ -889,5 +1109,44 @@ mod tests {
         assert_eq!(checked, [("p3".to_string(), false)]);
         assert_eq!(replicate(&src, &dst, "p4").files, 1);
         assert_eq!(contents(&dst), contents(&src));
+    }
+
+    #[test]
+    fn a_damaged_points_file_or_a_lease_never_lets_a_wrong_history_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let dst = dir.path().join("dst");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.dump"), "a1").unwrap();
+        replicate(&src, &dst, "p1");
+        std::fs::write(src.join("a.dump"), "a2").unwrap();
+        replicate(&src, &dst, "p2");
+        let store = TreeStore::new(&dst);
+        assert!(store.inspect().changed.is_none());
+        let meta = dir.path().join("dst.reprise");
+        std::fs::write(meta.join("points.json"), "[").unwrap();
+        let state = store.inspect();
+        assert!(matches!(
+            state.points_from,
+            Some(meta::PointsSource::Previous { .. })
+        ));
+        assert_eq!(state.points.last().unwrap().id, "p2");
+        // A file of the copy written behind its points: no longer its newest point.
+        std::fs::write(dst.join("a.dump"), "edited").unwrap();
+        assert!(store.inspect().changed.is_some());
+        std::fs::write(src.join("b.dump"), "b").unwrap();
+        replicate(&src, &dst, "p3");
+        assert_eq!(contents(&dst), contents(&src));
+        let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(
+            ids,
+            ["p3"],
+            "the history that no longer described it was ended"
+        );
+        // A lease (even one that cannot be read) holds the copy.
+        std::fs::create_dir_all(meta.join("leases")).unwrap();
+        std::fs::write(meta.join("leases/drill-x.json"), "not json").unwrap();
+        let err = store.base(false).unwrap_err().to_string();
+        assert!(err.contains("lease drill-x.json is damaged"), "{err}");
     }
 }

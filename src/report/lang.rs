@@ -193,8 +193,16 @@ impl Labels {
         }
     }
 
-    pub fn count_rpo(&self, n: usize, of: usize) -> String {
+    pub fn count_rpo(&self, n: usize, of: usize, points_used: bool) -> String {
         match (self.lang, of) {
+            (Lang::En, 0) if points_used => {
+                "data loss (RPO): not measured (no service recovered from a verified replica point)"
+                    .to_string()
+            }
+            (Lang::Fr, 0) if points_used => {
+                "perte de données (RPO) : non mesurée (aucun service rétabli depuis un point de réplique vérifié)"
+                    .to_string()
+            }
             (Lang::En, 0) => "data loss (RPO): no replica point was used in this run".to_string(),
             (Lang::Fr, 0) => {
                 "perte de données (RPO) : aucun point de réplique utilisé dans cette opération"
@@ -244,6 +252,30 @@ impl Labels {
             (Lang::En, n) => format!("{n} problems"),
             (Lang::Fr, 1) => "1 problème".to_string(),
             (Lang::Fr, n) => format!("{n} problèmes"),
+        }
+    }
+
+    pub fn point_rolled_back(&self, item: &str, point: &str, dropped: &[String]) -> String {
+        match self.lang {
+            Lang::En => format!(
+                "{item} rolled back to replica point {point}: the newer points {} and the data they held were given up",
+                dropped.join(", ")
+            ),
+            Lang::Fr => format!(
+                "{item} ramené au point de réplique {point} : les points plus récents {} et leurs données ont été abandonnés",
+                dropped.join(", ")
+            ),
+        }
+    }
+
+    pub fn unverified_start(&self, item: &str, point: &str) -> String {
+        match self.lang {
+            Lang::En => format!(
+                "{item} started from {point}, which no verified replica point proves: its data may not be what was replicated"
+            ),
+            Lang::Fr => format!(
+                "{item} démarré depuis {point}, qu'aucun point de réplique vérifié ne garantit : ses données peuvent différer de ce qui a été répliqué"
+            ),
         }
     }
 
@@ -507,7 +539,7 @@ static EN: Labels = Labels {
     note: "Note",
     not_confirmed: "not confirmed",
     problems: "Problems",
-    no_problems: "No step failed, was retried, blocked or rolled back.",
+    no_problems: "No step failed, was retried, blocked or rolled back; every replica point used was verified and none was rolled back.",
     recommendations: "Recommendations",
     no_recommendations: "None: the run met its targets.",
     readiness: "Readiness check before the run",
@@ -579,7 +611,7 @@ static FR: Labels = Labels {
     note: "Note",
     not_confirmed: "non confirmée",
     problems: "Problèmes",
-    no_problems: "Aucune étape en échec, relancée, bloquée ou annulée.",
+    no_problems: "Aucune étape en échec, relancée, bloquée ou annulée ; chaque point de réplique utilisé était vérifié et aucun n'a été ramené en arrière.",
     recommendations: "Recommandations",
     no_recommendations: "Aucune : l'opération a tenu ses objectifs.",
     readiness: "Contrôle de préparation avant l'opération",

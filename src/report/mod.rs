@@ -127,6 +127,9 @@ pub struct PointUsed {
     pub taken_at: DateTime<Utc>,
     pub verified: bool,
     pub note: Option<String>,
+    /// Newer points given up by a roll-back to this one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<String>,
 }
 
 /// One bar of the timeline, in seconds from the start of the run.
@@ -186,6 +189,22 @@ pub enum Problem {
         step: String,
         ok: bool,
         message: Option<String>,
+    },
+    /// A vm's copies were rolled back to an older replica point: the newer points were given
+    /// up (and the data they held).
+    PointRolledBack {
+        step: String,
+        item: String,
+        point: String,
+        dropped: Vec<String>,
+    },
+    /// A vm started from a copy that no verified point proves (named by the operator, or a
+    /// point never verified): what it holds is not known to be what was replicated.
+    UnverifiedStart {
+        step: String,
+        item: String,
+        point: String,
+        note: Option<String>,
     },
     Interrupted {
         at: DateTime<Utc>,
@@ -402,6 +421,7 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
                 taken_at,
                 verified,
                 note,
+                dropped,
                 ..
             } => points.push((
                 step.clone(),
@@ -411,6 +431,7 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
                     taken_at: *taken_at,
                     verified: *verified,
                     note: note.clone(),
+                    dropped: dropped.clone(),
                 },
             )),
             Event::RunResumed {
@@ -640,15 +661,21 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
                 used.push(p.clone());
             }
         }
+        // Data was recovered only by a service that recovered: its data loss is the age of
+        // the oldest point it started from. Within the target only when every point it used
+        // was verified; a loss beyond the target is said either way.
         let data_loss_s = used
             .iter()
             .map(|p| ((measured_from - p.taken_at).num_milliseconds() as f64 / 1000.0).max(0.0))
             .fold(None, |acc: Option<f64>, x| {
                 Some(acc.map_or(x, |a| a.max(x)))
-            });
+            })
+            .filter(|_| status == ServiceStatus::Recovered);
         let rpo_target_s = rec.and_then(|r| r.rpo_target_s);
+        let all_verified = used.iter().all(|p| p.verified);
         let rpo_met = match (data_loss_s, rpo_target_s) {
-            (Some(loss), Some(target)) => Some(loss <= target as f64),
+            (Some(loss), Some(target)) if loss > target as f64 => Some(false),
+            (Some(_), Some(_)) if all_verified => Some(true),
             _ => None,
         };
         services.push(ServiceReport {
@@ -726,6 +753,24 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
                 step: s.id.clone(),
                 ok: *ok,
                 message: message.clone(),
+            });
+        }
+    }
+    for (step, p) in &points {
+        if !p.dropped.is_empty() {
+            problems.push(Problem::PointRolledBack {
+                step: step.clone(),
+                item: p.item.clone(),
+                point: p.point.clone(),
+                dropped: p.dropped.clone(),
+            });
+        }
+        if !p.verified {
+            problems.push(Problem::UnverifiedStart {
+                step: step.clone(),
+                item: p.item.clone(),
+                point: p.point.clone(),
+                note: p.note.clone(),
             });
         }
     }
@@ -1230,6 +1275,7 @@ mod tests {
             taken_at: t(-120 - 1800),
             verified: false,
             note: None,
+            dropped: Vec::new(),
         });
         events.extend(run("db/healthy", 20, 50, StepStatus::Done));
         events.extend(run("app/start", 50, 200, StepStatus::Done));
@@ -1260,6 +1306,65 @@ mod tests {
             r.evidence.journal_blake3,
             blake3::hash(b"journal").to_hex().to_string()
         );
+    }
+
+    #[test]
+    fn a_failed_failover_claims_no_rpo_and_a_roll_back_or_an_unverified_start_is_a_problem() {
+        let point = |step: &str, verified: bool, dropped: &[&str]| Event::ReplicaPointUsed {
+            at: t(1),
+            step: step.into(),
+            item: "erp-db".into(),
+            point: "p6".into(),
+            taken_at: t(-60),
+            verified,
+            note: Some("rolled back".into()),
+            dropped: dropped.iter().map(|d| d.to_string()).collect(),
+        };
+        // The vm's start failed after its point was chosen: no data was recovered.
+        let mut events = vec![started(None)];
+        events.push(point("db/start", true, &[]));
+        events.extend(run("db/start", 0, 5, StepStatus::Failed));
+        events.extend(run("db/healthy", 5, 5, StepStatus::Blocked));
+        events.extend(run("app/start", 5, 5, StepStatus::Blocked));
+        events.push(Event::RunFinished {
+            at: t(5),
+            status: RunStatus::Failed,
+        });
+        let r = build_of(&events);
+        let db = r.services.iter().find(|s| s.id == "db").unwrap();
+        assert_eq!((db.data_loss_s, db.rpo_met), (None, None));
+        assert_eq!(r.rpo_measured, 0);
+        let md = render(&r, Format::Md, Lang::En);
+        assert!(md.contains("data loss (RPO): not measured"), "{md}");
+        assert!(!md.contains("within their RPO target"), "{md}");
+
+        // Recovered, but from an older point than the newest, named by the operator though
+        // unverified: its age would be within the target, but nothing proves it.
+        let mut events = vec![started(None)];
+        events.push(point("db/start", false, &["p7", "p8"]));
+        events.extend(run("db/start", 0, 20, StepStatus::Done));
+        events.extend(run("db/healthy", 20, 50, StepStatus::Done));
+        events.extend(run("app/start", 50, 60, StepStatus::Done));
+        events.push(Event::RunFinished {
+            at: t(60),
+            status: RunStatus::Succeeded,
+        });
+        let r = build_of(&events);
+        assert_eq!(r.result, Outcome::RecoveredWithIssues);
+        assert!(r.problems.iter().any(|p| matches!(
+            p,
+            Problem::PointRolledBack { dropped, .. } if dropped == &["p7", "p8"]
+        )));
+        assert!(r.problems.iter().any(|p| matches!(
+            p,
+            Problem::UnverifiedStart { step, .. } if step == "db/start"
+        )));
+        let db = r.services.iter().find(|s| s.id == "db").unwrap();
+        assert_eq!(db.data_loss_s, Some(60.0));
+        assert_eq!(db.rpo_met, None, "an unverified copy proves no RPO");
+        let md = render(&r, Format::Md, Lang::En);
+        assert!(md.contains("the newer points p7, p8"), "{md}");
+        assert!(!md.contains("No step failed"), "{md}");
     }
 
     #[test]

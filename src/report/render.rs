@@ -76,7 +76,11 @@ fn headline(r: &RecoveryReport, l: &Labels) -> String {
     let mut parts = vec![
         l.count_recovered(r.services_recovered, r.services_in_scope),
         l.count_rto(r.rto_met, r.rto_measured),
-        l.count_rpo(r.rpo_met, r.rpo_measured),
+        l.count_rpo(
+            r.rpo_met,
+            r.rpo_measured,
+            r.services.iter().any(|s| !s.points.is_empty()),
+        ),
     ];
     if !r.problems.is_empty() {
         parts.push(l.count_problems(r.problems.len()));
@@ -177,6 +181,22 @@ fn problem_line(p: &Problem, l: &Labels) -> (String, String, Option<String>) {
             bytes,
             kept_in,
         } => (time(*at), l.journal_repaired(*line, *bytes, kept_in), None),
+        Problem::PointRolledBack {
+            step,
+            item,
+            point,
+            dropped,
+        } => (
+            step.clone(),
+            l.point_rolled_back(item, point, dropped),
+            None,
+        ),
+        Problem::UnverifiedStart {
+            step,
+            item,
+            point,
+            note,
+        } => (step.clone(), l.unverified_start(item, point), note.clone()),
     }
 }
 

@@ -782,15 +782,20 @@ fn check_items(json: &serde_json::Value, status: &str) -> Vec<(String, String)> 
 #[test]
 fn check_finds_a_stopped_sshd_a_stale_replica_a_bad_point_and_a_missing_tool() {
     let lab = Lab::up(41);
-    // Copies made without replica points are usable but unproven: warnings, still ready.
+    // A copy made without replica points proves nothing: not ready.
+    let bare = lab
+        .host_root("hv-pra")
+        .join("srv/replicas/images/planning-system.qcow2.reprise");
+    std::fs::remove_dir_all(&bare).unwrap();
     let run = lab.run(&["check", "--json"]);
-    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.code, 7, "{run:?}");
     let unproven: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    let warned = check_items(&unproven, "warning");
     assert_eq!(
-        warned.iter().filter(|(a, _)| a == "replicas").count(),
-        15,
-        "12 vm disks and 3 backup sets without points: {warned:?}"
+        check_items(&unproven, "failed"),
+        [(
+            "replicas".to_string(),
+            "vm planning (planning-system.qcow2)".to_string()
+        )]
     );
 
     let run = lab.run(&["replicate"]);
@@ -1064,8 +1069,8 @@ fn replicate_freezes_a_running_vm_around_its_copy_and_copies_nothing_without_a_s
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
         run.stderr
-            .contains("erp-db: its snapshot could not be made")
-            && run.stderr.contains("hv-main"),
+            .contains("erp-db: cannot tell whether a replication snapshot is left on hv-main")
+            && run.stderr.contains("not replicated"),
         "{}",
         run.stderr
     );

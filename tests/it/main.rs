@@ -15,6 +15,7 @@ mod libvirt;
 mod ops;
 mod props;
 mod replica;
+mod replica_faults;
 mod report;
 mod runs;
 mod ssh;

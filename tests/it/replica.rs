@@ -313,11 +313,15 @@ fn a_flipped_byte_is_found_marked_bad_and_mended_by_the_next_run() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stdout.contains("BAD"), "{run:?}");
     assert!(run.stdout.contains("erp-db-data.qcow2"), "{run:?}");
+    // The lab's own first point, then this test's, found bad.
     let points = lab.points();
-    assert_eq!(points.len(), 1);
-    assert_eq!(points[0].1, "bad");
+    assert_eq!(points.len(), 2);
+    assert_eq!(points[1].1, "bad");
+    // A bad point is no good point: the newest good one is the lab's first.
     let status = lab.run(&["status", "--json"]);
-    assert_eq!(status.code, 8, "a bad point is no good point: {status:?}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&status.stdout).unwrap();
+    let erp = rows.iter().find(|r| r["item"] == "erp-db").unwrap();
+    assert_eq!(erp["newest_good_point"], points[0].0.as_str(), "{status:?}");
 
     // The next replication sends the damaged block again.
     let sent = lab.replicate();
@@ -336,7 +340,7 @@ fn a_killed_replication_leaves_the_last_point_good_and_the_next_one_completes() 
     new_image("raw", &src, "1G");
     qemu_io("raw", &src, "write -P 0x66 0 8M");
     lab.replicate();
-    let first = lab.points()[0].0.clone();
+    let first = lab.points().last().unwrap().0.clone();
     let before = b3(&lab.dst());
 
     qemu_io("raw", &src, "write -P 0x77 0 900M");
@@ -470,8 +474,18 @@ fn a_planned_failover_syncs_the_disks_as_a_point_and_journals_it() {
     };
     assert!(status.success(), "{status:?}");
     assert_eq!(b3(&lab.dst()), b3(&src));
-    let points = lab.points();
-    assert_eq!(points.len(), 1, "{points:?}");
+    // The vm now runs on its recovery copy: the copy's point history ended there, and its
+    // points say so instead of being shown good.
+    assert!(
+        lab.points().is_empty(),
+        "a copy a vm runs on keeps no point"
+    );
+    let listed = lab.run(&["points", "erp-db"]);
+    assert!(
+        listed.stdout.contains("started on it by failover run")
+            && listed.stdout.contains("UNVERIFIED"),
+        "{listed:?}"
+    );
     let runs = lab.dir.path().join("state/runs");
     let dir = std::fs::read_dir(&runs)
         .unwrap()
@@ -487,7 +501,6 @@ fn a_planned_failover_syncs_the_disks_as_a_point_and_journals_it() {
     assert_eq!(used.len(), 2, "{journal}");
     assert_eq!(used[0]["item"], "erp-db");
     assert_eq!(used[0]["step"], "erp-db/final-sync");
-    assert_eq!(used[0]["point"].as_str(), Some(points[0].0.as_str()));
     assert_eq!(used[0]["verified"], true);
     // The vm then starts from that very point.
     assert_eq!(used[1]["step"], "erp-db/start");
@@ -551,7 +564,7 @@ fn a_backup_set_travels_file_by_file_with_deletions_and_points() {
 
     let points = lab.run(&["points", "erp-dumps", "--json"]);
     let list: Vec<serde_json::Value> = serde_json::from_str(&points.stdout).unwrap();
-    assert_eq!(list.len(), 2, "{points:?}");
+    assert_eq!(list.len(), 3, "the lab's first point and two: {points:?}");
     let out = lab.dir.path().join("first");
     let run = reprise(
         lab.dir.path(),
@@ -560,7 +573,7 @@ fn a_backup_set_travels_file_by_file_with_deletions_and_points() {
             "restore",
             dst.to_str().unwrap(),
             "--point",
-            list[0]["id"].as_str().unwrap(),
+            list[1]["id"].as_str().unwrap(),
             "--output",
             out.to_str().unwrap(),
         ],
@@ -592,7 +605,7 @@ fn a_killed_recovery_helper_fails_the_run_and_leaves_the_last_point_good() {
     new_image("raw", &src, "512M");
     qemu_io("raw", &src, "write -P 0x21 0 8M");
     lab.replicate();
-    let first = lab.points()[0].0.clone();
+    let first = lab.points().last().unwrap().0.clone();
     let before = b3(&lab.dst());
     qemu_io("raw", &src, "write -P 0x31 0 400M");
     let mut child = lab.spawn_replicate(&[]);
@@ -607,7 +620,7 @@ fn a_killed_recovery_helper_fails_the_run_and_leaves_the_last_point_good() {
     assert_eq!(run.code, 0, "{run:?}");
     lab.replicate();
     assert_eq!(b3(&lab.dst()), b3(&src));
-    assert_eq!(lab.points().len(), 2);
+    assert_eq!(lab.points().len(), 3, "the lab's, the first and the last");
 }
 
 #[test]
@@ -676,7 +689,7 @@ fn with_here_the_local_side_runs_without_ssh_and_a_kill_loses_nothing() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(b3(&lab.dst()), b3(&src));
     assert!(sent_bytes(&run.stdout) >= 8 << 20, "{run:?}");
-    let first = lab.points()[0].0.clone();
+    let first = lab.points().last().unwrap().0.clone();
     let before = b3(&lab.dst());
 
     // The recovery helper is a child of this reprise, not of the recovery host's sshd; killing
@@ -720,7 +733,7 @@ fn with_here_the_local_side_runs_without_ssh_and_a_kill_loses_nothing() {
         "{sent} bytes sent for 1 MiB changed"
     );
     assert_eq!(b3(&lab.dst()), b3(&src));
-    assert_eq!(lab.points().len(), 3);
+    assert_eq!(lab.points().len(), 4, "the lab's first point and three");
 
     // A host the inventory does not know is refused before anything runs.
     let run = lab.run(&["replicate", "--here", "hv-nowhere"]);

@@ -1,0 +1,936 @@
+//! Which point a vm may start from, and whether it is verified: one decision, made from the
+//! [`CopyState`] of each of its disks, for the runner (a drill's or a failover's vm start),
+//! `reprise check`, `reprise status` and `reprise points`, so that they cannot disagree.
+//!
+//! A copy counts as verified only when its metadata can be read, it is still its newest
+//! point (its stamp did not change behind it), and that point's BLAKE3 matched when it was
+//! made or last checked. A copy that is not (no point ever made, points unreadable, changed
+//! behind its points, a vm running on it) is **unverified**: no run starts it unless the
+//! operator names it (`--accept-unverified VM`), and `check` fails on it.
+//!
+//! Pure: no IO and no clock (the time is passed in). The runner does what a decision asks
+//! ([`Decision::Prepare`]: settle, verify) and asks again.
+
+use chrono::{DateTime, Utc};
+
+use super::meta::{CopyState, LeaseKind, PointsSource};
+use super::store::{Point, Verified};
+
+/// Who starts the vm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// A drill: the copy is read through an overlay and never rolled back.
+    Drill,
+    /// A failover: the copy may be rolled back to an older point, then the vm runs on it.
+    Failover,
+}
+
+/// A point asked for at failover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Want {
+    Id(String),
+    Before(DateTime<Utc>),
+}
+
+/// What the operator asked for this vm.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ask {
+    pub want: Option<Want>,
+    /// Named with `--accept-unverified`: start the copy as it is when nothing proves it.
+    pub accept_unverified: bool,
+    /// The run asking: a lease of its own (a resumed run) is no obstacle.
+    pub run: Option<String>,
+}
+
+/// Something to do before the decision can be made; then inspect again and decide again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prep {
+    /// Complete or throw away the update or roll-back cut on this disk (waiting for a
+    /// replication that holds it to end).
+    Settle(usize),
+    /// Read this disk's newest point again: its copy changed behind it.
+    Verify(usize, String),
+}
+
+/// A vm start decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Start {
+    /// Per disk, the point it starts from; `None`: the copy as it is (unverified, accepted).
+    pub points: Vec<Option<String>>,
+    /// Disks to roll back to an older point first (failover only), best first per disk: a
+    /// point that cannot be rebuilt is marked bad and the decision made again.
+    pub roll_back: Vec<(usize, String)>,
+    /// What the journal records: the point(s), the oldest data, whether it is verified now.
+    pub point: String,
+    pub taken_at: DateTime<Utc>,
+    pub verified: bool,
+    pub notes: Vec<String>,
+    /// The points dropped by the roll-backs, per disk name.
+    pub dropped: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Prepare(Vec<Prep>),
+    Start(Start),
+    /// Not started: why, and what to do.
+    Refuse(String),
+}
+
+/// The file name of a copy's path.
+pub fn name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Why a copy cannot be trusted as a point at all; `None` when its points can be used.
+pub fn unverified(copy: &CopyState, run: Option<&str>) -> Option<String> {
+    let n = name(&copy.path);
+    if let Some(l) = copy
+        .leases
+        .iter()
+        .find(|l| l.kind == LeaseKind::Live && Some(l.run.as_str()) != run)
+    {
+        return Some(format!(
+            "{n} is the disk of {}: its points no longer describe it",
+            l.describe()
+        ));
+    }
+    if let Some(d) = &copy.damaged {
+        return Some(format!("{n}: its replica points cannot be read: {d}"));
+    }
+    if !copy.managed {
+        return Some(format!(
+            "{n} has no replica point: nothing proves the copy whole or says how old it is (it was not made by `reprise replicate`, or its metadata folder is gone)"
+        ));
+    }
+    if copy.points.is_empty() {
+        return Some(match &copy.ended {
+            Some(e) => format!(
+                "{n} has no replica point since its history ended on {}: {}",
+                e.at.format("%Y-%m-%d %H:%M:%S UTC"),
+                e.why
+            ),
+            None => format!("{n} has no replica point"),
+        });
+    }
+    if copy.points.iter().all(|p| p.verified == Verified::Bad) {
+        return Some(format!(
+            "{n}: every point of it FAILED verification ({})",
+            copy.points
+                .iter()
+                .map(|p| p.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    None
+}
+
+/// Decides which point a vm whose disks are `disks` starts from.
+pub fn decide(disks: &[CopyState], how: Use, ask: &Ask) -> Decision {
+    let run = ask.run.as_deref();
+    let mut notes = Vec::new();
+    // This run already started the vm on these copies (a resumed failover): the same again.
+    if how == Use::Failover
+        && let Some(r) = run
+        && !disks.is_empty()
+        && disks.iter().all(|d| {
+            d.leases
+                .iter()
+                .any(|l| l.kind == LeaseKind::Live && l.run == r)
+        })
+    {
+        let lease = disks[0]
+            .leases
+            .iter()
+            .find(|l| l.kind == LeaseKind::Live && l.run == r)
+            .expect("checked");
+        let point = lease.point.clone().unwrap_or_else(|| "as-is".into());
+        return Decision::Start(Start {
+            points: disks.iter().map(|_| lease.point.clone()).collect(),
+            roll_back: Vec::new(),
+            taken_at: lease.taken_at.unwrap_or(lease.at),
+            verified: lease.verified,
+            notes: vec![format!(
+                "this run already started the vm on these copies from {point} (at {}): it starts again from what it wrote since",
+                lease.at.format("%Y-%m-%d %H:%M:%S UTC")
+            )],
+            point,
+            dropped: Vec::new(),
+        });
+    }
+    for d in disks {
+        if !d.exists {
+            return Decision::Refuse(format!(
+                "there is no copy at {}: replicate it first (`reprise replicate`)",
+                d.path
+            ));
+        }
+    }
+    let prep: Vec<Prep> = disks
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.unsettled.is_some() || d.busy)
+        .map(|(i, _)| Prep::Settle(i))
+        .collect();
+    if !prep.is_empty() {
+        return Decision::Prepare(prep);
+    }
+    let prep: Vec<Prep> = disks
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.damaged.is_none() && d.changed.is_some())
+        .filter_map(|(i, d)| {
+            let p = d.points.last()?;
+            (p.verified != Verified::Bad).then(|| Prep::Verify(i, p.id.clone()))
+        })
+        .collect();
+    if !prep.is_empty() {
+        return Decision::Prepare(prep);
+    }
+    for d in disks {
+        if let Some(PointsSource::Previous { damage }) = &d.points_from {
+            notes.push(format!(
+                "{}: {damage}: its previous generation points.json.prev was used",
+                name(&d.path)
+            ));
+        }
+        for bad in &d.bad_leases {
+            notes.push(format!("{}: {bad}", name(&d.path)));
+        }
+        for l in d
+            .leases
+            .iter()
+            .filter(|l| l.kind == LeaseKind::Drill && Some(l.run.as_str()) != run)
+        {
+            notes.push(format!(
+                "{} is also read by {}",
+                name(&d.path),
+                l.describe()
+            ));
+        }
+    }
+    let reasons: Vec<String> = disks.iter().filter_map(|d| unverified(d, run)).collect();
+    if !reasons.is_empty() {
+        return as_is(disks, how, ask, reasons, notes);
+    }
+    match how {
+        Use::Drill => drill(disks, ask, notes),
+        Use::Failover => failover(disks, ask, notes),
+    }
+}
+
+/// The vm's disks as they are, when some of them are unverified: only on request.
+fn as_is(
+    disks: &[CopyState],
+    how: Use,
+    ask: &Ask,
+    reasons: Vec<String>,
+    mut notes: Vec<String>,
+) -> Decision {
+    let what = match how {
+        Use::Drill => "a drill",
+        Use::Failover => "a failover",
+    };
+    if !ask.accept_unverified {
+        return Decision::Refuse(format!(
+            "{}: {what} does not start a vm from unverified data; replicate it (`reprise replicate`), or, to start it from its copy as it is, name it with --accept-unverified (journaled)",
+            reasons.join("; ")
+        ));
+    }
+    notes.push(format!(
+        "started from its copy as it is, UNVERIFIED, on the operator's explicit request (--accept-unverified): {}",
+        reasons.join("; ")
+    ));
+    let mut points = Vec::new();
+    let mut ids = Vec::new();
+    let mut oldest: Option<DateTime<Utc>> = None;
+    for d in disks {
+        let usable = unverified(d, ask.run.as_deref()).is_none();
+        let (id, at) = match d.points.last().filter(|_| usable) {
+            Some(p) => {
+                points.push(Some(p.id.clone()));
+                (p.id.clone(), p.taken_at)
+            }
+            None => {
+                points.push(None);
+                let at = d.mtime.unwrap_or(DateTime::<Utc>::MIN_UTC);
+                (format!("copy-{}", at.format("%Y%m%dT%H%M%SZ")), at)
+            }
+        };
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+        oldest = Some(oldest.map_or(at, |o| o.min(at)));
+    }
+    Decision::Start(Start {
+        points,
+        roll_back: Vec::new(),
+        point: ids.join("+"),
+        taken_at: oldest.unwrap_or(DateTime::<Utc>::MIN_UTC),
+        verified: false,
+        notes,
+        dropped: Vec::new(),
+    })
+}
+
+/// A drill starts each disk from its newest point, and never rolls a copy back: when that
+/// point is bad or the disks' newest points differ, it does not start (unless accepted).
+fn drill(disks: &[CopyState], ask: &Ask, notes: Vec<String>) -> Decision {
+    let mut reasons = Vec::new();
+    for d in disks {
+        let p = d.points.last().expect("checked: points");
+        if p.verified == Verified::Bad {
+            reasons.push(format!(
+                "the newest point {} of {} FAILED verification (a failover would roll it back to its newest good point; a drill never rolls a copy back)",
+                p.id,
+                name(&d.path)
+            ));
+        }
+    }
+    if let Some(why) = newest_differ(disks) {
+        reasons.push(format!(
+            "{why} (a failover would roll them back to the point they share; a drill never rolls a copy back)"
+        ));
+    }
+    if !reasons.is_empty() {
+        return as_is(disks, Use::Drill, ask, reasons, notes);
+    }
+    let chosen: Vec<usize> = disks.iter().map(|d| d.points.len() - 1).collect();
+    start(disks, &chosen, Vec::new(), notes)
+}
+
+/// `the disks' newest points differ (P2 on a.qcow2, P1 on b.qcow2)`, when they do.
+fn newest_differ(disks: &[CopyState]) -> Option<String> {
+    let ids: Vec<&str> = disks
+        .iter()
+        .map(|d| d.points.last().map(|p| p.id.as_str()).unwrap_or(""))
+        .collect();
+    if ids.windows(2).all(|w| w[0] == w[1]) {
+        return None;
+    }
+    let each: Vec<String> = disks
+        .iter()
+        .zip(&ids)
+        .map(|(d, id)| format!("{id} on {}", name(&d.path)))
+        .collect();
+    Some(format!(
+        "the disks' newest points differ (a replication stopped between them: {})",
+        each.join(", ")
+    ))
+}
+
+/// A failover starts from the point asked for, else from the newest point good on every
+/// disk (rolling back the disks whose newest it is not).
+fn failover(disks: &[CopyState], ask: &Ask, mut notes: Vec<String>) -> Decision {
+    let mut want = ask.want.clone();
+    if want.is_none()
+        && let Some((id, why)) = common_fallback(disks)
+    {
+        // A vm's disks start from one point: a disk rolled back takes the others with it.
+        match id {
+            Some(id) => {
+                notes.push(format!("{why}: every disk starts from point {id}"));
+                want = Some(Want::Id(id));
+            }
+            None => notes.push(format!(
+                "{why}, and no good point is on every disk: each disk starts from its own newest good point"
+            )),
+        }
+    }
+    let mut chosen = Vec::new();
+    let mut roll_back = Vec::new();
+    for (i, d) in disks.iter().enumerate() {
+        let k = match candidates(d, want.as_ref()) {
+            Ok(c) => c,
+            Err(e) => return Decision::Refuse(e),
+        };
+        let newest = d.points.len() - 1;
+        if k != newest {
+            roll_back.push((i, d.points[k].id.clone()));
+        }
+        chosen.push(k);
+    }
+    start(disks, &chosen, roll_back, notes)
+}
+
+fn start(
+    disks: &[CopyState],
+    chosen: &[usize],
+    roll_back: Vec<(usize, String)>,
+    mut notes: Vec<String>,
+) -> Decision {
+    let mut ids: Vec<String> = Vec::new();
+    let mut oldest: Option<DateTime<Utc>> = None;
+    let mut verified = true;
+    let mut dropped = Vec::new();
+    for (d, &k) in disks.iter().zip(chosen) {
+        let p = &d.points[k];
+        match p.verified {
+            Verified::Yes => {}
+            Verified::No => {
+                verified = false;
+                notes.push(format!(
+                    "point {} of {} was never verified",
+                    p.id,
+                    name(&d.path)
+                ));
+            }
+            Verified::Bad => {
+                verified = false;
+                notes.push(format!(
+                    "point {} of {} FAILED verification: the vm starts from a damaged copy",
+                    p.id,
+                    name(&d.path)
+                ));
+            }
+        }
+        if k + 1 < d.points.len() {
+            dropped.extend(d.points[k + 1..].iter().map(|q| q.id.clone()));
+        }
+        if !ids.contains(&p.id) {
+            ids.push(p.id.clone());
+        }
+        oldest = Some(oldest.map_or(p.taken_at, |o| o.min(p.taken_at)));
+    }
+    dropped.sort();
+    dropped.dedup();
+    Decision::Start(Start {
+        points: disks
+            .iter()
+            .zip(chosen)
+            .map(|(d, &k)| Some(d.points[k].id.clone()))
+            .collect(),
+        roll_back,
+        point: ids.join("+"),
+        taken_at: oldest.unwrap_or(DateTime::<Utc>::MIN_UTC),
+        verified,
+        notes,
+        dropped,
+    })
+}
+
+/// When a disk's newest point failed verification, or the disks' newest points differ, the
+/// newest point id that every disk holds and none failed (none when they share no good
+/// point), and why.
+pub fn common_fallback(disks: &[CopyState]) -> Option<(Option<String>, String)> {
+    if disks.iter().any(|d| d.points.is_empty()) {
+        return None;
+    }
+    let why = if disks
+        .iter()
+        .any(|d| d.points.last().is_some_and(|p| p.verified == Verified::Bad))
+    {
+        "a newest point failed verification".to_string()
+    } else {
+        newest_differ(disks)?
+    };
+    let id = disks[0]
+        .points
+        .iter()
+        .rev()
+        .map(|p| p.id.clone())
+        .find(|id| {
+            disks.iter().all(|d| {
+                d.points
+                    .iter()
+                    .any(|p| &p.id == id && p.verified != Verified::Bad)
+            })
+        });
+    Some((id, why))
+}
+
+/// The point a disk starts from: the one asked for, or its newest that did not fail
+/// verification (its newest, said loudly, when all did).
+fn candidates(disk: &CopyState, want: Option<&Want>) -> Result<usize, String> {
+    let n = name(&disk.path);
+    let ids = || {
+        disk.points
+            .iter()
+            .map(|p| format!("{} ({})", p.id, p.verified))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let good = |k: &usize| disk.points[*k].verified != Verified::Bad;
+    match want {
+        Some(Want::Id(id)) => match disk.points.iter().position(|p| &p.id == id) {
+            Some(k) if good(&k) => Ok(k),
+            Some(_) => Err(format!(
+                "point {id} of {n} failed verification and is never used; its points: {}",
+                ids()
+            )),
+            None => Err(format!("{n} has no point {id}; its points: {}", ids())),
+        },
+        Some(Want::Before(t)) => (0..disk.points.len())
+            .rev()
+            .find(|k| good(k) && disk.points[*k].taken_at <= *t)
+            .ok_or_else(|| {
+                format!(
+                    "{n} has no good point taken before {}; its points: {}",
+                    t.format("%Y-%m-%d %H:%M:%S UTC"),
+                    ids()
+                )
+            }),
+        None => Ok((0..disk.points.len())
+            .rev()
+            .find(good)
+            .unwrap_or(disk.points.len() - 1)),
+    }
+}
+
+/// How a copy stands, for `reprise check` and `reprise status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Ok,
+    Warning,
+    Failed,
+}
+
+/// One copy judged against its RPO target: the worst of what is wrong with it, and why.
+pub fn judge(
+    copy: &CopyState,
+    item: &str,
+    rpo_s: Option<u64>,
+    now: DateTime<Utc>,
+) -> (Level, String) {
+    let mut found: Vec<(Level, String)> = Vec::new();
+    if !copy.exists {
+        return (
+            Level::Failed,
+            format!("no copy at {}: replicate it before a drill", copy.path),
+        );
+    }
+    for bad in &copy.bad_leases {
+        found.push((
+            Level::Failed,
+            format!(
+                "{bad}: it holds the copy, so nothing replicates into it; once no drill or vm uses the copy, `reprise release {item}` frees it"
+            ),
+        ));
+    }
+    for l in &copy.leases {
+        match l.kind {
+            LeaseKind::Live => found.push((
+                Level::Failed,
+                format!(
+                    "it is the disk of {}: no replica any more; fail back, then replicate it (or `reprise release {item}` if that vm no longer runs there)",
+                    l.describe()
+                ),
+            )),
+            LeaseKind::Drill => found.push((
+                Level::Warning,
+                format!(
+                    "read by {}: replications of it wait for that drill's cleanup (`reprise resume {}`; once its drill copy is gone, `reprise release {item} --run {}`)",
+                    l.describe(),
+                    l.run,
+                    l.run
+                ),
+            )),
+        }
+    }
+    if let Some(u) = &copy.unsettled {
+        found.push((
+            Level::Warning,
+            format!("{u}: the next replication, verify or failover settles it"),
+        ));
+    }
+    let live = copy.leases.iter().any(|l| l.kind == LeaseKind::Live);
+    match unverified(copy, None) {
+        Some(_) if live => {}
+        Some(why) => found.push((
+            Level::Failed,
+            format!(
+                "UNVERIFIED: {why}; a failover refuses it unless named (--accept-unverified); `reprise replicate` makes a new verified point"
+            ),
+        )),
+        None => {
+            if let Some(why) = &copy.changed {
+                found.push((
+                    Level::Failed,
+                    format!(
+                        "UNVERIFIED: {why}; `reprise verify {item}` reads it again by hash, `reprise replicate` makes a new point"
+                    ),
+                ));
+            }
+            if let Some(PointsSource::Previous { damage }) = &copy.points_from {
+                found.push((
+                    Level::Warning,
+                    format!(
+                        "{damage}: its previous generation points.json.prev is used; the next replication or `reprise verify {item}` rewrites it"
+                    ),
+                ));
+            }
+            found.push(judge_points(&copy.points, rpo_s, now));
+        }
+    }
+    let worst = found.iter().map(|(l, _)| *l).max().unwrap_or(Level::Ok);
+    let mut details: Vec<String> = found
+        .iter()
+        .filter(|(l, _)| *l == worst)
+        .map(|(_, d)| d.clone())
+        .collect();
+    details.extend(
+        found
+            .iter()
+            .filter(|(l, _)| *l != worst && *l != Level::Ok)
+            .map(|(_, d)| d.clone()),
+    );
+    (worst, details.join("; "))
+}
+
+/// The newest point against the RPO.
+fn judge_points(points: &[Point], rpo_s: Option<u64>, now: DateTime<Utc>) -> (Level, String) {
+    let newest = points.last().expect("judged only with points");
+    let age = (now - newest.taken_at).num_seconds().max(0) as u64;
+    let rpo = match rpo_s {
+        Some(rpo) => format!("RPO {}", crate::check::human_secs(rpo)),
+        None => "no RPO target".to_string(),
+    };
+    match newest.verified {
+        Verified::Bad => (
+            Level::Failed,
+            format!(
+                "newest point {} FAILED verification: a failover now would start from a damaged copy; replicate again (the damaged blocks are sent again)",
+                newest.id
+            ),
+        ),
+        _ if rpo_s.is_some_and(|r| age > r) => (
+            Level::Failed,
+            format!(
+                "newest point {} is {} old, older than the {rpo}: a failover now would lose more than allowed",
+                newest.id,
+                crate::check::human_secs(age),
+            ),
+        ),
+        Verified::No => (
+            Level::Warning,
+            format!(
+                "newest point {} ({} old, {rpo}) was never verified: run `reprise verify`",
+                newest.id,
+                crate::check::human_secs(age)
+            ),
+        ),
+        Verified::Yes => (
+            Level::Ok,
+            format!(
+                "newest point {} {} old ({rpo}), verified{}; {} points kept",
+                newest.id,
+                crate::check::human_secs(age),
+                newest
+                    .checked_at
+                    .map(|c| format!(
+                        " {} ago",
+                        crate::check::human_secs((now - c).num_seconds().max(0) as u64)
+                    ))
+                    .unwrap_or_default(),
+                points.len()
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::meta::{Ended, Lease};
+
+    fn point(id: &str, at: &str, verified: &str) -> Point {
+        serde_json::from_str(&format!(
+            r#"{{"id":"{id}","taken_at":"{at}","source":"s","size":1,"blake3":"{}","verified":"{verified}","checked_at":null,"received_bytes":0,"duration_ms":0}}"#,
+            "00".repeat(32)
+        ))
+        .unwrap()
+    }
+
+    fn disk(name: &str, points: &[(&str, &str, &str)]) -> CopyState {
+        CopyState {
+            path: format!("/r/{name}"),
+            exists: true,
+            size: 1,
+            mtime: Some("2026-11-28T00:00:00Z".parse().unwrap()),
+            managed: !points.is_empty(),
+            points: points.iter().map(|(id, at, v)| point(id, at, v)).collect(),
+            points_from: (!points.is_empty()).then_some(PointsSource::Current),
+            ..CopyState::default()
+        }
+    }
+
+    fn started(d: Decision) -> Start {
+        match d {
+            Decision::Start(s) => s,
+            other => panic!("not started: {other:?}"),
+        }
+    }
+
+    fn refused(d: Decision) -> String {
+        match d {
+            Decision::Refuse(why) => why,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failover_starts_from_the_newest_good_point_or_the_one_asked_for() {
+        let sys = disk(
+            "sys",
+            &[
+                ("P1", "2026-11-28T01:00:00Z", "yes"),
+                ("P2", "2026-11-28T02:00:00Z", "yes"),
+                ("P3", "2026-11-28T03:00:00Z", "bad"),
+            ],
+        );
+        let data = disk(
+            "data",
+            &[
+                ("P1", "2026-11-28T01:00:00Z", "yes"),
+                ("P2", "2026-11-28T02:00:00Z", "bad"),
+                ("P3", "2026-11-28T03:00:00Z", "yes"),
+            ],
+        );
+        let ask = Ask::default();
+        // The vm falls back as a whole to the newest point good on every disk.
+        let s = started(decide(&[sys.clone(), data.clone()], Use::Failover, &ask));
+        assert_eq!(s.point, "P1");
+        assert_eq!(s.roll_back, [(0, "P1".to_string()), (1, "P1".to_string())]);
+        assert_eq!(s.dropped, ["P2", "P3"]);
+        assert!(s.verified);
+        assert!(
+            s.notes[0].contains("a newest point failed verification"),
+            "{s:?}"
+        );
+        // One disk: its newest good point.
+        let s = started(decide(std::slice::from_ref(&sys), Use::Failover, &ask));
+        assert_eq!((s.point.as_str(), s.roll_back.len()), ("P2", 1));
+        // A replication stopped after the first disk: the point both share.
+        let ahead = disk(
+            "sys",
+            &[
+                ("P1", "2026-11-28T01:00:00Z", "yes"),
+                ("P2", "2026-11-28T02:00:00Z", "yes"),
+            ],
+        );
+        let behind = disk("data", &[("P1", "2026-11-28T01:00:00Z", "yes")]);
+        let s = started(decide(
+            &[ahead.clone(), behind.clone()],
+            Use::Failover,
+            &ask,
+        ));
+        assert_eq!(s.point, "P1");
+        assert!(s.notes[0].contains("newest points differ"), "{s:?}");
+        // Asked for by id, or by time; a bad or unknown point is refused with the list.
+        let want = |w: Want| Ask {
+            want: Some(w),
+            ..Ask::default()
+        };
+        let s = started(decide(
+            std::slice::from_ref(&sys),
+            Use::Failover,
+            &want(Want::Id("P1".into())),
+        ));
+        assert_eq!(s.point, "P1");
+        let why = refused(decide(
+            std::slice::from_ref(&sys),
+            Use::Failover,
+            &want(Want::Id("P3".into())),
+        ));
+        assert!(why.contains("failed verification"), "{why}");
+        let why = refused(decide(
+            std::slice::from_ref(&sys),
+            Use::Failover,
+            &want(Want::Id("P9".into())),
+        ));
+        assert!(
+            why.contains("no point P9") && why.contains("P1 (yes)"),
+            "{why}"
+        );
+        let s = started(decide(
+            std::slice::from_ref(&data),
+            Use::Failover,
+            &want(Want::Before("2026-11-28T02:30:00Z".parse().unwrap())),
+        ));
+        assert_eq!(s.point, "P1", "the bad P2 is passed over");
+    }
+
+    #[test]
+    fn unverified_copies_start_only_when_named_and_never_as_verified() {
+        let good = disk("sys", &[("P1", "2026-11-28T01:00:00Z", "yes")]);
+        let bare = disk("data", &[]);
+        let mut damaged = disk("data", &[]);
+        damaged.managed = true;
+        damaged.damaged =
+            Some("points.json is damaged (it is empty) and there is no points.json.prev".into());
+        let mut ended = disk("data", &[]);
+        ended.managed = true;
+        ended.ended = Some(Ended {
+            at: "2026-11-28T04:00:00Z".parse().unwrap(),
+            why: "vm erp-db was started on it by run r1".into(),
+            points: vec!["P1".into()],
+        });
+        for (copy, says) in [
+            (&bare, "has no replica point: nothing proves"),
+            (&damaged, "cannot be read: points.json is damaged"),
+            (&ended, "since its history ended"),
+        ] {
+            for how in [Use::Failover, Use::Drill] {
+                let disks = [good.clone(), copy.clone()];
+                let why = refused(decide(&disks, how, &Ask::default()));
+                assert!(
+                    why.contains(says) && why.contains("--accept-unverified"),
+                    "{why}"
+                );
+                let s = started(decide(
+                    &disks,
+                    how,
+                    &Ask {
+                        accept_unverified: true,
+                        ..Ask::default()
+                    },
+                ));
+                assert!(!s.verified);
+                assert_eq!(s.points, [Some("P1".to_string()), None]);
+                assert_eq!(s.point, "P1+copy-20261128T000000Z");
+                assert!(s.notes.iter().any(|n| n.contains("UNVERIFIED")), "{s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_copy_changed_behind_its_point_is_read_again_before_anything_starts() {
+        let mut sys = disk("sys", &[("P1", "2026-11-28T01:00:00Z", "yes")]);
+        sys.changed = Some("the copy changed since its newest point P1 was made".into());
+        for how in [Use::Failover, Use::Drill] {
+            assert_eq!(
+                decide(std::slice::from_ref(&sys), how, &Ask::default()),
+                Decision::Prepare(vec![Prep::Verify(0, "P1".into())])
+            );
+        }
+        // Found damaged, with no older point: unless named, not started at all.
+        sys.points[0].verified = Verified::Bad;
+        let why = refused(decide(
+            std::slice::from_ref(&sys),
+            Use::Failover,
+            &Ask::default(),
+        ));
+        assert!(
+            why.contains("every point of it FAILED verification (P1)"),
+            "{why}"
+        );
+        // With an older point, a failover rolls back to it (rebuilt and checked by hash).
+        let mut two = disk(
+            "sys",
+            &[
+                ("P0", "2026-11-28T00:00:00Z", "yes"),
+                ("P1", "2026-11-28T01:00:00Z", "bad"),
+            ],
+        );
+        two.changed = sys.changed.clone();
+        let s = started(decide(
+            std::slice::from_ref(&two),
+            Use::Failover,
+            &Ask::default(),
+        ));
+        assert_eq!(s.roll_back, [(0, "P0".to_string())]);
+        // Cut updates are settled first.
+        let mut cut = disk("sys", &[("P1", "2026-11-28T01:00:00Z", "yes")]);
+        cut.unsettled = Some("an update was cut".into());
+        assert_eq!(
+            decide(&[cut], Use::Drill, &Ask::default()),
+            Decision::Prepare(vec![Prep::Settle(0)])
+        );
+    }
+
+    #[test]
+    fn a_drill_never_rolls_back_and_does_not_start_a_bad_or_mixed_copy() {
+        let bad = disk(
+            "sys",
+            &[
+                ("P1", "2026-11-28T01:00:00Z", "yes"),
+                ("P2", "2026-11-28T02:00:00Z", "bad"),
+            ],
+        );
+        let why = refused(decide(
+            std::slice::from_ref(&bad),
+            Use::Drill,
+            &Ask::default(),
+        ));
+        assert!(why.contains("P2 of sys FAILED verification"), "{why}");
+        let ahead = disk(
+            "sys",
+            &[
+                ("P1", "2026-11-28T01:00:00Z", "yes"),
+                ("P2", "2026-11-28T02:00:00Z", "yes"),
+            ],
+        );
+        let behind = disk("data", &[("P1", "2026-11-28T01:00:00Z", "yes")]);
+        let why = refused(decide(
+            &[ahead.clone(), behind],
+            Use::Drill,
+            &Ask::default(),
+        ));
+        assert!(why.contains("P2 on sys, P1 on data"), "{why}");
+        let s = started(decide(&[ahead], Use::Drill, &Ask::default()));
+        assert_eq!((s.point.as_str(), s.verified), ("P2", true));
+    }
+
+    #[test]
+    fn a_copy_a_vm_runs_on_is_no_point_but_its_own_run_carries_on() {
+        let mut sys = disk("sys", &[]);
+        sys.managed = true;
+        sys.leases.push(Lease {
+            kind: LeaseKind::Live,
+            run: "r1".into(),
+            vm: "erp-db".into(),
+            step: "erp-db/start".into(),
+            machine: "m".into(),
+            pid: 1,
+            at: "2026-11-28T05:00:00Z".parse().unwrap(),
+            point: Some("P1".into()),
+            taken_at: Some("2026-11-28T01:00:00Z".parse().unwrap()),
+            verified: true,
+        });
+        let why = refused(decide(
+            std::slice::from_ref(&sys),
+            Use::Failover,
+            &Ask::default(),
+        ));
+        assert!(
+            why.contains("started on it by failover run r1 from point P1"),
+            "{why}"
+        );
+        let mine = Ask {
+            run: Some("r1".into()),
+            ..Ask::default()
+        };
+        let s = started(decide(std::slice::from_ref(&sys), Use::Failover, &mine));
+        assert_eq!((s.point.as_str(), s.verified), ("P1", true));
+        let (level, detail) = judge(&sys, "erp-db", Some(900), Utc::now());
+        assert_eq!(level, Level::Failed);
+        assert!(detail.contains("fail back"), "{detail}");
+    }
+
+    #[test]
+    fn check_fails_on_every_copy_nothing_proves() {
+        let now: DateTime<Utc> = "2026-11-28T01:05:00Z".parse().unwrap();
+        let good = disk("sys", &[("P1", "2026-11-28T01:00:00Z", "yes")]);
+        assert_eq!(judge(&good, "erp-db", Some(900), now).0, Level::Ok);
+        let (level, detail) = judge(&disk("sys", &[]), "erp-db", Some(900), now);
+        assert_eq!(level, Level::Failed);
+        assert!(
+            detail.starts_with("UNVERIFIED: sys has no replica point"),
+            "{detail}"
+        );
+        let mut prev = good.clone();
+        prev.points_from = Some(PointsSource::Previous {
+            damage: "points.json is damaged (it is empty)".into(),
+        });
+        let (level, detail) = judge(&prev, "erp-db", Some(900), now);
+        assert_eq!(level, Level::Warning);
+        assert!(detail.contains("points.json.prev is used"), "{detail}");
+        let mut changed = good.clone();
+        changed.changed = Some("the copy changed since its newest point P1 was made".into());
+        assert_eq!(judge(&changed, "erp-db", Some(900), now).0, Level::Failed);
+        let (level, detail) = judge(&good, "erp-db", Some(60), now);
+        assert_eq!(level, Level::Failed);
+        assert!(detail.contains("older than the RPO"), "{detail}");
+    }
+}

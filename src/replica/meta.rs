@@ -1,0 +1,516 @@
+//! The metadata files kept beside a copy (`COPY.reprise/`), and what reading them tells.
+//!
+//! Every metadata file is written whole under a temporary name, fsynced, then renamed over the
+//! old one, and the folder is fsynced ([`write_file`]): a crash leaves the old version or the
+//! new one, never a mix. The files a copy's history depends on (`points.json`, and the
+//! manifests that spare reading the copy again) also keep their previous generation
+//! (`NAME.prev`), so that a newest version damaged later (a bad sector, a truncation, a manual
+//! edit) can be recovered from it ([`read_points`]), and that recovery is said.
+//!
+//! A lease (`leases/NAME.json`) says who uses a copy: a drill's overlay reads it, or a vm runs
+//! on it since a failover. A replication never writes into a copy under a lease.
+//!
+//! This module reads and writes only inside a copy's metadata folder and never prints.
+
+use std::fs::File;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::store::{Point, StoreError, io_err};
+
+/// The largest metadata file read: a points file of thousands of points is far below.
+const MAX_META: u64 = 64 << 20;
+
+/// Writes `dir/name` atomically: a temporary file, fsynced, renamed over it, then the folder
+/// fsynced. With `keep_prev`, the version it replaces stays as `name.prev` (linked before the
+/// rename, so `name` exists at every moment).
+pub fn write_file(dir: &Path, name: &str, bytes: &[u8], keep_prev: bool) -> Result<(), StoreError> {
+    write_file_with(dir, name, keep_prev, |w| {
+        w.write_all(bytes).map_err(io_err(&dir.join(name)))
+    })
+}
+
+/// [`write_file`], the content written by `fill`.
+pub fn write_file_with(
+    dir: &Path,
+    name: &str,
+    keep_prev: bool,
+    fill: impl FnOnce(&mut io::BufWriter<File>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut w = io::BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io_err(&tmp))?);
+    fill(&mut w)?;
+    let f = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    drop(f);
+    if keep_prev && path.exists() {
+        let prev = dir.join(format!("{name}.prev"));
+        let link = dir.join(format!("{name}.prev.tmp"));
+        let _ = std::fs::remove_file(&link);
+        std::fs::hard_link(&path, &link).map_err(io_err(&link))?;
+        std::fs::rename(&link, &prev).map_err(io_err(&prev))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    sync_dir(dir)
+}
+
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Reads a metadata file: `None` when absent; an error names what is wrong with it.
+pub fn read_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    if len > MAX_META {
+        return Err(format!("{len} bytes, more than a metadata file can be"));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    io::Read::read_to_end(&mut io::Read::take(f, MAX_META), &mut bytes)
+        .map_err(|e| e.to_string())?;
+    Ok(Some(bytes))
+}
+
+/// Parses a points file, and checks what a valid one holds (unique ids, hashes of 64 hex
+/// digits, oldest first).
+pub fn parse_points(bytes: &[u8]) -> Result<Vec<Point>, String> {
+    if bytes.is_empty() {
+        return Err("it is empty".into());
+    }
+    let points: Vec<Point> =
+        serde_json::from_slice(bytes).map_err(|e| format!("it is not a list of points: {e}"))?;
+    for (i, p) in points.iter().enumerate() {
+        if p.id.is_empty() || points[..i].iter().any(|q| q.id == p.id) {
+            return Err(format!("point #{} has an empty or repeated id", i + 1));
+        }
+        if p.blake3.len() != 64 || !p.blake3.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("point {} has no valid BLAKE3", p.id));
+        }
+        if i > 0 && p.taken_at < points[i - 1].taken_at {
+            return Err(format!("point {} is older than the point before it", p.id));
+        }
+    }
+    Ok(points)
+}
+
+/// Where a copy's points were read from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "from")]
+pub enum PointsSource {
+    /// `points.json`, as written last.
+    Current,
+    /// `points.json` is damaged or missing: its previous generation was used.
+    Previous { damage: String },
+}
+
+/// The points of a copy, as its files give them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PointsRead {
+    /// No points file and no previous generation.
+    None,
+    Read {
+        points: Vec<Point>,
+        source: PointsSource,
+    },
+    /// Neither the points file nor its previous generation can be used.
+    Damaged { reason: String },
+}
+
+/// Reads `points.json` of a metadata folder, falling back to `points.json.prev` when the
+/// newest is damaged or missing.
+pub fn read_points(dir: &Path) -> PointsRead {
+    let current = dir.join("points.json");
+    let prev = dir.join("points.json.prev");
+    let parse = |p: &Path| -> Result<Option<Vec<Point>>, String> {
+        match read_file(p)? {
+            None => Ok(None),
+            Some(bytes) => parse_points(&bytes).map(Some),
+        }
+    };
+    let now = parse(&current);
+    if let Ok(Some(points)) = now {
+        return PointsRead::Read {
+            points,
+            source: PointsSource::Current,
+        };
+    }
+    let damage = match &now {
+        Err(e) => format!("points.json is damaged ({e})"),
+        _ => "points.json is missing".to_string(),
+    };
+    match (now, parse(&prev)) {
+        (Ok(None), Ok(None)) => PointsRead::None,
+        (_, Ok(Some(points))) => PointsRead::Read {
+            points,
+            source: PointsSource::Previous { damage },
+        },
+        (_, Ok(None)) => PointsRead::Damaged {
+            reason: format!("{damage} and there is no points.json.prev"),
+        },
+        (_, Err(e)) => PointsRead::Damaged {
+            reason: format!("{damage} and points.json.prev is damaged too ({e})"),
+        },
+    }
+}
+
+/// Whether a metadata folder shows that its copy was made as replica points (a copy without
+/// any of these files was made some other way, or never finished its first point).
+pub fn has_history(dir: &Path) -> bool {
+    ["points.json", "points.json.prev", "ended.json"]
+        .iter()
+        .any(|n| dir.join(n).exists())
+        || std::fs::read_dir(dir.join("deltas")).is_ok_and(|mut d| d.next().is_some())
+}
+
+/// What a lease is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseKind {
+    /// A drill copy runs on an overlay backed by the copy: released by the drill's cleanup.
+    Drill,
+    /// A vm runs on the copy itself since a failover: released when it fails back.
+    Live,
+}
+
+impl std::fmt::Display for LeaseKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LeaseKind::Drill => "drill",
+            LeaseKind::Live => "live",
+        })
+    }
+}
+
+/// Who uses a copy (`leases/<kind>-<run>.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub kind: LeaseKind,
+    /// The run that took it.
+    pub run: String,
+    pub vm: String,
+    pub step: String,
+    /// The machine and process of the orchestrator that took it.
+    pub machine: String,
+    pub pid: u32,
+    pub at: DateTime<Utc>,
+    /// The point the vm started from, when it did, when that point was taken, and whether
+    /// it was verified at that moment (a resumed run records the same again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub verified: bool,
+}
+
+impl Lease {
+    pub fn name(&self) -> String {
+        lease_name(self.kind, &self.run)
+    }
+
+    /// `drill run R (erp-db/start-copy, since 2026-11-28 03:10 UTC, pid 42 on pra1)`
+    pub fn describe(&self) -> String {
+        let what = match self.kind {
+            LeaseKind::Drill => format!("a drill copy of vm {} (run {}", self.vm, self.run),
+            LeaseKind::Live => format!(
+                "vm {}, started on it by failover run {}{}",
+                self.vm,
+                self.run,
+                self.point
+                    .as_deref()
+                    .map(|p| format!(" from point {p}"))
+                    .unwrap_or_default()
+            ),
+        };
+        let close = if self.kind == LeaseKind::Drill {
+            ")"
+        } else {
+            ""
+        };
+        format!(
+            "{what}{close}, step {}, since {} on {} (pid {})",
+            self.step,
+            self.at.format("%Y-%m-%d %H:%M:%S UTC"),
+            self.machine,
+            self.pid
+        )
+    }
+}
+
+pub fn lease_name(kind: LeaseKind, run: &str) -> String {
+    let safe: String = run
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{kind}-{safe}")
+}
+
+/// The leases of a metadata folder; a lease file that cannot be read still counts (as held
+/// by an unknown user), so that a damaged lease never lets a replication through.
+pub fn read_leases(dir: &Path) -> Vec<Result<Lease, String>> {
+    let Ok(entries) = std::fs::read_dir(dir.join("leases")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|p| {
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            match read_file(&p) {
+                Ok(Some(bytes)) => serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("lease {name} is damaged ({e})")),
+                Ok(None) => Err(format!("lease {name} vanished")),
+                Err(e) => Err(format!("lease {name} cannot be read ({e})")),
+            }
+        })
+        .collect()
+}
+
+/// Records `lease` (replacing one of the same name).
+pub fn write_lease(dir: &Path, lease: &Lease) -> Result<(), StoreError> {
+    let leases = dir.join("leases");
+    std::fs::create_dir_all(&leases).map_err(io_err(&leases))?;
+    let json = serde_json::to_vec_pretty(lease).expect("a lease serializes");
+    write_file(&leases, &format!("{}.json", lease.name()), &json, false)
+}
+
+/// Removes the leases that `which` selects; their descriptions.
+pub fn remove_leases(
+    dir: &Path,
+    which: impl Fn(Option<&Lease>, &str) -> bool,
+) -> Result<Vec<String>, StoreError> {
+    let leases = dir.join("leases");
+    let Ok(entries) = std::fs::read_dir(&leases) else {
+        return Ok(Vec::new());
+    };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let name = p
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let lease: Option<Lease> = read_file(&p)
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if which(lease.as_ref(), &name) {
+            std::fs::remove_file(&p).map_err(io_err(&p))?;
+            removed.push(lease.map(|l| l.describe()).unwrap_or(name));
+        }
+    }
+    if !removed.is_empty() {
+        sync_dir(&leases)?;
+    }
+    Ok(removed)
+}
+
+/// Why replicating into a copy is refused while it has leases; `None` without any.
+pub fn in_use(dir: &Path) -> Option<String> {
+    let leases = read_leases(dir);
+    if leases.is_empty() {
+        return None;
+    }
+    let who: Vec<String> = leases
+        .iter()
+        .map(|l| match l {
+            Ok(l) => l.describe(),
+            Err(e) => e.clone(),
+        })
+        .collect();
+    Some(who.join("; "))
+}
+
+/// The end of a copy's point history (`ended.json`): a vm was started on it, its metadata could
+/// not be read, or it changed behind its newest point. Its earlier points no longer describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    pub at: DateTime<Utc>,
+    pub why: String,
+    /// The points given up, oldest first.
+    pub points: Vec<String>,
+}
+
+pub fn read_ended(dir: &Path) -> Option<Ended> {
+    read_file(&dir.join("ended.json"))
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// What a copy and its metadata say at one moment (`reprise helper inspect`): what every
+/// decision to start from it, judge it or replicate into it is made from
+/// ([`crate::replica::choice`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyState {
+    pub path: String,
+    /// The copy (a file, or a backup set's folder) is there.
+    pub exists: bool,
+    pub size: u64,
+    /// Its modification time (for a backup set: of its newest file).
+    pub mtime: Option<DateTime<Utc>>,
+    /// Replica points were made of it (its metadata folder holds their files).
+    pub managed: bool,
+    /// Its points, oldest first, as read.
+    pub points: Vec<Point>,
+    /// Which file they were read from.
+    pub points_from: Option<PointsSource>,
+    /// Why its points cannot be read.
+    pub damaged: Option<String>,
+    /// Why the copy is no longer its newest point.
+    pub changed: Option<String>,
+    /// An update or roll-back cut in the middle, not settled yet.
+    pub unsettled: Option<String>,
+    /// A replication (or another user of its lock) holds it right now.
+    pub busy: bool,
+    pub leases: Vec<Lease>,
+    /// Lease files that cannot be read: they hold the copy all the same.
+    pub bad_leases: Vec<String>,
+    /// The end of its last point history, when no point was made since.
+    pub ended: Option<Ended>,
+    /// Its stamp now (size, mtime, inode; a file-list digest for a backup set).
+    pub stamp: Option<String>,
+}
+
+/// This machine's host name, for leases.
+pub fn machine() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(id: &str, at: &str) -> String {
+        format!(
+            r#"{{"id":"{id}","taken_at":"{at}","source":"s","size":1,"blake3":"{}","verified":"yes","checked_at":null,"received_bytes":0,"duration_ms":0}}"#,
+            "ab".repeat(32)
+        )
+    }
+
+    #[test]
+    fn a_damaged_points_file_falls_back_to_its_previous_generation_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert_eq!(read_points(d), PointsRead::None);
+        let one = format!("[{}]", point("p1", "2026-11-28T01:00:00Z"));
+        let two = format!(
+            "[{},{}]",
+            point("p1", "2026-11-28T01:00:00Z"),
+            point("p2", "2026-11-28T02:00:00Z")
+        );
+        write_file(d, "points.json", one.as_bytes(), true).unwrap();
+        assert!(!d.join("points.json.prev").exists());
+        write_file(d, "points.json", two.as_bytes(), true).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.join("points.json.prev")).unwrap(),
+            one
+        );
+        let ids = |r: PointsRead| match r {
+            PointsRead::Read { points, source } => {
+                (points.into_iter().map(|p| p.id).collect::<Vec<_>>(), source)
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(ids(read_points(d)).1, PointsSource::Current);
+        // Truncated, garbage, deleted: the previous generation is used, and said.
+        for damage in [&two.as_bytes()[..40], b"\x00\xffgarbage", b""] {
+            std::fs::write(d.join("points.json"), damage).unwrap();
+            let (got, source) = ids(read_points(d));
+            assert_eq!(got, ["p1"]);
+            assert!(
+                matches!(&source, PointsSource::Previous { damage } if damage.contains("points.json is damaged")),
+                "{source:?}"
+            );
+        }
+        std::fs::remove_file(d.join("points.json")).unwrap();
+        assert!(matches!(
+            ids(read_points(d)).1,
+            PointsSource::Previous { damage } if damage == "points.json is missing"
+        ));
+        // Both gone or damaged: nothing is guessed.
+        std::fs::write(d.join("points.json.prev"), "[{").unwrap();
+        let PointsRead::Damaged { reason } = read_points(d) else {
+            panic!()
+        };
+        assert!(
+            reason.contains("points.json.prev is damaged too"),
+            "{reason}"
+        );
+        // A repeated id or a bad hash is damage too, not a point.
+        let bad = format!(
+            "[{},{}]",
+            point("p1", "2026-11-28T01:00:00Z"),
+            point("p1", "2026-11-28T02:00:00Z")
+        );
+        assert!(
+            parse_points(bad.as_bytes())
+                .unwrap_err()
+                .contains("repeated")
+        );
+    }
+
+    #[test]
+    fn a_damaged_lease_still_holds_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert_eq!(in_use(d), None);
+        let lease = Lease {
+            kind: LeaseKind::Drill,
+            run: "r1".into(),
+            vm: "erp-db".into(),
+            step: "erp-db/start-copy".into(),
+            machine: "pra1".into(),
+            pid: 42,
+            at: "2026-11-28T03:10:00Z".parse().unwrap(),
+            point: None,
+            taken_at: None,
+            verified: false,
+        };
+        write_lease(d, &lease).unwrap();
+        let why = in_use(d).unwrap();
+        assert!(why.contains("a drill copy of vm erp-db (run r1)"), "{why}");
+        std::fs::write(d.join("leases/drill-r1.json"), "{").unwrap();
+        assert!(
+            in_use(d)
+                .unwrap()
+                .contains("lease drill-r1.json is damaged")
+        );
+        let removed = remove_leases(d, |_, name| name == "drill-r1").unwrap();
+        assert_eq!(removed, ["drill-r1"]);
+        assert_eq!(in_use(d), None);
+    }
+}
