@@ -1115,8 +1115,27 @@ pub fn evaluate(
             ));
             continue;
         };
-        let state = match (&dest.copies_error, dest.copies.get(&r.copy)) {
-            (_, Some(state)) => state,
+        let has_points = match (&dest.copies_error, dest.copies.get(&r.copy)) {
+            (_, Some(state)) => {
+                let id = r.what.split_whitespace().nth(1).unwrap_or(&r.what);
+                let (level, detail) = crate::replica::choice::judge(state, id, r.rpo_s, now);
+                let status = match level {
+                    crate::replica::choice::Level::Ok => ItemStatus::Ok,
+                    crate::replica::choice::Level::Warning => ItemStatus::Warning,
+                    crate::replica::choice::Level::Failed => ItemStatus::Failed,
+                };
+                let detail = match (&r.service, level) {
+                    (Some(s), crate::replica::choice::Level::Failed) if detail.contains("RPO") => {
+                        format!("{detail} (RPO of {s})")
+                    }
+                    _ if level == crate::replica::choice::Level::Ok => {
+                        format!("{detail}, {} on {}", human_bytes(state.size), r.to_host)
+                    }
+                    _ => detail,
+                };
+                items.push(item("replicas", &subject, status, detail));
+                !state.points.is_empty()
+            }
             (e, None) => {
                 items.push(item(
                     "replicas",
@@ -1128,27 +1147,10 @@ pub fn evaluate(
                         e.as_deref().unwrap_or("no answer about it")
                     ),
                 ));
-                continue;
+                false
             }
         };
-        let id = r.what.split_whitespace().nth(1).unwrap_or(&r.what);
-        let (level, detail) = crate::replica::choice::judge(state, id, r.rpo_s, now);
-        let status = match level {
-            crate::replica::choice::Level::Ok => ItemStatus::Ok,
-            crate::replica::choice::Level::Warning => ItemStatus::Warning,
-            crate::replica::choice::Level::Failed => ItemStatus::Failed,
-        };
-        let detail = match (&r.service, level) {
-            (Some(s), crate::replica::choice::Level::Failed) if detail.contains("RPO") => {
-                format!("{detail} (RPO of {s})")
-            }
-            _ if level == crate::replica::choice::Level::Ok => {
-                format!("{detail}, {} on {}", human_bytes(state.size), r.to_host)
-            }
-            _ => detail,
-        };
-        items.push(item("replicas", &subject, status, detail));
-        let points = (!state.points.is_empty()).then_some(());
+        let points = has_points.then_some(());
         if let Some(space) = dest.space.get(&r.copy) {
             let src_bytes = source.map(|s| s.bytes).unwrap_or(copy.bytes);
             let entry = needs_by_space
@@ -1164,7 +1166,7 @@ pub fn evaluate(
                     .and_then(|g| g.checked_add(growth))
                     .and_then(|g| g.checked_add(src_bytes / 10));
             } else {
-                // A bare copy is written whole beside the old one before the swap.
+                // A copy without points: its first point may rewrite it whole.
                 entry.2 = entry.2.max(src_bytes);
                 entry.3 = entry.3.and_then(|g| g.checked_add(growth));
             }
