@@ -989,41 +989,6 @@ async fn before_replica(
         ReplicaRole::DrillStop | ReplicaRole::FailedBack => return Ok(()),
     };
     let failover = ctx.plan.mode == Mode::Failover;
-    // A drill asks the primary host (read only) whether a cut replication left its snapshot
-    // there: the vm then writes to an overlay no replication copies, and its copy goes stale.
-    let mut leftover_note = None;
-    if let Some((host, check)) = &replica.snapshot_check {
-        let text = check.expose(|n| (ctx.secrets)(n)).ok();
-        let (transport, h) = (ctx.transport.clone(), host.clone());
-        let out = match text {
-            Some(text) => tokio::task::spawn_blocking(move || {
-                transport.exec(&h, &text, StdDuration::from_secs(60))
-            })
-            .await
-            .ok()
-            .and_then(Result::ok),
-            None => None,
-        };
-        match out {
-            Some(o) if o.exit_code == 0 => {
-                let left = crate::replica::snapshot::overlays(&o.stdout);
-                if !left.is_empty() {
-                    return Err(format!(
-                        "a replication snapshot was left on {host} ({}): vm {}'s writes go to an overlay no replication copies, so its copy goes stale; merge it back with `reprise replicate --service {}`, then drill again",
-                        left.join("; "),
-                        replica.vm,
-                        replica.vm
-                    ));
-                }
-            }
-            // A drill does not depend on the primary site: said, not refused.
-            _ => {
-                leftover_note = Some(format!(
-                    "whether a replication snapshot was left on {host} could not be asked"
-                ))
-            }
-        }
-    }
     let ask = ctx
         .options
         .points
@@ -1047,6 +1012,9 @@ async fn before_replica(
     })
     .await
     .map_err(|e| format!("the replica task failed: {e}"))??;
+    // Asked once the copies are leased: a replication that was writing them is over (its
+    // own snapshot is merged back right after; a leftover stays).
+    let leftover_note = leftover_snapshot(ctx, replica).await?;
     let s = chosen.start;
     let mut notes = chosen.notes;
     notes.extend(s.notes);
@@ -1067,6 +1035,60 @@ async fn before_replica(
     }));
     Ok(())
 }
+
+/// A drill asks the primary host (read only) whether a cut replication left its snapshot
+/// there: the vm then writes to an overlay no replication copies, and its copy goes stale.
+/// A snapshot seen is asked again for up to [`SNAPSHOT_SETTLE`]: a replication that just
+/// finished writing the copies merges its own back right after. `Ok(Some(note))` when the
+/// primary could not be asked (a drill does not depend on the primary site: said, not
+/// refused).
+async fn leftover_snapshot(
+    ctx: &RunContext,
+    replica: &crate::plan::ReplicaUse,
+) -> Result<Option<String>, String> {
+    let Some((host, check)) = &replica.snapshot_check else {
+        return Ok(None);
+    };
+    let Ok(text) = check.expose(|n| (ctx.secrets)(n)) else {
+        return Ok(Some(format!(
+            "whether a replication snapshot was left on {host} could not be asked (a secret of its command is not set)"
+        )));
+    };
+    let deadline = Instant::now() + SNAPSHOT_SETTLE;
+    loop {
+        let (transport, h, t) = (ctx.transport.clone(), host.clone(), text.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            transport.exec(&h, &t, StdDuration::from_secs(60))
+        })
+        .await
+        .ok()
+        .and_then(Result::ok);
+        let left = match out {
+            Some(o) if o.exit_code == 0 => crate::replica::snapshot::overlays(&o.stdout),
+            _ => {
+                return Ok(Some(format!(
+                    "whether a replication snapshot was left on {host} could not be asked"
+                )));
+            }
+        };
+        if left.is_empty() {
+            return Ok(None);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "a replication snapshot was left on {host} ({}): vm {}'s writes go to an overlay no replication copies, so its copy goes stale; merge it back with `reprise replicate --service {}`, then drill again",
+                left.join("; "),
+                replica.vm,
+                replica.vm
+            ));
+        }
+        tokio::time::sleep(StdDuration::from_secs(2)).await;
+    }
+}
+
+/// How long a drill waits for a replication snapshot on the primary to be merged back before
+/// it calls it left behind.
+const SNAPSHOT_SETTLE: StdDuration = StdDuration::from_secs(60);
 
 /// What [`choose_copies`] decided and did.
 struct Chosen {

@@ -81,14 +81,26 @@ impl Lab {
         reprise(self.dir.path(), &refs)
     }
 
-    fn spawn(&self, extra: &[&str]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_reprise"))
+    /// `reprise` in the background; its output is read as it comes (a run that prints more
+    /// than a pipe holds must not block on it while the test waits).
+    fn spawn(&self, extra: &[&str]) -> Spawned {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
             .args(self.args(extra))
             .current_dir(self.dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        let drain = |mut r: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = r.read_to_end(&mut buf);
+                buf
+            })
+        };
+        let out = drain(Box::new(child.stdout.take().unwrap()));
+        let err = drain(Box::new(child.stderr.take().unwrap()));
+        Spawned { child, out, err }
     }
 
     /// The image `disk` of the primary host.
@@ -551,16 +563,40 @@ fn walk_size(dir: &Path) -> u64 {
 }
 
 /// Waits for `child` (at most `within`: a replication that does not end is a hang).
-fn wait_exit(mut child: Child, within: Duration) -> std::process::Output {
+/// A `reprise` started by [`Lab::spawn`], its output drained by two threads.
+struct Spawned {
+    child: Child,
+    out: std::thread::JoinHandle<Vec<u8>>,
+    err: std::thread::JoinHandle<Vec<u8>>,
+}
+
+impl std::ops::Deref for Spawned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+fn wait_exit(mut spawned: Spawned, within: Duration) -> std::process::Output {
     let deadline = Instant::now() + within;
-    while child.try_wait().unwrap().is_none() {
+    while spawned.child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
-            let _ = child.kill();
+            let _ = spawned.child.kill();
             panic!("reprise did not end within {within:?}: it hangs");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.wait_with_output().unwrap()
+    std::process::Output {
+        status: spawned.child.wait().unwrap(),
+        stdout: spawned.out.join().unwrap(),
+        stderr: spawned.err.join().unwrap(),
+    }
 }
 
 /// Whether a process whose command line holds `needle` (NUL-separated words) still runs.
@@ -631,7 +667,7 @@ fn a_signal_during_a_replication_stops_it_and_merges_the_snapshot_back() {
         let mut child = lab.spawn(&["replicate", "--service", "erp-db"]);
         wait_mid_transfer(&mut child, &journal, 16 << 20);
         signal(&child, sig);
-        let out = wait_exit(child, Duration::from_secs(120));
+        let out = wait_exit(child, Duration::from_secs(600));
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         assert_eq!(out.status.code(), Some(130), "{name}: {stderr}");
@@ -669,7 +705,7 @@ fn a_signal_during_a_replication_stops_it_and_merges_the_snapshot_back() {
     let mut child = lab.spawn(&["replicate", "--service", "erp-dumps"]);
     wait_mid_transfer(&mut child, &staging, 16 << 20);
     signal(&child, libc::SIGTERM);
-    let out = wait_exit(child, Duration::from_secs(120));
+    let out = wait_exit(child, Duration::from_secs(600));
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted by SIGTERM"), "{stderr}");
@@ -784,7 +820,7 @@ fn a_snapshot_left_by_a_killed_replication_is_merged_back_before_the_disks_are_r
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(600);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
@@ -910,7 +946,7 @@ fn a_full_disk_under_the_recovery_copies_ends_the_transfer_with_its_error() {
         }
         let child = lab.spawn(&args);
         let began = Instant::now();
-        let out = wait_exit(child, Duration::from_secs(120));
+        let out = wait_exit(child, Duration::from_secs(600));
         let took = began.elapsed();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -970,7 +1006,7 @@ fn a_drill_a_replication_and_a_started_vm_never_share_a_copy_unseen() {
 
     // 1. A drill killed after its erp-db copy started.
     let mut drill = lab.spawn(&["drill", "--no-prompt"]);
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let deadline = Instant::now() + Duration::from_secs(300);
     let run_id = loop {
         let events = lab.journal();
         if events
@@ -1029,12 +1065,16 @@ fn a_drill_a_replication_and_a_started_vm_never_share_a_copy_unseen() {
     ]);
     // The resume hands the steps the kill cut to the operator (confirmed here), then cleans up.
     let mut resumed = lab.spawn(&["resume", "latest", "--no-prompt"]);
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(600);
     let status = loop {
         if let Some(status) = resumed.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "the resume did not finish");
+        assert!(
+            Instant::now() < deadline,
+            "the resume did not finish: {:?}",
+            lab.journal().iter().rev().take(5).collect::<Vec<_>>()
+        );
         let events = lab.journal();
         for e in events
             .iter()
@@ -1064,7 +1104,7 @@ fn a_drill_a_replication_and_a_started_vm_never_share_a_copy_unseen() {
     let mut replicating = lab.spawn(&["replicate", "--service", "erp-db"]);
     wait_mid_transfer(&mut replicating, &journal, 1 << 20);
     let drilled = lab.drill_erp_db(&[]);
-    let out = wait_exit(replicating, Duration::from_secs(120));
+    let out = wait_exit(replicating, Duration::from_secs(600));
     assert!(out.status.success(), "{out:?}");
     assert_eq!(drilled.code, 0, "{drilled:?}");
     let newest = lab.points("erp-db").last().unwrap().0.clone();
@@ -1118,7 +1158,7 @@ fn a_drill_a_replication_and_a_started_vm_never_share_a_copy_unseen() {
         ];
         args.extend_from_slice(extra);
         let mut child = lab.spawn(&args);
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_secs(600);
         let code = loop {
             if let Some(status) = child.try_wait().unwrap() {
                 break status.code().unwrap_or(-1);
