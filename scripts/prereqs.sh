@@ -43,6 +43,12 @@ need rsync rsync
 need openssl openssl
 # The schedule tests check the generated units with systemd-analyze (nothing is started).
 need systemd-analyze systemd
+# The metrics test parses `status --format prometheus` with Prometheus's own Python parser
+# (Debian's python3 and its package).
+if ! /usr/bin/python3 -c 'import prometheus_client.parser' 2>/dev/null; then
+    echo "installing python3-prometheus-client (for the metrics test)"
+    apt_install python3 python3-prometheus-client
+fi
 # The report's PDF and its rendering test: headless Chromium, pdftotext, and a font.
 need chromium chromium
 need pdftotext poppler-utils

@@ -23,6 +23,7 @@ use crate::view::TerminalView;
 
 mod ops;
 mod replicate;
+mod status;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -429,13 +430,14 @@ pub enum Command {
     },
     /// Per replicated vm: the newest good point, its age against the RPO target, the last
     /// transfer. Exits with 8 when a target is missed.
-    #[command(after_help = "Example:\n  reprise status --json")]
-    Status {
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        ssh: replicate::SshArgs,
-    },
+    ///
+    /// For monitoring: `--format prometheus` prints metrics for node-exporter's textfile
+    /// collector (with the last drill of each service and the last check's verdict);
+    /// `--format nagios` prints one line and exits like a Nagios/Icinga plugin.
+    #[command(
+        after_help = "Examples:\n  reprise status --json\n  reprise status --format prometheus --output /var/lib/prometheus/node-exporter/reprise.prom\n  reprise status --format nagios --warn-at 75\n\nExit codes: 0 every target held, 8 an RPO target missed, 1 copies unreadable, 3 invalid\ninventory. With --format nagios: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
+    )]
+    Status(status::StatusArgs),
     /// Run the nightly `check` and every replication at the cadence its RPO needs, from
     /// systemd timers (printed, or written with --install) or cron (--cron).
     #[command(
@@ -595,8 +597,8 @@ impl Command {
             Command::Replicate { ssh, .. }
             | Command::Points { ssh, .. }
             | Command::Verify { ssh, .. }
-            | Command::Status { ssh, .. }
             | Command::Release { ssh, .. } => ssh,
+            Command::Status(a) => &a.ssh,
             _ => return None,
         };
         ssh.here.as_deref()
@@ -944,7 +946,7 @@ pub fn run(cli: &Cli) -> Outcome {
         Command::Verify { vm, point, ssh } => {
             replicate::verify(&model, vm.as_deref(), point.as_deref(), ssh)
         }
-        Command::Status { json, ssh } => replicate::status(&model, *json, ssh, Utc::now()),
+        Command::Status(args) => status::status(&model, &cli.state_dir, args, Utc::now()),
         Command::Schedule(args) => ops::schedule(cli, &model, args),
         Command::Release { item, run, ssh } => {
             replicate::release(&model, item, run.as_deref(), ssh)

@@ -24,5 +24,15 @@ pub const SPLIT_BRAIN: u8 = 6;
 pub const NOT_READY: u8 = 7;
 /// `reprise status`: a replicated VM has no good point within its service's RPO target.
 pub const RPO_BREACH: u8 = 8;
+/// `reprise status --format nagios` exits with the monitoring-plugin codes instead: all
+/// well.
+pub const NAGIOS_OK: u8 = 0;
+/// `status --format nagios`: worth attention (a point near its RPO, a check or a drill overdue).
+pub const NAGIOS_WARNING: u8 = 1;
+/// `status --format nagios`: a target missed, copies unreadable, or the last check not ready.
+pub const NAGIOS_CRITICAL: u8 = 2;
+/// `status --format nagios`: the state could not be judged (an invalid inventory, the output
+/// not written).
+pub const NAGIOS_UNKNOWN: u8 = 3;
 /// The run was interrupted (Ctrl-C, SIGTERM, SIGHUP); `reprise resume` carries on.
 pub const INTERRUPTED: u8 = 130;

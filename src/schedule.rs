@@ -29,6 +29,9 @@ pub struct Options {
     pub user: String,
     /// The time of the nightly check, `HH:MM`.
     pub check_at: String,
+    /// Where `reprise status --format prometheus` writes its metrics every 5 minutes (a file
+    /// in node-exporter's textfile folder), absolute; `None`: no metrics job.
+    pub metrics: Option<String>,
 }
 
 /// One scheduled command.
@@ -106,6 +109,26 @@ pub fn jobs(model: &Model, opts: &Options) -> Vec<Job> {
             args: with_globals(opts, &args),
             // A replication stuck past two periods is stopped so the next one can run.
             timeout_min: (every * 2).clamp(60, 1440),
+        });
+    }
+    if let Some(file) = &opts.metrics {
+        let mut args = vec![
+            "status",
+            "--format",
+            "prometheus",
+            "--output",
+            file.as_str(),
+        ];
+        if let Some(here) = &opts.here {
+            args.push("--here");
+            args.push(here);
+        }
+        jobs.push(Job {
+            name: "reprise-metrics".to_string(),
+            description: format!("reprise: replica, drill and readiness metrics to {file}"),
+            every_min: Some(5),
+            args: with_globals(opts, &args),
+            timeout_min: 5,
         });
     }
     jobs

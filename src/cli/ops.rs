@@ -43,6 +43,10 @@ pub struct ScheduleArgs {
     /// The reprise binary the commands call (default: this one).
     #[arg(long, value_name = "PATH")]
     pub binary: Option<PathBuf>,
+    /// Also write metrics to FILE every 5 minutes (`status --format prometheus`), e.g.
+    /// /var/lib/prometheus/node-exporter/reprise.prom; its folder must exist.
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<PathBuf>,
 }
 
 fn parse_time(text: &str) -> Result<String, String> {
@@ -66,6 +70,21 @@ fn absolute(path: &Path) -> Result<String, Outcome> {
                 format!("error: cannot resolve {}: {e}\n", path.display()),
             )
         })
+}
+
+/// The metrics file, absolute: its folder must exist (the collector's), the file need not.
+fn metrics_file(file: &Path) -> Result<String, Outcome> {
+    let name = file.file_name().ok_or_else(|| {
+        Outcome::err(
+            exit::INVALID_INPUT,
+            format!("error: --metrics {}: not a file name\n", file.display()),
+        )
+    })?;
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Ok(Path::new(&absolute(dir)?).join(name).display().to_string())
 }
 
 fn options(cli: &Cli, model: &Model, args: &ScheduleArgs) -> Result<Options, Outcome> {
@@ -105,6 +124,10 @@ fn options(cli: &Cli, model: &Model, args: &ScheduleArgs) -> Result<Options, Out
         here: args.here.clone(),
         user: args.user.clone(),
         check_at: args.check_at.clone(),
+        metrics: match &args.metrics {
+            Some(file) => Some(metrics_file(file)?),
+            None => None,
+        },
     })
 }
 

@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use super::Outcome;
 use crate::exit;
@@ -115,12 +115,12 @@ struct Image {
 }
 
 /// A VM and its images, or a backup set and its folder, with its retention.
-struct VmImages {
-    id: String,
+pub(super) struct VmImages {
+    pub(super) id: String,
     retention: u32,
     images: Vec<Image>,
     /// A backup set (a folder replicated file by file), not a vm.
-    backup: bool,
+    pub(super) backup: bool,
 }
 
 fn backup_item(model: &Model, id: &str) -> Option<VmImages> {
@@ -212,7 +212,7 @@ fn vm_images(model: &Model, id: &str) -> Result<VmImages, Outcome> {
 
 /// The VMs named by `--service` (a service placed on a VM, or a VM id), or every VM that can
 /// be replicated.
-fn select(model: &Model, names: &[String]) -> Result<Vec<VmImages>, Outcome> {
+pub(super) fn select(model: &Model, names: &[String]) -> Result<Vec<VmImages>, Outcome> {
     let inv = &model.inventory;
     if names.is_empty() {
         return Ok(inv
@@ -271,7 +271,7 @@ fn select(model: &Model, names: &[String]) -> Result<Vec<VmImages>, Outcome> {
     Ok(out)
 }
 
-fn transport(model: &Model, ssh: &SshArgs) -> crate::ssh::SshTransport {
+pub(super) fn transport(model: &Model, ssh: &SshArgs) -> crate::ssh::SshTransport {
     crate::run::transport(model, &ssh.options())
 }
 
@@ -638,7 +638,7 @@ fn replicate_all(
 }
 
 /// What the recovery copies of a vm (or a backup set) and their metadata say, disk by disk.
-fn copies(
+pub(super) fn copies(
     helpers: &Helpers,
     vm: &VmImages,
 ) -> Result<Vec<crate::replica::CopyState>, crate::replica::remote::ReplicaError> {
@@ -825,144 +825,6 @@ pub fn verify(model: &Model, vm: Option<&str>, point: Option<&str>, ssh: &SshArg
                 }
             }
         }
-    }
-    out
-}
-
-/// `reprise status`: per VM, the newest good point against the RPO target: the point a
-/// failover would start from now, verified (the decision a run makes).
-pub fn status(model: &Model, json: bool, ssh: &SshArgs, now: DateTime<Utc>) -> Outcome {
-    use crate::replica::choice::{self, Decision, Use};
-    let vms = match select(model, &[]) {
-        Ok(v) => v,
-        Err(o) => return o,
-    };
-    let transport = transport(model, ssh);
-    let helpers = Helpers::new(&transport);
-    let mut rows = Vec::new();
-    let mut out = Outcome::default();
-    for vm in &vms {
-        // The same target as `reprise check` judges the copy by.
-        let rpo = crate::check::rpo_service(
-            model,
-            if vm.backup {
-                crate::check::Replicated::Backup(&vm.id)
-            } else {
-                crate::check::Replicated::Vm(&vm.id)
-            },
-        )
-        .and_then(|s| s.rpo);
-        let mut disks = match copies(&helpers, vm) {
-            Ok(d) => d,
-            Err(e) => {
-                out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
-                out.code = exit::FAILED;
-                continue;
-            }
-        };
-        let last = disks
-            .iter()
-            .filter_map(|d| d.points.last())
-            .max_by_key(|p| p.taken_at)
-            .cloned();
-        // An update cut in the middle is settled by the next replication or run; the points
-        // stand until then.
-        let mut notes = Vec::new();
-        for d in disks.iter_mut() {
-            if let Some(u) = d.unsettled.take() {
-                notes.push(format!("{}: {u}", choice::name(&d.path)));
-            }
-            d.busy = false;
-        }
-        let (good, why) = match choice::decide(&disks, Use::Failover, &Default::default()) {
-            Decision::Start(s) if s.verified => (Some((s.point, s.taken_at)), None),
-            Decision::Start(s) => (None, Some(s.notes.join("; "))),
-            Decision::Prepare(_) => (
-                None,
-                Some(
-                    disks
-                        .iter()
-                        .filter_map(|d| d.changed.clone())
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                ),
-            ),
-            Decision::Refuse(why) => (None, Some(why)),
-        };
-        let age = good
-            .as_ref()
-            .map(|(_, at)| (now - *at).num_seconds().max(0) as u64);
-        let breach = match (rpo, age) {
-            (Some(r), Some(a)) => a > r.0,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        let why = why.or_else(|| (!notes.is_empty()).then(|| notes.join("; ")));
-        rows.push((vm.id.clone(), good, age, rpo, breach, last, why));
-    }
-    let breaches = rows.iter().filter(|r| r.4).count();
-    if json {
-        let list: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|(id, good, age, rpo, breach, last, why)| {
-                serde_json::json!({
-                    "item": id,
-                    "newest_good_point": good.as_ref().map(|(p, _)| p),
-                    "taken_at": good.as_ref().map(|(_, t)| t),
-                    "age_s": age,
-                    "rpo_s": rpo.map(|r| r.0),
-                    "breach": breach,
-                    "why": why,
-                    "last_transfer": last.as_ref().map(|p| serde_json::json!({
-                        "point": p.id, "bytes": p.received_bytes, "duration_ms": p.duration_ms,
-                    })),
-                })
-            })
-            .collect();
-        out.stdout = serde_json::to_string_pretty(&list).expect("json") + "\n";
-    } else {
-        out.stdout.push_str(&format!(
-            "{:<12} {:<20} {:>10} {:>8}  {:<10} LAST TRANSFER\n",
-            "VM OR SET", "NEWEST GOOD POINT", "AGE", "RPO", "STATE"
-        ));
-        for (id, good, age, rpo, breach, last, why) in &rows {
-            let last = last
-                .as_ref()
-                .map(|p| {
-                    let secs = p.duration_ms as f64 / 1000.0;
-                    format!(
-                        "{} bytes in {:.1}s ({:.1} MB/s)",
-                        p.received_bytes,
-                        secs,
-                        p.received_bytes as f64 / secs.max(0.001) / 1e6
-                    )
-                })
-                .unwrap_or_else(|| "-".into());
-            out.stdout.push_str(&format!(
-                "{:<12} {:<20} {:>10} {:>8}  {:<10} {}\n",
-                id,
-                good.as_ref().map(|(p, _)| p.as_str()).unwrap_or("none"),
-                age.map(|a| crate::duration::Duration(a).to_string())
-                    .unwrap_or_else(|| "-".into()),
-                rpo.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
-                match (breach, good.is_some()) {
-                    (true, true) => "BREACH",
-                    (true, false) | (false, false) => "UNVERIFIED",
-                    (false, true) => "ok",
-                },
-                last
-            ));
-            if let Some(w) = why.as_ref().filter(|w| !w.is_empty()) {
-                out.stdout.push_str(&format!("  {id}: {w}\n"));
-            }
-        }
-    }
-    if breaches > 0 && out.code == exit::OK {
-        out.stderr.push_str(&format!(
-            "{breaches} replica{} no verified point within the RPO target\n",
-            if breaches == 1 { " has" } else { "s have" }
-        ));
-        out.code = exit::RPO_BREACH;
     }
     out
 }

@@ -27,7 +27,7 @@ const LONG_MANUAL_WAIT_S: f64 = 600.0;
 /// A readiness check older than this when the run starts no longer tells its starting state.
 const STALE_READINESS_S: i64 = 24 * 3600;
 /// Drills should happen at least this often.
-const DRILL_EVERY_DAYS: i64 = 90;
+pub const DRILL_EVERY_DAYS: i64 = 90;
 /// Lines of a failed step's output quoted in the report.
 const EXCERPT_LINES: usize = 12;
 
@@ -1121,9 +1121,15 @@ pub struct LastDrill {
     pub at: Option<DateTime<Utc>>,
     pub achieved_rto_s: Option<f64>,
     pub rto_met: Option<bool>,
+    /// The newest drill that was to recover the service, whatever came of it.
+    pub last_attempt_run_id: Option<String>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    /// Whether that drill recovered it.
+    pub last_attempt_recovered: Option<bool>,
 }
 
-/// Per service seen in any run: the newest drill in which it was recovered.
+/// Per service seen in any run: the newest drill in which it was recovered, and the newest
+/// drill that was to recover it.
 pub fn last_drills(state_dir: &std::path::Path) -> Result<Vec<LastDrill>, crate::run::RunError> {
     let mut last: Vec<LastDrill> = Vec::new();
     for id in crate::journal::list(state_dir)? {
@@ -1151,10 +1157,19 @@ pub fn last_drills(state_dir: &std::path::Path) -> Result<Vec<LastDrill>, crate:
                         at: None,
                         achieved_rto_s: None,
                         rto_met: None,
+                        last_attempt_run_id: None,
+                        last_attempt_at: None,
+                        last_attempt_recovered: None,
                     });
                     last.last_mut().expect("just pushed")
                 }
             };
+            let newer_attempt = entry.last_attempt_at.is_none_or(|t| t < report.started_at);
+            if report.mode == Mode::Drill && newer_attempt {
+                entry.last_attempt_run_id = Some(report.run_id.clone());
+                entry.last_attempt_at = Some(report.started_at);
+                entry.last_attempt_recovered = Some(s.status == ServiceStatus::Recovered);
+            }
             let newer = entry.at.is_none_or(|t| t < report.started_at);
             if report.mode == Mode::Drill && s.status == ServiceStatus::Recovered && newer {
                 entry.run_id = Some(report.run_id.clone());

@@ -12,6 +12,7 @@ mod hv;
 mod lab;
 mod lab_any;
 mod libvirt;
+mod monitoring;
 mod ops;
 mod props;
 mod replica;

@@ -32,6 +32,8 @@ fn schedule_units_pass_systemd_verification_and_follow_each_rpo() {
             units.to_str().unwrap(),
             "--here",
             "hv-pra",
+            "--metrics",
+            dir.path().join("reprise.prom").to_str().unwrap(),
         ],
     );
     assert_eq!(run.code, 0, "{run:?}");
@@ -74,6 +76,20 @@ fn schedule_units_pass_systemd_verification_and_follow_each_rpo() {
     assert!(fast.contains("replicate --service erp-db"), "{fast}");
     assert!(fast.contains("--here hv-pra"), "{fast}");
     assert!(read("reprise-replicate-5min.timer").contains("OnCalendar=*-*-* *:00/5:00"));
+    // The metrics, every 5 minutes, written whole for the textfile collector.
+    let metrics = read("reprise-metrics.service");
+    assert!(
+        metrics.contains(&format!(
+            "status --format prometheus --output {} --here hv-pra",
+            dir.path()
+                .canonicalize()
+                .unwrap()
+                .join("reprise.prom")
+                .display()
+        )),
+        "{metrics}"
+    );
+    assert!(read("reprise-metrics.timer").contains("OnCalendar=*-*-* *:00/5:00"));
     // Every vm and backup set is in exactly one job.
     let all: String = files
         .iter()

@@ -1,0 +1,882 @@
+//! `reprise status`: per replicated vm or backup set, the point a failover would start from
+//! now against its RPO target (the decision [`crate::replica::choice`] makes for runs and
+//! `check`), as a table, JSON, node-exporter textfile metrics or one monitoring-plugin line.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+
+use super::Outcome;
+use super::replicate::{SshArgs, copies, select, transport};
+use crate::exit::{self, NAGIOS_CRITICAL, NAGIOS_OK, NAGIOS_UNKNOWN, NAGIOS_WARNING};
+use crate::model::Model;
+use crate::replica::Point;
+use crate::replica::remote::Helpers;
+
+/// `reprise status --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A table (exit 8 when a target is missed).
+    Text,
+    /// The table's rows as JSON.
+    Json,
+    /// Prometheus text format, for node-exporter's textfile collector.
+    Prometheus,
+    /// One line and a Nagios/Icinga plugin exit code (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN).
+    Nagios,
+}
+
+/// `reprise status`'s options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Same as --format json.
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+    /// Write the output to FILE (atomically: a textfile collector never reads half of it)
+    /// instead of the standard output.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// nagios: WARNING when a newest good point is older than this share of its RPO target.
+    #[arg(long, default_value_t = 80, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub warn_at: u8,
+    /// nagios: WARNING when the last `reprise check` is older than this (or was never saved).
+    #[arg(long, default_value = "36h", value_name = "DURATION")]
+    pub check_max_age: crate::duration::Duration,
+    /// nagios: WARNING when a service's last successful drill is older than this (or when
+    /// its last drill did not recover it).
+    #[arg(long, default_value = "90d", value_name = "DURATION")]
+    pub drill_max_age: crate::duration::Duration,
+    #[command(flatten)]
+    pub ssh: SshArgs,
+}
+
+/// One replicated vm or backup set, as `status` sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaRow {
+    pub item: String,
+    pub backup: bool,
+    /// The verified point a failover would start from now, and when it was taken.
+    pub good: Option<(String, DateTime<Utc>)>,
+    pub age_s: Option<u64>,
+    pub rpo_s: Option<u64>,
+    /// No verified point within the RPO target.
+    pub breach: bool,
+    /// The newest point of any disk: the last transfer.
+    pub last: Option<Point>,
+    /// Why there is no verified point, or what is not settled yet.
+    pub why: Option<String>,
+    /// The copies or their metadata could not be read.
+    pub error: Option<String>,
+}
+
+/// What `status` reports beyond the replicas: the last drills and the last readiness check.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub drills: Vec<crate::report::LastDrill>,
+    /// Why the drills could not be read from the state folder.
+    pub drills_error: Option<String>,
+    pub readiness: Option<crate::readiness::Readiness>,
+    /// The services a drill recovers (those with steps in a drill's plan): one with no drill
+    /// yet counts as never drilled.
+    pub services: Vec<String>,
+}
+
+/// `reprise status`.
+pub fn status(model: &Model, state_dir: &Path, args: &StatusArgs, now: DateTime<Utc>) -> Outcome {
+    let format = if args.json { Format::Json } else { args.format };
+    let rows = match collect(model, &args.ssh, now) {
+        Ok(r) => r,
+        Err(o) => return o,
+    };
+    let mut out = match format {
+        Format::Text => text(&rows),
+        Format::Json => json(&rows),
+        Format::Prometheus => Outcome::ok(prometheus(&rows, &context(model, state_dir), now)),
+        Format::Nagios => {
+            let limits = Limits {
+                warn_at: args.warn_at,
+                check_max_age_s: args.check_max_age.0,
+                drill_max_age_s: args.drill_max_age.0,
+            };
+            let (code, line) = nagios(&rows, &context(model, state_dir), &limits, now);
+            Outcome {
+                code,
+                stdout: line + "\n",
+                stderr: String::new(),
+            }
+        }
+    };
+    if let Some(path) = &args.output {
+        if let Err(e) = write_atomically(path, &out.stdout) {
+            return Outcome {
+                code: if format == Format::Nagios {
+                    NAGIOS_UNKNOWN
+                } else {
+                    exit::IO
+                },
+                stdout: String::new(),
+                stderr: format!("error: cannot write {}: {e}\n", path.display()),
+            };
+        }
+        out.stdout.clear();
+    }
+    out
+}
+
+fn context(model: &Model, state_dir: &Path) -> Context {
+    let (drills, drills_error) = match crate::report::last_drills(state_dir) {
+        Ok(d) => (d, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    Context {
+        drills,
+        drills_error,
+        readiness: crate::readiness::load_latest(state_dir),
+        services: drilled_services(model),
+    }
+}
+
+/// The services a drill of the whole inventory has main steps for; every service when the
+/// drill cannot be planned (a drill would then fail for all of them).
+fn drilled_services(model: &Model) -> Vec<String> {
+    use crate::plan::PlanOptions;
+    use crate::runbook::{Mode, Phase};
+    match crate::plan::build(model, &PlanOptions::new(Mode::Drill)) {
+        Ok(plan) => plan
+            .services
+            .iter()
+            .filter(|s| {
+                plan.steps
+                    .iter()
+                    .any(|st| st.service == s.id && st.phase == Phase::Main)
+            })
+            .map(|s| s.id.clone())
+            .collect(),
+        Err(_) => model.inventory.services.keys().cloned().collect(),
+    }
+}
+
+/// Reads every replicated item's copies on its recovery host.
+fn collect(model: &Model, ssh: &SshArgs, now: DateTime<Utc>) -> Result<Vec<ReplicaRow>, Outcome> {
+    use crate::replica::choice::{self, Decision, Use};
+    let vms = select(model, &[])?;
+    let transport = transport(model, ssh);
+    let helpers = Helpers::new(&transport);
+    let mut rows = Vec::new();
+    for vm in &vms {
+        // The same target as `reprise check` judges the copy by.
+        let rpo_s = crate::check::rpo_service(
+            model,
+            if vm.backup {
+                crate::check::Replicated::Backup(&vm.id)
+            } else {
+                crate::check::Replicated::Vm(&vm.id)
+            },
+        )
+        .and_then(|s| s.rpo)
+        .map(|r| r.0);
+        let mut row = ReplicaRow {
+            item: vm.id.clone(),
+            backup: vm.backup,
+            good: None,
+            age_s: None,
+            rpo_s,
+            breach: false,
+            last: None,
+            why: None,
+            error: None,
+        };
+        let mut disks = match copies(&helpers, vm) {
+            Ok(d) => d,
+            Err(e) => {
+                row.error = Some(e.to_string());
+                rows.push(row);
+                continue;
+            }
+        };
+        row.last = disks
+            .iter()
+            .filter_map(|d| d.points.last())
+            .max_by_key(|p| p.taken_at)
+            .cloned();
+        // An update cut in the middle is settled by the next replication or run; the points
+        // stand until then.
+        let mut notes = Vec::new();
+        for d in disks.iter_mut() {
+            if let Some(u) = d.unsettled.take() {
+                notes.push(format!("{}: {u}", choice::name(&d.path)));
+            }
+            d.busy = false;
+        }
+        let why = match choice::decide(&disks, Use::Failover, &Default::default()) {
+            Decision::Start(s) if s.verified => {
+                row.good = Some((s.point, s.taken_at));
+                None
+            }
+            Decision::Start(s) => Some(s.notes.join("; ")),
+            Decision::Prepare(_) => Some(
+                disks
+                    .iter()
+                    .filter_map(|d| d.changed.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            Decision::Refuse(why) => Some(why),
+        };
+        row.age_s = row
+            .good
+            .as_ref()
+            .map(|(_, at)| (now - *at).num_seconds().max(0) as u64);
+        row.breach = match (row.rpo_s, row.age_s) {
+            (Some(r), Some(a)) => a > r,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        row.why = why.or_else(|| (!notes.is_empty()).then(|| notes.join("; ")));
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn text(rows: &[ReplicaRow]) -> Outcome {
+    let mut out = Outcome::default();
+    out.stdout.push_str(&format!(
+        "{:<12} {:<20} {:>10} {:>8}  {:<10} LAST TRANSFER\n",
+        "VM OR SET", "NEWEST GOOD POINT", "AGE", "RPO", "STATE"
+    ));
+    for r in rows {
+        if let Some(e) = &r.error {
+            out.stderr.push_str(&format!("error: {}: {e}\n", r.item));
+            out.code = exit::FAILED;
+            continue;
+        }
+        let last = r
+            .last
+            .as_ref()
+            .map(|p| {
+                let secs = p.duration_ms as f64 / 1000.0;
+                format!(
+                    "{} bytes in {:.1}s ({:.1} MB/s)",
+                    p.received_bytes,
+                    secs,
+                    p.received_bytes as f64 / secs.max(0.001) / 1e6
+                )
+            })
+            .unwrap_or_else(|| "-".into());
+        out.stdout.push_str(&format!(
+            "{:<12} {:<20} {:>10} {:>8}  {:<10} {}\n",
+            r.item,
+            r.good.as_ref().map(|(p, _)| p.as_str()).unwrap_or("none"),
+            r.age_s
+                .map(|a| crate::duration::Duration(a).to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.rpo_s
+                .map(|s| crate::duration::Duration(s).to_string())
+                .unwrap_or_else(|| "-".into()),
+            match (r.breach, r.good.is_some()) {
+                (true, true) => "BREACH",
+                (true, false) | (false, false) => "UNVERIFIED",
+                (false, true) => "ok",
+            },
+            last
+        ));
+        if let Some(w) = r.why.as_ref().filter(|w| !w.is_empty()) {
+            out.stdout.push_str(&format!("  {}: {w}\n", r.item));
+        }
+    }
+    breach_exit(rows, &mut out);
+    out
+}
+
+fn json(rows: &[ReplicaRow]) -> Outcome {
+    let mut out = Outcome::default();
+    let list: Vec<serde_json::Value> = rows
+        .iter()
+        .filter(|r| {
+            if let Some(e) = &r.error {
+                out.stderr.push_str(&format!("error: {}: {e}\n", r.item));
+                out.code = exit::FAILED;
+            }
+            r.error.is_none()
+        })
+        .map(|r| {
+            serde_json::json!({
+                "item": r.item,
+                "newest_good_point": r.good.as_ref().map(|(p, _)| p),
+                "taken_at": r.good.as_ref().map(|(_, t)| t),
+                "age_s": r.age_s,
+                "rpo_s": r.rpo_s,
+                "breach": r.breach,
+                "why": r.why,
+                "last_transfer": r.last.as_ref().map(|p| serde_json::json!({
+                    "point": p.id, "bytes": p.received_bytes, "duration_ms": p.duration_ms,
+                })),
+            })
+        })
+        .collect();
+    out.stdout = serde_json::to_string_pretty(&list).expect("json") + "\n";
+    breach_exit(rows, &mut out);
+    out
+}
+
+/// Exit 8 (and a line saying how many) when a target is missed and nothing failed.
+fn breach_exit(rows: &[ReplicaRow], out: &mut Outcome) {
+    let breaches = rows
+        .iter()
+        .filter(|r| r.error.is_none() && r.breach)
+        .count();
+    if breaches > 0 && out.code == exit::OK {
+        out.stderr.push_str(&format!(
+            "{breaches} replica{} no verified point within the RPO target\n",
+            if breaches == 1 { " has" } else { "s have" }
+        ));
+        out.code = exit::RPO_BREACH;
+    }
+}
+
+/// The metrics in Prometheus's text format (what node-exporter's textfile collector reads).
+pub fn prometheus(rows: &[ReplicaRow], ctx: &Context, now: DateTime<Utc>) -> String {
+    use prometheus::{Encoder as _, Gauge, GaugeVec, Opts, Registry, TextEncoder};
+    let registry = Registry::new();
+    let vec = |name: &str, help: &str, labels: &[&str]| {
+        let g = GaugeVec::new(Opts::new(name, help), labels).expect("a valid metric name");
+        registry
+            .register(Box::new(g.clone()))
+            .expect("each metric is registered once");
+        g
+    };
+    let one = |name: &str, help: &str| {
+        let g = Gauge::with_opts(Opts::new(name, help)).expect("a valid metric name");
+        registry
+            .register(Box::new(g.clone()))
+            .expect("each metric is registered once");
+        g
+    };
+    let secs = |t: DateTime<Utc>| t.timestamp_millis() as f64 / 1000.0;
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    let item = ["item", "kind"];
+    let readable = vec(
+        "reprise_replica_readable",
+        "1 when the recovery copies of the item and their metadata could be read.",
+        &item,
+    );
+    let verified = vec(
+        "reprise_replica_verified",
+        "1 when a verified replica point is there for a failover to start from.",
+        &item,
+    );
+    let good_at = vec(
+        "reprise_replica_newest_good_point_timestamp_seconds",
+        "When the newest verified replica point was taken.",
+        &item,
+    );
+    let age = vec(
+        "reprise_replica_newest_good_point_age_seconds",
+        "Age of the newest verified replica point (the data a failover now would lose).",
+        &item,
+    );
+    let rpo = vec(
+        "reprise_replica_rpo_target_seconds",
+        "The RPO target the item is held to.",
+        &item,
+    );
+    let breach = vec(
+        "reprise_replica_rpo_breach",
+        "1 when no verified replica point is within the RPO target.",
+        &item,
+    );
+    let last_bytes = vec(
+        "reprise_replica_last_transfer_bytes",
+        "Bytes received by the last replication of the item.",
+        &item,
+    );
+    let last_duration = vec(
+        "reprise_replica_last_transfer_duration_seconds",
+        "How long the last replication of the item took.",
+        &item,
+    );
+    let last_at = vec(
+        "reprise_replica_last_transfer_timestamp_seconds",
+        "When the point of the last replication of the item was taken.",
+        &item,
+    );
+    for r in rows {
+        let l = [r.item.as_str(), if r.backup { "backup_set" } else { "vm" }];
+        readable.with_label_values(&l).set(flag(r.error.is_none()));
+        if r.error.is_some() {
+            continue;
+        }
+        verified.with_label_values(&l).set(flag(r.good.is_some()));
+        if let Some((_, at)) = &r.good {
+            good_at.with_label_values(&l).set(secs(*at));
+        }
+        if let Some(a) = r.age_s {
+            age.with_label_values(&l).set(a as f64);
+        }
+        if let Some(s) = r.rpo_s {
+            rpo.with_label_values(&l).set(s as f64);
+            breach.with_label_values(&l).set(flag(r.breach));
+        }
+        if let Some(p) = &r.last {
+            last_bytes
+                .with_label_values(&l)
+                .set(p.received_bytes as f64);
+            last_duration
+                .with_label_values(&l)
+                .set(p.duration_ms as f64 / 1000.0);
+            last_at.with_label_values(&l).set(secs(p.taken_at));
+        }
+    }
+    let svc = ["service"];
+    let drilled = vec(
+        "reprise_service_drilled",
+        "1 when a drill that recovered the service is recorded.",
+        &svc,
+    );
+    let ok_at = vec(
+        "reprise_service_last_successful_drill_timestamp_seconds",
+        "When the newest drill that recovered the service started.",
+        &svc,
+    );
+    let rto_met = vec(
+        "reprise_service_last_successful_drill_rto_met",
+        "1 when the newest drill that recovered the service met its RTO target.",
+        &svc,
+    );
+    let tried_at = vec(
+        "reprise_service_last_drill_timestamp_seconds",
+        "When the newest drill that was to recover the service started.",
+        &svc,
+    );
+    let tried_ok = vec(
+        "reprise_service_last_drill_success",
+        "1 when the newest drill that was to recover the service recovered it.",
+        &svc,
+    );
+    let mut services = ctx.services.clone();
+    for d in &ctx.drills {
+        if !services.contains(&d.service) {
+            services.push(d.service.clone());
+        }
+    }
+    if ctx.drills_error.is_none() {
+        for s in &services {
+            let d = ctx.drills.iter().find(|d| &d.service == s);
+            let l = [s.as_str()];
+            drilled
+                .with_label_values(&l)
+                .set(flag(d.is_some_and(|d| d.at.is_some())));
+            let Some(d) = d else { continue };
+            if let Some(at) = d.at {
+                ok_at.with_label_values(&l).set(secs(at));
+            }
+            if let Some(m) = d.rto_met {
+                rto_met.with_label_values(&l).set(flag(m));
+            }
+            if let Some(at) = d.last_attempt_at {
+                tried_at.with_label_values(&l).set(secs(at));
+            }
+            if let Some(ok) = d.last_attempt_recovered {
+                tried_ok.with_label_values(&l).set(flag(ok));
+            }
+        }
+    }
+    let history = one(
+        "reprise_history_readable",
+        "1 when the runs in the state folder could be read for the drill metrics.",
+    );
+    history.set(flag(ctx.drills_error.is_none()));
+    let checked = one(
+        "reprise_readiness_checked",
+        "1 when a `reprise check` result is saved.",
+    );
+    checked.set(flag(ctx.readiness.is_some()));
+    if let Some(r) = &ctx.readiness {
+        one(
+            "reprise_readiness_ready",
+            "1 when the last `reprise check` found nothing that stops a recovery.",
+        )
+        .set(flag(r.ready));
+        one(
+            "reprise_readiness_timestamp_seconds",
+            "When the last `reprise check` ran.",
+        )
+        .set(secs(r.at));
+        let items = vec(
+            "reprise_readiness_items",
+            "Lines of the last `reprise check` by status.",
+            &["status"],
+        );
+        for (name, status) in [
+            ("ok", crate::readiness::ItemStatus::Ok),
+            ("warning", crate::readiness::ItemStatus::Warning),
+            ("failed", crate::readiness::ItemStatus::Failed),
+        ] {
+            let n = r.items.iter().filter(|i| i.status == status).count();
+            items.with_label_values(&[name]).set(n as f64);
+        }
+    }
+    one(
+        "reprise_status_timestamp_seconds",
+        "When these figures were gathered.",
+    )
+    .set(secs(now));
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut buf)
+        .expect("metrics encode to memory");
+    String::from_utf8(buf).expect("the text format is UTF-8")
+}
+
+/// The thresholds of `--format nagios`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub warn_at: u8,
+    pub check_max_age_s: u64,
+    pub drill_max_age_s: u64,
+}
+
+/// The plugin's exit code and its one line: the state, the problems (critical first) and
+/// performance data (each item's point age against its RPO).
+pub fn nagios(
+    rows: &[ReplicaRow],
+    ctx: &Context,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> (u8, String) {
+    let ago = |t: DateTime<Utc>| crate::duration::Duration((now - t).num_seconds().max(0) as u64);
+    let mut critical = Vec::new();
+    let mut warning = Vec::new();
+    for r in rows {
+        if let Some(e) = &r.error {
+            critical.push(format!("{}: copies unreadable ({})", r.item, one_line(e)));
+            continue;
+        }
+        match (r.breach, r.age_s, r.rpo_s) {
+            (true, Some(a), Some(rpo)) => critical.push(format!(
+                "{}: newest good point {} old, RPO {}",
+                r.item,
+                crate::duration::Duration(a),
+                crate::duration::Duration(rpo)
+            )),
+            (true, None, _) => critical.push(format!("{}: no verified point", r.item)),
+            (false, Some(a), Some(rpo)) if a * 100 > rpo * u64::from(limits.warn_at) => warning
+                .push(format!(
+                    "{}: newest good point {} old, RPO {}",
+                    r.item,
+                    crate::duration::Duration(a),
+                    crate::duration::Duration(rpo)
+                )),
+            (false, None, None) => warning.push(format!("{}: no verified point", r.item)),
+            _ => {}
+        }
+    }
+    match &ctx.readiness {
+        Some(r) if !r.ready => {
+            let failed = r
+                .items
+                .iter()
+                .filter(|i| i.status == crate::readiness::ItemStatus::Failed)
+                .count();
+            critical.push(format!(
+                "not ready ({failed} failed check{} {} ago)",
+                if failed == 1 { "" } else { "s" },
+                ago(r.at)
+            ));
+        }
+        Some(r) if (now - r.at).num_seconds() > limits.check_max_age_s as i64 => {
+            warning.push(format!("last check {} ago", ago(r.at)));
+        }
+        Some(_) => {}
+        None => warning.push("no `reprise check` result saved".to_string()),
+    }
+    if let Some(e) = &ctx.drills_error {
+        warning.push(format!("runs unreadable ({})", one_line(e)));
+    } else {
+        let mut never = Vec::new();
+        for s in &ctx.services {
+            let d = ctx.drills.iter().find(|d| &d.service == s);
+            match d {
+                Some(d) if d.last_attempt_recovered == Some(false) => {
+                    warning.push(format!("{s}: last drill did not recover it"))
+                }
+                Some(crate::report::LastDrill { at: Some(at), .. })
+                    if (now - *at).num_seconds() > limits.drill_max_age_s as i64 =>
+                {
+                    warning.push(format!("{s}: last successful drill {} ago", ago(*at)))
+                }
+                Some(crate::report::LastDrill { at: Some(_), .. }) => {}
+                _ => never.push(s.as_str()),
+            }
+        }
+        if !never.is_empty() {
+            warning.push(format!("never drilled: {}", never.join(", ")));
+        }
+    }
+    let (code, state) = if !critical.is_empty() {
+        (NAGIOS_CRITICAL, "CRITICAL")
+    } else if !warning.is_empty() {
+        (NAGIOS_WARNING, "WARNING")
+    } else {
+        (NAGIOS_OK, "OK")
+    };
+    let summary = if critical.is_empty() && warning.is_empty() {
+        let n = rows.len();
+        format!(
+            "{n} replica{} within RPO, ready, every service drilled",
+            if n == 1 { "" } else { "s" }
+        )
+    } else {
+        critical
+            .iter()
+            .chain(warning.iter())
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let perf: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let a = r.age_s?;
+            let label = perf_label(&format!("{} age", r.item));
+            Some(match r.rpo_s {
+                Some(rpo) => format!(
+                    "{label}={a}s;{};{rpo};0",
+                    rpo * u64::from(limits.warn_at) / 100
+                ),
+                None => format!("{label}={a}s;;;0"),
+            })
+        })
+        .collect();
+    let mut line = format!("REPRISE {state} - {summary}");
+    if !perf.is_empty() {
+        line.push_str(" | ");
+        line.push_str(&perf.join(" "));
+    }
+    (code, line)
+}
+
+/// A performance-data label: quoted, a quote doubled (the plugin guidelines' rule), and no
+/// `=` or `|` that would cut the line.
+fn perf_label(s: &str) -> String {
+    let clean: String = s
+        .chars()
+        .map(|c| match c {
+            '=' | '|' => '_',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect();
+    format!("'{}'", clean.replace('\'', "''"))
+}
+
+/// The first line of a message, shortened: a plugin prints one line.
+fn one_line(s: &str) -> String {
+    let first = s.lines().next().unwrap_or("").trim();
+    let mut short: String = first.chars().take(120).collect();
+    if first.chars().count() > 120 {
+        short.push('…');
+    }
+    short.replace('|', "/")
+}
+
+/// Writes `text` to `path` through a new file beside it, synced, then renamed over it, so a
+/// reader (a textfile collector) sees the old file or the new one, never half of one.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("not a file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        // Readable by a collector running as another user, like a report.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::readiness::{ItemStatus, Readiness, ReadinessItem};
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap()
+    }
+
+    fn row(item: &str, age_s: Option<u64>, rpo_s: Option<u64>) -> ReplicaRow {
+        ReplicaRow {
+            item: item.to_string(),
+            backup: false,
+            good: age_s.map(|a| ("p".to_string(), now() - chrono::Duration::seconds(a as i64))),
+            age_s,
+            rpo_s,
+            breach: match (rpo_s, age_s) {
+                (Some(r), Some(a)) => a > r,
+                (Some(_), None) => true,
+                (None, _) => false,
+            },
+            last: None,
+            why: None,
+            error: None,
+        }
+    }
+
+    fn drilled(service: &str, days_ago: i64, recovered: bool) -> crate::report::LastDrill {
+        let at = now() - chrono::Duration::days(days_ago);
+        crate::report::LastDrill {
+            service: service.to_string(),
+            run_id: recovered.then(|| "r".to_string()),
+            at: recovered.then_some(at),
+            achieved_rto_s: None,
+            rto_met: None,
+            last_attempt_run_id: Some("r".to_string()),
+            last_attempt_at: Some(at),
+            last_attempt_recovered: Some(recovered),
+        }
+    }
+
+    fn ready(hours_ago: i64, ok: bool) -> Readiness {
+        Readiness {
+            at: now() - chrono::Duration::hours(hours_ago),
+            ready: ok,
+            items: vec![ReadinessItem {
+                area: "ssh".into(),
+                subject: "hv-pra".into(),
+                status: if ok {
+                    ItemStatus::Ok
+                } else {
+                    ItemStatus::Failed
+                },
+                detail: String::new(),
+            }],
+        }
+    }
+
+    fn ctx(readiness: Option<Readiness>, drills: Vec<crate::report::LastDrill>) -> Context {
+        Context {
+            services: drills.iter().map(|d| d.service.clone()).collect(),
+            drills,
+            drills_error: None,
+            readiness,
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        warn_at: 80,
+        check_max_age_s: 36 * 3600,
+        drill_max_age_s: 90 * 86400,
+    };
+
+    #[test]
+    fn all_well_is_ok_with_each_age_as_performance_data() {
+        let (code, line) = nagios(
+            &[row("erp-db", Some(600), Some(900))],
+            &ctx(Some(ready(2, true)), vec![drilled("erp-db", 10, true)]),
+            &LIMITS,
+            now(),
+        );
+        assert_eq!(code, NAGIOS_OK);
+        assert_eq!(
+            line,
+            "REPRISE OK - 1 replica within RPO, ready, every service drilled | 'erp-db age'=600s;720;900;0"
+        );
+    }
+
+    #[test]
+    fn a_point_near_its_target_a_stale_check_or_an_old_drill_warn() {
+        let c = ctx(Some(ready(2, true)), vec![drilled("erp-db", 10, true)]);
+        // 800 s of a 900 s target is past 80%.
+        let (code, line) = nagios(&[row("erp-db", Some(800), Some(900))], &c, &LIMITS, now());
+        assert_eq!(code, NAGIOS_WARNING, "{line}");
+        assert!(
+            line.contains("erp-db: newest good point 13m20s old, RPO 15m"),
+            "{line}"
+        );
+
+        let c = ctx(Some(ready(48, true)), vec![drilled("erp-db", 10, true)]);
+        let (code, line) = nagios(&[row("erp-db", Some(60), Some(900))], &c, &LIMITS, now());
+        assert_eq!(code, NAGIOS_WARNING, "{line}");
+        assert!(
+            line.contains("last check 2d old") || line.contains("last check 2d ago"),
+            "{line}"
+        );
+
+        let c = ctx(Some(ready(2, true)), vec![drilled("erp-db", 120, true)]);
+        let (code, line) = nagios(&[], &c, &LIMITS, now());
+        assert_eq!(code, NAGIOS_WARNING, "{line}");
+        assert!(
+            line.contains("erp-db: last successful drill 120d ago"),
+            "{line}"
+        );
+
+        let c = ctx(Some(ready(2, true)), vec![drilled("erp-db", 1, false)]);
+        let (code, line) = nagios(&[], &c, &LIMITS, now());
+        assert_eq!(code, NAGIOS_WARNING, "{line}");
+        assert!(
+            line.contains("erp-db: last drill did not recover it"),
+            "{line}"
+        );
+
+        let mut c = ctx(None, vec![]);
+        c.services = vec!["lms".into(), "print".into()];
+        let (code, line) = nagios(&[], &c, &LIMITS, now());
+        assert_eq!(code, NAGIOS_WARNING, "{line}");
+        assert!(line.contains("no `reprise check` result saved"), "{line}");
+        assert!(line.contains("never drilled: lms, print"), "{line}");
+    }
+
+    #[test]
+    fn a_missed_target_an_unreadable_copy_or_not_ready_is_critical_and_comes_first() {
+        let mut unreadable = row("lms", None, Some(3600));
+        unreadable.error = Some("hv-pra: connection refused\nmore".into());
+        let (code, line) = nagios(
+            &[
+                row("erp-db", Some(1000), Some(900)),
+                row("files", None, Some(3600)),
+                unreadable,
+            ],
+            &ctx(Some(ready(2, false)), vec![drilled("erp-db", 1, false)]),
+            &LIMITS,
+            now(),
+        );
+        assert_eq!(code, NAGIOS_CRITICAL, "{line}");
+        assert!(
+            line.starts_with(
+                "REPRISE CRITICAL - erp-db: newest good point 16m40s old, RPO 15m; files: no verified point; lms: copies unreadable (hv-pra: connection refused); not ready (1 failed check 2h ago); erp-db: last drill did not recover it |"
+            ),
+            "{line}"
+        );
+        assert_eq!(line.lines().count(), 1);
+    }
+
+    #[test]
+    fn performance_labels_cannot_break_the_line() {
+        assert_eq!(perf_label("a'b=c|d\ne"), "'a''b_c_d e'");
+    }
+}
