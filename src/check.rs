@@ -26,14 +26,68 @@ use crate::template::shell_quote;
 pub struct CheckOptions {
     /// Largest accepted difference between a host's clock and this machine's, in seconds.
     pub clock_tolerance_s: f64,
+    /// The secrets (environment variables) set in reprise's environment; [`check`] reads them.
+    pub secrets_set: BTreeSet<String>,
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
         CheckOptions {
             clock_tolerance_s: 5.0,
+            secrets_set: BTreeSet::new(),
         }
     }
+}
+
+/// How much a drill copy is expected to write into its overlays: a tenth of each copy it is
+/// backed by, and at least [`OVERLAY_FLOOR`] per disk (a booted guest writes its logs,
+/// temporary files and journals there for the length of the drill).
+pub fn overlay_estimate(copy_bytes: u64) -> u64 {
+    (copy_bytes / 10).max(OVERLAY_FLOOR)
+}
+
+/// The least a drill overlay is counted for.
+pub const OVERLAY_FLOOR: u64 = 64 << 20;
+
+/// The secrets the plans' and hooks' commands read, each with the first step that needs it.
+pub fn secrets_needed(plans: &Plans) -> BTreeMap<String, String> {
+    let mut needed = BTreeMap::new();
+    let mut add = |cmd: &crate::template::Command, what: &str| {
+        for name in cmd.secrets() {
+            needed
+                .entry(name.to_string())
+                .or_insert_with(|| what.to_string());
+        }
+    };
+    for plan in plans.ok() {
+        for step in &plan.steps {
+            match &step.action_spec {
+                Action::Exec { run, verify, undo } => {
+                    for cmd in std::iter::once(run).chain(verify).chain(undo) {
+                        add(cmd, &step.id);
+                    }
+                }
+                Action::Probe { run, .. } => add(run, &step.id),
+                Action::Replicate {
+                    snapshot: Some(hooks),
+                    ..
+                } => {
+                    add(&hooks.check, &step.id);
+                    add(&hooks.end, &step.id);
+                }
+                _ => {}
+            }
+            if let Some(before) = &step.state_before {
+                add(before, &step.id);
+            }
+        }
+    }
+    for d in &plans.drills {
+        if let Some((_, cmd)) = &d.network {
+            add(cmd, &format!("drill-network-check of vm {}", d.vm));
+        }
+    }
+    needed
 }
 
 /// A copy kept on the recovery side: a vm disk or a backup set.
@@ -90,6 +144,8 @@ pub struct HostProbe {
     /// Per vm whose driver can tell: the replication snapshot overlays left on this host, or
     /// why the driver's check failed.
     pub snapshots: HashMap<String, Result<Vec<String>, String>>,
+    /// Per drill network: what the driver's `drill-network-check` said, and its exit status.
+    pub drill_networks: HashMap<String, (Vec<String>, Option<i32>)>,
 }
 
 /// What each host must be asked.
@@ -104,15 +160,33 @@ pub struct HostQuestions {
     pub copies: BTreeSet<String>,
     /// The drivers' `replicate-check` of the vms whose primary this host is, by vm.
     pub snapshots: BTreeMap<String, crate::template::Command>,
+    /// The drivers' `drill-network-check` of the drill networks on this host, by network.
+    pub drill_networks: BTreeMap<String, crate::template::Command>,
 }
 
 /// The plans a recovery may need, each built from the model: the check's view of the runbooks.
 pub struct Plans {
     /// (label, plan or the errors rendered).
     pub by_mode: Vec<(String, Result<Plan, String>)>,
-    /// Commands run outside plans: the drivers' snapshot hooks of `reprise replicate`, as
-    /// (host, what, command).
+    /// Commands run outside plans: the drivers' snapshot hooks of `reprise replicate` and
+    /// their drill network checks, as (host, what, command).
     pub hooks: Vec<(String, String, String)>,
+    /// The drill copies a drill starts: each on its recovery host, with its driver's
+    /// `drill-network-check` there (when it has one).
+    pub drills: Vec<DrillStart>,
+}
+
+/// A drill copy a drill starts: where, on which copies, and how its network is checked.
+#[derive(Debug, Clone)]
+pub struct DrillStart {
+    pub vm: String,
+    pub host: String,
+    /// The recovery copies its overlays are backed by.
+    pub copies: Vec<String>,
+    /// The recovery host's `overlays_dir`.
+    pub overlays_dir: Option<String>,
+    /// The drill network's name and the driver's check of it.
+    pub network: Option<(String, crate::template::Command)>,
 }
 
 impl Plans {
@@ -124,7 +198,7 @@ impl Plans {
             ("restore", Mode::Restore, false),
             ("failback", Mode::Failback, false),
         ];
-        let by_mode = modes
+        let by_mode: Vec<(String, Result<Plan, String>)> = modes
             .iter()
             .map(|(label, mode, emergency)| {
                 let mut opts = PlanOptions::new(*mode);
@@ -142,7 +216,29 @@ impl Plans {
                 }
             }
         }
-        Plans { by_mode, hooks }
+        let drills = drill_starts(model, &by_mode);
+        for d in &drills {
+            if let Some((_, cmd)) = &d.network {
+                hooks.push((
+                    d.host.clone(),
+                    format!("drill-network-check of vm {}", d.vm),
+                    cmd.to_string(),
+                ));
+            }
+        }
+        Plans {
+            by_mode,
+            hooks,
+            drills,
+        }
+    }
+
+    /// The plan of a planned failover, when it plans.
+    pub fn planned_failover(&self) -> Option<&Plan> {
+        self.by_mode
+            .iter()
+            .find(|(l, _)| l == "planned failover")
+            .and_then(|(_, p)| p.as_ref().ok())
     }
 
     fn ok(&self) -> impl Iterator<Item = &Plan> {
@@ -157,6 +253,58 @@ impl Plans {
     }
 }
 
+/// The drill copies the drill plan starts (its `drill-start` steps on recovery copies).
+fn drill_starts(model: &Model, by_mode: &[(String, Result<Plan, String>)]) -> Vec<DrillStart> {
+    let inv = &model.inventory;
+    let Some(drill) = by_mode
+        .iter()
+        .find(|(l, _)| l == "drill")
+        .and_then(|(_, p)| p.as_ref().ok())
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for step in &drill.steps {
+        let Some(used) = step
+            .replica
+            .as_ref()
+            .filter(|r| r.role == plan::ReplicaRole::DrillStart)
+        else {
+            continue;
+        };
+        let (Some(vm), Some(service)) = (inv.vms.get(&used.vm), inv.services.get(&step.service))
+        else {
+            continue;
+        };
+        let host = inv.hosts.get(&used.host);
+        let var = |name: &str| match host.and_then(|h| h.vars.get(name)) {
+            Some(crate::inventory::VarValue::Text(t)) => Some(t.clone()),
+            Some(crate::inventory::VarValue::Secret { .. }) => None,
+            None => crate::inventory::VAR_DEFAULTS
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string()),
+        };
+        let network = plan::vm_action_command(
+            model,
+            service,
+            vm,
+            crate::runbook::Side::Recovery,
+            "drill-network-check",
+            "check",
+        )
+        .and_then(|(_, cmd)| var("drill_network").map(|name| (name, cmd)));
+        out.push(DrillStart {
+            vm: vm.id.clone(),
+            host: used.host.clone(),
+            copies: used.paths.clone(),
+            overlays_dir: var("overlays_dir").map(|d| d.trim_end_matches('/').to_string()),
+            network,
+        });
+    }
+    out
+}
+
 /// Shell words that are not programs to look for.
 const NOT_TOOLS: &[&str] = &[
     "!", "{", "}", "(", ")", "[", "[[", "]]", ":", ".", "if", "then", "else", "elif", "fi", "for",
@@ -166,16 +314,54 @@ const NOT_TOOLS: &[&str] = &[
     "umask", "ulimit", "alias", "let", "declare", "readonly", "pwd", "kill",
 ];
 
+/// Programs that run the command given after their own options (and, for `timeout`, a
+/// duration; for `env`, assignments): with the options that take a value.
+const WRAPPERS: &[(&str, &[&str])] = &[
+    ("timeout", &["-s", "--signal", "-k", "--kill-after"]),
+    ("env", &["-u", "--unset", "-C", "--chdir"]),
+    ("nice", &["-n", "--adjustment"]),
+    ("nohup", &[]),
+    ("setsid", &[]),
+    ("sudo", &["-u", "--user", "-g", "--group"]),
+    ("exec", &["-a"]),
+    ("ionice", &["-c", "--class", "-n", "--classdata"]),
+    ("flock", &["-w", "--timeout", "-E", "--conflict-exit-code"]),
+];
+
+/// Shells whose `-c` script is read for the programs it calls.
+const SHELLS: &[&str] = &["sh", "bash", "dash"];
+
+/// Where a wrapper's command is, while its arguments are read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wrapped {
+    /// Reading the options of the wrapper at this index of [`WRAPPERS`].
+    Options(usize),
+    /// The next word is the option's value.
+    Value(usize),
+    /// `flock FILE` or `timeout DURATION`: one operand before the command.
+    Operand,
+}
+
 /// The programs a shell command calls: the first word of each simple command (after
-/// separators, pipes, `do`, `then`, `!`…), skipping assignments, redirections, builtins, shell
-/// functions the command defines, arithmetic (`$((…))`, `((…))`), `case` patterns, here-
-/// documents and anything quoted or computed. Quoted strings such as `sh -c '…'` are not looked
-/// into; command substitutions (`$(…)`) are.
+/// separators, pipes, `do`, `then`, `!`…), and the command a wrapper runs (`timeout 300 cmd`,
+/// `env X=1 cmd`, `nohup`, `setsid`, `sudo`, `exec`, `flock FILE cmd`), skipping assignments,
+/// redirections, builtins, shell functions the command defines, arithmetic (`$((…))`,
+/// `((…))`), `case` patterns, here-documents and anything computed. The script of `sh -c '…'`
+/// or `bash -c '…'` is read the same way; other quoted strings are not looked into; command
+/// substitutions (`$(…)`) are.
 pub fn command_words(cmd: &str) -> Vec<String> {
+    command_words_at(cmd, 0)
+}
+
+fn command_words_at(cmd: &str, depth: usize) -> Vec<String> {
     let chars: Vec<char> = cmd.chars().collect();
     let mut words = Vec::new();
     let mut functions: Vec<String> = Vec::new();
     let mut at_start = true;
+    // After a wrapper (`timeout 300 cmd`): its options, then its command.
+    let mut wrapped: Option<Wrapped> = None;
+    // After `sh` or `bash` (in command position): whether `-c` was seen.
+    let mut shell: Option<bool> = None;
     // After `for` or `case`, words are data until the next separator.
     let mut skipping = false;
     // Open `case` statements, and whether a pattern (`a|b)`) comes next.
@@ -216,7 +402,7 @@ pub fn command_words(cmd: &str) -> Vec<String> {
                 at_start = true;
                 skipping = false;
             }
-            '(' if at_start && chars.get(i + 1) == Some(&'(') => {
+            '(' if at_start && wrapped.is_none() && chars.get(i + 1) == Some(&'(') => {
                 // An arithmetic command: `(( n++ ))`.
                 i = skip_arithmetic(&chars, i);
                 at_start = false;
@@ -230,6 +416,8 @@ pub fn command_words(cmd: &str) -> Vec<String> {
                 i = next.max(i + 1);
             }
             ';' | '&' | '|' | '(' | ')' | '{' | '}' | '`' => {
+                wrapped = None;
+                shell = None;
                 if c == ';' && chars.get(i + 1) == Some(&';') && cases > 0 {
                     // The end of a `case` branch: a pattern comes next.
                     pattern_next = true;
@@ -240,8 +428,60 @@ pub fn command_words(cmd: &str) -> Vec<String> {
                 i += 1;
             }
             _ => {
+                let start = i;
                 let (word, opaque, next) = read_word(&chars, i, &mut heredocs);
                 i = next;
+                if let Some(seen_c) = shell {
+                    // `sh -c 'script'`: the script's programs; the rest are its arguments.
+                    if !seen_c {
+                        if word == "-c" {
+                            shell = Some(true);
+                        } else if !word.starts_with('-') || opaque {
+                            shell = None;
+                        }
+                        continue;
+                    }
+                    shell = None;
+                    if depth < 4 {
+                        let raw: String = chars[start..i].iter().collect();
+                        if let Some(script) = unquote(&raw) {
+                            words.extend(command_words_at(&script, depth + 1));
+                        }
+                    }
+                    continue;
+                }
+                if let Some(state) = wrapped {
+                    match state {
+                        Wrapped::Value(w) => {
+                            wrapped = Some(Wrapped::Options(w));
+                            continue;
+                        }
+                        Wrapped::Options(w) if word.starts_with('-') && !opaque => {
+                            let takes_value = WRAPPERS[w].1.contains(&word.as_str());
+                            wrapped = Some(if takes_value {
+                                Wrapped::Value(w)
+                            } else {
+                                Wrapped::Options(w)
+                            });
+                            continue;
+                        }
+                        Wrapped::Options(w)
+                            if matches!(WRAPPERS[w].0, "timeout" | "flock") =>
+                        {
+                            // The duration, or the lock file: the command comes next.
+                            wrapped = Some(Wrapped::Operand);
+                            continue;
+                        }
+                        Wrapped::Options(w) if WRAPPERS[w].0 == "env" && is_assignment(&word) => {
+                            continue;
+                        }
+                        Wrapped::Options(_) | Wrapped::Operand => {
+                            // The wrapped command: in command position.
+                            wrapped = None;
+                            at_start = true;
+                        }
+                    }
+                }
                 // `name()`: a function definition; its calls are not programs.
                 let mut j = i;
                 while j < chars.len() && (chars[j] == ' ' || chars[j] == '\t') {
@@ -289,6 +529,17 @@ pub fn command_words(cmd: &str) -> Vec<String> {
                     i = next;
                     continue;
                 }
+                if word == "exec" || word == "command" {
+                    // `exec cmd` runs cmd; `command cmd` too, but `command -v cmd` only looks.
+                    let (peek, _, _) = read_word(&chars, skip_blanks(&chars, i), &mut Vec::new());
+                    if word == "exec" || !peek.starts_with('-') {
+                        wrapped = Some(Wrapped::Options(
+                            WRAPPERS.iter().position(|(w, _)| *w == "exec").unwrap_or(0),
+                        ));
+                    }
+                    at_start = false;
+                    continue;
+                }
                 if NOT_TOOLS.contains(&word.as_str()) {
                     // Keywords keep the next word in command position.
                     at_start = matches!(
@@ -305,6 +556,12 @@ pub fn command_words(cmd: &str) -> Vec<String> {
                         .all(|c| c.is_ascii_alphanumeric() || "._+-/".contains(c))
                     && !word.starts_with('-')
                 {
+                    let base = word.rsplit('/').next().unwrap_or(&word).to_string();
+                    if let Some(w) = WRAPPERS.iter().position(|(name, _)| *name == base) {
+                        wrapped = Some(Wrapped::Options(w));
+                    } else if SHELLS.contains(&base.as_str()) {
+                        shell = Some(false);
+                    }
                     words.push(word);
                 }
             }
@@ -312,6 +569,40 @@ pub fn command_words(cmd: &str) -> Vec<String> {
     }
     words.retain(|w| !functions.contains(w));
     words
+}
+
+/// The text of a word that is one quoted string (`'…'`, or `"…"` with nothing computed in it).
+fn unquote(raw: &str) -> Option<String> {
+    if raw.len() >= 2 && raw.starts_with('\'') && raw.ends_with('\'') {
+        let inner = &raw[1..raw.len() - 1];
+        return (!inner.contains('\'')).then(|| inner.to_string());
+    }
+    if raw.len() >= 2 && raw.starts_with('"') && raw.ends_with('"') {
+        let inner = &raw[1..raw.len() - 1];
+        if inner.contains(['$', '`']) {
+            return None;
+        }
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                match chars.next() {
+                    Some(n @ ('"' | '\\')) => out.push(n),
+                    Some(n) => {
+                        out.push('\\');
+                        out.push(n);
+                    }
+                    None => return None,
+                }
+            } else if c == '"' {
+                return None;
+            } else {
+                out.push(c);
+            }
+        }
+        return Some(out);
+    }
+    None
 }
 
 /// Reads one word from `i`: its text (quotes removed, computed parts kept as `$`), whether
@@ -472,38 +763,76 @@ fn skip_heredoc(chars: &[char], mut i: usize, delim: &str, strip_tabs: bool) -> 
     i
 }
 
-/// Per host, the programs the plans' commands call there, with one step that needs each.
-pub fn tools_by_host(plans: &Plans) -> BTreeMap<String, BTreeMap<String, String>> {
-    let mut tools: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+/// Syntax of bash that `sh` lacks, with how it reads. Every command reprise runs on a host
+/// (steps, checks, undos, driver actions) runs under `sh -c`, which is dash on Debian.
+const BASH_ONLY: &[(&str, &str)] = &[
+    ("/dev/tcp/", "/dev/tcp"),
+    ("/dev/udp/", "/dev/udp"),
+    ("[[", "`[[ … ]]`"),
+    ("<(", "process substitution `<(…)`"),
+    (">(", "process substitution `>(…)`"),
+    ("<<<", "a here-string `<<<`"),
+    ("&>", "`&>` (sh reads it as `&` then `>`: the command runs in the background)"),
+];
+
+/// The bash syntax in a command that runs under `sh`, outside the scripts of `bash -c '…'`.
+pub fn bash_only(cmd: &str) -> Option<&'static str> {
+    let mut rest = cmd;
+    let mut outside = String::new();
+    while let Some(at) = rest.find("bash -c ") {
+        outside.push_str(&rest[..at]);
+        let after = rest[at + "bash -c ".len()..].trim_start();
+        let Some(quote) = after.chars().next().filter(|c| *c == '\'' || *c == '"') else {
+            rest = after;
+            continue;
+        };
+        match after[1..].find(quote) {
+            Some(end) => rest = &after[end + 2..],
+            None => {
+                rest = "";
+            }
+        }
+    }
+    outside.push_str(rest);
+    BASH_ONLY
+        .iter()
+        .find(|(marker, _)| outside.contains(marker))
+        .map(|(_, what)| *what)
+}
+
+/// The texts of the commands the plans and hooks run on hosts: (host, step or hook, text).
+fn host_commands(plans: &Plans) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
     for plan in plans.ok() {
         for step in &plan.steps {
             let Some(host) = &step.host else { continue };
-            let texts: Vec<&str> = match &step.action_spec {
-                Action::Exec { .. } | Action::Probe { .. } => std::iter::once(&step.command)
+            if let Action::Exec { .. } | Action::Probe { .. } = &step.action_spec {
+                for text in std::iter::once(&step.command)
                     .chain(step.verify.iter())
                     .chain(step.undo.iter())
-                    .map(String::as_str)
-                    .collect(),
-                _ => continue,
-            };
-            for text in texts {
-                for word in command_words(text) {
-                    tools
-                        .entry(host.clone())
-                        .or_default()
-                        .entry(word)
-                        .or_insert_with(|| step.id.clone());
+                {
+                    out.push((host.clone(), step.id.clone(), text.clone()));
                 }
             }
         }
     }
-    for (host, what, text) in &plans.hooks {
-        for word in command_words(text) {
-            tools
-                .entry(host.clone())
-                .or_default()
-                .entry(word)
-                .or_insert_with(|| what.clone());
+    out.extend(plans.hooks.iter().cloned());
+    out
+}
+
+/// Per host, the programs the plans' commands call there, with one step that needs each.
+pub fn tools_by_host(plans: &Plans) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut tools: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (host, what, text) in host_commands(plans) {
+        let needed = tools.entry(host).or_default();
+        // Every command runs as `timeout … sh -c COMMAND` (see `ssh`).
+        for wrapper in ["timeout", "sh"] {
+            needed
+                .entry(wrapper.to_string())
+                .or_insert_with(|| "every command (run under `timeout … sh -c`)".to_string());
+        }
+        for word in command_words(&text) {
+            needed.entry(word).or_insert_with(|| what.clone());
         }
     }
     tools
@@ -661,6 +990,16 @@ pub fn questions(
                 .insert(vm.id.clone(), cmd);
         }
     }
+    for d in &plans.drills {
+        let entry = q.entry(d.host.clone()).or_default();
+        if let Some((name, cmd)) = &d.network {
+            entry.drill_networks.insert(name.clone(), cmd.clone());
+        }
+        if let Some(dir) = &d.overlays_dir {
+            entry.space.insert(dir.clone());
+        }
+        entry.files.extend(d.copies.iter().cloned());
+    }
     // Hosts of the inventory no plan uses are still worth knowing about.
     for host in model.inventory.hosts.keys() {
         q.entry(host.clone()).or_default();
@@ -705,6 +1044,17 @@ pub fn probe_script(q: &HostQuestions) -> String {
             shell_quote(&text),
             shell_quote(vm),
             shell_quote(vm)
+        ));
+    }
+    for (net, cmd) in &q.drill_networks {
+        let text = cmd
+            .expose(|n| std::env::var(n).ok())
+            .unwrap_or_else(|missing| format!("echo 'secret {missing} is not set' >&2; exit 2"));
+        s.push_str(&format!(
+            "o=$(sh -c {} 2>&1); r=$?; printf '%s\\n' \"$o\" | while IFS= read -r l; do printf 'drillnet\\t%s\\t%s\\n' {} \"$l\"; done; printf 'drillnetrc\\t%s\\t%s\\n' {} \"$r\"\n",
+            shell_quote(&text),
+            shell_quote(net),
+            shell_quote(net)
         ));
     }
     if !q.space.is_empty() {
@@ -779,6 +1129,22 @@ pub fn parse_answers(text: &str, probe: &mut HostProbe) -> bool {
                 } else if let Ok(lines) = entry {
                     lines.retain(|l| !l.starts_with('!'));
                 }
+            }
+            "drillnet" => {
+                let entry = probe
+                    .drill_networks
+                    .entry(path.to_string())
+                    .or_insert_with(|| (Vec::new(), None));
+                if !value.trim().is_empty() && entry.0.len() < 20 {
+                    entry.0.push(value.chars().take(300).collect());
+                }
+            }
+            "drillnetrc" => {
+                probe
+                    .drill_networks
+                    .entry(path.to_string())
+                    .or_insert_with(|| (Vec::new(), None))
+                    .1 = value.trim().parse().ok();
             }
             "space" => match space(value) {
                 Ok(sp) => {
@@ -1197,12 +1563,141 @@ pub fn evaluate(
                     vm.id
                 ),
             )),
+            // `reprise replicate` refuses such a vm too.
             Err(e) => items.push(item(
                 "replicas",
                 &subject,
-                ItemStatus::Warning,
-                format!("cannot tell whether a replication snapshot is left on {host}: {e}"),
+                ItemStatus::Failed,
+                format!(
+                    "cannot tell whether a replication snapshot is left on {host}, and replication refuses it: {e}"
+                ),
             )),
+        }
+    }
+
+    // The drill networks: absent (a drill creates them) or isolated.
+    let mut networks_seen = BTreeSet::new();
+    for d in &plans.drills {
+        let Some((name, _)) = &d.network else {
+            continue;
+        };
+        if !networks_seen.insert((d.host.clone(), name.clone())) {
+            continue;
+        }
+        let Some(probe) = probes.get(&d.host).filter(|p| p.error.is_none()) else {
+            continue;
+        };
+        let subject = format!("{} ({name})", d.host);
+        let (status, detail) = match probe.drill_networks.get(name) {
+            Some((said, Some(0))) => (ItemStatus::Ok, said.join("; ")),
+            Some((said, code)) => (
+                ItemStatus::Failed,
+                format!(
+                    "the drill network cannot be used ({}): {}",
+                    code.map_or("no exit status".to_string(), |c| format!("exit {c}")),
+                    if said.is_empty() {
+                        "nothing said".to_string()
+                    } else {
+                        said.join("; ")
+                    }
+                ),
+            ),
+            None => (
+                ItemStatus::Failed,
+                "its driver's drill-network-check gave no answer".to_string(),
+            ),
+        };
+        items.push(item("network", &subject, status, detail));
+    }
+
+    // Room for the drill overlays on each recovery host (see [`overlay_estimate`]).
+    let mut overlays: BTreeMap<(String, String), (u64, Vec<String>)> = BTreeMap::new();
+    for d in &plans.drills {
+        let Some(dir) = &d.overlays_dir else { continue };
+        let Some(probe) = probes.get(&d.host).filter(|p| p.error.is_none()) else {
+            continue;
+        };
+        let entry = overlays
+            .entry((d.host.clone(), dir.clone()))
+            .or_insert((0, Vec::new()));
+        for copy in &d.copies {
+            let bytes = probe
+                .stats
+                .get(copy)
+                .copied()
+                .flatten()
+                .map_or(0, |s| s.bytes);
+            entry.0 = entry.0.saturating_add(overlay_estimate(bytes));
+        }
+        entry.1.push(d.vm.clone());
+    }
+    for ((host, dir), (need, vms)) in overlays {
+        let Some(space) = probes.get(&host).and_then(|p| p.space.get(&dir)) else {
+            continue;
+        };
+        let subject = format!("{host} (drill overlays)");
+        let how = format!(
+            "a tenth of each copy, at least {} a disk, for {}",
+            human_bytes(OVERLAY_FLOOR),
+            vms.join(", ")
+        );
+        let (status, detail) = if space.avail < need {
+            (
+                ItemStatus::Failed,
+                format!(
+                    "{} free under {dir}, a drill's overlays need about {} ({how}): free space there or move `overlays_dir`",
+                    human_bytes(space.avail),
+                    human_bytes(need)
+                ),
+            )
+        } else {
+            (
+                ItemStatus::Ok,
+                format!(
+                    "{} free under {dir}, a drill's overlays need about {} ({how})",
+                    human_bytes(space.avail),
+                    human_bytes(need)
+                ),
+            )
+        };
+        items.push(item("space", &subject, status, detail));
+    }
+
+    // Secrets the commands read from reprise's environment.
+    for (name, step) in secrets_needed(plans) {
+        if opts.secrets_set.contains(&name) {
+            items.push(item(
+                "secrets",
+                &name,
+                ItemStatus::Ok,
+                format!("set (needed by {step})"),
+            ));
+        } else {
+            items.push(item(
+                "secrets",
+                &name,
+                ItemStatus::Failed,
+                format!(
+                    "not set in reprise's environment, and {step} reads it: export {name} before running reprise"
+                ),
+            ));
+        }
+    }
+
+    // Commands run under `sh`: bash syntax there fails when it runs.
+    let mut shell_seen = BTreeSet::new();
+    for (host, what, text) in host_commands(plans) {
+        if let Some(syntax) = bash_only(&text)
+            && shell_seen.insert(what.clone())
+        {
+            items.push(item(
+                "shell",
+                &what,
+                ItemStatus::Failed,
+                format!(
+                    "uses {syntax}, which is bash's: commands run on {host} under `sh -c` (dash on Debian); write it as `bash -c '…'`"
+                ),
+            ));
         }
     }
     for ((host, _), (total, avail, largest, growth, paths)) in needs_by_space {
@@ -1316,8 +1811,8 @@ pub fn evaluate(
 }
 
 /// The order of the table.
-const AREAS: [&str; 7] = [
-    "ssh", "clock", "tools", "replicas", "space", "runbooks", "rto",
+const AREAS: [&str; 10] = [
+    "ssh", "clock", "tools", "shell", "secrets", "network", "replicas", "space", "runbooks", "rto",
 ];
 
 /// Runs the whole check.
@@ -1327,13 +1822,57 @@ pub fn check(model: &Model, transport: &dyn Transport, opts: &CheckOptions) -> R
     let q = questions(model, &plans, &replicas);
     let probes = probe_hosts(transport, &q);
     let now = Utc::now();
-    let mut items = evaluate(model, &plans, &replicas, &probes, opts, now);
+    let mut opts = opts.clone();
+    opts.secrets_set.extend(
+        secrets_needed(&plans)
+            .into_keys()
+            .filter(|n| std::env::var_os(n).is_some_and(|v| !v.is_empty())),
+    );
+    let mut items = evaluate(model, &plans, &replicas, &probes, &opts, now);
     items.sort_by_key(|i| AREAS.iter().position(|a| *a == i.area));
     Readiness {
         at: now,
         ready: !items.iter().any(|i| i.status == ItemStatus::Failed),
         items,
     }
+}
+
+/// The failed items of a check that stop a planned failover on the recovery side (see
+/// `plan`, the planned failover's plan): a recovery-site host it runs steps on that cannot be
+/// reached, lacks a tool or room for the copies; a secret or bash syntax one of its steps
+/// needs. Problems of the primary side (and of copies, which its final sync brings up to
+/// date) do not stop it.
+pub fn failover_blockers(model: &Model, plan: &Plan, items: &[ReadinessItem]) -> Vec<String> {
+    let inv = &model.inventory;
+    let recovery_hosts: BTreeSet<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| s.host.as_deref())
+        .filter(|h| {
+            inv.site_of(h)
+                .is_some_and(|s| s.role == Some(crate::inventory::SiteRole::Recovery))
+        })
+        .collect();
+    let steps: BTreeSet<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+    let secrets: BTreeSet<String> = {
+        let plans = Plans {
+            by_mode: vec![("planned failover".to_string(), Ok(plan.clone()))],
+            hooks: Vec::new(),
+            drills: Vec::new(),
+        };
+        secrets_needed(&plans).into_keys().collect()
+    };
+    items
+        .iter()
+        .filter(|i| i.status == ItemStatus::Failed)
+        .filter(|i| match i.area.as_str() {
+            "ssh" | "tools" | "space" => recovery_hosts.contains(i.subject.as_str()),
+            "shell" => steps.contains(i.subject.as_str()),
+            "secrets" => secrets.contains(&i.subject),
+            _ => false,
+        })
+        .map(|i| format!("{} {}: {}", i.area, i.subject, i.detail))
+        .collect()
 }
 
 /// The table and the verdict, for a person.
@@ -1411,7 +1950,10 @@ mod tests {
         let w = command_words(
             "virsh domstate dc1 | grep -qx 'shut off' || { virsh shutdown dc1 && timeout 300 sh -c 'until virsh domstate \"$0\"; do sleep 2; done' dc1; }",
         );
-        assert_eq!(w, ["virsh", "grep", "virsh", "timeout"]);
+        assert_eq!(
+            w,
+            ["virsh", "grep", "virsh", "timeout", "sh", "virsh", "sleep"]
+        );
         let w = command_words(
             "set -e; dir=/var/x; mkdir -p \"$dir\"; files=; for d in a.qcow2 b.qcow2; do qemu-img create -q -f qcow2 \"$dir/$d\"; done",
         );
@@ -1473,6 +2015,110 @@ mod tests {
         );
         check("x=1 y=2 qm list", &["qm"]);
         check("[[ -e /x ]] && virsh list", &["virsh"]);
+    }
+
+    #[test]
+    fn wrapped_commands_and_shell_scripts_are_programs_too() {
+        let check =
+            |cmd: &str, expected: &[&str]| assert_eq!(command_words(cmd), expected, "{cmd}");
+        check("timeout -k 5 300 qm stop 101", &["timeout", "qm"]);
+        check("timeout --kill-after=5 30 virsh list", &["timeout", "virsh"]);
+        check("env -u X A=1 B=2 virsh list", &["env", "virsh"]);
+        check("nice -n 10 ionice -c 3 rsync -a x y", &["nice", "ionice", "rsync"]);
+        check("nohup setsid sudo -u qemu qemu-img info x", &["nohup", "setsid", "sudo", "qemu-img"]);
+        check("flock /run/x.lock virsh list; exec virsh start a", &["flock", "virsh", "virsh"]);
+        check("command -v virsh && command virsh list", &["virsh"]);
+        check(
+            "bash -c 'cat </dev/tcp/$0/7000' 10.0.0.1",
+            &["bash", "cat"],
+        );
+        check("sh -c \"pvesm status | grep -q local\"", &["sh", "pvesm", "grep"]);
+        check("sh -e -c 'x=$(( 1 + 2 ))' arg", &["sh"]);
+        check("sh ./script.sh; bash", &["sh", "bash"]);
+        check("exec 2>&1; mount -a", &["mount"]);
+    }
+
+    /// A driver command as a plan renders it: every value a quoted word.
+    fn rendered(template: &str) -> String {
+        let mut out = String::new();
+        let mut rest = template;
+        while let Some(at) = rest.find("{{") {
+            out.push_str(&rest[..at]);
+            let end = rest[at..].find("}}").map_or(rest.len(), |e| at + e + 2);
+            out.push_str("'v'");
+            rest = &rest[end..];
+        }
+        out + rest
+    }
+
+    /// Every action of every built-in driver, and the programs `check` looks for: exactly
+    /// the tools it calls, nothing of its shell syntax.
+    #[test]
+    fn the_builtin_drivers_need_exactly_their_tools() {
+        let doc: toml::Table = crate::inventory::BUILTIN_DRIVERS.parse().unwrap();
+        let mut seen = Vec::new();
+        for (driver, actions) in doc["drivers"].as_table().unwrap() {
+            for (action, cmd) in actions.as_table().unwrap() {
+                let mut words = command_words(&rendered(cmd.as_str().unwrap()));
+                words.sort();
+                words.dedup();
+                seen.push(format!("{driver} {action}: {}", words.join(" ")));
+            }
+        }
+        let expected = [
+            "libvirt start: virsh",
+            "libvirt stop: grep sh sleep timeout virsh",
+            "libvirt status: virsh",
+            "libvirt autostart-off: virsh",
+            "libvirt autostart-on: virsh",
+            "libvirt drill-start: grep mkdir qemu-img virsh virt-clone virt-xml",
+            "libvirt drill-network-check: grep virsh",
+            "libvirt drill-stop: grep rm rmdir virsh",
+            "libvirt replicate-check: awk sort virsh",
+            "libvirt replicate-begin: virsh",
+            "libvirt replicate-end: awk grep head qemu-img rm sed virsh virt-xml",
+            "proxmox start: qm",
+            "proxmox stop: qm",
+            "proxmox status: qm",
+            "proxmox autostart-off: qm",
+            "proxmox autostart-on: qm",
+            "proxmox drill-start: qm",
+            "proxmox drill-stop: awk grep qm",
+            "lab start: lab-vm",
+            "lab stop: lab-vm",
+            "lab status: lab-vm",
+            "lab autostart-off: lab-vm",
+            "lab autostart-on: lab-vm",
+            "lab drill-start: lab-vm mkdir qemu-img",
+            "lab drill-stop: lab-vm rm rmdir",
+            "lab replicate-check: lab-vm",
+            "lab replicate-begin: lab-vm",
+            "lab replicate-end: lab-vm",
+        ];
+        let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        seen.sort();
+        assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn bash_syntax_outside_bash_is_found() {
+        assert_eq!(bash_only("cat </dev/tcp/10.0.0.1/7000"), Some("/dev/tcp"));
+        assert_eq!(bash_only("bash -c 'cat </dev/tcp/$0/7000' x"), None);
+        assert_eq!(
+            bash_only("bash -c 'exec 3<>/dev/tcp/a/1' && [[ -e /x ]]"),
+            Some("`[[ … ]]`")
+        );
+        assert_eq!(bash_only("diff <(ls a) <(ls b)"), Some("process substitution `<(…)`"));
+        assert!(bash_only("virsh start x &>/dev/null").is_some());
+        assert_eq!(bash_only("virsh start x >/dev/null 2>&1"), None);
+        assert_eq!(bash_only("grep -q x <<<\"$y\""), Some("a here-string `<<<`"));
+        let doc: toml::Table = crate::inventory::BUILTIN_DRIVERS.parse().unwrap();
+        for (driver, actions) in doc["drivers"].as_table().unwrap() {
+            for (action, cmd) in actions.as_table().unwrap() {
+                assert_eq!(bash_only(cmd.as_str().unwrap()), None, "{driver} {action}");
+            }
+        }
     }
 
     #[test]

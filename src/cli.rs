@@ -261,6 +261,11 @@ pub enum Command {
         /// did not fail verification.
         #[arg(long = "point", value_name = "[VM=]POINT", value_parser = parse_point)]
         points: Vec<(String, String)>,
+        /// Start a planned failover although `reprise check` finds problems on the recovery
+        /// side that would stop it half-way (it refuses otherwise, exit 7); journaled, and
+        /// shown by the report.
+        #[arg(long)]
+        force: bool,
         /// Start every VM not named by --point from its newest good point taken before TIME
         /// (e.g. the last state before a ransomware attack).
         #[arg(long, value_name = "TIME", value_parser = parse_incident_time)]
@@ -843,6 +848,7 @@ pub fn run(cli: &Cli) -> Outcome {
             let transport = crate::run::transport(&model, &ssh);
             let opts = crate::check::CheckOptions {
                 clock_tolerance_s: clock_tolerance.max(0.0),
+                ..Default::default()
             };
             let readiness = crate::check::check(&model, &transport, &opts);
             let path = crate::readiness::latest_path(&cli.state_dir);
@@ -886,6 +892,7 @@ pub fn run(cli: &Cli) -> Outcome {
             emergency,
             points,
             point_before,
+            force,
             args,
         } => {
             for (vm, _) in points {
@@ -916,7 +923,7 @@ pub fn run(cli: &Cli) -> Outcome {
                 before: *point_before,
                 accept_unverified: Vec::new(),
             };
-            start_with(cli, &model, Mode::Failover, *emergency, args, choice)
+            start_with(cli, &model, Mode::Failover, *emergency, *force, args, choice)
         }
         Command::Restore(args) => start(cli, &model, Mode::Restore, false, args),
         Command::Failback(args) => start(cli, &model, Mode::Failback, false, args),
@@ -1009,7 +1016,7 @@ fn ctrl_c() -> crate::shutdown::Shutdown {
 }
 
 fn start(cli: &Cli, model: &Model, mode: Mode, emergency: bool, args: &RunArgs) -> Outcome {
-    start_with(cli, model, mode, emergency, args, Default::default())
+    start_with(cli, model, mode, emergency, false, args, Default::default())
 }
 
 fn start_with(
@@ -1017,6 +1024,7 @@ fn start_with(
     model: &Model,
     mode: Mode,
     emergency: bool,
+    force: bool,
     args: &RunArgs,
     mut points: crate::runner::PointChoice,
 ) -> Outcome {
@@ -1084,6 +1092,7 @@ fn start_with(
         state_dir: cli.state_dir.clone(),
         operator: operator(&args.exec),
         incident_at: args.incident_at,
+        force,
     };
     let shutdown = ctrl_c();
     let mut view = TerminalView::new(&model.inventory, None);
@@ -1149,6 +1158,7 @@ fn run_error(e: RunError) -> Outcome {
         | RunError::DrillOver { .. } => Outcome::err(exit::INVALID_INPUT, format!("error: {e}\n")),
         RunError::NoName => Outcome::err(exit::USAGE, format!("error: {e}\n")),
         RunError::SplitBrain { .. } => Outcome::err(exit::SPLIT_BRAIN, format!("error: {e}\n")),
+        RunError::NotReady { .. } => Outcome::err(exit::NOT_READY, format!("error: {e}\n")),
         RunError::AlreadyFinished(_) => Outcome::err(exit::INVALID_INPUT, format!("error: {e}\n")),
         RunError::JournalFailed { .. } => Outcome::err(exit::IO, format!("error: {e}\n")),
         RunError::Journal(_) | RunError::NoStart(_) => {
@@ -1378,6 +1388,25 @@ fn show(cli: &Cli, run: &str) -> Outcome {
             Event::RunResumed {
                 operator, machine, ..
             } => format!("resumed by {operator} on {machine}"),
+            Event::VmStateBefore {
+                step,
+                running,
+                said,
+                ..
+            } => format!(
+                "{step}: before the start, the vm {} ({said:?})",
+                match running {
+                    Some(true) => "was running already",
+                    Some(false) => "was not running",
+                    None => "was in a state that could not be told",
+                }
+            ),
+            Event::ReadinessForced {
+                operator, problems, ..
+            } => format!(
+                "forced by {operator} (--force) past the readiness check's blocking problems: {}",
+                problems.join("; ")
+            ),
             Event::StopRequested { reason, .. } => format!(
                 "stop requested ({reason}): no new steps, running ones finish, a drill's cleanup runs"
             ),

@@ -118,6 +118,23 @@ pub enum Event {
         ok: bool,
         message: Option<String>,
     },
+    /// A vm's state as its driver's `status` told it just before a step started the vm:
+    /// a roll-back stops the vm again only if it was not running (`None`: it could not be told).
+    VmStateBefore {
+        at: DateTime<Utc>,
+        step: String,
+        running: Option<bool>,
+        /// What `status` printed (or why it could not run).
+        said: String,
+    },
+    /// A planned failover started although `reprise check` found problems that block it on
+    /// the recovery side, because the operator forced it.
+    ReadinessForced {
+        at: DateTime<Utc>,
+        operator: String,
+        /// The blocking problems, as `AREA SUBJECT: DETAIL`.
+        problems: Vec<String>,
+    },
     /// A replica point chosen for a VM or backup set (failover, failback, drill): the data-loss
     /// window of that item is the time between `taken_at` and the incident (or the run's start).
     ReplicaPointUsed {
@@ -173,6 +190,8 @@ impl Event {
             | Event::WaitingForOperator { at, .. }
             | Event::Confirmed { at, .. }
             | Event::UndoFinished { at, .. }
+            | Event::VmStateBefore { at, .. }
+            | Event::ReadinessForced { at, .. }
             | Event::ReplicaPointUsed { at, .. }
             | Event::RunResumed { at, .. }
             | Event::StopRequested { at, .. }

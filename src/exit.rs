@@ -20,7 +20,8 @@ pub const IO: u8 = 4;
 pub const LOCKED: u8 = 5;
 /// A failback found a service running on both sites: nothing was done.
 pub const SPLIT_BRAIN: u8 = 6;
-/// `reprise check`: a recovery would not work now (see its table).
+/// `reprise check`: a recovery would not work now (see its table); or a planned failover was
+/// refused because the check finds problems on the recovery side (`--force` starts it anyway).
 pub const NOT_READY: u8 = 7;
 /// `reprise status`: a replicated VM has no good point within its service's RPO target.
 pub const RPO_BREACH: u8 = 8;

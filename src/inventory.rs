@@ -189,6 +189,7 @@ pub const VM_ACTIONS: &[&str] = &[
     "replicate-check",
     "replicate-begin",
     "replicate-end",
+    "drill-network-check",
 ];
 
 /// A hypervisor driver: one command template per VM action.
@@ -587,6 +588,50 @@ fn insert_unique<T>(
 /// Host variables that name a folder reprise (or its drivers) put files in: absolute paths.
 pub const PATH_VARS: &[&str] = &["images_dir", "overlays_dir"];
 
+/// Host variables that have a value when the inventory gives none: the recovery host's
+/// isolated drill network (`drill_network`) and the address the host takes on it when a
+/// driver creates it (`drill_address`, `ADDRESS/PREFIX`; none by default).
+pub const VAR_DEFAULTS: &[(&str, &str)] = &[("drill_network", "reprise-drill"), ("drill_address", "")];
+
+/// What is wrong with a value of `drill_network` or `drill_address`, if anything.
+fn drill_var_problem(key: &str, value: &str) -> Option<String> {
+    match key {
+        "drill_network" => {
+            let plain = !value.is_empty()
+                && value.len() <= 64
+                && !value.starts_with(['-', '.'])
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            (!plain).then(|| {
+                format!(
+                    "`{}` is not a plain network name (letters, digits, `-`, `_`, `.`, at most 64)",
+                    value.escape_debug()
+                )
+            })
+        }
+        "drill_address" if value.is_empty() => None,
+        "drill_address" => {
+            let ok = value.split_once('/').is_some_and(|(ip, prefix)| {
+                let max = match ip.parse::<std::net::IpAddr>() {
+                    Ok(std::net::IpAddr::V4(_)) => 32,
+                    Ok(std::net::IpAddr::V6(_)) => 128,
+                    Err(_) => return false,
+                };
+                !prefix.starts_with('+')
+                    && prefix.parse::<u8>().is_ok_and(|p| (1..=max).contains(&p))
+            });
+            (!ok).then(|| {
+                format!(
+                    "`{}` is not an address with its prefix length (e.g. \"10.126.0.1/24\")",
+                    value.escape_debug()
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
 /// The items of a list of names, without the blank ones (reported).
 fn non_blank(
     items: Vec<Sp<String>>,
@@ -644,6 +689,17 @@ fn read_var(
                             "reprise puts files under `{}` on the host: {ABS_PATH_HINT}",
                             key.value
                         )),
+                );
+                return None;
+            }
+            Some(VarValue::Text(s.to_string()))
+        }
+        DeValue::String(s) if VAR_DEFAULTS.iter().any(|(k, _)| *k == key.value) => {
+            if let Some(problem) = drill_var_problem(&key.value, s) {
+                diags.push(
+                    Diagnostic::error(format!("variable `{}`: {problem}", key.value))
+                        .at(loc)
+                        .hint("the drill network is created and checked on the recovery host under this name and address"),
                 );
                 return None;
             }

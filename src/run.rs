@@ -80,6 +80,13 @@ pub enum RunError {
         .services.join(", ")
     )]
     SplitBrain { mode: Mode, services: Vec<String> },
+    #[error(
+        "refusing to start a planned failover: the readiness check finds {} problem{} on the recovery side that would stop it half-way, after production is stopped:\n  {}\nFix them (`reprise check` shows the whole table), or start it anyway with --force (journaled)",
+        .problems.len(),
+        if .problems.len() == 1 { "" } else { "s" },
+        .problems.join("\n  ")
+    )]
+    NotReady { problems: Vec<String> },
     #[error("run `{run_id}` has no step `{step}`{}", hint.as_ref().map(|h| format!("; {h}")).unwrap_or_default())]
     UnknownStep {
         run_id: String,
@@ -121,6 +128,9 @@ pub struct StartOptions {
     pub operator: String,
     /// When the outage began (declared by the operator).
     pub incident_at: Option<DateTime<Utc>>,
+    /// A planned failover starts although the readiness check finds problems that block it
+    /// on the recovery side (journaled as `readiness_forced`).
+    pub force: bool,
 }
 
 /// What a run came to.
@@ -148,6 +158,15 @@ struct Tee<'a> {
 /// Structured logs of the run's events (`--log-format json` for machines).
 fn log(event: &Event) {
     match event {
+        Event::VmStateBefore {
+            step,
+            running,
+            said,
+            ..
+        } => tracing::info!(step, ?running, said, "vm state before its start"),
+        Event::ReadinessForced {
+            operator, problems, ..
+        } => tracing::warn!(operator, ?problems, "planned failover forced past its readiness"),
         Event::RunStarted {
             run_id,
             mode,
@@ -383,6 +402,22 @@ pub fn start(
             });
         }
     }
+    // A planned failover stops production first: it starts only once the recovery side is
+    // known to be able to take over, unless forced.
+    let mut readiness = crate::readiness::load_latest(&opts.state_dir);
+    let mut forced = Vec::new();
+    if plan.mode == Mode::Failover && !plan.emergency {
+        let transport = transport(model, &opts.exec.ssh);
+        let fresh = crate::check::check(model, &transport, &Default::default());
+        let problems = crate::check::failover_blockers(model, &plan, &fresh.items);
+        readiness = Some(fresh);
+        if !problems.is_empty() {
+            if !opts.force {
+                return Err(RunError::NotReady { problems });
+            }
+            forced = problems;
+        }
+    }
     let machine = journal::machine_name();
     let lock = StateLock::acquire(
         &opts.state_dir,
@@ -411,8 +446,16 @@ pub fn start(
         sites: sites_of(&plan),
         incident_at: opts.incident_at,
         plan: Some(Box::new(RunPlan::of(&plan))),
-        readiness: crate::readiness::load_latest(&opts.state_dir).map(Box::new),
+        readiness: readiness.map(Box::new),
     };
+    let mut first = vec![first];
+    if !forced.is_empty() {
+        first.push(Event::ReadinessForced {
+            at: Utc::now(),
+            operator: opts.operator.clone(),
+            problems: forced,
+        });
+    }
     let path = dir.path.clone();
     let status = execute(
         model,
@@ -420,7 +463,7 @@ pub fn start(
             plan,
             dir,
             journal,
-            first: vec![first],
+            first,
             prior: HashMap::new(),
         },
         &opts.exec,

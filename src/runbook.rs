@@ -130,6 +130,9 @@ pub enum StepKind {
         action: String,
         vm: Option<Sp<String>>,
         side: Option<Sp<Side>>,
+        /// What puts the vm back when a planned failover or failback rolls back, instead of
+        /// the driver's opposite action.
+        undo: Option<Template>,
     },
     Replicate {
         source: ReplicaSource,
@@ -497,10 +500,12 @@ fn read_step(
                 };
                 Sp::new(side, s.loc)
             });
+            let undo = template(text, t, "undo", false, diags);
             StepKind::Vm {
                 action: action?.value,
                 vm,
                 side,
+                undo,
             }
         }
         Some("replicate") => {

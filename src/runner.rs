@@ -151,11 +151,16 @@ struct Out<'a> {
     sink: &'a mut dyn Sink,
     /// Why the journal stopped recording, once it did.
     failed: Option<String>,
+    /// Whether each vm a step started was running before (`VmStateBefore`), by step.
+    running_before: HashMap<String, Option<bool>>,
 }
 
 impl Out<'_> {
     /// Emits an event; `false` when it could not be recorded.
     fn emit(&mut self, event: &Event) -> bool {
+        if let Event::VmStateBefore { step, running, .. } = event {
+            self.running_before.insert(step.clone(), *running);
+        }
         match self.sink.emit(event) {
             Ok(()) => true,
             Err(Unrecorded(why)) => {
@@ -181,7 +186,11 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
         .iter()
         .map(|s| s.after.iter().map(|a| index[a.as_str()]).collect())
         .collect();
-    let mut out = Out { sink, failed: None };
+    let mut out = Out {
+        sink,
+        failed: None,
+        running_before: HashMap::new(),
+    };
     let mut state = vec![State::Pending; n];
     for (i, s) in plan.steps.iter().enumerate() {
         match ctx.prior.get(&s.id) {
@@ -379,8 +388,24 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
             else {
                 continue;
             };
-            let (ok, message) =
-                match exec(&ctx, step, undo, step.timeout_s.map(StdDuration::from_secs)).await {
+            // A start is undone only for a vm that was not running before it.
+            let before = step
+                .state_before
+                .as_ref()
+                .map(|_| out.running_before.get(&step.id).copied().flatten());
+            let (ok, message) = match before {
+                Some(Some(true)) => (
+                    true,
+                    Some("left running: it was already running before the step".to_string()),
+                ),
+                Some(None) => (
+                    false,
+                    Some(
+                        "not undone: the vm's state before the step could not be told, so it may have been running already; stop it by hand if it was not"
+                            .to_string(),
+                    ),
+                ),
+                _ => match exec(&ctx, step, undo, step.timeout_s.map(StdDuration::from_secs)).await {
                     Ok(out) if out.exit_code == 0 => (true, None),
                     Ok(out) => (
                         false,
@@ -391,7 +416,8 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
                         )),
                     ),
                     Err(e) => (false, Some(e.message)),
-                };
+                },
+            };
             out.emit(&Event::UndoFinished {
                 at: Utc::now(),
                 step: step.id.clone(),
@@ -437,6 +463,23 @@ fn deliver(out: &mut Out<'_>, msg: Msg) {
             let ok = out.failed.is_none() && out.emit(&e);
             let _ = recorded.send(ok);
         }
+    }
+}
+
+/// Whether a driver's `status` said the vm runs: a line `running` (libvirt, the lab) or
+/// `status: running` (Proxmox); `None` when it failed without saying anything.
+fn said_running(out: &ExecOutput) -> Option<bool> {
+    let running = out
+        .stdout
+        .lines()
+        .map(str::trim)
+        .any(|l| l == "running" || l == "status: running");
+    if running {
+        Some(true)
+    } else if out.exit_code == 0 || !out.stdout.trim().is_empty() {
+        Some(false)
+    } else {
+        None
     }
 }
 
@@ -599,6 +642,28 @@ async fn run_step_inner(
                 ))
             };
             let mut attempt = 0;
+            if let Some(status) = &step.state_before
+                && prior.is_none()
+            {
+                // Before the vm is started: whether it runs already (see `VmStateBefore`).
+                let room = left().map_or(StdDuration::from_secs(60), |l| {
+                    l.min(StdDuration::from_secs(60))
+                });
+                let (running, said) = match exec(&ctx, step, status, Some(room)).await {
+                    Ok(out) => (said_running(&out), out.stdout.trim().to_string()),
+                    Err(e) => (None, e.message),
+                };
+                let event = Event::VmStateBefore {
+                    at: Utc::now(),
+                    step: step.id.clone(),
+                    running,
+                    said: said.chars().take(500).collect(),
+                };
+                let (recorded, answer) = tokio::sync::oneshot::channel();
+                if tx.send(Msg::Recorded(event, recorded)).is_err() || answer.await != Ok(true) {
+                    return outcome(StepStatus::Cancelled, 1, Some(NOT_RECORDED.into()));
+                }
+            }
             loop {
                 attempt += 1;
                 let recorded =
@@ -1847,6 +1912,7 @@ mod tests {
                 undo: Some(Command::text(format!("undo {run}"))),
             },
             replica: None,
+            state_before: None,
         }
     }
 

@@ -154,6 +154,15 @@ impl Sink for TerminalView {
             Event::RunResumed { operator, .. } => {
                 self.line(format!("{clock} run {} resumed by {operator}", self.run_id));
             }
+            Event::VmStateBefore { .. } => {}
+            Event::ReadinessForced { problems, .. } => {
+                self.line(format!(
+                    "{clock} forced (--force) past {} blocking problem{} of the readiness check: {}",
+                    problems.len(),
+                    if problems.len() == 1 { "" } else { "s" },
+                    problems.join("; ")
+                ));
+            }
             Event::StopRequested { reason, .. } => {
                 self.line(format!(
                     "{clock} {reason}: stopping (no new steps; running ones finish; a drill's cleanup runs)"

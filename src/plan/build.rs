@@ -454,13 +454,16 @@ fn host_lookup(host: &Host, name: &str) -> Lookup {
             Some(crate::inventory::VarValue::Secret { env }) => {
                 Lookup::Found(TemplateValue::Secret { env: env.clone() })
             }
-            None => Lookup::Missing {
+            None => match crate::inventory::VAR_DEFAULTS.iter().find(|(k, _)| *k == name) {
+                Some((_, default)) => text(default),
+                None => Lookup::Missing {
                 what: format!("host `{}` has no variable `{name}`", host.id),
                 known: ["id", "address", "port", "user", "site", "role"]
                     .iter()
                     .map(|s| s.to_string())
                     .chain(host.vars.keys().cloned())
                     .collect(),
+            },
             },
         },
     }
@@ -613,6 +616,7 @@ fn resolve(
     let mut touched: Vec<(String, Location)> = Vec::new();
     let mut action_name = None;
     let mut replica = None;
+    let mut state_before = None;
     let timeout;
     let mut retries = 0;
     let mut idempotent = false;
@@ -832,7 +836,12 @@ fn resolve(
                 },
             )
         }
-        StepKind::Vm { action, vm, side } => {
+        StepKind::Vm {
+            action,
+            vm,
+            side,
+            undo: custom_undo,
+        } => {
             timeout = Some(step.timeout.unwrap_or(DEFAULT_VM_TIMEOUT));
             action_name = Some(action.clone());
             let vm_id = match vm {
@@ -934,12 +943,25 @@ fn resolve(
             // What puts the vm back as it was when a planned failover or failback rolls back:
             // the opposite action of the same driver, on the same host (the other modes never
             // roll back).
-            let undo = matches!(mode, Mode::Failover | Mode::Failback)
-                .then(|| undo_action(action))
-                .flatten()
-                .and_then(|a| driver.actions.get(a))
-                .and_then(|t| parse(t, diags))
-                .and_then(|t| render(&t, &scope, diags));
+            // A runbook's own `undo` replaces it.
+            let rolls_back = matches!(mode, Mode::Failover | Mode::Failback);
+            let undo = match custom_undo {
+                Some(t) => render(t, &scope, diags),
+                None => rolls_back
+                    .then(|| undo_action(action))
+                    .flatten()
+                    .and_then(|a| driver.actions.get(a))
+                    .and_then(|t| parse(t, diags))
+                    .and_then(|t| render(&t, &scope, diags)),
+            };
+            // Undoing a start stops the vm: only if it was not running before the step.
+            if rolls_back && custom_undo.is_none() && action == "start" && undo.is_some() {
+                state_before = driver
+                    .actions
+                    .get("status")
+                    .and_then(|t| parse(t, diags))
+                    .and_then(|t| render(&t, &scope, diags));
+            }
             (
                 run.to_string(),
                 None,
@@ -1075,6 +1097,7 @@ fn resolve(
         kind: step.kind.name(),
         action: action_name,
         replica,
+        state_before,
         command,
         verify,
         undo,

@@ -132,6 +132,10 @@ pub struct PlannedStep {
     /// A vm started from its copy on the recovery host: the copy's age is the data lost.
     #[serde(skip)]
     pub replica: Option<ReplicaUse>,
+    /// A vm `start` whose undo is its driver's `stop`: the driver's `status`, asked before
+    /// the start, so that a roll-back never stops a vm that was already running.
+    #[serde(skip)]
+    pub state_before: Option<Command>,
 }
 
 /// How an https health check trusts the server's certificate: the system's certificate

@@ -288,6 +288,17 @@ impl Labels {
         }
     }
 
+    pub fn readiness_forced(&self, operator: &str) -> String {
+        match self.lang {
+            Lang::En => format!(
+                "started by {operator} with --force although the readiness check found problems that block a planned failover on the recovery side"
+            ),
+            Lang::Fr => format!(
+                "lancée par {operator} avec --force malgré des problèmes bloquants côté secours relevés par la vérification"
+            ),
+        }
+    }
+
     pub fn journal_repaired(&self, line: usize, bytes: u64, kept_in: &str) -> String {
         match self.lang {
             Lang::En => format!(

@@ -211,6 +211,13 @@ pub enum Problem {
         /// What stopped it (`SIGTERM`, …), when the journal says.
         reason: Option<String>,
     },
+    /// A planned failover started although the readiness check found problems that block it
+    /// on the recovery side: the operator forced it.
+    ReadinessForced {
+        at: DateTime<Utc>,
+        operator: String,
+        problems: Vec<String>,
+    },
     /// The journal ended with a line cut short by a crash, cut off before the run went on.
     JournalRepaired {
         at: DateTime<Utc>,
@@ -456,6 +463,16 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
                 }
             }
             Event::StopRequested { reason, .. } => stop_reason = Some(reason.clone()),
+            Event::ReadinessForced {
+                at,
+                operator,
+                problems,
+            } => repairs.push(Problem::ReadinessForced {
+                at: *at,
+                operator: operator.clone(),
+                problems: problems.clone(),
+            }),
+            Event::VmStateBefore { .. } => {}
             Event::JournalRepaired {
                 at,
                 line,

@@ -181,6 +181,15 @@ fn problem_line(p: &Problem, l: &Labels) -> (String, String, Option<String>) {
             bytes,
             kept_in,
         } => (time(*at), l.journal_repaired(*line, *bytes, kept_in), None),
+        Problem::ReadinessForced {
+            at,
+            operator,
+            problems,
+        } => (
+            time(*at),
+            l.readiness_forced(operator),
+            Some(problems.join("; ")),
+        ),
         Problem::PointRolledBack {
             step,
             item,
