@@ -465,9 +465,7 @@ fn command_words_at(cmd: &str, depth: usize) -> Vec<String> {
                             });
                             continue;
                         }
-                        Wrapped::Options(w)
-                            if matches!(WRAPPERS[w].0, "timeout" | "flock") =>
-                        {
+                        Wrapped::Options(w) if matches!(WRAPPERS[w].0, "timeout" | "flock") => {
                             // The duration, or the lock file: the command comes next.
                             wrapped = Some(Wrapped::Operand);
                             continue;
@@ -772,7 +770,10 @@ const BASH_ONLY: &[(&str, &str)] = &[
     ("<(", "process substitution `<(…)`"),
     (">(", "process substitution `>(…)`"),
     ("<<<", "a here-string `<<<`"),
-    ("&>", "`&>` (sh reads it as `&` then `>`: the command runs in the background)"),
+    (
+        "&>",
+        "`&>` (sh reads it as `&` then `>`: the command runs in the background)",
+    ),
 ];
 
 /// The bash syntax in a command that runs under `sh`, outside the scripts of `bash -c '…'`.
@@ -2022,17 +2023,29 @@ mod tests {
         let check =
             |cmd: &str, expected: &[&str]| assert_eq!(command_words(cmd), expected, "{cmd}");
         check("timeout -k 5 300 qm stop 101", &["timeout", "qm"]);
-        check("timeout --kill-after=5 30 virsh list", &["timeout", "virsh"]);
-        check("env -u X A=1 B=2 virsh list", &["env", "virsh"]);
-        check("nice -n 10 ionice -c 3 rsync -a x y", &["nice", "ionice", "rsync"]);
-        check("nohup setsid sudo -u qemu qemu-img info x", &["nohup", "setsid", "sudo", "qemu-img"]);
-        check("flock /run/x.lock virsh list; exec virsh start a", &["flock", "virsh", "virsh"]);
-        check("command -v virsh && command virsh list", &["virsh"]);
         check(
-            "bash -c 'cat </dev/tcp/$0/7000' 10.0.0.1",
-            &["bash", "cat"],
+            "timeout --kill-after=5 30 virsh list",
+            &["timeout", "virsh"],
         );
-        check("sh -c \"pvesm status | grep -q local\"", &["sh", "pvesm", "grep"]);
+        check("env -u X A=1 B=2 virsh list", &["env", "virsh"]);
+        check(
+            "nice -n 10 ionice -c 3 rsync -a x y",
+            &["nice", "ionice", "rsync"],
+        );
+        check(
+            "nohup setsid sudo -u qemu qemu-img info x",
+            &["nohup", "setsid", "sudo", "qemu-img"],
+        );
+        check(
+            "flock /run/x.lock virsh list; exec virsh start a",
+            &["flock", "virsh", "virsh"],
+        );
+        check("command -v virsh && command virsh list", &["virsh"]);
+        check("bash -c 'cat </dev/tcp/$0/7000' 10.0.0.1", &["bash", "cat"]);
+        check(
+            "sh -c \"pvesm status | grep -q local\"",
+            &["sh", "pvesm", "grep"],
+        );
         check("sh -e -c 'x=$(( 1 + 2 ))' arg", &["sh"]);
         check("sh ./script.sh; bash", &["sh", "bash"]);
         check("exec 2>&1; mount -a", &["mount"]);
@@ -2109,10 +2122,16 @@ mod tests {
             bash_only("bash -c 'exec 3<>/dev/tcp/a/1' && [[ -e /x ]]"),
             Some("`[[ … ]]`")
         );
-        assert_eq!(bash_only("diff <(ls a) <(ls b)"), Some("process substitution `<(…)`"));
+        assert_eq!(
+            bash_only("diff <(ls a) <(ls b)"),
+            Some("process substitution `<(…)`")
+        );
         assert!(bash_only("virsh start x &>/dev/null").is_some());
         assert_eq!(bash_only("virsh start x >/dev/null 2>&1"), None);
-        assert_eq!(bash_only("grep -q x <<<\"$y\""), Some("a here-string `<<<`"));
+        assert_eq!(
+            bash_only("grep -q x <<<\"$y\""),
+            Some("a here-string `<<<`")
+        );
         let doc: toml::Table = crate::inventory::BUILTIN_DRIVERS.parse().unwrap();
         for (driver, actions) in doc["drivers"].as_table().unwrap() {
             for (action, cmd) in actions.as_table().unwrap() {

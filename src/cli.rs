@@ -923,7 +923,15 @@ pub fn run(cli: &Cli) -> Outcome {
                 before: *point_before,
                 accept_unverified: Vec::new(),
             };
-            start_with(cli, &model, Mode::Failover, *emergency, *force, args, choice)
+            start_with(
+                cli,
+                &model,
+                Mode::Failover,
+                *emergency,
+                *force,
+                args,
+                choice,
+            )
         }
         Command::Restore(args) => start(cli, &model, Mode::Restore, false, args),
         Command::Failback(args) => start(cli, &model, Mode::Failback, false, args),

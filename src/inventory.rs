@@ -591,7 +591,8 @@ pub const PATH_VARS: &[&str] = &["images_dir", "overlays_dir"];
 /// Host variables that have a value when the inventory gives none: the recovery host's
 /// isolated drill network (`drill_network`) and the address the host takes on it when a
 /// driver creates it (`drill_address`, `ADDRESS/PREFIX`; none by default).
-pub const VAR_DEFAULTS: &[(&str, &str)] = &[("drill_network", "reprise-drill"), ("drill_address", "")];
+pub const VAR_DEFAULTS: &[(&str, &str)] =
+    &[("drill_network", "reprise-drill"), ("drill_address", "")];
 
 /// What is wrong with a value of `drill_network` or `drill_address`, if anything.
 fn drill_var_problem(key: &str, value: &str) -> Option<String> {

@@ -166,7 +166,11 @@ fn log(event: &Event) {
         } => tracing::info!(step, ?running, said, "vm state before its start"),
         Event::ReadinessForced {
             operator, problems, ..
-        } => tracing::warn!(operator, ?problems, "planned failover forced past its readiness"),
+        } => tracing::warn!(
+            operator,
+            ?problems,
+            "planned failover forced past its readiness"
+        ),
         Event::RunStarted {
             run_id,
             mode,

@@ -1803,6 +1803,16 @@ mod tests {
                     secs: 2,
                 });
             }
+            if let Some(said) = command.split("says:").nth(1) {
+                return Ok(ExecOutput {
+                    exit_code: 0,
+                    stdout: format!("{said}\n"),
+                    stderr: String::new(),
+                    truncated: false,
+                    timed_out: false,
+                    duration: StdDuration::ZERO,
+                });
+            }
             let code = if command.contains("fail") {
                 1
             } else if let Some(n) = command.split("flaky:").nth(1) {
@@ -2040,6 +2050,77 @@ mod tests {
             })
             .collect();
         assert_eq!(undone, ["b/1", "a/1"]);
+    }
+
+    /// A start undone stops the vm only if it was not running before the step: the state its
+    /// driver's `status` told just before, journaled.
+    #[test]
+    fn a_start_is_undone_only_for_a_vm_that_was_not_running_before() {
+        let start = |id: &str, after: &[&str], status: &str| {
+            let mut s = exec_step(id, "h1", after, &format!("start {id}"));
+            s.action_spec = Action::Exec {
+                run: Command::text(format!("start {id}")),
+                verify: None,
+                undo: Some(Command::text(format!("stop {id}"))),
+            };
+            s.undo = Some(format!("stop {id}"));
+            s.state_before = Some(Command::text(status));
+            s
+        };
+        let steps = vec![
+            start("a/1", &[], "status a says:running"),
+            start("b/1", &["a/1"], "status b says:shut off"),
+            start("c/1", &["b/1"], "status c unreachable"),
+            exec_step("d/1", "h1", &["c/1"], "d1 fail"),
+        ];
+        let fake = Arc::new(Fake::default());
+        let (status, events) = go(
+            plan(Mode::Failover, false, steps),
+            fake.clone(),
+            HashMap::new(),
+            RunOptions::default(),
+        );
+        assert_eq!(status, RunStatus::Failed);
+        let stops: Vec<String> = fake
+            .commands()
+            .into_iter()
+            .filter(|c| c.starts_with("stop"))
+            .collect();
+        assert_eq!(stops, ["stop b/1"]);
+        let before: Vec<(&str, Option<bool>)> = events
+            .0
+            .iter()
+            .filter_map(|e| match e {
+                Event::VmStateBefore { step, running, .. } => Some((step.as_str(), *running)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            before,
+            [("a/1", Some(true)), ("b/1", Some(false)), ("c/1", None)]
+        );
+        let undone: Vec<(&str, bool, String)> = events
+            .0
+            .iter()
+            .filter_map(|e| match e {
+                Event::UndoFinished {
+                    step, ok, message, ..
+                } => Some((step.as_str(), *ok, message.clone().unwrap_or_default())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(undone.len(), 3, "{undone:?}");
+        assert_eq!(undone[0].0, "c/1");
+        assert!(
+            !undone[0].1 && undone[0].2.contains("could not be told"),
+            "{undone:?}"
+        );
+        assert_eq!((undone[1].0, undone[1].1), ("b/1", true));
+        assert_eq!(undone[2].0, "a/1");
+        assert!(
+            undone[2].1 && undone[2].2.contains("already running"),
+            "{undone:?}"
+        );
     }
 
     #[test]

@@ -454,16 +454,19 @@ fn host_lookup(host: &Host, name: &str) -> Lookup {
             Some(crate::inventory::VarValue::Secret { env }) => {
                 Lookup::Found(TemplateValue::Secret { env: env.clone() })
             }
-            None => match crate::inventory::VAR_DEFAULTS.iter().find(|(k, _)| *k == name) {
+            None => match crate::inventory::VAR_DEFAULTS
+                .iter()
+                .find(|(k, _)| *k == name)
+            {
                 Some((_, default)) => text(default),
                 None => Lookup::Missing {
-                what: format!("host `{}` has no variable `{name}`", host.id),
-                known: ["id", "address", "port", "user", "site", "role"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .chain(host.vars.keys().cloned())
-                    .collect(),
-            },
+                    what: format!("host `{}` has no variable `{name}`", host.id),
+                    known: ["id", "address", "port", "user", "site", "role"]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .chain(host.vars.keys().cloned())
+                        .collect(),
+                },
             },
         },
     }

@@ -505,12 +505,52 @@ fn a_failed_planned_failover_undoes_completed_steps_in_reverse_order() {
     // The recovery hypervisor is down: its first step fails after the network steps are done.
     let pid = std::fs::read_to_string(lab.lab().join("hosts/hv-pra/run/sshd.pid")).unwrap();
     let _ = Command::new("kill").arg(pid.trim()).status();
+    // The readiness check finds the recovery side unreachable: the failover does not start
+    // (production is not stopped for a recovery side that cannot take over).
+    let runs = || {
+        std::fs::read_dir(lab.state().join("runs"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let runs_before = runs();
+    let refused = lab.run(&["failover", "--yes", "--no-prompt", "--connect-timeout", "2"]);
+    assert_eq!(refused.code, 7, "{refused:?}");
+    assert!(
+        refused.stderr.contains("ssh hv-pra") && refused.stderr.contains("--force"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(runs(), runs_before, "a refused failover started a run");
+    // Forced, it starts, says so in its journal, and fails on hv-pra.
     let exit = lab.run_confirming(
-        &["failover", "--yes", "--no-prompt", "--connect-timeout", "2"],
+        &[
+            "failover",
+            "--yes",
+            "--no-prompt",
+            "--connect-timeout",
+            "2",
+            "--force",
+        ],
         Duration::from_secs(240),
     );
     assert_eq!(exit.code(), Some(1));
     let events = lab.journal();
+    let forced: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "readiness_forced")
+        .collect();
+    assert_eq!(forced.len(), 1, "{events:#?}");
+    assert!(
+        forced[0]["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with("ssh hv-pra")),
+        "{}",
+        forced[0]
+    );
+    let report = lab.run(&["report", "latest", "--format", "md"]);
+    assert!(report.stdout.contains("--force"), "{}", report.stdout);
     let status = statuses(&events);
     let failed: Vec<&String> = status
         .iter()

@@ -67,9 +67,8 @@ fn a_running_guest_is_replicated_twice_the_second_time_only_what_changed() {
 }
 
 /// What an administrator has to do by hand on hv-pra today before the built-in driver can start
-/// `vm` there: define the domain from hv-main's definition with its disk moved to the replica,
-/// and create the isolated `reprise-drill` network (with an address on hv-pra, so that a check
-/// run there reaches the drill copy).
+/// `vm` there: define the domain from hv-main's definition with its disk moved to the replica.
+/// (The drill network is reprise's: the drill creates it.)
 fn prepare_recovery_host_by_hand(hv: &Hv, vm: &str) {
     let xml = hv.main.virsh(&format!("dumpxml --inactive {vm}")).replace(
         &format!("/var/lib/libvirt/images/{vm}.qcow2"),
@@ -77,20 +76,24 @@ fn prepare_recovery_host_by_hand(hv: &Hv, vm: &str) {
     );
     std::fs::write(hv.pra.path(&format!("/var/tmp/{vm}.xml")), xml).unwrap();
     hv.pra.virsh(&format!("define /var/tmp/{vm}.xml"));
-    if !hv
-        .pra
-        .virsh("net-list --all --name")
-        .contains("reprise-drill")
-    {
-        std::fs::write(
-            hv.pra.path("/var/tmp/drill.xml"),
-            "<network><name>reprise-drill</name><bridge name='br-drill'/>\
-             <dns enable='no'/><ip address='10.126.0.1' prefix='24'/></network>",
-        )
-        .unwrap();
-        hv.pra.virsh("net-define /var/tmp/drill.xml");
-        hv.pra.virsh("net-start reprise-drill");
-    }
+}
+
+/// The item of `reprise check --json` in `area` about `subject`, if there is one.
+fn find_check_item(hv: &Hv, area: &str, subject: &str) -> Option<serde_json::Value> {
+    let run = hv.reprise(&["check", "--json"]);
+    let r: serde_json::Value =
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("check --json: {e}: {run:?}"));
+    r["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["area"] == area && i["subject"] == subject)
+        .cloned()
+}
+
+/// The item of `reprise check --json` in `area` about `subject`.
+fn check_item(hv: &Hv, area: &str, subject: &str) -> serde_json::Value {
+    find_check_item(hv, area, subject).unwrap_or_else(|| panic!("no {area} {subject} in check"))
 }
 
 fn sha256(host: &crate::hv::Host, path: &str) -> String {
@@ -99,6 +102,15 @@ fn sha256(host: &crate::hv::Host, path: &str) -> String {
         .next()
         .unwrap()
         .to_string()
+}
+
+/// The standard error of the newest run's step `step` (all attempts).
+fn step_stderr(hv: &Hv, step: &str) -> String {
+    hv.journal()
+        .iter()
+        .filter(|e| e["event"] == "step_output" && e["step"] == step)
+        .map(|e| e["stderr"].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 /// The standard output of the newest run's step `step` (all attempts).
@@ -164,7 +176,55 @@ fn a_drill_boots_a_throw_away_copy_of_the_replica_and_leaves_it_unchanged() {
     let run = hv.reprise(&["replicate", "--service", "app"]);
     assert_eq!(run.code, 0, "{run:?}");
     prepare_recovery_host_by_hand(&hv, "app");
+    // hv-pra's drill network does not exist yet: the check says the drill creates it.
+    let net = check_item(&hv, "network", "hv-pra (pra-drill)");
+    assert_eq!(net["status"], "ok", "{net}");
+    assert!(
+        net["detail"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist yet"),
+        "{net}"
+    );
     drill_and_check(&hv, "app", 10);
+    // The drill made it: isolated (no forwarding), hv-pra's address on it, no DHCP.
+    let xml = hv.pra.virsh("net-dumpxml pra-drill");
+    assert!(
+        !xml.contains("<forward") && !xml.contains("<dhcp") && xml.contains("10.126.0.1"),
+        "{xml}"
+    );
+    let net = check_item(&hv, "network", "hv-pra (pra-drill)");
+    assert_eq!(net["status"], "ok", "{net}");
+    assert!(
+        net["detail"].as_str().unwrap().contains("isolated"),
+        "{net}"
+    );
+    let space = check_item(&hv, "space", "hv-pra (drill overlays)");
+    assert_eq!(space["status"], "ok", "{space}");
+
+    // A network of that name that reaches production is refused by the check and the drill.
+    hv.pra.virsh("net-destroy pra-drill");
+    hv.pra.virsh("net-undefine pra-drill");
+    std::fs::write(
+        hv.pra.path("/var/tmp/leaky.xml"),
+        "<network><name>pra-drill</name><forward mode='bridge'/><bridge name='br-prod'/></network>",
+    )
+    .unwrap();
+    hv.pra.virsh("net-define /var/tmp/leaky.xml");
+    let net = check_item(&hv, "network", "hv-pra (pra-drill)");
+    assert_eq!(net["status"], "failed", "{net}");
+    assert!(
+        net["detail"].as_str().unwrap().contains("not isolated"),
+        "{net}"
+    );
+    let run = hv.reprise(&["drill", "--no-prompt", "--service", "app", "--only"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        step_stderr(&hv, "app/start-copy").contains("not isolated"),
+        "{:#?}",
+        hv.journal()
+    );
+    assert_eq!(hv.pra.domains(), vec!["app".to_string()]);
 }
 
 #[test]
@@ -294,56 +354,121 @@ fn an_emergency_failover_starts_from_the_newest_good_point() {
     assert_eq!(boot, in_copy);
 }
 
-#[test]
-fn a_replication_killed_between_its_snapshot_hooks_is_not_ignored_by_the_next_one() {
+/// `reprise replicate` of the running guest is stopped by `signal` between its snapshot hooks
+/// (`replicate-begin` made the overlay, the copy is under way). Whatever it left, the next
+/// replication copies what the guest had written when it started, a planned failover then
+/// starts from the primary's last write and a failback loses nothing.
+fn replication_stopped_between_its_hooks(signal: &str) {
     let hv = Hv::up();
-    // 200 MiB of data: the first copy takes long enough to be killed in the middle.
+    // 200 MiB of data: the first copy takes long enough to be stopped in the middle.
     hv.start_guest_on_main("app", 10, Firmware::Bios, 200);
     hv.wait_healthy(10, 2);
     let overlay = "/var/lib/libvirt/images/app.reprise-replicate";
     let mut child = hv
         .command(&["replicate", "--service", "app"])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     wait_for(
         "the snapshot overlay of replicate-begin",
         Duration::from_secs(60),
-        || hv.main.path(overlay).exists() || child.try_wait().unwrap().is_some(),
-    );
-    // `ip netns exec` execs reprise: this is reprise itself, killed as by an OOM killer.
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(
-        hv.main.path(overlay).exists(),
-        "the replication ended before it could be killed between its hooks"
-    );
-    // The guest now writes into the leftover overlay, not into the disk that is replicated (the
-    // `virsh snapshot-create-as` reprise started may still be finishing on hv-main).
-    wait_for(
-        "the guest writing into the leftover overlay",
-        Duration::from_secs(60),
         || hv.main.virsh("domblklist app --details").contains(overlay),
     );
-    let (_, at_kill) = hv.health(10).expect("the guest answers");
-    hv.wait_healthy(10, at_kill + 2);
-
-    let run = hv.reprise(&["replicate", "--service", "app"]);
-    if run.code == 0 {
-        // Settled: the overlay merged back, and the copy has what the guest wrote into it.
-        assert!(!hv.main.path(overlay).exists(), "{run:?}");
-        let blocks = hv.main.virsh("domblklist app --details");
-        assert!(!blocks.contains("reprise-replicate"), "{blocks}");
+    // `ip netns exec` execs reprise: the signal is reprise's.
+    crate::hv::run(
+        std::process::Command::new("kill").args([format!("-{signal}"), child.id().to_string()]),
+    );
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let (_, at_stop) = hv.health(10).expect("the guest answers");
+    if signal == "KILL" {
+        // Nothing merged the snapshot back: the guest writes into the overlay, its disk goes
+        // stale. `check` fails on it, naming the overlay and what to run.
+        assert!(hv.main.path(overlay).exists(), "{status} {stderr}");
+        let item = check_item(&hv, "replicas", "vm app (snapshot)");
+        assert_eq!(item["status"], "failed", "{item}");
+        let detail = item["detail"].as_str().unwrap();
         assert!(
-            hv.pra.counter_on_disk("/srv/replicas/app.qcow2") > at_kill,
-            "{run:?}"
+            detail.contains(overlay) && detail.contains("reprise replicate --service app"),
+            "{item}"
         );
     } else {
-        // Refused: the message names the leftover overlay.
-        let text = format!("{}{}", run.stdout, run.stderr);
-        assert!(text.contains("app.reprise-replicate"), "{run:?}");
+        // A stop asked by a signal merges the snapshot back before reprise exits.
+        assert_eq!(status.code(), Some(130), "{stderr}");
+        assert!(!hv.main.path(overlay).exists(), "{stderr}");
+        let blocks = hv.main.virsh("domblklist app --details");
+        assert!(!blocks.contains("reprise-replicate"), "{blocks}");
+        let item = find_check_item(&hv, "replicas", "vm app (snapshot)");
+        assert_eq!(item, None, "no snapshot is left");
     }
+
+    // The next replication settles what was left, then copies the disk as the guest had
+    // written it when that replication began.
+    let (_, before) = hv.wait_healthy(10, at_stop + 2);
+    let run = hv.reprise(&["replicate", "--service", "app"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let (_, after) = hv.health(10).expect("the guest answers");
+    assert!(!hv.main.path(overlay).exists(), "{run:?}");
+    let blocks = hv.main.virsh("domblklist app --details");
+    assert!(!blocks.contains("reprise-replicate"), "{blocks}");
+    hv.main
+        .sh("qemu-img check -q -U /var/lib/libvirt/images/app.qcow2");
+    let copy = "/srv/replicas/app.qcow2";
+    hv.pra.sh(&format!("qemu-img check -q {copy}"));
+    let copied = hv.pra.counter_on_disk(copy);
+    assert!(
+        copied >= before && copied <= after,
+        "the copy holds {copied}; the guest had written {before} when the replication began, {after} when it ended"
+    );
+
+    // A planned failover then starts from the primary's last write, and a failback brings
+    // back all the recovery side wrote.
+    prepare_recovery_host_by_hand(&hv, "app");
+    let run = hv.reprise(&[
+        "failover",
+        "--yes",
+        "--no-prompt",
+        "--service",
+        "app",
+        "--only",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}\n{:#?}", hv.journal());
+    let last_on_main = hv.main.counter_on_disk("/var/lib/libvirt/images/app.qcow2");
+    assert!(last_on_main >= after, "{last_on_main} < {after}");
+    let (boot, _) = hv.wait_healthy(10, 0);
+    assert_eq!(
+        boot, last_on_main,
+        "the recovery copy did not start from the primary's last write"
+    );
+    hv.wait_healthy(10, last_on_main + 3);
+    let run = hv.reprise(&[
+        "failback",
+        "--yes",
+        "--no-prompt",
+        "--service",
+        "app",
+        "--only",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}\n{:#?}", hv.journal());
+    let last_on_pra = hv.pra.counter_on_disk(copy);
+    assert!(last_on_pra >= last_on_main + 3);
+    let (boot, _) = hv.wait_healthy(10, 0);
+    assert_eq!(
+        boot, last_on_pra,
+        "hv-main did not start from the recovery copy's last write"
+    );
+}
+
+#[test]
+fn a_replication_killed_between_its_snapshot_hooks_is_settled_by_the_next_one() {
+    replication_stopped_between_its_hooks("KILL");
+}
+
+#[test]
+fn a_replication_stopped_by_sigterm_between_its_snapshot_hooks_merges_its_snapshot() {
+    replication_stopped_between_its_hooks("TERM");
 }
 
 #[test]

@@ -618,7 +618,10 @@ impl Hv {
                     "hv-pra",
                     self.pra.address,
                     "pra",
-                    "images_dir = \"/srv/replicas\"\noverlays_dir = \"/srv/overlays\""
+                    // A drill network of its own name, in which hv-pra takes an address so
+                    // that the drill's checks run there reach the copies.
+                    "images_dir = \"/srv/replicas\"\noverlays_dir = \"/srv/overlays\"\n\
+                     drill_network = \"pra-drill\"\ndrill_address = \"10.126.0.1/24\""
                 ),
             ),
         )
