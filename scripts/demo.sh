@@ -13,7 +13,9 @@ trap '$bin lab down' EXIT
 # Last night's replication, as cron runs it: verified replica points on the recovery host.
 $bin --overlay lab/overlay.toml replicate
 $bin --overlay lab/overlay.toml status
-# Would a recovery work now? Its result goes into the drill's report.
+# Would a recovery work now? Its result goes into the drill's report. The secret the UPS
+# runbook reads comes from the environment, as on the day (the lab's stand-in takes any).
+export UPS_NUT_PASSWORD=${UPS_NUT_PASSWORD:-lab-secret}
 $bin --overlay lab/overlay.toml check
 $bin --overlay lab/overlay.toml drill --no-prompt
 $bin runs

@@ -17,10 +17,16 @@ pub struct Run {
 
 /// Runs the `reprise` binary in `dir` with `args`.
 pub fn reprise(dir: &Path, args: &[&str]) -> Run {
+    reprise_with_env(dir, args, &[])
+}
+
+/// [`reprise`] with these environment variables set.
+pub fn reprise_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_reprise"))
         .args(args)
         .current_dir(dir)
         .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .output()
         .expect("the reprise binary runs");
     Run {

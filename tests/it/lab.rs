@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 use crate::common::{Run, reprise, root};
 
+/// The secrets the example's runbooks read, as an operator exports them before a run (the
+/// lab's stand-ins accept any value).
+const LAB_SECRETS: &[(&str, &str)] = &[("UPS_NUT_PASSWORD", "lab-secret")];
+
 /// A lab for one test; brought down on drop.
 pub(crate) struct Lab {
     dir: tempfile::TempDir,
@@ -66,12 +70,13 @@ impl Lab {
     pub(crate) fn run(&self, extra: &[&str]) -> Run {
         let args = self.args(extra);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        reprise(&root(), &refs)
+        crate::common::reprise_with_env(&root(), &refs, LAB_SECRETS)
     }
 
     fn spawn(&self, extra: &[&str]) -> Child {
         Command::new(env!("CARGO_BIN_EXE_reprise"))
             .args(self.args(extra))
+            .envs(LAB_SECRETS.iter().copied())
             .current_dir(root())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -848,7 +853,7 @@ fn check_finds_a_stopped_sshd_a_stale_replica_a_bad_point_and_a_missing_tool() {
     assert_eq!(check_items(&green, "warning"), []);
     let ok = check_items(&green, "ok");
     for area in [
-        "ssh", "clock", "tools", "replicas", "space", "runbooks", "rto",
+        "ssh", "clock", "tools", "secrets", "replicas", "space", "runbooks", "rto",
     ] {
         assert!(ok.iter().any(|(a, _)| a == area), "no {area} item: {ok:?}");
     }
