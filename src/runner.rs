@@ -1054,6 +1054,16 @@ async fn before_replica(
         ReplicaRole::DrillStop | ReplicaRole::FailedBack => return Ok(()),
     };
     let failover = ctx.plan.mode == Mode::Failover;
+    let mut leftover_note = None;
+    let mut ask_again = false;
+    match ask_snapshots(ctx, replica).await {
+        Snapshots::None => {}
+        Snapshots::Unknown(note) => leftover_note = Some(note),
+        // A replication writing the copies now has its own snapshot there: the drill waits
+        // for it (the lease below), then asks again.
+        Snapshots::Left(_) if copies_busy(ctx, replica).await => ask_again = true,
+        Snapshots::Left(left) => return Err(snapshot_left(replica, &left)),
+    }
     let ask = ctx
         .options
         .points
@@ -1077,9 +1087,9 @@ async fn before_replica(
     })
     .await
     .map_err(|e| format!("the replica task failed: {e}"))??;
-    // Asked once the copies are leased: a replication that was writing them is over (its
-    // own snapshot is merged back right after; a leftover stays).
-    let leftover_note = leftover_snapshot(ctx, replica).await?;
+    if ask_again {
+        leftover_note = snapshots_settled(ctx, replica).await?;
+    }
     let s = chosen.start;
     let mut notes = chosen.notes;
     notes.extend(s.notes);
@@ -1101,58 +1111,95 @@ async fn before_replica(
     Ok(())
 }
 
+/// What the primary host says of replication snapshots left on a vm's disks.
+enum Snapshots {
+    None,
+    /// It could not be asked (a drill does not depend on the primary site: said, not refused).
+    Unknown(String),
+    Left(Vec<String>),
+}
+
 /// A drill asks the primary host (read only) whether a cut replication left its snapshot
 /// there: the vm then writes to an overlay no replication copies, and its copy goes stale.
-/// A snapshot seen is asked again for up to [`SNAPSHOT_SETTLE`]: a replication that just
-/// finished writing the copies merges its own back right after. `Ok(Some(note))` when the
-/// primary could not be asked (a drill does not depend on the primary site: said, not
-/// refused).
-async fn leftover_snapshot(
-    ctx: &RunContext,
-    replica: &crate::plan::ReplicaUse,
-) -> Result<Option<String>, String> {
+async fn ask_snapshots(ctx: &RunContext, replica: &crate::plan::ReplicaUse) -> Snapshots {
     let Some((host, check)) = &replica.snapshot_check else {
-        return Ok(None);
+        return Snapshots::None;
+    };
+    let unknown = || {
+        Snapshots::Unknown(format!(
+            "whether a replication snapshot was left on {host} could not be asked"
+        ))
     };
     let Ok(text) = check.expose(|n| (ctx.secrets)(n)) else {
-        return Ok(Some(format!(
-            "whether a replication snapshot was left on {host} could not be asked (a secret of its command is not set)"
-        )));
+        return unknown();
     };
-    let deadline = Instant::now() + SNAPSHOT_SETTLE;
-    loop {
-        let (transport, h, t) = (ctx.transport.clone(), host.clone(), text.clone());
-        let out = tokio::task::spawn_blocking(move || {
-            transport.exec(&h, &t, StdDuration::from_secs(60))
-        })
-        .await
-        .ok()
-        .and_then(Result::ok);
-        let left = match out {
-            Some(o) if o.exit_code == 0 => crate::replica::snapshot::overlays(&o.stdout),
-            _ => {
-                return Ok(Some(format!(
-                    "whether a replication snapshot was left on {host} could not be asked"
-                )));
+    let (transport, h) = (ctx.transport.clone(), host.clone());
+    let out =
+        tokio::task::spawn_blocking(move || transport.exec(&h, &text, StdDuration::from_secs(60)))
+            .await
+            .ok()
+            .and_then(Result::ok);
+    match out {
+        Some(o) if o.exit_code == 0 => {
+            let left = crate::replica::snapshot::overlays(&o.stdout);
+            if left.is_empty() {
+                Snapshots::None
+            } else {
+                Snapshots::Left(left)
             }
-        };
-        if left.is_empty() {
-            return Ok(None);
         }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "a replication snapshot was left on {host} ({}): vm {}'s writes go to an overlay no replication copies, so its copy goes stale; merge it back with `reprise replicate --service {}`, then drill again",
-                left.join("; "),
-                replica.vm,
-                replica.vm
-            ));
-        }
-        tokio::time::sleep(StdDuration::from_secs(2)).await;
+        _ => unknown(),
     }
 }
 
-/// How long a drill waits for a replication snapshot on the primary to be merged back before
-/// it calls it left behind.
+fn snapshot_left(replica: &crate::plan::ReplicaUse, left: &[String]) -> String {
+    let host = replica
+        .snapshot_check
+        .as_ref()
+        .map(|(h, _)| h.as_str())
+        .unwrap_or("the primary host");
+    format!(
+        "a replication snapshot was left on {host} ({}): vm {}'s writes go to an overlay no replication copies, so its copy goes stale; merge it back with `reprise replicate --service {}`, then drill again",
+        left.join("; "),
+        replica.vm,
+        replica.vm
+    )
+}
+
+/// Whether a replication holds the recovery copies of a vm right now.
+async fn copies_busy(ctx: &RunContext, replica: &crate::plan::ReplicaUse) -> bool {
+    let (transport, r) = (ctx.transport.clone(), replica.clone());
+    tokio::task::spawn_blocking(move || {
+        crate::replica::remote::Helpers::new(transport.as_ref())
+            .inspect(&r.host, &r.paths)
+            .is_ok_and(|states| states.iter().any(|s| s.busy))
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// After a replication that held the copies is over, its own snapshot on the primary is
+/// merged back right after: asked again for up to [`SNAPSHOT_SETTLE`] before it is called
+/// left behind.
+async fn snapshots_settled(
+    ctx: &RunContext,
+    replica: &crate::plan::ReplicaUse,
+) -> Result<Option<String>, String> {
+    let deadline = Instant::now() + SNAPSHOT_SETTLE;
+    loop {
+        match ask_snapshots(ctx, replica).await {
+            Snapshots::None => return Ok(None),
+            Snapshots::Unknown(note) => return Ok(Some(note)),
+            Snapshots::Left(left) if Instant::now() >= deadline => {
+                return Err(snapshot_left(replica, &left));
+            }
+            Snapshots::Left(_) => tokio::time::sleep(StdDuration::from_secs(2)).await,
+        }
+    }
+}
+
+/// How long a drill waits for the snapshot of a replication that just ended to be merged
+/// back before it calls it left behind.
 const SNAPSHOT_SETTLE: StdDuration = StdDuration::from_secs(60);
 
 /// What [`choose_copies`] decided and did.

@@ -1004,8 +1004,10 @@ fn a_drill_a_replication_and_a_started_vm_never_share_a_copy_unseen() {
     let copy = lab.dst("erp-db-data.qcow2");
     let mut rows = Vec::new();
 
-    // 1. A drill killed after its erp-db copy started.
-    let mut drill = lab.spawn(&["drill", "--no-prompt"]);
+    // 1. A drill of erp-db killed after its copy started (the drill of erp-db alone: a copy of
+    // another vm cut while starting would be handed to the operator, who would have to start it
+    // by hand before its health check gives up).
+    let mut drill = lab.spawn(&["drill", "--service", "erp-db", "--only", "--no-prompt"]);
     let deadline = Instant::now() + Duration::from_secs(300);
     let run_id = loop {
         let events = lab.journal();
