@@ -83,7 +83,60 @@ impl NetLock {
         // SAFETY: flock on a descriptor this function owns; blocks until the lock is free.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
         assert_eq!(rc, 0, "cannot lock {}", path.display());
+        remove_orphan_labs();
         NetLock(file)
+    }
+}
+
+/// Stops the processes of labs whose folder is gone: a test run killed before its labs were
+/// brought down leaves their sshd and vm processes holding the lab's addresses, and nothing can
+/// bring them down any more (their folder, with its records, was removed). A lab whose folder
+/// is still there is never touched.
+fn remove_orphan_labs() {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let words: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|w| String::from_utf8_lossy(w).into_owned())
+            .collect();
+        let is_lab = words
+            .iter()
+            .any(|w| w.ends_with("/sshd_config") || w.contains("sshd_config "))
+            || words.windows(2).any(|w| w[0] == "lab" && w[1] == "serve");
+        if !is_lab {
+            continue;
+        }
+        // The lab folder its arguments name: `<tmp>/<dir>/lab/...`.
+        let temp = std::env::temp_dir();
+        let orphan = words.iter().flat_map(|w| w.split(' ')).any(|w| {
+            let path = std::path::Path::new(w);
+            let Ok(rest) = path.strip_prefix(&temp) else {
+                return false;
+            };
+            let mut parts = rest.components();
+            match (parts.next(), parts.next()) {
+                (Some(top), Some(lab)) if lab.as_os_str() == "lab" => !temp.join(top).exists(),
+                _ => false,
+            }
+        });
+        if orphan {
+            // SAFETY: kill(2) of a process whose lab folder is gone (see above).
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
     }
 }
 
