@@ -1060,9 +1060,28 @@ async fn before_replica(
         Snapshots::None => {}
         Snapshots::Unknown(note) => leftover_note = Some(note),
         // A replication writing the copies now has its own snapshot there: the drill waits
-        // for it (the lease below), then asks again.
-        Snapshots::Left(_) if copies_busy(ctx, replica).await => ask_again = true,
-        Snapshots::Left(left) => return Err(snapshot_left(replica, &left)),
+        // for it (the lease below), then asks again. One that has just written them merges
+        // its snapshot back right after: asked again for a while before it is called left.
+        Snapshots::Left(_) => {
+            let deadline = Instant::now() + SNAPSHOT_SETTLE;
+            loop {
+                if copies_busy(ctx, replica).await {
+                    ask_again = true;
+                    break;
+                }
+                match ask_snapshots(ctx, replica).await {
+                    Snapshots::None => break,
+                    Snapshots::Unknown(note) => {
+                        leftover_note = Some(note);
+                        break;
+                    }
+                    Snapshots::Left(left) if Instant::now() >= deadline => {
+                        return Err(snapshot_left(replica, &left));
+                    }
+                    Snapshots::Left(_) => tokio::time::sleep(StdDuration::from_secs(2)).await,
+                }
+            }
+        }
     }
     let ask = ctx
         .options
@@ -1198,8 +1217,8 @@ async fn snapshots_settled(
     }
 }
 
-/// How long a drill waits for the snapshot of a replication that just ended to be merged
-/// back before it calls it left behind.
+/// How long a drill waits for the snapshot of a replication that ended (or is ending) to be
+/// merged back before it calls it left behind.
 const SNAPSHOT_SETTLE: StdDuration = StdDuration::from_secs(60);
 
 /// What [`choose_copies`] decided and did.
