@@ -1060,7 +1060,7 @@ pub fn probe_script(q: &HostQuestions) -> String {
     }
     if !q.space.is_empty() {
         s.push_str(&format!(
-            "for p in {}; do d=$p; while [ ! -e \"$d\" ] && [ \"$d\" != / ]; do d=$(dirname -- \"$d\"); done; printf 'space\\t%s\\t%s\\n' \"$p\" \"$(df -Pk -- \"$d\" | awk 'NR==2 {{print $2, $4, $6}}')\"; done\n",
+            "for p in {}; do d=$p; while [ ! -e \"$d\" ] && [ \"$d\" != / ]; do d=$(dirname -- \"$d\"); done; printf 'space\\t%s\\t%s\\n' \"$p\" \"$(df -Pk -- \"$d\" | awk 'NR==2 {{print $3, $4, $6}}')\"; done\n",
             list(&q.space)
         ));
     }
@@ -1191,7 +1191,9 @@ fn path_stat(dir: bool, value: &str) -> Result<Option<PathStat>, String> {
     Ok(Some(PathStat { bytes, mtime }))
 }
 
-/// `TOTAL AVAIL MOUNT` of `df -Pk`, in KiB.
+/// `USED AVAIL MOUNT` of `df -Pk`, in KiB. The filesystem's size is taken as used plus
+/// available, as `df` computes its Use%: blocks reserved for root (5% of an ext4 by default)
+/// are neither, and counting them as used made a disk look fuller than it is.
 fn space(value: &str) -> Result<Space, String> {
     let mut f = value.splitn(3, ' ');
     let mut kib = |what: &str| -> Result<u64, String> {
@@ -1199,8 +1201,11 @@ fn space(value: &str) -> Result<Space, String> {
         n.checked_mul(1024)
             .ok_or_else(|| format!("{what} {n} KiB overflows"))
     };
-    let total = kib("total")?;
+    let used = kib("used")?;
     let avail = kib("free")?;
+    let total = used
+        .checked_add(avail)
+        .ok_or_else(|| "used and free space overflow".to_string())?;
     Ok(Space {
         total,
         avail,
@@ -2160,6 +2165,8 @@ mod tests {
         assert_eq!(p.stats["/c"], None);
         assert_eq!(p.stats["/d"].unwrap().bytes, 8192);
         assert_eq!(p.space["/a b"].avail, 400 * 1024);
+        // Used plus available, as `df` counts its Use%: root's reserved blocks are not "used".
+        assert_eq!(p.space["/a b"].total, 1400 * 1024);
         assert_eq!(p.space["/a b"].mount, "/srv");
         assert!(parse_answers("end\n", &mut HostProbe::default()));
     }
@@ -2358,6 +2365,10 @@ mod tests {
         for (line, why) in [
             ("space\t/srv\t18446744073709551615 1 /srv", "overflows"),
             ("space\t/srv\t1000 -4 /srv", "not a whole number"),
+            (
+                "space\t/srv\t18014398509481983 18014398509481983 /srv",
+                "overflow",
+            ),
             ("space\t/srv\t", "not a whole number"),
             ("dir\t/d\t18014398509481984 1700000000", "overflows"),
             ("file\t/f\t12 18446744073709551615", "overflows"),
