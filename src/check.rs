@@ -1557,8 +1557,29 @@ pub fn evaluate(
             continue;
         };
         let subject = format!("vm {} (snapshot)", vm.id);
+        // A replication holding the vm's copies right now has its own snapshot on the
+        // primary: it merges it back when it ends. Only one no replication holds is left.
+        let of_vm = format!("vm {} (", vm.id);
+        let replicating = replicas
+            .iter()
+            .filter(|r| r.what.starts_with(&of_vm))
+            .any(|r| {
+                probes
+                    .get(&r.to_host)
+                    .and_then(|p| p.copies.get(&r.copy))
+                    .is_some_and(|s| s.busy)
+            });
         match found {
             Ok(left) if left.is_empty() => {}
+            Ok(left) if replicating => items.push(item(
+                "replicas",
+                &subject,
+                ItemStatus::Warning,
+                format!(
+                    "a replication is running now ({} on {host} is its snapshot, merged back when it ends): run `reprise check` again once it is over",
+                    left.join("; ")
+                ),
+            )),
             Ok(left) => items.push(item(
                 "replicas",
                 &subject,
@@ -2239,6 +2260,8 @@ mod tests {
                 size: 1 << 30,
                 ..Default::default()
             };
+            // A replication of dc2 is running: it holds dc2's copy.
+            state.busy = r.copy.ends_with("dc2-system.qcow2");
             if !r.copy.ends_with("erp-db-data.qcow2") {
                 let verified = if r.copy.ends_with("dc1-system.qcow2") {
                     crate::replica::Verified::Bad
@@ -2280,6 +2303,10 @@ mod tests {
             Ok(vec!["file /srv/erp-db-data.reprise-replicate".to_string()]),
         );
         main.snapshots.insert("dc1".to_string(), Ok(Vec::new()));
+        main.snapshots.insert(
+            "dc2".to_string(),
+            Ok(vec!["file /srv/dc2-system.reprise-replicate".to_string()]),
+        );
         let unused = HostProbe {
             error: Some("failed to connect".to_string()),
             ..HostProbe::default()
@@ -2338,6 +2365,12 @@ mod tests {
         );
         assert!(detail("vm erp-db (snapshot)").contains("reprise replicate --service erp-db"));
         assert_eq!(status("replicas", "vm dc1 (snapshot)"), None);
+        // The snapshot of a replication that holds the copies right now is not a leftover.
+        assert_eq!(
+            status("replicas", "vm dc2 (snapshot)"),
+            Some(ItemStatus::Warning)
+        );
+        assert!(detail("vm dc2 (snapshot)").contains("a replication is running now"));
         // Every copy grows by 1 GiB, more than the 3 GiB free.
         assert_eq!(status("space", "hv-pra"), Some(ItemStatus::Failed));
         assert_eq!(
