@@ -495,7 +495,28 @@ fn checked_ports(plans: &[plan::Plan]) -> BTreeMap<String, Vec<u16>> {
 
 /// Brings the lab up in `lab` from the inventory and runbooks of `base`, on the loopback
 /// addresses 127.`net`.0.x (hosts), 127.`net`.1.x and 127.`net`.2.x (VMs, primary and recovery).
+/// A lab that fails to come up is brought down again: nothing it started is left running.
 pub fn up(
+    base: &Model,
+    load_with_overlay: impl Fn(&Path) -> Result<Model, String>,
+    lab: &Path,
+    net: u8,
+) -> Result<LabState, LabError> {
+    if lab.join("lab.json").exists()
+        && let Ok(state) = LabState::load(lab)
+        && !running_pids(&state).is_empty()
+    {
+        return Err(LabError::Running(lab.to_path_buf()));
+    }
+    let started = bring_up(base, load_with_overlay, lab, net);
+    if started.is_err() && lab.join("lab.json").exists() {
+        // Only this attempt's processes are recorded there: the lab was not running.
+        let _ = down(lab);
+    }
+    started
+}
+
+fn bring_up(
     base: &Model,
     load_with_overlay: impl Fn(&Path) -> Result<Model, String>,
     lab: &Path,
@@ -505,11 +526,6 @@ pub fn up(
     let keygen = find("ssh-keygen", "openssh-client")?;
     let qemu_img = find("qemu-img", "qemu-utils")?;
     if lab.join("lab.json").exists() {
-        if let Ok(state) = LabState::load(lab)
-            && !running_pids(&state).is_empty()
-        {
-            return Err(LabError::Running(lab.to_path_buf()));
-        }
         std::fs::remove_dir_all(lab).map_err(io("remove", lab))?;
     }
     std::fs::create_dir_all(lab).map_err(io("create", lab))?;

@@ -162,3 +162,55 @@ fn the_example_needs_no_generic_stand_in() {
     assert_eq!(up.code, 0, "{up:?}");
     assert!(!up.stdout.contains("no stand-in"), "{}", up.stdout);
 }
+
+/// The processes whose command line names `dir`.
+fn processes_naming(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&dir) {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_lab_that_fails_to_come_up_leaves_nothing_running() {
+    let _net = NetLock::take(137);
+    let dir = mini_copy();
+    let dir = dir.path();
+    let lab = dir.join("lab");
+    // Something else already listens where the database vm's service would: its stand-in
+    // cannot start, after every host's sshd has.
+    let taken = std::net::TcpListener::bind("127.137.1.10:5432").unwrap();
+    let up = run_in(
+        dir,
+        &[
+            "lab",
+            "up",
+            "--lab-dir",
+            lab.to_str().unwrap(),
+            "--net",
+            "137",
+        ],
+    );
+    assert_eq!(up.code, 1, "{up:?}");
+    assert!(up.stderr.contains("lab serve"), "{}", up.stderr);
+    assert!(
+        lab.join("hosts").exists(),
+        "the lab got as far as its hosts"
+    );
+    assert_eq!(processes_naming(&lab), Vec::<String>::new());
+    // Once the address is free, the lab comes up in the same folder.
+    drop(taken);
+    let lab = lab.to_str().unwrap();
+    let up = run_in(dir, &["lab", "up", "--lab-dir", lab, "--net", "137"]);
+    assert_eq!(up.code, 0, "{up:?}");
+    let down = run_in(dir, &["lab", "down", "--lab-dir", lab]);
+    assert_eq!(down.code, 0, "{down:?}");
+}
