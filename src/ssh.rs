@@ -1183,7 +1183,8 @@ pub trait Transport: Send + Sync {
     /// Starts `command` on `host` (stopped at `deadline`) as a local process carrying it, its
     /// standard streams piped and leading its own process group, when this transport sends
     /// bulk data through a client program (the OpenSSH client): the host key has then been
-    /// checked by this transport first, under its policy. `None` when it streams itself
+    /// checked by this transport first, under its policy, once per host for the transport's
+    /// life (one command). `None` when it streams itself
     /// ([`Transport::exec_stream`], [`Transport::pipe_with_input`]).
     fn bulk_process(
         &self,
@@ -1193,6 +1194,13 @@ pub trait Transport: Send + Sync {
     ) -> Option<Result<std::process::Child, SshError>> {
         let _ = (host, command, deadline);
         None
+    }
+
+    /// Gets bulk streams to `host` ready ahead of them (the OpenSSH master connection), so that
+    /// several hosts get ready at once. Errors are left for the streams, which meet them
+    /// again.
+    fn prepare_bulk(&self, host: &str) {
+        let _ = host;
     }
 
     /// The host of the inventory that is this very machine (`--here`), if any: replication
@@ -1248,6 +1256,8 @@ pub struct SshTransport {
     busy: Mutex<(u64, HashMap<u64, i32>, std::collections::HashSet<u64>)>,
     /// [`Transport::interrupt`] was called.
     cut: std::sync::atomic::AtomicBool,
+    /// The OpenSSH master connections of this command, one per host.
+    masters: openssh::Masters,
 }
 
 /// Marks a session busy with a stream for as long as it lives.
@@ -1290,6 +1300,7 @@ impl SshTransport {
             client: SshClient::default(),
             busy: Mutex::new((0, HashMap::new(), std::collections::HashSet::new())),
             cut: std::sync::atomic::AtomicBool::new(false),
+            masters: openssh::Masters::new(),
         }
     }
 
@@ -1365,6 +1376,32 @@ impl SshTransport {
         Ok((session, channel))
     }
 
+    /// How a bulk stream reaches `host`: this command's OpenSSH master connection to it, made
+    /// the first time (and again if it ended) once this transport has checked the host key,
+    /// under its policy (a new key is recorded under accept-new). ssh(1) then checks the same
+    /// key in the same file, and only a key of the type checked here; later streams are
+    /// channels of that connection, so the key is checked once per host and command.
+    fn bulk_route(&self, host: &str, spec: &HostSpec) -> Result<openssh::Route, SshError> {
+        self.masters.route(spec, self.connect_timeout, |fresh| {
+            self.checked_key_type(host, fresh)
+        })
+    }
+
+    /// The type of the host key of `host`, checked by a session of this transport (`fresh`: a
+    /// new one), under its policy.
+    fn checked_key_type(&self, host: &str, fresh: bool) -> Result<String, SshError> {
+        // A session of this command has checked the key already; a master that ended is
+        // replaced after a check on a new connection.
+        let idle = if fresh { None } else { self.idle_session(host) };
+        let session = match idle {
+            Some(s) => s,
+            None => self.new_session(host)?,
+        };
+        let key_type = session.host_key_type()?;
+        self.give_back(host, session);
+        Ok(key_type)
+    }
+
     fn give_back(&self, host: &str, session: Session) {
         self.idle
             .lock()
@@ -1378,6 +1415,16 @@ impl SshTransport {
 impl Transport for SshTransport {
     fn here(&self) -> Option<&str> {
         self.here.as_deref()
+    }
+
+    fn prepare_bulk(&self, host: &str) {
+        if self.client == SshClient::OpenSsh
+            && let Some(spec) = self.hosts.get(host)
+        {
+            let _ = self.masters.start(spec, self.connect_timeout, |fresh| {
+                self.checked_key_type(host, fresh)
+            });
+        }
     }
 
     fn bulk_process(
@@ -1394,12 +1441,7 @@ impl Transport for SshTransport {
                 .hosts
                 .get(host)
                 .ok_or_else(|| SshError::UnknownHost(host.to_string()))?;
-            // The gate: this transport's own check of the host key, on a new connection, now
-            // (a new key is recorded under accept-new). ssh(1) then checks the same key in the
-            // same file, and only a key of the type checked here.
-            let session = self.new_session(host)?;
-            let key_type = session.host_key_type()?;
-            self.give_back(host, session);
+            let route = self.bulk_route(host, spec)?;
             // `exit $?`: a command killed by a signal ends with 128 + its number, as over
             // libssh2 (ssh(1) itself would exit with 255, as it does for its own failures).
             let secs = deadline.as_secs().max(1);
@@ -1407,15 +1449,21 @@ impl Transport for SshTransport {
                 "timeout --kill-after={KILL_AFTER_SECS} {secs} sh -c {}; exit $?",
                 crate::template::shell_quote(command)
             );
-            openssh::command(spec, &key_type, self.connect_timeout, &wrapped)?
-                .spawn()
-                .map_err(|e| SshError::Local {
-                    host: host.to_string(),
-                    reason: format!(
-                        "cannot start the OpenSSH client `ssh`: {e}; install it (Debian: \
+            openssh::stream_command(
+                spec,
+                &route.key_type,
+                self.connect_timeout,
+                route.control.as_deref(),
+                &wrapped,
+            )?
+            .spawn()
+            .map_err(|e| SshError::Local {
+                host: host.to_string(),
+                reason: format!(
+                    "cannot start the OpenSSH client `ssh`: {e}; install it (Debian: \
                          openssh-client) or choose --ssh-client libssh2"
-                    ),
-                })
+                ),
+            })
         })())
     }
 

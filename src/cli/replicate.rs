@@ -419,7 +419,7 @@ pub fn replicate(
     let stop = std::sync::atomic::AtomicBool::new(false);
     let finished = std::sync::atomic::AtomicBool::new(false);
     use std::sync::atomic::Ordering;
-    std::thread::scope(|scope| {
+    let out = std::thread::scope(|scope| {
         // A signal cuts the transfers under way (their helpers stop, the recovery copies
         // keep their last point); what follows still runs: the snapshot is merged back.
         scope.spawn(|| {
@@ -435,7 +435,11 @@ pub fn replicate(
         let out = replicate_all(model, &vms, verify, compress, &transport, &stop, &shutdown);
         finished.store(true, Ordering::Relaxed);
         out
-    })
+    });
+    // The OpenSSH master connections end with the transport, on every way out (a signal
+    // included), once every snapshot is merged back.
+    drop(transport);
+    out
 }
 
 /// The snapshot of a running vm, made by `replicate-begin`: merged back by `replicate-end`

@@ -142,9 +142,10 @@ impl<'a> Helpers<'a> {
         }
     }
 
-    /// Gets `hosts` ready at once (connected, the helper deployed, `--here` checked), so that
-    /// the transfers do not wait for them one after the other. Errors are left for the calls
-    /// that need the host, which meet them again and report them.
+    /// Gets `hosts` ready at once (connected, the helper deployed, `--here` checked, the
+    /// connection of bulk streams made), so that the transfers do not wait for them one after
+    /// the other. Errors are left for the calls that need the host, which meet them again and
+    /// report them.
     pub fn prepare(&self, hosts: &[&str]) {
         std::thread::scope(|scope| {
             for host in hosts {
@@ -152,6 +153,7 @@ impl<'a> Helpers<'a> {
                     Ok(true) | Err(_) => {}
                     Ok(false) => {
                         let _ = self.deploy(host);
+                        self.transport.prepare_bulk(host);
                     }
                 });
             }
@@ -414,6 +416,12 @@ impl<'a> Helpers<'a> {
                 remote(host, req)
             }
         };
+        // Both hosts' connections get ready at once.
+        for host in [to, from] {
+            if !self.is_here(host)? {
+                self.transport.prepare_bulk(host);
+            }
+        }
         // The side on another host first: whether it goes through a client program decides.
         let (first, second) = if self.is_here(to)? {
             ((from, send), (to, apply))
@@ -1027,92 +1035,89 @@ fn pipe_processes(
     let mut cut = false;
     let mut late = false;
     let mut stopped = false;
-    let (output, errors) = std::thread::scope(|scope| {
-        scope.spawn(move || {
-            if let Some(mut w) = source_in.take() {
-                let _ = w.write_all(input);
-            }
+    // Threads of their own, not waited for past a grace: a side's standard streams are also
+    // held by its OpenSSH master connection, until the command on the host ends, which a
+    // source cut off while silent (hashing, or stopped) may not do soon.
+    if let Some(mut w) = source_in.take() {
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = w.write_all(&input);
         });
-        let source_errors = scope.spawn(|| read_all(source_err));
-        let recovery_errors = scope.spawn(|| read_all(recovery_err));
-        let output = scope.spawn(|| read_all(recovery_out));
-        let mut buf = vec![0u8; 1 << 20];
-        if let Some(sink) = recovery_in.as_mut() {
-            loop {
-                if std::time::Instant::now() > until {
-                    late = true;
-                    break;
-                }
-                if stop() {
-                    stopped = true;
-                    break;
-                }
-                let mut fds = [
-                    libc::pollfd {
-                        fd: source_out.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                    // No event asked: a pipe whose reader is gone reports POLLERR.
-                    libc::pollfd {
-                        fd: sink.as_raw_fd(),
-                        events: 0,
-                        revents: 0,
-                    },
-                ];
-                // SAFETY: two valid pollfds, for the duration of the call.
-                unsafe {
-                    libc::poll(fds.as_mut_ptr(), 2, 200);
-                }
-                if fds[0].revents != 0 {
-                    match source_out.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            if sink.write_all(&buf[..n]).is_err() {
-                                cut = true;
-                                break;
-                            }
-                            bytes += n as u64;
-                            crate::ssh::PIPED_BYTES
-                                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    let source_errors = Drain::start(source_err);
+    let recovery_errors = Drain::start(recovery_err);
+    let output = Drain::start(recovery_out);
+    let mut buf = vec![0u8; 1 << 20];
+    if let Some(sink) = recovery_in.as_mut() {
+        loop {
+            if std::time::Instant::now() > until {
+                late = true;
+                break;
+            }
+            if stop() {
+                stopped = true;
+                break;
+            }
+            let mut fds = [
+                libc::pollfd {
+                    fd: source_out.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                // No event asked: a pipe whose reader is gone reports POLLERR.
+                libc::pollfd {
+                    fd: sink.as_raw_fd(),
+                    events: 0,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds, for the duration of the call.
+            unsafe {
+                libc::poll(fds.as_mut_ptr(), 2, 200);
+            }
+            if fds[0].revents != 0 {
+                match source_out.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if sink.write_all(&buf[..n]).is_err() {
+                            cut = true;
+                            break;
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        // Cannot happen on a pipe; the source's own exit tells the rest.
-                        Err(_) => break,
+                        bytes += n as u64;
+                        crate::ssh::PIPED_BYTES
+                            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     }
-                } else if fds[1].revents != 0 {
-                    cut = true;
-                    break;
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    // Cannot happen on a pipe; the source's own exit tells the rest.
+                    Err(_) => break,
                 }
+            } else if fds[1].revents != 0 {
+                cut = true;
+                break;
             }
         }
-        // The recovery side sees its input end: a whole stream, or a cut one it refuses.
-        drop(recovery_in.take());
-        if cut || late || stopped {
-            kill_group(&source);
-        }
-        if stopped {
-            // An `ssh` carrying the recovery side would wait for its helper: cut it too,
-            // the helper then sees its stream end and throws the update away.
-            kill_group(&recovery);
-        }
-        drop(source_out);
-        let source_exit = wait_until(&mut source, until);
-        let recovery_exit = wait_until(&mut recovery, until);
-        let errors = format!(
-            "{}{}",
-            String::from_utf8_lossy(&source_errors.join().unwrap_or_default()),
-            String::from_utf8_lossy(&recovery_errors.join().unwrap_or_default())
-        );
-        (
-            (
-                source_exit,
-                recovery_exit,
-                output.join().unwrap_or_default(),
-            ),
-            errors,
-        )
-    });
+    }
+    // The recovery side sees its input end: a whole stream, or a cut one it refuses.
+    drop(recovery_in.take());
+    if cut || late || stopped {
+        kill_group(&source);
+    }
+    if stopped {
+        // An `ssh` carrying the recovery side would wait for its helper: cut it too, the
+        // helper then sees its stream end and throws the update away.
+        kill_group(&recovery);
+    }
+    drop(source_out);
+    let source_exit = wait_until(&mut source, until);
+    let recovery_exit = wait_until(&mut recovery, until);
+    // Both processes have ended: what they wrote is in the pipes.
+    let grace = std::time::Instant::now() + DRAIN_GRACE;
+    let errors = format!(
+        "{}{}",
+        String::from_utf8_lossy(&source_errors.finish(grace)),
+        String::from_utf8_lossy(&recovery_errors.finish(grace))
+    );
+    let output = (source_exit, recovery_exit, output.finish(grace));
     let (source_exit, recovery_exit, output) = output;
     PipeOutput {
         bytes,
@@ -1205,6 +1210,55 @@ impl Write for Capped {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// How long the standard streams of a transfer's sides may stay open once both processes
+/// have ended: what they said is in the pipes by then.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Reads a pipe to its end (up to [`OUTPUT_LIMIT`], as [`read_all`]) on a thread of its own,
+/// which may outlive the reader's interest.
+struct Drain {
+    read: std::sync::Arc<Mutex<Vec<u8>>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Drain {
+    fn start(mut pipe: impl std::io::Read + Send + 'static) -> Drain {
+        let read = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (tx, done) = std::sync::mpsc::channel();
+        let into = read.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut left = OUTPUT_LIMIT;
+            while left > 0 {
+                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                match pipe.read(&mut buf[..want]) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        left -= n as u64;
+                        into.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend_from_slice(&buf[..n]);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            // Beyond the limit, the writer fails on its next write.
+            drop(pipe);
+            let _ = tx.send(());
+        });
+        Drain { read, done }
+    }
+
+    /// What was read: all of it, or what had come by `until` if the pipe is still open.
+    fn finish(self, until: std::time::Instant) -> Vec<u8> {
+        let _ = self
+            .done
+            .recv_timeout(until.saturating_duration_since(std::time::Instant::now()));
+        std::mem::take(&mut *self.read.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 

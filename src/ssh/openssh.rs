@@ -10,11 +10,24 @@
 //! and writing nothing. So it refuses every key reprise refuses, whatever the user's or the
 //! system's ssh configuration says.
 //!
-//! It only builds the command line: it never decides what to run, and it prints nothing.
+//! One connection per host and command ([`Masters`]): the first stream to a host starts an
+//! OpenSSH master connection (`ssh -M -N`, a child of this process), whose socket lives in a
+//! private folder this process creates (mode 0700, under `$XDG_RUNTIME_DIR` or the temporary
+//! folder) and removes; every stream to that host then opens a channel on it instead of a new
+//! connection. A master never outlives its command: it is ended when its [`Masters`] is
+//! dropped, by [`close_all`] on a signal, and by the kernel when this process dies any other
+//! way (`PR_SET_PDEATHSIG`); each command makes a folder of its own, so no command can reach
+//! another's master, and each checks every host's key itself.
+//!
+//! It builds command lines and keeps those connections: it never decides what to run, and it
+//! prints nothing.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use super::{HostSpec, SshError};
 
@@ -65,15 +78,69 @@ const OPENSSH_CIPHERS: [&str; 6] = [
     "aes256-gcm@openssh.com",
 ];
 
-/// The `ssh` command that runs `remote` (one shell command line) on the host of `spec`, its
-/// standard streams piped, leading its own process group. `key_type` is the type of the host
-/// key the caller has just verified over libssh2: only a key of that type is accepted.
+/// The `ssh` command that runs `remote` (one shell command line) on the host of `spec` over a
+/// connection of its own, its standard streams piped, leading its own process group.
+/// `key_type` is the type of the host key the caller has just verified over libssh2: only a
+/// key of that type is accepted.
 pub fn command(
     spec: &HostSpec,
     key_type: &str,
     connect_timeout: Duration,
     remote: &str,
 ) -> Result<Command, SshError> {
+    stream_command(spec, key_type, connect_timeout, None, remote)
+}
+
+/// [`command`], as a channel of the master connection listening on `control` when there is
+/// one. Should that socket be gone (its master ended), `ssh` connects on its own, with the
+/// same checks; so it does when the host refuses one more session on the connection
+/// (`MaxSessions`).
+pub fn stream_command(
+    spec: &HostSpec,
+    key_type: &str,
+    connect_timeout: Duration,
+    control: Option<&Path>,
+    remote: &str,
+) -> Result<Command, SshError> {
+    let mut options = options(spec, key_type, connect_timeout)?;
+    options.push("ControlMaster=no".to_string());
+    options.push(match control {
+        Some(path) => format!("ControlPath={}", config_path(spec, path)?),
+        None => "ControlPath=none".to_string(),
+    });
+    let mut cmd = ssh(spec, &options, &[]);
+    cmd.arg(remote)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Ok(cmd)
+}
+
+/// The master connection to the host of `spec`: `ssh -M -N` listening on `control`, ending
+/// when it is told to (no `ControlPersist`), its standard error piped.
+fn master_command(
+    spec: &HostSpec,
+    key_type: &str,
+    connect_timeout: Duration,
+    control: &Path,
+) -> Result<Command, SshError> {
+    let mut options = options(spec, key_type, connect_timeout)?;
+    options.push("ControlMaster=yes".to_string());
+    options.push(format!("ControlPath={}", config_path(spec, control)?));
+    options.push("ControlPersist=no".to_string());
+    let mut cmd = ssh(spec, &options, &["-N"]);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    Ok(cmd)
+}
+
+/// The options of every `ssh` reprise starts for `spec`, but the control ones.
+fn options(
+    spec: &HostSpec,
+    key_type: &str,
+    connect_timeout: Duration,
+) -> Result<Vec<String>, SshError> {
     let option = |name: &str, path: &Path| -> Result<String, SshError> {
         Ok(format!("{name}={}", config_path(spec, path)?))
     };
@@ -91,8 +158,6 @@ pub fn command(
         format!("ServerAliveInterval={ALIVE_INTERVAL_SECS}"),
         format!("ServerAliveCountMax={ALIVE_COUNT}"),
         "Compression=no".to_string(),
-        "ControlMaster=no".to_string(),
-        "ControlPath=none".to_string(),
         "ForwardAgent=no".to_string(),
         "ForwardX11=no".to_string(),
         "ClearAllForwardings=yes".to_string(),
@@ -114,10 +179,16 @@ pub fn command(
             cipher_list(preferred, &OPENSSH_CIPHERS)
         ));
     }
+    Ok(options)
+}
+
+/// `ssh` with `flags` and `options` for the host of `spec`, up to its address, leading its own
+/// process group (a Ctrl-C on the terminal reaches reprise, which decides what stops).
+fn ssh(spec: &HostSpec, options: &[String], flags: &[&str]) -> Command {
     let mut cmd = Command::new("ssh");
     // No configuration file: the host is reached exactly as libssh2 reaches it (address,
     // port, user, key), and nothing there can loosen the host-key check.
-    cmd.args(["-F", "/dev/null", "-T", "-x", "-a"]);
+    cmd.args(["-F", "/dev/null", "-T", "-x", "-a"]).args(flags);
     for o in options {
         cmd.arg("-o").arg(o);
     }
@@ -126,13 +197,9 @@ pub fn command(
         .arg("-l")
         .arg(&spec.user)
         .arg("--")
-        .arg(&spec.address)
-        .arg(remote)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .arg(&spec.address);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    Ok(cmd)
+    cmd
 }
 
 /// The signature algorithms of a host key type: an RSA key signs with SHA-2 (OpenSSH and
@@ -167,6 +234,424 @@ fn config_path(spec: &HostSpec, path: &Path) -> Result<String, SshError> {
         .replace('"', "\\\"")
         .replace('%', "%%");
     Ok(format!("\"{escaped}\""))
+}
+
+/// The longest control socket path: `sun_path` holds 108 bytes with its NUL, and ssh binds
+/// a temporary name 17 bytes longer before renaming it into place.
+const MAX_CONTROL_PATH: usize = 107 - 17;
+
+/// The master connections of one command (of one [`super::SshTransport`]): one per host,
+/// started on the first stream to it, all ended and their folder removed when this is
+/// dropped.
+pub struct Masters {
+    /// The private folder of the control sockets, made on first use; `None` when no folder
+    /// could be made (each stream then connects on its own).
+    folder: OnceLock<Option<PathBuf>>,
+    hosts: Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
+    next: std::sync::atomic::AtomicU32,
+}
+
+/// What a command knows of one host.
+#[derive(Default)]
+struct Slot {
+    /// The type of the host key the caller checked, in this command.
+    key_type: Option<String>,
+    master: Option<Master>,
+}
+
+/// How a stream reaches its host: the type of the host key checked in this command, and the
+/// socket of the master connection that carries it, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub key_type: String,
+    pub control: Option<PathBuf>,
+}
+
+impl Default for Masters {
+    fn default() -> Self {
+        Masters::new()
+    }
+}
+
+impl Masters {
+    pub fn new() -> Masters {
+        Masters {
+            folder: OnceLock::new(),
+            hosts: Mutex::new(HashMap::new()),
+            next: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// Starts this command's master connection to the host of `spec` unless it has one
+    /// (starting or serving), without waiting for it to log in. Before a master is started,
+    /// `check` checks the host key the caller's way and gives its type (`fresh`: on a new
+    /// connection, as a master that ended is replaced; the host may offer another key by
+    /// then). Without a folder for the sockets, `check` runs once and nothing is started.
+    pub fn start(
+        &self,
+        spec: &HostSpec,
+        connect_timeout: Duration,
+        check: impl FnOnce(bool) -> Result<String, SshError>,
+    ) -> Result<(), SshError> {
+        let slot = self.slot(&spec.id);
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        self.start_in(&mut slot, spec, connect_timeout, check)
+    }
+
+    /// How to reach the host of `spec`: through this command's master connection to it,
+    /// started as [`Masters::start`] says if need be, once it has logged in.
+    pub fn route(
+        &self,
+        spec: &HostSpec,
+        connect_timeout: Duration,
+        check: impl FnOnce(bool) -> Result<String, SshError>,
+    ) -> Result<Route, SshError> {
+        let slot = self.slot(&spec.id);
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        self.start_in(&mut slot, spec, connect_timeout, check)?;
+        let key_type = slot.key_type.clone().unwrap_or_default();
+        let Some(master) = slot.master.as_mut() else {
+            return Ok(Route {
+                key_type,
+                control: None,
+            });
+        };
+        if let Err(e) = master.wait_ready(spec) {
+            if let Some(master) = slot.master.take() {
+                master.close();
+            }
+            return Err(e);
+        }
+        Ok(Route {
+            key_type,
+            control: Some(master.control.clone()),
+        })
+    }
+
+    fn slot(&self, host: &str) -> Arc<Mutex<Slot>> {
+        self.hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(host.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn start_in(
+        &self,
+        slot: &mut Slot,
+        spec: &HostSpec,
+        connect_timeout: Duration,
+        check: impl FnOnce(bool) -> Result<String, SshError>,
+    ) -> Result<(), SshError> {
+        let replaced = match slot.master.as_mut().map(Master::running) {
+            // Serving, or still logging in: `route` waits for it.
+            Some(true) => return Ok(()),
+            Some(false) => {
+                if let Some(master) = slot.master.take() {
+                    master.close();
+                }
+                true
+            }
+            None => false,
+        };
+        let Some(folder) = self.folder() else {
+            if slot.key_type.is_none() {
+                slot.key_type = Some(check(false)?);
+            }
+            return Ok(());
+        };
+        let key_type = check(replaced)?;
+        slot.key_type = Some(key_type.clone());
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        slot.master = Some(Master::start(
+            spec,
+            &key_type,
+            connect_timeout,
+            folder.join(n.to_string()),
+        )?);
+        Ok(())
+    }
+
+    fn folder(&self) -> Option<&Path> {
+        self.folder.get_or_init(private_folder).as_deref()
+    }
+}
+
+impl Drop for Masters {
+    fn drop(&mut self) {
+        let hosts = std::mem::take(self.hosts.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for slot in hosts.into_values() {
+            let master = slot.lock().unwrap_or_else(|e| e.into_inner()).master.take();
+            if let Some(master) = master {
+                master.close();
+            }
+        }
+        if let Some(Some(folder)) = self.folder.get() {
+            let _ = std::fs::remove_dir_all(folder);
+            live().folders.retain(|f| f != folder);
+        }
+    }
+}
+
+/// A folder of this process's own for control sockets, mode 0700 (`mkdtemp`), under
+/// `$XDG_RUNTIME_DIR`, else the temporary folder, else `/tmp`: the first where the socket
+/// paths fit.
+fn private_folder() -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt as _;
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let bases = runtime
+        .into_iter()
+        .chain([std::env::temp_dir(), PathBuf::from("/tmp")]);
+    for base in bases {
+        let template = base.join("reprise-ssh-XXXXXX");
+        // The folder, a slash and a socket's number.
+        if template.as_os_str().len() + 11 > MAX_CONTROL_PATH {
+            continue;
+        }
+        let Ok(template) = std::ffi::CString::new(template.into_os_string().into_vec()) else {
+            continue;
+        };
+        let raw = template.into_raw();
+        // SAFETY: `raw` is a NUL-terminated buffer this function owns, which mkdtemp fills in
+        // place; it is taken back into a CString right after.
+        let made = unsafe { !libc::mkdtemp(raw).is_null() };
+        // SAFETY: `raw` came from `CString::into_raw` above, its length unchanged.
+        let path = unsafe { std::ffi::CString::from_raw(raw) };
+        if made {
+            let folder = PathBuf::from(std::ffi::OsString::from_vec(path.into_bytes()));
+            live().folders.push(folder.clone());
+            return Some(folder);
+        }
+    }
+    None
+}
+
+/// One master connection, a child of this process.
+struct Master {
+    child: Child,
+    control: PathBuf,
+    /// Reads the master's standard error until it ends.
+    errors: Option<std::thread::JoinHandle<Vec<u8>>>,
+    /// It has listened on `control` (it had then checked the host key and logged in).
+    ready: bool,
+    /// When it must have logged in: the connect timeout for each of connecting, the key
+    /// exchange and the login.
+    ready_by: Instant,
+    ready_secs: u64,
+}
+
+impl Master {
+    /// Starts the master connection to the host of `spec` on `control`.
+    fn start(
+        spec: &HostSpec,
+        key_type: &str,
+        connect_timeout: Duration,
+        control: PathBuf,
+    ) -> Result<Master, SshError> {
+        let cmd = master_command(spec, key_type, connect_timeout, &control)?;
+        let mut child = spawn_tied(cmd).map_err(|e| SshError::Local {
+            host: spec.id.clone(),
+            reason: format!(
+                "cannot start the OpenSSH client `ssh`: {e}; install it (Debian: \
+                 openssh-client) or choose --ssh-client libssh2"
+            ),
+        })?;
+        live().masters.push(child.id());
+        let stderr = child.stderr.take();
+        let errors = std::thread::Builder::new()
+            .name("reprise-ssh-master".into())
+            .spawn(move || {
+                let mut text = Vec::new();
+                if let Some(mut stderr) = stderr {
+                    let _ = stderr.read_to_end(&mut text);
+                }
+                text
+            })
+            .ok();
+        let ready_secs = connect_timeout.as_secs().max(1) * 3;
+        Ok(Master {
+            child,
+            control,
+            errors,
+            ready: false,
+            ready_by: Instant::now() + Duration::from_secs(ready_secs),
+            ready_secs,
+        })
+    }
+
+    /// Waits until it listens, or fails with what ssh said.
+    fn wait_ready(&mut self, spec: &HostSpec) -> Result<(), SshError> {
+        while !self.ready {
+            if self.control.exists() {
+                self.ready = true;
+            } else if reap(&mut self.child) {
+                let said = self
+                    .errors
+                    .take()
+                    .and_then(|t| t.join().ok())
+                    .map(|t| String::from_utf8_lossy(&t).trim().replace('\n', "; "))
+                    .unwrap_or_default();
+                return Err(SshError::Connect {
+                    host: spec.id.clone(),
+                    endpoint: spec.endpoint(),
+                    reason: if said.is_empty() {
+                        "the OpenSSH client ended before it logged in".to_string()
+                    } else {
+                        format!("the OpenSSH client: {said}")
+                    },
+                });
+            } else if Instant::now() > self.ready_by {
+                return Err(SshError::Hung {
+                    host: spec.id.clone(),
+                    secs: self.ready_secs,
+                });
+            } else {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether it still runs, and listens once it has.
+    fn running(&mut self) -> bool {
+        !reap(&mut self.child) && (!self.ready || self.control.exists())
+    }
+
+    /// Ends it (TERM, then KILL 5 s later), which removes its socket.
+    fn close(mut self) {
+        signal(&self.child, libc::SIGTERM);
+        let until = Instant::now() + Duration::from_secs(5);
+        while !reap(&mut self.child) {
+            if Instant::now() > until {
+                signal(&self.child, libc::SIGKILL);
+                let mut live = live();
+                let _ = self.child.wait();
+                live.masters.retain(|p| *p != self.child.id());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = std::fs::remove_file(&self.control);
+    }
+}
+
+/// The master connections and folders of this process, for [`close_all`]. A pid is here
+/// only while its child is not reaped (both change under this lock), so it is never another
+/// process's.
+struct Live {
+    masters: Vec<u32>,
+    folders: Vec<PathBuf>,
+}
+
+fn live() -> std::sync::MutexGuard<'static, Live> {
+    static LIVE: Mutex<Live> = Mutex::new(Live {
+        masters: Vec::new(),
+        folders: Vec::new(),
+    });
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether `child` (a master) has ended; it is then reaped and forgotten.
+fn reap(child: &mut Child) -> bool {
+    let mut live = live();
+    match child.try_wait() {
+        Ok(None) => false,
+        Ok(Some(_)) | Err(_) => {
+            live.masters.retain(|p| *p != child.id());
+            true
+        }
+    }
+}
+
+/// Sends `sig` to a master not yet reaped.
+fn signal(child: &Child, sig: libc::c_int) {
+    let live = live();
+    if live.masters.contains(&child.id())
+        && let Ok(pid) = libc::pid_t::try_from(child.id())
+    {
+        // SAFETY: a signal to our own child, not reaped (see `Live`); no memory involved.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+/// Ends every master connection of this process and removes their folders, at once, without
+/// waiting: for a process about to end by a signal.
+pub fn close_all() {
+    let live = live();
+    for pid in &live.masters {
+        if let Ok(pid) = libc::pid_t::try_from(*pid) {
+            // SAFETY: see `signal`.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+    for folder in &live.folders {
+        let _ = std::fs::remove_dir_all(folder);
+    }
+}
+
+/// Starts `cmd` from a thread that lives as long as this process, asking the kernel to end it
+/// (TERM) when this process ends, however it ends (`PR_SET_PDEATHSIG`, which follows the
+/// thread that started the child: hence the thread).
+fn spawn_tied(cmd: Command) -> std::io::Result<Child> {
+    type Job = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Option<Mutex<std::sync::mpsc::Sender<Job>>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("reprise-ssh-spawn".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    tie_to_this_process(&mut cmd);
+                    let _ = reply.send(cmd.spawn());
+                    // The child goes back to the caller; this thread stays: the kernel ties
+                    // the child to it.
+                }
+            })
+            .ok()
+            .map(|_| Mutex::new(tx))
+    });
+    let gone = || std::io::Error::other("the thread that starts ssh has ended");
+    let Some(spawner) = spawner else {
+        return Err(gone());
+    };
+    let (reply, answer) = std::sync::mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, reply))
+        .map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
+}
+
+fn tie_to_this_process(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: `getpid` before the fork; in the child, only `prctl` and `getppid`, both
+        // async-signal-safe system calls, and no allocation.
+        let parent = unsafe { libc::getpid() };
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // This process ended before the request took effect.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
 }
 
 #[cfg(test)]

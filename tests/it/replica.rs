@@ -1054,3 +1054,185 @@ fn both_ssh_clients_replicate_byte_identical_relayed_and_here_and_with_the_agent
         "{out:?}"
     );
 }
+
+/// The processes whose command line names `dir`: the OpenSSH master connections and streams
+/// of a reprise whose folder of control sockets is under it.
+fn processes_naming(dir: &Path) -> Vec<String> {
+    let want = dir.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains(&want).then_some(cmd)
+        })
+        .collect()
+}
+
+/// The files under `dir` (sockets included), folders left out.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+/// Through the OpenSSH client, a command's master connections end with it and its private
+/// folder of control sockets goes: after a replication, when SIGTERM, SIGINT or SIGHUP stops
+/// one in the middle (it stops cleanly and exits 130), and after a run's replicate step (a
+/// planned failover's final sync); when reprise is killed outright (SIGKILL) the kernel ends
+/// them, and no socket is left. The copy keeps its last good point, and the next replication
+/// completes.
+#[test]
+fn through_openssh_the_master_connections_end_with_their_command_signals_included() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let lab = Lab::up(125);
+    let src = lab.src();
+    new_image("raw", &src, "512M");
+    qemu_io("raw", &src, "write -P 0x21 0 8M");
+    let runtime = lab.dir.path().join("runtime");
+    std::fs::create_dir(&runtime).unwrap();
+    let reprise_here = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_reprise"));
+        cmd.args(lab.args(args))
+            .current_dir(lab.dir.path())
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let replicate = [
+        "replicate",
+        "--service",
+        "erp-db",
+        "--ssh-client",
+        "openssh",
+    ];
+    let gone = |what: &str| {
+        assert!(
+            poll_until(Duration::from_secs(20), || processes_naming(&runtime)
+                .is_empty()),
+            "{what}: still running: {:?}",
+            processes_naming(&runtime)
+        );
+    };
+
+    let out = reprise_here(&replicate).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    gone("after a replication");
+    assert_eq!(std::fs::read_dir(&runtime).unwrap().count(), 0);
+    let before = b3(&lab.dst());
+
+    for (n, signal) in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGKILL]
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("signal {signal}");
+        qemu_io("raw", &src, &format!("write -P {} 0 400M", 0x31 + n));
+        let mut child = reprise_here(&replicate).spawn().unwrap();
+        lab.wait_mid_update(&mut child);
+        let masters = processes_naming(&runtime)
+            .into_iter()
+            .filter(|c| c.contains("ControlMaster=yes"))
+            .count();
+        assert_eq!(masters, 2, "{what}: one master per host");
+        // SAFETY: a signal to our own child, not yet waited for.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let ended = poll_until(Duration::from_secs(30), || {
+            child.try_wait().unwrap().is_some()
+        });
+        if !ended {
+            let _ = child.kill();
+        }
+        let status = child.wait().unwrap();
+        assert!(ended, "{what}: reprise did not end");
+        if signal == libc::SIGKILL {
+            assert_eq!(status.signal(), Some(signal), "{what}: {status:?}");
+        } else {
+            assert_eq!(status.code(), Some(130), "{what}: {status:?}");
+        }
+        gone(&what);
+        assert_eq!(files_under(&runtime), Vec::<PathBuf>::new(), "{what}");
+        if signal == libc::SIGKILL {
+            // Nothing of reprise ran to remove its (now empty) folder.
+            for e in std::fs::read_dir(&runtime).unwrap().flatten() {
+                std::fs::remove_dir(e.path()).unwrap();
+            }
+        }
+        assert_eq!(std::fs::read_dir(&runtime).unwrap().count(), 0, "{what}");
+        assert_eq!(b3(&lab.dst()), before, "{what}: the copy was touched");
+        // The helpers cut above let go of the copy.
+        assert!(
+            poll_until(Duration::from_secs(20), || apply_helper(&lab.dst())
+                .is_none()
+                && send_helper(&src).is_none()),
+            "{what}: a helper still runs"
+        );
+    }
+
+    let out = reprise_here(&replicate).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(b3(&lab.dst()), b3(&src));
+
+    // A run's replicate step (the final sync of a planned failover).
+    let mut child = reprise_here(&[
+        "failover",
+        "--service",
+        "erp-db",
+        "--only",
+        "--yes",
+        "--no-prompt",
+        "--ssh-client",
+        "openssh",
+    ])
+    .stdout(std::fs::File::create(lab.dir.path().join("failover.out")).unwrap())
+    .stderr(std::fs::File::create(lab.dir.path().join("failover.err")).unwrap())
+    .spawn()
+    .unwrap();
+    let mut seen = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        seen |= !processes_naming(&runtime).is_empty();
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the failover did not finish within 60s");
+        }
+        let _ = lab.run(&[
+            "confirm",
+            "latest",
+            "erp-db/data-check",
+            "--by",
+            "Nadia Morel",
+        ]);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Its vm does not start on this raw image (the lab's vms read qcow2): only the final
+    // sync matters here.
+    let said = |f: &str| std::fs::read_to_string(lab.dir.path().join(f)).unwrap();
+    assert!(
+        said("failover.out").contains("✔ erp-db/final-sync Done"),
+        "{status:?}: {}{}",
+        said("failover.out"),
+        said("failover.err")
+    );
+    assert!(seen, "the failover's final sync used no master connection");
+    gone("after a run");
+    assert_eq!(std::fs::read_dir(&runtime).unwrap().count(), 0);
+}

@@ -907,3 +907,131 @@ fn the_openssh_path_refuses_every_host_key_reprise_refuses() {
         assert!(matches!(e, SshError::ChangedHostKey { .. }), "{e:?}");
     }
 }
+
+/// The OpenSSH master connections this process runs to `sshd`: (pid, control socket path).
+fn masters_to(sshd: &Sshd) -> Vec<(u32, String)> {
+    let port = sshd.port.to_string();
+    let address = sshd.address.to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let words: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|w| String::from_utf8_lossy(w).into_owned())
+            .collect();
+        let is_master = words.first().is_some_and(|w| w == "ssh")
+            && words.iter().any(|w| w == "ControlMaster=yes")
+            && words.windows(2).any(|w| w[0] == "-p" && w[1] == port)
+            && words.contains(&address);
+        if !is_master {
+            continue;
+        }
+        let control = words
+            .iter()
+            .find_map(|w| w.strip_prefix("ControlPath="))
+            .map(|p| p.trim_matches('"').to_string())
+            .unwrap_or_default();
+        // Our own child only: its parent is this test process.
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(std::process::id()) {
+            found.push((pid, control));
+        }
+    }
+    found
+}
+
+/// The connections `sshd` has accepted so far (its VERBOSE log names each login).
+fn logins(sshd: &Sshd) -> usize {
+    std::fs::read_to_string(sshd.dir().join("sshd.log"))
+        .unwrap()
+        .matches("Accepted publickey for")
+        .count()
+}
+
+/// Through the OpenSSH client, a command (one transport) checks a host's key once and carries
+/// every stream to it over one OpenSSH master connection: five streams cost two logins (the
+/// libssh2 check, the master), not ten. The master is a child of this process, listening in a
+/// folder of mode 0700 it made; both go when the transport does.
+#[test]
+fn through_openssh_a_command_checks_a_host_once_and_multiplexes_its_streams() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let sshd = Sshd::start();
+    let t = transport(&sshd, "hv1", HostKeyPolicy::Strict).with_client(SshClient::OpenSsh);
+    let before = logins(&sshd);
+    for n in 0..5u8 {
+        let data = crate::common::random_bytes(1 << 20);
+        let (code, out) = bulk(&t, "hv1", &format!("cat; exit {n}"), &data).unwrap();
+        assert_eq!(code, i32::from(n));
+        assert!(out == data, "stream {n}: the data read back differs");
+    }
+    assert_eq!(
+        logins(&sshd) - before,
+        2,
+        "one libssh2 check and one master"
+    );
+    let masters = masters_to(&sshd);
+    assert_eq!(masters.len(), 1, "{masters:?}");
+    let folder = Path::new(&masters[0].1).parent().unwrap().to_path_buf();
+    let meta = std::fs::metadata(&folder).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{folder:?}");
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(meta.uid(), unsafe { libc::geteuid() });
+    drop(t);
+    assert!(
+        masters_to(&sshd).is_empty(),
+        "the master outlived its transport"
+    );
+    assert!(!folder.exists(), "{folder:?} is left behind");
+}
+
+/// A master never outlives its command, and no command reaches another's: a host whose key
+/// changed is refused by the next command, with reprise's own error, even while a connection
+/// opened under the old key is still up; ssh(1) alone refuses it too, and nothing runs.
+#[test]
+fn through_openssh_a_key_changed_between_two_commands_is_refused() {
+    let mut sshd = Sshd::start();
+    let marker = sshd.dir().join("executed");
+    let touch = format!("touch {}", marker.display());
+    let first = transport(&sshd, "hv1", HostKeyPolicy::Strict).with_client(SshClient::OpenSsh);
+    assert_eq!(bulk(&first, "hv1", "true", &[]).unwrap().0, 0);
+    let masters = masters_to(&sshd);
+    assert_eq!(masters.len(), 1, "{masters:?}");
+
+    sshd.new_host_key_for_new_connections();
+    assert_eq!(
+        masters_to(&sshd),
+        masters,
+        "the first command's master is still up"
+    );
+    for policy in [HostKeyPolicy::Strict, HostKeyPolicy::AcceptNew] {
+        let next = transport(&sshd, "hv1", policy).with_client(SshClient::OpenSsh);
+        let e = bulk(&next, "hv1", &touch, &[]).unwrap_err();
+        assert!(matches!(e, SshError::ChangedHostKey { .. }), "{e:?}");
+        assert_eq!(
+            masters_to(&sshd),
+            masters,
+            "a master was started for {policy:?}"
+        );
+    }
+    let (code, stderr) = ssh_alone(&sshd.spec("hv1"), "ssh-ed25519", &touch);
+    assert_eq!(code, 255, "{stderr}");
+    assert!(
+        !marker.exists(),
+        "a command ran on a host whose key changed"
+    );
+    drop(first);
+    assert!(masters_to(&sshd).is_empty());
+}

@@ -273,6 +273,25 @@ impl Sshd {
         }
     }
 
+    /// Gives this sshd a new host key for the connections it accepts from now on, keeping the
+    /// ones it has (they keep the key they were opened with): sshd reads its keys again on
+    /// SIGHUP, and its sessions outlive that. Returns once the new key is offered.
+    pub fn new_host_key_for_new_connections(&mut self) {
+        keygen(&self.dir.path().join("host_ed25519"));
+        signal(&[self.child.id()], "HUP");
+        let public = std::fs::read_to_string(self.host_key_pub()).unwrap();
+        let key = public.split_whitespace().nth(1).unwrap().to_string();
+        let offered = poll_until(Duration::from_secs(10), || {
+            Command::new(tool("ssh-keyscan"))
+                .args(["-t", "ed25519", "-p", &self.port.to_string()])
+                .arg(self.address.to_string())
+                .stderr(Stdio::null())
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&key))
+        });
+        assert!(offered, "sshd does not offer its new host key after SIGHUP");
+    }
+
     /// Gives this sshd a host certificate of its current key, signed by the CA key `ca`, and
     /// restarts it (same address, port and key).
     pub fn certify_host_key(&mut self, ca: &Path) {
