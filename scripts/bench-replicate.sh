@@ -1,33 +1,44 @@
 #!/usr/bin/env bash
 # Benchmarks `reprise replicate` against peers measured in the same run, on the same files,
-# over the same sshd (a lab on 127.160.x.x):
-#   1. initial full copy of an image of SIZE_MIB random MiB: reprise vs `cat img | ssh host 'cat > copy'`
+# over the same sshd (a lab on 127.NET.x.x), for each image size of SIZES_MIB:
+#   1. initial full copy of an image of random data: reprise vs `cat img | ssh host 'cat > copy'`
 #      (OpenSSH's default cipher; also followed by `sync copy`, as durable as a reprise point; and
 #      with `-c aes128-gcm@openssh.com`, the cipher reprise's OpenSSH client offers first on
 #      processors with AES);
 #   2. PCTS% of its 64 KiB blocks changed (random blocks, random data): reprise vs
 #      `rsync --inplace --no-whole-file -e ssh` vs rsync's default mode (temporary file + rename).
-# reprise is measured relayed (the orchestrator on a third machine: the data goes through it)
-# and with `--here hv-pra` (the orchestrator on the recovery host, as in a real set-up that must
-# survive the loss of the main site: the data crosses SSH once, like the peers'), each with both
-# SSH clients of its data: `--ssh-client openssh` (the system's ssh) and `--ssh-client libssh2`.
-# Wall time and bytes on the wire (reprise: block stream + manifest; rsync: its --stats total bytes
-# sent + received; cat: the image size), and the peak memory of the orchestrator and the helpers
-# during the initial copy. Prints medians of REPS runs and ratios; asserts nothing.
+# reprise copies both disks of the lab's erp-db (the small system disk and the measured data
+# disk), as a real replication of a vm does. It is measured relayed (the orchestrator on a third
+# machine: the data goes through it) and with `--here hv-pra` (the orchestrator on the recovery
+# host, as in a real set-up that must survive the loss of the main site: the data crosses SSH
+# once, like the peers'), each with both SSH clients of its data: `--ssh-client openssh` (the
+# system's ssh) and `--ssh-client libssh2`.
+# Prints, as Markdown tables: medians of REPS runs of the wall time, the CPU time of the
+# orchestrator and its children (helpers here, ssh clients), bytes on the wire (reprise: block
+# stream + manifest; rsync: its --stats total bytes sent + received; cat: the image size), ratios
+# to the peers of the same run, the 1-minute load average during the timed runs, and the peak
+# resident memory of each kind of process (orchestrator, helpers, ssh streams, ssh master
+# connections), sampled in one more, untimed run per mode and case. Asserts nothing.
 #
-# Env: SIZE_MIB (1024), PCTS ("1 10"), REPS (3), NET (160), KEEP (0: remove the tmp dir),
-# MODES ("relay here relay-libssh2 here-libssh2").
+# Env: SIZES_MIB ("1024 4096"), PCTS ("1 10"), REPS (3), NET (160), KEEP (0: remove the tmp dir),
+# MODES ("relay here relay-libssh2 here-libssh2"; a mode ending in `@alt` runs ALT_BIN instead
+# of this checkout's release build, e.g. to compare two builds in the same run),
+# LOAD_BELOW and LOAD_WAIT (before each size, wait up to LOAD_WAIT seconds for the 1-minute
+# load average to drop below LOAD_BELOW).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-SIZE_MIB=${SIZE_MIB:-1024}
+SIZES_MIB=${SIZES_MIB:-"1024 4096"}
 PCTS=${PCTS:-"1 10"}
 REPS=${REPS:-3}
 NET=${NET:-160}
+LOAD_BELOW=${LOAD_BELOW:-}
+LOAD_WAIT=${LOAD_WAIT:-0}
 log() { echo "[bench] $*" >&2; }
 now() { echo "$EPOCHREALTIME"; }
 py() { python3 -c "$@"; }
 median() { py 'import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+load1() { cut -d' ' -f1 /proc/loadavg; }
 
 command -v sshd >/dev/null || { log "installing openssh-server"; apt-get install -y -qq openssh-server >/dev/null; }
 command -v qemu-img >/dev/null || { log "installing qemu-utils"; apt-get install -y -qq qemu-utils >/dev/null; }
@@ -35,6 +46,11 @@ command -v rsync >/dev/null || { log "installing rsync"; apt-get install -y -qq 
 log "cargo build --release"
 cargo build --release --quiet
 BIN=$ROOT/target/release/reprise
+if [ -n "${ALT_BIN:-}" ]; then ALT_BIN=$(realpath "$ALT_BIN"); fi
+
+# The lab network's lock, as the tests take it: a test or another bench on the same network waits.
+exec 9>"${TMPDIR:-/tmp}/reprise-it-net-$NET.lock"
+flock 9
 
 TMP=$(mktemp -d /tmp/reprise-bench-replicate.XXXXXX)
 LAB=$TMP/lab
@@ -44,7 +60,6 @@ cleanup() {
 }
 trap cleanup EXIT
 "$BIN" lab up --lab-dir "$LAB" --net "$NET" >/dev/null
-R=("$BIN" --overlay "$LAB/overlay.toml" --state-dir "$TMP/state")
 SRC_DIR=$(grep -A3 '^\[hosts.hv-main.vars\]' "$LAB/overlay.toml" | sed -n 's/^images_dir = "\(.*\)"/\1/p')
 DST_DIR=$(grep -A3 '^\[hosts.hv-pra.vars\]' "$LAB/overlay.toml" | sed -n 's/^images_dir = "\(.*\)"/\1/p')
 PRA=$(grep -A2 '^\[hosts.hv-pra\]' "$LAB/overlay.toml" | sed -n 's/^address = "\(.*\)"/\1/p')
@@ -52,31 +67,49 @@ SSH="ssh -p 2222 -i $LAB/client/id_ed25519 -o UserKnownHostsFile=$LAB/client/kno
 SRC=$SRC_DIR/erp-db-data.qcow2
 DST=$DST_DIR/erp-db-data.qcow2
 BASE=$TMP/base.img
-SIZE=$((SIZE_MIB * 1024 * 1024))
 
-log "making a $SIZE_MIB MiB image of random data"
-head -c "$SIZE" /dev/urandom > "$BASE"
+read -r -a MODES <<< "${MODES:-relay here relay-libssh2 here-libssh2}"
+declare -A MODE_ARGS=(
+  [relay]="--ssh-client openssh" [here]="--here hv-pra --ssh-client openssh"
+  [relay-libssh2]="--ssh-client libssh2" [here-libssh2]="--here hv-pra --ssh-client libssh2")
+declare -A MODE_NAME=(
+  [relay]="reprise, OpenSSH client, relayed" [here]="reprise, OpenSSH client, \`--here hv-pra\`"
+  [relay-libssh2]="reprise, libssh2, relayed" [here-libssh2]="reprise, libssh2, \`--here hv-pra\`")
+args_of() { echo "${MODE_ARGS[${1%@alt}]}"; }
+name_of() { if [[ $1 == *@alt ]]; then echo "${MODE_NAME[${1%@alt}]} ($(basename "$ALT_BIN"))"; else echo "${MODE_NAME[$1]}"; fi; }
+bin_of() { if [[ $1 == *@alt ]]; then echo "$ALT_BIN"; else echo "$BIN"; fi; }
 
-# Seconds and bytes of the data disk's line of `reprise replicate` (extra arguments: $@).
-reprise_run() {
-  local t0 t1 out
-  t0=$(now)
-  out=$("${R[@]}" replicate --service erp-db "$@")
-  t1=$(now)
-  local bytes
-  bytes=$(echo "$out" | grep erp-db-data | sed -n 's/.*: point [^,]*, \([0-9]*\) bytes sent.*/\1/p')
-  echo "$(py "print($t1 - $t0)") $bytes"
+# `reprise replicate --service erp-db` in mode $1, not timed.
+reprise_quiet() {
+  # shellcheck disable=SC2046
+  "$(bin_of "$1")" --overlay "$LAB/overlay.toml" --state-dir "$TMP/state" replicate --service erp-db $(args_of "$1") >/dev/null
 }
 
-# Peak resident memory (VmHWM) of the orchestrator (`reprise ... replicate`), of the
-# replication helpers (`helper-<hash> helper ...`, on the lab's hosts, i.e. this machine) and of
-# each OpenSSH client carrying one, sampled every 20 ms until the file $1 exists; prints
-# "orchestrator_kib helper_kib ssh_kib".
+# Timed `reprise replicate` in mode $1: "seconds cpu_seconds bytes" (CPU: the orchestrator and
+# the children it waited for; bytes: the data disk's line).
+reprise_run() {
+  local out
+  # shellcheck disable=SC2046
+  out=$(/usr/bin/time -f 'TIME %e %U %S' "$(bin_of "$1")" --overlay "$LAB/overlay.toml" --state-dir "$TMP/state" \
+    replicate --service erp-db $(args_of "$1") 2>&1) || true
+  local bytes times
+  bytes=$(echo "$out" | grep erp-db-data | sed -n 's/.*: point [^,]*, \([0-9]*\) bytes sent.*/\1/p')
+  times=$(echo "$out" | sed -n 's/^TIME //p')
+  [ -n "$bytes" ] || { log "reprise failed: $out"; echo "failed"; return; }
+  read -r e u s <<< "$times"
+  echo "$e $(py "print($u + $s)") $bytes"
+}
+
+# Peak resident memory (VmHWM) of this bench's processes, sampled every 20 ms until the file $1
+# exists: the orchestrator (`reprise ... replicate`), the replication helpers (`helper-<hash>
+# helper ...`, on the lab's hosts, i.e. this machine; or `reprise helper` here), the OpenSSH
+# clients carrying a stream, and the OpenSSH master connections. Prints "orch helper ssh master"
+# in KiB.
 peak_memory() {
   py "
 import os, time
 stop = '$1'
-peak = {'orch': 0, 'helper': 0, 'ssh': 0}
+peak = {'orch': 0, 'helper': 0, 'ssh': 0, 'master': 0}
 while not os.path.exists(stop):
     for pid in os.listdir('/proc'):
         if not pid.isdigit():
@@ -91,89 +124,50 @@ while not os.path.exists(stop):
         if not words or not any('$TMP' in w for w in words):
             continue
         hwm = next((int(l.split()[1]) for l in status.splitlines() if l.startswith('VmHWM:')), 0)
-        if 'replicate' in words and os.path.basename(words[0]) == 'reprise':
-            peak['orch'] = max(peak['orch'], hwm)
-        elif 'helper' in words and (os.path.basename(words[0]) == 'reprise'
+        exe = os.path.basename(words[0])
+        if 'replicate' in words and exe.startswith('reprise'):
+            kind = 'orch'
+        elif 'helper' in words and (exe.startswith('reprise') or exe.startswith('helper-')
                                     or any(os.path.basename(w).startswith('helper-') for w in words)):
-            peak['helper'] = max(peak['helper'], hwm)
-        elif os.path.basename(words[0]) == 'ssh' and any('helper' in w for w in words):
-            peak['ssh'] = max(peak['ssh'], hwm)
+            kind = 'helper'
+        elif exe == 'ssh' and 'ControlMaster=yes' in words:
+            kind = 'master'
+        elif exe == 'ssh' and any('helper' in w for w in words):
+            kind = 'ssh'
+        else:
+            continue
+        peak[kind] = max(peak[kind], hwm)
     time.sleep(0.02)
-print(peak['orch'], peak['helper'], peak['ssh'])"
+print(peak['orch'], peak['helper'], peak['ssh'], peak['master'])"
 }
 
-# 1. Initial full copy.
-read -r -a MODES <<< "${MODES:-relay here relay-libssh2 here-libssh2}"
-declare -A MODE_ARGS=(
-  [relay]="--ssh-client openssh" [here]="--here hv-pra --ssh-client openssh"
-  [relay-libssh2]="--ssh-client libssh2" [here-libssh2]="--here hv-pra --ssh-client libssh2")
-declare -A MODE_NAME=(
-  [relay]="reprise, openssh, relayed" [here]="reprise, openssh, --here hv-pra"
-  [relay-libssh2]="reprise, libssh2, relayed" [here-libssh2]="reprise, libssh2, --here hv-pra")
-declare -a C_T S_T G_T
-declare -A M_O M_H M_S
-declare -A R_T R_B
-for i in $(seq "$REPS"); do
-  for mode in "${MODES[@]}"; do
-    log "initial copy, $mode, run $i"
-    cp "$BASE" "$SRC"
-    rm -rf "$DST" "$DST.reprise"
-    sync                                    # no earlier write-back competes with the run
-    # shellcheck disable=SC2086
-    read -r t b < <(reprise_run ${MODE_ARGS[$mode]})
-    R_T[$mode]+="$t "; R_B[$mode]+="$b "
-    cmp -s "$SRC" "$DST" || { log "the reprise copy differs"; exit 1; }
-  done
-  rm -f "$DST_DIR/cat-copy.img"; sync
-  t0=$(now); $SSH root@"$PRA" "cat > '$DST_DIR/cat-copy.img'" < "$SRC"; t1=$(now)
-  C_T+=("$(py "print($t1 - $t0)")")
-  # The same, durable as a reprise point is (its copy is fsynced before it counts).
-  rm -f "$DST_DIR/cat-copy.img"; sync
-  t0=$(now); $SSH root@"$PRA" "cat > '$DST_DIR/cat-copy.img' && sync '$DST_DIR/cat-copy.img'" < "$SRC"; t1=$(now)
-  S_T+=("$(py "print($t1 - $t0)")")
-  # The same cipher as reprise on a processor with AES instructions.
-  rm -f "$DST_DIR/cat-copy.img"; sync
-  t0=$(now); $SSH -c aes128-gcm@openssh.com root@"$PRA" "cat > '$DST_DIR/cat-copy.img'" < "$SRC"; t1=$(now)
-  G_T+=("$(py "print($t1 - $t0)")")
-done
-ct=$(median "${C_T[@]}"); st=$(median "${S_T[@]}"); gt=$(median "${G_T[@]}")
-# Peak memory, in one more (untimed) initial copy per mode: the sampler costs CPU.
-for mode in "${MODES[@]}"; do
-  log "initial copy, $mode, memory"
-  rm -rf "$DST" "$DST.reprise"; sync
+# Runs "$@" (a command that replicates) while sampling memory; sets MEM to "orch helper ssh master".
+with_memory() {
   rm -f "$TMP/stop"
   peak_memory "$TMP/stop" > "$TMP/peak" &
-  sampler=$!
-  # shellcheck disable=SC2086
-  reprise_run ${MODE_ARGS[$mode]} >/dev/null
+  local sampler=$!
+  "$@"
   touch "$TMP/stop"; wait "$sampler"
-  read -r mo mh ms < "$TMP/peak"
-  M_O[$mode]=$mo; M_H[$mode]=$mh; M_S[$mode]=$ms
-done
-echo
-echo "Initial copy of $SIZE_MIB MiB of random data (medians of $REPS):"
-for mode in "${MODES[@]}"; do
-  # shellcheck disable=SC2086
-  rt=$(median ${R_T[$mode]}); rb=$(median ${R_B[$mode]})
-  printf '  %-34s %8.2f s  %12.0f bytes  %7.1f MB/s  (%.2f x cat|ssh, %.2f x with sync, %.2f x with aes128-gcm)\n' \
-    "${MODE_NAME[$mode]}" "$rt" "$rb" "$(py "print($SIZE/$rt/1e6)")" "$(py "print($ct/$rt)")" "$(py "print($st/$rt)")" "$(py "print($gt/$rt)")"
-done
-printf '  %-34s %8.2f s  %12d bytes  %7.1f MB/s\n' "cat | ssh 'cat > copy'" "$ct" "$SIZE" "$(py "print($SIZE/$ct/1e6)")"
-printf '  %-34s %8.2f s  %12d bytes  %7.1f MB/s\n' "cat | ssh 'cat > copy && sync copy'" "$st" "$SIZE" "$(py "print($SIZE/$st/1e6)")"
-printf '  %-34s %8.2f s  %12d bytes  %7.1f MB/s\n' "cat | ssh -c aes128-gcm (same cipher)" "$gt" "$SIZE" "$(py "print($SIZE/$gt/1e6)")"
-echo "  peak memory (an untimed copy per mode):"
-for mode in "${MODES[@]}"; do
-  printf '    %-32s orchestrator %.1f MiB, each helper at most %.1f MiB, each ssh at most %.1f MiB\n' \
-    "${MODE_NAME[$mode]}" "$(py "print(${M_O[$mode]} / 1024)")" "$(py "print(${M_H[$mode]} / 1024)")" \
-    "$(py "print(${M_S[$mode]} / 1024)")"
-done
+  MEM=$(cat "$TMP/peak")
+}
 
-# 2. Changed blocks.
-change() { # percent seed
+mib() { py "print('%.1f' % ($1 / 1024))"; }
+mem_row() { # name "orch helper ssh master"
+  read -r o h s m <<< "$2"
+  local sc mc
+  if [ "$s" = 0 ]; then sc="none"; else sc="$(mib "$s") MiB"; fi
+  if [ "$m" = 0 ]; then mc="none"; else mc="$(mib "$m") MiB"; fi
+  echo "| $1 | $(mib "$o") MiB | $(mib "$h") MiB | $sc | $mc |"
+}
+load_summary() { # loads...
+  py 'import sys,statistics; v=[float(x) for x in sys.argv[1:]]; print("%.1f (min %.1f, max %.1f)" % (statistics.median(v), min(v), max(v)))' "$@"
+}
+
+change() { # percent seed size
   py "
 import os, random
 random.seed($2)
-n = $SIZE // 65536
+n = $3 // 65536
 k = max(1, n * $1 // 100)
 with open('$SRC', 'r+b') as f:
     for b in random.sample(range(n), k):
@@ -183,6 +177,7 @@ print(k * 65536)"
 rsync_run() { # extra-args dst
   local t0 t1 out
   t0=$(now)
+  # shellcheck disable=SC2086
   out=$(rsync $1 --stats -e "$SSH" "$SRC" root@"$PRA":"$2")
   t1=$(now)
   local sent recv
@@ -190,42 +185,148 @@ rsync_run() { # extra-args dst
   recv=$(echo "$out" | sed -n 's/^Total bytes received: \([0-9,]*\).*/\1/p' | tr -d ,)
   echo "$(py "print($t1 - $t0)") $((sent + recv))"
 }
-for pct in $PCTS; do
-  declare -A RT=() RB=()
-  declare -a IT=() IB=() DT=() DB=()
-  changed=0
+
+echo "# reprise replicate: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(ssh -V 2>&1)"
+for SIZE_MIB in $SIZES_MIB; do
+  SIZE=$((SIZE_MIB * 1024 * 1024))
+  if [ -n "$LOAD_BELOW" ]; then
+    waited=0
+    until py "import sys; sys.exit(0 if $(load1) < $LOAD_BELOW else 1)" || [ "$waited" -ge "$LOAD_WAIT" ]; do
+      sleep 30; waited=$((waited + 30))
+    done
+    log "load average $(load1) after waiting ${waited}s"
+  fi
+  LOADS=()
+  START_UPTIME=$(uptime)
+  log "making a $SIZE_MIB MiB image of random data"
+  head -c "$SIZE" /dev/urandom > "$BASE"
+
+  # 1. Initial full copy.
+  declare -a C_T=() S_T=() G_T=()
+  declare -A R_T=() R_C=() R_B=() MEM_INIT=()
   for i in $(seq "$REPS"); do
     for mode in "${MODES[@]}"; do
-      log "$pct% changed, $mode, run $i"
+      log "$SIZE_MIB MiB, initial copy, $mode, run $i"
       cp "$BASE" "$SRC"
-      # shellcheck disable=SC2086
-      "${R[@]}" replicate --service erp-db ${MODE_ARGS[$mode]} >/dev/null   # up to date (not timed)
-      sync
-      changed=$(change "$pct" "$i")                       # the same blocks in both modes
-      # shellcheck disable=SC2086
-      read -r t b < <(reprise_run ${MODE_ARGS[$mode]}); RT[$mode]+="$t "; RB[$mode]+="$b "
+      rm -rf "$DST" "$DST.reprise"
+      sync                                    # no earlier write-back competes with the run
+      LOADS+=("$(load1)")
+      read -r t c b < <(reprise_run "$mode")
+      [ "$t" != failed ] || exit 1
+      R_T[$mode]+="$t "; R_C[$mode]+="$c "; R_B[$mode]+="$b "
       cmp -s "$SRC" "$DST" || { log "the reprise copy differs"; exit 1; }
     done
-    cp "$BASE" "$DST_DIR/rsync-inplace.img"
-    cp "$BASE" "$DST_DIR/rsync-default.img"
-    # An old mtime: rsync's quick check (size and mtime) must not skip the file.
-    touch -d @0 "$DST_DIR/rsync-inplace.img" "$DST_DIR/rsync-default.img"
-    sync
-    read -r t b < <(rsync_run "--inplace --no-whole-file" "$DST_DIR/rsync-inplace.img"); IT+=("$t"); IB+=("$b")
-    read -r t b < <(rsync_run "" "$DST_DIR/rsync-default.img"); DT+=("$t"); DB+=("$b")
-    cmp -s "$SRC" "$DST_DIR/rsync-inplace.img" || { log "the rsync --inplace copy differs"; exit 1; }
-    cmp -s "$SRC" "$DST_DIR/rsync-default.img" || { log "the rsync copy differs"; exit 1; }
+    rm -f "$DST_DIR/cat-copy.img"; sync
+    LOADS+=("$(load1)")
+    t0=$(now); $SSH root@"$PRA" "cat > '$DST_DIR/cat-copy.img'" < "$SRC"; t1=$(now)
+    C_T+=("$(py "print($t1 - $t0)")")
+    # The same, durable as a reprise point is (its copy is fsynced before it counts).
+    rm -f "$DST_DIR/cat-copy.img"; sync
+    t0=$(now); $SSH root@"$PRA" "cat > '$DST_DIR/cat-copy.img' && sync '$DST_DIR/cat-copy.img'" < "$SRC"; t1=$(now)
+    S_T+=("$(py "print($t1 - $t0)")")
+    # The same cipher as reprise's OpenSSH client on a processor with AES instructions.
+    rm -f "$DST_DIR/cat-copy.img"; sync
+    t0=$(now); $SSH -c aes128-gcm@openssh.com root@"$PRA" "cat > '$DST_DIR/cat-copy.img'" < "$SRC"; t1=$(now)
+    G_T+=("$(py "print($t1 - $t0)")")
+    rm -f "$DST_DIR/cat-copy.img"
   done
-  it=$(median "${IT[@]}"); ib=$(median "${IB[@]}")
-  dt=$(median "${DT[@]}"); db=$(median "${DB[@]}")
+  ct=$(median "${C_T[@]}"); st=$(median "${S_T[@]}"); gt=$(median "${G_T[@]}")
+  # Peak memory, in one more (untimed) initial copy per mode: the sampler costs CPU.
+  for mode in "${MODES[@]}"; do
+    log "$SIZE_MIB MiB, initial copy, $mode, memory"
+    rm -rf "$DST" "$DST.reprise"; sync
+    with_memory reprise_quiet "$mode"
+    MEM_INIT[$mode]=$MEM
+  done
+  INIT_LOAD=$(load_summary "${LOADS[@]}")
+
   echo
-  echo "$pct% of the 64 KiB blocks changed ($changed bytes), medians of $REPS:"
+  echo "## $SIZE_MIB MiB of random data, initial copy (medians of $REPS; load average during the runs: $INIT_LOAD)"
+  echo
+  echo "| $SIZE_MIB MiB, initial copy | time | throughput | CPU (orchestrator and children) | against \`cat \\| ssh\` | with \`sync\` | with AES-GCM |"
+  echo "|---|---|---|---|---|---|---|"
   for mode in "${MODES[@]}"; do
     # shellcheck disable=SC2086
-    rt=$(median ${RT[$mode]}); rb=$(median ${RB[$mode]})
-    printf '  %-34s %8.2f s  %12.0f bytes on the wire (%.3f x changed)  %.2f x rsync --inplace, %.2f x rsync default\n' \
-      "${MODE_NAME[$mode]}" "$rt" "$rb" "$(py "print($rb/$changed)")" "$(py "print($rt/$it)")" "$(py "print($rt/$dt)")"
+    rt=$(median ${R_T[$mode]}); rc=$(median ${R_C[$mode]})
+    printf '| %s | %.2f s | %.1f MB/s | %.2f s | %.2f × | %.2f × | %.2f × |\n' \
+      "$(name_of "$mode")" "$rt" "$(py "print($SIZE/$rt/1e6)")" "$rc" "$(py "print($ct/$rt)")" "$(py "print($st/$rt)")" "$(py "print($gt/$rt)")"
   done
-  printf '  %-34s %8.2f s  %12.0f bytes on the wire (%.3f x changed)\n' "rsync --inplace --no-whole-file" "$it" "$ib" "$(py "print($ib/$changed)")"
-  printf '  %-34s %8.2f s  %12.0f bytes on the wire (%.3f x changed)\n' "rsync (default)" "$dt" "$db" "$(py "print($db/$changed)")"
+  printf '| `cat \\| ssh '"'"'cat > copy'"'"'` | %.2f s | %.1f MB/s | | | | |\n' "$ct" "$(py "print($SIZE/$ct/1e6)")"
+  printf '| the same with `sync` | %.2f s | %.1f MB/s | | | | |\n' "$st" "$(py "print($SIZE/$st/1e6)")"
+  printf '| the same with `-c aes128-gcm@openssh.com` | %.2f s | %.1f MB/s | | | | |\n' "$gt" "$(py "print($SIZE/$gt/1e6)")"
+  echo
+  echo "Bytes on the wire: $(for mode in "${MODES[@]}"; do
+    # shellcheck disable=SC2086
+    printf '%s %.0f; ' "${mode}" "$(median ${R_B[$mode]})"; done)cat $SIZE."
+  echo
+  echo "| peak memory, initial copy | orchestrator | each helper | each ssh stream | each ssh master |"
+  echo "|---|---|---|---|---|"
+  for mode in "${MODES[@]}"; do mem_row "$(name_of "$mode")" "${MEM_INIT[$mode]}"; done
+
+  # 2. Changed blocks.
+  for pct in $PCTS; do
+    LOADS=()
+    declare -A RT=() RC=() RB=() MEM_UPD=()
+    declare -a IT=() IB=() DT=() DB=()
+    changed=0
+    for i in $(seq "$REPS"); do
+      for mode in "${MODES[@]}"; do
+        log "$SIZE_MIB MiB, $pct% changed, $mode, run $i"
+        cp "$BASE" "$SRC"
+        reprise_quiet "$mode"                  # up to date (not timed)
+        sync
+        changed=$(change "$pct" "$i" "$SIZE")  # the same blocks in every mode
+        LOADS+=("$(load1)")
+        read -r t c b < <(reprise_run "$mode")
+        [ "$t" != failed ] || exit 1
+        RT[$mode]+="$t "; RC[$mode]+="$c "; RB[$mode]+="$b "
+        cmp -s "$SRC" "$DST" || { log "the reprise copy differs"; exit 1; }
+      done
+      for kind in inplace default; do
+        cp "$BASE" "$DST_DIR/rsync-$kind.img"
+        # An old mtime: rsync's quick check (size and mtime) must not skip the file.
+        touch -d @0 "$DST_DIR/rsync-$kind.img"
+        sync
+        LOADS+=("$(load1)")
+        if [ "$kind" = inplace ]; then
+          read -r t b < <(rsync_run "--inplace --no-whole-file" "$DST_DIR/rsync-$kind.img"); IT+=("$t"); IB+=("$b")
+        else
+          read -r t b < <(rsync_run "" "$DST_DIR/rsync-$kind.img"); DT+=("$t"); DB+=("$b")
+        fi
+        cmp -s "$SRC" "$DST_DIR/rsync-$kind.img" || { log "the rsync $kind copy differs"; exit 1; }
+        rm -f "$DST_DIR/rsync-$kind.img"
+      done
+    done
+    for mode in "${MODES[@]}"; do
+      log "$SIZE_MIB MiB, $pct% changed, $mode, memory"
+      cp "$BASE" "$SRC"
+      reprise_quiet "$mode"
+      sync
+      change "$pct" 1 "$SIZE" >/dev/null
+      with_memory reprise_quiet "$mode"
+      MEM_UPD[$mode]=$MEM
+    done
+    it=$(median "${IT[@]}"); ib=$(median "${IB[@]}")
+    dt=$(median "${DT[@]}"); db=$(median "${DB[@]}")
+    echo
+    echo "## $SIZE_MIB MiB, $pct% of the 64 KiB blocks changed ($changed bytes; medians of $REPS; load average during the runs: $(load_summary "${LOADS[@]}"))"
+    echo
+    echo "| $SIZE_MIB MiB, $pct% changed | time | CPU (orchestrator and children) | on the wire | against rsync \`--inplace\` | against rsync (default) |"
+    echo "|---|---|---|---|---|---|"
+    for mode in "${MODES[@]}"; do
+      # shellcheck disable=SC2086
+      rt=$(median ${RT[$mode]}); rc=$(median ${RC[$mode]}); rb=$(median ${RB[$mode]})
+      printf '| %s | %.2f s | %.2f s | %.0f bytes (%.3f × changed) | %.2f × | %.2f × |\n' \
+        "$(name_of "$mode")" "$rt" "$rc" "$rb" "$(py "print($rb/$changed)")" "$(py "print($rt/$it)")" "$(py "print($rt/$dt)")"
+    done
+    printf '| rsync `--inplace --no-whole-file` | %.2f s | | %.0f bytes (%.3f × changed) | | |\n' "$it" "$ib" "$(py "print($ib/$changed)")"
+    printf '| rsync (default) | %.2f s | | %.0f bytes (%.3f × changed) | | |\n' "$dt" "$db" "$(py "print($db/$changed)")"
+    echo
+    echo "| peak memory, $pct% changed | orchestrator | each helper | each ssh stream | each ssh master |"
+    echo "|---|---|---|---|---|"
+    for mode in "${MODES[@]}"; do mem_row "$(name_of "$mode")" "${MEM_UPD[$mode]}"; done
+  done
+  echo
+  echo "Load at the start of this size: $START_UPTIME; at its end: $(uptime)"
+  rm -f "$BASE"
 done

@@ -152,8 +152,9 @@ impl<'a> Helpers<'a> {
                 scope.spawn(move || match self.is_here(host) {
                     Ok(true) | Err(_) => {}
                     Ok(false) => {
-                        let _ = self.deploy(host);
+                        // The bulk connection first: it logs in while the helper deploys.
                         self.transport.prepare_bulk(host);
+                        let _ = self.deploy(host);
                     }
                 });
             }
@@ -416,12 +417,6 @@ impl<'a> Helpers<'a> {
                 remote(host, req)
             }
         };
-        // Both hosts' connections get ready at once.
-        for host in [to, from] {
-            if !self.is_here(host)? {
-                self.transport.prepare_bulk(host);
-            }
-        }
         // The side on another host first: whether it goes through a client program decides.
         let (first, second) = if self.is_here(to)? {
             ((from, send), (to, apply))
@@ -631,6 +626,12 @@ impl<'a> Helpers<'a> {
         r: &Replication,
     ) -> Result<ImageTransfer, ReplicaError> {
         let began = std::time::Instant::now();
+        // Both hosts' bulk connections log in while the recovery side reads its base.
+        for host in [to, from] {
+            if !self.is_here(host)? {
+                self.transport.prepare_bulk(host);
+            }
+        }
         let (src_path, dst_path) = (PathBuf::from(src), PathBuf::from(dst));
         let (point, taken_at, source, retention) = (
             r.point.clone(),
