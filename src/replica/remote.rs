@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use super::helper::Checked;
 use super::protocol::{Hello, PROTOCOL, Request, VERSION};
 use super::store::{Applied, Point};
-use crate::ssh::{PipeOutput, SshError, Transport};
+use crate::ssh::{PipeOutput, Said, SshError, Transport};
 use crate::template::shell_quote;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -290,7 +290,7 @@ impl<'a> Helpers<'a> {
         );
         let (streamed, output, errors) = std::thread::scope(|scope| {
             let output = scope.spawn(|| read_all(stdout));
-            let errors = scope.spawn(|| read_all(stderr));
+            let errors = scope.spawn(|| read_errors(stderr));
             let streamed =
                 self.transport
                     .exec_stream(from, send, &mut &base[..], &mut stdin, deadline);
@@ -306,7 +306,6 @@ impl<'a> Helpers<'a> {
             )
         });
         let write_exit = child.wait().map(exit_status).unwrap_or(-1);
-        let errors = String::from_utf8_lossy(&errors).into_owned();
         let read = match streamed {
             Ok(s) => s,
             // The recovery helper here stopped reading: its own error says why.
@@ -349,7 +348,7 @@ impl<'a> Helpers<'a> {
         let (streamed, errors) = std::thread::scope(|scope| {
             // The source reads all of the recovery manifest before it writes.
             scope.spawn(move || stdin.write_all(base));
-            let errors = scope.spawn(|| read_all(stderr));
+            let errors = scope.spawn(|| read_errors(stderr));
             let streamed =
                 self.transport
                     .exec_stream(to, apply, &mut stdout, &mut answer, deadline);
@@ -361,7 +360,6 @@ impl<'a> Helpers<'a> {
             (streamed, errors.join().unwrap_or_default())
         });
         let read_exit = child.wait().map(exit_status).unwrap_or(-1);
-        let errors = String::from_utf8_lossy(&errors).into_owned();
         let written = match streamed {
             Ok(s) => s,
             // Reading the source helper here failed: its own error says why.
@@ -1036,6 +1034,7 @@ fn pipe_processes(
     let mut cut = false;
     let mut late = false;
     let mut stopped = false;
+    let mut flooded = None;
     // Threads of their own, not waited for past a grace: a side's standard streams are also
     // held by its OpenSSH master connection, until the command on the host ends, which a
     // source cut off while silent (hashing, or stopped) may not do soon.
@@ -1045,9 +1044,9 @@ fn pipe_processes(
             let _ = w.write_all(&input);
         });
     }
-    let source_errors = Drain::start(source_err);
-    let recovery_errors = Drain::start(recovery_err);
-    let output = Drain::start(recovery_out);
+    let source_errors = Drain::start(source_err, Said::default());
+    let recovery_errors = Drain::start(recovery_err, Said::default());
+    let output = Drain::start(recovery_out, Said::keeping(OUTPUT_LIMIT as usize));
     let mut buf = vec![0u8; 1 << 20];
     if let Some(sink) = recovery_in.as_mut() {
         loop {
@@ -1076,6 +1075,16 @@ fn pipe_processes(
             unsafe {
                 libc::poll(fds.as_mut_ptr(), 2, 200);
             }
+            // A side printing errors without end is refused (its errors are read no
+            // further, so it would block, not end).
+            if source_errors.over() {
+                flooded = Some(Side::Source);
+                break;
+            }
+            if recovery_errors.over() {
+                flooded = Some(Side::Recovery);
+                break;
+            }
             if fds[0].revents != 0 {
                 match source_out.read(&mut buf) {
                     Ok(0) => break,
@@ -1100,7 +1109,11 @@ fn pipe_processes(
     }
     // The recovery side sees its input end: a whole stream, or a cut one it refuses.
     drop(recovery_in.take());
-    if cut || late || stopped {
+    if flooded == Some(Side::Recovery) {
+        kill_group(&recovery);
+        cut = true;
+    }
+    if cut || late || stopped || flooded == Some(Side::Source) {
         kill_group(&source);
     }
     if stopped {
@@ -1109,16 +1122,22 @@ fn pipe_processes(
         kill_group(&recovery);
     }
     drop(source_out);
-    let source_exit = wait_until(&mut source, until);
-    let recovery_exit = wait_until(&mut recovery, until);
+    let source_exit = wait_until(&mut source, until, &|| source_errors.over());
+    if source_errors.over() {
+        flooded = flooded.or(Some(Side::Source));
+    }
+    let recovery_exit = wait_until(&mut recovery, until, &|| recovery_errors.over());
+    if recovery_errors.over() {
+        flooded = flooded.or(Some(Side::Recovery));
+    }
     // Both processes have ended: what they wrote is in the pipes.
     let grace = std::time::Instant::now() + DRAIN_GRACE;
     let errors = format!(
         "{}{}",
-        String::from_utf8_lossy(&source_errors.finish(grace)),
-        String::from_utf8_lossy(&recovery_errors.finish(grace))
+        source_errors.finish(grace).text(),
+        recovery_errors.finish(grace).text()
     );
-    let output = (source_exit, recovery_exit, output.finish(grace));
+    let output = (source_exit, recovery_exit, output.finish(grace).into_bytes());
     let (source_exit, recovery_exit, output) = output;
     PipeOutput {
         bytes,
@@ -1128,6 +1147,14 @@ fn pipe_processes(
         write_failed_first: cut && !late,
         stderr: if stopped {
             format!("{errors}the transfer was stopped by a signal")
+        } else if let Some(side) = flooded {
+            format!(
+                "{errors}the {} side printed more than {OUTPUT_LIMIT} bytes of errors: refused",
+                match side {
+                    Side::Source => "source",
+                    Side::Recovery => "recovery",
+                }
+            )
         } else if late {
             format!(
                 "{errors}the transfer did not end within its deadline ({}s)",
@@ -1141,12 +1168,20 @@ fn pipe_processes(
     }
 }
 
-/// Waits for `child` until `until`, then kills it with its process group; its exit status.
-fn wait_until(child: &mut Child, until: std::time::Instant) -> i32 {
+/// A side of a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Recovery,
+}
+
+/// Waits for `child` until `until`, or until `give_up` says so, then kills it with its
+/// process group; its exit status.
+fn wait_until(child: &mut Child, until: std::time::Instant, give_up: &dyn Fn() -> bool) -> i32 {
     loop {
         match child.try_wait() {
             Ok(Some(status)) => return exit_status(status),
-            Ok(None) if std::time::Instant::now() < until => {
+            Ok(None) if std::time::Instant::now() < until && !give_up() => {
                 std::thread::sleep(Duration::from_millis(5));
             }
             Ok(None) => {
@@ -1167,16 +1202,23 @@ fn exit_status(status: std::process::ExitStatus) -> i32 {
         .unwrap_or(-1)
 }
 
-/// The most of a helper's answer or errors kept from a transfer.
-const OUTPUT_LIMIT: u64 = 64 << 20;
+/// The most of a helper's answer kept from a transfer.
+const OUTPUT_LIMIT: u64 = crate::ssh::READ_LIMIT;
 
 /// All of `r` up to [`OUTPUT_LIMIT`] bytes; beyond, `r` is closed (its writer then fails on
 /// its next write), so that a host writing without end never fills this machine's memory.
 fn read_all(r: impl std::io::Read) -> Vec<u8> {
-    use std::io::Read as _;
-    let mut v = Vec::new();
-    let _ = r.take(OUTPUT_LIMIT).read_to_end(&mut v);
-    v
+    let mut said = Said::keeping(OUTPUT_LIMIT as usize);
+    said.read_from(r);
+    said.into_bytes()
+}
+
+/// What a side printed on its standard error: the first [`crate::ssh::ERRORS_KEPT`] bytes
+/// (the rest dropped and counted), read up to [`OUTPUT_LIMIT`] bytes, then `r` is closed.
+fn read_errors(r: impl std::io::Read) -> String {
+    let mut said = Said::default();
+    said.read_from(r);
+    said.text()
 }
 
 /// A writer that keeps at most `limit` bytes: what a host answers is read no further.
@@ -1218,30 +1260,32 @@ impl Write for Capped {
 /// have ended: what they said is in the pipes by then.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
-/// Reads a pipe to its end (up to [`OUTPUT_LIMIT`], as [`read_all`]) on a thread of its own,
-/// which may outlive the reader's interest.
+/// Reads a pipe to its end (up to [`OUTPUT_LIMIT`], keeping what [`Said`] keeps) on a thread
+/// of its own, which may outlive the reader's interest.
 struct Drain {
-    read: std::sync::Arc<Mutex<Vec<u8>>>,
+    read: std::sync::Arc<Mutex<Said>>,
     done: std::sync::mpsc::Receiver<()>,
 }
 
 impl Drain {
-    fn start(mut pipe: impl std::io::Read + Send + 'static) -> Drain {
-        let read = std::sync::Arc::new(Mutex::new(Vec::new()));
+    fn start(pipe: impl std::io::Read + Send + 'static, said: Said) -> Drain {
+        let read = std::sync::Arc::new(Mutex::new(said));
         let (tx, done) = std::sync::mpsc::channel();
         let into = read.clone();
         std::thread::spawn(move || {
+            let mut pipe = pipe;
             let mut buf = vec![0u8; 64 * 1024];
-            let mut left = OUTPUT_LIMIT;
-            while left > 0 {
-                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                match pipe.read(&mut buf[..want]) {
+            loop {
+                match pipe.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
-                        left -= n as u64;
-                        into.lock()
+                        let more = into
+                            .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .extend_from_slice(&buf[..n]);
+                            .push(&buf[..n]);
+                        if !more {
+                            break;
+                        }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(_) => break,
@@ -1254,8 +1298,13 @@ impl Drain {
         Drain { read, done }
     }
 
+    /// Whether more than [`OUTPUT_LIMIT`] bytes came (the pipe is then read no further).
+    fn over(&self) -> bool {
+        self.read.lock().unwrap_or_else(|e| e.into_inner()).over()
+    }
+
     /// What was read: all of it, or what had come by `until` if the pipe is still open.
-    fn finish(self, until: std::time::Instant) -> Vec<u8> {
+    fn finish(self, until: std::time::Instant) -> Said {
         let _ = self
             .done
             .recv_timeout(until.saturating_duration_since(std::time::Instant::now()));

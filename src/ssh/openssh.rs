@@ -23,7 +23,6 @@
 //! prints nothing.
 
 use std::collections::HashMap;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -291,11 +290,11 @@ impl Masters {
         &self,
         spec: &HostSpec,
         connect_timeout: Duration,
-        check: impl FnOnce(bool) -> Result<String, SshError>,
+        check: impl Fn(bool) -> Result<String, SshError>,
     ) -> Result<(), SshError> {
         let slot = self.slot(&spec.id);
         let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-        self.start_in(&mut slot, spec, connect_timeout, check)
+        self.start_in(&mut slot, spec, connect_timeout, &check)
     }
 
     /// How to reach the host of `spec`: through this command's master connection to it,
@@ -304,11 +303,11 @@ impl Masters {
         &self,
         spec: &HostSpec,
         connect_timeout: Duration,
-        check: impl FnOnce(bool) -> Result<String, SshError>,
+        check: impl Fn(bool) -> Result<String, SshError>,
     ) -> Result<Route, SshError> {
         let slot = self.slot(&spec.id);
         let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-        self.start_in(&mut slot, spec, connect_timeout, check)?;
+        self.start_in(&mut slot, spec, connect_timeout, &check)?;
         let key_type = slot.key_type.clone().unwrap_or_default();
         let Some(master) = slot.master.as_mut() else {
             return Ok(Route {
@@ -342,7 +341,7 @@ impl Masters {
         slot: &mut Slot,
         spec: &HostSpec,
         connect_timeout: Duration,
-        check: impl FnOnce(bool) -> Result<String, SshError>,
+        check: &dyn Fn(bool) -> Result<String, SshError>,
     ) -> Result<(), SshError> {
         let replaced = match slot.master.as_mut().map(Master::running) {
             // Serving, or still logging in: `route` waits for it.
@@ -434,7 +433,7 @@ struct Master {
     child: Child,
     control: PathBuf,
     /// Reads the master's standard error until it ends.
-    errors: Option<std::thread::JoinHandle<Vec<u8>>>,
+    errors: Option<std::thread::JoinHandle<super::Said>>,
     /// It has listened on `control` (it had then checked the host key and logged in).
     ready: bool,
     /// When it must have logged in: the connect timeout for each of connecting, the key
@@ -464,11 +463,13 @@ impl Master {
         let errors = std::thread::Builder::new()
             .name("reprise-ssh-master".into())
             .spawn(move || {
-                let mut text = Vec::new();
+                // Kept up to a bound; the rest is read and dropped as long as it runs.
+                let mut said = super::Said::default();
                 if let Some(mut stderr) = stderr {
-                    let _ = stderr.read_to_end(&mut text);
+                    said.read_from(&mut stderr);
+                    let _ = std::io::copy(&mut stderr, &mut std::io::sink());
                 }
-                text
+                said
             })
             .ok();
         let ready_secs = connect_timeout.as_secs().max(1) * 3;
@@ -492,7 +493,7 @@ impl Master {
                     .errors
                     .take()
                     .and_then(|t| t.join().ok())
-                    .map(|t| String::from_utf8_lossy(&t).trim().replace('\n', "; "))
+                    .map(|said| said.text().trim().replace('\n', "; "))
                     .unwrap_or_default();
                 return Err(SshError::Connect {
                     host: spec.id.clone(),

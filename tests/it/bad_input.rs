@@ -11,7 +11,7 @@
 //! The test runs `reprise validate`, checks the documented exit code, the location and the
 //! hints, and snapshots the whole error output.
 
-use crate::common::{mini_copy, reprise, root};
+use crate::common::{measured, mini_copy, reprise, root};
 
 struct Case {
     name: String,
@@ -95,43 +95,6 @@ fn each_bad_input_is_reported_at_its_place_with_a_hint() {
         insta::assert_snapshot!(format!("bad_{}", case.name), run.stderr);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-}
-
-/// The output of one `reprise` run, with its peak memory.
-struct Measured {
-    code: i32,
-    stderr: String,
-    max_rss_kib: i64,
-}
-
-/// Runs `reprise ARGS` in `dir` and reads its own peak RSS from `wait4`.
-// The child is reaped by `wait4`, not by `Child::wait`.
-#[allow(clippy::zombie_processes)]
-fn measured(dir: &std::path::Path, args: &[&str]) -> Measured {
-    let out = tempfile::NamedTempFile::new().unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_reprise"))
-        .args(args)
-        .current_dir(dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(out.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for the child this function spawned, which nothing else waits for.
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert_eq!(pid, child.id() as i32, "wait4 failed");
-    assert!(
-        libc::WIFEXITED(status),
-        "reprise did not exit: status {status}"
-    );
-    Measured {
-        code: libc::WEXITSTATUS(status),
-        stderr: std::fs::read_to_string(out.path()).unwrap(),
-        max_rss_kib: usage.ru_maxrss,
-    }
 }
 
 /// Deterministic bytes that look random (a xorshift generator).

@@ -1125,3 +1125,67 @@ fn an_answer_without_end_is_refused_not_held_in_memory() {
         "{run:?}"
     );
 }
+
+/// What a host prints on its standard error is read up to a bound and kept shorter still, on
+/// every path a host's output takes: either side of a transfer through either SSH client, and
+/// a question to a helper. A host printing 300 MB of errors gets its transfer or its question
+/// refused or cut, a short message, and this process's memory does not grow with it.
+#[test]
+fn errors_without_end_are_cut_or_refused_not_held_in_memory() {
+    let hosts = TwoHosts::new();
+    let overlay = hosts.overlay.to_str().unwrap();
+    let replicate = |client: &str| {
+        crate::common::measured(
+            hosts.dir.path(),
+            &[
+                "--overlay",
+                overlay,
+                "replicate",
+                "--service",
+                "copied",
+                "--ssh-client",
+                client,
+            ],
+        )
+    };
+    // An honest copy first (the real helpers uploaded), for the memory it takes.
+    let honest = replicate("libssh2");
+    assert_eq!(honest.code, 0, "{}", honest.stderr);
+    let flood = "yes | head -c 300000000 >&2; exit 3";
+    let check = |what: &str, run: crate::common::Measured, host: &str| {
+        assert_eq!(run.code, 1, "{what}: {}", run.stderr);
+        assert!(
+            run.stderr.len() < 64 * 1024,
+            "{what}: {} bytes of errors",
+            run.stderr.len()
+        );
+        assert!(
+            run.stderr.contains(host)
+                && (run.stderr.contains("more bytes of errors not kept")
+                    || run.stderr.contains("bytes of errors: refused")),
+            "{what}: {}",
+            run.stderr
+        );
+        // The honest run's peak, and less than half of one bound of what is read.
+        assert!(
+            run.max_rss_kib < honest.max_rss_kib + 32 * 1024,
+            "{what}: {} KiB at the peak, against {} KiB for an honest copy",
+            run.max_rss_kib,
+            honest.max_rss_kib
+        );
+    };
+    for client in ["openssh", "libssh2"] {
+        hosts.helper_on("hv1", &format!("send-tree) cat > /dev/null; {flood};;"));
+        check(&format!("source, {client}"), replicate(client), "hv1");
+        hosts.helper_on("hv1", "");
+        hosts.helper_on("hv2", &format!("apply-tree) cat > /dev/null; {flood};;"));
+        check(&format!("recovery side, {client}"), replicate(client), "hv2");
+        hosts.helper_on("hv2", "");
+    }
+    hosts.helper_on("hv2", &format!("points) {flood};;"));
+    let points = crate::common::measured(
+        hosts.dir.path(),
+        &["--overlay", overlay, "points", "copied"],
+    );
+    check("a question", points, "hv2");
+}
