@@ -298,7 +298,10 @@ impl Masters {
     }
 
     /// How to reach the host of `spec`: through this command's master connection to it,
-    /// started as [`Masters::start`] says if need be, once it has logged in.
+    /// started as [`Masters::start`] says if need be, once it has logged in. A master that
+    /// fails to log in is followed by a new check of the host (on a new connection): a host
+    /// whose key changed since it was checked, which ssh refuses, is then refused with the
+    /// check's own error, as over libssh2.
     pub fn route(
         &self,
         spec: &HostSpec,
@@ -319,6 +322,7 @@ impl Masters {
             if let Some(master) = slot.master.take() {
                 master.close();
             }
+            check(true)?;
             return Err(e);
         }
         Ok(Route {

@@ -1035,3 +1035,39 @@ fn through_openssh_a_key_changed_between_two_commands_is_refused() {
     drop(first);
     assert!(masters_to(&sshd).is_empty());
 }
+
+/// A host whose key changes after reprise checked it over libssh2 and before the OpenSSH
+/// master connection logs in is refused by ssh(1), and said as reprise says it (the changed
+/// key, both fingerprints), under both policies: one host-key policy, one error. Nothing runs
+/// on it, no master is left and `known_hosts` is not written.
+#[test]
+fn through_openssh_a_key_changed_after_the_check_is_refused_as_reprise_refuses_it() {
+    let mut sshd = Sshd::start();
+    let marker = sshd.dir().join("executed");
+    let touch = format!("touch {}", marker.display());
+    for policy in [HostKeyPolicy::Strict, HostKeyPolicy::AcceptNew] {
+        sshd.trust_current_host_key();
+        let known_hosts = std::fs::read_to_string(&sshd.known_hosts).unwrap();
+        let t = transport(&sshd, "hv1", policy).with_client(SshClient::OpenSsh);
+        // Checked over libssh2; that session stays open, idle, and answers the next check.
+        assert_eq!(
+            t.exec("hv1", "true", Duration::from_secs(10))
+                .unwrap()
+                .exit_code,
+            0
+        );
+        sshd.new_host_key_for_new_connections();
+        let e = bulk(&t, "hv1", &touch, &[]).unwrap_err();
+        assert!(
+            matches!(e, SshError::ChangedHostKey { .. }),
+            "{policy:?}: {e:?}"
+        );
+        assert!(!marker.exists(), "{policy:?}: a command ran");
+        assert!(masters_to(&sshd).is_empty(), "{policy:?}: a master is left");
+        assert_eq!(
+            std::fs::read_to_string(&sshd.known_hosts).unwrap(),
+            known_hosts,
+            "{policy:?}"
+        );
+    }
+}
