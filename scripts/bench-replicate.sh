@@ -20,7 +20,12 @@
 # resident memory of each kind of process (orchestrator, helpers, ssh streams, ssh master
 # connections), sampled in one more, untimed run per mode and case. Asserts nothing.
 #
+# Ratios are reprise's time over the peer's: below 1, reprise took less time.
+#
 # Env: SIZES_MIB ("1024 4096"), PCTS ("1 10"), REPS (3), NET (160), KEEP (0: remove the tmp dir),
+# PEERS ("cat sync gcm inplace default": which peers run: `cat | ssh`, with `sync`, with AES-GCM,
+# rsync --inplace, rsync's default mode), BIN (a reprise binary to measure instead of building
+# this checkout's release build),
 # MODES ("relay here relay-libssh2 here-libssh2"; a mode ending in `@alt` runs ALT_BIN instead
 # of this checkout's release build, e.g. to compare two builds in the same run),
 # LOAD_BELOW and LOAD_WAIT (before each size, wait up to LOAD_WAIT seconds for the 1-minute
@@ -43,9 +48,14 @@ load1() { cut -d' ' -f1 /proc/loadavg; }
 command -v sshd >/dev/null || { log "installing openssh-server"; apt-get install -y -qq openssh-server >/dev/null; }
 command -v qemu-img >/dev/null || { log "installing qemu-utils"; apt-get install -y -qq qemu-utils >/dev/null; }
 command -v rsync >/dev/null || { log "installing rsync"; apt-get install -y -qq rsync >/dev/null; }
-log "cargo build --release"
-cargo build --release --quiet
-BIN=$ROOT/target/release/reprise
+if [ -z "${BIN:-}" ]; then
+  log "cargo build --release"
+  cargo build --release --quiet
+  BIN=$ROOT/target/release/reprise
+fi
+BIN=$(realpath "$BIN")
+PEERS=${PEERS:-"cat sync gcm inplace default"}
+peer() { [[ " $PEERS " == *" $1 "* ]]; }
 if [ -n "${ALT_BIN:-}" ]; then ALT_BIN=$(realpath "$ALT_BIN"); fi
 
 # The lab network's lock, as the tests take it: a test or another bench on the same network waits.
@@ -220,17 +230,23 @@ for SIZE_MIB in $SIZES_MIB; do
     LOADS+=("$(load1)")
     t0=$(now); $SSH root@"$PRA" "cat > '$DST_DIR/cat-copy.img'" < "$SRC"; t1=$(now)
     C_T+=("$(py "print($t1 - $t0)")")
-    # The same, durable as a reprise point is (its copy is fsynced before it counts).
-    rm -f "$DST_DIR/cat-copy.img"; sync
-    t0=$(now); $SSH root@"$PRA" "cat > '$DST_DIR/cat-copy.img' && sync '$DST_DIR/cat-copy.img'" < "$SRC"; t1=$(now)
-    S_T+=("$(py "print($t1 - $t0)")")
-    # The same cipher as reprise's OpenSSH client on a processor with AES instructions.
-    rm -f "$DST_DIR/cat-copy.img"; sync
-    t0=$(now); $SSH -c aes128-gcm@openssh.com root@"$PRA" "cat > '$DST_DIR/cat-copy.img'" < "$SRC"; t1=$(now)
-    G_T+=("$(py "print($t1 - $t0)")")
+    if peer sync; then
+      # The same, durable as a reprise point is (its copy is fsynced before it counts).
+      rm -f "$DST_DIR/cat-copy.img"; sync
+      t0=$(now); $SSH root@"$PRA" "cat > '$DST_DIR/cat-copy.img' && sync '$DST_DIR/cat-copy.img'" < "$SRC"; t1=$(now)
+      S_T+=("$(py "print($t1 - $t0)")")
+    fi
+    if peer gcm; then
+      # The same cipher as reprise's OpenSSH client on a processor with AES instructions.
+      rm -f "$DST_DIR/cat-copy.img"; sync
+      t0=$(now); $SSH -c aes128-gcm@openssh.com root@"$PRA" "cat > '$DST_DIR/cat-copy.img'" < "$SRC"; t1=$(now)
+      G_T+=("$(py "print($t1 - $t0)")")
+    fi
     rm -f "$DST_DIR/cat-copy.img"
   done
-  ct=$(median "${C_T[@]}"); st=$(median "${S_T[@]}"); gt=$(median "${G_T[@]}")
+  ct=$(median "${C_T[@]}"); st=$(if peer sync; then median "${S_T[@]}"; else echo 0; fi)
+  gt=$(if peer gcm; then median "${G_T[@]}"; else echo 0; fi)
+  ratio() { if [ "$2" = 0 ]; then echo "n/a"; else py "print('%.2f ×' % ($1/$2))"; fi; }
   # Peak memory, in one more (untimed) initial copy per mode: the sampler costs CPU.
   for mode in "${MODES[@]}"; do
     log "$SIZE_MIB MiB, initial copy, $mode, memory"
@@ -248,12 +264,12 @@ for SIZE_MIB in $SIZES_MIB; do
   for mode in "${MODES[@]}"; do
     # shellcheck disable=SC2086
     rt=$(median ${R_T[$mode]}); rc=$(median ${R_C[$mode]})
-    printf '| %s | %.2f s | %.1f MB/s | %.2f s | %.2f × | %.2f × | %.2f × |\n' \
-      "$(name_of "$mode")" "$rt" "$(py "print($SIZE/$rt/1e6)")" "$rc" "$(py "print($ct/$rt)")" "$(py "print($st/$rt)")" "$(py "print($gt/$rt)")"
+    printf '| %s | %.2f s | %.1f MB/s | %.2f s | %s | %s | %s |\n' \
+      "$(name_of "$mode")" "$rt" "$(py "print($SIZE/$rt/1e6)")" "$rc" "$(ratio "$rt" "$ct")" "$(ratio "$rt" "$st")" "$(ratio "$rt" "$gt")"
   done
   printf '| `cat \\| ssh '"'"'cat > copy'"'"'` | %.2f s | %.1f MB/s | | | | |\n' "$ct" "$(py "print($SIZE/$ct/1e6)")"
-  printf '| the same with `sync` | %.2f s | %.1f MB/s | | | | |\n' "$st" "$(py "print($SIZE/$st/1e6)")"
-  printf '| the same with `-c aes128-gcm@openssh.com` | %.2f s | %.1f MB/s | | | | |\n' "$gt" "$(py "print($SIZE/$gt/1e6)")"
+  if peer sync; then printf '| the same with `sync` | %.2f s | %.1f MB/s | | | | |\n' "$st" "$(py "print($SIZE/$st/1e6)")"; fi
+  if peer gcm; then printf '| the same with `-c aes128-gcm@openssh.com` | %.2f s | %.1f MB/s | | | | |\n' "$gt" "$(py "print($SIZE/$gt/1e6)")"; fi
   echo
   echo "Bytes on the wire: $(for mode in "${MODES[@]}"; do
     # shellcheck disable=SC2086
@@ -283,6 +299,7 @@ for SIZE_MIB in $SIZES_MIB; do
         cmp -s "$SRC" "$DST" || { log "the reprise copy differs"; exit 1; }
       done
       for kind in inplace default; do
+        peer "$kind" || continue
         cp "$BASE" "$DST_DIR/rsync-$kind.img"
         # An old mtime: rsync's quick check (size and mtime) must not skip the file.
         touch -d @0 "$DST_DIR/rsync-$kind.img"
@@ -306,8 +323,9 @@ for SIZE_MIB in $SIZES_MIB; do
       with_memory reprise_quiet "$mode"
       MEM_UPD[$mode]=$MEM
     done
-    it=$(median "${IT[@]}"); ib=$(median "${IB[@]}")
-    dt=$(median "${DT[@]}"); db=$(median "${DB[@]}")
+    it=0; ib=0; dt=0; db=0
+    if peer inplace; then it=$(median "${IT[@]}"); ib=$(median "${IB[@]}"); fi
+    if peer default; then dt=$(median "${DT[@]}"); db=$(median "${DB[@]}"); fi
     echo
     echo "## $SIZE_MIB MiB, $pct% of the 64 KiB blocks changed ($changed bytes; medians of $REPS; load average during the runs: $(load_summary "${LOADS[@]}"))"
     echo
@@ -316,11 +334,11 @@ for SIZE_MIB in $SIZES_MIB; do
     for mode in "${MODES[@]}"; do
       # shellcheck disable=SC2086
       rt=$(median ${RT[$mode]}); rc=$(median ${RC[$mode]}); rb=$(median ${RB[$mode]})
-      printf '| %s | %.2f s | %.2f s | %.0f bytes (%.3f × changed) | %.2f × | %.2f × |\n' \
-        "$(name_of "$mode")" "$rt" "$rc" "$rb" "$(py "print($rb/$changed)")" "$(py "print($rt/$it)")" "$(py "print($rt/$dt)")"
+      printf '| %s | %.2f s | %.2f s | %.0f bytes (%.3f × changed) | %s | %s |\n' \
+        "$(name_of "$mode")" "$rt" "$rc" "$rb" "$(py "print($rb/$changed)")" "$(ratio "$rt" "$it")" "$(ratio "$rt" "$dt")"
     done
-    printf '| rsync `--inplace --no-whole-file` | %.2f s | | %.0f bytes (%.3f × changed) | | |\n' "$it" "$ib" "$(py "print($ib/$changed)")"
-    printf '| rsync (default) | %.2f s | | %.0f bytes (%.3f × changed) | | |\n' "$dt" "$db" "$(py "print($db/$changed)")"
+    if peer inplace; then printf '| rsync `--inplace --no-whole-file` | %.2f s | | %.0f bytes (%.3f × changed) | | |\n' "$it" "$ib" "$(py "print($ib/$changed)")"; fi
+    if peer default; then printf '| rsync (default) | %.2f s | | %.0f bytes (%.3f × changed) | | |\n' "$dt" "$db" "$(py "print($db/$changed)")"; fi
     echo
     echo "| peak memory, $pct% changed | orchestrator | each helper | each ssh stream | each ssh master |"
     echo "|---|---|---|---|---|"
