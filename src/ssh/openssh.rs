@@ -202,13 +202,22 @@ fn ssh(spec: &HostSpec, options: &[String], flags: &[&str]) -> Command {
 }
 
 /// The signature algorithms of a host key type: an RSA key signs with SHA-2 (OpenSSH and
-/// libssh2 no longer accept SHA-1).
+/// libssh2 no longer accept SHA-1). [`ANY_PLAIN_KEY`]: every plain key type libssh2 checks
+/// (no certificate).
 fn host_key_algorithms(key_type: &str) -> String {
     match key_type {
         "ssh-rsa" => "rsa-sha2-512,rsa-sha2-256".to_string(),
+        ANY_PLAIN_KEY => "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,\
+                          ecdsa-sha2-nistp521,rsa-sha2-512,rsa-sha2-256"
+            .to_string(),
         other => other.to_string(),
     }
 }
+
+/// Stands for "a plain key of any type libssh2 checks" where a key type is asked: what a
+/// master started while the host is being checked accepts (a key `known_hosts` holds for the
+/// host, as the check does; never a certificate).
+const ANY_PLAIN_KEY: &str = "any plain key";
 
 /// A path as an ssh option's value: absolute (no `~` expansion), `%` doubled (no token
 /// expansion), double-quoted with `\` and `"` escaped.
@@ -319,11 +328,38 @@ impl Masters {
             });
         };
         if let Err(e) = master.wait_ready(spec) {
+            let speculative = master.key_type == ANY_PLAIN_KEY;
             if let Some(master) = slot.master.take() {
                 master.close();
             }
-            check(true)?;
-            return Err(e);
+            // Said as the check says it when the host is refused now (a key changed since).
+            let key_type = check(true)?;
+            if !speculative {
+                return Err(e);
+            }
+            // The check passed: the key may be one it has just recorded (accept-new).
+            slot.key_type = Some(key_type.clone());
+            let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(folder) = self.folder() else {
+                return Err(e);
+            };
+            let mut master = Master::start(
+                spec,
+                &key_type,
+                connect_timeout,
+                folder.join(n.to_string()),
+            )?;
+            if let Err(e) = master.wait_ready(spec) {
+                master.close();
+                check(true)?;
+                return Err(e);
+            }
+            let control = master.control.clone();
+            slot.master = Some(master);
+            return Ok(Route {
+                key_type,
+                control: Some(control),
+            });
         }
         Ok(Route {
             key_type,
@@ -364,16 +400,29 @@ impl Masters {
             }
             return Ok(());
         };
-        let key_type = check(replaced)?;
-        slot.key_type = Some(key_type.clone());
+        // The master logs in while the host is checked (two logins one after the other were
+        // most of a small update's time): ssh accepts only a plain key that known_hosts holds
+        // for the host, and no stream uses the master before the check has passed. A host
+        // the check refuses has its master closed; one the check had to learn (accept-new)
+        // gets a master of the checked key type when the first one fails (see `route`).
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        slot.master = Some(Master::start(
+        let master = Master::start(
             spec,
-            &key_type,
+            ANY_PLAIN_KEY,
             connect_timeout,
             folder.join(n.to_string()),
-        )?);
-        Ok(())
+        )?;
+        match check(replaced) {
+            Ok(key_type) => {
+                slot.key_type = Some(key_type);
+                slot.master = Some(master);
+                Ok(())
+            }
+            Err(e) => {
+                master.close();
+                Err(e)
+            }
+        }
     }
 
     fn folder(&self) -> Option<&Path> {
@@ -435,6 +484,8 @@ fn private_folder() -> Option<PathBuf> {
 /// One master connection, a child of this process.
 struct Master {
     child: Child,
+    /// The host key type it accepts ([`ANY_PLAIN_KEY`]: started while the host was checked).
+    key_type: String,
     control: PathBuf,
     /// Reads the master's standard error until it ends.
     errors: Option<std::thread::JoinHandle<super::Said>>,
@@ -455,6 +506,7 @@ impl Master {
         control: PathBuf,
     ) -> Result<Master, SshError> {
         let cmd = master_command(spec, key_type, connect_timeout, &control)?;
+        let key_type = key_type.to_string();
         let mut child = spawn_tied(cmd).map_err(|e| SshError::Local {
             host: spec.id.clone(),
             reason: format!(
@@ -479,6 +531,7 @@ impl Master {
         let ready_secs = connect_timeout.as_secs().max(1) * 3;
         Ok(Master {
             child,
+            key_type,
             control,
             errors,
             ready: false,
