@@ -3,4 +3,3 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     ExitCode::from(reprise::cli::main())
 }
-

@@ -1137,7 +1137,11 @@ fn pipe_processes(
         source_errors.finish(grace).text(),
         recovery_errors.finish(grace).text()
     );
-    let output = (source_exit, recovery_exit, output.finish(grace).into_bytes());
+    let output = (
+        source_exit,
+        recovery_exit,
+        output.finish(grace).into_bytes(),
+    );
     let (source_exit, recovery_exit, output) = output;
     PipeOutput {
         bytes,

@@ -343,12 +343,8 @@ impl Masters {
             let Some(folder) = self.folder() else {
                 return Err(e);
             };
-            let mut master = Master::start(
-                spec,
-                &key_type,
-                connect_timeout,
-                folder.join(n.to_string()),
-            )?;
+            let mut master =
+                Master::start(spec, &key_type, connect_timeout, folder.join(n.to_string()))?;
             if let Err(e) = master.wait_ready(spec) {
                 master.close();
                 check(true)?;

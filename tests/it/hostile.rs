@@ -1179,7 +1179,11 @@ fn errors_without_end_are_cut_or_refused_not_held_in_memory() {
         check(&format!("source, {client}"), replicate(client), "hv1");
         hosts.helper_on("hv1", "");
         hosts.helper_on("hv2", &format!("apply-tree) cat > /dev/null; {flood};;"));
-        check(&format!("recovery side, {client}"), replicate(client), "hv2");
+        check(
+            &format!("recovery side, {client}"),
+            replicate(client),
+            "hv2",
+        );
         hosts.helper_on("hv2", "");
     }
     hosts.helper_on("hv2", &format!("points) {flood};;"));
