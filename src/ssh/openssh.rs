@@ -15,9 +15,10 @@
 //! private folder this process creates (mode 0700, under `$XDG_RUNTIME_DIR` or the temporary
 //! folder) and removes; every stream to that host then opens a channel on it instead of a new
 //! connection. A master never outlives its command: it is ended when its [`Masters`] is
-//! dropped, by [`close_all`] on a signal, and by the kernel when this process dies any other
-//! way (`PR_SET_PDEATHSIG`); each command makes a folder of its own, so no command can reach
-//! another's master, and each checks every host's key itself.
+//! dropped (a command stopped by a signal drops it once its cleanup is done: `reprise
+//! replicate` once its snapshots are merged back), and by the kernel when this process dies
+//! any other way (`PR_SET_PDEATHSIG`); each command makes a folder of its own, so no command
+//! can reach another's master, and each checks every host's key itself.
 //!
 //! It builds command lines and keeps those connections: it never decides what to run, and it
 //! prints nothing.
@@ -437,7 +438,6 @@ impl Drop for Masters {
         }
         if let Some(Some(folder)) = self.folder.get() {
             let _ = std::fs::remove_dir_all(folder);
-            live().folders.retain(|f| f != folder);
         }
     }
 }
@@ -469,9 +469,9 @@ fn private_folder() -> Option<PathBuf> {
         // SAFETY: `raw` came from `CString::into_raw` above, its length unchanged.
         let path = unsafe { std::ffi::CString::from_raw(raw) };
         if made {
-            let folder = PathBuf::from(std::ffi::OsString::from_vec(path.into_bytes()));
-            live().folders.push(folder.clone());
-            return Some(folder);
+            return Some(PathBuf::from(std::ffi::OsString::from_vec(
+                path.into_bytes(),
+            )));
         }
     }
     None
@@ -592,18 +592,16 @@ impl Master {
     }
 }
 
-/// The master connections and folders of this process, for [`close_all`]. A pid is here
+/// The master connections of this process not yet reaped, for [`signal`]. A pid is here
 /// only while its child is not reaped (both change under this lock), so it is never another
 /// process's.
 struct Live {
     masters: Vec<u32>,
-    folders: Vec<PathBuf>,
 }
 
 fn live() -> std::sync::MutexGuard<'static, Live> {
     static LIVE: Mutex<Live> = Mutex::new(Live {
         masters: Vec::new(),
-        folders: Vec::new(),
     });
     LIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -630,23 +628,6 @@ fn signal(child: &Child, sig: libc::c_int) {
         unsafe {
             libc::kill(pid, sig);
         }
-    }
-}
-
-/// Ends every master connection of this process and removes their folders, at once, without
-/// waiting: for a process about to end by a signal.
-pub fn close_all() {
-    let live = live();
-    for pid in &live.masters {
-        if let Ok(pid) = libc::pid_t::try_from(*pid) {
-            // SAFETY: see `signal`.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
-    }
-    for folder in &live.folders {
-        let _ = std::fs::remove_dir_all(folder);
     }
 }
 
