@@ -1186,7 +1186,7 @@ fn errors_without_end_are_cut_or_refused_not_held_in_memory() {
         );
         hosts.helper_on("hv2", "");
     }
-    hosts.helper_on("hv2", &format!("points) {flood};;"));
+    hosts.helper_on("hv2", &format!("inspect) {flood};;"));
     let points = crate::common::measured(
         hosts.dir.path(),
         &["--overlay", overlay, "points", "copied"],
