@@ -564,6 +564,21 @@ fn pipe_streams_between_hosts_and_reports_exits() {
         .unwrap();
     assert_eq!((out.read_exit, out.write_exit), (137, 0));
     assert_eq!(std::fs::read_to_string(&copy).unwrap(), "abc");
+
+    // A writing side that fails while data still comes (a full disk) ends the pipe with its
+    // own errors, and the source, which would never end, is cut.
+    let out = t
+        .pipe(
+            "hv1",
+            "cat /dev/zero",
+            "hv2",
+            "head -c 1000 > /dev/null; echo no space left >&2; exit 7",
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    assert_eq!(out.write_exit, 7, "{out:?}");
+    assert!(out.write_failed_first, "{out:?}");
+    assert!(out.stderr.contains("no space left"), "{out:?}");
 }
 
 /// Bulk data over each cipher libssh2 may negotiate with an OpenSSH host: AES-GCM,
