@@ -331,6 +331,10 @@ pub enum Command {
         /// Seconds to wait for a host to answer.
         #[arg(long, default_value_t = 10, value_name = "SECONDS")]
         connect_timeout: u64,
+        /// The ssh client configuration to read for what a host of the inventory does not
+        /// name, or `none` [default: ~/.ssh/config, when it exists].
+        #[arg(long, env = "REPRISE_SSH_CONFIG", value_name = "FILE")]
+        ssh_config: Option<PathBuf>,
     },
     /// List past runs.
     Runs {
@@ -834,17 +838,23 @@ pub fn run(cli: &Cli) -> Outcome {
             known_hosts,
             identity,
             connect_timeout,
+            ssh_config,
         } => {
             // A check never trusts a new host key: an unknown key is a finding.
-            let ssh = replicate::SshArgs {
+            let ssh = match (replicate::SshArgs {
                 accept_new_host_keys: false,
                 known_hosts: known_hosts.clone(),
                 identity: identity.clone(),
                 connect_timeout: *connect_timeout,
                 here: None,
                 ssh_client: replicate::SshClientArg::Libssh2,
-            }
-            .options();
+                ssh_config: ssh_config.clone(),
+            })
+            .options()
+            {
+                Ok(o) => o,
+                Err(o) => return o,
+            };
             let transport = crate::run::transport(&model, &ssh);
             let opts = crate::check::CheckOptions {
                 clock_tolerance_s: clock_tolerance.max(0.0),
@@ -943,7 +953,10 @@ pub fn run(cli: &Cli) -> Outcome {
                 &model,
                 &cli.state_dir,
                 run,
-                &exec_options(exec),
+                &match exec_options(exec) {
+                    Ok(o) => o,
+                    Err(o) => return o,
+                },
                 &operator,
                 &mut view,
                 shutdown,
@@ -1009,12 +1022,12 @@ fn run_options(exec: &ExecArgs) -> RunOptions {
     }
 }
 
-fn exec_options(exec: &ExecArgs) -> ExecOptions {
-    ExecOptions {
+fn exec_options(exec: &ExecArgs) -> Result<ExecOptions, Outcome> {
+    Ok(ExecOptions {
         run: run_options(exec),
-        ssh: exec.ssh.options(),
+        ssh: exec.ssh.options()?,
         keep_runs: Some(exec.keep_runs),
-    }
+    })
 }
 
 /// Ctrl-C, SIGTERM or SIGHUP ask the run to stop: no new steps, running ones finish,
@@ -1092,7 +1105,10 @@ fn start_with(
             );
         }
     }
-    let mut exec = exec_options(&args.exec);
+    let mut exec = match exec_options(&args.exec) {
+        Ok(o) => o,
+        Err(o) => return o,
+    };
     exec.run.points = points;
     let opts = StartOptions {
         plan: plan_opts,

@@ -98,6 +98,10 @@ pub struct Host {
     pub address: String,
     pub port: u16,
     pub user: String,
+    /// Whether the inventory names the port and the user: when it does not, the user's ssh
+    /// configuration may (see `ssh::config`), else 22 and root.
+    pub port_set: bool,
+    pub user_set: bool,
     pub site: Option<Sp<String>>,
     pub role: String,
     pub description: Option<String>,
@@ -255,14 +259,11 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
                 .req_address("address", diags)
                 .map(|s| s.value)
                 .unwrap_or_default();
-            let port = t
-                .int("port", 1, 65535, diags)
-                .map(|p| p.value as u16)
-                .unwrap_or(22);
-            let user = t
-                .name("user", diags)
-                .map(|s| s.value)
-                .unwrap_or_else(|| "root".into());
+            let port = t.int("port", 1, 65535, diags).map(|p| p.value as u16);
+            let user = t.name("user", diags).map(|s| s.value);
+            let (port_set, user_set) = (port.is_some(), user.is_some());
+            let port = port.unwrap_or(22);
+            let user = user.unwrap_or_else(|| "root".into());
             let site = t.req_text("site", diags);
             let role = t
                 .req_choice("role", HOST_ROLES, diags)
@@ -277,6 +278,8 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
                 address,
                 port,
                 user,
+                port_set,
+                user_set,
                 site,
                 role,
                 description,
@@ -463,9 +466,11 @@ fn apply_overlay(inv: &mut Inventory, file: FileId, text: &str, diags: &mut Vec<
         }
         if let Some(p) = t.int("port", 1, 65535, diags) {
             host.port = p.value as u16;
+            host.port_set = true;
         }
         if let Some(u) = t.name("user", diags) {
             host.user = u.value;
+            host.user_set = true;
         }
         if let Some(k) = t.text("known_hosts", diags) {
             host.known_hosts = Some(k.value);

@@ -817,6 +817,8 @@ fn seed_points(model: &Model) -> Result<(), LabError> {
         connect_timeout: Duration::from_secs(10),
         here: None,
         client: crate::ssh::SshClient::default(),
+        // The lab's hosts are all named in full by its overlay.
+        ssh_config: None,
     };
     let transport = crate::run::transport(model, &options);
     let helpers = Helpers::new(&transport);

@@ -108,6 +108,8 @@ pub struct SshOptions {
     pub here: Option<String>,
     /// The client of replication streams.
     pub client: crate::ssh::SshClient,
+    /// The user's ssh configuration, for what the inventory does not name.
+    pub ssh_config: Option<std::sync::Arc<crate::ssh::config::UserSshConfig>>,
 }
 
 impl SshOptions {
@@ -263,29 +265,46 @@ pub fn transport(model: &Model, ssh: &SshOptions) -> SshTransport {
         .inventory
         .hosts
         .values()
-        .map(|h| {
-            let spec = HostSpec {
-                id: h.id.clone(),
-                address: h.address.clone(),
-                port: h.port,
-                user: h.user.clone(),
-                known_hosts: h
-                    .known_hosts
-                    .as_ref()
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| ssh.known_hosts.clone()),
-                identity: h
-                    .identity
-                    .as_ref()
-                    .map(PathBuf::from)
-                    .or_else(|| ssh.identity.clone()),
-            };
-            (h.id.clone(), spec)
-        })
+        .map(|h| (h.id.clone(), host_spec(h, ssh)))
         .collect();
     SshTransport::new(hosts, ssh.policy, ssh.connect_timeout)
         .with_here(ssh.here.clone())
         .with_client(ssh.client)
+}
+
+/// How to reach one host: what the inventory names, then the user's ssh configuration for
+/// its address, then the command line's defaults.
+fn host_spec(h: &crate::inventory::Host, ssh: &SshOptions) -> HostSpec {
+    let config = ssh
+        .ssh_config
+        .as_ref()
+        .map(|c| c.resolve(&h.address, h.user_set.then_some(h.user.as_str())))
+        .unwrap_or_default();
+    HostSpec {
+        id: h.id.clone(),
+        address: config.host_name.unwrap_or_else(|| h.address.clone()),
+        port: match (h.port_set, config.port) {
+            (false, Some(port)) => port,
+            _ => h.port,
+        },
+        user: match (h.user_set, config.user) {
+            (false, Some(user)) => user,
+            _ => h.user.clone(),
+        },
+        known_hosts: h
+            .known_hosts
+            .as_ref()
+            .map(PathBuf::from)
+            .or(config.known_hosts)
+            .unwrap_or_else(|| ssh.known_hosts.clone()),
+        identity: h
+            .identity
+            .as_ref()
+            .map(PathBuf::from)
+            .or(config.identity)
+            .or_else(|| ssh.identity.clone()),
+        refused: config.refused,
+    }
 }
 
 /// How steps are run and hosts reached, for a new or a resumed run.

@@ -18,6 +18,7 @@ use base64::Engine as _;
 use sha2::Digest as _;
 use ssh2::{CheckResult, HashType, KnownHostFileKind, Session as RawSession};
 
+pub mod config;
 pub mod openssh;
 
 /// Seconds between the TERM that ends a command at its deadline and the KILL that follows when
@@ -34,6 +35,9 @@ pub struct HostSpec {
     pub known_hosts: PathBuf,
     /// Private key file; the ssh-agent when `None`.
     pub identity: Option<PathBuf>,
+    /// Why the host cannot be reached as configured (the user's ssh configuration asks for
+    /// what reprise does not do): every connection fails with it, nothing is tried.
+    pub refused: Option<String>,
 }
 
 impl HostSpec {
@@ -251,6 +255,9 @@ impl Session {
             endpoint: endpoint.clone(),
             reason,
         };
+        if let Some(why) = &spec.refused {
+            return Err(connect_err(why.clone()));
+        }
         let addrs: Vec<SocketAddr> = endpoint
             .to_socket_addrs()
             .map_err(|e| connect_err(format!("cannot resolve: {e}")))?

@@ -45,6 +45,34 @@ pub struct SshArgs {
         value_name = "CLIENT"
     )]
     pub ssh_client: SshClientArg,
+    /// The ssh client configuration to read for what a host of the inventory does not name
+    /// (HostName, User, Port, IdentityFile, UserKnownHostsFile), or `none` [default:
+    /// ~/.ssh/config, when it exists].
+    #[arg(long, env = "REPRISE_SSH_CONFIG", value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+}
+
+/// The ssh configuration `--ssh-config` names: `none` reads none; absent, `~/.ssh/config`
+/// when it exists.
+pub fn user_ssh_config(
+    arg: Option<&std::path::Path>,
+) -> Result<Option<std::sync::Arc<crate::ssh::config::UserSshConfig>>, Outcome> {
+    use crate::ssh::config::{UserSshConfig, default_path};
+    let path = match arg {
+        Some(p) if p.as_os_str() == "none" => return Ok(None),
+        Some(p) => p.to_path_buf(),
+        None => match default_path() {
+            Some(p) if p.exists() => p,
+            _ => return Ok(None),
+        },
+    };
+    UserSshConfig::read(&path)
+        .map(|c| Some(std::sync::Arc::new(c)))
+        .map_err(|e| Outcome {
+            stderr: format!("error: {e}\n"),
+            code: crate::exit::INVALID_INPUT,
+            ..Outcome::default()
+        })
 }
 
 /// `--ssh-client`.
@@ -55,8 +83,10 @@ pub enum SshClientArg {
 }
 
 impl SshArgs {
-    pub fn options(&self) -> SshOptions {
-        SshOptions {
+    /// The options these flags give; an ssh configuration that cannot be read or parsed is an
+    /// error (exit 3) before any host is reached.
+    pub fn options(&self) -> Result<SshOptions, Outcome> {
+        Ok(SshOptions {
             policy: if self.accept_new_host_keys {
                 HostKeyPolicy::AcceptNew
             } else {
@@ -73,7 +103,8 @@ impl SshArgs {
                 SshClientArg::Openssh => SshClient::OpenSsh,
                 SshClientArg::Libssh2 => SshClient::Libssh2,
             },
-        }
+            ssh_config: user_ssh_config(self.ssh_config.as_deref())?,
+        })
     }
 }
 
@@ -271,8 +302,8 @@ pub(super) fn select(model: &Model, names: &[String]) -> Result<Vec<VmImages>, O
     Ok(out)
 }
 
-pub(super) fn transport(model: &Model, ssh: &SshArgs) -> crate::ssh::SshTransport {
-    crate::run::transport(model, &ssh.options())
+pub(super) fn transport(model: &Model, ssh: &SshArgs) -> Result<crate::ssh::SshTransport, Outcome> {
+    Ok(crate::run::transport(model, &ssh.options()?))
 }
 
 /// A driver hook around the replication of a running vm (`replicate-begin`, `replicate-end`).
@@ -415,7 +446,10 @@ pub fn replicate(
     }
     // From here on SIGINT, SIGTERM and SIGHUP stop the replication cleanly.
     let shutdown = crate::shutdown::Shutdown::listen();
-    let transport = transport(model, ssh);
+    let transport = match transport(model, ssh) {
+        Ok(t) => t,
+        Err(o) => return o,
+    };
     let stop = std::sync::atomic::AtomicBool::new(false);
     let finished = std::sync::atomic::AtomicBool::new(false);
     use std::sync::atomic::Ordering;
@@ -723,7 +757,10 @@ pub fn points(model: &Model, vm: &str, json: bool, ssh: &SshArgs) -> Outcome {
         Ok(v) => v,
         Err(o) => return o,
     };
-    let transport = transport(model, ssh);
+    let transport = match transport(model, ssh) {
+        Ok(t) => t,
+        Err(o) => return o,
+    };
     let helpers = Helpers::new(&transport);
     let disks = match copies(&helpers, &vm) {
         Ok(d) => d,
@@ -800,7 +837,10 @@ pub fn verify(model: &Model, vm: Option<&str>, point: Option<&str>, ssh: &SshArg
             Err(o) => return o,
         },
     };
-    let transport = transport(model, ssh);
+    let transport = match transport(model, ssh) {
+        Ok(t) => t,
+        Err(o) => return o,
+    };
     let helpers = Helpers::new(&transport);
     let mut out = Outcome::default();
     for vm in &vms {
@@ -840,7 +880,10 @@ pub fn release(model: &Model, id: &str, run: Option<&str>, ssh: &SshArgs) -> Out
         Ok(v) => v,
         Err(o) => return o,
     };
-    let transport = transport(model, ssh);
+    let transport = match transport(model, ssh) {
+        Ok(t) => t,
+        Err(o) => return o,
+    };
     let helpers = Helpers::new(&transport);
     let mut out = Outcome::default();
     for img in &vm.images {

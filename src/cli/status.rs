@@ -163,7 +163,7 @@ fn drilled_services(model: &Model) -> Vec<String> {
 fn collect(model: &Model, ssh: &SshArgs, now: DateTime<Utc>) -> Result<Vec<ReplicaRow>, Outcome> {
     use crate::replica::choice::{self, Decision, Use};
     let vms = select(model, &[])?;
-    let transport = transport(model, ssh);
+    let transport = transport(model, ssh)?;
     let helpers = Helpers::new(&transport);
     let mut rows = Vec::new();
     for vm in &vms {

@@ -701,6 +701,7 @@ mod tests {
             user: "root".into(),
             known_hosts: known_hosts.into(),
             identity: None,
+            refused: None,
         }
     }
 

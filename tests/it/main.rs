@@ -20,4 +20,5 @@ mod replica_faults;
 mod report;
 mod runs;
 mod ssh;
+mod ssh_config;
 mod sshd;

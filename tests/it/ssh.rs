@@ -352,6 +352,7 @@ fn connection_refused_is_quick_and_clear() {
         user: "root".into(),
         known_hosts: "/nonexistent/known_hosts".into(),
         identity: None,
+        refused: None,
     };
     let began = Instant::now();
     let err = Session::connect(&spec, HostKeyPolicy::Strict, CONNECT)

@@ -243,6 +243,7 @@ impl Sshd {
             user: self.user.clone(),
             known_hosts: self.known_hosts.clone(),
             identity: Some(self.identity.clone()),
+            refused: None,
         }
     }
 

@@ -1,0 +1,153 @@
+//! The user's ssh configuration gives what a host of the inventory does not name (HostName,
+//! Port, User, IdentityFile, UserKnownHostsFile), checked against a real sshd; what reprise
+//! cannot honour (ProxyJump, a Match block, a malformed file) is refused, saying where.
+
+use std::path::Path;
+
+use crate::common::{mini_copy, reprise_with_env};
+use crate::sshd::Sshd;
+
+/// The mini fixture's hosts, by inventory address.
+const ADDRESSES: [(&str, &str); 4] = [
+    ("fw", "fw.main.test.example"),
+    ("hv1", "hv1.main.test.example"),
+    ("hv2", "hv2.pra.test.example"),
+    ("fw2", "fw2.pra.test.example"),
+];
+
+fn ssh_items(json: &serde_json::Value) -> Vec<(String, String, String)> {
+    json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["area"] == "ssh")
+        .map(|i| {
+            (
+                i["subject"].as_str().unwrap().to_string(),
+                i["status"].as_str().unwrap().to_string(),
+                i["detail"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn check(dir: &Path, config: &str) -> crate::common::Run {
+    // HOME points at the test's folder: no ~/.ssh/config of this machine is read.
+    let home = dir.to_str().unwrap();
+    reprise_with_env(
+        dir,
+        &["check", "--json", "--ssh-config", config],
+        &[("HOME", home), ("FW_TOKEN", "t")],
+    )
+}
+
+#[test]
+fn hosts_known_by_an_alias_are_reached_as_the_users_ssh_config_says() {
+    let sshd = Sshd::start();
+    let dir = mini_copy();
+    let dir = dir.path();
+    // The inventory names only the aliases: no port, user, key or known_hosts. The file
+    // sends fw2 through a jump host, which reprise does not do.
+    let aliases: Vec<&str> = ADDRESSES.iter().map(|(_, a)| *a).collect();
+    let config = dir.join("ssh_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Host fw2.pra.test.example\n  ProxyJump bastion.test.example\n\nHost {}\n  HostName {}\n  Port {}\n  User {}\n  IdentityFile {}\n  UserKnownHostsFile {}\n",
+            aliases.join(" "),
+            sshd.address,
+            sshd.port,
+            sshd.user,
+            sshd.identity.display(),
+            sshd.known_hosts.display()
+        ),
+    )
+    .unwrap();
+    let run = check(dir, config.to_str().unwrap());
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).expect(&run.stderr);
+    let items = ssh_items(&json);
+    for host in ["fw", "hv1", "hv2"] {
+        let item = items.iter().find(|(s, _, _)| s == host);
+        assert!(
+            matches!(item, Some((_, status, _)) if status == "ok"),
+            "{host}: {item:?}"
+        );
+    }
+    let (_, status, detail) = items.iter().find(|(s, _, _)| s == "fw2").unwrap();
+    assert_eq!(status, "failed");
+    assert!(
+        detail.contains("`ProxyJump bastion.test.example`")
+            && detail.contains(config.to_str().unwrap())
+            && detail.contains("reprise connects to hosts directly"),
+        "{detail}"
+    );
+
+    // Without the file, the aliases do not resolve: nothing is reached.
+    let run = check(dir, "none");
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).expect(&run.stderr);
+    let items = ssh_items(&json);
+    assert!(
+        items.iter().all(|(_, status, _)| status == "failed"),
+        "{items:?}"
+    );
+
+    // An inventory port wins over the file's: hv1's is wrong, so hv1 alone is not reached.
+    let hosts = dir.join("inventory/hosts.toml");
+    let text = std::fs::read_to_string(&hosts).unwrap();
+    std::fs::write(
+        &hosts,
+        text.replacen(
+            "address = \"hv1.main.test.example\"\n",
+            "address = \"hv1.main.test.example\"\nport = 1\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let run = check(dir, config.to_str().unwrap());
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).expect(&run.stderr);
+    let items = ssh_items(&json);
+    let status = |host: &str| {
+        items
+            .iter()
+            .find(|(s, _, _)| s == host)
+            .map(|(_, status, detail)| (status.clone(), detail.clone()))
+            .unwrap()
+    };
+    assert_eq!(status("fw").0, "ok");
+    let (hv1, detail) = status("hv1");
+    assert_eq!(hv1, "failed");
+    assert!(detail.contains(&format!("{}:1", sshd.address)), "{detail}");
+}
+
+#[test]
+fn an_ssh_config_reprise_cannot_read_as_openssh_does_stops_before_any_host() {
+    let dir = mini_copy();
+    let dir = dir.path();
+    // The state folder is the working folder: a check writes check/latest.json there.
+    for (text, said) in [
+        ("Host *\n  Port many\n", "is not valid"),
+        (
+            "Host a\n  User x\n\nMatch host b\n  User y\n",
+            ":4: `Match` blocks are not supported",
+        ),
+    ] {
+        let config = dir.join("ssh_config");
+        std::fs::write(&config, text).unwrap();
+        let run = check(dir, config.to_str().unwrap());
+        assert_eq!(run.code, 3, "{run:?}");
+        assert!(
+            run.stderr.contains(config.to_str().unwrap()) && run.stderr.contains(said),
+            "{}",
+            run.stderr
+        );
+        assert!(!dir.join("check").exists(), "a check was recorded");
+    }
+    // A file named on the command line that is not there is an error too, not ignored.
+    let run = check(dir, dir.join("absent").to_str().unwrap());
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains("cannot read the ssh configuration"),
+        "{}",
+        run.stderr
+    );
+}
