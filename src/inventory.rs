@@ -120,6 +120,31 @@ pub enum Placement {
     Vm(Sp<String>),
 }
 
+/// How a service's data reaches the recovery site.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replication {
+    /// Disk copies (replica points of its vm's disks, backup sets): the default.
+    Disk,
+    /// The application replicates it itself (a PostgreSQL standby, domain controllers): its
+    /// RPO is judged by the lag its probe prints, never by a disk copy's age.
+    Application(LagProbe),
+}
+
+/// How to read an application's replication lag: a command printing the lag in seconds,
+/// run on a host (the standby, or a management host that asks it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LagProbe {
+    pub host: Sp<String>,
+    /// A command template, rendered on `host` like a runbook step's.
+    pub command: Sp<String>,
+    pub timeout: Duration,
+}
+
+/// The longest a lag probe may take: a probe is a query, not a job.
+pub const LAG_TIMEOUT_MAX: Duration = Duration(600);
+/// When a lag probe says nothing of its time.
+pub const LAG_TIMEOUT_DEFAULT: Duration = Duration(30);
+
 #[derive(Debug, Clone)]
 pub struct Service {
     pub id: String,
@@ -130,6 +155,7 @@ pub struct Service {
     pub rpo: Option<Duration>,
     pub depends_on: Vec<Sp<String>>,
     pub placement: Placement,
+    pub replication: Replication,
     pub loc: Location,
 }
 
@@ -145,6 +171,14 @@ impl Service {
         match &self.placement {
             Placement::Host(h) => Some(h.as_str()),
             _ => None,
+        }
+    }
+
+    /// The lag probe of a service its application replicates.
+    pub fn lag(&self) -> Option<&LagProbe> {
+        match &self.replication {
+            Replication::Application(p) => Some(p),
+            Replication::Disk => None,
         }
     }
 }
@@ -163,6 +197,8 @@ pub struct Vm {
     pub recovery_address: Option<String>,
     pub retention: u32,
     pub vmid: Option<u32>,
+    /// The RPO its own disk copies are judged against, whatever the services on it say.
+    pub rpo: Option<Duration>,
     pub loc: Location,
 }
 
@@ -308,6 +344,7 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
                 .positive_duration("rpo", "no copy is ever zero seconds old: write the data loss the service can bear, e.g. \"15m\"", diags)
                 .map(|d| d.value);
             let depends_on = non_blank(t.str_list("depends_on", diags), "depends_on", id, diags);
+            let replication = read_replication(t, id, rpo.is_some(), diags);
             let host = t.text("host", diags);
             let vm = t.text("vm", diags);
             let placement = match (host, vm) {
@@ -335,6 +372,7 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
                 rpo,
                 depends_on,
                 placement,
+                replication,
                 loc: id.loc.clone(),
             };
             insert_unique(&mut inv.services, "service", id, service, |s| &s.loc, diags);
@@ -370,6 +408,13 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
                 .map(|r| r.value as u32)
                 .unwrap_or(7);
             let vmid = t.int("vmid", 1, 999_999_999, diags).map(|r| r.value as u32);
+            let rpo = t
+                .positive_duration(
+                    "rpo",
+                    "no copy is ever zero seconds old: write the age its disk copies may reach, e.g. \"1d\"",
+                    diags,
+                )
+                .map(|d| d.value);
             let vm = Vm {
                 id: id.value.clone(),
                 name,
@@ -382,6 +427,7 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
                 recovery_address,
                 retention,
                 vmid,
+                rpo,
                 loc: id.loc.clone(),
             };
             insert_unique(&mut inv.vms, "vm", id, vm, |v| &v.loc, diags);
@@ -588,6 +634,91 @@ fn insert_unique<T>(
         return;
     }
     map.insert(id.value.clone(), item);
+}
+
+pub const REPLICATION_KINDS: &[&str] = &["disk", "application"];
+
+/// `replication` and `lag` of a service: disk copies by default; the application's own
+/// replication needs a lag probe (and an RPO to judge the lag by), and only it takes one.
+fn read_replication(
+    t: &mut Table<'_, '_>,
+    id: &Sp<String>,
+    has_rpo: bool,
+    diags: &mut Vec<Diagnostic>,
+) -> Replication {
+    let kind = t.choice("replication", REPLICATION_KINDS, diags);
+    let lag_value = t.get("lag");
+    let by_app = kind.as_ref().is_some_and(|k| k.value == "application");
+    let Some(value) = lag_value else {
+        if let Some(k) = kind.filter(|_| by_app) {
+            diags.push(
+                Diagnostic::error(format!(
+                    "service `{}` is replicated by the application but has no `lag`",
+                    id.value
+                ))
+                .at(k.loc)
+                .hint("say how to read the lag in seconds, e.g. `lag = { host = \"db-standby\", command = \"psql -Atc 'select extract(epoch from now() - pg_last_xact_replay_timestamp())'\" }`"),
+            );
+        }
+        return Replication::Disk;
+    };
+    let mut lag = Table::of(t.file, value, format!("`lag` of service `{}`", id.value), diags);
+    let Some(lt) = lag.as_mut() else {
+        return Replication::Disk;
+    };
+    let host = lt.req_text("host", diags);
+    let command = lt.req_text("command", diags);
+    let timeout = lt.positive_duration(
+        "timeout",
+        "a probe needs time to answer: write how long it may take, e.g. \"30s\"",
+        diags,
+    );
+    if let Some(tmo) = &timeout
+        && tmo.value > LAG_TIMEOUT_MAX
+    {
+        diags.push(
+            Diagnostic::error(format!(
+                "`timeout` of the lag probe of service `{}` is {}, more than {}",
+                id.value, tmo.value, LAG_TIMEOUT_MAX
+            ))
+            .at(tmo.loc.clone())
+            .hint("a lag probe is a query that answers in seconds: a probe that needs longer is stuck"),
+        );
+    }
+    if let Some(l) = lag {
+        l.finish(diags);
+    }
+    if !by_app {
+        let d = Diagnostic::error(format!(
+            "service `{}` has a `lag` probe but its data is replicated by disk copies",
+            id.value
+        ))
+        .at(Location::new(t.file, value.span()))
+        .hint("add `replication = \"application\"` when the application replicates it (its RPO is then judged by the lag), or remove `lag`");
+        diags.push(d);
+        return Replication::Disk;
+    }
+    if !has_rpo {
+        diags.push(
+            Diagnostic::error(format!(
+                "service `{}` is replicated by the application but has no `rpo`",
+                id.value
+            ))
+            .at(id.loc.clone())
+            .hint("the lag is judged against the RPO target: add e.g. `rpo = \"15m\"`"),
+        );
+    }
+    match (host, command) {
+        (Some(host), Some(command)) => Replication::Application(LagProbe {
+            host,
+            command,
+            timeout: timeout
+                .map(|t| t.value)
+                .filter(|t| *t <= LAG_TIMEOUT_MAX)
+                .unwrap_or(LAG_TIMEOUT_DEFAULT),
+        }),
+        _ => Replication::Disk,
+    }
 }
 
 /// Host variables that name a folder reprise (or its drivers) put files in: absolute paths.
@@ -807,6 +938,9 @@ fn check_references(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
                 check_ref("vm", v, &inv.vms, diags);
             }
             Placement::Nowhere => {}
+        }
+        if let Some(lag) = service.lag() {
+            check_ref("host", &lag.host, &inv.hosts, diags);
         }
     }
     for vm in inv.vms.values() {

@@ -19,6 +19,7 @@ pub mod http;
 pub mod inventory;
 pub mod journal;
 pub mod lab;
+pub mod lag;
 pub mod model;
 pub mod plan;
 pub mod readiness;
