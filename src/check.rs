@@ -67,7 +67,7 @@ pub fn secrets_needed(plans: &Plans) -> BTreeMap<String, String> {
                         add(cmd, &step.id);
                     }
                 }
-                Action::Probe { run, .. } => add(run, &step.id),
+                Action::Probe { run, .. } | Action::Lag { run, .. } => add(run, &step.id),
                 Action::Replicate {
                     snapshot: Some(hooks),
                     ..
@@ -807,7 +807,9 @@ fn host_commands(plans: &Plans) -> Vec<(String, String, String)> {
     for plan in plans.ok() {
         for step in &plan.steps {
             let Some(host) = &step.host else { continue };
-            if let Action::Exec { .. } | Action::Probe { .. } = &step.action_spec {
+            if let Action::Exec { .. } | Action::Probe { .. } | Action::Lag { .. } =
+                &step.action_spec
+            {
                 for text in std::iter::once(&step.command)
                     .chain(step.verify.iter())
                     .chain(step.undo.iter())

@@ -1380,6 +1380,14 @@ fn prune(cli: &Cli, keep: usize, dry_run: bool) -> Outcome {
     Outcome::ok(out)
 }
 
+/// A journaled lag as the reading it was.
+fn lag_reading(lag_s: Option<f64>, unknown: &Option<String>) -> crate::lag::Reading {
+    match (lag_s, unknown) {
+        (Some(s), None) => crate::lag::Reading::Seconds(s),
+        (_, why) => crate::lag::Reading::Unknown(why.clone().unwrap_or_else(|| "not recorded".into())),
+    }
+}
+
 fn show(cli: &Cli, run: &str) -> Outcome {
     let dir = match crate::journal::RunDir::open(&cli.state_dir, run) {
         Ok(d) => d,
@@ -1462,6 +1470,21 @@ fn show(cli: &Cli, run: &str) -> Outcome {
                 note.as_deref()
                     .map(|n| format!(": {n}"))
                     .unwrap_or_default()
+            ),
+            Event::LagMeasured {
+                step,
+                host,
+                lag_s,
+                unknown,
+                rpo_target_s,
+                ..
+            } => format!(
+                "{step} on {host}: {}",
+                crate::lag::judge(
+                    &lag_reading(*lag_s, unknown),
+                    rpo_target_s.map(crate::duration::Duration)
+                )
+                .1
             ),
             Event::StepStarted {
                 step,

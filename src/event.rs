@@ -155,6 +155,21 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         dropped: Vec<String>,
     },
+    /// A service's replication lag as its application's probe read it, just before the
+    /// service was switched (a failover) or during a drill: the data a failover loses. `lag_s`
+    /// is absent when the lag is unknown, and `unknown` says why.
+    LagMeasured {
+        at: DateTime<Utc>,
+        step: String,
+        service: String,
+        /// Where the probe ran.
+        host: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lag_s: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unknown: Option<String>,
+        rpo_target_s: Option<u64>,
+    },
     RunResumed {
         at: DateTime<Utc>,
         operator: String,
@@ -193,6 +208,7 @@ impl Event {
             | Event::VmStateBefore { at, .. }
             | Event::ReadinessForced { at, .. }
             | Event::ReplicaPointUsed { at, .. }
+            | Event::LagMeasured { at, .. }
             | Event::RunResumed { at, .. }
             | Event::StopRequested { at, .. }
             | Event::JournalRepaired { at, .. }

@@ -434,7 +434,10 @@ fn calls(model: &Model, lab: &Path) -> Calls {
     for (_, plan) in &plans.by_mode {
         let Ok(plan) = plan else { continue };
         for step in plan.steps.iter().filter(|s| s.host.is_some()) {
-            if matches!(step.action_spec, Action::Exec { .. } | Action::Probe { .. }) {
+            if matches!(
+                step.action_spec,
+                Action::Exec { .. } | Action::Probe { .. } | Action::Lag { .. }
+            ) {
                 for text in std::iter::once(&step.command)
                     .chain(step.verify.iter())
                     .chain(step.undo.iter())

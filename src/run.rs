@@ -228,6 +228,15 @@ fn log(event: &Event) {
         Event::ReplicaPointUsed {
             step, item, point, ..
         } => tracing::info!(step, item, point, "replica point used"),
+        Event::LagMeasured {
+            step,
+            lag_s,
+            unknown,
+            ..
+        } => match lag_s {
+            Some(lag_s) => tracing::info!(step, lag_s, "replication lag measured"),
+            None => tracing::warn!(step, unknown, "replication lag unknown"),
+        },
         Event::RunFinished { status, .. } => tracing::info!(status = ?status, "run finished"),
     }
 }

@@ -751,6 +751,35 @@ async fn run_step_inner(
                 }
             }
         }
+        Action::Lag { run, timeout, rpo } => {
+            // A measurement: what the probe says is journaled, and a lag unknown does not
+            // stop the recovery (the report says the data loss was not measured, and why).
+            let limit = StdDuration::from_secs(timeout.secs());
+            let reading = match exec(&ctx, step, run, Some(limit)).await {
+                Ok(out) => {
+                    output_event(&tx, step, 1, &out);
+                    crate::lag::read_output(&out, *timeout)
+                }
+                Err(e) => crate::lag::Reading::Unknown(format!(
+                    "the probe could not run: {}",
+                    e.message
+                )),
+            };
+            let (_, words) = crate::lag::judge(&reading, *rpo);
+            let _ = tx.send(Msg::Event(Event::LagMeasured {
+                at: Utc::now(),
+                step: step.id.clone(),
+                service: step.service.clone(),
+                host: step.host.clone().unwrap_or_default(),
+                lag_s: reading.seconds(),
+                unknown: match reading {
+                    crate::lag::Reading::Unknown(why) => Some(why),
+                    crate::lag::Reading::Seconds(_) => None,
+                },
+                rpo_target_s: rpo.map(|r| r.secs()),
+            }));
+            outcome(StepStatus::Done, 1, Some(words))
+        }
         Action::Probe { run, interval } => {
             let deadline = step
                 .timeout_s

@@ -187,6 +187,23 @@ impl Sink for TerminalView {
                     .unwrap_or_default();
                 self.line(format!("{clock} ⎘ {item} from point {point}{why}"));
             }
+            Event::LagMeasured {
+                service,
+                lag_s,
+                unknown,
+                rpo_target_s,
+                ..
+            } => {
+                let reading = match (lag_s, unknown) {
+                    (Some(s), None) => crate::lag::Reading::Seconds(*s),
+                    (_, why) => crate::lag::Reading::Unknown(
+                        why.clone().unwrap_or_else(|| "not recorded".into()),
+                    ),
+                };
+                let (_, words) =
+                    crate::lag::judge(&reading, rpo_target_s.map(crate::duration::Duration));
+                self.line(format!("{clock} ⧖ {service}: {words}"));
+            }
             Event::StepStarted {
                 step,
                 attempt,

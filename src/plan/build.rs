@@ -125,6 +125,11 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
         let Some(book) = model.runbooks.get(sid, mode) else {
             continue;
         };
+        // A service its application replicates: its lag is measured just before it is
+        // switched (its first step on the recovery side) in a drill or a failover.
+        let service = &inv.services[sid];
+        let mut lag_pending = matches!(mode, Mode::Drill | Mode::Failover)
+            && service.lag().is_some();
         for step in book.steps.iter().filter(|s| s.phase == Phase::Main) {
             if opts.emergency && step.needs_primary {
                 left_out.push(LeftOut {
@@ -133,16 +138,16 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
                 });
                 continue;
             }
-            let after = match main_steps.get(sid).and_then(|v| v.last()) {
-                Some(&prev) => vec![prev],
-                None => {
-                    let mut deps = BTreeSet::new();
-                    for dep in model.graph.dependencies(sid) {
-                        deps.extend(last_main(model, dep, &members, &main_steps));
-                    }
-                    deps.into_iter().collect()
+            if lag_pending && !step.needs_primary {
+                lag_pending = false;
+                let after = main_after(model, sid, &members, &main_steps);
+                if let Some(planned) = lag_step(model, opts, service, book, after, &steps, &mut diags)
+                {
+                    main_steps.entry(sid).or_default().push(steps.len());
+                    steps.push(planned);
                 }
-            };
+            }
+            let after = main_after(model, sid, &members, &main_steps);
             if let Some(planned) = resolve(
                 model,
                 opts,
@@ -152,6 +157,13 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
                 &steps,
                 &mut diags,
             ) {
+                main_steps.entry(sid).or_default().push(steps.len());
+                steps.push(planned);
+            }
+        }
+        if lag_pending {
+            let after = main_after(model, sid, &members, &main_steps);
+            if let Some(planned) = lag_step(model, opts, service, book, after, &steps, &mut diags) {
                 main_steps.entry(sid).or_default().push(steps.len());
                 steps.push(planned);
             }
@@ -319,6 +331,125 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
             critical_path,
         },
         warnings,
+    })
+}
+
+/// What the next main step of `sid` waits for: its previous step, or the last steps of the
+/// services it needs.
+fn main_after(
+    model: &Model,
+    sid: &str,
+    members: &BTreeSet<String>,
+    main_steps: &HashMap<&str, Vec<usize>>,
+) -> Vec<usize> {
+    match main_steps.get(sid).and_then(|v| v.last()) {
+        Some(&prev) => vec![prev],
+        None => {
+            let mut deps = BTreeSet::new();
+            for dep in model.graph.dependencies(sid) {
+                deps.extend(last_main(model, dep, &members, main_steps));
+            }
+            deps.into_iter().collect()
+        }
+    }
+}
+
+/// The id of the step that measures a service's replication lag.
+pub const LAG_STEP: &str = "replication-lag";
+
+/// The step that runs a service's lag probe: on the probe's host, never on the primary site
+/// (a drill must not touch it, a failover may have lost it).
+fn lag_step(
+    model: &Model,
+    opts: &PlanOptions,
+    service: &Service,
+    book: &crate::runbook::Runbook,
+    after_idx: Vec<usize>,
+    planned: &[PlannedStep],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<PlannedStep> {
+    let inv = &model.inventory;
+    let probe = service.lag()?;
+    let id = format!("{}/{LAG_STEP}", service.id);
+    if let Some(clash) = book.steps.iter().find(|s| s.id.value == LAG_STEP) {
+        diags.push(
+            Diagnostic::error(format!(
+                "step id `{LAG_STEP}` of service `{}` is taken by the step that measures its replication lag",
+                service.id
+            ))
+            .at(clash.id.loc.clone())
+            .hint("give this step another id"),
+        );
+        return None;
+    }
+    if let Some(d) = site_violation(
+        inv,
+        opts.mode,
+        false,
+        &id,
+        &probe.host.value,
+        &probe.host.loc,
+    ) {
+        diags.push(d.hint(
+            "run the lag probe on the standby or on a management host of the recovery site",
+        ));
+        return None;
+    }
+    let host = inv.hosts.get(&probe.host.value)?;
+    let scope = StepScope {
+        inv,
+        host: Some(host),
+        service,
+        vm: None,
+        run_id: &opts.run_id,
+        mode: opts.mode,
+    };
+    let tpl = match Template::parse(&probe.command, model.sources.map.text(probe.command.loc.file))
+    {
+        Ok(t) => t,
+        Err(d) => {
+            diags.push(*d);
+            return None;
+        }
+    };
+    let run = render(&tpl, &scope, diags)?;
+    let description = match opts.mode {
+        Mode::Drill => "The application's replication lag: the data a failover now would lose",
+        _ => "The application's replication lag, just before the service is switched: the data it loses",
+    };
+    Some(PlannedStep {
+        id,
+        service: service.id.clone(),
+        step: LAG_STEP.to_string(),
+        host: Some(host.id.clone()),
+        target: Some(format!("{}@{}:{}", host.user, host.address, host.port)),
+        site: host.site.as_ref().map(|s| s.value.clone()),
+        kind: "lag",
+        action: None,
+        replica: None,
+        state_before: None,
+        command: run.to_string(),
+        verify: None,
+        undo: None,
+        description: Some(description.to_string()),
+        timeout_s: Some(probe.timeout.secs()),
+        expected_s: probe.timeout.secs().min(5),
+        retries: 0,
+        idempotent: true,
+        needs_primary: false,
+        phase: Phase::Main,
+        after: after_idx
+            .into_iter()
+            .map(|i| planned[i].id.clone())
+            .collect(),
+        est_start_s: 0,
+        est_finish_s: 0,
+        critical: false,
+        action_spec: Action::Lag {
+            run,
+            timeout: probe.timeout,
+            rpo: service.rpo,
+        },
     })
 }
 

@@ -9,7 +9,7 @@
 mod build;
 pub mod text;
 
-pub use build::{build, images_dir_of, replicate_hook, vm_action_command, vm_status_command};
+pub use build::{LAG_STEP, build, images_dir_of, replicate_hook, vm_action_command, vm_status_command};
 
 use serde::{Serialize, Serializer};
 
@@ -201,6 +201,13 @@ pub enum Action {
     },
     Manual {
         instructions: String,
+    },
+    /// Run a service's lag probe and journal what it says (a lag unknown does not fail the
+    /// step: a recovery goes on, and the report says the data loss was not measured).
+    Lag {
+        run: Command,
+        timeout: Duration,
+        rpo: Option<Duration>,
     },
     /// Copy files (a vm's disks) or a directory (a backup set) from one host to another.
     Replicate {

@@ -62,6 +62,8 @@ pub struct Labels {
     pub met: &'static str,
     pub missed: &'static str,
     pub not_measured: &'static str,
+    /// Why a lag is unknown when its probe never ran.
+    pub lag_not_run: &'static str,
     pub none: &'static str,
     pub unverified: &'static str,
     pub timeline: &'static str,
@@ -196,11 +198,11 @@ impl Labels {
     pub fn count_rpo(&self, n: usize, of: usize, points_used: bool) -> String {
         match (self.lang, of) {
             (Lang::En, 0) if points_used => {
-                "data loss (RPO): not measured (no service recovered from a verified replica point)"
+                "data loss (RPO): not measured (no service recovered from a verified replica point or a measured replication lag)"
                     .to_string()
             }
             (Lang::Fr, 0) if points_used => {
-                "perte de données (RPO) : non mesurée (aucun service rétabli depuis un point de réplique vérifié)"
+                "perte de données (RPO) : non mesurée (aucun service rétabli depuis un point de réplique vérifié ou un retard de réplication mesuré)"
                     .to_string()
             }
             (Lang::En, 0) => "data loss (RPO): no replica point was used in this run".to_string(),
@@ -264,6 +266,28 @@ impl Labels {
             Lang::Fr => format!(
                 "{item} ramené au point de réplique {point} : les points plus récents {} et leurs données ont été abandonnés",
                 dropped.join(", ")
+            ),
+        }
+    }
+
+    pub fn lag_measured(&self, lag: &str, host: &str, at: &str) -> String {
+        match self.lang {
+            Lang::En => format!(
+                "replication lag {lag}, measured by the application's probe on {host} at {at}"
+            ),
+            Lang::Fr => format!(
+                "retard de réplication {lag}, mesuré par la sonde de l'application sur {host} à {at}"
+            ),
+        }
+    }
+
+    pub fn lag_unknown(&self, why: &str) -> String {
+        match self.lang {
+            Lang::En => format!(
+                "data loss not measured: the application's replication lag is unknown ({why})"
+            ),
+            Lang::Fr => format!(
+                "perte de données non mesurée : le retard de réplication de l'application est inconnu ({why})"
             ),
         }
     }
@@ -530,6 +554,7 @@ static EN: Labels = Labels {
     met: "met",
     missed: "MISSED",
     not_measured: "n/a",
+    lag_not_run: "its probe did not run",
     none: "none",
     unverified: "not verified",
     timeline: "Timeline",
@@ -602,6 +627,7 @@ static FR: Labels = Labels {
     met: "tenu",
     missed: "NON TENU",
     not_measured: "n/d",
+    lag_not_run: "sa sonde n'a pas été lancée",
     none: "aucun",
     unverified: "non vérifié",
     timeline: "Chronologie",

@@ -114,10 +114,26 @@ pub struct ServiceReport {
     pub data_loss_s: Option<f64>,
     pub rpo_met: Option<bool>,
     pub points: Vec<PointUsed>,
+    /// For a service its application replicates: the lag its probe read just before the
+    /// service was switched, which is its data-loss figure (the disk points above are not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag: Option<LagUsed>,
     pub steps_done: usize,
     pub steps_total: usize,
     /// For a blocked or failed service: the step that stopped it and why.
     pub reason: Option<String>,
+}
+
+/// A replication lag read by an application's probe during the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LagUsed {
+    /// When the probe answered; `None` when it never ran.
+    pub at: Option<DateTime<Utc>>,
+    pub host: Option<String>,
+    /// The lag in seconds; `None` when it could not be measured.
+    pub lag_s: Option<f64>,
+    /// Why it could not be measured.
+    pub unknown: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -205,6 +221,11 @@ pub enum Problem {
         item: String,
         point: String,
         note: Option<String>,
+    },
+    /// A service's application replication lag could not be read: its data loss is unknown.
+    LagUnknown {
+        service: String,
+        why: String,
     },
     Interrupted {
         at: DateTime<Utc>,
@@ -365,6 +386,7 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
 
     let mut facts: HashMap<&str, StepFacts> = HashMap::new();
     let mut points: Vec<(String, PointUsed)> = Vec::new();
+    let mut lags: HashMap<String, LagUsed> = HashMap::new();
     let mut resumes = Vec::new();
     let mut ended_at = None;
     let mut run_status = None;
@@ -441,6 +463,28 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
                     dropped: dropped.clone(),
                 },
             )),
+            Event::LagMeasured {
+                at,
+                service,
+                host,
+                lag_s,
+                unknown,
+                ..
+            } => {
+                lags.insert(
+                    service.clone(),
+                    LagUsed {
+                        at: Some(*at),
+                        host: Some(host.clone()),
+                        lag_s: lag_s.filter(|_| unknown.is_none()),
+                        unknown: match (lag_s, unknown) {
+                            (_, Some(why)) => Some(why.clone()),
+                            (None, None) => Some("not recorded".into()),
+                            (Some(_), None) => None,
+                        },
+                    },
+                );
+            }
             Event::RunResumed {
                 at,
                 operator,
@@ -681,15 +725,31 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
         // Data was recovered only by a service that recovered: its data loss is the age of
         // the oldest point it started from. Within the target only when every point it used
         // was verified; a loss beyond the target is said either way.
-        let data_loss_s = used
+        // A service its application replicates (its plan measures the lag): its data loss
+        // is the lag its probe read, never a disk point's age; unknown when it was not read.
+        let replicated_by_app = records
             .iter()
-            .map(|p| ((measured_from - p.taken_at).num_milliseconds() as f64 / 1000.0).max(0.0))
-            .fold(None, |acc: Option<f64>, x| {
-                Some(acc.map_or(x, |a| a.max(x)))
+            .any(|s| s.service == *id && s.kind == "lag");
+        let lag = replicated_by_app.then(|| {
+            lags.get(id).cloned().unwrap_or(LagUsed {
+                at: None,
+                host: None,
+                lag_s: None,
+                unknown: Some(l.lag_not_run.to_string()),
             })
-            .filter(|_| status == ServiceStatus::Recovered);
+        });
+        let data_loss_s = match &lag {
+            Some(lag) => lag.lag_s,
+            None => used
+                .iter()
+                .map(|p| ((measured_from - p.taken_at).num_milliseconds() as f64 / 1000.0).max(0.0))
+                .fold(None, |acc: Option<f64>, x| {
+                    Some(acc.map_or(x, |a| a.max(x)))
+                }),
+        }
+        .filter(|_| status == ServiceStatus::Recovered);
         let rpo_target_s = rec.and_then(|r| r.rpo_target_s);
-        let all_verified = used.iter().all(|p| p.verified);
+        let all_verified = lag.is_some() || used.iter().all(|p| p.verified);
         let rpo_met = match (data_loss_s, rpo_target_s) {
             (Some(loss), Some(target)) if loss > target as f64 => Some(false),
             (Some(_), Some(_)) if all_verified => Some(true),
@@ -708,6 +768,7 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
             data_loss_s,
             rpo_met,
             points: used,
+            lag,
             steps_done: done,
             steps_total: main.len(),
             reason,
@@ -792,6 +853,12 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
         }
     }
     for s in &services {
+        if let Some(why) = s.lag.as_ref().and_then(|g| g.unknown.as_ref()) {
+            problems.push(Problem::LagUnknown {
+                service: s.id.clone(),
+                why: why.clone(),
+            });
+        }
         if matches!(s.status, ServiceStatus::Blocked) {
             problems.push(Problem::Blocked {
                 service: s.id.clone(),

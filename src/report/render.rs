@@ -50,6 +50,17 @@ fn met(m: Option<bool>, l: &Labels) -> &'static str {
 }
 
 fn points(s: &ServiceReport, l: &Labels) -> String {
+    if let Some(lag) = &s.lag {
+        let said = match (lag.lag_s, &lag.unknown) {
+            (Some(secs), None) => l.lag_measured(
+                &l.dur(secs),
+                lag.host.as_deref().unwrap_or("?"),
+                lag.at.map(time).as_deref().unwrap_or("?"),
+            ),
+            (_, why) => l.lag_unknown(why.as_deref().unwrap_or("")),
+        };
+        return said;
+    }
     if s.points.is_empty() {
         return l.not_measured.to_string();
     }
@@ -79,7 +90,9 @@ fn headline(r: &RecoveryReport, l: &Labels) -> String {
         l.count_rpo(
             r.rpo_met,
             r.rpo_measured,
-            r.services.iter().any(|s| !s.points.is_empty()),
+            r.services
+                .iter()
+                .any(|s| !s.points.is_empty() || s.lag.is_some()),
         ),
     ];
     if !r.problems.is_empty() {
@@ -206,6 +219,7 @@ fn problem_line(p: &Problem, l: &Labels) -> (String, String, Option<String>) {
             point,
             note,
         } => (step.clone(), l.unverified_start(item, point), note.clone()),
+        Problem::LagUnknown { service, why } => (service.clone(), l.lag_unknown(why), None),
     }
 }
 
