@@ -847,7 +847,7 @@ pub fn replica_targets(model: &Model) -> Vec<ReplicaTarget> {
     let images_dir = |host: &str| plan::images_dir_of(inv, host);
     let mut targets = Vec::new();
     for vm in inv.vms.values() {
-        let service = rpo_service(model, Replicated::Vm(&vm.id));
+        let (service, rpo_s) = copy_rpo(model, Replicated::Vm(&vm.id));
         let (Some(src), Some(dst)) = (
             images_dir(&vm.primary.value),
             images_dir(&vm.recovery.value),
@@ -857,8 +857,8 @@ pub fn replica_targets(model: &Model) -> Vec<ReplicaTarget> {
         for disk in &vm.disks {
             targets.push(ReplicaTarget {
                 what: format!("vm {} ({disk})", vm.id),
-                service: service.map(|s| s.id.clone()),
-                rpo_s: service.and_then(|s| s.rpo).map(|d| d.secs()),
+                service: service.clone(),
+                rpo_s,
                 from_host: vm.primary.value.clone(),
                 source: format!("{src}/{disk}"),
                 to_host: vm.recovery.value.clone(),
@@ -868,11 +868,11 @@ pub fn replica_targets(model: &Model) -> Vec<ReplicaTarget> {
         }
     }
     for set in inv.backups.values() {
-        let service = rpo_service(model, Replicated::Backup(&set.id));
+        let (service, rpo_s) = copy_rpo(model, Replicated::Backup(&set.id));
         targets.push(ReplicaTarget {
             what: format!("backup {}", set.id),
-            service: service.map(|s| s.id.clone()),
-            rpo_s: service.and_then(|s| s.rpo).map(|d| d.secs()),
+            service,
+            rpo_s,
             from_host: set.source_host.value.clone(),
             source: set.source_path.clone(),
             to_host: set.dest_host.value.clone(),
@@ -927,31 +927,56 @@ pub fn runbook_services<'m>(
 /// The service whose RPO target a replicated vm or backup set answers to: the strictest of
 /// the services placed on the vm, or (for a vm that is no service's own, such as a second
 /// domain controller, and for a backup set) of the services whose runbooks act on it or
-/// replicate it. `reprise check` and `reprise status` judge replica ages by it.
+/// replicate it. A service its application replicates never lends its RPO to a disk copy:
+/// its failover does not start from one (its lag is judged instead). `reprise check` and
+/// `reprise status` judge replica ages by it, unless the vm has an `rpo` of its own
+/// ([`copy_rpo`]).
 pub fn rpo_service<'m>(
     model: &'m Model,
     what: Replicated<'_>,
 ) -> Option<&'m crate::inventory::Service> {
     let inv = &model.inventory;
+    let by_disk = |s: &&crate::inventory::Service| s.lag().is_none();
     let candidates: Vec<&crate::inventory::Service> = match what {
         Replicated::Vm(id) => {
             let placed: Vec<_> = inv
                 .services
                 .values()
                 .filter(|s| s.vm() == Some(id))
+                .filter(by_disk)
                 .collect();
             if placed.is_empty() {
                 runbook_services(model, what)
+                    .into_iter()
+                    .filter(by_disk)
+                    .collect()
             } else {
                 placed
             }
         }
-        Replicated::Backup(_) => runbook_services(model, what),
+        Replicated::Backup(_) => runbook_services(model, what)
+            .into_iter()
+            .filter(by_disk)
+            .collect(),
     };
     // The strictest target; a service without one only when none has one.
     candidates
         .into_iter()
         .min_by_key(|s| s.rpo.map(|d| d.secs()).unwrap_or(u64::MAX))
+}
+
+/// The RPO a replicated vm's or backup set's copies are judged against, and whose it is
+/// (`service S` or `vm V`): the vm's own `rpo` when it has one, else [`rpo_service`]'s.
+pub fn copy_rpo(model: &Model, what: Replicated<'_>) -> (Option<String>, Option<u64>) {
+    if let Replicated::Vm(id) = what
+        && let Some(rpo) = model.inventory.vms.get(id).and_then(|v| v.rpo)
+    {
+        return (Some(format!("vm {id}")), Some(rpo.secs()));
+    }
+    match rpo_service(model, what) {
+        Some(s) => (Some(s.id.clone()), s.rpo.map(|d| d.secs())),
+        None => (None, None),
+    }
 }
 
 /// The hosts to ask, and what: every host the plans use, and every end of a replica.
@@ -1839,9 +1864,110 @@ pub fn evaluate(
     items
 }
 
+/// A service its application replicates, and the lag probe its plans run.
+#[derive(Debug, Clone)]
+pub struct LagTarget {
+    pub service: String,
+    pub host: String,
+    pub command: crate::template::Command,
+    pub timeout: crate::duration::Duration,
+    pub rpo: Option<crate::duration::Duration>,
+}
+
+/// The lag probes of the plans (the failover's first, then the drill's), one per service.
+pub fn lag_targets(plans: &Plans) -> Vec<LagTarget> {
+    let mut found: Vec<LagTarget> = Vec::new();
+    let order = ["emergency failover", "planned failover", "drill"];
+    for label in order {
+        let Some(Ok(plan)) = plans
+            .by_mode
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, p)| p)
+        else {
+            continue;
+        };
+        for step in &plan.steps {
+            if let Action::Lag { run, timeout, rpo } = &step.action_spec
+                && !found.iter().any(|t| t.service == step.service)
+            {
+                found.push(LagTarget {
+                    service: step.service.clone(),
+                    host: step.host.clone().unwrap_or_default(),
+                    command: run.clone(),
+                    timeout: *timeout,
+                    rpo: *rpo,
+                });
+            }
+        }
+    }
+    found
+}
+
+/// Runs every lag probe at once (secrets from the environment).
+pub fn measure_lags(
+    transport: &dyn Transport,
+    targets: &[LagTarget],
+) -> Vec<(LagTarget, crate::lag::Lag)> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|t| {
+                scope.spawn(move || {
+                    match t.command.expose(|name| std::env::var(name).ok()) {
+                        Ok(text) => crate::lag::measure(transport, &t.host, &text, t.timeout),
+                        Err(missing) => crate::lag::Lag {
+                            at: Utc::now(),
+                            reading: crate::lag::Reading::Unknown(format!(
+                                "secret {missing} is not set in the environment"
+                            )),
+                        },
+                    }
+                })
+            })
+            .collect();
+        targets
+            .iter()
+            .zip(handles)
+            .map(|(t, h)| {
+                let lag = h.join().unwrap_or_else(|_| crate::lag::Lag {
+                    at: Utc::now(),
+                    reading: crate::lag::Reading::Unknown(
+                        "the probe stopped unexpectedly".into(),
+                    ),
+                });
+                (t.clone(), lag)
+            })
+            .collect()
+    })
+}
+
+/// Judges the lags read: within the RPO is ok; over it, or unknown, fails (a failover now
+/// would lose more than allowed, or nobody can say how much). Pure.
+pub fn evaluate_lags(lags: &[(LagTarget, crate::lag::Lag)]) -> Vec<ReadinessItem> {
+    lags.iter()
+        .map(|(t, lag)| {
+            let (verdict, words) = crate::lag::judge(&lag.reading, t.rpo);
+            let (status, detail) = match verdict {
+                crate::lag::Verdict::Within => (ItemStatus::Ok, format!("{words} (probe on {})", t.host)),
+                crate::lag::Verdict::Over => (ItemStatus::Failed, format!("{words} (probe on {})", t.host)),
+                crate::lag::Verdict::Unknown => (
+                    ItemStatus::Failed,
+                    format!(
+                        "{words} (probe on {}): nobody can say how much data a failover now would lose",
+                        t.host
+                    ),
+                ),
+            };
+            item("lag", &format!("service {}", t.service), status, detail)
+        })
+        .collect()
+}
+
 /// The order of the table.
-const AREAS: [&str; 10] = [
-    "ssh", "clock", "tools", "shell", "secrets", "network", "replicas", "space", "runbooks", "rto",
+const AREAS: [&str; 11] = [
+    "ssh", "clock", "tools", "shell", "secrets", "network", "replicas", "lag", "space", "runbooks",
+    "rto",
 ];
 
 /// Runs the whole check.
@@ -1849,7 +1975,12 @@ pub fn check(model: &Model, transport: &dyn Transport, opts: &CheckOptions) -> R
     let plans = Plans::build(model);
     let replicas = replica_targets(model);
     let q = questions(model, &plans, &replicas);
-    let probes = probe_hosts(transport, &q);
+    let lag_targets = lag_targets(&plans);
+    let (probes, lags) = std::thread::scope(|scope| {
+        let lags = scope.spawn(|| measure_lags(transport, &lag_targets));
+        let probes = probe_hosts(transport, &q);
+        (probes, lags.join().unwrap_or_default())
+    });
     let now = Utc::now();
     let mut opts = opts.clone();
     opts.secrets_set.extend(
@@ -1858,6 +1989,7 @@ pub fn check(model: &Model, transport: &dyn Transport, opts: &CheckOptions) -> R
             .filter(|n| std::env::var_os(n).is_some_and(|v| !v.is_empty())),
     );
     let mut items = evaluate(model, &plans, &replicas, &probes, &opts, now);
+    items.extend(evaluate_lags(&lags));
     items.sort_by_key(|i| AREAS.iter().position(|a| *a == i.area));
     Readiness {
         at: now,

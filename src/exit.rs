@@ -23,7 +23,8 @@ pub const SPLIT_BRAIN: u8 = 6;
 /// `reprise check`: a recovery would not work now (see its table); or a planned failover was
 /// refused because the check finds problems on the recovery side (`--force` starts it anyway).
 pub const NOT_READY: u8 = 7;
-/// `reprise status`: a replicated VM has no good point within its service's RPO target.
+/// `reprise status`: a replicated VM has no good point within its RPO target, or a service
+/// its application replicates has a replication lag over its RPO target or unknown.
 pub const RPO_BREACH: u8 = 8;
 /// `reprise status --format nagios` exits with the monitoring-plugin codes instead: all
 /// well.

@@ -1,6 +1,8 @@
 //! `reprise status`: per replicated vm or backup set, the point a failover would start from
 //! now against its RPO target (the decision [`crate::replica::choice`] makes for runs and
-//! `check`), as a table, JSON, node-exporter textfile metrics or one monitoring-plugin line.
+//! `check`); per service its application replicates, the replication lag its probe reads now
+//! against the service's RPO (the probe runs and `check` use, judged by [`crate::lag::judge`]);
+//! as a table, JSON, node-exporter textfile metrics or one monitoring-plugin line.
 
 use std::path::{Path, PathBuf};
 
@@ -72,6 +74,30 @@ pub struct ReplicaRow {
     pub error: Option<String>,
 }
 
+/// A service its application replicates, as `status` sees it: what its lag probe read now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LagRow {
+    pub service: String,
+    /// Where the probe ran.
+    pub host: String,
+    /// When the probe answered (or gave up).
+    pub at: DateTime<Utc>,
+    pub reading: crate::lag::Reading,
+    pub rpo_s: Option<u64>,
+}
+
+impl LagRow {
+    /// The lag against the service's RPO target, with the words for it.
+    pub fn judged(&self) -> (crate::lag::Verdict, String) {
+        crate::lag::judge(&self.reading, self.rpo_s.map(crate::duration::Duration))
+    }
+
+    /// Over the RPO target, or unknown: nobody can say a failover now keeps within it.
+    pub fn breach(&self) -> bool {
+        self.judged().0 != crate::lag::Verdict::Within
+    }
+}
+
 /// What `status` reports beyond the replicas: the last drills and the last readiness check.
 #[derive(Debug, Clone, Default)]
 pub struct Context {
@@ -87,13 +113,13 @@ pub struct Context {
 /// `reprise status`.
 pub fn status(model: &Model, state_dir: &Path, args: &StatusArgs, now: DateTime<Utc>) -> Outcome {
     let format = if args.json { Format::Json } else { args.format };
-    let rows = match collect(model, &args.ssh, now) {
+    let (rows, lags) = match collect(model, &args.ssh, now) {
         Ok(r) => r,
         Err(o) => return o,
     };
     let mut out = match format {
-        Format::Text => text(&rows),
-        Format::Json => json(&rows),
+        Format::Text => text(&rows, &lags),
+        Format::Json => json(&rows, &lags),
         Format::Prometheus => Outcome::ok(prometheus(&rows, &context(model, state_dir), now)),
         Format::Nagios => {
             let limits = Limits {
@@ -159,16 +185,59 @@ fn drilled_services(model: &Model) -> Vec<String> {
     }
 }
 
-/// Reads every replicated item's copies on its recovery host.
-fn collect(model: &Model, ssh: &SshArgs, now: DateTime<Utc>) -> Result<Vec<ReplicaRow>, Outcome> {
-    use crate::replica::choice::{self, Decision, Use};
+/// Reads every replicated item's copies on its recovery host and, meanwhile, the lag of every
+/// service its application replicates.
+fn collect(
+    model: &Model,
+    ssh: &SshArgs,
+    now: DateTime<Utc>,
+) -> Result<(Vec<ReplicaRow>, Vec<LagRow>), Outcome> {
     let vms = select(model, &[])?;
     let transport = transport(model, ssh)?;
-    let helpers = Helpers::new(&transport);
+    let targets = crate::check::lag_targets(&crate::check::Plans::build(model));
+    Ok(std::thread::scope(|scope| {
+        let lags = scope.spawn(|| crate::check::measure_lags(&transport, &targets));
+        let rows = replica_rows(model, &transport, &vms, now);
+        let lags = lags.join().unwrap_or_else(|_| {
+            let at = Utc::now();
+            targets
+                .iter()
+                .map(|t| {
+                    let why = "the probe stopped unexpectedly".to_string();
+                    let reading = crate::lag::Reading::Unknown(why);
+                    (t.clone(), crate::lag::Lag { at, reading })
+                })
+                .collect()
+        });
+        let lags = lags
+            .into_iter()
+            .map(|(t, lag)| LagRow {
+                service: t.service,
+                host: t.host,
+                at: lag.at,
+                reading: lag.reading,
+                rpo_s: t.rpo.map(|r| r.secs()),
+            })
+            .collect();
+        (rows, lags)
+    }))
+}
+
+/// What the recovery copies of each item say.
+fn replica_rows(
+    model: &Model,
+    transport: &crate::ssh::SshTransport,
+    vms: &[super::replicate::VmImages],
+    now: DateTime<Utc>,
+) -> Vec<ReplicaRow> {
+    use crate::replica::choice::{self, Decision, Use};
+    let helpers = Helpers::new(transport);
     let mut rows = Vec::new();
-    for vm in &vms {
-        // The same target as `reprise check` judges the copy by.
-        let rpo_s = crate::check::rpo_service(
+    for vm in vms {
+        // The same target as `reprise check` judges the copy by: a service that fails over
+        // from disk copies, or the vm's own `rpo` (a copy no failover uses is not held to the
+        // RPO of a service its application replicates).
+        let rpo_s = crate::check::copy_rpo(
             model,
             if vm.backup {
                 crate::check::Replicated::Backup(&vm.id)
@@ -176,8 +245,7 @@ fn collect(model: &Model, ssh: &SshArgs, now: DateTime<Utc>) -> Result<Vec<Repli
                 crate::check::Replicated::Vm(&vm.id)
             },
         )
-        .and_then(|s| s.rpo)
-        .map(|r| r.0);
+        .1;
         let mut row = ReplicaRow {
             item: vm.id.clone(),
             backup: vm.backup,
@@ -238,10 +306,10 @@ fn collect(model: &Model, ssh: &SshArgs, now: DateTime<Utc>) -> Result<Vec<Repli
         row.why = why.or_else(|| (!notes.is_empty()).then(|| notes.join("; ")));
         rows.push(row);
     }
-    Ok(rows)
+    rows
 }
 
-fn text(rows: &[ReplicaRow]) -> Outcome {
+fn text(rows: &[ReplicaRow], lags: &[LagRow]) -> Outcome {
     let mut out = Outcome::default();
     out.stdout.push_str(&format!(
         "{:<12} {:<20} {:>10} {:>8}  {:<10} LAST TRANSFER\n",
@@ -287,11 +355,40 @@ fn text(rows: &[ReplicaRow]) -> Outcome {
             out.stdout.push_str(&format!("  {}: {w}\n", r.item));
         }
     }
-    breach_exit(rows, &mut out);
+    if !lags.is_empty() {
+        out.stdout.push_str(&format!(
+            "\n{:<12} {:>10} {:>8}  {:<10} PROBE\n",
+            "SERVICE", "LAG", "RPO", "STATE"
+        ));
+        for l in lags {
+            let (verdict, words) = l.judged();
+            out.stdout.push_str(&format!(
+                "{:<12} {:>10} {:>8}  {:<10} on {}, replicated by the application\n",
+                l.service,
+                l.reading
+                    .seconds()
+                    .map(crate::lag::human)
+                    .unwrap_or_else(|| "unknown".into()),
+                l.rpo_s
+                    .map(|s| crate::duration::Duration(s).to_string())
+                    .unwrap_or_else(|| "-".into()),
+                match verdict {
+                    crate::lag::Verdict::Within => "ok",
+                    crate::lag::Verdict::Over => "BREACH",
+                    crate::lag::Verdict::Unknown => "UNKNOWN",
+                },
+                l.host
+            ));
+            if verdict != crate::lag::Verdict::Within {
+                out.stdout.push_str(&format!("  {}: {words}\n", l.service));
+            }
+        }
+    }
+    breach_exit(rows, lags, &mut out);
     out
 }
 
-fn json(rows: &[ReplicaRow]) -> Outcome {
+fn json(rows: &[ReplicaRow], lags: &[LagRow]) -> Outcome {
     let mut out = Outcome::default();
     let list: Vec<serde_json::Value> = rows
         .iter()
@@ -305,6 +402,7 @@ fn json(rows: &[ReplicaRow]) -> Outcome {
         .map(|r| {
             serde_json::json!({
                 "item": r.item,
+                "kind": if r.backup { "backup_set" } else { "vm" },
                 "newest_good_point": r.good.as_ref().map(|(p, _)| p),
                 "taken_at": r.good.as_ref().map(|(_, t)| t),
                 "age_s": r.age_s,
@@ -316,22 +414,49 @@ fn json(rows: &[ReplicaRow]) -> Outcome {
                 })),
             })
         })
+        .chain(lags.iter().map(|l| {
+            let (_, words) = l.judged();
+            serde_json::json!({
+                "item": format!("service {}", l.service),
+                "kind": "service",
+                "replication": "application",
+                "probe_host": l.host,
+                "measured_at": l.at,
+                "lag_s": l.reading.seconds(),
+                "rpo_s": l.rpo_s,
+                "breach": l.breach(),
+                "why": words,
+            })
+        }))
         .collect();
     out.stdout = serde_json::to_string_pretty(&list).expect("json") + "\n";
-    breach_exit(rows, &mut out);
+    breach_exit(rows, lags, &mut out);
     out
 }
 
-/// Exit 8 (and a line saying how many) when a target is missed and nothing failed.
-fn breach_exit(rows: &[ReplicaRow], out: &mut Outcome) {
+/// Exit 8 (and a line saying how many) when a target is missed or a lag is unknown, and no
+/// copy failed to be read.
+fn breach_exit(rows: &[ReplicaRow], lags: &[LagRow], out: &mut Outcome) {
+    if out.code != exit::OK {
+        return;
+    }
     let breaches = rows
         .iter()
         .filter(|r| r.error.is_none() && r.breach)
         .count();
-    if breaches > 0 && out.code == exit::OK {
+    if breaches > 0 {
         out.stderr.push_str(&format!(
             "{breaches} replica{} no verified point within the RPO target\n",
             if breaches == 1 { " has" } else { "s have" }
+        ));
+        out.code = exit::RPO_BREACH;
+    }
+    let lag_breaches = lags.iter().filter(|l| l.breach()).count();
+    if lag_breaches > 0 {
+        out.stderr.push_str(&format!(
+            "{lag_breaches} service{} replicated by the application {} no replication lag known within the RPO target\n",
+            if lag_breaches == 1 { "" } else { "s" },
+            if lag_breaches == 1 { "has" } else { "have" }
         ));
         out.code = exit::RPO_BREACH;
     }
