@@ -48,7 +48,14 @@ pub const STAND_INS: &[&str] = &[
     "upsc",
     "upsrw",
     "ping",
+    "psql",
+    "ad-repl-lag",
 ];
+
+/// The lag the lab's stand-ins for lag probes (`psql`, `ad-repl-lag`) print: the text of this
+/// file under the host's `var/lib/lab` when it exists (tests write a number, garbage, or
+/// `hang`, which makes the stand-in wait until it is stopped), else a small lag.
+pub const LAG_FILE: &str = "replication-lag";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -1517,6 +1524,25 @@ pub fn stub(name: &str, args: &[String]) -> i32 {
             0
         }
         "upsrw" => 0,
+        // PostgreSQL on a lab host: a standby in recovery until `pg_promote()` is called.
+        "psql" => {
+            let sql = args.join(" ");
+            let promoted = lib.join("pg-promoted");
+            if sql.contains("pg_last_xact_replay_timestamp") {
+                print_lag(&lib, "1.5")
+            } else if sql.contains("pg_promote") {
+                let _ = std::fs::write(&promoted, "");
+                println!("t");
+                0
+            } else if sql.contains("pg_is_in_recovery") {
+                println!("{}", if promoted.exists() { "f" } else { "t" });
+                0
+            } else {
+                0
+            }
+        }
+        // The replication lag of a domain controller, as contrib/ad-repl-lag prints it.
+        "ad-repl-lag" => print_lag(&lib, "42"),
         "ping" => {
             let target = args
                 .iter()
@@ -1551,6 +1577,20 @@ pub fn stub(name: &str, args: &[String]) -> i32 {
             127
         }
     }
+}
+
+/// What a lab stand-in for a lag probe prints: [`LAG_FILE`]'s text, or `default`.
+fn print_lag(lib: &Path, default: &str) -> i32 {
+    let said = std::fs::read_to_string(lib.join(LAG_FILE)).unwrap_or_else(|_| default.into());
+    if said.trim() == "hang" {
+        std::thread::sleep(Duration::from_secs(3600));
+        return 1;
+    }
+    print!("{said}");
+    if !said.ends_with('\n') {
+        println!();
+    }
+    0
 }
 
 /// The lab hypervisor driver: "VMs" are `lab serve` processes reading their images.
