@@ -1384,7 +1384,9 @@ fn prune(cli: &Cli, keep: usize, dry_run: bool) -> Outcome {
 fn lag_reading(lag_s: Option<f64>, unknown: &Option<String>) -> crate::lag::Reading {
     match (lag_s, unknown) {
         (Some(s), None) => crate::lag::Reading::Seconds(s),
-        (_, why) => crate::lag::Reading::Unknown(why.clone().unwrap_or_else(|| "not recorded".into())),
+        (_, why) => {
+            crate::lag::Reading::Unknown(why.clone().unwrap_or_else(|| "not recorded".into()))
+        }
     }
 }
 

@@ -662,7 +662,12 @@ fn read_replication(
         }
         return Replication::Disk;
     };
-    let mut lag = Table::of(t.file, value, format!("`lag` of service `{}`", id.value), diags);
+    let mut lag = Table::of(
+        t.file,
+        value,
+        format!("`lag` of service `{}`", id.value),
+        diags,
+    );
     let Some(lt) = lag.as_mut() else {
         return Replication::Disk;
     };

@@ -75,9 +75,12 @@ pub fn parse(stdout: &str) -> Result<f64, String> {
             shown(text)
         ));
     }
-    let value: f64 = text
-        .parse()
-        .map_err(|_| format!("the probe printed `{}`, not a number of seconds", shown(text)))?;
+    let value: f64 = text.parse().map_err(|_| {
+        format!(
+            "the probe printed `{}`, not a number of seconds",
+            shown(text)
+        )
+    })?;
     if !value.is_finite() || value > MAX_LAG_S {
         return Err(format!(
             "the probe printed a lag of {text} seconds, more than a year: it cannot be a lag"

@@ -760,10 +760,9 @@ async fn run_step_inner(
                     output_event(&tx, step, 1, &out);
                     crate::lag::read_output(&out, *timeout)
                 }
-                Err(e) => crate::lag::Reading::Unknown(format!(
-                    "the probe could not run: {}",
-                    e.message
-                )),
+                Err(e) => {
+                    crate::lag::Reading::Unknown(format!("the probe could not run: {}", e.message))
+                }
             };
             let (_, words) = crate::lag::judge(&reading, *rpo);
             let _ = tx.send(Msg::Event(Event::LagMeasured {

@@ -128,8 +128,8 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
         // A service its application replicates: its lag is measured just before it is
         // switched (its first step on the recovery side) in a drill or a failover.
         let service = &inv.services[sid];
-        let mut lag_pending = matches!(mode, Mode::Drill | Mode::Failover)
-            && service.lag().is_some();
+        let mut lag_pending =
+            matches!(mode, Mode::Drill | Mode::Failover) && service.lag().is_some();
         for step in book.steps.iter().filter(|s| s.phase == Phase::Main) {
             if opts.emergency && step.needs_primary {
                 left_out.push(LeftOut {
@@ -141,7 +141,8 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
             if lag_pending && !step.needs_primary {
                 lag_pending = false;
                 let after = main_after(model, sid, &members, &main_steps);
-                if let Some(planned) = lag_step(model, opts, service, book, after, &steps, &mut diags)
+                if let Some(planned) =
+                    lag_step(model, opts, service, book, after, &steps, &mut diags)
                 {
                     main_steps.entry(sid).or_default().push(steps.len());
                     steps.push(planned);
@@ -390,9 +391,9 @@ fn lag_step(
         &probe.host.value,
         &probe.host.loc,
     ) {
-        diags.push(d.hint(
-            "run the lag probe on the standby or on a management host of the recovery site",
-        ));
+        diags.push(
+            d.hint("run the lag probe on the standby or on a management host of the recovery site"),
+        );
         return None;
     }
     let host = inv.hosts.get(&probe.host.value)?;
@@ -404,8 +405,10 @@ fn lag_step(
         run_id: &opts.run_id,
         mode: opts.mode,
     };
-    let tpl = match Template::parse(&probe.command, model.sources.map.text(probe.command.loc.file))
-    {
+    let tpl = match Template::parse(
+        &probe.command,
+        model.sources.map.text(probe.command.loc.file),
+    ) {
         Ok(t) => t,
         Err(d) => {
             diags.push(*d);
@@ -415,7 +418,9 @@ fn lag_step(
     let run = render(&tpl, &scope, diags)?;
     let description = match opts.mode {
         Mode::Drill => "The application's replication lag: the data a failover now would lose",
-        _ => "The application's replication lag, just before the service is switched: the data it loses",
+        _ => {
+            "The application's replication lag, just before the service is switched: the data it loses"
+        }
     };
     Some(PlannedStep {
         id,

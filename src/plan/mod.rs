@@ -9,7 +9,9 @@
 mod build;
 pub mod text;
 
-pub use build::{LAG_STEP, build, images_dir_of, replicate_hook, vm_action_command, vm_status_command};
+pub use build::{
+    LAG_STEP, build, images_dir_of, replicate_hook, vm_action_command, vm_status_command,
+};
 
 use serde::{Serialize, Serializer};
 

@@ -727,9 +727,7 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
         // was verified; a loss beyond the target is said either way.
         // A service its application replicates (its plan measures the lag): its data loss
         // is the lag its probe read, never a disk point's age; unknown when it was not read.
-        let replicated_by_app = records
-            .iter()
-            .any(|s| s.service == *id && s.kind == "lag");
+        let replicated_by_app = records.iter().any(|s| s.service == *id && s.kind == "lag");
         let lag = replicated_by_app.then(|| {
             lags.get(id).cloned().unwrap_or(LagUsed {
                 at: None,

@@ -858,7 +858,7 @@ fn check_finds_a_stopped_sshd_a_stale_replica_a_bad_point_and_a_missing_tool() {
         assert!(ok.iter().any(|(a, _)| a == area), "no {area} item: {ok:?}");
     }
     let ssh_hosts = ok.iter().filter(|(a, _)| a == "ssh").count();
-    assert_eq!(ssh_hosts, 14, "every host of the example is reached");
+    assert_eq!(ssh_hosts, 18, "every host of the example is reached");
     let saved = std::fs::read_to_string(lab.state().join("check/latest.json")).unwrap();
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&saved).unwrap(),

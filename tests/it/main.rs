@@ -11,6 +11,7 @@ mod https;
 mod hv;
 mod lab;
 mod lab_any;
+mod lag;
 mod libvirt;
 mod monitoring;
 mod ops;

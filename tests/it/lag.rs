@@ -1,0 +1,237 @@
+//! Services their application replicates, on the lab with real sshd: the lag probe's answer
+//! (within the RPO, over it, garbage, a probe that hangs, a host that is down) as `status` and
+//! `check` judge it, and a failover's journal and report.
+
+use std::path::PathBuf;
+
+use crate::lab::Lab;
+
+/// Where the lab's stand-ins for lag probes on `host` read the lag they print.
+fn lag_file(lab: &Lab, host: &str) -> PathBuf {
+    let dir = lab.host_root(host).join("var/lib/lab");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("replication-lag")
+}
+
+/// The `lag` items of `reprise check --json`, by subject: (status, detail).
+fn check_lags(lab: &Lab) -> (i32, Vec<(String, String, String)>) {
+    let run = lab.run(&["check", "--json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {run:?}"));
+    let items = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["area"] == "lag")
+        .map(|i| {
+            (
+                i["subject"].as_str().unwrap().to_string(),
+                i["status"].as_str().unwrap().to_string(),
+                i["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    (run.code, items)
+}
+
+fn lag_item(items: &[(String, String, String)], subject: &str) -> (String, String) {
+    let (_, status, detail) = items
+        .iter()
+        .find(|(s, _, _)| s == subject)
+        .unwrap_or_else(|| panic!("no lag item for {subject}: {items:?}"));
+    (status.clone(), detail.clone())
+}
+
+#[test]
+fn status_and_check_judge_the_lag_and_never_pass_one_they_cannot_read() {
+    let lab = Lab::up(180);
+    let file = lag_file(&lab, "pg-pra");
+
+    // The lab's standby replays 1.5 s behind: within the RPO of 15 minutes.
+    let status = lab.run(&["status"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    let row = status
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("lms-db "))
+        .unwrap_or_else(|| panic!("{}", status.stdout));
+    assert!(row.contains("1.5s") && row.contains(" ok "), "{row}");
+    let (code, items) = check_lags(&lab);
+    assert_eq!(code, 0, "{items:?}");
+    let (st, detail) = lag_item(&items, "service lms-db");
+    assert_eq!(st, "ok", "{detail}");
+    assert!(detail.contains("within the RPO 15m"), "{detail}");
+    assert_eq!(lag_item(&items, "service directory").0, "ok");
+
+    // Twenty minutes behind: over the target.
+    std::fs::write(&file, "1200.25\n").unwrap();
+    let status = lab.run(&["status"]);
+    assert_eq!(status.code, 8, "{status:?}");
+    assert!(status.stdout.contains("BREACH"), "{}", status.stdout);
+    let (code, items) = check_lags(&lab);
+    assert_eq!(code, 7);
+    let (st, detail) = lag_item(&items, "service lms-db");
+    assert_eq!(st, "failed");
+    assert!(detail.contains("over the RPO 15m"), "{detail}");
+
+    // Garbage, a negative lag, an absurd one: unknown, never within the target.
+    for (said, why) in [
+        (
+            "ERROR:  recovery is not in progress\n",
+            "not a number of seconds",
+        ),
+        ("-4.2\n", "negative lag"),
+        ("99999999999\n", "more than a year"),
+        ("", "printed nothing"),
+    ] {
+        std::fs::write(&file, said).unwrap();
+        let status = lab.run(&["status", "--json"]);
+        assert_eq!(status.code, 8, "{said:?}: {status:?}");
+        let rows: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["item"] == "service lms-db")
+            .unwrap();
+        assert_eq!(row["lag_s"], serde_json::Value::Null, "{said:?}");
+        assert_eq!(row["breach"], true, "{said:?}");
+        assert!(
+            row["why"].as_str().unwrap().contains(why),
+            "{said:?}: {row}"
+        );
+        let (code, items) = check_lags(&lab);
+        assert_eq!(code, 7, "{said:?}");
+        let (st, detail) = lag_item(&items, "service lms-db");
+        assert_eq!(st, "failed", "{said:?}");
+        assert!(
+            detail.contains("lag unknown") && detail.contains(why),
+            "{detail}"
+        );
+    }
+
+    // A probe that hangs is stopped at its timeout (30s for lms-db) and is a lag unknown.
+    std::fs::write(&file, "hang").unwrap();
+    let (code, items) = check_lags(&lab);
+    assert_eq!(code, 7);
+    let (st, detail) = lag_item(&items, "service lms-db");
+    assert_eq!(st, "failed");
+    assert!(detail.contains("did not answer within 30s"), "{detail}");
+
+    // The standby's host is down: unknown, with the connection error.
+    std::fs::write(&file, "3").unwrap();
+    let pid = std::fs::read_to_string(lab.lab().join("hosts/pg-pra/run/sshd.pid")).unwrap();
+    let killed = std::process::Command::new("kill")
+        .arg(pid.trim())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let (code, items) = check_lags(&lab);
+    assert_eq!(code, 7);
+    let (st, detail) = lag_item(&items, "service lms-db");
+    assert_eq!(st, "failed");
+    assert!(
+        detail.contains("lag unknown: the probe could not run") && detail.contains("pg-pra"),
+        "{detail}"
+    );
+    // The directory's probe, on another host, still reads its lag.
+    assert_eq!(lag_item(&items, "service directory").0, "ok");
+}
+
+fn journal(lab: &Lab) -> Vec<serde_json::Value> {
+    let runs = lab.state().join("runs");
+    let mut ids: Vec<_> = std::fs::read_dir(&runs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    ids.sort();
+    let text = std::fs::read_to_string(ids.last().unwrap().join("journal.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn failover_of_lms_db(lab: &Lab) -> serde_json::Value {
+    let run = lab.run(&[
+        "failover",
+        "--emergency",
+        "--service",
+        "lms-db",
+        "--only",
+        "--yes",
+        "--no-prompt",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let report = lab.run(&["report", "latest", "--format", "json"]);
+    assert_eq!(report.code, 0, "{report:?}");
+    let r: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    r["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "lms-db")
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn a_failover_journals_the_lag_before_the_switch_and_reports_it_as_the_data_loss() {
+    let lab = Lab::up(181);
+    let file = lag_file(&lab, "pg-pra");
+    std::fs::write(&file, "240.5\n").unwrap();
+    let s = failover_of_lms_db(&lab);
+    let events = journal(&lab);
+    let at = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        events
+            .iter()
+            .position(|e| pred(e))
+            .unwrap_or_else(|| panic!("{events:?}"))
+    };
+    let measured = at(&|e| e["event"] == "lag_measured");
+    let promote = at(&|e| e["event"] == "step_started" && e["step"] == "lms-db/promote");
+    assert!(
+        measured < promote,
+        "the lag is read before the standby is promoted"
+    );
+    let e = &events[measured];
+    assert_eq!(e["service"], "lms-db");
+    assert_eq!(e["host"], "pg-pra");
+    assert_eq!(e["lag_s"], 240.5);
+    assert_eq!(e["rpo_target_s"], 900);
+    // The standby really was promoted (the stand-in recorded it).
+    assert!(
+        lab.host_root("pg-pra")
+            .join("var/lib/lab/pg-promoted")
+            .exists()
+    );
+    assert_eq!(s["status"], "recovered");
+    assert_eq!(s["data_loss_s"], 240.5);
+    assert_eq!(s["rpo_met"], true);
+    assert_eq!(s["lag"]["host"], "pg-pra");
+    let md = lab.run(&["report", "latest", "--format", "md"]).stdout;
+    assert!(
+        md.contains("replication lag 4m 01s, measured by the application's probe on pg-pra"),
+        "{md}"
+    );
+
+    // A probe whose answer cannot be read: the data loss is not measured, and said so.
+    std::fs::write(&file, "replay paused\n").unwrap();
+    let s = failover_of_lms_db(&lab);
+    assert_eq!(s["data_loss_s"], serde_json::Value::Null);
+    assert_eq!(s["rpo_met"], serde_json::Value::Null);
+    assert!(
+        s["lag"]["unknown"]
+            .as_str()
+            .unwrap()
+            .contains("`replay paused`, not a number"),
+        "{s}"
+    );
+    let md = lab.run(&["report", "latest", "--format", "md"]).stdout;
+    assert!(
+        md.contains("data loss not measured: the application's replication lag is unknown"),
+        "{md}"
+    );
+    assert!(!md.contains("within their RPO target"), "{md}");
+}
