@@ -438,13 +438,14 @@ pub enum Command {
         ssh: replicate::SshArgs,
     },
     /// Per replicated vm: the newest good point, its age against the RPO target, the last
-    /// transfer. Exits with 8 when a target is missed.
+    /// transfer; per service its application replicates: the lag its probe reads now against
+    /// the RPO. Exits with 8 when a target is missed or a lag is unknown.
     ///
     /// For monitoring: `--format prometheus` prints metrics for node-exporter's textfile
     /// collector (with the last drill of each service and the last check's verdict);
     /// `--format nagios` prints one line and exits like a Nagios/Icinga plugin.
     #[command(
-        after_help = "Examples:\n  reprise status --json\n  reprise status --format prometheus --output /var/lib/prometheus/node-exporter/reprise.prom\n  reprise status --format nagios --warn-at 75\n\nExit codes: 0 every target held, 8 an RPO target missed, 1 copies unreadable, 3 invalid\ninventory. With --format nagios: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
+        after_help = "Examples:\n  reprise status --json\n  reprise status --format prometheus --output /var/lib/prometheus/node-exporter/reprise.prom\n  reprise status --format nagios --warn-at 75\n\nExit codes: 0 every target held, 8 an RPO target missed or a lag unknown, 1 copies\nunreadable, 3 invalid inventory. With --format nagios: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
     )]
     Status(status::StatusArgs),
     /// Run the nightly `check` and every replication at the cadence its RPO needs, from
