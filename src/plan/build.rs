@@ -348,7 +348,7 @@ fn main_after(
         None => {
             let mut deps = BTreeSet::new();
             for dep in model.graph.dependencies(sid) {
-                deps.extend(last_main(model, dep, &members, main_steps));
+                deps.extend(last_main(model, dep, members, main_steps));
             }
             deps.into_iter().collect()
         }

@@ -186,7 +186,7 @@ fn a_failover_journals_the_lag_before_the_switch_and_reports_it_as_the_data_loss
     let at = |pred: &dyn Fn(&serde_json::Value) -> bool| {
         events
             .iter()
-            .position(|e| pred(e))
+            .position(pred)
             .unwrap_or_else(|| panic!("{events:?}"))
     };
     let measured = at(&|e| e["event"] == "lag_measured");
