@@ -2344,8 +2344,20 @@ mod tests {
         let of = |id: &str, secs: u64| Some((id.to_string(), Some(secs)));
         // The service on the vm.
         assert_eq!(rpo(&model, Replicated::Vm("erp-db")), of("erp-db", 900));
-        // dc2 carries no service: the directory's runbooks start it.
-        assert_eq!(rpo(&model, Replicated::Vm("dc2")), of("directory", 3600));
+        // dc2 carries no service, and the directory, whose runbooks start it, fails over by
+        // AD replication, not from this copy: it lends it no RPO; the vm's own `rpo` judges it.
+        assert_eq!(rpo(&model, Replicated::Vm("dc2")), None);
+        assert_eq!(
+            copy_rpo(&model, Replicated::Vm("dc2")),
+            (Some("vm dc2".to_string()), Some(86400))
+        );
+        // dc1 carries the directory itself, which lends it no RPO either.
+        assert_eq!(rpo(&model, Replicated::Vm("dc1")), None);
+        // A vm without an `rpo` of its own answers to its disk-replicated service.
+        assert_eq!(
+            copy_rpo(&model, Replicated::Vm("erp-db")),
+            (Some("erp-db".to_string()), Some(900))
+        );
         // A backup set: the service whose runbooks replicate it.
         assert_eq!(
             rpo(&model, Replicated::Backup("erp-dumps")),

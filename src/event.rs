@@ -241,6 +241,9 @@ pub struct ServiceRecord {
     pub owner: Option<String>,
     pub rto_target_s: u64,
     pub rpo_target_s: Option<u64>,
+    /// Replicated by the application: its data loss is a lag its probe reads.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replicated_by_application: bool,
     pub estimated_rto_s: u64,
     pub depends_on: Vec<String>,
 }
@@ -274,6 +277,7 @@ impl RunPlan {
                     owner: s.owner.clone(),
                     rto_target_s: s.rto_target.secs(),
                     rpo_target_s: s.rpo_target.map(|d| d.secs()),
+                    replicated_by_application: s.replicated_by_application,
                     estimated_rto_s: s.estimated_rto.secs(),
                     depends_on: s.depends_on.clone(),
                 })

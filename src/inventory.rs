@@ -127,7 +127,20 @@ pub enum Replication {
     Disk,
     /// The application replicates it itself (a PostgreSQL standby, domain controllers): its
     /// RPO is judged by the lag its probe prints, never by a disk copy's age.
-    Application(LagProbe),
+    Application {
+        lag: LagProbe,
+        /// The probe of the reverse direction (the primary side fed from the recovery side),
+        /// read during a failback just before its step `before`.
+        failback: Option<FailbackLag>,
+    },
+}
+
+/// How a failback reads the lag of the reverse replication, and where in its runbook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailbackLag {
+    pub probe: LagProbe,
+    /// The failback step it is read just before (the switch back).
+    pub before: Sp<String>,
 }
 
 /// How to read an application's replication lag: a command printing the lag in seconds,
@@ -177,7 +190,15 @@ impl Service {
     /// The lag probe of a service its application replicates.
     pub fn lag(&self) -> Option<&LagProbe> {
         match &self.replication {
-            Replication::Application(p) => Some(p),
+            Replication::Application { lag, .. } => Some(lag),
+            Replication::Disk => None,
+        }
+    }
+
+    /// The probe of the reverse replication a failback reads, when the service has one.
+    pub fn failback_lag(&self) -> Option<&FailbackLag> {
+        match &self.replication {
+            Replication::Application { failback, .. } => failback.as_ref(),
             Replication::Disk => None,
         }
     }
@@ -638,8 +659,9 @@ fn insert_unique<T>(
 
 pub const REPLICATION_KINDS: &[&str] = &["disk", "application"];
 
-/// `replication` and `lag` of a service: disk copies by default; the application's own
-/// replication needs a lag probe (and an RPO to judge the lag by), and only it takes one.
+/// `replication`, `lag` and `failback_lag` of a service: disk copies by default; the
+/// application's own replication needs a lag probe (and an RPO to judge the lag by), and only
+/// it takes one, and a probe of the reverse direction for failbacks.
 fn read_replication(
     t: &mut Table<'_, '_>,
     id: &Sp<String>,
@@ -648,7 +670,32 @@ fn read_replication(
 ) -> Replication {
     let kind = t.choice("replication", REPLICATION_KINDS, diags);
     let lag_value = t.get("lag");
+    let back_value = t.get("failback_lag");
     let by_app = kind.as_ref().is_some_and(|k| k.value == "application");
+    let failback = back_value.and_then(|value| {
+        let what = format!("`failback_lag` of service `{}`", id.value);
+        let mut back = Table::of(t.file, value, what, diags);
+        let lt = back.as_mut()?;
+        let before = lt.req_text("before", diags);
+        let probe = read_probe(lt, id, diags);
+        if let Some(b) = back {
+            b.finish(diags);
+        }
+        if !by_app {
+            diags.push(
+                Diagnostic::error(format!(
+                    "service `{}` has a `failback_lag` probe but its data is replicated by disk copies",
+                    id.value
+                ))
+                .at(Location::new(t.file, value.span()))
+                .hint("only a service with `replication = \"application\"` reads a lag; remove `failback_lag`"),
+            );
+        }
+        Some(FailbackLag {
+            probe: probe?,
+            before: before?,
+        })
+    });
     let Some(value) = lag_value else {
         if let Some(k) = kind.filter(|_| by_app) {
             diags.push(
@@ -671,25 +718,7 @@ fn read_replication(
     let Some(lt) = lag.as_mut() else {
         return Replication::Disk;
     };
-    let host = lt.req_text("host", diags);
-    let command = lt.req_text("command", diags);
-    let timeout = lt.positive_duration(
-        "timeout",
-        "a probe needs time to answer: write how long it may take, e.g. \"30s\"",
-        diags,
-    );
-    if let Some(tmo) = &timeout
-        && tmo.value > LAG_TIMEOUT_MAX
-    {
-        diags.push(
-            Diagnostic::error(format!(
-                "`timeout` of the lag probe of service `{}` is {}, more than {}",
-                id.value, tmo.value, LAG_TIMEOUT_MAX
-            ))
-            .at(tmo.loc.clone())
-            .hint("a lag probe is a query that answers in seconds: a probe that needs longer is stuck"),
-        );
-    }
+    let probe = read_probe(lt, id, diags);
     if let Some(l) = lag {
         l.finish(diags);
     }
@@ -713,17 +742,45 @@ fn read_replication(
             .hint("the lag is judged against the RPO target: add e.g. `rpo = \"15m\"`"),
         );
     }
-    match (host, command) {
-        (Some(host), Some(command)) => Replication::Application(LagProbe {
-            host,
-            command,
-            timeout: timeout
-                .map(|t| t.value)
-                .filter(|t| *t <= LAG_TIMEOUT_MAX)
-                .unwrap_or(LAG_TIMEOUT_DEFAULT),
-        }),
-        _ => Replication::Disk,
+    match probe {
+        Some(lag) => Replication::Application { lag, failback },
+        None => Replication::Disk,
     }
+}
+
+/// The `host`, `command` and `timeout` of a lag probe.
+fn read_probe(
+    lt: &mut Table<'_, '_>,
+    id: &Sp<String>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<LagProbe> {
+    let host = lt.req_text("host", diags);
+    let command = lt.req_text("command", diags);
+    let timeout = lt.positive_duration(
+        "timeout",
+        "a probe needs time to answer: write how long it may take, e.g. \"30s\"",
+        diags,
+    );
+    if let Some(tmo) = &timeout
+        && tmo.value > LAG_TIMEOUT_MAX
+    {
+        diags.push(
+            Diagnostic::error(format!(
+                "`timeout` of the lag probe of service `{}` is {}, more than {}",
+                id.value, tmo.value, LAG_TIMEOUT_MAX
+            ))
+            .at(tmo.loc.clone())
+            .hint("a lag probe is a query that answers in seconds: a probe that needs longer is stuck"),
+        );
+    }
+    Some(LagProbe {
+        host: host?,
+        command: command?,
+        timeout: timeout
+            .map(|t| t.value)
+            .filter(|t| *t <= LAG_TIMEOUT_MAX)
+            .unwrap_or(LAG_TIMEOUT_DEFAULT),
+    })
 }
 
 /// Host variables that name a folder reprise (or its drivers) put files in: absolute paths.
@@ -946,6 +1003,9 @@ fn check_references(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
         }
         if let Some(lag) = service.lag() {
             check_ref("host", &lag.host, &inv.hosts, diags);
+        }
+        if let Some(back) = service.failback_lag() {
+            check_ref("host", &back.probe.host, &inv.hosts, diags);
         }
     }
     for vm in inv.vms.values() {

@@ -128,8 +128,16 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
         // A service its application replicates: its lag is measured just before it is
         // switched (its first step on the recovery side) in a drill or a failover.
         let service = &inv.services[sid];
-        let mut lag_pending =
-            matches!(mode, Mode::Drill | Mode::Failover) && service.lag().is_some();
+        let mut lag_pending = match mode {
+            Mode::Drill | Mode::Failover => service.lag(),
+            _ => None,
+        };
+        // A failback reads the reverse replication's lag (the primary side fed from the
+        // recovery side) just before the step its probe names: the switch back.
+        let mut back_pending = match mode {
+            Mode::Failback => service.failback_lag(),
+            _ => None,
+        };
         for step in book.steps.iter().filter(|s| s.phase == Phase::Main) {
             if opts.emergency && step.needs_primary {
                 left_out.push(LeftOut {
@@ -138,11 +146,21 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
                 });
                 continue;
             }
-            if lag_pending && !step.needs_primary {
-                lag_pending = false;
+            let probe = match (lag_pending, back_pending) {
+                (Some(p), _) if !step.needs_primary => {
+                    lag_pending = None;
+                    Some(p)
+                }
+                (_, Some(b)) if b.before.value == step.id.value => {
+                    back_pending = None;
+                    Some(&b.probe)
+                }
+                _ => None,
+            };
+            if let Some(probe) = probe {
                 let after = main_after(model, sid, &members, &main_steps);
                 if let Some(planned) =
-                    lag_step(model, opts, service, book, after, &steps, &mut diags)
+                    lag_step(model, opts, service, probe, book, after, &steps, &mut diags)
                 {
                     main_steps.entry(sid).or_default().push(steps.len());
                     steps.push(planned);
@@ -162,12 +180,26 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
                 steps.push(planned);
             }
         }
-        if lag_pending {
+        if let Some(probe) = lag_pending {
             let after = main_after(model, sid, &members, &main_steps);
-            if let Some(planned) = lag_step(model, opts, service, book, after, &steps, &mut diags) {
+            if let Some(planned) =
+                lag_step(model, opts, service, probe, book, after, &steps, &mut diags)
+            {
                 main_steps.entry(sid).or_default().push(steps.len());
                 steps.push(planned);
             }
+        }
+        if let Some(back) = back_pending {
+            diags.push(
+                Diagnostic::error(format!(
+                    "the failback of service `{sid}` has no step `{}` to read the reverse replication's lag before",
+                    back.before.value
+                ))
+                .at(back.before.loc.clone())
+                .hint(did_you_mean_step(book, &back.before.value).unwrap_or_else(|| {
+                    "name the failback step that switches the service back to the primary site".to_string()
+                })),
+            );
         }
     }
     // Drill cleanup: after everything, dependants before their dependencies.
@@ -299,6 +331,7 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
                 owner: s.owner.clone(),
                 rto_target: s.rto,
                 rpo_target: s.rpo,
+                replicated_by_application: s.lag().is_some(),
                 estimated_rto,
                 rto_ok,
                 depends_on: model
@@ -355,22 +388,29 @@ fn main_after(
     }
 }
 
+/// A hint naming the closest step id of a runbook.
+fn did_you_mean_step(book: &crate::runbook::Runbook, name: &str) -> Option<String> {
+    let ids: Vec<&str> = book.steps.iter().map(|s| s.id.value.as_str()).collect();
+    crate::diagnostic::did_you_mean(name, ids.iter().copied())
+}
+
 /// The id of the step that measures a service's replication lag.
 pub const LAG_STEP: &str = "replication-lag";
 
 /// The step that runs a service's lag probe: on the probe's host, never on the primary site
-/// (a drill must not touch it, a failover may have lost it).
+/// in a drill or a failover (a drill must not touch it, a failover may have lost it).
+#[allow(clippy::too_many_arguments)]
 fn lag_step(
     model: &Model,
     opts: &PlanOptions,
     service: &Service,
+    probe: &crate::inventory::LagProbe,
     book: &crate::runbook::Runbook,
     after_idx: Vec<usize>,
     planned: &[PlannedStep],
     diags: &mut Vec<Diagnostic>,
 ) -> Option<PlannedStep> {
     let inv = &model.inventory;
-    let probe = service.lag()?;
     let id = format!("{}/{LAG_STEP}", service.id);
     if let Some(clash) = book.steps.iter().find(|s| s.id.value == LAG_STEP) {
         diags.push(
@@ -418,6 +458,9 @@ fn lag_step(
     let run = render(&tpl, &scope, diags)?;
     let description = match opts.mode {
         Mode::Drill => "The application's replication lag: the data a failover now would lose",
+        Mode::Failback => {
+            "The lag of the reverse replication (the primary side fed from the recovery side), just before the service is switched back: the data it loses"
+        }
         _ => {
             "The application's replication lag, just before the service is switched: the data it loses"
         }

@@ -84,6 +84,10 @@ pub struct PlannedService {
     #[serde(serialize_with = "ser_opt_duration")]
     #[serde(rename = "rpo_target_s")]
     pub rpo_target: Option<Duration>,
+    /// Its data reaches the recovery site by the application's own replication (its data
+    /// loss is a replication lag, not a disk copy's age).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replicated_by_application: bool,
     /// Estimated time from the start of the run until its last main step is done.
     #[serde(serialize_with = "ser_duration")]
     #[serde(rename = "estimated_rto_s")]

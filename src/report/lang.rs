@@ -64,6 +64,8 @@ pub struct Labels {
     pub not_measured: &'static str,
     /// Why a lag is unknown when its probe never ran.
     pub lag_not_run: &'static str,
+    /// Why a failback's lag is unknown when the service has no probe of the reverse direction.
+    pub lag_no_failback_probe: &'static str,
     pub none: &'static str,
     pub unverified: &'static str,
     pub timeline: &'static str,
@@ -555,6 +557,7 @@ static EN: Labels = Labels {
     missed: "MISSED",
     not_measured: "n/a",
     lag_not_run: "its probe did not run",
+    lag_no_failback_probe: "the inventory gives no probe of the reverse replication (`failback_lag`)",
     none: "none",
     unverified: "not verified",
     timeline: "Timeline",
@@ -628,6 +631,7 @@ static FR: Labels = Labels {
     missed: "NON TENU",
     not_measured: "n/d",
     lag_not_run: "sa sonde n'a pas été lancée",
+    lag_no_failback_probe: "l'inventaire ne donne pas de sonde de la réplication inverse (`failback_lag`)",
     none: "aucun",
     unverified: "non vérifié",
     timeline: "Chronologie",

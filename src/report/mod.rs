@@ -727,13 +727,25 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
         // was verified; a loss beyond the target is said either way.
         // A service its application replicates (its plan measures the lag): its data loss
         // is the lag its probe read, never a disk point's age; unknown when it was not read.
-        let replicated_by_app = records.iter().any(|s| s.service == *id && s.kind == "lag");
-        let lag = replicated_by_app.then(|| {
+        // A failback of such a service without a probe of the reverse replication: its data
+        // loss cannot be measured, and the report says so rather than show nothing.
+        let lag_planned = records.iter().any(|s| s.service == *id && s.kind == "lag");
+        let unprobed_failback = mode == Mode::Failback
+            && !lag_planned
+            && rec.is_some_and(|r| r.replicated_by_application);
+        let lag = (lag_planned || unprobed_failback).then(|| {
             lags.get(id).cloned().unwrap_or(LagUsed {
                 at: None,
                 host: None,
                 lag_s: None,
-                unknown: Some(l.lag_not_run.to_string()),
+                unknown: Some(
+                    if unprobed_failback {
+                        l.lag_no_failback_probe
+                    } else {
+                        l.lag_not_run
+                    }
+                    .to_string(),
+                ),
             })
         });
         let data_loss_s = match &lag {
@@ -1297,6 +1309,7 @@ mod tests {
             owner: None,
             rto_target_s: rto,
             rpo_target_s: rpo,
+            replicated_by_application: false,
             estimated_rto_s: 0,
             depends_on: Vec::new(),
         }
@@ -1403,6 +1416,101 @@ mod tests {
             r.evidence.journal_blake3,
             blake3::hash(b"journal").to_hex().to_string()
         );
+    }
+
+    /// A run of one service `db` its application replicates, with or without a lag step.
+    fn lag_run(mode: Mode, lag_step: bool, lag: Option<Event>) -> RecoveryReport {
+        let mut first = started(None);
+        if let Event::RunStarted {
+            mode: m,
+            emergency,
+            plan: Some(plan),
+            ..
+        } = &mut first
+        {
+            *m = mode;
+            *emergency = false;
+            plan.services = vec![ServiceRecord {
+                replicated_by_application: true,
+                ..service("db", 600, Some(900))
+            }];
+            plan.steps = vec![step("db/start", "exec", &[])];
+            if lag_step {
+                plan.steps.insert(0, step("db/replication-lag", "lag", &[]));
+                plan.steps[1].after = vec!["db/replication-lag".into()];
+            }
+        }
+        let mut events = vec![first];
+        if lag_step {
+            events.extend(run("db/replication-lag", 0, 1, StepStatus::Done));
+        }
+        events.extend(lag);
+        events.extend(run("db/start", 1, 20, StepStatus::Done));
+        events.push(Event::RunFinished {
+            at: t(20),
+            status: RunStatus::Succeeded,
+        });
+        build_of(&events)
+    }
+
+    fn lag_event(lag_s: Option<f64>, unknown: Option<&str>) -> Event {
+        Event::LagMeasured {
+            at: t(1),
+            step: "db/replication-lag".into(),
+            service: "db".into(),
+            host: "standby".into(),
+            lag_s,
+            unknown: unknown.map(str::to_string),
+            rpo_target_s: Some(900),
+        }
+    }
+
+    #[test]
+    fn the_data_loss_of_an_application_replica_is_its_lag_or_said_unknown() {
+        for mode in [Mode::Failover, Mode::Failback] {
+            let r = lag_run(mode, true, Some(lag_event(Some(12.5), None)));
+            let db = &r.services[0];
+            assert_eq!(db.data_loss_s, Some(12.5), "{mode}");
+            assert_eq!(db.rpo_met, Some(true), "{mode}");
+            assert!(r.problems.is_empty(), "{mode}: {:?}", r.problems);
+
+            let r = lag_run(mode, true, Some(lag_event(Some(1000.0), None)));
+            assert_eq!(r.services[0].rpo_met, Some(false), "{mode}");
+
+            // A reading that could not be made, or a probe that never ran: not measured, a
+            // problem, and never within the target.
+            for lag in [
+                Some(lag_event(None, Some("the probe printed nothing"))),
+                None,
+            ] {
+                let r = lag_run(mode, true, lag);
+                let db = &r.services[0];
+                assert_eq!(db.data_loss_s, None, "{mode}");
+                assert_eq!(db.rpo_met, None, "{mode}");
+                assert!(
+                    matches!(&r.problems[..], [Problem::LagUnknown { service, .. }] if service == "db"),
+                    "{mode}: {:?}",
+                    r.problems
+                );
+            }
+        }
+        // A failback of it with no probe of the reverse replication: said, not left blank.
+        let r = lag_run(Mode::Failback, false, None);
+        let db = &r.services[0];
+        assert_eq!(db.data_loss_s, None);
+        assert!(
+            db.lag
+                .as_ref()
+                .and_then(|l| l.unknown.as_deref())
+                .is_some_and(|w| w.contains("failback_lag")),
+            "{:?}",
+            db.lag
+        );
+        assert!(matches!(&r.problems[..], [Problem::LagUnknown { .. }]));
+        // A restore starts the same copy again: no replication lag to speak of.
+        let r = lag_run(Mode::Restore, false, None);
+        assert!(r.services[0].lag.is_none());
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
     }
 
     #[test]
