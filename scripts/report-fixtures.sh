@@ -2,7 +2,11 @@
 # Makes the journals in tests/fixtures/journals/ with the real runner on a lab of the example:
 # a drill after a readiness check, an emergency failover with the primary site and a Casablanca host down, a planned
 # failover with manual steps confirmed from another process, and a drill killed and resumed.
-# The report tests snapshot reports of these journals. Run it again when the journal changes.
+# Then two runs of services their application replicates: a planned failover of Moodle whose
+# lags are read (lag), and an emergency one whose standby answers garbage and whose directory
+# lags past its RPO (lag-unknown).
+# The report tests snapshot reports of these journals. Run it again when the journal changes;
+# `report-fixtures.sh NAME...` makes only the journals named.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prereqs.sh
@@ -45,18 +49,27 @@ PY
 
 save() { cp "$(journal_of "$1")/journal.jsonl" "$out/$2.jsonl"; echo "$out/$2.jsonl"; }
 
+# Which journals to make: all, or those named.
+WANTED=("$@")
+wanted() { [ ${#WANTED[@]} -eq 0 ] || [[ " ${WANTED[*]} " == *" $1 "* ]]; }
+
 # 1. A drill, after a readiness check.
+if wanted drill; then
 $bin --overlay "$ov" --state-dir "$work/drill" check >/dev/null
 $bin --overlay "$ov" --state-dir "$work/drill" drill --no-prompt --operator "Karim Benali" >/dev/null
 save "$work/drill" drill
+fi
 
 # 2. A planned failover: its manual steps confirmed from another shell.
+if wanted manual; then
 confirmer "$work/planned" "Sofia Haddad" & c=$!
 $bin --overlay "$ov" --state-dir "$work/planned" failover --yes --no-prompt --operator "Karim Benali" >/dev/null || true
 kill $c; wait $c 2>/dev/null || true
 save "$work/planned" manual
+fi
 
 # 3. A drill killed (kill -9) in the middle, resumed by someone else.
+if wanted resumed; then
 $lab down >/dev/null; $lab up --net 60 >/dev/null; replicate
 $bin --overlay "$ov" --state-dir "$work/resumed" drill --no-prompt --operator "Karim Benali" >/dev/null & r=$!
 finished_steps() { grep -c '"step_finished"' "$(journal_of "$work/resumed" 2>/dev/null)/journal.jsonl" 2>/dev/null || true; }
@@ -67,11 +80,13 @@ confirmer "$work/resumed" "Nadia Amrani" & c=$!
 $bin --overlay "$ov" --state-dir "$work/resumed" resume latest --no-prompt --operator "Nadia Amrani" >/dev/null
 kill $c; wait $c 2>/dev/null || true
 save "$work/resumed" resumed
+fi
 
 # 4. An emergency failover declared 5h30 after the incident (RTO targets of 4h and less are
 #    missed), with the primary site down, replicas 10 to 40 minutes older than the incident
 #    (the ERP database misses its RPO) and the replica of the planning VM damaged: planning
 #    fails and citrix, which needs it, is blocked.
+if wanted emergency; then
 $lab down >/dev/null; $lab up --net 60 >/dev/null; replicate
 python3 - "$work/lab" <<'PY' | while read -r pidfile; do kill "$(cat "$pidfile")"; done
 import json, sys, os
@@ -106,3 +121,28 @@ $bin --overlay "$ov" --state-dir "$work/emergency" failover --emergency --yes --
     --operator "Karim Benali" --incident-at "$incident" --connect-timeout 2 >/dev/null 2>&1 || true
 kill $c; wait $c 2>/dev/null || true
 save "$work/emergency" emergency
+fi
+
+lag_file() { mkdir -p "$work/lab/hosts/$1/root/var/lib/lab"; printf '%s\n' "$2" > "$work/lab/hosts/$1/root/var/lib/lab/replication-lag"; }
+
+# 5. A planned failover of Moodle: the standby pg-pra replays 3.2 s behind moodle-db, dc-pra's
+#    replication is 2 minutes old; manual steps confirmed from another shell.
+if wanted lag; then
+$lab down >/dev/null; $lab up --net 60 >/dev/null; replicate
+lag_file pg-pra 3.2; lag_file mgmt-pra 120
+confirmer "$work/lag" "Sofia Haddad" & c=$!
+$bin --overlay "$ov" --state-dir "$work/lag" failover --service lms --yes --no-prompt --operator "Karim Benali" >/dev/null || true
+kill $c; wait $c 2>/dev/null || true
+save "$work/lag" lag
+fi
+
+# 6. An emergency failover of Moodle: the standby answers something that is not a lag (its
+#    data loss is not measured) and dc-pra last replicated 1h30 ago (over its RPO of 1h).
+if wanted lag-unknown; then
+$lab down >/dev/null; $lab up --net 60 >/dev/null; replicate
+lag_file pg-pra "ERROR:  canceling statement due to conflict with recovery"; lag_file mgmt-pra 5400
+confirmer "$work/lag-unknown" "Sofia Haddad" & c=$!
+$bin --overlay "$ov" --state-dir "$work/lag-unknown" failover --emergency --service lms --yes --no-prompt --operator "Karim Benali" >/dev/null || true
+kill $c; wait $c 2>/dev/null || true
+save "$work/lag-unknown" lag-unknown
+fi

@@ -1429,6 +1429,8 @@ pub fn stub(name: &str, args: &[String]) -> i32 {
             let (verb, unit) = (arg(0), arg(1));
             let units = host_dir.join("units");
             let unit_file = units.join(unit.replace('/', "_"));
+            // A unit stopped by name is inactive, also on a host whose production runs.
+            let stopped = host_dir.join("units-stopped").join(unit.replace('/', "_"));
             let ports = state
                 .hosts
                 .get(&host)
@@ -1436,6 +1438,7 @@ pub fn stub(name: &str, args: &[String]) -> i32 {
             match verb {
                 "start" | "restart" | "reload-or-restart" => {
                     let _ = std::fs::write(&unit_file, "");
+                    let _ = std::fs::remove_file(&stopped);
                     if let Some((addr, ports)) = ports
                         && !ports.is_empty()
                         && let Err(e) = start_serve(&state, &host, "services", &addr, &ports, &[])
@@ -1447,6 +1450,10 @@ pub fn stub(name: &str, args: &[String]) -> i32 {
                 }
                 "stop" => {
                     let _ = std::fs::remove_file(&unit_file);
+                    if let Some(dir) = stopped.parent() {
+                        let _ = std::fs::create_dir_all(dir);
+                        let _ = std::fs::write(&stopped, "");
+                    }
                     let left = std::fs::read_dir(&units).map(|d| d.count()).unwrap_or(0);
                     if left == 0 {
                         stop_serve(&state, &host, "services");
@@ -1454,7 +1461,9 @@ pub fn stub(name: &str, args: &[String]) -> i32 {
                     0
                 }
                 "is-active" | "status" => {
-                    if unit_file.exists() || units.join("production").exists() {
+                    if !stopped.exists()
+                        && (unit_file.exists() || units.join("production").exists())
+                    {
                         println!("active");
                         0
                     } else {

@@ -97,7 +97,7 @@ impl Lab {
         self.lab().join("hosts").join(host).join("root")
     }
 
-    fn journal(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn journal(&self) -> Vec<serde_json::Value> {
         let runs = self.state().join("runs");
         let mut ids: Vec<_> = std::fs::read_dir(&runs)
             .unwrap()
@@ -145,7 +145,11 @@ impl Lab {
 
     /// Runs reprise in the background, confirming its manual steps from this process, until it
     /// exits; panics after `within`.
-    fn run_confirming(&self, extra: &[&str], within: Duration) -> std::process::ExitStatus {
+    pub(crate) fn run_confirming(
+        &self,
+        extra: &[&str],
+        within: Duration,
+    ) -> std::process::ExitStatus {
         let mut child = self.spawn(extra);
         let mut exit = None;
         self.confirm_until(
