@@ -1426,7 +1426,14 @@ pub fn stub(name: &str, args: &[String]) -> i32 {
     match name {
         "lab-vm" => lab_vm(&state, &host, args),
         "systemctl" => {
-            let (verb, unit) = (arg(0), arg(1));
+            // `systemctl is-active --quiet UNIT`: the unit is the first word not an option.
+            let verb = arg(0);
+            let unit = args
+                .iter()
+                .skip(1)
+                .map(String::as_str)
+                .find(|a| !a.starts_with('-'))
+                .unwrap_or("");
             let units = host_dir.join("units");
             let unit_file = units.join(unit.replace('/', "_"));
             // A unit stopped by name is inactive, also on a host whose production runs.

@@ -235,3 +235,59 @@ fn a_failover_journals_the_lag_before_the_switch_and_reports_it_as_the_data_loss
     );
     assert!(!md.contains("within their RPO target"), "{md}");
 }
+
+#[test]
+fn a_failback_reads_the_reverse_replication_just_before_the_switch_back() {
+    let lab = Lab::up(182);
+    let only = ["--service", "lms-db", "--only", "--yes", "--no-prompt"];
+    let run = lab.run(&[&["failover"][..], &only[..]].concat());
+    assert_eq!(run.code, 0, "{run:?}");
+    // moodle-db now replays pg-pra's WAL, 7.25 s behind.
+    std::fs::write(lag_file(&lab, "moodle-db"), "7.25\n").unwrap();
+    let exit = lab.run_confirming(
+        &[&["failback"][..], &only[..]].concat(),
+        std::time::Duration::from_secs(240),
+    );
+    assert!(exit.success(), "{:#?}", lab.journal());
+    let events = journal(&lab);
+    let at = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        events
+            .iter()
+            .position(pred)
+            .unwrap_or_else(|| panic!("{events:#?}"))
+    };
+    let stopped = at(&|e| e["event"] == "step_finished" && e["step"] == "lms-db/stop-recovery");
+    let measured = at(&|e| e["event"] == "lag_measured");
+    let promote = at(&|e| e["event"] == "step_started" && e["step"] == "lms-db/promote");
+    assert!(
+        stopped < measured && measured < promote,
+        "the reverse lag is read once pg-pra has stopped, before moodle-db is promoted"
+    );
+    let e = &events[measured];
+    assert_eq!(e["host"], "moodle-db", "the probe of the reverse direction");
+    assert_eq!(e["lag_s"], 7.25);
+    // Only one reading, the reverse one: pg-pra's own probe means nothing once it was promoted.
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "lag_measured")
+            .count(),
+        1
+    );
+    assert!(
+        lab.host_root("moodle-db")
+            .join("var/lib/lab/pg-promoted")
+            .exists()
+    );
+    let report = lab.run(&["report", "latest", "--format", "json"]);
+    let r: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    let s = r["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "lms-db")
+        .unwrap();
+    assert_eq!(s["data_loss_s"], 7.25, "{s}");
+    assert_eq!(s["rpo_met"], true, "{s}");
+    assert_eq!(s["lag"]["host"], "moodle-db", "{s}");
+}
