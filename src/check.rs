@@ -1888,7 +1888,9 @@ pub fn lag_targets(plans: &Plans) -> Vec<LagTarget> {
             continue;
         };
         for step in &plan.steps {
-            if let Action::Lag { run, timeout, rpo } = &step.action_spec
+            if let Action::Lag {
+                run, timeout, rpo, ..
+            } = &step.action_spec
                 && !found.iter().any(|t| t.service == step.service)
             {
                 found.push(LagTarget {

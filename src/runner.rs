@@ -751,9 +751,15 @@ async fn run_step_inner(
                 }
             }
         }
-        Action::Lag { run, timeout, rpo } => {
-            // A measurement: what the probe says is journaled, and a lag unknown does not
-            // stop the recovery (the report says the data loss was not measured, and why).
+        Action::Lag {
+            run,
+            timeout,
+            rpo,
+            hold,
+        } => {
+            // A measurement: what the probe says is journaled. A lag unknown or over the RPO
+            // stops a planned switch here, before it (the side being left still holds what
+            // the other lacks); elsewhere the recovery goes on and the report says it.
             let limit = StdDuration::from_secs(timeout.secs());
             let reading = match exec(&ctx, step, run, Some(limit)).await {
                 Ok(out) => {
@@ -764,7 +770,7 @@ async fn run_step_inner(
                     crate::lag::Reading::Unknown(format!("the probe could not run: {}", e.message))
                 }
             };
-            let (_, words) = crate::lag::judge(&reading, *rpo);
+            let (verdict, words) = crate::lag::judge(&reading, *rpo);
             let _ = tx.send(Msg::Event(Event::LagMeasured {
                 at: Utc::now(),
                 step: step.id.clone(),
@@ -777,6 +783,15 @@ async fn run_step_inner(
                 },
                 rpo_target_s: rpo.map(|r| r.secs()),
             }));
+            if *hold && verdict != crate::lag::Verdict::Within {
+                return outcome(
+                    StepStatus::Failed,
+                    1,
+                    Some(format!(
+                        "{words}: a planned switch stops here, before it, since the side it leaves still holds data the other may lack; bring the replication up to date (or, if that side is lost, run an emergency failover, which accepts the loss)"
+                    )),
+                );
+            }
             outcome(StepStatus::Done, 1, Some(words))
         }
         Action::Probe { run, interval } => {

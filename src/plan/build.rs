@@ -497,6 +497,11 @@ fn lag_step(
             run,
             timeout: probe.timeout,
             rpo: service.rpo,
+            hold: match opts.mode {
+                Mode::Failover => !opts.emergency,
+                Mode::Failback => true,
+                _ => false,
+            },
         },
     })
 }

@@ -208,12 +208,15 @@ pub enum Action {
     Manual {
         instructions: String,
     },
-    /// Run a service's lag probe and journal what it says (a lag unknown does not fail the
-    /// step: a recovery goes on, and the report says the data loss was not measured).
+    /// Run a service's lag probe and journal what it says. In a drill or an emergency
+    /// failover a lag unknown or over the RPO does not fail the step (the recovery goes on,
+    /// the report says so); in a planned switch (`hold`: a planned failover, a failback), where
+    /// the side being left still holds the data, it fails the step, before the switch.
     Lag {
         run: Command,
         timeout: Duration,
         rpo: Option<Duration>,
+        hold: bool,
     },
     /// Copy files (a vm's disks) or a directory (a backup set) from one host to another.
     Replicate {

@@ -210,12 +210,17 @@ fn render_step(out: &mut String, step: &PlannedStep, previous: Option<&str>) {
     if let Some(r) = replica {
         let _ = writeln!(out, "           replica: {r}");
     }
-    if let crate::plan::Action::Lag { rpo, .. } = &step.action_spec {
+    if let crate::plan::Action::Lag { rpo, hold, .. } = &step.action_spec {
         let _ = writeln!(
             out,
-            "           lag: one number of seconds, judged against {}; any other answer, a failure or no answer in time is \"lag unknown\"",
+            "           lag: one number of seconds, judged against {}; any other answer, a failure or no answer in time is \"lag unknown\"{}",
             rpo.map(|r| format!("the RPO {r}"))
-                .unwrap_or_else(|| "no RPO".into())
+                .unwrap_or_else(|| "no RPO".into()),
+            if *hold {
+                "; unknown or over it, the switch stops here"
+            } else {
+                ""
+            }
         );
     }
     if let Some(u) = &step.undo {

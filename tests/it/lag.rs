@@ -240,6 +240,52 @@ fn a_failover_journals_the_lag_before_the_switch_and_reports_it_as_the_data_loss
 fn a_failback_reads_the_reverse_replication_just_before_the_switch_back() {
     let lab = Lab::up(182);
     let only = ["--service", "lms-db", "--only", "--yes", "--no-prompt"];
+    let pg_pra = lag_file(&lab, "pg-pra");
+    // The lab's systemctl marks a unit stopped by name.
+    let active = |host: &str| {
+        !lab.host_root(host)
+            .join("../units-stopped/postgresql")
+            .exists()
+    };
+    // A planned failover whose standby lags past the RPO, or cannot say: the switch stops
+    // before the promotion and the primary is started again (the data it holds is kept).
+    for said in ["1200\n", "garbage\n"] {
+        std::fs::write(&pg_pra, said).unwrap();
+        let run = lab.run(&[&["failover"][..], &only[..]].concat());
+        assert_eq!(run.code, 1, "{said:?}: {run:?}");
+        let events = journal(&lab);
+        let lag = events
+            .iter()
+            .find(|e| e["event"] == "step_finished" && e["step"] == "lms-db/replication-lag")
+            .unwrap_or_else(|| panic!("{events:#?}"));
+        assert_eq!(lag["status"], "failed", "{said:?}");
+        assert!(
+            lag["message"]
+                .as_str()
+                .unwrap()
+                .contains("a planned switch stops here"),
+            "{lag}"
+        );
+        assert!(
+            !events
+                .iter()
+                .any(|e| e["event"] == "step_started" && e["step"] == "lms-db/promote"),
+            "{said:?}: the standby was promoted"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| e["event"] == "undo_finished" && e["step"] == "lms-db/stop-primary"),
+            "{said:?}: the primary was not started again: {events:#?}"
+        );
+        assert!(active("moodle-db"), "{said:?}");
+        assert!(
+            !lab.host_root("pg-pra")
+                .join("var/lib/lab/pg-promoted")
+                .exists()
+        );
+    }
+    std::fs::write(&pg_pra, "2\n").unwrap();
     let run = lab.run(&[&["failover"][..], &only[..]].concat());
     assert_eq!(run.code, 0, "{run:?}");
     // moodle-db now replays pg-pra's WAL, 7.25 s behind.
