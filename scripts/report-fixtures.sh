@@ -15,8 +15,9 @@ bin=$PWD/target/debug/reprise
 work=$(mktemp -d)
 out=$PWD/tests/fixtures/journals
 lab="$bin lab --lab-dir $work/lab"
+net=${REPORT_FIXTURES_NET:-60}   # the lab network (tests hold others)
 trap '$lab down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-$lab up --net 60 >/dev/null
+$lab up --net "$net" >/dev/null
 ov=$work/lab/overlay.toml
 replicate() { $bin --overlay "$ov" --state-dir "$work/replicate" replicate >/dev/null; }
 replicate
@@ -70,7 +71,7 @@ fi
 
 # 3. A drill killed (kill -9) in the middle, resumed by someone else.
 if wanted resumed; then
-$lab down >/dev/null; $lab up --net 60 >/dev/null; replicate
+$lab down >/dev/null; $lab up --net "$net" >/dev/null; replicate
 $bin --overlay "$ov" --state-dir "$work/resumed" drill --no-prompt --operator "Karim Benali" >/dev/null & r=$!
 finished_steps() { grep -c '"step_finished"' "$(journal_of "$work/resumed" 2>/dev/null)/journal.jsonl" 2>/dev/null || true; }
 until [ "$(finished_steps)" -ge 10 ] 2>/dev/null; do sleep 0.05; done
@@ -87,7 +88,7 @@ fi
 #    (the ERP database misses its RPO) and the replica of the planning VM damaged: planning
 #    fails and citrix, which needs it, is blocked.
 if wanted emergency; then
-$lab down >/dev/null; $lab up --net 60 >/dev/null; replicate
+$lab down >/dev/null; $lab up --net "$net" >/dev/null; replicate
 python3 - "$work/lab" <<'PY' | while read -r pidfile; do kill "$(cat "$pidfile")"; done
 import json, sys, os
 lab = sys.argv[1]
@@ -128,7 +129,7 @@ lag_file() { mkdir -p "$work/lab/hosts/$1/root/var/lib/lab"; printf '%s\n' "$2" 
 # 5. A planned failover of Moodle: the standby pg-pra replays 3.2 s behind moodle-db, dc-pra's
 #    replication is 2 minutes old; manual steps confirmed from another shell.
 if wanted lag; then
-$lab down >/dev/null; $lab up --net 60 >/dev/null; replicate
+$lab down >/dev/null; $lab up --net "$net" >/dev/null; replicate
 lag_file pg-pra 3.2; lag_file mgmt-pra 120
 confirmer "$work/lag" "Sofia Haddad" & c=$!
 $bin --overlay "$ov" --state-dir "$work/lag" failover --service lms --yes --no-prompt --operator "Karim Benali" >/dev/null || true
@@ -139,7 +140,7 @@ fi
 # 6. An emergency failover of Moodle: the standby answers something that is not a lag (its
 #    data loss is not measured) and dc-pra last replicated 1h30 ago (over its RPO of 1h).
 if wanted lag-unknown; then
-$lab down >/dev/null; $lab up --net 60 >/dev/null; replicate
+$lab down >/dev/null; $lab up --net "$net" >/dev/null; replicate
 lag_file pg-pra "ERROR:  canceling statement due to conflict with recovery"; lag_file mgmt-pra 5400
 confirmer "$work/lag-unknown" "Sofia Haddad" & c=$!
 $bin --overlay "$ov" --state-dir "$work/lag-unknown" failover --emergency --service lms --yes --no-prompt --operator "Karim Benali" >/dev/null || true
