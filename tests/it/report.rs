@@ -9,7 +9,14 @@ use serde_json::Value;
 
 use crate::common::{Run, reprise, root};
 
-const FIXTURES: &[&str] = &["drill", "emergency", "manual", "resumed"];
+const FIXTURES: &[&str] = &[
+    "drill",
+    "emergency",
+    "manual",
+    "resumed",
+    "lag",
+    "lag-unknown",
+];
 
 /// A state folder holding one fixture journal as its only run.
 fn state_with(names: &[&str]) -> tempfile::TempDir {
@@ -64,6 +71,52 @@ fn markdown_and_json_reports_of_the_lab_journals() {
     let state = state_with(&["emergency"]);
     let fr = report(state.path(), &["--lang", "fr"]).stdout;
     insta::assert_snapshot!("report_emergency_md_fr", fr);
+}
+
+#[test]
+fn the_data_loss_of_a_service_the_application_replicates_is_the_lag_its_probe_read() {
+    let r = json_report("lag");
+    let db = service(&r, "lms-db");
+    assert_eq!(db["data_loss_s"], 3.2);
+    assert_eq!(db["rpo_met"], true);
+    assert_eq!(db["lag"]["host"], "pg-pra");
+    let dir = service(&r, "directory");
+    assert_eq!(dir["data_loss_s"], 120.0);
+    assert_eq!(dir["lag"]["host"], "mgmt-pra");
+    // Its disk copies (dc1, dc2) are not its data loss.
+    assert!(r["problems"].as_array().unwrap().is_empty(), "{r}");
+
+    let r = json_report("lag-unknown");
+    let db = service(&r, "lms-db");
+    assert_eq!(db["status"], "recovered");
+    assert_eq!(db["data_loss_s"], Value::Null);
+    assert_eq!(db["rpo_met"], Value::Null);
+    assert!(
+        db["lag"]["unknown"]
+            .as_str()
+            .unwrap()
+            .contains("not a number of seconds"),
+        "{db}"
+    );
+    assert!(
+        r["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.to_string().contains("lms-db")),
+        "{r}"
+    );
+    let dir = service(&r, "directory");
+    assert_eq!(dir["data_loss_s"], 5400.0);
+    assert_eq!(dir["rpo_met"], false);
+    let state = state_with(&["lag-unknown"]);
+    let md = report(state.path(), &["--format", "md"]).stdout;
+    assert!(
+        md.contains("data loss not measured: the application's replication lag is unknown"),
+        "{md}"
+    );
+    let fr = report(state.path(), &["--lang", "fr"]).stdout;
+    assert!(fr.contains("perte de données non mesurée"), "{fr}");
 }
 
 #[test]
