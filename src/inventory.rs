@@ -131,7 +131,7 @@ pub enum Replication {
         lag: LagProbe,
         /// The probe of the reverse direction (the primary side fed from the recovery side),
         /// read during a failback just before its step `before`.
-        failback: Option<FailbackLag>,
+        failback: Option<Box<FailbackLag>>,
     },
 }
 
@@ -198,7 +198,7 @@ impl Service {
     /// The probe of the reverse replication a failback reads, when the service has one.
     pub fn failback_lag(&self) -> Option<&FailbackLag> {
         match &self.replication {
-            Replication::Application { failback, .. } => failback.as_ref(),
+            Replication::Application { failback, .. } => failback.as_deref(),
             Replication::Disk => None,
         }
     }
@@ -691,10 +691,10 @@ fn read_replication(
                 .hint("only a service with `replication = \"application\"` reads a lag; remove `failback_lag`"),
             );
         }
-        Some(FailbackLag {
+        Some(Box::new(FailbackLag {
             probe: probe?,
             before: before?,
-        })
+        }))
     });
     let Some(value) = lag_value else {
         if let Some(k) = kind.filter(|_| by_app) {
