@@ -1915,8 +1915,8 @@ pub fn measure_lags(
         let handles: Vec<_> = targets
             .iter()
             .map(|t| {
-                scope.spawn(move || {
-                    match t.command.expose(|name| std::env::var(name).ok()) {
+                scope.spawn(
+                    move || match t.command.expose(|name| std::env::var(name).ok()) {
                         Ok(text) => crate::lag::measure(transport, &t.host, &text, t.timeout),
                         Err(missing) => crate::lag::Lag {
                             at: Utc::now(),
@@ -1924,8 +1924,8 @@ pub fn measure_lags(
                                 "secret {missing} is not set in the environment"
                             )),
                         },
-                    }
-                })
+                    },
+                )
             })
             .collect();
         targets
@@ -1934,9 +1934,7 @@ pub fn measure_lags(
             .map(|(t, h)| {
                 let lag = h.join().unwrap_or_else(|_| crate::lag::Lag {
                     at: Utc::now(),
-                    reading: crate::lag::Reading::Unknown(
-                        "the probe stopped unexpectedly".into(),
-                    ),
+                    reading: crate::lag::Reading::Unknown("the probe stopped unexpectedly".into()),
                 });
                 (t.clone(), lag)
             })
@@ -2003,8 +2001,9 @@ pub fn check(model: &Model, transport: &dyn Transport, opts: &CheckOptions) -> R
 /// The failed items of a check that stop a planned failover on the recovery side (see
 /// `plan`, the planned failover's plan): a recovery-site host it runs steps on that cannot be
 /// reached, lacks a tool or room for the copies; a secret or bash syntax one of its steps
-/// needs. Problems of the primary side (and of copies, which its final sync brings up to
-/// date) do not stop it.
+/// needs; the replication lag of a service it switches, unknown or over its RPO (its
+/// `replication-lag` step would stop it there, after the primary side is stopped). Problems
+/// of the primary side (and of copies, which its final sync brings up to date) do not stop it.
 pub fn failover_blockers(model: &Model, plan: &Plan, items: &[ReadinessItem]) -> Vec<String> {
     let inv = &model.inventory;
     let recovery_hosts: BTreeSet<&str> = plan
@@ -2025,6 +2024,14 @@ pub fn failover_blockers(model: &Model, plan: &Plan, items: &[ReadinessItem]) ->
         };
         secrets_needed(&plans).into_keys().collect()
     };
+    // The services whose lag the failover reads before it switches them, as `lag` items name
+    // them.
+    let lags_held: BTreeSet<String> = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s.action_spec, Action::Lag { hold: true, .. }))
+        .map(|s| format!("service {}", s.service))
+        .collect();
     items
         .iter()
         .filter(|i| i.status == ItemStatus::Failed)
@@ -2032,9 +2039,16 @@ pub fn failover_blockers(model: &Model, plan: &Plan, items: &[ReadinessItem]) ->
             "ssh" | "tools" | "space" => recovery_hosts.contains(i.subject.as_str()),
             "shell" => steps.contains(i.subject.as_str()),
             "secrets" => secrets.contains(&i.subject),
+            "lag" => lags_held.contains(&i.subject),
             _ => false,
         })
-        .map(|i| format!("{} {}: {}", i.area, i.subject, i.detail))
+        .map(|i| match i.area.as_str() {
+            "lag" => format!(
+                "lag {}: {}; its replication-lag step reads it again before the switch and stops the failover there while it is unknown or over the RPO, --force or not",
+                i.subject, i.detail
+            ),
+            _ => format!("{} {}: {}", i.area, i.subject, i.detail),
+        })
         .collect()
 }
 
@@ -2335,6 +2349,48 @@ mod tests {
         )
         .unwrap();
         Model::load(sources).map(|(m, _)| m).unwrap()
+    }
+
+    /// A lag unknown or over its RPO stops a planned failover that switches that service
+    /// (its `replication-lag` step would stop it after the primary side is stopped); the lag
+    /// of a service the failover leaves alone does not, nor a lag a drill only reads.
+    #[test]
+    fn a_planned_failover_is_blocked_by_the_lag_of_a_service_it_switches() {
+        let model = example();
+        let items = vec![
+            item(
+                "lag",
+                "service lms-db",
+                ItemStatus::Failed,
+                "replication lag 20m00s is over the RPO 15m".into(),
+            ),
+            item(
+                "lag",
+                "service directory",
+                ItemStatus::Failed,
+                "lag unknown: the probe printed nothing".into(),
+            ),
+            item("lag", "service erp-db", ItemStatus::Ok, String::new()),
+        ];
+        let planned = |services: &[&str]| {
+            let mut opts = PlanOptions::new(Mode::Failover);
+            opts.services = services.iter().map(|s| s.to_string()).collect();
+            opts.only = true;
+            plan::build(&model, &opts).unwrap()
+        };
+        let blockers = failover_blockers(&model, &planned(&["lms-db"]), &items);
+        assert_eq!(blockers.len(), 1, "{blockers:?}");
+        assert!(
+            blockers[0].starts_with("lag service lms-db: replication lag 20m00s is over")
+                && blockers[0].contains("--force or not"),
+            "{blockers:?}"
+        );
+        let both = failover_blockers(&model, &planned(&["lms-db", "directory"]), &items);
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert!(failover_blockers(&model, &planned(&["erp-db"]), &items).is_empty());
+        // A drill reads the lags without holding on them: they do not block it.
+        let drill = plan::build(&model, &PlanOptions::new(Mode::Drill)).unwrap();
+        assert!(failover_blockers(&model, &drill, &items).is_empty());
     }
 
     #[test]
