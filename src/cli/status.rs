@@ -120,14 +120,16 @@ pub fn status(model: &Model, state_dir: &Path, args: &StatusArgs, now: DateTime<
     let mut out = match format {
         Format::Text => text(&rows, &lags),
         Format::Json => json(&rows, &lags),
-        Format::Prometheus => Outcome::ok(prometheus(&rows, &context(model, state_dir), now)),
+        Format::Prometheus => {
+            Outcome::ok(prometheus(&rows, &lags, &context(model, state_dir), now))
+        }
         Format::Nagios => {
             let limits = Limits {
                 warn_at: args.warn_at,
                 check_max_age_s: args.check_max_age.0,
                 drill_max_age_s: args.drill_max_age.0,
             };
-            let (code, line) = nagios(&rows, &context(model, state_dir), &limits, now);
+            let (code, line) = nagios(&rows, &lags, &context(model, state_dir), &limits, now);
             Outcome {
                 code,
                 stdout: line + "\n",
@@ -463,7 +465,12 @@ fn breach_exit(rows: &[ReplicaRow], lags: &[LagRow], out: &mut Outcome) {
 }
 
 /// The metrics in Prometheus's text format (what node-exporter's textfile collector reads).
-pub fn prometheus(rows: &[ReplicaRow], ctx: &Context, now: DateTime<Utc>) -> String {
+pub fn prometheus(
+    rows: &[ReplicaRow],
+    lags: &[LagRow],
+    ctx: &Context,
+    now: DateTime<Utc>,
+) -> String {
     use prometheus::{Encoder as _, Gauge, GaugeVec, Opts, Registry, TextEncoder};
     let registry = Registry::new();
     let vec = |name: &str, help: &str, labels: &[&str]| {
@@ -555,7 +562,47 @@ pub fn prometheus(rows: &[ReplicaRow], ctx: &Context, now: DateTime<Utc>) -> Str
             last_at.with_label_values(&l).set(secs(p.taken_at));
         }
     }
+    // Services their application replicates: judged by the lag their probe reads, not by a
+    // copy's age.
     let svc = ["service"];
+    let lag_known = vec(
+        "reprise_replication_lag_known",
+        "1 when the lag probe of a service its application replicates printed a lag (0: unknown).",
+        &svc,
+    );
+    let lag_seconds = vec(
+        "reprise_replication_lag_seconds",
+        "The replication lag the service's probe read (the data a failover now would lose).",
+        &svc,
+    );
+    let lag_rpo = vec(
+        "reprise_replication_lag_rpo_target_seconds",
+        "The RPO target the service's replication lag is held to.",
+        &svc,
+    );
+    let lag_breach = vec(
+        "reprise_replication_lag_rpo_breach",
+        "1 when the service's replication lag is over its RPO target or unknown.",
+        &svc,
+    );
+    let lag_at = vec(
+        "reprise_replication_lag_timestamp_seconds",
+        "When the service's lag probe answered (or gave up).",
+        &svc,
+    );
+    for l in lags {
+        let lbl = [l.service.as_str()];
+        let known = l.reading.seconds();
+        lag_known.with_label_values(&lbl).set(flag(known.is_some()));
+        if let Some(s) = known {
+            lag_seconds.with_label_values(&lbl).set(s);
+        }
+        if let Some(r) = l.rpo_s {
+            lag_rpo.with_label_values(&lbl).set(r as f64);
+        }
+        lag_breach.with_label_values(&lbl).set(flag(l.breach()));
+        lag_at.with_label_values(&lbl).set(secs(l.at));
+    }
     let drilled = vec(
         "reprise_service_drilled",
         "1 when a drill that recovered the service is recorded.",
@@ -665,9 +712,10 @@ pub struct Limits {
 }
 
 /// The plugin's exit code and its one line: the state, the problems (critical first) and
-/// performance data (each item's point age against its RPO).
+/// performance data (each item's point age, each replication lag, against its RPO).
 pub fn nagios(
     rows: &[ReplicaRow],
+    lags: &[LagRow],
     ctx: &Context,
     limits: &Limits,
     now: DateTime<Utc>,
@@ -696,6 +744,28 @@ pub fn nagios(
                     crate::duration::Duration(rpo)
                 )),
             (false, None, None) => warning.push(format!("{}: no verified point", r.item)),
+            _ => {}
+        }
+    }
+    // A service its application replicates: its lag, never a copy's age, against its RPO.
+    for l in lags {
+        let rpo = l.rpo_s.map(crate::duration::Duration);
+        match (l.reading.seconds(), rpo) {
+            (None, _) => {
+                let (_, words) = l.judged();
+                critical.push(format!("{}: {}", l.service, one_line(&words)));
+            }
+            (Some(s), Some(rpo)) if l.breach() => critical.push(format!(
+                "{}: replication lag {}, RPO {rpo}",
+                l.service,
+                crate::lag::human(s)
+            )),
+            (Some(s), Some(rpo)) if s * 100.0 > rpo.0 as f64 * f64::from(limits.warn_at) => warning
+                .push(format!(
+                    "{}: replication lag {}, RPO {rpo}",
+                    l.service,
+                    crate::lag::human(s)
+                )),
             _ => {}
         }
     }
@@ -750,8 +820,13 @@ pub fn nagios(
     };
     let summary = if critical.is_empty() && warning.is_empty() {
         let n = rows.len();
+        let lagged = match lags.len() {
+            0 => String::new(),
+            1 => " and 1 replication lag".to_string(),
+            m => format!(" and {m} replication lags"),
+        };
         format!(
-            "{n} replica{} within RPO, ready, every service drilled",
+            "{n} replica{}{lagged} within RPO, ready, every service drilled",
             if n == 1 { "" } else { "s" }
         )
     } else {
@@ -775,6 +850,17 @@ pub fn nagios(
                 None => format!("{label}={a}s;;;0"),
             })
         })
+        .chain(lags.iter().filter_map(|l| {
+            let s = l.reading.seconds()?;
+            let label = perf_label(&format!("{} lag", l.service));
+            Some(match l.rpo_s {
+                Some(rpo) => format!(
+                    "{label}={s}s;{};{rpo};0",
+                    rpo * u64::from(limits.warn_at) / 100
+                ),
+                None => format!("{label}={s}s;;;0"),
+            })
+        }))
         .collect();
     let mut line = format!("REPRISE {state} - {summary}");
     if !perf.is_empty() {
@@ -922,6 +1008,7 @@ mod tests {
     fn all_well_is_ok_with_each_age_as_performance_data() {
         let (code, line) = nagios(
             &[row("erp-db", Some(600), Some(900))],
+            &[],
             &ctx(Some(ready(2, true)), vec![drilled("erp-db", 10, true)]),
             &LIMITS,
             now(),
@@ -937,7 +1024,13 @@ mod tests {
     fn a_point_near_its_target_a_stale_check_or_an_old_drill_warn() {
         let c = ctx(Some(ready(2, true)), vec![drilled("erp-db", 10, true)]);
         // 800 s of a 900 s target is past 80%.
-        let (code, line) = nagios(&[row("erp-db", Some(800), Some(900))], &c, &LIMITS, now());
+        let (code, line) = nagios(
+            &[row("erp-db", Some(800), Some(900))],
+            &[],
+            &c,
+            &LIMITS,
+            now(),
+        );
         assert_eq!(code, NAGIOS_WARNING, "{line}");
         assert!(
             line.contains("erp-db: newest good point 13m20s old, RPO 15m"),
@@ -945,7 +1038,13 @@ mod tests {
         );
 
         let c = ctx(Some(ready(48, true)), vec![drilled("erp-db", 10, true)]);
-        let (code, line) = nagios(&[row("erp-db", Some(60), Some(900))], &c, &LIMITS, now());
+        let (code, line) = nagios(
+            &[row("erp-db", Some(60), Some(900))],
+            &[],
+            &c,
+            &LIMITS,
+            now(),
+        );
         assert_eq!(code, NAGIOS_WARNING, "{line}");
         assert!(
             line.contains("last check 2d old") || line.contains("last check 2d ago"),
@@ -953,7 +1052,7 @@ mod tests {
         );
 
         let c = ctx(Some(ready(2, true)), vec![drilled("erp-db", 120, true)]);
-        let (code, line) = nagios(&[], &c, &LIMITS, now());
+        let (code, line) = nagios(&[], &[], &c, &LIMITS, now());
         assert_eq!(code, NAGIOS_WARNING, "{line}");
         assert!(
             line.contains("erp-db: last successful drill 120d ago"),
@@ -961,7 +1060,7 @@ mod tests {
         );
 
         let c = ctx(Some(ready(2, true)), vec![drilled("erp-db", 1, false)]);
-        let (code, line) = nagios(&[], &c, &LIMITS, now());
+        let (code, line) = nagios(&[], &[], &c, &LIMITS, now());
         assert_eq!(code, NAGIOS_WARNING, "{line}");
         assert!(
             line.contains("erp-db: last drill did not recover it"),
@@ -970,7 +1069,7 @@ mod tests {
 
         let mut c = ctx(None, vec![]);
         c.services = vec!["lms".into(), "print".into()];
-        let (code, line) = nagios(&[], &c, &LIMITS, now());
+        let (code, line) = nagios(&[], &[], &c, &LIMITS, now());
         assert_eq!(code, NAGIOS_WARNING, "{line}");
         assert!(line.contains("no `reprise check` result saved"), "{line}");
         assert!(line.contains("never drilled: lms, print"), "{line}");
@@ -986,6 +1085,7 @@ mod tests {
                 row("files", None, Some(3600)),
                 unreadable,
             ],
+            &[],
             &ctx(Some(ready(2, false)), vec![drilled("erp-db", 1, false)]),
             &LIMITS,
             now(),
@@ -998,6 +1098,121 @@ mod tests {
             "{line}"
         );
         assert_eq!(line.lines().count(), 1);
+    }
+
+    fn lag(service: &str, reading: crate::lag::Reading, rpo_s: u64) -> LagRow {
+        LagRow {
+            service: service.to_string(),
+            host: "pg-pra".to_string(),
+            at: now(),
+            reading,
+            rpo_s: Some(rpo_s),
+        }
+    }
+
+    fn secs(s: f64) -> crate::lag::Reading {
+        crate::lag::Reading::Seconds(s)
+    }
+
+    /// A service its application replicates is judged by its lag: over its RPO or unknown is
+    /// critical, near it a warning, and the lag is performance data; the copies of its vm,
+    /// which no failover starts from, are held to no RPO of its.
+    #[test]
+    fn the_plugin_judges_a_service_its_application_replicates_by_its_lag() {
+        let c = ctx(Some(ready(2, true)), vec![drilled("lms-db", 10, true)]);
+        // Its vm's copy has no RPO target (none of its services fails over from it): its age
+        // is no problem.
+        let copy = row("moodle-db", Some(86400 * 3), None);
+        let (code, line) = nagios(
+            std::slice::from_ref(&copy),
+            &[lag("lms-db", secs(1.5), 900)],
+            &c,
+            &LIMITS,
+            now(),
+        );
+        assert_eq!(code, NAGIOS_OK, "{line}");
+        assert_eq!(
+            line,
+            "REPRISE OK - 1 replica and 1 replication lag within RPO, ready, every service drilled | 'moodle-db age'=259200s;;;0 'lms-db lag'=1.5s;720;900;0"
+        );
+
+        let (code, line) = nagios(&[], &[lag("lms-db", secs(800.0), 900)], &c, &LIMITS, now());
+        assert_eq!(code, NAGIOS_WARNING, "{line}");
+        assert!(
+            line.contains("lms-db: replication lag 13m20s, RPO 15m"),
+            "{line}"
+        );
+
+        let (code, line) = nagios(
+            &[copy],
+            &[
+                lag("lms-db", secs(1200.25), 900),
+                lag(
+                    "directory",
+                    crate::lag::Reading::Unknown(
+                        "the probe printed `access denied|x`, not a number of seconds".into(),
+                    ),
+                    3600,
+                ),
+            ],
+            &c,
+            &LIMITS,
+            now(),
+        );
+        assert_eq!(code, NAGIOS_CRITICAL, "{line}");
+        assert!(
+            line.starts_with(
+                "REPRISE CRITICAL - lms-db: replication lag 20m00s, RPO 15m; directory: lag unknown: the probe printed `access denied/x`, not a number of seconds |"
+            ),
+            "{line}"
+        );
+        // No figure for a lag nobody knows.
+        assert!(!line.contains("'directory lag'"), "{line}");
+        assert!(line.contains("'lms-db lag'=1200.25s;720;900;0"), "{line}");
+    }
+
+    #[test]
+    fn the_metrics_carry_each_lag_its_target_and_a_breach_when_unknown() {
+        let text = prometheus(
+            &[row("moodle-db", Some(86400 * 3), None)],
+            &[
+                lag("lms-db", secs(1.5), 900),
+                lag(
+                    "directory",
+                    crate::lag::Reading::Unknown("the probe printed nothing".into()),
+                    3600,
+                ),
+            ],
+            &ctx(None, vec![]),
+            now(),
+        );
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        let has = |l: &str| lines.contains(&l);
+        for line in [
+            "reprise_replication_lag_known{service=\"lms-db\"} 1",
+            "reprise_replication_lag_seconds{service=\"lms-db\"} 1.5",
+            "reprise_replication_lag_rpo_target_seconds{service=\"lms-db\"} 900",
+            "reprise_replication_lag_rpo_breach{service=\"lms-db\"} 0",
+            "reprise_replication_lag_known{service=\"directory\"} 0",
+            "reprise_replication_lag_rpo_target_seconds{service=\"directory\"} 3600",
+            "reprise_replication_lag_rpo_breach{service=\"directory\"} 1",
+        ] {
+            assert!(has(line), "{line} missing:\n{text}");
+        }
+        let when = format!(
+            "reprise_replication_lag_timestamp_seconds{{service=\"lms-db\"}} {}",
+            now().timestamp()
+        );
+        assert!(has(&when), "{when} missing:\n{text}");
+        assert!(
+            !text.contains("reprise_replication_lag_seconds{service=\"directory\"}"),
+            "{text}"
+        );
+        // The vm's copy is held to no RPO: no target, no breach.
+        assert!(
+            !text.contains("reprise_replica_rpo_breach{item=\"moodle-db\""),
+            "{text}"
+        );
     }
 
     #[test]
