@@ -1,6 +1,7 @@
 //! Services their application replicates, on the lab with real sshd: the lag probe's answer
-//! (within the RPO, over it, garbage, a probe that hangs, a host that is down) as `status` and
-//! `check` judge it, and a failover's journal and report.
+//! (within the RPO, over it, garbage, a probe that hangs, a host that is down) as `status` (in
+//! every format) and `check` judge it, a planned failover's readiness gate and its switch, and
+//! the journals and reports of a failover and a failback.
 
 use std::path::PathBuf;
 
@@ -34,6 +35,17 @@ fn check_lags(lab: &Lab) -> (i32, Vec<(String, String, String)>) {
     (run.code, items)
 }
 
+/// The samples of `reprise status --format prometheus`, one line each.
+fn metrics(lab: &Lab) -> Vec<String> {
+    let run = lab.run(&["status", "--format", "prometheus"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    run.stdout
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
 fn lag_item(items: &[(String, String, String)], subject: &str) -> (String, String) {
     let (_, status, detail) = items
         .iter()
@@ -62,12 +74,49 @@ fn status_and_check_judge_the_lag_and_never_pass_one_they_cannot_read() {
     assert_eq!(st, "ok", "{detail}");
     assert!(detail.contains("within the RPO 15m"), "{detail}");
     assert_eq!(lag_item(&items, "service directory").0, "ok");
+    // dc1's copy serves only the drills (the directory fails over by AD replication): it is
+    // held to the vm's own RPO of a day, not to the directory's hour.
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&lab.run(&["status", "--json"]).stdout).unwrap();
+    let dc1 = rows.iter().find(|r| r["item"] == "dc1").unwrap();
+    assert_eq!(dc1["rpo_s"], 86400, "{dc1}");
+    // Monitoring reads the same lag: metrics per service, performance data in the plugin line.
+    let m = metrics(&lab);
+    for line in [
+        "reprise_replication_lag_known{service=\"lms-db\"} 1",
+        "reprise_replication_lag_seconds{service=\"lms-db\"} 1.5",
+        "reprise_replication_lag_rpo_target_seconds{service=\"lms-db\"} 900",
+        "reprise_replication_lag_rpo_breach{service=\"lms-db\"} 0",
+        "reprise_replication_lag_rpo_breach{service=\"directory\"} 0",
+    ] {
+        assert!(m.contains(&line.to_string()), "{line}: {m:?}");
+    }
+    let nagios = lab.run(&["status", "--format", "nagios"]);
+    assert!(
+        nagios.stdout.contains("'lms-db lag'=1.5s;720;900;0")
+            && !nagios.stdout.contains("CRITICAL"),
+        "{nagios:?}"
+    );
 
     // Twenty minutes behind: over the target.
     std::fs::write(&file, "1200.25\n").unwrap();
     let status = lab.run(&["status"]);
     assert_eq!(status.code, 8, "{status:?}");
     assert!(status.stdout.contains("BREACH"), "{}", status.stdout);
+    let m = metrics(&lab);
+    assert!(
+        m.contains(&"reprise_replication_lag_rpo_breach{service=\"lms-db\"} 1".to_string()),
+        "{m:?}"
+    );
+    let nagios = lab.run(&["status", "--format", "nagios"]);
+    assert_eq!(nagios.code, 2, "{nagios:?}");
+    assert!(
+        nagios
+            .stdout
+            .starts_with("REPRISE CRITICAL - lms-db: replication lag 20m00s, RPO 15m"),
+        "{}",
+        nagios.stdout
+    );
     let (code, items) = check_lags(&lab);
     assert_eq!(code, 7);
     let (st, detail) = lag_item(&items, "service lms-db");
@@ -108,6 +157,26 @@ fn status_and_check_judge_the_lag_and_never_pass_one_they_cannot_read() {
             detail.contains("lag unknown") && detail.contains(why),
             "{detail}"
         );
+        // No lag figure for what is not a lag: unknown, and a breach.
+        let m = metrics(&lab);
+        assert!(
+            m.contains(&"reprise_replication_lag_known{service=\"lms-db\"} 0".to_string())
+                && m.contains(
+                    &"reprise_replication_lag_rpo_breach{service=\"lms-db\"} 1".to_string()
+                )
+                && !m
+                    .iter()
+                    .any(|l| l.starts_with("reprise_replication_lag_seconds{service=\"lms-db\"}")),
+            "{said:?}: {m:?}"
+        );
+        let nagios = lab.run(&["status", "--format", "nagios"]);
+        assert_eq!(nagios.code, 2, "{said:?}: {nagios:?}");
+        assert!(
+            nagios.stdout.contains("lms-db: lag unknown: ") && nagios.stdout.contains(why),
+            "{said:?}: {}",
+            nagios.stdout
+        );
+        assert!(!nagios.stdout.contains("'lms-db lag'"), "{}", nagios.stdout);
     }
 
     // A probe that hangs is stopped at its timeout (30s for lms-db) and is a lag unknown.
@@ -247,13 +316,41 @@ fn a_failback_reads_the_reverse_replication_just_before_the_switch_back() {
             .join("../units-stopped/postgresql")
             .exists()
     };
-    // A planned failover whose standby lags past the RPO, or cannot say: the switch stops
-    // before the promotion and the primary is started again (the data it holds is kept).
+    let runs = || {
+        std::fs::read_dir(lab.state().join("runs"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    // A planned failover whose standby lags past the RPO, or cannot say: its readiness check
+    // refuses it before anything is stopped. Forced past it, the switch still stops before the
+    // promotion and the primary is started again (the data it holds is kept).
     for said in ["1200\n", "garbage\n"] {
         std::fs::write(&pg_pra, said).unwrap();
-        let run = lab.run(&[&["failover"][..], &only[..]].concat());
+        let before = runs();
+        let refused = lab.run(&[&["failover"][..], &only[..]].concat());
+        assert_eq!(refused.code, 7, "{said:?}: {refused:?}");
+        assert!(
+            refused.stderr.contains("lag service lms-db: ") && refused.stderr.contains("--force"),
+            "{said:?}: {}",
+            refused.stderr
+        );
+        assert_eq!(runs(), before, "{said:?}: a refused failover started a run");
+        assert!(active("moodle-db"), "{said:?}");
+        let run = lab.run(&[&["failover", "--force"][..], &only[..]].concat());
         assert_eq!(run.code, 1, "{said:?}: {run:?}");
         let events = journal(&lab);
+        let forced = events
+            .iter()
+            .find(|e| e["event"] == "readiness_forced")
+            .unwrap_or_else(|| panic!("{events:#?}"));
+        assert!(
+            forced["problems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p.as_str().unwrap().starts_with("lag service lms-db: ")),
+            "{forced}"
+        );
         let lag = events
             .iter()
             .find(|e| e["event"] == "step_finished" && e["step"] == "lms-db/replication-lag")
