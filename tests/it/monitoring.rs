@@ -1,7 +1,8 @@
 //! Monitoring on the lab: `reprise status --format prometheus` parsed by Prometheus's own text
 //! parser (Debian's python3-prometheus-client), and `--format nagios` judged by its exit code
 //! and line, before a drill, after one, and with a copy whose metadata is damaged and a
-//! recovery host that does not answer.
+//! recovery host that does not answer; the replication lags of the services their application
+//! replicates among them.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -94,13 +95,33 @@ fn metrics_and_the_plugin_line_follow_replicas_checks_and_drills() {
 
     // No check saved and no drill yet.
     let m = metrics(&lab);
+    let (lags, rows): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r["kind"] == "service");
+    // The services their application replicates: judged by the lag their probe reads.
+    assert_eq!(lags.len(), 2, "{lags:?}");
+    for row in &lags {
+        let service = row["item"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("service ")
+            .unwrap();
+        let k = |name: &str| key(name, &[("service", service)]);
+        assert_eq!(m[&k("reprise_replication_lag_known")], 1.0, "{service}");
+        assert!(m[&k("reprise_replication_lag_seconds")] >= 0.0, "{service}");
+        assert_eq!(
+            Some(m[&k("reprise_replication_lag_rpo_target_seconds")]),
+            row["rpo_s"].as_f64(),
+            "{service}"
+        );
+        assert_eq!(
+            m[&k("reprise_replication_lag_rpo_breach")],
+            0.0,
+            "{service}"
+        );
+        assert!(m[&k("reprise_replication_lag_timestamp_seconds")] > 0.0);
+    }
     for row in &rows {
         let item = row["item"].as_str().unwrap();
-        let kind = if m.contains_key(&vm("reprise_replica_readable", item)) {
-            "vm"
-        } else {
-            "backup_set"
-        };
+        let kind = row["kind"].as_str().unwrap();
         let k = |name: &str| key(name, &[("item", item), ("kind", kind)]);
         assert_eq!(m[&k("reprise_replica_readable")], 1.0, "{item}");
         assert_eq!(m[&k("reprise_replica_verified")], 1.0, "{item}");
@@ -145,6 +166,7 @@ fn metrics_and_the_plugin_line_follow_replicas_checks_and_drills() {
     assert!(line.contains("no `reprise check` result saved"), "{line}");
     assert!(line.contains("never drilled: "), "{line}");
     assert!(line.contains("'erp-db age'="), "performance data: {line}");
+    assert!(line.contains("'lms-db lag'="), "performance data: {line}");
 
     // A check, then a drill of the whole example: every service drilled, all well.
     let run = lab.run(&["check"]);
@@ -185,7 +207,7 @@ fn metrics_and_the_plugin_line_follow_replicas_checks_and_drills() {
         run.stdout.starts_with("REPRISE OK - ")
             && run
                 .stdout
-                .contains("within RPO, ready, every service drilled"),
+                .contains("and 2 replication lags within RPO, ready, every service drilled"),
         "{}",
         run.stdout
     );
