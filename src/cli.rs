@@ -263,7 +263,8 @@ pub enum Command {
         points: Vec<(String, String)>,
         /// Start a planned failover although `reprise check` finds problems on the recovery
         /// side that would stop it half-way (it refuses otherwise, exit 7); journaled, and
-        /// shown by the report.
+        /// shown by the report. A replication lag unknown or over its RPO still stops it
+        /// before the switch (only --emergency accepts that loss).
         #[arg(long)]
         force: bool,
         /// Start every VM not named by --point from its newest good point taken before TIME
