@@ -191,9 +191,11 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
         failed: None,
         running_before: HashMap::new(),
     };
+    let (stale, rerun) = stale_done_steps(&plan, &after, &ctx.prior);
     let mut state = vec![State::Pending; n];
     for (i, s) in plan.steps.iter().enumerate() {
         match ctx.prior.get(&s.id) {
+            Some(Prior::Done) if stale.contains(&i) => {}
             Some(Prior::Done) => state[i] = State::Finished(StepStatus::Done),
             Some(Prior::DrillOver) => {
                 state[i] = State::Finished(StepStatus::Cancelled);
@@ -287,6 +289,7 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
         // for, it still waits for the main steps that run (a copy that is being started).
         let main_running =
             (0..n).any(|j| state[j] == State::Running && plan.steps[j].phase == Phase::Main);
+        let mut settled_again = false;
         for i in 0..n {
             if state[i] != State::Pending || running >= ctx.options.parallel.max(1) {
                 continue;
@@ -306,6 +309,13 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
             if !ready {
                 continue;
             }
+            // Done before, and not to be run again: it counts as done once what it came
+            // after is done again.
+            if stale.contains(&i) && !rerun.contains(&i) {
+                state[i] = State::Finished(StepStatus::Done);
+                settled_again = true;
+                continue;
+            }
             if let Some(h) = &step.host
                 && per_host.get(h).copied().unwrap_or(0) >= ctx.options.per_host.max(1)
             {
@@ -319,9 +329,16 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
             let ctx2 = ctx.clone();
             let tx2 = tx.clone();
             let sd = stop_rx.clone();
-            let prior = ctx.prior.get(&step.id).copied();
+            let prior = ctx
+                .prior
+                .get(&step.id)
+                .copied()
+                .filter(|_| !rerun.contains(&i));
             let task = tasks.spawn(async move { run_step(ctx2, i, prior, tx2, sd).await });
             task_step.insert(task.id(), i);
+        }
+        if running == 0 && settled_again {
+            continue;
         }
         if running == 0 {
             break;
@@ -1818,6 +1835,49 @@ pub fn drill_cleaned_up(
     })
 }
 
+/// Of the steps a resumed run finds done, those it does not take as done at once: a step
+/// that comes after one to be run again (undone by a roll-back, failed, interrupted) waits for
+/// it, or what it did may come before what it depends on (a promotion while the primary,
+/// started again by the roll-back, is being stopped again). The second set: those of them run
+/// again, a step safe to run twice and every lag read (the data a switch loses is measured
+/// when it switches, never taken from an earlier attempt); the others count as done once
+/// what they come after is.
+fn stale_done_steps(
+    plan: &Plan,
+    after: &[Vec<usize>],
+    prior: &HashMap<String, Prior>,
+) -> (HashSet<usize>, HashSet<usize>) {
+    let mut done: Vec<bool> = plan
+        .steps
+        .iter()
+        .map(|s| prior.get(&s.id) == Some(&Prior::Done))
+        .collect();
+    let mut stale = HashSet::new();
+    let mut rerun = HashSet::new();
+    for (i, s) in plan.steps.iter().enumerate() {
+        if done[i] && matches!(s.action_spec, Action::Lag { .. }) {
+            done[i] = false;
+            stale.insert(i);
+            rerun.insert(i);
+        }
+    }
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for (i, s) in plan.steps.iter().enumerate() {
+            if done[i] && s.phase == Phase::Main && after[i].iter().any(|&j| !done[j]) {
+                done[i] = false;
+                stale.insert(i);
+                if s.idempotent {
+                    rerun.insert(i);
+                }
+                changed = true;
+            }
+        }
+    }
+    (stale, rerun)
+}
+
 /// Steps a journal says were finished, and those it says were running when it ends.
 pub fn prior_from_journal(events: &[Event]) -> HashMap<String, Prior> {
     let mut prior = HashMap::new();
@@ -2745,6 +2805,72 @@ mod tests {
         assert!(!cmds.contains(&"a1".to_string()));
         assert!(cmds.contains(&"b1 verify".to_string()));
         assert!(!cmds.contains(&"b1".to_string()), "{cmds:?}");
+    }
+
+    #[test]
+    fn a_resumed_step_done_after_one_run_again_waits_for_it_and_a_check_is_run_again() {
+        // A planned switch: stop the primary, check the standby, promote it, note it. The
+        // first attempt stopped, checked and noted, then failed to promote: the roll-back
+        // started the primary again. Resumed, the stop runs again first; the check, safe to
+        // run twice, is run again after it; the note is not run twice but still counts only
+        // once the stop is done again; then the promotion.
+        let mut steps = vec![
+            exec_step("a/stop", "h1", &[], "stop"),
+            exec_step("a/check", "h2", &["a/stop"], "check"),
+            exec_step("a/note", "h4", &["a/check"], "note"),
+            exec_step("a/promote", "h3", &["a/note"], "promote"),
+        ];
+        steps[1].idempotent = true;
+        let prior = HashMap::from([
+            ("a/check".to_string(), Prior::Done),
+            ("a/note".to_string(), Prior::Done),
+        ]);
+        let fake = Arc::new(Fake {
+            hold: StdDuration::from_millis(30),
+            ..Fake::default()
+        });
+        let (status, _) = go(
+            plan(Mode::Failover, false, steps),
+            fake.clone(),
+            prior,
+            RunOptions::default(),
+        );
+        assert_eq!(status, RunStatus::Succeeded);
+        assert_eq!(fake.commands(), ["stop", "check", "promote"]);
+
+        // Stopped right after the check, resumed hours later: every step before it is done,
+        // and still a lag read is taken again before the switch.
+        let mut steps = vec![
+            exec_step("a/stop", "h1", &[], "stop"),
+            exec_step("a/lag", "h2", &["a/stop"], "lag"),
+            exec_step("a/promote", "h3", &["a/lag"], "promote"),
+        ];
+        steps[1].action_spec = Action::Lag {
+            run: Command::text("echo 3"),
+            timeout: crate::duration::Duration::from_secs(5),
+            rpo: None,
+            hold: false,
+        };
+        let prior = HashMap::from([
+            ("a/stop".to_string(), Prior::Done),
+            ("a/lag".to_string(), Prior::Done),
+        ]);
+        let fake = Arc::new(Fake::default());
+        let (_, events) = go(
+            plan(Mode::Failover, false, steps),
+            fake.clone(),
+            prior,
+            RunOptions::default(),
+        );
+        let cmds = fake.commands();
+        assert!(!cmds.contains(&"stop".to_string()), "{cmds:?}");
+        assert!(
+            events
+                .0
+                .iter()
+                .any(|e| matches!(e, Event::StepStarted { step, .. } if step == "a/lag")),
+            "the lag was not read again"
+        );
     }
 
     #[test]
