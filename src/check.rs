@@ -1917,7 +1917,20 @@ pub fn measure_lags(
             .map(|t| {
                 scope.spawn(
                     move || match t.command.expose(|name| std::env::var(name).ok()) {
-                        Ok(text) => crate::lag::measure(transport, &t.host, &text, t.timeout),
+                        Ok(text) => {
+                            let mut lag = crate::lag::measure(transport, &t.host, &text, t.timeout);
+                            // What the probe said is shown and saved: never a secret's value.
+                            if let crate::lag::Reading::Unknown(why) = &mut lag.reading {
+                                for name in t.command.secrets() {
+                                    if let Ok(value) = std::env::var(name)
+                                        && !value.is_empty()
+                                    {
+                                        *why = why.replace(&value, &format!("<secret:{name}>"));
+                                    }
+                                }
+                            }
+                            lag
+                        }
                         Err(missing) => crate::lag::Lag {
                             at: Utc::now(),
                             reading: crate::lag::Reading::Unknown(format!(

@@ -823,6 +823,7 @@ fn seed_points(model: &Model) -> Result<(), LabError> {
     let options = crate::run::SshOptions {
         policy: crate::ssh::HostKeyPolicy::Strict,
         known_hosts: crate::run::SshOptions::default_known_hosts(),
+        known_hosts_given: false,
         identity: None,
         connect_timeout: Duration::from_secs(10),
         here: None,

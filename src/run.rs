@@ -101,6 +101,9 @@ pub struct SshOptions {
     pub policy: HostKeyPolicy,
     /// Used for hosts that name no `known_hosts` of their own.
     pub known_hosts: PathBuf,
+    /// Whether the command line named it (`--known-hosts`): it then wins over the user's ssh
+    /// configuration, as a command-line option wins over it for `ssh`.
+    pub known_hosts_given: bool,
     /// Private key; the ssh-agent when none.
     pub identity: Option<PathBuf>,
     pub connect_timeout: StdDuration,
@@ -281,14 +284,24 @@ pub fn transport(model: &Model, ssh: &SshOptions) -> SshTransport {
         .with_client(ssh.client)
 }
 
-/// How to reach one host: what the inventory names, then the user's ssh configuration for
-/// its address, then the command line's defaults.
+/// How to reach one host: what the inventory names, then what the command line names (key,
+/// known_hosts), then the user's ssh configuration for its address, then the defaults.
 fn host_spec(h: &crate::inventory::Host, ssh: &SshOptions) -> HostSpec {
-    let config = ssh
+    let mut config = ssh
         .ssh_config
         .as_ref()
         .map(|c| c.resolve(&h.address, h.user_set.then_some(h.user.as_str())))
         .unwrap_or_default();
+    let named_known_hosts = h.known_hosts.is_some() || ssh.known_hosts_given;
+    if !named_known_hosts && config.refused.is_none() {
+        config.refused = config.known_hosts_refused.take();
+    }
+    if ssh.known_hosts_given {
+        config.known_hosts = None;
+    }
+    if ssh.identity.is_some() {
+        config.identity = None;
+    }
     HostSpec {
         id: h.id.clone(),
         address: config.host_name.unwrap_or_else(|| h.address.clone()),

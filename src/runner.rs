@@ -1777,6 +1777,7 @@ async fn exec(
                     | crate::ssh::SshError::KnownHosts { .. }
                     | crate::ssh::SshError::Auth { .. }
                     | crate::ssh::SshError::UnknownHost(_)
+                    | crate::ssh::SshError::Refused { .. }
             );
             return Err(TryError {
                 message: e.to_string(),

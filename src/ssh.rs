@@ -124,6 +124,9 @@ pub enum SshError {
     Hung { host: String, secs: u64 },
     #[error("unknown host `{0}`")]
     UnknownHost(String),
+    /// The user's ssh configuration asks for what reprise does not do for this host.
+    #[error("not connecting to {host}: {reason}")]
+    Refused { host: String, reason: String },
     /// A stream to or from {host} failed on this machine's side.
     #[error("streaming with {host}: {reason}")]
     Local { host: String, reason: String },
@@ -256,7 +259,10 @@ impl Session {
             reason,
         };
         if let Some(why) = &spec.refused {
-            return Err(connect_err(why.clone()));
+            return Err(SshError::Refused {
+                host: spec.id.clone(),
+                reason: why.clone(),
+            });
         }
         let addrs: Vec<SocketAddr> = endpoint
             .to_socket_addrs()

@@ -70,7 +70,10 @@ pub fn user_ssh_config(
         .map(|c| Some(std::sync::Arc::new(c)))
         .map_err(|e| Outcome {
             stderr: format!("error: {e}\n"),
-            code: crate::exit::INVALID_INPUT,
+            code: match e {
+                crate::ssh::config::ConfigError::Read { .. } => crate::exit::IO,
+                _ => crate::exit::INVALID_INPUT,
+            },
             ..Outcome::default()
         })
 }
@@ -96,6 +99,7 @@ impl SshArgs {
                 .known_hosts
                 .clone()
                 .unwrap_or_else(SshOptions::default_known_hosts),
+            known_hosts_given: self.known_hosts.is_some(),
             identity: self.identity.clone(),
             connect_timeout: std::time::Duration::from_secs(self.connect_timeout.max(1)),
             here: self.here.clone(),

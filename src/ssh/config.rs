@@ -43,6 +43,9 @@ pub struct Resolved {
     pub identity: Option<PathBuf>,
     /// The first file of `UserKnownHostsFile`.
     pub known_hosts: Option<PathBuf>,
+    /// Why that file cannot be the one a host's key is checked in (`/dev/null`, `none`, not
+    /// a file): the host is refused when nothing else names its known_hosts.
+    pub known_hosts_refused: Option<String>,
     /// Why this address cannot be reached as the file says.
     pub refused: Option<String>,
 }
@@ -215,12 +218,26 @@ impl UserSshConfig {
             },
             None => None,
         };
+        let known_hosts_refused = known_hosts
+            .as_ref()
+            .filter(|p| {
+                p.as_os_str().eq_ignore_ascii_case("none")
+                    || p.as_path() == Path::new("/dev/null")
+                    || std::fs::metadata(p).is_ok_and(|m| !m.is_file())
+            })
+            .map(|p| {
+                format!(
+                    "{file} sets `UserKnownHostsFile {}` for {address}, which keeps no host keys: reprise checks every host's key; name a known_hosts file (the host's `known_hosts` in the inventory, or --known-hosts)",
+                    p.display()
+                )
+            });
         Resolved {
             host_name,
             port: params.port,
             user: params.user.clone(),
             identity,
-            known_hosts,
+            known_hosts: known_hosts.filter(|_| known_hosts_refused.is_none()),
+            known_hosts_refused,
             refused: None,
         }
     }
@@ -299,6 +316,7 @@ mod tests {
                 user: Some("admin".to_string()),
                 identity: Some(PathBuf::from("/home/it/.ssh/nas_key")),
                 known_hosts: Some(PathBuf::from("/home/it/.ssh/school_hosts")),
+                known_hosts_refused: None,
                 refused: None,
             }
         );
@@ -338,6 +356,19 @@ mod tests {
             assert!(why.contains(&format!("for {address}")), "{why}");
         }
         assert_eq!(c.resolve("direct", None).refused, None);
+    }
+
+    #[test]
+    fn a_known_hosts_file_that_keeps_no_keys_is_never_used() {
+        let c = config(
+            "Host a\n  UserKnownHostsFile /dev/null\nHost b\n  UserKnownHostsFile none\nHost c\n  UserKnownHostsFile /\n",
+        );
+        for address in ["a", "b", "c"] {
+            let r = c.resolve(address, None);
+            assert_eq!(r.known_hosts, None, "{address}");
+            let why = r.known_hosts_refused.unwrap_or_default();
+            assert!(why.contains("keeps no host keys"), "{address}: {why}");
+        }
     }
 
     #[test]

@@ -141,6 +141,14 @@ fn options(
     key_type: &str,
     connect_timeout: Duration,
 ) -> Result<Vec<String>, SshError> {
+    // A host reprise refuses to reach (see `HostSpec::refused`) gets no `ssh` either: not
+    // even a master that would log in while libssh2 checks the host.
+    if let Some(why) = &spec.refused {
+        return Err(SshError::Refused {
+            host: spec.id.clone(),
+            reason: why.clone(),
+        });
+    }
     let option = |name: &str, path: &Path| -> Result<String, SshError> {
         Ok(format!("{name}={}", config_path(spec, path)?))
     };
@@ -730,6 +738,19 @@ mod tests {
         let relative = quoted("~/kh");
         assert!(relative.starts_with("\"/"), "{relative}");
         assert!(config_path(&s, Path::new("/a\nb")).is_err());
+    }
+
+    #[test]
+    fn a_refused_host_gets_no_ssh_command() {
+        let refused = HostSpec {
+            refused: Some("~/.ssh/config sets `ProxyJump b` for hv1".to_string()),
+            ..spec("/kh")
+        };
+        let err = command(&refused, "ssh-ed25519", Duration::from_secs(3), "true")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("ProxyJump b"), "{err}");
     }
 
     #[test]

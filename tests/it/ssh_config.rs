@@ -32,13 +32,15 @@ fn ssh_items(json: &serde_json::Value) -> Vec<(String, String, String)> {
 }
 
 fn check(dir: &Path, config: &str) -> crate::common::Run {
+    check_with(dir, config, &[])
+}
+
+fn check_with(dir: &Path, config: &str, more: &[&str]) -> crate::common::Run {
     // HOME points at the test's folder: no ~/.ssh/config of this machine is read.
     let home = dir.to_str().unwrap();
-    reprise_with_env(
-        dir,
-        &["check", "--json", "--ssh-config", config],
-        &[("HOME", home), ("FW_TOKEN", "t")],
-    )
+    let mut args = vec!["check", "--json", "--ssh-config", config];
+    args.extend_from_slice(more);
+    reprise_with_env(dir, &args, &[("HOME", home), ("FW_TOKEN", "t")])
 }
 
 #[test]
@@ -144,10 +146,57 @@ fn an_ssh_config_reprise_cannot_read_as_openssh_does_stops_before_any_host() {
     }
     // A file named on the command line that is not there is an error too, not ignored.
     let run = check(dir, dir.join("absent").to_str().unwrap());
-    assert_eq!(run.code, 3, "{run:?}");
+    assert_eq!(run.code, 4, "{run:?}");
     assert!(
         run.stderr.contains("cannot read the ssh configuration"),
         "{}",
         run.stderr
+    );
+}
+
+#[test]
+fn a_known_hosts_file_that_keeps_no_keys_refuses_the_host_unless_one_is_named() {
+    let sshd = Sshd::start();
+    let dir = mini_copy();
+    let dir = dir.path();
+    let aliases: Vec<&str> = ADDRESSES.iter().map(|(_, a)| *a).collect();
+    // A common line of personal configurations: no host key is ever kept.
+    let config = dir.join("ssh_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Host {}\n  HostName {}\n  Port {}\n  User {}\n  IdentityFile {}\n\nHost *\n  UserKnownHostsFile /dev/null\n",
+            aliases.join(" "),
+            sshd.address,
+            sshd.port,
+            sshd.user,
+            sshd.identity.display(),
+        ),
+    )
+    .unwrap();
+    let run = check(dir, config.to_str().unwrap());
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).expect(&run.stderr);
+    let items = ssh_items(&json);
+    assert_eq!(items.len(), 4, "{items:?}");
+    for (host, status, detail) in &items {
+        assert_eq!(status, "failed", "{host}");
+        assert!(
+            detail.contains("`UserKnownHostsFile /dev/null`")
+                && detail.contains("keeps no host keys"),
+            "{host}: {detail}"
+        );
+    }
+    // --known-hosts names the file: it wins over the configuration, and every host is reached
+    // with its key checked there.
+    let run = check_with(
+        dir,
+        config.to_str().unwrap(),
+        &["--known-hosts", sshd.known_hosts.to_str().unwrap()],
+    );
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).expect(&run.stderr);
+    let items = ssh_items(&json);
+    assert!(
+        items.iter().all(|(_, status, _)| status == "ok"),
+        "{items:?}"
     );
 }
