@@ -129,6 +129,9 @@ pub enum Replication {
     /// RPO is judged by the lag its probe prints, never by a disk copy's age.
     Application {
         lag: LagProbe,
+        /// The failover step a planned failover reads the lag just before (the switch), when
+        /// it is not the first step that does without the primary.
+        before: Option<Sp<String>>,
         /// The probe of the reverse direction (the primary side fed from the recovery side),
         /// read during a failback just before its step `before`.
         failback: Option<Box<FailbackLag>>,
@@ -191,6 +194,15 @@ impl Service {
     pub fn lag(&self) -> Option<&LagProbe> {
         match &self.replication {
             Replication::Application { lag, .. } => Some(lag),
+            Replication::Disk => None,
+        }
+    }
+
+    /// The failover step a planned failover reads the lag just before, when the service
+    /// names one.
+    pub fn lag_before(&self) -> Option<&Sp<String>> {
+        match &self.replication {
+            Replication::Application { before, .. } => before.as_ref(),
             Replication::Disk => None,
         }
     }
@@ -718,6 +730,7 @@ fn read_replication(
     let Some(lt) = lag.as_mut() else {
         return Replication::Disk;
     };
+    let before = lt.text("before", diags);
     let probe = read_probe(lt, id, diags);
     if let Some(l) = lag {
         l.finish(diags);
@@ -743,7 +756,11 @@ fn read_replication(
         );
     }
     match probe {
-        Some(lag) => Replication::Application { lag, failback },
+        Some(lag) => Replication::Application {
+            lag,
+            before,
+            failback,
+        },
         None => Replication::Disk,
     }
 }

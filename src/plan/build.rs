@@ -138,6 +138,12 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
             Mode::Failback => service.failback_lag(),
             _ => None,
         };
+        // In an emergency the step named may need the lost primary and be left out: the lag
+        // is then read before the first step that does without it.
+        let lag_before = match mode {
+            Mode::Failover if !opts.emergency => service.lag_before(),
+            _ => None,
+        };
         for step in book.steps.iter().filter(|s| s.phase == Phase::Main) {
             if opts.emergency && step.needs_primary {
                 left_out.push(LeftOut {
@@ -146,8 +152,14 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
                 });
                 continue;
             }
+            // A planned failover reads the lag just before the step the service names (the
+            // switch), else before its first step that does without the primary.
+            let lag_here = match lag_before {
+                Some(b) => b.value == step.id.value,
+                None => !step.needs_primary,
+            };
             let probe = match (lag_pending, back_pending) {
-                (Some(p), _) if !step.needs_primary => {
+                (Some(p), _) if lag_here => {
                     lag_pending = None;
                     Some(p)
                 }
@@ -180,7 +192,18 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
                 steps.push(planned);
             }
         }
-        if let Some(probe) = lag_pending {
+        if let (Some(_), Some(before)) = (lag_pending, lag_before) {
+            diags.push(
+                Diagnostic::error(format!(
+                    "the failover of service `{sid}` has no step `{}` to read the replication's lag before",
+                    before.value
+                ))
+                .at(before.loc.clone())
+                .hint(did_you_mean_step(book, &before.value).unwrap_or_else(|| {
+                    "name the failover step that switches the service to the recovery site".to_string()
+                })),
+            );
+        } else if let Some(probe) = lag_pending {
             let after = main_after(model, sid, &members, &main_steps);
             if let Some(planned) =
                 lag_step(model, opts, service, probe, book, after, &steps, &mut diags)
