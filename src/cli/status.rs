@@ -211,7 +211,7 @@ fn collect(
                 })
                 .collect()
         });
-        let lags = lags
+        let mut lags: Vec<LagRow> = lags
             .into_iter()
             .map(|(t, lag)| LagRow {
                 service: t.service,
@@ -221,8 +221,34 @@ fn collect(
                 rpo_s: t.rpo.map(|r| r.secs()),
             })
             .collect();
+        let unplanned = unplanned_lags(model, &lags, Utc::now());
+        lags.extend(unplanned);
         (rows, lags)
     }))
+}
+
+/// A service whose lag probe no plan could give (its runbooks do not plan) still has a lag
+/// nobody read: it is shown unknown, never left out.
+fn unplanned_lags(model: &Model, read: &[LagRow], now: DateTime<Utc>) -> Vec<LagRow> {
+    model
+        .inventory
+        .services
+        .values()
+        .filter(|s| !read.iter().any(|l| l.service == s.id))
+        .filter_map(|s| {
+            let probe = s.lag()?;
+            Some(LagRow {
+                service: s.id.clone(),
+                host: probe.host.value.clone(),
+                at: now,
+                reading: crate::lag::Reading::Unknown(
+                    "its lag probe could not be planned: the service's runbooks do not plan (see `reprise validate`)"
+                        .to_string(),
+                ),
+                rpo_s: s.rpo.map(|r| r.secs()),
+            })
+        })
+        .collect()
 }
 
 /// What the recovery copies of each item say.
@@ -938,6 +964,37 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn a_lag_no_plan_could_read_is_shown_unknown_never_left_out() {
+        let sources = crate::sources::Sources::read(
+            std::path::Path::new("inventory"),
+            std::path::Path::new("runbooks"),
+        )
+        .unwrap();
+        let model = Model::load(sources).map(|(m, _)| m).unwrap();
+        let app: Vec<&str> = model
+            .inventory
+            .services
+            .values()
+            .filter(|s| s.lag().is_some())
+            .map(|s| s.id.as_str())
+            .collect();
+        assert!(app.len() >= 2, "{app:?}");
+        // No plan gave any probe: every one of them is a row, unknown.
+        let rows = unplanned_lags(&model, &[], now());
+        assert_eq!(
+            rows.iter().map(|r| r.service.as_str()).collect::<Vec<_>>(),
+            app
+        );
+        assert!(
+            rows.iter()
+                .all(|r| r.reading.seconds().is_none() && r.rpo_s.is_some())
+        );
+        // One that was read is not repeated.
+        let rows = unplanned_lags(&model, &rows[..1], now());
+        assert_eq!(rows.len(), app.len() - 1);
     }
 
     fn row(item: &str, age_s: Option<u64>, rpo_s: Option<u64>) -> ReplicaRow {

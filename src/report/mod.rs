@@ -748,18 +748,25 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
                 ),
             })
         });
+        // The older of what was started: a copy's point, and the application's lag (a copy
+        // started for a service its application replicates loses what that copy lacks).
+        let copies_loss = used
+            .iter()
+            .map(|p| ((measured_from - p.taken_at).num_milliseconds() as f64 / 1000.0).max(0.0))
+            .fold(None, |acc: Option<f64>, x| {
+                Some(acc.map_or(x, |a| a.max(x)))
+            });
         let data_loss_s = match &lag {
-            Some(lag) => lag.lag_s,
-            None => used
-                .iter()
-                .map(|p| ((measured_from - p.taken_at).num_milliseconds() as f64 / 1000.0).max(0.0))
-                .fold(None, |acc: Option<f64>, x| {
-                    Some(acc.map_or(x, |a| a.max(x)))
-                }),
+            // A lag the journal holds that no probe could have said is not a measure.
+            Some(lag) => lag
+                .lag_s
+                .filter(|l| l.is_finite() && *l >= 0.0)
+                .map(|l| copies_loss.map_or(l, |c| c.max(l))),
+            None => copies_loss,
         }
         .filter(|_| status == ServiceStatus::Recovered);
         let rpo_target_s = rec.and_then(|r| r.rpo_target_s);
-        let all_verified = lag.is_some() || used.iter().all(|p| p.verified);
+        let all_verified = used.iter().all(|p| p.verified);
         let rpo_met = match (data_loss_s, rpo_target_s) {
             (Some(loss), Some(target)) if loss > target as f64 => Some(false),
             (Some(_), Some(_)) if all_verified => Some(true),
@@ -1420,6 +1427,15 @@ mod tests {
 
     /// A run of one service `db` its application replicates, with or without a lag step.
     fn lag_run(mode: Mode, lag_step: bool, lag: Option<Event>) -> RecoveryReport {
+        lag_run_with(mode, lag_step, lag, Vec::new())
+    }
+
+    fn lag_run_with(
+        mode: Mode,
+        lag_step: bool,
+        lag: Option<Event>,
+        more: Vec<Event>,
+    ) -> RecoveryReport {
         let mut first = started(None);
         if let Event::RunStarted {
             mode: m,
@@ -1445,6 +1461,7 @@ mod tests {
             events.extend(run("db/replication-lag", 0, 1, StepStatus::Done));
         }
         events.extend(lag);
+        events.extend(more);
         events.extend(run("db/start", 1, 20, StepStatus::Done));
         events.push(Event::RunFinished {
             at: t(20),
@@ -1494,6 +1511,33 @@ mod tests {
                 );
             }
         }
+        // A lag no probe could have said (the journal holds -5): not a measure.
+        let r = lag_run(Mode::Failover, true, Some(lag_event(Some(-5.0), None)));
+        assert_eq!(
+            (r.services[0].data_loss_s, r.services[0].rpo_met),
+            (None, None)
+        );
+        // A disk copy an hour old started for it as well: the loss is the copy's, not the
+        // lag's, and over the target.
+        let copy = Event::ReplicaPointUsed {
+            at: t(1),
+            step: "db/start".into(),
+            item: "db".into(),
+            point: "p1".into(),
+            taken_at: t(-3600),
+            verified: true,
+            note: None,
+            dropped: Vec::new(),
+        };
+        let r = lag_run_with(
+            Mode::Failover,
+            true,
+            Some(lag_event(Some(12.5), None)),
+            vec![copy],
+        );
+        let db = &r.services[0];
+        assert!(db.data_loss_s.is_some_and(|l| l >= 3600.0), "{db:?}");
+        assert_eq!(db.rpo_met, Some(false));
         // A failback of it with no probe of the reverse replication: said, not left blank.
         let r = lag_run(Mode::Failback, false, None);
         let db = &r.services[0];
