@@ -1840,9 +1840,9 @@ pub fn drill_cleaned_up(
 /// that comes after one to be run again (undone by a roll-back, failed, interrupted) waits for
 /// it, or what it did may come before what it depends on (a promotion while the primary,
 /// started again by the roll-back, is being stopped again). The second set: those of them run
-/// again, a step safe to run twice and every lag read (the data a switch loses is measured
-/// when it switches, never taken from an earlier attempt); the others count as done once
-/// what they come after is.
+/// again, a step safe to run twice and a lag read that holds a switch still to come (the
+/// data a switch loses is measured when it switches, never taken from an earlier attempt);
+/// the others count as done once what they come after is.
 fn stale_done_steps(
     plan: &Plan,
     after: &[Vec<usize>],
@@ -1855,13 +1855,6 @@ fn stale_done_steps(
         .collect();
     let mut stale = HashSet::new();
     let mut rerun = HashSet::new();
-    for (i, s) in plan.steps.iter().enumerate() {
-        if done[i] && matches!(s.action_spec, Action::Lag { .. }) {
-            done[i] = false;
-            stale.insert(i);
-            rerun.insert(i);
-        }
-    }
     let mut changed = true;
     while changed {
         changed = false;
@@ -1874,6 +1867,21 @@ fn stale_done_steps(
                 }
                 changed = true;
             }
+        }
+    }
+    // A lag that holds a planned switch is read again while the switch is still to come (a
+    // step that comes after it is neither done nor over): the data it loses is measured when
+    // it switches. What is done after it stays done.
+    for (i, s) in plan.steps.iter().enumerate() {
+        let holds = matches!(s.action_spec, Action::Lag { hold: true, .. });
+        let to_come = plan.steps.iter().enumerate().any(|(k, t)| {
+            after[k].contains(&i)
+                && t.phase == Phase::Main
+                && matches!(prior.get(&t.id), None | Some(Prior::Interrupted))
+        });
+        if holds && done[i] && to_come {
+            stale.insert(i);
+            rerun.insert(i);
         }
     }
     (stale, rerun)
@@ -2850,7 +2858,7 @@ mod tests {
             run: Command::text("echo 3"),
             timeout: crate::duration::Duration::from_secs(5),
             rpo: None,
-            hold: false,
+            hold: true,
         };
         let prior = HashMap::from([
             ("a/stop".to_string(), Prior::Done),
@@ -2871,6 +2879,39 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, Event::StepStarted { step, .. } if step == "a/lag")),
             "the lag was not read again"
+        );
+        // Once the switch is done, nothing reads it again.
+        let prior = HashMap::from([
+            ("a/stop".to_string(), Prior::Done),
+            ("a/lag".to_string(), Prior::Done),
+            ("a/promote".to_string(), Prior::Done),
+        ]);
+        let steps = plan(Mode::Failover, false, {
+            let mut steps = vec![
+                exec_step("a/stop", "h1", &[], "stop"),
+                exec_step("a/lag", "h2", &["a/stop"], "lag"),
+                exec_step("a/promote", "h3", &["a/lag"], "promote"),
+            ];
+            steps[1].action_spec = Action::Lag {
+                run: Command::text("echo 3"),
+                timeout: crate::duration::Duration::from_secs(5),
+                rpo: None,
+                hold: true,
+            };
+            steps
+        });
+        let (_, events) = go(
+            steps,
+            Arc::new(Fake::default()),
+            prior,
+            RunOptions::default(),
+        );
+        assert!(
+            !events
+                .0
+                .iter()
+                .any(|e| matches!(e, Event::StepStarted { .. })),
+            "a step of a finished switch ran again"
         );
     }
 
