@@ -34,3 +34,4 @@ pub mod sources;
 pub mod ssh;
 pub mod template;
 pub mod view;
+pub mod vmdef;

@@ -1,0 +1,591 @@
+//! A vm's definition: what a hypervisor needs besides the disks to run it (libvirt's domain
+//! XML: CPU, memory, firmware, disks by path, NICs by network and MAC). `replicate` captures it
+//! from the primary with each replica point (the driver's `definition` action); drill,
+//! failover and failback define the vm on the host they start it on from the definition of
+//! the point they start from (the driver's `define` action), made to fit that host by
+//! [`rewrite`]: its name, its disks moved to the copies (or a drill's overlays), its NICs
+//! mapped through the inventory's `networks`, its MAC addresses kept or left to the
+//! hypervisor to choose.
+//!
+//! A definition comes from a host and is untrusted: it is at most [`MAX_BYTES`], UTF-8, one
+//! well-formed `<domain>` element without a document type, and [`rewrite`] refuses what it
+//! cannot make safe: a disk that is not one of the vm's copies, a NIC whose network has no
+//! mapping, an element of another XML namespace outside `<metadata>` (libvirt's
+//! `qemu:commandline` passes arbitrary arguments to QEMU). XML is read and written with
+//! `xmltree`; nothing here edits text.
+//!
+//! Pure: no IO, no clock. The format is the driver's (`definition_format`); only
+//! [`Format::LibvirtXml`] exists today, and a new format adds its own `rewrite` here.
+
+use indexmap::IndexMap;
+use xmltree::{Element, XMLNode};
+
+/// The largest definition accepted from a host: a libvirt domain is a few KiB.
+pub const MAX_BYTES: usize = 1 << 20;
+
+/// The formats of definitions drivers capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// libvirt's domain XML (`virsh dumpxml --inactive`).
+    LibvirtXml,
+}
+
+impl Format {
+    pub const NAMES: &'static [&'static str] = &["libvirt-xml"];
+
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "libvirt-xml" => Some(Format::LibvirtXml),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DefinitionError {
+    #[error("the definition is {0} bytes, more than the {MAX_BYTES} a definition may be")]
+    TooLarge(usize),
+    #[error("the definition is empty")]
+    Empty,
+    #[error("the definition is not UTF-8 text")]
+    NotText,
+    #[error("the definition is not well-formed XML: {0}")]
+    Malformed(String),
+    #[error("the definition has a document type declaration, which a domain never has")]
+    Doctype,
+    #[error("the definition is a <{0}>, not a <domain>")]
+    NotDomain(String),
+    #[error(
+        "the definition's disk {target} uses {path}, which is not a copy of one of the vm's disks ({known}): refused"
+    )]
+    ForeignDisk {
+        target: String,
+        path: String,
+        known: String,
+    },
+    #[error("the definition's disk {target} is of type `{kind}`: only file disks are replicated")]
+    DiskType { target: String, kind: String },
+    #[error("the definition has no disk for {0}")]
+    MissingDisk(String),
+    #[error(
+        "NIC {nic} is on {kind} `{name}`, which has no mapping for host {host}: add `{name} = \"...\"` to the `networks` of host {host} or of its site"
+    )]
+    Unmapped {
+        nic: String,
+        kind: String,
+        name: String,
+        host: String,
+    },
+    #[error("NIC {nic} is of type `{kind}`, which a network mapping cannot move")]
+    NicType { nic: String, kind: String },
+    #[error(
+        "the definition has an element <{0}> of another XML namespace: refused (it could pass anything to the hypervisor)"
+    )]
+    Namespace(String),
+}
+
+/// A definition read and checked (not yet fitted to a host).
+#[derive(Debug, Clone)]
+pub struct Definition {
+    root: Element,
+}
+
+impl Definition {
+    /// Reads a definition as a host sent it.
+    pub fn parse(bytes: &[u8]) -> Result<Definition, DefinitionError> {
+        if bytes.len() > MAX_BYTES {
+            return Err(DefinitionError::TooLarge(bytes.len()));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| DefinitionError::NotText)?;
+        if text.trim().is_empty() {
+            return Err(DefinitionError::Empty);
+        }
+        // A document type could declare entities: a domain never has one.
+        if text.contains("<!DOCTYPE") || text.contains("<!ENTITY") {
+            return Err(DefinitionError::Doctype);
+        }
+        let config = xmltree::ParserConfig::new()
+            .trim_whitespace(true)
+            .ignore_comments(true);
+        let root = Element::parse_with_config(text.as_bytes(), config)
+            .map_err(|e| DefinitionError::Malformed(one_line(&e.to_string())))?;
+        if root.name != "domain" || root.namespace.is_some() {
+            return Err(DefinitionError::NotDomain(root.name.clone()));
+        }
+        foreign_namespace(&root, false)?;
+        Ok(Definition { root })
+    }
+
+    /// The domain's name in the definition.
+    pub fn name(&self) -> Option<String> {
+        self.root
+            .get_child("name")
+            .and_then(|n| n.get_text())
+            .map(|t| t.into_owned())
+    }
+
+    /// The definition written out, indented: one element a line, the same for the same
+    /// definition, so that two can be compared line by line.
+    pub fn canonical(&self) -> String {
+        let mut out = Vec::new();
+        let config = xmltree::EmitterConfig::new()
+            .perform_indent(true)
+            .write_document_declaration(false);
+        self.root
+            .write_with_config(&mut out, config)
+            .expect("writing to memory");
+        let mut s = String::from_utf8(out).expect("xmltree writes UTF-8");
+        s.push('\n');
+        s
+    }
+}
+
+fn one_line(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if s.len() > 200 {
+        format!("{}…", &s[..s.floor_char_boundary(200)])
+    } else {
+        s
+    }
+}
+
+/// Refuses an element of a namespace outside `<metadata>` (where applications keep theirs).
+fn foreign_namespace(e: &Element, in_metadata: bool) -> Result<(), DefinitionError> {
+    for child in e.children.iter().filter_map(XMLNode::as_element) {
+        if child.namespace.is_some() && !in_metadata {
+            let name = match &child.prefix {
+                Some(p) => format!("{p}:{}", child.name),
+                None => child.name.clone(),
+            };
+            return Err(DefinitionError::Namespace(name));
+        }
+        foreign_namespace(
+            child,
+            in_metadata || (child.name == "metadata" && e.name == "domain"),
+        )?;
+    }
+    Ok(())
+}
+
+/// Where a NIC goes on the target host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Nics {
+    /// Each NIC's network or bridge through this mapping (the target host's, or its site's).
+    Map(IndexMap<String, String>),
+    /// Every NIC on this libvirt network (a drill's isolated network).
+    All(String),
+}
+
+/// What the definition becomes on its target host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fit {
+    /// The host it is defined on (for messages).
+    pub host: String,
+    /// The domain's name there (`drill-NAME` for a drill's copy).
+    pub name: String,
+    /// Per disk of the vm: the paths it may have in the definition (on the primary and on
+    /// the recovery host), and its path on the target host.
+    pub disks: Vec<(Vec<String>, String)>,
+    /// The format of the disk files on the target (a drill's overlays are qcow2); `None`:
+    /// as defined.
+    pub disk_format: Option<String>,
+    pub nics: Nics,
+    /// Keep each NIC's MAC address; else the hypervisor chooses new ones.
+    pub keep_macs: bool,
+    /// Keep the domain's UUID; else the hypervisor chooses a new one (a drill's copy runs
+    /// beside the vm it copies).
+    pub keep_uuid: bool,
+}
+
+/// What [`rewrite`] made, and what it did that the operator should know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fitted {
+    pub text: String,
+    pub notes: Vec<String>,
+}
+
+/// Fits a definition to its target host (see [`Fit`]); every problem is an error.
+pub fn rewrite(def: &Definition, fit: &Fit) -> Result<Fitted, DefinitionError> {
+    let mut root = def.root.clone();
+    let mut notes = Vec::new();
+    set_text(child_or_new(&mut root, "name"), &fit.name);
+    if !fit.keep_uuid {
+        remove_children(&mut root, "uuid");
+    }
+    // UEFI variables are the target host's own: libvirt chooses the file (by the domain's
+    // name) and fills it from the template; a path from another host is never written to.
+    if let Some(os) = root.get_mut_child("os") {
+        for nv in os
+            .children
+            .iter_mut()
+            .filter_map(XMLNode::as_mut_element)
+            .filter(|c| c.name == "nvram")
+        {
+            nv.children.clear();
+        }
+    }
+    let Some(devices) = root.get_mut_child("devices") else {
+        if let Some((_, to)) = fit.disks.first() {
+            return Err(DefinitionError::MissingDisk(to.clone()));
+        }
+        return Ok(Fitted {
+            text: Definition { root }.canonical(),
+            notes,
+        });
+    };
+    let mut found = vec![false; fit.disks.len()];
+    let mut nic = 0;
+    for dev in devices
+        .children
+        .iter_mut()
+        .filter_map(XMLNode::as_mut_element)
+    {
+        match dev.name.as_str() {
+            "disk" => disk(dev, fit, &mut found, &mut notes)?,
+            "interface" => {
+                nic += 1;
+                interface(dev, nic, fit)?;
+            }
+            _ => {}
+        }
+    }
+    if let Some(i) = found.iter().position(|f| !f) {
+        return Err(DefinitionError::MissingDisk(fit.disks[i].0.join(" or ")));
+    }
+    Ok(Fitted {
+        text: Definition { root }.canonical(),
+        notes,
+    })
+}
+
+fn disk(
+    dev: &mut Element,
+    fit: &Fit,
+    found: &mut [bool],
+    notes: &mut Vec<String>,
+) -> Result<(), DefinitionError> {
+    let target = dev
+        .get_child("target")
+        .and_then(|t| t.attributes.get("dev").cloned())
+        .unwrap_or_else(|| "?".into());
+    let device = dev
+        .attributes
+        .get("device")
+        .cloned()
+        .unwrap_or_else(|| "disk".into());
+    let kind = dev
+        .attributes
+        .get("type")
+        .cloned()
+        .unwrap_or_else(|| "file".into());
+    if device == "cdrom" || device == "floppy" {
+        // Removable media: the host's file is not replicated; the drive stays, empty.
+        if dev.get_child("source").is_some() {
+            remove_children(dev, "source");
+            notes.push(format!(
+                "the {device} {target} was emptied (its media is not replicated)"
+            ));
+        }
+        return Ok(());
+    }
+    if kind != "file" {
+        return Err(DefinitionError::DiskType { target, kind });
+    }
+    let path = dev
+        .get_child("source")
+        .and_then(|s| s.attributes.get("file").cloned())
+        .unwrap_or_default();
+    let Some(i) = fit.disks.iter().position(|(from, _)| from.contains(&path)) else {
+        let known: Vec<&str> = fit
+            .disks
+            .iter()
+            .flat_map(|(from, _)| from.iter().map(String::as_str))
+            .collect();
+        return Err(DefinitionError::ForeignDisk {
+            target,
+            path,
+            known: known.join(", "),
+        });
+    };
+    found[i] = true;
+    remove_children(dev, "backingStore");
+    let source = dev.get_mut_child("source").expect("read above");
+    source.attributes.clear();
+    source
+        .attributes
+        .insert("file".into(), fit.disks[i].1.clone());
+    if let Some(format) = &fit.disk_format {
+        child_or_new(dev, "driver")
+            .attributes
+            .insert("type".into(), format.clone());
+    }
+    Ok(())
+}
+
+fn interface(dev: &mut Element, n: usize, fit: &Fit) -> Result<(), DefinitionError> {
+    let kind = dev
+        .attributes
+        .get("type")
+        .cloned()
+        .unwrap_or_else(|| "?".into());
+    let mac = dev
+        .get_child("mac")
+        .and_then(|m| m.attributes.get("address").cloned());
+    let nic = match &mac {
+        Some(m) => format!("#{n} ({m})"),
+        None => format!("#{n}"),
+    };
+    if !fit.keep_macs {
+        remove_children(dev, "mac");
+    }
+    // Names the hypervisor gave the NIC on the primary mean nothing here.
+    remove_children(dev, "target");
+    match &fit.nics {
+        Nics::All(network) => {
+            dev.attributes.insert("type".into(), "network".into());
+            let source = child_or_new(dev, "source");
+            source.attributes.clear();
+            source.attributes.insert("network".into(), network.clone());
+            Ok(())
+        }
+        Nics::Map(map) => {
+            let attr = match kind.as_str() {
+                "network" => "network",
+                "bridge" => "bridge",
+                _ => return Err(DefinitionError::NicType { nic, kind }),
+            };
+            let name = dev
+                .get_child("source")
+                .and_then(|s| s.attributes.get(attr).cloned())
+                .unwrap_or_default();
+            let Some(to) = map.get(&name) else {
+                return Err(DefinitionError::Unmapped {
+                    nic,
+                    kind,
+                    name,
+                    host: fit.host.clone(),
+                });
+            };
+            child_or_new(dev, "source")
+                .attributes
+                .insert(attr.into(), to.clone());
+            Ok(())
+        }
+    }
+}
+
+fn child_or_new<'e>(e: &'e mut Element, name: &str) -> &'e mut Element {
+    if e.get_child(name).is_none() {
+        e.children.push(XMLNode::Element(Element::new(name)));
+    }
+    e.get_mut_child(name).expect("present")
+}
+
+fn set_text(e: &mut Element, text: &str) {
+    e.children.clear();
+    e.children.push(XMLNode::Text(text.to_string()));
+}
+
+fn remove_children(e: &mut Element, name: &str) {
+    e.children
+        .retain(|c| c.as_element().is_none_or(|c| c.name != name));
+}
+
+/// The lines that differ between two definitions (canonical forms), with one line of
+/// context, at most `max` lines; `None` when they are the same.
+pub fn diff(old: &str, new: &str, max: usize) -> Option<String> {
+    if old == new {
+        return None;
+    }
+    let d = similar::TextDiff::from_lines(old, new);
+    let mut out = Vec::new();
+    for group in d.grouped_ops(1) {
+        if !out.is_empty() {
+            out.push("  ...".to_string());
+        }
+        for op in group {
+            for change in d.iter_changes(&op) {
+                let sign = match change.tag() {
+                    similar::ChangeTag::Delete => '-',
+                    similar::ChangeTag::Insert => '+',
+                    similar::ChangeTag::Equal => ' ',
+                };
+                out.push(format!("{sign} {}", change.value().trim_end()));
+            }
+        }
+    }
+    let total = out.len();
+    if total > max {
+        out.truncate(max);
+        out.push(format!("  ... ({} more lines)", total - max));
+    }
+    Some(out.join("\n") + "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOMAIN: &str = "<domain type='kvm'>
+  <name>erp-db</name>
+  <uuid>4dea22b3-1d52-d8f3-2516-782e98ab3fa0</uuid>
+  <metadata><libosinfo:libosinfo xmlns:libosinfo='http://libosinfo.org/xmlns/libvirt/domain/1.0'><libosinfo:os id='http://debian.org/debian/12'/></libosinfo:libosinfo></metadata>
+  <memory unit='KiB'>4194304</memory>
+  <vcpu>2</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE.fd</loader>
+    <nvram template='/usr/share/OVMF/OVMF_VARS.fd'>/var/lib/libvirt/qemu/nvram/erp-db_VARS.fd</nvram>
+  </os>
+  <devices>
+    <!-- the system disk -->
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/var/lib/libvirt/images/erp-db-system.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='/var/lib/libvirt/images/erp-db-data.raw'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <source file='/srv/iso/debian-12.iso'/>
+      <target dev='sda' bus='sata'/>
+    </disk>
+    <interface type='bridge'>
+      <mac address='52:54:00:aa:bb:01'/>
+      <source bridge='br-prod'/>
+      <model type='virtio'/>
+    </interface>
+    <interface type='network'>
+      <mac address='52:54:00:aa:bb:02'/>
+      <source network='backup'/>
+      <model type='virtio'/>
+    </interface>
+  </devices>
+</domain>";
+
+    fn fit(nics: Nics) -> Fit {
+        Fit {
+            host: "hv-pra".into(),
+            name: "erp-db".into(),
+            disks: vec![
+                (
+                    vec![
+                        "/var/lib/libvirt/images/erp-db-system.qcow2".into(),
+                        "/srv/replicas/erp-db-system.qcow2".into(),
+                    ],
+                    "/srv/replicas/erp-db-system.qcow2".into(),
+                ),
+                (
+                    vec!["/var/lib/libvirt/images/erp-db-data.raw".into()],
+                    "/srv/replicas/erp-db-data.raw".into(),
+                ),
+            ],
+            disk_format: None,
+            nics,
+            keep_macs: true,
+            keep_uuid: true,
+        }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> Nics {
+        Nics::Map(
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_failover_moves_disks_to_the_copies_and_maps_every_nic() {
+        let def = Definition::parse(DOMAIN.as_bytes()).unwrap();
+        let got = rewrite(
+            &def,
+            &fit(map(&[("br-prod", "br-pra"), ("backup", "backup-pra")])),
+        )
+        .unwrap();
+        insta::assert_snapshot!(got.text);
+        assert_eq!(
+            got.notes,
+            ["the cdrom sda was emptied (its media is not replicated)"]
+        );
+    }
+
+    #[test]
+    fn a_drill_copy_is_renamed_on_the_drill_network_with_new_identifiers() {
+        let def = Definition::parse(DOMAIN.as_bytes()).unwrap();
+        let mut f = fit(Nics::All("reprise-drill".into()));
+        f.name = "drill-erp-db".into();
+        f.keep_macs = false;
+        f.keep_uuid = false;
+        f.disk_format = Some("qcow2".into());
+        f.disks[0].1 = "/srv/overlays/run1/erp-db/erp-db-system.qcow2".into();
+        f.disks[1].1 = "/srv/overlays/run1/erp-db/erp-db-data.raw".into();
+        let got = rewrite(&def, &f).unwrap();
+        insta::assert_snapshot!(got.text);
+    }
+
+    #[test]
+    fn what_cannot_be_made_safe_is_refused() {
+        let check = |text: &str, fit: &Fit| -> String {
+            match Definition::parse(text.as_bytes()).and_then(|d| rewrite(&d, fit)) {
+                Ok(f) => panic!("accepted: {}", f.text),
+                Err(e) => e.to_string(),
+            }
+        };
+        let mapped = fit(map(&[("br-prod", "br-pra"), ("backup", "backup-pra")]));
+        let errors = [
+            check(&DOMAIN.replace("'backup'", "'storage'"), &mapped),
+            check(&DOMAIN.replace("/var/lib/libvirt/images/erp-db-data.raw", "/etc/shadow"), &mapped),
+            check(&DOMAIN.replace("<vcpu>2</vcpu>", "<vcpu>2</vcpu"), &mapped),
+            check("<network><name>x</name></network>", &mapped),
+            check(
+                &DOMAIN.replace(
+                    "<domain type='kvm'>",
+                    "<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:commandline><qemu:arg value='-evil'/></qemu:commandline>",
+                ),
+                &mapped,
+            ),
+            check(&format!("<!DOCTYPE d [<!ENTITY a 'aaaa'>]>{DOMAIN}"), &mapped),
+            check(&"x".repeat(MAX_BYTES + 1), &mapped),
+            check(
+                &DOMAIN.replace(
+                    "<interface type='network'>",
+                    "<interface type='direct'>",
+                ),
+                &mapped,
+            ),
+            check(
+                &DOMAIN.replace(
+                    "<disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>",
+                    "<disk type='block' device='disk'>\n      <driver name='qemu' type='raw'/>",
+                ),
+                &mapped,
+            ),
+        ];
+        insta::assert_snapshot!(errors.join("\n"));
+    }
+
+    #[test]
+    fn a_changed_definition_shows_a_short_diff() {
+        let old = Definition::parse(DOMAIN.as_bytes()).unwrap().canonical();
+        let new = Definition::parse(
+            DOMAIN
+                .replace("4194304", "8388608")
+                .replace("<vcpu>2</vcpu>", "<vcpu>4</vcpu>")
+                .as_bytes(),
+        )
+        .unwrap()
+        .canonical();
+        assert_eq!(diff(&old, &old, 20), None);
+        insta::assert_snapshot!(diff(&old, &new, 20).unwrap());
+        let short = diff(&old, &new, 3).unwrap();
+        assert!(short.ends_with("more lines)\n"), "{short}");
+    }
+}
