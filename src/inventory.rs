@@ -82,6 +82,9 @@ pub struct Site {
     pub description: Option<String>,
     /// `None` when the file gave an invalid role (already reported).
     pub role: Option<SiteRole>,
+    /// How the networks of vm definitions from another site are named on this site's hosts
+    /// (`br-prod = "br-pra"`), unless a host has its own.
+    pub networks: Option<IndexMap<String, String>>,
     pub loc: Location,
 }
 
@@ -109,6 +112,8 @@ pub struct Host {
     /// Private key to log in with; the ssh-agent or `--identity` when absent.
     pub identity: Option<String>,
     pub vars: IndexMap<String, VarValue>,
+    /// How the networks of vm definitions are named on this host (over its site's).
+    pub networks: Option<IndexMap<String, String>>,
     pub loc: Location,
 }
 
@@ -232,6 +237,9 @@ pub struct Vm {
     pub vmid: Option<u32>,
     /// The RPO its own disk copies are judged against, whatever the services on it say.
     pub rpo: Option<Duration>,
+    /// Its NICs keep their MAC addresses when it is defined on the other site (`macs =
+    /// "keep"`, the default), or get new ones from the hypervisor (`"new"`).
+    pub keep_macs: bool,
     pub loc: Location,
 }
 
@@ -263,6 +271,8 @@ pub const VM_ACTIONS: &[&str] = &[
     "replicate-begin",
     "replicate-end",
     "drill-network-check",
+    "definition",
+    "define",
 ];
 
 /// A hypervisor driver: one command template per VM action.
@@ -270,7 +280,29 @@ pub const VM_ACTIONS: &[&str] = &[
 pub struct Driver {
     pub id: String,
     pub actions: IndexMap<String, Sp<String>>,
+    /// The format of what its `definition` action prints (and `define` reads).
+    pub definition_format: Option<crate::vmdef::Format>,
     pub loc: Location,
+}
+
+impl Driver {
+    /// Whether its vms are defined on the host they start on from their points'
+    /// definitions: it captures (`definition`), defines (`define`) and names the format.
+    pub fn defines(&self) -> bool {
+        self.definition_format.is_some()
+            && self.actions.contains_key("definition")
+            && self.actions.contains_key("define")
+    }
+}
+
+impl Inventory {
+    /// The network mapping used when a vm is defined on `host`: the host's, else its site's.
+    pub fn networks_of(&self, host: &str) -> Option<&IndexMap<String, String>> {
+        let h = self.hosts.get(host)?;
+        h.networks
+            .as_ref()
+            .or_else(|| self.site_of(host).and_then(|s| s.networks.as_ref()))
+    }
 }
 
 /// Everything in `inventory/`.
@@ -315,10 +347,12 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
         let builtin = sources.map.path(file).to_str() == Some(BUILTIN_DRIVERS_PATH);
         for_each_entry(&mut root, "sites", diags, |id, t, diags| {
             let role = t.req_choice("role", SITE_ROLES, diags);
+            let networks = read_networks(t, diags);
             let site = Site {
                 id: id.value.clone(),
                 description: t.str("description", diags).map(|s| s.value),
                 role: role.and_then(|r| SiteRole::parse(&r.value)),
+                networks,
                 loc: id.loc.clone(),
             };
             insert_unique(&mut inv.sites, "site", id, site, |s| &s.loc, diags);
@@ -342,7 +376,9 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
             let known_hosts = t.text("known_hosts", diags).map(|s| s.value);
             let identity = t.text("identity", diags).map(|s| s.value);
             let vars = read_vars(t, diags);
+            let networks = read_networks(t, diags);
             let host = Host {
+                networks,
                 id: id.value.clone(),
                 address,
                 port,
@@ -448,7 +484,11 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
                     diags,
                 )
                 .map(|d| d.value);
+            let keep_macs = t
+                .choice("macs", &["keep", "new"], diags)
+                .is_none_or(|m| m.value == "keep");
             let vm = Vm {
+                keep_macs,
                 id: id.value.clone(),
                 name,
                 driver,
@@ -501,16 +541,23 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
                     actions.insert(action.to_string(), cmd);
                 }
             }
+            let definition_format = t
+                .choice("definition_format", crate::vmdef::Format::NAMES, diags)
+                .and_then(|f| crate::vmdef::Format::parse(&f.value));
             match inv.drivers.get_mut(&id.value) {
                 // An inventory driver of a built-in name overrides the actions it names.
                 Some(existing) if !builtin && existing_is_builtin(sources, existing) => {
                     existing.actions.extend(actions);
+                    if definition_format.is_some() {
+                        existing.definition_format = definition_format;
+                    }
                     existing.loc = id.loc.clone();
                 }
                 _ => {
                     let driver = Driver {
                         id: id.value.clone(),
                         actions,
+                        definition_format,
                         loc: id.loc.clone(),
                     };
                     insert_unique(&mut inv.drivers, "driver", id, driver, |d| &d.loc, diags);
@@ -869,6 +916,43 @@ fn non_blank(
             !blank
         })
         .collect()
+}
+
+/// A `networks` table: network or bridge names of vm definitions, each to the name it has
+/// here; both plain names.
+fn read_networks(
+    t: &mut Table<'_, '_>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<IndexMap<String, String>> {
+    let v = t.get("networks")?;
+    let what = format!("`networks` of {}", t.what);
+    let mut table = Table::of(t.file, v, what, diags)?;
+    let mut map = IndexMap::new();
+    for (key, value) in table.entries() {
+        let loc = Location::new(t.file, value.span());
+        match value.get_ref() {
+            DeValue::String(to) => match crate::fields::name_problem(to).or_else(|| crate::fields::name_problem(&key.value)) {
+                None => {
+                    map.insert(key.value.clone(), to.to_string());
+                }
+                Some(problem) => diags.push(
+                    Diagnostic::error(format!("network mapping `{}` {problem}", key.value))
+                        .at(loc)
+                        .hint("write the name of a libvirt network or bridge, e.g. `br-prod = \"br-pra\"`"),
+                ),
+            },
+            other => diags.push(
+                Diagnostic::error(format!(
+                    "network `{}` is mapped to a {}, not a name",
+                    key.value,
+                    crate::fields::type_name(other)
+                ))
+                .at(loc)
+                .hint("write the name it has on this host, e.g. `br-prod = \"br-pra\"`"),
+            ),
+        }
+    }
+    Some(map)
 }
 
 fn read_vars(t: &mut Table<'_, '_>, diags: &mut Vec<Diagnostic>) -> IndexMap<String, VarValue> {

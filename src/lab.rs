@@ -802,6 +802,19 @@ fn bring_up(
             _ => continue,
         };
         let images: Vec<PathBuf> = vm.disks.iter().map(|d| dir.join(d)).collect();
+        // Its definition on its primary host, as libvirt keeps one: its disks, and a NIC on
+        // each network the recovery host's mapping names (else on `lab-net`).
+        let networks: Vec<String> = model
+            .inventory
+            .networks_of(&vm.recovery_host)
+            .map(|m| m.keys().cloned().collect())
+            .filter(|k: &Vec<String>| !k.is_empty())
+            .unwrap_or_else(|| vec!["lab-net".into()]);
+        let defs = host_dir(&lab, &vm.primary_host).join("definitions");
+        std::fs::create_dir_all(&defs).map_err(io("create", &defs))?;
+        let xml = lab_definition(&vm.name, &images, &networks);
+        let file = defs.join(format!("{}.xml", vm.name));
+        std::fs::write(&file, xml).map_err(io("write", &file))?;
         start_serve(
             &state,
             &vm.primary_host,
@@ -834,13 +847,14 @@ fn seed_points(model: &Model) -> Result<(), LabError> {
     let transport = crate::run::transport(model, &options);
     let helpers = Helpers::new(&transport);
     let now = chrono::Utc::now();
-    let replication = |retention| Replication {
+    let replication = |retention, definition| Replication {
         point: point_id(now),
         taken_at: now,
         retention,
         reread: false,
         compress: false,
         deadline: Duration::from_secs(600),
+        definition,
     };
     let inv = &model.inventory;
     // (from, src, to, dst, retention, folder)
@@ -851,7 +865,36 @@ fn seed_points(model: &Model) -> Result<(), LabError> {
         else {
             continue;
         };
-        for d in &vm.disks {
+        // Its definition goes with the point, beside its first disk's copy.
+        let mut definition = None;
+        if let (Some((host, cmd)), Some(first)) = (
+            inv.drivers
+                .get(&vm.driver.value)
+                .filter(|d| d.defines())
+                .and_then(|_| plan::replicate_hook(model, vm, "definition")),
+            vm.disks.first(),
+        ) {
+            let text = cmd.expose(|n| std::env::var(n).ok()).map_err(|m| {
+                LabError::Command {
+                command: "the lab's first replication".into(),
+                stderr: format!("{}: secret {m} is not set", vm.id),
+            }
+            })?;
+            definition = Some(
+                crate::replica::definitions::capture(
+                    &helpers,
+                    &host,
+                    &text,
+                    to,
+                    &image_path(&b, first),
+                )
+                .map_err(|e| LabError::Command {
+                    command: "the lab's first replication".into(),
+                    stderr: format!("{}: {e}", vm.id),
+                })?,
+            );
+        }
+        for (i, d) in vm.disks.iter().enumerate() {
             copies.push((
                 from.clone(),
                 image_path(&a, d),
@@ -859,6 +902,7 @@ fn seed_points(model: &Model) -> Result<(), LabError> {
                 image_path(&b, d),
                 vm.retention,
                 false,
+                if i == 0 { definition.clone() } else { None },
             ));
         }
     }
@@ -870,6 +914,7 @@ fn seed_points(model: &Model) -> Result<(), LabError> {
             set.dest_path.clone(),
             set.retention,
             true,
+            None,
         ));
     }
     let mut hosts: Vec<&str> = copies
@@ -882,10 +927,10 @@ fn seed_points(model: &Model) -> Result<(), LabError> {
     let failed: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = copies
             .iter()
-            .map(|(from, src, to, dst, retention, folder)| {
+            .map(|(from, src, to, dst, retention, folder, definition)| {
                 let helpers = &helpers;
                 scope.spawn(move || {
-                    let r = replication(*retention);
+                    let r = replication(*retention, definition.clone());
                     let done = if *folder {
                         helpers.replicate_tree(from, src, to, dst, &r)
                     } else {
@@ -1610,6 +1655,29 @@ fn print_lag(lib: &Path, default: &str) -> i32 {
     0
 }
 
+/// The definition `lab up` gives a lab vm on its primary host (libvirt's domain XML).
+fn lab_definition(name: &str, images: &[PathBuf], networks: &[String]) -> String {
+    let mut xml = format!(
+        "<domain type='lab'>\n  <name>{name}</name>\n  <memory unit='MiB'>1024</memory>\n  <vcpu>1</vcpu>\n  <devices>\n"
+    );
+    for (i, img) in images.iter().enumerate() {
+        xml.push_str(&format!(
+            "    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='{}'/>\n      <target dev='vd{}' bus='virtio'/>\n    </disk>\n",
+            img.display(),
+            (b'a' + (i as u8 % 26)) as char
+        ));
+    }
+    for (i, n) in networks.iter().enumerate() {
+        xml.push_str(&format!(
+            "    <interface type='bridge'>\n      <mac address='52:54:00:1a:{:02x}:{:02x}'/>\n      <source bridge='{n}'/>\n    </interface>\n",
+            name.len() % 256,
+            i
+        ));
+    }
+    xml.push_str("  </devices>\n</domain>\n");
+    xml
+}
+
 /// The lab hypervisor driver: "VMs" are `lab serve` processes reading their images.
 fn lab_vm(state: &LabState, host: &str, args: &[String]) -> i32 {
     let verb = args.first().map(String::as_str).unwrap_or("");
@@ -1623,7 +1691,62 @@ fn lab_vm(state: &LabState, host: &str, args: &[String]) -> i32 {
         return 1;
     };
     let process = format!("vm-{name}");
+    let defs = state.host_dir(host).join("definitions");
+    let defined = defs.join(format!("{name}.xml"));
     match verb {
+        "definition" => match std::fs::read(&defined) {
+            Ok(bytes) => {
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), &bytes);
+                0
+            }
+            Err(_) => {
+                eprintln!("lab-vm: failed to get domain '{name}': not defined on {host}");
+                1
+            }
+        },
+        "define" => {
+            // The definition on standard input, as `virsh define` takes it.
+            let mut bytes = Vec::new();
+            if let Err(e) = std::io::Read::read_to_end(
+                &mut std::io::Read::take(std::io::stdin(), crate::vmdef::MAX_BYTES as u64 + 1),
+                &mut bytes,
+            ) {
+                eprintln!("lab-vm: reading the definition: {e}");
+                return 1;
+            }
+            let defined_name = match crate::vmdef::Definition::parse(&bytes) {
+                Ok(d) => d.name().unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("lab-vm: {e}");
+                    return 1;
+                }
+            };
+            if defined_name != *name && defined_name != format!("drill-{name}") {
+                eprintln!("lab-vm: the definition is of `{defined_name}`, not of {name}");
+                return 1;
+            }
+            let file = defs.join(format!("{defined_name}.xml"));
+            match std::fs::create_dir_all(&defs).and_then(|()| std::fs::write(&file, &bytes)) {
+                Ok(()) => {
+                    println!("Domain '{defined_name}' defined");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("lab-vm: {}: {e}", file.display());
+                    1
+                }
+            }
+        }
+        "undefine" => {
+            if std::fs::remove_file(&defined).is_err() {
+                println!("{name} is not defined: nothing to remove");
+            }
+            0
+        }
+        "start" if !defined.exists() => {
+            eprintln!("lab-vm: failed to get domain '{name}': not defined on {host}");
+            1
+        }
         "start" => {
             let (Some(dir), disks) = (args.get(2), &args[3.min(args.len())..]) else {
                 eprintln!("usage: lab-vm start NAME DIR DISK...");

@@ -373,12 +373,21 @@ fn execute(
         }
     }
     let run_id = dir.run_id.clone();
+    let mut options = run.clone();
+    // `STATE/runs/ID` → `STATE/definitions`.
+    if options.definitions_dir.is_none() {
+        options.definitions_dir = dir
+            .path
+            .parent()
+            .and_then(|p| p.parent())
+            .map(|state| state.join("definitions"));
+    }
     let ctx = RunContext {
         plan: Arc::new(plan),
         transport: Arc::new(transport(model, ssh)),
         confirmations: Arc::new(dir),
         secrets: runner::env_secrets(),
-        options: run.clone(),
+        options,
         prior,
     };
     let status = runner::run(ctx, &mut tee, shutdown);

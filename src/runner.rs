@@ -39,6 +39,9 @@ pub struct RunOptions {
     pub confirmation_poll: StdDuration,
     /// The replica points a failover starts the vms from.
     pub points: PointChoice,
+    /// Where the last definition used per host and vm name is kept (the state folder's
+    /// `definitions/`), for the dry run's diff.
+    pub definitions_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -49,6 +52,7 @@ impl Default for RunOptions {
             rollback: true,
             confirmation_poll: StdDuration::from_millis(250),
             points: PointChoice::default(),
+            definitions_dir: None,
         }
     }
 }
@@ -903,6 +907,7 @@ async fn run_step_inner(
             items,
             retention,
             snapshot,
+            capture,
         } => {
             // A snapshot left on the source by an interrupted replication: the disks are stale
             // (the vm wrote to the overlay), so it is merged back before they are read.
@@ -961,16 +966,61 @@ async fn run_step_inner(
             let mut report = settled;
             // Every disk of a vm gets the same point.
             let taken_at = Utc::now();
-            let replication = crate::replica::remote::Replication {
+            // The vm's definition goes with the point (beside the copy of its first disk).
+            let mut definition = None;
+            if let (Some(cmd), Some((_, first))) = (capture, items.first()) {
+                let captured = match cmd.expose(|n| (ctx.secrets)(n)) {
+                    Err(missing) => Err(format!("secret {missing} is not set in the environment")),
+                    Ok(text) => {
+                        let (transport, from, to, first) = (
+                            ctx.transport.clone(),
+                            from_host.clone(),
+                            to_host.clone(),
+                            first.clone(),
+                        );
+                        tokio::task::spawn_blocking(move || {
+                            let helpers = crate::replica::remote::Helpers::new(transport.as_ref());
+                            crate::replica::definitions::capture(
+                                &helpers, &from, &text, &to, &first,
+                            )
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(format!("the definition task failed: {e}")))
+                    }
+                };
+                match captured {
+                    Ok(h) => {
+                        report.push_str(&format!("definition captured on {from_host} (BLAKE3 {h})\n"));
+                        definition = Some(h);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Msg::Event(Event::StepOutput {
+                            at: Utc::now(),
+                            step: step.id.clone(),
+                            attempt: 1,
+                            stdout: report,
+                            stderr: e.clone(),
+                            exit_code: None,
+                        }));
+                        return outcome(StepStatus::Failed, 1, Some(e));
+                    }
+                }
+            }
+            let mut replication = crate::replica::remote::Replication {
                 point: crate::replica::remote::point_id(taken_at),
                 taken_at,
                 retention: *retention,
                 reread: false,
                 compress: false,
                 deadline,
+                definition,
             };
             let mut point = None;
-            for (src, dst) in items {
+            for (i, (src, dst)) in items.iter().enumerate() {
+                // Only the first disk's point records the definition (it is kept beside it).
+                if i == 1 {
+                    replication.definition = None;
+                }
                 let copied = replicate_image(
                     &ctx,
                     matches!(what, Replicated::Backup(_)),
@@ -1111,7 +1161,15 @@ async fn before_replica(
     let how = match replica.role {
         ReplicaRole::DrillStart => Use::Drill,
         ReplicaRole::Start => Use::Failover,
-        ReplicaRole::DrillStop | ReplicaRole::FailedBack => return Ok(()),
+        ReplicaRole::FailedBack => {
+            // The vm starts on the primary from the point the reverse replication made.
+            if let Some(d) = &replica.define {
+                let note = define_vm(ctx, d, None).await?;
+                output_note(tx, step, note);
+            }
+            return Ok(());
+        }
+        ReplicaRole::DrillStop => return Ok(()),
     };
     let failover = ctx.plan.mode == Mode::Failover;
     let mut leftover_note = None;
@@ -1173,6 +1231,35 @@ async fn before_replica(
     let mut notes = chosen.notes;
     notes.extend(s.notes);
     notes.extend(leftover_note);
+    if let Some(d) = &replica.define {
+        let point = s.points.first().cloned().flatten();
+        match define_vm(ctx, d, point).await {
+            Ok(note) => output_note(tx, step, note),
+            Err(e) => {
+                // Not started: the copies it leased are given back.
+                let (transport, host, paths, run) = (
+                    ctx.transport.clone(),
+                    replica.host.clone(),
+                    replica.paths.clone(),
+                    ctx.plan.run_id.clone(),
+                );
+                let kind = match how {
+                    Use::Drill => crate::replica::LeaseKind::Drill,
+                    Use::Failover => crate::replica::LeaseKind::Live,
+                };
+                let _ = tokio::task::spawn_blocking(move || {
+                    crate::replica::remote::Helpers::new(transport.as_ref()).release(
+                        &host,
+                        &paths,
+                        Some(&run),
+                        Some(kind),
+                    )
+                })
+                .await;
+                return Err(e);
+            }
+        }
+    }
     let _ = tx.send(Msg::Event(Event::ReplicaPointUsed {
         at: Utc::now(),
         step: step.id.clone(),
@@ -1281,6 +1368,85 @@ async fn snapshots_settled(
 /// merged back before it calls it left behind.
 const SNAPSHOT_SETTLE: StdDuration = StdDuration::from_secs(60);
 
+/// Journals what a step did before its command (as its output).
+fn output_note(tx: &tokio::sync::mpsc::UnboundedSender<Msg>, step: &PlannedStep, note: String) {
+    let _ = tx.send(Msg::Event(Event::StepOutput {
+        at: Utc::now(),
+        step: step.id.clone(),
+        attempt: 1,
+        stdout: note,
+        stderr: String::new(),
+        exit_code: None,
+    }));
+}
+
+/// Defines the vm on the step's host from the definition of `point` (for a failback, the
+/// newest point of the primary's copy that has one), fitted to that host: what was done.
+async fn define_vm(
+    ctx: &RunContext,
+    d: &crate::plan::DefineUse,
+    point: Option<String>,
+) -> Result<String, String> {
+    let command = d
+        .command
+        .expose(|n| (ctx.secrets)(n))
+        .map_err(|missing| format!("secret {missing} is not set in the environment"))?;
+    let (transport, d2, record) = (
+        ctx.transport.clone(),
+        d.clone(),
+        ctx.options.definitions_dir.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let helpers = crate::replica::remote::Helpers::new(transport.as_ref());
+        let d = d2;
+        let point = match point {
+            Some(p) => p,
+            None => helpers
+                .points(&d.from_host, &d.from_copy)
+                .map_err(|e| format!("cannot read the points of {}:{}: {e}", d.from_host, d.from_copy))?
+                .into_iter()
+                .rev()
+                .find(|p| p.definition.is_some() && p.verified != crate::replica::Verified::Bad)
+                .map(|p| p.id)
+                .ok_or_else(|| {
+                    format!(
+                        "{}:{} has no point holding the vm's definition: replicate it first (the replication captures the definition)",
+                        d.from_host, d.from_copy
+                    )
+                })?,
+        };
+        let (def, hash) =
+            crate::replica::definitions::fetch(&helpers, &d.from_host, &d.from_copy, &point)?;
+        let fitted = crate::vmdef::rewrite(&def, &d.fit).map_err(|e| {
+            format!(
+                "the definition of point {point} cannot be defined on {}: {e}",
+                d.host
+            )
+        })?;
+        let said = crate::replica::definitions::define(&helpers, &d.host, &command, &fitted.text)?;
+        if let Some(dir) = record {
+            // The last definition used on that host for that name: the next dry run
+            // shows what changed since.
+            let _ = crate::replica::definitions::record(&dir, &d.host, &d.fit.name, &def.canonical());
+        }
+        let mut note = format!(
+            "{} defined on {} from the definition of point {point} (BLAKE3 {})",
+            d.fit.name,
+            d.host,
+            &hash[..16]
+        );
+        for n in fitted.notes {
+            note.push_str(&format!("; {n}"));
+        }
+        if !said.is_empty() {
+            note.push_str(&format!(": {said}"));
+        }
+        Ok(note + "\n")
+    })
+    .await
+    .map_err(|e| format!("the definition task failed: {e}"))?
+}
+
 /// What [`choose_copies`] decided and did.
 struct Chosen {
     start: crate::replica::choice::Start,
@@ -1370,6 +1536,27 @@ fn choose_copies(
             }
             Decision::Start(s) => s,
         };
+        // A point whose definition is missing or damaged is no point to start the vm from.
+        if replica.define.is_some() {
+            let problem = match start.points.first().cloned().flatten() {
+                Some(id) => states[0].definition_problem(&id).map(|p| (id, p)),
+                None => Some((
+                    String::new(),
+                    "the copy is started as it is, and holds no definition of the vm".into(),
+                )),
+            };
+            if let Some((id, why)) = problem {
+                if how == Use::Failover && ask.want.is_none() && !id.is_empty() {
+                    notes.push(format!("{why}: an older point is tried"));
+                    unusable.push((0, id));
+                    continue;
+                }
+                return Err(format!(
+                    "vm {}: {why}; replicate it again (each replication captures the definition)",
+                    replica.vm
+                ));
+            }
+        }
         if !start.roll_back.is_empty() && !may_roll_back {
             return Err(format!(
                 "vm {} would need its copies rolled back to an older point, which only a failover does",

@@ -319,6 +319,17 @@ fn snapshot_hook(
     crate::plan::replicate_hook(model, model.inventory.vms.get(vm)?, action)
 }
 
+/// The driver's `definition` action of a vm whose driver carries definitions: its host (the
+/// primary) and command.
+fn capture_action(model: &Model, vm: &VmImages) -> Option<(String, crate::template::Command)> {
+    if vm.backup {
+        return None;
+    }
+    let v = model.inventory.vms.get(&vm.id)?;
+    model.inventory.drivers.get(&v.driver.value)?.defines().then_some(())?;
+    crate::plan::replicate_hook(model, v, "definition")
+}
+
 /// Runs a snapshot hook; the error says what to do by hand.
 fn run_hook(
     transport: &dyn crate::ssh::Transport,
@@ -359,6 +370,9 @@ fn replicate_plan(model: &Model, vms: &[VmImages]) -> String {
         };
         if let Some((host, cmd)) = hook("replicate-begin") {
             s.push_str(&format!("  on {host}: {}\n", cmd));
+        }
+        if let Some((host, cmd)) = capture_action(model, vm) {
+            s.push_str(&format!("  definition from {host}: {cmd}\n"));
         }
         for img in &vm.images {
             s.push_str(&format!(
@@ -605,16 +619,54 @@ fn replicate_all(
                 }
             }
         }
+        // The vm's definition goes with the point, beside the copy of its first disk.
+        let mut definition = None;
+        if let (Some((host, cmd)), Some(first)) = (capture_action(model, vm), vm.images.first()) {
+            let captured = cmd
+                .expose(|n| std::env::var(n).ok())
+                .map_err(|m| format!("secret {m} is not set in the environment"))
+                .and_then(|text| {
+                    crate::replica::definitions::capture(
+                        &helpers, &host, &text, &first.to, &first.dst,
+                    )
+                });
+            match captured {
+                Ok(h) => {
+                    out.stdout.push_str(&format!(
+                        "{}: definition captured on {host} (BLAKE3 {})\n",
+                        vm.id,
+                        &h[..16]
+                    ));
+                    definition = Some(h);
+                }
+                Err(e) => {
+                    out.stderr.push_str(&format!(
+                        "error: {}: {e}; not replicated, its copy is as it was\n",
+                        vm.id
+                    ));
+                    out.code = exit::FAILED;
+                    if let Err(e) = snapshot.end() {
+                        out.stderr.push_str(&e);
+                    }
+                    continue;
+                }
+            }
+        }
         let taken_at = Utc::now();
-        let r = Replication {
+        let mut r = Replication {
             point: point_id(taken_at),
             taken_at,
             retention: vm.retention,
             reread: verify,
             compress,
             deadline: std::time::Duration::from_secs(7200),
+            definition,
         };
-        for img in &vm.images {
+        for (i, img) in vm.images.iter().enumerate() {
+            // Only the first disk's point records the definition (it is kept beside it).
+            if i == 1 {
+                r.definition = None;
+            }
             let name = img.src.rsplit('/').next().unwrap_or(&img.src);
             if stopped() {
                 left.push(name);

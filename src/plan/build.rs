@@ -8,6 +8,7 @@ use crate::fields::{ADDRESS_HINT, address_problem, url_problem};
 use crate::inventory::{Host, Inventory, Service, SiteRole, Vm};
 use crate::model::Model;
 use crate::plan::{
+    DefineUse,
     Action, Estimate, LeftOut, Plan, PlanOptions, PlannedService, PlannedStep, ReplicaRole,
     ReplicaUse, Replicated, Selection, SnapshotHooks,
 };
@@ -1114,6 +1115,7 @@ fn resolve(
                     )
                 })
                 .flatten();
+            let define = role.and_then(|role| define_use(model, service, vm, role, &opts.run_id));
             replica = role.and_then(|role| {
                 images_dir_of(inv, recovery).map(|dir| ReplicaUse {
                     vm: vm.id.clone(),
@@ -1121,6 +1123,7 @@ fn resolve(
                     paths: vm.disks.iter().map(|d| format!("{dir}/{d}")).collect(),
                     role,
                     snapshot_check,
+                    define,
                 })
             });
             let driver = inv.drivers.get(&vm.driver.value)?;
@@ -1186,6 +1189,7 @@ fn resolve(
         StepKind::Replicate { source } => {
             timeout = Some(step.timeout.unwrap_or(DEFAULT_REPLICATE_TIMEOUT));
             let mut snapshot = None;
+            let mut capture = None;
             let reverse = mode == Mode::Failback;
             let swap = |a: String, b: String| if reverse { (b, a) } else { (a, b) };
             let images_dir = |host: &str| images_dir_of(inv, host);
@@ -1224,6 +1228,14 @@ fn resolve(
                     } else {
                         Side::Primary
                     };
+                    capture = inv
+                        .drivers
+                        .get(&vm.driver.value)
+                        .filter(|d| d.defines())
+                        .and_then(|_| {
+                            vm_action_command(model, service, vm, side, "definition", &opts.run_id)
+                        })
+                        .map(|(_, c)| c);
                     snapshot = match (
                         vm_action_command(
                             model,
@@ -1282,6 +1294,7 @@ fn resolve(
                     items,
                     retention,
                     snapshot,
+                    capture,
                 },
             )
         }
@@ -1420,6 +1433,74 @@ fn default_address(inv: &Inventory, service: &Service, mode: Mode) -> Option<Str
         .host()
         .and_then(|h| inv.hosts.get(h))
         .map(|h| h.address.clone())
+}
+
+/// How a vm step of `role` defines `vm` on the host it starts it on, when its driver
+/// carries definitions: where the point's definition is, and what it becomes there.
+pub fn define_use(
+    model: &Model,
+    service: &Service,
+    vm: &Vm,
+    role: ReplicaRole,
+    run_id: &str,
+) -> Option<DefineUse> {
+    let inv = &model.inventory;
+    if !inv.drivers.get(&vm.driver.value)?.defines() {
+        return None;
+    }
+    let (primary, recovery) = (&vm.primary.value, &vm.recovery.value);
+    let (pdir, rdir) = (images_dir_of(inv, primary)?, images_dir_of(inv, recovery)?);
+    let side = match role {
+        ReplicaRole::DrillStop => return None,
+        ReplicaRole::FailedBack => Side::Primary,
+        ReplicaRole::DrillStart | ReplicaRole::Start => Side::Recovery,
+    };
+    let (host, command) = vm_action_command(model, service, vm, side, "define", run_id)?;
+    let var = |name: &str| match inv.hosts.get(&host).and_then(|h| h.vars.get(name)) {
+        Some(crate::inventory::VarValue::Text(t)) => Some(t.trim_end_matches('/').to_string()),
+        _ => None,
+    };
+    let drill = role == ReplicaRole::DrillStart;
+    let to = |d: &str| match role {
+        ReplicaRole::DrillStart => var("overlays_dir")
+            .map(|o| format!("{o}/{run_id}/{}/{d}", vm.id)),
+        ReplicaRole::FailedBack => Some(format!("{pdir}/{d}")),
+        _ => Some(format!("{rdir}/{d}")),
+    };
+    let mut disks = Vec::new();
+    for d in &vm.disks {
+        disks.push((vec![format!("{pdir}/{d}"), format!("{rdir}/{d}")], to(d)?));
+    }
+    let nics = if drill {
+        // The network the driver's `drill-start` makes sure of.
+        crate::vmdef::Nics::All("reprise-drill".into())
+    } else {
+        crate::vmdef::Nics::Map(inv.networks_of(&host).cloned().unwrap_or_default())
+    };
+    let (from_host, from_copy) = match role {
+        ReplicaRole::FailedBack => (primary.clone(), format!("{pdir}/{}", vm.disks.first()?)),
+        _ => (recovery.clone(), format!("{rdir}/{}", vm.disks.first()?)),
+    };
+    Some(DefineUse {
+        command,
+        from_host,
+        from_copy,
+        fit: crate::vmdef::Fit {
+            host: host.clone(),
+            name: if drill {
+                format!("drill-{}", vm.name)
+            } else {
+                vm.name.clone()
+            },
+            disks,
+            disk_format: drill.then(|| "qcow2".to_string()),
+            nics,
+            // A drill's copy runs beside the vm it copies: new MACs and a new UUID.
+            keep_macs: vm.keep_macs && !drill,
+            keep_uuid: !drill,
+        },
+        host,
+    })
 }
 
 /// A driver's replication hook (`replicate-begin`, `replicate-end`) of `vm`, on its primary

@@ -164,6 +164,24 @@ pub struct ReplicaUse {
     /// For a drill's start: the vm's primary host and its driver's `replicate-check`, asked
     /// (read only) whether a replication snapshot was left there.
     pub snapshot_check: Option<(String, Command)>,
+    /// When the vm's driver carries definitions: the vm is defined on the step's host from
+    /// the definition of the point it starts from, before the step's command.
+    pub define: Option<DefineUse>,
+}
+
+/// How a vm step defines its vm from a point's definition (see [`crate::vmdef`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefineUse {
+    /// The host it is defined on, and the driver's `define` action there (reads the
+    /// definition on its standard input).
+    pub host: String,
+    pub command: Command,
+    /// Where the point's definition is kept: the host and the copy of the vm's first disk
+    /// (the recovery copy; for a failback, the primary's disk the reverse replication made).
+    pub from_host: String,
+    pub from_copy: String,
+    /// What the definition becomes there.
+    pub fit: crate::vmdef::Fit,
 }
 
 /// What a vm step does with the recovery copies of its vm.
@@ -230,6 +248,9 @@ pub enum Action {
         /// A vm whose driver can tell a replication snapshot left on the source host: the
         /// host, the driver's `replicate-check` and `replicate-end` (which merges it back).
         snapshot: Option<SnapshotHooks>,
+        /// A vm whose driver carries definitions: its `definition` action on `from_host`,
+        /// captured with the new point.
+        capture: Option<Command>,
     },
 }
 

@@ -24,6 +24,13 @@ pub struct Checked {
     pub good: bool,
 }
 
+/// A definition kept with a point, as [`Request::Definition`] answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct DefinitionText {
+    pub blake3: String,
+    pub text: String,
+}
+
 /// What the source sent.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sent {
@@ -78,6 +85,7 @@ pub fn serve(
             taken_at,
             source,
             retention,
+            definition,
         } => {
             let mut input = std::io::BufReader::with_capacity(1 << 20, stdin);
             let applied = Store::new(&image)
@@ -88,10 +96,45 @@ pub fn serve(
                         taken_at,
                         source,
                         retention,
+                        definition,
                     },
                 )
                 .map_err(|e| e.to_string())?;
             out(stdout, &serde_json::to_vec(&applied).expect("serializes"))
+        }
+        Request::PutDefinition { image, blake3 } => {
+            let bytes = read_bounded(stdin, crate::vmdef::MAX_BYTES as u64, "the definition")?;
+            let store = Store::new(&image);
+            let got = blake3::hash(&bytes).to_hex().to_string();
+            if got != blake3 {
+                return Err(format!(
+                    "the definition received has the BLAKE3 {got}, not the {blake3} announced: refused"
+                ));
+            }
+            super::meta::write_definition(store.meta_dir(), &bytes)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        Request::Definition { image, point } => {
+            let store = Store::new(&image);
+            let points = store.points().map_err(|e| e.to_string())?;
+            let p = points
+                .iter()
+                .find(|p| p.id == point)
+                .ok_or_else(|| format!("{}: no point `{point}`", image.display()))?;
+            let hash = p.definition.clone().ok_or_else(|| {
+                format!(
+                    "{}: point {point} holds no definition of the vm",
+                    image.display()
+                )
+            })?;
+            let bytes = super::meta::read_definition(store.meta_dir(), &hash)
+                .map_err(|why| format!("{}: the definition of point {point} {why}", image.display()))?;
+            let answer = DefinitionText {
+                blake3: hash,
+                text: String::from_utf8_lossy(&bytes).into_owned(),
+            };
+            out(stdout, &serde_json::to_vec(&answer).expect("serializes"))
         }
         Request::SendTree { dir } => {
             let m = read_bounded(stdin, super::tree::MAX_TREE_BYTES, "the recovery tree")?;
@@ -124,6 +167,7 @@ pub fn serve(
                         taken_at,
                         source,
                         retention,
+                        definition: None,
                     },
                 )
                 .map_err(|e| e.to_string())?;

@@ -399,6 +399,86 @@ pub struct CopyState {
     pub ended: Option<Ended>,
     /// Its stamp now (size, mtime, inode; a file-list digest for a backup set).
     pub stamp: Option<String>,
+    /// Points whose recorded definition is missing or damaged, and why.
+    #[serde(default)]
+    pub bad_definitions: Vec<(String, String)>,
+}
+
+impl CopyState {
+    /// Why point `id` has no definition a vm can be defined from; `None` when it has one.
+    pub fn definition_problem(&self, id: &str) -> Option<String> {
+        let p = self.points.iter().find(|p| p.id == id)?;
+        if p.definition.is_none() {
+            return Some(format!(
+                "point {id} holds no definition of the vm (it was made before definitions were captured, or by a driver without a `definition` action)"
+            ));
+        }
+        self.bad_definitions
+            .iter()
+            .find(|(q, _)| q == id)
+            .map(|(_, why)| format!("the definition of point {id} {why}"))
+    }
+}
+
+/// The folder of definitions in a copy's metadata folder.
+const DEFINITIONS: &str = "definitions";
+
+/// Stores a vm definition beside a copy, named by its BLAKE3 (atomically; the same
+/// definition is kept once for all the points that have it). Its BLAKE3.
+pub fn write_definition(dir: &Path, bytes: &[u8]) -> Result<String, StoreError> {
+    let hash = blake3::hash(bytes).to_hex().to_string();
+    let defs = dir.join(DEFINITIONS);
+    std::fs::create_dir_all(&defs).map_err(io_err(&defs))?;
+    if read_definition(dir, &hash).is_err() {
+        write_file(&defs, &format!("{hash}.def"), bytes, false)?;
+        sync_dir(dir)?;
+    }
+    Ok(hash)
+}
+
+/// The definition of BLAKE3 `hash` kept beside a copy; why it cannot be used.
+pub fn read_definition(dir: &Path, hash: &str) -> Result<Vec<u8>, String> {
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("is named by `{hash}`, which is no BLAKE3"));
+    }
+    let path = dir.join(DEFINITIONS).join(format!("{hash}.def"));
+    match read_file(&path) {
+        Ok(None) => Err(format!("is missing ({})", path.display())),
+        Err(e) => Err(format!("cannot be read ({}: {e})", path.display())),
+        Ok(Some(bytes)) if bytes.len() > crate::vmdef::MAX_BYTES => Err(format!(
+            "is damaged ({}: {} bytes, more than a definition may be)",
+            path.display(),
+            bytes.len()
+        )),
+        Ok(Some(bytes)) => {
+            let got = blake3::hash(&bytes).to_hex().to_string();
+            if got != hash {
+                return Err(format!(
+                    "is damaged ({}: its BLAKE3 is {got}, the point records {hash})",
+                    path.display()
+                ));
+            }
+            Ok(bytes)
+        }
+    }
+}
+
+/// Removes the definitions no point of `points` refers to (best effort: one left over only
+/// takes space).
+pub fn prune_definitions(dir: &Path, points: &[Point]) {
+    let Ok(entries) = std::fs::read_dir(dir.join(DEFINITIONS)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let used = points
+            .iter()
+            .filter_map(|p| p.definition.as_deref())
+            .any(|h| name == format!("{h}.def"));
+        if !used {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// This machine's host name, for leases.

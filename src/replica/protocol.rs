@@ -19,8 +19,10 @@ use serde::{Deserialize, Serialize};
 
 /// The version of the helper protocol this binary speaks. Raise it whenever a request, an
 /// answer or a stream changes meaning. Version 1 is reprise before versions were exchanged
-/// (its block stream starts `RPRSTR1`, its tree stream has no header).
-pub const PROTOCOL: u32 = 2;
+/// (its block stream starts `RPRSTR1`, its tree stream has no header). Version 3 carries
+/// vm definitions with points ([`Request::PutDefinition`], [`Request::Definition`],
+/// `apply --definition`).
+pub const PROTOCOL: u32 = 3;
 
 /// The version of this program, as helpers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -49,7 +51,9 @@ pub enum Request {
         #[arg(long)]
         reread: bool,
     },
-    /// Recovery side: applies a block stream as a new point; answers `store::Applied`.
+    /// Recovery side: applies a block stream as a new point; answers `store::Applied`. With
+    /// `definition`, the point records that definition, stored beside the copy first
+    /// ([`Request::PutDefinition`]); the update is refused when it is not there whole.
     Apply {
         image: PathBuf,
         #[arg(long)]
@@ -60,6 +64,23 @@ pub enum Request {
         source: String,
         #[arg(long)]
         retention: u32,
+        #[arg(long)]
+        #[serde(default)]
+        definition: Option<String>,
+    },
+    /// Recovery side: stores the vm definition on stdin (at most `vmdef::MAX_BYTES`) beside
+    /// the copy `image`, atomically, named by its BLAKE3, which must be `blake3`; no answer.
+    PutDefinition {
+        image: PathBuf,
+        #[arg(long)]
+        blake3: String,
+    },
+    /// Recovery side: the definition point `point` of `image` records, checked against its
+    /// BLAKE3: `helper::DefinitionText`.
+    Definition {
+        image: PathBuf,
+        #[arg(long)]
+        point: String,
     },
     /// Source side of a backup set: reads the recovery tree (JSON) on stdin, writes the tree
     /// stream.
@@ -319,6 +340,15 @@ mod tests {
                 taken_at: at,
                 source: "hv-main:/srv/a.qcow2".into(),
                 retention: 7,
+                definition: Some("ab".repeat(32)),
+            },
+            Request::PutDefinition {
+                image: "/srv/a.qcow2".into(),
+                blake3: "ab".repeat(32),
+            },
+            Request::Definition {
+                image: "/srv/a.qcow2".into(),
+                point: "p1".into(),
             },
             Request::SendTree {
                 dir: "/export/backups".into(),
@@ -389,6 +419,8 @@ mod tests {
                 | Request::Send { .. }
                 | Request::Manifest { .. }
                 | Request::Apply { .. }
+                | Request::PutDefinition { .. }
+                | Request::Definition { .. }
                 | Request::SendTree { .. }
                 | Request::TreeBase { .. }
                 | Request::ApplyTree { .. }
@@ -424,6 +456,7 @@ mod tests {
             taken_at: Utc::now(),
             source: "s".into(),
             retention: 2,
+            definition: None,
         };
         assert_eq!(req.words()[..2], ["apply", "/srv/a.qcow2"]);
         assert_eq!(Request::Version.words(), ["version"]);

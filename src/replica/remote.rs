@@ -94,6 +94,9 @@ pub struct Replication {
     pub point: String,
     pub taken_at: DateTime<Utc>,
     pub retention: u32,
+    /// The BLAKE3 of the vm definition the new point records, stored beside the copy first
+    /// ([`Helpers::put_definition`]).
+    pub definition: Option<String>,
     /// Hash the recovery copy again instead of trusting its manifest.
     pub reread: bool,
     /// Compress the blocks of images with zstd on the source (backup sets are sent as they
@@ -587,6 +590,19 @@ impl<'a> Helpers<'a> {
         })
     }
 
+    /// Runs a command (a driver's) on `host` with `input` on its standard input; its output,
+    /// refused beyond `limit` bytes.
+    pub fn run_command(
+        &self,
+        host: &str,
+        command: &str,
+        input: &[u8],
+        limit: u64,
+        deadline: Duration,
+    ) -> Result<crate::ssh::BytesOutput, ReplicaError> {
+        self.ask(host, command, input, limit, deadline)
+    }
+
     /// Brings `to:dst` up to date with `from:src` and makes it a new point.
     pub fn replicate(
         &self,
@@ -669,6 +685,7 @@ impl<'a> Helpers<'a> {
                     taken_at,
                     source,
                     retention,
+                    definition: r.definition.clone(),
                 },
                 "blocks",
             )
@@ -755,6 +772,56 @@ impl<'a> Helpers<'a> {
             applied,
             unit: "blocks",
         })
+    }
+
+    /// Stores the vm definition `bytes` beside the copy `host:image` (atomically, named by
+    /// its BLAKE3): its BLAKE3, for the point that records it.
+    pub fn put_definition(
+        &self,
+        host: &str,
+        image: &str,
+        bytes: &[u8],
+    ) -> Result<String, ReplicaError> {
+        let hash = blake3::hash(bytes).to_hex().to_string();
+        self.call(
+            host,
+            &Request::PutDefinition {
+                image: image.into(),
+                blake3: hash.clone(),
+            },
+            bytes,
+            Duration::from_secs(120),
+        )?;
+        Ok(hash)
+    }
+
+    /// The definition point `point` of `host:image` records, checked by its BLAKE3 on the
+    /// host and again here.
+    pub fn definition(
+        &self,
+        host: &str,
+        image: &str,
+        point: &str,
+    ) -> Result<crate::replica::helper::DefinitionText, ReplicaError> {
+        let d: crate::replica::helper::DefinitionText = self.call_json(
+            host,
+            &Request::Definition {
+                image: image.into(),
+                point: point.into(),
+            },
+            Duration::from_secs(120),
+        )?;
+        let got = blake3::hash(d.text.as_bytes()).to_hex().to_string();
+        if got != d.blake3 {
+            return Err(ReplicaError::Helper {
+                host: host.to_string(),
+                reason: format!(
+                    "the definition of point {point} of {image} arrived with the BLAKE3 {got}, not {}",
+                    d.blake3
+                ),
+            });
+        }
+        Ok(d)
     }
 
     /// The points of `host:image`, oldest first.

@@ -72,6 +72,10 @@ pub struct Point {
     /// (a vm started on it, an edit) and no longer is this point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stamp: Option<String>,
+    /// BLAKE3 of the vm's definition captured with this point (`definitions/<it>.def`
+    /// beside the copy of the vm's first disk), when its driver captures one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +141,8 @@ pub struct NewPoint {
     pub taken_at: DateTime<Utc>,
     pub source: String,
     pub retention: u32,
+    /// The BLAKE3 of a definition stored beside the copy first ([`meta::write_definition`]).
+    pub definition: Option<String>,
 }
 
 /// What an update did.
@@ -215,6 +221,11 @@ impl Store {
 
     pub fn image(&self) -> &Path {
         &self.image
+    }
+
+    /// Its metadata folder (`IMAGE.reprise`).
+    pub fn meta_dir(&self) -> &Path {
+        &self.dir
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -630,6 +641,12 @@ impl Store {
         };
         let (points, settled) = self.history_for_update()?;
         notes.extend(settled);
+        if let Some(h) = &new.definition {
+            meta::read_definition(&self.dir, h).map_err(|reason| StoreError::Refused {
+                image: self.name(),
+                reason: format!("the definition of the new point cannot be used: {reason}"),
+            })?;
+        }
         let recovered = (!notes.is_empty()).then(|| notes.join("; "));
         let header = wire::read_header(input).map_err(stream_err)?;
         let fresh = !self.image.is_file();
@@ -766,8 +783,10 @@ impl Store {
             checked_at: Some(Utc::now()),
             received_bytes: received,
             duration_ms: 0,
+            definition: new.definition.clone(),
         };
         self.write_points(std::slice::from_ref(&point))?;
+        meta::prune_definitions(&self.dir, std::slice::from_ref(&point));
         Ok(Applied {
             point,
             blocks: n,
@@ -894,6 +913,7 @@ impl Store {
                 received_bytes: received,
                 duration_ms: 0,
                 stamp: None,
+                definition: new.definition.clone(),
             },
             prev: prev.map(|p| p.id.clone()),
             old_size: base.size,
@@ -1041,6 +1061,7 @@ impl Store {
             let p = self.path(&format!("deltas/{id}.rdelta"));
             let _ = std::fs::remove_file(p);
         }
+        meta::prune_definitions(&self.dir, &points);
         std::fs::remove_file(jpath).map_err(io_err(jpath))?;
         sync_dir(&self.dir)?;
         Ok(dropped)
@@ -1384,6 +1405,13 @@ pub(super) fn inspect_dir(dir: &Path, state: &mut CopyState) {
     }
     if state.points.is_empty() && state.damaged.is_none() {
         state.ended = meta::read_ended(dir);
+    }
+    for p in &state.points {
+        if let Some(h) = &p.definition
+            && let Err(why) = meta::read_definition(dir, h)
+        {
+            state.bad_definitions.push((p.id.clone(), why));
+        }
     }
     for lease in meta::read_leases(dir) {
         match lease {

@@ -848,6 +848,7 @@ impl TreeStore {
             received_bytes: received,
             duration_ms: began.elapsed().as_millis() as u64,
             stamp: None,
+            definition: None,
         };
         let commit = Commit {
             point: point.clone(),

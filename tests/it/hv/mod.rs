@@ -592,7 +592,8 @@ impl Hv {
         std::fs::create_dir_all(&books).unwrap();
         std::fs::write(
             inv.join("sites.toml"),
-            "[sites.main]\nrole = \"primary\"\n\n[sites.pra]\nrole = \"recovery\"\n",
+            "[sites.main]\nrole = \"primary\"\nnetworks = { prod = \"prod\" }\n\n\
+             [sites.pra]\nrole = \"recovery\"\nnetworks = { prod = \"prod\" }\n",
         )
         .unwrap();
         let host = |id: &str, address: &str, site: &str, vars: &str| {
