@@ -2497,6 +2497,7 @@ mod tests {
                     received_bytes: 0,
                     duration_ms: 0,
                     stamp: None,
+                    definition: None,
                 }];
             }
             pra.copies.insert(r.copy.clone(), state);

@@ -431,6 +431,7 @@ mod tests {
                     taken_at: Utc::now(),
                     source: "src".into(),
                     retention,
+                    definition: None,
                 },
             )
             .unwrap();
@@ -521,6 +522,7 @@ mod tests {
                     taken_at: Utc::now(),
                     source: "src".into(),
                     retention: 2,
+                    definition: None,
                 },
             )
             .unwrap();
@@ -565,6 +567,7 @@ mod tests {
                     taken_at: Utc::now(),
                     source: "src".into(),
                     retention: 5,
+                    definition: None,
                 },
             )
             .unwrap_err();

@@ -1627,6 +1627,7 @@ mod tests {
             taken_at: Utc::now(),
             source: "src".into(),
             retention: 5,
+            definition: None,
         }
     }
 
@@ -1654,6 +1655,7 @@ mod tests {
                 taken_at: Utc::now(),
                 source: "src".into(),
                 retention: 5,
+                definition: None,
             };
             store.apply(&mut &out[..], new).unwrap();
         };
@@ -1832,6 +1834,7 @@ mod tests {
                         taken_at: Utc::now(),
                         source: "src".into(),
                         retention: 5,
+                        definition: None,
                     },
                 )
                 .unwrap();

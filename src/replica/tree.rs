@@ -1067,6 +1067,7 @@ mod tests {
                     taken_at: Utc::now(),
                     source: "src".into(),
                     retention: 3,
+                    definition: None,
                 },
             )
             .unwrap();

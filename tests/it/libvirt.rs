@@ -66,18 +66,6 @@ fn a_running_guest_is_replicated_twice_the_second_time_only_what_changed() {
     });
 }
 
-/// What an administrator has to do by hand on hv-pra today before the built-in driver can start
-/// `vm` there: define the domain from hv-main's definition with its disk moved to the replica.
-/// (The drill network is reprise's: the drill creates it.)
-fn prepare_recovery_host_by_hand(hv: &Hv, vm: &str) {
-    let xml = hv.main.virsh(&format!("dumpxml --inactive {vm}")).replace(
-        &format!("/var/lib/libvirt/images/{vm}.qcow2"),
-        &format!("/srv/replicas/{vm}.qcow2"),
-    );
-    std::fs::write(hv.pra.path(&format!("/var/tmp/{vm}.xml")), xml).unwrap();
-    hv.pra.virsh(&format!("define /var/tmp/{vm}.xml"));
-}
-
 /// The item of `reprise check --json` in `area` about `subject`, if there is one.
 fn find_check_item(hv: &Hv, area: &str, subject: &str) -> Option<serde_json::Value> {
     let run = hv.reprise(&["check", "--json"]);
@@ -94,6 +82,20 @@ fn find_check_item(hv: &Hv, area: &str, subject: &str) -> Option<serde_json::Val
 /// The item of `reprise check --json` in `area` about `subject`.
 fn check_item(hv: &Hv, area: &str, subject: &str) -> serde_json::Value {
     find_check_item(hv, area, subject).unwrap_or_else(|| panic!("no {area} {subject} in check"))
+}
+
+/// The text of the first element `<tag …>` of `xml` that contains `needle` (a domain read
+/// back with `virsh dumpxml`).
+fn elements<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{tag} "), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        let end = rest[i..].find(&close).map_or(rest.len(), |e| i + e);
+        out.push(&rest[i..end]);
+        rest = &rest[end..];
+    }
+    out
 }
 
 fn sha256(host: &crate::hv::Host, path: &str) -> String {
@@ -131,6 +133,29 @@ fn drill_and_check(hv: &Hv, vm: &str, ip: u8) {
     let (_, production_before) = hv.health(ip).expect("production answers");
     let run = hv.reprise(&["drill", "--no-prompt", "--service", vm, "--only"]);
     assert_eq!(run.code, 0, "{run:?}\n{:#?}", hv.journal());
+    // The copy reprise defined, as libvirt had it while the drill ran: every NIC on the drill
+    // network, every disk an overlay of this run, a new UUID.
+    let copy_xml = step_stdout(hv, &format!("{vm}/show-copy"));
+    assert!(copy_xml.contains(&format!("<name>drill-{vm}</name>")), "{copy_xml}");
+    let nics = elements(&copy_xml, "interface");
+    assert!(!nics.is_empty(), "{copy_xml}");
+    for nic in &nics {
+        assert!(
+            nic.contains("type='network'") && nic.contains("network='pra-drill'"),
+            "a drill NIC not on the drill network: {nic}"
+        );
+    }
+    let disks = elements(&copy_xml, "disk");
+    assert!(!disks.is_empty(), "{copy_xml}");
+    for disk in &disks {
+        assert!(
+            disk.contains(&format!("/srv/overlays/")) && disk.contains(&format!("/{vm}/{vm}.qcow2")),
+            "a drill disk that is not an overlay: {disk}"
+        );
+    }
+    let uuid = |xml: &str| xml.split("<uuid>").nth(1).and_then(|u| u.split('<').next()).map(str::to_string);
+    let main_xml = hv.main.virsh(&format!("dumpxml --inactive {vm}"));
+    assert_ne!(uuid(&copy_xml), uuid(&main_xml), "the drill copy kept production's UUID");
     // The drill copy booted from the replica: the counter it found is the copy's.
     let answer = step_stdout(hv, &format!("{vm}/healthy"));
     assert!(
@@ -175,7 +200,6 @@ fn a_drill_boots_a_throw_away_copy_of_the_replica_and_leaves_it_unchanged() {
     hv.wait_healthy(10, 2);
     let run = hv.reprise(&["replicate", "--service", "app"]);
     assert_eq!(run.code, 0, "{run:?}");
-    prepare_recovery_host_by_hand(&hv, "app");
     // hv-pra's drill network does not exist yet: the check says the drill creates it.
     let net = check_item(&hv, "network", "hv-pra (pra-drill)");
     assert_eq!(net["status"], "ok", "{net}");
@@ -224,7 +248,8 @@ fn a_drill_boots_a_throw_away_copy_of_the_replica_and_leaves_it_unchanged() {
         "{:#?}",
         hv.journal()
     );
-    assert_eq!(hv.pra.domains(), vec!["app".to_string()]);
+    // The copy reprise defined for it is gone with the drill's cleanup.
+    assert!(hv.pra.domains().is_empty(), "{:?}", hv.pra.domains());
 }
 
 #[test]
@@ -234,7 +259,6 @@ fn a_uefi_guest_drill_is_cleaned_up() {
     hv.wait_healthy(11, 2);
     let run = hv.reprise(&["replicate", "--service", "uefi"]);
     assert_eq!(run.code, 0, "{run:?}");
-    prepare_recovery_host_by_hand(&hv, "uefi");
     drill_and_check(&hv, "uefi", 11);
     // The copy's UEFI variables went with it: nothing of it is in a next drill's way.
     let nvram = hv.pra.path("/var/lib/libvirt/qemu/nvram");
@@ -256,7 +280,11 @@ fn a_planned_failover_then_failback_lose_nothing() {
     hv.wait_healthy(10, 2);
     let run = hv.reprise(&["replicate", "--service", "app"]);
     assert_eq!(run.code, 0, "{run:?}");
-    prepare_recovery_host_by_hand(&hv, "app");
+    assert!(hv.pra.domains().is_empty(), "nothing is defined on hv-pra beforehand");
+    // The definition changes on the primary (more memory, from its next boot): the final
+    // sync's point carries it to hv-pra.
+    hv.main.virsh("setmaxmem app 192M --config");
+    hv.main.virsh("setmem app 192M --config");
     hv.wait_healthy(10, 5);
 
     let run = hv.reprise(&[
@@ -285,6 +313,20 @@ fn a_planned_failover_then_failback_lose_nothing() {
         "the recovery copy did not start from the primary's last write"
     );
     assert_eq!(hv.pra.domstate("app"), "running");
+    // reprise defined it from the point's definition: the copy's disk, the same identity,
+    // the NIC on hv-pra's network, the memory the primary had at its final sync.
+    let pra_xml = hv.pra.virsh("dumpxml --inactive app");
+    let main_xml = hv.main.virsh("dumpxml --inactive app");
+    assert!(pra_xml.contains("file='/srv/replicas/app.qcow2'"), "{pra_xml}");
+    assert!(!pra_xml.contains("/var/lib/libvirt/images"), "{pra_xml}");
+    assert!(pra_xml.contains("<memory unit='KiB'>196608</memory>"), "{pra_xml}");
+    let tag = |xml: &str, t: &str| {
+        xml.split(&format!("<{t}")).nth(1).and_then(|u| u.split('>').nth(1)).and_then(|u| u.split('<').next()).map(str::to_string)
+    };
+    assert_eq!(tag(&pra_xml, "uuid"), tag(&main_xml, "uuid"));
+    let mac = |xml: &str| xml.split("<mac address='").nth(1).map(|m| m[..17].to_string());
+    assert_eq!(mac(&pra_xml), mac(&main_xml), "the MAC is kept by default");
+    assert!(pra_xml.contains("network='prod'"), "{pra_xml}");
 
     // Back to hv-main the same way.
     hv.wait_healthy(10, last_on_main + 3);
@@ -328,7 +370,7 @@ fn an_emergency_failover_starts_from_the_newest_good_point() {
         .max()
         .unwrap()
         .to_string();
-    prepare_recovery_host_by_hand(&hv, "app");
+    assert!(hv.pra.domains().is_empty(), "nothing is defined on hv-pra beforehand");
     let in_copy = hv.pra.counter_on_disk("/srv/replicas/app.qcow2");
     // The main site is lost: its guest stops dead.
     hv.main.virsh("destroy app");
@@ -425,7 +467,6 @@ fn replication_stopped_between_its_hooks(signal: &str) {
 
     // A planned failover then starts from the primary's last write, and a failback brings
     // back all the recovery side wrote.
-    prepare_recovery_host_by_hand(&hv, "app");
     let run = hv.reprise(&[
         "failover",
         "--yes",
@@ -481,7 +522,8 @@ fn a_planned_failover_that_cannot_start_the_recovery_copy_brings_production_back
     assert_eq!(run.code, 0, "{run:?}");
     let (_, before) = hv.wait_healthy(10, 3);
 
-    // hv-pra has no domain `app`: the recovery side cannot start.
+    // hv-pra's network `prod` is down: the copy, defined by reprise, cannot start.
+    hv.pra.virsh("net-destroy prod");
     let run = hv.reprise(&[
         "failover",
         "--yes",
@@ -500,7 +542,7 @@ fn a_planned_failover_that_cannot_start_the_recovery_copy_brings_production_back
         failed["stderr"]
             .as_str()
             .unwrap()
-            .contains("failed to get domain 'app'"),
+            .contains("network 'prod' is not active"),
         "{failed}"
     );
     let undone: Vec<(&str, bool)> = journal
@@ -529,5 +571,5 @@ fn a_planned_failover_that_cannot_start_the_recovery_copy_brings_production_back
         boot >= before,
         "production restarted from {boot}, it had written {before}"
     );
-    assert_eq!(hv.pra.domains(), Vec::<String>::new());
+    assert_ne!(hv.pra.domstate("app"), "running");
 }

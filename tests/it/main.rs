@@ -23,3 +23,4 @@ mod runs;
 mod ssh;
 mod ssh_config;
 mod sshd;
+mod vmdef;

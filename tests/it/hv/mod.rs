@@ -662,6 +662,11 @@ fn runbook(vm: &str) -> String {
     );
     s += &step(
         "drill",
+        "id = \"show-copy\"\nkind = \"exec\"\nhost = \"hv-pra\"\n\
+         run = \"virsh dumpxml drill-{{ vm.name }}\"\ntimeout = \"1m\"",
+    );
+    s += &step(
+        "drill",
         "id = \"healthy\"\nkind = \"check\"\nprobe = \"command\"\nhost = \"hv-pra\"\n\
          run = \"bash -c 'cat </dev/tcp/$0/7000' {{ vm.address }}\"\ntimeout = \"4m\"\ninterval = \"1s\"",
     );

@@ -1,0 +1,131 @@
+//! Vm definitions on the lab: captured with each point, refused when hostile (too large,
+//! malformed), and a point's definition that cannot be fitted to the target host (a disk
+//! outside the copies, a NIC with no network mapping) stops the start before anything is
+//! defined or booted.
+
+use crate::lab::Lab;
+
+/// The definition `lab-vm` keeps for `vm` on `host`.
+fn definition(lab: &Lab, host: &str, vm: &str) -> std::path::PathBuf {
+    lab.lab()
+        .join("hosts")
+        .join(host)
+        .join("definitions")
+        .join(format!("{vm}.xml"))
+}
+
+fn points(lab: &Lab, vm: &str) -> Vec<serde_json::Value> {
+    let run = lab.run(&["points", vm, "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    serde_json::from_str::<serde_json::Value>(&run.stdout)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn hostile_definitions_are_refused_and_change_nothing() {
+    let lab = Lab::up(150);
+    let file = definition(&lab, "hv-main", "erp-db");
+    let good = std::fs::read_to_string(&file).unwrap();
+    let before = points(&lab, "erp-db");
+    for (what, text, said) in [
+        (
+            "huge",
+            format!("{}{}", good, " ".repeat(2 << 20)),
+            "more than the 1048576 a definition may be",
+        ),
+        (
+            "malformed",
+            good.replace("</devices>", "<devices>"),
+            "not well-formed XML",
+        ),
+        (
+            "an entity bomb",
+            format!("<!DOCTYPE d [<!ENTITY a 'aaaaaaaa'>]>{good}"),
+            "document type declaration",
+        ),
+    ] {
+        std::fs::write(&file, &text).unwrap();
+        let run = lab.run(&["replicate", "--service", "erp-db"]);
+        assert_eq!(run.code, 1, "{what}: {run:?}");
+        assert!(run.stderr.contains(said), "{what}: {run:?}");
+        assert_eq!(points(&lab, "erp-db"), before, "{what} made a point");
+    }
+    std::fs::write(&file, &good).unwrap();
+}
+
+#[test]
+fn a_definition_that_does_not_fit_the_recovery_host_starts_nothing() {
+    let lab = Lab::up(151);
+    let file = definition(&lab, "hv-main", "erp-db");
+    let good = std::fs::read_to_string(&file).unwrap();
+
+    // A disk outside the vm's copies: replicated as captured, refused where it would start.
+    std::fs::write(
+        &file,
+        good.replacen("erp-db-data.qcow2'", "../../../etc/shadow'", 1),
+    )
+    .unwrap();
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let drill = lab.run(&["drill", "--no-prompt", "--service", "erp-db", "--only"]);
+    assert_eq!(drill.code, 1, "{drill:?}");
+    let text = format!("{}{}", drill.stdout, drill.stderr);
+    assert!(
+        text.contains("which is not a copy of one of the vm's disks"),
+        "{text}"
+    );
+    assert!(!definition(&lab, "hv-pra", "drill-erp-db").exists());
+
+    // A NIC on a network hv-pra has no mapping for.
+    std::fs::write(&file, good.replacen("bridge='br-servers'", "bridge='br-backup'", 1)).unwrap();
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let failover = lab.run(&[
+        "failover",
+        "--emergency",
+        "--yes",
+        "--no-prompt",
+        "--service",
+        "erp-db",
+        "--only",
+    ]);
+    assert_eq!(failover.code, 1, "{failover:?}");
+    let text = format!("{}{}", failover.stdout, failover.stderr);
+    assert!(
+        text.contains("`br-backup`, which has no mapping for host hv-pra"),
+        "{text}"
+    );
+    assert!(!definition(&lab, "hv-pra", "erp-db").exists());
+    let status = lab.run(&["lab", "status", "--lab-dir", lab.lab().to_str().unwrap()]);
+    let erp = status
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("erp-db"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(!erp.contains("recovery (hv-pra"), "{status:?}");
+
+    // Fixed on the primary: the next point carries it, and the vm is defined from it.
+    std::fs::write(&file, &good).unwrap();
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let status = lab.run_confirming(
+        &[
+            "failover",
+            "--emergency",
+            "--yes",
+            "--no-prompt",
+            "--service",
+            "erp-db",
+            "--only",
+        ],
+        std::time::Duration::from_secs(120),
+    );
+    assert!(status.success(), "{status:?}");
+    let defined = std::fs::read_to_string(definition(&lab, "hv-pra", "erp-db")).unwrap();
+    assert!(defined.contains("bridge=\"br-pra-servers\""), "{defined}");
+    assert!(!defined.contains("hosts/hv-main"), "{defined}");
+}
