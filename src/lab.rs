@@ -874,12 +874,12 @@ fn seed_points(model: &Model) -> Result<(), LabError> {
                 .and_then(|_| plan::replicate_hook(model, vm, "definition")),
             vm.disks.first(),
         ) {
-            let text = cmd.expose(|n| std::env::var(n).ok()).map_err(|m| {
-                LabError::Command {
-                command: "the lab's first replication".into(),
-                stderr: format!("{}: secret {m} is not set", vm.id),
-            }
-            })?;
+            let text = cmd
+                .expose(|n| std::env::var(n).ok())
+                .map_err(|m| LabError::Command {
+                    command: "the lab's first replication".into(),
+                    stderr: format!("{}: secret {m} is not set", vm.id),
+                })?;
             definition = Some(
                 crate::replica::definitions::capture(
                     &helpers,

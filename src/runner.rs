@@ -990,7 +990,9 @@ async fn run_step_inner(
                 };
                 match captured {
                     Ok(h) => {
-                        report.push_str(&format!("definition captured on {from_host} (BLAKE3 {h})\n"));
+                        report.push_str(&format!(
+                            "definition captured on {from_host} (BLAKE3 {h})\n"
+                        ));
                         definition = Some(h);
                     }
                     Err(e) => {

@@ -326,7 +326,12 @@ fn capture_action(model: &Model, vm: &VmImages) -> Option<(String, crate::templa
         return None;
     }
     let v = model.inventory.vms.get(&vm.id)?;
-    model.inventory.drivers.get(&v.driver.value)?.defines().then_some(())?;
+    model
+        .inventory
+        .drivers
+        .get(&v.driver.value)?
+        .defines()
+        .then_some(())?;
     crate::plan::replicate_hook(model, v, "definition")
 }
 
@@ -590,36 +595,8 @@ fn replicate_all(
                 }
             }
         }
-        // A running vm's disks are frozen by its driver's snapshot while they are read.
-        let mut snapshot = Snapshot {
-            transport,
-            vm: vm.id.clone(),
-            end: None,
-        };
-        if let Some((host, cmd)) = hook("replicate-begin") {
-            // Whatever its result, the end runs: a begin cut half-way may have made overlays.
-            snapshot.end = hook("replicate-end");
-            frozen = true;
-            match run_hook(transport, &host, &cmd) {
-                Ok(secs) => out.stdout.push_str(&format!(
-                    "{}: disks frozen for the copy (replicate-begin on {host}, {secs:.1}s)\n",
-                    vm.id
-                )),
-                Err(e) => {
-                    out.stderr.push_str(&format!(
-                        "error: {}: its snapshot could not be made (replicate-begin {e}); not replicated, its copy is as it was\n",
-                        vm.id
-                    ));
-                    out.code = exit::FAILED;
-                    match snapshot.end() {
-                        Ok(_) => {}
-                        Err(e) => out.stderr.push_str(&e),
-                    }
-                    continue;
-                }
-            }
-        }
-        // The vm's definition goes with the point, beside the copy of its first disk.
+        // The vm's definition goes with the point, beside the copy of its first disk: read
+        // before the snapshot, which points the defined domain at its overlays.
         let mut definition = None;
         if let (Some((host, cmd)), Some(first)) = (capture_action(model, vm), vm.images.first()) {
             let captured = cmd
@@ -645,8 +622,34 @@ fn replicate_all(
                         vm.id
                     ));
                     out.code = exit::FAILED;
-                    if let Err(e) = snapshot.end() {
-                        out.stderr.push_str(&e);
+                    continue;
+                }
+            }
+        }
+        // A running vm's disks are frozen by its driver's snapshot while they are read.
+        let mut snapshot = Snapshot {
+            transport,
+            vm: vm.id.clone(),
+            end: None,
+        };
+        if let Some((host, cmd)) = hook("replicate-begin") {
+            // Whatever its result, the end runs: a begin cut half-way may have made overlays.
+            snapshot.end = hook("replicate-end");
+            frozen = true;
+            match run_hook(transport, &host, &cmd) {
+                Ok(secs) => out.stdout.push_str(&format!(
+                    "{}: disks frozen for the copy (replicate-begin on {host}, {secs:.1}s)\n",
+                    vm.id
+                )),
+                Err(e) => {
+                    out.stderr.push_str(&format!(
+                        "error: {}: its snapshot could not be made (replicate-begin {e}); not replicated, its copy is as it was\n",
+                        vm.id
+                    ));
+                    out.code = exit::FAILED;
+                    match snapshot.end() {
+                        Ok(_) => {}
+                        Err(e) => out.stderr.push_str(&e),
                     }
                     continue;
                 }

@@ -8,9 +8,8 @@ use crate::fields::{ADDRESS_HINT, address_problem, url_problem};
 use crate::inventory::{Host, Inventory, Service, SiteRole, Vm};
 use crate::model::Model;
 use crate::plan::{
-    DefineUse,
-    Action, Estimate, LeftOut, Plan, PlanOptions, PlannedService, PlannedStep, ReplicaRole,
-    ReplicaUse, Replicated, Selection, SnapshotHooks,
+    Action, DefineUse, Estimate, LeftOut, Plan, PlanOptions, PlannedService, PlannedStep,
+    ReplicaRole, ReplicaUse, Replicated, Selection, SnapshotHooks,
 };
 use crate::runbook::{Mode, Phase, Probe, ReplicaSource, Side, Step, StepKind};
 use crate::template::{Command, Lookup, Scope, Template, TemplateValue};
@@ -1462,8 +1461,9 @@ pub fn define_use(
     };
     let drill = role == ReplicaRole::DrillStart;
     let to = |d: &str| match role {
-        ReplicaRole::DrillStart => var("overlays_dir")
-            .map(|o| format!("{o}/{run_id}/{}/{d}", vm.id)),
+        ReplicaRole::DrillStart => {
+            var("overlays_dir").map(|o| format!("{o}/{run_id}/{}/{d}", vm.id))
+        }
         ReplicaRole::FailedBack => Some(format!("{pdir}/{d}")),
         _ => Some(format!("{rdir}/{d}")),
     };

@@ -64,7 +64,13 @@ pub fn fetch(
 /// Gives a fitted definition to the driver's `define` action on `host`.
 pub fn define(helpers: &Helpers, host: &str, command: &str, text: &str) -> Result<String, String> {
     let out = helpers
-        .run_command(host, command, text.as_bytes(), 64 << 10, Duration::from_secs(120))
+        .run_command(
+            host,
+            command,
+            text.as_bytes(),
+            64 << 10,
+            Duration::from_secs(120),
+        )
         .map_err(|e| format!("cannot define the vm on {host}: {e}"))?;
     let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if out.exit_code != 0 {

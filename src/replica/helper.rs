@@ -128,8 +128,9 @@ pub fn serve(
                     image.display()
                 )
             })?;
-            let bytes = super::meta::read_definition(store.meta_dir(), &hash)
-                .map_err(|why| format!("{}: the definition of point {point} {why}", image.display()))?;
+            let bytes = super::meta::read_definition(store.meta_dir(), &hash).map_err(|why| {
+                format!("{}: the definition of point {point} {why}", image.display())
+            })?;
             let answer = DefinitionText {
                 blake3: hash,
                 text: String::from_utf8_lossy(&bytes).into_owned(),

@@ -34,7 +34,7 @@ fn hostile_definitions_are_refused_and_change_nothing() {
         (
             "huge",
             format!("{}{}", good, " ".repeat(2 << 20)),
-            "more than the 1048576 a definition may be",
+            "longer than 1048576 bytes: refused",
         ),
         (
             "malformed",
@@ -80,7 +80,11 @@ fn a_definition_that_does_not_fit_the_recovery_host_starts_nothing() {
     assert!(!definition(&lab, "hv-pra", "drill-erp-db").exists());
 
     // A NIC on a network hv-pra has no mapping for.
-    std::fs::write(&file, good.replacen("bridge='br-servers'", "bridge='br-backup'", 1)).unwrap();
+    std::fs::write(
+        &file,
+        good.replacen("bridge='br-servers'", "bridge='br-backup'", 1),
+    )
+    .unwrap();
     let run = lab.run(&["replicate", "--service", "erp-db"]);
     assert_eq!(run.code, 0, "{run:?}");
     let failover = lab.run(&[
