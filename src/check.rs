@@ -1978,8 +1978,18 @@ pub fn evaluate_lags(lags: &[(LagTarget, crate::lag::Lag)]) -> Vec<ReadinessItem
 }
 
 /// The order of the table.
-const AREAS: [&str; 11] = [
-    "ssh", "clock", "tools", "shell", "secrets", "network", "replicas", "lag", "space", "runbooks",
+const AREAS: [&str; 12] = [
+    "ssh",
+    "clock",
+    "tools",
+    "shell",
+    "secrets",
+    "network",
+    "replicas",
+    "lag",
+    "definitions",
+    "space",
+    "runbooks",
     "rto",
 ];
 
@@ -2003,6 +2013,7 @@ pub fn check(model: &Model, transport: &dyn Transport, opts: &CheckOptions) -> R
     );
     let mut items = evaluate(model, &plans, &replicas, &probes, &opts, now);
     items.extend(evaluate_lags(&lags));
+    items.extend(definition_items(&plans, transport));
     items.sort_by_key(|i| AREAS.iter().position(|a| *a == i.area));
     Readiness {
         at: now,
@@ -2063,6 +2074,56 @@ pub fn failover_blockers(model: &Model, plan: &Plan, items: &[ReadinessItem]) ->
             _ => format!("{} {}: {}", i.area, i.subject, i.detail),
         })
         .collect()
+}
+
+/// Whether each vm a drill or a failover defines would be defined from a usable definition
+/// now: one that its newest usable point holds (or, in a planned failover, that its primary
+/// holds, which the last replication captures), whose NICs all have a mapping and whose
+/// disks are its copies. (A failback is judged when it runs: before a failover there is
+/// nothing to fail back.)
+fn definition_items(plans: &Plans, transport: &dyn Transport) -> Vec<ReadinessItem> {
+    let helpers = crate::replica::remote::Helpers::new(transport);
+    let secrets = crate::runner::env_secrets();
+    let mut seen = BTreeSet::new();
+    let mut items = Vec::new();
+    for (label, plan) in &plans.by_mode {
+        if !matches!(
+            label.as_str(),
+            "drill" | "planned failover" | "emergency failover"
+        ) {
+            continue;
+        }
+        let Ok(plan) = plan else { continue };
+        for p in crate::replica::definitions::prospects(&helpers, plan, &|n| secrets(n)) {
+            if !seen.insert((
+                p.vm.clone(),
+                p.host.clone(),
+                p.name.clone(),
+                p.source.clone(),
+            )) {
+                continue;
+            }
+            let subject = format!("vm {} ({label})", p.vm);
+            items.push(match p.result {
+                Ok(_) => item(
+                    "definitions",
+                    &subject,
+                    ItemStatus::Ok,
+                    format!("defined as {} on {} from {}", p.name, p.host, p.source),
+                ),
+                Err(why) => item(
+                    "definitions",
+                    &subject,
+                    ItemStatus::Failed,
+                    format!(
+                        "would be defined as {} on {} from {}, and {why}",
+                        p.name, p.host, p.source
+                    ),
+                ),
+            });
+        }
+    }
+    items
 }
 
 /// The table and the verdict, for a person.

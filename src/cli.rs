@@ -830,7 +830,20 @@ pub fn run(cli: &Cli) -> Outcome {
             };
             match plan::build(&model, &opts) {
                 Ok(p) if *json => Outcome::ok(p.to_json() + "\n"),
-                Ok(p) => Outcome::ok(plan::text::render(&p)),
+                Ok(p) => {
+                    // The default SSH settings, never trusting a new host key.
+                    let ssh = replicate::SshArgs {
+                        accept_new_host_keys: false,
+                        known_hosts: None,
+                        identity: None,
+                        connect_timeout: 10,
+                        here: None,
+                        ssh_client: replicate::SshClientArg::Libssh2,
+                    }
+                    .options();
+                    let changes = definition_changes(cli, &model, &p, &ssh);
+                    Outcome::ok(plan::text::render(&p) + &changes)
+                }
                 Err(errors) => invalid(&model.report(errors)),
             }
         }
@@ -1076,7 +1089,13 @@ fn start_with(
     if args.dry_run {
         return match plan::build(model, &plan_opts) {
             Ok(p) if args.json => Outcome::ok(p.to_json() + "\n"),
-            Ok(p) => Outcome::ok(plan::text::render(&p)),
+            Ok(p) => {
+                let mut ssh = args.exec.ssh.clone();
+                // A dry run only reads: it never trusts a new host key.
+                ssh.accept_new_host_keys = false;
+                let changes = definition_changes(cli, model, &p, &ssh.options());
+                Outcome::ok(plan::text::render(&p) + &changes)
+            }
             Err(errors) => invalid(&model.report(errors)),
         };
     }
@@ -1126,6 +1145,58 @@ fn start_with(
         view.prompt_on_terminal(cli.state_dir.clone());
     }
     finish(crate::run::start(model, &opts, &mut view, shutdown))
+}
+
+/// For a dry run: each vm the plan defines on a host where this state folder kept the
+/// definition last used (`STATE/definitions/`), whether the one it would use now differs, as
+/// a short diff. Hosts are asked (read only) only when such a definition was kept.
+fn definition_changes(
+    cli: &Cli,
+    model: &Model,
+    plan: &plan::Plan,
+    ssh: &crate::run::SshOptions,
+) -> String {
+    use crate::replica::definitions;
+    let dir = cli.state_dir.join("definitions");
+    let kept = plan
+        .steps
+        .iter()
+        .filter_map(|s| s.replica.as_ref()?.define.as_ref())
+        .any(|d| definitions::recorded(&dir, &d.host, &d.fit.name).is_some());
+    if !kept {
+        return String::new();
+    }
+    let transport = crate::run::transport(model, ssh);
+    let helpers = crate::replica::remote::Helpers::new(&transport);
+    let secrets = crate::runner::env_secrets();
+    let mut out = String::from("\nDefinitions, against the last one defined on each host:\n");
+    for p in definitions::prospects(&helpers, plan, &|n| secrets(n)) {
+        let head = format!("  vm {} as {} on {}", p.vm, p.name, p.host);
+        let kept = definitions::recorded(&dir, &p.host, &p.name);
+        match (&p.result, kept) {
+            (Err(why), _) => out.push_str(&format!(
+                "{head}: from {}, cannot be used: {why}\n",
+                p.source
+            )),
+            (Ok(_), None) => out.push_str(&format!(
+                "{head}: never defined there from this state folder (from {})\n",
+                p.source
+            )),
+            (Ok(new), Some(old)) => match crate::vmdef::diff(&old, new, 40) {
+                None => out.push_str(&format!("{head}: unchanged (from {})\n", p.source)),
+                Some(d) => {
+                    out.push_str(&format!(
+                        "{head}: CHANGED since it was last defined there (now from {}):\n",
+                        p.source
+                    ));
+                    for line in d.lines() {
+                        out.push_str(&format!("    {line}\n"));
+                    }
+                }
+            },
+        }
+    }
+    out
 }
 
 fn finish(result: Result<crate::run::RunOutcome, RunError>) -> Outcome {

@@ -273,6 +273,7 @@ pub const VM_ACTIONS: &[&str] = &[
     "drill-network-check",
     "definition",
     "define",
+    "undefine",
 ];
 
 /// A hypervisor driver: one command template per VM action.

@@ -233,6 +233,24 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
     let mut planned_failure = false;
     let mut done_order: Vec<usize> = Vec::new();
 
+    // A planned failover or failback stops production before it starts the copies: a vm
+    // whose definition cannot be defined where it starts (a NIC without a mapping, a disk
+    // that is not its copy, no definition at all) stops the run before anything runs.
+    if !keep_going && !ctx.prior.values().any(|p| *p == Prior::Done) {
+        for (i, why) in preflight(&ctx).await {
+            state[i] = State::Finished(StepStatus::Failed);
+            out.emit(&finished_event(
+                &plan.steps[i],
+                0,
+                StepStatus::Failed,
+                0,
+                Some(why),
+            ));
+            planned_failure = true;
+            halted = true;
+        }
+    }
+
     loop {
         if out.failed.is_some() && !halted {
             // Nothing may run that the journal does not record: not even a cleanup step.
@@ -472,6 +490,58 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
     status
 }
 
+/// The vm steps of the plan whose vm could not be defined where they start it if the plan
+/// ran now, with why (see [`crate::replica::definitions::prospects`]).
+async fn preflight(ctx: &Arc<RunContext>) -> Vec<(usize, String)> {
+    if !ctx
+        .plan
+        .steps
+        .iter()
+        .any(|s| s.replica.as_ref().is_some_and(|r| r.define.is_some()))
+    {
+        return Vec::new();
+    }
+    let ctx2 = ctx.clone();
+    let prospects = match tokio::task::spawn_blocking(move || {
+        let helpers = crate::replica::remote::Helpers::new(ctx2.transport.as_ref());
+        let secrets = ctx2.secrets.clone();
+        crate::replica::definitions::prospects(&helpers, &ctx2.plan, &move |n| secrets(n))
+    })
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            let first = ctx
+                .plan
+                .steps
+                .iter()
+                .position(|s| s.replica.as_ref().is_some_and(|r| r.define.is_some()))
+                .expect("found above");
+            return vec![(
+                first,
+                format!(
+                    "not started: reprise failed while checking the vms' definitions: {}",
+                    fault(e)
+                ),
+            )];
+        }
+    };
+    prospects
+        .into_iter()
+        .filter_map(|p| {
+            let why = p.result.err()?;
+            let i = ctx.plan.steps.iter().position(|s| s.id == p.step)?;
+            Some((
+                i,
+                format!(
+                    "not started, nor anything else of this run: vm {} would be defined as {} on {} from {}, and {why}",
+                    p.vm, p.name, p.host, p.source
+                ),
+            ))
+        })
+        .collect()
+}
+
 /// Hands a step's message to the sink; a step waiting for its event to be recorded is told
 /// whether it was.
 fn deliver(out: &mut Out<'_>, msg: Msg) {
@@ -565,8 +635,85 @@ async fn run_step(
     tx: tokio::sync::mpsc::UnboundedSender<Msg>,
     shutdown: watch::Receiver<bool>,
 ) -> Outcome {
-    let out = run_step_inner(ctx.clone(), index, prior, tx, shutdown).await;
+    let mut defined = None;
+    let mut out = run_step_inner(ctx.clone(), index, prior, tx, shutdown, &mut defined).await;
+    if let Some(d) = defined
+        && out.status != StepStatus::Done
+    {
+        let note = if out.status == StepStatus::Failed {
+            let transport = ctx.transport.clone();
+            tokio::task::spawn_blocking(move || undo_define(transport.as_ref(), d))
+                .await
+                .unwrap_or_else(|e| format!("what was defined could not be undone: {e}"))
+        } else {
+            // Timed out or stopped: the start may still take effect; nothing is removed
+            // under a vm that may be running.
+            format!(
+                "{} stays defined on {} from point {} (the start may still take effect)",
+                d.name, d.host, d.point
+            )
+        };
+        out.message = Some(match out.message.take() {
+            Some(m) => format!("{m}; {note}"),
+            None => note,
+        });
+    }
     after_replica(&ctx, &ctx.plan.steps[index], out).await
+}
+
+/// What a vm step defined before its command, to be undone when the command fails.
+struct Defined {
+    host: String,
+    name: String,
+    point: String,
+    /// What was defined there under that name before, as the driver printed it; `None`:
+    /// nothing was.
+    previous: Option<Vec<u8>>,
+    /// The driver's `define` (puts `previous` back) and `undefine` (removes the new one).
+    define: String,
+    undefine: Option<String>,
+}
+
+/// Puts back what was defined before a start that failed: the previous definition, or
+/// nothing. Says exactly what it did, or what it left.
+fn undo_define(transport: &dyn crate::ssh::Transport, d: Defined) -> String {
+    let helpers = crate::replica::remote::Helpers::new(transport);
+    let (host, name, point) = (&d.host, &d.name, &d.point);
+    match (&d.previous, &d.undefine) {
+        (Some(previous), _) => {
+            let text = String::from_utf8_lossy(previous);
+            match crate::replica::definitions::define(&helpers, host, &d.define, &text) {
+                Ok(_) => {
+                    format!("the definition {name} had on {host} before this step was put back")
+                }
+                Err(e) => format!(
+                    "{name} is left defined on {host} from point {point}, not as it was before this step: putting its previous definition back failed ({e})"
+                ),
+            }
+        }
+        (None, Some(undefine)) => match helpers.run_command(
+            host,
+            undefine,
+            &[],
+            64 << 10,
+            std::time::Duration::from_secs(120),
+        ) {
+            Ok(out) if out.exit_code == 0 => {
+                format!("{name}, defined on {host} for this step, was undefined again")
+            }
+            Ok(out) => format!(
+                "{name} is left defined on {host} from point {point} (it was not before): `undefine` exited with {}: {}",
+                out.exit_code,
+                out.stderr.trim()
+            ),
+            Err(e) => format!(
+                "{name} is left defined on {host} from point {point} (it was not before): `undefine` could not run: {e}"
+            ),
+        },
+        (None, None) => format!(
+            "{name} is left defined on {host} from point {point} (it was not before; its driver has no `undefine` action): remove it by hand"
+        ),
+    }
 }
 
 async fn run_step_inner(
@@ -575,6 +722,7 @@ async fn run_step_inner(
     prior: Option<Prior>,
     tx: tokio::sync::mpsc::UnboundedSender<Msg>,
     shutdown: watch::Receiver<bool>,
+    defined: &mut Option<Defined>,
 ) -> Outcome {
     let step = &ctx.plan.steps[index];
     let begin = Instant::now();
@@ -624,7 +772,7 @@ async fn run_step_inner(
             return outcome(StepStatus::Cancelled, 1, Some(NOT_RECORDED.into()));
         }
         recorded_first = true;
-        if let Err(e) = before_replica(&ctx, step, replica, &tx).await {
+        if let Err(e) = before_replica(&ctx, step, replica, &tx, defined).await {
             return outcome(StepStatus::Failed, 1, Some(e));
         }
     }
@@ -1157,6 +1305,7 @@ async fn before_replica(
     step: &PlannedStep,
     replica: &crate::plan::ReplicaUse,
     tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
+    defined: &mut Option<Defined>,
 ) -> Result<(), String> {
     use crate::plan::ReplicaRole;
     use crate::replica::choice::Use;
@@ -1166,8 +1315,9 @@ async fn before_replica(
         ReplicaRole::FailedBack => {
             // The vm starts on the primary from the point the reverse replication made.
             if let Some(d) = &replica.define {
-                let note = define_vm(ctx, d, None).await?;
+                let (note, done) = define_vm(ctx, d, None).await?;
                 output_note(tx, step, note);
+                *defined = Some(done);
             }
             return Ok(());
         }
@@ -1236,7 +1386,10 @@ async fn before_replica(
     if let Some(d) = &replica.define {
         let point = s.points.first().cloned().flatten();
         match define_vm(ctx, d, point).await {
-            Ok(note) => output_note(tx, step, note),
+            Ok((note, done)) => {
+                output_note(tx, step, note);
+                *defined = Some(done);
+            }
             Err(e) => {
                 // Not started: the copies it leased are given back.
                 let (transport, host, paths, run) = (
@@ -1388,11 +1541,14 @@ async fn define_vm(
     ctx: &RunContext,
     d: &crate::plan::DefineUse,
     point: Option<String>,
-) -> Result<String, String> {
-    let command = d
-        .command
-        .expose(|n| (ctx.secrets)(n))
-        .map_err(|missing| format!("secret {missing} is not set in the environment"))?;
+) -> Result<(String, Defined), String> {
+    let expose = |c: &crate::template::Command| {
+        c.expose(|n| (ctx.secrets)(n))
+            .map_err(|missing| format!("secret {missing} is not set in the environment"))
+    };
+    let command = expose(&d.command)?;
+    let current = d.current.as_ref().map(expose).transpose()?;
+    let undefine = d.undefine.as_ref().map(expose).transpose()?;
     let (transport, d2, record) = (
         ctx.transport.clone(),
         d.clone(),
@@ -1425,6 +1581,24 @@ async fn define_vm(
                 d.host
             )
         })?;
+        // What is defined there now, put back if the start fails.
+        let previous = match &current {
+            None => None,
+            Some(cur) => {
+                let out = helpers
+                    .run_command(
+                        &d.host,
+                        cur,
+                        &[],
+                        crate::vmdef::MAX_BYTES as u64,
+                        std::time::Duration::from_secs(120),
+                    )
+                    .map_err(|e| {
+                        format!("cannot read what is defined as {} on {}: {e}", d.fit.name, d.host)
+                    })?;
+                (out.exit_code == 0).then_some(out.stdout)
+            }
+        };
         let said = crate::replica::definitions::define(&helpers, &d.host, &command, &fitted.text)?;
         if let Some(dir) = record {
             // The last definition used on that host for that name: the next dry run
@@ -1443,7 +1617,15 @@ async fn define_vm(
         if !said.is_empty() {
             note.push_str(&format!(": {said}"));
         }
-        Ok(note + "\n")
+        let done = Defined {
+            host: d.host.clone(),
+            name: d.fit.name.clone(),
+            point,
+            previous,
+            define: command,
+            undefine,
+        };
+        Ok((note + "\n", done))
     })
     .await
     .map_err(|e| format!("the definition task failed: {e}"))?

@@ -1455,6 +1455,14 @@ pub fn define_use(
         ReplicaRole::DrillStart | ReplicaRole::Start => Side::Recovery,
     };
     let (host, command) = vm_action_command(model, service, vm, side, "define", run_id)?;
+    // The vm under its own name (a drill's copy is removed by the drill's cleanup).
+    let own = |action: &str| {
+        (role != ReplicaRole::DrillStart)
+            .then(|| vm_action_command(model, service, vm, side, action, run_id))
+            .flatten()
+            .map(|(_, c)| c)
+    };
+    let (current, undefine) = (own("definition"), own("undefine"));
     let var = |name: &str| match inv.hosts.get(&host).and_then(|h| h.vars.get(name)) {
         Some(crate::inventory::VarValue::Text(t)) => Some(t.trim_end_matches('/').to_string()),
         _ => None,
@@ -1483,6 +1491,8 @@ pub fn define_use(
     };
     Some(DefineUse {
         command,
+        current,
+        undefine,
         from_host,
         from_copy,
         fit: crate::vmdef::Fit {

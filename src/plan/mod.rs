@@ -176,6 +176,11 @@ pub struct DefineUse {
     /// definition on its standard input).
     pub host: String,
     pub command: Command,
+    /// The driver's `definition` action on that host: what was defined there before (a
+    /// start that fails puts it back), or nothing (it exits non-zero).
+    pub current: Option<Command>,
+    /// The driver's `undefine` action there: removes what a failed start defined.
+    pub undefine: Option<Command>,
     /// Where the point's definition is kept: the host and the copy of the vm's first disk
     /// (the recovery copy; for a failback, the primary's disk the reverse replication made).
     pub from_host: String,

@@ -109,3 +109,120 @@ pub fn recorded(dir: &std::path::Path, host: &str, name: &str) -> Option<String>
     let bytes = std::fs::read(path).ok()?;
     Definition::parse(&bytes).ok().map(|d| d.canonical())
 }
+
+/// A vm that a plan defines, and the definition it would be defined from if the plan ran
+/// now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prospect {
+    /// The vm step that defines it.
+    pub step: String,
+    pub vm: String,
+    /// Where it is defined, under which name.
+    pub host: String,
+    pub name: String,
+    /// Where its definition would come from.
+    pub source: String,
+    /// The definition (canonical, before it is fitted) when it fits the host; else why it
+    /// cannot be used there.
+    pub result: Result<String, String>,
+}
+
+/// For every vm `plan` defines: the definition it would use now, fitted to its host (read
+/// only: nothing is defined). A plan whose replicate step captures the vm's definition
+/// (a planned failover's last replication, a failback's reverse one) will use what the
+/// source host holds then, so that is what is read; otherwise the newest point of the
+/// copy that is not bad and holds one.
+pub fn prospects(
+    helpers: &Helpers,
+    plan: &crate::plan::Plan,
+    secrets: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Vec<Prospect> {
+    use crate::plan::{Action, Replicated};
+    let mut out = Vec::new();
+    for step in &plan.steps {
+        let Some(replica) = &step.replica else {
+            continue;
+        };
+        let Some(d) = &replica.define else {
+            continue;
+        };
+        let capture = plan.steps.iter().find_map(|s| match &s.action_spec {
+            Action::Replicate {
+                what: Replicated::Vm(vm),
+                from_host,
+                capture: Some(cmd),
+                ..
+            } if *vm == replica.vm => Some((s.id.clone(), from_host.clone(), cmd.clone())),
+            _ => None,
+        });
+        let (source, def) = match capture {
+            Some((id, from, cmd)) => (
+                format!("the definition {from} holds now (step {id} captures it)"),
+                cmd.expose(secrets)
+                    .map_err(|missing| format!("secret {missing} is not set in the environment"))
+                    .and_then(|text| read_current(helpers, &from, &text)),
+            ),
+            None => match newest(helpers, &d.from_host, &d.from_copy) {
+                Ok(point) => (
+                    format!("point {point} of {}:{}", d.from_host, d.from_copy),
+                    fetch(helpers, &d.from_host, &d.from_copy, &point).map(|(def, _)| def),
+                ),
+                Err(e) => (format!("{}:{}", d.from_host, d.from_copy), Err(e)),
+            },
+        };
+        let result = def.and_then(|def| {
+            vmdef::rewrite(&def, &d.fit)
+                .map(|_| def.canonical())
+                .map_err(|e| format!("it cannot be defined on {}: {e}", d.host))
+        });
+        out.push(Prospect {
+            step: step.id.clone(),
+            vm: replica.vm.clone(),
+            host: d.host.clone(),
+            name: d.fit.name.clone(),
+            source,
+            result,
+        });
+    }
+    out
+}
+
+/// The definition the driver's `definition` action prints on `host` now, checked.
+fn read_current(helpers: &Helpers, host: &str, command: &str) -> Result<Definition, String> {
+    let out = helpers
+        .run_command(
+            host,
+            command,
+            &[],
+            vmdef::MAX_BYTES as u64,
+            Duration::from_secs(120),
+        )
+        .map_err(|e| format!("its definition could not be read on {host}: {e}"))?;
+    if out.exit_code != 0 {
+        return Err(format!(
+            "its definition could not be read on {host} (`definition` exited with {}): {}",
+            out.exit_code,
+            out.stderr.trim()
+        ));
+    }
+    Definition::parse(&out.stdout)
+        .map_err(|e| format!("the definition {host} gave is refused: {e}"))
+}
+
+/// The newest point of `host:copy` that is not bad and holds a definition.
+pub fn newest(helpers: &Helpers, host: &str, copy: &str) -> Result<String, String> {
+    let points = helpers
+        .points(host, copy)
+        .map_err(|e| format!("cannot read the points of {host}:{copy}: {e}"))?;
+    points
+        .into_iter()
+        .rev()
+        .filter(|p| p.verified != crate::replica::Verified::Bad)
+        .find(|p| p.definition.is_some())
+        .map(|p| p.id)
+        .ok_or_else(|| {
+            format!(
+                "no point of {host}:{copy} holds the vm's definition: replicate it (each replication captures the definition)"
+            )
+        })
+}
