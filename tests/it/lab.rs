@@ -839,12 +839,20 @@ fn check_finds_a_stopped_sshd_a_stale_replica_a_bad_point_and_a_missing_tool() {
     let run = lab.run(&["check", "--json"]);
     assert_eq!(run.code, 7, "{run:?}");
     let unproven: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    // Nor does it hold a definition to define the vm from.
     assert_eq!(
         check_items(&unproven, "failed"),
-        [(
-            "replicas".to_string(),
-            "vm planning (planning-system.qcow2)".to_string()
-        )]
+        [
+            (
+                "replicas".to_string(),
+                "vm planning (planning-system.qcow2)".to_string()
+            ),
+            ("definitions".to_string(), "vm planning (drill)".to_string()),
+            (
+                "definitions".to_string(),
+                "vm planning (emergency failover)".to_string()
+            )
+        ]
     );
 
     let run = lab.run(&["replicate"]);
@@ -857,7 +865,15 @@ fn check_finds_a_stopped_sshd_a_stale_replica_a_bad_point_and_a_missing_tool() {
     assert_eq!(check_items(&green, "warning"), []);
     let ok = check_items(&green, "ok");
     for area in [
-        "ssh", "clock", "tools", "secrets", "replicas", "space", "runbooks", "rto",
+        "ssh",
+        "clock",
+        "tools",
+        "secrets",
+        "replicas",
+        "definitions",
+        "space",
+        "runbooks",
+        "rto",
     ] {
         assert!(ok.iter().any(|(a, _)| a == area), "no {area} item: {ok:?}");
     }

@@ -609,4 +609,17 @@ fn a_planned_failover_that_cannot_start_the_recovery_copy_brings_production_back
         "production restarted from {boot}, it had written {before}"
     );
     assert_ne!(hv.pra.domstate("app"), "running");
+    // What reprise defined on hv-pra for the start that failed is undefined again, and said.
+    let names = hv.pra.virsh("list --all --name");
+    assert!(!names.lines().any(|l| l.trim() == "app"), "{names}");
+    let finished = journal
+        .iter()
+        .find(|e| e["event"] == "step_finished" && e["step"] == "app/start")
+        .expect("the start's end is journaled");
+    assert!(
+        finished["message"].as_str().is_some_and(
+            |m| m.contains("app, defined on hv-pra for this step, was undefined again")
+        ),
+        "{finished}"
+    );
 }

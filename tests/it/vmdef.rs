@@ -133,3 +133,103 @@ fn a_definition_that_does_not_fit_the_recovery_host_starts_nothing() {
     assert!(defined.contains("bridge=\"br-pra-servers\""), "{defined}");
     assert!(!defined.contains("hosts/hv-main"), "{defined}");
 }
+
+/// The `lab status` line of vm `vm`.
+fn status_of(lab: &Lab, vm: &str) -> String {
+    let status = lab.run(&["lab", "status", "--lab-dir", lab.lab().to_str().unwrap()]);
+    status
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(vm))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_planned_failover_whose_vm_would_not_fit_stops_before_production_is_touched() {
+    let lab = Lab::up(152);
+    let file = definition(&lab, "hv-main", "erp-db");
+    let good = std::fs::read_to_string(&file).unwrap();
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(status_of(&lab, "erp-db").contains("primary (hv-main"));
+
+    // Production's definition gains a NIC on a bridge hv-pra has no mapping for: the
+    // planned failover's last replication would capture it, after production is stopped.
+    std::fs::write(
+        &file,
+        good.replacen("bridge='br-servers'", "bridge='br-backup'", 1),
+    )
+    .unwrap();
+    let check = lab.run(&["check"]);
+    assert_eq!(check.code, 7, "{check:?}");
+    let line = check
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("definitions") && l.contains("vm erp-db (planned failover)"))
+        .unwrap_or_else(|| panic!("{check:?}"));
+    assert!(
+        line.contains("FAILED")
+            && line.contains("`br-backup`, which has no mapping for host hv-pra"),
+        "{line}"
+    );
+    let failover = lab.run(&[
+        "failover",
+        "--yes",
+        "--no-prompt",
+        "--service",
+        "erp-db",
+        "--only",
+    ]);
+    assert_eq!(failover.code, 1, "{failover:?}");
+    let text = format!("{}{}", failover.stdout, failover.stderr);
+    assert!(
+        text.contains("not started, nor anything else of this run")
+            && text.contains("`br-backup`, which has no mapping for host hv-pra"),
+        "{text}"
+    );
+    // Nothing ran: production was never stopped, nothing was defined on hv-pra.
+    let journal = lab.journal();
+    assert!(
+        !journal.iter().any(|e| e["event"] == "step_started"),
+        "{journal:#?}"
+    );
+    assert!(status_of(&lab, "erp-db").contains("primary (hv-main"));
+    assert!(!definition(&lab, "hv-pra", "erp-db").exists());
+
+    // Fixed: a drill defines its copy from the newest point, and that is kept; a later
+    // change of production's definition is shown by the dry run, line by line.
+    std::fs::write(&file, &good).unwrap();
+    let drill = lab.run_confirming(
+        &["drill", "--no-prompt", "--service", "erp-db", "--only"],
+        std::time::Duration::from_secs(120),
+    );
+    assert!(drill.success(), "{drill:?}");
+    let same = lab.run(&["drill", "--dry-run", "--service", "erp-db", "--only"]);
+    assert_eq!(same.code, 0, "{same:?}");
+    assert!(
+        same.stdout
+            .contains("vm erp-db as drill-erp-db on hv-pra: unchanged"),
+        "{same:?}"
+    );
+    std::fs::write(
+        &file,
+        good.replacen("<memory", "<currentMemory>1</currentMemory><memory", 1),
+    )
+    .unwrap();
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let changed = lab.run(&["drill", "--dry-run", "--service", "erp-db", "--only"]);
+    assert_eq!(changed.code, 0, "{changed:?}");
+    assert!(
+        changed.stdout.contains(
+            "vm erp-db as drill-erp-db on hv-pra: CHANGED since it was last defined there"
+        ) && changed
+            .stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with('+')
+                && l.contains("<currentMemory>1</currentMemory>")),
+        "{changed:?}"
+    );
+    std::fs::write(&file, &good).unwrap();
+}
