@@ -1388,7 +1388,10 @@ async fn before_replica(
         match define_vm(ctx, d, point).await {
             Ok((note, done)) => {
                 output_note(tx, step, note);
-                *defined = Some(done);
+                // A drill's copy is removed by the drill's cleanup, whatever happened.
+                if how == Use::Failover {
+                    *defined = Some(done);
+                }
             }
             Err(e) => {
                 // Not started: the copies it leased are given back.
@@ -1559,19 +1562,9 @@ async fn define_vm(
         let d = d2;
         let point = match point {
             Some(p) => p,
-            None => helpers
-                .points(&d.from_host, &d.from_copy)
-                .map_err(|e| format!("cannot read the points of {}:{}: {e}", d.from_host, d.from_copy))?
-                .into_iter()
-                .rev()
-                .find(|p| p.definition.is_some() && p.verified != crate::replica::Verified::Bad)
-                .map(|p| p.id)
-                .ok_or_else(|| {
-                    format!(
-                        "{}:{} has no point holding the vm's definition: replicate it first (the replication captures the definition)",
-                        d.from_host, d.from_copy
-                    )
-                })?,
+            // A failback: the newest point the reverse replication made, never an older
+            // definition for the disks as they are.
+            None => crate::replica::definitions::newest(&helpers, &d.from_host, &d.from_copy)?,
         };
         let (def, hash) =
             crate::replica::definitions::fetch(&helpers, &d.from_host, &d.from_copy, &point)?;
@@ -1594,7 +1587,10 @@ async fn define_vm(
                         std::time::Duration::from_secs(120),
                     )
                     .map_err(|e| {
-                        format!("cannot read what is defined as {} on {}: {e}", d.fit.name, d.host)
+                        format!(
+                            "cannot read what is defined as {} on {}: {e}",
+                            d.fit.name, d.host
+                        )
                     })?;
                 (out.exit_code == 0).then_some(out.stdout)
             }
@@ -1603,7 +1599,8 @@ async fn define_vm(
         if let Some(dir) = record {
             // The last definition used on that host for that name: the next dry run
             // shows what changed since.
-            let _ = crate::replica::definitions::record(&dir, &d.host, &d.fit.name, &def.canonical());
+            let _ =
+                crate::replica::definitions::record(&dir, &d.host, &d.fit.name, &def.canonical());
         }
         let mut note = format!(
             "{} defined on {} from the definition of point {point} (BLAKE3 {})",

@@ -131,7 +131,7 @@ pub struct Prospect {
 /// only: nothing is defined). A plan whose replicate step captures the vm's definition
 /// (a planned failover's last replication, a failback's reverse one) will use what the
 /// source host holds then, so that is what is read; otherwise the newest point of the
-/// copy that is not bad and holds one.
+/// copy that is not bad, which must hold one.
 pub fn prospects(
     helpers: &Helpers,
     plan: &crate::plan::Plan,
@@ -209,20 +209,26 @@ fn read_current(helpers: &Helpers, host: &str, command: &str) -> Result<Definiti
         .map_err(|e| format!("the definition {host} gave is refused: {e}"))
 }
 
-/// The newest point of `host:copy` that is not bad and holds a definition.
+/// The newest point of `host:copy` that is not bad, which must hold a definition (an older
+/// one would not describe the disks as they are).
 pub fn newest(helpers: &Helpers, host: &str, copy: &str) -> Result<String, String> {
     let points = helpers
         .points(host, copy)
         .map_err(|e| format!("cannot read the points of {host}:{copy}: {e}"))?;
-    points
+    let Some(p) = points
         .into_iter()
         .rev()
-        .filter(|p| p.verified != crate::replica::Verified::Bad)
-        .find(|p| p.definition.is_some())
-        .map(|p| p.id)
-        .ok_or_else(|| {
-            format!(
-                "no point of {host}:{copy} holds the vm's definition: replicate it (each replication captures the definition)"
-            )
-        })
+        .find(|p| p.verified != crate::replica::Verified::Bad)
+    else {
+        return Err(format!(
+            "{host}:{copy} has no usable point, so no definition of the vm: replicate it (each replication captures the definition)"
+        ));
+    };
+    match p.definition {
+        Some(_) => Ok(p.id),
+        None => Err(format!(
+            "the newest usable point {} of {host}:{copy} holds no definition of the vm: replicate it again (each replication captures the definition)",
+            p.id
+        )),
+    }
 }
