@@ -79,6 +79,10 @@ pub enum DefinitionError {
     #[error("NIC {nic} is of type `{kind}`, which a network mapping cannot move")]
     NicType { nic: String, kind: String },
     #[error(
+        "the definition has a <{0}>, which gives the vm a resource of the host itself: refused (remove it from the vm's definition, or add it by hand where the vm is recovered)"
+    )]
+    HostResource(String),
+    #[error(
         "the definition has an element <{0}> of another XML namespace: refused (it could pass anything to the hypervisor)"
     )]
     Namespace(String),
@@ -249,6 +253,12 @@ pub fn rewrite(def: &Definition, fit: &Fit) -> Result<Fitted, DefinitionError> {
                 nic += 1;
                 interface(dev, nic, fit)?;
             }
+            // A folder, a device, a certificate store or memory of the host: what the
+            // definition names there is another host's.
+            name @ ("filesystem" | "hostdev" | "smartcard" | "shmem") => {
+                return Err(DefinitionError::HostResource(name.to_string()));
+            }
+            "serial" | "console" | "parallel" | "channel" => char_device(dev, &mut notes),
             _ => {}
         }
     }
@@ -311,9 +321,13 @@ fn disk(
         });
     };
     found[i] = true;
+    // Only the copy: no backing chain, no block copy under way, no data file or slice of
+    // another file (children of <source>).
     remove_children(dev, "backingStore");
+    remove_children(dev, "mirror");
     let source = dev.get_mut_child("source").expect("read above");
     source.attributes.clear();
+    source.children.clear();
     source
         .attributes
         .insert("file".into(), fit.disks[i].1.clone());
@@ -323,6 +337,39 @@ fn disk(
             .insert("type".into(), format.clone());
     }
     Ok(())
+}
+
+/// A serial port, console, parallel port or channel backed by a file, a pipe, a device or a
+/// socket path of the host: the path is another host's (and QEMU would write to it), so it
+/// becomes a pty (a channel's socket path is left to libvirt).
+fn char_device(dev: &mut Element, notes: &mut Vec<String>) {
+    let kind = dev.attributes.get("type").cloned().unwrap_or_default();
+    let path = dev
+        .get_child("source")
+        .and_then(|s| s.attributes.get("path").cloned());
+    let what = dev.name.clone();
+    match kind.as_str() {
+        "unix" if what == "channel" => {
+            if let Some(path) = path
+                && let Some(source) = dev.get_mut_child("source")
+            {
+                source.attributes.shift_remove("path");
+                notes.push(format!(
+                    "the {what}'s socket {path} was left to the hypervisor to name"
+                ));
+            }
+        }
+        "file" | "pipe" | "dev" | "unix" => {
+            dev.attributes.insert("type".into(), "pty".into());
+            remove_children(dev, "source");
+            remove_children(dev, "log");
+            notes.push(format!(
+                "the {what} on the host's {kind} {} is a pty here",
+                path.unwrap_or_else(|| "?".into())
+            ));
+        }
+        _ => {}
+    }
 }
 
 fn interface(dev: &mut Element, n: usize, fit: &Fit) -> Result<(), DefinitionError> {
@@ -466,6 +513,14 @@ mod tests {
       <source network='backup'/>
       <model type='virtio'/>
     </interface>
+    <serial type='file'>
+      <source path='/var/log/libvirt/qemu/erp-db.console'/>
+      <target port='0'/>
+    </serial>
+    <channel type='unix'>
+      <source mode='bind' path='/var/lib/libvirt/qemu/channel/target/erp-db.agent'/>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
   </devices>
 </domain>";
 
@@ -513,7 +568,11 @@ mod tests {
         insta::assert_snapshot!(got.text);
         assert_eq!(
             got.notes,
-            ["the cdrom sda was emptied (its media is not replicated)"]
+            [
+                "the cdrom sda was emptied (its media is not replicated)",
+                "the serial on the host's file /var/log/libvirt/qemu/erp-db.console is a pty here",
+                "the channel's socket /var/lib/libvirt/qemu/channel/target/erp-db.agent was left to the hypervisor to name",
+            ]
         );
     }
 
@@ -565,6 +624,13 @@ mod tests {
                 &DOMAIN.replace(
                     "<disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>",
                     "<disk type='block' device='disk'>\n      <driver name='qemu' type='raw'/>",
+                ),
+                &mapped,
+            ),
+            check(
+                &DOMAIN.replace(
+                    "</devices>",
+                    "<filesystem type='mount'><source dir='/'/><target dir='host'/></filesystem></devices>",
                 ),
                 &mapped,
             ),
