@@ -304,6 +304,20 @@ impl Inventory {
             .as_ref()
             .or_else(|| self.site_of(host).and_then(|s| s.networks.as_ref()))
     }
+
+    /// The drill network of `host` (its `drill_network`, else the default): where a drill
+    /// puts every NIC of the copies it defines there.
+    pub fn drill_network_of(&self, host: &str) -> String {
+        match self
+            .hosts
+            .get(host)
+            .and_then(|h| h.vars.get("drill_network"))
+        {
+            Some(VarValue::Text(t)) => t.clone(),
+            // Refused when the inventory is loaded: the network is known when the plan is made.
+            Some(VarValue::Secret { .. }) | None => DEFAULT_DRILL_NETWORK.to_string(),
+        }
+    }
 }
 
 /// Everything in `inventory/`.
@@ -854,8 +868,13 @@ pub const PATH_VARS: &[&str] = &["images_dir", "overlays_dir"];
 /// Host variables that have a value when the inventory gives none: the recovery host's
 /// isolated drill network (`drill_network`) and the address the host takes on it when a
 /// driver creates it (`drill_address`, `ADDRESS/PREFIX`; none by default).
-pub const VAR_DEFAULTS: &[(&str, &str)] =
-    &[("drill_network", "reprise-drill"), ("drill_address", "")];
+pub const VAR_DEFAULTS: &[(&str, &str)] = &[
+    ("drill_network", DEFAULT_DRILL_NETWORK),
+    ("drill_address", ""),
+];
+
+/// The drill network of a recovery host that names none.
+pub const DEFAULT_DRILL_NETWORK: &str = "reprise-drill";
 
 /// What is wrong with a value of `drill_network` or `drill_address`, if anything.
 fn drill_var_problem(key: &str, value: &str) -> Option<String> {
@@ -1007,6 +1026,20 @@ fn read_var(
             Some(VarValue::Text(s.to_string()))
         }
         DeValue::String(s) => Some(VarValue::Text(s.to_string())),
+        // A drill copy is defined on the drill network when the plan is made: its name and
+        // address are text, never read from the environment at run time.
+        other if VAR_DEFAULTS.iter().any(|(k, _)| *k == key.value) => {
+            diags.push(
+                Diagnostic::error(format!(
+                    "variable `{}` must be a string, not {}",
+                    key.value,
+                    type_name(other)
+                ))
+                .at(loc)
+                .hint("the drill network is created and checked on the recovery host under this name and address"),
+            );
+            None
+        }
         DeValue::Integer(i) => Some(VarValue::Text(i.as_str().replace('_', ""))),
         DeValue::Boolean(b) => Some(VarValue::Text(b.to_string())),
         DeValue::Table(_) => {

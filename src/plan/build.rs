@@ -1480,8 +1480,8 @@ pub fn define_use(
         disks.push((vec![format!("{pdir}/{d}"), format!("{rdir}/{d}")], to(d)?));
     }
     let nics = if drill {
-        // The network the driver's `drill-start` makes sure of.
-        crate::vmdef::Nics::All("reprise-drill".into())
+        // The host's drill network, which the driver's `drill-start` makes sure of.
+        crate::vmdef::Nics::All(inv.drill_network_of(&host))
     } else {
         crate::vmdef::Nics::Map(inv.networks_of(&host).cloned().unwrap_or_default())
     };
@@ -1543,5 +1543,48 @@ pub fn images_dir_of(inv: &Inventory, host: &str) -> Option<String> {
     match inv.hosts.get(host).and_then(|h| h.vars.get("images_dir")) {
         Some(crate::inventory::VarValue::Text(d)) => Some(d.trim_end_matches('/').to_string()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmdef::Nics;
+
+    fn example() -> Model {
+        let sources = crate::sources::Sources::read(
+            std::path::Path::new("inventory"),
+            std::path::Path::new("runbooks"),
+        )
+        .unwrap();
+        Model::load(sources).map(|(m, _)| m).unwrap()
+    }
+
+    /// Where each vm a drill defines puts its NICs.
+    fn drill_nics(model: &Model) -> Vec<(String, Nics)> {
+        let plan = build(model, &PlanOptions::new(Mode::Drill)).unwrap();
+        plan.steps
+            .iter()
+            .filter_map(|s| s.replica.as_ref()?.define.as_ref())
+            .map(|d| (d.fit.name.clone(), d.fit.nics.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_drill_defines_its_copies_on_the_recovery_hosts_drill_network() {
+        let mut model = example();
+        let defined = drill_nics(&model);
+        assert!(!defined.is_empty());
+        for (name, nics) in &defined {
+            assert!(name.starts_with("drill-"), "{name}");
+            assert_eq!(*nics, Nics::All("reprise-drill".into()), "{name}");
+        }
+        model.inventory.hosts["hv-pra"].vars.insert(
+            "drill_network".into(),
+            crate::inventory::VarValue::Text("pra-drill".into()),
+        );
+        for (name, nics) in drill_nics(&model) {
+            assert_eq!(nics, Nics::All("pra-drill".into()), "{name}");
+        }
     }
 }
