@@ -2026,8 +2026,9 @@ pub fn check(model: &Model, transport: &dyn Transport, opts: &CheckOptions) -> R
 /// `plan`, the planned failover's plan): a recovery-site host it runs steps on that cannot be
 /// reached, lacks a tool or room for the copies; a secret or bash syntax one of its steps
 /// needs; the replication lag of a service it switches, unknown or over its RPO (its
-/// `replication-lag` step would stop it there, after the primary side is stopped). Problems
-/// of the primary side (and of copies, which its final sync brings up to date) do not stop it.
+/// `replication-lag` step would stop it there, after the primary side is stopped); a vm it
+/// defines there whose definition would not fit. Problems of the primary side (and of
+/// copies, which its final sync brings up to date) do not stop it.
 pub fn failover_blockers(model: &Model, plan: &Plan, items: &[ReadinessItem]) -> Vec<String> {
     let inv = &model.inventory;
     let recovery_hosts: BTreeSet<&str> = plan
@@ -2040,6 +2041,13 @@ pub fn failover_blockers(model: &Model, plan: &Plan, items: &[ReadinessItem]) ->
         })
         .collect();
     let steps: BTreeSet<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+    let defined: BTreeSet<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| s.replica.as_ref())
+        .filter(|r| r.define.is_some())
+        .map(|r| r.vm.as_str())
+        .collect();
     let secrets: BTreeSet<String> = {
         let plans = Plans {
             by_mode: vec![("planned failover".to_string(), Ok(plan.clone()))],
@@ -2064,6 +2072,7 @@ pub fn failover_blockers(model: &Model, plan: &Plan, items: &[ReadinessItem]) ->
             "shell" => steps.contains(i.subject.as_str()),
             "secrets" => secrets.contains(&i.subject),
             "lag" => lags_held.contains(&i.subject),
+            "definitions" => defined_by_planned_failover(&i.subject, &defined),
             _ => false,
         })
         .map(|i| match i.area.as_str() {
@@ -2079,13 +2088,14 @@ pub fn failover_blockers(model: &Model, plan: &Plan, items: &[ReadinessItem]) ->
 /// Whether each vm a drill or a failover defines would be defined from a usable definition
 /// now: one that its newest usable point holds (or, in a planned failover, that its primary
 /// holds, which the last replication captures), whose NICs all have a mapping and whose
-/// disks are its copies. (A failback is judged when it runs: before a failover there is
-/// nothing to fail back.)
+/// disks are its copies. A vm defined alike by several modes gets one item naming them all.
+/// (A failback is judged when it starts, see [`failback_blockers`]: before a failover there
+/// is nothing to fail back.)
 fn definition_items(plans: &Plans, transport: &dyn Transport) -> Vec<ReadinessItem> {
     let helpers = crate::replica::remote::Helpers::new(transport);
     let secrets = crate::runner::env_secrets();
-    let mut seen = BTreeSet::new();
-    let mut items = Vec::new();
+    let mut seen: BTreeMap<(String, String, String, String), usize> = BTreeMap::new();
+    let mut items: Vec<ReadinessItem> = Vec::new();
     for (label, plan) in &plans.by_mode {
         if !matches!(
             label.as_str(),
@@ -2095,35 +2105,73 @@ fn definition_items(plans: &Plans, transport: &dyn Transport) -> Vec<ReadinessIt
         }
         let Ok(plan) = plan else { continue };
         for p in crate::replica::definitions::prospects(&helpers, plan, &|n| secrets(n)) {
-            if !seen.insert((
+            let key = (
                 p.vm.clone(),
                 p.host.clone(),
                 p.name.clone(),
                 p.source.clone(),
-            )) {
+            );
+            if let Some(&i) = seen.get(&key) {
+                let subject = &mut items[i].subject;
+                subject.insert_str(subject.len() - 1, &format!(", {label}"));
                 continue;
             }
-            let subject = format!("vm {} ({label})", p.vm);
-            items.push(match p.result {
-                Ok(_) => item(
-                    "definitions",
-                    &subject,
-                    ItemStatus::Ok,
-                    format!("defined as {} on {} from {}", p.name, p.host, p.source),
-                ),
-                Err(why) => item(
-                    "definitions",
-                    &subject,
-                    ItemStatus::Failed,
-                    format!(
-                        "would be defined as {} on {} from {}, and {why}",
-                        p.name, p.host, p.source
-                    ),
-                ),
-            });
+            seen.insert(key, items.len());
+            items.push(definition_item(&p, label));
         }
     }
     items
+}
+
+/// The `definitions` item of a vm that a plan of mode `label` defines.
+fn definition_item(p: &crate::replica::definitions::Prospect, label: &str) -> ReadinessItem {
+    let subject = format!("vm {} ({label})", p.vm);
+    match &p.result {
+        Ok(_) => item(
+            "definitions",
+            &subject,
+            ItemStatus::Ok,
+            format!("defined as {} on {} from {}", p.name, p.host, p.source),
+        ),
+        Err(why) => item(
+            "definitions",
+            &subject,
+            ItemStatus::Failed,
+            format!(
+                "would be defined as {} on {} from {}, and {why}",
+                p.name, p.host, p.source
+            ),
+        ),
+    }
+}
+
+/// Whether a `definitions` item is about vm `vm` as the planned failover defines it.
+fn defined_by_planned_failover(subject: &str, vms: &BTreeSet<&str>) -> bool {
+    subject
+        .strip_prefix("vm ")
+        .and_then(|rest| rest.split_once(" ("))
+        .is_some_and(|(vm, modes)| {
+            vms.contains(vm)
+                && modes
+                    .trim_end_matches(')')
+                    .split(", ")
+                    .any(|m| m == "planned failover")
+        })
+}
+
+/// What stops a failback half-way on the primary side, after the recovery side is stopped,
+/// that can be known before it starts (`check` judges the recovery side, not this): each vm
+/// it defines on the primary without a usable definition that fits there, as
+/// `definitions vm X (failback): ...`. Read only: nothing is defined.
+pub fn failback_blockers(plan: &Plan, transport: &dyn Transport) -> Vec<String> {
+    let helpers = crate::replica::remote::Helpers::new(transport);
+    let secrets = crate::runner::env_secrets();
+    crate::replica::definitions::prospects(&helpers, plan, &|n| secrets(n))
+        .iter()
+        .map(|p| definition_item(p, "failback"))
+        .filter(|i| i.status == ItemStatus::Failed)
+        .map(|i| format!("{} {}: {}", i.area, i.subject, i.detail))
+        .collect()
 }
 
 /// The table and the verdict, for a person.

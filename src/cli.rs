@@ -279,7 +279,14 @@ pub enum Command {
     Restore(RunArgs),
     /// Return to the primary site after a failover (replication reversed first).
     #[command(after_help = "Example:\n  reprise failback --service erp-app")]
-    Failback(RunArgs),
+    Failback {
+        /// Start although a vm it defines on the primary has no definition that fits there
+        /// (it refuses otherwise, exit 7); journaled, and shown by the report.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        args: RunArgs,
+    },
     /// Carry on a run that stopped (a crash, a signal, a full disk, a failure): finished steps
     /// are never repeated; a line of the journal cut short by a crash is cut off first, and said.
     #[command(after_help = "Example:\n  reprise resume latest")]
@@ -602,8 +609,8 @@ impl Command {
     /// The `--here` host of a command that reaches hosts.
     fn here(&self) -> Option<&str> {
         let ssh = match self {
-            Command::Drill(a) | Command::Restore(a) | Command::Failback(a) => &a.exec.ssh,
-            Command::Failover { args, .. } => &args.exec.ssh,
+            Command::Drill(a) | Command::Restore(a) => &a.exec.ssh,
+            Command::Failover { args, .. } | Command::Failback { args, .. } => &args.exec.ssh,
             Command::Resume { exec, .. } => &exec.ssh,
             Command::Replicate { ssh, .. }
             | Command::Points { ssh, .. }
@@ -959,7 +966,15 @@ pub fn run(cli: &Cli) -> Outcome {
             )
         }
         Command::Restore(args) => start(cli, &model, Mode::Restore, false, args),
-        Command::Failback(args) => start(cli, &model, Mode::Failback, false, args),
+        Command::Failback { force, args } => start_with(
+            cli,
+            &model,
+            Mode::Failback,
+            false,
+            *force,
+            args,
+            Default::default(),
+        ),
         Command::Resume { run, exec } => {
             let shutdown = ctrl_c();
             let mut view = TerminalView::new(&model.inventory, Some(run));

@@ -127,8 +127,8 @@ pub enum Event {
         /// What `status` printed (or why it could not run).
         said: String,
     },
-    /// A planned failover started although `reprise check` found problems that block it on
-    /// the recovery side, because the operator forced it.
+    /// A planned failover (or a failback) started although the readiness check found problems
+    /// that block it on the side it starts vms on, because the operator forced it.
     ReadinessForced {
         at: DateTime<Utc>,
         operator: String,

@@ -20,8 +20,9 @@ pub const IO: u8 = 4;
 pub const LOCKED: u8 = 5;
 /// A failback found a service running on both sites: nothing was done.
 pub const SPLIT_BRAIN: u8 = 6;
-/// `reprise check`: a recovery would not work now (see its table); or a planned failover was
-/// refused because the check finds problems on the recovery side (`--force` starts it anyway).
+/// `reprise check`: a recovery would not work now (see its table); or a planned failover (a
+/// failback) was refused because the check finds problems on the recovery (primary) side that
+/// would stop it half-way (`--force` starts it anyway).
 pub const NOT_READY: u8 = 7;
 /// `reprise status`: a replicated VM has no good point within its RPO target, or a service
 /// its application replicates has a replication lag over its RPO target or unknown.

@@ -80,13 +80,8 @@ pub enum RunError {
         .services.join(", ")
     )]
     SplitBrain { mode: Mode, services: Vec<String> },
-    #[error(
-        "refusing to start a planned failover: the readiness check finds {} problem{} on the recovery side that would stop it half-way, after production is stopped:\n  {}\nFix them (`reprise check` shows the whole table), or start it anyway with --force (journaled)",
-        .problems.len(),
-        if .problems.len() == 1 { "" } else { "s" },
-        .problems.join("\n  ")
-    )]
-    NotReady { problems: Vec<String> },
+    #[error("{}", not_ready(*mode, problems))]
+    NotReady { mode: Mode, problems: Vec<String> },
     #[error("run `{run_id}` has no step `{step}`{}", hint.as_ref().map(|h| format!("; {h}")).unwrap_or_default())]
     UnknownStep {
         run_id: String,
@@ -133,9 +128,33 @@ pub struct StartOptions {
     pub operator: String,
     /// When the outage began (declared by the operator).
     pub incident_at: Option<DateTime<Utc>>,
-    /// A planned failover starts although the readiness check finds problems that block it
-    /// on the recovery side (journaled as `readiness_forced`).
+    /// A planned failover or a failback starts although what it is about to start vms on is
+    /// known to stop it half-way (journaled as `readiness_forced`).
     pub force: bool,
+}
+
+/// Why a planned failover or a failback is refused before it starts.
+fn not_ready(mode: Mode, problems: &[String]) -> String {
+    let (what, side, first, table) = match mode {
+        Mode::Failback => (
+            "a failback",
+            "the primary side",
+            "the recovery side is stopped",
+            "",
+        ),
+        _ => (
+            "a planned failover",
+            "the recovery side",
+            "production is stopped",
+            " (`reprise check` shows the whole table)",
+        ),
+    };
+    format!(
+        "refusing to start {what}: the readiness check finds {} problem{} on {side} that would stop it half-way, after {first}:\n  {}\nFix them{table}, or start it anyway with --force (journaled)",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" },
+        problems.join("\n  ")
+    )
 }
 
 /// What a run came to.
@@ -456,21 +475,30 @@ pub fn start(
             });
         }
     }
-    // A planned failover stops production first: it starts only once the recovery side is
-    // known to be able to take over, unless forced.
+    // A planned failover stops production first, a failback the recovery side: each starts
+    // only once the side it starts vms on is known to be able to take over (for a failback,
+    // every vm it defines there has a definition that fits), unless forced.
     let mut readiness = crate::readiness::load_latest(&opts.state_dir);
     let mut forced = Vec::new();
-    if plan.mode == Mode::Failover && !plan.emergency {
-        let transport = transport(model, &opts.exec.ssh);
-        let fresh = crate::check::check(model, &transport, &Default::default());
-        let problems = crate::check::failover_blockers(model, &plan, &fresh.items);
-        readiness = Some(fresh);
-        if !problems.is_empty() {
-            if !opts.force {
-                return Err(RunError::NotReady { problems });
-            }
-            forced = problems;
+    let problems = match plan.mode {
+        Mode::Failover if !plan.emergency => {
+            let transport = transport(model, &opts.exec.ssh);
+            let fresh = crate::check::check(model, &transport, &Default::default());
+            let problems = crate::check::failover_blockers(model, &plan, &fresh.items);
+            readiness = Some(fresh);
+            problems
         }
+        Mode::Failback => crate::check::failback_blockers(&plan, &transport(model, &opts.exec.ssh)),
+        _ => Vec::new(),
+    };
+    if !problems.is_empty() {
+        if !opts.force {
+            return Err(RunError::NotReady {
+                mode: plan.mode,
+                problems,
+            });
+        }
+        forced = problems;
     }
     let machine = journal::machine_name();
     let lock = StateLock::acquire(

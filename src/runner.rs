@@ -233,24 +233,6 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
     let mut planned_failure = false;
     let mut done_order: Vec<usize> = Vec::new();
 
-    // A planned failover or failback stops production before it starts the copies: a vm
-    // whose definition cannot be defined where it starts (a NIC without a mapping, a disk
-    // that is not its copy, no definition at all) stops the run before anything runs.
-    if !keep_going && !ctx.prior.values().any(|p| *p == Prior::Done) {
-        for (i, why) in preflight(&ctx).await {
-            state[i] = State::Finished(StepStatus::Failed);
-            out.emit(&finished_event(
-                &plan.steps[i],
-                0,
-                StepStatus::Failed,
-                0,
-                Some(why),
-            ));
-            planned_failure = true;
-            halted = true;
-        }
-    }
-
     loop {
         if out.failed.is_some() && !halted {
             // Nothing may run that the journal does not record: not even a cleanup step.
@@ -488,58 +470,6 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
         status,
     });
     status
-}
-
-/// The vm steps of the plan whose vm could not be defined where they start it if the plan
-/// ran now, with why (see [`crate::replica::definitions::prospects`]).
-async fn preflight(ctx: &Arc<RunContext>) -> Vec<(usize, String)> {
-    if !ctx
-        .plan
-        .steps
-        .iter()
-        .any(|s| s.replica.as_ref().is_some_and(|r| r.define.is_some()))
-    {
-        return Vec::new();
-    }
-    let ctx2 = ctx.clone();
-    let prospects = match tokio::task::spawn_blocking(move || {
-        let helpers = crate::replica::remote::Helpers::new(ctx2.transport.as_ref());
-        let secrets = ctx2.secrets.clone();
-        crate::replica::definitions::prospects(&helpers, &ctx2.plan, &move |n| secrets(n))
-    })
-    .await
-    {
-        Ok(p) => p,
-        Err(e) => {
-            let first = ctx
-                .plan
-                .steps
-                .iter()
-                .position(|s| s.replica.as_ref().is_some_and(|r| r.define.is_some()))
-                .expect("found above");
-            return vec![(
-                first,
-                format!(
-                    "not started: reprise failed while checking the vms' definitions: {}",
-                    fault(e)
-                ),
-            )];
-        }
-    };
-    prospects
-        .into_iter()
-        .filter_map(|p| {
-            let why = p.result.err()?;
-            let i = ctx.plan.steps.iter().position(|s| s.id == p.step)?;
-            Some((
-                i,
-                format!(
-                    "not started, nor anything else of this run: vm {} would be defined as {} on {} from {}, and {why}",
-                    p.vm, p.name, p.host, p.source
-                ),
-            ))
-        })
-        .collect()
 }
 
 /// Hands a step's message to the sink; a step waiting for its event to be recorded is told

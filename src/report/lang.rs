@@ -317,10 +317,10 @@ impl Labels {
     pub fn readiness_forced(&self, operator: &str) -> String {
         match self.lang {
             Lang::En => format!(
-                "started by {operator} with --force although the readiness check found problems that block a planned failover on the recovery side"
+                "started by {operator} with --force although the readiness check found problems that would stop it half-way on the side it starts vms on"
             ),
             Lang::Fr => format!(
-                "lancée par {operator} avec --force malgré des problèmes bloquants côté secours relevés par la vérification"
+                "lancée par {operator} avec --force malgré des problèmes bloquants, du côté où elle démarre les vm, relevés par la vérification"
             ),
         }
     }

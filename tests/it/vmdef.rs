@@ -134,6 +134,13 @@ fn a_definition_that_does_not_fit_the_recovery_host_starts_nothing() {
     assert!(!defined.contains("hosts/hv-main"), "{defined}");
 }
 
+/// How many runs the lab's state folder holds.
+fn runs(lab: &Lab) -> usize {
+    std::fs::read_dir(lab.state().join("runs"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
 /// The `lab status` line of vm `vm`.
 fn status_of(lab: &Lab, vm: &str) -> String {
     let status = lab.run(&["lab", "status", "--lab-dir", lab.lab().to_str().unwrap()]);
@@ -173,6 +180,8 @@ fn a_planned_failover_whose_vm_would_not_fit_stops_before_production_is_touched(
             && line.contains("`br-backup`, which has no mapping for host hv-pra"),
         "{line}"
     );
+    // The planned failover's readiness gate refuses it: no run starts.
+    let runs_before = runs(&lab);
     let failover = lab.run(&[
         "failover",
         "--yes",
@@ -181,19 +190,18 @@ fn a_planned_failover_whose_vm_would_not_fit_stops_before_production_is_touched(
         "erp-db",
         "--only",
     ]);
-    assert_eq!(failover.code, 1, "{failover:?}");
-    let text = format!("{}{}", failover.stdout, failover.stderr);
+    assert_eq!(failover.code, 7, "{failover:?}");
     assert!(
-        text.contains("not started, nor anything else of this run")
-            && text.contains("`br-backup`, which has no mapping for host hv-pra"),
-        "{text}"
+        failover.stderr.contains(
+            "definitions vm erp-db (planned failover): would be defined as erp-db on hv-pra"
+        ) && failover
+            .stderr
+            .contains("`br-backup`, which has no mapping for host hv-pra")
+            && failover.stderr.contains("--force"),
+        "{failover:?}"
     );
     // Nothing ran: production was never stopped, nothing was defined on hv-pra.
-    let journal = lab.journal();
-    assert!(
-        !journal.iter().any(|e| e["event"] == "step_started"),
-        "{journal:#?}"
-    );
+    assert_eq!(runs(&lab), runs_before, "a refused failover started a run");
     assert!(status_of(&lab, "erp-db").contains("primary (hv-main"));
     assert!(!definition(&lab, "hv-pra", "erp-db").exists());
 
@@ -232,4 +240,50 @@ fn a_planned_failover_whose_vm_would_not_fit_stops_before_production_is_touched(
         "{changed:?}"
     );
     std::fs::write(&file, &good).unwrap();
+
+    // After a planned failover, the definition on hv-pra gains a NIC on a bridge hv-main has
+    // no mapping for: the failback's readiness gate refuses it before the recovery side is
+    // stopped.
+    let exit = lab.run_confirming(
+        &[
+            "failover",
+            "--yes",
+            "--no-prompt",
+            "--service",
+            "erp-db",
+            "--only",
+        ],
+        std::time::Duration::from_secs(120),
+    );
+    assert!(exit.success(), "{:#?}", lab.journal());
+    assert!(status_of(&lab, "erp-db").contains("recovery (hv-pra"));
+    let on_pra = definition(&lab, "hv-pra", "erp-db");
+    let defined = std::fs::read_to_string(&on_pra).unwrap();
+    assert!(defined.contains("bridge=\"br-pra-servers\""), "{defined}");
+    std::fs::write(
+        &on_pra,
+        defined.replacen("bridge=\"br-pra-servers\"", "bridge=\"br-pra-backup\"", 1),
+    )
+    .unwrap();
+    let runs_before = runs(&lab);
+    let failback = lab.run(&[
+        "failback",
+        "--yes",
+        "--no-prompt",
+        "--service",
+        "erp-db",
+        "--only",
+    ]);
+    assert_eq!(failback.code, 7, "{failback:?}");
+    assert!(
+        failback.stderr.contains("refusing to start a failback")
+            && failback.stderr.contains("definitions vm erp-db (failback)")
+            && failback
+                .stderr
+                .contains("`br-pra-backup`, which has no mapping for host hv-main")
+            && failback.stderr.contains("--force"),
+        "{failback:?}"
+    );
+    assert_eq!(runs(&lab), runs_before, "a refused failback started a run");
+    assert!(status_of(&lab, "erp-db").contains("recovery (hv-pra"));
 }
