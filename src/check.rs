@@ -2817,4 +2817,43 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
     }
+
+    #[test]
+    fn a_definition_that_would_not_fit_blocks_the_planned_failover_of_its_vm_only() {
+        let model = example();
+        let plan = crate::plan::build(
+            &model,
+            &crate::plan::PlanOptions {
+                services: vec!["erp-db".into()],
+                only: true,
+                ..crate::plan::PlanOptions::new(crate::runbook::Mode::Failover)
+            },
+        )
+        .unwrap();
+        let failed = |subject: &str| {
+            item(
+                "definitions",
+                subject,
+                ItemStatus::Failed,
+                "would be defined as erp-db on hv-pra from …, and it does not fit".into(),
+            )
+        };
+        let items = [
+            failed("vm erp-db (planned failover, emergency failover)"),
+            failed("vm erp-db (drill)"),
+            failed("vm erp-app (planned failover)"),
+            item(
+                "definitions",
+                "vm erp-db (planned failover)",
+                ItemStatus::Ok,
+                String::new(),
+            ),
+        ];
+        assert_eq!(
+            failover_blockers(&model, &plan, &items),
+            [
+                "definitions vm erp-db (planned failover, emergency failover): would be defined as erp-db on hv-pra from …, and it does not fit"
+            ]
+        );
+    }
 }
