@@ -224,7 +224,7 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
     // What the steps watch: a stop asked from outside, or a journal that stopped recording.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut asked = shutdown.receiver();
-    let mut tasks: JoinSet<Outcome> = JoinSet::new();
+    let mut tasks: JoinSet<(Outcome, Option<Defined>)> = JoinSet::new();
     let mut task_step: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut per_host: HashMap<String, usize> = HashMap::new();
     let mut running = 0usize;
@@ -232,6 +232,8 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
     let mut interrupted = false;
     let mut planned_failure = false;
     let mut done_order: Vec<usize> = Vec::new();
+    // What each vm step that succeeded defined before its command (undone with it).
+    let mut defined: HashMap<usize, Defined> = HashMap::new();
 
     loop {
         if out.failed.is_some() && !halted {
@@ -354,7 +356,7 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
                 while let Ok(msg) = rx.try_recv() {
                     deliver(&mut out, msg);
                 }
-                let result = match joined {
+                let (result, made) = match joined {
                     Ok((id, result)) => {
                         task_step.remove(&id);
                         result
@@ -362,15 +364,19 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
                     // A fault of reprise inside one step fails that step, not the run.
                     Err(e) => {
                         let index = task_step.remove(&e.id()).expect("every task is a step's");
-                        Outcome {
+                        let failed = Outcome {
                             index,
                             status: StepStatus::Failed,
                             attempt: 1,
                             message: Some(format!("reprise failed inside this step: {}", fault(e))),
                             elapsed: StdDuration::ZERO,
-                        }
+                        };
+                        (failed, None)
                     }
                 };
+                if let Some(d) = made {
+                    defined.insert(result.index, d);
+                }
                 let step = &plan.steps[result.index];
                 running -= 1;
                 if let Some(h) = &step.host {
@@ -438,6 +444,36 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
                     ),
                     Err(e) => (false, Some(e.message)),
                 },
+            };
+            // What the step defined goes with it, once the vm it started is stopped (for a vm
+            // that was running before, only a definition it replaced is put back).
+            let (ok, message) = match defined.remove(&i) {
+                None => (ok, message),
+                Some(d) => {
+                    let stopped = ok && before == Some(Some(false));
+                    let was_running = before == Some(Some(true));
+                    let (put_back, note) = if stopped || (was_running && d.previous.is_some()) {
+                        let transport = ctx.transport.clone();
+                        tokio::task::spawn_blocking(move || undo_define(transport.as_ref(), d))
+                            .await
+                            .unwrap_or_else(|e| {
+                                (false, format!("what was defined could not be undone: {e}"))
+                            })
+                    } else {
+                        (
+                            true,
+                            format!(
+                                "{} stays defined on {} from point {}, as this step defined it",
+                                d.name, d.host, d.point
+                            ),
+                        )
+                    };
+                    let message = match message {
+                        Some(m) => format!("{m}; {note}"),
+                        None => note,
+                    };
+                    (ok && put_back, Some(message))
+                }
             };
             out.emit(&Event::UndoFinished {
                 at: Utc::now(),
@@ -558,40 +594,46 @@ async fn record_start(
 /// The message of a step that did not start because its start could not be recorded.
 const NOT_RECORDED: &str = "not started: the journal cannot record it";
 
+/// Runs a step: its outcome, and what it defined before its command when it succeeded (put
+/// back if the run rolls it back). A step that fails puts back what it defined itself: it
+/// leaves the host as it found it.
 async fn run_step(
     ctx: Arc<RunContext>,
     index: usize,
     prior: Option<Prior>,
     tx: tokio::sync::mpsc::UnboundedSender<Msg>,
     shutdown: watch::Receiver<bool>,
-) -> Outcome {
+) -> (Outcome, Option<Defined>) {
     let mut defined = None;
     let mut out = run_step_inner(ctx.clone(), index, prior, tx, shutdown, &mut defined).await;
-    if let Some(d) = defined
-        && out.status != StepStatus::Done
-    {
-        let note = if out.status == StepStatus::Failed {
-            let transport = ctx.transport.clone();
-            tokio::task::spawn_blocking(move || undo_define(transport.as_ref(), d))
-                .await
-                .unwrap_or_else(|e| format!("what was defined could not be undone: {e}"))
+    let mut made = None;
+    if let Some(d) = defined {
+        if out.status == StepStatus::Done {
+            made = Some(d);
         } else {
-            // Timed out or stopped: the start may still take effect; nothing is removed
-            // under a vm that may be running.
-            format!(
-                "{} stays defined on {} from point {} (the start may still take effect)",
-                d.name, d.host, d.point
-            )
-        };
-        out.message = Some(match out.message.take() {
-            Some(m) => format!("{m}; {note}"),
-            None => note,
-        });
+            let note = if out.status == StepStatus::Failed {
+                let transport = ctx.transport.clone();
+                tokio::task::spawn_blocking(move || undo_define(transport.as_ref(), d).1)
+                    .await
+                    .unwrap_or_else(|e| format!("what was defined could not be undone: {e}"))
+            } else {
+                // Timed out or stopped: the start may still take effect; nothing is removed
+                // under a vm that may be running.
+                format!(
+                    "{} stays defined on {} from point {} (the start may still take effect)",
+                    d.name, d.host, d.point
+                )
+            };
+            out.message = Some(match out.message.take() {
+                Some(m) => format!("{m}; {note}"),
+                None => note,
+            });
+        }
     }
-    after_replica(&ctx, &ctx.plan.steps[index], out).await
+    (after_replica(&ctx, &ctx.plan.steps[index], out).await, made)
 }
 
-/// What a vm step defined before its command, to be undone when the command fails.
+/// What a vm step defined before its command, undone with the step.
 struct Defined {
     host: String,
     name: String,
@@ -604,20 +646,24 @@ struct Defined {
     undefine: Option<String>,
 }
 
-/// Puts back what was defined before a start that failed: the previous definition, or
-/// nothing. Says exactly what it did, or what it left.
-fn undo_define(transport: &dyn crate::ssh::Transport, d: Defined) -> String {
+/// Puts back what was defined before a start that failed or is undone: the previous
+/// definition, or nothing. Whether it did, and exactly what it did or what it left.
+fn undo_define(transport: &dyn crate::ssh::Transport, d: Defined) -> (bool, String) {
     let helpers = crate::replica::remote::Helpers::new(transport);
     let (host, name, point) = (&d.host, &d.name, &d.point);
     match (&d.previous, &d.undefine) {
         (Some(previous), _) => {
             let text = String::from_utf8_lossy(previous);
             match crate::replica::definitions::define(&helpers, host, &d.define, &text) {
-                Ok(_) => {
-                    format!("the definition {name} had on {host} before this step was put back")
-                }
-                Err(e) => format!(
-                    "{name} is left defined on {host} from point {point}, not as it was before this step: putting its previous definition back failed ({e})"
+                Ok(_) => (
+                    true,
+                    format!("the definition {name} had on {host} before this step was put back"),
+                ),
+                Err(e) => (
+                    false,
+                    format!(
+                        "{name} is left defined on {host} from point {point}, not as it was before this step: putting its previous definition back failed ({e})"
+                    ),
                 ),
             }
         }
@@ -628,20 +674,30 @@ fn undo_define(transport: &dyn crate::ssh::Transport, d: Defined) -> String {
             64 << 10,
             std::time::Duration::from_secs(120),
         ) {
-            Ok(out) if out.exit_code == 0 => {
-                format!("{name}, defined on {host} for this step, was undefined again")
-            }
-            Ok(out) => format!(
-                "{name} is left defined on {host} from point {point} (it was not before): `undefine` exited with {}: {}",
-                out.exit_code,
-                out.stderr.trim()
+            Ok(out) if out.exit_code == 0 => (
+                true,
+                format!("{name}, defined on {host} for this step, was undefined again"),
             ),
-            Err(e) => format!(
-                "{name} is left defined on {host} from point {point} (it was not before): `undefine` could not run: {e}"
+            Ok(out) => (
+                false,
+                format!(
+                    "{name} is left defined on {host} from point {point} (it was not before): `undefine` exited with {}: {}",
+                    out.exit_code,
+                    out.stderr.trim()
+                ),
+            ),
+            Err(e) => (
+                false,
+                format!(
+                    "{name} is left defined on {host} from point {point} (it was not before): `undefine` could not run: {e}"
+                ),
             ),
         },
-        (None, None) => format!(
-            "{name} is left defined on {host} from point {point} (it was not before; its driver has no `undefine` action): remove it by hand"
+        (None, None) => (
+            false,
+            format!(
+                "{name} is left defined on {host} from point {point} (it was not before; its driver has no `undefine` action): remove it by hand"
+            ),
         ),
     }
 }

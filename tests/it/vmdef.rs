@@ -287,3 +287,74 @@ fn a_planned_failover_whose_vm_would_not_fit_stops_before_production_is_touched(
     assert_eq!(runs(&lab), runs_before, "a refused failback started a run");
     assert!(status_of(&lab, "erp-db").contains("recovery (hv-pra"));
 }
+
+#[test]
+fn a_forced_planned_failover_that_fails_later_undoes_the_definitions_it_made() {
+    let lab = Lab::up(153);
+    // erp-app's definition gains a NIC on a bridge hv-pra has no mapping for: the readiness
+    // gate refuses the failover; forced, erp-db fails over, then erp-app's start stops at its
+    // definition, and the run rolls back.
+    let file = definition(&lab, "hv-main", "erp-app");
+    let good = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        good.replacen("bridge='br-servers'", "bridge='br-backup'", 1),
+    )
+    .unwrap();
+    let args = [
+        "failover",
+        "--yes",
+        "--no-prompt",
+        "--service",
+        "erp-db",
+        "--service",
+        "erp-app",
+        "--only",
+    ];
+    let refused = lab.run(&args);
+    assert_eq!(refused.code, 7, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("definitions vm erp-app (planned failover)"),
+        "{refused:?}"
+    );
+    let forced: Vec<&str> = args.iter().copied().chain(["--force"]).collect();
+    let exit = lab.run_confirming(&forced, std::time::Duration::from_secs(240));
+    assert_eq!(exit.code(), Some(1), "{:#?}", lab.journal());
+    let journal = lab.journal();
+    let finished = |step: &str| {
+        journal
+            .iter()
+            .find(|e| e["event"] == "step_finished" && e["step"] == step)
+            .unwrap_or_else(|| panic!("{step} did not finish: {journal:#?}"))
+            .clone()
+    };
+    assert_eq!(finished("erp-db/start")["status"], "done");
+    let failed = finished("erp-app/start");
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`br-backup`, which has no mapping for host hv-pra")),
+        "{failed}"
+    );
+    // erp-db's start is undone: the vm stopped on hv-pra, and the domain it defined there
+    // (nothing was defined before) undefined again; production is back on hv-main.
+    let undone = journal
+        .iter()
+        .find(|e| e["event"] == "undo_finished" && e["step"] == "erp-db/start")
+        .unwrap_or_else(|| panic!("erp-db/start not undone: {journal:#?}"));
+    assert_eq!(undone["ok"], true, "{undone}");
+    assert!(
+        undone["message"].as_str().is_some_and(
+            |m| m.contains("erp-db, defined on hv-pra for this step, was undefined again")
+        ),
+        "{undone}"
+    );
+    assert!(!definition(&lab, "hv-pra", "erp-db").exists());
+    assert!(!definition(&lab, "hv-pra", "erp-app").exists());
+    assert!(status_of(&lab, "erp-db").contains("primary (hv-main"));
+    assert!(status_of(&lab, "erp-app").contains("primary (hv-main"));
+    std::fs::write(&file, &good).unwrap();
+}
