@@ -2370,6 +2370,10 @@ mod tests {
         let mut seen = Vec::new();
         for (driver, actions) in doc["drivers"].as_table().unwrap() {
             for (action, cmd) in actions.as_table().unwrap() {
+                // `definition_format` names a format, not a command.
+                if !crate::inventory::VM_ACTIONS.contains(&action.as_str()) {
+                    continue;
+                }
                 let mut words = command_words(&rendered(cmd.as_str().unwrap()));
                 words.sort();
                 words.dedup();
@@ -2382,7 +2386,10 @@ mod tests {
             "libvirt status: virsh",
             "libvirt autostart-off: virsh",
             "libvirt autostart-on: virsh",
-            "libvirt drill-start: grep mkdir qemu-img virsh virt-clone virt-xml",
+            "libvirt definition: virsh",
+            "libvirt define: virsh",
+            "libvirt undefine: virsh",
+            "libvirt drill-start: grep mkdir qemu-img sed virsh",
             "libvirt drill-network-check: grep virsh",
             "libvirt drill-stop: grep rm rmdir virsh",
             "libvirt replicate-check: awk sort virsh",
@@ -2400,7 +2407,10 @@ mod tests {
             "lab status: lab-vm",
             "lab autostart-off: lab-vm",
             "lab autostart-on: lab-vm",
-            "lab drill-start: lab-vm mkdir qemu-img",
+            "lab drill-start: grep lab-vm mkdir qemu-img sed",
+            "lab definition: lab-vm",
+            "lab define: lab-vm",
+            "lab undefine: lab-vm",
             "lab drill-stop: lab-vm rm rmdir",
             "lab replicate-check: lab-vm",
             "lab replicate-begin: lab-vm",
