@@ -925,9 +925,15 @@ fn check_finds_a_stopped_sshd_a_stale_replica_a_bad_point_and_a_missing_tool() {
     assert_eq!(red["ready"], false);
     let mut failed = check_items(&red, "failed");
     failed.sort();
+    // lms's only point failed verification: nor is there a definition to define it from.
     assert_eq!(
         failed,
         [
+            ("definitions".to_string(), "vm lms (drill)".to_string()),
+            (
+                "definitions".to_string(),
+                "vm lms (emergency failover)".to_string()
+            ),
             (
                 "replicas".to_string(),
                 "vm erp-db (erp-db-data.qcow2)".to_string()
@@ -967,7 +973,7 @@ fn check_finds_a_stopped_sshd_a_stale_replica_a_bad_point_and_a_missing_tool() {
     assert_eq!(run.code, 7);
     let verdict = run.stdout.lines().last().unwrap();
     assert!(
-        verdict.starts_with("verdict: NOT READY: 4 failed"),
+        verdict.starts_with("verdict: NOT READY: 6 failed"),
         "{verdict}"
     );
     for what in [
@@ -975,6 +981,7 @@ fn check_finds_a_stopped_sshd_a_stale_replica_a_bad_point_and_a_missing_tool() {
         "tools hv-pra",
         "replicas vm erp-db",
         "replicas vm lms",
+        "definitions vm lms (drill)",
     ] {
         assert!(verdict.contains(what), "{verdict}");
     }
