@@ -1371,12 +1371,20 @@ async fn before_replica(
     notes.extend(leftover_note);
     if let Some(d) = &replica.define {
         let point = s.points.first().cloned().flatten();
-        match define_vm(ctx, d, point).await {
+        let result = match point {
+            None => keep_defined(ctx, d, &replica.vm)
+                .await
+                .map(|note| (note, None)),
+            Some(p) => define_vm(ctx, d, Some(p))
+                .await
+                .map(|(note, done)| (note, Some(done))),
+        };
+        match result {
             Ok((note, done)) => {
                 output_note(tx, step, note);
                 // A drill's copy is removed by the drill's cleanup, whatever happened.
                 if how == Use::Failover {
-                    *defined = Some(done);
+                    *defined = done;
                 }
             }
             Err(e) => {
@@ -1522,6 +1530,70 @@ fn output_note(tx: &tokio::sync::mpsc::UnboundedSender<Msg>, step: &PlannedStep,
         stderr: String::new(),
         exit_code: None,
     }));
+}
+
+/// A failover that starts a copy as it is (no point, named with --accept-unverified): no
+/// definition comes with it, so none is defined; the vm starts as the host defines it now,
+/// which must be a definition of it whose disks are its copies and whose NICs are on
+/// networks the inventory maps to on that host. What was found, or why it cannot start.
+async fn keep_defined(
+    ctx: &RunContext,
+    d: &crate::plan::DefineUse,
+    vm: &str,
+) -> Result<String, String> {
+    let (host, name) = (d.host.clone(), d.fit.name.clone());
+    let cannot = {
+        let (vm, host, name) = (vm.to_string(), host.clone(), name.clone());
+        move |why: String| {
+            format!(
+                "vm {vm}: its copy is started as it is (no point), which brings no definition of the vm, and {why}: replicate it again (each replication captures the definition), or define {name} on {host} by hand"
+            )
+        }
+    };
+    let Some(current) = &d.current else {
+        return Err(cannot(format!(
+            "its driver cannot read what {host} defines (no `definition` action)"
+        )));
+    };
+    let command = current
+        .expose(|n| (ctx.secrets)(n))
+        .map_err(|missing| format!("secret {missing} is not set in the environment"))?;
+    let (transport, mut fit) = (ctx.transport.clone(), d.fit.clone());
+    // The host's definition is already fitted: its NICs are on this host's own networks.
+    if let crate::vmdef::Nics::Map(map) = &fit.nics {
+        fit.nics = crate::vmdef::Nics::Map(map.values().map(|v| (v.clone(), v.clone())).collect());
+    }
+    tokio::task::spawn_blocking(move || {
+        let helpers = crate::replica::remote::Helpers::new(transport.as_ref());
+        let out = helpers
+            .run_command(
+                &host,
+                &command,
+                &[],
+                crate::vmdef::MAX_BYTES as u64,
+                std::time::Duration::from_secs(120),
+            )
+            .map_err(|e| cannot(format!("what {host} defines could not be read: {e}")))?;
+        if out.exit_code != 0 {
+            return Err(cannot(format!("{host} defines no {name}")));
+        }
+        let def = crate::vmdef::Definition::parse(&out.stdout)
+            .map_err(|e| cannot(format!("what {host} defines as {name} is refused: {e}")))?;
+        if def.name().as_deref() != Some(name.as_str()) {
+            return Err(cannot(format!(
+                "what {host} gives for {name} is the definition of {:?}",
+                def.name().unwrap_or_default()
+            )));
+        }
+        crate::vmdef::rewrite(&def, &fit).map_err(|e| {
+            cannot(format!("what {host} defines as {name} cannot be started there: {e}"))
+        })?;
+        Ok(format!(
+            "{name} is started as {host} defines it now (not redefined): its copy is started as it is, with no point, so no definition comes with it\n"
+        ))
+    })
+    .await
+    .map_err(|e| format!("the definition task failed: {e}"))?
 }
 
 /// Defines the vm on the step's host from the definition of `point` (for a failback, the
@@ -1704,12 +1776,16 @@ fn choose_copies(
             Decision::Start(s) => s,
         };
         // A point whose definition is missing or damaged is no point to start the vm from.
+        // A failover that starts a copy as it is (named by the operator) defines nothing: the
+        // host's own definition of the vm is used (see `keep_defined`); a drill's copy has
+        // none.
         if replica.define.is_some() {
             let problem = match start.points.first().cloned().flatten() {
                 Some(id) => states[0].definition_problem(&id).map(|p| (id, p)),
+                None if how == Use::Failover => None,
                 None => Some((
                     String::new(),
-                    "the copy is started as it is, and holds no definition of the vm".into(),
+                    "the copy of its first disk is started as it is, which holds no definition of the vm to define its drill copy from".into(),
                 )),
             };
             if let Some((id, why)) = problem {

@@ -1197,9 +1197,33 @@ fn a_drill_a_replication_and_a_started_vm_never_share_a_copy_unseen() {
     assert_eq!(again.code, 1, "{again:?}");
     assert!(again.point.is_none());
     assert!(again.message.contains("--accept-unverified"), "{again:?}");
+    // Started as it is, the copy brings no definition: the vm is started as hv-pra defines
+    // it (the first failover defined it), and that is said; when hv-pra defines none, it
+    // is not started.
+    let defined = lab.path("lab/hosts/hv-pra/definitions/erp-db.xml");
+    let kept = std::fs::read(&defined).unwrap();
+    std::fs::remove_file(&defined).unwrap();
+    let undefined = failover(&["--accept-unverified", "erp-db"]);
+    assert_eq!(undefined.code, 1, "{undefined:?}");
+    assert!(undefined.point.is_none(), "{undefined:?}");
+    assert!(
+        undefined.message.contains("hv-pra defines no erp-db"),
+        "{undefined:?}"
+    );
+    std::fs::write(&defined, kept).unwrap();
     let named = failover(&["--accept-unverified", "erp-db"]);
     assert_eq!(named.code, 0, "{named:?}");
     assert_eq!(named.point.as_ref().unwrap()["verified"], false);
+    let said: String = lab
+        .journal()
+        .iter()
+        .filter(|e| e["event"] == "step_output" && e["step"] == "erp-db/start")
+        .filter_map(|e| e["stdout"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        said.contains("erp-db is started as hv-pra defines it now (not redefined)"),
+        "{said}"
+    );
     rows.push(vec![
         "emergency failover, then replicate and a second failover".into(),
         "points gone, check FAILED, replicate refused; started again only when named, unverified"
