@@ -1,5 +1,5 @@
 # Installs what the real-hypervisor tests (tests/it/hv) need on a fresh Debian machine (as root),
-# skipping what is there: libvirt's daemon and clients, QEMU, virt-clone and virt-xml, a static
+# skipping what is there: libvirt's daemon and clients, QEMU, virt-xml (replicate-end), a static
 # busybox and OVMF for the tiny guests, iptables and dnsmasq for libvirt's networks (they run
 # only inside the tests' network namespaces), and a stock kernel for the guests, unpacked into
 # /var/cache/reprise-it/guest-kernel (no kernel is installed on the machine). Sourced by test.sh
@@ -38,7 +38,7 @@ hv_prereqs() {
     command -v qemu-system-x86_64 >/dev/null 2>&1 || hv_install_qemu
     [ -x /usr/sbin/libvirtd ] || pkgs+=(libvirt-daemon libvirt-daemon-driver-qemu)
     command -v virsh >/dev/null 2>&1 || pkgs+=(libvirt-clients)
-    command -v virt-clone >/dev/null 2>&1 || pkgs+=(virtinst)
+    command -v virt-xml >/dev/null 2>&1 || pkgs+=(virtinst)
     # The guest's initramfs carries /bin/busybox: it must be the static one.
     [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || pkgs+=(busybox-static)
     [ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || pkgs+=(ovmf)

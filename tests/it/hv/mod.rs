@@ -1,6 +1,6 @@
 //! A real-hypervisor set-up: two libvirt daemons (hv-main and hv-pra) each with its own OpenSSH
 //! `sshd`, running QEMU guests under TCG (no KVM needed), for tests that drive reprise's built-in
-//! libvirt driver exactly as on real hosts: over SSH, with `virsh`, `qemu-img` and `virt-clone`.
+//! libvirt driver exactly as on real hosts: over SSH, with `virsh`, `qemu-img` and `virt-xml`.
 //!
 //! Each host lives in a network namespace of its own (`ip netns`) and a private mount
 //! namespace (`unshare -m`, see `host.sh`) in which `/run`, `/var`, `/etc/libvirt`, `/root` and
@@ -91,7 +91,6 @@ fn check_prerequisites() {
         "qemu-system-x86_64",
         "qemu-img",
         "qemu-io",
-        "virt-clone",
         "virt-xml",
         "/bin/busybox",
         "/usr/sbin/sshd",
