@@ -1301,7 +1301,7 @@ async fn before_replica(
         ReplicaRole::FailedBack => {
             // The vm starts on the primary from the point the reverse replication made.
             if let Some(d) = &replica.define {
-                let (note, done) = define_vm(ctx, d, None).await?;
+                let (note, done) = define_vm(ctx, d, Source::Point(None)).await?;
                 output_note(tx, step, note);
                 *defined = Some(done);
             }
@@ -1371,11 +1371,14 @@ async fn before_replica(
     notes.extend(leftover_note);
     if let Some(d) = &replica.define {
         let point = s.points.first().cloned().flatten();
-        let result = match point {
-            None => keep_defined(ctx, d, &replica.vm)
+        let result = match (point, how) {
+            (None, Use::Failover) => keep_defined(ctx, d, &replica.vm)
                 .await
                 .map(|note| (note, None)),
-            Some(p) => define_vm(ctx, d, Some(p))
+            (None, Use::Drill) => define_vm(ctx, d, Source::PrimaryNow(&replica.vm))
+                .await
+                .map(|(note, done)| (note, Some(done))),
+            (Some(p), _) => define_vm(ctx, d, Source::Point(Some(p)))
                 .await
                 .map(|(note, done)| (note, Some(done))),
         };
@@ -1596,12 +1599,22 @@ async fn keep_defined(
     .map_err(|e| format!("the definition task failed: {e}"))?
 }
 
-/// Defines the vm on the step's host from the definition of `point` (for a failback, the
-/// newest point of the primary's copy that has one), fitted to that host: what was done.
+/// Where a vm step's definition comes from.
+enum Source<'a> {
+    /// The definition of this point (`None`, for a failback: the newest point of the
+    /// primary's copy that has one).
+    Point(Option<String>),
+    /// A drill of copy started as it is (no point, no definition with it) of this vm: the
+    /// definition its primary holds now.
+    PrimaryNow(&'a str),
+}
+
+/// Defines the vm on the step's host from the definition `source` gives, fitted to that
+/// host: what was done.
 async fn define_vm(
     ctx: &RunContext,
     d: &crate::plan::DefineUse,
-    point: Option<String>,
+    source: Source<'_>,
 ) -> Result<(String, Defined), String> {
     let expose = |c: &crate::template::Command| {
         c.expose(|n| (ctx.secrets)(n))
@@ -1610,6 +1623,17 @@ async fn define_vm(
     let command = expose(&d.command)?;
     let current = d.current.as_ref().map(expose).transpose()?;
     let undefine = d.undefine.as_ref().map(expose).transpose()?;
+    let source = match source {
+        Source::Point(p) => Ok(p),
+        Source::PrimaryNow(vm) => match &d.primary {
+            Some((host, cmd)) => Err((host.clone(), expose(cmd)?)),
+            None => {
+                return Err(format!(
+                    "vm {vm}: its copy is started as it is (no point), which brings no definition of the vm, and its driver cannot read the one its primary holds: replicate it again (each replication captures the definition)"
+                ));
+            }
+        },
+    };
     let (transport, d2, record) = (
         ctx.transport.clone(),
         d.clone(),
@@ -1618,20 +1642,36 @@ async fn define_vm(
     tokio::task::spawn_blocking(move || {
         let helpers = crate::replica::remote::Helpers::new(transport.as_ref());
         let d = d2;
-        let point = match point {
-            Some(p) => p,
-            // A failback: the newest point the reverse replication made, never an older
-            // definition for the disks as they are.
-            None => crate::replica::definitions::newest(&helpers, &d.from_host, &d.from_copy)?,
+        let (def, point, from) = match source {
+            Ok(point) => {
+                let point = match point {
+                    Some(p) => p,
+                    // A failback: the newest point the reverse replication made, never an
+                    // older definition for the disks as they are.
+                    None => {
+                        crate::replica::definitions::newest(&helpers, &d.from_host, &d.from_copy)?
+                    }
+                };
+                let (def, hash) = crate::replica::definitions::fetch(
+                    &helpers,
+                    &d.from_host,
+                    &d.from_copy,
+                    &point,
+                )?;
+                let from = format!("the definition of point {point} (BLAKE3 {})", &hash[..16]);
+                (def, point, from)
+            }
+            // A drill of a copy started as it is: what the primary holds now.
+            Err((primary, cmd)) => {
+                let def = crate::replica::definitions::read_current(&helpers, &primary, &cmd)?;
+                let from = format!(
+                    "the definition {primary} holds now (its copy is started as it is, with no point, so no definition comes with it)"
+                );
+                (def, "none (as it is)".to_string(), from)
+            }
         };
-        let (def, hash) =
-            crate::replica::definitions::fetch(&helpers, &d.from_host, &d.from_copy, &point)?;
-        let fitted = crate::vmdef::rewrite(&def, &d.fit).map_err(|e| {
-            format!(
-                "the definition of point {point} cannot be defined on {}: {e}",
-                d.host
-            )
-        })?;
+        let fitted = crate::vmdef::rewrite(&def, &d.fit)
+            .map_err(|e| format!("{from} cannot be defined on {}: {e}", d.host))?;
         // What is defined there now, put back if the start fails.
         let previous = match &current {
             None => None,
@@ -1660,12 +1700,7 @@ async fn define_vm(
             let _ =
                 crate::replica::definitions::record(&dir, &d.host, &d.fit.name, &def.canonical());
         }
-        let mut note = format!(
-            "{} defined on {} from the definition of point {point} (BLAKE3 {})",
-            d.fit.name,
-            d.host,
-            &hash[..16]
-        );
+        let mut note = format!("{} defined on {} from {from}", d.fit.name, d.host);
         for n in fitted.notes {
             note.push_str(&format!("; {n}"));
         }
@@ -1776,20 +1811,18 @@ fn choose_copies(
             Decision::Start(s) => s,
         };
         // A point whose definition is missing or damaged is no point to start the vm from.
-        // A failover that starts a copy as it is (named by the operator) defines nothing: the
-        // host's own definition of the vm is used (see `keep_defined`); a drill's copy has
-        // none.
+        // A copy started as it is (named by the operator) brings none: a failover starts the
+        // vm as the host defines it (`keep_defined`), a drill defines its copy from what the
+        // primary holds now (`define_vm`).
         if replica.define.is_some() {
-            let problem = match start.points.first().cloned().flatten() {
-                Some(id) => states[0].definition_problem(&id).map(|p| (id, p)),
-                None if how == Use::Failover => None,
-                None => Some((
-                    String::new(),
-                    "the copy of its first disk is started as it is, which holds no definition of the vm to define its drill copy from".into(),
-                )),
-            };
+            let problem = start
+                .points
+                .first()
+                .cloned()
+                .flatten()
+                .and_then(|id| states[0].definition_problem(&id).map(|p| (id, p)));
             if let Some((id, why)) = problem {
-                if how == Use::Failover && ask.want.is_none() && !id.is_empty() {
+                if how == Use::Failover && ask.want.is_none() {
                     notes.push(format!("{why}: an older point is tried"));
                     unusable.push((0, id));
                     continue;

@@ -1489,12 +1489,16 @@ pub fn define_use(
         ReplicaRole::FailedBack => (primary.clone(), format!("{pdir}/{}", vm.disks.first()?)),
         _ => (recovery.clone(), format!("{rdir}/{}", vm.disks.first()?)),
     };
+    let primary = drill
+        .then(|| vm_action_command(model, service, vm, Side::Primary, "definition", run_id))
+        .flatten();
     Some(DefineUse {
         command,
         current,
         undefine,
         from_host,
         from_copy,
+        primary,
         fit: crate::vmdef::Fit {
             host: host.clone(),
             name: if drill {

@@ -185,6 +185,10 @@ pub struct DefineUse {
     /// (the recovery copy; for a failback, the primary's disk the reverse replication made).
     pub from_host: String,
     pub from_copy: String,
+    /// For a drill: the vm's primary host and its driver's `definition` action there, what
+    /// the drill's copy is defined from when the copy is started as it is (no point, so no
+    /// definition with it).
+    pub primary: Option<(String, Command)>,
     /// What the definition becomes there.
     pub fit: crate::vmdef::Fit,
 }

@@ -188,7 +188,7 @@ pub fn prospects(
 }
 
 /// The definition the driver's `definition` action prints on `host` now, checked.
-fn read_current(helpers: &Helpers, host: &str, command: &str) -> Result<Definition, String> {
+pub fn read_current(helpers: &Helpers, host: &str, command: &str) -> Result<Definition, String> {
     let out = helpers
         .run_command(
             host,

@@ -358,3 +358,45 @@ fn a_forced_planned_failover_that_fails_later_undoes_the_definitions_it_made() {
     assert!(status_of(&lab, "erp-app").contains("primary (hv-main"));
     std::fs::write(&file, &good).unwrap();
 }
+
+#[test]
+fn a_drill_of_a_copy_started_as_it_is_defines_its_copy_from_the_primary() {
+    let lab = Lab::up(154);
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    // Both points files of erp-db's first disk (where its definitions are kept) damaged:
+    // nothing proves the copy, and no point's definition can be read.
+    let meta = lab
+        .host_root("hv-pra")
+        .join("srv/replicas/images/erp-db-system.qcow2.reprise");
+    for f in ["points.json", "points.json.prev"] {
+        std::fs::write(meta.join(f), "garbage").unwrap();
+    }
+    let args = ["drill", "--no-prompt", "--service", "erp-db", "--only"];
+    let refused = lab.run(&args);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        format!("{}{}", refused.stdout, refused.stderr).contains("--accept-unverified"),
+        "{refused:?}"
+    );
+    // Named by the operator: started as it is, its copy defined from what hv-main holds now.
+    let named: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--accept-unverified", "erp-db"])
+        .collect();
+    let exit = lab.run_confirming(&named, std::time::Duration::from_secs(120));
+    assert!(exit.success(), "{:#?}", lab.journal());
+    let said: String = lab
+        .journal()
+        .iter()
+        .filter(|e| e["event"] == "step_output" && e["step"] == "erp-db/start-copy")
+        .filter_map(|e| e["stdout"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        said.contains("drill-erp-db defined on hv-pra from the definition hv-main holds now"),
+        "{said}"
+    );
+    // The drill's cleanup removed its copy's definition.
+    assert!(!definition(&lab, "hv-pra", "drill-erp-db").exists());
+}
