@@ -281,7 +281,8 @@ pub enum Command {
     #[command(after_help = "Example:\n  reprise failback --service erp-app")]
     Failback {
         /// Start although a vm it defines on the primary has no definition that fits there
-        /// (it refuses otherwise, exit 7); journaled, and shown by the report.
+        /// (it refuses otherwise, exit 7); journaled, and shown by the report. A replication
+        /// lag unknown or over its RPO still stops it before the switch back.
         #[arg(long)]
         force: bool,
         #[command(flatten)]
@@ -846,6 +847,7 @@ pub fn run(cli: &Cli) -> Outcome {
                         connect_timeout: 10,
                         here: None,
                         ssh_client: replicate::SshClientArg::Libssh2,
+                        ssh_config: None,
                     }
                     .options();
                     let changes = definition_changes(cli, &model, &p, &ssh);
@@ -1169,7 +1171,7 @@ fn definition_changes(
     cli: &Cli,
     model: &Model,
     plan: &plan::Plan,
-    ssh: &crate::run::SshOptions,
+    ssh: &Result<crate::run::SshOptions, Outcome>,
 ) -> String {
     use crate::replica::definitions;
     let dir = cli.state_dir.join("definitions");
@@ -1181,6 +1183,15 @@ fn definition_changes(
     if !kept {
         return String::new();
     }
+    let ssh = match ssh {
+        Ok(ssh) => ssh,
+        Err(e) => {
+            return format!(
+                "\nDefinitions: not compared with the last ones defined, the hosts cannot be asked: {}\n",
+                e.stderr.trim().trim_start_matches("error: ")
+            );
+        }
+    };
     let transport = crate::run::transport(model, ssh);
     let helpers = crate::replica::remote::Helpers::new(&transport);
     let secrets = crate::runner::env_secrets();
