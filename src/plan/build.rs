@@ -1,6 +1,6 @@
 //! Building a [`Plan`] from the model: selection, step resolution, ordering, estimates.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::diagnostic::{Diagnostic, Location};
 use crate::duration::Duration;
@@ -273,6 +273,27 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
     }
     if diags.iter().any(Diagnostic::is_error) {
         return Err(diags);
+    }
+    // A failback defines a vm on the primary from the point its reverse replication made;
+    // a vm this plan does not replicate back (its service's data comes back another way, or
+    // its disks there were never left) keeps the definition the primary holds.
+    let replicated: HashSet<String> = steps
+        .iter()
+        .filter_map(|s| match &s.action_spec {
+            Action::Replicate {
+                what: Replicated::Vm(vm),
+                ..
+            } => Some(vm.clone()),
+            _ => None,
+        })
+        .collect();
+    for s in &mut steps {
+        if let Some(r) = &mut s.replica
+            && r.role == ReplicaRole::FailedBack
+            && !replicated.contains(&r.vm)
+        {
+            r.define = None;
+        }
     }
 
     // Estimated timeline: every step starts as soon as what it waits for is done. Each
@@ -1590,5 +1611,24 @@ mod tests {
         for (name, nics) in drill_nics(&model) {
             assert_eq!(nics, Nics::All("pra-drill".into()), "{name}");
         }
+    }
+
+    #[test]
+    fn a_failback_defines_only_the_vms_it_replicates_back() {
+        let model = example();
+        let plan = build(&model, &PlanOptions::new(Mode::Failback)).unwrap();
+        let started: Vec<(&str, bool)> = plan
+            .steps
+            .iter()
+            .filter_map(|s| s.replica.as_ref())
+            .filter(|r| r.role == ReplicaRole::FailedBack)
+            .map(|r| (r.vm.as_str(), r.define.is_some()))
+            .collect();
+        // erp-db comes back by its reverse replication, from the point it makes; dc1 and dc2
+        // never left (the directory comes back through its own replication): their
+        // definitions on hv-main stay as they are.
+        assert!(started.contains(&("erp-db", true)), "{started:?}");
+        assert!(started.contains(&("dc1", false)), "{started:?}");
+        assert!(started.contains(&("dc2", false)), "{started:?}");
     }
 }
