@@ -215,6 +215,11 @@ impl Plans {
                     hooks.push((host, format!("{action} of vm {}", vm.id), cmd.to_string()));
                 }
             }
+            if let Some(h) = plan::definition_hooks(model, vm) {
+                let what = |action| format!("{action} of vm {}", vm.id);
+                hooks.push((h.from, what("config-capture"), h.capture.to_string()));
+                hooks.push((h.to, what("config-store"), h.store.to_string()));
+            }
         }
         let drills = drill_starts(model, &by_mode);
         for d in &drills {

@@ -265,6 +265,11 @@ pub const VM_ACTIONS: &[&str] = &[
     "drill-network-check",
 ];
 
+/// Driver actions that are no runbook step: a vm's definition captured on its primary host
+/// with each replication (`config-capture` prints it) and kept on its recovery host
+/// (`config-store` reads it on its standard input).
+pub const DEFINITION_ACTIONS: &[&str] = &["config-capture", "config-store"];
+
 /// A hypervisor driver: one command template per VM action.
 #[derive(Debug, Clone)]
 pub struct Driver {
@@ -496,7 +501,7 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
         });
         for_each_entry(&mut root, "drivers", diags, |id, t, diags| {
             let mut actions = IndexMap::new();
-            for action in VM_ACTIONS {
+            for action in VM_ACTIONS.iter().chain(DEFINITION_ACTIONS) {
                 if let Some(cmd) = t.text(action, diags) {
                     actions.insert(action.to_string(), cmd);
                 }

@@ -903,6 +903,7 @@ async fn run_step_inner(
             items,
             retention,
             snapshot,
+            definition,
         } => {
             // A snapshot left on the source by an interrupted replication: the disks are stale
             // (the vm wrote to the overlay), so it is merged back before they are read.
@@ -987,6 +988,33 @@ async fn run_step_inner(
                 });
                 match copied {
                     Ok(line) => report.push_str(&line),
+                    Err(e) => {
+                        let _ = tx.send(Msg::Event(Event::StepOutput {
+                            at: Utc::now(),
+                            step: step.id.clone(),
+                            attempt: 1,
+                            stdout: report,
+                            stderr: e.clone(),
+                            exit_code: None,
+                        }));
+                        return outcome(StepStatus::Failed, 1, Some(e));
+                    }
+                }
+            }
+            // The vm's definition goes with the disks it describes.
+            if let Some(hooks) = definition.as_deref().cloned() {
+                let transport = ctx.transport.clone();
+                let secrets = ctx.secrets.clone();
+                let carried = tokio::task::spawn_blocking(move || {
+                    crate::replica::definition::carry(transport.as_ref(), &hooks, &|n| (secrets)(n))
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("the definition task failed: {e}")));
+                match carried {
+                    Ok(line) => {
+                        report.push_str(&line);
+                        report.push('\n');
+                    }
                     Err(e) => {
                         let _ = tx.send(Msg::Event(Event::StepOutput {
                             at: Utc::now(),

@@ -369,6 +369,16 @@ fn replicate_plan(model: &Model, vms: &[VmImages]) -> String {
         if let Some((host, cmd)) = hook("replicate-end") {
             s.push_str(&format!("  on {host}: {}\n", cmd));
         }
+        if let Some(h) = (!vm.backup)
+            .then(|| model.inventory.vms.get(&vm.id))
+            .flatten()
+            .and_then(|v| crate::plan::definition_hooks(model, v))
+        {
+            s.push_str(&format!(
+                "  definition: on {}: {} | on {}: {}\n",
+                h.from, h.capture, h.to, h.store
+            ));
+        }
     }
     s
 }
@@ -614,10 +624,12 @@ fn replicate_all(
             compress,
             deadline: std::time::Duration::from_secs(7200),
         };
+        let mut copied_all = true;
         for img in &vm.images {
             let name = img.src.rsplit('/').next().unwrap_or(&img.src);
             if stopped() {
                 left.push(name);
+                copied_all = false;
                 continue;
             }
             let label = format!("{} {name}", vm.id);
@@ -643,10 +655,12 @@ fn replicate_all(
                         vm.id, img.to, img.dst
                     ));
                     left.push(name);
+                    copied_all = false;
                 }
                 Err(e) => {
                     out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
                     out.code = exit::FAILED;
+                    copied_all = false;
                 }
             }
         }
@@ -656,6 +670,20 @@ fn replicate_all(
             Err(e) => {
                 out.stderr.push_str(&e);
                 out.code = exit::FAILED;
+            }
+        }
+        // The vm's definition goes with the disks it describes.
+        if let Some(hooks) = (!vm.backup && copied_all)
+            .then(|| model.inventory.vms.get(&vm.id))
+            .flatten()
+            .and_then(|v| crate::plan::definition_hooks(model, v))
+        {
+            match crate::replica::definition::carry(transport, &hooks, &|n| std::env::var(n).ok()) {
+                Ok(line) => out.stdout.push_str(&format!("{}: {line}\n", vm.id)),
+                Err(e) => {
+                    out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
+                    out.code = exit::FAILED;
+                }
             }
         }
     }

@@ -1186,6 +1186,7 @@ fn resolve(
         StepKind::Replicate { source } => {
             timeout = Some(step.timeout.unwrap_or(DEFAULT_REPLICATE_TIMEOUT));
             let mut snapshot = None;
+            let mut definition = None;
             let reverse = mode == Mode::Failback;
             let swap = |a: String, b: String| if reverse { (b, a) } else { (a, b) };
             let images_dir = |host: &str| images_dir_of(inv, host);
@@ -1240,6 +1241,9 @@ fn resolve(
                         }
                         _ => None,
                     };
+                    definition = (!reverse)
+                        .then(|| definition_hooks(model, vm).map(Box::new))
+                        .flatten();
                     (Replicated::Vm(vm.id.clone()), from, to, items, vm.retention)
                 }
                 ReplicaSource::Backup(b) => {
@@ -1282,6 +1286,7 @@ fn resolve(
                     items,
                     retention,
                     snapshot,
+                    definition,
                 },
             )
         }
@@ -1433,6 +1438,39 @@ pub fn replicate_hook(model: &Model, vm: &Vm, action: &str) -> Option<(String, C
         .find(|s| s.vm() == Some(vm.id.as_str()))
         .or_else(|| inv.services.values().next())?;
     vm_action_command(model, service, vm, Side::Primary, action, "replicate")
+}
+
+/// The driver's commands that carry `vm`'s definition with its replication (`config-capture`
+/// on its primary, `config-store` on its recovery host), when its driver has both.
+pub fn definition_hooks(model: &Model, vm: &Vm) -> Option<super::DefinitionHooks> {
+    let inv = &model.inventory;
+    let service = inv
+        .services
+        .values()
+        .find(|s| s.vm() == Some(vm.id.as_str()))
+        .or_else(|| inv.services.values().next())?;
+    let (from, capture) = vm_action_command(
+        model,
+        service,
+        vm,
+        Side::Primary,
+        "config-capture",
+        "replicate",
+    )?;
+    let (to, store) = vm_action_command(
+        model,
+        service,
+        vm,
+        Side::Recovery,
+        "config-store",
+        "replicate",
+    )?;
+    Some(super::DefinitionHooks {
+        from,
+        capture,
+        to,
+        store,
+    })
 }
 
 /// The vm action that undoes `action` (a vm stopped is started again, and so on); none for

@@ -10,7 +10,7 @@ mod build;
 pub mod text;
 
 pub use build::{
-    LAG_STEP, build, images_dir_of, replicate_hook, vm_action_command, vm_status_command,
+    LAG_STEP, build, definition_hooks, images_dir_of, replicate_hook, vm_action_command, vm_status_command,
 };
 
 use serde::{Serialize, Serializer};
@@ -230,7 +230,20 @@ pub enum Action {
         /// A vm whose driver can tell a replication snapshot left on the source host: the
         /// host, the driver's `replicate-check` and `replicate-end` (which merges it back).
         snapshot: Option<SnapshotHooks>,
+        /// A vm replicated towards its recovery host whose driver carries its definition.
+        definition: Option<Box<DefinitionHooks>>,
     },
+}
+
+/// A driver's commands that carry a vm's definition with its replication: `capture` prints it
+/// on `from` (the primary), `store` keeps it on `to` (the recovery host) from its standard
+/// input.
+#[derive(Debug, Clone)]
+pub struct DefinitionHooks {
+    pub from: String,
+    pub capture: Command,
+    pub to: String,
+    pub store: Command,
 }
 
 /// A driver's commands about the snapshot a replication of a running vm makes on its host.

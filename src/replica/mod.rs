@@ -22,6 +22,7 @@
 pub mod beneath;
 pub mod blocks;
 pub mod choice;
+pub mod definition;
 pub mod helper;
 pub mod meta;
 pub mod protocol;
