@@ -970,8 +970,24 @@ async fn run_step_inner(
                 compress: false,
                 deadline,
             };
+            // A running vm's disks are frozen by its driver while they are read
+            // (`replicate-begin`), and `replicate-end` undoes it on every way out.
+            let freeze = snapshot
+                .as_ref()
+                .and_then(|h| Some((h.host.clone(), h.begin.clone()?, h.end.clone())));
+            let mut failed = None;
+            if let Some((host, begin, _)) = &freeze {
+                match run_hook(&ctx, host, begin).await {
+                    Ok(out) => report.push_str(&out),
+                    Err(e) => {
+                        failed = Some(format!(
+                            "the disks could not be frozen for the copy (replicate-begin on {host}: {e}); not replicated, the copy keeps its last point"
+                        ))
+                    }
+                }
+            }
             let mut point = None;
-            for (src, dst) in items {
+            for (src, dst) in items.iter().filter(|_| failed.is_none()) {
                 let copied = replicate_image(
                     &ctx,
                     matches!(what, Replicated::Backup(_)),
@@ -989,17 +1005,35 @@ async fn run_step_inner(
                 match copied {
                     Ok(line) => report.push_str(&line),
                     Err(e) => {
-                        let _ = tx.send(Msg::Event(Event::StepOutput {
-                            at: Utc::now(),
-                            step: step.id.clone(),
-                            attempt: 1,
-                            stdout: report,
-                            stderr: e.clone(),
-                            exit_code: None,
-                        }));
-                        return outcome(StepStatus::Failed, 1, Some(e));
+                        failed = Some(e);
+                        break;
                     }
                 }
+            }
+            if let Some((host, _, end)) = &freeze {
+                match run_hook(&ctx, host, end).await {
+                    Ok(out) => report.push_str(&out),
+                    Err(e) => {
+                        let e = format!(
+                            "what froze the disks was NOT undone (replicate-end on {host}: {e}); run on {host}: {end}"
+                        );
+                        failed = Some(match failed {
+                            Some(first) => format!("{first}; {e}"),
+                            None => e,
+                        });
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                let _ = tx.send(Msg::Event(Event::StepOutput {
+                    at: Utc::now(),
+                    step: step.id.clone(),
+                    attempt: 1,
+                    stdout: report,
+                    stderr: e.clone(),
+                    exit_code: None,
+                }));
+                return outcome(StepStatus::Failed, 1, Some(e));
             }
             // The vm's definition goes with the disks it describes.
             if let Some(hooks) = definition.as_deref().cloned() {
@@ -1054,6 +1088,28 @@ async fn run_step_inner(
             outcome(StepStatus::Done, 1, None)
         }
     }
+}
+
+/// Runs a driver hook of a replication on `host`: its output, or why it failed.
+async fn run_hook(ctx: &Arc<RunContext>, host: &str, cmd: &Command) -> Result<String, String> {
+    let text = cmd
+        .expose(|n| (ctx.secrets)(n))
+        .map_err(|missing| format!("secret {missing} is not set in the environment"))?;
+    let (transport, host) = (ctx.transport.clone(), host.to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        transport.exec(&host, &text, StdDuration::from_secs(600))
+    })
+    .await
+    .map_err(|e| format!("the hook task failed: {e}"))?
+    .map_err(|e| e.to_string())?;
+    if out.exit_code != 0 {
+        return Err(format!(
+            "exited with {}: {}",
+            out.exit_code,
+            out.stderr.trim()
+        ));
+    }
+    Ok(out.stdout)
 }
 
 /// Brings one vm disk's recovery copy (or a backup set's folder, file by file) up to date

@@ -319,12 +319,13 @@ fn snapshot_hook(
     crate::plan::replicate_hook(model, model.inventory.vms.get(vm)?, action)
 }
 
-/// Runs a snapshot hook; the error says what to do by hand.
+/// Runs a snapshot hook: its duration and what it printed (each line for `vm`); the error
+/// says what to do by hand.
 fn run_hook(
     transport: &dyn crate::ssh::Transport,
     host: &str,
     cmd: &crate::template::Command,
-) -> Result<f64, String> {
+) -> Result<(f64, String), String> {
     let text = cmd
         .expose(|n| std::env::var(n).ok())
         .map_err(|e| e.to_string())?;
@@ -339,7 +340,16 @@ fn run_hook(
             out.stderr.trim()
         ));
     }
-    Ok(began.elapsed().as_secs_f64())
+    Ok((began.elapsed().as_secs_f64(), out.stdout))
+}
+
+/// What a hook printed, each line for `vm`.
+fn hook_lines(vm: &str, stdout: &str) -> String {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{vm}: {}\n", l.trim_end()))
+        .collect()
 }
 
 /// `reprise replicate --dry-run`: what it would do, vm by vm.
@@ -505,8 +515,9 @@ impl Snapshot<'_> {
             return Ok(None);
         };
         match run_hook(self.transport, &host, &cmd) {
-            Ok(secs) => Ok(Some(format!(
-                "{}: snapshot merged back (replicate-end on {host}, {secs:.1}s)\n",
+            Ok((secs, said)) => Ok(Some(format!(
+                "{}{}: snapshot merged back (replicate-end on {host}, {secs:.1}s)\n",
+                hook_lines(&self.vm, &said),
                 self.vm
             ))),
             Err(e) => Err(format!(
@@ -597,8 +608,9 @@ fn replicate_all(
             snapshot.end = hook("replicate-end");
             frozen = true;
             match run_hook(transport, &host, &cmd) {
-                Ok(secs) => out.stdout.push_str(&format!(
-                    "{}: disks frozen for the copy (replicate-begin on {host}, {secs:.1}s)\n",
+                Ok((secs, said)) => out.stdout.push_str(&format!(
+                    "{}{}: disks frozen for the copy (replicate-begin on {host}, {secs:.1}s)\n",
+                    hook_lines(&vm.id, &said),
                     vm.id
                 )),
                 Err(e) => {

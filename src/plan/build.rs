@@ -1236,9 +1236,20 @@ fn resolve(
                         ),
                         vm_action_command(model, service, vm, side, "replicate-end", &opts.run_id),
                     ) {
-                        (Some((host, check)), Some((_, end))) => {
-                            Some(SnapshotHooks { host, check, end })
-                        }
+                        (Some((host, check)), Some((_, end))) => Some(SnapshotHooks {
+                            host,
+                            check,
+                            end,
+                            begin: vm_action_command(
+                                model,
+                                service,
+                                vm,
+                                side,
+                                "replicate-begin",
+                                &opts.run_id,
+                            )
+                            .map(|(_, c)| c),
+                        }),
                         _ => None,
                     };
                     definition = (!reverse)

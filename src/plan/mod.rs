@@ -254,6 +254,9 @@ pub struct SnapshotHooks {
     pub check: Command,
     /// Merges every overlay back into its disk (also for a stopped vm).
     pub end: Command,
+    /// Freezes a running vm's disks while they are read (nothing for a stopped vm); `end`
+    /// follows it on every way out.
+    pub begin: Option<Command>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
