@@ -528,7 +528,60 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
         apply_overlay(&mut inv, file, sources.map.text(file), diags);
     }
     check_references(&inv, diags);
+    check_proxmox(&inv, diags);
     inv
+}
+
+/// A vm of the built-in `proxmox` driver names its disks as Proxmox's directory storage does
+/// (`<vmid>/vm-<vmid>-<name>.<qcow2|raw|vmdk>` under the storage's `images` folder, the host's
+/// `images_dir`) and has a vmid Proxmox accepts (100 and up; its drill copy takes
+/// 900000 + vmid, at most 999999999).
+fn check_proxmox(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
+    for vm in inv.vms.values().filter(|v| v.driver.value == "proxmox") {
+        let Some(vmid) = vm.vmid else {
+            diags.push(
+                Diagnostic::error(format!(
+                    "vm `{}` uses the proxmox driver but has no `vmid`",
+                    vm.id
+                ))
+                .at(vm.loc.clone())
+                .hint("add its Proxmox VE id: `vmid = 120`"),
+            );
+            continue;
+        };
+        if !(100..=999_099_999).contains(&vmid) {
+            diags.push(
+                Diagnostic::error(format!(
+                    "vm `{}`: vmid {vmid} is not one the proxmox driver can use",
+                    vm.id
+                ))
+                .at(vm.loc.clone())
+                .hint("Proxmox VE reserves the ids below 100, and a drill copy takes the id 900000 + vmid (at most 999999999)"),
+            );
+        }
+        let prefix = format!("{vmid}/vm-{vmid}-");
+        for (disk, loc) in vm.disks.iter().zip(&vm.disks_at) {
+            let name = disk.strip_prefix(&prefix);
+            let format_ok = name.is_some_and(|n| {
+                !n.contains('/')
+                    && n.rsplit_once('.').is_some_and(|(stem, ext)| {
+                        !stem.is_empty() && matches!(ext, "qcow2" | "raw" | "vmdk")
+                    })
+            });
+            if !format_ok {
+                diags.push(
+                    Diagnostic::error(format!(
+                        "disk `{disk}` of vm `{}` is not a volume of vmid {vmid} in Proxmox's layout",
+                        vm.id
+                    ))
+                    .at(loc.clone())
+                    .hint(format!(
+                        "a directory storage keeps vmid {vmid}'s disks as `{vmid}/vm-{vmid}-disk-N.qcow2` (or .raw, .vmdk) in its `images` folder: `pvesm path local:{vmid}/vm-{vmid}-disk-0.qcow2` prints the file"
+                    )),
+                );
+            }
+        }
+    }
 }
 
 /// Applies an overlay: for an environment such as the lab, new values for some keys of
