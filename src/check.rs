@@ -2176,6 +2176,39 @@ mod tests {
         }
     }
 
+    /// Every action of the built-in proxmox driver calls only these programs: its arithmetic
+    /// (`$((900000 + id))`), awk programs, `case` patterns and variables are not programs.
+    #[test]
+    fn the_proxmox_driver_calls_only_real_programs() {
+        let drivers: toml::Table = toml::from_str(include_str!("drivers.toml")).unwrap();
+        let proxmox = drivers["drivers"]["proxmox"].as_table().unwrap();
+        let known = [
+            "qm", "awk", "grep", "printf", "echo", "mkdir", "cat", "rm", "mv", "sync", "rmdir",
+            "qemu-img",
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for (action, text) in proxmox {
+            let text = text.as_str().unwrap();
+            // Each {{ value }} is a quoted word once rendered.
+            let rendered = text
+                .split("{{")
+                .enumerate()
+                .map(|(i, part)| match (i, part.split_once("}}")) {
+                    (0, _) | (_, None) => part.to_string(),
+                    (_, Some((_, rest))) => format!("'x'{rest}"),
+                })
+                .collect::<String>();
+            for word in command_words(&rendered) {
+                assert!(
+                    known.contains(&word.as_str()),
+                    "{action}: `{word}` read as a program"
+                );
+                seen.insert(word);
+            }
+        }
+        assert!(seen.contains("qm") && seen.contains("qemu-img"), "{seen:?}");
+    }
+
     #[test]
     fn arithmetic_patterns_functions_and_here_documents_are_not_programs() {
         let check =
