@@ -394,7 +394,9 @@ pub enum Command {
     /// changed, and make each a verified replica point.
     ///
     /// A running VM's disks are frozen by its driver's snapshot hooks (`replicate-begin`,
-    /// `replicate-end`) while they are read; `--dry-run` shows them.
+    /// `replicate-end`) while they are read (a VM that cannot be frozen is not copied); its
+    /// definition goes with them when its driver carries one (`config-capture`,
+    /// `config-store`: Proxmox's `qm config`); `--dry-run` shows them.
     #[command(
         after_help = "Examples:\n  reprise replicate\n  reprise replicate --service erp-db --verify\n  REPRISE_HERE=hv-pra reprise replicate --compress    (on the recovery host, over a slow link)"
     )]
@@ -405,7 +407,7 @@ pub enum Command {
         /// Read the recovery copies again instead of trusting their manifests.
         #[arg(long)]
         verify: bool,
-        /// Show what it would do (the driver's snapshot hooks, the copies) and do nothing.
+        /// Show what it would do (the driver's hooks, the copies) and do nothing.
         #[arg(long)]
         dry_run: bool,
         /// Compress the changed blocks of vm disks with zstd on the source, for a slow link
