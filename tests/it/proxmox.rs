@@ -336,6 +336,43 @@ fn an_emergency_proxmox_failover_defines_the_vms_from_their_replicated_configura
     );
     let status = lab.status();
     assert!(vm_line(&status, "db").contains("recovery (hv2"), "{status}");
+
+    // The primary came back with its vms running; their copies are in use on hv2, so a
+    // replication is refused after the guests were frozen: they are thawed all the same.
+    let replicated = lab.with(&["replicate"]);
+    assert_eq!(replicated.code, 1, "{replicated:?}");
+    for vm in ["db: vmid 101", "app: vmid 102"] {
+        assert!(
+            replicated.stdout.contains(&format!(
+                "{vm}: guest filesystems frozen through the guest agent"
+            )),
+            "{replicated:?}"
+        );
+        assert!(
+            replicated
+                .stdout
+                .contains(&format!("{vm}: guest filesystems thawed")),
+            "{replicated:?}"
+        );
+    }
+    assert!(lab.frozen("hv1").is_empty(), "{:?}", lab.frozen("hv1"));
+}
+
+/// The plans of a Proxmox site, and what `replicate` would run, as the operator sees them.
+#[test]
+fn the_plans_of_a_proxmox_site() {
+    let dir = proxmox_copy();
+    let run = |args: &[&str]| {
+        let out = crate::common::reprise(dir.path(), args);
+        assert_eq!(out.code, 0, "{out:?}");
+        out.stdout
+    };
+    insta::assert_snapshot!("proxmox_plan_drill", run(&["plan", "drill"]));
+    insta::assert_snapshot!("proxmox_plan_failover", run(&["plan", "failover"]));
+    insta::assert_snapshot!(
+        "proxmox_replicate_dry_run",
+        run(&["replicate", "--dry-run", "--service", "db"])
+    );
 }
 
 #[test]
