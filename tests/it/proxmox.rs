@@ -312,6 +312,37 @@ fn a_proxmox_drill_then_a_planned_failover_and_failback_on_the_lab() {
             "{status}"
         );
     }
+
+    // db changes on the primary (more memory, one NIC less); the next failover's final sync
+    // carries that, and the vm defined on hv2 is updated to match.
+    let text = lab
+        .conf("hv1", 101)
+        .replace("memory: 512\n", "memory: 1024\n")
+        .lines()
+        .filter(|l| !l.starts_with("net1:"))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>();
+    std::fs::write(lab.conf_path("hv1", 101), text).unwrap();
+    // app's agent is back; the night's replication gives both vms points again (a failback
+    // ended their history).
+    let text = lab
+        .conf("hv1", 102)
+        .replace("agent: 0\nacpi: 0\n", "agent: 1\n");
+    std::fs::write(lab.conf_path("hv1", 102), text).unwrap();
+    let replicated = lab.with(&["replicate"]);
+    assert_eq!(replicated.code, 0, "{replicated:?}");
+    let again = lab.with(&["failover", "--yes", "--no-prompt"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let shown = lab.shown();
+    assert!(
+        shown.contains(
+            "vmid 101: configuration updated from the one replicated with its disks (removed: net1)"
+        ),
+        "{shown}"
+    );
+    let updated = lab.conf("hv2", 101);
+    assert!(updated.contains("memory: 1024\n"), "{updated}");
+    assert!(!updated.contains("net1"), "{updated}");
 }
 
 #[test]
