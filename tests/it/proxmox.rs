@@ -470,20 +470,32 @@ fn a_proxmox_drill_cleanup_reports_what_it_could_not_remove() {
     let lab = Lab::up(173);
     // Another vm already holds the drill copy's id on the recovery node.
     let foreign = lab.conf_path("hv2", 900101);
-    std::fs::write(&foreign, "name: accounting\nmemory: 1024\n").unwrap();
+    std::fs::write(
+        &foreign,
+        "name: accounting\nmemory: 1024\nscsi0: local:900101/vm-900101-disk-0.qcow2\n",
+    )
+    .unwrap();
+    let its_disk = lab.images("hv2").join("900101/vm-900101-disk-0.qcow2");
+    std::fs::create_dir_all(its_disk.parent().unwrap()).unwrap();
+    std::fs::write(&its_disk, "the accounting vm's disk").unwrap();
     let drill = lab.with(&["drill", "--no-prompt"]);
     assert_eq!(drill.code, 1, "{drill:?}");
     let shown = lab.shown();
     for expected in [
         "vmid 900101, the drill copy of vmid 101, exists already on this node",
-        "vmid 900101 is not the drill copy of vmid 101 (its name or tags differ): left alone",
+        "vmid 900101 is not the drill copy of vmid 101 (its name or tags differ): left alone, with its files",
     ] {
         assert!(shown.contains(expected), "{expected} in {shown}");
     }
     // It is still there, untouched. app waited for db, so it has no copy: its cleanup says so.
+    assert!(
+        std::fs::read_to_string(&foreign)
+            .unwrap()
+            .starts_with("name: accounting\n")
+    );
     assert_eq!(
-        std::fs::read_to_string(&foreign).unwrap(),
-        "name: accounting\nmemory: 1024\n"
+        std::fs::read_to_string(&its_disk).unwrap(),
+        "the accounting vm's disk"
     );
     assert!(
         shown.contains("vmid 900102 is not defined: no drill copy to remove"),
