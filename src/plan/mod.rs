@@ -10,7 +10,8 @@ mod build;
 pub mod text;
 
 pub use build::{
-    LAG_STEP, build, definition_hooks, images_dir_of, replicate_hook, vm_action_command, vm_status_command,
+    LAG_STEP, build, definition_hooks, images_dir_of, replicate_hook, vm_action_command,
+    vm_status_command,
 };
 
 use serde::{Serialize, Serializer};
