@@ -535,9 +535,27 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
 /// A vm of the built-in `proxmox` driver names its disks as Proxmox's directory storage does
 /// (`<vmid>/vm-<vmid>-<name>.<qcow2|raw|vmdk>` under the storage's `images` folder, the host's
 /// `images_dir`) and has a vmid Proxmox accepts (100 and up; its drill copy takes
-/// 900000 + vmid, at most 999999999).
+/// 900000 + vmid, at most 999999999); its recovery node's drill network is a bridge name
+/// Linux accepts (at most 15 characters).
 fn check_proxmox(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
+    let mut bridges_told = std::collections::BTreeSet::new();
     for vm in inv.vms.values().filter(|v| v.driver.value == "proxmox") {
+        if let Some(host) = inv.hosts.get(&vm.recovery.value)
+            && let Some(VarValue::Text(bridge)) = host.vars.get("drill_network")
+            && bridge.len() > 15
+            && bridges_told.insert(host.id.clone())
+        {
+            diags.push(
+                Diagnostic::error(format!(
+                    "host `{}`: drill_network `{bridge}` is not a bridge name (at most 15 characters), and the proxmox vm `{}` is drilled there",
+                    host.id, vm.id
+                ))
+                .at(host.loc.clone())
+                .hint(format!(
+                    "a Proxmox node's drill network is a Linux bridge, such as `{PROXMOX_DRILL_BRIDGE}`"
+                )),
+            );
+        }
         let Some(vmid) = vm.vmid else {
             diags.push(
                 Diagnostic::error(format!(
@@ -866,6 +884,23 @@ pub const PATH_VARS: &[&str] = &["images_dir", "overlays_dir"];
 /// driver creates it (`drill_address`, `ADDRESS/PREFIX`; none by default).
 pub const VAR_DEFAULTS: &[(&str, &str)] =
     &[("drill_network", "reprise-drill"), ("drill_address", "")];
+
+/// The drill network of a Proxmox node that names none: a Linux bridge (Proxmox's `vmbrN`
+/// naming), where libvirt's is a network object.
+pub const PROXMOX_DRILL_BRIDGE: &str = "vmbr-drill";
+
+/// The value a host variable of [`VAR_DEFAULTS`] takes when the host does not give it, for a
+/// vm of `driver` (`None` for a step about no vm): a Proxmox node's drill network is the bridge
+/// [`PROXMOX_DRILL_BRIDGE`].
+pub fn var_default(name: &str, driver: Option<&str>) -> Option<&'static str> {
+    match (name, driver) {
+        ("drill_network", Some("proxmox")) => Some(PROXMOX_DRILL_BRIDGE),
+        _ => VAR_DEFAULTS
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| *v),
+    }
+}
 
 /// What is wrong with a value of `drill_network` or `drill_address`, if anything.
 fn drill_var_problem(key: &str, value: &str) -> Option<String> {

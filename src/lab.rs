@@ -833,8 +833,13 @@ fn bring_up(
     Ok(state)
 }
 
-/// The bridges of a lab Proxmox node: production's, and the isolated drill bridge.
-pub const PROXMOX_BRIDGES: &[&str] = &["vmbr0", "vmbr1", "vmbr-drill"];
+/// The bridges of a lab Proxmox node with their ports (`bridge-ports`): production's, each on
+/// a physical NIC, and the isolated drill bridge, with none.
+pub const PROXMOX_BRIDGES: &[(&str, &str)] = &[
+    ("vmbr0", "eno1"),
+    ("vmbr1", "eno2"),
+    (crate::inventory::PROXMOX_DRILL_BRIDGE, "none"),
+];
 
 /// What a Proxmox VE node holds for the `qm` stand-in, on each host of a Proxmox vm: its
 /// directory storage `local` (`/etc/pve/storage.cfg`, whose `images` folder is the host's
@@ -871,9 +876,9 @@ fn proxmox_nodes(model: &Model, state: &LabState) -> Result<(), LabError> {
             std::fs::create_dir_all(&net).map_err(io("create", &net))?;
             let interfaces: String = PROXMOX_BRIDGES
                 .iter()
-                .map(|b| {
+                .map(|(b, ports)| {
                     format!(
-                        "auto {b}\niface {b} inet manual\n\tbridge-ports none\n\tbridge-stp off\n\n"
+                        "auto {b}\niface {b} inet manual\n\tbridge-ports {ports}\n\tbridge-stp off\n\n"
                     )
                 })
                 .collect();
@@ -1624,6 +1629,9 @@ pub fn stub(name: &str, args: &[String]) -> i32 {
             }
             0
         }
+        // `ip -o link show dev BRIDGE` and `ip -o link show master BRIDGE` on a Proxmox node
+        // answer from its bridges; anything else as before.
+        "ip" if qm::is_bridge_query(args) => qm::ip(&state, &host, &root, args),
         "ip" => {
             println!("1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 state UNKNOWN (lab)");
             0

@@ -183,10 +183,60 @@ impl Node<'_> {
     }
 
     fn bridge_exists(&self, bridge: &str) -> bool {
-        std::fs::read_to_string(self.root.join("etc/network/interfaces"))
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.trim() == format!("iface {bridge} inet manual"))
+        self.bridges().iter().any(|(b, _)| b == bridge)
+    }
+
+    /// The bridges of `/etc/network/interfaces` (an `iface` with `bridge-ports`), each with
+    /// its ports there (`none`: no port).
+    fn bridges(&self) -> Vec<(String, Vec<String>)> {
+        let text =
+            std::fs::read_to_string(self.root.join("etc/network/interfaces")).unwrap_or_default();
+        let mut out = Vec::new();
+        let mut iface: Option<String> = None;
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["iface", name, ..] => iface = Some(name.to_string()),
+                ["bridge-ports", ports @ ..] | ["bridge_ports", ports @ ..] => {
+                    if let Some(name) = iface.take() {
+                        let ports = ports.iter().filter(|p| **p != "none");
+                        out.push((name, ports.map(|p| p.to_string()).collect()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The tap interfaces of the running vms on `bridge` (`tap<vmid>i<n>` for `net<n>`).
+    fn taps(&self, bridge: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let dir = self.root.join("etc/pve/qemu-server");
+        let mut confs: Vec<(u32, Conf)> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().into_string().ok()?;
+                        let id = name.strip_suffix(".conf")?.parse().ok()?;
+                        Some((id, self.load(id).ok()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        confs.sort_by_key(|(id, _)| *id);
+        for (id, conf) in confs {
+            if !self.runs(id, &conf) {
+                continue;
+            }
+            for (key, value) in &conf.0 {
+                let on = value.split(',').any(|o| o == format!("bridge={bridge}"));
+                if let Some(n) = key.strip_prefix("net").filter(|_| is_net_key(key) && on) {
+                    out.push(format!("tap{id}i{n}"));
+                }
+            }
+        }
+        out
     }
 
     fn frozen_flag(&self, vmid: u32) -> PathBuf {
@@ -442,6 +492,70 @@ fn start(node: &Node, id: u32) -> Result<String, String> {
     )
     .map_err(|e| format!("start failed: {e}"))?;
     Ok(String::new())
+}
+
+/// Whether `ip ARGS…` asks about one link (`link show dev NAME`) or the ports of a bridge
+/// (`link show master NAME`), which a Proxmox node answers from its bridges.
+pub(super) fn is_bridge_query(args: &[String]) -> bool {
+    let words: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    matches!(words.as_slice(), ["link", "show", "dev" | "master", _])
+}
+
+/// `ip [-d] [-o] link show dev NAME` and `ip -o link show master NAME` on a lab Proxmox node,
+/// as iproute2 prints them: its bridges (`bridge` in the details with `-d`), their ports from
+/// `/etc/network/interfaces` (a physical NIC such as `eno1`) and the taps of the vms running on
+/// them. A name that is none of these does not exist.
+pub(super) fn ip(state: &LabState, host: &str, root: &Path, args: &[String]) -> i32 {
+    let node = Node { state, host, root };
+    let details = args.iter().any(|a| a == "-d" || a == "-details");
+    let words: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let (how, name) = (words[2], words[3]);
+    let bridges = node.bridges();
+    let line = |index: usize, link: &str, master: Option<&str>, bridge: bool| {
+        let master = master.map(|m| format!(" master {m}")).unwrap_or_default();
+        let kind = if bridge && details {
+            "\\    bridge forward_delay 0 hello_time 200 max_age 2000 stp_state 0 vlan_filtering 0"
+        } else {
+            ""
+        };
+        format!(
+            "{index}: {link}: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue{master} state UP mode DEFAULT group default qlen 1000\\    link/ether 02:00:00:00:00:{index:02x} brd ff:ff:ff:ff:ff:ff{kind} (lab)"
+        )
+    };
+    // Every link of the node, numbered as `ip` does: bridges, then their ports.
+    let mut links: Vec<(String, Option<String>, bool)> = Vec::new();
+    for (bridge, ports) in &bridges {
+        links.push((bridge.clone(), None, true));
+        for port in ports.iter().cloned().chain(node.taps(bridge)) {
+            links.push((port, Some(bridge.clone()), false));
+        }
+    }
+    let shown: Vec<String> = links
+        .iter()
+        .enumerate()
+        .filter(|(_, (link, master, _))| match how {
+            "dev" => link == name,
+            _ => master.as_deref() == Some(name),
+        })
+        .map(|(i, (link, master, bridge))| line(i + 2, link, master.as_deref(), *bridge))
+        .collect();
+    let known = links.iter().any(|(link, _, _)| link == name);
+    if !known {
+        eprintln!("Device \"{name}\" does not exist.");
+        return 1;
+    }
+    for l in shown {
+        println!("{l}");
+    }
+    0
 }
 
 /// `qm guest cmd VMID COMMAND`: the guest agent's filesystem freeze.

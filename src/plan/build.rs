@@ -647,7 +647,9 @@ struct StepScope<'a> {
     mode: Mode,
 }
 
-fn host_lookup(host: &Host, name: &str) -> Lookup {
+/// A host's value `name` for a step about a vm of `driver` (a variable the host does not
+/// give may have a default for that driver, see [`crate::inventory::var_default`]).
+fn host_lookup(host: &Host, name: &str, driver: Option<&str>) -> Lookup {
     let text = |s: &str| Lookup::Found(TemplateValue::Text(s.to_string()));
     match name {
         "id" => text(&host.id),
@@ -661,11 +663,8 @@ fn host_lookup(host: &Host, name: &str) -> Lookup {
             Some(crate::inventory::VarValue::Secret { env }) => {
                 Lookup::Found(TemplateValue::Secret { env: env.clone() })
             }
-            None => match crate::inventory::VAR_DEFAULTS
-                .iter()
-                .find(|(k, _)| *k == name)
-            {
-                Some((_, default)) => text(default),
+            None => match crate::inventory::var_default(name, driver) {
+                Some(default) => text(default),
                 None => Lookup::Missing {
                     what: format!("host `{}` has no variable `{name}`", host.id),
                     known: ["id", "address", "port", "user", "site", "role"]
@@ -688,7 +687,7 @@ impl Scope for StepScope<'_> {
         };
         match namespace {
             "host" => match self.host {
-                Some(h) => host_lookup(h, name),
+                Some(h) => host_lookup(h, name, self.vm.map(|(vm, _)| vm.driver.value.as_str())),
                 None => missing("this step runs on no host".into(), &[]),
             },
             "primary" | "recovery" => match self.vm {
@@ -699,7 +698,9 @@ impl Scope for StepScope<'_> {
                         &vm.recovery
                     };
                     match self.inv.hosts.get(&id.value) {
-                        Some(h) => host_lookup(h, name),
+                        Some(h) => {
+                            host_lookup(h, name, self.vm.map(|(vm, _)| vm.driver.value.as_str()))
+                        }
                         None => missing(format!("unknown host `{}`", id.value), &[]),
                     }
                 }

@@ -507,3 +507,125 @@ fn a_proxmox_drill_cleanup_reports_what_it_could_not_remove() {
             .any(|c| c.starts_with("qm destroy 900101"))
     );
 }
+
+impl Lab {
+    /// The item of `reprise check --json` in `area` about `subject`.
+    fn check_item(&self, area: &str, subject: &str) -> serde_json::Value {
+        let run = self.with(&["check", "--json"]);
+        let r: serde_json::Value = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("check --json: {e}: {run:?}"));
+        r["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["area"] == area && i["subject"] == subject)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {area} {subject} in {}", run.stdout))
+    }
+
+    /// Sets `drill_network` of host hv2 in the inventory.
+    fn drill_network(&self, bridge: &str) {
+        let path = self.dir.path().join("inventory/hosts.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text
+            .lines()
+            .filter(|l| !l.starts_with("drill_network = "))
+            .map(|l| {
+                if l == "[hosts.hv2.vars]" {
+                    format!("{l}\ndrill_network = \"{bridge}\"\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect::<String>();
+        std::fs::write(&path, text).unwrap();
+    }
+}
+
+/// A drill puts every NIC of its copies on the recovery node's own drill bridge
+/// (`drill_network`, default vmbr-drill). That bridge must exist with no port but vms': a
+/// production bridge (a physical NIC on it) or a missing one is refused by check and by the
+/// drill, before anything is made.
+#[test]
+fn a_proxmox_drill_uses_the_recovery_nodes_drill_bridge_and_refuses_one_that_reaches_production() {
+    let lab = Lab::up(174);
+    let net = lab.check_item("network", "hv2 (vmbr-drill)");
+    assert_eq!(net["status"], "ok", "{net}");
+    assert!(
+        net["detail"]
+            .as_str()
+            .unwrap()
+            .contains("bridge vmbr-drill exists, with no port but vms'"),
+        "{net}"
+    );
+
+    // vmbr0 carries production (eno1 is its port).
+    lab.drill_network("vmbr0");
+    let net = lab.check_item("network", "hv2 (vmbr0)");
+    assert_eq!(net["status"], "failed", "{net}");
+    assert!(
+        net["detail"]
+            .as_str()
+            .unwrap()
+            .contains("bridge vmbr0 has ports that are not vms' (eno1): a drill copy on it could reach production"),
+        "{net}"
+    );
+    let check = lab.with(&["check"]);
+    assert_eq!(check.code, 7, "{check:?}");
+    let drill = lab.with(&["drill", "--no-prompt"]);
+    assert_eq!(drill.code, 1, "{drill:?}");
+    let shown = lab.shown();
+    assert!(
+        shown.contains("bridge vmbr0 has ports that are not vms' (eno1)"),
+        "{shown}"
+    );
+    // A bridge the node does not have.
+    lab.drill_network("vmbr9");
+    let net = lab.check_item("network", "hv2 (vmbr9)");
+    assert_eq!(net["status"], "failed", "{net}");
+    assert!(
+        net["detail"]
+            .as_str()
+            .unwrap()
+            .contains("bridge vmbr9 does not exist on this node"),
+        "{net}"
+    );
+    assert!(
+        !lab.qm_calls("hv2")
+            .iter()
+            .any(|c| c.starts_with("qm create 9001")),
+        "{:?}",
+        lab.qm_calls("hv2")
+    );
+    assert!(!lab.images("hv2").join("900101").exists());
+
+    // An isolated bridge of the node's own: every NIC of the copies goes there.
+    let interfaces = lab.root("hv2").join("etc/network/interfaces");
+    let mut text = std::fs::read_to_string(&interfaces).unwrap();
+    text.push_str("auto vmbr9\niface vmbr9 inet manual\n\tbridge-ports none\n\tbridge-stp off\n");
+    std::fs::write(&interfaces, text).unwrap();
+    let net = lab.check_item("network", "hv2 (vmbr9)");
+    assert_eq!(net["status"], "ok", "{net}");
+    let drill = lab.with(&["drill", "--no-prompt"]);
+    assert_eq!(drill.code, 0, "{drill:?}");
+    let created: Vec<String> = lab
+        .qm_calls("hv2")
+        .into_iter()
+        .filter(|c| c.starts_with("qm create 9001"))
+        .collect();
+    assert_eq!(created.len(), 2, "{created:?}");
+    for c in &created {
+        assert!(c.contains(",bridge=vmbr9 --net1 "), "{c}");
+        assert!(c.contains(",bridge=vmbr9 "), "{c}");
+        for absent in ["vmbr0", "vmbr1", "vmbr-drill"] {
+            assert!(!c.contains(absent), "{absent} in {c}");
+        }
+    }
+    assert!(
+        lab.shown().contains(
+            "vmid 900101 (drill-db): overlays on the copies of vmid 101, every NIC on vmbr9"
+        ),
+        "{}",
+        lab.shown()
+    );
+}
