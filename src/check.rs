@@ -2557,6 +2557,7 @@ mod tests {
                     received_bytes: 0,
                     duration_ms: 0,
                     stamp: None,
+                    read: None,
                 }];
             }
             pra.copies.insert(r.copy.clone(), state);

@@ -978,7 +978,7 @@ fn seed_points(model: &Model) -> Result<(), LabError> {
                     let done = if *folder {
                         helpers.replicate_tree(from, src, to, dst, &r)
                     } else {
-                        helpers.replicate(from, src, to, dst, &r)
+                        helpers.replicate(from, src, to, dst, &r, None)
                     };
                     done.err()
                         .map(|e| format!("{from}:{src} → {to}:{dst}: {e}"))

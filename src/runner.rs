@@ -1136,7 +1136,7 @@ async fn replicate_image(
         if folder {
             helpers.replicate_tree(&from, &src, &to, &dst, &r)
         } else {
-            helpers.replicate(&from, &src, &to, &dst, &r)
+            helpers.replicate(&from, &src, &to, &dst, &r, None)
         }
     })
     .await

@@ -25,6 +25,7 @@ pub mod choice;
 pub mod definition;
 pub mod helper;
 pub mod meta;
+pub mod nbd;
 pub mod protocol;
 pub mod remote;
 pub mod snapshot;

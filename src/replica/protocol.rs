@@ -19,8 +19,10 @@ use serde::{Deserialize, Serialize};
 
 /// The version of the helper protocol this binary speaks. Raise it whenever a request, an
 /// answer or a stream changes meaning. Version 1 is reprise before versions were exchanged
-/// (its block stream starts `RPRSTR1`, its tree stream has no header).
-pub const PROTOCOL: u32 = 2;
+/// (its block stream starts `RPRSTR1`, its tree stream has no header). Version 3: a source
+/// reads the disk as the guest sees it (NBD, dirty bitmaps), points say how, and the sides
+/// compare a digest of the manifest before sending it.
+pub const PROTOCOL: u32 = 3;
 
 /// The version of this program, as helpers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -35,19 +37,43 @@ pub enum Request {
     Version,
     /// BLAKE3 of this helper's own executable, hex, one line (an upload checks itself).
     HashSelf,
-    /// Source side: reads the recovery manifest on stdin, writes the block stream (its data
-    /// blocks zstd-compressed with `compress`, when that makes them smaller).
+    /// Source side: reads the recovery manifest on stdin (or, with `base`, the one with that
+    /// digest that it kept), writes the block stream (its data blocks zstd-compressed with
+    /// `compress`, when that makes them smaller). With `nbd` (and `export`) it reads the disk
+    /// as the guest sees it through that NBD socket (libvirt's backup export); with `format`
+    /// `qcow2`, through a `qemu-nbd` of `image` it starts; with `bitmap`, only the blocks that
+    /// dirty bitmap marks.
     Send {
         image: PathBuf,
         #[arg(long)]
         compress: bool,
+        #[arg(long)]
+        nbd: Option<PathBuf>,
+        #[arg(long)]
+        export: Option<String>,
+        #[arg(long)]
+        format: Option<DiskFormat>,
+        #[arg(long)]
+        bitmap: Option<String>,
+        #[arg(long)]
+        base: Option<String>,
     },
     /// Recovery side: the binary manifest to compare against (after settling an interrupted
-    /// update).
+    /// update); with `digest`, only its BLAKE3 (hex, one line).
     Manifest {
         image: PathBuf,
         #[arg(long)]
         reread: bool,
+        #[arg(long)]
+        #[serde(default)]
+        digest: bool,
+    },
+    /// Source side: whether it kept the manifest of `image` whose BLAKE3 is `digest` (the
+    /// one it computed when it last sent it): `true` or `false`.
+    Kept {
+        image: PathBuf,
+        #[arg(long)]
+        digest: String,
     },
     /// Recovery side: applies a block stream as a new point; answers `store::Applied`.
     Apply {
@@ -60,6 +86,14 @@ pub enum Request {
         source: String,
         #[arg(long)]
         retention: u32,
+        /// How the source was read (absent: its image file, whole), why, and the checkpoint
+        /// the point is.
+        #[arg(long)]
+        mode: Option<super::store::ReadMode>,
+        #[arg(long)]
+        why: Option<String>,
+        #[arg(long)]
+        checkpoint: Option<String>,
     },
     /// Source side of a backup set: reads the recovery tree (JSON) on stdin, writes the tree
     /// stream.
@@ -161,6 +195,16 @@ pub enum Request {
         #[arg(long)]
         kind: Option<super::meta::LeaseKind>,
     },
+}
+
+/// The format of a source image read as the guest sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskFormat {
+    /// Read through `qemu-nbd`.
+    Qcow2,
+    /// The file is the disk: read as it is.
+    Raw,
 }
 
 /// The answer to [`Request::Version`].
@@ -304,14 +348,29 @@ mod tests {
             Request::Send {
                 image: "/srv/a b.qcow2".into(),
                 compress: true,
+                nbd: None,
+                export: None,
+                format: None,
+                bitmap: None,
+                base: None,
             },
             Request::Send {
                 image: "-starts-with-a-dash".into(),
                 compress: false,
+                nbd: Some("/var/tmp/reprise backup.sock".into()),
+                export: Some("vda".into()),
+                format: Some(DiskFormat::Qcow2),
+                bitmap: Some("-backup-vda".into()),
+                base: Some("ab12".into()),
             },
             Request::Manifest {
                 image: "/srv/a.qcow2".into(),
                 reread: true,
+                digest: true,
+            },
+            Request::Kept {
+                image: "/srv/a.qcow2".into(),
+                digest: "ab12".into(),
             },
             Request::Apply {
                 image: "/srv/a.qcow2".into(),
@@ -319,6 +378,9 @@ mod tests {
                 taken_at: at,
                 source: "hv-main:/srv/a.qcow2".into(),
                 retention: 7,
+                mode: Some(crate::replica::store::ReadMode::ChangedBlocks),
+                why: Some("--the first copy".into()),
+                checkpoint: Some("reprise-20261128T031000Z".into()),
             },
             Request::SendTree {
                 dir: "/export/backups".into(),
@@ -388,6 +450,7 @@ mod tests {
                 | Request::HashSelf
                 | Request::Send { .. }
                 | Request::Manifest { .. }
+                | Request::Kept { .. }
                 | Request::Apply { .. }
                 | Request::SendTree { .. }
                 | Request::TreeBase { .. }
@@ -424,6 +487,9 @@ mod tests {
             taken_at: Utc::now(),
             source: "s".into(),
             retention: 2,
+            mode: None,
+            why: None,
+            checkpoint: None,
         };
         assert_eq!(req.words()[..2], ["apply", "/srv/a.qcow2"]);
         assert_eq!(Request::Version.words(), ["version"]);

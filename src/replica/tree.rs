@@ -848,6 +848,7 @@ impl TreeStore {
             received_bytes: received,
             duration_ms: began.elapsed().as_millis() as u64,
             stamp: None,
+            read: None,
         };
         let commit = Commit {
             point: point.clone(),
@@ -1066,6 +1067,7 @@ mod tests {
                     taken_at: Utc::now(),
                     source: "src".into(),
                     retention: 3,
+                    read: None,
                 },
             )
             .unwrap();

@@ -410,6 +410,7 @@ fn point(id: &str) -> NewPoint {
         taken_at: Utc::now(),
         source: "src:/img".into(),
         retention: 3,
+        read: None,
     }
 }
 

@@ -28,6 +28,7 @@ fn point(id: &str) -> NewPoint {
         taken_at: Utc::now(),
         source: "hv-main:/src".into(),
         retention: 5,
+        read: None,
     }
 }
 
