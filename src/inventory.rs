@@ -232,6 +232,9 @@ pub struct Vm {
     pub vmid: Option<u32>,
     /// The RPO its own disk copies are judged against, whatever the services on it say.
     pub rpo: Option<Duration>,
+    /// Copies are of the disk as the guest sees it (raw images), read through QEMU: a running
+    /// libvirt domain's only where its dirty bitmaps say it changed since the last point.
+    pub changed_blocks: bool,
     pub loc: Location,
 }
 
@@ -453,6 +456,7 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
                     diags,
                 )
                 .map(|d| d.value);
+            let changed_blocks = t.bool("changed_blocks", diags).unwrap_or(false);
             let vm = Vm {
                 id: id.value.clone(),
                 name,
@@ -466,6 +470,7 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
                 retention,
                 vmid,
                 rpo,
+                changed_blocks,
                 loc: id.loc.clone(),
             };
             insert_unique(&mut inv.vms, "vm", id, vm, |v| &v.loc, diags);

@@ -454,6 +454,7 @@ pub fn replicate(
     model: &Model,
     services: &[String],
     verify: bool,
+    scan: bool,
     dry_run: bool,
     compress: bool,
     ssh: &SshArgs,
@@ -490,7 +491,9 @@ pub fn replicate(
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
         });
-        let out = replicate_all(model, &vms, verify, compress, &transport, &stop, &shutdown);
+        let out = replicate_all(
+            model, &vms, verify, scan, compress, &transport, &stop, &shutdown,
+        );
         finished.store(true, Ordering::Relaxed);
         out
     });
@@ -536,10 +539,12 @@ impl Drop for Snapshot<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn replicate_all(
     model: &Model,
     vms: &[VmImages],
     verify: bool,
+    scan: bool,
     compress: bool,
     transport: &crate::ssh::SshTransport,
     stop: &std::sync::atomic::AtomicBool,
@@ -563,6 +568,18 @@ fn replicate_all(
     for vm in vms {
         if stopped() {
             left.push(&vm.id);
+            continue;
+        }
+        if let Some(inv) = guest_copies(model, vm) {
+            let r = Replication {
+                point: point_id(Utc::now()),
+                taken_at: Utc::now(),
+                retention: vm.retention,
+                reread: verify,
+                compress,
+                deadline: std::time::Duration::from_secs(7200),
+            };
+            replicate_guest(vm, inv, transport, &helpers, &r, scan, &stopped, &mut out);
             continue;
         }
         let hook = |action| {
@@ -656,7 +673,7 @@ fn replicate_all(
                     None
                 };
                 with_progress(&label, total, || {
-                    helpers.replicate(&img.from, &img.src, &img.to, &img.dst, &r)
+                    helpers.replicate(&img.from, &img.src, &img.to, &img.dst, &r, None)
                 })
             };
             match done {
@@ -717,6 +734,223 @@ fn replicate_all(
         out.code = exit::INTERRUPTED;
     }
     out
+}
+
+/// The vm of `vm` when its copies are of the disk as the guest sees it (`changed_blocks`, on
+/// the libvirt driver).
+fn guest_copies<'m>(model: &'m Model, vm: &VmImages) -> Option<&'m crate::inventory::Vm> {
+    let inv = model.inventory.vms.get(&vm.id)?;
+    (!vm.backup && inv.changed_blocks && inv.driver.value == "libvirt").then_some(inv)
+}
+
+/// Replicates a vm whose copies are of the disk as the guest sees it: a running domain
+/// through libvirt's backup API (only what changed since its copies' checkpoint, as of one
+/// instant for all its disks), a stopped one through `qemu-nbd` (only what its qcow2 files'
+/// bitmap marks). Every disk's line says how it was read, and why every block when it was.
+#[allow(clippy::too_many_arguments)]
+fn replicate_guest(
+    vm: &VmImages,
+    inv: &crate::inventory::Vm,
+    transport: &crate::ssh::SshTransport,
+    helpers: &Helpers,
+    r: &Replication,
+    scan: bool,
+    stopped: &dyn Fn() -> bool,
+    out: &mut Outcome,
+) {
+    use crate::replica::cbt;
+    use crate::replica::store::ReadMode;
+    let (dom, host) = (inv.name.as_str(), inv.primary.value.as_str());
+    let fail = |out: &mut Outcome, e: String| {
+        out.stderr.push_str(&format!(
+            "error: {}: {e}; not replicated, its copies are as they were\n",
+            vm.id
+        ));
+        out.code = exit::FAILED;
+    };
+    let Some(to) = vm.images.first().map(|i| i.to.as_str()) else {
+        return;
+    };
+    let (running, disks) = match cbt::domain(transport, host, dom) {
+        Ok(x) => x,
+        Err(e) => return fail(out, format!("domain {dom} on {host}: {e}")),
+    };
+    let mut mine = Vec::new();
+    for img in &vm.images {
+        match disks.iter().find(|d| d.source == img.src) {
+            Some(d) => mine.push(d.clone()),
+            None => {
+                return fail(
+                    out,
+                    format!("{} is not a disk of domain {dom} on {host}", img.src),
+                );
+            }
+        }
+    }
+    let dsts: Vec<String> = vm.images.iter().map(|i| i.dst.clone()).collect();
+    let states = match helpers.inspect(to, &dsts) {
+        Ok(s) => s,
+        Err(e) => return fail(out, e.to_string()),
+    };
+    let checkpoints = match cbt::checkpoints(transport, host, dom) {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(
+                out,
+                format!(
+                    "the checkpoints of domain {dom} on {host} cannot be listed (libvirt 6 or later keeps them): {e}"
+                ),
+            );
+        }
+    };
+    let mut facts = cbt::Facts {
+        host,
+        asked_scan: scan,
+        newest: states.iter().map(|s| s.points.last()).collect(),
+        disks: mine.clone(),
+        checkpoints,
+        bitmap_problem: None,
+    };
+    let mut decision = cbt::decide(&facts);
+    if !running && decision.mode == ReadMode::ChangedBlocks {
+        let files: Vec<String> = mine.iter().map(|d| d.source.clone()).collect();
+        let since = decision.since.clone().unwrap_or_default();
+        facts.bitmap_problem = match cbt::offline_bitmap_problem(transport, host, &files, &since) {
+            Ok(p) => p,
+            Err(e) => Some(format!("the bitmaps of {dom}'s disks cannot be read: {e}")),
+        };
+        decision = cbt::decide(&facts);
+    }
+    let all: Vec<String> = disks.iter().map(|d| d.target.clone()).collect();
+    let ours: Vec<String> = mine.iter().map(|d| d.target.clone()).collect();
+    let qcow2 = mine.iter().all(|d| d.format == "qcow2");
+    let new_cp = format!("{}{}", cbt::PREFIX, r.point);
+    // The backup job of a running domain, ended on every way out.
+    struct Job<'a> {
+        transport: &'a crate::ssh::SshTransport,
+        host: &'a str,
+        dom: &'a str,
+        on: bool,
+    }
+    impl Drop for Job<'_> {
+        fn drop(&mut self) {
+            if self.on {
+                let _ = cbt::end(self.transport, self.host, self.dom);
+            }
+        }
+    }
+    let mut job = Job {
+        transport,
+        host,
+        dom,
+        on: false,
+    };
+    let checkpoint = if running {
+        match cbt::end_stale(transport, host, dom) {
+            Ok(Some(n)) => out.stdout.push_str(&format!("{}: {n}\n", vm.id)),
+            Ok(None) => {}
+            Err(e) => return fail(out, e),
+        }
+        let since = decision
+            .since
+            .clone()
+            .filter(|_| decision.mode == ReadMode::ChangedBlocks);
+        let new = qcow2.then_some(new_cp.as_str());
+        let began = std::time::Instant::now();
+        match cbt::begin(transport, host, dom, &all, &ours, since.as_deref(), new) {
+            Ok(()) => {}
+            Err(e) if since.is_some() => {
+                // A lost or inconsistent bitmap (the vm killed, a checkpoint damaged): libvirt
+                // refuses the incremental backup; every block is read instead, and said.
+                decision = cbt::Decision {
+                    mode: ReadMode::Scan,
+                    why: Some(format!(
+                        "libvirt refused to read the changes since checkpoint {}: {e}",
+                        since.unwrap_or_default()
+                    )),
+                    since: None,
+                };
+                if let Err(e) = cbt::begin(transport, host, dom, &all, &ours, None, new) {
+                    return fail(
+                        out,
+                        format!("the backup of domain {dom} could not begin: {e}"),
+                    );
+                }
+            }
+            Err(e) => {
+                return fail(
+                    out,
+                    format!(
+                        "the backup of domain {dom} could not begin (libvirt 7.2 or later exports disks for changed-block tracking): {e}"
+                    ),
+                );
+            }
+        }
+        job.on = true;
+        out.stdout.push_str(&format!(
+            "{}: disks exported as of now (backup-begin on {host}, {:.1}s{})\n",
+            vm.id,
+            began.elapsed().as_secs_f64(),
+            new.map(|c| format!(", checkpoint {c}")).unwrap_or_default()
+        ));
+        qcow2.then(|| new_cp.clone())
+    } else {
+        decision.since.clone()
+    };
+    let mut all_done = true;
+    for (img, disk) in vm.images.iter().zip(&mine) {
+        let name = img.src.rsplit('/').next().unwrap_or(&img.src);
+        if stopped() {
+            all_done = false;
+            continue;
+        }
+        let g = cbt::guest_read(running, dom, disk, &decision, checkpoint.clone());
+        let label = format!("{} {name}", vm.id);
+        let done = with_progress(&label, None, || {
+            helpers.replicate(&img.from, &img.src, &img.to, &img.dst, r, Some(&g))
+        });
+        match done {
+            Ok(t) => out.stdout.push_str(&format!("{}: {}", vm.id, t.line())),
+            Err(_) if stopped() => {
+                out.stderr.push_str(&format!(
+                    "{}: the copy of {name} was stopped; {}:{} keeps its last point\n",
+                    vm.id, img.to, img.dst
+                ));
+                all_done = false;
+            }
+            Err(e) => {
+                out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
+                out.code = exit::FAILED;
+                all_done = false;
+            }
+        }
+    }
+    if job.on {
+        job.on = false;
+        if let Err(e) = cbt::end(transport, host, dom) {
+            out.stderr.push_str(&format!(
+                "error: {}: the backup job of domain {dom} on {host} did not end ({e}); run there: virsh domjobabort {dom}\n",
+                vm.id
+            ));
+            out.code = exit::FAILED;
+        }
+    }
+    // Older checkpoints of reprise go once every copy is at the new one (until then the next
+    // replication still reads the changes since the older one).
+    if running && qcow2 && all_done {
+        match cbt::prune(transport, host, dom, &new_cp) {
+            Ok(gone) if !gone.is_empty() => out.stdout.push_str(&format!(
+                "{}: older checkpoints deleted: {}\n",
+                vm.id,
+                gone.join(", ")
+            )),
+            Ok(_) => {}
+            Err(e) => out.stderr.push_str(&format!(
+                "warning: {}: older checkpoints of domain {dom} could not be deleted: {e}\n",
+                vm.id
+            )),
+        }
+    }
 }
 
 /// What the recovery copies of a vm (or a backup set) and their metadata say, disk by disk.

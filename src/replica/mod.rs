@@ -21,6 +21,7 @@
 
 pub mod beneath;
 pub mod blocks;
+pub mod cbt;
 pub mod choice;
 pub mod definition;
 pub mod helper;
