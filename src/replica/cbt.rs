@@ -198,6 +198,12 @@ pub fn socket(dom: &str) -> String {
     format!("/var/tmp/reprise-backup-{dom}.sock")
 }
 
+/// Where QEMU keeps the old content of what the guest overwrites during a backup (created by
+/// libvirt; removed when the backup ends).
+pub fn scratch(dom: &str, target: &str) -> String {
+    format!("/var/tmp/reprise-backup-{dom}-{target}.scratch")
+}
+
 /// The dirty bitmap libvirt exports for disk `target`.
 pub fn export_bitmap(target: &str) -> String {
     format!("{PREFIX}{target}")
@@ -217,8 +223,9 @@ pub fn backup_xml(dom: &str, all: &[String], ours: &[String], since: Option<&str
     for t in all {
         if ours.contains(t) {
             x.push_str(&format!(
-                "<disk name='{t}' backup='yes' type='file' exportname='{t}' exportbitmap='{}'/>",
-                export_bitmap(t)
+                "<disk name='{t}' backup='yes' type='file' exportname='{t}' exportbitmap='{}'><scratch file='{}'/></disk>",
+                export_bitmap(t),
+                scratch(dom, t)
             ));
         } else {
             x.push_str(&format!("<disk name='{t}' backup='no'/>"));
@@ -338,7 +345,7 @@ pub fn end_stale(t: &dyn Transport, host: &str, dom: &str) -> Result<Option<Stri
             "a backup job that is not reprise's runs on domain {dom}: not replicated (it is left alone)"
         ));
     }
-    sh(t, host, &format!("virsh domjobabort {q}"))?;
+    end(t, host, dom)?;
     Ok(Some(
         "a backup job left by an interrupted replication was ended".into(),
     ))
@@ -362,8 +369,13 @@ pub fn begin(
         None => String::new(),
     };
     let script = format!(
-        "set -e; d=$(mktemp -d); trap 'rm -rf \"$d\"' EXIT; rm -f {sock}; printf '%s' {b} > \"$d/b.xml\"; {checkpoint}virsh backup-begin {q} \"$d/b.xml\" {c}>/dev/null",
+        "set -e; d=$(mktemp -d); trap 'rm -rf \"$d\"' EXIT; rm -f {sock} {scratch}; printf '%s' {b} > \"$d/b.xml\"; {checkpoint}virsh backup-begin {q} \"$d/b.xml\" {c}>/dev/null",
         sock = shell_quote(&socket(dom)),
+        scratch = ours
+            .iter()
+            .map(|t| shell_quote(&scratch(dom, t)))
+            .collect::<Vec<_>>()
+            .join(" "),
         b = shell_quote(&backup_xml(dom, all, ours, since)),
         c = if name.is_some() { "\"$d/c.xml\" " } else { "" },
         q = shell_quote(dom),
@@ -371,15 +383,16 @@ pub fn begin(
     sh(t, host, &script).map(|_| ())
 }
 
-/// Ends the backup job (the export goes away).
+/// Ends the backup job (the export goes away) and removes its scratch files.
 pub fn end(t: &dyn Transport, host: &str, dom: &str) -> Result<(), String> {
     sh(
         t,
         host,
         &format!(
-            "virsh domjobabort {} >/dev/null; rm -f {}",
+            "virsh domjobabort {} >/dev/null; rm -f {} {}",
             shell_quote(dom),
-            shell_quote(&socket(dom))
+            shell_quote(&socket(dom)),
+            shell_quote(&format!("/var/tmp/reprise-backup-{dom}-")) + "*.scratch"
         ),
     )
     .map(|_| ())
