@@ -404,13 +404,14 @@ pub fn prune(t: &dyn Transport, host: &str, dom: &str, keep: &str) -> Result<Vec
     let mut gone = Vec::new();
     for c in checkpoints(t, host, dom)? {
         if c.starts_with(PREFIX) && c != keep {
+            // A checkpoint whose bitmap is broken (its vm killed) cannot be merged: only
+            // libvirt's record of it goes.
+            let (d, n) = (shell_quote(dom), shell_quote(&c));
             sh(
                 t,
                 host,
                 &format!(
-                    "virsh checkpoint-delete {} {} >/dev/null",
-                    shell_quote(dom),
-                    shell_quote(&c)
+                    "virsh checkpoint-delete {d} {n} >/dev/null 2>&1 || virsh checkpoint-delete --metadata {d} {n} >/dev/null"
                 ),
             )?;
             gone.push(c);

@@ -691,20 +691,49 @@ fn a_deleted_checkpoint_a_guest_killed_and_a_lost_bitmap_each_make_a_scan_that_s
         "{out}"
     );
 
-    // The guest killed and started again outside reprise: its bitmap was not saved.
-    hv.main.virsh("destroy cbt");
+    // Stopped and started again outside reprise, cleanly: QEMU saved its bitmap, so what the
+    // guest wrote before is still read (2 blocks and the counter's).
+    replicate_cbt(&hv);
+    hv.write_blocks(12, 700, 2, 'D');
+    shut_down(&hv, "cbt");
+    hv.main.virsh("start cbt");
+    hv.wait_healthy(12, 1);
+    let out = replicate_cbt(&hv);
+    assert!(
+        read_mode(&out, "cbt.qcow2").starts_with("changed-blocks"),
+        "{out}"
+    );
+    assert_eq!(blocks_changed(&out), 3, "{out}");
+
+    // Killed (as by a host crash) and started again outside reprise: its bitmap was not saved
+    // and cannot be trusted.
+    hv.write_blocks(12, 900, 2, 'E');
+    let pid: i32 = std::fs::read_to_string(hv.main.path("/run/libvirt/qemu/cbt.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: a signal to the guest's QEMU, which this test's libvirt started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("QEMU gone", Duration::from_secs(60), || {
+        hv.main.domstate("cbt") == "shut off"
+    });
     hv.main.virsh("start cbt");
     hv.wait_healthy(12, 1);
     let out = replicate_cbt(&hv);
     let mode = read_mode(&out, "cbt.qcow2");
+    assert!(mode.starts_with("scan"), "{out}");
+    assert!(blocks_changed(&out) >= 3, "{out}");
     assert!(
-        mode.starts_with("scan") && mode.contains("libvirt refused"),
+        mode.contains("libvirt refused") && mode.contains("broken bitmap"),
         "{out}"
     );
+    // The broken checkpoint is gone with the others: one is left, the new one.
+    assert_eq!(checkpoints(&hv, "cbt").len(), 1, "{out}");
 
     // A bitmap lost from the qcow2 file while the vm was stopped.
     shut_down(&hv, "cbt");
-    let cp = checkpoints(&hv, "cbt").remove(0);
+    let cp = checkpoints(&hv, "cbt").pop().unwrap();
     hv.main.sh(&format!(
         "qemu-img bitmap --remove /var/lib/libvirt/images/cbt.qcow2 {cp}"
     ));
