@@ -904,7 +904,12 @@ async fn run_step_inner(
             retention,
             snapshot,
             definition,
+            guest,
         } => {
+            if *guest == Some(true) {
+                let e = "its copies are raw images of the disks as the guest sees them (changed_blocks): copying them back over the primary's disks is not done by reprise yet; convert each copy by hand (qemu-img convert -O qcow2 COPY DISK) with the vm stopped".to_string();
+                return outcome(StepStatus::Failed, 1, Some(e));
+            }
             // A snapshot left on the source by an interrupted replication: the disks are stale
             // (the vm wrote to the overlay), so it is merged back before they are read.
             let mut settled = String::new();
@@ -987,6 +992,19 @@ async fn run_step_inner(
                 }
             }
             let mut point = None;
+            // A vm with changed_blocks, read by a step (a final sync, its vm stopped or frozen
+            // above): every block of its qcow2 disks through qemu-nbd, which refuses a disk a
+            // running vm writes; the next `reprise replicate` starts a checkpoint again.
+            let read = guest.map(|_| crate::replica::remote::GuestRead {
+                nbd: None,
+                format: crate::replica::protocol::DiskFormat::Qcow2,
+                bitmap: None,
+                how: crate::replica::store::HowRead {
+                    mode: crate::replica::store::ReadMode::Scan,
+                    why: Some("read by a runbook step, which starts no checkpoint".into()),
+                    checkpoint: None,
+                },
+            });
             for (src, dst) in items.iter().filter(|_| failed.is_none()) {
                 let copied = replicate_image(
                     &ctx,
@@ -996,6 +1014,7 @@ async fn run_step_inner(
                     to_host,
                     dst,
                     &replication,
+                    read.as_ref(),
                 )
                 .await
                 .map(|t| {
@@ -1114,6 +1133,7 @@ async fn run_hook(ctx: &Arc<RunContext>, host: &str, cmd: &Command) -> Result<St
 
 /// Brings one vm disk's recovery copy (or a backup set's folder, file by file) up to date
 /// through the replication helpers, as a new point (see [`crate::replica`]).
+#[allow(clippy::too_many_arguments)]
 async fn replicate_image(
     ctx: &RunContext,
     folder: bool,
@@ -1122,21 +1142,23 @@ async fn replicate_image(
     to: &str,
     dst: &str,
     replication: &crate::replica::remote::Replication,
+    guest: Option<&crate::replica::remote::GuestRead>,
 ) -> Result<crate::replica::ImageTransfer, String> {
     let transport = ctx.transport.clone();
-    let (from, src, to, dst, r) = (
+    let (from, src, to, dst, r, guest) = (
         from.to_string(),
         src.to_string(),
         to.to_string(),
         dst.to_string(),
         replication.clone(),
+        guest.cloned(),
     );
     tokio::task::spawn_blocking(move || {
         let helpers = crate::replica::remote::Helpers::new(transport.as_ref());
         if folder {
             helpers.replicate_tree(&from, &src, &to, &dst, &r)
         } else {
-            helpers.replicate(&from, &src, &to, &dst, &r, None)
+            helpers.replicate(&from, &src, &to, &dst, &r, guest.as_ref())
         }
     })
     .await

@@ -1200,6 +1200,7 @@ fn resolve(
                     "add `images_dir = \"/var/lib/libvirt/images\"` under [hosts.{host}.vars]"
                 ))
             };
+            let mut guest = None;
             let (what, from, to, items, retention) = match source {
                 ReplicaSource::Vm(v) => {
                     let vm = inv.vms.get(&v.value)?;
@@ -1256,6 +1257,9 @@ fn resolve(
                     definition = (!reverse)
                         .then(|| definition_hooks(model, vm).map(Box::new))
                         .flatten();
+                    if vm.changed_blocks && vm.driver.value == "libvirt" {
+                        guest = Some(reverse);
+                    }
                     (Replicated::Vm(vm.id.clone()), from, to, items, vm.retention)
                 }
                 ReplicaSource::Backup(b) => {
@@ -1299,6 +1303,7 @@ fn resolve(
                     retention,
                     snapshot,
                     definition,
+                    guest,
                 },
             )
         }

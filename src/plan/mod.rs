@@ -233,6 +233,9 @@ pub enum Action {
         snapshot: Option<SnapshotHooks>,
         /// A vm replicated towards its recovery host whose driver carries its definition.
         definition: Option<Box<DefinitionHooks>>,
+        /// A vm whose copies are of the disk as the guest sees it (`changed_blocks`): `Some`
+        /// with whether the step copies back to the primary (a failback).
+        guest: Option<bool>,
     },
 }
 
