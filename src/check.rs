@@ -2303,7 +2303,7 @@ mod tests {
             "libvirt status: virsh",
             "libvirt autostart-off: virsh",
             "libvirt autostart-on: virsh",
-            "libvirt drill-start: grep mkdir qemu-img virsh virt-clone virt-xml",
+            "libvirt drill-start: awk grep mkdir qemu-img virsh virt-clone virt-xml",
             "libvirt drill-network-check: grep virsh",
             "libvirt drill-stop: grep rm rmdir virsh",
             "libvirt replicate-check: awk sort virsh",

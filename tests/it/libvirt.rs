@@ -659,6 +659,18 @@ fn a_running_guest_s_changed_blocks_are_all_that_is_read_and_a_killed_copy_recov
     assert_eq!(blocks_changed(&next), 1025, "{next}");
     assert_eq!(checkpoints(&hv, "cbt").len(), 1);
 
+    // A drill starts a throw-away copy on an overlay of the raw copy, which it leaves as it
+    // was; the recovery domain (defined by hand) declares its disk raw.
+    let xml = hv
+        .main
+        .virsh("dumpxml --inactive cbt")
+        .replace("/var/lib/libvirt/images/cbt.qcow2", CBT_COPY)
+        .replace("type='qcow2'", "type='raw'");
+    prepare_recovery_host_by_hand(&hv, "cbt");
+    std::fs::write(hv.pra.path("/var/tmp/cbt.xml"), xml).unwrap();
+    hv.pra.virsh("define /var/tmp/cbt.xml");
+    drill_and_check(&hv, "cbt", 12);
+
     // Stopped, it is read by qemu-nbd through the checkpoint's bitmap in the qcow2 file:
     // only the counter's block changed; the copy equals the disk.
     shut_down(&hv, "cbt");
