@@ -624,6 +624,8 @@ fn a_running_guest_s_changed_blocks_are_all_that_is_read_and_a_killed_copy_recov
         "{second}"
     );
     assert_eq!(blocks_changed(&second), 6, "{second}");
+    // The source kept the manifest it sent: only its digest crossed.
+    assert!(second.contains(", 64 of manifest)"), "{second}");
     let now = checkpoints(&hv, "cbt");
     assert_eq!(now.len(), 1, "the older checkpoint is deleted: {now:?}");
     assert_ne!(now, cps);
