@@ -362,11 +362,18 @@ fn replicate_plan(model: &Model, vms: &[VmImages]) -> String {
             vm.id,
             vm.retention
         ));
+        let guest = guest_copies(model, vm);
         let hook = |action| {
-            (!vm.backup)
+            (!vm.backup && guest.is_none())
                 .then(|| snapshot_hook(model, &vm.id, action))
                 .flatten()
         };
+        if let Some(inv) = guest {
+            s.push_str(&format!(
+                "  on {}: changed-block tracking of domain {}: running, `virsh backup-begin` (pull mode, a new checkpoint) and only the blocks written since its copies' checkpoint; stopped, qemu-nbd through that checkpoint's bitmap; else every block (said why); copies are raw images of what the guest sees\n",
+                inv.primary.value, inv.name
+            ));
+        }
         if let Some((host, cmd)) = hook("replicate-begin") {
             s.push_str(&format!("  on {host}: {}\n", cmd));
         }

@@ -6,6 +6,7 @@
 //! The streams are written by hand here, byte by byte, as a hostile helper would: the format
 //! is the one `replica::tree` and `replica::wire` define.
 
+use reprise::replica::protocol::PROTOCOL;
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::MetadataExt as _;
@@ -169,7 +170,10 @@ impl Set {
     }
 }
 
-const HELLO: &str = "{\"hello\":{\"protocol\":2}}\n";
+/// The first line of a tree stream of this protocol.
+fn hello() -> String {
+    format!("{{\"hello\":{{\"protocol\":{PROTOCOL}}}}}\n")
+}
 
 fn entry(data: &[u8]) -> serde_json::Value {
     json!({
@@ -204,7 +208,7 @@ fn end_rec(tree: &Tree) -> Vec<u8> {
 }
 
 fn tree_stream(records: &[Vec<u8>]) -> Vec<u8> {
-    let mut s = HELLO.as_bytes().to_vec();
+    let mut s = hello().as_bytes().to_vec();
     for r in records {
         s.extend_from_slice(r);
     }
@@ -305,7 +309,7 @@ fn touch_and_delete_name_only_files_the_copy_holds_and_touch_keeps_their_content
         "comes twice",
     );
     set.refused(
-        &tree_stream(&[HELLO.as_bytes().to_vec(), end_rec(&base)]),
+        &tree_stream(&[hello().as_bytes().to_vec(), end_rec(&base)]),
         "a second protocol header",
     );
     // A file that is not what its record says.
@@ -512,7 +516,8 @@ fn absurd_sizes_times_lines_and_counts_are_refused_before_anything_is_allocated(
     // An endless line: refused at 64 KiB.
     let before = set.snapshot();
     let err = unlocked(|| {
-        let endless = HELLO.as_bytes().chain(std::io::repeat(b'x'));
+        let first = hello();
+        let endless = first.as_bytes().chain(std::io::repeat(b'x'));
         set.store()
             .apply(&mut std::io::BufReader::new(endless), point("endless"))
     })
@@ -544,9 +549,15 @@ fn a_tree_stream_of_another_protocol_is_refused_naming_both() {
     let base = set.base();
     let v1 = line(json!({"end": {"digest": base.digest()}}));
     let err = set.refused(&v1, "the source helper speaks protocol 1");
-    assert!(err.contains("this helper speaks protocol 2"), "{err}");
-    let v3 = line(json!({"hello": {"protocol": 3}}));
-    set.refused(&v3, "the source helper speaks protocol 3");
+    assert!(
+        err.contains(&format!("this helper speaks protocol {PROTOCOL}")),
+        "{err}"
+    );
+    let next = line(json!({"hello": {"protocol": PROTOCOL + 1}}));
+    set.refused(
+        &next,
+        &format!("the source helper speaks protocol {}", PROTOCOL + 1),
+    );
     set.refused(b"RPRSTR2\n", "did not send a reprise tree stream");
     set.refused(b"", "ended early");
 }
@@ -594,7 +605,7 @@ impl Image {
     /// The header of a stream against the copy's current manifest, announcing `size`.
     fn header(&self, size: u64) -> Vec<u8> {
         let (base, _) = unlocked(|| self.store().base_manifest(false)).unwrap();
-        let mut h = b"RPRSTR2\n".to_vec();
+        let mut h = format!("RPRSTR{PROTOCOL}\n").into_bytes();
         h.extend_from_slice(&base.size.to_le_bytes());
         h.extend_from_slice(&base.whole);
         h.extend_from_slice(&size.to_le_bytes());
@@ -713,7 +724,10 @@ fn a_header_lying_about_the_size_or_the_protocol_is_refused() {
     let mut v1 = img.header(SIZE as u64);
     v1[6] = b'1';
     let err = img.refused(&v1, "the source helper speaks protocol 1");
-    assert!(err.contains("this helper speaks protocol 2"), "{err}");
+    assert!(
+        err.contains(&format!("this helper speaks protocol {PROTOCOL}")),
+        "{err}"
+    );
     let mut v9 = b"RPRSTR9999999999\n".to_vec();
     v9.extend_from_slice(&img.header(SIZE as u64)[8..]);
     img.refused(&v9, "the source helper speaks protocol 9999999999");
@@ -729,7 +743,7 @@ fn a_header_lying_about_the_size_or_the_protocol_is_refused() {
 
     // A first copy announced at 60 TiB: refused at its end, nothing of that size kept.
     let fresh = Store::new(&img.dir.path().join("fresh.img"));
-    let mut s = b"RPRSTR2\n".to_vec();
+    let mut s = format!("RPRSTR{PROTOCOL}\n").into_bytes();
     let empty = reprise::replica::Manifest::empty();
     s.extend_from_slice(&empty.size.to_le_bytes());
     s.extend_from_slice(&empty.whole);
@@ -833,7 +847,7 @@ fn the_helper_says_its_protocol_and_refuses_requests_and_streams_of_another() {
     let (code, out, _) = helper(&["version"], b"");
     assert_eq!(code, 0);
     let hello: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(hello["protocol"], 2, "{out}");
+    assert_eq!(hello["protocol"], PROTOCOL, "{out}");
     assert_eq!(hello["reprise"], env!("CARGO_PKG_VERSION"), "{out}");
 
     let img = Image::new();
@@ -841,10 +855,12 @@ fn the_helper_says_its_protocol_and_refuses_requests_and_streams_of_another() {
     let (code, _, err) = helper(&["points", &copy, "--protocol=1"], b"");
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("the request is of protocol 1") && err.contains("speaks protocol 2"),
+        err.contains("the request is of protocol 1")
+            && err.contains(&format!("speaks protocol {PROTOCOL}")),
         "{err}"
     );
-    let (code, out, err) = helper(&["points", &copy, "--protocol=2"], b"");
+    let current = format!("--protocol={PROTOCOL}");
+    let (code, out, err) = helper(&["points", &copy, &current], b"");
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"p1\""), "{out}");
 
@@ -861,12 +877,14 @@ fn the_helper_says_its_protocol_and_refuses_requests_and_streams_of_another() {
         &at,
         "--source=hv-main:/src",
         "--retention=5",
-        "--protocol=2",
+        &current,
     ];
     let (code, _, err) = helper(&apply, &v1);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("the source helper speaks protocol 1; this helper speaks protocol 2"),
+        err.contains(&format!(
+            "the source helper speaks protocol 1; this helper speaks protocol {PROTOCOL}"
+        )),
         "{err}"
     );
     assert_eq!(img.snapshot(), before);
@@ -1053,7 +1071,7 @@ fn a_helper_of_another_protocol_is_refused_naming_the_host_and_both_versions() {
     let version = env!("CARGO_PKG_VERSION");
     assert!(
         run.stderr.contains(&format!(
-            "hv1: its reprise helper speaks protocol 1 (reprise 0.0.9); this reprise speaks protocol 2 (reprise {version})"
+            "hv1: its reprise helper speaks protocol 1 (reprise 0.0.9); this reprise speaks protocol {PROTOCOL} (reprise {version})"
         )),
         "{run:?}"
     );
@@ -1071,7 +1089,7 @@ fn a_helper_of_another_protocol_is_refused_naming_the_host_and_both_versions() {
         run.stderr
             .contains("hv1: its reprise helper speaks no protocol this reprise knows")
             && run.stderr.contains("unrecognized subcommand")
-            && run.stderr.contains("protocol 2"),
+            && run.stderr.contains(&format!("protocol {PROTOCOL}")),
         "{run:?}"
     );
     // A helper that answers the handshake but streams protocol 1 is caught by the receiver.
@@ -1088,9 +1106,9 @@ fn a_helper_of_another_protocol_is_refused_naming_the_host_and_both_versions() {
     let run = hosts.replicate();
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
-        run.stderr
-            .contains("the source helper speaks protocol 1; this helper speaks protocol 2")
-            && run.stderr.contains("hv1:")
+        run.stderr.contains(&format!(
+            "the source helper speaks protocol 1; this helper speaks protocol {PROTOCOL}"
+        )) && run.stderr.contains("hv1:")
             && run.stderr.contains("hv2:"),
         "{run:?}"
     );
