@@ -183,8 +183,10 @@ pub struct DrillStart {
     pub host: String,
     /// The recovery copies its overlays are backed by.
     pub copies: Vec<String>,
-    /// The recovery host's `overlays_dir`.
-    pub overlays_dir: Option<String>,
+    /// The folder of the recovery host its driver's `drill-start` puts the overlays in: its
+    /// `overlays_dir`, or its `images_dir` for a driver that keeps them among the vm disks
+    /// (Proxmox's storage), with the name of that variable.
+    pub overlays_dir: Option<(String, &'static str)>,
     /// The drill network's name and the driver's check of it.
     pub network: Option<(String, crate::template::Command)>,
 }
@@ -214,6 +216,11 @@ impl Plans {
                 if let Some((host, cmd)) = plan::replicate_hook(model, vm, action) {
                     hooks.push((host, format!("{action} of vm {}", vm.id), cmd.to_string()));
                 }
+            }
+            if let Some(h) = plan::definition_hooks(model, vm) {
+                let what = |action| format!("{action} of vm {}", vm.id);
+                hooks.push((h.from, what("config-capture"), h.capture.to_string()));
+                hooks.push((h.to, what("config-store"), h.store.to_string()));
             }
         }
         let drills = drill_starts(model, &by_mode);
@@ -280,10 +287,7 @@ fn drill_starts(model: &Model, by_mode: &[(String, Result<Plan, String>)]) -> Ve
         let var = |name: &str| match host.and_then(|h| h.vars.get(name)) {
             Some(crate::inventory::VarValue::Text(t)) => Some(t.clone()),
             Some(crate::inventory::VarValue::Secret { .. }) => None,
-            None => crate::inventory::VAR_DEFAULTS
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string()),
+            None => crate::inventory::var_default(name, Some(&vm.driver.value)).map(String::from),
         };
         let network = plan::vm_action_command(
             model,
@@ -298,11 +302,35 @@ fn drill_starts(model: &Model, by_mode: &[(String, Result<Plan, String>)]) -> Ve
             vm: vm.id.clone(),
             host: used.host.clone(),
             copies: used.paths.clone(),
-            overlays_dir: var("overlays_dir").map(|d| d.trim_end_matches('/').to_string()),
+            overlays_dir: overlays_var(inv, vm)
+                .and_then(|name| Some((var(name)?.trim_end_matches('/').to_string(), name))),
             network,
         });
     }
     out
+}
+
+/// The host variable naming the folder `vm`'s driver puts drill overlays in: `overlays_dir`
+/// when its `drill-start` names it, else `images_dir` when it names that one.
+fn overlays_var(
+    inv: &crate::inventory::Inventory,
+    vm: &crate::inventory::Vm,
+) -> Option<&'static str> {
+    let start = inv
+        .drivers
+        .get(&vm.driver.value)?
+        .actions
+        .get("drill-start")?;
+    let names = |var: &str| {
+        start.value.split("{{").skip(1).any(|t| {
+            t.split("}}")
+                .next()
+                .is_some_and(|e| e.trim() == format!("host.{var}"))
+        })
+    };
+    ["overlays_dir", "images_dir"]
+        .into_iter()
+        .find(|v| names(v))
 }
 
 /// Shell words that are not programs to look for.
@@ -1023,7 +1051,7 @@ pub fn questions(
         if let Some((name, cmd)) = &d.network {
             entry.drill_networks.insert(name.clone(), cmd.clone());
         }
-        if let Some(dir) = &d.overlays_dir {
+        if let Some((dir, _)) = &d.overlays_dir {
             entry.space.insert(dir.clone());
         }
         entry.files.extend(d.copies.iter().cloned());
@@ -1665,15 +1693,17 @@ pub fn evaluate(
     }
 
     // Room for the drill overlays on each recovery host (see [`overlay_estimate`]).
-    let mut overlays: BTreeMap<(String, String), (u64, Vec<String>)> = BTreeMap::new();
+    let mut overlays: BTreeMap<(String, String), (u64, Vec<String>, &str)> = BTreeMap::new();
     for d in &plans.drills {
-        let Some(dir) = &d.overlays_dir else { continue };
+        let Some((dir, var)) = &d.overlays_dir else {
+            continue;
+        };
         let Some(probe) = probes.get(&d.host).filter(|p| p.error.is_none()) else {
             continue;
         };
         let entry = overlays
             .entry((d.host.clone(), dir.clone()))
-            .or_insert((0, Vec::new()));
+            .or_insert((0, Vec::new(), var));
         for copy in &d.copies {
             let bytes = probe
                 .stats
@@ -1685,7 +1715,7 @@ pub fn evaluate(
         }
         entry.1.push(d.vm.clone());
     }
-    for ((host, dir), (need, vms)) in overlays {
+    for ((host, dir), (need, vms, var)) in overlays {
         let Some(space) = probes.get(&host).and_then(|p| p.space.get(&dir)) else {
             continue;
         };
@@ -1699,7 +1729,7 @@ pub fn evaluate(
             (
                 ItemStatus::Failed,
                 format!(
-                    "{} free under {dir}, a drill's overlays need about {} ({how}): free space there or move `overlays_dir`",
+                    "{} free under {dir}, a drill's overlays need about {} ({how}): free space there or move `{var}`",
                     human_bytes(space.avail),
                     human_bytes(need)
                 ),
@@ -2371,7 +2401,9 @@ mod tests {
         for (driver, actions) in doc["drivers"].as_table().unwrap() {
             for (action, cmd) in actions.as_table().unwrap() {
                 // `definition_format` names a format, not a command.
-                if !crate::inventory::VM_ACTIONS.contains(&action.as_str()) {
+                if !crate::inventory::VM_ACTIONS.contains(&action.as_str())
+                    && !crate::inventory::DEFINITION_ACTIONS.contains(&action.as_str())
+                {
                     continue;
                 }
                 let mut words = command_words(&rendered(cmd.as_str().unwrap()));
@@ -2395,13 +2427,19 @@ mod tests {
             "libvirt replicate-check: awk sort virsh",
             "libvirt replicate-begin: virsh",
             "libvirt replicate-end: awk grep head qemu-img rm sed virsh virt-xml",
-            "proxmox start: qm",
+            "proxmox config-capture: qm",
+            "proxmox config-store: cat grep mkdir mv rm sync",
+            "proxmox start: awk grep qm",
             "proxmox stop: qm",
             "proxmox status: qm",
             "proxmox autostart-off: qm",
             "proxmox autostart-on: qm",
-            "proxmox drill-start: qm",
-            "proxmox drill-stop: awk grep qm",
+            "proxmox drill-start: awk ip mkdir qemu-img qm",
+            "proxmox drill-network-check: awk ip",
+            "proxmox drill-stop: grep qemu-img qm rm rmdir",
+            "proxmox replicate-check: qm",
+            "proxmox replicate-begin: qm rm",
+            "proxmox replicate-end: qm rm",
             "lab start: lab-vm",
             "lab stop: lab-vm",
             "lab status: lab-vm",
@@ -2481,6 +2519,30 @@ mod tests {
         )
         .unwrap();
         Model::load(sources).map(|(m, _)| m).unwrap()
+    }
+
+    /// Drill overlays are counted where the driver's `drill-start` makes them: libvirt's
+    /// under `overlays_dir`, Proxmox's among the vm disks of its storage (`images_dir`).
+    #[test]
+    fn drill_overlays_are_counted_in_the_folder_the_driver_puts_them_in() {
+        let mut model = example();
+        let vm = model.inventory.vms.values().next().unwrap().clone();
+        assert_eq!(vm.driver.value, "libvirt");
+        assert_eq!(overlays_var(&model.inventory, &vm), Some("overlays_dir"));
+        let mut pve = vm.clone();
+        pve.driver.value = "proxmox".into();
+        assert_eq!(overlays_var(&model.inventory, &pve), Some("images_dir"));
+        model
+            .inventory
+            .drivers
+            .get_mut("libvirt")
+            .unwrap()
+            .actions
+            .insert(
+                "drill-start".into(),
+                crate::fields::Sp::new("start-a-copy {{ vm.name }}".into(), vm.driver.loc.clone()),
+            );
+        assert_eq!(overlays_var(&model.inventory, &vm), None);
     }
 
     /// A lag unknown or over its RPO stops a planned failover that switches that service
@@ -2617,6 +2679,7 @@ mod tests {
                     duration_ms: 0,
                     stamp: None,
                     definition: None,
+                    read: None,
                 }];
             }
             pra.copies.insert(r.copy.clone(), state);

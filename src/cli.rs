@@ -402,18 +402,25 @@ pub enum Command {
     /// changed, and make each a verified replica point.
     ///
     /// A running VM's disks are frozen by its driver's snapshot hooks (`replicate-begin`,
-    /// `replicate-end`) while they are read; `--dry-run` shows them.
+    /// `replicate-end`) while they are read (a VM that cannot be frozen is not copied); its
+    /// definition goes with them when its driver carries one (`config-capture`,
+    /// `config-store`: Proxmox's `qm config`); `--dry-run` shows them.
     #[command(
-        after_help = "Examples:\n  reprise replicate\n  reprise replicate --service erp-db --verify\n  REPRISE_HERE=hv-pra reprise replicate --compress    (on the recovery host, over a slow link)"
+        after_help = "Examples:\n  reprise replicate\n  reprise replicate --service erp-db --verify\n  reprise replicate --scan    (every block read, also for vms with changed_blocks)\n  REPRISE_HERE=hv-pra reprise replicate --compress    (on the recovery host, over a slow link)"
     )]
     Replicate {
         /// Only the vm of this service (or this vm) (repeatable).
         #[arg(long = "service", value_name = "SERVICE")]
         services: Vec<String>,
-        /// Read the recovery copies again instead of trusting their manifests.
+        /// Read the recovery copies again instead of trusting their manifests (and every
+        /// block of the sources, as with `--scan`).
         #[arg(long)]
         verify: bool,
-        /// Show what it would do (the driver's snapshot hooks, the copies) and do nothing.
+        /// Read and hash every block of the sources, even of a vm with `changed_blocks`
+        /// (whose dirty bitmaps prove what was written, not what is on disk).
+        #[arg(long)]
+        scan: bool,
+        /// Show what it would do (the driver's hooks, the copies) and do nothing.
         #[arg(long)]
         dry_run: bool,
         /// Compress the changed blocks of vm disks with zstd on the source, for a slow link
@@ -998,10 +1005,19 @@ pub fn run(cli: &Cli) -> Outcome {
         Command::Replicate {
             services,
             verify,
+            scan,
             dry_run,
             compress,
             ssh,
-        } => replicate::replicate(&model, services, *verify, *dry_run, *compress, ssh),
+        } => replicate::replicate(
+            &model,
+            services,
+            *verify,
+            *scan || *verify,
+            *dry_run,
+            *compress,
+            ssh,
+        ),
         Command::Points { vm, json, ssh } => replicate::points(&model, vm, *json, ssh),
         Command::Verify { vm, point, ssh } => {
             replicate::verify(&model, vm.as_deref(), point.as_deref(), ssh)

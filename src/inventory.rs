@@ -240,6 +240,9 @@ pub struct Vm {
     /// Its NICs keep their MAC addresses when it is defined on the other site (`macs =
     /// "keep"`, the default), or get new ones from the hypervisor (`"new"`).
     pub keep_macs: bool,
+    /// Copies are of the disk as the guest sees it (raw images), read through QEMU: a running
+    /// libvirt domain's only where its dirty bitmaps say it changed since the last point.
+    pub changed_blocks: bool,
     pub loc: Location,
 }
 
@@ -275,6 +278,11 @@ pub const VM_ACTIONS: &[&str] = &[
     "define",
     "undefine",
 ];
+
+/// Driver actions that are no runbook step: a vm's definition captured on its primary host
+/// with each replication (`config-capture` prints it) and kept on its recovery host
+/// (`config-store` reads it on its standard input).
+pub const DEFINITION_ACTIONS: &[&str] = &["config-capture", "config-store"];
 
 /// A hypervisor driver: one command template per VM action.
 #[derive(Debug, Clone)]
@@ -502,6 +510,7 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
             let keep_macs = t
                 .choice("macs", &["keep", "new"], diags)
                 .is_none_or(|m| m.value == "keep");
+            let changed_blocks = t.bool("changed_blocks", diags).unwrap_or(false);
             let vm = Vm {
                 keep_macs,
                 id: id.value.clone(),
@@ -516,6 +525,7 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
                 retention,
                 vmid,
                 rpo,
+                changed_blocks,
                 loc: id.loc.clone(),
             };
             insert_unique(&mut inv.vms, "vm", id, vm, |v| &v.loc, diags);
@@ -551,7 +561,7 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
         });
         for_each_entry(&mut root, "drivers", diags, |id, t, diags| {
             let mut actions = IndexMap::new();
-            for action in VM_ACTIONS {
+            for action in VM_ACTIONS.iter().chain(DEFINITION_ACTIONS) {
                 if let Some(cmd) = t.text(action, diags) {
                     actions.insert(action.to_string(), cmd);
                 }
@@ -585,7 +595,78 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
         apply_overlay(&mut inv, file, sources.map.text(file), diags);
     }
     check_references(&inv, diags);
+    check_proxmox(&inv, diags);
     inv
+}
+
+/// A vm of the built-in `proxmox` driver names its disks as Proxmox's directory storage does
+/// (`<vmid>/vm-<vmid>-<name>.<qcow2|raw|vmdk>` under the storage's `images` folder, the host's
+/// `images_dir`) and has a vmid Proxmox accepts (100 and up; its drill copy takes
+/// 900000 + vmid, at most 999999999); its recovery node's drill network is a bridge name
+/// Linux accepts (at most 15 characters).
+fn check_proxmox(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
+    let mut bridges_told = std::collections::BTreeSet::new();
+    for vm in inv.vms.values().filter(|v| v.driver.value == "proxmox") {
+        if let Some(host) = inv.hosts.get(&vm.recovery.value)
+            && let Some(VarValue::Text(bridge)) = host.vars.get("drill_network")
+            && bridge.len() > 15
+            && bridges_told.insert(host.id.clone())
+        {
+            diags.push(
+                Diagnostic::error(format!(
+                    "host `{}`: drill_network `{bridge}` is not a bridge name (at most 15 characters), and the proxmox vm `{}` is drilled there",
+                    host.id, vm.id
+                ))
+                .at(host.loc.clone())
+                .hint(format!(
+                    "a Proxmox node's drill network is a Linux bridge, such as `{PROXMOX_DRILL_BRIDGE}`"
+                )),
+            );
+        }
+        let Some(vmid) = vm.vmid else {
+            diags.push(
+                Diagnostic::error(format!(
+                    "vm `{}` uses the proxmox driver but has no `vmid`",
+                    vm.id
+                ))
+                .at(vm.loc.clone())
+                .hint("add its Proxmox VE id: `vmid = 120`"),
+            );
+            continue;
+        };
+        if !(100..=999_099_999).contains(&vmid) {
+            diags.push(
+                Diagnostic::error(format!(
+                    "vm `{}`: vmid {vmid} is not one the proxmox driver can use",
+                    vm.id
+                ))
+                .at(vm.loc.clone())
+                .hint("Proxmox VE reserves the ids below 100, and a drill copy takes the id 900000 + vmid (at most 999999999)"),
+            );
+        }
+        let prefix = format!("{vmid}/vm-{vmid}-");
+        for (disk, loc) in vm.disks.iter().zip(&vm.disks_at) {
+            let name = disk.strip_prefix(&prefix);
+            let format_ok = name.is_some_and(|n| {
+                !n.contains('/')
+                    && n.rsplit_once('.').is_some_and(|(stem, ext)| {
+                        !stem.is_empty() && matches!(ext, "qcow2" | "raw" | "vmdk")
+                    })
+            });
+            if !format_ok {
+                diags.push(
+                    Diagnostic::error(format!(
+                        "disk `{disk}` of vm `{}` is not a volume of vmid {vmid} in Proxmox's layout",
+                        vm.id
+                    ))
+                    .at(loc.clone())
+                    .hint(format!(
+                        "a directory storage keeps vmid {vmid}'s disks as `{vmid}/vm-{vmid}-disk-N.qcow2` (or .raw, .vmdk) in its `images` folder: `pvesm path local:{vmid}/vm-{vmid}-disk-0.qcow2` prints the file"
+                    )),
+                );
+            }
+        }
+    }
 }
 
 /// Applies an overlay: for an environment such as the lab, new values for some keys of
@@ -875,6 +956,23 @@ pub const VAR_DEFAULTS: &[(&str, &str)] = &[
 
 /// The drill network of a recovery host that names none.
 pub const DEFAULT_DRILL_NETWORK: &str = "reprise-drill";
+
+/// The drill network of a Proxmox node that names none: a Linux bridge (Proxmox's `vmbrN`
+/// naming), where libvirt's is a network object.
+pub const PROXMOX_DRILL_BRIDGE: &str = "vmbr-drill";
+
+/// The value a host variable of [`VAR_DEFAULTS`] takes when the host does not give it, for a
+/// vm of `driver` (`None` for a step about no vm): a Proxmox node's drill network is the bridge
+/// [`PROXMOX_DRILL_BRIDGE`].
+pub fn var_default(name: &str, driver: Option<&str>) -> Option<&'static str> {
+    match (name, driver) {
+        ("drill_network", Some("proxmox")) => Some(PROXMOX_DRILL_BRIDGE),
+        _ => VAR_DEFAULTS
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| *v),
+    }
+}
 
 /// What is wrong with a value of `drill_network` or `drill_address`, if anything.
 fn drill_var_problem(key: &str, value: &str) -> Option<String> {

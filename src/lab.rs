@@ -28,6 +28,8 @@ use crate::model::Model;
 use crate::plan::{self, Action, PlanOptions};
 use crate::runbook::Mode;
 
+mod qm;
+
 /// The port every lab sshd listens on (each on its own address).
 pub const SSH_PORT: u16 = 2222;
 
@@ -37,6 +39,7 @@ const IMAGE_SIZE: &str = "64M";
 /// The commands that lab hosts answer with stand-ins.
 pub const STAND_INS: &[&str] = &[
     "lab-vm",
+    "qm",
     "systemctl",
     "iptables-restore",
     "iptables",
@@ -127,6 +130,10 @@ pub struct LabVm {
     pub recovery_address: String,
     pub disks: Vec<String>,
     pub ports: Vec<u16>,
+    /// A Proxmox vm (driver `proxmox`) keeps its driver in the lab: the `qm` stand-in plays it
+    /// under this vmid.
+    #[serde(default)]
+    pub vmid: Option<u32>,
 }
 
 impl LabState {
@@ -238,8 +245,14 @@ fn overlay_text(
         }
     }
     for (id, vm) in vms {
+        // A Proxmox vm keeps its driver: the `qm` stand-in plays it.
+        let driver = if vm.vmid.is_some() {
+            ""
+        } else {
+            "driver = \"lab\"\n"
+        };
         out.push_str(&format!(
-            "\n[vms.{id}]\ndriver = \"lab\"\naddress = {}\nrecovery_address = {}\n",
+            "\n[vms.{id}]\n{driver}address = {}\nrecovery_address = {}\n",
             toml_str(&vm.primary_address),
             toml_str(&vm.recovery_address)
         ));
@@ -466,10 +479,12 @@ fn calls(model: &Model, lab: &Path) -> Calls {
 }
 
 /// The absolute paths a command names literally: words (or parts after `=`, `<`, `>`, a
-/// quote…) that start with `/`.
+/// quote…) that start with `/`. A word with a pattern character (`^$*+?[]\\`) is a pattern
+/// (an awk or sed regex such as `/^net[0-9]+$/`), not a path.
 fn absolute_paths(text: &str) -> Vec<&str> {
     text.split(|c: char| c.is_whitespace() || "'\"=<>;|&(){}`,".contains(c))
         .filter(|w| w.starts_with('/') && w.len() > 1)
+        .filter(|w| !w.contains(|c: char| "^$*+?[]\\".contains(c)))
         .collect()
 }
 
@@ -561,6 +576,7 @@ fn bring_up(
                 recovery_address: format!("127.{net}.2.{}", 10 + j),
                 disks: vm.disks.clone(),
                 ports: Vec::new(),
+                vmid: vm.vmid.filter(|_| vm.driver.value == "proxmox"),
             },
         );
     }
@@ -782,6 +798,8 @@ fn bring_up(
         }
     }
 
+    proxmox_nodes(&model, &state)?;
+
     // Production is running: every host's services, except the standby ones of the recovery
     // site (its VPN server and firewall wait for a failover); the VMs on their primary host.
     for (id, host) in &state.hosts {
@@ -826,6 +844,77 @@ fn bring_up(
     }
     seed_points(&model)?;
     Ok(state)
+}
+
+/// The bridges of a lab Proxmox node with their ports (`bridge-ports`): production's, each on
+/// a physical NIC, and the isolated drill bridge, with none.
+pub const PROXMOX_BRIDGES: &[(&str, &str)] = &[
+    ("vmbr0", "eno1"),
+    ("vmbr1", "eno2"),
+    (crate::inventory::PROXMOX_DRILL_BRIDGE, "none"),
+];
+
+/// What a Proxmox VE node holds for the `qm` stand-in, on each host of a Proxmox vm: its
+/// directory storage `local` (`/etc/pve/storage.cfg`, whose `images` folder is the host's
+/// `images_dir`), its bridges (`/etc/network/interfaces`), and on the primary each vm's
+/// configuration (`/etc/pve/qemu-server/<vmid>.conf`: two NICs, its disks as volumes of
+/// `local`, the guest agent on). The recovery node gets no vm configuration: replication
+/// brings it (the driver's `config-capture`).
+fn proxmox_nodes(model: &Model, state: &LabState) -> Result<(), LabError> {
+    for vm in state.vms.values() {
+        let Some(vmid) = vm.vmid else { continue };
+        for host in [&vm.primary_host, &vm.recovery_host] {
+            let root = host_root(&state.dir, host);
+            let Some(VarValue::Text(images)) = model.inventory.hosts[host].vars.get("images_dir")
+            else {
+                continue;
+            };
+            let Some(storage) = images.strip_suffix("/images") else {
+                return Err(LabError::Command {
+                    command: format!("a Proxmox node for vm {}", vm.name),
+                    stderr: format!(
+                        "host {host}: images_dir {images} is not the `images` folder of a directory storage (e.g. /var/lib/vz/images)"
+                    ),
+                });
+            };
+            let pve = root.join("etc/pve");
+            std::fs::create_dir_all(pve.join("qemu-server")).map_err(io("create", &pve))?;
+            let cfg = pve.join("storage.cfg");
+            std::fs::write(
+                &cfg,
+                format!("dir: local\n\tpath {storage}\n\tcontent images,iso,backup\n"),
+            )
+            .map_err(io("write", &cfg))?;
+            let net = root.join("etc/network");
+            std::fs::create_dir_all(&net).map_err(io("create", &net))?;
+            let interfaces: String = PROXMOX_BRIDGES
+                .iter()
+                .map(|(b, ports)| {
+                    format!(
+                        "auto {b}\niface {b} inet manual\n\tbridge-ports {ports}\n\tbridge-stp off\n\n"
+                    )
+                })
+                .collect();
+            std::fs::write(net.join("interfaces"), interfaces).map_err(io("write", &net))?;
+        }
+        let conf = host_root(&state.dir, &vm.primary_host)
+            .join("etc/pve/qemu-server")
+            .join(format!("{vmid}.conf"));
+        let mut text = format!(
+            "agent: 1\nboot: order=scsi0\ncores: 1\nmemory: 512\nmeta: creation-qemu=9.0.2,ctime=1764547200\nname: {}\n\
+             net0: virtio=BC:24:11:00:{:02X}:01,bridge=vmbr0\nnet1: virtio=BC:24:11:00:{:02X}:02,bridge=vmbr1,tag=20\n\
+             onboot: 1\nostype: l26\nscsihw: virtio-scsi-single\n",
+            vm.name,
+            vmid % 256,
+            vmid % 256
+        );
+        for (i, disk) in vm.disks.iter().enumerate() {
+            text.push_str(&format!("scsi{i}: local:{disk},iothread=1,size=64M\n"));
+        }
+        text.push_str("vmgenid: 0f9d1d4e-6a51-4f7e-9a43-1d2b3c4d5e6f\n");
+        std::fs::write(&conf, text).map_err(io("write", &conf))?;
+    }
+    Ok(())
 }
 
 /// Last night's replication, as cron leaves it on a real site: every vm disk and backup set
@@ -934,7 +1023,7 @@ fn seed_points(model: &Model) -> Result<(), LabError> {
                     let done = if *folder {
                         helpers.replicate_tree(from, src, to, dst, &r)
                     } else {
-                        helpers.replicate(from, src, to, dst, &r)
+                        helpers.replicate(from, src, to, dst, &r, None)
                     };
                     done.err()
                         .map(|e| format!("{from}:{src} → {to}:{dst}: {e}"))
@@ -949,6 +1038,19 @@ fn seed_points(model: &Model) -> Result<(), LabError> {
             })
             .collect()
     });
+    let mut failed = failed;
+    // The vms' definitions go with their disks (a Proxmox vm's `qm config`).
+    if failed.is_empty() {
+        for vm in inv.vms.values() {
+            if let Some(hooks) = plan::definition_hooks(model, vm)
+                && let Err(e) = crate::replica::definition::carry(&transport, &hooks, &|n| {
+                    std::env::var(n).ok()
+                })
+            {
+                failed.push(format!("vm {}: {e}", vm.id));
+            }
+        }
+    }
     if failed.is_empty() {
         Ok(())
     } else {
@@ -1471,6 +1573,7 @@ pub fn stub(name: &str, args: &[String]) -> i32 {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     match name {
         "lab-vm" => lab_vm(&state, &host, args),
+        "qm" => qm::qm(&state, &host, &root, args),
         "systemctl" => {
             // `systemctl is-active --quiet UNIT`: the unit is the first word not an option.
             let verb = arg(0);
@@ -1571,6 +1674,9 @@ pub fn stub(name: &str, args: &[String]) -> i32 {
             }
             0
         }
+        // `ip -o link show dev BRIDGE` and `ip -o link show master BRIDGE` on a Proxmox node
+        // answer from its bridges; anything else as before.
+        "ip" if qm::is_bridge_query(args) => qm::ip(&state, &host, &root, args),
         "ip" => {
             println!("1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 state UNKNOWN (lab)");
             0

@@ -1042,7 +1042,13 @@ async fn run_step_inner(
             retention,
             snapshot,
             capture,
+            definition,
+            guest,
         } => {
+            if *guest == Some(true) {
+                let e = "its copies are raw images of the disks as the guest sees them (changed_blocks): copying them back over the primary's disks is not done by reprise yet; convert each copy by hand (qemu-img convert -O qcow2 COPY DISK) with the vm stopped".to_string();
+                return outcome(StepStatus::Failed, 1, Some(e));
+            }
             // A snapshot left on the source by an interrupted replication: the disks are stale
             // (the vm wrote to the overlay), so it is merged back before they are read.
             let mut settled = String::new();
@@ -1101,7 +1107,7 @@ async fn run_step_inner(
             // Every disk of a vm gets the same point.
             let taken_at = Utc::now();
             // The vm's definition goes with the point (beside the copy of its first disk).
-            let mut definition = None;
+            let mut captured_def = None;
             if let (Some(cmd), Some((_, first))) = (capture, items.first()) {
                 let captured = match cmd.expose(|n| (ctx.secrets)(n)) {
                     Err(missing) => Err(format!("secret {missing} is not set in the environment")),
@@ -1127,7 +1133,7 @@ async fn run_step_inner(
                         report.push_str(&format!(
                             "definition captured on {from_host} (BLAKE3 {h})\n"
                         ));
-                        definition = Some(h);
+                        captured_def = Some(h);
                     }
                     Err(e) => {
                         let _ = tx.send(Msg::Event(Event::StepOutput {
@@ -1149,10 +1155,39 @@ async fn run_step_inner(
                 reread: false,
                 compress: false,
                 deadline,
-                definition,
+                definition: captured_def,
             };
+            // A running vm's disks are frozen by its driver while they are read
+            // (`replicate-begin`), and `replicate-end` undoes it on every way out.
+            let freeze = snapshot
+                .as_ref()
+                .and_then(|h| Some((h.host.clone(), h.begin.clone()?, h.end.clone())));
+            let mut failed = None;
+            if let Some((host, begin, _)) = &freeze {
+                match run_hook(&ctx, host, begin).await {
+                    Ok(out) => report.push_str(&out),
+                    Err(e) => {
+                        failed = Some(format!(
+                            "the disks could not be frozen for the copy (replicate-begin on {host}: {e}); not replicated, the copy keeps its last point"
+                        ))
+                    }
+                }
+            }
             let mut point = None;
-            for (i, (src, dst)) in items.iter().enumerate() {
+            // A vm with changed_blocks, read by a step (a final sync, its vm stopped or frozen
+            // above): every block of its qcow2 disks through qemu-nbd, which refuses a disk a
+            // running vm writes; the next `reprise replicate` starts a checkpoint again.
+            let read = guest.map(|_| crate::replica::remote::GuestRead {
+                nbd: None,
+                format: crate::replica::protocol::DiskFormat::Qcow2,
+                bitmap: None,
+                how: crate::replica::store::HowRead {
+                    mode: crate::replica::store::ReadMode::Scan,
+                    why: Some("read by a runbook step, which starts no checkpoint".into()),
+                    checkpoint: None,
+                },
+            });
+            for (i, (src, dst)) in items.iter().enumerate().filter(|_| failed.is_none()) {
                 // Only the first disk's point records the definition (it is kept beside it).
                 if i == 1 {
                     replication.definition = None;
@@ -1165,6 +1200,7 @@ async fn run_step_inner(
                     to_host,
                     dst,
                     &replication,
+                    read.as_ref(),
                 )
                 .await
                 .map(|t| {
@@ -1173,6 +1209,51 @@ async fn run_step_inner(
                 });
                 match copied {
                     Ok(line) => report.push_str(&line),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some((host, _, end)) = &freeze {
+                match run_hook(&ctx, host, end).await {
+                    Ok(out) => report.push_str(&out),
+                    Err(e) => {
+                        let e = format!(
+                            "what froze the disks was NOT undone (replicate-end on {host}: {e}); run on {host}: {end}"
+                        );
+                        failed = Some(match failed {
+                            Some(first) => format!("{first}; {e}"),
+                            None => e,
+                        });
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                let _ = tx.send(Msg::Event(Event::StepOutput {
+                    at: Utc::now(),
+                    step: step.id.clone(),
+                    attempt: 1,
+                    stdout: report,
+                    stderr: e.clone(),
+                    exit_code: None,
+                }));
+                return outcome(StepStatus::Failed, 1, Some(e));
+            }
+            // The vm's definition goes with the disks it describes.
+            if let Some(hooks) = definition.as_deref().cloned() {
+                let transport = ctx.transport.clone();
+                let secrets = ctx.secrets.clone();
+                let carried = tokio::task::spawn_blocking(move || {
+                    crate::replica::definition::carry(transport.as_ref(), &hooks, &|n| (secrets)(n))
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("the definition task failed: {e}")));
+                match carried {
+                    Ok(line) => {
+                        report.push_str(&line);
+                        report.push('\n');
+                    }
                     Err(e) => {
                         let _ = tx.send(Msg::Event(Event::StepOutput {
                             at: Utc::now(),
@@ -1214,8 +1295,31 @@ async fn run_step_inner(
     }
 }
 
+/// Runs a driver hook of a replication on `host`: its output, or why it failed.
+async fn run_hook(ctx: &Arc<RunContext>, host: &str, cmd: &Command) -> Result<String, String> {
+    let text = cmd
+        .expose(|n| (ctx.secrets)(n))
+        .map_err(|missing| format!("secret {missing} is not set in the environment"))?;
+    let (transport, host) = (ctx.transport.clone(), host.to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        transport.exec(&host, &text, StdDuration::from_secs(600))
+    })
+    .await
+    .map_err(|e| format!("the hook task failed: {e}"))?
+    .map_err(|e| e.to_string())?;
+    if out.exit_code != 0 {
+        return Err(format!(
+            "exited with {}: {}",
+            out.exit_code,
+            out.stderr.trim()
+        ));
+    }
+    Ok(out.stdout)
+}
+
 /// Brings one vm disk's recovery copy (or a backup set's folder, file by file) up to date
 /// through the replication helpers, as a new point (see [`crate::replica`]).
+#[allow(clippy::too_many_arguments)]
 async fn replicate_image(
     ctx: &RunContext,
     folder: bool,
@@ -1224,21 +1328,23 @@ async fn replicate_image(
     to: &str,
     dst: &str,
     replication: &crate::replica::remote::Replication,
+    guest: Option<&crate::replica::remote::GuestRead>,
 ) -> Result<crate::replica::ImageTransfer, String> {
     let transport = ctx.transport.clone();
-    let (from, src, to, dst, r) = (
+    let (from, src, to, dst, r, guest) = (
         from.to_string(),
         src.to_string(),
         to.to_string(),
         dst.to_string(),
         replication.clone(),
+        guest.cloned(),
     );
     tokio::task::spawn_blocking(move || {
         let helpers = crate::replica::remote::Helpers::new(transport.as_ref());
         if folder {
             helpers.replicate_tree(&from, &src, &to, &dst, &r)
         } else {
-            helpers.replicate(&from, &src, &to, &dst, &r)
+            helpers.replicate(&from, &src, &to, &dst, &r, guest.as_ref())
         }
     })
     .await
@@ -1641,7 +1747,7 @@ async fn define_vm(
     );
     tokio::task::spawn_blocking(move || {
         let helpers = crate::replica::remote::Helpers::new(transport.as_ref());
-        let d = d2;
+        let mut d = d2;
         let (def, point, from) = match source {
             Ok(point) => {
                 let point = match point {
@@ -1652,12 +1758,17 @@ async fn define_vm(
                         crate::replica::definitions::newest(&helpers, &d.from_host, &d.from_copy)?
                     }
                 };
-                let (def, hash) = crate::replica::definitions::fetch(
+                let (def, hash, guest_view) = crate::replica::definitions::fetch(
                     &helpers,
                     &d.from_host,
                     &d.from_copy,
                     &point,
                 )?;
+                // Copies read as the guest sees its disks are raw, whatever the primary's
+                // disks are: the vm reads them as raw (a drill's overlays stay qcow2).
+                if guest_view && d.fit.disk_format.is_none() {
+                    d.fit.disk_format = Some("raw".into());
+                }
                 let from = format!("the definition of point {point} (BLAKE3 {})", &hash[..16]);
                 (def, point, from)
             }

@@ -335,12 +335,51 @@ fn capture_action(model: &Model, vm: &VmImages) -> Option<(String, crate::templa
     crate::plan::replicate_hook(model, v, "definition")
 }
 
-/// Runs a snapshot hook; the error says what to do by hand.
+/// Captures the definition of `vm` from its primary, stored beside the copy of its first disk
+/// (`None`: its driver carries none); `Err` when it cannot be, said in `out` (the vm is then not
+/// replicated: its copies stay as they were).
+fn capture_definition(
+    model: &Model,
+    helpers: &Helpers,
+    vm: &VmImages,
+    out: &mut Outcome,
+) -> Result<Option<String>, ()> {
+    let (Some((host, cmd)), Some(first)) = (capture_action(model, vm), vm.images.first()) else {
+        return Ok(None);
+    };
+    let captured = cmd
+        .expose(|n| std::env::var(n).ok())
+        .map_err(|m| format!("secret {m} is not set in the environment"))
+        .and_then(|text| {
+            crate::replica::definitions::capture(helpers, &host, &text, &first.to, &first.dst)
+        });
+    match captured {
+        Ok(h) => {
+            out.stdout.push_str(&format!(
+                "{}: definition captured on {host} (BLAKE3 {})\n",
+                vm.id,
+                &h[..16]
+            ));
+            Ok(Some(h))
+        }
+        Err(e) => {
+            out.stderr.push_str(&format!(
+                "error: {}: {e}; not replicated, its copy is as it was\n",
+                vm.id
+            ));
+            out.code = exit::FAILED;
+            Err(())
+        }
+    }
+}
+
+/// Runs a snapshot hook: its duration and what it printed (each line for `vm`); the error
+/// says what to do by hand.
 fn run_hook(
     transport: &dyn crate::ssh::Transport,
     host: &str,
     cmd: &crate::template::Command,
-) -> Result<f64, String> {
+) -> Result<(f64, String), String> {
     let text = cmd
         .expose(|n| std::env::var(n).ok())
         .map_err(|e| e.to_string())?;
@@ -355,7 +394,16 @@ fn run_hook(
             out.stderr.trim()
         ));
     }
-    Ok(began.elapsed().as_secs_f64())
+    Ok((began.elapsed().as_secs_f64(), out.stdout))
+}
+
+/// What a hook printed, each line for `vm`.
+fn hook_lines(vm: &str, stdout: &str) -> String {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{vm}: {}\n", l.trim_end()))
+        .collect()
 }
 
 /// `reprise replicate --dry-run`: what it would do, vm by vm.
@@ -368,11 +416,18 @@ fn replicate_plan(model: &Model, vms: &[VmImages]) -> String {
             vm.id,
             vm.retention
         ));
+        let guest = guest_copies(model, vm);
         let hook = |action| {
-            (!vm.backup)
+            (!vm.backup && guest.is_none())
                 .then(|| snapshot_hook(model, &vm.id, action))
                 .flatten()
         };
+        if let Some(inv) = guest {
+            s.push_str(&format!(
+                "  on {}: changed-block tracking of domain {}: running, `virsh backup-begin` (pull mode, a new checkpoint) and only the blocks written since its copies' checkpoint; stopped, qemu-nbd through that checkpoint's bitmap; else every block (said why); copies are raw images of what the guest sees\n",
+                inv.primary.value, inv.name
+            ));
+        }
         if let Some((host, cmd)) = hook("replicate-begin") {
             s.push_str(&format!("  on {host}: {}\n", cmd));
         }
@@ -387,6 +442,16 @@ fn replicate_plan(model: &Model, vms: &[VmImages]) -> String {
         }
         if let Some((host, cmd)) = hook("replicate-end") {
             s.push_str(&format!("  on {host}: {}\n", cmd));
+        }
+        if let Some(h) = (!vm.backup)
+            .then(|| model.inventory.vms.get(&vm.id))
+            .flatten()
+            .and_then(|v| crate::plan::definition_hooks(model, v))
+        {
+            s.push_str(&format!(
+                "  definition: on {}: {} | on {}: {}\n",
+                h.from, h.capture, h.to, h.store
+            ));
         }
     }
     s
@@ -453,6 +518,7 @@ pub fn replicate(
     model: &Model,
     services: &[String],
     verify: bool,
+    scan: bool,
     dry_run: bool,
     compress: bool,
     ssh: &SshArgs,
@@ -489,7 +555,9 @@ pub fn replicate(
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
         });
-        let out = replicate_all(model, &vms, verify, compress, &transport, &stop, &shutdown);
+        let out = replicate_all(
+            model, &vms, verify, scan, compress, &transport, &stop, &shutdown,
+        );
         finished.store(true, Ordering::Relaxed);
         out
     });
@@ -514,8 +582,9 @@ impl Snapshot<'_> {
             return Ok(None);
         };
         match run_hook(self.transport, &host, &cmd) {
-            Ok(secs) => Ok(Some(format!(
-                "{}: snapshot merged back (replicate-end on {host}, {secs:.1}s)\n",
+            Ok((secs, said)) => Ok(Some(format!(
+                "{}{}: snapshot merged back (replicate-end on {host}, {secs:.1}s)\n",
+                hook_lines(&self.vm, &said),
                 self.vm
             ))),
             Err(e) => Err(format!(
@@ -534,10 +603,12 @@ impl Drop for Snapshot<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn replicate_all(
     model: &Model,
     vms: &[VmImages],
     verify: bool,
+    scan: bool,
     compress: bool,
     transport: &crate::ssh::SshTransport,
     stop: &std::sync::atomic::AtomicBool,
@@ -561,6 +632,22 @@ fn replicate_all(
     for vm in vms {
         if stopped() {
             left.push(&vm.id);
+            continue;
+        }
+        if let Some(inv) = guest_copies(model, vm) {
+            let Ok(definition) = capture_definition(model, &helpers, vm, &mut out) else {
+                continue;
+            };
+            let r = Replication {
+                point: point_id(Utc::now()),
+                taken_at: Utc::now(),
+                retention: vm.retention,
+                definition,
+                reread: verify,
+                compress,
+                deadline: std::time::Duration::from_secs(7200),
+            };
+            replicate_guest(vm, inv, transport, &helpers, &r, scan, &stopped, &mut out);
             continue;
         }
         let hook = |action| {
@@ -597,35 +684,9 @@ fn replicate_all(
         }
         // The vm's definition goes with the point, beside the copy of its first disk: read
         // before the snapshot, which points the defined domain at its overlays.
-        let mut definition = None;
-        if let (Some((host, cmd)), Some(first)) = (capture_action(model, vm), vm.images.first()) {
-            let captured = cmd
-                .expose(|n| std::env::var(n).ok())
-                .map_err(|m| format!("secret {m} is not set in the environment"))
-                .and_then(|text| {
-                    crate::replica::definitions::capture(
-                        &helpers, &host, &text, &first.to, &first.dst,
-                    )
-                });
-            match captured {
-                Ok(h) => {
-                    out.stdout.push_str(&format!(
-                        "{}: definition captured on {host} (BLAKE3 {})\n",
-                        vm.id,
-                        &h[..16]
-                    ));
-                    definition = Some(h);
-                }
-                Err(e) => {
-                    out.stderr.push_str(&format!(
-                        "error: {}: {e}; not replicated, its copy is as it was\n",
-                        vm.id
-                    ));
-                    out.code = exit::FAILED;
-                    continue;
-                }
-            }
-        }
+        let Ok(definition) = capture_definition(model, &helpers, vm, &mut out) else {
+            continue;
+        };
         // A running vm's disks are frozen by its driver's snapshot while they are read.
         let mut snapshot = Snapshot {
             transport,
@@ -637,8 +698,9 @@ fn replicate_all(
             snapshot.end = hook("replicate-end");
             frozen = true;
             match run_hook(transport, &host, &cmd) {
-                Ok(secs) => out.stdout.push_str(&format!(
-                    "{}: disks frozen for the copy (replicate-begin on {host}, {secs:.1}s)\n",
+                Ok((secs, said)) => out.stdout.push_str(&format!(
+                    "{}{}: disks frozen for the copy (replicate-begin on {host}, {secs:.1}s)\n",
+                    hook_lines(&vm.id, &said),
                     vm.id
                 )),
                 Err(e) => {
@@ -665,6 +727,7 @@ fn replicate_all(
             deadline: std::time::Duration::from_secs(7200),
             definition,
         };
+        let mut copied_all = true;
         for (i, img) in vm.images.iter().enumerate() {
             // Only the first disk's point records the definition (it is kept beside it).
             if i == 1 {
@@ -673,6 +736,7 @@ fn replicate_all(
             let name = img.src.rsplit('/').next().unwrap_or(&img.src);
             if stopped() {
                 left.push(name);
+                copied_all = false;
                 continue;
             }
             let label = format!("{} {name}", vm.id);
@@ -687,7 +751,7 @@ fn replicate_all(
                     None
                 };
                 with_progress(&label, total, || {
-                    helpers.replicate(&img.from, &img.src, &img.to, &img.dst, &r)
+                    helpers.replicate(&img.from, &img.src, &img.to, &img.dst, &r, None)
                 })
             };
             match done {
@@ -698,10 +762,12 @@ fn replicate_all(
                         vm.id, img.to, img.dst
                     ));
                     left.push(name);
+                    copied_all = false;
                 }
                 Err(e) => {
                     out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
                     out.code = exit::FAILED;
+                    copied_all = false;
                 }
             }
         }
@@ -711,6 +777,20 @@ fn replicate_all(
             Err(e) => {
                 out.stderr.push_str(&e);
                 out.code = exit::FAILED;
+            }
+        }
+        // The vm's definition goes with the disks it describes.
+        if let Some(hooks) = (!vm.backup && copied_all)
+            .then(|| model.inventory.vms.get(&vm.id))
+            .flatten()
+            .and_then(|v| crate::plan::definition_hooks(model, v))
+        {
+            match crate::replica::definition::carry(transport, &hooks, &|n| std::env::var(n).ok()) {
+                Ok(line) => out.stdout.push_str(&format!("{}: {line}\n", vm.id)),
+                Err(e) => {
+                    out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
+                    out.code = exit::FAILED;
+                }
             }
         }
     }
@@ -732,6 +812,229 @@ fn replicate_all(
         out.code = exit::INTERRUPTED;
     }
     out
+}
+
+/// The vm of `vm` when its copies are of the disk as the guest sees it (`changed_blocks`, on
+/// the libvirt driver).
+fn guest_copies<'m>(model: &'m Model, vm: &VmImages) -> Option<&'m crate::inventory::Vm> {
+    let inv = model.inventory.vms.get(&vm.id)?;
+    (!vm.backup && inv.changed_blocks && inv.driver.value == "libvirt").then_some(inv)
+}
+
+/// Replicates a vm whose copies are of the disk as the guest sees it: a running domain
+/// through libvirt's backup API (only what changed since its copies' checkpoint, as of one
+/// instant for all its disks), a stopped one through `qemu-nbd` (only what its qcow2 files'
+/// bitmap marks). Every disk's line says how it was read, and why every block when it was.
+#[allow(clippy::too_many_arguments)]
+fn replicate_guest(
+    vm: &VmImages,
+    inv: &crate::inventory::Vm,
+    transport: &crate::ssh::SshTransport,
+    helpers: &Helpers,
+    r: &Replication,
+    scan: bool,
+    stopped: &dyn Fn() -> bool,
+    out: &mut Outcome,
+) {
+    use crate::replica::cbt;
+    use crate::replica::store::ReadMode;
+    let (dom, host) = (inv.name.as_str(), inv.primary.value.as_str());
+    let fail = |out: &mut Outcome, e: String| {
+        out.stderr.push_str(&format!(
+            "error: {}: {e}; not replicated, its copies are as they were\n",
+            vm.id
+        ));
+        out.code = exit::FAILED;
+    };
+    let Some(to) = vm.images.first().map(|i| i.to.as_str()) else {
+        return;
+    };
+    let (running, disks) = match cbt::domain(transport, host, dom) {
+        Ok(x) => x,
+        Err(e) => return fail(out, format!("domain {dom} on {host}: {e}")),
+    };
+    let mut mine = Vec::new();
+    for img in &vm.images {
+        match disks.iter().find(|d| d.source == img.src) {
+            Some(d) => mine.push(d.clone()),
+            None => {
+                return fail(
+                    out,
+                    format!("{} is not a disk of domain {dom} on {host}", img.src),
+                );
+            }
+        }
+    }
+    let dsts: Vec<String> = vm.images.iter().map(|i| i.dst.clone()).collect();
+    let states = match helpers.inspect(to, &dsts) {
+        Ok(s) => s,
+        Err(e) => return fail(out, e.to_string()),
+    };
+    let checkpoints = match cbt::checkpoints(transport, host, dom) {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(
+                out,
+                format!(
+                    "the checkpoints of domain {dom} on {host} cannot be listed (libvirt 6 or later keeps them): {e}"
+                ),
+            );
+        }
+    };
+    let mut facts = cbt::Facts {
+        host,
+        asked_scan: scan,
+        newest: states.iter().map(|s| s.points.last()).collect(),
+        disks: mine.clone(),
+        checkpoints,
+        bitmap_problem: None,
+    };
+    let mut decision = cbt::decide(&facts);
+    if !running && decision.mode == ReadMode::ChangedBlocks {
+        let files: Vec<String> = mine.iter().map(|d| d.source.clone()).collect();
+        let since = decision.since.clone().unwrap_or_default();
+        facts.bitmap_problem = match cbt::offline_bitmap_problem(transport, host, &files, &since) {
+            Ok(p) => p,
+            Err(e) => Some(format!("the bitmaps of {dom}'s disks cannot be read: {e}")),
+        };
+        decision = cbt::decide(&facts);
+    }
+    let all: Vec<String> = disks.iter().map(|d| d.target.clone()).collect();
+    let ours: Vec<String> = mine.iter().map(|d| d.target.clone()).collect();
+    let qcow2 = mine.iter().all(|d| d.format == "qcow2");
+    let new_cp = format!("{}{}", cbt::PREFIX, r.point);
+    // The backup job of a running domain, ended on every way out.
+    struct Job<'a> {
+        transport: &'a crate::ssh::SshTransport,
+        host: &'a str,
+        dom: &'a str,
+        on: bool,
+    }
+    impl Drop for Job<'_> {
+        fn drop(&mut self) {
+            if self.on {
+                let _ = cbt::end(self.transport, self.host, self.dom);
+            }
+        }
+    }
+    let mut job = Job {
+        transport,
+        host,
+        dom,
+        on: false,
+    };
+    let checkpoint = if running {
+        match cbt::end_stale(transport, host, dom) {
+            Ok(Some(n)) => out.stdout.push_str(&format!("{}: {n}\n", vm.id)),
+            Ok(None) => {}
+            Err(e) => return fail(out, e),
+        }
+        let since = decision
+            .since
+            .clone()
+            .filter(|_| decision.mode == ReadMode::ChangedBlocks);
+        let new = qcow2.then_some(new_cp.as_str());
+        let began = std::time::Instant::now();
+        match cbt::begin(transport, host, dom, &all, &ours, since.as_deref(), new) {
+            Ok(()) => {}
+            Err(e) if since.is_some() => {
+                // A lost or inconsistent bitmap (the vm killed, a checkpoint damaged): libvirt
+                // refuses the incremental backup; every block is read instead, and said.
+                decision = cbt::Decision {
+                    mode: ReadMode::Scan,
+                    why: Some(format!(
+                        "libvirt refused to read the changes since checkpoint {}: {e}",
+                        since.unwrap_or_default()
+                    )),
+                    since: None,
+                };
+                if let Err(e) = cbt::begin(transport, host, dom, &all, &ours, None, new) {
+                    return fail(
+                        out,
+                        format!("the backup of domain {dom} could not begin: {e}"),
+                    );
+                }
+            }
+            Err(e) => {
+                return fail(
+                    out,
+                    format!(
+                        "the backup of domain {dom} could not begin (libvirt 7.2 or later exports disks for changed-block tracking): {e}"
+                    ),
+                );
+            }
+        }
+        job.on = true;
+        out.stdout.push_str(&format!(
+            "{}: disks exported as of now (backup-begin on {host}, {:.1}s{})\n",
+            vm.id,
+            began.elapsed().as_secs_f64(),
+            new.map(|c| format!(", checkpoint {c}")).unwrap_or_default()
+        ));
+        qcow2.then(|| new_cp.clone())
+    } else {
+        decision.since.clone()
+    };
+    let mut all_done = true;
+    // Only the first disk's point records the definition (it is kept beside it).
+    let rest = Replication {
+        definition: None,
+        ..r.clone()
+    };
+    for (i, (img, disk)) in vm.images.iter().zip(&mine).enumerate() {
+        let name = img.src.rsplit('/').next().unwrap_or(&img.src);
+        if stopped() {
+            all_done = false;
+            continue;
+        }
+        let g = cbt::guest_read(running, dom, disk, &decision, checkpoint.clone());
+        let label = format!("{} {name}", vm.id);
+        let r = if i == 0 { r } else { &rest };
+        let done = with_progress(&label, None, || {
+            helpers.replicate(&img.from, &img.src, &img.to, &img.dst, r, Some(&g))
+        });
+        match done {
+            Ok(t) => out.stdout.push_str(&format!("{}: {}", vm.id, t.line())),
+            Err(_) if stopped() => {
+                out.stderr.push_str(&format!(
+                    "{}: the copy of {name} was stopped; {}:{} keeps its last point\n",
+                    vm.id, img.to, img.dst
+                ));
+                all_done = false;
+            }
+            Err(e) => {
+                out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
+                out.code = exit::FAILED;
+                all_done = false;
+            }
+        }
+    }
+    if job.on {
+        job.on = false;
+        if let Err(e) = cbt::end(transport, host, dom) {
+            out.stderr.push_str(&format!(
+                "error: {}: the backup job of domain {dom} on {host} did not end ({e}); run there: virsh domjobabort {dom}\n",
+                vm.id
+            ));
+            out.code = exit::FAILED;
+        }
+    }
+    // Older checkpoints of reprise go once every copy is at the new one (until then the next
+    // replication still reads the changes since the older one).
+    if running && qcow2 && all_done {
+        match cbt::prune(transport, host, dom, &new_cp) {
+            Ok(gone) if !gone.is_empty() => out.stdout.push_str(&format!(
+                "{}: older checkpoints deleted: {}\n",
+                vm.id,
+                gone.join(", ")
+            )),
+            Ok(_) => {}
+            Err(e) => out.stderr.push_str(&format!(
+                "warning: {}: older checkpoints of domain {dom} could not be deleted: {e}\n",
+                vm.id
+            )),
+        }
+    }
 }
 
 /// What the recovery copies of a vm (or a backup set) and their metadata say, disk by disk.

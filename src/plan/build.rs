@@ -668,7 +668,9 @@ struct StepScope<'a> {
     mode: Mode,
 }
 
-fn host_lookup(host: &Host, name: &str) -> Lookup {
+/// A host's value `name` for a step about a vm of `driver` (a variable the host does not
+/// give may have a default for that driver, see [`crate::inventory::var_default`]).
+fn host_lookup(host: &Host, name: &str, driver: Option<&str>) -> Lookup {
     let text = |s: &str| Lookup::Found(TemplateValue::Text(s.to_string()));
     match name {
         "id" => text(&host.id),
@@ -682,11 +684,8 @@ fn host_lookup(host: &Host, name: &str) -> Lookup {
             Some(crate::inventory::VarValue::Secret { env }) => {
                 Lookup::Found(TemplateValue::Secret { env: env.clone() })
             }
-            None => match crate::inventory::VAR_DEFAULTS
-                .iter()
-                .find(|(k, _)| *k == name)
-            {
-                Some((_, default)) => text(default),
+            None => match crate::inventory::var_default(name, driver) {
+                Some(default) => text(default),
                 None => Lookup::Missing {
                     what: format!("host `{}` has no variable `{name}`", host.id),
                     known: ["id", "address", "port", "user", "site", "role"]
@@ -709,7 +708,7 @@ impl Scope for StepScope<'_> {
         };
         match namespace {
             "host" => match self.host {
-                Some(h) => host_lookup(h, name),
+                Some(h) => host_lookup(h, name, self.vm.map(|(vm, _)| vm.driver.value.as_str())),
                 None => missing("this step runs on no host".into(), &[]),
             },
             "primary" | "recovery" => match self.vm {
@@ -720,7 +719,9 @@ impl Scope for StepScope<'_> {
                         &vm.recovery
                     };
                     match self.inv.hosts.get(&id.value) {
-                        Some(h) => host_lookup(h, name),
+                        Some(h) => {
+                            host_lookup(h, name, self.vm.map(|(vm, _)| vm.driver.value.as_str()))
+                        }
                         None => missing(format!("unknown host `{}`", id.value), &[]),
                     }
                 }
@@ -1210,6 +1211,7 @@ fn resolve(
             timeout = Some(step.timeout.unwrap_or(DEFAULT_REPLICATE_TIMEOUT));
             let mut snapshot = None;
             let mut capture = None;
+            let mut definition = None;
             let reverse = mode == Mode::Failback;
             let swap = |a: String, b: String| if reverse { (b, a) } else { (a, b) };
             let images_dir = |host: &str| images_dir_of(inv, host);
@@ -1222,6 +1224,7 @@ fn resolve(
                     "add `images_dir = \"/var/lib/libvirt/images\"` under [hosts.{host}.vars]"
                 ))
             };
+            let mut guest = None;
             let (what, from, to, items, retention) = match source {
                 ReplicaSource::Vm(v) => {
                     let vm = inv.vms.get(&v.value)?;
@@ -1267,11 +1270,28 @@ fn resolve(
                         ),
                         vm_action_command(model, service, vm, side, "replicate-end", &opts.run_id),
                     ) {
-                        (Some((host, check)), Some((_, end))) => {
-                            Some(SnapshotHooks { host, check, end })
-                        }
+                        (Some((host, check)), Some((_, end))) => Some(SnapshotHooks {
+                            host,
+                            check,
+                            end,
+                            begin: vm_action_command(
+                                model,
+                                service,
+                                vm,
+                                side,
+                                "replicate-begin",
+                                &opts.run_id,
+                            )
+                            .map(|(_, c)| c),
+                        }),
                         _ => None,
                     };
+                    definition = (!reverse)
+                        .then(|| definition_hooks(model, vm).map(Box::new))
+                        .flatten();
+                    if vm.changed_blocks && vm.driver.value == "libvirt" {
+                        guest = Some(reverse);
+                    }
                     (Replicated::Vm(vm.id.clone()), from, to, items, vm.retention)
                 }
                 ReplicaSource::Backup(b) => {
@@ -1315,6 +1335,8 @@ fn resolve(
                     retention,
                     snapshot,
                     capture,
+                    definition,
+                    guest,
                 },
             )
         }
@@ -1549,6 +1571,39 @@ pub fn replicate_hook(model: &Model, vm: &Vm, action: &str) -> Option<(String, C
         .find(|s| s.vm() == Some(vm.id.as_str()))
         .or_else(|| inv.services.values().next())?;
     vm_action_command(model, service, vm, Side::Primary, action, "replicate")
+}
+
+/// The driver's commands that carry `vm`'s definition with its replication (`config-capture`
+/// on its primary, `config-store` on its recovery host), when its driver has both.
+pub fn definition_hooks(model: &Model, vm: &Vm) -> Option<super::DefinitionHooks> {
+    let inv = &model.inventory;
+    let service = inv
+        .services
+        .values()
+        .find(|s| s.vm() == Some(vm.id.as_str()))
+        .or_else(|| inv.services.values().next())?;
+    let (from, capture) = vm_action_command(
+        model,
+        service,
+        vm,
+        Side::Primary,
+        "config-capture",
+        "replicate",
+    )?;
+    let (to, store) = vm_action_command(
+        model,
+        service,
+        vm,
+        Side::Recovery,
+        "config-store",
+        "replicate",
+    )?;
+    Some(super::DefinitionHooks {
+        from,
+        capture,
+        to,
+        store,
+    })
 }
 
 /// The vm action that undoes `action` (a vm stopped is started again, and so on); none for

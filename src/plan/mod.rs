@@ -10,7 +10,8 @@ mod build;
 pub mod text;
 
 pub use build::{
-    LAG_STEP, build, images_dir_of, replicate_hook, vm_action_command, vm_status_command,
+    LAG_STEP, build, definition_hooks, images_dir_of, replicate_hook, vm_action_command,
+    vm_status_command,
 };
 
 use serde::{Serialize, Serializer};
@@ -260,7 +261,23 @@ pub enum Action {
         /// A vm whose driver carries definitions: its `definition` action on `from_host`,
         /// captured with the new point.
         capture: Option<Command>,
+        /// A vm replicated towards its recovery host whose driver carries its definition.
+        definition: Option<Box<DefinitionHooks>>,
+        /// A vm whose copies are of the disk as the guest sees it (`changed_blocks`): `Some`
+        /// with whether the step copies back to the primary (a failback).
+        guest: Option<bool>,
     },
+}
+
+/// A driver's commands that carry a vm's definition with its replication: `capture` prints it
+/// on `from` (the primary), `store` keeps it on `to` (the recovery host) from its standard
+/// input.
+#[derive(Debug, Clone)]
+pub struct DefinitionHooks {
+    pub from: String,
+    pub capture: Command,
+    pub to: String,
+    pub store: Command,
 }
 
 /// A driver's commands about the snapshot a replication of a running vm makes on its host.
@@ -271,6 +288,9 @@ pub struct SnapshotHooks {
     pub check: Command,
     /// Merges every overlay back into its disk (also for a stopped vm).
     pub end: Command,
+    /// Freezes a running vm's disks while they are read (nothing for a stopped vm); `end`
+    /// follows it on every way out.
+    pub begin: Option<Command>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -45,20 +45,21 @@ pub fn capture(
         .map_err(|e| format!("its definition could not be stored on {to}: {e}"))
 }
 
-/// The definition point `point` of the copy `host:copy` records, checked.
+/// The definition point `point` of the copy `host:copy` records, checked; its BLAKE3, and whether
+/// the point's copies are raw images of the disks as the guest sees them (`changed_blocks`).
 pub fn fetch(
     helpers: &Helpers,
     host: &str,
     copy: &str,
     point: &str,
-) -> Result<(Definition, String), String> {
+) -> Result<(Definition, String, bool), String> {
     let d = helpers
         .definition(host, copy, point)
         .map_err(|e| e.to_string())?;
     let def = Definition::parse(d.text.as_bytes()).map_err(|e| {
         format!("the definition of point {point} of {host}:{copy} cannot be used: {e}")
     })?;
-    Ok((def, d.blake3))
+    Ok((def, d.blake3, d.guest_view))
 }
 
 /// Gives a fitted definition to the driver's `define` action on `host`.
@@ -165,7 +166,7 @@ pub fn prospects(
             None => match newest(helpers, &d.from_host, &d.from_copy) {
                 Ok(point) => (
                     format!("point {point} of {}:{}", d.from_host, d.from_copy),
-                    fetch(helpers, &d.from_host, &d.from_copy, &point).map(|(def, _)| def),
+                    fetch(helpers, &d.from_host, &d.from_copy, &point).map(|(def, _, _)| def),
                 ),
                 Err(e) => (format!("{}:{}", d.from_host, d.from_copy), Err(e)),
             },

@@ -11,9 +11,10 @@ use serde::Serialize;
 
 use super::blocks::{self, BLOCK, Manifest};
 use super::meta::{CopyState, Lease};
+use super::nbd;
 pub use super::protocol::Request;
-use super::protocol::{Hello, PROTOCOL, refuse_request};
-use super::store::{NewPoint, Store};
+use super::protocol::{DiskFormat, Hello, PROTOCOL, refuse_request};
+use super::store::{HowRead, NewPoint, Store};
 use super::tree::{Tree, TreeStore, send_tree};
 use super::wire;
 
@@ -29,13 +30,21 @@ pub struct Checked {
 pub struct DefinitionText {
     pub blake3: String,
     pub text: String,
+    /// The point's copy is a raw image of the disk as the guest sees it (read through QEMU,
+    /// `changed_blocks`), whatever format the definition gives the primary's disks.
+    #[serde(default)]
+    pub guest_view: bool,
 }
 
 /// What the source sent.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone)]
 pub struct Sent {
+    /// Blocks read, and of them sent (they differ from the recovery manifest).
+    pub read: u64,
     pub blocks: u64,
     pub bytes: u64,
+    /// The manifest of what was read: the recovery side's once it applied the stream.
+    pub manifest: Manifest,
 }
 
 /// Serves one request of protocol `protocol` (`None`: typed by hand, taken as this one's).
@@ -65,19 +74,92 @@ pub fn serve(
             let h = hash_file(me).map_err(|e| format!("{}: {e}", me.display()))?;
             out(stdout, format!("{h}\n").as_bytes())
         }
-        Request::Send { image, compress } => {
-            let m = read_bounded(stdin, blocks::MAX_MANIFEST_BYTES, "the recovery manifest")?;
-            let base = Manifest::decode(&m)?;
+        Request::Send {
+            image,
+            compress,
+            nbd,
+            export,
+            format,
+            bitmap,
+            base,
+        } => {
+            let base = match base {
+                Some(digest) => {
+                    kept_manifest(kept_dir().as_deref(), &image, &digest)?.ok_or_else(|| {
+                        format!(
+                            "the manifest {digest} of {} is no longer kept here",
+                            image.display()
+                        )
+                    })?
+                }
+                None => {
+                    let m =
+                        read_bounded(stdin, blocks::MAX_MANIFEST_BYTES, "the recovery manifest")?;
+                    Manifest::decode(&m)?
+                }
+            };
             let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout);
-            send(&image, &base, &mut w, compress)?;
+            let sent = match (nbd, format) {
+                (Some(socket), _) => {
+                    let export = export.ok_or("--nbd needs --export")?;
+                    send_nbd(
+                        &NbdSource {
+                            socket: &socket,
+                            export: &export,
+                            bitmap: bitmap.as_deref(),
+                        },
+                        &base,
+                        &mut w,
+                        compress,
+                    )?
+                }
+                (None, Some(DiskFormat::Qcow2)) => {
+                    let served = QemuNbd::serve(&image, bitmap.as_deref())?;
+                    send_nbd(
+                        &NbdSource {
+                            socket: &served.socket,
+                            export: QemuNbd::EXPORT,
+                            bitmap: bitmap.as_deref(),
+                        },
+                        &base,
+                        &mut w,
+                        compress,
+                    )?
+                }
+                (None, _) if bitmap.is_some() => {
+                    return Err(
+                        "a dirty bitmap is read through NBD only (--nbd or --format qcow2)".into(),
+                    );
+                }
+                (None, _) => send(&image, &base, &mut w, compress)?,
+            };
             w.flush().map_err(|e| format!("writing the stream: {e}"))?;
+            // Kept for the next replication, which then sends its digest instead of it. A
+            // manifest that cannot be kept only costs sending it next time.
+            keep_manifest(kept_dir().as_deref(), &image, &sent.manifest);
             Ok(())
         }
-        Request::Manifest { image, reread } => {
+        Request::Kept { image, digest } => {
+            let kept = kept_manifest(kept_dir().as_deref(), &image, &digest)?.is_some();
+            out(stdout, if kept { b"true" } else { b"false" })
+        }
+        Request::Manifest {
+            image,
+            reread,
+            digest,
+        } => {
             let (m, _) = Store::new(&image)
                 .base_manifest(reread)
                 .map_err(|e| e.to_string())?;
-            out(stdout, &m.encode())
+            let bytes = m.encode();
+            if digest {
+                out(
+                    stdout,
+                    format!("{}\n", blake3::hash(&bytes).to_hex()).as_bytes(),
+                )
+            } else {
+                out(stdout, &bytes)
+            }
         }
         Request::Apply {
             image,
@@ -86,8 +168,16 @@ pub fn serve(
             source,
             retention,
             definition,
+            mode,
+            why,
+            checkpoint,
         } => {
             let mut input = std::io::BufReader::with_capacity(1 << 20, stdin);
+            let read = mode.map(|mode| HowRead {
+                mode,
+                why,
+                checkpoint,
+            });
             let applied = Store::new(&image)
                 .apply(
                     &mut input,
@@ -97,6 +187,7 @@ pub fn serve(
                         source,
                         retention,
                         definition,
+                        read,
                     },
                 )
                 .map_err(|e| e.to_string())?;
@@ -134,6 +225,7 @@ pub fn serve(
             let answer = DefinitionText {
                 blake3: hash,
                 text: String::from_utf8_lossy(&bytes).into_owned(),
+                guest_view: p.read.is_some(),
             };
             out(stdout, &serde_json::to_vec(&answer).expect("serializes"))
         }
@@ -169,6 +261,7 @@ pub fn serve(
                         source,
                         retention,
                         definition: None,
+                        read: None,
                     },
                 )
                 .map_err(|e| e.to_string())?;
@@ -373,7 +466,12 @@ pub fn send(
     .map_err(werr)?;
     let mut all = Vec::with_capacity(blocks::count(size) as usize);
     let mut single = None;
-    let mut sent = Sent::default();
+    let mut sent = Sent {
+        read: blocks::count(size),
+        blocks: 0,
+        bytes: 0,
+        manifest: Manifest::empty(),
+    };
     blocks::read_blocks(&file, size, |first, buf| {
         if size <= BLOCK as u64 {
             single = Some(*blake3::hash(buf).as_bytes());
@@ -403,7 +501,276 @@ pub fn send(
         .or(single)
         .unwrap_or(*blake3::hash(b"").as_bytes());
     wire::write_end(w, &whole).map_err(werr)?;
+    sent.manifest = Manifest {
+        size,
+        whole,
+        cvs: all,
+    };
     Ok(sent)
+}
+
+/// An NBD export to read a disk from, as the guest sees it.
+pub struct NbdSource<'a> {
+    pub socket: &'a Path,
+    pub export: &'a str,
+    /// Read only the blocks this dirty bitmap marks (`qemu:dirty-bitmap:NAME`); the others
+    /// are the recovery manifest's.
+    pub bitmap: Option<&'a str>,
+}
+
+/// [`send`], reading the disk through an NBD export: every block, or with a bitmap only the
+/// blocks it marks (the block hashes of the others, and so the whole-image hash, come from
+/// the recovery manifest, which must be of the same size).
+pub fn send_nbd(
+    src: &NbdSource,
+    base: &Manifest,
+    w: &mut impl Write,
+    compress: bool,
+) -> Result<Sent, String> {
+    let mut client =
+        nbd::Client::connect(src.socket, src.export, src.bitmap).map_err(|e| e.to_string())?;
+    let size = client.size();
+    let n = blocks::count(size);
+    let name = format!("NBD export {}", src.export);
+    // The blocks to read: ranges [first, end) of block indexes.
+    let ranges: Vec<(u64, u64)> = match src.bitmap {
+        Some(bitmap) => {
+            if base.size != size || base.cvs.len() as u64 != n {
+                return Err(format!(
+                    "{name} is {size} bytes and its copy {} bytes: a disk whose size changed is read whole, not by the bitmap {bitmap}",
+                    base.size
+                ));
+            }
+            if n <= 1 {
+                // The hash of an image of one block is of its bytes: read it.
+                vec![(0, n)]
+            } else {
+                let mut ranges: Vec<(u64, u64)> = Vec::new();
+                for (off, len) in client.dirty_extents().map_err(|e| e.to_string())? {
+                    let (a, b) = (
+                        off / BLOCK as u64,
+                        (off + len).div_ceil(BLOCK as u64).min(n),
+                    );
+                    match ranges.last_mut() {
+                        Some((_, end)) if *end >= a => *end = (*end).max(b),
+                        _ => ranges.push((a, b)),
+                    }
+                }
+                ranges
+            }
+        }
+        None => vec![(0, n)],
+    };
+    let mut compressor = match compress {
+        true => Some(wire::Compressor::new().map_err(|e| format!("zstd: {e}"))?),
+        false => None,
+    };
+    let werr = |e: std::io::Error| format!("writing the stream of {name}: {e}");
+    wire::write_header(
+        w,
+        &wire::Header {
+            base_size: base.size,
+            base_whole: base.whole,
+            size,
+        },
+    )
+    .map_err(werr)?;
+    let by_bitmap = src.bitmap.is_some();
+    let mut all: Vec<blocks::Cv> = if by_bitmap {
+        base.cvs.clone()
+    } else {
+        Vec::with_capacity(n as usize)
+    };
+    let mut sent = Sent {
+        read: 0,
+        blocks: 0,
+        bytes: 0,
+        manifest: Manifest::empty(),
+    };
+    let per = (nbd::MAX_READ as usize / BLOCK) as u64;
+    let mut buf = vec![0u8; nbd::MAX_READ as usize];
+    let mut single = None;
+    for (first, end) in ranges {
+        let mut b = first;
+        while b < end {
+            let k = per.min(end - b);
+            let start = b * BLOCK as u64;
+            let len = (k * BLOCK as u64).min(size - start) as usize;
+            let data = &mut buf[..len];
+            client.read_at(start, data).map_err(|e| e.to_string())?;
+            if size <= BLOCK as u64 {
+                single = Some(*blake3::hash(data).as_bytes());
+            }
+            let cvs = blocks::cvs(b, data);
+            for (i, (c, d)) in cvs.iter().zip(data.chunks(BLOCK)).enumerate() {
+                let idx = b + i as u64;
+                if base.cvs.get(idx as usize) == Some(c) {
+                    continue;
+                }
+                sent.blocks += 1;
+                if blocks::is_zero(d) {
+                    wire::write_zero(w, idx, d.len() as u32).map_err(werr)?;
+                } else if let Some(z) = compressor.as_mut().and_then(|c| c.compress(d)) {
+                    sent.bytes += z.len() as u64;
+                    wire::write_compressed(w, idx, d.len() as u32, &z).map_err(werr)?;
+                } else {
+                    sent.bytes += d.len() as u64;
+                    wire::write_data(w, idx, d).map_err(werr)?;
+                }
+            }
+            sent.read += cvs.len() as u64;
+            if by_bitmap {
+                all[b as usize..b as usize + cvs.len()].copy_from_slice(&cvs);
+            } else {
+                all.extend(cvs);
+            }
+            b += k;
+        }
+    }
+    let whole = blocks::root(&all)
+        .or(single)
+        .unwrap_or(*blake3::hash(b"").as_bytes());
+    wire::write_end(w, &whole).map_err(werr)?;
+    sent.manifest = Manifest {
+        size,
+        whole,
+        cvs: all,
+    };
+    Ok(sent)
+}
+
+/// A `qemu-nbd` serving an image read-only on a socket of its own, for as long as this lives.
+/// It takes QEMU's shared lock: an image a running vm writes is refused.
+pub struct QemuNbd {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    pub socket: std::path::PathBuf,
+}
+
+impl QemuNbd {
+    pub const EXPORT: &'static str = "disk";
+
+    /// Serves the qcow2 `image`, with the dirty bitmap `bitmap` (persistent, in the file).
+    pub fn serve(image: &Path, bitmap: Option<&str>) -> Result<QemuNbd, String> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let dir = std::env::temp_dir().join(format!(
+            "reprise-nbd-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let socket = dir.join("nbd.sock");
+        // Written once the image and its bitmap are open (the socket exists before).
+        let ready = dir.join("pid");
+        let mut cmd = std::process::Command::new("qemu-nbd");
+        cmd.args([
+            "--read-only",
+            "--format=qcow2",
+            "--shared=1",
+            "--export-name",
+        ])
+        .arg(Self::EXPORT)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--pid-file")
+        .arg(&ready);
+        if let Some(b) = bitmap {
+            cmd.arg(format!("--bitmap={b}"));
+        }
+        cmd.arg("--")
+            .arg(image)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().map_err(|e| {
+            let _ = std::fs::remove_dir(&dir);
+            format!("cannot start qemu-nbd (qemu-utils): {e}")
+        })?;
+        let mut served = QemuNbd { child, dir, socket };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !ready.exists() {
+            if let Ok(Some(status)) = served.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = served.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Err(format!(
+                    "qemu-nbd could not serve {} ({status}): {}",
+                    image.display(),
+                    err.trim()
+                ));
+            }
+            if std::time::Instant::now() > until {
+                return Err(format!(
+                    "qemu-nbd did not serve {} within 30 s",
+                    image.display()
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(served)
+    }
+}
+
+impl Drop for QemuNbd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Where the source keeps the manifests of what it last sent (beside the helpers).
+fn kept_dir() -> Option<std::path::PathBuf> {
+    let home = std::env::var_os("HOME")?;
+    Some(std::path::PathBuf::from(home).join(".cache/reprise/manifests"))
+}
+
+/// The file of `dir` that keeps the manifest last sent of `image`.
+fn kept_path(dir: &Path, image: &Path) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt as _;
+    dir.join(blake3::hash(image.as_os_str().as_bytes()).to_hex().as_str())
+}
+
+/// Keeps `m` as the manifest last sent of `image` (best effort: written whole, then renamed).
+fn keep_manifest(dir: Option<&Path>, image: &Path, m: &Manifest) {
+    let Some(dir) = dir else {
+        return;
+    };
+    let path = kept_path(dir, image);
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, m.encode()).is_err() || std::fs::rename(&tmp, &path).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// The manifest kept for `image` when its BLAKE3 is `digest` (hex).
+fn kept_manifest(
+    dir: Option<&Path>,
+    image: &Path,
+    digest: &str,
+) -> Result<Option<Manifest>, String> {
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    let path = kept_path(dir, image);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(_) => return Ok(None),
+    };
+    if blake3::hash(&bytes).to_hex().as_str() != digest {
+        return Ok(None);
+    }
+    Manifest::decode(&bytes).map(Some)
 }
 
 #[cfg(test)]
@@ -433,6 +800,7 @@ mod tests {
                     source: "src".into(),
                     retention,
                     definition: None,
+                    read: None,
                 },
             )
             .unwrap();
@@ -524,6 +892,7 @@ mod tests {
                     source: "src".into(),
                     retention: 2,
                     definition: None,
+                    read: None,
                 },
             )
             .unwrap();
@@ -569,6 +938,7 @@ mod tests {
                     source: "src".into(),
                     retention: 5,
                     definition: None,
+                    read: None,
                 },
             )
             .unwrap_err();
@@ -583,5 +953,157 @@ mod tests {
         assert_eq!(store.verify(None).unwrap(), [("p1".to_string(), true)]);
         replicate(&src, &dst, "p2", 5);
         assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+    }
+
+    /// Runs `sh -c script`, which must succeed.
+    fn sh(script: &str) -> String {
+        let out = std::process::Command::new("sh")
+            .args(["-c", script])
+            .output()
+            .expect("sh runs");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// One replication of the qcow2 `img` as the guest sees it (through qemu-nbd, with the
+    /// dirty bitmap `bitmap` when given) into the raw copy `dst`: what the source sent.
+    fn replicate_guest(img: &Path, dst: &Path, id: &str, bitmap: Option<&str>) -> Sent {
+        let store = Store::new(dst);
+        let (m, _) = store.base_manifest(false).unwrap();
+        let served = QemuNbd::serve(img, bitmap).unwrap();
+        let mut stream = Vec::new();
+        let sent = send_nbd(
+            &NbdSource {
+                socket: &served.socket,
+                export: QemuNbd::EXPORT,
+                bitmap,
+            },
+            &m,
+            &mut stream,
+            false,
+        )
+        .unwrap();
+        drop(served);
+        let applied = store
+            .apply(
+                &mut &stream[..],
+                NewPoint {
+                    id: id.into(),
+                    taken_at: Utc::now(),
+                    source: "src".into(),
+                    retention: 5,
+                    definition: None,
+                    read: Some(HowRead {
+                        mode: if bitmap.is_some() {
+                            crate::replica::store::ReadMode::ChangedBlocks
+                        } else {
+                            crate::replica::store::ReadMode::Scan
+                        },
+                        why: None,
+                        checkpoint: bitmap.map(String::from),
+                    }),
+                },
+            )
+            .unwrap();
+        assert_eq!(applied.blocks, sent.blocks);
+        assert_eq!(sent.manifest, Manifest::of_file(dst).unwrap());
+        // The copy is the disk as the guest sees it.
+        sh(&format!(
+            "qemu-img compare -q -f raw -F qcow2 '{}' '{}'",
+            dst.display(),
+            img.display()
+        ));
+        sent
+    }
+
+    #[test]
+    fn through_a_dirty_bitmap_only_the_blocks_written_are_read_and_the_copy_equals_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.qcow2");
+        let dst = dir.path().join("copy.raw");
+        let i = img.display();
+        sh(&format!("qemu-img create -q -f qcow2 '{i}' 64M"));
+        sh(&format!(
+            "qemu-io -c 'write -q -P 0x11 0 8M' -c 'write -q -P 0x22 40M 1M' '{i}'"
+        ));
+        // The first copy reads every block; the holes travel as lengths only.
+        let first = replicate_guest(&img, &dst, "p1", None);
+        assert_eq!(first.read, 1024);
+        assert_eq!(first.bytes, 9 << 20);
+        // From a checkpoint on, writes are recorded in the qcow2 file's persistent bitmap.
+        sh(&format!("qemu-img bitmap --add '{i}' cp1"));
+        sh(&format!(
+            "qemu-io -c 'write -q -P 0x33 1M 64k' -c 'write -q -P 0x44 50M 200k' -c 'write -q -P 0x11 0 64k' '{i}'"
+        ));
+        let second = replicate_guest(&img, &dst, "p2", Some("cp1"));
+        // 1 + 4 blocks marked (200 KiB spans 4 blocks), and block 0 rewritten as it was:
+        // read, hashed, not sent.
+        assert_eq!(second.read, 6, "{second:?}");
+        assert_eq!(second.blocks, 5, "{second:?}");
+        // Nothing written since: nothing read, nothing sent.
+        sh(&format!("qemu-img bitmap --clear '{i}' cp1"));
+        let third = replicate_guest(&img, &dst, "p3", Some("cp1"));
+        assert_eq!((third.read, third.blocks), (0, 0));
+        // Every point comes back as the disk was.
+        let store = Store::new(&dst);
+        assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
+    }
+
+    #[test]
+    fn a_missing_bitmap_or_a_disk_of_another_size_is_an_error_that_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.qcow2");
+        let i = img.display();
+        sh(&format!("qemu-img create -q -f qcow2 '{i}' 4M"));
+        let err = QemuNbd::serve(&img, Some("nope")).err().unwrap();
+        assert!(err.contains("nope"), "{err}");
+        sh(&format!("qemu-img bitmap --add '{i}' cp1"));
+        let served = QemuNbd::serve(&img, Some("cp1")).unwrap();
+        let base = Manifest {
+            size: 8 << 20,
+            whole: [0; 32],
+            cvs: vec![[0; 32]; 128],
+        };
+        let err = send_nbd(
+            &NbdSource {
+                socket: &served.socket,
+                export: QemuNbd::EXPORT,
+                bitmap: Some("cp1"),
+            },
+            &base,
+            &mut Vec::new(),
+            false,
+        )
+        .unwrap_err();
+        assert!(err.contains("size changed"), "{err}");
+        // An export that is not there is named.
+        let err = nbd::Client::connect(&served.socket, "other", None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("other"), "{err}");
+    }
+
+    #[test]
+    fn a_kept_manifest_is_found_by_its_digest_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = Some(dir.path().join("kept"));
+        let kept = kept.as_deref();
+        let img = dir.path().join("a.img");
+        let m = Manifest {
+            size: 3,
+            whole: [7; 32],
+            cvs: vec![[1; 32]],
+        };
+        keep_manifest(kept, &img, &m);
+        let digest = blake3::hash(&m.encode()).to_hex().to_string();
+        assert_eq!(kept_manifest(kept, &img, &digest).unwrap(), Some(m));
+        assert_eq!(kept_manifest(kept, &img, "00").unwrap(), None);
+        let other = dir.path().join("b.img");
+        assert_eq!(kept_manifest(kept, &other, &digest).unwrap(), None);
     }
 }

@@ -21,10 +21,13 @@
 
 pub mod beneath;
 pub mod blocks;
+pub mod cbt;
 pub mod choice;
+pub mod definition;
 pub mod definitions;
 pub mod helper;
 pub mod meta;
+pub mod nbd;
 pub mod protocol;
 pub mod remote;
 pub mod snapshot;

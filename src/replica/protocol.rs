@@ -19,10 +19,11 @@ use serde::{Deserialize, Serialize};
 
 /// The version of the helper protocol this binary speaks. Raise it whenever a request, an
 /// answer or a stream changes meaning. Version 1 is reprise before versions were exchanged
-/// (its block stream starts `RPRSTR1`, its tree stream has no header). Version 3 carries
-/// vm definitions with points ([`Request::PutDefinition`], [`Request::Definition`],
-/// `apply --definition`).
-pub const PROTOCOL: u32 = 3;
+/// (its block stream starts `RPRSTR1`, its tree stream has no header). Version 3: a source
+/// reads the disk as the guest sees it (NBD, dirty bitmaps), points say how, and the sides
+/// compare a digest of the manifest before sending it. Version 4 carries vm definitions with
+/// points ([`Request::PutDefinition`], [`Request::Definition`], `apply --definition`).
+pub const PROTOCOL: u32 = 4;
 
 /// The version of this program, as helpers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -37,19 +38,43 @@ pub enum Request {
     Version,
     /// BLAKE3 of this helper's own executable, hex, one line (an upload checks itself).
     HashSelf,
-    /// Source side: reads the recovery manifest on stdin, writes the block stream (its data
-    /// blocks zstd-compressed with `compress`, when that makes them smaller).
+    /// Source side: reads the recovery manifest on stdin (or, with `base`, the one with that
+    /// digest that it kept), writes the block stream (its data blocks zstd-compressed with
+    /// `compress`, when that makes them smaller). With `nbd` (and `export`) it reads the disk
+    /// as the guest sees it through that NBD socket (libvirt's backup export); with `format`
+    /// `qcow2`, through a `qemu-nbd` of `image` it starts; with `bitmap`, only the blocks that
+    /// dirty bitmap marks.
     Send {
         image: PathBuf,
         #[arg(long)]
         compress: bool,
+        #[arg(long)]
+        nbd: Option<PathBuf>,
+        #[arg(long)]
+        export: Option<String>,
+        #[arg(long)]
+        format: Option<DiskFormat>,
+        #[arg(long)]
+        bitmap: Option<String>,
+        #[arg(long)]
+        base: Option<String>,
     },
     /// Recovery side: the binary manifest to compare against (after settling an interrupted
-    /// update).
+    /// update); with `digest`, only its BLAKE3 (hex, one line).
     Manifest {
         image: PathBuf,
         #[arg(long)]
         reread: bool,
+        #[arg(long)]
+        #[serde(default)]
+        digest: bool,
+    },
+    /// Source side: whether it kept the manifest of `image` whose BLAKE3 is `digest` (the
+    /// one it computed when it last sent it): `true` or `false`.
+    Kept {
+        image: PathBuf,
+        #[arg(long)]
+        digest: String,
     },
     /// Recovery side: applies a block stream as a new point; answers `store::Applied`. With
     /// `definition`, the point records that definition, stored beside the copy first
@@ -67,6 +92,14 @@ pub enum Request {
         #[arg(long)]
         #[serde(default)]
         definition: Option<String>,
+        /// How the source was read (absent: its image file, whole), why, and the checkpoint
+        /// the point is.
+        #[arg(long)]
+        mode: Option<super::store::ReadMode>,
+        #[arg(long)]
+        why: Option<String>,
+        #[arg(long)]
+        checkpoint: Option<String>,
     },
     /// Recovery side: stores the vm definition on stdin (at most `vmdef::MAX_BYTES`) beside
     /// the copy `image`, atomically, named by its BLAKE3, which must be `blake3`; no answer.
@@ -182,6 +215,16 @@ pub enum Request {
         #[arg(long)]
         kind: Option<super::meta::LeaseKind>,
     },
+}
+
+/// The format of a source image read as the guest sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskFormat {
+    /// Read through `qemu-nbd`.
+    Qcow2,
+    /// The file is the disk: read as it is.
+    Raw,
 }
 
 /// The answer to [`Request::Version`].
@@ -325,14 +368,29 @@ mod tests {
             Request::Send {
                 image: "/srv/a b.qcow2".into(),
                 compress: true,
+                nbd: None,
+                export: None,
+                format: None,
+                bitmap: None,
+                base: None,
             },
             Request::Send {
                 image: "-starts-with-a-dash".into(),
                 compress: false,
+                nbd: Some("/var/tmp/reprise backup.sock".into()),
+                export: Some("vda".into()),
+                format: Some(DiskFormat::Qcow2),
+                bitmap: Some("-backup-vda".into()),
+                base: Some("ab12".into()),
             },
             Request::Manifest {
                 image: "/srv/a.qcow2".into(),
                 reread: true,
+                digest: true,
+            },
+            Request::Kept {
+                image: "/srv/a.qcow2".into(),
+                digest: "ab12".into(),
             },
             Request::Apply {
                 image: "/srv/a.qcow2".into(),
@@ -341,6 +399,9 @@ mod tests {
                 source: "hv-main:/srv/a.qcow2".into(),
                 retention: 7,
                 definition: Some("ab".repeat(32)),
+                mode: Some(crate::replica::store::ReadMode::ChangedBlocks),
+                why: Some("--the first copy".into()),
+                checkpoint: Some("reprise-20261128T031000Z".into()),
             },
             Request::PutDefinition {
                 image: "/srv/a.qcow2".into(),
@@ -418,6 +479,7 @@ mod tests {
                 | Request::HashSelf
                 | Request::Send { .. }
                 | Request::Manifest { .. }
+                | Request::Kept { .. }
                 | Request::Apply { .. }
                 | Request::PutDefinition { .. }
                 | Request::Definition { .. }
@@ -457,6 +519,9 @@ mod tests {
             source: "s".into(),
             retention: 2,
             definition: None,
+            mode: None,
+            why: None,
+            checkpoint: None,
         };
         assert_eq!(req.words()[..2], ["apply", "/srv/a.qcow2"]);
         assert_eq!(Request::Version.words(), ["version"]);

@@ -64,7 +64,7 @@ impl ImageTransfer {
         let secs = self.duration.as_secs_f64().max(0.001);
         let total = self.sent_bytes + self.manifest_bytes;
         format!(
-            "{}:{} → {}:{}: point {}, {} bytes sent ({} of data, {} of manifest) in {:.1}s ({:.1} MB/s), {} {} changed, {} bytes in all, blake3 {}{}\n",
+            "{}:{} → {}:{}: point {}, {} bytes sent ({} of data, {} of manifest) in {:.1}s ({:.1} MB/s), {} {} changed{}, {} bytes in all, blake3 {}{}\n",
             self.from,
             self.src,
             self.to,
@@ -77,6 +77,18 @@ impl ImageTransfer {
             total as f64 / secs / 1e6,
             self.applied.blocks,
             self.unit,
+            match &self.applied.point.read {
+                None => String::new(),
+                Some(h) => format!(
+                    " (read: {}{}{})",
+                    h.mode,
+                    h.why.as_ref().map(|w| format!(": {w}")).unwrap_or_default(),
+                    h.checkpoint
+                        .as_ref()
+                        .map(|c| format!("; checkpoint {c}"))
+                        .unwrap_or_default(),
+                ),
+            },
             self.applied.point.size,
             self.applied.point.blake3,
             self.applied
@@ -86,6 +98,19 @@ impl ImageTransfer {
                 .unwrap_or_default(),
         )
     }
+}
+
+/// How the source side reads an image as the guest sees it (through QEMU).
+#[derive(Debug, Clone)]
+pub struct GuestRead {
+    /// libvirt's NBD export of the disk (socket, export name); none: a `qemu-nbd` of the
+    /// image file (`format` qcow2), or the file itself (`format` raw).
+    pub nbd: Option<(String, String)>,
+    pub format: super::protocol::DiskFormat,
+    /// The dirty bitmap whose blocks only are read.
+    pub bitmap: Option<String>,
+    /// What the point records.
+    pub how: super::store::HowRead,
 }
 
 /// What a new point is called and how many to keep.
@@ -603,7 +628,8 @@ impl<'a> Helpers<'a> {
         self.ask(host, command, input, limit, deadline)
     }
 
-    /// Brings `to:dst` up to date with `from:src` and makes it a new point.
+    /// Brings `to:dst` up to date with `from:src` and makes it a new point; with `guest`,
+    /// the source is read as the guest sees it (through QEMU).
     pub fn replicate(
         &self,
         from: &str,
@@ -611,8 +637,9 @@ impl<'a> Helpers<'a> {
         to: &str,
         dst: &str,
         r: &Replication,
+        guest: Option<&GuestRead>,
     ) -> Result<ImageTransfer, ReplicaError> {
-        self.transfer(false, from, src, to, dst, r)
+        self.transfer(false, from, src, to, dst, r, guest)
     }
 
     /// Brings the folder `to:dst` up to date with `from:src` (a backup set), file by file,
@@ -625,11 +652,12 @@ impl<'a> Helpers<'a> {
         dst: &str,
         r: &Replication,
     ) -> Result<ImageTransfer, ReplicaError> {
-        self.transfer(true, from, src, to, dst, r)
+        self.transfer(true, from, src, to, dst, r, None)
     }
 
     /// One transfer: the recovery side's base, then the source's stream piped into the
     /// recovery side's apply.
+    #[allow(clippy::too_many_arguments)]
     fn transfer(
         &self,
         tree: bool,
@@ -638,6 +666,7 @@ impl<'a> Helpers<'a> {
         to: &str,
         dst: &str,
         r: &Replication,
+        guest: Option<&GuestRead>,
     ) -> Result<ImageTransfer, ReplicaError> {
         let began = std::time::Instant::now();
         // Both hosts' bulk connections log in while the recovery side reads its base.
@@ -674,10 +703,16 @@ impl<'a> Helpers<'a> {
                 Request::Manifest {
                     image: dst_path.clone(),
                     reread: r.reread,
+                    digest: false,
                 },
                 Request::Send {
                     image: src_path,
                     compress: r.compress,
+                    nbd: guest.and_then(|g| g.nbd.as_ref().map(|(s, _)| s.into())),
+                    export: guest.and_then(|g| g.nbd.as_ref().map(|(_, e)| e.clone())),
+                    format: guest.filter(|g| g.nbd.is_none()).map(|g| g.format),
+                    bitmap: guest.and_then(|g| g.bitmap.clone()),
+                    base: None,
                 },
                 Request::Apply {
                     image: dst_path,
@@ -686,11 +721,55 @@ impl<'a> Helpers<'a> {
                     source,
                     retention,
                     definition: r.definition.clone(),
+                    mode: guest.map(|g| g.how.mode),
+                    why: guest.and_then(|g| g.how.why.clone()),
+                    checkpoint: guest.and_then(|g| g.how.checkpoint.clone()),
                 },
                 "blocks",
             )
         };
-        let base = self.call(to, &base_req, &[], r.deadline)?;
+        let mut send = send;
+        // The sides compare the digest of the recovery manifest first: when the source kept
+        // that very manifest (it made it when it last sent this image), it is not sent.
+        let base = match (&mut send, &base_req) {
+            (
+                Request::Send { image, base, .. },
+                Request::Manifest {
+                    image: dst_image,
+                    reread: false,
+                    ..
+                },
+            ) => {
+                let digest = self.call(
+                    to,
+                    &Request::Manifest {
+                        image: dst_image.clone(),
+                        reread: false,
+                        digest: true,
+                    },
+                    &[],
+                    r.deadline,
+                )?;
+                let digest = String::from_utf8_lossy(&digest).trim().to_string();
+                let kept = self.call(
+                    from,
+                    &Request::Kept {
+                        image: image.clone(),
+                        digest: digest.clone(),
+                    },
+                    &[],
+                    r.deadline,
+                )?;
+                if kept == b"true" {
+                    *base = Some(digest);
+                    Vec::new()
+                } else {
+                    self.call(to, &base_req, &[], r.deadline)?
+                }
+            }
+            _ => self.call(to, &base_req, &[], r.deadline)?,
+        };
+        let manifest_len = if base.is_empty() { 64 } else { base.len() };
         let failed = |e: String| ReplicaError::Helper {
             host: to.to_string(),
             reason: format!("replicating {from}:{src} to {to}:{dst} failed: {e}"),
@@ -720,7 +799,7 @@ impl<'a> Helpers<'a> {
             ReplicaError::Ssh(e) => failed(e.to_string()),
             e => e,
         })?;
-        self.finish(from, src, to, dst, piped, base.len(), began)
+        self.finish(from, src, to, dst, piped, manifest_len, began)
             .map(|t| ImageTransfer { unit, ..t })
     }
 

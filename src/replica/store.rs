@@ -76,6 +76,43 @@ pub struct Point {
     /// beside the copy of the vm's first disk), when its driver captures one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub definition: Option<String>,
+    /// How the source was read, for a copy of the disk as the guest sees it (read through
+    /// QEMU); absent for a copy of the image file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<HowRead>,
+}
+
+/// How the source of a point was read: the disk as the guest sees it, through QEMU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HowRead {
+    pub mode: ReadMode,
+    /// Why every block was read (the first copy, a checkpoint gone, a bitmap QEMU refused,
+    /// asked), when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// The source's checkpoint (a dirty bitmap in its disks) that this point is: the next
+    /// replication reads only what changed since it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+}
+
+/// Which blocks of the source were read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadMode {
+    /// Every block, hashed and compared with the copy's manifest.
+    Scan,
+    /// Only the blocks a dirty bitmap marks as written since the previous checkpoint.
+    ChangedBlocks,
+}
+
+impl std::fmt::Display for ReadMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReadMode::Scan => "scan",
+            ReadMode::ChangedBlocks => "changed-blocks",
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +180,8 @@ pub struct NewPoint {
     pub retention: u32,
     /// The BLAKE3 of a definition stored beside the copy first ([`meta::write_definition`]).
     pub definition: Option<String>,
+    /// How the source was read (`None`: its image file, whole).
+    pub read: Option<HowRead>,
 }
 
 /// What an update did.
@@ -639,13 +678,29 @@ impl Store {
             image: self.name(),
             reason,
         };
-        let (points, settled) = self.history_for_update()?;
+        let (mut points, settled) = self.history_for_update()?;
         notes.extend(settled);
         if let Some(h) = &new.definition {
             meta::read_definition(&self.dir, h).map_err(|reason| StoreError::Refused {
                 image: self.name(),
                 reason: format!("the definition of the new point cannot be used: {reason}"),
             })?;
+        }
+        // Points of the image file and points of the disk as the guest sees it are not one
+        // history: a delta of one is meaningless applied to the other.
+        if let Some(newest) = points.last()
+            && newest.read.is_some() != new.read.is_some()
+        {
+            let why = match new.read {
+                Some(_) => {
+                    "its points are of the source's image file; from now on the copy is the disk as the guest sees it (read through QEMU)"
+                }
+                None => {
+                    "its points are of the disk as the guest sees it; from now on the copy is the source's image file"
+                }
+            };
+            notes.push(self.end_history(why.into())?);
+            points.clear();
         }
         let recovered = (!notes.is_empty()).then(|| notes.join("; "));
         let header = wire::read_header(input).map_err(stream_err)?;
@@ -784,6 +839,7 @@ impl Store {
             received_bytes: received,
             duration_ms: 0,
             definition: new.definition.clone(),
+            read: new.read.clone(),
         };
         self.write_points(std::slice::from_ref(&point))?;
         meta::prune_definitions(&self.dir, std::slice::from_ref(&point));
@@ -914,6 +970,7 @@ impl Store {
                 duration_ms: 0,
                 stamp: None,
                 definition: new.definition.clone(),
+                read: new.read.clone(),
             },
             prev: prev.map(|p| p.id.clone()),
             old_size: base.size,
@@ -1628,6 +1685,7 @@ mod tests {
             source: "src".into(),
             retention: 5,
             definition: None,
+            read: None,
         }
     }
 
@@ -1656,6 +1714,7 @@ mod tests {
                 source: "src".into(),
                 retention: 5,
                 definition: None,
+                read: None,
             };
             store.apply(&mut &out[..], new).unwrap();
         };
@@ -1835,6 +1894,7 @@ mod tests {
                         source: "src".into(),
                         retention: 5,
                         definition: None,
+                        read: None,
                     },
                 )
                 .unwrap();

@@ -849,6 +849,7 @@ impl TreeStore {
             duration_ms: began.elapsed().as_millis() as u64,
             stamp: None,
             definition: None,
+            read: None,
         };
         let commit = Commit {
             point: point.clone(),
@@ -1068,6 +1069,7 @@ mod tests {
                     source: "src".into(),
                     retention: 3,
                     definition: None,
+                    read: None,
                 },
             )
             .unwrap();

@@ -411,6 +411,7 @@ fn point(id: &str) -> NewPoint {
         source: "src:/img".into(),
         retention: 3,
         definition: None,
+        read: None,
     }
 }
 

@@ -6,6 +6,7 @@
 //! The streams are written by hand here, byte by byte, as a hostile helper would: the format
 //! is the one `replica::tree` and `replica::wire` define.
 
+use reprise::replica::protocol::PROTOCOL;
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::MetadataExt as _;
@@ -15,7 +16,6 @@ use std::process::{Command, Stdio};
 use chrono::Utc;
 use reprise::replica::blocks::{BLOCK, MAX_IMAGE_SIZE};
 use reprise::replica::helper::{hash_file, send};
-use reprise::replica::protocol::PROTOCOL;
 use reprise::replica::store::{NewPoint, Store, StoreError};
 use reprise::replica::tree::{Tree, TreeStore, send_tree};
 use serde_json::json;
@@ -30,6 +30,7 @@ fn point(id: &str) -> NewPoint {
         source: "hv-main:/src".into(),
         retention: 5,
         definition: None,
+        read: None,
     }
 }
 

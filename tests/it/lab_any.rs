@@ -1,5 +1,5 @@
 //! The lab runs a user's own inventory, not only the example: a Proxmox inventory whose hosts
-//! name no image folders, runbooks calling programs the lab has no stand-in for, and a command
+//! name no overlay folders, runbooks calling programs the lab has no stand-in for, and a command
 //! naming a real path of this machine, which the lab refuses to run.
 
 use std::path::Path;
@@ -10,9 +10,10 @@ fn run_in(dir: &Path, args: &[&str]) -> Run {
     reprise(dir, args)
 }
 
-/// The small fixture turned into a user's inventory: Proxmox vms (vmids, no `images_dir` or
-/// `overlays_dir` anywhere), no replication steps, and a failback step that promotes a
-/// database with `pg_ctl` and reboots, with the data folder as a host variable.
+/// The small fixture turned into a user's inventory: Proxmox vms (vmids, disks in Proxmox's
+/// layout on the default directory storage, no `overlays_dir` anywhere), no replication
+/// steps, and a failback step that promotes a database with `pg_ctl` and reboots, with the
+/// data folder as a host variable.
 fn users_inventory(dir: &Path, promote: &str) {
     let edit = |file: &str, f: &dyn Fn(String) -> String| {
         let path = dir.join(file);
@@ -23,17 +24,23 @@ fn users_inventory(dir: &Path, promote: &str) {
         s.replace("driver = \"libvirt\"", "driver = \"proxmox\"")
             .replace(
                 "disks = [\"db.qcow2\"]",
-                "disks = [\"db.qcow2\"]\nvmid = 101",
+                "disks = [\"101/vm-101-disk-0.qcow2\"]\nvmid = 101",
             )
             .replace(
                 "disks = [\"app-system.qcow2\", \"app-data.qcow2\"]",
-                "disks = [\"app-system.qcow2\", \"app-data.qcow2\"]\nvmid = 102",
+                "disks = [\"102/vm-102-disk-0.qcow2\", \"102/vm-102-disk-1.qcow2\"]\nvmid = 102",
             )
     });
     edit("inventory/hosts.toml", &|s| {
         s.lines()
-            .filter(|l| !l.starts_with("images_dir") && !l.starts_with("overlays_dir"))
-            .map(|l| format!("{l}\n"))
+            .filter(|l| !l.starts_with("overlays_dir"))
+            .map(|l| {
+                if l.starts_with("images_dir") {
+                    "images_dir = \"/var/lib/vz/images\"\n".to_string()
+                } else {
+                    format!("{l}\n")
+                }
+            })
             .collect::<String>()
             .replacen(
                 "[hosts.hv1.vars]\n",

@@ -623,3 +623,247 @@ fn a_planned_failover_that_cannot_start_the_recovery_copy_brings_production_back
         "{finished}"
     );
 }
+
+/// The `(read: …)` of the line a `reprise replicate` prints for the copy of `disk`.
+fn read_mode(stdout: &str, disk: &str) -> String {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(&format!("/{disk} →")) && l.contains(" blocks changed"))
+        .unwrap_or_else(|| panic!("no line for {disk} in {stdout}"));
+    let at = line
+        .find("(read: ")
+        .unwrap_or_else(|| panic!("no read mode in {line}"));
+    let end = line[at..].find("), ").map_or(line.len(), |e| at + e);
+    // `MODE[: WHY][; checkpoint C]`
+    line[at + 7..end].to_string()
+}
+
+/// The checkpoints of domain `dom` on hv-main.
+fn checkpoints(hv: &Hv, dom: &str) -> Vec<String> {
+    hv.main
+        .virsh(&format!("checkpoint-list {dom} --name"))
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Replicates the vm `cbt`, which must succeed: its standard output.
+fn replicate_cbt(hv: &Hv) -> String {
+    let run = hv.reprise(&["replicate", "--service", "cbt"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    run.stdout
+}
+
+const CBT_COPY: &str = "/srv/replicas/cbt.qcow2";
+
+/// The copy of `cbt` holds what the guest sees of its disk (compared while it is stopped).
+fn copy_equals_source(hv: &Hv) {
+    let copy = hv.pra.path(CBT_COPY);
+    let source = hv.main.path("/var/lib/libvirt/images/cbt.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "qcow2", "-U"])
+        .arg(&copy)
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the copy differs from the disk: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Presses the guest's power button and waits until the domain is off.
+fn shut_down(hv: &Hv, dom: &str) {
+    hv.main.virsh(&format!("shutdown {dom}"));
+    wait_for("the guest powering off", Duration::from_secs(120), || {
+        hv.main.domstate(dom) == "shut off"
+    });
+}
+
+#[test]
+fn a_running_guest_s_changed_blocks_are_all_that_is_read_and_a_killed_copy_recovers() {
+    let hv = Hv::up();
+    hv.start_guest_on_main("cbt", 12, Firmware::Bios, 4);
+    hv.wait_healthy(12, 2);
+
+    // The first copy reads every block, through libvirt's export, and starts a checkpoint.
+    let first = replicate_cbt(&hv);
+    assert!(
+        read_mode(&first, "cbt.qcow2").starts_with("scan: the first copy; checkpoint reprise-"),
+        "{first}"
+    );
+    let cps = checkpoints(&hv, "cbt");
+    assert_eq!(cps.len(), 1, "{cps:?}");
+    assert!(first.contains(&format!("checkpoint {}", cps[0])), "{first}");
+    // No overlay, no snapshot: the domain writes to its own disk throughout.
+    assert!(
+        !hv.main
+            .virsh("domblklist cbt")
+            .contains("reprise-replicate")
+    );
+
+    // The guest writes 3 blocks at 100 and 2 at 3000 (and its counter, in block 0): exactly
+    // those 6 blocks are read and sent.
+    hv.write_blocks(12, 100, 3, 'A');
+    hv.write_blocks(12, 3000, 2, 'B');
+    let second = replicate_cbt(&hv);
+    assert!(
+        read_mode(&second, "cbt.qcow2").starts_with("changed-blocks; checkpoint reprise-"),
+        "{second}"
+    );
+    assert_eq!(blocks_changed(&second), 6, "{second}");
+    // The source kept the manifest it sent: only its digest crossed.
+    assert!(second.contains(", 64 of manifest)"), "{second}");
+    let now = checkpoints(&hv, "cbt");
+    assert_eq!(now.len(), 1, "the older checkpoint is deleted: {now:?}");
+    assert_ne!(now, cps);
+
+    // kill -9 in the middle of a transfer: the backup job and a new checkpoint are left.
+    hv.write_blocks(12, 200, 1024, 'C');
+    let mut child = hv
+        .command(&["replicate", "--service", "cbt"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the backup export", Duration::from_secs(120), || {
+        hv.main.path("/var/tmp/reprise-backup-cbt.sock").exists()
+    });
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    let points = hv.reprise(&["points", "cbt", "--json"]);
+    let points: serde_json::Value = serde_json::from_str(&points.stdout).unwrap();
+    assert_eq!(points.as_array().map(Vec::len), Some(2), "{points}");
+    // The next run ends the job left, reads everything written since the copies' checkpoint
+    // (the 1024 blocks and the counter), and leaves one checkpoint.
+    let next = replicate_cbt(&hv);
+    assert!(
+        next.contains("a backup job left by an interrupted replication was ended"),
+        "{next}"
+    );
+    assert!(
+        read_mode(&next, "cbt.qcow2").starts_with("changed-blocks"),
+        "{next}"
+    );
+    assert_eq!(blocks_changed(&next), 1025, "{next}");
+    assert_eq!(checkpoints(&hv, "cbt").len(), 1);
+
+    // A drill starts a throw-away copy on an overlay of the raw copy, which it leaves as it
+    // was (nothing is defined on hv-pra by hand).
+    drill_and_check(&hv, "cbt", 12);
+
+    // Stopped, it is read by qemu-nbd through the checkpoint's bitmap in the qcow2 file:
+    // only the counter's block changed; the copy equals the disk.
+    shut_down(&hv, "cbt");
+    let offline = replicate_cbt(&hv);
+    assert!(
+        read_mode(&offline, "cbt.qcow2").starts_with("changed-blocks"),
+        "{offline}"
+    );
+    assert!(blocks_changed(&offline) <= 1, "{offline}");
+    copy_equals_source(&hv);
+    let verify = hv.reprise(&["verify", "cbt"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+
+    // The main site is lost: an emergency failover defines the vm on hv-pra from the point's
+    // definition, whose disk is the primary's qcow2, with its copy read as what it is, a raw
+    // image of the disk as the guest saw it; the guest boots from it with nothing lost.
+    assert!(hv.pra.domains().is_empty(), "{:?}", hv.pra.domains());
+    let in_copy = hv.pra.counter_on_disk(CBT_COPY);
+    let run = hv.reprise(&[
+        "failover",
+        "--emergency",
+        "--yes",
+        "--no-prompt",
+        "--service",
+        "cbt",
+        "--only",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}\n{:#?}", hv.journal());
+    let defined = hv.pra.virsh("dumpxml --inactive cbt");
+    let disk = elements(&defined, "disk")
+        .into_iter()
+        .find(|d| d.contains(CBT_COPY))
+        .unwrap_or_else(|| panic!("no disk on {CBT_COPY}: {defined}"));
+    assert!(disk.contains("type='raw'"), "{disk}");
+    let (boot, _) = hv.wait_healthy(12, 0);
+    assert_eq!(boot, in_copy);
+}
+
+#[test]
+fn a_deleted_checkpoint_a_guest_killed_and_a_lost_bitmap_each_make_a_scan_that_says_why() {
+    let hv = Hv::up();
+    hv.start_guest_on_main("cbt", 12, Firmware::Bios, 4);
+    hv.wait_healthy(12, 2);
+    replicate_cbt(&hv);
+
+    // A checkpoint deleted outside reprise.
+    let cp = checkpoints(&hv, "cbt").remove(0);
+    hv.main.virsh(&format!("checkpoint-delete cbt {cp}"));
+    let out = replicate_cbt(&hv);
+    let mode = read_mode(&out, "cbt.qcow2");
+    assert!(
+        mode.starts_with("scan")
+            && mode.contains(&format!("checkpoint {cp} is no longer on hv-main")),
+        "{out}"
+    );
+
+    // Stopped and started again outside reprise, cleanly: QEMU saved its bitmap, so what the
+    // guest wrote before is still read (2 blocks and the counter's).
+    replicate_cbt(&hv);
+    hv.write_blocks(12, 700, 2, 'D');
+    shut_down(&hv, "cbt");
+    hv.main.virsh("start cbt");
+    hv.wait_healthy(12, 1);
+    let out = replicate_cbt(&hv);
+    assert!(
+        read_mode(&out, "cbt.qcow2").starts_with("changed-blocks"),
+        "{out}"
+    );
+    assert_eq!(blocks_changed(&out), 3, "{out}");
+
+    // Killed (as by a host crash) and started again outside reprise: its bitmap was not saved
+    // and cannot be trusted.
+    hv.write_blocks(12, 900, 2, 'E');
+    let pid: i32 = std::fs::read_to_string(hv.main.path("/run/libvirt/qemu/cbt.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: a signal to the guest's QEMU, which this test's libvirt started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("QEMU gone", Duration::from_secs(60), || {
+        hv.main.domstate("cbt") == "shut off"
+    });
+    hv.main.virsh("start cbt");
+    hv.wait_healthy(12, 1);
+    let out = replicate_cbt(&hv);
+    let mode = read_mode(&out, "cbt.qcow2");
+    assert!(mode.starts_with("scan"), "{out}");
+    assert!(blocks_changed(&out) >= 3, "{out}");
+    assert!(
+        mode.contains("libvirt refused") && mode.contains("broken bitmap"),
+        "{out}"
+    );
+    // The broken checkpoint is gone with the others: one is left, the new one.
+    assert_eq!(checkpoints(&hv, "cbt").len(), 1, "{out}");
+
+    // A bitmap lost from the qcow2 file while the vm was stopped.
+    shut_down(&hv, "cbt");
+    let cp = checkpoints(&hv, "cbt").pop().unwrap();
+    hv.main.sh(&format!(
+        "qemu-img bitmap --remove /var/lib/libvirt/images/cbt.qcow2 {cp}"
+    ));
+    let out = replicate_cbt(&hv);
+    let mode = read_mode(&out, "cbt.qcow2");
+    assert!(
+        mode.starts_with("scan") && mode.contains("missing"),
+        "{out}"
+    );
+    copy_equals_source(&hv);
+}

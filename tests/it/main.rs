@@ -16,6 +16,7 @@ mod libvirt;
 mod monitoring;
 mod ops;
 mod props;
+mod proxmox;
 mod replica;
 mod replica_faults;
 mod report;

@@ -3,7 +3,9 @@
 # takes its address from `reprise.ip=` on the kernel command line, reads the counter left on
 # its disk (the first sector of /dev/vda), then writes counter+1, +2, ... there every second
 # (synced), answers on TCP port 7000 with `boot B now N` (B: the counter found at boot, N: the
-# last one written), and on an ACPI power button press stops writing, syncs and powers off.
+# last one written), writes known blocks when asked on port 7001 (a line `FIRST COUNT CHAR`:
+# COUNT 64 KiB blocks of CHAR from block FIRST, synced; answers `wrote COUNT at FIRST`), and on
+# an ACPI power button press stops writing, syncs and powers off.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -40,6 +42,14 @@ echo "guest: boot counter $boot"
 ) &
 writer=$!
 nc -ll -p 7000 -e /bin/health &
+cat >/bin/write-blocks <<'EOF'
+#!/bin/sh
+read -r first count char
+dd if=/dev/zero bs=65536 count="$count" 2>/dev/null | tr '\000' "$char" |
+    dd of=/dev/vda bs=65536 seek="$first" conv=fsync 2>/dev/null && echo "wrote $count at $first"
+EOF
+chmod +x /bin/write-blocks
+nc -ll -p 7001 -e /bin/write-blocks &
 mkfifo /tmp/power
 for d in /sys/class/input/input*; do
     grep -q "Power Button" "$d/name" 2>/dev/null || continue

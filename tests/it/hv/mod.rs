@@ -511,6 +511,24 @@ impl Hv {
         }
     }
 
+    /// Asks the guest at 10.126.0.`ip` to write `count` 64 KiB blocks of `char` from block
+    /// `first` of its disk, and waits until it has (synced).
+    pub fn write_blocks(&self, ip: u8, first: u64, count: u64, char: char) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.main.ns, "timeout", "60", "bash", "-c"])
+            .arg(format!(
+                "exec 3<>/dev/tcp/10.126.0.{ip}/7001 && echo '{first} {count} {char}' >&3 && cat <&3"
+            ))
+            .output()
+            .expect("ip netns exec runs");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains(&format!("wrote {count} at {first}")),
+            "the guest at 10.126.0.{ip} did not write its blocks: {said:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Waits until the guest at 10.126.0.`ip` answers, with a counter of at least `min_now`.
     pub fn wait_healthy(&self, ip: u8, min_now: u64) -> (u64, u64) {
         let mut last = None;
@@ -629,11 +647,16 @@ impl Hv {
         let mut vms = String::new();
         let mut services = String::new();
         let mut runbooks = String::new();
-        for (name, ip) in [("app", 10), ("uefi", 11)] {
+        for (name, ip) in [("app", 10), ("uefi", 11), ("cbt", 12)] {
             vms.push_str(&format!(
                 "[vms.{name}]\ndriver = \"libvirt\"\nprimary = \"hv-main\"\n\
                  recovery = \"hv-pra\"\ndisks = [\"{name}.qcow2\"]\naddress = \"10.126.0.{ip}\"\n\
-                 retention = 5\n\n"
+                 retention = 5\n{}\n",
+                if name == "cbt" {
+                    "changed_blocks = true\n"
+                } else {
+                    ""
+                }
             ));
             services.push_str(&format!(
                 "[services.{name}]\nkind = \"application\"\nrto = \"1h\"\nrpo = \"1h\"\n\

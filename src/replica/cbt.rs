@@ -1,0 +1,621 @@
+//! Changed-block tracking of libvirt domains: which blocks of a vm's disks to read, decided
+//! from what its copies record (the checkpoint each point is) and what the source host has
+//! (its checkpoints, the bitmaps in its qcow2 files), and the libvirt commands around the read.
+//!
+//! A running domain is read through libvirt's backup API in pull mode: `virsh backup-begin`
+//! creates a new checkpoint and exports every disk over NBD as of that instant, with, when
+//! incremental, the dirty bitmap of what was written since the previous checkpoint; the source
+//! helper reads only those blocks (`nbd`). A stopped domain is read by `qemu-nbd` from its qcow2
+//! files, through the persistent bitmap of the copies' checkpoint when it is there and sound.
+//! Anything else is a scan (every block read and hashed), and the point says why.
+//!
+//! The decision ([`decide`]) is a pure function; the commands run through `ssh::Transport`.
+
+use std::time::Duration;
+
+use super::protocol::DiskFormat;
+use super::store::{HowRead, Point, ReadMode};
+use crate::ssh::Transport;
+use crate::template::shell_quote;
+
+/// Checkpoints reprise makes are named `reprise-<point id>`; no other is touched.
+pub const PREFIX: &str = "reprise-";
+
+const DEADLINE: Duration = Duration::from_secs(300);
+
+/// One disk of a domain, as its definition says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomDisk {
+    pub target: String,
+    pub source: String,
+    pub format: String,
+}
+
+/// The file disks (`device='disk'`) of a domain's XML as libvirt writes it.
+pub fn parse_disks(xml: &str) -> Vec<DomDisk> {
+    let attr = |tag: &str, name: &str| -> Option<String> {
+        let key = format!("{name}='");
+        let at = tag.find(&key)? + key.len();
+        let end = tag[at..].find('\'')?;
+        Some(unescape(&tag[at..at + end]))
+    };
+    let element = |block: &str, name: &str| -> Option<String> {
+        let open = format!("<{name} ");
+        let at = block.find(&open)?;
+        let end = block[at..].find('>')?;
+        Some(block[at..at + end].to_string())
+    };
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find("<disk ") {
+        let Some(len) = rest[start..].find("</disk>") else {
+            break;
+        };
+        let block = &rest[start..start + len];
+        rest = &rest[start + len..];
+        let head = &block[..block.find('>').unwrap_or(block.len())];
+        if attr(head, "device").as_deref() != Some("disk") {
+            continue;
+        }
+        // The disk's own source, not that of a backing store inside it.
+        let own = match block.find("<backingStore") {
+            None => block.to_string(),
+            Some(a) => {
+                let b = match block.rfind("</backingStore>") {
+                    Some(b) if b > a => b + "</backingStore>".len(),
+                    _ => block[a..].find("/>").map_or(block.len(), |e| a + e + 2),
+                };
+                format!("{}{}", &block[..a], &block[b..])
+            }
+        };
+        let own = own.as_str();
+        let (Some(target), Some(source)) = (
+            element(own, "target").and_then(|t| attr(&t, "dev")),
+            element(own, "source").and_then(|s| attr(&s, "file")),
+        ) else {
+            continue;
+        };
+        let format = element(own, "driver")
+            .and_then(|d| attr(&d, "type"))
+            .unwrap_or_else(|| "raw".into());
+        out.push(DomDisk {
+            target,
+            source,
+            format,
+        });
+    }
+    out
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&apos;", "'")
+        .replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// How the disks of one vm are read this time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub mode: ReadMode,
+    /// Why a scan.
+    pub why: Option<String>,
+    /// The checkpoint whose changes are read (changed blocks), or that a scan of a stopped
+    /// vm still is (its bitmap goes on recording).
+    pub since: Option<String>,
+}
+
+impl Decision {
+    fn scan(why: impl Into<String>, since: Option<String>) -> Decision {
+        Decision {
+            mode: ReadMode::Scan,
+            why: Some(why.into()),
+            since,
+        }
+    }
+}
+
+/// What is known before a vm's disks are read.
+#[derive(Debug, Clone)]
+pub struct Facts<'a> {
+    pub host: &'a str,
+    /// Every block is to be read (`--scan`, `--verify`).
+    pub asked_scan: bool,
+    /// The newest point of each disk's copy (`None`: no point).
+    pub newest: Vec<Option<&'a Point>>,
+    /// The domain's disks, in the vm's order.
+    pub disks: Vec<DomDisk>,
+    /// The checkpoints the source domain has.
+    pub checkpoints: Vec<String>,
+    /// For a stopped domain: per disk, why its bitmap of `since` cannot be used, if so.
+    pub bitmap_problem: Option<String>,
+}
+
+/// Which blocks to read: only what changed since the copies' checkpoint when every disk's
+/// copy records the same one, it is still on the source, and every disk is qcow2; else all.
+pub fn decide(f: &Facts) -> Decision {
+    if let Some(d) = f.disks.iter().find(|d| d.format != "qcow2") {
+        return Decision::scan(
+            format!(
+                "disk {} is {}: QEMU keeps dirty bitmaps in qcow2 files only",
+                d.target, d.format
+            ),
+            None,
+        );
+    }
+    let recorded: Vec<Option<&str>> = f
+        .newest
+        .iter()
+        .map(|p| {
+            p.and_then(|p| p.read.as_ref())
+                .and_then(|r| r.checkpoint.as_deref())
+        })
+        .collect();
+    if f.newest.iter().any(Option::is_none) {
+        return Decision::scan("the first copy", None);
+    }
+    if f.newest.iter().any(|p| p.is_some_and(|p| p.read.is_none())) {
+        return Decision::scan(
+            "the copy was of the image file: this one is of the disk as the guest sees it",
+            None,
+        );
+    }
+    let Some(Some(first)) = recorded.first() else {
+        return Decision::scan("no checkpoint recorded with the copy", None);
+    };
+    if recorded.iter().any(|c| *c != Some(*first)) {
+        return Decision::scan(
+            "the disks' copies record different checkpoints (a replication cut between disks)",
+            None,
+        );
+    }
+    let since = first.to_string();
+    if !f.checkpoints.contains(&since) {
+        return Decision::scan(
+            format!(
+                "checkpoint {since} is no longer on {} (deleted outside reprise, or the domain was defined again)",
+                f.host
+            ),
+            None,
+        );
+    }
+    if f.asked_scan {
+        return Decision::scan("asked (--scan)", Some(since));
+    }
+    if let Some(problem) = &f.bitmap_problem {
+        return Decision::scan(problem.clone(), None);
+    }
+    Decision {
+        mode: ReadMode::ChangedBlocks,
+        why: None,
+        since: Some(since),
+    }
+}
+
+/// The NBD socket of a domain's pull-mode backup.
+pub fn socket(dom: &str) -> String {
+    format!("/var/tmp/reprise-backup-{dom}.sock")
+}
+
+/// Where QEMU keeps the old content of what the guest overwrites during a backup (created by
+/// libvirt; removed when the backup ends).
+pub fn scratch(dom: &str, target: &str) -> String {
+    format!("/var/tmp/reprise-backup-{dom}-{target}.scratch")
+}
+
+/// The dirty bitmap libvirt exports for disk `target`.
+pub fn export_bitmap(target: &str) -> String {
+    format!("{PREFIX}{target}")
+}
+
+/// The backup XML: a pull-mode export of `ours` (the others not backed up), incremental since
+/// `since`.
+pub fn backup_xml(dom: &str, all: &[String], ours: &[String], since: Option<&str>) -> String {
+    let mut x = String::from("<domainbackup mode='pull'>");
+    if let Some(s) = since {
+        x.push_str(&format!("<incremental>{s}</incremental>"));
+    }
+    x.push_str(&format!(
+        "<server transport='unix' socket='{}'/><disks>",
+        socket(dom)
+    ));
+    for t in all {
+        if ours.contains(t) {
+            x.push_str(&format!(
+                "<disk name='{t}' backup='yes' type='file' exportname='{t}' exportbitmap='{}'><scratch file='{}'/></disk>",
+                export_bitmap(t),
+                scratch(dom, t)
+            ));
+        } else {
+            x.push_str(&format!("<disk name='{t}' backup='no'/>"));
+        }
+    }
+    x.push_str("</disks></domainbackup>");
+    x
+}
+
+/// The checkpoint XML: a bitmap on `ours`.
+pub fn checkpoint_xml(name: &str, all: &[String], ours: &[String]) -> String {
+    let mut x = format!("<domaincheckpoint><name>{name}</name><disks>");
+    for t in all {
+        let c = if ours.contains(t) { "bitmap" } else { "no" };
+        x.push_str(&format!("<disk name='{t}' checkpoint='{c}'/>"));
+    }
+    x.push_str("</disks></domaincheckpoint>");
+    x
+}
+
+/// Runs `script` on `host`: its standard output, or its error.
+fn sh(t: &dyn Transport, host: &str, script: &str) -> Result<String, String> {
+    let out = t.exec(host, script, DEADLINE).map_err(|e| e.to_string())?;
+    if out.exit_code != 0 {
+        let err = out.stderr.trim();
+        return Err(if err.is_empty() {
+            format!("exit {}", out.exit_code)
+        } else {
+            err.lines()
+                .filter(|l| !l.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+    }
+    Ok(out.stdout)
+}
+
+/// Whether the domain runs, and its disks (live definition when it runs).
+pub fn domain(t: &dyn Transport, host: &str, dom: &str) -> Result<(bool, Vec<DomDisk>), String> {
+    let q = shell_quote(dom);
+    let state = sh(t, host, &format!("virsh domstate {q}"))?;
+    let running = state.trim() == "running";
+    let xml = sh(
+        t,
+        host,
+        &format!(
+            "virsh dumpxml {}{q}",
+            if running { "" } else { "--inactive " }
+        ),
+    )?;
+    Ok((running, parse_disks(&xml)))
+}
+
+/// The domain's checkpoints.
+pub fn checkpoints(t: &dyn Transport, host: &str, dom: &str) -> Result<Vec<String>, String> {
+    let out = sh(
+        t,
+        host,
+        &format!("virsh checkpoint-list {} --name", shell_quote(dom)),
+    )?;
+    Ok(out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+/// Why the persistent bitmap `name` of the stopped vm's qcow2 files cannot be used, if so.
+pub fn offline_bitmap_problem(
+    t: &dyn Transport,
+    host: &str,
+    files: &[String],
+    name: &str,
+) -> Result<Option<String>, String> {
+    for f in files {
+        let json = sh(
+            t,
+            host,
+            &format!("qemu-img info -U --output=json -f qcow2 {}", shell_quote(f)),
+        )?;
+        let info: serde_json::Value = serde_json::from_str(&json)
+            .map_err(|e| format!("qemu-img info of {f} is not understood: {e}"))?;
+        let bitmaps = info["format-specific"]["data"]["bitmaps"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let Some(b) = bitmaps.iter().find(|b| b["name"] == name) else {
+            return Ok(Some(format!(
+                "the bitmap {name} is missing from {f} (lost or removed)"
+            )));
+        };
+        let flags: Vec<&str> = b["flags"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        if flags.contains(&"in-use") {
+            return Ok(Some(format!(
+                "the bitmap {name} of {f} is inconsistent (its vm stopped uncleanly)"
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Ends a backup job of this domain that reprise left (a killed replication): one whose
+/// export is reprise's socket. What was done, if anything.
+pub fn end_stale(t: &dyn Transport, host: &str, dom: &str) -> Result<Option<String>, String> {
+    let q = shell_quote(dom);
+    let xml = match sh(t, host, &format!("virsh backup-dumpxml {q}")) {
+        Ok(x) => x,
+        // No backup job.
+        Err(_) => return Ok(None),
+    };
+    if !xml.contains(&socket(dom)) {
+        return Err(format!(
+            "a backup job that is not reprise's runs on domain {dom}: not replicated (it is left alone)"
+        ));
+    }
+    end(t, host, dom)?;
+    Ok(Some(
+        "a backup job left by an interrupted replication was ended".into(),
+    ))
+}
+
+/// Begins the pull-mode backup with a new checkpoint `name`.
+pub fn begin(
+    t: &dyn Transport,
+    host: &str,
+    dom: &str,
+    all: &[String],
+    ours: &[String],
+    since: Option<&str>,
+    name: Option<&str>,
+) -> Result<(), String> {
+    let checkpoint = match name {
+        Some(n) => format!(
+            "printf '%s' {} > \"$d/c.xml\"; ",
+            shell_quote(&checkpoint_xml(n, all, ours))
+        ),
+        None => String::new(),
+    };
+    let script = format!(
+        "set -e; d=$(mktemp -d); trap 'rm -rf \"$d\"' EXIT; rm -f {sock} {scratch}; printf '%s' {b} > \"$d/b.xml\"; {checkpoint}virsh backup-begin {q} \"$d/b.xml\" {c}>/dev/null",
+        sock = shell_quote(&socket(dom)),
+        scratch = ours
+            .iter()
+            .map(|t| shell_quote(&scratch(dom, t)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        b = shell_quote(&backup_xml(dom, all, ours, since)),
+        c = if name.is_some() { "\"$d/c.xml\" " } else { "" },
+        q = shell_quote(dom),
+    );
+    sh(t, host, &script).map(|_| ())
+}
+
+/// Ends the backup job (the export goes away) and removes its scratch files.
+pub fn end(t: &dyn Transport, host: &str, dom: &str) -> Result<(), String> {
+    sh(
+        t,
+        host,
+        &format!(
+            "virsh domjobabort {} >/dev/null; rm -f {} {}",
+            shell_quote(dom),
+            shell_quote(&socket(dom)),
+            shell_quote(&format!("/var/tmp/reprise-backup-{dom}-")) + "*.scratch"
+        ),
+    )
+    .map(|_| ())
+}
+
+/// Deletes reprise's checkpoints other than `keep` (their bitmaps merge into the others):
+/// what was deleted.
+pub fn prune(t: &dyn Transport, host: &str, dom: &str, keep: &str) -> Result<Vec<String>, String> {
+    let mut gone = Vec::new();
+    for c in checkpoints(t, host, dom)? {
+        if c.starts_with(PREFIX) && c != keep {
+            // A checkpoint whose bitmap is broken (its vm killed) cannot be merged: only
+            // libvirt's record of it goes.
+            let (d, n) = (shell_quote(dom), shell_quote(&c));
+            sh(
+                t,
+                host,
+                &format!(
+                    "virsh checkpoint-delete {d} {n} >/dev/null 2>&1 || virsh checkpoint-delete --metadata {d} {n} >/dev/null"
+                ),
+            )?;
+            gone.push(c);
+        }
+    }
+    Ok(gone)
+}
+
+/// The read of one disk: libvirt's export of it, or `qemu-nbd` of its file.
+pub fn guest_read(
+    running: bool,
+    dom: &str,
+    disk: &DomDisk,
+    d: &Decision,
+    checkpoint: Option<String>,
+) -> super::remote::GuestRead {
+    let changed = d.mode == ReadMode::ChangedBlocks;
+    super::remote::GuestRead {
+        nbd: running.then(|| (socket(dom), disk.target.clone())),
+        format: if disk.format == "qcow2" {
+            DiskFormat::Qcow2
+        } else {
+            DiskFormat::Raw
+        },
+        bitmap: match (changed, running) {
+            (true, true) => Some(export_bitmap(&disk.target)),
+            (true, false) => d.since.clone(),
+            (false, _) => None,
+        },
+        how: HowRead {
+            mode: d.mode,
+            why: d.why.clone(),
+            checkpoint,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::Verified;
+
+    const XML: &str = "<domain type='qemu'>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='/var/lib/libvirt/images/app.qcow2' index='1'/>\n      <backingStore type='file'><format type='raw'/><source file='/b&amp;c.raw'/></backingStore>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n    <disk type='file' device='cdrom'>\n      <source file='/iso.iso'/>\n      <target dev='sda' bus='sata'/>\n    </disk>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n      <source file='/data&apos;s.img'/>\n      <target dev='vdb' bus='virtio'/>\n    </disk>\n  </devices>\n</domain>\n";
+
+    #[test]
+    fn disks_are_read_from_libvirts_xml_without_cdroms_or_backing_stores() {
+        assert_eq!(
+            parse_disks(XML),
+            vec![
+                DomDisk {
+                    target: "vda".into(),
+                    source: "/var/lib/libvirt/images/app.qcow2".into(),
+                    format: "qcow2".into(),
+                },
+                DomDisk {
+                    target: "vdb".into(),
+                    source: "/data's.img".into(),
+                    format: "raw".into(),
+                },
+            ]
+        );
+    }
+
+    fn point(read: Option<HowRead>) -> Point {
+        Point {
+            id: "p".into(),
+            taken_at: chrono::Utc::now(),
+            source: "s".into(),
+            size: 1,
+            blake3: "00".into(),
+            verified: Verified::Yes,
+            checked_at: None,
+            received_bytes: 0,
+            duration_ms: 0,
+            stamp: None,
+            definition: None,
+            read,
+        }
+    }
+
+    fn how(cp: Option<&str>) -> Option<HowRead> {
+        Some(HowRead {
+            mode: ReadMode::ChangedBlocks,
+            why: None,
+            checkpoint: cp.map(String::from),
+        })
+    }
+
+    fn qcow2(t: &str) -> DomDisk {
+        DomDisk {
+            target: t.into(),
+            source: format!("/{t}"),
+            format: "qcow2".into(),
+        }
+    }
+
+    /// The decision for copies whose newest points are `newest`, on a host with checkpoints.
+    fn check(newest: &[Option<Point>], cps: &[&str], asked: bool, expected: (ReadMode, &str)) {
+        let f = Facts {
+            host: "hv-main",
+            asked_scan: asked,
+            newest: newest.iter().map(Option::as_ref).collect(),
+            disks: vec![qcow2("vda"), qcow2("vdb")],
+            checkpoints: cps.iter().map(|c| c.to_string()).collect(),
+            bitmap_problem: None,
+        };
+        let d = decide(&f);
+        assert_eq!(d.mode, expected.0, "{d:?}");
+        assert!(
+            d.why.as_deref().unwrap_or("").contains(expected.1),
+            "{d:?} does not say {:?}",
+            expected.1
+        );
+    }
+
+    #[test]
+    fn only_what_changed_is_read_when_every_copy_is_at_a_checkpoint_the_source_has() {
+        let at = |c| Some(point(how(Some(c))));
+        check(
+            &[at("reprise-1"), at("reprise-1")],
+            &["reprise-1"],
+            false,
+            (ReadMode::ChangedBlocks, ""),
+        );
+        check(
+            &[None, at("reprise-1")],
+            &["reprise-1"],
+            false,
+            (ReadMode::Scan, "the first copy"),
+        );
+        check(
+            &[Some(point(None)), at("reprise-1")],
+            &["reprise-1"],
+            false,
+            (ReadMode::Scan, "image file"),
+        );
+        check(
+            &[at("reprise-1"), at("reprise-2")],
+            &["reprise-1", "reprise-2"],
+            false,
+            (ReadMode::Scan, "different checkpoints"),
+        );
+        check(
+            &[at("reprise-1"), at("reprise-1")],
+            &["reprise-2"],
+            false,
+            (
+                ReadMode::Scan,
+                "checkpoint reprise-1 is no longer on hv-main",
+            ),
+        );
+        check(
+            &[at("reprise-1"), at("reprise-1")],
+            &["reprise-1"],
+            true,
+            (ReadMode::Scan, "asked"),
+        );
+        check(
+            &[Some(point(how(None))), Some(point(how(None)))],
+            &["reprise-1"],
+            false,
+            (ReadMode::Scan, "no checkpoint recorded"),
+        );
+    }
+
+    #[test]
+    fn a_raw_disk_is_always_scanned_and_a_bad_bitmap_says_why() {
+        let at = Some(point(how(Some("reprise-1"))));
+        let mut f = Facts {
+            host: "h",
+            asked_scan: false,
+            newest: vec![at.as_ref()],
+            disks: vec![DomDisk {
+                format: "raw".into(),
+                ..qcow2("vda")
+            }],
+            checkpoints: vec!["reprise-1".into()],
+            bitmap_problem: None,
+        };
+        assert!(decide(&f).why.unwrap().contains("disk vda is raw"));
+        f.disks = vec![qcow2("vda")];
+        f.bitmap_problem = Some("the bitmap reprise-1 of /vda is inconsistent".into());
+        let d = decide(&f);
+        assert_eq!(d.mode, ReadMode::Scan);
+        assert!(d.why.unwrap().contains("inconsistent"));
+        assert_eq!(
+            d.since, None,
+            "a bad bitmap is not a checkpoint to go on from"
+        );
+    }
+
+    #[test]
+    fn the_backup_exports_only_the_replicated_disks() {
+        let all = ["vda".to_string(), "vdb".to_string()];
+        let x = backup_xml("app", &all, &all[..1], Some("reprise-1"));
+        assert!(x.contains("<incremental>reprise-1</incremental>"), "{x}");
+        assert!(x.contains("<disk name='vda' backup='yes'"), "{x}");
+        assert!(x.contains("<disk name='vdb' backup='no'/>"), "{x}");
+        assert!(
+            x.contains("socket='/var/tmp/reprise-backup-app.sock'"),
+            "{x}"
+        );
+        let c = checkpoint_xml("reprise-2", &all, &all[..1]);
+        assert!(c.contains("<disk name='vda' checkpoint='bitmap'/>"), "{c}");
+        assert!(c.contains("<disk name='vdb' checkpoint='no'/>"), "{c}");
+    }
+}
