@@ -759,19 +759,21 @@ pub fn confirm(
             status: format!("{status:?}").to_lowercase(),
         });
     }
-    if let Err(why) = waiting(&events, step) {
-        return Err(RunError::NotWaiting {
-            run_id: dir.run_id.clone(),
-            step: step.to_string(),
-            why,
-        });
-    }
+    // Who confirmed it first, whether or not the run has taken the confirmation yet: the
+    // second person is told who, not that the step has moved on.
     if let Some(given) = dir.confirmation(step) {
         return Err(RunError::AlreadyConfirmed {
             run_id: dir.run_id.clone(),
             step: step.to_string(),
             by: given.by,
             at: given.at,
+        });
+    }
+    if let Err(why) = waiting(&events, step) {
+        return Err(RunError::NotWaiting {
+            run_id: dir.run_id.clone(),
+            step: step.to_string(),
+            why,
         });
     }
     dir.confirm(

@@ -272,6 +272,15 @@ fn a_confirmation_is_for_one_exact_step_that_waits_and_the_report_credits_only_i
         r.stderr
     );
     site.wait_for(|e| e["event"] == "confirmed" && e["step"] == "a/b__c");
+    // Once the step has taken it and finished, a second person is still told who confirmed it.
+    site.wait_for(|e| e["event"] == "step_finished" && e["step"] == "a/b__c");
+    let r = confirm(&site, "a/b__c", "Someone Else");
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.stderr.contains("already confirmed by Nadia Amrani"),
+        "{}",
+        r.stderr
+    );
     // The other step, whose id once mapped to the same file, still waits.
     std::thread::sleep(Duration::from_millis(600));
     assert!(
