@@ -123,8 +123,19 @@ pub fn read_blocks(
     mut f: impl FnMut(u64, &[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
     for (idx, start, len) in batches(size) {
-        let map = Mapped::new(file, start, len)?;
-        f(idx, map.bytes())?;
+        // SAFETY: a read-only private mapping of `len` (> 0) bytes of `file` at a block-aligned
+        // offset, read only while `map` lives and unmapped when it drops. The file may change
+        // under it (bytes the end-to-end hash then refuses) or be cut short (SIGBUS, which
+        // `explain_faults` turns into an error line); no reference to it outlives `map`.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(start)
+                .len(len)
+                .map_copy_read_only(file)?
+        };
+        // A hint only.
+        let _ = map.advise(memmap2::Advice::Sequential);
+        f(idx, &map)?;
     }
     Ok(())
 }
@@ -214,55 +225,6 @@ pub fn explain_faults(message: &str) {
     }
 }
 
-/// A read-only, private mapping of part of a file.
-struct Mapped {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-impl Mapped {
-    /// Maps `len` (> 0) bytes of `file` from `offset` (a multiple of the page size).
-    fn new(file: &File, offset: u64, len: usize) -> io::Result<Mapped> {
-        use std::os::fd::AsRawFd as _;
-        let offset = libc::off_t::try_from(offset)
-            .map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
-        // SAFETY: a read-only private mapping of `len` (> 0) bytes of an open file at an
-        // aligned offset; checked for failure below and unmapped on drop.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                offset,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the range just mapped; a hint only.
-        unsafe {
-            libc::madvise(ptr, len, libc::MADV_SEQUENTIAL);
-        }
-        Ok(Mapped { ptr, len })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `len` readable bytes mapped at `ptr`, alive as long as `self`.
-        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe {
-            libc::munmap(self.ptr, self.len);
-        }
-    }
-}
-
 /// What the recovery side knows of its copy: its size, the hash of every block and of the
 /// whole image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -337,11 +299,6 @@ impl Manifest {
             .collect();
         Ok(Manifest { size, whole, cvs })
     }
-}
-
-/// Lowercase hex of a hash.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

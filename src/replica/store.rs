@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::blocks::{self, BLOCK, Cv, Manifest, hex};
+use super::blocks::{self, BLOCK, Cv, Manifest};
 use super::meta::{self, CopyState, Lease, PointsRead, PointsSource};
 use super::wire::{self, Record};
 
@@ -242,7 +242,8 @@ const WRITEBACK_EVERY: u64 = 16 << 20;
 /// where unsupported: the fsync that follows is what makes the data durable.
 fn start_writeback(f: &File) {
     use std::os::fd::AsRawFd as _;
-    // SAFETY: a valid open descriptor; offset 0 and length 0 mean the whole file.
+    // SAFETY: a valid open descriptor; offset 0 and length 0 mean the whole file. Through
+    // libc: neither rustix nor std has sync_file_range.
     unsafe {
         libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
@@ -810,8 +811,8 @@ impl Store {
             let _ = std::fs::remove_file(&staging);
             return Err(StoreError::Mismatch {
                 image: self.name(),
-                expected: hex(&whole),
-                got: hex(&got),
+                expected: hex(whole),
+                got: hex(got),
             });
         }
         f.sync_all().map_err(io_err(&staging))?;
@@ -833,7 +834,7 @@ impl Store {
             taken_at: new.taken_at,
             source: new.source.clone(),
             size: header.size,
-            blake3: hex(&whole),
+            blake3: hex(whole),
             verified: Verified::Yes,
             checked_at: Some(Utc::now()),
             received_bytes: received,
@@ -953,8 +954,8 @@ impl Store {
             let _ = std::fs::remove_file(&dpath);
             return Err(StoreError::Mismatch {
                 image: self.name(),
-                expected: hex(&whole),
-                got: hex(&got),
+                expected: hex(whole),
+                got: hex(got),
             });
         }
         let commit = Commit {
@@ -963,7 +964,7 @@ impl Store {
                 taken_at: new.taken_at,
                 source: new.source.clone(),
                 size: header.size,
-                blake3: hex(&whole),
+                blake3: hex(whole),
                 verified: Verified::Yes,
                 checked_at: Some(Utc::now()),
                 received_bytes: received,
@@ -974,7 +975,7 @@ impl Store {
             },
             prev: prev.map(|p| p.id.clone()),
             old_size: base.size,
-            new_whole: hex(&whole),
+            new_whole: hex(whole),
             retention: new.retention.max(1),
         };
         // The replaced blocks are durable before the commit record can be.
@@ -1246,7 +1247,7 @@ impl Store {
                             self.write_manifest(&m)?;
                         }
                     }
-                    hex(&whole) == points[k].blake3
+                    hex(whole) == points[k].blake3
                 }
                 Err(StoreError::Damaged { .. }) if k + 1 < points.len() => false,
                 Err(e) => return Err(e),
@@ -1297,11 +1298,11 @@ impl Store {
         let whole = blocks::root(&cvs)
             .or(single)
             .unwrap_or(*blake3::hash(b"").as_bytes());
-        if hex(&whole) != points[k].blake3 {
+        if hex(whole) != points[k].blake3 {
             return Err(StoreError::Mismatch {
                 image: format!("{} (point {id} restored to {})", self.name(), out.display()),
                 expected: points[k].blake3.clone(),
-                got: hex(&whole),
+                got: hex(whole),
             });
         }
         Ok(())
@@ -1636,38 +1637,24 @@ fn read_delta(path: &Path) -> Result<(u64, Vec<(u64, Slot)>), StoreError> {
     Ok((size, slots))
 }
 
+/// Lowercase hex of a whole-image hash.
+fn hex(hash: [u8; 32]) -> String {
+    blake3::Hash::from_bytes(hash).to_hex().to_string()
+}
+
 fn parse_hex(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if s.len() != 64 {
-        return None;
-    }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    blake3::Hash::from_hex(s).ok().map(|h| *h.as_bytes())
 }
 
 /// Makes a range of the file a hole (it reads as zeros and takes no space).
 fn punch_hole(f: &File, off: u64, len: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: plain syscall on an open descriptor.
-    let r = unsafe {
-        libc::fallocate(
-            f.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+    use rustix::fs::{FallocateFlags, fallocate};
+    match fallocate(f, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, off, len) {
+        Ok(()) => Ok(()),
         // A file system without holes: write the zeros.
-        return f.write_all_at(&vec![0u8; len as usize], off);
+        Err(rustix::io::Errno::OPNOTSUPP) => f.write_all_at(&vec![0u8; len as usize], off),
+        Err(e) => Err(e.into()),
     }
-    Err(e)
 }
 
 use super::meta::sync_dir;
