@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::{SiteRole, VarValue};
@@ -1135,34 +1136,23 @@ impl Started {
     /// Sends `signal` to the recorded process if it is still that process. The pid is pinned
     /// with a pidfd before the identity is checked, so the signal cannot reach a process
     /// that took the pid in between.
-    fn signal(&self, signal: i32) -> bool {
-        use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid as libc::pid_t, 0) };
-        if fd < 0 {
-            if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
-                return false; // gone
-            }
+    fn signal(&self, signal: Signal) -> bool {
+        use rustix::process::{Pid, PidfdFlags, kill_process, pidfd_open, pidfd_send_signal};
+        let Some(pid) = i32::try_from(self.pid).ok().and_then(Pid::from_raw) else {
+            return false;
+        };
+        let fd = match pidfd_open(pid, PidfdFlags::empty()) {
+            Ok(fd) => fd,
             // A kernel without pidfds (before 5.3): checked, then signalled.
-            // SAFETY: kill takes a pid and a signal number.
-            return self.runs() && unsafe { libc::kill(self.pid as libc::pid_t, signal) } == 0;
-        }
-        // SAFETY: `fd` was just returned by pidfd_open and is owned here only.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+            Err(rustix::io::Errno::NOSYS) => {
+                return self.runs() && kill_process(pid, signal).is_ok();
+            }
+            Err(_) => return false, // gone
+        };
         if !self.runs() {
             return false;
         }
-        // SAFETY: a pidfd this function owns, a signal number, no siginfo, no flags.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                fd.as_raw_fd(),
-                signal,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        rc == 0
+        pidfd_send_signal(&fd, signal).is_ok()
     }
 }
 
@@ -1252,13 +1242,13 @@ pub fn down(lab: &Path) -> Result<usize, LabError> {
         .filter_map(|p| Started::read(p))
         .filter(Started::runs)
         .collect();
-    let stopped = ours.iter().filter(|p| p.signal(libc::SIGTERM)).count();
+    let stopped = ours.iter().filter(|p| p.signal(Signal::TERM)).count();
     let deadline = Instant::now() + Duration::from_secs(5);
     while ours.iter().any(Started::runs) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     for p in &ours {
-        p.signal(libc::SIGKILL);
+        p.signal(Signal::KILL);
     }
     for record in records(&state) {
         let _ = std::fs::remove_file(record.with_extension("pid"));
@@ -1444,7 +1434,7 @@ pub fn stop_serve(state: &LabState, host: &str, name: &str) -> bool {
     let Some(started) = Started::read(&record) else {
         return false;
     };
-    if started.signal(libc::SIGTERM) {
+    if started.signal(Signal::TERM) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while started.runs() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));

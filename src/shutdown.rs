@@ -103,8 +103,9 @@ mod tests {
     fn a_signal_turns_the_channel_and_names_itself() {
         let shutdown = Shutdown::listen();
         assert!(!shutdown.requested());
-        // SAFETY: raising a signal this process now handles.
-        assert_eq!(unsafe { libc::raise(libc::SIGHUP) }, 0);
+        use rustix::process::{Signal, getpid, kill_process};
+        // A signal this process now handles.
+        kill_process(getpid(), Signal::HUP).unwrap();
         let mut rx = shutdown.receiver();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()

@@ -597,22 +597,22 @@ fn too_much(out: &Said) -> String {
 }
 
 fn wait_socket(raw: &RawSession) {
-    use std::os::fd::AsRawFd as _;
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
     let events = match raw.block_directions() {
-        ssh2::BlockDirections::Inbound => libc::POLLIN,
-        ssh2::BlockDirections::Outbound => libc::POLLOUT,
-        ssh2::BlockDirections::Both => libc::POLLIN | libc::POLLOUT,
-        ssh2::BlockDirections::None => libc::POLLIN,
+        ssh2::BlockDirections::Inbound => PollFlags::IN,
+        ssh2::BlockDirections::Outbound => PollFlags::OUT,
+        ssh2::BlockDirections::Both => PollFlags::IN | PollFlags::OUT,
+        ssh2::BlockDirections::None => PollFlags::IN,
     };
-    let mut fd = libc::pollfd {
-        fd: raw.as_raw_fd(),
-        events,
-        revents: 0,
+    let timeout = Timespec {
+        tv_sec: 0,
+        tv_nsec: 100_000_000,
     };
-    // SAFETY: one valid pollfd, for the duration of the call.
-    unsafe {
-        libc::poll(&mut fd, 1, 100);
-    }
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: the session's socket, open while `raw` (borrowed for this call) lives; libssh2
+    // gives only its raw descriptor.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw.as_raw_fd()) };
+    let _ = poll(&mut [PollFd::from_borrowed_fd(socket, events)], Some(&timeout));
 }
 
 /// Why a command failed at the transport level, and whether it may have run.
@@ -1765,10 +1765,10 @@ impl Transport for SshTransport {
         let (_, live, cut) = &mut *busy;
         for (id, fd) in live.iter() {
             // SAFETY: the descriptor belongs to a session that is alive while registered (its
-            // `Busy` is dropped before it); shutdown only ends its connection.
-            unsafe {
-                libc::shutdown(*fd, libc::SHUT_RDWR);
-            }
+            // `Busy` is dropped before it), so it is open for this borrow; shutdown only ends
+            // its connection.
+            let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+            let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Both);
             cut.insert(*id);
         }
     }

@@ -132,13 +132,10 @@ pub fn helper(request: &Request, protocol: Option<u32>) -> Outcome {
 /// reprise: 1 MiB pipes (the most a process may ask for by default) instead of 64 KiB mean
 /// far fewer wake-ups and context switches on both ends.
 fn widen_pipes() {
-    for fd in [0, 1] {
-        // SAFETY: fcntl on this process's own standard descriptors; it fails harmlessly when
-        // one is not a pipe or the size is not allowed.
-        unsafe {
-            libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20);
-        }
-    }
+    use std::os::fd::AsFd as _;
+    // It fails harmlessly when one is not a pipe or the size is not allowed.
+    let _ = rustix::pipe::fcntl_setpipe_size(std::io::stdin().as_fd(), 1 << 20);
+    let _ = rustix::pipe::fcntl_setpipe_size(std::io::stdout().as_fd(), 1 << 20);
 }
 
 /// One replicated image of a VM: where it comes from and where its copy is.
@@ -478,30 +475,30 @@ pub fn progress_line(label: &str, sent: u64, total: Option<u64>, elapsed: f64) -
     line
 }
 
-/// Shows [`progress_line`] on a terminal every half second while `work` runs.
+/// Shows [`progress_line`] on a terminal (an indicatif line redrawn every half second) while
+/// `work` runs.
 fn with_progress<T>(label: &str, total: Option<u64>, work: impl FnOnce() -> T) -> T {
     use std::io::IsTerminal as _;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
     if !std::io::stderr().is_terminal() {
         return work();
     }
-    let done = AtomicBool::new(false);
     let base = crate::ssh::PIPED_BYTES.load(Ordering::Relaxed);
-    let began = std::time::Instant::now();
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(500));
-                let sent = crate::ssh::PIPED_BYTES.load(Ordering::Relaxed) - base;
-                let line = progress_line(label, sent, total, began.elapsed().as_secs_f64());
-                eprint!("\r\x1b[K{line}");
-            }
-            eprint!("\r\x1b[K");
-        });
-        let out = work();
-        done.store(true, Ordering::Relaxed);
-        out
-    })
+    let label = label.to_string();
+    let line = move |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+        let sent = crate::ssh::PIPED_BYTES.load(Ordering::Relaxed) - base;
+        let elapsed = state.elapsed().as_secs_f64();
+        let _ = w.write_str(&progress_line(&label, sent, total, elapsed));
+    };
+    let style = indicatif::ProgressStyle::with_template("{line}")
+        .expect("a valid template")
+        .with_key("line", line);
+    let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
+        .with_style(style);
+    bar.enable_steady_tick(std::time::Duration::from_millis(500));
+    let out = work();
+    bar.finish_and_clear();
+    out
 }
 
 /// The size of a file on a host, for the progress display.

@@ -1137,14 +1137,12 @@ fn same_machine(host: &str, mine: &str, theirs: &str) -> Result<(), String> {
 /// everything under it: `timeout` leads its own process group, so killing `timeout` alone
 /// would leave the helper running.
 fn kill_group(child: &std::process::Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: a signal to the process group our child leads, and to the child itself
-        // (not yet waited for, so its pid is still its own); no memory is involved.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-            libc::kill(pid, libc::SIGKILL);
-        }
-    }
+    use rustix::process::{Pid, Signal, kill_process, kill_process_group};
+    // The process group our child leads, and the child itself (not yet waited for, so its pid
+    // is still its own).
+    let pid = Pid::from_child(child);
+    let _ = kill_process_group(pid, Signal::KILL);
+    let _ = kill_process(pid, Signal::KILL);
 }
 
 /// Seconds a side may run past its deadline before it is killed here: the remote `timeout`'s
@@ -1167,7 +1165,6 @@ fn pipe_processes(
     stop: &dyn Fn() -> bool,
 ) -> PipeOutput {
     use std::io::Read as _;
-    use std::os::fd::AsRawFd as _;
     let began = std::time::Instant::now();
     let until = began + deadline + PAST_DEADLINE;
     let mut source_in = source.stdin.take();
@@ -1204,23 +1201,20 @@ fn pipe_processes(
                 stopped = true;
                 break;
             }
-            let mut fds = [
-                libc::pollfd {
-                    fd: source_out.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                // No event asked: a pipe whose reader is gone reports POLLERR.
-                libc::pollfd {
-                    fd: sink.as_raw_fd(),
-                    events: 0,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: two valid pollfds, for the duration of the call.
-            unsafe {
-                libc::poll(fds.as_mut_ptr(), 2, 200);
-            }
+            let (readable, reader_gone) = {
+                use rustix::event::{PollFd, PollFlags, Timespec, poll};
+                let mut fds = [
+                    PollFd::new(&source_out, PollFlags::IN),
+                    // No event asked: a pipe whose reader is gone reports POLLERR.
+                    PollFd::new(&*sink, PollFlags::empty()),
+                ];
+                let timeout = Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 200_000_000,
+                };
+                let _ = poll(&mut fds, Some(&timeout));
+                (!fds[0].revents().is_empty(), !fds[1].revents().is_empty())
+            };
             // A side printing errors without end is refused (its errors are read no
             // further, so it would block, not end).
             if source_errors.over() {
@@ -1231,7 +1225,7 @@ fn pipe_processes(
                 flooded = Some(Side::Recovery);
                 break;
             }
-            if fds[0].revents != 0 {
+            if readable {
                 match source_out.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
@@ -1247,7 +1241,7 @@ fn pipe_processes(
                     // Cannot happen on a pipe; the source's own exit tells the rest.
                     Err(_) => break,
                 }
-            } else if fds[1].revents != 0 {
+            } else if reader_gone {
                 cut = true;
                 break;
             }

@@ -29,6 +29,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use rustix::process::Signal;
+
 use super::{HostSpec, SshError};
 
 /// Seconds between keepalives to the host, and how many may go unanswered: a host that stops
@@ -454,7 +456,7 @@ impl Drop for Masters {
 /// `$XDG_RUNTIME_DIR`, else the temporary folder, else `/tmp`: the first where the socket
 /// paths fit.
 fn private_folder() -> Option<PathBuf> {
-    use std::os::unix::ffi::OsStringExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
     let runtime = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute());
@@ -462,24 +464,18 @@ fn private_folder() -> Option<PathBuf> {
         .into_iter()
         .chain([std::env::temp_dir(), PathBuf::from("/tmp")]);
     for base in bases {
-        let template = base.join("reprise-ssh-XXXXXX");
-        // The folder, a slash and a socket's number.
-        if template.as_os_str().len() + 11 > MAX_CONTROL_PATH {
+        // The folder ("reprise-ssh-" and 6 random characters), a slash and a socket's number.
+        if base.join("reprise-ssh-XXXXXX").as_os_str().len() + 11 > MAX_CONTROL_PATH {
             continue;
         }
-        let Ok(template) = std::ffi::CString::new(template.into_os_string().into_vec()) else {
-            continue;
-        };
-        let raw = template.into_raw();
-        // SAFETY: `raw` is a NUL-terminated buffer this function owns, which mkdtemp fills in
-        // place; it is taken back into a CString right after.
-        let made = unsafe { !libc::mkdtemp(raw).is_null() };
-        // SAFETY: `raw` came from `CString::into_raw` above, its length unchanged.
-        let path = unsafe { std::ffi::CString::from_raw(raw) };
-        if made {
-            return Some(PathBuf::from(std::ffi::OsString::from_vec(
-                path.into_bytes(),
-            )));
+        // Made with mode 0700 under a name no other folder had (as mkdtemp(3) does); kept.
+        if let Ok(dir) = tempfile::Builder::new()
+            .prefix("reprise-ssh-")
+            .rand_bytes(6)
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(&base)
+        {
+            return Some(dir.keep());
         }
     }
     None
@@ -584,11 +580,11 @@ impl Master {
 
     /// Ends it (TERM, then KILL 5 s later), which removes its socket.
     fn close(mut self) {
-        signal(&self.child, libc::SIGTERM);
+        signal(&self.child, Signal::TERM);
         let until = Instant::now() + Duration::from_secs(5);
         while !reap(&mut self.child) {
             if Instant::now() > until {
-                signal(&self.child, libc::SIGKILL);
+                signal(&self.child, Signal::KILL);
                 let mut live = live();
                 let _ = self.child.wait();
                 live.masters.retain(|p| *p != self.child.id());
@@ -627,15 +623,11 @@ fn reap(child: &mut Child) -> bool {
 }
 
 /// Sends `sig` to a master not yet reaped.
-fn signal(child: &Child, sig: libc::c_int) {
+fn signal(child: &Child, sig: Signal) {
     let live = live();
-    if live.masters.contains(&child.id())
-        && let Ok(pid) = libc::pid_t::try_from(child.id())
-    {
-        // SAFETY: a signal to our own child, not reaped (see `Live`); no memory involved.
-        unsafe {
-            libc::kill(pid, sig);
-        }
+    if live.masters.contains(&child.id()) {
+        // Our own child, not reaped (see `Live`): the pid is still its own.
+        let _ = rustix::process::kill_process(rustix::process::Pid::from_child(child), sig);
     }
 }
 
@@ -677,17 +669,16 @@ fn tie_to_this_process(cmd: &mut Command) {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt as _;
-        // SAFETY: `getpid` before the fork; in the child, only `prctl` and `getppid`, both
-        // async-signal-safe system calls, and no allocation.
-        let parent = unsafe { libc::getpid() };
+        use rustix::process::{getpid, getppid, set_parent_process_death_signal};
+        let parent = getpid();
+        // SAFETY: in the child, between fork and exec, only `prctl` and `getppid`: two system
+        // calls (async-signal-safe), no allocation, no lock.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                set_parent_process_death_signal(Some(Signal::TERM))?;
                 // This process ended before the request took effect.
-                if libc::getppid() != parent {
-                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                if getppid() != Some(parent) {
+                    return Err(rustix::io::Errno::SRCH.into());
                 }
                 Ok(())
             });
