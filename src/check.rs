@@ -14,6 +14,7 @@ use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Utc};
 
+pub use crate::duration::human_secs;
 use crate::model::Model;
 use crate::plan::{self, Action, Plan, PlanOptions};
 use crate::readiness::{ItemStatus, Readiness, ReadinessItem};
@@ -1368,25 +1369,6 @@ fn item(area: &str, subject: &str, status: ItemStatus, detail: String) -> Readin
         subject: subject.to_string(),
         status,
         detail,
-    }
-}
-
-/// `1h05m`, `3d 4h`, `42s`.
-pub fn human_secs(secs: u64) -> String {
-    let (d, h, m, s) = (
-        secs / 86400,
-        secs % 86400 / 3600,
-        secs % 3600 / 60,
-        secs % 60,
-    );
-    if d > 0 {
-        format!("{d}d {h}h")
-    } else if h > 0 {
-        format!("{h}h{m:02}m")
-    } else if m > 0 {
-        format!("{m}m{s:02}s")
-    } else {
-        format!("{s}s")
     }
 }
 

@@ -1317,7 +1317,7 @@ fn report(
     use crate::report::Format;
     let report = match crate::report::for_run(&cli.state_dir, run, lang) {
         Ok(r) => r,
-        Err(e) => return run_error(e),
+        Err(e) => return run_error(e.into()),
     };
     if pdf {
         let target = output
@@ -1360,7 +1360,7 @@ fn report(
 fn history(cli: &Cli, json: bool) -> Outcome {
     let last = match crate::report::last_drills(&cli.state_dir) {
         Ok(l) => l,
-        Err(e) => return run_error(e),
+        Err(e) => return run_error(e.into()),
     };
     if json {
         return Outcome::ok(

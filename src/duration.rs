@@ -1,7 +1,9 @@
 //! Human durations as written in inventories and runbooks: `"30s"`, `"15m"`, `"4h"`, `"1d"`,
-//! `"1h30m"`. Parsing and display only; no clock.
+//! `"1h30m"`. Parsing, display and serialization (as seconds) only; no clock.
 
 use std::fmt;
+
+use serde::Serializer;
 
 /// A whole number of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -95,6 +97,39 @@ impl fmt::Display for Duration {
             }
         }
         f.write_str(&out)
+    }
+}
+
+/// `1h05m`, `3d 4h`, `42s`.
+pub fn human_secs(secs: u64) -> String {
+    let (d, h, m, s) = (
+        secs / 86400,
+        secs % 86400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+pub(crate) fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.secs())
+}
+
+pub(crate) fn ser_opt_duration<S: Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_u64(d.secs()),
+        None => s.serialize_none(),
     }
 }
 

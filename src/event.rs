@@ -306,3 +306,56 @@ impl RunPlan {
         }
     }
 }
+
+/// How a run started, read back from its events.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub at: DateTime<Utc>,
+    pub run_id: String,
+    pub mode: Mode,
+    pub emergency: bool,
+    pub services: Vec<String>,
+    pub only: bool,
+    pub operator: String,
+    pub sources_digest: String,
+    pub steps: Vec<String>,
+}
+
+impl Started {
+    /// The first `run_started` event of `events`.
+    pub fn of(events: &[Event]) -> Option<Started> {
+        events.iter().find_map(|e| match e {
+            Event::RunStarted {
+                at,
+                run_id,
+                mode,
+                emergency,
+                services,
+                only,
+                operator,
+                sources_digest,
+                steps,
+                ..
+            } => Some(Started {
+                at: *at,
+                run_id: run_id.clone(),
+                mode: *mode,
+                emergency: *emergency,
+                services: services.clone(),
+                only: *only,
+                operator: operator.clone(),
+                sources_digest: sources_digest.clone(),
+                steps: steps.clone(),
+            }),
+            _ => None,
+        })
+    }
+}
+
+/// The last status a run finished with, if it finished.
+pub fn finished(events: &[Event]) -> Option<RunStatus> {
+    events.iter().rev().find_map(|e| match e {
+        Event::RunFinished { status, .. } => Some(*status),
+        _ => None,
+    })
+}

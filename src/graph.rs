@@ -389,7 +389,7 @@ pub struct Impact {
 pub struct Affected {
     pub service: String,
     pub kind: String,
-    #[serde(serialize_with = "crate::plan::ser_duration", rename = "rto_s")]
+    #[serde(serialize_with = "crate::duration::ser_duration", rename = "rto_s")]
     pub rto: Duration,
     pub owner: Option<String>,
     /// Number of dependency hops from the failed service.

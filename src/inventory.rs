@@ -355,9 +355,7 @@ pub fn endpoint(address: &str, port: u16) -> String {
     }
 }
 
-/// The built-in hypervisor drivers, overridable under `[drivers.NAME]`.
-pub const BUILTIN_DRIVERS: &str = include_str!("drivers.toml");
-pub const BUILTIN_DRIVERS_PATH: &str = "<built-in drivers>";
+pub use crate::sources::{BUILTIN_DRIVERS, BUILTIN_DRIVERS_PATH};
 
 /// Reads every inventory file of `sources` (and the built-in drivers, which must be the first
 /// file given) into an [`Inventory`], collecting every problem.

@@ -188,7 +188,7 @@ pub fn human(secs: f64) -> String {
     if secs < 10.0 {
         format!("{secs:.1}s")
     } else {
-        crate::check::human_secs(secs.round() as u64)
+        crate::duration::human_secs(secs.round() as u64)
     }
 }
 

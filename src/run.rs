@@ -583,57 +583,20 @@ fn sites_of(plan: &Plan) -> Vec<String> {
     count.into_iter().map(|(s, _)| s).collect()
 }
 
-/// How a run started, read back from its journal.
-#[derive(Debug, Clone)]
-pub struct Started {
-    pub at: DateTime<Utc>,
-    pub run_id: String,
-    pub mode: Mode,
-    pub emergency: bool,
-    pub services: Vec<String>,
-    pub only: bool,
-    pub operator: String,
-    pub sources_digest: String,
-    pub steps: Vec<String>,
+impl From<crate::report::RunReportError> for RunError {
+    fn from(e: crate::report::RunReportError) -> RunError {
+        match e {
+            crate::report::RunReportError::Journal(e) => RunError::Journal(e),
+            crate::report::RunReportError::NoStart(run_id) => RunError::NoStart(run_id),
+        }
+    }
 }
 
+pub use crate::event::{Started, finished};
+
+/// How run `run_id` started, from its journal's events.
 pub fn started(run_id: &str, events: &[Event]) -> Result<Started, RunError> {
-    events
-        .iter()
-        .find_map(|e| match e {
-            Event::RunStarted {
-                at,
-                run_id,
-                mode,
-                emergency,
-                services,
-                only,
-                operator,
-                sources_digest,
-                steps,
-                ..
-            } => Some(Started {
-                at: *at,
-                run_id: run_id.clone(),
-                mode: *mode,
-                emergency: *emergency,
-                services: services.clone(),
-                only: *only,
-                operator: operator.clone(),
-                sources_digest: sources_digest.clone(),
-                steps: steps.clone(),
-            }),
-            _ => None,
-        })
-        .ok_or_else(|| RunError::NoStart(run_id.to_string()))
-}
-
-/// The last status a run finished with, if it finished.
-pub fn finished(events: &[Event]) -> Option<RunStatus> {
-    events.iter().rev().find_map(|e| match e {
-        Event::RunFinished { status, .. } => Some(*status),
-        _ => None,
-    })
+    Started::of(events).ok_or_else(|| RunError::NoStart(run_id.to_string()))
 }
 
 /// Carries on a run where it stopped: finished steps are never repeated. The state lock is

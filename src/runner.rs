@@ -23,8 +23,7 @@ use crate::shutdown::Shutdown;
 use crate::ssh::{ExecOutput, Transport};
 use crate::template::Command;
 
-/// Bytes of each output stream kept in the journal per attempt.
-pub const OUTPUT_LIMIT: usize = 16 * 1024;
+pub use crate::ssh::OUTPUT_LIMIT;
 
 /// How a run behaves.
 #[derive(Debug, Clone)]

@@ -10,7 +10,6 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use crate::diagnostic::{Diagnostic, FileId, Location, SourceMap};
-use crate::inventory::{BUILTIN_DRIVERS, BUILTIN_DRIVERS_PATH};
 
 /// The text of every file of both folders, in a stable (sorted) order.
 #[derive(Debug, Clone, Default)]
@@ -24,6 +23,11 @@ pub struct Sources {
     /// Problems found while reading (a file that is not UTF-8), reported with the others.
     pub diagnostics: Vec<Diagnostic>,
 }
+
+/// The built-in hypervisor drivers, read before the inventory (overridable there under
+/// `[drivers.NAME]`).
+pub const BUILTIN_DRIVERS: &str = include_str!("drivers.toml");
+pub const BUILTIN_DRIVERS_PATH: &str = "<built-in drivers>";
 
 /// The largest inventory, runbook or overlay file read (a generated inventory of 10,000
 /// services takes 12 MiB in all): a larger one is refused rather than read into memory.

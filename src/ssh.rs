@@ -136,8 +136,12 @@ pub enum SshError {
 /// host is refused (what it sends is never held without bound in this process's memory).
 pub const READ_LIMIT: u64 = 64 << 20;
 
+/// Bytes of each output stream of a command kept (and journaled) per attempt; what follows is
+/// read and dropped.
+pub const OUTPUT_LIMIT: usize = 16 * 1024;
+
 /// Bytes of a host's standard error kept for messages; what follows is read and dropped.
-pub const ERRORS_KEPT: usize = crate::runner::OUTPUT_LIMIT;
+pub const ERRORS_KEPT: usize = OUTPUT_LIMIT;
 
 /// What a host printed on its standard error, as kept for messages: its first
 /// [`ERRORS_KEPT`] bytes, and how many came in all (the rest is read and dropped, so that the
@@ -612,7 +616,10 @@ fn wait_socket(raw: &RawSession) {
     // SAFETY: the session's socket, open while `raw` (borrowed for this call) lives; libssh2
     // gives only its raw descriptor.
     let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw.as_raw_fd()) };
-    let _ = poll(&mut [PollFd::from_borrowed_fd(socket, events)], Some(&timeout));
+    let _ = poll(
+        &mut [PollFd::from_borrowed_fd(socket, events)],
+        Some(&timeout),
+    );
 }
 
 /// Why a command failed at the transport level, and whether it may have run.
@@ -1516,7 +1523,7 @@ impl SshTransport {
             hosts,
             policy,
             connect_timeout,
-            output_limit: crate::runner::OUTPUT_LIMIT,
+            output_limit: OUTPUT_LIMIT,
             idle: Mutex::new(HashMap::new()),
             known_hosts_lock: Mutex::new(()),
             here: None,

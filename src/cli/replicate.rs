@@ -469,7 +469,10 @@ pub fn progress_line(label: &str, sent: u64, total: Option<u64>, elapsed: f64) -
         line.push_str(&format!(", {pct:.0}% of {:.1} MiB", mib(total)));
         if rate > 0.0 && total > sent {
             let eta = ((total - sent) as f64 / rate).round() as u64;
-            line.push_str(&format!(", at most {} left", crate::check::human_secs(eta)));
+            line.push_str(&format!(
+                ", at most {} left",
+                crate::duration::human_secs(eta)
+            ));
         }
     }
     line
@@ -493,8 +496,9 @@ fn with_progress<T>(label: &str, total: Option<u64>, work: impl FnOnce() -> T) -
     let style = indicatif::ProgressStyle::with_template("{line}")
         .expect("a valid template")
         .with_key("line", line);
-    let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
-        .with_style(style);
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
+            .with_style(style);
     bar.enable_steady_tick(std::time::Duration::from_millis(500));
     let out = work();
     bar.finish_and_clear();

@@ -14,9 +14,9 @@ pub use build::{
     vm_status_command,
 };
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
-use crate::duration::Duration;
+use crate::duration::{Duration, ser_duration, ser_opt_duration};
 use crate::runbook::{Mode, Phase};
 use crate::template::Command;
 
@@ -322,19 +322,5 @@ impl Plan {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a plan always serializes")
-    }
-}
-
-pub(crate) fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(d.secs())
-}
-
-pub(crate) fn ser_opt_duration<S: Serializer>(
-    d: &Option<Duration>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => s.serialize_u64(d.secs()),
-        None => s.serialize_none(),
     }
 }

@@ -583,7 +583,7 @@ fn judge_points(points: &[Point], rpo_s: Option<u64>, now: DateTime<Utc>) -> (Le
     let newest = points.last().expect("judged only with points");
     let age = (now - newest.taken_at).num_seconds().max(0) as u64;
     let rpo = match rpo_s {
-        Some(rpo) => format!("RPO {}", crate::check::human_secs(rpo)),
+        Some(rpo) => format!("RPO {}", crate::duration::human_secs(rpo)),
         None => "no RPO target".to_string(),
     };
     match newest.verified {
@@ -599,7 +599,7 @@ fn judge_points(points: &[Point], rpo_s: Option<u64>, now: DateTime<Utc>) -> (Le
             format!(
                 "newest point {} is {} old, older than the {rpo}: a failover now would lose more than allowed",
                 newest.id,
-                crate::check::human_secs(age),
+                crate::duration::human_secs(age),
             ),
         ),
         Verified::No => (
@@ -607,7 +607,7 @@ fn judge_points(points: &[Point], rpo_s: Option<u64>, now: DateTime<Utc>) -> (Le
             format!(
                 "newest point {} ({} old, {rpo}) was never verified: run `reprise verify`",
                 newest.id,
-                crate::check::human_secs(age)
+                crate::duration::human_secs(age)
             ),
         ),
         Verified::Yes => (
@@ -615,12 +615,12 @@ fn judge_points(points: &[Point], rpo_s: Option<u64>, now: DateTime<Utc>) -> (Le
             format!(
                 "newest point {} {} old ({rpo}), verified{}; {} points kept",
                 newest.id,
-                crate::check::human_secs(age),
+                crate::duration::human_secs(age),
                 newest
                     .checked_at
                     .map(|c| format!(
                         " {} ago",
-                        crate::check::human_secs((now - c).num_seconds().max(0) as u64)
+                        crate::duration::human_secs((now - c).num_seconds().max(0) as u64)
                     ))
                     .unwrap_or_default(),
                 points.len()

@@ -1170,13 +1170,22 @@ pub fn human_duration(secs: f64) -> String {
     }
 }
 
+/// Why the report of a run of a state folder could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum RunReportError {
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    #[error("the journal of run `{0}` does not say how it started")]
+    NoStart(String),
+}
+
 /// The report of run `run` (an id or `latest`) of a state folder, with the earlier runs as
 /// history.
 pub fn for_run(
     state_dir: &std::path::Path,
     run: &str,
     lang: Lang,
-) -> Result<RecoveryReport, crate::run::RunError> {
+) -> Result<RecoveryReport, RunReportError> {
     let dir = crate::journal::RunDir::open(state_dir, run)?;
     let bytes =
         std::fs::read(dir.journal_path()).map_err(|source| crate::journal::JournalError::Io {
@@ -1192,22 +1201,22 @@ pub fn for_run(
         history: &history,
         lang,
     })
-    .map_err(|_| crate::run::RunError::NoStart(dir.run_id.clone()))
+    .map_err(|_| RunReportError::NoStart(dir.run_id.clone()))
 }
 
 /// Mode, start and result of every run of a state folder, oldest first.
-pub fn briefs(state_dir: &std::path::Path) -> Result<Vec<RunBrief>, crate::run::RunError> {
+pub fn briefs(state_dir: &std::path::Path) -> Result<Vec<RunBrief>, crate::journal::JournalError> {
     let mut out = Vec::new();
     for id in crate::journal::list(state_dir)? {
         // A damaged journal counts for what can be read of it; it never hides the others.
         let dir = crate::journal::RunDir::open(state_dir, &id)?;
         let (events, _) = crate::journal::read_lenient(&dir.journal_path())?;
-        if let Ok(start) = crate::run::started(&id, &events) {
+        if let Some(start) = crate::event::Started::of(&events) {
             out.push(RunBrief {
                 run_id: id,
                 mode: start.mode,
                 started_at: start.at,
-                status: crate::run::finished(&events),
+                status: crate::event::finished(&events),
             });
         }
     }
@@ -1231,7 +1240,9 @@ pub struct LastDrill {
 
 /// Per service seen in any run: the newest drill in which it was recovered, and the newest
 /// drill that was to recover it.
-pub fn last_drills(state_dir: &std::path::Path) -> Result<Vec<LastDrill>, crate::run::RunError> {
+pub fn last_drills(
+    state_dir: &std::path::Path,
+) -> Result<Vec<LastDrill>, crate::journal::JournalError> {
     let mut last: Vec<LastDrill> = Vec::new();
     for id in crate::journal::list(state_dir)? {
         // A damaged journal counts for what can be read of it; it never hides the others.

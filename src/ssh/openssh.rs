@@ -668,8 +668,8 @@ fn spawn_tied(cmd: Command) -> std::io::Result<Child> {
 fn tie_to_this_process(cmd: &mut Command) {
     #[cfg(target_os = "linux")]
     {
-        use std::os::unix::process::CommandExt as _;
         use rustix::process::{getpid, getppid, set_parent_process_death_signal};
+        use std::os::unix::process::CommandExt as _;
         let parent = getpid();
         // SAFETY: in the child, between fork and exec, only `prctl` and `getppid`: two system
         // calls (async-signal-safe), no allocation, no lock.
