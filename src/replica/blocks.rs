@@ -225,6 +225,22 @@ pub fn explain_faults(message: &str) {
     }
 }
 
+/// BLAKE3 of a file, hex.
+pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut h = blake3::Hasher::new();
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
 /// What the recovery side knows of its copy: its size, the hash of every block and of the
 /// whole image.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+pub use super::blocks::hash_file;
 use super::blocks::{self, BLOCK, Manifest};
 use super::meta::{CopyState, Lease};
 use super::nbd;
@@ -419,21 +420,6 @@ fn read_bounded(r: &mut impl Read, limit: u64, what: &str) -> Result<Vec<u8>, St
         return Err(format!("{what} is longer than {limit} bytes: refused"));
     }
     Ok(m)
-}
-
-/// BLAKE3 of a file, hex.
-pub fn hash_file(path: &Path) -> std::io::Result<String> {
-    let mut h = blake3::Hasher::new();
-    let mut f = File::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().to_hex().to_string())
 }
 
 /// Reads `image` and writes the stream of the blocks that differ from `base`, compressed with

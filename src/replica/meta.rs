@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::store::{Point, StoreError, io_err};
+use super::point::{Point, StoreError, io_err};
 
 /// The largest metadata file read: a points file of thousands of points is far below.
 const MAX_META: u64 = 64 << 20;

@@ -28,11 +28,13 @@ pub mod definitions;
 pub mod helper;
 pub mod meta;
 pub mod nbd;
+pub mod point;
 pub mod protocol;
 pub mod remote;
 pub mod snapshot;
 pub mod store;
 pub mod tree;
+pub mod version;
 pub mod wire;
 
 pub use blocks::{BLOCK, Manifest};

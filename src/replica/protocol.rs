@@ -17,16 +17,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// The version of the helper protocol this binary speaks. Raise it whenever a request, an
-/// answer or a stream changes meaning. Version 1 is reprise before versions were exchanged
-/// (its block stream starts `RPRSTR1`, its tree stream has no header). Version 3: a source
-/// reads the disk as the guest sees it (NBD, dirty bitmaps), points say how, and the sides
-/// compare a digest of the manifest before sending it. Version 4 carries vm definitions with
-/// points ([`Request::PutDefinition`], [`Request::Definition`], `apply --definition`).
-pub const PROTOCOL: u32 = 4;
-
-/// The version of this program, as helpers report it.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use super::version::{PROTOCOL, VERSION};
 
 /// One request to the helper: the subcommand of `reprise helper`. The JSON answer of each is
 /// named on it; errors are lines on standard error and a non-zero exit.
@@ -95,7 +86,7 @@ pub enum Request {
         /// How the source was read (absent: its image file, whole), why, and the checkpoint
         /// the point is.
         #[arg(long)]
-        mode: Option<super::store::ReadMode>,
+        mode: Option<super::point::ReadMode>,
         #[arg(long)]
         why: Option<String>,
         #[arg(long)]

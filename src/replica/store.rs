@@ -29,126 +29,8 @@ use super::blocks::{self, BLOCK, Cv, Manifest};
 use super::meta::{self, CopyState, Lease, PointsRead, PointsSource};
 use super::wire::{self, Record};
 
-/// Whether a point is known good.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verified {
-    /// Its hash matched when it was made or last checked.
-    Yes,
-    /// Never checked.
-    No,
-    /// It failed a check: never used unless asked for by name.
-    Bad,
-}
-
-impl std::fmt::Display for Verified {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Verified::Yes => "yes",
-            Verified::No => "no",
-            Verified::Bad => "bad",
-        })
-    }
-}
-
-/// One replica point of one image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Point {
-    pub id: String,
-    /// When the source state was read.
-    pub taken_at: DateTime<Utc>,
-    /// `host:path` of the source image.
-    pub source: String,
-    pub size: u64,
-    /// BLAKE3 of the whole image, hex.
-    pub blake3: String,
-    pub verified: Verified,
-    pub checked_at: Option<DateTime<Utc>>,
-    /// Bytes of blocks received to make it, and how long the update took.
-    pub received_bytes: u64,
-    pub duration_ms: u64,
-    /// What the copy was (size, mtime, inode; for a backup set, a digest of its file list)
-    /// when this point became its newest: a copy that differs was changed behind its points
-    /// (a vm started on it, an edit) and no longer is this point.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stamp: Option<String>,
-    /// BLAKE3 of the vm's definition captured with this point (`definitions/<it>.def`
-    /// beside the copy of the vm's first disk), when its driver captures one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub definition: Option<String>,
-    /// How the source was read, for a copy of the disk as the guest sees it (read through
-    /// QEMU); absent for a copy of the image file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub read: Option<HowRead>,
-}
-
-/// How the source of a point was read: the disk as the guest sees it, through QEMU.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HowRead {
-    pub mode: ReadMode,
-    /// Why every block was read (the first copy, a checkpoint gone, a bitmap QEMU refused,
-    /// asked), when it was.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub why: Option<String>,
-    /// The source's checkpoint (a dirty bitmap in its disks) that this point is: the next
-    /// replication reads only what changed since it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint: Option<String>,
-}
-
-/// Which blocks of the source were read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReadMode {
-    /// Every block, hashed and compared with the copy's manifest.
-    Scan,
-    /// Only the blocks a dirty bitmap marks as written since the previous checkpoint.
-    ChangedBlocks,
-}
-
-impl std::fmt::Display for ReadMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ReadMode::Scan => "scan",
-            ReadMode::ChangedBlocks => "changed-blocks",
-        })
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{path}: {reason}")]
-    Io { path: String, reason: String },
-    #[error("{image} is being replicated or checked by another process (lock {lock})")]
-    Locked { image: String, lock: String },
-    #[error(
-        "{image}: whole-image BLAKE3 after the update is {got}, the source's is {expected}; nothing was changed"
-    )]
-    Mismatch {
-        image: String,
-        expected: String,
-        got: String,
-    },
-    #[error("{image}: {reason}")]
-    Stream { image: String, reason: String },
-    #[error("{image} has no point `{point}` (see `reprise points`)")]
-    UnknownPoint { image: String, point: String },
-    #[error("{path} is damaged: {reason}")]
-    Damaged { path: String, reason: String },
-    #[error(
-        "{image} is in use: {who}; it is not written while in use (the run that took it releases it; if that run is over, `reprise release` frees it)"
-    )]
-    InUse { image: String, who: String },
-    #[error("{image}: {reason}")]
-    Refused { image: String, reason: String },
-}
-
-pub(super) fn io_err(path: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
-    move |e| StoreError::Io {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    }
-}
+pub(super) use super::point::io_err;
+pub use super::point::{HowRead, Point, ReadMode, StoreError, Verified};
 
 /// Takes the lock of a store folder (`DIR/lock`, which `deltas/` is created beside), or says
 /// who holds it: one writer or reader at a time for the copy `name`.
@@ -1649,7 +1531,12 @@ fn parse_hex(s: &str) -> Option<[u8; 32]> {
 /// Makes a range of the file a hole (it reads as zeros and takes no space).
 fn punch_hole(f: &File, off: u64, len: u64) -> io::Result<()> {
     use rustix::fs::{FallocateFlags, fallocate};
-    match fallocate(f, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, off, len) {
+    match fallocate(
+        f,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        off,
+        len,
+    ) {
         Ok(()) => Ok(()),
         // A file system without holes: write the zeros.
         Err(rustix::io::Errno::OPNOTSUPP) => f.write_all_at(&vec![0u8; len as usize], off),

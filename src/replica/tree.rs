@@ -26,11 +26,11 @@ use serde::{Deserialize, Serialize};
 
 use super::beneath::{self, Dir, Kind};
 use super::meta::{self, CopyState, Lease};
-use super::protocol::{PROTOCOL, VERSION};
 use super::store::{
     NewPoint, Point, StoreError, Verified, changed_since, inspect_dir, io_err, lock_store,
     lock_wait, points_of,
 };
+use super::version::{PROTOCOL, VERSION};
 
 /// The longest record line of a tree stream (a path is at most 4 KiB).
 pub const MAX_LINE: usize = 64 << 10;
@@ -126,7 +126,7 @@ pub fn scan(root: &Path) -> io::Result<Tree> {
         return Ok(tree);
     }
     for (rel, meta) in walk(root)? {
-        let hash = super::helper::hash_file(&root.join(&rel))?;
+        let hash = super::blocks::hash_file(&root.join(&rel))?;
         tree.files.insert(
             rel,
             FileEntry {
@@ -265,7 +265,7 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
             continue;
         }
         let hash =
-            super::helper::hash_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            super::blocks::hash_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let entry = FileEntry {
             size,
             mtime_ns: mtime,

@@ -13,7 +13,7 @@
 use std::io::{self, Read, Write};
 
 use super::blocks::{self, BLOCK, MAX_IMAGE_SIZE};
-use super::protocol::{PROTOCOL, VERSION};
+use super::version::{PROTOCOL, VERSION};
 
 /// The start of a stream, followed by the protocol in decimal and a newline (`RPRSTR2\n`;
 /// reprise before versions were checked sent `RPRSTR1\n`, i.e. protocol 1).

@@ -1,0 +1,14 @@
+//! The version of the helper protocol and of this program: the one number every request,
+//! answer and stream between the orchestrator and helpers carries ([`super::protocol`],
+//! [`super::wire`], [`super::tree`]). Constants only.
+
+/// The version of the helper protocol this binary speaks. Raise it whenever a request, an
+/// answer or a stream changes meaning. Version 1 is reprise before versions were exchanged
+/// (its block stream starts `RPRSTR1`, its tree stream has no header). Version 3: a source
+/// reads the disk as the guest sees it (NBD, dirty bitmaps), points say how, and the sides
+/// compare a digest of the manifest before sending it. Version 4 carries vm definitions with
+/// points (`Request::PutDefinition`, `Request::Definition`, `apply --definition`).
+pub const PROTOCOL: u32 = 4;
+
+/// The version of this program, as helpers report it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
