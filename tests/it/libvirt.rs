@@ -297,6 +297,33 @@ fn a_planned_failover_then_failback_lose_nothing() {
         hv.pra.domains().is_empty(),
         "nothing is defined on hv-pra beforehand"
     );
+    // Prepared (replicated, nothing defined by hand, no drill network yet), an inventory of
+    // this vm alone is READY on the real hypervisors; the check names what a drill will make.
+    hv.write_vms(Some(&["app"]));
+    let check = hv.reprise(&["check", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&check.stdout)
+        .unwrap_or_else(|e| panic!("check --json: {e}: {check:?}"));
+    let failed: Vec<_> = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["status"] == "failed")
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert_eq!(check.code, 0, "{check:?}");
+    for mode in ["drill", "planned failover"] {
+        let subject = format!("vm app ({mode})");
+        assert!(
+            report["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["area"] == "definitions"
+                    && i["subject"] == subject.as_str()
+                    && i["status"] == "ok"),
+            "{report:#}"
+        );
+    }
     // The definition changes on the primary (more memory, from its next boot): the final
     // sync's point carries it to hv-pra.
     hv.main.virsh("setmaxmem app 192M --config");

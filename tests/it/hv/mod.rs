@@ -644,10 +644,21 @@ impl Hv {
             ),
         )
         .unwrap();
+        self.write_vms(None);
+    }
+
+    /// Writes the vms, their services and runbooks: all of them, or `only` those named (what
+    /// an administrator who recovers only those would have).
+    pub fn write_vms(&self, only: Option<&[&str]>) {
+        let inv = self.dir.path().join("inventory");
+        let books = self.dir.path().join("runbooks");
         let mut vms = String::new();
         let mut services = String::new();
         let mut runbooks = String::new();
-        for (name, ip) in [("app", 10), ("uefi", 11), ("cbt", 12)] {
+        for (name, ip) in [("app", 10), ("uefi", 11), ("cbt", 12)]
+            .into_iter()
+            .filter(|(name, _)| only.is_none_or(|o| o.contains(name)))
+        {
             vms.push_str(&format!(
                 "[vms.{name}]\ndriver = \"libvirt\"\nprimary = \"hv-main\"\n\
                  recovery = \"hv-pra\"\ndisks = [\"{name}.qcow2\"]\naddress = \"10.126.0.{ip}\"\n\
