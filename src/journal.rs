@@ -490,7 +490,17 @@ impl StateLock {
                     format!("{} bytes starting {start:?}: {e}", bytes.len())
                 })
         };
-        match file.try_lock() {
+        // Asked again for half a second: a child forked by another thread of this process
+        // shares the lock's open file until its exec closes it.
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        let mut tried = file.try_lock();
+        while matches!(tried, Err(std::fs::TryLockError::WouldBlock))
+            && std::time::Instant::now() < until
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            tried = file.try_lock();
+        }
+        match tried {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(match read_holder(&file) {

@@ -43,13 +43,24 @@ pub(super) fn lock_store(dir: &Path, name: &str) -> Result<File, StoreError> {
         .write(true)
         .open(&path)
         .map_err(io_err(&path))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
-            image: name.to_string(),
-            lock: path.display().to_string(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+    // A lock found held is asked again for half a second: a child that another thread of this
+    // process forks shares the lock's open file until its exec closes it, and holds the lock
+    // that long when this process has let it go in between.
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    image: name.to_string(),
+                    lock: path.display().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+        }
     }
 }
 
