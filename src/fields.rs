@@ -297,9 +297,18 @@ impl<'t, 'i> Table<'t, 'i> {
     }
 
     pub fn bool(&mut self, key: &'static str, diags: &mut Vec<Diagnostic>) -> Option<bool> {
+        self.located_bool(key, diags).map(|b| b.value)
+    }
+
+    /// [`Table::bool`] with where it is written.
+    pub fn located_bool(
+        &mut self,
+        key: &'static str,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Sp<bool>> {
         let v = self.get(key)?;
         match v.get_ref() {
-            DeValue::Boolean(b) => Some(*b),
+            DeValue::Boolean(b) => Some(Sp::new(*b, self.loc(v.span()))),
             _ => {
                 self.wrong_type(key, "true or false", v, diags);
                 None

@@ -508,7 +508,23 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
             let keep_macs = t
                 .choice("macs", &["keep", "new"], diags)
                 .is_none_or(|m| m.value == "keep");
-            let changed_blocks = t.bool("changed_blocks", diags).unwrap_or(false);
+            let changed_blocks = match t.located_bool("changed_blocks", diags) {
+                // Read through libvirt's backup API and checkpoints: no other driver has them,
+                // and a setting that did nothing would promise copies it does not make.
+                Some(b) if b.value && driver.value != "libvirt" => {
+                    diags.push(
+                        Diagnostic::error(format!(
+                            "vm `{}`: `changed_blocks` is for vms of the libvirt driver, and it uses `{}`",
+                            id.value, driver.value
+                        ))
+                        .at(b.loc)
+                        .hint("remove `changed_blocks`: its disks are copied by reading every block"),
+                    );
+                    false
+                }
+                Some(b) => b.value,
+                None => false,
+            };
             let vm = Vm {
                 keep_macs,
                 id: id.value.clone(),
