@@ -1556,152 +1556,7 @@ fn show(cli: &Cli, run: &str) -> Outcome {
     let mut out = String::new();
     for e in &events {
         let at = e.at().format("%Y-%m-%d %H:%M:%S");
-        let line = match e {
-            Event::RunStarted {
-                mode,
-                emergency,
-                operator,
-                machine,
-                version,
-                sources_digest,
-                steps,
-                ..
-            } => format!(
-                "run {} started: {mode}{} by {operator} on {machine}, reprise {version}, files {}, {} steps",
-                dir.run_id,
-                if *emergency { " (emergency)" } else { "" },
-                &sources_digest[..12.min(sources_digest.len())],
-                steps.len()
-            ),
-            Event::RunResumed {
-                operator, machine, ..
-            } => format!("resumed by {operator} on {machine}"),
-            Event::VmStateBefore {
-                step,
-                running,
-                said,
-                ..
-            } => format!(
-                "{step}: before the start, the vm {} ({said:?})",
-                match running {
-                    Some(true) => "was running already",
-                    Some(false) => "was not running",
-                    None => "was in a state that could not be told",
-                }
-            ),
-            Event::ReadinessForced {
-                operator, problems, ..
-            } => format!(
-                "forced by {operator} (--force) past the readiness check's blocking problems: {}",
-                problems.join("; ")
-            ),
-            Event::StopRequested { reason, .. } => format!(
-                "stop requested ({reason}): no new steps, running ones finish, a drill's cleanup runs"
-            ),
-            Event::JournalRepaired {
-                line,
-                bytes,
-                kept_in,
-                excerpt,
-                ..
-            } => format!(
-                "journal repaired: line {line} was cut short by a crash; its {bytes} bytes were cut off and kept in {kept_in} ({excerpt:?})"
-            ),
-            Event::ReplicaPointUsed {
-                step,
-                item,
-                point,
-                taken_at,
-                verified,
-                note,
-                ..
-            } => format!(
-                "{step} uses point {point} of {item} (taken {}{}){}",
-                taken_at.format("%Y-%m-%d %H:%M:%S"),
-                if *verified {
-                    ", verified"
-                } else {
-                    ", not verified"
-                },
-                note.as_deref()
-                    .map(|n| format!(": {n}"))
-                    .unwrap_or_default()
-            ),
-            Event::LagMeasured {
-                step,
-                host,
-                lag_s,
-                unknown,
-                rpo_target_s,
-                ..
-            } => format!(
-                "{step} on {host}: {}",
-                crate::lag::judge(
-                    &lag_reading(*lag_s, unknown),
-                    rpo_target_s.map(crate::duration::Duration)
-                )
-                .1
-            ),
-            Event::StepStarted {
-                step,
-                attempt,
-                host,
-                ..
-            } => format!(
-                "started {step} (attempt {attempt}){}",
-                host.as_deref()
-                    .map(|h| format!(" on {h}"))
-                    .unwrap_or_default()
-            ),
-            Event::StepOutput {
-                step,
-                stdout,
-                stderr,
-                exit_code,
-                ..
-            } => {
-                let mut text = format!(
-                    "output of {step} (exit {}):",
-                    exit_code.map(|c| c.to_string()).unwrap_or("-".into())
-                );
-                for l in stdout.lines().chain(stderr.lines()) {
-                    text.push_str(&format!("\n    | {l}"));
-                }
-                text
-            }
-            Event::StepFinished {
-                step,
-                status,
-                duration_ms,
-                message,
-                ..
-            } => format!(
-                "finished {step}: {status:?} in {:.1}s{}",
-                *duration_ms as f64 / 1000.0,
-                message
-                    .as_deref()
-                    .map(|m| format!(" ({m})"))
-                    .unwrap_or_default()
-            ),
-            Event::WaitingForOperator { step, .. } => format!("waiting for a person: {step}"),
-            Event::Confirmed { step, by, note, .. } => format!(
-                "confirmed {step} by {by}{}",
-                note.as_deref()
-                    .map(|n| format!(": {n}"))
-                    .unwrap_or_default()
-            ),
-            Event::UndoFinished {
-                step, ok, message, ..
-            } => format!(
-                "undo of {step}: {}{}",
-                if *ok { "ok" } else { "FAILED" },
-                message
-                    .as_deref()
-                    .map(|m| format!(" ({m})"))
-                    .unwrap_or_default()
-            ),
-            Event::RunFinished { status, .. } => format!("run finished: {status:?}"),
-        };
+        let line = event_line(&dir.run_id, e);
         out.push_str(&format!("{at}  {line}\n"));
     }
     if let Some(bytes) = crate::journal::torn_tail(&dir.journal_path()) {
@@ -1718,5 +1573,168 @@ fn show(cli: &Cli, run: &str) -> Outcome {
             code: exit::IO,
         },
         None => Outcome::ok(out),
+    }
+}
+
+/// One event of a run's journal, as `show` prints it.
+fn event_line(run_id: &str, e: &Event) -> String {
+    match e {
+        Event::RunStarted {
+            mode,
+            emergency,
+            operator,
+            machine,
+            version,
+            sources_digest,
+            steps,
+            ..
+        } => format!(
+            "run {} started: {mode}{} by {operator} on {machine}, reprise {version}, files {}, {} steps",
+            run_id,
+            if *emergency { " (emergency)" } else { "" },
+            &sources_digest[..12.min(sources_digest.len())],
+            steps.len()
+        ),
+        Event::RunResumed {
+            operator, machine, ..
+        } => format!("resumed by {operator} on {machine}"),
+        Event::VmStateBefore {
+            step,
+            running,
+            said,
+            ..
+        } => format!(
+            "{step}: before the start, the vm {} ({said:?})",
+            match running {
+                Some(true) => "was running already",
+                Some(false) => "was not running",
+                None => "was in a state that could not be told",
+            }
+        ),
+        Event::ReadinessForced {
+            operator, problems, ..
+        } => format!(
+            "forced by {operator} (--force) past the readiness check's blocking problems: {}",
+            problems.join("; ")
+        ),
+        Event::StopRequested { reason, .. } => format!(
+            "stop requested ({reason}): no new steps, running ones finish, a drill's cleanup runs"
+        ),
+        Event::JournalRepaired {
+            line,
+            bytes,
+            kept_in,
+            excerpt,
+            ..
+        } => format!(
+            "journal repaired: line {line} was cut short by a crash; its {bytes} bytes were cut off and kept in {kept_in} ({excerpt:?})"
+        ),
+        Event::ReplicaPointUsed {
+            step,
+            item,
+            point,
+            taken_at,
+            verified,
+            note,
+            ..
+        } => format!(
+            "{step} uses point {point} of {item} (taken {}{}){}",
+            taken_at.format("%Y-%m-%d %H:%M:%S"),
+            if *verified {
+                ", verified"
+            } else {
+                ", not verified"
+            },
+            note.as_deref()
+                .map(|n| format!(": {n}"))
+                .unwrap_or_default()
+        ),
+        Event::LagMeasured {
+            step,
+            host,
+            lag_s,
+            unknown,
+            rpo_target_s,
+            ..
+        } => format!(
+            "{step} on {host}: {}",
+            crate::lag::judge(
+                &lag_reading(*lag_s, unknown),
+                rpo_target_s.map(crate::duration::Duration)
+            )
+            .1
+        ),
+        Event::StepStarted { .. }
+        | Event::StepOutput { .. }
+        | Event::StepFinished { .. }
+        | Event::WaitingForOperator { .. }
+        | Event::Confirmed { .. }
+        | Event::UndoFinished { .. } => step_event_line(e),
+        Event::RunFinished { status, .. } => format!("run finished: {status:?}"),
+    }
+}
+
+/// One event of a step, as `show` prints it (the run's own events: `event_line`).
+fn step_event_line(e: &Event) -> String {
+    match e {
+        Event::StepStarted {
+            step,
+            attempt,
+            host,
+            ..
+        } => format!(
+            "started {step} (attempt {attempt}){}",
+            host.as_deref()
+                .map(|h| format!(" on {h}"))
+                .unwrap_or_default()
+        ),
+        Event::StepOutput {
+            step,
+            stdout,
+            stderr,
+            exit_code,
+            ..
+        } => {
+            let mut text = format!(
+                "output of {step} (exit {}):",
+                exit_code.map(|c| c.to_string()).unwrap_or("-".into())
+            );
+            for l in stdout.lines().chain(stderr.lines()) {
+                text.push_str(&format!("\n    | {l}"));
+            }
+            text
+        }
+        Event::StepFinished {
+            step,
+            status,
+            duration_ms,
+            message,
+            ..
+        } => format!(
+            "finished {step}: {status:?} in {:.1}s{}",
+            *duration_ms as f64 / 1000.0,
+            message
+                .as_deref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
+        ),
+        Event::WaitingForOperator { step, .. } => format!("waiting for a person: {step}"),
+        Event::Confirmed { step, by, note, .. } => format!(
+            "confirmed {step} by {by}{}",
+            note.as_deref()
+                .map(|n| format!(": {n}"))
+                .unwrap_or_default()
+        ),
+        Event::UndoFinished {
+            step, ok, message, ..
+        } => format!(
+            "undo of {step}: {}{}",
+            if *ok { "ok" } else { "FAILED" },
+            message
+                .as_deref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
+        ),
+        _ => String::new(),
     }
 }
