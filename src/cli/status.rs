@@ -497,66 +497,104 @@ pub fn prometheus(
     ctx: &Context,
     now: DateTime<Utc>,
 ) -> String {
-    use prometheus::{Encoder as _, Gauge, GaugeVec, Opts, Registry, TextEncoder};
-    let registry = Registry::new();
-    let vec = |name: &str, help: &str, labels: &[&str]| {
-        let g = GaugeVec::new(Opts::new(name, help), labels).expect("a valid metric name");
-        registry
+    use prometheus::{Encoder as _, TextEncoder};
+    let m = Metrics {
+        registry: prometheus::Registry::new(),
+    };
+    replica_metrics(&m, rows);
+    lag_metrics(&m, lags);
+    drill_metrics(&m, ctx);
+    readiness_metrics(&m, ctx);
+    m.one(
+        "reprise_status_timestamp_seconds",
+        "When these figures were gathered.",
+    )
+    .set(unix_secs(now));
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&m.registry.gather(), &mut buf)
+        .expect("metrics encode to memory");
+    String::from_utf8(buf).expect("the text format is UTF-8")
+}
+
+/// The gauges of `--format prometheus`, each registered once.
+struct Metrics {
+    registry: prometheus::Registry,
+}
+
+impl Metrics {
+    fn vec(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+        let g = prometheus::GaugeVec::new(prometheus::Opts::new(name, help), labels)
+            .expect("a valid metric name");
+        self.registry
             .register(Box::new(g.clone()))
             .expect("each metric is registered once");
         g
-    };
-    let one = |name: &str, help: &str| {
-        let g = Gauge::with_opts(Opts::new(name, help)).expect("a valid metric name");
-        registry
+    }
+
+    fn one(&self, name: &str, help: &str) -> prometheus::Gauge {
+        let g = prometheus::Gauge::with_opts(prometheus::Opts::new(name, help))
+            .expect("a valid metric name");
+        self.registry
             .register(Box::new(g.clone()))
             .expect("each metric is registered once");
         g
-    };
-    let secs = |t: DateTime<Utc>| t.timestamp_millis() as f64 / 1000.0;
-    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    }
+}
+
+/// A time as Prometheus counts it: seconds since the epoch.
+fn unix_secs(t: DateTime<Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
+}
+
+fn flag(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+/// Per vm or backup set: its copies, its newest good point against its RPO, its last transfer.
+fn replica_metrics(m: &Metrics, rows: &[ReplicaRow]) {
     let item = ["item", "kind"];
-    let readable = vec(
+    let readable = m.vec(
         "reprise_replica_readable",
         "1 when the recovery copies of the item and their metadata could be read.",
         &item,
     );
-    let verified = vec(
+    let verified = m.vec(
         "reprise_replica_verified",
         "1 when a verified replica point is there for a failover to start from.",
         &item,
     );
-    let good_at = vec(
+    let good_at = m.vec(
         "reprise_replica_newest_good_point_timestamp_seconds",
         "When the newest verified replica point was taken.",
         &item,
     );
-    let age = vec(
+    let age = m.vec(
         "reprise_replica_newest_good_point_age_seconds",
         "Age of the newest verified replica point (the data a failover now would lose).",
         &item,
     );
-    let rpo = vec(
+    let rpo = m.vec(
         "reprise_replica_rpo_target_seconds",
         "The RPO target the item is held to.",
         &item,
     );
-    let breach = vec(
+    let breach = m.vec(
         "reprise_replica_rpo_breach",
         "1 when no verified replica point is within the RPO target.",
         &item,
     );
-    let last_bytes = vec(
+    let last_bytes = m.vec(
         "reprise_replica_last_transfer_bytes",
         "Bytes received by the last replication of the item.",
         &item,
     );
-    let last_duration = vec(
+    let last_duration = m.vec(
         "reprise_replica_last_transfer_duration_seconds",
         "How long the last replication of the item took.",
         &item,
     );
-    let last_at = vec(
+    let last_at = m.vec(
         "reprise_replica_last_transfer_timestamp_seconds",
         "When the point of the last replication of the item was taken.",
         &item,
@@ -569,7 +607,7 @@ pub fn prometheus(
         }
         verified.with_label_values(&l).set(flag(r.good.is_some()));
         if let Some((_, at)) = &r.good {
-            good_at.with_label_values(&l).set(secs(*at));
+            good_at.with_label_values(&l).set(unix_secs(*at));
         }
         if let Some(a) = r.age_s {
             age.with_label_values(&l).set(a as f64);
@@ -585,33 +623,36 @@ pub fn prometheus(
             last_duration
                 .with_label_values(&l)
                 .set(p.duration_ms as f64 / 1000.0);
-            last_at.with_label_values(&l).set(secs(p.taken_at));
+            last_at.with_label_values(&l).set(unix_secs(p.taken_at));
         }
     }
-    // Services their application replicates: judged by the lag their probe reads, not by a
-    // copy's age.
+}
+
+/// Services their application replicates: judged by the lag their probe reads, not by a
+/// copy's age.
+fn lag_metrics(m: &Metrics, lags: &[LagRow]) {
     let svc = ["service"];
-    let lag_known = vec(
+    let lag_known = m.vec(
         "reprise_replication_lag_known",
         "1 when the lag probe of a service its application replicates printed a lag (0: unknown).",
         &svc,
     );
-    let lag_seconds = vec(
+    let lag_seconds = m.vec(
         "reprise_replication_lag_seconds",
         "The replication lag the service's probe read (the data a failover now would lose).",
         &svc,
     );
-    let lag_rpo = vec(
+    let lag_rpo = m.vec(
         "reprise_replication_lag_rpo_target_seconds",
         "The RPO target the service's replication lag is held to.",
         &svc,
     );
-    let lag_breach = vec(
+    let lag_breach = m.vec(
         "reprise_replication_lag_rpo_breach",
         "1 when the service's replication lag is over its RPO target or unknown.",
         &svc,
     );
-    let lag_at = vec(
+    let lag_at = m.vec(
         "reprise_replication_lag_timestamp_seconds",
         "When the service's lag probe answered (or gave up).",
         &svc,
@@ -627,29 +668,34 @@ pub fn prometheus(
             lag_rpo.with_label_values(&lbl).set(r as f64);
         }
         lag_breach.with_label_values(&lbl).set(flag(l.breach()));
-        lag_at.with_label_values(&lbl).set(secs(l.at));
+        lag_at.with_label_values(&lbl).set(unix_secs(l.at));
     }
-    let drilled = vec(
+}
+
+/// Per service: the newest drill that recovered it, and the newest that was to.
+fn drill_metrics(m: &Metrics, ctx: &Context) {
+    let svc = ["service"];
+    let drilled = m.vec(
         "reprise_service_drilled",
         "1 when a drill that recovered the service is recorded.",
         &svc,
     );
-    let ok_at = vec(
+    let ok_at = m.vec(
         "reprise_service_last_successful_drill_timestamp_seconds",
         "When the newest drill that recovered the service started.",
         &svc,
     );
-    let rto_met = vec(
+    let rto_met = m.vec(
         "reprise_service_last_successful_drill_rto_met",
         "1 when the newest drill that recovered the service met its RTO target.",
         &svc,
     );
-    let tried_at = vec(
+    let tried_at = m.vec(
         "reprise_service_last_drill_timestamp_seconds",
         "When the newest drill that was to recover the service started.",
         &svc,
     );
-    let tried_ok = vec(
+    let tried_ok = m.vec(
         "reprise_service_last_drill_success",
         "1 when the newest drill that was to recover the service recovered it.",
         &svc,
@@ -669,41 +715,45 @@ pub fn prometheus(
                 .set(flag(d.is_some_and(|d| d.at.is_some())));
             let Some(d) = d else { continue };
             if let Some(at) = d.at {
-                ok_at.with_label_values(&l).set(secs(at));
+                ok_at.with_label_values(&l).set(unix_secs(at));
             }
             if let Some(m) = d.rto_met {
                 rto_met.with_label_values(&l).set(flag(m));
             }
             if let Some(at) = d.last_attempt_at {
-                tried_at.with_label_values(&l).set(secs(at));
+                tried_at.with_label_values(&l).set(unix_secs(at));
             }
             if let Some(ok) = d.last_attempt_recovered {
                 tried_ok.with_label_values(&l).set(flag(ok));
             }
         }
     }
-    let history = one(
+}
+
+/// Whether the runs could be read, and what the last `reprise check` found.
+fn readiness_metrics(m: &Metrics, ctx: &Context) {
+    let history = m.one(
         "reprise_history_readable",
         "1 when the runs in the state folder could be read for the drill metrics.",
     );
     history.set(flag(ctx.drills_error.is_none()));
-    let checked = one(
+    let checked = m.one(
         "reprise_readiness_checked",
         "1 when a `reprise check` result is saved.",
     );
     checked.set(flag(ctx.readiness.is_some()));
     if let Some(r) = &ctx.readiness {
-        one(
+        m.one(
             "reprise_readiness_ready",
             "1 when the last `reprise check` found nothing that stops a recovery.",
         )
         .set(flag(r.ready));
-        one(
+        m.one(
             "reprise_readiness_timestamp_seconds",
             "When the last `reprise check` ran.",
         )
-        .set(secs(r.at));
-        let items = vec(
+        .set(unix_secs(r.at));
+        let items = m.vec(
             "reprise_readiness_items",
             "Lines of the last `reprise check` by status.",
             &["status"],
@@ -717,16 +767,6 @@ pub fn prometheus(
             items.with_label_values(&[name]).set(n as f64);
         }
     }
-    one(
-        "reprise_status_timestamp_seconds",
-        "When these figures were gathered.",
-    )
-    .set(secs(now));
-    let mut buf = Vec::new();
-    TextEncoder::new()
-        .encode(&registry.gather(), &mut buf)
-        .expect("metrics encode to memory");
-    String::from_utf8(buf).expect("the text format is UTF-8")
 }
 
 /// The thresholds of `--format nagios`.
