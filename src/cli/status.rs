@@ -786,97 +786,12 @@ pub fn nagios(
     limits: &Limits,
     now: DateTime<Utc>,
 ) -> (u8, String) {
-    let ago = |t: DateTime<Utc>| crate::duration::Duration((now - t).num_seconds().max(0) as u64);
     let mut critical = Vec::new();
     let mut warning = Vec::new();
-    for r in rows {
-        if let Some(e) = &r.error {
-            critical.push(format!("{}: copies unreadable ({})", r.item, one_line(e)));
-            continue;
-        }
-        match (r.breach, r.age_s, r.rpo_s) {
-            (true, Some(a), Some(rpo)) => critical.push(format!(
-                "{}: newest good point {} old, RPO {}",
-                r.item,
-                crate::duration::Duration(a),
-                crate::duration::Duration(rpo)
-            )),
-            (true, None, _) => critical.push(format!("{}: no verified point", r.item)),
-            (false, Some(a), Some(rpo)) if a * 100 > rpo * u64::from(limits.warn_at) => warning
-                .push(format!(
-                    "{}: newest good point {} old, RPO {}",
-                    r.item,
-                    crate::duration::Duration(a),
-                    crate::duration::Duration(rpo)
-                )),
-            (false, None, None) => warning.push(format!("{}: no verified point", r.item)),
-            _ => {}
-        }
-    }
-    // A service its application replicates: its lag, never a copy's age, against its RPO.
-    for l in lags {
-        let rpo = l.rpo_s.map(crate::duration::Duration);
-        match (l.reading.seconds(), rpo) {
-            (None, _) => {
-                let (_, words) = l.judged();
-                critical.push(format!("{}: {}", l.service, one_line(&words)));
-            }
-            (Some(s), Some(rpo)) if l.breach() => critical.push(format!(
-                "{}: replication lag {}, RPO {rpo}",
-                l.service,
-                crate::lag::human(s)
-            )),
-            (Some(s), Some(rpo)) if s * 100.0 > rpo.0 as f64 * f64::from(limits.warn_at) => warning
-                .push(format!(
-                    "{}: replication lag {}, RPO {rpo}",
-                    l.service,
-                    crate::lag::human(s)
-                )),
-            _ => {}
-        }
-    }
-    match &ctx.readiness {
-        Some(r) if !r.ready => {
-            let failed = r
-                .items
-                .iter()
-                .filter(|i| i.status == crate::readiness::ItemStatus::Failed)
-                .count();
-            critical.push(format!(
-                "not ready ({failed} failed check{} {} ago)",
-                if failed == 1 { "" } else { "s" },
-                ago(r.at)
-            ));
-        }
-        Some(r) if (now - r.at).num_seconds() > limits.check_max_age_s as i64 => {
-            warning.push(format!("last check {} ago", ago(r.at)));
-        }
-        Some(_) => {}
-        None => warning.push("no `reprise check` result saved".to_string()),
-    }
-    if let Some(e) = &ctx.drills_error {
-        warning.push(format!("runs unreadable ({})", one_line(e)));
-    } else {
-        let mut never = Vec::new();
-        for s in &ctx.services {
-            let d = ctx.drills.iter().find(|d| &d.service == s);
-            match d {
-                Some(d) if d.last_attempt_recovered == Some(false) => {
-                    warning.push(format!("{s}: last drill did not recover it"))
-                }
-                Some(crate::report::LastDrill { at: Some(at), .. })
-                    if (now - *at).num_seconds() > limits.drill_max_age_s as i64 =>
-                {
-                    warning.push(format!("{s}: last successful drill {} ago", ago(*at)))
-                }
-                Some(crate::report::LastDrill { at: Some(_), .. }) => {}
-                _ => never.push(s.as_str()),
-            }
-        }
-        if !never.is_empty() {
-            warning.push(format!("never drilled: {}", never.join(", ")));
-        }
-    }
+    replica_findings(rows, limits, &mut critical, &mut warning);
+    lag_findings(lags, limits, &mut critical, &mut warning);
+    readiness_findings(ctx, limits, now, &mut critical, &mut warning);
+    drill_findings(ctx, limits, now, &mut warning);
     let (code, state) = if !critical.is_empty() {
         (NAGIOS_CRITICAL, "CRITICAL")
     } else if !warning.is_empty() {
@@ -903,8 +818,142 @@ pub fn nagios(
             .collect::<Vec<_>>()
             .join("; ")
     };
-    let perf: Vec<String> = rows
-        .iter()
+    let perf = perf_data(rows, lags, limits);
+    let mut line = format!("REPRISE {state} - {summary}");
+    if !perf.is_empty() {
+        line.push_str(" | ");
+        line.push_str(&perf.join(" "));
+    }
+    (code, line)
+}
+
+/// How long ago `t` was, as of `now`.
+fn ago(now: DateTime<Utc>, t: DateTime<Utc>) -> crate::duration::Duration {
+    crate::duration::Duration((now - t).num_seconds().max(0) as u64)
+}
+
+/// Each vm or backup set: its copies readable, its newest good point against its RPO.
+fn replica_findings(
+    rows: &[ReplicaRow],
+    limits: &Limits,
+    critical: &mut Vec<String>,
+    warning: &mut Vec<String>,
+) {
+    for r in rows {
+        if let Some(e) = &r.error {
+            critical.push(format!("{}: copies unreadable ({})", r.item, one_line(e)));
+            continue;
+        }
+        match (r.breach, r.age_s, r.rpo_s) {
+            (true, Some(a), Some(rpo)) => critical.push(format!(
+                "{}: newest good point {} old, RPO {}",
+                r.item,
+                crate::duration::Duration(a),
+                crate::duration::Duration(rpo)
+            )),
+            (true, None, _) => critical.push(format!("{}: no verified point", r.item)),
+            (false, Some(a), Some(rpo)) if a * 100 > rpo * u64::from(limits.warn_at) => warning
+                .push(format!(
+                    "{}: newest good point {} old, RPO {}",
+                    r.item,
+                    crate::duration::Duration(a),
+                    crate::duration::Duration(rpo)
+                )),
+            (false, None, None) => warning.push(format!("{}: no verified point", r.item)),
+            _ => {}
+        }
+    }
+}
+
+/// A service its application replicates: its lag, never a copy's age, against its RPO.
+fn lag_findings(
+    lags: &[LagRow],
+    limits: &Limits,
+    critical: &mut Vec<String>,
+    warning: &mut Vec<String>,
+) {
+    for l in lags {
+        let rpo = l.rpo_s.map(crate::duration::Duration);
+        match (l.reading.seconds(), rpo) {
+            (None, _) => {
+                let (_, words) = l.judged();
+                critical.push(format!("{}: {}", l.service, one_line(&words)));
+            }
+            (Some(s), Some(rpo)) if l.breach() => critical.push(format!(
+                "{}: replication lag {}, RPO {rpo}",
+                l.service,
+                crate::lag::human(s)
+            )),
+            (Some(s), Some(rpo)) if s * 100.0 > rpo.0 as f64 * f64::from(limits.warn_at) => warning
+                .push(format!(
+                    "{}: replication lag {}, RPO {rpo}",
+                    l.service,
+                    crate::lag::human(s)
+                )),
+            _ => {}
+        }
+    }
+}
+
+/// The last `reprise check`: not ready, too old, or none.
+fn readiness_findings(
+    ctx: &Context,
+    limits: &Limits,
+    now: DateTime<Utc>,
+    critical: &mut Vec<String>,
+    warning: &mut Vec<String>,
+) {
+    match &ctx.readiness {
+        Some(r) if !r.ready => {
+            let failed = r
+                .items
+                .iter()
+                .filter(|i| i.status == crate::readiness::ItemStatus::Failed)
+                .count();
+            critical.push(format!(
+                "not ready ({failed} failed check{} {} ago)",
+                if failed == 1 { "" } else { "s" },
+                ago(now, r.at)
+            ));
+        }
+        Some(r) if (now - r.at).num_seconds() > limits.check_max_age_s as i64 => {
+            warning.push(format!("last check {} ago", ago(now, r.at)));
+        }
+        Some(_) => {}
+        None => warning.push("no `reprise check` result saved".to_string()),
+    }
+}
+
+/// Each service's last drill: failed, too old, or none.
+fn drill_findings(ctx: &Context, limits: &Limits, now: DateTime<Utc>, warning: &mut Vec<String>) {
+    if let Some(e) = &ctx.drills_error {
+        warning.push(format!("runs unreadable ({})", one_line(e)));
+    } else {
+        let mut never = Vec::new();
+        for s in &ctx.services {
+            let d = ctx.drills.iter().find(|d| &d.service == s);
+            match d {
+                Some(d) if d.last_attempt_recovered == Some(false) => {
+                    warning.push(format!("{s}: last drill did not recover it"))
+                }
+                Some(crate::report::LastDrill { at: Some(at), .. })
+                    if (now - *at).num_seconds() > limits.drill_max_age_s as i64 =>
+                {
+                    warning.push(format!("{s}: last successful drill {} ago", ago(now, *at)))
+                }
+                Some(crate::report::LastDrill { at: Some(_), .. }) => {}
+                _ => never.push(s.as_str()),
+            }
+        }
+        if !never.is_empty() {
+            warning.push(format!("never drilled: {}", never.join(", ")));
+        }
+    }
+}
+
+/// The performance data: each item's point age and each replication lag, against its RPO.
+fn perf_data(rows: &[ReplicaRow], lags: &[LagRow], limits: &Limits) -> Vec<String> {
+    rows.iter()
         .filter_map(|r| {
             let a = r.age_s?;
             let label = perf_label(&format!("{} age", r.item));
@@ -927,13 +976,7 @@ pub fn nagios(
                 None => format!("{label}={s}s;;;0"),
             })
         }))
-        .collect();
-    let mut line = format!("REPRISE {state} - {summary}");
-    if !perf.is_empty() {
-        line.push_str(" | ");
-        line.push_str(&perf.join(" "));
-    }
-    (code, line)
+        .collect()
 }
 
 /// A performance-data label: quoted, a quote doubled (the plugin guidelines' rule), and no
