@@ -618,13 +618,7 @@ fn replicate_all(
     use std::sync::atomic::Ordering;
     let helpers = Helpers::new(transport);
     // Every host at once: the connections, the helper uploads and the --here check.
-    let mut hosts: Vec<&str> = vms
-        .iter()
-        .flat_map(|vm| vm.images.iter())
-        .flat_map(|img| [img.from.as_str(), img.to.as_str()])
-        .collect();
-    hosts.sort_unstable();
-    hosts.dedup();
+    let hosts = hosts_of(vms);
     helpers.prepare(&hosts);
     let mut out = Outcome::default();
     let stopped = || stop.load(Ordering::Relaxed);
@@ -656,32 +650,8 @@ fn replicate_all(
                 .then(|| snapshot_hook(model, &vm.id, action))
                 .flatten()
         };
-        // A snapshot left by an interrupted replication: its disks are stale (the vm writes
-        // to the overlay) and a new snapshot would fail; merged back before anything else.
-        if let (Some((host, check)), Some((_, end))) =
-            (hook("replicate-check"), hook("replicate-end"))
-        {
-            let settled = match (
-                check.expose(|n| std::env::var(n).ok()),
-                end.expose(|n| std::env::var(n).ok()),
-            ) {
-                (Ok(c), Ok(e)) => {
-                    crate::replica::snapshot::settle(transport, &host, &c, &e, &end.to_string())
-                }
-                (Err(m), _) | (_, Err(m)) => {
-                    Err(format!("secret {m} is not set in the environment"))
-                }
-            };
-            match settled {
-                Ok(Some(note)) => out.stdout.push_str(&format!("{}: {note}\n", vm.id)),
-                Ok(None) => {}
-                Err(e) => {
-                    out.stderr
-                        .push_str(&format!("error: {}: {e}; not replicated\n", vm.id));
-                    out.code = exit::FAILED;
-                    continue;
-                }
-            }
+        if !settle_snapshot(model, transport, vm, &mut out) {
+            continue;
         }
         // The vm's definition goes with the point, beside the copy of its first disk: read
         // before the snapshot, which points the defined domain at its overlays.
@@ -728,50 +698,9 @@ fn replicate_all(
             deadline: std::time::Duration::from_secs(7200),
             definition,
         };
-        let mut copied_all = true;
-        for (i, img) in vm.images.iter().enumerate() {
-            // Only the first disk's point records the definition (it is kept beside it).
-            if i == 1 {
-                r.definition = None;
-            }
-            let name = img.src.rsplit('/').next().unwrap_or(&img.src);
-            if stopped() {
-                left.push(name);
-                copied_all = false;
-                continue;
-            }
-            let label = format!("{} {name}", vm.id);
-            let done = if vm.backup {
-                with_progress(&label, None, || {
-                    helpers.replicate_tree(&img.from, &img.src, &img.to, &img.dst, &r)
-                })
-            } else {
-                let total = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                    remote_size(transport, &img.from, &img.src)
-                } else {
-                    None
-                };
-                with_progress(&label, total, || {
-                    helpers.replicate(&img.from, &img.src, &img.to, &img.dst, &r, None)
-                })
-            };
-            match done {
-                Ok(t) => out.stdout.push_str(&format!("{}: {}", vm.id, t.line())),
-                Err(_) if stopped() => {
-                    out.stderr.push_str(&format!(
-                        "{}: the copy of {name} was stopped; {}:{} keeps its last point\n",
-                        vm.id, img.to, img.dst
-                    ));
-                    left.push(name);
-                    copied_all = false;
-                }
-                Err(e) => {
-                    out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
-                    out.code = exit::FAILED;
-                    copied_all = false;
-                }
-            }
-        }
+        let copied_all = copy_images(
+            vm, transport, &helpers, &mut r, &stopped, &mut left, &mut out,
+        );
         match snapshot.end() {
             Ok(Some(line)) => out.stdout.push_str(&line),
             Ok(None) => {}
@@ -780,39 +709,170 @@ fn replicate_all(
                 out.code = exit::FAILED;
             }
         }
-        // The vm's definition goes with the disks it describes.
-        if let Some(hooks) = (!vm.backup && copied_all)
-            .then(|| model.inventory.vms.get(&vm.id))
+        carry_definition(model, transport, vm, copied_all, &mut out);
+    }
+    if stopped() {
+        interrupted(&mut out, shutdown, &left, frozen);
+    }
+    out
+}
+
+/// Every host the copies of `vms` are read from or written to, once each.
+fn hosts_of(vms: &[VmImages]) -> Vec<&str> {
+    let mut hosts: Vec<&str> = vms
+        .iter()
+        .flat_map(|vm| vm.images.iter())
+        .flat_map(|img| [img.from.as_str(), img.to.as_str()])
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    hosts
+}
+
+/// Says what a stop left out, and whether every snapshot made was merged back.
+fn interrupted(
+    out: &mut Outcome,
+    shutdown: &crate::shutdown::Shutdown,
+    left: &[&str],
+    frozen: bool,
+) {
+    out.stderr.push_str(&format!(
+        "interrupted by {}: no new copy was started{}{}\n",
+        shutdown.reason().unwrap_or("a signal"),
+        if left.is_empty() {
+            String::new()
+        } else {
+            format!(" (not replicated: {})", left.join(", "))
+        },
+        if frozen && out.code != exit::FAILED {
+            "; every snapshot made was merged back"
+        } else {
+            ""
+        }
+    ));
+    out.code = exit::INTERRUPTED;
+}
+
+/// Merges back a snapshot left by an interrupted replication of `vm`: `false` when it could
+/// not be (said in `out`; the vm is then not replicated).
+fn settle_snapshot(
+    model: &Model,
+    transport: &crate::ssh::SshTransport,
+    vm: &VmImages,
+    out: &mut Outcome,
+) -> bool {
+    let hook = |action| {
+        (!vm.backup)
+            .then(|| snapshot_hook(model, &vm.id, action))
             .flatten()
-            .and_then(|v| crate::plan::definition_hooks(model, v))
-        {
-            match crate::replica::definition::carry(transport, &hooks, &|n| std::env::var(n).ok()) {
-                Ok(line) => out.stdout.push_str(&format!("{}: {line}\n", vm.id)),
-                Err(e) => {
-                    out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
-                    out.code = exit::FAILED;
-                }
+    };
+    // A snapshot left by an interrupted replication: its disks are stale (the vm writes
+    // to the overlay) and a new snapshot would fail; merged back before anything else.
+    if let (Some((host, check)), Some((_, end))) = (hook("replicate-check"), hook("replicate-end"))
+    {
+        let settled = match (
+            check.expose(|n| std::env::var(n).ok()),
+            end.expose(|n| std::env::var(n).ok()),
+        ) {
+            (Ok(c), Ok(e)) => {
+                crate::replica::snapshot::settle(transport, &host, &c, &e, &end.to_string())
+            }
+            (Err(m), _) | (_, Err(m)) => Err(format!("secret {m} is not set in the environment")),
+        };
+        match settled {
+            Ok(Some(note)) => out.stdout.push_str(&format!("{}: {note}\n", vm.id)),
+            Ok(None) => {}
+            Err(e) => {
+                out.stderr
+                    .push_str(&format!("error: {}: {e}; not replicated\n", vm.id));
+                out.code = exit::FAILED;
+                return false;
             }
         }
     }
-    if stopped() {
-        out.stderr.push_str(&format!(
-            "interrupted by {}: no new copy was started{}{}\n",
-            shutdown.reason().unwrap_or("a signal"),
-            if left.is_empty() {
-                String::new()
+    true
+}
+
+/// Copies each disk (or backup folder) of `vm` to its recovery copy: whether every one was
+/// copied; those a stop left out are added to `left`.
+fn copy_images<'v>(
+    vm: &'v VmImages,
+    transport: &crate::ssh::SshTransport,
+    helpers: &Helpers,
+    r: &mut Replication,
+    stopped: &dyn Fn() -> bool,
+    left: &mut Vec<&'v str>,
+    out: &mut Outcome,
+) -> bool {
+    let mut copied_all = true;
+    for (i, img) in vm.images.iter().enumerate() {
+        // Only the first disk's point records the definition (it is kept beside it).
+        if i == 1 {
+            r.definition = None;
+        }
+        let name = img.src.rsplit('/').next().unwrap_or(&img.src);
+        if stopped() {
+            left.push(name);
+            copied_all = false;
+            continue;
+        }
+        let label = format!("{} {name}", vm.id);
+        let done = if vm.backup {
+            with_progress(&label, None, || {
+                helpers.replicate_tree(&img.from, &img.src, &img.to, &img.dst, r)
+            })
+        } else {
+            let total = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                remote_size(transport, &img.from, &img.src)
             } else {
-                format!(" (not replicated: {})", left.join(", "))
-            },
-            if frozen && out.code != exit::FAILED {
-                "; every snapshot made was merged back"
-            } else {
-                ""
+                None
+            };
+            with_progress(&label, total, || {
+                helpers.replicate(&img.from, &img.src, &img.to, &img.dst, r, None)
+            })
+        };
+        match done {
+            Ok(t) => out.stdout.push_str(&format!("{}: {}", vm.id, t.line())),
+            Err(_) if stopped() => {
+                out.stderr.push_str(&format!(
+                    "{}: the copy of {name} was stopped; {}:{} keeps its last point\n",
+                    vm.id, img.to, img.dst
+                ));
+                left.push(name);
+                copied_all = false;
             }
-        ));
-        out.code = exit::INTERRUPTED;
+            Err(e) => {
+                out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
+                out.code = exit::FAILED;
+                copied_all = false;
+            }
+        }
     }
-    out
+    copied_all
+}
+
+/// Carries the definition of `vm` to the recovery side once every disk of it was copied.
+fn carry_definition(
+    model: &Model,
+    transport: &crate::ssh::SshTransport,
+    vm: &VmImages,
+    copied_all: bool,
+    out: &mut Outcome,
+) {
+    // The vm's definition goes with the disks it describes.
+    if let Some(hooks) = (!vm.backup && copied_all)
+        .then(|| model.inventory.vms.get(&vm.id))
+        .flatten()
+        .and_then(|v| crate::plan::definition_hooks(model, v))
+    {
+        match crate::replica::definition::carry(transport, &hooks, &|n| std::env::var(n).ok()) {
+            Ok(line) => out.stdout.push_str(&format!("{}: {line}\n", vm.id)),
+            Err(e) => {
+                out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
+                out.code = exit::FAILED;
+            }
+        }
+    }
 }
 
 /// The vm of `vm` when its copies are of the disk as the guest sees it (`changed_blocks`, on
