@@ -9,8 +9,10 @@ use chrono::Utc;
 use super::Outcome;
 use crate::exit;
 use crate::model::Model;
+use crate::replica::cbt;
 use crate::replica::helper::{self, Request};
 use crate::replica::remote::{Helpers, Replication, image_path, point_id};
+use crate::replica::store::ReadMode;
 use crate::replica::{Point, Verified};
 use crate::run::SshOptions;
 use crate::ssh::{HostKeyPolicy, SshClient};
@@ -897,8 +899,6 @@ fn replicate_guest(
     stopped: &dyn Fn() -> bool,
     out: &mut Outcome,
 ) {
-    use crate::replica::cbt;
-    use crate::replica::store::ReadMode;
     let (dom, host) = (inv.name.as_str(), inv.primary.value.as_str());
     let fail = |out: &mut Outcome, e: String| {
         out.stderr.push_str(&format!(
@@ -926,27 +926,116 @@ fn replicate_guest(
             }
         }
     }
+    let g = Guest {
+        vm,
+        transport,
+        helpers,
+        dom,
+        host,
+        running,
+    };
+    let mut decision = match guest_decision(&g, to, &mine, scan) {
+        Ok(d) => d,
+        Err(e) => return fail(out, e),
+    };
+    let all: Vec<String> = disks.iter().map(|d| d.target.clone()).collect();
+    let ours: Vec<String> = mine.iter().map(|d| d.target.clone()).collect();
+    let qcow2 = mine.iter().all(|d| d.format == "qcow2");
+    let new_cp = format!("{}{}", cbt::PREFIX, r.point);
+    let mut job = Job {
+        transport,
+        host,
+        dom,
+        on: false,
+    };
+    let checkpoint = if running {
+        let new = qcow2.then_some(new_cp.as_str());
+        if let Err(e) = begin_job(&g, &all, &ours, new, &mut decision, out) {
+            return fail(out, e);
+        }
+        job.on = true;
+        qcow2.then(|| new_cp.clone())
+    } else {
+        decision.since.clone()
+    };
+    let all_done = copy_guest_disks(&g, r, &mine, &decision, checkpoint, stopped, out);
+    if job.on {
+        job.on = false;
+        if let Err(e) = cbt::end(transport, host, dom) {
+            out.stderr.push_str(&format!(
+                "error: {}: the backup job of domain {dom} on {host} did not end ({e}); run there: virsh domjobabort {dom}\n",
+                vm.id
+            ));
+            out.code = exit::FAILED;
+        }
+    }
+    // Older checkpoints of reprise go once every copy is at the new one (until then the next
+    // replication still reads the changes since the older one).
+    if running && qcow2 && all_done {
+        prune_checkpoints(&g, &new_cp, out);
+    }
+}
+
+/// A domain whose disks are read as the guest sees them, on its primary.
+struct Guest<'a> {
+    vm: &'a VmImages,
+    transport: &'a crate::ssh::SshTransport,
+    helpers: &'a Helpers<'a>,
+    dom: &'a str,
+    host: &'a str,
+    running: bool,
+}
+
+/// The backup job of a running domain, ended on every way out.
+struct Job<'a> {
+    transport: &'a crate::ssh::SshTransport,
+    host: &'a str,
+    dom: &'a str,
+    on: bool,
+}
+
+impl Drop for Job<'_> {
+    fn drop(&mut self) {
+        if self.on {
+            let _ = cbt::end(self.transport, self.host, self.dom);
+        }
+    }
+}
+
+/// How the disks of a guest are read this time (only the changes since a checkpoint, or
+/// every block, and why), from its copies' newest points and the domain's checkpoints.
+fn guest_decision(
+    g: &Guest,
+    to: &str,
+    mine: &[cbt::DomDisk],
+    scan: bool,
+) -> Result<cbt::Decision, String> {
+    let Guest {
+        vm,
+        transport,
+        helpers,
+        dom,
+        host,
+        running,
+    } = *g;
     let dsts: Vec<String> = vm.images.iter().map(|i| i.dst.clone()).collect();
     let states = match helpers.inspect(to, &dsts) {
         Ok(s) => s,
-        Err(e) => return fail(out, e.to_string()),
+        Err(e) => return Err(e.to_string()),
     };
     let checkpoints = match cbt::checkpoints(transport, host, dom) {
         Ok(c) => c,
         Err(e) => {
-            return fail(
-                out,
-                format!(
-                    "the checkpoints of domain {dom} on {host} cannot be listed (libvirt 6 or later keeps them): {e}"
-                ),
-            );
+            return Err(format!(
+                "the checkpoints of domain {dom} on {host} cannot be listed (libvirt 6 or later keeps them): {e}"
+            ));
         }
     };
     let mut facts = cbt::Facts {
         host,
         asked_scan: scan,
         newest: states.iter().map(|s| s.points.last()).collect(),
-        disks: mine.clone(),
+        disks: mine.to_vec(),
         checkpoints,
         bitmap_problem: None,
     };
@@ -960,95 +1049,98 @@ fn replicate_guest(
         };
         decision = cbt::decide(&facts);
     }
-    let all: Vec<String> = disks.iter().map(|d| d.target.clone()).collect();
-    let ours: Vec<String> = mine.iter().map(|d| d.target.clone()).collect();
-    let qcow2 = mine.iter().all(|d| d.format == "qcow2");
-    let new_cp = format!("{}{}", cbt::PREFIX, r.point);
-    // The backup job of a running domain, ended on every way out.
-    struct Job<'a> {
-        transport: &'a crate::ssh::SshTransport,
-        host: &'a str,
-        dom: &'a str,
-        on: bool,
-    }
-    impl Drop for Job<'_> {
-        fn drop(&mut self) {
-            if self.on {
-                let _ = cbt::end(self.transport, self.host, self.dom);
-            }
-        }
-    }
-    let mut job = Job {
+    Ok(decision)
+}
+
+/// Begins the backup job of a running domain (a stale one ended first): every block read
+/// instead when libvirt refuses the changes since the checkpoint, said in `decision`.
+fn begin_job(
+    g: &Guest,
+    all: &[String],
+    ours: &[String],
+    new: Option<&str>,
+    decision: &mut cbt::Decision,
+    out: &mut Outcome,
+) -> Result<(), String> {
+    let Guest {
+        vm,
         transport,
-        host,
         dom,
-        on: false,
-    };
-    let checkpoint = if running {
-        match cbt::end_stale(transport, host, dom) {
-            Ok(Some(n)) => out.stdout.push_str(&format!("{}: {n}\n", vm.id)),
-            Ok(None) => {}
-            Err(e) => return fail(out, e),
-        }
-        let since = decision
-            .since
-            .clone()
-            .filter(|_| decision.mode == ReadMode::ChangedBlocks);
-        let new = qcow2.then_some(new_cp.as_str());
-        let began = std::time::Instant::now();
-        match cbt::begin(transport, host, dom, &all, &ours, since.as_deref(), new) {
-            Ok(()) => {}
-            Err(e) if since.is_some() => {
-                // A lost or inconsistent bitmap (the vm killed, a checkpoint damaged): libvirt
-                // refuses the incremental backup; every block is read instead, and said.
-                decision = cbt::Decision {
-                    mode: ReadMode::Scan,
-                    why: Some(format!(
-                        "libvirt refused to read the changes since checkpoint {}: {e}",
-                        since.unwrap_or_default()
-                    )),
-                    since: None,
-                };
-                if let Err(e) = cbt::begin(transport, host, dom, &all, &ours, None, new) {
-                    return fail(
-                        out,
-                        format!("the backup of domain {dom} could not begin: {e}"),
-                    );
-                }
-            }
-            Err(e) => {
-                return fail(
-                    out,
-                    format!(
-                        "the backup of domain {dom} could not begin (libvirt 7.2 or later exports disks for changed-block tracking): {e}"
-                    ),
-                );
+        host,
+        ..
+    } = *g;
+    match cbt::end_stale(transport, host, dom) {
+        Ok(Some(n)) => out.stdout.push_str(&format!("{}: {n}\n", vm.id)),
+        Ok(None) => {}
+        Err(e) => return Err(e),
+    }
+    let since = decision
+        .since
+        .clone()
+        .filter(|_| decision.mode == ReadMode::ChangedBlocks);
+    let began = std::time::Instant::now();
+    match cbt::begin(transport, host, dom, all, ours, since.as_deref(), new) {
+        Ok(()) => {}
+        Err(e) if since.is_some() => {
+            // A lost or inconsistent bitmap (the vm killed, a checkpoint damaged): libvirt
+            // refuses the incremental backup; every block is read instead, and said.
+            *decision = cbt::Decision {
+                mode: ReadMode::Scan,
+                why: Some(format!(
+                    "libvirt refused to read the changes since checkpoint {}: {e}",
+                    since.unwrap_or_default()
+                )),
+                since: None,
+            };
+            if let Err(e) = cbt::begin(transport, host, dom, all, ours, None, new) {
+                return Err(format!("the backup of domain {dom} could not begin: {e}"));
             }
         }
-        job.on = true;
-        out.stdout.push_str(&format!(
-            "{}: disks exported as of now (backup-begin on {host}, {:.1}s{})\n",
-            vm.id,
-            began.elapsed().as_secs_f64(),
-            new.map(|c| format!(", checkpoint {c}")).unwrap_or_default()
-        ));
-        qcow2.then(|| new_cp.clone())
-    } else {
-        decision.since.clone()
-    };
+        Err(e) => {
+            return Err(format!(
+                "the backup of domain {dom} could not begin (libvirt 7.2 or later exports disks for changed-block tracking): {e}"
+            ));
+        }
+    }
+    out.stdout.push_str(&format!(
+        "{}: disks exported as of now (backup-begin on {host}, {:.1}s{})\n",
+        vm.id,
+        began.elapsed().as_secs_f64(),
+        new.map(|c| format!(", checkpoint {c}")).unwrap_or_default()
+    ));
+    Ok(())
+}
+
+/// Copies each disk of a guest as its decision says: whether every one was copied.
+fn copy_guest_disks(
+    g: &Guest,
+    r: &Replication,
+    mine: &[cbt::DomDisk],
+    decision: &cbt::Decision,
+    checkpoint: Option<String>,
+    stopped: &dyn Fn() -> bool,
+    out: &mut Outcome,
+) -> bool {
+    let Guest {
+        vm,
+        helpers,
+        dom,
+        running,
+        ..
+    } = *g;
     let mut all_done = true;
     // Only the first disk's point records the definition (it is kept beside it).
     let rest = Replication {
         definition: None,
         ..r.clone()
     };
-    for (i, (img, disk)) in vm.images.iter().zip(&mine).enumerate() {
+    for (i, (img, disk)) in vm.images.iter().zip(mine).enumerate() {
         let name = img.src.rsplit('/').next().unwrap_or(&img.src);
         if stopped() {
             all_done = false;
             continue;
         }
-        let g = cbt::guest_read(running, dom, disk, &decision, checkpoint.clone());
+        let g = cbt::guest_read(running, dom, disk, decision, checkpoint.clone());
         let label = format!("{} {name}", vm.id);
         let r = if i == 0 { r } else { &rest };
         let done = with_progress(&label, None, || {
@@ -1070,31 +1162,29 @@ fn replicate_guest(
             }
         }
     }
-    if job.on {
-        job.on = false;
-        if let Err(e) = cbt::end(transport, host, dom) {
-            out.stderr.push_str(&format!(
-                "error: {}: the backup job of domain {dom} on {host} did not end ({e}); run there: virsh domjobabort {dom}\n",
-                vm.id
-            ));
-            out.code = exit::FAILED;
-        }
-    }
-    // Older checkpoints of reprise go once every copy is at the new one (until then the next
-    // replication still reads the changes since the older one).
-    if running && qcow2 && all_done {
-        match cbt::prune(transport, host, dom, &new_cp) {
-            Ok(gone) if !gone.is_empty() => out.stdout.push_str(&format!(
-                "{}: older checkpoints deleted: {}\n",
-                vm.id,
-                gone.join(", ")
-            )),
-            Ok(_) => {}
-            Err(e) => out.stderr.push_str(&format!(
-                "warning: {}: older checkpoints of domain {dom} could not be deleted: {e}\n",
-                vm.id
-            )),
-        }
+    all_done
+}
+
+/// Deletes the older checkpoints of reprise once every copy is at `new_cp`.
+fn prune_checkpoints(g: &Guest, new_cp: &str, out: &mut Outcome) {
+    let Guest {
+        vm,
+        transport,
+        dom,
+        host,
+        ..
+    } = *g;
+    match cbt::prune(transport, host, dom, new_cp) {
+        Ok(gone) if !gone.is_empty() => out.stdout.push_str(&format!(
+            "{}: older checkpoints deleted: {}\n",
+            vm.id,
+            gone.join(", ")
+        )),
+        Ok(_) => {}
+        Err(e) => out.stderr.push_str(&format!(
+            "warning: {}: older checkpoints of domain {dom} could not be deleted: {e}\n",
+            vm.id
+        )),
     }
 }
 
