@@ -686,67 +686,8 @@ fn invalid(report: &Report) -> Outcome {
 
 /// Runs a parsed command line.
 pub fn run(cli: &Cli) -> Outcome {
-    // Commands that read only the journal or the lab.
-    match &cli.command {
-        Command::Lab { action, lab_dir } => match action {
-            LabAction::Serve {
-                name,
-                pidfile,
-                listen,
-                image,
-            } => {
-                return match crate::lab::serve(name, listen, image, pidfile) {
-                    Ok(()) => Outcome::ok(String::new()),
-                    Err(e) => Outcome::err(exit::FAILED, format!("{e}\n")),
-                };
-            }
-            LabAction::Stub { name, args } => {
-                let code = crate::lab::stub(name, args);
-                return Outcome {
-                    code: code.clamp(0, 255) as u8,
-                    ..Outcome::default()
-                };
-            }
-            LabAction::Down => {
-                return match crate::lab::down(lab_dir) {
-                    Ok(n) => Outcome::ok(format!("lab down: stopped {n} processes\n")),
-                    Err(e) => Outcome::err(exit::FAILED, format!("error: {e}\n")),
-                };
-            }
-            LabAction::Status => {
-                return match crate::lab::status(lab_dir) {
-                    Ok(text) => Outcome::ok(text),
-                    Err(e) => Outcome::err(exit::FAILED, format!("error: {e}\n")),
-                };
-            }
-            LabAction::Up { .. } => {}
-        },
-        Command::Confirm {
-            run,
-            step,
-            by,
-            note,
-        } => {
-            return match crate::run::confirm(&cli.state_dir, run, step, by, note.clone()) {
-                Ok(run_id) => Outcome::ok(format!("confirmed {step} of run {run_id} as {by}\n")),
-                Err(e) => run_error(e),
-            };
-        }
-        Command::Runs { json } => return runs(cli, *json),
-        Command::Prune { keep_runs, dry_run } => return prune(cli, *keep_runs, *dry_run),
-        Command::Show { run } => return show(cli, run),
-        Command::Report {
-            run,
-            format,
-            output,
-            pdf,
-            lang,
-        } => return report(cli, run, *format, output.as_deref(), *pdf, *lang),
-        Command::History { json } => return history(cli, *json),
-        Command::Helper { request, protocol } => return replicate::helper(request, *protocol),
-        Command::Completions { shell } => return ops::completions(*shell),
-        Command::Manpage => return ops::manpage(),
-        _ => {}
+    if let Some(outcome) = run_without_model(cli) {
+        return outcome;
     }
     let (model, warnings) = match load(cli) {
         Ok(m) => m,
@@ -764,70 +705,88 @@ pub fn run(cli: &Cli) -> Outcome {
             ),
         );
     }
-    let mut outcome = match &cli.command {
-        Command::Lab { lab_dir, action } => {
-            let net = match action {
-                LabAction::Up { net } => *net,
-                _ => 0,
-            };
-            let reload = |overlay: &std::path::Path| {
-                let mut sources =
-                    Sources::read(&cli.inventory, &cli.runbooks).map_err(|e| e.to_string())?;
-                sources.add_overlay(overlay).map_err(|e| e.to_string())?;
-                Model::load(sources).map(|(m, _)| m).map_err(|r| r.render())
-            };
-            match crate::lab::up(&model, reload, lab_dir, net) {
-                Ok(state) => Outcome::ok(crate::lab::describe_up(&state)),
-                Err(e) => Outcome::err(exit::FAILED, format!("error: {e}\n")),
+    let mut outcome = match run_with_model(cli, &model) {
+        Ok(o) => o,
+        Err(o) => return o,
+    };
+    outcome.stderr = warnings + &outcome.stderr;
+    outcome
+}
+
+/// Commands that read only the journal or the lab; `None` for those that need the model.
+fn run_without_model(cli: &Cli) -> Option<Outcome> {
+    Some(match &cli.command {
+        Command::Lab { action, lab_dir } => return lab_without_model(action, lab_dir),
+        Command::Confirm {
+            run,
+            step,
+            by,
+            note,
+        } => match crate::run::confirm(&cli.state_dir, run, step, by, note.clone()) {
+            Ok(run_id) => Outcome::ok(format!("confirmed {step} of run {run_id} as {by}\n")),
+            Err(e) => run_error(e),
+        },
+        Command::Runs { json } => runs(cli, *json),
+        Command::Prune { keep_runs, dry_run } => prune(cli, *keep_runs, *dry_run),
+        Command::Show { run } => show(cli, run),
+        Command::Report {
+            run,
+            format,
+            output,
+            pdf,
+            lang,
+        } => report(cli, run, *format, output.as_deref(), *pdf, *lang),
+        Command::History { json } => history(cli, *json),
+        Command::Helper { request, protocol } => replicate::helper(request, *protocol),
+        Command::Completions { shell } => ops::completions(*shell),
+        Command::Manpage => ops::manpage(),
+        _ => return None,
+    })
+}
+
+/// The lab's actions but `up`, which needs the model.
+fn lab_without_model(action: &LabAction, lab_dir: &std::path::Path) -> Option<Outcome> {
+    Some(match action {
+        LabAction::Serve {
+            name,
+            pidfile,
+            listen,
+            image,
+        } => match crate::lab::serve(name, listen, image, pidfile) {
+            Ok(()) => Outcome::ok(String::new()),
+            Err(e) => Outcome::err(exit::FAILED, format!("{e}\n")),
+        },
+        LabAction::Stub { name, args } => {
+            let code = crate::lab::stub(name, args);
+            Outcome {
+                code: code.clamp(0, 255) as u8,
+                ..Outcome::default()
             }
         }
-        Command::Validate => {
-            let inv = &model.inventory;
-            let books: usize = model.runbooks.by_service.values().map(|m| m.len()).sum();
-            let steps: usize = model
-                .runbooks
-                .by_service
-                .values()
-                .flat_map(|m| m.values())
-                .map(|b| b.steps.len())
-                .sum();
-            Outcome::ok(format!(
-                "ok: {} sites, {} hosts, {} services, {} vms, {} backup sets; {} runbooks with {} steps; \
-                 drill, failover (planned and emergency), restore and failback all plan\n",
-                inv.sites.len(),
-                inv.hosts.len(),
-                inv.services.len(),
-                inv.vms.len(),
-                inv.backups.len(),
-                books,
-                steps
-            ))
-        }
+        LabAction::Down => match crate::lab::down(lab_dir) {
+            Ok(n) => Outcome::ok(format!("lab down: stopped {n} processes\n")),
+            Err(e) => Outcome::err(exit::FAILED, format!("error: {e}\n")),
+        },
+        LabAction::Status => match crate::lab::status(lab_dir) {
+            Ok(text) => Outcome::ok(text),
+            Err(e) => Outcome::err(exit::FAILED, format!("error: {e}\n")),
+        },
+        LabAction::Up { .. } => return None,
+    })
+}
+
+/// Commands that need the model. `Err` is an outcome given before the command began, without
+/// the model's warnings.
+fn run_with_model(cli: &Cli, model: &Model) -> Result<Outcome, Outcome> {
+    Ok(match &cli.command {
+        Command::Lab { lab_dir, action } => lab_up(cli, model, lab_dir, action),
+        Command::Validate => validate(model),
         Command::Graph { format } => Outcome::ok(match format {
             GraphFormat::Text => model.graph.to_text(&model.inventory),
             GraphFormat::Dot => model.graph.to_dot(&model.inventory),
             GraphFormat::Mermaid => model.graph.to_mermaid(&model.inventory),
         }),
-        Command::Impact { service, json } => {
-            if !model.inventory.services.contains_key(service) {
-                let hint = crate::diagnostic::did_you_mean(
-                    service,
-                    model.inventory.services.keys().map(String::as_str),
-                )
-                .map(|h| format!("hint: {h}\n"))
-                .unwrap_or_default();
-                return Outcome::err(
-                    exit::INVALID_INPUT,
-                    format!("error: unknown service `{service}`\n{hint}"),
-                );
-            }
-            let impact = model.graph.impact(&model.inventory, service);
-            Outcome::ok(if *json {
-                serde_json::to_string_pretty(&impact).expect("impact serializes") + "\n"
-            } else {
-                impact.to_text()
-            })
-        }
+        Command::Impact { service, json } => impact(model, service, *json)?,
         Command::Plan {
             mode,
             emergency,
@@ -843,25 +802,7 @@ pub fn run(cli: &Cli) -> Outcome {
                 only: *only,
                 run_id: run_id.clone(),
             };
-            match plan::build(&model, &opts) {
-                Ok(p) if *json => Outcome::ok(p.to_json() + "\n"),
-                Ok(p) => {
-                    // The default SSH settings, never trusting a new host key.
-                    let ssh = replicate::SshArgs {
-                        accept_new_host_keys: false,
-                        known_hosts: None,
-                        identity: None,
-                        connect_timeout: 10,
-                        here: None,
-                        ssh_client: replicate::SshClientArg::Libssh2,
-                        ssh_config: None,
-                    }
-                    .options();
-                    let changes = definition_changes(cli, &model, &p, &ssh);
-                    Outcome::ok(plan::text::render(&p) + &changes)
-                }
-                Err(errors) => invalid(&model.report(errors)),
-            }
+            show_plan(cli, model, &opts, *json)
         }
         Command::Check {
             json,
@@ -872,7 +813,7 @@ pub fn run(cli: &Cli) -> Outcome {
             ssh_config,
         } => {
             // A check never trusts a new host key: an unknown key is a finding.
-            let ssh = match (replicate::SshArgs {
+            let ssh = replicate::SshArgs {
                 accept_new_host_keys: false,
                 known_hosts: known_hosts.clone(),
                 identity: identity.clone(),
@@ -880,128 +821,28 @@ pub fn run(cli: &Cli) -> Outcome {
                 here: None,
                 ssh_client: replicate::SshClientArg::Libssh2,
                 ssh_config: ssh_config.clone(),
-            })
-            .options()
-            {
-                Ok(o) => o,
-                Err(o) => return o,
             };
-            let transport = crate::run::transport(&model, &ssh);
-            let opts = crate::check::CheckOptions {
-                clock_tolerance_s: clock_tolerance.max(0.0),
-                ..Default::default()
-            };
-            let readiness = crate::check::check(&model, &transport, &opts);
-            let path = crate::readiness::latest_path(&cli.state_dir);
-            let saved = path
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| {
-                    let json =
-                        serde_json::to_string_pretty(&readiness).expect("readiness serializes");
-                    let tmp = path.with_extension("json.tmp");
-                    std::fs::write(&tmp, json + "\n")?;
-                    std::fs::rename(&tmp, &path)
-                });
-            let stdout = if *json {
-                serde_json::to_string_pretty(&readiness).expect("readiness serializes") + "\n"
-            } else {
-                crate::check::render(&readiness)
-            };
-            let mut outcome = Outcome {
-                stdout,
-                stderr: String::new(),
-                code: if readiness.ready {
-                    exit::OK
-                } else {
-                    exit::NOT_READY
-                },
-            };
-            if let Err(e) = saved {
-                outcome.stderr = format!(
-                    "error: cannot save the result to {}: {e}; the next run's report will not show it\n",
-                    path.display()
-                );
-                if readiness.ready {
-                    outcome.code = exit::IO;
-                }
-            }
-            outcome
+            check(cli, model, &ssh, *json, *clock_tolerance)?
         }
-        Command::Drill(args) => start(cli, &model, Mode::Drill, false, args),
+        Command::Drill(args) => start(cli, model, Mode::Drill, false, args),
         Command::Failover {
             emergency,
             points,
             point_before,
             force,
             args,
-        } => {
-            for (vm, _) in points {
-                if !vm.is_empty() && !model.inventory.vms.contains_key(vm) {
-                    let hint = crate::diagnostic::did_you_mean(
-                        vm,
-                        model.inventory.vms.keys().map(String::as_str),
-                    )
-                    .map(|h| format!("hint: {h}\n"))
-                    .unwrap_or_default();
-                    return Outcome::err(
-                        exit::INVALID_INPUT,
-                        format!("error: --point names an unknown vm `{vm}`\n{hint}"),
-                    );
-                }
-            }
-            let choice = crate::runner::PointChoice {
-                by_vm: points
-                    .iter()
-                    .filter(|(vm, _)| !vm.is_empty())
-                    .cloned()
-                    .collect(),
-                all: points
-                    .iter()
-                    .rev()
-                    .find(|(vm, _)| vm.is_empty())
-                    .map(|(_, p)| p.clone()),
-                before: *point_before,
-                accept_unverified: Vec::new(),
-            };
-            start_with(
-                cli,
-                &model,
-                Mode::Failover,
-                *emergency,
-                *force,
-                args,
-                choice,
-            )
-        }
-        Command::Restore(args) => start(cli, &model, Mode::Restore, false, args),
+        } => failover(cli, model, *emergency, points, *point_before, *force, args)?,
+        Command::Restore(args) => start(cli, model, Mode::Restore, false, args),
         Command::Failback { force, args } => start_with(
             cli,
-            &model,
+            model,
             Mode::Failback,
             false,
             *force,
             args,
             Default::default(),
         ),
-        Command::Resume { run, exec } => {
-            let shutdown = ctrl_c();
-            let mut view = TerminalView::new(&model.inventory, Some(run));
-            let operator = operator(exec);
-            let result = crate::run::resume(
-                &model,
-                &cli.state_dir,
-                run,
-                &match exec_options(exec) {
-                    Ok(o) => o,
-                    Err(o) => return o,
-                },
-                &operator,
-                &mut view,
-                shutdown,
-            );
-            finish(result)
-        }
+        Command::Resume { run, exec } => resume(cli, model, run, exec)?,
         Command::Replicate {
             services,
             verify,
@@ -1010,7 +851,7 @@ pub fn run(cli: &Cli) -> Outcome {
             compress,
             ssh,
         } => replicate::replicate(
-            &model,
+            model,
             services,
             *verify,
             *scan || *verify,
@@ -1018,15 +859,13 @@ pub fn run(cli: &Cli) -> Outcome {
             *compress,
             ssh,
         ),
-        Command::Points { vm, json, ssh } => replicate::points(&model, vm, *json, ssh),
+        Command::Points { vm, json, ssh } => replicate::points(model, vm, *json, ssh),
         Command::Verify { vm, point, ssh } => {
-            replicate::verify(&model, vm.as_deref(), point.as_deref(), ssh)
+            replicate::verify(model, vm.as_deref(), point.as_deref(), ssh)
         }
-        Command::Status(args) => status::status(&model, &cli.state_dir, args, Utc::now()),
-        Command::Schedule(args) => ops::schedule(cli, &model, args),
-        Command::Release { item, run, ssh } => {
-            replicate::release(&model, item, run.as_deref(), ssh)
-        }
+        Command::Status(args) => status::status(model, &cli.state_dir, args, Utc::now()),
+        Command::Schedule(args) => ops::schedule(cli, model, args),
+        Command::Release { item, run, ssh } => replicate::release(model, item, run.as_deref(), ssh),
         Command::Confirm { .. }
         | Command::Helper { .. }
         | Command::Completions { .. }
@@ -1038,9 +877,209 @@ pub fn run(cli: &Cli) -> Outcome {
         | Command::History { .. } => {
             unreachable!("handled before loading the model")
         }
+    })
+}
+
+/// `lab up`: the inventory brought to life on loopback.
+fn lab_up(cli: &Cli, model: &Model, lab_dir: &std::path::Path, action: &LabAction) -> Outcome {
+    let net = match action {
+        LabAction::Up { net } => *net,
+        _ => 0,
     };
-    outcome.stderr = warnings + &outcome.stderr;
-    outcome
+    let reload = |overlay: &std::path::Path| {
+        let mut sources =
+            Sources::read(&cli.inventory, &cli.runbooks).map_err(|e| e.to_string())?;
+        sources.add_overlay(overlay).map_err(|e| e.to_string())?;
+        Model::load(sources).map(|(m, _)| m).map_err(|r| r.render())
+    };
+    match crate::lab::up(model, reload, lab_dir, net) {
+        Ok(state) => Outcome::ok(crate::lab::describe_up(&state)),
+        Err(e) => Outcome::err(exit::FAILED, format!("error: {e}\n")),
+    }
+}
+
+/// `validate`: what the files hold, once every mode plans.
+fn validate(model: &Model) -> Outcome {
+    let inv = &model.inventory;
+    let books: usize = model.runbooks.by_service.values().map(|m| m.len()).sum();
+    let steps: usize = model
+        .runbooks
+        .by_service
+        .values()
+        .flat_map(|m| m.values())
+        .map(|b| b.steps.len())
+        .sum();
+    Outcome::ok(format!(
+        "ok: {} sites, {} hosts, {} services, {} vms, {} backup sets; {} runbooks with {} steps; \
+         drill, failover (planned and emergency), restore and failback all plan\n",
+        inv.sites.len(),
+        inv.hosts.len(),
+        inv.services.len(),
+        inv.vms.len(),
+        inv.backups.len(),
+        books,
+        steps
+    ))
+}
+
+/// `impact`: what a service's loss takes down.
+fn impact(model: &Model, service: &str, json: bool) -> Result<Outcome, Outcome> {
+    if !model.inventory.services.contains_key(service) {
+        let hint = crate::diagnostic::did_you_mean(
+            service,
+            model.inventory.services.keys().map(String::as_str),
+        )
+        .map(|h| format!("hint: {h}\n"))
+        .unwrap_or_default();
+        return Err(Outcome::err(
+            exit::INVALID_INPUT,
+            format!("error: unknown service `{service}`\n{hint}"),
+        ));
+    }
+    let impact = model.graph.impact(&model.inventory, service);
+    Ok(Outcome::ok(if json {
+        serde_json::to_string_pretty(&impact).expect("impact serializes") + "\n"
+    } else {
+        impact.to_text()
+    }))
+}
+
+/// `plan`: the plan of a mode, as text (with the definitions a run would change) or JSON.
+fn show_plan(cli: &Cli, model: &Model, opts: &PlanOptions, json: bool) -> Outcome {
+    match plan::build(model, opts) {
+        Ok(p) if json => Outcome::ok(p.to_json() + "\n"),
+        Ok(p) => {
+            // The default SSH settings, never trusting a new host key.
+            let ssh = replicate::SshArgs {
+                accept_new_host_keys: false,
+                known_hosts: None,
+                identity: None,
+                connect_timeout: 10,
+                here: None,
+                ssh_client: replicate::SshClientArg::Libssh2,
+                ssh_config: None,
+            }
+            .options();
+            let changes = definition_changes(cli, model, &p, &ssh);
+            Outcome::ok(plan::text::render(&p) + &changes)
+        }
+        Err(errors) => invalid(&model.report(errors)),
+    }
+}
+
+/// `check`: every host asked, the readiness judged, printed and saved for the next run.
+fn check(
+    cli: &Cli,
+    model: &Model,
+    ssh: &replicate::SshArgs,
+    json: bool,
+    clock_tolerance: f64,
+) -> Result<Outcome, Outcome> {
+    let ssh = ssh.options()?;
+    let transport = crate::run::transport(model, &ssh);
+    let opts = crate::check::CheckOptions {
+        clock_tolerance_s: clock_tolerance.max(0.0),
+        ..Default::default()
+    };
+    let readiness = crate::check::check(model, &transport, &opts);
+    let path = crate::readiness::latest_path(&cli.state_dir);
+    let saved = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            let json = serde_json::to_string_pretty(&readiness).expect("readiness serializes");
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, json + "\n")?;
+            std::fs::rename(&tmp, &path)
+        });
+    let stdout = if json {
+        serde_json::to_string_pretty(&readiness).expect("readiness serializes") + "\n"
+    } else {
+        crate::check::render(&readiness)
+    };
+    let mut outcome = Outcome {
+        stdout,
+        stderr: String::new(),
+        code: if readiness.ready {
+            exit::OK
+        } else {
+            exit::NOT_READY
+        },
+    };
+    if let Err(e) = saved {
+        outcome.stderr = format!(
+            "error: cannot save the result to {}: {e}; the next run's report will not show it\n",
+            path.display()
+        );
+        if readiness.ready {
+            outcome.code = exit::IO;
+        }
+    }
+    Ok(outcome)
+}
+
+/// `failover`: the points asked for checked against the inventory, then the run.
+fn failover(
+    cli: &Cli,
+    model: &Model,
+    emergency: bool,
+    points: &[(String, String)],
+    point_before: Option<DateTime<Utc>>,
+    force: bool,
+    args: &RunArgs,
+) -> Result<Outcome, Outcome> {
+    for (vm, _) in points {
+        if !vm.is_empty() && !model.inventory.vms.contains_key(vm) {
+            let hint =
+                crate::diagnostic::did_you_mean(vm, model.inventory.vms.keys().map(String::as_str))
+                    .map(|h| format!("hint: {h}\n"))
+                    .unwrap_or_default();
+            return Err(Outcome::err(
+                exit::INVALID_INPUT,
+                format!("error: --point names an unknown vm `{vm}`\n{hint}"),
+            ));
+        }
+    }
+    let choice = crate::runner::PointChoice {
+        by_vm: points
+            .iter()
+            .filter(|(vm, _)| !vm.is_empty())
+            .cloned()
+            .collect(),
+        all: points
+            .iter()
+            .rev()
+            .find(|(vm, _)| vm.is_empty())
+            .map(|(_, p)| p.clone()),
+        before: point_before,
+        accept_unverified: Vec::new(),
+    };
+    Ok(start_with(
+        cli,
+        model,
+        Mode::Failover,
+        emergency,
+        force,
+        args,
+        choice,
+    ))
+}
+
+/// `resume`: a stopped run taken up where it stopped.
+fn resume(cli: &Cli, model: &Model, run: &str, exec: &ExecArgs) -> Result<Outcome, Outcome> {
+    let shutdown = ctrl_c();
+    let mut view = TerminalView::new(&model.inventory, Some(run));
+    let operator = operator(exec);
+    let result = crate::run::resume(
+        model,
+        &cli.state_dir,
+        run,
+        &exec_options(exec)?,
+        &operator,
+        &mut view,
+        shutdown,
+    );
+    Ok(finish(result))
 }
 
 fn operator(exec: &ExecArgs) -> String {
@@ -1517,152 +1556,7 @@ fn show(cli: &Cli, run: &str) -> Outcome {
     let mut out = String::new();
     for e in &events {
         let at = e.at().format("%Y-%m-%d %H:%M:%S");
-        let line = match e {
-            Event::RunStarted {
-                mode,
-                emergency,
-                operator,
-                machine,
-                version,
-                sources_digest,
-                steps,
-                ..
-            } => format!(
-                "run {} started: {mode}{} by {operator} on {machine}, reprise {version}, files {}, {} steps",
-                dir.run_id,
-                if *emergency { " (emergency)" } else { "" },
-                &sources_digest[..12.min(sources_digest.len())],
-                steps.len()
-            ),
-            Event::RunResumed {
-                operator, machine, ..
-            } => format!("resumed by {operator} on {machine}"),
-            Event::VmStateBefore {
-                step,
-                running,
-                said,
-                ..
-            } => format!(
-                "{step}: before the start, the vm {} ({said:?})",
-                match running {
-                    Some(true) => "was running already",
-                    Some(false) => "was not running",
-                    None => "was in a state that could not be told",
-                }
-            ),
-            Event::ReadinessForced {
-                operator, problems, ..
-            } => format!(
-                "forced by {operator} (--force) past the readiness check's blocking problems: {}",
-                problems.join("; ")
-            ),
-            Event::StopRequested { reason, .. } => format!(
-                "stop requested ({reason}): no new steps, running ones finish, a drill's cleanup runs"
-            ),
-            Event::JournalRepaired {
-                line,
-                bytes,
-                kept_in,
-                excerpt,
-                ..
-            } => format!(
-                "journal repaired: line {line} was cut short by a crash; its {bytes} bytes were cut off and kept in {kept_in} ({excerpt:?})"
-            ),
-            Event::ReplicaPointUsed {
-                step,
-                item,
-                point,
-                taken_at,
-                verified,
-                note,
-                ..
-            } => format!(
-                "{step} uses point {point} of {item} (taken {}{}){}",
-                taken_at.format("%Y-%m-%d %H:%M:%S"),
-                if *verified {
-                    ", verified"
-                } else {
-                    ", not verified"
-                },
-                note.as_deref()
-                    .map(|n| format!(": {n}"))
-                    .unwrap_or_default()
-            ),
-            Event::LagMeasured {
-                step,
-                host,
-                lag_s,
-                unknown,
-                rpo_target_s,
-                ..
-            } => format!(
-                "{step} on {host}: {}",
-                crate::lag::judge(
-                    &lag_reading(*lag_s, unknown),
-                    rpo_target_s.map(crate::duration::Duration)
-                )
-                .1
-            ),
-            Event::StepStarted {
-                step,
-                attempt,
-                host,
-                ..
-            } => format!(
-                "started {step} (attempt {attempt}){}",
-                host.as_deref()
-                    .map(|h| format!(" on {h}"))
-                    .unwrap_or_default()
-            ),
-            Event::StepOutput {
-                step,
-                stdout,
-                stderr,
-                exit_code,
-                ..
-            } => {
-                let mut text = format!(
-                    "output of {step} (exit {}):",
-                    exit_code.map(|c| c.to_string()).unwrap_or("-".into())
-                );
-                for l in stdout.lines().chain(stderr.lines()) {
-                    text.push_str(&format!("\n    | {l}"));
-                }
-                text
-            }
-            Event::StepFinished {
-                step,
-                status,
-                duration_ms,
-                message,
-                ..
-            } => format!(
-                "finished {step}: {status:?} in {:.1}s{}",
-                *duration_ms as f64 / 1000.0,
-                message
-                    .as_deref()
-                    .map(|m| format!(" ({m})"))
-                    .unwrap_or_default()
-            ),
-            Event::WaitingForOperator { step, .. } => format!("waiting for a person: {step}"),
-            Event::Confirmed { step, by, note, .. } => format!(
-                "confirmed {step} by {by}{}",
-                note.as_deref()
-                    .map(|n| format!(": {n}"))
-                    .unwrap_or_default()
-            ),
-            Event::UndoFinished {
-                step, ok, message, ..
-            } => format!(
-                "undo of {step}: {}{}",
-                if *ok { "ok" } else { "FAILED" },
-                message
-                    .as_deref()
-                    .map(|m| format!(" ({m})"))
-                    .unwrap_or_default()
-            ),
-            Event::RunFinished { status, .. } => format!("run finished: {status:?}"),
-        };
+        let line = event_line(&dir.run_id, e);
         out.push_str(&format!("{at}  {line}\n"));
     }
     if let Some(bytes) = crate::journal::torn_tail(&dir.journal_path()) {
@@ -1679,5 +1573,168 @@ fn show(cli: &Cli, run: &str) -> Outcome {
             code: exit::IO,
         },
         None => Outcome::ok(out),
+    }
+}
+
+/// One event of a run's journal, as `show` prints it.
+fn event_line(run_id: &str, e: &Event) -> String {
+    match e {
+        Event::RunStarted {
+            mode,
+            emergency,
+            operator,
+            machine,
+            version,
+            sources_digest,
+            steps,
+            ..
+        } => format!(
+            "run {} started: {mode}{} by {operator} on {machine}, reprise {version}, files {}, {} steps",
+            run_id,
+            if *emergency { " (emergency)" } else { "" },
+            &sources_digest[..12.min(sources_digest.len())],
+            steps.len()
+        ),
+        Event::RunResumed {
+            operator, machine, ..
+        } => format!("resumed by {operator} on {machine}"),
+        Event::VmStateBefore {
+            step,
+            running,
+            said,
+            ..
+        } => format!(
+            "{step}: before the start, the vm {} ({said:?})",
+            match running {
+                Some(true) => "was running already",
+                Some(false) => "was not running",
+                None => "was in a state that could not be told",
+            }
+        ),
+        Event::ReadinessForced {
+            operator, problems, ..
+        } => format!(
+            "forced by {operator} (--force) past the readiness check's blocking problems: {}",
+            problems.join("; ")
+        ),
+        Event::StopRequested { reason, .. } => format!(
+            "stop requested ({reason}): no new steps, running ones finish, a drill's cleanup runs"
+        ),
+        Event::JournalRepaired {
+            line,
+            bytes,
+            kept_in,
+            excerpt,
+            ..
+        } => format!(
+            "journal repaired: line {line} was cut short by a crash; its {bytes} bytes were cut off and kept in {kept_in} ({excerpt:?})"
+        ),
+        Event::ReplicaPointUsed {
+            step,
+            item,
+            point,
+            taken_at,
+            verified,
+            note,
+            ..
+        } => format!(
+            "{step} uses point {point} of {item} (taken {}{}){}",
+            taken_at.format("%Y-%m-%d %H:%M:%S"),
+            if *verified {
+                ", verified"
+            } else {
+                ", not verified"
+            },
+            note.as_deref()
+                .map(|n| format!(": {n}"))
+                .unwrap_or_default()
+        ),
+        Event::LagMeasured {
+            step,
+            host,
+            lag_s,
+            unknown,
+            rpo_target_s,
+            ..
+        } => format!(
+            "{step} on {host}: {}",
+            crate::lag::judge(
+                &lag_reading(*lag_s, unknown),
+                rpo_target_s.map(crate::duration::Duration)
+            )
+            .1
+        ),
+        Event::StepStarted { .. }
+        | Event::StepOutput { .. }
+        | Event::StepFinished { .. }
+        | Event::WaitingForOperator { .. }
+        | Event::Confirmed { .. }
+        | Event::UndoFinished { .. } => step_event_line(e),
+        Event::RunFinished { status, .. } => format!("run finished: {status:?}"),
+    }
+}
+
+/// One event of a step, as `show` prints it (the run's own events: `event_line`).
+fn step_event_line(e: &Event) -> String {
+    match e {
+        Event::StepStarted {
+            step,
+            attempt,
+            host,
+            ..
+        } => format!(
+            "started {step} (attempt {attempt}){}",
+            host.as_deref()
+                .map(|h| format!(" on {h}"))
+                .unwrap_or_default()
+        ),
+        Event::StepOutput {
+            step,
+            stdout,
+            stderr,
+            exit_code,
+            ..
+        } => {
+            let mut text = format!(
+                "output of {step} (exit {}):",
+                exit_code.map(|c| c.to_string()).unwrap_or("-".into())
+            );
+            for l in stdout.lines().chain(stderr.lines()) {
+                text.push_str(&format!("\n    | {l}"));
+            }
+            text
+        }
+        Event::StepFinished {
+            step,
+            status,
+            duration_ms,
+            message,
+            ..
+        } => format!(
+            "finished {step}: {status:?} in {:.1}s{}",
+            *duration_ms as f64 / 1000.0,
+            message
+                .as_deref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
+        ),
+        Event::WaitingForOperator { step, .. } => format!("waiting for a person: {step}"),
+        Event::Confirmed { step, by, note, .. } => format!(
+            "confirmed {step} by {by}{}",
+            note.as_deref()
+                .map(|n| format!(": {n}"))
+                .unwrap_or_default()
+        ),
+        Event::UndoFinished {
+            step, ok, message, ..
+        } => format!(
+            "undo of {step}: {}{}",
+            if *ok { "ok" } else { "FAILED" },
+            message
+                .as_deref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
+        ),
+        _ => String::new(),
     }
 }

@@ -9,8 +9,10 @@ use chrono::Utc;
 use super::Outcome;
 use crate::exit;
 use crate::model::Model;
+use crate::replica::cbt;
 use crate::replica::helper::{self, Request};
 use crate::replica::remote::{Helpers, Replication, image_path, point_id};
+use crate::replica::store::ReadMode;
 use crate::replica::{Point, Verified};
 use crate::run::SshOptions;
 use crate::ssh::{HostKeyPolicy, SshClient};
@@ -618,13 +620,7 @@ fn replicate_all(
     use std::sync::atomic::Ordering;
     let helpers = Helpers::new(transport);
     // Every host at once: the connections, the helper uploads and the --here check.
-    let mut hosts: Vec<&str> = vms
-        .iter()
-        .flat_map(|vm| vm.images.iter())
-        .flat_map(|img| [img.from.as_str(), img.to.as_str()])
-        .collect();
-    hosts.sort_unstable();
-    hosts.dedup();
+    let hosts = hosts_of(vms);
     helpers.prepare(&hosts);
     let mut out = Outcome::default();
     let stopped = || stop.load(Ordering::Relaxed);
@@ -656,32 +652,8 @@ fn replicate_all(
                 .then(|| snapshot_hook(model, &vm.id, action))
                 .flatten()
         };
-        // A snapshot left by an interrupted replication: its disks are stale (the vm writes
-        // to the overlay) and a new snapshot would fail; merged back before anything else.
-        if let (Some((host, check)), Some((_, end))) =
-            (hook("replicate-check"), hook("replicate-end"))
-        {
-            let settled = match (
-                check.expose(|n| std::env::var(n).ok()),
-                end.expose(|n| std::env::var(n).ok()),
-            ) {
-                (Ok(c), Ok(e)) => {
-                    crate::replica::snapshot::settle(transport, &host, &c, &e, &end.to_string())
-                }
-                (Err(m), _) | (_, Err(m)) => {
-                    Err(format!("secret {m} is not set in the environment"))
-                }
-            };
-            match settled {
-                Ok(Some(note)) => out.stdout.push_str(&format!("{}: {note}\n", vm.id)),
-                Ok(None) => {}
-                Err(e) => {
-                    out.stderr
-                        .push_str(&format!("error: {}: {e}; not replicated\n", vm.id));
-                    out.code = exit::FAILED;
-                    continue;
-                }
-            }
+        if !settle_snapshot(model, transport, vm, &mut out) {
+            continue;
         }
         // The vm's definition goes with the point, beside the copy of its first disk: read
         // before the snapshot, which points the defined domain at its overlays.
@@ -728,50 +700,9 @@ fn replicate_all(
             deadline: std::time::Duration::from_secs(7200),
             definition,
         };
-        let mut copied_all = true;
-        for (i, img) in vm.images.iter().enumerate() {
-            // Only the first disk's point records the definition (it is kept beside it).
-            if i == 1 {
-                r.definition = None;
-            }
-            let name = img.src.rsplit('/').next().unwrap_or(&img.src);
-            if stopped() {
-                left.push(name);
-                copied_all = false;
-                continue;
-            }
-            let label = format!("{} {name}", vm.id);
-            let done = if vm.backup {
-                with_progress(&label, None, || {
-                    helpers.replicate_tree(&img.from, &img.src, &img.to, &img.dst, &r)
-                })
-            } else {
-                let total = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                    remote_size(transport, &img.from, &img.src)
-                } else {
-                    None
-                };
-                with_progress(&label, total, || {
-                    helpers.replicate(&img.from, &img.src, &img.to, &img.dst, &r, None)
-                })
-            };
-            match done {
-                Ok(t) => out.stdout.push_str(&format!("{}: {}", vm.id, t.line())),
-                Err(_) if stopped() => {
-                    out.stderr.push_str(&format!(
-                        "{}: the copy of {name} was stopped; {}:{} keeps its last point\n",
-                        vm.id, img.to, img.dst
-                    ));
-                    left.push(name);
-                    copied_all = false;
-                }
-                Err(e) => {
-                    out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
-                    out.code = exit::FAILED;
-                    copied_all = false;
-                }
-            }
-        }
+        let copied_all = copy_images(
+            vm, transport, &helpers, &mut r, &stopped, &mut left, &mut out,
+        );
         match snapshot.end() {
             Ok(Some(line)) => out.stdout.push_str(&line),
             Ok(None) => {}
@@ -780,39 +711,170 @@ fn replicate_all(
                 out.code = exit::FAILED;
             }
         }
-        // The vm's definition goes with the disks it describes.
-        if let Some(hooks) = (!vm.backup && copied_all)
-            .then(|| model.inventory.vms.get(&vm.id))
+        carry_definition(model, transport, vm, copied_all, &mut out);
+    }
+    if stopped() {
+        interrupted(&mut out, shutdown, &left, frozen);
+    }
+    out
+}
+
+/// Every host the copies of `vms` are read from or written to, once each.
+fn hosts_of(vms: &[VmImages]) -> Vec<&str> {
+    let mut hosts: Vec<&str> = vms
+        .iter()
+        .flat_map(|vm| vm.images.iter())
+        .flat_map(|img| [img.from.as_str(), img.to.as_str()])
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    hosts
+}
+
+/// Says what a stop left out, and whether every snapshot made was merged back.
+fn interrupted(
+    out: &mut Outcome,
+    shutdown: &crate::shutdown::Shutdown,
+    left: &[&str],
+    frozen: bool,
+) {
+    out.stderr.push_str(&format!(
+        "interrupted by {}: no new copy was started{}{}\n",
+        shutdown.reason().unwrap_or("a signal"),
+        if left.is_empty() {
+            String::new()
+        } else {
+            format!(" (not replicated: {})", left.join(", "))
+        },
+        if frozen && out.code != exit::FAILED {
+            "; every snapshot made was merged back"
+        } else {
+            ""
+        }
+    ));
+    out.code = exit::INTERRUPTED;
+}
+
+/// Merges back a snapshot left by an interrupted replication of `vm`: `false` when it could
+/// not be (said in `out`; the vm is then not replicated).
+fn settle_snapshot(
+    model: &Model,
+    transport: &crate::ssh::SshTransport,
+    vm: &VmImages,
+    out: &mut Outcome,
+) -> bool {
+    let hook = |action| {
+        (!vm.backup)
+            .then(|| snapshot_hook(model, &vm.id, action))
             .flatten()
-            .and_then(|v| crate::plan::definition_hooks(model, v))
-        {
-            match crate::replica::definition::carry(transport, &hooks, &|n| std::env::var(n).ok()) {
-                Ok(line) => out.stdout.push_str(&format!("{}: {line}\n", vm.id)),
-                Err(e) => {
-                    out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
-                    out.code = exit::FAILED;
-                }
+    };
+    // A snapshot left by an interrupted replication: its disks are stale (the vm writes
+    // to the overlay) and a new snapshot would fail; merged back before anything else.
+    if let (Some((host, check)), Some((_, end))) = (hook("replicate-check"), hook("replicate-end"))
+    {
+        let settled = match (
+            check.expose(|n| std::env::var(n).ok()),
+            end.expose(|n| std::env::var(n).ok()),
+        ) {
+            (Ok(c), Ok(e)) => {
+                crate::replica::snapshot::settle(transport, &host, &c, &e, &end.to_string())
+            }
+            (Err(m), _) | (_, Err(m)) => Err(format!("secret {m} is not set in the environment")),
+        };
+        match settled {
+            Ok(Some(note)) => out.stdout.push_str(&format!("{}: {note}\n", vm.id)),
+            Ok(None) => {}
+            Err(e) => {
+                out.stderr
+                    .push_str(&format!("error: {}: {e}; not replicated\n", vm.id));
+                out.code = exit::FAILED;
+                return false;
             }
         }
     }
-    if stopped() {
-        out.stderr.push_str(&format!(
-            "interrupted by {}: no new copy was started{}{}\n",
-            shutdown.reason().unwrap_or("a signal"),
-            if left.is_empty() {
-                String::new()
+    true
+}
+
+/// Copies each disk (or backup folder) of `vm` to its recovery copy: whether every one was
+/// copied; those a stop left out are added to `left`.
+fn copy_images<'v>(
+    vm: &'v VmImages,
+    transport: &crate::ssh::SshTransport,
+    helpers: &Helpers,
+    r: &mut Replication,
+    stopped: &dyn Fn() -> bool,
+    left: &mut Vec<&'v str>,
+    out: &mut Outcome,
+) -> bool {
+    let mut copied_all = true;
+    for (i, img) in vm.images.iter().enumerate() {
+        // Only the first disk's point records the definition (it is kept beside it).
+        if i == 1 {
+            r.definition = None;
+        }
+        let name = img.src.rsplit('/').next().unwrap_or(&img.src);
+        if stopped() {
+            left.push(name);
+            copied_all = false;
+            continue;
+        }
+        let label = format!("{} {name}", vm.id);
+        let done = if vm.backup {
+            with_progress(&label, None, || {
+                helpers.replicate_tree(&img.from, &img.src, &img.to, &img.dst, r)
+            })
+        } else {
+            let total = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                remote_size(transport, &img.from, &img.src)
             } else {
-                format!(" (not replicated: {})", left.join(", "))
-            },
-            if frozen && out.code != exit::FAILED {
-                "; every snapshot made was merged back"
-            } else {
-                ""
+                None
+            };
+            with_progress(&label, total, || {
+                helpers.replicate(&img.from, &img.src, &img.to, &img.dst, r, None)
+            })
+        };
+        match done {
+            Ok(t) => out.stdout.push_str(&format!("{}: {}", vm.id, t.line())),
+            Err(_) if stopped() => {
+                out.stderr.push_str(&format!(
+                    "{}: the copy of {name} was stopped; {}:{} keeps its last point\n",
+                    vm.id, img.to, img.dst
+                ));
+                left.push(name);
+                copied_all = false;
             }
-        ));
-        out.code = exit::INTERRUPTED;
+            Err(e) => {
+                out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
+                out.code = exit::FAILED;
+                copied_all = false;
+            }
+        }
     }
-    out
+    copied_all
+}
+
+/// Carries the definition of `vm` to the recovery side once every disk of it was copied.
+fn carry_definition(
+    model: &Model,
+    transport: &crate::ssh::SshTransport,
+    vm: &VmImages,
+    copied_all: bool,
+    out: &mut Outcome,
+) {
+    // The vm's definition goes with the disks it describes.
+    if let Some(hooks) = (!vm.backup && copied_all)
+        .then(|| model.inventory.vms.get(&vm.id))
+        .flatten()
+        .and_then(|v| crate::plan::definition_hooks(model, v))
+    {
+        match crate::replica::definition::carry(transport, &hooks, &|n| std::env::var(n).ok()) {
+            Ok(line) => out.stdout.push_str(&format!("{}: {line}\n", vm.id)),
+            Err(e) => {
+                out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
+                out.code = exit::FAILED;
+            }
+        }
+    }
 }
 
 /// The vm of `vm` when its copies are of the disk as the guest sees it (`changed_blocks`, on
@@ -837,8 +899,6 @@ fn replicate_guest(
     stopped: &dyn Fn() -> bool,
     out: &mut Outcome,
 ) {
-    use crate::replica::cbt;
-    use crate::replica::store::ReadMode;
     let (dom, host) = (inv.name.as_str(), inv.primary.value.as_str());
     let fail = |out: &mut Outcome, e: String| {
         out.stderr.push_str(&format!(
@@ -866,27 +926,116 @@ fn replicate_guest(
             }
         }
     }
+    let g = Guest {
+        vm,
+        transport,
+        helpers,
+        dom,
+        host,
+        running,
+    };
+    let mut decision = match guest_decision(&g, to, &mine, scan) {
+        Ok(d) => d,
+        Err(e) => return fail(out, e),
+    };
+    let all: Vec<String> = disks.iter().map(|d| d.target.clone()).collect();
+    let ours: Vec<String> = mine.iter().map(|d| d.target.clone()).collect();
+    let qcow2 = mine.iter().all(|d| d.format == "qcow2");
+    let new_cp = format!("{}{}", cbt::PREFIX, r.point);
+    let mut job = Job {
+        transport,
+        host,
+        dom,
+        on: false,
+    };
+    let checkpoint = if running {
+        let new = qcow2.then_some(new_cp.as_str());
+        if let Err(e) = begin_job(&g, &all, &ours, new, &mut decision, out) {
+            return fail(out, e);
+        }
+        job.on = true;
+        qcow2.then(|| new_cp.clone())
+    } else {
+        decision.since.clone()
+    };
+    let all_done = copy_guest_disks(&g, r, &mine, &decision, checkpoint, stopped, out);
+    if job.on {
+        job.on = false;
+        if let Err(e) = cbt::end(transport, host, dom) {
+            out.stderr.push_str(&format!(
+                "error: {}: the backup job of domain {dom} on {host} did not end ({e}); run there: virsh domjobabort {dom}\n",
+                vm.id
+            ));
+            out.code = exit::FAILED;
+        }
+    }
+    // Older checkpoints of reprise go once every copy is at the new one (until then the next
+    // replication still reads the changes since the older one).
+    if running && qcow2 && all_done {
+        prune_checkpoints(&g, &new_cp, out);
+    }
+}
+
+/// A domain whose disks are read as the guest sees them, on its primary.
+struct Guest<'a> {
+    vm: &'a VmImages,
+    transport: &'a crate::ssh::SshTransport,
+    helpers: &'a Helpers<'a>,
+    dom: &'a str,
+    host: &'a str,
+    running: bool,
+}
+
+/// The backup job of a running domain, ended on every way out.
+struct Job<'a> {
+    transport: &'a crate::ssh::SshTransport,
+    host: &'a str,
+    dom: &'a str,
+    on: bool,
+}
+
+impl Drop for Job<'_> {
+    fn drop(&mut self) {
+        if self.on {
+            let _ = cbt::end(self.transport, self.host, self.dom);
+        }
+    }
+}
+
+/// How the disks of a guest are read this time (only the changes since a checkpoint, or
+/// every block, and why), from its copies' newest points and the domain's checkpoints.
+fn guest_decision(
+    g: &Guest,
+    to: &str,
+    mine: &[cbt::DomDisk],
+    scan: bool,
+) -> Result<cbt::Decision, String> {
+    let Guest {
+        vm,
+        transport,
+        helpers,
+        dom,
+        host,
+        running,
+    } = *g;
     let dsts: Vec<String> = vm.images.iter().map(|i| i.dst.clone()).collect();
     let states = match helpers.inspect(to, &dsts) {
         Ok(s) => s,
-        Err(e) => return fail(out, e.to_string()),
+        Err(e) => return Err(e.to_string()),
     };
     let checkpoints = match cbt::checkpoints(transport, host, dom) {
         Ok(c) => c,
         Err(e) => {
-            return fail(
-                out,
-                format!(
-                    "the checkpoints of domain {dom} on {host} cannot be listed (libvirt 6 or later keeps them): {e}"
-                ),
-            );
+            return Err(format!(
+                "the checkpoints of domain {dom} on {host} cannot be listed (libvirt 6 or later keeps them): {e}"
+            ));
         }
     };
     let mut facts = cbt::Facts {
         host,
         asked_scan: scan,
         newest: states.iter().map(|s| s.points.last()).collect(),
-        disks: mine.clone(),
+        disks: mine.to_vec(),
         checkpoints,
         bitmap_problem: None,
     };
@@ -900,95 +1049,98 @@ fn replicate_guest(
         };
         decision = cbt::decide(&facts);
     }
-    let all: Vec<String> = disks.iter().map(|d| d.target.clone()).collect();
-    let ours: Vec<String> = mine.iter().map(|d| d.target.clone()).collect();
-    let qcow2 = mine.iter().all(|d| d.format == "qcow2");
-    let new_cp = format!("{}{}", cbt::PREFIX, r.point);
-    // The backup job of a running domain, ended on every way out.
-    struct Job<'a> {
-        transport: &'a crate::ssh::SshTransport,
-        host: &'a str,
-        dom: &'a str,
-        on: bool,
-    }
-    impl Drop for Job<'_> {
-        fn drop(&mut self) {
-            if self.on {
-                let _ = cbt::end(self.transport, self.host, self.dom);
-            }
-        }
-    }
-    let mut job = Job {
+    Ok(decision)
+}
+
+/// Begins the backup job of a running domain (a stale one ended first): every block read
+/// instead when libvirt refuses the changes since the checkpoint, said in `decision`.
+fn begin_job(
+    g: &Guest,
+    all: &[String],
+    ours: &[String],
+    new: Option<&str>,
+    decision: &mut cbt::Decision,
+    out: &mut Outcome,
+) -> Result<(), String> {
+    let Guest {
+        vm,
         transport,
-        host,
         dom,
-        on: false,
-    };
-    let checkpoint = if running {
-        match cbt::end_stale(transport, host, dom) {
-            Ok(Some(n)) => out.stdout.push_str(&format!("{}: {n}\n", vm.id)),
-            Ok(None) => {}
-            Err(e) => return fail(out, e),
-        }
-        let since = decision
-            .since
-            .clone()
-            .filter(|_| decision.mode == ReadMode::ChangedBlocks);
-        let new = qcow2.then_some(new_cp.as_str());
-        let began = std::time::Instant::now();
-        match cbt::begin(transport, host, dom, &all, &ours, since.as_deref(), new) {
-            Ok(()) => {}
-            Err(e) if since.is_some() => {
-                // A lost or inconsistent bitmap (the vm killed, a checkpoint damaged): libvirt
-                // refuses the incremental backup; every block is read instead, and said.
-                decision = cbt::Decision {
-                    mode: ReadMode::Scan,
-                    why: Some(format!(
-                        "libvirt refused to read the changes since checkpoint {}: {e}",
-                        since.unwrap_or_default()
-                    )),
-                    since: None,
-                };
-                if let Err(e) = cbt::begin(transport, host, dom, &all, &ours, None, new) {
-                    return fail(
-                        out,
-                        format!("the backup of domain {dom} could not begin: {e}"),
-                    );
-                }
-            }
-            Err(e) => {
-                return fail(
-                    out,
-                    format!(
-                        "the backup of domain {dom} could not begin (libvirt 7.2 or later exports disks for changed-block tracking): {e}"
-                    ),
-                );
+        host,
+        ..
+    } = *g;
+    match cbt::end_stale(transport, host, dom) {
+        Ok(Some(n)) => out.stdout.push_str(&format!("{}: {n}\n", vm.id)),
+        Ok(None) => {}
+        Err(e) => return Err(e),
+    }
+    let since = decision
+        .since
+        .clone()
+        .filter(|_| decision.mode == ReadMode::ChangedBlocks);
+    let began = std::time::Instant::now();
+    match cbt::begin(transport, host, dom, all, ours, since.as_deref(), new) {
+        Ok(()) => {}
+        Err(e) if since.is_some() => {
+            // A lost or inconsistent bitmap (the vm killed, a checkpoint damaged): libvirt
+            // refuses the incremental backup; every block is read instead, and said.
+            *decision = cbt::Decision {
+                mode: ReadMode::Scan,
+                why: Some(format!(
+                    "libvirt refused to read the changes since checkpoint {}: {e}",
+                    since.unwrap_or_default()
+                )),
+                since: None,
+            };
+            if let Err(e) = cbt::begin(transport, host, dom, all, ours, None, new) {
+                return Err(format!("the backup of domain {dom} could not begin: {e}"));
             }
         }
-        job.on = true;
-        out.stdout.push_str(&format!(
-            "{}: disks exported as of now (backup-begin on {host}, {:.1}s{})\n",
-            vm.id,
-            began.elapsed().as_secs_f64(),
-            new.map(|c| format!(", checkpoint {c}")).unwrap_or_default()
-        ));
-        qcow2.then(|| new_cp.clone())
-    } else {
-        decision.since.clone()
-    };
+        Err(e) => {
+            return Err(format!(
+                "the backup of domain {dom} could not begin (libvirt 7.2 or later exports disks for changed-block tracking): {e}"
+            ));
+        }
+    }
+    out.stdout.push_str(&format!(
+        "{}: disks exported as of now (backup-begin on {host}, {:.1}s{})\n",
+        vm.id,
+        began.elapsed().as_secs_f64(),
+        new.map(|c| format!(", checkpoint {c}")).unwrap_or_default()
+    ));
+    Ok(())
+}
+
+/// Copies each disk of a guest as its decision says: whether every one was copied.
+fn copy_guest_disks(
+    g: &Guest,
+    r: &Replication,
+    mine: &[cbt::DomDisk],
+    decision: &cbt::Decision,
+    checkpoint: Option<String>,
+    stopped: &dyn Fn() -> bool,
+    out: &mut Outcome,
+) -> bool {
+    let Guest {
+        vm,
+        helpers,
+        dom,
+        running,
+        ..
+    } = *g;
     let mut all_done = true;
     // Only the first disk's point records the definition (it is kept beside it).
     let rest = Replication {
         definition: None,
         ..r.clone()
     };
-    for (i, (img, disk)) in vm.images.iter().zip(&mine).enumerate() {
+    for (i, (img, disk)) in vm.images.iter().zip(mine).enumerate() {
         let name = img.src.rsplit('/').next().unwrap_or(&img.src);
         if stopped() {
             all_done = false;
             continue;
         }
-        let g = cbt::guest_read(running, dom, disk, &decision, checkpoint.clone());
+        let g = cbt::guest_read(running, dom, disk, decision, checkpoint.clone());
         let label = format!("{} {name}", vm.id);
         let r = if i == 0 { r } else { &rest };
         let done = with_progress(&label, None, || {
@@ -1010,31 +1162,29 @@ fn replicate_guest(
             }
         }
     }
-    if job.on {
-        job.on = false;
-        if let Err(e) = cbt::end(transport, host, dom) {
-            out.stderr.push_str(&format!(
-                "error: {}: the backup job of domain {dom} on {host} did not end ({e}); run there: virsh domjobabort {dom}\n",
-                vm.id
-            ));
-            out.code = exit::FAILED;
-        }
-    }
-    // Older checkpoints of reprise go once every copy is at the new one (until then the next
-    // replication still reads the changes since the older one).
-    if running && qcow2 && all_done {
-        match cbt::prune(transport, host, dom, &new_cp) {
-            Ok(gone) if !gone.is_empty() => out.stdout.push_str(&format!(
-                "{}: older checkpoints deleted: {}\n",
-                vm.id,
-                gone.join(", ")
-            )),
-            Ok(_) => {}
-            Err(e) => out.stderr.push_str(&format!(
-                "warning: {}: older checkpoints of domain {dom} could not be deleted: {e}\n",
-                vm.id
-            )),
-        }
+    all_done
+}
+
+/// Deletes the older checkpoints of reprise once every copy is at `new_cp`.
+fn prune_checkpoints(g: &Guest, new_cp: &str, out: &mut Outcome) {
+    let Guest {
+        vm,
+        transport,
+        dom,
+        host,
+        ..
+    } = *g;
+    match cbt::prune(transport, host, dom, new_cp) {
+        Ok(gone) if !gone.is_empty() => out.stdout.push_str(&format!(
+            "{}: older checkpoints deleted: {}\n",
+            vm.id,
+            gone.join(", ")
+        )),
+        Ok(_) => {}
+        Err(e) => out.stderr.push_str(&format!(
+            "warning: {}: older checkpoints of domain {dom} could not be deleted: {e}\n",
+            vm.id
+        )),
     }
 }
 

@@ -497,66 +497,104 @@ pub fn prometheus(
     ctx: &Context,
     now: DateTime<Utc>,
 ) -> String {
-    use prometheus::{Encoder as _, Gauge, GaugeVec, Opts, Registry, TextEncoder};
-    let registry = Registry::new();
-    let vec = |name: &str, help: &str, labels: &[&str]| {
-        let g = GaugeVec::new(Opts::new(name, help), labels).expect("a valid metric name");
-        registry
+    use prometheus::{Encoder as _, TextEncoder};
+    let m = Metrics {
+        registry: prometheus::Registry::new(),
+    };
+    replica_metrics(&m, rows);
+    lag_metrics(&m, lags);
+    drill_metrics(&m, ctx);
+    readiness_metrics(&m, ctx);
+    m.one(
+        "reprise_status_timestamp_seconds",
+        "When these figures were gathered.",
+    )
+    .set(unix_secs(now));
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&m.registry.gather(), &mut buf)
+        .expect("metrics encode to memory");
+    String::from_utf8(buf).expect("the text format is UTF-8")
+}
+
+/// The gauges of `--format prometheus`, each registered once.
+struct Metrics {
+    registry: prometheus::Registry,
+}
+
+impl Metrics {
+    fn vec(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+        let g = prometheus::GaugeVec::new(prometheus::Opts::new(name, help), labels)
+            .expect("a valid metric name");
+        self.registry
             .register(Box::new(g.clone()))
             .expect("each metric is registered once");
         g
-    };
-    let one = |name: &str, help: &str| {
-        let g = Gauge::with_opts(Opts::new(name, help)).expect("a valid metric name");
-        registry
+    }
+
+    fn one(&self, name: &str, help: &str) -> prometheus::Gauge {
+        let g = prometheus::Gauge::with_opts(prometheus::Opts::new(name, help))
+            .expect("a valid metric name");
+        self.registry
             .register(Box::new(g.clone()))
             .expect("each metric is registered once");
         g
-    };
-    let secs = |t: DateTime<Utc>| t.timestamp_millis() as f64 / 1000.0;
-    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    }
+}
+
+/// A time as Prometheus counts it: seconds since the epoch.
+fn unix_secs(t: DateTime<Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
+}
+
+fn flag(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+/// Per vm or backup set: its copies, its newest good point against its RPO, its last transfer.
+fn replica_metrics(m: &Metrics, rows: &[ReplicaRow]) {
     let item = ["item", "kind"];
-    let readable = vec(
+    let readable = m.vec(
         "reprise_replica_readable",
         "1 when the recovery copies of the item and their metadata could be read.",
         &item,
     );
-    let verified = vec(
+    let verified = m.vec(
         "reprise_replica_verified",
         "1 when a verified replica point is there for a failover to start from.",
         &item,
     );
-    let good_at = vec(
+    let good_at = m.vec(
         "reprise_replica_newest_good_point_timestamp_seconds",
         "When the newest verified replica point was taken.",
         &item,
     );
-    let age = vec(
+    let age = m.vec(
         "reprise_replica_newest_good_point_age_seconds",
         "Age of the newest verified replica point (the data a failover now would lose).",
         &item,
     );
-    let rpo = vec(
+    let rpo = m.vec(
         "reprise_replica_rpo_target_seconds",
         "The RPO target the item is held to.",
         &item,
     );
-    let breach = vec(
+    let breach = m.vec(
         "reprise_replica_rpo_breach",
         "1 when no verified replica point is within the RPO target.",
         &item,
     );
-    let last_bytes = vec(
+    let last_bytes = m.vec(
         "reprise_replica_last_transfer_bytes",
         "Bytes received by the last replication of the item.",
         &item,
     );
-    let last_duration = vec(
+    let last_duration = m.vec(
         "reprise_replica_last_transfer_duration_seconds",
         "How long the last replication of the item took.",
         &item,
     );
-    let last_at = vec(
+    let last_at = m.vec(
         "reprise_replica_last_transfer_timestamp_seconds",
         "When the point of the last replication of the item was taken.",
         &item,
@@ -569,7 +607,7 @@ pub fn prometheus(
         }
         verified.with_label_values(&l).set(flag(r.good.is_some()));
         if let Some((_, at)) = &r.good {
-            good_at.with_label_values(&l).set(secs(*at));
+            good_at.with_label_values(&l).set(unix_secs(*at));
         }
         if let Some(a) = r.age_s {
             age.with_label_values(&l).set(a as f64);
@@ -585,33 +623,36 @@ pub fn prometheus(
             last_duration
                 .with_label_values(&l)
                 .set(p.duration_ms as f64 / 1000.0);
-            last_at.with_label_values(&l).set(secs(p.taken_at));
+            last_at.with_label_values(&l).set(unix_secs(p.taken_at));
         }
     }
-    // Services their application replicates: judged by the lag their probe reads, not by a
-    // copy's age.
+}
+
+/// Services their application replicates: judged by the lag their probe reads, not by a
+/// copy's age.
+fn lag_metrics(m: &Metrics, lags: &[LagRow]) {
     let svc = ["service"];
-    let lag_known = vec(
+    let lag_known = m.vec(
         "reprise_replication_lag_known",
         "1 when the lag probe of a service its application replicates printed a lag (0: unknown).",
         &svc,
     );
-    let lag_seconds = vec(
+    let lag_seconds = m.vec(
         "reprise_replication_lag_seconds",
         "The replication lag the service's probe read (the data a failover now would lose).",
         &svc,
     );
-    let lag_rpo = vec(
+    let lag_rpo = m.vec(
         "reprise_replication_lag_rpo_target_seconds",
         "The RPO target the service's replication lag is held to.",
         &svc,
     );
-    let lag_breach = vec(
+    let lag_breach = m.vec(
         "reprise_replication_lag_rpo_breach",
         "1 when the service's replication lag is over its RPO target or unknown.",
         &svc,
     );
-    let lag_at = vec(
+    let lag_at = m.vec(
         "reprise_replication_lag_timestamp_seconds",
         "When the service's lag probe answered (or gave up).",
         &svc,
@@ -627,29 +668,34 @@ pub fn prometheus(
             lag_rpo.with_label_values(&lbl).set(r as f64);
         }
         lag_breach.with_label_values(&lbl).set(flag(l.breach()));
-        lag_at.with_label_values(&lbl).set(secs(l.at));
+        lag_at.with_label_values(&lbl).set(unix_secs(l.at));
     }
-    let drilled = vec(
+}
+
+/// Per service: the newest drill that recovered it, and the newest that was to.
+fn drill_metrics(m: &Metrics, ctx: &Context) {
+    let svc = ["service"];
+    let drilled = m.vec(
         "reprise_service_drilled",
         "1 when a drill that recovered the service is recorded.",
         &svc,
     );
-    let ok_at = vec(
+    let ok_at = m.vec(
         "reprise_service_last_successful_drill_timestamp_seconds",
         "When the newest drill that recovered the service started.",
         &svc,
     );
-    let rto_met = vec(
+    let rto_met = m.vec(
         "reprise_service_last_successful_drill_rto_met",
         "1 when the newest drill that recovered the service met its RTO target.",
         &svc,
     );
-    let tried_at = vec(
+    let tried_at = m.vec(
         "reprise_service_last_drill_timestamp_seconds",
         "When the newest drill that was to recover the service started.",
         &svc,
     );
-    let tried_ok = vec(
+    let tried_ok = m.vec(
         "reprise_service_last_drill_success",
         "1 when the newest drill that was to recover the service recovered it.",
         &svc,
@@ -669,41 +715,45 @@ pub fn prometheus(
                 .set(flag(d.is_some_and(|d| d.at.is_some())));
             let Some(d) = d else { continue };
             if let Some(at) = d.at {
-                ok_at.with_label_values(&l).set(secs(at));
+                ok_at.with_label_values(&l).set(unix_secs(at));
             }
             if let Some(m) = d.rto_met {
                 rto_met.with_label_values(&l).set(flag(m));
             }
             if let Some(at) = d.last_attempt_at {
-                tried_at.with_label_values(&l).set(secs(at));
+                tried_at.with_label_values(&l).set(unix_secs(at));
             }
             if let Some(ok) = d.last_attempt_recovered {
                 tried_ok.with_label_values(&l).set(flag(ok));
             }
         }
     }
-    let history = one(
+}
+
+/// Whether the runs could be read, and what the last `reprise check` found.
+fn readiness_metrics(m: &Metrics, ctx: &Context) {
+    let history = m.one(
         "reprise_history_readable",
         "1 when the runs in the state folder could be read for the drill metrics.",
     );
     history.set(flag(ctx.drills_error.is_none()));
-    let checked = one(
+    let checked = m.one(
         "reprise_readiness_checked",
         "1 when a `reprise check` result is saved.",
     );
     checked.set(flag(ctx.readiness.is_some()));
     if let Some(r) = &ctx.readiness {
-        one(
+        m.one(
             "reprise_readiness_ready",
             "1 when the last `reprise check` found nothing that stops a recovery.",
         )
         .set(flag(r.ready));
-        one(
+        m.one(
             "reprise_readiness_timestamp_seconds",
             "When the last `reprise check` ran.",
         )
-        .set(secs(r.at));
-        let items = vec(
+        .set(unix_secs(r.at));
+        let items = m.vec(
             "reprise_readiness_items",
             "Lines of the last `reprise check` by status.",
             &["status"],
@@ -717,16 +767,6 @@ pub fn prometheus(
             items.with_label_values(&[name]).set(n as f64);
         }
     }
-    one(
-        "reprise_status_timestamp_seconds",
-        "When these figures were gathered.",
-    )
-    .set(secs(now));
-    let mut buf = Vec::new();
-    TextEncoder::new()
-        .encode(&registry.gather(), &mut buf)
-        .expect("metrics encode to memory");
-    String::from_utf8(buf).expect("the text format is UTF-8")
 }
 
 /// The thresholds of `--format nagios`.
@@ -746,97 +786,12 @@ pub fn nagios(
     limits: &Limits,
     now: DateTime<Utc>,
 ) -> (u8, String) {
-    let ago = |t: DateTime<Utc>| crate::duration::Duration((now - t).num_seconds().max(0) as u64);
     let mut critical = Vec::new();
     let mut warning = Vec::new();
-    for r in rows {
-        if let Some(e) = &r.error {
-            critical.push(format!("{}: copies unreadable ({})", r.item, one_line(e)));
-            continue;
-        }
-        match (r.breach, r.age_s, r.rpo_s) {
-            (true, Some(a), Some(rpo)) => critical.push(format!(
-                "{}: newest good point {} old, RPO {}",
-                r.item,
-                crate::duration::Duration(a),
-                crate::duration::Duration(rpo)
-            )),
-            (true, None, _) => critical.push(format!("{}: no verified point", r.item)),
-            (false, Some(a), Some(rpo)) if a * 100 > rpo * u64::from(limits.warn_at) => warning
-                .push(format!(
-                    "{}: newest good point {} old, RPO {}",
-                    r.item,
-                    crate::duration::Duration(a),
-                    crate::duration::Duration(rpo)
-                )),
-            (false, None, None) => warning.push(format!("{}: no verified point", r.item)),
-            _ => {}
-        }
-    }
-    // A service its application replicates: its lag, never a copy's age, against its RPO.
-    for l in lags {
-        let rpo = l.rpo_s.map(crate::duration::Duration);
-        match (l.reading.seconds(), rpo) {
-            (None, _) => {
-                let (_, words) = l.judged();
-                critical.push(format!("{}: {}", l.service, one_line(&words)));
-            }
-            (Some(s), Some(rpo)) if l.breach() => critical.push(format!(
-                "{}: replication lag {}, RPO {rpo}",
-                l.service,
-                crate::lag::human(s)
-            )),
-            (Some(s), Some(rpo)) if s * 100.0 > rpo.0 as f64 * f64::from(limits.warn_at) => warning
-                .push(format!(
-                    "{}: replication lag {}, RPO {rpo}",
-                    l.service,
-                    crate::lag::human(s)
-                )),
-            _ => {}
-        }
-    }
-    match &ctx.readiness {
-        Some(r) if !r.ready => {
-            let failed = r
-                .items
-                .iter()
-                .filter(|i| i.status == crate::readiness::ItemStatus::Failed)
-                .count();
-            critical.push(format!(
-                "not ready ({failed} failed check{} {} ago)",
-                if failed == 1 { "" } else { "s" },
-                ago(r.at)
-            ));
-        }
-        Some(r) if (now - r.at).num_seconds() > limits.check_max_age_s as i64 => {
-            warning.push(format!("last check {} ago", ago(r.at)));
-        }
-        Some(_) => {}
-        None => warning.push("no `reprise check` result saved".to_string()),
-    }
-    if let Some(e) = &ctx.drills_error {
-        warning.push(format!("runs unreadable ({})", one_line(e)));
-    } else {
-        let mut never = Vec::new();
-        for s in &ctx.services {
-            let d = ctx.drills.iter().find(|d| &d.service == s);
-            match d {
-                Some(d) if d.last_attempt_recovered == Some(false) => {
-                    warning.push(format!("{s}: last drill did not recover it"))
-                }
-                Some(crate::report::LastDrill { at: Some(at), .. })
-                    if (now - *at).num_seconds() > limits.drill_max_age_s as i64 =>
-                {
-                    warning.push(format!("{s}: last successful drill {} ago", ago(*at)))
-                }
-                Some(crate::report::LastDrill { at: Some(_), .. }) => {}
-                _ => never.push(s.as_str()),
-            }
-        }
-        if !never.is_empty() {
-            warning.push(format!("never drilled: {}", never.join(", ")));
-        }
-    }
+    replica_findings(rows, limits, &mut critical, &mut warning);
+    lag_findings(lags, limits, &mut critical, &mut warning);
+    readiness_findings(ctx, limits, now, &mut critical, &mut warning);
+    drill_findings(ctx, limits, now, &mut warning);
     let (code, state) = if !critical.is_empty() {
         (NAGIOS_CRITICAL, "CRITICAL")
     } else if !warning.is_empty() {
@@ -863,8 +818,142 @@ pub fn nagios(
             .collect::<Vec<_>>()
             .join("; ")
     };
-    let perf: Vec<String> = rows
-        .iter()
+    let perf = perf_data(rows, lags, limits);
+    let mut line = format!("REPRISE {state} - {summary}");
+    if !perf.is_empty() {
+        line.push_str(" | ");
+        line.push_str(&perf.join(" "));
+    }
+    (code, line)
+}
+
+/// How long ago `t` was, as of `now`.
+fn ago(now: DateTime<Utc>, t: DateTime<Utc>) -> crate::duration::Duration {
+    crate::duration::Duration((now - t).num_seconds().max(0) as u64)
+}
+
+/// Each vm or backup set: its copies readable, its newest good point against its RPO.
+fn replica_findings(
+    rows: &[ReplicaRow],
+    limits: &Limits,
+    critical: &mut Vec<String>,
+    warning: &mut Vec<String>,
+) {
+    for r in rows {
+        if let Some(e) = &r.error {
+            critical.push(format!("{}: copies unreadable ({})", r.item, one_line(e)));
+            continue;
+        }
+        match (r.breach, r.age_s, r.rpo_s) {
+            (true, Some(a), Some(rpo)) => critical.push(format!(
+                "{}: newest good point {} old, RPO {}",
+                r.item,
+                crate::duration::Duration(a),
+                crate::duration::Duration(rpo)
+            )),
+            (true, None, _) => critical.push(format!("{}: no verified point", r.item)),
+            (false, Some(a), Some(rpo)) if a * 100 > rpo * u64::from(limits.warn_at) => warning
+                .push(format!(
+                    "{}: newest good point {} old, RPO {}",
+                    r.item,
+                    crate::duration::Duration(a),
+                    crate::duration::Duration(rpo)
+                )),
+            (false, None, None) => warning.push(format!("{}: no verified point", r.item)),
+            _ => {}
+        }
+    }
+}
+
+/// A service its application replicates: its lag, never a copy's age, against its RPO.
+fn lag_findings(
+    lags: &[LagRow],
+    limits: &Limits,
+    critical: &mut Vec<String>,
+    warning: &mut Vec<String>,
+) {
+    for l in lags {
+        let rpo = l.rpo_s.map(crate::duration::Duration);
+        match (l.reading.seconds(), rpo) {
+            (None, _) => {
+                let (_, words) = l.judged();
+                critical.push(format!("{}: {}", l.service, one_line(&words)));
+            }
+            (Some(s), Some(rpo)) if l.breach() => critical.push(format!(
+                "{}: replication lag {}, RPO {rpo}",
+                l.service,
+                crate::lag::human(s)
+            )),
+            (Some(s), Some(rpo)) if s * 100.0 > rpo.0 as f64 * f64::from(limits.warn_at) => warning
+                .push(format!(
+                    "{}: replication lag {}, RPO {rpo}",
+                    l.service,
+                    crate::lag::human(s)
+                )),
+            _ => {}
+        }
+    }
+}
+
+/// The last `reprise check`: not ready, too old, or none.
+fn readiness_findings(
+    ctx: &Context,
+    limits: &Limits,
+    now: DateTime<Utc>,
+    critical: &mut Vec<String>,
+    warning: &mut Vec<String>,
+) {
+    match &ctx.readiness {
+        Some(r) if !r.ready => {
+            let failed = r
+                .items
+                .iter()
+                .filter(|i| i.status == crate::readiness::ItemStatus::Failed)
+                .count();
+            critical.push(format!(
+                "not ready ({failed} failed check{} {} ago)",
+                if failed == 1 { "" } else { "s" },
+                ago(now, r.at)
+            ));
+        }
+        Some(r) if (now - r.at).num_seconds() > limits.check_max_age_s as i64 => {
+            warning.push(format!("last check {} ago", ago(now, r.at)));
+        }
+        Some(_) => {}
+        None => warning.push("no `reprise check` result saved".to_string()),
+    }
+}
+
+/// Each service's last drill: failed, too old, or none.
+fn drill_findings(ctx: &Context, limits: &Limits, now: DateTime<Utc>, warning: &mut Vec<String>) {
+    if let Some(e) = &ctx.drills_error {
+        warning.push(format!("runs unreadable ({})", one_line(e)));
+    } else {
+        let mut never = Vec::new();
+        for s in &ctx.services {
+            let d = ctx.drills.iter().find(|d| &d.service == s);
+            match d {
+                Some(d) if d.last_attempt_recovered == Some(false) => {
+                    warning.push(format!("{s}: last drill did not recover it"))
+                }
+                Some(crate::report::LastDrill { at: Some(at), .. })
+                    if (now - *at).num_seconds() > limits.drill_max_age_s as i64 =>
+                {
+                    warning.push(format!("{s}: last successful drill {} ago", ago(now, *at)))
+                }
+                Some(crate::report::LastDrill { at: Some(_), .. }) => {}
+                _ => never.push(s.as_str()),
+            }
+        }
+        if !never.is_empty() {
+            warning.push(format!("never drilled: {}", never.join(", ")));
+        }
+    }
+}
+
+/// The performance data: each item's point age and each replication lag, against its RPO.
+fn perf_data(rows: &[ReplicaRow], lags: &[LagRow], limits: &Limits) -> Vec<String> {
+    rows.iter()
         .filter_map(|r| {
             let a = r.age_s?;
             let label = perf_label(&format!("{} age", r.item));
@@ -887,13 +976,7 @@ pub fn nagios(
                 None => format!("{label}={s}s;;;0"),
             })
         }))
-        .collect();
-    let mut line = format!("REPRISE {state} - {summary}");
-    if !perf.is_empty() {
-        line.push_str(" | ");
-        line.push_str(&perf.join(" "));
-    }
-    (code, line)
+        .collect()
 }
 
 /// A performance-data label: quoted, a quote doubled (the plugin guidelines' rule), and no

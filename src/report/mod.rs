@@ -15,10 +15,11 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::event::{Event, RunPlan, RunStatus, StepStatus};
+use crate::event::{Event, RunPlan, RunStatus, ServiceRecord, StepRecord, StepStatus};
 use crate::readiness::{ItemStatus, Readiness};
 use crate::runbook::{Mode, Phase};
 
+use lang::Labels;
 pub use lang::Lang;
 pub use render::{Format, render};
 
@@ -316,133 +317,110 @@ struct StepFacts {
     restarted: bool,
 }
 
-/// Builds the report of a run from its journal.
-pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
-    let l = input.lang.labels();
-    let mut head = None;
-    for e in input.events {
-        if let Event::RunStarted {
-            at,
-            run_id,
-            mode,
-            emergency,
-            operator,
-            machine,
-            version,
-            sources_digest,
-            steps,
-            sites,
-            incident_at,
-            plan,
-            readiness,
-            ..
-        } = e
-        {
-            head = Some((
-                *at,
-                run_id.clone(),
-                *mode,
-                *emergency,
-                operator.clone(),
-                machine.clone(),
-                version.clone(),
-                sources_digest.clone(),
-                steps.clone(),
-                sites.clone(),
-                *incident_at,
-                plan.clone(),
-                readiness.clone(),
-            ));
-            break;
-        }
-    }
-    let Some((
-        started_at,
-        run_id,
-        mode,
-        emergency,
-        operator,
-        machine,
-        version,
-        sources_digest,
-        step_ids,
-        sites,
-        incident_at,
-        plan,
-        readiness,
-    )) = head
-    else {
-        return Err(ReportError::NoStart);
-    };
-    // Journals written before plans were recorded still give a report, with the steps only.
-    let readiness = readiness.map(|r| *r);
-    let plan = plan.map(|p| *p).unwrap_or_else(|| RunPlan {
-        services: Vec::new(),
-        steps: Vec::new(),
-        estimated_s: 0,
-        critical_path: Vec::new(),
-    });
-    let measured_from = incident_at.unwrap_or(started_at).min(started_at);
+/// How a run started, as its `run_started` event says.
+struct Head {
+    started_at: DateTime<Utc>,
+    run_id: String,
+    mode: Mode,
+    emergency: bool,
+    operator: String,
+    machine: String,
+    version: String,
+    sources_digest: String,
+    step_ids: Vec<String>,
+    sites: Vec<String>,
+    incident_at: Option<DateTime<Utc>>,
+    plan: RunPlan,
+    readiness: Option<Readiness>,
+}
 
-    let mut facts: HashMap<&str, StepFacts> = HashMap::new();
-    let mut points: Vec<(String, PointUsed)> = Vec::new();
-    let mut lags: HashMap<String, LagUsed> = HashMap::new();
-    let mut resumes = Vec::new();
-    let mut ended_at = None;
-    let mut run_status = None;
-    let mut interrupted_at: Vec<(DateTime<Utc>, Option<String>)> = Vec::new();
-    let mut stop_reason: Option<String> = None;
-    let mut repairs = Vec::new();
-    let mut operators = vec![operator.clone()];
-    for e in input.events {
-        match e {
-            Event::StepStarted {
-                at, step, attempt, ..
-            } => {
-                let f = facts.entry(step).or_default();
-                f.first_start.get_or_insert(*at);
-                if *attempt <= f.attempts {
-                    // Started again from its first attempt: the run stopped while it ran.
-                    f.restarted = true;
-                }
-                f.attempts = *attempt;
-            }
-            Event::StepOutput {
-                step,
-                stdout,
-                stderr,
-                ..
-            } => {
-                let f = facts.entry(step).or_default();
-                f.stdout = stdout.clone();
-                f.stderr = stderr.clone();
-            }
-            Event::StepFinished {
+impl Head {
+    /// The first `run_started` event of a journal.
+    fn of(events: &[Event]) -> Option<Head> {
+        events.iter().find_map(|e| {
+            let Event::RunStarted {
                 at,
-                step,
-                status,
-                message,
+                run_id,
+                mode,
+                emergency,
+                operator,
+                machine,
+                version,
+                sources_digest,
+                steps,
+                sites,
+                incident_at,
+                plan,
+                readiness,
                 ..
-            } => {
-                let f = facts.entry(step).or_default();
-                f.end = Some(*at);
-                f.status = Some(*status);
-                f.message = message.clone();
-            }
-            Event::WaitingForOperator { at, step, .. } => {
-                facts.entry(step).or_default().asked.get_or_insert(*at);
-            }
-            Event::Confirmed { at, step, by, note } => {
-                facts.entry(step).or_default().confirmed = Some((*at, by.clone(), note.clone()));
-                if !operators.contains(by) {
-                    operators.push(by.clone());
-                }
-            }
-            Event::UndoFinished {
-                step, ok, message, ..
-            } => {
-                facts.entry(step).or_default().undo = Some((*ok, message.clone()));
-            }
+            } = e
+            else {
+                return None;
+            };
+            Some(Head {
+                started_at: *at,
+                run_id: run_id.clone(),
+                mode: *mode,
+                emergency: *emergency,
+                operator: operator.clone(),
+                machine: machine.clone(),
+                version: version.clone(),
+                sources_digest: sources_digest.clone(),
+                step_ids: steps.clone(),
+                sites: sites.clone(),
+                incident_at: *incident_at,
+                // Journals written before plans were recorded still give a report, with the
+                // steps only.
+                plan: plan.clone().map(|p| *p).unwrap_or_else(|| RunPlan {
+                    services: Vec::new(),
+                    steps: Vec::new(),
+                    estimated_s: 0,
+                    critical_path: Vec::new(),
+                }),
+                readiness: readiness.clone().map(|r| *r),
+            })
+        })
+    }
+}
+
+/// What the journal says of each step and of the run as a whole, read in one pass.
+#[derive(Default)]
+struct RunFacts<'a> {
+    steps: HashMap<&'a str, StepFacts>,
+    /// The replica points used, each with the step that used it.
+    points: Vec<(String, PointUsed)>,
+    lags: HashMap<String, LagUsed>,
+    resumes: Vec<Resume>,
+    ended_at: Option<DateTime<Utc>>,
+    run_status: Option<RunStatus>,
+    interrupted_at: Vec<(DateTime<Utc>, Option<String>)>,
+    /// Why the run was asked to stop, until it stopped.
+    stop_reason: Option<String>,
+    /// The problems the journal states as such (a forced readiness, a repaired journal).
+    repairs: Vec<Problem>,
+    operators: Vec<String>,
+}
+
+impl<'a> RunFacts<'a> {
+    fn read(events: &'a [Event], operator: &str) -> RunFacts<'a> {
+        let mut facts = RunFacts {
+            operators: vec![operator.to_string()],
+            ..RunFacts::default()
+        };
+        for e in events {
+            facts.record(e);
+        }
+        facts
+    }
+
+    fn record(&mut self, e: &'a Event) {
+        match e {
+            Event::StepStarted { .. }
+            | Event::StepOutput { .. }
+            | Event::StepFinished { .. }
+            | Event::WaitingForOperator { .. }
+            | Event::Confirmed { .. }
+            | Event::UndoFinished { .. } => self.record_step(e),
             Event::ReplicaPointUsed {
                 step,
                 item,
@@ -452,7 +430,7 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
                 note,
                 dropped,
                 ..
-            } => points.push((
+            } => self.points.push((
                 step.clone(),
                 PointUsed {
                     item: item.clone(),
@@ -471,7 +449,7 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
                 unknown,
                 ..
             } => {
-                lags.insert(
+                self.lags.insert(
                     service.clone(),
                     LagUsed {
                         at: Some(*at),
@@ -490,28 +468,28 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
                 operator,
                 machine,
             } => {
-                resumes.push(Resume {
+                self.resumes.push(Resume {
                     at: *at,
                     operator: operator.clone(),
                     machine: machine.clone(),
                 });
-                if !operators.contains(operator) {
-                    operators.push(operator.clone());
+                if !self.operators.contains(operator) {
+                    self.operators.push(operator.clone());
                 }
             }
             Event::RunFinished { at, status } => {
-                ended_at = Some(*at);
-                run_status = Some(*status);
+                self.ended_at = Some(*at);
+                self.run_status = Some(*status);
                 if *status == RunStatus::Interrupted {
-                    interrupted_at.push((*at, stop_reason.take()));
+                    self.interrupted_at.push((*at, self.stop_reason.take()));
                 }
             }
-            Event::StopRequested { reason, .. } => stop_reason = Some(reason.clone()),
+            Event::StopRequested { reason, .. } => self.stop_reason = Some(reason.clone()),
             Event::ReadinessForced {
                 at,
                 operator,
                 problems,
-            } => repairs.push(Problem::ReadinessForced {
+            } => self.repairs.push(Problem::ReadinessForced {
                 at: *at,
                 operator: operator.clone(),
                 problems: problems.clone(),
@@ -523,7 +501,7 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
                 bytes,
                 kept_in,
                 ..
-            } => repairs.push(Problem::JournalRepaired {
+            } => self.repairs.push(Problem::JournalRepaired {
                 at: *at,
                 line: *line,
                 bytes: *bytes,
@@ -532,43 +510,101 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
             Event::RunStarted { .. } => {}
         }
     }
-    let last_event = input.events.iter().map(Event::at).max();
-    let secs = |t: DateTime<Utc>| (t - started_at).num_milliseconds() as f64 / 1000.0;
-    let status_of = |id: &str| -> Option<StepStatus> {
-        let f = facts.get(id)?;
+
+    /// An event of one step (the others are `record`'s).
+    fn record_step(&mut self, e: &'a Event) {
+        match e {
+            Event::StepStarted {
+                at, step, attempt, ..
+            } => {
+                let f = self.steps.entry(step).or_default();
+                f.first_start.get_or_insert(*at);
+                if *attempt <= f.attempts {
+                    // Started again from its first attempt: the run stopped while it ran.
+                    f.restarted = true;
+                }
+                f.attempts = *attempt;
+            }
+            Event::StepOutput {
+                step,
+                stdout,
+                stderr,
+                ..
+            } => {
+                let f = self.steps.entry(step).or_default();
+                f.stdout = stdout.clone();
+                f.stderr = stderr.clone();
+            }
+            Event::StepFinished {
+                at,
+                step,
+                status,
+                message,
+                ..
+            } => {
+                let f = self.steps.entry(step).or_default();
+                f.end = Some(*at);
+                f.status = Some(*status);
+                f.message = message.clone();
+            }
+            Event::WaitingForOperator { at, step, .. } => {
+                self.steps.entry(step).or_default().asked.get_or_insert(*at);
+            }
+            Event::Confirmed { at, step, by, note } => {
+                self.steps.entry(step).or_default().confirmed =
+                    Some((*at, by.clone(), note.clone()));
+                if !self.operators.contains(by) {
+                    self.operators.push(by.clone());
+                }
+            }
+            Event::UndoFinished {
+                step, ok, message, ..
+            } => {
+                self.steps.entry(step).or_default().undo = Some((*ok, message.clone()));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Seconds from `from` to `t`.
+fn secs_since(from: DateTime<Utc>, t: DateTime<Utc>) -> f64 {
+    (t - from).num_milliseconds() as f64 / 1000.0
+}
+
+/// The run's steps, with what the journal says of each.
+struct Steps<'a> {
+    records: &'a [StepRecord],
+    index: HashMap<&'a str, usize>,
+    facts: &'a HashMap<&'a str, StepFacts>,
+}
+
+impl<'a> Steps<'a> {
+    fn new(records: &'a [StepRecord], facts: &'a HashMap<&'a str, StepFacts>) -> Steps<'a> {
+        let index: HashMap<&str, usize> = records
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.as_str(), i))
+            .collect();
+        Steps {
+            records,
+            index,
+            facts,
+        }
+    }
+
+    fn status_of(&self, id: &str) -> Option<StepStatus> {
+        let f = self.facts.get(id)?;
         match f.undo {
             Some((true, _)) => Some(StepStatus::RolledBack),
             _ => f.status,
         }
-    };
+    }
 
-    // Steps: from the recorded plan, or from the list of ids for older journals.
-    let records: Vec<crate::event::StepRecord> = if plan.steps.is_empty() {
-        step_ids
-            .iter()
-            .map(|id| crate::event::StepRecord {
-                id: id.clone(),
-                service: id.split('/').next().unwrap_or(id).to_string(),
-                kind: "exec".to_string(),
-                host: None,
-                phase: Phase::Main,
-                description: None,
-                instructions: None,
-                after: Vec::new(),
-                expected_s: 0,
-                tls_unverified: false,
-            })
-            .collect()
-    } else {
-        plan.steps.clone()
-    };
-    let index: HashMap<&str, usize> = records
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.id.as_str(), i))
-        .collect();
-
-    let chain_to = |last: usize| -> Vec<String> {
+    /// The chain of finished steps that led to step `last`, each the latest to end of those
+    /// its successor waited for.
+    fn chain_to(&self, last: usize) -> Vec<String> {
+        let (records, index, facts) = (self.records, &self.index, self.facts);
         let mut chain = vec![last];
         let mut cur = last;
         loop {
@@ -593,19 +629,141 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
         }
         chain.reverse();
         chain.into_iter().map(|i| records[i].id.clone()).collect()
-    };
-    let last_step = records
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| facts.get(s.id.as_str()).and_then(|f| f.end).map(|e| (e, i)))
-        .max()
-        .map(|(_, i)| i);
-    let critical_path = last_step.map(chain_to).unwrap_or_default();
+    }
 
-    let timeline: Vec<TimelineStep> = records
+    /// The chain of steps that led to the last step to end.
+    fn critical_path(&self) -> Vec<String> {
+        let last_step = self
+            .records
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                self.facts
+                    .get(s.id.as_str())
+                    .and_then(|f| f.end)
+                    .map(|e| (e, i))
+            })
+            .max()
+            .map(|(_, i)| i);
+        last_step.map(|i| self.chain_to(i)).unwrap_or_default()
+    }
+}
+
+/// The steps: from the recorded plan, or from the list of ids for older journals.
+fn step_records(plan: &RunPlan, step_ids: &[String]) -> Vec<StepRecord> {
+    if plan.steps.is_empty() {
+        step_ids
+            .iter()
+            .map(|id| StepRecord {
+                id: id.clone(),
+                service: id.split('/').next().unwrap_or(id).to_string(),
+                kind: "exec".to_string(),
+                host: None,
+                phase: Phase::Main,
+                description: None,
+                instructions: None,
+                after: Vec::new(),
+                expected_s: 0,
+                tls_unverified: false,
+            })
+            .collect()
+    } else {
+        plan.steps.clone()
+    }
+}
+
+/// What every section of a report is made from.
+struct Run<'a> {
+    head: &'a Head,
+    facts: &'a RunFacts<'a>,
+    steps: Steps<'a>,
+    /// Other runs of the same state folder.
+    history: &'a [RunBrief],
+    /// RTO and data loss are measured from here: the incident, or the start of the run.
+    measured_from: DateTime<Utc>,
+    l: &'static Labels,
+}
+
+/// Builds the report of a run from its journal.
+pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
+    let l = input.lang.labels();
+    let Some(head) = Head::of(input.events) else {
+        return Err(ReportError::NoStart);
+    };
+    let started_at = head.started_at;
+    let measured_from = head.incident_at.unwrap_or(started_at).min(started_at);
+    let facts = RunFacts::read(input.events, &head.operator);
+    let last_event = input.events.iter().map(Event::at).max();
+    let records = step_records(&head.plan, &head.step_ids);
+    let run = Run {
+        head: &head,
+        facts: &facts,
+        steps: Steps::new(&records, &facts.steps),
+        history: input.history,
+        measured_from,
+        l,
+    };
+    let critical_path = run.steps.critical_path();
+    let timeline = timeline(&run, &critical_path);
+    let services: Vec<ServiceReport> = service_ids(&run)
+        .iter()
+        .map(|id| service_report(&run, id))
+        .collect();
+    let manual = manual_steps(&run);
+    let problems = problems(&run, &services);
+    let counts = Counts::of(&services);
+    let result = outcome(facts.run_status, &counts, &problems);
+    let recommendations = recommendations(&run, &services, &timeline, &manual, &problems);
+    let evidence = Evidence {
+        run_id: head.run_id.clone(),
+        tool_version: head.version,
+        sources_digest: head.sources_digest,
+        journal_blake3: blake3::hash(input.journal_bytes).to_hex().to_string(),
+        events: input.events.len(),
+        operators: facts.operators,
+    };
+    let ended = facts.ended_at.or(last_event);
+    Ok(RecoveryReport {
+        run_id: head.run_id,
+        mode: head.mode,
+        emergency: head.emergency,
+        sites: head.sites,
+        operator: head.operator,
+        machine: head.machine,
+        started_at,
+        ended_at: facts.ended_at,
+        incident_at: head.incident_at,
+        measured_from,
+        duration_s: ended.map(|t| secs_since(started_at, t)),
+        run_status: facts.run_status,
+        result,
+        services_recovered: counts.recovered,
+        services_in_scope: counts.in_scope,
+        rto_met: counts.rto_met,
+        rto_measured: counts.rto_measured,
+        rpo_met: counts.rpo_met,
+        rpo_measured: counts.rpo_measured,
+        estimated_s: (head.plan.estimated_s > 0).then_some(head.plan.estimated_s),
+        services,
+        timeline,
+        critical_path,
+        manual,
+        problems,
+        recommendations,
+        resumes: facts.resumes,
+        readiness: head.readiness,
+        evidence,
+    })
+}
+
+/// One bar per step, in seconds from the start of the run.
+fn timeline(run: &Run, critical_path: &[String]) -> Vec<TimelineStep> {
+    let secs = |t: DateTime<Utc>| secs_since(run.head.started_at, t);
+    run.steps
+        .records
         .iter()
         .map(|s| {
-            let f = facts.get(s.id.as_str());
+            let f = run.steps.facts.get(s.id.as_str());
             let wait_start = f.and_then(|f| f.asked);
             let wait_s = match (wait_start, f.and_then(|f| f.confirmed.as_ref())) {
                 (Some(a), Some((c, _, _))) => {
@@ -621,182 +779,251 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
                 host: s.host.clone(),
                 start_s: f.and_then(|f| f.first_start).map(secs),
                 end_s: f.and_then(|f| f.end).map(secs),
-                status: status_of(&s.id),
+                status: run.steps.status_of(&s.id),
                 attempts: f.map(|f| f.attempts).unwrap_or(0),
                 wait_start_s: wait_start.map(secs),
                 wait_s,
                 critical: critical_path.contains(&s.id),
             }
         })
-        .collect();
+        .collect()
+}
 
-    // Services: from the recorded plan, or from the step ids.
-    let mut service_ids: Vec<String> = plan.services.iter().map(|s| s.id.clone()).collect();
-    for s in &records {
+/// The services: from the recorded plan, or from the step ids.
+fn service_ids(run: &Run) -> Vec<String> {
+    let mut service_ids: Vec<String> = run
+        .head
+        .plan
+        .services
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
+    for s in run.steps.records {
         if !service_ids.contains(&s.service) {
             service_ids.push(s.service.clone());
         }
     }
-    let mut services = Vec::new();
-    for id in &service_ids {
-        let rec = plan.services.iter().find(|s| &s.id == id);
-        let main: Vec<&crate::event::StepRecord> = records
+    service_ids
+}
+
+/// A step status that stops a service.
+fn is_bad(st: &Option<StepStatus>) -> bool {
+    matches!(
+        st,
+        Some(StepStatus::Failed | StepStatus::TimedOut | StepStatus::RolledBack)
+    )
+}
+
+/// A service's status from the statuses of its main steps.
+fn service_status(statuses: &[Option<StepStatus>], done: usize) -> ServiceStatus {
+    if statuses.is_empty() {
+        ServiceStatus::NothingToDo
+    } else if done == statuses.len() {
+        ServiceStatus::Recovered
+    } else if statuses.contains(&Some(StepStatus::RolledBack)) {
+        ServiceStatus::RolledBack
+    } else if statuses.iter().any(is_bad) {
+        ServiceStatus::Failed
+    } else if statuses.contains(&Some(StepStatus::Blocked)) {
+        ServiceStatus::Blocked
+    } else if statuses.contains(&Some(StepStatus::Cancelled)) {
+        ServiceStatus::Cancelled
+    } else {
+        ServiceStatus::NotFinished
+    }
+}
+
+/// For a service that did not recover: the step that stopped it and why.
+fn service_reason(
+    run: &Run,
+    status: ServiceStatus,
+    main: &[&StepRecord],
+    statuses: &[Option<StepStatus>],
+) -> Option<String> {
+    let first_bad = main.iter().zip(statuses).find(|(_, st)| is_bad(st));
+    match status {
+        ServiceStatus::Failed | ServiceStatus::RolledBack => first_bad.map(|(s, st)| {
+            let f = run.steps.facts.get(s.id.as_str());
+            let why = f
+                .and_then(|f| f.message.clone())
+                .unwrap_or_else(|| format!("{:?}", st.unwrap_or(StepStatus::Failed)));
+            format!("{}: {why}", s.id)
+        }),
+        ServiceStatus::Blocked | ServiceStatus::Cancelled => main
             .iter()
-            .filter(|s| &s.service == id && s.phase == Phase::Main)
-            .collect();
-        let statuses: Vec<Option<StepStatus>> = main.iter().map(|s| status_of(&s.id)).collect();
-        let done = statuses
-            .iter()
-            .filter(|s| **s == Some(StepStatus::Done))
-            .count();
-        let first_bad = main.iter().zip(&statuses).find(|(_, st)| {
-            matches!(
-                st,
-                Some(StepStatus::Failed | StepStatus::TimedOut | StepStatus::RolledBack)
-            )
-        });
-        let status = if main.is_empty() {
-            ServiceStatus::NothingToDo
-        } else if done == main.len() {
-            ServiceStatus::Recovered
-        } else if statuses.contains(&Some(StepStatus::RolledBack)) {
-            ServiceStatus::RolledBack
-        } else if first_bad.is_some() {
-            ServiceStatus::Failed
-        } else if statuses.contains(&Some(StepStatus::Blocked)) {
-            ServiceStatus::Blocked
-        } else if statuses.contains(&Some(StepStatus::Cancelled)) {
-            ServiceStatus::Cancelled
-        } else {
-            ServiceStatus::NotFinished
-        };
-        let reason = match status {
-            ServiceStatus::Failed | ServiceStatus::RolledBack => first_bad.map(|(s, st)| {
-                let f = facts.get(s.id.as_str());
-                let why = f
+            .zip(statuses)
+            .find(|(_, st)| matches!(st, Some(StepStatus::Blocked | StepStatus::Cancelled)))
+            .map(|(s, _)| {
+                let why = run
+                    .steps
+                    .facts
+                    .get(s.id.as_str())
                     .and_then(|f| f.message.clone())
-                    .unwrap_or_else(|| format!("{:?}", st.unwrap_or(StepStatus::Failed)));
+                    .unwrap_or_else(|| run.l.blocked_default.to_string());
                 format!("{}: {why}", s.id)
             }),
-            ServiceStatus::Blocked | ServiceStatus::Cancelled => main
-                .iter()
-                .zip(&statuses)
-                .find(|(_, st)| matches!(st, Some(StepStatus::Blocked | StepStatus::Cancelled)))
-                .map(|(s, _)| {
-                    let why = facts
-                        .get(s.id.as_str())
-                        .and_then(|f| f.message.clone())
-                        .unwrap_or_else(|| l.blocked_default.to_string());
-                    format!("{}: {why}", s.id)
-                }),
-            _ => None,
-        };
-        // Up when its last health check passed (or its last main step, without checks).
-        let achieved = if status == ServiceStatus::Recovered {
-            let checks: Vec<_> = main.iter().filter(|s| s.kind == "check").collect();
-            let pool: Vec<&&crate::event::StepRecord> = if checks.is_empty() {
-                main.iter().collect()
-            } else {
-                checks
-            };
-            pool.iter()
-                .filter_map(|s| facts.get(s.id.as_str()).and_then(|f| f.end))
-                .max()
-                .map(|t| (t - measured_from).num_milliseconds() as f64 / 1000.0)
-        } else {
-            None
-        };
-        let rto_target_s = rec.map(|r| r.rto_target_s).unwrap_or(0);
-        let rto_met = match status {
-            ServiceStatus::NothingToDo => None,
-            _ if rec.is_none() => None,
-            _ => Some(achieved.is_some_and(|a| a <= rto_target_s as f64)),
-        };
-        // A point made by a replicate step and then started from is listed once.
-        let mut used: Vec<PointUsed> = Vec::new();
-        for (_, p) in points
-            .iter()
-            .filter(|(step, _)| step.split('/').next() == Some(id.as_str()))
-        {
-            if !used.iter().any(|u| u.item == p.item && u.point == p.point) {
-                used.push(p.clone());
-            }
-        }
-        // Data was recovered only by a service that recovered: its data loss is the age of
-        // the oldest point it started from. Within the target only when every point it used
-        // was verified; a loss beyond the target is said either way.
-        // A service its application replicates (its plan measures the lag): its data loss
-        // is the lag its probe read, never a disk point's age; unknown when it was not read.
-        // A failback of such a service without a probe of the reverse replication: its data
-        // loss cannot be measured, and the report says so rather than show nothing.
-        let lag_planned = records.iter().any(|s| s.service == *id && s.kind == "lag");
-        let unprobed_failback = mode == Mode::Failback
-            && !lag_planned
-            && rec.is_some_and(|r| r.replicated_by_application);
-        let lag = (lag_planned || unprobed_failback).then(|| {
-            lags.get(id).cloned().unwrap_or(LagUsed {
-                at: None,
-                host: None,
-                lag_s: None,
-                unknown: Some(
-                    if unprobed_failback {
-                        l.lag_no_failback_probe
-                    } else {
-                        l.lag_not_run
-                    }
-                    .to_string(),
-                ),
-            })
-        });
-        // The older of what was started: a copy's point, and the application's lag (a copy
-        // started for a service its application replicates loses what that copy lacks).
-        let copies_loss = used
-            .iter()
-            .map(|p| ((measured_from - p.taken_at).num_milliseconds() as f64 / 1000.0).max(0.0))
-            .fold(None, |acc: Option<f64>, x| {
-                Some(acc.map_or(x, |a| a.max(x)))
-            });
-        let data_loss_s = match &lag {
-            // A lag the journal holds that no probe could have said is not a measure.
-            Some(lag) => lag
-                .lag_s
-                .filter(|l| l.is_finite() && *l >= 0.0)
-                .map(|l| copies_loss.map_or(l, |c| c.max(l))),
-            None => copies_loss,
-        }
-        .filter(|_| status == ServiceStatus::Recovered);
-        let rpo_target_s = rec.and_then(|r| r.rpo_target_s);
-        let all_verified = used.iter().all(|p| p.verified);
-        let rpo_met = match (data_loss_s, rpo_target_s) {
-            (Some(loss), Some(target)) if loss > target as f64 => Some(false),
-            (Some(_), Some(_)) if all_verified => Some(true),
-            _ => None,
-        };
-        services.push(ServiceReport {
-            id: id.clone(),
-            kind: rec.map(|r| r.kind.clone()).unwrap_or_default(),
-            owner: rec.and_then(|r| r.owner.clone()),
-            status,
-            rto_target_s,
-            achieved_rto_s: achieved,
-            rto_met,
-            estimated_rto_s: rec.map(|r| r.estimated_rto_s).unwrap_or(0),
-            rpo_target_s,
-            data_loss_s,
-            rpo_met,
-            points: used,
-            lag,
-            steps_done: done,
-            steps_total: main.len(),
-            reason,
-        });
+        _ => None,
     }
+}
 
-    let manual: Vec<ManualStep> = records
+/// Up when its last health check passed (or its last main step, without checks).
+fn achieved_rto(run: &Run, main: &[&StepRecord]) -> Option<f64> {
+    let checks: Vec<_> = main.iter().filter(|s| s.kind == "check").collect();
+    let pool: Vec<&&StepRecord> = if checks.is_empty() {
+        main.iter().collect()
+    } else {
+        checks
+    };
+    pool.iter()
+        .filter_map(|s| run.steps.facts.get(s.id.as_str()).and_then(|f| f.end))
+        .max()
+        .map(|t| (t - run.measured_from).num_milliseconds() as f64 / 1000.0)
+}
+
+/// The replica points a service's steps used. A point made by a replicate step and then
+/// started from is listed once.
+fn points_used(run: &Run, id: &str) -> Vec<PointUsed> {
+    let mut used: Vec<PointUsed> = Vec::new();
+    for (_, p) in run
+        .facts
+        .points
+        .iter()
+        .filter(|(step, _)| step.split('/').next() == Some(id))
+    {
+        if !used.iter().any(|u| u.item == p.item && u.point == p.point) {
+            used.push(p.clone());
+        }
+    }
+    used
+}
+
+/// The replication lag of a service its application replicates (its plan measures the lag):
+/// unknown when it was not read. A failback of such a service without a probe of the reverse
+/// replication: its data loss cannot be measured, and the report says so rather than show
+/// nothing.
+fn lag_used(run: &Run, id: &str, rec: Option<&ServiceRecord>) -> Option<LagUsed> {
+    let l = run.l;
+    let lag_planned = run
+        .steps
+        .records
+        .iter()
+        .any(|s| s.service == *id && s.kind == "lag");
+    let unprobed_failback = run.head.mode == Mode::Failback
+        && !lag_planned
+        && rec.is_some_and(|r| r.replicated_by_application);
+    (lag_planned || unprobed_failback).then(|| {
+        run.facts.lags.get(id).cloned().unwrap_or(LagUsed {
+            at: None,
+            host: None,
+            lag_s: None,
+            unknown: Some(
+                if unprobed_failback {
+                    l.lag_no_failback_probe
+                } else {
+                    l.lag_not_run
+                }
+                .to_string(),
+            ),
+        })
+    })
+}
+
+/// Data was recovered only by a service that recovered: its data loss is the age of the
+/// oldest point it started from. A service its application replicates: its data loss is the
+/// lag its probe read, never a disk point's age.
+fn data_loss(
+    run: &Run,
+    status: ServiceStatus,
+    used: &[PointUsed],
+    lag: Option<&LagUsed>,
+) -> Option<f64> {
+    // The older of what was started: a copy's point, and the application's lag (a copy
+    // started for a service its application replicates loses what that copy lacks).
+    let copies_loss = used
+        .iter()
+        .map(|p| ((run.measured_from - p.taken_at).num_milliseconds() as f64 / 1000.0).max(0.0))
+        .fold(None, |acc: Option<f64>, x| {
+            Some(acc.map_or(x, |a| a.max(x)))
+        });
+    match lag {
+        // A lag the journal holds that no probe could have said is not a measure.
+        Some(lag) => lag
+            .lag_s
+            .filter(|l| l.is_finite() && *l >= 0.0)
+            .map(|l| copies_loss.map_or(l, |c| c.max(l))),
+        None => copies_loss,
+    }
+    .filter(|_| status == ServiceStatus::Recovered)
+}
+
+/// One service: what became of it, against its targets.
+fn service_report(run: &Run, id: &str) -> ServiceReport {
+    let rec = run.head.plan.services.iter().find(|s| s.id == id);
+    let main: Vec<&StepRecord> = run
+        .steps
+        .records
+        .iter()
+        .filter(|s| s.service == id && s.phase == Phase::Main)
+        .collect();
+    let statuses: Vec<Option<StepStatus>> =
+        main.iter().map(|s| run.steps.status_of(&s.id)).collect();
+    let done = statuses
+        .iter()
+        .filter(|s| **s == Some(StepStatus::Done))
+        .count();
+    let status = service_status(&statuses, done);
+    let reason = service_reason(run, status, &main, &statuses);
+    let achieved = if status == ServiceStatus::Recovered {
+        achieved_rto(run, &main)
+    } else {
+        None
+    };
+    let rto_target_s = rec.map(|r| r.rto_target_s).unwrap_or(0);
+    let rto_met = match status {
+        ServiceStatus::NothingToDo => None,
+        _ if rec.is_none() => None,
+        _ => Some(achieved.is_some_and(|a| a <= rto_target_s as f64)),
+    };
+    let used = points_used(run, id);
+    let lag = lag_used(run, id, rec);
+    let data_loss_s = data_loss(run, status, &used, lag.as_ref());
+    // Within the target only when every point it used was verified; a loss beyond the
+    // target is said either way.
+    let rpo_target_s = rec.and_then(|r| r.rpo_target_s);
+    let all_verified = used.iter().all(|p| p.verified);
+    let rpo_met = match (data_loss_s, rpo_target_s) {
+        (Some(loss), Some(target)) if loss > target as f64 => Some(false),
+        (Some(_), Some(_)) if all_verified => Some(true),
+        _ => None,
+    };
+    ServiceReport {
+        id: id.to_string(),
+        kind: rec.map(|r| r.kind.clone()).unwrap_or_default(),
+        owner: rec.and_then(|r| r.owner.clone()),
+        status,
+        rto_target_s,
+        achieved_rto_s: achieved,
+        rto_met,
+        estimated_rto_s: rec.map(|r| r.estimated_rto_s).unwrap_or(0),
+        rpo_target_s,
+        data_loss_s,
+        rpo_met,
+        points: used,
+        lag,
+        steps_done: done,
+        steps_total: main.len(),
+        reason,
+    }
+}
+
+/// The manual steps: who confirmed them, when, and how long they waited.
+fn manual_steps(run: &Run) -> Vec<ManualStep> {
+    run.steps
+        .records
         .iter()
         .filter(|s| s.kind == "manual")
         .map(|s| {
-            let f = facts.get(s.id.as_str());
+            let f = run.steps.facts.get(s.id.as_str());
             let asked = f.and_then(|f| f.asked);
             let confirmed = f.and_then(|f| f.confirmed.clone());
             ManualStep {
@@ -814,11 +1041,14 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
                 },
             }
         })
-        .collect();
+        .collect()
+}
 
+/// What went wrong, step by step, then per point, per service and for the run.
+fn problems(run: &Run, services: &[ServiceReport]) -> Vec<Problem> {
     let mut problems = Vec::new();
-    for s in &records {
-        let Some(f) = facts.get(s.id.as_str()) else {
+    for s in run.steps.records {
+        let Some(f) = run.steps.facts.get(s.id.as_str()) else {
             continue;
         };
         match f.status {
@@ -851,7 +1081,7 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
             });
         }
     }
-    for (step, p) in &points {
+    for (step, p) in &run.facts.points {
         if !p.dropped.is_empty() {
             problems.push(Problem::PointRolledBack {
                 step: step.clone(),
@@ -869,7 +1099,7 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
             });
         }
     }
-    for s in &services {
+    for s in services {
         if let Some(why) = s.lag.as_ref().and_then(|g| g.unknown.as_ref()) {
             problems.push(Problem::LagUnknown {
                 service: s.id.clone(),
@@ -883,43 +1113,123 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
             });
         }
     }
-    for (at, reason) in &interrupted_at {
+    for (at, reason) in &run.facts.interrupted_at {
         problems.push(Problem::Interrupted {
             at: *at,
             reason: reason.clone(),
         });
     }
-    problems.extend(repairs);
+    problems.extend(run.facts.repairs.iter().cloned());
+    problems
+}
 
-    let in_scope: Vec<&ServiceReport> = services
-        .iter()
-        .filter(|s| s.status != ServiceStatus::NothingToDo)
-        .collect();
-    let services_recovered = in_scope
-        .iter()
-        .filter(|s| s.status == ServiceStatus::Recovered)
-        .count();
-    let rto_measured = services.iter().filter(|s| s.rto_met.is_some()).count();
-    let rto_met = services.iter().filter(|s| s.rto_met == Some(true)).count();
-    let rpo_measured = services.iter().filter(|s| s.rpo_met.is_some()).count();
-    let rpo_met = services.iter().filter(|s| s.rpo_met == Some(true)).count();
-    let result = match run_status {
+/// How many services recovered and met their targets, of those in scope and measured.
+struct Counts {
+    recovered: usize,
+    in_scope: usize,
+    rto_met: usize,
+    rto_measured: usize,
+    rpo_met: usize,
+    rpo_measured: usize,
+}
+
+impl Counts {
+    fn of(services: &[ServiceReport]) -> Counts {
+        let in_scope: Vec<&ServiceReport> = services
+            .iter()
+            .filter(|s| s.status != ServiceStatus::NothingToDo)
+            .collect();
+        Counts {
+            recovered: in_scope
+                .iter()
+                .filter(|s| s.status == ServiceStatus::Recovered)
+                .count(),
+            in_scope: in_scope.len(),
+            rto_measured: services.iter().filter(|s| s.rto_met.is_some()).count(),
+            rto_met: services.iter().filter(|s| s.rto_met == Some(true)).count(),
+            rpo_measured: services.iter().filter(|s| s.rpo_met.is_some()).count(),
+            rpo_met: services.iter().filter(|s| s.rpo_met == Some(true)).count(),
+        }
+    }
+}
+
+/// The overall result.
+fn outcome(run_status: Option<RunStatus>, counts: &Counts, problems: &[Problem]) -> Outcome {
+    match run_status {
         None | Some(RunStatus::Interrupted) => Outcome::Incomplete,
         Some(RunStatus::Failed) => Outcome::Failed,
         Some(RunStatus::Partial) => Outcome::PartiallyRecovered,
         Some(RunStatus::Succeeded) => {
-            if rto_met == rto_measured && rpo_met == rpo_measured && problems.is_empty() {
+            if counts.rto_met == counts.rto_measured
+                && counts.rpo_met == counts.rpo_measured
+                && problems.is_empty()
+            {
                 Outcome::Recovered
             } else {
                 Outcome::RecoveredWithIssues
             }
         }
-    };
+    }
+}
 
+/// What to do better next time, from the data.
+fn recommendations(
+    run: &Run,
+    services: &[ServiceReport],
+    timeline: &[TimelineStep],
+    manual: &[ManualStep],
+    problems: &[Problem],
+) -> Vec<Recommendation> {
+    let l = run.l;
+    let mut recommendations = service_recommendations(run, services, timeline);
+    for m in manual {
+        if let Some(w) = m.waited_s.filter(|w| *w > LONG_MANUAL_WAIT_S) {
+            recommendations.push(Recommendation {
+                kind: "long_manual_wait",
+                subject: m.step.clone(),
+                text: l.rec_long_wait(&m.step, w),
+            });
+        }
+    }
+    for p in problems {
+        if let Problem::Retried { step, attempts } = p {
+            recommendations.push(Recommendation {
+                kind: "retried",
+                subject: step.clone(),
+                text: l.rec_retried(step, *attempts),
+            });
+        }
+    }
+    readiness_recommendations(run, &mut recommendations);
+    let unverified_tls: Vec<String> = run
+        .steps
+        .records
+        .iter()
+        .filter(|r| r.tls_unverified)
+        .map(|r| r.id.clone())
+        .collect();
+    if !unverified_tls.is_empty() {
+        recommendations.push(Recommendation {
+            kind: "tls_unverified",
+            subject: "checks".to_string(),
+            text: l.rec_tls_unverified(&unverified_tls),
+        });
+    }
+    recommendations.extend(drill_recommendation(run));
+    recommendations
+}
+
+/// The targets missed, service by service, and the points started from unverified.
+fn service_recommendations(
+    run: &Run,
+    services: &[ServiceReport],
+    timeline: &[TimelineStep],
+) -> Vec<Recommendation> {
+    let l = run.l;
     let mut recommendations = Vec::new();
     let mut unverified: Vec<String> = Vec::new();
     // Time lost before the run started (incident to start) counts against every target.
-    let delay = (started_at - measured_from).num_milliseconds() as f64 / 1000.0;
+    let delay = (run.head.started_at - run.measured_from).num_milliseconds() as f64 / 1000.0;
     let late_start: Vec<String> = services
         .iter()
         .filter(|s| s.rto_met == Some(false) && delay > s.rto_target_s as f64)
@@ -932,20 +1242,26 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
             text: l.rec_late_start(delay, &late_start),
         });
     }
-    for s in &services {
+    for s in services {
         if s.rto_met == Some(false) && !late_start.contains(&s.id) {
             if let Some(achieved) = s.achieved_rto_s {
                 // The chain of steps that made this service late.
-                let last = records
+                let last = run
+                    .steps
+                    .records
                     .iter()
                     .enumerate()
                     .filter(|(_, r)| r.service == s.id && r.phase == Phase::Main)
                     .filter_map(|(i, r)| {
-                        facts.get(r.id.as_str()).and_then(|f| f.end).map(|e| (e, i))
+                        run.steps
+                            .facts
+                            .get(r.id.as_str())
+                            .and_then(|f| f.end)
+                            .map(|e| (e, i))
                     })
                     .max()
                     .map(|(_, i)| i);
-                let chain = last.map(&chain_to).unwrap_or_default();
+                let chain = last.map(|i| run.steps.chain_to(i)).unwrap_or_default();
                 let longest = chain
                     .iter()
                     .filter_map(|id| {
@@ -1002,25 +1318,13 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
             text: l.rec_point_unverified(&unverified),
         });
     }
-    for m in &manual {
-        if let Some(w) = m.waited_s.filter(|w| *w > LONG_MANUAL_WAIT_S) {
-            recommendations.push(Recommendation {
-                kind: "long_manual_wait",
-                subject: m.step.clone(),
-                text: l.rec_long_wait(&m.step, w),
-            });
-        }
-    }
-    for p in &problems {
-        if let Problem::Retried { step, attempts } = p {
-            recommendations.push(Recommendation {
-                kind: "retried",
-                subject: step.clone(),
-                text: l.rec_retried(step, *attempts),
-            });
-        }
-    }
-    match &readiness {
+    recommendations
+}
+
+/// The readiness check the run started with: what it found, how old it was, or its absence.
+fn readiness_recommendations(run: &Run, recommendations: &mut Vec<Recommendation>) {
+    let l = run.l;
+    match &run.head.readiness {
         Some(r) => {
             let failed: Vec<String> = r
                 .items
@@ -1035,7 +1339,7 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
                     text: l.rec_not_ready(&failed),
                 });
             }
-            let age = (started_at - r.at).num_seconds();
+            let age = (run.head.started_at - r.at).num_seconds();
             if age > STALE_READINESS_S {
                 recommendations.push(Recommendation {
                     kind: "stale_readiness",
@@ -1050,84 +1354,35 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
             text: l.rec_no_readiness.to_string(),
         }),
     }
-    let unverified_tls: Vec<String> = records
-        .iter()
-        .filter(|r| r.tls_unverified)
-        .map(|r| r.id.clone())
-        .collect();
-    if !unverified_tls.is_empty() {
-        recommendations.push(Recommendation {
-            kind: "tls_unverified",
-            subject: "checks".to_string(),
-            text: l.rec_tls_unverified(&unverified_tls),
-        });
-    }
-    let previous_drill = input
+}
+
+/// A drill overdue, or none ever made before a run that is not one.
+fn drill_recommendation(run: &Run) -> Option<Recommendation> {
+    let (l, head) = (run.l, run.head);
+    let previous_drill = run
         .history
         .iter()
         .filter(|r| {
-            r.run_id != run_id
+            r.run_id != head.run_id
                 && r.mode == Mode::Drill
-                && r.started_at < started_at
+                && r.started_at < head.started_at
                 && matches!(r.status, Some(RunStatus::Succeeded | RunStatus::Partial))
         })
         .map(|r| r.started_at)
         .max();
     match previous_drill {
-        Some(t) if (started_at - t).num_days() > DRILL_EVERY_DAYS => {
-            recommendations.push(Recommendation {
-                kind: "drill_overdue",
-                subject: "drill".to_string(),
-                text: l.rec_drill_overdue((started_at - t).num_days(), DRILL_EVERY_DAYS),
-            })
-        }
-        None if mode != Mode::Drill => recommendations.push(Recommendation {
+        Some(t) if (head.started_at - t).num_days() > DRILL_EVERY_DAYS => Some(Recommendation {
+            kind: "drill_overdue",
+            subject: "drill".to_string(),
+            text: l.rec_drill_overdue((head.started_at - t).num_days(), DRILL_EVERY_DAYS),
+        }),
+        None if head.mode != Mode::Drill => Some(Recommendation {
             kind: "no_drill",
             subject: "drill".to_string(),
             text: l.rec_no_drill.to_string(),
         }),
-        _ => {}
+        _ => None,
     }
-
-    let ended = ended_at.or(last_event);
-    Ok(RecoveryReport {
-        run_id: run_id.clone(),
-        mode,
-        emergency,
-        sites,
-        operator,
-        machine,
-        started_at,
-        ended_at,
-        incident_at,
-        measured_from,
-        duration_s: ended.map(secs),
-        run_status,
-        result,
-        services_recovered,
-        services_in_scope: in_scope.len(),
-        rto_met,
-        rto_measured,
-        rpo_met,
-        rpo_measured,
-        estimated_s: (plan.estimated_s > 0).then_some(plan.estimated_s),
-        services,
-        timeline,
-        critical_path,
-        manual,
-        problems,
-        recommendations,
-        resumes,
-        readiness,
-        evidence: Evidence {
-            run_id,
-            tool_version: version,
-            sources_digest,
-            journal_blake3: blake3::hash(input.journal_bytes).to_hex().to_string(),
-            events: input.events.len(),
-            operators,
-        },
-    })
 }
 
 /// The last lines of a step's output (stderr first: that is where the reason usually is).

@@ -247,6 +247,19 @@ fn md_cell(s: &str) -> String {
 
 fn markdown(r: &RecoveryReport, l: &Labels) -> String {
     let mut o = String::new();
+    md_summary(&mut o, r, l);
+    md_services(&mut o, r, l);
+    md_timeline(&mut o, r, l);
+    md_manual(&mut o, r, l);
+    md_problems(&mut o, r, l);
+    md_recommendations(&mut o, r, l);
+    md_readiness(&mut o, r, l);
+    md_evidence(&mut o, r, l);
+    o
+}
+
+/// The title, the verdict and the run's facts.
+fn md_summary(o: &mut String, r: &RecoveryReport, l: &Labels) {
     let _ = writeln!(
         o,
         "# {}{}{} {}\n",
@@ -271,7 +284,10 @@ fn markdown(r: &RecoveryReport, l: &Labels) -> String {
             l.measured_from_start
         }
     );
+}
 
+/// One row per service involved: its targets, what was achieved, the points used.
+fn md_services(o: &mut String, r: &RecoveryReport, l: &Labels) {
     let _ = writeln!(o, "## {}\n", l.services);
     let _ = writeln!(
         o,
@@ -309,6 +325,10 @@ fn markdown(r: &RecoveryReport, l: &Labels) -> String {
     if let Some(idle) = not_involved(r, l) {
         let _ = writeln!(o, "\n{idle}");
     }
+}
+
+/// The steps as they ran, and the critical path.
+fn md_timeline(o: &mut String, r: &RecoveryReport, l: &Labels) {
     let _ = writeln!(o, "\n## {}\n", l.timeline);
     let _ = writeln!(o, "{}\n", l.timeline_note);
     let _ = writeln!(
@@ -342,7 +362,10 @@ fn markdown(r: &RecoveryReport, l: &Labels) -> String {
                 .unwrap_or_default()
         );
     }
+}
 
+/// The manual steps: who confirmed them, when, how long they waited.
+fn md_manual(o: &mut String, r: &RecoveryReport, l: &Labels) {
     if !r.manual.is_empty() {
         let _ = writeln!(o, "\n## {}\n", l.manual);
         let _ = writeln!(
@@ -364,7 +387,10 @@ fn markdown(r: &RecoveryReport, l: &Labels) -> String {
             );
         }
     }
+}
 
+/// What went wrong, with the output of the steps that failed.
+fn md_problems(o: &mut String, r: &RecoveryReport, l: &Labels) {
     let _ = writeln!(o, "\n## {}\n", l.problems);
     if r.problems.is_empty() {
         let _ = writeln!(o, "{}", l.no_problems);
@@ -380,7 +406,10 @@ fn markdown(r: &RecoveryReport, l: &Labels) -> String {
             let _ = writeln!(o, "  ```\n");
         }
     }
+}
 
+/// What to do better next time.
+fn md_recommendations(o: &mut String, r: &RecoveryReport, l: &Labels) {
     let _ = writeln!(o, "\n## {}\n", l.recommendations);
     if r.recommendations.is_empty() {
         let _ = writeln!(o, "{}", l.no_recommendations);
@@ -388,7 +417,10 @@ fn markdown(r: &RecoveryReport, l: &Labels) -> String {
     for (i, rec) in r.recommendations.iter().enumerate() {
         let _ = writeln!(o, "{}. {}", i + 1, rec.text);
     }
+}
 
+/// The readiness check the run started with.
+fn md_readiness(o: &mut String, r: &RecoveryReport, l: &Labels) {
     if let Some(rd) = &r.readiness {
         let _ = writeln!(
             o,
@@ -414,14 +446,16 @@ fn markdown(r: &RecoveryReport, l: &Labels) -> String {
             );
         }
     }
+}
 
+/// What the report was made from.
+fn md_evidence(o: &mut String, r: &RecoveryReport, l: &Labels) {
     let _ = writeln!(o, "\n## {}\n", l.evidence);
     let _ = writeln!(o, "| | |\n|---|---|");
     for (k, v) in evidence(r, l) {
         let _ = writeln!(o, "| {k} | `{v}` |");
     }
     let _ = writeln!(o, "\n{}", l.evidence_note);
-    o
 }
 
 fn evidence(r: &RecoveryReport, l: &Labels) -> Vec<(&'static str, String)> {
@@ -484,6 +518,19 @@ li { margin-bottom: 1.5mm; }
 
 fn html(r: &RecoveryReport, l: &Labels) -> String {
     let mut o = String::new();
+    html_summary(&mut o, r, l);
+    html_services(&mut o, r, l);
+    html_timeline(&mut o, r, l);
+    html_manual(&mut o, r, l);
+    html_problems(&mut o, r, l);
+    html_recommendations(&mut o, r, l);
+    html_readiness(&mut o, r, l);
+    html_evidence(&mut o, r, l);
+    o
+}
+
+/// The head of the page, the verdict and the run's facts.
+fn html_summary(o: &mut String, r: &RecoveryReport, l: &Labels) {
     let _ = write!(
         o,
         "<!DOCTYPE html>\n<html lang=\"{}\">\n<head>\n<meta charset=\"utf-8\">\n<title>{} {}</title>\n<style>{CSS}</style>\n</head>\n<body>\n",
@@ -528,7 +575,10 @@ fn html(r: &RecoveryReport, l: &Labels) -> String {
             l.measured_from_start
         })
     );
+}
 
+/// One row per service involved: its targets, what was achieved, the points used.
+fn html_services(o: &mut String, r: &RecoveryReport, l: &Labels) {
     let _ = writeln!(o, "<h2>{}</h2>\n<table>", esc(l.services));
     let _ = writeln!(
         o,
@@ -578,7 +628,10 @@ fn html(r: &RecoveryReport, l: &Labels) -> String {
     if let Some(idle) = not_involved(r, l) {
         let _ = writeln!(o, "<p class=\"note\">{}</p>", esc(&idle));
     }
+}
 
+/// The Gantt chart of the steps, its legend and the critical path.
+fn html_timeline(o: &mut String, r: &RecoveryReport, l: &Labels) {
     let _ = writeln!(o, "<h2>{}</h2>", esc(l.timeline));
     let _ = writeln!(o, "<p class=\"note\">{}</p>", esc(l.timeline_note));
     o.push_str(&gantt(r, l));
@@ -597,7 +650,10 @@ fn html(r: &RecoveryReport, l: &Labels) -> String {
         esc(l.critical_path),
         esc(&r.critical_path.join(" → "))
     );
+}
 
+/// The manual steps: who confirmed them, when, how long they waited.
+fn html_manual(o: &mut String, r: &RecoveryReport, l: &Labels) {
     if !r.manual.is_empty() {
         let _ = writeln!(o, "<h2>{}</h2>\n<table>", esc(l.manual));
         let _ = writeln!(
@@ -629,7 +685,10 @@ fn html(r: &RecoveryReport, l: &Labels) -> String {
         }
         let _ = writeln!(o, "</table>");
     }
+}
 
+/// What went wrong, with the output of the steps that failed.
+fn html_problems(o: &mut String, r: &RecoveryReport, l: &Labels) {
     let _ = writeln!(o, "<h2>{}</h2>", esc(l.problems));
     if r.problems.is_empty() {
         let _ = writeln!(o, "<p>{}</p>", esc(l.no_problems));
@@ -645,7 +704,10 @@ fn html(r: &RecoveryReport, l: &Labels) -> String {
         }
         let _ = writeln!(o, "</ul>");
     }
+}
 
+/// What to do better next time.
+fn html_recommendations(o: &mut String, r: &RecoveryReport, l: &Labels) {
     let _ = writeln!(o, "<h2>{}</h2>", esc(l.recommendations));
     if r.recommendations.is_empty() {
         let _ = writeln!(o, "<p>{}</p>", esc(l.no_recommendations));
@@ -656,7 +718,10 @@ fn html(r: &RecoveryReport, l: &Labels) -> String {
         }
         let _ = writeln!(o, "</ol>");
     }
+}
 
+/// The readiness check the run started with.
+fn html_readiness(o: &mut String, r: &RecoveryReport, l: &Labels) {
     if let Some(rd) = &r.readiness {
         let _ = writeln!(
             o,
@@ -686,7 +751,10 @@ fn html(r: &RecoveryReport, l: &Labels) -> String {
             let _ = writeln!(o, "</ul>");
         }
     }
+}
 
+/// What the report was made from, and the end of the page.
+fn html_evidence(o: &mut String, r: &RecoveryReport, l: &Labels) {
     let _ = writeln!(o, "<h2>{}</h2>\n<table class=\"facts\">", esc(l.evidence));
     for (k, v) in evidence(r, l) {
         let _ = writeln!(
@@ -701,7 +769,6 @@ fn html(r: &RecoveryReport, l: &Labels) -> String {
         "</table>\n<p class=\"note\">{}</p>\n</body>\n</html>",
         esc(l.evidence_note)
     );
-    o
 }
 
 const DONE: &str = "#3f8f5a";
