@@ -25,6 +25,7 @@ pub mod cbt;
 pub mod choice;
 pub mod definition;
 pub mod helper;
+pub mod kept;
 pub mod meta;
 pub mod nbd;
 pub mod protocol;
