@@ -14,7 +14,7 @@ use super::kept::{self, Kept};
 use super::meta::{CopyState, Lease};
 use super::nbd;
 pub use super::protocol::Request;
-use super::protocol::{DiskFormat, Hello, PROTOCOL, refuse_request};
+use super::protocol::{DiskFormat, Hello, NOT_KEPT, PROTOCOL, refuse_request};
 use super::store::{HowRead, NewPoint, Store};
 use super::tree::{Tree, TreeStore, send_tree};
 use super::wire;
@@ -80,10 +80,7 @@ pub fn serve(
             let base = match base {
                 Some(digest) => Base::Kept(
                     Kept::open(kept::dir().as_deref(), &image, &digest)?.ok_or_else(|| {
-                        format!(
-                            "the manifest {digest} of {} is no longer kept here",
-                            image.display()
-                        )
+                        format!("the manifest {digest} of {} {NOT_KEPT}", image.display())
                     })?,
                 ),
                 None => Base::Given(
@@ -597,58 +594,58 @@ pub fn send_nbd(
         tree: None,
     };
     let per = (nbd::MAX_READ as usize / BLOCK) as u64;
-    let mut buf = vec![0u8; nbd::MAX_READ as usize];
-    let mut single = None;
+    let mut reads: Vec<(u64, u32)> = Vec::new();
     for (first, end) in ranges {
         let mut b = first;
         while b < end {
             let k = per.min(end - b);
             let start = b * BLOCK as u64;
-            let len = (k * BLOCK as u64).min(size - start) as usize;
-            let data = &mut buf[..len];
-            client.read_at(start, data).map_err(|e| e.to_string())?;
-            if size <= BLOCK as u64 {
-                single = Some(*blake3::hash(data).as_bytes());
-            }
-            let cvs = blocks::cvs(b, data);
-            for (i, (c, d)) in cvs.iter().zip(data.chunks(BLOCK)).enumerate() {
-                let idx = b + i as u64;
-                let old = match &mut hashes {
-                    Hashes::Tree(t) => Some(t[idx as usize]),
-                    Hashes::Kept(kept) => {
-                        Some(tree::Nodes::node(kept, idx as usize).map_err(kerr)?)
-                    }
-                    Hashes::Leaves { base, new } => {
-                        new.push(*c);
-                        base.get(idx as usize).copied()
-                    }
-                };
-                if old == Some(*c) {
-                    continue;
-                }
-                match &mut hashes {
-                    Hashes::Tree(t) => t[idx as usize] = *c,
-                    Hashes::Kept(kept) => {
-                        tree::Nodes::set_node(kept, idx as usize, *c).map_err(kerr)?
-                    }
-                    Hashes::Leaves { .. } => {}
-                }
-                changed.push(idx);
-                sent.blocks += 1;
-                if blocks::is_zero(d) {
-                    wire::write_zero(w, idx, d.len() as u32).map_err(werr)?;
-                } else if let Some(z) = compressor.as_mut().and_then(|c| c.compress(d)) {
-                    sent.bytes += z.len() as u64;
-                    wire::write_compressed(w, idx, d.len() as u32, &z).map_err(werr)?;
-                } else {
-                    sent.bytes += d.len() as u64;
-                    wire::write_data(w, idx, d).map_err(werr)?;
-                }
-            }
-            sent.read += cvs.len() as u64;
+            reads.push((start, (k * BLOCK as u64).min(size - start) as u32));
             b += k;
         }
     }
+    let mut single = None;
+    client.read_many(&reads, |start, data| {
+        let b = start / BLOCK as u64;
+        if size <= BLOCK as u64 {
+            single = Some(*blake3::hash(data).as_bytes());
+        }
+        let cvs = blocks::cvs(b, data);
+        for (i, (c, d)) in cvs.iter().zip(data.chunks(BLOCK)).enumerate() {
+            let idx = b + i as u64;
+            let old = match &mut hashes {
+                Hashes::Tree(t) => Some(t[idx as usize]),
+                Hashes::Kept(kept) => Some(tree::Nodes::node(kept, idx as usize).map_err(kerr)?),
+                Hashes::Leaves { base, new } => {
+                    new.push(*c);
+                    base.get(idx as usize).copied()
+                }
+            };
+            if old == Some(*c) {
+                continue;
+            }
+            match &mut hashes {
+                Hashes::Tree(t) => t[idx as usize] = *c,
+                Hashes::Kept(kept) => {
+                    tree::Nodes::set_node(kept, idx as usize, *c).map_err(kerr)?
+                }
+                Hashes::Leaves { .. } => {}
+            }
+            changed.push(idx);
+            sent.blocks += 1;
+            if blocks::is_zero(d) {
+                wire::write_zero(w, idx, d.len() as u32).map_err(werr)?;
+            } else if let Some(z) = compressor.as_mut().and_then(|c| c.compress(d)) {
+                sent.bytes += z.len() as u64;
+                wire::write_compressed(w, idx, d.len() as u32, &z).map_err(werr)?;
+            } else {
+                sent.bytes += d.len() as u64;
+                wire::write_data(w, idx, d).map_err(werr)?;
+            }
+        }
+        sent.read += cvs.len() as u64;
+        Ok(())
+    })?;
     drop(client);
     let (whole, kept) = match hashes {
         Hashes::Tree(mut t) => {

@@ -308,6 +308,10 @@ impl Request {
     }
 }
 
+/// What the source helper says when the manifest a send names by its digest is not the one
+/// it kept (the orchestrator then sends the recovery manifest itself).
+pub const NOT_KEPT: &str = "is no longer kept here";
+
 /// Why a request of protocol `theirs` is refused by this helper.
 pub fn refuse_request(theirs: u32) -> String {
     format!(

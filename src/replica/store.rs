@@ -745,7 +745,14 @@ impl Store {
             points.clear();
         }
         let recovered = (!notes.is_empty()).then(|| notes.join("; "));
-        let header = wire::read_header(input).map_err(stream_err)?;
+        let header = wire::read_header(input).map_err(|e| {
+            // No stream at all (the source refused to send): what was to be said is said by
+            // the next try.
+            if let Some(n) = &recovered {
+                let _ = meta::write_file(&self.dir, "notes", n.as_bytes(), false);
+            }
+            stream_err(e)
+        })?;
         let fresh = !self.image.is_file();
         let base = if fresh {
             Manifest::empty()
