@@ -9,7 +9,10 @@
 # PCTS, PCT% of its 64 KiB blocks rewritten with random data, and, with a cold page cache before
 # each timed run when COLD=1 (`sync; echo 3 > /proc/sys/vm/drop_caches`, the machine's whole
 # cache), the source side timed REPS times each way (its stream written to a file: what would
-# cross the link), then the change applied to the copy and the bitmap cleared, as a new
+# cross the link): every block and the dirty bitmap against the manifest the source kept when
+# it last sent (as a replication does when the recovery manifest's digest is that one's), and
+# the bitmap against the recovery manifest read on its standard input (the source did not keep
+# it); then the change applied to the copy and the bitmap cleared, as a new
 # checkpoint does. Prints, as Markdown tables: medians of the wall time, bytes of the stream
 # against the bytes changed, ratios to rsync and to the bitmap path of the same run, the peak
 # resident memory of the source side (the helper and the qemu-nbd it starts; rsync's processes),
@@ -51,6 +54,7 @@ TMP=$(mktemp -d /var/tmp/reprise-bench-cbt.XXXXXX)
 cleanup() { [ "${KEEP:-0}" = 1 ] || rm -rf "$TMP"; }
 trap cleanup EXIT
 export HOME=$TMP/home
+KEPT=$HOME/.cache/reprise/manifests
 
 # Writes COUNT runs of LEN random bytes at random multiples of LEN below SIZE into qcow2 IMG
 # (each run its own bytes, so that rsync finds none of them elsewhere in the file).
@@ -116,15 +120,21 @@ for G in $SIZES_GIB; do
     CHANGED=$((BLOCKS * 65536))
     scribble "$IMG" "$SIZE" 65536 "$BLOCKS"
     "${H[@]}" manifest "$COPY" --protocol="$P" > "$TMP/manifest"
+    # As a replication does: the recovery side's digest, the manifest the source kept when
+    # it last sent (the same), put back before each run (a run updates it).
+    DIGEST=$("${H[@]}" manifest "$COPY" --digest --protocol="$P")
+    rm -rf "$TMP/kept"; cp -a "$KEPT" "$TMP/kept"
     declare -A T=() B=() M=()
-    for way in scan bitmap rsync; do
+    for way in scan bitmap sent rsync; do
       ts=(); ms=()
       for _ in $(seq "$REPS"); do
+        rm -rf "$KEPT"; cp -a "$TMP/kept" "$KEPT"
         cold
         LOADS+=("$(load1)")
         case $way in
-          scan) read -r t b m < <(send "$IMG" | paste -sd ' ') ;;
-          bitmap) read -r t b m < <(send "$IMG" --bitmap=cp | paste -sd ' ') ;;
+          scan) read -r t b m < <(send "$IMG" --base="$DIGEST" | paste -sd ' ') ;;
+          bitmap) read -r t b m < <(send "$IMG" --bitmap=cp --base="$DIGEST" | paste -sd ' ') ;;
+          sent) read -r t b m < <(send "$IMG" --bitmap=cp | paste -sd ' ') ;;
           rsync)
             cp --sparse=always "$FILECOPY" "$TMP/rsync.qcow2"
             cold
@@ -141,9 +151,9 @@ for G in $SIZES_GIB; do
       M[$way]=$(py "print(max(int(x) for x in '${ms[*]}'.split()))")
     done
     BITMAP_T[$G,$PCT]=${T[bitmap]}
-    for way in bitmap scan rsync; do
+    for way in bitmap sent scan rsync; do
       printf '| %s GiB | %s%% (%s bytes) | %s | %.3f s | %s | %s | %s | %s | %.1f MiB |\n' "$G" "$PCT" "$CHANGED" \
-        "$(case $way in bitmap) echo 'reprise, dirty bitmap';; scan) echo 'reprise, scan (qemu-nbd)';; rsync) echo 'rsync `--inplace --no-whole-file`';; esac)" \
+        "$(case $way in bitmap) echo 'reprise, dirty bitmap';; sent) echo 'reprise, dirty bitmap, manifest not kept';; scan) echo 'reprise, scan (qemu-nbd)';; rsync) echo 'rsync `--inplace --no-whole-file`';; esac)" \
         "${T[$way]}" "$(py "print('%.2f' % (${T[$way]} / ${T[rsync]}))")" "$(py "print('%.1f' % (${T[$way]} / ${T[bitmap]}))")" \
         "${B[$way]}" "$(py "print('%.3f' % (${B[$way]} / $CHANGED))")" "$(py "print(${M[$way]} / 1024)")"
     done

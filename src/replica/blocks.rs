@@ -107,6 +107,125 @@ pub fn root(cvs: &[Cv]) -> Option<[u8; 32]> {
     Some(*merge_subtrees_root(&merge(&cvs[..split]), &merge(&cvs[split..]), Mode::Hash).as_bytes())
 }
 
+/// The block hashes of an image of `n` blocks with the BLAKE3 subtrees above them, laid out
+/// flat: the `n` leaves, then the `n / 2` complete aligned pairs, then the `n / 4` groups of
+/// four, and so on (level `l` holds `n >> l` nodes). Every complete aligned group of
+/// `2^l` blocks is a node of BLAKE3's tree, so the whole-image hash needs only the few nodes
+/// along the image's right edge, and a changed block only the nodes above it: an image whose
+/// few blocks changed is hashed again in time that grows with what changed, not its size.
+pub mod tree {
+    use super::{Cv, Mode, left_len, merge_subtrees_non_root, merge_subtrees_root};
+    use std::io;
+
+    /// Where the nodes live: in memory, or in a file read and written node by node.
+    pub trait Nodes {
+        fn node(&mut self, i: usize) -> io::Result<Cv>;
+        fn set_node(&mut self, i: usize, cv: Cv) -> io::Result<()>;
+    }
+
+    impl Nodes for [Cv] {
+        fn node(&mut self, i: usize) -> io::Result<Cv> {
+            Ok(self[i])
+        }
+        fn set_node(&mut self, i: usize, cv: Cv) -> io::Result<()> {
+            self[i] = cv;
+            Ok(())
+        }
+    }
+
+    /// Nodes of the tree of `n` blocks (less than `2 n`).
+    pub fn len(n: u64) -> u64 {
+        (0..u64::BITS).map(|l| n >> l).sum()
+    }
+
+    /// Where level `l` starts.
+    fn at(n: u64, l: u32) -> usize {
+        (0..l).map(|j| (n >> j) as usize).sum()
+    }
+
+    fn parent(left: &Cv, right: &Cv) -> Cv {
+        merge_subtrees_non_root(left, right, Mode::Hash)
+    }
+
+    /// The tree of the leaves `leaves`: them, then the levels above.
+    pub fn of(mut leaves: Vec<Cv>) -> Vec<Cv> {
+        let n = leaves.len() as u64;
+        leaves.resize(len(n) as usize, [0; 32]);
+        let mut below = 0;
+        for l in 1..u64::BITS {
+            let count = (n >> l) as usize;
+            if count == 0 {
+                break;
+            }
+            let here = below + (n >> (l - 1)) as usize;
+            for i in 0..count {
+                leaves[here + i] = parent(&leaves[below + 2 * i], &leaves[below + 2 * i + 1]);
+            }
+            below = here;
+        }
+        leaves
+    }
+
+    /// Recomputes the nodes above the leaves `changed` (in increasing order).
+    pub fn update(nodes: &mut (impl Nodes + ?Sized), n: u64, changed: &[u64]) -> io::Result<()> {
+        let mut level: Vec<u64> = changed.to_vec();
+        let mut below = 0;
+        for l in 1..u64::BITS {
+            let count = n >> l;
+            if count == 0 {
+                break;
+            }
+            let here = below + (n >> (l - 1)) as usize;
+            level = level
+                .into_iter()
+                .map(|i| i / 2)
+                .filter(|i| *i < count)
+                .collect();
+            level.dedup();
+            if level.is_empty() {
+                break;
+            }
+            for &i in &level {
+                let i = i as usize;
+                let cv = parent(&nodes.node(below + 2 * i)?, &nodes.node(below + 2 * i + 1)?);
+                nodes.set_node(here + i, cv)?;
+            }
+            below = here;
+        }
+        Ok(())
+    }
+
+    /// The BLAKE3 of an image of `n` (two or more) blocks, from its tree; `None` for fewer
+    /// (an image of one block is its own hash).
+    pub fn root(nodes: &mut (impl Nodes + ?Sized), n: u64) -> io::Result<Option<[u8; 32]>> {
+        if n < 2 {
+            return Ok(None);
+        }
+        // The complete aligned group of `len` (a power of two) blocks from block `start`.
+        let mut node =
+            |start: u64, len: u64| nodes.node(at(n, len.trailing_zeros()) + (start / len) as usize);
+        // BLAKE3's tree: the left subtree is the largest power of two that leaves the right
+        // one something; the right one is split the same way, down to a complete group.
+        let split = left_len(n as usize) as u64;
+        let mut edge: Vec<(u64, u64)> = Vec::new();
+        let (mut start, mut rest) = (split, n - split);
+        while !rest.is_power_of_two() {
+            let s = left_len(rest as usize) as u64;
+            edge.push((start, s));
+            start += s;
+            rest -= s;
+        }
+        let mut right = node(start, rest)?;
+        for (s, len) in edge.into_iter().rev() {
+            right = parent(&node(s, len)?, &right);
+        }
+        let left = node(0, split)?;
+        Ok(Some(
+            *merge_subtrees_root(&left, &right, Mode::Hash).as_bytes(),
+        ))
+    }
+}
+
 /// Reads the first `size` bytes of `file` in batches of blocks: `f(first block, bytes)` for
 /// each. Each batch is mapped rather than read: the bytes are hashed straight from the page
 /// cache, without a copy (half the time of reading an image that is in memory), and unmapped
@@ -285,6 +404,14 @@ impl Manifest {
         })
     }
 
+    /// What identifies this manifest, in hex: the BLAKE3 of its header (the size, and the
+    /// whole-image hash, which is the root of the tree of every block hash: two manifests
+    /// with the same header have the same block hashes). Read from the header alone, it costs
+    /// the same for any size of image.
+    pub fn digest(&self) -> String {
+        digest(self.size, &self.whole)
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(56 + self.cvs.len() * 32);
         out.extend_from_slice(MAGIC);
@@ -295,6 +422,32 @@ impl Manifest {
             out.extend_from_slice(c);
         }
         out
+    }
+
+    /// Reads an encoded manifest from `r` to its end: the block hashes straight into their
+    /// place (no copy of the whole), memory taken as they arrive, not as the header says.
+    pub fn read(r: &mut impl io::Read) -> Result<Manifest, String> {
+        let bad = |e: Option<io::Error>| match e {
+            Some(e) if e.kind() != io::ErrorKind::UnexpectedEof => format!("reading it: {e}"),
+            _ => "not a reprise manifest (truncated or damaged)".to_string(),
+        };
+        let mut h = [0u8; 56];
+        r.read_exact(&mut h).map_err(|e| bad(Some(e)))?;
+        let (size, whole) = read_header(&h).ok_or_else(|| bad(None))?;
+        let n = count(size) as usize;
+        let mut cvs: Vec<Cv> = Vec::new();
+        while cvs.len() < n {
+            let from = cvs.len();
+            cvs.resize(n.min(from + (1 << 20)), [0; 32]);
+            r.read_exact(cvs[from..].as_flattened_mut())
+                .map_err(|e| bad(Some(e)))?;
+        }
+        let mut more = [0u8; 1];
+        match r.read(&mut more) {
+            Ok(0) => Ok(Manifest { size, whole, cvs }),
+            Ok(_) => Err(bad(None)),
+            Err(e) => Err(bad(Some(e))),
+        }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Manifest, String> {
@@ -315,6 +468,32 @@ impl Manifest {
             .collect();
         Ok(Manifest { size, whole, cvs })
     }
+}
+
+/// The header of the manifest of an image of `size` bytes whose BLAKE3 is `whole`.
+pub fn header(size: u64, whole: &[u8; 32]) -> [u8; 56] {
+    let mut h = [0u8; 56];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..16].copy_from_slice(&size.to_le_bytes());
+    h[16..48].copy_from_slice(whole);
+    h[48..].copy_from_slice(&count(size).to_le_bytes());
+    h
+}
+
+/// [`Manifest::digest`] of the manifest of an image of `size` bytes whose BLAKE3 is `whole`.
+pub fn digest(size: u64, whole: &[u8; 32]) -> String {
+    blake3::hash(&header(size, whole)).to_hex().to_string()
+}
+
+/// The size and whole-image hash of an encoded manifest's first 56 bytes.
+pub fn read_header(bytes: &[u8]) -> Option<(u64, [u8; 32])> {
+    if bytes.len() < 56 || &bytes[..8] != MAGIC {
+        return None;
+    }
+    let size = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    let n = u64::from_le_bytes(bytes[48..56].try_into().expect("8 bytes"));
+    (size <= MAX_IMAGE_SIZE && n == count(size))
+        .then(|| (size, bytes[16..48].try_into().expect("32 bytes")))
 }
 
 #[cfg(test)]
@@ -400,6 +579,54 @@ mod tests {
         assert_eq!(Manifest::decode(&bytes).unwrap(), m);
         assert!(Manifest::decode(&bytes[..bytes.len() - 1]).is_err());
         assert!(Manifest::decode(b"garbage").is_err());
+        assert_eq!(Manifest::read(&mut &bytes[..]).unwrap(), m);
+        assert!(Manifest::read(&mut &bytes[..bytes.len() - 1]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Manifest::read(&mut &longer[..]).is_err());
+        assert!(Manifest::read(&mut &b"garbage"[..]).is_err());
+        // The digest is of the header, which the whole hash makes unique.
+        assert_eq!(m.digest(), digest(m.size, &m.whole));
+        assert_eq!(read_header(&bytes), Some((m.size, m.whole)));
+        let other = Manifest::of_file(&{
+            std::fs::write(&p, vec![4u8; 3 * BLOCK + 10]).unwrap();
+            p.clone()
+        })
+        .unwrap();
+        assert_ne!(other.digest(), m.digest());
+    }
+
+    #[test]
+    fn the_tree_gives_the_whole_hash_and_follows_changed_blocks() {
+        for n in [2u64, 3, 4, 5, 7, 8, 9, 31, 64, 100, 257] {
+            let mut data: Vec<u8> = (0..n as usize * BLOCK)
+                .map(|i| (i * 13 + i / 4000) as u8)
+                .collect();
+            let leaves = cvs(0, &data);
+            let mut nodes = tree::of(leaves.clone());
+            assert_eq!(nodes.len() as u64, tree::len(n));
+            let whole = Some(*blake3::hash(&data).as_bytes());
+            assert_eq!(tree::root(&mut nodes[..], n).unwrap(), whole);
+            assert_eq!(root(&leaves), whole, "{n} blocks");
+            // Some blocks change: only the nodes above them are computed again.
+            let mut changed = vec![0, n / 3, n / 2, n - 1];
+            changed.dedup();
+            for &b in &changed {
+                data[b as usize * BLOCK + 5] ^= 0x5a;
+                nodes[b as usize] = cv(b, &data[b as usize * BLOCK..(b as usize + 1) * BLOCK]);
+            }
+            tree::update(&mut nodes[..], n, &changed).unwrap();
+            assert_eq!(
+                tree::root(&mut nodes[..], n).unwrap(),
+                Some(*blake3::hash(&data).as_bytes()),
+                "{n} blocks, {changed:?} changed"
+            );
+            let fresh = tree::of(nodes[..n as usize].to_vec());
+            assert!(fresh == nodes, "{n} blocks: the update left a node stale");
+        }
+        assert_eq!(tree::root(&mut [[1; 32]][..], 1).unwrap(), None);
+        assert_eq!(tree::len(1), 1);
+        assert_eq!(tree::len(5), 5 + 2 + 1);
     }
 
     #[test]

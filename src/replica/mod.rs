@@ -26,6 +26,7 @@ pub mod choice;
 pub mod definition;
 pub mod definitions;
 pub mod helper;
+pub mod kept;
 pub mod meta;
 pub mod nbd;
 pub mod point;

@@ -5,7 +5,7 @@
 //!
 //! Only the part of the protocol this needs: the fixed newstyle handshake, `NBD_OPT_GO`,
 //! structured replies, one meta context, `NBD_CMD_READ`, `NBD_CMD_BLOCK_STATUS` and
-//! `NBD_CMD_DISC`, one request at a time over a Unix socket. The server is the source host's
+//! `NBD_CMD_DISC`, over a Unix socket; reads may be asked several at once. The server is the source host's
 //! own QEMU, but what it answers is still checked: every chunk within the request, every
 //! extent advancing, every length bounded. It never writes.
 
@@ -46,10 +46,14 @@ const REPLY_TYPE_ERROR_BIT: u16 = 1 << 15;
 
 /// The largest read asked at once (QEMU serves up to 32 MiB).
 pub const MAX_READ: u32 = 4 << 20;
+/// Reads asked at once, at most, and their bytes.
+pub const DEPTH: usize = 16;
+pub const IN_FLIGHT: u64 = 16 << 20;
 /// The longest option reply or chunk accepted that is not read data.
 const MAX_META: u32 = 1 << 20;
-/// Bytes asked per block-status request.
-const STATUS_SPAN: u64 = 1 << 30;
+/// Bytes asked per block-status request: the most a request can ask (its length is 32 bits),
+/// rounded to 64 KiB, so that a large disk takes few round trips to the server.
+const STATUS_SPAN: u64 = (1 << 32) - (1 << 16);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NbdError {
@@ -241,41 +245,7 @@ impl Client {
         let mut covered = 0u64;
         loop {
             let chunk = self.chunk(cookie, Some(len))?;
-            match chunk.kind {
-                REPLY_TYPE_OFFSET_DATA | REPLY_TYPE_OFFSET_HOLE => {
-                    let p = &chunk.payload;
-                    if p.len() < 8 {
-                        return Err(Fail::Protocol("a read chunk too short".into()));
-                    }
-                    let at = u64::from_be_bytes(p[..8].try_into().expect("8 bytes"));
-                    let n = if chunk.kind == REPLY_TYPE_OFFSET_DATA {
-                        (p.len() - 8) as u64
-                    } else if p.len() == 12 {
-                        u32::from_be_bytes(p[8..12].try_into().expect("4 bytes")) as u64
-                    } else {
-                        return Err(Fail::Protocol("a hole chunk of the wrong length".into()));
-                    };
-                    let start = at.checked_sub(offset).filter(|s| s + n <= len as u64);
-                    let Some(start) = start else {
-                        return Err(Fail::Protocol(format!(
-                            "a read chunk at {at} of {n} bytes outside the read at {offset} of {len}"
-                        )));
-                    };
-                    let dst = &mut buf[start as usize..(start + n) as usize];
-                    if chunk.kind == REPLY_TYPE_OFFSET_DATA {
-                        dst.copy_from_slice(&p[8..]);
-                    } else {
-                        dst.fill(0);
-                    }
-                    covered += n;
-                }
-                REPLY_TYPE_NONE => {}
-                k => {
-                    return Err(Fail::Protocol(format!(
-                        "an unexpected reply of type {k} to a read"
-                    )));
-                }
-            }
+            covered += place(offset, buf, &chunk)?;
             if chunk.done {
                 break;
             }
@@ -286,6 +256,96 @@ impl Client {
             )));
         }
         Ok(())
+    }
+
+    /// Reads `reads` (`(offset, length)`, each at most [`MAX_READ`]) with several asked at once
+    /// (up to [`IN_FLIGHT`] bytes and [`DEPTH`] reads), so that the server, and the disk under it, works on several (scattered
+    /// blocks read one after the other wait for the disk one by one): `f(offset, bytes)` for
+    /// each, in order.
+    pub fn read_many(
+        &mut self,
+        reads: &[(u64, u32)],
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        struct Asked {
+            cookie: u64,
+            offset: u64,
+            buf: Vec<u8>,
+            covered: u64,
+            done: bool,
+        }
+        let mut asked: std::collections::VecDeque<Asked> = std::collections::VecDeque::new();
+        let mut spare: Vec<Vec<u8>> = Vec::new();
+        let mut next = 0;
+        loop {
+            while next < reads.len()
+                && (asked.is_empty()
+                    || (asked.len() < DEPTH
+                        && asked.iter().map(|a| a.buf.len() as u64).sum::<u64>()
+                            + reads[next].1 as u64
+                            <= IN_FLIGHT))
+            {
+                let (offset, len) = reads[next];
+                if len > MAX_READ || offset.checked_add(len as u64).is_none_or(|e| e > self.size) {
+                    return Err(self
+                        .err(Fail::Protocol(format!(
+                            "a read at {offset} of {len} bytes beyond the export's {} bytes or larger than the client allows",
+                            self.size
+                        )))
+                        .to_string());
+                }
+                let cookie = self
+                    .request(CMD_READ, 0, offset, len)
+                    .map_err(|e| self.err(e).to_string())?;
+                let mut buf = spare.pop().unwrap_or_default();
+                buf.resize(len as usize, 0);
+                asked.push_back(Asked {
+                    cookie,
+                    offset,
+                    buf,
+                    covered: 0,
+                    done: false,
+                });
+                next += 1;
+            }
+            while asked.front().is_some_and(|a| a.done) {
+                let a = asked.pop_front().expect("a front");
+                if a.covered != a.buf.len() as u64 {
+                    return Err(self
+                        .err(Fail::Protocol(format!(
+                            "the read at {} of {} bytes was answered with {} bytes",
+                            a.offset,
+                            a.buf.len(),
+                            a.covered
+                        )))
+                        .to_string());
+                }
+                f(a.offset, &a.buf)?;
+                spare.push(a.buf);
+            }
+            if asked.is_empty() {
+                if next == reads.len() {
+                    return Ok(());
+                }
+                continue;
+            }
+            // A chunk of any read asked (the server may answer them in any order).
+            let lens: Vec<(u64, u32)> = asked
+                .iter()
+                .filter(|a| !a.done)
+                .map(|a| (a.cookie, a.buf.len() as u32))
+                .collect();
+            let (cookie, chunk) = self
+                .chunk_of(|c| lens.iter().find(|(k, _)| *k == c).map(|(_, l)| Some(*l)))
+                .map_err(|e| self.err(e).to_string())?;
+            let a = asked
+                .iter_mut()
+                .find(|a| a.cookie == cookie)
+                .expect("a cookie asked");
+            a.covered +=
+                place(a.offset, &mut a.buf, &chunk).map_err(|e| self.err(e).to_string())?;
+            a.done = chunk.done;
+        }
     }
 
     /// The extents of the export that the dirty bitmap marks, in order and merged:
@@ -360,13 +420,23 @@ impl Client {
     /// One structured reply chunk to `cookie` (a simple reply is taken as an error or as the
     /// whole answer to a read of `read_len`).
     fn chunk(&mut self, cookie: u64, read_len: Option<u32>) -> Result<Chunk, Fail> {
+        self.chunk_of(|c| (c == cookie).then_some(read_len))
+            .map(|(_, chunk)| chunk)
+    }
+
+    /// One structured reply chunk to a request whose cookie `asked` knows (and gives the
+    /// length of, for a read): the cookie and the chunk.
+    fn chunk_of(
+        &mut self,
+        asked: impl Fn(u64) -> Option<Option<u32>>,
+    ) -> Result<(u64, Chunk), Fail> {
         let s = &mut self.stream;
         let magic = read_u32(s)?;
         if magic == SIMPLE_REPLY_MAGIC {
             // Structured replies were agreed: a simple reply can only be an error.
             let error = read_u32(s)?;
             let c = read_u64(s)?;
-            if c != cookie {
+            if asked(c).is_none() {
                 return Err(Fail::Protocol("a reply to another request".into()));
             }
             return Err(Fail::Protocol(format!(
@@ -380,9 +450,9 @@ impl Client {
         let kind = read_u16(s)?;
         let c = read_u64(s)?;
         let len = read_u32(s)?;
-        if c != cookie {
+        let Some(read_len) = asked(c) else {
             return Err(Fail::Protocol("a reply to another request".into()));
-        }
+        };
         let limit = read_len.map_or(MAX_META, |l| (l + 8).max(MAX_META));
         if len > limit {
             return Err(Fail::Protocol(format!("a reply chunk of {len} bytes")));
@@ -408,17 +478,59 @@ impl Client {
                 printable(msg.as_bytes())
             )));
         }
-        Ok(Chunk {
-            kind,
-            done: flags & REPLY_FLAG_DONE != 0,
-            payload,
-        })
+        Ok((
+            c,
+            Chunk {
+                kind,
+                done: flags & REPLY_FLAG_DONE != 0,
+                payload,
+            },
+        ))
     }
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
         let _ = self.request(CMD_DISC, 0, 0, 0);
+    }
+}
+
+/// Puts the data or hole of `chunk`, a reply to the read at `offset` into `buf`, in its
+/// place: the bytes it covers.
+fn place(offset: u64, buf: &mut [u8], chunk: &Chunk) -> Result<u64, Fail> {
+    let len = buf.len() as u64;
+    match chunk.kind {
+        REPLY_TYPE_OFFSET_DATA | REPLY_TYPE_OFFSET_HOLE => {
+            let p = &chunk.payload;
+            if p.len() < 8 {
+                return Err(Fail::Protocol("a read chunk too short".into()));
+            }
+            let at = u64::from_be_bytes(p[..8].try_into().expect("8 bytes"));
+            let n = if chunk.kind == REPLY_TYPE_OFFSET_DATA {
+                (p.len() - 8) as u64
+            } else if p.len() == 12 {
+                u32::from_be_bytes(p[8..12].try_into().expect("4 bytes")) as u64
+            } else {
+                return Err(Fail::Protocol("a hole chunk of the wrong length".into()));
+            };
+            let start = at.checked_sub(offset).filter(|s| s + n <= len);
+            let Some(start) = start else {
+                return Err(Fail::Protocol(format!(
+                    "a read chunk at {at} of {n} bytes outside the read at {offset} of {len}"
+                )));
+            };
+            let dst = &mut buf[start as usize..(start + n) as usize];
+            if chunk.kind == REPLY_TYPE_OFFSET_DATA {
+                dst.copy_from_slice(&p[8..]);
+            } else {
+                dst.fill(0);
+            }
+            Ok(n)
+        }
+        REPLY_TYPE_NONE => Ok(0),
+        k => Err(Fail::Protocol(format!(
+            "an unexpected reply of type {k} to a read"
+        ))),
     }
 }
 

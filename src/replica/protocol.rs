@@ -51,7 +51,8 @@ pub enum Request {
         base: Option<String>,
     },
     /// Recovery side: the binary manifest to compare against (after settling an interrupted
-    /// update); with `digest`, only its BLAKE3 (hex, one line).
+    /// update); with `digest`, only its digest (hex, one line: the BLAKE3 of its header, which
+    /// the whole-image hash makes unique; `Manifest::digest`).
     Manifest {
         image: PathBuf,
         #[arg(long)]
@@ -60,8 +61,9 @@ pub enum Request {
         #[serde(default)]
         digest: bool,
     },
-    /// Source side: whether it kept the manifest of `image` whose BLAKE3 is `digest` (the
-    /// one it computed when it last sent it): `true` or `false`.
+    /// Source side: whether it kept the manifest of `image` whose digest is `digest` (the
+    /// one it computed when it last sent it): `true` or `false`. A replication no longer asks
+    /// it (`send` with `base` answers it by sending or refusing); kept for people.
     Kept {
         image: PathBuf,
         #[arg(long)]
@@ -318,6 +320,10 @@ impl Request {
         }
     }
 }
+
+/// What the source helper says when the manifest a send names by its digest is not the one
+/// it kept (the orchestrator then sends the recovery manifest itself).
+pub const NOT_KEPT: &str = "is no longer kept here";
 
 /// Why a request of protocol `theirs` is refused by this helper.
 pub fn refuse_request(theirs: u32) -> String {

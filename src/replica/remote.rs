@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::helper::Checked;
-use super::protocol::{Hello, PROTOCOL, Request, VERSION};
+use super::protocol::{Hello, NOT_KEPT, PROTOCOL, Request, VERSION};
 use super::store::{Applied, Point};
 use crate::ssh::{PipeOutput, Said, SshError, Transport};
 use crate::template::shell_quote;
@@ -729,18 +729,20 @@ impl<'a> Helpers<'a> {
             )
         };
         let mut send = send;
-        // The sides compare the digest of the recovery manifest first: when the source kept
-        // that very manifest (it made it when it last sent this image), it is not sent.
-        let base = match (&mut send, &base_req) {
+        // The sides compare the digest of the recovery manifest first: the stream's request
+        // names it, and the source reads against the manifest it kept when it is that very one
+        // (it made it when it last sent this image); only when it is not is the manifest
+        // itself sent, in a second try.
+        let digest = match (&send, &base_req) {
             (
-                Request::Send { image, base, .. },
+                Request::Send { .. },
                 Request::Manifest {
                     image: dst_image,
                     reread: false,
                     ..
                 },
             ) => {
-                let digest = self.call(
+                let d = self.call(
                     to,
                     &Request::Manifest {
                         image: dst_image.clone(),
@@ -750,57 +752,92 @@ impl<'a> Helpers<'a> {
                     &[],
                     r.deadline,
                 )?;
-                let digest = String::from_utf8_lossy(&digest).trim().to_string();
-                let kept = self.call(
+                Some(String::from_utf8_lossy(&d).trim().to_string())
+            }
+            _ => None,
+        };
+        let empty = super::blocks::Manifest::empty();
+        let mut tried = None;
+        if let (Request::Send { base, .. }, Some(d)) = (&mut send, &digest) {
+            if *d == empty.digest() {
+                // No copy yet: its manifest is the empty one, sent as it is.
+                tried = Some(self.stream(
                     from,
-                    &Request::Kept {
-                        image: image.clone(),
-                        digest: digest.clone(),
-                    },
-                    &[],
+                    src,
+                    to,
+                    dst,
+                    &send,
+                    &empty.encode(),
+                    &apply,
                     r.deadline,
-                )?;
-                if kept == b"true" {
-                    *base = Some(digest);
-                    Vec::new()
-                } else {
-                    self.call(to, &base_req, &[], r.deadline)?
+                )?);
+            } else {
+                *base = Some(d.clone());
+                let piped = self.stream(from, src, to, dst, &send, &[], &apply, r.deadline)?;
+                let not_kept = piped.read_exit != 0
+                    && !piped.write_failed_first
+                    && piped.stderr.contains(NOT_KEPT);
+                if !not_kept {
+                    tried = Some(piped);
                 }
             }
-            _ => self.call(to, &base_req, &[], r.deadline)?,
+        }
+        let (piped, manifest_len) = match tried {
+            Some(piped) => (piped, 64),
+            None => {
+                if let Request::Send { base, .. } = &mut send {
+                    *base = None;
+                }
+                let manifest = self.call(to, &base_req, &[], r.deadline)?;
+                let piped =
+                    self.stream(from, src, to, dst, &send, &manifest, &apply, r.deadline)?;
+                (piped, manifest.len())
+            }
         };
-        let manifest_len = if base.is_empty() { 64 } else { base.len() };
+        self.finish(from, src, to, dst, piped, manifest_len, began)
+            .map(|t| ImageTransfer { unit, ..t })
+    }
+
+    /// The source's stream of `send` (fed `base`) piped into the recovery side's `apply`.
+    #[allow(clippy::too_many_arguments)]
+    fn stream(
+        &self,
+        from: &str,
+        src: &str,
+        to: &str,
+        dst: &str,
+        send: &Request,
+        base: &[u8],
+        apply: &Request,
+        deadline: Duration,
+    ) -> Result<PipeOutput, ReplicaError> {
         let failed = |e: String| ReplicaError::Helper {
             host: to.to_string(),
             reason: format!("replicating {from}:{src} to {to}:{dst} failed: {e}"),
         };
         // Through the OpenSSH client, each side is a process (a helper here, or `ssh` carrying
         // it); else, when this machine is one of the two hosts, its side runs here: no relay.
-        let piped = if let Some((source, recovery)) =
-            self.bulk_sides(from, &send, to, &apply, r.deadline)?
-        {
-            Ok(pipe_processes(source, &base, recovery, r.deadline, &|| {
+        if let Some((source, recovery)) = self.bulk_sides(from, send, to, apply, deadline)? {
+            Ok(pipe_processes(source, base, recovery, deadline, &|| {
                 self.transport.interrupted()
             }))
         } else if self.is_here(to)? {
-            let send = self.command(&self.deploy(from)?, &send);
-            self.pipe_into_here(from, &send, &base, to, &apply, r.deadline)
+            let send = self.command(&self.deploy(from)?, send);
+            self.pipe_into_here(from, &send, base, to, apply, deadline)
         } else if self.is_here(from)? {
-            let apply = self.command(&self.deploy(to)?, &apply);
-            self.pipe_from_here(from, &send, &base, to, &apply, r.deadline)
+            let apply = self.command(&self.deploy(to)?, apply);
+            self.pipe_from_here(from, send, base, to, &apply, deadline)
         } else {
-            let send = self.command(&self.deploy(from)?, &send);
-            let apply = self.command(&self.deploy(to)?, &apply);
+            let send = self.command(&self.deploy(from)?, send);
+            let apply = self.command(&self.deploy(to)?, apply);
             self.transport
-                .pipe_with_input(from, &send, &base, to, &apply, r.deadline)
+                .pipe_with_input(from, &send, base, to, &apply, deadline)
                 .map_err(ReplicaError::from)
         }
         .map_err(|e| match e {
             ReplicaError::Ssh(e) => failed(e.to_string()),
             e => e,
-        })?;
-        self.finish(from, src, to, dst, piped, manifest_len, began)
-            .map(|t| ImageTransfer { unit, ..t })
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

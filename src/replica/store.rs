@@ -484,6 +484,65 @@ impl Store {
         Ok((m, note))
     }
 
+    /// The digest of [`Self::base_manifest`] ([`Manifest::digest`]): from the saved
+    /// manifest's header alone when it can be trusted, so that it costs the same for any size
+    /// of copy.
+    pub fn base_digest(&self, reread: bool) -> Result<String, StoreError> {
+        if !reread && let Some((size, whole)) = self.trusted_header()? {
+            return Ok(blocks::digest(size, &whole));
+        }
+        self.base_manifest(reread).map(|(m, _)| m.digest())
+    }
+
+    /// The size and whole hash of the saved manifest, when [`Self::base_manifest`] would
+    /// answer it as it is: no update or roll-back to settle, points, a saved manifest of the
+    /// right length whose mirror was not changed behind it. Else `None`: the long way then.
+    fn trusted_header(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        let _lock = self.lock()?;
+        let unsettled = [
+            "rollback.json",
+            "rollback.img",
+            "journal",
+            "delta.pending",
+            "staging",
+            "notes",
+        ]
+        .iter()
+        .any(|name| self.path(name).exists());
+        if unsettled || self.refuse_in_use().is_err() || !self.image.is_file() {
+            return Ok(None);
+        }
+        // Read only: anything to settle or say is left to the long way.
+        let PointsRead::Read {
+            points,
+            source: PointsSource::Current,
+        } = meta::read_points(&self.dir)
+        else {
+            return Ok(None);
+        };
+        let stamp = std::fs::read_to_string(self.path("stamp")).ok();
+        if points.is_empty()
+            || self.changed_since(&points).is_some()
+            || stamp.is_none()
+            || stamp != self.stamp()
+        {
+            return Ok(None);
+        }
+        let path = self.path("manifest");
+        let Ok(mut f) = File::open(&path) else {
+            return Ok(None);
+        };
+        let mut h = [0u8; 56];
+        if f.read_exact(&mut h).is_err() {
+            return Ok(None);
+        }
+        let Some((size, whole)) = blocks::read_header(&h) else {
+            return Ok(None);
+        };
+        let len = f.metadata().map_err(io_err(&path))?.len();
+        Ok((len == 56 + 32 * blocks::count(size)).then_some((size, whole)))
+    }
+
     /// [`Self::recover`] before a replication writes: a record of an interrupted update or
     /// roll-back that cannot be read leaves the copy in an unknown state, so its history is
     /// ended and the replication makes a first point again (said).
@@ -597,7 +656,14 @@ impl Store {
             points.clear();
         }
         let recovered = (!notes.is_empty()).then(|| notes.join("; "));
-        let header = wire::read_header(input).map_err(stream_err)?;
+        let header = wire::read_header(input).map_err(|e| {
+            // No stream at all (the source refused to send): what was to be said is said by
+            // the next try.
+            if let Some(n) = &recovered {
+                let _ = meta::write_file(&self.dir, "notes", n.as_bytes(), false);
+            }
+            stream_err(e)
+        })?;
         let fresh = !self.image.is_file();
         let base = if fresh {
             Manifest::empty()

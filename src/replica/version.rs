@@ -7,8 +7,10 @@
 /// (its block stream starts `RPRSTR1`, its tree stream has no header). Version 3: a source
 /// reads the disk as the guest sees it (NBD, dirty bitmaps), points say how, and the sides
 /// compare a digest of the manifest before sending it. Version 4 carries vm definitions with
-/// points (`Request::PutDefinition`, `Request::Definition`, `apply --definition`).
-pub const PROTOCOL: u32 = 4;
+/// points (`Request::PutDefinition`, `Request::Definition`, `apply --definition`). Version 5:
+/// the stream's request carries the recovery manifest's digest (a source that did not keep
+/// that manifest refuses at once), and a manifest's digest is that of its header.
+pub const PROTOCOL: u32 = 5;
 
 /// The version of this program, as helpers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
