@@ -1195,7 +1195,7 @@ fn definition_changes(
         .steps
         .iter()
         .filter_map(|s| s.replica.as_ref()?.define.as_ref())
-        .any(|d| definitions::recorded(&dir, &d.host, &d.fit.name).is_some());
+        .any(|d| definitions::recorded(&dir, &d.host, &d.fit.name, d.format).is_some());
     if !kept {
         return String::new();
     }
@@ -1214,7 +1214,7 @@ fn definition_changes(
     let mut out = String::from("\nDefinitions, against the last one defined on each host:\n");
     for p in definitions::prospects(&helpers, plan, &|n| secrets(n)) {
         let head = format!("  vm {} as {} on {}", p.vm, p.name, p.host);
-        let kept = definitions::recorded(&dir, &p.host, &p.name);
+        let kept = definitions::recorded(&dir, &p.host, &p.name, p.format);
         match (&p.result, kept) {
             (Err(why), _) => out.push_str(&format!(
                 "{head}: from {}, cannot be used: {why}\n",

@@ -318,18 +318,17 @@ fn snapshot_hook(
 
 /// The driver's `definition` action of a vm whose driver carries definitions: its host (the
 /// primary) and command.
-fn capture_action(model: &Model, vm: &VmImages) -> Option<(String, crate::template::Command)> {
+fn capture_action(
+    model: &Model,
+    vm: &VmImages,
+) -> Option<(String, crate::template::Command, crate::vmdef::Format)> {
     if vm.backup {
         return None;
     }
     let v = model.inventory.vms.get(&vm.id)?;
-    model
-        .inventory
-        .drivers
-        .get(&v.driver.value)?
-        .defines()
-        .then_some(())?;
-    crate::plan::replicate_hook(model, v, "definition")
+    let driver = model.inventory.drivers.get(&v.driver.value)?;
+    let format = driver.definition_format.filter(|_| driver.defines())?;
+    crate::plan::replicate_hook(model, v, "definition").map(|(h, c)| (h, c, format))
 }
 
 /// Captures the definition of `vm` from its primary, stored beside the copy of its first disk
@@ -341,14 +340,17 @@ fn capture_definition(
     vm: &VmImages,
     out: &mut Outcome,
 ) -> Result<Option<String>, ()> {
-    let (Some((host, cmd)), Some(first)) = (capture_action(model, vm), vm.images.first()) else {
+    let (Some((host, cmd, format)), Some(first)) = (capture_action(model, vm), vm.images.first())
+    else {
         return Ok(None);
     };
     let captured = cmd
         .expose(|n| std::env::var(n).ok())
         .map_err(|m| format!("secret {m} is not set in the environment"))
         .and_then(|text| {
-            crate::replica::definitions::capture(helpers, &host, &text, &first.to, &first.dst)
+            crate::replica::definitions::capture(
+                helpers, format, &host, &text, &first.to, &first.dst,
+            )
         });
     match captured {
         Ok(h) => {
@@ -428,7 +430,7 @@ fn replicate_plan(model: &Model, vms: &[VmImages]) -> String {
         if let Some((host, cmd)) = hook("replicate-begin") {
             s.push_str(&format!("  on {host}: {}\n", cmd));
         }
-        if let Some((host, cmd)) = capture_action(model, vm) {
+        if let Some((host, cmd, _)) = capture_action(model, vm) {
             s.push_str(&format!("  definition from {host}: {cmd}\n"));
         }
         for img in &vm.images {
@@ -439,16 +441,6 @@ fn replicate_plan(model: &Model, vms: &[VmImages]) -> String {
         }
         if let Some((host, cmd)) = hook("replicate-end") {
             s.push_str(&format!("  on {host}: {}\n", cmd));
-        }
-        if let Some(h) = (!vm.backup)
-            .then(|| model.inventory.vms.get(&vm.id))
-            .flatten()
-            .and_then(|v| crate::plan::definition_hooks(model, v))
-        {
-            s.push_str(&format!(
-                "  definition: on {}: {} | on {}: {}\n",
-                h.from, h.capture, h.to, h.store
-            ));
         }
     }
     s
@@ -728,7 +720,6 @@ fn replicate_all(
             deadline: std::time::Duration::from_secs(7200),
             definition,
         };
-        let mut copied_all = true;
         for (i, img) in vm.images.iter().enumerate() {
             // Only the first disk's point records the definition (it is kept beside it).
             if i == 1 {
@@ -737,7 +728,6 @@ fn replicate_all(
             let name = img.src.rsplit('/').next().unwrap_or(&img.src);
             if stopped() {
                 left.push(name);
-                copied_all = false;
                 continue;
             }
             let label = format!("{} {name}", vm.id);
@@ -763,12 +753,10 @@ fn replicate_all(
                         vm.id, img.to, img.dst
                     ));
                     left.push(name);
-                    copied_all = false;
                 }
                 Err(e) => {
                     out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
                     out.code = exit::FAILED;
-                    copied_all = false;
                 }
             }
         }
@@ -778,20 +766,6 @@ fn replicate_all(
             Err(e) => {
                 out.stderr.push_str(&e);
                 out.code = exit::FAILED;
-            }
-        }
-        // The vm's definition goes with the disks it describes.
-        if let Some(hooks) = (!vm.backup && copied_all)
-            .then(|| model.inventory.vms.get(&vm.id))
-            .flatten()
-            .and_then(|v| crate::plan::definition_hooks(model, v))
-        {
-            match crate::replica::definition::carry(transport, &hooks, &|n| std::env::var(n).ok()) {
-                Ok(line) => out.stdout.push_str(&format!("{}: {line}\n", vm.id)),
-                Err(e) => {
-                    out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
-                    out.code = exit::FAILED;
-                }
             }
         }
     }
