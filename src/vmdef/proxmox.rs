@@ -209,7 +209,7 @@ impl Conf {
         }
         let mut keys: Vec<(&String, &String)> =
             self.keys.iter().filter(|(k, _)| *k != "digest").collect();
-        keys.sort_by(|a, b| order(a.0).cmp(&order(b.0)));
+        keys.sort_by_key(|(k, _)| order(k));
         for (k, v) in keys {
             out.push_str(&format!("{k}: {v}\n"));
         }
