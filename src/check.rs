@@ -2403,7 +2403,7 @@ mod tests {
             "libvirt replicate-begin: virsh",
             "libvirt replicate-end: awk grep head qemu-img rm sed virsh virt-xml",
             "proxmox definition: qm",
-            "proxmox define: awk cat grep mv printf qm readlink rm",
+            "proxmox define: awk cat grep mv qm readlink rm",
             "proxmox undefine: qm rm",
             "proxmox start: qm",
             "proxmox stop: qm",
