@@ -325,6 +325,28 @@ pub(super) fn rewrite(conf: &Conf, fit: &Fit) -> Result<Fitted, DefinitionError>
                 ));
                 continue;
             }
+            // `qm config` prints the description as one line, URI-encoded (a newline is
+            // `%0A`); the file keeps it as `#` lines, each encoded the same way.
+            ("description", _) => {
+                let mut rest = value.as_str();
+                while !rest.is_empty() {
+                    let cut = rest
+                        .char_indices()
+                        .find(|(i, _)| {
+                            rest[*i..]
+                                .get(..3)
+                                .is_some_and(|p| p.eq_ignore_ascii_case("%0a"))
+                        })
+                        .map(|(i, _)| i);
+                    let (line, next) = match cut {
+                        Some(i) => (&rest[..i], &rest[i + 3..]),
+                        None => (rest, ""),
+                    };
+                    out.comments.push(line.to_string());
+                    rest = next;
+                }
+                continue;
+            }
             ("onboot", _) => {
                 if !fit.drill && value.trim() != "0" {
                     notes.push(
@@ -510,6 +532,7 @@ mod tests {
 
     /// As `qm config 120 --current 1` prints it.
     const CONF: &str = "agent: 1
+description: ERP database%0A%0ASee the wiki%3A erp
 boot: order=scsi0;ide2;net0
 cores: 2
 ide2: local:iso/debian-12.iso,media=cdrom,size=628M
