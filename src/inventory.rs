@@ -308,9 +308,10 @@ impl Inventory {
             .or_else(|| self.site_of(host).and_then(|s| s.networks.as_ref()))
     }
 
-    /// The drill network of `host` (its `drill_network`, else the default): where a drill
-    /// puts every NIC of the copies it defines there.
-    pub fn drill_network_of(&self, host: &str) -> String {
+    /// The drill network of `host` for a vm of `driver` (its `drill_network`, else the
+    /// driver's default: a Proxmox node's is a bridge): where a drill puts every NIC of the
+    /// copies it defines there.
+    pub fn drill_network_of(&self, host: &str, driver: &str) -> String {
         match self
             .hosts
             .get(host)
@@ -318,7 +319,9 @@ impl Inventory {
         {
             Some(VarValue::Text(t)) => t.clone(),
             // Refused when the inventory is loaded: the network is known when the plan is made.
-            Some(VarValue::Secret { .. }) | None => DEFAULT_DRILL_NETWORK.to_string(),
+            Some(VarValue::Secret { .. }) | None => var_default("drill_network", Some(driver))
+                .unwrap_or(DEFAULT_DRILL_NETWORK)
+                .to_string(),
         }
     }
 }

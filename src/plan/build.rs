@@ -1542,17 +1542,7 @@ pub fn define_use(
     }
     let nics = if drill {
         // The host's drill network, which the driver's `drill-start` makes sure of.
-        let network = match inv
-            .hosts
-            .get(&host)
-            .and_then(|h| h.vars.get("drill_network"))
-        {
-            Some(crate::inventory::VarValue::Text(t)) => t.clone(),
-            _ => crate::inventory::var_default("drill_network", Some(&vm.driver.value))
-                .unwrap_or(crate::inventory::DEFAULT_DRILL_NETWORK)
-                .to_string(),
-        };
-        crate::vmdef::Nics::All(network)
+        crate::vmdef::Nics::All(inv.drill_network_of(&host, &vm.driver.value))
     } else {
         crate::vmdef::Nics::Map(inv.networks_of(&host).cloned().unwrap_or_default())
     };
