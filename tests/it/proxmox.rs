@@ -832,3 +832,48 @@ fn a_hostile_proxmox_configuration_is_refused_and_nothing_is_defined() {
         "{status}"
     );
 }
+
+/// A start that fails on the recovery node after reprise defined the vm there (a bridge the
+/// node does not have) removes only the configuration it wrote: the copies, the vm's
+/// volumes there, stay (never `qm destroy`).
+#[test]
+fn a_failed_proxmox_start_undefines_the_vm_and_keeps_its_copies() {
+    let lab = Lab::up(213);
+    let hosts = lab.dir.path().join("inventory/hosts.toml");
+    let text = std::fs::read_to_string(&hosts).unwrap();
+    let mapped = "networks = { vmbr0 = \"vmbr0\", vmbr1 = \"vmbr1\" }";
+    assert!(text.contains(mapped), "{text}");
+    // hv2 is the second hypervisor: its mapping sends vmbr1 to a bridge it lacks.
+    let at = text.rfind(mapped).unwrap();
+    let text = format!(
+        "{}networks = {{ vmbr0 = \"vmbr0\", vmbr1 = \"vmbr9\" }}{}",
+        &text[..at],
+        &text[at + mapped.len()..]
+    );
+    std::fs::write(&hosts, text).unwrap();
+    let copies: Vec<PathBuf> = ["101/vm-101-disk-0.qcow2"]
+        .iter()
+        .map(|d| lab.images("hv2").join(d))
+        .collect();
+    let before: Vec<Vec<u8>> = copies.iter().map(|c| digest(c)).collect();
+    let failover = lab.with(&["failover", "--emergency", "--yes", "--no-prompt"]);
+    assert_ne!(failover.code, 0, "{failover:?}");
+    let shown = lab.shown();
+    for expected in [
+        "vmid 101 defined (",
+        "bridge 'vmbr9' does not exist",
+        "db, defined on hv2 for this step, was undefined again",
+    ] {
+        assert!(shown.contains(expected), "{expected} in {shown}");
+    }
+    assert!(!lab.conf_path("hv2", 101).exists());
+    let after: Vec<Vec<u8>> = copies.iter().map(|c| digest(c)).collect();
+    assert_eq!(after, before, "the copies changed");
+    assert!(
+        !lab.qm_calls("hv2")
+            .iter()
+            .any(|c| c.starts_with("qm destroy")),
+        "{:?}",
+        lab.qm_calls("hv2")
+    );
+}
