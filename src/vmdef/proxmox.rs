@@ -625,6 +625,10 @@ vmgenid: 0f9d1d4e-6a51-4f7e-9a43-1d2b3c4d5e6f
                 !line.contains("tag=") && !line.contains("BC:24:11:AA"),
                 "{line}"
             );
+            // A locally administered unicast address: no vendor's, never a group's.
+            let mac = line.split(['=', ',']).nth(1).unwrap();
+            let first = u8::from_str_radix(&mac[..2], 16).unwrap();
+            assert_eq!(first & 0x03, 0x02, "{line}");
         }
         for gone in ["hookscript", "onboot", "4dea22b3", "0f9d1d4e", "erp;prod"] {
             assert!(!got.text.contains(gone), "{gone} in\n{}", got.text);
