@@ -746,6 +746,32 @@ fn a_proxmox_drill_copy_is_on_the_drill_bridge_and_leaves_nothing_behind() {
     }
     let after: Vec<Vec<u8>> = copies.iter().map(|c| digest(c)).collect();
     assert_eq!(after, before, "the drill wrote into the copies");
+
+    // The dry run compares the configuration a drill would use with the one it last used.
+    let same = lab.with(&["drill", "--dry-run", "--service", "app", "--only"]);
+    assert_eq!(same.code, 0, "{same:?}");
+    assert!(
+        same.stdout
+            .contains("vm app as drill-app on hv2: unchanged"),
+        "{same:?}"
+    );
+    let text = lab
+        .conf("hv1", 102)
+        .replace("memory: 512\n", "memory: 768\n");
+    std::fs::write(lab.conf_path("hv1", 102), text).unwrap();
+    let replicated = lab.with(&["replicate", "--service", "app"]);
+    assert_eq!(replicated.code, 0, "{replicated:?}");
+    let changed = lab.with(&["drill", "--dry-run", "--service", "app", "--only"]);
+    assert_eq!(changed.code, 0, "{changed:?}");
+    assert!(
+        changed
+            .stdout
+            .contains("vm app as drill-app on hv2: CHANGED since it was last defined there"),
+        "{changed:?}"
+    );
+    let lines: Vec<&str> = changed.stdout.lines().map(str::trim_start).collect();
+    assert!(lines.contains(&"- memory: 512"), "{changed:?}");
+    assert!(lines.contains(&"+ memory: 768"), "{changed:?}");
 }
 
 /// A configuration reprise cannot read or fit is refused with what is wrong and what to
