@@ -903,3 +903,29 @@ fn a_failed_proxmox_start_undefines_the_vm_and_keeps_its_copies() {
         lab.qm_calls("hv2")
     );
 }
+
+/// The recovery node already has a vm of another name under the vmid: the failover does not
+/// write over its configuration, says whose it is and what to do, and starts nothing.
+#[test]
+fn a_proxmox_failover_never_overwrites_another_vms_configuration() {
+    let lab = Lab::up(214);
+    let theirs = "name: accounting\nmemory: 1024\nscsi0: local:101/vm-101-disk-0.qcow2\n";
+    std::fs::write(lab.conf_path("hv2", 101), theirs).unwrap();
+    let failover = lab.with(&["failover", "--emergency", "--yes", "--no-prompt"]);
+    assert_ne!(failover.code, 0, "{failover:?}");
+    let shown = lab.shown();
+    assert!(
+        shown.contains(
+            "/etc/pve/qemu-server/101.conf is the configuration of another vm (named 'accounting'), not of vmid 101 ('db'): not overwritten; remove or renumber that vm, or give this one another vmid"
+        ),
+        "{shown}"
+    );
+    assert_eq!(lab.conf("hv2", 101), theirs);
+    assert!(
+        !lab.qm_calls("hv2")
+            .iter()
+            .any(|c| c.starts_with("qm start")),
+        "{:?}",
+        lab.qm_calls("hv2")
+    );
+}
