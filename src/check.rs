@@ -218,11 +218,6 @@ impl Plans {
                     hooks.push((host, format!("{action} of vm {}", vm.id), cmd.to_string()));
                 }
             }
-            if let Some(h) = plan::definition_hooks(model, vm) {
-                let what = |action| format!("{action} of vm {}", vm.id);
-                hooks.push((h.from, what("config-capture"), h.capture.to_string()));
-                hooks.push((h.to, what("config-store"), h.store.to_string()));
-            }
         }
         let drills = drill_starts(model, &by_mode);
         for d in &drills {
@@ -2383,9 +2378,7 @@ mod tests {
         for (driver, actions) in doc["drivers"].as_table().unwrap() {
             for (action, cmd) in actions.as_table().unwrap() {
                 // `definition_format` names a format, not a command.
-                if !crate::inventory::VM_ACTIONS.contains(&action.as_str())
-                    && !crate::inventory::DEFINITION_ACTIONS.contains(&action.as_str())
-                {
+                if !crate::inventory::VM_ACTIONS.contains(&action.as_str()) {
                     continue;
                 }
                 let mut words = command_words(&rendered(cmd.as_str().unwrap()));
@@ -2409,14 +2402,15 @@ mod tests {
             "libvirt replicate-check: awk sort virsh",
             "libvirt replicate-begin: virsh",
             "libvirt replicate-end: awk grep head qemu-img rm sed virsh virt-xml",
-            "proxmox config-capture: qm",
-            "proxmox config-store: cat grep mkdir mv rm sync",
-            "proxmox start: awk grep qm",
+            "proxmox definition: qm",
+            "proxmox define: awk cat grep mv qm readlink rm",
+            "proxmox undefine: qm rm",
+            "proxmox start: qm",
             "proxmox stop: qm",
             "proxmox status: qm",
             "proxmox autostart-off: qm",
             "proxmox autostart-on: qm",
-            "proxmox drill-start: awk ip mkdir qemu-img qm",
+            "proxmox drill-start: awk grep ip mkdir qemu-img qm",
             "proxmox drill-network-check: awk ip",
             "proxmox drill-stop: grep qemu-img qm rm rmdir",
             "proxmox replicate-check: qm",

@@ -403,8 +403,8 @@ pub enum Command {
     ///
     /// A running VM's disks are frozen by its driver's snapshot hooks (`replicate-begin`,
     /// `replicate-end`) while they are read (a VM that cannot be frozen is not copied); its
-    /// definition goes with them when its driver carries one (`config-capture`,
-    /// `config-store`: Proxmox's `qm config`); `--dry-run` shows them.
+    /// definition (its driver's `definition`: libvirt's domain XML, Proxmox's `qm config`)
+    /// goes with each new point; `--dry-run` shows them.
     #[command(
         after_help = "Examples:\n  reprise replicate\n  reprise replicate --service erp-db --verify\n  reprise replicate --scan    (every block read, also for vms with changed_blocks)\n  REPRISE_HERE=hv-pra reprise replicate --compress    (on the recovery host, over a slow link)"
     )]
@@ -1234,7 +1234,7 @@ fn definition_changes(
         .steps
         .iter()
         .filter_map(|s| s.replica.as_ref()?.define.as_ref())
-        .any(|d| definitions::recorded(&dir, &d.host, &d.fit.name).is_some());
+        .any(|d| definitions::recorded(&dir, &d.host, &d.fit.name, d.format).is_some());
     if !kept {
         return String::new();
     }
@@ -1253,7 +1253,7 @@ fn definition_changes(
     let mut out = String::from("\nDefinitions, against the last one defined on each host:\n");
     for p in definitions::prospects(&helpers, plan, &|n| secrets(n)) {
         let head = format!("  vm {} as {} on {}", p.vm, p.name, p.host);
-        let kept = definitions::recorded(&dir, &p.host, &p.name);
+        let kept = definitions::recorded(&dir, &p.host, &p.name, p.format);
         match (&p.result, kept) {
             (Err(why), _) => out.push_str(&format!(
                 "{head}: from {}, cannot be used: {why}\n",

@@ -279,11 +279,6 @@ pub const VM_ACTIONS: &[&str] = &[
     "undefine",
 ];
 
-/// Driver actions that are no runbook step: a vm's definition captured on its primary host
-/// with each replication (`config-capture` prints it) and kept on its recovery host
-/// (`config-store` reads it on its standard input).
-pub const DEFINITION_ACTIONS: &[&str] = &["config-capture", "config-store"];
-
 /// A hypervisor driver: one command template per VM action.
 #[derive(Debug, Clone)]
 pub struct Driver {
@@ -313,9 +308,10 @@ impl Inventory {
             .or_else(|| self.site_of(host).and_then(|s| s.networks.as_ref()))
     }
 
-    /// The drill network of `host` (its `drill_network`, else the default): where a drill
-    /// puts every NIC of the copies it defines there.
-    pub fn drill_network_of(&self, host: &str) -> String {
+    /// The drill network of `host` for a vm of `driver` (its `drill_network`, else the
+    /// driver's default: a Proxmox node's is a bridge): where a drill puts every NIC of the
+    /// copies it defines there.
+    pub fn drill_network_of(&self, host: &str, driver: &str) -> String {
         match self
             .hosts
             .get(host)
@@ -323,7 +319,9 @@ impl Inventory {
         {
             Some(VarValue::Text(t)) => t.clone(),
             // Refused when the inventory is loaded: the network is known when the plan is made.
-            Some(VarValue::Secret { .. }) | None => DEFAULT_DRILL_NETWORK.to_string(),
+            Some(VarValue::Secret { .. }) | None => var_default("drill_network", Some(driver))
+                .unwrap_or(DEFAULT_DRILL_NETWORK)
+                .to_string(),
         }
     }
 }
@@ -575,7 +573,7 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
         });
         for_each_entry(&mut root, "drivers", diags, |id, t, diags| {
             let mut actions = IndexMap::new();
-            for action in VM_ACTIONS.iter().chain(DEFINITION_ACTIONS) {
+            for action in VM_ACTIONS {
                 if let Some(cmd) = t.text(action, diags) {
                     actions.insert(action.to_string(), cmd);
                 }
@@ -958,7 +956,7 @@ fn read_probe(
 }
 
 /// Host variables that name a folder reprise (or its drivers) put files in: absolute paths.
-pub const PATH_VARS: &[&str] = &["images_dir", "overlays_dir"];
+pub const PATH_VARS: &[&str] = &["images_dir", "overlays_dir", "pve_dir"];
 
 /// Host variables that have a value when the inventory gives none: the recovery host's
 /// isolated drill network (`drill_network`) and the address the host takes on it when a
@@ -981,6 +979,9 @@ pub const PROXMOX_DRILL_BRIDGE: &str = "vmbr-drill";
 pub fn var_default(name: &str, driver: Option<&str>) -> Option<&'static str> {
     match (name, driver) {
         ("drill_network", Some("proxmox")) => Some(PROXMOX_DRILL_BRIDGE),
+        // The folder of Proxmox's cluster file system (its vm configurations under
+        // `qemu-server/`).
+        ("pve_dir", Some("proxmox")) => Some("/etc/pve"),
         _ => VAR_DEFAULTS
             .iter()
             .find(|(k, _)| *k == name)

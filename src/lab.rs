@@ -228,6 +228,10 @@ fn overlay_text(
         // storages, say) may not name: hypervisors of vms get the lab's own when they lack them.
         let primary = vms.values().any(|v| v.primary_host == host.id);
         let recovery = vms.values().any(|v| v.recovery_host == host.id);
+        // A Proxmox node's /etc/pve is the lab host's own, where the `qm` stand-in reads it.
+        let proxmox = vms
+            .values()
+            .any(|v| v.vmid.is_some() && (v.primary_host == host.id || v.recovery_host == host.id));
         for (var, needed, dir) in [
             (
                 "images_dir",
@@ -235,6 +239,7 @@ fn overlay_text(
                 "/var/lib/reprise-lab/images",
             ),
             ("overlays_dir", recovery, "/var/lib/reprise-lab/overlays"),
+            ("pve_dir", proxmox, "/etc/pve"),
         ] {
             if needed && !host.vars.contains_key(var) {
                 let moved = format!("{}{dir}", host_root(lab, &host.id).display());
@@ -859,8 +864,8 @@ pub const PROXMOX_BRIDGES: &[(&str, &str)] = &[
 /// directory storage `local` (`/etc/pve/storage.cfg`, whose `images` folder is the host's
 /// `images_dir`), its bridges (`/etc/network/interfaces`), and on the primary each vm's
 /// configuration (`/etc/pve/qemu-server/<vmid>.conf`: two NICs, its disks as volumes of
-/// `local`, the guest agent on). The recovery node gets no vm configuration: replication
-/// brings it (the driver's `config-capture`).
+/// `local`, the guest agent on). The recovery node gets no vm configuration: each replica
+/// point carries it (the driver's `definition`), and reprise defines the vm from it.
 fn proxmox_nodes(model: &Model, state: &LabState) -> Result<(), LabError> {
     for vm in state.vms.values() {
         let Some(vmid) = vm.vmid else { continue };
@@ -957,11 +962,14 @@ fn seed_points(model: &Model) -> Result<(), LabError> {
         };
         // Its definition goes with the point, beside its first disk's copy.
         let mut definition = None;
-        if let (Some((host, cmd)), Some(first)) = (
+        if let (Some((host, cmd, format)), Some(first)) = (
             inv.drivers
                 .get(&vm.driver.value)
                 .filter(|d| d.defines())
-                .and_then(|_| plan::replicate_hook(model, vm, "definition")),
+                .and_then(|d| {
+                    let format = d.definition_format?;
+                    plan::replicate_hook(model, vm, "definition").map(|(h, c)| (h, c, format))
+                }),
             vm.disks.first(),
         ) {
             let text = cmd
@@ -973,6 +981,7 @@ fn seed_points(model: &Model) -> Result<(), LabError> {
             definition = Some(
                 crate::replica::definitions::capture(
                     &helpers,
+                    format,
                     &host,
                     &text,
                     to,
@@ -1039,19 +1048,6 @@ fn seed_points(model: &Model) -> Result<(), LabError> {
             })
             .collect()
     });
-    let mut failed = failed;
-    // The vms' definitions go with their disks (a Proxmox vm's `qm config`).
-    if failed.is_empty() {
-        for vm in inv.vms.values() {
-            if let Some(hooks) = plan::definition_hooks(model, vm)
-                && let Err(e) = crate::replica::definition::carry(&transport, &hooks, &|n| {
-                    std::env::var(n).ok()
-                })
-            {
-                failed.push(format!("vm {}: {e}", vm.id));
-            }
-        }
-    }
     if failed.is_empty() {
         Ok(())
     } else {
@@ -1810,13 +1806,14 @@ fn lab_vm(state: &LabState, host: &str, args: &[String]) -> i32 {
                 eprintln!("lab-vm: reading the definition: {e}");
                 return 1;
             }
-            let defined_name = match crate::vmdef::Definition::parse(&bytes) {
-                Ok(d) => d.name().unwrap_or_default(),
-                Err(e) => {
-                    eprintln!("lab-vm: {e}");
-                    return 1;
-                }
-            };
+            let defined_name =
+                match crate::vmdef::Definition::parse(crate::vmdef::Format::LibvirtXml, &bytes) {
+                    Ok(d) => d.name().unwrap_or_default(),
+                    Err(e) => {
+                        eprintln!("lab-vm: {e}");
+                        return 1;
+                    }
+                };
             if defined_name != *name && defined_name != format!("drill-{name}") {
                 eprintln!("lab-vm: the definition is of `{defined_name}`, not of {name}");
                 return 1;

@@ -1041,7 +1041,6 @@ async fn run_step_inner(
             retention,
             snapshot,
             capture,
-            definition,
             guest,
         } => {
             if *guest == Some(true) {
@@ -1107,7 +1106,8 @@ async fn run_step_inner(
             let taken_at = Utc::now();
             // The vm's definition goes with the point (beside the copy of its first disk).
             let mut captured_def = None;
-            if let (Some(cmd), Some((_, first))) = (capture, items.first()) {
+            if let (Some((cmd, format)), Some((_, first))) = (capture, items.first()) {
+                let format = *format;
                 let captured = match cmd.expose(|n| (ctx.secrets)(n)) {
                     Err(missing) => Err(format!("secret {missing} is not set in the environment")),
                     Ok(text) => {
@@ -1120,7 +1120,7 @@ async fn run_step_inner(
                         tokio::task::spawn_blocking(move || {
                             let helpers = crate::replica::remote::Helpers::new(transport.as_ref());
                             crate::replica::definitions::capture(
-                                &helpers, &from, &text, &to, &first,
+                                &helpers, format, &from, &text, &to, &first,
                             )
                         })
                         .await
@@ -1238,33 +1238,6 @@ async fn run_step_inner(
                     exit_code: None,
                 }));
                 return outcome(StepStatus::Failed, 1, Some(e));
-            }
-            // The vm's definition goes with the disks it describes.
-            if let Some(hooks) = definition.as_deref().cloned() {
-                let transport = ctx.transport.clone();
-                let secrets = ctx.secrets.clone();
-                let carried = tokio::task::spawn_blocking(move || {
-                    crate::replica::definition::carry(transport.as_ref(), &hooks, &|n| (secrets)(n))
-                })
-                .await
-                .unwrap_or_else(|e| Err(format!("the definition task failed: {e}")));
-                match carried {
-                    Ok(line) => {
-                        report.push_str(&line);
-                        report.push('\n');
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Msg::Event(Event::StepOutput {
-                            at: Utc::now(),
-                            step: step.id.clone(),
-                            attempt: 1,
-                            stdout: report,
-                            stderr: e.clone(),
-                            exit_code: None,
-                        }));
-                        return outcome(StepStatus::Failed, 1, Some(e));
-                    }
-                }
             }
             let _ = tx.send(Msg::Event(Event::StepOutput {
                 at: Utc::now(),
@@ -1666,7 +1639,7 @@ async fn keep_defined(
     let command = current
         .expose(|n| (ctx.secrets)(n))
         .map_err(|missing| format!("secret {missing} is not set in the environment"))?;
-    let (transport, mut fit) = (ctx.transport.clone(), d.fit.clone());
+    let (transport, mut fit, format) = (ctx.transport.clone(), d.fit.clone(), d.format);
     // The host's definition is already fitted: its NICs are on this host's own networks.
     if let crate::vmdef::Nics::Map(map) = &fit.nics {
         fit.nics = crate::vmdef::Nics::Map(map.values().map(|v| (v.clone(), v.clone())).collect());
@@ -1685,9 +1658,10 @@ async fn keep_defined(
         if out.exit_code != 0 {
             return Err(cannot(format!("{host} defines no {name}")));
         }
-        let def = crate::vmdef::Definition::parse(&out.stdout)
+        let def = crate::vmdef::Definition::parse(format, &out.stdout)
             .map_err(|e| cannot(format!("what {host} defines as {name} is refused: {e}")))?;
-        if def.name().as_deref() != Some(name.as_str()) {
+        // A libvirt domain is its name; a Proxmox vm is its vmid, which `definition` names.
+        if format == crate::vmdef::Format::LibvirtXml && def.name().as_deref() != Some(name.as_str()) {
             return Err(cannot(format!(
                 "what {host} gives for {name} is the definition of {:?}",
                 def.name().unwrap_or_default()
@@ -1759,6 +1733,7 @@ async fn define_vm(
                 };
                 let (def, hash, guest_view) = crate::replica::definitions::fetch(
                     &helpers,
+                    d.format,
                     &d.from_host,
                     &d.from_copy,
                     &point,
@@ -1773,7 +1748,8 @@ async fn define_vm(
             }
             // A drill of a copy started as it is: what the primary holds now.
             Err((primary, cmd)) => {
-                let def = crate::replica::definitions::read_current(&helpers, &primary, &cmd)?;
+                let def =
+                    crate::replica::definitions::read_current(&helpers, d.format, &primary, &cmd)?;
                 let from = format!(
                     "the definition {primary} holds now (its copy is started as it is, with no point, so no definition comes with it)"
                 );
@@ -1808,7 +1784,7 @@ async fn define_vm(
             // The last definition used on that host for that name: the next dry run
             // shows what changed since.
             let _ =
-                crate::replica::definitions::record(&dir, &d.host, &d.fit.name, &def.canonical());
+                crate::replica::definitions::record(&dir, &d.host, &d.fit.name, &def);
         }
         let mut note = format!("{} defined on {} from {from}", d.fit.name, d.host);
         for n in fitted.notes {

@@ -14,11 +14,18 @@
 //! `qemu:commandline` passes arbitrary arguments to QEMU). XML is read and written with
 //! `xmltree`; nothing here edits text.
 //!
-//! Pure: no IO, no clock. The format is the driver's (`definition_format`); only
-//! [`Format::LibvirtXml`] exists today, and a new format adds its own `rewrite` here.
+//! Proxmox VE's configuration ([`Format::ProxmoxConf`], `qm config --current`) is read by
+//! [`proxmox`], as strictly: a section (`[snapshot]`, `[PENDING]`), a key it does not know, a
+//! line it cannot read, each refused naming the line; disks are volumes of a storage
+//! (`local:120/vm-120-disk-0.qcow2`), NICs are on bridges.
+//!
+//! Pure: no IO, no clock. The format is the driver's (`definition_format`); each format has
+//! its own reader and `rewrite` here.
 
 use indexmap::IndexMap;
 use xmltree::{Element, XMLNode};
+
+mod proxmox;
 
 /// The largest definition accepted from a host: a libvirt domain is a few KiB.
 pub const MAX_BYTES: usize = 1 << 20;
@@ -28,15 +35,26 @@ pub const MAX_BYTES: usize = 1 << 20;
 pub enum Format {
     /// libvirt's domain XML (`virsh dumpxml --inactive`).
     LibvirtXml,
+    /// Proxmox VE's vm configuration (`qm config VMID --current 1`, qm.conf(5)).
+    ProxmoxConf,
 }
 
 impl Format {
-    pub const NAMES: &'static [&'static str] = &["libvirt-xml"];
+    pub const NAMES: &'static [&'static str] = &["libvirt-xml", "proxmox-conf"];
 
     pub fn parse(s: &str) -> Option<Format> {
         match s {
             "libvirt-xml" => Some(Format::LibvirtXml),
+            "proxmox-conf" => Some(Format::ProxmoxConf),
             _ => None,
+        }
+    }
+
+    /// The extension of a file holding a definition of this format.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::LibvirtXml => "xml",
+            Format::ProxmoxConf => "conf",
         }
     }
 }
@@ -86,17 +104,47 @@ pub enum DefinitionError {
         "the definition has an element <{0}> of another XML namespace: refused (it could pass anything to the hypervisor)"
     )]
     Namespace(String),
+    #[error("line {line} of the definition (`{text}`): {why}: refused")]
+    Line {
+        line: usize,
+        text: String,
+        why: String,
+    },
+    #[error(
+        "the definition's disk {key} is the volume {volume}, which is not one of the vm's disks ({known}): refused (add it to the vm's `disks` in the inventory so that it is replicated, or detach it from the vm)"
+    )]
+    ForeignVolume {
+        key: String,
+        volume: String,
+        known: String,
+    },
+    #[error(
+        "the definition's `{key}: {value}` gives the vm a resource of the host itself (or passes arguments to QEMU): refused (remove it from the vm's configuration, or add it by hand where the vm is recovered)"
+    )]
+    HostKey { key: String, value: String },
+    #[error("the definition is a template's (`template: 1`), not a vm's that can run: refused")]
+    Template,
+    #[error(
+        "the definition is tagged reprise-drill: it is a drill copy's, not the vm's own: refused"
+    )]
+    DrillCopy,
 }
 
 /// A definition read and checked (not yet fitted to a host).
 #[derive(Debug, Clone)]
 pub struct Definition {
-    root: Element,
+    body: Body,
+}
+
+#[derive(Debug, Clone)]
+enum Body {
+    Xml(Element),
+    Conf(proxmox::Conf),
 }
 
 impl Definition {
-    /// Reads a definition as a host sent it.
-    pub fn parse(bytes: &[u8]) -> Result<Definition, DefinitionError> {
+    /// Reads a definition of `format` as a host sent it.
+    pub fn parse(format: Format, bytes: &[u8]) -> Result<Definition, DefinitionError> {
         if bytes.len() > MAX_BYTES {
             return Err(DefinitionError::TooLarge(bytes.len()));
         }
@@ -104,44 +152,69 @@ impl Definition {
         if text.trim().is_empty() {
             return Err(DefinitionError::Empty);
         }
-        // A document type could declare entities: a domain never has one.
-        if text.contains("<!DOCTYPE") || text.contains("<!ENTITY") {
-            return Err(DefinitionError::Doctype);
-        }
-        let config = xmltree::ParserConfig::new()
-            .trim_whitespace(true)
-            .ignore_comments(true);
-        let root = Element::parse_with_config(text.as_bytes(), config)
-            .map_err(|e| DefinitionError::Malformed(one_line(&e.to_string())))?;
-        if root.name != "domain" || root.namespace.is_some() {
-            return Err(DefinitionError::NotDomain(root.name.clone()));
-        }
-        foreign_namespace(&root, false)?;
-        Ok(Definition { root })
+        let body = match format {
+            Format::LibvirtXml => Body::Xml(parse_xml(text)?),
+            Format::ProxmoxConf => Body::Conf(proxmox::Conf::parse(text)?),
+        };
+        Ok(Definition { body })
     }
 
-    /// The domain's name in the definition.
+    pub fn format(&self) -> Format {
+        match self.body {
+            Body::Xml(_) => Format::LibvirtXml,
+            Body::Conf(_) => Format::ProxmoxConf,
+        }
+    }
+
+    /// The vm's name in the definition.
     pub fn name(&self) -> Option<String> {
-        self.root
-            .get_child("name")
-            .and_then(|n| n.get_text())
-            .map(|t| t.into_owned())
+        match &self.body {
+            Body::Xml(root) => root
+                .get_child("name")
+                .and_then(|n| n.get_text())
+                .map(|t| t.into_owned()),
+            Body::Conf(c) => c.name(),
+        }
     }
 
-    /// The definition written out, indented: one element a line, the same for the same
-    /// definition, so that two can be compared line by line.
+    /// The definition written out in a canonical form (XML indented, one element a line; a
+    /// Proxmox configuration's keys sorted): the same for the same definition, so that two
+    /// can be compared line by line.
     pub fn canonical(&self) -> String {
-        let mut out = Vec::new();
-        let config = xmltree::EmitterConfig::new()
-            .perform_indent(true)
-            .write_document_declaration(false);
-        self.root
-            .write_with_config(&mut out, config)
-            .expect("writing to memory");
-        let mut s = String::from_utf8(out).expect("xmltree writes UTF-8");
-        s.push('\n');
-        s
+        match &self.body {
+            Body::Xml(root) => canonical_xml(root),
+            Body::Conf(c) => c.canonical(),
+        }
     }
+}
+
+fn parse_xml(text: &str) -> Result<Element, DefinitionError> {
+    // A document type could declare entities: a domain never has one.
+    if text.contains("<!DOCTYPE") || text.contains("<!ENTITY") {
+        return Err(DefinitionError::Doctype);
+    }
+    let config = xmltree::ParserConfig::new()
+        .trim_whitespace(true)
+        .ignore_comments(true);
+    let root = Element::parse_with_config(text.as_bytes(), config)
+        .map_err(|e| DefinitionError::Malformed(one_line(&e.to_string())))?;
+    if root.name != "domain" || root.namespace.is_some() {
+        return Err(DefinitionError::NotDomain(root.name.clone()));
+    }
+    foreign_namespace(&root, false)?;
+    Ok(root)
+}
+
+fn canonical_xml(root: &Element) -> String {
+    let mut out = Vec::new();
+    let config = xmltree::EmitterConfig::new()
+        .perform_indent(true)
+        .write_document_declaration(false);
+    root.write_with_config(&mut out, config)
+        .expect("writing to memory");
+    let mut s = String::from_utf8(out).expect("xmltree writes UTF-8");
+    s.push('\n');
+    s
 }
 
 fn one_line(s: &str) -> String {
@@ -202,6 +275,13 @@ pub struct Fit {
     /// Keep the domain's UUID; else the hypervisor chooses a new one (a drill's copy runs
     /// beside the vm it copies).
     pub keep_uuid: bool,
+    /// A drill's throw-away copy (a Proxmox copy is renamed `drill-NAME`, tagged
+    /// `reprise-drill`, with no hookscript and a new vmgenid and SMBIOS UUID).
+    pub drill: bool,
+    /// What the identifiers a format must write itself are derived from (a Proxmox
+    /// configuration's new MACs and UUIDs: the hypervisor chooses none when its file is
+    /// written): the run's id and the vm's, so each run has its own.
+    pub seed: String,
 }
 
 /// What [`rewrite`] made, and what it did that the operator should know.
@@ -213,7 +293,14 @@ pub struct Fitted {
 
 /// Fits a definition to its target host (see [`Fit`]); every problem is an error.
 pub fn rewrite(def: &Definition, fit: &Fit) -> Result<Fitted, DefinitionError> {
-    let mut root = def.root.clone();
+    match &def.body {
+        Body::Xml(root) => rewrite_xml(root, fit),
+        Body::Conf(c) => proxmox::rewrite(c, fit),
+    }
+}
+
+fn rewrite_xml(root: &Element, fit: &Fit) -> Result<Fitted, DefinitionError> {
+    let mut root = root.clone();
     let mut notes = Vec::new();
     set_text(child_or_new(&mut root, "name"), &fit.name);
     if !fit.keep_uuid {
@@ -236,7 +323,7 @@ pub fn rewrite(def: &Definition, fit: &Fit) -> Result<Fitted, DefinitionError> {
             return Err(DefinitionError::MissingDisk(to.clone()));
         }
         return Ok(Fitted {
-            text: Definition { root }.canonical(),
+            text: canonical_xml(&root),
             notes,
         });
     };
@@ -266,7 +353,7 @@ pub fn rewrite(def: &Definition, fit: &Fit) -> Result<Fitted, DefinitionError> {
         return Err(DefinitionError::MissingDisk(fit.disks[i].0.join(" or ")));
     }
     Ok(Fitted {
-        text: Definition { root }.canonical(),
+        text: canonical_xml(&root),
         notes,
     })
 }
@@ -545,6 +632,8 @@ mod tests {
             nics,
             keep_macs: true,
             keep_uuid: true,
+            drill: false,
+            seed: "run1/erp-db".into(),
         }
     }
 
@@ -559,7 +648,7 @@ mod tests {
 
     #[test]
     fn a_failover_moves_disks_to_the_copies_and_maps_every_nic() {
-        let def = Definition::parse(DOMAIN.as_bytes()).unwrap();
+        let def = Definition::parse(Format::LibvirtXml, DOMAIN.as_bytes()).unwrap();
         let got = rewrite(
             &def,
             &fit(map(&[("br-prod", "br-pra"), ("backup", "backup-pra")])),
@@ -578,7 +667,7 @@ mod tests {
 
     #[test]
     fn a_drill_copy_is_renamed_on_the_drill_network_with_new_identifiers() {
-        let def = Definition::parse(DOMAIN.as_bytes()).unwrap();
+        let def = Definition::parse(Format::LibvirtXml, DOMAIN.as_bytes()).unwrap();
         let mut f = fit(Nics::All("reprise-drill".into()));
         f.name = "drill-erp-db".into();
         f.keep_macs = false;
@@ -593,7 +682,9 @@ mod tests {
     #[test]
     fn what_cannot_be_made_safe_is_refused() {
         let check = |text: &str, fit: &Fit| -> String {
-            match Definition::parse(text.as_bytes()).and_then(|d| rewrite(&d, fit)) {
+            match Definition::parse(Format::LibvirtXml, text.as_bytes())
+                .and_then(|d| rewrite(&d, fit))
+            {
                 Ok(f) => panic!("accepted: {}", f.text),
                 Err(e) => e.to_string(),
             }
@@ -640,8 +731,11 @@ mod tests {
 
     #[test]
     fn a_changed_definition_shows_a_short_diff() {
-        let old = Definition::parse(DOMAIN.as_bytes()).unwrap().canonical();
+        let old = Definition::parse(Format::LibvirtXml, DOMAIN.as_bytes())
+            .unwrap()
+            .canonical();
         let new = Definition::parse(
+            Format::LibvirtXml,
             DOMAIN
                 .replace("4194304", "8388608")
                 .replace("<vcpu>2</vcpu>", "<vcpu>4</vcpu>")

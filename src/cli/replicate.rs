@@ -320,18 +320,17 @@ fn snapshot_hook(
 
 /// The driver's `definition` action of a vm whose driver carries definitions: its host (the
 /// primary) and command.
-fn capture_action(model: &Model, vm: &VmImages) -> Option<(String, crate::template::Command)> {
+fn capture_action(
+    model: &Model,
+    vm: &VmImages,
+) -> Option<(String, crate::template::Command, crate::vmdef::Format)> {
     if vm.backup {
         return None;
     }
     let v = model.inventory.vms.get(&vm.id)?;
-    model
-        .inventory
-        .drivers
-        .get(&v.driver.value)?
-        .defines()
-        .then_some(())?;
-    crate::plan::replicate_hook(model, v, "definition")
+    let driver = model.inventory.drivers.get(&v.driver.value)?;
+    let format = driver.definition_format.filter(|_| driver.defines())?;
+    crate::plan::replicate_hook(model, v, "definition").map(|(h, c)| (h, c, format))
 }
 
 /// Captures the definition of `vm` from its primary, stored beside the copy of its first disk
@@ -343,14 +342,17 @@ fn capture_definition(
     vm: &VmImages,
     out: &mut Outcome,
 ) -> Result<Option<String>, ()> {
-    let (Some((host, cmd)), Some(first)) = (capture_action(model, vm), vm.images.first()) else {
+    let (Some((host, cmd, format)), Some(first)) = (capture_action(model, vm), vm.images.first())
+    else {
         return Ok(None);
     };
     let captured = cmd
         .expose(|n| std::env::var(n).ok())
         .map_err(|m| format!("secret {m} is not set in the environment"))
         .and_then(|text| {
-            crate::replica::definitions::capture(helpers, &host, &text, &first.to, &first.dst)
+            crate::replica::definitions::capture(
+                helpers, format, &host, &text, &first.to, &first.dst,
+            )
         });
     match captured {
         Ok(h) => {
@@ -430,7 +432,7 @@ fn replicate_plan(model: &Model, vms: &[VmImages]) -> String {
         if let Some((host, cmd)) = hook("replicate-begin") {
             s.push_str(&format!("  on {host}: {}\n", cmd));
         }
-        if let Some((host, cmd)) = capture_action(model, vm) {
+        if let Some((host, cmd, _)) = capture_action(model, vm) {
             s.push_str(&format!("  definition from {host}: {cmd}\n"));
         }
         for img in &vm.images {
@@ -441,16 +443,6 @@ fn replicate_plan(model: &Model, vms: &[VmImages]) -> String {
         }
         if let Some((host, cmd)) = hook("replicate-end") {
             s.push_str(&format!("  on {host}: {}\n", cmd));
-        }
-        if let Some(h) = (!vm.backup)
-            .then(|| model.inventory.vms.get(&vm.id))
-            .flatten()
-            .and_then(|v| crate::plan::definition_hooks(model, v))
-        {
-            s.push_str(&format!(
-                "  definition: on {}: {} | on {}: {}\n",
-                h.from, h.capture, h.to, h.store
-            ));
         }
     }
     s
@@ -700,7 +692,7 @@ fn replicate_all(
             deadline: std::time::Duration::from_secs(7200),
             definition,
         };
-        let copied_all = copy_images(
+        copy_images(
             vm, transport, &helpers, &mut r, &stopped, &mut left, &mut out,
         );
         match snapshot.end() {
@@ -711,7 +703,6 @@ fn replicate_all(
                 out.code = exit::FAILED;
             }
         }
-        carry_definition(model, transport, vm, copied_all, &mut out);
     }
     if stopped() {
         interrupted(&mut out, shutdown, &left, frozen);
@@ -795,8 +786,8 @@ fn settle_snapshot(
     true
 }
 
-/// Copies each disk (or backup folder) of `vm` to its recovery copy: whether every one was
-/// copied; those a stop left out are added to `left`.
+/// Copies each disk (or backup folder) of `vm` to its recovery copy; those a stop left out are
+/// added to `left`.
 fn copy_images<'v>(
     vm: &'v VmImages,
     transport: &crate::ssh::SshTransport,
@@ -805,8 +796,7 @@ fn copy_images<'v>(
     stopped: &dyn Fn() -> bool,
     left: &mut Vec<&'v str>,
     out: &mut Outcome,
-) -> bool {
-    let mut copied_all = true;
+) {
     for (i, img) in vm.images.iter().enumerate() {
         // Only the first disk's point records the definition (it is kept beside it).
         if i == 1 {
@@ -815,7 +805,6 @@ fn copy_images<'v>(
         let name = img.src.rsplit('/').next().unwrap_or(&img.src);
         if stopped() {
             left.push(name);
-            copied_all = false;
             continue;
         }
         let label = format!("{} {name}", vm.id);
@@ -841,34 +830,7 @@ fn copy_images<'v>(
                     vm.id, img.to, img.dst
                 ));
                 left.push(name);
-                copied_all = false;
             }
-            Err(e) => {
-                out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
-                out.code = exit::FAILED;
-                copied_all = false;
-            }
-        }
-    }
-    copied_all
-}
-
-/// Carries the definition of `vm` to the recovery side once every disk of it was copied.
-fn carry_definition(
-    model: &Model,
-    transport: &crate::ssh::SshTransport,
-    vm: &VmImages,
-    copied_all: bool,
-    out: &mut Outcome,
-) {
-    // The vm's definition goes with the disks it describes.
-    if let Some(hooks) = (!vm.backup && copied_all)
-        .then(|| model.inventory.vms.get(&vm.id))
-        .flatten()
-        .and_then(|v| crate::plan::definition_hooks(model, v))
-    {
-        match crate::replica::definition::carry(transport, &hooks, &|n| std::env::var(n).ok()) {
-            Ok(line) => out.stdout.push_str(&format!("{}: {line}\n", vm.id)),
             Err(e) => {
                 out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
                 out.code = exit::FAILED;

@@ -18,6 +18,10 @@
 //!   configuration ("No QEMU guest agent configured") and a running vm; the frozen state is
 //!   kept in a file of the host (`/var/lib/lab/qm/<vmid>.frozen`).
 //!
+//! Not Proxmox's, the lab's own: `start` keeps the configuration each vmid last started with
+//! in `/var/lib/lab/qm/started/<vmid>.conf` of the lab host, so that tests see what a drill's
+//! copy ran with after its cleanup removed it.
+//!
 //! It must not pretend more: no clusters, no storages but directories, no live migration.
 
 use std::path::{Path, PathBuf};
@@ -237,6 +241,12 @@ impl Node<'_> {
             }
         }
         out
+    }
+
+    fn started_record(&self, vmid: u32) -> PathBuf {
+        self.root
+            .join("var/lib/lab/qm/started")
+            .join(format!("{vmid}.conf"))
     }
 
     fn frozen_flag(&self, vmid: u32) -> PathBuf {
@@ -491,6 +501,13 @@ fn start(node: &Node, id: u32) -> Result<String, String> {
         node.state, node.host, &process, &address, &vm.ports, &images,
     )
     .map_err(|e| format!("start failed: {e}"))?;
+    // The lab's own record (not Proxmox's) of the configuration each vmid last started with,
+    // kept after the vm and its file are gone, so that what ran can be looked at.
+    let record = node.started_record(id);
+    if let Some(dir) = record.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(&record, conf.text());
     Ok(String::new())
 }
 

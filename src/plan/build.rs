@@ -1211,7 +1211,6 @@ fn resolve(
             timeout = Some(step.timeout.unwrap_or(DEFAULT_REPLICATE_TIMEOUT));
             let mut snapshot = None;
             let mut capture = None;
-            let mut definition = None;
             let reverse = mode == Mode::Failback;
             let swap = |a: String, b: String| if reverse { (b, a) } else { (a, b) };
             let images_dir = |host: &str| images_dir_of(inv, host);
@@ -1255,10 +1254,11 @@ fn resolve(
                         .drivers
                         .get(&vm.driver.value)
                         .filter(|d| d.defines())
-                        .and_then(|_| {
+                        .and_then(|d| {
+                            let format = d.definition_format?;
                             vm_action_command(model, service, vm, side, "definition", &opts.run_id)
-                        })
-                        .map(|(_, c)| c);
+                                .map(|(_, c)| (c, format))
+                        });
                     snapshot = match (
                         vm_action_command(
                             model,
@@ -1286,9 +1286,6 @@ fn resolve(
                         }),
                         _ => None,
                     };
-                    definition = (!reverse)
-                        .then(|| definition_hooks(model, vm).map(Box::new))
-                        .flatten();
                     if vm.changed_blocks && vm.driver.value == "libvirt" {
                         guest = Some(reverse);
                     }
@@ -1335,7 +1332,6 @@ fn resolve(
                     retention,
                     snapshot,
                     capture,
-                    definition,
                     guest,
                 },
             )
@@ -1487,9 +1483,11 @@ pub fn define_use(
     run_id: &str,
 ) -> Option<DefineUse> {
     let inv = &model.inventory;
-    if !inv.drivers.get(&vm.driver.value)?.defines() {
+    let driver = inv.drivers.get(&vm.driver.value)?;
+    if !driver.defines() {
         return None;
     }
+    let format = driver.definition_format?;
     let (primary, recovery) = (&vm.primary.value, &vm.recovery.value);
     let (pdir, rdir) = (images_dir_of(inv, primary)?, images_dir_of(inv, recovery)?);
     let side = match role {
@@ -1520,11 +1518,31 @@ pub fn define_use(
     };
     let mut disks = Vec::new();
     for d in &vm.disks {
-        disks.push((vec![format!("{pdir}/{d}"), format!("{rdir}/{d}")], to(d)?));
+        disks.push(match format {
+            crate::vmdef::Format::LibvirtXml => {
+                (vec![format!("{pdir}/{d}"), format!("{rdir}/{d}")], to(d)?)
+            }
+            // Volumes of a storage (`local:120/vm-120-disk-0.qcow2`), the same name on both
+            // nodes; a drill's overlays are volumes of its own vmid, 900000 + vmid
+            // (`900120/vm-900120-disk-0.qcow2`), which the driver's `drill-start` makes.
+            crate::vmdef::Format::ProxmoxConf => {
+                let to = if drill {
+                    let id = vm.vmid?;
+                    let copy = 900_000 + id;
+                    let name = d.rsplit('/').next()?;
+                    let rest = name.strip_prefix(&format!("vm-{id}-"))?;
+                    let stem = rest.rsplit_once('.').map_or(rest, |(s, _)| s);
+                    format!("{copy}/vm-{copy}-{stem}.qcow2")
+                } else {
+                    d.clone()
+                };
+                (vec![d.clone()], to)
+            }
+        });
     }
     let nics = if drill {
         // The host's drill network, which the driver's `drill-start` makes sure of.
-        crate::vmdef::Nics::All(inv.drill_network_of(&host))
+        crate::vmdef::Nics::All(inv.drill_network_of(&host, &vm.driver.value))
     } else {
         crate::vmdef::Nics::Map(inv.networks_of(&host).cloned().unwrap_or_default())
     };
@@ -1555,7 +1573,10 @@ pub fn define_use(
             // A drill's copy runs beside the vm it copies: new MACs and a new UUID.
             keep_macs: vm.keep_macs && !drill,
             keep_uuid: !drill,
+            drill,
+            seed: format!("{run_id}/{}", vm.id),
         },
+        format,
         host,
     })
 }
@@ -1571,39 +1592,6 @@ pub fn replicate_hook(model: &Model, vm: &Vm, action: &str) -> Option<(String, C
         .find(|s| s.vm() == Some(vm.id.as_str()))
         .or_else(|| inv.services.values().next())?;
     vm_action_command(model, service, vm, Side::Primary, action, "replicate")
-}
-
-/// The driver's commands that carry `vm`'s definition with its replication (`config-capture`
-/// on its primary, `config-store` on its recovery host), when its driver has both.
-pub fn definition_hooks(model: &Model, vm: &Vm) -> Option<super::DefinitionHooks> {
-    let inv = &model.inventory;
-    let service = inv
-        .services
-        .values()
-        .find(|s| s.vm() == Some(vm.id.as_str()))
-        .or_else(|| inv.services.values().next())?;
-    let (from, capture) = vm_action_command(
-        model,
-        service,
-        vm,
-        Side::Primary,
-        "config-capture",
-        "replicate",
-    )?;
-    let (to, store) = vm_action_command(
-        model,
-        service,
-        vm,
-        Side::Recovery,
-        "config-store",
-        "replicate",
-    )?;
-    Some(super::DefinitionHooks {
-        from,
-        capture,
-        to,
-        store,
-    })
 }
 
 /// The vm action that undoes `action` (a vm stopped is started again, and so on); none for

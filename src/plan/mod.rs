@@ -10,8 +10,7 @@ mod build;
 pub mod text;
 
 pub use build::{
-    LAG_STEP, build, definition_hooks, images_dir_of, replicate_hook, vm_action_command,
-    vm_status_command,
+    LAG_STEP, build, images_dir_of, replicate_hook, vm_action_command, vm_status_command,
 };
 
 use serde::Serialize;
@@ -190,6 +189,8 @@ pub struct DefineUse {
     /// the drill's copy is defined from when the copy is started as it is (no point, so no
     /// definition with it).
     pub primary: Option<(String, Command)>,
+    /// The driver's format of definitions.
+    pub format: crate::vmdef::Format,
     /// What the definition becomes there.
     pub fit: crate::vmdef::Fit,
 }
@@ -259,25 +260,12 @@ pub enum Action {
         /// host, the driver's `replicate-check` and `replicate-end` (which merges it back).
         snapshot: Option<SnapshotHooks>,
         /// A vm whose driver carries definitions: its `definition` action on `from_host`,
-        /// captured with the new point.
-        capture: Option<Command>,
-        /// A vm replicated towards its recovery host whose driver carries its definition.
-        definition: Option<Box<DefinitionHooks>>,
+        /// captured with the new point, and the driver's format of definitions.
+        capture: Option<(Command, crate::vmdef::Format)>,
         /// A vm whose copies are of the disk as the guest sees it (`changed_blocks`): `Some`
         /// with whether the step copies back to the primary (a failback).
         guest: Option<bool>,
     },
-}
-
-/// A driver's commands that carry a vm's definition with its replication: `capture` prints it
-/// on `from` (the primary), `store` keeps it on `to` (the recovery host) from its standard
-/// input.
-#[derive(Debug, Clone)]
-pub struct DefinitionHooks {
-    pub from: String,
-    pub capture: Command,
-    pub to: String,
-    pub store: Command,
 }
 
 /// A driver's commands about the snapshot a replication of a running vm makes on its host.

@@ -11,12 +11,13 @@
 use std::time::Duration;
 
 use super::remote::Helpers;
-use crate::vmdef::{self, Definition};
+use crate::vmdef::{self, Definition, Format};
 
 /// Runs the driver's `definition` action on `from` and stores what it prints beside the
 /// copy `to:first_copy`: the BLAKE3 the new point records.
 pub fn capture(
     helpers: &Helpers,
+    format: Format,
     from: &str,
     command: &str,
     to: &str,
@@ -38,7 +39,7 @@ pub fn capture(
             out.stderr.trim()
         ));
     }
-    Definition::parse(&out.stdout)
+    Definition::parse(format, &out.stdout)
         .map_err(|e| format!("the definition {from} gave is refused: {e}"))?;
     helpers
         .put_definition(to, first_copy, &out.stdout)
@@ -49,6 +50,7 @@ pub fn capture(
 /// the point's copies are raw images of the disks as the guest sees them (`changed_blocks`).
 pub fn fetch(
     helpers: &Helpers,
+    format: Format,
     host: &str,
     copy: &str,
     point: &str,
@@ -56,7 +58,7 @@ pub fn fetch(
     let d = helpers
         .definition(host, copy, point)
         .map_err(|e| e.to_string())?;
-    let def = Definition::parse(d.text.as_bytes()).map_err(|e| {
+    let def = Definition::parse(format, d.text.as_bytes()).map_err(|e| {
         format!("the definition of point {point} of {host}:{copy} cannot be used: {e}")
     })?;
     Ok((def, d.blake3, d.guest_view))
@@ -89,26 +91,32 @@ pub fn define(helpers: &Helpers, host: &str, command: &str, text: &str) -> Resul
     Ok(said)
 }
 
-/// Keeps `canonical`, the definition last used to define `name` on `host`, in the state
-/// folder's `definitions/HOST/NAME.xml` (written whole, then renamed).
+/// Keeps `def`, the definition last used to define `name` on `host`, in the state
+/// folder's `definitions/HOST/NAME.xml` (`.conf` for a Proxmox configuration; written whole,
+/// then renamed).
 pub fn record(
     dir: &std::path::Path,
     host: &str,
     name: &str,
-    canonical: &str,
+    def: &Definition,
 ) -> std::io::Result<()> {
     let folder = dir.join(host);
     std::fs::create_dir_all(&folder)?;
-    let tmp = folder.join(format!(".{name}.xml.tmp"));
-    std::fs::write(&tmp, canonical)?;
-    std::fs::rename(&tmp, folder.join(format!("{name}.xml")))
+    let ext = def.format().extension();
+    let tmp = folder.join(format!(".{name}.{ext}.tmp"));
+    std::fs::write(&tmp, def.canonical())?;
+    std::fs::rename(&tmp, folder.join(format!("{name}.{ext}")))
 }
 
 /// The definition last used to define `name` on `host`, when one was kept.
-pub fn recorded(dir: &std::path::Path, host: &str, name: &str) -> Option<String> {
-    let path = dir.join(host).join(format!("{name}.xml"));
+pub fn recorded(dir: &std::path::Path, host: &str, name: &str, format: Format) -> Option<String> {
+    let path = dir
+        .join(host)
+        .join(format!("{name}.{}", format.extension()));
     let bytes = std::fs::read(path).ok()?;
-    Definition::parse(&bytes).ok().map(|d| d.canonical())
+    Definition::parse(format, &bytes)
+        .ok()
+        .map(|d| d.canonical())
 }
 
 /// A vm that a plan defines, and the definition it would be defined from if the plan ran
@@ -121,6 +129,7 @@ pub struct Prospect {
     /// Where it is defined, under which name.
     pub host: String,
     pub name: String,
+    pub format: Format,
     /// Where its definition would come from.
     pub source: String,
     /// The definition (canonical, before it is fitted) when it fits the host; else why it
@@ -151,7 +160,7 @@ pub fn prospects(
             Action::Replicate {
                 what: Replicated::Vm(vm),
                 from_host,
-                capture: Some(cmd),
+                capture: Some((cmd, _)),
                 ..
             } if *vm == replica.vm => Some((s.id.clone(), from_host.clone(), cmd.clone())),
             _ => None,
@@ -161,12 +170,13 @@ pub fn prospects(
                 format!("the definition {from} holds now (step {id} captures it)"),
                 cmd.expose(secrets)
                     .map_err(|missing| format!("secret {missing} is not set in the environment"))
-                    .and_then(|text| read_current(helpers, &from, &text)),
+                    .and_then(|text| read_current(helpers, d.format, &from, &text)),
             ),
             None => match newest(helpers, &d.from_host, &d.from_copy) {
                 Ok(point) => (
                     format!("point {point} of {}:{}", d.from_host, d.from_copy),
-                    fetch(helpers, &d.from_host, &d.from_copy, &point).map(|(def, _, _)| def),
+                    fetch(helpers, d.format, &d.from_host, &d.from_copy, &point)
+                        .map(|(def, _, _)| def),
                 ),
                 Err(e) => (format!("{}:{}", d.from_host, d.from_copy), Err(e)),
             },
@@ -181,6 +191,7 @@ pub fn prospects(
             vm: replica.vm.clone(),
             host: d.host.clone(),
             name: d.fit.name.clone(),
+            format: d.format,
             source,
             result,
         });
@@ -189,7 +200,12 @@ pub fn prospects(
 }
 
 /// The definition the driver's `definition` action prints on `host` now, checked.
-pub fn read_current(helpers: &Helpers, host: &str, command: &str) -> Result<Definition, String> {
+pub fn read_current(
+    helpers: &Helpers,
+    format: Format,
+    host: &str,
+    command: &str,
+) -> Result<Definition, String> {
     let out = helpers
         .run_command(
             host,
@@ -206,7 +222,7 @@ pub fn read_current(helpers: &Helpers, host: &str, command: &str) -> Result<Defi
             out.stderr.trim()
         ));
     }
-    Definition::parse(&out.stdout)
+    Definition::parse(format, &out.stdout)
         .map_err(|e| format!("the definition {host} gave is refused: {e}"))
 }
 

@@ -23,7 +23,6 @@ pub mod beneath;
 pub mod blocks;
 pub mod cbt;
 pub mod choice;
-pub mod definition;
 pub mod definitions;
 pub mod helper;
 pub mod kept;

@@ -37,6 +37,11 @@ fn proxmox_copy() -> tempfile::TempDir {
             "images_dir = \"/srv/replicas\"",
             "images_dir = \"/var/lib/vz/images\"",
         )
+        // Both nodes have the same bridges: a vm defined on either keeps its NICs' bridges.
+        .replace(
+            "role = \"hypervisor\"\n",
+            "role = \"hypervisor\"\nnetworks = { vmbr0 = \"vmbr0\", vmbr1 = \"vmbr1\" }\n",
+        )
     });
     // A failback shuts the recovery copies down first (then copies back and starts).
     edit("runbooks/db.toml", &|s| {
@@ -167,8 +172,34 @@ impl Lab {
 
     fn frozen(&self, host: &str) -> Vec<PathBuf> {
         std::fs::read_dir(self.root(host).join("var/lib/lab/qm"))
-            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "frozen"))
+                    .collect()
+            })
             .unwrap_or_default()
+    }
+
+    /// The configuration vmid `id` last started with on `host` (the lab's record).
+    fn started(&self, host: &str, id: u32) -> String {
+        let path = self
+            .root(host)
+            .join("var/lib/lab/qm/started")
+            .join(format!("{id}.conf"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The ids of the points of `vm`, oldest first.
+    fn point_ids(&self, vm: &str) -> Vec<String> {
+        let out = self.with(&["points", vm, "--json"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        let list: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_string())
+            .collect()
     }
 }
 
@@ -192,10 +223,10 @@ fn digest(path: &Path) -> Vec<u8> {
 #[test]
 fn a_proxmox_drill_then_a_planned_failover_and_failback_on_the_lab() {
     let lab = Lab::up(170);
-    // The first replication carried each vm's configuration beside its copies.
-    let kept = std::fs::read_to_string(lab.images("hv2").join("101/reprise-vm.conf")).unwrap();
-    assert_eq!(kept, lab.conf("hv1", 101));
+    // The first replication carried each vm's configuration with its point; nothing is
+    // defined on the recovery node, and nothing is kept beside the copies.
     assert!(!lab.conf_path("hv2", 101).exists());
+    assert!(!lab.images("hv2").join("101/reprise-vm.conf").exists());
 
     // A running vm is copied between a guest-agent freeze and a thaw.
     let replicated = lab.with(&["replicate"]);
@@ -204,7 +235,7 @@ fn a_proxmox_drill_then_a_planned_failover_and_failback_on_the_lab() {
         "db: vmid 101: guest filesystems frozen through the guest agent",
         "db: snapshot merged back",
         "app: vmid 102: guest filesystems frozen through the guest agent",
-        "db: definition captured on hv1 and kept on hv2",
+        "db: definition captured on hv1 (BLAKE3 ",
     ] {
         assert!(replicated.stdout.contains(expected), "{replicated:?}");
     }
@@ -225,28 +256,25 @@ fn a_proxmox_drill_then_a_planned_failover_and_failback_on_the_lab() {
     let before = digest(&copy);
     let drill = lab.with(&["drill", "--no-prompt"]);
     assert_eq!(drill.code, 0, "{drill:?}");
-    let created: Vec<String> = lab
-        .qm_calls("hv2")
-        .into_iter()
-        .filter(|c| c.starts_with("qm create 9001"))
-        .collect();
-    assert_eq!(created.len(), 2, "{created:?}");
-    let app = created
-        .iter()
-        .find(|c| c.starts_with("qm create 900102 "))
-        .unwrap();
+    // No vm is created by qm: reprise defined each copy from its point's configuration.
+    assert!(
+        !lab.qm_calls("hv2")
+            .iter()
+            .any(|c| c.starts_with("qm create")),
+        "{:?}",
+        lab.qm_calls("hv2")
+    );
+    let app = lab.started("hv2", 900102);
     for expected in [
-        "--net0 virtio=BC:24:11:00:66:01,bridge=vmbr-drill ",
-        "--net1 virtio=BC:24:11:00:66:02,bridge=vmbr-drill ",
-        "--scsi0 local:900102/vm-900102-disk-0.qcow2,iothread=1,size=64M ",
-        "--scsi1 local:900102/vm-900102-disk-1.qcow2,iothread=1,size=64M ",
-        "--name drill-app ",
-        "--tags reprise-drill ",
-        "--onboot 0",
+        ",bridge=vmbr-drill\n",
+        "scsi0: local:900102/vm-900102-disk-0.qcow2,iothread=1,size=64M\n",
+        "scsi1: local:900102/vm-900102-disk-1.qcow2,iothread=1,size=64M\n",
+        "name: drill-app\n",
+        "tags: reprise-drill\n",
     ] {
         assert!(app.contains(expected), "{expected} in {app}");
     }
-    for absent in ["vmbr0", "vmbr1", "tag=", "--vmgenid", "onboot 1"] {
+    for absent in ["vmbr0", "vmbr1", "tag=", "BC:24:11", "0f9d1d4e", "onboot"] {
         assert!(!app.contains(absent), "{absent} in {app}");
     }
     assert_eq!(digest(&copy), before, "the drill wrote into the copy");
@@ -268,9 +296,11 @@ fn a_proxmox_drill_then_a_planned_failover_and_failback_on_the_lab() {
     for expected in [
         "vmid 102 did not shut down within its shutdown timeout",
         "vmid 102 was FORCED off",
-        "vmid 101: defined on this node from the configuration replicated with its disks",
-        "vmid 102: defined on this node from the configuration replicated with its disks",
-        "definition captured on hv1 and kept on hv2",
+        "db defined on hv2 from the definition of point ",
+        "vmid 101 defined (",
+        "app defined on hv2 from the definition of point ",
+        "vmid 102 defined (",
+        "definition captured on hv1 (BLAKE3 ",
     ] {
         assert!(shown.contains(expected), "{expected} in {shown}");
     }
@@ -281,11 +311,11 @@ fn a_proxmox_drill_then_a_planned_failover_and_failback_on_the_lab() {
         "agent: 1\n",
         "scsi1: local:102/vm-102-disk-1.qcow2,iothread=1,size=64M\n",
         "net1: virtio=BC:24:11:00:66:02,bridge=vmbr1,tag=20\n",
-        "onboot: 0\n",
     ] {
         assert!(defined.contains(expected), "{expected} in {defined}");
     }
     assert!(!defined.contains("acpi"), "{defined}");
+    assert!(!defined.contains("onboot"), "{defined}");
     assert!(
         lab.conf("hv2", 101)
             .contains("scsi0: local:101/vm-101-disk-0.qcow2"),
@@ -334,12 +364,7 @@ fn a_proxmox_drill_then_a_planned_failover_and_failback_on_the_lab() {
     let again = lab.with(&["failover", "--yes", "--no-prompt"]);
     assert_eq!(again.code, 0, "{again:?}");
     let shown = lab.shown();
-    assert!(
-        shown.contains(
-            "vmid 101: configuration updated from the one replicated with its disks (removed: net1)"
-        ),
-        "{shown}"
-    );
+    assert!(shown.contains("vmid 101 updated ("), "{shown}");
     let updated = lab.conf("hv2", 101);
     assert!(updated.contains("memory: 1024\n"), "{updated}");
     assert!(!updated.contains("net1"), "{updated}");
@@ -352,12 +377,7 @@ fn an_emergency_proxmox_failover_defines_the_vms_from_their_replicated_configura
     let failover = lab.with(&["failover", "--emergency", "--yes", "--no-prompt"]);
     assert_eq!(failover.code, 0, "{failover:?}");
     let shown = lab.shown();
-    assert!(
-        shown.contains(
-            "vmid 101: defined on this node from the configuration replicated with its disks"
-        ),
-        "{shown}"
-    );
+    assert!(shown.contains("vmid 101 defined ("), "{shown}");
     // The primary was left alone.
     assert_eq!(lab.qm_calls("hv1").len(), primary_calls);
     let defined = lab.conf("hv2", 101);
@@ -482,7 +502,7 @@ fn a_proxmox_drill_cleanup_reports_what_it_could_not_remove() {
     assert_eq!(drill.code, 1, "{drill:?}");
     let shown = lab.shown();
     for expected in [
-        "vmid 900101, the drill copy of vmid 101, exists already on this node",
+        "/etc/pve/qemu-server/900101.conf is the configuration of another vm (named 'accounting'), not of vmid 900101, the drill copy of vmid 101 ('drill-db'): not overwritten",
         "vmid 900101 is not the drill copy of vmid 101 (its name or tags differ): left alone, with its files",
     ] {
         assert!(shown.contains(expected), "{expected} in {shown}");
@@ -590,13 +610,8 @@ fn a_proxmox_drill_uses_the_recovery_nodes_drill_bridge_and_refuses_one_that_rea
             .contains("bridge vmbr9 does not exist on this node"),
         "{net}"
     );
-    assert!(
-        !lab.qm_calls("hv2")
-            .iter()
-            .any(|c| c.starts_with("qm create 9001")),
-        "{:?}",
-        lab.qm_calls("hv2")
-    );
+    // The copy defined before the bridge was refused is removed by the drill's cleanup.
+    assert!(!lab.conf_path("hv2", 900101).exists());
     assert!(!lab.images("hv2").join("900101").exists());
 
     // An isolated bridge of the node's own: every NIC of the copies goes there.
@@ -608,15 +623,13 @@ fn a_proxmox_drill_uses_the_recovery_nodes_drill_bridge_and_refuses_one_that_rea
     assert_eq!(net["status"], "ok", "{net}");
     let drill = lab.with(&["drill", "--no-prompt"]);
     assert_eq!(drill.code, 0, "{drill:?}");
-    let created: Vec<String> = lab
-        .qm_calls("hv2")
-        .into_iter()
-        .filter(|c| c.starts_with("qm create 9001"))
-        .collect();
-    assert_eq!(created.len(), 2, "{created:?}");
-    for c in &created {
-        assert!(c.contains(",bridge=vmbr9 --net1 "), "{c}");
-        assert!(c.contains(",bridge=vmbr9 "), "{c}");
+    for id in [900101, 900102] {
+        let c = lab.started("hv2", id);
+        let nics: Vec<&str> = c.lines().filter(|l| l.starts_with("net")).collect();
+        assert_eq!(nics.len(), 2, "{c}");
+        for nic in nics {
+            assert!(nic.ends_with(",bridge=vmbr9"), "{c}");
+        }
         for absent in ["vmbr0", "vmbr1", "vmbr-drill"] {
             assert!(!c.contains(absent), "{absent} in {c}");
         }
@@ -627,5 +640,292 @@ fn a_proxmox_drill_uses_the_recovery_nodes_drill_bridge_and_refuses_one_that_rea
         ),
         "{}",
         lab.shown()
+    );
+}
+
+/// A failover defines the vm on a recovery node that has none, from the configuration of the
+/// point it starts from: a configuration changed on the primary between two points, a
+/// failover from the older point boots with the older one.
+#[test]
+fn a_proxmox_failover_defines_the_vm_from_the_point_it_starts_from() {
+    let lab = Lab::up(210);
+    assert!(!lab.conf_path("hv2", 101).exists());
+    let older = lab.point_ids("db");
+    assert_eq!(older.len(), 1, "{older:?}");
+    // More memory and a third NIC on the primary, then a new point.
+    let text = lab
+        .conf("hv1", 101)
+        .replace("memory: 512\n", "memory: 2048\n")
+        + "net2: virtio=BC:24:11:00:65:03,bridge=vmbr0\n";
+    std::fs::write(lab.conf_path("hv1", 101), text).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let replicated = lab.with(&["replicate"]);
+    assert_eq!(replicated.code, 0, "{replicated:?}");
+    let points = lab.point_ids("db");
+    assert_eq!(points.len(), 2, "{points:?}");
+    assert_eq!(points[0], older[0]);
+
+    let failover = lab.with(&[
+        "failover",
+        "--emergency",
+        "--point",
+        &format!("db={}", older[0]),
+        "--yes",
+        "--no-prompt",
+    ]);
+    assert_eq!(failover.code, 0, "{failover:?}");
+    let shown = lab.shown();
+    assert!(
+        shown.contains(&format!(
+            "db defined on hv2 from the definition of point {}",
+            older[0]
+        )),
+        "{shown}"
+    );
+    // It booted (the qm stand-in starts only a defined vm) with the older configuration.
+    let ran = lab.started("hv2", 101);
+    assert_eq!(ran, lab.conf("hv2", 101));
+    assert!(ran.contains("memory: 512\n"), "{ran}");
+    assert!(!ran.contains("net2"), "{ran}");
+    assert!(
+        ran.contains("scsi0: local:101/vm-101-disk-0.qcow2,iothread=1,size=64M\n"),
+        "{ran}"
+    );
+    let status = lab.status();
+    assert!(vm_line(&status, "db").contains("recovery (hv2"), "{status}");
+}
+
+/// A drill's copy runs with every NIC on the drill bridge, new identifiers and its disks on
+/// overlays of its own vmid; its cleanup leaves nothing: no configuration, no overlay, the
+/// copies as they were, nothing defined under the vm's own vmid.
+#[test]
+fn a_proxmox_drill_copy_is_on_the_drill_bridge_and_leaves_nothing_behind() {
+    let lab = Lab::up(211);
+    let copies = [
+        lab.images("hv2").join("102/vm-102-disk-0.qcow2"),
+        lab.images("hv2").join("102/vm-102-disk-1.qcow2"),
+    ];
+    let before: Vec<Vec<u8>> = copies.iter().map(|c| digest(c)).collect();
+    let drill = lab.with(&["drill", "--no-prompt"]);
+    assert_eq!(drill.code, 0, "{drill:?}");
+    let primary = lab.conf("hv1", 102);
+    let ran = lab.started("hv2", 900102);
+    let nics: Vec<&str> = ran.lines().filter(|l| l.starts_with("net")).collect();
+    assert_eq!(nics.len(), 2, "{ran}");
+    for nic in &nics {
+        assert!(nic.ends_with(",bridge=vmbr-drill"), "{ran}");
+        assert!(!nic.contains("tag="), "{ran}");
+        let mac = nic.split([' ', ',']).nth(1).unwrap();
+        assert!(!primary.contains(mac), "{mac} is the primary's: {ran}");
+    }
+    let uuid = |text: &str, key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+            .map(str::to_string)
+    };
+    assert_ne!(uuid(&ran, "vmgenid"), uuid(&primary, "vmgenid"), "{ran}");
+    assert!(uuid(&ran, "vmgenid").is_some(), "{ran}");
+    for expected in ["name: drill-app\n", "tags: reprise-drill\n"] {
+        assert!(ran.contains(expected), "{expected} in {ran}");
+    }
+    assert!(!ran.contains("onboot"), "{ran}");
+    let shown = lab.shown();
+    assert!(
+        shown.contains("vmid 900102, the drill copy of vmid 102 defined ("),
+        "{shown}"
+    );
+    for id in [900101, 900102] {
+        assert!(!lab.conf_path("hv2", id).exists(), "{id} left");
+        assert!(
+            !lab.images("hv2").join(id.to_string()).exists(),
+            "{id} left"
+        );
+    }
+    for id in [101, 102] {
+        assert!(!lab.conf_path("hv2", id).exists(), "{id} defined");
+    }
+    let after: Vec<Vec<u8>> = copies.iter().map(|c| digest(c)).collect();
+    assert_eq!(after, before, "the drill wrote into the copies");
+
+    // The dry run compares the configuration a drill would use with the one it last used.
+    let same = lab.with(&["drill", "--dry-run", "--service", "app", "--only"]);
+    assert_eq!(same.code, 0, "{same:?}");
+    assert!(
+        same.stdout
+            .contains("vm app as drill-app on hv2: unchanged"),
+        "{same:?}"
+    );
+    let text = lab
+        .conf("hv1", 102)
+        .replace("memory: 512\n", "memory: 768\n");
+    std::fs::write(lab.conf_path("hv1", 102), text).unwrap();
+    let replicated = lab.with(&["replicate", "--service", "app"]);
+    assert_eq!(replicated.code, 0, "{replicated:?}");
+    let changed = lab.with(&["drill", "--dry-run", "--service", "app", "--only"]);
+    assert_eq!(changed.code, 0, "{changed:?}");
+    assert!(
+        changed
+            .stdout
+            .contains("vm app as drill-app on hv2: CHANGED since it was last defined there"),
+        "{changed:?}"
+    );
+    let lines: Vec<&str> = changed.stdout.lines().map(str::trim_start).collect();
+    assert!(lines.contains(&"- memory: 512"), "{changed:?}");
+    assert!(lines.contains(&"+ memory: 768"), "{changed:?}");
+}
+
+/// A configuration reprise cannot read or fit is refused with what is wrong and what to
+/// do, and nothing is defined: a section in what the driver prints (a driver reading the
+/// file itself), a disk that is not among the vm's `disks`, one larger than a definition may
+/// be.
+#[test]
+fn a_hostile_proxmox_configuration_is_refused_and_nothing_is_defined() {
+    let lab = Lab::up(212);
+    let conf = lab.conf_path("hv1", 101);
+    let good = lab.conf("hv1", 101);
+    let points = lab.point_ids("db");
+
+    // Larger than a definition may be: not captured, so no point is made.
+    std::fs::write(
+        &conf,
+        format!("{good}description: {}\n", "x".repeat(2 << 20)),
+    )
+    .unwrap();
+    let replicated = lab.with(&["replicate", "--service", "db"]);
+    assert_eq!(replicated.code, 1, "{replicated:?}");
+    assert!(
+        replicated
+            .stderr
+            .contains("its answer is longer than 1048576 bytes: refused"),
+        "{replicated:?}"
+    );
+    assert_eq!(lab.point_ids("db"), points);
+
+    // A driver that prints the file itself, with a snapshot section.
+    std::fs::write(&conf, format!("{good}\n[before-upgrade]\nmemory: 256\n")).unwrap();
+    let vms = lab.dir.path().join("inventory/vms.toml");
+    let text = std::fs::read_to_string(&vms).unwrap();
+    std::fs::write(
+        &vms,
+        format!(
+            "{text}\n[drivers.proxmox]\ndefinition = \"cat {{{{ host.pve_dir }}}}/qemu-server/{{{{ vm.vmid }}}}.conf\"\n"
+        ),
+    )
+    .unwrap();
+    let replicated = lab.with(&["replicate", "--service", "db"]);
+    assert_eq!(replicated.code, 1, "{replicated:?}");
+    for expected in [
+        "the definition hv1 gave is refused: line ",
+        " of the definition (`[before-upgrade]`): a section (a snapshot, [PENDING] changes, cloud-init's): only a vm's current configuration is read",
+    ] {
+        assert!(replicated.stderr.contains(expected), "{replicated:?}");
+    }
+    assert_eq!(lab.point_ids("db"), points);
+    std::fs::write(&vms, text).unwrap();
+
+    // A disk that is not replicated: the point is made, and the failover that would start
+    // from it stops before defining anything, saying which disk and what to do.
+    std::fs::write(
+        &conf,
+        format!("{good}scsi5: local:101/vm-101-disk-5.qcow2,size=1G\n"),
+    )
+    .unwrap();
+    let replicated = lab.with(&["replicate", "--service", "db"]);
+    assert_eq!(replicated.code, 0, "{replicated:?}");
+    let check = lab.with(&["check"]);
+    assert_ne!(check.code, 0, "{check:?}");
+    assert!(
+        check
+            .stdout
+            .contains("scsi5 is the volume local:101/vm-101-disk-5.qcow2"),
+        "{check:?}"
+    );
+    let failover = lab.with(&["failover", "--emergency", "--yes", "--no-prompt"]);
+    assert_ne!(failover.code, 0, "{failover:?}");
+    let shown = lab.shown();
+    assert!(
+        shown.contains(
+            "cannot be defined on hv2: the definition's disk scsi5 is the volume local:101/vm-101-disk-5.qcow2, which is not one of the vm's disks (101/vm-101-disk-0.qcow2): refused (add it to the vm's `disks` in the inventory"
+        ),
+        "{shown}"
+    );
+    for id in [101, 102] {
+        assert!(!lab.conf_path("hv2", id).exists(), "{id} was defined");
+    }
+    let status = lab.status();
+    assert!(
+        !vm_line(&status, "db").contains("recovery (hv2"),
+        "{status}"
+    );
+}
+
+/// A start that fails on the recovery node after reprise defined the vm there (a bridge the
+/// node does not have) removes only the configuration it wrote: the copies, the vm's
+/// volumes there, stay (never `qm destroy`).
+#[test]
+fn a_failed_proxmox_start_undefines_the_vm_and_keeps_its_copies() {
+    let lab = Lab::up(213);
+    let hosts = lab.dir.path().join("inventory/hosts.toml");
+    let text = std::fs::read_to_string(&hosts).unwrap();
+    let mapped = "networks = { vmbr0 = \"vmbr0\", vmbr1 = \"vmbr1\" }";
+    assert!(text.contains(mapped), "{text}");
+    // hv2 is the second hypervisor: its mapping sends vmbr1 to a bridge it lacks.
+    let at = text.rfind(mapped).unwrap();
+    let text = format!(
+        "{}networks = {{ vmbr0 = \"vmbr0\", vmbr1 = \"vmbr9\" }}{}",
+        &text[..at],
+        &text[at + mapped.len()..]
+    );
+    std::fs::write(&hosts, text).unwrap();
+    let copies: Vec<PathBuf> = ["101/vm-101-disk-0.qcow2"]
+        .iter()
+        .map(|d| lab.images("hv2").join(d))
+        .collect();
+    let before: Vec<Vec<u8>> = copies.iter().map(|c| digest(c)).collect();
+    let failover = lab.with(&["failover", "--emergency", "--yes", "--no-prompt"]);
+    assert_ne!(failover.code, 0, "{failover:?}");
+    let shown = lab.shown();
+    for expected in [
+        "vmid 101 defined (",
+        "bridge 'vmbr9' does not exist",
+        "db, defined on hv2 for this step, was undefined again",
+    ] {
+        assert!(shown.contains(expected), "{expected} in {shown}");
+    }
+    assert!(!lab.conf_path("hv2", 101).exists());
+    let after: Vec<Vec<u8>> = copies.iter().map(|c| digest(c)).collect();
+    assert_eq!(after, before, "the copies changed");
+    assert!(
+        !lab.qm_calls("hv2")
+            .iter()
+            .any(|c| c.starts_with("qm destroy")),
+        "{:?}",
+        lab.qm_calls("hv2")
+    );
+}
+
+/// The recovery node already has a vm of another name under the vmid: the failover does not
+/// write over its configuration, says whose it is and what to do, and starts nothing.
+#[test]
+fn a_proxmox_failover_never_overwrites_another_vms_configuration() {
+    let lab = Lab::up(214);
+    let theirs = "name: accounting\nmemory: 1024\nscsi0: local:101/vm-101-disk-0.qcow2\n";
+    std::fs::write(lab.conf_path("hv2", 101), theirs).unwrap();
+    let failover = lab.with(&["failover", "--emergency", "--yes", "--no-prompt"]);
+    assert_ne!(failover.code, 0, "{failover:?}");
+    let shown = lab.shown();
+    assert!(
+        shown.contains(
+            "/etc/pve/qemu-server/101.conf is the configuration of another vm (named 'accounting'), not of vmid 101 ('db'): not overwritten; remove or renumber that vm, or give this one another vmid"
+        ),
+        "{shown}"
+    );
+    assert_eq!(lab.conf("hv2", 101), theirs);
+    assert!(
+        !lab.qm_calls("hv2")
+            .iter()
+            .any(|c| c.starts_with("qm start")),
+        "{:?}",
+        lab.qm_calls("hv2")
     );
 }
