@@ -1,7 +1,7 @@
 //! Load, validate and plan a generated inventory of 10,000 services and 50,000 steps.
 //!
 //! `cargo bench --bench plan` writes the inventory and runbooks as TOML files to a temporary
-//! folder (so that reading files is measured too), then 5 times: `Sources::read`, `Model::load`
+//! folder (so that reading files is measured too), then 5 times: `Sources::read`, `plan::validate::load`
 //! (which plans every mode to validate it) and `plan::build` for the failover. It prints the
 //! median and minimum of each stage and of the whole, and the peak resident memory.
 //!
@@ -14,7 +14,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use reprise::model::Model;
 use reprise::plan::{self, PlanOptions};
 use reprise::runbook::Mode;
 use reprise::sources::Sources;
@@ -291,7 +290,7 @@ fn main() {
 
     let stages = [
         "Sources::read",
-        "Model::load (validate)",
+        "plan::validate::load",
         "plan::build failover",
         "total",
     ];
@@ -304,7 +303,7 @@ fn main() {
         let sources = Sources::read(&inv_dir, &books_dir).expect("the generated files read");
         let t1 = Instant::now();
         heaps.push(heap());
-        let (model, _warnings) = match Model::load(sources) {
+        let (model, _warnings) = match plan::validate::load(sources) {
             Ok(m) => m,
             Err(report) => panic!("the generated inventory is invalid:\n{report}"),
         };

@@ -2494,7 +2494,9 @@ mod tests {
             std::path::Path::new("runbooks"),
         )
         .unwrap();
-        Model::load(sources).map(|(m, _)| m).unwrap()
+        crate::plan::validate::load(sources)
+            .map(|(m, _)| m)
+            .unwrap()
     }
 
     /// Drill overlays are counted where the driver's `drill-start` makes them: libvirt's

@@ -667,7 +667,7 @@ fn load(cli: &Cli) -> Result<(Model, String), Outcome> {
         };
         Outcome::err(exit::IO, format!("error: {e}{hint}"))
     })?;
-    match Model::load(sources) {
+    match crate::plan::validate::load(sources) {
         Ok((model, warnings)) => {
             let warnings = if warnings.is_empty() {
                 String::new()
@@ -890,7 +890,9 @@ fn lab_up(cli: &Cli, model: &Model, lab_dir: &std::path::Path, action: &LabActio
         let mut sources =
             Sources::read(&cli.inventory, &cli.runbooks).map_err(|e| e.to_string())?;
         sources.add_overlay(overlay).map_err(|e| e.to_string())?;
-        Model::load(sources).map(|(m, _)| m).map_err(|r| r.render())
+        crate::plan::validate::load(sources)
+            .map(|(m, _)| m)
+            .map_err(|r| r.render())
     };
     match crate::lab::up(model, reload, lab_dir, net) {
         Ok(state) => Outcome::ok(crate::lab::describe_up(&state)),

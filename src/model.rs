@@ -1,13 +1,12 @@
-//! The validated model: inventory, runbooks and service graph loaded together, and `validate`,
-//! which checks everything a plan of any mode would need.
+//! The model: inventory, runbooks and service graph loaded together and checked file by file.
+//! Whether every mode plans is checked above it, by `plan::validate::load`.
 //!
 //! Pure: takes [`Sources`] already read; never prints.
 
 use crate::diagnostic::{Diagnostic, Report};
 use crate::graph::ServiceGraph;
 use crate::inventory::{self, Inventory};
-use crate::plan::{self, PlanOptions};
-use crate::runbook::{self, Mode, Runbooks};
+use crate::runbook::{self, Runbooks};
 use crate::sources::Sources;
 
 /// Everything reprise knows about the infrastructure and what to do with it.
@@ -20,8 +19,9 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads and checks the files; any error (or, with `strict`, none) returns the full report.
-    pub fn load(sources: Sources) -> Result<(Model, Vec<Diagnostic>), Report> {
+    /// Reads and checks the files and the links between them, without planning; any error returns
+    /// the full report. A model every mode can plan comes from `plan::validate::load`.
+    pub fn read(sources: Sources) -> Result<(Model, Vec<Diagnostic>), Report> {
         let mut diags = sources.diagnostics.clone();
         let inventory = inventory::load(&sources, &sources.inventory, &mut diags);
         let graph = ServiceGraph::build(&inventory, &mut diags);
@@ -32,21 +32,6 @@ impl Model {
             runbooks,
             graph,
         };
-        if diags.iter().any(Diagnostic::is_error) {
-            return Err(model.report(diags));
-        }
-        // Every mode must plan: that checks hosts, sites, drivers and templates. (An emergency
-        // failover plans a subset of the failover's steps: it cannot fail where that succeeds.)
-        let mut seen = std::collections::HashSet::new();
-        for opts in Mode::ALL.iter().map(|&m| PlanOptions::new(m)) {
-            if let Err(errors) = plan::build(&model, &opts) {
-                for e in errors {
-                    if seen.insert(e.clone()) {
-                        diags.push(e);
-                    }
-                }
-            }
-        }
         if diags.iter().any(Diagnostic::is_error) {
             return Err(model.report(diags));
         }

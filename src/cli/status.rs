@@ -1056,7 +1056,9 @@ mod tests {
             std::path::Path::new("runbooks"),
         )
         .unwrap();
-        let model = Model::load(sources).map(|(m, _)| m).unwrap();
+        let model = crate::plan::validate::load(sources)
+            .map(|(m, _)| m)
+            .unwrap();
         let app: Vec<&str> = model
             .inventory
             .services

@@ -1625,7 +1625,9 @@ mod tests {
             std::path::Path::new("runbooks"),
         )
         .unwrap();
-        Model::load(sources).map(|(m, _)| m).unwrap()
+        crate::plan::validate::load(sources)
+            .map(|(m, _)| m)
+            .unwrap()
     }
 
     /// Where each vm a drill defines puts its NICs.

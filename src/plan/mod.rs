@@ -8,6 +8,7 @@
 
 mod build;
 pub mod text;
+pub mod validate;
 
 pub use build::{
     LAG_STEP, build, images_dir_of, replicate_hook, vm_action_command, vm_status_command,

@@ -836,7 +836,6 @@ fn fuzz_inventory_and_runbook_loading() {
         }
         seeds
     });
-    use reprise::model::Model;
     use reprise::sources::Sources;
     fuzz("toml", 250, |bytes| {
         let (inv, books) = match bytes.iter().position(|b| *b == 0xff) {
@@ -853,7 +852,7 @@ fn fuzz_inventory_and_runbook_loading() {
                 String::from_utf8_lossy(books).into_owned(),
             )],
         );
-        match Model::load(sources) {
+        match reprise::plan::validate::load(sources) {
             Ok((model, warnings)) => {
                 let _ = model.report(warnings).render();
             }

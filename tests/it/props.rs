@@ -590,7 +590,7 @@ fn variants(g: &GenInventory, pick: &[Index], only: bool) -> Vec<PlanOptions> {
 }
 
 fn load(sources: Sources) -> Result<Model, Report> {
-    Model::load(sources).map(|(model, _)| model)
+    reprise::plan::validate::load(sources).map(|(model, _)| model)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -794,7 +794,7 @@ fn any_text() -> impl Strategy<Value = String> {
 
 /// Loads, and renders the report: neither may panic.
 fn check_no_panic(inventory: Vec<(String, String)>, runbooks: Vec<(String, String)>) {
-    match Model::load(Sources::from_texts(inventory, runbooks)) {
+    match reprise::plan::validate::load(Sources::from_texts(inventory, runbooks)) {
         Ok((model, warnings)) => {
             let _ = model.report(warnings).render();
         }
@@ -1323,7 +1323,7 @@ fn the_files_changed_by_the_properties_are_valid() {
         Doc::render_all(&base_inventory()),
         Doc::render_all(&base_runbooks()),
     );
-    if let Err(report) = Model::load(sources) {
+    if let Err(report) = reprise::plan::validate::load(sources) {
         panic!("{}", report.render());
     }
 }
@@ -1368,7 +1368,7 @@ id = "x"
 kind = "exec"
 run = "true"
 "#;
-    let (model, _) = Model::load(Sources::from_texts(
+    let (model, _) = reprise::plan::validate::load(Sources::from_texts(
         [("inventory/i.toml".to_string(), inventory.to_string())],
         [("runbooks/r.toml".to_string(), runbooks.to_string())],
     ))
