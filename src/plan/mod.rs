@@ -7,12 +7,14 @@
 //! person. The executable form of each step ([`Action`]) keeps secrets unresolved.
 
 mod build;
+mod resolve;
+mod scope;
 pub mod text;
 pub mod validate;
+mod vm;
 
-pub use build::{
-    LAG_STEP, build, images_dir_of, replicate_hook, vm_action_command, vm_status_command,
-};
+pub use build::{LAG_STEP, build};
+pub use vm::{images_dir_of, replicate_hook, vm_action_command, vm_status_command};
 
 use serde::Serialize;
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::duration::Duration;
-use crate::plan::{Plan, PlannedStep};
+use crate::plan::{Plan, PlannedService, PlannedStep};
 use crate::runbook::{Mode, Phase};
 
 /// What a mode does, in one line.
@@ -27,6 +27,18 @@ fn clock(secs: u64) -> String {
 
 pub fn render(plan: &Plan) -> String {
     let mut out = String::new();
+    render_header(&mut out, plan);
+    let by_id: HashMap<&str, &PlannedStep> =
+        plan.steps.iter().map(|s| (s.id.as_str(), s)).collect();
+    for (n, service) in plan.services.iter().enumerate() {
+        render_service(&mut out, n, service, &by_id);
+    }
+    render_footer(&mut out, plan);
+    out
+}
+
+/// What the plan does, to what, and how long it is estimated to take.
+fn render_header(out: &mut String, plan: &Plan) {
     let title = if plan.emergency {
         "EMERGENCY FAILOVER".to_string()
     } else {
@@ -66,48 +78,56 @@ pub fn render(plan: &Plan) -> String {
             "Cleanup steps run at the end, even when the drill fails."
         );
     }
-    let by_id: HashMap<&str, &PlannedStep> =
-        plan.steps.iter().map(|s| (s.id.as_str(), s)).collect();
+}
 
-    for (n, service) in plan.services.iter().enumerate() {
-        let verdict = if service.rto_ok { "ok" } else { "OVER TARGET" };
-        let _ = writeln!(
-            out,
-            "\n[{}] {} ({}){}",
-            n + 1,
-            service.id,
-            service.kind,
-            service
-                .owner
-                .as_ref()
-                .map(|o| format!(", owner {o}"))
-                .unwrap_or_default()
-        );
-        let _ = writeln!(
-            out,
-            "    RTO target {}, estimated {} ({verdict}){}",
-            service.rto_target,
-            service.estimated_rto,
-            service
-                .rpo_target
-                .map(|r| format!("; RPO target {r}"))
-                .unwrap_or_default()
-        );
-        if !service.depends_on.is_empty() {
-            let _ = writeln!(out, "    needs: {}", service.depends_on.join(", "));
-        }
-        let mut previous: Option<&str> = None;
-        for sid in &service.steps {
-            let step = by_id[sid.as_str()];
-            if step.phase == Phase::Main {
-                render_step(&mut out, step, previous);
-                previous = Some(&step.id);
-            }
-        }
-        if service.steps.is_empty() {
-            let _ = writeln!(out, "    (nothing to do in this mode)");
+/// One service's part: targets, needs, and its main steps.
+fn render_service(
+    out: &mut String,
+    n: usize,
+    service: &PlannedService,
+    by_id: &HashMap<&str, &PlannedStep>,
+) {
+    let verdict = if service.rto_ok { "ok" } else { "OVER TARGET" };
+    let _ = writeln!(
+        out,
+        "\n[{}] {} ({}){}",
+        n + 1,
+        service.id,
+        service.kind,
+        service
+            .owner
+            .as_ref()
+            .map(|o| format!(", owner {o}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "    RTO target {}, estimated {} ({verdict}){}",
+        service.rto_target,
+        service.estimated_rto,
+        service
+            .rpo_target
+            .map(|r| format!("; RPO target {r}"))
+            .unwrap_or_default()
+    );
+    if !service.depends_on.is_empty() {
+        let _ = writeln!(out, "    needs: {}", service.depends_on.join(", "));
+    }
+    let mut previous: Option<&str> = None;
+    for sid in &service.steps {
+        let step = by_id[sid.as_str()];
+        if step.phase == Phase::Main {
+            render_step(out, step, previous);
+            previous = Some(&step.id);
         }
     }
+    if service.steps.is_empty() {
+        let _ = writeln!(out, "    (nothing to do in this mode)");
+    }
+}
+
+/// The cleanup steps, the critical path, warnings, and what the plan leaves out.
+fn render_footer(out: &mut String, plan: &Plan) {
     let cleanup: Vec<&PlannedStep> = plan
         .steps
         .iter()
@@ -117,7 +137,7 @@ pub fn render(plan: &Plan) -> String {
         let _ = writeln!(out, "\n[cleanup] reverse dependency order, always runs");
         let mut previous: Option<&str> = None;
         for step in cleanup {
-            render_step(&mut out, step, previous);
+            render_step(out, step, previous);
             previous = Some(&step.id);
         }
     }
@@ -152,7 +172,6 @@ pub fn render(plan: &Plan) -> String {
             plan.not_covered.join(", ")
         );
     }
-    out
 }
 
 fn render_step(out: &mut String, step: &PlannedStep, previous: Option<&str>) {

@@ -1,0 +1,824 @@
+//! Resolving one runbook step for a mode: the host it runs on (allowed by the site rules), its
+//! commands rendered, and what executing it means ([`Action`]); one function per kind of step.
+
+use crate::diagnostic::{Diagnostic, Location};
+use crate::duration::Duration;
+use crate::fields::{ADDRESS_HINT, Sp, address_problem, url_problem};
+use crate::inventory::{Inventory, Service, SiteRole, Vm};
+use crate::model::Model;
+use crate::plan::scope::{StepScope, render, render_plain};
+use crate::plan::vm::{define_use, images_dir_of, undo_action, vm_action_command};
+use crate::plan::{
+    Action, PlanOptions, PlannedStep, ReplicaRole, ReplicaUse, Replicated, SnapshotHooks, Tls,
+};
+use crate::runbook::{Mode, Probe, ReplicaSource, Side, Step, StepKind};
+use crate::template::{Command, Template};
+
+const DEFAULT_EXEC_TIMEOUT: Duration = Duration(300);
+const DEFAULT_CHECK_TIMEOUT: Duration = Duration(600);
+const DEFAULT_VM_TIMEOUT: Duration = Duration(600);
+const DEFAULT_REPLICATE_TIMEOUT: Duration = Duration(7200);
+const DEFAULT_MANUAL_EXPECTED: Duration = Duration(900);
+
+/// A planned step's kind-specific part, as one kind of step resolves it; the rest of a planned
+/// step (id, service, phase, estimates) is the same for every kind.
+struct Resolved {
+    /// The host the step runs on (none for manual steps and tcp or http checks).
+    host: Option<String>,
+    timeout: Option<Duration>,
+    /// The command as the plan shows it.
+    command: String,
+    verify: Option<String>,
+    undo: Option<String>,
+    action: Action,
+    /// A vm step's driver action.
+    action_name: Option<String>,
+    replica: Option<ReplicaUse>,
+    state_before: Option<Command>,
+    retries: u32,
+    idempotent: bool,
+}
+
+impl Resolved {
+    fn new(
+        host: Option<String>,
+        timeout: Option<Duration>,
+        command: String,
+        action: Action,
+    ) -> Self {
+        Resolved {
+            host,
+            timeout,
+            command,
+            verify: None,
+            undo: None,
+            action,
+            action_name: None,
+            replica: None,
+            state_before: None,
+            retries: 0,
+            idempotent: false,
+        }
+    }
+}
+
+/// One runbook step of one service being resolved for the plan's mode.
+struct StepAt<'a> {
+    model: &'a Model,
+    opts: &'a PlanOptions,
+    service: &'a Service,
+    step: &'a Step,
+    /// `service/step`.
+    id: String,
+}
+
+/// Resolves one runbook step into a planned step: host, rendered commands, site rules.
+pub(super) fn resolve(
+    model: &Model,
+    opts: &PlanOptions,
+    service: &Service,
+    step: &Step,
+    after_idx: Vec<usize>,
+    planned: &[PlannedStep],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<PlannedStep> {
+    let at = StepAt {
+        model,
+        opts,
+        service,
+        step,
+        id: format!("{}/{}", service.id, step.id.value),
+    };
+    let errors_before = diags.len();
+    let resolved = match &step.kind {
+        StepKind::Exec {
+            host,
+            run,
+            verify,
+            undo,
+            retries,
+            idempotent,
+        } => at.exec(host, run, verify, undo, diags).map(|r| Resolved {
+            retries: *retries,
+            idempotent: *idempotent,
+            ..r
+        }),
+        StepKind::Check {
+            host,
+            vm,
+            probe,
+            interval,
+        } => at.check(host, vm.as_ref(), probe, *interval, diags),
+        StepKind::Manual { instructions } => Some(Resolved::new(
+            None,
+            step.timeout,
+            instructions.clone(),
+            Action::Manual {
+                instructions: instructions.clone(),
+            },
+        )),
+        StepKind::Vm {
+            action,
+            vm,
+            side,
+            undo,
+        } => at.vm(action, vm, side, undo, diags),
+        StepKind::Replicate { source } => at.replicate(source, diags),
+    }?;
+    // A step whose commands did not all render is not planned.
+    if diags.len() > errors_before {
+        return None;
+    }
+    let inv = &model.inventory;
+    let host = resolved.host.as_deref().and_then(|h| inv.hosts.get(h));
+    let expected = step
+        .expected
+        .or(resolved.timeout)
+        .unwrap_or(DEFAULT_MANUAL_EXPECTED);
+    Some(PlannedStep {
+        id: at.id,
+        service: service.id.clone(),
+        step: step.id.value.clone(),
+        host: resolved.host.clone(),
+        target: host.map(|h| format!("{}@{}:{}", h.user, h.address, h.port)),
+        site: host.and_then(|h| h.site.as_ref().map(|s| s.value.clone())),
+        kind: step.kind.name(),
+        action: resolved.action_name,
+        replica: resolved.replica,
+        state_before: resolved.state_before,
+        command: resolved.command,
+        verify: resolved.verify,
+        undo: resolved.undo,
+        description: step.description.clone(),
+        timeout_s: resolved.timeout.map(Duration::secs),
+        expected_s: expected.secs(),
+        retries: resolved.retries,
+        idempotent: resolved.idempotent,
+        needs_primary: step.needs_primary,
+        phase: step.phase,
+        after: after_idx
+            .into_iter()
+            .map(|i| planned[i].id.clone())
+            .collect(),
+        est_start_s: 0,
+        est_finish_s: 0,
+        critical: false,
+        action_spec: resolved.action,
+    })
+}
+
+impl<'a> StepAt<'a> {
+    fn inv(&self) -> &'a Inventory {
+        &self.model.inventory
+    }
+
+    fn mode(&self) -> Mode {
+        self.opts.mode
+    }
+
+    /// The template values of the step before its kind says on which host and vm side it runs.
+    fn scope(&self) -> StepScope<'a> {
+        let inv = self.inv();
+        StepScope {
+            inv,
+            host: None,
+            service: self.service,
+            vm: self
+                .service
+                .vm()
+                .and_then(|v| inv.vms.get(v))
+                .map(|v| (v, self.mode().default_side())),
+            run_id: &self.opts.run_id,
+            mode: self.mode(),
+        }
+    }
+
+    /// The site rules for `host`: a forbidden host is reported (at `loc`) before any template
+    /// of the step is rendered. `None` when reported.
+    fn site_allows(&self, host: &str, loc: &Location, diags: &mut Vec<Diagnostic>) -> Option<()> {
+        let (inv, mode, needs_primary) = (self.inv(), self.mode(), self.step.needs_primary);
+        match site_violation(inv, mode, needs_primary, &self.id, host, loc) {
+            Some(d) => {
+                diags.push(d);
+                None
+            }
+            None => Some(()),
+        }
+    }
+
+    /// The host a step of one host runs on (its own `host`, else its service's), allowed by
+    /// the site rules; `what` names the step in the error when there is none.
+    fn runs_on(
+        &self,
+        host: &Option<Sp<String>>,
+        what: &str,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Sp<String>> {
+        let service = self.service;
+        let own = || {
+            service
+                .host()
+                .map(|h| Sp::new(h.to_string(), service.loc.clone()))
+        };
+        let Some(h) = host.clone().or_else(own) else {
+            diags.push(
+                Diagnostic::error(format!("step `{}` ({what}) has no host", self.id))
+                    .at(self.step.id.loc.clone())
+                    .hint(format!(
+                        "add `host = \"...\"` to the step, or `host = \"...\"` to service `{}`",
+                        service.id
+                    )),
+            );
+            return None;
+        };
+        self.site_allows(&h.value, &h.loc, diags)?;
+        Some(h)
+    }
+
+    fn exec(
+        &self,
+        host: &Option<Sp<String>>,
+        run: &Template,
+        verify: &Option<Template>,
+        undo: &Option<Template>,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Resolved> {
+        let timeout = Some(self.step.timeout.unwrap_or(DEFAULT_EXEC_TIMEOUT));
+        let h = self.runs_on(host, "exec", diags)?;
+        let mut scope = self.scope();
+        scope.host = self.inv().hosts.get(&h.value);
+        let run = render(run, &scope, diags);
+        let verify = verify.as_ref().and_then(|t| render(t, &scope, diags));
+        let undo = undo.as_ref().and_then(|t| render(t, &scope, diags));
+        let run = run?;
+        Some(Resolved {
+            verify: verify.as_ref().map(ToString::to_string),
+            undo: undo.as_ref().map(ToString::to_string),
+            ..Resolved::new(
+                Some(h.value),
+                timeout,
+                run.to_string(),
+                Action::Exec { run, verify, undo },
+            )
+        })
+    }
+
+    fn check(
+        &self,
+        host: &Option<Sp<String>>,
+        vm: Option<&Sp<String>>,
+        probe: &Probe,
+        interval: Duration,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Resolved> {
+        let timeout = Some(self.step.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT));
+        match probe {
+            Probe::Command { run } => {
+                let h = self.runs_on(host, "command check", diags)?;
+                let mut scope = self.scope();
+                scope.host = self.inv().hosts.get(&h.value);
+                let run = render(run, &scope, diags)?;
+                Some(Resolved::new(
+                    Some(h.value),
+                    timeout,
+                    run.to_string(),
+                    Action::Probe { run, interval },
+                ))
+            }
+            Probe::Tcp { address, port } => {
+                let mut scope = self.scope();
+                let (inv, service, mode) = (self.inv(), self.service, self.mode());
+                let target =
+                    probe_target(inv, service, host, vm, mode, &mut scope, &self.id, diags)?;
+                let address = self.tcp_address(address.as_ref(), target, &scope, diags)?;
+                Some(Resolved::new(
+                    None,
+                    timeout,
+                    format!("tcp {address}:{port} (every {interval})"),
+                    Action::Tcp {
+                        address,
+                        port: *port,
+                        interval,
+                    },
+                ))
+            }
+            Probe::Http {
+                url,
+                status,
+                ca_file,
+                insecure,
+            } => {
+                let mut scope = self.scope();
+                let (inv, service, mode) = (self.inv(), self.service, self.mode());
+                probe_target(inv, service, host, vm, mode, &mut scope, &self.id, diags)?;
+                let url_template = url;
+                let url = render_plain(url_template, &scope, diags)?;
+                let https = self.http_url(&url, url_template, diags)?;
+                let tls = self.http_tls(https, &url, ca_file.as_ref(), *insecure, diags)?;
+                let scheme = if https { "https" } else { "http" };
+                let trust = match (&tls.ca_file, tls.insecure) {
+                    _ if !https => String::new(),
+                    (_, true) => ", certificate NOT verified".to_string(),
+                    (Some(ca), false) => format!(", certificate checked against {ca}"),
+                    (None, false) => {
+                        ", certificate checked against the system's authorities".to_string()
+                    }
+                };
+                Some(Resolved::new(
+                    None,
+                    timeout,
+                    format!("{scheme} GET {url} expect {status} (every {interval}{trust})"),
+                    Action::Http {
+                        url,
+                        status: *status,
+                        interval,
+                        tls,
+                    },
+                ))
+            }
+        }
+    }
+
+    /// The address a tcp check connects to: its own `address`, else its target's.
+    fn tcp_address(
+        &self,
+        address: Option<&Template>,
+        target: Option<String>,
+        scope: &StepScope<'_>,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<String> {
+        let id = &self.id;
+        match address {
+            Some(t) => {
+                let a = render_plain(t, scope, diags)?;
+                if let Some(problem) = address_problem(&a) {
+                    diags.push(
+                        Diagnostic::error(format!("the address of tcp check `{id}` {problem}"))
+                            .at(t.source.loc.clone())
+                            .hint(ADDRESS_HINT),
+                    );
+                    return None;
+                }
+                Some(a)
+            }
+            None => match target {
+                Some(a) => Some(a),
+                None => {
+                    diags.push(
+                        Diagnostic::error(format!("tcp check `{id}` has no address"))
+                            .at(self.step.id.loc.clone())
+                            .hint("add `address = \"...\"`, `host = \"...\"` or `vm = \"...\"`, or give the service a vm or host with an address"),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    /// Checks an http check's rendered `url`; whether it is https.
+    fn http_url(
+        &self,
+        url: &str,
+        url_template: &Template,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<bool> {
+        let id = &self.id;
+        let https = url.starts_with("https://");
+        if !https && !url.starts_with("http://") {
+            diags.push(
+                Diagnostic::error(format!(
+                    "http check `{id}`: `{url}` is not an http:// or https:// address"
+                ))
+                .at(url_template.source.loc.clone())
+                .hint("use a command check (`probe = \"command\"`) for other protocols"),
+            );
+            return None;
+        }
+        if let Some(problem) = url_problem(url) {
+            diags.push(
+                Diagnostic::error(format!("the url of http check `{id}` {problem}"))
+                    .at(url_template.source.loc.clone())
+                    .hint("write `http://HOST[:PORT]/PATH` or `https://...`, HOST an IP address or a host name"),
+            );
+            return None;
+        }
+        Some(https)
+    }
+
+    /// How an http check trusts its server: `ca_file` and `insecure` are for https only.
+    fn http_tls(
+        &self,
+        https: bool,
+        url: &str,
+        ca_file: Option<&Sp<String>>,
+        insecure: bool,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Tls> {
+        if https {
+            return Some(Tls {
+                ca_file: ca_file.map(|c| c.value.clone()),
+                insecure,
+            });
+        }
+        if let Some(loc) = ca_file
+            .map(|c| c.loc.clone())
+            .or_else(|| insecure.then(|| self.step.id.loc.clone()))
+        {
+            diags.push(
+                Diagnostic::error(format!(
+                    "http check `{}`: `ca_file` and `insecure` are for https, and `{url}` is plain http",
+                    self.id
+                ))
+                .at(loc)
+                .hint("use an https:// address, or remove them"),
+            );
+            return None;
+        }
+        Some(Tls::default())
+    }
+
+    fn vm(
+        &self,
+        action: &str,
+        vm: &Option<Sp<String>>,
+        side: &Option<Sp<Side>>,
+        custom_undo: &Option<Template>,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Resolved> {
+        let (inv, mode, service, step, id) =
+            (self.inv(), self.mode(), self.service, self.step, &self.id);
+        let timeout = Some(step.timeout.unwrap_or(DEFAULT_VM_TIMEOUT));
+        let vm_id = match vm {
+            Some(v) => v.clone(),
+            None => match service.vm() {
+                Some(v) => Sp::new(v.to_string(), step.id.loc.clone()),
+                None => {
+                    diags.push(
+                        Diagnostic::error(format!("vm step `{id}` names no vm"))
+                            .at(step.id.loc.clone())
+                            .hint(format!(
+                                "add `vm = \"...\"`: service `{}` lives on no vm",
+                                service.id
+                            )),
+                    );
+                    return None;
+                }
+            },
+        };
+        let vm = inv.vms.get(&vm_id.value)?;
+        let side_v = side
+            .as_ref()
+            .map(|s| s.value)
+            .unwrap_or(mode.default_side());
+        let h = match side_v {
+            Side::Primary => &vm.primary,
+            Side::Recovery => &vm.recovery,
+        };
+        let host_loc = side
+            .as_ref()
+            .map(|s| s.loc.clone())
+            .unwrap_or_else(|| step.id.loc.clone());
+        self.site_allows(&h.value, &host_loc, diags)?;
+        let mut scope = self.scope();
+        scope.host = inv.hosts.get(&h.value);
+        scope.vm = Some((vm, side_v));
+        let replica = self.replica_use(vm, side_v, action);
+        let driver = inv.drivers.get(&vm.driver.value)?;
+        let Some(tpl) = driver.actions.get(action) else {
+            diags.push(
+                Diagnostic::error(format!("driver `{}` has no `{action}` action", driver.id))
+                    .at(step.id.loc.clone())
+                    .note(
+                        format!("driver `{}` is defined here", driver.id),
+                        driver.loc.clone(),
+                    )
+                    .hint(format!(
+                        "add `{action} = \"...\"` under [drivers.{}]",
+                        driver.id
+                    )),
+            );
+            return None;
+        };
+        let parse = |tpl: &Sp<String>, diags: &mut Vec<Diagnostic>| match Template::parse(
+            tpl,
+            self.model.sources.map.text(tpl.loc.file),
+        ) {
+            Ok(t) => Some(t),
+            Err(d) => {
+                diags.push(*d);
+                None
+            }
+        };
+        let tpl = parse(tpl, diags)?;
+        let run = render(&tpl, &scope, diags)?;
+        // What puts the vm back as it was when a planned failover or failback rolls back:
+        // the opposite action of the same driver, on the same host (the other modes never
+        // roll back).
+        // A runbook's own `undo` replaces it.
+        let rolls_back = matches!(mode, Mode::Failover | Mode::Failback);
+        let undo = match custom_undo {
+            Some(t) => render(t, &scope, diags),
+            None => rolls_back
+                .then(|| undo_action(action))
+                .flatten()
+                .and_then(|a| driver.actions.get(a))
+                .and_then(|t| parse(t, diags))
+                .and_then(|t| render(&t, &scope, diags)),
+        };
+        // Undoing a start stops the vm: only if it was not running before the step.
+        let mut state_before = None;
+        if rolls_back && custom_undo.is_none() && action == "start" && undo.is_some() {
+            state_before = driver
+                .actions
+                .get("status")
+                .and_then(|t| parse(t, diags))
+                .and_then(|t| render(&t, &scope, diags));
+        }
+        Some(Resolved {
+            undo: undo.as_ref().map(ToString::to_string),
+            action_name: Some(action.to_string()),
+            replica,
+            state_before,
+            ..Resolved::new(
+                Some(h.value.clone()),
+                timeout,
+                run.to_string(),
+                Action::Exec {
+                    run,
+                    verify: None,
+                    undo,
+                },
+            )
+        })
+    }
+
+    /// The replica a vm step uses, when it starts or stops a copy: where its disks are, and
+    /// how the copy is checked and defined.
+    fn replica_use(&self, vm: &Vm, side: Side, action: &str) -> Option<ReplicaUse> {
+        let (model, service, run_id) = (self.model, self.service, &self.opts.run_id);
+        let role = match (side, action) {
+            (Side::Recovery, "drill-start") => ReplicaRole::DrillStart,
+            (Side::Recovery, "drill-stop") => ReplicaRole::DrillStop,
+            (Side::Recovery, "start") => ReplicaRole::Start,
+            (Side::Primary, "start") if self.mode() == Mode::Failback => ReplicaRole::FailedBack,
+            _ => return None,
+        };
+        let recovery = &vm.recovery.value;
+        let snapshot_check = (role == ReplicaRole::DrillStart)
+            .then(|| {
+                vm_action_command(model, service, vm, Side::Primary, "replicate-check", run_id)
+            })
+            .flatten();
+        let define = define_use(model, service, vm, role, run_id);
+        images_dir_of(self.inv(), recovery).map(|dir| ReplicaUse {
+            vm: vm.id.clone(),
+            host: recovery.clone(),
+            paths: vm.disks.iter().map(|d| format!("{dir}/{d}")).collect(),
+            role,
+            snapshot_check,
+            define,
+        })
+    }
+
+    fn replicate(&self, source: &ReplicaSource, diags: &mut Vec<Diagnostic>) -> Option<Resolved> {
+        let timeout = Some(self.step.timeout.unwrap_or(DEFAULT_REPLICATE_TIMEOUT));
+        let reverse = self.mode() == Mode::Failback;
+        let t = match source {
+            ReplicaSource::Vm(v) => self.vm_transfer(self.inv().vms.get(&v.value)?, diags)?,
+            ReplicaSource::Backup(b) => {
+                let set = self.inv().backups.get(&b.value)?;
+                let (from, to) = self.direction(&set.source_host.value, &set.dest_host.value);
+                let (src, dst) = self.direction(&set.source_path, &set.dest_path);
+                Transfer {
+                    what: Replicated::Backup(set.id.clone()),
+                    from,
+                    to,
+                    items: vec![(src, dst)],
+                    retention: set.retention,
+                    snapshot: None,
+                    capture: None,
+                    guest: None,
+                }
+            }
+        };
+        // Both ends are checked, and both reported.
+        let loc = &self.step.id.loc;
+        let from_allowed = self.site_allows(&t.from, loc, diags);
+        let to_allowed = self.site_allows(&t.to, loc, diags);
+        from_allowed.and(to_allowed)?;
+        let (noun, name) = match &t.what {
+            Replicated::Vm(v) => ("vm", v),
+            Replicated::Backup(b) => ("backup", b),
+        };
+        let paths: Vec<String> = t
+            .items
+            .iter()
+            .map(|(a, b)| format!("{}:{a} → {}:{b}", t.from, t.to))
+            .collect();
+        let command = format!(
+            "replicate {noun} {name}{}: {}",
+            if reverse { " (reverse direction)" } else { "" },
+            paths.join(", ")
+        );
+        Some(Resolved::new(
+            Some(t.to.clone()),
+            timeout,
+            command,
+            Action::Replicate {
+                what: t.what,
+                from_host: t.from,
+                to_host: t.to,
+                items: t.items,
+                retention: t.retention,
+                snapshot: t.snapshot,
+                capture: t.capture,
+                guest: t.guest,
+            },
+        ))
+    }
+
+    /// `(primary, recovery)` in the direction the mode replicates: reversed by a failback.
+    fn direction(&self, primary: &str, recovery: &str) -> (String, String) {
+        let (a, b) = (primary.to_string(), recovery.to_string());
+        if self.mode() == Mode::Failback {
+            (b, a)
+        } else {
+            (a, b)
+        }
+    }
+
+    /// What replicating a vm's disks copies, between which hosts, with which driver hooks.
+    fn vm_transfer(&self, vm: &Vm, diags: &mut Vec<Diagnostic>) -> Option<Transfer> {
+        let (model, inv, service, run_id) =
+            (self.model, self.inv(), self.service, &self.opts.run_id);
+        let reverse = self.mode() == Mode::Failback;
+        let (from, to) = self.direction(&vm.primary.value, &vm.recovery.value);
+        let no_images_dir = |host: &str| {
+            Diagnostic::error(format!(
+                "replicate step `{}` needs the variable `images_dir` of host `{host}`",
+                self.id
+            ))
+            .at(self.step.id.loc.clone())
+            .hint(format!(
+                "add `images_dir = \"/var/lib/libvirt/images\"` under [hosts.{host}.vars]"
+            ))
+        };
+        let (src, dst) = match (images_dir_of(inv, &from), images_dir_of(inv, &to)) {
+            (Some(a), Some(b)) => (a, b),
+            (a, b) => {
+                if a.is_none() {
+                    diags.push(no_images_dir(&from));
+                }
+                if b.is_none() {
+                    diags.push(no_images_dir(&to));
+                }
+                return None;
+            }
+        };
+        let items = vm
+            .disks
+            .iter()
+            .map(|d| (format!("{src}/{d}"), format!("{dst}/{d}")))
+            .collect();
+        let side = if reverse {
+            Side::Recovery
+        } else {
+            Side::Primary
+        };
+        let action = |name: &str| vm_action_command(model, service, vm, side, name, run_id);
+        let capture = inv
+            .drivers
+            .get(&vm.driver.value)
+            .filter(|d| d.defines())
+            .and_then(|d| {
+                let format = d.definition_format?;
+                action("definition").map(|(_, c)| (c, format))
+            });
+        let snapshot = match (action("replicate-check"), action("replicate-end")) {
+            (Some((host, check)), Some((_, end))) => Some(SnapshotHooks {
+                host,
+                check,
+                end,
+                begin: action("replicate-begin").map(|(_, c)| c),
+            }),
+            _ => None,
+        };
+        let guest = (vm.changed_blocks && vm.driver.value == "libvirt").then_some(reverse);
+        Some(Transfer {
+            what: Replicated::Vm(vm.id.clone()),
+            from,
+            to,
+            items,
+            retention: vm.retention,
+            snapshot,
+            capture,
+            guest,
+        })
+    }
+}
+
+/// What a replicate step copies, from which host to which.
+struct Transfer {
+    what: Replicated,
+    from: String,
+    to: String,
+    /// (source path, destination path) pairs.
+    items: Vec<(String, String)>,
+    retention: u32,
+    snapshot: Option<SnapshotHooks>,
+    capture: Option<(Command, crate::vmdef::Format)>,
+    guest: Option<bool>,
+}
+
+/// A step on `host` that the mode forbids: a drill never touches the primary site, a failover
+/// step on it must need the primary, a restore never runs on the recovery site.
+pub(super) fn site_violation(
+    inv: &Inventory,
+    mode: Mode,
+    needs_primary: bool,
+    id: &str,
+    host: &str,
+    loc: &Location,
+) -> Option<Diagnostic> {
+    let site = inv.site_of(host)?;
+    let role = site.role?;
+    let (why, hint) = match (mode, role) {
+        (Mode::Drill, SiteRole::Primary) => (
+            "a drill must not touch production",
+            "run it on a recovery-site host (for vm steps: `on = \"recovery\"`)",
+        ),
+        (Mode::Failover, SiteRole::Primary) if !needs_primary => (
+            "it would fail when the primary site is lost",
+            "mark it `needs_primary = true`, or run it on a host of another site",
+        ),
+        (Mode::Restore, SiteRole::Recovery) => (
+            "a restore brings back the primary site by itself",
+            "run it on a host of the primary site",
+        ),
+        _ => return None,
+    };
+    Some(
+        Diagnostic::error(format!(
+            "{mode} step `{id}` uses `{host}` on site `{}` ({}): {why}",
+            site.id,
+            role.as_str()
+        ))
+        .at(loc.clone())
+        .hint(hint),
+    )
+}
+
+/// The target of a tcp or http probe (run from the orchestrator): the `host` or `vm` the step
+/// names, else the service's own; sets the template scope accordingly. `None` on a reported
+/// error; `Some(None)` when there is no default address.
+#[allow(clippy::too_many_arguments)]
+fn probe_target<'a>(
+    inv: &'a Inventory,
+    service: &Service,
+    host: &Option<crate::fields::Sp<String>>,
+    vm: Option<&crate::fields::Sp<String>>,
+    mode: Mode,
+    scope: &mut StepScope<'a>,
+    id: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Option<String>> {
+    match (host, vm) {
+        (Some(h), Some(_)) => {
+            diags.push(
+                Diagnostic::error(format!("check `{id}` names both a host and a vm"))
+                    .at(h.loc.clone())
+                    .hint("a tcp or http check targets one host or one vm"),
+            );
+            None
+        }
+        (Some(h), None) => {
+            let host = inv.hosts.get(&h.value)?;
+            scope.host = Some(host);
+            Some(Some(host.address.clone()))
+        }
+        (None, Some(v)) => {
+            let vm = inv.vms.get(&v.value)?;
+            let side = mode.default_side();
+            scope.vm = Some((vm, side));
+            Some(match side {
+                Side::Recovery => vm.recovery_address.clone().or(vm.address.clone()),
+                Side::Primary => vm.address.clone(),
+            })
+        }
+        (None, None) => Some(default_address(inv, service, mode)),
+    }
+}
+
+/// Where a service answers for the side the mode brings up.
+fn default_address(inv: &Inventory, service: &Service, mode: Mode) -> Option<String> {
+    if let Some(vm) = service.vm().and_then(|v| inv.vms.get(v)) {
+        return match mode.default_side() {
+            Side::Recovery => vm.recovery_address.clone().or(vm.address.clone()),
+            Side::Primary => vm.address.clone(),
+        };
+    }
+    service
+        .host()
+        .and_then(|h| inv.hosts.get(h))
+        .map(|h| h.address.clone())
+}

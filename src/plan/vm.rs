@@ -1,0 +1,190 @@
+//! A vm's driver actions rendered for one side (its `status`, replication hooks, `define`), and
+//! where its disk images are.
+
+use crate::inventory::{Inventory, Service, Vm};
+use crate::model::Model;
+use crate::plan::scope::StepScope;
+use crate::plan::{DefineUse, ReplicaRole};
+use crate::runbook::{Mode, Side};
+use crate::template::{Command, Template};
+
+/// The driver's `status` command for one copy of a vm, with the host it runs on: used to check,
+/// before a failback, that a service does not run on both sites.
+pub fn vm_status_command(
+    model: &Model,
+    service: &Service,
+    vm: &Vm,
+    side: Side,
+    run_id: &str,
+) -> Option<(String, Command)> {
+    vm_action_command(model, service, vm, side, "status", run_id)
+}
+
+/// The host and rendered command of a driver action of `vm` on `side` (`None` when the driver
+/// has no such action or it does not render).
+pub fn vm_action_command(
+    model: &Model,
+    service: &Service,
+    vm: &Vm,
+    side: Side,
+    action: &str,
+    run_id: &str,
+) -> Option<(String, Command)> {
+    let inv = &model.inventory;
+    let host_id = match side {
+        Side::Primary => &vm.primary.value,
+        Side::Recovery => &vm.recovery.value,
+    };
+    let scope = StepScope {
+        inv,
+        host: Some(inv.hosts.get(host_id)?),
+        service,
+        vm: Some((vm, side)),
+        run_id,
+        mode: Mode::Failback,
+    };
+    let tpl = inv.drivers.get(&vm.driver.value)?.actions.get(action)?;
+    let tpl = Template::parse(tpl, model.sources.map.text(tpl.loc.file)).ok()?;
+    Some((host_id.clone(), tpl.render(&scope).ok()?))
+}
+
+/// How a vm step of `role` defines `vm` on the host it starts it on, when its driver
+/// carries definitions: where the point's definition is, and what it becomes there.
+pub fn define_use(
+    model: &Model,
+    service: &Service,
+    vm: &Vm,
+    role: ReplicaRole,
+    run_id: &str,
+) -> Option<DefineUse> {
+    let inv = &model.inventory;
+    let driver = inv.drivers.get(&vm.driver.value)?;
+    if !driver.defines() {
+        return None;
+    }
+    let format = driver.definition_format?;
+    let (primary, recovery) = (&vm.primary.value, &vm.recovery.value);
+    let (pdir, rdir) = (images_dir_of(inv, primary)?, images_dir_of(inv, recovery)?);
+    let side = match role {
+        ReplicaRole::DrillStop => return None,
+        ReplicaRole::FailedBack => Side::Primary,
+        ReplicaRole::DrillStart | ReplicaRole::Start => Side::Recovery,
+    };
+    let (host, command) = vm_action_command(model, service, vm, side, "define", run_id)?;
+    // The vm under its own name (a drill's copy is removed by the drill's cleanup).
+    let own = |action: &str| {
+        (role != ReplicaRole::DrillStart)
+            .then(|| vm_action_command(model, service, vm, side, action, run_id))
+            .flatten()
+            .map(|(_, c)| c)
+    };
+    let (current, undefine) = (own("definition"), own("undefine"));
+    let var = |name: &str| match inv.hosts.get(&host).and_then(|h| h.vars.get(name)) {
+        Some(crate::inventory::VarValue::Text(t)) => Some(t.trim_end_matches('/').to_string()),
+        _ => None,
+    };
+    let drill = role == ReplicaRole::DrillStart;
+    let to = |d: &str| match role {
+        ReplicaRole::DrillStart => {
+            var("overlays_dir").map(|o| format!("{o}/{run_id}/{}/{d}", vm.id))
+        }
+        ReplicaRole::FailedBack => Some(format!("{pdir}/{d}")),
+        _ => Some(format!("{rdir}/{d}")),
+    };
+    let mut disks = Vec::new();
+    for d in &vm.disks {
+        disks.push(match format {
+            crate::vmdef::Format::LibvirtXml => {
+                (vec![format!("{pdir}/{d}"), format!("{rdir}/{d}")], to(d)?)
+            }
+            // Volumes of a storage (`local:120/vm-120-disk-0.qcow2`), the same name on both
+            // nodes; a drill's overlays are volumes of its own vmid, 900000 + vmid
+            // (`900120/vm-900120-disk-0.qcow2`), which the driver's `drill-start` makes.
+            crate::vmdef::Format::ProxmoxConf => {
+                let to = if drill {
+                    let id = vm.vmid?;
+                    let copy = 900_000 + id;
+                    let name = d.rsplit('/').next()?;
+                    let rest = name.strip_prefix(&format!("vm-{id}-"))?;
+                    let stem = rest.rsplit_once('.').map_or(rest, |(s, _)| s);
+                    format!("{copy}/vm-{copy}-{stem}.qcow2")
+                } else {
+                    d.clone()
+                };
+                (vec![d.clone()], to)
+            }
+        });
+    }
+    let nics = if drill {
+        // The host's drill network, which the driver's `drill-start` makes sure of.
+        crate::vmdef::Nics::All(inv.drill_network_of(&host, &vm.driver.value))
+    } else {
+        crate::vmdef::Nics::Map(inv.networks_of(&host).cloned().unwrap_or_default())
+    };
+    let (from_host, from_copy) = match role {
+        ReplicaRole::FailedBack => (primary.clone(), format!("{pdir}/{}", vm.disks.first()?)),
+        _ => (recovery.clone(), format!("{rdir}/{}", vm.disks.first()?)),
+    };
+    let primary = drill
+        .then(|| vm_action_command(model, service, vm, Side::Primary, "definition", run_id))
+        .flatten();
+    Some(DefineUse {
+        command,
+        current,
+        undefine,
+        from_host,
+        from_copy,
+        primary,
+        fit: crate::vmdef::Fit {
+            host: host.clone(),
+            name: if drill {
+                format!("drill-{}", vm.name)
+            } else {
+                vm.name.clone()
+            },
+            disks,
+            disk_format: drill.then(|| "qcow2".to_string()),
+            nics,
+            // A drill's copy runs beside the vm it copies: new MACs and a new UUID.
+            keep_macs: vm.keep_macs && !drill,
+            keep_uuid: !drill,
+            drill,
+            seed: format!("{run_id}/{}", vm.id),
+        },
+        format,
+        host,
+    })
+}
+
+/// A driver's replication hook (`replicate-begin`, `replicate-end`) of `vm`, on its primary
+/// host: the host and the command, secrets unresolved.
+pub fn replicate_hook(model: &Model, vm: &Vm, action: &str) -> Option<(String, Command)> {
+    let inv = &model.inventory;
+    // The templates' scope needs a service: the vm's own, else any.
+    let service = inv
+        .services
+        .values()
+        .find(|s| s.vm() == Some(vm.id.as_str()))
+        .or_else(|| inv.services.values().next())?;
+    vm_action_command(model, service, vm, Side::Primary, action, "replicate")
+}
+
+/// The vm action that undoes `action` (a vm stopped is started again, and so on); none for
+/// drill copies, which their cleanup removes.
+pub(super) fn undo_action(action: &str) -> Option<&'static str> {
+    match action {
+        "stop" => Some("start"),
+        "start" => Some("stop"),
+        "autostart-off" => Some("autostart-on"),
+        "autostart-on" => Some("autostart-off"),
+        _ => None,
+    }
+}
+
+/// The folder of a host's vm disk images (its `images_dir` variable), without a trailing `/`.
+pub fn images_dir_of(inv: &Inventory, host: &str) -> Option<String> {
+    match inv.hosts.get(host).and_then(|h| h.vars.get("images_dir")) {
+        Some(crate::inventory::VarValue::Text(d)) => Some(d.trim_end_matches('/').to_string()),
+        _ => None,
+    }
+}
