@@ -365,210 +365,23 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
         let mut root = Table::root(file, &doc, "the inventory");
         let builtin = sources.map.path(file).to_str() == Some(BUILTIN_DRIVERS_PATH);
         for_each_entry(&mut root, "sites", diags, |id, t, diags| {
-            let role = t.req_choice("role", SITE_ROLES, diags);
-            let networks = read_networks(t, diags);
-            let site = Site {
-                id: id.value.clone(),
-                description: t.str("description", diags).map(|s| s.value),
-                role: role.and_then(|r| SiteRole::parse(&r.value)),
-                networks,
-                loc: id.loc.clone(),
-            };
+            let site = read_site(id, t, diags);
             insert_unique(&mut inv.sites, "site", id, site, |s| &s.loc, diags);
         });
         for_each_entry(&mut root, "hosts", diags, |id, t, diags| {
-            let address = t
-                .req_address("address", diags)
-                .map(|s| s.value)
-                .unwrap_or_default();
-            let port = t.int("port", 1, 65535, diags).map(|p| p.value as u16);
-            let user = t.name("user", diags).map(|s| s.value);
-            let (port_set, user_set) = (port.is_some(), user.is_some());
-            let port = port.unwrap_or(22);
-            let user = user.unwrap_or_else(|| "root".into());
-            let site = t.req_text("site", diags);
-            let role = t
-                .req_choice("role", HOST_ROLES, diags)
-                .map(|s| s.value)
-                .unwrap_or_default();
-            let description = t.str("description", diags).map(|s| s.value);
-            let known_hosts = t.text("known_hosts", diags).map(|s| s.value);
-            let identity = t.text("identity", diags).map(|s| s.value);
-            let vars = read_vars(t, diags);
-            let networks = read_networks(t, diags);
-            let host = Host {
-                networks,
-                id: id.value.clone(),
-                address,
-                port,
-                user,
-                port_set,
-                user_set,
-                site,
-                role,
-                description,
-                known_hosts,
-                identity,
-                vars,
-                loc: id.loc.clone(),
-            };
+            let host = read_host(id, t, diags);
             insert_unique(&mut inv.hosts, "host", id, host, |h| &h.loc, diags);
         });
         for_each_entry(&mut root, "services", diags, |id, t, diags| {
-            let description = t.str("description", diags).map(|s| s.value);
-            let kind = t
-                .req_choice("kind", SERVICE_KINDS, diags)
-                .map(|s| s.value)
-                .unwrap_or_default();
-            let owner = t.str("owner", diags).map(|s| s.value);
-            let rto = t
-                .req_positive_duration(
-                    "rto",
-                    "an RTO of zero can never be met: write the real target, e.g. \"4h\"",
-                    diags,
-                )
-                .map(|d| d.value);
-            let rpo = t
-                .positive_duration("rpo", "no copy is ever zero seconds old: write the data loss the service can bear, e.g. \"15m\"", diags)
-                .map(|d| d.value);
-            let depends_on = non_blank(t.str_list("depends_on", diags), "depends_on", id, diags);
-            let replication = read_replication(t, id, rpo.is_some(), diags);
-            let host = t.text("host", diags);
-            let vm = t.text("vm", diags);
-            let placement = match (host, vm) {
-                (Some(h), None) => Placement::Host(h),
-                (None, Some(v)) => Placement::Vm(v),
-                (None, None) => Placement::Nowhere,
-                (Some(_), Some(v)) => {
-                    diags.push(
-                        Diagnostic::error(format!(
-                            "service `{}` has both `host` and `vm`",
-                            id.value
-                        ))
-                        .at(v.loc.clone())
-                        .hint("a service lives on one host or one vm: keep one of the two"),
-                    );
-                    Placement::Vm(v)
-                }
-            };
-            let service = Service {
-                id: id.value.clone(),
-                description,
-                kind,
-                owner,
-                rto: rto.unwrap_or_default(),
-                rpo,
-                depends_on,
-                placement,
-                replication,
-                loc: id.loc.clone(),
-            };
+            let service = read_service(id, t, diags);
             insert_unique(&mut inv.services, "service", id, service, |s| &s.loc, diags);
         });
         for_each_entry(&mut root, "vms", diags, |id, t, diags| {
-            let name = t
-                .name("name", diags)
-                .map(|s| s.value)
-                .unwrap_or_else(|| id.value.clone());
-            let placeholder = || Sp::new(String::new(), id.loc.clone());
-            let driver = t.req_text("driver", diags).unwrap_or_else(placeholder);
-            let primary = t.req_text("primary", diags).unwrap_or_else(placeholder);
-            let recovery = t.req_text("recovery", diags).unwrap_or_else(placeholder);
-            let mut disks = Vec::new();
-            let mut disks_at = Vec::new();
-            for d in t.str_list("disks", diags) {
-                match path_problem(&d.value, false) {
-                    None => {
-                        disks.push(d.value);
-                        disks_at.push(d.loc);
-                    }
-                    Some(problem) => diags.push(
-                        Diagnostic::error(format!("a disk of vm `{}` {problem}", id.value))
-                            .at(d.loc)
-                            .hint(REL_PATH_HINT),
-                    ),
-                }
-            }
-            let address = t.address("address", diags).map(|s| s.value);
-            let recovery_address = t.address("recovery_address", diags).map(|s| s.value);
-            let retention = t
-                .int("retention", 1, 1000, diags)
-                .map(|r| r.value as u32)
-                .unwrap_or(7);
-            let vmid = t.int("vmid", 1, 999_999_999, diags).map(|r| r.value as u32);
-            let rpo = t
-                .positive_duration(
-                    "rpo",
-                    "no copy is ever zero seconds old: write the age its disk copies may reach, e.g. \"1d\"",
-                    diags,
-                )
-                .map(|d| d.value);
-            let keep_macs = t
-                .choice("macs", &["keep", "new"], diags)
-                .is_none_or(|m| m.value == "keep");
-            let changed_blocks = match t.located_bool("changed_blocks", diags) {
-                // Read through libvirt's backup API and checkpoints: no other driver has them,
-                // and a setting that did nothing would promise copies it does not make.
-                Some(b) if b.value && driver.value != "libvirt" => {
-                    diags.push(
-                        Diagnostic::error(format!(
-                            "vm `{}`: `changed_blocks` is for vms of the libvirt driver, and it uses `{}`",
-                            id.value, driver.value
-                        ))
-                        .at(b.loc)
-                        .hint("remove `changed_blocks`: its disks are copied by reading every block"),
-                    );
-                    false
-                }
-                Some(b) => b.value,
-                None => false,
-            };
-            let vm = Vm {
-                keep_macs,
-                id: id.value.clone(),
-                name,
-                driver,
-                primary,
-                recovery,
-                disks,
-                disks_at,
-                address,
-                recovery_address,
-                retention,
-                vmid,
-                rpo,
-                changed_blocks,
-                loc: id.loc.clone(),
-            };
+            let vm = read_vm(id, t, diags);
             insert_unique(&mut inv.vms, "vm", id, vm, |v| &v.loc, diags);
         });
         for_each_entry(&mut root, "backups", diags, |id, t, diags| {
-            let placeholder = || Sp::new(String::new(), id.loc.clone());
-            let description = t.str("description", diags).map(|s| s.value);
-            let source_host = t.req_text("source_host", diags).unwrap_or_else(placeholder);
-            let source_path = t
-                .req_abs_path("source_path", diags)
-                .unwrap_or_else(placeholder);
-            let dest_host = t.req_text("dest_host", diags).unwrap_or_else(placeholder);
-            let dest_path = t
-                .req_abs_path("dest_path", diags)
-                .unwrap_or_else(placeholder);
-            let retention = t
-                .int("retention", 1, 1000, diags)
-                .map(|r| r.value as u32)
-                .unwrap_or(7);
-            let set = BackupSet {
-                id: id.value.clone(),
-                description,
-                source_host,
-                source_path: source_path.value,
-                dest_host,
-                dest_path: dest_path.value,
-                source_at: source_path.loc,
-                dest_at: dest_path.loc,
-                retention,
-                loc: id.loc.clone(),
-            };
+            let set = read_backup_set(id, t, diags);
             insert_unique(&mut inv.backups, "backup set", id, set, |b| &b.loc, diags);
         });
         for_each_entry(&mut root, "drivers", diags, |id, t, diags| {
@@ -609,6 +422,219 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
     check_references(&inv, diags);
     check_proxmox(&inv, diags);
     inv
+}
+
+/// A site: its role and networks.
+fn read_site(id: &Sp<String>, t: &mut Table<'_, '_>, diags: &mut Vec<Diagnostic>) -> Site {
+    let role = t.req_choice("role", SITE_ROLES, diags);
+    let networks = read_networks(t, diags);
+    Site {
+        id: id.value.clone(),
+        description: t.str("description", diags).map(|s| s.value),
+        role: role.and_then(|r| SiteRole::parse(&r.value)),
+        networks,
+        loc: id.loc.clone(),
+    }
+}
+
+/// A host: how to reach it, where it is, its variables and networks.
+fn read_host(id: &Sp<String>, t: &mut Table<'_, '_>, diags: &mut Vec<Diagnostic>) -> Host {
+    let address = t
+        .req_address("address", diags)
+        .map(|s| s.value)
+        .unwrap_or_default();
+    let port = t.int("port", 1, 65535, diags).map(|p| p.value as u16);
+    let user = t.name("user", diags).map(|s| s.value);
+    let (port_set, user_set) = (port.is_some(), user.is_some());
+    let port = port.unwrap_or(22);
+    let user = user.unwrap_or_else(|| "root".into());
+    let site = t.req_text("site", diags);
+    let role = t
+        .req_choice("role", HOST_ROLES, diags)
+        .map(|s| s.value)
+        .unwrap_or_default();
+    let description = t.str("description", diags).map(|s| s.value);
+    let known_hosts = t.text("known_hosts", diags).map(|s| s.value);
+    let identity = t.text("identity", diags).map(|s| s.value);
+    let vars = read_vars(t, diags);
+    let networks = read_networks(t, diags);
+    Host {
+        networks,
+        id: id.value.clone(),
+        address,
+        port,
+        user,
+        port_set,
+        user_set,
+        site,
+        role,
+        description,
+        known_hosts,
+        identity,
+        vars,
+        loc: id.loc.clone(),
+    }
+}
+
+/// A service: its targets, dependencies, placement and replication.
+fn read_service(id: &Sp<String>, t: &mut Table<'_, '_>, diags: &mut Vec<Diagnostic>) -> Service {
+    let description = t.str("description", diags).map(|s| s.value);
+    let kind = t
+        .req_choice("kind", SERVICE_KINDS, diags)
+        .map(|s| s.value)
+        .unwrap_or_default();
+    let owner = t.str("owner", diags).map(|s| s.value);
+    let rto = t
+        .req_positive_duration(
+            "rto",
+            "an RTO of zero can never be met: write the real target, e.g. \"4h\"",
+            diags,
+        )
+        .map(|d| d.value);
+    let rpo = t
+        .positive_duration("rpo", "no copy is ever zero seconds old: write the data loss the service can bear, e.g. \"15m\"", diags)
+        .map(|d| d.value);
+    let depends_on = non_blank(t.str_list("depends_on", diags), "depends_on", id, diags);
+    let replication = read_replication(t, id, rpo.is_some(), diags);
+    let host = t.text("host", diags);
+    let vm = t.text("vm", diags);
+    let placement = match (host, vm) {
+        (Some(h), None) => Placement::Host(h),
+        (None, Some(v)) => Placement::Vm(v),
+        (None, None) => Placement::Nowhere,
+        (Some(_), Some(v)) => {
+            diags.push(
+                Diagnostic::error(format!("service `{}` has both `host` and `vm`", id.value))
+                    .at(v.loc.clone())
+                    .hint("a service lives on one host or one vm: keep one of the two"),
+            );
+            Placement::Vm(v)
+        }
+    };
+    Service {
+        id: id.value.clone(),
+        description,
+        kind,
+        owner,
+        rto: rto.unwrap_or_default(),
+        rpo,
+        depends_on,
+        placement,
+        replication,
+        loc: id.loc.clone(),
+    }
+}
+
+/// A vm: its driver, hosts, disks, addresses and how its copies are kept.
+fn read_vm(id: &Sp<String>, t: &mut Table<'_, '_>, diags: &mut Vec<Diagnostic>) -> Vm {
+    let name = t
+        .name("name", diags)
+        .map(|s| s.value)
+        .unwrap_or_else(|| id.value.clone());
+    let placeholder = || Sp::new(String::new(), id.loc.clone());
+    let driver = t.req_text("driver", diags).unwrap_or_else(placeholder);
+    let primary = t.req_text("primary", diags).unwrap_or_else(placeholder);
+    let recovery = t.req_text("recovery", diags).unwrap_or_else(placeholder);
+    let mut disks = Vec::new();
+    let mut disks_at = Vec::new();
+    for d in t.str_list("disks", diags) {
+        match path_problem(&d.value, false) {
+            None => {
+                disks.push(d.value);
+                disks_at.push(d.loc);
+            }
+            Some(problem) => diags.push(
+                Diagnostic::error(format!("a disk of vm `{}` {problem}", id.value))
+                    .at(d.loc)
+                    .hint(REL_PATH_HINT),
+            ),
+        }
+    }
+    let address = t.address("address", diags).map(|s| s.value);
+    let recovery_address = t.address("recovery_address", diags).map(|s| s.value);
+    let retention = t
+        .int("retention", 1, 1000, diags)
+        .map(|r| r.value as u32)
+        .unwrap_or(7);
+    let vmid = t.int("vmid", 1, 999_999_999, diags).map(|r| r.value as u32);
+    let rpo = t
+        .positive_duration(
+            "rpo",
+            "no copy is ever zero seconds old: write the age its disk copies may reach, e.g. \"1d\"",
+            diags,
+        )
+        .map(|d| d.value);
+    let keep_macs = t
+        .choice("macs", &["keep", "new"], diags)
+        .is_none_or(|m| m.value == "keep");
+    let changed_blocks = match t.located_bool("changed_blocks", diags) {
+        // Read through libvirt's backup API and checkpoints: no other driver has them,
+        // and a setting that did nothing would promise copies it does not make.
+        Some(b) if b.value && driver.value != "libvirt" => {
+            diags.push(
+                Diagnostic::error(format!(
+                    "vm `{}`: `changed_blocks` is for vms of the libvirt driver, and it uses `{}`",
+                    id.value, driver.value
+                ))
+                .at(b.loc)
+                .hint("remove `changed_blocks`: its disks are copied by reading every block"),
+            );
+            false
+        }
+        Some(b) => b.value,
+        None => false,
+    };
+    Vm {
+        keep_macs,
+        id: id.value.clone(),
+        name,
+        driver,
+        primary,
+        recovery,
+        disks,
+        disks_at,
+        address,
+        recovery_address,
+        retention,
+        vmid,
+        rpo,
+        changed_blocks,
+        loc: id.loc.clone(),
+    }
+}
+
+/// A backup set: which folder is copied from which host to which.
+fn read_backup_set(
+    id: &Sp<String>,
+    t: &mut Table<'_, '_>,
+    diags: &mut Vec<Diagnostic>,
+) -> BackupSet {
+    let placeholder = || Sp::new(String::new(), id.loc.clone());
+    let description = t.str("description", diags).map(|s| s.value);
+    let source_host = t.req_text("source_host", diags).unwrap_or_else(placeholder);
+    let source_path = t
+        .req_abs_path("source_path", diags)
+        .unwrap_or_else(placeholder);
+    let dest_host = t.req_text("dest_host", diags).unwrap_or_else(placeholder);
+    let dest_path = t
+        .req_abs_path("dest_path", diags)
+        .unwrap_or_else(placeholder);
+    let retention = t
+        .int("retention", 1, 1000, diags)
+        .map(|r| r.value as u32)
+        .unwrap_or(7);
+    BackupSet {
+        id: id.value.clone(),
+        description,
+        source_host,
+        source_path: source_path.value,
+        dest_host,
+        dest_path: dest_path.value,
+        source_at: source_path.loc,
+        dest_at: dest_path.loc,
+        retention,
+        loc: id.loc.clone(),
+    }
 }
 
 /// A vm of the built-in `proxmox` driver names its disks as Proxmox's directory storage does

@@ -370,178 +370,14 @@ fn read_step(
         }
         _ => Phase::Main,
     };
-    let host = |t: &mut Table<'_, '_>, diags: &mut Vec<Diagnostic>| {
-        let h = t.text("host", diags)?;
-        if inv.hosts.contains_key(&h.value) {
-            Some(h)
-        } else {
-            diags.push(unknown("host", &h, inv.hosts.keys()));
-            None
-        }
-    };
     let step_kind = match kind.as_ref().map(|k| k.value.as_str()) {
-        Some("exec") => {
-            let host = host(t, diags);
-            let run = template(text, t, "run", true, diags);
-            let verify = template(text, t, "verify", false, diags);
-            let undo = template(text, t, "undo", false, diags);
-            let retries = t
-                .int("retries", 0, 100, diags)
-                .map(|r| r.value as u32)
-                .unwrap_or(0);
-            let idempotent = t.bool("idempotent", diags).unwrap_or(false);
-            StepKind::Exec {
-                host,
-                run: run?,
-                verify,
-                undo,
-                retries,
-                idempotent,
-            }
-        }
-        Some("check") => {
-            let host = host(t, diags);
-            let vm = t.text("vm", diags);
-            if let Some(v) = &vm
-                && !inv.vms.contains_key(&v.value)
-            {
-                diags.push(unknown("vm", v, inv.vms.keys()));
-            }
-            let interval = t
-                .positive_duration(
-                    "interval",
-                    "a check is tried again every `interval`: write e.g. \"5s\"",
-                    diags,
-                )
-                .map(|d| d.value)
-                .unwrap_or(Duration(5));
-            let Some(probe_kind) = t.req_choice("probe", &["tcp", "http", "command"], diags) else {
-                t.lenient();
-                return None;
-            };
-            let probe = match probe_kind.value.as_str() {
-                "tcp" => {
-                    let address = template(text, t, "address", false, diags);
-                    let port = t.req_int("port", 1, 65535, diags);
-                    Probe::Tcp {
-                        address,
-                        port: port?.value as u16,
-                    }
-                }
-                "http" => {
-                    let url = template(text, t, "url", true, diags);
-                    let status = t
-                        .int("status", 100, 599, diags)
-                        .map(|s| s.value as u16)
-                        .unwrap_or(200);
-                    let ca_file = t.text("ca_file", diags);
-                    let insecure = t.bool("insecure", diags).unwrap_or(false);
-                    if let Some(ca) = &ca_file {
-                        if !ca.value.starts_with('/') {
-                            diags.push(
-                                Diagnostic::error(format!(
-                                    "`ca_file` must be an absolute path on the orchestrator, not `{}`",
-                                    ca.value
-                                ))
-                                .at(ca.loc.clone())
-                                .hint("e.g. ca_file = \"/etc/reprise/erp-ca.pem\""),
-                            );
-                        } else if insecure {
-                            diags.push(
-                                Diagnostic::error(
-                                    "`insecure = true` verifies no certificate, so `ca_file` would be ignored",
-                                )
-                                .at(ca.loc.clone())
-                                .hint("keep `ca_file` to verify against that authority, or `insecure` for a self-signed certificate, not both"),
-                            );
-                        }
-                    }
-                    Probe::Http {
-                        url: url?,
-                        status,
-                        ca_file,
-                        insecure,
-                    }
-                }
-                _ => Probe::Command {
-                    run: template(text, t, "run", true, diags)?,
-                },
-            };
-            if vm.is_some() && matches!(probe, Probe::Command { .. }) {
-                diags.push(
-                    Diagnostic::error("a command check runs on a host, not a vm")
-                        .at(vm.as_ref().map(|v| v.loc.clone()).unwrap_or_else(|| t.loc.clone()))
-                        .hint("use `host = \"...\"` for a command check; `vm` is for tcp and http checks"),
-                );
-            }
-            StepKind::Check {
-                host,
-                vm,
-                probe,
-                interval,
-            }
-        }
+        Some("exec") => read_exec(text, t, inv, diags)?,
+        Some("check") => read_check(text, t, inv, diags)?,
         Some("manual") => StepKind::Manual {
             instructions: t.req_text("instructions", diags)?.value,
         },
-        Some("vm") => {
-            let action = t.req_choice("action", VM_ACTIONS, diags);
-            let vm = t.text("vm", diags);
-            if let Some(v) = &vm
-                && !inv.vms.contains_key(&v.value)
-            {
-                diags.push(unknown("vm", v, inv.vms.keys()));
-            }
-            let side = t.choice("on", &["primary", "recovery"], diags).map(|s| {
-                let side = if s.value == "primary" {
-                    Side::Primary
-                } else {
-                    Side::Recovery
-                };
-                Sp::new(side, s.loc)
-            });
-            let undo = template(text, t, "undo", false, diags);
-            StepKind::Vm {
-                action: action?.value,
-                vm,
-                side,
-                undo,
-            }
-        }
-        Some("replicate") => {
-            let vm = t.text("vm", diags);
-            let backup = t.text("backup", diags);
-            let source = match (vm, backup) {
-                (Some(v), None) => {
-                    if !inv.vms.contains_key(&v.value) {
-                        diags.push(unknown("vm", &v, inv.vms.keys()));
-                    }
-                    ReplicaSource::Vm(v)
-                }
-                (None, Some(b)) => {
-                    if !inv.backups.contains_key(&b.value) {
-                        diags.push(unknown("backup set", &b, inv.backups.keys()));
-                    }
-                    ReplicaSource::Backup(b)
-                }
-                (v, _) => {
-                    let (message, hint) = if v.is_some() {
-                        (
-                            "a replicate step names both `vm` and `backup`",
-                            "keep one of the two",
-                        )
-                    } else {
-                        (
-                            "a replicate step names neither `vm` nor `backup`",
-                            "add `vm = \"...\"` or `backup = \"...\"`",
-                        )
-                    };
-                    diags.push(Diagnostic::error(message).at(t.loc.clone()).hint(hint));
-                    return None;
-                }
-            };
-            StepKind::Replicate { source }
-        }
+        Some("vm") => read_vm_step(text, t, inv, diags)?,
+        Some("replicate") => read_replicate(t, inv, diags)?,
         _ => return None,
     };
     Some(Step {
@@ -554,4 +390,217 @@ fn read_step(
         phase,
         loc: t.loc.clone(),
     })
+}
+
+/// A step's `host`, which the inventory must have (else reported, and `None`).
+fn known_host(
+    t: &mut Table<'_, '_>,
+    inv: &Inventory,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Sp<String>> {
+    let h = t.text("host", diags)?;
+    if inv.hosts.contains_key(&h.value) {
+        Some(h)
+    } else {
+        diags.push(unknown("host", &h, inv.hosts.keys()));
+        None
+    }
+}
+
+/// A step's `vm`; one the inventory does not have is reported.
+fn vm_named(
+    t: &mut Table<'_, '_>,
+    inv: &Inventory,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Sp<String>> {
+    let vm = t.text("vm", diags);
+    if let Some(v) = &vm
+        && !inv.vms.contains_key(&v.value)
+    {
+        diags.push(unknown("vm", v, inv.vms.keys()));
+    }
+    vm
+}
+
+fn read_exec(
+    text: &str,
+    t: &mut Table<'_, '_>,
+    inv: &Inventory,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<StepKind> {
+    let host = known_host(t, inv, diags);
+    let run = template(text, t, "run", true, diags);
+    let verify = template(text, t, "verify", false, diags);
+    let undo = template(text, t, "undo", false, diags);
+    let retries = t
+        .int("retries", 0, 100, diags)
+        .map(|r| r.value as u32)
+        .unwrap_or(0);
+    let idempotent = t.bool("idempotent", diags).unwrap_or(false);
+    Some(StepKind::Exec {
+        host,
+        run: run?,
+        verify,
+        undo,
+        retries,
+        idempotent,
+    })
+}
+
+fn read_check(
+    text: &str,
+    t: &mut Table<'_, '_>,
+    inv: &Inventory,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<StepKind> {
+    let host = known_host(t, inv, diags);
+    let vm = vm_named(t, inv, diags);
+    let interval = t
+        .positive_duration(
+            "interval",
+            "a check is tried again every `interval`: write e.g. \"5s\"",
+            diags,
+        )
+        .map(|d| d.value)
+        .unwrap_or(Duration(5));
+    let Some(probe_kind) = t.req_choice("probe", &["tcp", "http", "command"], diags) else {
+        t.lenient();
+        return None;
+    };
+    let probe = match probe_kind.value.as_str() {
+        "tcp" => {
+            let address = template(text, t, "address", false, diags);
+            let port = t.req_int("port", 1, 65535, diags);
+            Probe::Tcp {
+                address,
+                port: port?.value as u16,
+            }
+        }
+        "http" => read_http_probe(text, t, diags)?,
+        _ => Probe::Command {
+            run: template(text, t, "run", true, diags)?,
+        },
+    };
+    if vm.is_some() && matches!(probe, Probe::Command { .. }) {
+        diags.push(
+            Diagnostic::error("a command check runs on a host, not a vm")
+                .at(vm
+                    .as_ref()
+                    .map(|v| v.loc.clone())
+                    .unwrap_or_else(|| t.loc.clone()))
+                .hint("use `host = \"...\"` for a command check; `vm` is for tcp and http checks"),
+        );
+    }
+    Some(StepKind::Check {
+        host,
+        vm,
+        probe,
+        interval,
+    })
+}
+
+/// An http probe: its url, the status it expects, and how it trusts the server.
+fn read_http_probe(
+    text: &str,
+    t: &mut Table<'_, '_>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Probe> {
+    let url = template(text, t, "url", true, diags);
+    let status = t
+        .int("status", 100, 599, diags)
+        .map(|s| s.value as u16)
+        .unwrap_or(200);
+    let ca_file = t.text("ca_file", diags);
+    let insecure = t.bool("insecure", diags).unwrap_or(false);
+    if let Some(ca) = &ca_file {
+        if !ca.value.starts_with('/') {
+            diags.push(
+                Diagnostic::error(format!(
+                    "`ca_file` must be an absolute path on the orchestrator, not `{}`",
+                    ca.value
+                ))
+                .at(ca.loc.clone())
+                .hint("e.g. ca_file = \"/etc/reprise/erp-ca.pem\""),
+            );
+        } else if insecure {
+            diags.push(
+                Diagnostic::error(
+                    "`insecure = true` verifies no certificate, so `ca_file` would be ignored",
+                )
+                .at(ca.loc.clone())
+                .hint("keep `ca_file` to verify against that authority, or `insecure` for a self-signed certificate, not both"),
+            );
+        }
+    }
+    Some(Probe::Http {
+        url: url?,
+        status,
+        ca_file,
+        insecure,
+    })
+}
+
+fn read_vm_step(
+    text: &str,
+    t: &mut Table<'_, '_>,
+    inv: &Inventory,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<StepKind> {
+    let action = t.req_choice("action", VM_ACTIONS, diags);
+    let vm = vm_named(t, inv, diags);
+    let side = t.choice("on", &["primary", "recovery"], diags).map(|s| {
+        let side = if s.value == "primary" {
+            Side::Primary
+        } else {
+            Side::Recovery
+        };
+        Sp::new(side, s.loc)
+    });
+    let undo = template(text, t, "undo", false, diags);
+    Some(StepKind::Vm {
+        action: action?.value,
+        vm,
+        side,
+        undo,
+    })
+}
+
+/// A replicate step names one vm or one backup set.
+fn read_replicate(
+    t: &mut Table<'_, '_>,
+    inv: &Inventory,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<StepKind> {
+    let vm = t.text("vm", diags);
+    let backup = t.text("backup", diags);
+    let source = match (vm, backup) {
+        (Some(v), None) => {
+            if !inv.vms.contains_key(&v.value) {
+                diags.push(unknown("vm", &v, inv.vms.keys()));
+            }
+            ReplicaSource::Vm(v)
+        }
+        (None, Some(b)) => {
+            if !inv.backups.contains_key(&b.value) {
+                diags.push(unknown("backup set", &b, inv.backups.keys()));
+            }
+            ReplicaSource::Backup(b)
+        }
+        (v, _) => {
+            let (message, hint) = if v.is_some() {
+                (
+                    "a replicate step names both `vm` and `backup`",
+                    "keep one of the two",
+                )
+            } else {
+                (
+                    "a replicate step names neither `vm` nor `backup`",
+                    "add `vm = \"...\"` or `backup = \"...\"`",
+                )
+            };
+            diags.push(Diagnostic::error(message).at(t.loc.clone()).hint(hint));
+            return None;
+        }
+    };
+    Some(StepKind::Replicate { source })
 }
