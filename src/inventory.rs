@@ -1369,33 +1369,26 @@ fn check_shared_paths(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
         }
     }
     for set in inv.backups.values() {
-        for (host, path, kind, loc, side) in [
-            (
-                &set.source_host,
-                &set.source_path,
-                PathUse::BackupSource,
-                &set.source_at,
-                "source",
-            ),
-            (
-                &set.dest_host,
-                &set.dest_path,
-                PathUse::BackupCopy,
-                &set.dest_at,
-                "copy",
-            ),
-        ] {
-            if host.value.is_empty() || path.is_empty() {
-                continue;
-            }
-            uses.push(Use {
-                host: &host.value,
-                path: path.clone(),
-                kind,
-                what: format!("the {side} of backup set `{}`", set.id),
-                loc,
-            });
-        }
+        let ends = [
+            Use {
+                host: &set.source_host.value,
+                path: set.source_path.clone(),
+                kind: PathUse::BackupSource,
+                what: format!("the source of backup set `{}`", set.id),
+                loc: &set.source_at,
+            },
+            Use {
+                host: &set.dest_host.value,
+                path: set.dest_path.clone(),
+                kind: PathUse::BackupCopy,
+                what: format!("the copy of backup set `{}`", set.id),
+                loc: &set.dest_at,
+            },
+        ];
+        uses.extend(
+            ends.into_iter()
+                .filter(|u| !u.host.is_empty() && !u.path.is_empty()),
+        );
     }
     let key = |u: &Use<'_>| (u.loc.file, u.loc.span.start);
     uses.sort_by(|a, b| {

@@ -445,8 +445,8 @@ impl<'a> StepAt<'a> {
         custom_undo: &Option<Template>,
         diags: &mut Vec<Diagnostic>,
     ) -> Option<Resolved> {
-        let (inv, mode, service, step, id) =
-            (self.inv(), self.mode(), self.service, self.step, &self.id);
+        let (inv, mode) = (self.inv(), self.mode());
+        let (service, step, id) = (self.service, self.step, &self.id);
         let timeout = Some(step.timeout.unwrap_or(DEFAULT_VM_TIMEOUT));
         let vm_id = match vm {
             Some(v) => v.clone(),
@@ -649,8 +649,8 @@ impl<'a> StepAt<'a> {
 
     /// What replicating a vm's disks copies, between which hosts, with which driver hooks.
     fn vm_transfer(&self, vm: &Vm, diags: &mut Vec<Diagnostic>) -> Option<Transfer> {
-        let (model, inv, service, run_id) =
-            (self.model, self.inv(), self.service, &self.opts.run_id);
+        let (model, inv) = (self.model, self.inv());
+        let (service, run_id) = (self.service, &self.opts.run_id);
         let reverse = self.mode() == Mode::Failback;
         let (from, to) = self.direction(&vm.primary.value, &vm.recovery.value);
         let no_images_dir = |host: &str| {
