@@ -303,7 +303,7 @@ impl<'a> StepAt<'a> {
                 ))
             }
             Probe::Http {
-                url,
+                url: url_template,
                 status,
                 ca_file,
                 insecure,
@@ -311,7 +311,6 @@ impl<'a> StepAt<'a> {
                 let mut scope = self.scope();
                 let (inv, service, mode) = (self.inv(), self.service, self.mode());
                 probe_target(inv, service, host, vm, mode, &mut scope, &self.id, diags)?;
-                let url_template = url;
                 let url = render_plain(url_template, &scope, diags)?;
                 let https = self.http_url(&url, url_template, diags)?;
                 let tls = self.http_tls(https, &url, ca_file.as_ref(), *insecure, diags)?;
