@@ -32,6 +32,7 @@ pub mod point;
 pub mod protocol;
 pub mod remote;
 pub mod snapshot;
+pub mod start;
 pub mod store;
 pub mod tree;
 pub mod version;

@@ -1,0 +1,604 @@
+//! A vm's start from its recovery copies, prepared: the one door the runner goes through to
+//! ask "which point for this vm, and make its copies ready to start from it".
+//!
+//! [`prepare`] waits for a replication snapshot left on the primary to be merged back (a
+//! drill), then reads the copies, asks [`super::choice::decide`] (the decision `check`,
+//! `status` and `points` make too), does what it asks (settle an update that was cut, read
+//! again a copy changed behind its point) and asks again until a decision holds; then it rolls
+//! the copies back (a failover only) and leases them, and answers a typed [`Prepared`].
+//! [`after`] does what a step that used the copies leaves to them (a vm running on them ends
+//! their history; a drill's or a failback's lease released).
+//!
+//! Blocking: the runner calls it from `spawn_blocking`. It reaches the hosts only through
+//! [`Copies`] (the helpers, [`Remote`]); it never prints and journals nothing: the runner
+//! journals what it answers.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use super::choice::{self, Ask, Decision, Prep, Start, Use};
+use super::remote::Helpers;
+use super::store::RolledBack;
+use super::{CopyState, Lease, LeaseKind, Verified};
+use crate::ssh::Transport;
+
+/// How long a start waits for a replication that holds a copy it needs.
+pub const COPY_WAIT: Duration = Duration::from_secs(60);
+
+/// How long a drill waits for the snapshot of a replication that ended (or is ending) to be
+/// merged back before it calls it left behind.
+pub const SNAPSHOT_SETTLE: Duration = Duration::from_secs(60);
+
+/// What a start asks of the recovery host's helper, and of the primary host (errors are the
+/// helper's, as text).
+pub trait Copies {
+    fn inspect(&self, host: &str, paths: &[String]) -> Result<Vec<CopyState>, String>;
+    fn settle(&self, host: &str, path: &str, wait: Duration) -> Result<Option<String>, String>;
+    /// Reads `point` of the copy again by hash: whether it is whole.
+    fn verify(&self, host: &str, path: &str, point: &str) -> Result<bool, String>;
+    fn roll_back(&self, host: &str, path: &str, point: &str) -> Result<RolledBack, String>;
+    fn take_lease(
+        &self,
+        host: &str,
+        path: &str,
+        lease: &Lease,
+        take: Take<'_>,
+    ) -> Result<Option<String>, String>;
+    fn release(
+        &self,
+        host: &str,
+        paths: &[String],
+        run: Option<&str>,
+        kind: Option<LeaseKind>,
+    ) -> Result<Vec<String>, String>;
+    /// Runs a read-only command on a host: its standard output when it exited 0.
+    fn ask(&self, host: &str, command: &str) -> Option<String>;
+}
+
+/// How a lease is taken: the point the copy must still be, how long to wait for a
+/// replication that holds it, and whether the vm already runs on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Take<'a> {
+    pub expect: Option<&'a str>,
+    pub wait: Duration,
+    pub started: bool,
+}
+
+/// [`Copies`] through the deployed helpers, over a transport.
+pub struct Remote<'a> {
+    helpers: Helpers<'a>,
+    transport: &'a dyn Transport,
+}
+
+impl<'a> Remote<'a> {
+    pub fn new(transport: &'a dyn Transport) -> Remote<'a> {
+        Remote {
+            helpers: Helpers::new(transport),
+            transport,
+        }
+    }
+}
+
+impl Copies for Remote<'_> {
+    fn inspect(&self, host: &str, paths: &[String]) -> Result<Vec<CopyState>, String> {
+        self.helpers.inspect(host, paths).map_err(|e| e.to_string())
+    }
+
+    fn settle(&self, host: &str, path: &str, wait: Duration) -> Result<Option<String>, String> {
+        self.helpers
+            .settle(host, path, wait)
+            .map_err(|e| e.to_string())
+    }
+
+    fn verify(&self, host: &str, path: &str, point: &str) -> Result<bool, String> {
+        let checked = self
+            .helpers
+            .verify(host, path, Some(point))
+            .map_err(|e| e.to_string())?;
+        Ok(checked.iter().all(|c| c.good))
+    }
+
+    fn roll_back(&self, host: &str, path: &str, point: &str) -> Result<RolledBack, String> {
+        self.helpers
+            .roll_back(host, path, point)
+            .map_err(|e| e.to_string())
+    }
+
+    fn take_lease(
+        &self,
+        host: &str,
+        path: &str,
+        lease: &Lease,
+        take: Take<'_>,
+    ) -> Result<Option<String>, String> {
+        self.helpers
+            .take_lease(host, path, lease, take.expect, take.wait, take.started)
+            .map_err(|e| e.to_string())
+    }
+
+    fn release(
+        &self,
+        host: &str,
+        paths: &[String],
+        run: Option<&str>,
+        kind: Option<LeaseKind>,
+    ) -> Result<Vec<String>, String> {
+        self.helpers
+            .release(host, paths, run, kind)
+            .map_err(|e| e.to_string())
+    }
+
+    fn ask(&self, host: &str, command: &str) -> Option<String> {
+        self.transport
+            .exec(host, command, Duration::from_secs(60))
+            .ok()
+            .filter(|o| o.exit_code == 0)
+            .map(|o| o.stdout)
+    }
+}
+
+/// A vm's recovery copies: the vm, the recovery host and the copy of each disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Vm<'a> {
+    pub name: &'a str,
+    pub host: &'a str,
+    pub paths: &'a [String],
+}
+
+/// The primary host's driver command that lists the replication snapshots left on the vm's
+/// disks (`replicate-check`); `command` is `None` when it cannot be run (a secret not set).
+#[derive(Debug, Clone)]
+pub struct SnapshotCheck {
+    pub host: String,
+    pub command: Option<String>,
+}
+
+/// A start to prepare.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub run: &'a str,
+    pub step: &'a str,
+    pub vm: Vm<'a>,
+    pub how: Use,
+    pub ask: Ask,
+    /// The vm is defined from its point's definition: a point without one is no start.
+    pub defines: bool,
+    /// Copies may be rolled back to an older point (a failover run).
+    pub may_roll_back: bool,
+    /// A drill's question to the primary host, if its driver has one.
+    pub snapshot_check: Option<SnapshotCheck>,
+}
+
+/// A start prepared: the decision, and what was done to the copies on the way (settled, read
+/// again, rolled back, leased) followed by the decision's own notes.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The decision; its `notes` are moved into [`Prepared::notes`].
+    pub start: Start,
+    pub notes: Vec<String>,
+}
+
+/// Decides the point `req.vm` starts from and prepares its copies for it (see the module's
+/// documentation). An error says why the vm must not start, and what to do.
+pub fn prepare(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
+    let mut leftover = None;
+    let mut ask_again = false;
+    match ask_snapshots(copies, req) {
+        Snapshots::None => {}
+        Snapshots::Unknown(note) => leftover = Some(note),
+        // A replication writing the copies now has its own snapshot there: the drill waits
+        // for it (the lease), then asks again. One that has just written them merges its
+        // snapshot back right after: asked again for a while before it is called left.
+        Snapshots::Left(_) => match wait_snapshots(copies, req, true)? {
+            Waited::Busy => ask_again = true,
+            Waited::Gone(note) => leftover = note,
+        },
+    }
+    let mut prepared = choose(copies, req)?;
+    if ask_again && let Waited::Gone(note) = wait_snapshots(copies, req, false)? {
+        leftover = note;
+    }
+    let own = std::mem::take(&mut prepared.start.notes);
+    prepared.notes.extend(own);
+    prepared.notes.extend(leftover);
+    Ok(prepared)
+}
+
+/// What the primary host says of replication snapshots left on a vm's disks.
+enum Snapshots {
+    None,
+    /// It could not be asked (a drill does not depend on the primary site: said, not refused).
+    Unknown(String),
+    Left(Vec<String>),
+}
+
+/// A drill asks the primary host (read only) whether a cut replication left its snapshot
+/// there: the vm then writes to an overlay no replication copies, and its copy goes stale.
+fn ask_snapshots(copies: &dyn Copies, req: &Request<'_>) -> Snapshots {
+    let Some(check) = &req.snapshot_check else {
+        return Snapshots::None;
+    };
+    let said = check
+        .command
+        .as_deref()
+        .and_then(|command| copies.ask(&check.host, command));
+    match said {
+        Some(stdout) => {
+            let left = super::snapshot::overlays(&stdout);
+            if left.is_empty() {
+                Snapshots::None
+            } else {
+                Snapshots::Left(left)
+            }
+        }
+        None => Snapshots::Unknown(format!(
+            "whether a replication snapshot was left on {} could not be asked",
+            check.host
+        )),
+    }
+}
+
+/// Whether a replication holds the recovery copies of the vm right now.
+fn busy(copies: &dyn Copies, req: &Request<'_>) -> bool {
+    copies
+        .inspect(req.vm.host, req.vm.paths)
+        .is_ok_and(|states| states.iter().any(|s| s.busy))
+}
+
+/// How a wait for a snapshot to be merged back ended.
+enum Waited {
+    /// None is left (or a note: whether one is could not be asked).
+    Gone(Option<String>),
+    /// A replication holds the copies: it will merge its snapshot back when it ends.
+    Busy,
+}
+
+/// Asks the primary again, every 2 s for up to [`SNAPSHOT_SETTLE`], until no snapshot is
+/// left; while `watch_busy`, a replication found holding the copies ends the wait.
+fn wait_snapshots(
+    copies: &dyn Copies,
+    req: &Request<'_>,
+    watch_busy: bool,
+) -> Result<Waited, String> {
+    let deadline = Instant::now() + SNAPSHOT_SETTLE;
+    loop {
+        if watch_busy && busy(copies, req) {
+            return Ok(Waited::Busy);
+        }
+        match ask_snapshots(copies, req) {
+            Snapshots::None => return Ok(Waited::Gone(None)),
+            Snapshots::Unknown(note) => return Ok(Waited::Gone(Some(note))),
+            Snapshots::Left(left) if Instant::now() >= deadline => {
+                return Err(snapshot_left(req, &left));
+            }
+            Snapshots::Left(_) => std::thread::sleep(Duration::from_secs(2)),
+        }
+    }
+}
+
+fn snapshot_left(req: &Request<'_>, left: &[String]) -> String {
+    let host = req
+        .snapshot_check
+        .as_ref()
+        .map(|c| c.host.as_str())
+        .unwrap_or("the primary host");
+    format!(
+        "a replication snapshot was left on {host} ({}): vm {}'s writes go to an overlay no replication copies, so its copy goes stale; merge it back with `reprise replicate --service {}`, then drill again",
+        left.join("; "),
+        req.vm.name,
+        req.vm.name
+    )
+}
+
+/// Inspects, prepares and decides until a decision holds, then rolls back and leases.
+fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
+    let (host, paths) = (req.vm.host, req.vm.paths);
+    let mut notes = Vec::new();
+    // Points found impossible to rebuild (or without their definition) on the way: no
+    // longer candidates.
+    let mut unusable: Vec<(usize, String)> = Vec::new();
+    let mut done: Vec<Prep> = Vec::new();
+    for _ in 0..(4 + 4 * paths.len()) {
+        let mut states = copies.inspect(host, paths).map_err(|e| {
+            format!(
+                "cannot read the copies of vm {} on {host}: {e}",
+                req.vm.name
+            )
+        })?;
+        for (i, id) in &unusable {
+            if let Some(p) = states[*i].points.iter_mut().find(|p| &p.id == id) {
+                p.verified = Verified::Bad;
+            }
+        }
+        let start = match choice::decide(&states, req.how, &req.ask) {
+            Decision::Refuse(why) => return Err(why),
+            Decision::Prepare(preps) => {
+                for prep in preps {
+                    if done.contains(&prep) {
+                        let (Prep::Settle(i) | Prep::Verify(i, _)) = &prep;
+                        return Err(format!(
+                            "{}: still not settled after it was settled once; look at it before starting from it",
+                            states[*i].path
+                        ));
+                    }
+                    notes.extend(prepare_one(copies, req, &states, &prep)?);
+                    done.push(prep);
+                }
+                continue;
+            }
+            Decision::Start(s) => s,
+        };
+        if let Some(unusable_point) = without_definition(req, &states, &start, &mut notes)? {
+            unusable.push(unusable_point);
+            continue;
+        }
+        if !start.roll_back.is_empty() && !req.may_roll_back {
+            return Err(format!(
+                "vm {} would need its copies rolled back to an older point, which only a failover does",
+                req.vm.name
+            ));
+        }
+        if let Some(unusable_point) = roll_back(copies, req, &start, &mut notes)? {
+            unusable.push(unusable_point);
+            continue;
+        }
+        lease(copies, req, &states, &start, &mut notes)?;
+        return Ok(Prepared { start, notes });
+    }
+    Err(format!(
+        "the copies of vm {} on {host} kept changing while the run chose its point; start the run again",
+        req.vm.name
+    ))
+}
+
+/// Does one thing a decision asks before it can be made: what to note.
+fn prepare_one(
+    copies: &dyn Copies,
+    req: &Request<'_>,
+    states: &[CopyState],
+    prep: &Prep,
+) -> Result<Option<String>, String> {
+    let (host, paths) = (req.vm.host, req.vm.paths);
+    let name = |i: usize| choice::name(&paths[i]).to_string();
+    match prep {
+        Prep::Settle(i) => {
+            let note = copies
+                .settle(host, &paths[*i], COPY_WAIT)
+                .map_err(|e| format!("cannot settle {} before starting from it: {e}", paths[*i]))?;
+            Ok(note.map(|n| format!("{}: {n}", name(*i))))
+        }
+        Prep::Verify(i, id) => {
+            let why = states[*i].changed.clone().unwrap_or_default();
+            let good = copies.verify(host, &paths[*i], id).map_err(|e| {
+                format!(
+                    "cannot read {} again before starting from it: {e}",
+                    paths[*i]
+                )
+            })?;
+            Ok(Some(format!(
+                "{}: {why}; read again by hash: point {id} {}",
+                name(*i),
+                if good {
+                    "is whole, the copy still is that point"
+                } else {
+                    "is DAMAGED (marked bad)"
+                }
+            )))
+        }
+    }
+}
+
+/// A point whose definition is missing or damaged is no point to start the vm from: a
+/// failover that named no point tries an older one (the point returned, now unusable), any
+/// other start stops. A copy started as it is (named by the operator) brings none: the
+/// runner starts the vm as the host defines it (a failover) or defines its copy from what
+/// the primary holds now (a drill).
+fn without_definition(
+    req: &Request<'_>,
+    states: &[CopyState],
+    start: &Start,
+    notes: &mut Vec<String>,
+) -> Result<Option<(usize, String)>, String> {
+    if !req.defines {
+        return Ok(None);
+    }
+    let problem = start
+        .points
+        .first()
+        .cloned()
+        .flatten()
+        .and_then(|id| states[0].definition_problem(&id).map(|p| (id, p)));
+    let Some((id, why)) = problem else {
+        return Ok(None);
+    };
+    if req.how == Use::Failover && req.ask.want.is_none() {
+        notes.push(format!("{why}: an older point is tried"));
+        return Ok(Some((0, id)));
+    }
+    Err(format!(
+        "vm {}: {why}; replicate it again (each replication captures the definition)",
+        req.vm.name
+    ))
+}
+
+/// Rolls each disk back to its point (a failover): a point that cannot be rebuilt, when the
+/// operator named none, is returned (an older one is then tried).
+fn roll_back(
+    copies: &dyn Copies,
+    req: &Request<'_>,
+    start: &Start,
+    notes: &mut Vec<String>,
+) -> Result<Option<(usize, String)>, String> {
+    let (host, paths) = (req.vm.host, req.vm.paths);
+    let name = |i: usize| choice::name(&paths[i]).to_string();
+    for (i, id) in &start.roll_back {
+        match copies.roll_back(host, &paths[*i], id) {
+            Ok(r) => notes.push(format!(
+                "{} rolled back to point {} (newer points dropped: {})",
+                name(*i),
+                r.point,
+                r.dropped.join(", ")
+            )),
+            Err(e) if req.ask.want.is_none() => {
+                notes.push(format!(
+                    "{}: point {id} could not be rebuilt ({e}): an older one is tried",
+                    name(*i)
+                ));
+                return Ok(Some((*i, id.clone())));
+            }
+            Err(e) => return Err(format!("cannot roll {} back to point {id}: {e}", name(*i))),
+        }
+    }
+    Ok(None)
+}
+
+/// The lease kind a start takes.
+fn kind(how: Use) -> LeaseKind {
+    match how {
+        Use::Drill => LeaseKind::Drill,
+        Use::Failover => LeaseKind::Live,
+    }
+}
+
+/// Leases every copy for the run at the point chosen (a replication never writes into them
+/// while they are used, and the lease checks they still are that point); on a refusal the
+/// copies leased are given back.
+fn lease(
+    copies: &dyn Copies,
+    req: &Request<'_>,
+    states: &[CopyState],
+    start: &Start,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
+    let (host, paths, run) = (req.vm.host, req.vm.paths, req.run);
+    let kind = kind(req.how);
+    // A resumed failover whose vm already runs on these copies holds them already.
+    if req.how == Use::Failover
+        && states.iter().all(|d| {
+            d.leases
+                .iter()
+                .any(|l| l.kind == LeaseKind::Live && l.run == run)
+        })
+    {
+        return Ok(());
+    }
+    let mut leased = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        let lease = Lease {
+            kind,
+            run: run.to_string(),
+            vm: req.vm.name.to_string(),
+            step: req.step.to_string(),
+            machine: super::meta::machine(),
+            pid: std::process::id(),
+            at: Utc::now(),
+            point: start.points[i].clone(),
+            taken_at: Some(start.taken_at),
+            verified: start.verified,
+        };
+        let take = Take {
+            expect: start.points[i].as_deref(),
+            wait: COPY_WAIT,
+            started: false,
+        };
+        match copies.take_lease(host, path, &lease, take) {
+            Ok(note) => {
+                notes.extend(note.map(|n| format!("{}: {n}", choice::name(path))));
+                leased.push(path.clone());
+            }
+            Err(e) => {
+                let _ = copies.release(host, &leased, Some(run), Some(kind));
+                return Err(format!("cannot take {} for this run: {e}", path));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gives back the copies a start leased when the vm was not started after all.
+pub fn give_back(copies: &dyn Copies, vm: Vm<'_>, run: &str, how: Use) {
+    let _ = copies.release(vm.host, vm.paths, Some(run), Some(kind(how)));
+}
+
+/// What a step that used a vm's recovery copies did with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Used {
+    /// The vm started on its copies (a failover).
+    Started,
+    /// A failover's start that failed: the vm did not start on them.
+    NotStarted,
+    /// A drill's cleanup stopped the vm on its overlay.
+    DrillStopped,
+    /// A failback started the vm on the primary again.
+    FailedBack,
+}
+
+/// After a vm step that used the recovery copies: a vm now running on them ends their point
+/// history (and keeps them from any replication until it fails back); a drill's cleanup
+/// releases its lease; a failback releases the copies the vm ran on; a start that did not
+/// start gives its lease back, so that the run can start again from the same point. A note
+/// for the step's message, when something changed.
+pub fn after(
+    copies: &dyn Copies,
+    vm: Vm<'_>,
+    run: &str,
+    step: &str,
+    used: Used,
+) -> Result<Option<String>, String> {
+    let (host, paths, name) = (vm.host, vm.paths, vm.name);
+    match used {
+        Used::Started => {
+            let mut notes = Vec::new();
+            for path in paths {
+                let lease = Lease {
+                    kind: LeaseKind::Live,
+                    run: run.to_string(),
+                    vm: name.to_string(),
+                    step: step.to_string(),
+                    machine: super::meta::machine(),
+                    pid: std::process::id(),
+                    at: Utc::now(),
+                    point: None,
+                    taken_at: None,
+                    verified: false,
+                };
+                // The lease of the start is kept as it was; only the history ends.
+                let held = copies
+                    .inspect(host, std::slice::from_ref(path))
+                    .ok()
+                    .and_then(|s| s.into_iter().next())
+                    .and_then(|s| {
+                        s.leases
+                            .into_iter()
+                            .find(|l| l.kind == LeaseKind::Live && l.run == run)
+                    })
+                    .unwrap_or(lease);
+                let take = Take {
+                    expect: None,
+                    wait: COPY_WAIT,
+                    started: true,
+                };
+                notes.extend(copies.take_lease(host, path, &held, take)?);
+            }
+            Ok((!notes.is_empty()).then(|| {
+                format!(
+                    "vm {name} runs on its recovery copies: their point history ended, and no replication writes into them until a failback releases them"
+                )
+            }))
+        }
+        Used::NotStarted => copies
+            .release(host, paths, Some(run), Some(LeaseKind::Live))
+            .map(|_| None),
+        Used::DrillStopped => copies
+            .release(host, paths, Some(run), Some(LeaseKind::Drill))
+            .map(|_| None),
+        Used::FailedBack => copies
+            .release(host, paths, None, Some(LeaseKind::Live))
+            .map(|r| {
+                (!r.is_empty()).then(|| {
+                    format!("the recovery copies of vm {name} were released: replication may write into them again")
+                })
+            }),
+    }
+}

@@ -1,0 +1,179 @@
+//! What a run is given ([`RunContext`]: the plan, the transport, the options, what a resume
+//! knows) and what its step tasks hand back to the scheduler ([`Outcome`], [`Msg`]).
+//!
+//! Plain data: no step runs here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+// Tokio's clock, so that paused time in tests drives deadlines and polling alike.
+use tokio::time::Instant;
+
+use crate::event::{Event, StepStatus};
+use crate::journal::Confirmation;
+use crate::plan::Plan;
+use crate::ssh::Transport;
+
+/// How a run behaves.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Steps running at once, in all.
+    pub parallel: usize,
+    /// Steps running at once on one host.
+    pub per_host: usize,
+    /// Undo completed steps when a planned failover or failback fails.
+    pub rollback: bool,
+    /// How often manual steps look for a confirmation.
+    pub confirmation_poll: StdDuration,
+    /// The replica points a failover starts the vms from.
+    pub points: PointChoice,
+    /// Where the last definition used per host and vm name is kept (the state folder's
+    /// `definitions/`), for the dry run's diff.
+    pub definitions_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            parallel: 8,
+            per_host: 4,
+            rollback: true,
+            confirmation_poll: StdDuration::from_millis(250),
+            points: PointChoice::default(),
+            definitions_dir: None,
+        }
+    }
+}
+
+/// Where manual steps find their confirmations (the run folder, or a terminal prompt feeding it).
+pub trait Confirmations: Send + Sync {
+    fn confirmation(&self, step: &str) -> Option<Confirmation>;
+}
+
+impl Confirmations for crate::journal::RunDir {
+    fn confirmation(&self, step: &str) -> Option<Confirmation> {
+        crate::journal::RunDir::confirmation(self, step)
+    }
+}
+
+/// Where events go. Called from the runner's task, in order.
+pub trait Sink: Send {
+    /// Takes an event. An error means it could not be recorded (the journal failed): the run
+    /// then stops (no step starts any more; running ones finish).
+    fn emit(&mut self, event: &Event) -> Result<(), Unrecorded>;
+}
+
+/// Why an event could not be recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unrecorded(pub String);
+
+/// What a resumed run knows of a step from the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prior {
+    /// Finished successfully: never run again.
+    Done,
+    /// Was running when the orchestrator died: verify, re-run if idempotent, or ask.
+    Interrupted,
+    /// A main step of a drill whose cleanup already ran: never run (its copies are gone).
+    DrillOver,
+}
+
+/// Resolves secrets at execution time.
+pub type SecretResolver = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+pub fn env_secrets() -> SecretResolver {
+    Arc::new(|name| std::env::var(name).ok())
+}
+
+/// Everything a run needs.
+pub struct RunContext {
+    pub plan: Arc<Plan>,
+    pub transport: Arc<dyn Transport>,
+    pub confirmations: Arc<dyn Confirmations>,
+    pub secrets: SecretResolver,
+    pub options: RunOptions,
+    pub prior: HashMap<String, Prior>,
+}
+
+/// Which replica point a failover starts the vms from (`failover --point VM=ID`,
+/// `--point-before TIME`); by default the newest point that did not fail verification. A vm
+/// named in `accept_unverified` (or every vm, with `*`) may start from its copy as it is
+/// when nothing proves it (journaled as unverified).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PointChoice {
+    pub by_vm: HashMap<String, String>,
+    /// For every vm not in `by_vm`.
+    pub all: Option<String>,
+    pub before: Option<DateTime<Utc>>,
+    pub accept_unverified: Vec<String>,
+}
+
+impl PointChoice {
+    /// What the operator asked for `vm`, as [`crate::replica::choice`] takes it.
+    pub(super) fn ask(&self, vm: &str, run: &str, failover: bool) -> crate::replica::choice::Ask {
+        use crate::replica::choice::Want;
+        let want = match (self.by_vm.get(vm).or(self.all.as_ref()), self.before) {
+            (Some(id), _) => Some(Want::Id(id.clone())),
+            (None, Some(t)) => Some(Want::Before(t)),
+            (None, None) => None,
+        };
+        crate::replica::choice::Ask {
+            want: want.filter(|_| failover),
+            accept_unverified: self.accept_unverified.iter().any(|v| v == vm || v == "*"),
+            run: Some(run.to_string()),
+        }
+    }
+}
+
+/// The result of one step's task.
+pub(super) struct Outcome {
+    pub(super) index: usize,
+    pub(super) status: StepStatus,
+    pub(super) attempt: u32,
+    pub(super) message: Option<String>,
+    pub(super) elapsed: StdDuration,
+}
+
+/// Messages from step tasks to the loop: events to emit.
+pub(super) enum Msg {
+    Event(Event),
+    /// An event that must be recorded before the step goes on (its start, before its
+    /// command is sent); the answer says whether it was.
+    Recorded(Event, tokio::sync::oneshot::Sender<bool>),
+}
+
+/// One step's task: which step, when it began, where its events go and whether the run asks
+/// it to stop.
+pub(super) struct StepRun {
+    pub(super) index: usize,
+    pub(super) begin: Instant,
+    pub(super) tx: tokio::sync::mpsc::UnboundedSender<Msg>,
+    pub(super) shutdown: watch::Receiver<bool>,
+}
+
+impl StepRun {
+    /// The step's outcome, timed from its beginning.
+    pub(super) fn outcome(
+        &self,
+        status: StepStatus,
+        attempt: u32,
+        message: Option<String>,
+    ) -> Outcome {
+        Outcome {
+            index: self.index,
+            status,
+            attempt,
+            message,
+            elapsed: self.begin.elapsed(),
+        }
+    }
+
+    /// Sends an event to the journal (not waiting for it to be recorded).
+    pub(super) fn send(&self, event: Event) {
+        let _ = self.tx.send(Msg::Event(event));
+    }
+}

@@ -1,0 +1,315 @@
+//! Exec steps: a command on the step's host, with secrets resolved there and redacted from
+//! what it printed, tried again on failure (with backoff) within the step's deadline, checked
+//! by its `verify`; a vm start first journals whether the vm ran before it.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::Utc;
+use tokio::time::Instant;
+
+use super::context::{Msg, Outcome, RunContext, StepRun};
+use super::record::{NOT_RECORDED, output_event, record_start};
+use crate::event::{Event, StepStatus};
+use crate::plan::PlannedStep;
+use crate::ssh::ExecOutput;
+use crate::template::Command;
+
+/// How the first attempt of an exec step begins.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct First {
+    /// Its start is already recorded (a vm step records it before its copies are prepared).
+    pub(super) recorded: bool,
+    /// The step resumes an interrupted run: the vm's state before it was journaled then.
+    pub(super) resumed: bool,
+}
+
+/// The deadline of a step: it bounds the whole step, every attempt, the waits between them
+/// and the verification.
+struct Deadline {
+    at: Option<Instant>,
+    timeout_s: Option<u64>,
+}
+
+impl Deadline {
+    fn left(&self) -> Option<StdDuration> {
+        self.at.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    fn past(&self) -> bool {
+        self.left().is_some_and(|l| l < StdDuration::from_secs(1))
+    }
+
+    /// At most `cap`, within what is left.
+    fn room(&self, cap: StdDuration) -> StdDuration {
+        self.left().map_or(cap, |l| l.min(cap))
+    }
+
+    fn timed_out(&self, why: String) -> Option<String> {
+        Some(format!(
+            "timed out after {}s: {why}",
+            self.timeout_s.unwrap_or(0)
+        ))
+    }
+}
+
+/// Runs an exec step: attempts until one succeeds, the retries are spent, the deadline
+/// passes or the run stops.
+pub(super) async fn run(
+    ctx: &Arc<RunContext>,
+    run: &StepRun,
+    command: &Command,
+    verify: Option<&Command>,
+    first: First,
+) -> Outcome {
+    let step = &ctx.plan.steps[run.index];
+    let deadline = Deadline {
+        at: step
+            .timeout_s
+            .map(|t| run.begin + StdDuration::from_secs(t)),
+        timeout_s: step.timeout_s,
+    };
+    if let Some(status) = &step.state_before
+        && !first.resumed
+        && !state_before(ctx, run, status, &deadline).await
+    {
+        return run.outcome(StepStatus::Cancelled, 1, Some(NOT_RECORDED.into()));
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let recorded =
+            (attempt == 1 && first.recorded) || record_start(&run.tx, step, attempt).await;
+        if !recorded {
+            return run.outcome(StepStatus::Cancelled, attempt, Some(NOT_RECORDED.into()));
+        }
+        let result = exec(ctx, step, command, deadline.left()).await;
+        let refused = matches!(&result, Err(e) if e.refused);
+        let (status, message) = match result {
+            Ok(out) => {
+                output_event(&run.tx, step, attempt, &out);
+                judge(ctx, run, attempt, &out, verify, &deadline).await
+            }
+            // The host did not answer before the step's deadline.
+            Err(e) if !e.refused && deadline.past() => {
+                (StepStatus::TimedOut, deadline.timed_out(e.message))
+            }
+            Err(e) => (StepStatus::Failed, Some(e.message)),
+        };
+        if status.succeeded()
+            || status == StepStatus::TimedOut
+            || refused
+            || attempt > step.retries
+            || *run.shutdown.borrow()
+        {
+            return run.outcome(status, attempt, message);
+        }
+        let backoff = StdDuration::from_secs((1u64 << (attempt - 1).min(5)).min(30));
+        let backoff = deadline.left().map_or(backoff, |l| backoff.min(l));
+        tokio::time::sleep(backoff).await;
+        if deadline.past() {
+            // No time for another attempt: the step ends as its last attempt did.
+            return run.outcome(status, attempt, message);
+        }
+    }
+}
+
+/// Before the vm is started: whether it runs already (see `VmStateBefore`), journaled;
+/// `false` when it could not be.
+async fn state_before(
+    ctx: &RunContext,
+    run: &StepRun,
+    status: &Command,
+    deadline: &Deadline,
+) -> bool {
+    let step = &ctx.plan.steps[run.index];
+    let room = deadline.room(StdDuration::from_secs(60));
+    let (running, said) = match exec(ctx, step, status, Some(room)).await {
+        Ok(out) => (said_running(&out), out.stdout.trim().to_string()),
+        Err(e) => (None, e.message),
+    };
+    let event = Event::VmStateBefore {
+        at: Utc::now(),
+        step: step.id.clone(),
+        running,
+        said: said.chars().take(500).collect(),
+    };
+    let (recorded, answer) = tokio::sync::oneshot::channel();
+    if run.tx.send(Msg::Recorded(event, recorded)).is_err() {
+        return false;
+    }
+    answer.await == Ok(true)
+}
+
+/// What an attempt that ran says of the step: its exit status, then its `verify`.
+async fn judge(
+    ctx: &RunContext,
+    run: &StepRun,
+    attempt: u32,
+    out: &ExecOutput,
+    verify: Option<&Command>,
+    deadline: &Deadline,
+) -> (StepStatus, Option<String>) {
+    let step = &ctx.plan.steps[run.index];
+    if out.timed_out {
+        return (
+            StepStatus::TimedOut,
+            Some(format!("timed out after {}s", step.timeout_s.unwrap_or(0))),
+        );
+    }
+    if out.exit_code != 0 {
+        return (
+            StepStatus::Failed,
+            Some(format!("exited with status {}", out.exit_code)),
+        );
+    }
+    let Some(v) = verify else {
+        return (StepStatus::Done, None);
+    };
+    let room = deadline.room(StdDuration::from_secs(120));
+    if deadline.past() {
+        return (
+            StepStatus::TimedOut,
+            deadline.timed_out("no time was left to verify it".into()),
+        );
+    }
+    match exec(ctx, step, v, Some(room)).await {
+        Ok(vo) if vo.exit_code == 0 => (StepStatus::Done, None),
+        Ok(vo) if vo.timed_out || deadline.past() => {
+            output_event(&run.tx, step, attempt, &vo);
+            (
+                StepStatus::TimedOut,
+                deadline.timed_out("its verify did not pass in time".into()),
+            )
+        }
+        Ok(vo) => {
+            output_event(&run.tx, step, attempt, &vo);
+            (
+                StepStatus::Failed,
+                Some(format!("verify failed (status {})", vo.exit_code)),
+            )
+        }
+        Err(e) if deadline.past() => (StepStatus::TimedOut, deadline.timed_out(e.message)),
+        Err(e) => (
+            StepStatus::Failed,
+            Some(format!("verify could not run: {e}")),
+        ),
+    }
+}
+
+/// How long after a command's deadline the runner stops waiting for the transport, in case
+/// it does not keep that deadline itself: the remote side's KILL comes 5 s after its TERM.
+pub(super) const LATE: StdDuration = StdDuration::from_secs(10);
+
+/// Whether a driver's `status` said the vm runs: a line `running` (libvirt, the lab) or
+/// `status: running` (Proxmox); `None` when it failed without saying anything.
+pub(super) fn said_running(out: &ExecOutput) -> Option<bool> {
+    let running = out
+        .stdout
+        .lines()
+        .map(str::trim)
+        .any(|l| l == "running" || l == "status: running");
+    if running {
+        Some(true)
+    } else if out.exit_code == 0 || !out.stdout.trim().is_empty() {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Runs a command of a step on its host, with secrets resolved and redacted from the output.
+/// Why a try did not succeed. A `refused` error (a changed or unknown host key, failed
+/// authentication, a missing secret) does not change by trying again: the step fails at once.
+#[derive(Debug)]
+pub(super) struct TryError {
+    pub(super) message: String,
+    pub(super) refused: bool,
+}
+
+impl From<String> for TryError {
+    fn from(message: String) -> Self {
+        TryError {
+            message,
+            refused: false,
+        }
+    }
+}
+
+impl std::fmt::Display for TryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl TryError {
+    pub(super) fn refused(message: String) -> Self {
+        TryError {
+            message,
+            refused: true,
+        }
+    }
+}
+
+pub(super) async fn exec(
+    ctx: &RunContext,
+    step: &PlannedStep,
+    command: &Command,
+    timeout: Option<StdDuration>,
+) -> Result<ExecOutput, TryError> {
+    let Some(host) = step.host.clone() else {
+        return Err(TryError::refused(format!(
+            "step {} has no host to run on",
+            step.id
+        )));
+    };
+    let secrets: Vec<(String, String)> = command
+        .secrets()
+        .filter_map(|name| (ctx.secrets)(name).map(|v| (name.to_string(), v)))
+        .collect();
+    let text = command
+        .expose(|name| (ctx.secrets)(name))
+        .map_err(|missing| {
+            TryError::refused(format!("secret {missing} is not set in the environment"))
+        })?;
+    let transport = ctx.transport.clone();
+    let deadline = timeout.unwrap_or(StdDuration::from_secs(3600));
+    let on = host.clone();
+    let call = tokio::task::spawn_blocking(move || transport.exec(&on, &text, deadline));
+    // The transport keeps the deadline itself; should it not (a host frozen in the middle of
+    // a call), the step stops waiting for it a little later all the same.
+    let Ok(joined) = tokio::time::timeout(deadline + LATE, call).await else {
+        return Err(format!(
+            "no answer from {host} within {}s",
+            (deadline + LATE).as_secs()
+        )
+        .into());
+    };
+    let mut out = match joined {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            let refused = matches!(
+                e,
+                crate::ssh::SshError::ChangedHostKey { .. }
+                    | crate::ssh::SshError::UnknownHostKey { .. }
+                    | crate::ssh::SshError::RevokedHostKey { .. }
+                    | crate::ssh::SshError::KnownHosts { .. }
+                    | crate::ssh::SshError::Auth { .. }
+                    | crate::ssh::SshError::UnknownHost(_)
+                    | crate::ssh::SshError::Refused { .. }
+            );
+            return Err(TryError {
+                message: e.to_string(),
+                refused,
+            });
+        }
+        Err(e) => return Err(format!("the ssh task failed: {e}").into()),
+    };
+    for (name, value) in &secrets {
+        if !value.is_empty() {
+            out.stdout = out.stdout.replace(value, &format!("<secret:{name}>"));
+            out.stderr = out.stderr.replace(value, &format!("<secret:{name}>"));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,81 @@
+//! A replication's driver hooks on the source host (`replicate-begin` freezes a running vm's
+//! disks while they are read, `replicate-end` thaws them), run with the run's secrets.
+
+use std::time::Duration as StdDuration;
+
+use super::context::RunContext;
+use crate::plan::SnapshotHooks;
+use crate::template::Command;
+
+/// A vm's disks frozen for the copy: where, and the two hooks.
+pub(super) struct Freeze {
+    host: String,
+    begin: Command,
+    end: Command,
+}
+
+impl Freeze {
+    /// The freeze a vm's driver offers (its `replicate-begin`), if any.
+    pub(super) fn of(hooks: Option<&SnapshotHooks>) -> Option<Freeze> {
+        let h = hooks?;
+        Some(Freeze {
+            host: h.host.clone(),
+            begin: h.begin.clone()?,
+            end: h.end.clone(),
+        })
+    }
+
+    /// Freezes the disks; what the hook printed goes to `report`.
+    pub(super) async fn begin(&self, ctx: &RunContext, report: &mut String) -> Result<(), String> {
+        let host = &self.host;
+        match run_hook(ctx, host, &self.begin).await {
+            Ok(out) => {
+                report.push_str(&out);
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "the disks could not be frozen for the copy (replicate-begin on {host}: {e}); not replicated, the copy keeps its last point"
+            )),
+        }
+    }
+
+    /// Thaws the disks (on every way out, after `begin` failed too).
+    pub(super) async fn end(&self, ctx: &RunContext, report: &mut String) -> Result<(), String> {
+        let (host, end) = (&self.host, &self.end);
+        match run_hook(ctx, host, end).await {
+            Ok(out) => {
+                report.push_str(&out);
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "what froze the disks was NOT undone (replicate-end on {host}: {e}); run on {host}: {end}"
+            )),
+        }
+    }
+}
+
+/// Runs a driver hook of a replication on `host`: its output, or why it failed.
+pub(super) async fn run_hook(
+    ctx: &RunContext,
+    host: &str,
+    cmd: &Command,
+) -> Result<String, String> {
+    let text = cmd
+        .expose(|n| (ctx.secrets)(n))
+        .map_err(|missing| format!("secret {missing} is not set in the environment"))?;
+    let (transport, host) = (ctx.transport.clone(), host.to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        transport.exec(&host, &text, StdDuration::from_secs(600))
+    })
+    .await
+    .map_err(|e| format!("the hook task failed: {e}"))?
+    .map_err(|e| e.to_string())?;
+    if out.exit_code != 0 {
+        return Err(format!(
+            "exited with {}: {}",
+            out.exit_code,
+            out.stderr.trim()
+        ));
+    }
+    Ok(out.stdout)
+}

@@ -1,0 +1,288 @@
+//! Replicate steps: a vm's disks (or a backup set's folder) brought up to date on the other
+//! host as a new verified point, through the replication helpers (see [`crate::replica`]): a
+//! snapshot left on the source by a cut replication merged back first, the vm's definition
+//! captured with the point, its disks frozen by the driver's hooks while they are read.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Utc};
+
+use super::context::{Outcome, RunContext, StepRun};
+use super::hooks::Freeze;
+use crate::event::{Event, StepStatus};
+use crate::plan::{Action, PlannedStep, Replicated, SnapshotHooks};
+use crate::replica::remote::{GuestRead, Replication};
+
+/// Runs a replicate step.
+pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
+    let step = &ctx.plan.steps[run.index];
+    let Action::Replicate {
+        what,
+        from_host,
+        to_host,
+        items,
+        retention,
+        snapshot,
+        capture,
+        guest,
+    } = &step.action_spec
+    else {
+        unreachable!("a replicate step's action is Replicate");
+    };
+    if *guest == Some(true) {
+        let e = "its copies are raw images of the disks as the guest sees them (changed_blocks): copying them back over the primary's disks is not done by reprise yet; convert each copy by hand (qemu-img convert -O qcow2 COPY DISK) with the vm stopped".to_string();
+        return run.outcome(StepStatus::Failed, 1, Some(e));
+    }
+    // A snapshot left on the source by an interrupted replication: the disks are stale (the
+    // vm wrote to the overlay), so it is merged back before they are read.
+    let mut report = match snapshot {
+        Some(hooks) => match settle_snapshot(ctx, hooks).await {
+            Ok(note) => note,
+            Err(e) => return failed(run, step, String::new(), e),
+        },
+        None => String::new(),
+    };
+    let deadline = step
+        .timeout_s
+        .map(StdDuration::from_secs)
+        .unwrap_or(StdDuration::from_secs(7200));
+    // Every disk of a vm gets the same point.
+    let taken_at = Utc::now();
+    // The vm's definition goes with the point (beside the copy of its first disk).
+    let mut captured_def = None;
+    if let (Some((cmd, format)), Some((_, first))) = (capture, items.first()) {
+        let target = DefinitionAt {
+            from: from_host,
+            to: to_host,
+            first,
+        };
+        match capture_definition(ctx, cmd, *format, target).await {
+            Ok(h) => {
+                report.push_str(&format!(
+                    "definition captured on {from_host} (BLAKE3 {h})\n"
+                ));
+                captured_def = Some(h);
+            }
+            Err(e) => return failed(run, step, report, e),
+        }
+    }
+    let replication = Replication {
+        point: crate::replica::remote::point_id(taken_at),
+        taken_at,
+        retention: *retention,
+        reread: false,
+        compress: false,
+        deadline,
+        definition: captured_def,
+    };
+    let disks = Disks {
+        folder: matches!(what, Replicated::Backup(_)),
+        from: from_host,
+        to: to_host,
+        items,
+        guest: *guest,
+    };
+    let freeze = Freeze::of(snapshot.as_ref());
+    let (point, failure) = copy_frozen(ctx, &disks, replication, freeze, &mut report).await;
+    if let Some(e) = failure {
+        return failed(run, step, report, e);
+    }
+    run.send(Event::StepOutput {
+        at: Utc::now(),
+        step: step.id.clone(),
+        attempt: 1,
+        stdout: report,
+        stderr: String::new(),
+        exit_code: Some(0),
+    });
+    let item = match what {
+        Replicated::Vm(v) | Replicated::Backup(v) => v,
+    };
+    if let Some(point) = point {
+        point_made(run, step.id.clone(), item.clone(), point, taken_at);
+    }
+    run.outcome(StepStatus::Done, 1, None)
+}
+
+/// Journals the point a replicate step made.
+fn point_made(run: &StepRun, step: String, item: String, point: String, taken_at: DateTime<Utc>) {
+    run.send(Event::ReplicaPointUsed {
+        at: Utc::now(),
+        step,
+        item,
+        point,
+        taken_at,
+        verified: true,
+        note: Some("made by this step; its BLAKE3 matched end to end".into()),
+        dropped: Vec::new(),
+    });
+}
+
+/// The step failed: what it did so far and why it stopped are its output.
+fn failed(run: &StepRun, step: &PlannedStep, report: String, e: String) -> Outcome {
+    run.send(Event::StepOutput {
+        at: Utc::now(),
+        step: step.id.clone(),
+        attempt: 1,
+        stdout: report,
+        stderr: e.clone(),
+        exit_code: None,
+    });
+    run.outcome(StepStatus::Failed, 1, Some(e))
+}
+
+/// Merges back a replication snapshot left on the source: a note of what was done.
+async fn settle_snapshot(ctx: &RunContext, hooks: &SnapshotHooks) -> Result<String, String> {
+    let expose = |c: &crate::template::Command| c.expose(|n| (ctx.secrets)(n));
+    let (check, end) = match (expose(&hooks.check), expose(&hooks.end)) {
+        (Ok(c), Ok(e)) => (c, e),
+        (Err(missing), _) | (_, Err(missing)) => {
+            return Err(format!("secret {missing} is not set in the environment"));
+        }
+    };
+    let transport = ctx.transport.clone();
+    let (host, shown) = (hooks.host.clone(), hooks.end.to_string());
+    let done = tokio::task::spawn_blocking(move || {
+        crate::replica::snapshot::settle(transport.as_ref(), &host, &check, &end, &shown)
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the snapshot task failed: {e}")))?;
+    Ok(done.map(|n| format!("{n}\n")).unwrap_or_default())
+}
+
+/// Where a vm's definition is captured (on the primary) and kept (beside the copy of its
+/// first disk).
+struct DefinitionAt<'a> {
+    from: &'a str,
+    to: &'a str,
+    first: &'a str,
+}
+
+/// Captures the vm's definition with the point: its BLAKE3.
+async fn capture_definition(
+    ctx: &RunContext,
+    cmd: &crate::template::Command,
+    format: crate::vmdef::Format,
+    at: DefinitionAt<'_>,
+) -> Result<String, String> {
+    let text = cmd
+        .expose(|n| (ctx.secrets)(n))
+        .map_err(|missing| format!("secret {missing} is not set in the environment"))?;
+    let transport = ctx.transport.clone();
+    let (from, to, first) = (at.from.to_string(), at.to.to_string(), at.first.to_string());
+    tokio::task::spawn_blocking(move || {
+        let helpers = crate::replica::remote::Helpers::new(transport.as_ref());
+        crate::replica::definitions::capture(&helpers, format, &from, &text, &to, &first)
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the definition task failed: {e}")))
+}
+
+/// The disks (or folder) a replicate step copies.
+struct Disks<'a> {
+    /// A backup set's folder, file by file.
+    folder: bool,
+    from: &'a str,
+    to: &'a str,
+    /// (source path, destination path) pairs.
+    items: &'a [(String, String)],
+    /// A vm with changed_blocks (see [`Action::Replicate`]).
+    guest: Option<bool>,
+}
+
+/// Copies every disk, frozen by the driver's `replicate-begin` while they are read and
+/// thawed by `replicate-end` on every way out: the point made, and why it failed.
+async fn copy_frozen(
+    ctx: &RunContext,
+    disks: &Disks<'_>,
+    mut replication: Replication,
+    freeze: Option<Freeze>,
+    report: &mut String,
+) -> (Option<String>, Option<String>) {
+    let mut failed = match &freeze {
+        Some(f) => f.begin(ctx, report).await.err(),
+        None => None,
+    };
+    let mut point = None;
+    // A vm with changed_blocks, read by a step (a final sync, its vm stopped or frozen
+    // above): every block of its qcow2 disks through qemu-nbd, which refuses a disk a running
+    // vm writes; the next `reprise replicate` starts a checkpoint again.
+    let read = disks.guest.map(|_| GuestRead {
+        nbd: None,
+        format: crate::replica::protocol::DiskFormat::Qcow2,
+        bitmap: None,
+        how: crate::replica::store::HowRead {
+            mode: crate::replica::store::ReadMode::Scan,
+            why: Some("read by a runbook step, which starts no checkpoint".into()),
+            checkpoint: None,
+        },
+    });
+    for (i, (src, dst)) in disks.items.iter().enumerate().filter(|_| failed.is_none()) {
+        // Only the first disk's point records the definition (it is kept beside it).
+        if i == 1 {
+            replication.definition = None;
+        }
+        let copied = replicate_image(
+            ctx,
+            disks.folder,
+            disks.from,
+            src,
+            disks.to,
+            dst,
+            &replication,
+            read.as_ref(),
+        )
+        .await
+        .map(|t| {
+            point = Some(t.applied.point.id.clone());
+            t.line()
+        });
+        match copied {
+            Ok(line) => report.push_str(&line),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(f) = &freeze
+        && let Err(e) = f.end(ctx, report).await
+    {
+        failed = Some(match failed {
+            Some(first) => format!("{first}; {e}"),
+            None => e,
+        });
+    }
+    (point, failed)
+}
+
+/// Brings one vm disk's recovery copy (or a backup set's folder, file by file) up to date
+/// through the replication helpers, as a new point (see [`crate::replica`]).
+#[allow(clippy::too_many_arguments)]
+async fn replicate_image(
+    ctx: &RunContext,
+    folder: bool,
+    from: &str,
+    src: &str,
+    to: &str,
+    dst: &str,
+    replication: &crate::replica::remote::Replication,
+    guest: Option<&crate::replica::remote::GuestRead>,
+) -> Result<crate::replica::ImageTransfer, String> {
+    let transport = ctx.transport.clone();
+    let (from, src) = (from.to_string(), src.to_string());
+    let (to, dst) = (to.to_string(), dst.to_string());
+    let (r, guest) = (replication.clone(), guest.cloned());
+    tokio::task::spawn_blocking(move || {
+        let helpers = crate::replica::remote::Helpers::new(transport.as_ref());
+        if folder {
+            helpers.replicate_tree(&from, &src, &to, &dst, &r)
+        } else {
+            helpers.replicate(&from, &src, &to, &dst, &r, guest.as_ref())
+        }
+    })
+    .await
+    .map_err(|e| format!("the replication task failed: {e}"))?
+    .map_err(|e| e.to_string())
+}

@@ -1,0 +1,122 @@
+//! The roll-back of a planned switch that failed: the steps done are undone in reverse order
+//! (their `undo`), a vm start only for a vm that was not running before it, and what a start
+//! defined goes with it.
+
+use std::collections::HashMap;
+use std::time::Duration as StdDuration;
+
+use chrono::Utc;
+
+use super::context::RunContext;
+use super::define::{Defined, undo_define};
+use super::exec::exec;
+use super::record::Out;
+use crate::event::Event;
+use crate::plan::{Action, PlannedStep};
+
+/// Undoes the steps done, last first, each journaled (`UndoFinished`): the steps undone.
+pub(super) async fn undo_done(
+    ctx: &RunContext,
+    done_order: &[usize],
+    defined: &mut HashMap<usize, Defined>,
+    out: &mut Out<'_>,
+) -> Vec<usize> {
+    let mut undone = Vec::new();
+    for &i in done_order.iter().rev() {
+        let step = &ctx.plan.steps[i];
+        let Action::Exec {
+            undo: Some(undo), ..
+        } = &step.action_spec
+        else {
+            continue;
+        };
+        // A start is undone only for a vm that was not running before it.
+        let before = step
+            .state_before
+            .as_ref()
+            .map(|_| out.running_before.get(&step.id).copied().flatten());
+        let (ok, message) = undo_step(ctx, step, undo, before).await;
+        // What the step defined goes with it, once the vm it started is stopped (for a vm
+        // that was running before, only a definition it replaced is put back).
+        let (ok, message) = match defined.remove(&i) {
+            None => (ok, message),
+            Some(d) => {
+                let (put_back, note) = undo_definition(ctx, d, ok, before).await;
+                let message = match message {
+                    Some(m) => format!("{m}; {note}"),
+                    None => note,
+                };
+                (ok && put_back, Some(message))
+            }
+        };
+        out.emit(&Event::UndoFinished {
+            at: Utc::now(),
+            step: step.id.clone(),
+            ok,
+            message,
+        });
+        if ok {
+            undone.push(i);
+        }
+    }
+    undone
+}
+
+/// Runs a step's `undo`, unless its vm was running before it (or that is not known).
+async fn undo_step(
+    ctx: &RunContext,
+    step: &PlannedStep,
+    undo: &crate::template::Command,
+    before: Option<Option<bool>>,
+) -> (bool, Option<String>) {
+    match before {
+        Some(Some(true)) => (
+            true,
+            Some("left running: it was already running before the step".to_string()),
+        ),
+        Some(None) => (
+            false,
+            Some(
+                "not undone: the vm's state before the step could not be told, so it may have been running already; stop it by hand if it was not"
+                    .to_string(),
+            ),
+        ),
+        _ => match exec(ctx, step, undo, step.timeout_s.map(StdDuration::from_secs)).await {
+            Ok(out) if out.exit_code == 0 => (true, None),
+            Ok(out) => (
+                false,
+                Some(format!(
+                    "undo exited with {}: {}",
+                    out.exit_code,
+                    out.stderr.trim()
+                )),
+            ),
+            Err(e) => (false, Some(e.message)),
+        },
+    }
+}
+
+/// Puts back what an undone start defined, once its vm is stopped: whether it did, and what.
+async fn undo_definition(
+    ctx: &RunContext,
+    d: Defined,
+    stopped_ok: bool,
+    before: Option<Option<bool>>,
+) -> (bool, String) {
+    let stopped = stopped_ok && before == Some(Some(false));
+    let was_running = before == Some(Some(true));
+    if stopped || (was_running && d.previous.is_some()) {
+        let transport = ctx.transport.clone();
+        tokio::task::spawn_blocking(move || undo_define(transport.as_ref(), d))
+            .await
+            .unwrap_or_else(|e| (false, format!("what was defined could not be undone: {e}")))
+    } else {
+        (
+            true,
+            format!(
+                "{} stays defined on {} from point {}, as this step defined it",
+                d.name, d.host, d.point
+            ),
+        )
+    }
+}

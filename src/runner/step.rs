@@ -1,0 +1,167 @@
+//! One step, from its start to its outcome: a resumed step that was interrupted is verified,
+//! run again or handed to the operator; a vm step's copies are prepared first ([`super::vm`]);
+//! then the step runs by its kind (exec, checks, manual, lag, replicate) and what it did to
+//! the copies and the definitions is settled.
+//!
+//! It does not schedule: the scheduler (`execute`, in the runner's `mod.rs`) starts it when
+//! what it waits for is done.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::check;
+use super::context::{Msg, Outcome, Prior, RunContext, StepRun};
+use super::define::{self, Defined};
+use super::exec::exec;
+use super::operator;
+use super::record::{NOT_RECORDED, record_start};
+use super::replicate;
+use super::vm;
+use crate::event::StepStatus;
+use crate::plan::Action;
+
+/// Runs a step: its outcome, and what it defined before its command when it succeeded (put
+/// back if the run rolls it back). A step that fails puts back what it defined itself: it
+/// leaves the host as it found it.
+pub(super) async fn run_step(
+    ctx: Arc<RunContext>,
+    index: usize,
+    prior: Option<Prior>,
+    tx: tokio::sync::mpsc::UnboundedSender<Msg>,
+    shutdown: watch::Receiver<bool>,
+) -> (Outcome, Option<Defined>) {
+    let run = StepRun {
+        index,
+        begin: Instant::now(),
+        tx,
+        shutdown,
+    };
+    let mut defined = None;
+    let mut out = run_step_inner(&ctx, &run, prior, &mut defined).await;
+    let made = define::settle(&ctx, &mut out, defined).await;
+    (
+        vm::after_replica(&ctx, &ctx.plan.steps[index], out).await,
+        made,
+    )
+}
+
+async fn run_step_inner(
+    ctx: &Arc<RunContext>,
+    run: &StepRun,
+    prior: Option<Prior>,
+    defined: &mut Option<Defined>,
+) -> Outcome {
+    let step = &ctx.plan.steps[run.index];
+    // A step that was running when the orchestrator died.
+    if prior == Some(Prior::Interrupted)
+        && let Some(out) = resume_interrupted(ctx, run).await
+    {
+        return out;
+    }
+    // The step's start is on disk before anything of it runs on a host.
+    let mut recorded_first = false;
+    if let Some(replica) = &step.replica {
+        if !record_start(&run.tx, step, 1).await {
+            return run.outcome(StepStatus::Cancelled, 1, Some(NOT_RECORDED.into()));
+        }
+        recorded_first = true;
+        if let Err(e) = vm::before_replica(ctx, step, replica, &run.tx, defined).await {
+            return run.outcome(StepStatus::Failed, 1, Some(e));
+        }
+    }
+    if !recorded_first
+        && !matches!(
+            step.action_spec,
+            Action::Manual { .. } | Action::Exec { .. }
+        )
+        && !record_start(&run.tx, step, 1).await
+    {
+        return run.outcome(StepStatus::Cancelled, 1, Some(NOT_RECORDED.into()));
+    }
+    match &step.action_spec {
+        Action::Manual { instructions } => {
+            operator::wait_for_operator(ctx, step, instructions.clone(), run).await
+        }
+        Action::Exec {
+            run: command,
+            verify,
+            ..
+        } => {
+            let first = super::exec::First {
+                recorded: recorded_first,
+                resumed: prior.is_some(),
+            };
+            super::exec::run(ctx, run, command, verify.as_ref(), first).await
+        }
+        Action::Lag {
+            run: probe,
+            timeout,
+            rpo,
+            hold,
+        } => {
+            let lag = check::LagProbe {
+                run: probe,
+                timeout: *timeout,
+                rpo: *rpo,
+                hold: *hold,
+            };
+            check::lag(ctx, run, &lag).await
+        }
+        Action::Probe {
+            run: probe,
+            interval,
+        } => check::probe(ctx, run, probe, *interval).await,
+        Action::Tcp {
+            address,
+            port,
+            interval,
+        } => check::tcp(ctx, run, address, *port, *interval).await,
+        Action::Http {
+            url,
+            status,
+            interval,
+            tls,
+        } => check::http(ctx, run, url, *status, *interval, tls).await,
+        Action::Replicate { .. } => replicate::run(ctx, run).await,
+    }
+}
+
+/// A step that was running when the orchestrator died: verified (done when its `verify`
+/// passes), run again when it is safe to run twice, else handed to the operator. `None`: run
+/// it again.
+async fn resume_interrupted(ctx: &Arc<RunContext>, run: &StepRun) -> Option<Outcome> {
+    let step = &ctx.plan.steps[run.index];
+    if let Action::Exec {
+        verify: Some(verify),
+        ..
+    } = &step.action_spec
+    {
+        if !record_start(&run.tx, step, 0).await {
+            return Some(run.outcome(StepStatus::Cancelled, 0, Some(NOT_RECORDED.into())));
+        }
+        if let Ok(out) = exec(ctx, step, verify, Some(StdDuration::from_secs(60))).await
+            && out.exit_code == 0
+        {
+            return Some(run.outcome(
+                StepStatus::Done,
+                0,
+                Some("verified after the interruption: not run again".into()),
+            ));
+        }
+    }
+    let idempotent = step.idempotent || !matches!(step.action_spec, Action::Exec { .. });
+    if idempotent {
+        return None;
+    }
+    let instructions = format!(
+        "Step {} was running on {} when reprise stopped, and cannot safely run twice. \
+         Check whether it took effect ({}), finish it by hand if needed, then confirm.",
+        step.id,
+        step.host.as_deref().unwrap_or("the orchestrator"),
+        step.command
+    );
+    Some(operator::wait_for_operator(ctx, step, instructions, run).await)
+}

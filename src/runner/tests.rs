@@ -1,0 +1,1222 @@
+use super::*;
+use crate::duration::Duration;
+use crate::journal::Confirmation;
+use crate::plan::Action;
+use crate::plan::{Estimate, PlannedStep, Selection};
+use crate::ssh::{ExecOutput, Transport};
+use crate::ssh::{PipeOutput, SshError};
+use crate::template::Command;
+use exec::LATE;
+use std::sync::Mutex;
+use tokio::time::Instant;
+
+/// A transport that records calls and answers from a script: commands containing `fail`
+/// exit 1, `flaky:N` fails until its Nth call.
+#[derive(Default)]
+struct Fake {
+    calls: Mutex<Vec<(String, String)>>,
+    running: Mutex<HashMap<String, usize>>,
+    max_per_host: Mutex<usize>,
+    hold: StdDuration,
+}
+
+impl Transport for Fake {
+    fn pipe(
+        &self,
+        from: &str,
+        _r: &str,
+        to: &str,
+        _w: &str,
+        _d: StdDuration,
+    ) -> Result<PipeOutput, SshError> {
+        self.pipe_impl(from, to)
+    }
+
+    fn exec(
+        &self,
+        host: &str,
+        command: &str,
+        _deadline: StdDuration,
+    ) -> Result<ExecOutput, SshError> {
+        {
+            let mut r = self.running.lock().unwrap();
+            let n = r.entry(host.to_string()).or_default();
+            *n += 1;
+            let mut m = self.max_per_host.lock().unwrap();
+            *m = (*m).max(*n);
+        }
+        std::thread::sleep(self.hold);
+        let count = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push((host.to_string(), command.to_string()));
+            calls.iter().filter(|(_, c)| c == command).count()
+        };
+        *self.running.lock().unwrap().get_mut(host).unwrap() -= 1;
+        if command.contains("changed-key") {
+            return Err(SshError::ChangedHostKey {
+                host: host.to_string(),
+                endpoint: "127.0.0.1:22".into(),
+                known: "SHA256:old".into(),
+                offered: "SHA256:new".into(),
+                known_hosts: "known_hosts".into(),
+            });
+        }
+        if command.contains("unreachable") {
+            return Err(SshError::Hung {
+                host: host.to_string(),
+                secs: 2,
+            });
+        }
+        if let Some(said) = command.split("says:").nth(1) {
+            return Ok(ExecOutput {
+                exit_code: 0,
+                stdout: format!("{said}\n"),
+                stderr: String::new(),
+                truncated: false,
+                timed_out: false,
+                duration: StdDuration::ZERO,
+            });
+        }
+        let code = if command.contains("fail") {
+            1
+        } else if let Some(n) = command.split("flaky:").nth(1) {
+            let n: usize = n.trim().parse().unwrap();
+            if count < n { 1 } else { 0 }
+        } else {
+            0
+        };
+        Ok(ExecOutput {
+            exit_code: code,
+            stdout: format!("ran {command}"),
+            stderr: String::new(),
+            truncated: false,
+            timed_out: false,
+            duration: StdDuration::ZERO,
+        })
+    }
+}
+
+impl Fake {
+    fn pipe_impl(&self, from: &str, to: &str) -> Result<PipeOutput, SshError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((format!("{from}->{to}"), "pipe".into()));
+        Ok(PipeOutput {
+            bytes: 1,
+            read_exit: 0,
+            write_exit: 0,
+            write_failed_first: false,
+            stderr: String::new(),
+            output: String::new(),
+            duration: StdDuration::ZERO,
+        })
+    }
+
+    fn commands(&self) -> Vec<String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+}
+
+struct Confirm(Mutex<u32>);
+impl Confirmations for Confirm {
+    fn confirmation(&self, _step: &str) -> Option<Confirmation> {
+        let mut n = self.0.lock().unwrap();
+        *n += 1;
+        (*n >= 3).then(|| Confirmation {
+            by: "sofia".into(),
+            note: None,
+            at: Utc::now(),
+        })
+    }
+}
+
+#[derive(Default)]
+struct Collect(Vec<Event>);
+impl Sink for Collect {
+    fn emit(&mut self, event: &Event) -> Result<(), Unrecorded> {
+        self.0.push(event.clone());
+        Ok(())
+    }
+}
+
+impl Collect {
+    fn status(&self, step: &str) -> Option<StepStatus> {
+        self.0.iter().rev().find_map(|e| match e {
+            Event::StepFinished {
+                step: s, status, ..
+            } if s == step => Some(*status),
+            _ => None,
+        })
+    }
+}
+
+fn exec_step(id: &str, host: &str, after: &[&str], run: &str) -> PlannedStep {
+    PlannedStep {
+        id: id.into(),
+        service: id.split('/').next().unwrap().into(),
+        step: id.split('/').nth(1).unwrap().into(),
+        host: Some(host.into()),
+        target: None,
+        site: None,
+        kind: "exec",
+        action: None,
+        command: run.into(),
+        verify: None,
+        undo: None,
+        description: None,
+        timeout_s: Some(60),
+        expected_s: 60,
+        retries: 0,
+        idempotent: false,
+        needs_primary: false,
+        phase: Phase::Main,
+        after: after.iter().map(|s| s.to_string()).collect(),
+        est_start_s: 0,
+        est_finish_s: 0,
+        critical: false,
+        action_spec: Action::Exec {
+            run: Command::text(run),
+            verify: None,
+            undo: Some(Command::text(format!("undo {run}"))),
+        },
+        replica: None,
+        state_before: None,
+    }
+}
+
+fn plan(mode: Mode, emergency: bool, steps: Vec<PlannedStep>) -> Arc<Plan> {
+    Arc::new(Plan {
+        mode,
+        emergency,
+        run_id: "t".into(),
+        selection: Selection {
+            requested: vec![],
+            only: false,
+            pulled_in: vec![],
+            assumed_running: vec![],
+        },
+        services: vec![],
+        steps,
+        left_out: vec![],
+        not_covered: vec![],
+        estimate: Estimate {
+            total: Duration(0),
+            critical_path: vec![],
+        },
+        warnings: vec![],
+    })
+}
+
+fn go(
+    plan: Arc<Plan>,
+    fake: Arc<Fake>,
+    prior: HashMap<String, Prior>,
+    options: RunOptions,
+) -> (RunStatus, Collect) {
+    let ctx = RunContext {
+        plan,
+        transport: fake,
+        confirmations: Arc::new(Confirm(Mutex::new(0))),
+        secrets: Arc::new(|n| (n == "PW").then(|| "hunter2".to_string())),
+        options,
+        prior,
+    };
+    let mut sink = Collect::default();
+    let status = run(ctx, &mut sink, Shutdown::manual());
+    (status, sink)
+}
+
+fn diamond() -> Vec<PlannedStep> {
+    vec![
+        exec_step("a/1", "h1", &[], "a1"),
+        exec_step("b/1", "h2", &["a/1"], "b1"),
+        exec_step("c/1", "h3", &["a/1"], "c1"),
+        exec_step("d/1", "h1", &["b/1", "c/1"], "d1"),
+    ]
+}
+
+#[test]
+fn steps_run_after_what_they_wait_for() {
+    let fake = Arc::new(Fake::default());
+    let (status, events) = go(
+        plan(Mode::Restore, false, diamond()),
+        fake.clone(),
+        HashMap::new(),
+        RunOptions::default(),
+    );
+    assert_eq!(status, RunStatus::Succeeded);
+    let cmds = fake.commands();
+    assert_eq!(cmds.first().unwrap(), "a1");
+    assert_eq!(cmds.last().unwrap(), "d1");
+    assert_eq!(cmds.len(), 4);
+    assert!(matches!(
+        events.0.last(),
+        Some(Event::RunFinished {
+            status: RunStatus::Succeeded,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn per_host_limit_is_respected() {
+    let steps: Vec<PlannedStep> = (0..6)
+        .map(|i| exec_step(&format!("s{i}/x"), "h1", &[], &format!("c{i}")))
+        .collect();
+    let fake = Arc::new(Fake {
+        hold: StdDuration::from_millis(30),
+        ..Fake::default()
+    });
+    let options = RunOptions {
+        per_host: 2,
+        ..RunOptions::default()
+    };
+    let (status, _) = go(
+        plan(Mode::Restore, false, steps),
+        fake.clone(),
+        HashMap::new(),
+        options,
+    );
+    assert_eq!(status, RunStatus::Succeeded);
+    assert_eq!(*fake.max_per_host.lock().unwrap(), 2);
+}
+
+#[test]
+fn planned_failover_stops_and_undoes_in_reverse_order() {
+    let mut steps = diamond();
+    steps[2] = exec_step("c/1", "h3", &["b/1"], "c1 fail");
+    let fake = Arc::new(Fake::default());
+    let (status, events) = go(
+        plan(Mode::Failover, false, steps),
+        fake.clone(),
+        HashMap::new(),
+        RunOptions::default(),
+    );
+    assert_eq!(status, RunStatus::Failed);
+    assert_eq!(
+        fake.commands(),
+        ["a1", "b1", "c1 fail", "undo b1", "undo a1"]
+    );
+    assert_eq!(events.status("c/1"), Some(StepStatus::Failed));
+    assert_eq!(events.status("d/1"), Some(StepStatus::Blocked));
+    let undone: Vec<&str> = events
+        .0
+        .iter()
+        .filter_map(|e| match e {
+            Event::UndoFinished { step, ok: true, .. } => Some(step.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(undone, ["b/1", "a/1"]);
+}
+
+/// A start undone stops the vm only if it was not running before the step: the state its
+/// driver's `status` told just before, journaled.
+#[test]
+fn a_start_is_undone_only_for_a_vm_that_was_not_running_before() {
+    let start = |id: &str, after: &[&str], status: &str| {
+        let mut s = exec_step(id, "h1", after, &format!("start {id}"));
+        s.action_spec = Action::Exec {
+            run: Command::text(format!("start {id}")),
+            verify: None,
+            undo: Some(Command::text(format!("stop {id}"))),
+        };
+        s.undo = Some(format!("stop {id}"));
+        s.state_before = Some(Command::text(status));
+        s
+    };
+    let steps = vec![
+        start("a/1", &[], "status a says:running"),
+        start("b/1", &["a/1"], "status b says:shut off"),
+        start("c/1", &["b/1"], "status c unreachable"),
+        exec_step("d/1", "h1", &["c/1"], "d1 fail"),
+    ];
+    let fake = Arc::new(Fake::default());
+    let (status, events) = go(
+        plan(Mode::Failover, false, steps),
+        fake.clone(),
+        HashMap::new(),
+        RunOptions::default(),
+    );
+    assert_eq!(status, RunStatus::Failed);
+    let stops: Vec<String> = fake
+        .commands()
+        .into_iter()
+        .filter(|c| c.starts_with("stop"))
+        .collect();
+    assert_eq!(stops, ["stop b/1"]);
+    let before: Vec<(&str, Option<bool>)> = events
+        .0
+        .iter()
+        .filter_map(|e| match e {
+            Event::VmStateBefore { step, running, .. } => Some((step.as_str(), *running)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        before,
+        [("a/1", Some(true)), ("b/1", Some(false)), ("c/1", None)]
+    );
+    let undone: Vec<(&str, bool, String)> = events
+        .0
+        .iter()
+        .filter_map(|e| match e {
+            Event::UndoFinished {
+                step, ok, message, ..
+            } => Some((step.as_str(), *ok, message.clone().unwrap_or_default())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(undone.len(), 3, "{undone:?}");
+    assert_eq!(undone[0].0, "c/1");
+    assert!(
+        !undone[0].1 && undone[0].2.contains("could not be told"),
+        "{undone:?}"
+    );
+    assert_eq!((undone[1].0, undone[1].1), ("b/1", true));
+    assert_eq!(undone[2].0, "a/1");
+    assert!(
+        undone[2].1 && undone[2].2.contains("already running"),
+        "{undone:?}"
+    );
+}
+
+#[test]
+fn no_rollback_leaves_completed_steps() {
+    let mut steps = diamond();
+    steps[1] = exec_step("b/1", "h2", &["a/1"], "b1 fail");
+    let fake = Arc::new(Fake::default());
+    let options = RunOptions {
+        rollback: false,
+        ..RunOptions::default()
+    };
+    let (status, _) = go(
+        plan(Mode::Failback, false, steps),
+        fake.clone(),
+        HashMap::new(),
+        options,
+    );
+    assert_eq!(status, RunStatus::Failed);
+    assert!(!fake.commands().iter().any(|c| c.starts_with("undo")));
+}
+
+#[test]
+fn emergency_keeps_going_on_independent_branches() {
+    let mut steps = diamond();
+    steps[1] = exec_step("b/1", "h2", &["a/1"], "b1 fail");
+    steps.push(exec_step("e/1", "h4", &["c/1"], "e1"));
+    let fake = Arc::new(Fake::default());
+    let (status, events) = go(
+        plan(Mode::Failover, true, steps),
+        fake.clone(),
+        HashMap::new(),
+        RunOptions::default(),
+    );
+    assert_eq!(status, RunStatus::Partial);
+    assert!(fake.commands().contains(&"e1".to_string()));
+    assert_eq!(events.status("d/1"), Some(StepStatus::Blocked));
+    assert_eq!(events.status("e/1"), Some(StepStatus::Done));
+    assert!(!fake.commands().iter().any(|c| c.starts_with("undo")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_with_backoff_until_success() {
+    let mut step = exec_step("a/1", "h1", &[], "flaky:3");
+    step.retries = 2;
+    let fake = Arc::new(Fake::default());
+    let ctx = RunContext {
+        plan: plan(Mode::Restore, false, vec![step]),
+        transport: fake.clone(),
+        confirmations: Arc::new(Confirm(Mutex::new(0))),
+        secrets: env_secrets(),
+        options: RunOptions::default(),
+        prior: HashMap::new(),
+    };
+    let mut sink = Collect::default();
+    let status = execute(ctx, &mut sink, Shutdown::manual()).await;
+    assert_eq!(status, RunStatus::Succeeded);
+    assert_eq!(fake.commands().len(), 3);
+    assert!(matches!(
+        sink.0
+            .iter()
+            .rev()
+            .find(|e| matches!(e, Event::StepFinished { .. })),
+        Some(Event::StepFinished { attempt: 3, .. })
+    ));
+}
+
+#[test]
+fn verify_decides_whether_a_step_is_done() {
+    let mut step = exec_step("a/1", "h1", &[], "start");
+    step.action_spec = Action::Exec {
+        run: Command::text("start"),
+        verify: Some(Command::text("check fail")),
+        undo: None,
+    };
+    let (status, events) = go(
+        plan(Mode::Restore, false, vec![step]),
+        Arc::new(Fake::default()),
+        HashMap::new(),
+        RunOptions::default(),
+    );
+    assert_eq!(status, RunStatus::Failed);
+    assert_eq!(events.status("a/1"), Some(StepStatus::Failed));
+}
+
+#[test]
+fn manual_steps_wait_for_a_confirmation_and_record_it() {
+    let mut step = exec_step("power/generators", "h1", &[], "");
+    step.host = None;
+    step.action_spec = Action::Manual {
+        instructions: "Connect the generators".into(),
+    };
+    let options = RunOptions {
+        confirmation_poll: StdDuration::from_millis(5),
+        ..RunOptions::default()
+    };
+    let (status, events) = go(
+        plan(Mode::Restore, false, vec![step]),
+        Arc::new(Fake::default()),
+        HashMap::new(),
+        options,
+    );
+    assert_eq!(status, RunStatus::Succeeded);
+    assert!(
+        events
+            .0
+            .iter()
+            .any(|e| matches!(e, Event::WaitingForOperator { .. }))
+    );
+    assert!(
+        events
+            .0
+            .iter()
+            .any(|e| matches!(e, Event::Confirmed { by, .. } if by == "sofia"))
+    );
+}
+
+/// A transport that writes each command it runs into a shared record, runs it after
+/// `hold`, and answers as `Fake` would (or stays silent past its deadline for `frozen`).
+struct Recorder {
+    record: Arc<Mutex<Vec<String>>>,
+    hold: StdDuration,
+}
+
+impl Transport for Recorder {
+    fn exec(
+        &self,
+        _host: &str,
+        command: &str,
+        deadline: StdDuration,
+    ) -> Result<ExecOutput, SshError> {
+        self.record.lock().unwrap().push(format!("ran {command}"));
+        if command.contains("frozen") {
+            // A transport that does not keep its deadline (a call stuck in a library).
+            std::thread::sleep(deadline + StdDuration::from_secs(60));
+        } else if command.contains("hung") {
+            // A host that never answers: the transport gives up at the deadline.
+            std::thread::sleep(deadline);
+            return Err(SshError::Hung {
+                host: "h1".into(),
+                secs: deadline.as_secs(),
+            });
+        }
+        std::thread::sleep(self.hold);
+        self.record.lock().unwrap().push(format!("ended {command}"));
+        Ok(ExecOutput {
+            exit_code: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            truncated: false,
+            timed_out: false,
+            duration: StdDuration::ZERO,
+        })
+    }
+
+    fn pipe(
+        &self,
+        from: &str,
+        _r: &str,
+        _to: &str,
+        _w: &str,
+        _d: StdDuration,
+    ) -> Result<PipeOutput, SshError> {
+        Err(SshError::UnknownHost(from.into()))
+    }
+}
+
+/// A journal that takes its time to flush a step's start, and may stop recording.
+struct SlowJournal {
+    record: Arc<Mutex<Vec<String>>>,
+    events: Vec<Event>,
+    /// Fails from the first `step_finished` on, as a full disk would.
+    fail_at_first_finish: bool,
+    failed: bool,
+}
+
+impl Sink for SlowJournal {
+    fn emit(&mut self, event: &Event) -> Result<(), Unrecorded> {
+        if self.fail_at_first_finish && matches!(event, Event::StepFinished { .. }) {
+            self.failed = true;
+        }
+        if self.failed {
+            self.record.lock().unwrap().push(match event {
+                Event::StepFinished { step, .. } => format!("unrecorded end of {step}"),
+                _ => "unrecorded".into(),
+            });
+            return Err(Unrecorded("no space left on device".into()));
+        }
+        if let Event::StepStarted { step, .. } = event {
+            std::thread::sleep(StdDuration::from_millis(50));
+            self.record.lock().unwrap().push(format!("recorded {step}"));
+        }
+        self.events.push(event.clone());
+        Ok(())
+    }
+}
+
+fn recorded_run(
+    steps: Vec<PlannedStep>,
+    mode: Mode,
+    fail_at_first_finish: bool,
+) -> (RunStatus, Vec<String>, Vec<Event>) {
+    let record = Arc::new(Mutex::new(Vec::new()));
+    let ctx = RunContext {
+        plan: plan(mode, false, steps),
+        transport: Arc::new(Recorder {
+            record: record.clone(),
+            hold: StdDuration::from_millis(100),
+        }),
+        confirmations: Arc::new(Confirm(Mutex::new(0))),
+        secrets: env_secrets(),
+        options: RunOptions::default(),
+        prior: HashMap::new(),
+    };
+    let mut journal = SlowJournal {
+        record: record.clone(),
+        events: Vec::new(),
+        fail_at_first_finish,
+        failed: false,
+    };
+    let status = run(ctx, &mut journal, Shutdown::manual());
+    let record = record.lock().unwrap().clone();
+    (status, record, journal.events)
+}
+
+#[test]
+fn a_step_runs_only_once_its_start_is_recorded() {
+    let (status, record, _) = recorded_run(diamond(), Mode::Restore, false);
+    assert_eq!(status, RunStatus::Succeeded);
+    for (step, command) in [("a/1", "a1"), ("b/1", "b1"), ("c/1", "c1"), ("d/1", "d1")] {
+        let recorded = record.iter().position(|r| *r == format!("recorded {step}"));
+        let ran = record.iter().position(|r| *r == format!("ran {command}"));
+        assert!(
+            recorded.is_some() && recorded < ran,
+            "{step} ran before its start was recorded: {record:?}"
+        );
+    }
+}
+
+#[test]
+fn a_journal_that_fails_stops_the_run_and_lets_running_steps_finish() {
+    // Two steps run at once; the first end cannot be recorded. Nothing starts after that,
+    // not even the drill's cleanup; the other running step finishes.
+    let a = exec_step("a/1", "h1", &[], "a1");
+    let b = exec_step("b/1", "h2", &[], "b1");
+    let c = exec_step("c/1", "h1", &["a/1", "b/1"], "c1");
+    let mut cleanup = exec_step("c/cleanup", "h2", &["c/1"], "remove overlay");
+    cleanup.phase = Phase::Cleanup;
+    let (status, record, events) = recorded_run(vec![a, b, c, cleanup], Mode::Drill, true);
+    assert_eq!(status, RunStatus::Interrupted);
+    let ran: Vec<&String> = record.iter().filter(|r| r.starts_with("ran ")).collect();
+    assert_eq!(ran.len(), 2, "{record:?}");
+    assert!(ran.contains(&&"ran a1".to_string()) && ran.contains(&&"ran b1".to_string()));
+    for step in ["a/1", "b/1"] {
+        assert!(
+            record.contains(&format!("unrecorded end of {step}")),
+            "{step} did not finish: {record:?}"
+        );
+    }
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::StepFinished { .. })),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_stopped_drill_cleans_up_only_once_its_running_steps_ended() {
+    // The copy of `a` is being started when the stop comes; the check the cleanup waits
+    // for is cancelled at once. The copy must not be removed before it has started.
+    let start = exec_step("a/start", "h1", &[], "start a");
+    let mut check = exec_step("b/check", "h2", &[], "");
+    check.host = None;
+    check.action_spec = Action::Manual {
+        instructions: "never confirmed".into(),
+    };
+    let mut remove = exec_step("a/remove", "h1", &["b/check"], "remove a");
+    remove.phase = Phase::Cleanup;
+    let record = Arc::new(Mutex::new(Vec::new()));
+    struct Never;
+    impl Confirmations for Never {
+        fn confirmation(&self, _step: &str) -> Option<Confirmation> {
+            None
+        }
+    }
+    let ctx = RunContext {
+        plan: plan(Mode::Drill, false, vec![start, check, remove]),
+        transport: Arc::new(Recorder {
+            record: record.clone(),
+            hold: StdDuration::from_millis(400),
+        }),
+        confirmations: Arc::new(Never),
+        secrets: env_secrets(),
+        options: RunOptions::default(),
+        prior: HashMap::new(),
+    };
+    let shutdown = Shutdown::manual();
+    let signal = shutdown.clone();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(StdDuration::from_millis(100));
+        signal.trigger("SIGTERM");
+    });
+    let mut sink = Collect::default();
+    assert_eq!(run(ctx, &mut sink, shutdown), RunStatus::Interrupted);
+    stopper.join().unwrap();
+    let record = record.lock().unwrap().clone();
+    let at = |what: &str| record.iter().position(|r| r == what);
+    assert!(
+        at("ended start a").is_some() && at("ended start a") < at("ran remove a"),
+        "{record:?}"
+    );
+    assert_eq!(sink.status("a/remove"), Some(StepStatus::Done));
+}
+
+#[test]
+fn a_fault_inside_one_step_fails_that_step_not_the_run() {
+    struct Faulty;
+    impl Confirmations for Faulty {
+        fn confirmation(&self, step: &str) -> Option<Confirmation> {
+            if step == "m/1" {
+                panic!("confirmation store unreadable");
+            }
+            None
+        }
+    }
+    let mut manual = exec_step("m/1", "h1", &[], "");
+    manual.host = None;
+    manual.action_spec = Action::Manual {
+        instructions: "check".into(),
+    };
+    let after = exec_step("m/2", "h1", &["m/1"], "m2");
+    let other = exec_step("o/1", "h2", &[], "o1");
+    let fake = Arc::new(Fake::default());
+    let ctx = RunContext {
+        plan: plan(Mode::Restore, false, vec![manual, after, other]),
+        transport: fake.clone(),
+        confirmations: Arc::new(Faulty),
+        secrets: env_secrets(),
+        options: RunOptions::default(),
+        prior: HashMap::new(),
+    };
+    let mut sink = Collect::default();
+    let status = run(ctx, &mut sink, Shutdown::manual());
+    assert_eq!(status, RunStatus::Partial);
+    assert_eq!(sink.status("m/1"), Some(StepStatus::Failed));
+    assert_eq!(sink.status("m/2"), Some(StepStatus::Blocked));
+    assert_eq!(sink.status("o/1"), Some(StepStatus::Done));
+    let message = sink
+        .0
+        .iter()
+        .find_map(|e| match e {
+            Event::StepFinished { step, message, .. } if step == "m/1" => message.clone(),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        message.contains("reprise failed inside this step")
+            && message.contains("confirmation store unreadable"),
+        "{message}"
+    );
+}
+
+fn timed(id: &str, command: &str, timeout_s: u64, retries: u32) -> PlannedStep {
+    let mut step = exec_step(id, "h1", &[], command);
+    step.timeout_s = Some(timeout_s);
+    step.retries = retries;
+    step
+}
+
+#[test]
+fn a_host_that_does_not_answer_times_the_step_out_at_its_deadline() {
+    // The transport gives up at the deadline it is given: the whole step's, not a fresh
+    // one per attempt, and the step is timed out, not retried.
+    let (status, record, events) =
+        recorded_run(vec![timed("a/1", "hung", 2, 3)], Mode::Restore, false);
+    assert_eq!(status, RunStatus::Failed);
+    assert_eq!(record.iter().filter(|r| *r == "ran hung").count(), 1);
+    let (status, message, ms) = events
+        .iter()
+        .find_map(|e| match e {
+            Event::StepFinished {
+                status,
+                message,
+                duration_ms,
+                ..
+            } => Some((*status, message.clone().unwrap_or_default(), *duration_ms)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(status, StepStatus::TimedOut, "{message}");
+    assert!(message.contains("timed out after 2s"), "{message}");
+    assert!(ms < 4000, "{ms} ms");
+}
+
+#[test]
+fn a_transport_stuck_past_the_deadline_does_not_hold_the_step() {
+    let (_, _, events) = recorded_run(vec![timed("a/1", "frozen", 2, 0)], Mode::Restore, false);
+    let (status, message, ms) = events
+        .iter()
+        .find_map(|e| match e {
+            Event::StepFinished {
+                status,
+                message,
+                duration_ms,
+                ..
+            } => Some((*status, message.clone().unwrap_or_default(), *duration_ms)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(status, StepStatus::TimedOut, "{message}");
+    assert!(message.contains("no answer from h1"), "{message}");
+    // The deadline, then the grace for the remote KILL: not the minute the call hangs.
+    assert!(ms < 2000 + LATE.as_millis() as u64 + 2000, "{ms} ms");
+}
+
+#[test]
+fn a_drill_whose_cleanup_ran_only_finishes_that_cleanup() {
+    let start = |vm: &str| exec_step(&format!("{vm}/start"), "h1", &[], &format!("start {vm}"));
+    let mut check_a = exec_step("a/healthy", "h1", &["a/start"], "check a");
+    check_a.timeout_s = Some(600);
+    let remove = |vm: &str, after: &[&str]| {
+        let mut s = exec_step(
+            &format!("{vm}/remove"),
+            "h2",
+            after,
+            &format!("remove {vm}"),
+        );
+        s.phase = Phase::Cleanup;
+        s.idempotent = true;
+        s
+    };
+    let steps = vec![
+        start("a"),
+        check_a,
+        start("b"),
+        remove("a", &["a/healthy", "b/start"]),
+        remove("b", &["a/healthy", "b/start"]),
+    ];
+    let plan = plan(Mode::Drill, false, steps);
+    let at = Utc::now();
+    let started = |step: &str| Event::StepStarted {
+        at,
+        step: step.into(),
+        attempt: 1,
+        host: None,
+    };
+    let finished = |step: &str, status| Event::StepFinished {
+        at,
+        step: step.into(),
+        attempt: 1,
+        status,
+        duration_ms: 1,
+        message: None,
+    };
+    // Stopped after a's copy started: the rest was cancelled, a's copy removed, and the
+    // orchestrator died while removing b's.
+    let mut events = vec![
+        started("a/start"),
+        finished("a/start", StepStatus::Done),
+        Event::StopRequested {
+            at,
+            reason: "SIGTERM".into(),
+        },
+        finished("a/healthy", StepStatus::Cancelled),
+        finished("b/start", StepStatus::Cancelled),
+        started("a/remove"),
+        finished("a/remove", StepStatus::Done),
+        started("b/remove"),
+    ];
+    let mut prior = prior_from_journal(&events);
+    assert_eq!(drill_cleaned_up(&plan, &events, &mut prior), None);
+    assert_eq!(prior.get("a/healthy"), Some(&Prior::DrillOver));
+    assert_eq!(prior.get("b/start"), Some(&Prior::DrillOver));
+    let fake = Arc::new(Fake::default());
+    let (status, sink) = go(plan.clone(), fake.clone(), prior, RunOptions::default());
+    // Only what the cleanup left: no copy re-checked, none started again.
+    assert_eq!(fake.commands(), ["remove b"]);
+    assert_eq!(sink.status("b/remove"), Some(StepStatus::Done));
+    assert_eq!(sink.status("a/healthy"), Some(StepStatus::Cancelled));
+    assert_eq!(status, RunStatus::Partial);
+    // Once every cleanup step is done, the drill is over.
+    events.push(finished("b/remove", StepStatus::Done));
+    let mut prior = prior_from_journal(&events);
+    assert_eq!(drill_cleaned_up(&plan, &events, &mut prior), Some(at));
+    // A drill stopped before its cleanup began carries on as any run.
+    let early = &events[..2];
+    let mut prior = prior_from_journal(early);
+    assert_eq!(drill_cleaned_up(&plan, early, &mut prior), None);
+    assert_eq!(prior.get("b/start"), None);
+}
+
+#[test]
+fn resume_never_repeats_finished_steps_and_verifies_interrupted_ones() {
+    let mut steps = diamond();
+    steps[1].action_spec = Action::Exec {
+        run: Command::text("b1"),
+        verify: Some(Command::text("b1 verify")),
+        undo: None,
+    };
+    let prior = HashMap::from([
+        ("a/1".to_string(), Prior::Done),
+        ("b/1".to_string(), Prior::Interrupted),
+    ]);
+    let fake = Arc::new(Fake::default());
+    let (status, _) = go(
+        plan(Mode::Restore, false, steps),
+        fake.clone(),
+        prior,
+        RunOptions::default(),
+    );
+    assert_eq!(status, RunStatus::Succeeded);
+    let cmds = fake.commands();
+    assert!(!cmds.contains(&"a1".to_string()));
+    assert!(cmds.contains(&"b1 verify".to_string()));
+    assert!(!cmds.contains(&"b1".to_string()), "{cmds:?}");
+}
+
+#[test]
+fn a_resumed_step_done_after_one_run_again_waits_for_it_and_a_check_is_run_again() {
+    // A planned switch: stop the primary, check the standby, promote it, note it. The
+    // first attempt stopped, checked and noted, then failed to promote: the roll-back
+    // started the primary again. Resumed, the stop runs again first; the check, safe to
+    // run twice, is run again after it; the note is not run twice but still counts only
+    // once the stop is done again; then the promotion.
+    let mut steps = vec![
+        exec_step("a/stop", "h1", &[], "stop"),
+        exec_step("a/check", "h2", &["a/stop"], "check"),
+        exec_step("a/note", "h4", &["a/check"], "note"),
+        exec_step("a/promote", "h3", &["a/note"], "promote"),
+    ];
+    steps[1].idempotent = true;
+    let prior = HashMap::from([
+        ("a/check".to_string(), Prior::Done),
+        ("a/note".to_string(), Prior::Done),
+    ]);
+    let fake = Arc::new(Fake {
+        hold: StdDuration::from_millis(30),
+        ..Fake::default()
+    });
+    let (status, _) = go(
+        plan(Mode::Failover, false, steps),
+        fake.clone(),
+        prior,
+        RunOptions::default(),
+    );
+    assert_eq!(status, RunStatus::Succeeded);
+    assert_eq!(fake.commands(), ["stop", "check", "promote"]);
+
+    // Stopped right after the check, resumed hours later: every step before it is done,
+    // and still a lag read is taken again before the switch.
+    let mut steps = vec![
+        exec_step("a/stop", "h1", &[], "stop"),
+        exec_step("a/lag", "h2", &["a/stop"], "lag"),
+        exec_step("a/promote", "h3", &["a/lag"], "promote"),
+    ];
+    steps[1].action_spec = Action::Lag {
+        run: Command::text("echo 3"),
+        timeout: crate::duration::Duration::from_secs(5),
+        rpo: None,
+        hold: true,
+    };
+    let prior = HashMap::from([
+        ("a/stop".to_string(), Prior::Done),
+        ("a/lag".to_string(), Prior::Done),
+    ]);
+    let fake = Arc::new(Fake::default());
+    let (_, events) = go(
+        plan(Mode::Failover, false, steps),
+        fake.clone(),
+        prior,
+        RunOptions::default(),
+    );
+    let cmds = fake.commands();
+    assert!(!cmds.contains(&"stop".to_string()), "{cmds:?}");
+    assert!(
+        events
+            .0
+            .iter()
+            .any(|e| matches!(e, Event::StepStarted { step, .. } if step == "a/lag")),
+        "the lag was not read again"
+    );
+    // Once the switch is done, nothing reads it again.
+    let prior = HashMap::from([
+        ("a/stop".to_string(), Prior::Done),
+        ("a/lag".to_string(), Prior::Done),
+        ("a/promote".to_string(), Prior::Done),
+    ]);
+    let steps = plan(Mode::Failover, false, {
+        let mut steps = vec![
+            exec_step("a/stop", "h1", &[], "stop"),
+            exec_step("a/lag", "h2", &["a/stop"], "lag"),
+            exec_step("a/promote", "h3", &["a/lag"], "promote"),
+        ];
+        steps[1].action_spec = Action::Lag {
+            run: Command::text("echo 3"),
+            timeout: crate::duration::Duration::from_secs(5),
+            rpo: None,
+            hold: true,
+        };
+        steps
+    });
+    let (_, events) = go(
+        steps,
+        Arc::new(Fake::default()),
+        prior,
+        RunOptions::default(),
+    );
+    assert!(
+        !events
+            .0
+            .iter()
+            .any(|e| matches!(e, Event::StepStarted { .. })),
+        "a step of a finished switch ran again"
+    );
+}
+
+#[test]
+fn secrets_are_resolved_for_the_host_and_redacted_from_output() {
+    let mut step = exec_step("a/1", "h1", &[], "");
+    step.action_spec = Action::Exec {
+        run: Command {
+            parts: vec![
+                crate::template::CommandPart::Text("login ".into()),
+                crate::template::CommandPart::Secret {
+                    env: "PW".into(),
+                    quote: true,
+                },
+            ],
+        },
+        verify: None,
+        undo: None,
+    };
+    let fake = Arc::new(Fake::default());
+    let (status, events) = go(
+        plan(Mode::Restore, false, vec![step]),
+        fake.clone(),
+        HashMap::new(),
+        RunOptions::default(),
+    );
+    assert_eq!(status, RunStatus::Succeeded);
+    assert_eq!(fake.commands(), ["login hunter2"]);
+    let out = events
+        .0
+        .iter()
+        .find_map(|e| match e {
+            Event::StepOutput { stdout, .. } => Some(stdout.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(out, "ran login <secret:PW>");
+}
+
+#[test]
+fn prior_state_is_read_from_a_journal() {
+    let at = Utc::now();
+    let events = vec![
+        Event::StepStarted {
+            at,
+            step: "a/1".into(),
+            attempt: 1,
+            host: None,
+        },
+        Event::StepFinished {
+            at,
+            step: "a/1".into(),
+            attempt: 1,
+            status: StepStatus::Done,
+            duration_ms: 1,
+            message: None,
+        },
+        Event::StepStarted {
+            at,
+            step: "b/1".into(),
+            attempt: 1,
+            host: None,
+        },
+        Event::StepStarted {
+            at,
+            step: "c/1".into(),
+            attempt: 1,
+            host: None,
+        },
+        Event::StepFinished {
+            at,
+            step: "c/1".into(),
+            attempt: 1,
+            status: StepStatus::Failed,
+            duration_ms: 1,
+            message: None,
+        },
+    ];
+    let prior = prior_from_journal(&events);
+    assert_eq!(prior.get("a/1"), Some(&Prior::Done));
+    assert_eq!(prior.get("b/1"), Some(&Prior::Interrupted));
+    assert_eq!(prior.get("c/1"), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ctrl_c_stops_new_steps_but_a_drill_still_cleans_up() {
+    // a/1 waits for a person; b/1 waits for a/1; the cleanup step waits for both.
+    let mut manual = exec_step("a/1", "h1", &[], "");
+    manual.host = None;
+    manual.action_spec = Action::Manual {
+        instructions: "never confirmed".into(),
+    };
+    let later = exec_step("b/1", "h1", &["a/1"], "b1");
+    let mut cleanup = exec_step("a/cleanup", "h2", &["a/1", "b/1"], "remove overlay");
+    cleanup.phase = Phase::Cleanup;
+    struct Never;
+    impl Confirmations for Never {
+        fn confirmation(&self, _step: &str) -> Option<Confirmation> {
+            None
+        }
+    }
+    let fake = Arc::new(Fake::default());
+    let ctx = RunContext {
+        plan: plan(Mode::Drill, false, vec![manual, later, cleanup]),
+        transport: fake.clone(),
+        confirmations: Arc::new(Never),
+        secrets: env_secrets(),
+        options: RunOptions::default(),
+        prior: HashMap::new(),
+    };
+    let shutdown = Shutdown::manual();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(StdDuration::from_secs(30)).await;
+        signal.trigger("SIGTERM");
+    });
+    let mut sink = Collect::default();
+    let status = execute(ctx, &mut sink, shutdown).await;
+    assert_eq!(status, RunStatus::Interrupted);
+    // The journal says why the run stopped.
+    assert!(
+        sink.0
+            .iter()
+            .any(|e| matches!(e, Event::StopRequested { reason, .. } if reason == "SIGTERM")),
+        "{:?}",
+        sink.0
+    );
+    assert_eq!(sink.status("a/1"), Some(StepStatus::Cancelled));
+    assert_eq!(sink.status("b/1"), Some(StepStatus::Cancelled));
+    assert_eq!(sink.status("a/cleanup"), Some(StepStatus::Done));
+    assert_eq!(fake.commands(), ["remove overlay"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_host_fails_at_once_while_a_silent_one_is_tried_again() {
+    // A changed host key will not change by trying again: no retries, no polling.
+    let mut exec_refused = exec_step("a/run", "h1", &[], "changed-key run");
+    exec_refused.retries = 3;
+    let mut check_refused = exec_step("b/ready", "h2", &[], "");
+    check_refused.timeout_s = Some(600);
+    check_refused.action_spec = Action::Probe {
+        run: Command::text("changed-key probe"),
+        interval: Duration(5),
+    };
+    // A host that does not answer may come back: retried with backoff.
+    let mut silent = exec_step("c/run", "h3", &[], "unreachable run");
+    silent.retries = 2;
+    let fake = Arc::new(Fake::default());
+    let ctx = RunContext {
+        plan: plan(
+            Mode::Restore,
+            false,
+            vec![exec_refused, check_refused, silent],
+        ),
+        transport: fake.clone(),
+        confirmations: Arc::new(Confirm(Mutex::new(0))),
+        secrets: env_secrets(),
+        options: RunOptions::default(),
+        prior: HashMap::new(),
+    };
+    let mut sink = Collect::default();
+    let begin = Instant::now();
+    execute(ctx, &mut sink, Shutdown::manual()).await;
+    assert_eq!(sink.status("a/run"), Some(StepStatus::Failed));
+    assert_eq!(sink.status("b/ready"), Some(StepStatus::Failed));
+    assert_eq!(sink.status("c/run"), Some(StepStatus::Failed));
+    let tries = |c: &str| fake.commands().iter().filter(|x| *x == c).count();
+    assert_eq!(tries("changed-key run"), 1);
+    assert_eq!(tries("changed-key probe"), 1);
+    assert_eq!(tries("unreachable run"), 3);
+    // The refused check did not wait for its 600 s deadline.
+    assert!(
+        begin.elapsed() < StdDuration::from_secs(60),
+        "{:?}",
+        begin.elapsed()
+    );
+    let message = sink
+        .0
+        .iter()
+        .find_map(|e| match e {
+            Event::StepFinished { step, message, .. } if step == "b/ready" => message.clone(),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        message.contains("SHA256:old") && message.contains("SHA256:new"),
+        "{message}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn command_checks_poll_until_healthy_or_their_deadline() {
+    let mut healthy_later = exec_step("a/ready", "h1", &[], "");
+    healthy_later.action_spec = Action::Probe {
+        run: Command::text("flaky:3"),
+        interval: Duration(5),
+    };
+    let mut never = exec_step("b/ready", "h2", &[], "");
+    never.timeout_s = Some(20);
+    never.action_spec = Action::Probe {
+        run: Command::text("fail"),
+        interval: Duration(5),
+    };
+    let fake = Arc::new(Fake::default());
+    let ctx = RunContext {
+        plan: plan(Mode::Restore, false, vec![healthy_later, never]),
+        transport: fake.clone(),
+        confirmations: Arc::new(Confirm(Mutex::new(0))),
+        secrets: env_secrets(),
+        options: RunOptions::default(),
+        prior: HashMap::new(),
+    };
+    let mut sink = Collect::default();
+    execute(ctx, &mut sink, Shutdown::manual()).await;
+    assert_eq!(sink.status("a/ready"), Some(StepStatus::Done));
+    assert_eq!(sink.status("b/ready"), Some(StepStatus::TimedOut));
+    let cmds = fake.commands();
+    assert_eq!(cmds.iter().filter(|c| *c == "flaky:3").count(), 3);
+    // Every 5 s for 20 s: a handful of tries, not a busy loop.
+    let tries = cmds.iter().filter(|c| *c == "fail").count();
+    assert!((4..=6).contains(&tries), "{tries} tries");
+}

@@ -1,0 +1,210 @@
+//! Vm steps that use the recovery copies: before the step's command, the runner asks the
+//! replica side which point the vm starts from and to prepare its copies for it
+//! ([`crate::replica::start::prepare`]), defines the vm from that point ([`super::define`])
+//! and journals the point used; after it, the copies are handed back or kept as the step's
+//! outcome says ([`crate::replica::start::after`]).
+
+use chrono::Utc;
+
+use super::context::{Msg, Outcome, RunContext};
+use super::define::{self, Defined, Source};
+use super::record::output_note;
+use crate::event::{Event, StepStatus};
+use crate::plan::{PlannedStep, ReplicaRole, ReplicaUse};
+use crate::replica::choice::Use;
+use crate::replica::start::{self, Remote, Request, SnapshotCheck, Used, Vm};
+use crate::runbook::Mode;
+
+/// The vm's copies, as the replica side names them.
+fn copies(replica: &ReplicaUse) -> Vm<'_> {
+    Vm {
+        name: &replica.vm,
+        host: &replica.host,
+        paths: &replica.paths,
+    }
+}
+
+/// Before a vm step that starts from the recovery copies (a drill's overlay copy, or the vm
+/// itself in a failover): the point is decided and the copies prepared and leased by the
+/// replica side (the decision `check` and `status` make too), the vm is defined from that
+/// point, and the point is journaled with whether it is verified at that moment. A failback
+/// defines the vm on the primary from the point the reverse replication made. An error stops
+/// the step before its command runs.
+pub(super) async fn before_replica(
+    ctx: &RunContext,
+    step: &PlannedStep,
+    replica: &ReplicaUse,
+    tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
+    defined: &mut Option<Defined>,
+) -> Result<(), String> {
+    let how = match replica.role {
+        ReplicaRole::DrillStart => Use::Drill,
+        ReplicaRole::Start => Use::Failover,
+        ReplicaRole::FailedBack => {
+            // The vm starts on the primary from the point the reverse replication made.
+            if let Some(d) = &replica.define {
+                let (note, done) = define::define_vm(ctx, d, Source::Point(None)).await?;
+                output_note(tx, step, note);
+                *defined = Some(done);
+            }
+            return Ok(());
+        }
+        ReplicaRole::DrillStop => return Ok(()),
+    };
+    let prepared = prepare(ctx, step, replica, how).await?;
+    let s = prepared.start;
+    if let Some(d) = &replica.define {
+        let point = s.points.first().cloned().flatten();
+        let result = match (point, how) {
+            (None, Use::Failover) => define::keep_defined(ctx, d, &replica.vm)
+                .await
+                .map(|note| (note, None)),
+            (None, Use::Drill) => define::define_vm(ctx, d, Source::PrimaryNow(&replica.vm))
+                .await
+                .map(|(note, done)| (note, Some(done))),
+            (Some(p), _) => define::define_vm(ctx, d, Source::Point(Some(p)))
+                .await
+                .map(|(note, done)| (note, Some(done))),
+        };
+        match result {
+            Ok((note, done)) => {
+                output_note(tx, step, note);
+                // A drill's copy is removed by the drill's cleanup, whatever happened.
+                if how == Use::Failover {
+                    *defined = done;
+                }
+            }
+            Err(e) => {
+                // Not started: the copies it leased are given back.
+                give_back(ctx, replica, how).await;
+                return Err(e);
+            }
+        }
+    }
+    let notes = prepared.notes;
+    let _ = tx.send(Msg::Event(Event::ReplicaPointUsed {
+        at: Utc::now(),
+        step: step.id.clone(),
+        item: replica.vm.clone(),
+        point: s.point,
+        taken_at: s.taken_at,
+        verified: s.verified,
+        note: Some(if notes.is_empty() {
+            format!("the newest point on {}, verified", replica.host)
+        } else {
+            notes.join("; ")
+        }),
+        dropped: s.dropped,
+    }));
+    Ok(())
+}
+
+/// Asks the replica side for the vm's point and to prepare its copies.
+async fn prepare(
+    ctx: &RunContext,
+    step: &PlannedStep,
+    replica: &ReplicaUse,
+    how: Use,
+) -> Result<start::Prepared, String> {
+    let failover = ctx.plan.mode == Mode::Failover;
+    let ask = ctx
+        .options
+        .points
+        .ask(&replica.vm, &ctx.plan.run_id, failover);
+    let snapshot_check = replica
+        .snapshot_check
+        .as_ref()
+        .map(|(host, check)| SnapshotCheck {
+            host: host.clone(),
+            command: check.expose(|n| (ctx.secrets)(n)).ok(),
+        });
+    let (transport, run, id) = (
+        ctx.transport.clone(),
+        ctx.plan.run_id.clone(),
+        step.id.clone(),
+    );
+    let (replica, defines) = (replica.clone(), replica.define.is_some());
+    tokio::task::spawn_blocking(move || {
+        let req = Request {
+            run: &run,
+            step: &id,
+            vm: copies(&replica),
+            how,
+            ask,
+            defines,
+            may_roll_back: failover,
+            snapshot_check,
+        };
+        start::prepare(&Remote::new(transport.as_ref()), &req)
+    })
+    .await
+    .map_err(|e| format!("the replica task failed: {e}"))?
+}
+
+/// Gives back the copies a start leased, the vm not started.
+async fn give_back(ctx: &RunContext, replica: &ReplicaUse, how: Use) {
+    let (transport, replica, run) = (
+        ctx.transport.clone(),
+        replica.clone(),
+        ctx.plan.run_id.clone(),
+    );
+    let _ = tokio::task::spawn_blocking(move || {
+        start::give_back(
+            &Remote::new(transport.as_ref()),
+            copies(&replica),
+            &run,
+            how,
+        )
+    })
+    .await;
+}
+
+/// After a vm step that used the recovery copies, the replica side does what the step's
+/// outcome leaves to them (see [`start::after`]); what changed, or why it could not, is added
+/// to the step's message.
+pub(super) async fn after_replica(
+    ctx: &RunContext,
+    step: &PlannedStep,
+    mut out: Outcome,
+) -> Outcome {
+    let Some(replica) = step.replica.clone() else {
+        return out;
+    };
+    let done = out.status == StepStatus::Done;
+    let used = match (replica.role, done) {
+        (ReplicaRole::Start, true) => Used::Started,
+        (ReplicaRole::Start, false) if out.status == StepStatus::Failed => Used::NotStarted,
+        (ReplicaRole::DrillStop, true) => Used::DrillStopped,
+        (ReplicaRole::FailedBack, true) => Used::FailedBack,
+        _ => return out,
+    };
+    let (transport, run, step_id) = (
+        ctx.transport.clone(),
+        ctx.plan.run_id.clone(),
+        step.id.clone(),
+    );
+    let vm = replica.vm.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        start::after(
+            &Remote::new(transport.as_ref()),
+            copies(&replica),
+            &run,
+            &step_id,
+            used,
+        )
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the replica task failed: {e}")));
+    let note = match result {
+        Ok(Some(note)) => note,
+        Ok(None) => return out,
+        Err(e) => format!(
+            "the leases of vm {vm}'s recovery copies could not be updated ({e}): see `reprise check`; `reprise release {vm}` frees them"
+        ),
+    };
+    out.message = Some(match out.message.take() {
+        Some(old) => format!("{old}; {note}"),
+        None => note,
+    });
+    out
+}
