@@ -602,3 +602,236 @@ pub fn after(
             }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::meta::PointsSource;
+    use crate::replica::store::Point;
+    use std::sync::Mutex;
+
+    fn point(id: &str, hour: u32, verified: &str) -> Point {
+        serde_json::from_str(&format!(
+            r#"{{"id":"{id}","taken_at":"2026-11-28T0{hour}:00:00Z","source":"s","size":1,"blake3":"{}","verified":"{verified}","checked_at":null,"received_bytes":0,"duration_ms":0}}"#,
+            "00".repeat(32)
+        ))
+        .unwrap()
+    }
+
+    fn disk(name: &str, points: &[Point]) -> CopyState {
+        CopyState {
+            path: format!("/r/{name}"),
+            exists: true,
+            size: 1,
+            managed: true,
+            points: points.to_vec(),
+            points_from: Some(PointsSource::Current),
+            ..CopyState::default()
+        }
+    }
+
+    /// Copies held in memory: what each call did is recorded, some calls fail as told.
+    #[derive(Default)]
+    struct Fake {
+        states: Mutex<Vec<CopyState>>,
+        calls: Mutex<Vec<String>>,
+        /// Points that cannot be rebuilt.
+        broken: Vec<String>,
+        /// Copies whose lease is refused.
+        held: Vec<String>,
+    }
+
+    impl Fake {
+        fn with(states: Vec<CopyState>) -> Fake {
+            Fake {
+                states: Mutex::new(states),
+                ..Fake::default()
+            }
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+
+        fn call(&self, what: String) {
+            self.calls.lock().unwrap().push(what);
+        }
+    }
+
+    impl Copies for Fake {
+        fn inspect(&self, _host: &str, paths: &[String]) -> Result<Vec<CopyState>, String> {
+            let states = self.states.lock().unwrap();
+            Ok(paths
+                .iter()
+                .map(|p| states.iter().find(|s| &s.path == p).unwrap().clone())
+                .collect())
+        }
+
+        fn settle(
+            &self,
+            _host: &str,
+            path: &str,
+            _wait: Duration,
+        ) -> Result<Option<String>, String> {
+            self.call(format!("settle {path}"));
+            let mut states = self.states.lock().unwrap();
+            let s = states.iter_mut().find(|s| s.path == path).unwrap();
+            Ok(s.unsettled
+                .take()
+                .map(|_| "the cut update was completed".to_string()))
+        }
+
+        fn verify(&self, _host: &str, path: &str, point: &str) -> Result<bool, String> {
+            self.call(format!("verify {path} {point}"));
+            Ok(true)
+        }
+
+        fn roll_back(&self, _host: &str, path: &str, point: &str) -> Result<RolledBack, String> {
+            self.call(format!("roll back {path} {point}"));
+            if self.broken.iter().any(|b| b == point) {
+                return Err("a delta is missing".into());
+            }
+            Ok(RolledBack {
+                point: point.to_string(),
+                dropped: vec!["newer".into()],
+            })
+        }
+
+        fn take_lease(
+            &self,
+            _host: &str,
+            path: &str,
+            lease: &Lease,
+            take: Take<'_>,
+        ) -> Result<Option<String>, String> {
+            self.call(format!("lease {path} {:?} {:?}", lease.kind, take.expect));
+            if self.held.iter().any(|h| h == path) {
+                return Err("a replication holds it".into());
+            }
+            Ok(None)
+        }
+
+        fn release(
+            &self,
+            _host: &str,
+            paths: &[String],
+            _run: Option<&str>,
+            kind: Option<LeaseKind>,
+        ) -> Result<Vec<String>, String> {
+            self.call(format!("release {paths:?} {kind:?}"));
+            Ok(paths.to_vec())
+        }
+
+        fn ask(&self, host: &str, command: &str) -> Option<String> {
+            self.call(format!("ask {host} {command}"));
+            Some(String::new())
+        }
+    }
+
+    fn request<'a>(paths: &'a [String], how: Use) -> Request<'a> {
+        Request {
+            run: "R1",
+            step: "db/start",
+            vm: Vm {
+                name: "db",
+                host: "pra",
+                paths,
+            },
+            how,
+            ask: Ask::default(),
+            defines: false,
+            may_roll_back: how == Use::Failover,
+            snapshot_check: None,
+        }
+    }
+
+    #[test]
+    fn a_point_that_cannot_be_rebuilt_gives_way_to_an_older_one_then_every_disk_is_leased() {
+        let points = [
+            point("P1", 1, "yes"),
+            point("P2", 2, "yes"),
+            point("P3", 3, "bad"),
+        ];
+        let fake = Fake {
+            broken: vec!["P2".into()],
+            ..Fake::with(vec![disk("sys", &points), disk("data", &points)])
+        };
+        let paths = ["/r/sys".to_string(), "/r/data".to_string()];
+        let prepared = prepare(&fake, &request(&paths, Use::Failover)).unwrap();
+        assert_eq!(prepared.start.point, "P1");
+        assert!(prepared.start.verified);
+        assert!(
+            prepared.notes.iter().any(|n| n.contains(
+                "point P2 could not be rebuilt (a delta is missing): an older one is tried"
+            )),
+            "{:?}",
+            prepared.notes
+        );
+        assert_eq!(
+            fake.calls(),
+            [
+                "roll back /r/sys P2",
+                "roll back /r/sys P1",
+                "roll back /r/data P1",
+                "lease /r/sys Live Some(\"P1\")",
+                "lease /r/data Live Some(\"P1\")",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_drill_refuses_a_roll_back_and_a_lease_refused_gives_back_what_was_leased() {
+        let newest_bad = [point("P1", 1, "yes"), point("P2", 2, "bad")];
+        let fake = Fake::with(vec![disk("sys", &newest_bad)]);
+        let paths = ["/r/sys".to_string()];
+        let mut req = request(&paths, Use::Failover);
+        req.may_roll_back = false;
+        let why = prepare(&fake, &req).unwrap_err();
+        assert!(why.contains("which only a failover does"), "{why}");
+        assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+
+        let good = [point("P1", 1, "yes")];
+        let fake = Fake {
+            held: vec!["/r/data".into()],
+            ..Fake::with(vec![disk("sys", &good), disk("data", &good)])
+        };
+        let paths = ["/r/sys".to_string(), "/r/data".to_string()];
+        let why = prepare(&fake, &request(&paths, Use::Drill)).unwrap_err();
+        assert_eq!(
+            why,
+            "cannot take /r/data for this run: a replication holds it"
+        );
+        assert_eq!(
+            fake.calls().last().unwrap(),
+            "release [\"/r/sys\"] Some(Drill)"
+        );
+    }
+
+    #[test]
+    fn a_cut_update_is_settled_before_the_point_is_chosen() {
+        let mut sys = disk("sys", &[point("P1", 1, "yes")]);
+        sys.unsettled = Some("an update was cut".into());
+        let fake = Fake::with(vec![sys]);
+        let paths = ["/r/sys".to_string()];
+        let prepared = prepare(&fake, &request(&paths, Use::Drill)).unwrap();
+        assert_eq!(prepared.start.point, "P1");
+        assert_eq!(prepared.notes[0], "sys: the cut update was completed");
+        assert_eq!(
+            fake.calls(),
+            ["settle /r/sys", "lease /r/sys Drill Some(\"P1\")"]
+        );
+    }
+
+    #[test]
+    fn after_a_start_the_history_ends_and_after_a_failback_the_copies_are_released() {
+        let fake = Fake::with(vec![disk("sys", &[point("P1", 1, "yes")])]);
+        let paths = ["/r/sys".to_string()];
+        let vm = request(&paths, Use::Failover).vm;
+        let note = after(&fake, vm, "R1", "db/start", Used::Started).unwrap();
+        assert_eq!(note, None, "the fake's lease says nothing");
+        assert_eq!(fake.calls(), ["lease /r/sys Live None"]);
+        let note = after(&fake, vm, "R1", "db/back", Used::FailedBack).unwrap();
+        assert!(note.unwrap().contains("were released"));
+        assert_eq!(fake.calls()[1], "release [\"/r/sys\"] Some(Live)");
+    }
+}
