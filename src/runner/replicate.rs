@@ -223,21 +223,12 @@ async fn copy_frozen(
         if i == 1 {
             replication.definition = None;
         }
-        let copied = replicate_image(
-            ctx,
-            disks.folder,
-            disks.from,
-            src,
-            disks.to,
-            dst,
-            &replication,
-            read.as_ref(),
-        )
-        .await
-        .map(|t| {
-            point = Some(t.applied.point.id.clone());
-            t.line()
-        });
+        let copied = replicate_image(ctx, disks, (src, dst), &replication, read.as_ref())
+            .await
+            .map(|t| {
+                point = Some(t.applied.point.id.clone());
+                t.line()
+            });
         match copied {
             Ok(line) => report.push_str(&line),
             Err(e) => {
@@ -259,20 +250,17 @@ async fn copy_frozen(
 
 /// Brings one vm disk's recovery copy (or a backup set's folder, file by file) up to date
 /// through the replication helpers, as a new point (see [`crate::replica`]).
-#[allow(clippy::too_many_arguments)]
 async fn replicate_image(
     ctx: &RunContext,
-    folder: bool,
-    from: &str,
-    src: &str,
-    to: &str,
-    dst: &str,
-    replication: &crate::replica::remote::Replication,
-    guest: Option<&crate::replica::remote::GuestRead>,
+    disks: &Disks<'_>,
+    (src, dst): (&str, &str),
+    replication: &Replication,
+    guest: Option<&GuestRead>,
 ) -> Result<crate::replica::ImageTransfer, String> {
     let transport = ctx.transport.clone();
-    let (from, src) = (from.to_string(), src.to_string());
-    let (to, dst) = (to.to_string(), dst.to_string());
+    let folder = disks.folder;
+    let (from, src) = (disks.from.to_string(), src.to_string());
+    let (to, dst) = (disks.to.to_string(), dst.to_string());
     let (r, guest) = (replication.clone(), guest.cloned());
     tokio::task::spawn_blocking(move || {
         let helpers = crate::replica::remote::Helpers::new(transport.as_ref());
