@@ -752,12 +752,12 @@ fn lab_without_model(action: &LabAction, lab_dir: &std::path::Path) -> Option<Ou
             pidfile,
             listen,
             image,
-        } => match crate::lab::serve(name, listen, image, pidfile) {
+        } => match crate::lab::standins::serve(name, listen, image, pidfile) {
             Ok(()) => Outcome::ok(String::new()),
             Err(e) => Outcome::err(exit::FAILED, format!("{e}\n")),
         },
         LabAction::Stub { name, args } => {
-            let code = crate::lab::stub(name, args);
+            let code = crate::lab::standins::stub(name, args);
             Outcome {
                 code: code.clamp(0, 255) as u8,
                 ..Outcome::default()

@@ -27,7 +27,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{LabState, running, start_serve, stop_serve};
+use crate::lab::down::running;
+use crate::lab::{LabState, LabVm, start_serve, stop_serve};
 
 /// Proxmox's CLI exits with 255 on an error (`die` in its Perl handlers).
 const FAILED: i32 = 255;
@@ -257,7 +258,7 @@ impl Node<'_> {
 
     /// The lab process of a vm: `vm-<name>`, with the lab vm it stands for (a drill copy
     /// `drill-<name>` stands for `<name>`).
-    fn process(&self, vmid: u32, conf: &Conf) -> Result<(String, &super::LabVm), String> {
+    fn process(&self, vmid: u32, conf: &Conf) -> Result<(String, &LabVm), String> {
         let name = conf.get("name").unwrap_or("").to_string();
         let base = name.strip_prefix("drill-").unwrap_or(&name);
         let vm = self
