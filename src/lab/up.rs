@@ -45,15 +45,25 @@ pub fn up(
     started
 }
 
+/// The programs `lab up` runs, all found before anything is written.
+struct Tools {
+    sshd: PathBuf,
+    keygen: PathBuf,
+    qemu_img: PathBuf,
+}
+
+/// Everything `lab up` does, in order; the caller brings a failed attempt down.
 fn bring_up(
     base: &Model,
     load_with_overlay: impl Fn(&Path) -> Result<Model, String>,
     lab: &Path,
     net: u8,
 ) -> Result<LabState, LabError> {
-    let sshd = find("sshd", "openssh-server")?;
-    let keygen = find("ssh-keygen", "openssh-client")?;
-    let qemu_img = find("qemu-img", "qemu-utils")?;
+    let tools = Tools {
+        sshd: find("sshd", "openssh-server")?,
+        keygen: find("ssh-keygen", "openssh-client")?,
+        qemu_img: find("qemu-img", "qemu-utils")?,
+    };
     if lab.join("lab.json").exists() {
         std::fs::remove_dir_all(lab).map_err(io("remove", lab))?;
     }
@@ -63,7 +73,20 @@ fn bring_up(
     let run_dir = Path::new("/run/sshd");
     std::fs::create_dir_all(run_dir).map_err(io("create", run_dir))?;
 
-    // Addresses: hosts on 127.0.0.10+, VMs on 127.0.1.x (primary) and 127.0.2.x (recovery).
+    let (model, state) = lab_state(base, load_with_overlay, &lab, exe, net)?;
+    host_trees(&model, &state, &tools.keygen)?;
+    disk_images(&model, &state, &tools.qemu_img)?;
+    backup_files(&model)?;
+    start_sshds(&state, &tools.sshd)?;
+    proxmox_nodes(&model, &state)?;
+    start_production(&model, &state)?;
+    seed_points(&model)?;
+    Ok(state)
+}
+
+/// Addresses: hosts on 127.`net`.0.10+, VMs on 127.`net`.1.x (primary) and 127.`net`.2.x
+/// (recovery); the vms' ports are filled in once the plans are read.
+fn addresses(base: &Model, net: u8) -> (BTreeMap<String, String>, BTreeMap<String, LabVm>) {
     let mut addrs = BTreeMap::new();
     for (i, id) in base.inventory.hosts.keys().enumerate() {
         addrs.insert(id.clone(), format!("127.{net}.0.{}", 10 + i));
@@ -84,14 +107,28 @@ fn bring_up(
             },
         );
     }
-    let overlay = overlay_path(&lab);
-    std::fs::write(&overlay, overlay_text(base, &lab, &addrs, &vms))
+    (addrs, vms)
+}
+
+/// Writes the overlay, loads the inventory under it (refusing commands that would touch paths
+/// outside the lab), and saves the lab's state (`lab.json`): the model under the overlay, and
+/// the state.
+fn lab_state(
+    base: &Model,
+    load_with_overlay: impl Fn(&Path) -> Result<Model, String>,
+    lab: &Path,
+    exe: PathBuf,
+    net: u8,
+) -> Result<(Model, LabState), LabError> {
+    let (addrs, mut vms) = addresses(base, net);
+    let overlay = overlay_path(lab);
+    std::fs::write(&overlay, overlay_text(base, lab, &addrs, &vms))
         .map_err(io("write", &overlay))?;
     let model = load_with_overlay(&overlay).map_err(|report| LabError::Model {
         overlay: overlay.clone(),
         report,
     })?;
-    let calls = calls(&model, &lab);
+    let calls = calls(&model, lab);
     if !calls.outside.is_empty() {
         return Err(LabError::OutsidePaths(calls.outside));
     }
@@ -121,8 +158,8 @@ fn bring_up(
         );
     }
     let state = LabState {
-        dir: lab.clone(),
-        exe: exe.clone(),
+        dir: lab.to_path_buf(),
+        exe,
         hosts,
         vms,
         generic: calls.generic,
@@ -133,96 +170,126 @@ fn bring_up(
         serde_json::to_string_pretty(&state).expect("lab state serializes"),
     )
     .map_err(io("write", &json))?;
+    Ok((model, state))
+}
 
-    // The tool's key and known_hosts.
-    let client = lab.join("client");
+/// The tool's key and `known_hosts`, and every host's tree (see [`host_tree`]).
+fn host_trees(model: &Model, state: &LabState, keygen: &Path) -> Result<(), LabError> {
+    let client = state.dir.join("client");
     std::fs::create_dir_all(&client).map_err(io("create", &client))?;
-    run(Command::new(&keygen)
+    run(Command::new(keygen)
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "reprise-lab", "-f"])
         .arg(client.join("id_ed25519")))?;
     let client_pub =
         std::fs::read_to_string(client.join("id_ed25519.pub")).map_err(io("read", &client))?;
     let mut known_hosts = String::new();
-
     for host in model.inventory.hosts.values() {
-        let hd = host_dir(&lab, &host.id);
-        let root = host_root(&lab, &host.id);
-        for sub in ["bin", "run", "units"] {
-            std::fs::create_dir_all(hd.join(sub)).map_err(io("create", &hd))?;
-        }
-        std::fs::create_dir_all(&root).map_err(io("create", &root))?;
-        for v in host.vars.values() {
-            // Only paths inside the host's root: `..` could climb out of it.
-            if let VarValue::Text(t) = v
-                && t.starts_with(&root.to_string_lossy().to_string())
-                && Path::new(t)
-                    .components()
-                    .all(|c| c != std::path::Component::ParentDir)
-            {
-                // Directories the runbooks use, and files they read (seeded).
-                let p = PathBuf::from(t);
-                if p.extension().is_some() {
-                    let dir = p
-                        .parent()
-                        .map(Path::to_path_buf)
-                        .unwrap_or_else(|| root.clone());
-                    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-                    std::fs::write(&p, seed_file(&p)).map_err(io("write", &p))?;
-                } else {
-                    std::fs::create_dir_all(&p).map_err(io("create", &p))?;
-                }
-            }
-        }
-        let key = hd.join("ssh_host_ed25519_key");
-        run(Command::new(&keygen)
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", &host.id, "-f"])
-            .arg(&key))?;
-        let pubkey =
-            std::fs::read_to_string(key.with_extension("pub")).map_err(io("read", &key))?;
-        let mut parts = pubkey.split_whitespace();
-        known_hosts.push_str(&format!(
-            "[{}]:{SSH_PORT} {} {}\n",
-            host.address,
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or("")
-        ));
-        let auth = hd.join("authorized_keys");
-        std::fs::write(&auth, &client_pub).map_err(io("write", &auth))?;
-        let generic = state.generic.get(&host.id).into_iter().flatten();
-        for name in STAND_INS.iter().copied().chain(generic.map(String::as_str)) {
-            let p = hd.join("bin").join(name);
-            let script = format!(
-                "#!/bin/sh\n# lab stand-in: records the call and plays its effect in this host's directory\nexec {} lab stub {name} \"$@\"\n",
-                shell_word(&exe.to_string_lossy())
-            );
-            std::fs::write(&p, script).map_err(io("write", &p))?;
-            set_mode(&p, 0o755)?;
-        }
-        let config = hd.join("sshd_config");
-        // SHLVL=1 makes the remote bash a nested shell, which does not read this machine's
-        // ~/.bashrc: a lab host's environment is its own, not the user's of the real machine.
-        let path_env = format!(
-            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            hd.join("bin").display()
-        );
-        let text = format!(
-            "ListenAddress {}:{SSH_PORT}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
-             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPrintMotd no\n\
-             AcceptEnv none\nSetEnv SHLVL=1 PATH={path_env} LAB_HOST={} LAB_HOST_DIR={} LAB_DIR={}\nMaxSessions 64\nMaxStartups 64:30:128\nLogLevel ERROR\n",
-            host.address,
-            key.display(),
-            hd.join("run/sshd.pid").display(),
-            auth.display(),
-            host.id,
-            hd.display(),
-            lab.display()
-        );
-        std::fs::write(&config, text).map_err(io("write", &config))?;
+        known_hosts.push_str(&host_tree(state, host, keygen, &client_pub)?);
     }
     let kh = client.join("known_hosts");
-    std::fs::write(&kh, known_hosts).map_err(io("write", &kh))?;
+    std::fs::write(&kh, known_hosts).map_err(io("write", &kh))
+}
 
-    // Disk images: the primary copies, and the replicas on the recovery host.
+/// One host's tree: its folders (and the files its variables name, seeded), its host key, the
+/// tool's key as its only authorized key, the stand-ins first on its PATH, and its sshd's
+/// configuration. Returns its `known_hosts` line.
+fn host_tree(
+    state: &LabState,
+    host: &crate::inventory::Host,
+    keygen: &Path,
+    client_pub: &str,
+) -> Result<String, LabError> {
+    let lab = &state.dir;
+    let hd = host_dir(lab, &host.id);
+    for sub in ["bin", "run", "units"] {
+        std::fs::create_dir_all(hd.join(sub)).map_err(io("create", &hd))?;
+    }
+    host_folders(lab, host)?;
+    let key = hd.join("ssh_host_ed25519_key");
+    run(Command::new(keygen)
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", &host.id, "-f"])
+        .arg(&key))?;
+    let pubkey = std::fs::read_to_string(key.with_extension("pub")).map_err(io("read", &key))?;
+    let mut parts = pubkey.split_whitespace();
+    let known_host = format!(
+        "[{}]:{SSH_PORT} {} {}\n",
+        host.address,
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or("")
+    );
+    let auth = hd.join("authorized_keys");
+    std::fs::write(&auth, client_pub).map_err(io("write", &auth))?;
+    let generic = state.generic.get(&host.id).into_iter().flatten();
+    for name in STAND_INS.iter().copied().chain(generic.map(String::as_str)) {
+        let p = hd.join("bin").join(name);
+        let script = format!(
+            "#!/bin/sh\n# lab stand-in: records the call and plays its effect in this host's directory\nexec {} lab stub {name} \"$@\"\n",
+            shell_word(&state.exe.to_string_lossy())
+        );
+        std::fs::write(&p, script).map_err(io("write", &p))?;
+        set_mode(&p, 0o755)?;
+    }
+    let config = hd.join("sshd_config");
+    std::fs::write(&config, sshd_config(lab, host, &key, &auth)).map_err(io("write", &config))?;
+    Ok(known_host)
+}
+
+/// The root of a host's "disk", with the folders its variables name inside it (and the files
+/// they name, seeded).
+fn host_folders(lab: &Path, host: &crate::inventory::Host) -> Result<(), LabError> {
+    let root = host_root(lab, &host.id);
+    std::fs::create_dir_all(&root).map_err(io("create", &root))?;
+    for v in host.vars.values() {
+        // Only paths inside the host's root: `..` could climb out of it.
+        if let VarValue::Text(t) = v
+            && t.starts_with(&root.to_string_lossy().to_string())
+            && Path::new(t)
+                .components()
+                .all(|c| c != std::path::Component::ParentDir)
+        {
+            // Directories the runbooks use, and files they read (seeded).
+            let p = PathBuf::from(t);
+            if p.extension().is_some() {
+                let dir = p
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| root.clone());
+                std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+                std::fs::write(&p, seed_file(&p)).map_err(io("write", &p))?;
+            } else {
+                std::fs::create_dir_all(&p).map_err(io("create", &p))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The configuration of a host's sshd: its address, its key, the tool's key only, and the
+/// host's own environment.
+fn sshd_config(lab: &Path, host: &crate::inventory::Host, key: &Path, auth: &Path) -> String {
+    let hd = host_dir(lab, &host.id);
+    // SHLVL=1 makes the remote bash a nested shell, which does not read this machine's
+    // ~/.bashrc: a lab host's environment is its own, not the user's of the real machine.
+    let path_env = format!(
+        "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        hd.join("bin").display()
+    );
+    format!(
+        "ListenAddress {}:{SSH_PORT}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\n\
+         PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPrintMotd no\n\
+         AcceptEnv none\nSetEnv SHLVL=1 PATH={path_env} LAB_HOST={} LAB_HOST_DIR={} LAB_DIR={}\nMaxSessions 64\nMaxStartups 64:30:128\nLogLevel ERROR\n",
+        host.address,
+        key.display(),
+        hd.join("run/sshd.pid").display(),
+        auth.display(),
+        host.id,
+        hd.display(),
+        lab.display()
+    )
+}
+
+/// Disk images: the primary copies, and the replicas on the recovery host.
+fn disk_images(model: &Model, state: &LabState, qemu_img: &Path) -> Result<(), LabError> {
     for (id, vm) in &state.vms {
         let base_vm = &model.inventory.vms[id];
         for (host, var) in [
@@ -240,7 +307,7 @@ fn bring_up(
                     std::fs::create_dir_all(parent).map_err(io("create", parent))?;
                 }
                 if !path.exists() {
-                    run(Command::new(&qemu_img)
+                    run(Command::new(qemu_img)
                         .args(["create", "-q", "-f", "qcow2"])
                         .arg(&path)
                         .arg(IMAGE_SIZE))?;
@@ -248,8 +315,12 @@ fn bring_up(
             }
         }
     }
+    Ok(())
+}
 
-    // Backup sets: a few files at the source, as the nightly jobs leave them.
+/// Backup sets: a few files at the source, as the nightly jobs leave them, and last night's
+/// copy on the recovery storage.
+fn backup_files(model: &Model) -> Result<(), LabError> {
     for set in model.inventory.backups.values() {
         let src = Path::new(&set.source_path);
         std::fs::create_dir_all(src).map_err(io("create", src))?;
@@ -258,7 +329,6 @@ fn bring_up(
             std::fs::write(&f, format!("{} backup, day {day}\n", set.id).repeat(1000))
                 .map_err(io("write", &f))?;
         }
-        // And last night's copy on the recovery storage.
         let dest = Path::new(&set.dest_path);
         std::fs::create_dir_all(dest).map_err(io("create", dest))?;
         for entry in std::fs::read_dir(src).map_err(io("read", src))? {
@@ -269,13 +339,16 @@ fn bring_up(
             }
         }
     }
+    Ok(())
+}
 
-    // Start every sshd, then wait until each listens.
-    for (id, host) in &state.hosts {
-        let hd = host_dir(&lab, id);
+/// Starts every sshd (each recorded as the lab's own), then waits until each listens.
+fn start_sshds(state: &LabState, sshd: &Path) -> Result<(), LabError> {
+    for id in state.hosts.keys() {
+        let hd = host_dir(&state.dir, id);
         let log = hd.join("sshd.log");
         let logf = std::fs::File::create(&log).map_err(io("create", &log))?;
-        let child = Command::new(&sshd)
+        let child = Command::new(sshd)
             .arg("-D")
             .arg("-e")
             .arg("-f")
@@ -285,9 +358,8 @@ fn bring_up(
             .stderr(logf)
             .process_group(0)
             .spawn()
-            .map_err(io("start", &sshd))?;
+            .map_err(io("start", sshd))?;
         record_started(&hd.join("run"), "sshd", child.id())?;
-        let _ = host;
     }
     for (id, host) in &state.hosts {
         let addr: SocketAddr = format!("{}:{}", host.address, host.port)
@@ -297,22 +369,25 @@ fn bring_up(
             return Err(LabError::SshdStart {
                 host: id.clone(),
                 addr: addr.to_string(),
-                log: host_dir(&lab, id).join("sshd.log"),
+                log: host_dir(&state.dir, id).join("sshd.log"),
             });
         }
     }
+    Ok(())
+}
 
-    proxmox_nodes(&model, &state)?;
-
-    // Production is running: every host's services, except the standby ones of the recovery
-    // site (its VPN server and firewall wait for a failover); the VMs on their primary host.
+/// Production is running: every host's services, except the standby ones of the recovery
+/// site (its VPN server and firewall wait for a failover); the VMs on their primary host,
+/// each defined there as libvirt keeps a definition.
+fn start_production(model: &Model, state: &LabState) -> Result<(), LabError> {
+    let lab = &state.dir;
     for (id, host) in &state.hosts {
         let role = model.inventory.hosts[id].role.as_str();
         let standby = host.site_role == SiteRole::Recovery && matches!(role, "vpn" | "firewall");
         if !standby && !host.ports.is_empty() {
-            start_serve(&state, id, "services", &host.address, &host.ports, &[])?;
-            std::fs::write(host_dir(&lab, id).join("units/production"), "")
-                .map_err(io("write", &lab))?;
+            start_serve(state, id, "services", &host.address, &host.ports, &[])?;
+            std::fs::write(host_dir(lab, id).join("units/production"), "")
+                .map_err(io("write", lab))?;
         }
     }
     for vm in state.vms.values() {
@@ -332,13 +407,13 @@ fn bring_up(
             .map(|m| m.keys().cloned().collect())
             .filter(|k: &Vec<String>| !k.is_empty())
             .unwrap_or_else(|| vec!["lab-net".into()]);
-        let defs = host_dir(&lab, &vm.primary_host).join("definitions");
+        let defs = host_dir(lab, &vm.primary_host).join("definitions");
         std::fs::create_dir_all(&defs).map_err(io("create", &defs))?;
         let xml = lab_definition(&vm.name, &images, &networks);
         let file = defs.join(format!("{}.xml", vm.name));
         std::fs::write(&file, xml).map_err(io("write", &file))?;
         start_serve(
-            &state,
+            state,
             &vm.primary_host,
             &format!("vm-{}", vm.name),
             &vm.primary_address,
@@ -346,8 +421,7 @@ fn bring_up(
             &images,
         )?;
     }
-    seed_points(&model)?;
-    Ok(state)
+    Ok(())
 }
 
 /// The bridges of a lab Proxmox node with their ports (`bridge-ports`): production's, each on

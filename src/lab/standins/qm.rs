@@ -359,36 +359,7 @@ fn run(node: &Node, args: &[String]) -> Result<String, String> {
             }
             Ok(String::new())
         }
-        "shutdown" => {
-            let conf = node.load(id)?;
-            if !node.runs(id, &conf) {
-                return Ok(String::new());
-            }
-            let (process, _) = node.process(id, &conf)?;
-            // The agent's guest-shutdown when it is configured, else the ACPI button.
-            let heard = conf.flag("agent", false) || conf.flag("acpi", true);
-            if !heard {
-                let down = conf.get("startup").and_then(|s| {
-                    s.split(',')
-                        .find_map(|o| o.strip_prefix("down="))
-                        .and_then(|d| d.parse::<u64>().ok())
-                });
-                let timeout = match opt("timeout") {
-                    Some(t) => t.parse::<u64>().map_err(|_| {
-                        format!("timeout: type check ('integer') failed - got '{t}'")
-                    })?,
-                    None => down.unwrap_or(60),
-                };
-                std::thread::sleep(Duration::from_secs(timeout));
-                if opt("forceStop") != Some("1") {
-                    return Err("VM quit/powerdown failed - got timeout".into());
-                }
-                eprintln!("VM still running - terminating now with SIGTERM");
-            }
-            stop_serve(node.state, node.host, &process);
-            let _ = std::fs::remove_file(node.frozen_flag(id));
-            Ok(String::new())
-        }
+        "shutdown" => shutdown(node, id, opt("timeout"), opt("forceStop") == Some("1")),
         "set" => {
             let mut conf = node.load(id)?;
             for (k, v) in &opts {
@@ -417,39 +388,81 @@ fn run(node: &Node, args: &[String]) -> Result<String, String> {
             node.write(id, &conf)?;
             Ok(String::new())
         }
-        "destroy" => {
-            let conf = node.load(id)?;
-            if node.runs(id, &conf) {
-                return Err(format!("VM {id} is running - destroy failed"));
-            }
-            // The volumes it owns (`<vmid>/vm-<vmid>-…`) go with it; others are left.
-            for (_, vol) in conf.volumes() {
-                let owned = vol
-                    .split_once(':')
-                    .is_some_and(|(_, rel)| rel.starts_with(&format!("{id}/vm-{id}-")));
-                if owned && let Ok(path) = node.volume_path(&vol) {
-                    std::fs::remove_file(&path)
-                        .or_else(|e| {
-                            if e.kind() == std::io::ErrorKind::NotFound {
-                                Ok(())
-                            } else {
-                                Err(e)
-                            }
-                        })
-                        .map_err(|e| format!("unable to free volume '{vol}' - {e}"))?;
-                    if let Some(dir) = path.parent() {
-                        let _ = std::fs::remove_dir(dir);
-                    }
-                }
-            }
-            std::fs::remove_file(node.conf_path(id))
-                .map_err(|e| format!("unable to remove config of VM {id} - {e}"))?;
-            Ok(String::new())
-        }
+        "destroy" => destroy(node, id),
         other => Err(format!(
             "unknown command 'qm {other}' (the lab's qm stand-in plays status, config, start, stop, shutdown, set, create, destroy and guest cmd)"
         )),
     }
+}
+
+/// `qm shutdown VMID [--timeout S] [--forceStop 1]`: the guest agent's shutdown when it is
+/// configured, else the ACPI button, which a guest with `acpi: 0` ignores: then it waits the
+/// timeout and fails, unless forced.
+fn shutdown(
+    node: &Node,
+    id: u32,
+    timeout: Option<&str>,
+    force_stop: bool,
+) -> Result<String, String> {
+    let conf = node.load(id)?;
+    if !node.runs(id, &conf) {
+        return Ok(String::new());
+    }
+    let (process, _) = node.process(id, &conf)?;
+    // The agent's guest-shutdown when it is configured, else the ACPI button.
+    let heard = conf.flag("agent", false) || conf.flag("acpi", true);
+    if !heard {
+        let down = conf.get("startup").and_then(|s| {
+            s.split(',')
+                .find_map(|o| o.strip_prefix("down="))
+                .and_then(|d| d.parse::<u64>().ok())
+        });
+        let timeout = match timeout {
+            Some(t) => t
+                .parse::<u64>()
+                .map_err(|_| format!("timeout: type check ('integer') failed - got '{t}'"))?,
+            None => down.unwrap_or(60),
+        };
+        std::thread::sleep(Duration::from_secs(timeout));
+        if !force_stop {
+            return Err("VM quit/powerdown failed - got timeout".into());
+        }
+        eprintln!("VM still running - terminating now with SIGTERM");
+    }
+    stop_serve(node.state, node.host, &process);
+    let _ = std::fs::remove_file(node.frozen_flag(id));
+    Ok(String::new())
+}
+
+/// `qm destroy VMID`: a stopped vm's configuration, and the volumes it owns.
+fn destroy(node: &Node, id: u32) -> Result<String, String> {
+    let conf = node.load(id)?;
+    if node.runs(id, &conf) {
+        return Err(format!("VM {id} is running - destroy failed"));
+    }
+    // The volumes it owns (`<vmid>/vm-<vmid>-…`) go with it; others are left.
+    for (_, vol) in conf.volumes() {
+        let owned = vol
+            .split_once(':')
+            .is_some_and(|(_, rel)| rel.starts_with(&format!("{id}/vm-{id}-")));
+        if owned && let Ok(path) = node.volume_path(&vol) {
+            std::fs::remove_file(&path)
+                .or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(|e| format!("unable to free volume '{vol}' - {e}"))?;
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+    std::fs::remove_file(node.conf_path(id))
+        .map_err(|e| format!("unable to remove config of VM {id} - {e}"))?;
+    Ok(String::new())
 }
 
 /// Every disk volume of a configuration exists (qm refuses to attach one that does not).

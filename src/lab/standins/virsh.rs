@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::lab::down::running;
-use crate::lab::{LabState, start_serve, stop_serve};
+use crate::lab::{LabState, LabVm, start_serve, stop_serve};
 
 /// The lab hypervisor driver: "VMs" are `lab serve` processes reading their images.
 pub(super) fn lab_vm(state: &LabState, host: &str, args: &[String]) -> i32 {
@@ -35,40 +35,7 @@ pub(super) fn lab_vm(state: &LabState, host: &str, args: &[String]) -> i32 {
                 1
             }
         },
-        "define" => {
-            // The definition on standard input, as `virsh define` takes it.
-            let mut bytes = Vec::new();
-            if let Err(e) = std::io::Read::read_to_end(
-                &mut std::io::Read::take(std::io::stdin(), crate::vmdef::MAX_BYTES as u64 + 1),
-                &mut bytes,
-            ) {
-                eprintln!("lab-vm: reading the definition: {e}");
-                return 1;
-            }
-            let defined_name =
-                match crate::vmdef::Definition::parse(crate::vmdef::Format::LibvirtXml, &bytes) {
-                    Ok(d) => d.name().unwrap_or_default(),
-                    Err(e) => {
-                        eprintln!("lab-vm: {e}");
-                        return 1;
-                    }
-                };
-            if defined_name != *name && defined_name != format!("drill-{name}") {
-                eprintln!("lab-vm: the definition is of `{defined_name}`, not of {name}");
-                return 1;
-            }
-            let file = defs.join(format!("{defined_name}.xml"));
-            match std::fs::create_dir_all(&defs).and_then(|()| std::fs::write(&file, &bytes)) {
-                Ok(()) => {
-                    println!("Domain '{defined_name}' defined");
-                    0
-                }
-                Err(e) => {
-                    eprintln!("lab-vm: {}: {e}", file.display());
-                    1
-                }
-            }
-        }
+        "define" => define(&defs, name),
         "undefine" => {
             if std::fs::remove_file(&defined).is_err() {
                 println!("{name} is not defined: nothing to remove");
@@ -79,46 +46,7 @@ pub(super) fn lab_vm(state: &LabState, host: &str, args: &[String]) -> i32 {
             eprintln!("lab-vm: failed to get domain '{name}': not defined on {host}");
             1
         }
-        "start" => {
-            let (Some(dir), disks) = (args.get(2), &args[3.min(args.len())..]) else {
-                eprintln!("usage: lab-vm start NAME DIR DISK...");
-                return 2;
-            };
-            let images: Vec<PathBuf> = disks.iter().map(|d| Path::new(dir).join(d)).collect();
-            for i in &images {
-                let check = Command::new("qemu-img")
-                    .args(["check", "-q"])
-                    .arg(i)
-                    .output();
-                match check {
-                    Ok(o) if o.status.success() => {}
-                    Ok(o) => {
-                        eprintln!(
-                            "lab-vm: refusing to start {name}: {} is damaged: {}",
-                            i.display(),
-                            String::from_utf8_lossy(&o.stderr).trim()
-                        );
-                        return 1;
-                    }
-                    Err(e) => {
-                        eprintln!("lab-vm: cannot check {}: {e}", i.display());
-                        return 1;
-                    }
-                }
-            }
-            let address = if host == vm.recovery_host {
-                &vm.recovery_address
-            } else {
-                &vm.primary_address
-            };
-            match start_serve(state, host, &process, address, &vm.ports, &images) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("lab-vm: {e}");
-                    1
-                }
-            }
-        }
+        "start" => start(state, host, vm, name, args),
         "stop" => {
             stop_serve(state, host, &process);
             0
@@ -160,6 +88,86 @@ pub(super) fn lab_vm(state: &LabState, host: &str, args: &[String]) -> i32 {
         other => {
             eprintln!("lab-vm: unknown action `{other}`");
             2
+        }
+    }
+}
+
+/// `lab-vm define NAME`: the definition on standard input, as `virsh define` takes it, kept
+/// in `defs` when it is of `NAME` (or of its drill copy).
+fn define(defs: &Path, name: &str) -> i32 {
+    let mut bytes = Vec::new();
+    if let Err(e) = std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::io::stdin(), crate::vmdef::MAX_BYTES as u64 + 1),
+        &mut bytes,
+    ) {
+        eprintln!("lab-vm: reading the definition: {e}");
+        return 1;
+    }
+    let defined_name =
+        match crate::vmdef::Definition::parse(crate::vmdef::Format::LibvirtXml, &bytes) {
+            Ok(d) => d.name().unwrap_or_default(),
+            Err(e) => {
+                eprintln!("lab-vm: {e}");
+                return 1;
+            }
+        };
+    if defined_name != *name && defined_name != format!("drill-{name}") {
+        eprintln!("lab-vm: the definition is of `{defined_name}`, not of {name}");
+        return 1;
+    }
+    let file = defs.join(format!("{defined_name}.xml"));
+    match std::fs::create_dir_all(defs).and_then(|()| std::fs::write(&file, &bytes)) {
+        Ok(()) => {
+            println!("Domain '{defined_name}' defined");
+            0
+        }
+        Err(e) => {
+            eprintln!("lab-vm: {}: {e}", file.display());
+            1
+        }
+    }
+}
+
+/// `lab-vm start NAME DIR DISK…`: a vm defined on `host` starts as a `lab serve` process once
+/// `qemu-img check` passes on each of its disks.
+fn start(state: &LabState, host: &str, vm: &LabVm, name: &str, args: &[String]) -> i32 {
+    let (Some(dir), disks) = (args.get(2), &args[3.min(args.len())..]) else {
+        eprintln!("usage: lab-vm start NAME DIR DISK...");
+        return 2;
+    };
+    let images: Vec<PathBuf> = disks.iter().map(|d| Path::new(dir).join(d)).collect();
+    for i in &images {
+        let check = Command::new("qemu-img")
+            .args(["check", "-q"])
+            .arg(i)
+            .output();
+        match check {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                eprintln!(
+                    "lab-vm: refusing to start {name}: {} is damaged: {}",
+                    i.display(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                return 1;
+            }
+            Err(e) => {
+                eprintln!("lab-vm: cannot check {}: {e}", i.display());
+                return 1;
+            }
+        }
+    }
+    let address = if host == vm.recovery_host {
+        &vm.recovery_address
+    } else {
+        &vm.primary_address
+    };
+    let process = format!("vm-{name}");
+    match start_serve(state, host, &process, address, &vm.ports, &images) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("lab-vm: {e}");
+            1
         }
     }
 }
