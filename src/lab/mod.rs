@@ -35,11 +35,9 @@ pub mod standins;
 mod status;
 mod up;
 
-pub use down::{down, running_pids};
-pub use serve::{start_serve, stop_serve};
-pub use standins::{LAG_FILE, STAND_INS};
+pub use down::down;
 pub use status::status;
-pub use up::{PROXMOX_BRIDGES, describe_up, up, wait_port};
+pub use up::{describe_up, up};
 
 /// The port every lab sshd listens on (each on its own address).
 pub const SSH_PORT: u16 = 2222;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{Host, LAG_FILE};
-use crate::lab::{start_serve, stop_serve};
+use crate::lab::serve::{start_serve, stop_serve};
 
 /// What a lab stand-in for a lag probe prints: [`LAG_FILE`]'s text, or `default`.
 pub(super) fn print_lag(lib: &Path, default: &str) -> i32 {

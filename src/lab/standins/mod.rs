@@ -4,8 +4,8 @@
 //!
 //! The one door: the binary reaches this module only through the lab's own hidden commands,
 //! `reprise lab stub NAME ARGS…` (the scripts `lab up` puts first on each lab host's PATH
-//! call it: [`stub`]) and `reprise lab serve` (a lab vm or service process, started by
-//! [`super::start_serve`]: [`serve`]). A stub refuses to run outside a lab host (without the
+//! call it: [`stub`]) and `reprise lab serve` (a lab vm or service process, started by the
+//! lab's `serve::start_serve`: [`serve`]). A stub refuses to run outside a lab host (without the
 //! `LAB_HOST`, `LAB_HOST_DIR` and `LAB_DIR` its host's sshd sets).
 
 use std::io::Write;

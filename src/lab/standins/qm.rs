@@ -28,7 +28,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::lab::down::running;
-use crate::lab::{LabState, LabVm, start_serve, stop_serve};
+use crate::lab::serve::{start_serve, stop_serve};
+use crate::lab::{LabState, LabVm};
 
 /// Proxmox's CLI exits with 255 on an error (`die` in its Perl handlers).
 const FAILED: i32 = 255;

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::lab::down::running;
-use crate::lab::{LabState, LabVm, start_serve, stop_serve};
+use crate::lab::serve::{start_serve, stop_serve};
+use crate::lab::{LabState, LabVm};
 
 /// The lab hypervisor driver: "VMs" are `lab serve` processes reading their images.
 pub(super) fn lab_vm(state: &LabState, host: &str, args: &[String]) -> i32 {
