@@ -1,5 +1,5 @@
-//! Stand-ins for a host's own commands: `systemctl`, `iptables*`, `ip`, `upsc`, `psql`, lag
-//! probes, `ping`; each plays its effect inside the lab host's directory.
+//! Stand-ins for a host's own commands: `systemctl`, `iptables*`, `upsc`, `psql`, lag probes,
+//! `ping`; each plays its effect inside the lab host's directory.
 
 use std::io::Read;
 use std::path::Path;
