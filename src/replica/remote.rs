@@ -751,59 +751,7 @@ impl<'a> Helpers<'a> {
                 self.transport.prepare_bulk(host);
             }
         }
-        let (src_path, dst_path) = (PathBuf::from(src), PathBuf::from(dst));
-        let (point, taken_at, source, retention) = (
-            r.point.clone(),
-            r.taken_at,
-            format!("{from}:{src}"),
-            r.retention,
-        );
-        let (base_req, send, apply, unit) = if tree {
-            (
-                Request::TreeBase {
-                    dir: dst_path.clone(),
-                    reread: r.reread,
-                },
-                Request::SendTree { dir: src_path },
-                Request::ApplyTree {
-                    dir: dst_path,
-                    point,
-                    taken_at,
-                    source,
-                    retention,
-                },
-                "files",
-            )
-        } else {
-            (
-                Request::Manifest {
-                    image: dst_path.clone(),
-                    reread: r.reread,
-                    digest: false,
-                },
-                Request::Send {
-                    image: src_path,
-                    compress: r.compress,
-                    nbd: guest.and_then(|g| g.nbd.as_ref().map(|(s, _)| s.into())),
-                    export: guest.and_then(|g| g.nbd.as_ref().map(|(_, e)| e.clone())),
-                    format: guest.filter(|g| g.nbd.is_none()).map(|g| g.format),
-                    bitmap: guest.and_then(|g| g.bitmap.clone()),
-                    base: None,
-                },
-                Request::Apply {
-                    image: dst_path,
-                    point,
-                    taken_at,
-                    source,
-                    retention,
-                    definition: r.definition.clone(),
-                    mode: guest.map(|g| g.how.mode),
-                    why: guest.and_then(|g| g.how.why.clone()),
-                    checkpoint: guest.and_then(|g| g.how.checkpoint.clone()),
-                },
-                "blocks",
-            )
-        };
+        let (base_req, send, apply, unit) = requests(tree, from, src, dst, r, guest);
         let mut send = send;
         // The sides compare the digest of the recovery manifest first: the stream's request
         // names it, and the source reads against the manifest it kept when it is that very one
@@ -1212,6 +1160,71 @@ impl<'a> Helpers<'a> {
                 point: point.into(),
             },
             Duration::from_secs(7200),
+        )
+    }
+}
+
+/// The requests of one transfer: the recovery side's base, the source's send, the recovery
+/// side's apply, and the unit its counts are in.
+fn requests(
+    tree: bool,
+    from: &str,
+    src: &str,
+    dst: &str,
+    r: &Replication,
+    guest: Option<&GuestRead>,
+) -> (Request, Request, Request, &'static str) {
+    let (src_path, dst_path) = (PathBuf::from(src), PathBuf::from(dst));
+    let (point, taken_at, source, retention) = (
+        r.point.clone(),
+        r.taken_at,
+        format!("{from}:{src}"),
+        r.retention,
+    );
+    if tree {
+        (
+            Request::TreeBase {
+                dir: dst_path.clone(),
+                reread: r.reread,
+            },
+            Request::SendTree { dir: src_path },
+            Request::ApplyTree {
+                dir: dst_path,
+                point,
+                taken_at,
+                source,
+                retention,
+            },
+            "files",
+        )
+    } else {
+        (
+            Request::Manifest {
+                image: dst_path.clone(),
+                reread: r.reread,
+                digest: false,
+            },
+            Request::Send {
+                image: src_path,
+                compress: r.compress,
+                nbd: guest.and_then(|g| g.nbd.as_ref().map(|(s, _)| s.into())),
+                export: guest.and_then(|g| g.nbd.as_ref().map(|(_, e)| e.clone())),
+                format: guest.filter(|g| g.nbd.is_none()).map(|g| g.format),
+                bitmap: guest.and_then(|g| g.bitmap.clone()),
+                base: None,
+            },
+            Request::Apply {
+                image: dst_path,
+                point,
+                taken_at,
+                source,
+                retention,
+                definition: r.definition.clone(),
+                mode: guest.map(|g| g.how.mode),
+                why: guest.and_then(|g| g.how.why.clone()),
+                checkpoint: guest.and_then(|g| g.how.checkpoint.clone()),
+            },
+            "blocks",
         )
     }
 }
