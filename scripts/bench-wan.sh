@@ -28,7 +28,9 @@
 # Env: RATE_MBIT (100), RTT_MS (30), LOSS_PCT (0.1), INIT_MIB (256), UPDATE_MIB (1024), PCTS ("1 10"),
 # REPS (3), NET (170: the lab's 127.NET addresses, inside "near"), LINK (auto | netem | tun),
 # CC (the TCP congestion control of both namespaces; default: as the machine's),
-# MODES ("openssh openssh-compress libssh2 libssh2-compress"), KEEP (0), MIN_FREE_GIB (8: refused
+# MODES ("openssh openssh-compress libssh2 libssh2-compress"), KEEP (0), LOG_DIR (each timed
+# reprise run's output appended to LOG_DIR/reprise-wan.log; with REPRISE_LOG=reprise=debug,
+# every login, remote command and stream, timed), MIN_FREE_GIB (8: refused
 # when the images, their copies and rsync's would leave less free disk), BIN (a reprise binary;
 # default: a release build of this checkout, in CARGO_TARGET_DIR when set).
 set -euo pipefail
@@ -141,7 +143,10 @@ SINK=$!
 sleep 0.5
 TCP_MBIT=$(in_near python3 -c "
 import socket, time
-s = socket.create_connection(('192.0.2.2', 5001)); buf = bytes(1 << 20); t = time.monotonic()
+for _ in range(100):  # the listener may start late on a loaded machine
+    try: s = socket.create_connection(('192.0.2.2', 5001)); break
+    except ConnectionRefusedError: time.sleep(0.1)
+buf = bytes(1 << 20); t = time.monotonic()
 for _ in range(64): s.sendall(buf)
 s.shutdown(socket.SHUT_WR); s.recv(1); print('%.1f' % (64 * 8 * 1.048576 / (time.monotonic() - t)))")
 wait "$SINK"
@@ -209,6 +214,7 @@ reprise_wan() {
   # shellcheck disable=SC2086
   out=$(in_far "$BIN" --overlay "$TMP/wan-overlay.toml" --state-dir "$TMP/state" \
     replicate --service erp-db --here hv-pra ${MODE_ARGS[$1]} 2>&1) || { log "reprise failed: $out"; exit 1; }
+  [ -z "${LOG_DIR:-}" ] || printf '### %s\n%s\n' "$1" "$out" >> "$LOG_DIR/reprise-wan.log"
   echo "$(py "print($EPOCHREALTIME - $t0)") $(($(link_bytes) - b0))"
 }
 # Untimed replication over "near"'s loopback (the lab's own addresses).

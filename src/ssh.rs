@@ -315,6 +315,7 @@ impl Session {
             });
         }
         raw.set_keepalive(true, 15);
+        tracing::debug!(host = %spec.id, "ssh login");
         Ok(Session {
             raw,
             spec: spec.clone(),
@@ -1433,6 +1434,12 @@ pub trait Transport: Send + Sync {
         let _ = host;
     }
 
+    /// Logs in to `host` now unless a session to it is ready, so that several hosts log in at
+    /// once. Errors are left for the commands, which meet them again.
+    fn connect(&self, host: &str) {
+        let _ = host;
+    }
+
     /// The host of the inventory that is this very machine (`--here`), if any: replication
     /// runs its side locally instead of over SSH to itself.
     fn here(&self) -> Option<&str> {
@@ -1657,6 +1664,18 @@ impl Transport for SshTransport {
         }
     }
 
+    fn connect(&self, host: &str) {
+        let idle = self
+            .idle
+            .lock()
+            .expect("not poisoned")
+            .get(host)
+            .is_some_and(|s| !s.is_empty());
+        if !idle && let Ok(session) = self.new_session(host) {
+            self.give_back(host, session);
+        }
+    }
+
     fn bulk_process(
         &self,
         host: &str,
@@ -1666,6 +1685,11 @@ impl Transport for SshTransport {
         if self.client != SshClient::OpenSsh {
             return None;
         }
+        tracing::debug!(
+            host,
+            command = head(command),
+            "ssh bulk stream (OpenSSH client)"
+        );
         Some((|| {
             let spec = self
                 .hosts
@@ -1705,6 +1729,7 @@ impl Transport for SshTransport {
         output: &mut dyn std::io::Write,
         deadline: Duration,
     ) -> Result<StreamOutput, SshError> {
+        tracing::debug!(host, command = head(command), "ssh stream");
         let (session, channel) = self.session_with_channel(host)?;
         let busy = self.busy(&session);
         let out = session.exec_stream_on(channel, command, input, output, deadline, true);
@@ -1721,6 +1746,7 @@ impl Transport for SshTransport {
         input: &[u8],
         deadline: Duration,
     ) -> Result<BytesOutput, SshError> {
+        tracing::debug!(host, command = head(command), "ssh exec (bytes)");
         let session = match self.idle_session(host) {
             Some(s) => s,
             None => self.new_session(host)?,
@@ -1742,6 +1768,7 @@ impl Transport for SshTransport {
         write_cmd: &str,
         deadline: Duration,
     ) -> Result<PipeOutput, SshError> {
+        tracing::debug!(from, to, command = head(read_cmd), "ssh pipe");
         let (src, src_channel) = self.session_with_channel(from)?;
         let (dst, dst_channel) = self.session_with_channel(to)?;
         let (busy_src, busy_dst) = (self.busy(&src), self.busy(&dst));
@@ -1796,6 +1823,7 @@ impl Transport for SshTransport {
         // not even send is tried once on a new session. One that may have run is never sent
         // twice.
         // The deadline holds for all of it: a new connection, the command and its output.
+        tracing::debug!(host, command = head(command), "ssh exec");
         let began = Instant::now();
         let until = began + deadline;
         // A host that did not answer is said so with the time it was given in all.
@@ -1841,6 +1869,11 @@ impl Transport for SshTransport {
         }
     }
 }
+/// The start of `command`, for a debug line.
+fn head(command: &str) -> String {
+    command.chars().take(100).collect()
+}
+
 impl Session {
     /// Drops a session given up on without waiting long for a host that may not answer:
     /// libssh2 would otherwise wait a whole session timeout to close it.

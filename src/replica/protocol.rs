@@ -3,8 +3,9 @@
 //! same enum), what a helper answers ([`Hello`], and the JSON types named on each request),
 //! and the version that both must speak ([`PROTOCOL`]).
 //!
-//! The handshake: the orchestrator asks each host's helper [`Request::Version`] once (with
-//! the probe that finds or uploads it) and refuses a helper of another protocol; every other
+//! The handshake: the first command to each host runs its helper's [`Request::Version`] on
+//! the host and the request only when the answer is this binary's (no round trip of its own),
+//! and the orchestrator refuses a helper of another protocol; every other
 //! request carries `--protocol`, which the helper refuses when it is not its own; the streams
 //! between two helpers start with the sender's protocol ([`super::wire`], [`super::tree`]),
 //! which the receiver refuses when it is not its own. Nothing of another version is ever read

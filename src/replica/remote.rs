@@ -133,7 +133,8 @@ pub struct Replication {
 /// The helper deployed on hosts, for one orchestrator process.
 pub struct Helpers<'a> {
     transport: &'a dyn Transport,
-    /// Per host: deployed, or why not (a host is not tried twice by one command).
+    /// Per host: its helper found to be this one, or why not (a host is not tried twice by one
+    /// command); none yet: its next command checks it first, in the same command.
     deployed: Mutex<HashMap<String, Result<(), ReplicaError>>>,
     /// Whether the transport's `--here` host was found to be this machine (asked once).
     here: Mutex<Option<Result<(), ReplicaError>>>,
@@ -170,19 +171,21 @@ impl<'a> Helpers<'a> {
         }
     }
 
-    /// Gets `hosts` ready at once (connected, the helper deployed, `--here` checked, the
-    /// connection of bulk streams made), so that the transfers do not wait for them one after
-    /// the other. Errors are left for the calls that need the host, which meet them again and
-    /// report them.
+    /// Gets `hosts` ready at once (logged in, `--here` checked, the connection of bulk
+    /// streams made, this program's hash known), so that the transfers do not wait for them
+    /// one after the other. The helper is not asked anything yet: the first command to each
+    /// host checks it (see [`Helpers::remote_command`]). Errors are left for the calls that
+    /// need the host, which meet them again and report them.
     pub fn prepare(&self, hosts: &[&str]) {
         std::thread::scope(|scope| {
+            scope.spawn(|| this_binary().is_ok());
             for host in hosts {
                 scope.spawn(move || match self.is_here(host) {
                     Ok(true) | Err(_) => {}
                     Ok(false) => {
-                        // The bulk connection first: it logs in while the helper deploys.
+                        // The bulk connection first: it logs in while the other one does.
                         self.transport.prepare_bulk(host);
-                        let _ = self.deploy(host);
+                        self.transport.connect(host);
                     }
                 });
             }
@@ -256,6 +259,7 @@ impl<'a> Helpers<'a> {
         };
         let exe = std::env::current_exe()
             .map_err(|e| fail(format!("cannot find this program to run the helper: {e}")))?;
+        tracing::debug!(host, request = shell_words(req), "helper here");
         std::process::Command::new("timeout")
             .arg("--kill-after=5")
             .arg(deadline.as_secs().max(1).to_string())
@@ -430,7 +434,7 @@ impl<'a> Helpers<'a> {
         deadline: Duration,
     ) -> Result<Option<(Child, Child)>, ReplicaError> {
         let remote = |host: &str, req: &Request| -> Result<Option<Child>, ReplicaError> {
-            let command = self.command(&self.deploy(host)?, req);
+            let command = self.remote_command(host, req)?;
             Ok(self
                 .transport
                 .bulk_process(host, &command, deadline)
@@ -476,18 +480,84 @@ impl<'a> Helpers<'a> {
         )
     }
 
-    /// Uploads the helper to `host` unless a verified copy is there.
-    fn deploy(&self, host: &str) -> Result<String, ReplicaError> {
+    /// The shell command that runs the helper on `host` with `req`. Until the helper there is
+    /// known to be this one, the command checks it first, on the host: it runs the helper's
+    /// [`Request::Version`] and runs `req` only when the answer is this program's; else it
+    /// says what it found (no helper, or its answer) after [`GUARD_MARK`] and exits with
+    /// [`GUARD_EXIT`], asking nothing else (see [`Helpers::guarded`]). The check costs no
+    /// round trip of its own.
+    fn remote_command(&self, host: &str, req: &Request) -> Result<String, ReplicaError> {
         let (_, _, hash) = this_binary()?;
-        if let Some(done) = self.deployed.lock().expect("not poisoned").get(host) {
-            return done.clone().map(|()| hash.clone());
+        match self.deployed.lock().expect("not poisoned").get(host) {
+            Some(Ok(())) => Ok(self.command(hash, req)),
+            Some(Err(e)) => Err(e.clone()),
+            None => {
+                let hello = serde_json::to_string(&Hello::this()).expect("serializes");
+                Ok(format!(
+                    "{}; if [ -x \"$H\" ]; then touch -c \"$H\"; v=$(\"$H\" helper {} </dev/null 2>&1); c=$?; \
+                     if [ $c = 0 ] && [ \"$v\" = {} ]; then exec \"$H\" helper {}; fi; \
+                     printf '\\n{GUARD_MARK} %s %s\\n{GUARD_MARK} end\\n' \"$c\" \"$v\" >&2; \
+                     else printf '\\n{GUARD_MARK} missing\\n{GUARD_MARK} end\\n' >&2; fi; exit {GUARD_EXIT}",
+                    helper_path(hash),
+                    shell_words(&Request::Version),
+                    shell_quote(&hello),
+                    shell_words(req)
+                ))
+            }
         }
-        let done = self.upload(host);
+    }
+
+    /// What the check of [`Helpers::remote_command`] found on `host`, from the exit code
+    /// and errors of a command sent to it (`last`: its words are the last of `stderr`, as a
+    /// recovery side's follow a source's): `Ok(true)` when the command did not run because
+    /// the helper was not there and has now been uploaded (run it again), `Ok(false)` when
+    /// the command ran, an error when the helper there is refused (another protocol, or no
+    /// answer: said naming both versions) or could not be uploaded.
+    fn guarded(
+        &self,
+        host: &str,
+        exit: i32,
+        stderr: &str,
+        last: bool,
+    ) -> Result<bool, ReplicaError> {
+        let mark = format!("\n{GUARD_MARK} ");
+        let found = if last {
+            stderr.rfind(&mark)
+        } else {
+            stderr.find(&mark)
+        };
+        let said = match found {
+            Some(at) if exit == GUARD_EXIT => {
+                let rest = &stderr[at + mark.len()..];
+                // Up to its end line: what the other side of a stream said follows it.
+                let end = format!("\n{GUARD_MARK} end");
+                rest.split(&end).next().unwrap_or(rest).trim_end()
+            }
+            // It ran (or it was stopped before it could say): a command that ran proves the
+            // helper; one stopped says nothing, and the next command checks again.
+            _ => {
+                if (0..=127).contains(&exit) && exit != GUARD_EXIT {
+                    self.deployed
+                        .lock()
+                        .expect("not poisoned")
+                        .entry(host.to_string())
+                        .or_insert(Ok(()));
+                }
+                return Ok(false);
+            }
+        };
+        let done = if said == "missing" {
+            self.upload(host)
+        } else {
+            let (code, text) = said.split_once(' ').unwrap_or((said, ""));
+            let code = code.parse().unwrap_or(-1);
+            handshake(host, code, text.as_bytes(), text, &fix(host))
+        };
         self.deployed
             .lock()
             .expect("not poisoned")
             .insert(host.to_string(), done.clone());
-        done.map(|()| hash.clone())
+        done.map(|()| true)
     }
 
     /// Finds the helper on `host` or uploads it, then asks its protocol (in the same
@@ -496,9 +566,7 @@ impl<'a> Helpers<'a> {
         let (_, bytes, hash) = this_binary()?;
         let path = helper_path(hash);
         let version = shell_words(&Request::Version);
-        let fix = format!(
-            "the helper is found by the hash of this program: remove ~/.cache/reprise/helper-{hash} on {host} so that it is uploaded again"
-        );
+        let fix = fix(host);
         let probe = self.ask(
             host,
             &format!(
@@ -569,14 +637,22 @@ impl<'a> Helpers<'a> {
             }
             return Ok(stdout);
         }
-        let hash = self.deploy(host)?;
-        let out = self.ask(
+        let mut out = self.ask(
             host,
-            &self.command(&hash, req),
+            &self.remote_command(host, req)?,
             input,
             req.answer_limit(),
             deadline,
         )?;
+        if self.guarded(host, out.exit_code, &out.stderr, false)? {
+            out = self.ask(
+                host,
+                &self.remote_command(host, req)?,
+                input,
+                req.answer_limit(),
+                deadline,
+            )?;
+        }
         if out.exit_code != 0 {
             return Err(ReplicaError::Helper {
                 host: host.to_string(),
@@ -675,59 +751,7 @@ impl<'a> Helpers<'a> {
                 self.transport.prepare_bulk(host);
             }
         }
-        let (src_path, dst_path) = (PathBuf::from(src), PathBuf::from(dst));
-        let (point, taken_at, source, retention) = (
-            r.point.clone(),
-            r.taken_at,
-            format!("{from}:{src}"),
-            r.retention,
-        );
-        let (base_req, send, apply, unit) = if tree {
-            (
-                Request::TreeBase {
-                    dir: dst_path.clone(),
-                    reread: r.reread,
-                },
-                Request::SendTree { dir: src_path },
-                Request::ApplyTree {
-                    dir: dst_path,
-                    point,
-                    taken_at,
-                    source,
-                    retention,
-                },
-                "files",
-            )
-        } else {
-            (
-                Request::Manifest {
-                    image: dst_path.clone(),
-                    reread: r.reread,
-                    digest: false,
-                },
-                Request::Send {
-                    image: src_path,
-                    compress: r.compress,
-                    nbd: guest.and_then(|g| g.nbd.as_ref().map(|(s, _)| s.into())),
-                    export: guest.and_then(|g| g.nbd.as_ref().map(|(_, e)| e.clone())),
-                    format: guest.filter(|g| g.nbd.is_none()).map(|g| g.format),
-                    bitmap: guest.and_then(|g| g.bitmap.clone()),
-                    base: None,
-                },
-                Request::Apply {
-                    image: dst_path,
-                    point,
-                    taken_at,
-                    source,
-                    retention,
-                    definition: r.definition.clone(),
-                    mode: guest.map(|g| g.how.mode),
-                    why: guest.and_then(|g| g.how.why.clone()),
-                    checkpoint: guest.and_then(|g| g.how.checkpoint.clone()),
-                },
-                "blocks",
-            )
-        };
+        let (base_req, send, apply, unit) = requests(tree, from, src, dst, r, guest);
         let mut send = send;
         // The sides compare the digest of the recovery manifest first: the stream's request
         // names it, and the source reads against the manifest it kept when it is that very one
@@ -798,9 +822,51 @@ impl<'a> Helpers<'a> {
             .map(|t| ImageTransfer { unit, ..t })
     }
 
-    /// The source's stream of `send` (fed `base`) piped into the recovery side's `apply`.
+    /// The source's stream of `send` (fed `base`) piped into the recovery side's `apply`; sent
+    /// again when a side's helper was not there and has been uploaded since (a side that did
+    /// not start leaves the other nothing to apply: the copy is as it was).
     #[allow(clippy::too_many_arguments)]
     fn stream(
+        &self,
+        from: &str,
+        src: &str,
+        to: &str,
+        dst: &str,
+        send: &Request,
+        base: &[u8],
+        apply: &Request,
+        deadline: Duration,
+    ) -> Result<PipeOutput, ReplicaError> {
+        // At most one upload a side.
+        for _ in 0..2 {
+            let piped = self.stream_once(from, src, to, dst, send, base, apply, deadline)?;
+            let again = if piped.read_exit == GUARD_EXIT && !piped.write_failed_first {
+                self.guarded(from, piped.read_exit, &piped.stderr, false)?
+            } else if piped.write_exit == GUARD_EXIT {
+                self.guarded(to, piped.write_exit, &piped.stderr, true)?
+            } else {
+                // A source stopped because the recovery side failed first proves nothing.
+                let read_exit = if piped.write_failed_first {
+                    -1
+                } else {
+                    piped.read_exit
+                };
+                for (host, exit) in [(from, read_exit), (to, piped.write_exit)] {
+                    if !self.is_here(host)? {
+                        self.guarded(host, exit, &piped.stderr, false)?;
+                    }
+                }
+                false
+            };
+            if !again {
+                return Ok(piped);
+            }
+        }
+        self.stream_once(from, src, to, dst, send, base, apply, deadline)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn stream_once(
         &self,
         from: &str,
         src: &str,
@@ -822,14 +888,14 @@ impl<'a> Helpers<'a> {
                 self.transport.interrupted()
             }))
         } else if self.is_here(to)? {
-            let send = self.command(&self.deploy(from)?, send);
+            let send = self.remote_command(from, send)?;
             self.pipe_into_here(from, &send, base, to, apply, deadline)
         } else if self.is_here(from)? {
-            let apply = self.command(&self.deploy(to)?, apply);
+            let apply = self.remote_command(to, apply)?;
             self.pipe_from_here(from, send, base, to, &apply, deadline)
         } else {
-            let send = self.command(&self.deploy(from)?, send);
-            let apply = self.command(&self.deploy(to)?, apply);
+            let send = self.remote_command(from, send)?;
+            let apply = self.remote_command(to, apply)?;
             self.transport
                 .pipe_with_input(from, &send, base, to, &apply, deadline)
                 .map_err(ReplicaError::from)
@@ -1098,8 +1164,89 @@ impl<'a> Helpers<'a> {
     }
 }
 
+/// The requests of one transfer: the recovery side's base, the source's send, the recovery
+/// side's apply, and the unit its counts are in.
+fn requests(
+    tree: bool,
+    from: &str,
+    src: &str,
+    dst: &str,
+    r: &Replication,
+    guest: Option<&GuestRead>,
+) -> (Request, Request, Request, &'static str) {
+    let (src_path, dst_path) = (PathBuf::from(src), PathBuf::from(dst));
+    let (point, taken_at, source, retention) = (
+        r.point.clone(),
+        r.taken_at,
+        format!("{from}:{src}"),
+        r.retention,
+    );
+    if tree {
+        (
+            Request::TreeBase {
+                dir: dst_path.clone(),
+                reread: r.reread,
+            },
+            Request::SendTree { dir: src_path },
+            Request::ApplyTree {
+                dir: dst_path,
+                point,
+                taken_at,
+                source,
+                retention,
+            },
+            "files",
+        )
+    } else {
+        (
+            Request::Manifest {
+                image: dst_path.clone(),
+                reread: r.reread,
+                digest: false,
+            },
+            Request::Send {
+                image: src_path,
+                compress: r.compress,
+                nbd: guest.and_then(|g| g.nbd.as_ref().map(|(s, _)| s.into())),
+                export: guest.and_then(|g| g.nbd.as_ref().map(|(_, e)| e.clone())),
+                format: guest.filter(|g| g.nbd.is_none()).map(|g| g.format),
+                bitmap: guest.and_then(|g| g.bitmap.clone()),
+                base: None,
+            },
+            Request::Apply {
+                image: dst_path,
+                point,
+                taken_at,
+                source,
+                retention,
+                definition: r.definition.clone(),
+                mode: guest.map(|g| g.how.mode),
+                why: guest.and_then(|g| g.how.why.clone()),
+                checkpoint: guest.and_then(|g| g.how.checkpoint.clone()),
+            },
+            "blocks",
+        )
+    }
+}
+
 /// The longest answer read from a probe or an upload (a line and a [`Hello`]).
 const ANSWER_LIMIT: u64 = 64 << 10;
+
+/// The exit code of a command whose helper check stopped it (see
+/// [`Helpers::remote_command`]), with what it found after [`GUARD_MARK`] on its standard
+/// error.
+const GUARD_EXIT: i32 = 86;
+
+/// Starts the line in which a command's helper check says what it found.
+const GUARD_MARK: &str = "reprise-helper-check:";
+
+/// What to do about a helper refused on `host`.
+fn fix(host: &str) -> String {
+    let hash = this_binary().map(|b| b.2.as_str()).unwrap_or("HASH");
+    format!(
+        "the helper is found by the hash of this program: remove ~/.cache/reprise/helper-{hash} on {host} so that it is uploaded again"
+    )
+}
 
 /// `H="…/helper-HASH"`: where a host keeps the helper of this hash.
 fn helper_path(hash: &str) -> String {

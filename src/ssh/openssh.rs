@@ -506,6 +506,7 @@ impl Master {
         control: PathBuf,
     ) -> Result<Master, SshError> {
         let cmd = master_command(spec, key_type, connect_timeout, &control)?;
+        tracing::debug!(host = %spec.id, "ssh master login (OpenSSH client)");
         let key_type = key_type.to_string();
         let mut child = spawn_tied(cmd).map_err(|e| SshError::Local {
             host: spec.id.clone(),
