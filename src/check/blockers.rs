@@ -1,0 +1,191 @@
+//! What stops a planned failover ([`failover_blockers`]) or a failback
+//! ([`failback_blockers`]) before it starts, from a check's items.
+
+use std::collections::BTreeSet;
+
+use super::definitions::definition_item;
+use super::{Plans, secrets_needed};
+use crate::model::Model;
+use crate::plan::{Action, Plan};
+use crate::readiness::{ItemStatus, ReadinessItem};
+use crate::ssh::Transport;
+
+/// The failed items of a check that stop a planned failover on the recovery side (see
+/// `plan`, the planned failover's plan): a recovery-site host it runs steps on that cannot be
+/// reached, lacks a tool or room for the copies; a secret or bash syntax one of its steps
+/// needs; the replication lag of a service it switches, unknown or over its RPO (its
+/// `replication-lag` step would stop it there, after the primary side is stopped); a vm it
+/// defines there whose definition would not fit. Problems of the primary side (and of
+/// copies, which its final sync brings up to date) do not stop it.
+pub fn failover_blockers(model: &Model, plan: &Plan, items: &[ReadinessItem]) -> Vec<String> {
+    let inv = &model.inventory;
+    let recovery_hosts: BTreeSet<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| s.host.as_deref())
+        .filter(|h| {
+            inv.site_of(h)
+                .is_some_and(|s| s.role == Some(crate::inventory::SiteRole::Recovery))
+        })
+        .collect();
+    let steps: BTreeSet<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+    let defined: BTreeSet<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| s.replica.as_ref())
+        .filter(|r| r.define.is_some())
+        .map(|r| r.vm.as_str())
+        .collect();
+    let secrets: BTreeSet<String> = {
+        let plans = Plans {
+            by_mode: vec![("planned failover".to_string(), Ok(plan.clone()))],
+            hooks: Vec::new(),
+            drills: Vec::new(),
+        };
+        secrets_needed(&plans).into_keys().collect()
+    };
+    // The services whose lag the failover reads before it switches them, as `lag` items name
+    // them.
+    let lags_held: BTreeSet<String> = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s.action_spec, Action::Lag { hold: true, .. }))
+        .map(|s| format!("service {}", s.service))
+        .collect();
+    items
+        .iter()
+        .filter(|i| i.status == ItemStatus::Failed)
+        .filter(|i| match i.area.as_str() {
+            "ssh" | "tools" | "space" => recovery_hosts.contains(i.subject.as_str()),
+            "shell" => steps.contains(i.subject.as_str()),
+            "secrets" => secrets.contains(&i.subject),
+            "lag" => lags_held.contains(&i.subject),
+            "definitions" => defined_by_planned_failover(&i.subject, &defined),
+            _ => false,
+        })
+        .map(|i| match i.area.as_str() {
+            "lag" => format!(
+                "lag {}: {}; its replication-lag step reads it again before the switch and stops the failover there while it is unknown or over the RPO, --force or not",
+                i.subject, i.detail
+            ),
+            _ => format!("{} {}: {}", i.area, i.subject, i.detail),
+        })
+        .collect()
+}
+
+/// Whether a `definitions` item is about vm `vm` as the planned failover defines it.
+fn defined_by_planned_failover(subject: &str, vms: &BTreeSet<&str>) -> bool {
+    subject
+        .strip_prefix("vm ")
+        .and_then(|rest| rest.split_once(" ("))
+        .is_some_and(|(vm, modes)| {
+            vms.contains(vm)
+                && modes
+                    .trim_end_matches(')')
+                    .split(", ")
+                    .any(|m| m == "planned failover")
+        })
+}
+
+/// What stops a failback half-way on the primary side, after the recovery side is stopped,
+/// that can be known before it starts (`check` judges the recovery side, not this): each vm
+/// it defines on the primary without a usable definition that fits there, as
+/// `definitions vm X (failback): ...`. Read only: nothing is defined.
+pub fn failback_blockers(plan: &Plan, transport: &dyn Transport) -> Vec<String> {
+    let helpers = crate::replica::remote::Helpers::new(transport);
+    let secrets = crate::runner::env_secrets();
+    crate::replica::definitions::prospects(&helpers, plan, &|n| secrets(n))
+        .iter()
+        .map(|p| definition_item(p, "failback"))
+        .filter(|i| i.status == ItemStatus::Failed)
+        .map(|i| format!("{} {}: {}", i.area, i.subject, i.detail))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{example, item};
+    use super::*;
+    use crate::plan::{self, PlanOptions};
+    use crate::runbook::Mode;
+
+    /// A lag unknown or over its RPO stops a planned failover that switches that service
+    /// (its `replication-lag` step would stop it after the primary side is stopped); the lag
+    /// of a service the failover leaves alone does not, nor a lag a drill only reads.
+    #[test]
+    fn a_planned_failover_is_blocked_by_the_lag_of_a_service_it_switches() {
+        let model = example();
+        let items = vec![
+            item(
+                "lag",
+                "service lms-db",
+                ItemStatus::Failed,
+                "replication lag 20m00s is over the RPO 15m".into(),
+            ),
+            item(
+                "lag",
+                "service directory",
+                ItemStatus::Failed,
+                "lag unknown: the probe printed nothing".into(),
+            ),
+            item("lag", "service erp-db", ItemStatus::Ok, String::new()),
+        ];
+        let planned = |services: &[&str]| {
+            let mut opts = PlanOptions::new(Mode::Failover);
+            opts.services = services.iter().map(|s| s.to_string()).collect();
+            opts.only = true;
+            plan::build(&model, &opts).unwrap()
+        };
+        let blockers = failover_blockers(&model, &planned(&["lms-db"]), &items);
+        assert_eq!(blockers.len(), 1, "{blockers:?}");
+        assert!(
+            blockers[0].starts_with("lag service lms-db: replication lag 20m00s is over")
+                && blockers[0].contains("--force or not"),
+            "{blockers:?}"
+        );
+        let both = failover_blockers(&model, &planned(&["lms-db", "directory"]), &items);
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert!(failover_blockers(&model, &planned(&["erp-db"]), &items).is_empty());
+        // A drill reads the lags without holding on them: they do not block it.
+        let drill = plan::build(&model, &PlanOptions::new(Mode::Drill)).unwrap();
+        assert!(failover_blockers(&model, &drill, &items).is_empty());
+    }
+    #[test]
+    fn a_definition_that_would_not_fit_blocks_the_planned_failover_of_its_vm_only() {
+        let model = example();
+        let plan = crate::plan::build(
+            &model,
+            &crate::plan::PlanOptions {
+                services: vec!["erp-db".into()],
+                only: true,
+                ..crate::plan::PlanOptions::new(crate::runbook::Mode::Failover)
+            },
+        )
+        .unwrap();
+        let failed = |subject: &str| {
+            item(
+                "definitions",
+                subject,
+                ItemStatus::Failed,
+                "would be defined as erp-db on hv-pra from …, and it does not fit".into(),
+            )
+        };
+        let items = [
+            failed("vm erp-db (planned failover, emergency failover)"),
+            failed("vm erp-db (drill)"),
+            failed("vm erp-app (planned failover)"),
+            item(
+                "definitions",
+                "vm erp-db (planned failover)",
+                ItemStatus::Ok,
+                String::new(),
+            ),
+        ];
+        assert_eq!(
+            failover_blockers(&model, &plan, &items),
+            [
+                "definitions vm erp-db (planned failover, emergency failover): would be defined as erp-db on hv-pra from …, and it does not fit"
+            ]
+        );
+    }
+}

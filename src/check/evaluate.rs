@@ -1,0 +1,766 @@
+//! Judging what was gathered ([`evaluate`]): a pure function of the probes, the plans and the
+//! time passed in, one function per family of checks.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    CheckOptions, HostProbe, Plans, ReplicaTarget, bash_only, host_commands, human_secs,
+    secrets_needed, tools_by_host,
+};
+use crate::model::Model;
+use crate::readiness::{ItemStatus, ReadinessItem};
+
+/// How much a drill copy is expected to write into its overlays: a tenth of each copy it is
+/// backed by, and at least [`OVERLAY_FLOOR`] per disk (a booted guest writes its logs,
+/// temporary files and journals there for the length of the drill).
+pub fn overlay_estimate(copy_bytes: u64) -> u64 {
+    (copy_bytes / 10).max(OVERLAY_FLOOR)
+}
+
+/// The least a drill overlay is counted for.
+pub const OVERLAY_FLOOR: u64 = 64 << 20;
+
+pub(super) fn item(area: &str, subject: &str, status: ItemStatus, detail: String) -> ReadinessItem {
+    ReadinessItem {
+        area: area.to_string(),
+        subject: subject.to_string(),
+        status,
+        detail,
+    }
+}
+
+pub(super) fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Judges what was gathered. Pure: `now` is passed in.
+pub fn evaluate(
+    model: &Model,
+    plans: &Plans,
+    replicas: &[ReplicaTarget],
+    probes: &BTreeMap<String, HostProbe>,
+    opts: &CheckOptions,
+    now: DateTime<Utc>,
+) -> Vec<ReadinessItem> {
+    let mut items = Vec::new();
+    let used: BTreeSet<&str> = plans
+        .ok()
+        .flat_map(|p| p.steps.iter().filter_map(|s| s.host.as_deref()))
+        .chain(
+            replicas
+                .iter()
+                .flat_map(|r| [r.from_host.as_str(), r.to_host.as_str()]),
+        )
+        .collect();
+    let tools = tools_by_host(plans);
+
+    // Reachability, clocks and tools, host by host.
+    for (host, probe) in probes {
+        let addr = model
+            .inventory
+            .hosts
+            .get(host)
+            .map(|h| format!("{}@{}:{}", h.user, h.address, h.port))
+            .unwrap_or_default();
+        if let Some(e) = &probe.error {
+            let status = if used.contains(host.as_str()) {
+                ItemStatus::Failed
+            } else {
+                ItemStatus::Warning
+            };
+            items.push(item("ssh", host, status, e.clone()));
+            continue;
+        }
+        items.push(item(
+            "ssh",
+            host,
+            ItemStatus::Ok,
+            format!("{addr}: reachable, host key known"),
+        ));
+        if let Some((skew, uncertainty)) = probe.skew_s {
+            let status = if skew.abs() - uncertainty > opts.clock_tolerance_s {
+                ItemStatus::Failed
+            } else {
+                ItemStatus::Ok
+            };
+            let side = if skew >= 0.0 { "ahead of" } else { "behind" };
+            let detail = if status == ItemStatus::Ok {
+                format!(
+                    "{:.2}s {side} this machine (tolerance {}s)",
+                    skew.abs(),
+                    opts.clock_tolerance_s
+                )
+            } else {
+                format!(
+                    "{:.1}s {side} this machine, more than the {}s tolerated: timelines and data ages would be wrong; sync it (chrony, NTP)",
+                    skew.abs(),
+                    opts.clock_tolerance_s
+                )
+            };
+            items.push(item("clock", host, status, detail));
+        } else {
+            items.push(item(
+                "clock",
+                host,
+                ItemStatus::Warning,
+                "its clock could not be read (`date +%s.%N`)".to_string(),
+            ));
+        }
+        let needed = tools.get(host);
+        if let Some(needed) = needed.filter(|n| !n.is_empty()) {
+            if probe.missing_tools.is_empty() {
+                let names: Vec<&str> = needed.keys().map(String::as_str).collect();
+                items.push(item(
+                    "tools",
+                    host,
+                    ItemStatus::Ok,
+                    format!("{} found: {}", names.len(), names.join(", ")),
+                ));
+            } else {
+                let missing: Vec<String> = probe
+                    .missing_tools
+                    .iter()
+                    .map(|t| match needed.get(t) {
+                        Some(step) => format!("{t} (needed by {step})"),
+                        None => t.clone(),
+                    })
+                    .collect();
+                items.push(item(
+                    "tools",
+                    host,
+                    ItemStatus::Failed,
+                    format!("missing: {}", missing.join(", ")),
+                ));
+            }
+        }
+    }
+
+    // Replica copies: present, fresh against the RPO; room for the next update.
+    // By host and filesystem: (total, free, largest copy, growth, copies). Sizes come from
+    // the hosts: their sums are checked, `None` when they overflow.
+    type Need = (u64, u64, u64, Option<u64>, Vec<String>);
+    let mut needs_by_space: BTreeMap<(String, String), Need> = BTreeMap::new();
+    for r in replicas {
+        let subject = r.what.clone();
+        let Some(dest) = probes.get(&r.to_host) else {
+            continue;
+        };
+        if dest.error.is_some() {
+            items.push(item(
+                "replicas",
+                &subject,
+                ItemStatus::Failed,
+                format!("{} is not reachable: the copy cannot be checked", r.to_host),
+            ));
+            continue;
+        }
+        let copy = dest.stats.get(&r.copy).copied().flatten();
+        let source = probes
+            .get(&r.from_host)
+            .and_then(|p| p.stats.get(&r.source).copied().flatten());
+        let Some(copy) = copy else {
+            items.push(item(
+                "replicas",
+                &subject,
+                ItemStatus::Failed,
+                format!(
+                    "no copy at {}:{}: replicate it before a drill",
+                    r.to_host, r.copy
+                ),
+            ));
+            continue;
+        };
+        let has_points = match (&dest.copies_error, dest.copies.get(&r.copy)) {
+            (_, Some(state)) => {
+                let id = r.what.split_whitespace().nth(1).unwrap_or(&r.what);
+                let (level, detail) = crate::replica::choice::judge(state, id, r.rpo_s, now);
+                let status = match level {
+                    crate::replica::choice::Level::Ok => ItemStatus::Ok,
+                    crate::replica::choice::Level::Warning => ItemStatus::Warning,
+                    crate::replica::choice::Level::Failed => ItemStatus::Failed,
+                };
+                let detail = match (&r.service, level) {
+                    (Some(s), crate::replica::choice::Level::Failed) if detail.contains("RPO") => {
+                        format!("{detail} (RPO of {s})")
+                    }
+                    _ if level == crate::replica::choice::Level::Ok => {
+                        format!("{detail}, {} on {}", human_bytes(state.size), r.to_host)
+                    }
+                    _ => detail,
+                };
+                items.push(item("replicas", &subject, status, detail));
+                !state.points.is_empty()
+            }
+            (e, None) => {
+                items.push(item(
+                    "replicas",
+                    &subject,
+                    ItemStatus::Failed,
+                    format!(
+                        "its replica points on {} could not be read: {}",
+                        r.to_host,
+                        e.as_deref().unwrap_or("no answer about it")
+                    ),
+                ));
+                false
+            }
+        };
+        let points = has_points.then_some(());
+        if let Some(space) = dest.space.get(&r.copy) {
+            let src_bytes = source.map(|s| s.bytes).unwrap_or(copy.bytes);
+            let entry = needs_by_space
+                .entry((r.to_host.clone(), space.mount.clone()))
+                .or_insert((space.total, space.avail, 0, Some(0), Vec::new()));
+            entry.1 = entry.1.min(space.avail);
+            let growth = src_bytes.saturating_sub(copy.bytes);
+            if points.is_some() {
+                // Updated in place: the journal and the reverse delta hold what changed,
+                // counted as a tenth of the image.
+                entry.3 = entry
+                    .3
+                    .and_then(|g| g.checked_add(growth))
+                    .and_then(|g| g.checked_add(src_bytes / 10));
+            } else {
+                // A copy without points: its first point may rewrite it whole.
+                entry.2 = entry.2.max(src_bytes);
+                entry.3 = entry.3.and_then(|g| g.checked_add(growth));
+            }
+            entry.4.push(r.copy.clone());
+        }
+    }
+    // Snapshots of running vms left on their primary host by an interrupted replication:
+    // the vm writes to an overlay that no replication copies.
+    for vm in model.inventory.vms.values() {
+        let host = &vm.primary.value;
+        let Some(found) = probes
+            .get(host)
+            .filter(|p| p.error.is_none())
+            .and_then(|p| p.snapshots.get(&vm.id))
+        else {
+            continue;
+        };
+        let subject = format!("vm {} (snapshot)", vm.id);
+        // A replication holding the vm's copies right now has its own snapshot on the
+        // primary: it merges it back when it ends. Only one no replication holds is left.
+        let of_vm = format!("vm {} (", vm.id);
+        let replicating = replicas
+            .iter()
+            .filter(|r| r.what.starts_with(&of_vm))
+            .any(|r| {
+                probes
+                    .get(&r.to_host)
+                    .and_then(|p| p.copies.get(&r.copy))
+                    .is_some_and(|s| s.busy)
+            });
+        match found {
+            Ok(left) if left.is_empty() => {}
+            Ok(left) if replicating => items.push(item(
+                "replicas",
+                &subject,
+                ItemStatus::Warning,
+                format!(
+                    "a replication is running now ({} on {host} is its snapshot, merged back when it ends): run `reprise check` again once it is over",
+                    left.join("; ")
+                ),
+            )),
+            Ok(left) => items.push(item(
+                "replicas",
+                &subject,
+                ItemStatus::Failed,
+                format!(
+                    "a replication snapshot was left on {host} ({}): the vm writes to an overlay no replication copies, and its disk goes stale; `reprise replicate --service {}` merges it back first",
+                    left.join("; "),
+                    vm.id
+                ),
+            )),
+            // `reprise replicate` refuses such a vm too.
+            Err(e) => items.push(item(
+                "replicas",
+                &subject,
+                ItemStatus::Failed,
+                format!(
+                    "cannot tell whether a replication snapshot is left on {host}, and replication refuses it: {e}"
+                ),
+            )),
+        }
+    }
+
+    // The drill networks: absent (a drill creates them) or isolated.
+    let mut networks_seen = BTreeSet::new();
+    for d in &plans.drills {
+        let Some((name, _)) = &d.network else {
+            continue;
+        };
+        if !networks_seen.insert((d.host.clone(), name.clone())) {
+            continue;
+        }
+        let Some(probe) = probes.get(&d.host).filter(|p| p.error.is_none()) else {
+            continue;
+        };
+        let subject = format!("{} ({name})", d.host);
+        let (status, detail) = match probe.drill_networks.get(name) {
+            Some((said, Some(0))) => (ItemStatus::Ok, said.join("; ")),
+            Some((said, code)) => (
+                ItemStatus::Failed,
+                format!(
+                    "the drill network cannot be used ({}): {}",
+                    code.map_or("no exit status".to_string(), |c| format!("exit {c}")),
+                    if said.is_empty() {
+                        "nothing said".to_string()
+                    } else {
+                        said.join("; ")
+                    }
+                ),
+            ),
+            None => (
+                ItemStatus::Failed,
+                "its driver's drill-network-check gave no answer".to_string(),
+            ),
+        };
+        items.push(item("network", &subject, status, detail));
+    }
+
+    // Room for the drill overlays on each recovery host (see [`overlay_estimate`]).
+    let mut overlays: BTreeMap<(String, String), (u64, Vec<String>, &str)> = BTreeMap::new();
+    for d in &plans.drills {
+        let Some((dir, var)) = &d.overlays_dir else {
+            continue;
+        };
+        let Some(probe) = probes.get(&d.host).filter(|p| p.error.is_none()) else {
+            continue;
+        };
+        let entry = overlays
+            .entry((d.host.clone(), dir.clone()))
+            .or_insert((0, Vec::new(), var));
+        for copy in &d.copies {
+            let bytes = probe
+                .stats
+                .get(copy)
+                .copied()
+                .flatten()
+                .map_or(0, |s| s.bytes);
+            entry.0 = entry.0.saturating_add(overlay_estimate(bytes));
+        }
+        entry.1.push(d.vm.clone());
+    }
+    for ((host, dir), (need, vms, var)) in overlays {
+        let Some(space) = probes.get(&host).and_then(|p| p.space.get(&dir)) else {
+            continue;
+        };
+        let subject = format!("{host} (drill overlays)");
+        let how = format!(
+            "a tenth of each copy, at least {} a disk, for {}",
+            human_bytes(OVERLAY_FLOOR),
+            vms.join(", ")
+        );
+        let (status, detail) = if space.avail < need {
+            (
+                ItemStatus::Failed,
+                format!(
+                    "{} free under {dir}, a drill's overlays need about {} ({how}): free space there or move `{var}`",
+                    human_bytes(space.avail),
+                    human_bytes(need)
+                ),
+            )
+        } else {
+            (
+                ItemStatus::Ok,
+                format!(
+                    "{} free under {dir}, a drill's overlays need about {} ({how})",
+                    human_bytes(space.avail),
+                    human_bytes(need)
+                ),
+            )
+        };
+        items.push(item("space", &subject, status, detail));
+    }
+
+    // Secrets the commands read from reprise's environment.
+    for (name, step) in secrets_needed(plans) {
+        if opts.secrets_set.contains(&name) {
+            items.push(item(
+                "secrets",
+                &name,
+                ItemStatus::Ok,
+                format!("set (needed by {step})"),
+            ));
+        } else {
+            items.push(item(
+                "secrets",
+                &name,
+                ItemStatus::Failed,
+                format!(
+                    "not set in reprise's environment, and {step} reads it: export {name} before running reprise"
+                ),
+            ));
+        }
+    }
+
+    // Commands run under `sh`: bash syntax there fails when it runs.
+    let mut shell_seen = BTreeSet::new();
+    for (host, what, text) in host_commands(plans) {
+        if let Some(syntax) = bash_only(&text)
+            && shell_seen.insert(what.clone())
+        {
+            items.push(item(
+                "shell",
+                &what,
+                ItemStatus::Failed,
+                format!(
+                    "uses {syntax}, which is bash's: commands run on {host} under `sh -c` (dash on Debian); write it as `bash -c '…'`"
+                ),
+            ));
+        }
+    }
+    for ((host, _), (total, avail, largest, growth, paths)) in needs_by_space {
+        let sums = growth.and_then(|growth| {
+            let need = largest.checked_add(growth)?;
+            let used_after = total.saturating_sub(avail).checked_add(need)?;
+            Some((growth, need, used_after))
+        });
+        let Some((growth, need, used_after)) = sums else {
+            items.push(item(
+                "space",
+                &host,
+                ItemStatus::Failed,
+                "the sizes this host reported add up to more than 16 EiB: its answers cannot be right"
+                    .to_string(),
+            ));
+            continue;
+        };
+        let (status, detail) = if avail < need {
+            (
+                ItemStatus::Failed,
+                format!(
+                    "{} free, the next replication needs {} (largest copy {} written beside the old one, growth {})",
+                    human_bytes(avail),
+                    human_bytes(need),
+                    human_bytes(largest),
+                    human_bytes(growth)
+                ),
+            )
+        } else if total > 0 && u128::from(used_after) * 10 > u128::from(total) * 9 {
+            (
+                ItemStatus::Warning,
+                format!(
+                    "{} free of {}; after the next replication the disk would be over 90% full",
+                    human_bytes(avail),
+                    human_bytes(total)
+                ),
+            )
+        } else {
+            (
+                ItemStatus::Ok,
+                format!(
+                    "{} free of {}, the next replication needs {}",
+                    human_bytes(avail),
+                    human_bytes(total),
+                    human_bytes(need)
+                ),
+            )
+        };
+        let detail = if paths.len() == 1 {
+            format!("{detail} (for {})", paths[0])
+        } else {
+            format!("{detail} (for {} copies)", paths.len())
+        };
+        items.push(item("space", &host, status, detail));
+    }
+
+    // Runbooks: every mode plans.
+    for (label, plan) in &plans.by_mode {
+        match plan {
+            Ok(p) => {
+                let status = if p.warnings.is_empty() {
+                    ItemStatus::Ok
+                } else {
+                    ItemStatus::Warning
+                };
+                let mut detail = format!("{} steps plan", p.steps.len());
+                if !p.warnings.is_empty() {
+                    detail.push_str(&format!("; {}", p.warnings.join("; ")));
+                }
+                items.push(item("runbooks", label, status, detail));
+            }
+            Err(e) => {
+                let first = e.lines().next().unwrap_or("").to_string();
+                items.push(item(
+                    "runbooks",
+                    label,
+                    ItemStatus::Failed,
+                    format!("does not plan: {first} (run `reprise validate`)"),
+                ));
+            }
+        }
+    }
+
+    // Estimated RTO of an emergency failover, the worst case, against each target.
+    if let Some(plan) = plans.emergency() {
+        for s in &plan.services {
+            let (est, target) = (s.estimated_rto.secs(), s.rto_target.secs());
+            let status = if s.rto_ok {
+                ItemStatus::Ok
+            } else {
+                ItemStatus::Failed
+            };
+            let detail = if s.rto_ok {
+                format!(
+                    "estimated {} within the target {}",
+                    human_secs(est),
+                    human_secs(target)
+                )
+            } else {
+                format!(
+                    "estimated {} exceeds the target {}: shorten its chain of steps or raise the target",
+                    human_secs(est),
+                    human_secs(target)
+                )
+            };
+            items.push(item("rto", &s.id, status, detail));
+        }
+    }
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::example;
+    use super::super::{PathStat, Space, replica_targets};
+    use super::*;
+
+    #[test]
+    fn clocks_space_and_replica_ages_are_judged_against_their_limits() {
+        let model = example();
+        let plans = Plans::build(&model);
+        let replicas = replica_targets(&model);
+        let now = Utc::now();
+        let t = now.timestamp();
+        let mut pra = HostProbe {
+            skew_s: Some((12.0, 0.01)),
+            ..HostProbe::default()
+        };
+        let mut main = HostProbe {
+            skew_s: Some((-0.5, 0.01)),
+            ..HostProbe::default()
+        };
+        for r in replicas.iter().filter(|r| r.to_host == "hv-pra") {
+            // One disk of the ERP database is 20 minutes old: beyond its 15-minute RPO.
+            let age = if r.copy.ends_with("erp-db-data.qcow2") {
+                1200
+            } else {
+                60
+            };
+            let copy = PathStat {
+                bytes: 1 << 30,
+                mtime: t - age,
+            };
+            pra.stats.insert(r.copy.clone(), Some(copy));
+            // Every other copy is kept as points; dc1's newest failed verification; the ERP
+            // data disk has none (nothing proves it whole).
+            let mut state = crate::replica::CopyState {
+                path: r.copy.clone(),
+                exists: true,
+                size: 1 << 30,
+                ..Default::default()
+            };
+            // A replication of dc2 is running: it holds dc2's copy.
+            state.busy = r.copy.ends_with("dc2-system.qcow2");
+            if !r.copy.ends_with("erp-db-data.qcow2") {
+                let verified = if r.copy.ends_with("dc1-system.qcow2") {
+                    crate::replica::Verified::Bad
+                } else {
+                    crate::replica::Verified::Yes
+                };
+                state.managed = true;
+                state.points = vec![crate::replica::Point {
+                    id: "P1".to_string(),
+                    taken_at: now - chrono::Duration::seconds(age),
+                    source: format!("{}:{}", r.from_host, r.source),
+                    size: 1 << 30,
+                    blake3: "00".to_string(),
+                    verified,
+                    checked_at: None,
+                    received_bytes: 0,
+                    duration_ms: 0,
+                    stamp: None,
+                    definition: None,
+                    read: None,
+                }];
+            }
+            pra.copies.insert(r.copy.clone(), state);
+            pra.space.insert(
+                r.copy.clone(),
+                Space {
+                    total: 1 << 40,
+                    avail: 3 << 30,
+                    mount: "/srv/replicas".to_string(),
+                },
+            );
+            let source = PathStat {
+                bytes: 2 << 30,
+                mtime: t,
+            };
+            main.stats.insert(r.source.clone(), Some(source));
+        }
+        // A replication of the ERP database was killed: its snapshot overlay is still there.
+        main.snapshots.insert(
+            "erp-db".to_string(),
+            Ok(vec!["file /srv/erp-db-data.reprise-replicate".to_string()]),
+        );
+        main.snapshots.insert("dc1".to_string(), Ok(Vec::new()));
+        main.snapshots.insert(
+            "dc2".to_string(),
+            Ok(vec!["file /srv/dc2-system.reprise-replicate".to_string()]),
+        );
+        let unused = HostProbe {
+            error: Some("failed to connect".to_string()),
+            ..HostProbe::default()
+        };
+        let probes: BTreeMap<String, HostProbe> = [
+            ("hv-pra".to_string(), pra),
+            ("hv-main".to_string(), main),
+            ("not-in-any-plan".to_string(), unused),
+        ]
+        .into_iter()
+        .collect();
+        let items = evaluate(
+            &model,
+            &plans,
+            &replicas,
+            &probes,
+            &CheckOptions::default(),
+            now,
+        );
+        let status = |area: &str, subject: &str| {
+            items
+                .iter()
+                .find(|i| i.area == area && i.subject == subject)
+                .map(|i| i.status)
+        };
+        assert_eq!(status("clock", "hv-pra"), Some(ItemStatus::Failed));
+        assert_eq!(status("clock", "hv-main"), Some(ItemStatus::Ok));
+        assert_eq!(
+            status("replicas", "vm erp-db (erp-db-data.qcow2)"),
+            Some(ItemStatus::Failed)
+        );
+        assert_eq!(
+            status("replicas", "vm erp-db (erp-db-system.qcow2)"),
+            Some(ItemStatus::Ok)
+        );
+        assert_eq!(
+            status("replicas", "vm dc1 (dc1-system.qcow2)"),
+            Some(ItemStatus::Failed),
+            "a failover would start from a damaged copy"
+        );
+        let detail = |subject: &str| {
+            items
+                .iter()
+                .find(|i| i.subject == subject)
+                .map(|i| i.detail.clone())
+                .unwrap_or_default()
+        };
+        assert!(
+            detail("vm erp-db (erp-db-data.qcow2)").starts_with("UNVERIFIED"),
+            "{}",
+            detail("vm erp-db (erp-db-data.qcow2)")
+        );
+        assert_eq!(
+            status("replicas", "vm erp-db (snapshot)"),
+            Some(ItemStatus::Failed)
+        );
+        assert!(detail("vm erp-db (snapshot)").contains("reprise replicate --service erp-db"));
+        assert_eq!(status("replicas", "vm dc1 (snapshot)"), None);
+        // The snapshot of a replication that holds the copies right now is not a leftover.
+        assert_eq!(
+            status("replicas", "vm dc2 (snapshot)"),
+            Some(ItemStatus::Warning)
+        );
+        assert!(detail("vm dc2 (snapshot)").contains("a replication is running now"));
+        // Every copy grows by 1 GiB, more than the 3 GiB free.
+        assert_eq!(status("space", "hv-pra"), Some(ItemStatus::Failed));
+        assert_eq!(
+            status("ssh", "not-in-any-plan"),
+            Some(ItemStatus::Warning),
+            "a host no plan uses does not stop a recovery"
+        );
+        // Every mode plans and the emergency failover's estimates meet the example's targets.
+        assert!(
+            items
+                .iter()
+                .filter(|i| i.area == "runbooks" || i.area == "rto")
+                .all(|i| i.status == ItemStatus::Ok)
+        );
+        assert_eq!(items.iter().filter(|i| i.area == "runbooks").count(), 5);
+    }
+    #[test]
+    fn sizes_that_add_up_beyond_64_bits_are_a_failure_not_a_wrap() {
+        let model = example();
+        let plans = Plans::build(&model);
+        let replicas = replica_targets(&model);
+        let now = Utc::now();
+        let mut pra = HostProbe::default();
+        let mut main = HostProbe::default();
+        for r in replicas.iter().filter(|r| r.to_host == "hv-pra") {
+            let copy = PathStat {
+                bytes: 1,
+                mtime: now.timestamp(),
+            };
+            pra.stats.insert(r.copy.clone(), Some(copy));
+            pra.space.insert(
+                r.copy.clone(),
+                Space {
+                    total: u64::MAX,
+                    avail: u64::MAX,
+                    mount: "/srv".to_string(),
+                },
+            );
+            // Each source alone fits; what they grow by together does not.
+            let source = PathStat {
+                bytes: u64::MAX / 2,
+                mtime: now.timestamp(),
+            };
+            main.stats.insert(r.source.clone(), Some(source));
+        }
+        let probes: BTreeMap<String, HostProbe> =
+            [("hv-pra".to_string(), pra), ("hv-main".to_string(), main)]
+                .into_iter()
+                .collect();
+        let items = evaluate(
+            &model,
+            &plans,
+            &replicas,
+            &probes,
+            &CheckOptions::default(),
+            now,
+        );
+        let space = items
+            .iter()
+            .find(|i| i.area == "space" && i.subject == "hv-pra")
+            .expect("a space item");
+        assert_eq!(space.status, ItemStatus::Failed, "{}", space.detail);
+        assert!(space.detail.contains("cannot be right"), "{}", space.detail);
+    }
+
+    #[test]
+    fn durations_read_like_a_person_writes_them() {
+        assert_eq!(human_secs(42), "42s");
+        assert_eq!(human_secs(3 * 60 + 5), "3m05s");
+        assert_eq!(human_secs(3600 + 5 * 60), "1h05m");
+        assert_eq!(human_secs(3 * 86400 + 4 * 3600), "3d 4h");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+    }
+}

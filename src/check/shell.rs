@@ -1,0 +1,715 @@
+//! The programs a shell command calls ([`command_words`]), and bash syntax in a command run
+//! by `sh` ([`bash_only`]): read from the text, never run. Hand-written on purpose: no
+//! shell-words crate follows wrappers and `sh -c` scripts.
+
+/// Shell words that are not programs to look for.
+const NOT_TOOLS: &[&str] = &[
+    "!", "{", "}", "(", ")", "[", "[[", "]]", ":", ".", "if", "then", "else", "elif", "fi", "for",
+    "while", "until", "do", "done", "case", "esac", "in", "function", "time", "set", "cd", "echo",
+    "exit", "true", "false", "export", "local", "read", "printf", "test", "return", "shift",
+    "eval", "exec", "wait", "trap", "unset", "break", "continue", "source", "command", "type",
+    "umask", "ulimit", "alias", "let", "declare", "readonly", "pwd", "kill",
+];
+
+/// Programs that run the command given after their own options (and, for `timeout`, a
+/// duration; for `env`, assignments): with the options that take a value.
+const WRAPPERS: &[(&str, &[&str])] = &[
+    ("timeout", &["-s", "--signal", "-k", "--kill-after"]),
+    ("env", &["-u", "--unset", "-C", "--chdir"]),
+    ("nice", &["-n", "--adjustment"]),
+    ("nohup", &[]),
+    ("setsid", &[]),
+    ("sudo", &["-u", "--user", "-g", "--group"]),
+    ("exec", &["-a"]),
+    ("ionice", &["-c", "--class", "-n", "--classdata"]),
+    ("flock", &["-w", "--timeout", "-E", "--conflict-exit-code"]),
+];
+
+/// Shells whose `-c` script is read for the programs it calls.
+const SHELLS: &[&str] = &["sh", "bash", "dash"];
+
+/// Where a wrapper's command is, while its arguments are read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wrapped {
+    /// Reading the options of the wrapper at this index of [`WRAPPERS`].
+    Options(usize),
+    /// The next word is the option's value.
+    Value(usize),
+    /// `flock FILE` or `timeout DURATION`: one operand before the command.
+    Operand,
+}
+
+/// The programs a shell command calls: the first word of each simple command (after
+/// separators, pipes, `do`, `then`, `!`…), and the command a wrapper runs (`timeout 300 cmd`,
+/// `env X=1 cmd`, `nohup`, `setsid`, `sudo`, `exec`, `flock FILE cmd`), skipping assignments,
+/// redirections, builtins, shell functions the command defines, arithmetic (`$((…))`,
+/// `((…))`), `case` patterns, here-documents and anything computed. The script of `sh -c '…'`
+/// or `bash -c '…'` is read the same way; other quoted strings are not looked into; command
+/// substitutions (`$(…)`) are.
+pub fn command_words(cmd: &str) -> Vec<String> {
+    command_words_at(cmd, 0)
+}
+
+fn command_words_at(cmd: &str, depth: usize) -> Vec<String> {
+    let chars: Vec<char> = cmd.chars().collect();
+    let mut words = Vec::new();
+    let mut functions: Vec<String> = Vec::new();
+    let mut at_start = true;
+    // After a wrapper (`timeout 300 cmd`): its options, then its command.
+    let mut wrapped: Option<Wrapped> = None;
+    // After `sh` or `bash` (in command position): whether `-c` was seen.
+    let mut shell: Option<bool> = None;
+    // After `for` or `case`, words are data until the next separator.
+    let mut skipping = false;
+    // Open `case` statements, and whether a pattern (`a|b)`) comes next.
+    let mut cases = 0usize;
+    let mut pattern_next = false;
+    // Here-documents announced on this line: their bodies start at the next new line.
+    let mut heredocs: Vec<(String, bool)> = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if pattern_next && cases > 0 {
+            if c.is_whitespace() {
+                i += 1;
+                continue;
+            }
+            if starts_word(&chars, i, "esac") {
+                cases -= 1;
+                pattern_next = false;
+                at_start = false;
+                i += 4;
+                continue;
+            }
+            // Up to and past the `)` that closes the pattern.
+            i = skip_past(&chars, i, ')');
+            pattern_next = false;
+            at_start = true;
+            continue;
+        }
+        match c {
+            ' ' | '\t' => {
+                i += 1;
+            }
+            '\n' => {
+                i += 1;
+                for (delim, strip_tabs) in std::mem::take(&mut heredocs) {
+                    i = skip_heredoc(&chars, i, &delim, strip_tabs);
+                }
+                at_start = true;
+                skipping = false;
+            }
+            '(' if at_start && wrapped.is_none() && chars.get(i + 1) == Some(&'(') => {
+                // An arithmetic command: `(( n++ ))`.
+                i = skip_arithmetic(&chars, i);
+                at_start = false;
+            }
+            '&' if (i > 0 && matches!(chars[i - 1], '>' | '<'))
+                || chars.get(i + 1) == Some(&'>') =>
+            {
+                // A redirection (`2>&1`, `<&3`, `&>/dev/null`), not a command separator: its
+                // target is no program.
+                let (_, _, next) = read_word(&chars, i + 1, &mut heredocs);
+                i = next.max(i + 1);
+            }
+            ';' | '&' | '|' | '(' | ')' | '{' | '}' | '`' => {
+                wrapped = None;
+                shell = None;
+                if c == ';' && chars.get(i + 1) == Some(&';') && cases > 0 {
+                    // The end of a `case` branch: a pattern comes next.
+                    pattern_next = true;
+                    i += 1;
+                }
+                at_start = true;
+                skipping = false;
+                i += 1;
+            }
+            _ => {
+                let start = i;
+                let (word, opaque, next) = read_word(&chars, i, &mut heredocs);
+                i = next;
+                if let Some(seen_c) = shell {
+                    // `sh -c 'script'`: the script's programs; the rest are its arguments.
+                    if !seen_c {
+                        if word == "-c" {
+                            shell = Some(true);
+                        } else if !word.starts_with('-') || opaque {
+                            shell = None;
+                        }
+                        continue;
+                    }
+                    shell = None;
+                    if depth < 4 {
+                        let raw: String = chars[start..i].iter().collect();
+                        if let Some(script) = unquote(&raw) {
+                            words.extend(command_words_at(&script, depth + 1));
+                        }
+                    }
+                    continue;
+                }
+                if let Some(state) = wrapped {
+                    match state {
+                        Wrapped::Value(w) => {
+                            wrapped = Some(Wrapped::Options(w));
+                            continue;
+                        }
+                        Wrapped::Options(w) if word.starts_with('-') && !opaque => {
+                            let takes_value = WRAPPERS[w].1.contains(&word.as_str());
+                            wrapped = Some(if takes_value {
+                                Wrapped::Value(w)
+                            } else {
+                                Wrapped::Options(w)
+                            });
+                            continue;
+                        }
+                        Wrapped::Options(w) if matches!(WRAPPERS[w].0, "timeout" | "flock") => {
+                            // The duration, or the lock file: the command comes next.
+                            wrapped = Some(Wrapped::Operand);
+                            continue;
+                        }
+                        Wrapped::Options(w) if WRAPPERS[w].0 == "env" && is_assignment(&word) => {
+                            continue;
+                        }
+                        Wrapped::Options(_) | Wrapped::Operand => {
+                            // The wrapped command: in command position.
+                            wrapped = None;
+                            at_start = true;
+                        }
+                    }
+                }
+                // `name()`: a function definition; its calls are not programs.
+                let mut j = i;
+                while j < chars.len() && (chars[j] == ' ' || chars[j] == '\t') {
+                    j += 1;
+                }
+                if at_start
+                    && !opaque
+                    && chars.get(j) == Some(&'(')
+                    && chars.get(j + 1) == Some(&')')
+                {
+                    functions.push(word);
+                    i = j + 2;
+                    at_start = true;
+                    continue;
+                }
+                if !at_start || skipping {
+                    if skipping && word == "in" && cases > 0 {
+                        pattern_next = true;
+                        skipping = false;
+                    }
+                    continue;
+                }
+                if is_assignment(&word) {
+                    // An assignment before the command: the command comes next.
+                    continue;
+                }
+                if word.starts_with(|c: char| c.is_ascii_digit()) && word.contains('>') {
+                    continue;
+                }
+                if word == "for" || word == "case" {
+                    skipping = true;
+                    if word == "case" {
+                        cases += 1;
+                    }
+                    continue;
+                }
+                if word == "esac" {
+                    cases = cases.saturating_sub(1);
+                    pattern_next = false;
+                }
+                if word == "function" {
+                    // `function name { … }`: the next word is a name, not a program.
+                    let (name, _, next) = read_word(&chars, skip_blanks(&chars, i), &mut heredocs);
+                    functions.push(name);
+                    i = next;
+                    continue;
+                }
+                if word == "exec" || word == "command" {
+                    // `exec cmd` runs cmd; `command cmd` too, but `command -v cmd` only looks.
+                    let (peek, _, _) = read_word(&chars, skip_blanks(&chars, i), &mut Vec::new());
+                    if word == "exec" || !peek.starts_with('-') {
+                        wrapped = Some(Wrapped::Options(
+                            WRAPPERS.iter().position(|(w, _)| *w == "exec").unwrap_or(0),
+                        ));
+                    }
+                    at_start = false;
+                    continue;
+                }
+                if NOT_TOOLS.contains(&word.as_str()) {
+                    // Keywords keep the next word in command position.
+                    at_start = matches!(
+                        word.as_str(),
+                        "!" | "if" | "then" | "else" | "elif" | "while" | "until" | "do" | "time"
+                    );
+                    continue;
+                }
+                at_start = false;
+                if !opaque
+                    && !word.is_empty()
+                    && word
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._+-/".contains(c))
+                    && !word.starts_with('-')
+                {
+                    let base = word.rsplit('/').next().unwrap_or(&word).to_string();
+                    if let Some(w) = WRAPPERS.iter().position(|(name, _)| *name == base) {
+                        wrapped = Some(Wrapped::Options(w));
+                    } else if SHELLS.contains(&base.as_str()) {
+                        shell = Some(false);
+                    }
+                    words.push(word);
+                }
+            }
+        }
+    }
+    words.retain(|w| !functions.contains(w));
+    words
+}
+
+/// The text of a word that is one quoted string (`'…'`, or `"…"` with nothing computed in it).
+fn unquote(raw: &str) -> Option<String> {
+    if raw.len() >= 2 && raw.starts_with('\'') && raw.ends_with('\'') {
+        let inner = &raw[1..raw.len() - 1];
+        return (!inner.contains('\'')).then(|| inner.to_string());
+    }
+    if raw.len() >= 2 && raw.starts_with('"') && raw.ends_with('"') {
+        let inner = &raw[1..raw.len() - 1];
+        if inner.contains(['$', '`']) {
+            return None;
+        }
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                match chars.next() {
+                    Some(n @ ('"' | '\\')) => out.push(n),
+                    Some(n) => {
+                        out.push('\\');
+                        out.push(n);
+                    }
+                    None => return None,
+                }
+            } else if c == '"' {
+                return None;
+            } else {
+                out.push(c);
+            }
+        }
+        return Some(out);
+    }
+    None
+}
+
+/// Reads one word from `i`: its text (quotes removed, computed parts kept as `$`), whether
+/// anything in it was quoted or computed, and where it ends. A here-document operator in it
+/// (`<<END`, `<<-'END'`) is noted for the next new line.
+fn read_word(
+    chars: &[char],
+    mut i: usize,
+    heredocs: &mut Vec<(String, bool)>,
+) -> (String, bool, usize) {
+    let mut word = String::new();
+    let mut opaque = false;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_whitespace() || ";&|()`".contains(c) {
+            break;
+        }
+        match c {
+            '\'' | '"' => {
+                opaque = true;
+                let quote = c;
+                i += 1;
+                while i < chars.len() && chars[i] != quote {
+                    if quote == '"' && chars[i] == '\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            '\\' => {
+                opaque = true;
+                i += 2;
+            }
+            '$' if chars.get(i + 1) == Some(&'(') && chars.get(i + 2) == Some(&'(') => {
+                // Arithmetic, `$(( … ))`: a value, never a program.
+                opaque = true;
+                word.push('$');
+                i = skip_arithmetic(chars, i + 1);
+            }
+            '<' if chars.get(i + 1) == Some(&'<') && chars.get(i + 2) != Some(&'<') => {
+                opaque = true;
+                word.push_str("<<");
+                i += 2;
+                let strip_tabs = chars.get(i) == Some(&'-');
+                if strip_tabs {
+                    i += 1;
+                }
+                i = skip_blanks(chars, i);
+                // The delimiter, quoted or not (`'END'`, `"END"`, `\END`).
+                let mut delim = String::new();
+                while i < chars.len() && !chars[i].is_whitespace() && !";&|()<>".contains(chars[i])
+                {
+                    if !"'\"\\".contains(chars[i]) {
+                        delim.push(chars[i]);
+                    }
+                    i += 1;
+                }
+                if !delim.is_empty() {
+                    heredocs.push((delim, strip_tabs));
+                }
+            }
+            '$' | '<' | '>' | '*' | '?' => {
+                opaque = true;
+                word.push(c);
+                i += 1;
+            }
+            _ => {
+                word.push(c);
+                i += 1;
+            }
+        }
+    }
+    (word, opaque, i.min(chars.len()))
+}
+
+/// `NAME=value`: a variable assignment (the value may be quoted or computed).
+fn is_assignment(word: &str) -> bool {
+    word.split_once('=').is_some_and(|(name, _)| {
+        !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
+fn skip_blanks(chars: &[char], mut i: usize) -> usize {
+    while i < chars.len() && (chars[i] == ' ' || chars[i] == '\t') {
+        i += 1;
+    }
+    i
+}
+
+fn starts_word(chars: &[char], i: usize, word: &str) -> bool {
+    let w: Vec<char> = word.chars().collect();
+    chars.len() >= i + w.len()
+        && chars[i..i + w.len()] == w[..]
+        && chars
+            .get(i + w.len())
+            .is_none_or(|c| c.is_whitespace() || ";&|()".contains(*c))
+}
+
+/// From a `((` at `i`, past its closing `))` (or to the end).
+fn skip_arithmetic(chars: &[char], mut i: usize) -> usize {
+    let mut depth = 0usize;
+    while i < chars.len() {
+        match chars[i] {
+            '(' => depth += 1,
+            ')' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    i
+}
+
+/// From `i`, past the next `c` outside quotes (or to the end).
+fn skip_past(chars: &[char], mut i: usize, c: char) -> usize {
+    while i < chars.len() {
+        match chars[i] {
+            '\'' | '"' => {
+                let quote = chars[i];
+                i += 1;
+                while i < chars.len() && chars[i] != quote {
+                    i += 1;
+                }
+            }
+            x if x == c => return i + 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    i
+}
+
+/// From the start of a here-document's body, past the line that ends it.
+fn skip_heredoc(chars: &[char], mut i: usize, delim: &str, strip_tabs: bool) -> usize {
+    while i < chars.len() {
+        let end = chars[i..]
+            .iter()
+            .position(|&c| c == '\n')
+            .map_or(chars.len(), |p| i + p);
+        let line: String = chars[i..end].iter().collect();
+        let line = if strip_tabs {
+            line.trim_start_matches('\t')
+        } else {
+            line.as_str()
+        };
+        i = (end + 1).min(chars.len());
+        if line.trim_end() == delim {
+            break;
+        }
+    }
+    i
+}
+
+/// Syntax of bash that `sh` lacks, with how it reads. Every command reprise runs on a host
+/// (steps, checks, undos, driver actions) runs under `sh -c`, which is dash on Debian.
+const BASH_ONLY: &[(&str, &str)] = &[
+    ("/dev/tcp/", "/dev/tcp"),
+    ("/dev/udp/", "/dev/udp"),
+    ("[[", "`[[ … ]]`"),
+    ("<(", "process substitution `<(…)`"),
+    (">(", "process substitution `>(…)`"),
+    ("<<<", "a here-string `<<<`"),
+    (
+        "&>",
+        "`&>` (sh reads it as `&` then `>`: the command runs in the background)",
+    ),
+];
+
+/// The bash syntax in a command that runs under `sh`, outside the scripts of `bash -c '…'`.
+pub fn bash_only(cmd: &str) -> Option<&'static str> {
+    let mut rest = cmd;
+    let mut outside = String::new();
+    while let Some(at) = rest.find("bash -c ") {
+        outside.push_str(&rest[..at]);
+        let after = rest[at + "bash -c ".len()..].trim_start();
+        let Some(quote) = after.chars().next().filter(|c| *c == '\'' || *c == '"') else {
+            rest = after;
+            continue;
+        };
+        match after[1..].find(quote) {
+            Some(end) => rest = &after[end + 2..],
+            None => {
+                rest = "";
+            }
+        }
+    }
+    outside.push_str(rest);
+    BASH_ONLY
+        .iter()
+        .find(|(marker, _)| outside.contains(marker))
+        .map(|(_, what)| *what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_words_finds_the_programs_and_skips_shell_syntax() {
+        let w = command_words(
+            "virsh domstate dc1 | grep -qx 'shut off' || { virsh shutdown dc1 && timeout 300 sh -c 'until virsh domstate \"$0\"; do sleep 2; done' dc1; }",
+        );
+        assert_eq!(
+            w,
+            ["virsh", "grep", "virsh", "timeout", "sh", "virsh", "sleep"]
+        );
+        let w = command_words(
+            "set -e; dir=/var/x; mkdir -p \"$dir\"; files=; for d in a.qcow2 b.qcow2; do qemu-img create -q -f qcow2 \"$dir/$d\"; done",
+        );
+        assert_eq!(w, ["mkdir", "qemu-img"]);
+        let w = command_words("LC_ALL=C iptables-restore < /etc/iptables/rules.v4 2>/dev/null");
+        assert_eq!(w, ["iptables-restore"]);
+        let w = command_words("if ! mountpoint -q /srv; then mount /srv; fi; \"$HOME/x\" run");
+        assert_eq!(w, ["mountpoint", "mount"]);
+        let w = command_words("/usr/sbin/upsrw -s x=1\nsystemctl start a");
+        assert_eq!(w, ["/usr/sbin/upsrw", "systemctl"]);
+        let w = command_words(
+            "virsh net-info x >/dev/null 2>&1 || virsh net-start x &>/dev/null; cat <&3",
+        );
+        assert_eq!(w, ["virsh", "virsh", "cat"]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_command_text_gives_words_without_panicking(
+            text in "[a-z $()=<>'\"\\;|&{}\n\t!#*?`-]{0,80}",
+        ) {
+            for w in command_words(&text) {
+                proptest::prop_assert!(!w.is_empty() && !w.starts_with('-'));
+            }
+        }
+    }
+
+    #[test]
+    fn arithmetic_patterns_functions_and_here_documents_are_not_programs() {
+        let check =
+            |cmd: &str, expected: &[&str]| assert_eq!(command_words(cmd), expected, "{cmd}");
+        check(
+            "id=$((900000 + 101)); qm clone 101 $id --name drill-x && qm set $id --net0 virtio",
+            &["qm", "qm"],
+        );
+        check(
+            "x=$(( 1 + 2 )) ; echo $((x * 3)) ; (( n++ )) ; qm stop $id",
+            &["qm"],
+        );
+        check(
+            "case $x in a|b) virsh start a;; (c) qm start 1;; *) ;; esac; ip a",
+            &["virsh", "qm", "ip"],
+        );
+        check(
+            "f() { virsh list; }; f; function g { qm list; }; g",
+            &["virsh", "qm"],
+        );
+        check(
+            "a=$(qm status 101 | awk '{print $2}') b=1 virsh list",
+            &["qm", "awk", "virsh"],
+        );
+        check(
+            "cat <<EOF > /x\nhello world\nEOF\nvirsh list",
+            &["cat", "virsh"],
+        );
+        check(
+            "cat <<-'END'\n\tnot a program\n\tEND\nqm list",
+            &["cat", "qm"],
+        );
+        check("x=1 y=2 qm list", &["qm"]);
+        check("[[ -e /x ]] && virsh list", &["virsh"]);
+    }
+
+    #[test]
+    fn wrapped_commands_and_shell_scripts_are_programs_too() {
+        let check =
+            |cmd: &str, expected: &[&str]| assert_eq!(command_words(cmd), expected, "{cmd}");
+        check("timeout -k 5 300 qm stop 101", &["timeout", "qm"]);
+        check(
+            "timeout --kill-after=5 30 virsh list",
+            &["timeout", "virsh"],
+        );
+        check("env -u X A=1 B=2 virsh list", &["env", "virsh"]);
+        check(
+            "nice -n 10 ionice -c 3 rsync -a x y",
+            &["nice", "ionice", "rsync"],
+        );
+        check(
+            "nohup setsid sudo -u qemu qemu-img info x",
+            &["nohup", "setsid", "sudo", "qemu-img"],
+        );
+        check(
+            "flock /run/x.lock virsh list; exec virsh start a",
+            &["flock", "virsh", "virsh"],
+        );
+        check("command -v virsh && command virsh list", &["virsh"]);
+        check("bash -c 'cat </dev/tcp/$0/7000' 10.0.0.1", &["bash", "cat"]);
+        check(
+            "sh -c \"pvesm status | grep -q local\"",
+            &["sh", "pvesm", "grep"],
+        );
+        check("sh -e -c 'x=$(( 1 + 2 ))' arg", &["sh"]);
+        check("sh ./script.sh; bash", &["sh", "bash"]);
+        check("exec 2>&1; mount -a", &["mount"]);
+    }
+
+    /// A driver command as a plan renders it: every value a quoted word.
+    fn rendered(template: &str) -> String {
+        let mut out = String::new();
+        let mut rest = template;
+        while let Some(at) = rest.find("{{") {
+            out.push_str(&rest[..at]);
+            let end = rest[at..].find("}}").map_or(rest.len(), |e| at + e + 2);
+            out.push_str("'v'");
+            rest = &rest[end..];
+        }
+        out + rest
+    }
+
+    /// Every action of every built-in driver, and the programs `check` looks for: exactly
+    /// the tools it calls, nothing of its shell syntax.
+    #[test]
+    fn the_builtin_drivers_need_exactly_their_tools() {
+        let doc: toml::Table = crate::inventory::BUILTIN_DRIVERS.parse().unwrap();
+        let mut seen = Vec::new();
+        for (driver, actions) in doc["drivers"].as_table().unwrap() {
+            for (action, cmd) in actions.as_table().unwrap() {
+                // `definition_format` names a format, not a command.
+                if !crate::inventory::VM_ACTIONS.contains(&action.as_str()) {
+                    continue;
+                }
+                let mut words = command_words(&rendered(cmd.as_str().unwrap()));
+                words.sort();
+                words.dedup();
+                seen.push(format!("{driver} {action}: {}", words.join(" ")));
+            }
+        }
+        let expected = [
+            "libvirt start: virsh",
+            "libvirt stop: grep sh sleep timeout virsh",
+            "libvirt status: virsh",
+            "libvirt autostart-off: virsh",
+            "libvirt autostart-on: virsh",
+            "libvirt definition: virsh",
+            "libvirt define: virsh",
+            "libvirt undefine: virsh",
+            "libvirt drill-start: grep mkdir qemu-img sed virsh",
+            "libvirt drill-network-check: grep virsh",
+            "libvirt drill-stop: grep rm rmdir virsh",
+            "libvirt replicate-check: awk sort virsh",
+            "libvirt replicate-begin: virsh",
+            "libvirt replicate-end: awk grep head qemu-img rm sed virsh virt-xml",
+            "proxmox definition: qm",
+            "proxmox define: awk cat grep mv qm readlink rm",
+            "proxmox undefine: qm rm",
+            "proxmox start: qm",
+            "proxmox stop: qm",
+            "proxmox status: qm",
+            "proxmox autostart-off: qm",
+            "proxmox autostart-on: qm",
+            "proxmox drill-start: awk grep ip mkdir qemu-img qm",
+            "proxmox drill-network-check: awk ip",
+            "proxmox drill-stop: grep qemu-img qm rm rmdir",
+            "proxmox replicate-check: qm",
+            "proxmox replicate-begin: qm rm",
+            "proxmox replicate-end: qm rm",
+            "lab start: lab-vm",
+            "lab stop: lab-vm",
+            "lab status: lab-vm",
+            "lab autostart-off: lab-vm",
+            "lab autostart-on: lab-vm",
+            "lab drill-start: grep lab-vm mkdir qemu-img sed",
+            "lab definition: lab-vm",
+            "lab define: lab-vm",
+            "lab undefine: lab-vm",
+            "lab drill-stop: lab-vm rm rmdir",
+            "lab replicate-check: lab-vm",
+            "lab replicate-begin: lab-vm",
+            "lab replicate-end: lab-vm",
+        ];
+        let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        seen.sort();
+        assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn bash_syntax_outside_bash_is_found() {
+        assert_eq!(bash_only("cat </dev/tcp/10.0.0.1/7000"), Some("/dev/tcp"));
+        assert_eq!(bash_only("bash -c 'cat </dev/tcp/$0/7000' x"), None);
+        assert_eq!(
+            bash_only("bash -c 'exec 3<>/dev/tcp/a/1' && [[ -e /x ]]"),
+            Some("`[[ … ]]`")
+        );
+        assert_eq!(
+            bash_only("diff <(ls a) <(ls b)"),
+            Some("process substitution `<(…)`")
+        );
+        assert!(bash_only("virsh start x &>/dev/null").is_some());
+        assert_eq!(bash_only("virsh start x >/dev/null 2>&1"), None);
+        assert_eq!(
+            bash_only("grep -q x <<<\"$y\""),
+            Some("a here-string `<<<`")
+        );
+        let doc: toml::Table = crate::inventory::BUILTIN_DRIVERS.parse().unwrap();
+        for (driver, actions) in doc["drivers"].as_table().unwrap() {
+            for (action, cmd) in actions.as_table().unwrap() {
+                assert_eq!(bash_only(cmd.as_str().unwrap()), None, "{driver} {action}");
+            }
+        }
+    }
+}
