@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 
 use super::{
-    CheckOptions, HostProbe, Plans, ReplicaTarget, bash_only, host_commands, human_secs,
+    CheckOptions, HostProbe, Plans, ReplicaTarget, Space, bash_only, host_commands, human_secs,
     secrets_needed, tools_by_host,
 };
 use crate::model::Model;
@@ -46,7 +46,9 @@ pub(super) fn human_bytes(b: u64) -> String {
     }
 }
 
-/// Judges what was gathered. Pure: `now` is passed in.
+/// Judges what was gathered. Pure: `now` is passed in. The items come family by family:
+/// hosts (reachability, clock, tools), replica copies, replication snapshots, drill networks,
+/// room for drill overlays, secrets, shell syntax, room for replication, runbooks, RTO.
 pub fn evaluate(
     model: &Model,
     plans: &Plans,
@@ -54,6 +56,29 @@ pub fn evaluate(
     probes: &BTreeMap<String, HostProbe>,
     opts: &CheckOptions,
     now: DateTime<Utc>,
+) -> Vec<ReadinessItem> {
+    let mut items = host_items(model, plans, replicas, probes, opts);
+    let (copies, needs) = copy_items(replicas, probes, now);
+    items.extend(copies);
+    items.extend(snapshot_items(model, replicas, probes));
+    items.extend(drill_network_items(plans, probes));
+    items.extend(overlay_space_items(plans, probes));
+    items.extend(secret_items(plans, opts));
+    items.extend(shell_items(plans));
+    items.extend(needs.iter().map(|((host, _), need)| need.item(host)));
+    items.extend(runbook_items(plans));
+    items.extend(rto_items(plans));
+    items
+}
+
+/// Reachability, clocks and tools, host by host. A host no plan or replica uses that cannot
+/// be reached is a warning, not a failure.
+fn host_items(
+    model: &Model,
+    plans: &Plans,
+    replicas: &[ReplicaTarget],
+    probes: &BTreeMap<String, HostProbe>,
+    opts: &CheckOptions,
 ) -> Vec<ReadinessItem> {
     let mut items = Vec::new();
     let used: BTreeSet<&str> = plans
@@ -66,8 +91,6 @@ pub fn evaluate(
         )
         .collect();
     let tools = tools_by_host(plans);
-
-    // Reachability, clocks and tools, host by host.
     for (host, probe) in probes {
         let addr = model
             .inventory
@@ -90,69 +113,187 @@ pub fn evaluate(
             ItemStatus::Ok,
             format!("{addr}: reachable, host key known"),
         ));
-        if let Some((skew, uncertainty)) = probe.skew_s {
-            let status = if skew.abs() - uncertainty > opts.clock_tolerance_s {
-                ItemStatus::Failed
-            } else {
-                ItemStatus::Ok
-            };
-            let side = if skew >= 0.0 { "ahead of" } else { "behind" };
-            let detail = if status == ItemStatus::Ok {
-                format!(
-                    "{:.2}s {side} this machine (tolerance {}s)",
-                    skew.abs(),
-                    opts.clock_tolerance_s
-                )
-            } else {
-                format!(
-                    "{:.1}s {side} this machine, more than the {}s tolerated: timelines and data ages would be wrong; sync it (chrony, NTP)",
-                    skew.abs(),
-                    opts.clock_tolerance_s
-                )
-            };
-            items.push(item("clock", host, status, detail));
-        } else {
-            items.push(item(
-                "clock",
-                host,
-                ItemStatus::Warning,
-                "its clock could not be read (`date +%s.%N`)".to_string(),
-            ));
+        items.push(clock_item(host, probe, opts));
+        if let Some(needed) = tools.get(host).filter(|n| !n.is_empty()) {
+            items.push(tools_item(host, probe, needed));
         }
-        let needed = tools.get(host);
-        if let Some(needed) = needed.filter(|n| !n.is_empty()) {
-            if probe.missing_tools.is_empty() {
-                let names: Vec<&str> = needed.keys().map(String::as_str).collect();
-                items.push(item(
-                    "tools",
-                    host,
-                    ItemStatus::Ok,
-                    format!("{} found: {}", names.len(), names.join(", ")),
-                ));
-            } else {
-                let missing: Vec<String> = probe
-                    .missing_tools
-                    .iter()
-                    .map(|t| match needed.get(t) {
-                        Some(step) => format!("{t} (needed by {step})"),
-                        None => t.clone(),
-                    })
-                    .collect();
-                items.push(item(
-                    "tools",
-                    host,
-                    ItemStatus::Failed,
-                    format!("missing: {}", missing.join(", ")),
-                ));
-            }
+    }
+    items
+}
+
+/// A host's clock against this machine's, within the tolerance (the uncertainty of the
+/// reading counted in its favour).
+fn clock_item(host: &str, probe: &HostProbe, opts: &CheckOptions) -> ReadinessItem {
+    let Some((skew, uncertainty)) = probe.skew_s else {
+        return item(
+            "clock",
+            host,
+            ItemStatus::Warning,
+            "its clock could not be read (`date +%s.%N`)".to_string(),
+        );
+    };
+    let status = if skew.abs() - uncertainty > opts.clock_tolerance_s {
+        ItemStatus::Failed
+    } else {
+        ItemStatus::Ok
+    };
+    let side = if skew >= 0.0 { "ahead of" } else { "behind" };
+    let detail = if status == ItemStatus::Ok {
+        format!(
+            "{:.2}s {side} this machine (tolerance {}s)",
+            skew.abs(),
+            opts.clock_tolerance_s
+        )
+    } else {
+        format!(
+            "{:.1}s {side} this machine, more than the {}s tolerated: timelines and data ages would be wrong; sync it (chrony, NTP)",
+            skew.abs(),
+            opts.clock_tolerance_s
+        )
+    };
+    item("clock", host, status, detail)
+}
+
+/// The programs a host's commands call: all found, or the missing ones with a step that
+/// needs each.
+fn tools_item(host: &str, probe: &HostProbe, needed: &BTreeMap<String, String>) -> ReadinessItem {
+    if probe.missing_tools.is_empty() {
+        let names: Vec<&str> = needed.keys().map(String::as_str).collect();
+        return item(
+            "tools",
+            host,
+            ItemStatus::Ok,
+            format!("{} found: {}", names.len(), names.join(", ")),
+        );
+    }
+    let missing: Vec<String> = probe
+        .missing_tools
+        .iter()
+        .map(|t| match needed.get(t) {
+            Some(step) => format!("{t} (needed by {step})"),
+            None => t.clone(),
+        })
+        .collect();
+    item(
+        "tools",
+        host,
+        ItemStatus::Failed,
+        format!("missing: {}", missing.join(", ")),
+    )
+}
+
+/// One filesystem of a recovery host and what the next replication of the copies on it
+/// needs there. Sizes come from the hosts: their sums are checked.
+struct SpaceNeed {
+    total: u64,
+    /// The least free space any answer about it said.
+    avail: u64,
+    /// The largest copy without points: its first point may rewrite it whole, beside the
+    /// old one.
+    largest: u64,
+    /// What the copies grow by; `None` when the sum overflows.
+    growth: Option<u64>,
+    /// The copies on it.
+    paths: Vec<String>,
+}
+
+impl SpaceNeed {
+    fn new(space: &Space) -> Self {
+        SpaceNeed {
+            total: space.total,
+            avail: space.avail,
+            largest: 0,
+            growth: Some(0),
+            paths: Vec::new(),
         }
     }
 
-    // Replica copies: present, fresh against the RPO; room for the next update.
-    // By host and filesystem: (total, free, largest copy, growth, copies). Sizes come from
-    // the hosts: their sums are checked, `None` when they overflow.
-    type Need = (u64, u64, u64, Option<u64>, Vec<String>);
-    let mut needs_by_space: BTreeMap<(String, String), Need> = BTreeMap::new();
+    /// Counts one copy of `copy_bytes` whose source holds `src_bytes`.
+    fn add(&mut self, copy: &str, avail: u64, src_bytes: u64, copy_bytes: u64, points: bool) {
+        self.avail = self.avail.min(avail);
+        let growth = src_bytes.saturating_sub(copy_bytes);
+        if points {
+            // Updated in place: the journal and the reverse delta hold what changed,
+            // counted as a tenth of the image.
+            self.growth = self
+                .growth
+                .and_then(|g| g.checked_add(growth))
+                .and_then(|g| g.checked_add(src_bytes / 10));
+        } else {
+            // A copy without points: its first point may rewrite it whole.
+            self.largest = self.largest.max(src_bytes);
+            self.growth = self.growth.and_then(|g| g.checked_add(growth));
+        }
+        self.paths.push(copy.to_string());
+    }
+
+    /// Room for the next replication on `host`: failed when it does not fit, a warning when
+    /// the disk would be over 90% full after it.
+    fn item(&self, host: &str) -> ReadinessItem {
+        let (total, avail, largest) = (self.total, self.avail, self.largest);
+        let sums = self.growth.and_then(|growth| {
+            let need = largest.checked_add(growth)?;
+            let used_after = total.saturating_sub(avail).checked_add(need)?;
+            Some((growth, need, used_after))
+        });
+        let Some((growth, need, used_after)) = sums else {
+            return item(
+                "space",
+                host,
+                ItemStatus::Failed,
+                "the sizes this host reported add up to more than 16 EiB: its answers cannot be right"
+                    .to_string(),
+            );
+        };
+        let (status, detail) = if avail < need {
+            (
+                ItemStatus::Failed,
+                format!(
+                    "{} free, the next replication needs {} (largest copy {} written beside the old one, growth {})",
+                    human_bytes(avail),
+                    human_bytes(need),
+                    human_bytes(largest),
+                    human_bytes(growth)
+                ),
+            )
+        } else if total > 0 && u128::from(used_after) * 10 > u128::from(total) * 9 {
+            (
+                ItemStatus::Warning,
+                format!(
+                    "{} free of {}; after the next replication the disk would be over 90% full",
+                    human_bytes(avail),
+                    human_bytes(total)
+                ),
+            )
+        } else {
+            (
+                ItemStatus::Ok,
+                format!(
+                    "{} free of {}, the next replication needs {}",
+                    human_bytes(avail),
+                    human_bytes(total),
+                    human_bytes(need)
+                ),
+            )
+        };
+        let detail = if self.paths.len() == 1 {
+            format!("{detail} (for {})", self.paths[0])
+        } else {
+            format!("{detail} (for {} copies)", self.paths.len())
+        };
+        item("space", host, status, detail)
+    }
+}
+
+/// Replica copies: present, fresh against the RPO, with the room their next update needs on
+/// each filesystem of their recovery host, by (host, mount).
+fn copy_items(
+    replicas: &[ReplicaTarget],
+    probes: &BTreeMap<String, HostProbe>,
+    now: DateTime<Utc>,
+) -> (Vec<ReadinessItem>, BTreeMap<(String, String), SpaceNeed>) {
+    let mut items = Vec::new();
+    let mut needs: BTreeMap<(String, String), SpaceNeed> = BTreeMap::new();
     for r in replicas {
         let subject = r.what.clone();
         let Some(dest) = probes.get(&r.to_host) else {
@@ -183,66 +324,59 @@ pub fn evaluate(
             ));
             continue;
         };
-        let has_points = match (&dest.copies_error, dest.copies.get(&r.copy)) {
-            (_, Some(state)) => {
-                let id = r.what.split_whitespace().nth(1).unwrap_or(&r.what);
-                let (level, detail) = crate::replica::choice::judge(state, id, r.rpo_s, now);
-                let status = match level {
-                    crate::replica::choice::Level::Ok => ItemStatus::Ok,
-                    crate::replica::choice::Level::Warning => ItemStatus::Warning,
-                    crate::replica::choice::Level::Failed => ItemStatus::Failed,
-                };
-                let detail = match (&r.service, level) {
-                    (Some(s), crate::replica::choice::Level::Failed) if detail.contains("RPO") => {
-                        format!("{detail} (RPO of {s})")
-                    }
-                    _ if level == crate::replica::choice::Level::Ok => {
-                        format!("{detail}, {} on {}", human_bytes(state.size), r.to_host)
-                    }
-                    _ => detail,
-                };
-                items.push(item("replicas", &subject, status, detail));
-                !state.points.is_empty()
-            }
-            (e, None) => {
-                items.push(item(
-                    "replicas",
-                    &subject,
-                    ItemStatus::Failed,
-                    format!(
-                        "its replica points on {} could not be read: {}",
-                        r.to_host,
-                        e.as_deref().unwrap_or("no answer about it")
-                    ),
-                ));
-                false
-            }
-        };
-        let points = has_points.then_some(());
+        let (points_item, has_points) = points_item(r, dest, now);
+        items.push(points_item);
         if let Some(space) = dest.space.get(&r.copy) {
             let src_bytes = source.map(|s| s.bytes).unwrap_or(copy.bytes);
-            let entry = needs_by_space
+            needs
                 .entry((r.to_host.clone(), space.mount.clone()))
-                .or_insert((space.total, space.avail, 0, Some(0), Vec::new()));
-            entry.1 = entry.1.min(space.avail);
-            let growth = src_bytes.saturating_sub(copy.bytes);
-            if points.is_some() {
-                // Updated in place: the journal and the reverse delta hold what changed,
-                // counted as a tenth of the image.
-                entry.3 = entry
-                    .3
-                    .and_then(|g| g.checked_add(growth))
-                    .and_then(|g| g.checked_add(src_bytes / 10));
-            } else {
-                // A copy without points: its first point may rewrite it whole.
-                entry.2 = entry.2.max(src_bytes);
-                entry.3 = entry.3.and_then(|g| g.checked_add(growth));
-            }
-            entry.4.push(r.copy.clone());
+                .or_insert_with(|| SpaceNeed::new(space))
+                .add(&r.copy, space.avail, src_bytes, copy.bytes, has_points);
         }
     }
-    // Snapshots of running vms left on their primary host by an interrupted replication:
-    // the vm writes to an overlay that no replication copies.
+    (items, needs)
+}
+
+/// How a present copy's replica points stand (`replica::choice::judge`), and whether it has
+/// any.
+fn points_item(r: &ReplicaTarget, dest: &HostProbe, now: DateTime<Utc>) -> (ReadinessItem, bool) {
+    use crate::replica::choice::{Level, judge};
+    let Some(state) = dest.copies.get(&r.copy) else {
+        let detail = format!(
+            "its replica points on {} could not be read: {}",
+            r.to_host,
+            dest.copies_error.as_deref().unwrap_or("no answer about it")
+        );
+        return (item("replicas", &r.what, ItemStatus::Failed, detail), false);
+    };
+    let id = r.what.split_whitespace().nth(1).unwrap_or(&r.what);
+    let (level, detail) = judge(state, id, r.rpo_s, now);
+    let status = match level {
+        Level::Ok => ItemStatus::Ok,
+        Level::Warning => ItemStatus::Warning,
+        Level::Failed => ItemStatus::Failed,
+    };
+    let detail = match (&r.service, level) {
+        (Some(s), Level::Failed) if detail.contains("RPO") => format!("{detail} (RPO of {s})"),
+        _ if level == Level::Ok => {
+            format!("{detail}, {} on {}", human_bytes(state.size), r.to_host)
+        }
+        _ => detail,
+    };
+    (
+        item("replicas", &r.what, status, detail),
+        !state.points.is_empty(),
+    )
+}
+
+/// Snapshots of running vms left on their primary host by an interrupted replication: the vm
+/// writes to an overlay that no replication copies.
+fn snapshot_items(
+    model: &Model,
+    replicas: &[ReplicaTarget],
+    probes: &BTreeMap<String, HostProbe>,
+) -> Vec<ReadinessItem> {
+    let mut items = Vec::new();
     for vm in model.inventory.vms.values() {
         let host = &vm.primary.value;
         let Some(found) = probes
@@ -297,8 +431,12 @@ pub fn evaluate(
             )),
         }
     }
+    items
+}
 
-    // The drill networks: absent (a drill creates them) or isolated.
+/// The drill networks: absent (a drill creates them) or isolated, once per host and network.
+fn drill_network_items(plans: &Plans, probes: &BTreeMap<String, HostProbe>) -> Vec<ReadinessItem> {
+    let mut items = Vec::new();
     let mut networks_seen = BTreeSet::new();
     for d in &plans.drills {
         let Some((name, _)) = &d.network else {
@@ -332,8 +470,12 @@ pub fn evaluate(
         };
         items.push(item("network", &subject, status, detail));
     }
+    items
+}
 
-    // Room for the drill overlays on each recovery host (see [`overlay_estimate`]).
+/// Room for the drill overlays on each recovery host (see [`overlay_estimate`]), by host and
+/// folder.
+fn overlay_space_items(plans: &Plans, probes: &BTreeMap<String, HostProbe>) -> Vec<ReadinessItem> {
     let mut overlays: BTreeMap<(String, String), (u64, Vec<String>, &str)> = BTreeMap::new();
     for d in &plans.drills {
         let Some((dir, var)) = &d.overlays_dir else {
@@ -356,6 +498,7 @@ pub fn evaluate(
         }
         entry.1.push(d.vm.clone());
     }
+    let mut items = Vec::new();
     for ((host, dir), (need, vms, var)) in overlays {
         let Some(space) = probes.get(&host).and_then(|p| p.space.get(&dir)) else {
             continue;
@@ -387,29 +530,38 @@ pub fn evaluate(
         };
         items.push(item("space", &subject, status, detail));
     }
+    items
+}
 
-    // Secrets the commands read from reprise's environment.
-    for (name, step) in secrets_needed(plans) {
-        if opts.secrets_set.contains(&name) {
-            items.push(item(
-                "secrets",
-                &name,
-                ItemStatus::Ok,
-                format!("set (needed by {step})"),
-            ));
-        } else {
-            items.push(item(
-                "secrets",
-                &name,
-                ItemStatus::Failed,
-                format!(
-                    "not set in reprise's environment, and {step} reads it: export {name} before running reprise"
-                ),
-            ));
-        }
-    }
+/// Secrets the commands read from reprise's environment.
+fn secret_items(plans: &Plans, opts: &CheckOptions) -> Vec<ReadinessItem> {
+    secrets_needed(plans)
+        .into_iter()
+        .map(|(name, step)| {
+            if opts.secrets_set.contains(&name) {
+                item(
+                    "secrets",
+                    &name,
+                    ItemStatus::Ok,
+                    format!("set (needed by {step})"),
+                )
+            } else {
+                item(
+                    "secrets",
+                    &name,
+                    ItemStatus::Failed,
+                    format!(
+                        "not set in reprise's environment, and {step} reads it: export {name} before running reprise"
+                    ),
+                )
+            }
+        })
+        .collect()
+}
 
-    // Commands run under `sh`: bash syntax there fails when it runs.
+/// Commands run under `sh`: bash syntax there fails when it runs (one item per step or hook).
+fn shell_items(plans: &Plans) -> Vec<ReadinessItem> {
+    let mut items = Vec::new();
     let mut shell_seen = BTreeSet::new();
     for (host, what, text) in host_commands(plans) {
         if let Some(syntax) = bash_only(&text)
@@ -425,62 +577,12 @@ pub fn evaluate(
             ));
         }
     }
-    for ((host, _), (total, avail, largest, growth, paths)) in needs_by_space {
-        let sums = growth.and_then(|growth| {
-            let need = largest.checked_add(growth)?;
-            let used_after = total.saturating_sub(avail).checked_add(need)?;
-            Some((growth, need, used_after))
-        });
-        let Some((growth, need, used_after)) = sums else {
-            items.push(item(
-                "space",
-                &host,
-                ItemStatus::Failed,
-                "the sizes this host reported add up to more than 16 EiB: its answers cannot be right"
-                    .to_string(),
-            ));
-            continue;
-        };
-        let (status, detail) = if avail < need {
-            (
-                ItemStatus::Failed,
-                format!(
-                    "{} free, the next replication needs {} (largest copy {} written beside the old one, growth {})",
-                    human_bytes(avail),
-                    human_bytes(need),
-                    human_bytes(largest),
-                    human_bytes(growth)
-                ),
-            )
-        } else if total > 0 && u128::from(used_after) * 10 > u128::from(total) * 9 {
-            (
-                ItemStatus::Warning,
-                format!(
-                    "{} free of {}; after the next replication the disk would be over 90% full",
-                    human_bytes(avail),
-                    human_bytes(total)
-                ),
-            )
-        } else {
-            (
-                ItemStatus::Ok,
-                format!(
-                    "{} free of {}, the next replication needs {}",
-                    human_bytes(avail),
-                    human_bytes(total),
-                    human_bytes(need)
-                ),
-            )
-        };
-        let detail = if paths.len() == 1 {
-            format!("{detail} (for {})", paths[0])
-        } else {
-            format!("{detail} (for {} copies)", paths.len())
-        };
-        items.push(item("space", &host, status, detail));
-    }
+    items
+}
 
-    // Runbooks: every mode plans.
+/// Runbooks: every mode plans.
+fn runbook_items(plans: &Plans) -> Vec<ReadinessItem> {
+    let mut items = Vec::new();
     for (label, plan) in &plans.by_mode {
         match plan {
             Ok(p) => {
@@ -506,31 +608,36 @@ pub fn evaluate(
             }
         }
     }
+    items
+}
 
-    // Estimated RTO of an emergency failover, the worst case, against each target.
-    if let Some(plan) = plans.emergency() {
-        for s in &plan.services {
-            let (est, target) = (s.estimated_rto.secs(), s.rto_target.secs());
-            let status = if s.rto_ok {
-                ItemStatus::Ok
-            } else {
-                ItemStatus::Failed
-            };
-            let detail = if s.rto_ok {
-                format!(
-                    "estimated {} within the target {}",
-                    human_secs(est),
-                    human_secs(target)
-                )
-            } else {
-                format!(
-                    "estimated {} exceeds the target {}: shorten its chain of steps or raise the target",
-                    human_secs(est),
-                    human_secs(target)
-                )
-            };
-            items.push(item("rto", &s.id, status, detail));
-        }
+/// Estimated RTO of an emergency failover, the worst case, against each target.
+fn rto_items(plans: &Plans) -> Vec<ReadinessItem> {
+    let Some(plan) = plans.emergency() else {
+        return Vec::new();
+    };
+    let mut items = Vec::new();
+    for s in &plan.services {
+        let (est, target) = (s.estimated_rto.secs(), s.rto_target.secs());
+        let status = if s.rto_ok {
+            ItemStatus::Ok
+        } else {
+            ItemStatus::Failed
+        };
+        let detail = if s.rto_ok {
+            format!(
+                "estimated {} within the target {}",
+                human_secs(est),
+                human_secs(target)
+            )
+        } else {
+            format!(
+                "estimated {} exceeds the target {}: shorten its chain of steps or raise the target",
+                human_secs(est),
+                human_secs(target)
+            )
+        };
+        items.push(item("rto", &s.id, status, detail));
     }
     items
 }
