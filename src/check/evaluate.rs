@@ -648,8 +648,12 @@ mod tests {
     use super::super::{PathStat, Space, replica_targets};
     use super::*;
 
-    #[test]
-    fn clocks_space_and_replica_ages_are_judged_against_their_limits() {
+    /// Items judged from hosts that answered: hv-pra's clock 12s ahead, hv-main's in time;
+    /// the copies on hv-pra 1 GiB each with 3 GiB free where they grow to 2 GiB; the ERP data
+    /// disk 20 minutes old and without points, dc1's newest point damaged, dc2's copy held by
+    /// a running replication; snapshots left on hv-main by replications of erp-db and dc2;
+    /// a host no plan uses unreachable.
+    fn judged() -> Judged {
         let model = example();
         let plans = Plans::build(&model);
         let replicas = replica_targets(&model);
@@ -743,74 +747,123 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let items = evaluate(
+        Judged(evaluate(
             &model,
             &plans,
             &replicas,
             &probes,
             &CheckOptions::default(),
             now,
-        );
-        let status = |area: &str, subject: &str| {
-            items
+        ))
+    }
+
+    struct Judged(Vec<ReadinessItem>);
+
+    impl Judged {
+        fn status(&self, area: &str, subject: &str) -> Option<ItemStatus> {
+            self.0
                 .iter()
                 .find(|i| i.area == area && i.subject == subject)
                 .map(|i| i.status)
-        };
-        assert_eq!(status("clock", "hv-pra"), Some(ItemStatus::Failed));
-        assert_eq!(status("clock", "hv-main"), Some(ItemStatus::Ok));
-        assert_eq!(
-            status("replicas", "vm erp-db (erp-db-data.qcow2)"),
-            Some(ItemStatus::Failed)
-        );
-        assert_eq!(
-            status("replicas", "vm erp-db (erp-db-system.qcow2)"),
-            Some(ItemStatus::Ok)
-        );
-        assert_eq!(
-            status("replicas", "vm dc1 (dc1-system.qcow2)"),
-            Some(ItemStatus::Failed),
-            "a failover would start from a damaged copy"
-        );
-        let detail = |subject: &str| {
-            items
+        }
+
+        fn detail(&self, subject: &str) -> String {
+            self.0
                 .iter()
                 .find(|i| i.subject == subject)
                 .map(|i| i.detail.clone())
                 .unwrap_or_default()
-        };
-        assert!(
-            detail("vm erp-db (erp-db-data.qcow2)").starts_with("UNVERIFIED"),
-            "{}",
-            detail("vm erp-db (erp-db-data.qcow2)")
-        );
+        }
+    }
+
+    #[test]
+    fn a_clock_is_judged_against_the_tolerance() {
+        let j = judged();
+        assert_eq!(j.status("clock", "hv-pra"), Some(ItemStatus::Failed));
+        assert_eq!(j.status("clock", "hv-main"), Some(ItemStatus::Ok));
+    }
+
+    #[test]
+    fn a_copy_older_than_its_rpo_or_without_points_fails() {
+        let j = judged();
         assert_eq!(
-            status("replicas", "vm erp-db (snapshot)"),
+            j.status("replicas", "vm erp-db (erp-db-data.qcow2)"),
             Some(ItemStatus::Failed)
         );
-        assert!(detail("vm erp-db (snapshot)").contains("reprise replicate --service erp-db"));
-        assert_eq!(status("replicas", "vm dc1 (snapshot)"), None);
-        // The snapshot of a replication that holds the copies right now is not a leftover.
         assert_eq!(
-            status("replicas", "vm dc2 (snapshot)"),
+            j.status("replicas", "vm erp-db (erp-db-system.qcow2)"),
+            Some(ItemStatus::Ok)
+        );
+        assert!(
+            j.detail("vm erp-db (erp-db-data.qcow2)")
+                .starts_with("UNVERIFIED"),
+            "{}",
+            j.detail("vm erp-db (erp-db-data.qcow2)")
+        );
+    }
+
+    #[test]
+    fn a_copy_whose_newest_point_is_damaged_fails() {
+        assert_eq!(
+            judged().status("replicas", "vm dc1 (dc1-system.qcow2)"),
+            Some(ItemStatus::Failed),
+            "a failover would start from a damaged copy"
+        );
+    }
+
+    #[test]
+    fn a_replication_snapshot_left_behind_fails() {
+        let j = judged();
+        assert_eq!(
+            j.status("replicas", "vm erp-db (snapshot)"),
+            Some(ItemStatus::Failed)
+        );
+        assert!(
+            j.detail("vm erp-db (snapshot)")
+                .contains("reprise replicate --service erp-db")
+        );
+        assert_eq!(j.status("replicas", "vm dc1 (snapshot)"), None);
+    }
+
+    #[test]
+    fn the_snapshot_of_a_replication_running_now_is_only_a_warning() {
+        // The snapshot of a replication that holds the copies right now is not a leftover.
+        let j = judged();
+        assert_eq!(
+            j.status("replicas", "vm dc2 (snapshot)"),
             Some(ItemStatus::Warning)
         );
-        assert!(detail("vm dc2 (snapshot)").contains("a replication is running now"));
+        assert!(
+            j.detail("vm dc2 (snapshot)")
+                .contains("a replication is running now")
+        );
+    }
+
+    #[test]
+    fn room_for_the_next_replication_is_judged_per_filesystem() {
         // Every copy grows by 1 GiB, more than the 3 GiB free.
-        assert_eq!(status("space", "hv-pra"), Some(ItemStatus::Failed));
+        assert_eq!(judged().status("space", "hv-pra"), Some(ItemStatus::Failed));
+    }
+
+    #[test]
+    fn a_host_no_plan_uses_is_only_a_warning_when_unreachable() {
         assert_eq!(
-            status("ssh", "not-in-any-plan"),
+            judged().status("ssh", "not-in-any-plan"),
             Some(ItemStatus::Warning),
             "a host no plan uses does not stop a recovery"
         );
+    }
+
+    #[test]
+    fn every_mode_plans_and_the_estimates_meet_the_targets() {
         // Every mode plans and the emergency failover's estimates meet the example's targets.
+        let j = judged();
         assert!(
-            items
-                .iter()
+            j.0.iter()
                 .filter(|i| i.area == "runbooks" || i.area == "rto")
                 .all(|i| i.status == ItemStatus::Ok)
         );
-        assert_eq!(items.iter().filter(|i| i.area == "runbooks").count(), 5);
+        assert_eq!(j.0.iter().filter(|i| i.area == "runbooks").count(), 5);
     }
     #[test]
     fn sizes_that_add_up_beyond_64_bits_are_a_failure_not_a_wrap() {

@@ -52,218 +52,280 @@ pub fn command_words(cmd: &str) -> Vec<String> {
 
 fn command_words_at(cmd: &str, depth: usize) -> Vec<String> {
     let chars: Vec<char> = cmd.chars().collect();
-    let mut words = Vec::new();
-    let mut functions: Vec<String> = Vec::new();
-    let mut at_start = true;
-    // After a wrapper (`timeout 300 cmd`): its options, then its command.
-    let mut wrapped: Option<Wrapped> = None;
-    // After `sh` or `bash` (in command position): whether `-c` was seen.
-    let mut shell: Option<bool> = None;
-    // After `for` or `case`, words are data until the next separator.
-    let mut skipping = false;
-    // Open `case` statements, and whether a pattern (`a|b)`) comes next.
-    let mut cases = 0usize;
-    let mut pattern_next = false;
-    // Here-documents announced on this line: their bodies start at the next new line.
-    let mut heredocs: Vec<(String, bool)> = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if pattern_next && cases > 0 {
-            if c.is_whitespace() {
-                i += 1;
-                continue;
-            }
-            if starts_word(&chars, i, "esac") {
-                cases -= 1;
-                pattern_next = false;
-                at_start = false;
-                i += 4;
-                continue;
-            }
-            // Up to and past the `)` that closes the pattern.
-            i = skip_past(&chars, i, ')');
-            pattern_next = false;
-            at_start = true;
-            continue;
+    let mut reader = Reader {
+        chars: &chars,
+        depth,
+        i: 0,
+        words: Vec::new(),
+        functions: Vec::new(),
+        at_start: true,
+        wrapped: None,
+        shell: None,
+        skipping: false,
+        cases: 0,
+        pattern_next: false,
+        heredocs: Vec::new(),
+    };
+    while reader.i < chars.len() {
+        if reader.pattern_next && reader.cases > 0 {
+            reader.case_pattern();
+        } else {
+            reader.syntax_or_word();
         }
+    }
+    let Reader {
+        mut words,
+        functions,
+        ..
+    } = reader;
+    words.retain(|w| !functions.contains(w));
+    words
+}
+
+/// Where [`command_words`] stands in a command's text, and what it found so far.
+struct Reader<'a> {
+    chars: &'a [char],
+    /// How deep in `sh -c` scripts this text is.
+    depth: usize,
+    i: usize,
+    words: Vec<String>,
+    /// Shell functions the text defines: their calls are not programs.
+    functions: Vec<String>,
+    /// Whether the next word is in command position.
+    at_start: bool,
+    /// After a wrapper (`timeout 300 cmd`): its options, then its command.
+    wrapped: Option<Wrapped>,
+    /// After `sh` or `bash` (in command position): whether `-c` was seen.
+    shell: Option<bool>,
+    /// After `for` or `case`, words are data until the next separator.
+    skipping: bool,
+    /// Open `case` statements, and whether a pattern (`a|b)`) comes next.
+    cases: usize,
+    pattern_next: bool,
+    /// Here-documents announced on this line: their bodies start at the next new line.
+    heredocs: Vec<(String, bool)>,
+}
+
+impl Reader<'_> {
+    /// Where a `case` pattern comes: past it (up to its `)`), or the `esac` that ends the
+    /// statement.
+    fn case_pattern(&mut self) {
+        if self.chars[self.i].is_whitespace() {
+            self.i += 1;
+            return;
+        }
+        if starts_word(self.chars, self.i, "esac") {
+            self.cases -= 1;
+            self.pattern_next = false;
+            self.at_start = false;
+            self.i += 4;
+            return;
+        }
+        // Up to and past the `)` that closes the pattern.
+        self.i = skip_past(self.chars, self.i, ')');
+        self.pattern_next = false;
+        self.at_start = true;
+    }
+
+    /// One blank, new line, arithmetic command, redirection or separator; or one word.
+    fn syntax_or_word(&mut self) {
+        let (chars, i) = (self.chars, self.i);
+        let c = chars[i];
         match c {
             ' ' | '\t' => {
-                i += 1;
+                self.i += 1;
             }
             '\n' => {
-                i += 1;
-                for (delim, strip_tabs) in std::mem::take(&mut heredocs) {
-                    i = skip_heredoc(&chars, i, &delim, strip_tabs);
+                self.i += 1;
+                for (delim, strip_tabs) in std::mem::take(&mut self.heredocs) {
+                    self.i = skip_heredoc(chars, self.i, &delim, strip_tabs);
                 }
-                at_start = true;
-                skipping = false;
+                self.at_start = true;
+                self.skipping = false;
             }
-            '(' if at_start && wrapped.is_none() && chars.get(i + 1) == Some(&'(') => {
+            '(' if self.at_start && self.wrapped.is_none() && chars.get(i + 1) == Some(&'(') => {
                 // An arithmetic command: `(( n++ ))`.
-                i = skip_arithmetic(&chars, i);
-                at_start = false;
+                self.i = skip_arithmetic(chars, i);
+                self.at_start = false;
             }
             '&' if (i > 0 && matches!(chars[i - 1], '>' | '<'))
                 || chars.get(i + 1) == Some(&'>') =>
             {
                 // A redirection (`2>&1`, `<&3`, `&>/dev/null`), not a command separator: its
                 // target is no program.
-                let (_, _, next) = read_word(&chars, i + 1, &mut heredocs);
-                i = next.max(i + 1);
+                let (_, _, next) = read_word(chars, i + 1, &mut self.heredocs);
+                self.i = next.max(i + 1);
             }
             ';' | '&' | '|' | '(' | ')' | '{' | '}' | '`' => {
-                wrapped = None;
-                shell = None;
-                if c == ';' && chars.get(i + 1) == Some(&';') && cases > 0 {
+                self.wrapped = None;
+                self.shell = None;
+                if c == ';' && chars.get(i + 1) == Some(&';') && self.cases > 0 {
                     // The end of a `case` branch: a pattern comes next.
-                    pattern_next = true;
-                    i += 1;
+                    self.pattern_next = true;
+                    self.i += 1;
                 }
-                at_start = true;
-                skipping = false;
-                i += 1;
+                self.at_start = true;
+                self.skipping = false;
+                self.i += 1;
             }
-            _ => {
-                let start = i;
-                let (word, opaque, next) = read_word(&chars, i, &mut heredocs);
-                i = next;
-                if let Some(seen_c) = shell {
-                    // `sh -c 'script'`: the script's programs; the rest are its arguments.
-                    if !seen_c {
-                        if word == "-c" {
-                            shell = Some(true);
-                        } else if !word.starts_with('-') || opaque {
-                            shell = None;
-                        }
-                        continue;
-                    }
-                    shell = None;
-                    if depth < 4 {
-                        let raw: String = chars[start..i].iter().collect();
-                        if let Some(script) = unquote(&raw) {
-                            words.extend(command_words_at(&script, depth + 1));
-                        }
-                    }
-                    continue;
-                }
-                if let Some(state) = wrapped {
-                    match state {
-                        Wrapped::Value(w) => {
-                            wrapped = Some(Wrapped::Options(w));
-                            continue;
-                        }
-                        Wrapped::Options(w) if word.starts_with('-') && !opaque => {
-                            let takes_value = WRAPPERS[w].1.contains(&word.as_str());
-                            wrapped = Some(if takes_value {
-                                Wrapped::Value(w)
-                            } else {
-                                Wrapped::Options(w)
-                            });
-                            continue;
-                        }
-                        Wrapped::Options(w) if matches!(WRAPPERS[w].0, "timeout" | "flock") => {
-                            // The duration, or the lock file: the command comes next.
-                            wrapped = Some(Wrapped::Operand);
-                            continue;
-                        }
-                        Wrapped::Options(w) if WRAPPERS[w].0 == "env" && is_assignment(&word) => {
-                            continue;
-                        }
-                        Wrapped::Options(_) | Wrapped::Operand => {
-                            // The wrapped command: in command position.
-                            wrapped = None;
-                            at_start = true;
-                        }
-                    }
-                }
-                // `name()`: a function definition; its calls are not programs.
-                let mut j = i;
-                while j < chars.len() && (chars[j] == ' ' || chars[j] == '\t') {
-                    j += 1;
-                }
-                if at_start
-                    && !opaque
-                    && chars.get(j) == Some(&'(')
-                    && chars.get(j + 1) == Some(&')')
-                {
-                    functions.push(word);
-                    i = j + 2;
-                    at_start = true;
-                    continue;
-                }
-                if !at_start || skipping {
-                    if skipping && word == "in" && cases > 0 {
-                        pattern_next = true;
-                        skipping = false;
-                    }
-                    continue;
-                }
-                if is_assignment(&word) {
-                    // An assignment before the command: the command comes next.
-                    continue;
-                }
-                if word.starts_with(|c: char| c.is_ascii_digit()) && word.contains('>') {
-                    continue;
-                }
-                if word == "for" || word == "case" {
-                    skipping = true;
-                    if word == "case" {
-                        cases += 1;
-                    }
-                    continue;
-                }
-                if word == "esac" {
-                    cases = cases.saturating_sub(1);
-                    pattern_next = false;
-                }
-                if word == "function" {
-                    // `function name { … }`: the next word is a name, not a program.
-                    let (name, _, next) = read_word(&chars, skip_blanks(&chars, i), &mut heredocs);
-                    functions.push(name);
-                    i = next;
-                    continue;
-                }
-                if word == "exec" || word == "command" {
-                    // `exec cmd` runs cmd; `command cmd` too, but `command -v cmd` only looks.
-                    let (peek, _, _) = read_word(&chars, skip_blanks(&chars, i), &mut Vec::new());
-                    if word == "exec" || !peek.starts_with('-') {
-                        wrapped = Some(Wrapped::Options(
-                            WRAPPERS.iter().position(|(w, _)| *w == "exec").unwrap_or(0),
-                        ));
-                    }
-                    at_start = false;
-                    continue;
-                }
-                if NOT_TOOLS.contains(&word.as_str()) {
-                    // Keywords keep the next word in command position.
-                    at_start = matches!(
-                        word.as_str(),
-                        "!" | "if" | "then" | "else" | "elif" | "while" | "until" | "do" | "time"
-                    );
-                    continue;
-                }
-                at_start = false;
-                if !opaque
-                    && !word.is_empty()
-                    && word
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "._+-/".contains(c))
-                    && !word.starts_with('-')
-                {
-                    let base = word.rsplit('/').next().unwrap_or(&word).to_string();
-                    if let Some(w) = WRAPPERS.iter().position(|(name, _)| *name == base) {
-                        wrapped = Some(Wrapped::Options(w));
-                    } else if SHELLS.contains(&base.as_str()) {
-                        shell = Some(false);
-                    }
-                    words.push(word);
-                }
+            _ => self.word(),
+        }
+    }
+
+    /// One word: an argument of `sh -c` or of a wrapper, a function's name, data, or a word
+    /// in command position.
+    fn word(&mut self) {
+        let chars = self.chars;
+        let start = self.i;
+        let (word, opaque, next) = read_word(chars, self.i, &mut self.heredocs);
+        self.i = next;
+        if let Some(seen_c) = self.shell {
+            self.shell_argument(seen_c, &word, opaque, start);
+            return;
+        }
+        if let Some(state) = self.wrapped
+            && self.wrapper_argument(state, &word, opaque)
+        {
+            return;
+        }
+        // `name()`: a function definition; its calls are not programs.
+        let j = skip_blanks(chars, self.i);
+        if self.at_start && !opaque && chars.get(j) == Some(&'(') && chars.get(j + 1) == Some(&')')
+        {
+            self.functions.push(word);
+            self.i = j + 2;
+            self.at_start = true;
+            return;
+        }
+        if !self.at_start || self.skipping {
+            if self.skipping && word == "in" && self.cases > 0 {
+                self.pattern_next = true;
+                self.skipping = false;
+            }
+            return;
+        }
+        self.command_position(word, opaque);
+    }
+
+    /// An argument of `sh` or `bash`: its options up to `-c`, then the script, whose
+    /// programs are read; the rest are the script's arguments.
+    fn shell_argument(&mut self, seen_c: bool, word: &str, opaque: bool, start: usize) {
+        if !seen_c {
+            if word == "-c" {
+                self.shell = Some(true);
+            } else if !word.starts_with('-') || opaque {
+                self.shell = None;
+            }
+            return;
+        }
+        self.shell = None;
+        if self.depth < 4 {
+            let raw: String = self.chars[start..self.i].iter().collect();
+            if let Some(script) = unquote(&raw) {
+                self.words.extend(command_words_at(&script, self.depth + 1));
             }
         }
     }
-    words.retain(|w| !functions.contains(w));
-    words
+
+    /// An argument of a wrapper: whether it was one of its options, an option's value, its
+    /// operand or an `env` assignment (true), or the command it runs (false: then in command
+    /// position).
+    fn wrapper_argument(&mut self, state: Wrapped, word: &str, opaque: bool) -> bool {
+        match state {
+            Wrapped::Value(w) => {
+                self.wrapped = Some(Wrapped::Options(w));
+                true
+            }
+            Wrapped::Options(w) if word.starts_with('-') && !opaque => {
+                let takes_value = WRAPPERS[w].1.contains(&word);
+                self.wrapped = Some(if takes_value {
+                    Wrapped::Value(w)
+                } else {
+                    Wrapped::Options(w)
+                });
+                true
+            }
+            Wrapped::Options(w) if matches!(WRAPPERS[w].0, "timeout" | "flock") => {
+                // The duration, or the lock file: the command comes next.
+                self.wrapped = Some(Wrapped::Operand);
+                true
+            }
+            Wrapped::Options(w) if WRAPPERS[w].0 == "env" && is_assignment(word) => true,
+            Wrapped::Options(_) | Wrapped::Operand => {
+                // The wrapped command: in command position.
+                self.wrapped = None;
+                self.at_start = true;
+                false
+            }
+        }
+    }
+
+    /// A word in command position: an assignment, a redirection, a keyword or builtin, or a
+    /// program (noted; a wrapper or a shell then reads its arguments).
+    fn command_position(&mut self, word: String, opaque: bool) {
+        if is_assignment(&word) {
+            // An assignment before the command: the command comes next.
+            return;
+        }
+        if word.starts_with(|c: char| c.is_ascii_digit()) && word.contains('>') {
+            return;
+        }
+        if word == "for" || word == "case" {
+            self.skipping = true;
+            if word == "case" {
+                self.cases += 1;
+            }
+            return;
+        }
+        if word == "esac" {
+            self.cases = self.cases.saturating_sub(1);
+            self.pattern_next = false;
+        }
+        if word == "function" {
+            // `function name { … }`: the next word is a name, not a program.
+            let at = skip_blanks(self.chars, self.i);
+            let (name, _, next) = read_word(self.chars, at, &mut self.heredocs);
+            self.functions.push(name);
+            self.i = next;
+            return;
+        }
+        if word == "exec" || word == "command" {
+            // `exec cmd` runs cmd; `command cmd` too, but `command -v cmd` only looks.
+            let at = skip_blanks(self.chars, self.i);
+            let (peek, _, _) = read_word(self.chars, at, &mut Vec::new());
+            if word == "exec" || !peek.starts_with('-') {
+                self.wrapped = Some(Wrapped::Options(
+                    WRAPPERS.iter().position(|(w, _)| *w == "exec").unwrap_or(0),
+                ));
+            }
+            self.at_start = false;
+            return;
+        }
+        if NOT_TOOLS.contains(&word.as_str()) {
+            // Keywords keep the next word in command position.
+            self.at_start = matches!(
+                word.as_str(),
+                "!" | "if" | "then" | "else" | "elif" | "while" | "until" | "do" | "time"
+            );
+            return;
+        }
+        self.at_start = false;
+        if !opaque
+            && !word.is_empty()
+            && word
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._+-/".contains(c))
+            && !word.starts_with('-')
+        {
+            let base = word.rsplit('/').next().unwrap_or(&word).to_string();
+            if let Some(w) = WRAPPERS.iter().position(|(name, _)| *name == base) {
+                self.wrapped = Some(Wrapped::Options(w));
+            } else if SHELLS.contains(&base.as_str()) {
+                self.shell = Some(false);
+            }
+            self.words.push(word);
+        }
+    }
 }
 
 /// The text of a word that is one quoted string (`'…'`, or `"…"` with nothing computed in it).
