@@ -127,57 +127,111 @@ impl TerminalView {
     }
 }
 
-impl Sink for TerminalView {
-    fn emit(&mut self, event: &Event) -> Result<(), Unrecorded> {
-        let clock = self.clock();
-        match event {
-            Event::RunStarted {
-                run_id,
-                mode,
-                emergency,
-                operator,
-                steps,
-                ..
-            } => {
-                self.run_id = run_id.clone();
-                self.start_bar(steps.len());
-                let mode = if *emergency {
-                    "emergency failover".to_string()
-                } else {
-                    mode.to_string()
-                };
-                self.line(format!(
-                    "{clock} run {run_id}: {mode} started by {operator}, {} steps",
-                    steps.len()
-                ));
-            }
+impl TerminalView {
+    /// A run begins: the progress bar over its steps, and who started what.
+    fn run_started(
+        &mut self,
+        clock: &str,
+        run_id: &str,
+        mode: String,
+        operator: &str,
+        steps: usize,
+    ) {
+        self.run_id = run_id.to_string();
+        self.start_bar(steps);
+        self.line(format!(
+            "{clock} run {run_id}: {mode} started by {operator}, {steps} steps"
+        ));
+    }
+
+    /// A step ends: its mark, status, duration and why; a step done is measured against its
+    /// service's RTO.
+    fn step_finished(
+        &mut self,
+        clock: &str,
+        step: &str,
+        status: StepStatus,
+        duration_ms: u64,
+        message: Option<&str>,
+    ) {
+        let mark = match status {
+            StepStatus::Done => "✔",
+            StepStatus::Blocked | StepStatus::Cancelled => "·",
+            StepStatus::RolledBack => "↶",
+            _ => "✘",
+        };
+        let why = message.map(|m| format!(": {m}")).unwrap_or_default();
+        let rto = if status == StepStatus::Done {
+            self.against_rto(step)
+        } else {
+            String::new()
+        };
+        self.line(format!(
+            "{clock} {mark} {step} {status:?} in {:.1}s{why}{rto}",
+            duration_ms as f64 / 1000.0
+        ));
+        self.done += 1;
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.done as u64);
+        }
+    }
+
+    /// A manual step waits: its instructions, how to confirm it, and the prompt when there
+    /// is one.
+    fn waiting(&mut self, clock: &str, step: &str, instructions: &str) {
+        self.line(format!(
+            "{clock} ⏸ {step} waits for a person:\n    {}\n    confirm with: reprise confirm {} {step} --by NAME [--note TEXT]",
+            instructions.replace('\n', "\n    "),
+            self.run_id
+        ));
+        if let Some(p) = &self.prompter {
+            let _ = p.send((self.run_id.clone(), step.to_string()));
+        }
+    }
+
+    /// The run ends: the bar cleared, the outcome and the time it took.
+    fn run_finished(&mut self, clock: &str, status: RunStatus) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        let word = match status {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Partial => "finished with failures (see above)",
+            RunStatus::Failed => "FAILED",
+            RunStatus::Interrupted => "was interrupted; `reprise resume` carries on",
+        };
+        let s = self.began.elapsed().as_secs();
+        self.line(format!(
+            "{clock} run {} {word} after {}",
+            self.run_id,
+            Duration(s)
+        ));
+    }
+
+    /// The line (after the clock) of an event that changes nothing in the view; `None` for
+    /// an event not shown.
+    fn said(&self, event: &Event) -> Option<String> {
+        let text = match event {
             Event::RunResumed { operator, .. } => {
-                self.line(format!("{clock} run {} resumed by {operator}", self.run_id));
+                format!("run {} resumed by {operator}", self.run_id)
             }
-            Event::VmStateBefore { .. } => {}
-            Event::ReadinessForced { problems, .. } => {
-                self.line(format!(
-                    "{clock} forced (--force) past {} blocking problem{} of the readiness check: {}",
-                    problems.len(),
-                    if problems.len() == 1 { "" } else { "s" },
-                    problems.join("; ")
-                ));
-            }
-            Event::StopRequested { reason, .. } => {
-                self.line(format!(
-                    "{clock} {reason}: stopping (no new steps; running ones finish; a drill's cleanup runs)"
-                ));
-            }
+            Event::ReadinessForced { problems, .. } => format!(
+                "forced (--force) past {} blocking problem{} of the readiness check: {}",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" },
+                problems.join("; ")
+            ),
+            Event::StopRequested { reason, .. } => format!(
+                "{reason}: stopping (no new steps; running ones finish; a drill's cleanup runs)"
+            ),
             Event::JournalRepaired {
                 line,
                 bytes,
                 kept_in,
                 ..
-            } => {
-                self.line(format!(
-                    "{clock} the journal's last line ({line}, {bytes} bytes) was cut short by a crash: cut off, kept in {kept_in}"
-                ));
-            }
+            } => format!(
+                "the journal's last line ({line}, {bytes} bytes) was cut short by a crash: cut off, kept in {kept_in}"
+            ),
             Event::ReplicaPointUsed {
                 item, point, note, ..
             } => {
@@ -185,7 +239,7 @@ impl Sink for TerminalView {
                     .as_deref()
                     .map(|n| format!(": {n}"))
                     .unwrap_or_default();
-                self.line(format!("{clock} ⎘ {item} from point {point}{why}"));
+                format!("⎘ {item} from point {point}{why}")
             }
             Event::LagMeasured {
                 service,
@@ -193,17 +247,7 @@ impl Sink for TerminalView {
                 unknown,
                 rpo_target_s,
                 ..
-            } => {
-                let reading = match (lag_s, unknown) {
-                    (Some(s), None) => crate::lag::Reading::Seconds(*s),
-                    (_, why) => crate::lag::Reading::Unknown(
-                        why.clone().unwrap_or_else(|| "not recorded".into()),
-                    ),
-                };
-                let (_, words) =
-                    crate::lag::judge(&reading, rpo_target_s.map(crate::duration::Duration));
-                self.line(format!("{clock} ⧖ {service}: {words}"));
-            }
+            } => lag_line(service, *lag_s, unknown.as_deref(), *rpo_target_s),
             Event::StepStarted {
                 step,
                 attempt,
@@ -219,57 +263,14 @@ impl Sink for TerminalView {
                 } else {
                     String::new()
                 };
-                self.line(format!("{clock} ▶ {step}{on}{again}"));
-            }
-            Event::StepFinished {
-                step,
-                status,
-                duration_ms,
-                message,
-                ..
-            } => {
-                let mark = match status {
-                    StepStatus::Done => "✔",
-                    StepStatus::Blocked | StepStatus::Cancelled => "·",
-                    StepStatus::RolledBack => "↶",
-                    _ => "✘",
-                };
-                let why = message
-                    .as_deref()
-                    .map(|m| format!(": {m}"))
-                    .unwrap_or_default();
-                let rto = if *status == StepStatus::Done {
-                    self.against_rto(step)
-                } else {
-                    String::new()
-                };
-                self.line(format!(
-                    "{clock} {mark} {step} {status:?} in {:.1}s{why}{rto}",
-                    *duration_ms as f64 / 1000.0
-                ));
-                self.done += 1;
-                if let Some(bar) = &self.bar {
-                    bar.set_position(self.done as u64);
-                }
-            }
-            Event::WaitingForOperator {
-                step, instructions, ..
-            } => {
-                self.line(format!(
-                    "{clock} ⏸ {step} waits for a person:\n    {}\n    confirm with: reprise confirm {} {step} --by NAME [--note TEXT]",
-                    instructions.replace('\n', "\n    "),
-                    self.run_id
-                ));
-                if let Some(p) = &self.prompter {
-                    let _ = p.send((self.run_id.clone(), step.clone()));
-                }
+                format!("▶ {step}{on}{again}")
             }
             Event::Confirmed { step, by, note, .. } => {
                 let note = note
                     .as_deref()
                     .map(|n| format!(" ({n})"))
                     .unwrap_or_default();
-                self.line(format!("{clock} ✔ {step} confirmed by {by}{note}"));
+                format!("✔ {step} confirmed by {by}{note}")
             }
             Event::UndoFinished {
                 step, ok, message, ..
@@ -279,25 +280,70 @@ impl Sink for TerminalView {
                     .map(|m| format!(": {m}"))
                     .unwrap_or_default();
                 let word = if *ok { "undone" } else { "undo FAILED" };
-                self.line(format!("{clock} ↶ {step} {word}{why}"));
+                format!("↶ {step} {word}{why}")
             }
-            Event::StepOutput { .. } => {}
-            Event::RunFinished { status, .. } => {
-                if let Some(bar) = self.bar.take() {
-                    bar.finish_and_clear();
-                }
-                let word = match status {
-                    RunStatus::Succeeded => "succeeded",
-                    RunStatus::Partial => "finished with failures (see above)",
-                    RunStatus::Failed => "FAILED",
-                    RunStatus::Interrupted => "was interrupted; `reprise resume` carries on",
+            Event::RunStarted { .. }
+            | Event::StepFinished { .. }
+            | Event::WaitingForOperator { .. }
+            | Event::RunFinished { .. }
+            | Event::VmStateBefore { .. }
+            | Event::StepOutput { .. } => return None,
+        };
+        Some(text)
+    }
+}
+
+/// A lag measured, judged against the service's RPO.
+fn lag_line(
+    service: &str,
+    lag_s: Option<f64>,
+    unknown: Option<&str>,
+    rpo_s: Option<u64>,
+) -> String {
+    let reading = match (lag_s, unknown) {
+        (Some(s), None) => crate::lag::Reading::Seconds(s),
+        (_, why) => crate::lag::Reading::Unknown(why.unwrap_or("not recorded").to_string()),
+    };
+    let (_, words) = crate::lag::judge(&reading, rpo_s.map(crate::duration::Duration));
+    format!("⧖ {service}: {words}")
+}
+
+impl Sink for TerminalView {
+    fn emit(&mut self, event: &Event) -> Result<(), Unrecorded> {
+        let clock = self.clock();
+        match event {
+            Event::RunStarted {
+                run_id,
+                mode,
+                emergency,
+                operator,
+                steps,
+                ..
+            } => {
+                let mode = if *emergency {
+                    "emergency failover".to_string()
+                } else {
+                    mode.to_string()
                 };
-                let s = self.began.elapsed().as_secs();
-                self.line(format!(
-                    "{clock} run {} {word} after {}",
-                    self.run_id,
-                    Duration(s)
-                ));
+                self.run_started(&clock, run_id, mode, operator, steps.len());
+            }
+            Event::StepFinished {
+                step,
+                status,
+                duration_ms,
+                message,
+                ..
+            } => self.step_finished(&clock, step, *status, *duration_ms, message.as_deref()),
+            Event::WaitingForOperator {
+                step, instructions, ..
+            } => self.waiting(&clock, step, instructions),
+            Event::RunFinished { status, .. } => self.run_finished(&clock, *status),
+            // Kept in the journal, not shown.
+            Event::VmStateBefore { .. } | Event::StepOutput { .. } => {}
+            other => {
+                if let Some(text) = self.said(other) {
+                    self.line(format!("{clock} {text}"));
+                }
             }
         }
         Ok(())
