@@ -21,8 +21,9 @@ struct Defining {
 /// now: one that its newest usable point holds (or, in a planned failover, that its primary
 /// holds, which the last replication captures), whose NICs all have a mapping and whose
 /// disks are its copies. A vm defined alike by several modes gets one item naming them all.
-/// (A failback is judged when it starts, see [`failback_blockers`](super::failback_blockers): before a failover there
-/// is nothing to fail back.)
+/// (A failback is judged when it starts, see
+/// [`failback_blockers`](super::failback_blockers): before a failover there is nothing to
+/// fail back.)
 pub(super) fn definition_items(plans: &Plans, transport: &dyn Transport) -> Vec<ReadinessItem> {
     let helpers = crate::replica::remote::Helpers::new(transport);
     let secrets = crate::runner::env_secrets();
