@@ -58,10 +58,14 @@ pub fn cv(idx: u64, data: &[u8]) -> Cv {
 /// Hashes consecutive blocks starting at `first`, held back to back in `buf`, on all cores.
 pub fn cvs(first: u64, buf: &[u8]) -> Vec<Cv> {
     let blocks: Vec<&[u8]> = buf.chunks(BLOCK).collect();
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(blocks.len().max(1));
+    // Asked once: each ask reads the cgroup's files, and this runs for every read.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let threads = cores.min(blocks.len().max(1));
     if threads <= 1 {
         return blocks
             .iter()
@@ -193,6 +197,35 @@ pub mod tree {
             below = here;
         }
         Ok(())
+    }
+
+    /// The nodes that [`update`] of leaves within `ranges` (`[first, end)` block ranges, in
+    /// increasing order) reads or writes, and [`root`] reads: ranges of node indexes in
+    /// increasing order, so that a tree kept in a file can have them read ahead at once.
+    pub fn touched(n: u64, ranges: &[(u64, u64)]) -> Vec<(usize, usize)> {
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        let mut push = |lo: usize, hi: usize| match out.last_mut() {
+            Some((_, e)) if *e >= lo => *e = (*e).max(hi),
+            _ => out.push((lo, hi)),
+        };
+        for l in 0..u64::BITS {
+            let count = n >> l;
+            if count == 0 {
+                break;
+            }
+            let base = at(n, l);
+            for &(a, b) in ranges.iter().filter(|(a, b)| a < b) {
+                // Each node with its sibling, the pair its parent is made of.
+                let lo = (a >> l) & !1;
+                let hi = ((((b - 1) >> l) | 1) + 1).min(count);
+                if lo < hi {
+                    push(base + lo as usize, base + hi as usize);
+                }
+            }
+            // The last node of the level: the image's right edge, which the root reads.
+            push(base + count as usize - 1, base + count as usize);
+        }
+        out
     }
 
     /// The BLAKE3 of an image of `n` (two or more) blocks, from its tree; `None` for fewer
@@ -627,6 +660,49 @@ mod tests {
         assert_eq!(tree::root(&mut [[1; 32]][..], 1).unwrap(), None);
         assert_eq!(tree::len(1), 1);
         assert_eq!(tree::len(5), 5 + 2 + 1);
+    }
+
+    #[test]
+    fn the_nodes_read_ahead_are_every_node_an_update_and_the_root_touch() {
+        // Nodes in memory that record which ones are read or written.
+        struct Seen(Vec<Cv>, std::collections::BTreeSet<usize>);
+        impl tree::Nodes for Seen {
+            fn node(&mut self, i: usize) -> std::io::Result<Cv> {
+                self.1.insert(i);
+                Ok(self.0[i])
+            }
+            fn set_node(&mut self, i: usize, cv: Cv) -> std::io::Result<()> {
+                self.1.insert(i);
+                self.0[i] = cv;
+                Ok(())
+            }
+        }
+        for n in [2u64, 3, 5, 7, 8, 9, 31, 64, 100, 257, 1000] {
+            for ranges in [
+                vec![(0, 1)],
+                vec![(n - 1, n)],
+                vec![(1, 2), (n / 3, n / 3 + 3), (n / 2, n)],
+                vec![(0, n)],
+            ] {
+                let leaves: Vec<Cv> = (0..n).map(|i| [i as u8; 32]).collect();
+                let mut t = Seen(tree::of(leaves), Default::default());
+                let changed: Vec<u64> = ranges.iter().flat_map(|&(a, b)| a..b).collect();
+                for &b in &changed {
+                    t.0[b as usize] = [0xee; 32];
+                    t.1.insert(b as usize);
+                }
+                tree::update(&mut t, n, &changed).unwrap();
+                tree::root(&mut t, n).unwrap();
+                let spans = tree::touched(n, &ranges);
+                assert!(spans.windows(2).all(|w| w[0].1 < w[1].0), "{spans:?}");
+                for i in &t.1 {
+                    assert!(
+                        spans.iter().any(|(lo, hi)| lo <= i && i < hi),
+                        "{n} blocks, {ranges:?}: node {i} not in {spans:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

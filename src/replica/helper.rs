@@ -619,6 +619,9 @@ pub fn send_nbd(
             new: Vec::with_capacity(n as usize),
         },
     };
+    if let Hashes::Kept(k) = &hashes {
+        k.read_ahead(&ranges);
+    }
     let kerr = |e: std::io::Error| format!("the kept manifest: {e}");
     let mut changed: Vec<u64> = Vec::new();
     let mut sent = Sent {
@@ -631,7 +634,7 @@ pub fn send_nbd(
     };
     let per = (nbd::MAX_READ as usize / BLOCK) as u64;
     let mut reads: Vec<(u64, u32)> = Vec::new();
-    for (first, end) in ranges {
+    for &(first, end) in &ranges {
         let mut b = first;
         while b < end {
             let k = per.min(end - b);
@@ -783,7 +786,7 @@ impl QemuNbd {
                     image.display()
                 ));
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         Ok(served)
     }
