@@ -558,35 +558,7 @@ pub fn send_nbd(
     let size = client.size();
     let n = blocks::count(size);
     let name = format!("NBD export {}", src.export);
-    // The blocks to read: ranges [first, end) of block indexes.
-    let ranges: Vec<(u64, u64)> = match src.bitmap {
-        Some(bitmap) => {
-            if base.size() != size {
-                return Err(format!(
-                    "{name} is {size} bytes and its copy {} bytes: a disk whose size changed is read whole, not by the bitmap {bitmap}",
-                    base.size()
-                ));
-            }
-            if n <= 1 {
-                // The hash of an image of one block is of its bytes: read it.
-                vec![(0, n)]
-            } else {
-                let mut ranges: Vec<(u64, u64)> = Vec::new();
-                for (off, len) in client.dirty_extents().map_err(|e| e.to_string())? {
-                    let (a, b) = (
-                        off / BLOCK as u64,
-                        (off + len).div_ceil(BLOCK as u64).min(n),
-                    );
-                    match ranges.last_mut() {
-                        Some((_, end)) if *end >= a => *end = (*end).max(b),
-                        _ => ranges.push((a, b)),
-                    }
-                }
-                ranges
-            }
-        }
-        None => vec![(0, n)],
-    };
+    let ranges = nbd_ranges(&mut client, src, &base, &name)?;
     let mut compressor = match compress {
         true => Some(wire::Compressor::new().map_err(|e| format!("zstd: {e}"))?),
         false => None,
@@ -632,19 +604,8 @@ pub fn send_nbd(
         whole: [0; 32],
         tree: None,
     };
-    let per = (nbd::MAX_READ as usize / BLOCK) as u64;
-    let mut reads: Vec<(u64, u32)> = Vec::new();
-    for &(first, end) in &ranges {
-        let mut b = first;
-        while b < end {
-            let k = per.min(end - b);
-            let start = b * BLOCK as u64;
-            reads.push((start, (k * BLOCK as u64).min(size - start) as u32));
-            b += k;
-        }
-    }
     let mut single = None;
-    client.read_many(&reads, |start, data| {
+    client.read_many(&nbd_reads(&ranges, size), |start, data| {
         let b = start / BLOCK as u64;
         if size <= BLOCK as u64 {
             single = Some(*blake3::hash(data).as_bytes());
@@ -711,6 +672,63 @@ pub fn send_nbd(
     }
     sent.whole = whole;
     Ok(sent)
+}
+
+/// The blocks [`send_nbd`] reads: ranges `[first, end)` of block indexes, every block or,
+/// with a bitmap, those it marks.
+fn nbd_ranges(
+    client: &mut nbd::Client,
+    src: &NbdSource,
+    base: &Base,
+    name: &str,
+) -> Result<Vec<(u64, u64)>, String> {
+    let size = client.size();
+    let n = blocks::count(size);
+    Ok(match src.bitmap {
+        Some(bitmap) => {
+            if base.size() != size {
+                return Err(format!(
+                    "{name} is {size} bytes and its copy {} bytes: a disk whose size changed is read whole, not by the bitmap {bitmap}",
+                    base.size()
+                ));
+            }
+            if n <= 1 {
+                // The hash of an image of one block is of its bytes: read it.
+                vec![(0, n)]
+            } else {
+                let mut ranges: Vec<(u64, u64)> = Vec::new();
+                for (off, len) in client.dirty_extents().map_err(|e| e.to_string())? {
+                    let (a, b) = (
+                        off / BLOCK as u64,
+                        (off + len).div_ceil(BLOCK as u64).min(n),
+                    );
+                    match ranges.last_mut() {
+                        Some((_, end)) if *end >= a => *end = (*end).max(b),
+                        _ => ranges.push((a, b)),
+                    }
+                }
+                ranges
+            }
+        }
+        None => vec![(0, n)],
+    })
+}
+
+/// The NBD reads of the block ranges `ranges` of an export of `size` bytes, each at most
+/// [`nbd::MAX_READ`]: `(offset, length)`.
+fn nbd_reads(ranges: &[(u64, u64)], size: u64) -> Vec<(u64, u32)> {
+    let per = (nbd::MAX_READ as usize / BLOCK) as u64;
+    let mut reads: Vec<(u64, u32)> = Vec::new();
+    for &(first, end) in ranges {
+        let mut b = first;
+        while b < end {
+            let k = per.min(end - b);
+            let start = b * BLOCK as u64;
+            reads.push((start, (k * BLOCK as u64).min(size - start) as u32));
+            b += k;
+        }
+    }
+    reads
 }
 
 /// A `qemu-nbd` serving an image read-only on a socket of its own, for as long as this lives.
