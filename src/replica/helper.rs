@@ -63,23 +63,9 @@ pub fn serve(
     if let Some(theirs) = protocol.filter(|p| *p != PROTOCOL) {
         return Err(refuse_request(theirs));
     }
-    let out = |stdout: &mut dyn Write, bytes: &[u8]| {
-        stdout
-            .write_all(bytes)
-            .and_then(|()| stdout.flush())
-            .map_err(|e| format!("writing the answer: {e}"))
-    };
     match req {
-        Request::Version => out(
-            stdout,
-            &serde_json::to_vec(&Hello::this()).expect("serializes"),
-        ),
-        Request::HashSelf => {
-            // The file this process runs, even if its path was replaced since.
-            let me = Path::new("/proc/self/exe");
-            let h = hash_file(me).map_err(|e| format!("{}: {e}", me.display()))?;
-            out(stdout, format!("{h}\n").as_bytes())
-        }
+        Request::Version => answer_json(stdout, &Hello::this()),
+        Request::HashSelf => hash_self(stdout),
         Request::Send {
             image,
             compress,
@@ -89,78 +75,20 @@ pub fn serve(
             bitmap,
             base,
         } => {
-            let base = match base {
-                Some(digest) => Base::Kept(
-                    Kept::open(kept::dir().as_deref(), &image, &digest)?.ok_or_else(|| {
-                        format!("the manifest {digest} of {} {NOT_KEPT}", image.display())
-                    })?,
-                ),
-                None => Base::Given(
-                    Manifest::read(&mut (&mut *stdin).take(blocks::MAX_MANIFEST_BYTES))
-                        .map_err(|e| format!("the recovery manifest: {e}"))?,
-                ),
+            let from = SendFrom {
+                nbd,
+                export,
+                format,
+                bitmap,
             };
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout);
-            let sent = match (nbd, format) {
-                (Some(socket), _) => {
-                    let export = export.ok_or("--nbd needs --export")?;
-                    send_nbd(
-                        &NbdSource {
-                            socket: &socket,
-                            export: &export,
-                            bitmap: bitmap.as_deref(),
-                        },
-                        base,
-                        &mut w,
-                        compress,
-                    )?
-                }
-                (None, Some(DiskFormat::Qcow2)) => {
-                    let served = QemuNbd::serve(&image, bitmap.as_deref())?;
-                    send_nbd(
-                        &NbdSource {
-                            socket: &served.socket,
-                            export: QemuNbd::EXPORT,
-                            bitmap: bitmap.as_deref(),
-                        },
-                        base,
-                        &mut w,
-                        compress,
-                    )?
-                }
-                (None, _) if bitmap.is_some() => {
-                    return Err(
-                        "a dirty bitmap is read through NBD only (--nbd or --format qcow2)".into(),
-                    );
-                }
-                (None, _) => send(&image, &base.manifest()?, &mut w, compress)?,
-            };
-            w.flush().map_err(|e| format!("writing the stream: {e}"))?;
-            // Kept for the next replication, which then sends its digest instead of it. A
-            // manifest that cannot be kept only costs sending it next time.
-            if let Some(tree) = &sent.tree {
-                kept::keep(kept::dir().as_deref(), &image, sent.size, &sent.whole, tree);
-            }
-            Ok(())
+            send_disk(&image, &from, base, compress, stdin, stdout)
         }
-        Request::Kept { image, digest } => {
-            let kept = Kept::open(kept::dir().as_deref(), &image, &digest)?.is_some();
-            out(stdout, if kept { b"true" } else { b"false" })
-        }
+        Request::Kept { image, digest } => is_kept(&image, &digest, stdout),
         Request::Manifest {
             image,
             reread,
             digest,
-        } => {
-            let store = Store::new(&image);
-            if digest {
-                let d = store.base_digest(reread).map_err(|e| e.to_string())?;
-                out(stdout, format!("{d}\n").as_bytes())
-            } else {
-                let (m, _) = store.base_manifest(reread).map_err(|e| e.to_string())?;
-                out(stdout, &m.encode())
-            }
-        }
+        } => base_manifest(&image, reread, digest, stdout),
         Request::Apply {
             image,
             point,
@@ -172,167 +100,42 @@ pub fn serve(
             why,
             checkpoint,
         } => {
-            let mut input = std::io::BufReader::with_capacity(1 << 20, stdin);
             let read = mode.map(|mode| HowRead {
                 mode,
                 why,
                 checkpoint,
             });
-            let applied = Store::new(&image)
-                .apply(
-                    &mut input,
-                    NewPoint {
-                        id: point,
-                        taken_at,
-                        source,
-                        retention,
-                        definition,
-                        read,
-                    },
-                )
-                .map_err(|e| e.to_string())?;
-            out(stdout, &serde_json::to_vec(&applied).expect("serializes"))
-        }
-        Request::PutDefinition { image, blake3 } => {
-            let bytes = read_bounded(stdin, crate::vmdef::MAX_BYTES as u64, "the definition")?;
-            let store = Store::new(&image);
-            let got = blake3::hash(&bytes).to_hex().to_string();
-            if got != blake3 {
-                return Err(format!(
-                    "the definition received has the BLAKE3 {got}, not the {blake3} announced: refused"
-                ));
-            }
-            super::meta::write_definition(store.meta_dir(), &bytes)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-        Request::Definition { image, point } => {
-            let store = Store::new(&image);
-            let points = store.points().map_err(|e| e.to_string())?;
-            let p = points
-                .iter()
-                .find(|p| p.id == point)
-                .ok_or_else(|| format!("{}: no point `{point}`", image.display()))?;
-            let hash = p.definition.clone().ok_or_else(|| {
-                format!(
-                    "{}: point {point} holds no definition of the vm",
-                    image.display()
-                )
-            })?;
-            let bytes = super::meta::read_definition(store.meta_dir(), &hash).map_err(|why| {
-                format!("{}: the definition of point {point} {why}", image.display())
-            })?;
-            let answer = DefinitionText {
-                blake3: hash,
-                text: String::from_utf8_lossy(&bytes).into_owned(),
-                guest_view: p.read.is_some(),
+            let new = NewPoint {
+                id: point,
+                taken_at,
+                source,
+                retention,
+                definition,
+                read,
             };
-            out(stdout, &serde_json::to_vec(&answer).expect("serializes"))
+            apply_disk(&image, new, stdin, stdout)
         }
-        Request::SendTree { dir } => {
-            let m = read_bounded(stdin, super::tree::MAX_TREE_BYTES, "the recovery tree")?;
-            let base: Tree = serde_json::from_slice(&m)
-                .map_err(|e| format!("the recovery tree is not understood: {e}"))?;
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout);
-            send_tree(&dir, &base, &mut w)?;
-            w.flush().map_err(|e| format!("writing the stream: {e}"))?;
-            Ok(())
-        }
-        Request::TreeBase { dir, reread } => {
-            let t = TreeStore::new(&dir)
-                .base(reread)
-                .map_err(|e| e.to_string())?;
-            out(stdout, &serde_json::to_vec(&t).expect("serializes"))
-        }
+        Request::PutDefinition { image, blake3 } => put_definition(&image, &blake3, stdin),
+        Request::Definition { image, point } => definition(&image, &point, stdout),
+        Request::SendTree { dir } => send_files(&dir, stdin, stdout),
+        Request::TreeBase { dir, reread } => files_base(&dir, reread, stdout),
         Request::ApplyTree {
             dir,
             point,
             taken_at,
             source,
             retention,
-        } => {
-            let mut input = std::io::BufReader::with_capacity(1 << 20, stdin);
-            let (point, files, recovered) = TreeStore::new(&dir)
-                .apply(
-                    &mut input,
-                    NewPoint {
-                        id: point,
-                        taken_at,
-                        source,
-                        retention,
-                        definition: None,
-                        read: None,
-                    },
-                )
-                .map_err(|e| e.to_string())?;
-            let applied = super::store::Applied {
-                blocks: files,
-                point,
-                dropped: Vec::new(),
-                recovered,
-            };
-            out(stdout, &serde_json::to_vec(&applied).expect("serializes"))
-        }
-        Request::Points { image } => {
-            let points = if image.is_dir() {
-                TreeStore::new(&image).points()
-            } else {
-                Store::new(&image).points()
-            }
-            .map_err(|e| e.to_string())?;
-            out(stdout, &serde_json::to_vec(&points).expect("serializes"))
-        }
-        Request::Verify { image, point } => {
-            let checked = if image.is_dir() {
-                TreeStore::new(&image).verify(point.as_deref())
-            } else {
-                Store::new(&image).verify(point.as_deref())
-            };
-            let checked: Vec<Checked> = checked
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|(point, good)| Checked { point, good })
-                .collect();
-            out(stdout, &serde_json::to_vec(&checked).expect("serializes"))
-        }
+        } => apply_files(&dir, point, taken_at, source, retention, stdin, stdout),
+        Request::Points { image } => points(&image, stdout),
+        Request::Verify { image, point } => verify(&image, point.as_deref(), stdout),
         Request::Restore {
             image,
             point,
             output,
-        } => if image.is_dir() {
-            TreeStore::new(&image).restore(&point, &output)
-        } else {
-            Store::new(&image).restore(&point, &output)
-        }
-        .map_err(|e| e.to_string()),
-        Request::RollBack { image, point } => {
-            let done = Store::new(&image)
-                .roll_back(&point)
-                .map_err(|e| e.to_string())?;
-            out(stdout, &serde_json::to_vec(&done).expect("serializes"))
-        }
-        Request::Settle { image, wait } => {
-            let wait = std::time::Duration::from_secs(wait);
-            let until = std::time::Instant::now() + wait;
-            let note = loop {
-                let settled = if image.is_dir() {
-                    TreeStore::new(&image).settle()
-                } else {
-                    Store::new(&image).settle()
-                };
-                match settled {
-                    Err(super::StoreError::Locked { .. }) if std::time::Instant::now() < until => {
-                        std::thread::sleep(std::time::Duration::from_millis(200));
-                    }
-                    other => break other.map_err(|e| e.to_string())?,
-                }
-            };
-            out(stdout, &serde_json::to_vec(&note).expect("serializes"))
-        }
-        Request::Inspect { paths } => {
-            let states: Vec<CopyState> = paths.iter().map(|p| inspect(p)).collect();
-            out(stdout, &serde_json::to_vec(&states).expect("serializes"))
-        }
+        } => restore(&image, &point, &output),
+        Request::RollBack { image, point } => roll_back(&image, &point, stdout),
+        Request::Settle { image, wait } => settle(&image, wait, stdout),
+        Request::Inspect { paths } => inspect_all(&paths, stdout),
         Request::Lease {
             path,
             kind,
@@ -360,39 +163,361 @@ pub fn serve(
                 taken_at,
                 verified,
             };
-            let wait = std::time::Duration::from_secs(wait);
-            let note = if path.is_dir() {
-                TreeStore::new(&path).take_lease(&lease, wait)
-            } else {
-                Store::new(&path).take_lease(&lease, expect.as_deref(), wait, started)
-            }
-            .map_err(|e| e.to_string())?;
-            out(stdout, &serde_json::to_vec(&note).expect("serializes"))
+            let terms = LeaseTerms {
+                expect,
+                wait,
+                started,
+            };
+            take_lease(&path, &lease, &terms, stdout)
         }
-        Request::Release { paths, run, kind } => {
-            let mut released = Vec::new();
-            for p in &paths {
-                let which = |l: Option<&Lease>, name: &str| match l {
-                    Some(l) => {
-                        run.as_ref().is_none_or(|r| &l.run == r) && kind.is_none_or(|k| l.kind == k)
-                    }
-                    // A lease that cannot be read: by its file name, or with no filter.
-                    None => {
-                        run.as_ref().is_none_or(|r| name.ends_with(r.as_str()))
-                            && kind.is_none_or(|k| name.starts_with(&k.to_string()))
-                    }
-                };
-                let done = if p.is_dir() {
-                    TreeStore::new(p).release(which)
-                } else {
-                    Store::new(p).release(which)
-                }
-                .map_err(|e| e.to_string())?;
-                released.extend(done.into_iter().map(|d| format!("{}: {d}", p.display())));
-            }
-            out(stdout, &serde_json::to_vec(&released).expect("serializes"))
-        }
+        Request::Release { paths, run, kind } => release(&paths, run.as_deref(), kind, stdout),
     }
+}
+
+/// Writes an answer whole and flushes it.
+fn answer(stdout: &mut dyn Write, bytes: &[u8]) -> Result<(), String> {
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("writing the answer: {e}"))
+}
+
+/// Writes `value` as a JSON answer.
+fn answer_json(stdout: &mut dyn Write, value: &impl Serialize) -> Result<(), String> {
+    answer(stdout, &serde_json::to_vec(value).expect("serializes"))
+}
+
+/// [`Request::HashSelf`].
+fn hash_self(stdout: &mut dyn Write) -> Result<(), String> {
+    // The file this process runs, even if its path was replaced since.
+    let me = Path::new("/proc/self/exe");
+    let h = hash_file(me).map_err(|e| format!("{}: {e}", me.display()))?;
+    answer(stdout, format!("{h}\n").as_bytes())
+}
+
+/// Where [`Request::Send`] reads the disk: an NBD export given, a `qemu-nbd` of a qcow2 image,
+/// or the image file itself.
+struct SendFrom {
+    nbd: Option<std::path::PathBuf>,
+    export: Option<String>,
+    format: Option<DiskFormat>,
+    bitmap: Option<String>,
+}
+
+/// [`Request::Send`]: the blocks of `image` that differ from the base, as a stream.
+fn send_disk(
+    image: &Path,
+    from: &SendFrom,
+    base: Option<String>,
+    compress: bool,
+    stdin: &mut impl Read,
+    stdout: &mut impl Write,
+) -> Result<(), String> {
+    let base = match base {
+        Some(digest) => Base::Kept(
+            Kept::open(kept::dir().as_deref(), image, &digest)?.ok_or_else(|| {
+                format!("the manifest {digest} of {} {NOT_KEPT}", image.display())
+            })?,
+        ),
+        None => Base::Given(
+            Manifest::read(&mut (&mut *stdin).take(blocks::MAX_MANIFEST_BYTES))
+                .map_err(|e| format!("the recovery manifest: {e}"))?,
+        ),
+    };
+    let bitmap = from.bitmap.as_deref();
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout);
+    let sent = match (&from.nbd, from.format) {
+        (Some(socket), _) => {
+            let export = from.export.as_deref().ok_or("--nbd needs --export")?;
+            send_nbd(
+                &NbdSource {
+                    socket,
+                    export,
+                    bitmap,
+                },
+                base,
+                &mut w,
+                compress,
+            )?
+        }
+        (None, Some(DiskFormat::Qcow2)) => {
+            let served = QemuNbd::serve(image, bitmap)?;
+            send_nbd(
+                &NbdSource {
+                    socket: &served.socket,
+                    export: QemuNbd::EXPORT,
+                    bitmap,
+                },
+                base,
+                &mut w,
+                compress,
+            )?
+        }
+        (None, _) if bitmap.is_some() => {
+            return Err("a dirty bitmap is read through NBD only (--nbd or --format qcow2)".into());
+        }
+        (None, _) => send(image, &base.manifest()?, &mut w, compress)?,
+    };
+    w.flush().map_err(|e| format!("writing the stream: {e}"))?;
+    // Kept for the next replication, which then sends its digest instead of it. A
+    // manifest that cannot be kept only costs sending it next time.
+    if let Some(tree) = &sent.tree {
+        kept::keep(kept::dir().as_deref(), image, sent.size, &sent.whole, tree);
+    }
+    Ok(())
+}
+
+/// [`Request::Kept`]: whether the manifest `digest` of `image` is kept here.
+fn is_kept(image: &Path, digest: &str, stdout: &mut dyn Write) -> Result<(), String> {
+    let kept = Kept::open(kept::dir().as_deref(), image, digest)?.is_some();
+    answer(stdout, if kept { b"true" } else { b"false" })
+}
+
+/// [`Request::Manifest`]: the base manifest of `image`, or only its digest.
+fn base_manifest(
+    image: &Path,
+    reread: bool,
+    digest: bool,
+    stdout: &mut dyn Write,
+) -> Result<(), String> {
+    let store = Store::new(image);
+    if digest {
+        let d = store.base_digest(reread).map_err(|e| e.to_string())?;
+        answer(stdout, format!("{d}\n").as_bytes())
+    } else {
+        let (m, _) = store.base_manifest(reread).map_err(|e| e.to_string())?;
+        answer(stdout, &m.encode())
+    }
+}
+
+/// [`Request::Apply`]: applies the stream on stdin to `image` as the point `new`.
+fn apply_disk(
+    image: &Path,
+    new: NewPoint,
+    stdin: &mut impl Read,
+    stdout: &mut dyn Write,
+) -> Result<(), String> {
+    let mut input = std::io::BufReader::with_capacity(1 << 20, stdin);
+    let applied = Store::new(image)
+        .apply(&mut input, new)
+        .map_err(|e| e.to_string())?;
+    answer_json(stdout, &applied)
+}
+
+/// [`Request::PutDefinition`]: keeps the definition on stdin if it has the BLAKE3 announced.
+fn put_definition(image: &Path, blake3: &str, stdin: &mut impl Read) -> Result<(), String> {
+    let bytes = read_bounded(stdin, crate::vmdef::MAX_BYTES as u64, "the definition")?;
+    let store = Store::new(image);
+    let got = blake3::hash(&bytes).to_hex().to_string();
+    if got != blake3 {
+        return Err(format!(
+            "the definition received has the BLAKE3 {got}, not the {blake3} announced: refused"
+        ));
+    }
+    super::meta::write_definition(store.meta_dir(), &bytes)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// [`Request::Definition`]: the definition kept with `point`.
+fn definition(image: &Path, point: &str, stdout: &mut dyn Write) -> Result<(), String> {
+    let store = Store::new(image);
+    let points = store.points().map_err(|e| e.to_string())?;
+    let p = points
+        .iter()
+        .find(|p| p.id == point)
+        .ok_or_else(|| format!("{}: no point `{point}`", image.display()))?;
+    let hash = p.definition.clone().ok_or_else(|| {
+        format!(
+            "{}: point {point} holds no definition of the vm",
+            image.display()
+        )
+    })?;
+    let bytes = super::meta::read_definition(store.meta_dir(), &hash)
+        .map_err(|why| format!("{}: the definition of point {point} {why}", image.display()))?;
+    let text = DefinitionText {
+        blake3: hash,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+        guest_view: p.read.is_some(),
+    };
+    answer_json(stdout, &text)
+}
+
+/// [`Request::SendTree`]: the files of `dir` that differ from the recovery tree on stdin.
+fn send_files(dir: &Path, stdin: &mut impl Read, stdout: &mut impl Write) -> Result<(), String> {
+    let m = read_bounded(stdin, super::tree::MAX_TREE_BYTES, "the recovery tree")?;
+    let base: Tree = serde_json::from_slice(&m)
+        .map_err(|e| format!("the recovery tree is not understood: {e}"))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout);
+    send_tree(dir, &base, &mut w)?;
+    w.flush().map_err(|e| format!("writing the stream: {e}"))?;
+    Ok(())
+}
+
+/// [`Request::TreeBase`]: the tree of the backup set `dir` to compare against.
+fn files_base(dir: &Path, reread: bool, stdout: &mut dyn Write) -> Result<(), String> {
+    let t = TreeStore::new(dir)
+        .base(reread)
+        .map_err(|e| e.to_string())?;
+    answer_json(stdout, &t)
+}
+
+/// [`Request::ApplyTree`]: applies the stream on stdin to the backup set `dir`.
+fn apply_files(
+    dir: &Path,
+    point: String,
+    taken_at: chrono::DateTime<chrono::Utc>,
+    source: String,
+    retention: u32,
+    stdin: &mut impl Read,
+    stdout: &mut dyn Write,
+) -> Result<(), String> {
+    let mut input = std::io::BufReader::with_capacity(1 << 20, stdin);
+    let (point, files, recovered) = TreeStore::new(dir)
+        .apply(
+            &mut input,
+            NewPoint {
+                id: point,
+                taken_at,
+                source,
+                retention,
+                definition: None,
+                read: None,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    let applied = super::store::Applied {
+        blocks: files,
+        point,
+        dropped: Vec::new(),
+        recovered,
+    };
+    answer_json(stdout, &applied)
+}
+
+/// [`Request::Points`].
+fn points(image: &Path, stdout: &mut dyn Write) -> Result<(), String> {
+    let points = if image.is_dir() {
+        TreeStore::new(image).points()
+    } else {
+        Store::new(image).points()
+    }
+    .map_err(|e| e.to_string())?;
+    answer_json(stdout, &points)
+}
+
+/// [`Request::Verify`]: every point, or only `point`, checked against its hashes.
+fn verify(image: &Path, point: Option<&str>, stdout: &mut dyn Write) -> Result<(), String> {
+    let checked = if image.is_dir() {
+        TreeStore::new(image).verify(point)
+    } else {
+        Store::new(image).verify(point)
+    };
+    let checked: Vec<Checked> = checked
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(point, good)| Checked { point, good })
+        .collect();
+    answer_json(stdout, &checked)
+}
+
+/// [`Request::Restore`]: writes `point` of `image` to `output`.
+fn restore(image: &Path, point: &str, output: &Path) -> Result<(), String> {
+    if image.is_dir() {
+        TreeStore::new(image).restore(point, output)
+    } else {
+        Store::new(image).restore(point, output)
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// [`Request::RollBack`].
+fn roll_back(image: &Path, point: &str, stdout: &mut dyn Write) -> Result<(), String> {
+    let done = Store::new(image)
+        .roll_back(point)
+        .map_err(|e| e.to_string())?;
+    answer_json(stdout, &done)
+}
+
+/// [`Request::Settle`]: settles an interrupted update, waiting up to `wait` seconds for a
+/// lock held by another.
+fn settle(image: &Path, wait: u64, stdout: &mut dyn Write) -> Result<(), String> {
+    let wait = std::time::Duration::from_secs(wait);
+    let until = std::time::Instant::now() + wait;
+    let note = loop {
+        let settled = if image.is_dir() {
+            TreeStore::new(image).settle()
+        } else {
+            Store::new(image).settle()
+        };
+        match settled {
+            Err(super::StoreError::Locked { .. }) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            other => break other.map_err(|e| e.to_string())?,
+        }
+    };
+    answer_json(stdout, &note)
+}
+
+/// [`Request::Inspect`]: what each copy and its metadata say.
+fn inspect_all(paths: &[std::path::PathBuf], stdout: &mut dyn Write) -> Result<(), String> {
+    let states: Vec<CopyState> = paths.iter().map(|p| inspect(p)).collect();
+    answer_json(stdout, &states)
+}
+
+/// How [`Request::Lease`] takes a copy's lease: the lease it expects to find, how long it
+/// waits for another to go, whether the step it is for has started.
+struct LeaseTerms {
+    expect: Option<String>,
+    wait: u64,
+    started: bool,
+}
+
+/// [`Request::Lease`]: takes `lease` on the copy `path`.
+fn take_lease(
+    path: &Path,
+    lease: &Lease,
+    terms: &LeaseTerms,
+    stdout: &mut dyn Write,
+) -> Result<(), String> {
+    let wait = std::time::Duration::from_secs(terms.wait);
+    let note = if path.is_dir() {
+        TreeStore::new(path).take_lease(lease, wait)
+    } else {
+        Store::new(path).take_lease(lease, terms.expect.as_deref(), wait, terms.started)
+    }
+    .map_err(|e| e.to_string())?;
+    answer_json(stdout, &note)
+}
+
+/// [`Request::Release`]: drops the leases on `paths` of run `run` and kind `kind` (each filter
+/// only when given).
+fn release(
+    paths: &[std::path::PathBuf],
+    run: Option<&str>,
+    kind: Option<super::meta::LeaseKind>,
+    stdout: &mut dyn Write,
+) -> Result<(), String> {
+    let mut released = Vec::new();
+    for p in paths {
+        let which = |l: Option<&Lease>, name: &str| match l {
+            Some(l) => run.is_none_or(|r| l.run == r) && kind.is_none_or(|k| l.kind == k),
+            // A lease that cannot be read: by its file name, or with no filter.
+            None => {
+                run.is_none_or(|r| name.ends_with(r))
+                    && kind.is_none_or(|k| name.starts_with(&k.to_string()))
+            }
+        };
+        let done = if p.is_dir() {
+            TreeStore::new(p).release(which)
+        } else {
+            Store::new(p).release(which)
+        }
+        .map_err(|e| e.to_string())?;
+        released.extend(done.into_iter().map(|d| format!("{}: {d}", p.display())));
+    }
+    answer_json(stdout, &released)
 }
 
 /// What a copy (an image, or a backup set's folder) and its metadata say.
