@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, ChildStdin, ChildStdout};
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -1348,7 +1348,6 @@ fn pipe_processes(
     deadline: Duration,
     stop: &dyn Fn() -> bool,
 ) -> PipeOutput {
-    use std::io::Read as _;
     let began = std::time::Instant::now();
     let until = began + deadline + PAST_DEADLINE;
     let mut source_in = source.stdin.take();
@@ -1357,11 +1356,6 @@ fn pipe_processes(
     let mut recovery_in = recovery.stdin.take();
     let recovery_out = recovery.stdout.take().expect("piped");
     let recovery_err = recovery.stderr.take().expect("piped");
-    let mut bytes = 0u64;
-    let mut cut = false;
-    let mut late = false;
-    let mut stopped = false;
-    let mut flooded = None;
     // Threads of their own, not waited for past a grace: a side's standard streams are also
     // held by its OpenSSH master connection, until the command on the host ends, which a
     // source cut off while silent (hashing, or stopped) may not do soon.
@@ -1371,102 +1365,53 @@ fn pipe_processes(
             let _ = w.write_all(&input);
         });
     }
-    let source_errors = Drain::start(source_err, Said::default());
-    let recovery_errors = Drain::start(recovery_err, Said::default());
+    let errors = Errors {
+        source: Drain::start(source_err, Said::default()),
+        recovery: Drain::start(recovery_err, Said::default()),
+    };
     let output = Drain::start(recovery_out, Said::keeping(OUTPUT_LIMIT as usize));
-    let mut buf = vec![0u8; 1 << 20];
-    if let Some(sink) = recovery_in.as_mut() {
-        loop {
-            if std::time::Instant::now() > until {
-                late = true;
-                break;
-            }
-            if stop() {
-                stopped = true;
-                break;
-            }
-            let (readable, reader_gone) = {
-                use rustix::event::{PollFd, PollFlags, Timespec, poll};
-                let mut fds = [
-                    PollFd::new(&source_out, PollFlags::IN),
-                    // No event asked: a pipe whose reader is gone reports POLLERR.
-                    PollFd::new(&*sink, PollFlags::empty()),
-                ];
-                let timeout = Timespec {
-                    tv_sec: 0,
-                    tv_nsec: 200_000_000,
-                };
-                let _ = poll(&mut fds, Some(&timeout));
-                (!fds[0].revents().is_empty(), !fds[1].revents().is_empty())
-            };
-            // A side printing errors without end is refused (its errors are read no
-            // further, so it would block, not end).
-            if source_errors.over() {
-                flooded = Some(Side::Source);
-                break;
-            }
-            if recovery_errors.over() {
-                flooded = Some(Side::Recovery);
-                break;
-            }
-            if readable {
-                match source_out.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if sink.write_all(&buf[..n]).is_err() {
-                            cut = true;
-                            break;
-                        }
-                        bytes += n as u64;
-                        crate::ssh::PIPED_BYTES
-                            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    // Cannot happen on a pipe; the source's own exit tells the rest.
-                    Err(_) => break,
-                }
-            } else if reader_gone {
-                cut = true;
-                break;
-            }
-        }
-    }
+    let mut copied = match recovery_in.as_mut() {
+        Some(sink) => copy_stream(&mut source_out, sink, until, stop, &errors),
+        None => Copied::default(),
+    };
     // The recovery side sees its input end: a whole stream, or a cut one it refuses.
     drop(recovery_in.take());
-    if flooded == Some(Side::Recovery) {
+    if copied.flooded == Some(Side::Recovery) {
         kill_group(&recovery);
-        cut = true;
+        copied.cut = true;
     }
-    if cut || late || stopped || flooded == Some(Side::Source) {
+    if copied.cut || copied.late || copied.stopped || copied.flooded == Some(Side::Source) {
         kill_group(&source);
     }
-    if stopped {
+    if copied.stopped {
         // An `ssh` carrying the recovery side would wait for its helper: cut it too, the
         // helper then sees its stream end and throws the update away.
         kill_group(&recovery);
     }
     drop(source_out);
-    let source_exit = wait_until(&mut source, until, &|| source_errors.over());
-    if source_errors.over() {
-        flooded = flooded.or(Some(Side::Source));
+    let source_exit = wait_until(&mut source, until, &|| errors.source.over());
+    if errors.source.over() {
+        copied.flooded = copied.flooded.or(Some(Side::Source));
     }
-    let recovery_exit = wait_until(&mut recovery, until, &|| recovery_errors.over());
-    if recovery_errors.over() {
-        flooded = flooded.or(Some(Side::Recovery));
+    let recovery_exit = wait_until(&mut recovery, until, &|| errors.recovery.over());
+    if errors.recovery.over() {
+        copied.flooded = copied.flooded.or(Some(Side::Recovery));
     }
     // Both processes have ended: what they wrote is in the pipes.
     let grace = std::time::Instant::now() + DRAIN_GRACE;
     let errors = format!(
         "{}{}",
-        source_errors.finish(grace).text(),
-        recovery_errors.finish(grace).text()
+        errors.source.finish(grace).text(),
+        errors.recovery.finish(grace).text()
     );
-    let output = (
-        source_exit,
-        recovery_exit,
-        output.finish(grace).into_bytes(),
-    );
-    let (source_exit, recovery_exit, output) = output;
+    let output = output.finish(grace).into_bytes();
+    let Copied {
+        bytes,
+        cut,
+        late,
+        stopped,
+        flooded,
+    } = copied;
     PipeOutput {
         bytes,
         // Killed because the recovery side had stopped: not the source's failure.
@@ -1493,6 +1438,110 @@ fn pipe_processes(
         },
         output: String::from_utf8_lossy(&output).into_owned(),
         duration: began.elapsed(),
+    }
+}
+
+/// The error streams of a transfer's two sides, each drained by a thread of its own.
+struct Errors {
+    source: Drain,
+    recovery: Drain,
+}
+
+/// How the copy from the source side to the recovery side ended, and what it carried.
+#[derive(Debug, Default)]
+struct Copied {
+    bytes: u64,
+    /// The recovery side stopped reading.
+    cut: bool,
+    /// Past the deadline.
+    late: bool,
+    /// Stopped by `stop`.
+    stopped: bool,
+    /// The side that printed errors without end.
+    flooded: Option<Side>,
+}
+
+/// Copies the source's output into the recovery side's input until the source ends, the
+/// recovery side stops reading, `until` passes, `stop` says so or a side floods its errors.
+fn copy_stream(
+    source_out: &mut ChildStdout,
+    sink: &mut ChildStdin,
+    until: std::time::Instant,
+    stop: &dyn Fn() -> bool,
+    errors: &Errors,
+) -> Copied {
+    use std::io::Read as _;
+    let mut copied = Copied::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        if std::time::Instant::now() > until {
+            copied.late = true;
+            break;
+        }
+        if stop() {
+            copied.stopped = true;
+            break;
+        }
+        let ready = poll_pipes(source_out, sink);
+        // A side printing errors without end is refused (its errors are read no
+        // further, so it would block, not end).
+        if errors.source.over() {
+            copied.flooded = Some(Side::Source);
+            break;
+        }
+        if errors.recovery.over() {
+            copied.flooded = Some(Side::Recovery);
+            break;
+        }
+        if ready.readable {
+            match source_out.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if sink.write_all(&buf[..n]).is_err() {
+                        copied.cut = true;
+                        break;
+                    }
+                    copied.bytes += n as u64;
+                    crate::ssh::PIPED_BYTES
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // Cannot happen on a pipe; the source's own exit tells the rest.
+                Err(_) => break,
+            }
+        } else if ready.reader_gone {
+            copied.cut = true;
+            break;
+        }
+    }
+    copied
+}
+
+/// What one poll of a transfer's pipes found.
+struct Ready {
+    /// The source has written something (or ended).
+    readable: bool,
+    /// The recovery side no longer reads its input.
+    reader_gone: bool,
+}
+
+/// Waits up to 200 ms for the source's output to be readable or the recovery side's input to
+/// lose its reader.
+fn poll_pipes(source_out: &ChildStdout, sink: &ChildStdin) -> Ready {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut fds = [
+        PollFd::new(source_out, PollFlags::IN),
+        // No event asked: a pipe whose reader is gone reports POLLERR.
+        PollFd::new(sink, PollFlags::empty()),
+    ];
+    let timeout = Timespec {
+        tv_sec: 0,
+        tv_nsec: 200_000_000,
+    };
+    let _ = poll(&mut fds, Some(&timeout));
+    Ready {
+        readable: !fds[0].revents().is_empty(),
+        reader_gone: !fds[1].revents().is_empty(),
     }
 }
 
