@@ -419,68 +419,15 @@ impl Session {
         })?;
         channel.exec(&wrapped).map_err(|e| started("exec", e))?;
         self.raw.set_blocking(false);
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
-        // The end of the standard error stream as it came, to find the mark in.
-        let mut tail: Vec<u8> = Vec::new();
-        let mut ended: Option<(i32, Instant)> = None;
-        let mut truncated = false;
-        let mut buf = vec![0u8; 32 * 1024];
-        let result = 'read: loop {
-            let mut progressed = false;
-            for stream_id in [0, 1] {
-                match channel.stream(stream_id).read(&mut buf) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        progressed = true;
-                        // Standard error keeps room for the mark, taken out below.
-                        let (sink, limit) = if stream_id == 0 {
-                            (&mut stdout, output_limit)
-                        } else {
-                            tail.extend_from_slice(&buf[..n]);
-                            let cut = tail.len().saturating_sub(4096);
-                            tail.drain(..cut);
-                            (&mut stderr, output_limit + mark.len() + 16)
-                        };
-                        let room = limit.saturating_sub(sink.len());
-                        if n > room {
-                            truncated = true;
-                        }
-                        sink.extend_from_slice(&buf[..n.min(room)]);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => break 'read Err(fail(format!("read: {e}"))),
-                }
-            }
-            if ended.is_none()
-                && let Some(code) = find_end(&tail, &mark)
-            {
-                ended = Some((code, Instant::now()));
-            }
-            if channel.eof() {
-                break Ok(None);
-            }
-            // Ended, but something it started holds its output open: its output so far is
-            // the step's, and the step is over.
-            if let Some((code, at)) = ended
-                && at.elapsed() > Duration::from_millis(300)
-            {
-                break Ok(Some(code));
-            }
-            if Instant::now() > local_deadline {
-                break Err(SshError::Hung {
-                    host: self.spec.id.clone(),
-                    secs: wait_secs,
-                });
-            }
-            // Sends one only when the keepalive interval has passed.
-            let _ = self.raw.keepalive_send();
-            if !progressed {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        };
-        let left_open = match result {
-            Ok(left_open) => left_open,
+        let streams =
+            self.read_to_end(&mut channel, &mark, output_limit, local_deadline, wait_secs);
+        let Streams {
+            stdout,
+            mut stderr,
+            mut truncated,
+            left_open,
+        } = match streams {
+            Ok(streams) => streams,
             Err(e) => {
                 self.raw.set_blocking(true);
                 return Err(ExecFailure::Started(e));
@@ -520,6 +467,100 @@ impl Session {
         };
         Ok((out, left_open.is_none()))
     }
+
+    /// Reads the standard output and error of the command on `channel` (each kept up to
+    /// `output_limit` bytes) until the channel ends, or `mark` on its standard error told the
+    /// command's end and its output stayed open 300 ms more (`left_open`, with its exit code).
+    fn read_to_end(
+        &self,
+        channel: &mut ssh2::Channel,
+        mark: &str,
+        output_limit: usize,
+        local_deadline: Instant,
+        wait_secs: u64,
+    ) -> Result<Streams, SshError> {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        // The end of the standard error stream as it came, to find the mark in.
+        let mut tail: Vec<u8> = Vec::new();
+        let mut ended: Option<(i32, Instant)> = None;
+        let mut truncated = false;
+        let mut buf = vec![0u8; 32 * 1024];
+        let left_open = loop {
+            let mut progressed = false;
+            for stream_id in [0, 1] {
+                match channel.stream(stream_id).read(&mut buf) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        progressed = true;
+                        // Standard error keeps room for the mark, taken out below.
+                        let (sink, limit) = if stream_id == 0 {
+                            (&mut stdout, output_limit)
+                        } else {
+                            tail.extend_from_slice(&buf[..n]);
+                            let cut = tail.len().saturating_sub(4096);
+                            tail.drain(..cut);
+                            (&mut stderr, output_limit + mark.len() + 16)
+                        };
+                        let room = limit.saturating_sub(sink.len());
+                        if n > room {
+                            truncated = true;
+                        }
+                        sink.extend_from_slice(&buf[..n.min(room)]);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        return Err(SshError::Session {
+                            host: self.spec.id.clone(),
+                            reason: format!("read: {e}"),
+                        });
+                    }
+                }
+            }
+            if ended.is_none()
+                && let Some(code) = find_end(&tail, mark)
+            {
+                ended = Some((code, Instant::now()));
+            }
+            if channel.eof() {
+                break None;
+            }
+            // Ended, but something it started holds its output open: its output so far is
+            // the step's, and the step is over.
+            if let Some((code, at)) = ended
+                && at.elapsed() > Duration::from_millis(300)
+            {
+                break Some(code);
+            }
+            if Instant::now() > local_deadline {
+                return Err(SshError::Hung {
+                    host: self.spec.id.clone(),
+                    secs: wait_secs,
+                });
+            }
+            // Sends one only when the keepalive interval has passed.
+            let _ = self.raw.keepalive_send();
+            if !progressed {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        };
+        Ok(Streams {
+            stdout,
+            stderr,
+            truncated,
+            left_open,
+        })
+    }
+}
+
+/// What a command wrote on its standard output and error, read until its end.
+struct Streams {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    /// A stream was longer than the limit and was cut.
+    truncated: bool,
+    /// The exit code the mark told, when the command ended with its output still open.
+    left_open: Option<i32>,
 }
 
 /// A mark no command can guess, that ends a command's standard error with its exit code.
