@@ -1088,10 +1088,6 @@ impl Session {
             host: self.spec.id.clone(),
             reason: format!("{what}: {}", e.message()),
         };
-        let io_fail = |what: &str, e: std::io::Error| SshError::Session {
-            host: self.spec.id.clone(),
-            reason: format!("{what}: {e}"),
-        };
         let local = |what: &str, e: std::io::Error| SshError::Local {
             host: self.spec.id.clone(),
             reason: format!("{what}: {e}"),
@@ -1107,56 +1103,13 @@ impl Session {
         self.raw
             .set_timeout(((secs + KILL_AFTER_SECS + 30) * 1000).min(u64::from(u32::MAX)) as u32);
         let result = (|| {
-            let mut buf = vec![0u8; 256 * 1024];
-            // Written without blocking, so that a command that stops reading (it failed: a
-            // full disk) is seen at once, with what it said, instead of at the session's
-            // timeout: libssh2 reports its end only once everything it sent was read.
-            // What it says meanwhile is read up to the same bounds as after (see
-            // [`Session::drain`]).
+            // What the command says while it is fed is read up to the same bounds as after
+            // (see [`Session::drain`]).
             let mut early = Said::keeping(READ_LIMIT as usize);
             let mut errors = Said::default();
-            let mut stopped_reading = false;
-            let fed: Result<(), SshError> = (|| {
-                'feed: loop {
-                    let n = match input.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(local("reading the local input", e)),
-                    };
-                    self.raw.set_blocking(false);
-                    let mut off = 0;
-                    while off < n {
-                        match channel.write(&buf[off..n]) {
-                            Ok(k) => off += k,
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                                if !read_ready(&mut channel, &mut early, &mut errors) {
-                                    self.raw.set_blocking(true);
-                                    return Err(SshError::Session {
-                                        host: self.spec.id.clone(),
-                                        reason: too_much(&early),
-                                    });
-                                }
-                                if channel.eof() {
-                                    stopped_reading = true;
-                                    self.raw.set_blocking(true);
-                                    break 'feed;
-                                }
-                                wait_socket(&self.raw);
-                            }
-                            Err(e) => {
-                                self.raw.set_blocking(true);
-                                return Err(io_fail("write", e));
-                            }
-                        }
-                    }
-                    self.raw.set_blocking(true);
-                    count(n);
-                }
-                Ok(())
-            })();
+            let fed = self.feed(&mut channel, input, &mut early, &mut errors, counted);
             self.raw.set_blocking(true);
-            fed?;
+            let stopped_reading = fed?;
             if !stopped_reading {
                 channel.send_eof().map_err(|e| fail("eof", e))?;
             }
@@ -1191,6 +1144,68 @@ impl Session {
         })();
         self.raw.set_timeout(old);
         result
+    }
+
+    /// Writes all of `input` to the command on `channel`, without blocking, so that a command
+    /// that stops reading (it failed: a full disk) is seen at once, with what it said, instead
+    /// of at the session's timeout: libssh2 reports its end only once everything it sent was
+    /// read. What it says meanwhile goes to `early` and `errors`. `Ok(true)`: the command
+    /// stopped reading before the end of the input.
+    fn feed(
+        &self,
+        channel: &mut ssh2::Channel,
+        input: &mut dyn Read,
+        early: &mut Said,
+        errors: &mut Said,
+        counted: bool,
+    ) -> Result<bool, SshError> {
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(SshError::Local {
+                        host: self.spec.id.clone(),
+                        reason: format!("reading the local input: {e}"),
+                    });
+                }
+            };
+            self.raw.set_blocking(false);
+            let mut off = 0;
+            while off < n {
+                match channel.write(&buf[off..n]) {
+                    Ok(k) => off += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if !read_ready(channel, early, errors) {
+                            self.raw.set_blocking(true);
+                            return Err(SshError::Session {
+                                host: self.spec.id.clone(),
+                                reason: too_much(early),
+                            });
+                        }
+                        if channel.eof() {
+                            self.raw.set_blocking(true);
+                            return Ok(true);
+                        }
+                        wait_socket(&self.raw);
+                    }
+                    Err(e) => {
+                        self.raw.set_blocking(true);
+                        return Err(SshError::Session {
+                            host: self.spec.id.clone(),
+                            reason: format!("write: {e}"),
+                        });
+                    }
+                }
+            }
+            self.raw.set_blocking(true);
+            if counted {
+                PIPED_BYTES.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        Ok(false)
     }
 }
 
