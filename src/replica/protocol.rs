@@ -360,9 +360,40 @@ mod tests {
         let at = DateTime::parse_from_rfc3339("2026-11-28T03:10:00.123456789Z")
             .unwrap()
             .with_timezone(&Utc);
-        let all = vec![
-            Request::Version,
-            Request::HashSelf,
+        let mut all = vec![Request::Version, Request::HashSelf];
+        all.extend(disk_samples(at));
+        all.extend(tree_samples(at));
+        all.extend(copy_samples());
+        all.extend(lease_samples(at));
+        for r in &all {
+            match r {
+                Request::Version
+                | Request::HashSelf
+                | Request::Send { .. }
+                | Request::Manifest { .. }
+                | Request::Kept { .. }
+                | Request::Apply { .. }
+                | Request::PutDefinition { .. }
+                | Request::Definition { .. }
+                | Request::SendTree { .. }
+                | Request::TreeBase { .. }
+                | Request::ApplyTree { .. }
+                | Request::Points { .. }
+                | Request::Verify { .. }
+                | Request::Restore { .. }
+                | Request::RollBack { .. }
+                | Request::Settle { .. }
+                | Request::Inspect { .. }
+                | Request::Lease { .. }
+                | Request::Release { .. } => {}
+            }
+        }
+        all
+    }
+
+    /// The requests that send, keep and apply a disk's blocks and its definition.
+    fn disk_samples(at: DateTime<Utc>) -> Vec<Request> {
+        vec![
             Request::Send {
                 image: "/srv/a b.qcow2".into(),
                 compress: true,
@@ -409,6 +440,12 @@ mod tests {
                 image: "/srv/a.qcow2".into(),
                 point: "p1".into(),
             },
+        ]
+    }
+
+    /// The requests that send and apply a backup set's files.
+    fn tree_samples(at: DateTime<Utc>) -> Vec<Request> {
+        vec![
             Request::SendTree {
                 dir: "/export/backups".into(),
             },
@@ -423,6 +460,12 @@ mod tests {
                 source: "san:/export".into(),
                 retention: 1,
             },
+        ]
+    }
+
+    /// The requests that list, check, restore and settle a copy's points.
+    fn copy_samples() -> Vec<Request> {
+        vec![
             Request::Points {
                 image: "/srv/a.qcow2".into(),
             },
@@ -450,6 +493,12 @@ mod tests {
             Request::Inspect {
                 paths: vec!["/srv/a.qcow2".into(), "-b c".into()],
             },
+        ]
+    }
+
+    /// The requests that take and release a copy's leases.
+    fn lease_samples(at: DateTime<Utc>) -> Vec<Request> {
+        vec![
             Request::Lease {
                 path: "/srv/a.qcow2".into(),
                 kind: crate::replica::LeaseKind::Live,
@@ -470,31 +519,7 @@ mod tests {
                 run: None,
                 kind: Some(crate::replica::LeaseKind::Drill),
             },
-        ];
-        for r in &all {
-            match r {
-                Request::Version
-                | Request::HashSelf
-                | Request::Send { .. }
-                | Request::Manifest { .. }
-                | Request::Kept { .. }
-                | Request::Apply { .. }
-                | Request::PutDefinition { .. }
-                | Request::Definition { .. }
-                | Request::SendTree { .. }
-                | Request::TreeBase { .. }
-                | Request::ApplyTree { .. }
-                | Request::Points { .. }
-                | Request::Verify { .. }
-                | Request::Restore { .. }
-                | Request::RollBack { .. }
-                | Request::Settle { .. }
-                | Request::Inspect { .. }
-                | Request::Lease { .. }
-                | Request::Release { .. } => {}
-            }
-        }
-        all
+        ]
     }
 
     #[test]
