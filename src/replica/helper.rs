@@ -698,28 +698,10 @@ pub fn send_nbd(
         },
     )
     .map_err(werr)?;
-    // With a bitmap, the base's tree, updated where blocks changed; else the new leaves,
-    // compared with the base's.
-    enum Hashes {
-        Tree(Vec<blocks::Cv>),
-        Kept(Kept),
-        Leaves {
-            base: Vec<blocks::Cv>,
-            new: Vec<blocks::Cv>,
-        },
-    }
-    let mut hashes = match (src.bitmap, base) {
-        (Some(_), Base::Given(m)) => Hashes::Tree(tree::of(m.cvs)),
-        (Some(_), Base::Kept(k)) => Hashes::Kept(k),
-        (None, base) => Hashes::Leaves {
-            base: base.manifest()?.cvs,
-            new: Vec::with_capacity(n as usize),
-        },
-    };
-    if let Hashes::Kept(k) = &hashes {
+    let mut hashes = NbdHashes::new(src.bitmap, base, n)?;
+    if let NbdHashes::Kept(k) = &hashes {
         k.read_ahead(&ranges);
     }
-    let kerr = |e: std::io::Error| format!("the kept manifest: {e}");
     let mut changed: Vec<u64> = Vec::new();
     let mut sent = Sent {
         read: 0,
@@ -738,57 +720,18 @@ pub fn send_nbd(
         let cvs = blocks::cvs(b, data);
         for (i, (c, d)) in cvs.iter().zip(data.chunks(BLOCK)).enumerate() {
             let idx = b + i as u64;
-            let old = match &mut hashes {
-                Hashes::Tree(t) => Some(t[idx as usize]),
-                Hashes::Kept(kept) => Some(tree::Nodes::node(kept, idx as usize).map_err(kerr)?),
-                Hashes::Leaves { base, new } => {
-                    new.push(*c);
-                    base.get(idx as usize).copied()
-                }
-            };
-            if old == Some(*c) {
+            if !hashes.update(idx, *c)? {
                 continue;
-            }
-            match &mut hashes {
-                Hashes::Tree(t) => t[idx as usize] = *c,
-                Hashes::Kept(kept) => {
-                    tree::Nodes::set_node(kept, idx as usize, *c).map_err(kerr)?
-                }
-                Hashes::Leaves { .. } => {}
             }
             changed.push(idx);
             sent.blocks += 1;
-            if blocks::is_zero(d) {
-                wire::write_zero(w, idx, d.len() as u32).map_err(werr)?;
-            } else if let Some(z) = compressor.as_mut().and_then(|c| c.compress(d)) {
-                sent.bytes += z.len() as u64;
-                wire::write_compressed(w, idx, d.len() as u32, &z).map_err(werr)?;
-            } else {
-                sent.bytes += d.len() as u64;
-                wire::write_data(w, idx, d).map_err(werr)?;
-            }
+            sent.bytes += send_block(w, compressor.as_mut(), idx, d).map_err(werr)?;
         }
         sent.read += cvs.len() as u64;
         Ok(())
     })?;
     drop(client);
-    let (whole, kept) = match hashes {
-        Hashes::Tree(mut t) => {
-            tree::update(&mut t[..], n, &changed).expect("in memory");
-            let whole = tree::root(&mut t[..], n).expect("in memory");
-            sent.tree = Some(t);
-            (whole, None)
-        }
-        Hashes::Kept(mut k) => {
-            tree::update(&mut k, n, &changed).map_err(kerr)?;
-            (tree::root(&mut k, n).map_err(kerr)?, Some(k))
-        }
-        Hashes::Leaves { new, .. } => {
-            let (whole, t) = whole_of(new, single);
-            sent.tree = Some(t);
-            (Some(whole), None)
-        }
-    };
+    let (whole, kept) = hashes.root(n, &changed, single, &mut sent)?;
     let whole = whole.or(single).unwrap_or(*blake3::hash(b"").as_bytes());
     wire::write_end(w, &whole).map_err(werr)?;
     // The kept manifest is complete again once the stream is.
@@ -797,6 +740,105 @@ pub fn send_nbd(
     }
     sent.whole = whole;
     Ok(sent)
+}
+
+/// The block hashes [`send_nbd`] keeps while it reads: with a bitmap, the base's tree,
+/// updated where blocks changed; else the new leaves, compared with the base's.
+enum NbdHashes {
+    Tree(Vec<blocks::Cv>),
+    Kept(Kept),
+    Leaves {
+        base: Vec<blocks::Cv>,
+        new: Vec<blocks::Cv>,
+    },
+}
+
+impl NbdHashes {
+    fn new(bitmap: Option<&str>, base: Base, n: u64) -> Result<NbdHashes, String> {
+        Ok(match (bitmap, base) {
+            (Some(_), Base::Given(m)) => NbdHashes::Tree(tree::of(m.cvs)),
+            (Some(_), Base::Kept(k)) => NbdHashes::Kept(k),
+            (None, base) => NbdHashes::Leaves {
+                base: base.manifest()?.cvs,
+                new: Vec::with_capacity(n as usize),
+            },
+        })
+    }
+
+    /// Takes in the hash `c` of block `idx` as read; says whether the block changed.
+    fn update(&mut self, idx: u64, c: blocks::Cv) -> Result<bool, String> {
+        let old = match self {
+            NbdHashes::Tree(t) => Some(t[idx as usize]),
+            NbdHashes::Kept(kept) => Some(tree::Nodes::node(kept, idx as usize).map_err(kept_err)?),
+            NbdHashes::Leaves { base, new } => {
+                new.push(c);
+                base.get(idx as usize).copied()
+            }
+        };
+        if old == Some(c) {
+            return Ok(false);
+        }
+        match self {
+            NbdHashes::Tree(t) => t[idx as usize] = c,
+            NbdHashes::Kept(kept) => {
+                tree::Nodes::set_node(kept, idx as usize, c).map_err(kept_err)?
+            }
+            NbdHashes::Leaves { .. } => {}
+        }
+        Ok(true)
+    }
+
+    /// The whole-image hash once every block was read (`None` for an image of at most one
+    /// block), the tree into `sent` when it is in memory, and the kept manifest to finish.
+    fn root(
+        self,
+        n: u64,
+        changed: &[u64],
+        single: Option<[u8; 32]>,
+        sent: &mut Sent,
+    ) -> Result<(Option<[u8; 32]>, Option<Kept>), String> {
+        Ok(match self {
+            NbdHashes::Tree(mut t) => {
+                tree::update(&mut t[..], n, changed).expect("in memory");
+                let whole = tree::root(&mut t[..], n).expect("in memory");
+                sent.tree = Some(t);
+                (whole, None)
+            }
+            NbdHashes::Kept(mut k) => {
+                tree::update(&mut k, n, changed).map_err(kept_err)?;
+                (tree::root(&mut k, n).map_err(kept_err)?, Some(k))
+            }
+            NbdHashes::Leaves { new, .. } => {
+                let (whole, t) = whole_of(new, single);
+                sent.tree = Some(t);
+                (Some(whole), None)
+            }
+        })
+    }
+}
+
+fn kept_err(e: std::io::Error) -> String {
+    format!("the kept manifest: {e}")
+}
+
+/// Writes changed block `idx` to the stream: as zeros, compressed, or as it is. Returns
+/// the bytes of block data it put in the stream.
+fn send_block(
+    w: &mut impl Write,
+    compressor: Option<&mut wire::Compressor>,
+    idx: u64,
+    d: &[u8],
+) -> std::io::Result<u64> {
+    if blocks::is_zero(d) {
+        wire::write_zero(w, idx, d.len() as u32)?;
+        Ok(0)
+    } else if let Some(z) = compressor.and_then(|c| c.compress(d)) {
+        wire::write_compressed(w, idx, d.len() as u32, &z)?;
+        Ok(z.len() as u64)
+    } else {
+        wire::write_data(w, idx, d)?;
+        Ok(d.len() as u64)
+    }
 }
 
 /// The blocks [`send_nbd`] reads: ranges `[first, end)` of block indexes, every block or,
