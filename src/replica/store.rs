@@ -820,16 +820,11 @@ impl Store {
         new: &NewPoint,
         stop_at_commit: bool,
     ) -> Result<Applied, StoreError> {
-        let stream_err = |reason: String| StoreError::Stream {
-            image: self.name(),
-            reason,
-        };
         let mirror = File::open(&self.image).map_err(io_err(&self.image))?;
         let jpath = self.path("journal");
         let jfile = File::create(&jpath).map_err(io_err(&jpath))?;
         let mut j = BufWriter::with_capacity(1 << 20, jfile);
-        let werr = io_err(&jpath);
-        j.write_all(JOURNAL_MAGIC).map_err(&werr)?;
+        j.write_all(JOURNAL_MAGIC).map_err(io_err(&jpath))?;
         // The blocks this update replaces, as the reverse delta of the previous point.
         let dpath = self.path("delta.pending");
         let dfile = File::create(&dpath).map_err(io_err(&dpath))?;
@@ -837,10 +832,87 @@ impl Store {
         let derr = io_err(&dpath);
         d.write_all(DELTA_MAGIC).map_err(&derr)?;
         d.write_all(&base.size.to_le_bytes()).map_err(&derr)?;
+        let mut old = OldBlocks {
+            mirror: &mirror,
+            image: &self.image,
+            dpath: &dpath,
+            base_size: base.size,
+            keep: prev.is_some(),
+            buf: vec![0u8; BLOCK],
+        };
+        let s = self.receive_blocks(input, header, base, &mut j, &mut d, &mut old)?;
+        if s.got != s.whole {
+            drop((j, d));
+            let _ = std::fs::remove_file(&jpath);
+            let _ = std::fs::remove_file(&dpath);
+            return Err(StoreError::Mismatch {
+                image: self.name(),
+                expected: hex(s.whole),
+                got: hex(s.got),
+            });
+        }
+        let commit = Commit {
+            point: Point {
+                id: self.unique_id(&new.id)?,
+                taken_at: new.taken_at,
+                source: new.source.clone(),
+                size: header.size,
+                blake3: hex(s.whole),
+                verified: Verified::Yes,
+                checked_at: Some(Utc::now()),
+                received_bytes: s.received,
+                duration_ms: 0,
+                stamp: None,
+                definition: new.definition.clone(),
+                read: new.read.clone(),
+            },
+            prev: prev.map(|p| p.id.clone()),
+            old_size: base.size,
+            new_whole: hex(s.whole),
+            retention: new.retention.max(1),
+        };
+        self.write_commit(j, &jpath, d, &dpath, &commit)?;
+        // Committed: from here on the update is completed, now or by the next run.
+        let point = commit.point.clone();
+        if stop_at_commit {
+            return Ok(Applied {
+                point,
+                blocks: s.changed,
+                dropped: Vec::new(),
+                recovered: None,
+            });
+        }
+        let journal = read_journal(&jpath)?;
+        let dropped = self.roll_forward(&jpath, &journal, commit)?;
+        Ok(Applied {
+            point,
+            blocks: s.changed,
+            dropped,
+            recovered: None,
+        })
+    }
+
+    /// Takes in the blocks of an update up to its end record: each changed block into the
+    /// journal `j`, the block it replaces into the reverse delta `d`. Blocks beyond the base
+    /// come in order (checked by `Records`): the hashes grow with what arrives, never with
+    /// what the header announces.
+    fn receive_blocks(
+        &self,
+        input: &mut impl Read,
+        header: &wire::Header,
+        base: &Manifest,
+        j: &mut BufWriter<File>,
+        d: &mut BufWriter<File>,
+        old: &mut OldBlocks,
+    ) -> Result<Streamed, StoreError> {
+        let stream_err = |reason: String| StoreError::Stream {
+            image: self.name(),
+            reason,
+        };
+        let jpath = self.path("journal");
+        let werr = io_err(&jpath);
         let old_n = blocks::count(base.size);
         let new_n = blocks::count(header.size);
-        // Blocks beyond the base come in order (checked by `Records`): the hashes grow with
-        // what arrives, never with what the header announces.
         let mut records = wire::Records::new(header, old_n);
         let mut cvs = base.cvs.clone();
         cvs.truncate(new_n as usize);
@@ -848,22 +920,6 @@ impl Store {
         let mut received = 0u64;
         let mut changed = 0u64;
         let mut written = 0u64;
-        let mut old_block = vec![0u8; BLOCK];
-        let keep_old = prev.is_some();
-        let mut write_old = |d: &mut BufWriter<File>, idx: u64| -> Result<u64, StoreError> {
-            let len = blocks::block_len(base.size, idx);
-            // Without a previous point, what the update replaces is kept for nothing.
-            if len == 0 || !keep_old {
-                return Ok(0);
-            }
-            let buf = &mut old_block[..len];
-            mirror
-                .read_exact_at(buf, idx * BLOCK as u64)
-                .map_err(io_err(&self.image))?;
-            d.write_all(&idx.to_le_bytes()).map_err(io_err(&dpath))?;
-            put_block(d, buf).map_err(io_err(&dpath))?;
-            Ok(len as u64)
-        };
         let whole = loop {
             let (idx, data) = match records.next(input).map_err(stream_err)? {
                 Record::Data { idx, data } => {
@@ -885,9 +941,9 @@ impl Store {
             j.write_all(&[1]).map_err(&werr)?;
             j.write_all(&idx.to_le_bytes()).map_err(&werr)?;
             j.write_all(&c).map_err(&werr)?;
-            put_block(&mut j, &data).map_err(&werr)?;
+            put_block(j, &data).map_err(&werr)?;
             let before = written;
-            written += data.len() as u64 + write_old(&mut d, idx)?;
+            written += data.len() as u64 + old.write(d, idx)?;
             if written / WRITEBACK_EVERY != before / WRITEBACK_EVERY {
                 start_writeback(j.get_ref());
                 start_writeback(d.get_ref());
@@ -895,11 +951,11 @@ impl Store {
         };
         // Blocks cut off by a smaller image are kept for the previous point.
         for idx in new_n..old_n {
-            write_old(&mut d, idx)?;
+            old.write(d, idx)?;
         }
         if new_n == 1 && single.is_none() {
             let mut buf = vec![0u8; blocks::block_len(header.size, 0)];
-            mirror
+            old.mirror
                 .read_exact_at(&mut buf, 0)
                 .map_err(io_err(&self.image))?;
             single = Some(*blake3::hash(&buf).as_bytes());
@@ -907,42 +963,32 @@ impl Store {
         let got = blocks::root(&cvs)
             .or(single)
             .unwrap_or(*blake3::hash(b"").as_bytes());
-        if got != whole {
-            drop((j, d));
-            let _ = std::fs::remove_file(&jpath);
-            let _ = std::fs::remove_file(&dpath);
-            return Err(StoreError::Mismatch {
-                image: self.name(),
-                expected: hex(whole),
-                got: hex(got),
-            });
-        }
-        let commit = Commit {
-            point: Point {
-                id: self.unique_id(&new.id)?,
-                taken_at: new.taken_at,
-                source: new.source.clone(),
-                size: header.size,
-                blake3: hex(whole),
-                verified: Verified::Yes,
-                checked_at: Some(Utc::now()),
-                received_bytes: received,
-                duration_ms: 0,
-                stamp: None,
-                definition: new.definition.clone(),
-                read: new.read.clone(),
-            },
-            prev: prev.map(|p| p.id.clone()),
-            old_size: base.size,
-            new_whole: hex(whole),
-            retention: new.retention.max(1),
-        };
+        Ok(Streamed {
+            whole,
+            got,
+            received,
+            changed,
+        })
+    }
+
+    /// Makes an update's commit record durable, after the reverse delta it relies on: the
+    /// delta synced, then the record ends the journal, which is synced in turn.
+    fn write_commit(
+        &self,
+        mut j: BufWriter<File>,
+        jpath: &Path,
+        d: BufWriter<File>,
+        dpath: &Path,
+        commit: &Commit,
+    ) -> Result<(), StoreError> {
+        let werr = io_err(jpath);
+        let derr = io_err(dpath);
         // The replaced blocks are durable before the commit record can be.
         let dfile = d.into_inner().map_err(|e| derr(e.into_error()))?;
         dfile.sync_all().map_err(&derr)?;
         drop(dfile);
         sync_dir(&self.dir)?;
-        let json = serde_json::to_vec(&commit).expect("commit serializes");
+        let json = serde_json::to_vec(commit).expect("commit serializes");
         j.write_all(&[9]).map_err(&werr)?;
         j.write_all(&(json.len() as u32).to_le_bytes())
             .map_err(&werr)?;
@@ -952,24 +998,7 @@ impl Store {
         jfile.sync_all().map_err(&werr)?;
         drop(jfile);
         sync_dir(&self.dir)?;
-        // Committed: from here on the update is completed, now or by the next run.
-        let point = commit.point.clone();
-        if stop_at_commit {
-            return Ok(Applied {
-                point,
-                blocks: changed,
-                dropped: Vec::new(),
-                recovered: None,
-            });
-        }
-        let journal = read_journal(&jpath)?;
-        let dropped = self.roll_forward(&jpath, &journal, commit)?;
-        Ok(Applied {
-            point,
-            blocks: changed,
-            dropped,
-            recovered: None,
-        })
+        Ok(())
     }
 
     /// Completes a committed update: the previous point's delta, the mirror, the manifest,
@@ -1465,6 +1494,47 @@ fn remove_if_present(path: &Path) -> Result<(), StoreError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err(path)(e)),
     }
+}
+
+/// The reverse delta an update writes as it goes: each block it replaces, read from the
+/// mirror before the mirror changes, kept for the previous point.
+struct OldBlocks<'a> {
+    mirror: &'a File,
+    image: &'a Path,
+    dpath: &'a Path,
+    base_size: u64,
+    /// Without a previous point, what the update replaces is kept for nothing.
+    keep: bool,
+    buf: Vec<u8>,
+}
+
+impl OldBlocks<'_> {
+    /// Writes the base's block `idx` to the delta `d`; returns its length (0 when nothing
+    /// was written).
+    fn write(&mut self, d: &mut BufWriter<File>, idx: u64) -> Result<u64, StoreError> {
+        let len = blocks::block_len(self.base_size, idx);
+        if len == 0 || !self.keep {
+            return Ok(0);
+        }
+        let buf = &mut self.buf[..len];
+        self.mirror
+            .read_exact_at(buf, idx * BLOCK as u64)
+            .map_err(io_err(self.image))?;
+        d.write_all(&idx.to_le_bytes())
+            .map_err(io_err(self.dpath))?;
+        put_block(d, buf).map_err(io_err(self.dpath))?;
+        Ok(len as u64)
+    }
+}
+
+/// What the blocks of an update gave once its end record came.
+struct Streamed {
+    /// The whole-image hash the source announced.
+    whole: [u8; 32],
+    /// The whole-image hash of what the copy will hold.
+    got: [u8; 32],
+    received: u64,
+    changed: u64,
 }
 
 /// A block in a journal or delta: length, a zero flag, and the bytes unless zero.
