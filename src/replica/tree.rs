@@ -321,6 +321,31 @@ pub struct TreeStore {
     max_files: usize,
 }
 
+/// The paths an update changes, by what it does to them (as in [`Commit`]).
+#[derive(Default)]
+struct Changes {
+    put: Vec<String>,
+    replaced: Vec<String>,
+    deleted: Vec<String>,
+    touched: Vec<String>,
+}
+
+/// What the records of an update gave once its end came.
+struct Received {
+    /// The digest of the tree the source announced.
+    digest: String,
+    changes: Changes,
+    /// Bytes of file content received.
+    received: u64,
+}
+
+/// Where [`TreeStore::stage_file`] writes, and the buffer it reads through.
+struct Staged<'a> {
+    dir: &'a Dir,
+    dir_path: &'a Path,
+    buf: &'a mut [u8],
+}
+
 /// The commit record of a tree update.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Commit {
@@ -681,18 +706,74 @@ impl TreeStore {
         new: NewPoint,
     ) -> Result<(Point, u64), StoreError> {
         let began = std::time::Instant::now();
-        let stream_err = |reason: String| StoreError::Stream {
-            image: self.name(),
-            reason,
-        };
         let (points, _) = self.history_for_update()?;
         // The tree the source compared against: `base` wrote it.
         let mut tree: Tree = self.read_json("tree.json")?;
         let staging_path = self.path("staging");
         let _ = std::fs::remove_dir_all(&staging_path);
         let staging = Dir::open(&staging_path, true).map_err(io_err(&staging_path))?;
-        let (mut put_files, mut replaced, mut deleted, mut touched) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let r = self.receive_records(input, &mut tree, &staging, &staging_path)?;
+        if tree.digest() != r.digest {
+            let _ = std::fs::remove_dir_all(&staging_path);
+            return Err(StoreError::Mismatch {
+                image: self.name(),
+                expected: r.digest,
+                got: tree.digest(),
+            });
+        }
+        self.refuse_non_files(&r.changes)?;
+        let taken: Vec<&str> = points.iter().map(|p| p.id.as_str()).collect();
+        let mut id = new.id.clone();
+        let mut n = 2;
+        while taken.contains(&id.as_str()) {
+            id = format!("{}-{n}", new.id);
+            n += 1;
+        }
+        let point = Point {
+            id,
+            taken_at: new.taken_at,
+            source: new.source.clone(),
+            size: tree.total(),
+            blake3: r.digest,
+            verified: Verified::Yes,
+            checked_at: Some(Utc::now()),
+            received_bytes: r.received,
+            duration_ms: began.elapsed().as_millis() as u64,
+            stamp: None,
+            definition: None,
+            read: None,
+        };
+        let commit = Commit {
+            point: point.clone(),
+            prev: points.last().map(|p| p.id.clone()),
+            put: r.changes.put,
+            replaced: r.changes.replaced,
+            deleted: r.changes.deleted,
+            touched: r.changes.touched,
+            tree,
+            retention: new.retention.max(1),
+        };
+        // The commit record: from here on the update is completed, now or by the next run.
+        let files = commit.put.len() as u64;
+        self.write_json("commit.json", &commit)?;
+        self.roll_forward(commit)?;
+        Ok((point, files))
+    }
+
+    /// Reads the records of an update up to its end: each file into `staging`, and every
+    /// change into `tree`, which then is the tree the copy will hold.
+    fn receive_records(
+        &self,
+        input: &mut impl io::BufRead,
+        tree: &mut Tree,
+        staging: &Dir,
+        staging_path: &Path,
+    ) -> Result<Received, StoreError> {
+        let stream_err = |reason: String| StoreError::Stream {
+            image: self.name(),
+            reason,
+        };
+        let mut changes = Changes::default();
         let mut seen = std::collections::HashSet::new();
         let mut received = 0u64;
         let mut buf = vec![0u8; 1 << 20];
@@ -730,39 +811,17 @@ impl TreeStore {
                             self.max_files
                         )));
                     }
-                    let dst = staging_path.join(&path);
-                    let mut f = staging.create_file(&path).map_err(io_err(&dst))?;
-                    let mut h = blake3::Hasher::new();
-                    let mut left = entry.size;
-                    while left > 0 {
-                        let n = left.min(buf.len() as u64) as usize;
-                        input.read_exact(&mut buf[..n]).map_err(|e| {
-                            stream_err(if e.kind() == io::ErrorKind::UnexpectedEof {
-                                ENDED_EARLY.into()
-                            } else {
-                                e.to_string()
-                            })
-                        })?;
-                        h.update(&buf[..n]);
-                        f.write_all(&buf[..n]).map_err(io_err(&dst))?;
-                        left -= n as u64;
-                    }
-                    if h.finalize().to_hex().as_str() != entry.blake3 {
-                        return Err(stream_err(format!(
-                            "`{}` arrived damaged",
-                            beneath::shown(&path)
-                        )));
-                    }
-                    f.sync_all().map_err(io_err(&dst))?;
-                    drop(f);
-                    staging
-                        .set_mtime(&path, entry.mtime_ns)
-                        .map_err(io_err(&dst))?;
+                    let staged = Staged {
+                        dir: staging,
+                        dir_path: staging_path,
+                        buf: &mut buf,
+                    };
+                    self.stage_file(input, staged, &path, &entry)?;
                     received += entry.size;
                     if known {
-                        replaced.push(path.clone());
+                        changes.replaced.push(path.clone());
                     }
-                    put_files.push(path.clone());
+                    changes.put.push(path.clone());
                     tree.files.insert(path, entry);
                 }
                 Rec::Touch { entry, .. } => {
@@ -780,7 +839,7 @@ impl TreeStore {
                         )));
                     }
                     *known = entry;
-                    touched.push(path);
+                    changes.touched.push(path);
                 }
                 Rec::Delete { .. } => {
                     if tree.files.remove(&path).is_none() {
@@ -789,83 +848,100 @@ impl TreeStore {
                             beneath::shown(&path)
                         )));
                     }
-                    deleted.push(path);
+                    changes.deleted.push(path);
                 }
                 Rec::Hello { .. } | Rec::End { .. } => unreachable!("handled above"),
             }
         };
-        if tree.digest() != digest {
-            let _ = std::fs::remove_dir_all(&staging_path);
-            return Err(StoreError::Mismatch {
-                image: self.name(),
-                expected: digest,
-                got: tree.digest(),
-            });
+        Ok(Received {
+            digest,
+            changes,
+            received,
+        })
+    }
+
+    /// Writes the `entry.size` bytes of file `path` that follow in the stream into the
+    /// staging folder, checks them against `entry`'s hash, syncs them and sets their time.
+    fn stage_file(
+        &self,
+        input: &mut impl io::BufRead,
+        staged: Staged,
+        path: &str,
+        entry: &FileEntry,
+    ) -> Result<(), StoreError> {
+        let stream_err = |reason: String| StoreError::Stream {
+            image: self.name(),
+            reason,
+        };
+        let buf = staged.buf;
+        let dst = staged.dir_path.join(path);
+        let mut f = staged.dir.create_file(path).map_err(io_err(&dst))?;
+        let mut h = blake3::Hasher::new();
+        let mut left = entry.size;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            input.read_exact(&mut buf[..n]).map_err(|e| {
+                stream_err(if e.kind() == io::ErrorKind::UnexpectedEof {
+                    ENDED_EARLY.into()
+                } else {
+                    e.to_string()
+                })
+            })?;
+            h.update(&buf[..n]);
+            f.write_all(&buf[..n]).map_err(io_err(&dst))?;
+            left -= n as u64;
         }
-        // Nothing in the copy may be a link, or anything but a file, where the update writes:
-        // refused now rather than after the commit, which could not be completed.
-        if self.root.exists() {
-            let root = Dir::open(&self.root, false).map_err(io_err(&self.root))?;
-            for p in put_files.iter().chain(&deleted).chain(&touched) {
-                let at = format!("{}/{}", self.root.display(), beneath::shown(p));
-                let kind = root.kind(p).map_err(|e| StoreError::Io {
-                    path: at.clone(),
-                    reason: e.to_string(),
-                })?;
-                match kind {
-                    None | Some(Kind::File) => {}
-                    Some(kind) => {
-                        return Err(StoreError::Io {
-                            path: at,
-                            reason: format!(
-                                "it is a {} in the copy, where the source has a file; nothing was changed (remove it)",
-                                match kind {
-                                    Kind::Link => "symbolic link",
-                                    Kind::Dir => "folder",
-                                    _ => "special file",
-                                }
-                            ),
-                        });
-                    }
+        if h.finalize().to_hex().as_str() != entry.blake3 {
+            return Err(stream_err(format!(
+                "`{}` arrived damaged",
+                beneath::shown(path)
+            )));
+        }
+        f.sync_all().map_err(io_err(&dst))?;
+        drop(f);
+        staged
+            .dir
+            .set_mtime(path, entry.mtime_ns)
+            .map_err(io_err(&dst))?;
+        Ok(())
+    }
+
+    /// Refuses an update where the copy holds a link, or anything but a file, at a path the
+    /// update writes: now rather than after the commit, which could not be completed.
+    fn refuse_non_files(&self, changes: &Changes) -> Result<(), StoreError> {
+        if !self.root.exists() {
+            return Ok(());
+        }
+        let root = Dir::open(&self.root, false).map_err(io_err(&self.root))?;
+        let paths = changes
+            .put
+            .iter()
+            .chain(&changes.deleted)
+            .chain(&changes.touched);
+        for p in paths {
+            let at = format!("{}/{}", self.root.display(), beneath::shown(p));
+            let kind = root.kind(p).map_err(|e| StoreError::Io {
+                path: at.clone(),
+                reason: e.to_string(),
+            })?;
+            match kind {
+                None | Some(Kind::File) => {}
+                Some(kind) => {
+                    return Err(StoreError::Io {
+                        path: at,
+                        reason: format!(
+                            "it is a {} in the copy, where the source has a file; nothing was changed (remove it)",
+                            match kind {
+                                Kind::Link => "symbolic link",
+                                Kind::Dir => "folder",
+                                _ => "special file",
+                            }
+                        ),
+                    });
                 }
             }
         }
-        let taken: Vec<&str> = points.iter().map(|p| p.id.as_str()).collect();
-        let mut id = new.id.clone();
-        let mut n = 2;
-        while taken.contains(&id.as_str()) {
-            id = format!("{}-{n}", new.id);
-            n += 1;
-        }
-        let point = Point {
-            id,
-            taken_at: new.taken_at,
-            source: new.source.clone(),
-            size: tree.total(),
-            blake3: digest,
-            verified: Verified::Yes,
-            checked_at: Some(Utc::now()),
-            received_bytes: received,
-            duration_ms: began.elapsed().as_millis() as u64,
-            stamp: None,
-            definition: None,
-            read: None,
-        };
-        let commit = Commit {
-            point: point.clone(),
-            prev: points.last().map(|p| p.id.clone()),
-            put: put_files,
-            replaced,
-            deleted,
-            touched,
-            tree,
-            retention: new.retention.max(1),
-        };
-        // The commit record: from here on the update is completed, now or by the next run.
-        let files = commit.put.len() as u64;
-        self.write_json("commit.json", &commit)?;
-        self.roll_forward(commit)?;
-        Ok((point, files))
+        Ok(())
     }
 
     /// Moves the staged files in place, keeping what they replace for the previous point.
