@@ -1,8 +1,9 @@
 //! reprise: a disaster-recovery orchestrator for small IT teams.
 //!
 //! The pipeline, one module a stage: [`sources`] (files on disk) → [`inventory`] and
-//! [`runbook`] (validated model, see [`model`]) → [`graph`] (service dependencies) → [`plan`]
-//! (every concrete step, in order) → [`runner`] (execution over [`ssh`], emitting [`event`]s) →
+//! [`runbook`] (read and cross-checked into a [`model`], then validated by planning every mode:
+//! `plan::validate::load`) → [`graph`] (service dependencies) → [`plan`] (every concrete step,
+//! in order) → [`runner`] (execution over [`ssh`], emitting [`event`]s) →
 //! [`journal`] and [`view`]. [`run`] ties a run together; [`check`] says whether a recovery
 //! would work now, [`report`] tells management how one went; [`lab`] brings the example to life on
 //! loopback; [`cli`] is the command line on top. See ARCHITECTURE.md.

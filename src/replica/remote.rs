@@ -751,8 +751,12 @@ impl<'a> Helpers<'a> {
                 self.transport.prepare_bulk(host);
             }
         }
-        let (base_req, send, apply, unit) = requests(tree, from, src, dst, r, guest);
-        let mut send = send;
+        let Requests {
+            base: base_req,
+            mut send,
+            apply,
+            unit,
+        } = requests(tree, from, src, dst, r, guest);
         // The sides compare the digest of the recovery manifest first: the stream's request
         // names it, and the source reads against the manifest it kept when it is that very one
         // (it made it when it last sent this image); only when it is not is the manifest
@@ -1164,8 +1168,19 @@ impl<'a> Helpers<'a> {
     }
 }
 
-/// The requests of one transfer: the recovery side's base, the source's send, the recovery
-/// side's apply, and the unit its counts are in.
+/// The requests of one transfer.
+struct Requests {
+    /// The recovery side's base: its manifest, or its tree's.
+    base: Request,
+    /// The source's send.
+    send: Request,
+    /// The recovery side's apply.
+    apply: Request,
+    /// The unit the transfer's counts are in.
+    unit: &'static str,
+}
+
+/// The requests of one transfer (see [`Requests`]).
 fn requests(
     tree: bool,
     from: &str,
@@ -1173,7 +1188,7 @@ fn requests(
     dst: &str,
     r: &Replication,
     guest: Option<&GuestRead>,
-) -> (Request, Request, Request, &'static str) {
+) -> Requests {
     let (src_path, dst_path) = (PathBuf::from(src), PathBuf::from(dst));
     let (point, taken_at, source, retention) = (
         r.point.clone(),
@@ -1182,29 +1197,29 @@ fn requests(
         r.retention,
     );
     if tree {
-        (
-            Request::TreeBase {
+        Requests {
+            base: Request::TreeBase {
                 dir: dst_path.clone(),
                 reread: r.reread,
             },
-            Request::SendTree { dir: src_path },
-            Request::ApplyTree {
+            send: Request::SendTree { dir: src_path },
+            apply: Request::ApplyTree {
                 dir: dst_path,
                 point,
                 taken_at,
                 source,
                 retention,
             },
-            "files",
-        )
+            unit: "files",
+        }
     } else {
-        (
-            Request::Manifest {
+        Requests {
+            base: Request::Manifest {
                 image: dst_path.clone(),
                 reread: r.reread,
                 digest: false,
             },
-            Request::Send {
+            send: Request::Send {
                 image: src_path,
                 compress: r.compress,
                 nbd: guest.and_then(|g| g.nbd.as_ref().map(|(s, _)| s.into())),
@@ -1213,7 +1228,7 @@ fn requests(
                 bitmap: guest.and_then(|g| g.bitmap.clone()),
                 base: None,
             },
-            Request::Apply {
+            apply: Request::Apply {
                 image: dst_path,
                 point,
                 taken_at,
@@ -1224,8 +1239,8 @@ fn requests(
                 why: guest.and_then(|g| g.how.why.clone()),
                 checkpoint: guest.and_then(|g| g.how.checkpoint.clone()),
             },
-            "blocks",
-        )
+            unit: "blocks",
+        }
     }
 }
 
