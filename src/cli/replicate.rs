@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use chrono::Utc;
 
 use super::Outcome;
+use super::freeze::{self, capture_action, capture_definition, snapshot_hook};
 use crate::exit;
 use crate::model::Model;
 use crate::replica::cbt;
@@ -141,18 +142,18 @@ fn widen_pipes() {
 }
 
 /// One replicated image of a VM: where it comes from and where its copy is.
-struct Image {
-    from: String,
-    src: String,
-    to: String,
-    dst: String,
+pub(super) struct Image {
+    pub(super) from: String,
+    pub(super) src: String,
+    pub(super) to: String,
+    pub(super) dst: String,
 }
 
 /// A VM and its images, or a backup set and its folder, with its retention.
 pub(super) struct VmImages {
     pub(super) id: String,
     retention: u32,
-    images: Vec<Image>,
+    pub(super) images: Vec<Image>,
     /// A backup set (a folder replicated file by file), not a vm.
     pub(super) backup: bool,
 }
@@ -307,104 +308,6 @@ pub(super) fn select(model: &Model, names: &[String]) -> Result<Vec<VmImages>, O
 
 pub(super) fn transport(model: &Model, ssh: &SshArgs) -> Result<crate::ssh::SshTransport, Outcome> {
     Ok(crate::run::transport(model, &ssh.options()?))
-}
-
-/// A driver hook around the replication of a running vm (`replicate-begin`, `replicate-end`).
-fn snapshot_hook(
-    model: &Model,
-    vm: &str,
-    action: &str,
-) -> Option<(String, crate::template::Command)> {
-    crate::plan::replicate_hook(model, model.inventory.vms.get(vm)?, action)
-}
-
-/// The driver's `definition` action of a vm whose driver carries definitions: its host (the
-/// primary) and command.
-fn capture_action(
-    model: &Model,
-    vm: &VmImages,
-) -> Option<(String, crate::template::Command, crate::vmdef::Format)> {
-    if vm.backup {
-        return None;
-    }
-    let v = model.inventory.vms.get(&vm.id)?;
-    let driver = model.inventory.drivers.get(&v.driver.value)?;
-    let format = driver.definition_format.filter(|_| driver.defines())?;
-    crate::plan::replicate_hook(model, v, "definition").map(|(h, c)| (h, c, format))
-}
-
-/// Captures the definition of `vm` from its primary, stored beside the copy of its first disk
-/// (`None`: its driver carries none); `Err` when it cannot be, said in `out` (the vm is then not
-/// replicated: its copies stay as they were).
-fn capture_definition(
-    model: &Model,
-    helpers: &Helpers,
-    vm: &VmImages,
-    out: &mut Outcome,
-) -> Result<Option<String>, ()> {
-    let (Some((host, cmd, format)), Some(first)) = (capture_action(model, vm), vm.images.first())
-    else {
-        return Ok(None);
-    };
-    let captured = cmd
-        .expose(|n| std::env::var(n).ok())
-        .map_err(|m| format!("secret {m} is not set in the environment"))
-        .and_then(|text| {
-            crate::replica::definitions::capture(
-                helpers, format, &host, &text, &first.to, &first.dst,
-            )
-        });
-    match captured {
-        Ok(h) => {
-            out.stdout.push_str(&format!(
-                "{}: definition captured on {host} (BLAKE3 {})\n",
-                vm.id,
-                &h[..16]
-            ));
-            Ok(Some(h))
-        }
-        Err(e) => {
-            out.stderr.push_str(&format!(
-                "error: {}: {e}; not replicated, its copy is as it was\n",
-                vm.id
-            ));
-            out.code = exit::FAILED;
-            Err(())
-        }
-    }
-}
-
-/// Runs a snapshot hook: its duration and what it printed (each line for `vm`); the error
-/// says what to do by hand.
-fn run_hook(
-    transport: &dyn crate::ssh::Transport,
-    host: &str,
-    cmd: &crate::template::Command,
-) -> Result<(f64, String), String> {
-    let text = cmd
-        .expose(|n| std::env::var(n).ok())
-        .map_err(|e| e.to_string())?;
-    let began = std::time::Instant::now();
-    let out = transport
-        .exec(host, &text, std::time::Duration::from_secs(600))
-        .map_err(|e| e.to_string())?;
-    if out.exit_code != 0 {
-        return Err(format!(
-            "exited with {} on {host}: {}",
-            out.exit_code,
-            out.stderr.trim()
-        ));
-    }
-    Ok((began.elapsed().as_secs_f64(), out.stdout))
-}
-
-/// What a hook printed, each line for `vm`.
-fn hook_lines(vm: &str, stdout: &str) -> String {
-    stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| format!("{vm}: {}\n", l.trim_end()))
-        .collect()
 }
 
 /// `reprise replicate --dry-run`: what it would do, vm by vm.
@@ -562,42 +465,6 @@ pub fn replicate(
     out
 }
 
-/// The snapshot of a running vm, made by `replicate-begin`: merged back by `replicate-end`
-/// on every way out, a panic included.
-struct Snapshot<'a> {
-    transport: &'a dyn crate::ssh::Transport,
-    vm: String,
-    end: Option<(String, crate::template::Command)>,
-}
-
-impl Snapshot<'_> {
-    /// Runs `replicate-end` now: what to print.
-    fn end(mut self) -> Result<Option<String>, String> {
-        let Some((host, cmd)) = self.end.take() else {
-            return Ok(None);
-        };
-        match run_hook(self.transport, &host, &cmd) {
-            Ok((secs, said)) => Ok(Some(format!(
-                "{}{}: snapshot merged back (replicate-end on {host}, {secs:.1}s)\n",
-                hook_lines(&self.vm, &said),
-                self.vm
-            ))),
-            Err(e) => Err(format!(
-                "error: {}: its snapshot was NOT merged back (replicate-end {e}): the vm still writes to overlays; run on {host}: {}\n",
-                self.vm, cmd
-            )),
-        }
-    }
-}
-
-impl Drop for Snapshot<'_> {
-    fn drop(&mut self) {
-        if let Some((host, cmd)) = self.end.take() {
-            let _ = run_hook(self.transport, &host, &cmd);
-        }
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn replicate_all(
     model: &Model,
@@ -639,49 +506,19 @@ fn replicate_all(
             replicate_guest(vm, inv, transport, &helpers, &r, scan, &stopped, &mut out);
             continue;
         }
-        let hook = |action| {
-            (!vm.backup)
-                .then(|| snapshot_hook(model, &vm.id, action))
-                .flatten()
-        };
-        if !settle_snapshot(model, transport, vm, &mut out) {
-            continue;
-        }
-        // The vm's definition goes with the point, beside the copy of its first disk: read
-        // before the snapshot, which points the defined domain at its overlays.
-        let Ok(definition) = capture_definition(model, &helpers, vm, &mut out) else {
-            continue;
-        };
-        // A running vm's disks are frozen by its driver's snapshot while they are read.
-        let mut snapshot = Snapshot {
+        // The snapshot left by a cut replication merged back, the vm's definition captured,
+        // its disks frozen by its driver's snapshot while they are read.
+        let Some((definition, snapshot)) = freeze::prepare(
+            model,
             transport,
-            vm: vm.id.clone(),
-            end: None,
+            &helpers,
+            vm,
+            &stopped,
+            &mut out,
+            &mut frozen,
+        ) else {
+            continue;
         };
-        if let Some((host, cmd)) = hook("replicate-begin") {
-            // Whatever its result, the end runs: a begin cut half-way may have made overlays.
-            snapshot.end = hook("replicate-end");
-            frozen = true;
-            match run_hook(transport, &host, &cmd) {
-                Ok((secs, said)) => out.stdout.push_str(&format!(
-                    "{}{}: disks frozen for the copy (replicate-begin on {host}, {secs:.1}s)\n",
-                    hook_lines(&vm.id, &said),
-                    vm.id
-                )),
-                Err(e) => {
-                    out.stderr.push_str(&format!(
-                        "error: {}: its snapshot could not be made (replicate-begin {e}); not replicated, its copy is as it was\n",
-                        vm.id
-                    ));
-                    out.code = exit::FAILED;
-                    match snapshot.end() {
-                        Ok(_) => {}
-                        Err(e) => out.stderr.push_str(&e),
-                    }
-                    continue;
-                }
-            }
-        }
         let taken_at = Utc::now();
         let mut r = Replication {
             point: point_id(taken_at),
@@ -744,46 +581,6 @@ fn interrupted(
         }
     ));
     out.code = exit::INTERRUPTED;
-}
-
-/// Merges back a snapshot left by an interrupted replication of `vm`: `false` when it could
-/// not be (said in `out`; the vm is then not replicated).
-fn settle_snapshot(
-    model: &Model,
-    transport: &crate::ssh::SshTransport,
-    vm: &VmImages,
-    out: &mut Outcome,
-) -> bool {
-    let hook = |action| {
-        (!vm.backup)
-            .then(|| snapshot_hook(model, &vm.id, action))
-            .flatten()
-    };
-    // A snapshot left by an interrupted replication: its disks are stale (the vm writes
-    // to the overlay) and a new snapshot would fail; merged back before anything else.
-    if let (Some((host, check)), Some((_, end))) = (hook("replicate-check"), hook("replicate-end"))
-    {
-        let settled = match (
-            check.expose(|n| std::env::var(n).ok()),
-            end.expose(|n| std::env::var(n).ok()),
-        ) {
-            (Ok(c), Ok(e)) => {
-                crate::replica::snapshot::settle(transport, &host, &c, &e, &end.to_string())
-            }
-            (Err(m), _) | (_, Err(m)) => Err(format!("secret {m} is not set in the environment")),
-        };
-        match settled {
-            Ok(Some(note)) => out.stdout.push_str(&format!("{}: {note}\n", vm.id)),
-            Ok(None) => {}
-            Err(e) => {
-                out.stderr
-                    .push_str(&format!("error: {}: {e}; not replicated\n", vm.id));
-                out.code = exit::FAILED;
-                return false;
-            }
-        }
-    }
-    true
 }
 
 /// Copies each disk (or backup folder) of `vm` to its recovery copy; those a stop left out are

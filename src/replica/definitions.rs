@@ -39,10 +39,23 @@ pub fn capture(
             out.stderr.trim()
         ));
     }
-    Definition::parse(format, &out.stdout)
+    keep(helpers, format, from, &out.stdout, to, first_copy)
+}
+
+/// Checks the definition `from` printed and stores it on `to` beside `first_copy`: its
+/// BLAKE3.
+pub fn keep(
+    helpers: &Helpers,
+    format: Format,
+    from: &str,
+    text: &[u8],
+    to: &str,
+    first_copy: &str,
+) -> Result<String, String> {
+    Definition::parse(format, text)
         .map_err(|e| format!("the definition {from} gave is refused: {e}"))?;
     helpers
-        .put_definition(to, first_copy, &out.stdout)
+        .put_definition(to, first_copy, text)
         .map_err(|e| format!("its definition could not be stored on {to}: {e}"))
 }
 

@@ -19,6 +19,7 @@
 //! This module never prints and never decides what to replicate: the runner and the command
 //! line do.
 
+pub mod batch;
 pub mod beneath;
 pub mod blocks;
 pub mod cbt;

@@ -1180,6 +1180,130 @@ fn replicate_freezes_a_running_vm_around_its_copy_and_copies_nothing_without_a_s
 }
 
 #[test]
+fn the_steps_before_a_copy_go_to_the_vm_host_in_one_command_and_a_failed_one_stops_those_after_it()
+{
+    let lab = Lab::up(240);
+    let images = lab.host_root("hv-main").join("srv/datastore/images");
+    let args = lab.args(&["replicate", "--service", "erp-db"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut env = LAB_SECRETS.to_vec();
+    env.push(("REPRISE_LOG", "reprise=debug"));
+    let run = || crate::common::reprise_with_env(&root(), &args, &env);
+    // Every remote command to the vm's host, in order, as the debug log names them.
+    let commands = |r: &Run| -> Vec<String> {
+        let plain: String = {
+            // Without the log's colours.
+            let mut out = String::new();
+            let mut chars = r.stderr.chars();
+            while let Some(c) = chars.next() {
+                if c == '\u{1b}' {
+                    chars.by_ref().find(|c| c.is_ascii_alphabetic());
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        };
+        plain
+            .lines()
+            .filter(|l| l.contains("host=\"hv-main\"") && l.contains("command="))
+            .map(|l| l.split("command=").nth(1).unwrap_or("").to_string())
+            .collect()
+    };
+    let points = |lab: &Lab| lab.run(&["points", "erp-db", "--json"]).stdout;
+
+    // The check, the definition and the snapshot: one command, in that order on the host.
+    let done = run();
+    assert_eq!(done.code, 0, "{done:?}");
+    let sent = commands(&done);
+    assert!(
+        sent[0].contains("reprise-step-"),
+        "the first command to hv-main is the batch: {sent:#?}"
+    );
+    for alone in [
+        "lab-vm snapshot-check",
+        "lab-vm definition",
+        "lab-vm freeze",
+    ] {
+        assert!(
+            !sent.iter().any(|c| c.starts_with(&format!("\"{alone}"))),
+            "{alone} was sent alone: {sent:#?}"
+        );
+    }
+    let all = calls(&lab, "hv-main");
+    // From the check on (the lab's set-up read the definitions before).
+    let log = &all[all.find("snapshot-check erp-db").expect("checked")..];
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("{what} not run: {log}"))
+    };
+    assert!(
+        at("snapshot-check erp-db") < at("definition erp-db"),
+        "{log}"
+    );
+    assert!(at("definition erp-db") < at("freeze erp-db"), "{log}");
+    assert!(at("freeze erp-db") < at("thaw erp-db"), "{log}");
+    assert!(
+        done.stdout.contains("definition captured on hv-main"),
+        "{done:?}"
+    );
+    assert!(
+        done.stdout.contains("disks frozen for the copy"),
+        "{done:?}"
+    );
+    let before = points(&lab);
+
+    // A definition that cannot be read: no snapshot is made, nothing is copied.
+    let defined = lab.lab().join("hosts/hv-main/definitions/erp-db.xml");
+    let kept = std::fs::read(&defined).unwrap();
+    std::fs::remove_file(&defined).unwrap();
+    let freezes = calls(&lab, "hv-main").matches("freeze erp-db").count();
+    let failed = run();
+    assert_eq!(failed.code, 1, "{failed:?}");
+    assert!(
+        failed
+            .stderr
+            .contains("erp-db: its definition could not be read on hv-main")
+            && failed.stderr.contains("not defined on hv-main"),
+        "{failed:?}"
+    );
+    assert_eq!(
+        calls(&lab, "hv-main").matches("freeze erp-db").count(),
+        freezes,
+        "a snapshot was made after a failed step"
+    );
+    assert_eq!(points(&lab), before);
+    std::fs::write(&defined, kept).unwrap();
+
+    // A snapshot that fails on the second disk after the first got its overlay: the one made
+    // is merged back, nothing is copied.
+    let second = images.join("erp-db-data.reprise-replicate");
+    std::os::unix::fs::symlink("/nonexistent/reprise/overlay", &second).unwrap();
+    let failed = run();
+    assert_eq!(failed.code, 1, "{failed:?}");
+    assert!(
+        failed
+            .stderr
+            .contains("erp-db: its snapshot could not be made (replicate-begin exited with 1 on hv-main: lab-vm: cannot snapshot"),
+        "{failed:?}"
+    );
+    let log = calls(&lab, "hv-main");
+    assert!(
+        log.rfind("thaw erp-db") > log.rfind("freeze erp-db"),
+        "{log}"
+    );
+    assert!(
+        !images.join("erp-db-system.reprise-replicate").exists(),
+        "the overlay made was not merged back"
+    );
+    assert_eq!(points(&lab), before);
+    std::fs::remove_file(&second).unwrap();
+    let again = run();
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_ne!(points(&lab), before);
+}
+
+#[test]
 fn an_emergency_failover_after_a_killed_replication_starts_from_the_last_good_point() {
     let lab = Lab::up(44);
     let source = lab

@@ -1,0 +1,453 @@
+//! What comes before a vm's disks are read (`reprise replicate`): a snapshot left by a cut
+//! replication merged back (`replicate-check`, `replicate-end`), the vm's definition captured
+//! (`definition`), its disks frozen (`replicate-begin`); and after, the snapshot merged back
+//! (`replicate-end`) on every way out.
+//!
+//! Over a WAN a remote command costs about three round trips: the steps before the copy go
+//! to the vm's host together, in one command ([`crate::replica::batch`]), each stopping the
+//! ones after it. Whatever that command did not finish cleanly (a snapshot found left, a step
+//! that failed, the connection cut) is done again one step at a time, as it always was, so
+//! that what is said and done then is the same.
+
+use super::Outcome;
+use super::replicate::VmImages;
+use crate::exit;
+use crate::model::Model;
+use crate::replica::batch::{self, Step};
+use crate::replica::remote::Helpers;
+
+/// A driver hook around the replication of a running vm (`replicate-begin`, `replicate-end`).
+pub(super) fn snapshot_hook(
+    model: &Model,
+    vm: &str,
+    action: &str,
+) -> Option<(String, crate::template::Command)> {
+    crate::plan::replicate_hook(model, model.inventory.vms.get(vm)?, action)
+}
+
+/// The driver's `definition` action of a vm whose driver carries definitions: its host (the
+/// primary) and command.
+pub(super) fn capture_action(
+    model: &Model,
+    vm: &VmImages,
+) -> Option<(String, crate::template::Command, crate::vmdef::Format)> {
+    if vm.backup {
+        return None;
+    }
+    let v = model.inventory.vms.get(&vm.id)?;
+    let driver = model.inventory.drivers.get(&v.driver.value)?;
+    let format = driver.definition_format.filter(|_| driver.defines())?;
+    crate::plan::replicate_hook(model, v, "definition").map(|(h, c)| (h, c, format))
+}
+
+/// Captures the definition of `vm` from its primary, stored beside the copy of its first disk
+/// (`None`: its driver carries none); `Err` when it cannot be, said in `out` (the vm is then not
+/// replicated: its copies stay as they were).
+pub(super) fn capture_definition(
+    model: &Model,
+    helpers: &Helpers,
+    vm: &VmImages,
+    out: &mut Outcome,
+) -> Result<Option<String>, ()> {
+    let (Some((host, cmd, format)), Some(first)) = (capture_action(model, vm), vm.images.first())
+    else {
+        return Ok(None);
+    };
+    let captured = cmd
+        .expose(|n| std::env::var(n).ok())
+        .map_err(|m| format!("secret {m} is not set in the environment"))
+        .and_then(|text| {
+            crate::replica::definitions::capture(
+                helpers, format, &host, &text, &first.to, &first.dst,
+            )
+        });
+    said_definition(vm, &host, captured, out)
+}
+
+/// Says how the capture of `vm`'s definition on `host` ended.
+fn said_definition(
+    vm: &VmImages,
+    host: &str,
+    captured: Result<String, String>,
+    out: &mut Outcome,
+) -> Result<Option<String>, ()> {
+    match captured {
+        Ok(h) => {
+            out.stdout.push_str(&format!(
+                "{}: definition captured on {host} (BLAKE3 {})\n",
+                vm.id,
+                &h[..16]
+            ));
+            Ok(Some(h))
+        }
+        Err(e) => {
+            out.stderr.push_str(&format!(
+                "error: {}: {e}; not replicated, its copy is as it was\n",
+                vm.id
+            ));
+            out.code = exit::FAILED;
+            Err(())
+        }
+    }
+}
+
+/// Runs a snapshot hook: its duration and what it printed (each line for `vm`); the error
+/// says what to do by hand.
+fn run_hook(
+    transport: &dyn crate::ssh::Transport,
+    host: &str,
+    cmd: &crate::template::Command,
+) -> Result<(f64, String), String> {
+    let text = cmd
+        .expose(|n| std::env::var(n).ok())
+        .map_err(|e| e.to_string())?;
+    let began = std::time::Instant::now();
+    let out = transport
+        .exec(host, &text, std::time::Duration::from_secs(600))
+        .map_err(|e| e.to_string())?;
+    if out.exit_code != 0 {
+        return Err(format!(
+            "exited with {} on {host}: {}",
+            out.exit_code,
+            out.stderr.trim()
+        ));
+    }
+    Ok((began.elapsed().as_secs_f64(), out.stdout))
+}
+
+/// What a hook printed, each line for `vm`.
+fn hook_lines(vm: &str, stdout: &str) -> String {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{vm}: {}\n", l.trim_end()))
+        .collect()
+}
+
+/// The snapshot of a running vm, made by `replicate-begin`: merged back by `replicate-end`
+/// on every way out, a panic included.
+pub(super) struct Snapshot<'a> {
+    transport: &'a dyn crate::ssh::Transport,
+    vm: String,
+    end: Option<(String, crate::template::Command)>,
+}
+
+impl Snapshot<'_> {
+    /// Runs `replicate-end` now: what to print.
+    pub(super) fn end(mut self) -> Result<Option<String>, String> {
+        let Some((host, cmd)) = self.end.take() else {
+            return Ok(None);
+        };
+        match run_hook(self.transport, &host, &cmd) {
+            Ok((secs, said)) => Ok(Some(format!(
+                "{}{}: snapshot merged back (replicate-end on {host}, {secs:.1}s)\n",
+                hook_lines(&self.vm, &said),
+                self.vm
+            ))),
+            Err(e) => Err(format!(
+                "error: {}: its snapshot was NOT merged back (replicate-end {e}): the vm still writes to overlays; run on {host}: {}\n",
+                self.vm, cmd
+            )),
+        }
+    }
+}
+
+impl Drop for Snapshot<'_> {
+    fn drop(&mut self) {
+        if let Some((host, cmd)) = self.end.take() {
+            let _ = run_hook(self.transport, &host, &cmd);
+        }
+    }
+}
+
+/// Merges back a snapshot left by an interrupted replication of `vm`: `false` when it could
+/// not be (said in `out`; the vm is then not replicated).
+fn settle_snapshot(
+    model: &Model,
+    transport: &crate::ssh::SshTransport,
+    vm: &VmImages,
+    out: &mut Outcome,
+) -> bool {
+    let hook = |action| {
+        (!vm.backup)
+            .then(|| snapshot_hook(model, &vm.id, action))
+            .flatten()
+    };
+    // A snapshot left by an interrupted replication: its disks are stale (the vm writes
+    // to the overlay) and a new snapshot would fail; merged back before anything else.
+    if let (Some((host, check)), Some((_, end))) = (hook("replicate-check"), hook("replicate-end"))
+    {
+        let settled = match (
+            check.expose(|n| std::env::var(n).ok()),
+            end.expose(|n| std::env::var(n).ok()),
+        ) {
+            (Ok(c), Ok(e)) => {
+                crate::replica::snapshot::settle(transport, &host, &c, &e, &end.to_string())
+            }
+            (Err(m), _) | (_, Err(m)) => Err(format!("secret {m} is not set in the environment")),
+        };
+        match settled {
+            Ok(Some(note)) => out.stdout.push_str(&format!("{}: {note}\n", vm.id)),
+            Ok(None) => {}
+            Err(e) => {
+                out.stderr
+                    .push_str(&format!("error: {}: {e}; not replicated\n", vm.id));
+                out.code = exit::FAILED;
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Where preparing a vm's copy one step at a time starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Settle,
+    Definition,
+}
+
+/// Gets `vm`'s disks ready to be read: the definition captured (`None` when its driver
+/// carries none) and the snapshot to merge back after the copy; `None` when the vm must not
+/// be copied (said in `out`). `frozen` is set once a snapshot may have been made.
+pub(super) fn prepare<'t>(
+    model: &Model,
+    transport: &'t crate::ssh::SshTransport,
+    helpers: &Helpers,
+    vm: &VmImages,
+    stopped: &dyn Fn() -> bool,
+    out: &mut Outcome,
+    frozen: &mut bool,
+) -> Option<(Option<String>, Snapshot<'t>)> {
+    let from = match at_once(model, transport, helpers, vm, stopped, out, frozen) {
+        AtOnce::Ready(definition, snapshot) => return Some((definition, snapshot)),
+        AtOnce::Refused => return None,
+        AtOnce::From(stage) => stage,
+    };
+    one_by_one(model, transport, helpers, vm, from, out, frozen)
+}
+
+/// The steps of [`prepare`] from `from`, one command each.
+fn one_by_one<'t>(
+    model: &Model,
+    transport: &'t crate::ssh::SshTransport,
+    helpers: &Helpers,
+    vm: &VmImages,
+    from: Stage,
+    out: &mut Outcome,
+    frozen: &mut bool,
+) -> Option<(Option<String>, Snapshot<'t>)> {
+    if from == Stage::Settle && !settle_snapshot(model, transport, vm, out) {
+        return None;
+    }
+    // The vm's definition goes with the point, beside the copy of its first disk: read
+    // before the snapshot, which points the defined domain at its overlays.
+    let definition = capture_definition(model, helpers, vm, out).ok()?;
+    let hook = |action| {
+        (!vm.backup)
+            .then(|| snapshot_hook(model, &vm.id, action))
+            .flatten()
+    };
+    // A running vm's disks are frozen by its driver's snapshot while they are read.
+    let mut snapshot = Snapshot {
+        transport,
+        vm: vm.id.clone(),
+        end: None,
+    };
+    if let Some((host, cmd)) = hook("replicate-begin") {
+        // Whatever its result, the end runs: a begin cut half-way may have made overlays.
+        snapshot.end = hook("replicate-end");
+        *frozen = true;
+        match run_hook(transport, &host, &cmd) {
+            Ok((secs, said)) => out.stdout.push_str(&format!(
+                "{}{}: disks frozen for the copy (replicate-begin on {host}, {secs:.1}s)\n",
+                hook_lines(&vm.id, &said),
+                vm.id
+            )),
+            Err(e) => {
+                not_frozen(vm, &e, snapshot, out);
+                return None;
+            }
+        }
+    }
+    Some((definition, snapshot))
+}
+
+/// Says that `vm`'s snapshot could not be made, and merges back what it may have made.
+fn not_frozen(vm: &VmImages, why: &str, snapshot: Snapshot, out: &mut Outcome) {
+    out.stderr.push_str(&format!(
+        "error: {}: its snapshot could not be made (replicate-begin {why}); not replicated, its copy is as it was\n",
+        vm.id
+    ));
+    out.code = exit::FAILED;
+    if let Err(e) = snapshot.end() {
+        out.stderr.push_str(&e);
+    }
+}
+
+/// What the one command of [`at_once`] did.
+enum AtOnce<'t> {
+    /// Every step done.
+    Ready(Option<String>, Snapshot<'t>),
+    /// The vm must not be copied (said).
+    Refused,
+    /// Go on one step at a time from this stage.
+    From(Stage),
+}
+
+/// The commands of [`prepare`] on the vm's host, in one remote command, when there are two
+/// or more of them on one host.
+fn at_once<'t>(
+    model: &Model,
+    transport: &'t crate::ssh::SshTransport,
+    helpers: &Helpers,
+    vm: &VmImages,
+    stopped: &dyn Fn() -> bool,
+    out: &mut Outcome,
+    frozen: &mut bool,
+) -> AtOnce<'t> {
+    let alone = AtOnce::From(Stage::Settle);
+    if vm.backup {
+        return alone;
+    }
+    let hook = |action| snapshot_hook(model, &vm.id, action);
+    let check = hook("replicate-check").filter(|_| hook("replicate-end").is_some());
+    let capture = capture_action(model, vm).filter(|_| !vm.images.is_empty());
+    let begin = hook("replicate-begin");
+    let hosts: Vec<&str> = [
+        check.as_ref().map(|(h, _)| h.as_str()),
+        capture.as_ref().map(|(h, _, _)| h.as_str()),
+        begin.as_ref().map(|(h, _)| h.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let Some(&host) = hosts.first() else {
+        return alone;
+    };
+    if hosts.len() < 2 || hosts.iter().any(|h| *h != host) {
+        return alone;
+    }
+    // A secret that is not set: said by the step that needs it, one at a time.
+    let expose = |c: Option<&crate::template::Command>| match c {
+        None => Ok(None),
+        Some(c) => c.expose(|n| std::env::var(n).ok()).map(Some),
+    };
+    let (Ok(check_text), Ok(capture_text), Ok(begin_text)) = (
+        expose(check.as_ref().map(|(_, c)| c)),
+        expose(capture.as_ref().map(|(_, c, _)| c)),
+        expose(begin.as_ref().map(|(_, c)| c)),
+    ) else {
+        return alone;
+    };
+    let mut owned: Vec<(String, Option<&str>)> = Vec::new();
+    let mut add = |text: Option<String>, said| {
+        text.map(|t| {
+            owned.push((t, said));
+            owned.len() - 1
+        })
+    };
+    // Any `overlay` in the check's output stops the batch (a superset of what `overlays`
+    // reads).
+    let ic = add(check_text, Some("overlay"));
+    let id = add(capture_text, None);
+    let ib = add(begin_text, None);
+    let steps: Vec<Step> = owned
+        .iter()
+        .map(|(command, said)| Step {
+            command,
+            stop_if_said: *said,
+        })
+        .collect();
+    let nonce = batch::nonce();
+    let began = std::time::Instant::now();
+    let limit = crate::vmdef::MAX_BYTES as u64 + (1 << 20);
+    let deadline = std::time::Duration::from_secs(600 + 120 + 600);
+    let answer =
+        match helpers.run_command(host, &batch::script(&nonce, &steps), &[], limit, deadline) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(host, error = %e, "the steps before the copy, at once: cut");
+                // How far it went is not known: a snapshot it made is found and merged back by
+                // the check, one step at a time.
+                if stopped() && ib.is_some() {
+                    *frozen = true;
+                }
+                return alone;
+            }
+        };
+    let secs = began.elapsed().as_secs_f64();
+    let ran = batch::parse(&nonce, &answer.stdout, &answer.stderr);
+    // The check: nothing left, said cleanly; else the one-step settling decides.
+    if let Some(i) = ic {
+        let Some(r) = ran.get(i) else {
+            return alone;
+        };
+        let said = String::from_utf8_lossy(&r.stdout);
+        if r.exit_code != 0
+            || said.contains("overlay")
+            || !crate::replica::snapshot::overlays(&said).is_empty()
+        {
+            return alone;
+        }
+    }
+    // The definition: a failure is said by capturing it again, alone (the snapshot was not
+    // begun: the batch stops at a failed step).
+    let mut snapshot = Snapshot {
+        transport,
+        vm: vm.id.clone(),
+        end: None,
+    };
+    if ib.is_some() {
+        // From here the begin may have run: whatever comes, the end runs.
+        snapshot.end = hook("replicate-end");
+    }
+    let definition = match (id, &capture) {
+        (Some(i), Some((_, _, format))) => match ran.get(i).filter(|r| r.exit_code == 0) {
+            None => {
+                // Not begun: the batch stopped at the definition.
+                snapshot.end = None;
+                return AtOnce::From(Stage::Definition);
+            }
+            Some(r) => {
+                let first = &vm.images[0];
+                let kept = crate::replica::definitions::keep(
+                    helpers, *format, host, &r.stdout, &first.to, &first.dst,
+                );
+                if ib.is_some() {
+                    *frozen = true;
+                }
+                match said_definition(vm, host, kept, out) {
+                    Ok(h) => h,
+                    // The snapshot begun after it is merged back when `snapshot` goes.
+                    Err(()) => return AtOnce::Refused,
+                }
+            }
+        },
+        _ => None,
+    };
+    if let Some(i) = ib {
+        *frozen = true;
+        match ran.get(i) {
+            Some(r) if r.exit_code == 0 => out.stdout.push_str(&format!(
+                "{}{}: disks frozen for the copy (replicate-begin on {host}, with the steps before it in one command: {secs:.1}s)\n",
+                hook_lines(&vm.id, &String::from_utf8_lossy(&r.stdout)),
+                vm.id
+            )),
+            Some(r) => {
+                let why = format!("exited with {} on {host}: {}", r.exit_code, r.stderr.trim());
+                not_frozen(vm, &why, snapshot, out);
+                return AtOnce::Refused;
+            }
+            None => {
+                let why = format!(
+                    "did not finish on {host}: {}",
+                    answer.stderr.trim().lines().last().unwrap_or("no word of why")
+                );
+                not_frozen(vm, &why, snapshot, out);
+                return AtOnce::Refused;
+            }
+        }
+    }
+    AtOnce::Ready(definition, snapshot)
+}
