@@ -369,9 +369,13 @@ fn at_once<'t>(
             Err(e) => {
                 tracing::debug!(host, error = %e, "the steps before the copy, at once: cut");
                 // How far it went is not known: a snapshot it made is found and merged back by
-                // the check, one step at a time.
-                if stopped() && ib.is_some() {
-                    *frozen = true;
+                // the check, one step at a time; after a stop, only that, and no copy starts.
+                if stopped() {
+                    if ib.is_some() {
+                        *frozen = true;
+                    }
+                    settle_snapshot(model, transport, vm, out);
+                    return AtOnce::Refused;
                 }
                 return alone;
             }

@@ -517,6 +517,9 @@ fn replicate_all(
             &mut out,
             &mut frozen,
         ) else {
+            if stopped() {
+                left.push(&vm.id);
+            }
             continue;
         };
         let taken_at = Utc::now();

@@ -732,6 +732,67 @@ fn a_signal_during_a_replication_stops_it_and_merges_the_snapshot_back() {
     );
 }
 
+/// A signal while the steps before a copy run on the vm's host (the check, the definition and
+/// the snapshot, in one remote command): the snapshot that command made is merged back, no
+/// copy starts, reprise exits 130 naming the vm it did not replicate; the next one works.
+#[test]
+fn a_signal_while_the_snapshot_is_made_merges_it_back_and_starts_no_copy() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let lab = Lab::up(241);
+    let data = lab.src("erp-db-data.qcow2");
+    let images = data.parent().unwrap().to_path_buf();
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let points = lab.points("erp-db");
+    let copy = lab.dst("erp-db-data.qcow2");
+    let before = b3(&copy);
+    // hv-main's driver makes its snapshot, then hangs.
+    let bin = lab.path("lab/hosts/hv-main/bin");
+    std::fs::rename(bin.join("lab-vm"), bin.join("lab-vm.real")).unwrap();
+    let frozen = lab.path("frozen");
+    std::fs::write(
+        bin.join("lab-vm"),
+        format!(
+            "#!/bin/sh\n\"$(dirname \"$0\")/lab-vm.real\" \"$@\"; rc=$?\nif [ \"$1\" = freeze ]; then touch {}; sleep 30; fi\nexit $rc\n",
+            frozen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("lab-vm"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let calls = lab.path("lab/hosts/hv-main/calls.log");
+    let freezes = || {
+        std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .matches("lab-vm freeze erp-db")
+            .count()
+    };
+    let made = freezes();
+    let child = lab.spawn(&["replicate", "--service", "erp-db"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !frozen.exists() {
+        assert!(Instant::now() < deadline, "the snapshot was never made");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!overlays(&images).is_empty(), "the snapshot made overlays");
+    signal(&child, libc::SIGTERM);
+    let out = wait_exit(child, Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted by SIGTERM") && stderr.contains("not replicated: erp-db"),
+        "{stderr}"
+    );
+    assert_eq!(overlays(&images), Vec::<String>::new(), "{stderr}");
+    assert_eq!(freezes(), made + 1, "a snapshot was made again after the stop");
+    assert_eq!(b3(&copy), before, "the copy was touched");
+    assert_eq!(lab.points("erp-db"), points);
+    std::fs::rename(bin.join("lab-vm.real"), bin.join("lab-vm")).unwrap();
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(overlays(&images), Vec::<String>::new());
+    assert_eq!(b3(&copy), b3(&data));
+}
+
 /// A replication killed with SIGKILL leaves its snapshot: the vm writes to the overlay and
 /// its disk goes stale. `check` fails on it, the next replication merges it back first (and
 /// copies the writes made since), and so does a planned failover's final sync of the stopped
