@@ -1490,10 +1490,17 @@ pub trait Transport: Send + Sync {
         let _ = host;
     }
 
-    /// Logs in to `host` now unless a session to it is ready, so that several hosts log in at
-    /// once. Errors are left for the commands, which meet them again.
-    fn connect(&self, host: &str) {
-        let _ = host;
+    /// Logs in to `host` now until `sessions` sessions to it are ready (opened at once), so
+    /// that several hosts log in at once and as many transfers find one idle. Errors are left
+    /// for the commands, which meet them again.
+    fn connect(&self, host: &str, sessions: usize) {
+        let _ = (host, sessions);
+    }
+
+    /// Whether each bulk stream takes an SSH session of its own (libssh2), rather than a
+    /// channel of one connection per host ([`Transport::bulk_process`]).
+    fn streams_take_sessions(&self) -> bool {
+        true
     }
 
     /// The host of the inventory that is this very machine (`--here`), if any: replication
@@ -1720,16 +1727,28 @@ impl Transport for SshTransport {
         }
     }
 
-    fn connect(&self, host: &str) {
+    fn connect(&self, host: &str, sessions: usize) {
         let idle = self
             .idle
             .lock()
             .expect("not poisoned")
             .get(host)
-            .is_some_and(|s| !s.is_empty());
-        if !idle && let Ok(session) = self.new_session(host) {
-            self.give_back(host, session);
-        }
+            .map_or(0, Vec::len);
+        // Each new session is its own connection, made and then handed over whole: no
+        // session is used by two threads.
+        std::thread::scope(|scope| {
+            for _ in idle..sessions.max(1) {
+                scope.spawn(|| {
+                    if let Ok(session) = self.new_session(host) {
+                        self.give_back(host, session);
+                    }
+                });
+            }
+        });
+    }
+
+    fn streams_take_sessions(&self) -> bool {
+        self.client != SshClient::OpenSsh
     }
 
     fn bulk_process(

@@ -12,7 +12,7 @@ use crate::exit;
 use crate::model::Model;
 use crate::replica::cbt;
 use crate::replica::helper::{self, Request};
-use crate::replica::remote::{Helpers, Replication, image_path, point_id};
+use crate::replica::remote::{Helpers, HostUse, Replication, STREAMS, image_path, point_id};
 use crate::replica::store::ReadMode;
 use crate::replica::{Point, Verified};
 use crate::run::SshOptions;
@@ -523,7 +523,7 @@ fn replicate_all(
             continue;
         };
         let taken_at = Utc::now();
-        let mut r = Replication {
+        let r = Replication {
             point: point_id(taken_at),
             taken_at,
             retention: vm.retention,
@@ -532,9 +532,7 @@ fn replicate_all(
             deadline: std::time::Duration::from_secs(7200),
             definition,
         };
-        copy_images(
-            vm, transport, &helpers, &mut r, &stopped, &mut left, &mut out,
-        );
+        copy_images(vm, transport, &helpers, &r, &stopped, &mut left, &mut out);
         match snapshot.end() {
             Ok(Some(line)) => out.stdout.push_str(&line),
             Ok(None) => {}
@@ -550,16 +548,81 @@ fn replicate_all(
     out
 }
 
-/// Every host the copies of `vms` are read from or written to, once each.
-fn hosts_of(vms: &[VmImages]) -> Vec<&str> {
-    let mut hosts: Vec<&str> = vms
-        .iter()
-        .flat_map(|vm| vm.images.iter())
-        .flat_map(|img| [img.from.as_str(), img.to.as_str()])
-        .collect();
-    hosts.sort_unstable();
-    hosts.dedup();
+/// Every host the copies of `vms` are read from or written to, once each, with how many
+/// disks of one vm at most read from it and write to it at once (the disks of a vm stream
+/// together, the vms one after the other).
+fn hosts_of(vms: &[VmImages]) -> Vec<HostUse<'_>> {
+    let mut hosts: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for vm in vms {
+        let mut this: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+        for img in &vm.images {
+            this.entry(&img.from).or_default().0 += 1;
+            this.entry(&img.to).or_default().1 += 1;
+        }
+        for (host, (reads, writes)) in this {
+            let most = hosts.entry(host).or_default();
+            *most = (
+                most.0.max(reads.min(STREAMS)),
+                most.1.max(writes.min(STREAMS)),
+            );
+        }
+    }
     hosts
+        .into_iter()
+        .map(|(host, (reads, writes))| HostUse {
+            host,
+            reads,
+            writes,
+        })
+        .collect()
+}
+
+/// Runs `copy` on each of `n` disks, [`STREAMS`] at most at once, each started only while
+/// nothing `stopped` the replication: per disk in order, its result and whether a stop had
+/// come when it ended (`None`: not started).
+fn each_disk<T: Send>(
+    n: usize,
+    stopped: &(dyn Fn() -> bool + Sync),
+    copy: impl Fn(usize) -> T + Sync,
+) -> Vec<Option<(T, bool)>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let done: Vec<std::sync::Mutex<Option<(T, bool)>>> =
+        (0..n).map(|_| std::sync::Mutex::new(None)).collect();
+    // Every stream has ended when the scope does: nothing still reads the disks after.
+    std::thread::scope(|scope| {
+        for _ in 0..n.min(STREAMS) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return;
+                    }
+                    if stopped() {
+                        continue;
+                    }
+                    let result = copy(i);
+                    *done[i].lock().expect("not poisoned") = Some((result, stopped()));
+                }
+            });
+        }
+    });
+    done.into_iter()
+        .map(|d| d.into_inner().expect("not poisoned"))
+        .collect()
+}
+
+/// The name of an image's file, for messages.
+fn disk_name(img: &Image) -> &str {
+    img.src.rsplit('/').next().unwrap_or(&img.src)
+}
+
+/// The label of a vm's progress line: the vm, and its disk when it has one.
+fn progress_label(vm: &VmImages) -> String {
+    match &vm.images[..] {
+        [one] => format!("{} {}", vm.id, disk_name(one)),
+        _ => vm.id.clone(),
+    }
 }
 
 /// Says what a stop left out, and whether every snapshot made was merged back.
@@ -586,57 +649,80 @@ fn interrupted(
     out.code = exit::INTERRUPTED;
 }
 
-/// Copies each disk (or backup folder) of `vm` to its recovery copy; those a stop left out are
-/// added to `left`.
+/// Copies the disks (or backup folder) of `vm` to their recovery copies, all at once
+/// ([`each_disk`]), said in disk order; those a stop left out are added to `left`.
 fn copy_images<'v>(
     vm: &'v VmImages,
     transport: &crate::ssh::SshTransport,
     helpers: &Helpers,
-    r: &mut Replication,
-    stopped: &dyn Fn() -> bool,
+    r: &Replication,
+    stopped: &(dyn Fn() -> bool + Sync),
     left: &mut Vec<&'v str>,
     out: &mut Outcome,
 ) {
-    for (i, img) in vm.images.iter().enumerate() {
-        // Only the first disk's point records the definition (it is kept beside it).
-        if i == 1 {
-            r.definition = None;
-        }
-        let name = img.src.rsplit('/').next().unwrap_or(&img.src);
-        if stopped() {
-            left.push(name);
-            continue;
-        }
-        let label = format!("{} {name}", vm.id);
-        let done = if vm.backup {
-            with_progress(&label, None, || {
+    // Only the first disk's point records the definition (it is kept beside it).
+    let rest = Replication {
+        definition: None,
+        ..r.clone()
+    };
+    let total = if !vm.backup && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        disks_size(transport, vm)
+    } else {
+        None
+    };
+    let results = with_progress(&progress_label(vm), total, || {
+        each_disk(vm.images.len(), stopped, |i| {
+            let img = &vm.images[i];
+            let r = if i == 0 { r } else { &rest };
+            tracing::debug!(vm = vm.id, disk = disk_name(img), "disk stream begins");
+            let done = if vm.backup {
                 helpers.replicate_tree(&img.from, &img.src, &img.to, &img.dst, r)
-            })
-        } else {
-            let total = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                remote_size(transport, &img.from, &img.src)
             } else {
-                None
-            };
-            with_progress(&label, total, || {
                 helpers.replicate(&img.from, &img.src, &img.to, &img.dst, r, None)
-            })
-        };
+            };
+            tracing::debug!(
+                vm = vm.id,
+                disk = disk_name(img),
+                ok = done.is_ok(),
+                "disk stream ends"
+            );
+            done
+        })
+    });
+    for (img, done) in vm.images.iter().zip(results) {
+        let name = disk_name(img);
         match done {
-            Ok(t) => out.stdout.push_str(&format!("{}: {}", vm.id, t.line())),
-            Err(_) if stopped() => {
+            None => left.push(name),
+            Some((Ok(t), _)) => out.stdout.push_str(&format!("{}: {}", vm.id, t.line())),
+            Some((Err(_), true)) => {
                 out.stderr.push_str(&format!(
                     "{}: the copy of {name} was stopped; {}:{} keeps its last point\n",
                     vm.id, img.to, img.dst
                 ));
                 left.push(name);
             }
-            Err(e) => {
+            Some((Err(e), false)) => {
                 out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
                 out.code = exit::FAILED;
             }
         }
     }
+}
+
+/// The sum of the sizes of the disks of `vm` on their hosts (asked at once), for the progress
+/// display; `None` when one is unknown.
+fn disks_size(transport: &crate::ssh::SshTransport, vm: &VmImages) -> Option<u64> {
+    std::thread::scope(|scope| {
+        let sizes: Vec<_> = vm
+            .images
+            .iter()
+            .map(|img| scope.spawn(|| remote_size(transport, &img.from, &img.src)))
+            .collect();
+        sizes
+            .into_iter()
+            .map(|s| s.join().ok().flatten())
+            .sum::<Option<u64>>()
+    })
 }
 
 /// The vm of `vm` when its copies are of the disk as the guest sees it (`changed_blocks`, on
@@ -658,7 +744,7 @@ fn replicate_guest(
     helpers: &Helpers,
     r: &Replication,
     scan: bool,
-    stopped: &dyn Fn() -> bool,
+    stopped: &(dyn Fn() -> bool + Sync),
     out: &mut Outcome,
 ) {
     let (dom, host) = (inv.name.as_str(), inv.primary.value.as_str());
@@ -873,14 +959,21 @@ fn begin_job(
     Ok(())
 }
 
-/// Copies each disk of a guest as its decision says: whether every one was copied.
+/// Copies the disks of a guest as its decision says, all at once ([`each_disk`]), said in disk
+/// order: whether every one was copied.
+///
+/// A running domain's backup job exports every disk at once, each its own NBD export of one
+/// server (a fleecing node per disk, its own scratch file); each source helper opens its own
+/// connection to its disk's export, and QEMU serves several clients and exports at once. A
+/// stopped domain's disks are each served by a `qemu-nbd` of their own. No read of one disk
+/// goes through another's.
 fn copy_guest_disks(
     g: &Guest,
     r: &Replication,
     mine: &[cbt::DomDisk],
     decision: &cbt::Decision,
     checkpoint: Option<String>,
-    stopped: &dyn Fn() -> bool,
+    stopped: &(dyn Fn() -> bool + Sync),
     out: &mut Outcome,
 ) -> bool {
     let Guest {
@@ -890,34 +983,42 @@ fn copy_guest_disks(
         running,
         ..
     } = *g;
-    let mut all_done = true;
     // Only the first disk's point records the definition (it is kept beside it).
     let rest = Replication {
         definition: None,
         ..r.clone()
     };
-    for (i, (img, disk)) in vm.images.iter().zip(mine).enumerate() {
-        let name = img.src.rsplit('/').next().unwrap_or(&img.src);
-        if stopped() {
-            all_done = false;
-            continue;
-        }
-        let g = cbt::guest_read(running, dom, disk, decision, checkpoint.clone());
-        let label = format!("{} {name}", vm.id);
-        let r = if i == 0 { r } else { &rest };
-        let done = with_progress(&label, None, || {
-            helpers.replicate(&img.from, &img.src, &img.to, &img.dst, r, Some(&g))
-        });
+    let disks: Vec<(&Image, &cbt::DomDisk)> = vm.images.iter().zip(mine).collect();
+    let results = with_progress(&progress_label(vm), None, || {
+        each_disk(disks.len(), stopped, |i| {
+            let (img, disk) = disks[i];
+            let g = cbt::guest_read(running, dom, disk, decision, checkpoint.clone());
+            let r = if i == 0 { r } else { &rest };
+            tracing::debug!(vm = vm.id, disk = disk_name(img), "disk stream begins");
+            let done = helpers.replicate(&img.from, &img.src, &img.to, &img.dst, r, Some(&g));
+            tracing::debug!(
+                vm = vm.id,
+                disk = disk_name(img),
+                ok = done.is_ok(),
+                "disk stream ends"
+            );
+            done
+        })
+    });
+    let mut all_done = true;
+    for ((img, _), done) in disks.iter().zip(results) {
+        let name = disk_name(img);
         match done {
-            Ok(t) => out.stdout.push_str(&format!("{}: {}", vm.id, t.line())),
-            Err(_) if stopped() => {
+            None => all_done = false,
+            Some((Ok(t), _)) => out.stdout.push_str(&format!("{}: {}", vm.id, t.line())),
+            Some((Err(_), true)) => {
                 out.stderr.push_str(&format!(
                     "{}: the copy of {name} was stopped; {}:{} keeps its last point\n",
                     vm.id, img.to, img.dst
                 ));
                 all_done = false;
             }
-            Err(e) => {
+            Some((Err(e), false)) => {
                 out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
                 out.code = exit::FAILED;
                 all_done = false;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::model::Model;
 use crate::plan;
 
-use crate::replica::remote::{Helpers, Replication, image_path, point_id};
+use crate::replica::remote::{Helpers, HostUse, Replication, image_path, point_id};
 
 use super::LabError;
 
@@ -57,6 +57,14 @@ pub(super) fn seed_points(model: &Model) -> Result<(), LabError> {
         .collect();
     hosts.sort_unstable();
     hosts.dedup();
+    let hosts: Vec<HostUse> = hosts
+        .into_iter()
+        .map(|host| HostUse {
+            host,
+            reads: 1,
+            writes: 1,
+        })
+        .collect();
     helpers.prepare(&hosts);
     let failed: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = copies

@@ -138,6 +138,21 @@ pub struct Helpers<'a> {
     deployed: Mutex<HashMap<String, Result<(), ReplicaError>>>,
     /// Whether the transport's `--here` host was found to be this machine (asked once).
     here: Mutex<Option<Result<(), ReplicaError>>>,
+    /// Per host, held while the helper is uploaded there: transfers running at once that
+    /// all find it missing upload it once.
+    uploading: Mutex<HashMap<String, std::sync::Arc<Mutex<()>>>>,
+}
+
+/// At most this many disks of one vm stream at once.
+pub const STREAMS: usize = 4;
+
+/// A host for [`Helpers::prepare`], and how many transfers at most read from it and write to
+/// it at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostUse<'h> {
+    pub host: &'h str,
+    pub reads: usize,
+    pub writes: usize,
 }
 
 /// This binary: its path, bytes and BLAKE3.
@@ -168,6 +183,7 @@ impl<'a> Helpers<'a> {
             transport,
             deployed: Mutex::new(HashMap::new()),
             here: Mutex::new(None),
+            uploading: Mutex::new(HashMap::new()),
         }
     }
 
@@ -176,16 +192,30 @@ impl<'a> Helpers<'a> {
     /// one after the other. The helper is not asked anything yet: the first command to each
     /// host checks it (see [`Helpers::remote_command`]). Errors are left for the calls that
     /// need the host, which meet them again and report them.
-    pub fn prepare(&self, hosts: &[&str]) {
+    ///
+    /// Transfers running at once each need a session of their own where they ask the
+    /// recovery side for its manifest, and, when bulk streams are not channels of one
+    /// connection ([`Transport::streams_take_sessions`]), on both sides of their stream: so
+    /// many are opened at once, with the first (a login takes several round trips; waiting
+    /// for a busy session would cost a whole transfer).
+    pub fn prepare(&self, hosts: &[HostUse]) {
+        let sessions = |u: &HostUse| {
+            let n = if self.transport.streams_take_sessions() {
+                u.reads.max(u.writes)
+            } else {
+                u.writes
+            };
+            n.clamp(1, STREAMS)
+        };
         std::thread::scope(|scope| {
             scope.spawn(|| this_binary().is_ok());
-            for host in hosts {
-                scope.spawn(move || match self.is_here(host) {
+            for u in hosts {
+                scope.spawn(move || match self.is_here(u.host) {
                     Ok(true) | Err(_) => {}
                     Ok(false) => {
                         // The bulk connection first: it logs in while the other one does.
-                        self.transport.prepare_bulk(host);
-                        self.transport.connect(host);
+                        self.transport.prepare_bulk(u.host);
+                        self.transport.connect(u.host, sessions(u));
                     }
                 });
             }
@@ -547,6 +577,18 @@ impl<'a> Helpers<'a> {
             }
         };
         let done = if said == "missing" {
+            let lock = self
+                .uploading
+                .lock()
+                .expect("not poisoned")
+                .entry(host.to_string())
+                .or_default()
+                .clone();
+            let _one = lock.lock().expect("not poisoned");
+            // Another transfer found it missing too and uploaded it meanwhile (or failed to).
+            if let Some(known) = self.deployed.lock().expect("not poisoned").get(host) {
+                return known.clone().map(|()| true);
+            }
             self.upload(host)
         } else {
             let (code, text) = said.split_once(' ').unwrap_or((said, ""));

@@ -1238,3 +1238,223 @@ fn through_openssh_the_master_connections_end_with_their_command_signals_include
     gone("after a run");
     assert_eq!(std::fs::read_dir(&runtime).unwrap().count(), 0);
 }
+
+/// A copy of erp-db's disk `disk` on the recovery host.
+fn copy_of(lab: &Lab, disk: &str) -> PathBuf {
+    lab.dir
+        .path()
+        .join("lab/hosts/hv-pra/root/srv/replicas/images")
+        .join(disk)
+}
+
+/// `reprise replicate --service erp-db` with `extra`, its debug log on, its output read as it
+/// comes (joined by [`Spawned::wait`]).
+struct Spawned {
+    child: std::process::Child,
+    out: std::thread::JoinHandle<String>,
+    err: std::thread::JoinHandle<String>,
+}
+
+impl Spawned {
+    fn start(lab: &Lab, extra: &[&str]) -> Spawned {
+        let mut args = vec!["replicate", "--service", "erp-db"];
+        args.extend_from_slice(extra);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
+            .args(lab.args(&args))
+            .current_dir(lab.dir.path())
+            .env_remove("RUST_LOG")
+            .env("REPRISE_LOG", "reprise=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let read = |mut r: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = r.read_to_string(&mut s);
+                s
+            })
+        };
+        let out = read(Box::new(child.stdout.take().unwrap()));
+        let err = read(Box::new(child.stderr.take().unwrap()));
+        Spawned { child, out, err }
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Its exit code, output and errors, once it ends (10 minutes at most: else it hangs).
+    fn wait(mut self) -> (Option<i32>, String, String) {
+        let ended = poll_until(Duration::from_secs(600), || !self.running());
+        if !ended {
+            let _ = self.child.kill();
+        }
+        let code = self.child.wait().unwrap().code();
+        let (out, err) = (self.out.join().unwrap(), self.err.join().unwrap());
+        assert!(ended, "reprise did not end: it hangs\n{err}");
+        (code, out, err)
+    }
+}
+
+/// The size of the update journal of `copy` (0 when none).
+fn journal_len(copy: &Path) -> u64 {
+    std::fs::metadata(format!("{}.reprise/journal", copy.display()))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+/// Where the debug log of a replication says the stream of `disk` begins or ends.
+fn logged(stderr: &str, disk: &str, what: &str) -> Option<usize> {
+    stderr
+        .lines()
+        .position(|l| l.contains(what) && l.contains(disk))
+}
+
+/// The disks of a vm stream at once, each with its own outcome. One disk's source helper is
+/// frozen (SIGSTOP) as soon as it runs: the other disk's stream still begins and its update
+/// arrives (a replication that waited for the first disk would never get there); a stop then
+/// cuts both, and both copies keep their last point, through either SSH client. One disk's
+/// recovery helper killed mid-update fails that disk, named, while the other gets its point.
+#[test]
+fn the_disks_of_a_vm_stream_at_once_and_each_keeps_its_own_outcome() {
+    let lab = Lab::up(230);
+    let disks = ["erp-db-system.qcow2", "erp-db-data.qcow2"];
+    let src = |d: &str| lab.src().with_file_name(d);
+    for d in disks {
+        new_image("qcow2", &src(d), "1G");
+        qemu_io("qcow2", &src(d), "write -P 0x11 0 8M");
+    }
+    lab.replicate();
+    for (n, client) in ["openssh", "libssh2"].into_iter().enumerate() {
+        for (i, d) in disks.iter().enumerate() {
+            qemu_io(
+                "qcow2",
+                &src(d),
+                &format!("write -P 0x{:x} 0 300M", 0x20 + 2 * n + i),
+            );
+        }
+        let before: Vec<String> = disks.iter().map(|d| b3(&copy_of(&lab, d))).collect();
+        let points = lab.points();
+        let mut run = Spawned::start(&lab, &["--ssh-client", client]);
+        // The first disk whose source helper runs is frozen.
+        let mut frozen = None;
+        let started = poll_until(Duration::from_secs(120), || {
+            frozen = disks.iter().enumerate().find_map(|(i, d)| {
+                let pid = send_helper(&src(d))?;
+                Command::new("kill")
+                    .args(["-STOP", &pid.to_string()])
+                    .status()
+                    .is_ok_and(|s| s.success())
+                    .then_some((i, pid))
+            });
+            frozen.is_some() || !run.running()
+        });
+        let Some((first, pid)) = frozen else {
+            let (code, _, err) = run.wait();
+            panic!(
+                "{client}: no source helper was seen running (started: {started}, exit {code:?}): {err}"
+            );
+        };
+        let other = disks[1 - first];
+        let together = poll_until(Duration::from_secs(120), || {
+            journal_len(&copy_of(&lab, other)) > 16 << 20 || !run.running()
+        }) && run.running();
+        // SAFETY: a plain kill(2) of the reprise this test started.
+        unsafe { libc::kill(run.child.id() as i32, libc::SIGTERM) };
+        let _ = Command::new("kill")
+            .args(["-CONT", &pid.to_string()])
+            .status();
+        let (code, _, stderr) = run.wait();
+        assert!(
+            together,
+            "{client}: {other} was not streamed while {} was: {stderr}",
+            disks[first]
+        );
+        let (began, ended) = (
+            logged(&stderr, other, "disk stream begins"),
+            logged(&stderr, disks[first], "disk stream ends"),
+        );
+        assert!(
+            began.is_some() && began < ended,
+            "{client}: the log does not say {other} began before {} ended: {stderr}",
+            disks[first]
+        );
+        assert_eq!(code, Some(130), "{client}: {stderr}");
+        for (i, d) in disks.iter().enumerate() {
+            assert!(
+                stderr.contains(&format!("{d} keeps its last point")),
+                "{client}: {stderr}"
+            );
+            assert!(
+                poll_until(Duration::from_secs(20), || apply_helper(&copy_of(&lab, d))
+                    .is_none()),
+                "{client}: the recovery helper of {d} still runs"
+            );
+            assert_eq!(
+                b3(&copy_of(&lab, d)),
+                before[i],
+                "{client}: {d} was touched"
+            );
+        }
+        assert_eq!(lab.points(), points, "{client}");
+    }
+
+    // The system disk's recovery helper killed mid-update: its error, and the data disk's point.
+    let system = copy_of(&lab, disks[0]);
+    let before = b3(&system);
+    let mut run = Spawned::start(&lab, &[]);
+    let apply = {
+        let mut pid = None;
+        let found = poll_until(Duration::from_secs(120), || {
+            pid = (journal_len(&system) > 16 << 20)
+                .then(|| apply_helper(&system))
+                .flatten();
+            pid.is_some() || !run.running()
+        });
+        pid.filter(|_| found)
+    };
+    let Some(apply) = apply else {
+        let (code, _, err) = run.wait();
+        panic!("the system disk's update was never seen under way (exit {code:?}): {err}");
+    };
+    tool("kill", &["-KILL", &apply.to_string()]);
+    let (code, stdout, stderr) = run.wait();
+    assert_eq!(code, Some(1), "{stderr}");
+    let failed: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(failed.len(), 1, "{stderr}");
+    assert!(
+        failed[0].contains(&format!("{}: replicating", "hv-pra"))
+            && failed[0].contains(disks[0])
+            && failed[0].contains("recovery exit 137"),
+        "{stderr}"
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(disks[1]) && l.contains(": point "))
+        .unwrap_or_else(|| panic!("the data disk got no point: {stdout}\n{stderr}"));
+    let point = line.split(": point ").nth(1).unwrap();
+    let point = point.split(',').next().unwrap();
+    assert!(
+        !stdout
+            .lines()
+            .any(|l| l.contains(disks[0]) && l.contains(": point ")),
+        "{stdout}"
+    );
+    let verified = lab.verify_when_free(point, &[]);
+    assert!(
+        verified.stdout.contains(&format!(
+            "{}:{} point {point}: good",
+            "hv-pra",
+            copy_of(&lab, disks[1]).display()
+        )),
+        "{verified:?}"
+    );
+    assert_eq!(b3(&system), before, "the system copy was touched");
+
+    // The next replication brings both copies to their sources.
+    lab.replicate();
+    for d in disks {
+        assert_eq!(b3(&copy_of(&lab, d)), b3(&src(d)), "{d}");
+    }
+}
