@@ -1284,7 +1284,64 @@ pub fn release(model: &Model, id: &str, run: Option<&str>, ssh: &SshArgs) -> Out
 
 #[cfg(test)]
 mod tests {
-    use super::progress_line;
+    use super::{STREAMS, each_disk, progress_line};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Condvar, Mutex};
+
+    /// Six disks: four stream at once (each waits until four do: one after the other, none
+    /// would ever get there), results come back in disk order.
+    #[test]
+    fn the_disks_stream_four_at_once_and_are_said_in_order() {
+        let (busy, most) = (Mutex::new(0usize), AtomicUsize::new(0));
+        let woken = Condvar::new();
+        let results = each_disk(6, &|| false, |i| {
+            let mut n = busy.lock().unwrap();
+            *n += 1;
+            most.fetch_max(*n, Ordering::Relaxed);
+            woken.notify_all();
+            // A guard against a hang, not a measure: four arrive at once or the test fails.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while most.load(Ordering::Relaxed) < STREAMS && std::time::Instant::now() < deadline {
+                n = woken
+                    .wait_timeout(n, std::time::Duration::from_millis(100))
+                    .unwrap()
+                    .0;
+            }
+            *n -= 1;
+            i * 10
+        });
+        assert_eq!(most.load(Ordering::Relaxed), STREAMS);
+        let got: Vec<_> = results.into_iter().map(|r| r.map(|(v, _)| v)).collect();
+        assert_eq!(got, [0, 10, 20, 30, 40, 50].map(Some));
+    }
+
+    /// A stop: the disks under way end (their result says the stop had come), the others are
+    /// not started.
+    #[test]
+    fn after_a_stop_no_disk_starts_and_those_under_way_say_so() {
+        let stop = AtomicBool::new(false);
+        let results = each_disk(6, &|| stop.load(Ordering::Relaxed), |i| {
+            if i == 1 {
+                stop.store(true, Ordering::Relaxed);
+            }
+            // The others are under way when the stop comes (a guard against a hang).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            i
+        });
+        // Disk 1 ran; every disk that ran was under way at the stop; none started after it
+        // (a disk beyond the first four could only start once one of them had ended).
+        assert_eq!(results[1], Some((1, true)));
+        for (i, r) in results.iter().enumerate() {
+            assert!(r.is_none() || *r == Some((i, true)), "{results:?}");
+        }
+        assert!(
+            results[STREAMS..].iter().all(Option::is_none),
+            "{results:?}"
+        );
+    }
 
     #[test]
     fn progress_says_what_was_sent_how_fast_and_how_long_at_most() {
