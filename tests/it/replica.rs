@@ -1380,6 +1380,17 @@ fn the_disks_of_a_vm_stream_at_once_and_each_keeps_its_own_outcome() {
             "{client}: the log does not say {other} began before {} ended: {stderr}",
             disks[first]
         );
+        // The streams found the sessions they needed ready: no login while they ran (the
+        // stop cuts them: the snapshot's merge then logs in again).
+        let lines: Vec<&str> = stderr.lines().collect();
+        let first = lines.iter().position(|l| l.contains("disk stream begins"));
+        let last = lines.iter().rposition(|l| l.contains("disk stream ends"));
+        if let (Some(first), Some(last)) = (first, last) {
+            assert!(
+                !lines[first..last].iter().any(|l| l.contains("ssh login")),
+                "{client}: a stream waited for a login: {stderr}"
+            );
+        }
         assert_eq!(code, Some(130), "{client}: {stderr}");
         for (i, d) in disks.iter().enumerate() {
             assert!(
