@@ -12,7 +12,7 @@ use super::context::{Outcome, RunContext, StepRun};
 use super::hooks::Freeze;
 use crate::event::{Event, StepStatus};
 use crate::plan::{Action, PlannedStep, Replicated, SnapshotHooks};
-use crate::replica::remote::{GuestRead, Replication};
+use crate::replica::remote::{GuestRead, HostUse, Replication, STREAMS};
 
 /// Runs a replicate step.
 pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
@@ -196,7 +196,7 @@ struct Disks<'a> {
 async fn copy_frozen(
     ctx: &RunContext,
     disks: &Disks<'_>,
-    mut replication: Replication,
+    replication: Replication,
     freeze: Option<Freeze>,
     report: &mut String,
 ) -> (Option<String>, Option<String>) {
@@ -218,22 +218,15 @@ async fn copy_frozen(
             checkpoint: None,
         },
     });
-    for (i, (src, dst)) in disks.items.iter().enumerate().filter(|_| failed.is_none()) {
-        // Only the first disk's point records the definition (it is kept beside it).
-        if i == 1 {
-            replication.definition = None;
-        }
-        let copied = replicate_image(ctx, disks, (src, dst), &replication, read.as_ref())
-            .await
-            .map(|t| {
-                point = Some(t.applied.point.id.clone());
-                t.line()
-            });
-        match copied {
-            Ok(line) => report.push_str(&line),
-            Err(e) => {
+    if failed.is_none() {
+        match copy_disks(ctx, disks, &replication, read.as_ref()).await {
+            Ok((lines, made)) => {
+                report.push_str(&lines);
+                point = made;
+            }
+            Err((lines, e)) => {
+                report.push_str(&lines);
                 failed = Some(e);
-                break;
             }
         }
     }
@@ -246,6 +239,95 @@ async fn copy_frozen(
         });
     }
     (point, failed)
+}
+
+/// Copies the disks at once ([`STREAMS`] at most), after getting a session ready for each
+/// transfer that needs one: their lines in disk order and the point made, or, when one failed,
+/// the lines of those copied and the first failure in disk order (the others are still copied:
+/// each copy keeps its own outcome).
+async fn copy_disks(
+    ctx: &RunContext,
+    disks: &Disks<'_>,
+    replication: &Replication,
+    read: Option<&GuestRead>,
+) -> Result<(String, Option<String>), (String, String)> {
+    let n = disks.items.len().min(STREAMS);
+    let transport = ctx.transport.clone();
+    let (from, to) = (disks.from.to_string(), disks.to.to_string());
+    let _ = tokio::task::spawn_blocking(move || {
+        crate::replica::remote::Helpers::new(transport.as_ref()).prepare(&[
+            HostUse {
+                host: &from,
+                reads: n,
+                writes: 0,
+            },
+            HostUse {
+                host: &to,
+                reads: 0,
+                writes: n,
+            },
+        ])
+    })
+    .await;
+    // Only the first disk's point records the definition (it is kept beside it).
+    let rest = Replication {
+        definition: None,
+        ..replication.clone()
+    };
+    let streams = Arc::new(tokio::sync::Semaphore::new(STREAMS));
+    let copies = disks.items.iter().enumerate().map(|(i, (src, dst))| {
+        let r = if i == 0 { replication } else { &rest };
+        let streams = streams.clone();
+        async move {
+            let _stream = streams.acquire_owned().await;
+            replicate_image(ctx, disks, (src, dst), r, read).await
+        }
+    });
+    let done = join_in_order(copies.collect()).await;
+    let (mut lines, mut point, mut first_failure) = (String::new(), None, None);
+    for copied in done {
+        match copied {
+            Ok(t) => {
+                point = Some(t.applied.point.id.clone());
+                lines.push_str(&t.line());
+            }
+            Err(e) => {
+                first_failure.get_or_insert(e);
+            }
+        }
+    }
+    match first_failure {
+        Some(e) => Err((lines, e)),
+        None => Ok((lines, point)),
+    }
+}
+
+/// Awaits `futures` together (each polled as soon as it can make progress): their outputs in
+/// order.
+async fn join_in_order<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *out = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every one ended"))
+        .collect()
 }
 
 /// Brings one vm disk's recovery copy (or a backup set's folder, file by file) up to date
