@@ -1469,3 +1469,87 @@ fn the_disks_of_a_vm_stream_at_once_and_each_keeps_its_own_outcome() {
         assert_eq!(b3(&copy_of(&lab, d)), b3(&src(d)), "{d}");
     }
 }
+
+/// A planned failover's final sync streams the vm's disks at once too: one disk's source
+/// helper frozen as soon as it runs, the other's still starts (a step that waited for the
+/// first disk would never get there); thawed, the failover completes with both copies equal
+/// to their disks.
+#[test]
+fn a_final_sync_streams_the_disks_of_a_vm_at_once() {
+    let lab = Lab::up(231);
+    let disks = ["erp-db-system.qcow2", "erp-db-data.qcow2"];
+    let src = |d: &str| lab.src().with_file_name(d);
+    for (i, d) in disks.iter().enumerate() {
+        new_image("qcow2", &src(d), "1G");
+        qemu_io(
+            "qcow2",
+            &src(d),
+            &format!("write -P 0x{:x} 0 256M", 0x61 + i),
+        );
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(lab.args(&[
+            "failover",
+            "--service",
+            "erp-db",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ]))
+        .current_dir(lab.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut frozen = None;
+    poll_until(Duration::from_secs(120), || {
+        frozen = disks.iter().enumerate().find_map(|(i, d)| {
+            let pid = send_helper(&src(d))?;
+            Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+                .then_some((i, pid))
+        });
+        frozen.is_some() || child.try_wait().unwrap().is_some()
+    });
+    let Some((first, pid)) = frozen else {
+        let _ = child.kill();
+        panic!("no source helper of the final sync was seen running");
+    };
+    let other = src(disks[1 - first]);
+    let together = poll_until(Duration::from_secs(120), || send_helper(&other).is_some());
+    let _ = Command::new("kill")
+        .args(["-CONT", &pid.to_string()])
+        .status();
+    if !together {
+        let _ = child.kill();
+        panic!(
+            "{} was not streamed while {} was",
+            disks[1 - first],
+            disks[first]
+        );
+    }
+    let ended = poll_until(Duration::from_secs(300), || {
+        if child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        let _ = lab.run(&[
+            "confirm",
+            "latest",
+            "erp-db/data-check",
+            "--by",
+            "Nadia Morel",
+        ]);
+        false
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    assert!(ended, "the failover did not finish");
+    assert!(status.success(), "{status:?}");
+    for d in disks {
+        assert_eq!(b3(&copy_of(&lab, d)), b3(&src(d)), "{d}");
+    }
+}
