@@ -405,7 +405,8 @@ pub enum Command {
     /// A running VM's disks are frozen by its driver's snapshot hooks (`replicate-begin`,
     /// `replicate-end`) while they are read (a VM that cannot be frozen is not copied); its
     /// definition (its driver's `definition`: libvirt's domain XML, Proxmox's `qm config`)
-    /// goes with each new point; `--dry-run` shows them.
+    /// goes with each new point; `--dry-run` shows them. The disks of a VM stream at once
+    /// (four at most), the VMs one after the other.
     #[command(
         after_help = "Examples:\n  reprise replicate\n  reprise replicate --service erp-db --verify\n  reprise replicate --scan    (every block read, also for vms with changed_blocks)\n  REPRISE_HERE=hv-pra reprise replicate --compress    (on the recovery host, over a slow link)"
     )]

@@ -894,3 +894,97 @@ fn a_deleted_checkpoint_a_guest_killed_and_a_lost_bitmap_each_make_a_scan_that_s
     );
     copy_equals_source(&hv);
 }
+
+/// Where the debug log of a replication says the stream of `disk` begins or ends.
+fn logged(stderr: &str, disk: &str, what: &str) -> Option<usize> {
+    stderr
+        .lines()
+        .position(|l| l.contains(what) && l.contains(&format!("\"{disk}\"")))
+}
+
+/// A running guest with two disks: its backup job exports both at once, and both are read at
+/// once, each through its own NBD connection: the second disk's stream begins before the
+/// first's ends, both copies are the disks as the guest sees them, the changed blocks of each
+/// are read the next time, and the copies equal the disks once the guest is stopped.
+#[test]
+fn a_running_guest_s_two_disks_are_read_at_once_from_one_backup_job() {
+    let hv = Hv::up();
+    hv.start_guest_on_main("cbt", 12, Firmware::Bios, 4);
+    hv.wait_healthy(12, 2);
+    let data = "/var/lib/libvirt/images/cbt-data.qcow2";
+    hv.main.sh(&format!(
+        "qemu-img create -q -f qcow2 {data} 64M && qemu-io -c 'write -q -P 0x77 0 32M' {data} >/dev/null"
+    ));
+    hv.main.virsh(&format!(
+        "attach-disk cbt {data} vdb --driver qemu --subdriver qcow2 --targetbus virtio --live --config"
+    ));
+    hv.set_disks("cbt", &["cbt.qcow2", "cbt-data.qcow2"]);
+    let replicate = || {
+        let out = hv
+            .command(&["replicate", "--service", "cbt"])
+            .env("REPRISE_LOG", "reprise=debug")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "{stdout}{stderr}");
+        (stdout, stderr)
+    };
+    let (first, log) = replicate();
+    for disk in ["cbt.qcow2", "cbt-data.qcow2"] {
+        assert!(
+            read_mode(&first, disk).starts_with("scan: the first copy; checkpoint reprise-"),
+            "{first}"
+        );
+    }
+    // Printed in disk order, streamed at once.
+    let (a, b) = (
+        first.find("/cbt.qcow2 →").unwrap(),
+        first.find("/cbt-data.qcow2 →").unwrap(),
+    );
+    assert!(a < b, "{first}");
+    let began = logged(&log, "cbt-data.qcow2", "disk stream begins");
+    let ended = logged(&log, "cbt.qcow2", "disk stream ends");
+    assert!(began.is_some() && began < ended, "{log}");
+
+    hv.write_blocks(12, 100, 3, 'A');
+    hv.main.virsh(
+        "qemu-monitor-command cbt --hmp 'qemu-io -d virtio-disk1 \"write -P 0x55 1M 128k\"'",
+    );
+    let (second, _) = replicate();
+    for disk in ["cbt.qcow2", "cbt-data.qcow2"] {
+        assert!(
+            read_mode(&second, disk).starts_with("changed-blocks; checkpoint reprise-"),
+            "{second}"
+        );
+    }
+
+    // Stopped, each disk is read by a qemu-nbd of its own through its bitmap, at once too.
+    shut_down(&hv, "cbt");
+    let (offline, _) = replicate();
+    for disk in ["cbt.qcow2", "cbt-data.qcow2"] {
+        assert!(
+            read_mode(&offline, disk).starts_with("changed-blocks"),
+            "{offline}"
+        );
+    }
+    for (copy, disk) in [
+        (CBT_COPY, "/var/lib/libvirt/images/cbt.qcow2"),
+        ("/srv/replicas/cbt-data.qcow2", data),
+    ] {
+        let out = std::process::Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "qcow2", "-U"])
+            .arg(hv.pra.path(copy))
+            .arg(hv.main.path(disk))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{copy} differs from {disk}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -647,6 +647,17 @@ impl Hv {
         self.write_vms(None);
     }
 
+    /// Gives the vm `vm` of the inventory the disks `disks` (its single disk by default).
+    pub fn set_disks(&self, vm: &str, disks: &[&str]) {
+        let path = self.dir.path().join("inventory/vms.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let one = format!("disks = [\"{vm}.qcow2\"]");
+        assert!(text.contains(&one), "{text}");
+        let list: Vec<String> = disks.iter().map(|d| format!("\"{d}\"")).collect();
+        let text = text.replace(&one, &format!("disks = [{}]", list.join(", ")));
+        std::fs::write(&path, text).unwrap();
+    }
+
     /// Writes the vms, their services and runbooks: all of them, or `only` those named (what
     /// an administrator who recovers only those would have).
     pub fn write_vms(&self, only: Option<&[&str]>) {
