@@ -783,7 +783,11 @@ fn a_signal_while_the_snapshot_is_made_merges_it_back_and_starts_no_copy() {
         "{stderr}"
     );
     assert_eq!(overlays(&images), Vec::<String>::new(), "{stderr}");
-    assert_eq!(freezes(), made + 1, "a snapshot was made again after the stop");
+    assert_eq!(
+        freezes(),
+        made + 1,
+        "a snapshot was made again after the stop"
+    );
     assert_eq!(b3(&copy), before, "the copy was touched");
     assert_eq!(lab.points("erp-db"), points);
     std::fs::rename(bin.join("lab-vm.real"), bin.join("lab-vm")).unwrap();
