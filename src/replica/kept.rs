@@ -10,20 +10,18 @@
 //! hashes are never trusted beyond that: the recovery side checks the whole-image hash of
 //! every update against its own.
 
-use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use super::blocks::{self, Cv, Manifest, tree};
+use super::nodes::{self, NodeFile};
 
 /// A complete kept manifest starts with this, then the size, the whole-image hash and the
-/// number of blocks (as a manifest), then the tree's nodes.
+/// number of blocks (as a manifest), then the tree's nodes ([`nodes`]).
 const MAGIC: &[u8; 8] = b"RPRKEPT1";
 /// What an update under way writes first: a kept manifest cut there is not used.
 const UPDATING: &[u8; 8] = b"RPRKEPT-";
-const HEADER: u64 = 56;
 
 /// Where the source keeps them (beside the helpers).
 pub fn dir() -> Option<PathBuf> {
@@ -35,12 +33,6 @@ pub fn dir() -> Option<PathBuf> {
 fn path(dir: &Path, image: &Path) -> PathBuf {
     use std::os::unix::ffi::OsStrExt as _;
     dir.join(blake3::hash(image.as_os_str().as_bytes()).to_hex().as_str())
-}
-
-fn header(magic: &[u8; 8], size: u64, whole: &[u8; 32]) -> [u8; 56] {
-    let mut h = blocks::header(size, whole);
-    h[..8].copy_from_slice(magic);
-    h
 }
 
 /// Keeps the tree `nodes` of an image of `size` bytes whose BLAKE3 is `whole` as the manifest
@@ -58,7 +50,7 @@ pub fn keep(dir: Option<&Path>, image: &Path, size: u64, whole: &[u8; 32], nodes
     let tmp = path.with_extension("tmp");
     let written = File::create(&tmp).and_then(|f| {
         let mut w = io::BufWriter::with_capacity(1 << 20, f);
-        w.write_all(&header(MAGIC, size, whole))?;
+        w.write_all(&nodes::header(MAGIC, size, whole))?;
         w.write_all(nodes.as_flattened())?;
         w.flush()
     });
@@ -70,13 +62,9 @@ pub fn keep(dir: Option<&Path>, image: &Path, size: u64, whole: &[u8; 32], nodes
 /// A kept manifest, open and locked against another replication of the same image, read and
 /// written node by node.
 pub struct Kept {
-    file: File,
-    path: PathBuf,
+    tree: NodeFile,
     pub size: u64,
     pub whole: [u8; 32],
-    n: u64,
-    read: HashMap<usize, Cv>,
-    written: BTreeMap<usize, Cv>,
     updating: bool,
 }
 
@@ -93,33 +81,22 @@ impl Kept {
         };
         let err = |e: io::Error| format!("{}: {e}", path.display());
         lock(&file).map_err(err)?;
-        let mut h = [0u8; HEADER as usize];
-        if file.read_exact_at(&mut h, 0).is_err() || &h[..8] != MAGIC {
-            return Ok(None);
-        }
-        h[..8].copy_from_slice(b"RPRMAN1\n");
-        let Some((size, whole)) = blocks::read_header(&h) else {
+        let Some(tree) = NodeFile::read(file, &path, &[MAGIC]).map_err(err)? else {
             return Ok(None);
         };
-        let n = blocks::count(size);
-        let len = file.metadata().map_err(err)?.len();
-        if blocks::digest(size, &whole) != digest || len != HEADER + 32 * tree::len(n) {
+        if blocks::digest(tree.size, &tree.whole) != digest {
             return Ok(None);
         }
         Ok(Some(Kept {
-            file,
-            path,
-            size,
-            whole,
-            n,
-            read: HashMap::new(),
-            written: BTreeMap::new(),
+            size: tree.size,
+            whole: tree.whole,
+            tree,
             updating: false,
         }))
     }
 
     fn err(&self, e: io::Error) -> String {
-        format!("{}: {e}", self.path.display())
+        format!("{}: {e}", self.tree.path().display())
     }
 
     /// The whole manifest (its block hashes read in one go).
@@ -127,108 +104,44 @@ impl Kept {
         Ok(Manifest {
             size: self.size,
             whole: self.whole,
-            cvs: self.leaves(0, self.n as usize)?,
+            cvs: self.leaves(0, self.tree.blocks() as usize)?,
         })
     }
 
     /// The hashes of blocks `first..first + count`.
     pub fn leaves(&self, first: u64, count: usize) -> Result<Vec<Cv>, String> {
-        let mut out = vec![[0u8; 32]; count];
-        self.file
-            .read_exact_at(out.as_flattened_mut(), HEADER + 32 * first)
-            .map_err(|e| self.err(e))?;
-        Ok(out)
+        self.tree.leaves(first, count).map_err(|e| self.err(e))
     }
 
-    /// Asks the kernel to read ahead the pages of the nodes an update of the blocks within
-    /// `ranges` (`[first, end)`, in increasing order) reads and writes, all at once, so that
-    /// the node-by-node reads that follow find them in memory instead of waiting for the
-    /// disk one page after the other. Only a hint: nothing is read here.
+    /// Asks the kernel to read ahead the nodes an update of the blocks within `ranges`
+    /// touches ([`NodeFile::read_ahead`]).
     pub fn read_ahead(&self, ranges: &[(u64, u64)]) {
-        use std::os::fd::AsRawFd as _;
-        const PAGE: u64 = 4096;
-        // Pages closer than this are asked in one go: one larger read costs about what a
-        // small one does, and the lower levels of many changed blocks become few long reads.
-        const GAP: u64 = 16 * PAGE;
-        let mut asked: Option<(u64, u64)> = None;
-        let ask = |(from, to): (u64, u64)| {
-            // SAFETY: a hint on a descriptor this borrows, no memory involved.
-            unsafe {
-                libc::posix_fadvise(
-                    self.file.as_raw_fd(),
-                    from as libc::off_t,
-                    (to - from) as libc::off_t,
-                    libc::POSIX_FADV_WILLNEED,
-                )
-            };
-        };
-        for (lo, hi) in tree::touched(self.n, ranges) {
-            let from = (HEADER + 32 * lo as u64) / PAGE * PAGE;
-            let to = (HEADER + 32 * hi as u64).div_ceil(PAGE) * PAGE;
-            asked = match asked {
-                Some((f, t)) if from <= t + GAP => Some((f, t.max(to))),
-                Some(a) => {
-                    ask(a);
-                    Some((from, to))
-                }
-                None => Some((from, to)),
-            };
-        }
-        if let Some(a) = asked {
-            ask(a);
-        }
-        // The header, rewritten first.
-        ask((0, PAGE));
+        self.tree.read_ahead(ranges);
     }
 
     /// Writes the new whole-image hash: the kept manifest is complete again.
-    pub fn finish(mut self, whole: &[u8; 32]) -> Result<(), String> {
-        let mut run: Vec<u8> = Vec::new();
-        let mut start = 0usize;
-        let written = std::mem::take(&mut self.written);
-        for (&i, cv) in &written {
-            if start + run.len() / 32 != i {
-                self.flush_run(start, &run)?;
-                run.clear();
-                start = i;
-            }
-            run.extend_from_slice(cv);
+    pub fn finish(self, whole: &[u8; 32]) -> Result<(), String> {
+        for (at, run) in self.tree.runs() {
+            self.tree.write_at(&run, at).map_err(|e| self.err(e))?;
         }
-        self.flush_run(start, &run)?;
-        self.file
-            .write_all_at(&header(MAGIC, self.size, whole), 0)
-            .map_err(|e| self.err(e))
-    }
-
-    fn flush_run(&self, start: usize, run: &[u8]) -> Result<(), String> {
-        if run.is_empty() {
-            return Ok(());
-        }
-        self.file
-            .write_all_at(run, HEADER + 32 * start as u64)
+        self.tree
+            .write_at(&nodes::header(MAGIC, self.size, whole), 0)
             .map_err(|e| self.err(e))
     }
 }
 
 impl tree::Nodes for Kept {
     fn node(&mut self, i: usize) -> io::Result<Cv> {
-        if let Some(cv) = self.written.get(&i).or_else(|| self.read.get(&i)) {
-            return Ok(*cv);
-        }
-        let mut cv = [0u8; 32];
-        self.file.read_exact_at(&mut cv, HEADER + 32 * i as u64)?;
-        self.read.insert(i, cv);
-        Ok(cv)
+        self.tree.node(i)
     }
 
     fn set_node(&mut self, i: usize, cv: Cv) -> io::Result<()> {
         if !self.updating {
             // Before any node changes: a kept manifest cut from here on is not used.
-            self.file.write_all_at(UPDATING, 0)?;
+            self.tree.write_at(UPDATING, 0)?;
             self.updating = true;
         }
-        self.written.insert(i, cv);
-        Ok(())
+        self.tree.set_node(i, cv)
     }
 }
 

@@ -29,6 +29,7 @@ pub mod helper;
 pub mod kept;
 pub mod meta;
 pub mod nbd;
+pub mod nodes;
 pub mod point;
 pub mod protocol;
 pub mod remote;

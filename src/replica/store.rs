@@ -1,8 +1,15 @@
 //! The recovery side of one image: the mirror (the image file itself, the newest point) and,
 //! in the folder `<image>.reprise/` beside it, what makes it a set of verified points:
 //!
-//! - `manifest`: size, block hashes and whole hash of the mirror, so a replication need not
-//!   read the mirror again;
+//! - `manifest`: size and whole hash of the mirror, then the tree of its block hashes (the
+//!   leaves, then the BLAKE3 subtrees above them: [`blocks::tree`], laid out as [`nodes`]
+//!   says), so a replication need not read the mirror again. An update changes it in place:
+//!   only the nodes above the blocks it changed are read and written (all of it when the
+//!   number of blocks changes). A manifest cut by a crash in the middle of that write says so
+//!   in its header (synced before any node is written) and is not trusted; the update's
+//!   journal, still there, writes the same nodes again;
+//! - `stamp`: the size, mtime and inode of the mirror when the manifest was last written, so
+//!   that a mirror changed behind it (a vm started on the copy, an edit) is hashed again;
 //! - `points.json`: the points, oldest first (replaced by an atomic rename);
 //! - `deltas/<point>.rdelta`: for each point but the newest, the blocks that its successor
 //!   overwrote, so that point is the mirror with its successors' deltas put back;
@@ -11,10 +18,17 @@
 //!   fsynced before the mirror is touched. An update whose journal has no commit record never
 //!   touched the mirror and is thrown away; one with a commit record is completed, and its
 //!   pending delta is renamed into `deltas/`. The commit record is written only once the
-//!   whole-image hash of the new state matches the source's;
+//!   whole-image hash of the new state matches the source's. Rolled forward in this order:
+//!   the pending delta renamed, the mirror written and synced, the manifest written and
+//!   synced, the stamp, the points, then the journal removed;
 //! - `lock`: held (flock) by whoever reads or writes any of it.
 //!
 //! The first point of an image is written into `staging` and renamed over the mirror.
+//!
+//! The manifest is only a cache: one that is missing, damaged, cut in the middle of an
+//! update, of an unknown layout or whose stamp differs is not used, and the mirror is hashed
+//! again. One of the flat layout of earlier versions (`RPRMAN1`: the leaves alone) is as good
+//! as its stamp says, and is rewritten as a tree the first time an update needs it.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -25,8 +39,9 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::blocks::{self, BLOCK, Cv, Manifest};
+use super::blocks::{self, BLOCK, Cv, Manifest, tree};
 use super::meta::{self, CopyState, Lease, PointsRead, PointsSource};
+use super::nodes::{self, NodeFile};
 use super::wire::{self, Record};
 
 pub(super) use super::point::io_err;
@@ -101,6 +116,86 @@ const JOURNAL_MAGIC: &[u8; 8] = b"RPRJNL2\n";
 const JOURNAL_MAGIC_V1: &[u8; 8] = b"RPRJNL1\n";
 const JOURNAL_END: &[u8; 8] = b"RPRJEND\n";
 const DELTA_MAGIC: &[u8; 8] = b"RPRDLT1\n";
+/// A complete manifest starts with this; the tree of block hashes follows ([`nodes`]).
+const MANIFEST_MAGIC: &[u8; 8] = b"RPRMAN2\n";
+/// What an update of the manifest in place writes and syncs first: a manifest cut from there
+/// on is not trusted.
+const MANIFEST_UPDATING: &[u8; 8] = b"RPRMAN2-";
+
+// In unit tests: how many more writes of a manifest in place are done before it stops as a
+// crash would (`None`: no stop).
+#[cfg(test)]
+thread_local! {
+    static WRITES_LEFT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Before each write of a manifest in place: in unit tests, where [`WRITES_LEFT`] says to
+/// stop, an error as a crash there would leave things; nothing otherwise.
+fn crash_point(path: &Path) -> Result<(), StoreError> {
+    #[cfg(test)]
+    {
+        let stop = WRITES_LEFT.with(|w| match w.get() {
+            Some(0) => true,
+            Some(k) => {
+                w.set(Some(k - 1));
+                false
+            }
+            None => false,
+        });
+        if stop {
+            return Err(StoreError::Io {
+                path: path.display().to_string(),
+                reason: "stopped here as a crash would (a unit test)".into(),
+            });
+        }
+    }
+    let _ = path;
+    Ok(())
+}
+
+/// How [`update_tree`] updated a manifest's tree.
+enum Updated {
+    /// Its nodes above the changed blocks, held by the open file until written.
+    InPlace,
+    /// The whole tree, in memory: the number of blocks changed, and with it the tree's shape.
+    Whole(Vec<Cv>),
+}
+
+/// The tree of the manifest `t` once the blocks `changed` (in increasing order) hold the
+/// hashes given, for an image of `n` blocks, and the whole-image hash it gives (`None` under
+/// two blocks): when `t` has `n` blocks, only the nodes above them are read (asked of the
+/// kernel at once) and set, held by `t`; else every leaf is read and the tree made anew.
+fn update_tree(
+    t: &mut NodeFile,
+    n: u64,
+    changed: &[(u64, Cv)],
+) -> io::Result<(Updated, Option<[u8; 32]>)> {
+    if t.blocks() == n {
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for &(idx, _) in changed {
+            match ranges.last_mut() {
+                Some((_, end)) if *end == idx => *end += 1,
+                _ => ranges.push((idx, idx + 1)),
+            }
+        }
+        t.read_ahead(&ranges);
+        for &(idx, c) in changed {
+            tree::Nodes::set_node(t, idx as usize, c)?;
+        }
+        let idx: Vec<u64> = changed.iter().map(|(i, _)| *i).collect();
+        tree::update(t, n, &idx)?;
+        let root = tree::root(t, n)?;
+        return Ok((Updated::InPlace, root));
+    }
+    let mut leaves = t.leaves(0, t.blocks().min(n) as usize)?;
+    leaves.resize(n as usize, [0; 32]);
+    for &(idx, c) in changed {
+        leaves[idx as usize] = c;
+    }
+    let mut nodes = tree::of(leaves);
+    let root = tree::root(&mut nodes[..], n)?;
+    Ok((Updated::Whole(nodes), root))
+}
 
 /// The commit record of a journal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -412,39 +507,109 @@ impl Store {
         ))
     }
 
-    fn write_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
-        self.write_atomic("manifest", &m.encode())?;
+    /// Writes the manifest whole (replaced by an atomic rename): the header, then `nodes`,
+    /// the tree of the block hashes of an image of `size` bytes whose BLAKE3 is `whole`.
+    /// The stamp is the caller's to write.
+    fn write_tree(&self, size: u64, whole: &[u8; 32], nodes: &[Cv]) -> Result<(), StoreError> {
+        let path = self.path("manifest");
+        meta::write_file_with(&self.dir, "manifest", false, |w| {
+            w.write_all(&nodes::header(MANIFEST_MAGIC, size, whole))
+                .and_then(|()| w.write_all(nodes.as_flattened()))
+                .map_err(io_err(&path))
+        })
+    }
+
+    /// Records that the manifest is of the mirror as it is now.
+    fn write_stamp(&self) -> Result<(), StoreError> {
         let stamp = self.stamp().unwrap_or_default();
         self.write_atomic("stamp", stamp.as_bytes())
     }
 
-    /// The saved manifest, if the mirror was not changed behind it since (a vm started on the
-    /// copy, a manual edit): a mirror changed since must be hashed again, or the blocks that
-    /// changed would never be sent.
-    /// A damaged manifest is only a cache lost: the mirror is hashed again.
-    fn saved_manifest(&self) -> Result<Option<Manifest>, StoreError> {
+    /// Writes the manifest `m` whole, then the stamp.
+    fn write_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
+        self.write_tree(m.size, &m.whole, &tree::of(m.cvs.clone()))?;
+        self.write_stamp()
+    }
+
+    /// Writes the nodes `t` holds in memory and its new header over the manifest, in place:
+    /// first the header marked as being updated, synced (a manifest cut from here on says so
+    /// and is not trusted), then the nodes, then the complete header, synced. Done again from
+    /// the journal after a crash, it writes the same bytes: a node is a function of the leaves
+    /// below it, the changed leaves are the journal's, and no other node is written.
+    fn write_in_place(&self, t: &NodeFile, size: u64, whole: &[u8; 32]) -> Result<(), StoreError> {
+        let path = t.path().to_path_buf();
+        let err = io_err(&path);
+        crash_point(&path)?;
+        t.write_at(MANIFEST_UPDATING, 0).map_err(&err)?;
+        t.file().sync_data().map_err(&err)?;
+        for (at, run) in t.runs() {
+            crash_point(&path)?;
+            t.write_at(&run, at).map_err(&err)?;
+        }
+        crash_point(&path)?;
+        t.write_at(&nodes::header(MANIFEST_MAGIC, size, whole), 0)
+            .map_err(&err)?;
+        t.file().sync_data().map_err(&err)
+    }
+
+    /// The manifest file open as a tree whose header starts with one of `magics`; `None`
+    /// when it is missing or is not such a tree (damaged, cut, another layout).
+    fn open_tree(&self, magics: &[&[u8; 8]]) -> Result<Option<NodeFile>, StoreError> {
+        let path = self.path("manifest");
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        NodeFile::read(file, &path, magics).map_err(io_err(&path))
+    }
+
+    /// The saved manifest's tree, open to be read and updated node by node, if the mirror was
+    /// not changed behind it since (a vm started on the copy, a manual edit): a mirror
+    /// changed since must be hashed again, or the blocks that changed would never be sent.
+    /// A manifest of the older flat layout is rewritten as a tree first (its hashes are as
+    /// good as its stamp says). A damaged manifest, or one cut in the middle of an update, is
+    /// only a cache lost: `None`, and the mirror is hashed again.
+    fn saved_tree(&self) -> Result<Option<NodeFile>, StoreError> {
         let stamp = std::fs::read_to_string(self.path("stamp")).ok();
         if stamp.is_none() || stamp != self.stamp() {
             return Ok(None);
         }
-        match self.raw_manifest() {
-            Err(StoreError::Damaged { .. }) => Ok(None),
-            other => other,
+        if let Some(t) = self.open_tree(&[MANIFEST_MAGIC])? {
+            return Ok(Some(t));
         }
+        let path = self.path("manifest");
+        let flat = match std::fs::read(&path) {
+            Ok(bytes) => match Manifest::decode(&bytes) {
+                Ok(m) => m,
+                Err(_) => return Ok(None),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let n = flat.cvs.len() as u64;
+        let mut nodes = tree::of(flat.cvs);
+        // Its leaves must give its whole hash, as a tree written here does.
+        let root = tree::root(&mut nodes[..], n).map_err(io_err(&path))?;
+        if root.is_some_and(|r| r != flat.whole) {
+            return Ok(None);
+        }
+        self.write_tree(flat.size, &flat.whole, &nodes)?;
+        self.open_tree(&[MANIFEST_MAGIC])
     }
 
-    fn raw_manifest(&self) -> Result<Option<Manifest>, StoreError> {
-        let path = self.path("manifest");
-        match std::fs::read(&path) {
-            Ok(bytes) => Manifest::decode(&bytes)
-                .map(Some)
-                .map_err(|reason| StoreError::Damaged {
-                    path: path.display().to_string(),
-                    reason,
-                }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+    /// The saved manifest whole (its block hashes read in one go), if it can be trusted (see
+    /// [`Self::saved_tree`]).
+    fn saved_manifest(&self) -> Result<Option<Manifest>, StoreError> {
+        let Some(t) = self.saved_tree()? else {
+            return Ok(None);
+        };
+        let cvs = t.leaves(0, t.blocks() as usize).map_err(io_err(t.path()))?;
+        Ok(Some(Manifest {
+            size: t.size,
+            whole: t.whole,
+            cvs,
+        }))
     }
 
     /// The manifest the source must compare against (the empty one when there is no point
@@ -536,10 +701,15 @@ impl Store {
         if f.read_exact(&mut h).is_err() {
             return Ok(None);
         }
+        let len = f.metadata().map_err(io_err(&path))?.len();
+        // A complete tree (one cut in the middle of an update says so in its header).
+        if let Some((_, size, whole)) = nodes::read_header(&h, &[MANIFEST_MAGIC]) {
+            return Ok((len == nodes::file_len(size)).then_some((size, whole)));
+        }
+        // The flat manifest of an older version, as good until an update rewrites it.
         let Some((size, whole)) = blocks::read_header(&h) else {
             return Ok(None);
         };
-        let len = f.metadata().map_err(io_err(&path))?.len();
         Ok((len == 56 + 32 * blocks::count(size)).then_some((size, whole)))
     }
 
@@ -666,28 +836,40 @@ impl Store {
         })?;
         let fresh = !self.image.is_file();
         let base = if fresh {
-            Manifest::empty()
+            None
         } else {
-            match self.saved_manifest()? {
-                Some(m) => m,
+            match self.saved_tree()? {
+                Some(t) => Some(t),
                 None => {
                     // Saved, so that the roll-forward updates this manifest and no other.
                     let m = Manifest::of_file(&self.image).map_err(io_err(&self.image))?;
                     self.write_manifest(&m)?;
-                    m
+                    let path = self.path("manifest");
+                    Some(
+                        self.open_tree(&[MANIFEST_MAGIC])?
+                            .ok_or_else(|| StoreError::Damaged {
+                                path: path.display().to_string(),
+                                reason: "it cannot be read back as it was just written".into(),
+                            })?,
+                    )
                 }
             }
         };
-        if header.base_size != base.size || header.base_whole != base.whole {
+        let (base_size, base_whole) = match &base {
+            Some(t) => (t.size, t.whole),
+            None => (0, Manifest::empty().whole),
+        };
+        if header.base_size != base_size || header.base_whole != base_whole {
             return Err(stream_err(
                 "the copy changed since the source compared against it; run the replication again"
                     .into(),
             ));
         }
-        let received = if fresh {
-            self.receive_fresh(input, &header, &new)
-        } else {
-            self.receive_update(input, &header, &base, points.last(), &new, stop_at_commit)
+        let received = match base {
+            None => self.receive_fresh(input, &header, &new),
+            Some(base) => {
+                self.receive_update(input, &header, base, points.last(), &new, stop_at_commit)
+            }
         };
         let mut applied = received.inspect_err(|_| {
             // What a failed update left (a partial first copy, or a journal without its
@@ -815,7 +997,7 @@ impl Store {
         &self,
         input: &mut impl Read,
         header: &wire::Header,
-        base: &Manifest,
+        mut base: NodeFile,
         prev: Option<&Point>,
         new: &NewPoint,
         stop_at_commit: bool,
@@ -831,20 +1013,25 @@ impl Store {
         let mut d = BufWriter::with_capacity(1 << 20, dfile);
         let derr = io_err(&dpath);
         d.write_all(DELTA_MAGIC).map_err(&derr)?;
-        d.write_all(&base.size.to_le_bytes()).map_err(&derr)?;
+        let base_size = base.size;
+        d.write_all(&base_size.to_le_bytes()).map_err(&derr)?;
         let mut old = OldBlocks {
             mirror: &mirror,
             image: &self.image,
             dpath: &dpath,
-            base_size: base.size,
+            base_size,
             keep: prev.is_some(),
             buf: vec![0u8; BLOCK],
         };
-        let s = self.receive_blocks(input, header, base, &mut j, &mut d, &mut old)?;
+        let s = self.receive_blocks(input, header, &mut base, &mut j, &mut d, &mut old)?;
+        drop(base);
         if s.got != s.whole {
             drop((j, d));
             let _ = std::fs::remove_file(&jpath);
             let _ = std::fs::remove_file(&dpath);
+            // The next run hashes the mirror again rather than trust its manifest: a damaged
+            // node of its tree would make every update fail this way.
+            let _ = std::fs::remove_file(self.path("stamp"));
             return Err(StoreError::Mismatch {
                 image: self.name(),
                 expected: hex(s.whole),
@@ -867,7 +1054,7 @@ impl Store {
                 read: new.read.clone(),
             },
             prev: prev.map(|p| p.id.clone()),
-            old_size: base.size,
+            old_size: base_size,
             new_whole: hex(s.whole),
             retention: new.retention.max(1),
         };
@@ -900,7 +1087,7 @@ impl Store {
         &self,
         input: &mut impl Read,
         header: &wire::Header,
-        base: &Manifest,
+        base: &mut NodeFile,
         j: &mut BufWriter<File>,
         d: &mut BufWriter<File>,
         old: &mut OldBlocks,
@@ -911,11 +1098,11 @@ impl Store {
         };
         let jpath = self.path("journal");
         let werr = io_err(&jpath);
-        let old_n = blocks::count(base.size);
+        let old_n = base.blocks();
         let new_n = blocks::count(header.size);
         let mut records = wire::Records::new(header, old_n);
-        let mut cvs = base.cvs.clone();
-        cvs.truncate(new_n as usize);
+        // The hashes of the blocks received, in increasing order (checked by `Records`).
+        let mut cvs: Vec<(u64, Cv)> = Vec::new();
         let mut single = None;
         let mut received = 0u64;
         let mut changed = 0u64;
@@ -933,10 +1120,7 @@ impl Store {
             if new_n == 1 {
                 single = Some(*blake3::hash(&data).as_bytes());
             }
-            match cvs.get_mut(idx as usize) {
-                Some(slot) => *slot = c,
-                None => cvs.push(c),
-            }
+            cvs.push((idx, c));
             changed += 1;
             j.write_all(&[1]).map_err(&werr)?;
             j.write_all(&idx.to_le_bytes()).map_err(&werr)?;
@@ -960,9 +1144,10 @@ impl Store {
                 .map_err(io_err(&self.image))?;
             single = Some(*blake3::hash(&buf).as_bytes());
         }
-        let got = blocks::root(&cvs)
-            .or(single)
-            .unwrap_or(*blake3::hash(b"").as_bytes());
+        // The recovery side's own hash of the new state: its tree with the hashes of the blocks
+        // received put in, whatever the source says.
+        let (_, root) = update_tree(base, new_n, &cvs).map_err(io_err(base.path()))?;
+        let got = root.or(single).unwrap_or(*blake3::hash(b"").as_bytes());
         Ok(Streamed {
             whole,
             got,
@@ -1075,20 +1260,9 @@ impl Store {
             .set_len(commit.point.size)
             .map_err(io_err(&self.image))?;
         mirror.sync_all().map_err(io_err(&self.image))?;
-        // 3. The manifest.
-        let mut m = self.raw_manifest()?.unwrap_or_else(|| Manifest {
-            size: commit.old_size,
-            whole: [0; 32],
-            cvs: Vec::new(),
-        });
-        m.cvs
-            .resize(blocks::count(commit.point.size) as usize, [0; 32]);
-        for (idx, c, _) in &journal.new {
-            m.cvs[*idx as usize] = *c;
-        }
-        m.size = commit.point.size;
-        m.whole = parse_hex(&commit.new_whole).unwrap_or([0; 32]);
-        self.write_manifest(&m)?;
+        // 3. The manifest, then the stamp.
+        self.roll_manifest_forward(journal, &commit)?;
+        self.write_stamp()?;
         // 4. The points, within retention; the new newest records what the mirror now is.
         let mut points = self.points()?;
         if !points.iter().any(|p| p.id == commit.point.id) {
@@ -1111,6 +1285,34 @@ impl Store {
         std::fs::remove_file(jpath).map_err(io_err(jpath))?;
         sync_dir(&self.dir)?;
         Ok(dropped)
+    }
+
+    /// Stage 3 of [`Self::roll_forward`]: the manifest made that of the mirror as the update
+    /// left it (the mirror is written and synced already). In place, only the nodes above the
+    /// blocks the journal changed, when the number of blocks stays (see
+    /// [`Self::write_in_place`]); written whole otherwise. The tree must give the new
+    /// whole-image hash, or it was not the base of this update (damaged, replaced, of an
+    /// older layout): the mirror is then hashed again, and so is an image of one block.
+    fn roll_manifest_forward(&self, journal: &Journal, commit: &Commit) -> Result<(), StoreError> {
+        let size = commit.point.size;
+        let n = blocks::count(size);
+        let changed: Vec<(u64, Cv)> = journal.new.iter().map(|(i, c, _)| (*i, *c)).collect();
+        if let (true, Some(whole)) = (n >= 2, parse_hex(&commit.new_whole))
+            && let Some(mut t) = self.open_tree(&[MANIFEST_MAGIC, MANIFEST_UPDATING])?
+        {
+            let (updated, root) = update_tree(&mut t, n, &changed).map_err(io_err(t.path()))?;
+            if root == Some(whole) {
+                return match updated {
+                    Updated::InPlace => self.write_in_place(&t, size, &whole),
+                    Updated::Whole(nodes) => {
+                        drop(t);
+                        self.write_tree(size, &whole, &nodes)
+                    }
+                };
+            }
+        }
+        let m = Manifest::of_file(&self.image).map_err(io_err(&self.image))?;
+        self.write_tree(m.size, &m.whole, &tree::of(m.cvs))
     }
 
     fn find(&self, points: &[Point], id: &str) -> Result<usize, StoreError> {
@@ -1716,6 +1918,305 @@ mod tests {
         let mut out = Vec::new();
         crate::replica::helper::send(src, &m, &mut out, false).unwrap();
         out
+    }
+
+    /// The manifest file as it should be for the mirror as it is: the header, then the tree
+    /// of its block hashes.
+    fn expected_manifest(dst: &Path) -> Vec<u8> {
+        let m = Manifest::of_file(dst).unwrap();
+        assert_eq!(
+            m.whole,
+            *blake3::hash(&std::fs::read(dst).unwrap()).as_bytes()
+        );
+        let mut out = nodes::header(MANIFEST_MAGIC, m.size, &m.whole).to_vec();
+        out.extend_from_slice(tree::of(m.cvs).as_flattened());
+        out
+    }
+
+    /// Writes `byte` over `len` bytes of `path` at `at`.
+    fn scribble(path: &Path, at: u64, len: usize, byte: u8) {
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .write_all_at(&vec![byte; len], at)
+            .unwrap();
+    }
+
+    /// The writes an apply makes to a manifest in place (the header twice and each run of
+    /// nodes), and what it returned.
+    fn counting_writes<T>(f: impl FnOnce() -> T) -> (usize, T) {
+        const MANY: usize = 1 << 20;
+        WRITES_LEFT.with(|w| w.set(Some(MANY)));
+        let out = f();
+        let left = WRITES_LEFT.with(|w| w.replace(None)).unwrap();
+        (MANY - left, out)
+    }
+
+    /// Runs of consecutive 32-byte nodes that differ between two manifests of one length.
+    fn runs_differing(a: &[u8], b: &[u8]) -> usize {
+        assert_eq!(a.len(), b.len());
+        let differ: Vec<bool> = a[56..]
+            .chunks(32)
+            .zip(b[56..].chunks(32))
+            .map(|(x, y)| x != y)
+            .collect();
+        differ
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| **d && (*i == 0 || !differ[i - 1]))
+            .count()
+    }
+
+    #[test]
+    fn an_update_writes_only_the_nodes_above_its_blocks_in_place() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        let store = Store::new(&dst);
+        let mut data: Vec<u8> = (0..37 * BLOCK + 100)
+            .map(|i| (i * 7 + i / 999) as u8)
+            .collect();
+        std::fs::write(&src, &data).unwrap();
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        let manifest = store.path("manifest");
+        let before = std::fs::read(&manifest).unwrap();
+        assert!(
+            before == expected_manifest(&dst),
+            "the first point's manifest"
+        );
+        let inode = std::fs::metadata(&manifest).unwrap().ino();
+        // Three blocks change: only the nodes above them are written, in place.
+        for b in [3, 4, 20] {
+            data[b * BLOCK + 11] ^= 0x5a;
+        }
+        std::fs::write(&src, &data).unwrap();
+        let stream = stream_of(&src, &store);
+        let (writes, applied) = counting_writes(|| store.apply(&mut &stream[..], point("p2")));
+        assert_eq!(applied.unwrap().blocks, 3);
+        assert_eq!(std::fs::read(&dst).unwrap(), data);
+        let after = std::fs::read(&manifest).unwrap();
+        assert!(
+            after == expected_manifest(&dst),
+            "the manifest is not the mirror's"
+        );
+        assert_eq!(
+            std::fs::metadata(&manifest).unwrap().ino(),
+            inode,
+            "not in place"
+        );
+        // The two headers, and each run of the nodes that changed: no other node.
+        let runs = runs_differing(&before, &after);
+        assert!(runs >= 3, "{runs}");
+        assert_eq!(writes, 2 + runs);
+        // Its digest is read from its header.
+        assert_eq!(
+            store.base_digest(false).unwrap(),
+            Manifest::of_file(&dst).unwrap().digest()
+        );
+        // The image grows: the tree changes shape, the manifest is written whole.
+        data.extend((0..5 * BLOCK).map(|i| (i % 13) as u8));
+        std::fs::write(&src, &data).unwrap();
+        let stream = stream_of(&src, &store);
+        let (writes, applied) = counting_writes(|| store.apply(&mut &stream[..], point("p3")));
+        applied.unwrap();
+        assert_eq!(writes, 0);
+        assert_eq!(std::fs::read(&dst).unwrap(), data);
+        assert!(std::fs::read(&manifest).unwrap() == expected_manifest(&dst));
+        // And shrinks.
+        data.truncate(30 * BLOCK - 7);
+        data[2 * BLOCK] ^= 1;
+        std::fs::write(&src, &data).unwrap();
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p4"))
+            .unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), data);
+        assert!(std::fs::read(&manifest).unwrap() == expected_manifest(&dst));
+        assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
+    }
+
+    #[test]
+    fn a_manifest_write_cut_anywhere_is_done_again_by_the_next_run() {
+        let v1: Vec<u8> = (0..61 * BLOCK + 5)
+            .map(|i| (i * 3 + i / 777) as u8)
+            .collect();
+        let mut v2 = v1.clone();
+        for b in [0, 1, 2, 17, 33, 60] {
+            v2[b * BLOCK + 9] ^= 0xa5;
+        }
+        let mut v3 = v2.clone();
+        v3[40 * BLOCK] ^= 0x11;
+        // One store with its first point, and the stream of the update to v2.
+        let setup = || {
+            let dir = tempfile::tempdir().unwrap();
+            let src = dir.path().join("src.img");
+            let dst = dir.path().join("dst.img");
+            let store = Store::new(&dst);
+            std::fs::write(&src, &v1).unwrap();
+            store
+                .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+                .unwrap();
+            std::fs::write(&src, &v2).unwrap();
+            let stream = stream_of(&src, &store);
+            (dir, src, dst, store, stream)
+        };
+        let (_dir, _, dst, store, stream) = setup();
+        let before = std::fs::read(store.path("manifest")).unwrap();
+        let (writes, applied) = counting_writes(|| store.apply(&mut &stream[..], point("p2")));
+        applied.unwrap();
+        let after = std::fs::read(store.path("manifest")).unwrap();
+        assert!(after == expected_manifest(&dst));
+        let touched: Vec<usize> = (0..(after.len() - 56) / 32)
+            .filter(|i| before[56 + 32 * i..88 + 32 * i] != after[56 + 32 * i..88 + 32 * i])
+            .collect();
+        assert!(writes > 3, "{writes}");
+        // Cut after each write; every other time the nodes the update writes are also left
+        // torn (garbage): the next run writes them all again.
+        for (k, torn) in (0..writes).flat_map(|k| [(k, false), (k, true)]) {
+            let (_dir, src, dst, store, stream) = setup();
+            WRITES_LEFT.with(|w| w.set(Some(k)));
+            let cut = store.apply(&mut &stream[..], point("p2"));
+            WRITES_LEFT.with(|w| w.set(None));
+            let err = cut.unwrap_err().to_string();
+            assert!(err.contains("as a crash would"), "{err}");
+            assert!(store.path("journal").exists(), "cut after {k} writes");
+            let manifest = store.path("manifest");
+            if torn {
+                for &i in &touched {
+                    scribble(&manifest, 56 + 32 * i as u64, 32, 0xee);
+                }
+            }
+            // Cut after its header was marked, it is not trusted without the journal settled.
+            if k > 0 {
+                assert!(store.open_tree(&[MANIFEST_MAGIC]).unwrap().is_none(), "{k}");
+            }
+            assert_eq!(store.trusted_header().unwrap(), None, "{k}");
+            let (m, note) = store.base_manifest(false).unwrap();
+            assert!(note.unwrap().contains("completed"), "{k}");
+            assert_eq!(std::fs::read(&dst).unwrap(), v2, "{k}");
+            assert!(
+                std::fs::read(&manifest).unwrap() == expected_manifest(&dst),
+                "{k} {torn}"
+            );
+            assert_eq!(m, Manifest::of_file(&dst).unwrap(), "{k}");
+            for (id, want) in [("p1", &v1), ("p2", &v2)] {
+                let out = dst.with_extension(id);
+                store.restore(id, &out).unwrap();
+                assert!(&std::fs::read(&out).unwrap() == want, "{k}: point {id}");
+            }
+            // The next update goes on from it.
+            std::fs::write(&src, &v3).unwrap();
+            store
+                .apply(&mut &stream_of(&src, &store)[..], point("p3"))
+                .unwrap();
+            assert_eq!(std::fs::read(&dst).unwrap(), v3, "{k}");
+            assert!(std::fs::read(&manifest).unwrap() == expected_manifest(&dst));
+        }
+        // A committed update whose manifest is damaged or gone before its roll-forward: the
+        // mirror, once written, is hashed again.
+        for damage in ["garbage", "deleted", "node"] {
+            let (_dir, _, dst, store, stream) = setup();
+            store
+                .apply_until(&mut &stream[..], point("p2"), true)
+                .unwrap();
+            let manifest = store.path("manifest");
+            match damage {
+                "garbage" => std::fs::write(&manifest, b"garbage").unwrap(),
+                "deleted" => std::fs::remove_file(&manifest).unwrap(),
+                // Node 9 above the leaves (blocks 18 and 19, of 62), which the update
+                // reads but does not write.
+                _ => scribble(&manifest, 56 + 32 * (62 + 9), 32, 0),
+            }
+            let (_, note) = store.base_manifest(false).unwrap();
+            assert!(note.unwrap().contains("completed"), "{damage}");
+            assert_eq!(std::fs::read(&dst).unwrap(), v2, "{damage}");
+            assert!(
+                std::fs::read(&manifest).unwrap() == expected_manifest(&dst),
+                "{damage}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_manifest_of_the_older_flat_layout_is_used_then_rewritten_as_a_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        let store = Store::new(&dst);
+        let mut data: Vec<u8> = (0..20 * BLOCK).map(|i| (i * 5 + i / 333) as u8).collect();
+        std::fs::write(&src, &data).unwrap();
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        let v1 = data.clone();
+        let manifest = store.path("manifest");
+        for (round, damaged) in [(2, false), (3, true)] {
+            // As an earlier version left it: the flat manifest, its stamp unchanged.
+            let mut flat = Manifest::of_file(&dst).unwrap();
+            let digest = flat.digest();
+            if damaged {
+                flat.cvs[7] = [0; 32];
+            }
+            std::fs::write(&manifest, flat.encode()).unwrap();
+            if !damaged {
+                // Its digest is read from its header, as before.
+                assert_eq!(
+                    store.trusted_header().unwrap(),
+                    Some((flat.size, flat.whole))
+                );
+                assert_eq!(store.base_digest(false).unwrap(), digest);
+            }
+            data[(round * 3) * BLOCK + 1] ^= 0x77;
+            std::fs::write(&src, &data).unwrap();
+            let stream = stream_of(&src, &store);
+            let applied = store
+                .apply(&mut &stream[..], point(&format!("p{round}")))
+                .unwrap();
+            // A flat manifest whose leaves do not give its whole hash is not used: the
+            // mirror is hashed again (trusted, its wrong leaf would have made the source send
+            // that block too).
+            assert_eq!(applied.blocks, 1, "{round}");
+            assert_eq!(std::fs::read(&dst).unwrap(), data, "{round}");
+            assert!(
+                std::fs::read(&manifest).unwrap() == expected_manifest(&dst),
+                "{round}"
+            );
+        }
+        let out = dir.path().join("p1.out");
+        store.restore("p1", &out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), v1);
+        assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
+    }
+
+    #[test]
+    fn a_damaged_node_of_the_manifest_refuses_one_update_and_the_next_hashes_the_mirror() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        let store = Store::new(&dst);
+        let mut data: Vec<u8> = (0..38 * BLOCK).map(|i| (i * 11 + i / 555) as u8).collect();
+        std::fs::write(&src, &data).unwrap();
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        // Node 9 of the level above the leaves (blocks 18 and 19) rots; block 16 changes, and
+        // the node above it is made of node 8 (computed again) and node 9 (read).
+        scribble(&store.path("manifest"), 56 + 32 * (38 + 9), 32, 0x42);
+        data[16 * BLOCK] ^= 1;
+        std::fs::write(&src, &data).unwrap();
+        let err = store
+            .apply(&mut &stream_of(&src, &store)[..], point("p2"))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Mismatch { .. }), "{err}");
+        assert_ne!(std::fs::read(&dst).unwrap(), data, "nothing was changed");
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p2"))
+            .unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), data);
+        assert!(std::fs::read(store.path("manifest")).unwrap() == expected_manifest(&dst));
     }
 
     #[test]
