@@ -39,6 +39,8 @@ need sshd openssh-server
 need ssh-keygen openssh-client
 need ssh openssh-client
 need rsync rsync
+# A recovery helper is killed at exact writes by strace (its syscall fault injection).
+need strace strace
 # The https health-check tests make a certificate authority and serve TLS with openssl.
 need openssl openssl
 # The schedule tests check the generated units with systemd-analyze (nothing is started).

@@ -1301,3 +1301,194 @@ fn a_drill_a_replication_and_a_started_vm_never_share_a_copy_unseen() {
         &rows,
     );
 }
+
+/// The recovery helper (`reprise helper apply`, a real process) killed with SIGKILL at each
+/// write of its manifest in place (strace delivers the signal as the write is entered, so
+/// each cut falls at an exact place), and at its last write to the copy before them: the next
+/// use of the copy completes the update; the copy, its manifest and every point are then
+/// exactly what they should be, and the next update goes on from there.
+#[test]
+fn a_recovery_helper_killed_at_each_write_of_its_manifest_completes_on_the_next_run() {
+    use reprise::replica::blocks::{self, BLOCK, Manifest, tree};
+    use reprise::replica::store::{NewPoint, Store};
+    use std::io::Write as _;
+    use std::os::unix::process::ExitStatusExt as _;
+    let ok = Command::new("strace")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "strace is missing: install strace (scripts/test.sh does)"
+    );
+    let point = |id: &str| NewPoint {
+        id: id.into(),
+        taken_at: chrono::Utc::now(),
+        source: "hv-main:src.raw".into(),
+        retention: 5,
+        definition: None,
+        read: None,
+    };
+    let v1 = random_bytes(49 * BLOCK - 100);
+    let mut v2 = v1.clone();
+    for b in [0, 5, 6, 30, 48] {
+        // (Block 48, the last, holds BLOCK - 100 bytes.)
+        v2[b * BLOCK..b * BLOCK + 4096].copy_from_slice(&random_bytes(4096));
+    }
+    let mut v3 = v2.clone();
+    v3[20 * BLOCK + 3] ^= 0x5a;
+    let send = |src: &Path, store: &Store| {
+        let (base, _) = store.base_manifest(false).unwrap();
+        let mut stream = Vec::new();
+        reprise::replica::helper::send(src, &base, &mut stream, false).unwrap();
+        stream
+    };
+    // A copy with its first point, the source at v2, the stream of that update.
+    let setup = || {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src.raw"), dir.path().join("dst.raw"));
+        std::fs::write(&src, &v1).unwrap();
+        let store = Store::new(&dst);
+        store
+            .apply(&mut &send(&src, &store)[..], point("p1"))
+            .unwrap();
+        std::fs::write(&src, &v2).unwrap();
+        let stream = send(&src, &store);
+        (dir, src, dst, store, stream)
+    };
+    // The helper applying `stream` to `dst` under strace with `strace_args`.
+    let apply = |dst: &Path, stream: &[u8], strace_args: &[&str]| {
+        let mut child = Command::new("strace")
+            .args(strace_args)
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_reprise"))
+            .args(["helper", "apply", dst.to_str().unwrap(), "--point", "p2"])
+            .args(["--taken-at", &chrono::Utc::now().to_rfc3339()])
+            .args(["--source", "hv-main:src.raw", "--retention", "5"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A helper killed early may stop reading: a broken pipe here is expected.
+        let _ = child.stdin.take().unwrap().write_all(stream);
+        child.wait_with_output().unwrap()
+    };
+    // Which of the helper's positioned writes go to the manifest (numbered from 1).
+    let (dir, _, dst, _, stream) = setup();
+    let log = dir.path().join("strace.log");
+    let out = apply(
+        &dst,
+        &stream,
+        &[
+            "-f",
+            "-qq",
+            "-y",
+            "-e",
+            "trace=pwrite64",
+            "-o",
+            log.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let writes: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("pwrite64("))
+        .map(str::to_string)
+        .collect();
+    let manifest_writes: Vec<usize> = (1..=writes.len())
+        .filter(|&i| writes[i - 1].contains(".reprise/manifest>"))
+        .collect();
+    // The header marked, at least one run of nodes, the complete header.
+    assert!(manifest_writes.len() >= 3, "{writes:#?}");
+    assert!(
+        writes[manifest_writes[0] - 2].contains("dst.raw>"),
+        "the copy is written before its manifest: {writes:#?}"
+    );
+    drop(dir);
+
+    let mut cuts = vec![manifest_writes[0] - 1];
+    cuts.extend(&manifest_writes);
+    for when in cuts {
+        let (_dir, src, dst, store, stream) = setup();
+        let out = apply(
+            &dst,
+            &stream,
+            &[
+                "-f",
+                "-qq",
+                "-o",
+                "/dev/null",
+                "-e",
+                "trace=pwrite64",
+                "-e",
+                &format!("inject=pwrite64:signal=KILL:when={when}"),
+            ],
+        );
+        let killed = out.status.signal() == Some(libc::SIGKILL) || out.status.code() == Some(137);
+        assert!(
+            killed,
+            "write {when}: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta = PathBuf::from(format!("{}.reprise", dst.display()));
+        assert!(
+            meta.join("journal").exists(),
+            "write {when}: the journal is gone"
+        );
+        let note = store.settle().unwrap().unwrap_or_default();
+        assert!(
+            note.contains("an interrupted update was completed: point p2"),
+            "{when}: {note}"
+        );
+        assert!(
+            std::fs::read(&dst).unwrap() == v2,
+            "write {when}: the copy is not p2"
+        );
+        // The manifest is the tree of the copy's block hashes, whole.
+        let m = Manifest::of_file(&dst).unwrap();
+        let file = std::fs::read(meta.join("manifest")).unwrap();
+        assert_eq!(&file[..8], b"RPRMAN2\n", "write {when}");
+        assert_eq!(
+            file[8..56],
+            blocks::header(m.size, &m.whole)[8..],
+            "write {when}"
+        );
+        assert!(
+            file[56..] == *tree::of(m.cvs.clone()).as_flattened(),
+            "write {when}"
+        );
+        assert_eq!(
+            store.base_digest(false).unwrap(),
+            m.digest(),
+            "write {when}"
+        );
+        for (id, want) in [("p1", &v1), ("p2", &v2)] {
+            let out = dst.with_extension(id);
+            store.restore(id, &out).unwrap();
+            assert!(
+                std::fs::read(&out).unwrap() == *want,
+                "write {when}: point {id}"
+            );
+        }
+        // The next update goes on from it.
+        std::fs::write(&src, &v3).unwrap();
+        let applied = store
+            .apply(&mut &send(&src, &store)[..], point("p3"))
+            .unwrap();
+        assert_eq!(applied.blocks, 1, "write {when}");
+        assert!(std::fs::read(&dst).unwrap() == v3, "write {when}");
+        let checked = store.verify(None).unwrap();
+        assert!(
+            checked.iter().all(|(_, good)| *good),
+            "write {when}: {checked:?}"
+        );
+    }
+}
