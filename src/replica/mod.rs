@@ -3,7 +3,7 @@
 //! An image is cut in fixed blocks of [`BLOCK`] bytes. Each block's hash is its BLAKE3
 //! chaining value at its offset, so the whole-image BLAKE3 (the same as `b3sum`) is computed
 //! from the block hashes alone ([`blocks`]). The recovery side keeps, next to its copy (the
-//! mirror), a [`Manifest`] of those hashes, the list of [`Point`]s and one reverse delta per
+//! mirror), a [`Manifest`] of those hashes (with the tree above them, updated in place), the list of [`Point`]s and one reverse delta per
 //! older point ([`store`]): the mirror is the newest point, and an older point is the mirror
 //! with the blocks its successors overwrote put back.
 //!
