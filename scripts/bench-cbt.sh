@@ -17,7 +17,9 @@
 # against the bytes changed, ratios to rsync and to the bitmap path of the same run, the peak
 # resident memory of the source side (the helper and the qemu-nbd it starts; rsync's processes),
 # the load average during the runs; then, per PCT, how the bitmap path's time grows with the
-# size. Asserts nothing.
+# size. The recovery side is timed too, once per PCT (the change moves the copy on): the
+# helper applying the bitmap path's stream to the copy, cold, with its peak memory; and how
+# its time grows with the size. Asserts nothing.
 #
 # Needs about SIZE * (4 * DATA_PCT + 4 * (sum of PCTS)) / 100 of free disk per size (the disk,
 # the copy, the image file's copy for rsync and rsync's working copy, each growing by what
@@ -95,7 +97,7 @@ echo "# DATA_PCT=$DATA_PCT PCTS=\"$PCTS\" REPS=$REPS COLD=$COLD; load at the sta
 echo
 echo "| size | changed | way | time | × rsync | × bitmap | stream bytes | × changed | peak memory |"
 echo "|---|---|---|---|---|---|---|---|---|"
-declare -A BITMAP_T=()
+declare -A BITMAP_T=() APPLY_T=()
 LOADS=()
 for G in $SIZES_GIB; do
   SIZE=$((G << 30))
@@ -157,9 +159,16 @@ for G in $SIZES_GIB; do
         "${T[$way]}" "$(py "print('%.2f' % (${T[$way]} / ${T[rsync]}))")" "$(py "print('%.1f' % (${T[$way]} / ${T[bitmap]}))")" \
         "${B[$way]}" "$(py "print('%.3f' % (${B[$way]} / $CHANGED))")" "$(py "print(${M[$way]} / 1024)")"
     done
-    # The change reaches the copy; a new checkpoint starts (the bitmap cleared).
+    # The change reaches the copy (the recovery side timed, cold); a new checkpoint starts
+    # (the bitmap cleared).
     send "$IMG" --bitmap=cp >/dev/null
-    "${H[@]}" apply "$COPY" --point="p$n" --taken-at="$(date -u +%FT%TZ)" --source=bench --retention=2 --mode=changed-blocks --checkpoint=cp --protocol="$P" < "$TMP/stream" >/dev/null
+    cold
+    LOADS+=("$(load1)")
+    t0=$EPOCHREALTIME
+    /usr/bin/time -o "$TMP/rss" -f %M "${H[@]}" apply "$COPY" --point="p$n" --taken-at="$(date -u +%FT%TZ)" --source=bench --retention=2 --mode=changed-blocks --checkpoint=cp --protocol="$P" < "$TMP/stream" >/dev/null
+    APPLY_T[$G,$PCT]=$(py "print(round($EPOCHREALTIME - $t0, 3))")
+    printf '| %s GiB | %s%% (%s bytes) | %s | %.3f s | | | %s | | %.1f MiB |\n' "$G" "$PCT" "$CHANGED" \
+      'recovery side: apply (once)' "${APPLY_T[$G,$PCT]}" "$(stat -c %s "$TMP/stream")" "$(py "print($(cat "$TMP/rss") / 1024)")"
     qemu-img compare -q -f raw -F qcow2 "$COPY" "$IMG" || { log "the copy differs from the disk"; exit 1; }
     qemu-img bitmap --clear "$IMG" cp
     cp --sparse=always "$IMG" "$FILECOPY"
@@ -174,5 +183,6 @@ if [ "${#GS[@]}" -gt 1 ]; then
   for PCT in $PCTS; do
     first=${GS[0]} last=${GS[-1]}
     echo "Dirty bitmap, $PCT% changed: $last GiB took $(py "print('%.2f' % (${BITMAP_T[$last,$PCT]} / ${BITMAP_T[$first,$PCT]}))") × the time of $first GiB."
+    echo "Recovery side (apply), $PCT% changed: $last GiB took $(py "print('%.2f' % (${APPLY_T[$last,$PCT]} / ${APPLY_T[$first,$PCT]}))") × the time of $first GiB."
   done
 fi
