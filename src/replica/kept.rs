@@ -52,7 +52,8 @@ pub fn keep(dir: Option<&Path>, image: &Path, size: u64, whole: &[u8; 32], nodes
         let mut w = io::BufWriter::with_capacity(1 << 20, f);
         w.write_all(&nodes::header(MAGIC, size, whole))?;
         w.write_all(nodes.as_flattened())?;
-        w.flush()
+        // Durable before it is found under its name (see `finish`).
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()
     });
     if written.is_err() || std::fs::rename(&tmp, &path).is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -120,13 +121,18 @@ impl Kept {
     }
 
     /// Writes the new whole-image hash: the kept manifest is complete again.
+    /// The nodes are durable before the header that makes them trusted: a kept manifest whose
+    /// header survived a power cut but not its nodes would make the source skip a block the
+    /// recovery copy lacks and claim the copy's own whole hash (wrong data, unseen).
     pub fn finish(self, whole: &[u8; 32]) -> Result<(), String> {
         for (at, run) in self.tree.runs() {
             self.tree.write_at(&run, at).map_err(|e| self.err(e))?;
         }
+        self.tree.file().sync_data().map_err(|e| self.err(e))?;
         self.tree
             .write_at(&nodes::header(MAGIC, self.size, whole), 0)
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        self.tree.file().sync_data().map_err(|e| self.err(e))
     }
 }
 
@@ -137,8 +143,9 @@ impl tree::Nodes for Kept {
 
     fn set_node(&mut self, i: usize, cv: Cv) -> io::Result<()> {
         if !self.updating {
-            // Before any node changes: a kept manifest cut from here on is not used.
+            // Before any node changes, durably: a kept manifest cut from here on is not used.
             self.tree.write_at(UPDATING, 0)?;
+            self.tree.file().sync_data()?;
             self.updating = true;
         }
         self.tree.set_node(i, cv)

@@ -557,6 +557,9 @@ impl Store {
             crash_point(&path)?;
             t.write_at(&run, at).map_err(&err)?;
         }
+        // The nodes durable before the header that says they are complete: the header alone
+        // then tells the truth, whatever a reader knows of the journal.
+        t.file().sync_data().map_err(&err)?;
         crash_point(&path)?;
         t.write_at(&nodes::header(MANIFEST_MAGIC, size, whole), 0)
             .map_err(&err)?;
@@ -590,6 +593,13 @@ impl Store {
             return Ok(Some(t));
         }
         let path = self.path("manifest");
+        // Only a flat manifest is read whole, and only one of the length its header gives:
+        // a damaged file is not a reason to take its size in memory.
+        match flat_len(&path) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        }
         let flat = match std::fs::read(&path) {
             Ok(bytes) => match Manifest::decode(&bytes) {
                 Ok(m) => m,
@@ -1210,6 +1220,17 @@ impl Store {
         journal: &Journal,
         commit: Commit,
     ) -> Result<Vec<String>, StoreError> {
+        // A journal damaged on disk that names a block beyond the image is refused before
+        // anything is touched.
+        let n = blocks::count(commit.point.size);
+        if let Some((idx, _, _)) = journal.new.iter().find(|(idx, _, _)| *idx >= n) {
+            return Err(StoreError::Damaged {
+                path: jpath.display().to_string(),
+                reason: format!(
+                    "the committed update names block {idx}, beyond the {n} blocks of its image; the copy was not touched: check it (`reprise verify`) and remove the journal"
+                ),
+            });
+        }
         let jf = File::open(jpath).map_err(io_err(jpath))?;
         let read_slot = |slot: &Slot| -> Result<Vec<u8>, StoreError> {
             let mut buf = vec![0u8; slot.len as usize];
@@ -1850,7 +1871,12 @@ fn read_journal(path: &Path) -> Result<Journal, StoreError> {
                 9 => {
                     let mut l = [0u8; 4];
                     c.exact(&mut l)?;
-                    let mut json = vec![0u8; u32::from_le_bytes(l) as usize];
+                    let len = u32::from_le_bytes(l);
+                    if u64::from(len) > total.saturating_sub(c.at) {
+                        // Longer than what is left: cut, so not committed.
+                        return Ok(());
+                    }
+                    let mut json = vec![0u8; len as usize];
                     c.exact(&mut json)?;
                     let mut end = [0u8; 8];
                     c.exact(&mut end)?;
@@ -1895,6 +1921,25 @@ fn read_delta(path: &Path) -> Result<(u64, Vec<(u64, Slot)>), StoreError> {
 }
 
 /// Lowercase hex of a whole-image hash.
+/// The length of the manifest at `path` when it is of the older flat layout and as long as its
+/// header says; `None` for any other file.
+fn flat_len(path: &Path) -> io::Result<Option<u64>> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut h = [0u8; 56];
+    if f.read_exact(&mut h).is_err() {
+        return Ok(None);
+    }
+    let Some((size, _)) = blocks::read_header(&h) else {
+        return Ok(None);
+    };
+    let len = f.metadata()?.len();
+    Ok((len == 56 + blocks::count(size) * 32).then_some(len))
+}
+
 fn hex(hash: [u8; 32]) -> String {
     blake3::Hash::from_bytes(hash).to_hex().to_string()
 }
@@ -2380,6 +2425,34 @@ mod tests {
             .unwrap()
             .len();
         assert!(delta < 2 * BLOCK as u64, "{delta}");
+    }
+
+    #[test]
+    fn a_committed_journal_that_names_a_block_beyond_its_image_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        std::fs::write(&src, vec![3u8; 3 * BLOCK]).unwrap();
+        let store = Store::new(&dst);
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        let v1 = std::fs::read(&dst).unwrap();
+        std::fs::write(&src, vec![4u8; 3 * BLOCK]).unwrap();
+        store
+            .apply_until(&mut &stream_of(&src, &store)[..], point("p2"), true)
+            .unwrap();
+        // The first record's block number, damaged on disk.
+        let jpath = store.path("journal");
+        let mut j = std::fs::read(&jpath).unwrap();
+        assert_eq!(j[JOURNAL_MAGIC.len()], 1, "a block record comes first");
+        let at = JOURNAL_MAGIC.len() + 1;
+        j[at..at + 8].copy_from_slice(&1_000_000u64.to_le_bytes());
+        std::fs::write(&jpath, &j).unwrap();
+        let err = store.settle().unwrap_err().to_string();
+        assert!(err.contains("beyond the 3 blocks"), "{err}");
+        assert_eq!(std::fs::read(&dst).unwrap(), v1, "the mirror was touched");
+        assert!(jpath.exists(), "the journal is kept to be looked at");
     }
 
     #[test]
