@@ -82,7 +82,8 @@ impl Kept {
         };
         let err = |e: io::Error| format!("{}: {e}", path.display());
         lock(&file).map_err(err)?;
-        let Some(tree) = NodeFile::read(file, &path, &[MAGIC]).map_err(err)? else {
+        // One that cannot be read is not used: the recovery manifest is sent instead.
+        let Ok(Some(tree)) = NodeFile::read(file, &path, &[MAGIC]) else {
             return Ok(None);
         };
         if blocks::digest(tree.size, &tree.whole) != digest {
