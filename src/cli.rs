@@ -21,6 +21,7 @@ use crate::runner::RunOptions;
 use crate::sources::{Sources, SourcesError};
 use crate::view::TerminalView;
 
+mod copied;
 mod freeze;
 mod ops;
 mod replicate;

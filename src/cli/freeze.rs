@@ -10,7 +10,7 @@
 //! that what is said and done then is the same.
 
 use super::Outcome;
-use super::replicate::VmImages;
+use super::copied::VmImages;
 use crate::exit;
 use crate::model::Model;
 use crate::replica::batch::{self, Step};

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use chrono::Utc;
 
 use super::Outcome;
+use super::copied::{Image, VmImages};
 use super::freeze::{self, capture_action, capture_definition, snapshot_hook};
 use crate::exit;
 use crate::model::Model;
@@ -139,23 +140,6 @@ fn widen_pipes() {
     // It fails harmlessly when one is not a pipe or the size is not allowed.
     let _ = rustix::pipe::fcntl_setpipe_size(std::io::stdin().as_fd(), 1 << 20);
     let _ = rustix::pipe::fcntl_setpipe_size(std::io::stdout().as_fd(), 1 << 20);
-}
-
-/// One replicated image of a VM: where it comes from and where its copy is.
-pub(super) struct Image {
-    pub(super) from: String,
-    pub(super) src: String,
-    pub(super) to: String,
-    pub(super) dst: String,
-}
-
-/// A VM and its images, or a backup set and its folder, with its retention.
-pub(super) struct VmImages {
-    pub(super) id: String,
-    retention: u32,
-    pub(super) images: Vec<Image>,
-    /// A backup set (a folder replicated file by file), not a vm.
-    pub(super) backup: bool,
 }
 
 fn backup_item(model: &Model, id: &str) -> Option<VmImages> {

@@ -255,7 +255,7 @@ fn unplanned_lags(model: &Model, read: &[LagRow], now: DateTime<Utc>) -> Vec<Lag
 fn replica_rows(
     model: &Model,
     transport: &crate::ssh::SshTransport,
-    vms: &[super::replicate::VmImages],
+    vms: &[super::copied::VmImages],
     now: DateTime<Utc>,
 ) -> Vec<ReplicaRow> {
     use crate::replica::choice::{self, Decision, Use};
