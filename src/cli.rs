@@ -556,8 +556,10 @@ fn init_logs(format: LogFormat) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("REPRISE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only on a terminal: a log kept in a file or read by a program stays plain.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),

@@ -1191,20 +1191,9 @@ fn the_steps_before_a_copy_go_to_the_vm_host_in_one_command_and_a_failed_one_sto
     let run = || crate::common::reprise_with_env(&root(), &args, &env);
     // Every remote command to the vm's host, in order, as the debug log names them.
     let commands = |r: &Run| -> Vec<String> {
-        let plain: String = {
-            // Without the log's colours.
-            let mut out = String::new();
-            let mut chars = r.stderr.chars();
-            while let Some(c) = chars.next() {
-                if c == '\u{1b}' {
-                    chars.by_ref().find(|c| c.is_ascii_alphabetic());
-                } else {
-                    out.push(c);
-                }
-            }
-            out
-        };
-        plain
+        // A log read by a program carries no colours.
+        assert!(!r.stderr.contains('\u{1b}'), "{}", r.stderr);
+        r.stderr
             .lines()
             .filter(|l| l.contains("host=\"hv-main\"") && l.contains("command="))
             .map(|l| l.split("command=").nth(1).unwrap_or("").to_string())
