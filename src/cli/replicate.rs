@@ -446,7 +446,32 @@ pub fn replicate(
     // The OpenSSH master connections end with the transport, on every way out (a signal
     // included), once every snapshot is merged back.
     drop(transport);
+    after_last_point();
     out
+}
+
+/// The second of the newest point this process made (`i64::MIN`: none).
+static LAST_POINT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+
+/// The time a new point is taken at, remembered (see [`after_last_point`]).
+fn taken_now() -> chrono::DateTime<Utc> {
+    let t = Utc::now();
+    LAST_POINT.fetch_max(t.timestamp(), std::sync::atomic::Ordering::Relaxed);
+    t
+}
+
+/// Point ids and libvirt checkpoint names are to the second: a replication that ends within
+/// the second of its newest point waits for the next one, so that the next replication's
+/// points never take the same name (libvirt refuses a checkpoint of a name it has).
+fn after_last_point() {
+    let last = LAST_POINT.load(std::sync::atomic::Ordering::Relaxed);
+    if last == i64::MIN {
+        return;
+    }
+    let wait = (last + 1) * 1000 - Utc::now().timestamp_millis();
+    if wait > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(wait as u64));
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -478,9 +503,10 @@ fn replicate_all(
             let Ok(definition) = capture_definition(model, &helpers, vm, &mut out) else {
                 continue;
             };
+            let taken_at = taken_now();
             let r = Replication {
-                point: point_id(Utc::now()),
-                taken_at: Utc::now(),
+                point: point_id(taken_at),
+                taken_at,
                 retention: vm.retention,
                 definition,
                 reread: verify,
@@ -506,7 +532,7 @@ fn replicate_all(
             }
             continue;
         };
-        let taken_at = Utc::now();
+        let taken_at = taken_now();
         let r = Replication {
             point: point_id(taken_at),
             taken_at,
