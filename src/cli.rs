@@ -653,6 +653,7 @@ pub fn main() -> u8 {
     let outcome = run(&cli);
     let _ = std::io::stdout().write_all(outcome.stdout.as_bytes());
     let _ = std::io::stderr().write_all(outcome.stderr.as_bytes());
+    crate::replica::remote::after_last_point();
     outcome.code
 }
 

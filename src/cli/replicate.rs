@@ -4,8 +4,6 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 
-use chrono::Utc;
-
 use super::Outcome;
 use super::copied::{Image, VmImages};
 use super::freeze::{self, capture_action, capture_definition, snapshot_hook};
@@ -13,7 +11,9 @@ use crate::exit;
 use crate::model::Model;
 use crate::replica::cbt;
 use crate::replica::helper::{self, Request};
-use crate::replica::remote::{Helpers, HostUse, Replication, STREAMS, image_path, point_id};
+use crate::replica::remote::{
+    Helpers, HostUse, Replication, STREAMS, image_path, point_id, point_taken_now,
+};
 use crate::replica::store::ReadMode;
 use crate::replica::{Point, Verified};
 use crate::run::SshOptions;
@@ -446,32 +446,7 @@ pub fn replicate(
     // The OpenSSH master connections end with the transport, on every way out (a signal
     // included), once every snapshot is merged back.
     drop(transport);
-    after_last_point();
     out
-}
-
-/// The second of the newest point this process made (`i64::MIN`: none).
-static LAST_POINT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
-
-/// The time a new point is taken at, remembered (see [`after_last_point`]).
-fn taken_now() -> chrono::DateTime<Utc> {
-    let t = Utc::now();
-    LAST_POINT.fetch_max(t.timestamp(), std::sync::atomic::Ordering::Relaxed);
-    t
-}
-
-/// Point ids and libvirt checkpoint names are to the second: a replication that ends within
-/// the second of its newest point waits for the next one, so that the next replication's
-/// points never take the same name (libvirt refuses a checkpoint of a name it has).
-fn after_last_point() {
-    let last = LAST_POINT.load(std::sync::atomic::Ordering::Relaxed);
-    if last == i64::MIN {
-        return;
-    }
-    let wait = (last + 1) * 1000 - Utc::now().timestamp_millis();
-    if wait > 0 {
-        std::thread::sleep(std::time::Duration::from_millis(wait as u64));
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -503,7 +478,7 @@ fn replicate_all(
             let Ok(definition) = capture_definition(model, &helpers, vm, &mut out) else {
                 continue;
             };
-            let taken_at = taken_now();
+            let taken_at = point_taken_now();
             let r = Replication {
                 point: point_id(taken_at),
                 taken_at,
@@ -532,7 +507,7 @@ fn replicate_all(
             }
             continue;
         };
-        let taken_at = taken_now();
+        let taken_at = point_taken_now();
         let r = Replication {
             point: point_id(taken_at),
             taken_at,

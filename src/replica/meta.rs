@@ -93,6 +93,13 @@ pub fn parse_points(bytes: &[u8]) -> Result<Vec<Point>, String> {
         if p.id.is_empty() || points[..i].iter().any(|q| q.id == p.id) {
             return Err(format!("point #{} has an empty or repeated id", i + 1));
         }
+        if !valid_point_id(&p.id) {
+            return Err(format!(
+                "point #{} has an id that cannot name a point ({:?})",
+                i + 1,
+                p.id
+            ));
+        }
         if p.blake3.len() != 64 || !p.blake3.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!("point {} has no valid BLAKE3", p.id));
         }
@@ -101,6 +108,40 @@ pub fn parse_points(bytes: &[u8]) -> Result<Vec<Point>, String> {
         }
     }
     Ok(points)
+}
+
+/// Whether `id` can name a point: what reprise makes (`20261128T031000Z`, and `-2` after it
+/// for a second point of a backup set within one second) is letters, digits, `-` and `_`, so
+/// that the files named after a point (its delta) stay in their folder.
+pub fn valid_point_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Why a new point `id`, taken at `taken_at`, cannot follow `points` (oldest first): an id
+/// that cannot name a point, or a time before the newest point's. Points are kept in the
+/// order they were taken, and a file of points out of that order is damaged: a point taken
+/// before the newest (the clock of the machine running reprise behind the one that made it)
+/// is refused before anything is written, so that it never ends the copy's history.
+pub fn new_point_problem(points: &[Point], id: &str, taken_at: DateTime<Utc>) -> Option<String> {
+    if !valid_point_id(id) {
+        return Some(format!(
+            "{id:?} cannot name a point (letters, digits, - and _ only); nothing was written"
+        ));
+    }
+    let newest = points.last()?;
+    (taken_at < newest.taken_at).then(|| {
+        format!(
+            "the new point {id} was taken at {}, before the copy's newest point {} (taken at {}): the clock of the machine running reprise is behind the one that made {}; nothing was written: set the clock right (`timedatectl`) and run the replication again",
+            taken_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            newest.id,
+            newest.taken_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            newest.id
+        )
+    })
 }
 
 /// Where a copy's points were read from.
@@ -493,6 +534,33 @@ pub fn machine() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_ids_that_stay_in_their_folder_and_points_in_time_order_are_taken() {
+        for id in ["20261128T031000Z", "20261128T031000Z-2", "p1"] {
+            assert!(valid_point_id(id), "{id}");
+        }
+        for id in ["", "..", "../x", "a/b", "x.rdelta", "a b", &"9".repeat(65)] {
+            assert!(!valid_point_id(id), "{id}");
+        }
+        let t = Utc::now();
+        let one = format!(
+            r#"[{{"id":"p1","taken_at":"{}","source":"s","size":1,"blake3":"{}","verified":"yes","checked_at":null,"received_bytes":1,"duration_ms":1}}]"#,
+            t.to_rfc3339(),
+            "a".repeat(64)
+        );
+        let points = parse_points(one.as_bytes()).unwrap();
+        assert_eq!(new_point_problem(&points, "p2", t), None);
+        let behind = new_point_problem(&points, "p2", t - chrono::Duration::seconds(1)).unwrap();
+        assert!(
+            behind.contains("before the copy's newest point p1"),
+            "{behind}"
+        );
+        assert!(new_point_problem(&points, "../p2", t).is_some());
+        assert!(new_point_problem(&[], "p1", t).is_none());
+        let err = parse_points(one.replace("\"p1\"", "\"../../p1\"").as_bytes()).unwrap_err();
+        assert!(err.contains("cannot name a point"), "{err}");
+    }
 
     fn point(id: &str, at: &str) -> String {
         format!(

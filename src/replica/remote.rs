@@ -1812,6 +1812,38 @@ fn helper_error(stderr: &str, code: i32) -> String {
     }
 }
 
+/// The second of the newest point this process took (`i64::MIN`: none).
+static LAST_POINT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+
+/// The time a new point is taken at: now, remembered so that the process ends after its
+/// second (see [`after_last_point`]).
+pub fn point_taken_now() -> DateTime<Utc> {
+    let t = Utc::now();
+    LAST_POINT.fetch_max(t.timestamp(), std::sync::atomic::Ordering::Relaxed);
+    t
+}
+
+/// Point ids and libvirt checkpoint names are to the second, and a copy refuses a point of
+/// an id it has: a process that took a point waits, before it ends, for the next second, so
+/// that the next run's points are later (a replication right after another one, from a
+/// script).
+pub fn after_last_point() {
+    let last = LAST_POINT.load(std::sync::atomic::Ordering::Relaxed);
+    if let Some(wait) = wait_after_point(last, Utc::now()) {
+        std::thread::sleep(wait);
+    }
+}
+
+/// How long, at `now`, until the second after `last` (a second since the epoch;
+/// `i64::MIN`: no point was taken).
+fn wait_after_point(last: i64, now: DateTime<Utc>) -> Option<std::time::Duration> {
+    let wait = last.checked_add(1)?.checked_mul(1000)? - now.timestamp_millis();
+    u64::try_from(wait)
+        .ok()
+        .filter(|w| *w > 0)
+        .map(std::time::Duration::from_millis)
+}
+
 /// A point id from the time its source was read: `20261128T031000Z`.
 pub fn point_id(at: DateTime<Utc>) -> String {
     at.format("%Y%m%dT%H%M%SZ").to_string()
@@ -1828,6 +1860,19 @@ pub fn image_path(dir: &str, disk: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_that_took_a_point_ends_in_the_second_after_it() {
+        let at = |ms: i64| DateTime::<Utc>::from_timestamp_millis(ms).unwrap();
+        assert_eq!(wait_after_point(i64::MIN, at(5_000)), None);
+        assert_eq!(
+            wait_after_point(5, at(5_250)),
+            Some(std::time::Duration::from_millis(750))
+        );
+        assert_eq!(wait_after_point(5, at(6_000)), None);
+        assert_eq!(wait_after_point(5, at(7_300)), None);
+        assert_eq!(wait_after_point(i64::MAX, at(7_300)), None);
+    }
 
     #[test]
     fn a_helper_of_another_protocol_or_none_is_refused_naming_both() {

@@ -847,6 +847,24 @@ impl Store {
             points.clear();
         }
         let recovered = (!notes.is_empty()).then(|| notes.join("; "));
+        let same_id = points.iter().any(|p| p.id == new.id).then(|| {
+            format!(
+                "point {} is already one of the copy's points: two replications within one second; nothing was written: run the replication again",
+                new.id
+            )
+        });
+        if let Some(reason) =
+            same_id.or_else(|| meta::new_point_problem(&points, &new.id, new.taken_at))
+        {
+            // What was settled is said by the next try.
+            if let Some(n) = &recovered {
+                let _ = meta::write_file(&self.dir, "notes", n.as_bytes(), false);
+            }
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason,
+            });
+        }
         let header = wire::read_header(input).map_err(|e| {
             // No stream at all (the source refused to send): what was to be said is said by
             // the next try.
@@ -1881,7 +1899,12 @@ fn read_journal(path: &Path) -> Result<Journal, StoreError> {
                     let mut end = [0u8; 8];
                     c.exact(&mut end)?;
                     if &end == JOURNAL_END && c.at == total {
-                        j.commit = serde_json::from_slice(&json).ok();
+                        // Ids name files (the previous point's delta): a record whose ids
+                        // cannot is damaged, so not committed.
+                        j.commit = serde_json::from_slice(&json).ok().filter(|c: &Commit| {
+                            meta::valid_point_id(&c.point.id)
+                                && c.prev.as_deref().is_none_or(meta::valid_point_id)
+                        });
                     }
                     return Ok(());
                 }
@@ -2453,6 +2476,100 @@ mod tests {
         assert!(err.contains("beyond the 3 blocks"), "{err}");
         assert_eq!(std::fs::read(&dst).unwrap(), v1, "the mirror was touched");
         assert!(jpath.exists(), "the journal is kept to be looked at");
+    }
+
+    /// What a refused update must leave as it was: the mirror, the points, the manifest.
+    fn state_of(store: &Store) -> (Vec<u8>, Vec<String>, Vec<u8>) {
+        (
+            std::fs::read(&store.image).unwrap(),
+            store.points().unwrap().into_iter().map(|p| p.id).collect(),
+            std::fs::read(store.path("manifest")).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_new_point_that_is_not_after_the_newest_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        std::fs::write(&src, vec![3u8; 3 * BLOCK]).unwrap();
+        let store = Store::new(&dst);
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("20261201T100000Z"))
+            .unwrap();
+        let before = state_of(&store);
+        std::fs::write(&src, vec![4u8; 3 * BLOCK]).unwrap();
+        // The same id again (two replications within one second): made the newest point
+        // name the new data while it kept the old one's hash.
+        let err = store
+            .apply(&mut &stream_of(&src, &store)[..], point("20261201T100000Z"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already one of the copy's points"), "{err}");
+        assert_eq!(state_of(&store), before);
+        // Taken before the newest (the clock behind): a points file out of order is
+        // damaged, and reading it ended the copy's history.
+        let mut early = point("20261201T090000Z");
+        early.taken_at = store.points().unwrap()[0].taken_at - chrono::Duration::hours(1);
+        let err = store
+            .apply(&mut &stream_of(&src, &store)[..], early)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the clock of the machine running reprise is behind"),
+            "{err}"
+        );
+        assert_eq!(state_of(&store), before);
+        // A name that would leave the folder of deltas.
+        let err = store
+            .apply(&mut &stream_of(&src, &store)[..], point("../../x"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot name a point"), "{err}");
+        assert_eq!(state_of(&store), before);
+        // A later point goes through, and the first is still there to go back to.
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("20261201T100001Z"))
+            .unwrap();
+        let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["20261201T100000Z", "20261201T100001Z"]);
+        let back = dir.path().join("back.img");
+        store.restore("20261201T100000Z", &back).unwrap();
+        assert_eq!(std::fs::read(&back).unwrap(), before.0);
+    }
+
+    #[test]
+    fn a_committed_journal_whose_point_ids_cannot_name_a_file_is_not_rolled_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        std::fs::write(&src, vec![3u8; 3 * BLOCK]).unwrap();
+        let store = Store::new(&dst);
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        let v1 = std::fs::read(&dst).unwrap();
+        std::fs::write(&src, vec![4u8; 3 * BLOCK]).unwrap();
+        store
+            .apply_until(&mut &stream_of(&src, &store)[..], point("p2"), true)
+            .unwrap();
+        // The commit record names the previous point `p1`: damaged into a path outside.
+        let jpath = store.path("journal");
+        let j = std::fs::read(&jpath).unwrap();
+        let from = br#""prev":"p1""#;
+        let at = j
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("the commit record names the previous point");
+        let mut j2 = j.clone();
+        j2[at..at + from.len()].copy_from_slice(br#""prev":"/x""#);
+        std::fs::write(&jpath, &j2).unwrap();
+        store.settle().unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), v1, "the mirror was touched");
+        assert!(!dir.path().join("x.rdelta").exists());
+        assert!(!std::path::Path::new("/x.rdelta").exists());
+        let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["p1"]);
     }
 
     #[test]

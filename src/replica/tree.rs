@@ -611,6 +611,15 @@ impl TreeStore {
                 .and_then(|b| {
                     serde_json::from_slice(&b.unwrap_or_default()).map_err(|e| e.to_string())
                 })
+                .and_then(|c: Commit| {
+                    // Ids name folders (the previous point's delta).
+                    let bad = [Some(&c.point.id), c.prev.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .find(|id| !meta::valid_point_id(id))
+                        .map(|id| format!("{id:?} cannot name a point"));
+                    bad.map_or(Ok(c), Err)
+                })
                 .map_err(|reason| StoreError::Damaged {
                     path: commit.display().to_string(),
                     reason: format!(
@@ -707,6 +716,12 @@ impl TreeStore {
     ) -> Result<(Point, u64), StoreError> {
         let began = std::time::Instant::now();
         let (points, _) = self.history_for_update()?;
+        if let Some(reason) = meta::new_point_problem(&points, &new.id, new.taken_at) {
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason,
+            });
+        }
         // The tree the source compared against: `base` wrote it.
         let mut tree: Tree = self.read_json("tree.json")?;
         let staging_path = self.path("staging");
@@ -1132,24 +1147,31 @@ mod tests {
     use super::*;
 
     fn replicate(src: &Path, dst: &Path, id: &str) -> TreeSent {
+        replicate_at(src, dst, id, Utc::now()).unwrap()
+    }
+
+    fn replicate_at(
+        src: &Path,
+        dst: &Path,
+        id: &str,
+        taken_at: chrono::DateTime<Utc>,
+    ) -> Result<TreeSent, StoreError> {
         let store = TreeStore::new(dst);
-        let base = store.base(false).unwrap();
+        let base = store.base(false)?;
         let mut stream = Vec::new();
         let sent = send_tree(src, &base, &mut stream).unwrap();
-        store
-            .apply(
-                &mut &stream[..],
-                NewPoint {
-                    id: id.into(),
-                    taken_at: Utc::now(),
-                    source: "src".into(),
-                    retention: 3,
-                    definition: None,
-                    read: None,
-                },
-            )
-            .unwrap();
-        sent
+        store.apply(
+            &mut &stream[..],
+            NewPoint {
+                id: id.into(),
+                taken_at,
+                source: "src".into(),
+                retention: 3,
+                definition: None,
+                read: None,
+            },
+        )?;
+        Ok(sent)
     }
 
     fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -1189,6 +1211,40 @@ mod tests {
         assert_eq!(checked, [("p3".to_string(), false)]);
         assert_eq!(replicate(&src, &dst, "p4").files, 1);
         assert_eq!(contents(&dst), contents(&src));
+    }
+
+    #[test]
+    fn a_point_taken_before_the_newest_is_refused_and_the_history_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let dst = dir.path().join("dst");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.dump"), "a1").unwrap();
+        replicate(&src, &dst, "p1");
+        let v1 = contents(&dst);
+        std::fs::write(src.join("a.dump"), "a2").unwrap();
+        // The clock of the machine running reprise an hour behind: written, the points file
+        // was out of order, found damaged by the next run, and the history ended.
+        let early = Utc::now() - chrono::Duration::hours(1);
+        let err = replicate_at(&src, &dst, "p0", early)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the clock of the machine running reprise is behind"),
+            "{err}"
+        );
+        assert_eq!(contents(&dst), v1);
+        let err = replicate_at(&src, &dst, "../x", Utc::now())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot name a point"), "{err}");
+        replicate(&src, &dst, "p2");
+        let store = TreeStore::new(&dst);
+        let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["p1", "p2"]);
+        let out = dir.path().join("out");
+        store.restore("p1", &out).unwrap();
+        assert_eq!(contents(&out), v1);
     }
 
     #[test]

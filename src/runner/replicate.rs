@@ -48,7 +48,7 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
         .map(StdDuration::from_secs)
         .unwrap_or(StdDuration::from_secs(7200));
     // Every disk of a vm gets the same point.
-    let taken_at = Utc::now();
+    let taken_at = crate::replica::remote::point_taken_now();
     // The vm's definition goes with the point (beside the copy of its first disk).
     let mut captured_def = None;
     if let (Some((cmd, format)), Some((_, first))) = (capture, items.first()) {
