@@ -2006,6 +2006,25 @@ mod tests {
         }
     }
 
+    /// A copy at point `p1` (blocks of byte `a`) whose update to `p2` (byte `b`) stopped, as a
+    /// crash would, right after its commit record; and the bytes of `p1`.
+    fn stopped_at_commit(a: u8, b: u8) -> (tempfile::TempDir, Store, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        std::fs::write(&src, vec![a; 3 * BLOCK]).unwrap();
+        let store = Store::new(&dst);
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        let v1 = std::fs::read(&dst).unwrap();
+        std::fs::write(&src, vec![b; 3 * BLOCK]).unwrap();
+        store
+            .apply_until(&mut &stream_of(&src, &store)[..], point("p2"), true)
+            .unwrap();
+        (dir, store, v1)
+    }
+
     /// The stream the source helper sends for `src` against `store`'s manifest.
     fn stream_of(src: &Path, store: &Store) -> Vec<u8> {
         let (m, _) = store.base_manifest(false).unwrap();
@@ -2452,19 +2471,8 @@ mod tests {
 
     #[test]
     fn a_committed_journal_that_names_a_block_beyond_its_image_is_refused_untouched() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src.img");
-        let dst = dir.path().join("dst.img");
-        std::fs::write(&src, vec![3u8; 3 * BLOCK]).unwrap();
-        let store = Store::new(&dst);
-        store
-            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
-            .unwrap();
-        let v1 = std::fs::read(&dst).unwrap();
-        std::fs::write(&src, vec![4u8; 3 * BLOCK]).unwrap();
-        store
-            .apply_until(&mut &stream_of(&src, &store)[..], point("p2"), true)
-            .unwrap();
+        let (_dir, store, v1) = stopped_at_commit(3, 4);
+        let dst = store.image.clone();
         // The first record's block number, damaged on disk.
         let jpath = store.path("journal");
         let mut j = std::fs::read(&jpath).unwrap();
@@ -2540,19 +2548,8 @@ mod tests {
 
     #[test]
     fn a_committed_journal_whose_point_ids_cannot_name_a_file_is_not_rolled_forward() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src.img");
-        let dst = dir.path().join("dst.img");
-        std::fs::write(&src, vec![3u8; 3 * BLOCK]).unwrap();
-        let store = Store::new(&dst);
-        store
-            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
-            .unwrap();
-        let v1 = std::fs::read(&dst).unwrap();
-        std::fs::write(&src, vec![4u8; 3 * BLOCK]).unwrap();
-        store
-            .apply_until(&mut &stream_of(&src, &store)[..], point("p2"), true)
-            .unwrap();
+        let (dir, store, v1) = stopped_at_commit(3, 4);
+        let dst = store.image.clone();
         // The commit record names the previous point `p1`: damaged into a path outside.
         let jpath = store.path("journal");
         let j = std::fs::read(&jpath).unwrap();
@@ -2574,19 +2571,8 @@ mod tests {
 
     #[test]
     fn a_committed_update_whose_replaced_blocks_are_gone_leaves_the_mirror_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src.img");
-        let dst = dir.path().join("dst.img");
-        std::fs::write(&src, vec![7u8; 3 * BLOCK]).unwrap();
-        let store = Store::new(&dst);
-        store
-            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
-            .unwrap();
-        let v1 = std::fs::read(&dst).unwrap();
-        std::fs::write(&src, vec![8u8; 3 * BLOCK]).unwrap();
-        store
-            .apply_until(&mut &stream_of(&src, &store)[..], point("p2"), true)
-            .unwrap();
+        let (dir, store, v1) = stopped_at_commit(7, 8);
+        let (src, dst) = (dir.path().join("src.img"), store.image.clone());
         std::fs::remove_file(store.path("delta.pending")).unwrap();
         // A failover does not guess: settling it fails and says what is missing.
         let err = store.settle().unwrap_err().to_string();
