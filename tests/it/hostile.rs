@@ -897,9 +897,13 @@ fn the_helper_says_its_protocol_and_refuses_requests_and_streams_of_another() {
     // A hostile tree stream through the real recovery helper.
     let set = Set::new();
     let set_copy = set.copy().display().to_string();
+    // Taken now: the set's own first point is later than `at`, and a point taken before a
+    // copy's newest is refused before its stream is read.
+    let at = Utc::now().to_rfc3339();
     let mut apply_tree = apply;
     apply_tree[0] = "apply-tree";
     apply_tree[1] = &set_copy;
+    apply_tree[4] = &at;
     let mut t = set.base();
     t.files.insert(
         "../outside/victim".into(),
