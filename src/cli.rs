@@ -232,6 +232,11 @@ pub enum Command {
         /// The run id used in commands ({{ run.id }}).
         #[arg(long, default_value = "dry-run", value_name = "ID")]
         run_id: String,
+        /// The ssh client configuration whose HostName, Port and User the plan shows for
+        /// hosts the inventory does not name them for, or `none` [default: ~/.ssh/config,
+        /// when it exists]. No host is reached.
+        #[arg(long, env = "REPRISE_SSH_CONFIG", value_name = "FILE")]
+        ssh_config: Option<PathBuf>,
     },
     /// A lab of the inventory on this machine: real sshd per host on 127.0.0.x, real images.
     #[command(
@@ -800,6 +805,7 @@ fn run_with_model(cli: &Cli, model: &Model) -> Result<Outcome, Outcome> {
             only,
             json,
             run_id,
+            ssh_config,
         } => {
             let opts = PlanOptions {
                 mode: (*mode).into(),
@@ -808,7 +814,7 @@ fn run_with_model(cli: &Cli, model: &Model) -> Result<Outcome, Outcome> {
                 only: *only,
                 run_id: run_id.clone(),
             };
-            show_plan(cli, model, &opts, *json)
+            show_plan(cli, model, &opts, *json, ssh_config)
         }
         Command::Check {
             json,
@@ -953,7 +959,13 @@ fn impact(model: &Model, service: &str, json: bool) -> Result<Outcome, Outcome> 
 }
 
 /// `plan`: the plan of a mode, as text (with the definitions a run would change) or JSON.
-fn show_plan(cli: &Cli, model: &Model, opts: &PlanOptions, json: bool) -> Outcome {
+fn show_plan(
+    cli: &Cli,
+    model: &Model,
+    opts: &PlanOptions,
+    json: bool,
+    ssh_config: &Option<PathBuf>,
+) -> Outcome {
     match plan::build(model, opts) {
         Ok(p) if json => Outcome::ok(p.to_json() + "\n"),
         Ok(p) => {
@@ -965,11 +977,11 @@ fn show_plan(cli: &Cli, model: &Model, opts: &PlanOptions, json: bool) -> Outcom
                 connect_timeout: 10,
                 here: None,
                 ssh_client: replicate::SshClientArg::Libssh2,
-                ssh_config: None,
+                ssh_config: ssh_config.clone(),
             }
             .options();
             let changes = definition_changes(cli, model, &p, &ssh);
-            Outcome::ok(plan::text::render(&p) + &changes)
+            Outcome::ok(render_plan(model, &p, &ssh) + &changes)
         }
         Err(errors) => invalid(&model.report(errors)),
     }
@@ -1173,8 +1185,9 @@ fn start_with(
                 let mut ssh = args.exec.ssh.clone();
                 // A dry run only reads: it never trusts a new host key.
                 ssh.accept_new_host_keys = false;
-                let changes = definition_changes(cli, model, &p, &ssh.options());
-                Outcome::ok(plan::text::render(&p) + &changes)
+                let ssh = ssh.options();
+                let changes = definition_changes(cli, model, &p, &ssh);
+                Outcome::ok(render_plan(model, &p, &ssh) + &changes)
             }
             Err(errors) => invalid(&model.report(errors)),
         };
@@ -1225,6 +1238,23 @@ fn start_with(
         view.prompt_on_terminal(cli.state_dir.clone());
     }
     finish(crate::run::start(model, &opts, &mut view, shutdown))
+}
+
+/// The plan for people, each host shown where these options really reach it (no host is
+/// reached to know it).
+fn render_plan(
+    model: &Model,
+    plan: &plan::Plan,
+    ssh: &Result<crate::run::SshOptions, Outcome>,
+) -> String {
+    match ssh {
+        Ok(ssh) => plan::text::render_reaching(plan, &crate::run::reach(model, ssh)),
+        Err(e) => format!(
+            "{}\nHosts: shown as the inventory names them; a run would stop before reaching any: {}\n",
+            plan::text::render(plan),
+            e.stderr.trim().trim_start_matches("error: ")
+        ),
+    }
 }
 
 /// For a dry run: each vm the plan defines on a host where this state folder kept the

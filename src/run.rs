@@ -303,6 +303,46 @@ pub fn transport(model: &Model, ssh: &SshOptions) -> SshTransport {
         .with_client(ssh.client)
 }
 
+/// For a dry run, reading no host: each host of the model that these options reach elsewhere
+/// than its inventory address, port and user (the user's ssh configuration gives them), or
+/// refuse to reach.
+pub fn reach(
+    model: &Model,
+    ssh: &SshOptions,
+) -> std::collections::BTreeMap<String, crate::plan::text::Reach> {
+    use crate::plan::text::Reach;
+    let file = ssh
+        .ssh_config
+        .as_ref()
+        .map(|c| home_relative(c.path()))
+        .unwrap_or_default();
+    let mut out = std::collections::BTreeMap::new();
+    for h in model.inventory.hosts.values() {
+        let spec = host_spec(h, ssh);
+        if let Some(why) = spec.refused {
+            out.insert(h.id.clone(), Reach::Refused(why));
+        } else if (&spec.address, spec.port, &spec.user) != (&h.address, h.port, &h.user) {
+            let to = crate::inventory::endpoint(&spec.address, spec.port);
+            out.insert(
+                h.id.clone(),
+                Reach::Elsewhere(format!("{} → {}@{to} via {file}", h.address, spec.user)),
+            );
+        }
+    }
+    out
+}
+
+/// `path`, with the home folder written `~`.
+fn home_relative(path: &std::path::Path) -> String {
+    match std::env::var_os("HOME").map(PathBuf::from) {
+        Some(home) if home.as_os_str().len() > 1 => match path.strip_prefix(&home) {
+            Ok(rest) => format!("~/{}", rest.display()),
+            Err(_) => path.display().to_string(),
+        },
+        _ => path.display().to_string(),
+    }
+}
+
 /// How to reach one host: what the inventory names, then what the command line names (key,
 /// known_hosts), then the user's ssh configuration for its address, then the defaults.
 fn host_spec(h: &crate::inventory::Host, ssh: &SshOptions) -> HostSpec {

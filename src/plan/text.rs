@@ -1,7 +1,8 @@
 //! The plan for a person at 3 a.m.: grouped by service in dependency order, each step with its
 //! estimated start, host and exact command, then the critical path and what was left out.
+//! Where a host is really reached is given by the caller ([`Reach`]): this module reads nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use crate::duration::Duration;
@@ -25,15 +26,31 @@ fn clock(secs: u64) -> String {
     format!("T+{}:{:02}", secs / 3600, (secs % 3600) / 60)
 }
 
+/// Where a host of the plan is reached when that is not its inventory address, port and user
+/// as written: the user's ssh configuration sends it elsewhere, or refuses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// What is reached instead, as `10.1.0.5 → admin@192.0.2.7:2222 via ~/.ssh/config`.
+    Elsewhere(String),
+    /// Why no connection to it will be tried: its steps fail.
+    Refused(String),
+}
+
+/// The plan, each host as the inventory names it.
 pub fn render(plan: &Plan) -> String {
+    render_reaching(plan, &BTreeMap::new())
+}
+
+/// The plan, each host of `reach` shown where it is really reached.
+pub fn render_reaching(plan: &Plan, reach: &BTreeMap<String, Reach>) -> String {
     let mut out = String::new();
     render_header(&mut out, plan);
     let by_id: HashMap<&str, &PlannedStep> =
         plan.steps.iter().map(|s| (s.id.as_str(), s)).collect();
     for (n, service) in plan.services.iter().enumerate() {
-        render_service(&mut out, n, service, &by_id);
+        render_service(&mut out, n, service, &by_id, reach);
     }
-    render_footer(&mut out, plan);
+    render_footer(&mut out, plan, reach);
     out
 }
 
@@ -86,6 +103,7 @@ fn render_service(
     n: usize,
     service: &PlannedService,
     by_id: &HashMap<&str, &PlannedStep>,
+    reach: &BTreeMap<String, Reach>,
 ) {
     let verdict = if service.rto_ok { "ok" } else { "OVER TARGET" };
     let _ = writeln!(
@@ -117,7 +135,7 @@ fn render_service(
     for sid in &service.steps {
         let step = by_id[sid.as_str()];
         if step.phase == Phase::Main {
-            render_step(out, step, previous);
+            render_step(out, step, previous, reach);
             previous = Some(&step.id);
         }
     }
@@ -127,7 +145,7 @@ fn render_service(
 }
 
 /// The cleanup steps, the critical path, warnings, and what the plan leaves out.
-fn render_footer(out: &mut String, plan: &Plan) {
+fn render_footer(out: &mut String, plan: &Plan, reach: &BTreeMap<String, Reach>) {
     let cleanup: Vec<&PlannedStep> = plan
         .steps
         .iter()
@@ -137,7 +155,7 @@ fn render_footer(out: &mut String, plan: &Plan) {
         let _ = writeln!(out, "\n[cleanup] reverse dependency order, always runs");
         let mut previous: Option<&str> = None;
         for step in cleanup {
-            render_step(out, step, previous);
+            render_step(out, step, previous, reach);
             previous = Some(&step.id);
         }
     }
@@ -147,6 +165,20 @@ fn render_footer(out: &mut String, plan: &Plan) {
         plan.estimate.total,
         plan.estimate.critical_path.join(" → ")
     );
+    let refused: Vec<(&String, &String)> = reach
+        .iter()
+        .filter_map(|(host, r)| match r {
+            Reach::Refused(why) => Some((host, why)),
+            Reach::Elsewhere(_) => None,
+        })
+        .filter(|(host, _)| plan.steps.iter().any(|s| s.host.as_ref() == Some(*host)))
+        .collect();
+    if !refused.is_empty() {
+        let _ = writeln!(out, "\nNot reached (every step on these hosts fails):");
+        for (host, why) in refused {
+            let _ = writeln!(out, "  ! {host}: {why}");
+        }
+    }
     if !plan.warnings.is_empty() {
         let _ = writeln!(out, "\nWarnings:");
         for w in &plan.warnings {
@@ -174,9 +206,18 @@ fn render_footer(out: &mut String, plan: &Plan) {
     }
 }
 
-fn render_step(out: &mut String, step: &PlannedStep, previous: Option<&str>) {
+fn render_step(
+    out: &mut String,
+    step: &PlannedStep,
+    previous: Option<&str>,
+    reach: &BTreeMap<String, Reach>,
+) {
     let whom = match (&step.host, step.kind) {
-        (Some(h), _) => format!("on {h}"),
+        (Some(h), _) => match reach.get(h) {
+            Some(Reach::Elsewhere(to)) => format!("on {h} ({to})"),
+            Some(Reach::Refused(_)) => format!("on {h} (NOT REACHED, see below)"),
+            None => format!("on {h}"),
+        },
         (None, "manual") => "by the operator".to_string(),
         (None, _) => "from the orchestrator".to_string(),
     };

@@ -1,11 +1,12 @@
 //! The shipped example (`inventory/`, `runbooks/`): it validates, and its plans, graph and impact
 //! analyses are snapshotted so that every change to what reprise would do is reviewed.
 
-use crate::common::{Run, reprise, root};
+use crate::common::{Run, reprise_with_env, root};
 
 #[track_caller]
 fn ok(args: &[&str]) -> Run {
-    let run = reprise(&root(), args);
+    // No ssh configuration of this machine changes where the plans say hosts are reached.
+    let run = reprise_with_env(&root(), args, &[("REPRISE_SSH_CONFIG", "none")]);
     assert_eq!(run.code, 0, "reprise {args:?}: {}", run.stderr);
     assert_eq!(run.stderr, "", "reprise {args:?} warned");
     run

@@ -414,7 +414,8 @@ fn an_emergency_proxmox_failover_defines_the_vms_from_their_replicated_configura
 fn the_plans_of_a_proxmox_site() {
     let dir = proxmox_copy();
     let run = |args: &[&str]| {
-        let out = crate::common::reprise(dir.path(), args);
+        let out =
+            crate::common::reprise_with_env(dir.path(), args, &[("REPRISE_SSH_CONFIG", "none")]);
         assert_eq!(out.code, 0, "{out:?}");
         out.stdout
     };

@@ -200,3 +200,95 @@ fn a_known_hosts_file_that_keeps_no_keys_refuses_the_host_unless_one_is_named() 
         "{items:?}"
     );
 }
+
+#[test]
+fn a_dry_run_shows_where_the_ssh_config_sends_each_host_without_reaching_it() {
+    let dir = mini_copy();
+    let dir = dir.path();
+    let home = dir.to_str().unwrap();
+    // Where hv2's alias really leads: a port listening on loopback, to see that nothing
+    // connects to it during a dry run.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let ssh = dir.join(".ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::write(
+        ssh.join("config"),
+        format!(
+            "Host hv2.pra.test.example\n  HostName 127.0.0.1\n  Port {port}\n  User admin\n\nHost fw2.pra.test.example\n  ProxyJump bastion.test.example\n"
+        ),
+    )
+    .unwrap();
+    let elsewhere =
+        format!("on hv2 (hv2.pra.test.example → admin@127.0.0.1:{port} via ~/.ssh/config)");
+    for args in [&["plan", "drill"][..], &["drill", "--dry-run"]] {
+        let run = reprise_with_env(dir, args, &[("HOME", home)]);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        let out = &run.stdout;
+        // Every step on hv2 says where it goes; fw2's step says it will not get there, and why.
+        assert_eq!(out.matches(&elsewhere).count(), 4, "{args:?}:\n{out}");
+        assert!(
+            !out.contains("on hv2\n") && !out.contains("on hv2  "),
+            "{out}"
+        );
+        assert!(out.contains("on fw2 (NOT REACHED, see below)"), "{out}");
+        let refused = out
+            .split("\nNot reached (every step on these hosts fails):\n")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{args:?}: no refused hosts:\n{out}"));
+        assert!(
+            refused.starts_with("  ! fw2: ")
+                && refused.contains("`ProxyJump bastion.test.example`")
+                && refused.contains("for fw2.pra.test.example"),
+            "{refused}"
+        );
+        // Hosts the file does not change are shown as before.
+        assert!(
+            !out.contains("on fw (") && !out.contains("on hv1 ("),
+            "{out}"
+        );
+    }
+    // `--ssh-config none` leaves the file unread: the inventory's names, as written.
+    let run = reprise_with_env(
+        dir,
+        &["drill", "--dry-run", "--ssh-config", "none"],
+        &[("HOME", home)],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("on hv2  *critical") && !run.stdout.contains(" → admin@"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a dry run connected to a host"
+    );
+}
+
+#[test]
+fn a_dry_run_with_an_ssh_config_it_cannot_read_says_a_run_would_stop() {
+    let dir = mini_copy();
+    let dir = dir.path();
+    let config = dir.join("ssh_config");
+    std::fs::write(&config, "Host *\n  Port many\n").unwrap();
+    let run = reprise_with_env(
+        dir,
+        &[
+            "drill",
+            "--dry-run",
+            "--ssh-config",
+            config.to_str().unwrap(),
+        ],
+        &[("HOME", dir.to_str().unwrap())],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains(
+            "\nHosts: shown as the inventory names them; a run would stop before reaching any: the ssh configuration "
+        ) && run.stdout.contains("is not valid"),
+        "{}",
+        run.stdout
+    );
+}
