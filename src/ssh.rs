@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use sha2::Digest as _;
-use ssh2::{CheckResult, HashType, KnownHostFileKind, Session as RawSession};
+use ssh2::{CheckResult, KnownHostFileKind, Session as RawSession};
 
 pub mod config;
 pub mod openssh;
@@ -1259,30 +1259,45 @@ fn sha256_b64_key(key_b64: &str) -> Option<String> {
     Some(fingerprint(&sha2::Sha256::digest(&blob)))
 }
 
+/// Held while a login reads or adds to a `known_hosts` file (see [`verify_host_key`]).
+static KNOWN_HOSTS_LOCK: Mutex<()> = Mutex::new(());
+
 fn verify_host_key(
     raw: &RawSession,
     spec: &HostSpec,
     policy: HostKeyPolicy,
 ) -> Result<(), SshError> {
-    let endpoint = spec.endpoint();
     let (key, _) = raw.host_key().ok_or_else(|| SshError::Session {
         host: spec.id.clone(),
         reason: "the server sent no host key".into(),
     })?;
-    let offered = raw
-        .host_key_hash(HashType::Sha256)
-        .map(fingerprint)
-        .unwrap_or_else(|| "SHA256:?".into());
-    let mut kh = raw.known_hosts().map_err(|e| SshError::KnownHosts {
+    check_host_key(spec, policy, key)
+}
+
+/// What a login does with the host key `key` (the key blob a host offers in its handshake):
+/// `Ok` when `spec`'s `known_hosts` holds it, or under accept-new once it is added there;
+/// a changed, `@revoked` or (strict) unknown key refused. Public for the tests of many
+/// logins at once.
+pub fn check_host_key(spec: &HostSpec, policy: HostKeyPolicy, key: &[u8]) -> Result<(), SshError> {
+    let endpoint = spec.endpoint();
+    let offered = fingerprint(&sha2::Sha256::digest(key));
+    let known_hosts_err = |reason: String| SshError::KnownHosts {
         path: spec.known_hosts.display().to_string(),
-        reason: e.message().to_string(),
-    })?;
+        reason,
+    };
+    let raw = RawSession::new().map_err(|e| known_hosts_err(e.message().to_string()))?;
+    let mut kh = raw
+        .known_hosts()
+        .map_err(|e| known_hosts_err(e.message().to_string()))?;
+    // From reading the file to adding the key: two logins at once (to one host or to two
+    // hosts of one file) never both add a key nor lose one. Only this part of a login holds
+    // it, so logins to several hosts go on at once.
+    let _known_hosts = KNOWN_HOSTS_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if spec.known_hosts.exists() {
-        let text =
-            std::fs::read_to_string(&spec.known_hosts).map_err(|e| SshError::KnownHosts {
-                path: spec.known_hosts.display().to_string(),
-                reason: e.to_string(),
-            })?;
+        let text = std::fs::read_to_string(&spec.known_hosts)
+            .map_err(|e| known_hosts_err(e.to_string()))?;
         if read_known_hosts(&mut kh, &text, key).is_err() {
             return Err(SshError::RevokedHostKey {
                 host: spec.id.clone(),
@@ -1295,7 +1310,7 @@ fn verify_host_key(
     match kh.check_port(&spec.address, spec.port, key) {
         CheckResult::Match => Ok(()),
         CheckResult::Mismatch => {
-            let known = known_fingerprint(raw, spec, key).unwrap_or_else(|| "another key".into());
+            let known = known_fingerprint(&raw, spec, key).unwrap_or_else(|| "another key".into());
             Err(SshError::ChangedHostKey {
                 host: spec.id.clone(),
                 endpoint,
@@ -1547,8 +1562,6 @@ pub struct SshTransport {
     connect_timeout: Duration,
     output_limit: usize,
     idle: Mutex<HashMap<String, Vec<Session>>>,
-    /// Serializes known_hosts updates under AcceptNew.
-    known_hosts_lock: Mutex<()>,
     here: Option<String>,
     client: SshClient,
     /// Sockets of the sessions carrying a stream now, for [`Transport::interrupt`]; the ids
@@ -1595,7 +1608,6 @@ impl SshTransport {
             connect_timeout,
             output_limit: OUTPUT_LIMIT,
             idle: Mutex::new(HashMap::new()),
-            known_hosts_lock: Mutex::new(()),
             here: None,
             client: SshClient::default(),
             busy: Mutex::new((0, HashMap::new(), std::collections::HashSet::new())),
@@ -1648,8 +1660,6 @@ impl SshTransport {
             .hosts
             .get(host)
             .ok_or_else(|| SshError::UnknownHost(host.to_string()))?;
-        let _guard = (self.policy == HostKeyPolicy::AcceptNew)
-            .then(|| self.known_hosts_lock.lock().expect("not poisoned"));
         let within = self
             .connect_timeout
             .min(limit)

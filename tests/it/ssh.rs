@@ -1087,3 +1087,175 @@ fn through_openssh_a_key_changed_after_the_check_is_refused_as_reprise_refuses_i
         );
     }
 }
+
+/// Under accept-new, logins to several hosts go on at once: one still waiting for its host
+/// (here a host that accepts the connection and then says nothing) holds none of the others
+/// back. Every new key ends up in the shared `known_hosts` exactly once, however many logins
+/// to one host race, and a changed key is still refused as before.
+#[test]
+fn logins_under_accept_new_go_on_at_once_and_record_each_key_once() {
+    let mut sshds: Vec<Sshd> = (0..3).map(|_| Sshd::start()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    let tarpit = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut specs: std::collections::HashMap<String, HostSpec> = sshds
+        .iter()
+        .enumerate()
+        .map(|(i, sshd)| {
+            let id = format!("hv{i}");
+            let spec = HostSpec {
+                known_hosts: known_hosts.clone(),
+                ..sshd.spec(&id)
+            };
+            (id, spec)
+        })
+        .collect();
+    specs.insert(
+        "stuck".into(),
+        HostSpec {
+            id: "stuck".into(),
+            address: "127.0.0.1".into(),
+            port: tarpit.local_addr().unwrap().port(),
+            known_hosts: known_hosts.clone(),
+            ..sshds[0].spec("stuck")
+        },
+    );
+    // Long enough that the stuck login outlasts everything below.
+    let wait = Duration::from_secs(120);
+    let t = SshTransport::new(specs, HostKeyPolicy::AcceptNew, wait);
+    std::thread::scope(|scope| {
+        let stuck = scope.spawn(|| t.exec("stuck", "true", wait));
+        // The stuck login has begun: its connection is accepted and left unanswered.
+        let (held, _) = tarpit.accept().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..3 {
+            let (t, tx) = (&t, tx.clone());
+            scope.spawn(move || {
+                let _ = tx.send((i, t.exec(&format!("hv{i}"), "echo in", wait)));
+            });
+        }
+        for _ in 0..3 {
+            // A failure detector, not a measure: each login takes well under a second.
+            let got = rx.recv_timeout(Duration::from_secs(60));
+            let Ok((i, out)) = got else {
+                drop(held);
+                panic!("the logins to hv0..hv2 waited for the one still waiting for its host");
+            };
+            assert_eq!(out.unwrap_or_else(|e| panic!("hv{i}: {e}")).stdout, "in\n");
+        }
+        assert!(!stuck.is_finished(), "the stuck login ended early");
+        drop(held);
+        assert!(stuck.join().unwrap().is_err());
+    });
+    let entries = |text: &str, sshd: &Sshd| {
+        let name = format!("[{}]:{} ", sshd.address, sshd.port);
+        text.lines().filter(|l| l.starts_with(&name)).count()
+    };
+    let text = std::fs::read_to_string(&known_hosts).unwrap();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    for sshd in &sshds {
+        assert_eq!(entries(&text, sshd), 1, "{text}");
+        assert!(text.contains(sshd.known_hosts_line().trim_end()), "{text}");
+    }
+
+    // Many logins to one new host at once, beside logins to the known ones: one entry each.
+    std::fs::remove_file(&known_hosts).unwrap();
+    std::fs::write(&known_hosts, sshds[1].known_hosts_line()).unwrap();
+    std::thread::scope(|scope| {
+        for i in 0..3 {
+            let t = &t;
+            scope.spawn(move || t.connect(&format!("hv{i}"), 4));
+        }
+    });
+    let text = std::fs::read_to_string(&known_hosts).unwrap();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    for sshd in &sshds {
+        assert_eq!(entries(&text, sshd), 1, "{text}");
+    }
+
+    // A changed key is refused, with the same message, under accept-new too.
+    let old = sshds[2].host_fingerprint();
+    sshds[2].restart(true);
+    let new = sshds[2].host_fingerprint();
+    let fresh = SshTransport::new(
+        [(
+            "hv2".to_string(),
+            HostSpec {
+                known_hosts: known_hosts.clone(),
+                ..sshds[2].spec("hv2")
+            },
+        )]
+        .into(),
+        HostKeyPolicy::AcceptNew,
+        CONNECT,
+    );
+    let err = fresh
+        .exec("hv2", "true", Duration::from_secs(5))
+        .unwrap_err();
+    assert!(matches!(err, SshError::ChangedHostKey { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "host key of hv2 ({}) has changed: known {old}, offered {new}; refusing to connect \
+             (if the host was really reinstalled, remove its old line from {})",
+            sshds[2].endpoint(),
+            known_hosts.display()
+        )
+    );
+    assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), text);
+}
+
+/// The key check of many logins at the same instant, to three new hosts of one `known_hosts`
+/// (the keys of three real sshds): each key is added once, none is lost, and a login that
+/// finds its key added by another passes.
+#[test]
+fn racing_key_checks_under_accept_new_add_each_key_once() {
+    use base64::Engine as _;
+    let sshds: Vec<Sshd> = (0..3).map(|_| Sshd::start()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    let hosts: Vec<(HostSpec, Vec<u8>)> = sshds
+        .iter()
+        .enumerate()
+        .map(|(i, sshd)| {
+            let public = std::fs::read_to_string(sshd.host_key_pub()).unwrap();
+            let blob = public.split_whitespace().nth(1).unwrap();
+            let key = base64::engine::general_purpose::STANDARD
+                .decode(blob)
+                .unwrap();
+            let spec = HostSpec {
+                known_hosts: known_hosts.clone(),
+                ..sshd.spec(&format!("hv{i}"))
+            };
+            (spec, key)
+        })
+        .collect();
+    const LOGINS: usize = 24;
+    for round in 0..20 {
+        let _ = std::fs::remove_file(&known_hosts);
+        let start = std::sync::Barrier::new(LOGINS);
+        std::thread::scope(|scope| {
+            for n in 0..LOGINS {
+                let (start, (spec, key)) = (&start, &hosts[n % hosts.len()]);
+                scope.spawn(move || {
+                    start.wait();
+                    reprise::ssh::check_host_key(spec, HostKeyPolicy::AcceptNew, key)
+                        .unwrap_or_else(|e| panic!("round {round}, {}: {e}", spec.id));
+                });
+            }
+        });
+        let text = std::fs::read_to_string(&known_hosts).unwrap();
+        for sshd in &sshds {
+            let line = sshd.known_hosts_line();
+            let found = text
+                .lines()
+                .filter(|l| l.starts_with(line.trim_end()))
+                .count();
+            assert_eq!(found, 1, "round {round}:\n{text}");
+        }
+        assert_eq!(text.lines().count(), 3, "round {round}:\n{text}");
+        for (spec, key) in &hosts {
+            reprise::ssh::check_host_key(spec, HostKeyPolicy::Strict, key).unwrap();
+        }
+    }
+}
