@@ -930,3 +930,137 @@ fn a_proxmox_failover_never_overwrites_another_vms_configuration() {
         lab.qm_calls("hv2")
     );
 }
+
+/// `qm ARGS` on `host`, through the lab's stand-in, as someone at the node's console would.
+fn qm(lab: &Lab, host: &str, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(["lab", "stub", "qm"])
+        .args(args)
+        .env("LAB_HOST", host)
+        .env("LAB_HOST_DIR", lab.lab().join("hosts").join(host))
+        .env("LAB_DIR", lab.lab())
+        .output()
+        .expect("the reprise binary runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// The `qm` calls `host` recorded after the first `from`.
+fn qm_calls_after(lab: &Lab, host: &str, from: usize) -> Vec<String> {
+    lab.qm_calls(host).split_off(from)
+}
+
+/// Whether any of `calls` changes a vm (starts, stops, writes or removes it).
+fn changes_a_vm(calls: &[String]) -> bool {
+    calls.iter().any(|c| {
+        [
+            "qm start",
+            "qm stop",
+            "qm shutdown",
+            "qm set",
+            "qm destroy",
+            "qm create",
+        ]
+        .iter()
+        .any(|verb| c.starts_with(verb))
+    })
+}
+
+/// The vmid already runs on the recovery node (started there by hand): a failover does not
+/// change its configuration under it, says so and what to do, and neither starts, stops nor
+/// undefines anything.
+#[test]
+fn a_proxmox_failover_never_changes_the_configuration_of_a_running_vmid() {
+    let lab = Lab::up(248);
+    let theirs = lab
+        .conf("hv1", 101)
+        .replace("memory: 512\n", "memory: 4096\n");
+    assert_ne!(theirs, lab.conf("hv1", 101));
+    std::fs::write(lab.conf_path("hv2", 101), &theirs).unwrap();
+    let started = qm(&lab, "hv2", &["start", "101"]);
+    assert_eq!(started.code, 0, "{started:?}");
+    let ran = lab.started("hv2", 101);
+    let calls = lab.qm_calls("hv2").len();
+
+    let failover = lab.with(&["failover", "--emergency", "--yes", "--no-prompt"]);
+    assert_eq!(failover.code, 1, "{failover:?}");
+    let shown = lab.shown();
+    assert!(
+        shown.contains(
+            "finished db/start: Failed in "
+        ) && shown.contains(
+            "(`define` exited with 1 on hv2: vmid 101 runs on this node (status: running): its configuration is not changed under it; stop it first)"
+        ),
+        "{shown}"
+    );
+    assert!(shown.contains("finished app/start: Blocked in "), "{shown}");
+    // Nothing changed: the configuration, the vm (still running, as it started), the calls.
+    assert_eq!(lab.conf("hv2", 101), theirs);
+    let status = qm(&lab, "hv2", &["status", "101"]);
+    assert_eq!(status.stdout, "status: running\n", "{status:?}");
+    assert_eq!(lab.started("hv2", 101), ran);
+    let after = qm_calls_after(&lab, "hv2", calls);
+    assert!(!changes_a_vm(&after), "{after:?}");
+}
+
+/// The vmid (a drill copy's, or the vm's own) is another node's of the cluster (its file under
+/// /etc/pve/nodes/<node>/): neither a drill nor a failover defines it on the recovery node; each
+/// says which node holds it and what to do, and nothing is written or started.
+#[test]
+fn a_proxmox_vmid_of_another_node_of_the_cluster_is_never_defined_here() {
+    let lab = Lab::up(249);
+    let other = lab.root("hv2").join("etc/pve/nodes/pve-b/qemu-server");
+    std::fs::create_dir_all(&other).unwrap();
+    let theirs = "name: accounting\nmemory: 1024\nscsi0: local:101/vm-101-disk-0.qcow2\n";
+    let calls = lab.qm_calls("hv2").len();
+
+    // A drill: its copy of db would be vmid 900101, which pve-b has.
+    std::fs::write(other.join("900101.conf"), theirs).unwrap();
+    let drill = lab.with(&["drill", "--no-prompt"]);
+    assert_eq!(drill.code, 1, "{drill:?}");
+    let shown = lab.shown();
+    assert!(
+        shown.contains(
+            "vmid 900101, the drill copy of vmid 101 is defined on another node of the cluster ("
+        ) && shown.contains(
+            "/etc/pve/nodes/pve-b/qemu-server/900101.conf): a vmid is unique in a cluster; free it there, or give the vm another vmid"
+        ),
+        "{shown}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(other.join("900101.conf")).unwrap(),
+        theirs
+    );
+    assert!(!lab.conf_path("hv2", 900101).exists());
+    std::fs::remove_file(other.join("900101.conf")).unwrap();
+
+    // A failover: db's own vmid 101 is pve-b's.
+    std::fs::write(other.join("101.conf"), theirs).unwrap();
+    let failover = lab.with(&["failover", "--emergency", "--yes", "--no-prompt"]);
+    assert_eq!(failover.code, 1, "{failover:?}");
+    let shown = lab.shown();
+    assert!(
+        shown.contains("(`define` exited with 1 on hv2: vmid 101 is defined on another node of the cluster (")
+            && shown.contains(
+                "/etc/pve/nodes/pve-b/qemu-server/101.conf): a vmid is unique in a cluster; free it there, or give the vm another vmid)"
+            ),
+        "{shown}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(other.join("101.conf")).unwrap(),
+        theirs
+    );
+    for id in [101, 102] {
+        assert!(!lab.conf_path("hv2", id).exists(), "{id} was defined");
+    }
+    let after = qm_calls_after(&lab, "hv2", calls);
+    assert!(!changes_a_vm(&after), "{after:?}");
+    let status = lab.status();
+    assert!(
+        !vm_line(&status, "db").contains("recovery (hv2"),
+        "{status}"
+    );
+}
