@@ -215,3 +215,52 @@ pub fn measured(dir: &std::path::Path, args: &[&str]) -> Measured {
         max_rss_kib: usage.ru_maxrss,
     }
 }
+
+/// Fails the test, saying what to install, unless `tool FLAG` runs and succeeds (`FLAG` being
+/// the tool's version option).
+#[track_caller]
+pub fn require_tool(tool: &str, flag: &str, install: &str) {
+    let ok = Command::new(tool)
+        .arg(flag)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{tool} is missing: install {install} (scripts/test.sh does)"
+    );
+}
+
+/// A lab of the shipped example (`inventory/`, `runbooks/`) on network 127.`net`.x.x, in a
+/// temporary folder of its own (the lab in its `lab/`), with the network's lock held; bring it
+/// down with [`example_lab_down`].
+pub fn example_lab_up(net: u8) -> (tempfile::TempDir, NetLock) {
+    let net_lock = NetLock::take(net);
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&root().join("inventory"), &dir.path().join("inventory"));
+    copy_tree(&root().join("runbooks"), &dir.path().join("runbooks"));
+    let lab = dir.path().join("lab");
+    let run = reprise(
+        dir.path(),
+        &[
+            "lab",
+            "up",
+            "--lab-dir",
+            lab.to_str().unwrap(),
+            "--net",
+            &net.to_string(),
+        ],
+    );
+    assert_eq!(
+        run.code, 0,
+        "lab up failed (run scripts/test.sh, which installs sshd and qemu-img): {run:?}"
+    );
+    (dir, net_lock)
+}
+
+/// Brings down the lab of [`example_lab_up`] in `dir`.
+pub fn example_lab_down(dir: &Path) {
+    let lab = dir.join("lab");
+    let _ = reprise(dir, &["lab", "down", "--lab-dir", lab.to_str().unwrap()]);
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Run, copy_tree, random_bytes, reprise, root};
+use crate::common::{Run, random_bytes, reprise};
 use crate::sshd::poll_until;
 
 /// A lab for one test, brought down on drop, with its own copy of the inventory.
@@ -18,37 +18,10 @@ struct Lab {
 
 impl Lab {
     fn up(net: u8) -> Lab {
-        let net_lock = crate::common::NetLock::take(net);
         for tool in ["qemu-img", "qemu-io"] {
-            let ok = Command::new(tool)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(
-                ok,
-                "{tool} is missing: install qemu-utils (scripts/test.sh does)"
-            );
+            crate::common::require_tool(tool, "--version", "qemu-utils");
         }
-        let dir = tempfile::tempdir().unwrap();
-        copy_tree(&root().join("inventory"), &dir.path().join("inventory"));
-        copy_tree(&root().join("runbooks"), &dir.path().join("runbooks"));
-        let lab = dir.path().join("lab");
-        let run = reprise(
-            dir.path(),
-            &[
-                "lab",
-                "up",
-                "--lab-dir",
-                lab.to_str().unwrap(),
-                "--net",
-                &net.to_string(),
-            ],
-        );
-        assert_eq!(
-            run.code, 0,
-            "lab up failed (run scripts/test.sh, which installs sshd and qemu-img): {run:?}"
-        );
+        let (dir, net_lock) = crate::common::example_lab_up(net);
         Lab {
             dir,
             _net: net_lock,
@@ -166,11 +139,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let lab = self.dir.path().join("lab");
-        let _ = reprise(
-            self.dir.path(),
-            &["lab", "down", "--lab-dir", lab.to_str().unwrap()],
-        );
+        crate::common::example_lab_down(self.dir.path());
     }
 }
 

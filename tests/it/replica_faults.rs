@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Run, copy_tree, random_bytes, reprise, root};
+use crate::common::{Run, random_bytes, reprise, root};
 
 /// A lab for one test, brought down on drop, with its own copy of the inventory.
 struct Lab {
@@ -22,38 +22,10 @@ struct Lab {
 
 impl Lab {
     fn up(net: u8) -> Lab {
-        let net_lock = crate::common::NetLock::take(net);
         for tool in ["qemu-img", "qemu-io", "unshare"] {
-            let ok = Command::new(tool)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(
-                ok,
-                "{tool} is missing: install qemu-utils and util-linux (scripts/test.sh does)"
-            );
+            crate::common::require_tool(tool, "--version", "qemu-utils and util-linux");
         }
-        let dir = tempfile::tempdir().unwrap();
-        copy_tree(&root().join("inventory"), &dir.path().join("inventory"));
-        copy_tree(&root().join("runbooks"), &dir.path().join("runbooks"));
-        let lab = dir.path().join("lab");
-        let run = reprise(
-            dir.path(),
-            &[
-                "lab",
-                "up",
-                "--lab-dir",
-                lab.to_str().unwrap(),
-                "--net",
-                &net.to_string(),
-            ],
-        );
-        assert_eq!(
-            run.code, 0,
-            "lab up failed (run scripts/test.sh, which installs sshd and qemu-img): {run:?}"
-        );
+        let (dir, net_lock) = crate::common::example_lab_up(net);
         Lab {
             dir,
             _net: net_lock,
@@ -188,11 +160,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let lab = self.path("lab");
-        let _ = reprise(
-            self.dir.path(),
-            &["lab", "down", "--lab-dir", lab.to_str().unwrap()],
-        );
+        crate::common::example_lab_down(self.dir.path());
     }
 }
 
@@ -1312,15 +1280,7 @@ fn a_drill_a_replication_and_a_started_vm_never_share_a_copy_unseen() {
 #[test]
 fn every_manifest_updated_in_place_is_synced_before_its_header_trusts_it() {
     use std::io::Write as _;
-    let ok = Command::new("strace")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "strace is missing: install strace (scripts/test.sh does)"
-    );
+    crate::common::require_tool("strace", "-V", "strace");
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
@@ -1469,15 +1429,7 @@ fn a_recovery_helper_killed_at_each_write_of_its_manifest_completes_on_the_next_
     use reprise::replica::store::{NewPoint, Store};
     use std::io::Write as _;
     use std::os::unix::process::ExitStatusExt as _;
-    let ok = Command::new("strace")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "strace is missing: install strace (scripts/test.sh does)"
-    );
+    crate::common::require_tool("strace", "-V", "strace");
     let point = |id: &str| NewPoint {
         id: id.into(),
         taken_at: chrono::Utc::now(),
