@@ -2570,6 +2570,47 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_that_keeps_a_last_block_whose_length_changed_is_refused() {
+        // The copy's last block is short; the image grows, so that block is longer now. A
+        // stream that does not send it again would make a point whose BLAKE3 counts the old
+        // short block while the copy holds it padded with zeros.
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        let old: Vec<u8> = (0..BLOCK + 1000).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&src, &old).unwrap();
+        let store = Store::new(&dst);
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        let (base, _) = store.base_manifest(false).unwrap();
+        let size = 3 * BLOCK as u64;
+        let third = vec![7u8; BLOCK];
+        // The whole hash the recovery side computes when block 1 is not sent: its own hash
+        // of the short block, and the new third block.
+        let whole = blocks::root(&[base.cvs[0], base.cvs[1], blocks::cv(2, &third)]).unwrap();
+        let mut stream = Vec::new();
+        wire::write_header(
+            &mut stream,
+            &wire::Header {
+                base_size: base.size,
+                base_whole: base.whole,
+                size,
+            },
+        )
+        .unwrap();
+        wire::write_data(&mut stream, 2, &third).unwrap();
+        wire::write_end(&mut stream, &whole).unwrap();
+        let result = store.apply(&mut &stream[..], point("p2"));
+        let copy = std::fs::read(&dst).unwrap();
+        assert!(copy == old, "the copy was changed: {result:?}");
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("block 1 is missing"), "{err}");
+        let points = store.points().unwrap();
+        assert_eq!(points.len(), 1, "{points:?}");
+    }
+
+    #[test]
     fn a_committed_update_whose_replaced_blocks_are_gone_leaves_the_mirror_alone() {
         let (dir, store, v1) = stopped_at_commit(7, 8);
         let (src, dst) = (dir.path().join("src.img"), store.image.clone());

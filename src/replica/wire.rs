@@ -168,13 +168,22 @@ pub struct Records {
 }
 
 impl Records {
-    /// `base_blocks`: how many blocks the receiver holds (0 for a first copy).
+    /// `base_blocks`: how many blocks the receiver holds (0 for a first copy). The last of
+    /// them is not held when its length changes with the size (an image grown or shrunk
+    /// within it): the receiver's hash of it is of other bytes, so it must come again.
     pub fn new(header: &Header, base_blocks: u64) -> Records {
         let count = blocks::count(header.size);
+        let mut held = base_blocks.min(count);
+        if held > 0
+            && blocks::block_len(header.base_size, held - 1)
+                != blocks::block_len(header.size, held - 1)
+        {
+            held -= 1;
+        }
         Records {
             size: header.size,
             count,
-            held: base_blocks.min(count),
+            held,
             next: 0,
             ended: false,
         }

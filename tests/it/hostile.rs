@@ -706,17 +706,21 @@ fn blocks_beyond_the_image_of_the_wrong_length_repeated_or_out_of_order_are_refu
 #[test]
 fn a_header_lying_about_the_size_or_the_protocol_is_refused() {
     let img = Image::new();
-    // More blocks announced than sent: the missing ones are named.
+    // More blocks announced than sent: the missing ones are named, from the base's last
+    // block, which the new size makes longer.
     let grown = img.header(SIZE as u64 + 10 * BLOCK as u64);
     let err = img.refused(
         &block_stream(grown, &[end_block_rec([0; 32])]),
-        "ended without block 6",
+        "ended without block 5",
     );
     assert!(err.contains("the header announced"), "{err}");
     // A gap beyond the base.
     let grown = img.header(SIZE as u64 + 10 * BLOCK as u64);
     img.refused(
-        &block_stream(grown, &[data_rec(8, &vec![1; BLOCK])]),
+        &block_stream(
+            grown,
+            &[data_rec(5, &vec![1; BLOCK]), data_rec(8, &vec![1; BLOCK])],
+        ),
         "block 6 is missing",
     );
     img.refused(&img.header(MAX_IMAGE_SIZE + 1), "more than the");
