@@ -338,6 +338,36 @@ fn failover(disks: &[CopyState], ask: &Ask, mut notes: Vec<String>) -> Decision 
             )),
         }
     }
+    // Asked for by time: the newest point before it that every disk holds good, so that
+    // the disks do not each go back to a different moment.
+    if let Some(Want::Before(t)) = want
+        && disks.len() > 1
+    {
+        let at = t.format("%Y-%m-%d %H:%M:%S UTC");
+        let usable = |p: &Point| p.verified != Verified::Bad && p.taken_at <= t;
+        let common = disks[0]
+            .points
+            .iter()
+            .rev()
+            .filter(|p| usable(p))
+            .map(|p| p.id.clone())
+            .find(|id| {
+                disks
+                    .iter()
+                    .all(|d| d.points.iter().any(|p| &p.id == id && usable(p)))
+            });
+        match common {
+            Some(id) => {
+                notes.push(format!(
+                    "every disk starts from point {id}, the newest good point taken before {at} that every disk holds"
+                ));
+                want = Some(Want::Id(id));
+            }
+            None => notes.push(format!(
+                "no good point taken before {at} is on every disk: each disk starts from its own newest good point before it"
+            )),
+        }
+    }
     let mut chosen = Vec::new();
     let mut roll_back = Vec::new();
     for (i, d) in disks.iter().enumerate() {
@@ -749,6 +779,47 @@ mod tests {
             &want(Want::Before("2026-11-28T02:30:00Z".parse().unwrap())),
         ));
         assert_eq!(s.point, "P1", "the bad P2 is passed over");
+    }
+
+    #[test]
+    fn a_point_asked_for_by_time_is_one_point_for_every_disk() {
+        let sys = disk(
+            "sys",
+            &[
+                ("P1", "2026-11-28T01:00:00Z", "yes"),
+                ("P2", "2026-11-28T02:00:00Z", "yes"),
+            ],
+        );
+        let data = disk(
+            "data",
+            &[
+                ("P1", "2026-11-28T01:00:00Z", "yes"),
+                ("P2", "2026-11-28T02:00:00Z", "bad"),
+            ],
+        );
+        // A replication stopped between the disks: the second never got P2.
+        let behind = disk("data", &[("P1", "2026-11-28T01:00:00Z", "yes")]);
+        let before = Ask {
+            want: Some(Want::Before("2026-11-28T02:30:00Z".parse().unwrap())),
+            ..Ask::default()
+        };
+        for other in [data, behind] {
+            let s = started(decide(&[sys.clone(), other], Use::Failover, &before));
+            assert_eq!(s.point, "P1", "{s:?}");
+            assert_eq!(s.points, [Some("P1".into()), Some("P1".into())]);
+            assert_eq!(s.roll_back[0], (0, "P1".to_string()));
+            assert!(s.notes.iter().any(|n| n.contains("every disk")), "{s:?}");
+        }
+        // No good point before the time on every disk: each its own, said.
+        let late = disk("data", &[("P2", "2026-11-28T02:00:00Z", "yes")]);
+        let s = started(decide(&[sys.clone(), late], Use::Failover, &before));
+        assert_eq!(s.point, "P2");
+        let mut only = sys.clone();
+        only.points.remove(1);
+        let other = disk("data", &[("P0", "2026-11-28T00:30:00Z", "yes")]);
+        let s = started(decide(&[only, other], Use::Failover, &before));
+        assert_eq!(s.point, "P1+P0");
+        assert!(s.notes.iter().any(|n| n.contains("no good point")), "{s:?}");
     }
 
     #[test]
