@@ -483,6 +483,15 @@ impl Store {
                     reason: why,
                 });
             }
+            // Chosen as verified, found damaged since (a `reprise verify` meanwhile).
+            if lease.verified && points.last().is_some_and(|p| p.verified == Verified::Bad) {
+                return Err(StoreError::Refused {
+                    image: self.name(),
+                    reason: format!(
+                        "its point {id} failed verification while the run chose it; start the run again"
+                    ),
+                });
+            }
         }
         meta::write_lease(&self.dir, lease)?;
         Ok((!notes.is_empty()).then(|| notes.join("; ")))
@@ -2854,6 +2863,48 @@ mod tests {
             store.base_manifest(false).is_err(),
             "a live copy is not replicated into"
         );
+    }
+
+    #[test]
+    fn a_point_found_bad_after_the_run_chose_it_is_not_leased_as_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        let store = Store::new(&dst);
+        std::fs::write(&src, vec![1u8; 2 * BLOCK]).unwrap();
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        // A `reprise verify` of another process marks it bad after the run chose it.
+        let mut points = store.points().unwrap();
+        points[0].verified = Verified::Bad;
+        store.write_points(&points).unwrap();
+        let lease = |verified| Lease {
+            kind: LeaseKind::Live,
+            run: "r1".into(),
+            vm: "erp-db".into(),
+            step: "erp-db/start".into(),
+            machine: "m".into(),
+            pid: 1,
+            at: Utc::now(),
+            point: Some("p1".into()),
+            taken_at: None,
+            verified,
+        };
+        let wait = std::time::Duration::from_millis(10);
+        let err = store
+            .take_lease(&lease(true), Some("p1"), wait, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("failed verification"), "{err}");
+        assert!(
+            meta::read_leases(&store.dir).is_empty(),
+            "a lease was taken"
+        );
+        // Started unverified on the operator's request: that is what it is.
+        store
+            .take_lease(&lease(false), Some("p1"), wait, false)
+            .unwrap();
     }
 
     #[test]
