@@ -34,6 +34,8 @@ use super::version::{PROTOCOL, VERSION};
 
 /// The longest record line of a tree stream (a path is at most 4 KiB).
 pub const MAX_LINE: usize = 64 << 10;
+/// The copy's stamp when its tree was last given to a source (see [`TreeStore::base`]).
+const BASE_STAMP: &str = "base.stamp";
 /// The most files a backup set may hold.
 pub const MAX_FILES: usize = 1_000_000;
 /// The largest file of a backup set.
@@ -673,11 +675,18 @@ impl TreeStore {
         } else {
             self.read_json::<Tree>("tree.json").ok()
         };
-        if let Some(t) = saved.filter(|_| self.path("tree.json").exists()) {
-            return Ok(t);
-        }
-        let t = scan(&self.root).map_err(io_err(&self.root))?;
-        self.write_json("tree.json", &t)?;
+        let t = match saved.filter(|_| self.path("tree.json").exists()) {
+            Some(t) => t,
+            None => {
+                let t = scan(&self.root).map_err(io_err(&self.root))?;
+                self.write_json("tree.json", &t)?;
+                t
+            }
+        };
+        // What the copy was when the source was given its tree: the update that follows is
+        // refused if the copy changed since (the tree would no longer describe it).
+        let stamp = tree_stamp(&self.root).unwrap_or_default();
+        meta::write_file(&self.dir, BASE_STAMP, stamp.as_bytes(), false)?;
         Ok(t)
     }
 
@@ -715,6 +724,16 @@ impl TreeStore {
         new: NewPoint,
     ) -> Result<(Point, u64), StoreError> {
         let began = std::time::Instant::now();
+        // The copy must still be what `base` gave the source to compare against: a file
+        // written into it since would be kept, and counted as the source's.
+        let based = meta::read_file(&self.path(BASE_STAMP)).ok().flatten();
+        let now = tree_stamp(&self.root).unwrap_or_default();
+        if based.as_deref() != Some(now.as_bytes()) {
+            return Err(StoreError::Stream {
+                image: self.name(),
+                reason: "the copy changed since the source compared against it; run the replication again".into(),
+            });
+        }
         let (points, _) = self.history_for_update()?;
         if let Some(reason) = meta::new_point_problem(&points, &new.id, new.taken_at) {
             return Err(StoreError::Refused {
@@ -1245,6 +1264,52 @@ mod tests {
         let out = dir.path().join("out");
         store.restore("p1", &out).unwrap();
         assert_eq!(contents(&out), v1);
+    }
+
+    #[test]
+    fn a_copy_changed_between_its_base_and_the_stream_is_not_made_a_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let dst = dir.path().join("dst");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.dump"), "a1").unwrap();
+        std::fs::write(src.join("b.dump"), "b1").unwrap();
+        replicate(&src, &dst, "p1");
+        for reread in [false, true] {
+            let store = TreeStore::new(&dst);
+            let base = store.base(reread).unwrap();
+            let mut stream = Vec::new();
+            send_tree(&src, &base, &mut stream).unwrap();
+            // Written into the copy after the source compared against it.
+            std::fs::write(dst.join("b.dump"), "XX").unwrap();
+            let result = store.apply(
+                &mut &stream[..],
+                NewPoint {
+                    id: "p2".into(),
+                    taken_at: Utc::now(),
+                    source: "src".into(),
+                    retention: 3,
+                    definition: None,
+                    read: None,
+                },
+            );
+            let err = match result {
+                Ok(made) => panic!(
+                    "a point was made of a copy that is not the source: {made:?}; {:?}",
+                    contents(&dst)
+                ),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains("changed since the source compared"), "{err}");
+            assert!(
+                store.points().unwrap().iter().all(|p| p.id != "p2"),
+                "{:?}",
+                store.points()
+            );
+            // The next replication mends it.
+            replicate(&src, &dst, "p3");
+            assert_eq!(contents(&dst), contents(&src));
+        }
     }
 
     #[test]

@@ -588,8 +588,9 @@ fn tree_copy(dir: &Path) -> TreeStore {
     std::fs::create_dir_all(dir.join("outside")).unwrap();
     std::fs::write(dir.join("outside/victim"), "precious").unwrap();
     let store = TreeStore::new(&dir.join("copy"));
+    let base = unlocked(|| store.base(false)).unwrap();
     let mut s = Vec::new();
-    send_tree(&dir.join("src"), &Default::default(), &mut s).unwrap();
+    send_tree(&dir.join("src"), &base, &mut s).unwrap();
     unlocked(|| store.apply(&mut &s[..], point("p1"))).unwrap();
     store
 }
@@ -644,6 +645,8 @@ fn fuzz_tree_stream_applied_to_a_copy() {
     };
     let mut expected = outside();
     fuzz("tree-stream", 400, |bytes| {
+        // The copy gives its tree to the source first, as in a replication.
+        unlocked(|| store.base(false)).unwrap();
         let before = store.points().unwrap();
         match unlocked(|| store.apply(&mut &bytes[..], point("p"))) {
             Ok(_) => {
