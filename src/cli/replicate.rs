@@ -871,6 +871,9 @@ fn guest_decision(
         disks: mine.to_vec(),
         checkpoints,
         bitmap_problem: None,
+        copy_problem: states
+            .iter()
+            .find_map(|s| s.changed.as_ref().map(|why| format!("{}: {why}", s.path))),
     };
     let mut decision = cbt::decide(&facts);
     if !running && decision.mode == ReadMode::ChangedBlocks {

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use super::protocol::DiskFormat;
-use super::store::{HowRead, Point, ReadMode};
+use super::store::{HowRead, Point, ReadMode, Verified};
 use crate::ssh::Transport;
 use crate::template::shell_quote;
 
@@ -130,6 +130,8 @@ pub struct Facts<'a> {
     pub checkpoints: Vec<String>,
     /// For a stopped domain: per disk, why its bitmap of `since` cannot be used, if so.
     pub bitmap_problem: Option<String>,
+    /// Why a disk's copy is not its newest point (changed behind it), if so.
+    pub copy_problem: Option<String>,
 }
 
 /// Which blocks to read: only what changed since the copies' checkpoint when every disk's
@@ -160,6 +162,25 @@ pub fn decide(f: &Facts) -> Decision {
             "the copy was of the image file: this one is of the disk as the guest sees it",
             None,
         );
+    }
+    // A bitmap says what the guest wrote since the checkpoint, not what else differs in the
+    // copy: blocks found damaged, or written into it behind its point, must be read again.
+    if let Some(p) = f
+        .newest
+        .iter()
+        .flatten()
+        .find(|p| p.verified == Verified::Bad)
+    {
+        return Decision::scan(
+            format!(
+                "the copy's newest point {} failed verification: its damaged blocks are in no bitmap",
+                p.id
+            ),
+            None,
+        );
+    }
+    if let Some(why) = &f.copy_problem {
+        return Decision::scan(format!("{why}: what changed there is in no bitmap"), None);
     }
     let Some(Some(first)) = recorded.first() else {
         return Decision::scan("no checkpoint recorded with the copy", None);
@@ -452,7 +473,6 @@ pub fn guest_read(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replica::Verified;
 
     const XML: &str = "<domain type='qemu'>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='/var/lib/libvirt/images/app.qcow2' index='1'/>\n      <backingStore type='file'><format type='raw'/><source file='/b&amp;c.raw'/></backingStore>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n    <disk type='file' device='cdrom'>\n      <source file='/iso.iso'/>\n      <target dev='sda' bus='sata'/>\n    </disk>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n      <source file='/data&apos;s.img'/>\n      <target dev='vdb' bus='virtio'/>\n    </disk>\n  </devices>\n</domain>\n";
 
@@ -517,6 +537,7 @@ mod tests {
             disks: vec![qcow2("vda"), qcow2("vdb")],
             checkpoints: cps.iter().map(|c| c.to_string()).collect(),
             bitmap_problem: None,
+            copy_problem: None,
         };
         let d = decide(&f);
         assert_eq!(d.mode, expected.0, "{d:?}");
@@ -578,6 +599,34 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_found_damaged_or_changed_behind_its_point_is_read_whole() {
+        // A bitmap says what the guest wrote, not what differs in the copy: the blocks a
+        // `verify` found damaged, or written into the copy by hand, are in no bitmap.
+        let mut bad = point(how(Some("reprise-1")));
+        bad.verified = Verified::Bad;
+        let good = point(how(Some("reprise-1")));
+        let mut f = Facts {
+            host: "h",
+            asked_scan: false,
+            newest: vec![Some(&good), Some(&bad)],
+            disks: vec![qcow2("vda"), qcow2("vdb")],
+            checkpoints: vec!["reprise-1".into()],
+            bitmap_problem: None,
+            copy_problem: None,
+        };
+        let d = decide(&f);
+        assert_eq!(d.mode, ReadMode::Scan, "{d:?}");
+        assert!(d.why.unwrap().contains("failed verification"));
+        f.newest = vec![Some(&good), Some(&good)];
+        f.copy_problem = Some("b.raw changed since its newest point p was made".into());
+        let d = decide(&f);
+        assert_eq!(d.mode, ReadMode::Scan, "{d:?}");
+        assert!(d.why.unwrap().contains("changed since its newest point"));
+        f.copy_problem = None;
+        assert_eq!(decide(&f).mode, ReadMode::ChangedBlocks);
+    }
+
+    #[test]
     fn a_raw_disk_is_always_scanned_and_a_bad_bitmap_says_why() {
         let at = Some(point(how(Some("reprise-1"))));
         let mut f = Facts {
@@ -590,6 +639,7 @@ mod tests {
             }],
             checkpoints: vec!["reprise-1".into()],
             bitmap_problem: None,
+            copy_problem: None,
         };
         assert!(decide(&f).why.unwrap().contains("disk vda is raw"));
         f.disks = vec![qcow2("vda")];
