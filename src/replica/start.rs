@@ -521,6 +521,39 @@ pub fn give_back(copies: &dyn Copies, vm: Vm<'_>, run: &str, how: Use) {
     let _ = copies.release(vm.host, vm.paths, Some(run), Some(kind(how)));
 }
 
+/// Before a failback starts a vm on the primary: when the run copies nothing of it back
+/// (`replicated_back` false) while the vm ran on its recovery copies since a failover (a live
+/// lease holds them), starting it would bring back its disks as they were before the
+/// failover, and the failback would then release the copies that hold what it wrote since.
+pub fn before_failback(
+    copies: &dyn Copies,
+    vm: Vm<'_>,
+    replicated_back: bool,
+) -> Result<(), String> {
+    if replicated_back {
+        return Ok(());
+    }
+    let states = copies.inspect(vm.host, vm.paths).map_err(|e| {
+        format!(
+            "cannot read the recovery copies of vm {} on {}, to know whether it ran on them since a failover: {e}",
+            vm.name, vm.host
+        )
+    })?;
+    let ran = states.iter().find_map(|s| {
+        s.leases
+            .iter()
+            .find(|l| l.kind == LeaseKind::Live)
+            .map(|l| (choice::name(&s.path).to_string(), l.describe()))
+    });
+    match ran {
+        None => Ok(()),
+        Some((disk, who)) => Err(format!(
+            "vm {} ran on its recovery copies on {} since a failover ({disk} is the disk of {who}), and this failback copies none of them back: started on the primary, it would run on its disks as they were before the failover and lose what it wrote since; add a `replicate` step of vm {} before its start in the failback runbook, or, if what it wrote there is not to be kept, release its copies first (`reprise release {}`)",
+            vm.name, vm.host, vm.name, vm.name
+        )),
+    }
+}
+
 /// What a step that used a vm's recovery copies did with them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Used {
@@ -820,6 +853,42 @@ mod tests {
             fake.calls(),
             ["settle /r/sys", "lease /r/sys Drill Some(\"P1\")"]
         );
+    }
+
+    #[test]
+    fn a_failback_that_copies_nothing_back_refuses_a_vm_that_ran_on_its_copies() {
+        let mut sys = disk("sys", &[]);
+        sys.leases.push(Lease {
+            kind: LeaseKind::Live,
+            run: "R0".into(),
+            vm: "db".into(),
+            step: "db/start".into(),
+            machine: "m".into(),
+            pid: 1,
+            at: Utc::now(),
+            point: Some("P1".into()),
+            taken_at: None,
+            verified: true,
+        });
+        let fake = Fake::with(vec![sys, disk("data", &[point("P1", 1, "yes")])]);
+        let paths = ["/r/sys".to_string(), "/r/data".to_string()];
+        let vm = request(&paths, Use::Failover).vm;
+        // Its disks come back by the run's own replication: nothing to say.
+        assert_eq!(before_failback(&fake, vm, true), Ok(()));
+        let why = before_failback(&fake, vm, false).unwrap_err();
+        assert!(
+            why.contains("ran on its recovery copies")
+                && why.contains("run R0")
+                && why.contains("add a `replicate` step")
+                && why.contains("`reprise release db`"),
+            "{why}"
+        );
+        // A vm that never left (its directory comes back by its own replication).
+        let fake = Fake::with(vec![
+            disk("sys", &[point("P1", 1, "yes")]),
+            disk("data", &[point("P1", 1, "yes")]),
+        ]);
+        assert_eq!(before_failback(&fake, vm, false), Ok(()));
     }
 
     #[test]

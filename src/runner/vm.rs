@@ -10,7 +10,7 @@ use super::context::{Msg, Outcome, RunContext};
 use super::define::{self, Defined, Source};
 use super::record::output_note;
 use crate::event::{Event, StepStatus};
-use crate::plan::{PlannedStep, ReplicaRole, ReplicaUse};
+use crate::plan::{Action, PlannedStep, ReplicaRole, ReplicaUse, Replicated};
 use crate::replica::choice::Use;
 use crate::replica::start::{self, Remote, Request, SnapshotCheck, Used, Vm};
 use crate::runbook::Mode;
@@ -41,6 +41,16 @@ pub(super) async fn before_replica(
         ReplicaRole::DrillStart => Use::Drill,
         ReplicaRole::Start => Use::Failover,
         ReplicaRole::FailedBack => {
+            // A vm that ran on its recovery copies comes back only by copying them back.
+            let back = ctx.plan.steps.iter().any(|s| {
+                matches!(&s.action_spec, Action::Replicate { what: Replicated::Vm(v), .. } if *v == replica.vm)
+            });
+            let (transport, r) = (ctx.transport.clone(), replica.clone());
+            tokio::task::spawn_blocking(move || {
+                start::before_failback(&Remote::new(transport.as_ref()), copies(&r), back)
+            })
+            .await
+            .map_err(|e| format!("the replica task failed: {e}"))??;
             // The vm starts on the primary from the point the reverse replication made.
             if let Some(d) = &replica.define {
                 let (note, done) = define::define_vm(ctx, d, Source::Point(None)).await?;

@@ -74,10 +74,15 @@ impl Lab {
     }
 
     fn spawn(&self, extra: &[&str]) -> Child {
+        self.spawn_in(&root(), extra)
+    }
+
+    /// [`Self::spawn`] with the inventory and runbooks of `dir`.
+    fn spawn_in(&self, dir: &Path, extra: &[&str]) -> Child {
         Command::new(env!("CARGO_BIN_EXE_reprise"))
             .args(self.args(extra))
             .envs(LAB_SECRETS.iter().copied())
-            .current_dir(root())
+            .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -150,7 +155,17 @@ impl Lab {
         extra: &[&str],
         within: Duration,
     ) -> std::process::ExitStatus {
-        let mut child = self.spawn(extra);
+        self.run_confirming_in(&root(), extra, within)
+    }
+
+    /// [`Self::run_confirming`] with the inventory and runbooks of `dir`.
+    pub(crate) fn run_confirming_in(
+        &self,
+        dir: &Path,
+        extra: &[&str],
+        within: Duration,
+    ) -> std::process::ExitStatus {
+        let mut child = self.spawn_in(dir, extra);
         let mut exit = None;
         self.confirm_until(
             || {
@@ -506,6 +521,74 @@ fn failback_refuses_while_a_service_runs_on_both_sites() {
         std::fs::read_dir(lab.state().join("runs")).unwrap().count(),
         runs_before
     );
+}
+
+#[test]
+fn a_failback_that_copies_nothing_back_never_starts_a_vm_on_its_disks_of_before() {
+    let lab = Lab::up(245);
+    let exit = lab.run_confirming(
+        &[
+            "failover",
+            "--service",
+            "erp-db",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ],
+        Duration::from_secs(240),
+    );
+    assert!(exit.success(), "{:?}", lab.journal().last());
+    // A failback runbook that forgot to copy erp-db back before starting it on hv-main.
+    let edited = tempfile::tempdir().unwrap();
+    for d in ["inventory", "runbooks"] {
+        crate::common::copy_tree(&root().join(d), &edited.path().join(d));
+    }
+    let erp = edited.path().join("runbooks/erp.toml");
+    let text = std::fs::read_to_string(&erp).unwrap();
+    let sync_back = text.find("id = \"sync-back\"").unwrap();
+    let from = text[..sync_back].rfind("[[erp-db.failback]]").unwrap();
+    let to = sync_back + text[sync_back..].find("[[erp-db.failback]]").unwrap();
+    std::fs::write(&erp, format!("{}{}", &text[..from], &text[to..])).unwrap();
+    let exit = lab.run_confirming_in(
+        edited.path(),
+        &[
+            "failback",
+            "--service",
+            "erp-db",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ],
+        Duration::from_secs(240),
+    );
+    let events = lab.journal();
+    assert!(!exit.success(), "the failback succeeded: {events:#?}");
+    let refused = events
+        .iter()
+        .find(|e| {
+            e["event"] == "step_finished"
+                && e["step"] == "erp-db/start-primary"
+                && e["status"] == "failed"
+        })
+        .unwrap_or_else(|| panic!("start-primary did not fail: {events:#?}"));
+    let why = refused.to_string();
+    assert!(
+        why.contains("ran on its recovery copies") && why.contains("add a `replicate` step"),
+        "{why}"
+    );
+    // The recovery copies still hold what the vm wrote there: still leased to it.
+    let images = lab.host_root("hv-pra").join("srv/replicas/images");
+    for disk in ["erp-db-system.qcow2", "erp-db-data.qcow2"] {
+        let leases: Vec<String> = std::fs::read_dir(images.join(format!("{disk}.reprise/leases")))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            leases.iter().any(|l| l.starts_with("live-")),
+            "{disk}: {leases:?}"
+        );
+    }
 }
 
 #[test]

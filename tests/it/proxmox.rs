@@ -333,6 +333,18 @@ fn a_proxmox_drill_then_a_planned_failover_and_failback_on_the_lab() {
         );
     }
 
+    // app's failback copies nothing back: what it wrote on hv2 is given up on purpose, its
+    // copies released first (else the failback refuses to start it on its disks of before).
+    let refused = lab.with(&["failback", "--yes", "--no-prompt"]);
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(
+        refused
+            .stdout
+            .contains("vm app ran on its recovery copies on hv2 since a failover"),
+        "{refused:?}"
+    );
+    let released = lab.with(&["release", "app"]);
+    assert_eq!(released.code, 0, "{released:?}");
     let failback = lab.with(&["failback", "--yes", "--no-prompt"]);
     assert_eq!(failback.code, 0, "{failback:?}");
     let status = lab.status();
