@@ -1210,6 +1210,14 @@ pub fn verify(model: &Model, vm: Option<&str>, point: Option<&str>, ssh: &SshArg
     for vm in &vms {
         for img in &vm.images {
             match helpers.verify(&img.to, &img.dst, point) {
+                // Nothing read, nothing proven: never a silent success.
+                Ok(checked) if checked.is_empty() => {
+                    out.stdout.push_str(&format!(
+                        "{}: {}:{}: no replica point to verify: nothing proves this copy (never replicated by reprise, its metadata lost, its history ended, or a vm runs on it); replicate it (`reprise replicate`)\n",
+                        vm.id, img.to, img.dst
+                    ));
+                    out.code = exit::FAILED;
+                }
                 Ok(checked) => {
                     for c in checked {
                         if c.good {

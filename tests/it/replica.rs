@@ -303,6 +303,25 @@ fn a_flipped_byte_is_found_marked_bad_and_mended_by_the_next_run() {
 }
 
 #[test]
+fn verify_of_a_copy_without_points_proves_nothing_and_says_so() {
+    let lab = Lab::up(246);
+    new_image("qcow2", &lab.src(), "16M");
+    lab.replicate();
+    assert_eq!(lab.run(&["verify", "erp-db"]).code, 0);
+    // The copy's metadata is lost: nothing proves the copy any more.
+    let mut meta = lab.dst().into_os_string();
+    meta.push(".reprise");
+    std::fs::remove_dir_all(meta).unwrap();
+    let run = lab.run(&["verify", "erp-db"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("erp-db-data.qcow2: no replica point to verify"),
+        "{run:?}"
+    );
+}
+
+#[test]
 fn a_killed_replication_leaves_the_last_point_good_and_the_next_one_completes() {
     let lab = Lab::up(73);
     let src = lab.src();
