@@ -184,10 +184,11 @@ pub struct DefineUse {
     pub current: Option<Command>,
     /// The driver's `undefine` action there: removes what a failed start defined.
     pub undefine: Option<Command>,
-    /// Where the point's definition is kept: the host and the copy of the vm's first disk
-    /// (the recovery copy; for a failback, the primary's disk the reverse replication made).
+    /// Where the point's definition is kept: the host and the copies of the vm's disks, first
+    /// first (the recovery copies; for a failback, the primary's disks the reverse
+    /// replication made); the copy of the disk that was first when the point was made.
     pub from_host: String,
-    pub from_copy: String,
+    pub from_copies: Vec<String>,
     /// For a drill: the vm's primary host and its driver's `definition` action there, what
     /// the drill's copy is defined from when the copy is started as it is (no point, so no
     /// definition with it).

@@ -121,10 +121,12 @@ pub fn define_use(
     } else {
         crate::vmdef::Nics::Map(inv.networks_of(&host).cloned().unwrap_or_default())
     };
-    let (from_host, from_copy) = match role {
-        ReplicaRole::FailedBack => (primary.clone(), format!("{pdir}/{}", vm.disks.first()?)),
-        _ => (recovery.clone(), format!("{rdir}/{}", vm.disks.first()?)),
+    vm.disks.first()?;
+    let (from_host, dir) = match role {
+        ReplicaRole::FailedBack => (primary.clone(), pdir),
+        _ => (recovery.clone(), rdir),
     };
+    let from_copies = vm.disks.iter().map(|d| format!("{dir}/{d}")).collect();
     let primary = drill
         .then(|| vm_action_command(model, service, vm, Side::Primary, "definition", run_id))
         .flatten();
@@ -133,7 +135,7 @@ pub fn define_use(
         current,
         undefine,
         from_host,
-        from_copy,
+        from_copies,
         primary,
         fit: crate::vmdef::Fit {
             host: host.clone(),

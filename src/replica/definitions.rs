@@ -185,13 +185,19 @@ pub fn prospects(
                     .map_err(|missing| format!("secret {missing} is not set in the environment"))
                     .and_then(|text| read_current(helpers, d.format, &from, &text)),
             ),
-            None => match newest(helpers, &d.from_host, &d.from_copy) {
-                Ok(point) => (
-                    format!("point {point} of {}:{}", d.from_host, d.from_copy),
-                    fetch(helpers, d.format, &d.from_host, &d.from_copy, &point)
-                        .map(|(def, _, _)| def),
+            None => match newest(helpers, &d.from_host, &d.from_copies) {
+                Ok((point, copy)) => (
+                    format!("point {point} of {}:{copy}", d.from_host),
+                    fetch(helpers, d.format, &d.from_host, &copy, &point).map(|(def, _, _)| def),
                 ),
-                Err(e) => (format!("{}:{}", d.from_host, d.from_copy), Err(e)),
+                Err(e) => (
+                    format!(
+                        "{}:{}",
+                        d.from_host,
+                        d.from_copies.first().map_or("", String::as_str)
+                    ),
+                    Err(e),
+                ),
             },
         };
         let result = def.and_then(|def| {
@@ -239,26 +245,71 @@ pub fn read_current(
         .map_err(|e| format!("the definition {host} gave is refused: {e}"))
 }
 
-/// The newest point of `host:copy` that is not bad, which must hold a definition (an older
-/// one would not describe the disks as they are).
-pub fn newest(helpers: &Helpers, host: &str, copy: &str) -> Result<String, String> {
+/// The newest point of the vm's copies on `host` (`copies`: its disks, first first) that is
+/// not bad, which must hold a definition (an older one would not describe the disks as they
+/// are); and the copy that holds it.
+pub fn newest(
+    helpers: &Helpers,
+    host: &str,
+    copies: &[String],
+) -> Result<(String, String), String> {
+    let first = copies.first().ok_or("the vm has no disk")?;
     let points = helpers
-        .points(host, copy)
-        .map_err(|e| format!("cannot read the points of {host}:{copy}: {e}"))?;
+        .points(host, first)
+        .map_err(|e| format!("cannot read the points of {host}:{first}: {e}"))?;
     let Some(p) = points
         .into_iter()
         .rev()
         .find(|p| p.verified != crate::replica::Verified::Bad)
     else {
         return Err(format!(
-            "{host}:{copy} has no usable point, so no definition of the vm: replicate it (each replication captures the definition)"
+            "{host}:{first} has no usable point, so no definition of the vm: replicate it (each replication captures the definition)"
         ));
     };
-    match p.definition {
-        Some(_) => Ok(p.id),
+    match holder(helpers, host, copies, &p.id)? {
+        Some(copy) => Ok((p.id, copy)),
         None => Err(format!(
-            "the newest usable point {} of {host}:{copy} holds no definition of the vm: replicate it again (each replication captures the definition)",
+            "the newest usable point {} of {host}:{first} holds no definition of the vm: replicate it again (each replication captures the definition)",
             p.id
         )),
     }
+}
+
+/// Which of the vm's copies on `host` records a definition with its point `point`: the one
+/// of the disk that was the vm's first when the point was made (the inventory may list the
+/// disks in another order since). `None` when none does.
+pub fn holder(
+    helpers: &Helpers,
+    host: &str,
+    copies: &[String],
+    point: &str,
+) -> Result<Option<String>, String> {
+    for copy in copies {
+        let points = helpers
+            .points(host, copy)
+            .map_err(|e| format!("cannot read the points of {host}:{copy}: {e}"))?;
+        if points
+            .iter()
+            .any(|p| p.id == point && p.definition.is_some())
+        {
+            return Ok(Some(copy.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// [`fetch`] from the copy of `copies` that holds point `point`'s definition (the first
+/// copy, which then says why, when none does).
+pub fn fetch_of(
+    helpers: &Helpers,
+    format: Format,
+    host: &str,
+    copies: &[String],
+    point: &str,
+) -> Result<(Definition, String, bool), String> {
+    let copy = match holder(helpers, host, copies, point)? {
+        Some(c) => c,
+        None => copies.first().ok_or("the vm has no disk")?.clone(),
+    };
+    fetch(helpers, format, host, &copy, point)
 }

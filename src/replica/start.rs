@@ -403,12 +403,15 @@ fn without_definition(
     if !req.defines {
         return Ok(None);
     }
+    // The definition is kept beside the copy of the disk that was the vm's first when the
+    // point was made: any disk's copy may hold it (the inventory may list them in another
+    // order since).
     let problem = start
         .points
         .first()
         .cloned()
         .flatten()
-        .and_then(|id| states[0].definition_problem(&id).map(|p| (id, p)));
+        .and_then(|id| definition_problem(states, &id).map(|p| (id, p)));
     let Some((id, why)) = problem else {
         return Ok(None);
     };
@@ -420,6 +423,26 @@ fn without_definition(
         "vm {}: {why}; replicate it again (each replication captures the definition)",
         req.vm.name
     ))
+}
+
+/// Why no disk's copy holds a definition of point `id` a vm can be defined from (`None`
+/// when one does): the problem of a copy that records one for it (damaged, missing) before
+/// that of a copy that records none.
+pub fn definition_problem(states: &[CopyState], id: &str) -> Option<String> {
+    let mut problems = Vec::new();
+    for s in states {
+        let recorded = s
+            .points
+            .iter()
+            .any(|p| p.id == id && p.definition.is_some());
+        match s.definition_problem(id) {
+            None if s.points.iter().any(|p| p.id == id) => return None,
+            None => {}
+            Some(why) => problems.push((recorded, why)),
+        }
+    }
+    problems.sort_by_key(|(recorded, _)| !recorded);
+    problems.into_iter().next().map(|(_, why)| why)
 }
 
 /// Rolls each disk back to its point (a failover): a point that cannot be rebuilt, when the
@@ -809,6 +832,50 @@ mod tests {
                 "lease /r/sys Live Some(\"P1\")",
                 "lease /r/data Live Some(\"P1\")",
             ]
+        );
+    }
+
+    /// `p` with the definition `def` recorded.
+    fn with_definition(mut p: Point, def: &str) -> Point {
+        p.definition = Some(def.repeat(64));
+        p
+    }
+
+    #[test]
+    fn a_point_s_definition_is_found_beside_whichever_disk_was_first_when_it_was_made() {
+        // The point was made when `data` was the vm's first disk: its definition is kept
+        // beside the copy of `data`; the inventory now lists `sys` first.
+        let sys = [point("P1", 1, "yes")];
+        let data = [with_definition(point("P1", 1, "yes"), "a")];
+        let fake = Fake::with(vec![disk("sys", &sys), disk("data", &data)]);
+        let paths = ["/r/sys".to_string(), "/r/data".to_string()];
+        let mut req = request(&paths, Use::Failover);
+        req.defines = true;
+        let prepared = prepare(&fake, &req).unwrap();
+        assert_eq!(prepared.start.point, "P1");
+        assert!(
+            prepared.notes.iter().all(|n| !n.contains("definition")),
+            "{:?}",
+            prepared.notes
+        );
+        // A definition found damaged beside the disk that holds it is what is said, not that
+        // the other disk holds none.
+        let mut damaged = disk("data", &data);
+        damaged.bad_definitions = vec![("P1".into(), "is damaged (BLAKE3 differs)".into())];
+        let fake = Fake::with(vec![disk("sys", &sys), damaged]);
+        let mut req = request(&paths, Use::Drill);
+        req.defines = true;
+        let err = prepare(&fake, &req).unwrap_err();
+        assert!(
+            err.contains("the definition of point P1 is damaged"),
+            "{err}"
+        );
+        // No disk holds one: said as before.
+        let fake = Fake::with(vec![disk("sys", &sys), disk("data", &sys)]);
+        let err = prepare(&fake, &req).unwrap_err();
+        assert!(
+            err.contains("point P1 holds no definition of the vm"),
+            "{err}"
         );
     }
 

@@ -223,14 +223,15 @@ pub(super) async fn define_vm(
                     // A failback: the newest point the reverse replication made, never an
                     // older definition for the disks as they are.
                     None => {
-                        crate::replica::definitions::newest(&helpers, &d.from_host, &d.from_copy)?
+                        crate::replica::definitions::newest(&helpers, &d.from_host, &d.from_copies)?
+                            .0
                     }
                 };
-                let (def, hash, guest_view) = crate::replica::definitions::fetch(
+                let (def, hash, guest_view) = crate::replica::definitions::fetch_of(
                     &helpers,
                     d.format,
                     &d.from_host,
-                    &d.from_copy,
+                    &d.from_copies,
                     &point,
                 )?;
                 // Copies read as the guest sees its disks are raw, whatever the primary's

@@ -1608,3 +1608,55 @@ fn lab_up_writes_nothing_outside_its_folder_for_a_path_that_climbs_out() {
     assert_eq!(down.code, 0, "{down:?}");
     assert!(!escaped.exists(), "lab up wrote {}", escaped.display());
 }
+
+#[test]
+fn a_failover_finds_a_point_s_definition_beside_the_disk_that_was_first_when_it_was_made() {
+    let lab = Lab::up(155);
+    // erp-db's points were made with its system disk first: their definitions are kept beside
+    // that disk's copy. The inventory now lists its data disk first.
+    let edited = tempfile::tempdir().unwrap();
+    for d in ["inventory", "runbooks"] {
+        crate::common::copy_tree(&root().join(d), &edited.path().join(d));
+    }
+    let vms = edited.path().join("inventory/vms.toml");
+    let text = std::fs::read_to_string(&vms).unwrap();
+    let listed = r#"disks = ["erp-db-system.qcow2", "erp-db-data.qcow2"]"#;
+    assert!(text.contains(listed), "the example lists erp-db's disks so");
+    std::fs::write(
+        &vms,
+        text.replace(
+            listed,
+            r#"disks = ["erp-db-data.qcow2", "erp-db-system.qcow2"]"#,
+        ),
+    )
+    .unwrap();
+    let status = lab.run_confirming_in(
+        edited.path(),
+        &[
+            "failover",
+            "--emergency",
+            "--service",
+            "erp-db",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ],
+        Duration::from_secs(120),
+    );
+    let events = lab.journal();
+    assert!(status.success(), "{events:#?}");
+    let used: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "replica_point_used")
+        .collect();
+    assert_eq!(used.len(), 1, "{used:?}");
+    assert_eq!(used[0]["verified"], true, "{:?}", used[0]);
+    let point = used[0]["point"].as_str().unwrap();
+    let defined = events
+        .iter()
+        .filter(|e| e["event"] == "step_output")
+        .map(|e| e.to_string())
+        .find(|o| o.contains(&format!("the definition of point {point}")))
+        .unwrap_or_else(|| panic!("no step defined erp-db from its point: {events:#?}"));
+    assert!(defined.contains("BLAKE3"), "{defined}");
+}
