@@ -248,6 +248,9 @@ pub struct TreeSent {
     pub bytes: u64,
 }
 
+/// The size from which a file's hashing is long enough to hand on what was written first.
+const HAND_ON_BEFORE: u64 = 1 << 20;
+
 /// Source side: sends what differs from `base`.
 pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSent, String> {
     let name = root.display().to_string();
@@ -265,6 +268,11 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
         {
             now.files.insert(rel, k.clone());
             continue;
+        }
+        // What is written so far is handed on before a large file is hashed: the link
+        // carries it meanwhile, rather than wait in a buffer.
+        if size >= HAND_ON_BEFORE {
+            w.flush().map_err(err)?;
         }
         let hash =
             super::blocks::hash_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -1230,6 +1238,49 @@ mod tests {
         assert_eq!(checked, [("p3".to_string(), false)]);
         assert_eq!(replicate(&src, &dst, "p4").files, 1);
         assert_eq!(contents(&dst), contents(&src));
+    }
+
+    /// A stream as it reaches the pipe: its bytes, and how many of them had come at each
+    /// flush.
+    #[derive(Default)]
+    struct Flushes {
+        bytes: Vec<u8>,
+        at: Vec<usize>,
+    }
+
+    impl Write for Flushes {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.bytes.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            self.at.push(self.bytes.len());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_file_sent_is_handed_on_before_the_next_large_one_is_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.dump"), vec![1u8; 2 << 20]).unwrap();
+        std::fs::write(src.join("b.dump"), vec![2u8; 2 << 20]).unwrap();
+        let mut stream = Flushes::default();
+        let sent = send_tree(&src, &Tree::default(), &mut stream).unwrap();
+        assert_eq!(sent.files, 2);
+        // a.dump's record line, its bytes, then b.dump's record.
+        let find = |what: &[u8]| stream.bytes.windows(what.len()).position(|w| w == what);
+        let a = find(b"\"a.dump\"").unwrap();
+        let a_line_end = a + stream.bytes[a..].iter().position(|c| *c == b'\n').unwrap();
+        let b_record = a_line_end + 1 + (2 << 20);
+        assert!(find(b"\"b.dump\"").unwrap() > b_record);
+        assert!(
+            stream.at.contains(&b_record),
+            "a.dump flushed before b.dump is hashed: {:?}, b.dump's record at {b_record}",
+            stream.at,
+        );
     }
 
     #[test]
