@@ -543,9 +543,15 @@ impl Master {
 
     /// Waits until it listens, or fails with what ssh said.
     fn wait_ready(&mut self, spec: &HostSpec) -> Result<(), SshError> {
+        let waited = Instant::now();
         while !self.ready {
             if self.control.exists() {
                 self.ready = true;
+                tracing::debug!(
+                    host = %spec.id,
+                    waited_ms = waited.elapsed().as_millis() as u64,
+                    "ssh master ready (OpenSSH client)"
+                );
             } else if reap(&mut self.child) {
                 let said = self
                     .errors
