@@ -11,6 +11,7 @@ use crate::exit;
 use crate::model::Model;
 use crate::replica::cbt;
 use crate::replica::helper::{self, Request};
+use crate::replica::reads::{Ended, Reads};
 use crate::replica::remote::{
     Helpers, HostUse, Replication, STREAMS, image_path, point_id, point_taken_now,
 };
@@ -487,6 +488,7 @@ fn replicate_all(
                 reread: verify,
                 compress,
                 deadline: std::time::Duration::from_secs(7200),
+                reads: None,
             };
             replicate_guest(vm, inv, transport, &helpers, &r, scan, &stopped, &mut out);
             continue;
@@ -508,6 +510,7 @@ fn replicate_all(
             continue;
         };
         let taken_at = point_taken_now();
+        let reads = std::sync::Arc::new(Reads::new(vm.images.len()));
         let r = Replication {
             point: point_id(taken_at),
             taken_at,
@@ -516,9 +519,31 @@ fn replicate_all(
             compress,
             deadline: std::time::Duration::from_secs(7200),
             definition,
+            reads: Some(reads.clone()),
         };
-        copy_images(vm, transport, &helpers, &r, &stopped, &mut left, &mut out);
-        match snapshot.end() {
+        // The snapshot is merged back as soon as every disk was read to its end (none is read
+        // again), while the recovery side commits; else once every stream has ended.
+        let ended = std::thread::scope(|scope| {
+            let end = scope.spawn(|| {
+                if reads.release() {
+                    tracing::debug!(
+                        vm = vm.id,
+                        "every disk read to its end: snapshot merged back while the copies commit"
+                    );
+                }
+                snapshot.end()
+            });
+            {
+                let _ended = Ended(&reads);
+                copy_images(vm, transport, &helpers, &r, &stopped, &mut left, &mut out);
+            }
+            end.join()
+        });
+        let ended = match ended {
+            Ok(ended) => ended,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        match ended {
             Ok(Some(line)) => out.stdout.push_str(&line),
             Ok(None) => {}
             Err(e) => {

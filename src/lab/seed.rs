@@ -49,6 +49,7 @@ pub(super) fn seed_points(model: &Model) -> Result<(), LabError> {
         compress: false,
         deadline: Duration::from_secs(600),
         definition,
+        reads: None,
     };
     let copies = seeds(model, &helpers)?;
     let mut hosts: Vec<&str> = copies

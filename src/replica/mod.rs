@@ -32,6 +32,7 @@ pub mod nbd;
 pub mod nodes;
 pub mod point;
 pub mod protocol;
+pub mod reads;
 pub mod remote;
 pub mod snapshot;
 pub mod start;

@@ -128,6 +128,9 @@ pub struct Replication {
     /// are).
     pub compress: bool,
     pub deadline: Duration,
+    /// The reads of the vm's source disks while its snapshot freezes them: each source read
+    /// to its end is said there, and none is read again ([`super::reads`]).
+    pub reads: Option<std::sync::Arc<super::reads::Reads>>,
 }
 
 /// The helper deployed on hosts, for one orchestrator process.
@@ -831,19 +834,10 @@ impl<'a> Helpers<'a> {
         if let (Request::Send { base, .. }, Some(d)) = (&mut send, &digest) {
             if *d == empty.digest() {
                 // No copy yet: its manifest is the empty one, sent as it is.
-                tried = Some(self.stream(
-                    from,
-                    src,
-                    to,
-                    dst,
-                    &send,
-                    &empty.encode(),
-                    &apply,
-                    r.deadline,
-                )?);
+                tried = Some(self.stream(from, src, to, dst, &send, &empty.encode(), &apply, r)?);
             } else {
                 *base = Some(d.clone());
-                let piped = self.stream(from, src, to, dst, &send, &[], &apply, r.deadline)?;
+                let piped = self.stream(from, src, to, dst, &send, &[], &apply, r)?;
                 let not_kept = piped.read_exit != 0
                     && !piped.write_failed_first
                     && piped.stderr.contains(NOT_KEPT);
@@ -859,8 +853,7 @@ impl<'a> Helpers<'a> {
                     *base = None;
                 }
                 let manifest = self.call(to, &base_req, &[], r.deadline)?;
-                let piped =
-                    self.stream(from, src, to, dst, &send, &manifest, &apply, r.deadline)?;
+                let piped = self.stream(from, src, to, dst, &send, &manifest, &apply, r)?;
                 (piped, manifest.len())
             }
         };
@@ -870,7 +863,8 @@ impl<'a> Helpers<'a> {
 
     /// The source's stream of `send` (fed `base`) piped into the recovery side's `apply`; sent
     /// again when a side's helper was not there and has been uploaded since (a side that did
-    /// not start leaves the other nothing to apply: the copy is as it was).
+    /// not start leaves the other nothing to apply: the copy is as it was). A source read to
+    /// its end, or let go, under `r.reads` is not read again: refused, saying so.
     #[allow(clippy::too_many_arguments)]
     fn stream(
         &self,
@@ -881,11 +875,30 @@ impl<'a> Helpers<'a> {
         send: &Request,
         base: &[u8],
         apply: &Request,
-        deadline: Duration,
+        r: &Replication,
     ) -> Result<PipeOutput, ReplicaError> {
+        let reads = r.reads.as_deref();
+        let disk = format!("{from}:{src}");
+        let once = || {
+            if reads.is_some_and(|x| !x.may_read(&disk)) {
+                return Err(ReplicaError::Helper {
+                    host: from.to_string(),
+                    reason: format!(
+                        "{disk} was read to its end, or its snapshot merged back, before its copy on {to} was done: it is not read again; run the replication again"
+                    ),
+                });
+            }
+            let read = || {
+                if let Some(x) = reads {
+                    tracing::debug!(disk, "source read to its end");
+                    x.read_to_end(&disk);
+                }
+            };
+            self.stream_once(from, src, to, dst, send, base, apply, r.deadline, &read)
+        };
         // At most one upload a side.
         for _ in 0..2 {
-            let piped = self.stream_once(from, src, to, dst, send, base, apply, deadline)?;
+            let piped = once()?;
             let again = if piped.read_exit == GUARD_EXIT && !piped.write_failed_first {
                 self.guarded(from, piped.read_exit, &piped.stderr, false)?
             } else if piped.write_exit == GUARD_EXIT {
@@ -908,7 +921,7 @@ impl<'a> Helpers<'a> {
                 return Ok(piped);
             }
         }
-        self.stream_once(from, src, to, dst, send, base, apply, deadline)
+        once()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -922,6 +935,7 @@ impl<'a> Helpers<'a> {
         base: &[u8],
         apply: &Request,
         deadline: Duration,
+        read: &dyn Fn(),
     ) -> Result<PipeOutput, ReplicaError> {
         let failed = |e: String| ReplicaError::Helper {
             host: to.to_string(),
@@ -930,9 +944,14 @@ impl<'a> Helpers<'a> {
         // Through the OpenSSH client, each side is a process (a helper here, or `ssh` carrying
         // it); else, when this machine is one of the two hosts, its side runs here: no relay.
         if let Some((source, recovery)) = self.bulk_sides(from, send, to, apply, deadline)? {
-            Ok(pipe_processes(source, base, recovery, deadline, &|| {
-                self.transport.interrupted()
-            }))
+            Ok(pipe_processes(
+                source,
+                base,
+                recovery,
+                deadline,
+                &|| self.transport.interrupted(),
+                read,
+            ))
         } else if self.is_here(to)? {
             let send = self.remote_command(from, send)?;
             self.pipe_into_here(from, &send, base, to, apply, deadline)
@@ -1398,12 +1417,15 @@ const PAST_DEADLINE: Duration = Duration::from_secs(35);
 /// and the end of the source's output is the end of the recovery side's input. Both are
 /// killed, with their process groups, `PAST_DEADLINE` after `deadline`, or when `stop` says
 /// so (a signal): then the recovery side's input is cut and it throws the update away.
+/// `read` is called as soon as the source has ended having sent all of its stream (exit 0,
+/// nothing cut), while the recovery side may still commit it.
 fn pipe_processes(
     mut source: Child,
     input: &[u8],
     mut recovery: Child,
     deadline: Duration,
     stop: &dyn Fn() -> bool,
+    read: &dyn Fn(),
 ) -> PipeOutput {
     let began = std::time::Instant::now();
     let until = began + deadline + PAST_DEADLINE;
@@ -1449,6 +1471,12 @@ fn pipe_processes(
     let source_exit = wait_until(&mut source, until, &|| errors.source.over());
     if errors.source.over() {
         copied.flooded = copied.flooded.or(Some(Side::Source));
+    }
+    if source_exit == 0
+        && !(copied.cut || copied.late || copied.stopped)
+        && copied.flooded.is_none()
+    {
+        read();
     }
     let recovery_exit = wait_until(&mut recovery, until, &|| errors.recovery.over());
     if errors.recovery.over() {
@@ -1860,6 +1888,67 @@ pub fn image_path(dir: &str, disk: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn side(script: &str) -> Child {
+        std::process::Command::new("sh")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_source_is_said_read_to_its_end_while_the_recovery_side_still_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let said = dir.path().join("said");
+        let f = said.display();
+        // The recovery side takes the whole stream, then ends only once the source was said
+        // read to its end (or gives up after a while, saying so).
+        let recovery = side(&format!(
+            "cat >/dev/null; i=0; while [ ! -e '{f}' ] && [ $i -lt 6000 ]; do sleep 0.01; i=$((i+1)); done; \
+             if [ -e '{f}' ]; then echo said; else echo 'not said'; fi"
+        ));
+        let read = || std::fs::write(&said, b"").unwrap();
+        let out = pipe_processes(
+            side("printf stream"),
+            b"",
+            recovery,
+            Duration::from_secs(300),
+            &|| false,
+            &read,
+        );
+        assert_eq!((out.read_exit, out.write_exit), (0, 0), "{}", out.stderr);
+        assert_eq!(out.bytes, 6);
+        assert_eq!(out.output.trim(), "said");
+    }
+
+    #[test]
+    fn a_source_that_failed_or_was_cut_is_never_said_read_to_its_end() {
+        let said = std::sync::atomic::AtomicBool::new(false);
+        let read = || said.store(true, std::sync::atomic::Ordering::Relaxed);
+        let failed = pipe_processes(
+            side("printf stream; exit 3"),
+            b"",
+            side("cat >/dev/null"),
+            Duration::from_secs(300),
+            &|| false,
+            &read,
+        );
+        assert_eq!(failed.read_exit, 3);
+        // The recovery side stopped reading: the source is cut.
+        let cut = pipe_processes(
+            side("head -c 10000000 /dev/zero"),
+            b"",
+            side("exit 1"),
+            Duration::from_secs(300),
+            &|| false,
+            &read,
+        );
+        assert!(cut.write_failed_first, "{cut:?}");
+        assert!(!said.load(std::sync::atomic::Ordering::Relaxed));
+    }
 
     #[test]
     fn a_process_that_took_a_point_ends_in_the_second_after_it() {

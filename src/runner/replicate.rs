@@ -75,6 +75,7 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
         compress: false,
         deadline,
         definition: captured_def,
+        reads: None,
     };
     let disks = Disks {
         folder: matches!(what, Replicated::Backup(_)),

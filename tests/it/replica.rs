@@ -1541,3 +1541,106 @@ fn a_final_sync_streams_the_disks_of_a_vm_at_once() {
         assert_eq!(b3(&copy_of(&lab, d)), b3(&src(d)), "{d}");
     }
 }
+
+/// Sends SIGCONT to the processes it holds when dropped (a failed test leaves none stopped).
+struct Stopped(Vec<i32>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// The snapshot is merged back (`replicate-end`) as soon as every disk's source has sent all
+/// of its stream, while the recovery side still commits: here both recovery helpers are held
+/// stopped, and the merge happens all the same, never before both sources have ended (the
+/// debug log). Through libssh2, which does not tell when a source ended, after the copies.
+#[test]
+fn the_snapshot_is_merged_back_once_every_source_has_sent_while_the_copies_commit() {
+    let lab = Lab::up(242);
+    let disks = ["erp-db-system.qcow2", "erp-db-data.qcow2"];
+    let src = |d: &str| lab.src().with_file_name(d);
+    for d in disks {
+        new_image("qcow2", &src(d), "1G");
+        qemu_io("qcow2", &src(d), "write -P 0x11 0 8M");
+    }
+    lab.replicate();
+    let thaws = || {
+        std::fs::read_to_string(lab.dir.path().join("lab/hosts/hv-main/calls.log"))
+            .unwrap_or_default()
+            .matches("thaw erp-db")
+            .count()
+    };
+    let before = (thaws(), lab.points());
+    // Nothing changed: each source's stream is a few bytes, which the pipes hold whole.
+    let mut run = Spawned::start(&lab, &["--ssh-client", "openssh"]);
+    let mut held = Stopped(Vec::new());
+    poll_until(Duration::from_secs(120), || {
+        for d in disks {
+            if let Some(pid) = apply_helper(&copy_of(&lab, d))
+                && !held.0.contains(&pid)
+                && Command::new("kill")
+                    .args(["-STOP", &pid.to_string()])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            {
+                held.0.push(pid);
+            }
+        }
+        held.0.len() == disks.len() || !run.running()
+    });
+    assert_eq!(
+        held.0.len(),
+        disks.len(),
+        "the recovery helpers were not both seen running"
+    );
+    let merged = poll_until(Duration::from_secs(120), || {
+        thaws() > before.0 || !run.running()
+    });
+    let waiting = held.0.iter().all(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('T'))
+        })
+    });
+    drop(held);
+    let (code, stdout, stderr) = run.wait();
+    assert!(
+        merged && waiting,
+        "the snapshot was not merged back while the recovery helpers were held: {stderr}"
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("snapshot merged back"), "{stdout}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let at = |what: &str| lines.iter().position(|l| l.contains(what));
+    let thaw = at("lab-vm thaw erp-db").expect("the merge is logged");
+    for d in disks {
+        let read = lines
+            .iter()
+            .position(|l| l.contains("source read to its end") && l.contains(d));
+        assert!(
+            read.is_some_and(|r| r < thaw),
+            "{d} was not read to its end before the merge: {stderr}"
+        );
+    }
+    let points = lab.points();
+    assert_ne!(points.last(), before.1.last(), "no new point: {points:?}");
+
+    // libssh2: the merge follows the end of every stream.
+    let run = Spawned::start(&lab, &["--ssh-client", "libssh2"]);
+    let (code, stdout, stderr) = run.wait();
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let thaw = lines.iter().position(|l| l.contains("lab-vm thaw erp-db"));
+    let last_end = lines.iter().rposition(|l| l.contains("disk stream ends"));
+    assert!(
+        thaw.is_some() && last_end < thaw,
+        "libssh2: merged before the streams ended: {stderr}"
+    );
+    assert!(!stderr.contains("source read to its end"), "{stderr}");
+}
