@@ -6,7 +6,9 @@ use std::time::Duration;
 use crate::model::Model;
 use crate::plan;
 
-use crate::replica::remote::{Helpers, HostUse, Replication, image_path, point_id};
+use crate::replica::remote::{
+    Helpers, HostUse, Replication, image_path, point_id, point_taken_now,
+};
 
 use super::LabError;
 
@@ -40,7 +42,9 @@ pub(super) fn seed_points(model: &Model) -> Result<(), LabError> {
     };
     let transport = crate::run::transport(model, &options);
     let helpers = Helpers::new(&transport);
-    let now = chrono::Utc::now();
+    // Taken as any point is, so that the command ends in the second after it (the next
+    // replication's points are later).
+    let now = point_taken_now();
     let replication = |retention, definition| Replication {
         point: point_id(now),
         taken_at: now,
