@@ -202,16 +202,14 @@ async fn judge(
 pub(super) const LATE: StdDuration = StdDuration::from_secs(10);
 
 /// Whether a driver's `status` said the vm runs: a line `running` (libvirt, the lab) or
-/// `status: running` (Proxmox); `None` when it failed without saying anything.
-pub(super) fn said_running(out: &ExecOutput) -> Option<bool> {
-    let running = out
-        .stdout
-        .lines()
-        .map(str::trim)
-        .any(|l| l == "running" || l == "status: running");
-    if running {
+/// `status: running` (Proxmox); that it is stopped: a line `shut off` (libvirt, the lab) or
+/// `status: stopped` (Proxmox). Anything else (`paused`, `in shutdown`, `crashed`, an error,
+/// nothing) is `None`: a vm is never taken as stopped from what does not say so.
+pub fn said_running(out: &ExecOutput) -> Option<bool> {
+    let lines = || out.stdout.lines().map(str::trim);
+    if lines().any(|l| l == "running" || l == "status: running") {
         Some(true)
-    } else if out.exit_code == 0 || !out.stdout.trim().is_empty() {
+    } else if lines().any(|l| l == "shut off" || l == "status: stopped") {
         Some(false)
     } else {
         None
@@ -312,4 +310,44 @@ pub(super) async fn exec(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn said(stdout: &str, exit_code: i32) -> Option<bool> {
+        said_running(&ExecOutput {
+            stdout: stdout.into(),
+            stderr: String::new(),
+            exit_code,
+            truncated: false,
+            timed_out: false,
+            duration: StdDuration::ZERO,
+        })
+    }
+
+    /// A vm's state is read only from the words its driver uses for running and stopped: a
+    /// paused vm, one shutting down, an error printed with exit 0 or nothing at all say
+    /// neither.
+    #[test]
+    fn a_vm_is_stopped_only_when_its_driver_says_so() {
+        assert_eq!(said("running\n", 0), Some(true));
+        assert_eq!(said("status: running\n", 0), Some(true));
+        assert_eq!(said("shut off\n", 0), Some(false));
+        assert_eq!(said("shut off\n", 3), Some(false));
+        assert_eq!(said("status: stopped\n", 0), Some(false));
+        for other in [
+            "paused\n",
+            "in shutdown\n",
+            "pmsuspended\n",
+            "crashed\n",
+            "not running\n",
+            "error: failed to connect to the hypervisor\n",
+            "",
+        ] {
+            assert_eq!(said(other, 0), None, "{other:?}");
+            assert_eq!(said(other, 1), None, "{other:?}");
+        }
+    }
 }
