@@ -41,7 +41,7 @@ Examples:
 
 Exit codes: 0 ok, 1 run failed or partial, 2 usage, 3 invalid inventory or runbooks,
 4 cannot read or write files, 5 another run holds the lock, 6 failback refused (service on both
-sites), 7 not ready (reprise check), 8 RPO target missed (reprise status), 130 interrupted (resume it).";
+sites, or running on the primary), 7 not ready (reprise check), 8 RPO target missed (reprise status), 130 interrupted (resume it).";
 
 /// reprise: disaster recovery for small IT teams. Drills, failovers, restores and failbacks
 /// driven by a dependency graph of services.
@@ -1373,7 +1373,9 @@ fn run_error(e: RunError) -> Outcome {
         | RunError::AlreadyConfirmed { .. }
         | RunError::DrillOver { .. } => Outcome::err(exit::INVALID_INPUT, format!("error: {e}\n")),
         RunError::NoName => Outcome::err(exit::USAGE, format!("error: {e}\n")),
-        RunError::SplitBrain { .. } => Outcome::err(exit::SPLIT_BRAIN, format!("error: {e}\n")),
+        RunError::SplitBrain { .. } | RunError::PrimaryRuns { .. } => {
+            Outcome::err(exit::SPLIT_BRAIN, format!("error: {e}\n"))
+        }
         RunError::NotReady { .. } => Outcome::err(exit::NOT_READY, format!("error: {e}\n")),
         RunError::AlreadyFinished(_) => Outcome::err(exit::INVALID_INPUT, format!("error: {e}\n")),
         RunError::JournalFailed { .. } => Outcome::err(exit::IO, format!("error: {e}\n")),

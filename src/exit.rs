@@ -18,7 +18,8 @@ pub const IO: u8 = 4;
 /// Another run holds the lock of this state folder, or the lock was taken on another machine,
 /// or it is not a lock (it is left as it is).
 pub const LOCKED: u8 = 5;
-/// A failback found a service running on both sites: nothing was done.
+/// A failback found a service running on both sites, or a vm it copies back running on the
+/// primary: nothing was done.
 pub const SPLIT_BRAIN: u8 = 6;
 /// `reprise check`: a recovery would not work now (see its table); or a planned failover (a
 /// failback) was refused because the check finds problems on the recovery (primary) side that

@@ -80,6 +80,11 @@ pub enum RunError {
         .services.join(", ")
     )]
     SplitBrain { mode: Mode, services: Vec<String> },
+    #[error(
+        "refusing to failback: {}. Stop it on the primary first (in doubt, the recovery copy has the newest data), then start again",
+        .vms.join("; ")
+    )]
+    PrimaryRuns { vms: Vec<String> },
     #[error("{}", not_ready(*mode, problems))]
     NotReady { mode: Mode, problems: Vec<String> },
     #[error("run `{run_id}` has no step `{step}`{}", hint.as_ref().map(|h| format!("; {h}")).unwrap_or_default())]
@@ -139,7 +144,7 @@ fn not_ready(mode: Mode, problems: &[String]) -> String {
         Mode::Failback => (
             "a failback",
             "the primary side",
-            "the recovery side is stopped",
+            "the recovery side is stopped, or copy older data over it",
             "",
         ),
         _ => (
@@ -461,7 +466,8 @@ fn execute(
 }
 
 /// Services of the plan whose vm runs on both its primary and its recovery host (asked through
-/// the driver's `status` action; "running" in its output means running).
+/// the driver's `status` action, read as a vm start reads it: a line `running` or
+/// `status: running`).
 pub fn running_on_both_sites(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<String> {
     let mut both = Vec::new();
     for planned in &plan.services {
@@ -469,19 +475,8 @@ pub fn running_on_both_sites(model: &Model, plan: &Plan, transport: &dyn Transpo
         let Some(vm) = service.vm().and_then(|v| model.inventory.vms.get(v)) else {
             continue;
         };
-        let running = |side| {
-            let Some((host, cmd)) = plan::vm_status_command(model, service, vm, side, &plan.run_id)
-            else {
-                return false;
-            };
-            let Ok(text) = cmd.expose(|n| std::env::var(n).ok()) else {
-                return false;
-            };
-            transport
-                .exec(&host, &text, StdDuration::from_secs(30))
-                .is_ok_and(|o| o.exit_code == 0 && o.stdout.contains("running"))
-        };
-        if running(Side::Primary) && running(Side::Recovery) {
+        let running = |side| vm_state(model, service, vm, side, &plan.run_id, transport).0;
+        if running(Side::Primary) == Some(true) && running(Side::Recovery) == Some(true) {
             both.push(format!(
                 "{} (vm {} runs on {} and on {})",
                 service.id, vm.id, vm.primary.value, vm.recovery.value
@@ -489,6 +484,134 @@ pub fn running_on_both_sites(model: &Model, plan: &Plan, transport: &dyn Transpo
         }
     }
     both
+}
+
+/// Whether `vm` runs on `side`, as its driver's `status` says (`None`: it could not say),
+/// with what it said.
+fn vm_state(
+    model: &Model,
+    service: &crate::inventory::Service,
+    vm: &crate::inventory::Vm,
+    side: Side,
+    run_id: &str,
+    transport: &dyn Transport,
+) -> (Option<bool>, String) {
+    let Some((host, cmd)) = plan::vm_status_command(model, service, vm, side, run_id) else {
+        return (None, "its driver has no `status` action".into());
+    };
+    let Ok(text) = cmd.expose(|n| std::env::var(n).ok()) else {
+        return (None, "a secret of its `status` action is not set".into());
+    };
+    match transport.exec(&host, &text, StdDuration::from_secs(30)) {
+        Ok(out) => {
+            let text = [out.stdout.trim(), out.stderr.trim()]
+                .into_iter()
+                .find(|t| !t.is_empty())
+                .map(|t| t.chars().take(200).collect())
+                .unwrap_or_else(|| format!("exit status {} and nothing said", out.exit_code));
+            (runner::said_running(&out), text)
+        }
+        Err(e) => (None, e.to_string()),
+    }
+}
+
+/// A vm a failback copies back over its primary's disks, as read before it starts.
+#[derive(Debug, Clone)]
+pub struct CopyBack {
+    pub vm: String,
+    pub primary: String,
+    pub recovery: String,
+    /// Whether the vm runs on the primary now (`None`: its `status` could not say), and what
+    /// it said.
+    pub running: (Option<bool>, String),
+    /// Its recovery copies as the helper reads them, or why they cannot be read.
+    pub copies: Result<Vec<crate::replica::CopyState>, String>,
+}
+
+/// What stops a failback from copying a vm back over its primary's disks: vms that run on
+/// the primary (their disks would be overwritten under them, and what they wrote since the
+/// failover lost), and problems `--force` may pass: a primary whose state cannot be read, or
+/// recovery copies no failover started a vm on (no `live` lease of the vm: a replica older
+/// than the primary's disks, not the newer data of a vm that ran on them). Pure.
+pub fn judge_copy_back(backs: &[CopyBack]) -> (Vec<String>, Vec<String>) {
+    use crate::replica::LeaseKind;
+    let (mut runs, mut problems) = (Vec::new(), Vec::new());
+    for b in backs {
+        let (vm, primary, recovery) = (&b.vm, &b.primary, &b.recovery);
+        match &b.running {
+            (Some(true), _) => runs.push(format!(
+                "vm {vm} runs on {primary}: the failback would copy its recovery copies from {recovery} over the disks it is writing, and what it wrote there would be lost"
+            )),
+            (Some(false), _) => {}
+            (None, said) => problems.push(format!(
+                "copy-back vm {vm}: its state on {primary} cannot be read ({said}); its disks there are about to be overwritten, so it must be known stopped (--force once it is known stopped or not defined there)"
+            )),
+        }
+        match &b.copies {
+            Err(e) => problems.push(format!(
+                "copy-back vm {vm}: its recovery copies on {recovery} cannot be read ({e}): nothing shows that it failed over"
+            )),
+            Ok(copies) => {
+                for c in copies {
+                    let live = c
+                        .leases
+                        .iter()
+                        .any(|l| l.kind == LeaseKind::Live && l.vm == *vm);
+                    if !c.bad_leases.is_empty() {
+                        problems.push(format!(
+                            "copy-back vm {vm}: the leases of its recovery copy {} on {recovery} cannot be read ({})",
+                            c.path,
+                            c.bad_leases.join(", ")
+                        ));
+                    } else if !live {
+                        problems.push(format!(
+                            "copy-back vm {vm}: its recovery copy {} on {recovery} was not started by a failover (no live lease): it holds a replica of the primary, older than the disks it would overwrite on {primary}; fail over first, or use --force only if vm {vm} did run on that copy",
+                            c.path
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    (runs, problems)
+}
+
+/// Reads, for each vm a failback plan copies back to the primary, its state there and its
+/// recovery copies (see [`judge_copy_back`]).
+pub fn copy_backs(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<CopyBack> {
+    let helpers = crate::replica::remote::Helpers::new(transport);
+    let mut backs: Vec<CopyBack> = Vec::new();
+    for step in &plan.steps {
+        let plan::Action::Replicate {
+            what: plan::Replicated::Vm(vm_id),
+            from_host,
+            items,
+            ..
+        } = &step.action_spec
+        else {
+            continue;
+        };
+        if backs.iter().any(|b| b.vm == *vm_id) {
+            continue;
+        }
+        let (Some(service), Some(vm)) = (
+            model.inventory.services.get(&step.service),
+            model.inventory.vms.get(vm_id),
+        ) else {
+            continue;
+        };
+        let paths: Vec<String> = items.iter().map(|(src, _)| src.clone()).collect();
+        backs.push(CopyBack {
+            vm: vm_id.clone(),
+            primary: vm.primary.value.clone(),
+            recovery: from_host.clone(),
+            running: vm_state(model, service, vm, Side::Primary, &plan.run_id, transport),
+            copies: helpers
+                .inspect(from_host, &paths)
+                .map_err(|e| e.to_string()),
+        });
+    }
+    backs
 }
 
 /// Starts a new run of `opts.plan` (its `run_id` is replaced by a new one).
@@ -515,6 +638,18 @@ pub fn start(
             });
         }
     }
+    // What a failback copies back over the primary's disks must be newer than them: a vm
+    // running there is never overwritten; copies no failover started are refused unless
+    // forced.
+    let mut copy_back = Vec::new();
+    if plan.mode == Mode::Failback {
+        let backs = copy_backs(model, &plan, &transport(model, &opts.exec.ssh));
+        let (runs, problems) = judge_copy_back(&backs);
+        if !runs.is_empty() {
+            return Err(RunError::PrimaryRuns { vms: runs });
+        }
+        copy_back = problems;
+    }
     // A planned failover stops production first, a failback the recovery side: each starts
     // only once the side it starts vms on is known to be able to take over (for a failback,
     // every vm it defines there has a definition that fits), unless forced.
@@ -528,7 +663,14 @@ pub fn start(
             readiness = Some(fresh);
             problems
         }
-        Mode::Failback => crate::check::failback_blockers(&plan, &transport(model, &opts.exec.ssh)),
+        Mode::Failback => {
+            let mut problems = copy_back;
+            problems.extend(crate::check::failback_blockers(
+                &plan,
+                &transport(model, &opts.exec.ssh),
+            ));
+            problems
+        }
         _ => Vec::new(),
     };
     if !problems.is_empty() {
@@ -1024,4 +1166,82 @@ fn needed_runs(state_dir: &Path) -> Result<HashMap<String, String>, RunError> {
         }
     }
     Ok(needed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::{CopyState, Lease, LeaseKind};
+
+    fn lease(kind: LeaseKind, vm: &str) -> Lease {
+        Lease {
+            kind,
+            run: "R1".into(),
+            vm: vm.into(),
+            step: "db/start".into(),
+            machine: "m".into(),
+            pid: 1,
+            at: Utc::now(),
+            point: None,
+            taken_at: None,
+            verified: true,
+        }
+    }
+
+    fn back(running: Option<bool>, leases: Vec<Lease>) -> CopyBack {
+        CopyBack {
+            vm: "db".into(),
+            primary: "hv-main".into(),
+            recovery: "hv-pra".into(),
+            running: (running, "shut off".into()),
+            copies: Ok(vec![CopyState {
+                path: "/img/db.qcow2".into(),
+                exists: true,
+                leases,
+                ..CopyState::default()
+            }]),
+        }
+    }
+
+    /// A failback copies a vm back only over a primary known stopped, from copies a failover
+    /// started it on: a running primary is refused outright, a replica no failover started
+    /// (a drill's lease, another vm's, none) or a state or lease that cannot be read is a
+    /// problem only `--force` passes.
+    #[test]
+    fn a_failback_copies_back_only_what_a_failover_ran_over_a_stopped_primary() {
+        let live = || vec![lease(LeaseKind::Live, "db")];
+        assert_eq!(
+            judge_copy_back(&[back(Some(false), live())]),
+            (vec![], vec![])
+        );
+        let (runs, problems) = judge_copy_back(&[back(Some(true), live())]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(runs.len(), 1);
+        assert!(runs[0].starts_with("vm db runs on hv-main"), "{runs:?}");
+        for leases in [
+            vec![],
+            vec![lease(LeaseKind::Drill, "db")],
+            vec![lease(LeaseKind::Live, "other")],
+        ] {
+            let (runs, problems) = judge_copy_back(&[back(Some(false), leases)]);
+            assert!(runs.is_empty());
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].contains("was not started by a failover"),
+                "{problems:?}"
+            );
+        }
+        let (_, problems) = judge_copy_back(&[back(None, live())]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("cannot be read (shut off)"));
+        let mut unread = back(Some(false), live());
+        unread.copies = Err("no helper".into());
+        let (_, problems) = judge_copy_back(&[unread]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let mut bad = back(Some(false), live());
+        if let Ok(c) = &mut bad.copies {
+            c[0].bad_leases = vec!["live-R2.json".into()];
+        }
+        assert_eq!(judge_copy_back(&[bad]).1.len(), 1);
+    }
 }

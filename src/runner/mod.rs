@@ -39,6 +39,7 @@ pub use context::{
     Confirmations, PointChoice, Prior, RunContext, RunOptions, SecretResolver, Sink, Unrecorded,
     env_secrets,
 };
+pub use exec::said_running;
 pub use record::{drill_cleaned_up, prior_from_journal};
 
 use crate::event::{Event, RunStatus, StepStatus};

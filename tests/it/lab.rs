@@ -1660,3 +1660,95 @@ fn a_failover_finds_a_point_s_definition_beside_the_disk_that_was_first_when_it_
         .unwrap_or_else(|| panic!("no step defined erp-db from its point: {events:#?}"));
     assert!(defined.contains("BLAKE3"), "{defined}");
 }
+
+/// A failback with no failover before it would copy last night's replica over production's
+/// newer disks. erp-db is defined on hv-pra (as an earlier failover and failback leave it), so
+/// nothing else stops it: refused while the vm runs on the primary (exit 6, even forced),
+/// then, once it is stopped, because no failover started the vm on its recovery copies (exit
+/// 7, which only `--force` passes); the primary's disk is as production left it, and no run
+/// started.
+#[test]
+fn a_failback_never_copies_a_replica_over_newer_production_data() {
+    let lab = Lab::up(232);
+    let lab_vm = |host: &str, args: &[&str], input: &[u8]| {
+        let dir = lab.lab().join("hosts").join(host);
+        let mut child = Command::new(dir.join("bin/lab-vm"))
+            .args(args)
+            .env("LAB_HOST", host)
+            .env("LAB_HOST_DIR", &dir)
+            .env("LAB_DIR", lab.lab())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "lab-vm {args:?} on {host}: {out:?}");
+        out.stdout
+    };
+    // As a failover defines it there: its NICs on hv-pra's bridges.
+    let definition = String::from_utf8(lab_vm("hv-main", &["definition", "erp-db"], b""))
+        .unwrap()
+        .replace("br-servers", "br-pra-servers")
+        .replace("br-dmz", "br-pra-dmz");
+    lab_vm("hv-pra", &["define", "erp-db"], definition.as_bytes());
+    let disk = lab
+        .host_root("hv-main")
+        .join("srv/datastore/images/erp-db-system.qcow2");
+    // Production writes after last night's replication.
+    let wrote = tool(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x6b 0 64k",
+            disk.to_str().unwrap(),
+        ],
+    );
+    assert!(wrote.status.success(), "{wrote:?}");
+    let production = std::fs::read(&disk).unwrap();
+    let runs = || {
+        std::fs::read_dir(lab.state().join("runs"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let failback = |force: bool| {
+        let mut args = vec![
+            "failback",
+            "--yes",
+            "--no-prompt",
+            "--service",
+            "erp-db",
+            "--only",
+        ];
+        if force {
+            args.push("--force");
+        }
+        lab.run(&args)
+    };
+    // Forced or not, a vm running on the primary is never overwritten.
+    for force in [false, true] {
+        let run = failback(force);
+        assert_eq!(run.code, 6, "{run:?}");
+        assert!(
+            run.stderr.contains("vm erp-db runs on hv-main"),
+            "{}",
+            run.stderr
+        );
+    }
+    // The vm stopped on the primary: its disks still hold newer data than the replica.
+    lab_vm("hv-main", &["stop", "erp-db"], b"");
+    let run = failback(false);
+    assert_eq!(run.code, 7, "{run:?}");
+    assert!(
+        run.stderr.contains("copy-back vm erp-db")
+            && run.stderr.contains("was not started by a failover"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(runs(), 0, "a refused failback started a run");
+    assert!(std::fs::read(&disk).unwrap() == production);
+}
