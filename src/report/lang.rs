@@ -305,6 +305,18 @@ impl Labels {
         }
     }
 
+    pub fn clock_went_back(&self, after: &str, back_s: i64) -> String {
+        let by = d(back_s as f64);
+        match self.lang {
+            Lang::En => format!(
+                "the orchestrator's clock went back {by} (this event follows one dated {after}): times on either side are not comparable, so no RTO is measured"
+            ),
+            Lang::Fr => format!(
+                "l'horloge de l'orchestrateur a reculé de {by} (cet événement suit un autre daté {after}) : les heures de part et d'autre ne sont pas comparables, aucun RTO n'est donc mesuré"
+            ),
+        }
+    }
+
     pub fn interrupted(&self, reason: Option<&str>) -> String {
         match (self.lang, reason) {
             (Lang::En, None) => "run interrupted by the operator".to_string(),

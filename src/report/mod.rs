@@ -247,6 +247,14 @@ pub enum Problem {
         bytes: u64,
         kept_in: String,
     },
+    /// An event of the run is dated well before one journaled ahead of it: the clock of the
+    /// orchestrator went back (set back, or a resume on a machine whose clock is behind). The
+    /// times on either side are not comparable, so no RTO is measured.
+    ClockWentBack {
+        at: DateTime<Utc>,
+        /// The latest time journaled before it.
+        after: DateTime<Utc>,
+    },
 }
 
 /// A recommendation, derived from the data; `text` is in the report's language.
@@ -398,6 +406,9 @@ struct RunFacts<'a> {
     stop_reason: Option<String>,
     /// The problems the journal states as such (a forced readiness, a repaired journal).
     repairs: Vec<Problem>,
+    /// The latest time journaled so far, and the first time the clock went back from it.
+    latest: Option<DateTime<Utc>>,
+    clock_back: Option<(DateTime<Utc>, DateTime<Utc>)>,
     operators: Vec<String>,
 }
 
@@ -414,6 +425,7 @@ impl<'a> RunFacts<'a> {
     }
 
     fn record(&mut self, e: &'a Event) {
+        self.watch_clock(e);
         match e {
             Event::StepStarted { .. }
             | Event::StepOutput { .. }
@@ -511,6 +523,22 @@ impl<'a> RunFacts<'a> {
         }
     }
 
+    /// Whether the clock went back: an event dated more than [`CLOCK_SLACK_S`] before the
+    /// latest journaled ahead of it. A confirmation is dated by the process (or the machine)
+    /// that gave it, and may be taken long after: it is not compared.
+    fn watch_clock(&mut self, e: &Event) {
+        if matches!(e, Event::Confirmed { .. }) {
+            return;
+        }
+        let at = e.at();
+        if let Some(latest) = self.latest
+            && (latest - at).num_milliseconds() > CLOCK_SLACK_S * 1000
+        {
+            self.clock_back.get_or_insert((at, latest));
+        }
+        self.latest = Some(self.latest.map_or(at, |l| l.max(at)));
+    }
+
     /// An event of one step (the others are `record`'s).
     fn record_step(&mut self, e: &'a Event) {
         match e {
@@ -566,6 +594,11 @@ impl<'a> RunFacts<'a> {
         }
     }
 }
+
+/// How far back an event may be dated from one journaled ahead of it before the clock is
+/// said to have gone back: steps running at once date their events before they hand them
+/// over, so a few out of order by a moment are normal.
+const CLOCK_SLACK_S: i64 = 5;
 
 /// Seconds from `from` to `t`.
 fn secs_since(from: DateTime<Utc>, t: DateTime<Utc>) -> f64 {
@@ -973,7 +1006,9 @@ fn service_report(run: &Run, id: &str) -> ServiceReport {
         .count();
     let status = service_status(&statuses, done);
     let reason = service_reason(run, status, &main, &statuses);
-    let achieved = if status == ServiceStatus::Recovered {
+    // A clock that went back makes any span of the run's times unknown.
+    let clock_sure = run.facts.clock_back.is_none();
+    let achieved = if status == ServiceStatus::Recovered && clock_sure {
         achieved_rto(run, &main)
     } else {
         None
@@ -981,7 +1016,7 @@ fn service_report(run: &Run, id: &str) -> ServiceReport {
     let rto_target_s = rec.map(|r| r.rto_target_s).unwrap_or(0);
     let rto_met = match status {
         ServiceStatus::NothingToDo => None,
-        _ if rec.is_none() => None,
+        _ if rec.is_none() || !clock_sure => None,
         _ => Some(achieved.is_some_and(|a| a <= rto_target_s as f64)),
     };
     let used = points_used(run, id);
@@ -1120,6 +1155,9 @@ fn problems(run: &Run, services: &[ServiceReport]) -> Vec<Problem> {
         });
     }
     problems.extend(run.facts.repairs.iter().cloned());
+    if let Some((at, after)) = run.facts.clock_back {
+        problems.push(Problem::ClockWentBack { at, after });
+    }
     problems
 }
 
@@ -1646,12 +1684,77 @@ mod tests {
         .unwrap()
     }
 
+    /// A run resumed on a machine whose clock is ten minutes behind: its health check "ends"
+    /// before the run started, which is no RTO at all. None is claimed, and the report says
+    /// why; a confirmation dated by the process that gave it, or events a moment out of
+    /// order, are no clock gone back.
+    #[test]
+    fn no_rto_is_claimed_across_a_clock_that_went_back() {
+        let mut events = vec![started(None)];
+        events.extend(run("db/start", 0, 100, StepStatus::Done));
+        events.push(Event::RunFinished {
+            at: t(101),
+            status: RunStatus::Interrupted,
+        });
+        events.push(Event::RunResumed {
+            at: t(-500),
+            operator: "sofia".into(),
+            machine: "pra-laptop".into(),
+        });
+        events.extend(run("db/healthy", -490, -480, StepStatus::Done));
+        events.extend(run("app/start", -480, -470, StepStatus::Done));
+        events.push(Event::RunFinished {
+            at: t(-470),
+            status: RunStatus::Succeeded,
+        });
+        let r = build_of(&events);
+        for s in &r.services {
+            assert_eq!((s.achieved_rto_s, s.rto_met), (None, None), "{}", s.id);
+        }
+        assert_eq!(r.rto_measured, 0);
+        assert!(
+            r.problems.iter().any(|p| matches!(
+                p,
+                Problem::ClockWentBack { at, after } if *at == t(-500) && *after == t(101)
+            )),
+            "{:?}",
+            r.problems
+        );
+        assert_eq!(r.result, Outcome::RecoveredWithIssues);
+        let md = render::render(&r, render::Format::Md, Lang::En);
+        assert!(md.contains("clock went back"), "{md}");
+
+        let mut events = vec![started(None)];
+        events.extend(run("db/start", 0, 20, StepStatus::Done));
+        events.push(Event::Confirmed {
+            at: t(-1000),
+            step: "db/start".into(),
+            by: "karim".into(),
+            note: None,
+        });
+        events.extend(run("db/healthy", 17, 30, StepStatus::Done));
+        events.extend(run("app/start", 30, 40, StepStatus::Done));
+        events.push(Event::RunFinished {
+            at: t(40),
+            status: RunStatus::Succeeded,
+        });
+        let r = build_of(&events);
+        assert!(
+            !r.problems
+                .iter()
+                .any(|p| matches!(p, Problem::ClockWentBack { .. })),
+            "{:?}",
+            r.problems
+        );
+        assert_eq!(r.services[0].achieved_rto_s, Some(30.0));
+    }
+
     #[test]
     fn rto_runs_to_the_last_health_check_and_data_loss_to_the_point_used() {
         let mut events = vec![started(Some(t(-120)))];
         events.extend(run("db/start", 0, 20, StepStatus::Done));
         events.push(Event::ReplicaPointUsed {
-            at: t(1),
+            at: t(20),
             step: "db/start".into(),
             item: "erp-db".into(),
             point: "p7".into(),

@@ -220,6 +220,11 @@ fn problem_line(p: &Problem, l: &Labels) -> (String, String, Option<String>) {
             note,
         } => (step.clone(), l.unverified_start(item, point), note.clone()),
         Problem::LagUnknown { service, why } => (service.clone(), l.lag_unknown(why), None),
+        Problem::ClockWentBack { at, after } => (
+            time(*at),
+            l.clock_went_back(&time(*after), (*after - *at).num_seconds()),
+            None,
+        ),
     }
 }
 
