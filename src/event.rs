@@ -1,6 +1,8 @@
 //! The typed events of a run. The runner emits them; the journal, the terminal view and the
 //! report consume them. An event is a fact with its time; it never carries a secret.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -78,6 +80,11 @@ pub enum Event {
         /// The latest `reprise check` before the run.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         readiness: Option<Box<Readiness>>,
+        /// The replica points the operator asked a failover to start from (`--point`,
+        /// `--point-before`, `--accept-unverified`): a resume starts the vms left from the
+        /// same.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        points: Option<Box<PointChoice>>,
     },
     StepStarted {
         at: DateTime<Utc>,
@@ -307,6 +314,23 @@ impl RunPlan {
     }
 }
 
+/// Which replica point a failover starts the vms from (`failover --point VM=ID`,
+/// `--point-before TIME`); by default the newest point that did not fail verification. A vm
+/// named in `accept_unverified` (or every vm, with `*`) may start from its copy as it is
+/// when nothing proves it (journaled as unverified).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointChoice {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_vm: BTreeMap<String, String>,
+    /// For every vm not in `by_vm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accept_unverified: Vec<String>,
+}
+
 /// How a run started, read back from its events.
 #[derive(Debug, Clone)]
 pub struct Started {
@@ -319,6 +343,8 @@ pub struct Started {
     pub operator: String,
     pub sources_digest: String,
     pub steps: Vec<String>,
+    /// The replica points its operator asked for (a failover).
+    pub points: PointChoice,
 }
 
 impl Started {
@@ -335,6 +361,7 @@ impl Started {
                 operator,
                 sources_digest,
                 steps,
+                points,
                 ..
             } => Some(Started {
                 at: *at,
@@ -346,6 +373,7 @@ impl Started {
                 operator: operator.clone(),
                 sources_digest: sources_digest.clone(),
                 steps: steps.clone(),
+                points: points.as_deref().cloned().unwrap_or_default(),
             }),
             _ => None,
         })

@@ -711,6 +711,8 @@ pub fn start(
         incident_at: opts.incident_at,
         plan: Some(Box::new(RunPlan::of(&plan))),
         readiness: readiness.map(Box::new),
+        points: (opts.exec.run.points != runner::PointChoice::default())
+            .then(|| Box::new(opts.exec.run.points.clone())),
     };
     let mut first = vec![first];
     if !forced.is_empty() {
@@ -863,7 +865,10 @@ pub fn resume(
         first,
         prior,
     };
-    let status = execute(model, launch, exec, view, shutdown)?;
+    // The vms left start from the points the operator asked for when the run started.
+    let mut exec = exec.clone();
+    exec.run.points = start.points.clone();
+    let status = execute(model, launch, &exec, view, shutdown)?;
     let pruned = after_run(state_dir, exec.keep_runs, &run_id);
     Ok(RunOutcome {
         run_id,

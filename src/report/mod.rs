@@ -1652,6 +1652,7 @@ mod tests {
                 critical_path: Vec::new(),
             })),
             readiness: None,
+            points: None,
         }
     }
 

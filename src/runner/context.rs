@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 // Tokio's clock, so that paused time in tests drives deadlines and polling alike.
 use tokio::time::Instant;
@@ -99,18 +98,7 @@ pub struct RunContext {
     pub prior: HashMap<String, Prior>,
 }
 
-/// Which replica point a failover starts the vms from (`failover --point VM=ID`,
-/// `--point-before TIME`); by default the newest point that did not fail verification. A vm
-/// named in `accept_unverified` (or every vm, with `*`) may start from its copy as it is
-/// when nothing proves it (journaled as unverified).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PointChoice {
-    pub by_vm: HashMap<String, String>,
-    /// For every vm not in `by_vm`.
-    pub all: Option<String>,
-    pub before: Option<DateTime<Utc>>,
-    pub accept_unverified: Vec<String>,
-}
+pub use crate::event::PointChoice;
 
 impl PointChoice {
     /// What the operator asked for `vm`, as [`crate::replica::choice`] takes it.

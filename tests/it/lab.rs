@@ -1752,3 +1752,94 @@ fn a_failback_never_copies_a_replica_over_newer_production_data() {
     assert_eq!(runs(), 0, "a refused failback started a run");
     assert!(std::fs::read(&disk).unwrap() == production);
 }
+
+/// An emergency failover asked to start from the last point before a time (the state before
+/// an attack), stopped while it waits for the operator, before erp-db starts: the resume
+/// starts erp-db from that point too, not from the newest one.
+#[test]
+fn a_resumed_failover_starts_from_the_point_the_operator_asked_for() {
+    let lab = Lab::up(233);
+    let disk = lab
+        .host_root("hv-main")
+        .join("srv/datastore/images/erp-db-system.qcow2");
+    // Last night's point is before `before`; a newer one, made after it, is not.
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = chrono::Utc::now();
+    std::thread::sleep(Duration::from_millis(1100));
+    let wrote = tool(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x66 0 64k",
+            disk.to_str().unwrap(),
+        ],
+    );
+    assert!(wrote.status.success(), "{wrote:?}");
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let before_text = before.to_rfc3339();
+    let mut child = lab.spawn(&[
+        "failover",
+        "--emergency",
+        "--service",
+        "erp-db",
+        "--point-before",
+        &before_text,
+        "--yes",
+        "--no-prompt",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !(lab.state().join("runs").exists()
+        && lab
+            .journal()
+            .iter()
+            .any(|e| e["event"] == "waiting_for_operator"))
+    {
+        assert!(Instant::now() < deadline, "no manual step waited");
+        assert!(child.try_wait().unwrap().is_none(), "the failover ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert!(
+        !lab.journal()
+            .iter()
+            .any(|e| e["event"] == "replica_point_used"),
+        "erp-db started before the stop: {:#?}",
+        lab.journal()
+    );
+    let mut resumed = lab.spawn(&["resume", "latest", "--no-prompt"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !lab.journal().iter().any(|e| e["event"] == "run_resumed") {
+        assert!(Instant::now() < deadline, "the run was not resumed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut exit = None;
+    lab.confirm_until(
+        || {
+            exit = resumed.try_wait().unwrap();
+            exit.is_some()
+        },
+        Duration::from_secs(240),
+    );
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "{exit:?} {:#?}",
+        lab.journal()
+    );
+    let used: Vec<serde_json::Value> = lab
+        .journal()
+        .into_iter()
+        .filter(|e| e["event"] == "replica_point_used" && e["item"] == "erp-db")
+        .collect();
+    assert_eq!(used.len(), 1, "{used:#?}");
+    let taken_at: chrono::DateTime<chrono::Utc> =
+        used[0]["taken_at"].as_str().unwrap().parse().unwrap();
+    assert!(taken_at < before, "{before}: {:#?}", used[0]);
+}
