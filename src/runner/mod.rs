@@ -369,8 +369,27 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
     }
     // Undoing is running commands too: not once the journal stopped recording.
     if board.planned_failure && ctx.options.rollback && out.failed.is_none() {
-        let undone =
-            rollback::undo_done(&ctx, &board.done_order, &mut board.defined, &mut out).await;
+        // The vm starts that ran, whatever came of them: a roll-back starts no vm again next
+        // to one of them still running.
+        let starts: Vec<usize> = (0..ctx.plan.steps.len())
+            .filter(|&i| {
+                ctx.plan.steps[i].action.as_deref() == Some("start")
+                    && matches!(
+                        board.state[i],
+                        State::Finished(
+                            StepStatus::Done | StepStatus::Failed | StepStatus::TimedOut
+                        )
+                    )
+            })
+            .collect();
+        let undone = rollback::undo_done(
+            &ctx,
+            &board.done_order,
+            &starts,
+            &mut board.defined,
+            &mut out,
+        )
+        .await;
         for i in undone {
             board.state[i] = State::Finished(StepStatus::RolledBack);
         }

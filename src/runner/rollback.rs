@@ -15,9 +15,12 @@ use crate::event::Event;
 use crate::plan::{Action, PlannedStep};
 
 /// Undoes the steps done, last first, each journaled (`UndoFinished`): the steps undone.
+/// `starts`: the vm starts of the run that ran (done, failed or timed out); the undo of a vm
+/// stop of their service waits for each to say its vm is stopped (see [`still_running`]).
 pub(super) async fn undo_done(
     ctx: &RunContext,
     done_order: &[usize],
+    starts: &[usize],
     defined: &mut HashMap<usize, Defined>,
     out: &mut Out<'_>,
 ) -> Vec<usize> {
@@ -30,6 +33,21 @@ pub(super) async fn undo_done(
         else {
             continue;
         };
+        if step.kind == "vm"
+            && step.action.as_deref() == Some("stop")
+            && let Some(why) = still_running(ctx, step, starts).await
+        {
+            out.emit(&Event::UndoFinished {
+                at: Utc::now(),
+                step: step.id.clone(),
+                ok: false,
+                message: Some(format!(
+                    "not undone: {why}; starting it again would run the vm of {} on both sites, writing diverging data. Stop the copy that must not run, then start this one by hand if needed",
+                    step.service
+                )),
+            });
+            continue;
+        }
         // A start is undone only for a vm that was not running before it.
         let before = step
             .state_before
@@ -60,6 +78,45 @@ pub(super) async fn undo_done(
         }
     }
     undone
+}
+
+/// Before the undo of a vm stop starts that vm again: why a start of the same service in
+/// this run may still run it elsewhere (its driver's `status`, asked now, does not say it is
+/// stopped, or does not fail as for a vm not defined there: its undo failed, it timed out,
+/// the host stopped answering, the vm is paused), or `None`.
+async fn still_running(ctx: &RunContext, stop: &PlannedStep, starts: &[usize]) -> Option<String> {
+    for &k in starts {
+        let start = &ctx.plan.steps[k];
+        if start.service != stop.service || start.host == stop.host {
+            continue;
+        }
+        let Some(status) = &start.state_before else {
+            return Some(format!(
+                "{} started the vm on {} and its driver cannot say whether it still runs",
+                start.id,
+                start.host.as_deref().unwrap_or("its host")
+            ));
+        };
+        let said = exec(ctx, start, status, Some(StdDuration::from_secs(60))).await;
+        // A status that fails on a host that answered (libvirt's for a domain not defined
+        // there, as a failed start leaves it) says no vm of that name runs.
+        let stopped = said.as_ref().is_ok_and(|o| {
+            let state = super::exec::said_running(o);
+            state == Some(false) || (state.is_none() && o.exit_code != 0)
+        });
+        if !stopped {
+            let what = match &said {
+                Ok(o) => o.stdout.trim().chars().take(200).collect::<String>(),
+                Err(e) => e.message.clone(),
+            };
+            return Some(format!(
+                "{} started the vm on {}, which its driver's status does not say is stopped now ({what})",
+                start.id,
+                start.host.as_deref().unwrap_or("its host")
+            ));
+        }
+    }
+    None
 }
 
 /// Runs a step's `undo`, unless its vm was running before it (or that is not known).

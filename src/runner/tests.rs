@@ -68,8 +68,15 @@ impl Transport for Fake {
             });
         }
         if let Some(said) = command.split("says:").nth(1) {
+            // `says:A then:B`: A the first time, B after.
+            let said = match said.split_once(" then:") {
+                Some((first, _)) if count == 1 => first,
+                Some((_, then)) => then,
+                None => said,
+            };
+            // Nothing to say: the command failed.
             return Ok(ExecOutput {
-                exit_code: 0,
+                exit_code: i32::from(said.is_empty()),
                 stdout: format!("{said}\n"),
                 stderr: String::new(),
                 truncated: false,
@@ -1219,4 +1226,114 @@ async fn command_checks_poll_until_healthy_or_their_deadline() {
     // Every 5 s for 20 s: a handful of tries, not a busy loop.
     let tries = cmds.iter().filter(|c| *c == "fail").count();
     assert!((4..=6).contains(&tries), "{tries} tries");
+}
+
+/// A roll-back never starts a vm's primary again while this run may have left the same vm
+/// running on its recovery copy (the undo of its start failed; its start failed without an
+/// answer yet took effect; its driver cannot say): that would run one vm on both sites,
+/// writing diverging data. Once the copy says it is stopped (or its status fails, as for a
+/// vm no longer defined there), the primary is started again, and the other services are
+/// undone as before.
+#[test]
+fn a_roll_back_starts_no_vm_next_to_a_copy_this_run_may_have_left_running() {
+    let vm_step = |id: &str, host: &str, after: &[&str], action: &str, run: &str, undo: &str| {
+        let mut s = exec_step(id, host, after, run);
+        s.kind = "vm";
+        s.action = Some(action.into());
+        s.action_spec = Action::Exec {
+            run: Command::text(run),
+            verify: None,
+            undo: Some(Command::text(undo)),
+        };
+        s.undo = Some(undo.into());
+        s
+    };
+    // (start, its undo, what the copy's status says before the start then after, whether
+    // db's primary is started again)
+    let cases = [
+        (
+            "start db copy",
+            "stop db copy fail",
+            "shut off then:running",
+            false,
+        ),
+        (
+            "start db copy unreachable",
+            "stop db copy",
+            "shut off then:running",
+            false,
+        ),
+        (
+            "start db copy",
+            "stop db copy",
+            "shut off then:paused",
+            false,
+        ),
+        (
+            "start db copy fail",
+            "stop db copy",
+            "shut off then:shut off",
+            true,
+        ),
+        (
+            "start db copy",
+            "stop db copy",
+            "shut off then:shut off",
+            true,
+        ),
+        // Its status fails: no vm of that name is defined there any more.
+        ("start db copy", "stop db copy", "shut off then:", true),
+    ];
+    for (start, undo, said, again) in cases {
+        let mut copy = vm_step("db/start", "h2", &["db/stop-primary"], "start", start, undo);
+        copy.state_before = Some(Command::text(format!("status db copy says:{said}")));
+        let steps = vec![
+            vm_step(
+                "app/stop-primary",
+                "h1",
+                &[],
+                "stop",
+                "stop app",
+                "start app",
+            ),
+            vm_step("db/stop-primary", "h1", &[], "stop", "stop db", "start db"),
+            copy,
+            exec_step(
+                "db/healthy",
+                "h2",
+                &["db/start", "app/stop-primary"],
+                "healthy fail",
+            ),
+        ];
+        let fake = Arc::new(Fake::default());
+        let (status, events) = go(
+            plan(Mode::Failover, false, steps),
+            fake.clone(),
+            HashMap::new(),
+            RunOptions::default(),
+        );
+        let case = format!("{start} / {undo} / {said}");
+        assert_eq!(status, RunStatus::Failed, "{case}");
+        let commands = fake.commands();
+        assert!(
+            commands.iter().any(|c| c == "start app"),
+            "{case}: {commands:?}"
+        );
+        assert_eq!(
+            commands.iter().any(|c| c == "start db"),
+            again,
+            "{case}: {commands:?}"
+        );
+        let undo = events.0.iter().find_map(|e| match e {
+            Event::UndoFinished {
+                step, ok, message, ..
+            } if step == "db/stop-primary" => Some((*ok, message.clone().unwrap_or_default())),
+            _ => None,
+        });
+        let (ok, message) = undo.unwrap_or_else(|| panic!("{case}: {:#?}", events.0));
+        assert_eq!(ok, again, "{case}: {message}");
+        if !again {
+            assert!(message.contains("both sites"), "{case}: {message}");
+        }
+    }
 }
