@@ -53,7 +53,17 @@ pub(super) async fn undo_done(
             .state_before
             .as_ref()
             .map(|_| out.running_before.get(&step.id).copied().flatten());
-        let (ok, message) = undo_step(ctx, step, undo, before).await;
+        let (ok, mut message) = undo_step(ctx, step, undo, before).await;
+        // A failover's start undone: the vm no longer runs on its recovery copies.
+        if ok
+            && before != Some(Some(true))
+            && let Some(note) = super::vm::undone(ctx, step).await
+        {
+            message = Some(match message {
+                Some(m) => format!("{m}; {note}"),
+                None => note,
+            });
+        }
         // What the step defined goes with it, once the vm it started is stopped (for a vm
         // that was running before, only a definition it replaced is put back).
         let (ok, message) = match defined.remove(&i) {

@@ -218,3 +218,37 @@ pub(super) async fn after_replica(
     });
     out
 }
+
+/// After a roll-back stopped a vm a failover step had started on its recovery copies: the
+/// lease of the run on them is released, so that no failback takes them for the newer data
+/// of a vm that runs there (production runs again on the primary) and replication may write
+/// into them again. A note for the undo's message.
+pub(super) async fn undone(ctx: &RunContext, step: &PlannedStep) -> Option<String> {
+    let replica = step
+        .replica
+        .clone()
+        .filter(|r| r.role == ReplicaRole::Start)?;
+    let (transport, run, step_id) = (
+        ctx.transport.clone(),
+        ctx.plan.run_id.clone(),
+        step.id.clone(),
+    );
+    let vm = replica.vm.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        start::after(
+            &Remote::new(transport.as_ref()),
+            copies(&replica),
+            &run,
+            &step_id,
+            Used::NotStarted,
+        )
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the replica task failed: {e}")));
+    Some(match result {
+        Ok(_) => format!("the recovery copies of vm {vm} were released"),
+        Err(e) => format!(
+            "the recovery copies of vm {vm} are still leased to this run ({e}): `reprise release {vm}` frees them"
+        ),
+    })
+}

@@ -1843,3 +1843,87 @@ fn a_resumed_failover_starts_from_the_point_the_operator_asked_for() {
         used[0]["taken_at"].as_str().unwrap().parse().unwrap();
     assert!(taken_at < before, "{before}: {:#?}", used[0]);
 }
+
+/// A planned failover rolled back after erp-db started on hv-pra: production runs again on
+/// hv-main and writes, so the recovery copies hold nothing newer. The roll-back releases
+/// them, and a failback then refuses to copy them back over production's newer disks.
+#[test]
+fn a_rolled_back_failover_leaves_no_copy_a_failback_would_take_for_newer_data() {
+    let lab = Lab::up(234);
+    // erp-app's definition gains a NIC on a bridge hv-pra has no mapping for: forced, the
+    // failover starts erp-db on hv-pra, then stops at erp-app's definition and rolls back.
+    let file = lab.lab().join("hosts/hv-main/definitions/erp-app.xml");
+    let good = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        good.replacen("bridge='br-servers'", "bridge='br-backup'", 1),
+    )
+    .unwrap();
+    let exit = lab.run_confirming(
+        &[
+            "failover",
+            "--yes",
+            "--no-prompt",
+            "--service",
+            "erp-db",
+            "--service",
+            "erp-app",
+            "--only",
+            "--force",
+        ],
+        Duration::from_secs(240),
+    );
+    assert_eq!(exit.code(), Some(1), "{:#?}", lab.journal());
+    let journal = lab.journal();
+    let undone = journal
+        .iter()
+        .find(|e| e["event"] == "undo_finished" && e["step"] == "erp-db/start")
+        .unwrap_or_else(|| panic!("erp-db/start not undone: {journal:#?}"));
+    assert_eq!(undone["ok"], true, "{undone}");
+    assert!(
+        undone["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the recovery copies of vm erp-db were released")),
+        "{undone}"
+    );
+    // Production writes again, then is stopped for the failback.
+    let disk = lab
+        .host_root("hv-main")
+        .join("srv/datastore/images/erp-db-system.qcow2");
+    let wrote = tool(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x77 0 64k",
+            disk.to_str().unwrap(),
+        ],
+    );
+    assert!(wrote.status.success(), "{wrote:?}");
+    let production = std::fs::read(&disk).unwrap();
+    let host = lab.lab().join("hosts/hv-main");
+    let stopped = Command::new(host.join("bin/lab-vm"))
+        .args(["stop", "erp-db"])
+        .env("LAB_HOST", "hv-main")
+        .env("LAB_HOST_DIR", &host)
+        .env("LAB_DIR", lab.lab())
+        .output()
+        .unwrap();
+    assert!(stopped.status.success(), "{stopped:?}");
+    let run = lab.run(&[
+        "failback",
+        "--yes",
+        "--no-prompt",
+        "--service",
+        "erp-db",
+        "--only",
+    ]);
+    assert_eq!(run.code, 7, "{run:?}");
+    assert!(
+        run.stderr.contains("was not started by a failover"),
+        "{}",
+        run.stderr
+    );
+    assert!(std::fs::read(&disk).unwrap() == production);
+}
