@@ -54,7 +54,8 @@ pub(super) async fn undo_done(
             .as_ref()
             .map(|_| out.running_before.get(&step.id).copied().flatten());
         let (ok, mut message) = undo_step(ctx, step, undo, before).await;
-        // A failover's start undone: the vm no longer runs on its recovery copies.
+        // A failover's start undone: the vm no longer runs on its recovery copies; a
+        // failback's: its recovery copies hold its newest data again.
         if ok
             && before != Some(Some(true))
             && let Some(note) = super::vm::undone(ctx, step).await

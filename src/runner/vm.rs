@@ -219,15 +219,24 @@ pub(super) async fn after_replica(
     out
 }
 
-/// After a roll-back stopped a vm a failover step had started on its recovery copies: the
-/// lease of the run on them is released, so that no failback takes them for the newer data
-/// of a vm that runs there (production runs again on the primary) and replication may write
-/// into them again. A note for the undo's message.
+/// After a roll-back stopped a vm a start step of the run had started. A failover's start:
+/// the lease of the run on its recovery copies is released, so that no failback takes them
+/// for the newer data of a vm that runs there (production runs again on the primary) and
+/// replication may write into them again. A failback's start on the primary: its recovery
+/// copies, which the start released, are leased to it again, since they hold what it wrote
+/// there since the failover (the roll-back starts it there again) and no replication may
+/// write into them. A note for the undo's message.
 pub(super) async fn undone(ctx: &RunContext, step: &PlannedStep) -> Option<String> {
     let replica = step
         .replica
         .clone()
-        .filter(|r| r.role == ReplicaRole::Start)?;
+        .filter(|r| matches!(r.role, ReplicaRole::Start | ReplicaRole::FailedBack))?;
+    let failed_back = replica.role == ReplicaRole::FailedBack;
+    let used = if failed_back {
+        Used::Started
+    } else {
+        Used::NotStarted
+    };
     let (transport, run, step_id) = (
         ctx.transport.clone(),
         ctx.plan.run_id.clone(),
@@ -240,15 +249,21 @@ pub(super) async fn undone(ctx: &RunContext, step: &PlannedStep) -> Option<Strin
             copies(&replica),
             &run,
             &step_id,
-            Used::NotStarted,
+            used,
         )
     })
     .await
     .unwrap_or_else(|e| Err(format!("the replica task failed: {e}")));
-    Some(match result {
-        Ok(_) => format!("the recovery copies of vm {vm} were released"),
-        Err(e) => format!(
+    Some(match (result, failed_back) {
+        (Ok(_), false) => format!("the recovery copies of vm {vm} were released"),
+        (Ok(_), true) => format!(
+            "the recovery copies of vm {vm} are leased to it again: they hold what it wrote there since the failover, and no replication writes into them"
+        ),
+        (Err(e), false) => format!(
             "the recovery copies of vm {vm} are still leased to this run ({e}): `reprise release {vm}` frees them"
+        ),
+        (Err(e), true) => format!(
+            "the recovery copies of vm {vm} could not be leased to it again ({e}): they hold what it wrote there since the failover; no replication may write into them (see `reprise check`)"
         ),
     })
 }
