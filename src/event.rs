@@ -270,6 +270,10 @@ pub struct StepRecord {
     /// An https health check that accepted the server's certificate without verifying it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tls_unverified: bool,
+    /// A vm step's action (`stop`, `start`, …): the report counts no data lost after a
+    /// point only when a `stop` shows the vm no longer wrote. Absent in older journals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
 }
 
 impl RunPlan {
@@ -306,6 +310,7 @@ impl RunPlan {
                         &s.action_spec,
                         crate::plan::Action::Http { tls, .. } if tls.insecure
                     ),
+                    action: s.action.clone(),
                 })
                 .collect(),
             estimated_s: plan.estimate.total.secs(),

@@ -200,11 +200,11 @@ impl Labels {
     pub fn count_rpo(&self, n: usize, of: usize, points_used: bool) -> String {
         match (self.lang, of) {
             (Lang::En, 0) if points_used => {
-                "data loss (RPO): not measured (no service recovered from a verified replica point or a measured replication lag)"
+                "data loss (RPO): not measured (no service recovered from a verified replica point or a measured replication lag, or its loss could not be measured: the services table says why)"
                     .to_string()
             }
             (Lang::Fr, 0) if points_used => {
-                "perte de données (RPO) : non mesurée (aucun service rétabli depuis un point de réplique vérifié ou un retard de réplication mesuré)"
+                "perte de données (RPO) : non mesurée (aucun service rétabli depuis un point de réplique vérifié ou un retard de réplication mesuré, ou sa perte n'a pas pu être mesurée : le tableau des services dit pourquoi)"
                     .to_string()
             }
             (Lang::En, 0) => "data loss (RPO): no replica point was used in this run".to_string(),
@@ -291,6 +291,24 @@ impl Labels {
             Lang::Fr => format!(
                 "perte de données non mesurée : le retard de réplication de l'application est inconnu ({why})"
             ),
+        }
+    }
+
+    pub fn loss_still_running(&self, item: &str, point: &str) -> String {
+        match self.lang {
+            Lang::En => format!(
+                "nothing in the journal shows {item} stopped before its point {point} was taken: what was written to it after that point may be lost"
+            ),
+            Lang::Fr => format!(
+                "rien dans le journal ne montre {item} arrêté avant la prise de son point {point} : ce qui y a été écrit après ce point peut être perdu"
+            ),
+        }
+    }
+
+    pub fn loss_unknown(&self, why: &str) -> String {
+        match self.lang {
+            Lang::En => format!("data loss not measured: {why}"),
+            Lang::Fr => format!("perte de données non mesurée : {why}"),
         }
     }
 

@@ -111,8 +111,12 @@ pub struct ServiceReport {
     pub rto_met: Option<bool>,
     pub estimated_rto_s: u64,
     pub rpo_target_s: Option<u64>,
-    /// The oldest replica point used for it, measured from `measured_from`.
+    /// What it lost: from the point it finally runs from to when its vm stopped writing (the
+    /// run stopped it, or the incident); see `data_loss_unknown` when not measured.
     pub data_loss_s: Option<f64>,
+    /// Why the data loss of a service that recovered from replica points is not measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_loss_unknown: Option<String>,
     pub rpo_met: Option<bool>,
     pub points: Vec<PointUsed>,
     /// For a service its application replicates: the lag its probe read just before the
@@ -225,6 +229,12 @@ pub enum Problem {
     },
     /// A service's application replication lag could not be read: its data loss is unknown.
     LagUnknown {
+        service: String,
+        why: String,
+    },
+    /// A service recovered from replica points whose data loss cannot be measured (its vm
+    /// may have written after its point was taken).
+    DataLossUnknown {
         service: String,
         why: String,
     },
@@ -698,6 +708,7 @@ fn step_records(plan: &RunPlan, step_ids: &[String]) -> Vec<StepRecord> {
                 after: Vec::new(),
                 expected_s: 0,
                 tls_unverified: false,
+                action: None,
             })
             .collect()
     } else {
@@ -961,32 +972,99 @@ fn lag_used(run: &Run, id: &str, rec: Option<&ServiceRecord>) -> Option<LagUsed>
     })
 }
 
-/// Data was recovered only by a service that recovered: its data loss is the age of the
-/// oldest point it started from. A service its application replicates: its data loss is the
-/// lag its probe read, never a disk point's age.
+/// The point each item of a service finally runs from: of the steps that finished done, the
+/// last point a vm step started it from (a retry after a roll-back or a resume may start from
+/// a newer one than the first attempt); for an item no vm step started (a backup set), the
+/// last point a replicate step made of it.
+fn final_points<'r>(run: &'r Run, id: &str) -> Vec<&'r PointUsed> {
+    let mut items: Vec<&str> = Vec::new();
+    let mut started: HashMap<&str, &PointUsed> = HashMap::new();
+    let mut made: HashMap<&str, &PointUsed> = HashMap::new();
+    for (step, p) in &run.facts.points {
+        let Some(rec) = run
+            .steps
+            .index
+            .get(step.as_str())
+            .map(|&i| &run.steps.records[i])
+        else {
+            continue;
+        };
+        if rec.service != id || run.steps.status_of(step) != Some(StepStatus::Done) {
+            continue;
+        }
+        if !items.contains(&p.item.as_str()) {
+            items.push(&p.item);
+        }
+        let last = if rec.kind == "replicate" {
+            &mut made
+        } else {
+            &mut started
+        };
+        last.insert(&p.item, p);
+    }
+    items
+        .into_iter()
+        .filter_map(|item| started.get(item).or_else(|| made.get(item)).copied())
+        .collect()
+}
+
+/// The data a copy from point `p` of a vm of service `id` lost: what the vm wrote from the
+/// moment the point was taken until it stopped writing. That is nothing only when the run had
+/// stopped it (a `stop` of the service's vms finished) before the point was taken; stopped
+/// after it, the loss runs to the end of that stop (with several vms in the service, the
+/// latest stop: never less than the loss); not stopped by the run, a point older than the
+/// incident (or the run's start) lost up to then, and a point taken during the run is not
+/// measured, with the reason.
+fn copy_loss(run: &Run, id: &str, p: &PointUsed) -> Result<f64, String> {
+    let stops: Vec<DateTime<Utc>> = run
+        .steps
+        .records
+        .iter()
+        .filter(|s| s.service == id && s.kind == "vm" && s.action.as_deref() == Some("stop"))
+        .filter(|s| run.steps.status_of(&s.id) == Some(StepStatus::Done))
+        .filter_map(|s| run.steps.facts.get(s.id.as_str()).and_then(|f| f.end))
+        .collect();
+    let before_incident = secs_since(p.taken_at, run.measured_from).max(0.0);
+    if let Some(stopped) = stops.iter().filter(|&&e| e > p.taken_at).max() {
+        return Ok(secs_since(p.taken_at, *stopped).max(before_incident));
+    }
+    if !stops.is_empty() || p.taken_at <= run.measured_from {
+        return Ok(before_incident);
+    }
+    Err(run.l.loss_still_running(&p.item, &p.point))
+}
+
+/// Data was recovered only by a service that recovered: its data loss is the largest loss of
+/// the points it finally runs from (see [`copy_loss`]), or why it is not measured. A service
+/// its application replicates: its data loss is the lag its probe read, never a disk point's
+/// age.
 fn data_loss(
     run: &Run,
+    id: &str,
     status: ServiceStatus,
-    used: &[PointUsed],
     lag: Option<&LagUsed>,
-) -> Option<f64> {
+) -> (Option<f64>, Option<String>) {
+    if status != ServiceStatus::Recovered {
+        return (None, None);
+    }
     // The older of what was started: a copy's point, and the application's lag (a copy
     // started for a service its application replicates loses what that copy lacks).
-    let copies_loss = used
-        .iter()
-        .map(|p| ((run.measured_from - p.taken_at).num_milliseconds() as f64 / 1000.0).max(0.0))
-        .fold(None, |acc: Option<f64>, x| {
-            Some(acc.map_or(x, |a| a.max(x)))
-        });
-    match lag {
+    let mut copies_loss: Option<f64> = None;
+    for p in final_points(run, id) {
+        match copy_loss(run, id, p) {
+            Ok(x) => copies_loss = Some(copies_loss.map_or(x, |a| a.max(x))),
+            Err(why) => return (None, Some(why)),
+        }
+    }
+    let loss = match lag {
         // A lag the journal holds that no probe could have said is not a measure.
         Some(lag) => lag
             .lag_s
             .filter(|l| l.is_finite() && *l >= 0.0)
             .map(|l| copies_loss.map_or(l, |c| c.max(l))),
         None => copies_loss,
-    }
-    .filter(|_| status == ServiceStatus::Recovered)
+    };
+    (loss, None)
 }
 
 /// One service: what became of it, against its targets.
@@ -1021,7 +1099,7 @@ fn service_report(run: &Run, id: &str) -> ServiceReport {
     };
     let used = points_used(run, id);
     let lag = lag_used(run, id, rec);
-    let data_loss_s = data_loss(run, status, &used, lag.as_ref());
+    let (data_loss_s, data_loss_unknown) = data_loss(run, id, status, lag.as_ref());
     // Within the target only when every point it used was verified; a loss beyond the
     // target is said either way.
     let rpo_target_s = rec.and_then(|r| r.rpo_target_s);
@@ -1042,6 +1120,7 @@ fn service_report(run: &Run, id: &str) -> ServiceReport {
         estimated_rto_s: rec.map(|r| r.estimated_rto_s).unwrap_or(0),
         rpo_target_s,
         data_loss_s,
+        data_loss_unknown,
         rpo_met,
         points: used,
         lag,
@@ -1137,6 +1216,12 @@ fn problems(run: &Run, services: &[ServiceReport]) -> Vec<Problem> {
     for s in services {
         if let Some(why) = s.lag.as_ref().and_then(|g| g.unknown.as_ref()) {
             problems.push(Problem::LagUnknown {
+                service: s.id.clone(),
+                why: why.clone(),
+            });
+        }
+        if let Some(why) = &s.data_loss_unknown {
+            problems.push(Problem::DataLossUnknown {
                 service: s.id.clone(),
                 why: why.clone(),
             });
@@ -1610,6 +1695,7 @@ mod tests {
             after: after.iter().map(|s| s.to_string()).collect(),
             expected_s: 10,
             tls_unverified: false,
+            action: None,
         }
     }
 
@@ -1984,6 +2070,142 @@ mod tests {
         let md = render(&r, Format::Md, Lang::En);
         assert!(md.contains("the newer points p7, p8"), "{md}");
         assert!(!md.contains("No step failed"), "{md}");
+    }
+
+    /// A run of service db alone with these steps (planned unless `incident` is given).
+    fn db_run(incident: Option<DateTime<Utc>>, steps: Vec<StepRecord>) -> Event {
+        let mut e = started(incident);
+        if let Event::RunStarted {
+            emergency,
+            steps: ids,
+            plan: Some(plan),
+            ..
+        } = &mut e
+        {
+            *emergency = incident.is_some();
+            *ids = steps.iter().map(|s| s.id.clone()).collect();
+            plan.services.truncate(1);
+            plan.steps = steps;
+        }
+        e
+    }
+
+    fn vm_step(id: &str, action: &str, after: &[&str]) -> StepRecord {
+        StepRecord {
+            action: Some(action.into()),
+            ..step(id, "vm", after)
+        }
+    }
+
+    fn point_at(step: &str, point: &str, taken_at: DateTime<Utc>, at: i64) -> Event {
+        Event::ReplicaPointUsed {
+            at: t(at),
+            step: step.into(),
+            item: "db".into(),
+            point: point.into(),
+            taken_at,
+            verified: true,
+            note: None,
+            dropped: Vec::new(),
+        }
+    }
+
+    /// A planned failover whose final sync of db is taken at 10 s: db's loss is nothing only
+    /// when a stop of db had finished by then; stopped after it, the loss runs to the stop;
+    /// never stopped by the run, it is not measured and the report says why.
+    #[test]
+    fn a_point_made_during_the_run_is_no_loss_only_after_the_vm_stopped() {
+        let report = |stop: Option<(i64, i64)>| {
+            let mut steps = vec![
+                step("db/final-sync", "replicate", &[]),
+                vm_step("db/start", "start", &["db/final-sync"]),
+            ];
+            let mut events = Vec::new();
+            if let Some((from, to)) = stop {
+                steps.insert(0, vm_step("db/stop-primary", "stop", &[]));
+                events.extend(run("db/stop-primary", from, to, StepStatus::Done));
+            }
+            events.insert(0, db_run(None, steps));
+            events.extend(run("db/final-sync", 5, 12, StepStatus::Done));
+            events.push(point_at("db/final-sync", "p9", t(10), 12));
+            events.push(point_at("db/start", "p9", t(10), 13));
+            events.extend(run("db/start", 12, 20, StepStatus::Done));
+            events.sort_by_key(Event::at);
+            events.push(Event::RunFinished {
+                at: t(60),
+                status: RunStatus::Succeeded,
+            });
+            let r = build_of(&events);
+            r.services.into_iter().find(|s| s.id == "db").unwrap()
+        };
+        // Stopped (1 s to 4 s) before the point was taken: nothing lost.
+        let db = report(Some((1, 4)));
+        assert_eq!((db.data_loss_s, db.rpo_met), (Some(0.0), Some(true)));
+        assert_eq!(db.data_loss_unknown, None);
+        // Stopped only after it (30 s to 40 s): it wrote for up to 30 s after its point.
+        let db = report(Some((30, 40)));
+        assert_eq!(db.data_loss_s, Some(30.0));
+        // Never stopped by the run: it may still be writing on the primary.
+        let db = report(None);
+        let md = render(
+            &RecoveryReport {
+                services: vec![db.clone()],
+                ..build_of(&[db_run(None, vec![])])
+            },
+            Format::Md,
+            Lang::En,
+        );
+        assert!(
+            md.contains("data loss not measured: nothing in the journal shows db stopped before its point p9"),
+            "{md}"
+        );
+        assert_eq!((db.data_loss_s, db.rpo_met), (None, None));
+        assert!(
+            db.data_loss_unknown.as_deref().is_some_and(
+                |w| w.contains("nothing in the journal shows db stopped before its point p9")
+            ),
+            "{db:?}"
+        );
+    }
+
+    /// An emergency failover (incident 2 min before the run) whose start of db was cut by a
+    /// stop, then resumed from a newer point: the loss is the age of the point db runs from.
+    #[test]
+    fn the_data_loss_is_that_of_the_point_the_vm_finally_runs_from() {
+        let mut events = vec![db_run(
+            Some(t(-120)),
+            vec![vm_step("db/start", "start", &[])],
+        )];
+        events.push(Event::StepStarted {
+            at: t(1),
+            step: "db/start".into(),
+            attempt: 1,
+            host: Some("hv".into()),
+        });
+        events.push(point_at("db/start", "p1", t(-3600), 2));
+        events.push(Event::RunFinished {
+            at: t(3),
+            status: RunStatus::Interrupted,
+        });
+        events.push(Event::RunResumed {
+            at: t(10),
+            operator: "nadia".into(),
+            machine: "laptop".into(),
+        });
+        let [again, done] = run("db/start", 10, 20, StepStatus::Done);
+        events.push(again);
+        events.push(point_at("db/start", "p2", t(-600), 11));
+        events.push(done);
+        events.push(Event::RunFinished {
+            at: t(21),
+            status: RunStatus::Succeeded,
+        });
+        let r = build_of(&events);
+        let db = &r.services[0];
+        assert_eq!(db.status, ServiceStatus::Recovered);
+        // From p2 (10 min before the run) to the incident (2 min before it).
+        assert_eq!(db.data_loss_s, Some(480.0));
+        assert_eq!(db.rpo_met, Some(true));
     }
 
     #[test]

@@ -64,6 +64,10 @@ fn points(s: &ServiceReport, l: &Labels) -> String {
     if s.points.is_empty() {
         return l.not_measured.to_string();
     }
+    let unknown = s
+        .data_loss_unknown
+        .as_deref()
+        .map(|why| l.loss_unknown(why));
     s.points
         .iter()
         .map(|p| {
@@ -79,6 +83,7 @@ fn points(s: &ServiceReport, l: &Labels) -> String {
                 }
             )
         })
+        .chain(unknown)
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -220,6 +225,7 @@ fn problem_line(p: &Problem, l: &Labels) -> (String, String, Option<String>) {
             note,
         } => (step.clone(), l.unverified_start(item, point), note.clone()),
         Problem::LagUnknown { service, why } => (service.clone(), l.lag_unknown(why), None),
+        Problem::DataLossUnknown { service, why } => (service.clone(), l.loss_unknown(why), None),
         Problem::ClockWentBack { at, after } => (
             time(*at),
             l.clock_went_back(&time(*after), (*after - *at).num_seconds()),
