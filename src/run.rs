@@ -526,13 +526,18 @@ pub struct CopyBack {
     pub running: (Option<bool>, String),
     /// Its recovery copies as the helper reads them, or why they cannot be read.
     pub copies: Result<Vec<crate::replica::CopyState>, String>,
+    /// The primary's disks the copies would overwrite (in the same order), as the helper
+    /// reads them there, or why they cannot be read.
+    pub disks: Result<Vec<crate::replica::CopyState>, String>,
 }
 
 /// What stops a failback from copying a vm back over its primary's disks: vms that run on
 /// the primary (their disks would be overwritten under them, and what they wrote since the
 /// failover lost), and problems `--force` may pass: a primary whose state cannot be read, or
 /// recovery copies no failover started a vm on (no `live` lease of the vm: a replica older
-/// than the primary's disks, not the newer data of a vm that ran on them). Pure.
+/// than the primary's disks, not the newer data of a vm that ran on them), or a primary disk
+/// written after the failover started the vm on its recovery copies (a vm started there when
+/// the site came back: what it wrote would be lost), or whose time cannot be read. Pure.
 pub fn judge_copy_back(backs: &[CopyBack]) -> (Vec<String>, Vec<String>) {
     use crate::replica::LeaseKind;
     let (mut runs, mut problems) = (Vec::new(), Vec::new());
@@ -570,10 +575,80 @@ pub fn judge_copy_back(backs: &[CopyBack]) -> (Vec<String>, Vec<String>) {
                         ));
                     }
                 }
+                problems.extend(written_since(b, copies));
             }
         }
     }
     (runs, problems)
+}
+
+/// The primary disks of `b` written after the failover started the vm on the recovery copy
+/// that would overwrite them (its `live` lease), or whose time cannot be read. A disk that
+/// is exactly the newest point a replication made of it (a reverse replication, which wrote
+/// it from the recovery copy) holds nothing of its own. A disk not there holds nothing.
+fn written_since(b: &CopyBack, copies: &[crate::replica::CopyState]) -> Vec<String> {
+    use crate::replica::LeaseKind;
+    let (vm, primary, recovery) = (&b.vm, &b.primary, &b.recovery);
+    let keep = |disk: &str| {
+        format!(
+            "keep a copy of it first (e.g. `qemu-img convert -O qcow2 {disk} {disk}.kept`, or `cp --sparse=always {disk} {disk}.kept` on {primary}), then use --force to overwrite it"
+        )
+    };
+    let disks = match &b.disks {
+        Ok(d) if d.len() == copies.len() => d,
+        Ok(d) => {
+            return vec![format!(
+                "copy-back vm {vm}: its disks on {primary} cannot be read (asked about {}, told about {}): whether it wrote there since the failover cannot be told; {}",
+                copies.len(),
+                d.len(),
+                keep("DISK")
+            )];
+        }
+        Err(e) => {
+            return vec![format!(
+                "copy-back vm {vm}: its disks on {primary} cannot be read ({e}): whether it wrote there since the failover cannot be told; {}",
+                keep("DISK")
+            )];
+        }
+    };
+    let mut problems = Vec::new();
+    for (c, d) in copies.iter().zip(disks) {
+        let Some(at) = c
+            .leases
+            .iter()
+            .filter(|l| l.kind == LeaseKind::Live && l.vm == *vm)
+            .map(|l| l.at)
+            .min()
+        else {
+            continue; // no failover started it: said above
+        };
+        if !d.exists {
+            continue;
+        }
+        let replica = d.managed
+            && !d.points.is_empty()
+            && d.changed.is_none()
+            && d.damaged.is_none()
+            && d.unsettled.is_none();
+        let at_text = at.format("%Y-%m-%d %H:%M:%S%.3f UTC");
+        match d.mtime {
+            None => problems.push(format!(
+                "copy-back vm {vm}: the time its disk {} on {primary} was last written cannot be read: whether it was written after the failover started vm {vm} on {} on {recovery} ({at_text}) cannot be told; {}",
+                d.path,
+                c.path,
+                keep(&d.path)
+            )),
+            Some(m) if m >= at && !replica => problems.push(format!(
+                "copy-back vm {vm}: its disk {} on {primary} was written at {}, after the failover started vm {vm} on {} on {recovery} at {at_text}: the failback would overwrite what the primary wrote since; {}",
+                d.path,
+                m.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
+                c.path,
+                keep(&d.path)
+            )),
+            Some(_) => {}
+        }
+    }
+    problems
 }
 
 /// Reads, for each vm a failback plan copies back to the primary, its state there and its
@@ -585,6 +660,7 @@ pub fn copy_backs(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<
         let plan::Action::Replicate {
             what: plan::Replicated::Vm(vm_id),
             from_host,
+            to_host,
             items,
             ..
         } = &step.action_spec
@@ -601,6 +677,7 @@ pub fn copy_backs(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<
             continue;
         };
         let paths: Vec<String> = items.iter().map(|(src, _)| src.clone()).collect();
+        let disks: Vec<String> = items.iter().map(|(_, dst)| dst.clone()).collect();
         backs.push(CopyBack {
             vm: vm_id.clone(),
             primary: vm.primary.value.clone(),
@@ -609,6 +686,7 @@ pub fn copy_backs(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<
             copies: helpers
                 .inspect(from_host, &paths)
                 .map_err(|e| e.to_string()),
+            disks: helpers.inspect(to_host, &disks).map_err(|e| e.to_string()),
         });
     }
     backs
@@ -1205,6 +1283,12 @@ mod tests {
                 leases,
                 ..CopyState::default()
             }]),
+            disks: Ok(vec![CopyState {
+                path: "/srv/db.qcow2".into(),
+                exists: true,
+                mtime: Some(Utc::now() - chrono::Duration::hours(1)),
+                ..CopyState::default()
+            }]),
         }
     }
 
@@ -1248,5 +1332,77 @@ mod tests {
             c[0].bad_leases = vec!["live-R2.json".into()];
         }
         assert_eq!(judge_copy_back(&[bad]).1.len(), 1);
+    }
+
+    /// A primary disk written after the failover started the vm on the recovery copy (its
+    /// live lease), or whose time cannot be read, is a problem; one written before, absent,
+    /// or exactly the newest point a replication made of it is not.
+    #[test]
+    fn a_failback_never_overwrites_a_primary_disk_written_after_the_failover() {
+        let live = || vec![lease(LeaseKind::Live, "db")];
+        let with = |f: &dyn Fn(&mut CopyState)| {
+            let mut b = back(Some(false), live());
+            if let Ok(d) = &mut b.disks {
+                f(&mut d[0]);
+            }
+            judge_copy_back(&[b]).1
+        };
+        assert!(with(&|_| {}).is_empty());
+        let later = Utc::now() + chrono::Duration::seconds(5);
+        let problems = with(&|d| d.mtime = Some(later));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("its disk /srv/db.qcow2 on hv-main was written at ")
+                && problems[0].contains("after the failover started vm db on /img/db.qcow2")
+                && problems[0].contains("qemu-img convert -O qcow2 /srv/db.qcow2")
+                && problems[0].contains("--force"),
+            "{problems:?}"
+        );
+        let problems = with(&|d| d.mtime = None);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("cannot be read"), "{problems:?}");
+        assert!(
+            with(&|d| {
+                d.mtime = Some(later);
+                d.exists = false;
+            })
+            .is_empty()
+        );
+        let point = crate::replica::Point {
+            id: "p".into(),
+            taken_at: later,
+            source: "hv-pra:/img/db.qcow2".into(),
+            size: 1,
+            blake3: "00".into(),
+            verified: crate::replica::Verified::Yes,
+            checked_at: None,
+            received_bytes: 0,
+            duration_ms: 0,
+            stamp: None,
+            definition: None,
+            read: None,
+        };
+        let replica = |d: &mut CopyState| {
+            d.mtime = Some(later);
+            d.managed = true;
+            d.points = vec![point.clone()];
+        };
+        assert!(with(&replica).is_empty());
+        assert_eq!(
+            with(&|d| {
+                replica(d);
+                d.changed = Some("written since".into());
+            })
+            .len(),
+            1
+        );
+        let mut unread = back(Some(false), live());
+        unread.disks = Err("no helper".into());
+        let problems = judge_copy_back(&[unread]).1;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("cannot be read (no helper)"),
+            "{problems:?}"
+        );
     }
 }

@@ -409,7 +409,10 @@ impl Store {
         if let Ok(m) = std::fs::metadata(&self.image) {
             state.exists = m.is_file();
             state.size = m.len();
-            state.mtime = DateTime::<Utc>::from_timestamp(m.mtime(), 0);
+            state.mtime = DateTime::<Utc>::from_timestamp(
+                m.mtime(),
+                u32::try_from(m.mtime_nsec()).unwrap_or(0),
+            );
         }
         state.stamp = self.stamp();
         inspect_dir(&self.dir, &mut state);

@@ -1977,3 +1977,72 @@ fn a_rolled_back_failover_leaves_no_copy_a_failback_would_take_for_newer_data() 
     );
     assert!(std::fs::read(&disk).unwrap() == production);
 }
+
+/// After a failover, the primary site came back and its hypervisor started erp-db, which wrote
+/// into its system disk there before it was stopped. A failback would copy the recovery copies
+/// over those writes: refused (exit 7), naming the vm, the disk and both times, and the disk
+/// is as the primary left it; forced, it goes on and the journal says what was forced.
+#[test]
+fn a_failback_never_overwrites_what_the_primary_wrote_after_the_failover() {
+    let lab = Lab::up(235);
+    let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
+    let exit = lab.run_confirming(
+        &[&["failover"][..], &only[..]].concat(),
+        Duration::from_secs(240),
+    );
+    assert!(exit.success(), "{:?}", lab.journal().last());
+    let images = lab.host_root("hv-main").join("srv/datastore/images");
+    let disk = images.join("erp-db-system.qcow2");
+    let wrote = tool(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x5a 0 64k",
+            disk.to_str().unwrap(),
+        ],
+    );
+    assert!(wrote.status.success(), "{wrote:?}");
+    let primary = std::fs::read(&disk).unwrap();
+    let runs = || {
+        std::fs::read_dir(lab.state().join("runs"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = runs();
+    let refused = lab.run(&[&["failback"][..], &only[..]].concat());
+    assert_eq!(refused.code, 7, "{refused:?}");
+    let said = &refused.stderr;
+    assert!(
+        said.contains("copy-back vm erp-db: its disk ")
+            && said.contains("erp-db-system.qcow2 on hv-main was written at ")
+            && said.contains("after the failover started vm erp-db on ")
+            && said.contains("keep a copy of it first")
+            && said.contains("--force"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("erp-db-data.qcow2 on hv-main was written"),
+        "{said}"
+    );
+    assert_eq!(runs(), before, "a refused failback started a run");
+    assert!(std::fs::read(&disk).unwrap() == primary, "the disk changed");
+    let exit = lab.run_confirming(
+        &[&["failback", "--force"][..], &only[..]].concat(),
+        Duration::from_secs(240),
+    );
+    let events = lab.journal();
+    assert!(exit.success(), "{:?}", events.last());
+    let forced = events
+        .iter()
+        .find(|e| e["event"] == "readiness_forced")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert!(
+        forced["problems"].as_array().unwrap().iter().any(|p| p
+            .as_str()
+            .unwrap()
+            .contains("erp-db-system.qcow2 on hv-main was written at ")),
+        "{forced}"
+    );
+}
