@@ -287,9 +287,12 @@ pub enum Command {
     /// Return to the primary site after a failover (replication reversed first).
     #[command(after_help = "Example:\n  reprise failback --service erp-app")]
     Failback {
-        /// Start although a vm it defines on the primary has no definition that fits there
-        /// (it refuses otherwise, exit 7); journaled, and shown by the report. A replication
-        /// lag unknown or over its RPO still stops it before the switch back.
+        /// Start although a vm it defines on the primary has no definition that fits there,
+        /// a vm it copies back has recovery copies no failover started it on, or a disk it
+        /// would overwrite on the primary was written after the failover (keep a copy of it
+        /// first) or cannot tell (it refuses otherwise, exit 7); journaled, and shown by the
+        /// report. A vm running on the primary is still refused (exit 6); a replication lag
+        /// unknown or over its RPO still stops it before the switch back.
         #[arg(long)]
         force: bool,
         #[command(flatten)]
