@@ -305,6 +305,11 @@ pub enum Command {
         /// Run id, or `latest`.
         #[arg(value_parser = parse_run_id)]
         run: String,
+        /// A failback: carry on although a copy-back not started yet would overwrite a disk on
+        /// the primary written since the failover, or cannot tell (refused otherwise, exit 7,
+        /// as at its start; keep a copy of the disk first); journaled.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         exec: ExecArgs,
     },
@@ -857,7 +862,7 @@ fn run_with_model(cli: &Cli, model: &Model) -> Result<Outcome, Outcome> {
             args,
             Default::default(),
         ),
-        Command::Resume { run, exec } => resume(cli, model, run, exec)?,
+        Command::Resume { run, force, exec } => resume(cli, model, run, *force, exec)?,
         Command::Replicate {
             services,
             verify,
@@ -1089,7 +1094,13 @@ fn failover(
 }
 
 /// `resume`: a stopped run taken up where it stopped.
-fn resume(cli: &Cli, model: &Model, run: &str, exec: &ExecArgs) -> Result<Outcome, Outcome> {
+fn resume(
+    cli: &Cli,
+    model: &Model,
+    run: &str,
+    force: bool,
+    exec: &ExecArgs,
+) -> Result<Outcome, Outcome> {
     let shutdown = ctrl_c();
     let mut view = TerminalView::new(&model.inventory, Some(run));
     let operator = operator(exec);
@@ -1099,6 +1110,7 @@ fn resume(cli: &Cli, model: &Model, run: &str, exec: &ExecArgs) -> Result<Outcom
         run,
         &exec_options(exec)?,
         &operator,
+        force,
         &mut view,
         shutdown,
     );

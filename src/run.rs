@@ -870,6 +870,7 @@ pub fn resume(
     run_id: &str,
     exec: &ExecOptions,
     operator: &str,
+    force: bool,
     view: &mut dyn Sink,
     shutdown: Shutdown,
 ) -> Result<RunOutcome, RunError> {
@@ -913,6 +914,32 @@ pub fn resume(
             at,
         });
     }
+    // A failback's copy-backs not started yet are judged again, as at its start: the primary
+    // may have been written since (a copy-back started already wrote it itself).
+    let mut forced = Vec::new();
+    if plan.mode == Mode::Failback {
+        let started: Vec<&str> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::StepStarted { step, .. } => Some(step.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut left = plan.clone();
+        left.steps.retain(|s| !started.contains(&s.id.as_str()));
+        let backs = copy_backs(model, &left, &transport(model, &exec.ssh));
+        let (runs, problems) = judge_copy_back(&backs);
+        if !runs.is_empty() {
+            return Err(RunError::PrimaryRuns { vms: runs });
+        }
+        if !problems.is_empty() && !force {
+            return Err(RunError::NotReady {
+                mode: plan.mode,
+                problems,
+            });
+        }
+        forced = problems;
+    }
     let (journal, torn) = JournalWriter::resume(&dir)?;
     let now = Utc::now();
     let mut first = Vec::new();
@@ -934,6 +961,13 @@ pub fn resume(
         operator: operator.to_string(),
         machine,
     });
+    if !forced.is_empty() {
+        first.push(Event::ReadinessForced {
+            at: now,
+            operator: operator.to_string(),
+            problems: forced,
+        });
+    }
     let path = dir.path.clone();
     let run_id = dir.run_id.clone();
     let launch = Launch {

@@ -2046,3 +2046,118 @@ fn a_failback_never_overwrites_what_the_primary_wrote_after_the_failover() {
         "{forced}"
     );
 }
+
+/// A failback stopped before it copied erp-db back (a signal while a person was awaited),
+/// then erp-db's system disk on hv-main written: `resume` judges the copy-back left as a
+/// start does, refuses (exit 7) with the disk untouched, and carries on only with `--force`,
+/// journaled.
+#[test]
+fn a_resumed_failback_never_overwrites_what_the_primary_wrote_since() {
+    let lab = Lab::up(236);
+    let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
+    let exit = lab.run_confirming(
+        &[&["failover"][..], &only[..]].concat(),
+        Duration::from_secs(240),
+    );
+    assert!(exit.success(), "{:?}", lab.journal().last());
+    // A failback runbook with a person awaited before the copy back.
+    let edited = tempfile::tempdir().unwrap();
+    for d in ["inventory", "runbooks"] {
+        crate::common::copy_tree(&root().join(d), &edited.path().join(d));
+    }
+    let erp = edited.path().join("runbooks/erp.toml");
+    let text = std::fs::read_to_string(&erp).unwrap();
+    let sync_back = text.find("id = \"sync-back\"").unwrap();
+    let at = text[..sync_back].rfind("[[erp-db.failback]]").unwrap();
+    let hold = "[[erp-db.failback]]\nid = \"hold\"\nkind = \"manual\"\ninstructions = \"Wait.\"\nexpected = \"1m\"\n\n";
+    std::fs::write(&erp, format!("{}{hold}{}", &text[..at], &text[at..])).unwrap();
+    let mut child = lab.spawn_in(edited.path(), &[&["failback"][..], &only[..]].concat());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !(lab
+        .journal()
+        .iter()
+        .any(|e| e["event"] == "waiting_for_operator" && e["step"] == "erp-db/hold"))
+    {
+        assert!(Instant::now() < deadline, "no manual step waited");
+        assert!(child.try_wait().unwrap().is_none(), "the failback ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert!(
+        !lab.journal()
+            .iter()
+            .any(|e| e["event"] == "step_started" && e["step"] == "erp-db/sync-back"),
+        "{:#?}",
+        lab.journal()
+    );
+    let disk = lab
+        .host_root("hv-main")
+        .join("srv/datastore/images/erp-db-system.qcow2");
+    let wrote = tool(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x5b 0 64k",
+            disk.to_str().unwrap(),
+        ],
+    );
+    assert!(wrote.status.success(), "{wrote:?}");
+    let primary = std::fs::read(&disk).unwrap();
+    let args = lab.args(&["resume", "latest", "--no-prompt"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = crate::common::reprise_with_env(edited.path(), &refs, LAB_SECRETS);
+    assert_eq!(refused.code, 7, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("erp-db-system.qcow2 on hv-main was written at ")
+            && refused.stderr.contains("keep a copy of it first"),
+        "{}",
+        refused.stderr
+    );
+    assert!(std::fs::read(&disk).unwrap() == primary, "the disk changed");
+    assert!(
+        !lab.journal()
+            .iter()
+            .any(|e| e["event"] == "step_started" && e["step"] == "erp-db/sync-back"),
+        "a refused resume copied back"
+    );
+    let mut resumed = lab.spawn_in(
+        edited.path(),
+        &["resume", "latest", "--force", "--no-prompt"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !lab.journal().iter().any(|e| e["event"] == "run_resumed") {
+        assert!(Instant::now() < deadline, "the run was not resumed");
+        assert!(resumed.try_wait().unwrap().is_none(), "the resume ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut exit = None;
+    lab.confirm_until(
+        || {
+            exit = resumed.try_wait().unwrap();
+            exit.is_some()
+        },
+        Duration::from_secs(240),
+    );
+    let events = lab.journal();
+    assert!(exit.is_some_and(|e| e.success()), "{exit:?} {:#?}", events);
+    let forced = events
+        .iter()
+        .find(|e| e["event"] == "readiness_forced")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert!(
+        forced["problems"].as_array().unwrap().iter().any(|p| p
+            .as_str()
+            .unwrap()
+            .contains("erp-db-system.qcow2 on hv-main was written at ")),
+        "{forced}"
+    );
+}
