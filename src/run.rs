@@ -864,6 +864,7 @@ pub fn started(run_id: &str, events: &[Event]) -> Result<Started, RunError> {
 /// Carries on a run where it stopped: finished steps are never repeated. The state lock is
 /// taken before the journal is read, so what it says cannot change meanwhile; a torn last line
 /// is cut off (and that is journaled) before anything is appended.
+#[allow(clippy::too_many_arguments)]
 pub fn resume(
     model: &Model,
     state_dir: &Path,
