@@ -188,23 +188,8 @@ pub(super) async fn after_replica(
         (ReplicaRole::FailedBack, true) => Used::FailedBack,
         _ => return out,
     };
-    let (transport, run, step_id) = (
-        ctx.transport.clone(),
-        ctx.plan.run_id.clone(),
-        step.id.clone(),
-    );
     let vm = replica.vm.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        start::after(
-            &Remote::new(transport.as_ref()),
-            copies(&replica),
-            &run,
-            &step_id,
-            used,
-        )
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("the replica task failed: {e}")));
+    let result = leases_after(ctx, step, replica, used).await;
     let note = match result {
         Ok(Some(note)) => note,
         Ok(None) => return out,
@@ -237,23 +222,8 @@ pub(super) async fn undone(ctx: &RunContext, step: &PlannedStep) -> Option<Strin
     } else {
         Used::NotStarted
     };
-    let (transport, run, step_id) = (
-        ctx.transport.clone(),
-        ctx.plan.run_id.clone(),
-        step.id.clone(),
-    );
     let vm = replica.vm.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        start::after(
-            &Remote::new(transport.as_ref()),
-            copies(&replica),
-            &run,
-            &step_id,
-            used,
-        )
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("the replica task failed: {e}")));
+    let result = leases_after(ctx, step, replica, used).await;
     Some(match (result, failed_back) {
         (Ok(_), false) => format!("the recovery copies of vm {vm} were released"),
         (Ok(_), true) => format!(
@@ -266,4 +236,30 @@ pub(super) async fn undone(ctx: &RunContext, step: &PlannedStep) -> Option<Strin
             "the recovery copies of vm {vm} could not be leased to it again ({e}): they hold what it wrote there since the failover; no replication may write into them (see `reprise check`)"
         ),
     })
+}
+
+/// What the run's outcome `used` leaves to the recovery copies of `replica` ([`start::after`],
+/// off the runtime's threads).
+async fn leases_after(
+    ctx: &RunContext,
+    step: &PlannedStep,
+    replica: ReplicaUse,
+    used: Used,
+) -> Result<Option<String>, String> {
+    let (transport, run, step_id) = (
+        ctx.transport.clone(),
+        ctx.plan.run_id.clone(),
+        step.id.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        start::after(
+            &Remote::new(transport.as_ref()),
+            copies(&replica),
+            &run,
+            &step_id,
+            used,
+        )
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the replica task failed: {e}")))
 }
