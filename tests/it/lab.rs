@@ -734,6 +734,21 @@ fn a_failed_planned_failover_undoes_completed_steps_in_reverse_order() {
 }
 
 /// Runs `cmd` with `args`, failing clearly when it is not installed.
+/// Writes 64 KiB of byte `pattern` at the start of the qcow2 image `disk`, as its vm would.
+fn write_64k(disk: &Path, pattern: u8) {
+    let wrote = tool(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            &format!("write -P {pattern:#x} 0 64k"),
+            disk.to_str().unwrap(),
+        ],
+    );
+    assert!(wrote.status.success(), "{wrote:?}");
+}
+
 fn tool(cmd: &str, args: &[&str]) -> std::process::Output {
     Command::new(cmd).args(args).output().unwrap_or_else(|e| {
         panic!("{cmd} is needed by this test (scripts/test.sh installs it): {e}")
@@ -1222,17 +1237,7 @@ fn a_failover_after_a_bad_point_starts_from_the_previous_good_one_and_says_so() 
     let first = std::fs::read(&copy).unwrap();
     // The database writes; the next replication makes a second point.
     let before = std::fs::read(&source).unwrap();
-    let wrote = tool(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x5a 0 64k",
-            source.to_str().unwrap(),
-        ],
-    );
-    assert!(wrote.status.success(), "{wrote:?}");
+    write_64k(&source, 0x5a);
     let changed_at = first_difference(&before, &std::fs::read(&source).unwrap());
     std::thread::sleep(Duration::from_millis(1100)); // point ids are per second
     let run = lab.run(&["replicate", "--service", "erp-db"]);
@@ -1748,17 +1753,7 @@ fn a_failback_never_copies_a_replica_over_newer_production_data() {
         .host_root("hv-main")
         .join("srv/datastore/images/erp-db-system.qcow2");
     // Production writes after last night's replication.
-    let wrote = tool(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x6b 0 64k",
-            disk.to_str().unwrap(),
-        ],
-    );
-    assert!(wrote.status.success(), "{wrote:?}");
+    write_64k(&disk, 0x6b);
     let production = std::fs::read(&disk).unwrap();
     let runs = || {
         std::fs::read_dir(lab.state().join("runs"))
@@ -1816,17 +1811,7 @@ fn a_resumed_failover_starts_from_the_point_the_operator_asked_for() {
     std::thread::sleep(Duration::from_millis(1100));
     let before = chrono::Utc::now();
     std::thread::sleep(Duration::from_millis(1100));
-    let wrote = tool(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x66 0 64k",
-            disk.to_str().unwrap(),
-        ],
-    );
-    assert!(wrote.status.success(), "{wrote:?}");
+    write_64k(&disk, 0x66);
     let run = lab.run(&["replicate", "--service", "erp-db"]);
     assert_eq!(run.code, 0, "{run:?}");
     let before_text = before.to_rfc3339();
@@ -1940,17 +1925,7 @@ fn a_rolled_back_failover_leaves_no_copy_a_failback_would_take_for_newer_data() 
     let disk = lab
         .host_root("hv-main")
         .join("srv/datastore/images/erp-db-system.qcow2");
-    let wrote = tool(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x77 0 64k",
-            disk.to_str().unwrap(),
-        ],
-    );
-    assert!(wrote.status.success(), "{wrote:?}");
+    write_64k(&disk, 0x77);
     let production = std::fs::read(&disk).unwrap();
     let host = lab.lab().join("hosts/hv-main");
     let stopped = Command::new(host.join("bin/lab-vm"))
@@ -1993,17 +1968,7 @@ fn a_failback_never_overwrites_what_the_primary_wrote_after_the_failover() {
     assert!(exit.success(), "{:?}", lab.journal().last());
     let images = lab.host_root("hv-main").join("srv/datastore/images");
     let disk = images.join("erp-db-system.qcow2");
-    let wrote = tool(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x5a 0 64k",
-            disk.to_str().unwrap(),
-        ],
-    );
-    assert!(wrote.status.success(), "{wrote:?}");
+    write_64k(&disk, 0x5a);
     let primary = std::fs::read(&disk).unwrap();
     let runs = || {
         std::fs::read_dir(lab.state().join("runs"))
@@ -2098,17 +2063,7 @@ fn a_resumed_failback_never_overwrites_what_the_primary_wrote_since() {
     let disk = lab
         .host_root("hv-main")
         .join("srv/datastore/images/erp-db-system.qcow2");
-    let wrote = tool(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x5b 0 64k",
-            disk.to_str().unwrap(),
-        ],
-    );
-    assert!(wrote.status.success(), "{wrote:?}");
+    write_64k(&disk, 0x5b);
     let primary = std::fs::read(&disk).unwrap();
     let args = lab.args(&["resume", "latest", "--no-prompt"]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
