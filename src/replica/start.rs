@@ -4,8 +4,9 @@
 //! [`prepare`] waits for a replication snapshot left on the primary to be merged back (a
 //! drill), then reads the copies, asks [`super::choice::decide`] (the decision `check`,
 //! `status` and `points` make too), does what it asks (settle an update that was cut, read
-//! again a copy changed behind its point) and asks again until a decision holds; then it rolls
-//! the copies back (a failover only) and leases them, and answers a typed [`Prepared`].
+//! again a copy changed behind its point) and asks again until a decision holds; then it reads
+//! the chosen point again by hash, rolls the copies back (a failover only) and leases them,
+//! and answers a typed [`Prepared`].
 //! [`after`] does what a step that used the copies leaves to them (a vm running on them ends
 //! their history; a drill's or a failback's lease released).
 //!
@@ -299,6 +300,8 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
     // longer candidates.
     let mut unusable: Vec<(usize, String)> = Vec::new();
     let mut done: Vec<Prep> = Vec::new();
+    // Points read again by hash in this choice, found whole.
+    let mut whole: Vec<(usize, String)> = Vec::new();
     for _ in 0..(4 + 4 * paths.len()) {
         let mut states = copies.inspect(host, paths).map_err(|e| {
             format!(
@@ -322,7 +325,11 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
                             states[*i].path
                         ));
                     }
-                    notes.extend(prepare_one(copies, req, &states, &prep)?);
+                    let (note, good) = prepare_one(copies, req, &states, &prep)?;
+                    notes.extend(note);
+                    if let (Prep::Verify(i, id), true) = (&prep, good) {
+                        whole.push((*i, id.clone()));
+                    }
                     done.push(prep);
                 }
                 continue;
@@ -330,6 +337,12 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
             Decision::Start(s) => s,
         };
         if let Some(unusable_point) = without_definition(req, &states, &start, &mut notes)? {
+            unusable.push(unusable_point);
+            continue;
+        }
+        if !resumed(req, &states)
+            && let Some(unusable_point) = reread(copies, req, &start, &mut whole, &mut notes)?
+        {
             unusable.push(unusable_point);
             continue;
         }
@@ -352,13 +365,14 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
     ))
 }
 
-/// Does one thing a decision asks before it can be made: what to note.
+/// Does one thing a decision asks before it can be made: what to note, and whether a point
+/// read again was found whole.
 fn prepare_one(
     copies: &dyn Copies,
     req: &Request<'_>,
     states: &[CopyState],
     prep: &Prep,
-) -> Result<Option<String>, String> {
+) -> Result<(Option<String>, bool), String> {
     let (host, paths) = (req.vm.host, req.vm.paths);
     let name = |i: usize| choice::name(&paths[i]).to_string();
     match prep {
@@ -366,7 +380,7 @@ fn prepare_one(
             let note = copies
                 .settle(host, &paths[*i], COPY_WAIT)
                 .map_err(|e| format!("cannot settle {} before starting from it: {e}", paths[*i]))?;
-            Ok(note.map(|n| format!("{}: {n}", name(*i))))
+            Ok((note.map(|n| format!("{}: {n}", name(*i))), false))
         }
         Prep::Verify(i, id) => {
             let why = states[*i].changed.clone().unwrap_or_default();
@@ -376,7 +390,7 @@ fn prepare_one(
                     paths[*i]
                 )
             })?;
-            Ok(Some(format!(
+            let note = format!(
                 "{}: {why}; read again by hash: point {id} {}",
                 name(*i),
                 if good {
@@ -384,9 +398,62 @@ fn prepare_one(
                 } else {
                     "is DAMAGED (marked bad)"
                 }
-            )))
+            );
+            Ok((Some(note), good))
         }
     }
+}
+
+/// Whether this run already started the vm on these copies (a resumed failover): they hold
+/// what it wrote since, no point.
+fn resumed(req: &Request<'_>, states: &[CopyState]) -> bool {
+    req.how == Use::Failover
+        && !states.is_empty()
+        && states.iter().all(|d| {
+            d.leases
+                .iter()
+                .any(|l| l.kind == LeaseKind::Live && l.run == req.run)
+        })
+}
+
+/// Reads again by hash, on the recovery host, the point each disk starts from, unless this
+/// choice read it already or a roll-back rebuilds it (a roll-back checks the hash of what it
+/// writes): a copy whose bytes no longer are its point's (a disk error, a write that kept the
+/// file's time and size) is never started as that point. The first point found damaged is
+/// returned (it is marked bad: the decision is made again without it).
+fn reread(
+    copies: &dyn Copies,
+    req: &Request<'_>,
+    start: &Start,
+    whole: &mut Vec<(usize, String)>,
+    notes: &mut Vec<String>,
+) -> Result<Option<(usize, String)>, String> {
+    let (host, paths) = (req.vm.host, req.vm.paths);
+    for (i, point) in start.points.iter().enumerate() {
+        let Some(id) = point else { continue };
+        let rebuilt = start.roll_back.iter().any(|(j, p)| *j == i && p == id);
+        if rebuilt || whole.iter().any(|(j, p)| *j == i && p == id) {
+            continue;
+        }
+        let good = copies.verify(host, &paths[i], id).map_err(|e| {
+            format!(
+                "cannot read {} again by hash before starting from it: {e}",
+                paths[i]
+            )
+        })?;
+        let name = choice::name(&paths[i]);
+        if !good {
+            notes.push(format!(
+                "{name}: point {id}, read again by hash before the start, is DAMAGED: the copy no longer holds what was replicated (marked bad)"
+            ));
+            return Ok(Some((i, id.clone())));
+        }
+        notes.push(format!(
+            "{name}: point {id} read again by hash before the start: whole"
+        ));
+        whole.push((i, id.clone()));
+    }
+    Ok(None)
 }
 
 /// A point whose definition is missing or damaged is no point to start the vm from: a
@@ -497,13 +564,7 @@ fn lease(
     let (host, paths, run) = (req.vm.host, req.vm.paths, req.run);
     let kind = kind(req.how);
     // A resumed failover whose vm already runs on these copies holds them already.
-    if req.how == Use::Failover
-        && states.iter().all(|d| {
-            d.leases
-                .iter()
-                .any(|l| l.kind == LeaseKind::Live && l.run == run)
-        })
-    {
+    if resumed(req, states) {
         return Ok(());
     }
     let mut leased = Vec::new();
@@ -695,6 +756,8 @@ mod tests {
         broken: Vec<String>,
         /// Copies whose lease is refused.
         held: Vec<String>,
+        /// (copy, point) whose bytes no longer give its hash.
+        damaged: Vec<(String, String)>,
     }
 
     impl Fake {
@@ -739,7 +802,16 @@ mod tests {
 
         fn verify(&self, _host: &str, path: &str, point: &str) -> Result<bool, String> {
             self.call(format!("verify {path} {point}"));
-            Ok(true)
+            if !self.damaged.iter().any(|(c, p)| c == path && p == point) {
+                return Ok(true);
+            }
+            // As the store does: the point is marked bad.
+            let mut states = self.states.lock().unwrap();
+            let s = states.iter_mut().find(|s| s.path == path).unwrap();
+            for p in s.points.iter_mut().filter(|p| p.id == point) {
+                p.verified = Verified::Bad;
+            }
+            Ok(false)
         }
 
         fn roll_back(&self, _host: &str, path: &str, point: &str) -> Result<RolledBack, String> {
@@ -918,8 +990,85 @@ mod tests {
         assert_eq!(prepared.notes[0], "sys: the cut update was completed");
         assert_eq!(
             fake.calls(),
-            ["settle /r/sys", "lease /r/sys Drill Some(\"P1\")"]
+            [
+                "settle /r/sys",
+                "verify /r/sys P1",
+                "lease /r/sys Drill Some(\"P1\")"
+            ]
         );
+    }
+
+    #[test]
+    fn the_point_a_vm_starts_from_is_read_again_by_hash_and_never_started_damaged() {
+        // P2's bytes changed on the recovery host without its time or size changing: its
+        // stamp says nothing, only its hash does.
+        let points = [point("P1", 1, "yes"), point("P2", 2, "yes")];
+        let fake = Fake {
+            damaged: vec![("/r/data".into(), "P2".into())],
+            ..Fake::with(vec![disk("sys", &points), disk("data", &points)])
+        };
+        let paths = ["/r/sys".to_string(), "/r/data".to_string()];
+        // A failover goes on from the newest point whose every disk is whole: P1, rebuilt
+        // (which checks its hash), not read a second time.
+        let prepared = prepare(&fake, &request(&paths, Use::Failover)).unwrap();
+        assert_eq!(prepared.start.point, "P1");
+        assert!(
+            prepared.notes.iter().any(|n| n
+                == "data: point P2, read again by hash before the start, is DAMAGED: the copy no longer holds what was replicated (marked bad)"),
+            "{:?}",
+            prepared.notes
+        );
+        assert_eq!(
+            fake.calls(),
+            [
+                "verify /r/sys P2",
+                "verify /r/data P2",
+                "roll back /r/sys P1",
+                "roll back /r/data P1",
+                "lease /r/sys Live Some(\"P1\")",
+                "lease /r/data Live Some(\"P1\")",
+            ]
+        );
+        // A drill, which never rolls back, starts nothing.
+        let fake = Fake {
+            damaged: vec![("/r/sys".into(), "P2".into())],
+            ..Fake::with(vec![disk("sys", &points)])
+        };
+        let why = prepare(&fake, &request(&paths[..1], Use::Drill)).unwrap_err();
+        assert!(
+            why.contains("the newest point P2 of sys FAILED verification")
+                && why.contains("a drill never rolls a copy back"),
+            "{why}"
+        );
+        assert!(
+            fake.calls().iter().all(|c| !c.starts_with("lease")),
+            "{:?}",
+            fake.calls()
+        );
+        // A resumed failover whose vm already runs on its copies reads nothing again: they
+        // hold what the vm wrote since.
+        let mut sys = disk("sys", &points);
+        sys.leases.push(Lease {
+            kind: LeaseKind::Live,
+            run: "R1".into(),
+            vm: "db".into(),
+            step: "db/start".into(),
+            machine: "m".into(),
+            pid: 1,
+            at: Utc::now(),
+            point: Some("P2".into()),
+            taken_at: None,
+            verified: true,
+        });
+        let fake = Fake {
+            damaged: vec![("/r/sys".into(), "P2".into())],
+            ..Fake::with(vec![sys])
+        };
+        let mut req = request(&paths[..1], Use::Failover);
+        req.ask.run = Some("R1".into());
+        let prepared = prepare(&fake, &req).unwrap();
+        assert_eq!(prepared.start.point, "P2");
+        assert!(fake.calls().is_empty(), "{:?}", fake.calls());
     }
 
     #[test]

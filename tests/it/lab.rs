@@ -2116,3 +2116,85 @@ fn a_resumed_failback_never_overwrites_what_the_primary_wrote_since() {
         "{forced}"
     );
 }
+
+/// Flips one byte of `path` at `at` in place, its modification time and size kept: what a
+/// disk error does, or a write that covers its tracks. Its stamp says nothing.
+fn rot_keeping_time(path: &Path, at: usize) {
+    use std::os::unix::fs::FileExt as _;
+    let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at as u64).unwrap();
+    f.write_all_at(&[b[0] ^ 0xff], at as u64).unwrap();
+    f.set_modified(mtime).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Two points of `image` of a vm of `service`, the copy's newest rotted behind its point:
+/// the copy, and what it held at the first point.
+fn rotted_after_two_points(lab: &Lab, service: &str, image: &str) -> (PathBuf, Vec<u8>) {
+    let source = lab
+        .host_root("hv-main")
+        .join("srv/datastore/images")
+        .join(image);
+    let run = lab.run(&["replicate", "--service", service]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let copy = walk(&lab.host_root("hv-pra"))
+        .into_iter()
+        .find(|p| p.ends_with(image))
+        .unwrap();
+    let first = std::fs::read(&copy).unwrap();
+    let before = std::fs::read(&source).unwrap();
+    write_64k(&source, 0x6b);
+    let changed_at = first_difference(&before, &std::fs::read(&source).unwrap());
+    std::thread::sleep(Duration::from_millis(1100)); // point ids are per second
+    let run = lab.run(&["replicate", "--service", service]);
+    assert_eq!(run.code, 0, "{run:?}");
+    // A byte of the copy rots where the newest point wrote; nothing but its hash shows it.
+    rot_keeping_time(&copy, changed_at);
+    let status = lab.run(&["status"]);
+    assert!(
+        status
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(service) && l.contains(" ok ")),
+        "the copy's metadata still vouches for it: {status:?}"
+    );
+    (copy, first)
+}
+
+#[test]
+fn a_copy_that_rotted_behind_its_point_is_never_started_as_that_point() {
+    let lab = Lab::up(201);
+    // A drill reads the point again before it starts the vm, and starts nothing from it.
+    rotted_after_two_points(&lab, "planning", "planning-system.qcow2");
+    let run = lab.run(&["drill", "--service", "planning", "--only", "--no-prompt"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        said.contains("FAILED verification") && said.contains("a drill never rolls a copy back"),
+        "{said}"
+    );
+    assert!(
+        lab.journal()
+            .iter()
+            .all(|e| e["event"] != "replica_point_used"),
+        "no point used by the drill"
+    );
+
+    // An emergency failover starts the vm from the older point, whole, and says why.
+    let (copy, first) = rotted_after_two_points(&lab, "erp-db", "erp-db-system.qcow2");
+    let used = lab.emergency_failover_of_erp_db();
+    let note = used[0]["note"].as_str().unwrap();
+    assert!(
+        note.contains("read again by hash before the start, is DAMAGED"),
+        "the run says why: {note}"
+    );
+    assert!(note.contains("rolled back"), "{note}");
+    assert_eq!(used[0]["verified"], true, "{:?}", used[0]);
+    assert_eq!(std::fs::read(&copy).unwrap(), first);
+}
