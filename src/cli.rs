@@ -282,6 +282,9 @@ pub enum Command {
         args: RunArgs,
     },
     /// Cold start of the primary site after a power cut, in dependency order.
+    ///
+    /// A vm that runs on its recovery host, or that a failover left running on its recovery
+    /// copies, is refused (exit 6): its newest data is there; fail back instead.
     #[command(after_help = "Example:\n  reprise restore --parallel 4")]
     Restore(RunArgs),
     /// Return to the primary site after a failover (replication reversed first).
@@ -1388,7 +1391,9 @@ fn run_error(e: RunError) -> Outcome {
         | RunError::AlreadyConfirmed { .. }
         | RunError::DrillOver { .. } => Outcome::err(exit::INVALID_INPUT, format!("error: {e}\n")),
         RunError::NoName => Outcome::err(exit::USAGE, format!("error: {e}\n")),
-        RunError::SplitBrain { .. } | RunError::PrimaryRuns { .. } => {
+        RunError::SplitBrain { .. }
+        | RunError::PrimaryRuns { .. }
+        | RunError::RunsElsewhere { .. } => {
             Outcome::err(exit::SPLIT_BRAIN, format!("error: {e}\n"))
         }
         RunError::NotReady { .. } => Outcome::err(exit::NOT_READY, format!("error: {e}\n")),

@@ -19,7 +19,8 @@ pub const IO: u8 = 4;
 /// or it is not a lock (it is left as it is).
 pub const LOCKED: u8 = 5;
 /// A failback found a service running on both sites, or a vm it copies back running on the
-/// primary: nothing was done.
+/// primary; or a restore found a vm it starts running on its recovery host, or left there by a
+/// failover (its newest data is on its recovery copies): nothing was done.
 pub const SPLIT_BRAIN: u8 = 6;
 /// `reprise check`: a recovery would not work now (see its table); or a planned failover (a
 /// failback) was refused because the check finds problems on the recovery (primary) side that

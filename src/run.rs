@@ -80,6 +80,8 @@ pub enum RunError {
         .services.join(", ")
     )]
     SplitBrain { mode: Mode, services: Vec<String> },
+    #[error("refusing to restore: {}", .vms.join("; "))]
+    RunsElsewhere { vms: Vec<String> },
     #[error(
         "refusing to failback: {}. Stop it on the primary first (in doubt, the recovery copy has the newest data), then start again",
         .vms.join("; ")
@@ -515,6 +517,131 @@ fn vm_state(
     }
 }
 
+/// Refuses a restore that would start a vm its other site runs or holds newer data of, and
+/// warns of an emergency failover's primary that still runs its vm ([`judge_elsewhere`]):
+/// warnings go to the log (standard error) at once.
+fn refuse_elsewhere(model: &Model, plan: &Plan, transport: &dyn Transport) -> Result<(), RunError> {
+    if plan.mode != Mode::Restore && !(plan.mode == Mode::Failover && plan.emergency) {
+        return Ok(());
+    }
+    let (refused, warned) = judge_elsewhere(plan.mode, &elsewhere(model, plan, transport));
+    for w in warned {
+        tracing::warn!("{w}");
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(RunError::RunsElsewhere { vms: refused })
+    }
+}
+
+/// A vm a run is about to start on one site, as the other site shows it: whether it runs
+/// there (its driver's `status`; `None`: it could not say, with what was said), and, for a
+/// restore, the failovers that left its newest data on its recovery copies (their `live`
+/// leases), or why the copies cannot be read.
+#[derive(Debug, Clone)]
+pub struct Elsewhere {
+    pub vm: String,
+    pub service: String,
+    /// The host the run starts it on, and the other one.
+    pub here: String,
+    pub there: String,
+    pub running: (Option<bool>, String),
+    pub live: Option<Result<Vec<String>, String>>,
+}
+
+/// The vms a plan starts (its vm steps' `start` on a host of theirs), each with what the other
+/// site shows of it: for an emergency failover, the primary; for a restore, the recovery host
+/// and its copies.
+pub fn elsewhere(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<Elsewhere> {
+    let helpers = crate::replica::remote::Helpers::new(transport);
+    let mut found: Vec<Elsewhere> = Vec::new();
+    for step in &plan.steps {
+        if step.kind != "vm" || step.action.as_deref() != Some("start") {
+            continue;
+        }
+        let Some(service) = model.inventory.services.get(&step.service) else {
+            continue;
+        };
+        let Some(vm) = service.vm().and_then(|v| model.inventory.vms.get(v)) else {
+            continue;
+        };
+        if found.iter().any(|e| e.vm == vm.id) {
+            continue;
+        }
+        let here = step.host.clone().unwrap_or_default();
+        let (there, other) = if here == vm.recovery.value {
+            (vm.primary.value.clone(), Side::Primary)
+        } else {
+            (vm.recovery.value.clone(), Side::Recovery)
+        };
+        let live = (other == Side::Recovery).then(|| {
+            let dir = plan::images_dir_of(&model.inventory, &there)
+                .ok_or_else(|| format!("{there} names no images_dir"))?;
+            let paths: Vec<String> = vm.disks.iter().map(|d| format!("{dir}/{d}")).collect();
+            let copies = helpers.inspect(&there, &paths).map_err(|e| e.to_string())?;
+            let mut runs: Vec<String> = copies
+                .iter()
+                .flat_map(|c| c.leases.iter())
+                .filter(|l| l.kind == crate::replica::LeaseKind::Live && l.vm == vm.id)
+                .map(|l| l.run.clone())
+                .collect();
+            runs.sort();
+            runs.dedup();
+            Ok(runs)
+        });
+        found.push(Elsewhere {
+            vm: vm.id.clone(),
+            service: service.id.clone(),
+            here,
+            running: vm_state(model, service, vm, other, &plan.run_id, transport),
+            there,
+            live,
+        });
+    }
+    found
+}
+
+/// What stops a run of `mode` from starting the vms `found` (refused), and what is only said
+/// (warned): what could not be asked (the other site may be down, which is why the run is
+/// made), and, in an emergency failover, a primary that still runs its vm (the operator
+/// declared it lost: said loudly, not refused). A restore of a vm that runs on its recovery
+/// host, or that a failover left running on its recovery copies, would start it from its
+/// disks of before: refused. Pure.
+pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere]) -> (Vec<String>, Vec<String>) {
+    let (mut refused, mut warned) = (Vec::new(), Vec::new());
+    for e in found {
+        let (vm, here, there, service) = (&e.vm, &e.here, &e.there, &e.service);
+        let back = format!(
+            "fail back instead (`reprise failback --service {service}`), which copies its data back first"
+        );
+        match &e.running {
+            (Some(true), said) if mode == Mode::Failover => warned.push(format!(
+                "vm {vm} still runs on {there} (its status says `{said}`): its copy started on {here} makes two copies of its data that diverge; stop it on {there} or cut it off now (a planned failover, without --emergency, stops it first and copies its last writes)"
+            )),
+            (Some(true), said) => refused.push(format!(
+                "vm {vm} runs on {there} (its status says `{said}`): a restore would start it on {here} from its disks of before, and two copies would diverge; {back}"
+            )),
+            (Some(false), _) => {}
+            (None, said) => warned.push(format!(
+                "whether vm {vm} runs on {there} could not be asked ({said}): if it does, two copies of its data diverge; stop one"
+            )),
+        }
+        match &e.live {
+            None => {}
+            Some(Ok(runs)) if runs.is_empty() => {}
+            Some(Ok(runs)) => refused.push(format!(
+                "vm {vm} ran on its recovery copies on {there} since failover run {}: they hold its newest data, and a restore would start it on {here} from its disks of before; {back} (if its data came back by other means, `reprise release {vm}` first)",
+                runs.join(", ")
+            )),
+            Some(Err(why)) => warned.push(format!(
+                "whether a failover left vm {vm}'s newest data on its recovery copies on {there} could not be read ({why}): if one did, fail back instead of restoring"
+            )),
+        }
+    }
+    (refused, warned)
+}
+
 /// A vm a failback copies back over its primary's disks, as read before it starts.
 #[derive(Debug, Clone)]
 pub struct CopyBack {
@@ -716,6 +843,9 @@ pub fn start(
             });
         }
     }
+    // A vm never starts on one site while it runs on the other, or while the other holds
+    // newer data of it.
+    refuse_elsewhere(model, &plan, &transport(model, &opts.exec.ssh))?;
     // What a failback copies back over the primary's disks must be newer than them: a vm
     // running there is never overwritten; copies no failover started are refused unless
     // forced.
@@ -940,6 +1070,16 @@ pub fn resume(
             });
         }
         forced = problems;
+    }
+    // The vms not started yet, as at its start.
+    if plan.mode == Mode::Restore || (plan.mode == Mode::Failover && plan.emergency) {
+        let mut left = plan.clone();
+        left.steps.retain(|s| {
+            !events
+                .iter()
+                .any(|e| matches!(e, Event::StepStarted { step, .. } if *step == s.id))
+        });
+        refuse_elsewhere(model, &left, &transport(model, &exec.ssh))?;
     }
     let (journal, torn) = JournalWriter::resume(&dir)?;
     let now = Utc::now();
@@ -1438,6 +1578,72 @@ mod tests {
         assert!(
             problems[0].contains("cannot be read (no helper)"),
             "{problems:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod elsewhere_tests {
+    use super::*;
+
+    fn found(running: Option<bool>, live: Option<Result<Vec<String>, String>>) -> Elsewhere {
+        Elsewhere {
+            vm: "erp-db".into(),
+            service: "erp-db".into(),
+            here: "hv-main".into(),
+            there: "hv-pra".into(),
+            running: (running, "said".into()),
+            live,
+        }
+    }
+
+    #[test]
+    fn a_restore_never_starts_a_vm_that_runs_on_its_recovery_host_or_left_its_data_there() {
+        let (refused, warned) = judge_elsewhere(Mode::Restore, &[found(Some(true), None)]);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0].contains("vm erp-db runs on hv-pra")
+                && refused[0].contains("reprise failback --service erp-db"),
+            "{refused:?}"
+        );
+        assert!(warned.is_empty());
+        // Not running there (a power cut of both sites), but a failover left its newest data
+        // on its recovery copies.
+        let (refused, _) = judge_elsewhere(
+            Mode::Restore,
+            &[found(Some(false), Some(Ok(vec!["R7".into()])))],
+        );
+        assert!(
+            refused.len() == 1
+                && refused[0].contains("since failover run R7")
+                && refused[0].contains("`reprise release erp-db`"),
+            "{refused:?}"
+        );
+        // Nothing there: nothing to say.
+        let (refused, warned) =
+            judge_elsewhere(Mode::Restore, &[found(Some(false), Some(Ok(Vec::new())))]);
+        assert!(refused.is_empty() && warned.is_empty());
+        // The recovery site cannot be asked (it may be down too): said, not refused.
+        let (refused, warned) = judge_elsewhere(
+            Mode::Restore,
+            &[found(None, Some(Err("no route to host".into())))],
+        );
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(warned.len(), 2, "{warned:?}");
+        assert!(warned[1].contains("no route to host"), "{warned:?}");
+    }
+
+    #[test]
+    fn an_emergency_failover_says_loudly_that_its_primary_still_runs_the_vm() {
+        let mut f = found(Some(true), None);
+        (f.here, f.there) = ("hv-pra".into(), "hv-main".into());
+        let (refused, warned) = judge_elsewhere(Mode::Failover, &[f]);
+        assert!(refused.is_empty(), "{refused:?}");
+        assert!(
+            warned.len() == 1
+                && warned[0].contains("vm erp-db still runs on hv-main")
+                && warned[0].contains("two copies of its data that diverge"),
+            "{warned:?}"
         );
     }
 }

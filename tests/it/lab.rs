@@ -2198,3 +2198,56 @@ fn a_copy_that_rotted_behind_its_point_is_never_started_as_that_point() {
     assert_eq!(used[0]["verified"], true, "{:?}", used[0]);
     assert_eq!(std::fs::read(&copy).unwrap(), first);
 }
+
+/// Runs the lab's `lab-vm` stand-in on `host` as the host's sshd would.
+fn lab_vm(lab: &Lab, host: &str, args: &[&str]) -> std::process::Output {
+    let dir = lab.lab().join("hosts").join(host);
+    Command::new(dir.join("bin/lab-vm"))
+        .args(args)
+        .env("LAB_HOST", host)
+        .env("LAB_HOST_DIR", &dir)
+        .env("LAB_DIR", lab.lab())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_restore_never_starts_a_vm_whose_newest_data_is_on_the_recovery_site() {
+    let lab = Lab::up(202);
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    lab.emergency_failover_of_erp_db();
+    let starts = || {
+        calls(&lab, "hv-main")
+            .matches("lab-vm start erp-db")
+            .count()
+    };
+    let before = starts();
+    let restore = [
+        "restore",
+        "--service",
+        "erp-db",
+        "--only",
+        "--yes",
+        "--no-prompt",
+    ];
+    // The vm runs on its recovery copies: a restore of the primary site refuses it.
+    let run = lab.run(&restore);
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(
+        run.stderr.contains("vm erp-db runs on hv-pra")
+            && run.stderr.contains("reprise failback --service erp-db"),
+        "{run:?}"
+    );
+    // Both sites lost their power: it runs nowhere, but its newest data is on its copies.
+    let out = lab_vm(&lab, "hv-pra", &["stop", "erp-db"]);
+    assert!(out.status.success(), "{out:?}");
+    let run = lab.run(&restore);
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("vm erp-db ran on its recovery copies on hv-pra since failover run"),
+        "{run:?}"
+    );
+    assert_eq!(starts(), before, "nothing started on hv-main");
+}
