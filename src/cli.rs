@@ -1677,6 +1677,9 @@ fn event_line(run_id: &str, e: &Event) -> String {
             "forced by {operator} (--force) past the readiness check's blocking problems: {}",
             problems.join("; ")
         ),
+        Event::OtherSite { said, .. } => {
+            format!("as it started, the other site showed: {}", said.join("; "))
+        }
         Event::StopRequested { reason, .. } => format!(
             "stop requested ({reason}): no new steps, running ones finish, a drill's cleanup runs"
         ),

@@ -142,6 +142,12 @@ pub enum Event {
         /// The blocking problems, as `AREA SUBJECT: DETAIL`.
         problems: Vec<String>,
     },
+    /// What the other site showed as a restore or an emergency failover started: a vm still
+    /// running there (two copies of its data diverge), or what could not be asked there.
+    OtherSite {
+        at: DateTime<Utc>,
+        said: Vec<String>,
+    },
     /// A replica point chosen for a VM or backup set (failover, failback, drill): the data-loss
     /// window of that item is the time between `taken_at` and the incident (or the run's start).
     ReplicaPointUsed {
@@ -214,6 +220,7 @@ impl Event {
             | Event::UndoFinished { at, .. }
             | Event::VmStateBefore { at, .. }
             | Event::ReadinessForced { at, .. }
+            | Event::OtherSite { at, .. }
             | Event::ReplicaPointUsed { at, .. }
             | Event::LagMeasured { at, .. }
             | Event::RunResumed { at, .. }

@@ -202,6 +202,8 @@ fn log(event: &Event) {
             ?problems,
             "planned failover forced past its readiness"
         ),
+        // Warned of before the run started (`refuse_elsewhere`).
+        Event::OtherSite { .. } => {}
         Event::RunStarted {
             run_id,
             mode,
@@ -519,17 +521,21 @@ fn vm_state(
 
 /// Refuses a restore that would start a vm its other site runs or holds newer data of, and
 /// warns of an emergency failover's primary that still runs its vm ([`judge_elsewhere`]):
-/// warnings go to the log (standard error) at once.
-fn refuse_elsewhere(model: &Model, plan: &Plan, transport: &dyn Transport) -> Result<(), RunError> {
+/// the warnings go to the log (standard error) at once, and are returned for the journal.
+fn refuse_elsewhere(
+    model: &Model,
+    plan: &Plan,
+    transport: &dyn Transport,
+) -> Result<Vec<String>, RunError> {
     if plan.mode != Mode::Restore && !(plan.mode == Mode::Failover && plan.emergency) {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let (refused, warned) = judge_elsewhere(plan.mode, &elsewhere(model, plan, transport));
-    for w in warned {
+    for w in &warned {
         tracing::warn!("{w}");
     }
     if refused.is_empty() {
-        Ok(())
+        Ok(warned)
     } else {
         Err(RunError::RunsElsewhere { vms: refused })
     }
@@ -845,7 +851,7 @@ pub fn start(
     }
     // A vm never starts on one site while it runs on the other, or while the other holds
     // newer data of it.
-    refuse_elsewhere(model, &plan, &transport(model, &opts.exec.ssh))?;
+    let other_site = refuse_elsewhere(model, &plan, &transport(model, &opts.exec.ssh))?;
     // What a failback copies back over the primary's disks must be newer than them: a vm
     // running there is never overwritten; copies no failover started are refused unless
     // forced.
@@ -928,6 +934,12 @@ pub fn start(
             at: Utc::now(),
             operator: opts.operator.clone(),
             problems: forced,
+        });
+    }
+    if !other_site.is_empty() {
+        first.push(Event::OtherSite {
+            at: Utc::now(),
+            said: other_site,
         });
     }
     let path = dir.path.clone();
@@ -1072,6 +1084,7 @@ pub fn resume(
         forced = problems;
     }
     // The vms not started yet, as at its start.
+    let mut other_site = Vec::new();
     if plan.mode == Mode::Restore || (plan.mode == Mode::Failover && plan.emergency) {
         let mut left = plan.clone();
         left.steps.retain(|s| {
@@ -1079,7 +1092,7 @@ pub fn resume(
                 .iter()
                 .any(|e| matches!(e, Event::StepStarted { step, .. } if *step == s.id))
         });
-        refuse_elsewhere(model, &left, &transport(model, &exec.ssh))?;
+        other_site = refuse_elsewhere(model, &left, &transport(model, &exec.ssh))?;
     }
     let (journal, torn) = JournalWriter::resume(&dir)?;
     let now = Utc::now();
@@ -1107,6 +1120,12 @@ pub fn resume(
             at: now,
             operator: operator.to_string(),
             problems: forced,
+        });
+    }
+    if !other_site.is_empty() {
+        first.push(Event::OtherSite {
+            at: now,
+            said: other_site,
         });
     }
     let path = dir.path.clone();

@@ -221,6 +221,7 @@ impl TerminalView {
                 if problems.len() == 1 { "" } else { "s" },
                 problems.join("; ")
             ),
+            Event::OtherSite { said, .. } => format!("the other site: {}", said.join("; ")),
             Event::StopRequested { reason, .. } => format!(
                 "{reason}: stopping (no new steps; running ones finish; a drill's cleanup runs)"
             ),

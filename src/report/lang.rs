@@ -355,6 +355,13 @@ impl Labels {
         }
     }
 
+    pub fn other_site(&self) -> String {
+        match self.lang {
+            Lang::En => "as the run started, the other site showed what follows".to_string(),
+            Lang::Fr => "au lancement, l'autre site présentait ce qui suit".to_string(),
+        }
+    }
+
     pub fn journal_repaired(&self, line: usize, bytes: u64, kept_in: &str) -> String {
         match self.lang {
             Lang::En => format!(

@@ -250,6 +250,12 @@ pub enum Problem {
         operator: String,
         problems: Vec<String>,
     },
+    /// What the other site showed as the run started: a vm still running there, or what
+    /// could not be asked.
+    OtherSite {
+        at: DateTime<Utc>,
+        said: Vec<String>,
+    },
     /// The journal ended with a line cut short by a crash, cut off before the run went on.
     JournalRepaired {
         at: DateTime<Utc>,
@@ -515,6 +521,10 @@ impl<'a> RunFacts<'a> {
                 at: *at,
                 operator: operator.clone(),
                 problems: problems.clone(),
+            }),
+            Event::OtherSite { at, said } => self.repairs.push(Problem::OtherSite {
+                at: *at,
+                said: said.clone(),
             }),
             Event::VmStateBefore { .. } => {}
             Event::JournalRepaired {

@@ -208,6 +208,7 @@ fn problem_line(p: &Problem, l: &Labels) -> (String, String, Option<String>) {
             l.readiness_forced(operator),
             Some(problems.join("; ")),
         ),
+        Problem::OtherSite { at, said } => (time(*at), l.other_site(), Some(said.join("; "))),
         Problem::PointRolledBack {
             step,
             item,

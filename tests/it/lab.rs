@@ -2217,6 +2217,23 @@ fn a_restore_never_starts_a_vm_whose_newest_data_is_on_the_recovery_site() {
     let run = lab.run(&["replicate", "--service", "erp-db"]);
     assert_eq!(run.code, 0, "{run:?}");
     lab.emergency_failover_of_erp_db();
+    // The primary still ran the vm: the run went on (the site was declared lost) and its
+    // journal, hence its report, says so.
+    let said: Vec<String> = lab
+        .journal()
+        .iter()
+        .filter(|e| e["event"] == "other_site")
+        .map(|e| e["said"].to_string())
+        .collect();
+    assert!(
+        said.len() == 1 && said[0].contains("vm erp-db still runs on hv-main"),
+        "{said:?}"
+    );
+    let report = lab.run(&["report", "latest", "--format", "json"]);
+    assert!(
+        report.stdout.contains("vm erp-db still runs on hv-main"),
+        "{report:?}"
+    );
     let starts = || {
         calls(&lab, "hv-main")
             .matches("lab-vm start erp-db")
