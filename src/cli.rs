@@ -294,8 +294,9 @@ pub enum Command {
         /// a vm it copies back has recovery copies no failover started it on, or a disk it
         /// would overwrite on the primary was written after the failover (keep a copy of it
         /// first) or cannot tell (it refuses otherwise, exit 7); journaled, and shown by the
-        /// report. A vm running on the primary is still refused (exit 6); a replication lag
-        /// unknown or over its RPO still stops it before the switch back.
+        /// report. A vm running on the primary is still refused (exit 6), and a vm it would
+        /// start on the primary without copying back the recovery copies it ran on (exit 7); a
+        /// replication lag unknown or over its RPO still stops it before the switch back.
         #[arg(long)]
         force: bool,
         #[command(flatten)]
@@ -1396,7 +1397,9 @@ fn run_error(e: RunError) -> Outcome {
         | RunError::RunsElsewhere { .. } => {
             Outcome::err(exit::SPLIT_BRAIN, format!("error: {e}\n"))
         }
-        RunError::NotReady { .. } => Outcome::err(exit::NOT_READY, format!("error: {e}\n")),
+        RunError::NotReady { .. } | RunError::NothingCopiedBack { .. } => {
+            Outcome::err(exit::NOT_READY, format!("error: {e}\n"))
+        }
         RunError::AlreadyFinished(_) => Outcome::err(exit::INVALID_INPUT, format!("error: {e}\n")),
         RunError::JournalFailed { .. } => Outcome::err(exit::IO, format!("error: {e}\n")),
         RunError::Journal(_) | RunError::NoStart(_) => {

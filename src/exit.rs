@@ -24,7 +24,8 @@ pub const LOCKED: u8 = 5;
 pub const SPLIT_BRAIN: u8 = 6;
 /// `reprise check`: a recovery would not work now (see its table); or a planned failover (a
 /// failback) was refused because the check finds problems on the recovery (primary) side that
-/// would stop it half-way (`--force` starts it anyway).
+/// would stop it half-way (`--force` starts it anyway), or because it would start on the
+/// primary a vm that ran on its recovery copies without copying them back (not forced).
 pub const NOT_READY: u8 = 7;
 /// `reprise status`: a replicated VM has no good point within its RPO target, or a service
 /// its application replicates has a replication lag over its RPO target or unknown.

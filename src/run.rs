@@ -87,6 +87,11 @@ pub enum RunError {
         .vms.join("; ")
     )]
     PrimaryRuns { vms: Vec<String> },
+    #[error(
+        "refusing to start a failback: {}",
+        .problems.join("; ")
+    )]
+    NothingCopiedBack { problems: Vec<String> },
     #[error("{}", not_ready(*mode, problems))]
     NotReady { mode: Mode, problems: Vec<String> },
     #[error("run `{run_id}` has no step `{step}`{}", hint.as_ref().map(|h| format!("; {h}")).unwrap_or_default())]
@@ -784,6 +789,30 @@ fn written_since(b: &CopyBack, copies: &[crate::replica::CopyState]) -> Vec<Stri
     problems
 }
 
+/// The vms a failback plan starts on the primary without copying anything of them back while
+/// they ran on their recovery copies since a failover (or whose copies cannot be read to
+/// tell): started there, they would run on their disks of before the failover, and the
+/// failback would then release the copies that hold what they wrote since. The check each
+/// start step makes again ([`crate::replica::start::before_failback`]), made before anything
+/// is stopped; steps in `started` are left to their run. Read only.
+pub fn uncopied(plan: &Plan, started: &[&str], transport: &dyn Transport) -> Vec<String> {
+    let remote = crate::replica::start::Remote::new(transport);
+    plan.steps
+        .iter()
+        .filter(|s| !started.contains(&s.id.as_str()))
+        .filter_map(|s| s.replica.as_ref())
+        .filter(|r| r.role == plan::ReplicaRole::FailedBack)
+        .filter_map(|r| {
+            let vm = crate::replica::start::Vm {
+                name: &r.vm,
+                host: &r.host,
+                paths: &r.paths,
+            };
+            crate::replica::start::before_failback(&remote, vm, plan.copies_back(&r.vm)).err()
+        })
+        .collect()
+}
+
 /// Reads, for each vm a failback plan copies back to the primary, its state there and its
 /// recovery copies (see [`judge_copy_back`]).
 pub fn copy_backs(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<CopyBack> {
@@ -857,10 +886,17 @@ pub fn start(
     // forced.
     let mut copy_back = Vec::new();
     if plan.mode == Mode::Failback {
-        let backs = copy_backs(model, &plan, &transport(model, &opts.exec.ssh));
+        let transport = transport(model, &opts.exec.ssh);
+        let backs = copy_backs(model, &plan, &transport);
         let (runs, problems) = judge_copy_back(&backs);
         if !runs.is_empty() {
             return Err(RunError::PrimaryRuns { vms: runs });
+        }
+        // A vm that ran on its recovery copies comes back only by copying them back: refused
+        // before the recovery side is stopped, whatever --force says.
+        let uncopied = uncopied(&plan, &[], &transport);
+        if !uncopied.is_empty() {
+            return Err(RunError::NothingCopiedBack { problems: uncopied });
         }
         copy_back = problems;
     }
@@ -1070,10 +1106,15 @@ pub fn resume(
             .collect();
         let mut left = plan.clone();
         left.steps.retain(|s| !started.contains(&s.id.as_str()));
-        let backs = copy_backs(model, &left, &transport(model, &exec.ssh));
+        let transport = transport(model, &exec.ssh);
+        let backs = copy_backs(model, &left, &transport);
         let (runs, problems) = judge_copy_back(&backs);
         if !runs.is_empty() {
             return Err(RunError::PrimaryRuns { vms: runs });
+        }
+        let uncopied = uncopied(&plan, &started, &transport);
+        if !uncopied.is_empty() {
+            return Err(RunError::NothingCopiedBack { problems: uncopied });
         }
         if !problems.is_empty() && !force {
             return Err(RunError::NotReady {

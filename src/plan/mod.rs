@@ -312,6 +312,14 @@ impl Plan {
         self.steps.iter().find(|s| s.id == id)
     }
 
+    /// Whether the plan copies vm `vm`'s recovery copies back (a `replicate` step of it: in a
+    /// failback, the reverse replication).
+    pub fn copies_back(&self, vm: &str) -> bool {
+        self.steps.iter().any(
+            |s| matches!(&s.action_spec, Action::Replicate { what: Replicated::Vm(v), .. } if v == vm),
+        )
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a plan always serializes")
     }

@@ -10,7 +10,7 @@ use super::context::{Msg, Outcome, RunContext};
 use super::define::{self, Defined, Source};
 use super::record::output_note;
 use crate::event::{Event, StepStatus};
-use crate::plan::{Action, PlannedStep, ReplicaRole, ReplicaUse, Replicated};
+use crate::plan::{PlannedStep, ReplicaRole, ReplicaUse};
 use crate::replica::choice::Use;
 use crate::replica::start::{self, Remote, Request, SnapshotCheck, Used, Vm};
 use crate::runbook::Mode;
@@ -42,9 +42,7 @@ pub(super) async fn before_replica(
         ReplicaRole::Start => Use::Failover,
         ReplicaRole::FailedBack => {
             // A vm that ran on its recovery copies comes back only by copying them back.
-            let back = ctx.plan.steps.iter().any(|s| {
-                matches!(&s.action_spec, Action::Replicate { what: Replicated::Vm(v), .. } if *v == replica.vm)
-            });
+            let back = ctx.plan.copies_back(&replica.vm);
             let (transport, r) = (ctx.transport.clone(), replica.clone());
             tokio::task::spawn_blocking(move || {
                 start::before_failback(&Remote::new(transport.as_ref()), copies(&r), back)

@@ -599,33 +599,44 @@ fn a_failback_that_copies_nothing_back_never_starts_a_vm_on_its_disks_of_before(
     let from = text[..sync_back].rfind("[[erp-db.failback]]").unwrap();
     let to = sync_back + text[sync_back..].find("[[erp-db.failback]]").unwrap();
     std::fs::write(&erp, format!("{}{}", &text[..from], &text[to..])).unwrap();
-    let exit = lab.run_confirming_in(
-        edited.path(),
-        &[
-            "failback",
-            "--service",
-            "erp-db",
-            "--only",
-            "--yes",
-            "--no-prompt",
-        ],
-        Duration::from_secs(240),
-    );
-    let events = lab.journal();
-    assert!(!exit.success(), "the failback succeeded: {events:#?}");
-    let refused = events
-        .iter()
-        .find(|e| {
-            e["event"] == "step_finished"
-                && e["step"] == "erp-db/start-primary"
-                && e["status"] == "failed"
-        })
-        .unwrap_or_else(|| panic!("start-primary did not fail: {events:#?}"));
-    let why = refused.to_string();
+    // Refused before it starts: nothing is stopped on the recovery side (no new run).
+    let runs = || std::fs::read_dir(lab.state().join("runs")).unwrap().count();
+    let (runs_before, calls_before) = (runs(), calls(&lab, "hv-pra"));
+    let args = lab.args(&[
+        "failback",
+        "--service",
+        "erp-db",
+        "--only",
+        "--yes",
+        "--no-prompt",
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = crate::common::reprise_with_env(edited.path(), &refs, LAB_SECRETS);
+    assert_eq!(refused.code, 7, "{refused:?}");
     assert!(
-        why.contains("ran on its recovery copies") && why.contains("add a `replicate` step"),
-        "{why}"
+        refused.stderr.contains("ran on its recovery copies")
+            && refused.stderr.contains("add a `replicate` step")
+            && !refused.stderr.contains("--force"),
+        "{}",
+        refused.stderr
     );
+    assert_eq!(runs(), runs_before, "a refused failback started a run");
+    let since = calls(&lab, "hv-pra")[calls_before.len()..].to_string();
+    assert!(!since.contains(" stop "), "hv-pra was stopped: {since}");
+    // --force does not pass it: what the vm wrote would be lost.
+    let args = lab.args(&[
+        "failback",
+        "--service",
+        "erp-db",
+        "--only",
+        "--yes",
+        "--no-prompt",
+        "--force",
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let forced = crate::common::reprise_with_env(edited.path(), &refs, LAB_SECRETS);
+    assert_eq!(forced.code, 7, "{forced:?}");
+    assert_eq!(runs(), runs_before, "a forced failback started a run");
     // The recovery copies still hold what the vm wrote there: still leased to it.
     let images = lab.host_root("hv-pra").join("srv/replicas/images");
     for disk in ["erp-db-system.qcow2", "erp-db-data.qcow2"] {

@@ -334,12 +334,13 @@ fn a_proxmox_drill_then_a_planned_failover_and_failback_on_the_lab() {
     }
 
     // app's failback copies nothing back: what it wrote on hv2 is given up on purpose, its
-    // copies released first (else the failback refuses to start it on its disks of before).
+    // copies released first (else the failback refuses, before it stops anything, to start it
+    // on its disks of before).
     let refused = lab.with(&["failback", "--yes", "--no-prompt"]);
-    assert_ne!(refused.code, 0, "{refused:?}");
+    assert_eq!(refused.code, 7, "{refused:?}");
     assert!(
         refused
-            .stdout
+            .stderr
             .contains("vm app ran on its recovery copies on hv2 since a failover"),
         "{refused:?}"
     );
