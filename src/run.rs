@@ -667,6 +667,10 @@ pub struct CopyBack {
     /// The primary's disks the copies would overwrite (in the same order), as the helper
     /// reads them there, or why they cannot be read.
     pub disks: Result<Vec<crate::replica::CopyState>, String>,
+    /// The primary's clock minus this machine's, in seconds, and the uncertainty of that
+    /// reading, or why it cannot be read: the disks' times are the primary's clock, a lease's
+    /// the clock of the orchestrator that took it.
+    pub clock: Result<(f64, f64), String>,
 }
 
 /// What stops a failback from copying a vm back over its primary's disks: vms that run on
@@ -769,21 +773,44 @@ fn written_since(b: &CopyBack, copies: &[crate::replica::CopyState]) -> Vec<Stri
             && d.damaged.is_none()
             && d.unsettled.is_none();
         let at_text = at.format("%Y-%m-%d %H:%M:%S%.3f UTC");
-        match d.mtime {
-            None => problems.push(format!(
-                "copy-back vm {vm}: the time its disk {} on {primary} was last written cannot be read: whether it was written after the failover started vm {vm} on {} on {recovery} ({at_text}) cannot be told; {}",
-                d.path,
-                c.path,
-                keep(&d.path)
-            )),
-            Some(m) if m >= at && !replica => problems.push(format!(
-                "copy-back vm {vm}: its disk {} on {primary} was written at {}, after the failover started vm {vm} on {} on {recovery} at {at_text}: the failback would overwrite what the primary wrote since; {}",
+        let (m, (skew, uncertainty)) = match (d.mtime, &b.clock) {
+            (None, _) => {
+                problems.push(format!(
+                    "copy-back vm {vm}: the time its disk {} on {primary} was last written cannot be read: whether it was written after the failover started vm {vm} on {} on {recovery} ({at_text}) cannot be told; {}",
+                    d.path,
+                    c.path,
+                    keep(&d.path)
+                ));
+                continue;
+            }
+            (Some(_), _) if replica => continue,
+            (Some(_), Err(e)) => {
+                problems.push(format!(
+                    "copy-back vm {vm}: the clock of {primary} cannot be read ({e}): the time its disk {} was last written (its clock) cannot be compared with the failover's ({at_text}), so whether it was written since cannot be told; {}",
+                    d.path,
+                    keep(&d.path)
+                ));
+                continue;
+            }
+            (Some(m), Ok(clock)) => (m, *clock),
+        };
+        if written_after(m, skew, uncertainty, at) {
+            let offset = if skew.abs() >= 0.001 {
+                format!(
+                    " by its clock, {:.3}s {} this machine's",
+                    skew.abs(),
+                    if skew >= 0.0 { "ahead of" } else { "behind" }
+                )
+            } else {
+                String::new()
+            };
+            problems.push(format!(
+                "copy-back vm {vm}: its disk {} on {primary} was written at {}{offset}, after the failover started vm {vm} on {} on {recovery} at {at_text}: the failback would overwrite what the primary wrote since; {}",
                 d.path,
                 m.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
                 c.path,
                 keep(&d.path)
-            )),
-            Some(_) => {}
+            ));
         }
     }
     problems
@@ -811,6 +838,19 @@ pub fn uncopied(plan: &Plan, started: &[&str], transport: &dyn Transport) -> Vec
             crate::replica::start::before_failback(&remote, vm, plan.copies_back(&r.vm)).err()
         })
         .collect()
+}
+
+/// Whether a disk whose modification time is `mtime` by its host's clock, a clock `skew`
+/// seconds ahead of this machine's (known within `uncertainty`), may have been written at or
+/// after `at` (this machine's clock): its time is brought to this machine's clock first, and
+/// in doubt it was. Pure.
+pub fn written_after(mtime: DateTime<Utc>, skew: f64, uncertainty: f64, at: DateTime<Utc>) -> bool {
+    let ahead = skew - uncertainty.abs();
+    let correction = chrono::Duration::microseconds((ahead * 1e6).round() as i64);
+    // A clock so far off that the time cannot be brought over: in doubt.
+    mtime
+        .checked_sub_signed(correction)
+        .is_none_or(|local| local >= at)
 }
 
 /// Reads, for each vm a failback plan copies back to the primary, its state there and its
@@ -849,6 +889,7 @@ pub fn copy_backs(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<
                 .inspect(from_host, &paths)
                 .map_err(|e| e.to_string()),
             disks: helpers.inspect(to_host, &disks).map_err(|e| e.to_string()),
+            clock: crate::check::read_clock(transport, &vm.primary.value),
         });
     }
     backs
@@ -1524,7 +1565,111 @@ mod tests {
                 mtime: Some(Utc::now() - chrono::Duration::hours(1)),
                 ..CopyState::default()
             }]),
+            clock: Ok((0.0, 0.0)),
         }
+    }
+
+    /// A host whose `date +%s.%N` prints what its function makes of this machine's clock now.
+    struct Clock(fn(f64) -> String);
+
+    impl Transport for Clock {
+        fn exec(
+            &self,
+            _host: &str,
+            command: &str,
+            _deadline: StdDuration,
+        ) -> Result<crate::ssh::ExecOutput, crate::ssh::SshError> {
+            assert_eq!(command, "date +%s.%N");
+            let now = Utc::now().timestamp_micros() as f64 / 1e6;
+            Ok(crate::ssh::ExecOutput {
+                exit_code: 0,
+                stdout: format!("{}\n", (self.0)(now)),
+                stderr: String::new(),
+                truncated: false,
+                timed_out: false,
+                duration: StdDuration::ZERO,
+            })
+        }
+
+        fn pipe(
+            &self,
+            from: &str,
+            _read_cmd: &str,
+            _to: &str,
+            _write_cmd: &str,
+            _deadline: StdDuration,
+        ) -> Result<crate::ssh::PipeOutput, crate::ssh::SshError> {
+            Err(crate::ssh::SshError::Session {
+                host: from.to_string(),
+                reason: "no pipes here".into(),
+            })
+        }
+    }
+
+    /// The primary's disk times are its clock's, the failover's lease time this machine's: a
+    /// primary whose clock is behind never hides a write made just after the failover, one
+    /// ahead never makes a write of before it look later, and a clock that cannot be read is
+    /// a problem (whether the disk was written since cannot be told).
+    #[test]
+    fn a_primary_clock_behind_never_hides_a_write_made_after_the_failover() {
+        let failover = Utc::now() - chrono::Duration::minutes(10);
+        let judge = |clock: &Clock, offset: f64, written: chrono::Duration| {
+            let mut lease = lease(LeaseKind::Live, "db");
+            lease.at = failover;
+            let mut b = back(Some(false), vec![lease]);
+            b.clock = crate::check::read_clock(clock, "hv-main");
+            // The disk was written at `failover + written` (this machine's clock), stamped by
+            // the primary's, `offset` seconds off.
+            let by_primary =
+                failover + written + chrono::Duration::microseconds((offset * 1e6).round() as i64);
+            if let Ok(d) = &mut b.disks {
+                d[0].mtime = Some(by_primary);
+            }
+            judge_copy_back(&[b]).1
+        };
+        let (behind, ahead) = (
+            Clock(|now| format!("{:.6}", now - 30.0)),
+            Clock(|now| format!("{:.6}", now + 30.0)),
+        );
+        let s = chrono::Duration::seconds;
+        let problems = judge(&behind, -30.0, s(2));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("by its clock, 30.0")
+                && problems[0].contains("behind this machine's, after the failover"),
+            "{problems:?}"
+        );
+        assert!(judge(&behind, -30.0, s(-2)).is_empty());
+        assert!(judge(&ahead, 30.0, s(-2)).is_empty());
+        assert_eq!(judge(&ahead, 30.0, s(2)).len(), 1);
+        for said in [|_| "Wed Dec  2".to_string(), |_| "inf".to_string()] {
+            let problems = judge(&Clock(said), 0.0, s(-60));
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].contains(
+                    "the clock of hv-main cannot be read (`date +%s.%N` exited 0 and printed"
+                ),
+                "{problems:?}"
+            );
+        }
+        // A clock absurdly far off is in doubt, never a panic.
+        let far = Clock(|now| format!("{:.1}", now + 1e30));
+        assert_eq!(judge(&far, 0.0, s(-60)).len(), 1);
+    }
+
+    /// The comparison brings the disk's time to this machine's clock, in doubt towards later.
+    #[test]
+    fn a_disk_time_is_compared_on_this_machines_clock() {
+        let at = Utc::now();
+        let s = chrono::Duration::seconds;
+        assert!(written_after(at + s(1) - s(30), -30.0, 0.0, at));
+        assert!(!written_after(at - s(1) - s(30), -30.0, 0.0, at));
+        assert!(!written_after(at - s(1) + s(30), 30.0, 0.0, at));
+        assert!(written_after(at + s(1) + s(30), 30.0, 0.0, at));
+        // Within the uncertainty of the reading: written after.
+        let ms = chrono::Duration::milliseconds;
+        assert!(written_after(at - ms(100), 0.0, 0.2, at));
+        assert!(written_after(at, f64::MAX, 0.0, at));
     }
 
     /// A failback copies a vm back only over a primary known stopped, from copies a failover

@@ -26,6 +26,7 @@ pub use self::evaluate::{OVERLAY_FLOOR, evaluate, overlay_estimate};
 pub use self::lag::{LagTarget, evaluate_lags, lag_targets, measure_lags};
 use self::plans::host_commands;
 pub use self::plans::{DrillStart, Plans, secrets_needed, tools_by_host};
+pub use self::probe::read_clock;
 pub use self::probe::{
     HostProbe, HostQuestions, PathStat, Space, parse_answers, probe_host, probe_hosts,
     probe_script, questions,

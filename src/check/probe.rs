@@ -367,18 +367,32 @@ pub fn probe_host(transport: &dyn Transport, host: &str, q: &HostQuestions) -> H
             return probe;
         }
     }
+    // A clock that cannot be read is a warning, never compared.
+    probe.skew_s = read_clock(transport, host).ok();
+    probe
+}
+
+/// Reads `host`'s clock against this machine's: its clock minus this machine's, in seconds,
+/// and the uncertainty (half the round trip), or why it cannot be read. A clock that is not a
+/// finite number is not read.
+pub fn read_clock(transport: &dyn Transport, host: &str) -> Result<(f64, f64), String> {
     let before = now_secs();
     let started = Instant::now();
-    if let Ok(out) = transport.exec(host, "date +%s.%N", deadline) {
-        let rtt = started.elapsed().as_secs_f64();
-        // A clock that is not a finite number is not read (a warning), never compared.
-        if let Ok(remote) = out.stdout.trim().parse::<f64>()
-            && remote.is_finite()
-        {
-            probe.skew_s = Some((remote - (before + rtt / 2.0), rtt / 2.0));
+    let out = transport
+        .exec(host, "date +%s.%N", StdDuration::from_secs(60))
+        .map_err(|e| e.to_string())?;
+    let rtt = started.elapsed().as_secs_f64();
+    let said = out.stdout.trim();
+    match said.parse::<f64>() {
+        Ok(remote) if out.exit_code == 0 && remote.is_finite() => {
+            Ok((remote - (before + rtt / 2.0), rtt / 2.0))
         }
+        _ => Err(format!(
+            "`date +%s.%N` exited {} and printed `{}`",
+            out.exit_code,
+            said.chars().take(80).collect::<String>().escape_debug()
+        )),
     }
-    probe
 }
 
 /// Asks every host at once; a host holding copies then has them read by the replication

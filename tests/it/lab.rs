@@ -2023,6 +2023,56 @@ fn a_failback_never_overwrites_what_the_primary_wrote_after_the_failover() {
     );
 }
 
+/// hv-main's clock runs 5 minutes behind this machine's: erp-db's system disk there, written
+/// just after the failover, carries a time of before it by that clock. The failback reads
+/// hv-main's clock (its `date`), brings the disk's time to this machine's and refuses
+/// (exit 7) with the disk untouched, naming the offset.
+#[test]
+fn a_failback_never_overwrites_a_primary_write_hidden_by_a_clock_behind() {
+    let lab = Lab::up(164);
+    let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
+    let exit = lab.run_confirming(
+        &[&["failover"][..], &only[..]].concat(),
+        Duration::from_secs(240),
+    );
+    assert!(exit.success(), "{:?}", lab.journal().last());
+    let behind = 300;
+    let date = lab.lab().join("hosts/hv-main/bin/date");
+    std::fs::write(
+        &date,
+        format!(
+            "#!/bin/sh\nexec /usr/bin/date -d \"@$(( $(/usr/bin/date +%s) - {behind} ))\" \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&date, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let images = lab.host_root("hv-main").join("srv/datastore/images");
+    let disk = images.join("erp-db-system.qcow2");
+    write_64k(&disk, 0x5a);
+    // Stamped by hv-main's clock.
+    let stamped =
+        std::fs::metadata(&disk).unwrap().modified().unwrap() - Duration::from_secs(behind);
+    std::fs::File::options()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_modified(stamped)
+        .unwrap();
+    let primary = std::fs::read(&disk).unwrap();
+    let runs = || std::fs::read_dir(lab.state().join("runs")).unwrap().count();
+    let before = runs();
+    let refused = lab.run(&[&["failback"][..], &only[..]].concat());
+    assert_eq!(refused.code, 7, "{refused:?}");
+    let said = &refused.stderr;
+    assert!(
+        said.contains("erp-db-system.qcow2 on hv-main was written at ")
+            && said.contains("s behind this machine's, after the failover started vm erp-db"),
+        "{said}"
+    );
+    assert_eq!(runs(), before, "a refused failback started a run");
+    assert!(std::fs::read(&disk).unwrap() == primary, "the disk changed");
+}
+
 /// A failback stopped before it copied erp-db back (a signal while a person was awaited),
 /// then erp-db's system disk on hv-main written: `resume` judges the copy-back left as a
 /// start does, refuses (exit 7) with the disk untouched, and carries on only with `--force`,
