@@ -129,3 +129,20 @@ pub(super) fn io_err(path: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
         reason: e.to_string(),
     }
 }
+
+/// An error reading a part of a copy's history at `path` (a point's delta, what it keeps): one
+/// missing or cut short is damage (the points that need it cannot be rebuilt, they are bad),
+/// anything else the system's.
+pub(super) fn damage_err(path: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
+    move |e| match e.kind() {
+        io::ErrorKind::NotFound => StoreError::Damaged {
+            path: path.display().to_string(),
+            reason: "it is missing".into(),
+        },
+        io::ErrorKind::UnexpectedEof => StoreError::Damaged {
+            path: path.display().to_string(),
+            reason: "it is cut short".into(),
+        },
+        _ => io_err(path)(e),
+    }
+}

@@ -44,8 +44,8 @@ use super::meta::{self, CopyState, Lease, PointsRead, PointsSource};
 use super::nodes::{self, NodeFile};
 use super::wire::{self, Record};
 
-pub(super) use super::point::io_err;
 pub use super::point::{HowRead, Point, ReadMode, StoreError, Verified};
+pub(super) use super::point::{damage_err, io_err};
 
 /// Takes the lock of a store folder (`DIR/lock`, which `deltas/` is created beside), or says
 /// who holds it: one writer or reader at a time for the copy `name`.
@@ -1422,7 +1422,7 @@ impl Store {
                 });
             }
             let fi = files.len();
-            files.push((File::open(&path).map_err(io_err(&path))?, path));
+            files.push((File::open(&path).map_err(damage_err(&path))?, path));
             for (idx, slot) in slots {
                 overlay.insert(idx, (fi, slot));
             }
@@ -1448,7 +1448,7 @@ impl Store {
                             });
                         }
                         match slot.at {
-                            Some(at) => file.read_exact_at(dst, at).map_err(io_err(path))?,
+                            Some(at) => file.read_exact_at(dst, at).map_err(damage_err(path))?,
                             None => dst.fill(0),
                         }
                     }
@@ -1934,7 +1934,7 @@ fn read_delta(path: &Path) -> Result<(u64, Vec<(u64, Slot)>), StoreError> {
         path: path.display().to_string(),
         reason,
     };
-    let f = File::open(path).map_err(io_err(path))?;
+    let f = File::open(path).map_err(damage_err(path))?;
     let total = f.metadata().map_err(io_err(path))?.len();
     let mut c = Cursor {
         inner: io::BufReader::new(f),
@@ -2414,6 +2414,65 @@ mod tests {
         store.base_manifest(false).unwrap();
         assert!(!store.path("rollback.img").exists());
         assert_eq!(std::fs::read(&dst).unwrap(), v2);
+    }
+
+    /// A delta missing or cut short makes bad the points that need it (that point and the
+    /// older ones), and verification goes on with the others.
+    #[test]
+    fn a_missing_delta_marks_bad_the_points_that_need_it_and_verification_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        let store = Store::new(&dst);
+        for (id, byte) in [("p1", 1u8), ("p2", 2), ("p3", 3), ("p4", 4)] {
+            std::fs::write(&src, vec![byte; 3 * BLOCK]).unwrap();
+            store
+                .apply(&mut &stream_of(&src, &store)[..], point(id))
+                .unwrap();
+        }
+        let verdicts = |store: &Store| -> Vec<(String, Verified)> {
+            store
+                .points()
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.id, p.verified))
+                .collect()
+        };
+        let v = |id: &str, good: bool| (id.to_string(), good);
+        // Cut short: only the point that needs it is bad.
+        let p1 = store.path("deltas/p1.rdelta");
+        let len = std::fs::metadata(&p1).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&p1)
+            .unwrap()
+            .set_len(len - 100)
+            .unwrap();
+        assert_eq!(
+            store.verify(None).unwrap(),
+            [v("p1", false), v("p2", true), v("p3", true), v("p4", true)]
+        );
+        // Missing: p2 and p1, which is rebuilt through it, are bad.
+        std::fs::remove_file(store.path("deltas/p2.rdelta")).unwrap();
+        assert_eq!(
+            store.verify(None).unwrap(),
+            [v("p1", false), v("p2", false), v("p3", true), v("p4", true)]
+        );
+        assert_eq!(
+            verdicts(&store),
+            [
+                ("p1".to_string(), Verified::Bad),
+                ("p2".to_string(), Verified::Bad),
+                ("p3".to_string(), Verified::Yes),
+                ("p4".to_string(), Verified::Yes)
+            ]
+        );
+        assert_eq!(store.verify(Some("p2")).unwrap(), [v("p2", false)]);
+        let out = dir.path().join("p2.img");
+        assert!(matches!(
+            store.restore("p2", &out),
+            Err(StoreError::Damaged { .. })
+        ));
     }
 
     #[test]

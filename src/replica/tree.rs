@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use super::beneath::{self, Dir, Kind};
 use super::meta::{self, CopyState, Lease};
 use super::store::{
-    NewPoint, Point, StoreError, Verified, changed_since, inspect_dir, io_err, lock_store,
-    lock_wait, points_of,
+    NewPoint, Point, StoreError, Verified, changed_since, damage_err, inspect_dir, io_err,
+    lock_store, lock_wait, points_of,
 };
 use super::version::{PROTOCOL, VERSION};
 
@@ -1087,7 +1087,7 @@ impl TreeStore {
             let d = self.path(&format!("deltas/{}", points[j].id));
             let undo_path = d.join("undo.json");
             let undo: Undo =
-                serde_json::from_slice(&std::fs::read(&undo_path).map_err(io_err(&undo_path))?)
+                serde_json::from_slice(&std::fs::read(&undo_path).map_err(damage_err(&undo_path))?)
                     .map_err(|e| StoreError::Damaged {
                         path: undo_path.display().to_string(),
                         reason: e.to_string(),
@@ -1102,9 +1102,12 @@ impl TreeStore {
             }
             if !undo.restore.is_empty() {
                 let files = d.join("files");
-                let kept = Dir::open(&files, false).map_err(io_err(&files))?;
+                let kept = Dir::open(&files, false).map_err(damage_err(&files))?;
                 for p in &undo.restore {
-                    copy_file(&kept, p, &outd)?;
+                    let mut r = kept.open_file(p).map_err(damage_err(&files.join(p)))?;
+                    let dst = out.join(p);
+                    let mut w = outd.create_file(p).map_err(io_err(&dst))?;
+                    io::copy(&mut r, &mut w).map_err(io_err(&dst))?;
                 }
             }
         }
@@ -1238,6 +1241,39 @@ mod tests {
         assert_eq!(checked, [("p3".to_string(), false)]);
         assert_eq!(replicate(&src, &dst, "p4").files, 1);
         assert_eq!(contents(&dst), contents(&src));
+    }
+
+    /// A delta missing, or a file it keeps missing, makes bad the points that need it (that
+    /// point and the older ones), and verification goes on with the others.
+    #[test]
+    fn a_missing_delta_marks_bad_the_points_that_need_it_and_verification_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let dst = dir.path().join("dst");
+        std::fs::create_dir_all(&src).unwrap();
+        for (id, text) in [("p1", "a1"), ("p2", "a2"), ("p3", "a3")] {
+            std::fs::write(src.join("a.dump"), text).unwrap();
+            replicate(&src, &dst, id);
+        }
+        let store = TreeStore::new(&dst);
+        let v = |id: &str, good: bool| (id.to_string(), good);
+        std::fs::remove_file(store.path("deltas/p1/files/a.dump")).unwrap();
+        assert_eq!(
+            store.verify(None).unwrap(),
+            [v("p1", false), v("p2", true), v("p3", true)]
+        );
+        std::fs::remove_dir_all(store.path("deltas/p2")).unwrap();
+        assert_eq!(
+            store.verify(None).unwrap(),
+            [v("p1", false), v("p2", false), v("p3", true)]
+        );
+        let verdicts: Vec<Verified> = store
+            .points()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.verified)
+            .collect();
+        assert_eq!(verdicts, [Verified::Bad, Verified::Bad, Verified::Yes]);
     }
 
     /// A stream as it reaches the pipe: its bytes, and how many of them had come at each
