@@ -153,8 +153,9 @@ pub struct Prospect {
 /// For every vm `plan` defines: the definition it would use now, fitted to its host (read
 /// only: nothing is defined). A plan whose replicate step captures the vm's definition
 /// (a planned failover's last replication, a failback's reverse one) will use what the
-/// source host holds then, so that is what is read; otherwise the newest point of the
-/// copy that is not bad, which must hold one.
+/// source host holds then, so that is what is read; otherwise, for a drill or a failback, the
+/// newest point of the copy (which the copy is; refused when bad), for a failover the newest
+/// that is not bad (which the start rolls the copies back to); it must hold one.
 pub fn prospects(
     helpers: &Helpers,
     plan: &crate::plan::Plan,
@@ -185,7 +186,13 @@ pub fn prospects(
                     .map_err(|missing| format!("secret {missing} is not set in the environment"))
                     .and_then(|text| read_current(helpers, d.format, &from, &text)),
             ),
-            None => match newest(helpers, &d.from_host, &d.from_copies) {
+            // A failover rolls the copies back to the newest good point; a drill and a
+            // failback start the vm on them as they are: its newest point's definition.
+            None => match if replica.role == crate::plan::ReplicaRole::Start {
+                newest_good(helpers, &d.from_host, &d.from_copies)
+            } else {
+                newest(helpers, &d.from_host, &d.from_copies)
+            } {
                 Ok((point, copy)) => (
                     format!("point {point} of {}:{copy}", d.from_host),
                     fetch(helpers, d.format, &d.from_host, &copy, &point).map(|(def, _, _)| def),
@@ -245,10 +252,30 @@ pub fn read_current(
         .map_err(|e| format!("the definition {host} gave is refused: {e}"))
 }
 
-/// The newest point of the vm's copies on `host` (`copies`: its disks, first first) that is
-/// not bad, which must hold a definition (an older one would not describe the disks as they
-/// are); and the copy that holds it.
+/// The newest point of the vm's copies on `host` (`copies`: its disks, first first), which
+/// its disks are and which must hold a definition; and the copy that holds it. A bad newest
+/// point is refused: an older point's definition would not describe the disks as they are.
 pub fn newest(
+    helpers: &Helpers,
+    host: &str,
+    copies: &[String],
+) -> Result<(String, String), String> {
+    let first = copies.first().ok_or("the vm has no disk")?;
+    let points = helpers
+        .points(host, first)
+        .map_err(|e| format!("cannot read the points of {host}:{first}: {e}"))?;
+    let id = newest_of(&points, &format!("{host}:{first}"))?;
+    match holder(helpers, host, copies, &id)? {
+        Some(copy) => Ok((id, copy)),
+        None => Err(format!(
+            "the newest point {id} of {host}:{first} holds no definition of the vm: replicate it again (each replication captures the definition)"
+        )),
+    }
+}
+
+/// The newest point of the vm's copies on `host` that is not bad (a failover rolls the copies
+/// back to it), which must hold a definition; and the copy that holds it.
+pub fn newest_good(
     helpers: &Helpers,
     host: &str,
     copies: &[String],
@@ -272,6 +299,21 @@ pub fn newest(
             "the newest usable point {} of {host}:{first} holds no definition of the vm: replicate it again (each replication captures the definition)",
             p.id
         )),
+    }
+}
+
+/// The point of `points` (of the copy `copy`) whose definition describes the copy as it is:
+/// its newest, unless it is bad. Pure.
+fn newest_of(points: &[crate::replica::Point], copy: &str) -> Result<String, String> {
+    match points.last() {
+        None => Err(format!(
+            "{copy} has no point, so no definition of the vm: replicate it (each replication captures the definition)"
+        )),
+        Some(p) if p.verified == crate::replica::Verified::Bad => Err(format!(
+            "the newest point {} of {copy}, which its disks are, is bad: the definition of an older point would not describe them; replicate it again (each replication captures the definition)",
+            p.id
+        )),
+        Some(p) => Ok(p.id.clone()),
     }
 }
 
@@ -312,4 +354,48 @@ pub fn fetch_of(
         None => copies.first().ok_or("the vm has no disk")?.clone(),
     };
     fetch(helpers, format, host, &copy, point)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::{Point, Verified};
+
+    fn point(id: &str, verified: Verified) -> Point {
+        Point {
+            id: id.into(),
+            taken_at: chrono::Utc::now(),
+            source: "hv-main:/srv/db.qcow2".into(),
+            size: 1,
+            blake3: "00".into(),
+            verified,
+            checked_at: None,
+            received_bytes: 0,
+            duration_ms: 0,
+            stamp: None,
+            definition: Some("ab".into()),
+            read: None,
+        }
+    }
+
+    /// A vm is defined from the definition of the point its disks are, its newest: never
+    /// from an older one when the newest is bad.
+    #[test]
+    fn a_vm_is_never_defined_from_an_older_point_than_its_disks() {
+        let copy = "hv-main:/srv/db.qcow2";
+        let good = point("p1", Verified::Yes);
+        assert_eq!(newest_of(std::slice::from_ref(&good), copy).unwrap(), "p1");
+        assert_eq!(
+            newest_of(&[good.clone(), point("p2", Verified::No)], copy).unwrap(),
+            "p2"
+        );
+        let bad = newest_of(&[good, point("p2", Verified::Bad)], copy).unwrap_err();
+        assert!(
+            bad.contains(
+                "the newest point p2 of hv-main:/srv/db.qcow2, which its disks are, is bad"
+            ),
+            "{bad}"
+        );
+        assert!(newest_of(&[], copy).unwrap_err().contains("has no point"));
+    }
 }
