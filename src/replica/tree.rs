@@ -990,6 +990,10 @@ impl TreeStore {
     /// Each move is done once: a file already moved is not there any more. Every path goes
     /// through [`Dir`]: checked again, and no link followed.
     fn roll_forward(&self, c: Commit) -> Result<(), StoreError> {
+        // Read first: a points file that cannot be read is never taken for "no points" (the
+        // history would start again from this point, the older ones lost unsaid); nothing is
+        // moved, and the next replication ends the history, saying why.
+        let mut points = self.points()?;
         let staging_path = self.path("staging");
         let root = Dir::open(&self.root, true).map_err(io_err(&self.root))?;
         let staging = Dir::open(&staging_path, true).map_err(io_err(&staging_path))?;
@@ -1040,7 +1044,6 @@ impl TreeStore {
             }
         }
         self.write_json("tree.json", &c.tree)?;
-        let mut points = self.points().unwrap_or_default();
         if !points.iter().any(|p| p.id == c.point.id) {
             points.push(c.point.clone());
         }
@@ -1274,6 +1277,59 @@ mod tests {
             .map(|p| p.verified)
             .collect();
         assert_eq!(verdicts, [Verified::Bad, Verified::Bad, Verified::Yes]);
+    }
+
+    /// An update committed (its commit record written) and not yet completed, over a points
+    /// file that cannot be read: completing it never takes the damaged file for "no points"
+    /// (a new history of one point, the older ones lost unsaid). Nothing is moved, and the
+    /// next replication ends the history, saying why.
+    #[test]
+    fn a_roll_forward_over_an_unreadable_points_file_never_takes_it_for_no_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let dst = dir.path().join("dst");
+        std::fs::create_dir_all(&src).unwrap();
+        for (id, text) in [("p1", "a1"), ("p2", "a2")] {
+            std::fs::write(src.join("a.dump"), text).unwrap();
+            replicate(&src, &dst, id);
+        }
+        let store = TreeStore::new(&dst);
+        let mut point = store.points().unwrap().pop().unwrap();
+        point.id = "p3".into();
+        let commit = Commit {
+            point,
+            prev: Some("p2".into()),
+            put: vec![],
+            replaced: vec![],
+            deleted: vec![],
+            touched: vec![],
+            tree: scan(&dst).unwrap(),
+            retention: 3,
+        };
+        store.write_json("commit.json", &commit).unwrap();
+        for name in ["points.json", "points.json.prev"] {
+            std::fs::write(store.path(name), b"{ damaged").unwrap();
+        }
+        assert!(
+            matches!(store.verify(None), Err(StoreError::Damaged { .. })),
+            "{:?}",
+            store.points()
+        );
+        assert_eq!(
+            std::fs::read(store.path("points.json")).unwrap(),
+            b"{ damaged"
+        );
+        assert!(!store.path("deltas/p2").exists());
+        assert!(matches!(store.points(), Err(StoreError::Damaged { .. })));
+        // The next replication ends the history, saying why, and makes a first point.
+        std::fs::write(src.join("a.dump"), "a4").unwrap();
+        replicate(&src, &dst, "p4");
+        let ended: meta::Ended =
+            serde_json::from_slice(&std::fs::read(store.path("ended.json")).unwrap()).unwrap();
+        assert!(ended.why.contains("points"), "{}", ended.why);
+        let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["p4"]);
+        assert_eq!(contents(&dst), contents(&src));
     }
 
     /// A stream as it reaches the pipe: its bytes, and how many of them had come at each
