@@ -1392,6 +1392,130 @@ mod tests {
         assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
     }
 
+    /// A leaf of the recovery manifest rots (its header intact): an incremental replication
+    /// through a dirty bitmap whose blocks do not include that leaf's never records a point
+    /// verified with a hash that is not the copy's bytes', whether the rotten leaf is next to
+    /// a block written (its node above is computed again) or far from them, and whether the
+    /// source reads against the manifest it kept or the recovery side's.
+    #[test]
+    fn a_damaged_leaf_of_the_recovery_manifest_never_gives_a_point_a_hash_not_its_bytes() {
+        // How the source gets its base: the manifest it kept, the one the recovery side gives,
+        // or the rotten leaves as they are (a source given them before the check).
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        enum From {
+            Kept,
+            Given,
+            Rotten,
+        }
+        for rotten in [4u64, 40] {
+            for from in [From::Kept, From::Given, From::Rotten] {
+                // A rotten leaf next to a block written, given as it is, gives the recovery
+                // side's update of its tree in place the same hash as the source's: only
+                // the check of the leaves before they are given (`Given`) finds it.
+                if (rotten, from) != (4, From::Rotten) {
+                    check_rotten_leaf(rotten, from == From::Kept, from == From::Rotten);
+                }
+            }
+        }
+    }
+
+    fn check_rotten_leaf(rotten: u64, kept_by_source: bool, raw: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.qcow2");
+        let dst = dir.path().join("copy.raw");
+        let kept = dir.path().join("kept");
+        let i = img.display();
+        sh(&format!("qemu-img create -q -f qcow2 '{i}' 4M"));
+        sh(&format!("qemu-io -c 'write -q -P 0x11 0 4M' '{i}'"));
+        replicate_guest(&img, &dst, "p1", None, &kept);
+        sh(&format!("qemu-img bitmap --add '{i}' cp1"));
+        // Block 5 is written; the leaf of block `rotten` rots in the recovery manifest.
+        sh(&format!(
+            "qemu-io -c 'write -q -P 0x22 {} 64k' '{i}'",
+            5 * BLOCK
+        ));
+        let store = Store::new(&dst);
+        let copy = Manifest::of_file(&dst).unwrap();
+        let leaf = copy.cvs[rotten as usize];
+        let manifest = store.meta_dir().join("manifest");
+        let mut bytes = std::fs::read(&manifest).unwrap();
+        let at = bytes[56..]
+            .chunks(32)
+            .position(|c| c == leaf)
+            .map(|k| 56 + 32 * k)
+            .unwrap();
+        bytes[at] ^= 0xff;
+        std::fs::write(&manifest, &bytes).unwrap();
+        if !kept_by_source {
+            let _ = std::fs::remove_dir_all(&kept);
+        }
+        let digest = store.base_digest(false).unwrap();
+        // The rotten leaves as the file holds them, under its intact header: what the
+        // recovery side gives when it does not check them, the recovery manifest left
+        // rotten for the update.
+        let base = match Kept::open(Some(&kept), &img, &digest).unwrap() {
+            Some(k) => Base::Kept(k),
+            None if raw => Base::Given(Manifest {
+                cvs: bytes[56..56 + 32 * copy.cvs.len()]
+                    .chunks(32)
+                    .map(|c| c.try_into().unwrap())
+                    .collect(),
+                ..copy
+            }),
+            None => Base::Given(store.base_manifest(false).unwrap().0),
+        };
+        let served = QemuNbd::serve(&img, Some("cp1")).unwrap();
+        let mut stream = Vec::new();
+        let sent = send_nbd(
+            &NbdSource {
+                socket: &served.socket,
+                export: QemuNbd::EXPORT,
+                bitmap: Some("cp1"),
+            },
+            base,
+            &mut stream,
+            false,
+        );
+        drop(served);
+        let case = format!("leaf {rotten}, kept: {kept_by_source}, raw: {raw}");
+        sent.unwrap_or_else(|e| panic!("{case}: {e}"));
+        let applied = store.apply(
+            &mut &stream[..],
+            NewPoint {
+                id: "p2".into(),
+                taken_at: Utc::now(),
+                source: "src".into(),
+                retention: 5,
+                definition: None,
+                read: Some(HowRead {
+                    mode: crate::replica::store::ReadMode::ChangedBlocks,
+                    why: None,
+                    checkpoint: Some("cp1".into()),
+                }),
+            },
+        );
+        let bytes = blake3::hash(&std::fs::read(&dst).unwrap())
+            .to_hex()
+            .to_string();
+        if raw {
+            // The source's hash is built on the rotten leaf: refused, nothing recorded.
+            assert!(
+                matches!(
+                    applied,
+                    Err(crate::replica::store::StoreError::Mismatch { .. })
+                ),
+                "{case}: {applied:?}"
+            );
+            assert!(store.points().unwrap().iter().all(|p| p.id != "p2"));
+            return;
+        }
+        // The point recorded is the copy's bytes, and reading it again finds it whole.
+        let p = applied.unwrap_or_else(|e| panic!("{case}: {e}")).point;
+        assert_eq!((p.verified, &p.blake3), (Verified::Yes, &bytes), "{case}");
+        let checked = store.verify(Some("p2")).unwrap();
+        assert_eq!(checked, [("p2".to_string(), true)], "{case}");
+    }
+
     #[test]
     fn through_nbd_each_read_of_changed_blocks_is_handed_on_before_the_next_is_read() {
         let dir = tempfile::tempdir().unwrap();

@@ -208,6 +208,33 @@ fn tree_anew(
     Ok((nodes, root))
 }
 
+/// The whole-image hash of the image of `size` bytes that the mirror becomes once the blocks
+/// `changed` (in increasing order) hold the hashes given: every other block hashed as the
+/// mirror holds it, no saved hash trusted (`None` under two blocks).
+fn whole_of_mirror(
+    mirror: &File,
+    image: &Path,
+    size: u64,
+    changed: &[(u64, Cv)],
+) -> Result<Option<[u8; 32]>, StoreError> {
+    let n = blocks::count(size);
+    let mut leaves = Vec::with_capacity(n as usize);
+    let mut next = changed.iter().peekable();
+    let mut buf = vec![0u8; BLOCK];
+    for idx in 0..n {
+        if let Some((_, c)) = next.next_if(|(i, _)| *i == idx) {
+            leaves.push(*c);
+            continue;
+        }
+        let len = blocks::block_len(size, idx);
+        mirror
+            .read_exact_at(&mut buf[..len], idx * BLOCK as u64)
+            .map_err(io_err(image))?;
+        leaves.push(blocks::cv(idx, &buf[..len]));
+    }
+    Ok(blocks::root(&leaves))
+}
+
 /// The commit record of a journal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Commit {
@@ -638,6 +665,12 @@ impl Store {
             return Ok(None);
         };
         let cvs = t.leaves(0, t.blocks() as usize).map_err(io_err(t.path()))?;
+        // Its leaves must give the whole hash its header says: a damaged leaf given to the
+        // source would be taken for the copy's block, and a read of the changed blocks only
+        // would build the new whole hash on it.
+        if blocks::root(&cvs).is_some_and(|r| r != t.whole) {
+            return Ok(None);
+        }
         Ok(Some(Manifest {
             size: t.size,
             whole: t.whole,
@@ -1198,10 +1231,12 @@ impl Store {
         let berr = io_err(&bpath);
         let (updated, mut root) = update_tree(base, new_n, &cvs).map_err(&berr)?;
         if root.is_some() && root != Some(whole) && matches!(updated, Updated::InPlace) {
-            // A damaged inner node of the saved tree would refuse every update: the hash is
-            // computed again from every leaf, as it is without a tree (the roll-forward then
-            // writes the tree anew).
-            root = tree_anew(base, new_n, &cvs).map_err(&berr)?.1;
+            // A damaged node of the saved tree would refuse every update: the hash is computed
+            // again from the mirror's own blocks and those received. Never from the saved
+            // leaves: a damaged leaf would give the hash a source computed on the same leaves
+            // (the recovery manifest it was given), which is not the copy's (the roll-forward
+            // then writes the tree anew).
+            root = whole_of_mirror(old.mirror, &self.image, header.size, &cvs)?;
         }
         let got = root.or(single).unwrap_or(*blake3::hash(b"").as_bytes());
         Ok(Streamed {
