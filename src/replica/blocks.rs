@@ -199,6 +199,44 @@ pub mod tree {
         Ok(())
     }
 
+    /// Whether every node [`update`] of the leaves `changed` (in increasing order) would
+    /// compute again is, as stored, made of its two children as stored: read before the leaves
+    /// change, a damaged node next to them (a leaf that rotted) would otherwise be built into
+    /// the new hash.
+    pub fn consistent_above(
+        nodes: &mut (impl Nodes + ?Sized),
+        n: u64,
+        changed: &[u64],
+    ) -> io::Result<bool> {
+        let mut level: Vec<u64> = changed.to_vec();
+        let mut below = 0;
+        for l in 1..u64::BITS {
+            let count = n >> l;
+            if count == 0 {
+                break;
+            }
+            let here = below + (n >> (l - 1)) as usize;
+            level = level
+                .into_iter()
+                .map(|i| i / 2)
+                .filter(|i| *i < count)
+                .collect();
+            level.dedup();
+            if level.is_empty() {
+                break;
+            }
+            for &i in &level {
+                let i = i as usize;
+                let cv = parent(&nodes.node(below + 2 * i)?, &nodes.node(below + 2 * i + 1)?);
+                if nodes.node(here + i)? != cv {
+                    return Ok(false);
+                }
+            }
+            below = here;
+        }
+        Ok(true)
+    }
+
     /// The nodes that [`update`] of leaves within `ranges` (`[first, end)` block ranges, in
     /// increasing order) reads or writes, and [`root`] reads: ranges of node indexes in
     /// increasing order, so that a tree kept in a file can have them read ahead at once.
@@ -532,6 +570,28 @@ pub fn read_header(bytes: &[u8]) -> Option<(u64, [u8; 32])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node next to the leaves about to change that is not made of its children (a leaf
+    /// that rotted beside them, a node above them or beside those) is found before they
+    /// change; one the update does not read is not.
+    #[test]
+    fn a_rotten_node_next_to_the_changed_leaves_is_found_before_they_change() {
+        let leaves: Vec<Cv> = (0..38u64).map(|i| cv(i, &[i as u8; 100])).collect();
+        let sound = tree::of(leaves);
+        let rot = |i: usize| {
+            let mut t = sound.clone();
+            t[i][0] ^= 1;
+            t
+        };
+        let consistent = |t: &mut Vec<Cv>| tree::consistent_above(&mut t[..], 38, &[5]).unwrap();
+        assert!(consistent(&mut sound.clone()));
+        assert!(!consistent(&mut rot(4)), "its sibling");
+        assert!(!consistent(&mut rot(38 + 2)), "its parent");
+        assert!(!consistent(&mut rot(38 + 3)), "its parent's sibling");
+        // Leaves under a sibling node are not read: the update uses that node as stored.
+        assert!(consistent(&mut rot(6)), "a leaf under its parent's sibling");
+        assert!(consistent(&mut rot(30)), "a leaf away from it");
+    }
 
     fn check_whole(size: usize) {
         let data: Vec<u8> = (0..size).map(|i| (i * 7 + i / 1000) as u8).collect();

@@ -170,6 +170,16 @@ fn update_tree(
     n: u64,
     changed: &[(u64, Cv)],
 ) -> io::Result<(Updated, Option<[u8; 32]>)> {
+    update_tree_checked(t, n, changed).map(|(updated, root, _)| (updated, root))
+}
+
+/// [`update_tree`], and whether the nodes it computed again were, before, made of their
+/// children as stored ([`tree::consistent_above`]; true when the tree was made anew).
+fn update_tree_checked(
+    t: &mut NodeFile,
+    n: u64,
+    changed: &[(u64, Cv)],
+) -> io::Result<(Updated, Option<[u8; 32]>, bool)> {
     if t.blocks() == n {
         let mut ranges: Vec<(u64, u64)> = Vec::new();
         for &(idx, _) in changed {
@@ -179,16 +189,17 @@ fn update_tree(
             }
         }
         t.read_ahead(&ranges);
+        let idx: Vec<u64> = changed.iter().map(|(i, _)| *i).collect();
+        let consistent = tree::consistent_above(t, n, &idx)?;
         for &(idx, c) in changed {
             tree::Nodes::set_node(t, idx as usize, c)?;
         }
-        let idx: Vec<u64> = changed.iter().map(|(i, _)| *i).collect();
         tree::update(t, n, &idx)?;
         let root = tree::root(t, n)?;
-        return Ok((Updated::InPlace, root));
+        return Ok((Updated::InPlace, root, consistent));
     }
     let (nodes, root) = tree_anew(t, n, changed)?;
-    Ok((Updated::Whole(nodes), root))
+    Ok((Updated::Whole(nodes), root, true))
 }
 
 /// [`update_tree`] made anew from every leaf of `t` as its file holds them (none of its other
@@ -1229,13 +1240,17 @@ impl Store {
         // received put in, whatever the source says.
         let bpath = base.path().to_path_buf();
         let berr = io_err(&bpath);
-        let (updated, mut root) = update_tree(base, new_n, &cvs).map_err(&berr)?;
-        if root.is_some() && root != Some(whole) && matches!(updated, Updated::InPlace) {
-            // A damaged node of the saved tree would refuse every update: the hash is computed
-            // again from the mirror's own blocks and those received. Never from the saved
-            // leaves: a damaged leaf would give the hash a source computed on the same leaves
-            // (the recovery manifest it was given), which is not the copy's (the roll-forward
-            // then writes the tree anew).
+        let (updated, mut root, consistent) =
+            update_tree_checked(base, new_n, &cvs).map_err(&berr)?;
+        if root.is_some()
+            && (root != Some(whole) || !consistent)
+            && matches!(updated, Updated::InPlace)
+        {
+            // A damaged node of the saved tree would refuse every update, and one next to the
+            // changed blocks (a rotten leaf) could give the hash a source computed on the
+            // same leaves (the recovery manifest it was given), which is not the copy's: the
+            // hash is computed again from the mirror's own blocks and those received, never
+            // from the saved leaves (the roll-forward then writes the tree anew).
             root = whole_of_mirror(old.mirror, &self.image, header.size, &cvs)?;
         }
         let got = root.or(single).unwrap_or(*blake3::hash(b"").as_bytes());
