@@ -483,7 +483,7 @@ fn take_lease(
 ) -> Result<(), String> {
     let wait = std::time::Duration::from_secs(terms.wait);
     let note = if path.is_dir() {
-        TreeStore::new(path).take_lease(lease, wait)
+        TreeStore::new(path).take_lease(lease, terms.expect.as_deref(), wait)
     } else {
         Store::new(path).take_lease(lease, terms.expect.as_deref(), wait, terms.started)
     }

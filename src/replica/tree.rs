@@ -578,16 +578,31 @@ impl TreeStore {
         }
     }
 
-    /// Records that `lease` uses the folder (see [`crate::replica::Store::take_lease`]).
+    /// Records that `lease` uses the folder (see [`crate::replica::Store::take_lease`]): with
+    /// `expect`, only while the folder still is that point (its newest, the folder not
+    /// changed behind it, not found bad since a run chose it as verified); else refused and
+    /// nothing recorded.
     pub fn take_lease(
         &self,
         lease: &Lease,
+        expect: Option<&str>,
         wait: std::time::Duration,
     ) -> Result<Option<String>, StoreError> {
         let _lock = lock_wait(&self.dir, &self.name(), wait)?;
-        let note = self.recover()?;
+        let mut notes: Vec<String> = self.recover()?.into_iter().collect();
+        if let Some(id) = expect {
+            let (points, repaired) = self.checked_points()?;
+            notes.extend(repaired);
+            if let Some(reason) = lease_refusal(&points, tree_stamp(&self.root), id, lease.verified)
+            {
+                return Err(StoreError::Refused {
+                    image: self.name(),
+                    reason,
+                });
+            }
+        }
         meta::write_lease(&self.dir, lease)?;
-        Ok(note)
+        Ok((!notes.is_empty()).then(|| notes.join("; ")))
     }
 
     /// Removes the leases `which` selects; what was released.
@@ -1175,6 +1190,32 @@ impl TreeStore {
     }
 }
 
+/// Why a folder whose points are `points` and whose stamp is `now` is no longer point
+/// `expect` a run chose (as verified when `verified`), if it is not. Pure.
+pub fn lease_refusal(
+    points: &[Point],
+    now: Option<String>,
+    expect: &str,
+    verified: bool,
+) -> Option<String> {
+    let newest = points.last();
+    if newest.map(|p| p.id.as_str()) != Some(expect) {
+        return Some(format!(
+            "it is no longer point {expect} (its newest point is {}): it changed while the run chose it; start the run again",
+            newest.map_or("none", |p| p.id.as_str())
+        ));
+    }
+    if let Some(why) = changed_since(points, now) {
+        return Some(why);
+    }
+    if verified && newest.is_some_and(|p| p.verified == Verified::Bad) {
+        return Some(format!(
+            "its point {expect} failed verification while the run chose it; start the run again"
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1492,5 +1533,84 @@ mod tests {
         std::fs::write(meta.join("leases/drill-x.json"), "not json").unwrap();
         let err = store.base(false).unwrap_err().to_string();
         assert!(err.contains("lease drill-x.json is damaged"), "{err}");
+    }
+
+    /// A lease that expects a point refuses a folder that is not that point any more: a newer
+    /// point, a file added, removed or rewritten behind the point, or the point found bad.
+    #[test]
+    fn a_lease_expecting_a_point_refuses_a_folder_that_is_not_that_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let dst = dir.path().join("dst");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.dump"), "a1").unwrap();
+        replicate(&src, &dst, "p1");
+        let store = TreeStore::new(&dst);
+        let lease = |kind, run: &str| Lease {
+            kind,
+            run: run.into(),
+            vm: "erp-dumps".into(),
+            step: "backups/point-erp-dumps".into(),
+            machine: "m".into(),
+            pid: 1,
+            at: Utc::now(),
+            point: Some("p1".into()),
+            taken_at: None,
+            verified: true,
+        };
+        let wait = std::time::Duration::from_millis(10);
+        let live = lease(meta::LeaseKind::Live, "r1");
+        let err = store
+            .take_lease(&live, Some("p0"), wait)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no longer point p0 (its newest point is p1)"),
+            "{err}"
+        );
+        assert!(store.inspect().leases.is_empty(), "nothing recorded");
+        // Each change behind the point is refused, and the lease not recorded.
+        let meta_dir = dir.path().join("dst.reprise");
+        for change in ["added", "removed", "rewritten"] {
+            match change {
+                "added" => std::fs::write(dst.join("new.dump"), "n").unwrap(),
+                "removed" => std::fs::remove_file(dst.join("a.dump")).unwrap(),
+                _ => std::fs::write(dst.join("a.dump"), "a2").unwrap(),
+            }
+            let err = store
+                .take_lease(&live, Some("p1"), wait)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("the copy changed since its newest point p1"),
+                "{change}: {err}"
+            );
+            assert!(
+                store.inspect().leases.is_empty(),
+                "{change}: nothing recorded"
+            );
+            // Put back as the point was (the time too).
+            let _ = std::fs::remove_file(dst.join("new.dump"));
+            std::fs::write(dst.join("a.dump"), "a1").unwrap();
+            let t: Tree = store.read_json("tree.json").unwrap();
+            let root = Dir::open(&dst, false).unwrap();
+            root.set_mtime("a.dump", t.files["a.dump"].mtime_ns)
+                .unwrap();
+            assert!(store.inspect().changed.is_none(), "{change}: put back");
+        }
+        // Found bad since a run chose it as verified.
+        let mut points = store.points().unwrap();
+        points[0].verified = Verified::Bad;
+        store.write_json("points.json", &points).unwrap();
+        let err = store
+            .take_lease(&live, Some("p1"), wait)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("failed verification"), "{err}");
+        points[0].verified = Verified::Yes;
+        store.write_json("points.json", &points).unwrap();
+        assert!(meta_dir.join("points.json").exists());
+        store.take_lease(&live, Some("p1"), wait).unwrap();
+        assert_eq!(store.inspect().leases.len(), 1);
     }
 }
