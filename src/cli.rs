@@ -119,7 +119,9 @@ pub struct RunArgs {
     pub incident_at: Option<DateTime<Utc>>,
     /// Start VM from its recovery copy as it is although no verified replica point proves it
     /// (never replicated, its metadata damaged, changed behind its points, a vm ran on it);
-    /// journaled as unverified. Without it such a vm is not started (repeatable; `all`).
+    /// journaled as unverified. Without it such a vm is not started. A backup set's name
+    /// does the same for its copy, which a drill or a failover relies on only once proven
+    /// (repeatable; `all`).
     #[arg(long = "accept-unverified", value_name = "VM")]
     pub accept_unverified: Vec<String>,
     #[command(flatten)]
@@ -1176,14 +1178,19 @@ fn start_with(
     mut points: crate::runner::PointChoice,
 ) -> Outcome {
     for vm in &args.accept_unverified {
-        if vm != "all" && !model.inventory.vms.contains_key(vm) {
-            let hint =
-                crate::diagnostic::did_you_mean(vm, model.inventory.vms.keys().map(String::as_str))
-                    .map(|h| format!("hint: {h}\n"))
-                    .unwrap_or_default();
+        let inv = &model.inventory;
+        if vm != "all" && !inv.vms.contains_key(vm) && !inv.backups.contains_key(vm) {
+            let hint = crate::diagnostic::did_you_mean(
+                vm,
+                inv.vms.keys().chain(inv.backups.keys()).map(String::as_str),
+            )
+            .map(|h| format!("hint: {h}\n"))
+            .unwrap_or_default();
             return Outcome::err(
                 exit::INVALID_INPUT,
-                format!("error: --accept-unverified names an unknown vm `{vm}`\n{hint}"),
+                format!(
+                    "error: --accept-unverified names an unknown vm `{vm}` (nor backup set)\n{hint}"
+                ),
             );
         }
         points

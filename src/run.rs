@@ -853,6 +853,152 @@ pub fn written_after(mtime: DateTime<Utc>, skew: f64, uncertainty: f64, at: Date
         .is_none_or(|local| local >= at)
 }
 
+/// A backup set a failback replicates back over its primary's folder, as read before it
+/// starts.
+#[derive(Debug, Clone)]
+pub struct FolderBack {
+    pub set: String,
+    pub primary: String,
+    pub recovery: String,
+    /// Its recovery copy (the source of the copy-back) as the helper reads it, or why not.
+    pub copy: Result<crate::replica::CopyState, String>,
+    /// The primary's folder it would overwrite, as the helper reads it there, or why not.
+    pub folder: Result<crate::replica::CopyState, String>,
+}
+
+/// What stops a failback from replicating a backup set back over its primary's folder, each
+/// a problem only `--force` passes (as for a vm's disks, [`judge_copy_back`]): a recovery
+/// copy no failover relied on (no `live` lease: a replica of the primary's folder, older than
+/// it, whose copy-back would remove or overwrite what the folder got since), leases that
+/// cannot be read, and a primary folder that got a file (added or rewritten) at or after the
+/// point the failover relied on was taken (or after the failover, whichever is earlier),
+/// or whose times cannot be read: the copy-back would overwrite or remove it. A folder that
+/// is exactly the newest point a reverse replication made of it holds nothing of its own;
+/// one not there holds nothing. Pure.
+pub fn judge_folder_back(backs: &[FolderBack]) -> Vec<String> {
+    use crate::replica::LeaseKind;
+    let mut problems = Vec::new();
+    for b in backs {
+        let (set, primary, recovery) = (&b.set, &b.primary, &b.recovery);
+        let copy = match &b.copy {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(format!(
+                    "copy-back backup set {set}: its recovery copy on {recovery} cannot be read ({e}): nothing shows that a failover relied on it"
+                ));
+                continue;
+            }
+        };
+        let keep = |path: &str| {
+            format!(
+                "keep a copy of it first (e.g. `cp -a {path} {path}.kept` on {primary}), then use --force to overwrite it"
+            )
+        };
+        if !copy.bad_leases.is_empty() {
+            problems.push(format!(
+                "copy-back backup set {set}: the leases of its recovery copy {recovery}:{} cannot be read ({})",
+                copy.path,
+                copy.bad_leases.join(", ")
+            ));
+            continue;
+        }
+        // When the data the failover relied on was taken: the primary's folder got nothing
+        // of the recovery site's before that.
+        let since = copy
+            .leases
+            .iter()
+            .filter(|l| l.kind == LeaseKind::Live)
+            .map(|l| l.taken_at.map_or(l.at, |t| t.min(l.at)))
+            .min();
+        let Some(since) = since else {
+            problems.push(format!(
+                "copy-back backup set {set}: its recovery copy {recovery}:{} was not relied on by a failover (no live lease): it holds a replica of the primary's folder, older than it, and copying it back would remove or overwrite what the folder got since; fail over first, or use --force only if the recovery site did write the data to keep there",
+                copy.path
+            ));
+            continue;
+        };
+        let folder = match &b.folder {
+            Ok(f) => f,
+            Err(e) => {
+                problems.push(format!(
+                    "copy-back backup set {set}: its folder on {primary} cannot be read ({e}): whether it got files since the failover cannot be told; {}",
+                    keep("FOLDER")
+                ));
+                continue;
+            }
+        };
+        if !folder.exists {
+            continue;
+        }
+        let replica = folder.managed
+            && !folder.points.is_empty()
+            && folder.changed.is_none()
+            && folder.damaged.is_none()
+            && folder.unsettled.is_none();
+        let since_text = since.format("%Y-%m-%d %H:%M:%S%.3f UTC");
+        match folder.mtime {
+            None => problems.push(format!(
+                "copy-back backup set {set}: the time its folder {primary}:{} was last written cannot be read: whether it got files after the failover relied on its copy {recovery}:{} (its data as of {since_text}) cannot be told; {}",
+                folder.path,
+                copy.path,
+                keep(&folder.path)
+            )),
+            Some(m) if m >= since && !replica => problems.push(format!(
+                "copy-back backup set {set}: its folder {primary}:{} got a file written at {}, after the failover relied on its copy {recovery}:{} (its data as of {since_text}): the failback would overwrite or remove what the primary's folder got since; {}",
+                folder.path,
+                m.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
+                copy.path,
+                keep(&folder.path)
+            )),
+            Some(_) => {}
+        }
+    }
+    problems
+}
+
+/// Reads, for each backup set a failback plan replicates back to the primary, its recovery
+/// copy and the primary's folder (see [`judge_folder_back`]).
+pub fn folder_backs(plan: &Plan, transport: &dyn Transport) -> Vec<FolderBack> {
+    let helpers = crate::replica::remote::Helpers::new(transport);
+    let mut backs: Vec<FolderBack> = Vec::new();
+    for step in &plan.steps {
+        let plan::Action::Replicate {
+            what: plan::Replicated::Backup(set),
+            from_host,
+            to_host,
+            items,
+            ..
+        } = &step.action_spec
+        else {
+            continue;
+        };
+        let Some((src, dst)) = items.first() else {
+            continue;
+        };
+        if backs.iter().any(|b| b.set == *set) {
+            continue;
+        }
+        let one = |host: &str, path: &str| {
+            helpers
+                .inspect(host, &[path.to_string()])
+                .map_err(|e| e.to_string())
+                .and_then(|s| {
+                    s.into_iter()
+                        .next()
+                        .ok_or_else(|| "the helper said nothing of it".to_string())
+                })
+        };
+        backs.push(FolderBack {
+            set: set.clone(),
+            primary: to_host.clone(),
+            recovery: from_host.clone(),
+            copy: one(from_host, src),
+            folder: one(to_host, dst),
+        });
+    }
+    backs
+}
+
 /// Reads, for each vm a failback plan copies back to the primary, its state there and its
 /// recovery copies (see [`judge_copy_back`]).
 pub fn copy_backs(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<CopyBack> {
@@ -927,19 +1073,20 @@ pub fn start(
     // forced.
     let mut copy_back = Vec::new();
     if plan.mode == Mode::Failback {
-        let transport = transport(model, &opts.exec.ssh);
-        let backs = copy_backs(model, &plan, &transport);
+        let t = transport(model, &opts.exec.ssh);
+        let backs = copy_backs(model, &plan, &t);
         let (runs, problems) = judge_copy_back(&backs);
         if !runs.is_empty() {
             return Err(RunError::PrimaryRuns { vms: runs });
         }
         // A vm that ran on its recovery copies comes back only by copying them back: refused
         // before the recovery side is stopped, whatever --force says.
-        let uncopied = uncopied(&plan, &[], &transport);
+        let uncopied = uncopied(&plan, &[], &t);
         if !uncopied.is_empty() {
             return Err(RunError::NothingCopiedBack { problems: uncopied });
         }
         copy_back = problems;
+        copy_back.extend(judge_folder_back(&folder_backs(&plan, &t)));
     }
     // A planned failover stops production first, a failback the recovery side: each starts
     // only once the side it starts vms on is known to be able to take over (for a failback,
@@ -1147,16 +1294,17 @@ pub fn resume(
             .collect();
         let mut left = plan.clone();
         left.steps.retain(|s| !started.contains(&s.id.as_str()));
-        let transport = transport(model, &exec.ssh);
-        let backs = copy_backs(model, &left, &transport);
-        let (runs, problems) = judge_copy_back(&backs);
+        let t = transport(model, &exec.ssh);
+        let backs = copy_backs(model, &left, &t);
+        let (runs, mut problems) = judge_copy_back(&backs);
         if !runs.is_empty() {
             return Err(RunError::PrimaryRuns { vms: runs });
         }
-        let uncopied = uncopied(&plan, &started, &transport);
+        let uncopied = uncopied(&plan, &started, &t);
         if !uncopied.is_empty() {
             return Err(RunError::NothingCopiedBack { problems: uncopied });
         }
+        problems.extend(judge_folder_back(&folder_backs(&left, &t)));
         if !problems.is_empty() && !force {
             return Err(RunError::NotReady {
                 mode: plan.mode,
@@ -1784,6 +1932,113 @@ mod tests {
             problems[0].contains("cannot be read (no helper)"),
             "{problems:?}"
         );
+    }
+
+    fn folder_back(leases: Vec<Lease>) -> FolderBack {
+        FolderBack {
+            set: "erp-dumps".into(),
+            primary: "san-main".into(),
+            recovery: "nas-pra".into(),
+            copy: Ok(CopyState {
+                path: "/srv/backups/erp".into(),
+                exists: true,
+                managed: true,
+                leases,
+                ..CopyState::default()
+            }),
+            folder: Ok(CopyState {
+                path: "/export/backups/erp".into(),
+                exists: true,
+                mtime: Some(Utc::now() - chrono::Duration::hours(1)),
+                ..CopyState::default()
+            }),
+        }
+    }
+
+    /// A failback replicates a backup set back only from a copy a failover relied on (its
+    /// live lease), and never over a primary folder that got a file at or after the point
+    /// that failover relied on was taken, or whose times cannot be read: each a problem only
+    /// `--force` passes. A folder exactly the newest point a reverse replication made of it,
+    /// or not there, holds nothing of its own.
+    #[test]
+    fn a_failback_never_overwrites_files_the_primary_folder_got_after_the_failover() {
+        let taken = Utc::now() - chrono::Duration::minutes(30);
+        let live = || {
+            let mut l = lease(LeaseKind::Live, "erp-dumps");
+            l.taken_at = Some(taken);
+            vec![l]
+        };
+        assert!(judge_folder_back(&[folder_back(live())]).is_empty());
+        let with = |f: &dyn Fn(&mut CopyState)| {
+            let mut b = folder_back(live());
+            if let Ok(d) = &mut b.folder {
+                f(d);
+            }
+            judge_folder_back(&[b])
+        };
+        // A file written after the point the failover relied on was taken, even before the
+        // failover itself (the copy does not hold it either).
+        let problems = with(&|d| d.mtime = Some(taken + chrono::Duration::seconds(1)));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("copy-back backup set erp-dumps: its folder san-main:/export/backups/erp got a file written at ")
+                && problems[0].contains("after the failover relied on its copy nas-pra:/srv/backups/erp")
+                && problems[0].contains("cp -a /export/backups/erp /export/backups/erp.kept")
+                && problems[0].contains("--force"),
+            "{problems:?}"
+        );
+        let problems = with(&|d| d.mtime = None);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("cannot be read"), "{problems:?}");
+        let later = Some(Utc::now());
+        assert!(
+            with(&|d| {
+                d.mtime = later;
+                d.exists = false;
+            })
+            .is_empty()
+        );
+        let point: crate::replica::Point = serde_json::from_str(&format!(
+            r#"{{"id":"p","taken_at":"2026-11-28T01:00:00Z","source":"s","size":1,"blake3":"{}","verified":"yes","checked_at":null,"received_bytes":0,"duration_ms":0}}"#,
+            "00".repeat(32)
+        ))
+        .unwrap();
+        let replica = |d: &mut CopyState| {
+            d.mtime = later;
+            d.managed = true;
+            d.points = vec![point.clone()];
+        };
+        assert!(with(&replica).is_empty());
+        let written = with(&|d| {
+            replica(d);
+            d.changed = Some("a file was added".into());
+        });
+        assert_eq!(written.len(), 1, "{written:?}");
+        // No failover relied on the copy: a replica older than the folder.
+        for leases in [vec![], vec![lease(LeaseKind::Drill, "erp-dumps")]] {
+            let problems = judge_folder_back(&[folder_back(leases)]);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].contains("was not relied on by a failover (no live lease)"),
+                "{problems:?}"
+            );
+        }
+        let mut unread = folder_back(live());
+        unread.folder = Err("no helper".into());
+        let problems = judge_folder_back(&[unread]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("cannot be read (no helper)"),
+            "{problems:?}"
+        );
+        let mut unread = folder_back(live());
+        unread.copy = Err("no helper".into());
+        assert_eq!(judge_folder_back(&[unread]).len(), 1);
+        let mut bad = folder_back(live());
+        if let Ok(c) = &mut bad.copy {
+            c.bad_leases = vec!["live-R2.json".into()];
+        }
+        assert_eq!(judge_folder_back(&[bad]).len(), 1);
     }
 }
 

@@ -300,6 +300,140 @@ fn main_phase<'m>(
     if let Some(back) = back_pending {
         diags.push(no_switch_step(sid, book, &back.before, Mode::Failback));
     }
+    // The backup sets the service's runbooks replicate: a drill or a failover relies on
+    // their copies, proven after the service's own steps (a final sync included), before
+    // anything that needs the service.
+    if matches!(mode, Mode::Drill | Mode::Failover) {
+        for set in backup_sets_of(model, sid) {
+            let after = main_after(model, sid, members, &planned.main);
+            let step = backup_step(
+                model,
+                opts,
+                service,
+                set,
+                book,
+                after,
+                &planned.steps,
+                diags,
+            );
+            push(planned, step);
+        }
+    }
+}
+
+/// The backup sets the runbooks of service `sid` replicate (in any mode), in the
+/// inventory's order.
+fn backup_sets_of<'m>(model: &'m Model, sid: &str) -> Vec<&'m crate::inventory::BackupSet> {
+    let named: BTreeSet<&str> = model
+        .runbooks
+        .by_service
+        .get(sid)
+        .into_iter()
+        .flat_map(|books| books.values())
+        .flat_map(|b| &b.steps)
+        .filter_map(|s| match &s.kind {
+            crate::runbook::StepKind::Replicate {
+                source: crate::runbook::ReplicaSource::Backup(b),
+            } => Some(b.value.as_str()),
+            _ => None,
+        })
+        .collect();
+    model
+        .inventory
+        .backups
+        .values()
+        .filter(|b| named.contains(b.id.as_str()))
+        .collect()
+}
+
+/// The prefix of the id of the step that proves a backup set's copy (`backup-SET`).
+pub const BACKUP_STEP: &str = "backup-";
+
+/// The step that proves the copy of backup set `set` on its recovery host before a drill or
+/// a failover relies on it (see [`crate::plan::BackupUse`]).
+#[allow(clippy::too_many_arguments)]
+fn backup_step(
+    model: &Model,
+    opts: &PlanOptions,
+    service: &Service,
+    set: &crate::inventory::BackupSet,
+    book: &crate::runbook::Runbook,
+    after_idx: Vec<usize>,
+    planned: &[PlannedStep],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<PlannedStep> {
+    let inv = &model.inventory;
+    let name = format!("{BACKUP_STEP}{}", set.id);
+    let id = format!("{}/{name}", service.id);
+    if let Some(clash) = book.steps.iter().find(|s| s.id.value == name) {
+        diags.push(
+            Diagnostic::error(format!(
+                "step id `{name}` of service `{}` is taken by the step that proves the copy of backup set `{}`",
+                service.id, set.id
+            ))
+            .at(clash.id.loc.clone())
+            .hint("give this step another id"),
+        );
+        return None;
+    }
+    let host_id = &set.dest_host.value;
+    if let Some(d) = site_violation(inv, opts.mode, false, &id, host_id, &set.dest_host.loc) {
+        diags.push(d.hint("a backup set's copy is kept on the recovery site"));
+        return None;
+    }
+    let host = inv.hosts.get(host_id)?;
+    let failover = opts.mode == Mode::Failover;
+    let description = if failover {
+        format!(
+            "The copy of backup set {} ({host_id}:{}) proven before the recovery site relies on it: its newest good point, verified, the folder not changed behind it; leased to the run at that point",
+            set.id, set.dest_path
+        )
+    } else {
+        format!(
+            "The copy of backup set {} ({host_id}:{}) proven as a failover would rely on it: its newest good point, verified, the folder not changed behind it",
+            set.id, set.dest_path
+        )
+    };
+    Some(PlannedStep {
+        id,
+        service: service.id.clone(),
+        step: name,
+        host: Some(host.id.clone()),
+        target: Some(format!("{}@{}:{}", host.user, host.address, host.port)),
+        site: host.site.as_ref().map(|s| s.value.clone()),
+        kind: "backup",
+        action: None,
+        replica: None,
+        state_before: None,
+        command: format!(
+            "prove the copy {} of backup set {} (its point, verified, unchanged){}",
+            set.dest_path,
+            set.id,
+            if failover { " and lease it" } else { "" }
+        ),
+        verify: None,
+        undo: None,
+        description: Some(description),
+        timeout_s: None,
+        expected_s: 5,
+        retries: 0,
+        idempotent: true,
+        needs_primary: false,
+        phase: Phase::Main,
+        after: after_idx
+            .into_iter()
+            .map(|i| planned[i].id.clone())
+            .collect(),
+        est_start_s: 0,
+        est_finish_s: 0,
+        critical: false,
+        action_spec: Action::BackupCopy(crate::plan::BackupUse {
+            set: set.id.clone(),
+            host: host.id.clone(),
+            path: set.dest_path.clone(),
+            failover,
+        }),
+    })
 }
 
 /// The step a service names to read its replication's lag before (`before`) is not in its
@@ -791,5 +925,51 @@ mod tests {
         assert!(started.contains(&("erp-db", true)), "{started:?}");
         assert!(started.contains(&("dc1", false)), "{started:?}");
         assert!(started.contains(&("dc2", false)), "{started:?}");
+    }
+
+    /// A drill and a failover (planned or emergency) prove the copy of every backup set the
+    /// service's runbooks replicate, after its own steps (a planned failover's final sync
+    /// first), before anything that needs it; a restore and a failback rely on none.
+    #[test]
+    fn a_drill_or_a_failover_proves_each_backup_set_it_relies_on() {
+        let model = example();
+        let backups = |mode: Mode, emergency: bool| -> Vec<(String, bool, Vec<String>)> {
+            let opts = PlanOptions {
+                emergency,
+                ..PlanOptions::new(mode)
+            };
+            let plan = build(&model, &opts).unwrap();
+            plan.steps
+                .iter()
+                .filter_map(|s| match &s.action_spec {
+                    Action::BackupCopy(b) => {
+                        assert_eq!((b.host.as_str(), s.kind), ("nas-pra", "backup"));
+                        Some((s.id.clone(), b.failover, s.after.clone()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let ids = |v: &[(String, bool, Vec<String>)]| -> Vec<String> {
+            v.iter().map(|(id, _, _)| id.clone()).collect()
+        };
+        let all = [
+            "backups/backup-erp-dumps",
+            "backups/backup-ad-state",
+            "backups/backup-shares",
+        ];
+        let drill = backups(Mode::Drill, false);
+        assert_eq!(ids(&drill), all);
+        assert!(drill.iter().all(|(_, failover, _)| !failover));
+        assert_eq!(drill[0].2, ["backups/copies-present"]);
+        let planned = backups(Mode::Failover, false);
+        assert_eq!(ids(&planned), all);
+        assert!(planned.iter().all(|(_, failover, _)| *failover));
+        // After the final syncs.
+        assert_eq!(planned[0].2, ["backups/final-shares"]);
+        let emergency = backups(Mode::Failover, true);
+        assert_eq!(ids(&emergency), all);
+        assert!(backups(Mode::Restore, false).is_empty());
+        assert!(backups(Mode::Failback, false).is_empty());
     }
 }

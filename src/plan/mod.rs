@@ -270,6 +270,23 @@ pub enum Action {
         /// with whether the step copies back to the primary (a failback).
         guest: Option<bool>,
     },
+    /// Prove and lease a backup set's copy (see [`BackupUse`]).
+    BackupCopy(BackupUse),
+}
+
+/// A backup set's copy on the recovery host, which a drill or a failover relies on, proven
+/// before anything of the run uses it (as a vm's copies are before its start): its newest
+/// good point, verified, the folder not changed behind it, leased at that point (a failover
+/// keeps the lease: the recovery site now writes there; a drill gives it back) and journaled
+/// as the point used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupUse {
+    pub set: String,
+    /// The recovery host and the copy's folder there.
+    pub host: String,
+    pub path: String,
+    /// A failover (the copy becomes the data the recovery site runs on), not a drill.
+    pub failover: bool,
 }
 
 /// A driver's commands about the snapshot a replication of a running vm makes on its host.

@@ -234,7 +234,7 @@ fn as_is(
     };
     if !ask.accept_unverified {
         return Decision::Refuse(format!(
-            "{}: {what} does not start a vm from unverified data; replicate it (`reprise replicate`), or, to start it from its copy as it is, name it with --accept-unverified (journaled)",
+            "{}: {what} does not start from unverified data; replicate it (`reprise replicate`), or, to start it from its copy as it is, name it with --accept-unverified (journaled)",
             reasons.join("; ")
         ));
     }

@@ -169,6 +169,20 @@ pub struct Request<'a> {
     pub may_roll_back: bool,
     /// A drill's question to the primary host, if its driver has one.
     pub snapshot_check: Option<SnapshotCheck>,
+    /// The copy of a backup set (`vm.name` is the set), not a vm's disks: never rolled back
+    /// by a run.
+    pub backup: bool,
+}
+
+impl Request<'_> {
+    /// `vm NAME` or `backup set NAME`.
+    fn what(&self) -> String {
+        if self.backup {
+            format!("backup set {}", self.vm.name)
+        } else {
+            format!("vm {}", self.vm.name)
+        }
+    }
 }
 
 /// A start prepared: the decision, and what was done to the copies on the way (settled, read
@@ -303,12 +317,9 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
     // Points read again by hash in this choice, found whole.
     let mut whole: Vec<(usize, String)> = Vec::new();
     for _ in 0..(4 + 4 * paths.len()) {
-        let mut states = copies.inspect(host, paths).map_err(|e| {
-            format!(
-                "cannot read the copies of vm {} on {host}: {e}",
-                req.vm.name
-            )
-        })?;
+        let mut states = copies
+            .inspect(host, paths)
+            .map_err(|e| format!("cannot read the copies of {} on {host}: {e}", req.what()))?;
         for (i, id) in &unusable {
             if let Some(p) = states[*i].points.iter_mut().find(|p| &p.id == id) {
                 p.verified = Verified::Bad;
@@ -340,6 +351,15 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
             unusable.push(unusable_point);
             continue;
         }
+        if !start.roll_back.is_empty() && req.backup {
+            let to: Vec<&str> = start.roll_back.iter().map(|(_, p)| p.as_str()).collect();
+            return Err(format!(
+                "{} would need its copy rolled back to point {}, which a run never does to a backup set: replicate it for a new verified point (`reprise replicate {}`), or restore that point by hand",
+                req.what(),
+                to.join(", "),
+                req.vm.name
+            ));
+        }
         if !resumed(req, &states)
             && let Some(unusable_point) = reread(copies, req, &start, &mut whole, &mut notes)?
         {
@@ -360,8 +380,8 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
         return Ok(Prepared { start, notes });
     }
     Err(format!(
-        "the copies of vm {} on {host} kept changing while the run chose its point; start the run again",
-        req.vm.name
+        "the copies of {} on {host} kept changing while the run chose its point; start the run again",
+        req.what()
     ))
 }
 
@@ -869,6 +889,7 @@ mod tests {
             ask: Ask::default(),
             defines: false,
             may_roll_back: how == Use::Failover,
+            backup: false,
             snapshot_check: None,
         }
     }

@@ -548,7 +548,7 @@ impl TreeStore {
                 let newest = files.iter().map(|(_, m)| mtime_ns(m)).max().unwrap_or(0);
                 state.mtime = chrono::DateTime::<Utc>::from_timestamp(
                     (newest.div_euclid(1_000_000_000)) as i64,
-                    0,
+                    newest.rem_euclid(1_000_000_000) as u32,
                 );
             }
         }

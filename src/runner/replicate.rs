@@ -103,7 +103,49 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
     if let Some(point) = point {
         point_made(run, step.id.clone(), item.clone(), point, taken_at);
     }
-    run.outcome(StepStatus::Done, 1, None)
+    let message = match what {
+        Replicated::Backup(set) if ctx.plan.mode == crate::runbook::Mode::Failback => {
+            Some(failed_back(ctx, set, from_host, items).await)
+        }
+        _ => None,
+    };
+    run.outcome(StepStatus::Done, 1, message)
+}
+
+/// A backup set replicated back to the primary by a failback: the lease the failover left on
+/// its recovery copy is released (what the recovery site wrote there is on the primary now),
+/// so that replication may write into the copy again. A note for the step's message.
+async fn failed_back(
+    ctx: &RunContext,
+    set: &str,
+    host: &str,
+    items: &[(String, String)],
+) -> String {
+    let transport = ctx.transport.clone();
+    let (h, paths): (String, Vec<String>) = (
+        host.to_string(),
+        items.iter().map(|(src, _)| src.clone()).collect(),
+    );
+    let released = tokio::task::spawn_blocking(move || {
+        crate::replica::remote::Helpers::new(transport.as_ref()).release(
+            &h,
+            &paths,
+            None,
+            Some(crate::replica::LeaseKind::Live),
+        )
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
+    match released {
+        Ok(r) if r.is_empty() => format!("backup set {set} is back on the primary"),
+        Ok(_) => format!(
+            "backup set {set} is back on the primary: its recovery copy on {host} was released, replication may write into it again"
+        ),
+        Err(e) => format!(
+            "backup set {set} is back on the primary, but the lease of its recovery copy on {host} could not be released ({e}): `reprise release {set}` frees it"
+        ),
+    }
 }
 
 /// Journals the point a replicate step made.

@@ -126,6 +126,7 @@ async fn run_step_inner(
             tls,
         } => check::http(ctx, run, url, *status, *interval, tls).await,
         Action::Replicate { .. } => replicate::run(ctx, run).await,
+        Action::BackupCopy(copy) => super::backup::run(ctx, run, copy).await,
     }
 }
 

@@ -142,6 +142,7 @@ async fn prepare(
             defines,
             may_roll_back: failover,
             snapshot_check,
+            backup: false,
         };
         start::prepare(&Remote::new(transport.as_ref()), &req)
     })

@@ -1,0 +1,114 @@
+//! Backup steps: the copy of a backup set a drill or a failover relies on, proven as a vm's
+//! copies are before its start ([`crate::replica::start::prepare`]: the newest good point,
+//! verified, the folder not changed behind it, else read again by hash; unverified data only
+//! when the operator names the set with `--accept-unverified`), leased at that point (the
+//! lease refuses a folder that is no longer it), and journaled as the point used. A failover
+//! keeps its `live` lease: the recovery site now writes into the folder, no replication
+//! writes over it, and a failback knows what the primary's folder got since. A drill gives
+//! its lease back at once: it only reads.
+
+use chrono::Utc;
+
+use super::context::{Outcome, RunContext, StepRun};
+use crate::event::{Event, StepStatus};
+use crate::plan::BackupUse;
+use crate::replica::choice::Use;
+use crate::replica::start::{self, Remote, Request, Vm};
+
+/// Runs a backup step.
+pub(super) async fn run(ctx: &RunContext, run: &StepRun, copy: &BackupUse) -> Outcome {
+    let step = &ctx.plan.steps[run.index];
+    let how = if copy.failover {
+        Use::Failover
+    } else {
+        Use::Drill
+    };
+    let ask = ctx
+        .options
+        .points
+        .ask(&copy.set, &ctx.plan.run_id, copy.failover);
+    let (transport, run_id, id, c) = (
+        ctx.transport.clone(),
+        ctx.plan.run_id.clone(),
+        step.id.clone(),
+        copy.clone(),
+    );
+    let prepared = tokio::task::spawn_blocking(move || {
+        let paths = [c.path.clone()];
+        let req = Request {
+            run: &run_id,
+            step: &id,
+            vm: Vm {
+                name: &c.set,
+                host: &c.host,
+                paths: &paths,
+            },
+            how,
+            ask,
+            defines: false,
+            may_roll_back: false,
+            snapshot_check: None,
+            backup: true,
+        };
+        let remote = Remote::new(transport.as_ref());
+        let prepared = start::prepare(&remote, &req);
+        // A drill only reads the folder: the lease proved it still was the point.
+        if prepared.is_ok() && how == Use::Drill {
+            start::give_back(&remote, req.vm, &run_id, how);
+        }
+        prepared
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the replica task failed: {e}")));
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(why) => {
+            let e = refused(copy, &why);
+            run.send(Event::StepOutput {
+                at: Utc::now(),
+                step: step.id.clone(),
+                attempt: 1,
+                stdout: String::new(),
+                stderr: e.clone(),
+                exit_code: None,
+            });
+            return run.outcome(StepStatus::Failed, 1, Some(e));
+        }
+    };
+    let s = prepared.start;
+    let notes = prepared.notes;
+    run.send(Event::ReplicaPointUsed {
+        at: Utc::now(),
+        step: step.id.clone(),
+        item: copy.set.clone(),
+        point: s.point.clone(),
+        taken_at: s.taken_at,
+        verified: s.verified,
+        note: Some(if notes.is_empty() {
+            format!("the newest point on {}, verified", copy.host)
+        } else {
+            notes.join("; ")
+        }),
+        dropped: s.dropped,
+    });
+    let message = copy.failover.then(|| {
+        format!(
+            "the copy {}:{} of backup set {} is leased to this run at point {}: no replication writes into it until a failback releases it",
+            copy.host, copy.path, copy.set, s.point
+        )
+    });
+    run.outcome(StepStatus::Done, 1, message)
+}
+
+/// Why the run does not rely on the copy: the set, its host and folder, and what to do.
+pub(super) fn refused(copy: &BackupUse, why: &str) -> String {
+    let what = if copy.failover {
+        "a failover"
+    } else {
+        "a drill"
+    };
+    format!(
+        "backup set {}: its copy {}:{} is not proven, so {what} does not rely on it: {why}; `reprise check` shows it, `reprise replicate {}` makes a new verified point, or name it with --accept-unverified {} to use it as it is (journaled)",
+        copy.set, copy.host, copy.path, copy.set, copy.set
+    )
+}
