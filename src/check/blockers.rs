@@ -15,8 +15,10 @@ use crate::ssh::Transport;
 /// reached, lacks a tool or room for the copies; a secret or bash syntax one of its steps
 /// needs; the replication lag of a service it switches, unknown or over its RPO (its
 /// `replication-lag` step would stop it there, after the primary side is stopped); a vm it
-/// defines there whose definition would not fit. Problems of the primary side (and of
-/// copies, which its final sync brings up to date) do not stop it.
+/// defines there whose definition would not fit; the copy of a backup set it relies on
+/// without a final sync of its own that is not proven (no good point, unverified, changed
+/// behind its point). Problems of the primary side (and of copies, which its final sync
+/// brings up to date) do not stop it.
 pub fn failover_blockers(model: &Model, plan: &Plan, items: &[ReadinessItem]) -> Vec<String> {
     let inv = &model.inventory;
     let recovery_hosts: BTreeSet<&str> = plan
@@ -52,10 +54,34 @@ pub fn failover_blockers(model: &Model, plan: &Plan, items: &[ReadinessItem]) ->
         .filter(|s| matches!(s.action_spec, Action::Lag { hold: true, .. }))
         .map(|s| format!("service {}", s.service))
         .collect();
+    // The backup sets whose copies it relies on as they are (no final sync of its own makes
+    // a new point of them first), as `replicas` items name them.
+    let synced: BTreeSet<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action_spec {
+            Action::Replicate {
+                what: crate::plan::Replicated::Backup(b),
+                ..
+            } => Some(b.as_str()),
+            _ => None,
+        })
+        .collect();
+    let relied_on: BTreeSet<String> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action_spec {
+            Action::BackupCopy(b) if !synced.contains(b.set.as_str()) => {
+                Some(format!("backup {}", b.set))
+            }
+            _ => None,
+        })
+        .collect();
     items
         .iter()
         .filter(|i| i.status == ItemStatus::Failed)
         .filter(|i| match i.area.as_str() {
+            "replicas" => relied_on.contains(&i.subject),
             "ssh" | "tools" | "space" => recovery_hosts.contains(i.subject.as_str()),
             "shell" => steps.contains(i.subject.as_str()),
             "secrets" => secrets.contains(&i.subject),
@@ -150,6 +176,28 @@ mod tests {
         let drill = plan::build(&model, &PlanOptions::new(Mode::Drill)).unwrap();
         assert!(failover_blockers(&model, &drill, &items).is_empty());
     }
+    /// A backup set's copy that is not proven blocks a planned failover that relies on it as
+    /// it is, not one whose final sync makes a new point of it first.
+    #[test]
+    fn a_backup_set_copy_not_proven_blocks_a_planned_failover_that_relies_on_it_as_it_is() {
+        let model = example();
+        let mut plan = plan::build(&model, &PlanOptions::new(Mode::Failover)).unwrap();
+        let items = [item(
+            "replicas",
+            "backup erp-dumps",
+            ItemStatus::Failed,
+            "UNVERIFIED: the copy changed since its newest point P1 was made".into(),
+        )];
+        assert!(failover_blockers(&model, &plan, &items).is_empty());
+        plan.steps.retain(|s| s.id != "backups/final-erp-dumps");
+        assert_eq!(
+            failover_blockers(&model, &plan, &items),
+            [
+                "replicas backup erp-dumps: UNVERIFIED: the copy changed since its newest point P1 was made"
+            ]
+        );
+    }
+
     #[test]
     fn a_definition_that_would_not_fit_blocks_the_planned_failover_of_its_vm_only() {
         let model = example();

@@ -363,6 +363,17 @@ fn points_item(r: &ReplicaTarget, dest: &HostProbe, now: DateTime<Utc>) -> (Read
         }
         _ => detail,
     };
+    // What is wrong names the copy: its host and its file or folder.
+    let detail = if level == Level::Ok {
+        detail
+    } else {
+        format!(
+            "{detail} (the {} {}:{})",
+            if r.dir { "folder" } else { "copy" },
+            r.to_host,
+            r.copy
+        )
+    };
     (
         item("replicas", &r.what, status, detail),
         !state.points.is_empty(),
@@ -799,6 +810,55 @@ mod tests {
                 .starts_with("UNVERIFIED"),
             "{}",
             j.detail("vm erp-db (erp-db-data.qcow2)")
+        );
+    }
+
+    /// A backup set's copy changed behind its newest point (a file added, removed or
+    /// rewritten) fails, naming the set, its host and folder and what to do; the same copy
+    /// still its point passes with that point.
+    #[test]
+    fn a_backup_set_copy_changed_behind_its_point_fails_naming_its_folder() {
+        let model = example();
+        let r = replica_targets(&model)
+            .into_iter()
+            .find(|r| r.what == "backup erp-dumps")
+            .unwrap();
+        let now = Utc::now();
+        let point: crate::replica::Point = serde_json::from_str(&format!(
+            r#"{{"id":"P1","taken_at":"{}","source":"s","size":1,"blake3":"{}","verified":"yes","checked_at":null,"received_bytes":0,"duration_ms":0,"stamp":"tree a"}}"#,
+            (now - chrono::Duration::hours(1)).to_rfc3339(),
+            "00".repeat(32)
+        ))
+        .unwrap();
+        let mut state = crate::replica::CopyState {
+            path: r.copy.clone(),
+            exists: true,
+            size: 1,
+            managed: true,
+            points: vec![point],
+            stamp: Some("tree a".into()),
+            ..Default::default()
+        };
+        let mut dest = HostProbe::default();
+        dest.copies.insert(r.copy.clone(), state.clone());
+        let (ok, _) = points_item(&r, &dest, now);
+        assert_eq!(ok.status, ItemStatus::Ok, "{}", ok.detail);
+        assert!(ok.detail.contains("P1"), "{}", ok.detail);
+        state.changed = Some("the copy changed since its newest point P1 was made".into());
+        dest.copies.insert(r.copy.clone(), state);
+        let (failed, _) = points_item(&r, &dest, now);
+        assert_eq!(failed.status, ItemStatus::Failed);
+        assert_eq!(failed.subject, "backup erp-dumps");
+        assert!(
+            failed
+                .detail
+                .starts_with("UNVERIFIED: the copy changed since its newest point P1")
+                && failed.detail.contains("`reprise verify erp-dumps`")
+                && failed
+                    .detail
+                    .ends_with("(the folder nas-pra:/srv/backups/erp)"),
+            "{}",
+            failed.detail
         );
     }
 
