@@ -2329,3 +2329,170 @@ fn a_restore_never_starts_a_vm_whose_newest_data_is_on_the_recovery_site() {
     );
     assert_eq!(starts(), before, "nothing started on hv-main");
 }
+
+/// The copy of backup set erp-dumps on nas-pra gets a file behind its point: `check` fails on
+/// it naming the set and its folder (exit 7), `status` says it, and a drill of the backups
+/// refuses to rely on it (its backup step fails, naming the copy and what to do) while the
+/// other sets are proven and journaled; an emergency failover relies on it only when named
+/// with --accept-unverified (journaled unverified), and leases every copy. The primary's folder
+/// then gets a file: the failback that replicates erp-dumps back refuses (exit 7, nothing
+/// started, the file kept) and goes ahead only with --force, journaled.
+#[test]
+fn a_backup_set_copy_is_proven_before_a_run_relies_on_it_and_never_copied_back_over_newer_files() {
+    let lab = Lab::up(156);
+    let copy = lab.host_root("nas-pra").join("srv/backups/erp");
+    let primary = lab.host_root("san-main").join("export/backups/erp");
+    std::fs::write(copy.join("planted.dump"), "not from the primary").unwrap();
+
+    let run = lab.run(&["check", "--json"]);
+    assert_eq!(run.code, 7, "{run:?}");
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let item = json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["area"] == "replicas" && i["subject"] == "backup erp-dumps")
+        .unwrap_or_else(|| panic!("{json:#}"));
+    assert_eq!(item["status"], "failed", "{item}");
+    let detail = item["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("UNVERIFIED: the copy changed since its newest point")
+            && detail.contains("`reprise verify erp-dumps`")
+            && detail.ends_with(&format!("(the folder nas-pra:{})", copy.display())),
+        "{detail}"
+    );
+    let others = check_items(&json, "failed");
+    assert_eq!(
+        others,
+        [("replicas".to_string(), "backup erp-dumps".to_string())],
+        "only that copy fails"
+    );
+    let status = lab.run(&["status", "--format", "json"]);
+    assert_ne!(status.code, 0, "{status:?}");
+    assert!(
+        status.stdout.contains("erp-dumps")
+            && status.stdout.contains("changed since its newest point"),
+        "{}",
+        status.stdout
+    );
+
+    let only = ["--service", "backups", "--only", "--yes", "--no-prompt"];
+    let exit = lab.run_confirming(
+        &[&["drill"][..], &only[..]].concat(),
+        Duration::from_secs(120),
+    );
+    assert!(!exit.success(), "the drill relied on the copy");
+    let events = lab.journal();
+    let refused = events
+        .iter()
+        .find(|e| e["event"] == "step_finished" && e["step"] == "backups/backup-erp-dumps")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(refused["status"], "failed", "{refused}");
+    let why = refused["message"].as_str().unwrap();
+    assert!(
+        why.starts_with(&format!(
+            "backup set erp-dumps: its copy nas-pra:{} is not proven, so a drill does not rely on it: ",
+            copy.display()
+        )) && why.contains("--accept-unverified erp-dumps"),
+        "{why}"
+    );
+    let used: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "replica_point_used")
+        .collect();
+    assert!(used.iter().all(|e| e["item"] != "erp-dumps"), "{used:#?}");
+    // A drill gives its leases back.
+    let leases = |set: &str| {
+        let dir = lab
+            .host_root("nas-pra")
+            .join(format!("srv/backups/{set}.reprise/leases"));
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_else(|_| Vec::<String>::new())
+    };
+    assert!(leases("erp").is_empty() && leases("ad-systemstate").is_empty());
+
+    let emergency = ["failover", "--emergency"];
+    let exit = lab.run_confirming(
+        &[
+            &emergency[..],
+            &["--accept-unverified", "erp-dumps"],
+            &only[..],
+        ]
+        .concat(),
+        Duration::from_secs(120),
+    );
+    let events = lab.journal();
+    assert!(exit.success(), "{:?}", events.last());
+    let used: HashMap<String, &serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "replica_point_used")
+        .map(|e| (e["item"].as_str().unwrap().to_string(), e))
+        .collect();
+    assert_eq!(
+        used["erp-dumps"]["verified"], false,
+        "{:?}",
+        used["erp-dumps"]
+    );
+    assert!(
+        used["erp-dumps"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("--accept-unverified"),
+        "{:?}",
+        used["erp-dumps"]
+    );
+    assert_eq!(used["ad-state"]["verified"], true, "{:?}", used["ad-state"]);
+    for set in ["erp", "ad-systemstate", "shares"] {
+        assert_eq!(leases(set).len(), 1, "{set}: {:?}", leases(set));
+    }
+
+    // The primary's folder gets a file after the failover: the failback would remove it.
+    let kept = primary.join("written-after.dump");
+    std::fs::write(&kept, "the primary's own").unwrap();
+    let runs = || std::fs::read_dir(lab.state().join("runs")).unwrap().count();
+    let before = runs();
+    let refused = lab.run(&[&["failback"][..], &only[..]].concat());
+    assert_eq!(refused.code, 7, "{refused:?}");
+    assert!(
+        refused.stderr.contains(&format!(
+            "copy-back backup set erp-dumps: its folder san-main:{} got a file written at ",
+            primary.display()
+        )) && refused
+            .stderr
+            .contains("after the failover relied on its copy")
+            && refused.stderr.contains("cp -a ")
+            && refused.stderr.contains("--force")
+            && !refused.stderr.contains("copy-back backup set ad-state"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(runs(), before, "a refused failback started a run");
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "the primary's own");
+
+    let exit = lab.run_confirming(
+        &[&["failback", "--force"][..], &only[..]].concat(),
+        Duration::from_secs(120),
+    );
+    let events = lab.journal();
+    assert!(exit.success(), "{:?}", events.last());
+    let forced = events
+        .iter()
+        .find(|e| e["event"] == "readiness_forced")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert!(
+        forced["problems"].as_array().unwrap().iter().any(|p| p
+            .as_str()
+            .unwrap()
+            .starts_with("copy-back backup set erp-dumps: its folder san-main:")),
+        "{forced}"
+    );
+    // Back on the primary; the copies it replicated back are released.
+    assert!(primary.join("planted.dump").exists());
+    assert!(leases("erp").is_empty() && leases("ad-systemstate").is_empty());
+    assert_eq!(leases("shares").len(), 1, "not replicated back: still held");
+}
