@@ -261,7 +261,25 @@ impl Lease {
 
     /// `drill run R (erp-db/start-copy, since 2026-11-28 03:10 UTC, pid 42 on pra1)`
     pub fn describe(&self) -> String {
+        // A backup set's copy is leased by the run's backup step of that set
+        // (`SERVICE/backup-SET`), under the set's name.
+        let set = self.step.ends_with(&format!("/backup-{}", self.vm));
         let what = match self.kind {
+            LeaseKind::Drill if set => {
+                format!(
+                    "a drill relying on backup set {} (run {}",
+                    self.vm, self.run
+                )
+            }
+            LeaseKind::Live if set => format!(
+                "backup set {}, relied on by failover run {}{}",
+                self.vm,
+                self.run,
+                self.point
+                    .as_deref()
+                    .map(|p| format!(" at point {p}"))
+                    .unwrap_or_default()
+            ),
             LeaseKind::Drill => format!("a drill copy of vm {} (run {}", self.vm, self.run),
             LeaseKind::Live => format!(
                 "vm {}, started on it by failover run {}{}",

@@ -1550,7 +1550,7 @@ mod tests {
             kind,
             run: run.into(),
             vm: "erp-dumps".into(),
-            step: "backups/point-erp-dumps".into(),
+            step: "backups/backup-erp-dumps".into(),
             machine: "m".into(),
             pid: 1,
             at: Utc::now(),
@@ -1611,6 +1611,12 @@ mod tests {
         store.write_json("points.json", &points).unwrap();
         assert!(meta_dir.join("points.json").exists());
         store.take_lease(&live, Some("p1"), wait).unwrap();
-        assert_eq!(store.inspect().leases.len(), 1);
+        let leases = store.inspect().leases;
+        assert_eq!(leases.len(), 1);
+        let who = leases[0].describe();
+        assert!(
+            who.starts_with("backup set erp-dumps, relied on by failover run r1 at point p1"),
+            "{who}"
+        );
     }
 }
