@@ -112,3 +112,42 @@ pub(super) fn refused(copy: &BackupUse, why: &str) -> String {
         copy.set, copy.host, copy.path, copy.set, copy.set
     )
 }
+
+/// The roll-back of a failover that relied on the copy: the run's `live` lease is released
+/// (production runs on the primary again; replication may write into the copy), or why not.
+pub(super) async fn undo(ctx: &RunContext, copy: &BackupUse) -> (bool, String) {
+    let (transport, run_id, c) = (ctx.transport.clone(), ctx.plan.run_id.clone(), copy.clone());
+    let released = tokio::task::spawn_blocking(move || {
+        let paths = [c.path.clone()];
+        let vm = Vm {
+            name: &c.set,
+            host: &c.host,
+            paths: &paths,
+        };
+        start::after(
+            &Remote::new(transport.as_ref()),
+            vm,
+            &run_id,
+            "",
+            start::Used::NotStarted,
+        )
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the replica task failed: {e}")));
+    match released {
+        Ok(_) => (
+            true,
+            format!(
+                "the copy {}:{} of backup set {} was released",
+                copy.host, copy.path, copy.set
+            ),
+        ),
+        Err(e) => (
+            false,
+            format!(
+                "the copy {}:{} of backup set {} is still leased to this run ({e}): `reprise release {}` frees it",
+                copy.host, copy.path, copy.set, copy.set
+            ),
+        ),
+    }
+}

@@ -27,6 +27,22 @@ pub(super) async fn undo_done(
     let mut undone = Vec::new();
     for &i in done_order.iter().rev() {
         let step = &ctx.plan.steps[i];
+        // A failover's backup step undone: the recovery site no longer relies on the copy.
+        if let Action::BackupCopy(copy) = &step.action_spec {
+            if copy.failover {
+                let (ok, message) = super::backup::undo(ctx, copy).await;
+                out.emit(&Event::UndoFinished {
+                    at: Utc::now(),
+                    step: step.id.clone(),
+                    ok,
+                    message: Some(message),
+                });
+                if ok {
+                    undone.push(i);
+                }
+            }
+            continue;
+        }
         let Action::Exec {
             undo: Some(undo), ..
         } = &step.action_spec

@@ -738,6 +738,20 @@ fn a_failed_planned_failover_undoes_completed_steps_in_reverse_order() {
         positions.windows(2).all(|w| w[0] > w[1]),
         "undo order {undone:?} vs done order {done_order:?}"
     );
+    // A backup step done (a copy the failover relied on) is undone: its lease released.
+    for step in done_order
+        .iter()
+        .filter(|s| s.starts_with("backups/backup-"))
+    {
+        assert!(undone.contains(step), "{step} not undone: {undone:?}");
+    }
+    for set in ["erp", "ad-systemstate", "shares"] {
+        let leases = lab
+            .host_root("nas-pra")
+            .join(format!("srv/backups/{set}.reprise/leases"));
+        let held = std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(held, 0, "{set} still leased: {done_order:?}");
+    }
     assert!(matches!(
         events.last().unwrap()["status"].as_str(),
         Some("failed")
@@ -2495,4 +2509,75 @@ fn a_backup_set_copy_is_proven_before_a_run_relies_on_it_and_never_copied_back_o
     assert!(primary.join("planted.dump").exists());
     assert!(leases("erp").is_empty() && leases("ad-systemstate").is_empty());
     assert_eq!(leases("shares").len(), 1, "not replicated back: still held");
+}
+
+/// A planned failover relies on the backup sets' copies (each leased at its point), then a
+/// service that needs them fails: the roll-back releases the copies, so that replication may
+/// write into them again and no failback takes them for data the recovery site wrote.
+#[test]
+fn a_rolled_back_failover_releases_the_backup_set_copies_it_relied_on() {
+    let lab = Lab::up(157);
+    let edited = tempfile::tempdir().unwrap();
+    for d in ["inventory", "runbooks"] {
+        crate::common::copy_tree(&root().join(d), &edited.path().join(d));
+    }
+    let services = edited.path().join("inventory/services.toml");
+    let mut text = std::fs::read_to_string(&services).unwrap();
+    text.push_str(
+        "\n[services.dump-check]\ndescription = \"A dump restored on the recovery site\"\nkind = \"application\"\nowner = \"Sofia Haddad\"\nrto = \"1d\"\ndepends_on = [\"backups\"]\nhost = \"nas-pra\"\n",
+    );
+    std::fs::write(&services, text).unwrap();
+    std::fs::write(
+        edited.path().join("runbooks/dump-check.toml"),
+        "[[dump-check.failover]]\nid = \"restore-dump\"\nkind = \"exec\"\nhost = \"nas-pra\"\nrun = \"false\"\ntimeout = \"1m\"\nexpected = \"10s\"\n",
+    )
+    .unwrap();
+    let exit = lab.run_confirming_in(
+        edited.path(),
+        &[
+            "failover",
+            "--service",
+            "backups",
+            "--service",
+            "dump-check",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ],
+        Duration::from_secs(180),
+    );
+    let events = lab.journal();
+    assert_eq!(exit.code(), Some(1), "{:?}", events.last());
+    let done: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "step_finished" && e["status"] == "done")
+        .map(|e| e["step"].as_str().unwrap())
+        .collect();
+    let undone: HashMap<&str, &serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "undo_finished")
+        .map(|e| (e["step"].as_str().unwrap(), e))
+        .collect();
+    for set in ["erp-dumps", "ad-state", "shares"] {
+        let step = format!("backups/backup-{set}");
+        assert!(done.contains(&step.as_str()), "{done:?}");
+        let undo = undone
+            .get(step.as_str())
+            .unwrap_or_else(|| panic!("{step} not undone: {events:#?}"));
+        assert_eq!(undo["ok"], true, "{undo}");
+        assert!(
+            undo["message"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("of backup set {set} was released")),
+            "{undo}"
+        );
+    }
+    for dir in ["erp", "ad-systemstate", "shares"] {
+        let leases = lab
+            .host_root("nas-pra")
+            .join(format!("srv/backups/{dir}.reprise/leases"));
+        let held = std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(held, 0, "{dir} still leased");
+    }
 }
