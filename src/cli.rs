@@ -267,7 +267,8 @@ pub enum Command {
         emergency: bool,
         /// Start VM from this replica point (see `reprise points VM`), or every vm from POINT;
         /// the copies are rolled back to it first (repeatable). Default: the newest point that
-        /// did not fail verification.
+        /// did not fail verification. A backup set's name (SET=POINT): the point its copy must
+        /// be for the run to rely on it (a run never rolls a backup set's copy back).
         #[arg(long = "point", value_name = "[VM=]POINT", value_parser = parse_point)]
         points: Vec<(String, String)>,
         /// Start a planned failover although `reprise check` finds problems on the recovery
@@ -277,7 +278,8 @@ pub enum Command {
         #[arg(long)]
         force: bool,
         /// Start every VM not named by --point from its newest good point taken before TIME
-        /// (e.g. the last state before a ransomware attack).
+        /// (e.g. the last state before a ransomware attack); a backup set's copy whose newest
+        /// point is later is not relied on (a run never rolls it back).
         #[arg(long, value_name = "TIME", value_parser = parse_incident_time)]
         point_before: Option<DateTime<Utc>>,
         #[command(flatten)]
@@ -1063,14 +1065,17 @@ fn failover(
     args: &RunArgs,
 ) -> Result<Outcome, Outcome> {
     for (vm, _) in points {
-        if !vm.is_empty() && !model.inventory.vms.contains_key(vm) {
-            let hint =
-                crate::diagnostic::did_you_mean(vm, model.inventory.vms.keys().map(String::as_str))
-                    .map(|h| format!("hint: {h}\n"))
-                    .unwrap_or_default();
+        let inv = &model.inventory;
+        if !vm.is_empty() && !inv.vms.contains_key(vm) && !inv.backups.contains_key(vm) {
+            let hint = crate::diagnostic::did_you_mean(
+                vm,
+                inv.vms.keys().chain(inv.backups.keys()).map(String::as_str),
+            )
+            .map(|h| format!("hint: {h}\n"))
+            .unwrap_or_default();
             return Err(Outcome::err(
                 exit::INVALID_INPUT,
-                format!("error: --point names an unknown vm `{vm}`\n{hint}"),
+                format!("error: --point names an unknown vm `{vm}` (nor backup set)\n{hint}"),
             ));
         }
     }

@@ -26,7 +26,7 @@ pub(super) async fn run(ctx: &RunContext, run: &StepRun, copy: &BackupUse) -> Ou
     let ask = ctx
         .options
         .points
-        .ask(&copy.set, &ctx.plan.run_id, copy.failover);
+        .ask_set(&copy.set, &ctx.plan.run_id, copy.failover);
     let (transport, run_id, id, c) = (
         ctx.transport.clone(),
         ctx.plan.run_id.clone(),
@@ -149,5 +149,40 @@ pub(super) async fn undo(ctx: &RunContext, copy: &BackupUse) -> (bool, String) {
                 copy.host, copy.path, copy.set, copy.set
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::context::PointChoice;
+    use crate::replica::choice::Want;
+
+    /// A backup set answers to a point named for it and to `--point-before`, never to a
+    /// point named for every vm; to `--accept-unverified` by its name or `all`.
+    #[test]
+    fn a_backup_set_answers_to_its_own_point_and_to_point_before_only() {
+        let before = chrono::Utc::now();
+        let mut choice = PointChoice {
+            all: Some("P-vm".into()),
+            ..PointChoice::default()
+        };
+        assert_eq!(choice.ask_set("erp-dumps", "r", true).want, None);
+        choice.before = Some(before);
+        assert_eq!(
+            choice.ask_set("erp-dumps", "r", true).want,
+            Some(Want::Before(before))
+        );
+        choice.by_vm.insert("erp-dumps".into(), "P1".into());
+        assert_eq!(
+            choice.ask_set("erp-dumps", "r", true).want,
+            Some(Want::Id("P1".into()))
+        );
+        // A drill never asks for a point.
+        assert_eq!(choice.ask_set("erp-dumps", "r", false).want, None);
+        assert!(!choice.ask_set("erp-dumps", "r", true).accept_unverified);
+        choice.accept_unverified = vec!["erp-dumps".into()];
+        assert!(choice.ask_set("erp-dumps", "r", true).accept_unverified);
+        choice.accept_unverified = vec!["*".into()];
+        assert!(choice.ask_set("ad-state", "r", true).accept_unverified);
     }
 }

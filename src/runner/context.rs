@@ -115,6 +115,21 @@ impl PointChoice {
             run: Some(run.to_string()),
         }
     }
+
+    /// What the operator asked for backup set `set`: its own `--point SET=POINT` or
+    /// `--point-before`, never a point named for every vm (`--point POINT` is a vm's).
+    pub(super) fn ask_set(
+        &self,
+        set: &str,
+        run: &str,
+        failover: bool,
+    ) -> crate::replica::choice::Ask {
+        PointChoice {
+            all: None,
+            ..self.clone()
+        }
+        .ask(set, run, failover)
+    }
 }
 
 /// The result of one step's task.
