@@ -2464,6 +2464,33 @@ fn a_backup_set_copy_is_proven_before_a_run_relies_on_it_and_never_copied_back_o
     for set in ["erp", "ad-systemstate", "shares"] {
         assert_eq!(leases(set).len(), 1, "{set}: {:?}", leases(set));
     }
+    // The report gives the data loss of the points the failover relied on, and which.
+    let report = lab.run(&["report", "latest", "--format", "json"]);
+    assert_eq!(report.code, 0, "{report:?}");
+    let report: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    let backups = report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "backups")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert!(backups["data_loss_s"].as_f64().is_some(), "{backups:#}");
+    let items: Vec<(&str, bool)> = backups["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["item"].as_str().unwrap(),
+                p["verified"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        items,
+        [("erp-dumps", false), ("ad-state", true), ("shares", true)],
+        "{backups:#}"
+    );
 
     // The primary's folder gets a file after the failover: the failback would remove it.
     let kept = primary.join("written-after.dump");
