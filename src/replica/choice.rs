@@ -91,7 +91,8 @@ pub fn unverified(copy: &CopyState, run: Option<&str>) -> Option<String> {
         .find(|l| l.kind == LeaseKind::Live && Some(l.run.as_str()) != run)
     {
         return Some(format!(
-            "{n} is the disk of {}: its points no longer describe it",
+            "{n} is the {} of {}: its points no longer describe it",
+            if l.of_backup_set() { "data" } else { "disk" },
             l.describe()
         ));
     }
@@ -540,6 +541,13 @@ pub fn judge(
     }
     for l in &copy.leases {
         match l.kind {
+            LeaseKind::Live if l.of_backup_set() => found.push((
+                Level::Failed,
+                format!(
+                    "it is the data of {}: the recovery site writes there, no replica any more; a failback that replicates it back releases it, or `reprise release {item}` once what it holds is kept elsewhere",
+                    l.describe()
+                ),
+            )),
             LeaseKind::Live => found.push((
                 Level::Failed,
                 format!(
@@ -977,6 +985,30 @@ mod tests {
         let (level, detail) = judge(&sys, "erp-db", Some(900), Utc::now());
         assert_eq!(level, Level::Failed);
         assert!(detail.contains("fail back"), "{detail}");
+        // A backup set's copy a failover relied on is said to be that set's data.
+        let mut set = disk("erp", &[("P1", "2026-11-28T01:00:00Z", "yes")]);
+        let mut lease = sys.leases[0].clone();
+        lease.vm = "erp-dumps".into();
+        lease.step = "backups/backup-erp-dumps".into();
+        set.leases.push(lease);
+        let why = refused(decide(
+            std::slice::from_ref(&set),
+            Use::Drill,
+            &Ask::default(),
+        ));
+        assert!(
+            why.contains(
+                "erp is the data of backup set erp-dumps, relied on by failover run r1 at point P1"
+            ),
+            "{why}"
+        );
+        let (level, detail) = judge(&set, "erp-dumps", None, Utc::now());
+        assert_eq!(level, Level::Failed);
+        assert!(
+            detail.starts_with("it is the data of backup set erp-dumps")
+                && detail.contains("`reprise release erp-dumps`"),
+            "{detail}"
+        );
     }
 
     #[test]

@@ -260,10 +260,14 @@ impl Lease {
     }
 
     /// `drill run R (erp-db/start-copy, since 2026-11-28 03:10 UTC, pid 42 on pra1)`
+    /// Taken by a run's backup step (`SERVICE/backup-SET`) on a backup set's copy, under
+    /// the set's name, rather than by a vm's start.
+    pub fn of_backup_set(&self) -> bool {
+        self.step.ends_with(&format!("/backup-{}", self.vm))
+    }
+
     pub fn describe(&self) -> String {
-        // A backup set's copy is leased by the run's backup step of that set
-        // (`SERVICE/backup-SET`), under the set's name.
-        let set = self.step.ends_with(&format!("/backup-{}", self.vm));
+        let set = self.of_backup_set();
         let what = match self.kind {
             LeaseKind::Drill if set => {
                 format!(
