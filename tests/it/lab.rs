@@ -2608,3 +2608,55 @@ fn a_rolled_back_failover_releases_the_backup_set_copies_it_relied_on() {
         assert_eq!(held, 0, "{dir} still leased");
     }
 }
+
+/// A file of the copy of backup set erp-dumps rots behind its point, its time and size kept
+/// (its stamp says nothing): a drill of the backups reads the point again by hash before it
+/// relies on it, finds it damaged, marks it bad and refuses, saying why.
+#[test]
+fn a_backup_set_copy_that_rotted_behind_its_point_is_never_relied_on() {
+    let lab = Lab::up(158);
+    let copy = lab.host_root("nas-pra").join("srv/backups/erp");
+    let file = std::fs::read_dir(&copy)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_file() && std::fs::metadata(p).unwrap().len() > 0)
+        .expect("a dump in the copy");
+    rot_keeping_time(&file, 0);
+    let exit = lab.run_confirming(
+        &[
+            "drill",
+            "--service",
+            "backups",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(!exit.success(), "the drill relied on the copy");
+    let events = lab.journal();
+    let refused = events
+        .iter()
+        .find(|e| e["event"] == "step_finished" && e["step"] == "backups/backup-erp-dumps")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(refused["status"], "failed", "{refused}");
+    let why = refused["message"].as_str().unwrap();
+    assert!(
+        why.starts_with("backup set erp-dumps: its copy nas-pra:")
+            && why.contains("FAILED verification"),
+        "{why}"
+    );
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "replica_point_used")
+            .all(|e| e["item"] != "erp-dumps"),
+        "{events:#?}"
+    );
+    let points = lab.run(&["points", "erp-dumps"]);
+    assert!(
+        points.stdout.contains("bad") || points.stdout.contains("FAILED"),
+        "{points:?}"
+    );
+}
