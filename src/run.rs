@@ -864,6 +864,9 @@ pub struct FolderBack {
     pub copy: Result<crate::replica::CopyState, String>,
     /// The primary's folder it would overwrite, as the helper reads it there, or why not.
     pub folder: Result<crate::replica::CopyState, String>,
+    /// The primary's clock minus this machine's, and the uncertainty of that reading, or why
+    /// it cannot be read (as [`CopyBack::clock`]): the folder's file times are the primary's.
+    pub clock: Result<(f64, f64), String>,
 }
 
 /// What stops a failback from replicating a backup set back over its primary's folder, each
@@ -936,21 +939,38 @@ pub fn judge_folder_back(backs: &[FolderBack]) -> Vec<String> {
             && folder.damaged.is_none()
             && folder.unsettled.is_none();
         let since_text = since.format("%Y-%m-%d %H:%M:%S%.3f UTC");
-        match folder.mtime {
-            None => problems.push(format!(
+        match (folder.mtime, &b.clock) {
+            (None, _) => problems.push(format!(
                 "copy-back backup set {set}: the time its folder {primary}:{} was last written cannot be read: whether it got files after the failover relied on its copy {recovery}:{} (its data as of {since_text}) cannot be told; {}",
                 folder.path,
                 copy.path,
                 keep(&folder.path)
             )),
-            Some(m) if m >= since && !replica => problems.push(format!(
-                "copy-back backup set {set}: its folder {primary}:{} got a file written at {}, after the failover relied on its copy {recovery}:{} (its data as of {since_text}): the failback would overwrite or remove what the primary's folder got since; {}",
+            (Some(_), _) if replica => {}
+            (Some(_), Err(e)) => problems.push(format!(
+                "copy-back backup set {set}: the clock of {primary} cannot be read ({e}): the times of its folder {}'s files (its clock) cannot be compared with the point the failover relied on ({since_text}), so whether it got files since cannot be told; {}",
                 folder.path,
-                m.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
-                copy.path,
                 keep(&folder.path)
             )),
-            Some(_) => {}
+            (Some(m), Ok((skew, uncertainty))) if written_after(m, *skew, *uncertainty, since) => {
+                let offset = if skew.abs() >= 0.001 {
+                    format!(
+                        " by its clock, {:.3}s {} this machine's",
+                        skew.abs(),
+                        if *skew >= 0.0 { "ahead of" } else { "behind" }
+                    )
+                } else {
+                    String::new()
+                };
+                problems.push(format!(
+                    "copy-back backup set {set}: its folder {primary}:{} got a file written at {}{offset}, after the failover relied on its copy {recovery}:{} (its data as of {since_text}): the failback would overwrite or remove what the primary's folder got since; {}",
+                    folder.path,
+                    m.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
+                    copy.path,
+                    keep(&folder.path)
+                ))
+            }
+            (Some(_), Ok(_)) => {}
         }
     }
     problems
@@ -994,6 +1014,7 @@ pub fn folder_backs(plan: &Plan, transport: &dyn Transport) -> Vec<FolderBack> {
             recovery: from_host.clone(),
             copy: one(from_host, src),
             folder: one(to_host, dst),
+            clock: crate::check::read_clock(transport, to_host),
         });
     }
     backs
@@ -1952,7 +1973,48 @@ mod tests {
                 mtime: Some(Utc::now() - chrono::Duration::hours(1)),
                 ..CopyState::default()
             }),
+            clock: Ok((0.0, 0.0)),
         }
+    }
+
+    /// The folder's file times are the primary's clock, the point's this machine's: a
+    /// primary clock behind never hides a file written after the point, and one that cannot
+    /// be read leaves the question open.
+    #[test]
+    fn a_primary_clock_behind_never_hides_a_file_its_folder_got_after_the_point() {
+        let taken = Utc::now() - chrono::Duration::minutes(30);
+        let judge = |skew: f64, written: chrono::Duration| {
+            let mut l = lease(LeaseKind::Live, "erp-dumps");
+            l.taken_at = Some(taken);
+            let mut b = folder_back(vec![l]);
+            b.clock = Ok((skew, 0.01));
+            // Written at `taken + written` (this machine's clock), stamped by the primary's.
+            let stamped = taken + written + chrono::Duration::milliseconds((skew * 1e3) as i64);
+            if let Ok(f) = &mut b.folder {
+                f.mtime = Some(stamped);
+            }
+            judge_folder_back(&[b])
+        };
+        let after = chrono::Duration::seconds(10);
+        let problems = judge(-30.0, after);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("by its clock, 30.000s behind this machine's"),
+            "{problems:?}"
+        );
+        assert!(
+            judge(30.0, -after).is_empty(),
+            "a file of before, clock ahead"
+        );
+        let mut l = lease(LeaseKind::Live, "erp-dumps");
+        l.taken_at = Some(taken);
+        let mut b = folder_back(vec![l]);
+        b.clock = Err("`date` not found".into());
+        let problems = judge_folder_back(&[b]);
+        assert!(
+            problems.len() == 1 && problems[0].contains("the clock of san-main cannot be read"),
+            "{problems:?}"
+        );
     }
 
     /// A failback replicates a backup set back only from a copy a failover relied on (its
