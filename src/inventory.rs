@@ -266,6 +266,7 @@ pub const VM_ACTIONS: &[&str] = &[
     "start",
     "stop",
     "status",
+    "drill-status",
     "autostart-off",
     "autostart-on",
     "drill-start",

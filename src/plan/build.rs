@@ -972,4 +972,53 @@ mod tests {
         assert!(backups(Mode::Restore, false).is_empty());
         assert!(backups(Mode::Failback, false).is_empty());
     }
+
+    /// Where a vm's health check asks its driver whether the vm runs: on the side the mode
+    /// brings up (a drill: its copy), and, in a failover or a failback, on the side it
+    /// leaves; a check of a host (dc-pra) proves no vm.
+    #[test]
+    fn a_vm_s_health_check_asks_where_the_run_brings_it_up_and_where_it_leaves_it() {
+        let model = example();
+        let instance = |mode: Mode, id: &str| {
+            let plan = build(&model, &PlanOptions::new(mode)).unwrap();
+            let step = plan.step(id).unwrap().clone();
+            match step.action_spec {
+                Action::Tcp { instance, .. } | Action::Http { instance, .. } => instance.map(|i| {
+                    let left = i.left.map(|(h, c)| format!("{h}: {c}"));
+                    (i.shown, format!("{}: {}", i.host, i.status), left)
+                }),
+                other => panic!("{id}: {other:?}"),
+            }
+        };
+        let status = |h: &str, what: &str| format!("{h}: virsh domstate {what}");
+        assert_eq!(
+            instance(Mode::Failover, "erp-db/healthy"),
+            Some((
+                "vm erp-db".into(),
+                status("hv-pra", "erp-db"),
+                Some(status("hv-main", "erp-db"))
+            ))
+        );
+        assert_eq!(
+            instance(Mode::Failback, "erp-app/healthy"),
+            Some((
+                "vm erp-app".into(),
+                status("hv-main", "erp-app"),
+                Some(status("hv-pra", "erp-app"))
+            ))
+        );
+        assert_eq!(
+            instance(Mode::Restore, "erp-db/healthy"),
+            Some(("vm erp-db".into(), status("hv-main", "erp-db"), None))
+        );
+        assert_eq!(
+            instance(Mode::Drill, "directory/healthy-dc2"),
+            Some((
+                "the drill copy of vm dc2".into(),
+                status("hv-pra", "drill-dc2"),
+                None
+            ))
+        );
+        assert_eq!(instance(Mode::Failover, "directory/healthy"), None);
+    }
 }

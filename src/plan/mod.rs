@@ -155,6 +155,24 @@ pub struct Tls {
     pub insecure: bool,
 }
 
+/// The vm a tcp or http check checks, and how the check proves that this vm answers, not
+/// another process at its address (a primary still up, a leftover process, production during
+/// a drill): once the address answers, the driver's `status` of the vm (of its drill copy, in
+/// a drill), asked on the host the mode brings it up on, must say it runs; in a failover or a
+/// failback, the same vm must not run on the side being left (both running: a split brain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub vm: String,
+    /// How messages name it: `vm erp-db`, or `the drill copy of vm erp-db`.
+    pub shown: String,
+    /// The host it must run on, and its driver's `status` (a drill: `drill-status`) there.
+    pub host: String,
+    pub status: Command,
+    /// A failover or a failback: the host of the side being left, and the driver's `status`
+    /// there.
+    pub left: Option<(String, Command)>,
+}
+
 /// The recovery copies a vm step uses: the vm, the host holding them and their paths, and
 /// what the step does with them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +244,8 @@ pub enum Action {
         address: String,
         port: u16,
         interval: Duration,
+        /// The vm whose answer it checks (see [`Instance`]).
+        instance: Option<Instance>,
     },
     Http {
         url: String,
@@ -233,6 +253,8 @@ pub enum Action {
         interval: Duration,
         /// How an https certificate is checked.
         tls: Tls,
+        /// The vm whose answer it checks (see [`Instance`]).
+        instance: Option<Instance>,
     },
     Probe {
         run: Command,

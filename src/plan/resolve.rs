@@ -9,7 +9,8 @@ use crate::model::Model;
 use crate::plan::scope::{StepScope, render, render_plain};
 use crate::plan::vm::{define_use, images_dir_of, undo_action, vm_action_command};
 use crate::plan::{
-    Action, PlanOptions, PlannedStep, ReplicaRole, ReplicaUse, Replicated, SnapshotHooks, Tls,
+    Action, Instance, PlanOptions, PlannedStep, ReplicaRole, ReplicaUse, Replicated, SnapshotHooks,
+    Tls,
 };
 use crate::runbook::{Mode, Probe, ReplicaSource, Side, Step, StepKind};
 use crate::template::{Command, Template};
@@ -291,14 +292,19 @@ impl<'a> StepAt<'a> {
                 let target =
                     probe_target(inv, service, host, vm, mode, &mut scope, &self.id, diags)?;
                 let address = self.tcp_address(address.as_ref(), target, &scope, diags)?;
+                let instance = self.instance(host, vm, diags)?;
                 Some(Resolved::new(
                     None,
                     timeout,
-                    format!("tcp {address}:{port} (every {interval})"),
+                    format!(
+                        "tcp {address}:{port} (every {interval}){}",
+                        proves(instance.as_ref())
+                    ),
                     Action::Tcp {
                         address,
                         port: *port,
                         interval,
+                        instance,
                     },
                 ))
             }
@@ -323,19 +329,96 @@ impl<'a> StepAt<'a> {
                         ", certificate checked against the system's authorities".to_string()
                     }
                 };
+                let instance = self.instance(host, vm, diags)?;
                 Some(Resolved::new(
                     None,
                     timeout,
-                    format!("{scheme} GET {url} expect {status} (every {interval}{trust})"),
+                    format!(
+                        "{scheme} GET {url} expect {status} (every {interval}{trust}){}",
+                        proves(instance.as_ref())
+                    ),
                     Action::Http {
                         url,
                         status: *status,
                         interval,
                         tls,
+                        instance,
                     },
                 ))
             }
         }
+    }
+
+    /// The vm a tcp or http check checks (its `vm`, else, without a `host`, its service's)
+    /// and how its answer is proved to be that vm's (see [`Instance`]). `Some(None)`: it
+    /// checks a host, or a service on no vm. `None` when reported: its driver cannot say
+    /// whether the vm runs, so no check of it could prove anything.
+    fn instance(
+        &self,
+        host: &Option<Sp<String>>,
+        vm: Option<&Sp<String>>,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Option<Instance>> {
+        let (model, inv, mode) = (self.model, self.inv(), self.mode());
+        let vm_id = match (host, vm) {
+            (_, Some(v)) => v.value.as_str(),
+            (Some(_), None) => return Some(None),
+            (None, None) => match self.service.vm() {
+                Some(v) => v,
+                None => return Some(None),
+            },
+        };
+        let Some(vm) = inv.vms.get(vm_id) else {
+            return Some(None);
+        };
+        let side = mode.default_side();
+        let (action, shown) = match mode {
+            Mode::Drill => ("drill-status", format!("the drill copy of vm {}", vm.id)),
+            _ => ("status", format!("vm {}", vm.id)),
+        };
+        let run_id = &self.opts.run_id;
+        let Some((host, status)) = vm_action_command(model, self.service, vm, side, action, run_id)
+        else {
+            let driver = &vm.driver.value;
+            let has = inv
+                .drivers
+                .get(driver)
+                .is_some_and(|d| d.actions.contains_key(action));
+            let why = if has {
+                format!("the `{action}` action of driver `{driver}` does not render for it")
+            } else {
+                format!("driver `{driver}` has no `{action}` action to say whether it runs")
+            };
+            let mut d = Diagnostic::error(format!(
+                "check `{}` cannot prove that {shown} answers: {why}",
+                self.id
+            ))
+            .at(self.step.id.loc.clone());
+            if let Some(defined) = inv.drivers.get(driver) {
+                d = d.note(
+                    format!("driver `{driver}` is defined here"),
+                    defined.loc.clone(),
+                );
+            }
+            diags.push(d.hint(format!(
+                "add `{action} = \"...\"` under [drivers.{driver}]: it prints `running` when the vm runs, `shut off` when it does not"
+            )));
+            return None;
+        };
+        let other = match side {
+            Side::Primary => Side::Recovery,
+            Side::Recovery => Side::Primary,
+        };
+        let left = matches!(mode, Mode::Failover | Mode::Failback)
+            .then(|| vm_action_command(model, self.service, vm, other, "status", run_id))
+            .flatten();
+        Some(Some(Instance {
+            vm: vm.id.clone(),
+            shown,
+            host,
+            status,
+            left,
+        }))
     }
 
     /// The address a tcp check connects to: its own `address`, else its target's.
@@ -805,6 +888,20 @@ fn probe_target<'a>(
             })
         }
         (None, None) => Some(default_address(inv, service, mode)),
+    }
+}
+
+/// How the plan says that a check proves which vm answers.
+fn proves(instance: Option<&Instance>) -> String {
+    let Some(i) = instance else {
+        return String::new();
+    };
+    match &i.left {
+        Some((left, _)) => format!(
+            "; passes only while {} runs on {} and not on {left}",
+            i.shown, i.host
+        ),
+        None => format!("; passes only while {} runs on {}", i.shown, i.host),
     }
 }
 

@@ -8,11 +8,11 @@ use std::time::Duration as StdDuration;
 use chrono::Utc;
 
 use super::context::{Outcome, RunContext, StepRun};
-use super::exec::{TryError, exec};
+use super::exec::{TryError, exec, exec_on};
 use super::record::output_event;
 use crate::duration::Duration;
 use crate::event::{Event, StepStatus};
-use crate::plan::PlannedStep;
+use crate::plan::{Instance, PlannedStep};
 use crate::template::Command;
 
 /// A lag step's probe, as planned.
@@ -87,7 +87,7 @@ pub(super) async fn probe(
             match exec(&ctx, step, &command, Some(per_try.min(left))).await {
                 Ok(out) if out.exit_code == 0 => {
                     output_event(&tx, step, 1, &out);
-                    Ok(())
+                    Ok(None)
                 }
                 Ok(out) => Err(format!("status {} {}", out.exit_code, out.stderr.trim()).into()),
                 Err(e) => Err(e),
@@ -97,74 +97,196 @@ pub(super) async fn probe(
     .await
 }
 
-/// A TCP port polled until it accepts a connection.
+/// A TCP port polled until it accepts a connection, and, for a vm, until its answer is
+/// proved to be the vm's ([`prove`]).
 pub(super) async fn tcp(
     ctx: &RunContext,
     run: &StepRun,
     address: &str,
     port: u16,
     interval: Duration,
+    instance: Option<&Instance>,
 ) -> Outcome {
     let step = &ctx.plan.steps[run.index];
     let target = crate::inventory::endpoint(address, port);
-    poll(step, run, interval, move || {
-        let target = target.clone();
-        async move {
-            match tokio::time::timeout(
-                StdDuration::from_secs(5),
-                tokio::net::TcpStream::connect(&target),
-            )
-            .await
-            {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(format!("{target}: {e}").into()),
-                Err(_) => Err(format!("{target}: no answer within 5s").into()),
-            }
+    let target = &target;
+    poll(step, run, interval, move || async move {
+        match tokio::time::timeout(
+            StdDuration::from_secs(5),
+            tokio::net::TcpStream::connect(target),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("{target}: {e}").into()),
+            Err(_) => return Err(format!("{target}: no answer within 5s").into()),
         }
+        let answered = format!("{target} accepted a connection");
+        proved(ctx, run, instance, answered).await.map(Some)
     })
     .await
 }
 
-/// An HTTP(S) URL polled until it answers the expected status.
+/// An http check's request and the status it expects.
+pub(super) struct HttpProbe<'a> {
+    pub(super) url: &'a str,
+    pub(super) status: u16,
+    pub(super) tls: &'a crate::plan::Tls,
+}
+
+/// An HTTP(S) URL polled until it answers the expected status, and, for a vm, until its
+/// answer is proved to be the vm's ([`prove`]).
 pub(super) async fn http(
     ctx: &RunContext,
     run: &StepRun,
-    url: &str,
-    expected: u16,
+    probe: &HttpProbe<'_>,
     interval: Duration,
-    tls: &crate::plan::Tls,
+    instance: Option<&Instance>,
 ) -> Outcome {
     let step = &ctx.plan.steps[run.index];
-    let (url, tls) = (url.to_string(), tls.clone());
-    poll(step, run, interval, move || {
-        let (url, tls) = (url.clone(), tls.clone());
-        async move {
-            let asked = url.clone();
-            let got = tokio::task::spawn_blocking(move || {
-                crate::http::status(&asked, &tls, StdDuration::from_secs(10))
-            })
-            .await;
-            match got {
-                Ok(Ok(code)) if code == expected => Ok(()),
-                Ok(Ok(code)) => Err(format!("{url}: status {code}, expected {expected}").into()),
-                // A CA file that cannot be used will not mend by asking again.
-                Ok(Err(
-                    e @ (crate::http::HttpError::CaFile { .. }
-                    | crate::http::HttpError::NoCertificate(_)),
-                )) => Err(TryError::refused(e.to_string())),
-                Ok(Err(e)) => Err(format!("{url}: {e}").into()),
-                Err(e) => Err(format!("{url}: the check task failed: {e}").into()),
+    let expected = probe.status;
+    poll(step, run, interval, move || async move {
+        let (asked, tls) = (probe.url.to_string(), probe.tls.clone());
+        let url = probe.url;
+        let got = tokio::task::spawn_blocking(move || {
+            crate::http::status(&asked, &tls, StdDuration::from_secs(10))
+        })
+        .await;
+        match got {
+            Ok(Ok(code)) if code == expected => {}
+            Ok(Ok(code)) => {
+                return Err(format!("{url}: status {code}, expected {expected}").into());
             }
+            // A CA file that cannot be used will not mend by asking again.
+            Ok(Err(
+                e @ (crate::http::HttpError::CaFile { .. }
+                | crate::http::HttpError::NoCertificate(_)),
+            )) => return Err(TryError::refused(e.to_string())),
+            Ok(Err(e)) => return Err(format!("{url}: {e}").into()),
+            Err(e) => return Err(format!("{url}: the check task failed: {e}").into()),
         }
+        let answered = format!("{url} answered {expected}");
+        proved(ctx, run, instance, answered).await.map(Some)
     })
     .await
+}
+
+/// What a check that got its answer says: `answered`, and, when it checks a vm, what proves
+/// that the vm answered.
+async fn proved(
+    ctx: &RunContext,
+    run: &StepRun,
+    instance: Option<&Instance>,
+    answered: String,
+) -> Result<String, TryError> {
+    match instance {
+        None => Ok(answered),
+        Some(i) => {
+            let how = prove(ctx, run, i).await?;
+            Ok(format!("{answered}; {how}"))
+        }
+    }
+}
+
+/// Whether the answer at a vm's address can be its own: its driver's `status`, asked where
+/// the run brings it up, must say that it runs; in a failover or a failback, the side being
+/// left must not say so. What proves it, or why not: a vm its driver says is not running, or
+/// one running on both sides, fails the step at once (something else answered); a state that
+/// cannot be read is asked again until the step's deadline.
+async fn prove(ctx: &RunContext, run: &StepRun, i: &Instance) -> Result<String, TryError> {
+    let step = &ctx.plan.steps[run.index];
+    let ask = |host: &str, status: &Command| {
+        let limit = ask_limit(step, run);
+        let (host, status) = (host.to_string(), status.clone());
+        async move {
+            match exec_on(ctx, &host, &status, Some(limit)).await {
+                Ok(out) => (super::exec::said_running(&out), said(&out)),
+                Err(e) => (None, e.message),
+            }
+        }
+    };
+    let (here, said_here) = ask(&i.host, &i.status).await;
+    let left = match &i.left {
+        Some((host, status)) if here == Some(true) => {
+            let (state, said) = ask(host, status).await;
+            Some((host.as_str(), state, said))
+        }
+        _ => None,
+    };
+    let verdict = judge_instance(i, (here, &said_here), left);
+    verdict.map_err(|(message, now)| TryError {
+        message,
+        refused: now,
+    })
+}
+
+/// What a check concludes from the states of its vm (see [`prove`]): `Ok` with what proved
+/// it, or `Err` with why not and whether that fails the step now (`false`: ask again). Pure.
+pub(super) fn judge_instance(
+    i: &Instance,
+    here: (Option<bool>, &str),
+    left: Option<(&str, Option<bool>, String)>,
+) -> Result<String, (String, bool)> {
+    let (shown, host) = (&i.shown, &i.host);
+    match here {
+        (Some(true), said) => match left {
+            Some((other, Some(true), said_there)) => Err((
+                format!(
+                    "split brain: {shown} runs on {host} ({said}) and ALSO on {other} ({said_there}): the answer may come from either, and both may be writing; stop the one that must not serve (on {other}, or on {host}) before anyone uses the service"
+                ),
+                true,
+            )),
+            Some((other, Some(false), said_there)) => Ok(format!(
+                "proved by its driver's status: {shown} runs on {host} ({said}), and not on {other} ({said_there})"
+            )),
+            Some((other, None, said_there)) => Ok(format!(
+                "proved by its driver's status: {shown} runs on {host} ({said}); on {other}, the side left, its state could not be read ({said_there})"
+            )),
+            None => Ok(format!(
+                "proved by its driver's status: {shown} runs on {host} ({said})"
+            )),
+        },
+        (Some(false), said) => Err((
+            format!(
+                "something answers at its address, but not {shown}: its driver's status on {host} says it does not run ({said}); that answer is another process (a primary still up, a leftover process, production), so the service is NOT recovered; start {shown} on {host} (see its log there) and find what answers in its place"
+            ),
+            true,
+        )),
+        (None, said) => Err((
+            format!(
+                "something answers at its address, but whether it is {shown} is not proved: its state on {host} cannot be read ({said})"
+            ),
+            false,
+        )),
+    }
+}
+
+/// What a driver's `status` said, in one short line.
+fn said(out: &crate::ssh::ExecOutput) -> String {
+    let text = [out.stdout.trim(), out.stderr.trim()]
+        .into_iter()
+        .find(|t| !t.is_empty())
+        .map(|t| t.lines().collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| format!("exit status {} and nothing said", out.exit_code));
+    text.chars().take(200).collect()
+}
+
+/// How long one `status` may take: 30 s, within the step's deadline.
+fn ask_limit(step: &PlannedStep, run: &StepRun) -> StdDuration {
+    let deadline = step
+        .timeout_s
+        .map(StdDuration::from_secs)
+        .unwrap_or(StdDuration::from_secs(600));
+    deadline
+        .saturating_sub(run.begin.elapsed())
+        .clamp(StdDuration::from_secs(1), StdDuration::from_secs(30))
 }
 
 /// Polls `check` every `interval` until it passes, the step's deadline, or shutdown.
 async fn poll<F, Fut>(step: &PlannedStep, run: &StepRun, interval: Duration, check: F) -> Outcome
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<(), TryError>>,
+    Fut: std::future::Future<Output = Result<Option<String>, TryError>>,
 {
     let deadline = step
         .timeout_s
@@ -173,8 +295,8 @@ where
     let interval = StdDuration::from_secs(interval.secs().max(1));
     loop {
         let last = match check().await {
-            Ok(()) => {
-                return run.outcome(StepStatus::Done, 1, None);
+            Ok(how) => {
+                return run.outcome(StepStatus::Done, 1, how);
             }
             Err(e) if e.refused => {
                 return run.outcome(StepStatus::Failed, 1, Some(e.message));

@@ -255,12 +255,24 @@ pub(super) async fn exec(
     command: &Command,
     timeout: Option<StdDuration>,
 ) -> Result<ExecOutput, TryError> {
-    let Some(host) = step.host.clone() else {
+    let Some(host) = step.host.as_deref() else {
         return Err(TryError::refused(format!(
             "step {} has no host to run on",
             step.id
         )));
     };
+    exec_on(ctx, host, command, timeout).await
+}
+
+/// [`exec`] on `host` rather than the step's own (a check asking a vm's driver where the vm
+/// runs).
+pub(super) async fn exec_on(
+    ctx: &RunContext,
+    host: &str,
+    command: &Command,
+    timeout: Option<StdDuration>,
+) -> Result<ExecOutput, TryError> {
+    let host = host.to_string();
     let secrets: Vec<(String, String)> = command
         .secrets()
         .filter_map(|name| (ctx.secrets)(name).map(|v| (name.to_string(), v)))

@@ -118,13 +118,22 @@ async fn run_step_inner(
             address,
             port,
             interval,
-        } => check::tcp(ctx, run, address, *port, *interval).await,
+            instance,
+        } => check::tcp(ctx, run, address, *port, *interval, instance.as_ref()).await,
         Action::Http {
             url,
             status,
             interval,
             tls,
-        } => check::http(ctx, run, url, *status, *interval, tls).await,
+            instance,
+        } => {
+            let http = check::HttpProbe {
+                url,
+                status: *status,
+                tls,
+            };
+            check::http(ctx, run, &http, *interval, instance.as_ref()).await
+        }
         Action::Replicate { .. } => replicate::run(ctx, run).await,
         Action::BackupCopy(copy) => super::backup::run(ctx, run, copy).await,
     }

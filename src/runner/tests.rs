@@ -1337,3 +1337,91 @@ fn a_roll_back_starts_no_vm_next_to_a_copy_this_run_may_have_left_running() {
         }
     }
 }
+
+/// A tcp check of a vm passes only once the vm's driver says it runs where the run brought it
+/// up, and not on the side it left: an address that answers while the vm does not run (a
+/// primary still up, a leftover process) fails the step at once and says so, as does a vm
+/// running on both sides (split brain); a state that cannot be read is asked again.
+#[tokio::test]
+async fn a_vm_s_check_passes_only_while_that_vm_runs_where_the_run_started_it() {
+    // Something answers at the address, whatever runs or not.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let check = |id: &str, here: &str, left: &str| {
+        let mut s = exec_step(id, "unused", &[], "");
+        s.host = None;
+        s.kind = "check";
+        s.action_spec = Action::Tcp {
+            address: "127.0.0.1".into(),
+            port,
+            interval: Duration(1),
+            instance: Some(crate::plan::Instance {
+                vm: "db".into(),
+                shown: "vm db".into(),
+                host: "hv-pra".into(),
+                status: Command::text(format!("status {id} says:{here}")),
+                left: Some((
+                    "hv-main".into(),
+                    Command::text(format!("left {id} says:{left}")),
+                )),
+            }),
+        };
+        s
+    };
+    let steps = vec![
+        check("a/healthy", "running", "shut off"),
+        check("b/healthy", "shut off", "running"),
+        check("c/healthy", "running", "running"),
+        check("d/healthy", "paused then:running", "unreachable"),
+    ];
+    let fake = Arc::new(Fake::default());
+    let ctx = RunContext {
+        plan: plan(Mode::Failover, true, steps),
+        transport: fake.clone(),
+        confirmations: Arc::new(Confirm(Mutex::new(0))),
+        secrets: env_secrets(),
+        options: RunOptions::default(),
+        prior: HashMap::new(),
+    };
+    let mut sink = Collect::default();
+    execute(ctx, &mut sink, Shutdown::manual()).await;
+    let message = |step: &str| {
+        sink.0
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Event::StepFinished {
+                    step: s, message, ..
+                } if s == step => message.clone(),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(sink.status("a/healthy"), Some(StepStatus::Done));
+    let a = message("a/healthy");
+    assert!(
+        a.contains("vm db runs on hv-pra (running), and not on hv-main (shut off)"),
+        "{a}"
+    );
+    assert_eq!(sink.status("b/healthy"), Some(StepStatus::Failed));
+    let b = message("b/healthy");
+    assert!(
+        b.contains("but not vm db") && b.contains("NOT recovered"),
+        "{b}"
+    );
+    assert_eq!(sink.status("c/healthy"), Some(StepStatus::Failed));
+    let c = message("c/healthy");
+    assert!(c.starts_with("split brain: vm db runs on hv-pra"), "{c}");
+    // Paused the first time: asked again; the side left cannot be reached: said.
+    assert_eq!(sink.status("d/healthy"), Some(StepStatus::Done));
+    let d = message("d/healthy");
+    assert!(d.contains("its state could not be read"), "{d}");
+    let cmds = fake.commands();
+    assert_eq!(
+        cmds.iter().filter(|c| c.starts_with("status d/")).count(),
+        2
+    );
+    // A vm that does not run is not asked about on the other side.
+    assert!(!cmds.iter().any(|c| c.starts_with("left b/")), "{cmds:?}");
+    drop(listener);
+}
