@@ -1372,6 +1372,14 @@ fn finish(result: Result<crate::run::RunOutcome, RunError>) -> Outcome {
             let code = match outcome.status {
                 RunStatus::Succeeded => exit::OK,
                 RunStatus::Interrupted => exit::INTERRUPTED,
+                // A vm found running on both sites comes before any other failure.
+                RunStatus::Partial | RunStatus::Failed if !outcome.split_brain.is_empty() => {
+                    stderr.push_str(&format!(
+                        "error: split brain: {}; stop the copy that must not serve before anyone uses it\n",
+                        outcome.split_brain.join("; ")
+                    ));
+                    exit::SPLIT_BRAIN
+                }
                 RunStatus::Partial | RunStatus::Failed => exit::FAILED,
             };
             Outcome {
@@ -1673,6 +1681,12 @@ fn event_line(run_id: &str, e: &Event) -> String {
         Event::RunResumed {
             operator, machine, ..
         } => format!("resumed by {operator} on {machine}"),
+        Event::SplitBrain {
+            step, vm, hosts, ..
+        } => format!(
+            "{step}: SPLIT BRAIN: vm {vm} runs on {}",
+            hosts.join(" and on ")
+        ),
         Event::VmStateBefore {
             step,
             running,

@@ -183,6 +183,16 @@ pub enum Event {
         unknown: Option<String>,
         rpo_target_s: Option<u64>,
     },
+    /// A vm's health check found the vm running on both sites (where the run brought it up
+    /// and on the side it left): the answer may come from either, both may be writing; the
+    /// check failed, and the run exits with the split-brain code.
+    SplitBrain {
+        at: DateTime<Utc>,
+        step: String,
+        vm: String,
+        /// The hosts it runs on, the one the run brought it up on first.
+        hosts: Vec<String>,
+    },
     RunResumed {
         at: DateTime<Utc>,
         operator: String,
@@ -219,6 +229,7 @@ impl Event {
             | Event::Confirmed { at, .. }
             | Event::UndoFinished { at, .. }
             | Event::VmStateBefore { at, .. }
+            | Event::SplitBrain { at, .. }
             | Event::ReadinessForced { at, .. }
             | Event::OtherSite { at, .. }
             | Event::ReplicaPointUsed { at, .. }

@@ -20,7 +20,9 @@ pub const IO: u8 = 4;
 pub const LOCKED: u8 = 5;
 /// A failback found a service running on both sites, or a vm it copies back running on the
 /// primary; or a restore found a vm it starts running on its recovery host, or left there by a
-/// failover (its newest data is on its recovery copies): nothing was done.
+/// failover (its newest data is on its recovery copies): nothing was done. Or a run's health
+/// check found the vm it checks running on both sites (where the run brought it up and on the
+/// side it left): that check failed.
 pub const SPLIT_BRAIN: u8 = 6;
 /// `reprise check`: a recovery would not work now (see its table); or a planned failover (a
 /// failback) was refused because the check finds problems on the recovery (primary) side that

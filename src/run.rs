@@ -179,6 +179,8 @@ pub struct RunOutcome {
     pub replaced_stale_lock: Option<LockHolder>,
     /// What the retention removed after the run ([`prune`]), or why it could not.
     pub pruned: Result<Pruned, String>,
+    /// Vms its health checks found running on both sites (`vm X runs on A and on B`).
+    pub split_brain: Vec<String>,
 }
 
 /// Writes each event to the journal first, then shows it. Once the journal fails, nothing
@@ -189,6 +191,8 @@ struct Tee<'a> {
     error: Option<JournalError>,
     /// Steps that ran on, finished, and are not recorded.
     unrecorded: Vec<String>,
+    /// Vms a health check found running on both sites (see [`Event::SplitBrain`]).
+    split_brain: Vec<String>,
 }
 
 /// Structured logs of the run's events (`--log-format json` for machines).
@@ -220,6 +224,9 @@ fn log(event: &Event) {
             tracing::info!(run_id, %mode, emergency, operator, steps = steps.len(), "run started")
         }
         Event::RunResumed { operator, .. } => tracing::info!(operator, "run resumed"),
+        Event::SplitBrain {
+            step, vm, hosts, ..
+        } => tracing::error!(step, vm, ?hosts, "split brain: the vm runs on both sites"),
         Event::StopRequested { reason, .. } => tracing::warn!(reason, "stop requested"),
         Event::JournalRepaired {
             line,
@@ -280,6 +287,10 @@ fn log(event: &Event) {
 impl Sink for Tee<'_> {
     fn emit(&mut self, event: &Event) -> Result<(), Unrecorded> {
         log(event);
+        if let Event::SplitBrain { vm, hosts, .. } = event {
+            self.split_brain
+                .push(format!("vm {vm} runs on {}", hosts.join(" and on ")));
+        }
         if let Some(e) = &self.error {
             if let Event::StepFinished { step, status, .. } = event
                 && *status != StepStatus::Cancelled
@@ -432,13 +443,14 @@ fn execute(
     exec: &ExecOptions,
     view: &mut dyn Sink,
     shutdown: Shutdown,
-) -> Result<RunStatus, RunError> {
+) -> Result<(RunStatus, Vec<String>), RunError> {
     let (run, ssh) = (&exec.run, &exec.ssh);
     let mut tee = Tee {
         journal,
         view,
         error: None,
         unrecorded: Vec::new(),
+        split_brain: Vec::new(),
     };
     for event in &first {
         if tee.emit(event).is_err() {
@@ -470,7 +482,7 @@ fn execute(
             error: Box::new(error),
             unrecorded: tee.unrecorded,
         }),
-        None => Ok(status),
+        None => Ok((status, tee.split_brain)),
     }
 }
 
@@ -1188,7 +1200,7 @@ pub fn start(
         });
     }
     let path = dir.path.clone();
-    let status = execute(
+    let (status, split_brain) = execute(
         model,
         Launch {
             plan,
@@ -1208,6 +1220,7 @@ pub fn start(
         dir: path,
         replaced_stale_lock: lock.replaced_stale.clone(),
         pruned,
+        split_brain,
     })
 }
 
@@ -1391,7 +1404,7 @@ pub fn resume(
     // The vms left start from the points the operator asked for when the run started.
     let mut exec = exec.clone();
     exec.run.points = start.points.clone();
-    let status = execute(model, launch, &exec, view, shutdown)?;
+    let (status, split_brain) = execute(model, launch, &exec, view, shutdown)?;
     let pruned = after_run(state_dir, exec.keep_runs, &run_id);
     Ok(RunOutcome {
         run_id,
@@ -1399,6 +1412,7 @@ pub fn resume(
         dir: path,
         replaced_stale_lock: lock.replaced_stale.clone(),
         pruned,
+        split_brain,
     })
 }
 

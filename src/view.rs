@@ -215,6 +215,9 @@ impl TerminalView {
             Event::RunResumed { operator, .. } => {
                 format!("run {} resumed by {operator}", self.run_id)
             }
+            Event::SplitBrain { vm, hosts, .. } => {
+                format!("⚠ SPLIT BRAIN: vm {vm} runs on {}", hosts.join(" and on "))
+            }
             Event::ReadinessForced { problems, .. } => format!(
                 "forced (--force) past {} blocking problem{} of the readiness check: {}",
                 problems.len(),

@@ -526,7 +526,8 @@ impl<'a> RunFacts<'a> {
                 at: *at,
                 said: said.clone(),
             }),
-            Event::VmStateBefore { .. } => {}
+            // The check that found it failed, and says so.
+            Event::VmStateBefore { .. } | Event::SplitBrain { .. } => {}
             Event::JournalRepaired {
                 at,
                 line,

@@ -209,6 +209,14 @@ async fn prove(ctx: &RunContext, run: &StepRun, i: &Instance) -> Result<String, 
     let left = match &i.left {
         Some((host, status)) if here == Some(true) => {
             let (state, said) = ask(host, status).await;
+            if state == Some(true) {
+                run.send(Event::SplitBrain {
+                    at: Utc::now(),
+                    step: step.id.clone(),
+                    vm: i.vm.clone(),
+                    hosts: vec![i.host.clone(), host.clone()],
+                });
+            }
             Some((host.as_str(), state, said))
         }
         _ => None,
@@ -232,7 +240,7 @@ pub(super) fn judge_instance(
         (Some(true), said) => match left {
             Some((other, Some(true), said_there)) => Err((
                 format!(
-                    "split brain: {shown} runs on {host} ({said}) and ALSO on {other} ({said_there}): the answer may come from either, and both may be writing; stop the one that must not serve (on {other}, or on {host}) before anyone uses the service"
+                    "split brain: {shown} runs on {host} ({said}) and ALSO on {other} ({said_there}): the answer may come from either, and both may be writing; stop the one that must not serve (on {other}, or on {host}) before anyone uses the service, then `reprise resume` checks again"
                 ),
                 true,
             )),

@@ -1412,6 +1412,16 @@ async fn a_vm_s_check_passes_only_while_that_vm_runs_where_the_run_started_it() 
     assert_eq!(sink.status("c/healthy"), Some(StepStatus::Failed));
     let c = message("c/healthy");
     assert!(c.starts_with("split brain: vm db runs on hv-pra"), "{c}");
+    let split: Vec<(&str, &[String])> = sink
+        .0
+        .iter()
+        .filter_map(|e| match e {
+            Event::SplitBrain { step, hosts, .. } => Some((step.as_str(), hosts.as_slice())),
+            _ => None,
+        })
+        .collect();
+    let both = ["hv-pra".to_string(), "hv-main".to_string()];
+    assert_eq!(split, vec![("c/healthy", &both[..])]);
     // Paused the first time: asked again; the side left cannot be reached: said.
     assert_eq!(sink.status("d/healthy"), Some(StepStatus::Done));
     let d = message("d/healthy");

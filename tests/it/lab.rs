@@ -89,6 +89,27 @@ impl Lab {
             .unwrap()
     }
 
+    /// Runs the lab's driver (`lab-vm ARGS…`) on `host`, as reprise would over ssh.
+    pub(crate) fn lab_vm(&self, host: &str, args: &[&str]) -> std::process::Output {
+        let dir = self.lab().join("hosts").join(host);
+        Command::new(dir.join("bin/lab-vm"))
+            .args(args)
+            .env("LAB_HOST", host)
+            .env("LAB_HOST_DIR", &dir)
+            .env("LAB_DIR", self.lab())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// The primary copies of `vms` stop, as when their site is lost.
+    pub(crate) fn primary_lost(&self, vms: &[&str]) {
+        for vm in vms {
+            let out = self.lab_vm("hv-main", &["stop", vm]);
+            assert!(out.status.success(), "lab-vm stop {vm}: {out:?}");
+        }
+    }
+
     /// What `reprise lab status` says of this lab.
     pub(crate) fn lab_status(&self) -> String {
         reprise(
@@ -2659,4 +2680,137 @@ fn a_backup_set_copy_that_rotted_behind_its_point_is_never_relied_on() {
         points.stdout.contains("bad") || points.stdout.contains("FAILED"),
         "{points:?}"
     );
+}
+
+/// The report of the latest run: the entry of `service` in its services table.
+fn reported_service(lab: &Lab, service: &str) -> serde_json::Value {
+    let report = lab.run(&["report", "latest", "--format", "json"]);
+    assert_eq!(report.code, 0, "{report:?}");
+    let r: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    r["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == service)
+        .unwrap_or_else(|| panic!("{service} is not in the report: {r:#}"))
+        .clone()
+}
+
+/// The message a step finished with in the latest run.
+fn finished(lab: &Lab, step: &str) -> (String, String) {
+    let events = lab.journal();
+    let e = events
+        .iter()
+        .rev()
+        .find(|e| e["event"] == "step_finished" && e["step"] == step)
+        .unwrap_or_else(|| panic!("{step} did not finish: {events:#?}"));
+    (
+        e["status"].as_str().unwrap().to_string(),
+        e["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// An emergency failover declared while the primary is not really gone: erp-db still runs
+/// on hv-main, and its recovery copy starts on hv-pra. Its health check answers, but the
+/// same vm runs on both sites (both may be writing, users may reach either): the check stops
+/// as a split brain, the run exits with the split-brain code, and the report does not count
+/// erp-db as recovered, saying why. Once the primary is stopped, the resumed run passes the
+/// same check and says what proved it.
+#[test]
+fn an_emergency_failover_with_the_primary_still_running_is_a_split_brain_not_a_recovery() {
+    let lab = Lab::up(160);
+    let failover = [
+        "failover",
+        "--emergency",
+        "--service",
+        "erp-db",
+        "--only",
+        "--yes",
+        "--no-prompt",
+    ];
+    let exit = lab.run_confirming(&failover, Duration::from_secs(120));
+    let (status, why) = finished(&lab, "erp-db/healthy");
+    assert_eq!(status, "failed", "{why}");
+    assert!(
+        why.starts_with(
+            "split brain: vm erp-db runs on hv-pra (running) and ALSO on hv-main (running)"
+        ),
+        "{why}"
+    );
+    assert_eq!(exit.code(), Some(6), "a split brain exits 6");
+    let reported = reported_service(&lab, "erp-db");
+    assert_ne!(reported["status"], "recovered", "{reported:#}");
+    let reason = reported["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("split brain"), "{reported:#}");
+    // The primary is stopped, as the message asks, and the run resumed: the check passes
+    // now, and says what proved it.
+    lab.primary_lost(&["erp-db"]);
+    let exit = lab.run_confirming(&["resume", "latest"], Duration::from_secs(120));
+    let (status, how) = finished(&lab, "erp-db/healthy");
+    assert!(exit.success(), "{how}");
+    assert_eq!(status, "done", "{how}");
+    assert!(
+        how.contains("accepted a connection; proved by its driver's status: vm erp-db runs on hv-pra (running), and not on hv-main (shut off)"),
+        "{how}"
+    );
+    assert_eq!(reported_service(&lab, "erp-db")["status"], "recovered");
+}
+
+/// The recovered vm does not run (its driver's start said it did: the vm died at boot, its
+/// address being held), while another process answers at its address, as a leftover process
+/// or another service would: the address answers, but the check fails at once, saying that
+/// the vm does not run and that the service is not recovered; so does the report.
+#[test]
+fn a_check_answered_by_another_process_while_the_recovered_vm_is_down_is_not_a_recovery() {
+    let lab = Lab::up(161);
+    lab.primary_lost(&["erp-db"]);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.lab().join("lab.json")).unwrap())
+            .unwrap();
+    let vm = &state["vms"]["erp-db"];
+    let address = vm["recovery_address"].as_str().unwrap();
+    let port = vm["ports"][0].as_u64().unwrap();
+    // Another process holds erp-db's recovery address and answers there.
+    let other = std::net::TcpListener::bind((address, port as u16)).unwrap();
+    // A driver whose start says it started whatever became of the vm.
+    let edited = tempfile::tempdir().unwrap();
+    for d in ["inventory", "runbooks"] {
+        crate::common::copy_tree(&root().join(d), &edited.path().join(d));
+    }
+    let vms = edited.path().join("inventory/vms.toml");
+    let mut text = std::fs::read_to_string(&vms).unwrap();
+    text.push_str(
+        "\n[drivers.lab]\nstart = \"lab-vm start {{ vm.name }} {{ host.images_dir }} {{ vm.disks }}; exit 0\"\n",
+    );
+    std::fs::write(&vms, text).unwrap();
+    let exit = lab.run_confirming_in(
+        edited.path(),
+        &[
+            "failover",
+            "--emergency",
+            "--service",
+            "erp-db",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(!exit.success());
+    assert_eq!(finished(&lab, "erp-db/start").0, "done");
+    let (status, why) = finished(&lab, "erp-db/healthy");
+    assert_eq!(status, "failed", "{why}");
+    assert!(
+        why.contains("something answers at its address, but not vm erp-db: its driver's status on hv-pra says it does not run (shut off)")
+            && why.contains("the service is NOT recovered"),
+        "{why}"
+    );
+    let reported = reported_service(&lab, "erp-db");
+    assert_ne!(reported["status"], "recovered", "{reported:#}");
+    let reason = reported["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("erp-db/healthy") && reason.contains("but not vm erp-db"),
+        "{reported:#}"
+    );
+    drop(other);
 }
