@@ -40,8 +40,8 @@ Examples:
   reprise confirm latest power-paris/power-back --by \"Karim Benali\"
 
 Exit codes: 0 ok, 1 run failed or partial, 2 usage, 3 invalid inventory or runbooks,
-4 cannot read or write files, 5 another run holds the lock, 6 failback refused (service on both
-sites, or running on the primary), 7 not ready (reprise check), 8 RPO target missed (reprise status), 130 interrupted (resume it).";
+4 cannot read or write files, 5 another run holds the lock, 6 split brain (a failback refused:
+service on both sites, or running on the primary; or a health check found its vm on both sites), 7 not ready (reprise check), 8 RPO target missed (reprise status), 130 interrupted (resume it).";
 
 /// reprise: disaster recovery for small IT teams. Drills, failovers, restores and failbacks
 /// driven by a dependency graph of services.

@@ -264,3 +264,20 @@ pub fn example_lab_down(dir: &Path) {
     let lab = dir.join("lab");
     let _ = reprise(dir, &["lab", "down", "--lab-dir", lab.to_str().unwrap()]);
 }
+
+/// The primary copies of `vms` (on the example's hv-main) stop, as when their site is lost: a
+/// vm still running there makes an emergency failover's health check of it a split brain.
+pub fn primary_lost(lab: &Path, vms: &[&str]) {
+    let dir = lab.join("hosts/hv-main");
+    for vm in vms {
+        let out = Command::new(dir.join("bin/lab-vm"))
+            .args(["stop", vm])
+            .env("LAB_HOST", "hv-main")
+            .env("LAB_HOST_DIR", &dir)
+            .env("LAB_DIR", lab)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "lab-vm stop {vm}: {out:?}");
+    }
+}

@@ -89,25 +89,9 @@ impl Lab {
             .unwrap()
     }
 
-    /// Runs the lab's driver (`lab-vm ARGS…`) on `host`, as reprise would over ssh.
-    pub(crate) fn lab_vm(&self, host: &str, args: &[&str]) -> std::process::Output {
-        let dir = self.lab().join("hosts").join(host);
-        Command::new(dir.join("bin/lab-vm"))
-            .args(args)
-            .env("LAB_HOST", host)
-            .env("LAB_HOST_DIR", &dir)
-            .env("LAB_DIR", self.lab())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
     /// The primary copies of `vms` stop, as when their site is lost.
     pub(crate) fn primary_lost(&self, vms: &[&str]) {
-        for vm in vms {
-            let out = self.lab_vm("hv-main", &["stop", vm]);
-            assert!(out.status.success(), "lab-vm stop {vm}: {out:?}");
-        }
+        crate::common::primary_lost(&self.lab(), vms);
     }
 
     /// What `reprise lab status` says of this lab.
@@ -144,9 +128,10 @@ impl Lab {
             .collect()
     }
 
-    /// An emergency failover of erp-db alone, which must succeed; the copy its vm started from
-    /// (the run's one `replica_point_used` event).
+    /// An emergency failover of erp-db alone, its primary lost, which must succeed; the copy
+    /// its vm started from (the run's one `replica_point_used` event).
     fn emergency_failover_of_erp_db(&self) -> Vec<serde_json::Value> {
+        self.primary_lost(&["erp-db"]);
         let status = self.run_confirming(
             &[
                 "failover",
@@ -566,13 +551,21 @@ fn a_killed_run_resumes_without_repeating_finished_steps() {
 #[test]
 fn failback_refuses_while_a_service_runs_on_both_sites() {
     let lab = Lab::up(105);
-    // An emergency failover leaves the primary copies alone: here the primary site "came
-    // back" with its VMs running, next to the recovery copies.
+    // An emergency failover leaves the primary copies alone: here the primary site was not
+    // really gone, its VMs running next to the recovery copies. The failover's health checks
+    // find each such vm on both sites: a split brain, exit 6.
     let exit = lab.run_confirming(
         &["failover", "--emergency", "--yes", "--no-prompt"],
         Duration::from_secs(240),
     );
-    assert!(exit.success(), "{:?}", lab.journal().last());
+    assert_eq!(exit.code(), Some(6), "{:?}", lab.journal().last());
+    assert!(
+        lab.journal()
+            .iter()
+            .any(|e| e["event"] == "split_brain" && e["vm"] == "erp-db"),
+        "{:#?}",
+        lab.journal()
+    );
     let runs_before = std::fs::read_dir(lab.state().join("runs")).unwrap().count();
     let run = lab.run(&["failback", "--yes", "--no-prompt"]);
     assert_eq!(run.code, 6, "{run:?}");
@@ -1731,6 +1724,7 @@ fn a_failover_finds_a_point_s_definition_beside_the_disk_that_was_first_when_it_
         ),
     )
     .unwrap();
+    lab.primary_lost(&["erp-db"]);
     let status = lab.run_confirming_in(
         edited.path(),
         &[
@@ -1861,6 +1855,7 @@ fn a_resumed_failover_starts_from_the_point_the_operator_asked_for() {
     let run = lab.run(&["replicate", "--service", "erp-db"]);
     assert_eq!(run.code, 0, "{run:?}");
     let before_text = before.to_rfc3339();
+    lab.primary_lost(&["erp-db"]);
     let mut child = lab.spawn(&[
         "failover",
         "--emergency",

@@ -386,13 +386,18 @@ fn a_proxmox_drill_then_a_planned_failover_and_failback_on_the_lab() {
 #[test]
 fn an_emergency_proxmox_failover_defines_the_vms_from_their_replicated_configuration() {
     let lab = Lab::up(171);
+    primary_lost(&lab);
     let primary_calls = lab.qm_calls("hv1").len();
     let failover = lab.with(&["failover", "--emergency", "--yes", "--no-prompt"]);
     assert_eq!(failover.code, 0, "{failover:?}");
     let shown = lab.shown();
     assert!(shown.contains("vmid 101 defined ("), "{shown}");
-    // The primary was left alone.
-    assert_eq!(lab.qm_calls("hv1").len(), primary_calls);
+    // The primary was left alone: only asked (by the health checks) whether its vms run.
+    let asked = qm_calls_after(&lab, "hv1", primary_calls);
+    assert!(
+        asked.iter().all(|c| c.starts_with("qm status ")),
+        "{asked:?}"
+    );
     let defined = lab.conf("hv2", 101);
     assert!(
         defined.contains("scsi0: local:101/vm-101-disk-0.qcow2"),
@@ -403,6 +408,10 @@ fn an_emergency_proxmox_failover_defines_the_vms_from_their_replicated_configura
 
     // The primary came back with its vms running; their copies are in use on hv2, so a
     // replication is refused after the guests were frozen: they are thawed all the same.
+    for vmid in ["101", "102"] {
+        let run = qm(&lab, "hv1", &["start", vmid]);
+        assert_eq!(run.code, 0, "qm start {vmid}: {run:?}");
+    }
     let replicated = lab.with(&["replicate"]);
     assert_eq!(replicated.code, 1, "{replicated:?}");
     for vm in ["db: vmid 101", "app: vmid 102"] {
@@ -679,6 +688,7 @@ fn a_proxmox_failover_defines_the_vm_from_the_point_it_starts_from() {
     assert_eq!(points.len(), 2, "{points:?}");
     assert_eq!(points[0], older[0]);
 
+    primary_lost(&lab);
     let failover = lab.with(&[
         "failover",
         "--emergency",
@@ -942,6 +952,15 @@ fn a_proxmox_failover_never_overwrites_another_vms_configuration() {
         "{:?}",
         lab.qm_calls("hv2")
     );
+}
+
+/// The primary node's vms stop, as when its site is lost (an emergency failover's health
+/// checks find a vm still running there a split brain).
+fn primary_lost(lab: &Lab) {
+    for vmid in ["101", "102"] {
+        let run = qm(lab, "hv1", &["stop", vmid]);
+        assert_eq!(run.code, 0, "qm stop {vmid}: {run:?}");
+    }
 }
 
 /// `qm ARGS` on `host`, through the lab's stand-in, as someone at the node's console would.

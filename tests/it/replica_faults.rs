@@ -1210,6 +1210,7 @@ fn a_drill_a_replication_and_a_started_vm_never_share_a_copy_unseen() {
         };
         started(code, &lab.journal(), "erp-db/start")
     };
+    crate::common::primary_lost(&lab.path("lab"), &["erp-db"]);
     let first = failover(&[]);
     assert_eq!(first.code, 0, "{first:?}");
     assert_eq!(first.point.as_ref().unwrap()["verified"], true);

@@ -112,10 +112,12 @@ fn a_definition_that_does_not_fit_the_recovery_host_starts_nothing() {
         .to_string();
     assert!(!erp.contains("recovery (hv-pra"), "{status:?}");
 
-    // Fixed on the primary: the next point carries it, and the vm is defined from it.
+    // Fixed on the primary: the next point carries it, and the vm is defined from it (the
+    // primary lost).
     std::fs::write(&file, &good).unwrap();
     let run = lab.run(&["replicate", "--service", "erp-db"]);
     assert_eq!(run.code, 0, "{run:?}");
+    lab.primary_lost(&["erp-db"]);
     let status = lab.run_confirming(
         &[
             "failover",
