@@ -1,5 +1,6 @@
 //! HTTP and HTTPS health checks from the orchestrator: one GET, the status code the server
-//! answered (redirects are not followed, proxies are not used: a check sees the server itself).
+//! answered and the start of its body (redirects are not followed, proxies are not used: a
+//! check sees the server itself).
 //!
 //! HTTPS certificates are checked against the system's certificate authorities (as the users'
 //! browsers would), or against the authorities of a CA file the runbook names, or not at all
@@ -21,13 +22,29 @@ pub enum HttpError {
     Request(String),
 }
 
-/// The status code of `GET url`, within `timeout` in all (connection, TLS, answer).
-pub fn status(url: &str, tls: &Tls, timeout: Duration) -> Result<u16, HttpError> {
+/// The status code and the start of the body (at most `limit` bytes, as text) of `GET url`,
+/// within `timeout` in all.
+pub fn get(
+    url: &str,
+    tls: &Tls,
+    timeout: Duration,
+    limit: usize,
+) -> Result<(u16, String), HttpError> {
+    use std::io::Read;
     let agent = agent(tls, timeout)?;
-    match agent.get(url).call() {
-        Ok(response) => Ok(response.status().as_u16()),
-        Err(e) => Err(HttpError::Request(describe(&e))),
-    }
+    let response = agent
+        .get(url)
+        .call()
+        .map_err(|e| HttpError::Request(describe(&e)))?;
+    let status = response.status().as_u16();
+    let mut body = Vec::new();
+    response
+        .into_body()
+        .into_reader()
+        .take(limit as u64)
+        .read_to_end(&mut body)
+        .map_err(|e| HttpError::Request(format!("reading the body: {e}")))?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 fn agent(tls: &Tls, timeout: Duration) -> Result<ureq::Agent, HttpError> {

@@ -83,10 +83,15 @@ pub enum Probe {
     Tcp {
         address: Option<Template>,
         port: u16,
+        /// Text the server must send first (its banner), within a few seconds of the
+        /// connection: who answers.
+        expect: Option<Template>,
     },
     Http {
         url: Template,
         status: u16,
+        /// Text the body of the answer must contain: who answers.
+        expect: Option<Template>,
         /// For https: a PEM file of the certificate authorities to trust instead of the
         /// system's store (an absolute path on the orchestrator).
         ca_file: Option<Sp<String>>,
@@ -471,9 +476,11 @@ fn read_check(
         "tcp" => {
             let address = template(text, t, "address", false, diags);
             let port = t.req_int("port", 1, 65535, diags);
+            let expect = template(text, t, "expect", false, diags);
             Probe::Tcp {
                 address,
                 port: port?.value as u16,
+                expect,
             }
         }
         "http" => read_http_probe(text, t, diags)?,
@@ -512,6 +519,7 @@ fn read_http_probe(
         .unwrap_or(200);
     let ca_file = t.text("ca_file", diags);
     let insecure = t.bool("insecure", diags).unwrap_or(false);
+    let expect = template(text, t, "expect", false, diags);
     if let Some(ca) = &ca_file {
         if !ca.value.starts_with('/') {
             diags.push(
@@ -535,6 +543,7 @@ fn read_http_probe(
     Some(Probe::Http {
         url: url?,
         status,
+        expect,
         ca_file,
         insecure,
     })

@@ -246,6 +246,8 @@ pub enum Action {
         interval: Duration,
         /// The vm whose answer it checks (see [`Instance`]).
         instance: Option<Instance>,
+        /// Text the server must send first (its banner).
+        expect: Option<String>,
     },
     Http {
         url: String,
@@ -255,6 +257,8 @@ pub enum Action {
         tls: Tls,
         /// The vm whose answer it checks (see [`Instance`]).
         instance: Option<Instance>,
+        /// Text the body of the answer must contain.
+        expect: Option<String>,
     },
     Probe {
         run: Command,

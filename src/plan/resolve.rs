@@ -286,18 +286,24 @@ impl<'a> StepAt<'a> {
                     Action::Probe { run, interval },
                 ))
             }
-            Probe::Tcp { address, port } => {
+            Probe::Tcp {
+                address,
+                port,
+                expect,
+            } => {
                 let mut scope = self.scope();
                 let (inv, service, mode) = (self.inv(), self.service, self.mode());
                 let target =
                     probe_target(inv, service, host, vm, mode, &mut scope, &self.id, diags)?;
                 let address = self.tcp_address(address.as_ref(), target, &scope, diags)?;
                 let instance = self.instance(host, vm, diags)?;
+                let expect = self.expect(expect.as_ref(), &scope, instance.as_ref(), diags)?;
                 Some(Resolved::new(
                     None,
                     timeout,
                     format!(
-                        "tcp {address}:{port} (every {interval}){}",
+                        "tcp {address}:{port}{} (every {interval}){}",
+                        expected_text(expect.as_deref(), "banner"),
                         proves(instance.as_ref())
                     ),
                     Action::Tcp {
@@ -305,6 +311,7 @@ impl<'a> StepAt<'a> {
                         port: *port,
                         interval,
                         instance,
+                        expect,
                     },
                 ))
             }
@@ -313,6 +320,7 @@ impl<'a> StepAt<'a> {
                 status,
                 ca_file,
                 insecure,
+                expect,
             } => {
                 let mut scope = self.scope();
                 let (inv, service, mode) = (self.inv(), self.service, self.mode());
@@ -330,11 +338,13 @@ impl<'a> StepAt<'a> {
                     }
                 };
                 let instance = self.instance(host, vm, diags)?;
+                let expect = self.expect(expect.as_ref(), &scope, instance.as_ref(), diags)?;
                 Some(Resolved::new(
                     None,
                     timeout,
                     format!(
-                        "{scheme} GET {url} expect {status} (every {interval}{trust}){}",
+                        "{scheme} GET {url} expect {status}{} (every {interval}{trust}){}",
+                        expected_text(expect.as_deref(), "body"),
                         proves(instance.as_ref())
                     ),
                     Action::Http {
@@ -343,6 +353,7 @@ impl<'a> StepAt<'a> {
                         interval,
                         tls,
                         instance,
+                        expect,
                     },
                 ))
             }
@@ -419,6 +430,37 @@ impl<'a> StepAt<'a> {
             status,
             left,
         }))
+    }
+
+    /// A check's `expect`, rendered with the values of what it targets (the host of its vm:
+    /// where the run brings it up). `Some(None)` without one; `None` when reported.
+    fn expect(
+        &self,
+        expect: Option<&Template>,
+        scope: &StepScope<'a>,
+        instance: Option<&Instance>,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<Option<String>> {
+        let Some(t) = expect else {
+            return Some(None);
+        };
+        let mut scope = scope.clone();
+        if let Some(i) = instance {
+            scope.host = self.inv().hosts.get(&i.host);
+        }
+        let text = render_plain(t, &scope, diags)?;
+        if text.trim().is_empty() {
+            diags.push(
+                Diagnostic::error(format!(
+                    "check `{}`: `expect` is empty, so any answer would contain it",
+                    self.id
+                ))
+                .at(t.source.loc.clone())
+                .hint("write text only the right server sends, e.g. expect = \"{{ vm.name }}\""),
+            );
+            return None;
+        }
+        Some(Some(text))
     }
 
     /// The address a tcp check connects to: its own `address`, else its target's.
@@ -891,17 +933,32 @@ fn probe_target<'a>(
     }
 }
 
+/// How the plan says what a check's answer must contain.
+fn expected_text(expect: Option<&str>, what: &str) -> String {
+    expect
+        .map(|e| format!(", {what} containing {e:?}"))
+        .unwrap_or_default()
+}
+
 /// How the plan says that a check proves which vm answers.
 fn proves(instance: Option<&Instance>) -> String {
     let Some(i) = instance else {
         return String::new();
     };
+    let action = if i.shown.starts_with("the drill copy") {
+        "drill-status"
+    } else {
+        "status"
+    };
     match &i.left {
         Some((left, _)) => format!(
-            "; passes only while {} runs on {} and not on {left}",
+            "; passes only while {} runs on {} and not on {left} (its driver's {action})",
             i.shown, i.host
         ),
-        None => format!("; passes only while {} runs on {}", i.shown, i.host),
+        None => format!(
+            "; passes only while {} runs on {} (its driver's {action})",
+            i.shown, i.host
+        ),
     }
 }
 

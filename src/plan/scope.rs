@@ -7,6 +7,7 @@ use crate::runbook::{Mode, Side};
 use crate::template::{Command, Lookup, Scope, Template, TemplateValue};
 
 /// Template values for one step.
+#[derive(Clone)]
 pub(super) struct StepScope<'a> {
     pub(super) inv: &'a Inventory,
     pub(super) host: Option<&'a Host>,

@@ -97,45 +97,98 @@ pub(super) async fn probe(
     .await
 }
 
-/// A TCP port polled until it accepts a connection, and, for a vm, until its answer is
-/// proved to be the vm's ([`prove`]).
+/// A tcp check's address and port, and the banner it expects.
+pub(super) struct TcpProbe<'a> {
+    pub(super) address: &'a str,
+    pub(super) port: u16,
+    pub(super) expect: Option<&'a str>,
+}
+
+/// How long a tcp check waits for the server's banner.
+const BANNER_WAIT: StdDuration = StdDuration::from_secs(3);
+
+/// The most of a banner or a body a check reads.
+const ANSWER_LIMIT: usize = 64 * 1024;
+
+/// A TCP port polled until it accepts a connection (and sends the expected banner), and, for
+/// a vm, until its answer is proved to be the vm's ([`prove`]).
 pub(super) async fn tcp(
     ctx: &RunContext,
     run: &StepRun,
-    address: &str,
-    port: u16,
+    probe: &TcpProbe<'_>,
     interval: Duration,
     instance: Option<&Instance>,
 ) -> Outcome {
     let step = &ctx.plan.steps[run.index];
-    let target = crate::inventory::endpoint(address, port);
+    let target = crate::inventory::endpoint(probe.address, probe.port);
     let target = &target;
     poll(step, run, interval, move || async move {
-        match tokio::time::timeout(
+        let stream = match tokio::time::timeout(
             StdDuration::from_secs(5),
             tokio::net::TcpStream::connect(target),
         )
         .await
         {
-            Ok(Ok(_)) => {}
+            Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return Err(format!("{target}: {e}").into()),
             Err(_) => return Err(format!("{target}: no answer within 5s").into()),
-        }
-        let answered = format!("{target} accepted a connection");
+        };
+        let answered = match probe.expect {
+            None => format!("{target} accepted a connection"),
+            Some(expect) => {
+                let banner = read_banner(stream, expect).await;
+                if !banner.contains(expect) {
+                    return Err(format!(
+                        "{target} accepted a connection, but what it sent within {}s does not contain {expect:?}: {}",
+                        BANNER_WAIT.as_secs(),
+                        shown(&banner)
+                    )
+                    .into());
+                }
+                format!("{target} answered with {expect:?}")
+            }
+        };
         proved(ctx, run, instance, answered).await.map(Some)
     })
     .await
 }
 
-/// An http check's request and the status it expects.
+/// What a server sends first, until it contains `expect`, it closes, [`BANNER_WAIT`] passes
+/// or [`ANSWER_LIMIT`] is read.
+async fn read_banner(mut stream: tokio::net::TcpStream, expect: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let until = tokio::time::Instant::now() + BANNER_WAIT;
+    let mut buf = [0u8; 4096];
+    while got.len() < ANSWER_LIMIT && !String::from_utf8_lossy(&got).contains(expect) {
+        match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The start of an answer, on one line, for a message.
+fn shown(answer: &str) -> String {
+    let one: String = answer.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one.chars().count() {
+        0 => "it sent nothing".to_string(),
+        n if n > 120 => format!("it sent {:?}…", one.chars().take(120).collect::<String>()),
+        _ => format!("it sent {one:?}"),
+    }
+}
+
+/// An http check's request, the status it expects, and the text its body must contain.
 pub(super) struct HttpProbe<'a> {
     pub(super) url: &'a str,
     pub(super) status: u16,
     pub(super) tls: &'a crate::plan::Tls,
+    pub(super) expect: Option<&'a str>,
 }
 
-/// An HTTP(S) URL polled until it answers the expected status, and, for a vm, until its
-/// answer is proved to be the vm's ([`prove`]).
+/// An HTTP(S) URL polled until it answers the expected status (and body), and, for a vm,
+/// until its answer is proved to be the vm's ([`prove`]).
 pub(super) async fn http(
     ctx: &RunContext,
     run: &StepRun,
@@ -149,12 +202,12 @@ pub(super) async fn http(
         let (asked, tls) = (probe.url.to_string(), probe.tls.clone());
         let url = probe.url;
         let got = tokio::task::spawn_blocking(move || {
-            crate::http::status(&asked, &tls, StdDuration::from_secs(10))
+            crate::http::get(&asked, &tls, StdDuration::from_secs(10), ANSWER_LIMIT)
         })
         .await;
-        match got {
-            Ok(Ok(code)) if code == expected => {}
-            Ok(Ok(code)) => {
+        let body = match got {
+            Ok(Ok((code, body))) if code == expected => body,
+            Ok(Ok((code, _))) => {
                 return Err(format!("{url}: status {code}, expected {expected}").into());
             }
             // A CA file that cannot be used will not mend by asking again.
@@ -164,8 +217,20 @@ pub(super) async fn http(
             )) => return Err(TryError::refused(e.to_string())),
             Ok(Err(e)) => return Err(format!("{url}: {e}").into()),
             Err(e) => return Err(format!("{url}: the check task failed: {e}").into()),
-        }
-        let answered = format!("{url} answered {expected}");
+        };
+        let answered = match probe.expect {
+            None => format!("{url} answered {expected}"),
+            Some(expect) if body.contains(expect) => {
+                format!("{url} answered {expected} with {expect:?}")
+            }
+            Some(expect) => {
+                return Err(format!(
+                    "{url} answered {expected}, but its body does not contain {expect:?}: {}",
+                    shown(&body)
+                )
+                .into());
+            }
+        };
         proved(ctx, run, instance, answered).await.map(Some)
     })
     .await

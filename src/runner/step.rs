@@ -119,18 +119,28 @@ async fn run_step_inner(
             port,
             interval,
             instance,
-        } => check::tcp(ctx, run, address, *port, *interval, instance.as_ref()).await,
+            expect,
+        } => {
+            let tcp = check::TcpProbe {
+                address,
+                port: *port,
+                expect: expect.as_deref(),
+            };
+            check::tcp(ctx, run, &tcp, *interval, instance.as_ref()).await
+        }
         Action::Http {
             url,
             status,
             interval,
             tls,
             instance,
+            expect,
         } => {
             let http = check::HttpProbe {
                 url,
                 status: *status,
                 tls,
+                expect: expect.as_deref(),
             };
             check::http(ctx, run, &http, *interval, instance.as_ref()).await
         }

@@ -1365,6 +1365,7 @@ async fn a_vm_s_check_passes_only_while_that_vm_runs_where_the_run_started_it() 
                     Command::text(format!("left {id} says:{left}")),
                 )),
             }),
+            expect: None,
         };
         s
     };
@@ -1434,4 +1435,110 @@ async fn a_vm_s_check_passes_only_while_that_vm_runs_where_the_run_started_it() 
     // A vm that does not run is not asked about on the other side.
     assert!(!cmds.iter().any(|c| c.starts_with("left b/")), "{cmds:?}");
     drop(listener);
+}
+
+/// A server on 127.0.0.1 that answers every connection with `answer` (after reading what
+/// the client sends, briefly, as the lab's vms do); its port.
+fn answering(answer: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.set_read_timeout(Some(StdDuration::from_millis(200)));
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(answer.as_bytes());
+        }
+    });
+    port
+}
+
+/// A check with `expect` passes only on an answer that contains it: a tcp banner, an http
+/// body. Another server at the address (another answer) is not taken for the right one: the
+/// check fails at its deadline, saying what it got.
+#[tokio::test]
+async fn a_check_with_expect_passes_only_on_the_answer_it_names() {
+    let page = |name: &str| -> &'static str {
+        let body = format!("lab vm-{name} is up\n");
+        Box::leak(
+            format!(
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        )
+    };
+    let (erp, other) = (answering(page("erp-db")), answering(page("print")));
+    let tcp = |id: &str, port: u16| {
+        let mut s = exec_step(id, "unused", &[], "");
+        s.host = None;
+        s.timeout_s = Some(3);
+        s.action_spec = Action::Tcp {
+            address: "127.0.0.1".into(),
+            port,
+            interval: Duration(1),
+            instance: None,
+            expect: Some("erp-db".into()),
+        };
+        s
+    };
+    let http = |id: &str, port: u16| {
+        let mut s = exec_step(id, "unused", &[], "");
+        s.host = None;
+        s.timeout_s = Some(3);
+        s.action_spec = Action::Http {
+            url: format!("http://127.0.0.1:{port}/health"),
+            status: 200,
+            interval: Duration(1),
+            tls: Default::default(),
+            instance: None,
+            expect: Some("erp-db".into()),
+        };
+        s
+    };
+    let steps = vec![
+        tcp("a/banner", erp),
+        tcp("b/banner", other),
+        http("c/page", erp),
+        http("d/page", other),
+    ];
+    let ctx = RunContext {
+        plan: plan(Mode::Restore, false, steps),
+        transport: Arc::new(Fake::default()),
+        confirmations: Arc::new(Confirm(Mutex::new(0))),
+        secrets: env_secrets(),
+        options: RunOptions::default(),
+        prior: HashMap::new(),
+    };
+    let mut sink = Collect::default();
+    execute(ctx, &mut sink, Shutdown::manual()).await;
+    let message = |step: &str| {
+        sink.0
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Event::StepFinished {
+                    step: s, message, ..
+                } if s == step => message.clone(),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(sink.status("a/banner"), Some(StepStatus::Done));
+    assert!(message("a/banner").contains("answered with \"erp-db\""));
+    assert_eq!(sink.status("b/banner"), Some(StepStatus::TimedOut));
+    let b = message("b/banner");
+    assert!(
+        b.contains("does not contain \"erp-db\"") && b.contains("lab vm-print is up"),
+        "{b}"
+    );
+    assert_eq!(sink.status("c/page"), Some(StepStatus::Done));
+    assert!(message("c/page").contains("answered 200 with \"erp-db\""));
+    assert_eq!(sink.status("d/page"), Some(StepStatus::TimedOut));
+    let d = message("d/page");
+    assert!(
+        d.contains("its body does not contain \"erp-db\": it sent \"lab vm-print is up\""),
+        "{d}"
+    );
 }
