@@ -1021,4 +1021,23 @@ mod tests {
         );
         assert_eq!(instance(Mode::Failover, "directory/healthy"), None);
     }
+
+    /// A drill's check of a vm whose address is its production address would be answered by
+    /// production, not by the copy: refused when planned; a failover may take the primary's
+    /// address (its check then asks the primary whether the vm still runs there).
+    #[test]
+    fn a_drill_never_checks_a_copy_at_its_production_address() {
+        let mut model = example();
+        model.inventory.vms["erp-app"].recovery_address = None;
+        let errors = build(&model, &PlanOptions::new(Mode::Drill)).unwrap_err();
+        let messages: Vec<&str> = errors.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            vec![
+                "drill check `erp-app/healthy` probes erp.paris.school.example, the production address of vm erp-app: production answers there, not the drill's copy, so the check would pass for it"
+            ]
+        );
+        assert!(build(&model, &PlanOptions::new(Mode::Failover)).is_ok());
+        assert!(build(&model, &PlanOptions::new(Mode::Restore)).is_ok());
+    }
 }

@@ -297,6 +297,7 @@ impl<'a> StepAt<'a> {
                     probe_target(inv, service, host, vm, mode, &mut scope, &self.id, diags)?;
                 let address = self.tcp_address(address.as_ref(), target, &scope, diags)?;
                 let instance = self.instance(host, vm, diags)?;
+                self.not_production(instance.as_ref(), &address, diags)?;
                 let expect = self.expect(expect.as_ref(), &scope, instance.as_ref(), diags)?;
                 Some(Resolved::new(
                     None,
@@ -338,6 +339,7 @@ impl<'a> StepAt<'a> {
                     }
                 };
                 let instance = self.instance(host, vm, diags)?;
+                self.not_production(instance.as_ref(), url_host(&url), diags)?;
                 let expect = self.expect(expect.as_ref(), &scope, instance.as_ref(), diags)?;
                 Some(Resolved::new(
                     None,
@@ -430,6 +432,40 @@ impl<'a> StepAt<'a> {
             status,
             left,
         }))
+    }
+
+    /// A drill's check of a vm must not probe the vm's production address: production
+    /// answers there, not the drill's copy, and the check would pass for it. `None` when
+    /// reported.
+    fn not_production(
+        &self,
+        instance: Option<&Instance>,
+        probed: &str,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<()> {
+        if self.mode() != Mode::Drill {
+            return Some(());
+        }
+        let Some(vm) = instance.and_then(|i| self.inv().vms.get(&i.vm)) else {
+            return Some(());
+        };
+        match &vm.address {
+            Some(production) if production.eq_ignore_ascii_case(probed) => {
+                diags.push(
+                    Diagnostic::error(format!(
+                        "drill check `{}` probes {probed}, the production address of vm {}: production answers there, not the drill's copy, so the check would pass for it",
+                        self.id, vm.id
+                    ))
+                    .at(self.step.id.loc.clone())
+                    .hint(format!(
+                        "give vm {} a `recovery_address` its drill copy answers on, or check the copy from the recovery host (`probe = \"command\"`, `host = \"{}\"`)",
+                        vm.id, vm.recovery.value
+                    )),
+                );
+                None
+            }
+            _ => Some(()),
+        }
     }
 
     /// A check's `expect`, rendered with the values of what it targets (the host of its vm:
@@ -933,6 +969,17 @@ fn probe_target<'a>(
     }
 }
 
+/// The host part of an http(s) url (an IPv6 address without its brackets).
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(v6) = host_port.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    host_port.split(':').next().unwrap_or(host_port)
+}
+
 /// How the plan says what a check's answer must contain.
 fn expected_text(expect: Option<&str>, what: &str) -> String {
     expect
@@ -974,4 +1021,22 @@ fn default_address(inv: &Inventory, service: &Service, mode: Mode) -> Option<Str
         .host()
         .and_then(|h| inv.hosts.get(h))
         .map(|h| h.address.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_host;
+
+    #[test]
+    fn the_host_of_a_url_is_read_without_its_port_user_or_path() {
+        for (url, host) in [
+            ("http://erp.pra.example:8080/health", "erp.pra.example"),
+            ("https://10.0.0.5/", "10.0.0.5"),
+            ("http://u:p@db.example/x?y=1", "db.example"),
+            ("http://[fd00::5]:8080/", "fd00::5"),
+            ("http://erp.pra.example", "erp.pra.example"),
+        ] {
+            assert_eq!(url_host(url), host, "{url}");
+        }
+    }
 }
