@@ -127,6 +127,9 @@ pub struct ServiceReport {
     pub steps_total: usize,
     /// For a blocked or failed service: the step that stopped it and why.
     pub reason: Option<String>,
+    /// Its health checks that passed, each with what proved it (`step: what it said`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks_proved: Vec<String>,
 }
 
 /// A replication lag read by an application's probe during the run.
@@ -1138,6 +1141,15 @@ fn service_report(run: &Run, id: &str) -> ServiceReport {
         steps_done: done,
         steps_total: main.len(),
         reason,
+        checks_proved: main
+            .iter()
+            .zip(&statuses)
+            .filter(|(s, st)| s.kind == "check" && **st == Some(StepStatus::Done))
+            .filter_map(|(s, _)| {
+                let said = run.steps.facts.get(s.id.as_str())?.message.clone()?;
+                Some(format!("{}: {said}", s.id))
+            })
+            .collect(),
     }
 }
 

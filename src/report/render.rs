@@ -337,6 +337,13 @@ fn md_services(o: &mut String, r: &RecoveryReport, l: &Labels) {
     if let Some(idle) = not_involved(r, l) {
         let _ = writeln!(o, "\n{idle}");
     }
+    let proved: Vec<&String> = r.services.iter().flat_map(|s| &s.checks_proved).collect();
+    if !proved.is_empty() {
+        let _ = writeln!(o, "\n{}:\n", l.checks_proved);
+        for p in proved {
+            let _ = writeln!(o, "- {p}");
+        }
+    }
 }
 
 /// The steps as they ran, and the critical path.
@@ -637,6 +644,14 @@ fn html_services(o: &mut String, r: &RecoveryReport, l: &Labels) {
         );
     }
     let _ = writeln!(o, "</table>");
+    let proved: Vec<&String> = r.services.iter().flat_map(|s| &s.checks_proved).collect();
+    if !proved.is_empty() {
+        let _ = writeln!(o, "<p>{}:</p><ul>", esc(l.checks_proved));
+        for p in proved {
+            let _ = writeln!(o, "<li class=\"note\">{}</li>", esc(p));
+        }
+        let _ = writeln!(o, "</ul>");
+    }
     if let Some(idle) = not_involved(r, l) {
         let _ = writeln!(o, "<p class=\"note\">{}</p>", esc(&idle));
     }

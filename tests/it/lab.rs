@@ -2748,7 +2748,23 @@ fn an_emergency_failover_with_the_primary_still_running_is_a_split_brain_not_a_r
         how.contains("accepted a connection; proved by its driver's status: vm erp-db runs on hv-pra (running), and not on hv-main (shut off)"),
         "{how}"
     );
-    assert_eq!(reported_service(&lab, "erp-db")["status"], "recovered");
+    let reported = reported_service(&lab, "erp-db");
+    assert_eq!(reported["status"], "recovered", "{reported:#}");
+    let proved = reported["checks_proved"].to_string();
+    assert!(
+        proved.contains("erp-db/healthy: ") && proved.contains("proved by its driver's status"),
+        "{reported:#}"
+    );
+    let md = lab.run(&["report", "latest", "--format", "md"]);
+    assert!(
+        md.stdout
+            .contains("What proved each health check that passed")
+            && md
+                .stdout
+                .contains("vm erp-db runs on hv-pra (running), and not on hv-main"),
+        "{}",
+        md.stdout
+    );
 }
 
 /// The recovered vm does not run (its driver's start said it did: the vm died at boot, its
