@@ -491,11 +491,7 @@ fn execute(
 /// `status: running`).
 pub fn running_on_both_sites(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<String> {
     let mut both = Vec::new();
-    for planned in &plan.services {
-        let service = &model.inventory.services[&planned.id];
-        let Some(vm) = service.vm().and_then(|v| model.inventory.vms.get(v)) else {
-            continue;
-        };
+    for (service, vm) in plan_vms(model, plan) {
         let running = |side| vm_state(model, service, vm, side, &plan.run_id, transport).0;
         if running(Side::Primary) == Some(true) && running(Side::Recovery) == Some(true) {
             both.push(format!(
@@ -505,6 +501,34 @@ pub fn running_on_both_sites(model: &Model, plan: &Plan, transport: &dyn Transpo
         }
     }
     both
+}
+
+/// Every vm of a plan, once, with the first service that has it: each service's own vm and
+/// the vm each vm step names (a service may start another vm than its own, as the directory
+/// does with dc2).
+fn plan_vms<'m>(
+    model: &'m Model,
+    plan: &Plan,
+) -> Vec<(&'m crate::inventory::Service, &'m crate::inventory::Vm)> {
+    let inv = &model.inventory;
+    let mut vms: Vec<(&crate::inventory::Service, &crate::inventory::Vm)> = Vec::new();
+    let own = plan
+        .services
+        .iter()
+        .filter_map(|p| inv.services.get(&p.id))
+        .filter_map(|s| Some((s, s.vm()?.to_string())));
+    let named = plan
+        .steps
+        .iter()
+        .filter_map(|st| Some((inv.services.get(&st.service)?, st.vm.clone()?)));
+    for (service, id) in own.chain(named) {
+        if let Some(vm) = inv.vms.get(&id)
+            && !vms.iter().any(|(_, v)| v.id == vm.id)
+        {
+            vms.push((service, vm));
+        }
+    }
+    vms
 }
 
 /// Whether `vm` runs on `side`, as its driver's `status` says (`None`: it could not say),
@@ -517,12 +541,37 @@ fn vm_state(
     run_id: &str,
     transport: &dyn Transport,
 ) -> (Option<bool>, String) {
+    vm_state_once(
+        model,
+        service,
+        vm,
+        side,
+        run_id,
+        transport,
+        &mut HashMap::new(),
+    )
+}
+
+/// [`vm_state`], a host that could not be reached once (`down`: host → why) not asked again:
+/// a lost site costs one connection timeout, not one per vm.
+fn vm_state_once(
+    model: &Model,
+    service: &crate::inventory::Service,
+    vm: &crate::inventory::Vm,
+    side: Side,
+    run_id: &str,
+    transport: &dyn Transport,
+    down: &mut HashMap<String, String>,
+) -> (Option<bool>, String) {
     let Some((host, cmd)) = plan::vm_status_command(model, service, vm, side, run_id) else {
         return (None, "its driver has no `status` action".into());
     };
     let Ok(text) = cmd.expose(|n| std::env::var(n).ok()) else {
         return (None, "a secret of its `status` action is not set".into());
     };
+    if let Some(why) = down.get(&host) {
+        return (None, why.clone());
+    }
     match transport.exec(&host, &text, StdDuration::from_secs(30)) {
         Ok(out) => {
             let text = [out.stdout.trim(), out.stderr.trim()]
@@ -532,7 +581,10 @@ fn vm_state(
                 .unwrap_or_else(|| format!("exit status {} and nothing said", out.exit_code));
             (runner::said_running(&out), text)
         }
-        Err(e) => (None, e.to_string()),
+        Err(e) => {
+            down.insert(host, e.to_string());
+            (None, e.to_string())
+        }
     }
 }
 
@@ -579,6 +631,7 @@ pub struct Elsewhere {
 pub fn elsewhere(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<Elsewhere> {
     let helpers = crate::replica::remote::Helpers::new(transport);
     let mut found: Vec<Elsewhere> = Vec::new();
+    let mut down = HashMap::new();
     for step in &plan.steps {
         if step.kind != "vm" || step.action.as_deref() != Some("start") {
             continue;
@@ -586,7 +639,7 @@ pub fn elsewhere(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<E
         let Some(service) = model.inventory.services.get(&step.service) else {
             continue;
         };
-        let Some(vm) = service.vm().and_then(|v| model.inventory.vms.get(v)) else {
+        let Some(vm) = step.vm.as_ref().and_then(|v| model.inventory.vms.get(v)) else {
             continue;
         };
         if found.iter().any(|e| e.vm == vm.id) {
@@ -598,7 +651,19 @@ pub fn elsewhere(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<E
         } else {
             (vm.recovery.value.clone(), Side::Recovery)
         };
+        let running = vm_state_once(
+            model,
+            service,
+            vm,
+            other,
+            &plan.run_id,
+            transport,
+            &mut down,
+        );
         let live = (other == Side::Recovery).then(|| {
+            if let Some(why) = down.get(&there) {
+                return Err(why.clone());
+            }
             let dir = plan::images_dir_of(&model.inventory, &there)
                 .ok_or_else(|| format!("{there} names no images_dir"))?;
             let paths: Vec<String> = vm.disks.iter().map(|d| format!("{dir}/{d}")).collect();
@@ -606,7 +671,9 @@ pub fn elsewhere(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<E
             let mut runs: Vec<String> = copies
                 .iter()
                 .flat_map(|c| c.leases.iter())
-                .filter(|l| l.kind == crate::replica::LeaseKind::Live && l.vm == vm.id)
+                // Any failover's lease, whatever vm name it was taken under: the paths are
+                // this vm's.
+                .filter(|l| l.kind == crate::replica::LeaseKind::Live)
                 .map(|l| l.run.clone())
                 .collect();
             runs.sort();
@@ -617,7 +684,7 @@ pub fn elsewhere(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<E
             vm: vm.id.clone(),
             service: service.id.clone(),
             here,
-            running: vm_state(model, service, vm, other, &plan.run_id, transport),
+            running,
             there,
             live,
         });
@@ -646,6 +713,9 @@ pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere]) -> (Vec<String>, Vec<Str
                 "vm {vm} runs on {there} (its status says `{said}`): a restore would start it on {here} from its disks of before, and two copies would diverge; {back}"
             )),
             (Some(false), _) => {}
+            // A primary that cannot be asked is what an emergency failover is made for (its
+            // health checks ask again, and say so).
+            (None, _) if mode == Mode::Failover => {}
             (None, said) => warned.push(format!(
                 "whether vm {vm} runs on {there} could not be asked ({said}): if it does, two copies of its data diverge; stop one"
             )),
@@ -1347,14 +1417,16 @@ pub fn resume(
         }
         forced = problems;
     }
-    // The vms not started yet, as at its start.
+    // The vms it may still start, as at its start.
     let mut other_site = Vec::new();
     if plan.mode == Mode::Restore || (plan.mode == Mode::Failover && plan.emergency) {
         let mut left = plan.clone();
+        // A step that failed or was cut runs again: only those done are left out.
         left.steps.retain(|s| {
-            !events
-                .iter()
-                .any(|e| matches!(e, Event::StepStarted { step, .. } if *step == s.id))
+            !matches!(
+                prior.get(&s.id),
+                Some(runner::Prior::Done | runner::Prior::DrillOver)
+            )
         });
         other_site = refuse_elsewhere(model, &left, &transport(model, &exec.ssh))?;
     }
@@ -2173,7 +2245,13 @@ mod elsewhere_tests {
     fn an_emergency_failover_says_loudly_that_its_primary_still_runs_the_vm() {
         let mut f = found(Some(true), None);
         (f.here, f.there) = ("hv-pra".into(), "hv-main".into());
-        let (refused, warned) = judge_elsewhere(Mode::Failover, &[f]);
+        let (refused, warned) = judge_elsewhere(Mode::Failover, &[f.clone()]);
+        // A primary that cannot be asked is the emergency itself: nothing to add.
+        f.running = (None, "connection refused".into());
+        assert_eq!(
+            judge_elsewhere(Mode::Failover, &[f]),
+            (Vec::new(), Vec::new())
+        );
         assert!(refused.is_empty(), "{refused:?}");
         assert!(
             warned.len() == 1
@@ -2181,5 +2259,37 @@ mod elsewhere_tests {
                 && warned[0].contains("two copies of its data that diverge"),
             "{warned:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod plan_vms_tests {
+    use super::*;
+
+    /// The directory's restore starts dc2 by its own step (`vm = "dc2"`), not as the
+    /// service's vm: it is asked about too, on the site it runs on.
+    #[test]
+    fn every_vm_a_plan_starts_is_asked_about_not_only_each_service_s_own() {
+        let sources = crate::sources::Sources::read(
+            std::path::Path::new("inventory"),
+            std::path::Path::new("runbooks"),
+        )
+        .unwrap();
+        let model = crate::plan::validate::load(sources)
+            .map(|(m, _)| m)
+            .unwrap();
+        let plan = plan::build(&model, &plan::PlanOptions::new(Mode::Restore)).unwrap();
+        let vms: Vec<&str> = plan_vms(&model, &plan)
+            .iter()
+            .map(|(_, v)| v.id.as_str())
+            .collect();
+        assert!(vms.contains(&"dc1") && vms.contains(&"dc2"), "{vms:?}");
+        let started: Vec<&str> = plan
+            .steps
+            .iter()
+            .filter(|s| s.kind == "vm" && s.action.as_deref() == Some("start"))
+            .filter_map(|s| s.vm.as_deref())
+            .collect();
+        assert!(started.contains(&"dc2"), "{started:?}");
     }
 }

@@ -405,6 +405,7 @@ fn backup_step(
         action: None,
         replica: None,
         state_before: None,
+        vm: None,
         command: format!(
             "prove the copy {} of backup set {} (its point, verified, unchanged){}",
             set.dest_path,
@@ -766,6 +767,7 @@ fn lag_step(
         action: None,
         replica: None,
         state_before: None,
+        vm: None,
         command: run.to_string(),
         verify: None,
         undo: None,

@@ -145,6 +145,9 @@ pub struct PlannedStep {
     /// the start, so that a roll-back never stops a vm that was already running.
     #[serde(skip)]
     pub state_before: Option<Command>,
+    /// The vm a vm step acts on (its own `vm`, else its service's).
+    #[serde(skip)]
+    pub vm: Option<String>,
 }
 
 /// How an https health check trusts the server's certificate: the system's certificate

@@ -36,6 +36,7 @@ struct Resolved {
     action_name: Option<String>,
     replica: Option<ReplicaUse>,
     state_before: Option<Command>,
+    vm: Option<String>,
     retries: u32,
     idempotent: bool,
 }
@@ -57,6 +58,7 @@ impl Resolved {
             action_name: None,
             replica: None,
             state_before: None,
+            vm: None,
             retries: 0,
             idempotent: false,
         }
@@ -147,6 +149,7 @@ pub(super) fn resolve(
         action: resolved.action_name,
         replica: resolved.replica,
         state_before: resolved.state_before,
+        vm: resolved.vm,
         command: resolved.command,
         verify: resolved.verify,
         undo: resolved.undo,
@@ -699,6 +702,7 @@ impl<'a> StepAt<'a> {
             action_name: Some(action.to_string()),
             replica,
             state_before,
+            vm: Some(vm.id.clone()),
             ..Resolved::new(
                 Some(h.value.clone()),
                 timeout,

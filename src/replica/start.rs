@@ -457,8 +457,8 @@ fn reread(
         }
         let good = copies.verify(host, &paths[i], id).map_err(|e| {
             format!(
-                "cannot read {} again by hash before starting from it: {e}",
-                paths[i]
+                "cannot read {} again by hash before starting from it: {e}; check the recovery host {host} and its disk, then `reprise verify {}` (or `reprise replicate` for a new point)",
+                paths[i], req.vm.name
             )
         })?;
         let name = choice::name(&paths[i]);

@@ -194,6 +194,7 @@ fn exec_step(id: &str, host: &str, after: &[&str], run: &str) -> PlannedStep {
         },
         replica: None,
         state_before: None,
+        vm: None,
     }
 }
 

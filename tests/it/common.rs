@@ -268,16 +268,21 @@ pub fn example_lab_down(dir: &Path) {
 /// The primary copies of `vms` (on the example's hv-main) stop, as when their site is lost: a
 /// vm still running there makes an emergency failover's health check of it a split brain.
 pub fn primary_lost(lab: &Path, vms: &[&str]) {
-    let dir = lab.join("hosts/hv-main");
     for vm in vms {
-        let out = Command::new(dir.join("bin/lab-vm"))
-            .args(["stop", vm])
-            .env("LAB_HOST", "hv-main")
-            .env("LAB_HOST_DIR", &dir)
-            .env("LAB_DIR", lab)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
+        let out = lab_vm(lab, "hv-main", &["stop", vm]);
         assert!(out.status.success(), "lab-vm stop {vm}: {out:?}");
     }
+}
+
+/// Runs the `lab-vm` stand-in of the lab in `lab` on `host`, as the host's sshd would.
+pub fn lab_vm(lab: &Path, host: &str, args: &[&str]) -> std::process::Output {
+    let dir = lab.join("hosts").join(host);
+    Command::new(dir.join("bin/lab-vm"))
+        .args(args)
+        .env("LAB_HOST", host)
+        .env("LAB_HOST_DIR", &dir)
+        .env("LAB_DIR", lab)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
 }

@@ -2290,18 +2290,6 @@ fn a_copy_that_rotted_behind_its_point_is_never_started_as_that_point() {
     assert_eq!(std::fs::read(&copy).unwrap(), first);
 }
 
-/// Runs the lab's `lab-vm` stand-in on `host` as the host's sshd would.
-fn lab_vm(lab: &Lab, host: &str, args: &[&str]) -> std::process::Output {
-    let dir = lab.lab().join("hosts").join(host);
-    Command::new(dir.join("bin/lab-vm"))
-        .args(args)
-        .env("LAB_HOST", host)
-        .env("LAB_HOST_DIR", &dir)
-        .env("LAB_DIR", lab.lab())
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn a_restore_never_starts_a_vm_whose_newest_data_is_on_the_recovery_site() {
     let lab = Lab::up(202);
@@ -2331,7 +2319,7 @@ fn a_restore_never_starts_a_vm_whose_newest_data_is_on_the_recovery_site() {
         "{run:?}"
     );
     // Both sites lost their power: it runs nowhere, but its newest data is on its copies.
-    let out = lab_vm(&lab, "hv-pra", &["stop", "erp-db"]);
+    let out = crate::common::lab_vm(&lab.lab(), "hv-pra", &["stop", "erp-db"]);
     assert!(out.status.success(), "{out:?}");
     let run = lab.run(&restore);
     assert_eq!(run.code, 6, "{run:?}");
@@ -2818,4 +2806,39 @@ fn a_check_answered_by_another_process_while_the_recovered_vm_is_down_is_not_a_r
         "{reported:#}"
     );
     drop(other);
+}
+
+/// A restore whose start of erp-db failed is resumed after a failover has brought erp-db up on
+/// its recovery copies: the step that runs again is refused as at the start.
+#[test]
+fn a_resumed_restore_never_starts_a_vm_a_failover_brought_up_since() {
+    let lab = Lab::up(203);
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    lab.primary_lost(&["erp-db"]);
+    let bin = lab.lab().join("hosts/hv-main/bin/lab-vm");
+    let off = bin.with_extension("off");
+    std::fs::rename(&bin, &off).unwrap();
+    let run = lab.run(&[
+        "restore",
+        "--service",
+        "erp-db",
+        "--only",
+        "--yes",
+        "--no-prompt",
+    ]);
+    std::fs::rename(&off, &bin).unwrap();
+    assert_ne!(run.code, 0, "its start fails without its driver: {run:?}");
+    let restore = std::fs::read_dir(lab.state().join("runs"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .find(|n| n.ends_with("-restore"))
+        .expect("the restore's run");
+    // The failover's run must sort after the restore's (run ids are per second).
+    std::thread::sleep(Duration::from_millis(1100));
+    lab.emergency_failover_of_erp_db();
+    let run = lab.run(&["resume", &restore]);
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(run.stderr.contains("vm erp-db runs on hv-pra"), "{run:?}");
 }
