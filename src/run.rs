@@ -1023,7 +1023,7 @@ pub fn judge_folder_back(backs: &[FolderBack]) -> Vec<String> {
         let since_text = since.format("%Y-%m-%d %H:%M:%S%.3f UTC");
         match (folder.mtime, &b.clock) {
             (None, _) => problems.push(format!(
-                "copy-back backup set {set}: the time its folder {primary}:{} was last written cannot be read: whether it got files after the failover relied on its copy {recovery}:{} (its data as of {since_text}) cannot be told; {}",
+                "copy-back backup set {set}: the time its folder {primary}:{} was last changed cannot be read: whether it got files after the failover relied on its copy {recovery}:{} (its data as of {since_text}) cannot be told; {}",
                 folder.path,
                 copy.path,
                 keep(&folder.path)
@@ -1045,7 +1045,7 @@ pub fn judge_folder_back(backs: &[FolderBack]) -> Vec<String> {
                     String::new()
                 };
                 problems.push(format!(
-                    "copy-back backup set {set}: its folder {primary}:{} got a file written at {}{offset}, after the failover relied on its copy {recovery}:{} (its data as of {since_text}): the failback would overwrite or remove what the primary's folder got since; {}",
+                    "copy-back backup set {set}: its folder {primary}:{} was last changed (a file written, added or removed) at {}{offset}, after the failover relied on its copy {recovery}:{} (its data as of {since_text}): the failback would overwrite or remove what the primary's folder got since; {}",
                     folder.path,
                     m.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
                     copy.path,
@@ -2129,7 +2129,7 @@ mod tests {
         let problems = with(&|d| d.mtime = Some(taken + chrono::Duration::seconds(1)));
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
-            problems[0].starts_with("copy-back backup set erp-dumps: its folder san-main:/export/backups/erp got a file written at ")
+            problems[0].starts_with("copy-back backup set erp-dumps: its folder san-main:/export/backups/erp was last changed (a file written, added or removed) at ")
                 && problems[0].contains("after the failover relied on its copy nas-pra:/srv/backups/erp")
                 && problems[0].contains("cp -a /export/backups/erp /export/backups/erp.kept")
                 && problems[0].contains("--force"),

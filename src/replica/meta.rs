@@ -439,7 +439,8 @@ pub struct CopyState {
     /// The copy (a file, or a backup set's folder) is there.
     pub exists: bool,
     pub size: u64,
-    /// Its modification time (for a backup set: of its newest file).
+    /// Its modification time (for a backup set: the newest modification or status change
+    /// time of its files and folders, which a copy that keeps old times cannot set back).
     pub mtime: Option<DateTime<Utc>>,
     /// Replica points were made of it (its metadata folder holds their files).
     pub managed: bool,

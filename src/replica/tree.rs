@@ -105,6 +105,30 @@ fn walk(root: &Path) -> io::Result<Vec<(String, std::fs::Metadata)>> {
     Ok(out)
 }
 
+/// When anything under `root` (itself included) last changed: the newest modification or
+/// status change time of its files, directories and other entries. The status change time
+/// cannot be set back from userland, so a file copied in with its old modification time kept
+/// (`cp -p`, `rsync -t`) counts when it came, and a removal counts through its directory.
+fn newest_change(root: &Path) -> io::Result<i128> {
+    use std::os::unix::fs::MetadataExt as _;
+    let changed = |m: &std::fs::Metadata| {
+        mtime_ns(m).max(i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()))
+    };
+    let mut newest = changed(&std::fs::symlink_metadata(root)?);
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            newest = newest.max(changed(&meta));
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(newest)
+}
+
 /// The stamp of a tree: BLAKE3 of its files' paths, sizes and mtimes (stat only, no
 /// reading): any file written, added or removed changes it.
 pub fn tree_stamp(root: &Path) -> Option<String> {
@@ -545,7 +569,8 @@ impl TreeStore {
             state.exists = true;
             if let Ok(files) = walk(&self.root) {
                 state.size = files.iter().map(|(_, m)| m.len()).sum();
-                let newest = files.iter().map(|(_, m)| mtime_ns(m)).max().unwrap_or(0);
+            }
+            if let Ok(newest) = newest_change(&self.root) {
                 state.mtime = chrono::DateTime::<Utc>::from_timestamp(
                     (newest.div_euclid(1_000_000_000)) as i64,
                     newest.rem_euclid(1_000_000_000) as u32,
@@ -1618,5 +1643,47 @@ mod tests {
             who.starts_with("backup set erp-dumps, relied on by failover run r1 at point p1"),
             "{who}"
         );
+    }
+
+    /// The time the fs's own clock gives a change made now (the reference for a test).
+    fn fs_now(scratch: &Path) -> chrono::DateTime<Utc> {
+        // Past the tick of what was made before (the fs clock is coarse).
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let stamp = scratch.join("stamp");
+        std::fs::write(&stamp, "now").unwrap();
+        std::fs::metadata(&stamp)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .into()
+    }
+
+    #[test]
+    fn a_folder_file_copied_in_with_an_old_time_or_removed_counts_as_a_change_when_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let (folder, scratch) = (dir.path().join("dumps"), dir.path().join("scratch"));
+        std::fs::create_dir_all(folder.join("sub")).unwrap();
+        std::fs::create_dir_all(&scratch).unwrap();
+        std::fs::write(folder.join("a.dump"), "a").unwrap();
+        std::fs::write(folder.join("sub/b.dump"), "b").unwrap();
+        let store = TreeStore::new(&folder);
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1 << 30);
+
+        // `cp -p`: a new file whose modification time is years back.
+        let moment = fs_now(&scratch);
+        let f = File::create(folder.join("sub/kept.dump")).unwrap();
+        f.set_modified(old).unwrap();
+        let seen = store.inspect().mtime.unwrap();
+        assert!(seen >= moment, "copied in at {moment}, newest seen {seen}");
+
+        // A file removed (in a subfolder, whose own time is set back afterwards too).
+        let moment = fs_now(&scratch);
+        std::fs::remove_file(folder.join("sub/b.dump")).unwrap();
+        File::open(folder.join("sub"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let seen = store.inspect().mtime.unwrap();
+        assert!(seen >= moment, "removed at {moment}, newest seen {seen}");
     }
 }

@@ -2488,7 +2488,7 @@ fn a_backup_set_copy_is_proven_before_a_run_relies_on_it_and_never_copied_back_o
     assert_eq!(refused.code, 7, "{refused:?}");
     assert!(
         refused.stderr.contains(&format!(
-            "copy-back backup set erp-dumps: its folder san-main:{} got a file written at ",
+            "copy-back backup set erp-dumps: its folder san-main:{} was last changed (a file written, added or removed) at ",
             primary.display()
         )) && refused
             .stderr
