@@ -145,6 +145,28 @@ pub fn tree_stamp(root: &Path) -> Option<String> {
     Some(format!("tree {}", h.finalize().to_hex()))
 }
 
+/// The digest ([`Tree::digest`]) of the regular files under `root` as read now, each opened
+/// beneath it without following a link (a copy's newest point, checked in place).
+fn digest_in_place(root: &Path) -> io::Result<String> {
+    let mut tree = Tree::default();
+    if !root.exists() {
+        return Ok(tree.digest());
+    }
+    let dir = Dir::open(root, false)?;
+    for (rel, _) in walk(root)? {
+        let mut f = dir.open_file(&rel)?;
+        let mut h = blake3::Hasher::new();
+        let size = io::copy(&mut f, &mut h)?;
+        let entry = FileEntry {
+            size,
+            mtime_ns: 0,
+            blake3: h.finalize().to_hex().to_string(),
+        };
+        tree.files.insert(rel, entry);
+    }
+    Ok(tree.digest())
+}
+
 /// Reads and hashes every file of `root` (the recovery side's `--verify`).
 pub fn scan(root: &Path) -> io::Result<Tree> {
     let mut tree = Tree::default();
@@ -1165,7 +1187,8 @@ impl TreeStore {
         Ok(())
     }
 
-    /// Checks points again (by restoring them aside); one that fails is marked bad.
+    /// Checks points again (the newest by reading the folder in place, an older one by
+    /// restoring it aside); one that fails is marked bad.
     pub fn verify(&self, only: Option<&str>) -> Result<Vec<(String, bool)>, StoreError> {
         let _lock = self.lock()?;
         self.recover()?;
@@ -1184,16 +1207,22 @@ impl TreeStore {
         };
         let mut out = Vec::new();
         for id in ids {
-            let tmp = self.path("verify");
-            let _ = std::fs::remove_dir_all(&tmp);
-            // A point whose delta is damaged cannot be rebuilt: it is bad.
-            let good = match self.restore_locked(&id, &tmp) {
-                Ok(()) => true,
-                Err(StoreError::Mismatch { .. } | StoreError::Damaged { .. }) => false,
-                Err(e) => return Err(e),
-            };
-            let _ = std::fs::remove_dir_all(&tmp);
             let newest = points.last().map(|p| p.id.clone());
+            let good = if let Some(p) = points.last().filter(|p| p.id == id) {
+                // The newest point is the folder itself: read in place, nothing copied.
+                digest_in_place(&self.root).map_err(io_err(&self.root))? == p.blake3
+            } else {
+                let tmp = self.path("verify");
+                let _ = std::fs::remove_dir_all(&tmp);
+                // A point whose delta is damaged cannot be rebuilt: it is bad.
+                let good = match self.restore_locked(&id, &tmp) {
+                    Ok(()) => true,
+                    Err(StoreError::Mismatch { .. } | StoreError::Damaged { .. }) => false,
+                    Err(e) => return Err(e),
+                };
+                let _ = std::fs::remove_dir_all(&tmp);
+                good
+            };
             let stamp = tree_stamp(&self.root);
             if let Some(p) = points.iter_mut().find(|p| p.id == id) {
                 p.verified = if good { Verified::Yes } else { Verified::Bad };
@@ -1685,5 +1714,41 @@ mod tests {
             .unwrap();
         let seen = store.inspect().mtime.unwrap();
         assert!(seen >= moment, "removed at {moment}, newest seen {seen}");
+    }
+
+    /// The newest point is read where it is: verifying it copies nothing (the place of the
+    /// copy is taken by a file here, so a copy could not be made), and a file of it rotted in
+    /// place (same size and time) is still found bad.
+    #[test]
+    fn the_newest_point_of_a_folder_is_verified_in_place_without_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let dst = dir.path().join("dst");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/b.dump"), "b").unwrap();
+        for (id, text) in [("p1", "a1"), ("p2", "a2")] {
+            std::fs::write(src.join("a.dump"), text).unwrap();
+            replicate(&src, &dst, id);
+        }
+        let store = TreeStore::new(&dst);
+        let blocker = store.path("verify");
+        std::fs::write(&blocker, "no copy here").unwrap();
+        let v = |id: &str, good: bool| (id.to_string(), good);
+        assert_eq!(store.verify(Some("p2")).unwrap(), [v("p2", true)]);
+        assert_eq!(std::fs::read(&blocker).unwrap(), b"no copy here");
+        assert_eq!(store.points().unwrap()[1].verified, Verified::Yes);
+
+        let rotted = dst.join("sub/b.dump");
+        let mtime = std::fs::metadata(&rotted).unwrap().modified().unwrap();
+        std::fs::write(&rotted, "x").unwrap();
+        File::options()
+            .write(true)
+            .open(&rotted)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert!(store.inspect().changed.is_none(), "rot is not seen by stat");
+        assert_eq!(store.verify(Some("p2")).unwrap(), [v("p2", false)]);
+        assert_eq!(store.points().unwrap()[1].verified, Verified::Bad);
     }
 }
