@@ -1102,6 +1102,90 @@ pub fn folder_backs(plan: &Plan, transport: &dyn Transport) -> Vec<FolderBack> {
     backs
 }
 
+/// A backup set of a failback's services that its plan does not replicate back: its
+/// recovery copy (see [`judge_left_held`]).
+#[derive(Debug, Clone)]
+pub struct LeftHeld {
+    pub set: String,
+    pub service: String,
+    pub recovery: String,
+    pub path: String,
+    pub copy: Result<crate::replica::CopyState, String>,
+}
+
+/// The problems of backup sets a failback leaves behind: a recovery copy a failover relied
+/// on (a `live` lease) holds what the recovery site wrote since, which nothing brings back
+/// to the primary and which the next replication overwrites once the copy is released; a
+/// copy that cannot be read leaves that open.
+pub fn judge_left_held(left: &[LeftHeld]) -> Vec<String> {
+    use crate::replica::LeaseKind;
+    let mut problems = Vec::new();
+    for l in left {
+        let (set, at) = (&l.set, format!("{}:{}", l.recovery, l.path));
+        let what_to_do = format!(
+            "add a replicate step of {set} to the failback runbook of service {}, or `reprise release {set}` once its data is safe, or use --force",
+            l.service
+        );
+        match &l.copy {
+            Err(e) => problems.push(format!(
+                "backup set {set}: this failback does not replicate it back, and its recovery copy {at} cannot be read ({e}): whether a failover relied on it (and the recovery site wrote there) cannot be told; {what_to_do}"
+            )),
+            Ok(c) if !c.bad_leases.is_empty() => problems.push(format!(
+                "backup set {set}: this failback does not replicate it back, and the leases of its recovery copy {at} cannot be read ({}): whether a failover relied on it cannot be told; {what_to_do}",
+                c.bad_leases.join(", ")
+            )),
+            Ok(c) if c.leases.iter().any(|l| l.kind == LeaseKind::Live) => {
+                problems.push(format!(
+                    "backup set {set}: its recovery copy {at} was relied on by a failover (a live lease) and this failback does not replicate it back: what the recovery site may have written there would be dropped the day it is released (the next replication overwrites it with the primary's folder); {what_to_do}"
+                ))
+            }
+            Ok(_) => {}
+        }
+    }
+    problems
+}
+
+/// Reads, for each backup set of a failback plan's services that the plan does not
+/// replicate back, its recovery copy (see [`judge_left_held`]).
+pub fn left_held(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<LeftHeld> {
+    let helpers = crate::replica::remote::Helpers::new(transport);
+    let back: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action_spec {
+            plan::Action::Replicate {
+                what: plan::Replicated::Backup(set),
+                ..
+            } => Some(set.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut left: Vec<LeftHeld> = Vec::new();
+    for service in &plan.services {
+        for set in plan::backup_sets_of(model, &service.id) {
+            if back.contains(&set.id.as_str()) || left.iter().any(|l| l.set == set.id) {
+                continue;
+            }
+            let (host, path) = (&set.dest_host.value, &set.dest_path);
+            left.push(LeftHeld {
+                set: set.id.clone(),
+                service: service.id.clone(),
+                recovery: host.clone(),
+                path: path.clone(),
+                copy: helpers
+                    .inspect(host, std::slice::from_ref(path))
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| {
+                        s.into_iter()
+                            .next()
+                            .ok_or_else(|| "the helper said nothing of it".to_string())
+                    }),
+            });
+        }
+    }
+    left
+}
+
 /// Reads, for each vm a failback plan copies back to the primary, its state there and its
 /// recovery copies (see [`judge_copy_back`]).
 pub fn copy_backs(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<CopyBack> {
@@ -1190,6 +1274,7 @@ pub fn start(
         }
         copy_back = problems;
         copy_back.extend(judge_folder_back(&folder_backs(&plan, &t)));
+        copy_back.extend(judge_left_held(&left_held(model, &plan, &t)));
     }
     // A planned failover stops production first, a failback the recovery side: each starts
     // only once the side it starts vms on is known to be able to take over (for a failback,
@@ -1409,6 +1494,7 @@ pub fn resume(
             return Err(RunError::NothingCopiedBack { problems: uncopied });
         }
         problems.extend(judge_folder_back(&folder_backs(&left, &t)));
+        problems.extend(judge_left_held(&left_held(model, &plan, &t)));
         if !problems.is_empty() && !force {
             return Err(RunError::NotReady {
                 mode: plan.mode,
@@ -2039,6 +2125,50 @@ mod tests {
             problems[0].contains("cannot be read (no helper)"),
             "{problems:?}"
         );
+    }
+
+    /// A backup set a failback does not replicate back: refused (--force passes it) while a
+    /// failover's `live` lease holds its recovery copy, or while that cannot be told; a copy
+    /// only a drill held, or none, passes.
+    #[test]
+    fn a_failback_never_leaves_behind_a_backup_set_copy_a_failover_relied_on() {
+        let held = |copy: Result<CopyState, String>| LeftHeld {
+            set: "shares".into(),
+            service: "backups".into(),
+            recovery: "nas-pra".into(),
+            path: "/srv/backups/shares".into(),
+            copy,
+        };
+        let copy = |leases: Vec<Lease>| {
+            Ok(CopyState {
+                path: "/srv/backups/shares".into(),
+                exists: true,
+                managed: true,
+                leases,
+                ..CopyState::default()
+            })
+        };
+        let problems = judge_left_held(&[held(copy(vec![lease(LeaseKind::Live, "shares")]))]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("backup set shares: its recovery copy nas-pra:/srv/backups/shares was relied on by a failover")
+                && problems[0].contains("would be dropped the day it is released")
+                && problems[0].contains("add a replicate step of shares to the failback runbook of service backups")
+                && problems[0].contains("`reprise release shares` once its data is safe")
+                && problems[0].contains("--force"),
+            "{problems:?}"
+        );
+        assert!(judge_left_held(&[held(copy(vec![lease(LeaseKind::Drill, "shares")]))]).is_empty());
+        assert!(judge_left_held(&[held(copy(Vec::new()))]).is_empty());
+        let unread = judge_left_held(&[held(Err("connection refused".into()))]);
+        assert_eq!(unread.len(), 1, "{unread:?}");
+        assert!(
+            unread[0].contains("cannot be read (connection refused)"),
+            "{unread:?}"
+        );
+        let mut bad = copy(Vec::new()).unwrap();
+        bad.bad_leases = vec!["x.json".into()];
+        assert_eq!(judge_left_held(&[held(Ok(bad))]).len(), 1);
     }
 
     fn folder_back(leases: Vec<Lease>) -> FolderBack {

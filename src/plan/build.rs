@@ -323,7 +323,7 @@ fn main_phase<'m>(
 
 /// The backup sets the runbooks of service `sid` replicate (in any mode), in the
 /// inventory's order.
-fn backup_sets_of<'m>(model: &'m Model, sid: &str) -> Vec<&'m crate::inventory::BackupSet> {
+pub fn backup_sets_of<'m>(model: &'m Model, sid: &str) -> Vec<&'m crate::inventory::BackupSet> {
     let named: BTreeSet<&str> = model
         .runbooks
         .by_service

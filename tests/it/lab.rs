@@ -2499,6 +2499,20 @@ fn a_backup_set_copy_is_proven_before_a_run_relies_on_it_and_never_copied_back_o
         "{}",
         refused.stderr
     );
+    // The failback does not replicate shares back: what the recovery site wrote in its copy
+    // would be dropped the day it is released.
+    let shares = lab.host_root("nas-pra").join("srv/backups/shares");
+    assert!(
+        refused.stderr.contains(&format!(
+            "backup set shares: its recovery copy nas-pra:{} was relied on by a failover",
+            shares.display()
+        )) && refused
+            .stderr
+            .contains("add a replicate step of shares to the failback runbook of service backups")
+            && refused.stderr.contains("`reprise release shares`"),
+        "{}",
+        refused.stderr
+    );
     assert_eq!(runs(), before, "a refused failback started a run");
     assert_eq!(std::fs::read_to_string(&kept).unwrap(), "the primary's own");
 
@@ -2519,10 +2533,22 @@ fn a_backup_set_copy_is_proven_before_a_run_relies_on_it_and_never_copied_back_o
             .starts_with("copy-back backup set erp-dumps: its folder san-main:")),
         "{forced}"
     );
+    assert!(
+        forced["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with("backup set shares: ")),
+        "{forced}"
+    );
     // Back on the primary; the copies it replicated back are released.
     assert!(primary.join("planted.dump").exists());
     assert!(leases("erp").is_empty() && leases("ad-systemstate").is_empty());
-    assert_eq!(leases("shares").len(), 1, "not replicated back: still held");
+    assert_eq!(
+        leases("shares").len(),
+        1,
+        "not replicated back: still held (forced)"
+    );
 }
 
 /// A planned failover relies on the backup sets' copies (each leased at its point), then a
