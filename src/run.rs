@@ -1134,6 +1134,19 @@ pub fn judge_left_held(left: &[LeftHeld]) -> Vec<String> {
                 "backup set {set}: this failback does not replicate it back, and the leases of its recovery copy {at} cannot be read ({}): whether a failover relied on it cannot be told; {what_to_do}",
                 c.bad_leases.join(", ")
             )),
+            // Still the very point the failover relied on: the recovery site wrote nothing
+            // there, and nothing is dropped when it is released.
+            Ok(c) if c
+                .leases
+                .iter()
+                .filter(|l| l.kind == LeaseKind::Live)
+                .all(|l| {
+                    l.point.is_some()
+                        && l.point.as_deref() == c.points.last().map(|p| p.id.as_str())
+                        && c.changed.is_none()
+                        && c.damaged.is_none()
+                        && c.unsettled.is_none()
+                }) => {}
             Ok(c) if c.leases.iter().any(|l| l.kind == LeaseKind::Live) => {
                 problems.push(format!(
                     "backup set {set}: its recovery copy {at} was relied on by a failover (a live lease) and this failback does not replicate it back: what the recovery site may have written there would be dropped the day it is released (the next replication overwrites it with the primary's folder); {what_to_do}"
@@ -2169,6 +2182,21 @@ mod tests {
         let mut bad = copy(Vec::new()).unwrap();
         bad.bad_leases = vec!["x.json".into()];
         assert_eq!(judge_left_held(&[held(Ok(bad))]).len(), 1);
+        // Still the point the failover relied on: the recovery site wrote nothing there.
+        let mut relied = lease(LeaseKind::Live, "shares");
+        relied.point = Some("P1".into());
+        let mut same = copy(vec![relied]).unwrap();
+        same.points = vec![
+            serde_json::from_str(&format!(
+                r#"{{"id":"P1","taken_at":"2026-11-28T01:00:00Z","source":"s","size":1,"blake3":"{}","verified":"yes","checked_at":null,"received_bytes":0,"duration_ms":0}}"#,
+                "00".repeat(32)
+            ))
+            .unwrap(),
+        ];
+        assert!(judge_left_held(&[held(Ok(same.clone()))]).is_empty());
+        // Written there since: held, and said.
+        same.changed = Some("the copy changed since its newest point".into());
+        assert_eq!(judge_left_held(&[held(Ok(same))]).len(), 1);
     }
 
     fn folder_back(leases: Vec<Lease>) -> FolderBack {

@@ -2482,6 +2482,14 @@ fn a_backup_set_copy_is_proven_before_a_run_relies_on_it_and_never_copied_back_o
     // The primary's folder gets a file after the failover: the failback would remove it.
     let kept = primary.join("written-after.dump");
     std::fs::write(&kept, "the primary's own").unwrap();
+    // The recovery site writes into its copy of shares, which the failback does not bring
+    // back (a copy still the point the failover relied on would hold nothing of its own).
+    std::fs::write(
+        lab.host_root("nas-pra")
+            .join("srv/backups/shares/written-at-pra.txt"),
+        "the recovery site's own",
+    )
+    .unwrap();
     let runs = || std::fs::read_dir(lab.state().join("runs")).unwrap().count();
     let before = runs();
     let refused = lab.run(&[&["failback"][..], &only[..]].concat());
