@@ -170,43 +170,14 @@ pub mod tree {
         leaves
     }
 
-    /// Recomputes the nodes above the leaves `changed` (in increasing order).
-    pub fn update(nodes: &mut (impl Nodes + ?Sized), n: u64, changed: &[u64]) -> io::Result<()> {
-        let mut level: Vec<u64> = changed.to_vec();
-        let mut below = 0;
-        for l in 1..u64::BITS {
-            let count = n >> l;
-            if count == 0 {
-                break;
-            }
-            let here = below + (n >> (l - 1)) as usize;
-            level = level
-                .into_iter()
-                .map(|i| i / 2)
-                .filter(|i| *i < count)
-                .collect();
-            level.dedup();
-            if level.is_empty() {
-                break;
-            }
-            for &i in &level {
-                let i = i as usize;
-                let cv = parent(&nodes.node(below + 2 * i)?, &nodes.node(below + 2 * i + 1)?);
-                nodes.set_node(here + i, cv)?;
-            }
-            below = here;
-        }
-        Ok(())
-    }
-
-    /// Whether every node [`update`] of the leaves `changed` (in increasing order) would
-    /// compute again is, as stored, made of its two children as stored: read before the leaves
-    /// change, a damaged node next to them (a leaf that rotted) would otherwise be built into
-    /// the new hash.
-    pub fn consistent_above(
-        nodes: &mut (impl Nodes + ?Sized),
+    /// Walks the nodes above the leaves `changed` (in increasing order), level by level from
+    /// the leaves up: `visit(nodes, index, what its two children give now)`; a visit that
+    /// answers `false` ends the walk, which then answers `false`.
+    fn walk_above<N: Nodes + ?Sized>(
+        nodes: &mut N,
         n: u64,
         changed: &[u64],
+        mut visit: impl FnMut(&mut N, usize, Cv) -> io::Result<bool>,
     ) -> io::Result<bool> {
         let mut level: Vec<u64> = changed.to_vec();
         let mut below = 0;
@@ -228,13 +199,34 @@ pub mod tree {
             for &i in &level {
                 let i = i as usize;
                 let cv = parent(&nodes.node(below + 2 * i)?, &nodes.node(below + 2 * i + 1)?);
-                if nodes.node(here + i)? != cv {
+                if !visit(nodes, here + i, cv)? {
                     return Ok(false);
                 }
             }
             below = here;
         }
         Ok(true)
+    }
+
+    /// Recomputes the nodes above the leaves `changed` (in increasing order).
+    pub fn update(nodes: &mut (impl Nodes + ?Sized), n: u64, changed: &[u64]) -> io::Result<()> {
+        walk_above(nodes, n, changed, |nodes, at, cv| {
+            nodes.set_node(at, cv)?;
+            Ok(true)
+        })?;
+        Ok(())
+    }
+
+    /// Whether every node [`update`] of the leaves `changed` (in increasing order) would
+    /// compute again is, as stored, made of its two children as stored: read before the leaves
+    /// change, a damaged node next to them (a leaf that rotted) would otherwise be built into
+    /// the new hash.
+    pub fn consistent_above(
+        nodes: &mut (impl Nodes + ?Sized),
+        n: u64,
+        changed: &[u64],
+    ) -> io::Result<bool> {
+        walk_above(nodes, n, changed, |nodes, at, cv| Ok(nodes.node(at)? == cv))
     }
 
     /// The nodes that [`update`] of leaves within `ranges` (`[first, end)` block ranges, in
