@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CARGO_DENY_VERSION=0.20.2
-if ! cargo deny --version 2>/dev/null | grep -q "^cargo-deny $CARGO_DENY_VERSION\$"; then
+if ! cargo deny --version 2>/dev/null | grep "^cargo-deny $CARGO_DENY_VERSION\$" >/dev/null; then
     echo "installing cargo-deny $CARGO_DENY_VERSION (cargo install, from crates.io)"
     cargo install --locked --quiet cargo-deny --version "$CARGO_DENY_VERSION"
 fi

@@ -18,7 +18,7 @@ hv_install_qemu() {
         return
     fi
     codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
-    uri=$(apt-cache policy | awk -v s="$codename/main" '$3 == s {print $2; exit}')
+    uri=$(apt-cache policy | awk -v s="$codename/main" '$3 == s && !n++ {print $2}')
     if [ -z "$uri" ]; then
         echo "error: qemu-utils $version comes from $codename-backports, but apt knows no $codename/main archive to take qemu-system-x86 from there" >&2
         return 1
@@ -69,7 +69,7 @@ hv_guest_kernel() {
         REPRISE_APT_UPDATED=1
     fi
     local image tmp
-    image=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+    image=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ && !n++ {print $2}')
     if [ -z "$image" ]; then
         echo "error: apt knows no kernel package behind linux-image-amd64 (for the real-hypervisor tests' guest)" >&2
         return 1
@@ -78,7 +78,7 @@ hv_guest_kernel() {
     tmp=$(mktemp -d)
     (cd "$tmp" && apt-get download -q "$image" 2>&1 | grep -v unsandboxed) || true
     local deb
-    deb=$(ls "$tmp"/*.deb 2>/dev/null | head -n 1)
+    deb=$(find "$tmp" -maxdepth 1 -name '*.deb' -print -quit)
     if [ -z "$deb" ]; then
         rm -rf "$tmp"
         echo "error: apt-get download $image failed" >&2
@@ -93,12 +93,20 @@ hv_guest_kernel() {
     # The kernel uncompressed (its ELF, booted through its PVH entry point): under QEMU's TCG,
     # decompressing the xz bzImage takes most of a BIOS guest's boot.
     local offset
-    offset=$(LC_ALL=C grep -obUa $'\xfd''7zXZ' "$dir/vmlinuz" | head -n 1 | cut -d: -f1)
+    offset=$(LC_ALL=C grep -obUa $'\xfd''7zXZ' "$dir/vmlinuz" | cut -d: -f1 | sed -n 1p)
     if [ -z "$offset" ]; then
         echo "error: $dir/vmlinuz holds no xz stream (for its uncompressed kernel)" >&2
         return 1
     fi
-    tail -c +$((offset + 1)) "$dir/vmlinuz" | xz -dc --single-stream > "$dir/vmlinux"
+    # xz stops at the end of its stream: what follows it in the file is not read, so the
+    # reader is fed from a file, not a pipe (a writer cut off by SIGPIPE would fail the script
+    # under pipefail, or not, as the timing goes).
+    tail -c +$((offset + 1)) "$dir/vmlinuz" > "$tmp/kernel.xz"
+    xz -dc --single-stream < "$tmp/kernel.xz" > "$dir/vmlinux"
+    if [ "$(head -c 4 "$dir/vmlinux" | od -An -c | tr -d ' ')" != '177ELF' ]; then
+        echo "error: $dir/vmlinux is not an ELF kernel (unpacked from $deb)" >&2
+        return 1
+    fi
     echo "$image" > "$dir/package"
     rm -rf "$tmp"
 }
