@@ -336,7 +336,10 @@ impl<'a> Helpers<'a> {
     }
 
     /// Streams the source helper on `from` (over SSH, fed `base`) into the recovery helper
-    /// on this machine (`to`): the data crosses SSH once.
+    /// on this machine (`to`): the data crosses SSH once. `read` is called as soon as the
+    /// source has ended having sent all of its stream (exit 0, all of it handed to the
+    /// recovery helper), while the recovery helper may still commit it.
+    #[allow(clippy::too_many_arguments)]
     fn pipe_into_here(
         &self,
         from: &str,
@@ -345,6 +348,7 @@ impl<'a> Helpers<'a> {
         to: &str,
         apply: &Request,
         deadline: Duration,
+        read: &dyn Fn(),
     ) -> Result<PipeOutput, ReplicaError> {
         let began = std::time::Instant::now();
         let mut child = self.spawn_here(to, apply, deadline)?;
@@ -361,8 +365,12 @@ impl<'a> Helpers<'a> {
                     .exec_stream(from, send, &mut &base[..], &mut stdin, deadline);
             // The end of the stream, or the source failed: the recovery helper sees it end.
             drop(stdin.inner.take());
-            if streamed.is_err() {
-                kill_group(&child);
+            match &streamed {
+                Err(_) => kill_group(&child),
+                // The source ended having sent all of its stream, all of it handed to the
+                // recovery helper, which may still commit it.
+                Ok(s) if s.exit_code == 0 && !s.stopped_reading => read(),
+                Ok(_) => {}
             }
             (
                 streamed,
@@ -954,7 +962,7 @@ impl<'a> Helpers<'a> {
             ))
         } else if self.is_here(to)? {
             let send = self.remote_command(from, send)?;
-            self.pipe_into_here(from, &send, base, to, apply, deadline)
+            self.pipe_into_here(from, &send, base, to, apply, deadline, read)
         } else if self.is_here(from)? {
             let apply = self.remote_command(to, apply)?;
             self.pipe_from_here(from, send, base, to, &apply, deadline)

@@ -1555,20 +1555,10 @@ impl Drop for Stopped {
     }
 }
 
-/// The snapshot is merged back (`replicate-end`) as soon as every disk's source has sent all
-/// of its stream, while the recovery side still commits: here both recovery helpers are held
-/// stopped, and the merge happens all the same, never before both sources have ended (the
-/// debug log). Through libssh2, which does not tell when a source ended, after the copies.
-#[test]
-fn the_snapshot_is_merged_back_once_every_source_has_sent_while_the_copies_commit() {
-    let lab = Lab::up(242);
-    let disks = ["erp-db-system.qcow2", "erp-db-data.qcow2"];
-    let src = |d: &str| lab.src().with_file_name(d);
-    for d in disks {
-        new_image("qcow2", &src(d), "1G");
-        qemu_io("qcow2", &src(d), "write -P 0x11 0 8M");
-    }
-    lab.replicate();
+/// The recovery helpers of `disks`, each held stopped as soon as it runs, while `run` goes on;
+/// asserts that the snapshot is merged back (`thaw`) while both are held, after both sources
+/// were read to their end (the debug log). The run's output once it ended.
+fn merged_while_the_copies_are_held(lab: &Lab, disks: &[&str], mut run: Spawned) -> String {
     let thaws = || {
         std::fs::read_to_string(lab.dir.path().join("lab/hosts/hv-main/calls.log"))
             .unwrap_or_default()
@@ -1576,12 +1566,10 @@ fn the_snapshot_is_merged_back_once_every_source_has_sent_while_the_copies_commi
             .count()
     };
     let before = (thaws(), lab.points());
-    // Nothing changed: each source's stream is a few bytes, which the pipes hold whole.
-    let mut run = Spawned::start(&lab, &["--ssh-client", "openssh"]);
     let mut held = Stopped(Vec::new());
     poll_until(Duration::from_secs(120), || {
         for d in disks {
-            if let Some(pid) = apply_helper(&copy_of(&lab, d))
+            if let Some(pid) = apply_helper(&copy_of(lab, d))
                 && !held.0.contains(&pid)
                 && Command::new("kill")
                     .args(["-STOP", &pid.to_string()])
@@ -1593,11 +1581,11 @@ fn the_snapshot_is_merged_back_once_every_source_has_sent_while_the_copies_commi
         }
         held.0.len() == disks.len() || !run.running()
     });
-    assert_eq!(
-        held.0.len(),
-        disks.len(),
-        "the recovery helpers were not both seen running"
-    );
+    if held.0.len() != disks.len() {
+        drop(held);
+        let (code, stdout, stderr) = run.wait();
+        panic!("the recovery helpers were not both seen running (exit {code:?}): {stdout}{stderr}");
+    }
     let merged = poll_until(Duration::from_secs(120), || {
         thaws() > before.0 || !run.running()
     });
@@ -1630,6 +1618,27 @@ fn the_snapshot_is_merged_back_once_every_source_has_sent_while_the_copies_commi
     }
     let points = lab.points();
     assert_ne!(points.last(), before.1.last(), "no new point: {points:?}");
+    stderr
+}
+
+/// The snapshot is merged back (`replicate-end`) as soon as every disk's source has sent all
+/// of its stream, while the recovery side still commits: here both recovery helpers are held
+/// stopped, and the merge happens all the same, never before both sources have ended (the
+/// debug log). Through libssh2 between two hosts of which neither is this machine (which
+/// does not tell when a source ended), after the copies.
+#[test]
+fn the_snapshot_is_merged_back_once_every_source_has_sent_while_the_copies_commit() {
+    let lab = Lab::up(242);
+    let disks = ["erp-db-system.qcow2", "erp-db-data.qcow2"];
+    let src = |d: &str| lab.src().with_file_name(d);
+    for d in disks {
+        new_image("qcow2", &src(d), "1G");
+        qemu_io("qcow2", &src(d), "write -P 0x11 0 8M");
+    }
+    lab.replicate();
+    // Nothing changed: each source's stream is a few bytes, which the pipes hold whole.
+    let run = Spawned::start(&lab, &["--ssh-client", "openssh"]);
+    merged_while_the_copies_are_held(&lab, &disks, run);
 
     // libssh2: the merge follows the end of every stream.
     let run = Spawned::start(&lab, &["--ssh-client", "libssh2"]);
@@ -1643,4 +1652,26 @@ fn the_snapshot_is_merged_back_once_every_source_has_sent_while_the_copies_commi
         "libssh2: merged before the streams ended: {stderr}"
     );
     assert!(!stderr.contains("source read to its end"), "{stderr}");
+}
+
+/// Through libssh2 with the recovery side on this machine (`--here`), the end of a source's
+/// channel with its exit 0 tells that it sent all of its stream: the snapshot is merged back
+/// then, while the recovery helpers here (held stopped) still commit.
+#[test]
+fn through_libssh2_into_here_the_snapshot_is_merged_back_while_the_copies_commit() {
+    let lab = Lab::up(127);
+    let disks = ["erp-db-system.qcow2", "erp-db-data.qcow2"];
+    let src = |d: &str| lab.src().with_file_name(d);
+    for d in disks {
+        new_image("qcow2", &src(d), "1G");
+        // Enough for the sources' scans to keep the recovery helpers here waiting a while.
+        qemu_io("qcow2", &src(d), "write -P 0x11 0 256M");
+    }
+    lab.replicate();
+    // Nothing changed: each source's stream is a few bytes, which the pipes hold whole.
+    let run = Spawned::start(&lab, &["--ssh-client", "libssh2", "--here", "hv-pra"]);
+    merged_while_the_copies_are_held(&lab, &disks, run);
+    for d in disks {
+        assert_eq!(b3(&copy_of(&lab, d)), b3(&src(d)), "{d}");
+    }
 }
