@@ -1426,7 +1426,8 @@ const PAST_DEADLINE: Duration = Duration::from_secs(35);
 /// killed, with their process groups, `PAST_DEADLINE` after `deadline`, or when `stop` says
 /// so (a signal): then the recovery side's input is cut and it throws the update away.
 /// `read` is called as soon as the source has ended having sent all of its stream (exit 0,
-/// nothing cut), while the recovery side may still commit it.
+/// nothing cut), while the recovery side may still commit it; or, when the recovery side
+/// ended first having taken a whole stream (exit 0), once it has.
 fn pipe_processes(
     mut source: Child,
     input: &[u8],
@@ -1480,15 +1481,25 @@ fn pipe_processes(
     if errors.source.over() {
         copied.flooded = copied.flooded.or(Some(Side::Source));
     }
-    if source_exit == 0
+    let sent_all = source_exit == 0
         && !(copied.cut || copied.late || copied.stopped)
-        && copied.flooded.is_none()
-    {
+        && copied.flooded.is_none();
+    if sent_all {
         read();
     }
     let recovery_exit = wait_until(&mut recovery, until, &|| errors.recovery.over());
     if errors.recovery.over() {
         copied.flooded = copied.flooded.or(Some(Side::Recovery));
+    }
+    // The recovery side took a whole stream (its exit 0) and ended before the source's own end
+    // came (`ssh` waits for the helper's exit over the link): the source had sent all of it.
+    if !sent_all
+        && recovery_exit == 0
+        && copied.cut
+        && !(copied.late || copied.stopped)
+        && copied.flooded.is_none()
+    {
+        read();
     }
     // Both processes have ended: what they wrote is in the pipes.
     let grace = std::time::Instant::now() + DRAIN_GRACE;
@@ -1930,6 +1941,25 @@ mod tests {
         assert_eq!((out.read_exit, out.write_exit), (0, 0), "{}", out.stderr);
         assert_eq!(out.bytes, 6);
         assert_eq!(out.output.trim(), "said");
+    }
+
+    #[test]
+    fn a_source_is_said_read_to_its_end_when_the_recovery_side_took_it_whole_first() {
+        let said = std::sync::atomic::AtomicBool::new(false);
+        let read = || said.store(true, std::sync::atomic::Ordering::Relaxed);
+        // The source has written all of its stream but has not ended yet (as `ssh` waiting
+        // for the helper's exit over the link); the recovery side took all of it and ended.
+        let out = pipe_processes(
+            side("printf stream; exec sleep 60"),
+            b"",
+            side("head -c 6 >/dev/null"),
+            Duration::from_secs(300),
+            &|| false,
+            &read,
+        );
+        assert_eq!((out.read_exit, out.write_exit), (0, 0), "{}", out.stderr);
+        assert!(out.write_failed_first, "{out:?}");
+        assert!(said.load(std::sync::atomic::Ordering::Relaxed));
     }
 
     #[test]
