@@ -51,8 +51,33 @@ pub struct NodeFile {
     pub size: u64,
     pub whole: [u8; 32],
     n: u64,
+    /// Runs of nodes read by [`NodeFile::load`]: (first node, its nodes), in increasing order,
+    /// apart.
+    loaded: Vec<(usize, Vec<Cv>)>,
     read: HashMap<usize, Cv>,
     written: BTreeMap<usize, Cv>,
+    /// Nodes read one by one (not found in what [`NodeFile::load`] read).
+    singles: u64,
+}
+
+/// Nodes of a load closer than this are read in one run with those between them: a read of a
+/// few more bytes costs about what a read does (4 KiB, a page of nodes).
+const RUN_GAP: usize = 128;
+
+/// `ranges` of node indexes (`[lo, hi)`, in increasing order) joined where less than `gap`
+/// nodes apart: the runs that read them all, in increasing order.
+fn runs_of(ranges: impl IntoIterator<Item = (usize, usize)>, gap: usize) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for (lo, hi) in ranges {
+        if lo >= hi {
+            continue;
+        }
+        match out.last_mut() {
+            Some((_, e)) if lo <= *e + gap => *e = (*e).max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
 }
 
 impl NodeFile {
@@ -78,8 +103,10 @@ impl NodeFile {
             size,
             whole,
             n: blocks::count(size),
+            loaded: Vec::new(),
             read: HashMap::new(),
             written: BTreeMap::new(),
+            singles: 0,
         }))
     }
 
@@ -145,6 +172,38 @@ impl NodeFile {
         ask((0, PAGE));
     }
 
+    /// Reads the nodes an update of the blocks within `ranges` (`[first, end)`, in increasing
+    /// order) reads and writes, and the root reads ([`tree::touched`]), in runs: one read for
+    /// nodes less than a page apart, instead of one for each node (a change of 0.1% of a
+    /// 64 GiB image walks about 10,000 nodes). Their pages are asked of the kernel at once
+    /// first ([`Self::read_ahead`]). Replaces what an earlier load read; memory: the nodes
+    /// touched and those between them, at most the whole tree.
+    pub fn load(&mut self, ranges: &[(u64, u64)]) -> io::Result<()> {
+        self.read_ahead(ranges);
+        self.loaded.clear();
+        for (lo, hi) in runs_of(tree::touched(self.n, ranges), RUN_GAP) {
+            let mut run = vec![[0u8; 32]; hi - lo];
+            self.file
+                .read_exact_at(run.as_flattened_mut(), HEADER + 32 * lo as u64)?;
+            self.loaded.push((lo, run));
+        }
+        Ok(())
+    }
+
+    /// Nodes read one by one since the file was opened: not found among those loaded.
+    pub fn singles(&self) -> u64 {
+        self.singles
+    }
+
+    fn loaded(&self, i: usize) -> Option<Cv> {
+        let k = self
+            .loaded
+            .partition_point(|(lo, _)| *lo <= i)
+            .checked_sub(1)?;
+        let (lo, run) = &self.loaded[k];
+        run.get(i - lo).copied()
+    }
+
     /// The nodes set since the file was read, as runs of consecutive nodes: (offset in the
     /// file, bytes), in increasing order.
     pub fn runs(&self) -> Vec<(u64, Vec<u8>)> {
@@ -168,9 +227,13 @@ impl NodeFile {
 
 impl tree::Nodes for NodeFile {
     fn node(&mut self, i: usize) -> io::Result<Cv> {
-        if let Some(cv) = self.written.get(&i).or_else(|| self.read.get(&i)) {
+        if let Some(cv) = self.written.get(&i) {
             return Ok(*cv);
         }
+        if let Some(cv) = self.loaded(i).or_else(|| self.read.get(&i).copied()) {
+            return Ok(cv);
+        }
+        self.singles += 1;
         let mut cv = [0u8; 32];
         self.file.read_exact_at(&mut cv, HEADER + 32 * i as u64)?;
         self.read.insert(i, cv);
@@ -228,5 +291,85 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn near_ranges_are_read_in_one_run() {
+        assert_eq!(runs_of([], 4), vec![]);
+        assert_eq!(
+            runs_of([(0, 2), (2, 3), (7, 8), (13, 14), (14, 14), (20, 30)], 4),
+            vec![(0, 8), (13, 14), (20, 30)]
+        );
+        assert_eq!(runs_of([(0, 10), (3, 5), (9, 12)], 0), vec![(0, 12)]);
+    }
+
+    /// A file holding the tree of `n` leaves, and that tree.
+    fn tree_file(dir: &Path, n: u64) -> (PathBuf, Vec<Cv>) {
+        let p = dir.join(format!("t{n}"));
+        let leaves: Vec<Cv> = (0..n).map(|i| blocks::cv(i, &i.to_le_bytes())).collect();
+        let nodes = tree::of(leaves);
+        let mut bytes = header(b"TESTMAG\n", n * blocks::BLOCK as u64, &[7; 32]).to_vec();
+        bytes.extend_from_slice(nodes.as_flattened());
+        std::fs::write(&p, &bytes).unwrap();
+        (p, nodes)
+    }
+
+    #[test]
+    fn loaded_nodes_are_those_read_one_by_one_and_serve_the_whole_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |p: &Path| {
+            NodeFile::read(File::open(p).unwrap(), p, &[b"TESTMAG\n"])
+                .unwrap()
+                .unwrap()
+        };
+        // Levels of odd lengths, an exact power of two, one over it; changes at the first
+        // block, the last, next to each other, far apart, and runs wider than the gap.
+        for n in [2u64, 3, 9, 255, 1024, 1025, 5000] {
+            let (p, nodes) = tree_file(dir.path(), n);
+            let mut sets: Vec<Vec<u64>> = vec![vec![0], vec![n - 1], vec![0, n - 1]];
+            if n > 8 {
+                sets.push(vec![1, 2, 3, n / 2, n - 2, n - 1]);
+                sets.push((0..n).step_by(7).collect());
+                sets.push((n / 3..n).collect());
+            }
+            for changed in sets {
+                let mut ranges: Vec<(u64, u64)> = Vec::new();
+                for &i in &changed {
+                    match ranges.last_mut() {
+                        Some((_, e)) if *e == i => *e += 1,
+                        _ => ranges.push((i, i + 1)),
+                    }
+                }
+                let mut loaded = open(&p);
+                loaded.load(&ranges).unwrap();
+                let mut single = open(&p);
+                for (lo, hi) in tree::touched(n, &ranges) {
+                    for (i, cv) in nodes.iter().enumerate().take(hi).skip(lo) {
+                        assert_eq!(loaded.loaded(i), Some(*cv), "n {n}, node {i}");
+                        assert_eq!(single.node(i).unwrap(), *cv);
+                    }
+                }
+                // The check, the update and the root read nothing more, and give what the
+                // tree in memory gives.
+                let mut mem = nodes.clone();
+                assert!(tree::consistent_above(&mut loaded, n, &changed).unwrap());
+                for &i in &changed {
+                    let cv = [i as u8 ^ 0x5a; 32];
+                    loaded.set_node(i as usize, cv).unwrap();
+                    mem[i as usize] = cv;
+                }
+                tree::update(&mut loaded, n, &changed).unwrap();
+                tree::update(&mut mem[..], n, &changed).unwrap();
+                assert_eq!(
+                    tree::root(&mut loaded, n).unwrap(),
+                    tree::root(&mut mem[..], n).unwrap()
+                );
+                assert_eq!(loaded.singles(), 0, "n {n}, changed {changed:?}");
+                for (at, run) in loaded.runs() {
+                    let i = ((at - HEADER) / 32) as usize;
+                    assert_eq!(run, mem[i..i + run.len() / 32].as_flattened());
+                }
+            }
+        }
     }
 }

@@ -163,8 +163,8 @@ enum Updated {
 
 /// The tree of the manifest `t` once the blocks `changed` (in increasing order) hold the
 /// hashes given, for an image of `n` blocks, and the whole-image hash it gives (`None` under
-/// two blocks): when `t` has `n` blocks, only the nodes above them are read (asked of the
-/// kernel at once) and set, held by `t`; else every leaf is read and the tree made anew.
+/// two blocks): when `t` has `n` blocks, only the nodes above them are read (in runs,
+/// [`NodeFile::load`]) and set, held by `t`; else every leaf is read and the tree made anew.
 fn update_tree(
     t: &mut NodeFile,
     n: u64,
@@ -188,7 +188,7 @@ fn update_tree_checked(
                 _ => ranges.push((idx, idx + 1)),
             }
         }
-        t.read_ahead(&ranges);
+        t.load(&ranges)?;
         let idx: Vec<u64> = changed.iter().map(|(i, _)| *i).collect();
         let consistent = tree::consistent_above(t, n, &idx)?;
         for &(idx, c) in changed {
