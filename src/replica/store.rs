@@ -275,15 +275,37 @@ struct Journal {
 /// disk while more arrives, so the final fsync has little left to wait for.
 const WRITEBACK_EVERY: u64 = 16 << 20;
 
-/// Starts writing back the dirty pages of `f` without waiting for them (Linux); a no-op
-/// where unsupported: the fsync that follows is what makes the data durable.
-fn start_writeback(f: &File) {
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: a valid open descriptor; offset 0 and length 0 mean the whole file. Through
-    // libc: neither rustix nor std has sync_file_range.
-    unsafe {
-        libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+/// Starts writing back the dirty pages of `files` without waiting for them (Linux), on a thread
+/// of its own: `sync_file_range` itself blocks while the disk's queue is full (0.8 s of a
+/// 64 GiB apply of 0.1% spent there), which would hold up the apply, and one request in
+/// flight is enough (the next, or the fsync, takes what came since). A no-op where
+/// unsupported: the fsync that follows is what makes the data durable, always.
+fn start_writeback(files: &[&File]) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static BUSY: AtomicBool = AtomicBool::new(false);
+    if BUSY.swap(true, Ordering::AcqRel) {
+        return;
     }
+    let Ok(files) = files
+        .iter()
+        .map(|f| f.try_clone())
+        .collect::<io::Result<Vec<_>>>()
+    else {
+        BUSY.store(false, Ordering::Release);
+        return;
+    };
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd as _;
+        for f in files {
+            // SAFETY: a valid open descriptor (a duplicate this thread owns); offset 0 and
+            // length 0 mean the whole file. Through libc: neither rustix nor std has
+            // sync_file_range.
+            unsafe {
+                libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
+        BUSY.store(false, Ordering::Release);
+    });
 }
 
 impl Store {
@@ -1020,7 +1042,7 @@ impl Store {
                         .map_err(io_err(&staging))?;
                     received += data.len() as u64;
                     if received % WRITEBACK_EVERY < data.len() as u64 {
-                        start_writeback(&f);
+                        start_writeback(&[&f]);
                     }
                     if n == 1 {
                         single = Some(*blake3::hash(&data).as_bytes());
@@ -1221,8 +1243,7 @@ impl Store {
             let before = written;
             written += data.len() as u64 + old.write(d, idx)?;
             if written / WRITEBACK_EVERY != before / WRITEBACK_EVERY {
-                start_writeback(j.get_ref());
-                start_writeback(d.get_ref());
+                start_writeback(&[j.get_ref(), d.get_ref()]);
             }
         };
         // Blocks cut off by a smaller image are kept for the previous point.
@@ -1365,7 +1386,7 @@ impl Store {
                         .map_err(io_err(&self.image))?;
                     written += u64::from(slot.len);
                     if written % WRITEBACK_EVERY < u64::from(slot.len) {
-                        start_writeback(&mirror);
+                        start_writeback(&[&mirror]);
                     }
                 }
                 None => {
