@@ -18,7 +18,7 @@ use crate::journal::{
     self, Confirmation, JournalError, JournalWriter, LockHolder, RunDir, StateLock,
 };
 use crate::model::Model;
-use crate::plan::{self, Plan, PlanOptions};
+use crate::plan::{self, Plan, PlanOptions, PlannedStep};
 use crate::runbook::{Mode, Side};
 use crate::runner::{self, Prior, RunContext, RunOptions, Sink, Unrecorded};
 use crate::shutdown::Shutdown;
@@ -467,13 +467,23 @@ fn execute(
             .and_then(|p| p.parent())
             .map(|state| state.join("definitions"));
     }
+    let transport: Arc<dyn Transport> = Arc::new(transport(model, ssh));
+    let other_site = (plan.mode == Mode::Restore).then(|| {
+        Arc::new(RestoreGuard {
+            model: model.clone(),
+            run_id: plan.run_id.clone(),
+            transport: transport.clone(),
+            down: Default::default(),
+        }) as Arc<dyn runner::OtherSite>
+    });
     let ctx = RunContext {
         plan: Arc::new(plan),
-        transport: Arc::new(transport(model, ssh)),
+        transport,
         confirmations: Arc::new(dir),
         secrets: runner::env_secrets(),
         options,
         prior,
+        other_site,
     };
     let status = runner::run(ctx, &mut tee, shutdown);
     match tee.error {
@@ -629,10 +639,27 @@ pub struct Elsewhere {
 /// site shows of it: for an emergency failover, the primary; for a restore, the recovery host
 /// and its copies.
 pub fn elsewhere(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<Elsewhere> {
+    elsewhere_of(
+        model,
+        &plan.run_id,
+        &plan.steps,
+        transport,
+        &mut HashMap::new(),
+    )
+}
+
+/// [`elsewhere`] of the vms `steps` start, a host found down (`down`: host → why) not asked
+/// again.
+fn elsewhere_of(
+    model: &Model,
+    run_id: &str,
+    steps: &[PlannedStep],
+    transport: &dyn Transport,
+    down: &mut HashMap<String, String>,
+) -> Vec<Elsewhere> {
     let helpers = crate::replica::remote::Helpers::new(transport);
     let mut found: Vec<Elsewhere> = Vec::new();
-    let mut down = HashMap::new();
-    for step in &plan.steps {
+    for step in steps {
         if step.kind != "vm" || step.action.as_deref() != Some("start") {
             continue;
         }
@@ -651,15 +678,7 @@ pub fn elsewhere(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<E
         } else {
             (vm.recovery.value.clone(), Side::Recovery)
         };
-        let running = vm_state_once(
-            model,
-            service,
-            vm,
-            other,
-            &plan.run_id,
-            transport,
-            &mut down,
-        );
+        let running = vm_state_once(model, service, vm, other, run_id, transport, down);
         let live = (other == Side::Recovery).then(|| {
             if let Some(why) = down.get(&there) {
                 return Err(why.clone());
@@ -733,6 +752,45 @@ pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere]) -> (Vec<String>, Vec<Str
         }
     }
     (refused, warned)
+}
+
+/// A restore's question to the recovery site before each step that starts a vm
+/// ([`runner::OtherSite`]): the same question and judgement as its start ([`elsewhere`],
+/// [`judge_elsewhere`]). A recovery host that did not answer is not asked again for
+/// [`DOWN_FOR`]: a restore after a site-wide power cut does not wait one connection timeout
+/// a vm (what could not be asked is said in each step's output).
+struct RestoreGuard {
+    model: Model,
+    run_id: String,
+    transport: Arc<dyn Transport>,
+    down: std::sync::Mutex<HashMap<String, (std::time::Instant, String)>>,
+}
+
+/// How long a recovery host that did not answer a restore's question is taken as down.
+const DOWN_FOR: StdDuration = StdDuration::from_secs(120);
+
+impl runner::OtherSite for RestoreGuard {
+    fn judge(&self, step: &PlannedStep) -> (Vec<String>, Vec<String>) {
+        let mut known = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        known.retain(|_, (since, _)| since.elapsed() < DOWN_FOR);
+        let mut down: HashMap<String, String> = known
+            .iter()
+            .map(|(h, (_, why))| (h.clone(), why.clone()))
+            .collect();
+        let found = elsewhere_of(
+            &self.model,
+            &self.run_id,
+            std::slice::from_ref(step),
+            self.transport.as_ref(),
+            &mut down,
+        );
+        for (host, why) in down {
+            known
+                .entry(host)
+                .or_insert_with(|| (std::time::Instant::now(), why));
+        }
+        judge_elsewhere(Mode::Restore, &found)
+    }
 }
 
 /// A vm a failback copies back over its primary's disks, as read before it starts.

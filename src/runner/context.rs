@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::event::{Event, StepStatus};
 use crate::journal::Confirmation;
-use crate::plan::Plan;
+use crate::plan::{Plan, PlannedStep};
 use crate::ssh::Transport;
 
 /// How a run behaves.
@@ -88,6 +88,18 @@ pub fn env_secrets() -> SecretResolver {
     Arc::new(|name| std::env::var(name).ok())
 }
 
+/// Asks the other site about the vm a step is about to start, as the run's start asked it
+/// (a restore: whether its recovery host runs it, and whether its recovery copies hold a
+/// failover's `live` lease), and judges the answer as the start did: the start may be hours
+/// ago (a restore waits for people at each power step), and a recovery host that did not
+/// answer then may have come back, or been failed over to, since.
+pub trait OtherSite: Send + Sync {
+    /// Blocking (it asks hosts): why the vm `step` starts must not start (each with the way
+    /// out: the step fails), and what is only said (the other site could not be asked: the
+    /// step goes on).
+    fn judge(&self, step: &PlannedStep) -> (Vec<String>, Vec<String>);
+}
+
 /// Everything a run needs.
 pub struct RunContext {
     pub plan: Arc<Plan>,
@@ -96,6 +108,9 @@ pub struct RunContext {
     pub secrets: SecretResolver,
     pub options: RunOptions,
     pub prior: HashMap<String, Prior>,
+    /// Asked before each step that starts a vm; `None`: nothing is asked (only a restore
+    /// asks).
+    pub other_site: Option<Arc<dyn OtherSite>>,
 }
 
 pub use crate::event::PointChoice;

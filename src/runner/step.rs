@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
+use chrono::Utc;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -20,7 +21,7 @@ use super::operator;
 use super::record::{NOT_RECORDED, record_start};
 use super::replicate;
 use super::vm;
-use crate::event::StepStatus;
+use crate::event::{Event, StepStatus};
 use crate::plan::Action;
 
 /// Runs a step: its outcome, and what it defined before its command when it succeeded (put
@@ -48,6 +49,55 @@ pub(super) async fn run_step(
     )
 }
 
+/// Before a step starts a vm (a restore's, [`super::OtherSite`]): the other site is asked
+/// again, as the run's start asked it. A vm that runs there, or whose newest data a failover
+/// left there, is not started: the step fails (its start and why are on disk first), saying
+/// why and the way out. What could not be asked is said in the step's output, and the step
+/// goes on, as at the start.
+async fn other_site_refuses(
+    ctx: &Arc<RunContext>,
+    run: &StepRun,
+    recorded: &mut bool,
+) -> Option<Outcome> {
+    let step = &ctx.plan.steps[run.index];
+    let other = ctx.other_site.clone()?;
+    if step.kind != "vm" || step.action.as_deref() != Some("start") {
+        return None;
+    }
+    let asked = step.clone();
+    let (refused, said) = tokio::task::spawn_blocking(move || other.judge(&asked))
+        .await
+        .unwrap_or_else(|e| {
+            (
+                Vec::new(),
+                vec![format!("the other site could not be asked: {e}")],
+            )
+        });
+    if refused.is_empty() && said.is_empty() {
+        return None;
+    }
+    if !*recorded {
+        if !record_start(&run.tx, step, 1).await {
+            return Some(run.outcome(StepStatus::Cancelled, 1, Some(NOT_RECORDED.into())));
+        }
+        *recorded = true;
+    }
+    let text = if refused.is_empty() {
+        said.join("\n")
+    } else {
+        format!("not started: {}", refused.join("; "))
+    };
+    run.send(Event::StepOutput {
+        at: Utc::now(),
+        step: step.id.clone(),
+        attempt: 1,
+        stdout: String::new(),
+        stderr: text.clone(),
+        exit_code: None,
+    });
+    (!refused.is_empty()).then(|| run.outcome(StepStatus::Failed, 1, Some(text)))
+}
+
 async fn run_step_inner(
     ctx: &Arc<RunContext>,
     run: &StepRun,
@@ -71,6 +121,9 @@ async fn run_step_inner(
         if let Err(e) = vm::before_replica(ctx, step, replica, &run.tx, defined).await {
             return run.outcome(StepStatus::Failed, 1, Some(e));
         }
+    }
+    if let Some(refused) = other_site_refuses(ctx, run, &mut recorded_first).await {
+        return refused;
     }
     if !recorded_first
         && !matches!(

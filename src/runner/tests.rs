@@ -234,6 +234,7 @@ fn go(
         secrets: Arc::new(|n| (n == "PW").then(|| "hunter2".to_string())),
         options,
         prior,
+        other_site: None,
     };
     let mut sink = Collect::default();
     let status = run(ctx, &mut sink, Shutdown::manual());
@@ -445,6 +446,7 @@ async fn retries_with_backoff_until_success() {
         secrets: env_secrets(),
         options: RunOptions::default(),
         prior: HashMap::new(),
+        other_site: None,
     };
     let mut sink = Collect::default();
     let status = execute(ctx, &mut sink, Shutdown::manual()).await;
@@ -605,6 +607,7 @@ fn recorded_run(
         secrets: env_secrets(),
         options: RunOptions::default(),
         prior: HashMap::new(),
+        other_site: None,
     };
     let mut journal = SlowJournal {
         record: record.clone(),
@@ -688,6 +691,7 @@ fn a_stopped_drill_cleans_up_only_once_its_running_steps_ended() {
         secrets: env_secrets(),
         options: RunOptions::default(),
         prior: HashMap::new(),
+        other_site: None,
     };
     let shutdown = Shutdown::manual();
     let signal = shutdown.clone();
@@ -733,6 +737,7 @@ fn a_fault_inside_one_step_fails_that_step_not_the_run() {
         secrets: env_secrets(),
         options: RunOptions::default(),
         prior: HashMap::new(),
+        other_site: None,
     };
     let mut sink = Collect::default();
     let status = run(ctx, &mut sink, Shutdown::manual());
@@ -1115,6 +1120,7 @@ async fn ctrl_c_stops_new_steps_but_a_drill_still_cleans_up() {
         secrets: env_secrets(),
         options: RunOptions::default(),
         prior: HashMap::new(),
+        other_site: None,
     };
     let shutdown = Shutdown::manual();
     let signal = shutdown.clone();
@@ -1165,6 +1171,7 @@ async fn a_refused_host_fails_at_once_while_a_silent_one_is_tried_again() {
         secrets: env_secrets(),
         options: RunOptions::default(),
         prior: HashMap::new(),
+        other_site: None,
     };
     let mut sink = Collect::default();
     let begin = Instant::now();
@@ -1217,6 +1224,7 @@ async fn command_checks_poll_until_healthy_or_their_deadline() {
         secrets: env_secrets(),
         options: RunOptions::default(),
         prior: HashMap::new(),
+        other_site: None,
     };
     let mut sink = Collect::default();
     execute(ctx, &mut sink, Shutdown::manual()).await;
@@ -1384,6 +1392,7 @@ async fn a_vm_s_check_passes_only_while_that_vm_runs_where_the_run_started_it() 
         secrets: env_secrets(),
         options: RunOptions::default(),
         prior: HashMap::new(),
+        other_site: None,
     };
     let mut sink = Collect::default();
     execute(ctx, &mut sink, Shutdown::manual()).await;
@@ -1511,6 +1520,7 @@ async fn a_check_with_expect_passes_only_on_the_answer_it_names() {
         secrets: env_secrets(),
         options: RunOptions::default(),
         prior: HashMap::new(),
+        other_site: None,
     };
     let mut sink = Collect::default();
     execute(ctx, &mut sink, Shutdown::manual()).await;
@@ -1542,4 +1552,105 @@ async fn a_check_with_expect_passes_only_on_the_answer_it_names() {
         d.contains("its body does not contain \"erp-db\": it sent \"lab vm-print is up\""),
         "{d}"
     );
+}
+
+/// A restore asks the other site again as each step comes to start a vm (the run's start may
+/// be hours before): a vm found running there, or left there by a failover, since the start is
+/// not started, the step fails saying why, and what depends on it does not run; what could
+/// not be asked is said in the step's output and the vm starts; other steps ask nothing.
+#[test]
+fn a_restore_step_asks_the_other_site_again_before_it_starts_a_vm() {
+    struct Judge(Mutex<Vec<String>>);
+    impl OtherSite for Judge {
+        fn judge(&self, step: &PlannedStep) -> (Vec<String>, Vec<String>) {
+            self.0.lock().unwrap().push(step.id.clone());
+            match step.id.as_str() {
+                "db/start" => (
+                    vec!["vm db runs on hv-pra: fail back instead".into()],
+                    vec![],
+                ),
+                "web/start" => (
+                    vec![],
+                    vec!["whether vm web runs on hv-pra could not be asked".into()],
+                ),
+                _ => (vec![], vec![]),
+            }
+        }
+    }
+    let vm_step = |id: &str, after: &[&str], run: &str| {
+        let mut s = exec_step(id, "h1", after, run);
+        s.kind = "vm";
+        s.action = Some("start".into());
+        s
+    };
+    let steps = vec![
+        exec_step("power/on", "h1", &[], "power on"),
+        vm_step("db/start", &["power/on"], "start db"),
+        exec_step("db/ready", "h1", &["db/start"], "db ready"),
+        vm_step("web/start", &["power/on"], "start web"),
+    ];
+    for guarded in [true, false] {
+        let fake = Arc::new(Fake::default());
+        let judge = Arc::new(Judge(Mutex::new(Vec::new())));
+        let ctx = RunContext {
+            plan: plan(Mode::Restore, false, steps.clone()),
+            transport: fake.clone(),
+            confirmations: Arc::new(Confirm(Mutex::new(0))),
+            secrets: env_secrets(),
+            options: RunOptions::default(),
+            prior: HashMap::new(),
+            other_site: guarded.then(|| judge.clone() as Arc<dyn OtherSite>),
+        };
+        let mut sink = Collect::default();
+        let status = run(ctx, &mut sink, Shutdown::manual());
+        let cmds = fake.commands();
+        if !guarded {
+            assert_eq!(status, RunStatus::Succeeded);
+            assert!(cmds.iter().any(|c| c == "start db"), "{cmds:?}");
+            continue;
+        }
+        assert_ne!(status, RunStatus::Succeeded);
+        assert_eq!(sink.status("db/start"), Some(StepStatus::Failed));
+        assert!(
+            !cmds.iter().any(|c| c == "start db" || c == "db ready"),
+            "{cmds:?}"
+        );
+        assert_ne!(sink.status("db/ready"), Some(StepStatus::Done));
+        let said = |id: &str| {
+            sink.0
+                .iter()
+                .filter_map(|e| match e {
+                    Event::StepOutput { step, stderr, .. } if step == id => Some(stderr.clone()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert!(
+            said("db/start").contains("not started: vm db runs on hv-pra"),
+            "{}",
+            said("db/start")
+        );
+        let message = sink
+            .0
+            .iter()
+            .find_map(|e| match e {
+                Event::StepFinished { step, message, .. } if step == "db/start" => message.clone(),
+                _ => None,
+            })
+            .unwrap_or_default();
+        assert!(message.contains("fail back instead"), "{message}");
+        // Started only after it was said.
+        assert_eq!(sink.status("web/start"), Some(StepStatus::Done));
+        assert!(cmds.iter().any(|c| c == "start web"), "{cmds:?}");
+        assert!(
+            said("web/start").contains("could not be asked"),
+            "{}",
+            said("web/start")
+        );
+        // Only the steps that start a vm were asked about.
+        let mut asked = judge.0.lock().unwrap().clone();
+        asked.sort();
+        assert_eq!(asked, ["db/start", "web/start"]);
+    }
 }

@@ -2876,3 +2876,105 @@ fn a_resumed_restore_never_starts_a_vm_a_failover_brought_up_since() {
     assert_eq!(run.code, 6, "{run:?}");
     assert!(run.stderr.contains("vm erp-db runs on hv-pra"), "{run:?}");
 }
+
+/// A restore asks the recovery site again as its step comes to start a vm: here hv-pra did
+/// not answer when the restore began (its sshd frozen: the start can only say so), and came
+/// back while the operator confirmed the power steps, running erp-db since an emergency
+/// failover. The restore must not start erp-db on hv-main from its disks of before.
+#[test]
+fn a_restore_never_starts_a_vm_a_recovery_host_that_came_back_runs() {
+    let lab = Lab::up(204);
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    lab.emergency_failover_of_erp_db();
+    // The failover's run must sort before the restore's (run ids are per second).
+    std::thread::sleep(Duration::from_millis(1100));
+    let pid = sshd_pid(&lab, "hv-pra");
+    let frozen = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    assert!(frozen.success());
+    struct Thaw(String);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+        }
+    }
+    let thaw = Thaw(pid);
+    let mut child = lab.spawn(&[
+        "restore",
+        "--service",
+        "erp-db",
+        "--yes",
+        "--no-prompt",
+        "--connect-timeout",
+        "2",
+    ]);
+    // The restore has begun (its gate could not ask hv-pra) and waits for its first power step.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let waits = || {
+        let events = lab.journal();
+        events
+            .iter()
+            .any(|e| e["event"] == "run_started" && e["mode"] == "restore")
+            && events.iter().any(|e| e["event"] == "waiting_for_operator")
+    };
+    while !waits() {
+        assert!(
+            Instant::now() < deadline,
+            "the restore never waited for its operator"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended early"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(thaw);
+    let mut exit = None;
+    lab.confirm_until(
+        || {
+            exit = child.try_wait().unwrap();
+            exit.is_some()
+        },
+        Duration::from_secs(240),
+    );
+    let exit = exit.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("the restore did not end");
+    });
+    let events = lab.journal();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "run_started" && e["mode"] == "restore"),
+        "{events:?}"
+    );
+    assert!(!exit.success(), "{exit:?}");
+    let start = events
+        .iter()
+        .find(|e| e["event"] == "step_finished" && e["step"] == "erp-db/start")
+        .expect("erp-db/start finished");
+    assert_eq!(start["status"], "failed", "{start}");
+    let message = start["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("vm erp-db runs on hv-pra") && message.contains("reprise failback"),
+        "{message}"
+    );
+    // The directory's vms, which hv-pra does not run, were started.
+    assert!(
+        events.iter().any(|e| e["event"] == "step_finished"
+            && e["step"] == "directory/start"
+            && e["status"] == "done"),
+        "{events:?}"
+    );
+    // erp-db was never started on hv-main: it still runs on hv-pra alone.
+    let main = crate::common::lab_vm(&lab.lab(), "hv-main", &["status", "erp-db"]);
+    assert!(
+        !String::from_utf8_lossy(&main.stdout).contains("running"),
+        "{main:?}"
+    );
+    let pra = crate::common::lab_vm(&lab.lab(), "hv-pra", &["status", "erp-db"]);
+    assert!(
+        String::from_utf8_lossy(&pra.stdout).contains("running"),
+        "{pra:?}"
+    );
+}
