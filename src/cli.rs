@@ -1380,6 +1380,14 @@ fn finish(result: Result<crate::run::RunOutcome, RunError>) -> Outcome {
                     ));
                     exit::SPLIT_BRAIN
                 }
+                // A restore's step that found its vm running, or left, on the recovery site.
+                RunStatus::Partial | RunStatus::Failed if !outcome.refused.is_empty() => {
+                    stderr.push_str(&format!(
+                        "error: not started: {}\n",
+                        outcome.refused.join("; ")
+                    ));
+                    exit::SPLIT_BRAIN
+                }
                 RunStatus::Partial | RunStatus::Failed => exit::FAILED,
             };
             Outcome {
@@ -1706,9 +1714,19 @@ fn event_line(run_id: &str, e: &Event) -> String {
             "forced by {operator} (--force) past the readiness check's blocking problems: {}",
             problems.join("; ")
         ),
-        Event::OtherSite { said, .. } => {
+        Event::OtherSite {
+            said, step: None, ..
+        } => {
             format!("as it started, the other site showed: {}", said.join("; "))
         }
+        Event::OtherSite {
+            said,
+            step: Some(step),
+            ..
+        } => format!(
+            "as {step} came to start its vm, the other site showed: {}",
+            said.join("; ")
+        ),
         Event::StopRequested { reason, .. } => format!(
             "stop requested ({reason}): no new steps, running ones finish, a drill's cleanup runs"
         ),

@@ -143,10 +143,16 @@ pub enum Event {
         problems: Vec<String>,
     },
     /// What the other site showed as a restore or an emergency failover started: a vm still
-    /// running there (two copies of its data diverge), or what could not be asked there.
+    /// running there (two copies of its data diverge), or what could not be asked there; or,
+    /// with `step`, why a restore's step did not start its vm when it asked again (`refused`:
+    /// the step failed, and the run exits with the split-brain code).
     OtherSite {
         at: DateTime<Utc>,
         said: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        refused: bool,
     },
     /// A replica point chosen for a VM or backup set (failover, failback, drill): the data-loss
     /// window of that item is the time between `taken_at` and the incident (or the run's start).

@@ -181,6 +181,8 @@ pub struct RunOutcome {
     pub pruned: Result<Pruned, String>,
     /// Vms its health checks found running on both sites (`vm X runs on A and on B`).
     pub split_brain: Vec<String>,
+    /// Why its steps did not start their vm, the other site asked again (a restore's).
+    pub refused: Vec<String>,
 }
 
 /// Writes each event to the journal first, then shows it. Once the journal fails, nothing
@@ -193,6 +195,8 @@ struct Tee<'a> {
     unrecorded: Vec<String>,
     /// Vms a health check found running on both sites (see [`Event::SplitBrain`]).
     split_brain: Vec<String>,
+    /// Why steps did not start their vm, the other site asked again (see [`Event::OtherSite`]).
+    refused: Vec<String>,
 }
 
 /// Structured logs of the run's events (`--log-format json` for machines).
@@ -290,6 +294,14 @@ impl Sink for Tee<'_> {
         if let Event::SplitBrain { vm, hosts, .. } = event {
             self.split_brain
                 .push(format!("vm {vm} runs on {}", hosts.join(" and on ")));
+        }
+        if let Event::OtherSite {
+            said,
+            refused: true,
+            ..
+        } = event
+        {
+            self.refused.extend(said.iter().cloned());
         }
         if let Some(e) = &self.error {
             if let Event::StepFinished { step, status, .. } = event
@@ -443,7 +455,7 @@ fn execute(
     exec: &ExecOptions,
     view: &mut dyn Sink,
     shutdown: Shutdown,
-) -> Result<(RunStatus, Vec<String>), RunError> {
+) -> Result<(RunStatus, Vec<String>, Vec<String>), RunError> {
     let (run, ssh) = (&exec.run, &exec.ssh);
     let mut tee = Tee {
         journal,
@@ -451,6 +463,7 @@ fn execute(
         error: None,
         unrecorded: Vec::new(),
         split_brain: Vec::new(),
+        refused: Vec::new(),
     };
     for event in &first {
         if tee.emit(event).is_err() {
@@ -492,7 +505,7 @@ fn execute(
             error: Box::new(error),
             unrecorded: tee.unrecorded,
         }),
-        None => Ok((status, tee.split_brain)),
+        None => Ok((status, tee.split_brain, tee.refused)),
     }
 }
 
@@ -1423,10 +1436,12 @@ pub fn start(
         first.push(Event::OtherSite {
             at: Utc::now(),
             said: other_site,
+            step: None,
+            refused: false,
         });
     }
     let path = dir.path.clone();
-    let (status, split_brain) = execute(
+    let (status, split_brain, refused) = execute(
         model,
         Launch {
             plan,
@@ -1447,6 +1462,7 @@ pub fn start(
         replaced_stale_lock: lock.replaced_stale.clone(),
         pruned,
         split_brain,
+        refused,
     })
 }
 
@@ -1619,6 +1635,8 @@ pub fn resume(
         first.push(Event::OtherSite {
             at: now,
             said: other_site,
+            step: None,
+            refused: false,
         });
     }
     let path = dir.path.clone();
@@ -1633,7 +1651,7 @@ pub fn resume(
     // The vms left start from the points the operator asked for when the run started.
     let mut exec = exec.clone();
     exec.run.points = start.points.clone();
-    let (status, split_brain) = execute(model, launch, &exec, view, shutdown)?;
+    let (status, split_brain, refused) = execute(model, launch, &exec, view, shutdown)?;
     let pruned = after_run(state_dir, exec.keep_runs, &run_id);
     Ok(RunOutcome {
         run_id,
@@ -1642,6 +1660,7 @@ pub fn resume(
         replaced_stale_lock: lock.replaced_stale.clone(),
         pruned,
         split_brain,
+        refused,
     })
 }
 

@@ -224,7 +224,14 @@ impl TerminalView {
                 if problems.len() == 1 { "" } else { "s" },
                 problems.join("; ")
             ),
-            Event::OtherSite { said, .. } => format!("the other site: {}", said.join("; ")),
+            Event::OtherSite {
+                said, step: None, ..
+            } => format!("the other site: {}", said.join("; ")),
+            Event::OtherSite {
+                said,
+                step: Some(step),
+                ..
+            } => format!("{step}: the other site: {}", said.join("; ")),
             Event::StopRequested { reason, .. } => format!(
                 "{reason}: stopping (no new steps; running ones finish; a drill's cleanup runs)"
             ),

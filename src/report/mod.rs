@@ -525,9 +525,12 @@ impl<'a> RunFacts<'a> {
                 operator: operator.clone(),
                 problems: problems.clone(),
             }),
-            Event::OtherSite { at, said } => self.repairs.push(Problem::OtherSite {
+            Event::OtherSite { at, said, step, .. } => self.repairs.push(Problem::OtherSite {
                 at: *at,
-                said: said.clone(),
+                said: match step {
+                    Some(step) => said.iter().map(|s| format!("{step}: {s}")).collect(),
+                    None => said.clone(),
+                },
             }),
             // The check that found it failed, and says so.
             Event::VmStateBefore { .. } | Event::SplitBrain { .. } => {}

@@ -95,7 +95,16 @@ async fn other_site_refuses(
         stderr: text.clone(),
         exit_code: None,
     });
-    (!refused.is_empty()).then(|| run.outcome(StepStatus::Failed, 1, Some(text)))
+    if refused.is_empty() {
+        return None;
+    }
+    run.send(Event::OtherSite {
+        at: Utc::now(),
+        said: refused,
+        step: Some(step.id.clone()),
+        refused: true,
+    });
+    Some(run.outcome(StepStatus::Failed, 1, Some(text)))
 }
 
 async fn run_step_inner(

@@ -1640,6 +1640,26 @@ fn a_restore_step_asks_the_other_site_again_before_it_starts_a_vm() {
             })
             .unwrap_or_default();
         assert!(message.contains("fail back instead"), "{message}");
+        let refusals: Vec<_> = sink
+            .0
+            .iter()
+            .filter_map(|e| match e {
+                Event::OtherSite {
+                    step: Some(step),
+                    refused: true,
+                    said,
+                    ..
+                } => Some((step.clone(), said.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            refusals,
+            [(
+                "db/start".to_string(),
+                vec!["vm db runs on hv-pra: fail back instead".to_string()]
+            )]
+        );
         // Started only after it was said.
         assert_eq!(sink.status("web/start"), Some(StepStatus::Done));
         assert!(cmds.iter().any(|c| c == "start web"), "{cmds:?}");

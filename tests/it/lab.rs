@@ -2948,7 +2948,13 @@ fn a_restore_never_starts_a_vm_a_recovery_host_that_came_back_runs() {
             .any(|e| e["event"] == "run_started" && e["mode"] == "restore"),
         "{events:?}"
     );
-    assert!(!exit.success(), "{exit:?}");
+    assert_eq!(exit.code(), Some(6), "{exit:?}");
+    assert!(
+        events.iter().any(|e| e["event"] == "other_site"
+            && e["step"] == "erp-db/start"
+            && e["refused"] == true),
+        "{events:?}"
+    );
     let start = events
         .iter()
         .find(|e| e["event"] == "step_finished" && e["step"] == "erp-db/start")
