@@ -330,11 +330,16 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
             Decision::Prepare(preps) => {
                 for prep in preps {
                     if done.contains(&prep) {
-                        let (Prep::Settle(i) | Prep::Verify(i, _)) = &prep;
-                        return Err(format!(
-                            "{}: still not settled after it was settled once; look at it before starting from it",
-                            states[*i].path
-                        ));
+                        return Err(match &prep {
+                            Prep::Settle(i) => format!(
+                                "{}: still not settled after it was settled once; look at it before starting from it",
+                                states[*i].path
+                            ),
+                            Prep::Verify(i, id) => format!(
+                                "{}: changed again behind point {id} after it was read again by hash; something writes into the copy (a replication, or a process on {}): stop it, then start the run again",
+                                states[*i].path, req.vm.host
+                            ),
+                        });
                     }
                     let (note, good) = prepare_one(copies, req, &states, &prep)?;
                     notes.extend(note);
@@ -1016,6 +1021,28 @@ mod tests {
                 "verify /r/sys P1",
                 "lease /r/sys Drill Some(\"P1\")"
             ]
+        );
+    }
+
+    /// A copy still changed behind its point after that point was read again and found whole
+    /// is refused as such, not as an update left unsettled.
+    #[test]
+    fn a_copy_that_keeps_changing_behind_its_point_is_refused_for_that() {
+        let points = [point("P1", 1, "yes")];
+        let mut sys = disk("sys", &points);
+        sys.changed = Some("the copy changed since its newest point P1 was made".into());
+        let fake = Fake::with(vec![sys]);
+        let paths = ["/r/sys".to_string()];
+        let why = prepare(&fake, &request(&paths, Use::Drill)).unwrap_err();
+        assert!(
+            why.contains("/r/sys: changed again behind point P1 after it was read again by hash")
+                && !why.contains("settled"),
+            "{why}"
+        );
+        assert!(
+            fake.calls().iter().all(|c| !c.starts_with("lease")),
+            "{:?}",
+            fake.calls()
         );
     }
 
