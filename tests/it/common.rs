@@ -286,3 +286,21 @@ pub fn lab_vm(lab: &Path, host: &str, args: &[&str]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// A process stopped with SIGSTOP (a host that no longer answers: the kernel still accepts
+/// its connections), continued when this is dropped, the test's end or a panic included.
+pub struct Frozen(String);
+
+/// Stops the process `pid` until the returned guard is dropped.
+pub fn freeze(pid: &str) -> Frozen {
+    let pid = pid.trim().to_string();
+    let stopped = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    assert!(stopped.success(), "kill -STOP {pid}");
+    Frozen(pid)
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}

@@ -932,15 +932,7 @@ retries = 3
         .unwrap()
         .trim()
         .to_string();
-    let frozen = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
-    assert!(frozen.success());
-    struct Thaw(String);
-    impl Drop for Thaw {
-        fn drop(&mut self) {
-            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
-        }
-    }
-    let _thaw = Thaw(pid);
+    let _thaw = crate::common::freeze(&pid);
     let run = lab.run(&["--runbooks", &books, "restore", "--no-prompt"]);
     let escaped = lab.lab().join("hosts/ups-paris/escaped.pid");
     if let Ok(pid) = std::fs::read_to_string(&escaped) {

@@ -946,20 +946,7 @@ fn a_hung_host_times_out_its_check_at_the_deadline_and_the_run_goes_on() {
     let lab = Lab::up(109);
     // fw-casa's sshd is frozen: connections are accepted by the kernel, never answered.
     let pid = sshd_pid(&lab, "fw-casa");
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    struct Thaw(String);
-    impl Drop for Thaw {
-        fn drop(&mut self) {
-            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
-        }
-    }
-    let _thaw = Thaw(pid);
+    let _thaw = crate::common::freeze(&pid);
     let before = calls(&lab, "fw-casa");
     let run = lab.run(&["drill", "--no-prompt", "--connect-timeout", "2"]);
     assert_eq!(run.code, 1, "{run:?}");
@@ -2889,16 +2876,7 @@ fn a_restore_never_starts_a_vm_a_recovery_host_that_came_back_runs() {
     lab.emergency_failover_of_erp_db();
     // The failover's run must sort before the restore's (run ids are per second).
     std::thread::sleep(Duration::from_millis(1100));
-    let pid = sshd_pid(&lab, "hv-pra");
-    let frozen = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
-    assert!(frozen.success());
-    struct Thaw(String);
-    impl Drop for Thaw {
-        fn drop(&mut self) {
-            let _ = Command::new("kill").args(["-CONT", &self.0]).status();
-        }
-    }
-    let thaw = Thaw(pid);
+    let thaw = crate::common::freeze(&sshd_pid(&lab, "hv-pra"));
     let mut child = lab.spawn(&[
         "restore",
         "--service",
