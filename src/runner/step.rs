@@ -67,10 +67,14 @@ async fn other_site_refuses(
     let asked = step.clone();
     let (refused, said) = tokio::task::spawn_blocking(move || other.judge(&asked))
         .await
+        // The question itself failed (not the host): nothing says the vm may start.
         .unwrap_or_else(|e| {
             (
+                vec![format!(
+                    "whether vm {} runs on the other site could not be judged ({e}); `reprise status` and the recovery host's hypervisor tell, then resume",
+                    step.vm.as_deref().unwrap_or(&step.service)
+                )],
                 Vec::new(),
-                vec![format!("the other site could not be asked: {e}")],
             )
         });
     if refused.is_empty() && said.is_empty() {
