@@ -935,6 +935,21 @@ fn begin_job(
         Ok(None) => {}
         Err(e) => return Err(e),
     }
+    if let Some(n) = new {
+        match cbt::end_stale_checkpoint(transport, host, dom, n, decision.since.as_deref())? {
+            Some((note, true)) => out.stdout.push_str(&format!("{}: {note}\n", vm.id)),
+            // Its writes are in no checkpoint's bitmap: the changes since the copies'
+            // checkpoint would miss them.
+            Some((note, false)) => {
+                *decision = cbt::Decision {
+                    mode: ReadMode::Scan,
+                    why: Some(note),
+                    since: None,
+                };
+            }
+            None => {}
+        }
+    }
     let since = decision
         .since
         .clone()

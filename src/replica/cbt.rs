@@ -425,20 +425,76 @@ pub fn prune(t: &dyn Transport, host: &str, dom: &str, keep: &str) -> Result<Vec
     let mut gone = Vec::new();
     for c in checkpoints(t, host, dom)? {
         if c.starts_with(PREFIX) && c != keep {
-            // A checkpoint whose bitmap is broken (its vm killed) cannot be merged: only
-            // libvirt's record of it goes.
-            let (d, n) = (shell_quote(dom), shell_quote(&c));
-            sh(
-                t,
-                host,
-                &format!(
-                    "virsh checkpoint-delete {d} {n} >/dev/null 2>&1 || virsh checkpoint-delete --metadata {d} {n} >/dev/null"
-                ),
-            )?;
+            delete(t, host, dom, &c)?;
             gone.push(c);
         }
     }
     Ok(gone)
+}
+
+/// Deletes the checkpoint `name` (its bitmap merges into its parent's, which goes on
+/// tracking every write since it). A checkpoint whose bitmap is broken (its vm killed) cannot
+/// be merged: only libvirt's record of it goes.
+fn delete(t: &dyn Transport, host: &str, dom: &str, name: &str) -> Result<(), String> {
+    let (d, n) = (shell_quote(dom), shell_quote(name));
+    sh(
+        t,
+        host,
+        &format!(
+            "virsh checkpoint-delete {d} {n} >/dev/null 2>&1 || virsh checkpoint-delete --metadata {d} {n} >/dev/null"
+        ),
+    )
+    .map(|_| ())
+}
+
+/// Deletes the checkpoint `name` a new point is about to create when an interrupted
+/// replication of the same second left it (point ids and checkpoint names are to the second,
+/// and a killed process does not wait for the next one): no copy is at that point (a copy
+/// refuses a point of an id it has), so it is in no copy's chain, and its bitmap merges into
+/// its parent's. `since`, the checkpoint the copies are at, is never deleted. What was done,
+/// and whether its bitmap was merged: when it could not be (only libvirt's record went), the
+/// writes since it are tracked by no checkpoint, and every block must be read.
+pub fn end_stale_checkpoint(
+    t: &dyn Transport,
+    host: &str,
+    dom: &str,
+    name: &str,
+    since: Option<&str>,
+) -> Result<Option<(String, bool)>, String> {
+    if !checkpoints(t, host, dom)?.iter().any(|c| c == name) {
+        return Ok(None);
+    }
+    if since == Some(name) {
+        return Err(format!(
+            "checkpoint {name}, which the copies are at, is the one this replication would create: replicate again in a second"
+        ));
+    }
+    let (d, n) = (shell_quote(dom), shell_quote(name));
+    if sh(
+        t,
+        host,
+        &format!("virsh checkpoint-delete {d} {n} >/dev/null"),
+    )
+    .is_ok()
+    {
+        return Ok(Some((
+            format!(
+                "checkpoint {name}, left by an interrupted replication of the same second, was deleted (its writes stay tracked by its parent)"
+            ),
+            true,
+        )));
+    }
+    sh(
+        t,
+        host,
+        &format!("virsh checkpoint-delete --metadata {d} {n} >/dev/null"),
+    )?;
+    Ok(Some((
+        format!(
+            "checkpoint {name}, left by an interrupted replication of the same second, could not be merged into its parent (only libvirt's record of it was deleted): the writes since it are tracked by no checkpoint"
+        ),
+        false,
+    )))
 }
 
 /// The read of one disk: libvirt's export of it, or `qemu-nbd` of its file.
@@ -667,5 +723,101 @@ mod tests {
         let c = checkpoint_xml("reprise-2", &all, &all[..1]);
         assert!(c.contains("<disk name='vda' checkpoint='bitmap'/>"), "{c}");
         assert!(c.contains("<disk name='vdb' checkpoint='no'/>"), "{c}");
+    }
+
+    /// A host that answers `virsh checkpoint-list` with `list`, whose merging checkpoint-delete
+    /// exits with `merge`, and records every command.
+    struct Virsh {
+        list: &'static str,
+        merge: i32,
+        calls: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Transport for Virsh {
+        fn exec(
+            &self,
+            _host: &str,
+            command: &str,
+            _deadline: std::time::Duration,
+        ) -> Result<crate::ssh::ExecOutput, crate::ssh::SshError> {
+            self.calls.lock().unwrap().push(command.to_string());
+            let (exit_code, stdout) = if command.contains("checkpoint-list") {
+                (0, self.list.to_string())
+            } else if command.contains("checkpoint-delete --metadata") {
+                (0, String::new())
+            } else {
+                (self.merge, String::new())
+            };
+            Ok(crate::ssh::ExecOutput {
+                exit_code,
+                stdout,
+                stderr: String::new(),
+                truncated: false,
+                timed_out: false,
+                duration: std::time::Duration::ZERO,
+            })
+        }
+
+        fn pipe(
+            &self,
+            from: &str,
+            _read_cmd: &str,
+            _to: &str,
+            _write_cmd: &str,
+            _deadline: std::time::Duration,
+        ) -> Result<crate::ssh::PipeOutput, crate::ssh::SshError> {
+            Err(crate::ssh::SshError::Session {
+                host: from.to_string(),
+                reason: "no pipes here".into(),
+            })
+        }
+    }
+
+    /// A replication killed after its backup began leaves its checkpoint; the next one, in the
+    /// same second, would create a checkpoint of the same name (libvirt refuses it). The one
+    /// left goes first, merged into its parent; when it cannot be merged, the writes since it
+    /// are in no bitmap, and the caller is told so (it reads every block); the copies'
+    /// own checkpoint is never deleted.
+    #[test]
+    fn a_checkpoint_left_by_a_killed_replication_of_the_same_second_gives_way() {
+        let host = |list, merge| Virsh {
+            list,
+            merge,
+            calls: Default::default(),
+        };
+        let (a, b) = ("reprise-20261202T190512Z", "reprise-20261202T190513Z");
+        // Not there: nothing done.
+        let t = host("reprise-20261202T190512Z\n", 0);
+        assert_eq!(end_stale_checkpoint(&t, "hv", "db", b, Some(a)), Ok(None));
+        assert_eq!(t.calls.lock().unwrap().len(), 1);
+        // There, merged.
+        let t = host("reprise-20261202T190512Z\nreprise-20261202T190513Z\n", 0);
+        let (note, merged) = end_stale_checkpoint(&t, "hv", "db", b, Some(a))
+            .unwrap()
+            .unwrap();
+        assert!(merged && note.contains("was deleted"), "{note}");
+        let calls = t.calls.lock().unwrap().clone();
+        assert!(
+            calls[1].contains("checkpoint-delete 'db' 'reprise-20261202T190513Z'")
+                || calls[1].contains("checkpoint-delete db reprise-20261202T190513Z"),
+            "{calls:?}"
+        );
+        assert!(!calls[1].contains("--metadata"), "{calls:?}");
+        // There, its bitmap broken: only its record goes, and the changes since the copies'
+        // checkpoint are not to be trusted.
+        let t = host("reprise-20261202T190512Z\nreprise-20261202T190513Z\n", 1);
+        let (note, merged) = end_stale_checkpoint(&t, "hv", "db", b, Some(a))
+            .unwrap()
+            .unwrap();
+        assert!(
+            !merged && note.contains("tracked by no checkpoint"),
+            "{note}"
+        );
+        assert!(t.calls.lock().unwrap()[2].contains("--metadata"));
+        // The copies' own checkpoint is never deleted.
+        let t = host("reprise-20261202T190513Z\n", 0);
+        let err = end_stale_checkpoint(&t, "hv", "db", b, Some(b)).unwrap_err();
+        assert!(err.contains("replicate again in a second"), "{err}");
+        assert_eq!(t.calls.lock().unwrap().len(), 1);
     }
 }
