@@ -1633,7 +1633,9 @@ fn the_snapshot_is_merged_back_once_every_source_has_sent_while_the_copies_commi
     let src = |d: &str| lab.src().with_file_name(d);
     for d in disks {
         new_image("qcow2", &src(d), "1G");
-        qemu_io("qcow2", &src(d), "write -P 0x11 0 8M");
+        // Enough for the sources' scans to keep the recovery helpers waiting long enough to
+        // be seen (with 8 MiB they could end first, on a loaded machine).
+        qemu_io("qcow2", &src(d), "write -P 0x11 0 256M");
     }
     lab.replicate();
     // Nothing changed: each source's stream is a few bytes, which the pipes hold whole.
