@@ -659,6 +659,7 @@ impl Command {
 
 /// Parses the process arguments, runs, prints, and returns the exit code.
 pub fn main() -> u8 {
+    crate::replica::remote::process_began();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -674,7 +675,6 @@ pub fn main() -> u8 {
     let outcome = run(&cli);
     let _ = std::io::stdout().write_all(outcome.stdout.as_bytes());
     let _ = std::io::stderr().write_all(outcome.stderr.as_bytes());
-    crate::replica::remote::after_last_point();
     outcome.code
 }
 

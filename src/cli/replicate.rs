@@ -1101,7 +1101,7 @@ fn vm_points(disks: &[crate::replica::CopyState]) -> Vec<(Point, Verified)> {
         let mut verdict = p.verified;
         let mut everywhere = true;
         for other in &disks[1..] {
-            match other.points.iter().find(|o| o.id == p.id) {
+            match other.points.iter().find(|o| o.same_point(p)) {
                 Some(o) if o.verified == Verified::Bad => verdict = Verified::Bad,
                 Some(o) if o.verified == Verified::No && verdict == Verified::Yes => {
                     verdict = Verified::No

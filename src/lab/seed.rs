@@ -42,8 +42,7 @@ pub(super) fn seed_points(model: &Model) -> Result<(), LabError> {
     };
     let transport = crate::run::transport(model, &options);
     let helpers = Helpers::new(&transport);
-    // Taken as any point is, so that the command ends in the second after it (the next
-    // replication's points are later).
+    // Taken as any point is: in a second after the one this process began in.
     let now = point_taken_now();
     let replication = |retention, definition| Replication {
         point: point_id(now),

@@ -301,24 +301,59 @@ fn drill(disks: &[CopyState], ask: &Ask, notes: Vec<String>) -> Decision {
     start(disks, &chosen, Vec::new(), notes)
 }
 
-/// `the disks' newest points differ (P2 on a.qcow2, P1 on b.qcow2)`, when they do.
+/// `the disks' newest points differ (P2 on a.qcow2, P1 on b.qcow2)`, when they do: by id,
+/// or by the time they were taken when their ids are one (see [`Point::same_point`]).
 fn newest_differ(disks: &[CopyState]) -> Option<String> {
-    let ids: Vec<&str> = disks
-        .iter()
-        .map(|d| d.points.last().map(|p| p.id.as_str()).unwrap_or(""))
-        .collect();
-    if ids.windows(2).all(|w| w[0] == w[1]) {
+    let newest: Vec<Option<&Point>> = disks.iter().map(|d| d.points.last()).collect();
+    let same = |a: &Option<&Point>, b: &Option<&Point>| match (a, b) {
+        (Some(a), Some(b)) => a.same_point(b),
+        (None, None) => true,
+        _ => false,
+    };
+    if newest.windows(2).all(|w| same(&w[0], &w[1])) {
         return None;
     }
+    let ids: Vec<&str> = newest
+        .iter()
+        .map(|p| p.map(|p| p.id.as_str()).unwrap_or(""))
+        .collect();
+    let one_id = ids.windows(2).all(|w| w[0] == w[1]);
     let each: Vec<String> = disks
         .iter()
-        .zip(&ids)
-        .map(|(d, id)| format!("{id} on {}", name(&d.path)))
+        .zip(&newest)
+        .map(|(d, p)| match p {
+            Some(p) if one_id => format!(
+                "taken at {} on {}",
+                p.taken_at.format("%H:%M:%S%.3f"),
+                name(&d.path)
+            ),
+            _ => format!(
+                "{} on {}",
+                p.map(|p| p.id.as_str()).unwrap_or(""),
+                name(&d.path)
+            ),
+        })
         .collect();
-    Some(format!(
-        "the disks' newest points differ (a replication stopped between them: {})",
-        each.join(", ")
-    ))
+    Some(if one_id {
+        format!(
+            "the disks' newest points are both named {} but come from two replications (a replication stopped between them and another ran within the same second: {})",
+            ids[0],
+            each.join(", ")
+        )
+    } else {
+        format!(
+            "the disks' newest points differ (a replication stopped between them: {})",
+            each.join(", ")
+        )
+    })
+}
+
+/// Whether every disk holds, usable, the point `p` of the first disk (see
+/// [`Point::same_point`]).
+fn on_every_disk(disks: &[CopyState], p: &Point, usable: impl Fn(&Point) -> bool) -> bool {
+    disks
+        .iter()
+        .all(|d| d.points.iter().any(|q| q.same_point(p) && usable(q)))
 }
 
 /// A failover starts from the point asked for, else from the newest point good on every
@@ -351,12 +386,8 @@ fn failover(disks: &[CopyState], ask: &Ask, mut notes: Vec<String>) -> Decision 
             .iter()
             .rev()
             .filter(|p| usable(p))
-            .map(|p| p.id.clone())
-            .find(|id| {
-                disks
-                    .iter()
-                    .all(|d| d.points.iter().any(|p| &p.id == id && usable(p)))
-            });
+            .find(|p| on_every_disk(disks, p, usable))
+            .map(|p| p.id.clone());
         match common {
             Some(id) => {
                 notes.push(format!(
@@ -381,6 +412,25 @@ fn failover(disks: &[CopyState], ask: &Ask, mut notes: Vec<String>) -> Decision 
             roll_back.push((i, d.points[k].id.clone()));
         }
         chosen.push(k);
+    }
+    // One point asked for (or fallen back to) is one moment on every disk.
+    if let Some(Want::Id(id)) = &want
+        && let Some((first, rest)) = disks.split_first()
+    {
+        let p = &first.points[chosen[0]];
+        let other = rest
+            .iter()
+            .zip(&chosen[1..])
+            .find(|(d, k)| !d.points[**k].same_point(p));
+        if let Some((d, k)) = other {
+            return Decision::Refuse(format!(
+                "point {id} is not one moment on every disk: on {} it was taken at {}, on {} at {} (two replications within one second, the first one cut): starting from it would start the vm from disks of two moments; name an older point that every disk holds (`reprise points` lists them)",
+                name(&first.path),
+                p.taken_at.format("%H:%M:%S%.3f"),
+                name(&d.path),
+                d.points[*k].taken_at.format("%H:%M:%S%.3f"),
+            ));
+        }
     }
     start(disks, &chosen, roll_back, notes)
 }
@@ -460,14 +510,8 @@ pub fn common_fallback(disks: &[CopyState]) -> Option<(Option<String>, String)> 
         .points
         .iter()
         .rev()
-        .map(|p| p.id.clone())
-        .find(|id| {
-            disks.iter().all(|d| {
-                d.points
-                    .iter()
-                    .any(|p| &p.id == id && p.verified != Verified::Bad)
-            })
-        });
+        .find(|p| on_every_disk(disks, p, |q| q.verified != Verified::Bad))
+        .map(|p| p.id.clone());
     Some((id, why))
 }
 
@@ -916,6 +960,60 @@ mod tests {
             decide(&[cut], Use::Drill, &Ask::default()),
             Decision::Prepare(vec![Prep::Settle(0)])
         );
+    }
+
+    #[test]
+    fn one_id_taken_at_two_times_is_two_points_never_one_vm_point() {
+        // A replication cut after the first disk committed P2, and the next one, within the
+        // same second, committed P2 on the second disk only (the first refused it).
+        let sys = disk(
+            "sys",
+            &[
+                ("P1", "2026-11-28T01:00:00Z", "yes"),
+                ("P2", "2026-11-28T02:00:00.100Z", "yes"),
+            ],
+        );
+        let data = disk(
+            "data",
+            &[
+                ("P1", "2026-11-28T01:00:00Z", "yes"),
+                ("P2", "2026-11-28T02:00:00.700Z", "yes"),
+            ],
+        );
+        let disks = [sys.clone(), data.clone()];
+        // A failover goes back to the point they share, and says why.
+        let s = started(decide(&disks, Use::Failover, &Ask::default()));
+        assert_eq!(s.points, [Some("P1".into()), Some("P1".into())]);
+        assert_eq!(s.roll_back.len(), 2, "{s:?}");
+        assert!(
+            s.notes[0].contains("come from two replications")
+                && s.notes[0].contains("02:00:00.100 on sys")
+                && s.notes[0].contains("02:00:00.700 on data"),
+            "{s:?}"
+        );
+        // Named, it is refused rather than started from two moments.
+        let named = Ask {
+            want: Some(Want::Id("P2".into())),
+            ..Ask::default()
+        };
+        let why = refused(decide(&disks, Use::Failover, &named));
+        assert!(why.contains("not one moment on every disk"), "{why}");
+        // By time: the newest point taken before it that is one moment on every disk.
+        let before = Ask {
+            want: Some(Want::Before("2026-11-28T03:00:00Z".parse().unwrap())),
+            ..Ask::default()
+        };
+        let s = started(decide(&disks, Use::Failover, &before));
+        assert_eq!(s.point, "P1", "{s:?}");
+        // A drill never rolls back: not started.
+        let why = refused(decide(&disks, Use::Drill, &Ask::default()));
+        assert!(why.contains("come from two replications"), "{why}");
+        // The same point on both (one replication) still starts from P2.
+        let mut one = data.clone();
+        one.points[1].taken_at = sys.points[1].taken_at;
+        let s = started(decide(&[sys, one], Use::Failover, &Ask::default()));
+        assert_eq!(s.point, "P2", "{s:?}");
+        assert!(s.roll_back.is_empty());
     }
 
     #[test]

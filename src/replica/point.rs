@@ -62,6 +62,16 @@ pub struct Point {
     pub read: Option<HowRead>,
 }
 
+impl Point {
+    /// Whether `other`, a point of another disk of the same vm, is this point: a replication
+    /// gives every disk of a vm one id and one time (to the nanosecond). Two points of one id
+    /// taken at other times come from two replications, one cut on some disks and another run
+    /// within the same second: the disks at those points are not of one moment.
+    pub fn same_point(&self, other: &Point) -> bool {
+        self.id == other.id && self.taken_at == other.taken_at
+    }
+}
+
 /// How the source of a point was read: the disk as the guest sees it, through QEMU.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HowRead {

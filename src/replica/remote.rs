@@ -1859,30 +1859,37 @@ fn helper_error(stderr: &str, code: i32) -> String {
     }
 }
 
-/// The second of the newest point this process took (`i64::MIN`: none).
-static LAST_POINT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+/// The second this process began (see [`process_began`]).
+static BEGAN: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
 
-/// The time a new point is taken at: now, remembered so that the process ends after its
-/// second (see [`after_last_point`]).
-pub fn point_taken_now() -> DateTime<Utc> {
-    let t = Utc::now();
-    LAST_POINT.fetch_max(t.timestamp(), std::sync::atomic::Ordering::Relaxed);
-    t
+/// Remembers the second this process began: `main` calls it first thing (else the first
+/// point taken does).
+///
+/// Point ids and libvirt checkpoint names are to the second, and a copy refuses a point of
+/// an id it has. A process takes its points in a second after the one it began in: every
+/// point of a process before it (one that ended, or was killed outright before it could do
+/// anything more: SIGKILL, a crash) was taken before this one began, so in an earlier
+/// second. A replication run again at once, from a script or by hand after a kill, never
+/// meets a point of its own id.
+pub fn process_began() {
+    BEGAN.get_or_init(|| Utc::now().timestamp());
 }
 
-/// Point ids and libvirt checkpoint names are to the second, and a copy refuses a point of
-/// an id it has: a process that took a point waits, before it ends, for the next second, so
-/// that the next run's points are later (a replication right after another one, from a
-/// script).
-pub fn after_last_point() {
-    let last = LAST_POINT.load(std::sync::atomic::Ordering::Relaxed);
-    if let Some(wait) = wait_after_point(last, Utc::now()) {
+/// How long to wait, now, before a point may be taken (see [`process_began`]).
+pub fn wait_for_point() -> Option<std::time::Duration> {
+    wait_after_point(*BEGAN.get_or_init(|| Utc::now().timestamp()), Utc::now())
+}
+
+/// The time a new point is taken at: now, once in a second after the one this process
+/// began in (see [`process_began`]; async code waits for [`wait_for_point`] first).
+pub fn point_taken_now() -> DateTime<Utc> {
+    if let Some(wait) = wait_for_point() {
         std::thread::sleep(wait);
     }
+    Utc::now()
 }
 
-/// How long, at `now`, until the second after `last` (a second since the epoch;
-/// `i64::MIN`: no point was taken).
+/// How long, at `now`, until the second after `last` (a second since the epoch).
 fn wait_after_point(last: i64, now: DateTime<Utc>) -> Option<std::time::Duration> {
     let wait = last.checked_add(1)?.checked_mul(1000)? - now.timestamp_millis();
     u64::try_from(wait)
@@ -1989,9 +1996,12 @@ mod tests {
     }
 
     #[test]
-    fn a_process_that_took_a_point_ends_in_the_second_after_it() {
+    fn a_point_is_taken_in_a_second_after_the_one_its_process_began_in() {
         let at = |ms: i64| DateTime::<Utc>::from_timestamp_millis(ms).unwrap();
-        assert_eq!(wait_after_point(i64::MIN, at(5_000)), None);
+        assert_eq!(
+            wait_after_point(5, at(5_000)),
+            Some(std::time::Duration::from_secs(1))
+        );
         assert_eq!(
             wait_after_point(5, at(5_250)),
             Some(std::time::Duration::from_millis(750))

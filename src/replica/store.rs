@@ -2644,9 +2644,16 @@ mod tests {
         let dst = dir.path().join("dst.img");
         std::fs::write(&src, vec![3u8; 3 * BLOCK]).unwrap();
         let store = Store::new(&dst);
+        // Kept to the nanosecond: two points of one id are one vm point only when taken at
+        // one time (`Point::same_point`).
+        let first = NewPoint {
+            taken_at: "2026-12-01T10:00:00.123456789Z".parse().unwrap(),
+            ..point("20261201T100000Z")
+        };
         store
-            .apply(&mut &stream_of(&src, &store)[..], point("20261201T100000Z"))
+            .apply(&mut &stream_of(&src, &store)[..], first.clone())
             .unwrap();
+        assert_eq!(store.points().unwrap()[0].taken_at, first.taken_at);
         let before = state_of(&store);
         std::fs::write(&src, vec![4u8; 3 * BLOCK]).unwrap();
         // The same id again (two replications within one second): made the newest point

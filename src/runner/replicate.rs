@@ -48,6 +48,9 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
         .map(StdDuration::from_secs)
         .unwrap_or(StdDuration::from_secs(7200));
     // Every disk of a vm gets the same point.
+    if let Some(wait) = crate::replica::remote::wait_for_point() {
+        tokio::time::sleep(wait).await;
+    }
     let taken_at = crate::replica::remote::point_taken_now();
     // The vm's definition goes with the point (beside the copy of its first disk).
     let mut captured_def = None;
