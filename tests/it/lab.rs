@@ -1561,6 +1561,84 @@ fn an_emergency_failover_after_a_killed_replication_starts_from_the_last_good_po
     );
 }
 
+/// Two points of one id taken at two times (a replication cut after its first disk, and
+/// another started within the same second from another machine) are two moments, not one
+/// vm point: `points` does not list it, a drill does not start, a named point is refused,
+/// and an emergency failover rolls both disks back to the point they share.
+#[test]
+fn one_point_id_taken_at_two_times_never_starts_a_vm_from_two_moments() {
+    let lab = Lab::up(205);
+    let first = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    let second = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(second.code, 0, "{second:?}");
+    let point_of = |out: &str| {
+        out.lines()
+            .find(|l| l.contains("erp-db-data.qcow2"))
+            .and_then(|l| l.split_once(": point "))
+            .and_then(|(_, rest)| rest.split(',').next())
+            .unwrap_or_else(|| panic!("no point in {out}"))
+            .to_string()
+    };
+    let (p1, p2) = (point_of(&first.stdout), point_of(&second.stdout));
+    assert_ne!(p1, p2);
+    let listed = lab.run(&["points", "erp-db"]);
+    assert_eq!(listed.code, 0, "{listed:?}");
+    assert!(listed.stdout.contains(&p2), "{}", listed.stdout);
+
+    // The data disk's P2 becomes the one another replication took half a second later.
+    let copy = walk(&lab.host_root("hv-pra"))
+        .into_iter()
+        .find(|p| p.ends_with("erp-db-data.qcow2"))
+        .unwrap();
+    let points_file = PathBuf::from(format!("{}.reprise/points.json", copy.display()));
+    let mut points: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&points_file).unwrap()).unwrap();
+    let newest = points.as_array_mut().unwrap().last_mut().unwrap();
+    assert_eq!(newest["id"], p2.as_str());
+    let at: chrono::DateTime<chrono::Utc> = newest["taken_at"].as_str().unwrap().parse().unwrap();
+    newest["taken_at"] = serde_json::json!((at + chrono::Duration::milliseconds(500)).to_rfc3339());
+    std::fs::write(&points_file, serde_json::to_string(&points).unwrap()).unwrap();
+
+    let listed = lab.run(&["points", "erp-db"]);
+    assert_eq!(listed.code, 0, "{listed:?}");
+    assert!(
+        !listed.stdout.contains(&p2) && listed.stdout.contains(&p1),
+        "{}",
+        listed.stdout
+    );
+    let drill = lab.run(&[
+        "drill",
+        "--service",
+        "erp-db",
+        "--only",
+        "--yes",
+        "--no-prompt",
+    ]);
+    assert_ne!(drill.code, 0, "{drill:?}");
+    let said = format!("{}{}", drill.stdout, drill.stderr);
+    assert!(said.contains("come from two replications"), "{said}");
+    let named = lab.run(&[
+        "failover",
+        "--emergency",
+        "--service",
+        "erp-db",
+        "--only",
+        "--yes",
+        "--no-prompt",
+        "--point",
+        &format!("erp-db={p2}"),
+    ]);
+    assert_ne!(named.code, 0, "{named:?}");
+    let said = format!("{}{}", named.stdout, named.stderr);
+    assert!(said.contains("not one moment on every disk"), "{said}");
+
+    let used = lab.emergency_failover_of_erp_db();
+    assert_eq!(used[0]["point"], p1.as_str(), "{:?}", used[0]);
+    let note = used[0]["note"].as_str().unwrap();
+    assert!(note.contains("come from two replications"), "{note}");
+}
+
 /// The start time of a running process (field 22 of /proc/PID/stat), `None` when gone.
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
