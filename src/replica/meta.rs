@@ -89,8 +89,9 @@ pub fn parse_points(bytes: &[u8]) -> Result<Vec<Point>, String> {
     }
     let points: Vec<Point> =
         serde_json::from_slice(bytes).map_err(|e| format!("it is not a list of points: {e}"))?;
+    let mut seen = std::collections::HashSet::new();
     for (i, p) in points.iter().enumerate() {
-        if p.id.is_empty() || points[..i].iter().any(|q| q.id == p.id) {
+        if p.id.is_empty() || !seen.insert(p.id.as_str()) {
             return Err(format!("point #{} has an empty or repeated id", i + 1));
         }
         if !valid_point_id(&p.id) {

@@ -241,21 +241,16 @@ impl Client {
             )));
         }
         let cookie = self.request(CMD_READ, 0, offset, len)?;
-        // Every byte must be covered by exactly the chunks sent: count them.
-        let mut covered = 0u64;
+        // Every byte must be covered by exactly one of the chunks sent.
+        let mut filled = Filled::default();
         loop {
             let chunk = self.chunk(cookie, Some(len))?;
-            covered += place(offset, buf, &chunk)?;
+            place(offset, buf, &chunk, &mut filled)?;
             if chunk.done {
                 break;
             }
         }
-        if covered != len as u64 {
-            return Err(Fail::Protocol(format!(
-                "the read at {offset} of {len} bytes was answered with {covered} bytes"
-            )));
-        }
-        Ok(())
+        filled.whole(offset, len as u64)
     }
 
     /// Reads `reads` (`(offset, length)`, each at most [`MAX_READ`]) with several asked at once
@@ -271,7 +266,7 @@ impl Client {
             cookie: u64,
             offset: u64,
             buf: Vec<u8>,
-            covered: u64,
+            filled: Filled,
             done: bool,
         }
         let mut asked: std::collections::VecDeque<Asked> = std::collections::VecDeque::new();
@@ -303,23 +298,16 @@ impl Client {
                     cookie,
                     offset,
                     buf,
-                    covered: 0,
+                    filled: Filled::default(),
                     done: false,
                 });
                 next += 1;
             }
             while asked.front().is_some_and(|a| a.done) {
                 let a = asked.pop_front().expect("a front");
-                if a.covered != a.buf.len() as u64 {
-                    return Err(self
-                        .err(Fail::Protocol(format!(
-                            "the read at {} of {} bytes was answered with {} bytes",
-                            a.offset,
-                            a.buf.len(),
-                            a.covered
-                        )))
-                        .to_string());
-                }
+                a.filled
+                    .whole(a.offset, a.buf.len() as u64)
+                    .map_err(|e| self.err(e).to_string())?;
                 f(a.offset, &a.buf)?;
                 spare.push(a.buf);
             }
@@ -342,8 +330,8 @@ impl Client {
                 .iter_mut()
                 .find(|a| a.cookie == cookie)
                 .expect("a cookie asked");
-            a.covered +=
-                place(a.offset, &mut a.buf, &chunk).map_err(|e| self.err(e).to_string())?;
+            place(a.offset, &mut a.buf, &chunk, &mut a.filled)
+                .map_err(|e| self.err(e).to_string())?;
             a.done = chunk.done;
         }
     }
@@ -364,6 +352,7 @@ impl Client {
             let span = (self.size - at).min(STATUS_SPAN) as u32;
             let cookie = self.request(CMD_BLOCK_STATUS, 0, at, span)?;
             let mut next = at;
+            let mut described = false;
             loop {
                 let chunk = self.chunk(cookie, None)?;
                 match chunk.kind {
@@ -376,6 +365,13 @@ impl Client {
                         }
                         let ours =
                             u32::from_be_bytes(p[..4].try_into().expect("4 bytes")) == context;
+                        // One description a context: a second would be read as following
+                        // the first, and mark blocks the bitmap does not.
+                        if ours && std::mem::replace(&mut described, true) {
+                            return Err(Fail::Protocol(format!(
+                                "the block status at {at} described the dirty bitmap twice"
+                            )));
+                        }
                         for d in p[4..].chunks_exact(8).filter(|_| ours) {
                             let n = u32::from_be_bytes(d[..4].try_into().expect("4 bytes")) as u64;
                             let flags = u32::from_be_bytes(d[4..].try_into().expect("4 bytes"));
@@ -496,8 +492,9 @@ impl Drop for Client {
 }
 
 /// Puts the data or hole of `chunk`, a reply to the read at `offset` into `buf`, in its
-/// place: the bytes it covers.
-fn place(offset: u64, buf: &mut [u8], chunk: &Chunk) -> Result<u64, Fail> {
+/// place: the bytes it covers, none outside the read and none another chunk covered (a byte
+/// covered twice would let another go unread, its buffer holding an earlier read's data).
+fn place(offset: u64, buf: &mut [u8], chunk: &Chunk, filled: &mut Filled) -> Result<(), Fail> {
     let len = buf.len() as u64;
     match chunk.kind {
         REPLY_TYPE_OFFSET_DATA | REPLY_TYPE_OFFSET_HOLE => {
@@ -513,24 +510,74 @@ fn place(offset: u64, buf: &mut [u8], chunk: &Chunk) -> Result<u64, Fail> {
             } else {
                 return Err(Fail::Protocol("a hole chunk of the wrong length".into()));
             };
-            let start = at.checked_sub(offset).filter(|s| s + n <= len);
+            let start = at
+                .checked_sub(offset)
+                .filter(|s| n > 0 && s.checked_add(n).is_some_and(|e| e <= len));
             let Some(start) = start else {
                 return Err(Fail::Protocol(format!(
                     "a read chunk at {at} of {n} bytes outside the read at {offset} of {len}"
                 )));
             };
+            filled.add(start, n).map_err(|(from, to)| {
+                Fail::Protocol(format!(
+                    "a read chunk at {at} of {n} bytes over bytes {} to {} of the read at {offset}, which another chunk already gave",
+                    offset + from,
+                    offset + to
+                ))
+            })?;
             let dst = &mut buf[start as usize..(start + n) as usize];
             if chunk.kind == REPLY_TYPE_OFFSET_DATA {
                 dst.copy_from_slice(&p[8..]);
             } else {
                 dst.fill(0);
             }
-            Ok(n)
+            Ok(())
         }
-        REPLY_TYPE_NONE => Ok(0),
+        REPLY_TYPE_NONE if chunk.done => Ok(()),
+        REPLY_TYPE_NONE => Err(Fail::Protocol(
+            "an empty reply chunk to a read that does not end it".into(),
+        )),
         k => Err(Fail::Protocol(format!(
             "an unexpected reply of type {k} to a read"
         ))),
+    }
+}
+
+/// The parts of one read its chunks have covered, none twice: `start → end`, within the read.
+#[derive(Default)]
+struct Filled {
+    ranges: std::collections::BTreeMap<u64, u64>,
+    bytes: u64,
+}
+
+impl Filled {
+    /// Covers `n` (more than zero) bytes from `start`, or the part of them already covered.
+    fn add(&mut self, start: u64, n: u64) -> Result<(), (u64, u64)> {
+        let end = start + n;
+        if let Some((&s, &e)) = self.ranges.range(..=start).next_back()
+            && e > start
+        {
+            return Err((start.max(s), end.min(e)));
+        }
+        if let Some((&s, &e)) = self.ranges.range(start..).next()
+            && s < end
+        {
+            return Err((s, end.min(e)));
+        }
+        self.ranges.insert(start, end);
+        self.bytes += n;
+        Ok(())
+    }
+
+    /// Whether the chunks covered every byte of the read at `offset` of `len` bytes.
+    fn whole(&self, offset: u64, len: u64) -> Result<(), Fail> {
+        if self.bytes == len {
+            return Ok(());
+        }
+        Err(Fail::Protocol(format!(
+            "the read at {offset} of {len} bytes was answered with {} bytes",
+            self.bytes
+        )))
     }
 }
 
@@ -620,4 +667,194 @@ fn read_u64(s: &mut impl Read) -> io::Result<u64> {
     let mut b = [0u8; 8];
     s.read_exact(&mut b)?;
     Ok(u64::from_be_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One chunk a scripted server sends: its type, whether it ends the reply, its payload.
+    type Reply = (u16, bool, Vec<u8>);
+
+    /// A client whose server answers each read `(offset, length)` with what `script` gives:
+    /// the server of a source host that cannot be trusted to follow the protocol.
+    fn scripted(size: u64, script: impl Fn(u64, u32) -> Vec<Reply> + Send + 'static) -> Client {
+        let (ours, mut theirs) = UnixStream::pair().expect("a socket pair");
+        std::thread::spawn(move || {
+            let mut req = [0u8; 28];
+            while theirs.read_exact(&mut req).is_ok() {
+                let kind = u16::from_be_bytes([req[6], req[7]]);
+                if kind != CMD_READ {
+                    return;
+                }
+                let cookie = &req[8..16];
+                let offset = u64::from_be_bytes(req[16..24].try_into().expect("8"));
+                let len = u32::from_be_bytes(req[24..28].try_into().expect("4"));
+                for (kind, done, payload) in script(offset, len) {
+                    let mut out = STRUCTURED_REPLY_MAGIC.to_be_bytes().to_vec();
+                    out.extend_from_slice(&u16::from(done).to_be_bytes());
+                    out.extend_from_slice(&kind.to_be_bytes());
+                    out.extend_from_slice(cookie);
+                    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+                    out.extend_from_slice(&payload);
+                    if theirs.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Client {
+            stream: ours,
+            socket: "scripted".into(),
+            export: "sda".into(),
+            size,
+            context: None,
+            cookie: 0,
+        }
+    }
+
+    fn data(at: u64, bytes: &[u8]) -> Vec<u8> {
+        let mut p = at.to_be_bytes().to_vec();
+        p.extend_from_slice(bytes);
+        p
+    }
+
+    fn hole(at: u64, n: u32) -> Vec<u8> {
+        let mut p = at.to_be_bytes().to_vec();
+        p.extend_from_slice(&n.to_be_bytes());
+        p
+    }
+
+    const K64: usize = 64 << 10;
+
+    /// The halves of each read, sent second half first, the first half a hole: what any
+    /// server may send, and read in place.
+    #[test]
+    fn chunks_in_any_order_that_cover_each_byte_once_are_one_read() {
+        let script = |offset: u64, len: u32| {
+            let half = len / 2;
+            vec![
+                (
+                    REPLY_TYPE_OFFSET_DATA,
+                    false,
+                    data(offset + half as u64, &vec![0xab; half as usize]),
+                ),
+                (REPLY_TYPE_OFFSET_HOLE, true, hole(offset, half)),
+            ]
+        };
+        let mut buf = vec![0x55u8; 2 * K64];
+        scripted(1 << 20, script)
+            .read_at(0, &mut buf)
+            .expect("a read covered once");
+        assert!(buf[..K64].iter().all(|b| *b == 0));
+        assert!(buf[K64..].iter().all(|b| *b == 0xab));
+        let mut seen = Vec::new();
+        scripted(1 << 20, script)
+            .read_many(
+                &[(0, 2 * K64 as u32), (4 * K64 as u64, 2 * K64 as u32)],
+                |o, b| {
+                    seen.push((o, b.to_vec()));
+                    Ok(())
+                },
+            )
+            .expect("reads covered once");
+        assert_eq!(seen.len(), 2);
+        for (_, b) in &seen {
+            assert!(b[..K64].iter().all(|b| *b == 0) && b[K64..].iter().all(|b| *b == 0xab));
+        }
+    }
+
+    /// A server that gives the first half of a read twice has as many bytes as the read asked,
+    /// and half of it never read: refused, never handed on with what the buffer held before
+    /// (by `read_many`, another read's data).
+    #[test]
+    fn a_read_answered_twice_in_one_place_is_refused_not_half_unread() {
+        let script = |offset: u64, len: u32| {
+            let half = vec![0xab; len as usize / 2];
+            vec![
+                (REPLY_TYPE_OFFSET_DATA, false, data(offset, &half)),
+                (REPLY_TYPE_OFFSET_DATA, true, data(offset, &half)),
+            ]
+        };
+        let mut buf = vec![0x55u8; 2 * K64];
+        let e = scripted(1 << 20, script)
+            .read_at(0, &mut buf)
+            .expect_err("half of the read never came")
+            .to_string();
+        assert!(e.contains("which another chunk already gave"), "{e}");
+        let mut handed = 0;
+        let e = scripted(1 << 20, script)
+            .read_many(
+                &[(0, 2 * K64 as u32), (2 * K64 as u64, 2 * K64 as u32)],
+                |_, _| {
+                    handed += 1;
+                    Ok(())
+                },
+            )
+            .expect_err("half of each read never came");
+        assert!(e.contains("which another chunk already gave"), "{e}");
+        assert_eq!(handed, 0, "no read was handed on");
+        // Overlapping in part, the other way round: the second chunk starts inside the first.
+        let e = scripted(1 << 20, |offset: u64, len: u32| {
+            vec![
+                (
+                    REPLY_TYPE_OFFSET_HOLE,
+                    false,
+                    hole(offset + 4096, len - 4096),
+                ),
+                (REPLY_TYPE_OFFSET_DATA, true, data(offset, &[1; 8192])),
+            ]
+        })
+        .read_at(0, &mut buf)
+        .expect_err("bytes 4096 to 8192 twice")
+        .to_string();
+        assert!(e.contains("over bytes 4096 to 8192"), "{e}");
+    }
+
+    /// Chunks at a place no read asked (an offset near 2^64, which once wrapped past the check
+    /// into a slice out of bounds), of no length, or a reply that never ends: refused, never
+    /// a panic or a read that waits forever.
+    #[test]
+    fn chunks_outside_the_read_of_no_length_or_that_never_end_are_refused() {
+        let cases: Vec<(Vec<Reply>, &str)> = vec![
+            (
+                vec![(REPLY_TYPE_OFFSET_DATA, true, data(u64::MAX - 15, &[7; 32]))],
+                "outside the read",
+            ),
+            (
+                vec![(REPLY_TYPE_OFFSET_HOLE, true, hole(u64::MAX - 15, 32))],
+                "outside the read",
+            ),
+            (
+                vec![(REPLY_TYPE_OFFSET_DATA, true, data(K64 as u64 + 1, &[7; 16]))],
+                "outside the read",
+            ),
+            (
+                vec![
+                    (REPLY_TYPE_OFFSET_HOLE, false, hole(0, 0)),
+                    (REPLY_TYPE_OFFSET_HOLE, true, hole(0, K64 as u32)),
+                ],
+                "outside the read",
+            ),
+            (
+                vec![
+                    (REPLY_TYPE_NONE, false, vec![]),
+                    (REPLY_TYPE_OFFSET_HOLE, true, hole(0, K64 as u32)),
+                ],
+                "does not end it",
+            ),
+            (
+                vec![(REPLY_TYPE_OFFSET_HOLE, true, hole(0, K64 as u32 / 2))],
+                "answered with 32768 bytes",
+            ),
+        ];
+        for (replies, said) in cases {
+            let mut buf = vec![0u8; K64];
+            let e = scripted(1 << 20, move |_, _| replies.clone())
+                .read_at(0, &mut buf)
+                .expect_err(said)
+                .to_string();
+            assert!(e.contains(said), "{said}: {e}");
+        }
+    }
 }

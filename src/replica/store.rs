@@ -1982,11 +1982,13 @@ fn read_journal(path: &Path) -> Result<Journal, StoreError> {
                     let mut end = [0u8; 8];
                     c.exact(&mut end)?;
                     if &end == JOURNAL_END && c.at == total {
-                        // Ids name files (the previous point's delta): a record whose ids
-                        // cannot is damaged, so not committed.
+                        // Ids name files (the previous point's delta), and a retention of no
+                        // point would drop them all: a record that says either is damaged,
+                        // so not committed.
                         j.commit = serde_json::from_slice(&json).ok().filter(|c: &Commit| {
                             meta::valid_point_id(&c.point.id)
                                 && c.prev.as_deref().is_none_or(meta::valid_point_id)
+                                && c.retention >= 1
                         });
                     }
                     return Ok(());

@@ -689,7 +689,11 @@ impl TreeStore {
                         .into_iter()
                         .flatten()
                         .find(|id| !meta::valid_point_id(id))
-                        .map(|id| format!("{id:?} cannot name a point"));
+                        .map(|id| format!("{id:?} cannot name a point"))
+                        .or_else(|| {
+                            // A retention of no point would drop every point and its delta.
+                            (c.retention == 0).then(|| "a retention of 0 points".to_string())
+                        });
                     bad.map_or(Ok(c), Err)
                 })
                 .map_err(|reason| StoreError::Damaged {
@@ -1061,13 +1065,15 @@ impl TreeStore {
         let staging = Dir::open(&staging_path, true).map_err(io_err(&staging_path))?;
         let delta = c.prev.as_ref().map(|p| self.path(&format!("deltas/{p}")));
         let mut keep = None;
+        let replaced: std::collections::HashSet<&String> = c.replaced.iter().collect();
+        let deleted: std::collections::HashSet<&String> = c.deleted.iter().collect();
         if let Some(d) = &delta {
             let undo = Undo {
                 restore: c.replaced.iter().chain(&c.deleted).cloned().collect(),
                 remove: c
                     .put
                     .iter()
-                    .filter(|p| !c.replaced.contains(p))
+                    .filter(|p| !replaced.contains(p))
                     .cloned()
                     .collect(),
             };
@@ -1089,7 +1095,7 @@ impl TreeStore {
                 if present && keep.kind(p).map_err(io_err(&kept))?.is_none() {
                     root.rename(p, keep, p).map_err(io_err(&cur))?;
                 }
-            } else if present && c.deleted.contains(p) {
+            } else if present && deleted.contains(p) {
                 root.remove_file(p).map_err(io_err(&cur))?;
             }
         }
@@ -1151,12 +1157,13 @@ impl TreeStore {
         for j in (k..points.len() - 1).rev() {
             let d = self.path(&format!("deltas/{}", points[j].id));
             let undo_path = d.join("undo.json");
-            let undo: Undo =
-                serde_json::from_slice(&std::fs::read(&undo_path).map_err(damage_err(&undo_path))?)
-                    .map_err(|e| StoreError::Damaged {
-                        path: undo_path.display().to_string(),
-                        reason: e.to_string(),
-                    })?;
+            let undo: Undo = meta::read_file(&undo_path)
+                .and_then(|b| b.ok_or_else(|| "missing".to_string()))
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                .map_err(|reason| StoreError::Damaged {
+                    path: undo_path.display().to_string(),
+                    reason,
+                })?;
             for p in &undo.remove {
                 match outd.remove_file(p) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -1425,6 +1432,43 @@ mod tests {
         let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
         assert_eq!(ids, ["p4"]);
         assert_eq!(contents(&dst), contents(&src));
+    }
+
+    /// A commit record that keeps no point (a damaged file: a replication always keeps at
+    /// least one): refused as damaged, never completed by dropping every point and its delta.
+    #[test]
+    fn a_commit_record_that_keeps_no_point_is_damaged_and_drops_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let dst = dir.path().join("dst");
+        std::fs::create_dir_all(&src).unwrap();
+        for (id, text) in [("p1", "a1"), ("p2", "a2")] {
+            std::fs::write(src.join("a.dump"), text).unwrap();
+            replicate(&src, &dst, id);
+        }
+        let store = TreeStore::new(&dst);
+        let mut point = store.points().unwrap().pop().unwrap();
+        point.id = "p3".into();
+        let commit = Commit {
+            point,
+            prev: Some("p2".into()),
+            put: vec![],
+            replaced: vec![],
+            deleted: vec![],
+            touched: vec![],
+            tree: scan(&dst).unwrap(),
+            retention: 0,
+        };
+        store.write_json("commit.json", &commit).unwrap();
+        let e = store.verify(None).expect_err("a retention of 0 is damage");
+        assert!(
+            matches!(&e, StoreError::Damaged { reason, .. } if reason.contains("retention of 0")),
+            "{e}"
+        );
+        let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["p1", "p2"]);
+        assert!(store.path("deltas/p1").exists());
+        assert!(store.path("commit.json").exists());
     }
 
     /// A stream as it reaches the pipe: its bytes, and how many of them had come at each
