@@ -426,6 +426,7 @@ impl Session {
             mut stderr,
             mut truncated,
             left_open,
+            marked,
         } = match streams {
             Ok(streams) => streams,
             Err(e) => {
@@ -450,7 +451,20 @@ impl Session {
                 channel
                     .wait_close()
                     .map_err(|e| started("close channel", e))?;
-                exit_code(&channel).map_err(|e| started("exit status", e))?
+                match (
+                    exit_code(&channel).map_err(|e| started("exit status", e))?,
+                    marked,
+                ) {
+                    // libssh2 gives 0 when the host sent no exit status: only the mark, which
+                    // the wrapper prints before it exits, tells that the command ended so.
+                    (0, Some(code)) => code,
+                    (0, None) => {
+                        return Err(ExecFailure::Started(fail(
+                            "the command's end was not told: the host closed its channel without the exit status the command's wrapper prints before it exits (the shell or sshd on the host died?); taken as failed, its output so far is not trusted".to_string(),
+                        )));
+                    }
+                    (code, _) => code,
+                }
             }
         };
         let duration = began.elapsed();
@@ -523,6 +537,10 @@ impl Session {
                 ended = Some((code, Instant::now()));
             }
             if channel.eof() {
+                // Read what came with the end, the mark perhaps.
+                if ended.is_none() {
+                    ended = find_end(&tail, mark).map(|code| (code, Instant::now()));
+                }
                 break None;
             }
             // Ended, but something it started holds its output open: its output so far is
@@ -549,6 +567,7 @@ impl Session {
             stderr,
             truncated,
             left_open,
+            marked: ended.map(|(code, _)| code),
         })
     }
 }
@@ -561,6 +580,8 @@ struct Streams {
     truncated: bool,
     /// The exit code the mark told, when the command ended with its output still open.
     left_open: Option<i32>,
+    /// The exit code the mark told, when it came.
+    marked: Option<i32>,
 }
 
 /// A mark no command can guess, that ends a command's standard error with its exit code.

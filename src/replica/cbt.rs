@@ -348,6 +348,17 @@ pub fn offline_bitmap_problem(
                 "the bitmap {name} of {f} is inconsistent (its vm stopped uncleanly)"
             )));
         }
+        // A bitmap not `auto` is disabled: writes since went unrecorded.
+        if !flags.contains(&"auto") {
+            return Ok(Some(format!(
+                "the bitmap {name} of {f} is disabled (it records no writes, flags: {})",
+                if flags.is_empty() {
+                    "none".to_string()
+                } else {
+                    flags.join(", ")
+                }
+            )));
+        }
     }
     Ok(None)
 }

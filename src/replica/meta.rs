@@ -89,6 +89,13 @@ pub fn parse_points(bytes: &[u8]) -> Result<Vec<Point>, String> {
     }
     let points: Vec<Point> =
         serde_json::from_slice(bytes).map_err(|e| format!("it is not a list of points: {e}"))?;
+    check_points(&points)?;
+    Ok(points)
+}
+
+/// What a valid list of points holds (unique ids that can name a point, hashes of 64 hex
+/// digits, oldest first): read from a file, or as a remote host's helper answers it.
+pub fn check_points(points: &[Point]) -> Result<(), String> {
     let mut seen = std::collections::HashSet::new();
     for (i, p) in points.iter().enumerate() {
         if p.id.is_empty() || !seen.insert(p.id.as_str()) {
@@ -108,7 +115,7 @@ pub fn parse_points(bytes: &[u8]) -> Result<Vec<Point>, String> {
             return Err(format!("point {} is older than the point before it", p.id));
         }
     }
-    Ok(points)
+    Ok(())
 }
 
 /// Whether `id` can name a point: what reprise makes (`20261128T031000Z`, and `-2` after it

@@ -1081,13 +1081,19 @@ impl<'a> Helpers<'a> {
 
     /// The points of `host:image`, oldest first.
     pub fn points(&self, host: &str, image: &str) -> Result<Vec<Point>, ReplicaError> {
-        self.call_json(
+        let points: Vec<Point> = self.call_json(
             host,
             &Request::Points {
                 image: image.into(),
             },
             Duration::from_secs(60),
-        )
+        )?;
+        // Choices rely on the order (the newest is the last) and on ids naming one point.
+        super::meta::check_points(&points).map_err(|e| ReplicaError::Helper {
+            host: host.to_string(),
+            reason: format!("the points of {image} it answered are not valid: {e}"),
+        })?;
+        Ok(points)
     }
 
     /// Verifies one point of `host:image`, or all.
@@ -1101,7 +1107,28 @@ impl<'a> Helpers<'a> {
             image: image.into(),
             point: point.map(str::to_string),
         };
-        self.call_json(host, &req, Duration::from_secs(7200))
+        let checked: Vec<Checked> = self.call_json(host, &req, Duration::from_secs(7200))?;
+        // An answer about no point, or about another, never passes for a point read again.
+        if let Some(asked) = point
+            && (checked.len() != 1 || checked[0].point != asked)
+        {
+            return Err(ReplicaError::Helper {
+                host: host.to_string(),
+                reason: format!(
+                    "asked to verify point {asked} of {image}, the helper answered about {}",
+                    if checked.is_empty() {
+                        "no point".to_string()
+                    } else {
+                        checked
+                            .iter()
+                            .map(|c| c.point.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            });
+        }
+        Ok(checked)
     }
 
     /// Writes point `point` of `host:image` to `host:output`.
@@ -1165,6 +1192,26 @@ impl<'a> Helpers<'a> {
                     states.len()
                 ),
             });
+        }
+        // Each state is read as the copy asked at its place: one about another copy, or
+        // points out of order, would make a choice of the wrong disk or point.
+        for (state, path) in states.iter().zip(paths) {
+            let bad = if state.path != *path {
+                Some(format!(
+                    "asked about {path}, the helper answered about {}",
+                    state.path
+                ))
+            } else {
+                super::meta::check_points(&state.points)
+                    .err()
+                    .map(|e| format!("the points of {path} it answered are not valid: {e}"))
+            };
+            if let Some(reason) = bad {
+                return Err(ReplicaError::Helper {
+                    host: host.to_string(),
+                    reason,
+                });
+            }
         }
         Ok(states)
     }

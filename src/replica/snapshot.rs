@@ -50,9 +50,20 @@ pub fn settle(
             .exec(host, cmd, deadline)
             .map_err(|e| e.to_string())
     };
+    // An answer cut at the output limit may have lost its `overlay` lines: never "none left".
+    let cut = |out: &crate::ssh::ExecOutput| {
+        out.truncated.then(|| {
+            format!(
+                "the driver's snapshot check on {host} printed more than reprise reads, so whether a replication snapshot is left cannot be told; make it print less (its `overlay` lines)"
+            )
+        })
+    };
     let out = run(check)?;
     if out.exit_code != 0 {
         return Err(check_failed(host, out.exit_code, &out.stderr));
+    }
+    if let Some(e) = cut(&out) {
+        return Err(e);
     }
     let left = overlays(&out.stdout);
     if left.is_empty() {
@@ -60,6 +71,9 @@ pub fn settle(
     }
     let merged = run(end)?;
     let again = run(check)?;
+    if let Some(e) = cut(&again) {
+        return Err(e);
+    }
     let still = overlays(&again.stdout);
     if merged.exit_code != 0 || again.exit_code != 0 || !still.is_empty() {
         return Err(format!(
@@ -94,5 +108,50 @@ mod tests {
             ]
         );
         assert!(super::overlays("").is_empty());
+    }
+
+    /// A check whose answer reprise cut at its output limit.
+    struct Cut;
+
+    impl crate::ssh::Transport for Cut {
+        fn exec(
+            &self,
+            _host: &str,
+            command: &str,
+            _deadline: std::time::Duration,
+        ) -> Result<crate::ssh::ExecOutput, crate::ssh::SshError> {
+            assert_eq!(command, "check", "only the check runs");
+            Ok(crate::ssh::ExecOutput {
+                exit_code: 0,
+                stdout: "noise\n".repeat(100),
+                stderr: String::new(),
+                truncated: true,
+                timed_out: false,
+                duration: std::time::Duration::ZERO,
+            })
+        }
+
+        fn pipe(
+            &self,
+            from: &str,
+            _read_cmd: &str,
+            _to: &str,
+            _write_cmd: &str,
+            _deadline: std::time::Duration,
+        ) -> Result<crate::ssh::PipeOutput, crate::ssh::SshError> {
+            Err(crate::ssh::SshError::Session {
+                host: from.to_string(),
+                reason: "no pipes here".into(),
+            })
+        }
+    }
+
+    /// An answer cut at the limit may have lost the lines that name a snapshot left: it never
+    /// passes for "none left", and nothing is merged.
+    #[test]
+    fn a_check_answer_cut_at_the_limit_is_never_taken_for_no_snapshot_left() {
+        let e = super::settle(&Cut, "hv-main", "check", "end", "end")
+            .expect_err("an answer cut short tells nothing");
+        assert!(e.contains("printed more than reprise reads"), "{e}");
     }
 }

@@ -892,6 +892,25 @@ fn a_deleted_checkpoint_a_guest_killed_and_a_lost_bitmap_each_make_a_scan_that_s
         mode.starts_with("scan") && mode.contains("missing"),
         "{out}"
     );
+
+    // A bitmap disabled while the vm was stopped: it records no writes since, so it is never
+    // read as what changed.
+    hv.main.virsh("start cbt");
+    hv.wait_healthy(12, 1);
+    replicate_cbt(&hv);
+    shut_down(&hv, "cbt");
+    let cp = checkpoints(&hv, "cbt").pop().unwrap();
+    hv.main.sh(&format!(
+        "qemu-img bitmap --disable /var/lib/libvirt/images/cbt.qcow2 {cp}"
+    ));
+    let out = replicate_cbt(&hv);
+    let mode = read_mode(&out, "cbt.qcow2");
+    assert!(
+        mode.starts_with("scan")
+            && mode.contains(&format!("the bitmap {cp}"))
+            && mode.contains("is disabled"),
+        "{out}"
+    );
     copy_equals_source(&hv);
 }
 
