@@ -1225,3 +1225,107 @@ fn errors_without_end_are_cut_or_refused_not_held_in_memory() {
     );
     check("a question", points, "hv2");
 }
+
+/// A recovery helper's answers are checked before anything relies on them: asked to verify
+/// one point, an answer about another (good) is refused, never taken for that point read
+/// again; asked about a copy, an answer about another copy, or with its points out of order,
+/// is refused, never read as the copy's points.
+#[test]
+fn a_recovery_helper_answering_about_another_point_or_copy_is_not_believed() {
+    let hosts = TwoHosts::new();
+    let overlay = hosts.overlay.to_str().unwrap();
+    let run_with = |args: &[&str]| {
+        let mut all = vec!["--overlay", overlay];
+        all.extend_from_slice(args);
+        reprise(hosts.dir.path(), &all)
+    };
+    for text in ["a1", "a2"] {
+        std::fs::write(hosts.path("data/a.dump"), text).unwrap();
+        let run = hosts.replicate();
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    let store = TreeStore::new(&hosts.path("copy"));
+    let ids: Vec<String> = unlocked(|| store.points())
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    let [old, new] = &ids[..] else {
+        panic!("two points: {ids:?}")
+    };
+    // Honest, for comparison: the newest point verifies.
+    let honest = run_with(&["verify", "copied", "--point", new]);
+    assert_eq!(honest.code, 0, "{honest:?}");
+
+    // Asked about the newest point, the helper says the oldest is good.
+    hosts.helper_on(
+        "hv2",
+        &format!("verify) echo '[{{\"point\":\"{old}\",\"good\":true}}]';;"),
+    );
+    let run = run_with(&["verify", "copied", "--point", new]);
+    assert_ne!(run.code, 0, "{run:?}");
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        said.contains(&format!(
+            "asked to verify point {new} of {}, the helper answered about {old}",
+            hosts.path("copy").display()
+        )),
+        "{run:?}"
+    );
+    // And about no point at all.
+    hosts.helper_on("hv2", "verify) echo '[]';;");
+    let run = run_with(&["verify", "copied", "--point", new]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(
+        format!("{}{}", run.stdout, run.stderr).contains("the helper answered about no point"),
+        "{run:?}"
+    );
+
+    // Asked about the copy, the helper answers about another folder with points of its own.
+    let other = hosts.path("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let reprise_bin = env!("CARGO_BIN_EXE_reprise");
+    hosts.helper_on(
+        "hv2",
+        &format!(
+            "inspect) exec '{reprise_bin}' helper inspect '{}';;",
+            other.display()
+        ),
+    );
+    let run = run_with(&["points", "copied"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "asked about {}, the helper answered about {}",
+            hosts.path("copy").display(),
+            other.display()
+        )),
+        "{run:?}"
+    );
+
+    // The copy's own state with its two points swapped: the newest would be taken for the
+    // oldest.
+    hosts.helper_on("hv2", "");
+    let real = run_with(&["points", "copied", "--json"]);
+    assert_eq!(real.code, 0, "{real:?}");
+    let state = hosts.path("state.json");
+    let mut out = std::process::Command::new(reprise_bin)
+        .args(["helper", "inspect", hosts.path("copy").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut states: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let points = states[0]["points"].as_array_mut().unwrap();
+    assert_eq!(points.len(), 2, "{states}");
+    points.reverse();
+    out.stdout = serde_json::to_vec(&states).unwrap();
+    std::fs::write(&state, &out.stdout).unwrap();
+    hosts.helper_on("hv2", &format!("inspect) cat '{}';;", state.display()));
+    let run = run_with(&["points", "copied"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("it answered are not valid")
+            && run.stderr.contains("is older than the point before it"),
+        "{run:?}"
+    );
+}
