@@ -2656,6 +2656,38 @@ mod tests {
         assert!(jpath.exists(), "the journal is kept to be looked at");
     }
 
+    /// A committed journal whose block is damaged on disk into a hole of 4 GiB: it would wipe
+    /// the blocks after it (their hashes, in the journal, would still agree); refused
+    /// before anything is touched.
+    #[test]
+    fn a_committed_journal_that_holds_a_block_of_the_wrong_length_is_refused_untouched() {
+        let (_dir, store, v1) = stopped_at_commit(3, 4);
+        let dst = store.image.clone();
+        let jpath = store.path("journal");
+        let j = std::fs::read(&jpath).unwrap();
+        let at = JOURNAL_MAGIC.len();
+        assert_eq!(j[at], 1, "a block record comes first");
+        let slot = at + 1 + 8 + 32;
+        let len = u32::from_le_bytes(j[slot..slot + 4].try_into().unwrap()) as usize;
+        let after = if j[slot + 4] == 1 {
+            slot + 5
+        } else {
+            slot + 5 + len
+        };
+        let mut damaged = j[..slot].to_vec();
+        damaged.extend_from_slice(&u32::MAX.to_le_bytes());
+        damaged.push(1);
+        damaged.extend_from_slice(&j[after..]);
+        std::fs::write(&jpath, &damaged).unwrap();
+        let err = store.settle().unwrap_err().to_string();
+        assert!(
+            err.contains("holds 4294967295 bytes for block") && err.contains("not touched"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&dst).unwrap(), v1, "the mirror was touched");
+        assert!(jpath.exists(), "the journal is kept to be looked at");
+    }
+
     /// What a refused update must leave as it was: the mirror, the points, the manifest.
     fn state_of(store: &Store) -> (Vec<u8>, Vec<String>, Vec<u8>) {
         (
