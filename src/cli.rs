@@ -360,8 +360,8 @@ pub enum Command {
         /// Private key to log in with [default: the ssh-agent].
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
-        /// Seconds to wait for a host to answer.
-        #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+        /// Seconds to wait for a host to answer (1 to 3600).
+        #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
         connect_timeout: u64,
         /// The ssh client configuration to read for what a host of the inventory does not
         /// name, or `none` [default: ~/.ssh/config, when it exists].

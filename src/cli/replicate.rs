@@ -32,8 +32,8 @@ pub struct SshArgs {
     /// Private key to log in with [default: the ssh-agent].
     #[arg(long, value_name = "FILE")]
     pub identity: Option<PathBuf>,
-    /// Seconds to wait for a host to answer.
-    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    /// Seconds to wait for a host to answer (1 to 3600).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub connect_timeout: u64,
     /// This machine is HOST of the inventory (e.g. the recovery host running reprise): its side
     /// of a replication runs here, so the data crosses SSH once instead of being relayed.

@@ -65,6 +65,16 @@ fn emergency_applies_to_failover_only() {
 fn bad_usage_exits_2_and_help_shows_an_example() {
     let dir = mini_copy();
     assert_eq!(reprise(dir.path(), &["plan", "sideways"]).code, 2);
+    // A connect timeout no clock can add (or none at all, which libssh2 takes for "wait
+    // forever") is a wrong command line, for every command that connects.
+    for args in [
+        &["points", "erp-db", "--connect-timeout", "99999999999999"][..],
+        &["drill", "--connect-timeout", "0"][..],
+    ] {
+        let run = reprise(dir.path(), args);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(run.stderr.contains("is not in 1..=3600"), "{run:?}");
+    }
     let help = reprise(dir.path(), &["--help"]);
     assert_eq!(help.code, 0);
     assert!(
