@@ -578,12 +578,35 @@ fn a_backup_set_travels_file_by_file_with_deletions_and_points() {
 
 /// The pid of the recovery helper applying a stream to `image`, if running.
 fn apply_helper(image: &Path) -> Option<i32> {
-    let want = format!("helper\0apply\0{}\0", image.display());
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-        String::from_utf8_lossy(&cmd).contains(&want).then_some(pid)
-    })
+    apply_helpers(&[image.to_path_buf()]).pop().flatten()
+}
+
+/// [`apply_helper`] of each of `images`, in one pass over the processes (a pass takes a
+/// while on a loaded machine, and a helper may live less than a second).
+fn apply_helpers(images: &[PathBuf]) -> Vec<Option<i32>> {
+    let wants: Vec<String> = images
+        .iter()
+        .map(|i| format!("helper\0apply\0{}\0", i.display()))
+        .collect();
+    let mut found = vec![None; images.len()];
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        for (want, slot) in wants.iter().zip(found.iter_mut()) {
+            if slot.is_none() && cmd.contains(want.as_str()) {
+                *slot = Some(pid);
+            }
+        }
+    }
+    found
 }
 
 #[test]
@@ -1567,15 +1590,11 @@ fn merged_while_the_copies_are_held(lab: &Lab, disks: &[&str], mut run: Spawned)
     };
     let before = (thaws(), lab.points());
     let mut held = Stopped(Vec::new());
+    let copies: Vec<PathBuf> = disks.iter().map(|d| copy_of(lab, d)).collect();
     poll_until(Duration::from_secs(120), || {
-        for d in disks {
-            if let Some(pid) = apply_helper(&copy_of(lab, d))
-                && !held.0.contains(&pid)
-                && Command::new("kill")
-                    .args(["-STOP", &pid.to_string()])
-                    .status()
-                    .is_ok_and(|s| s.success())
-            {
+        for pid in apply_helpers(&copies).into_iter().flatten() {
+            // SAFETY: a signal to a recovery helper this test's run started.
+            if !held.0.contains(&pid) && unsafe { libc::kill(pid, libc::SIGSTOP) } == 0 {
                 held.0.push(pid);
             }
         }
@@ -1634,8 +1653,9 @@ fn the_snapshot_is_merged_back_once_every_source_has_sent_while_the_copies_commi
     for d in disks {
         new_image("qcow2", &src(d), "1G");
         // Enough for the sources' scans to keep the recovery helpers waiting long enough to
-        // be seen (with 8 MiB they could end first, on a loaded machine).
-        qemu_io("qcow2", &src(d), "write -P 0x11 0 256M");
+        // be seen (with 8 MiB they could end first on a loaded machine, and once with 256 MiB
+        // read from a warm cache in 0.4 s).
+        qemu_io("qcow2", &src(d), "write -P 0x11 0 768M");
     }
     lab.replicate();
     // Nothing changed: each source's stream is a few bytes, which the pipes hold whole.
@@ -1666,8 +1686,9 @@ fn through_libssh2_into_here_the_snapshot_is_merged_back_while_the_copies_commit
     let src = |d: &str| lab.src().with_file_name(d);
     for d in disks {
         new_image("qcow2", &src(d), "1G");
-        // Enough for the sources' scans to keep the recovery helpers here waiting a while.
-        qemu_io("qcow2", &src(d), "write -P 0x11 0 256M");
+        // Enough for the sources' scans to keep the recovery helpers here waiting a while
+        // (256 MiB was once read from a warm cache in 0.4 s, before the helper was seen).
+        qemu_io("qcow2", &src(d), "write -P 0x11 0 768M");
     }
     lab.replicate();
     // Nothing changed: each source's stream is a few bytes, which the pipes hold whole.
