@@ -537,10 +537,6 @@ impl Session {
                 ended = Some((code, Instant::now()));
             }
             if channel.eof() {
-                // Read what came with the end, the mark perhaps.
-                if ended.is_none() {
-                    ended = find_end(&tail, mark).map(|code| (code, Instant::now()));
-                }
                 break None;
             }
             // Ended, but something it started holds its output open: its output so far is

@@ -1321,40 +1321,38 @@ impl Store {
         journal: &Journal,
         commit: Commit,
     ) -> Result<Vec<String>, StoreError> {
-        // A journal damaged on disk that names a block beyond the image is refused before
-        // anything is touched.
-        if commit.point.size > blocks::MAX_IMAGE_SIZE {
+        // A journal damaged on disk is refused before anything is touched: an image size no
+        // image has, a block beyond the image, or a block whose length is not its block's (a
+        // longer one would overwrite its neighbours, a shorter one leave stale bytes, unseen
+        // by the hashes the journal holds).
+        let size = commit.point.size;
+        let n = blocks::count(size);
+        let damage = if size > blocks::MAX_IMAGE_SIZE {
+            Some(format!(
+                "the committed update says its image is {size} bytes, more than an image can be"
+            ))
+        } else {
+            journal.new.iter().find_map(|(idx, _, slot)| {
+                if *idx >= n {
+                    Some(format!(
+                        "the committed update names block {idx}, beyond the {n} blocks of its image"
+                    ))
+                } else {
+                    let want = blocks::block_len(size, *idx);
+                    (slot.len as usize != want).then(|| {
+                        format!(
+                            "the committed update holds {} bytes for block {idx}, which is {want} bytes long",
+                            slot.len
+                        )
+                    })
+                }
+            })
+        };
+        if let Some(what) = damage {
             return Err(StoreError::Damaged {
                 path: jpath.display().to_string(),
                 reason: format!(
-                    "the committed update says its image is {} bytes, more than an image can be; the copy was not touched: check it (`reprise verify`) and remove the journal",
-                    commit.point.size
-                ),
-            });
-        }
-        let n = blocks::count(commit.point.size);
-        if let Some((idx, _, _)) = journal.new.iter().find(|(idx, _, _)| *idx >= n) {
-            return Err(StoreError::Damaged {
-                path: jpath.display().to_string(),
-                reason: format!(
-                    "the committed update names block {idx}, beyond the {n} blocks of its image; the copy was not touched: check it (`reprise verify`) and remove the journal"
-                ),
-            });
-        }
-        // Each block written (or made a hole) is exactly its block's length: a longer one
-        // would overwrite its neighbours, a shorter one leave stale bytes, unseen by the
-        // hashes the journal holds.
-        if let Some((idx, _, slot)) = journal
-            .new
-            .iter()
-            .find(|(idx, _, slot)| slot.len as usize != blocks::block_len(commit.point.size, *idx))
-        {
-            return Err(StoreError::Damaged {
-                path: jpath.display().to_string(),
-                reason: format!(
-                    "the committed update holds {} bytes for block {idx}, which is {} bytes long; the copy was not touched: check it (`reprise verify`) and remove the journal",
-                    slot.len,
-                    blocks::block_len(commit.point.size, *idx)
+                    "{what}; the copy was not touched: check it (`reprise verify`) and remove the journal"
                 ),
             });
         }

@@ -1381,12 +1381,12 @@ mod tests {
         assert_eq!(verdicts, [Verified::Bad, Verified::Bad, Verified::Yes]);
     }
 
-    /// An update committed (its commit record written) and not yet completed, over a points
-    /// file that cannot be read: completing it never takes the damaged file for "no points"
-    /// (a new history of one point, the older ones lost unsaid). Nothing is moved, and the
-    /// next replication ends the history, saying why.
-    #[test]
-    fn a_roll_forward_over_an_unreadable_points_file_never_takes_it_for_no_points() {
+    /// A copy with points p1 and p2, and the commit record of an update to p3 keeping
+    /// `retention` points, written and not yet completed: (the folder, the source, the copy,
+    /// its store).
+    fn committed_after_two_points(
+        retention: u32,
+    ) -> (tempfile::TempDir, PathBuf, PathBuf, TreeStore) {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
         let dst = dir.path().join("dst");
@@ -1406,9 +1406,19 @@ mod tests {
             deleted: vec![],
             touched: vec![],
             tree: scan(&dst).unwrap(),
-            retention: 3,
+            retention,
         };
         store.write_json("commit.json", &commit).unwrap();
+        (dir, src, dst, store)
+    }
+
+    /// An update committed (its commit record written) and not yet completed, over a points
+    /// file that cannot be read: completing it never takes the damaged file for "no points"
+    /// (a new history of one point, the older ones lost unsaid). Nothing is moved, and the
+    /// next replication ends the history, saying why.
+    #[test]
+    fn a_roll_forward_over_an_unreadable_points_file_never_takes_it_for_no_points() {
+        let (_dir, src, dst, store) = committed_after_two_points(3);
         for name in ["points.json", "points.json.prev"] {
             std::fs::write(store.path(name), b"{ damaged").unwrap();
         }
@@ -1438,28 +1448,7 @@ mod tests {
     /// least one): refused as damaged, never completed by dropping every point and its delta.
     #[test]
     fn a_commit_record_that_keeps_no_point_is_damaged_and_drops_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src");
-        let dst = dir.path().join("dst");
-        std::fs::create_dir_all(&src).unwrap();
-        for (id, text) in [("p1", "a1"), ("p2", "a2")] {
-            std::fs::write(src.join("a.dump"), text).unwrap();
-            replicate(&src, &dst, id);
-        }
-        let store = TreeStore::new(&dst);
-        let mut point = store.points().unwrap().pop().unwrap();
-        point.id = "p3".into();
-        let commit = Commit {
-            point,
-            prev: Some("p2".into()),
-            put: vec![],
-            replaced: vec![],
-            deleted: vec![],
-            touched: vec![],
-            tree: scan(&dst).unwrap(),
-            retention: 0,
-        };
-        store.write_json("commit.json", &commit).unwrap();
+        let (_dir, _src, _dst, store) = committed_after_two_points(0);
         let e = store.verify(None).expect_err("a retention of 0 is damage");
         assert!(
             matches!(&e, StoreError::Damaged { reason, .. } if reason.contains("retention of 0")),
