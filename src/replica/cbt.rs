@@ -281,6 +281,10 @@ fn sh(t: &dyn Transport, host: &str, script: &str) -> Result<String, String> {
                 .join("; ")
         });
     }
+    if out.truncated {
+        // A list or a document cut short would be read as a shorter one.
+        return Err("its answer was longer than reprise reads: cut, not used".into());
+    }
     Ok(out.stdout)
 }
 
@@ -539,6 +543,15 @@ pub fn guest_read(
 
 #[cfg(test)]
 mod tests {
+    /// A `virsh` or `qemu-img` answer cut at the output limit (a list of checkpoints, a
+    /// document) is refused, never read as a shorter one.
+    #[test]
+    fn an_answer_cut_at_the_limit_is_refused() {
+        let e =
+            super::sh(&crate::replica::snapshot::tests::Cut, "hv-main", "check").expect_err("cut");
+        assert!(e.contains("longer than reprise reads"), "{e}");
+    }
+
     use super::*;
 
     const XML: &str = "<domain type='qemu'>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      <source file='/var/lib/libvirt/images/app.qcow2' index='1'/>\n      <backingStore type='file'><format type='raw'/><source file='/b&amp;c.raw'/></backingStore>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n    <disk type='file' device='cdrom'>\n      <source file='/iso.iso'/>\n      <target dev='sda' bus='sata'/>\n    </disk>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n      <source file='/data&apos;s.img'/>\n      <target dev='vdb' bus='virtio'/>\n    </disk>\n  </devices>\n</domain>\n";

@@ -95,7 +95,7 @@ pub fn settle(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #[test]
     fn overlays_are_read_from_their_lines_only() {
         assert_eq!(
@@ -110,8 +110,8 @@ mod tests {
         assert!(super::overlays("").is_empty());
     }
 
-    /// A check whose answer reprise cut at its output limit.
-    struct Cut;
+    /// A host whose answer to `check` reprise cut at its output limit.
+    pub(crate) struct Cut;
 
     impl crate::ssh::Transport for Cut {
         fn exec(

@@ -53,7 +53,8 @@ pub trait Copies {
         run: Option<&str>,
         kind: Option<LeaseKind>,
     ) -> Result<Vec<String>, String>;
-    /// Runs a read-only command on a host: its standard output when it exited 0.
+    /// Runs a read-only command on a host: its standard output when it exited 0 and was read
+    /// whole.
     fn ask(&self, host: &str, command: &str) -> Option<String>;
 }
 
@@ -134,7 +135,8 @@ impl Copies for Remote<'_> {
         self.transport
             .exec(host, command, Duration::from_secs(60))
             .ok()
-            .filter(|o| o.exit_code == 0)
+            // An answer cut at the output limit tells nothing: not asked, said so.
+            .filter(|o| o.exit_code == 0 && !o.truncated)
             .map(|o| o.stdout)
     }
 }
@@ -747,6 +749,17 @@ pub fn after(
 
 #[cfg(test)]
 mod tests {
+    /// A drill's question whose answer was cut at the output limit (it may have lost the
+    /// lines naming a snapshot left) is not asked, and said so, never "none left".
+    #[test]
+    fn an_answer_cut_at_the_limit_is_no_answer() {
+        let t = crate::replica::snapshot::tests::Cut;
+        assert_eq!(
+            super::Copies::ask(&super::Remote::new(&t), "hv-main", "check"),
+            None
+        );
+    }
+
     use super::*;
     use crate::replica::meta::PointsSource;
     use crate::replica::store::Point;
