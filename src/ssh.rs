@@ -151,7 +151,12 @@ pub struct Said {
     kept: Vec<u8>,
     total: u64,
     keep: usize,
+    /// The last [`TAIL`] bytes that came, kept or not: where a command's end mark is.
+    tail: Vec<u8>,
 }
+
+/// Bytes of the end of a stream [`Said`] keeps, to find an end mark in.
+const TAIL: usize = 4096;
 
 impl Default for Said {
     fn default() -> Self {
@@ -166,6 +171,7 @@ impl Said {
             kept: Vec::new(),
             total: 0,
             keep,
+            tail: Vec::new(),
         }
     }
 
@@ -179,7 +185,20 @@ impl Said {
         let room = self.keep.saturating_sub(self.kept.len());
         self.kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
         self.total = self.total.saturating_add(bytes.len() as u64);
+        let from = bytes.len().saturating_sub(TAIL);
+        self.tail.extend_from_slice(&bytes[from..]);
+        let cut = self.tail.len().saturating_sub(TAIL);
+        self.tail.drain(..cut);
         self.total <= READ_LIMIT
+    }
+
+    /// The exit code the end mark `mark` of [`marked`] told at the end of what came, once it
+    /// came; the mark is taken out of what is kept and counted.
+    fn take_end(&mut self, mark: &str) -> Option<i32> {
+        let (code, len) = find_end(&self.tail, mark)?;
+        strip_end(&mut self.kept, mark);
+        self.total = self.total.saturating_sub(len as u64);
+        Some(code)
     }
 
     /// Reads `r` to its end, or until more than [`READ_LIMIT`] bytes have come (then `r` is
@@ -383,14 +402,8 @@ impl Session {
         let left = until.saturating_duration_since(Instant::now());
         let secs = left.as_secs_f64().ceil().max(1.0) as u64;
         // The command's end is told on its standard error with a mark it cannot guess, so that
-        // a process it left running with its output open does not keep the step waiting. The
-        // shell that waits for it has its own standard error closed, so that it does not add
-        // its own words ("Terminated") to the command's.
-        let mark = end_mark();
-        let wrapped = format!(
-            "exec 3>&2 2>/dev/null; timeout --kill-after={KILL_AFTER_SECS} {secs} sh -c {}; r=$?; printf '\\n{mark} %d\\n' \"$r\" >&3; exit \"$r\"",
-            crate::template::shell_quote(&format!("exec 2>&3 3>&-; {command}"))
-        );
+        // a process it left running with its output open does not keep the step waiting.
+        let (wrapped, mark) = marked(command, secs);
         // Every blocking wait of libssh2 ends by the deadline.
         let session_timeout = u64::from(self.raw.timeout());
         let bounded = (left.as_millis() as u64).clamp(1, session_timeout.max(1));
@@ -451,20 +464,11 @@ impl Session {
                 channel
                     .wait_close()
                     .map_err(|e| started("close channel", e))?;
-                match (
+                told_code(
                     exit_code(&channel).map_err(|e| started("exit status", e))?,
                     marked,
-                ) {
-                    // libssh2 gives 0 when the host sent no exit status: only the mark, which
-                    // the wrapper prints before it exits, tells that the command ended so.
-                    (0, Some(code)) => code,
-                    (0, None) => {
-                        return Err(ExecFailure::Started(fail(
-                            "the command's end was not told: the host closed its channel without the exit status the command's wrapper prints before it exits (the shell or sshd on the host died?); taken as failed, its output so far is not trusted".to_string(),
-                        )));
-                    }
-                    (code, _) => code,
-                }
+                )
+                .map_err(|reason| ExecFailure::Started(fail(reason)))?
             }
         };
         let duration = began.elapsed();
@@ -532,7 +536,7 @@ impl Session {
                 }
             }
             if ended.is_none()
-                && let Some(code) = find_end(&tail, mark)
+                && let Some((code, _)) = find_end(&tail, mark)
             {
                 ended = Some((code, Instant::now()));
             }
@@ -597,13 +601,45 @@ fn end_mark() -> String {
     format!("reprise-end-{}", &h.finalize().to_hex()[..24])
 }
 
-/// The exit code in `\nMARK CODE\n` at the end of `tail`, once it came.
-fn find_end(tail: &[u8], mark: &str) -> Option<i32> {
+/// The exit code in `\nMARK CODE\n` at the end of `tail`, once it came, and that line's
+/// length.
+fn find_end(tail: &[u8], mark: &str) -> Option<(i32, usize)> {
     let text = String::from_utf8_lossy(tail);
     let at = text.rfind(&format!("\n{mark} "))?;
     let rest = &text[at + mark.len() + 2..];
     let (code, _) = rest.split_once('\n')?;
-    code.trim().parse().ok()
+    let len = mark.len() + 2 + code.len() + 1;
+    code.trim().parse().ok().map(|code| (code, len))
+}
+
+/// `command` as a host runs it: under `timeout` (TERM after `secs` seconds, KILL
+/// [`KILL_AFTER_SECS`] later), and telling its end with a mark no command can guess on its
+/// standard error (see [`told_code`]). With the mark.
+///
+/// The shell that waits for it has its own standard error closed, so that it does not add
+/// its own words ("Terminated") to the command's.
+fn marked(command: &str, secs: u64) -> (String, String) {
+    let mark = end_mark();
+    let wrapped = format!(
+        "exec 3>&2 2>/dev/null; timeout --kill-after={KILL_AFTER_SECS} {secs} sh -c {}; r=$?; printf '\\n{mark} %d\\n' \"$r\" >&3; exit \"$r\"",
+        crate::template::shell_quote(&format!("exec 2>&3 3>&-; {command}"))
+    );
+    (wrapped, mark)
+}
+
+/// The exit code of a command run as [`marked`] says, from the host's exit status (`status`,
+/// a signal as a shell shows it) and the code its end mark told (`told`). libssh2 gives 0
+/// when a host sent no exit status, and a host may answer 0 for a command it did not run as
+/// asked (a forced command): a 0 counts only when the mark says so, and the mark's code
+/// counts over a 0.
+fn told_code(status: i32, told: Option<i32>) -> Result<i32, String> {
+    match (status, told) {
+        (0, Some(code)) => Ok(code),
+        (0, None) => Err(
+            "the command's end was not told: the host answered exit 0 without the end mark its wrapper prints when the command ends (the shell or sshd on the host died, or the host runs another command than the one asked?); taken as failed, its output is not trusted".to_string(),
+        ),
+        (code, _) => Ok(code),
+    }
 }
 
 /// Takes the end mark (or, when the output was cut at the limit, the part of it that made it)
@@ -758,6 +794,19 @@ pub struct PipeOutput {
     pub duration: Duration,
 }
 
+/// What [`Session::relay`] carried.
+struct Relayed {
+    bytes: u64,
+    /// What the destination printed.
+    output: String,
+    /// The errors of both sides.
+    stderr: String,
+    /// The destination stopped first.
+    cut: bool,
+    /// The exit codes the end marks of the source and the destination told.
+    told: [Option<i32>; 2],
+}
+
 impl Session {
     /// Streams the standard output of `read_cmd` (here) into the standard input of
     /// `write_cmd` on `dest`, in large writes over exec channels.
@@ -808,20 +857,16 @@ impl Session {
         deadline: Duration,
     ) -> Result<PipeOutput, SshError> {
         let secs = deadline.as_secs().max(1);
-        let wrap = |c: &str| {
-            format!(
-                "timeout --kill-after=5 {secs} sh -c {}",
-                crate::template::shell_quote(c)
-            )
-        };
         let fail = |host: &str, what: &str, e: ssh2::Error| SshError::Session {
             host: host.to_string(),
             reason: format!("{what}: {}", e.message()),
         };
+        let (write_cmd, write_mark) = marked(write_cmd, secs);
+        let (read_cmd, read_mark) = marked(read_cmd, secs);
         let began = Instant::now();
-        dst.exec(&wrap(write_cmd))
+        dst.exec(&write_cmd)
             .map_err(|e| fail(&dest.spec.id, "exec", e))?;
-        src.exec(&wrap(read_cmd))
+        src.exec(&read_cmd)
             .map_err(|e| fail(&self.spec.id, "exec", e))?;
         // A long quiet stretch (the source hashing an unchanged image) is not a dead peer:
         // the remote `timeout` bounds the commands.
@@ -829,18 +874,31 @@ impl Session {
         let long = ((secs + KILL_AFTER_SECS + 30) * 1000).min(u64::from(u32::MAX)) as u32;
         self.raw.set_timeout(long);
         dest.raw.set_timeout(long);
-        let result = self.relay(&mut src, input, dest, &mut dst);
+        let result = self.relay(&mut src, input, dest, &mut dst, [&read_mark, &write_mark]);
         self.raw.set_timeout(old_src);
         dest.raw.set_timeout(old_dst);
-        let (bytes, output, stderr, cut) = result?;
+        let Relayed {
+            bytes,
+            output,
+            stderr,
+            cut,
+            told: [read_told, write_told],
+        } = result?;
+        let told = |host: &str, channel: &ssh2::Channel, told: Option<i32>| {
+            let status = exit_code(channel).map_err(|e| fail(host, "exit status", e))?;
+            told_code(status, told).map_err(|reason| SshError::Session {
+                host: host.to_string(),
+                reason,
+            })
+        };
         Ok(PipeOutput {
             bytes,
             read_exit: if cut {
                 -1
             } else {
-                exit_code(&src).map_err(|e| fail(&self.spec.id, "exit status", e))?
+                told(&self.spec.id, &src, read_told)?
             },
-            write_exit: exit_code(&dst).map_err(|e| fail(&dest.spec.id, "exit status", e))?,
+            write_exit: told(&dest.spec.id, &dst, write_told)?,
             write_failed_first: cut,
             stderr,
             output,
@@ -848,10 +906,10 @@ impl Session {
         })
     }
 
-    /// Streams `src`'s output into `dst`; (bytes, what `dst` printed, the errors of both,
-    /// whether `dst` stopped first). A destination command that stops while data still
-    /// comes (it failed: a full disk) is seen at once, its output and errors read, and the
-    /// source cut (its helper then stops on a closed pipe) instead of being left blocked.
+    /// Streams `src`'s output into `dst` (see [`Relayed`]; `marks`: the end marks of the
+    /// source's command and the destination's). A destination command that stops while data
+    /// still comes (it failed: a full disk) is seen at once, its output and errors read, and
+    /// the source cut (its helper then stops on a closed pipe) instead of being left blocked.
     /// Both channels' streams are read as they come, up to [`READ_LIMIT`] (see
     /// [`Session::drain`]).
     fn relay(
@@ -860,7 +918,8 @@ impl Session {
         input: &[u8],
         dest: &Session,
         dst: &mut ssh2::Channel,
-    ) -> Result<(u64, String, String, bool), SshError> {
+        marks: [&str; 2],
+    ) -> Result<Relayed, SshError> {
         let fail = |host: &str, what: &str, e: ssh2::Error| SshError::Session {
             host: host.to_string(),
             reason: format!("{what}: {}", e.message()),
@@ -950,12 +1009,14 @@ impl Session {
             let _ = src.wait_close();
         }
         let _ = dst.wait_close();
-        Ok((
+        let told = [errors.take_end(marks[0]), dest_errors.take_end(marks[1])];
+        Ok(Relayed {
             bytes,
-            String::from_utf8_lossy(&dst_out.into_bytes()).into_owned(),
-            format!("{}{}", errors.text(), dest_errors.text()),
-            dst_stopped,
-        ))
+            output: String::from_utf8_lossy(&dst_out.into_bytes()).into_owned(),
+            stderr: format!("{}{}", errors.text(), dest_errors.text()),
+            cut: dst_stopped,
+            told,
+        })
     }
 
     /// Reads `channel` until the host has sent all of both its streams, as they come (libssh2
@@ -1097,10 +1158,7 @@ impl Session {
         counted: bool,
     ) -> Result<StreamOutput, SshError> {
         let secs = deadline.as_secs().max(1);
-        let wrapped = format!(
-            "timeout --kill-after={KILL_AFTER_SECS} {secs} sh -c {}",
-            crate::template::shell_quote(command)
-        );
+        let (wrapped, mark) = marked(command, secs);
         let fail = |what: &str, e: ssh2::Error| SshError::Session {
             host: self.spec.id.clone(),
             reason: format!("{what}: {}", e.message()),
@@ -1152,8 +1210,13 @@ impl Session {
                 .flush()
                 .map_err(|e| local("writing the output locally", e))?;
             channel.wait_close().map_err(|e| fail("close channel", e))?;
+            let told = errors.take_end(&mark);
+            let status = exit_code(&channel).map_err(|e| fail("exit status", e))?;
             Ok(StreamOutput {
-                exit_code: exit_code(&channel).map_err(|e| fail("exit status", e))?,
+                exit_code: told_code(status, told).map_err(|reason| SshError::Session {
+                    host: self.spec.id.clone(),
+                    reason,
+                })?,
                 stderr: errors.text(),
                 duration: began.elapsed(),
                 stopped_reading,
@@ -1982,5 +2045,65 @@ impl Session {
     fn discard(self) {
         self.raw.set_timeout(100);
         drop(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_counts_only_when_the_end_mark_tells_it_and_the_mark_counts_over_a_zero() {
+        // The host's status and the mark agree.
+        assert_eq!(told_code(0, Some(0)), Ok(0));
+        assert_eq!(told_code(3, Some(3)), Ok(3));
+        // No status (libssh2's 0), or a host that answers 0 whatever ran: the mark tells.
+        assert_eq!(told_code(0, Some(3)), Ok(3));
+        // A failure the host reports is never made a success.
+        assert_eq!(told_code(137, Some(0)), Ok(137));
+        assert_eq!(told_code(255, None), Ok(255));
+        // A 0 without the mark is no proof that the command ran to its end.
+        let e = told_code(0, None).unwrap_err();
+        assert!(e.contains("the command's end was not told"), "{e}");
+    }
+
+    #[test]
+    fn the_end_mark_is_found_and_taken_out_wherever_it_falls_against_what_is_kept() {
+        let mark = end_mark();
+        let line = format!("\n{mark} 7\n");
+        // Within what is kept: taken out, the command's own words left as they were.
+        let mut said = Said::default();
+        assert!(said.push(b"no space left"));
+        assert!(said.push(line.as_bytes()));
+        assert_eq!(said.take_end(&mark), Some(7));
+        assert_eq!(said.text(), "no space left");
+        // Beyond what is kept: found all the same, and not counted as errors dropped.
+        let mut said = Said::keeping(4);
+        assert!(said.push(b"0123456789"));
+        assert!(said.push(line.as_bytes()));
+        assert_eq!(said.take_end(&mark), Some(7));
+        assert_eq!(said.text(), "0123\n[6 more bytes of errors not kept]\n");
+        // Cut by the limit in its middle: the part kept is taken out too.
+        let mut said = Said::keeping(6);
+        assert!(said.push(b"abc"));
+        assert!(said.push(line.as_bytes()));
+        assert_eq!(said.take_end(&mark), Some(7));
+        assert_eq!(said.text(), "abc");
+        // Split over pushes, after much more than the tail: found.
+        let mut said = Said::default();
+        assert!(said.push(&vec![b'x'; 3 * TAIL]));
+        let (a, b) = line.as_bytes().split_at(10);
+        assert!(said.push(a) && said.push(b));
+        assert_eq!(said.take_end(&mark), Some(7));
+        // Another mark, a mark without its code's end, or none: no code.
+        for text in [
+            format!("\n{} 0\n", end_mark()),
+            format!("\n{mark} 0"),
+            "done\n".to_string(),
+        ] {
+            let mut said = Said::default();
+            assert!(said.push(text.as_bytes()));
+            assert_eq!(said.take_end(&mark), None, "{text:?}");
+        }
     }
 }

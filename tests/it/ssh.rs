@@ -582,6 +582,112 @@ fn pipe_streams_between_hosts_and_reports_exits() {
     assert!(out.stderr.contains("no space left"), "{out:?}");
 }
 
+/// A forced command (sshd's `ForceCommand`, or `command=` in `authorized_keys`) at `path`:
+/// `body` after `#!/bin/sh`.
+fn forced_command(path: &Path, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("ForceCommand {}", path.display())
+}
+
+/// libssh2 gives 0 when a host sends no exit status, and a host may answer 0 whatever ran (a
+/// forced command that runs the command asked, or none, and exits 0): through every way a
+/// command is run over libssh2 (a step's command, a command fed its input, a pipe between two
+/// hosts), the code is the one the command's own end told, and a 0 without it is refused.
+#[test]
+fn a_host_answering_0_for_what_it_did_not_run_as_asked_is_not_believed() {
+    let scripts = tempfile::tempdir().unwrap();
+    // Runs what was asked, but always answers 0.
+    let lying = forced_command(
+        &scripts.path().join("lying"),
+        "sh -c \"$SSH_ORIGINAL_COMMAND\"\nexit 0",
+    );
+    let (_a, b, t) = two_hosts_with(CONNECT, &lying);
+    let copy = b.dir().join("copy");
+    let out = t
+        .exec("hv1", "echo out; exit 3", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        (out.exit_code, out.stdout.as_str()),
+        (3, "out\n"),
+        "{out:?}"
+    );
+    let out = t
+        .exec_bytes(
+            "hv1",
+            "cat; echo failed >&2; exit 4",
+            b"in",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert_eq!(
+        (out.exit_code, &out.stdout[..], out.stderr.as_str()),
+        (4, &b"in"[..], "failed\n"),
+        "{out:?}"
+    );
+    let out = t
+        .exec_bytes("hv1", "cat", b"in", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        (out.exit_code, &out.stdout[..], out.stderr.as_str()),
+        (0, &b"in"[..], "")
+    );
+    let out = t
+        .pipe(
+            "hv1",
+            "printf abc; exit 5",
+            "hv2",
+            &format!("cat > {}; printf done; exit 6", copy.display()),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            out.read_exit,
+            out.write_exit,
+            out.output.as_str(),
+            out.stderr.as_str()
+        ),
+        (5, 6, "done", ""),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&copy).unwrap(), "abc");
+    let out = t
+        .pipe(
+            "hv1",
+            "printf abc",
+            "hv2",
+            &format!("cat > {}", copy.display()),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    assert_eq!((out.read_exit, out.write_exit), (0, 0), "{out:?}");
+
+    // Runs nothing, and answers 0: no way of running a command takes that for a success.
+    let none = forced_command(&scripts.path().join("none"), "exit 0");
+    let (_c, _d, t) = two_hosts_with(CONNECT, &none);
+    let told = |e: SshError| {
+        let e = e.to_string();
+        assert!(e.contains("the command's end was not told"), "{e}");
+    };
+    told(t.exec("hv1", "true", Duration::from_secs(10)).unwrap_err());
+    told(
+        t.exec_bytes("hv1", "cat", b"in", Duration::from_secs(10))
+            .unwrap_err(),
+    );
+    told(
+        t.pipe(
+            "hv1",
+            "printf abc",
+            "hv2",
+            "cat > /dev/null",
+            Duration::from_secs(20),
+        )
+        .unwrap_err(),
+    );
+}
+
 /// Bulk data over each cipher libssh2 may negotiate with an OpenSSH host: AES-GCM,
 /// ChaCha20-Poly1305 (libssh2's first choice), AES-CTR with a MAC after or before encryption,
 /// and AES-CBC, for older hosts. Each sshd is limited to one cipher (and MAC). A pipe decrypts
