@@ -575,9 +575,10 @@ impl<'a> Helpers<'a> {
                 rest.split(&end).next().unwrap_or(rest).trim_end()
             }
             // It ran (or it was stopped before it could say): a command that ran proves the
-            // helper; one stopped says nothing, and the next command checks again.
+            // helper; one stopped, or a helper the shell could not start (126, 127), says
+            // nothing, and the next command checks again.
             _ => {
-                if (0..=127).contains(&exit) && exit != GUARD_EXIT {
+                if (0..=125).contains(&exit) && exit != GUARD_EXIT {
                     self.deployed
                         .lock()
                         .expect("not poisoned")
@@ -1961,6 +1962,26 @@ pub fn image_path(dir: &str, disk: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A command that ran proves the helper it started; one the shell could not start the
+    /// helper of (126: not executable, 127: not found), or one stopped by a signal, does not.
+    #[test]
+    fn only_a_command_that_ran_its_helper_marks_it_deployed() {
+        let transport = crate::replica::snapshot::tests::Cut;
+        let helpers = Helpers::new(&transport);
+        for (host, exit, proves) in [
+            ("ran", 0, true),
+            ("failed", 3, true),
+            ("not-executable", 126, false),
+            ("not-found", 127, false),
+            ("killed", 137, false),
+            ("none", -1, false),
+        ] {
+            assert_eq!(helpers.guarded(host, exit, "", false).ok(), Some(false));
+            let deployed = helpers.deployed.lock().unwrap().contains_key(host);
+            assert_eq!(deployed, proves, "{host}: exit {exit}");
+        }
+    }
 
     fn side(script: &str) -> Child {
         std::process::Command::new("sh")
