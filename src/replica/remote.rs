@@ -1132,27 +1132,6 @@ impl<'a> Helpers<'a> {
         Ok(checked)
     }
 
-    /// Writes point `point` of `host:image` to `host:output`.
-    pub fn restore(
-        &self,
-        host: &str,
-        image: &str,
-        point: &str,
-        output: &str,
-    ) -> Result<(), ReplicaError> {
-        self.call(
-            host,
-            &Request::Restore {
-                image: image.into(),
-                point: point.into(),
-                output: output.into(),
-            },
-            &[],
-            Duration::from_secs(7200),
-        )
-        .map(|_| ())
-    }
-
     /// Completes or throws away an interrupted update of `host:image` (waiting up to `wait`
     /// for a replication that holds it to end); what was done.
     pub fn settle(
