@@ -216,6 +216,23 @@ pub fn said_running(out: &ExecOutput) -> Option<bool> {
     }
 }
 
+/// Whether a driver's `status` failed as it does for a vm not defined on its host (libvirt:
+/// `failed to get domain`, `Domain not found`; Proxmox: the vm's configuration file `does not
+/// exist`), and only so: a status that timed out, could not run, was cut, or failed for any
+/// other reason (the hypervisor not answering) says nothing about the vm.
+pub(super) fn said_not_defined(out: &ExecOutput) -> bool {
+    const NOT_DEFINED: [&str; 3] = ["failed to get domain", "Domain not found", "does not exist"];
+    let failed_so = out.exit_code != 0
+        && !out.timed_out
+        && !out.truncated
+        && !matches!(out.exit_code, 124..=127 | 137 | 255);
+    failed_so
+        && said_running(out).is_none()
+        && NOT_DEFINED
+            .iter()
+            .any(|m| out.stderr.contains(m) || out.stdout.contains(m))
+}
+
 /// Runs a command of a step on its host, with secrets resolved and redacted from the output.
 /// Why a try did not succeed. A `refused` error (a changed or unknown host key, failed
 /// authentication, a missing secret) does not change by trying again: the step fails at once.
@@ -327,6 +344,39 @@ pub(super) async fn exec_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A vm is taken as not defined only from the error its driver gives for that: a status
+    /// that failed otherwise (the hypervisor down), timed out, could not run or was cut says
+    /// nothing.
+    #[test]
+    fn only_a_status_that_failed_as_for_a_vm_not_defined_says_it_is_not_defined() {
+        let out = |stderr: &str, exit_code: i32, timed_out: bool| ExecOutput {
+            stdout: String::new(),
+            stderr: stderr.into(),
+            exit_code,
+            truncated: false,
+            timed_out,
+            duration: StdDuration::ZERO,
+        };
+        let libvirt = "error: failed to get domain 'erp-db'";
+        let proxmox = "Configuration file 'nodes/pve2/qemu-server/104.conf' does not exist";
+        assert!(said_not_defined(&out(libvirt, 1, false)));
+        assert!(said_not_defined(&out(proxmox, 2, false)));
+        for (stderr, code, timed_out) in [
+            ("error: failed to connect to the hypervisor", 1, false),
+            ("", 1, false),
+            (libvirt, 124, true),
+            (libvirt, 137, false),
+            ("sh: 1: virsh: not found", 127, false),
+            (libvirt, 255, false),
+            (libvirt, 0, false),
+        ] {
+            assert!(
+                !said_not_defined(&out(stderr, code, timed_out)),
+                "{stderr:?} exit {code}"
+            );
+        }
+    }
 
     fn said(stdout: &str, exit_code: i32) -> Option<bool> {
         said_running(&ExecOutput {

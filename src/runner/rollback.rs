@@ -125,11 +125,11 @@ async fn still_running(ctx: &RunContext, stop: &PlannedStep, starts: &[usize]) -
             ));
         };
         let said = exec(ctx, start, status, Some(StdDuration::from_secs(60))).await;
-        // A status that fails on a host that answered (libvirt's for a domain not defined
-        // there, as a failed start leaves it) says no vm of that name runs.
+        // Stopped, or not defined there (as a failed start leaves it): a status that failed
+        // otherwise (the hypervisor not answering, a timeout) says nothing, and the vm may
+        // still run on the copies.
         let stopped = said.as_ref().is_ok_and(|o| {
-            let state = super::exec::said_running(o);
-            state == Some(false) || (state.is_none() && o.exit_code != 0)
+            super::exec::said_running(o) == Some(false) || super::exec::said_not_defined(o)
         });
         if !stopped {
             let what = match &said {
