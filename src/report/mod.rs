@@ -574,6 +574,12 @@ impl<'a> RunFacts<'a> {
             } => {
                 let f = self.steps.entry(step).or_default();
                 f.first_start.get_or_insert(*at);
+                // Run again (a retry, or a resume after a roll-back undid it or a step before
+                // it): what an earlier attempt ended with, or its undo, is not this one's.
+                f.end = None;
+                f.status = None;
+                f.message = None;
+                f.undo = None;
                 if *attempt <= f.attempts {
                     // Started again from its first attempt: the run stopped while it ran.
                     f.restarted = true;
@@ -2256,6 +2262,38 @@ mod tests {
                 .iter()
                 .any(|p| matches!(p, Problem::Blocked { service, .. } if service == "app"))
         );
+    }
+
+    /// A step run again (a resume after a roll-back) is reported as its last attempt ended:
+    /// done again after its undo is done, not rolled back; cut while it ran again is not the
+    /// earlier attempt's done.
+    #[test]
+    fn a_step_run_again_is_reported_as_its_last_attempt_ended() {
+        let status = |events: &[Event]| {
+            build_of(events)
+                .timeline
+                .iter()
+                .find(|s| s.id == "db/start")
+                .and_then(|s| s.status)
+        };
+        let mut events = vec![started(None)];
+        events.extend(run("db/start", 0, 5, StepStatus::Done));
+        events.push(Event::UndoFinished {
+            at: t(6),
+            step: "db/start".into(),
+            ok: true,
+            message: None,
+        });
+        assert_eq!(status(&events), Some(StepStatus::RolledBack));
+        events.extend(run("db/start", 10, 15, StepStatus::Done));
+        assert_eq!(status(&events), Some(StepStatus::Done));
+        events.push(Event::StepStarted {
+            at: t(20),
+            step: "db/start".into(),
+            attempt: 1,
+            host: Some("hv".into()),
+        });
+        assert_eq!(status(&events), None);
     }
 
     #[test]

@@ -250,8 +250,10 @@ pub fn prior_from_journal(events: &[Event]) -> HashMap<String, Prior> {
             _ => {}
         }
     }
+    // Running when the journal ends, whatever an earlier attempt did: a step run again (after
+    // a roll-back undid a step before it) and cut is not the earlier attempt's done.
     for step in running {
-        prior.entry(step).or_insert(Prior::Interrupted);
+        prior.insert(step, Prior::Interrupted);
     }
     prior
 }

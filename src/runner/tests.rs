@@ -1093,6 +1093,18 @@ fn prior_state_is_read_from_a_journal() {
     assert_eq!(prior.get("a/1"), Some(&Prior::Done));
     assert_eq!(prior.get("b/1"), Some(&Prior::Interrupted));
     assert_eq!(prior.get("c/1"), None);
+
+    // A step done, then run again (a resume after a roll-back undid a step before it) and
+    // cut while it ran: interrupted, never the earlier attempt's done.
+    let mut again = events.clone();
+    again.push(Event::StepStarted {
+        at,
+        step: "a/1".into(),
+        attempt: 1,
+        host: None,
+    });
+    let prior = prior_from_journal(&again);
+    assert_eq!(prior.get("a/1"), Some(&Prior::Interrupted));
 }
 
 #[tokio::test(start_paused = true)]
