@@ -866,7 +866,7 @@ impl<'a> Helpers<'a> {
                 (piped, manifest.len())
             }
         };
-        self.finish(from, src, to, dst, piped, manifest_len, began)
+        self.finish(from, src, to, dst, &apply, piped, manifest_len, began)
             .map(|t| ImageTransfer { unit, ..t })
     }
 
@@ -987,6 +987,7 @@ impl<'a> Helpers<'a> {
         src: &str,
         to: &str,
         dst: &str,
+        apply: &Request,
         piped: PipeOutput,
         manifest_bytes: usize,
         began: std::time::Instant,
@@ -1017,6 +1018,10 @@ impl<'a> Helpers<'a> {
             });
         }
         let applied: Applied = answer(to, piped.output.as_bytes())?;
+        applied_as_asked(apply, &applied.point).map_err(|e| ReplicaError::Helper {
+            host: to.to_string(),
+            reason: format!("replicating {from}:{src} to {to}:{dst}: {e}"),
+        })?;
         Ok(ImageTransfer {
             from: from.to_string(),
             src: src.to_string(),
@@ -1261,6 +1266,63 @@ impl<'a> Helpers<'a> {
             },
             Duration::from_secs(7200),
         )
+    }
+}
+
+/// Whether `point`, which a recovery helper answered it made for `apply`, is that point: its
+/// id (or the id with `-N`, as a copy names a point whose id it already has), the time it was
+/// taken, its source and the definition it records as asked, verified end to end. An answer
+/// about another point (an older one of the copy) would be journaled as this replication's.
+fn applied_as_asked(apply: &Request, point: &Point) -> Result<(), String> {
+    let (id, taken_at, source, definition) = match apply {
+        Request::Apply {
+            point,
+            taken_at,
+            source,
+            definition,
+            ..
+        } => (point, taken_at, source, definition.as_deref()),
+        Request::ApplyTree {
+            point,
+            taken_at,
+            source,
+            ..
+        } => (point, taken_at, source, None),
+        _ => return Err("not an update".to_string()),
+    };
+    let named = point.id == *id
+        || point.id.strip_prefix(id.as_str()).is_some_and(|rest| {
+            rest.strip_prefix('-')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        });
+    let wrong = if !named {
+        Some(format!("point {} (asked: {id})", point.id))
+    } else if point.taken_at != *taken_at {
+        Some(format!(
+            "a point taken at {} (asked: {taken_at})",
+            point.taken_at
+        ))
+    } else if point.source != *source {
+        Some(format!(
+            "a point of the source {} (asked: {source})",
+            point.source
+        ))
+    } else if point.definition.as_deref() != definition {
+        Some(format!(
+            "a point recording the definition {} (asked: {})",
+            point.definition.as_deref().unwrap_or("none"),
+            definition.unwrap_or("none")
+        ))
+    } else if point.verified != super::Verified::Yes {
+        Some(format!("a point verified `{}`", point.verified))
+    } else {
+        None
+    };
+    match wrong {
+        Some(what) => Err(format!(
+            "the recovery helper answered that it made {what}: not believed, the replication is taken as failed"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -1941,6 +2003,78 @@ pub fn image_path(dir: &str, disk: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An update's answer is believed only about the point asked: its id (or the id with
+    /// `-N`), its time, its source, its definition, verified.
+    #[test]
+    fn an_update_s_answer_about_another_point_is_refused() {
+        let taken_at = chrono::Utc::now();
+        let apply = Request::Apply {
+            image: "/copy/a.img".into(),
+            point: "20261203T100000Z".into(),
+            taken_at,
+            source: "hv1:/a.img".into(),
+            retention: 5,
+            definition: Some("d1".into()),
+            mode: None,
+            why: None,
+            checkpoint: None,
+        };
+        let made = Point {
+            id: "20261203T100000Z".into(),
+            taken_at,
+            source: "hv1:/a.img".into(),
+            size: 1,
+            blake3: "0".repeat(64),
+            verified: super::super::Verified::Yes,
+            checked_at: None,
+            received_bytes: 0,
+            duration_ms: 0,
+            stamp: None,
+            definition: Some("d1".into()),
+            read: None,
+        };
+        assert_eq!(applied_as_asked(&apply, &made), Ok(()));
+        let suffixed = Point {
+            id: "20261203T100000Z-2".into(),
+            ..made.clone()
+        };
+        assert_eq!(applied_as_asked(&apply, &suffixed), Ok(()));
+        let wrong = [
+            Point {
+                id: "20261203T090000Z".into(),
+                ..made.clone()
+            },
+            Point {
+                id: "20261203T100000Z-x".into(),
+                ..made.clone()
+            },
+            Point {
+                id: "20261203T100000Z2".into(),
+                ..made.clone()
+            },
+            Point {
+                taken_at: taken_at - chrono::Duration::nanoseconds(1),
+                ..made.clone()
+            },
+            Point {
+                source: "hv1:/b.img".into(),
+                ..made.clone()
+            },
+            Point {
+                definition: None,
+                ..made.clone()
+            },
+            Point {
+                verified: super::super::Verified::No,
+                ..made.clone()
+            },
+        ];
+        for p in wrong {
+            let e = applied_as_asked(&apply, &p).unwrap_err();
+            assert!(e.contains("not believed"), "{p:?}: {e}");
+        }
+    }
 
     /// A command that ran proves the helper it started; one the shell could not start the
     /// helper of (126: not executable, 127: not found), or one stopped by a signal, does not.

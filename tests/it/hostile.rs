@@ -1329,3 +1329,43 @@ fn a_recovery_helper_answering_about_another_point_or_copy_is_not_believed() {
         "{run:?}"
     );
 }
+
+/// A recovery helper that answers, for an update, that it made a point other than the one
+/// asked (here the copy's older point, verified) is not believed: the replication fails, and
+/// the older point is never reported as the new one.
+#[test]
+fn a_recovery_helper_answering_that_it_made_another_point_is_not_believed() {
+    let hosts = TwoHosts::new();
+    let run = hosts.replicate();
+    assert_eq!(run.code, 0, "{run:?}");
+    let reprise_bin = env!("CARGO_BIN_EXE_reprise");
+    let out = std::process::Command::new(reprise_bin)
+        .args(["helper", "inspect", hosts.path("copy").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let states: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let old = states[0]["points"][0].clone();
+    let old_id = old["id"].as_str().unwrap().to_string();
+    let answer = hosts.path("answer.json");
+    std::fs::write(
+        &answer,
+        serde_json::json!({"point": old, "blocks": 0, "dropped": [], "recovered": null})
+            .to_string(),
+    )
+    .unwrap();
+    hosts.helper_on(
+        "hv2",
+        &format!("apply-tree) cat > /dev/null; cat '{}';;", answer.display()),
+    );
+    std::fs::write(hosts.path("data/a.dump"), "a2").unwrap();
+    let run = hosts.replicate();
+    assert_ne!(run.code, 0, "{run:?}");
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        said.contains(&format!(
+            "the recovery helper answered that it made point {old_id}"
+        )) && said.contains("not believed"),
+        "{run:?}"
+    );
+}
