@@ -9,17 +9,19 @@ use crate::event::StepStatus;
 
 /// After a step that defined its vm: what it defined, when it succeeded (put back if the run
 /// rolls it back). A step that failed puts back what it defined itself, and says so in its
-/// message; one timed out or stopped leaves it (the start may still take effect).
+/// message; one timed out or stopped, or failed while its vm `may_run`, leaves it (the start
+/// may have taken effect).
 pub(super) async fn settle(
     ctx: &Arc<RunContext>,
     out: &mut Outcome,
     defined: Option<Defined>,
+    may_run: bool,
 ) -> Option<Defined> {
     let d = defined?;
     if out.status == StepStatus::Done {
         return Some(d);
     }
-    let note = if out.status == StepStatus::Failed {
+    let note = if out.status == StepStatus::Failed && !may_run {
         let transport = ctx.transport.clone();
         tokio::task::spawn_blocking(move || undo_define(transport.as_ref(), d).1)
             .await

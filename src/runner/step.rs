@@ -42,9 +42,21 @@ pub(super) async fn run_step(
     };
     let mut defined = None;
     let mut out = run_step_inner(&ctx, &run, prior, &mut defined).await;
-    let made = define::settle(&ctx, &mut out, defined).await;
+    let step = &ctx.plan.steps[index];
+    let may_run = vm::failed_start_may_run(&ctx, step, &out, defined.is_some()).await;
+    if let Some(why) = &may_run {
+        let vm = step.replica.as_ref().map_or("the vm", |r| r.vm.as_str());
+        let note = format!(
+            "the start failed, but {vm} may have started all the same: {why}; its recovery copies stay leased to this run and what was defined stays; see whether it runs (`reprise status`), stop it if it does, then `reprise release {vm}` gives the copies back"
+        );
+        out.message = Some(match out.message.take() {
+            Some(m) => format!("{m}; {note}"),
+            None => note,
+        });
+    }
+    let made = define::settle(&ctx, &mut out, defined, may_run.is_some()).await;
     (
-        vm::after_replica(&ctx, &ctx.plan.steps[index], out).await,
+        vm::after_replica(&ctx, step, out, may_run.is_some()).await,
         made,
     )
 }

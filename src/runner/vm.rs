@@ -168,13 +168,62 @@ async fn give_back(ctx: &RunContext, replica: &ReplicaUse, how: Use) {
     .await;
 }
 
+/// After a vm start that failed and had something to give back (the recovery copies it
+/// leased, or the definition it made): why the vm may have started all the same, or `None`
+/// when its driver's `status` on the step's host says it is stopped (or not defined there).
+/// A start can fail after it took effect (the connection dropped once the command was sent,
+/// or the command failed after the vm came up): nothing is then released or undefined under
+/// a vm that may be running on the copies.
+pub(super) async fn failed_start_may_run(
+    ctx: &RunContext,
+    step: &PlannedStep,
+    out: &Outcome,
+    defined: bool,
+) -> Option<String> {
+    let leased = step
+        .replica
+        .as_ref()
+        .is_some_and(|r| r.role == ReplicaRole::Start);
+    if out.status != StepStatus::Failed
+        || step.kind != "vm"
+        || step.action.as_deref() != Some("start")
+        || !(leased || defined)
+    {
+        return None;
+    }
+    let host = step.host.as_deref().unwrap_or("its host");
+    let Some(status) = &step.state_before else {
+        return Some(format!(
+            "its driver cannot say whether the vm runs on {host}"
+        ));
+    };
+    match super::exec::exec(ctx, step, status, Some(std::time::Duration::from_secs(60))).await {
+        Ok(o)
+            if super::exec::said_running(&o) == Some(false)
+                || super::exec::said_not_defined(&o) =>
+        {
+            None
+        }
+        Ok(o) => Some(format!(
+            "its driver's status on {host} does not say it is stopped ({})",
+            o.stdout.trim().chars().take(200).collect::<String>()
+        )),
+        Err(e) => Some(format!(
+            "its driver's status on {host} could not be asked ({})",
+            e.message
+        )),
+    }
+}
+
 /// After a vm step that used the recovery copies, the replica side does what the step's
 /// outcome leaves to them (see [`start::after`]); what changed, or why it could not, is added
-/// to the step's message.
+/// to the step's message. A failed start that `may_run` (see [`failed_start_may_run`]) keeps
+/// its copies leased, as one timed out does.
 pub(super) async fn after_replica(
     ctx: &RunContext,
     step: &PlannedStep,
     mut out: Outcome,
+    may_run: bool,
 ) -> Outcome {
     let Some(replica) = step.replica.clone() else {
         return out;
@@ -182,7 +231,9 @@ pub(super) async fn after_replica(
     let done = out.status == StepStatus::Done;
     let used = match (replica.role, done) {
         (ReplicaRole::Start, true) => Used::Started,
-        (ReplicaRole::Start, false) if out.status == StepStatus::Failed => Used::NotStarted,
+        (ReplicaRole::Start, false) if out.status == StepStatus::Failed && !may_run => {
+            Used::NotStarted
+        }
         (ReplicaRole::DrillStop, true) => Used::DrillStopped,
         (ReplicaRole::FailedBack, true) => Used::FailedBack,
         _ => return out,

@@ -3040,3 +3040,66 @@ fn a_restore_never_starts_a_vm_a_recovery_host_that_came_back_runs() {
         "{pra:?}"
     );
 }
+
+/// A start that fails after the vm came up (here the driver's start starts it, then exits 1;
+/// as when the connection drops once the command was sent) gives nothing back under a vm that
+/// may be running: the vm's recovery copies stay leased to the run and its definition stays,
+/// and the step says so and what to do. Before, the copies were released (a replication could
+/// then write into the disks of a running vm) and the vm undefined.
+#[test]
+fn a_start_that_failed_after_its_vm_came_up_keeps_its_copies_leased() {
+    let lab = Lab::up(243);
+    lab.primary_lost(&["erp-db"]);
+    let definition = lab.lab().join("hosts/hv-pra/definitions/erp-db.xml");
+    assert!(
+        !definition.exists(),
+        "erp-db is defined on hv-pra before its failover"
+    );
+    let edited = tempfile::tempdir().unwrap();
+    for d in ["inventory", "runbooks"] {
+        crate::common::copy_tree(&root().join(d), &edited.path().join(d));
+    }
+    let vms = edited.path().join("inventory/vms.toml");
+    let mut text = std::fs::read_to_string(&vms).unwrap();
+    text.push_str(
+        "\n[drivers.lab]\nstart = \"lab-vm start {{ vm.name }} {{ host.images_dir }} {{ vm.disks }}; exit 1\"\n",
+    );
+    std::fs::write(&vms, text).unwrap();
+    let exit = lab.run_confirming_in(
+        edited.path(),
+        &[
+            "failover",
+            "--emergency",
+            "--service",
+            "erp-db",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(!exit.success());
+    let (status, why) = finished(&lab, "erp-db/start");
+    assert_eq!(status, "failed", "{why}");
+    assert!(
+        why.contains("erp-db may have started all the same")
+            && why.contains("does not say it is stopped (running)")
+            && why.contains("stay leased to this run")
+            && why.contains("`reprise release erp-db`"),
+        "{why}"
+    );
+    let images = lab.host_root("hv-pra").join("srv/replicas/images");
+    for disk in ["erp-db-system.qcow2", "erp-db-data.qcow2"] {
+        let leases: Vec<String> = std::fs::read_dir(images.join(format!("{disk}.reprise/leases")))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            leases.iter().any(|l| l.starts_with("live-")),
+            "{disk}: {leases:?}"
+        );
+    }
+    // Defined there by the start, and left so.
+    assert!(definition.exists(), "{}", definition.display());
+}
