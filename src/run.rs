@@ -2192,6 +2192,7 @@ mod tests {
             stamp: None,
             definition: None,
             read: None,
+            unusable: None,
         };
         let replica = |d: &mut CopyState| {
             d.mtime = Some(later);

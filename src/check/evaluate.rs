@@ -720,6 +720,7 @@ mod tests {
                     stamp: None,
                     definition: None,
                     read: None,
+                    unusable: None,
                 }];
             }
             pra.copies.insert(r.copy.clone(), state);

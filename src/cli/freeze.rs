@@ -98,18 +98,32 @@ fn run_hook(
     host: &str,
     cmd: &crate::template::Command,
 ) -> Result<(f64, String), String> {
+    run_hook_torn(transport, host, cmd).map_err(|(e, _)| e)
+}
+
+/// [`run_hook`], saying, when the hook exited with [`crate::replica::snapshot::TORN`], why
+/// the points the replication made are unusable.
+fn run_hook_torn(
+    transport: &dyn crate::ssh::Transport,
+    host: &str,
+    cmd: &crate::template::Command,
+) -> Result<(f64, String), (String, Option<String>)> {
     let text = cmd
         .expose(|n| std::env::var(n).ok())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| (e.to_string(), None))?;
     let began = std::time::Instant::now();
     let out = transport
         .exec(host, &text, std::time::Duration::from_secs(600))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| (e.to_string(), None))?;
     if out.exit_code != 0 {
-        return Err(format!(
-            "exited with {} on {host}: {}",
-            out.exit_code,
-            out.stderr.trim()
+        return Err((
+            format!(
+                "exited with {} on {host}: {}",
+                out.exit_code,
+                out.stderr.trim()
+            ),
+            (out.exit_code == crate::replica::snapshot::TORN)
+                .then(|| crate::replica::snapshot::torn_why(&out.stderr)),
         ));
     }
     Ok((began.elapsed().as_secs_f64(), out.stdout))
@@ -133,20 +147,29 @@ pub(super) struct Snapshot<'a> {
 }
 
 impl Snapshot<'_> {
-    /// Runs `replicate-end` now: what to print.
-    pub(super) fn end(mut self) -> Result<Option<String>, String> {
+    /// Runs `replicate-end` now: what to print. A failure says why, and, when the hook said
+    /// the copy may be torn ([`crate::replica::snapshot::TORN`]), why the points made are
+    /// unusable.
+    pub(super) fn end(mut self) -> Result<Option<String>, (String, Option<String>)> {
         let Some((host, cmd)) = self.end.take() else {
             return Ok(None);
         };
-        match run_hook(self.transport, &host, &cmd) {
+        match run_hook_torn(self.transport, &host, &cmd) {
             Ok((secs, said)) => Ok(Some(format!(
                 "{}{}: snapshot merged back (replicate-end on {host}, {secs:.1}s)\n",
                 hook_lines(&self.vm, &said),
                 self.vm
             ))),
-            Err(e) => Err(format!(
-                "error: {}: its snapshot was NOT merged back (replicate-end {e}): the vm still writes to overlays; run on {host}: {}\n",
-                self.vm, cmd
+            Err((e, Some(why))) => Err((
+                format!("error: {}: replicate-end {e}\n", self.vm),
+                Some(why),
+            )),
+            Err((e, None)) => Err((
+                format!(
+                    "error: {}: its snapshot was NOT merged back (replicate-end {e}): the vm still writes to overlays; run on {host}: {}\n",
+                    self.vm, cmd
+                ),
+                None,
             )),
         }
     }
@@ -280,7 +303,8 @@ fn not_frozen(vm: &VmImages, why: &str, snapshot: Snapshot, out: &mut Outcome) {
         vm.id
     ));
     out.code = exit::FAILED;
-    if let Err(e) = snapshot.end() {
+    // Nothing was copied: a copy said torn made no point.
+    if let Err((e, _)) = snapshot.end() {
         out.stderr.push_str(&e);
     }
 }

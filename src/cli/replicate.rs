@@ -546,8 +546,19 @@ fn replicate_all(
         match ended {
             Ok(Some(line)) => out.stdout.push_str(&line),
             Ok(None) => {}
-            Err(e) => {
+            Err((e, torn)) => {
                 out.stderr.push_str(&e);
+                if let Some(why) = torn {
+                    let copies: Vec<(&str, &str)> = vm
+                        .images
+                        .iter()
+                        .map(|img| (img.to.as_str(), img.dst.as_str()))
+                        .collect();
+                    let note = crate::replica::snapshot::torn_note(
+                        helpers.mark_torn(&copies, r.taken_at, &why),
+                    );
+                    out.stderr.push_str(&format!("error: {}: {note}\n", vm.id));
+                }
                 out.code = exit::FAILED;
             }
         }
@@ -1098,11 +1109,17 @@ fn vm_points(disks: &[crate::replica::CopyState]) -> Vec<(Point, Verified)> {
     };
     let mut out = Vec::new();
     for p in &first.points {
+        let mut p = p.clone();
         let mut verdict = p.verified;
         let mut everywhere = true;
         for other in &disks[1..] {
-            match other.points.iter().find(|o| o.same_point(p)) {
-                Some(o) if o.verified == Verified::Bad => verdict = Verified::Bad,
+            match other.points.iter().find(|o| o.same_point(&p)) {
+                Some(o) if o.verified == Verified::Bad => {
+                    verdict = Verified::Bad;
+                    if p.unusable.is_none() {
+                        p.unusable.clone_from(&o.unusable);
+                    }
+                }
                 Some(o) if o.verified == Verified::No && verdict == Verified::Yes => {
                     verdict = Verified::No
                 }
@@ -1111,7 +1128,7 @@ fn vm_points(disks: &[crate::replica::CopyState]) -> Vec<(Point, Verified)> {
             }
         }
         if everywhere {
-            out.push((p.clone(), verdict));
+            out.push((p, verdict));
         }
     }
     out
@@ -1193,6 +1210,7 @@ pub fn points(model: &Model, vm: &str, json: bool, ssh: &SshArgs) -> Outcome {
                 serde_json::json!({
                     "id": p.id, "taken_at": p.taken_at, "verified": v, "state": state(*v),
                     "size": p.size, "blake3": p.blake3, "source": p.source,
+                    "unusable": p.unusable,
                 })
             })
             .collect();
@@ -1222,6 +1240,11 @@ pub fn points(model: &Model, vm: &str, json: bool, ssh: &SshArgs) -> Outcome {
             "(no point: run `reprise replicate --service {}`)\n",
             vm.id
         ));
+    }
+    for (p, _) in points.iter().rev() {
+        if let Some(why) = &p.unusable {
+            s.push_str(&format!("point {} is unusable: {why}\n", p.id));
+        }
     }
     for n in &notes {
         s.push_str(&format!("{n}\n"));
@@ -1267,7 +1290,7 @@ pub fn verify(model: &Model, vm: Option<&str>, point: Option<&str>, ssh: &SshArg
                             ));
                         } else {
                             out.stdout.push_str(&format!(
-                                "{}: {}:{} point {}: BAD (its BLAKE3 does not match; marked bad, never used unless named)\n",
+                                "{}: {}:{} point {}: BAD (its BLAKE3 does not match, or it was marked unusable: `reprise points` says why; marked bad, never used unless named)\n",
                                 vm.id, img.to, img.dst, c.point
                             ));
                             out.code = exit::FAILED;

@@ -589,6 +589,7 @@ mod tests {
             stamp: None,
             definition: None,
             read,
+            unusable: None,
         }
     }
 

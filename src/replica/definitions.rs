@@ -375,6 +375,7 @@ mod tests {
             stamp: None,
             definition: Some("ab".into()),
             read: None,
+            unusable: None,
         }
     }
 

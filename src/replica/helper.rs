@@ -134,6 +134,12 @@ pub fn serve(
             output,
         } => restore(&image, &point, &output),
         Request::RollBack { image, point } => roll_back(&image, &point, stdout),
+        Request::MarkUnusable { image, point, why } => {
+            let marked = Store::new(&image)
+                .mark_unusable(&point, &why)
+                .map_err(|e| e.to_string())?;
+            answer_json(stdout, &marked)
+        }
         Request::Settle { image, wait } => settle(&image, wait, stdout),
         Request::Inspect { paths } => inspect_all(&paths, stdout),
         Request::Lease {

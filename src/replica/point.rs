@@ -60,6 +60,11 @@ pub struct Point {
     /// QEMU); absent for a copy of the image file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read: Option<HowRead>,
+    /// Why this point must not be started from though its hash matches: its source said,
+    /// once it was made, that what it holds may be torn (a guest thawed before its copy
+    /// ended). Such a point is bad, and stays bad whatever a verification finds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unusable: Option<String>,
 }
 
 impl Point {

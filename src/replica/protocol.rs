@@ -153,6 +153,15 @@ pub enum Request {
         #[arg(long)]
         point: String,
     },
+    /// Marks a point of an image's copy bad for good, saying why (its source said, once it
+    /// was made, that it may be torn): the point as it then is, `store::Point`.
+    MarkUnusable {
+        image: PathBuf,
+        #[arg(long)]
+        point: String,
+        #[arg(long)]
+        why: String,
+    },
     /// Completes or throws away an interrupted update or roll-back, and rewrites a damaged
     /// points file from its previous generation: its note (`Option<String>`, `null` when
     /// there was nothing to settle). Waits up to `wait` seconds for a replication holding it.
@@ -382,6 +391,7 @@ mod tests {
                 | Request::Verify { .. }
                 | Request::Restore { .. }
                 | Request::RollBack { .. }
+                | Request::MarkUnusable { .. }
                 | Request::Settle { .. }
                 | Request::Inspect { .. }
                 | Request::Lease { .. }
@@ -485,6 +495,11 @@ mod tests {
             Request::RollBack {
                 image: "/srv/a.qcow2".into(),
                 point: "p".into(),
+            },
+            Request::MarkUnusable {
+                image: "/srv/a.qcow2".into(),
+                point: "p".into(),
+                why: "--torn: thawed before the copy ended".into(),
             },
             Request::Settle {
                 image: "/srv/a.qcow2".into(),

@@ -1251,6 +1251,65 @@ impl<'a> Helpers<'a> {
         self.call_json(host, &req, Duration::from_secs(120))
     }
 
+    /// Marks point `point` of `host:image` bad for good, saying `why` (see
+    /// [`Point::unusable`]); refused unless the helper answers that very point so marked.
+    pub fn mark_unusable(
+        &self,
+        host: &str,
+        image: &str,
+        point: &str,
+        why: &str,
+    ) -> Result<(), ReplicaError> {
+        let marked: Point = self.call_json(
+            host,
+            &Request::MarkUnusable {
+                image: image.into(),
+                point: point.into(),
+                why: why.into(),
+            },
+            Duration::from_secs(600),
+        )?;
+        if marked.id != point
+            || marked.verified != super::Verified::Bad
+            || marked.unusable.as_deref() != Some(why)
+        {
+            return Err(ReplicaError::Helper {
+                host: host.to_string(),
+                reason: format!(
+                    "asked to mark point {point} of {image} unusable, the helper answered about point {} ({}, {})",
+                    marked.id,
+                    marked.verified,
+                    marked.unusable.as_deref().unwrap_or("not unusable")
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks unusable, saying `why`, the points taken at `taken_at` (one replication's, on
+    /// every disk that got one) of the copies `(host, image)`: what was marked, as lines, or
+    /// what could not be (a copy that got no point from it has nothing to mark).
+    pub fn mark_torn(
+        &self,
+        copies: &[(&str, &str)],
+        taken_at: DateTime<Utc>,
+        why: &str,
+    ) -> Result<Vec<String>, String> {
+        let mut marked = Vec::new();
+        for (host, image) in copies {
+            let points = self
+                .points(host, image)
+                .map_err(|e| format!("the points of {host}:{image} could not be read ({e})"))?;
+            for p in points.iter().filter(|p| p.taken_at == taken_at) {
+                self.mark_unusable(host, image, &p.id, why).map_err(|e| {
+                    format!("point {} of {host}:{image} could not be marked ({e})", p.id)
+                })?;
+                marked.push(format!("{host}:{image} point {}", p.id));
+            }
+        }
+        Ok(marked)
+    }
+
     /// Rolls `host:image` back to its point `point` (newer points are dropped).
     pub fn roll_back(
         &self,
@@ -2033,6 +2092,7 @@ mod tests {
             stamp: None,
             definition: Some("d1".into()),
             read: None,
+            unusable: None,
         };
         assert_eq!(applied_as_asked(&apply, &made), Ok(()));
         let suffixed = Point {

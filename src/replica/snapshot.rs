@@ -12,6 +12,32 @@ use std::time::Duration;
 
 use crate::ssh::Transport;
 
+/// The exit code of a driver's `replicate-end` that says the copy just made may be torn (the
+/// guest's filesystems were thawed before the copy ended): the points that replication made
+/// are marked unusable ([`crate::replica::Point::unusable`]), and no run starts from them.
+pub const TORN: i32 = 65;
+
+/// What marking a torn replication's points did, said for its step or its output.
+pub fn torn_note(marked: Result<Vec<String>, String>) -> String {
+    match marked {
+        Ok(m) if m.is_empty() => "the copy may be torn, and it made no point".to_string(),
+        Ok(m) => format!(
+            "the copy may be torn: marked unusable, no run starts from it: {}",
+            m.join(", ")
+        ),
+        Err(e) => format!(
+            "the copy may be torn, and its points could NOT be marked unusable ({e}): do not start from them (`reprise points`), replicate again"
+        ),
+    }
+}
+
+/// Why the points of a replication whose `replicate-end` exited with [`TORN`] are unusable.
+pub fn torn_why(said: &str) -> String {
+    let said = said.trim();
+    let said: String = said.chars().take(300).collect();
+    format!("its source's replicate-end said it may be torn: {said}")
+}
+
 /// The overlays a `replicate-check` output names (`overlay DESCRIPTION` lines).
 pub fn overlays(stdout: &str) -> Vec<String> {
     stdout

@@ -1099,6 +1099,7 @@ impl Store {
             duration_ms: 0,
             definition: new.definition.clone(),
             read: new.read.clone(),
+            unusable: None,
         };
         self.write_points(std::slice::from_ref(&point))?;
         meta::prune_definitions(&self.dir, std::slice::from_ref(&point));
@@ -1166,6 +1167,7 @@ impl Store {
                 stamp: None,
                 definition: new.definition.clone(),
                 read: new.read.clone(),
+                unusable: None,
             },
             prev: prev.map(|p| p.id.clone()),
             old_size: base_size,
@@ -1618,12 +1620,28 @@ impl Store {
                 // Read again and found whole: the copy is this point, whatever its stamp was.
                 points[k].stamp = self.stamp();
             }
+            // Whole, but what its source said makes it unusable: still bad.
+            let good = good && points[k].unusable.is_none();
             points[k].verified = if good { Verified::Yes } else { Verified::Bad };
             points[k].checked_at = Some(Utc::now());
             out.push((points[k].id.clone(), good));
         }
         self.write_points(&points)?;
         Ok(out)
+    }
+
+    /// Marks point `id` bad for good, with `why` (see [`Point::unusable`]): no choice takes
+    /// it, and no verification makes it good again. What the point then is.
+    pub fn mark_unusable(&self, id: &str, why: &str) -> Result<Point, StoreError> {
+        let _lock = self.lock()?;
+        self.recover()?;
+        let (mut points, _) = self.checked_points()?;
+        let k = self.find(&points, id)?;
+        points[k].verified = Verified::Bad;
+        points[k].unusable = Some(why.to_string());
+        points[k].checked_at = Some(Utc::now());
+        self.write_points(&points)?;
+        Ok(points[k].clone())
     }
 
     /// Writes point `id` to `out` (sparse), and checks its hash.
@@ -2435,6 +2453,43 @@ mod tests {
         assert_eq!(applied.blocks, 1);
         assert_eq!(std::fs::read(&dst).unwrap(), data);
         assert!(std::fs::read(store.path("manifest")).unwrap() == expected_manifest(&dst));
+    }
+
+    /// A point marked unusable is bad, says why, and stays bad when its data reads whole;
+    /// the others keep their verdicts.
+    #[test]
+    fn a_point_marked_unusable_stays_bad_whatever_a_verification_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let store = Store::new(&dir.path().join("dst.img"));
+        for (id, byte) in [("p1", 1u8), ("p2", 2)] {
+            std::fs::write(&src, vec![byte; 3 * BLOCK]).unwrap();
+            let (m, _) = store.base_manifest(false).unwrap();
+            let mut out = Vec::new();
+            crate::replica::helper::send(&src, &m, &mut out, false).unwrap();
+            store.apply(&mut &out[..], point(id)).unwrap();
+        }
+        let marked = store.mark_unusable("p2", "torn").unwrap();
+        assert_eq!(
+            (
+                marked.id.as_str(),
+                marked.verified,
+                marked.unusable.as_deref()
+            ),
+            ("p2", Verified::Bad, Some("torn"))
+        );
+        let checked = store.verify(None).unwrap();
+        assert_eq!(
+            checked,
+            [("p1".to_string(), true), ("p2".to_string(), false)]
+        );
+        let points = store.points().unwrap();
+        assert_eq!(points[0].verified, Verified::Yes);
+        assert_eq!(
+            (points[1].verified, points[1].unusable.as_deref()),
+            (Verified::Bad, Some("torn"))
+        );
+        assert!(store.mark_unusable("p9", "torn").is_err(), "no such point");
     }
 
     #[test]

@@ -850,6 +850,7 @@ impl TreeStore {
             stamp: None,
             definition: None,
             read: None,
+            unusable: None,
         };
         let commit = Commit {
             point: point.clone(),
@@ -1231,6 +1232,8 @@ impl TreeStore {
                 good
             };
             let stamp = tree_stamp(&self.root);
+            // Whole, but what its source said makes it unusable: still bad.
+            let good = good && points.iter().all(|p| p.id != id || p.unusable.is_none());
             if let Some(p) = points.iter_mut().find(|p| p.id == id) {
                 p.verified = if good { Verified::Yes } else { Verified::Bad };
                 p.checked_at = Some(Utc::now());

@@ -9,7 +9,10 @@
 /// compare a digest of the manifest before sending it. Version 4 carries vm definitions with
 /// points (`Request::PutDefinition`, `Request::Definition`, `apply --definition`). Version 5:
 /// the stream's request carries the recovery manifest's digest (a source that did not keep
-/// that manifest refuses at once), and a manifest's digest is that of its header.
+/// that manifest refuses at once), and a manifest's digest is that of its header. Requests
+/// added since without changing any other's meaning (`Request::MarkUnusable`) are answered
+/// only by helpers that know them: every helper is this very binary (uploaded by its hash),
+/// and another refuses an unknown request.
 pub const PROTOCOL: u32 = 5;
 
 /// The version of this program, as helpers report it.

@@ -39,17 +39,52 @@ impl Freeze {
         }
     }
 
-    /// Thaws the disks (on every way out, after `begin` failed too).
-    pub(super) async fn end(&self, ctx: &RunContext, report: &mut String) -> Result<(), String> {
+    /// Thaws the disks (on every way out, after `begin` failed too). A failure says why, and,
+    /// when the hook said the copy may be torn ([`crate::replica::snapshot::TORN`]), why the
+    /// points made are unusable.
+    pub(super) async fn end(
+        &self,
+        ctx: &RunContext,
+        report: &mut String,
+    ) -> Result<(), (String, Option<String>)> {
         let (host, end) = (&self.host, &self.end);
         match run_hook(ctx, host, end).await {
             Ok(out) => {
                 report.push_str(&out);
                 Ok(())
             }
-            Err(e) => Err(format!(
-                "what froze the disks was NOT undone (replicate-end on {host}: {e}); run on {host}: {end}"
+            Err(HookFailed {
+                message,
+                torn: Some(why),
+            }) => Err((format!("replicate-end on {host} {message}"), Some(why))),
+            Err(HookFailed { message, .. }) => Err((
+                format!(
+                    "what froze the disks was NOT undone (replicate-end on {host}: {message}); run on {host}: {end}"
+                ),
+                None,
             )),
+        }
+    }
+}
+
+/// Why a hook failed, and, when it exited with [`crate::replica::snapshot::TORN`], why the
+/// points the replication made are unusable.
+pub(super) struct HookFailed {
+    message: String,
+    torn: Option<String>,
+}
+
+impl std::fmt::Display for HookFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for HookFailed {
+    fn from(message: String) -> Self {
+        HookFailed {
+            message,
+            torn: None,
         }
     }
 }
@@ -59,7 +94,7 @@ pub(super) async fn run_hook(
     ctx: &RunContext,
     host: &str,
     cmd: &Command,
-) -> Result<String, String> {
+) -> Result<String, HookFailed> {
     let text = cmd
         .expose(|n| (ctx.secrets)(n))
         .map_err(|missing| format!("secret {missing} is not set in the environment"))?;
@@ -71,11 +106,11 @@ pub(super) async fn run_hook(
     .map_err(|e| format!("the hook task failed: {e}"))?
     .map_err(|e| e.to_string())?;
     if out.exit_code != 0 {
-        return Err(format!(
-            "exited with {}: {}",
-            out.exit_code,
-            out.stderr.trim()
-        ));
+        return Err(HookFailed {
+            message: format!("exited with {}: {}", out.exit_code, out.stderr.trim()),
+            torn: (out.exit_code == crate::replica::snapshot::TORN)
+                .then(|| crate::replica::snapshot::torn_why(&out.stderr)),
+        });
     }
     Ok(out.stdout)
 }

@@ -277,14 +277,40 @@ async fn copy_frozen(
         }
     }
     if let Some(f) = &freeze
-        && let Err(e) = f.end(ctx, report).await
+        && let Err((mut e, torn)) = f.end(ctx, report).await
     {
+        if let Some(why) = torn {
+            e = format!(
+                "{e}; {}",
+                mark_torn(ctx, disks, replication.taken_at, why).await
+            );
+        }
         failed = Some(match failed {
             Some(first) => format!("{first}; {e}"),
             None => e,
         });
     }
     (point, failed)
+}
+
+/// After a `replicate-end` that said the copy may be torn: the points this replication made
+/// (taken at `taken_at`) are marked unusable on every disk; what was done, or what to do.
+async fn mark_torn(
+    ctx: &RunContext,
+    disks: &Disks<'_>,
+    taken_at: chrono::DateTime<chrono::Utc>,
+    why: String,
+) -> String {
+    let transport = ctx.transport.clone();
+    let to = disks.to.to_string();
+    let images: Vec<String> = disks.items.iter().map(|(_, d)| d.clone()).collect();
+    let marked = tokio::task::spawn_blocking(move || {
+        let copies: Vec<(&str, &str)> = images.iter().map(|d| (to.as_str(), d.as_str())).collect();
+        crate::replica::remote::Helpers::new(transport.as_ref()).mark_torn(&copies, taken_at, &why)
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the task failed: {e}")));
+    crate::replica::snapshot::torn_note(marked)
 }
 
 /// Copies the disks at once ([`STREAMS`] at most), after getting a session ready for each

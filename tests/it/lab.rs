@@ -3103,3 +3103,102 @@ fn a_start_that_failed_after_its_vm_came_up_keeps_its_copies_leased() {
     // Defined there by the start, and left so.
     assert!(definition.exists(), "{}", definition.display());
 }
+
+/// A driver's `replicate-end` that says the copy just made may be torn (exit 65: Proxmox's,
+/// when the guest was thawed before the copy ended) makes the points of that replication
+/// unusable on every disk: bad, whatever a later verification finds, and no failover starts
+/// from them (the newest good point is the one before).
+#[test]
+fn a_copy_its_driver_says_may_be_torn_is_never_started_from() {
+    let lab = Lab::up(244);
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    // The point a failover would start erp-db from now, as `status` says.
+    let good_point = |lab: &Lab| -> String {
+        let status = lab.run(&["status", "--format", "json"]);
+        let json: serde_json::Value =
+            serde_json::from_str(&status.stdout).unwrap_or_else(|e| panic!("{e}: {status:?}"));
+        let rows = json.as_array().cloned().unwrap_or_default();
+        let row = rows
+            .iter()
+            .find(|r| r["item"] == "erp-db")
+            .unwrap_or_else(|| panic!("{json}"))
+            .clone();
+        row["newest_good_point"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let points = |lab: &Lab| -> Vec<serde_json::Value> {
+        let run = lab.run(&["points", "erp-db", "--json"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        let mut all = Vec::new();
+        let mut stack = vec![json];
+        while let Some(v) = stack.pop() {
+            match v {
+                serde_json::Value::Object(ref m) if m.contains_key("blake3") => all.push(v),
+                serde_json::Value::Object(m) => stack.extend(m.into_values()),
+                serde_json::Value::Array(a) => stack.extend(a),
+                _ => {}
+            }
+        }
+        all
+    };
+    let before = points(&lab);
+    let good_id = before
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .max()
+        .unwrap();
+    assert_eq!(good_point(&lab), good_id);
+
+    let edited = tempfile::tempdir().unwrap();
+    for d in ["inventory", "runbooks"] {
+        crate::common::copy_tree(&root().join(d), &edited.path().join(d));
+    }
+    let vms = edited.path().join("inventory/vms.toml");
+    let mut text = std::fs::read_to_string(&vms).unwrap();
+    text.push_str(
+        "\n[drivers.lab]\nreplicate-end = \"lab-vm thaw {{ vm.name }} {{ host.images_dir }} {{ vm.disks }}; echo 'the guest was thawed before the copy ended' >&2; exit 65\"\n",
+    );
+    std::fs::write(&vms, text).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let args = lab.args(&["replicate", "--service", "erp-db"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = crate::common::reprise_with_env(edited.path(), &args, LAB_SECRETS);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("the guest was thawed before the copy ended")
+            && run
+                .stderr
+                .contains("the copy may be torn: marked unusable, no run starts from it")
+            && run.stderr.contains("erp-db-system.qcow2 point")
+            && run.stderr.contains("erp-db-data.qcow2 point"),
+        "{run:?}"
+    );
+    let torn = |all: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        all.iter()
+            .filter(|p| !before.iter().any(|b| b["id"] == p["id"]))
+            .cloned()
+            .collect()
+    };
+    let made = torn(&points(&lab));
+    assert_eq!(made.len(), 1, "one point of both disks: {made:#?}");
+    for p in &made {
+        assert_eq!(p["verified"], "bad", "{p:#}");
+        assert!(
+            p["unusable"]
+                .as_str()
+                .is_some_and(|w| w.contains("may be torn") && w.contains("thawed before")),
+            "{p:#}"
+        );
+    }
+    // Read again and found whole, it stays bad; the newest good point is the one before.
+    let _ = lab.run(&["verify", "erp-db"]);
+    for p in torn(&points(&lab)) {
+        assert_eq!(p["verified"], "bad", "{p:#}");
+    }
+    assert_eq!(good_point(&lab), good_id, "{made:#?}");
+}
