@@ -283,9 +283,10 @@ fn drill(disks: &[CopyState], ask: &Ask, notes: Vec<String>) -> Decision {
         let p = d.points.last().expect("checked: points");
         if p.verified == Verified::Bad {
             reasons.push(format!(
-                "the newest point {} of {} FAILED verification (a failover would roll it back to its newest good point; a drill never rolls a copy back)",
+                "the newest point {} of {} {} (a failover would roll it back to its newest good point; a drill never rolls a copy back)",
                 p.id,
-                name(&d.path)
+                name(&d.path),
+                p.bad_words()
             ));
         }
     }
@@ -460,9 +461,10 @@ fn start(
             Verified::Bad => {
                 verified = false;
                 notes.push(format!(
-                    "point {} of {} FAILED verification: the vm starts from a damaged copy",
+                    "point {} of {} {}: the vm starts from a damaged copy",
                     p.id,
-                    name(&d.path)
+                    name(&d.path),
+                    p.bad_words()
                 ));
             }
         }
@@ -530,8 +532,9 @@ fn candidates(disk: &CopyState, want: Option<&Want>) -> Result<usize, String> {
     match want {
         Some(Want::Id(id)) => match disk.points.iter().position(|p| &p.id == id) {
             Some(k) if good(&k) => Ok(k),
-            Some(_) => Err(format!(
-                "point {id} of {n} failed verification and is never used; its points: {}",
+            Some(k) => Err(format!(
+                "point {id} of {n} {} and is never used; its points: {}",
+                disk.points[k].bad_words(),
                 ids()
             )),
             None => Err(format!("{n} has no point {id}; its points: {}", ids())),
@@ -672,8 +675,9 @@ fn judge_points(points: &[Point], rpo_s: Option<u64>, now: DateTime<Utc>) -> (Le
         Verified::Bad => (
             Level::Failed,
             format!(
-                "newest point {} FAILED verification: a failover now would start from a damaged copy; replicate again (the damaged blocks are sent again)",
-                newest.id
+                "newest point {} {}: a failover now would start from a damaged copy, or roll it back; replicate again (the damaged blocks are sent again)",
+                newest.id,
+                newest.bad_words()
             ),
         ),
         _ if rpo_s.is_some_and(|r| age > r) => (
@@ -815,7 +819,22 @@ mod tests {
             Use::Failover,
             &want(Want::Id("P3".into())),
         ));
-        assert!(why.contains("failed verification"), "{why}");
+        assert!(
+            why.contains("P3 of sys FAILED verification and is never used"),
+            "{why}"
+        );
+        // Marked unusable (its source said it may be torn): refused, saying why.
+        let mut torn = sys.clone();
+        torn.points[2].unusable = Some("its source said it may be torn".into());
+        let why = refused(decide(
+            std::slice::from_ref(&torn),
+            Use::Failover,
+            &want(Want::Id("P3".into())),
+        ));
+        assert!(
+            why.contains("P3 of sys is unusable (its source said it may be torn)"),
+            "{why}"
+        );
         let why = refused(decide(
             std::slice::from_ref(&sys),
             Use::Failover,

@@ -75,6 +75,15 @@ impl Point {
     pub fn same_point(&self, other: &Point) -> bool {
         self.id == other.id && self.taken_at == other.taken_at
     }
+
+    /// Why a bad point is bad, as messages put it after its name: it `FAILED verification`,
+    /// or it is unusable and why.
+    pub fn bad_words(&self) -> String {
+        match &self.unusable {
+            Some(why) => format!("is unusable ({why})"),
+            None => "FAILED verification".to_string(),
+        }
+    }
 }
 
 /// How the source of a point was read: the disk as the guest sees it, through QEMU.
