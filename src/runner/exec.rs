@@ -225,7 +225,7 @@ pub(super) fn said_not_defined(out: &ExecOutput) -> bool {
     let failed_so = out.exit_code != 0
         && !out.timed_out
         && !out.truncated
-        && !matches!(out.exit_code, 124..=127 | 137 | 255);
+        && !matches!(out.exit_code, 124..=127 | 137);
     failed_so
         && said_running(out).is_none()
         && NOT_DEFINED
@@ -361,14 +361,14 @@ mod tests {
         let libvirt = "error: failed to get domain 'erp-db'";
         let proxmox = "Configuration file 'nodes/pve2/qemu-server/104.conf' does not exist";
         assert!(said_not_defined(&out(libvirt, 1, false)));
-        assert!(said_not_defined(&out(proxmox, 2, false)));
+        // Proxmox's CLI exits with 255 on an error.
+        assert!(said_not_defined(&out(proxmox, 255, false)));
         for (stderr, code, timed_out) in [
             ("error: failed to connect to the hypervisor", 1, false),
             ("", 1, false),
             (libvirt, 124, true),
             (libvirt, 137, false),
             ("sh: 1: virsh: not found", 127, false),
-            (libvirt, 255, false),
             (libvirt, 0, false),
         ] {
             assert!(

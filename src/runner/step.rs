@@ -41,9 +41,14 @@ pub(super) async fn run_step(
         shutdown,
     };
     let mut defined = None;
-    let mut out = run_step_inner(&ctx, &run, prior, &mut defined).await;
+    let mut sent = false;
+    let mut out = run_step_inner(&ctx, &run, prior, &mut defined, &mut sent).await;
     let step = &ctx.plan.steps[index];
-    let may_run = vm::failed_start_may_run(&ctx, step, &out, defined.is_some()).await;
+    let may_run = if sent {
+        vm::failed_start_may_run(&ctx, step, &out, defined.is_some()).await
+    } else {
+        None
+    };
     if let Some(why) = &may_run {
         let vm = step.replica.as_ref().map_or("the vm", |r| r.vm.as_str());
         let note = format!(
@@ -123,11 +128,14 @@ async fn other_site_refuses(
     Some(run.outcome(StepStatus::Failed, 1, Some(text)))
 }
 
+/// `sent`: set once the step's command may have been sent to its host (a step refused
+/// before it never was).
 async fn run_step_inner(
     ctx: &Arc<RunContext>,
     run: &StepRun,
     prior: Option<Prior>,
     defined: &mut Option<Defined>,
+    sent: &mut bool,
 ) -> Outcome {
     let step = &ctx.plan.steps[run.index];
     // A step that was running when the orchestrator died.
@@ -172,6 +180,7 @@ async fn run_step_inner(
                 recorded: recorded_first,
                 resumed: prior.is_some(),
             };
+            *sent = true;
             super::exec::run(ctx, run, command, verify.as_ref(), first).await
         }
         Action::Lag {

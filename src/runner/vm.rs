@@ -168,8 +168,9 @@ async fn give_back(ctx: &RunContext, replica: &ReplicaUse, how: Use) {
     .await;
 }
 
-/// After a vm start that failed and had something to give back (the recovery copies it
-/// leased, or the definition it made): why the vm may have started all the same, or `None`
+/// After a vm start that failed once its command was sent, with something to give back (the
+/// recovery copies it leased, or the definition it made): why the vm may have started all
+/// the same, or `None`
 /// when its driver's `status` on the step's host says it is stopped (or not defined there).
 /// A start can fail after it took effect (the connection dropped once the command was sent,
 /// or the command failed after the vm came up): nothing is then released or undefined under
