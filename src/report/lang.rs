@@ -314,6 +314,17 @@ impl Labels {
         }
     }
 
+    pub fn loss_unverified(&self, item: &str, point: &str) -> String {
+        match self.lang {
+            Lang::En => format!(
+                "{item} started from {point}, which no verified replica point proves: when its data was taken is not known"
+            ),
+            Lang::Fr => format!(
+                "{item} démarré depuis {point}, qu'aucun point de réplique vérifié ne garantit : on ne sait pas de quand datent ses données"
+            ),
+        }
+    }
+
     pub fn unverified_start(&self, item: &str, point: &str) -> String {
         match self.lang {
             Lang::En => format!(

@@ -1039,6 +1039,12 @@ fn final_points<'r>(run: &'r Run, id: &str) -> Vec<&'r PointUsed> {
 /// incident (or the run's start) lost up to then, and a point taken during the run is not
 /// measured, with the reason.
 fn copy_loss(run: &Run, id: &str, p: &PointUsed) -> Result<f64, String> {
+    // A copy started as it is (`copy-TIME`, named by the choice) is dated by its file: the
+    // host's clock and its last write, not when its data was taken. Nothing measures what it
+    // lacks.
+    if !p.verified && p.point.split('+').any(|x| x.starts_with("copy-")) {
+        return Err(run.l.loss_unverified(&p.item, &p.point));
+    }
     let stops: Vec<DateTime<Utc>> = run
         .steps
         .records
@@ -2099,6 +2105,24 @@ mod tests {
         let db = r.services.iter().find(|s| s.id == "db").unwrap();
         assert_eq!(db.data_loss_s, Some(60.0));
         assert_eq!(db.rpo_met, None, "an unverified copy proves no RPO");
+
+        // A copy started as it is, dated by its file: no loss is measured.
+        let mut as_is = events.clone();
+        for e in &mut as_is {
+            if let Event::ReplicaPointUsed { point, .. } = e {
+                *point = "p6+copy-20261128T025900Z".into();
+            }
+        }
+        let r2 = build_of(&as_is);
+        let db2 = r2.services.iter().find(|s| s.id == "db").unwrap();
+        assert_eq!((db2.data_loss_s, db2.rpo_met), (None, None));
+        let md2 = render(&r2, Format::Md, Lang::En);
+        assert!(
+            md2.contains(
+                "which no verified replica point proves: when its data was taken is not known"
+            ),
+            "{md2}"
+        );
         let md = render(&r, Format::Md, Lang::En);
         assert!(md.contains("the newer points p7, p8"), "{md}");
         assert!(!md.contains("No step failed"), "{md}");
