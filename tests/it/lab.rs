@@ -3216,3 +3216,62 @@ fn a_copy_its_driver_says_may_be_torn_is_never_started_from() {
     }
     assert_eq!(good_point(&lab), good_id, "{made:#?}");
 }
+
+/// The same through a runbook's `replicate` step (a planned failover's final sync): the point
+/// its driver says may be torn is marked unusable, the step fails saying so, and the newest
+/// good point stays the one before.
+#[test]
+fn a_final_sync_its_driver_says_may_be_torn_is_never_started_from() {
+    let lab = Lab::up(247);
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let good_point = || -> String {
+        let status = lab.run(&["status", "--format", "json"]);
+        let json: serde_json::Value =
+            serde_json::from_str(&status.stdout).unwrap_or_else(|e| panic!("{e}: {status:?}"));
+        let rows = json.as_array().cloned().unwrap_or_default();
+        let row = rows
+            .iter()
+            .find(|r| r["item"] == "erp-db")
+            .unwrap_or_else(|| panic!("{json}"))
+            .clone();
+        row["newest_good_point"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let before = good_point();
+    assert!(!before.is_empty());
+    let edited = tempfile::tempdir().unwrap();
+    for d in ["inventory", "runbooks"] {
+        crate::common::copy_tree(&root().join(d), &edited.path().join(d));
+    }
+    let vms = edited.path().join("inventory/vms.toml");
+    let mut text = std::fs::read_to_string(&vms).unwrap();
+    text.push_str(
+        "\n[drivers.lab]\nreplicate-end = \"lab-vm thaw {{ vm.name }} {{ host.images_dir }} {{ vm.disks }}; echo 'the guest was thawed before the copy ended' >&2; exit 65\"\n",
+    );
+    std::fs::write(&vms, text).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let exit = lab.run_confirming_in(
+        edited.path(),
+        &[
+            "failover",
+            "--service",
+            "erp-db",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ],
+        Duration::from_secs(180),
+    );
+    assert!(!exit.success());
+    let (status, why) = finished(&lab, "erp-db/final-sync");
+    assert_eq!(status, "failed", "{why}");
+    assert!(
+        why.contains("the copy may be torn: marked unusable, no run starts from it")
+            && why.contains("erp-db-data.qcow2 point"),
+        "{why}"
+    );
+    assert_eq!(good_point(), before);
+}
