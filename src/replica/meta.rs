@@ -58,7 +58,13 @@ pub fn write_file_with(
     sync_dir(dir)
 }
 
+/// Makes the entries of folder `dir` durable. The empty path (the parent of a bare file
+/// name, `Path::new("copy.raw").parent()`) is the working folder.
 pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    let dir = match dir.as_os_str().is_empty() {
+        true => Path::new("."),
+        false => dir,
+    };
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
@@ -565,6 +571,15 @@ pub fn machine() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_folder_of_a_bare_file_name_is_the_working_folder() {
+        // `Path::new("copy.raw").parent()` is the empty path, which no open takes.
+        let parent = Path::new("copy.raw").parent().expect("a parent");
+        assert!(parent.as_os_str().is_empty());
+        sync_dir(parent).expect("the working folder is synced");
+        assert!(sync_dir(Path::new("/nonexistent-reprise-folder")).is_err());
+    }
 
     #[test]
     fn only_ids_that_stay_in_their_folder_and_points_in_time_order_are_taken() {

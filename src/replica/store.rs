@@ -1764,7 +1764,7 @@ impl Store {
         };
         if tmp.exists() {
             std::fs::rename(&tmp, &self.image).map_err(io_err(&self.image))?;
-            sync_dir(self.image.parent().unwrap_or(Path::new(".")))?;
+            sync_dir(self.image.parent().unwrap_or(Path::new("")))?;
         }
         let mut points = self.points()?;
         let k = self.find(&points, &intent.point)?;
