@@ -294,6 +294,22 @@ pub struct TreeSent {
     pub bytes: u64,
 }
 
+/// Whether two looks at a file saw it unwritten in between: the same file, size, and
+/// modification and status change times (the status change time cannot be set back).
+fn same_file_state(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    (before.dev(), before.ino(), before.len(), mtime_ns(before))
+        == (after.dev(), after.ino(), after.len(), mtime_ns(after))
+        && (before.ctime(), before.ctime_nsec()) == (after.ctime(), after.ctime_nsec())
+}
+
+fn changed_while_read(path: &Path) -> String {
+    format!(
+        "{}: it changed while it was read (a backup still being written?): this replication makes no point; replicate again once what writes it has finished",
+        path.display()
+    )
+}
+
 /// The size from which a file's hashing is long enough to hand on what was written first.
 const HAND_ON_BEFORE: u64 = 1 << 20;
 
@@ -348,10 +364,16 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
             let mut f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let copied = io::copy(&mut (&mut f).take(size), w).map_err(err)?;
             if copied != size {
-                return Err(format!("{}: it changed while it was read", path.display()));
+                return Err(changed_while_read(&path));
             }
             sent.files += 1;
             sent.bytes += size;
+        }
+        // What was hashed and sent is the file as it was listed only if nothing wrote it
+        // meanwhile: a backup still being written would make a point of its first part.
+        let after = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !same_file_state(&meta, &after) {
+            return Err(changed_while_read(&path));
         }
         now.files.insert(rel, entry);
     }
@@ -1480,6 +1502,99 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             self.at.push(self.bytes.len());
             Ok(())
+        }
+    }
+
+    /// A stream that, once the record of `path` went into it, has `then` done to the file
+    /// (a backup job still writing it while it is sent).
+    struct WrittenMeanwhile<F: FnMut()> {
+        bytes: Vec<u8>,
+        path: &'static str,
+        then: Option<F>,
+    }
+
+    impl<F: FnMut()> Write for WrittenMeanwhile<F> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.bytes.extend_from_slice(buf);
+            let record = format!("\"{}\"", self.path);
+            if self
+                .bytes
+                .windows(record.len())
+                .any(|w| w == record.as_bytes())
+                && let Some(mut then) = self.then.take()
+            {
+                then();
+            }
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_file_written_while_it_is_sent_makes_no_point() {
+        type Change = fn(&Path);
+        let changes: [(&str, Change); 3] = [
+            // Appended to: what was hashed and sent is its first part, whole and matching.
+            ("appended to", |p| {
+                let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+                f.write_all(&[9u8; 4096]).unwrap();
+            }),
+            // Rewritten in place, the same size.
+            ("rewritten", |p| {
+                let mut f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+                f.write_all(&[7u8; 4096]).unwrap();
+            }),
+            // Written, its time then put back.
+            ("written, its time put back", |p| {
+                let before = std::fs::metadata(p).unwrap().modified().unwrap();
+                let mut f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+                f.write_all(&[5u8; 4096]).unwrap();
+                f.set_modified(before).unwrap();
+            }),
+        ];
+        for (what, change) in changes {
+            let dir = tempfile::tempdir().unwrap();
+            let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+            std::fs::create_dir_all(&src).unwrap();
+            std::fs::write(src.join("a.conf"), b"kept").unwrap();
+            std::fs::write(src.join("nightly.dump"), vec![1u8; 64 << 10]).unwrap();
+            let dump = src.join("nightly.dump");
+            let mut stream = WrittenMeanwhile {
+                bytes: Vec::new(),
+                path: "nightly.dump",
+                then: Some(|| change(&dump)),
+            };
+            let err = send_tree(&src, &Tree::default(), &mut stream)
+                .expect_err(&format!("a file {what} while it was sent"));
+            assert!(
+                err.contains("nightly.dump") && err.contains("changed while it was read"),
+                "{what}: {err}"
+            );
+            // What the recovery side got ends before the end: no point, nothing kept.
+            let store = TreeStore::new(&dst);
+            assert!(
+                store
+                    .apply(
+                        &mut &stream.bytes[..],
+                        NewPoint {
+                            id: "p1".into(),
+                            taken_at: Utc::now(),
+                            source: "src".into(),
+                            retention: 3,
+                            definition: None,
+                            read: None,
+                        },
+                    )
+                    .is_err(),
+                "{what}"
+            );
+            assert!(store.points().unwrap().is_empty(), "{what}");
+            // Once nothing writes it, the next replication takes the file as it is now.
+            replicate(&src, &dst, "p2");
+            assert_eq!(contents(&dst), contents(&src), "{what}");
         }
     }
 
