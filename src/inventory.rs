@@ -287,6 +287,10 @@ pub struct Driver {
     pub actions: IndexMap<String, Sp<String>>,
     /// The format of what its `definition` action prints (and `define` reads).
     pub definition_format: Option<crate::vmdef::Format>,
+    /// Its `replicate-begin` leaves a running vm's disk files written while they are read (a
+    /// guest filesystem freeze, where swap still writes): such a file is copied all the same.
+    /// Otherwise a disk file written during its read is refused (a copy of no instant).
+    pub reads_live: bool,
     pub loc: Location,
 }
 
@@ -395,12 +399,16 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
             let definition_format = t
                 .choice("definition_format", crate::vmdef::Format::NAMES, diags)
                 .and_then(|f| crate::vmdef::Format::parse(&f.value));
+            let reads_live = t.bool("replicate_reads_live", diags);
             match inv.drivers.get_mut(&id.value) {
                 // An inventory driver of a built-in name overrides the actions it names.
                 Some(existing) if !builtin && existing_is_builtin(sources, existing) => {
                     existing.actions.extend(actions);
                     if definition_format.is_some() {
                         existing.definition_format = definition_format;
+                    }
+                    if let Some(live) = reads_live {
+                        existing.reads_live = live;
                     }
                     existing.loc = id.loc.clone();
                 }
@@ -409,6 +417,7 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
                         id: id.value.clone(),
                         actions,
                         definition_format,
+                        reads_live: reads_live.unwrap_or(false),
                         loc: id.loc.clone(),
                     };
                     insert_unique(&mut inv.drivers, "driver", id, driver, |d| &d.loc, diags);

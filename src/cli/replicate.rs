@@ -158,6 +158,16 @@ fn backup_item(model: &Model, id: &str) -> Option<VmImages> {
     })
 }
 
+/// Whether the driver of vm `id` reads its disk files while the guest runs frozen, written
+/// meanwhile (`replicate_reads_live`).
+fn reads_live(model: &Model, id: &str) -> bool {
+    let inv = &model.inventory;
+    inv.vms
+        .get(id)
+        .and_then(|vm| inv.drivers.get(&vm.driver.value))
+        .is_some_and(|d| d.reads_live)
+}
+
 /// A vm or a backup set, by id.
 fn item(model: &Model, id: &str) -> Result<VmImages, Outcome> {
     if let Some(b) = backup_item(model, id) {
@@ -487,6 +497,7 @@ fn replicate_all(
                 definition,
                 reread: verify,
                 compress,
+                live: reads_live(model, &vm.id),
                 deadline: std::time::Duration::from_secs(7200),
                 reads: None,
             };
@@ -517,6 +528,7 @@ fn replicate_all(
             retention: vm.retention,
             reread: verify,
             compress,
+            live: reads_live(model, &vm.id),
             deadline: std::time::Duration::from_secs(7200),
             definition,
             reads: Some(reads.clone()),

@@ -50,6 +50,7 @@ pub(super) fn seed_points(model: &Model) -> Result<(), LabError> {
         retention,
         reread: false,
         compress: false,
+        live: false,
         deadline: Duration::from_secs(600),
         definition,
         reads: None,

@@ -911,6 +911,32 @@ mod tests {
     }
 
     #[test]
+    fn a_replicate_step_lets_a_disk_be_written_while_read_only_when_its_driver_says_so() {
+        let mut model = example();
+        let live = |model: &Model| -> Vec<(String, bool)> {
+            let plan = build(model, &PlanOptions::new(Mode::Failover)).unwrap();
+            plan.steps
+                .iter()
+                .filter_map(|s| match &s.action_spec {
+                    Action::Replicate {
+                        what: Replicated::Vm(vm),
+                        snapshot: Some(hooks),
+                        ..
+                    } => Some((vm.clone(), hooks.live)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let seen = live(&model);
+        assert!(!seen.is_empty() && seen.iter().all(|(_, l)| !l), "{seen:?}");
+        let driver = model.inventory.vms["erp-db"].driver.value.clone();
+        model.inventory.drivers[&driver].reads_live = true;
+        for (vm, l) in live(&model) {
+            assert_eq!(l, model.inventory.vms[&vm].driver.value == driver, "{vm}");
+        }
+    }
+
+    #[test]
     fn a_failback_defines_only_the_vms_it_replicates_back() {
         let model = example();
         let plan = build(&model, &PlanOptions::new(Mode::Failback)).unwrap();

@@ -329,6 +329,9 @@ pub struct SnapshotHooks {
     /// Freezes a running vm's disks while they are read (nothing for a stopped vm); `end`
     /// follows it on every way out.
     pub begin: Option<Command>,
+    /// `begin` leaves the disk files of a running vm written while they are read (the
+    /// driver's `replicate_reads_live`): they are copied all the same.
+    pub live: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

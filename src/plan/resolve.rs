@@ -864,6 +864,10 @@ impl<'a> StepAt<'a> {
                 check,
                 end,
                 begin: action("replicate-begin").map(|(_, c)| c),
+                live: inv
+                    .drivers
+                    .get(&vm.driver.value)
+                    .is_some_and(|d| d.reads_live),
             }),
             _ => None,
         };

@@ -69,6 +69,7 @@ pub fn serve(
         Request::Send {
             image,
             compress,
+            live,
             nbd,
             export,
             format,
@@ -76,6 +77,7 @@ pub fn serve(
             base,
         } => {
             let from = SendFrom {
+                live,
                 nbd,
                 export,
                 format,
@@ -204,6 +206,8 @@ fn hash_self(stdout: &mut dyn Write) -> Result<(), String> {
 /// Where [`Request::Send`] reads the disk: an NBD export given, a `qemu-nbd` of a qcow2 image,
 /// or the image file itself.
 struct SendFrom {
+    /// The image file may be written while it is read (see [`send_image`]).
+    live: bool,
     nbd: Option<std::path::PathBuf>,
     export: Option<String>,
     format: Option<DiskFormat>,
@@ -262,7 +266,7 @@ fn send_disk(
         (None, _) if bitmap.is_some() => {
             return Err("a dirty bitmap is read through NBD only (--nbd or --format qcow2)".into());
         }
-        (None, _) => send(image, &base.manifest()?, &mut w, compress)?,
+        (None, _) => send_image(image, &base.manifest()?, &mut w, compress, from.live)?,
     };
     w.flush().map_err(|e| format!("writing the stream: {e}"))?;
     // Kept for the next replication, which then sends its digest instead of it. A
@@ -553,12 +557,29 @@ fn read_bounded(r: &mut impl Read, limit: u64, what: &str) -> Result<Vec<u8>, St
 }
 
 /// Reads `image` and writes the stream of the blocks that differ from `base`, compressed with
-/// `compress` where that makes them smaller.
+/// `compress` where that makes them smaller; an image written while it is read is refused
+/// ([`send_image`]).
 pub fn send(
     image: &Path,
     base: &Manifest,
     w: &mut impl Write,
     compress: bool,
+) -> Result<Sent, String> {
+    send_image(image, base, w, compress, false)
+}
+
+/// [`send`]; with `live`, an image written while it is read is sent all the same: its driver
+/// reads it while the guest runs with its filesystems frozen, where writes below them (swap)
+/// still land. Otherwise nothing may write it (a stopped vm, or a snapshot's read-only base):
+/// one found written between the start and the end of the read (a vm started on it, another
+/// program) would be a copy of no instant, blocks of before beside blocks of after, with a
+/// hash that matches it; the stream then has no end, and the recovery side makes no point.
+pub fn send_image(
+    image: &Path,
+    base: &Manifest,
+    w: &mut impl Write,
+    compress: bool,
+    live: bool,
 ) -> Result<Sent, String> {
     let name = image.display().to_string();
     let mut compressor = match compress {
@@ -566,7 +587,8 @@ pub fn send(
         false => None,
     };
     let file = File::open(image).map_err(|e| format!("{name}: {e}"))?;
-    let size = file.metadata().map_err(|e| format!("{name}: {e}"))?.len();
+    let before = file.metadata().map_err(|e| format!("{name}: {e}"))?;
+    let size = before.len();
     blocks::explain_faults(&format!(
         "error: {name} was cut short, or the disk could not read it, while it was sent; nothing was committed"
     ));
@@ -623,6 +645,13 @@ pub fn send(
         Ok(())
     })
     .map_err(|e| format!("{name}: {e}"))?;
+    // By its path: a file renamed over it meanwhile is another file.
+    let after = std::fs::metadata(image).map_err(|e| format!("{name}: {e}"))?;
+    if !live && !super::tree::same_file_state(&before, &after) {
+        return Err(format!(
+            "{name}: it was written while it was read (a vm started on it, or another program writing it): a copy of no single instant, so this replication makes no point and the recovery copy keeps its last one; replicate again once nothing writes it (a running vm is frozen by its driver's replicate-begin; a driver whose freeze lets the guest go on writing its disks, as a filesystem freeze does, says so with replicate_reads_live = true)"
+        ));
+    }
     let (whole, tree) = whole_of(all, single);
     wire::write_end(w, &whole).map_err(werr)?;
     sent.whole = whole;
@@ -1076,6 +1105,105 @@ mod tests {
             assert_eq!(&std::fs::read(&out).unwrap(), want, "{id}");
         }
         assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
+    }
+
+    /// A stream that runs `then` once, at its first write after the header (flushed alone).
+    struct WrittenMeanwhile<F: FnMut()> {
+        bytes: Vec<u8>,
+        flushed: bool,
+        then: Option<F>,
+    }
+
+    impl<F: FnMut()> Write for WrittenMeanwhile<F> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.flushed
+                && let Some(mut then) = self.then.take()
+            {
+                then();
+            }
+            self.bytes.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.flushed = true;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_image_written_while_it_is_read_makes_no_point_unless_its_driver_reads_it_live() {
+        type Change = fn(&Path);
+        let changes: [(&str, Change); 4] = [
+            ("appended to", |p| {
+                let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+                f.write_all(&[9u8; BLOCK]).unwrap();
+            }),
+            // In a block already read and sent: what was sent is no longer the file.
+            ("rewritten in place", |p| write_at(p, 0, &[7u8; BLOCK])),
+            ("written, its time put back", |p| {
+                let before = std::fs::metadata(p).unwrap().modified().unwrap();
+                write_at(p, 0, &[5u8; BLOCK]);
+                File::options()
+                    .write(true)
+                    .open(p)
+                    .unwrap()
+                    .set_modified(before)
+                    .unwrap();
+            }),
+            ("replaced by another file", |p| {
+                let other = p.with_extension("new");
+                std::fs::write(&other, vec![3u8; 4 * BLOCK]).unwrap();
+                std::fs::rename(&other, p).unwrap();
+            }),
+        ];
+        for (what, change) in changes {
+            for live in [false, true] {
+                let dir = tempfile::tempdir().unwrap();
+                let (src, dst) = (dir.path().join("src.img"), dir.path().join("dst.img"));
+                std::fs::write(&src, vec![1u8; 4 * BLOCK]).unwrap();
+                replicate(&src, &dst, "p1", 3);
+                write_at(&src, BLOCK as u64, &[2u8; BLOCK]);
+                let store = Store::new(&dst);
+                let (m, _) = store.base_manifest(false).unwrap();
+                let mut stream = WrittenMeanwhile {
+                    bytes: Vec::new(),
+                    flushed: false,
+                    then: Some(|| change(&src)),
+                };
+                let sent = send_image(&src, &m, &mut stream, false, live);
+                assert!(stream.then.is_none(), "{what}: the change was made");
+                let new = NewPoint {
+                    id: "p2".into(),
+                    taken_at: Utc::now(),
+                    source: "src".into(),
+                    retention: 3,
+                    definition: None,
+                    read: None,
+                };
+                let applied = store.apply(&mut &stream.bytes[..], new);
+                if live {
+                    // Its driver said so: what was read is sent and applied.
+                    assert!(sent.is_ok() && applied.is_ok(), "{what}, live");
+                    continue;
+                }
+                let err = sent.expect_err(what);
+                assert!(
+                    err.contains(&src.display().to_string())
+                        && err.contains("written while it was read")
+                        && err.contains("makes no point"),
+                    "{what}: {err}"
+                );
+                // The stream has no end: no point, the copy as it was.
+                assert!(applied.is_err(), "{what}");
+                let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+                assert_eq!(ids, ["p1"], "{what}");
+                assert_eq!(std::fs::read(&dst).unwrap(), vec![1u8; 4 * BLOCK], "{what}");
+                // Once nothing writes it, the next replication takes it as it is now.
+                replicate(&src, &dst, "p3", 3);
+                assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+            }
+        }
     }
 
     /// A stream as it reaches the pipe: its bytes, and how many of them had come at each

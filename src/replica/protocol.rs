@@ -35,11 +35,16 @@ pub enum Request {
     /// `compress`, when that makes them smaller). With `nbd` (and `export`) it reads the disk
     /// as the guest sees it through that NBD socket (libvirt's backup export); with `format`
     /// `qcow2`, through a `qemu-nbd` of `image` it starts; with `bitmap`, only the blocks that
-    /// dirty bitmap marks.
+    /// dirty bitmap marks. A file read as it is (no NBD) that is written while it is read is
+    /// refused (no end to the stream: no point), unless `live` says its driver reads it while
+    /// the guest runs frozen (writes below its filesystems, such as swap, still land).
     Send {
         image: PathBuf,
         #[arg(long)]
         compress: bool,
+        #[arg(long)]
+        #[serde(default)]
+        live: bool,
         #[arg(long)]
         nbd: Option<PathBuf>,
         #[arg(long)]
@@ -407,6 +412,7 @@ mod tests {
             Request::Send {
                 image: "/srv/a b.qcow2".into(),
                 compress: true,
+                live: true,
                 nbd: None,
                 export: None,
                 format: None,
@@ -416,6 +422,7 @@ mod tests {
             Request::Send {
                 image: "-starts-with-a-dash".into(),
                 compress: false,
+                live: false,
                 nbd: Some("/var/tmp/reprise backup.sock".into()),
                 export: Some("vda".into()),
                 format: Some(DiskFormat::Qcow2),

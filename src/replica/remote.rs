@@ -127,6 +127,9 @@ pub struct Replication {
     /// Compress the blocks of images with zstd on the source (backup sets are sent as they
     /// are).
     pub compress: bool,
+    /// The vm's driver reads its disk files while the guest runs frozen
+    /// (`replicate_reads_live`): a file written while it is read is not refused.
+    pub live: bool,
     pub deadline: Duration,
     /// The reads of the vm's source disks while its snapshot freezes them: each source read
     /// to its end is said there, and none is read again ([`super::reads`]).
@@ -1439,6 +1442,7 @@ fn requests(
             send: Request::Send {
                 image: src_path,
                 compress: r.compress,
+                live: r.live,
                 nbd: guest.and_then(|g| g.nbd.as_ref().map(|(s, _)| s.into())),
                 export: guest.and_then(|g| g.nbd.as_ref().map(|(_, e)| e.clone())),
                 format: guest.filter(|g| g.nbd.is_none()).map(|g| g.format),

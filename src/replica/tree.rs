@@ -296,7 +296,7 @@ pub struct TreeSent {
 
 /// Whether two looks at a file saw it unwritten in between: the same file, size, and
 /// modification and status change times (the status change time cannot be set back).
-fn same_file_state(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
+pub(super) fn same_file_state(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt as _;
     (before.dev(), before.ino(), before.len(), mtime_ns(before))
         == (after.dev(), after.ino(), after.len(), mtime_ns(after))

@@ -12,8 +12,9 @@
 /// that manifest refuses at once), and a manifest's digest is that of its header. Requests
 /// added since without changing any other's meaning (`Request::MarkUnusable`) are answered
 /// only by helpers that know them: every helper is this very binary (uploaded by its hash),
-/// and another refuses an unknown request.
-pub const PROTOCOL: u32 = 5;
+/// and another refuses an unknown request. Version 6: `send` of an image file refuses one
+/// written while it was read, unless told `--live`.
+pub const PROTOCOL: u32 = 6;
 
 /// The version of this program, as helpers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

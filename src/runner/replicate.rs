@@ -76,6 +76,7 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
         retention: *retention,
         reread: false,
         compress: false,
+        live: snapshot.as_ref().is_some_and(|h| h.live),
         deadline,
         definition: captured_def,
         reads: None,

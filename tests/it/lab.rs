@@ -1344,6 +1344,57 @@ fn replicate_freezes_a_running_vm_around_its_copy_and_copies_nothing_without_a_s
 }
 
 #[test]
+fn a_disk_written_while_it_is_read_makes_no_point_and_is_named() {
+    let lab = Lab::up(46);
+    let source = lab
+        .host_root("hv-main")
+        .join("srv/datastore/images/erp-db-system.qcow2");
+    // Data in the disk, so that its read lasts (tens of milliseconds).
+    let wrote = tool(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x3c 0 64M",
+            source.to_str().unwrap(),
+        ],
+    );
+    assert!(wrote.status.success(), "{wrote:?}");
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let points = |lab: &Lab| lab.run(&["points", "erp-db", "--json"]).stdout;
+    let before = points(&lab);
+    assert!(before.contains("taken_at"), "{before}");
+
+    // Something writes the disk file all through the next replication (a vm started on it
+    // outside reprise, another program).
+    let writer = crate::common::Rewriter::start(&source);
+    std::thread::sleep(Duration::from_millis(1100)); // point ids are per second
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert!(writer.stop() > 0);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "{}: it was written while it was read",
+            "/srv/datastore/images/erp-db-system.qcow2"
+        )) && run.stderr.contains("makes no point"),
+        "{}",
+        run.stderr
+    );
+    // No point of a copy of no instant; the copy is its last point.
+    assert_eq!(points(&lab), before);
+    let verify = lab.run(&["verify", "erp-db"]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+
+    // Once nothing writes it, the next replication makes its point.
+    std::thread::sleep(Duration::from_millis(1100));
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_ne!(points(&lab), before);
+}
+
+#[test]
 fn the_steps_before_a_copy_go_to_the_vm_host_in_one_command_and_a_failed_one_stops_those_after_it()
 {
     let lab = Lab::up(240);

@@ -508,6 +508,34 @@ fn a_proxmox_vm_whose_guest_cannot_be_frozen_is_not_copied_and_says_why() {
     assert_ne!(points("db"), before);
 }
 
+/// Proxmox freezes the guest's filesystems, not its disks: swap still writes them while
+/// they are read, and the driver says so (`replicate_reads_live`): the copy is made all the
+/// same. A vm of a driver that does not say so is refused (tests/it/lab.rs).
+#[test]
+fn a_running_proxmox_vm_whose_disk_is_written_under_its_freeze_is_copied() {
+    let lab = Lab::up(175);
+    let disk = lab.images("hv1").join("101/vm-101-disk-0.qcow2");
+    let wrote = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x3c 0 64M"])
+        .arg(&disk)
+        .output()
+        .expect("qemu-io (qemu-utils) is needed by this test");
+    assert!(wrote.status.success(), "{wrote:?}");
+    let before = lab.point_ids("db");
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // point ids are per second
+    let writer = crate::common::Rewriter::start(&disk);
+    let replicated = lab.with(&["replicate", "--service", "db"]);
+    assert!(writer.stop() > 0);
+    assert_eq!(replicated.code, 0, "{replicated:?}");
+    assert!(
+        replicated
+            .stdout
+            .contains("db: vmid 101: guest filesystems frozen through the guest agent"),
+        "{replicated:?}"
+    );
+    assert_eq!(lab.point_ids("db").len(), before.len() + 1);
+}
+
 #[test]
 fn a_proxmox_drill_cleanup_reports_what_it_could_not_remove() {
     let lab = Lab::up(173);
