@@ -795,18 +795,11 @@ fn replicate_guest(
         Ok(x) => x,
         Err(e) => return fail(out, format!("domain {dom} on {host}: {e}")),
     };
-    let mut mine = Vec::new();
-    for img in &vm.images {
-        match disks.iter().find(|d| d.source == img.src) {
-            Some(d) => mine.push(d.clone()),
-            None => {
-                return fail(
-                    out,
-                    format!("{} is not a disk of domain {dom} on {host}", img.src),
-                );
-            }
-        }
-    }
+    let sources: Vec<&str> = vm.images.iter().map(|i| i.src.as_str()).collect();
+    let mine = match cbt::disks_of(&disks, &sources) {
+        Ok(m) => m,
+        Err(e) => return fail(out, format!("domain {dom} on {host}: {e}")),
+    };
     let g = Guest {
         vm,
         transport,

@@ -31,52 +31,50 @@ pub struct DomDisk {
     pub format: String,
 }
 
-/// The file disks (`device='disk'`) of a domain's XML as libvirt writes it.
-pub fn parse_disks(xml: &str) -> Vec<DomDisk> {
-    let attr = |tag: &str, name: &str| -> Option<String> {
-        let key = format!("{name}='");
-        let at = tag.find(&key)? + key.len();
-        let end = tag[at..].find('\'')?;
-        Some(unescape(&tag[at..at + end]))
-    };
-    let element = |block: &str, name: &str| -> Option<String> {
-        let open = format!("<{name} ");
-        let at = block.find(&open)?;
-        let end = block[at..].find('>')?;
-        Some(block[at..at + end].to_string())
-    };
+/// The file disks (`device='disk'`) of a domain's XML: the `<disk>` elements of its
+/// `<devices>` only, read with an XML parser (a `<disk>` in `<metadata>`, in a description's
+/// CDATA or below a backing store is none of the domain's disks, whatever it names).
+pub fn parse_disks(xml: &str) -> Result<Vec<DomDisk>, String> {
+    // A document type could declare entities: a domain never has one.
+    if xml.contains("<!DOCTYPE") || xml.contains("<!ENTITY") {
+        return Err("its definition declares a document type: not read".into());
+    }
+    let root = xmltree::Element::parse(xml.as_bytes())
+        .map_err(|e| format!("its definition is not XML reprise reads: {e}"))?;
+    if root.name != "domain" || root.namespace.is_some() {
+        return Err(format!(
+            "its definition is a <{}>, not a libvirt <domain>",
+            root.name
+        ));
+    }
+    use xmltree::Element;
+    /// The children of `e` named `name`, of no namespace.
+    fn children<'a>(e: &'a Element, name: &'a str) -> impl Iterator<Item = &'a Element> {
+        e.children
+            .iter()
+            .filter_map(|n| n.as_element())
+            .filter(move |c| c.namespace.is_none() && c.name == name)
+    }
+    fn child<'a>(e: &'a Element, name: &'a str) -> Option<&'a Element> {
+        children(e, name).next()
+    }
+    let attr = |e: &Element, name: &str| e.attributes.get(name).cloned();
     let mut out = Vec::new();
-    let mut rest = xml;
-    while let Some(start) = rest.find("<disk ") {
-        let Some(len) = rest[start..].find("</disk>") else {
-            break;
-        };
-        let block = &rest[start..start + len];
-        rest = &rest[start + len..];
-        let head = &block[..block.find('>').unwrap_or(block.len())];
-        if attr(head, "device").as_deref() != Some("disk") {
+    let Some(devices) = child(&root, "devices") else {
+        return Ok(out);
+    };
+    for disk in children(devices, "disk") {
+        if attr(disk, "device").as_deref() != Some("disk") {
             continue;
         }
-        // The disk's own source, not that of a backing store inside it.
-        let own = match block.find("<backingStore") {
-            None => block.to_string(),
-            Some(a) => {
-                let b = match block.rfind("</backingStore>") {
-                    Some(b) if b > a => b + "</backingStore>".len(),
-                    _ => block[a..].find("/>").map_or(block.len(), |e| a + e + 2),
-                };
-                format!("{}{}", &block[..a], &block[b..])
-            }
-        };
-        let own = own.as_str();
         let (Some(target), Some(source)) = (
-            element(own, "target").and_then(|t| attr(&t, "dev")),
-            element(own, "source").and_then(|s| attr(&s, "file")),
+            child(disk, "target").and_then(|t| attr(t, "dev")),
+            child(disk, "source").and_then(|s| attr(s, "file")),
         ) else {
             continue;
         };
-        let format = element(own, "driver")
-            .and_then(|d| attr(&d, "type"))
+        let format = child(disk, "driver")
+            .and_then(|d| attr(d, "type"))
             .unwrap_or_else(|| "raw".into());
         out.push(DomDisk {
             target,
@@ -84,15 +82,29 @@ pub fn parse_disks(xml: &str) -> Vec<DomDisk> {
             format,
         });
     }
-    out
+    Ok(out)
 }
 
-fn unescape(s: &str) -> String {
-    s.replace("&apos;", "'")
-        .replace("&quot;", "\"")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
+/// The domain's disk of each file of `sources`, in their order: a file that is no disk of the
+/// domain, or more than one, is refused (which export to read would not be known).
+pub fn disks_of(disks: &[DomDisk], sources: &[&str]) -> Result<Vec<DomDisk>, String> {
+    sources
+        .iter()
+        .map(|src| {
+            let of: Vec<&DomDisk> = disks.iter().filter(|d| d.source == *src).collect();
+            match of[..] {
+                [d] => Ok(d.clone()),
+                [] => Err(format!("{src} is not one of its disks")),
+                _ => Err(format!(
+                    "{src} is more than one of its disks ({}): which one to read is not known",
+                    of.iter()
+                        .map(|d| d.target.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            }
+        })
+        .collect()
 }
 
 /// How the disks of one vm are read this time.
@@ -301,7 +313,8 @@ pub fn domain(t: &dyn Transport, host: &str, dom: &str) -> Result<(bool, Vec<Dom
             if running { "" } else { "--inactive " }
         ),
     )?;
-    Ok((running, parse_disks(&xml)))
+    let disks = parse_disks(&xml).map_err(|e| format!("domain {dom}: {e}"))?;
+    Ok((running, disks))
 }
 
 /// The domain's checkpoints.
@@ -559,7 +572,7 @@ mod tests {
     #[test]
     fn disks_are_read_from_libvirts_xml_without_cdroms_or_backing_stores() {
         assert_eq!(
-            parse_disks(XML),
+            parse_disks(XML).unwrap(),
             vec![
                 DomDisk {
                     target: "vda".into(),
@@ -573,6 +586,64 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// Only the domain's own disks: a `<disk>` in its metadata or in its description's CDATA
+    /// (which anyone who may edit the domain writes) naming a real disk file under another
+    /// target would have that target's export read as the file's copy.
+    #[test]
+    fn a_disk_outside_the_devices_of_the_domain_is_none_of_its_disks() {
+        let decoy = "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/var/lib/libvirt/images/app.qcow2'/><target dev='vdb'/></disk>";
+        let xml = XML.replace(
+            "<domain type='qemu'>\n",
+            &format!(
+                "<domain type='qemu'>\n  <description><![CDATA[{decoy}]]></description>\n  <metadata><app xmlns=\"http://example.org/app\">{decoy}</app><a:x xmlns:a=\"http://example.org/a\"><devices>{decoy}</devices></a:x></metadata>\n"
+            ),
+        );
+        assert_eq!(parse_disks(&xml).unwrap(), parse_disks(XML).unwrap());
+        // Written with double quotes, as XML allows: the same disks.
+        assert_eq!(
+            parse_disks(&XML.replace('\'', "\"").replace("data\"s", "data's")).unwrap(),
+            parse_disks(XML).unwrap()
+        );
+        // An attribute whose name ends like the one read is not it.
+        let xml = XML.replace(
+            "<source file='/var/lib/libvirt/images/app.qcow2' index='1'/>",
+            "<source xfile='/decoy.qcow2' file='/var/lib/libvirt/images/app.qcow2' index='1'/>",
+        );
+        assert_eq!(parse_disks(&xml).unwrap(), parse_disks(XML).unwrap());
+        for (bad, says) in [
+            ("<domain><devices><disk>", "not XML"),
+            ("<network><devices/></network>", "not a libvirt <domain>"),
+            (
+                "<!DOCTYPE domain [<!ENTITY f SYSTEM \"/etc/passwd\">]><domain/>",
+                "document type",
+            ),
+        ] {
+            let e = parse_disks(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn each_file_is_exactly_one_disk_of_the_domain() {
+        let disks = parse_disks(XML).unwrap();
+        let got = disks_of(
+            &disks,
+            &["/data's.img", "/var/lib/libvirt/images/app.qcow2"],
+        )
+        .unwrap();
+        let targets: Vec<&str> = got.iter().map(|d| d.target.as_str()).collect();
+        assert_eq!(targets, ["vdb", "vda"]);
+        let e = disks_of(&disks, &["/iso.iso"]).unwrap_err();
+        assert!(e.contains("/iso.iso is not one of its disks"), "{e}");
+        let mut twice = disks.clone();
+        twice.push(DomDisk {
+            target: "vdc".into(),
+            ..disks[0].clone()
+        });
+        let e = disks_of(&twice, &["/var/lib/libvirt/images/app.qcow2"]).unwrap_err();
+        assert!(e.contains("more than one of its disks (vda, vdc)"), "{e}");
     }
 
     fn point(read: Option<HowRead>) -> Point {
