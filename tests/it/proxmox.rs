@@ -536,6 +536,77 @@ fn a_running_proxmox_vm_whose_disk_is_written_under_its_freeze_is_copied() {
     assert_eq!(lab.point_ids("db").len(), before.len() + 1);
 }
 
+/// A vm stopped when its copy begins is not frozen, and its files are read live: started
+/// during the copy, it may have written them while they were read. `replicate-end` tells
+/// (a marker from `replicate-begin`) and the point made is unusable.
+#[test]
+fn a_proxmox_vm_started_during_its_copy_makes_an_unusable_point() {
+    let lab = Lab::up(176);
+    let stopped = qm(&lab, "hv1", &["stop", "101"]);
+    assert_eq!(stopped.code, 0, "{stopped:?}");
+    let disk = lab.images("hv1").join("101/vm-101-disk-0.qcow2");
+    // Data in the disk, so that its copy lasts (a second or so).
+    let grown = std::process::Command::new("qemu-img")
+        .args(["resize", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("256M")
+        .output()
+        .expect("qemu-img (qemu-utils) is needed by this test");
+    assert!(grown.status.success(), "{grown:?}");
+    let wrote = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x3c 0 256M"])
+        .arg(&disk)
+        .output()
+        .expect("qemu-io (qemu-utils) is needed by this test");
+    assert!(wrote.status.success(), "{wrote:?}");
+    let before = lab.point_ids("db");
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // point ids are per second
+    // Someone starts the vm as soon as its copy has begun.
+    let marker = lab.images("hv1").join("101/reprise-stopped");
+    let starter = std::thread::scope(|scope| {
+        let starter = scope.spawn(|| {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while !marker.exists() {
+                assert!(std::time::Instant::now() < until, "the copy never began");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            qm(&lab, "hv1", &["start", "101"])
+        });
+        let replicated = lab.with(&["replicate", "--service", "db"]);
+        (replicated, starter.join().unwrap())
+    });
+    let (replicated, started) = starter;
+    assert_eq!(started.code, 0, "{started:?}");
+    assert_eq!(replicated.code, 1, "{replicated:?}");
+    assert!(
+        replicated
+            .stdout
+            .contains("vmid 101 is not running: its disks are read as they are")
+            && replicated.stderr.contains("started during the copy")
+            && replicated
+                .stderr
+                .contains("the copy may be torn: marked unusable, no run starts from it"),
+        "{replicated:?}"
+    );
+    assert!(!marker.exists());
+    let out = lab.with(&["points", "db", "--json"]);
+    let points: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let made: Vec<&serde_json::Value> = points
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| !before.iter().any(|b| p["id"] == b.as_str()))
+        .collect();
+    assert_eq!(made.len(), 1, "{points:#}");
+    assert_eq!(made[0]["verified"], "bad", "{points:#}");
+    assert!(
+        made[0]["unusable"]
+            .as_str()
+            .is_some_and(|w| w.contains("started during the copy")),
+        "{points:#}"
+    );
+}
+
 #[test]
 fn a_proxmox_drill_cleanup_reports_what_it_could_not_remove() {
     let lab = Lab::up(173);
