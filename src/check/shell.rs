@@ -781,4 +781,104 @@ mod tests {
             }
         }
     }
+    /// libvirt's snapshot hooks read `virsh domblklist --details` (Type Device Target Source,
+    /// the source last and unquoted): a disk whose path holds a space is still found as an
+    /// overlay left, committed back, and its overlay removed only once no longer used. Run
+    /// against stand-ins of `virsh`, `qemu-img` and `virt-xml` that print what they print.
+    #[test]
+    fn libvirt_s_snapshot_hooks_read_a_disk_path_with_spaces_whole() {
+        let doc: toml::Table = crate::inventory::BUILTIN_DRIVERS.parse().unwrap();
+        let libvirt = doc["drivers"]["libvirt"].as_table().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("vm images");
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&bin).unwrap();
+        let q = |s: &str| crate::template::shell_quote(s);
+        let render = |action: &str| {
+            libvirt[action]
+                .as_str()
+                .unwrap()
+                .replace("{{ vm.name }}", "app")
+                .replace("{{ host.images_dir }}", &q(dir.to_str().unwrap()))
+                .replace("{{ vm.disks }}", &q("data disk.qcow2"))
+        };
+        let overlay = dir.join("data disk.reprise-replicate");
+        std::fs::write(&overlay, b"overlay").unwrap();
+        std::fs::write(dir.join("data disk.qcow2"), b"base").unwrap();
+        // The domain (shut off) uses the overlay until virt-xml points it back at its disk.
+        let uses = tmp.path().join("uses-overlay");
+        std::fs::write(&uses, b"").unwrap();
+        let log = tmp.path().join("log");
+        let stub = |name: &str, body: &str| {
+            let path = bin.join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            let mut perms = std::fs::metadata(&path).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+            std::fs::set_permissions(&path, perms).unwrap();
+        };
+        stub(
+            "virsh",
+            &format!(
+                r#"echo "virsh $*" >> {log}
+case "$1" in
+domstate) echo 'shut off';;
+domblklist)
+  printf ' Type   Device   Target   Source\n------------------------------------------------\n'
+  if [ -e {uses} ]; then src={ov}; else src={base}; fi
+  printf ' file   disk     vda      %s\n' "$src"
+  printf ' file   cdrom    sda      -\n';;
+esac"#,
+                log = q(log.to_str().unwrap()),
+                uses = q(uses.to_str().unwrap()),
+                ov = q(overlay.to_str().unwrap()),
+                base = q(dir.join("data disk.qcow2").to_str().unwrap()),
+            ),
+        );
+        stub(
+            "qemu-img",
+            &format!(
+                r#"echo "qemu-img $*" >> {log}
+case "$1" in info) printf '{{\n    "format": "qcow2",\n}}\n';; esac"#,
+                log = q(log.to_str().unwrap())
+            ),
+        );
+        stub(
+            "virt-xml",
+            &format!(
+                r#"echo "virt-xml $*" >> {log}; rm -f {uses}"#,
+                log = q(log.to_str().unwrap()),
+                uses = q(uses.to_str().unwrap())
+            ),
+        );
+        let run = |action: &str| {
+            let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(render(action))
+                .env("PATH", path)
+                .output()
+                .unwrap();
+            let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+            (out.status.code(), text(&out.stdout), text(&out.stderr))
+        };
+        let (code, out, err) = run("replicate-check");
+        assert_eq!(code, Some(0), "{err}");
+        let ov = overlay.display().to_string();
+        assert!(
+            out.contains(&format!("overlay disk vda uses {ov}")),
+            "{out}"
+        );
+        let (code, _, err) = run("replicate-end");
+        assert_eq!(code, Some(0), "{err}");
+        let log = std::fs::read_to_string(&log).unwrap();
+        let commit = log
+            .find(&format!("qemu-img commit -q {ov}"))
+            .unwrap_or_else(|| panic!("the overlay is committed back: {log}"));
+        let edit = log
+            .find("virt-xml app --edit target=vda --disk path=")
+            .unwrap_or_else(|| panic!("the domain is pointed back at its disk: {log}"));
+        assert!(commit < edit, "{log}");
+        assert!(!overlay.exists(), "removed once no longer used: {log}");
+    }
 }
