@@ -738,7 +738,7 @@ impl Store {
         let m = match saved {
             Some(m) if !reread => m,
             _ => {
-                let m = Manifest::of_file(&self.image).map_err(io_err(&self.image))?;
+                let m = self.read_mirror()?;
                 if saved.as_ref() != Some(&m) {
                     self.write_manifest(&m)?;
                 }
@@ -959,7 +959,7 @@ impl Store {
                 Some(t) => Some(t),
                 None => {
                     // Saved, so that the roll-forward updates this manifest and no other.
-                    let m = Manifest::of_file(&self.image).map_err(io_err(&self.image))?;
+                    let m = self.read_mirror()?;
                     self.write_manifest(&m)?;
                     let path = self.path("manifest");
                     Some(
@@ -1485,7 +1485,7 @@ impl Store {
                 return self.write_tree(size, &whole, &nodes);
             }
         }
-        let m = Manifest::of_file(&self.image).map_err(io_err(&self.image))?;
+        let m = self.read_mirror()?;
         self.write_tree(m.size, &m.whole, &tree::of(m.cvs))
     }
 
@@ -1564,6 +1564,22 @@ impl Store {
         Ok(())
     }
 
+    /// The manifest of the mirror as it is, read whole: refused when the mirror was written
+    /// while it was read (a vm running on it, another program), which would give hashes of
+    /// no single instant, and with them a stamp that vouches for what was not read.
+    fn read_mirror(&self) -> Result<Manifest, StoreError> {
+        let look = || std::fs::metadata(&self.image).map_err(io_err(&self.image));
+        let before = look()?;
+        let m = Manifest::of_file(&self.image).map_err(io_err(&self.image))?;
+        if !super::tree::same_file_state(&before, &look()?) {
+            return Err(StoreError::Refused {
+                image: self.image.display().to_string(),
+                reason: "it was written while it was read (a vm running on it, or another program): what was read is of no single instant, so nothing was recorded of it; run this again once nothing writes it".into(),
+            });
+        }
+        Ok(m)
+    }
+
     /// The BLAKE3 of point `k` and, for the newest, the manifest of the mirror as it is.
     fn hash_point(
         &self,
@@ -1571,7 +1587,7 @@ impl Store {
         k: usize,
     ) -> Result<([u8; 32], Option<Manifest>), StoreError> {
         if k + 1 == points.len() {
-            let m = Manifest::of_file(&self.image).map_err(io_err(&self.image))?;
+            let m = self.read_mirror()?;
             return Ok((m.whole, Some(m)));
         }
         let mut cvs = Vec::new();
@@ -2490,6 +2506,53 @@ mod tests {
             (Verified::Bad, Some("torn"))
         );
         assert!(store.mark_unusable("p9", "torn").is_err(), "no such point");
+    }
+
+    /// A copy written while it is read again (a vm running on it, another program) is not
+    /// vouched for: neither its point nor its manifest records what was read, even when the
+    /// bytes written are the ones that were there (its hash then matches).
+    #[test]
+    fn a_copy_written_while_it_is_read_again_is_not_vouched_for() {
+        use std::os::unix::fs::FileExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        // Long enough to read (tens of milliseconds) for writes to land during it.
+        std::fs::write(&src, vec![7u8; 96 << 20]).unwrap();
+        let store = Store::new(&dst);
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        let before = std::fs::read(store.path("points.json")).unwrap();
+        // `f` while something writes the copy all along.
+        let written_during = |f: &dyn Fn() -> Result<(), StoreError>| {
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|scope| {
+                let writer = scope.spawn(|| {
+                    let f = File::options().write(true).open(&dst).unwrap();
+                    let mut writes = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        f.write_all_at(&[7u8], 0).unwrap();
+                        writes += 1;
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                    }
+                    writes
+                });
+                let done = f();
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                assert!(writer.join().unwrap() > 0);
+                done
+            })
+        };
+        let e = written_during(&|| store.verify(None).map(drop)).unwrap_err();
+        assert!(e.to_string().contains("written while it was read"), "{e}");
+        assert_eq!(std::fs::read(store.path("points.json")).unwrap(), before);
+        // Once nothing writes it, it is read again and found whole.
+        assert_eq!(store.verify(None).unwrap(), [("p1".to_string(), true)]);
+        // Nor is a manifest made of it for an update (which then ends its history: the copy
+        // was written behind its point).
+        let e = written_during(&|| store.base_manifest(true).map(drop)).unwrap_err();
+        assert!(e.to_string().contains("written while it was read"), "{e}");
     }
 
     #[test]

@@ -153,10 +153,13 @@ fn digest_in_place(root: &Path) -> io::Result<String> {
         return Ok(tree.digest());
     }
     let dir = Dir::open(root, false)?;
-    for (rel, _) in walk(root)? {
+    for (rel, meta) in walk(root)? {
         let mut f = dir.open_file(&rel)?;
         let mut h = blake3::Hasher::new();
         let size = io::copy(&mut f, &mut h)?;
+        if !same_file_state(&meta, &f.metadata()?) {
+            return Err(written_while_read(&rel));
+        }
         let entry = FileEntry {
             size,
             mtime_ns: 0,
@@ -167,6 +170,13 @@ fn digest_in_place(root: &Path) -> io::Result<String> {
     Ok(tree.digest())
 }
 
+/// A file of a copy written while it was read: what was read is of no single instant.
+fn written_while_read(rel: &str) -> io::Error {
+    io::Error::other(format!(
+        "{rel} was written while it was read (a program writing into the copy): what was read is of no single instant, so nothing was recorded of it; run this again once nothing writes it"
+    ))
+}
+
 /// Reads and hashes every file of `root` (the recovery side's `--verify`).
 pub fn scan(root: &Path) -> io::Result<Tree> {
     let mut tree = Tree::default();
@@ -174,7 +184,11 @@ pub fn scan(root: &Path) -> io::Result<Tree> {
         return Ok(tree);
     }
     for (rel, meta) in walk(root)? {
-        let hash = super::blocks::hash_file(&root.join(&rel))?;
+        let path = root.join(&rel);
+        let hash = super::blocks::hash_file(&path)?;
+        if !same_file_state(&meta, &std::fs::symlink_metadata(&path)?) {
+            return Err(written_while_read(&rel));
+        }
         tree.files.insert(
             rel,
             FileEntry {
@@ -1238,6 +1252,7 @@ impl TreeStore {
         let mut out = Vec::new();
         for id in ids {
             let newest = points.last().map(|p| p.id.clone());
+            let before = tree_stamp(&self.root);
             let good = if let Some(p) = points.last().filter(|p| p.id == id) {
                 // The newest point is the folder itself: read in place, nothing copied.
                 digest_in_place(&self.root).map_err(io_err(&self.root))? == p.blake3
@@ -1254,6 +1269,14 @@ impl TreeStore {
                 good
             };
             let stamp = tree_stamp(&self.root);
+            // Files added, removed or written meanwhile: the stamp would vouch for a folder
+            // that was not the one read.
+            if stamp != before {
+                return Err(StoreError::Refused {
+                    image: self.name(),
+                    reason: "it was written while it was read (a program writing into the copy): nothing was recorded of what was read; run this again once nothing writes it".into(),
+                });
+            }
             // Whole, but what its source said makes it unusable: still bad.
             let good = good && points.iter().all(|p| p.id != id || p.unusable.is_none());
             if let Some(p) = points.iter_mut().find(|p| p.id == id) {
@@ -1596,6 +1619,47 @@ mod tests {
             replicate(&src, &dst, "p2");
             assert_eq!(contents(&dst), contents(&src), "{what}");
         }
+    }
+
+    /// A copy written while it is read again is not vouched for: neither its point's stamp
+    /// nor its tree records what was read, even when the bytes written are the same.
+    #[test]
+    fn a_copy_written_while_it_is_verified_is_not_vouched_for() {
+        use std::os::unix::fs::FileExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        // Long enough to read (tens of milliseconds) for writes to land during it.
+        std::fs::write(src.join("nightly.dump"), vec![4u8; 96 << 20]).unwrap();
+        replicate(&src, &dst, "p1");
+        let store = TreeStore::new(&dst);
+        let points = || std::fs::read(store.path("points.json")).unwrap();
+        let before = points();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let verified = std::thread::scope(|scope| {
+            let writer = scope.spawn(|| {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(dst.join("nightly.dump"))
+                    .unwrap();
+                let mut writes = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    f.write_all_at(&[4u8], 0).unwrap();
+                    writes += 1;
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+                writes
+            });
+            let verified = store.verify(None);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(writer.join().unwrap() > 0);
+            verified
+        });
+        let e = verified.unwrap_err().to_string();
+        assert!(e.contains("written while it was read"), "{e}");
+        assert_eq!(points(), before);
+        // Once nothing writes it, it is read again and found whole.
+        assert_eq!(store.verify(None).unwrap(), [("p1".to_string(), true)]);
     }
 
     #[test]
