@@ -1656,6 +1656,9 @@ impl Store {
         points[k].verified = Verified::Bad;
         points[k].unusable = Some(why.to_string());
         points[k].checked_at = Some(Utc::now());
+        // Twice: the previous generation, which a damaged newest falls back on, must not
+        // bring the point back as it was before.
+        self.write_points(&points)?;
         self.write_points(&points)?;
         Ok(points[k].clone())
     }
@@ -2506,6 +2509,28 @@ mod tests {
             (Verified::Bad, Some("torn"))
         );
         assert!(store.mark_unusable("p9", "torn").is_err(), "no such point");
+        // Marked, then the points file damaged at once: its previous generation, which is
+        // read instead, has the mark too.
+        std::fs::write(&src, vec![3u8; 3 * BLOCK]).unwrap();
+        let (m, _) = store.base_manifest(false).unwrap();
+        let mut out = Vec::new();
+        crate::replica::helper::send(&src, &m, &mut out, false).unwrap();
+        store.apply(&mut &out[..], point("p3")).unwrap();
+        store.mark_unusable("p3", "torn again").unwrap();
+        std::fs::write(store.path("points.json"), b"{ torn").unwrap();
+        let points = store.points().unwrap();
+        assert_eq!(
+            (
+                points[2].id.as_str(),
+                points[2].verified,
+                points[2].unusable.as_deref()
+            ),
+            ("p3", Verified::Bad, Some("torn again"))
+        );
+        assert_eq!(
+            store.verify(Some("p3")).unwrap(),
+            [("p3".to_string(), false)]
+        );
     }
 
     /// A copy written while it is read again (a vm running on it, another program) is not
