@@ -443,6 +443,7 @@ fn start(
     mut notes: Vec<String>,
 ) -> Decision {
     let mut ids: Vec<String> = Vec::new();
+    let mut moments: Vec<&Point> = Vec::new();
     let mut oldest: Option<DateTime<Utc>> = None;
     let mut verified = true;
     let mut dropped = Vec::new();
@@ -471,10 +472,25 @@ fn start(
         if k + 1 < d.points.len() {
             dropped.extend(d.points[k + 1..].iter().map(|q| q.id.clone()));
         }
-        if !ids.contains(&p.id) {
-            ids.push(p.id.clone());
+        // One entry a moment: a point of the same id taken at another time is another.
+        if !moments.iter().any(|q| q.same_point(p)) {
+            ids.push(if moments.iter().any(|q| q.id == p.id) {
+                format!("{}@{}", p.id, p.taken_at.format("%H:%M:%S%.3f"))
+            } else {
+                p.id.clone()
+            });
+            moments.push(p);
         }
         oldest = Some(oldest.map_or(p.taken_at, |o| o.min(p.taken_at)));
+    }
+    // Disks of several moments make no one verified point of the vm, whatever each is.
+    if moments.len() > 1 {
+        verified = false;
+        notes.push(format!(
+            "its disks start from {} different moments ({}): not one verified point of the vm",
+            moments.len(),
+            ids.join(", ")
+        ));
     }
     dropped.sort();
     dropped.dedup();
@@ -891,6 +907,14 @@ mod tests {
         let s = started(decide(&[only, other], Use::Failover, &before));
         assert_eq!(s.point, "P1+P0");
         assert!(s.notes.iter().any(|n| n.contains("no good point")), "{s:?}");
+        // Two moments are not one verified point of the vm, each disk's point good as it is.
+        assert!(!s.verified, "{s:?}");
+        assert!(
+            s.notes
+                .iter()
+                .any(|n| n.contains("2 different moments (P1, P0)")),
+            "{s:?}"
+        );
     }
 
     #[test]
@@ -1030,9 +1054,27 @@ mod tests {
         // The same point on both (one replication) still starts from P2.
         let mut one = data.clone();
         one.points[1].taken_at = sys.points[1].taken_at;
-        let s = started(decide(&[sys, one], Use::Failover, &Ask::default()));
+        let s = started(decide(&[sys.clone(), one], Use::Failover, &Ask::default()));
         assert_eq!(s.point, "P2", "{s:?}");
         assert!(s.roll_back.is_empty());
+        assert!(s.verified, "{s:?}");
+        // Left with no point they share, each disk starts from its own P2: two moments, said
+        // so in the point and the notes, and not verified.
+        let only_p2 = |mut d: CopyState| {
+            d.points.remove(0);
+            d
+        };
+        let s = started(decide(
+            &[only_p2(sys), only_p2(data)],
+            Use::Failover,
+            &Ask::default(),
+        ));
+        assert_eq!(s.point, "P2+P2@02:00:00.700", "{s:?}");
+        assert!(!s.verified, "{s:?}");
+        assert!(
+            s.notes.iter().any(|n| n.contains("2 different moments")),
+            "{s:?}"
+        );
     }
 
     #[test]
