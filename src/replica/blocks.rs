@@ -407,6 +407,46 @@ pub fn explain_faults(message: &str) {
     }
 }
 
+/// Whether two looks at a file saw it unwritten in between: the same file, size, and
+/// modification and status change times (the status change time cannot be set back).
+pub fn same_file_state(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let state = |m: &std::fs::Metadata| {
+        (
+            m.dev(),
+            m.ino(),
+            m.len(),
+            (m.mtime(), m.mtime_nsec()),
+            (m.ctime(), m.ctime_nsec()),
+        )
+    };
+    state(before) == state(after)
+}
+
+/// Runs `f` while another thread writes byte `byte` at the start of `path` again and again
+/// (every 0.2 ms, from before `f` starts until it ends): a file written all through a read.
+#[cfg(test)]
+pub(crate) fn written_all_through<T>(path: &Path, byte: u8, f: impl FnOnce() -> T) -> T {
+    use std::os::unix::fs::FileExt as _;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let file = File::options().write(true).open(path).unwrap();
+            let mut writes = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                file.write_all_at(&[byte], 0).unwrap();
+                writes += 1;
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            writes
+        });
+        let done = f();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(writer.join().unwrap() > 0, "the file was written");
+        done
+    })
+}
+
 /// BLAKE3 of a file, hex.
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
     use std::io::Read as _;

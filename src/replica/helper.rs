@@ -647,7 +647,7 @@ pub fn send_image(
     .map_err(|e| format!("{name}: {e}"))?;
     // By its path: a file renamed over it meanwhile is another file.
     let after = std::fs::metadata(image).map_err(|e| format!("{name}: {e}"))?;
-    if !live && !super::tree::same_file_state(&before, &after) {
+    if !live && !super::blocks::same_file_state(&before, &after) {
         return Err(format!(
             "{name}: it was written while it was read (a vm started on it, or another program writing it): a copy of no single instant, so this replication makes no point and the recovery copy keeps its last one; replicate again once nothing writes it (a running vm is frozen by its driver's replicate-begin; a driver whose freeze lets the guest go on writing its disks, as a filesystem freeze does, says so with replicate_reads_live = true)"
         ));

@@ -1571,7 +1571,7 @@ impl Store {
         let look = || std::fs::metadata(&self.image).map_err(io_err(&self.image));
         let before = look()?;
         let m = Manifest::of_file(&self.image).map_err(io_err(&self.image))?;
-        if !super::tree::same_file_state(&before, &look()?) {
+        if !super::blocks::same_file_state(&before, &look()?) {
             return Err(StoreError::Refused {
                 image: self.image.display().to_string(),
                 reason: "it was written while it was read (a vm running on it, or another program): what was read is of no single instant, so nothing was recorded of it; run this again once nothing writes it".into(),
@@ -2538,7 +2538,6 @@ mod tests {
     /// bytes written are the ones that were there (its hash then matches).
     #[test]
     fn a_copy_written_while_it_is_read_again_is_not_vouched_for() {
-        use std::os::unix::fs::FileExt as _;
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src.img");
         let dst = dir.path().join("dst.img");
@@ -2549,34 +2548,15 @@ mod tests {
             .apply(&mut &stream_of(&src, &store)[..], point("p1"))
             .unwrap();
         let before = std::fs::read(store.path("points.json")).unwrap();
-        // `f` while something writes the copy all along.
-        let written_during = |f: &dyn Fn() -> Result<(), StoreError>| {
-            let stop = std::sync::atomic::AtomicBool::new(false);
-            std::thread::scope(|scope| {
-                let writer = scope.spawn(|| {
-                    let f = File::options().write(true).open(&dst).unwrap();
-                    let mut writes = 0;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        f.write_all_at(&[7u8], 0).unwrap();
-                        writes += 1;
-                        std::thread::sleep(std::time::Duration::from_micros(200));
-                    }
-                    writes
-                });
-                let done = f();
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                assert!(writer.join().unwrap() > 0);
-                done
-            })
-        };
-        let e = written_during(&|| store.verify(None).map(drop)).unwrap_err();
+        // Something writes the copy all through its read.
+        let e = blocks::written_all_through(&dst, 7, || store.verify(None)).unwrap_err();
         assert!(e.to_string().contains("written while it was read"), "{e}");
         assert_eq!(std::fs::read(store.path("points.json")).unwrap(), before);
         // Once nothing writes it, it is read again and found whole.
         assert_eq!(store.verify(None).unwrap(), [("p1".to_string(), true)]);
         // Nor is a manifest made of it for an update (which then ends its history: the copy
         // was written behind its point).
-        let e = written_during(&|| store.base_manifest(true).map(drop)).unwrap_err();
+        let e = blocks::written_all_through(&dst, 7, || store.base_manifest(true)).unwrap_err();
         assert!(e.to_string().contains("written while it was read"), "{e}");
     }
 

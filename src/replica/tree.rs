@@ -157,7 +157,7 @@ fn digest_in_place(root: &Path) -> io::Result<String> {
         let mut f = dir.open_file(&rel)?;
         let mut h = blake3::Hasher::new();
         let size = io::copy(&mut f, &mut h)?;
-        if !same_file_state(&meta, &f.metadata()?) {
+        if !super::blocks::same_file_state(&meta, &f.metadata()?) {
             return Err(written_while_read(&rel));
         }
         let entry = FileEntry {
@@ -186,7 +186,7 @@ pub fn scan(root: &Path) -> io::Result<Tree> {
     for (rel, meta) in walk(root)? {
         let path = root.join(&rel);
         let hash = super::blocks::hash_file(&path)?;
-        if !same_file_state(&meta, &std::fs::symlink_metadata(&path)?) {
+        if !super::blocks::same_file_state(&meta, &std::fs::symlink_metadata(&path)?) {
             return Err(written_while_read(&rel));
         }
         tree.files.insert(
@@ -308,15 +308,6 @@ pub struct TreeSent {
     pub bytes: u64,
 }
 
-/// Whether two looks at a file saw it unwritten in between: the same file, size, and
-/// modification and status change times (the status change time cannot be set back).
-pub(super) fn same_file_state(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    (before.dev(), before.ino(), before.len(), mtime_ns(before))
-        == (after.dev(), after.ino(), after.len(), mtime_ns(after))
-        && (before.ctime(), before.ctime_nsec()) == (after.ctime(), after.ctime_nsec())
-}
-
 fn changed_while_read(path: &Path) -> String {
     format!(
         "{}: it changed while it was read (a backup still being written?): this replication makes no point; replicate again once what writes it has finished",
@@ -386,7 +377,7 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
         // What was hashed and sent is the file as it was listed only if nothing wrote it
         // meanwhile: a backup still being written would make a point of its first part.
         let after = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if !same_file_state(&meta, &after) {
+        if !super::blocks::same_file_state(&meta, &after) {
             return Err(changed_while_read(&path));
         }
         now.files.insert(rel, entry);
@@ -1625,7 +1616,6 @@ mod tests {
     /// nor its tree records what was read, even when the bytes written are the same.
     #[test]
     fn a_copy_written_while_it_is_verified_is_not_vouched_for() {
-        use std::os::unix::fs::FileExt as _;
         let dir = tempfile::tempdir().unwrap();
         let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
         std::fs::create_dir_all(&src).unwrap();
@@ -1635,26 +1625,11 @@ mod tests {
         let store = TreeStore::new(&dst);
         let points = || std::fs::read(store.path("points.json")).unwrap();
         let before = points();
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        let verified = std::thread::scope(|scope| {
-            let writer = scope.spawn(|| {
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(dst.join("nightly.dump"))
-                    .unwrap();
-                let mut writes = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    f.write_all_at(&[4u8], 0).unwrap();
-                    writes += 1;
-                    std::thread::sleep(std::time::Duration::from_micros(200));
-                }
-                writes
+        // Something writes the copy all through its read.
+        let verified =
+            crate::replica::blocks::written_all_through(&dst.join("nightly.dump"), 4, || {
+                store.verify(None)
             });
-            let verified = store.verify(None);
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            assert!(writer.join().unwrap() > 0);
-            verified
-        });
         let e = verified.unwrap_err().to_string();
         assert!(e.contains("written while it was read"), "{e}");
         assert_eq!(points(), before);

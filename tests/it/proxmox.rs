@@ -508,6 +508,22 @@ fn a_proxmox_vm_whose_guest_cannot_be_frozen_is_not_copied_and_says_why() {
     assert_ne!(points("db"), before);
 }
 
+/// Makes the qcow2 `disk` `size` bytes (`256M`; the lab's are 64M) and fills it with data,
+/// so that its read lasts.
+fn fill(disk: &Path, size: &str) {
+    let run = |cmd: &str, args: &[&str]| {
+        let out = Command::new(cmd)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{cmd} (qemu-utils) is needed by this test: {e}"));
+        assert!(out.status.success(), "{cmd}: {out:?}");
+    };
+    let path = disk.to_str().unwrap();
+    run("qemu-img", &["resize", "-q", "-f", "qcow2", path, size]);
+    let write = format!("write -P 0x3c 0 {size}");
+    run("qemu-io", &["-f", "qcow2", "-c", &write, path]);
+}
+
 /// Proxmox freezes the guest's filesystems, not its disks: swap still writes them while
 /// they are read, and the driver says so (`replicate_reads_live`): the copy is made all the
 /// same. A vm of a driver that does not say so is refused (tests/it/lab.rs).
@@ -515,12 +531,7 @@ fn a_proxmox_vm_whose_guest_cannot_be_frozen_is_not_copied_and_says_why() {
 fn a_running_proxmox_vm_whose_disk_is_written_under_its_freeze_is_copied() {
     let lab = Lab::up(175);
     let disk = lab.images("hv1").join("101/vm-101-disk-0.qcow2");
-    let wrote = std::process::Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0x3c 0 64M"])
-        .arg(&disk)
-        .output()
-        .expect("qemu-io (qemu-utils) is needed by this test");
-    assert!(wrote.status.success(), "{wrote:?}");
+    fill(&disk, "64M");
     let before = lab.point_ids("db");
     std::thread::sleep(std::time::Duration::from_millis(1100)); // point ids are per second
     let writer = crate::common::Rewriter::start(&disk);
@@ -546,19 +557,7 @@ fn a_proxmox_vm_started_during_its_copy_makes_an_unusable_point() {
     assert_eq!(stopped.code, 0, "{stopped:?}");
     let disk = lab.images("hv1").join("101/vm-101-disk-0.qcow2");
     // Data in the disk, so that its copy lasts (a second or so).
-    let grown = std::process::Command::new("qemu-img")
-        .args(["resize", "-q", "-f", "qcow2"])
-        .arg(&disk)
-        .arg("256M")
-        .output()
-        .expect("qemu-img (qemu-utils) is needed by this test");
-    assert!(grown.status.success(), "{grown:?}");
-    let wrote = std::process::Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0x3c 0 256M"])
-        .arg(&disk)
-        .output()
-        .expect("qemu-io (qemu-utils) is needed by this test");
-    assert!(wrote.status.success(), "{wrote:?}");
+    fill(&disk, "256M");
     let before = lab.point_ids("db");
     std::thread::sleep(std::time::Duration::from_millis(1100)); // point ids are per second
     // Someone starts the vm as soon as its copy has begun.
