@@ -266,7 +266,13 @@ fn send_disk(
         (None, _) if bitmap.is_some() => {
             return Err("a dirty bitmap is read through NBD only (--nbd or --format qcow2)".into());
         }
-        (None, _) => send_image(image, &base.manifest()?, &mut w, compress, from.live)?,
+        (None, format) => {
+            let how = AsFile {
+                live: from.live,
+                raw: format == Some(DiskFormat::Raw),
+            };
+            send_image(image, &base.manifest()?, &mut w, compress, how)?
+        }
     };
     w.flush().map_err(|e| format!("writing the stream: {e}"))?;
     // Kept for the next replication, which then sends its digest instead of it. A
@@ -565,21 +571,33 @@ pub fn send(
     w: &mut impl Write,
     compress: bool,
 ) -> Result<Sent, String> {
-    send_image(image, base, w, compress, false)
+    send_image(image, base, w, compress, AsFile::default())
 }
 
-/// [`send`]; with `live`, an image written while it is read is sent all the same: its driver
-/// reads it while the guest runs with its filesystems frozen, where writes below them (swap)
-/// still land. Otherwise nothing may write it (a stopped vm, or a snapshot's read-only base):
-/// one found written between the start and the end of the read (a vm started on it, another
-/// program) would be a copy of no instant, blocks of before beside blocks of after, with a
-/// hash that matches it; the stream then has no end, and the recovery side makes no point.
+/// How [`send_image`] reads a disk file as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AsFile {
+    /// Its driver reads it while the guest runs with its filesystems frozen, where writes
+    /// below them (swap) still land: a file written while it is read is sent all the same.
+    pub live: bool,
+    /// Its format is known to be raw (the guest's bytes, whatever its first ones look like):
+    /// its header is not looked at for another file it names ([`super::image`]).
+    pub raw: bool,
+}
+
+/// [`send`], as `how` says. Unless [`AsFile::live`], nothing may write the file while it is
+/// read (a stopped vm, or a snapshot's read-only base): one found written between the start
+/// and the end of the read (a vm started on it, another program) would be a copy of no
+/// instant, blocks of before beside blocks of after, with a hash that matches it; the stream
+/// then has no end, and the recovery side makes no point. A file that is not all of its disk
+/// (a device node, an overlay whose header names a backing file) is refused before anything
+/// is sent ([`super::image::whole_disk`]).
 pub fn send_image(
     image: &Path,
     base: &Manifest,
     w: &mut impl Write,
     compress: bool,
-    live: bool,
+    how: AsFile,
 ) -> Result<Sent, String> {
     let name = image.display().to_string();
     let mut compressor = match compress {
@@ -588,6 +606,8 @@ pub fn send_image(
     };
     let file = File::open(image).map_err(|e| format!("{name}: {e}"))?;
     let before = file.metadata().map_err(|e| format!("{name}: {e}"))?;
+    // A device node's size as a file is 0, and an overlay's file is not all of its disk.
+    super::image::whole_disk(&file, &before, how.raw).map_err(|e| format!("{name}: {e}"))?;
     let size = before.len();
     blocks::explain_faults(&format!(
         "error: {name} was cut short, or the disk could not read it, while it was sent; nothing was committed"
@@ -647,7 +667,7 @@ pub fn send_image(
     .map_err(|e| format!("{name}: {e}"))?;
     // By its path: a file renamed over it meanwhile is another file.
     let after = std::fs::metadata(image).map_err(|e| format!("{name}: {e}"))?;
-    if !live && !super::blocks::same_file_state(&before, &after) {
+    if !how.live && !super::blocks::same_file_state(&before, &after) {
         return Err(format!(
             "{name}: it was written while it was read (a vm started on it, or another program writing it): a copy of no single instant, so this replication makes no point and the recovery copy keeps its last one; replicate again once nothing writes it (a running vm is frozen by its driver's replicate-begin; a driver whose freeze lets the guest go on writing its disks, as a filesystem freeze does, says so with replicate_reads_live = true)"
         ));
@@ -1171,7 +1191,8 @@ mod tests {
                     flushed: false,
                     then: Some(|| change(&src)),
                 };
-                let sent = send_image(&src, &m, &mut stream, false, live);
+                let how = AsFile { live, raw: false };
+                let sent = send_image(&src, &m, &mut stream, false, how);
                 assert!(stream.then.is_none(), "{what}: the change was made");
                 let new = NewPoint {
                     id: "p2".into(),

@@ -26,6 +26,7 @@ pub mod cbt;
 pub mod choice;
 pub mod definitions;
 pub mod helper;
+pub mod image;
 pub mod kept;
 pub mod meta;
 pub mod nbd;

@@ -85,24 +85,53 @@ fn mtime_ns(m: &std::fs::Metadata) -> i128 {
     i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
 }
 
-/// Regular files under `root`, sorted, with their metadata.
+/// Regular files under `root`, sorted, with their metadata (links are not followed).
 fn walk(root: &Path) -> io::Result<Vec<(String, std::fs::Metadata)>> {
+    Ok(walk_all(root)?.0)
+}
+
+/// [`walk`], and the entries that are neither files nor folders (links, devices, pipes,
+/// sockets), sorted, each with what it is.
+#[allow(clippy::type_complexity)]
+fn walk_all(
+    root: &Path,
+) -> io::Result<(
+    Vec<(String, std::fs::Metadata)>,
+    Vec<(String, &'static str)>,
+)> {
+    use std::os::unix::fs::FileTypeExt as _;
     let mut out = Vec::new();
+    let mut others = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         for entry in std::fs::read_dir(root.join(&rel))? {
             let entry = entry?;
             let rel = rel.join(entry.file_name());
             let meta = entry.metadata()?;
+            let kind = meta.file_type();
             if meta.is_dir() {
                 stack.push(rel);
             } else if meta.is_file() {
                 out.push((rel.to_string_lossy().into_owned(), meta));
+            } else {
+                let what = if kind.is_symlink() {
+                    "a symbolic link"
+                } else if kind.is_block_device() || kind.is_char_device() {
+                    "a device"
+                } else if kind.is_fifo() {
+                    "a pipe"
+                } else if kind.is_socket() {
+                    "a socket"
+                } else {
+                    "neither a file nor a folder"
+                };
+                others.push((rel.to_string_lossy().into_owned(), what));
             }
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    others.sort();
+    Ok((out, others))
 }
 
 /// When anything under `root` (itself included) last changed: the newest modification or
@@ -325,7 +354,29 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
     let mut now = Tree::default();
     let mut sent = TreeSent::default();
     put(w, &Rec::Hello { protocol: PROTOCOL }).map_err(err)?;
-    for (rel, meta) in walk(root).map_err(err)? {
+    let (files, others) = walk_all(root).map_err(err)?;
+    // Left out, the copy would lack what the folder holds, with nothing said: a link's target
+    // (a folder of dumps linked in), or what a restore looks for by that name.
+    if !others.is_empty() {
+        let named: Vec<String> = others
+            .iter()
+            .take(5)
+            .map(|(rel, what)| format!("{rel} ({what})"))
+            .collect();
+        return Err(format!(
+            "{name}: {}{} {} not a file or a folder: a backup set is copied as files and folders only, and a copy without {} would not be the folder; this replication makes no point. Move {} out of the backup set, or point the backup set at the folder a link leads to",
+            named.join(", "),
+            if others.len() > 5 {
+                format!(" and {} more", others.len() - 5)
+            } else {
+                String::new()
+            },
+            if others.len() == 1 { "is" } else { "are" },
+            if others.len() == 1 { "it" } else { "them" },
+            if others.len() == 1 { "it" } else { "them" },
+        ));
+    }
+    for (rel, meta) in files {
         let path = root.join(&rel);
         let known = base.files.get(&rel);
         let (size, mtime) = (meta.len(), mtime_ns(&meta));
@@ -1610,6 +1661,54 @@ mod tests {
             replicate(&src, &dst, "p2");
             assert_eq!(contents(&dst), contents(&src), "{what}");
         }
+    }
+
+    /// A link, a pipe or a socket in a backup set is not left out with nothing said (the
+    /// copy would lack the files a link leads to): the replication makes no point and names
+    /// them; once they are gone, the folder is copied.
+    #[test]
+    fn what_is_not_a_file_or_a_folder_makes_no_point_and_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        let elsewhere = dir.path().join("dumps");
+        std::fs::create_dir_all(src.join("db")).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(src.join("db/base.conf"), b"kept").unwrap();
+        std::fs::write(elsewhere.join("nightly.dump"), vec![3u8; 4096]).unwrap();
+        replicate(&src, &dst, "p1");
+        let before = std::fs::read(TreeStore::new(&dst).path("points.json")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, src.join("db/dumps")).unwrap();
+        std::os::unix::fs::symlink("base.conf", src.join("db/latest.conf")).unwrap();
+        let fifo = src.join("db/fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let mut stream = Vec::new();
+        let err = send_tree(&src, &Tree::default(), &mut stream).unwrap_err();
+        assert!(
+            err.contains("db/dumps (a symbolic link), db/fifo (a pipe), db/latest.conf (a symbolic link) are not a file or a folder")
+                && err.contains("makes no point"),
+            "{err}"
+        );
+        let store = TreeStore::new(&dst);
+        let point = NewPoint {
+            id: "p2".into(),
+            taken_at: Utc::now(),
+            source: "src".into(),
+            retention: 3,
+            definition: None,
+            read: None,
+        };
+        assert!(store.apply(&mut &stream[..], point).is_err());
+        assert_eq!(std::fs::read(store.path("points.json")).unwrap(), before);
+        // The backup set pointed at files only: copied.
+        for p in ["db/dumps", "db/latest.conf", "db/fifo"] {
+            std::fs::remove_file(src.join(p)).unwrap();
+        }
+        replicate(&src, &dst, "p3");
+        assert_eq!(contents(&dst), contents(&src));
     }
 
     /// A copy written while it is read again is not vouched for: neither its point's stamp

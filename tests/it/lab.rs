@@ -1395,6 +1395,71 @@ fn a_disk_written_while_it_is_read_makes_no_point_and_is_named() {
 }
 
 #[test]
+fn a_disk_that_keeps_data_in_another_file_makes_no_point_and_is_named() {
+    let lab = Lab::up(47);
+    let images = lab.host_root("hv-main").join("srv/datastore/images");
+    let source = images.join("erp-db-system.qcow2");
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let points = |lab: &Lab| lab.run(&["points", "erp-db", "--json"]).stdout;
+    let before = points(&lab);
+
+    // The disk becomes an overlay over a template beside it (a linked clone): its own file
+    // holds only what was written since.
+    std::fs::rename(&source, images.join("erp-db-template.qcow2")).unwrap();
+    let src = source.to_str().unwrap();
+    let made = tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            "erp-db-template.qcow2",
+            src,
+        ],
+    );
+    assert!(made.status.success(), "{made:?}");
+    let wrote = tool(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x5a 1M 64k", src],
+    );
+    assert!(wrote.status.success(), "{wrote:?}");
+    std::thread::sleep(Duration::from_millis(1100)); // point ids are per second
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "/srv/datastore/images/erp-db-system.qcow2: it is a qcow2 image over the backing file 'erp-db-template.qcow2'"
+        ) && run.stderr.contains("makes no point")
+            && run.stderr.contains("qemu-img rebase -b ''"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(points(&lab), before, "no point of a part of the disk");
+
+    // Made whole, as the error says, it is copied whole: the copy names no other file and
+    // holds what the guest sees.
+    let rebased = tool("qemu-img", &["rebase", "-q", "-f", "qcow2", "-b", "", src]);
+    assert!(rebased.status.success(), "{rebased:?}");
+    std::thread::sleep(Duration::from_millis(1100));
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_ne!(points(&lab), before);
+    let copy = lab
+        .host_root("hv-pra")
+        .join("srv/replicas/images/erp-db-system.qcow2");
+    let info = tool("qemu-img", &["info", "-U", copy.to_str().unwrap()]);
+    let info = String::from_utf8_lossy(&info.stdout).into_owned();
+    assert!(!info.contains("backing file"), "{info}");
+    let same = tool("qemu-img", &["compare", "-U", src, copy.to_str().unwrap()]);
+    assert!(same.status.success(), "{same:?}");
+}
+
+#[test]
 fn the_steps_before_a_copy_go_to_the_vm_host_in_one_command_and_a_failed_one_stops_those_after_it()
 {
     let lab = Lab::up(240);
