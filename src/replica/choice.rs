@@ -13,7 +13,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::meta::{CopyState, LeaseKind, PointsSource};
+use super::meta::{CopyState, Lease, LeaseKind, PointsSource};
 use super::store::{Point, Verified};
 
 /// Who starts the vm.
@@ -141,20 +141,44 @@ pub fn decide(disks: &[CopyState], how: Use, ask: &Ask) -> Decision {
                 .any(|l| l.kind == LeaseKind::Live && l.run == r)
         })
     {
-        let lease = disks[0]
-            .leases
+        // Each disk's own lease: its point, and when and whether it was verified.
+        let leases: Vec<&Lease> = disks
             .iter()
-            .find(|l| l.kind == LeaseKind::Live && l.run == r)
-            .expect("checked");
-        let point = lease.point.clone().unwrap_or_else(|| "as-is".into());
+            .map(|d| {
+                d.leases
+                    .iter()
+                    .find(|l| l.kind == LeaseKind::Live && l.run == r)
+                    .expect("checked")
+            })
+            .collect();
+        let mut ids: Vec<String> = Vec::new();
+        let mut moments: Vec<(Option<&str>, DateTime<Utc>)> = Vec::new();
+        for l in &leases {
+            let moment = (l.point.as_deref(), l.taken_at.unwrap_or(l.at));
+            if !moments.contains(&moment) {
+                let id = moment.0.unwrap_or("as-is");
+                ids.push(if moments.iter().any(|m| m.0 == moment.0) {
+                    format!("{id}@{}", moment.1.format("%H:%M:%S%.3f"))
+                } else {
+                    id.to_string()
+                });
+                moments.push(moment);
+            }
+        }
+        let point = ids.join("+");
+        let first = leases[0];
         return Decision::Start(Start {
-            points: disks.iter().map(|_| lease.point.clone()).collect(),
+            points: leases.iter().map(|l| l.point.clone()).collect(),
             roll_back: Vec::new(),
-            taken_at: lease.taken_at.unwrap_or(lease.at),
-            verified: lease.verified,
+            taken_at: moments
+                .iter()
+                .map(|m| m.1)
+                .min()
+                .expect("one disk at least"),
+            verified: moments.len() == 1 && leases.iter().all(|l| l.verified),
             notes: vec![format!(
                 "this run already started the vm on these copies from {point} (at {}): it starts again from what it wrote since",
-                lease.at.format("%Y-%m-%d %H:%M:%S UTC")
+                first.at.format("%Y-%m-%d %H:%M:%S UTC")
             )],
             point,
             dropped: Vec::new(),
@@ -1141,6 +1165,25 @@ mod tests {
         };
         let s = started(decide(std::slice::from_ref(&sys), Use::Failover, &mine));
         assert_eq!((s.point.as_str(), s.verified), ("P1", true));
+        // Resumed, each disk is said from its own lease: disks started from different
+        // moments are not one verified point, whatever the first disk's lease says.
+        let mut data = sys.clone();
+        data.path = "/r/data".into();
+        data.leases[0].point = Some("P0".into());
+        data.leases[0].taken_at = Some("2026-11-28T00:00:00Z".parse().unwrap());
+        let s = started(decide(&[sys.clone(), data.clone()], Use::Failover, &mine));
+        assert_eq!(s.points, [Some("P1".into()), Some("P0".into())]);
+        assert_eq!((s.point.as_str(), s.verified), ("P1+P0", false));
+        assert_eq!(
+            s.taken_at,
+            "2026-11-28T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        data.leases[0].point = Some("P1".into());
+        let s = started(decide(&[sys.clone(), data], Use::Failover, &mine));
+        assert_eq!(
+            (s.point.as_str(), s.verified),
+            ("P1+P1@00:00:00.000", false)
+        );
         let (level, detail) = judge(&sys, "erp-db", Some(900), Utc::now());
         assert_eq!(level, Level::Failed);
         assert!(detail.contains("fail back"), "{detail}");
