@@ -339,16 +339,29 @@ pub fn lease_name(kind: LeaseKind, run: &str) -> String {
 }
 
 /// The leases of a metadata folder; a lease file that cannot be read still counts (as held
-/// by an unknown user), so that a damaged lease never lets a replication through.
+/// by an unknown user), so that a damaged lease never lets a replication through; so does a
+/// leases folder that cannot be read (only one that is not there holds none).
 pub fn read_leases(dir: &Path) -> Vec<Result<Lease, String>> {
-    let Ok(entries) = std::fs::read_dir(dir.join("leases")) else {
-        return Vec::new();
+    let folder = dir.join("leases");
+    let unreadable = |e: std::io::Error| {
+        vec![Err(format!(
+            "the leases folder {} cannot be read ({e}): it may hold leases",
+            folder.display()
+        ))]
     };
-    let mut names: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
+    let entries = match std::fs::read_dir(&folder) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => return unreadable(e),
+    };
+    let mut names: Vec<PathBuf> = Vec::new();
+    for e in entries {
+        match e {
+            Ok(e) => names.push(e.path()),
+            Err(e) => return unreadable(e),
+        }
+    }
+    names.retain(|p| p.extension().is_some_and(|e| e == "json"));
     names.sort();
     names
         .into_iter()
@@ -706,5 +719,11 @@ mod tests {
         let removed = remove_leases(d, |_, name| name == "drill-r1").unwrap();
         assert_eq!(removed, ["drill-r1"]);
         assert_eq!(in_use(d), None);
+        // A leases folder that cannot be listed (here a file where it should be) may hold
+        // leases: it holds the copy too.
+        std::fs::remove_dir(d.join("leases")).unwrap();
+        std::fs::write(d.join("leases"), b"").unwrap();
+        let why = in_use(d).unwrap();
+        assert!(why.contains("the leases folder") && why.contains("cannot be read"), "{why}");
     }
 }
