@@ -33,6 +33,15 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8], keep_prev: bool) -> Resu
     })
 }
 
+/// Writes the points file `json` as both of its generations (the previous one is what a
+/// damaged newest falls back on): that fallback then never brings back a history the copy
+/// has left (a point since marked bad, points a roll-back dropped, whose deltas are gone).
+/// At every moment one of the two files is whole.
+pub fn write_points_file(dir: &Path, json: &[u8]) -> Result<(), StoreError> {
+    write_file(dir, "points.json", json, true)?;
+    write_file(dir, "points.json", json, true)
+}
+
 /// [`write_file`], the content written by `fill`.
 pub fn write_file_with(
     dir: &Path,
@@ -724,6 +733,9 @@ mod tests {
         std::fs::remove_dir(d.join("leases")).unwrap();
         std::fs::write(d.join("leases"), b"").unwrap();
         let why = in_use(d).unwrap();
-        assert!(why.contains("the leases folder") && why.contains("cannot be read"), "{why}");
+        assert!(
+            why.contains("the leases folder") && why.contains("cannot be read"),
+            "{why}"
+        );
     }
 }

@@ -574,7 +574,7 @@ impl Store {
 
     fn write_points(&self, points: &[Point]) -> Result<(), StoreError> {
         let json = serde_json::to_vec_pretty(points).expect("points serialize");
-        meta::write_file(&self.dir, "points.json", &json, true)
+        meta::write_points_file(&self.dir, &json)
     }
 
     /// Size, mtime and inode of the mirror: what it was when the manifest was written.
@@ -1656,9 +1656,7 @@ impl Store {
         points[k].verified = Verified::Bad;
         points[k].unusable = Some(why.to_string());
         points[k].checked_at = Some(Utc::now());
-        // Twice: the previous generation, which a damaged newest falls back on, must not
-        // bring the point back as it was before.
-        self.write_points(&points)?;
+        // Both generations (`write_points`): a damaged newest never brings it back as it was.
         self.write_points(&points)?;
         Ok(points[k].clone())
     }
@@ -2530,6 +2528,49 @@ mod tests {
         assert_eq!(
             store.verify(Some("p3")).unwrap(),
             [("p3".to_string(), false)]
+        );
+    }
+
+    /// Whatever changes a history (a verification that finds a point bad, a roll-back that
+    /// drops the newer points and their deltas), a points file damaged right after falls back
+    /// on a previous generation that has the change too: never a bad point as good, nor a
+    /// dropped one back.
+    #[test]
+    fn a_damaged_points_file_never_brings_back_a_history_the_copy_has_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let store = Store::new(&dir.path().join("dst.img"));
+        for (id, byte) in [("p1", 1u8), ("p2", 2), ("p3", 3)] {
+            std::fs::write(&src, vec![byte; 3 * BLOCK]).unwrap();
+            let (m, _) = store.base_manifest(false).unwrap();
+            let mut out = Vec::new();
+            crate::replica::helper::send(&src, &m, &mut out, false).unwrap();
+            store.apply(&mut &out[..], point(id)).unwrap();
+        }
+        let damage = || std::fs::write(store.path("points.json"), b"{ torn").unwrap();
+        let said = |store: &Store| -> Vec<(String, Verified)> {
+            let points = store.points().unwrap();
+            points.into_iter().map(|p| (p.id, p.verified)).collect()
+        };
+        // p1's delta lost: a verification finds it bad.
+        std::fs::remove_file(store.path("deltas/p1.rdelta")).unwrap();
+        let checked = store.verify(None).unwrap();
+        assert_eq!(checked[0], ("p1".to_string(), false));
+        damage();
+        assert_eq!(
+            said(&store),
+            [
+                ("p1".into(), Verified::Bad),
+                ("p2".into(), Verified::Yes),
+                ("p3".into(), Verified::Yes)
+            ]
+        );
+        // Rolled back to p2: p3 is gone, with its delta.
+        store.roll_back("p2").unwrap();
+        damage();
+        assert_eq!(
+            said(&store),
+            [("p1".into(), Verified::Bad), ("p2".into(), Verified::Yes)]
         );
     }
 

@@ -578,7 +578,10 @@ impl TreeStore {
 
     fn write_json(&self, name: &str, value: &impl Serialize) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec_pretty(value).expect("serializes");
-        meta::write_file(&self.dir, name, &bytes, name == "points.json")
+        if name == "points.json" {
+            return meta::write_points_file(&self.dir, &bytes);
+        }
+        meta::write_file(&self.dir, name, &bytes, false)
     }
 
     /// The points, oldest first (from `points.json.prev` when the newest is damaged); an
@@ -1202,9 +1205,7 @@ impl TreeStore {
         while points.len() > c.retention as usize {
             dropped.push(points.remove(0).id);
         }
-        self.write_json("points.json", &points)?;
-        // Twice: the generation kept beside it then holds the new point too, so a points
-        // file damaged later is recovered whole (an image's update writes it twice anyway).
+        // Both generations: a points file damaged later is recovered whole.
         self.write_json("points.json", &points)?;
         for id in dropped {
             let _ = std::fs::remove_dir_all(self.path(&format!("deltas/{id}")));
