@@ -271,6 +271,15 @@ struct Journal {
     commit: Option<Commit>,
 }
 
+/// What completing a committed update did.
+struct RolledForward {
+    /// The points retention dropped.
+    dropped: Vec<String>,
+    /// Why the new point is not what the copy holds (its update damaged on this disk after it
+    /// was received): the point is recorded bad, with that reason.
+    unusable: Option<String>,
+}
+
 /// Bytes written between two requests to the kernel to start writing back: the data goes to
 /// disk while more arrives, so the final fsync has little left to wait for.
 const WRITEBACK_EVERY: u64 = 16 << 20;
@@ -854,10 +863,13 @@ impl Store {
         match journal.commit.clone() {
             Some(commit) => {
                 let id = commit.point.id.clone();
-                self.roll_forward(&path, &journal, commit)?;
-                Ok(Some(format!(
-                    "an interrupted update was completed: point {id}"
-                )))
+                let done = self.roll_forward(&path, &journal, commit)?;
+                Ok(Some(match done.unusable {
+                    None => format!("an interrupted update was completed: point {id}"),
+                    Some(why) => format!(
+                        "an interrupted update was completed, and point {id} is UNUSABLE: {why}"
+                    ),
+                }))
             }
             None => {
                 let pending = self.path("delta.pending");
@@ -1186,11 +1198,17 @@ impl Store {
             });
         }
         let journal = read_journal(&jpath)?;
-        let dropped = self.roll_forward(&jpath, &journal, commit)?;
+        let done = self.roll_forward(&jpath, &journal, commit)?;
+        if let Some(why) = done.unusable {
+            return Err(StoreError::Damaged {
+                path: self.image.display().to_string(),
+                reason: format!("point {} is recorded as unusable: {why}", point.id),
+            });
+        }
         Ok(Applied {
             point,
             blocks: s.changed,
-            dropped,
+            dropped: done.dropped,
             recovered: None,
         })
     }
@@ -1285,8 +1303,9 @@ impl Store {
         })
     }
 
-    /// Makes an update's commit record durable, after the reverse delta it relies on: the
-    /// delta synced, then the record ends the journal, which is synced in turn.
+    /// Makes an update's commit record durable, after the reverse delta and the new blocks it
+    /// relies on: the delta synced, the journal's blocks synced, then the record ends the
+    /// journal, which is synced in turn.
     fn write_commit(
         &self,
         mut j: BufWriter<File>,
@@ -1302,6 +1321,10 @@ impl Store {
         dfile.sync_all().map_err(&derr)?;
         drop(dfile);
         sync_dir(&self.dir)?;
+        // The new blocks are durable before the record that commits them is written: one
+        // sync of both could leave, after a power cut, the record on disk and a block not.
+        j.flush().map_err(&werr)?;
+        j.get_ref().sync_data().map_err(&werr)?;
         let json = serde_json::to_vec(commit).expect("commit serializes");
         j.write_all(&[9]).map_err(&werr)?;
         j.write_all(&(json.len() as u32).to_le_bytes())
@@ -1322,7 +1345,7 @@ impl Store {
         jpath: &Path,
         journal: &Journal,
         commit: Commit,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<RolledForward, StoreError> {
         // A journal damaged on disk is refused before anything is touched: an image size no
         // image has, a block beyond the image, or a block whose length is not its block's (a
         // longer one would overwrite its neighbours, a shorter one leave stale bytes, unseen
@@ -1403,12 +1426,22 @@ impl Store {
             .open(&self.image)
             .map_err(io_err(&self.image))?;
         let mut written = 0u64;
-        for (idx, _, slot) in &journal.new {
+        // Each block as read back from the journal, hashed again: one damaged on this disk
+        // since it was received is what the mirror now holds, and what its manifest says.
+        let mut changed: Vec<(u64, Cv)> = Vec::with_capacity(journal.new.len());
+        let mut damaged: Vec<u64> = Vec::new();
+        for (idx, cv, slot) in &journal.new {
             let off = idx * BLOCK as u64;
             match slot.at {
                 Some(_) => {
+                    let data = read_slot(slot)?;
+                    let real = blocks::cv(*idx, &data);
+                    if real != *cv {
+                        damaged.push(*idx);
+                    }
+                    changed.push((*idx, real));
                     mirror
-                        .write_all_at(&read_slot(slot)?, off)
+                        .write_all_at(&data, off)
                         .map_err(io_err(&self.image))?;
                     written += u64::from(slot.len);
                     if written % WRITEBACK_EVERY < u64::from(slot.len) {
@@ -1416,6 +1449,7 @@ impl Store {
                     }
                 }
                 None => {
+                    changed.push((*idx, *cv));
                     punch_hole(&mirror, off, u64::from(slot.len)).map_err(io_err(&self.image))?
                 }
             }
@@ -1425,8 +1459,21 @@ impl Store {
             .map_err(io_err(&self.image))?;
         mirror.sync_all().map_err(io_err(&self.image))?;
         // 3. The manifest, then the stamp.
-        self.roll_manifest_forward(journal, &commit)?;
+        let whole = self.roll_manifest_forward(&changed, &commit)?;
         self.write_stamp()?;
+        // The copy is the point only if its hash is the one the source sent.
+        let unusable = (hex(whole) != commit.new_whole).then(|| {
+            let blocks = match damaged.len() {
+                0 => String::new(),
+                n => format!(
+                    " ({n} of its blocks read back from its journal differ from what was received, the first block {})",
+                    damaged[0]
+                ),
+            };
+            format!(
+                "the update that made it was damaged on the recovery host's disk after it was received{blocks}: the copy is not this point; the next replication sends what differs again"
+            )
+        });
         // 4. The points, within retention; the new newest records what the mirror now is.
         let mut points = self.points()?;
         if !points.iter().any(|p| p.id == commit.point.id) {
@@ -1434,6 +1481,11 @@ impl Store {
         }
         if let Some(p) = points.last_mut().filter(|p| p.id == commit.point.id) {
             p.stamp = self.stamp();
+            if let Some(why) = &unusable {
+                p.verified = Verified::Bad;
+                p.unusable = Some(why.clone());
+                p.checked_at = Some(Utc::now());
+            }
         }
         let mut dropped = Vec::new();
         while points.len() > commit.retention as usize {
@@ -1448,7 +1500,7 @@ impl Store {
         meta::prune_definitions(&self.dir, &points);
         std::fs::remove_file(jpath).map_err(io_err(jpath))?;
         sync_dir(&self.dir)?;
-        Ok(dropped)
+        Ok(RolledForward { dropped, unusable })
     }
 
     /// Stage 3 of [`Self::roll_forward`]: the manifest made that of the mirror as the update
@@ -1458,35 +1510,43 @@ impl Store {
     /// whole-image hash; else it is made anew from its leaves (an inner node was damaged),
     /// which must give it in turn, or the manifest was not the base of this update (damaged,
     /// replaced, of an older layout): the mirror is then hashed again, and so is an image of
-    /// one block.
-    fn roll_manifest_forward(&self, journal: &Journal, commit: &Commit) -> Result<(), StoreError> {
+    /// one block. `changed` are the blocks as the mirror now holds them; returns the hash of the
+    /// whole image the manifest now gives.
+    fn roll_manifest_forward(
+        &self,
+        changed: &[(u64, Cv)],
+        commit: &Commit,
+    ) -> Result<[u8; 32], StoreError> {
         let size = commit.point.size;
         let n = blocks::count(size);
-        let changed: Vec<(u64, Cv)> = journal.new.iter().map(|(i, c, _)| (*i, *c)).collect();
         if let (true, Some(whole)) = (n >= 2, parse_hex(&commit.new_whole))
             && let Some(mut t) = self.open_tree(&[MANIFEST_MAGIC, MANIFEST_UPDATING])?
         {
             let tpath = self.path("manifest");
             let terr = io_err(&tpath);
-            let (updated, root) = update_tree(&mut t, n, &changed).map_err(&terr)?;
+            let (updated, root) = update_tree(&mut t, n, changed).map_err(&terr)?;
             if root == Some(whole) {
-                return match updated {
-                    Updated::InPlace => self.write_in_place(&t, size, &whole),
+                match updated {
+                    Updated::InPlace => self.write_in_place(&t, size, &whole)?,
                     Updated::Whole(nodes) => {
                         drop(t);
-                        self.write_tree(size, &whole, &nodes)
+                        self.write_tree(size, &whole, &nodes)?
                     }
                 };
+                return Ok(whole);
             }
             // An inner node may be damaged: the tree made anew from its leaves.
-            let (nodes, root) = tree_anew(&t, n, &changed).map_err(&terr)?;
+            let (nodes, root) = tree_anew(&t, n, changed).map_err(&terr)?;
             if root == Some(whole) {
                 drop(t);
-                return self.write_tree(size, &whole, &nodes);
+                self.write_tree(size, &whole, &nodes)?;
+                return Ok(whole);
             }
         }
+        // The mirror as it is, whatever the point says it should be.
         let m = self.read_mirror()?;
-        self.write_tree(m.size, &m.whole, &tree::of(m.cvs))
+        self.write_tree(m.size, &m.whole, &tree::of(m.cvs))?;
+        Ok(m.whole)
     }
 
     fn find(&self, points: &[Point], id: &str) -> Result<usize, StoreError> {
@@ -2799,6 +2859,73 @@ mod tests {
             .unwrap()
             .len();
         assert!(delta < 2 * BLOCK as u64, "{delta}");
+    }
+
+    /// A committed update whose journal was damaged on the recovery host's disk before it was
+    /// rolled forward (bit rot, a power cut that lost a page): the block read back is what the
+    /// mirror gets and what its manifest says, the point is recorded unusable with why, and the
+    /// next replication sends that block again and makes a good point. Never a point said
+    /// verified that the copy is not.
+    #[test]
+    fn a_journal_damaged_after_its_commit_makes_an_unusable_point_and_the_next_one_mends_it() {
+        let (dir, store, _v1) = stopped_at_commit(3, 4);
+        let src = dir.path().join("src.img");
+        let jpath = store.path("journal");
+        let mut j = std::fs::read(&jpath).unwrap();
+        // The first block's data: after the magic, its record's kind, index, hash and length.
+        let at = JOURNAL_MAGIC.len() + 1 + 8 + 32 + 4 + 1;
+        assert_eq!(j[at - 1], 0);
+        j[at..at + 4096].fill(0);
+        std::fs::write(&jpath, &j).unwrap();
+        let note = store.settle().unwrap().unwrap();
+        assert!(
+            note.contains("point p2 is UNUSABLE") && note.contains("the first block 0"),
+            "{note}"
+        );
+        let p2 = store.points().unwrap().pop().unwrap();
+        assert_eq!(p2.verified, Verified::Bad);
+        assert!(
+            p2.unusable
+                .unwrap()
+                .contains("damaged on the recovery host's disk")
+        );
+        // The manifest tells what the mirror holds, so the next update sends the block again.
+        let real = Manifest::of_file(&store.image).unwrap();
+        let (m, _) = store.base_manifest(false).unwrap();
+        assert_eq!(m.whole, real.whole);
+        let applied = store
+            .apply(&mut &stream_of(&src, &store)[..], point("p3"))
+            .unwrap();
+        assert_eq!(applied.point.verified, Verified::Yes);
+        assert!(applied.blocks >= 1, "the damaged block travels again");
+        assert_eq!(
+            std::fs::read(&store.image).unwrap(),
+            std::fs::read(&src).unwrap()
+        );
+        assert_eq!(
+            store.verify(Some("p3")).unwrap(),
+            [("p3".to_string(), true)]
+        );
+        // Damaged the same way during an apply itself: the apply fails, naming the point.
+        std::fs::write(&src, vec![5u8; 3 * BLOCK]).unwrap();
+        store
+            .apply_until(&mut &stream_of(&src, &store)[..], point("p4"), true)
+            .unwrap();
+        let mut j = std::fs::read(&jpath).unwrap();
+        j[at..at + 4096].fill(0);
+        std::fs::write(&jpath, &j).unwrap();
+        // (The journal is rolled forward by the next command on the copy: an apply.)
+        std::fs::write(&src, vec![6u8; 3 * BLOCK]).unwrap();
+        let stream = {
+            let mut out = Vec::new();
+            let m = Manifest::of_file(&store.image).unwrap();
+            crate::replica::helper::send(&src, &m, &mut out, false).unwrap();
+            out
+        };
+        let _ = store.apply(&mut &stream[..], point("p5"));
+        let points = store.points().unwrap();
+        let p4 = points.iter().find(|p| p.id == "p4").unwrap();
+        assert_eq!(p4.verified, Verified::Bad, "{points:?}");
     }
 
     #[test]
