@@ -29,6 +29,9 @@ pub struct DomDisk {
     pub target: String,
     pub source: String,
     pub format: String,
+    /// The file its image is an overlay over, when the definition names one (a running
+    /// domain's does; a stopped one's may not: [`offline_bitmap_problem`] asks the file).
+    pub backing: Option<String>,
 }
 
 /// The file disks (`device='disk'`) of a domain's XML: the `<disk>` elements of its
@@ -76,10 +79,19 @@ pub fn parse_disks(xml: &str) -> Result<Vec<DomDisk>, String> {
         let format = child(disk, "driver")
             .and_then(|d| attr(d, "type"))
             .unwrap_or_else(|| "raw".into());
+        // `<backingStore/>` empty: none; with a source: the first file of its chain.
+        let backing = child(disk, "backingStore").and_then(|b| {
+            let s = child(b, "source")?;
+            attr(s, "file")
+                .or_else(|| attr(s, "dev"))
+                .or_else(|| attr(s, "name"))
+                .or_else(|| Some("another image".into()))
+        });
         out.push(DomDisk {
             target,
             source,
             format,
+            backing,
         });
     }
     Ok(out)
@@ -154,6 +166,19 @@ pub fn decide(f: &Facts) -> Decision {
             format!(
                 "disk {} is {}: QEMU keeps dirty bitmaps in qcow2 files only",
                 d.target, d.format
+            ),
+            None,
+        );
+    }
+    // The guest sees its backing file's blocks where the overlay has none: written there (a
+    // template refreshed, or rebased), they change the disk and no bitmap of the overlay
+    // marks them.
+    if let Some(d) = f.disks.iter().find(|d| d.backing.is_some()) {
+        return Decision::scan(
+            format!(
+                "disk {} is an overlay over {}: what is written to that file is in no bitmap of the disk",
+                d.target,
+                d.backing.as_deref().unwrap_or_default()
             ),
             None,
         );
@@ -347,6 +372,12 @@ pub fn offline_bitmap_problem(
         )?;
         let info: serde_json::Value = serde_json::from_str(&json)
             .map_err(|e| format!("qemu-img info of {f} is not understood: {e}"))?;
+        // A stopped domain's definition may not name its disks' backing files: the file does.
+        if let Some(b) = info["backing-filename"].as_str() {
+            return Ok(Some(format!(
+                "{f} is an overlay over {b}: what is written to that file is in no bitmap of the disk"
+            )));
+        }
         let bitmaps = info["format-specific"]["data"]["bitmaps"]
             .as_array()
             .cloned()
@@ -578,11 +609,13 @@ mod tests {
                     target: "vda".into(),
                     source: "/var/lib/libvirt/images/app.qcow2".into(),
                     format: "qcow2".into(),
+                    backing: Some("/b&c.raw".into()),
                 },
                 DomDisk {
                     target: "vdb".into(),
                     source: "/data's.img".into(),
                     format: "raw".into(),
+                    backing: None,
                 },
             ]
         );
@@ -677,6 +710,7 @@ mod tests {
             target: t.into(),
             source: format!("/{t}"),
             format: "qcow2".into(),
+            backing: None,
         }
     }
 
@@ -776,6 +810,15 @@ mod tests {
         assert!(d.why.unwrap().contains("changed since its newest point"));
         f.copy_problem = None;
         assert_eq!(decide(&f).mode, ReadMode::ChangedBlocks);
+        // An overlay over a backing file: what is written there is in no bitmap of the disk.
+        f.disks[1].backing = Some("/templates/debian.qcow2".into());
+        let d = decide(&f);
+        assert_eq!(d.mode, ReadMode::Scan, "{d:?}");
+        assert!(
+            d.why
+                .unwrap()
+                .contains("disk vdb is an overlay over /templates/debian.qcow2"),
+        );
     }
 
     #[test]
@@ -867,6 +910,90 @@ mod tests {
                 reason: "no pipes here".into(),
             })
         }
+    }
+
+    /// This machine as the host: each command run by `sh -c`.
+    struct Local;
+
+    impl Transport for Local {
+        fn exec(
+            &self,
+            _host: &str,
+            command: &str,
+            _deadline: std::time::Duration,
+        ) -> Result<crate::ssh::ExecOutput, crate::ssh::SshError> {
+            let out = std::process::Command::new("sh")
+                .args(["-c", command])
+                .output()
+                .expect("sh");
+            Ok(crate::ssh::ExecOutput {
+                exit_code: out.status.code().unwrap_or(1),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                truncated: false,
+                timed_out: false,
+                duration: std::time::Duration::ZERO,
+            })
+        }
+
+        fn pipe(
+            &self,
+            from: &str,
+            _read_cmd: &str,
+            _to: &str,
+            _write_cmd: &str,
+            _deadline: std::time::Duration,
+        ) -> Result<crate::ssh::PipeOutput, crate::ssh::SshError> {
+            Err(crate::ssh::SshError::Session {
+                host: from.to_string(),
+                reason: "no pipes here".into(),
+            })
+        }
+    }
+
+    /// A stopped domain's definition may not name its disks' backing files: the bitmap of an
+    /// overlay is refused from the file itself (what is written to its backing file is in
+    /// no bitmap of the disk), against images `qemu-img` makes.
+    #[test]
+    fn the_bitmap_of_a_stopped_overlay_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("qemu-img")
+                .args(args)
+                .output()
+                .expect("qemu-img (apt-get install qemu-utils)");
+            assert!(out.status.success(), "{args:?}: {out:?}");
+        };
+        run(&["create", "-q", "-f", "qcow2", &p("base.qcow2"), "1M"]);
+        run(&["create", "-q", "-f", "qcow2", &p("whole.qcow2"), "1M"]);
+        run(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            &p("base.qcow2"),
+            &p("over.qcow2"),
+        ]);
+        for f in ["whole.qcow2", "over.qcow2"] {
+            run(&["bitmap", "--add", &p(f), "reprise-1"]);
+        }
+        let whole = [p("whole.qcow2")];
+        assert_eq!(
+            offline_bitmap_problem(&Local, "h", &whole, "reprise-1"),
+            Ok(None)
+        );
+        let over = [p("over.qcow2")];
+        let why = offline_bitmap_problem(&Local, "h", &over, "reprise-1")
+            .unwrap()
+            .unwrap();
+        assert!(
+            why.contains("over.qcow2 is an overlay over") && why.contains("base.qcow2"),
+            "{why}"
+        );
     }
 
     /// A replication killed after its backup began leaves its checkpoint; the next one, in the
