@@ -40,7 +40,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::blocks::{self, BLOCK, Cv, Manifest, tree};
-use super::meta::{self, CopyState, Lease, PointsRead, PointsSource};
+use super::meta::{self, CopyState, Lease, LeaseKind, PointsRead, PointsSource};
 use super::nodes::{self, NodeFile};
 use super::wire::{self, Record};
 
@@ -1800,6 +1800,23 @@ impl Store {
                 reason: format!("point {id} failed verification: choose a good point"),
             });
         }
+        // A vm running on the copy (or a lease that cannot be read, which may be one) would
+        // have its disk replaced under it, and what it wrote dropped. A drill's overlay keeps
+        // the file it opened.
+        let live: Vec<String> = meta::read_leases(&self.dir)
+            .into_iter()
+            .filter_map(|l| match l {
+                Ok(l) if l.kind == LeaseKind::Live => Some(l.describe()),
+                Ok(_) => None,
+                Err(e) => Some(e),
+            })
+            .collect();
+        if !live.is_empty() && k + 1 < points.len() {
+            return Err(StoreError::InUse {
+                image: self.name(),
+                who: live.join("; "),
+            });
+        }
         if k + 1 == points.len() {
             return Ok(RolledBack {
                 point: id.to_string(),
@@ -2196,7 +2213,6 @@ use super::meta::sync_dir;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replica::meta::LeaseKind;
 
     /// A new point named `id`, keeping 5.
     fn point(id: &str) -> NewPoint {
@@ -3280,6 +3296,50 @@ mod tests {
         let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
         assert_eq!(ids, ["p3"]);
         assert!(!store.path("deltas/p2.rdelta").exists());
+    }
+
+    /// A copy a vm runs on (a live lease of a failover) is never rolled back under it, even
+    /// by a run that decided before that lease was taken; a drill's overlay, which keeps the
+    /// file it opened, does not stop a failover's roll-back.
+    #[test]
+    fn a_copy_a_vm_runs_on_is_never_rolled_back_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let store = Store::new(&dir.path().join("dst.img"));
+        for (id, byte) in [("p1", 1u8), ("p2", 2), ("p3", 3)] {
+            std::fs::write(&src, vec![byte; 2 * BLOCK]).unwrap();
+            store
+                .apply(&mut &stream_of(&src, &store)[..], point(id))
+                .unwrap();
+        }
+        let lease = |kind, run: &str| Lease {
+            kind,
+            run: run.into(),
+            vm: "erp-db".into(),
+            step: "erp-db/start".into(),
+            machine: "m".into(),
+            pid: 1,
+            at: Utc::now(),
+            point: Some("p3".into()),
+            taken_at: None,
+            verified: true,
+        };
+        let wait = std::time::Duration::from_millis(10);
+        store
+            .take_lease(&lease(LeaseKind::Live, "r1"), Some("p3"), wait, false)
+            .unwrap();
+        let before = std::fs::read(&store.image).unwrap();
+        let err = store.roll_back("p2").unwrap_err().to_string();
+        assert!(err.contains("in use") && err.contains("run r1"), "{err}");
+        assert_eq!(std::fs::read(&store.image).unwrap(), before);
+        assert_eq!(store.points().unwrap().len(), 3);
+        // The newest point asked: nothing to roll back, nothing refused.
+        assert_eq!(store.roll_back("p3").unwrap().dropped, Vec::<String>::new());
+        store.release(|_, n| n == "live-r1").unwrap();
+        store
+            .take_lease(&lease(LeaseKind::Drill, "r2"), Some("p3"), wait, false)
+            .unwrap();
+        assert_eq!(store.roll_back("p2").unwrap().dropped, ["p3"]);
     }
 
     #[test]
