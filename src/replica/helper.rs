@@ -142,6 +142,16 @@ pub fn serve(
                 .map_err(|e| e.to_string())?;
             answer_json(stdout, &marked)
         }
+        Request::MarkTorn {
+            image,
+            taken_at,
+            why,
+        } => {
+            let marked = Store::new(&image)
+                .mark_torn(taken_at, &why)
+                .map_err(|e| e.to_string())?;
+            answer_json(stdout, &marked)
+        }
         Request::Settle { image, wait } => settle(&image, wait, stdout),
         Request::Inspect { paths } => inspect_all(&paths, stdout),
         Request::Lease {

@@ -449,6 +449,38 @@ pub fn in_use(dir: &Path) -> Option<String> {
     Some(who.join("; "))
 }
 
+/// A replication whose points are torn (`torn.json`): kept before its points are marked, so
+/// that a point its interrupted update records later is recorded bad too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Torn {
+    pub taken_at: DateTime<Utc>,
+    pub why: String,
+}
+
+/// The torn replications of a copy; an error when `torn.json` cannot be read (a point then
+/// recorded may be one of them).
+pub fn read_torn(dir: &Path) -> Result<Vec<Torn>, String> {
+    match read_file(&dir.join("torn.json"))? {
+        None => Ok(Vec::new()),
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+    }
+}
+
+/// Writes the torn replications of a copy (none: the file goes).
+pub fn write_torn(dir: &Path, torn: &[Torn]) -> Result<(), StoreError> {
+    if torn.is_empty() {
+        let path = dir.join("torn.json");
+        return match std::fs::remove_file(&path) {
+            Ok(()) => sync_dir(dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path)(e)),
+        };
+    }
+    let json = serde_json::to_vec_pretty(torn).expect("torn serializes");
+    write_file(dir, "torn.json", &json, false)
+}
+
 /// The end of a copy's point history (`ended.json`): a vm was started on it, its metadata could
 /// not be read, or it changed behind its newest point. Its earlier points no longer describe it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

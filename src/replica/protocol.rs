@@ -167,6 +167,17 @@ pub enum Request {
         #[arg(long)]
         why: String,
     },
+    /// Marks bad for good, saying why, the points of an image's copy taken at `taken_at` (one
+    /// replication's, whose source said it may be torn), among them one an interrupted update
+    /// has still to record: the mark is kept first, so that update records its point bad
+    /// whenever it completes. The points so marked, `Vec<store::Point>`.
+    MarkTorn {
+        image: PathBuf,
+        #[arg(long)]
+        taken_at: DateTime<Utc>,
+        #[arg(long)]
+        why: String,
+    },
     /// Completes or throws away an interrupted update or roll-back, and rewrites a damaged
     /// points file from its previous generation: its note (`Option<String>`, `null` when
     /// there was nothing to settle). Waits up to `wait` seconds for a replication holding it.
@@ -377,7 +388,7 @@ mod tests {
         let mut all = vec![Request::Version, Request::HashSelf];
         all.extend(disk_samples(at));
         all.extend(tree_samples(at));
-        all.extend(copy_samples());
+        all.extend(copy_samples(at));
         all.extend(lease_samples(at));
         for r in &all {
             match r {
@@ -397,6 +408,7 @@ mod tests {
                 | Request::Restore { .. }
                 | Request::RollBack { .. }
                 | Request::MarkUnusable { .. }
+                | Request::MarkTorn { .. }
                 | Request::Settle { .. }
                 | Request::Inspect { .. }
                 | Request::Lease { .. }
@@ -481,7 +493,7 @@ mod tests {
     }
 
     /// The requests that list, check, restore and settle a copy's points.
-    fn copy_samples() -> Vec<Request> {
+    fn copy_samples(at: DateTime<Utc>) -> Vec<Request> {
         vec![
             Request::Points {
                 image: "/srv/a.qcow2".into(),
@@ -506,6 +518,11 @@ mod tests {
             Request::MarkUnusable {
                 image: "/srv/a.qcow2".into(),
                 point: "p".into(),
+                why: "--torn: thawed before the copy ended".into(),
+            },
+            Request::MarkTorn {
+                image: "/srv/a.qcow2".into(),
+                taken_at: at,
                 why: "--torn: thawed before the copy ended".into(),
             },
             Request::Settle {

@@ -1300,13 +1300,33 @@ impl<'a> Helpers<'a> {
     ) -> Result<Vec<String>, String> {
         let mut marked = Vec::new();
         for (host, image) in copies {
-            let points = self
-                .points(host, image)
-                .map_err(|e| format!("the points of {host}:{image} could not be read ({e})"))?;
-            for p in points.iter().filter(|p| p.taken_at == taken_at) {
-                self.mark_unusable(host, image, &p.id, why).map_err(|e| {
-                    format!("point {} of {host}:{image} could not be marked ({e})", p.id)
+            // The copy's helper keeps the mark before it settles the copy: an update of this
+            // replication completed now or later records its point bad.
+            let points: Vec<Point> = self
+                .call_json(
+                    host,
+                    &Request::MarkTorn {
+                        image: (*image).into(),
+                        taken_at,
+                        why: why.into(),
+                    },
+                    Duration::from_secs(600),
+                )
+                .map_err(|e| {
+                    format!("the points of {host}:{image} taken then could not be marked ({e})")
                 })?;
+            for p in &points {
+                if p.taken_at != taken_at
+                    || p.verified != super::Verified::Bad
+                    || p.unusable.as_deref() != Some(why)
+                {
+                    return Err(format!(
+                        "asked to mark the points of {host}:{image} taken at {taken_at} unusable, its helper answered about point {} ({}, {})",
+                        p.id,
+                        p.verified,
+                        p.unusable.as_deref().unwrap_or("not unusable")
+                    ));
+                }
                 marked.push(format!("{host}:{image} point {}", p.id));
             }
         }

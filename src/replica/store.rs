@@ -1474,6 +1474,18 @@ impl Store {
                 "the update that made it was damaged on the recovery host's disk after it was received{blocks}: the copy is not this point; the next replication sends what differs again"
             )
         });
+        // A replication said torn before its update was completed (`mark_torn`): its point
+        // is recorded bad. Marks that cannot be read may be of this one.
+        let torn = meta::read_torn(&self.dir);
+        let unusable = unusable.or_else(|| match &torn {
+            Ok(torn) => torn
+                .iter()
+                .find(|t| t.taken_at == commit.point.taken_at)
+                .map(|t| t.why.clone()),
+            Err(e) => Some(format!(
+                "the marks of torn replications of this copy (torn.json) cannot be read ({e}): this point may be one"
+            )),
+        });
         // 4. The points, within retention; the new newest records what the mirror now is.
         let mut points = self.points()?;
         if !points.iter().any(|p| p.id == commit.point.id) {
@@ -1500,6 +1512,13 @@ impl Store {
         meta::prune_definitions(&self.dir, &points);
         std::fs::remove_file(jpath).map_err(io_err(jpath))?;
         sync_dir(&self.dir)?;
+        // Its mark has done its work (the point is recorded bad, and no update is left).
+        if let Ok(mut torn) = torn
+            && torn.iter().any(|t| t.taken_at == commit.point.taken_at)
+        {
+            torn.retain(|t| t.taken_at != commit.point.taken_at);
+            meta::write_torn(&self.dir, &torn)?;
+        }
         Ok(RolledForward { dropped, unusable })
     }
 
@@ -1719,6 +1738,44 @@ impl Store {
         // Both generations (`write_points`): a damaged newest never brings it back as it was.
         self.write_points(&points)?;
         Ok(points[k].clone())
+    }
+
+    /// Marks bad for good, saying `why`, the points taken at `taken_at` (one replication's),
+    /// among them the one an interrupted update of that replication records when it completes:
+    /// the mark is kept first (`torn.json`), and stays until that update is settled, so that
+    /// whoever completes it (now, or a later command on the copy) records its point bad. The
+    /// points so marked.
+    pub fn mark_torn(&self, taken_at: DateTime<Utc>, why: &str) -> Result<Vec<Point>, StoreError> {
+        let _lock = self.lock()?;
+        let mut torn = meta::read_torn(&self.dir).unwrap_or_default();
+        if !torn.iter().any(|t| t.taken_at == taken_at) {
+            torn.push(meta::Torn {
+                taken_at,
+                why: why.to_string(),
+            });
+            meta::write_torn(&self.dir, &torn)?;
+        }
+        self.recover().map_err(|e| StoreError::Damaged {
+            path: self.name(),
+            reason: format!(
+                "{e}; the mark is kept (torn.json): the point of that replication is recorded bad whenever its update is completed"
+            ),
+        })?;
+        let (mut points, _) = self.checked_points()?;
+        let mut marked = Vec::new();
+        for p in points.iter_mut().filter(|p| p.taken_at == taken_at) {
+            p.verified = Verified::Bad;
+            p.unusable = Some(why.to_string());
+            p.checked_at = Some(Utc::now());
+            marked.push(p.clone());
+        }
+        if !marked.is_empty() {
+            self.write_points(&points)?;
+        }
+        // Settled: no update is left to record a point of that replication.
+        torn.retain(|t| t.taken_at != taken_at);
+        meta::write_torn(&self.dir, &torn)?;
+        Ok(marked)
     }
 
     /// Writes point `id` to `out` (sparse), and checks its hash.
@@ -3296,6 +3353,66 @@ mod tests {
         let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
         assert_eq!(ids, ["p3"]);
         assert!(!store.path("deltas/p2.rdelta").exists());
+    }
+
+    /// A replication said torn after its update was committed but before it was completed
+    /// (the roll-forward failed, or the orchestrator died): its point, not yet in the points
+    /// file, is marked all the same, now if the update can be completed, else whenever it is.
+    #[test]
+    fn a_torn_replication_s_point_is_marked_even_before_its_update_is_completed() {
+        let why = "its source's replicate-end said it may be torn: thawed";
+        // Completed by the mark itself.
+        let (_dir, store, _) = stopped_at_commit(3, 4);
+        let taken_at = read_journal(&store.path("journal"))
+            .unwrap()
+            .commit
+            .unwrap()
+            .point
+            .taken_at;
+        let ids = |store: &Store| -> Vec<String> {
+            store.points().unwrap().into_iter().map(|p| p.id).collect()
+        };
+        assert_eq!(ids(&store), ["p1"], "not in the points file yet");
+        let marked = store.mark_torn(taken_at, why).unwrap();
+        assert_eq!(marked.len(), 1);
+        let p2 = store.points().unwrap().pop().unwrap();
+        assert_eq!(
+            (p2.id.as_str(), p2.verified, p2.unusable.as_deref()),
+            ("p2", Verified::Bad, Some(why))
+        );
+        assert!(!store.path("torn.json").exists());
+        // The update cannot be completed now (its copy is not a file for a while): the mark
+        // is kept, and the update completed later records its point bad.
+        let (dir, store, _) = stopped_at_commit(5, 6);
+        let taken_at = read_journal(&store.path("journal"))
+            .unwrap()
+            .commit
+            .unwrap()
+            .point
+            .taken_at;
+        let aside = dir.path().join("aside.img");
+        std::fs::rename(&store.image, &aside).unwrap();
+        std::fs::create_dir(&store.image).unwrap();
+        let err = store.mark_torn(taken_at, why).unwrap_err().to_string();
+        assert!(err.contains("the mark is kept"), "{err}");
+        std::fs::remove_dir(&store.image).unwrap();
+        std::fs::rename(&aside, &store.image).unwrap();
+        let note = store.settle().unwrap().unwrap();
+        assert!(
+            note.contains("point p2 is UNUSABLE") && note.contains("thawed"),
+            "{note}"
+        );
+        let p2 = store.points().unwrap().pop().unwrap();
+        assert_eq!(
+            (p2.verified, p2.unusable.as_deref()),
+            (Verified::Bad, Some(why))
+        );
+        assert!(!store.path("torn.json").exists());
+        // A verification that finds it whole keeps it bad.
+        assert_eq!(
+            store.verify(Some("p2")).unwrap(),
+            [("p2".to_string(), false)]
+        );
     }
 
     /// A copy a vm runs on (a live lease of a failover) is never rolled back under it, even
