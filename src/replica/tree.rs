@@ -85,6 +85,39 @@ fn mtime_ns(m: &std::fs::Metadata) -> i128 {
     i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
 }
 
+/// Makes durable the entries of `root` and of every folder on the way to each of `paths`
+/// (relative to it), each folder once; a folder that is not there is skipped.
+fn sync_dirs<'a>(root: &Path, paths: impl Iterator<Item = &'a String>) -> Result<(), StoreError> {
+    let mut dirs = std::collections::BTreeSet::new();
+    dirs.insert(PathBuf::new());
+    for p in paths {
+        let mut at = Path::new(p.as_str()).parent();
+        while let Some(d) = at.filter(|d| !d.as_os_str().is_empty()) {
+            if !dirs.insert(d.to_path_buf()) {
+                break;
+            }
+            at = d.parent();
+        }
+    }
+    for d in dirs {
+        let path = root.join(&d);
+        // A folder only, opened without waiting (never a pipe put where a folder was).
+        let open = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK)
+                .open(&path)
+        };
+        match open {
+            Ok(f) => f.sync_all().map_err(io_err(&path))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+    }
+    Ok(())
+}
+
 /// Regular files under `root`, sorted, with their metadata (links are not followed).
 fn walk(root: &Path) -> io::Result<Vec<(String, std::fs::Metadata)>> {
     Ok(walk_all(root)?.0)
@@ -785,10 +818,12 @@ impl TreeStore {
                     ),
                 })?;
             let id = c.point.id.clone();
-            self.roll_forward(c)?;
-            return Ok(Some(format!(
-                "an interrupted update was completed: point {id}"
-            )));
+            return Ok(Some(match self.roll_forward(c)? {
+                None => format!("an interrupted update was completed: point {id}"),
+                Some(why) => format!(
+                    "an interrupted update was completed, and point {id} is UNUSABLE: {why}"
+                ),
+            }));
         }
         if staging.exists() {
             std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
@@ -943,10 +978,19 @@ impl TreeStore {
             tree,
             retention: new.retention.max(1),
         };
+        // The staged files' names are durable before the record that commits them (each
+        // file's data was synced as it came): a power cut never leaves a commit whose files
+        // are gone.
+        sync_dirs(&staging_path, commit.put.iter())?;
         // The commit record: from here on the update is completed, now or by the next run.
         let files = commit.put.len() as u64;
         self.write_json("commit.json", &commit)?;
-        self.roll_forward(commit)?;
+        if let Some(why) = self.roll_forward(commit)? {
+            return Err(StoreError::Damaged {
+                path: self.name(),
+                reason: format!("point {} is recorded as unusable: {why}", point.id),
+            });
+        }
         Ok((point, files))
     }
 
@@ -1137,7 +1181,10 @@ impl TreeStore {
     /// Moves the staged files in place, keeping what they replace for the previous point.
     /// Each move is done once: a file already moved is not there any more. Every path goes
     /// through [`Dir`]: checked again, and no link followed.
-    fn roll_forward(&self, c: Commit) -> Result<(), StoreError> {
+    /// Completes a committed update; why its point is not what the copy holds, if so (a
+    /// staged file lost before it was moved in place: the point is recorded bad with that
+    /// reason, and the copy's tree does not list the file, so the next replication sends it).
+    fn roll_forward(&self, mut c: Commit) -> Result<Option<String>, StoreError> {
         // Read first: a points file that cannot be read is never taken for "no points" (the
         // history would start again from this point, the older ones lost unsaid); nothing is
         // moved, and the next replication ends the history, saying why.
@@ -1181,10 +1228,33 @@ impl TreeStore {
                 root.remove_file(p).map_err(io_err(&cur))?;
             }
         }
+        let mut lost = Vec::new();
         for p in &c.put {
             let staged = staging_path.join(p);
             if staging.kind(p).map_err(io_err(&staged))? == Some(Kind::File) {
                 staging.rename(p, &root, p).map_err(io_err(&staged))?;
+            } else if root.kind(p).map_err(io_err(&self.root.join(p)))? != Some(Kind::File) {
+                // Neither staged nor moved in place by an earlier try: lost.
+                lost.push(p.clone());
+            }
+        }
+        for p in &lost {
+            c.tree.files.remove(p);
+        }
+        let unusable = lost.first().map(|first| {
+            format!(
+                "{} file(s) of the update that made it were lost on the recovery host's disk before they were moved into the copy (the first: {}): the copy is not this point; the next replication sends them again",
+                lost.len(),
+                beneath::shown(first)
+            )
+        });
+        // The moves are durable before the points say the copy is the new point.
+        let moved = c.put.iter().chain(&c.replaced).chain(&c.deleted);
+        sync_dirs(&self.root, moved)?;
+        if let Some(d) = &delta {
+            let files = d.join("files");
+            if files.is_dir() {
+                sync_dirs(&files, c.replaced.iter().chain(&c.deleted))?;
             }
         }
         for p in &c.touched {
@@ -1200,6 +1270,11 @@ impl TreeStore {
         // The new newest records what the copy now is.
         if let Some(p) = points.last_mut().filter(|p| p.id == c.point.id) {
             p.stamp = tree_stamp(&self.root);
+            if let Some(why) = &unusable {
+                p.verified = Verified::Bad;
+                p.unusable = Some(why.clone());
+                p.checked_at = Some(Utc::now());
+            }
         }
         let mut dropped = Vec::new();
         while points.len() > c.retention as usize {
@@ -1213,7 +1288,7 @@ impl TreeStore {
         let _ = std::fs::remove_dir_all(&staging_path);
         let commit = self.path("commit.json");
         std::fs::remove_file(&commit).map_err(io_err(&commit))?;
-        Ok(())
+        Ok(unusable)
     }
 
     /// Writes point `id` into the folder `out` and checks its digest.
@@ -1501,6 +1576,33 @@ mod tests {
         };
         store.write_json("commit.json", &commit).unwrap();
         (dir, src, dst, store)
+    }
+
+    /// A committed update one of whose staged files is gone when it is completed (lost on
+    /// the recovery host's disk): its point is recorded bad with why, the copy's tree does not
+    /// list the file, and the next replication sends it and makes a good point.
+    #[test]
+    fn a_staged_file_lost_before_its_update_is_completed_makes_an_unusable_point() {
+        let (_dir, src, dst, store) = committed_after_two_points(3);
+        std::fs::write(src.join("b.dump"), b"the new dump").unwrap();
+        let bytes = std::fs::read(store.path("commit.json")).unwrap();
+        let mut c: Commit = serde_json::from_slice(&bytes).unwrap();
+        c.put = vec!["b.dump".into()];
+        c.tree = scan(&src).unwrap();
+        store.write_json("commit.json", &c).unwrap();
+        let note = store.settle().unwrap().unwrap();
+        assert!(
+            note.contains("point p3 is UNUSABLE") && note.contains("(the first: b.dump)"),
+            "{note}"
+        );
+        let p3 = store.points().unwrap().pop().unwrap();
+        assert_eq!((p3.id.as_str(), p3.verified), ("p3", Verified::Bad));
+        let tree: Tree = store.read_json("tree.json").unwrap();
+        assert!(!tree.files.contains_key("b.dump"), "{tree:?}");
+        replicate(&src, &dst, "p4");
+        assert_eq!(contents(&dst), contents(&src));
+        let p4 = store.points().unwrap().pop().unwrap();
+        assert_eq!((p4.id.as_str(), p4.verified), ("p4", Verified::Yes));
     }
 
     /// An update committed (its commit record written) and not yet completed, over a points
