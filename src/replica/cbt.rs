@@ -581,6 +581,7 @@ pub fn guest_read(
             mode: d.mode,
             why: d.why.clone(),
             checkpoint,
+            since: if changed { d.since.clone() } else { None },
         },
     }
 }
@@ -702,6 +703,7 @@ mod tests {
             mode: ReadMode::ChangedBlocks,
             why: None,
             checkpoint: cp.map(String::from),
+            since: None,
         })
     }
 

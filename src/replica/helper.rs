@@ -101,11 +101,13 @@ pub fn serve(
             mode,
             why,
             checkpoint,
+            since,
         } => {
             let read = mode.map(|mode| HowRead {
                 mode,
                 why,
                 checkpoint,
+                since,
             });
             let new = NewPoint {
                 id: point,
@@ -1496,6 +1498,7 @@ mod tests {
                         },
                         why: None,
                         checkpoint: bitmap.map(String::from),
+                        since: None,
                     }),
                 },
             )
@@ -1651,6 +1654,7 @@ mod tests {
                     mode: crate::replica::store::ReadMode::ChangedBlocks,
                     why: None,
                     checkpoint: Some("cp1".into()),
+                    since: None,
                 }),
             },
         );

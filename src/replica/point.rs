@@ -98,6 +98,11 @@ pub struct HowRead {
     /// replication reads only what changed since it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,
+    /// Read only what changed since this checkpoint: the copy's newest point, the base the
+    /// changes are applied to, must be that checkpoint's (the recovery side refuses them
+    /// otherwise, under the copy's lock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 /// Which blocks of the source were read.

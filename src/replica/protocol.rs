@@ -99,6 +99,11 @@ pub enum Request {
         why: Option<String>,
         #[arg(long)]
         checkpoint: Option<String>,
+        /// Only what changed since this checkpoint was read: refused unless the copy's newest
+        /// point is that checkpoint's.
+        #[arg(long)]
+        #[serde(default)]
+        since: Option<String>,
     },
     /// Recovery side: stores the vm definition on stdin (at most `vmdef::MAX_BYTES`) beside
     /// the copy `image`, atomically, named by its BLAKE3, which must be `blake3`; no answer.
@@ -460,6 +465,7 @@ mod tests {
                 mode: Some(crate::replica::store::ReadMode::ChangedBlocks),
                 why: Some("--the first copy".into()),
                 checkpoint: Some("reprise-20261128T031000Z".into()),
+                since: Some("--reprise-20261127T031000Z".into()),
             },
             Request::PutDefinition {
                 image: "/srv/a.qcow2".into(),
@@ -584,6 +590,7 @@ mod tests {
             mode: None,
             why: None,
             checkpoint: None,
+            since: None,
         };
         assert_eq!(req.words()[..2], ["apply", "/srv/a.qcow2"]);
         assert_eq!(Request::Version.words(), ["version"]);

@@ -1479,6 +1479,7 @@ fn requests(
                 mode: guest.map(|g| g.how.mode),
                 why: guest.and_then(|g| g.how.why.clone()),
                 checkpoint: guest.and_then(|g| g.how.checkpoint.clone()),
+                since: guest.and_then(|g| g.how.since.clone()),
             },
             unit: "blocks",
         }
@@ -2102,6 +2103,7 @@ mod tests {
             mode: None,
             why: None,
             checkpoint: None,
+            since: None,
         };
         let made = Point {
             id: "20261203T100000Z".into(),

@@ -937,12 +937,31 @@ impl Store {
             points.clear();
         }
         let recovered = (!notes.is_empty()).then(|| notes.join("; "));
-        let same_id = points.iter().any(|p| p.id == new.id).then(|| {
+        // Changes read since a checkpoint are those of its point only: applied to another
+        // (the copy rolled back, or a point found bad since the changes were chosen), the copy
+        // would be that point plus them, with a hash that matches, and not the source.
+        let not_base = new.read.as_ref().and_then(|r| r.since.as_deref()).and_then(|since| {
+            let newest = points.last();
+            let at = newest.and_then(|p| p.read.as_ref()).and_then(|r| r.checkpoint.as_deref());
+            match newest {
+                Some(p) if at == Some(since) && p.verified != Verified::Bad => None,
+                Some(p) => Some(format!(
+                    "the changes sent are those since checkpoint {since}, and the copy's newest point is {} ({}{}): they are not applied to it; replicate again (it reads what to send from the copy as it is now)",
+                    p.id,
+                    at.map_or("of no checkpoint".to_string(), |c| format!("checkpoint {c}")),
+                    if p.verified == Verified::Bad { ", found bad" } else { "" }
+                )),
+                None => Some(format!(
+                    "the changes sent are those since checkpoint {since}, and the copy has no point: they are not applied; replicate again"
+                )),
+            }
+        });
+        let same_id = not_base.or_else(|| points.iter().any(|p| p.id == new.id).then(|| {
             format!(
                 "point {} is already one of the copy's points: two replications within one second; nothing was written: run the replication again",
                 new.id
             )
-        });
+        }));
         if let Some(reason) =
             same_id.or_else(|| meta::new_point_problem(&points, &new.id, new.taken_at))
         {
@@ -3413,6 +3432,68 @@ mod tests {
             store.verify(Some("p2")).unwrap(),
             [("p2".to_string(), false)]
         );
+    }
+
+    /// Changes read since a checkpoint are applied only to that checkpoint's point: a copy
+    /// rolled back meanwhile (or whose newest point was found bad) refuses them, untouched,
+    /// where it would otherwise be an older point plus newer changes, its hash matching.
+    #[test]
+    fn changes_since_a_checkpoint_are_applied_only_to_its_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let store = Store::new(&dir.path().join("dst.img"));
+        let read = |id: &str, cp: &str, since: Option<&str>| NewPoint {
+            read: Some(HowRead {
+                mode: ReadMode::ChangedBlocks,
+                why: None,
+                checkpoint: Some(cp.into()),
+                since: since.map(String::from),
+            }),
+            ..point(id)
+        };
+        std::fs::write(&src, vec![1u8; 3 * BLOCK]).unwrap();
+        store
+            .apply(&mut &stream_of(&src, &store)[..], read("p1", "cp1", None))
+            .unwrap();
+        std::fs::write(&src, vec![2u8; 3 * BLOCK]).unwrap();
+        store
+            .apply(
+                &mut &stream_of(&src, &store)[..],
+                read("p2", "cp2", Some("cp1")),
+            )
+            .unwrap();
+        // Rolled back to p1 after the changes since cp2 were chosen.
+        std::fs::write(&src, vec![3u8; 3 * BLOCK]).unwrap();
+        let stream = stream_of(&src, &store);
+        store.roll_back("p1").unwrap();
+        let before = std::fs::read(&store.image).unwrap();
+        let err = store
+            .apply(&mut &stream[..], read("p3", "cp3", Some("cp2")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("those since checkpoint cp2")
+                && err.contains("newest point is p1 (checkpoint cp1)"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&store.image).unwrap(), before);
+        assert_eq!(store.points().unwrap().len(), 1);
+        // Its own checkpoint's changes apply; once that point is found bad, no more.
+        store
+            .apply(
+                &mut &stream_of(&src, &store)[..],
+                read("p3", "cp3", Some("cp1")),
+            )
+            .unwrap();
+        store.mark_unusable("p3", "torn").unwrap();
+        let err = store
+            .apply(
+                &mut &stream_of(&src, &store)[..],
+                read("p4", "cp4", Some("cp3")),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("(checkpoint cp3, found bad)"), "{err}");
     }
 
     /// A copy a vm runs on (a live lease of a failover) is never rolled back under it, even

@@ -13,8 +13,10 @@
 /// added since without changing any other's meaning (`Request::MarkUnusable`) are answered
 /// only by helpers that know them: every helper is this very binary (uploaded by its hash),
 /// and another refuses an unknown request. Version 6: `send` of an image file refuses one
-/// written while it was read, unless told `--live`.
-pub const PROTOCOL: u32 = 6;
+/// written while it was read, unless told `--live`. Version 7: `apply` of changes read since a
+/// checkpoint names it (`--since`) and is refused unless the copy's newest point is that
+/// checkpoint's.
+pub const PROTOCOL: u32 = 7;
 
 /// The version of this program, as helpers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -263,6 +263,7 @@ async fn copy_frozen(
             mode: crate::replica::store::ReadMode::Scan,
             why: Some("read by a runbook step, which starts no checkpoint".into()),
             checkpoint: None,
+            since: None,
         },
     });
     if failed.is_none() {
