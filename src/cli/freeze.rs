@@ -144,6 +144,9 @@ pub(super) struct Snapshot<'a> {
     transport: &'a dyn crate::ssh::Transport,
     vm: String,
     end: Option<(String, crate::template::Command)>,
+    /// The disks are read while the guest runs frozen (`replicate_reads_live`): only
+    /// `replicate-end` says whether the freeze held through the copy.
+    live: bool,
 }
 
 impl Snapshot<'_> {
@@ -169,7 +172,8 @@ impl Snapshot<'_> {
                     "error: {}: its snapshot was NOT merged back (replicate-end {e}): the vm still writes to overlays; run on {host}: {}\n",
                     self.vm, cmd
                 ),
-                None,
+                self.live
+                    .then(|| crate::replica::snapshot::unconfirmed_why(&e)),
             )),
         }
     }
@@ -276,6 +280,7 @@ fn one_by_one<'t>(
         transport,
         vm: vm.id.clone(),
         end: None,
+        live: super::replicate::reads_live(model, &vm.id),
     };
     if let Some((host, cmd)) = hook("replicate-begin") {
         // Whatever its result, the end runs: a begin cut half-way may have made overlays.
@@ -425,6 +430,7 @@ fn at_once<'t>(
         transport,
         vm: vm.id.clone(),
         end: None,
+        live: super::replicate::reads_live(model, &vm.id),
     };
     if ib.is_some() {
         // From here the begin may have run: whatever comes, the end runs.

@@ -160,7 +160,7 @@ fn backup_item(model: &Model, id: &str) -> Option<VmImages> {
 
 /// Whether the driver of vm `id` reads its disk files while the guest runs frozen, written
 /// meanwhile (`replicate_reads_live`).
-fn reads_live(model: &Model, id: &str) -> bool {
+pub(super) fn reads_live(model: &Model, id: &str) -> bool {
     let inv = &model.inventory;
     inv.vms
         .get(id)

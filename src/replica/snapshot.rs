@@ -38,6 +38,17 @@ pub fn torn_why(said: &str) -> String {
     format!("its source's replicate-end said it may be torn: {said}")
 }
 
+/// Why the points of a replication are unusable when its vm's disks were read while the guest
+/// ran frozen (`replicate_reads_live`) and `replicate-end`, which says whether the freeze held
+/// through the copy, failed otherwise (`failed`): whether the copy is of one instant is not
+/// known.
+pub fn unconfirmed_why(failed: &str) -> String {
+    let failed: String = failed.trim().chars().take(300).collect();
+    format!(
+        "its disks were read while the guest ran frozen, and its source's replicate-end, which says whether the freeze held through the copy, failed ({failed}): it may be torn"
+    )
+}
+
 /// The overlays a `replicate-check` output names (`overlay DESCRIPTION` lines).
 pub fn overlays(stdout: &str) -> Vec<String> {
     stdout

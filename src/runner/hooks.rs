@@ -12,6 +12,9 @@ pub(super) struct Freeze {
     host: String,
     begin: Command,
     end: Command,
+    /// The disks are read while the guest runs frozen (`replicate_reads_live`): only
+    /// `replicate-end` says whether the freeze held through the copy.
+    live: bool,
 }
 
 impl Freeze {
@@ -22,6 +25,7 @@ impl Freeze {
             host: h.host.clone(),
             begin: h.begin.clone()?,
             end: h.end.clone(),
+            live: h.live,
         })
     }
 
@@ -40,8 +44,9 @@ impl Freeze {
     }
 
     /// Thaws the disks (on every way out, after `begin` failed too). A failure says why, and,
-    /// when the hook said the copy may be torn ([`crate::replica::snapshot::TORN`]), why the
-    /// points made are unusable.
+    /// when the hook said the copy may be torn ([`crate::replica::snapshot::TORN`]), or failed
+    /// otherwise after disks read live (it alone says whether the freeze held), why the points
+    /// made are unusable.
     pub(super) async fn end(
         &self,
         ctx: &RunContext,
@@ -61,7 +66,8 @@ impl Freeze {
                 format!(
                     "what froze the disks was NOT undone (replicate-end on {host}: {message}); run on {host}: {end}"
                 ),
-                None,
+                self.live
+                    .then(|| crate::replica::snapshot::unconfirmed_why(&message)),
             )),
         }
     }

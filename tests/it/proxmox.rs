@@ -606,6 +606,63 @@ fn a_proxmox_vm_started_during_its_copy_makes_an_unusable_point() {
     );
 }
 
+/// A running vm's files are read live under its freeze, which only `replicate-end` can say
+/// held through the copy. When it cannot say (here its guest agent is gone by the end of the
+/// copy), the point made is unusable: whether it is of one instant is not known.
+#[test]
+fn a_proxmox_point_whose_freeze_cannot_be_confirmed_is_unusable() {
+    let lab = Lab::up(177);
+    let disk = lab.images("hv1").join("101/vm-101-disk-0.qcow2");
+    fill(&disk, "256M");
+    let before = lab.point_ids("db");
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // point ids are per second
+    // The copy under way: its update's journal on the recovery node (the freeze made).
+    let frozen = lab
+        .images("hv2")
+        .join("101/vm-101-disk-0.qcow2.reprise/journal");
+    let conf = lab.conf_path("hv1", 101);
+    let replicated = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while !frozen.exists() {
+                assert!(std::time::Instant::now() < until, "the copy never began");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            // The guest agent taken away while the disks are read.
+            let text = std::fs::read_to_string(&conf).unwrap();
+            assert!(text.contains("agent: 1"), "{text}");
+            std::fs::write(&conf, text.replace("agent: 1", "agent: 0")).unwrap();
+        });
+        lab.with(&["replicate", "--service", "db"])
+    });
+    assert_eq!(replicated.code, 1, "{replicated:?}");
+    assert!(
+        replicated
+            .stderr
+            .contains("its guest agent does not answer now")
+            && replicated
+                .stderr
+                .contains("the copy may be torn: marked unusable, no run starts from it"),
+        "{replicated:?}"
+    );
+    let out = lab.with(&["points", "db", "--json"]);
+    let points: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let made: Vec<&serde_json::Value> = points
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| !before.iter().any(|b| p["id"] == b.as_str()))
+        .collect();
+    assert_eq!(made.len(), 1, "{points:#}");
+    assert_eq!(made[0]["verified"], "bad", "{points:#}");
+    assert!(
+        made[0]["unusable"]
+            .as_str()
+            .is_some_and(|w| w.contains("which says whether the freeze held through the copy")),
+        "{points:#}"
+    );
+}
+
 #[test]
 fn a_proxmox_drill_cleanup_reports_what_it_could_not_remove() {
     let lab = Lab::up(173);
