@@ -936,7 +936,7 @@ fn nbd_ranges(
         Some(bitmap) => {
             if base.size() != size {
                 return Err(format!(
-                    "{name} is {size} bytes and its copy {} bytes: a disk whose size changed is read whole, not by the bitmap {bitmap}",
+                    "{name} is {size} bytes and its copy {} bytes: the size changed, and the bitmap {bitmap} does not say what was written meanwhile; nothing was sent: replicate it with --scan (every block read)",
                     base.size()
                 ));
             }
