@@ -202,7 +202,11 @@ pub(super) fn stale_done_steps(
             if done[i] && s.phase == Phase::Main && after[i].iter().any(|&j| !done[j]) {
                 done[i] = false;
                 stale.insert(i);
-                if s.idempotent {
+                // Safe to run twice, as for a step interrupted (`step::interrupted`): a check
+                // or a lag read again, a copy made again from its source as it is now (a
+                // failback's copy back, undone by a roll-back that started the vm on the
+                // recovery copies again, would else start it on the disks of before).
+                if s.idempotent || !matches!(s.action_spec, Action::Exec { .. }) {
                     rerun.insert(i);
                 }
                 changed = true;

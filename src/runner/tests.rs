@@ -946,6 +946,29 @@ fn a_resumed_step_done_after_one_run_again_waits_for_it_and_a_check_is_run_again
     assert_eq!(status, RunStatus::Succeeded);
     assert_eq!(fake.commands(), ["stop", "check", "promote"]);
 
+    // The same with a check that is not a command (a probe): safe to run twice, it is run
+    // again, as a copy back would be (a replication is never taken as done after a
+    // roll-back undid what it came after).
+    let mut steps = vec![
+        exec_step("a/stop", "h1", &[], "stop"),
+        exec_step("a/check", "h2", &["a/stop"], "check"),
+        exec_step("a/promote", "h3", &["a/check"], "promote"),
+    ];
+    steps[1].action_spec = Action::Probe {
+        run: Command::text("probe"),
+        interval: crate::duration::Duration::from_secs(1),
+    };
+    let prior = HashMap::from([("a/check".to_string(), Prior::Done)]);
+    let fake = Arc::new(Fake::default());
+    let (status, _) = go(
+        plan(Mode::Failover, false, steps),
+        fake.clone(),
+        prior,
+        RunOptions::default(),
+    );
+    assert_eq!(status, RunStatus::Succeeded);
+    assert_eq!(fake.commands(), ["stop", "probe", "promote"]);
+
     // Stopped right after the check, resumed hours later: every step before it is done,
     // and still a lag read is taken again before the switch.
     let mut steps = vec![
