@@ -449,8 +449,9 @@ pub fn in_use(dir: &Path) -> Option<String> {
     Some(who.join("; "))
 }
 
-/// A replication whose points are torn (`torn.json`): kept before its points are marked, so
-/// that a point its interrupted update records later is recorded bad too.
+/// A replication whose points are torn: one file a replication, `torn/<taken_at>.json`, kept
+/// before its points are marked, so that a point its interrupted update records later is
+/// recorded bad too. One file each: a mark is written without reading (or rewriting) another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Torn {
@@ -458,27 +459,52 @@ pub struct Torn {
     pub why: String,
 }
 
-/// The torn replications of a copy; an error when `torn.json` cannot be read (a point then
-/// recorded may be one of them).
-pub fn read_torn(dir: &Path) -> Result<Vec<Torn>, String> {
-    match read_file(&dir.join("torn.json"))? {
-        None => Ok(Vec::new()),
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+fn torn_name(taken_at: DateTime<Utc>) -> String {
+    format!("{}.json", taken_at.format("%Y%m%dT%H%M%S%.9fZ"))
+}
+
+/// Keeps the mark of the replication taken at `taken_at` (durable when this returns).
+pub fn write_torn(dir: &Path, taken_at: DateTime<Utc>, why: &str) -> Result<(), StoreError> {
+    let folder = dir.join("torn");
+    std::fs::create_dir_all(&folder).map_err(io_err(&folder))?;
+    let mark = Torn {
+        taken_at,
+        why: why.to_string(),
+    };
+    let json = serde_json::to_vec_pretty(&mark).expect("a mark serializes");
+    write_file(&folder, &torn_name(taken_at), &json, false)?;
+    sync_dir(dir)
+}
+
+/// Why the replication taken at `taken_at` is torn, if it was said so: its mark's reason, or,
+/// when its mark cannot be read, that.
+pub fn read_torn(dir: &Path, taken_at: DateTime<Utc>) -> Option<String> {
+    let path = dir.join("torn").join(torn_name(taken_at));
+    match read_file(&path) {
+        Ok(None) => None,
+        Ok(Some(bytes)) => Some(match serde_json::from_slice::<Torn>(&bytes) {
+            Ok(t) => t.why,
+            Err(e) => format!(
+                "its replication was said torn ({} cannot be read: {e})",
+                path.display()
+            ),
+        }),
+        Err(e) => Some(format!(
+            "its replication was said torn ({} cannot be read: {e})",
+            path.display()
+        )),
     }
 }
 
-/// Writes the torn replications of a copy (none: the file goes).
-pub fn write_torn(dir: &Path, torn: &[Torn]) -> Result<(), StoreError> {
-    if torn.is_empty() {
-        let path = dir.join("torn.json");
-        return match std::fs::remove_file(&path) {
-            Ok(()) => sync_dir(dir),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(&path)(e)),
-        };
+/// Removes the mark of the replication taken at `taken_at` (done: its point is recorded bad,
+/// and no update of it is left).
+pub fn remove_torn(dir: &Path, taken_at: DateTime<Utc>) -> Result<(), StoreError> {
+    let path = dir.join("torn").join(torn_name(taken_at));
+    match std::fs::remove_file(&path) {
+        Ok(()) => sync_dir(&dir.join("torn")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(&path)(e)),
     }
-    let json = serde_json::to_vec_pretty(torn).expect("torn serializes");
-    write_file(dir, "torn.json", &json, false)
 }
 
 /// The end of a copy's point history (`ended.json`): a vm was started on it, its metadata could

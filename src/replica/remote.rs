@@ -1299,36 +1299,50 @@ impl<'a> Helpers<'a> {
         why: &str,
     ) -> Result<Vec<String>, String> {
         let mut marked = Vec::new();
+        let mut failed = Vec::new();
+        // Every copy is asked, whatever another answered: each keeps its own mark.
         for (host, image) in copies {
             // The copy's helper keeps the mark before it settles the copy: an update of this
             // replication completed now or later records its point bad.
-            let points: Vec<Point> = self
-                .call_json(
-                    host,
-                    &Request::MarkTorn {
-                        image: (*image).into(),
-                        taken_at,
-                        why: why.into(),
-                    },
-                    Duration::from_secs(600),
-                )
-                .map_err(|e| {
-                    format!("the points of {host}:{image} taken then could not be marked ({e})")
-                })?;
+            let points: Vec<Point> = match self.call_json(
+                host,
+                &Request::MarkTorn {
+                    image: (*image).into(),
+                    taken_at,
+                    why: why.into(),
+                },
+                Duration::from_secs(600),
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    failed.push(format!(
+                        "the points of {host}:{image} taken then could not be marked ({e})"
+                    ));
+                    continue;
+                }
+            };
             for p in &points {
                 if p.taken_at != taken_at
                     || p.verified != super::Verified::Bad
                     || p.unusable.as_deref() != Some(why)
                 {
-                    return Err(format!(
+                    failed.push(format!(
                         "asked to mark the points of {host}:{image} taken at {taken_at} unusable, its helper answered about point {} ({}, {})",
                         p.id,
                         p.verified,
                         p.unusable.as_deref().unwrap_or("not unusable")
                     ));
+                    continue;
                 }
                 marked.push(format!("{host}:{image} point {}", p.id));
             }
+        }
+        if !failed.is_empty() {
+            let done = match marked.is_empty() {
+                true => String::new(),
+                false => format!("; marked: {}", marked.join(", ")),
+            };
+            return Err(format!("{}{done}", failed.join("; ")));
         }
         Ok(marked)
     }

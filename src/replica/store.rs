@@ -1495,16 +1495,8 @@ impl Store {
         });
         // A replication said torn before its update was completed (`mark_torn`): its point
         // is recorded bad. Marks that cannot be read may be of this one.
-        let torn = meta::read_torn(&self.dir);
-        let unusable = unusable.or_else(|| match &torn {
-            Ok(torn) => torn
-                .iter()
-                .find(|t| t.taken_at == commit.point.taken_at)
-                .map(|t| t.why.clone()),
-            Err(e) => Some(format!(
-                "the marks of torn replications of this copy (torn.json) cannot be read ({e}): this point may be one"
-            )),
-        });
+        let torn = meta::read_torn(&self.dir, commit.point.taken_at);
+        let unusable = unusable.or_else(|| torn.clone());
         // 4. The points, within retention; the new newest records what the mirror now is.
         let mut points = self.points()?;
         if !points.iter().any(|p| p.id == commit.point.id) {
@@ -1532,11 +1524,8 @@ impl Store {
         std::fs::remove_file(jpath).map_err(io_err(jpath))?;
         sync_dir(&self.dir)?;
         // Its mark has done its work (the point is recorded bad, and no update is left).
-        if let Ok(mut torn) = torn
-            && torn.iter().any(|t| t.taken_at == commit.point.taken_at)
-        {
-            torn.retain(|t| t.taken_at != commit.point.taken_at);
-            meta::write_torn(&self.dir, &torn)?;
+        if torn.is_some() {
+            meta::remove_torn(&self.dir, commit.point.taken_at)?;
         }
         Ok(RolledForward { dropped, unusable })
     }
@@ -1761,25 +1750,25 @@ impl Store {
 
     /// Marks bad for good, saying `why`, the points taken at `taken_at` (one replication's),
     /// among them the one an interrupted update of that replication records when it completes:
-    /// the mark is kept first (`torn.json`), and stays until that update is settled, so that
-    /// whoever completes it (now, or a later command on the copy) records its point bad. The
-    /// points so marked.
+    /// the mark is kept first (`torn/`), before the copy's lock is even waited for (an update
+    /// still completing records its point bad), and stays until that update is settled, so
+    /// that whoever completes it (now, or a later command on the copy) records its point bad.
+    /// The points so marked.
     pub fn mark_torn(&self, taken_at: DateTime<Utc>, why: &str) -> Result<Vec<Point>, StoreError> {
-        let _lock = self.lock()?;
-        let mut torn = meta::read_torn(&self.dir).unwrap_or_default();
-        if !torn.iter().any(|t| t.taken_at == taken_at) {
-            torn.push(meta::Torn {
-                taken_at,
-                why: why.to_string(),
-            });
-            meta::write_torn(&self.dir, &torn)?;
+        if !self.dir.is_dir() {
+            // No copy was ever made here: nothing to mark.
+            return Ok(Vec::new());
         }
-        self.recover().map_err(|e| StoreError::Damaged {
+        meta::write_torn(&self.dir, taken_at, why)?;
+        let kept = |e: StoreError| StoreError::Damaged {
             path: self.name(),
             reason: format!(
-                "{e}; the mark is kept (torn.json): the point of that replication is recorded bad whenever its update is completed"
+                "{e}; the mark is kept (torn/): the point of that replication is recorded bad whenever its update is completed"
             ),
-        })?;
+        };
+        let _lock = lock_wait(&self.dir, &self.name(), std::time::Duration::from_secs(500))
+            .map_err(kept)?;
+        self.recover().map_err(kept)?;
         let (mut points, _) = self.checked_points()?;
         let mut marked = Vec::new();
         for p in points.iter_mut().filter(|p| p.taken_at == taken_at) {
@@ -1792,8 +1781,7 @@ impl Store {
             self.write_points(&points)?;
         }
         // Settled: no update is left to record a point of that replication.
-        torn.retain(|t| t.taken_at != taken_at);
-        meta::write_torn(&self.dir, &torn)?;
+        meta::remove_torn(&self.dir, taken_at)?;
         Ok(marked)
     }
 
@@ -3399,7 +3387,7 @@ mod tests {
             (p2.id.as_str(), p2.verified, p2.unusable.as_deref()),
             ("p2", Verified::Bad, Some(why))
         );
-        assert!(!store.path("torn.json").exists());
+        assert_eq!(std::fs::read_dir(store.path("torn")).unwrap().count(), 0);
         // The update cannot be completed now (its copy is not a file for a while): the mark
         // is kept, and the update completed later records its point bad.
         let (dir, store, _) = stopped_at_commit(5, 6);
@@ -3414,6 +3402,7 @@ mod tests {
         std::fs::create_dir(&store.image).unwrap();
         let err = store.mark_torn(taken_at, why).unwrap_err().to_string();
         assert!(err.contains("the mark is kept"), "{err}");
+        assert_eq!(std::fs::read_dir(store.path("torn")).unwrap().count(), 1);
         std::fs::remove_dir(&store.image).unwrap();
         std::fs::rename(&aside, &store.image).unwrap();
         let note = store.settle().unwrap().unwrap();
@@ -3426,11 +3415,36 @@ mod tests {
             (p2.verified, p2.unusable.as_deref()),
             (Verified::Bad, Some(why))
         );
-        assert!(!store.path("torn.json").exists());
+        assert_eq!(std::fs::read_dir(store.path("torn")).unwrap().count(), 0);
         // A verification that finds it whole keeps it bad.
         assert_eq!(
             store.verify(Some("p2")).unwrap(),
             [("p2".to_string(), false)]
+        );
+        // The copy held by another process (its update still completing): the mark is kept
+        // at once, and the point marked once the copy is free.
+        let (_dir, store, _) = stopped_at_commit(7, 8);
+        let taken_at = read_journal(&store.path("journal"))
+            .unwrap()
+            .commit
+            .unwrap()
+            .point
+            .taken_at;
+        let held = store.lock().unwrap();
+        std::thread::scope(|scope| {
+            let marking = scope.spawn(|| store.mark_torn(taken_at, why));
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while std::fs::read_dir(store.path("torn")).map_or(0, |d| d.count()) == 0 {
+                assert!(std::time::Instant::now() < until, "no mark kept");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            drop(held);
+            let marked = marking.join().unwrap().unwrap();
+            assert_eq!(marked.len(), 1);
+        });
+        assert_eq!(
+            store.points().unwrap().pop().unwrap().verified,
+            Verified::Bad
         );
     }
 
