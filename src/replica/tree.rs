@@ -85,6 +85,16 @@ fn mtime_ns(m: &std::fs::Metadata) -> i128 {
     i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
 }
 
+/// Whether the file `rel` beneath `root` is the one `entry` describes, by its size and
+/// modification time (a staged file is given its time before it is moved in place).
+fn in_place(root: &Dir, rel: &str, entry: Option<&FileEntry>) -> bool {
+    let (Some(entry), Ok(f)) = (entry, root.open_file(rel)) else {
+        return false;
+    };
+    f.metadata()
+        .is_ok_and(|m| m.is_file() && m.len() == entry.size && mtime_ns(&m) == entry.mtime_ns)
+}
+
 /// Makes durable the entries of `root` and of every folder on the way to each of `paths`
 /// (relative to it), each folder once; a folder that is not there is skipped.
 fn sync_dirs<'a>(root: &Path, paths: impl Iterator<Item = &'a String>) -> Result<(), StoreError> {
@@ -1233,8 +1243,9 @@ impl TreeStore {
             let staged = staging_path.join(p);
             if staging.kind(p).map_err(io_err(&staged))? == Some(Kind::File) {
                 staging.rename(p, &root, p).map_err(io_err(&staged))?;
-            } else if root.kind(p).map_err(io_err(&self.root.join(p)))? != Some(Kind::File) {
-                // Neither staged nor moved in place by an earlier try: lost.
+            } else if !in_place(&root, p, c.tree.files.get(p)) {
+                // Neither staged nor moved in place by an earlier try (a file there of
+                // another size or time is the one it was to replace): lost.
                 lost.push(p.clone());
             }
         }
@@ -1603,6 +1614,25 @@ mod tests {
         assert_eq!(contents(&dst), contents(&src));
         let p4 = store.points().unwrap().pop().unwrap();
         assert_eq!((p4.id.as_str(), p4.verified), ("p4", Verified::Yes));
+
+        // A file the update replaces, with no previous point to keep the old one in (it stays
+        // where it is until the new one is moved over it): its staged version lost, the old
+        // one in place is not taken for the new one.
+        let (_dir, src, _dst, store) = committed_after_two_points(3);
+        std::fs::write(src.join("a.dump"), b"a3, longer than a2").unwrap();
+        let bytes = std::fs::read(store.path("commit.json")).unwrap();
+        let mut c: Commit = serde_json::from_slice(&bytes).unwrap();
+        c.prev = None;
+        c.put = vec!["a.dump".into()];
+        c.replaced = vec!["a.dump".into()];
+        c.tree = scan(&src).unwrap();
+        store.write_json("commit.json", &c).unwrap();
+        let note = store.settle().unwrap().unwrap();
+        assert!(note.contains("(the first: a.dump)"), "{note}");
+        assert_eq!(
+            store.points().unwrap().pop().unwrap().verified,
+            Verified::Bad
+        );
     }
 
     /// An update committed (its commit record written) and not yet completed, over a points
