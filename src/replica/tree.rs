@@ -133,18 +133,14 @@ fn walk(root: &Path) -> io::Result<Vec<(String, std::fs::Metadata)>> {
     Ok(walk_all(root)?.0)
 }
 
-/// [`walk`], and the entries that are neither files nor folders (links, devices, pipes,
-/// sockets), sorted, each with what it is.
+/// [`walk`], and the entries a copy of the files would leave out with data in them (a link
+/// that leads out of the set, a device), sorted, each with what it is.
 #[allow(clippy::type_complexity)]
-fn walk_all(
-    root: &Path,
-) -> io::Result<(
-    Vec<(String, std::fs::Metadata)>,
-    Vec<(String, &'static str)>,
-)> {
+fn walk_all(root: &Path) -> io::Result<(Vec<(String, std::fs::Metadata)>, Vec<(String, String)>)> {
     use std::os::unix::fs::FileTypeExt as _;
     let mut out = Vec::new();
     let mut others = Vec::new();
+    let mut inside: Option<io::Result<PathBuf>> = None;
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         for entry in std::fs::read_dir(root.join(&rel))? {
@@ -156,20 +152,30 @@ fn walk_all(
                 stack.push(rel);
             } else if meta.is_file() {
                 out.push((rel.to_string_lossy().into_owned(), meta));
-            } else {
-                let what = if kind.is_symlink() {
-                    "a symbolic link"
-                } else if kind.is_block_device() || kind.is_char_device() {
-                    "a device"
-                } else if kind.is_fifo() {
-                    "a pipe"
-                } else if kind.is_socket() {
-                    "a socket"
-                } else {
-                    "neither a file nor a folder"
-                };
-                others.push((rel.to_string_lossy().into_owned(), what));
+            } else if kind.is_symlink() {
+                // One that leads into the set names what is copied anyway, under its own
+                // name (`latest -> dump-2026-12-04`), and one that leads nowhere names
+                // nothing: left out. One that leads out of the set shows data the copy
+                // would not have.
+                let at = root.join(&rel);
+                if let Ok(to) = std::fs::canonicalize(&at)
+                    && !inside
+                        .get_or_insert_with(|| std::fs::canonicalize(root))
+                        .as_ref()
+                        .is_ok_and(|r| to.starts_with(r))
+                {
+                    others.push((
+                        rel.to_string_lossy().into_owned(),
+                        format!(
+                            "a symbolic link to {}, outside the backup set",
+                            to.display()
+                        ),
+                    ));
+                }
+            } else if kind.is_block_device() || kind.is_char_device() {
+                others.push((rel.to_string_lossy().into_owned(), "a device".to_string()));
             }
+            // A pipe or a socket holds no data: left out.
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -407,7 +413,7 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
             .map(|(rel, what)| format!("{rel} ({what})"))
             .collect();
         return Err(format!(
-            "{name}: {}{} {} not a file or a folder: a backup set is copied as files and folders only, and a copy without {} would not be the folder; this replication makes no point. Move {} out of the backup set, or point the backup set at the folder a link leads to",
+            "{name}: {}{} {} not a file or a folder of the set: a backup set is copied as its files and folders, and a copy without what {} show{} would not be the folder; this replication makes no point. Move {} out of the backup set, or make the backup set the folder that holds what a link leads to",
             named.join(", "),
             if others.len() > 5 {
                 format!(" and {} more", others.len() - 5)
@@ -415,7 +421,8 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
                 String::new()
             },
             if others.len() == 1 { "is" } else { "are" },
-            if others.len() == 1 { "it" } else { "them" },
+            if others.len() == 1 { "it" } else { "they" },
+            if others.len() == 1 { "s" } else { "" },
             if others.len() == 1 { "it" } else { "them" },
         ));
     }
@@ -1796,11 +1803,12 @@ mod tests {
         }
     }
 
-    /// A link, a pipe or a socket in a backup set is not left out with nothing said (the
-    /// copy would lack the files a link leads to): the replication makes no point and names
-    /// them; once they are gone, the folder is copied.
+    /// A link that leads out of a backup set shows data a copy of its files would not have:
+    /// the replication makes no point and names it (and what it leads to). A link into the set
+    /// (`latest -> dump`), a link that leads nowhere, a pipe or a socket hold nothing the
+    /// copy lacks: left out, the files are copied.
     #[test]
-    fn what_is_not_a_file_or_a_folder_makes_no_point_and_is_named() {
+    fn a_link_out_of_a_backup_set_makes_no_point_and_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
         let elsewhere = dir.path().join("dumps");
@@ -1808,21 +1816,29 @@ mod tests {
         std::fs::create_dir_all(&elsewhere).unwrap();
         std::fs::write(src.join("db/base.conf"), b"kept").unwrap();
         std::fs::write(elsewhere.join("nightly.dump"), vec![3u8; 4096]).unwrap();
-        replicate(&src, &dst, "p1");
-        let before = std::fs::read(TreeStore::new(&dst).path("points.json")).unwrap();
-        std::os::unix::fs::symlink(&elsewhere, src.join("db/dumps")).unwrap();
         std::os::unix::fs::symlink("base.conf", src.join("db/latest.conf")).unwrap();
-        let fifo = src.join("db/fifo");
+        std::os::unix::fs::symlink("gone.dump", src.join("db/dangling")).unwrap();
         let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
+            .arg(src.join("db/fifo"))
             .status()
             .unwrap();
         assert!(made.success());
+        replicate(&src, &dst, "p1");
+        assert_eq!(
+            contents(&dst).keys().collect::<Vec<_>>(),
+            ["db/base.conf"],
+            "the links into the set and the pipe are left out, the files copied"
+        );
+        let before = std::fs::read(TreeStore::new(&dst).path("points.json")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, src.join("db/dumps")).unwrap();
         let mut stream = Vec::new();
         let err = send_tree(&src, &Tree::default(), &mut stream).unwrap_err();
+        let to = std::fs::canonicalize(&elsewhere).unwrap();
         assert!(
-            err.contains("db/dumps (a symbolic link), db/fifo (a pipe), db/latest.conf (a symbolic link) are not a file or a folder")
-                && err.contains("makes no point"),
+            err.contains(&format!(
+                "db/dumps (a symbolic link to {}, outside the backup set) is not a file or a folder of the set",
+                to.display()
+            )) && err.contains("makes no point"),
             "{err}"
         );
         let store = TreeStore::new(&dst);
@@ -1836,12 +1852,12 @@ mod tests {
         };
         assert!(store.apply(&mut &stream[..], point).is_err());
         assert_eq!(std::fs::read(store.path("points.json")).unwrap(), before);
-        // The backup set pointed at files only: copied.
-        for p in ["db/dumps", "db/latest.conf", "db/fifo"] {
-            std::fs::remove_file(src.join(p)).unwrap();
-        }
+        // The dumps moved into the set: copied.
+        std::fs::remove_file(src.join("db/dumps")).unwrap();
+        std::fs::rename(&elsewhere, src.join("db/dumps")).unwrap();
         replicate(&src, &dst, "p3");
         assert_eq!(contents(&dst), contents(&src));
+        assert!(contents(&dst).contains_key("db/dumps/nightly.dump"));
     }
 
     /// A copy written while it is read again is not vouched for: neither its point's stamp
