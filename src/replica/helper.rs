@@ -593,7 +593,8 @@ pub struct AsFile {
     /// below them (swap) still land: a file written while it is read is sent all the same.
     pub live: bool,
     /// Its format is known to be raw (the guest's bytes, whatever its first ones look like):
-    /// its header is not looked at for another file it names ([`super::image`]).
+    /// its header is not looked at for another file it names ([`super::image`]). A file named
+    /// `.raw` is taken as raw too.
     pub raw: bool,
 }
 
@@ -618,8 +619,11 @@ pub fn send_image(
     };
     let file = File::open(image).map_err(|e| format!("{name}: {e}"))?;
     let before = file.metadata().map_err(|e| format!("{name}: {e}"))?;
-    // A device node's size as a file is 0, and an overlay's file is not all of its disk.
-    super::image::whole_disk(&file, &before, how.raw).map_err(|e| format!("{name}: {e}"))?;
+    // A device node's size as a file is 0, and an overlay's file is not all of its disk. A
+    // file named `.raw` is raw (Proxmox, the lab: its hypervisor opens it so): its bytes are
+    // the guest's, whatever they begin with.
+    let raw = how.raw || image.extension().is_some_and(|e| e == "raw");
+    super::image::whole_disk(&file, &before, raw).map_err(|e| format!("{name}: {e}"))?;
     let size = before.len();
     blocks::explain_faults(&format!(
         "error: {name} was cut short, or the disk could not read it, while it was sent; nothing was committed"
@@ -1161,6 +1165,41 @@ mod tests {
             self.flushed = true;
             Ok(())
         }
+    }
+
+    /// A qcow2 overlay's file is refused (it is not all of its disk), unless the disk is
+    /// known raw: told so, or named `.raw`, where the same bytes are a raw disk whose guest
+    /// wrote a qcow2 header (and are copied as they are).
+    #[test]
+    fn an_overlay_is_refused_unless_the_disk_is_raw() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        let qemu_img = |args: &[&str]| {
+            let out = std::process::Command::new("qemu-img")
+                .args(args)
+                .output()
+                .expect("qemu-img (apt-get install qemu-utils)");
+            assert!(out.status.success(), "{out:?}");
+        };
+        let base = p("base.qcow2").to_string_lossy().into_owned();
+        qemu_img(&["create", "-q", "-f", "qcow2", &base, "1M"]);
+        let over = p("over.qcow2").to_string_lossy().into_owned();
+        qemu_img(&[
+            "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &base, &over,
+        ]);
+        let send_as = |path: &Path, how: AsFile| {
+            send_image(path, &Manifest::empty(), &mut Vec::new(), false, how)
+        };
+        let e = send_as(&p("over.qcow2"), AsFile::default()).unwrap_err();
+        assert!(e.contains("over the backing file"), "{e}");
+        let told = AsFile {
+            raw: true,
+            ..AsFile::default()
+        };
+        assert!(send_as(&p("over.qcow2"), told).is_ok());
+        std::fs::copy(p("over.qcow2"), p("disk.raw")).unwrap();
+        let sent = send_as(&p("disk.raw"), AsFile::default()).unwrap();
+        assert_eq!(sent.size, std::fs::metadata(p("disk.raw")).unwrap().len());
     }
 
     #[test]
