@@ -3484,10 +3484,11 @@ mod tests {
                 read("p2", "cp2", Some("cp1")),
             )
             .unwrap();
-        // Rolled back to p1 after the changes since cp2 were chosen.
+        // Rolled back to p1 after the changes since cp2 were chosen, before the base was asked
+        // for: the stream is against p1's manifest, so only the checkpoint tells.
         std::fs::write(&src, vec![3u8; 3 * BLOCK]).unwrap();
-        let stream = stream_of(&src, &store);
         store.roll_back("p1").unwrap();
+        let stream = stream_of(&src, &store);
         let before = std::fs::read(&store.image).unwrap();
         let err = store
             .apply(&mut &stream[..], read("p3", "cp3", Some("cp2")))
