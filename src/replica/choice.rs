@@ -152,13 +152,15 @@ pub fn decide(disks: &[CopyState], how: Use, ask: &Ask) -> Decision {
             })
             .collect();
         let mut ids: Vec<String> = Vec::new();
-        let mut moments: Vec<(Option<&str>, DateTime<Utc>)> = Vec::new();
+        // A moment is a point and when it was taken (a lease that does not say when, of an
+        // older version, is its point's).
+        let mut moments: Vec<(Option<&str>, Option<DateTime<Utc>>)> = Vec::new();
         for l in &leases {
-            let moment = (l.point.as_deref(), l.taken_at.unwrap_or(l.at));
+            let moment = (l.point.as_deref(), l.taken_at);
             if !moments.contains(&moment) {
                 let id = moment.0.unwrap_or("as-is");
                 ids.push(if moments.iter().any(|m| m.0 == moment.0) {
-                    format!("{id}@{}", moment.1.format("%H:%M:%S%.3f"))
+                    format!("{id}@{}", moment.1.unwrap_or(l.at).format("%H:%M:%S%.3f"))
                 } else {
                     id.to_string()
                 });
@@ -170,9 +172,9 @@ pub fn decide(disks: &[CopyState], how: Use, ask: &Ask) -> Decision {
         return Decision::Start(Start {
             points: leases.iter().map(|l| l.point.clone()).collect(),
             roll_back: Vec::new(),
-            taken_at: moments
+            taken_at: leases
                 .iter()
-                .map(|m| m.1)
+                .map(|l| l.taken_at.unwrap_or(l.at))
                 .min()
                 .expect("one disk at least"),
             verified: moments.len() == 1 && leases.iter().all(|l| l.verified),
@@ -1178,6 +1180,15 @@ mod tests {
             s.taken_at,
             "2026-11-28T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
         );
+        // Leases of an older version, which do not say when their point was taken, written a
+        // moment apart: one point, verified.
+        let (mut a, mut b) = (sys.clone(), data.clone());
+        a.leases[0].taken_at = None;
+        b.leases[0].taken_at = None;
+        b.leases[0].point = Some("P1".into());
+        b.leases[0].at = a.leases[0].at + chrono::Duration::milliseconds(40);
+        let s = started(decide(&[a, b], Use::Failover, &mine));
+        assert_eq!((s.point.as_str(), s.verified), ("P1", true));
         data.leases[0].point = Some("P1".into());
         let s = started(decide(&[sys.clone(), data], Use::Failover, &mine));
         assert_eq!(

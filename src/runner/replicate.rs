@@ -252,6 +252,8 @@ async fn copy_frozen(
         None => None,
     };
     let mut point = None;
+    // Whether anything was copied under the freeze (else no point can be torn).
+    let copied = failed.is_none();
     // A vm with changed_blocks, read by a step (a final sync, its vm stopped or frozen
     // above): every block of its qcow2 disks through qemu-nbd, which refuses a disk a running
     // vm writes; the next `reprise replicate` starts a checkpoint again.
@@ -281,7 +283,7 @@ async fn copy_frozen(
     if let Some(f) = &freeze
         && let Err((mut e, torn)) = f.end(ctx, report).await
     {
-        if let Some(why) = torn {
+        if let Some(why) = torn.filter(|_| copied) {
             e = format!(
                 "{e}; {}",
                 mark_torn(ctx, disks, replication.taken_at, why).await
