@@ -457,6 +457,28 @@ impl Store {
         })
     }
 
+    /// Refuses to write into a copy that a QEMU process has open: its image lock, which every
+    /// QEMU (a vm's, `qemu-nbd`, `qemu-img` without `-U`) holds on the files it uses, says so
+    /// whoever started it (a vm run on the copy outside reprise, or, in a failback, on the
+    /// primary's disk this copy back writes).
+    /// `writing`: only a QEMU that writes it (a roll-back puts another file in its place,
+    /// which one that only reads it, a drill's overlay, does not see).
+    fn refuse_held_by_qemu(&self, writing: bool) -> Result<(), StoreError> {
+        let bytes = match writing {
+            true => QEMU_WRITE_LOCK,
+            false => QEMU_LOCKS,
+        };
+        match qemu_holds(&self.image, bytes) {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(StoreError::InUse {
+                image: self.name(),
+                who: "a QEMU process has it open (its image lock is held: a vm runs on it, or qemu-nbd or qemu-img uses it)".into(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&self.image)(e)),
+        }
+    }
+
     /// Refuses to write into a copy that a lease holds.
     fn refuse_in_use(&self) -> Result<(), StoreError> {
         match meta::in_use(&self.dir) {
@@ -726,6 +748,7 @@ impl Store {
     pub fn base_manifest(&self, reread: bool) -> Result<(Manifest, Option<String>), StoreError> {
         let _lock = self.lock()?;
         self.refuse_in_use()?;
+        self.refuse_held_by_qemu(false)?;
         let mut notes: Vec<String> = self.recover_for_update()?.into_iter().collect();
         let (points, settled) = self.history_for_update()?;
         notes.extend(settled);
@@ -900,6 +923,7 @@ impl Store {
         let began = std::time::Instant::now();
         let _lock = self.lock()?;
         self.refuse_in_use()?;
+        self.refuse_held_by_qemu(false)?;
         let mut notes: Vec<String> = meta::read_file(&self.path("notes"))
             .ok()
             .flatten()
@@ -1888,6 +1912,9 @@ impl Store {
                 who: live.join("; "),
             });
         }
+        if k + 1 < points.len() {
+            self.refuse_held_by_qemu(true)?;
+        }
         if k + 1 == points.len() {
             return Ok(RolledBack {
                 point: id.to_string(),
@@ -2029,6 +2056,34 @@ pub(super) fn inspect_dir(dir: &Path, state: &mut CopyState) {
 }
 
 /// [`lock_store`], waiting up to `wait` for another holder to let go.
+/// The bytes QEMU locks in an image file it uses (`raw_apply_lock_bytes` in its file-posix
+/// driver): from 100, one a permission it uses; from 200, one a permission it does not share.
+const QEMU_LOCKS: (i64, i64) = (100, 200);
+/// The byte of the permission to write (`BLK_PERM_WRITE`, the second), taken by a QEMU that
+/// writes the file.
+const QEMU_WRITE_LOCK: (i64, i64) = (101, 1);
+
+/// Whether a QEMU process holds its lock on any of the bytes `(start, len)` of the file at
+/// `path`: it takes shared OFD locks there, so asking whether an exclusive lock of those bytes
+/// would be granted tells.
+fn qemu_holds(path: &Path, (start, len): (i64, i64)) -> io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    let f = File::open(path)?;
+    // SAFETY: a plain C struct, all zeroes valid (l_pid must be 0 for an OFD lock).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start;
+    fl.l_len = len;
+    // SAFETY: F_OFD_GETLK reads and writes the `flock` it is given, which lives across the
+    // call, on a descriptor `f` owns; it takes no lock.
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
 pub(super) fn lock_wait(
     dir: &Path,
     name: &str,
@@ -3517,6 +3572,80 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("(checkpoint cp3, found bad)"), "{err}");
+    }
+
+    /// A copy a QEMU process has open (a vm run on it outside reprise; in a failback, the
+    /// primary's disk with its vm started there) is never written: its image lock says so,
+    /// whoever started it. A roll-back, which puts another file in its place, is refused only
+    /// by one that writes it (a drill's overlay reads it, and keeps the file it opened).
+    #[test]
+    fn a_copy_a_qemu_process_has_open_is_never_written_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let store = Store::new(&dir.path().join("dst.img"));
+        for (id, byte) in [("p1", 1u8), ("p2", 2)] {
+            std::fs::write(&src, vec![byte; 2 * BLOCK]).unwrap();
+            store
+                .apply(&mut &stream_of(&src, &store)[..], point(id))
+                .unwrap();
+        }
+        std::fs::write(&src, vec![3u8; 2 * BLOCK]).unwrap();
+        // qemu-nbd serving the copy, as QEMU holds it: read-only (a reader), or not.
+        let serve = |read_only: bool| {
+            let sock = dir.path().join(format!("nbd-{read_only}.sock"));
+            let mut cmd = std::process::Command::new("qemu-nbd");
+            cmd.args(["-f", "raw", "-k"]).arg(&sock);
+            if read_only {
+                cmd.arg("--read-only");
+            }
+            let child = cmd
+                .arg(&store.image)
+                .spawn()
+                .expect("qemu-nbd (apt-get install qemu-utils)");
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !qemu_holds(&store.image, QEMU_LOCKS).unwrap() {
+                assert!(std::time::Instant::now() < until, "qemu-nbd took no lock");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            child
+        };
+        let stop = |mut child: std::process::Child| {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        };
+        let before = std::fs::read(&store.image).unwrap();
+        let writer = serve(false);
+        let err = store.base_manifest(false).unwrap_err().to_string();
+        assert!(err.contains("a QEMU process has it open"), "{err}");
+        let stream = {
+            let m = Manifest::of_file(&store.image).unwrap();
+            let mut out = Vec::new();
+            crate::replica::helper::send(&src, &m, &mut out, false).unwrap();
+            out
+        };
+        let err = store
+            .apply(&mut &stream[..], point("p3"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a QEMU process has it open"), "{err}");
+        let err = store.roll_back("p1").unwrap_err().to_string();
+        assert!(err.contains("a QEMU process has it open"), "{err}");
+        assert_eq!(std::fs::read(&store.image).unwrap(), before);
+        assert_eq!(store.points().unwrap().len(), 2);
+        stop(writer);
+        // A reader: no update in place under it, but a roll-back puts another file there.
+        let reader = serve(true);
+        assert!(store.base_manifest(false).is_err());
+        assert_eq!(store.roll_back("p1").unwrap().dropped, ["p2"]);
+        stop(reader);
+        // Nobody: written.
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p3"))
+            .unwrap();
+        assert_eq!(
+            std::fs::read(&store.image).unwrap(),
+            std::fs::read(&src).unwrap()
+        );
     }
 
     /// A copy a vm runs on (a live lease of a failover) is never rolled back under it, even
