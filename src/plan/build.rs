@@ -39,6 +39,9 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
         main_phase(model, opts, sid, &members, &mut planned, &mut diags);
     }
     cleanup_phase(model, opts, &order, &members, &mut planned, &mut diags);
+    if matches!(mode, Mode::Failover | Mode::Failback) {
+        copy_order(&planned.steps, &mut diags);
+    }
     if diags.iter().any(Diagnostic::is_error) {
         return Err(diags);
     }
@@ -72,6 +75,80 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
         estimate,
         warnings,
     })
+}
+
+/// In a failover or a failback, a vm's copy from one host to another (a planned failover's
+/// final sync, a failback's copy back) moves what it wrote on the first host to the second: the vm must be stopped there
+/// before the copy (else what it writes after the copy is lost, with nothing said), and
+/// started on the second only after it (else it runs on its disks of before, and the copy
+/// then writes under it). Both orders follow from the steps' `after`, whatever the runbooks.
+fn copy_order(steps: &[PlannedStep], diags: &mut Vec<Diagnostic>) {
+    let index: HashMap<&str, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+    // Whether step `late` comes after step `early`, through `after`.
+    let comes_after = |late: usize, early: usize| {
+        let mut seen = HashSet::new();
+        let mut stack = vec![late];
+        while let Some(i) = stack.pop() {
+            for a in &steps[i].after {
+                let Some(&j) = index.get(a.as_str()) else {
+                    continue;
+                };
+                if j == early {
+                    return true;
+                }
+                if seen.insert(j) {
+                    stack.push(j);
+                }
+            }
+        }
+        false
+    };
+    let vm_step = |s: &PlannedStep, vm: &str, action: &str, host: &str| {
+        s.kind == "vm"
+            && s.vm.as_deref() == Some(vm)
+            && s.action.as_deref() == Some(action)
+            && s.host.as_deref() == Some(host)
+    };
+    for (r, step) in steps.iter().enumerate() {
+        let Action::Replicate {
+            what: Replicated::Vm(vm),
+            from_host,
+            to_host,
+            ..
+        } = &step.action_spec
+        else {
+            continue;
+        };
+        let stops: Vec<usize> = (0..steps.len())
+            .filter(|&i| vm_step(&steps[i], vm, "stop", from_host))
+            .collect();
+        if !stops.iter().any(|&i| comes_after(r, i)) {
+            diags.push(
+                Diagnostic::error(format!(
+                    "step `{}` copies vm `{vm}` from `{from_host}` to `{to_host}` while no step before it stops the vm on `{from_host}`: what it writes there after its copy would be lost",
+                    step.id
+                ))
+                .hint(format!(
+                    "put a `kind = \"vm\"`, `action = \"stop\"` step of vm `{vm}` on `{from_host}` before it in the runbook"
+                )),
+            );
+        }
+        for (i, s) in steps.iter().enumerate() {
+            if vm_step(s, vm, "start", to_host) && !comes_after(i, r) {
+                diags.push(
+                    Diagnostic::error(format!(
+                        "step `{}` starts vm `{vm}` on `{to_host}` without waiting for step `{}`, which copies its disks there: it would run on its disks of before, and the copy then write under it",
+                        s.id, step.id
+                    ))
+                    .hint("put the copy before the start in the runbook"),
+                );
+            }
+        }
+    }
 }
 
 /// Which services take part in a plan.
@@ -934,6 +1011,52 @@ mod tests {
         for (vm, l) in live(&model) {
             assert_eq!(l, model.inventory.vms[&vm].driver.value == driver, "{vm}");
         }
+    }
+
+    /// A copy of a vm between hosts in a failover or a failback waits for the vm stopped on
+    /// the host it copies from, and the vm's start on the other host waits for the copy;
+    /// the example's runbooks keep both orders, and breaking either is an error naming both
+    /// steps.
+    #[test]
+    fn a_copy_between_hosts_comes_after_the_stop_and_before_the_start() {
+        let model = example();
+        for mode in [Mode::Failover, Mode::Failback] {
+            let plan = build(&model, &PlanOptions::new(mode)).unwrap();
+            let mut diags = Vec::new();
+            copy_order(&plan.steps, &mut diags);
+            assert!(diags.is_empty(), "{mode}: {diags:?}");
+        }
+        let plan = build(&model, &PlanOptions::new(Mode::Failback)).unwrap();
+        let at = |steps: &[PlannedStep], id: &str| steps.iter().position(|s| s.id == id).unwrap();
+        let said = |steps: &[PlannedStep]| {
+            let mut diags = Vec::new();
+            copy_order(steps, &mut diags);
+            diags.iter().map(|d| d.message.clone()).collect::<Vec<_>>()
+        };
+        // The start no longer waits for the copy back.
+        let mut steps = plan.steps.clone();
+        let (start, sync) = (
+            at(&steps, "erp-db/start-primary"),
+            at(&steps, "erp-db/sync-back"),
+        );
+        steps[start].after = steps[sync].after.clone();
+        let errors = said(&steps);
+        assert!(
+            errors.len() == 1
+                && errors[0].contains("step `erp-db/start-primary` starts vm `erp-db`")
+                && errors[0].contains("without waiting for step `erp-db/sync-back`"),
+            "{errors:?}"
+        );
+        // The copy back no longer waits for the stop on the recovery host.
+        let mut steps = plan.steps.clone();
+        steps[sync].after.clear();
+        let errors = said(&steps);
+        assert!(
+            errors.len() == 1
+                && errors[0].contains("step `erp-db/sync-back` copies vm `erp-db`")
+                && errors[0].contains("no step before it stops the vm"),
+            "{errors:?}"
+        );
     }
 
     #[test]
