@@ -960,13 +960,7 @@ mod tests {
     fn the_bitmap_of_a_stopped_overlay_is_not_used() {
         let dir = tempfile::tempdir().unwrap();
         let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new("qemu-img")
-                .args(args)
-                .output()
-                .expect("qemu-img (apt-get install qemu-utils)");
-            assert!(out.status.success(), "{args:?}: {out:?}");
-        };
+        let run = crate::replica::image::tests::qemu_img;
         run(&["create", "-q", "-f", "qcow2", &p("base.qcow2"), "1M"]);
         run(&["create", "-q", "-f", "qcow2", &p("whole.qcow2"), "1M"]);
         run(&[

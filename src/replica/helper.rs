@@ -1174,13 +1174,7 @@ mod tests {
     fn an_overlay_is_refused_unless_the_disk_is_raw() {
         let dir = tempfile::tempdir().unwrap();
         let p = |n: &str| dir.path().join(n);
-        let qemu_img = |args: &[&str]| {
-            let out = std::process::Command::new("qemu-img")
-                .args(args)
-                .output()
-                .expect("qemu-img (apt-get install qemu-utils)");
-            assert!(out.status.success(), "{out:?}");
-        };
+        let qemu_img = crate::replica::image::tests::qemu_img;
         let base = p("base.qcow2").to_string_lossy().into_owned();
         qemu_img(&["create", "-q", "-f", "qcow2", &base, "1M"]);
         let over = p("over.qcow2").to_string_lossy().into_owned();

@@ -193,11 +193,12 @@ fn vmdk_descriptor_refers(text: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::process::Command;
 
-    fn qemu_img(args: &[&str]) {
+    /// Runs `qemu-img` with `args`, which must succeed.
+    pub(crate) fn qemu_img(args: &[&str]) {
         let out = Command::new("qemu-img")
             .args(args)
             .output()

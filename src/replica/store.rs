@@ -2379,6 +2379,21 @@ mod tests {
         out
     }
 
+    /// A copy whose points `points` (id, byte) are of a source of `blocks` blocks, each all
+    /// that byte: the folder, the source's path and the copy's store.
+    fn copy_of(points: &[(&str, u8)], blocks: usize) -> (tempfile::TempDir, PathBuf, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let store = Store::new(&dir.path().join("dst.img"));
+        for &(id, byte) in points {
+            std::fs::write(&src, vec![byte; blocks * BLOCK]).unwrap();
+            store
+                .apply(&mut &stream_of(&src, &store)[..], point(id))
+                .unwrap();
+        }
+        (dir, src, store)
+    }
+
     /// The manifest file as it should be for the mirror as it is: the header, then the tree
     /// of its block hashes.
     fn expected_manifest(dst: &Path) -> Vec<u8> {
@@ -2678,16 +2693,7 @@ mod tests {
     /// the others keep their verdicts.
     #[test]
     fn a_point_marked_unusable_stays_bad_whatever_a_verification_finds() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src.img");
-        let store = Store::new(&dir.path().join("dst.img"));
-        for (id, byte) in [("p1", 1u8), ("p2", 2)] {
-            std::fs::write(&src, vec![byte; 3 * BLOCK]).unwrap();
-            let (m, _) = store.base_manifest(false).unwrap();
-            let mut out = Vec::new();
-            crate::replica::helper::send(&src, &m, &mut out, false).unwrap();
-            store.apply(&mut &out[..], point(id)).unwrap();
-        }
+        let (_dir, src, store) = copy_of(&[("p1", 1), ("p2", 2)], 3);
         let marked = store.mark_unusable("p2", "torn").unwrap();
         assert_eq!(
             (
@@ -2739,16 +2745,7 @@ mod tests {
     /// dropped one back.
     #[test]
     fn a_damaged_points_file_never_brings_back_a_history_the_copy_has_left() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src.img");
-        let store = Store::new(&dir.path().join("dst.img"));
-        for (id, byte) in [("p1", 1u8), ("p2", 2), ("p3", 3)] {
-            std::fs::write(&src, vec![byte; 3 * BLOCK]).unwrap();
-            let (m, _) = store.base_manifest(false).unwrap();
-            let mut out = Vec::new();
-            crate::replica::helper::send(&src, &m, &mut out, false).unwrap();
-            store.apply(&mut &out[..], point(id)).unwrap();
-        }
+        let (_dir, _src, store) = copy_of(&[("p1", 1), ("p2", 2), ("p3", 3)], 3);
         let damage = || std::fs::write(store.path("points.json"), b"{ torn").unwrap();
         let said = |store: &Store| -> Vec<(String, Verified)> {
             let points = store.points().unwrap();
@@ -3580,15 +3577,7 @@ mod tests {
     /// by one that writes it (a drill's overlay reads it, and keeps the file it opened).
     #[test]
     fn a_copy_a_qemu_process_has_open_is_never_written_under_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src.img");
-        let store = Store::new(&dir.path().join("dst.img"));
-        for (id, byte) in [("p1", 1u8), ("p2", 2)] {
-            std::fs::write(&src, vec![byte; 2 * BLOCK]).unwrap();
-            store
-                .apply(&mut &stream_of(&src, &store)[..], point(id))
-                .unwrap();
-        }
+        let (dir, src, store) = copy_of(&[("p1", 1), ("p2", 2)], 2);
         std::fs::write(&src, vec![3u8; 2 * BLOCK]).unwrap();
         // qemu-nbd serving the copy, as QEMU holds it: read-only (a reader), or not.
         let serve = |read_only: bool| {
@@ -3653,15 +3642,7 @@ mod tests {
     /// file it opened, does not stop a failover's roll-back.
     #[test]
     fn a_copy_a_vm_runs_on_is_never_rolled_back_under_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src.img");
-        let store = Store::new(&dir.path().join("dst.img"));
-        for (id, byte) in [("p1", 1u8), ("p2", 2), ("p3", 3)] {
-            std::fs::write(&src, vec![byte; 2 * BLOCK]).unwrap();
-            store
-                .apply(&mut &stream_of(&src, &store)[..], point(id))
-                .unwrap();
-        }
+        let (_dir, _src, store) = copy_of(&[("p1", 1), ("p2", 2), ("p3", 3)], 2);
         let lease = |kind, run: &str| Lease {
             kind,
             run: run.into(),
