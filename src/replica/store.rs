@@ -2379,6 +2379,22 @@ mod tests {
         out
     }
 
+    /// A lease of vm erp-db's copy by `run`, at point `point`.
+    fn lease_of(kind: LeaseKind, run: &str, point: &str) -> Lease {
+        Lease {
+            kind,
+            run: run.into(),
+            vm: "erp-db".into(),
+            step: "erp-db/start".into(),
+            machine: "m".into(),
+            pid: 1,
+            at: Utc::now(),
+            point: Some(point.into()),
+            taken_at: None,
+            verified: true,
+        }
+    }
+
     /// A copy whose points `points` (id, byte) are of a source of `blocks` blocks, each all
     /// that byte: the folder, the source's path and the copy's store.
     fn copy_of(points: &[(&str, u8)], blocks: usize) -> (tempfile::TempDir, PathBuf, Store) {
@@ -3643,18 +3659,7 @@ mod tests {
     #[test]
     fn a_copy_a_vm_runs_on_is_never_rolled_back_under_it() {
         let (_dir, _src, store) = copy_of(&[("p1", 1), ("p2", 2), ("p3", 3)], 2);
-        let lease = |kind, run: &str| Lease {
-            kind,
-            run: run.into(),
-            vm: "erp-db".into(),
-            step: "erp-db/start".into(),
-            machine: "m".into(),
-            pid: 1,
-            at: Utc::now(),
-            point: Some("p3".into()),
-            taken_at: None,
-            verified: true,
-        };
+        let lease = |kind, run: &str| lease_of(kind, run, "p3");
         let wait = std::time::Duration::from_millis(10);
         store
             .take_lease(&lease(LeaseKind::Live, "r1"), Some("p3"), wait, false)
@@ -3683,18 +3688,7 @@ mod tests {
         store
             .apply(&mut &stream_of(&src, &store)[..], point("p1"))
             .unwrap();
-        let lease = |kind, run: &str| Lease {
-            kind,
-            run: run.into(),
-            vm: "erp-db".into(),
-            step: "erp-db/start".into(),
-            machine: "m".into(),
-            pid: 1,
-            at: Utc::now(),
-            point: Some("p1".into()),
-            taken_at: None,
-            verified: true,
-        };
+        let lease = |kind, run: &str| lease_of(kind, run, "p1");
         let wait = std::time::Duration::from_millis(10);
         store
             .take_lease(&lease(LeaseKind::Drill, "r1"), Some("p1"), wait, false)
