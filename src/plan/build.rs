@@ -78,10 +78,9 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
 }
 
 /// In a failover or a failback, a vm's copy from one host to another (a planned failover's
-/// final sync, a failback's copy back) moves what it wrote on the first host to the second: the vm must be stopped there
-/// before the copy (else what it writes after the copy is lost, with nothing said), and
-/// started on the second only after it (else it runs on its disks of before, and the copy
-/// then writes under it). Both orders follow from the steps' `after`, whatever the runbooks.
+/// final sync, a failback's copy back) moves what it wrote on the first host to the second:
+/// the vm is started on the second only after it (else it runs on its disks of before, and
+/// the copy then writes under it), by the steps' `after`, whatever the runbooks.
 fn copy_order(steps: &[PlannedStep], diags: &mut Vec<Diagnostic>) {
     let index: HashMap<&str, usize> = steps
         .iter()
@@ -116,27 +115,12 @@ fn copy_order(steps: &[PlannedStep], diags: &mut Vec<Diagnostic>) {
     for (r, step) in steps.iter().enumerate() {
         let Action::Replicate {
             what: Replicated::Vm(vm),
-            from_host,
             to_host,
             ..
         } = &step.action_spec
         else {
             continue;
         };
-        let stops: Vec<usize> = (0..steps.len())
-            .filter(|&i| vm_step(&steps[i], vm, "stop", from_host))
-            .collect();
-        if !stops.iter().any(|&i| comes_after(r, i)) {
-            diags.push(
-                Diagnostic::error(format!(
-                    "step `{}` copies vm `{vm}` from `{from_host}` to `{to_host}` while no step before it stops the vm on `{from_host}`: what it writes there after its copy would be lost",
-                    step.id
-                ))
-                .hint(format!(
-                    "put a `kind = \"vm\"`, `action = \"stop\"` step of vm `{vm}` on `{from_host}` before it in the runbook"
-                )),
-            );
-        }
         for (i, s) in steps.iter().enumerate() {
             if vm_step(s, vm, "start", to_host) && !comes_after(i, r) {
                 diags.push(
@@ -1013,12 +997,11 @@ mod tests {
         }
     }
 
-    /// A copy of a vm between hosts in a failover or a failback waits for the vm stopped on
-    /// the host it copies from, and the vm's start on the other host waits for the copy;
-    /// the example's runbooks keep both orders, and breaking either is an error naming both
+    /// The start of a vm on the host a failover or a failback copies it to waits for the
+    /// copy: the example's runbooks keep that order, and breaking it is an error naming both
     /// steps.
     #[test]
-    fn a_copy_between_hosts_comes_after_the_stop_and_before_the_start() {
+    fn a_copy_between_hosts_comes_before_the_vm_s_start_there() {
         let model = example();
         for mode in [Mode::Failover, Mode::Failback] {
             let plan = build(&model, &PlanOptions::new(mode)).unwrap();
@@ -1045,16 +1028,6 @@ mod tests {
             errors.len() == 1
                 && errors[0].contains("step `erp-db/start-primary` starts vm `erp-db`")
                 && errors[0].contains("without waiting for step `erp-db/sync-back`"),
-            "{errors:?}"
-        );
-        // The copy back no longer waits for the stop on the recovery host.
-        let mut steps = plan.steps.clone();
-        steps[sync].after.clear();
-        let errors = said(&steps);
-        assert!(
-            errors.len() == 1
-                && errors[0].contains("step `erp-db/sync-back` copies vm `erp-db`")
-                && errors[0].contains("no step before it stops the vm"),
             "{errors:?}"
         );
     }
