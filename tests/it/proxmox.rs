@@ -663,6 +663,62 @@ fn a_proxmox_point_whose_freeze_cannot_be_confirmed_is_unusable() {
     );
 }
 
+/// The same through a runbook's `replicate` step (a planned failover's sync of the running
+/// vm, under its freeze): its point is unusable, the step fails and the failover does not go
+/// on to start the vm from it.
+#[test]
+fn a_runbook_copy_whose_freeze_cannot_be_confirmed_makes_an_unusable_point() {
+    let lab = Lab::up(178);
+    let disk = lab.images("hv1").join("101/vm-101-disk-0.qcow2");
+    fill(&disk, "256M");
+    let before = lab.point_ids("db");
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // point ids are per second
+    let copying = lab
+        .images("hv2")
+        .join("101/vm-101-disk-0.qcow2.reprise/journal");
+    let conf = lab.conf_path("hv1", 101);
+    let failover = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while !copying.exists() {
+                assert!(std::time::Instant::now() < until, "the copy never began");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let text = std::fs::read_to_string(&conf).unwrap();
+            std::fs::write(&conf, text.replace("agent: 1", "agent: 0")).unwrap();
+        });
+        lab.with(&["failover", "--service", "db", "--yes", "--no-prompt"])
+    });
+    assert_eq!(failover.code, 1, "{failover:?}");
+    let shown = lab.shown();
+    assert!(
+        shown.contains("the copy may be torn: marked unusable, no run starts from it"),
+        "{shown}"
+    );
+    let out = lab.with(&["points", "db", "--json"]);
+    let points: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let made: Vec<&serde_json::Value> = points
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| !before.iter().any(|b| p["id"] == b.as_str()))
+        .collect();
+    assert_eq!(made.len(), 1, "{points:#}");
+    assert_eq!(made[0]["verified"], "bad", "{points:#}");
+    assert!(
+        made[0]["unusable"]
+            .as_str()
+            .is_some_and(|w| w.contains("which says whether the freeze held through the copy")),
+        "{points:#}"
+    );
+    // Never started on the recovery node from it (the lab's record of starts).
+    assert!(
+        !lab.root("hv2")
+            .join("var/lib/lab/qm/started/101.conf")
+            .exists()
+    );
+}
+
 #[test]
 fn a_proxmox_drill_cleanup_reports_what_it_could_not_remove() {
     let lab = Lab::up(173);
