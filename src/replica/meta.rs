@@ -480,15 +480,13 @@ pub fn write_torn(dir: &Path, taken_at: DateTime<Utc>, why: &str) -> Result<(), 
 /// when its mark cannot be read, that.
 pub fn read_torn(dir: &Path, taken_at: DateTime<Utc>) -> Option<String> {
     let path = dir.join("torn").join(torn_name(taken_at));
-    match read_file(&path) {
-        Ok(None) => None,
-        Ok(Some(bytes)) => Some(match serde_json::from_slice::<Torn>(&bytes) {
-            Ok(t) => t.why,
-            Err(e) => format!(
-                "its replication was said torn ({} cannot be read: {e})",
-                path.display()
-            ),
-        }),
+    let mark = read_file(&path).and_then(|bytes| {
+        bytes
+            .map(|b| serde_json::from_slice::<Torn>(&b).map_err(|e| e.to_string()))
+            .transpose()
+    });
+    match mark {
+        Ok(mark) => mark.map(|t| t.why),
         Err(e) => Some(format!(
             "its replication was said torn ({} cannot be read: {e})",
             path.display()

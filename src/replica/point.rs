@@ -76,6 +76,13 @@ impl Point {
         self.id == other.id && self.taken_at == other.taken_at
     }
 
+    /// Marks this point bad for good, saying `why` (see [`Point::unusable`]).
+    pub fn mark_unusable(&mut self, why: &str) {
+        self.verified = Verified::Bad;
+        self.unusable = Some(why.to_string());
+        self.checked_at = Some(chrono::Utc::now());
+    }
+
     /// Why a bad point is bad, as messages put it after its name: it `FAILED verification`,
     /// or it is unusable and why.
     pub fn bad_words(&self) -> String {
@@ -83,6 +90,25 @@ impl Point {
             Some(why) => format!("is unusable ({why})"),
             None => "FAILED verification".to_string(),
         }
+    }
+}
+
+/// What a settle says of an interrupted update it completed, whose point is `unusable` when
+/// the copy is not what the point says (see [`Point::unusable`]).
+pub(super) fn completed_note(id: &str, unusable: Option<String>) -> String {
+    match unusable {
+        None => format!("an interrupted update was completed: point {id}"),
+        Some(why) => {
+            format!("an interrupted update was completed, and point {id} is UNUSABLE: {why}")
+        }
+    }
+}
+
+/// The error of an update whose point was recorded unusable (`why`) as it was completed.
+pub(super) fn recorded_unusable(image: String, id: &str, why: &str) -> StoreError {
+    StoreError::Damaged {
+        path: image,
+        reason: format!("point {id} is recorded as unusable: {why}"),
     }
 }
 

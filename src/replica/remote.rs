@@ -1254,41 +1254,6 @@ impl<'a> Helpers<'a> {
         self.call_json(host, &req, Duration::from_secs(120))
     }
 
-    /// Marks point `point` of `host:image` bad for good, saying `why` (see
-    /// [`Point::unusable`]); refused unless the helper answers that very point so marked.
-    pub fn mark_unusable(
-        &self,
-        host: &str,
-        image: &str,
-        point: &str,
-        why: &str,
-    ) -> Result<(), ReplicaError> {
-        let marked: Point = self.call_json(
-            host,
-            &Request::MarkUnusable {
-                image: image.into(),
-                point: point.into(),
-                why: why.into(),
-            },
-            Duration::from_secs(600),
-        )?;
-        if marked.id != point
-            || marked.verified != super::Verified::Bad
-            || marked.unusable.as_deref() != Some(why)
-        {
-            return Err(ReplicaError::Helper {
-                host: host.to_string(),
-                reason: format!(
-                    "asked to mark point {point} of {image} unusable, the helper answered about point {} ({}, {})",
-                    marked.id,
-                    marked.verified,
-                    marked.unusable.as_deref().unwrap_or("not unusable")
-                ),
-            });
-        }
-        Ok(())
-    }
-
     /// Marks unusable, saying `why`, the points taken at `taken_at` (one replication's, on
     /// every disk that got one) of the copies `(host, image)`: what was marked, as lines, or
     /// what could not be (a copy that got no point from it has nothing to mark).

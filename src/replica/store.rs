@@ -887,12 +887,7 @@ impl Store {
             Some(commit) => {
                 let id = commit.point.id.clone();
                 let done = self.roll_forward(&path, &journal, commit, true)?;
-                Ok(Some(match done.unusable {
-                    None => format!("an interrupted update was completed: point {id}"),
-                    Some(why) => format!(
-                        "an interrupted update was completed, and point {id} is UNUSABLE: {why}"
-                    ),
-                }))
+                Ok(Some(super::point::completed_note(&id, done.unusable)))
             }
             None => {
                 let pending = self.path("delta.pending");
@@ -1245,10 +1240,11 @@ impl Store {
         let journal = read_journal(&jpath)?;
         let done = self.roll_forward(&jpath, &journal, commit, false)?;
         if let Some(why) = done.unusable {
-            return Err(StoreError::Damaged {
-                path: self.image.display().to_string(),
-                reason: format!("point {} is recorded as unusable: {why}", point.id),
-            });
+            return Err(super::point::recorded_unusable(
+                self.image.display().to_string(),
+                &point.id,
+                &why,
+            ));
         }
         Ok(Applied {
             point,
@@ -1536,9 +1532,7 @@ impl Store {
         if let Some(p) = points.last_mut().filter(|p| p.id == commit.point.id) {
             p.stamp = self.stamp();
             if let Some(why) = &unusable {
-                p.verified = Verified::Bad;
-                p.unusable = Some(why.clone());
-                p.checked_at = Some(Utc::now());
+                p.mark_unusable(why);
             }
         }
         let mut dropped = Vec::new();
@@ -1771,9 +1765,7 @@ impl Store {
         self.recover()?;
         let (mut points, _) = self.checked_points()?;
         let k = self.find(&points, id)?;
-        points[k].verified = Verified::Bad;
-        points[k].unusable = Some(why.to_string());
-        points[k].checked_at = Some(Utc::now());
+        points[k].mark_unusable(why);
         // Both generations (`write_points`): a damaged newest never brings it back as it was.
         self.write_points(&points)?;
         Ok(points[k].clone())
@@ -1803,9 +1795,7 @@ impl Store {
         let (mut points, _) = self.checked_points()?;
         let mut marked = Vec::new();
         for p in points.iter_mut().filter(|p| p.taken_at == taken_at) {
-            p.verified = Verified::Bad;
-            p.unusable = Some(why.to_string());
-            p.checked_at = Some(Utc::now());
+            p.mark_unusable(why);
             marked.push(p.clone());
         }
         if !marked.is_empty() {
@@ -1895,6 +1885,12 @@ impl Store {
                 reason: format!("point {id} failed verification: choose a good point"),
             });
         }
+        if k + 1 == points.len() {
+            return Ok(RolledBack {
+                point: id.to_string(),
+                dropped: Vec::new(),
+            });
+        }
         // A vm running on the copy (or a lease that cannot be read, which may be one) would
         // have its disk replaced under it, and what it wrote dropped. A drill's overlay keeps
         // the file it opened.
@@ -1906,21 +1902,13 @@ impl Store {
                 Err(e) => Some(e),
             })
             .collect();
-        if !live.is_empty() && k + 1 < points.len() {
+        if !live.is_empty() {
             return Err(StoreError::InUse {
                 image: self.name(),
                 who: live.join("; "),
             });
         }
-        if k + 1 < points.len() {
-            self.refuse_held_by_qemu(true)?;
-        }
-        if k + 1 == points.len() {
-            return Ok(RolledBack {
-                point: id.to_string(),
-                dropped: Vec::new(),
-            });
-        }
+        self.refuse_held_by_qemu(true)?;
         let tmp = self.path("rollback.img");
         self.restore_unlocked(&points, k, &tmp)?;
         let intent = RollBackIntent {
@@ -2393,6 +2381,12 @@ mod tests {
             taken_at: None,
             verified: true,
         }
+    }
+
+    /// When the point of the update committed and not completed in `store` was taken.
+    fn committed_at(store: &Store) -> DateTime<Utc> {
+        let journal = read_journal(&store.path("journal")).unwrap();
+        journal.commit.unwrap().point.taken_at
     }
 
     /// A copy whose points `points` (id, byte) are of a source of `blocks` blocks, each all
@@ -3446,12 +3440,7 @@ mod tests {
         let why = "its source's replicate-end said it may be torn: thawed";
         // Completed by the mark itself.
         let (_dir, store, _) = stopped_at_commit(3, 4);
-        let taken_at = read_journal(&store.path("journal"))
-            .unwrap()
-            .commit
-            .unwrap()
-            .point
-            .taken_at;
+        let taken_at = committed_at(&store);
         let ids = |store: &Store| -> Vec<String> {
             store.points().unwrap().into_iter().map(|p| p.id).collect()
         };
@@ -3467,12 +3456,7 @@ mod tests {
         // The update cannot be completed now (its copy is not a file for a while): the mark
         // is kept, and the update completed later records its point bad.
         let (dir, store, _) = stopped_at_commit(5, 6);
-        let taken_at = read_journal(&store.path("journal"))
-            .unwrap()
-            .commit
-            .unwrap()
-            .point
-            .taken_at;
+        let taken_at = committed_at(&store);
         let aside = dir.path().join("aside.img");
         std::fs::rename(&store.image, &aside).unwrap();
         std::fs::create_dir(&store.image).unwrap();
@@ -3500,12 +3484,7 @@ mod tests {
         // The copy held by another process (its update still completing): the mark is kept
         // at once, and the point marked once the copy is free.
         let (_dir, store, _) = stopped_at_commit(7, 8);
-        let taken_at = read_journal(&store.path("journal"))
-            .unwrap()
-            .commit
-            .unwrap()
-            .point
-            .taken_at;
+        let taken_at = committed_at(&store);
         let held = store.lock().unwrap();
         std::thread::scope(|scope| {
             let marking = scope.spawn(|| store.mark_torn(taken_at, why));

@@ -835,12 +835,8 @@ impl TreeStore {
                     ),
                 })?;
             let id = c.point.id.clone();
-            return Ok(Some(match self.roll_forward(c)? {
-                None => format!("an interrupted update was completed: point {id}"),
-                Some(why) => format!(
-                    "an interrupted update was completed, and point {id} is UNUSABLE: {why}"
-                ),
-            }));
+            let unusable = self.roll_forward(c)?;
+            return Ok(Some(super::point::completed_note(&id, unusable)));
         }
         if staging.exists() {
             std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
@@ -1003,10 +999,11 @@ impl TreeStore {
         let files = commit.put.len() as u64;
         self.write_json("commit.json", &commit)?;
         if let Some(why) = self.roll_forward(commit)? {
-            return Err(StoreError::Damaged {
-                path: self.name(),
-                reason: format!("point {} is recorded as unusable: {why}", point.id),
-            });
+            return Err(super::point::recorded_unusable(
+                self.name(),
+                &point.id,
+                &why,
+            ));
         }
         Ok((point, files))
     }
@@ -1289,9 +1286,7 @@ impl TreeStore {
         if let Some(p) = points.last_mut().filter(|p| p.id == c.point.id) {
             p.stamp = tree_stamp(&self.root);
             if let Some(why) = &unusable {
-                p.verified = Verified::Bad;
-                p.unusable = Some(why.clone());
-                p.checked_at = Some(Utc::now());
+                p.mark_unusable(why);
             }
         }
         let mut dropped = Vec::new();

@@ -190,6 +190,16 @@ impl Lab {
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
+    /// The points of `vm` (as `reprise points --json` gives them) whose ids are not in `before`.
+    fn points_since(&self, vm: &str, before: &[String]) -> Vec<serde_json::Value> {
+        let out = self.with(&["points", vm, "--json"]);
+        let points: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let all = points.as_array().cloned().unwrap_or_default();
+        all.into_iter()
+            .filter(|p| !before.iter().any(|b| p["id"] == b.as_str()))
+            .collect()
+    }
+
     /// The ids of the points of `vm`, oldest first.
     fn point_ids(&self, vm: &str) -> Vec<String> {
         let out = self.with(&["points", vm, "--json"]);
@@ -588,21 +598,14 @@ fn a_proxmox_vm_started_during_its_copy_makes_an_unusable_point() {
         "{replicated:?}"
     );
     assert!(!marker.exists());
-    let out = lab.with(&["points", "db", "--json"]);
-    let points: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    let made: Vec<&serde_json::Value> = points
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| !before.iter().any(|b| p["id"] == b.as_str()))
-        .collect();
-    assert_eq!(made.len(), 1, "{points:#}");
-    assert_eq!(made[0]["verified"], "bad", "{points:#}");
+    let made = lab.points_since("db", &before);
+    assert_eq!(made.len(), 1, "{made:#?}");
+    assert_eq!(made[0]["verified"], "bad", "{made:#?}");
     assert!(
         made[0]["unusable"]
             .as_str()
             .is_some_and(|w| w.contains("started during the copy")),
-        "{points:#}"
+        "{made:#?}"
     );
 }
 
@@ -645,21 +648,14 @@ fn a_proxmox_point_whose_freeze_cannot_be_confirmed_is_unusable() {
                 .contains("the copy may be torn: marked unusable, no run starts from it"),
         "{replicated:?}"
     );
-    let out = lab.with(&["points", "db", "--json"]);
-    let points: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    let made: Vec<&serde_json::Value> = points
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| !before.iter().any(|b| p["id"] == b.as_str()))
-        .collect();
-    assert_eq!(made.len(), 1, "{points:#}");
-    assert_eq!(made[0]["verified"], "bad", "{points:#}");
+    let made = lab.points_since("db", &before);
+    assert_eq!(made.len(), 1, "{made:#?}");
+    assert_eq!(made[0]["verified"], "bad", "{made:#?}");
     assert!(
         made[0]["unusable"]
             .as_str()
             .is_some_and(|w| w.contains("which says whether the freeze held through the copy")),
-        "{points:#}"
+        "{made:#?}"
     );
 }
 
@@ -695,21 +691,14 @@ fn a_runbook_copy_whose_freeze_cannot_be_confirmed_makes_an_unusable_point() {
         shown.contains("the copy may be torn: marked unusable, no run starts from it"),
         "{shown}"
     );
-    let out = lab.with(&["points", "db", "--json"]);
-    let points: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    let made: Vec<&serde_json::Value> = points
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| !before.iter().any(|b| p["id"] == b.as_str()))
-        .collect();
-    assert_eq!(made.len(), 1, "{points:#}");
-    assert_eq!(made[0]["verified"], "bad", "{points:#}");
+    let made = lab.points_since("db", &before);
+    assert_eq!(made.len(), 1, "{made:#?}");
+    assert_eq!(made[0]["verified"], "bad", "{made:#?}");
     assert!(
         made[0]["unusable"]
             .as_str()
             .is_some_and(|w| w.contains("which says whether the freeze held through the copy")),
-        "{points:#}"
+        "{made:#?}"
     );
     // Never started on the recovery node from it (the lab's record of starts).
     assert!(
