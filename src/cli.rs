@@ -288,9 +288,21 @@ pub enum Command {
     /// Cold start of the primary site after a power cut, in dependency order.
     ///
     /// A vm that runs on its recovery host, or that a failover left running on its recovery
-    /// copies, is refused (exit 6): its newest data is there; fail back instead.
+    /// copies, is refused (exit 6): its newest data is there; fail back instead. When the
+    /// recovery host cannot be asked, the journals of this machine are: a vm a failover
+    /// started there, and no failback or restore since, is refused too.
     #[command(after_help = "Example:\n  reprise restore --parallel 4")]
-    Restore(RunArgs),
+    Restore {
+        /// Start a vm although this machine's journals show a failover left it on its
+        /// recovery host, which cannot be asked (that site and its data are lost): it starts
+        /// from its primary disks of before, without what it wrote since; journaled, and shown
+        /// by the report. A vm its recovery host shows running there or leased by a failover
+        /// is still refused.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        args: RunArgs,
+    },
     /// Return to the primary site after a failover (replication reversed first).
     #[command(after_help = "Example:\n  reprise failback --service erp-app")]
     Failback {
@@ -643,8 +655,10 @@ impl Command {
     /// The `--here` host of a command that reaches hosts.
     fn here(&self) -> Option<&str> {
         let ssh = match self {
-            Command::Drill(a) | Command::Restore(a) => &a.exec.ssh,
-            Command::Failover { args, .. } | Command::Failback { args, .. } => &args.exec.ssh,
+            Command::Drill(a) => &a.exec.ssh,
+            Command::Failover { args, .. }
+            | Command::Failback { args, .. }
+            | Command::Restore { args, .. } => &args.exec.ssh,
             Command::Resume { exec, .. } => &exec.ssh,
             Command::Replicate { ssh, .. }
             | Command::Points { ssh, .. }
@@ -860,7 +874,15 @@ fn run_with_model(cli: &Cli, model: &Model) -> Result<Outcome, Outcome> {
             force,
             args,
         } => failover(cli, model, *emergency, points, *point_before, *force, args)?,
-        Command::Restore(args) => start(cli, model, Mode::Restore, false, args),
+        Command::Restore { force, args } => start_with(
+            cli,
+            model,
+            Mode::Restore,
+            false,
+            *force,
+            args,
+            Default::default(),
+        ),
         Command::Failback { force, args } => start_with(
             cli,
             model,
@@ -1711,7 +1733,7 @@ fn event_line(run_id: &str, e: &Event) -> String {
         Event::ReadinessForced {
             operator, problems, ..
         } => format!(
-            "forced by {operator} (--force) past the readiness check's blocking problems: {}",
+            "forced by {operator} (--force) past: {}",
             problems.join("; ")
         ),
         Event::OtherSite {

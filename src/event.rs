@@ -135,7 +135,9 @@ pub enum Event {
         said: String,
     },
     /// A planned failover (or a failback) started although the readiness check found problems
-    /// that block it on the side it starts vms on, because the operator forced it.
+    /// that block it on the side it starts vms on, or a restore although this machine's
+    /// journals show a failover left a vm it starts on its recovery host, which cannot be
+    /// asked: because the operator forced it.
     ReadinessForced {
         at: DateTime<Utc>,
         operator: String,
@@ -298,6 +300,10 @@ pub struct StepRecord {
     /// point only when a `stop` shows the vm no longer wrote. Absent in older journals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// A vm step's vm: which vm a failover left on its recovery host, read back by a later
+    /// restore ([`crate::away`]). Absent in older journals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
 }
 
 impl RunPlan {
@@ -335,6 +341,7 @@ impl RunPlan {
                         crate::plan::Action::Http { tls, .. } if tls.insecure
                     ),
                     action: s.action.clone(),
+                    vm: s.vm.clone(),
                 })
                 .collect(),
             estimated_s: plan.estimate.total.secs(),

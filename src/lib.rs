@@ -8,6 +8,7 @@
 //! would work now, [`report`] tells management how one went; [`lab`] brings the example to life on
 //! loopback; [`cli`] is the command line on top. See ARCHITECTURE.md.
 
+pub mod away;
 pub mod check;
 pub mod cli;
 pub mod diagnostic;

@@ -5,13 +5,14 @@
 //! the journal says back into the state a resumed run starts from. It never prints: events go to
 //! the journal and to the [`Sink`] the caller gives (the terminal view).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
 
+use crate::away::Away;
 use crate::diagnostic::{Report, did_you_mean};
 use crate::event::{Event, RunPlan, RunStatus, StepStatus};
 use crate::journal::{
@@ -441,6 +442,10 @@ struct Launch {
     journal: JournalWriter,
     first: Vec<Event>,
     prior: HashMap<String, Prior>,
+    /// For a restore: the vms this machine's journals show a failover left on their recovery
+    /// host, and whether the run is forced past them.
+    away: BTreeMap<String, Away>,
+    force: bool,
 }
 
 fn execute(
@@ -451,6 +456,8 @@ fn execute(
         journal,
         first,
         prior,
+        away,
+        force,
     }: Launch,
     exec: &ExecOptions,
     view: &mut dyn Sink,
@@ -487,6 +494,8 @@ fn execute(
             run_id: plan.run_id.clone(),
             transport: transport.clone(),
             down: Default::default(),
+            away,
+            force,
         }) as Arc<dyn runner::OtherSite>
     });
     let ctx = RunContext {
@@ -613,30 +622,43 @@ fn vm_state_once(
 
 /// Refuses a restore that would start a vm its other site runs or holds newer data of, and
 /// warns of an emergency failover's primary that still runs its vm ([`judge_elsewhere`]):
-/// the warnings go to the log (standard error) at once, and are returned for the journal.
+/// the warnings (and what `force` let pass) go to the log (standard error) at once, and are
+/// returned for the journal.
 fn refuse_elsewhere(
     model: &Model,
     plan: &Plan,
     transport: &dyn Transport,
-) -> Result<Vec<String>, RunError> {
+    away: &BTreeMap<String, Away>,
+    force: bool,
+) -> Result<Judged, RunError> {
     if plan.mode != Mode::Restore && !(plan.mode == Mode::Failover && plan.emergency) {
-        return Ok(Vec::new());
+        return Ok(Judged::default());
     }
-    let (refused, warned) = judge_elsewhere(plan.mode, &elsewhere(model, plan, transport));
-    for w in &warned {
+    let found = elsewhere_of(
+        model,
+        &plan.run_id,
+        &plan.steps,
+        transport,
+        &mut HashMap::new(),
+        away,
+    );
+    let judged = judge_elsewhere(plan.mode, &found, force);
+    for w in judged.warned.iter().chain(&judged.forced) {
         tracing::warn!("{w}");
     }
-    if refused.is_empty() {
-        Ok(warned)
+    if judged.refused.is_empty() {
+        Ok(judged)
     } else {
-        Err(RunError::RunsElsewhere { vms: refused })
+        Err(RunError::RunsElsewhere {
+            vms: judged.refused,
+        })
     }
 }
 
 /// A vm a run is about to start on one site, as the other site shows it: whether it runs
 /// there (its driver's `status`; `None`: it could not say, with what was said), and, for a
 /// restore, the failovers that left its newest data on its recovery copies (their `live`
-/// leases), or why the copies cannot be read.
+/// leases), or why the copies cannot be read, and what this machine's journals say of it.
 #[derive(Debug, Clone)]
 pub struct Elsewhere {
     pub vm: String,
@@ -646,29 +668,24 @@ pub struct Elsewhere {
     pub there: String,
     pub running: (Option<bool>, String),
     pub live: Option<Result<Vec<String>, String>>,
+    /// Whether reprise keeps recovery copies of it (copies that a failover's lease marks).
+    pub copies: bool,
+    /// For a restore: the failover this machine's journals show left it on its recovery host
+    /// ([`crate::away`]), in words.
+    pub away: Option<String>,
 }
 
-/// The vms a plan starts (its vm steps' `start` on a host of theirs), each with what the other
-/// site shows of it: for an emergency failover, the primary; for a restore, the recovery host
-/// and its copies.
-pub fn elsewhere(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<Elsewhere> {
-    elsewhere_of(
-        model,
-        &plan.run_id,
-        &plan.steps,
-        transport,
-        &mut HashMap::new(),
-    )
-}
-
-/// [`elsewhere`] of the vms `steps` start, a host found down (`down`: host → why) not asked
-/// again.
+/// The vms `steps` start (their vm steps' `start` on a host of theirs), each with what the
+/// other site shows of it: for an emergency failover, the primary; for a restore, the
+/// recovery host and its copies, and what `away` (this machine's journals) says of it. A host
+/// found down (`down`: host → why) is not asked again.
 fn elsewhere_of(
     model: &Model,
     run_id: &str,
     steps: &[PlannedStep],
     transport: &dyn Transport,
     down: &mut HashMap<String, String>,
+    away: &BTreeMap<String, Away>,
 ) -> Vec<Elsewhere> {
     let helpers = crate::replica::remote::Helpers::new(transport);
     let mut found: Vec<Elsewhere> = Vec::new();
@@ -712,6 +729,9 @@ fn elsewhere_of(
             runs.dedup();
             Ok(runs)
         });
+        let away = (other == Side::Recovery)
+            .then(|| away.get(&vm.id).map(Away::said))
+            .flatten();
         found.push(Elsewhere {
             vm: vm.id.clone(),
             service: service.id.clone(),
@@ -719,6 +739,8 @@ fn elsewhere_of(
             running,
             there,
             live,
+            copies: !vm.disks.is_empty(),
+            away,
         });
     }
     found
@@ -729,9 +751,12 @@ fn elsewhere_of(
 /// made), and, in an emergency failover, a primary that still runs its vm (the operator
 /// declared it lost: said loudly, not refused). A restore of a vm that runs on its recovery
 /// host, or that a failover left running on its recovery copies, would start it from its
-/// disks of before: refused. Pure.
-pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere]) -> (Vec<String>, Vec<String>) {
-    let (mut refused, mut warned) = (Vec::new(), Vec::new());
+/// disks of before: refused. So is one that this machine's journals show a failover left
+/// there, when the recovery host cannot tell (it does not answer, or reprise keeps no copies
+/// of the vm to hold a lease): unless `force` (the recovery site and its data are lost), then
+/// said. Pure.
+pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere], force: bool) -> Judged {
+    let (mut refused, mut warned, mut forced) = (Vec::new(), Vec::new(), Vec::new());
     for e in found {
         let (vm, here, there, service) = (&e.vm, &e.here, &e.there, &e.service);
         let back = format!(
@@ -759,12 +784,67 @@ pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere]) -> (Vec<String>, Vec<Str
                 "vm {vm} ran on its recovery copies on {there} since failover run {}: they hold its newest data, and a restore would start it on {here} from its disks of before; {back} (if its data came back by other means, `reprise release {vm}` first)",
                 runs.join(", ")
             )),
-            Some(Err(why)) => warned.push(format!(
+            Some(Err(why)) if e.away.is_none() => warned.push(format!(
                 "whether a failover left vm {vm}'s newest data on its recovery copies on {there} could not be read ({why}): if one did, fail back instead of restoring"
             )),
+            Some(Err(_)) => {}
+        }
+        // What this machine's journals say counts only where the recovery host cannot: a
+        // lease it shows (refused above), or none (released there: `reprise release`).
+        let unasked = match &e.live {
+            Some(Err(why)) => Some(format!("its copies on {there} cannot be read ({why})")),
+            Some(Ok(_)) if !e.copies => Some(format!(
+                "reprise keeps no copies of it on {there} whose leases would say so"
+            )),
+            _ => None,
+        };
+        if mode != Mode::Restore || matches!(e.running, (Some(true), _)) {
+            continue;
+        }
+        if let (Some(away), Some(unasked)) = (&e.away, unasked) {
+            if force {
+                forced.push(format!(
+                    "vm {vm}: {away}; {unasked}; started on {here} from its disks of before, as forced (--force): what it wrote on {there} since is not in them"
+                ));
+            } else {
+                refused.push(format!(
+                    "vm {vm}: {away}; {unasked}, so its newest data is likely there, and a restore would start it on {here} from its disks of before; {back} once {there} answers; if {there} and its data are lost, `reprise restore --force` starts it from its disks on {here}, without what it wrote since"
+                ));
+            }
         }
     }
-    (refused, warned)
+    Judged {
+        refused,
+        warned,
+        forced,
+    }
+}
+
+/// What [`judge_elsewhere`] found: what stops the run, what is only said, and what `--force`
+/// let pass (journaled as forced).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Judged {
+    pub refused: Vec<String>,
+    pub warned: Vec<String>,
+    pub forced: Vec<String>,
+}
+
+/// For a restore: the vms this machine's journals show a failover left on their recovery host
+/// ([`crate::away`]), and a warning for each journal that could not be read.
+fn away_for(plan: &Plan, state_dir: &Path) -> (BTreeMap<String, Away>, Vec<String>) {
+    if plan.mode != Mode::Restore {
+        return (BTreeMap::new(), Vec::new());
+    }
+    let (away, unread) = crate::away::read(state_dir);
+    let unread = unread
+        .into_iter()
+        .map(|why| {
+            format!(
+                "a journal of this machine could not be read ({why}): a failover it shows would not stop this restore"
+            )
+        })
+        .collect();
+    (away, unread)
 }
 
 /// A restore's question to the recovery site before each step that starts a vm
@@ -777,6 +857,9 @@ struct RestoreGuard {
     run_id: String,
     transport: Arc<dyn Transport>,
     down: std::sync::Mutex<HashMap<String, (std::time::Instant, String)>>,
+    /// What this machine's journals showed at the run's start, and whether it was forced.
+    away: BTreeMap<String, Away>,
+    force: bool,
 }
 
 /// How long a recovery host that did not answer a restore's question is taken as down.
@@ -796,13 +879,16 @@ impl runner::OtherSite for RestoreGuard {
             std::slice::from_ref(step),
             self.transport.as_ref(),
             &mut down,
+            &self.away,
         );
         for (host, why) in down {
             known
                 .entry(host)
                 .or_insert_with(|| (std::time::Instant::now(), why));
         }
-        judge_elsewhere(Mode::Restore, &found)
+        let mut judged = judge_elsewhere(Mode::Restore, &found, self.force);
+        judged.warned.append(&mut judged.forced);
+        (judged.refused, judged.warned)
     }
 }
 
@@ -1337,8 +1423,17 @@ pub fn start(
         }
     }
     // A vm never starts on one site while it runs on the other, or while the other holds
-    // newer data of it.
-    let other_site = refuse_elsewhere(model, &plan, &transport(model, &opts.exec.ssh))?;
+    // newer data of it (or, for a restore, this machine's journals say it does).
+    let (away, unread) = away_for(&plan, &opts.state_dir);
+    let force_restore = plan.mode == Mode::Restore && opts.force;
+    let mut other_site = refuse_elsewhere(
+        model,
+        &plan,
+        &transport(model, &opts.exec.ssh),
+        &away,
+        force_restore,
+    )?;
+    other_site.warned.extend(unread);
     // What a failback copies back over the primary's disks must be newer than them: a vm
     // running there is never overwritten; copies no failover started are refused unless
     // forced.
@@ -1392,6 +1487,7 @@ pub fn start(
         }
         forced = problems;
     }
+    forced.append(&mut other_site.forced);
     let machine = journal::machine_name();
     let lock = StateLock::acquire(
         &opts.state_dir,
@@ -1432,10 +1528,10 @@ pub fn start(
             problems: forced,
         });
     }
-    if !other_site.is_empty() {
+    if !other_site.warned.is_empty() {
         first.push(Event::OtherSite {
             at: Utc::now(),
-            said: other_site,
+            said: other_site.warned,
             step: None,
             refused: false,
         });
@@ -1449,6 +1545,8 @@ pub fn start(
             journal,
             first,
             prior: HashMap::new(),
+            away,
+            force: force_restore,
         },
         &opts.exec,
         view,
@@ -1590,8 +1688,15 @@ pub fn resume(
         }
         forced = problems;
     }
-    // The vms it may still start, as at its start.
-    let mut other_site = Vec::new();
+    // The vms it may still start, as at its start; a restore started with --force carries on
+    // forced.
+    let mut other_site = Judged::default();
+    let (away, unread) = away_for(&plan, state_dir);
+    let force_restore = plan.mode == Mode::Restore
+        && (force
+            || events
+                .iter()
+                .any(|e| matches!(e, Event::ReadinessForced { .. })));
     if plan.mode == Mode::Restore || (plan.mode == Mode::Failover && plan.emergency) {
         let mut left = plan.clone();
         // A step that failed or was cut runs again: only those done are left out.
@@ -1601,7 +1706,15 @@ pub fn resume(
                 Some(runner::Prior::Done | runner::Prior::DrillOver)
             )
         });
-        other_site = refuse_elsewhere(model, &left, &transport(model, &exec.ssh))?;
+        other_site = refuse_elsewhere(
+            model,
+            &left,
+            &transport(model, &exec.ssh),
+            &away,
+            force_restore,
+        )?;
+        other_site.warned.extend(unread);
+        forced.append(&mut other_site.forced);
     }
     let (journal, torn) = JournalWriter::resume(&dir)?;
     let now = Utc::now();
@@ -1631,10 +1744,10 @@ pub fn resume(
             problems: forced,
         });
     }
-    if !other_site.is_empty() {
+    if !other_site.warned.is_empty() {
         first.push(Event::OtherSite {
             at: now,
-            said: other_site,
+            said: other_site.warned,
             step: None,
             refused: false,
         });
@@ -1647,6 +1760,8 @@ pub fn resume(
         journal,
         first,
         prior,
+        away,
+        force: force_restore,
     };
     // The vms left start from the points the operator asked for when the run started.
     let mut exec = exec.clone();
@@ -1854,8 +1969,9 @@ pub struct KeptRun {
 /// Removes the folders of old runs: all but the newest `keep`, except the runs still needed:
 /// the run in progress, a run that never finished (it may still be going, or be resumed), the
 /// newest drill that succeeded (a report's "last drill"), the newest drill that recovered each
-/// service (`reprise history`), and a run whose journal cannot be read (someone should look at
-/// it). Takes the state lock: no run goes on meanwhile.
+/// service (`reprise history`), a failover that left a vm on its recovery host with nothing
+/// since that brought it back (a restore reads it: [`crate::away`]), and a run whose journal
+/// cannot be read (someone should look at it). Takes the state lock: no run goes on meanwhile.
 pub fn prune(
     state_dir: &Path,
     keep: usize,
@@ -1919,11 +2035,13 @@ fn prune_locked(
 fn needed_runs(state_dir: &Path) -> Result<HashMap<String, String>, RunError> {
     let mut needed = HashMap::new();
     let mut last_drill: Option<(DateTime<Utc>, String)> = None;
+    let mut runs = Vec::new();
     for id in journal::list(state_dir)? {
         let (events, damage) = match journal::read_lenient(&runs_dir_of(state_dir, &id)) {
             Ok(read) => read,
             Err(e) => (Vec::new(), Some(e)),
         };
+        runs.push((id.clone(), events.clone()));
         let Some(start) = started(&id, &events).ok().filter(|_| damage.is_none()) else {
             needed.insert(id, "its journal cannot be read to its end".to_string());
             continue;
@@ -1947,6 +2065,24 @@ fn needed_runs(state_dir: &Path) -> Result<HashMap<String, String>, RunError> {
         needed
             .entry(id)
             .or_insert_with(|| "the last drill, which reports refer to".to_string());
+    }
+    // A restore reads them when the recovery host cannot be asked.
+    let mut left: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for away in crate::away::away_of(&runs).into_values() {
+        left.entry(away.run_id).or_default().push(away.vm);
+    }
+    for (id, vms) in left {
+        let (s, them) = if vms.len() == 1 {
+            ("", "it")
+        } else {
+            ("s", "them")
+        };
+        needed.entry(id).or_insert_with(|| {
+            format!(
+                "it left vm{s} {} on their recovery host, and nothing brought {them} back since: a restore reads it",
+                vms.join(", ")
+            )
+        });
     }
     for drill in crate::report::last_drills(state_dir)? {
         if let Some(id) = drill.run_id {
@@ -2438,12 +2574,20 @@ mod elsewhere_tests {
             there: "hv-pra".into(),
             running: (running, "said".into()),
             live,
+            copies: true,
+            away: None,
         }
+    }
+
+    fn judge(mode: Mode, found: &[Elsewhere]) -> (Vec<String>, Vec<String>) {
+        let judged = judge_elsewhere(mode, found, false);
+        assert!(judged.forced.is_empty());
+        (judged.refused, judged.warned)
     }
 
     #[test]
     fn a_restore_never_starts_a_vm_that_runs_on_its_recovery_host_or_left_its_data_there() {
-        let (refused, warned) = judge_elsewhere(Mode::Restore, &[found(Some(true), None)]);
+        let (refused, warned) = judge(Mode::Restore, &[found(Some(true), None)]);
         assert_eq!(refused.len(), 1, "{refused:?}");
         assert!(
             refused[0].contains("vm erp-db runs on hv-pra")
@@ -2453,7 +2597,7 @@ mod elsewhere_tests {
         assert!(warned.is_empty());
         // Not running there (a power cut of both sites), but a failover left its newest data
         // on its recovery copies.
-        let (refused, _) = judge_elsewhere(
+        let (refused, _) = judge(
             Mode::Restore,
             &[found(Some(false), Some(Ok(vec!["R7".into()])))],
         );
@@ -2464,11 +2608,11 @@ mod elsewhere_tests {
             "{refused:?}"
         );
         // Nothing there: nothing to say.
-        let (refused, warned) =
-            judge_elsewhere(Mode::Restore, &[found(Some(false), Some(Ok(Vec::new())))]);
+        let (refused, warned) = judge(Mode::Restore, &[found(Some(false), Some(Ok(Vec::new())))]);
         assert!(refused.is_empty() && warned.is_empty());
-        // The recovery site cannot be asked (it may be down too): said, not refused.
-        let (refused, warned) = judge_elsewhere(
+        // The recovery site cannot be asked (it may be down too), and this machine's journals
+        // show no failover of it: said, not refused.
+        let (refused, warned) = judge(
             Mode::Restore,
             &[found(None, Some(Err("no route to host".into())))],
         );
@@ -2477,17 +2621,74 @@ mod elsewhere_tests {
         assert!(warned[1].contains("no route to host"), "{warned:?}");
     }
 
+    /// The recovery host cannot be asked, but this machine's journals show a failover started
+    /// the vm there and nothing brought it back: refused, unless forced (then journaled as
+    /// forced). The recovery host's own answer wins where it can give one: a lease (refused
+    /// anyway), or none (released there). A vm reprise keeps no copies of has no lease to
+    /// ask: the journals are all there is.
+    #[test]
+    fn a_restore_refuses_a_vm_this_machine_s_journals_show_failed_over_when_its_recovery_host_cannot_say()
+     {
+        let away = "failover run R7 started it on hv-pra at 2026-12-04 03:00:03 UTC (step erp/start), and no failback or restore has started it on its primary since, as this machine's journals show";
+        let mut down = found(None, Some(Err("no route to host".into())));
+        down.away = Some(away.into());
+        let judged = judge_elsewhere(Mode::Restore, std::slice::from_ref(&down), false);
+        assert_eq!(judged.refused.len(), 1, "{judged:?}");
+        let r = &judged.refused[0];
+        assert!(
+            r.contains("failover run R7")
+                && r.contains("no route to host")
+                && r.contains("reprise failback --service erp-db")
+                && r.contains("`reprise restore --force`"),
+            "{r}"
+        );
+        // Said once: not also as a question that could not be asked.
+        assert!(
+            judged
+                .warned
+                .iter()
+                .all(|w| !w.contains("could not be read")),
+            "{judged:?}"
+        );
+        let judged = judge_elsewhere(Mode::Restore, std::slice::from_ref(&down), true);
+        assert!(judged.refused.is_empty(), "{judged:?}");
+        assert!(
+            judged.forced.len() == 1 && judged.forced[0].contains("as forced (--force)"),
+            "{judged:?}"
+        );
+        // The recovery host answers: no lease, not running: released there.
+        let mut answered = found(Some(false), Some(Ok(Vec::new())));
+        answered.away = Some(away.into());
+        assert_eq!(
+            judge_elsewhere(Mode::Restore, std::slice::from_ref(&answered), false),
+            Judged::default()
+        );
+        // No copies of reprise's: nothing there to hold a lease.
+        answered.copies = false;
+        let judged = judge_elsewhere(Mode::Restore, &[answered], false);
+        assert!(
+            judged.refused.len() == 1
+                && judged.refused[0].contains("reprise keeps no copies of it on hv-pra"),
+            "{judged:?}"
+        );
+        // A failover does not ask the journals.
+        let mut f = down.clone();
+        (f.here, f.there) = ("hv-pra".into(), "hv-main".into());
+        assert!(
+            judge_elsewhere(Mode::Failover, &[f], false)
+                .refused
+                .is_empty()
+        );
+    }
+
     #[test]
     fn an_emergency_failover_says_loudly_that_its_primary_still_runs_the_vm() {
         let mut f = found(Some(true), None);
         (f.here, f.there) = ("hv-pra".into(), "hv-main".into());
-        let (refused, warned) = judge_elsewhere(Mode::Failover, &[f.clone()]);
+        let (refused, warned) = judge(Mode::Failover, &[f.clone()]);
         // A primary that cannot be asked is the emergency itself: nothing to add.
         f.running = (None, "connection refused".into());
-        assert_eq!(
-            judge_elsewhere(Mode::Failover, &[f]),
-            (Vec::new(), Vec::new())
-        );
+        assert_eq!(judge(Mode::Failover, &[f]), (Vec::new(), Vec::new()));
         assert!(refused.is_empty(), "{refused:?}");
         assert!(
             warned.len() == 1

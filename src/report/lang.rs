@@ -359,11 +359,11 @@ impl Labels {
 
     pub fn readiness_forced(&self, operator: &str) -> String {
         match self.lang {
-            Lang::En => format!(
-                "started by {operator} with --force although the readiness check found problems that would stop it half-way on the side it starts vms on"
-            ),
+            Lang::En => {
+                format!("started by {operator} with --force past problems that stop it otherwise")
+            }
             Lang::Fr => format!(
-                "lancée par {operator} avec --force malgré des problèmes bloquants, du côté où elle démarre les vm, relevés par la vérification"
+                "lancée par {operator} avec --force malgré des problèmes qui l'arrêtent sinon"
             ),
         }
     }

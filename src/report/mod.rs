@@ -246,8 +246,7 @@ pub enum Problem {
         /// What stopped it (`SIGTERM`, …), when the journal says.
         reason: Option<String>,
     },
-    /// A planned failover started although the readiness check found problems that block it
-    /// on the recovery side: the operator forced it.
+    /// A run the operator forced past what stops it otherwise (`Event::ReadinessForced`).
     ReadinessForced {
         at: DateTime<Utc>,
         operator: String,
@@ -732,6 +731,7 @@ fn step_records(plan: &RunPlan, step_ids: &[String]) -> Vec<StepRecord> {
                 expected_s: 0,
                 tls_unverified: false,
                 action: None,
+                vm: None,
             })
             .collect()
     } else {
@@ -1734,6 +1734,7 @@ mod tests {
             expected_s: 10,
             tls_unverified: false,
             action: None,
+            vm: None,
         }
     }
 

@@ -2510,6 +2510,46 @@ fn a_restore_never_starts_a_vm_whose_newest_data_is_on_the_recovery_site() {
         "{run:?}"
     );
     assert_eq!(starts(), before, "nothing started on hv-main");
+    // The recovery host no longer answers: its leases cannot say, this machine's journals
+    // do (the failover run, and no failback since).
+    let failover = lab.journal()[0]["run_id"].as_str().unwrap().to_string();
+    assert!(failover.ends_with("failover"), "{failover}");
+    let killed = tool("kill", &[&sshd_pid(&lab, "hv-pra")]);
+    assert!(killed.status.success(), "{killed:?}");
+    let run = lab.run(&restore);
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "vm erp-db: failover run {failover} started it on hv-pra"
+        )) && run.stderr.contains("its copies on hv-pra cannot be read")
+            && run.stderr.contains("`reprise restore --force`"),
+        "{run:?}"
+    );
+    assert_eq!(starts(), before, "nothing started on hv-main");
+    // That site and its data are lost: forced, it starts from the primary's disks, and the
+    // journal says who forced what.
+    let forced: Vec<&str> = restore.iter().copied().chain(["--force"]).collect();
+    let run = lab.run(&forced);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(starts(), before + 1, "started on hv-main");
+    let said = lab
+        .journal()
+        .into_iter()
+        .find(|e| e["event"] == "readiness_forced")
+        .unwrap_or_else(|| panic!("the forced restore is journaled"));
+    assert!(
+        said["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains(&format!("failover run {failover}")),
+        "{said}"
+    );
+    // The restore that started it on its primary brought it back: the next one is not
+    // refused by that failover.
+    let out = crate::common::lab_vm(&lab.lab(), "hv-main", &["stop", "erp-db"]);
+    assert!(out.status.success(), "{out:?}");
+    let run = lab.run(&restore);
+    assert_eq!(run.code, 0, "{run:?}");
 }
 
 /// The copy of backup set erp-dumps on nas-pra gets a file behind its point: `check` fails on
@@ -3075,13 +3115,17 @@ fn a_resumed_restore_never_starts_a_vm_a_failover_brought_up_since() {
 /// A restore asks the recovery site again as its step comes to start a vm: here hv-pra did
 /// not answer when the restore began (its sshd frozen: the start can only say so), and came
 /// back while the operator confirmed the power steps, running erp-db since an emergency
-/// failover. The restore must not start erp-db on hv-main from its disks of before.
+/// failover, run from another machine (this one's journals do not show it). The restore must
+/// not start erp-db on hv-main from its disks of before.
 #[test]
 fn a_restore_never_starts_a_vm_a_recovery_host_that_came_back_runs() {
     let lab = Lab::up(204);
     let run = lab.run(&["replicate", "--service", "erp-db"]);
     assert_eq!(run.code, 0, "{run:?}");
     lab.emergency_failover_of_erp_db();
+    let failover = lab.journal()[0]["run_id"].as_str().unwrap().to_string();
+    let runs = lab.state().join("runs");
+    std::fs::rename(runs.join(&failover), lab.state().join(&failover)).unwrap();
     // The failover's run must sort before the restore's (run ids are per second).
     std::thread::sleep(Duration::from_millis(1100));
     let thaw = crate::common::freeze(&sshd_pid(&lab, "hv-pra"));

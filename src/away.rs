@@ -1,0 +1,420 @@
+//! Which vms a failover left on their recovery host, as this machine's journals tell: a vm a
+//! failover started there, and no failback or restore started on its primary since. A restore
+//! asks the recovery host first (its copies' `live` leases); when that host cannot be asked, or
+//! the vm has no copies of reprise's to hold a lease, these journals are what is left to keep a
+//! restore from starting the vm on its disks of before the failover. Pure but for [`read`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+
+use crate::event::{Event, StepStatus};
+use crate::journal;
+use crate::runbook::Mode;
+
+/// A vm a failover started on its recovery host, with nothing since that started it on its
+/// primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Away {
+    pub vm: String,
+    pub service: String,
+    /// The failover run and its step that started the vm.
+    pub run_id: String,
+    pub step: String,
+    pub host: Option<String>,
+    /// When the step ended (or began, when it never ended).
+    pub at: DateTime<Utc>,
+    /// Whether the journal shows the start done, or only that it may have started the vm (it
+    /// never ended, or failed after the start was asked).
+    pub done: bool,
+}
+
+impl Away {
+    /// One line for a refusal or a warning.
+    pub fn said(&self) -> String {
+        let how = if self.done {
+            "started it"
+        } else {
+            "may have started it (its step did not end done)"
+        };
+        let host = self
+            .host
+            .as_deref()
+            .map(|h| format!(" on {h}"))
+            .unwrap_or_default();
+        format!(
+            "failover run {} {how}{host} at {} (step {}), and no failback or restore has started it on its primary since, as this machine's journals show",
+            self.run_id,
+            self.at.format("%Y-%m-%d %H:%M:%S UTC"),
+            self.step
+        )
+    }
+}
+
+/// A vm step's start, as one run's journal shows it: on the recovery host (a failover) or on
+/// the primary (a failback, a restore).
+struct Start {
+    at: DateTime<Utc>,
+    vm: Option<String>,
+    service: String,
+    away: Option<Away>,
+}
+
+/// The vms left away, from every run's events (`(run id, events)`, in any order). A drill never
+/// moves a vm (it starts a copy of it, apart). Pure.
+pub fn away_of(runs: &[(String, Vec<Event>)]) -> BTreeMap<String, Away> {
+    let mut starts: Vec<Start> = runs
+        .iter()
+        .flat_map(|(id, events)| starts_of(id, events))
+        .collect();
+    starts.sort_by_key(|s| s.at);
+    let mut out: BTreeMap<String, Away> = BTreeMap::new();
+    for s in starts {
+        match (s.away, s.vm) {
+            (Some(away), _) => {
+                out.insert(away.vm.clone(), away);
+            }
+            (None, Some(vm)) => {
+                out.remove(&vm);
+            }
+            // An older journal's start of a service's vm on its primary, which does not name
+            // the vm: it brought back the service's vms.
+            (None, None) => out.retain(|_, a| a.service != s.service),
+        }
+    }
+    out
+}
+
+/// The vm starts of one run that moved a vm: a failover's that may have started it on its
+/// recovery host; a failback's or a restore's done on its primary.
+fn starts_of(run_id: &str, events: &[Event]) -> Vec<Start> {
+    let Some((mode, steps)) = events.iter().find_map(|e| match e {
+        Event::RunStarted { mode, plan, .. } => Some((*mode, plan.as_ref())),
+        _ => None,
+    }) else {
+        return Vec::new();
+    };
+    let Some(plan) = steps else {
+        return Vec::new();
+    };
+    if !matches!(mode, Mode::Failover | Mode::Failback | Mode::Restore) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for step in &plan.steps {
+        let id = step.id.as_str();
+        // An older journal does not say a step's action: a step that chose a replica point
+        // to start from is a start.
+        let start = match step.action.as_deref() {
+            Some(action) => action == "start",
+            None => events
+                .iter()
+                .any(|e| matches!(e, Event::ReplicaPointUsed { step, .. } if step == id)),
+        };
+        if step.kind != "vm" || !start {
+            continue;
+        }
+        let mut began = None;
+        let mut ended: Option<(DateTime<Utc>, StepStatus)> = None;
+        let mut asked = false;
+        let mut undone = false;
+        let mut item = None;
+        for e in events {
+            match e {
+                Event::StepStarted { at, step, .. } if step == id => {
+                    began.get_or_insert(*at);
+                    // A run carried on runs the step again: what it did last counts.
+                    ended = None;
+                    undone = false;
+                }
+                Event::StepFinished {
+                    at, step, status, ..
+                } if step == id => ended = Some((*at, *status)),
+                Event::VmStateBefore { step, .. } if step == id => asked = true,
+                Event::ReplicaPointUsed { step, item: i, .. } if step == id => {
+                    asked = true;
+                    item = Some(i.clone());
+                }
+                Event::UndoFinished { step, ok: true, .. } if step == id => undone = true,
+                _ => {}
+            }
+        }
+        let Some(began) = began else { continue };
+        if undone {
+            continue;
+        }
+        let vm = step.vm.clone().or(item);
+        if mode == Mode::Failover {
+            let (at, done) = match ended {
+                Some((at, StepStatus::Done)) => (at, true),
+                None => (began, false),
+                Some((at, StepStatus::Failed | StepStatus::TimedOut)) if asked => (at, false),
+                Some(_) => continue,
+            };
+            // A step of an older journal that names no vm: nothing to say which.
+            let Some(vm) = vm else { continue };
+            out.push(Start {
+                at,
+                vm: Some(vm.clone()),
+                service: step.service.clone(),
+                away: Some(Away {
+                    vm,
+                    service: step.service.clone(),
+                    run_id: run_id.to_string(),
+                    step: id.to_string(),
+                    host: step.host.clone(),
+                    at,
+                    done,
+                }),
+            });
+        } else if let Some((at, StepStatus::Done)) = ended {
+            out.push(Start {
+                at,
+                vm,
+                service: step.service.clone(),
+                away: None,
+            });
+        }
+    }
+    out
+}
+
+/// [`away_of`] the runs of a state folder. A journal that cannot be read to its end counts for
+/// what comes before the damage; one that cannot be read at all is named in the second list.
+pub fn read(state_dir: &Path) -> (BTreeMap<String, Away>, Vec<String>) {
+    let mut runs = Vec::new();
+    let mut unread = Vec::new();
+    let ids = match journal::list(state_dir) {
+        Ok(ids) => ids,
+        Err(e) => return (BTreeMap::new(), vec![e.to_string()]),
+    };
+    for id in ids {
+        let path = journal::runs_dir(state_dir).join(&id).join("journal.jsonl");
+        match journal::read_lenient(&path) {
+            Ok((events, _)) => runs.push((id, events)),
+            Err(e) => unread.push(format!("{id}: {e}")),
+        }
+    }
+    (away_of(&runs), unread)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{RunPlan, StepRecord};
+    use crate::runbook::Phase;
+    use chrono::TimeZone;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 4, 3, 0, 0).unwrap() + chrono::Duration::seconds(secs)
+    }
+
+    fn start_step(id: &str, vm: Option<&str>, host: &str) -> StepRecord {
+        StepRecord {
+            id: id.into(),
+            service: id.split('/').next().unwrap().into(),
+            kind: "vm".into(),
+            host: Some(host.into()),
+            phase: Phase::Main,
+            description: None,
+            instructions: None,
+            after: Vec::new(),
+            expected_s: 10,
+            tls_unverified: false,
+            action: Some("start".into()),
+            vm: vm.map(Into::into),
+        }
+    }
+
+    fn run(mode: Mode, at: i64, steps: Vec<StepRecord>, then: Vec<Event>) -> Vec<Event> {
+        let mut events = vec![Event::RunStarted {
+            at: t(at),
+            run_id: format!("R{at}"),
+            mode,
+            emergency: false,
+            services: Vec::new(),
+            only: false,
+            operator: "op".into(),
+            machine: "m".into(),
+            version: "0".into(),
+            sources_digest: "d".into(),
+            steps: steps.iter().map(|s| s.id.clone()).collect(),
+            sites: Vec::new(),
+            incident_at: None,
+            plan: Some(Box::new(RunPlan {
+                services: Vec::new(),
+                steps,
+                estimated_s: 0,
+                critical_path: Vec::new(),
+            })),
+            readiness: None,
+            points: None,
+        }];
+        events.extend(then);
+        events
+    }
+
+    fn began(step: &str, at: i64) -> Event {
+        Event::StepStarted {
+            at: t(at),
+            step: step.into(),
+            attempt: 1,
+            host: None,
+        }
+    }
+
+    fn ended(step: &str, at: i64, status: StepStatus) -> Event {
+        Event::StepFinished {
+            at: t(at),
+            step: step.into(),
+            attempt: 1,
+            status,
+            duration_ms: 0,
+            message: None,
+        }
+    }
+
+    fn asked(step: &str, at: i64) -> Event {
+        Event::VmStateBefore {
+            at: t(at),
+            step: step.into(),
+            running: Some(false),
+            said: "shut off".into(),
+        }
+    }
+
+    fn failover(at: i64, status: Option<StepStatus>) -> (String, Vec<Event>) {
+        let mut then = vec![began("erp/start", at + 1), asked("erp/start", at + 2)];
+        then.extend(status.map(|s| ended("erp/start", at + 3, s)));
+        (
+            format!("R{at}"),
+            run(
+                Mode::Failover,
+                at,
+                vec![start_step("erp/start", Some("erp-db"), "hv-pra")],
+                then,
+            ),
+        )
+    }
+
+    fn back(mode: Mode, at: i64, vm: Option<&str>, status: StepStatus) -> (String, Vec<Event>) {
+        (
+            format!("R{at}"),
+            run(
+                mode,
+                at,
+                vec![start_step("erp/start", vm, "hv-main")],
+                vec![
+                    began("erp/start", at + 1),
+                    ended("erp/start", at + 3, status),
+                ],
+            ),
+        )
+    }
+
+    fn left(runs: &[(String, Vec<Event>)]) -> Vec<(String, String, bool)> {
+        away_of(runs)
+            .into_values()
+            .map(|a| (a.vm, a.run_id, a.done))
+            .collect()
+    }
+
+    #[test]
+    fn a_failover_leaves_its_vm_away_until_a_failback_or_restore_starts_it_on_its_primary() {
+        let away = vec![("erp-db".to_string(), "R0".to_string(), true)];
+        assert_eq!(left(&[failover(0, Some(StepStatus::Done))]), away);
+        // A failback that started it on its primary brings it back; one whose start failed
+        // does not; a later failover sends it away again.
+        for (mode, status, then_away) in [
+            (Mode::Failback, StepStatus::Done, false),
+            (Mode::Restore, StepStatus::Done, false),
+            (Mode::Failback, StepStatus::Failed, true),
+            (Mode::Drill, StepStatus::Done, true),
+        ] {
+            let runs = [
+                failover(0, Some(StepStatus::Done)),
+                back(mode, 100, Some("erp-db"), status),
+            ];
+            assert_eq!(left(&runs).is_empty(), !then_away, "{mode:?} {status:?}");
+            let mut runs = runs.to_vec();
+            runs.push(failover(200, Some(StepStatus::Done)));
+            assert_eq!(
+                left(&runs),
+                [("erp-db".to_string(), "R200".to_string(), true)]
+            );
+        }
+        // The journals come in any order: their times count.
+        let runs = [
+            back(Mode::Failback, 100, Some("erp-db"), StepStatus::Done),
+            failover(0, Some(StepStatus::Done)),
+        ];
+        assert!(left(&runs).is_empty());
+        // An older journal's failback names no vm: its service's start brings it back.
+        let runs = [
+            failover(0, Some(StepStatus::Done)),
+            back(Mode::Failback, 100, None, StepStatus::Done),
+        ];
+        assert!(left(&runs).is_empty());
+    }
+
+    #[test]
+    fn a_start_that_may_have_run_counts_and_one_undone_or_never_asked_does_not() {
+        // Never ended (a crash), or failed after the start was asked: it may run there.
+        assert_eq!(
+            left(&[failover(0, None)]),
+            [("erp-db".to_string(), "R0".to_string(), false)]
+        );
+        assert_eq!(left(&[failover(0, Some(StepStatus::Failed))]).len(), 1);
+        assert_eq!(left(&[failover(0, Some(StepStatus::TimedOut))]).len(), 1);
+        for s in [StepStatus::Blocked, StepStatus::Cancelled] {
+            assert!(left(&[failover(0, Some(s))]).is_empty(), "{s:?}");
+        }
+        // Failed before the start was asked (no state read before it, no point chosen).
+        let (id, mut events) = failover(0, Some(StepStatus::Failed));
+        events.retain(|e| !matches!(e, Event::VmStateBefore { .. }));
+        assert!(left(&[(id, events)]).is_empty());
+        // Undone by the failover's roll-back.
+        let (id, mut events) = failover(0, Some(StepStatus::Done));
+        events.push(Event::UndoFinished {
+            at: t(10),
+            step: "erp/start".into(),
+            ok: true,
+            message: None,
+        });
+        assert!(left(&[(id, events)]).is_empty());
+        // A drill's start of the same step starts a copy apart: nothing moves.
+        let (id, mut events) = failover(0, Some(StepStatus::Done));
+        if let Event::RunStarted { mode, .. } = &mut events[0] {
+            *mode = Mode::Drill;
+        }
+        assert!(left(&[(id, events)]).is_empty());
+    }
+
+    #[test]
+    fn an_older_journal_names_the_vm_by_the_point_it_started_from() {
+        let (id, mut events) = failover(0, Some(StepStatus::Done));
+        if let Event::RunStarted { plan: Some(p), .. } = &mut events[0] {
+            p.steps[0].vm = None;
+            p.steps[0].action = None;
+        }
+        assert!(left(&[(id.clone(), events.clone())]).is_empty());
+        events.insert(
+            2,
+            Event::ReplicaPointUsed {
+                at: t(2),
+                step: "erp/start".into(),
+                item: "erp-db".into(),
+                point: "P1".into(),
+                taken_at: t(-60),
+                verified: true,
+                note: None,
+                dropped: Vec::new(),
+            },
+        );
+        assert_eq!(
+            left(&[(id, events)]),
+            [("erp-db".to_string(), "R0".to_string(), true)]
+        );
+    }
+}
