@@ -2329,6 +2329,7 @@ mod tests {
             definition: None,
             read: None,
             unusable: None,
+            pending: false,
         };
         let replica = |d: &mut CopyState| {
             d.mtime = Some(later);

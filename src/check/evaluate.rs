@@ -721,6 +721,7 @@ mod tests {
                     definition: None,
                     read: None,
                     unusable: None,
+                    pending: false,
                 }];
             }
             pra.copies.insert(r.copy.clone(), state);

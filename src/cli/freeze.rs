@@ -150,6 +150,12 @@ pub(super) struct Snapshot<'a> {
 }
 
 impl Snapshot<'_> {
+    /// Whether the disks are read live under a freeze whose end says it held: the points are
+    /// held until it does ([`crate::replica::Point::pending`]).
+    pub(super) fn confirms(&self) -> bool {
+        self.live && self.end.is_some()
+    }
+
     /// Runs `replicate-end` now: what to print. A failure says why, and, when the hook said
     /// the copy may be torn ([`crate::replica::snapshot::TORN`]), why the points made are
     /// unusable.

@@ -498,6 +498,8 @@ fn replicate_all(
                 reread: verify,
                 compress,
                 live: reads_live(model, &vm.id),
+                // Read through QEMU from a point in time, not frozen live.
+                pending: false,
                 deadline: std::time::Duration::from_secs(7200),
                 reads: None,
             };
@@ -529,6 +531,7 @@ fn replicate_all(
             reread: verify,
             compress,
             live: reads_live(model, &vm.id),
+            pending: snapshot.confirms(),
             deadline: std::time::Duration::from_secs(7200),
             definition,
             reads: Some(reads.clone()),
@@ -555,20 +558,33 @@ fn replicate_all(
             Ok(ended) => ended,
             Err(panic) => std::panic::resume_unwind(panic),
         };
+        let copies = || -> Vec<(&str, &str)> {
+            vm.images
+                .iter()
+                .map(|img| (img.to.as_str(), img.dst.as_str()))
+                .collect()
+        };
+        if ended.is_ok() && r.pending {
+            // The freeze held: the points read under it, held until now, are good.
+            match crate::replica::snapshot::confirm_note(helpers.confirm(&copies(), r.taken_at)) {
+                Ok(line) => out.stdout.push_str(&format!("{}: {line}\n", vm.id)),
+                Err(e) => {
+                    out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
+                    out.code = exit::FAILED;
+                }
+            }
+        }
         match ended {
             Ok(Some(line)) => out.stdout.push_str(&line),
             Ok(None) => {}
             Err((e, torn)) => {
                 out.stderr.push_str(&e);
                 if let Some(why) = torn {
-                    let copies: Vec<(&str, &str)> = vm
-                        .images
-                        .iter()
-                        .map(|img| (img.to.as_str(), img.dst.as_str()))
-                        .collect();
-                    let note = crate::replica::snapshot::torn_note(
-                        helpers.mark_torn(&copies, r.taken_at, &why),
-                    );
+                    let note = crate::replica::snapshot::torn_note(helpers.mark_torn(
+                        &copies(),
+                        r.taken_at,
+                        &why,
+                    ));
                     out.stderr.push_str(&format!("error: {}: {note}\n", vm.id));
                 }
                 out.code = exit::FAILED;

@@ -51,6 +51,7 @@ pub(super) fn seed_points(model: &Model) -> Result<(), LabError> {
         reread: false,
         compress: false,
         live: false,
+        pending: false,
         deadline: Duration::from_secs(600),
         definition,
         reads: None,

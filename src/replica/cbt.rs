@@ -695,6 +695,7 @@ mod tests {
             definition: None,
             read,
             unusable: None,
+            pending: false,
         }
     }
 

@@ -376,6 +376,7 @@ mod tests {
             definition: Some("ab".into()),
             read: None,
             unusable: None,
+            pending: false,
         }
     }
 

@@ -102,6 +102,7 @@ pub fn serve(
             why,
             checkpoint,
             since,
+            pending,
         } => {
             let read = mode.map(|mode| HowRead {
                 mode,
@@ -116,6 +117,7 @@ pub fn serve(
                 retention,
                 definition,
                 read,
+                pending,
             };
             apply_disk(&image, new, stdin, stdout)
         }
@@ -153,6 +155,12 @@ pub fn serve(
                 .mark_torn(taken_at, &why)
                 .map_err(|e| e.to_string())?;
             answer_json(stdout, &marked)
+        }
+        Request::Confirm { image, taken_at } => {
+            let points = Store::new(&image)
+                .confirm(taken_at)
+                .map_err(|e| e.to_string())?;
+            answer_json(stdout, &points)
         }
         Request::Settle { image, wait } => settle(&image, wait, stdout),
         Request::Inspect { paths } => inspect_all(&paths, stdout),
@@ -411,6 +419,7 @@ fn apply_files(
                 retention,
                 definition: None,
                 read: None,
+                pending: false,
             },
         )
         .map_err(|e| e.to_string())?;
@@ -1098,6 +1107,7 @@ mod tests {
                     retention,
                     definition: None,
                     read: None,
+                    pending: false,
                 },
             )
             .unwrap();
@@ -1246,6 +1256,7 @@ mod tests {
                     retention: 3,
                     definition: None,
                     read: None,
+                    pending: false,
                 };
                 let applied = store.apply(&mut &stream.bytes[..], new);
                 if live {
@@ -1402,6 +1413,7 @@ mod tests {
                     retention: 2,
                     definition: None,
                     read: None,
+                    pending: false,
                 },
             )
             .unwrap();
@@ -1448,6 +1460,7 @@ mod tests {
                     retention: 5,
                     definition: None,
                     read: None,
+                    pending: false,
                 },
             )
             .unwrap_err();
@@ -1533,6 +1546,7 @@ mod tests {
                         checkpoint: bitmap.map(String::from),
                         since: None,
                     }),
+                    pending: false,
                 },
             )
             .unwrap();
@@ -1689,6 +1703,7 @@ mod tests {
                     checkpoint: Some("cp1".into()),
                     since: None,
                 }),
+                pending: false,
             },
         );
         let bytes = blake3::hash(&std::fs::read(&dst).unwrap())

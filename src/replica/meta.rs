@@ -505,6 +505,38 @@ pub fn remove_torn(dir: &Path, taken_at: DateTime<Utc>) -> Result<(), StoreError
     }
 }
 
+/// A replication whose freeze held (its `replicate-end` succeeded, [`super::Point::pending`]):
+/// one file a replication, `confirmed/<taken_at>.json`, kept before its points are confirmed,
+/// so that a point its update records later (the confirmation can come before the update is
+/// completed, even before it began) is recorded confirmed.
+pub fn write_confirmed(dir: &Path, taken_at: DateTime<Utc>) -> Result<(), StoreError> {
+    let folder = dir.join("confirmed");
+    std::fs::create_dir_all(&folder).map_err(io_err(&folder))?;
+    let json = serde_json::to_vec(&taken_at).expect("a time serializes");
+    write_file(&folder, &torn_name(taken_at), &json, false)?;
+    sync_dir(dir)
+}
+
+/// Whether the freeze of the replication taken at `taken_at` was confirmed. A mark that is
+/// there but cannot be read, or names another time, confirms nothing.
+pub fn read_confirmed(dir: &Path, taken_at: DateTime<Utc>) -> bool {
+    let path = dir.join("confirmed").join(torn_name(taken_at));
+    matches!(
+        read_file(&path),
+        Ok(Some(bytes)) if serde_json::from_slice::<DateTime<Utc>>(&bytes).ok() == Some(taken_at)
+    )
+}
+
+/// Removes the confirmation of the replication taken at `taken_at` (its points are recorded).
+pub fn remove_confirmed(dir: &Path, taken_at: DateTime<Utc>) -> Result<(), StoreError> {
+    let path = dir.join("confirmed").join(torn_name(taken_at));
+    match std::fs::remove_file(&path) {
+        Ok(()) => sync_dir(&dir.join("confirmed")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
 /// The end of a copy's point history (`ended.json`): a vm was started on it, its metadata could
 /// not be read, or it changed behind its newest point. Its earlier points no longer describe it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

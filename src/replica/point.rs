@@ -65,7 +65,17 @@ pub struct Point {
     /// ended). Such a point is bad, and stays bad whatever a verification finds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unusable: Option<String>,
+    /// The disks were read live under their driver's freeze (`replicate_reads_live`), and
+    /// only its `replicate-end` says whether the freeze held through the copy: until the
+    /// orchestrator says it did ([`Point::confirm`]), the point is bad, `unusable` saying
+    /// why. One whose replication never got that far (the orchestrator killed, the link
+    /// cut) stays so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
+
+/// Why a point read live is not usable before its freeze is confirmed ([`Point::pending`]).
+pub const PENDING_WHY: &str = "its disks were read live under a freeze that was never confirmed to have held (the replication did not get to the end of its driver's replicate-end): the copy may be torn; replicate again";
 
 impl Point {
     /// Whether `other`, a point of another disk of the same vm, is this point: a replication
@@ -81,6 +91,27 @@ impl Point {
         self.verified = Verified::Bad;
         self.unusable = Some(why.to_string());
         self.checked_at = Some(chrono::Utc::now());
+        // Bad for good: no confirmation makes it good again.
+        self.pending = false;
+    }
+
+    /// Holds a point read live until its freeze is confirmed ([`Point::pending`]).
+    pub fn mark_pending(&mut self) {
+        self.verified = Verified::Bad;
+        self.unusable = Some(PENDING_WHY.to_string());
+        self.pending = true;
+    }
+
+    /// The freeze held: a point held only for that is good again (its hash matched when it
+    /// was made, and nothing else made it bad since). Whether it was held.
+    pub fn confirm(&mut self) -> bool {
+        if !self.pending {
+            return false;
+        }
+        self.verified = Verified::Yes;
+        self.unusable = None;
+        self.pending = false;
+        true
     }
 
     /// Why a bad point is bad, as messages put it after its name: it `FAILED verification`,

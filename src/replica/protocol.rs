@@ -104,6 +104,11 @@ pub enum Request {
         #[arg(long)]
         #[serde(default)]
         since: Option<String>,
+        /// Read live under a freeze only its end confirms: the point is held
+        /// (`Point::pending`) until [`Request::Confirm`].
+        #[arg(long)]
+        #[serde(default)]
+        pending: bool,
     },
     /// Recovery side: stores the vm definition on stdin (at most `vmdef::MAX_BYTES`) beside
     /// the copy `image`, atomically, named by its BLAKE3, which must be `blake3`; no answer.
@@ -182,6 +187,15 @@ pub enum Request {
         taken_at: DateTime<Utc>,
         #[arg(long)]
         why: String,
+    },
+    /// Confirms that the freeze under which the points of an image's copy taken at
+    /// `taken_at` (one replication's) were read held: a point held only for that becomes
+    /// good, one still to be recorded is recorded so. The points of that replication,
+    /// `Vec<store::Point>`.
+    Confirm {
+        image: PathBuf,
+        #[arg(long)]
+        taken_at: DateTime<Utc>,
     },
     /// Completes or throws away an interrupted update or roll-back, and rewrites a damaged
     /// points file from its previous generation: its note (`Option<String>`, `null` when
@@ -414,6 +428,7 @@ mod tests {
                 | Request::RollBack { .. }
                 | Request::MarkUnusable { .. }
                 | Request::MarkTorn { .. }
+                | Request::Confirm { .. }
                 | Request::Settle { .. }
                 | Request::Inspect { .. }
                 | Request::Lease { .. }
@@ -466,6 +481,7 @@ mod tests {
                 why: Some("--the first copy".into()),
                 checkpoint: Some("reprise-20261128T031000Z".into()),
                 since: Some("--reprise-20261127T031000Z".into()),
+                pending: true,
             },
             Request::PutDefinition {
                 image: "/srv/a.qcow2".into(),
@@ -531,6 +547,10 @@ mod tests {
                 taken_at: at,
                 why: "--torn: thawed before the copy ended".into(),
             },
+            Request::Confirm {
+                image: "/srv/a.qcow2".into(),
+                taken_at: at,
+            },
             Request::Settle {
                 image: "/srv/a.qcow2".into(),
                 wait: 60,
@@ -591,6 +611,7 @@ mod tests {
             why: None,
             checkpoint: None,
             since: None,
+            pending: false,
         };
         assert_eq!(req.words()[..2], ["apply", "/srv/a.qcow2"]);
         assert_eq!(Request::Version.words(), ["version"]);

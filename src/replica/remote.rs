@@ -64,7 +64,7 @@ impl ImageTransfer {
         let secs = self.duration.as_secs_f64().max(0.001);
         let total = self.sent_bytes + self.manifest_bytes;
         format!(
-            "{}:{} → {}:{}: point {}, {} bytes sent ({} of data, {} of manifest) in {:.1}s ({:.1} MB/s), {} {} changed{}, {} bytes in all, blake3 {}{}\n",
+            "{}:{} → {}:{}: point {}, {} bytes sent ({} of data, {} of manifest) in {:.1}s ({:.1} MB/s), {} {} changed{}, {} bytes in all, blake3 {}{}{}\n",
             self.from,
             self.src,
             self.to,
@@ -96,6 +96,11 @@ impl ImageTransfer {
                 .as_ref()
                 .map(|n| format!(" ({n})"))
                 .unwrap_or_default(),
+            if self.applied.point.pending {
+                ", held until its freeze is confirmed"
+            } else {
+                ""
+            },
         )
     }
 }
@@ -130,6 +135,9 @@ pub struct Replication {
     /// The vm's driver reads its disk files while the guest runs frozen
     /// (`replicate_reads_live`): a file written while it is read is not refused.
     pub live: bool,
+    /// The points are held (`Point::pending`) until [`Helpers::confirm`] says the freeze
+    /// they were read under held: disks read live under a freeze whose end says so.
+    pub pending: bool,
     pub deadline: Duration,
     /// The reads of the vm's source disks while its snapshot freezes them: each source read
     /// to its end is said there, and none is read again ([`super::reads`]).
@@ -1312,6 +1320,66 @@ impl<'a> Helpers<'a> {
         Ok(marked)
     }
 
+    /// Confirms on the copies `(host, image)` that the freeze the points taken at `taken_at`
+    /// (one replication's) were read under held ([`Request::Confirm`]): the points made good,
+    /// as lines, or what could not be confirmed (those points stay unusable). A copy whose
+    /// update is still on the way keeps the confirmation for it.
+    pub fn confirm(
+        &self,
+        copies: &[(&str, &str)],
+        taken_at: DateTime<Utc>,
+    ) -> Result<Vec<String>, String> {
+        let mut confirmed = Vec::new();
+        let mut failed = Vec::new();
+        // Every copy is asked, whatever another answered: each keeps its own confirmation.
+        for (host, image) in copies {
+            let points: Vec<Point> = match self.call_json(
+                host,
+                &Request::Confirm {
+                    image: (*image).into(),
+                    taken_at,
+                },
+                Duration::from_secs(600),
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    failed.push(format!(
+                        "the points of {host}:{image} taken then could not be confirmed ({e})"
+                    ));
+                    continue;
+                }
+            };
+            if points.is_empty() {
+                confirmed.push(format!(
+                    "{host}:{image} (kept for its update, still on the way)"
+                ));
+            }
+            for p in &points {
+                if p.taken_at != taken_at || p.pending {
+                    failed.push(format!(
+                        "asked to confirm the points of {host}:{image} taken at {taken_at}, its helper answered about point {} ({}, {})",
+                        p.id,
+                        p.verified,
+                        if p.pending { "still held" } else { "another time" }
+                    ));
+                } else if p.verified == super::Verified::Bad {
+                    // Bad for a reason of its own, said where it was found.
+                    confirmed.push(format!("{host}:{image} point {} ({})", p.id, p.bad_words()));
+                } else {
+                    confirmed.push(format!("{host}:{image} point {}", p.id));
+                }
+            }
+        }
+        if !failed.is_empty() {
+            let done = match confirmed.is_empty() {
+                true => String::new(),
+                false => format!("; confirmed: {}", confirmed.join(", ")),
+            };
+            return Err(format!("{}{done}", failed.join("; ")));
+        }
+        Ok(confirmed)
+    }
+
     /// Rolls `host:image` back to its point `point` (newer points are dropped).
     pub fn roll_back(
         &self,
@@ -1335,20 +1403,21 @@ impl<'a> Helpers<'a> {
 /// taken, its source and the definition it records as asked, verified end to end. An answer
 /// about another point (an older one of the copy) would be journaled as this replication's.
 fn applied_as_asked(apply: &Request, point: &Point) -> Result<(), String> {
-    let (id, taken_at, source, definition) = match apply {
+    let (id, taken_at, source, definition, pending) = match apply {
         Request::Apply {
             point,
             taken_at,
             source,
             definition,
+            pending,
             ..
-        } => (point, taken_at, source, definition.as_deref()),
+        } => (point, taken_at, source, definition.as_deref(), *pending),
         Request::ApplyTree {
             point,
             taken_at,
             source,
             ..
-        } => (point, taken_at, source, None),
+        } => (point, taken_at, source, None, false),
         _ => return Err("not an update".to_string()),
     };
     let named = point.id == *id
@@ -1374,7 +1443,8 @@ fn applied_as_asked(apply: &Request, point: &Point) -> Result<(), String> {
             point.definition.as_deref().unwrap_or("none"),
             definition.unwrap_or("none")
         ))
-    } else if point.verified != super::Verified::Yes {
+    } else if point.verified != super::Verified::Yes && !(pending && point.pending) {
+        // Held until its freeze is confirmed, as asked; or confirmed already.
         Some(format!("a point verified `{}`", point.verified))
     } else {
         None
@@ -1459,6 +1529,7 @@ fn requests(
                 why: guest.and_then(|g| g.how.why.clone()),
                 checkpoint: guest.and_then(|g| g.how.checkpoint.clone()),
                 since: guest.and_then(|g| g.how.since.clone()),
+                pending: r.pending,
             },
             unit: "blocks",
         }
@@ -2083,6 +2154,7 @@ mod tests {
             why: None,
             checkpoint: None,
             since: None,
+            pending: false,
         };
         let made = Point {
             id: "20261203T100000Z".into(),
@@ -2098,6 +2170,7 @@ mod tests {
             definition: Some("d1".into()),
             read: None,
             unusable: None,
+            pending: false,
         };
         assert_eq!(applied_as_asked(&apply, &made), Ok(()));
         let suffixed = Point {

@@ -90,6 +90,9 @@ pub struct NewPoint {
     pub definition: Option<String>,
     /// How the source was read (`None`: its image file, whole).
     pub read: Option<HowRead>,
+    /// Read live under a freeze that only its end confirms: the point is held
+    /// ([`Point::pending`]) until [`Store::confirm`].
+    pub pending: bool,
 }
 
 /// What an update did.
@@ -271,6 +274,14 @@ struct Journal {
     commit: Option<Commit>,
 }
 
+/// The marks of a replication found as its point was recorded ([`Store::apply_marks`]): to
+/// remove once the point is.
+#[derive(Debug, Default)]
+struct Marks {
+    torn: bool,
+    confirmed: bool,
+}
+
 /// What completing a committed update did.
 struct RolledForward {
     /// The points retention dropped.
@@ -278,6 +289,8 @@ struct RolledForward {
     /// Why the new point is not what the copy holds (its update damaged on this disk after it
     /// was received): the point is recorded bad, with that reason.
     unusable: Option<String>,
+    /// The point as it was recorded (held, confirmed, marked), unless retention dropped it.
+    recorded: Option<Point>,
 }
 
 /// Bytes written between two requests to the kernel to start writing back: the data goes to
@@ -1152,8 +1165,15 @@ impl Store {
             definition: new.definition.clone(),
             read: new.read.clone(),
             unusable: None,
+            pending: false,
         };
+        let mut point = point;
+        if new.pending {
+            point.mark_pending();
+        }
+        let marks = self.apply_marks(&mut point);
         self.write_points(std::slice::from_ref(&point))?;
+        self.remove_marks(marks, point.taken_at)?;
         meta::prune_definitions(&self.dir, std::slice::from_ref(&point));
         Ok(Applied {
             point,
@@ -1205,7 +1225,7 @@ impl Store {
                 got: hex(s.got),
             });
         }
-        let commit = Commit {
+        let mut commit = Commit {
             point: Point {
                 id: self.unique_id(&new.id)?,
                 taken_at: new.taken_at,
@@ -1220,12 +1240,17 @@ impl Store {
                 definition: new.definition.clone(),
                 read: new.read.clone(),
                 unusable: None,
+                pending: false,
             },
             prev: prev.map(|p| p.id.clone()),
             old_size: base_size,
             new_whole: hex(s.whole),
             retention: new.retention.max(1),
         };
+        if new.pending {
+            // Held in the commit record itself: whoever completes the update records it held.
+            commit.point.mark_pending();
+        }
         self.write_commit(j, &jpath, d, &dpath, &commit)?;
         // Committed: from here on the update is completed, now or by the next run.
         let point = commit.point.clone();
@@ -1247,7 +1272,7 @@ impl Store {
             ));
         }
         Ok(Applied {
-            point,
+            point: done.recorded.unwrap_or(point),
             blocks: s.changed,
             dropped: done.dropped,
             recovered: None,
@@ -1520,21 +1545,24 @@ impl Store {
                 "the update that made it was damaged on the recovery host's disk after it was received{blocks}: the copy is not this point; the next replication sends what differs again"
             )
         });
-        // A replication said torn before its update was completed (`mark_torn`): its point
-        // is recorded bad. Marks that cannot be read may be of this one.
-        let torn = meta::read_torn(&self.dir, commit.point.taken_at);
-        let unusable = unusable.or_else(|| torn.clone());
         // 4. The points, within retention; the new newest records what the mirror now is.
         let mut points = self.points()?;
         if !points.iter().any(|p| p.id == commit.point.id) {
             points.push(commit.point.clone());
         }
+        let mut marks = Marks::default();
+        let mut unusable = unusable;
         if let Some(p) = points.last_mut().filter(|p| p.id == commit.point.id) {
             p.stamp = self.stamp();
             if let Some(why) = &unusable {
                 p.mark_unusable(why);
             }
+            // What was said of its replication before it was completed (`mark_torn`,
+            // `confirm`).
+            marks = self.apply_marks(p);
+            unusable = p.unusable.clone().filter(|_| !p.pending);
         }
+        let recorded = points.last().filter(|p| p.id == commit.point.id).cloned();
         let mut dropped = Vec::new();
         while points.len() > commit.retention as usize {
             let old = points.remove(0);
@@ -1548,11 +1576,13 @@ impl Store {
         meta::prune_definitions(&self.dir, &points);
         std::fs::remove_file(jpath).map_err(io_err(jpath))?;
         sync_dir(&self.dir)?;
-        // Its mark has done its work (the point is recorded bad, and no update is left).
-        if torn.is_some() {
-            meta::remove_torn(&self.dir, commit.point.taken_at)?;
-        }
-        Ok(RolledForward { dropped, unusable })
+        // Its marks have done their work (the point is recorded, and no update is left).
+        self.remove_marks(marks, commit.point.taken_at)?;
+        Ok(RolledForward {
+            dropped,
+            unusable,
+            recorded,
+        })
     }
 
     /// Stage 3 of [`Self::roll_forward`]: the manifest made that of the mirror as the update
@@ -1748,6 +1778,10 @@ impl Store {
                 // Read again and found whole: the copy is this point, whatever its stamp was.
                 points[k].stamp = self.stamp();
             }
+            if !good {
+                // Not whole: bad for good, whatever a confirmation of its freeze says.
+                points[k].pending = false;
+            }
             // Whole, but what its source said makes it unusable: still bad.
             let good = good && points[k].unusable.is_none();
             points[k].verified = if good { Verified::Yes } else { Verified::Bad };
@@ -1771,6 +1805,68 @@ impl Store {
         Ok(points[k].clone())
     }
 
+    /// What was said of `point`'s replication before its update recorded it: said torn
+    /// (`mark_torn`: bad for good; a mark that cannot be read may be of this one), or its
+    /// freeze confirmed (`confirm`: a point held only for that is good). The marks found.
+    fn apply_marks(&self, point: &mut Point) -> Marks {
+        let mut marks = Marks::default();
+        if let Some(why) = meta::read_torn(&self.dir, point.taken_at) {
+            point.mark_unusable(&why);
+            marks.torn = true;
+        }
+        if meta::read_confirmed(&self.dir, point.taken_at) {
+            point.confirm();
+            marks.confirmed = true;
+        }
+        marks
+    }
+
+    /// Removes the marks [`Self::apply_marks`] found, once the point is recorded.
+    fn remove_marks(&self, marks: Marks, taken_at: DateTime<Utc>) -> Result<(), StoreError> {
+        if marks.torn {
+            meta::remove_torn(&self.dir, taken_at)?;
+        }
+        if marks.confirmed {
+            meta::remove_confirmed(&self.dir, taken_at)?;
+        }
+        Ok(())
+    }
+
+    /// Confirms that the freeze under which the points taken at `taken_at` (one
+    /// replication's) were read held through the copy: a point held only for that
+    /// ([`Point::pending`]) becomes good. The confirmation is kept first (`confirmed/`),
+    /// before the copy's lock is even waited for, and stays until a point of that replication
+    /// is recorded: an update completed later, or not even begun (its stream still on the
+    /// way), records its point confirmed. The points of that replication, as they then are.
+    pub fn confirm(&self, taken_at: DateTime<Utc>) -> Result<Vec<Point>, StoreError> {
+        // No copy made here yet: its first may still be on the way.
+        std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        meta::write_confirmed(&self.dir, taken_at)?;
+        let kept = |e: StoreError| StoreError::Damaged {
+            path: self.name(),
+            reason: format!(
+                "{e}; the confirmation is kept (confirmed/): the point of that replication is recorded confirmed whenever its update is completed"
+            ),
+        };
+        let _lock = lock_wait(&self.dir, &self.name(), std::time::Duration::from_secs(500))
+            .map_err(kept)?;
+        self.recover().map_err(kept)?;
+        let (mut points, _) = self.checked_points()?;
+        let mut changed = false;
+        let mut found = Vec::new();
+        for p in points.iter_mut().filter(|p| p.taken_at == taken_at) {
+            changed |= p.confirm();
+            found.push(p.clone());
+        }
+        if changed {
+            self.write_points(&points)?;
+        }
+        if !found.is_empty() {
+            meta::remove_confirmed(&self.dir, taken_at)?;
+        }
+        Ok(found)
+    }
+
     /// Marks bad for good, saying `why`, the points taken at `taken_at` (one replication's),
     /// among them the one an interrupted update of that replication records when it completes:
     /// the mark is kept first (`torn/`), before the copy's lock is even waited for (an update
@@ -1778,10 +1874,8 @@ impl Store {
     /// that whoever completes it (now, or a later command on the copy) records its point bad.
     /// The points so marked.
     pub fn mark_torn(&self, taken_at: DateTime<Utc>, why: &str) -> Result<Vec<Point>, StoreError> {
-        if !self.dir.is_dir() {
-            // No copy was ever made here: nothing to mark.
-            return Ok(Vec::new());
-        }
+        // No copy made here yet: its first may still be on the way, and is marked as it ends.
+        std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         meta::write_torn(&self.dir, taken_at, why)?;
         let kept = |e: StoreError| StoreError::Damaged {
             path: self.name(),
@@ -1800,9 +1894,10 @@ impl Store {
         }
         if !marked.is_empty() {
             self.write_points(&points)?;
+            // Recorded: no update is left to record a point of that replication. Without a
+            // point yet, the mark stays for the update still to come (its stream on the way).
+            meta::remove_torn(&self.dir, taken_at)?;
         }
-        // Settled: no update is left to record a point of that replication.
-        meta::remove_torn(&self.dir, taken_at)?;
         Ok(marked)
     }
 
@@ -2337,6 +2432,7 @@ mod tests {
             retention: 5,
             definition: None,
             read: None,
+            pending: false,
         }
     }
 
@@ -2828,6 +2924,7 @@ mod tests {
                 retention: 5,
                 definition: None,
                 read: None,
+                pending: false,
             };
             store.apply(&mut &out[..], new).unwrap();
         };
@@ -3304,6 +3401,7 @@ mod tests {
                         retention: 5,
                         definition: None,
                         read: None,
+                        pending: false,
                     },
                 )
                 .unwrap();
@@ -3500,6 +3598,165 @@ mod tests {
         assert_eq!(
             store.points().unwrap().pop().unwrap().verified,
             Verified::Bad
+        );
+    }
+
+    /// A point read live under a freeze is held (bad, saying why) until the freeze is
+    /// confirmed: its first copy and its updates alike, a confirmation that comes before the
+    /// update is completed or even begun included. One never confirmed (its replication cut
+    /// before `replicate-end`) stays unusable, and so does one said torn, or found damaged,
+    /// whatever a confirmation says.
+    #[test]
+    fn a_point_read_live_is_held_until_its_freeze_is_confirmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let store = Store::new(&dir.path().join("dst.img"));
+        let live = |id: &str| NewPoint {
+            pending: true,
+            ..point(id)
+        };
+        let state = |store: &Store| -> Vec<(String, Verified, bool)> {
+            store
+                .points()
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.id, p.verified, p.pending))
+                .collect()
+        };
+        let write = |byte: u8| std::fs::write(&src, vec![byte; 3 * BLOCK]).unwrap();
+        // The first copy: held, then confirmed.
+        write(1);
+        let p1 = live("p1");
+        let applied = store.apply(&mut &stream_of(&src, &store)[..], p1.clone());
+        let applied = applied.unwrap();
+        assert!(applied.point.pending, "{:?}", applied.point);
+        assert_eq!(state(&store), [("p1".into(), Verified::Bad, true)]);
+        let held = &store.points().unwrap()[0];
+        assert_eq!(
+            held.unusable.as_deref(),
+            Some(super::super::point::PENDING_WHY)
+        );
+        // A verification that finds it whole keeps it held.
+        assert_eq!(store.verify(Some("p1")).unwrap(), [("p1".into(), false)]);
+        assert_eq!(state(&store), [("p1".into(), Verified::Bad, true)]);
+        let confirmed = store.confirm(p1.taken_at).unwrap();
+        assert_eq!(confirmed.len(), 1);
+        assert_eq!(state(&store), [("p1".into(), Verified::Yes, false)]);
+        assert!(store.points().unwrap()[0].unusable.is_none());
+        // An update never confirmed (cut before `replicate-end`) stays unusable, the next
+        // replication goes on from it.
+        write(2);
+        store
+            .apply(&mut &stream_of(&src, &store)[..], live("p2"))
+            .unwrap();
+        write(3);
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p3"))
+            .unwrap();
+        assert_eq!(
+            state(&store),
+            [
+                ("p1".into(), Verified::Yes, false),
+                ("p2".into(), Verified::Bad, true),
+                ("p3".into(), Verified::Yes, false),
+            ]
+        );
+        // Confirmed before its update began (its stream still on the way): kept, and the
+        // update records its point confirmed.
+        write(4);
+        let p4 = live("p4");
+        assert!(store.confirm(p4.taken_at).unwrap().is_empty());
+        assert_eq!(
+            std::fs::read_dir(store.path("confirmed")).unwrap().count(),
+            1
+        );
+        let applied = store
+            .apply(&mut &stream_of(&src, &store)[..], p4.clone())
+            .unwrap();
+        assert!(!applied.point.pending && applied.point.verified == Verified::Yes);
+        assert_eq!(state(&store)[3], ("p4".into(), Verified::Yes, false));
+        assert_eq!(
+            std::fs::read_dir(store.path("confirmed")).unwrap().count(),
+            0
+        );
+        // Said torn before its update began, then confirmed (two answers of its source must
+        // not both come, but the torn one wins): bad for good.
+        write(5);
+        let p5 = live("p5");
+        let why = "its source's replicate-end said it may be torn: thawed";
+        assert!(store.mark_torn(p5.taken_at, why).unwrap().is_empty());
+        store
+            .apply(&mut &stream_of(&src, &store)[..], p5.clone())
+            .unwrap_err();
+        store.confirm(p5.taken_at).unwrap();
+        let p5 = store.points().unwrap().pop().unwrap();
+        assert_eq!(
+            (
+                p5.id.as_str(),
+                p5.verified,
+                p5.unusable.as_deref(),
+                p5.pending
+            ),
+            ("p5", Verified::Bad, Some(why), false)
+        );
+        assert_eq!(std::fs::read_dir(store.path("torn")).unwrap().count(), 0);
+    }
+
+    /// The confirmation of an update committed but not completed completes it, confirmed;
+    /// one found damaged as it is completed stays bad whatever the confirmation says.
+    #[test]
+    fn a_confirmation_completes_a_committed_update_and_never_mends_a_damaged_one() {
+        let held = |a: u8, b: u8| {
+            let dir = tempfile::tempdir().unwrap();
+            let src = dir.path().join("src.img");
+            let store = Store::new(&dir.path().join("dst.img"));
+            std::fs::write(&src, vec![a; 3 * BLOCK]).unwrap();
+            store
+                .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+                .unwrap();
+            std::fs::write(&src, vec![b; 3 * BLOCK]).unwrap();
+            let new = NewPoint {
+                pending: true,
+                ..point("p2")
+            };
+            store
+                .apply_until(&mut &stream_of(&src, &store)[..], new, true)
+                .unwrap();
+            (dir, store)
+        };
+        let (_dir, store) = held(1, 2);
+        let taken_at = committed_at(&store);
+        let confirmed = store.confirm(taken_at).unwrap();
+        assert_eq!(
+            confirmed
+                .iter()
+                .map(|p| (p.id.as_str(), p.verified, p.pending))
+                .collect::<Vec<_>>(),
+            [("p2", Verified::Yes, false)]
+        );
+        // The journal damaged after its commit record: the copy is not the point.
+        let (_dir, store) = held(3, 4);
+        let taken_at = committed_at(&store);
+        let j = store.path("journal");
+        let mut bytes = std::fs::read(&j).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&j, bytes).unwrap();
+        let found = store.confirm(taken_at).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (found[0].verified, found[0].pending),
+            (Verified::Bad, false),
+            "{:?}",
+            found[0]
+        );
+        assert!(
+            found[0]
+                .unusable
+                .as_deref()
+                .is_some_and(|w| w.contains("damaged on the recovery host's disk")),
+            "{:?}",
+            found[0]
         );
     }
 

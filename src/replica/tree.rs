@@ -980,6 +980,7 @@ impl TreeStore {
             definition: None,
             read: None,
             unusable: None,
+            pending: false,
         };
         let commit = Commit {
             point: point.clone(),
@@ -1483,6 +1484,7 @@ mod tests {
                 retention: 3,
                 definition: None,
                 read: None,
+                pending: false,
             },
         )?;
         Ok(sent)
@@ -1786,6 +1788,7 @@ mod tests {
                             retention: 3,
                             definition: None,
                             read: None,
+                            pending: false,
                         },
                     )
                     .is_err(),
@@ -1844,6 +1847,7 @@ mod tests {
             retention: 3,
             definition: None,
             read: None,
+            pending: false,
         };
         assert!(store.apply(&mut &stream[..], point).is_err());
         assert_eq!(std::fs::read(store.path("points.json")).unwrap(), before);
@@ -1962,6 +1966,7 @@ mod tests {
                     retention: 3,
                     definition: None,
                     read: None,
+                    pending: false,
                 },
             );
             let err = match result {

@@ -15,8 +15,10 @@
 /// and another refuses an unknown request. Version 6: `send` of an image file refuses one
 /// written while it was read, unless told `--live`. Version 7: `apply` of changes read since a
 /// checkpoint names it (`--since`) and is refused unless the copy's newest point is that
-/// checkpoint's.
-pub const PROTOCOL: u32 = 7;
+/// checkpoint's. Version 8: `apply --pending` holds a point read live until its freeze is
+/// confirmed (`Request::Confirm`), and a mark of a replication (torn, confirmed) stays until
+/// a point of it is recorded.
+pub const PROTOCOL: u32 = 8;
 
 /// The version of this program, as helpers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -77,6 +77,10 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
         reread: false,
         compress: false,
         live: snapshot.as_ref().is_some_and(|h| h.live),
+        // Read live under a freeze (`Freeze::of`): held until its end says it held.
+        pending: snapshot
+            .as_ref()
+            .is_some_and(|h| h.live && h.begin.is_some()),
         deadline,
         definition: captured_def,
         reads: None,
@@ -280,21 +284,58 @@ async fn copy_frozen(
             }
         }
     }
-    if let Some(f) = &freeze
-        && let Err((mut e, torn)) = f.end(ctx, report).await
-    {
-        if let Some(why) = torn.filter(|_| copied) {
-            e = format!(
-                "{e}; {}",
-                mark_torn(ctx, disks, replication.taken_at, why).await
-            );
+    if let Some(f) = &freeze {
+        let e = match f.end(ctx, report).await {
+            Err((mut e, torn)) => {
+                if let Some(why) = torn.filter(|_| copied) {
+                    e = format!(
+                        "{e}; {}",
+                        mark_torn(ctx, disks, replication.taken_at, why).await
+                    );
+                }
+                Some(e)
+            }
+            // The freeze held: the points read under it, held until now, are good.
+            Ok(()) if copied && replication.pending => {
+                match confirm(ctx, disks, replication.taken_at).await {
+                    Ok(line) => {
+                        report.push_str(&line);
+                        report.push('\n');
+                        None
+                    }
+                    Err(e) => Some(e),
+                }
+            }
+            Ok(()) => None,
+        };
+        if let Some(e) = e {
+            failed = Some(match failed {
+                Some(first) => format!("{first}; {e}"),
+                None => e,
+            });
         }
-        failed = Some(match failed {
-            Some(first) => format!("{first}; {e}"),
-            None => e,
-        });
     }
     (point, failed)
+}
+
+/// After a `replicate-end` that said the freeze held: the points this replication made
+/// (taken at `taken_at`), held until then, are confirmed on every disk; what was done, or
+/// why they stay unusable.
+async fn confirm(
+    ctx: &RunContext,
+    disks: &Disks<'_>,
+    taken_at: chrono::DateTime<chrono::Utc>,
+) -> Result<String, String> {
+    let transport = ctx.transport.clone();
+    let to = disks.to.to_string();
+    let images: Vec<String> = disks.items.iter().map(|(_, d)| d.clone()).collect();
+    let confirmed = tokio::task::spawn_blocking(move || {
+        let copies: Vec<(&str, &str)> = images.iter().map(|d| (to.as_str(), d.as_str())).collect();
+        crate::replica::remote::Helpers::new(transport.as_ref()).confirm(&copies, taken_at)
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the task failed: {e}")));
+    crate::replica::snapshot::confirm_note(confirmed)
 }
 
 /// After a `replicate-end` that said the copy may be torn: the points this replication made

@@ -412,6 +412,7 @@ fn point(id: &str) -> NewPoint {
         retention: 3,
         definition: None,
         read: None,
+        pending: false,
     }
 }
 

@@ -31,6 +31,7 @@ fn point(id: &str) -> NewPoint {
         retention: 5,
         definition: None,
         read: None,
+        pending: false,
     }
 }
 

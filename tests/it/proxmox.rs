@@ -554,7 +554,108 @@ fn a_running_proxmox_vm_whose_disk_is_written_under_its_freeze_is_copied() {
             .contains("db: vmid 101: guest filesystems frozen through the guest agent"),
         "{replicated:?}"
     );
-    assert_eq!(lab.point_ids("db").len(), before.len() + 1);
+    // Held until `replicate-end` said the freeze held, then confirmed.
+    assert!(
+        replicated
+            .stdout
+            .contains("held until its freeze is confirmed")
+            && replicated
+                .stdout
+                .contains("db: the freeze held through the copy: points confirmed: hv2:"),
+        "{replicated:?}"
+    );
+    let made = lab.points_since("db", &before);
+    assert_eq!(made.len(), 1, "{made:#?}");
+    assert_eq!(made[0]["verified"], "yes", "{made:#?}");
+}
+
+/// The orchestrator killed after the recovery side recorded the point of a copy read live,
+/// before `replicate-end` said whether the freeze held (here `replicate-end` waits on the
+/// source node): the point is left held, unusable, saying why, and no run starts from it.
+#[test]
+fn a_proxmox_point_whose_replication_never_reached_its_end_is_unusable() {
+    let lab = Lab::up(179);
+    let disk = lab.images("hv1").join("101/vm-101-disk-0.qcow2");
+    fill(&disk, "64M");
+    let before = lab.point_ids("db");
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // point ids are per second
+    // `qm status` on hv1 waits while the gate is there: `replicate-end` begins with it.
+    let gate = lab.dir.path().join("gate");
+    let qm_bin = lab.lab().join("hosts/hv1/bin/qm");
+    let script = std::fs::read_to_string(&qm_bin).unwrap();
+    let (shebang, rest) = script.split_once('\n').unwrap();
+    std::fs::write(
+        &qm_bin,
+        format!(
+            "{shebang}\nif [ \"$1\" = status ]; then while [ -e '{}' ]; do sleep 0.05; done; fi\n{rest}",
+            gate.display()
+        ),
+    )
+    .unwrap();
+    let copy = lab.images("hv2").join("101/vm-101-disk-0.qcow2.reprise");
+    let recorded = || {
+        std::fs::read_to_string(copy.join("points.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(&t).ok())
+            .map_or(0, |p| p.len())
+    };
+    let points_before = recorded();
+    let overlay = lab.lab().join("overlay.toml");
+    let state = lab.dir.path().join("state");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(["--overlay", overlay.to_str().unwrap()])
+        .args(["--state-dir", state.to_str().unwrap()])
+        .args(["replicate", "--service", "db"])
+        .current_dir(lab.dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The copy under way (the freeze made): the gate closes; then the point is recorded.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !copy.join("journal").exists() && recorded() == points_before {
+        assert!(std::time::Instant::now() < until, "the copy never began");
+        assert!(child.try_wait().unwrap().is_none(), "reprise ended early");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    std::fs::write(&gate, "").unwrap();
+    while recorded() == points_before || copy.join("journal").exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the point was never recorded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // `replicate-end` waits: the orchestrator dies.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_file(&gate).unwrap();
+    let made = lab.points_since("db", &before);
+    assert_eq!(made.len(), 1, "{made:#?}");
+    assert_eq!(made[0]["verified"], "bad", "{made:#?}");
+    assert!(
+        made[0]["unusable"]
+            .as_str()
+            .is_some_and(|w| w.contains("a freeze that was never confirmed to have held")),
+        "{made:#?}"
+    );
+    // The next replication makes a good point; the held one stays unusable.
+    let thawed = qm(&lab, "hv1", &["guest", "cmd", "101", "fsfreeze-thaw"]);
+    assert_eq!(thawed.code, 0, "{thawed:?}");
+    let frozen_marker = lab.images("hv1").join("101/reprise-frozen");
+    let _ = std::fs::remove_file(frozen_marker);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let again = lab.with(&["replicate", "--service", "db"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let made = lab.points_since("db", &before);
+    assert_eq!(
+        made.iter()
+            .map(|p| p["verified"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["bad", "yes"],
+        "{made:#?}"
+    );
 }
 
 /// A vm stopped when its copy begins is not frozen, and its files are read live: started

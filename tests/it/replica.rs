@@ -811,6 +811,7 @@ fn an_update_whose_writes_fail_keeps_the_point_and_frees_its_journal() {
         retention: 5,
         definition: None,
         read: None,
+        pending: false,
     };
     let mut stream = Vec::new();
     let (base, _) = store.base_manifest(false).unwrap();

@@ -1438,6 +1438,7 @@ fn a_recovery_helper_killed_at_each_write_of_its_manifest_completes_on_the_next_
         retention: 5,
         definition: None,
         read: None,
+        pending: false,
     };
     let v1 = random_bytes(49 * BLOCK - 100);
     let mut v2 = v1.clone();
