@@ -838,17 +838,22 @@ fn replicate_guest(
         dom,
         on: false,
     };
+    let mut r = r.clone();
     let checkpoint = if running {
         let new = qcow2.then_some(new_cp.as_str());
         if let Err(e) = begin_job(&g, &all, &ours, new, &mut decision, out) {
             return fail(out, e);
         }
         job.on = true;
+        // The backup's export is the disks as of its start: the point is of that moment,
+        // never of before (a point chosen as taken before a time holds nothing written
+        // after it). Its id still names the replication (and its checkpoint).
+        r.taken_at = r.taken_at.max(chrono::Utc::now());
         qcow2.then(|| new_cp.clone())
     } else {
         decision.since.clone()
     };
-    let all_done = copy_guest_disks(&g, r, &mine, &decision, checkpoint, stopped, out);
+    let all_done = copy_guest_disks(&g, &r, &mine, &decision, checkpoint, stopped, out);
     if job.on {
         job.on = false;
         if let Err(e) = cbt::end(transport, host, dom) {

@@ -35,7 +35,8 @@ impl std::fmt::Display for Verified {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Point {
     pub id: String,
-    /// When the source state was read.
+    /// When the source state was captured: once its freeze or backup job was in place, never
+    /// before (the id, from when the replication began, may be earlier).
     pub taken_at: DateTime<Utc>,
     /// `host:path` of the source image.
     pub source: String,

@@ -108,7 +108,7 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
     let item = match what {
         Replicated::Vm(v) | Replicated::Backup(v) => v,
     };
-    if let Some(point) = point {
+    if let Some((point, taken_at)) = point {
         point_made(run, step.id.clone(), item.clone(), point, taken_at);
     }
     let message = match what {
@@ -243,18 +243,25 @@ struct Disks<'a> {
 }
 
 /// Copies every disk, frozen by the driver's `replicate-begin` while they are read and
-/// thawed by `replicate-end` on every way out: the point made, and why it failed.
+/// thawed by `replicate-end` on every way out: the point made (its id and when it was taken),
+/// and why it failed.
 async fn copy_frozen(
     ctx: &RunContext,
     disks: &Disks<'_>,
-    replication: Replication,
+    mut replication: Replication,
     freeze: Option<Freeze>,
     report: &mut String,
-) -> (Option<String>, Option<String>) {
+) -> (Option<(String, DateTime<Utc>)>, Option<String>) {
     let mut failed = match &freeze {
         Some(f) => f.begin(ctx, report).await.err(),
         None => None,
     };
+    if freeze.is_some() && failed.is_none() {
+        // What the copy holds is the disks as the freeze left them: its point is of the
+        // moment the freeze was in place, never of before (a point chosen as taken before a
+        // time holds nothing written after it). Its id still names the replication.
+        replication.taken_at = replication.taken_at.max(chrono::Utc::now());
+    }
     let mut point = None;
     // Whether anything was copied under the freeze (else no point can be torn).
     let copied = failed.is_none();
@@ -276,7 +283,7 @@ async fn copy_frozen(
         match copy_disks(ctx, disks, &replication, read.as_ref()).await {
             Ok((lines, made)) => {
                 report.push_str(&lines);
-                point = made;
+                point = made.map(|id| (id, replication.taken_at));
             }
             Err((lines, e)) => {
                 report.push_str(&lines);

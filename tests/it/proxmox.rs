@@ -581,17 +581,14 @@ fn a_proxmox_point_whose_replication_never_reached_its_end_is_unusable() {
     std::thread::sleep(std::time::Duration::from_millis(1100)); // point ids are per second
     // `qm status` on hv1 waits while the gate is there: `replicate-end` begins with it.
     let gate = lab.dir.path().join("gate");
-    let qm_bin = lab.lab().join("hosts/hv1/bin/qm");
-    let script = std::fs::read_to_string(&qm_bin).unwrap();
-    let (shebang, rest) = script.split_once('\n').unwrap();
-    std::fs::write(
-        &qm_bin,
-        format!(
-            "{shebang}\nif [ \"$1\" = status ]; then while [ -e '{}' ]; do sleep 0.05; done; fi\n{rest}",
+    qm_first(
+        &lab,
+        "hv1",
+        &format!(
+            "if [ \"$1\" = status ]; then while [ -e '{}' ]; do sleep 0.05; done; fi",
             gate.display()
         ),
-    )
-    .unwrap();
+    );
     let copy = lab.images("hv2").join("101/vm-101-disk-0.qcow2.reprise");
     let recorded = || {
         std::fs::read_to_string(copy.join("points.json"))
@@ -1261,6 +1258,87 @@ fn primary_lost(lab: &Lab) {
     for vmid in ["101", "102"] {
         let run = qm(lab, "hv1", &["stop", vmid]);
         assert_eq!(run.code, 0, "qm stop {vmid}: {run:?}");
+    }
+}
+
+/// Makes `host`'s `qm` run the shell line `line` before it does anything else.
+fn qm_first(lab: &Lab, host: &str, line: &str) {
+    let qm_bin = lab.lab().join("hosts").join(host).join("bin/qm");
+    let script = std::fs::read_to_string(&qm_bin).unwrap();
+    let (shebang, rest) = script.split_once('\n').unwrap();
+    std::fs::write(&qm_bin, format!("{shebang}\n{line}\n{rest}")).unwrap();
+}
+
+/// A point is of the moment its disks were frozen, never of before: the freeze here takes
+/// 1.5 s to be in place, and the point made under it, by `reprise replicate` and by a planned
+/// failover's sync step, is taken once it is (a point chosen as taken before a time must hold
+/// nothing written after it).
+#[test]
+fn a_proxmox_point_is_taken_once_its_freeze_is_in_place() {
+    let lab = Lab::up(183);
+    let frozen_at = lab.dir.path().join("frozen-at");
+    qm_first(
+        &lab,
+        "hv1",
+        &format!(
+            "if [ \"$4\" = fsfreeze-freeze ]; then date -u +%s.%N > '{}'; sleep 1.5; fi",
+            frozen_at.display()
+        ),
+    );
+    let began = || -> f64 {
+        std::fs::read_to_string(&frozen_at)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let taken = |p: &serde_json::Value| -> f64 {
+        let at = chrono::DateTime::parse_from_rfc3339(p["taken_at"].as_str().unwrap()).unwrap();
+        at.timestamp_micros() as f64 / 1e6
+    };
+    let mut before = lab.point_ids("db");
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // point ids are per second
+    let replicated = lab.with(&["replicate", "--service", "db"]);
+    assert_eq!(replicated.code, 0, "{replicated:?}");
+    let made = lab.points_since("db", &before);
+    assert_eq!(made.len(), 1, "{made:#?}");
+    assert!(
+        taken(&made[0]) >= began() + 1.5,
+        "taken at {} before the freeze was in place ({} + 1.5 s)",
+        taken(&made[0]),
+        began()
+    );
+    before.push(made[0]["id"].as_str().unwrap().to_string());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let failover = lab.with(&["failover", "--service", "db", "--yes", "--no-prompt"]);
+    assert_eq!(failover.code, 0, "{failover:?}");
+    // The point its start used: the one its sync step made.
+    let runs = lab.dir.path().join("state/runs");
+    let mut ids: Vec<_> = std::fs::read_dir(&runs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    ids.sort();
+    let journal = std::fs::read_to_string(ids.last().unwrap().join("journal.jsonl")).unwrap();
+    let used: Vec<serde_json::Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "replica_point_used" && e["item"] == "db")
+        .collect();
+    // The sync step's point, made by it and then started from.
+    assert_eq!(used.len(), 2, "{used:#?}");
+    for u in &used {
+        assert!(
+            u["point"] == used[0]["point"] && !before.iter().any(|b| u["point"] == b.as_str()),
+            "the sync step's own point: {used:#?}"
+        );
+        assert!(
+            taken(u) >= began() + 1.5,
+            "the failover's point is taken at {} before its freeze was in place ({} + 1.5 s)",
+            taken(u),
+            began()
+        );
     }
 }
 
