@@ -407,6 +407,48 @@ pub fn explain_faults(message: &str) {
     }
 }
 
+/// How long a file's times may stay as they are across a write: the kernel stamps them from a
+/// clock that moves in ticks (a jiffy, 1 to 10 ms), and a write in the tick of the one before
+/// leaves them unchanged (before Linux 6.13, which stamps a file just looked at finely).
+pub const TIME_GRAIN: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Whether `m`'s modification or status change time is within [`TIME_GRAIN`] of now (or
+/// after it): a write now could leave them as they are.
+pub fn written_just_now(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let now = std::time::SystemTime::now();
+    let at = |secs: i64, nsec: i64| {
+        u64::try_from(secs).ok().and_then(|s| {
+            std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(
+                s,
+                nsec.clamp(0, 999_999_999) as u32,
+            ))
+        })
+    };
+    [at(m.mtime(), m.mtime_nsec()), at(m.ctime(), m.ctime_nsec())]
+        .into_iter()
+        .any(|t| match t {
+            Some(t) => now.duration_since(t).map_or(true, |d| d < TIME_GRAIN),
+            None => true,
+        })
+}
+
+/// A look at a file that a later look compares with ([`same_file_state`]), taken once its
+/// times are a tick old ([`TIME_GRAIN`]), so that a write after it moves them. A file written
+/// all along is looked at after a second at most: the later look then finds it written.
+pub fn settled_look(
+    look: impl Fn() -> io::Result<std::fs::Metadata>,
+) -> io::Result<std::fs::Metadata> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let m = look()?;
+        if !written_just_now(&m) || std::time::Instant::now() >= until {
+            return Ok(m);
+        }
+        std::thread::sleep(TIME_GRAIN);
+    }
+}
+
 /// Whether two looks at a file saw it unwritten in between: the same file, size, and
 /// modification and status change times (the status change time cannot be set back).
 pub fn same_file_state(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
@@ -602,6 +644,34 @@ pub fn read_header(bytes: &[u8]) -> Option<(u64, [u8; 32])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file written just now is looked at only once its times are a tick old: a write
+    /// after that look moves them, where one in the tick of the last write would not. An old
+    /// file's look is the first.
+    #[test]
+    fn a_file_written_just_now_is_looked_at_once_its_times_are_a_tick_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        std::fs::write(&path, [1u8; 4096]).unwrap();
+        let first = std::fs::metadata(&path).unwrap();
+        assert!(written_just_now(&first), "just written");
+        let looks = std::cell::Cell::new(0);
+        let m = settled_look(|| {
+            looks.set(looks.get() + 1);
+            std::fs::metadata(&path)
+        })
+        .unwrap();
+        assert!(!written_just_now(&m));
+        assert!(looks.get() > 1, "looked at again");
+        assert!(same_file_state(&m, &first), "nothing wrote it");
+        looks.set(0);
+        settled_look(|| {
+            looks.set(looks.get() + 1);
+            std::fs::metadata(&path)
+        })
+        .unwrap();
+        assert_eq!(looks.get(), 1, "a tick old already: one look");
+    }
 
     /// A node next to the leaves about to change that is not made of its children (a leaf
     /// that rotted beside them, a node above them or beside those) is found before they

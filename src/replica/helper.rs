@@ -627,7 +627,8 @@ pub fn send_image(
         false => None,
     };
     let file = File::open(image).map_err(|e| format!("{name}: {e}"))?;
-    let before = file.metadata().map_err(|e| format!("{name}: {e}"))?;
+    // Once its times are a tick old: a write in the tick of the last one would leave them.
+    let before = blocks::settled_look(|| file.metadata()).map_err(|e| format!("{name}: {e}"))?;
     // A device node's size as a file is 0, and an overlay's file is not all of its disk. A
     // file named `.raw` is raw (Proxmox, the lab: its hypervisor opens it so): its bytes are
     // the guest's, whatever they begin with.

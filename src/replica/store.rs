@@ -1711,7 +1711,8 @@ impl Store {
     /// no single instant, and with them a stamp that vouches for what was not read.
     fn read_mirror(&self) -> Result<Manifest, StoreError> {
         let look = || std::fs::metadata(&self.image).map_err(io_err(&self.image));
-        let before = look()?;
+        let before = super::blocks::settled_look(|| std::fs::metadata(&self.image))
+            .map_err(io_err(&self.image))?;
         let m = Manifest::of_file(&self.image).map_err(io_err(&self.image))?;
         if !super::blocks::same_file_state(&before, &look()?) {
             return Err(StoreError::Refused {

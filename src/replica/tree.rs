@@ -426,8 +426,21 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
             if others.len() == 1 { "it" } else { "them" },
         ));
     }
-    for (rel, meta) in files {
+    for (rel, listed) in files {
         let path = root.join(&rel);
+        // Looked at again once its times are a tick old (a write in the tick of the last one
+        // would leave them), still the file listed.
+        let meta = if super::blocks::written_just_now(&listed) {
+            let m = super::blocks::settled_look(|| std::fs::symlink_metadata(&path))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            use std::os::unix::fs::MetadataExt as _;
+            if (m.dev(), m.ino()) != (listed.dev(), listed.ino()) || !m.is_file() {
+                return Err(changed_while_read(&path));
+            }
+            m
+        } else {
+            listed
+        };
         let known = base.files.get(&rel);
         let (size, mtime) = (meta.len(), mtime_ns(&meta));
         if let Some(k) = known
