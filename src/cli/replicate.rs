@@ -824,7 +824,7 @@ fn replicate_guest(
         host,
         running,
     };
-    let mut decision = match guest_decision(&g, to, &mine, scan) {
+    let (mut decision, made) = match guest_decision(&g, to, &mine, scan) {
         Ok(d) => d,
         Err(e) => return fail(out, e),
     };
@@ -839,19 +839,24 @@ fn replicate_guest(
         on: false,
     };
     let mut r = r.clone();
+    // The checkpoint the point is, and when libvirt made it.
     let checkpoint = if running {
         let new = qcow2.then_some(new_cp.as_str());
-        if let Err(e) = begin_job(&g, &all, &ours, new, &mut decision, out) {
-            return fail(out, e);
-        }
+        let created = match begin_job(&g, &all, &ours, new, &mut decision, out) {
+            Ok(c) => c,
+            Err(e) => return fail(out, e),
+        };
         job.on = true;
         // The backup's export is the disks as of its start: the point is of that moment,
         // never of before (a point chosen as taken before a time holds nothing written
         // after it). Its id still names the replication (and its checkpoint).
         r.taken_at = r.taken_at.max(chrono::Utc::now());
-        qcow2.then(|| new_cp.clone())
+        qcow2.then(|| (new_cp.clone(), created))
     } else {
-        decision.since.clone()
+        decision
+            .since
+            .clone()
+            .map(|c| (c.clone(), made.get(&c).copied()))
     };
     let all_done = copy_guest_disks(&g, &r, &mine, &decision, checkpoint, stopped, out);
     if job.on {
@@ -904,7 +909,7 @@ fn guest_decision(
     to: &str,
     mine: &[cbt::DomDisk],
     scan: bool,
-) -> Result<cbt::Decision, String> {
+) -> Result<(cbt::Decision, std::collections::BTreeMap<String, i64>), String> {
     let Guest {
         vm,
         transport,
@@ -918,7 +923,7 @@ fn guest_decision(
         Ok(s) => s,
         Err(e) => return Err(e.to_string()),
     };
-    let checkpoints = match cbt::checkpoints(transport, host, dom) {
+    let (checkpoints, created) = match cbt::checkpoints_made(transport, host, dom) {
         Ok(c) => c,
         Err(e) => {
             return Err(format!(
@@ -932,6 +937,7 @@ fn guest_decision(
         newest: states.iter().map(|s| s.points.last()).collect(),
         disks: mine.to_vec(),
         checkpoints,
+        created: created.clone(),
         bitmap_problem: None,
         copy_problem: states
             .iter()
@@ -947,7 +953,7 @@ fn guest_decision(
         };
         decision = cbt::decide(&facts);
     }
-    Ok(decision)
+    Ok((decision, created))
 }
 
 /// Begins the backup job of a running domain (a stale one ended first): every block read
@@ -959,7 +965,7 @@ fn begin_job(
     new: Option<&str>,
     decision: &mut cbt::Decision,
     out: &mut Outcome,
-) -> Result<(), String> {
+) -> Result<Option<i64>, String> {
     let Guest {
         vm,
         transport,
@@ -992,8 +998,8 @@ fn begin_job(
         .clone()
         .filter(|_| decision.mode == ReadMode::ChangedBlocks);
     let began = std::time::Instant::now();
-    match cbt::begin(transport, host, dom, all, ours, since.as_deref(), new) {
-        Ok(()) => {}
+    let created = match cbt::begin(transport, host, dom, all, ours, since.as_deref(), new) {
+        Ok(c) => c,
         Err(e) if since.is_some() => {
             // A lost or inconsistent bitmap (the vm killed, a checkpoint damaged): libvirt
             // refuses the incremental backup; every block is read instead, and said.
@@ -1005,8 +1011,9 @@ fn begin_job(
                 )),
                 since: None,
             };
-            if let Err(e) = cbt::begin(transport, host, dom, all, ours, None, new) {
-                return Err(format!("the backup of domain {dom} could not begin: {e}"));
+            match cbt::begin(transport, host, dom, all, ours, None, new) {
+                Ok(c) => c,
+                Err(e) => return Err(format!("the backup of domain {dom} could not begin: {e}")),
             }
         }
         Err(e) => {
@@ -1014,14 +1021,14 @@ fn begin_job(
                 "the backup of domain {dom} could not begin (libvirt 7.2 or later exports disks for changed-block tracking): {e}"
             ));
         }
-    }
+    };
     out.stdout.push_str(&format!(
         "{}: disks exported as of now (backup-begin on {host}, {:.1}s{})\n",
         vm.id,
         began.elapsed().as_secs_f64(),
         new.map(|c| format!(", checkpoint {c}")).unwrap_or_default()
     ));
-    Ok(())
+    Ok(created)
 }
 
 /// Copies the disks of a guest as its decision says, all at once ([`each_disk`]), said in disk
@@ -1037,7 +1044,7 @@ fn copy_guest_disks(
     r: &Replication,
     mine: &[cbt::DomDisk],
     decision: &cbt::Decision,
-    checkpoint: Option<String>,
+    checkpoint: Option<(String, Option<i64>)>,
     stopped: &(dyn Fn() -> bool + Sync),
     out: &mut Outcome,
 ) -> bool {

@@ -152,6 +152,8 @@ pub struct Facts<'a> {
     pub disks: Vec<DomDisk>,
     /// The checkpoints the source domain has.
     pub checkpoints: Vec<String>,
+    /// When libvirt made each of reprise's checkpoints, where it says.
+    pub created: std::collections::BTreeMap<String, i64>,
     /// For a stopped domain: per disk, why its bitmap of `since` cannot be used, if so.
     pub bitmap_problem: Option<String>,
     /// Why a disk's copy is not its newest point (changed behind it), if so.
@@ -238,6 +240,48 @@ pub fn decide(f: &Facts) -> Decision {
             None,
         );
     }
+    // The checkpoint is known by when libvirt made it, not only by its name: one deleted and
+    // made again under the same name has a bitmap that misses what was written in between.
+    // Every block is read; the point made is then at the checkpoint as it now is (a stopped
+    // domain's, whose bitmap marks everything written since it was made, read or not).
+    let made = f
+        .newest
+        .iter()
+        .flatten()
+        .map(|p| p.read.as_ref().and_then(|r| r.created))
+        .collect::<Vec<_>>();
+    let now = f.created.get(&since).copied();
+    match (made.first().copied().flatten(), now) {
+        (Some(then), Some(now)) if made.iter().all(|m| *m == Some(then)) && then == now => {}
+        (Some(then), Some(now)) if made.iter().all(|m| *m == Some(then)) => {
+            return Decision::scan(
+                format!(
+                    "checkpoint {since} on {} was made at {} and the copies' point at {}: made again under the same name, its bitmap misses what was written in between",
+                    f.host,
+                    epoch(now),
+                    epoch(then)
+                ),
+                Some(since),
+            );
+        }
+        (Some(_), None) => {
+            return Decision::scan(
+                format!(
+                    "when checkpoint {since} was made cannot be read on {}: it cannot be told from one made again under the same name",
+                    f.host
+                ),
+                Some(since),
+            );
+        }
+        _ => {
+            return Decision::scan(
+                format!(
+                    "the copies' points do not record when checkpoint {since} was made (made by an older reprise, or not the same on every disk): it cannot be told from one made again under the same name"
+                ),
+                Some(since),
+            );
+        }
+    }
     if f.asked_scan {
         return Decision::scan("asked (--scan)", Some(since));
     }
@@ -249,6 +293,13 @@ pub fn decide(f: &Facts) -> Decision {
         why: None,
         since: Some(since),
     }
+}
+
+/// A time in seconds since the epoch, as a person reads it.
+fn epoch(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| secs.to_string())
 }
 
 /// The NBD socket of a domain's pull-mode backup.
@@ -343,6 +394,38 @@ pub fn domain(t: &dyn Transport, host: &str, dom: &str) -> Result<(bool, Vec<Dom
 }
 
 /// The domain's checkpoints.
+/// The checkpoints of domain `dom`, and when libvirt made each of reprise's (its
+/// `creationTime`; `None` where it does not say), in one command.
+pub fn checkpoints_made(
+    t: &dyn Transport,
+    host: &str,
+    dom: &str,
+) -> Result<(Vec<String>, std::collections::BTreeMap<String, i64>), String> {
+    let d = shell_quote(dom);
+    let script = r#"cps=$(virsh checkpoint-list @DOM@ --name) || exit 1; printf '%s\n' "$cps" | while IFS= read -r c; do case "$c" in @PREFIX@*) t=$(virsh checkpoint-dumpxml @DOM@ "$c" | sed -n 's:.*<creationTime>\([0-9]*\)</creationTime>.*:\1:p' | head -n 1); printf '%s %s\n' "${t:--}" "$c" ;; ?*) printf -- '- %s\n' "$c" ;; esac; done"#
+        // The domain last: nothing in its name is read as a placeholder.
+        .replace("@PREFIX@", PREFIX)
+        .replace("@DOM@", &d);
+    let out = sh(t, host, &script)?;
+    Ok(parse_checkpoints_made(&out))
+}
+
+/// [`checkpoints_made`]'s answer: `SECONDS NAME` lines (`-` for a time not said). Pure.
+pub fn parse_checkpoints_made(out: &str) -> (Vec<String>, std::collections::BTreeMap<String, i64>) {
+    let mut names = Vec::new();
+    let mut made = std::collections::BTreeMap::new();
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        let Some((time, name)) = line.split_once(' ') else {
+            continue;
+        };
+        if let Ok(secs) = time.parse::<i64>() {
+            made.insert(name.to_string(), secs);
+        }
+        names.push(name.to_string());
+    }
+    (names, made)
+}
+
 pub fn checkpoints(t: &dyn Transport, host: &str, dom: &str) -> Result<Vec<String>, String> {
     let out = sh(
         t,
@@ -431,7 +514,8 @@ pub fn end_stale(t: &dyn Transport, host: &str, dom: &str) -> Result<Option<Stri
     ))
 }
 
-/// Begins the pull-mode backup with a new checkpoint `name`.
+/// Begins the pull-mode backup with a new checkpoint `name`: when libvirt made that
+/// checkpoint (its `creationTime`), where it says.
 pub fn begin(
     t: &dyn Transport,
     host: &str,
@@ -440,16 +524,23 @@ pub fn begin(
     ours: &[String],
     since: Option<&str>,
     name: Option<&str>,
-) -> Result<(), String> {
-    let checkpoint = match name {
-        Some(n) => format!(
-            "printf '%s' {} > \"$d/c.xml\"; ",
-            shell_quote(&checkpoint_xml(n, all, ours))
+) -> Result<Option<i64>, String> {
+    let (checkpoint, made) = match name {
+        Some(n) => (
+            format!(
+                "printf '%s' {} > \"$d/c.xml\"; ",
+                shell_quote(&checkpoint_xml(n, all, ours))
+            ),
+            format!(
+                "; virsh checkpoint-dumpxml {} {} | sed -n 's:.*<creationTime>\\([0-9]*\\)</creationTime>.*:\\1:p' | head -n 1",
+                shell_quote(dom),
+                shell_quote(n)
+            ),
         ),
-        None => String::new(),
+        None => (String::new(), String::new()),
     };
     let script = format!(
-        "set -e; d=$(mktemp -d); trap 'rm -rf \"$d\"' EXIT; rm -f {sock} {scratch}; printf '%s' {b} > \"$d/b.xml\"; {checkpoint}virsh backup-begin {q} \"$d/b.xml\" {c}>/dev/null",
+        "set -e; d=$(mktemp -d); trap 'rm -rf \"$d\"' EXIT; rm -f {sock} {scratch}; printf '%s' {b} > \"$d/b.xml\"; {checkpoint}virsh backup-begin {q} \"$d/b.xml\" {c}>/dev/null{made}",
         sock = shell_quote(&socket(dom)),
         scratch = ours
             .iter()
@@ -460,7 +551,8 @@ pub fn begin(
         c = if name.is_some() { "\"$d/c.xml\" " } else { "" },
         q = shell_quote(dom),
     );
-    sh(t, host, &script).map(|_| ())
+    let out = sh(t, host, &script)?;
+    Ok(out.trim().parse::<i64>().ok())
 }
 
 /// Ends the backup job (the export goes away) and removes its scratch files.
@@ -562,7 +654,7 @@ pub fn guest_read(
     dom: &str,
     disk: &DomDisk,
     d: &Decision,
-    checkpoint: Option<String>,
+    checkpoint: Option<(String, Option<i64>)>,
 ) -> super::remote::GuestRead {
     let changed = d.mode == ReadMode::ChangedBlocks;
     super::remote::GuestRead {
@@ -580,7 +672,8 @@ pub fn guest_read(
         how: HowRead {
             mode: d.mode,
             why: d.why.clone(),
-            checkpoint,
+            created: checkpoint.as_ref().and_then(|(_, c)| *c),
+            checkpoint: checkpoint.map(|(c, _)| c),
             since: if changed { d.since.clone() } else { None },
         },
     }
@@ -699,13 +792,22 @@ mod tests {
         }
     }
 
+    /// When the tests' checkpoints were made, as their points record it.
+    const MADE: i64 = 1_796_370_000;
+
     fn how(cp: Option<&str>) -> Option<HowRead> {
         Some(HowRead {
             mode: ReadMode::ChangedBlocks,
             why: None,
             checkpoint: cp.map(String::from),
             since: None,
+            created: Some(MADE),
         })
+    }
+
+    /// Checkpoints `cps` on the source, each made at [`MADE`].
+    fn made(cps: &[&str]) -> std::collections::BTreeMap<String, i64> {
+        cps.iter().map(|c| (c.to_string(), MADE)).collect()
     }
 
     fn qcow2(t: &str) -> DomDisk {
@@ -725,6 +827,7 @@ mod tests {
             newest: newest.iter().map(Option::as_ref).collect(),
             disks: vec![qcow2("vda"), qcow2("vdb")],
             checkpoints: cps.iter().map(|c| c.to_string()).collect(),
+            created: made(cps),
             bitmap_problem: None,
             copy_problem: None,
         };
@@ -800,6 +903,7 @@ mod tests {
             newest: vec![Some(&good), Some(&bad)],
             disks: vec![qcow2("vda"), qcow2("vdb")],
             checkpoints: vec!["reprise-1".into()],
+            created: made(&["reprise-1"]),
             bitmap_problem: None,
             copy_problem: None,
         };
@@ -824,6 +928,77 @@ mod tests {
         );
     }
 
+    /// A checkpoint is known by when libvirt made it, not by its name alone: one deleted and
+    /// made again under the same name (its bitmap misses what was written in between), one
+    /// whose time cannot be read, or copies whose points do not record it (an older reprise,
+    /// or disks that disagree) are read whole, saying why.
+    #[test]
+    fn a_checkpoint_made_again_under_the_same_name_is_never_read_as_the_old_one() {
+        let at = point(how(Some("reprise-1")));
+        let mut f = Facts {
+            host: "hv-main",
+            asked_scan: false,
+            newest: vec![Some(&at), Some(&at)],
+            disks: vec![qcow2("vda"), qcow2("vdb")],
+            checkpoints: vec!["reprise-1".into()],
+            created: made(&["reprise-1"]),
+            bitmap_problem: None,
+            copy_problem: None,
+        };
+        assert_eq!(decide(&f).mode, ReadMode::ChangedBlocks);
+        f.created.insert("reprise-1".into(), MADE + 60);
+        let d = decide(&f);
+        assert_eq!(d.mode, ReadMode::Scan, "{d:?}");
+        let why = d.why.unwrap();
+        assert!(
+            why.contains("checkpoint reprise-1 on hv-main was made at 2026-12-04 07:41:00 UTC and the copies' point at 2026-12-04 07:40:00 UTC")
+                && why.contains("made again under the same name"),
+            "{why}"
+        );
+        f.created.clear();
+        let d = decide(&f);
+        assert!(
+            d.mode == ReadMode::Scan
+                && d.why
+                    .as_deref()
+                    .unwrap()
+                    .contains("cannot be read on hv-main"),
+            "{d:?}"
+        );
+        f.created = made(&["reprise-1"]);
+        let older = point(Some(HowRead {
+            created: None,
+            ..how(Some("reprise-1")).unwrap()
+        }));
+        f.newest = vec![Some(&at), Some(&older)];
+        let d = decide(&f);
+        assert!(
+            d.mode == ReadMode::Scan
+                && d.why
+                    .as_deref()
+                    .unwrap()
+                    .contains("do not record when checkpoint reprise-1 was made"),
+            "{d:?}"
+        );
+    }
+
+    /// The listing of checkpoints with their times: a time not said is none, a name with a
+    /// space is kept whole.
+    #[test]
+    fn checkpoints_are_read_with_when_they_were_made() {
+        let (names, made) = parse_checkpoints_made(
+            "1796370000 reprise-20261204T094000Z\n- a manual one\n- reprise-x\n\n",
+        );
+        assert_eq!(
+            names,
+            ["reprise-20261204T094000Z", "a manual one", "reprise-x"]
+        );
+        assert_eq!(
+            made.into_iter().collect::<Vec<_>>(),
+            [("reprise-20261204T094000Z".to_string(), 1_796_370_000)]
+        );
+    }
+
     #[test]
     fn a_raw_disk_is_always_scanned_and_a_bad_bitmap_says_why() {
         let at = Some(point(how(Some("reprise-1"))));
@@ -836,6 +1011,7 @@ mod tests {
                 ..qcow2("vda")
             }],
             checkpoints: vec!["reprise-1".into()],
+            created: made(&["reprise-1"]),
             bitmap_problem: None,
             copy_problem: None,
         };

@@ -102,6 +102,7 @@ pub fn serve(
             why,
             checkpoint,
             since,
+            created,
             pending,
         } => {
             let read = mode.map(|mode| HowRead {
@@ -109,6 +110,7 @@ pub fn serve(
                 why,
                 checkpoint,
                 since,
+                created,
             });
             let new = NewPoint {
                 id: point,
@@ -1546,6 +1548,7 @@ mod tests {
                         why: None,
                         checkpoint: bitmap.map(String::from),
                         since: None,
+                        created: None,
                     }),
                     pending: false,
                 },
@@ -1703,6 +1706,7 @@ mod tests {
                     why: None,
                     checkpoint: Some("cp1".into()),
                     since: None,
+                    created: None,
                 }),
                 pending: false,
             },

@@ -161,6 +161,12 @@ pub struct HowRead {
     /// otherwise, under the copy's lock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
+    /// When libvirt made `checkpoint` (its `creationTime`, seconds since the epoch on the
+    /// source's clock): a checkpoint of the same name made again later (deleted and created
+    /// anew) has a bitmap that misses what was written in between, and is not read as this
+    /// one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
 }
 
 /// Which blocks of the source were read.

@@ -104,6 +104,10 @@ pub enum Request {
         #[arg(long)]
         #[serde(default)]
         since: Option<String>,
+        /// When libvirt made `checkpoint` (seconds since the epoch).
+        #[arg(long)]
+        #[serde(default)]
+        created: Option<i64>,
         /// Read live under a freeze only its end confirms: the point is held
         /// (`Point::pending`) until [`Request::Confirm`].
         #[arg(long)]
@@ -481,6 +485,7 @@ mod tests {
                 why: Some("--the first copy".into()),
                 checkpoint: Some("reprise-20261128T031000Z".into()),
                 since: Some("--reprise-20261127T031000Z".into()),
+                created: Some(1_796_370_000),
                 pending: true,
             },
             Request::PutDefinition {
@@ -611,6 +616,7 @@ mod tests {
             why: None,
             checkpoint: None,
             since: None,
+            created: None,
             pending: false,
         };
         assert_eq!(req.words()[..2], ["apply", "/srv/a.qcow2"]);

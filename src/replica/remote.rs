@@ -1529,6 +1529,7 @@ fn requests(
                 why: guest.and_then(|g| g.how.why.clone()),
                 checkpoint: guest.and_then(|g| g.how.checkpoint.clone()),
                 since: guest.and_then(|g| g.how.since.clone()),
+                created: guest.and_then(|g| g.how.created),
                 pending: r.pending,
             },
             unit: "blocks",
@@ -2154,6 +2155,7 @@ mod tests {
             why: None,
             checkpoint: None,
             since: None,
+            created: None,
             pending: false,
         };
         let made = Point {

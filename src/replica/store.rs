@@ -3775,6 +3775,7 @@ mod tests {
                 why: None,
                 checkpoint: Some(cp.into()),
                 since: since.map(String::from),
+                created: None,
             }),
             ..point(id)
         };

@@ -277,6 +277,7 @@ async fn copy_frozen(
             why: Some("read by a runbook step, which starts no checkpoint".into()),
             checkpoint: None,
             since: None,
+            created: None,
         },
     });
     if failed.is_none() {

@@ -840,6 +840,25 @@ fn a_deleted_checkpoint_a_guest_killed_and_a_lost_bitmap_each_make_a_scan_that_s
         "{out}"
     );
 
+    // A checkpoint deleted and made again under the same name outside reprise: its bitmap
+    // begins then, and misses what the guest wrote before.
+    let cp = checkpoints(&hv, "cbt").remove(0);
+    hv.write_blocks(12, 500, 3, 'F');
+    std::thread::sleep(Duration::from_millis(1100)); // libvirt's times are to the second
+    hv.main.virsh(&format!("checkpoint-delete cbt {cp}"));
+    hv.main.virsh(&format!(
+        "checkpoint-create-as cbt --name {cp} --diskspec vda,checkpoint=bitmap"
+    ));
+    let out = replicate_cbt(&hv);
+    let mode = read_mode(&out, "cbt.qcow2");
+    assert!(
+        mode.starts_with("scan")
+            && mode.contains(&format!("checkpoint {cp} on hv-main was made at"))
+            && mode.contains("made again under the same name"),
+        "{out}"
+    );
+    assert!(blocks_changed(&out) >= 3, "{out}");
+
     // Stopped and started again outside reprise, cleanly: QEMU saved its bitmap, so what the
     // guest wrote before is still read (2 blocks and the counter's).
     replicate_cbt(&hv);
