@@ -653,6 +653,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
         std::fs::write(&path, [1u8; 4096]).unwrap();
+        // Its time just ahead of now, as a file written in the tick of now looks, however
+        // slowly this test runs.
+        let soon = std::time::SystemTime::now() + std::time::Duration::from_millis(800);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(soon)
+            .unwrap();
         let first = std::fs::metadata(&path).unwrap();
         assert!(written_just_now(&first), "just written");
         let looks = std::cell::Cell::new(0);

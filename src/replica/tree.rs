@@ -232,6 +232,9 @@ fn digest_in_place(root: &Path) -> io::Result<String> {
     }
     let dir = Dir::open(root, false)?;
     for (rel, meta) in walk(root)? {
+        let Some(meta) = settled(meta, &root.join(&rel))? else {
+            return Err(written_while_read(&rel));
+        };
         let mut f = dir.open_file(&rel)?;
         let mut h = blake3::Hasher::new();
         let size = io::copy(&mut f, &mut h)?;
@@ -246,6 +249,18 @@ fn digest_in_place(root: &Path) -> io::Result<String> {
         tree.files.insert(rel, entry);
     }
     Ok(tree.digest())
+}
+
+/// The look at a listed file that what is read of it is compared with: the listing's, or,
+/// when its times are of the tick of now (a write in that tick would leave them), a look
+/// once they are a tick old; `None` when that look is of another file (replaced meanwhile).
+fn settled(listed: std::fs::Metadata, path: &Path) -> io::Result<Option<std::fs::Metadata>> {
+    use std::os::unix::fs::MetadataExt as _;
+    if !super::blocks::written_just_now(&listed) {
+        return Ok(Some(listed));
+    }
+    let m = super::blocks::settled_look(|| std::fs::symlink_metadata(path))?;
+    Ok(((m.dev(), m.ino()) == (listed.dev(), listed.ino()) && m.is_file()).then_some(m))
 }
 
 /// A file of a copy written while it was read: what was read is of no single instant.
@@ -263,6 +278,9 @@ pub fn scan(root: &Path) -> io::Result<Tree> {
     }
     for (rel, meta) in walk(root)? {
         let path = root.join(&rel);
+        let Some(meta) = settled(meta, &path)? else {
+            return Err(written_while_read(&rel));
+        };
         let hash = super::blocks::hash_file(&path)?;
         if !super::blocks::same_file_state(&meta, &std::fs::symlink_metadata(&path)?) {
             return Err(written_while_read(&rel));
@@ -430,16 +448,9 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
         let path = root.join(&rel);
         // Looked at again once its times are a tick old (a write in the tick of the last one
         // would leave them), still the file listed.
-        let meta = if super::blocks::written_just_now(&listed) {
-            let m = super::blocks::settled_look(|| std::fs::symlink_metadata(&path))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            use std::os::unix::fs::MetadataExt as _;
-            if (m.dev(), m.ino()) != (listed.dev(), listed.ino()) || !m.is_file() {
-                return Err(changed_while_read(&path));
-            }
-            m
-        } else {
-            listed
+        let Some(meta) = settled(listed, &path).map_err(|e| format!("{}: {e}", path.display()))?
+        else {
+            return Err(changed_while_read(&path));
         };
         let known = base.files.get(&rel);
         let (size, mtime) = (meta.len(), mtime_ns(&meta));
@@ -1473,6 +1484,41 @@ pub fn lease_refusal(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file listed in the tick of now is read against a look once its times are a tick
+    /// old, which must be of the file listed: one replaced meanwhile is not taken for it.
+    #[test]
+    fn a_file_listed_just_written_is_read_against_a_later_look_at_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dump.sql");
+        // Its time just ahead of now, as a file written in the tick of now looks, however
+        // slowly this test runs.
+        let written = |path: &Path, text: &str| {
+            std::fs::write(path, text).unwrap();
+            let soon = std::time::SystemTime::now() + std::time::Duration::from_millis(800);
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(soon)
+                .unwrap();
+        };
+        written(&path, "one");
+        let listed = std::fs::symlink_metadata(&path).unwrap();
+        assert!(super::super::blocks::written_just_now(&listed));
+        let m = settled(listed.clone(), &path)
+            .unwrap()
+            .expect("the same file");
+        assert!(!super::super::blocks::written_just_now(&m));
+        assert!(super::super::blocks::same_file_state(&m, &listed));
+        // Replaced by another file (renamed over it) just after it was listed.
+        written(&path, "one");
+        let listed = std::fs::symlink_metadata(&path).unwrap();
+        let other = dir.path().join("dump.sql.new");
+        std::fs::write(&other, "two").unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        assert!(settled(listed, &path).unwrap().is_none());
+    }
 
     fn replicate(src: &Path, dst: &Path, id: &str) -> TreeSent {
         replicate_at(src, dst, id, Utc::now()).unwrap()
