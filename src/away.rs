@@ -56,6 +56,7 @@ impl Away {
 /// the primary (a failback, a restore).
 struct Start {
     at: DateTime<Utc>,
+    run: String,
     vm: Option<String>,
     service: String,
     away: Option<Away>,
@@ -86,6 +87,32 @@ pub fn away_of(runs: &[(String, Vec<Event>)]) -> BTreeMap<String, Away> {
     out
 }
 
+/// Per vm a failover moved, the newest run that brought it back since (its failback, its
+/// restore, its roll-back), if the vm is back: without that run's journal, the failover's
+/// would say the vm is still away. Pure.
+pub fn back_of(runs: &[(String, Vec<Event>)]) -> BTreeMap<String, String> {
+    let mut starts: Vec<Start> = runs
+        .iter()
+        .flat_map(|(id, events)| starts_of(id, events))
+        .collect();
+    starts.sort_by_key(|s| s.at);
+    let mut moved = std::collections::BTreeSet::new();
+    let mut back: BTreeMap<String, String> = BTreeMap::new();
+    for s in starts {
+        match (&s.away, &s.vm) {
+            (Some(away), _) => {
+                moved.insert(away.vm.clone());
+                back.remove(&away.vm);
+            }
+            (None, Some(vm)) if moved.contains(vm) => {
+                back.insert(vm.clone(), s.run.clone());
+            }
+            _ => {}
+        }
+    }
+    back
+}
+
 /// The vm starts of one run that moved a vm: a failover's that may have started it on its
 /// recovery host; a failback's or a restore's done on its primary.
 fn starts_of(run_id: &str, events: &[Event]) -> Vec<Start> {
@@ -104,6 +131,26 @@ fn starts_of(run_id: &str, events: &[Event]) -> Vec<Start> {
     let mut out = Vec::new();
     for step in &plan.steps {
         let id = step.id.as_str();
+        // A failover rolled back starts its vm again on its primary (the undo of its stop
+        // there): it is back.
+        if mode == Mode::Failover && step.kind == "vm" && step.action.as_deref() == Some("stop") {
+            let back = events.iter().rev().find_map(|e| match e {
+                Event::UndoFinished {
+                    at, step, ok: true, ..
+                } if step == id => Some(*at),
+                _ => None,
+            });
+            if let Some(at) = back {
+                out.push(Start {
+                    at,
+                    run: run_id.to_string(),
+                    vm: step.vm.clone(),
+                    service: step.service.clone(),
+                    away: None,
+                });
+            }
+            continue;
+        }
         // An older journal does not say a step's action: a step that chose a replica point
         // to start from is a start.
         let start = match step.action.as_deref() {
@@ -117,7 +164,6 @@ fn starts_of(run_id: &str, events: &[Event]) -> Vec<Start> {
         }
         let mut began = None;
         let mut ended: Option<(DateTime<Utc>, StepStatus)> = None;
-        let mut asked = false;
         let mut undone = false;
         let mut item = None;
         for e in events {
@@ -131,9 +177,7 @@ fn starts_of(run_id: &str, events: &[Event]) -> Vec<Start> {
                 Event::StepFinished {
                     at, step, status, ..
                 } if step == id => ended = Some((*at, *status)),
-                Event::VmStateBefore { step, .. } if step == id => asked = true,
                 Event::ReplicaPointUsed { step, item: i, .. } if step == id => {
-                    asked = true;
                     item = Some(i.clone());
                 }
                 Event::UndoFinished { step, ok: true, .. } if step == id => undone = true,
@@ -146,16 +190,20 @@ fn starts_of(run_id: &str, events: &[Event]) -> Vec<Start> {
         }
         let vm = step.vm.clone().or(item);
         if mode == Mode::Failover {
+            // A start that failed or timed out may have taken effect (the connection lost
+            // once its command was sent, the vm up and its check failing): the journal cannot
+            // tell, so it counts.
             let (at, done) = match ended {
                 Some((at, StepStatus::Done)) => (at, true),
                 None => (began, false),
-                Some((at, StepStatus::Failed | StepStatus::TimedOut)) if asked => (at, false),
+                Some((at, StepStatus::Failed | StepStatus::TimedOut)) => (at, false),
                 Some(_) => continue,
             };
             // A step of an older journal that names no vm: nothing to say which.
             let Some(vm) = vm else { continue };
             out.push(Start {
                 at,
+                run: run_id.to_string(),
                 vm: Some(vm.clone()),
                 service: step.service.clone(),
                 away: Some(Away {
@@ -171,6 +219,7 @@ fn starts_of(run_id: &str, events: &[Event]) -> Vec<Start> {
         } else if let Some((at, StepStatus::Done)) = ended {
             out.push(Start {
                 at,
+                run: run_id.to_string(),
                 vm,
                 service: step.service.clone(),
                 away: None,
@@ -359,7 +408,7 @@ mod tests {
     }
 
     #[test]
-    fn a_start_that_may_have_run_counts_and_one_undone_or_never_asked_does_not() {
+    fn a_start_that_may_have_run_counts_and_one_undone_blocked_or_cancelled_does_not() {
         // Never ended (a crash), or failed after the start was asked: it may run there.
         assert_eq!(
             left(&[failover(0, None)]),
@@ -370,10 +419,11 @@ mod tests {
         for s in [StepStatus::Blocked, StepStatus::Cancelled] {
             assert!(left(&[failover(0, Some(s))]).is_empty(), "{s:?}");
         }
-        // Failed before the start was asked (no state read before it, no point chosen).
-        let (id, mut events) = failover(0, Some(StepStatus::Failed));
+        // Failed with nothing journaled of its command (a driver without `status`, a vm
+        // without copies): it may have started all the same.
+        let (id, mut events) = failover(0, Some(StepStatus::TimedOut));
         events.retain(|e| !matches!(e, Event::VmStateBefore { .. }));
-        assert!(left(&[(id, events)]).is_empty());
+        assert_eq!(left(&[(id, events)]).len(), 1);
         // Undone by the failover's roll-back.
         let (id, mut events) = failover(0, Some(StepStatus::Done));
         events.push(Event::UndoFinished {
@@ -389,6 +439,60 @@ mod tests {
             *mode = Mode::Drill;
         }
         assert!(left(&[(id, events)]).is_empty());
+    }
+
+    /// The newest run that brought a vm back is named for each vm a failover moved; a vm
+    /// away again is named by none.
+    #[test]
+    fn the_run_that_brought_a_vm_back_is_named() {
+        let runs = [
+            failover(0, Some(StepStatus::Done)),
+            back(Mode::Failback, 100, Some("erp-db"), StepStatus::Done),
+            back(Mode::Restore, 200, Some("erp-db"), StepStatus::Done),
+        ];
+        assert_eq!(
+            back_of(&runs).into_iter().collect::<Vec<_>>(),
+            [("erp-db".to_string(), "R200".to_string())]
+        );
+        let mut again = runs.to_vec();
+        again.push(failover(300, Some(StepStatus::Done)));
+        assert!(back_of(&again).is_empty());
+        // A restore of a vm no failover moved brings nothing back.
+        assert!(back_of(&runs[1..]).is_empty());
+    }
+
+    /// A failover rolled back (its start undone, the primary's stop undone: the vm started
+    /// again there) leaves nothing away.
+    #[test]
+    fn a_failover_rolled_back_brings_its_vm_back() {
+        let stop = StepRecord {
+            action: Some("stop".into()),
+            ..start_step("erp/stop-primary", Some("erp-db"), "hv-main")
+        };
+        let undone = |step: &str, at: i64| Event::UndoFinished {
+            at: t(at),
+            step: step.into(),
+            ok: true,
+            message: None,
+        };
+        let events = run(
+            Mode::Failover,
+            0,
+            vec![stop, start_step("erp/start", Some("erp-db"), "hv-pra")],
+            vec![
+                began("erp/stop-primary", 1),
+                ended("erp/stop-primary", 2, StepStatus::Done),
+                began("erp/start", 3),
+                asked("erp/start", 4),
+                ended("erp/start", 5, StepStatus::Failed),
+                undone("erp/stop-primary", 9),
+            ],
+        );
+        assert!(left(&[("R0".into(), events.clone())]).is_empty());
+        // Its primary not started again (the undo failed): the start may have run.
+        let mut kept = events;
+        kept.pop();
+        assert_eq!(left(&[("R0".into(), kept)]).len(), 1);
     }
 
     #[test]

@@ -2084,6 +2084,20 @@ fn needed_runs(state_dir: &Path) -> Result<HashMap<String, String>, RunError> {
             )
         });
     }
+    // And what brought a vm back: without it, a failover's journal kept for another reason
+    // would say the vm is still away.
+    let mut back: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (vm, id) in crate::away::back_of(&runs) {
+        back.entry(id).or_default().push(vm);
+    }
+    for (id, vms) in back {
+        needed.entry(id).or_insert_with(|| {
+            format!(
+                "it brought back {} after a failover: a restore reads it",
+                vms.join(", ")
+            )
+        });
+    }
     for drill in crate::report::last_drills(state_dir)? {
         if let Some(id) = drill.run_id {
             needed

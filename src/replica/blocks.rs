@@ -412,11 +412,31 @@ pub fn explain_faults(message: &str) {
 /// leaves them unchanged (before Linux 6.13, which stamps a file just looked at finely).
 pub const TIME_GRAIN: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Whether `m`'s modification or status change time is within [`TIME_GRAIN`] of now (or
-/// after it): a write now could leave them as they are.
+/// The tick of a file system that keeps times to the second or coarser (ext3, ext4 with small
+/// inodes, FAT, some network file systems): times without nanoseconds are read so.
+pub const COARSE_TIME_GRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How far ahead of this machine's clock a file's time may be and still be of now (clocks
+/// that differ a little, a file server's).
+const AHEAD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The tick `m`'s times are kept to, as far as they show it.
+fn grain_of(m: &std::fs::Metadata) -> std::time::Duration {
+    use std::os::unix::fs::MetadataExt as _;
+    if m.mtime_nsec() == 0 && m.ctime_nsec() == 0 {
+        COARSE_TIME_GRAIN
+    } else {
+        TIME_GRAIN
+    }
+}
+
+/// Whether `m`'s modification or status change time is within its tick of now (or a little
+/// ahead of it): a write now could leave them as they are. A time far ahead is not of now: a
+/// write now moves it.
 pub fn written_just_now(m: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt as _;
     let now = std::time::SystemTime::now();
+    let grain = grain_of(m);
     let at = |secs: i64, nsec: i64| {
         u64::try_from(secs).ok().and_then(|s| {
             std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(
@@ -427,25 +447,27 @@ pub fn written_just_now(m: &std::fs::Metadata) -> bool {
     };
     [at(m.mtime(), m.mtime_nsec()), at(m.ctime(), m.ctime_nsec())]
         .into_iter()
-        .any(|t| match t {
-            Some(t) => now.duration_since(t).map_or(true, |d| d < TIME_GRAIN),
-            None => true,
+        .flatten()
+        .any(|t| match now.duration_since(t) {
+            Ok(ago) => ago < grain,
+            Err(ahead) => ahead.duration() <= AHEAD,
         })
 }
 
 /// A look at a file that a later look compares with ([`same_file_state`]), taken once its
-/// times are a tick old ([`TIME_GRAIN`]), so that a write after it moves them. A file written
-/// all along is looked at after a second at most: the later look then finds it written.
+/// times are a tick old ([`TIME_GRAIN`], [`COARSE_TIME_GRAIN`]), so that a write after it
+/// moves them. A file written all along is looked at after its tick and a second at most: the
+/// later look then finds it written.
 pub fn settled_look(
     look: impl Fn() -> io::Result<std::fs::Metadata>,
 ) -> io::Result<std::fs::Metadata> {
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let began = std::time::Instant::now();
     loop {
         let m = look()?;
-        if !written_just_now(&m) || std::time::Instant::now() >= until {
+        if !written_just_now(&m) || began.elapsed() >= grain_of(&m) + AHEAD {
             return Ok(m);
         }
-        std::thread::sleep(TIME_GRAIN);
+        std::thread::sleep(grain_of(&m).min(std::time::Duration::from_millis(100)));
     }
 }
 
@@ -680,6 +702,25 @@ mod tests {
         })
         .unwrap();
         assert_eq!(looks.get(), 1, "a tick old already: one look");
+        // A time far ahead of the clock (a file copied with its times from a host whose clock
+        // runs ahead) is not of now, once its status change is a tick old: a write now moves
+        // it, and it is looked at once.
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let m = settled_look(|| std::fs::metadata(&path)).unwrap();
+        assert!(!written_just_now(&m));
+        looks.set(0);
+        settled_look(|| {
+            looks.set(looks.get() + 1);
+            std::fs::metadata(&path)
+        })
+        .unwrap();
+        assert_eq!(looks.get(), 1, "far ahead: one look");
     }
 
     /// A node next to the leaves about to change that is not made of its children (a leaf

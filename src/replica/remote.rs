@@ -1351,7 +1351,7 @@ impl<'a> Helpers<'a> {
             };
             if points.is_empty() {
                 confirmed.push(format!(
-                    "{host}:{image} (kept for its update, still on the way)"
+                    "{host}:{image} (no point of this replication there: the confirmation is kept for one still to come, and goes with the next point)"
                 ));
             }
             for p in &points {

@@ -881,6 +881,84 @@ impl Store {
     /// Settles an update that was interrupted: thrown away when it had not committed (the
     /// mirror was not touched), completed when it had. Call with the lock held.
     fn recover(&self) -> Result<Option<String>, StoreError> {
+        let note = self.recover_update()?;
+        self.settle_marks()?;
+        Ok(note)
+    }
+
+    /// What was said of a replication whose point is already recorded (a mark its `mark_torn`
+    /// or `confirm` kept, then could not apply: the copy held too long by another command) is
+    /// applied to it now: said torn, bad for good; confirmed, a point held only for that is
+    /// good. A mark of a replication older than the newest point and of no point (its update
+    /// never completed, or retention dropped it) goes. One of a replication still to come
+    /// stays for it.
+    fn settle_marks(&self) -> Result<(), StoreError> {
+        let marks = |kind: &str| -> Vec<DateTime<Utc>> {
+            std::fs::read_dir(self.dir.join(kind))
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|e| {
+                            let name = e.file_name().to_string_lossy().to_string();
+                            let stem = name.strip_suffix(".json")?;
+                            chrono::NaiveDateTime::parse_from_str(stem, "%Y%m%dT%H%M%S%.9fZ")
+                                .ok()
+                                .map(|t| t.and_utc())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let (torn, confirmed) = (marks("torn"), marks("confirmed"));
+        if torn.is_empty() && confirmed.is_empty() {
+            return Ok(());
+        }
+        // A points file that cannot be read is left to what reads it (and says so).
+        let Ok(mut points) = self.points() else {
+            return Ok(());
+        };
+        let newest = points.last().map(|p| p.taken_at);
+        let mut changed = false;
+        let mut done_torn = Vec::new();
+        for t in torn {
+            let mut found = false;
+            for p in points.iter_mut().filter(|p| p.taken_at == t) {
+                let why = meta::read_torn(&self.dir, t)
+                    .unwrap_or_else(|| "its replication was said torn".to_string());
+                if p.unusable.as_deref() != Some(why.as_str()) || p.verified != Verified::Bad {
+                    p.mark_unusable(&why);
+                    changed = true;
+                }
+                found = true;
+            }
+            if found || newest.is_some_and(|n| t < n) {
+                done_torn.push(t);
+            }
+        }
+        let mut done_confirmed = Vec::new();
+        for t in confirmed {
+            let mut found = false;
+            for p in points.iter_mut().filter(|p| p.taken_at == t) {
+                changed |= p.confirm();
+                found = true;
+            }
+            if found || newest.is_some_and(|n| t < n) {
+                done_confirmed.push(t);
+            }
+        }
+        if changed {
+            self.write_points(&points)?;
+        }
+        for t in done_torn {
+            meta::remove_torn(&self.dir, t)?;
+        }
+        for t in done_confirmed {
+            meta::remove_confirmed(&self.dir, t)?;
+        }
+        Ok(())
+    }
+
+    /// Completes or throws away an interrupted update, roll-back or first copy.
+    fn recover_update(&self) -> Result<Option<String>, StoreError> {
         let staging = self.path("staging");
         let mut note = self.finish_roll_back()?;
         if staging.exists() {
@@ -1779,9 +1857,11 @@ impl Store {
                 // Read again and found whole: the copy is this point, whatever its stamp was.
                 points[k].stamp = self.stamp();
             }
-            if !good {
-                // Not whole: bad for good, whatever a confirmation of its freeze says.
+            if !good && points[k].pending {
+                // Not whole: bad for good, whatever a confirmation of its freeze says, and
+                // for that reason.
                 points[k].pending = false;
+                points[k].unusable = None;
             }
             // Whole, but what its source said makes it unusable: still bad.
             let good = good && points[k].unusable.is_none();
@@ -1846,7 +1926,7 @@ impl Store {
         let kept = |e: StoreError| StoreError::Damaged {
             path: self.name(),
             reason: format!(
-                "{e}; the confirmation is kept (confirmed/): the point of that replication is recorded confirmed whenever its update is completed"
+                "{e}; the confirmation is kept (confirmed/): the point of that replication is recorded confirmed by the next command that takes the copy (or as its update is completed)"
             ),
         };
         let _lock = lock_wait(&self.dir, &self.name(), std::time::Duration::from_secs(500))
@@ -1881,7 +1961,7 @@ impl Store {
         let kept = |e: StoreError| StoreError::Damaged {
             path: self.name(),
             reason: format!(
-                "{e}; the mark is kept (torn/): the point of that replication is recorded bad whenever its update is completed"
+                "{e}; the mark is kept (torn/): the point of that replication is recorded bad by the next command that takes the copy (or as its update is completed)"
             ),
         };
         let _lock = lock_wait(&self.dir, &self.name(), std::time::Duration::from_secs(500))
@@ -3701,6 +3781,64 @@ mod tests {
             ("p5", Verified::Bad, Some(why), false)
         );
         assert_eq!(std::fs::read_dir(store.path("torn")).unwrap().count(), 0);
+    }
+
+    /// A mark kept by a `mark_torn` or a `confirm` that could not apply it (the copy held too
+    /// long by another command) is applied to the point already recorded by the next command
+    /// that takes the copy; a mark of an older replication without a point goes, one of a
+    /// replication still to come stays.
+    #[test]
+    fn a_mark_kept_for_a_point_already_recorded_is_applied_by_the_next_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let store = Store::new(&dir.path().join("dst.img"));
+        std::fs::write(&src, vec![1u8; 3 * BLOCK]).unwrap();
+        let p1 = point("p1");
+        store
+            .apply(&mut &stream_of(&src, &store)[..], p1.clone())
+            .unwrap();
+        std::fs::write(&src, vec![2u8; 3 * BLOCK]).unwrap();
+        let p2 = NewPoint {
+            pending: true,
+            ..point("p2")
+        };
+        store
+            .apply(&mut &stream_of(&src, &store)[..], p2.clone())
+            .unwrap();
+        let why = "its source's replicate-end said it may be torn: thawed";
+        meta::write_torn(&store.dir, p1.taken_at, why).unwrap();
+        meta::write_confirmed(&store.dir, p2.taken_at).unwrap();
+        let stale = p1.taken_at - chrono::Duration::seconds(60);
+        let to_come = Utc::now() + chrono::Duration::seconds(60);
+        meta::write_confirmed(&store.dir, stale).unwrap();
+        meta::write_torn(&store.dir, to_come, why).unwrap();
+        store.settle().unwrap();
+        let points = store.points().unwrap();
+        assert_eq!(
+            points
+                .iter()
+                .map(|p| (p.id.as_str(), p.verified, p.unusable.as_deref(), p.pending))
+                .collect::<Vec<_>>(),
+            [
+                ("p1", Verified::Bad, Some(why), false),
+                ("p2", Verified::Yes, None, false),
+            ]
+        );
+        assert_eq!(
+            std::fs::read_dir(store.path("confirmed")).unwrap().count(),
+            0
+        );
+        let left: Vec<_> = std::fs::read_dir(store.path("torn"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            left.len(),
+            1,
+            "the mark of the replication to come: {left:?}"
+        );
+        assert_eq!(meta::read_torn(&store.dir, to_come).as_deref(), Some(why));
     }
 
     /// The confirmation of an update committed but not completed completes it, confirmed;
