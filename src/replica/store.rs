@@ -912,8 +912,9 @@ impl Store {
         if torn.is_empty() && confirmed.is_empty() {
             return Ok(());
         }
-        // A points file that cannot be read is left to what reads it (and says so).
-        let Ok(mut points) = self.points() else {
+        // A points file that cannot be read is left to what reads it (and says so); one read
+        // from its previous generation is rewritten from it.
+        let Ok((mut points, _)) = self.checked_points() else {
             return Ok(());
         };
         let newest = points.last().map(|p| p.taken_at);
@@ -1920,66 +1921,55 @@ impl Store {
     /// is recorded: an update completed later, or not even begun (its stream still on the
     /// way), records its point confirmed. The points of that replication, as they then are.
     pub fn confirm(&self, taken_at: DateTime<Utc>) -> Result<Vec<Point>, StoreError> {
-        // No copy made here yet: its first may still be on the way.
-        std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
-        meta::write_confirmed(&self.dir, taken_at)?;
-        let kept = |e: StoreError| StoreError::Damaged {
-            path: self.name(),
-            reason: format!(
-                "{e}; the confirmation is kept (confirmed/): the point of that replication is recorded confirmed by the next command that takes the copy (or as its update is completed)"
-            ),
-        };
-        let _lock = lock_wait(&self.dir, &self.name(), std::time::Duration::from_secs(500))
-            .map_err(kept)?;
-        self.recover().map_err(kept)?;
-        let (mut points, _) = self.checked_points()?;
-        let mut changed = false;
-        let mut found = Vec::new();
-        for p in points.iter_mut().filter(|p| p.taken_at == taken_at) {
-            changed |= p.confirm();
-            found.push(p.clone());
-        }
-        if changed {
-            self.write_points(&points)?;
-        }
-        if !found.is_empty() {
-            meta::remove_confirmed(&self.dir, taken_at)?;
-        }
-        Ok(found)
+        self.mark_and_settle(
+            taken_at,
+            || meta::write_confirmed(&self.dir, taken_at),
+            "the confirmation is kept (confirmed/): the point of that replication is recorded confirmed",
+        )
     }
 
     /// Marks bad for good, saying `why`, the points taken at `taken_at` (one replication's),
     /// among them the one an interrupted update of that replication records when it completes:
     /// the mark is kept first (`torn/`), before the copy's lock is even waited for (an update
-    /// still completing records its point bad), and stays until that update is settled, so
-    /// that whoever completes it (now, or a later command on the copy) records its point bad.
-    /// The points so marked.
+    /// still completing records its point bad), and stays until a point of that replication
+    /// is recorded, so that whoever records it (now, or a later command on the copy) records
+    /// it bad. The points of that replication, as they then are.
     pub fn mark_torn(&self, taken_at: DateTime<Utc>, why: &str) -> Result<Vec<Point>, StoreError> {
-        // No copy made here yet: its first may still be on the way, and is marked as it ends.
+        self.mark_and_settle(
+            taken_at,
+            || meta::write_torn(&self.dir, taken_at, why),
+            "the mark is kept (torn/): the point of that replication is recorded bad",
+        )
+    }
+
+    /// Keeps a mark of the replication taken at `taken_at` (`write`), then, holding the copy,
+    /// settles it: an interrupted update completed records its point with the mark
+    /// ([`Self::apply_marks`]), a point already recorded gets it ([`Self::settle_marks`]).
+    /// The points of that replication, as they then are; an error says that the mark is kept
+    /// (`kept`) for the next command that takes the copy.
+    fn mark_and_settle(
+        &self,
+        taken_at: DateTime<Utc>,
+        write: impl FnOnce() -> Result<(), StoreError>,
+        kept: &str,
+    ) -> Result<Vec<Point>, StoreError> {
+        // No copy made here yet: its first may still be on the way.
         std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
-        meta::write_torn(&self.dir, taken_at, why)?;
+        write()?;
         let kept = |e: StoreError| StoreError::Damaged {
             path: self.name(),
             reason: format!(
-                "{e}; the mark is kept (torn/): the point of that replication is recorded bad by the next command that takes the copy (or as its update is completed)"
+                "{e}; {kept} by the next command that takes the copy (or as its update is completed)"
             ),
         };
         let _lock = lock_wait(&self.dir, &self.name(), std::time::Duration::from_secs(500))
             .map_err(kept)?;
         self.recover().map_err(kept)?;
-        let (mut points, _) = self.checked_points()?;
-        let mut marked = Vec::new();
-        for p in points.iter_mut().filter(|p| p.taken_at == taken_at) {
-            p.mark_unusable(why);
-            marked.push(p.clone());
-        }
-        if !marked.is_empty() {
-            self.write_points(&points)?;
-            // Recorded: no update is left to record a point of that replication. Without a
-            // point yet, the mark stays for the update still to come (its stream on the way).
-            meta::remove_torn(&self.dir, taken_at)?;
-        }
-        Ok(marked)
+        let (points, _) = self.checked_points()?;
+        Ok(points
+            .into_iter()
+            .filter(|p| p.taken_at == taken_at)
+            .collect())
     }
 
     /// Writes point `id` to `out` (sparse), and checks its hash.
