@@ -548,25 +548,28 @@ fn replicate_all(
                 }
                 snapshot.end()
             });
-            {
+            let made = {
                 let _ended = Ended(&reads);
-                copy_images(vm, transport, &helpers, &r, &stopped, &mut left, &mut out);
-            }
-            end.join()
+                copy_images(vm, transport, &helpers, &r, &stopped, &mut left, &mut out)
+            };
+            (end.join(), made)
         });
+        let (ended, made) = ended;
         let ended = match ended {
             Ok(ended) => ended,
             Err(panic) => std::panic::resume_unwind(panic),
         };
+        // Said torn: every copy is marked, a copy whose answer was lost included. Confirmed:
+        // only those that said they made a point (another's stays held).
         let copies = || -> Vec<(&str, &str)> {
             vm.images
                 .iter()
                 .map(|img| (img.to.as_str(), img.dst.as_str()))
                 .collect()
         };
-        if ended.is_ok() && r.pending {
+        if ended.is_ok() && r.pending && !made.is_empty() {
             // The freeze held: the points read under it, held until now, are good.
-            match crate::replica::snapshot::confirm_note(helpers.confirm(&copies(), r.taken_at)) {
+            match crate::replica::snapshot::confirm_note(helpers.confirm(&made, r.taken_at)) {
                 Ok(line) => out.stdout.push_str(&format!("{}: {line}\n", vm.id)),
                 Err(e) => {
                     out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
@@ -708,7 +711,8 @@ fn copy_images<'v>(
     stopped: &(dyn Fn() -> bool + Sync),
     left: &mut Vec<&'v str>,
     out: &mut Outcome,
-) {
+) -> Vec<(&'v str, &'v str)> {
+    let mut made = Vec::new();
     // Only the first disk's point records the definition (it is kept beside it).
     let rest = Replication {
         definition: None,
@@ -742,7 +746,10 @@ fn copy_images<'v>(
         let name = disk_name(img);
         match done {
             None => left.push(name),
-            Some((Ok(t), _)) => out.stdout.push_str(&format!("{}: {}", vm.id, t.line())),
+            Some((Ok(t), _)) => {
+                out.stdout.push_str(&format!("{}: {}", vm.id, t.line()));
+                made.push((img.to.as_str(), img.dst.as_str()));
+            }
             Some((Err(_), true)) => {
                 out.stderr.push_str(&format!(
                     "{}: the copy of {name} was stopped; {}:{} keeps its last point\n",
@@ -756,6 +763,7 @@ fn copy_images<'v>(
             }
         }
     }
+    made
 }
 
 /// The sum of the sizes of the disks of `vm` on their hosts (asked at once), for the progress

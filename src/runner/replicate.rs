@@ -303,8 +303,9 @@ async fn copy_frozen(
                 }
                 Some(e)
             }
-            // The freeze held: the points read under it, held until now, are good.
-            Ok(()) if copied && replication.pending => {
+            // The freeze held: the points read under it, held until now, are good (a copy
+            // that failed leaves its disks' points held).
+            Ok(()) if point.is_some() && replication.pending => {
                 match confirm(ctx, disks, replication.taken_at).await {
                     Ok(line) => {
                         report.push_str(&line);
