@@ -2344,6 +2344,7 @@ mod tests {
             read: None,
             unusable: None,
             pending: false,
+            newest_file: None,
         };
         let replica = |d: &mut CopyState| {
             d.mtime = Some(later);

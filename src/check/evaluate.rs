@@ -722,6 +722,7 @@ mod tests {
                     read: None,
                     unusable: None,
                     pending: false,
+                    newest_file: None,
                 }];
             }
             pra.copies.insert(r.copy.clone(), state);

@@ -789,6 +789,7 @@ mod tests {
             read,
             unusable: None,
             pending: false,
+            newest_file: None,
         }
     }
 

@@ -407,7 +407,7 @@ fn failover(disks: &[CopyState], ask: &Ask, mut notes: Vec<String>) -> Decision 
         && disks.len() > 1
     {
         let at = t.format("%Y-%m-%d %H:%M:%S UTC");
-        let usable = |p: &Point| p.verified != Verified::Bad && p.taken_at <= t;
+        let usable = |p: &Point| p.verified != Verified::Bad && p.holds_only_before(t);
         let common = disks[0]
             .points
             .iter()
@@ -583,7 +583,7 @@ fn candidates(disk: &CopyState, want: Option<&Want>) -> Result<usize, String> {
         },
         Some(Want::Before(t)) => (0..disk.points.len())
             .rev()
-            .find(|k| good(k) && disk.points[*k].taken_at <= *t)
+            .find(|k| good(k) && disk.points[*k].holds_only_before(*t))
             .ok_or_else(|| {
                 format!(
                     "{n} has no good point taken before {}; its points: {}",
@@ -892,6 +892,22 @@ mod tests {
             &want(Want::Before("2026-11-28T02:30:00Z".parse().unwrap())),
         ));
         assert_eq!(s.point, "P1", "the bad P2 is passed over");
+        // A point whose newest file was written after the time (a backup set, read file by
+        // file from its time on) is not taken as before it.
+        let mut late = disk(
+            "set",
+            &[
+                ("P1", "2026-11-28T01:00:00Z", "yes"),
+                ("P2", "2026-11-28T02:29:00Z", "yes"),
+            ],
+        );
+        late.points[1].newest_file = Some("2026-11-28T02:31:00Z".parse().unwrap());
+        let s = started(decide(
+            std::slice::from_ref(&late),
+            Use::Failover,
+            &want(Want::Before("2026-11-28T02:30:00Z".parse().unwrap())),
+        ));
+        assert_eq!(s.point, "P1", "P2 holds a file written after the time");
     }
 
     #[test]

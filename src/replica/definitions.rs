@@ -377,6 +377,7 @@ mod tests {
             read: None,
             unusable: None,
             pending: false,
+            newest_file: None,
         }
     }
 

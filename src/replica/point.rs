@@ -73,12 +73,23 @@ pub struct Point {
     /// cut) stays so.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending: bool,
+    /// A backup set's: the newest modification time of its files (the source's clock). Its
+    /// files are read one after the other, from `taken_at` on: a point holds what was written
+    /// until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_file: Option<DateTime<Utc>>,
 }
 
 /// Why a point read live is not usable before its freeze is confirmed ([`Point::pending`]).
 pub const PENDING_WHY: &str = "its disks were read live under a freeze that was never confirmed to have held (the replication did not get to the end of its driver's replicate-end): the copy may be torn; replicate again";
 
 impl Point {
+    /// Whether all this point holds was written by `t`: taken by then, and, for a backup
+    /// set, no file of it written after.
+    pub fn holds_only_before(&self, t: DateTime<Utc>) -> bool {
+        self.taken_at <= t && self.newest_file.is_none_or(|f| f <= t)
+    }
+
     /// Whether `other`, a point of another disk of the same vm, is this point: a replication
     /// gives every disk of a vm one id and one time (to the nanosecond). Two points of one id
     /// taken at other times come from two replications, one cut on some disks and another run

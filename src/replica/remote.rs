@@ -2173,6 +2173,7 @@ mod tests {
             read: None,
             unusable: None,
             pending: false,
+            newest_file: None,
         };
         assert_eq!(applied_as_asked(&apply, &made), Ok(()));
         let suffixed = Point {

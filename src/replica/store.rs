@@ -1245,6 +1245,7 @@ impl Store {
             read: new.read.clone(),
             unusable: None,
             pending: false,
+            newest_file: None,
         };
         let mut point = point;
         if new.pending {
@@ -1320,6 +1321,7 @@ impl Store {
                 read: new.read.clone(),
                 unusable: None,
                 pending: false,
+                newest_file: None,
             },
             prev: prev.map(|p| p.id.clone()),
             old_size: base_size,

@@ -1005,6 +1005,17 @@ impl TreeStore {
             read: None,
             unusable: None,
             pending: false,
+            // Its files were read one after the other: what it holds was written until the
+            // newest of them.
+            newest_file: tree
+                .files
+                .values()
+                .map(|f| f.mtime_ns)
+                .max()
+                .and_then(|ns| {
+                    let secs = i64::try_from(ns.div_euclid(1_000_000_000)).ok()?;
+                    chrono::DateTime::from_timestamp(secs, ns.rem_euclid(1_000_000_000) as u32)
+                }),
         };
         let commit = Commit {
             point: point.clone(),
@@ -1547,6 +1558,36 @@ mod tests {
             },
         )?;
         Ok(sent)
+    }
+
+    /// A backup set's files are read one after the other from the point's time on: the point
+    /// records the newest of their times, and is not taken as holding only what was written
+    /// before a time its newest file is after.
+    #[test]
+    fn a_backup_set_point_holds_what_was_written_until_its_newest_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        let t0: chrono::DateTime<Utc> = "2026-12-04T03:00:00Z".parse().unwrap();
+        for (name, secs) in [("monday.sql", -3600), ("tuesday.sql", 5)] {
+            let path = src.join(name);
+            std::fs::write(&path, name).unwrap();
+            let at = std::time::SystemTime::from(t0 + chrono::Duration::seconds(secs));
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        }
+        replicate_at(&src, &dst, "p1", t0).unwrap();
+        let p = TreeStore::new(&dst).points().unwrap().pop().unwrap();
+        assert_eq!(p.newest_file, Some(t0 + chrono::Duration::seconds(5)));
+        assert!(
+            !p.holds_only_before(t0),
+            "tuesday.sql was written after {t0}"
+        );
+        assert!(p.holds_only_before(t0 + chrono::Duration::seconds(5)));
     }
 
     fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
