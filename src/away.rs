@@ -65,11 +65,7 @@ struct Start {
 /// The vms left away, from every run's events (`(run id, events)`, in any order). A drill never
 /// moves a vm (it starts a copy of it, apart). Pure.
 pub fn away_of(runs: &[(String, Vec<Event>)]) -> BTreeMap<String, Away> {
-    let mut starts: Vec<Start> = runs
-        .iter()
-        .flat_map(|(id, events)| starts_of(id, events))
-        .collect();
-    starts.sort_by_key(|s| s.at);
+    let starts = sorted_starts(runs);
     let mut out: BTreeMap<String, Away> = BTreeMap::new();
     for s in starts {
         match (s.away, s.vm) {
@@ -91,11 +87,7 @@ pub fn away_of(runs: &[(String, Vec<Event>)]) -> BTreeMap<String, Away> {
 /// restore, its roll-back), if the vm is back: without that run's journal, the failover's
 /// would say the vm is still away. Pure.
 pub fn back_of(runs: &[(String, Vec<Event>)]) -> BTreeMap<String, String> {
-    let mut starts: Vec<Start> = runs
-        .iter()
-        .flat_map(|(id, events)| starts_of(id, events))
-        .collect();
-    starts.sort_by_key(|s| s.at);
+    let starts = sorted_starts(runs);
     let mut moved = std::collections::BTreeSet::new();
     let mut back: BTreeMap<String, String> = BTreeMap::new();
     for s in starts {
@@ -111,6 +103,16 @@ pub fn back_of(runs: &[(String, Vec<Event>)]) -> BTreeMap<String, String> {
         }
     }
     back
+}
+
+/// The vm starts of every run that moved a vm, oldest first.
+fn sorted_starts(runs: &[(String, Vec<Event>)]) -> Vec<Start> {
+    let mut starts: Vec<Start> = runs
+        .iter()
+        .flat_map(|(id, events)| starts_of(id, events))
+        .collect();
+    starts.sort_by_key(|s| s.at);
+    starts
 }
 
 /// The vm starts of one run that moved a vm: a failover's that may have started it on its

@@ -820,6 +820,21 @@ mod tests {
         }
     }
 
+    /// Two qcow2 disks on hv-main, whose copies' newest points are `newest`, the source at
+    /// checkpoint `reprise-1` made at [`MADE`].
+    fn two_disks_at_reprise_1(newest: Vec<Option<&Point>>) -> Facts<'_> {
+        Facts {
+            host: "hv-main",
+            asked_scan: false,
+            newest,
+            disks: vec![qcow2("vda"), qcow2("vdb")],
+            checkpoints: vec!["reprise-1".into()],
+            created: made(&["reprise-1"]),
+            bitmap_problem: None,
+            copy_problem: None,
+        }
+    }
+
     /// The decision for copies whose newest points are `newest`, on a host with checkpoints.
     fn check(newest: &[Option<Point>], cps: &[&str], asked: bool, expected: (ReadMode, &str)) {
         let f = Facts {
@@ -898,16 +913,7 @@ mod tests {
         let mut bad = point(how(Some("reprise-1")));
         bad.verified = Verified::Bad;
         let good = point(how(Some("reprise-1")));
-        let mut f = Facts {
-            host: "h",
-            asked_scan: false,
-            newest: vec![Some(&good), Some(&bad)],
-            disks: vec![qcow2("vda"), qcow2("vdb")],
-            checkpoints: vec!["reprise-1".into()],
-            created: made(&["reprise-1"]),
-            bitmap_problem: None,
-            copy_problem: None,
-        };
+        let mut f = two_disks_at_reprise_1(vec![Some(&good), Some(&bad)]);
         let d = decide(&f);
         assert_eq!(d.mode, ReadMode::Scan, "{d:?}");
         assert!(d.why.unwrap().contains("failed verification"));
@@ -936,16 +942,7 @@ mod tests {
     #[test]
     fn a_checkpoint_made_again_under_the_same_name_is_never_read_as_the_old_one() {
         let at = point(how(Some("reprise-1")));
-        let mut f = Facts {
-            host: "hv-main",
-            asked_scan: false,
-            newest: vec![Some(&at), Some(&at)],
-            disks: vec![qcow2("vda"), qcow2("vdb")],
-            checkpoints: vec!["reprise-1".into()],
-            created: made(&["reprise-1"]),
-            bitmap_problem: None,
-            copy_problem: None,
-        };
+        let mut f = two_disks_at_reprise_1(vec![Some(&at), Some(&at)]);
         assert_eq!(decide(&f).mode, ReadMode::ChangedBlocks);
         f.created.insert("reprise-1".into(), MADE + 60);
         let d = decide(&f);

@@ -527,6 +527,22 @@ pub fn read_confirmed(dir: &Path, taken_at: DateTime<Utc>) -> bool {
     )
 }
 
+/// The times of the replications a mark (`torn/`, `confirmed/`) is kept for.
+pub fn marked_times(dir: &Path) -> std::collections::BTreeSet<DateTime<Utc>> {
+    ["torn", "confirmed"]
+        .iter()
+        .filter_map(|kind| std::fs::read_dir(dir.join(kind)).ok())
+        .flat_map(|d| d.flatten())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let stem = name.strip_suffix(".json")?;
+            chrono::NaiveDateTime::parse_from_str(stem, "%Y%m%dT%H%M%S%.9fZ")
+                .ok()
+                .map(|t| t.and_utc())
+        })
+        .collect()
+}
+
 /// Removes the confirmation of the replication taken at `taken_at` (its points are recorded).
 pub fn remove_confirmed(dir: &Path, taken_at: DateTime<Utc>) -> Result<(), StoreError> {
     let path = dir.join("confirmed").join(torn_name(taken_at));

@@ -1264,60 +1264,31 @@ impl<'a> Helpers<'a> {
 
     /// Marks unusable, saying `why`, the points taken at `taken_at` (one replication's, on
     /// every disk that got one) of the copies `(host, image)`: what was marked, as lines, or
-    /// what could not be (a copy that got no point from it has nothing to mark).
+    /// what could not be (a copy that got no point from it has nothing to mark). The copy's
+    /// helper keeps the mark before it settles the copy: an update of this replication
+    /// completed now or later records its point bad.
     pub fn mark_torn(
         &self,
         copies: &[(&str, &str)],
         taken_at: DateTime<Utc>,
         why: &str,
     ) -> Result<Vec<String>, String> {
-        let mut marked = Vec::new();
-        let mut failed = Vec::new();
-        // Every copy is asked, whatever another answered: each keeps its own mark.
-        for (host, image) in copies {
-            // The copy's helper keeps the mark before it settles the copy: an update of this
-            // replication completed now or later records its point bad.
-            let points: Vec<Point> = match self.call_json(
-                host,
-                &Request::MarkTorn {
-                    image: (*image).into(),
-                    taken_at,
-                    why: why.into(),
-                },
-                Duration::from_secs(600),
-            ) {
-                Ok(p) => p,
-                Err(e) => {
-                    failed.push(format!(
-                        "the points of {host}:{image} taken then could not be marked ({e})"
-                    ));
-                    continue;
-                }
-            };
-            for p in &points {
-                if p.taken_at != taken_at
-                    || p.verified != super::Verified::Bad
-                    || p.unusable.as_deref() != Some(why)
-                {
-                    failed.push(format!(
-                        "asked to mark the points of {host}:{image} taken at {taken_at} unusable, its helper answered about point {} ({}, {})",
-                        p.id,
-                        p.verified,
-                        p.unusable.as_deref().unwrap_or("not unusable")
-                    ));
-                    continue;
-                }
-                marked.push(format!("{host}:{image} point {}", p.id));
-            }
-        }
-        if !failed.is_empty() {
-            let done = match marked.is_empty() {
-                true => String::new(),
-                false => format!("; marked: {}", marked.join(", ")),
-            };
-            return Err(format!("{}{done}", failed.join("; ")));
-        }
-        Ok(marked)
+        self.on_each_copy(
+            copies,
+            taken_at,
+            ("marked", "marked unusable"),
+            |image| Request::MarkTorn {
+                image: image.into(),
+                taken_at,
+                why: why.into(),
+            },
+            |_, _| None,
+            |p| {
+                (p.verified == super::Verified::Bad && p.unusable.as_deref() == Some(why))
+                    .then(String::new)
+                    .ok_or_else(|| p.unusable.as_deref().unwrap_or("not unusable").to_string())
+            },
+        )
     }
 
     /// Confirms on the copies `(host, image)` that the freeze the points taken at `taken_at`
@@ -1329,55 +1300,81 @@ impl<'a> Helpers<'a> {
         copies: &[(&str, &str)],
         taken_at: DateTime<Utc>,
     ) -> Result<Vec<String>, String> {
-        let mut confirmed = Vec::new();
-        let mut failed = Vec::new();
-        // Every copy is asked, whatever another answered: each keeps its own confirmation.
-        for (host, image) in copies {
-            let points: Vec<Point> = match self.call_json(
-                host,
-                &Request::Confirm {
-                    image: (*image).into(),
-                    taken_at,
-                },
-                Duration::from_secs(600),
-            ) {
-                Ok(p) => p,
-                Err(e) => {
-                    failed.push(format!(
-                        "the points of {host}:{image} taken then could not be confirmed ({e})"
-                    ));
-                    continue;
-                }
-            };
-            if points.is_empty() {
-                confirmed.push(format!(
+        self.on_each_copy(
+            copies,
+            taken_at,
+            ("confirmed", "confirmed"),
+            |image| Request::Confirm {
+                image: image.into(),
+                taken_at,
+            },
+            |host, image| {
+                Some(format!(
                     "{host}:{image} (no point of this replication there: the confirmation is kept for one still to come, and goes with the next point)"
-                ));
+                ))
+            },
+            |p| match (p.pending, p.verified) {
+                (true, _) => Err("still held".to_string()),
+                // Bad for a reason of its own, said where it was found.
+                (false, super::Verified::Bad) => Ok(format!(" ({})", p.bad_words())),
+                (false, _) => Ok(String::new()),
+            },
+        )
+    }
+
+    /// Asks every copy `(host, image)` `request` about the points taken at `taken_at`,
+    /// whatever another answered (each keeps its own mark), and judges each point answered
+    /// (`judged`: a note after its name, or what it is instead); `none` says a copy that
+    /// answered no point. What was done (`done.0`: "marked"), as lines, or what could not be
+    /// (`done.1`: "marked unusable"), with what was done.
+    fn on_each_copy(
+        &self,
+        copies: &[(&str, &str)],
+        taken_at: DateTime<Utc>,
+        done: (&str, &str),
+        request: impl Fn(&str) -> Request,
+        none: impl Fn(&str, &str) -> Option<String>,
+        judged: impl Fn(&Point) -> Result<String, String>,
+    ) -> Result<Vec<String>, String> {
+        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        for (host, image) in copies {
+            let points: Vec<Point> =
+                match self.call_json(host, &request(image), Duration::from_secs(600)) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        failed.push(format!(
+                            "the points of {host}:{image} taken then could not be {} ({e})",
+                            done.0
+                        ));
+                        continue;
+                    }
+                };
+            if points.is_empty() {
+                ok.extend(none(host, image));
             }
             for p in &points {
-                if p.taken_at != taken_at || p.pending {
-                    failed.push(format!(
-                        "asked to confirm the points of {host}:{image} taken at {taken_at}, its helper answered about point {} ({}, {})",
-                        p.id,
-                        p.verified,
-                        if p.pending { "still held" } else { "another time" }
-                    ));
-                } else if p.verified == super::Verified::Bad {
-                    // Bad for a reason of its own, said where it was found.
-                    confirmed.push(format!("{host}:{image} point {} ({})", p.id, p.bad_words()));
+                let judged = if p.taken_at == taken_at {
+                    judged(p)
                 } else {
-                    confirmed.push(format!("{host}:{image} point {}", p.id));
+                    Err(format!("taken at {}", p.taken_at))
+                };
+                match judged {
+                    Ok(note) => ok.push(format!("{host}:{image} point {}{note}", p.id)),
+                    Err(is) => failed.push(format!(
+                        "asked to have the points of {host}:{image} taken at {taken_at} {}, its helper answered about point {} ({}, {is})",
+                        done.1, p.id, p.verified
+                    )),
                 }
             }
         }
         if !failed.is_empty() {
-            let done = match confirmed.is_empty() {
+            let so_far = match ok.is_empty() {
                 true => String::new(),
-                false => format!("; confirmed: {}", confirmed.join(", ")),
+                false => format!("; {}: {}", done.0, ok.join(", ")),
             };
-            return Err(format!("{}{done}", failed.join("; ")));
+            return Err(format!("{}{so_far}", failed.join("; ")));
         }
-        Ok(confirmed)
+        Ok(ok)
     }
 
     /// Rolls `host:image` back to its point `point` (newer points are dropped).

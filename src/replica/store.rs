@@ -893,23 +893,8 @@ impl Store {
     /// never completed, or retention dropped it) goes. One of a replication still to come
     /// stays for it.
     fn settle_marks(&self) -> Result<(), StoreError> {
-        let marks = |kind: &str| -> Vec<DateTime<Utc>> {
-            std::fs::read_dir(self.dir.join(kind))
-                .map(|d| {
-                    d.flatten()
-                        .filter_map(|e| {
-                            let name = e.file_name().to_string_lossy().to_string();
-                            let stem = name.strip_suffix(".json")?;
-                            chrono::NaiveDateTime::parse_from_str(stem, "%Y%m%dT%H%M%S%.9fZ")
-                                .ok()
-                                .map(|t| t.and_utc())
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let (torn, confirmed) = (marks("torn"), marks("confirmed"));
-        if torn.is_empty() && confirmed.is_empty() {
+        let marked = meta::marked_times(&self.dir);
+        if marked.is_empty() {
             return Ok(());
         }
         // A points file that cannot be read is left to what reads it (and says so); one read
@@ -917,43 +902,28 @@ impl Store {
         let Ok((mut points, _)) = self.checked_points() else {
             return Ok(());
         };
+        let before = points.clone();
         let newest = points.last().map(|p| p.taken_at);
-        let mut changed = false;
-        let mut done_torn = Vec::new();
-        for t in torn {
+        let mut done = Vec::new();
+        for t in marked {
             let mut found = false;
             for p in points.iter_mut().filter(|p| p.taken_at == t) {
-                let why = meta::read_torn(&self.dir, t)
-                    .unwrap_or_else(|| "its replication was said torn".to_string());
-                if p.unusable.as_deref() != Some(why.as_str()) || p.verified != Verified::Bad {
-                    p.mark_unusable(&why);
-                    changed = true;
-                }
+                self.apply_marks(p);
                 found = true;
             }
             if found || newest.is_some_and(|n| t < n) {
-                done_torn.push(t);
+                done.push(t);
             }
         }
-        let mut done_confirmed = Vec::new();
-        for t in confirmed {
-            let mut found = false;
-            for p in points.iter_mut().filter(|p| p.taken_at == t) {
-                changed |= p.confirm();
-                found = true;
-            }
-            if found || newest.is_some_and(|n| t < n) {
-                done_confirmed.push(t);
-            }
-        }
-        if changed {
+        if points != before {
             self.write_points(&points)?;
         }
-        for t in done_torn {
-            meta::remove_torn(&self.dir, t)?;
-        }
-        for t in done_confirmed {
-            meta::remove_confirmed(&self.dir, t)?;
+        for t in done {
+            let all = Marks {
+                torn: true,
+                confirmed: true,
+            };
+            self.remove_marks(all, t)?;
         }
         Ok(())
     }

@@ -293,12 +293,15 @@ async fn copy_frozen(
         }
     }
     if let Some(f) = &freeze {
+        let taken_at = replication.taken_at;
         let e = match f.end(ctx, report).await {
             Err((mut e, torn)) => {
                 if let Some(why) = torn.filter(|_| copied) {
                     e = format!(
                         "{e}; {}",
-                        mark_torn(ctx, disks, replication.taken_at, why).await
+                        crate::replica::snapshot::torn_note(
+                            on_copies(ctx, disks, move |h, c| h.mark_torn(c, taken_at, &why)).await
+                        )
                     );
                 }
                 Some(e)
@@ -306,7 +309,8 @@ async fn copy_frozen(
             // The freeze held: the points read under it, held until now, are good (a copy
             // that failed leaves its disks' points held).
             Ok(()) if point.is_some() && replication.pending => {
-                match confirm(ctx, disks, replication.taken_at).await {
+                let confirmed = on_copies(ctx, disks, move |h, c| h.confirm(c, taken_at)).await;
+                match crate::replica::snapshot::confirm_note(confirmed) {
                     Ok(line) => {
                         report.push_str(&line);
                         report.push('\n');
@@ -327,44 +331,27 @@ async fn copy_frozen(
     (point, failed)
 }
 
-/// After a `replicate-end` that said the freeze held: the points this replication made
-/// (taken at `taken_at`), held until then, are confirmed on every disk; what was done, or
-/// why they stay unusable.
-async fn confirm(
+/// After a `replicate-end`, `ask` (a [`crate::replica::remote::Helpers`] call: `mark_torn`,
+/// `confirm`) of the copies of every disk, off the runtime's threads.
+async fn on_copies(
     ctx: &RunContext,
     disks: &Disks<'_>,
-    taken_at: chrono::DateTime<chrono::Utc>,
-) -> Result<String, String> {
+    ask: impl FnOnce(&crate::replica::remote::Helpers, &[(&str, &str)]) -> Result<Vec<String>, String>
+    + Send
+    + 'static,
+) -> Result<Vec<String>, String> {
     let transport = ctx.transport.clone();
     let to = disks.to.to_string();
     let images: Vec<String> = disks.items.iter().map(|(_, d)| d.clone()).collect();
-    let confirmed = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let copies: Vec<(&str, &str)> = images.iter().map(|d| (to.as_str(), d.as_str())).collect();
-        crate::replica::remote::Helpers::new(transport.as_ref()).confirm(&copies, taken_at)
+        ask(
+            &crate::replica::remote::Helpers::new(transport.as_ref()),
+            &copies,
+        )
     })
     .await
-    .unwrap_or_else(|e| Err(format!("the task failed: {e}")));
-    crate::replica::snapshot::confirm_note(confirmed)
-}
-
-/// After a `replicate-end` that said the copy may be torn: the points this replication made
-/// (taken at `taken_at`) are marked unusable on every disk; what was done, or what to do.
-async fn mark_torn(
-    ctx: &RunContext,
-    disks: &Disks<'_>,
-    taken_at: chrono::DateTime<chrono::Utc>,
-    why: String,
-) -> String {
-    let transport = ctx.transport.clone();
-    let to = disks.to.to_string();
-    let images: Vec<String> = disks.items.iter().map(|(_, d)| d.clone()).collect();
-    let marked = tokio::task::spawn_blocking(move || {
-        let copies: Vec<(&str, &str)> = images.iter().map(|d| (to.as_str(), d.as_str())).collect();
-        crate::replica::remote::Helpers::new(transport.as_ref()).mark_torn(&copies, taken_at, &why)
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("the task failed: {e}")));
-    crate::replica::snapshot::torn_note(marked)
+    .unwrap_or_else(|e| Err(format!("the task failed: {e}")))
 }
 
 /// Copies the disks at once ([`STREAMS`] at most), after getting a session ready for each

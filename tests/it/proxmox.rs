@@ -610,13 +610,12 @@ fn a_proxmox_point_whose_replication_never_reached_its_end_is_unusable() {
         .spawn()
         .unwrap();
     // The copy under way (the freeze made): the gate closes; then the point is recorded.
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !copy.join("journal").exists() && recorded() == points_before {
-        assert!(std::time::Instant::now() < until, "the copy never began");
+    copy_began(|| {
         assert!(child.try_wait().unwrap().is_none(), "reprise ended early");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+        copy.join("journal").exists() || recorded() != points_before
+    });
     std::fs::write(&gate, "").unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while recorded() == points_before || copy.join("journal").exists() {
         assert!(
             std::time::Instant::now() < until,
@@ -672,11 +671,7 @@ fn a_proxmox_vm_started_during_its_copy_makes_an_unusable_point() {
     let marker = lab.images("hv1").join("101/reprise-stopped");
     let starter = std::thread::scope(|scope| {
         let starter = scope.spawn(|| {
-            let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
-            while !marker.exists() {
-                assert!(std::time::Instant::now() < until, "the copy never began");
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
+            copy_began(|| marker.exists());
             qm(&lab, "hv1", &["start", "101"])
         });
         let replicated = lab.with(&["replicate", "--service", "db"]);
@@ -724,11 +719,7 @@ fn a_proxmox_point_whose_freeze_cannot_be_confirmed_is_unusable() {
     let conf = lab.conf_path("hv1", 101);
     let replicated = std::thread::scope(|scope| {
         scope.spawn(|| {
-            let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
-            while !frozen.exists() {
-                assert!(std::time::Instant::now() < until, "the copy never began");
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
+            copy_began(|| frozen.exists());
             // The guest agent taken away while the disks are read.
             let text = std::fs::read_to_string(&conf).unwrap();
             assert!(text.contains("agent: 1"), "{text}");
@@ -773,11 +764,7 @@ fn a_runbook_copy_whose_freeze_cannot_be_confirmed_makes_an_unusable_point() {
     let conf = lab.conf_path("hv1", 101);
     let failover = std::thread::scope(|scope| {
         scope.spawn(|| {
-            let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
-            while !copying.exists() {
-                assert!(std::time::Instant::now() < until, "the copy never began");
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
+            copy_began(|| copying.exists());
             let text = std::fs::read_to_string(&conf).unwrap();
             std::fs::write(&conf, text.replace("agent: 1", "agent: 0")).unwrap();
         });
@@ -1258,6 +1245,16 @@ fn primary_lost(lab: &Lab) {
     for vmid in ["101", "102"] {
         let run = qm(lab, "hv1", &["stop", vmid]);
         assert_eq!(run.code, 0, "qm stop {vmid}: {run:?}");
+    }
+}
+
+/// Waits (2 minutes at most) until `began` says a copy has begun: polled every millisecond,
+/// so that what the test does then falls within the copy.
+fn copy_began(mut began: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !began() {
+        assert!(std::time::Instant::now() < until, "the copy never began");
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
