@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::diagnostic::Diagnostic;
+use crate::diagnostic::{Diagnostic, Location};
 use crate::duration::Duration;
 use crate::inventory::Service;
 use crate::model::Model;
@@ -40,7 +40,12 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
     }
     cleanup_phase(model, opts, &order, &members, &mut planned, &mut diags);
     if matches!(mode, Mode::Failover | Mode::Failback) {
-        copy_order(&planned.steps, &mut diags);
+        let located = |s: &PlannedStep| {
+            let book = model.runbooks.get(&s.service, mode)?;
+            let step = book.steps.iter().find(|b| b.id.value == s.step)?;
+            Some(step.id.loc.clone())
+        };
+        copy_order(&planned.steps, located, &mut diags);
     }
     if diags.iter().any(Diagnostic::is_error) {
         return Err(diags);
@@ -80,8 +85,17 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
 /// In a failover or a failback, a vm's copy from one host to another (a planned failover's
 /// final sync, a failback's copy back) moves what it wrote on the first host to the second:
 /// the vm is started on the second only after it (else it runs on its disks of before, and
-/// the copy then writes under it), by the steps' `after`, whatever the runbooks.
-fn copy_order(steps: &[PlannedStep], diags: &mut Vec<Diagnostic>) {
+/// the copy then writes under it), by the steps' `after`, whatever the runbooks. And when the
+/// plan stops the vm on the first host, the copy it is started from comes after that stop
+/// (else what it wrote between the copy and the stop is lost, and nothing says so): a copy
+/// taken while it still ran may come first (to shorten the last one), but one after the stop
+/// must come between.
+/// Each error is located at the start step's place in its runbook (`located`).
+fn copy_order(
+    steps: &[PlannedStep],
+    located: impl Fn(&PlannedStep) -> Option<Location>,
+    diags: &mut Vec<Diagnostic>,
+) {
     let index: HashMap<&str, usize> = steps
         .iter()
         .enumerate()
@@ -128,7 +142,60 @@ fn copy_order(steps: &[PlannedStep], diags: &mut Vec<Diagnostic>) {
                         "step `{}` starts vm `{vm}` on `{to_host}` without waiting for step `{}`, which copies its disks there: it would run on its disks of before, and the copy then write under it",
                         s.id, step.id
                     ))
+                    .at_opt(located(s))
                     .hint("put the copy before the start in the runbook"),
+                );
+            }
+        }
+    }
+    // Each start on a host a copy goes to, from a copy taken after the vm stopped where it
+    // came from.
+    for (i, s) in steps.iter().enumerate() {
+        let (Some(vm), Some(host)) = (s.vm.as_deref(), s.host.as_deref()) else {
+            continue;
+        };
+        if !vm_step(s, vm, "start", host) {
+            continue;
+        }
+        // The copies of vm to this host that the start waits for, by the host they leave.
+        let mut copies: Vec<(usize, &str)> = Vec::new();
+        for (r, c) in steps.iter().enumerate() {
+            if let Action::Replicate {
+                what: Replicated::Vm(v),
+                from_host,
+                to_host,
+                ..
+            } = &c.action_spec
+                && v == vm
+                && to_host == host
+                && comes_after(i, r)
+            {
+                copies.push((r, from_host.as_str()));
+            }
+        }
+        let froms: BTreeSet<&str> = copies.iter().map(|(_, f)| *f).collect();
+        for from in froms {
+            for (x, stop) in steps.iter().enumerate() {
+                if !vm_step(stop, vm, "stop", from) {
+                    continue;
+                }
+                if copies.iter().any(|&(r, f)| f == from && comes_after(r, x)) {
+                    continue;
+                }
+                let copy_ids: Vec<String> = copies
+                    .iter()
+                    .filter(|(_, f)| *f == from)
+                    .map(|&(r, _)| format!("`{}`", steps[r].id))
+                    .collect();
+                diags.push(
+                    Diagnostic::error(format!(
+                        "step `{}` starts vm `{vm}` on `{host}` from a copy taken before step `{}` stops it on `{from}` ({} does not wait for that stop): what the vm writes there in between would be lost, with nothing to say so",
+                        s.id,
+                        stop.id,
+                        copy_ids.join(", ")
+                    ))
+                    .at_opt(located(s))
+                    .hint("put the stop before the copy in the runbook (a copy taken while it runs may come first, to shorten the last one)"),
                 );
             }
         }
@@ -1006,14 +1073,14 @@ mod tests {
         for mode in [Mode::Failover, Mode::Failback] {
             let plan = build(&model, &PlanOptions::new(mode)).unwrap();
             let mut diags = Vec::new();
-            copy_order(&plan.steps, &mut diags);
+            copy_order(&plan.steps, |_| None, &mut diags);
             assert!(diags.is_empty(), "{mode}: {diags:?}");
         }
         let plan = build(&model, &PlanOptions::new(Mode::Failback)).unwrap();
         let at = |steps: &[PlannedStep], id: &str| steps.iter().position(|s| s.id == id).unwrap();
         let said = |steps: &[PlannedStep]| {
             let mut diags = Vec::new();
-            copy_order(steps, &mut diags);
+            copy_order(steps, |_| None, &mut diags);
             diags.iter().map(|d| d.message.clone()).collect::<Vec<_>>()
         };
         // The start no longer waits for the copy back.
@@ -1030,6 +1097,70 @@ mod tests {
                 && errors[0].contains("without waiting for step `erp-db/sync-back`"),
             "{errors:?}"
         );
+    }
+
+    /// The copy a vm is started from on the host it goes to is taken after the plan stops it
+    /// where it comes from: a runbook that copies first, then stops, is an error naming the
+    /// three steps, in a failover and in a failback; a copy while it runs followed by one
+    /// after the stop is not.
+    #[test]
+    fn a_vm_is_started_from_a_copy_taken_after_it_stopped_where_it_came_from() {
+        let model = example();
+        let at = |steps: &[PlannedStep], id: &str| steps.iter().position(|s| s.id == id).unwrap();
+        let said = |steps: &[PlannedStep]| {
+            let mut diags = Vec::new();
+            copy_order(steps, |_| None, &mut diags);
+            diags.iter().map(|d| d.message.clone()).collect::<Vec<_>>()
+        };
+        for (mode, stop, sync, start) in [
+            (
+                Mode::Failover,
+                "erp-db/stop-primary",
+                "erp-db/final-sync",
+                "erp-db/start",
+            ),
+            (
+                Mode::Failback,
+                "erp-db/stop-recovery",
+                "erp-db/sync-back",
+                "erp-db/start-primary",
+            ),
+        ] {
+            let plan = build(&model, &PlanOptions::new(mode)).unwrap();
+            assert!(said(&plan.steps).is_empty(), "{mode}");
+            // The copy taken first, then the stop, then what waited for the copy.
+            let mut steps = plan.steps.clone();
+            let (x, r) = (at(&steps, stop), at(&steps, sync));
+            let (stop_id, sync_id) = (steps[x].id.clone(), steps[r].id.clone());
+            steps[r].after = steps[x].after.clone();
+            steps[x].after = vec![sync_id.clone()];
+            for (i, step) in steps.iter_mut().enumerate() {
+                if i != x {
+                    for a in &mut step.after {
+                        if *a == sync_id {
+                            a.clone_from(&stop_id);
+                        }
+                    }
+                }
+            }
+            let errors = said(&steps);
+            assert!(
+                errors.len() == 1
+                    && errors[0].contains(&format!("step `{start}` starts vm `erp-db`"))
+                    && errors[0].contains(&format!("before step `{stop}` stops it"))
+                    && errors[0].contains(&format!("(`{sync}` does not wait for that stop)")),
+                "{mode}: {errors:?}"
+            );
+            // A copy while it runs, then the stop, then the last copy: as it should be.
+            let mut steps = plan.steps.clone();
+            let (x, r) = (at(&steps, stop), at(&steps, sync));
+            let mut early = steps[r].clone();
+            early.id = format!("{sync}-early");
+            early.after = steps[x].after.clone();
+            steps[x].after.push(early.id.clone());
+            steps.push(early);
+            assert!(said(&steps).is_empty(), "{mode}: {:?}", said(&steps));
+        }
     }
 
     #[test]

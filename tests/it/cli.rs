@@ -208,7 +208,7 @@ fn estimates_at_the_longest_durations_add_up_exactly_and_miss_the_target() {
     let run = reprise(dir.path(), &["plan", "failover"]);
     assert_eq!(run.code, 0, "{run:?}");
     let out = &run.stdout;
-    assert!(out.contains("T+8784:02  db/stop-primary"), "{out}");
+    assert!(out.contains("T+8784:02  db/sync"), "{out}");
     assert!(out.contains("T+17568:02  db/start"), "{out}");
     assert!(
         out.contains("RTO target 4h, estimated 732d22m (OVER TARGET)"),
