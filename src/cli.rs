@@ -453,7 +453,9 @@ pub enum Command {
         #[arg(long)]
         verify: bool,
         /// Read and hash every block of the sources, even of a vm with `changed_blocks`
-        /// (whose dirty bitmaps prove what was written, not what is on disk).
+        /// (whose dirty bitmaps prove what was written, not what is on disk), checked against
+        /// its bitmap: a changed block the bitmap missed exits 1 and marks bad the points
+        /// read through it.
         #[arg(long)]
         scan: bool,
         /// Show what it would do (the driver's hooks, the copies) and do nothing.

@@ -952,7 +952,7 @@ fn guest_decision(
             .find_map(|s| s.changed.as_ref().map(|why| format!("{}: {why}", s.path))),
     };
     let mut decision = cbt::decide(&facts);
-    if !running && decision.mode == ReadMode::ChangedBlocks {
+    if !running && (decision.mode == ReadMode::ChangedBlocks || decision.audit) {
         let files: Vec<String> = mine.iter().map(|d| d.source.clone()).collect();
         let since = decision.since.clone().unwrap_or_default();
         facts.bitmap_problem = match cbt::offline_bitmap_problem(transport, host, &files, &since) {
@@ -996,15 +996,18 @@ fn begin_job(
                     mode: ReadMode::Scan,
                     why: Some(note),
                     since: None,
+                    audit: false,
                 };
             }
             None => {}
         }
     }
+    // An audited scan exports the bitmap since the checkpoint too (the export is the whole
+    // disk either way).
     let since = decision
         .since
         .clone()
-        .filter(|_| decision.mode == ReadMode::ChangedBlocks);
+        .filter(|_| decision.mode == ReadMode::ChangedBlocks || decision.audit);
     let began = std::time::Instant::now();
     let created = match cbt::begin(transport, host, dom, all, ours, since.as_deref(), new) {
         Ok(c) => c,
@@ -1014,10 +1017,16 @@ fn begin_job(
             *decision = cbt::Decision {
                 mode: ReadMode::Scan,
                 why: Some(format!(
-                    "libvirt refused to read the changes since checkpoint {}: {e}",
+                    "{}libvirt refused to read the changes since checkpoint {}: {e}",
+                    if decision.audit {
+                        "asked (--scan); its bitmap cannot be checked: "
+                    } else {
+                        ""
+                    },
                     since.unwrap_or_default()
                 )),
                 since: None,
+                audit: false,
             };
             match cbt::begin(transport, host, dom, all, ours, None, new) {
                 Ok(c) => c,
@@ -1090,7 +1099,18 @@ fn copy_guest_disks(
         let name = disk_name(img);
         match done {
             None => all_done = false,
-            Some((Ok(t), _)) => out.stdout.push_str(&format!("{}: {}", vm.id, t.line())),
+            Some((Ok(t), _)) => {
+                out.stdout.push_str(&format!("{}: {}", vm.id, t.line()));
+                // Found by an audited scan: the copy is right now, but what the bitmap
+                // missed may be missing from earlier points, and may be missed again.
+                if let Some(said) = &t.applied.unmarked {
+                    out.stderr.push_str(&format!(
+                        "error: {}: {name}: {said}. The copy is good as of point {}. Find what writes the disk without QEMU knowing (a tool run on the image file while the vm was stopped, a restore from elsewhere) before trusting changed-block tracking again, or set `changed_blocks = false` for vm {}\n",
+                        vm.id, t.applied.point.id, vm.id
+                    ));
+                    out.code = exit::FAILED;
+                }
+            }
             Some((Err(_), true)) => {
                 out.stderr.push_str(&format!(
                     "{}: the copy of {name} was stopped; {}:{} keeps its last point\n",

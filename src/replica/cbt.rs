@@ -128,6 +128,10 @@ pub struct Decision {
     /// The checkpoint whose changes are read (changed blocks), or that a scan of a stopped
     /// vm still is (its bitmap goes on recording).
     pub since: Option<String>,
+    /// A scan asked for (`--scan`) of disks whose bitmap since `since` could have been read
+    /// instead: every block is read and checked against that bitmap, so that one that missed
+    /// writes is found and said, not silently mended.
+    pub audit: bool,
 }
 
 impl Decision {
@@ -136,6 +140,7 @@ impl Decision {
             mode: ReadMode::Scan,
             why: Some(why.into()),
             since,
+            audit: false,
         }
     }
 }
@@ -282,16 +287,29 @@ pub fn decide(f: &Facts) -> Decision {
             );
         }
     }
-    if f.asked_scan {
-        return Decision::scan("asked (--scan)", Some(since));
-    }
     if let Some(problem) = &f.bitmap_problem {
-        return Decision::scan(problem.clone(), None);
+        return Decision::scan(
+            match f.asked_scan {
+                true => format!("asked (--scan); its bitmap cannot be checked: {problem}"),
+                false => problem.clone(),
+            },
+            None,
+        );
+    }
+    if f.asked_scan {
+        return Decision {
+            audit: true,
+            ..Decision::scan(
+                format!("asked (--scan); checked against checkpoint {since}'s dirty bitmap"),
+                Some(since),
+            )
+        };
     }
     Decision {
         mode: ReadMode::ChangedBlocks,
         why: None,
         since: Some(since),
+        audit: false,
     }
 }
 
@@ -664,11 +682,12 @@ pub fn guest_read(
         } else {
             DiskFormat::Raw
         },
-        bitmap: match (changed, running) {
+        bitmap: match (changed || d.audit, running) {
             (true, true) => Some(export_bitmap(&disk.target)),
             (true, false) => d.since.clone(),
             (false, _) => None,
         },
+        audit: d.audit,
         how: HowRead {
             mode: d.mode,
             why: d.why.clone(),
@@ -904,6 +923,39 @@ mod tests {
             false,
             (ReadMode::Scan, "no checkpoint recorded"),
         );
+    }
+
+    /// A scan asked for where the bitmap could have been read is checked against it; one
+    /// made for another reason (a checkpoint gone, a bitmap that cannot be used) cannot be,
+    /// and says so when it was asked for.
+    #[test]
+    fn an_asked_scan_is_checked_against_the_bitmap_it_replaces() {
+        let p = point(how(Some("reprise-1")));
+        let mut f = two_disks_at_reprise_1(vec![Some(&p), Some(&p)]);
+        assert!(!decide(&f).audit);
+        f.asked_scan = true;
+        let d = decide(&f);
+        assert_eq!(
+            (d.mode, d.since.as_deref(), d.audit),
+            (ReadMode::Scan, Some("reprise-1"), true),
+            "{d:?}"
+        );
+        f.bitmap_problem = Some("the bitmap of vda is inconsistent".into());
+        let d = decide(&f);
+        assert_eq!(
+            (d.mode, d.since.as_deref(), d.audit),
+            (ReadMode::Scan, None, false)
+        );
+        assert!(
+            d.why.as_deref().unwrap().contains(
+                "asked (--scan); its bitmap cannot be checked: the bitmap of vda is inconsistent"
+            ),
+            "{d:?}"
+        );
+        f.bitmap_problem = None;
+        f.checkpoints = vec!["reprise-2".into()];
+        let d = decide(&f);
+        assert_eq!((d.mode, d.audit), (ReadMode::Scan, false), "{d:?}");
     }
 
     #[test]

@@ -74,6 +74,7 @@ pub fn serve(
             export,
             format,
             bitmap,
+            audit,
             base,
         } => {
             let from = SendFrom {
@@ -82,6 +83,7 @@ pub fn serve(
                 export,
                 format,
                 bitmap,
+                audit,
             };
             send_disk(&image, &from, base, compress, stdin, stdout)
         }
@@ -234,6 +236,8 @@ struct SendFrom {
     export: Option<String>,
     format: Option<DiskFormat>,
     bitmap: Option<String>,
+    /// Every block read, checked against `bitmap` ([`NbdSource::audit`]).
+    audit: bool,
 }
 
 /// [`Request::Send`]: the blocks of `image` that differ from the base, as a stream.
@@ -266,6 +270,7 @@ fn send_disk(
                     socket,
                     export,
                     bitmap,
+                    audit: from.audit,
                 },
                 base,
                 &mut w,
@@ -279,6 +284,7 @@ fn send_disk(
                     socket: &served.socket,
                     export: QemuNbd::EXPORT,
                     bitmap,
+                    audit: from.audit,
                 },
                 base,
                 &mut w,
@@ -430,6 +436,7 @@ fn apply_files(
         point,
         dropped: Vec::new(),
         recovered,
+        unmarked: None,
     };
     answer_json(stdout, &applied)
 }
@@ -757,6 +764,12 @@ pub struct NbdSource<'a> {
     /// Read only the blocks this dirty bitmap marks (`qemu:dirty-bitmap:NAME`); the others
     /// are the recovery manifest's.
     pub bitmap: Option<&'a str>,
+    /// Read every block all the same, and check them against `bitmap`: a block that differs
+    /// from the recovery manifest and that the bitmap does not mark was written without the
+    /// bitmap knowing (or the copy changed behind its point); the stream says how many
+    /// ([`wire::Record::Unmarked`]), and the recovery side marks the points read through
+    /// that bitmap bad.
+    pub audit: bool,
 }
 
 /// [`send`], reading the disk through an NBD export: every block, or with a bitmap only the
@@ -774,7 +787,19 @@ pub fn send_nbd(
     let size = client.size();
     let n = blocks::count(size);
     let name = format!("NBD export {}", src.export);
-    let ranges = nbd_ranges(&mut client, src, &base, &name)?;
+    // Audited: every block, and what the bitmap marks beside (nothing to check for a disk
+    // whose size changed, or of one block: both are read whole in any case).
+    let marked = match src.bitmap {
+        Some(_) if src.audit && base.size() == size && n > 1 => {
+            Some(nbd_ranges(&mut client, src, &base, &name)?)
+        }
+        _ => None,
+    };
+    let ranges = match src.audit {
+        true => vec![(0, n)],
+        false => nbd_ranges(&mut client, src, &base, &name)?,
+    };
+    let mut unmarked = (0u64, 0u64);
     let mut compressor = match compress {
         true => Some(wire::Compressor::new().map_err(|e| format!("zstd: {e}"))?),
         false => None,
@@ -791,7 +816,7 @@ pub fn send_nbd(
     .map_err(werr)?;
     // Handed on at once, as each read's changed blocks are below (see `send`).
     w.flush().map_err(werr)?;
-    let mut hashes = NbdHashes::new(src.bitmap, base, n)?;
+    let mut hashes = NbdHashes::new(src.bitmap.filter(|_| !src.audit), base, n)?;
     if let NbdHashes::Kept(k) = &hashes {
         k.read_ahead(&ranges);
     }
@@ -818,6 +843,14 @@ pub fn send_nbd(
                 continue;
             }
             changed.push(idx);
+            if let Some(marked) = &marked
+                && !within(marked, idx)
+            {
+                if unmarked.0 == 0 {
+                    unmarked.1 = idx;
+                }
+                unmarked.0 += 1;
+            }
             sent.blocks += 1;
             sent.bytes += send_block(w, compressor.as_mut(), idx, d).map_err(werr)?;
         }
@@ -830,6 +863,9 @@ pub fn send_nbd(
     drop(client);
     let (whole, kept) = hashes.root(n, &changed, single, &mut sent)?;
     let whole = whole.or(single).unwrap_or(*blake3::hash(b"").as_bytes());
+    if unmarked.0 > 0 {
+        wire::write_unmarked(w, unmarked.0, unmarked.1).map_err(werr)?;
+    }
     wire::write_end(w, &whole).map_err(werr)?;
     // The kept manifest is complete again once the stream is.
     if let Some(k) = kept {
@@ -978,6 +1014,12 @@ fn nbd_ranges(
     })
 }
 
+/// Whether block `idx` is in one of `ranges` (sorted, apart).
+fn within(ranges: &[(u64, u64)], idx: u64) -> bool {
+    let k = ranges.partition_point(|&(_, end)| end <= idx);
+    ranges.get(k).is_some_and(|&(first, _)| first <= idx)
+}
+
 /// The NBD reads of the block ranges `ranges` of an export of `size` bytes, each at most
 /// [`nbd::MAX_READ`]: `(offset, length)`.
 fn nbd_reads(ranges: &[(u64, u64)], size: u64) -> Vec<(u64, u32)> {
@@ -1085,7 +1127,7 @@ impl Drop for QemuNbd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replica::store::Verified;
+    use crate::replica::store::{Applied, Verified};
     use chrono::Utc;
 
     fn write_at(path: &Path, off: u64, data: &[u8]) {
@@ -1505,6 +1547,26 @@ mod tests {
         bitmap: Option<&str>,
         kept: &Path,
     ) -> Sent {
+        let (sent, _) = replicate_guest_as(img, dst, id, bitmap, false, kept);
+        // The copy is the disk as the guest sees it.
+        sh(&format!(
+            "qemu-img compare -q -f raw -F qcow2 '{}' '{}'",
+            dst.display(),
+            img.display()
+        ));
+        sent
+    }
+
+    /// [`replicate_guest`], every block read and checked against `bitmap` when `audit`,
+    /// the copy not compared with the disk: what the source sent and the recovery side did.
+    fn replicate_guest_as(
+        img: &Path,
+        dst: &Path,
+        id: &str,
+        bitmap: Option<&str>,
+        audit: bool,
+        kept: &Path,
+    ) -> (Sent, Applied) {
         let store = Store::new(dst);
         let digest = store.base_digest(false).unwrap();
         let (m, _) = store.base_manifest(false).unwrap();
@@ -1520,6 +1582,7 @@ mod tests {
                 socket: &served.socket,
                 export: QemuNbd::EXPORT,
                 bitmap,
+                audit,
             },
             base,
             &mut stream,
@@ -1540,7 +1603,7 @@ mod tests {
                     retention: 5,
                     definition: None,
                     read: Some(HowRead {
-                        mode: if bitmap.is_some() {
+                        mode: if bitmap.is_some() && !audit {
                             crate::replica::store::ReadMode::ChangedBlocks
                         } else {
                             crate::replica::store::ReadMode::Scan
@@ -1560,13 +1623,89 @@ mod tests {
         if let Some(tree) = &sent.tree {
             assert_eq!(tree[..copy.cvs.len()], copy.cvs[..]);
         }
-        // The copy is the disk as the guest sees it.
+        (sent, applied)
+    }
+
+    /// Blocks written while the bitmap did not record (a tool that wrote the image file
+    /// outside QEMU's knowledge): the replications through the bitmap miss them and cannot
+    /// tell. A scan checked against the bitmap sends them, says how many and which came
+    /// first, and the recovery side marks bad every point read through the bitmap since the
+    /// disk was last read whole (the first copy stays good); a scan that finds nothing
+    /// missed says nothing.
+    #[test]
+    fn a_scan_checked_against_the_bitmap_says_what_it_missed_and_marks_the_points_read_through_it()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.qcow2");
+        let dst = dir.path().join("copy.raw");
+        let kept = dir.path().join("kept");
+        let i = img.display();
+        sh(&format!("qemu-img create -q -f qcow2 '{i}' 65M"));
+        sh(&format!("qemu-io -c 'write -q -P 0x11 0 8M' '{i}'"));
+        let (_, p1) = replicate_guest_as(&img, &dst, "p1", None, false, &kept);
+        assert_eq!(p1.unmarked, None);
+        sh(&format!("qemu-img bitmap --add '{i}' cp1"));
+        sh(&format!("qemu-io -c 'write -q -P 0x33 1M 64k' '{i}'"));
+        replicate_guest(&img, &dst, "p2", Some("cp1"), &kept);
+        // Written with the bitmap off: blocks 480 and 496.
+        sh(&format!("qemu-img bitmap --disable '{i}' cp1"));
         sh(&format!(
-            "qemu-img compare -q -f raw -F qcow2 '{}' '{}'",
-            dst.display(),
-            img.display()
+            "qemu-io -c 'write -q -P 0x77 30M 64k' -c 'write -q -P 0x78 31M 64k' '{i}'"
         ));
-        sent
+        sh(&format!("qemu-img bitmap --enable '{i}' cp1"));
+        sh(&format!("qemu-io -c 'write -q -P 0x44 2M 64k' '{i}'"));
+        let (missed, _) = replicate_guest_as(&img, &dst, "p3", Some("cp1"), false, &kept);
+        // What a bitmap does not mark is not read: the copy lacks it, and nothing says so.
+        assert_eq!(missed.read, 2);
+        let differs = std::process::Command::new("qemu-img")
+            .args(["compare", "-q", "-f", "raw", "-F", "qcow2"])
+            .arg(&dst)
+            .arg(&img)
+            .status()
+            .unwrap();
+        assert_eq!(differs.code(), Some(1));
+        // Read whole, checked against the bitmap.
+        let (sent, p4) = replicate_guest_as(&img, &dst, "p4", Some("cp1"), true, &kept);
+        assert_eq!((sent.read, sent.blocks), (1040, 2));
+        let said = p4.unmarked.expect("the scan says what the bitmap missed");
+        assert!(
+            said.contains("2 blocks differ from the copy that the dirty bitmap did not mark")
+                && said.contains("the first block 480")
+                && said.contains("point p4, read whole, holds them")
+                && said.contains("marked bad: p2, p3"),
+            "{said}"
+        );
+        sh(&format!(
+            "qemu-img compare -q -f raw -F qcow2 '{}' '{i}'",
+            dst.display()
+        ));
+        let points = Store::new(&dst).points().unwrap();
+        let bad: Vec<(&str, bool)> = points
+            .iter()
+            .map(|p| (p.id.as_str(), p.unusable.is_some()))
+            .collect();
+        assert_eq!(
+            bad,
+            [("p1", false), ("p2", true), ("p3", true), ("p4", false)]
+        );
+        assert!(
+            points[1]
+                .unusable
+                .as_deref()
+                .unwrap()
+                .contains("a dirty bitmap that missed writes"),
+            "{:?}",
+            points[1].unusable
+        );
+        // Nothing missed since: nothing said, nothing marked.
+        sh(&format!("qemu-io -c 'write -q -P 0x55 3M 64k' '{i}'"));
+        let (_, p5) = replicate_guest_as(&img, &dst, "p5", Some("cp1"), true, &kept);
+        assert_eq!(p5.unmarked, None);
+        let points = Store::new(&dst).points().unwrap();
+        assert!(
+            points[3..].iter().all(|p| p.unusable.is_none()),
+            "{points:?}"
+        );
     }
 
     #[test]
@@ -1685,6 +1824,7 @@ mod tests {
                 socket: &served.socket,
                 export: QemuNbd::EXPORT,
                 bitmap: Some("cp1"),
+                audit: false,
             },
             base,
             &mut stream,
@@ -1748,6 +1888,7 @@ mod tests {
                 socket: &served.socket,
                 export: QemuNbd::EXPORT,
                 bitmap: None,
+                audit: false,
             };
             let mut stream = Flushes::default();
             let sent = send_nbd(&src, Base::Given(base), &mut stream, false).unwrap();
@@ -1792,6 +1933,7 @@ mod tests {
                 socket: &served.socket,
                 export: QemuNbd::EXPORT,
                 bitmap: Some("cp1"),
+                audit: false,
             },
             Base::Given(base),
             &mut Vec::new(),

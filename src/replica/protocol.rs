@@ -53,6 +53,11 @@ pub enum Request {
         format: Option<DiskFormat>,
         #[arg(long)]
         bitmap: Option<String>,
+        /// Read every block all the same, and say which changed blocks `bitmap` does not
+        /// mark (`wire::Record::Unmarked`).
+        #[arg(long)]
+        #[serde(default)]
+        audit: bool,
         #[arg(long)]
         base: Option<String>,
     },
@@ -453,6 +458,7 @@ mod tests {
                 export: None,
                 format: None,
                 bitmap: None,
+                audit: false,
                 base: None,
             },
             Request::Send {
@@ -463,6 +469,7 @@ mod tests {
                 export: Some("vda".into()),
                 format: Some(DiskFormat::Qcow2),
                 bitmap: Some("-backup-vda".into()),
+                audit: true,
                 base: Some("ab12".into()),
             },
             Request::Manifest {

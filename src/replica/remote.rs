@@ -114,6 +114,8 @@ pub struct GuestRead {
     pub format: super::protocol::DiskFormat,
     /// The dirty bitmap whose blocks only are read.
     pub bitmap: Option<String>,
+    /// Every block is read all the same, and checked against `bitmap` (`send --audit`).
+    pub audit: bool,
     /// What the point records.
     pub how: super::store::HowRead,
 }
@@ -1513,6 +1515,7 @@ fn requests(
                 export: guest.and_then(|g| g.nbd.as_ref().map(|(_, e)| e.clone())),
                 format: guest.filter(|g| g.nbd.is_none()).map(|g| g.format),
                 bitmap: guest.and_then(|g| g.bitmap.clone()),
+                audit: guest.is_some_and(|g| g.audit),
                 base: None,
             },
             apply: Request::Apply {

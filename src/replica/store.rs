@@ -105,6 +105,10 @@ pub struct Applied {
     pub dropped: Vec<String>,
     /// Note about an interrupted update found and settled first.
     pub recovered: Option<String>,
+    /// Blocks the source read whole found changed that its dirty bitmap did not mark, and the
+    /// points read through that bitmap it marked bad for it ([`wire::Record::Unmarked`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmarked: Option<String>,
 }
 
 /// The recovery side of one image.
@@ -249,11 +253,51 @@ fn whole_of_mirror(
     Ok(blocks::root(&leaves))
 }
 
+/// A source that read every block of a disk found `count` blocks changed (the first
+/// `first`) that the dirty bitmap since the copy's newest point did not mark as written: the
+/// bitmap missed writes (something wrote the disk outside QEMU's knowledge), or the copy was
+/// changed behind its point. Point `new`, read whole, holds them. The points before it that
+/// were read through a bitmap since the disk was last read whole may lack writes it missed,
+/// and no one can tell which: each is marked bad for good, saying why. What to tell.
+fn unmarked(points: &mut [Point], new: &str, count: u64, first: u64) -> String {
+    let at = points
+        .iter()
+        .position(|p| p.id == new)
+        .unwrap_or(points.len());
+    let mut marked = Vec::new();
+    for p in points[..at].iter_mut().rev() {
+        if p.read.as_ref().map(|r| r.mode) != Some(ReadMode::ChangedBlocks) {
+            break;
+        }
+        if p.unusable.is_none() {
+            p.mark_unusable(&format!(
+                "read through a dirty bitmap that missed writes: the later read of every block (point {new}) found {count} blocks changed that the bitmap did not mark, the first block {first}; this point may lack them"
+            ));
+            marked.push(p.id.clone());
+        }
+    }
+    marked.reverse();
+    format!(
+        "{count} blocks differ from the copy that the dirty bitmap did not mark as written (the first block {first}): the bitmap missed writes (something wrote the disk outside QEMU), or the copy was changed behind its point; point {new}, read whole, holds them; {}",
+        match marked.len() {
+            0 => "no earlier point was read through that bitmap".to_string(),
+            _ => format!(
+                "the earlier points read through the bitmap may lack them and are marked bad: {}",
+                marked.join(", ")
+            ),
+        }
+    )
+}
+
 /// The commit record of a journal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Commit {
     point: Point,
     prev: Option<String>,
+    /// What the source said of blocks its dirty bitmap missed ([`wire::Record::Unmarked`]):
+    /// (count, first block).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unmarked: Option<(u64, u64)>,
     old_size: u64,
     new_whole: String,
     retention: u32,
@@ -291,6 +335,8 @@ struct RolledForward {
     unusable: Option<String>,
     /// The point as it was recorded (held, confirmed, marked), unless retention dropped it.
     recorded: Option<Point>,
+    /// What [`Commit::unmarked`] made of the points before it ([`unmarked`]).
+    unmarked: Option<String>,
 }
 
 /// Bytes written between two requests to the kernel to start writing back: the data goes to
@@ -1170,6 +1216,8 @@ impl Store {
                     }
                     cvs.push(blocks::cv(idx, &zeros));
                 }
+                // Of a copy that has no point before this one: nothing to mark.
+                Record::Unmarked { .. } => {}
                 Record::End { whole } => break whole,
             }
         };
@@ -1230,6 +1278,7 @@ impl Store {
             blocks: n,
             dropped: Vec::new(),
             recovered: None,
+            unmarked: None,
         })
     }
 
@@ -1294,6 +1343,7 @@ impl Store {
                 newest_file: None,
             },
             prev: prev.map(|p| p.id.clone()),
+            unmarked: s.unmarked,
             old_size: base_size,
             new_whole: hex(s.whole),
             retention: new.retention.max(1),
@@ -1311,6 +1361,7 @@ impl Store {
                 blocks: s.changed,
                 dropped: Vec::new(),
                 recovered: None,
+                unmarked: None,
             });
         }
         let journal = read_journal(&jpath)?;
@@ -1327,6 +1378,7 @@ impl Store {
             blocks: s.changed,
             dropped: done.dropped,
             recovered: None,
+            unmarked: done.unmarked,
         })
     }
 
@@ -1358,6 +1410,7 @@ impl Store {
         let mut received = 0u64;
         let mut changed = 0u64;
         let mut written = 0u64;
+        let mut unmarked = None;
         let whole = loop {
             let (idx, data) = match records.next(input).map_err(stream_err)? {
                 Record::Data { idx, data } => {
@@ -1365,6 +1418,10 @@ impl Store {
                     (idx, data)
                 }
                 Record::Zero { idx, len } => (idx, vec![0u8; len as usize]),
+                Record::Unmarked { count, first } => {
+                    unmarked = Some((count, first));
+                    continue;
+                }
                 Record::End { whole } => break whole,
             };
             let c = blocks::cv(idx, &data);
@@ -1417,6 +1474,7 @@ impl Store {
             got,
             received,
             changed,
+            unmarked,
         })
     }
 
@@ -1613,6 +1671,9 @@ impl Store {
             marks = self.apply_marks(p);
             unusable = p.unusable.clone().filter(|_| !p.pending);
         }
+        let unmarked = commit
+            .unmarked
+            .map(|(count, first)| self::unmarked(&mut points, &commit.point.id, count, first));
         let recorded = points.last().filter(|p| p.id == commit.point.id).cloned();
         let mut dropped = Vec::new();
         while points.len() > commit.retention as usize {
@@ -1633,6 +1694,7 @@ impl Store {
             dropped,
             unusable,
             recorded,
+            unmarked,
         })
     }
 
@@ -2273,6 +2335,7 @@ struct Streamed {
     got: [u8; 32],
     received: u64,
     changed: u64,
+    unmarked: Option<(u64, u64)>,
 }
 
 /// A block in a journal or delta: length, a zero flag, and the bytes unless zero.

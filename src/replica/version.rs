@@ -17,8 +17,9 @@
 /// checkpoint names it (`--since`) and is refused unless the copy's newest point is that
 /// checkpoint's. Version 8: `apply --pending` holds a point read live until its freeze is
 /// confirmed (`Request::Confirm`), and a mark of a replication (torn, confirmed) stays until
-/// a point of it is recorded.
-pub const PROTOCOL: u32 = 8;
+/// a point of it is recorded. Version 9: `send --audit` reads every block and says, before
+/// the end of its stream, which changed blocks its bitmap did not mark (`Record::Unmarked`).
+pub const PROTOCOL: u32 = 9;
 
 /// The version of this program, as helpers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -32,9 +32,24 @@ pub struct Header {
 /// One record after the header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
-    Data { idx: u64, data: Vec<u8> },
-    Zero { idx: u64, len: u32 },
-    End { whole: [u8; 32] },
+    Data {
+        idx: u64,
+        data: Vec<u8>,
+    },
+    Zero {
+        idx: u64,
+        len: u32,
+    },
+    /// Sent before the end by a source that read every block of a disk and checked them
+    /// against a dirty bitmap (`send --audit`): `count` blocks differ from the copy and the
+    /// bitmap does not mark them as written, the first of them `first`. At most once.
+    Unmarked {
+        count: u64,
+        first: u64,
+    },
+    End {
+        whole: [u8; 32],
+    },
 }
 
 pub fn write_header(w: &mut impl Write, h: &Header) -> io::Result<()> {
@@ -81,6 +96,13 @@ pub fn write_zero(w: &mut impl Write, idx: u64, len: u32) -> io::Result<()> {
     w.write_all(&[2])?;
     w.write_all(&idx.to_le_bytes())?;
     w.write_all(&len.to_le_bytes())
+}
+
+/// [`Record::Unmarked`].
+pub fn write_unmarked(w: &mut impl Write, count: u64, first: u64) -> io::Result<()> {
+    w.write_all(&[5])?;
+    w.write_all(&count.to_le_bytes())?;
+    w.write_all(&first.to_le_bytes())
 }
 
 pub fn write_end(w: &mut impl Write, whole: &[u8; 32]) -> io::Result<()> {
@@ -165,6 +187,7 @@ pub struct Records {
     /// The next index allowed.
     next: u64,
     ended: bool,
+    unmarked: bool,
 }
 
 impl Records {
@@ -186,6 +209,7 @@ impl Records {
             held,
             next: 0,
             ended: false,
+            unmarked: false,
         }
     }
 
@@ -198,6 +222,17 @@ impl Records {
         match &rec {
             Record::Data { idx, data } => self.check(*idx, data.len())?,
             Record::Zero { idx, len } => self.check(*idx, *len as usize)?,
+            Record::Unmarked { count, first } => {
+                if std::mem::replace(&mut self.unmarked, true) {
+                    return Err("the stream says twice which blocks its bitmap missed".into());
+                }
+                if *count == 0 || *count > self.count || *first >= self.count {
+                    return Err(format!(
+                        "the stream says {count} blocks its bitmap missed, the first {first}, of an image of {} blocks",
+                        self.count
+                    ));
+                }
+            }
             Record::End { .. } => {
                 let missing = self.next.max(self.held);
                 if missing < self.count {
@@ -289,6 +324,11 @@ fn read_record_within(r: &mut impl Read, size: u64) -> Result<Record, String> {
             let mut whole = [0u8; 32];
             r.read_exact(&mut whole).map_err(truncated)?;
             Ok(Record::End { whole })
+        }
+        5 => {
+            let count = u64_of(r)?;
+            let first = u64_of(r)?;
+            Ok(Record::Unmarked { count, first })
         }
         4 => {
             let idx = u64_of(r)?;
@@ -383,5 +423,50 @@ mod tests {
         let mut short = Vec::new();
         write_compressed(&mut short, 6, block.len() as u32 - 1, &z).unwrap();
         assert!(read_record(&mut &short[..]).is_err());
+    }
+
+    /// A source's word on the blocks its bitmap missed comes once, before the end, and names
+    /// blocks of the image: said twice, or of blocks it does not have, it is refused.
+    #[test]
+    fn blocks_a_bitmap_missed_are_said_once_within_the_image() {
+        let h = Header {
+            base_size: 3 * BLOCK as u64,
+            base_whole: [1; 32],
+            size: 3 * BLOCK as u64,
+        };
+        let stream = |unmarked: &[(u64, u64)]| {
+            let mut buf = Vec::new();
+            write_header(&mut buf, &h).unwrap();
+            write_zero(&mut buf, 1, BLOCK as u32).unwrap();
+            for &(count, first) in unmarked {
+                write_unmarked(&mut buf, count, first).unwrap();
+            }
+            write_end(&mut buf, &[7; 32]).unwrap();
+            buf
+        };
+        let all = |buf: &[u8]| -> Result<Vec<Record>, String> {
+            let mut r = buf;
+            let mut records = Records::new(&read_header(&mut r).unwrap(), 3);
+            let mut out = Vec::new();
+            loop {
+                let rec = records.next(&mut r)?;
+                let end = matches!(rec, Record::End { .. });
+                out.push(rec);
+                if end {
+                    return Ok(out);
+                }
+            }
+        };
+        let got = all(&stream(&[(2, 1)])).unwrap();
+        assert_eq!(got[1], Record::Unmarked { count: 2, first: 1 });
+        assert!(
+            all(&stream(&[(1, 1), (1, 1)]))
+                .unwrap_err()
+                .contains("twice")
+        );
+        for bad in [(0, 1), (4, 1), (1, 3)] {
+            let e = all(&stream(&[bad])).unwrap_err();
+            assert!(e.contains("of an image of 3 blocks"), "{bad:?}: {e}");
+        }
     }
 }

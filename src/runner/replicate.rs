@@ -272,6 +272,7 @@ async fn copy_frozen(
         nbd: None,
         format: crate::replica::protocol::DiskFormat::Qcow2,
         bitmap: None,
+        audit: false,
         how: crate::replica::store::HowRead {
             mode: crate::replica::store::ReadMode::Scan,
             why: Some("read by a runbook step, which starts no checkpoint".into()),
