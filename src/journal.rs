@@ -404,7 +404,7 @@ pub fn list(state_dir: &Path) -> Result<Vec<String>, JournalError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io("read", &dir)(e)),
     };
-    let mut ids: Vec<String> = entries
+    let ids: Vec<String> = entries
         .filter_map(Result::ok)
         .filter_map(|e| {
             let id = e.file_name().to_str()?.to_string();
@@ -414,8 +414,48 @@ pub fn list(state_dir: &Path) -> Result<Vec<String>, JournalError> {
             .then_some(id)
         })
         .collect();
-    ids.sort();
-    Ok(ids)
+    // In the order the runs started: two runs of one second (a failover, then a failback a
+    // moment later) have ids that sort by their mode, and `-10` sorts before `-2`.
+    let mut keyed: Vec<(Option<DateTime<Utc>>, String)> = ids
+        .into_iter()
+        .map(|id| (started_at(&dir.join(&id).join("journal.jsonl")), id))
+        .collect();
+    keyed.sort_by(|(a, x), (b, y)| {
+        let second = |id: &str| id.get(..15).map(str::to_string);
+        // A journal that does not say when its run started (being written, or damaged)
+        // last in its second.
+        second(x)
+            .cmp(&second(y))
+            .then(a.is_none().cmp(&b.is_none()))
+            .then(a.cmp(b))
+            .then_with(|| x.cmp(y))
+    });
+    Ok(keyed.into_iter().map(|(_, id)| id).collect())
+}
+
+/// When a run started, as the first event of its journal says (`{"event":"run_started",
+/// "at":"…"`, the order in which reprise writes it); `None` when it does not say.
+fn started_at(journal: &Path) -> Option<DateTime<Utc>> {
+    let mut head = [0u8; 256];
+    let mut f = File::open(journal).ok()?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(_) => return None,
+        }
+    }
+    let head = std::str::from_utf8(&head[..n]).ok().or_else(|| {
+        // Cut inside a character: what is before it.
+        let valid = std::str::from_utf8(&head[..n]).err()?.valid_up_to();
+        std::str::from_utf8(&head[..valid]).ok()
+    })?;
+    let rest = head.strip_prefix("{\"event\":\"run_started\",\"at\":\"")?;
+    let at = &rest[..rest.find('"')?];
+    DateTime::parse_from_rfc3339(at)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// A new run id: UTC start time and mode, unique in the state folder.
@@ -612,6 +652,67 @@ mod tests {
         f.write_all(b"{\"event\":\"step_sta").unwrap();
         assert_eq!(dir.read().unwrap(), events);
         assert_eq!(RunDir::open(state.path(), "latest").unwrap().run_id, "r1");
+    }
+
+    /// Runs listed in the order they started, whatever their ids: two runs of one second
+    /// (a failover, then a failback a moment later) and a tenth run of a second; `latest` is
+    /// the run that started last.
+    #[test]
+    fn runs_are_listed_in_the_order_they_started() {
+        let state = tempfile::tempdir().unwrap();
+        let start = |id: &str, mode: &str, at: &str| {
+            let dir = RunDir::create(state.path(), id).unwrap();
+            let event: Event = serde_json::from_value(serde_json::json!({
+                "event": "run_started", "at": at, "run_id": id, "mode": mode,
+                "emergency": false, "services": [], "only": false, "operator": "o",
+                "machine": "m", "version": "v", "sources_digest": "d", "steps": [],
+            }))
+            .unwrap();
+            let mut w = JournalWriter::open(&dir).unwrap();
+            w.append(&event).unwrap();
+        };
+        start(
+            "20261204-122046-failover",
+            "failover",
+            "2026-12-04T12:20:46.100Z",
+        );
+        start(
+            "20261204-122046-failback",
+            "failback",
+            "2026-12-04T12:20:46.900Z",
+        );
+        assert_eq!(
+            RunDir::open(state.path(), "latest").unwrap().run_id,
+            "20261204-122046-failback"
+        );
+        start(
+            "20261204-122047-drill-2",
+            "drill",
+            "2026-12-04T12:20:47.100Z",
+        );
+        start(
+            "20261204-122047-drill-10",
+            "drill",
+            "2026-12-04T12:20:47.500Z",
+        );
+        // A journal that does not start as reprise writes one (being written, or damaged)
+        // sorts last in its second.
+        let odd = RunDir::create(state.path(), "20261204-122047-drill").unwrap();
+        std::fs::write(
+            odd.journal_path(),
+            "{\"at\":\"2026-12-04T12:20:47.900Z\"}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            list(state.path()).unwrap(),
+            [
+                "20261204-122046-failover",
+                "20261204-122046-failback",
+                "20261204-122047-drill-2",
+                "20261204-122047-drill-10",
+                "20261204-122047-drill",
+            ]
+        );
     }
 
     #[test]

@@ -50,6 +50,22 @@ pub fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// The runs of the state folder `state`, in the order they started (as `reprise` orders
+/// them: `latest` is the last), a run whose journal is not written yet (starting) last.
+pub fn run_ids(state: &Path) -> Vec<String> {
+    let mut ids = reprise::journal::list(state).unwrap_or_default();
+    let starting: Vec<String> = std::fs::read_dir(state.join("runs"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir() && !e.path().join("journal.jsonl").is_file())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.extend(starting);
+    ids
+}
+
 /// A temporary copy of the small valid fixture (`inventory/` and `runbooks/`).
 pub fn mini_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

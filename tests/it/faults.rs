@@ -98,16 +98,7 @@ fn spawn(lab: &Lab, extra: &[&str]) -> Background {
 
 /// The run folders of the lab's state folder, oldest first.
 fn run_ids(state: &Path) -> Vec<String> {
-    let mut ids: Vec<String> = std::fs::read_dir(state.join("runs"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    ids.sort();
-    ids
+    crate::common::run_ids(state)
 }
 
 /// The complete lines of the latest journal of `state`.

@@ -109,17 +109,11 @@ impl Lab {
 
     pub(crate) fn journal(&self) -> Vec<serde_json::Value> {
         let runs = self.state().join("runs");
-        let mut ids: Vec<_> = std::fs::read_dir(&runs)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-            .collect();
-        ids.sort();
         // The run may be starting (no journal yet) or writing a line: read whole lines only.
-        let Some(last) = ids.last() else {
+        let Some(last) = crate::common::run_ids(&self.state()).pop() else {
             return Vec::new();
         };
+        let last = runs.join(last);
         let text = std::fs::read_to_string(last.join("journal.jsonl")).unwrap_or_default();
         let complete = &text[..text.rfind('\n').map(|i| i + 1).unwrap_or(0)];
         complete

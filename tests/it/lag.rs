@@ -209,14 +209,8 @@ fn status_and_check_judge_the_lag_and_never_pass_one_they_cannot_read() {
 
 fn journal(lab: &Lab) -> Vec<serde_json::Value> {
     let runs = lab.state().join("runs");
-    let mut ids: Vec<_> = std::fs::read_dir(&runs)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    ids.sort();
-    let text = std::fs::read_to_string(ids.last().unwrap().join("journal.jsonl")).unwrap();
+    let last = crate::common::run_ids(&lab.state()).pop().expect("a run");
+    let text = std::fs::read_to_string(runs.join(last).join("journal.jsonl")).unwrap();
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()

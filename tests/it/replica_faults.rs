@@ -95,18 +95,10 @@ impl Lab {
     /// The events of the latest run.
     fn journal(&self) -> Vec<serde_json::Value> {
         let runs = self.path("state/runs");
-        let mut ids: Vec<_> = std::fs::read_dir(&runs)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                    .collect()
-            })
-            .unwrap_or_default();
-        ids.sort();
-        let Some(last) = ids.last() else {
+        let Some(last) = crate::common::run_ids(runs.parent().unwrap()).pop() else {
             return Vec::new();
         };
+        let last = runs.join(last);
         let text = std::fs::read_to_string(last.join("journal.jsonl")).unwrap_or_default();
         let complete = &text[..text.rfind('\n').map(|i| i + 1).unwrap_or(0)];
         complete

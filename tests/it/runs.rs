@@ -141,16 +141,7 @@ impl Site {
     }
 
     fn runs(&self) -> Vec<String> {
-        let mut ids: Vec<String> = std::fs::read_dir(self.state().join("runs"))
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.path().is_dir())
-                    .map(|e| e.file_name().to_string_lossy().to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        ids.sort();
-        ids
+        crate::common::run_ids(&self.state())
     }
 
     fn journal_path(&self) -> PathBuf {

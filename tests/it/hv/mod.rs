@@ -581,18 +581,10 @@ impl Hv {
     /// The events of the newest run's journal.
     pub fn journal(&self) -> Vec<serde_json::Value> {
         let runs = self.dir.path().join("state/runs");
-        let mut ids: Vec<_> = std::fs::read_dir(&runs)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                    .collect()
-            })
-            .unwrap_or_default();
-        ids.sort();
-        let Some(last) = ids.last() else {
+        let Some(last) = crate::common::run_ids(runs.parent().unwrap()).pop() else {
             return Vec::new();
         };
+        let last = runs.join(last);
         let text = std::fs::read_to_string(last.join("journal.jsonl")).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str(l).ok())
