@@ -489,7 +489,7 @@ fn replicate_all(
             let Ok(definition) = capture_definition(model, &helpers, vm, &mut out) else {
                 continue;
             };
-            let taken_at = point_taken_now();
+            let taken_at = point_taken_now(&format!("vm {}", vm.id));
             let r = Replication {
                 point: point_id(taken_at),
                 taken_at,
@@ -522,7 +522,7 @@ fn replicate_all(
             }
             continue;
         };
-        let taken_at = point_taken_now();
+        let taken_at = point_taken_now(&format!("vm {}", vm.id));
         let reads = std::sync::Arc::new(Reads::new(vm.images.len()));
         let r = Replication {
             point: point_id(taken_at),

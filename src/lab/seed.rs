@@ -43,7 +43,7 @@ pub(super) fn seed_points(model: &Model) -> Result<(), LabError> {
     let transport = crate::run::transport(model, &options);
     let helpers = Helpers::new(&transport);
     // Taken as any point is: in a second after the one this process began in.
-    let now = point_taken_now();
+    let now = point_taken_now("lab seed");
     let replication = |retention, definition| Replication {
         point: point_id(now),
         taken_at: now,

@@ -2,7 +2,7 @@
 //! folder of each host, asks the recovery side for its manifest and pipes the source helper
 //! into the recovery helper over SSH. Blocking: callers keep it off async workers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout};
@@ -2099,18 +2099,41 @@ pub fn process_began() {
     BEGAN.get_or_init(|| Utc::now().timestamp());
 }
 
-/// How long to wait, now, before a point may be taken (see [`process_began`]).
-pub fn wait_for_point() -> Option<std::time::Duration> {
-    wait_after_point(*BEGAN.get_or_init(|| Utc::now().timestamp()), Utc::now())
+/// The second of the last point this process took of each item (a vm, a backup set).
+static TAKEN: std::sync::Mutex<BTreeMap<String, i64>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// The second a new point of `item` may not be in, nor any before it: the one this process
+/// began in (see [`process_began`]), or that of the last point of `item` this process took.
+fn last_second(item: &str) -> i64 {
+    let began = *BEGAN.get_or_init(|| Utc::now().timestamp());
+    let taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    taken.get(item).copied().unwrap_or(began).max(began)
 }
 
-/// The time a new point is taken at: now, once in a second after the one this process
-/// began in (see [`process_began`]; async code waits for [`wait_for_point`] first).
-pub fn point_taken_now() -> DateTime<Utc> {
-    if let Some(wait) = wait_for_point() {
-        std::thread::sleep(wait);
+/// How long to wait, now, before a point of `item` may be taken (see [`point_taken_now`]).
+pub fn wait_for_point(item: &str) -> Option<std::time::Duration> {
+    wait_after_point(last_second(item), Utc::now())
+}
+
+/// The time a new point of `item` (a vm, a backup set) is taken at: now, once in a second
+/// after the one this process began in (see [`process_began`]) and after that of the last
+/// point of `item` it took. Point ids are to the second: two replications of one vm in one
+/// run (a copy while it runs, then the last one once it is stopped) never make one id twice.
+/// Async code waits for [`wait_for_point`] first.
+pub fn point_taken_now(item: &str) -> DateTime<Utc> {
+    loop {
+        if let Some(wait) = wait_for_point(item) {
+            std::thread::sleep(wait);
+        }
+        let now = Utc::now();
+        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        let began = *BEGAN.get_or_init(|| now.timestamp());
+        let last = taken.get(item).copied().unwrap_or(began).max(began);
+        if now.timestamp() > last {
+            taken.insert(item.to_string(), now.timestamp());
+            return now;
+        }
     }
-    Utc::now()
 }
 
 /// How long, at `now`, until the second after `last` (a second since the epoch).
@@ -2331,6 +2354,18 @@ mod tests {
         assert_eq!(wait_after_point(5, at(6_000)), None);
         assert_eq!(wait_after_point(5, at(7_300)), None);
         assert_eq!(wait_after_point(i64::MAX, at(7_300)), None);
+    }
+
+    /// Two points of one vm taken by one process (a run's copy while the vm ran, then its
+    /// last copy once it stopped, a moment later) are in two seconds: two ids. Another vm's
+    /// point is not held back by them.
+    #[test]
+    fn two_points_of_one_item_taken_by_one_process_have_two_ids() {
+        let first = point_taken_now("vm two-points-a");
+        assert_eq!(wait_for_point("vm two-points-b"), None);
+        let second = point_taken_now("vm two-points-a");
+        assert!(second.timestamp() > first.timestamp(), "{first} {second}");
+        assert_ne!(point_id(first), point_id(second));
     }
 
     #[test]

@@ -47,11 +47,16 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
         .timeout_s
         .map(StdDuration::from_secs)
         .unwrap_or(StdDuration::from_secs(7200));
-    // Every disk of a vm gets the same point.
-    if let Some(wait) = crate::replica::remote::wait_for_point() {
+    // Every disk of a vm gets the same point; a second replication of it in this run (a
+    // copy while it ran, then the last one once it stopped) another.
+    let item = match what {
+        Replicated::Vm(vm) => format!("vm {vm}"),
+        Replicated::Backup(set) => format!("backup set {set}"),
+    };
+    if let Some(wait) = crate::replica::remote::wait_for_point(&item) {
         tokio::time::sleep(wait).await;
     }
-    let taken_at = crate::replica::remote::point_taken_now();
+    let taken_at = crate::replica::remote::point_taken_now(&item);
     // The vm's definition goes with the point (beside the copy of its first disk).
     let mut captured_def = None;
     if let (Some((cmd, format)), Some((_, first))) = (capture, items.first()) {

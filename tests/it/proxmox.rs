@@ -2,7 +2,8 @@
 //! qm's semantics: vmids, configuration files under the lab's /etc/pve/qemu-server, volumes
 //! of a directory storage, a running vm a real process reading its disks). The small fixture
 //! as a Proxmox inventory: disks in Proxmox's layout (`101/vm-101-disk-0.qcow2`), two NICs per
-//! vm, the guest agent on, and a planned failover that shuts down both vms on the primary.
+//! vm, the guest agent on, and a planned failover that shuts down both vms on the primary
+//! (db copied while it runs, under its freeze, then again once stopped).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,6 +42,15 @@ fn proxmox_copy() -> tempfile::TempDir {
         .replace(
             "role = \"hypervisor\"\n",
             "role = \"hypervisor\"\nnetworks = { vmbr0 = \"vmbr0\", vmbr1 = \"vmbr1\" }\n",
+        )
+    });
+    // A planned failover copies db while it runs (under its freeze, to shorten the last
+    // copy), then stops it and copies what it wrote since.
+    edit("runbooks/db.toml", &|s| {
+        s.replacen(
+            "[[db.failover]]\nid = \"stop-primary\"",
+            "[[db.failover]]\nid = \"pre-sync\"\nkind = \"replicate\"\nvm = \"db\"\nneeds_primary = true\nexpected = \"10m\"\n\n[[db.failover]]\nid = \"stop-primary\"",
+            1,
         )
     });
     // A failback shuts the recovery copies down first (then copies back and starts).
@@ -748,8 +758,8 @@ fn a_proxmox_point_whose_freeze_cannot_be_confirmed_is_unusable() {
     );
 }
 
-/// The same through a runbook's `replicate` step (a planned failover's sync of the running
-/// vm, under its freeze): its point is unusable, the step fails and the failover does not go
+/// The same through a runbook's `replicate` step (a planned failover's copy of the running
+/// vm, under its freeze, before it is stopped): its point is unusable, the step fails and the failover does not go
 /// on to start the vm from it.
 #[test]
 fn a_runbook_copy_whose_freeze_cannot_be_confirmed_makes_an_unusable_point() {
@@ -1268,8 +1278,8 @@ fn qm_first(lab: &Lab, host: &str, line: &str) {
 
 /// A point is of the moment its disks were frozen, never of before: the freeze here takes
 /// 1.5 s to be in place, and the point made under it, by `reprise replicate` and by a planned
-/// failover's sync step, is taken once it is (a point chosen as taken before a time must hold
-/// nothing written after it).
+/// failover's sync step of the running vm, is taken once it is (a point chosen as taken before
+/// a time must hold nothing written after it).
 #[test]
 fn a_proxmox_point_is_taken_once_its_freeze_is_in_place() {
     let lab = Lab::up(183);
@@ -1309,34 +1319,30 @@ fn a_proxmox_point_is_taken_once_its_freeze_is_in_place() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let failover = lab.with(&["failover", "--service", "db", "--yes", "--no-prompt"]);
     assert_eq!(failover.code, 0, "{failover:?}");
-    // The point its start used: the one its sync step made.
-    let runs = lab.dir.path().join("state/runs");
-    let mut ids: Vec<_> = std::fs::read_dir(&runs)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    ids.sort();
-    let journal = std::fs::read_to_string(ids.last().unwrap().join("journal.jsonl")).unwrap();
+    // The point its live sync step made, under the freeze.
+    let state = lab.dir.path().join("state");
+    let last = crate::common::run_ids(&state).pop().expect("a run");
+    let journal =
+        std::fs::read_to_string(state.join("runs").join(last).join("journal.jsonl")).unwrap();
     let used: Vec<serde_json::Value> = journal
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|e| e["event"] == "replica_point_used" && e["item"] == "db")
+        .filter(|e| {
+            e["event"] == "replica_point_used" && e["item"] == "db" && e["step"] == "db/pre-sync"
+        })
         .collect();
-    // The sync step's point, made by it and then started from.
-    assert_eq!(used.len(), 2, "{used:#?}");
-    for u in &used {
-        assert!(
-            u["point"] == used[0]["point"] && !before.iter().any(|b| u["point"] == b.as_str()),
-            "the sync step's own point: {used:#?}"
-        );
-        assert!(
-            taken(u) >= began() + 1.5,
-            "the failover's point is taken at {} before its freeze was in place ({} + 1.5 s)",
-            taken(u),
-            began()
-        );
-    }
+    assert_eq!(used.len(), 1, "{used:#?}");
+    let u = &used[0];
+    assert!(
+        !before.iter().any(|b| u["point"] == b.as_str()),
+        "the sync step's own point: {used:#?}"
+    );
+    assert!(
+        taken(u) >= began() + 1.5,
+        "the failover's point is taken at {} before its freeze was in place ({} + 1.5 s)",
+        taken(u),
+        began()
+    );
 }
 
 /// `qm ARGS` on `host`, through the lab's stand-in, as someone at the node's console would.
