@@ -5,7 +5,7 @@
 //! the journal says back into the state a resumed run starts from. It never prints: events go to
 //! the journal and to the [`Sink`] the caller gives (the terminal view).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -446,6 +446,10 @@ struct Launch {
     /// host, and whether the run is forced past them.
     away: BTreeMap<String, Away>,
     force: bool,
+    /// Who starts (or resumes) it.
+    operator: String,
+    /// What its journal already says was forced (a resumed run's).
+    forced_before: Vec<String>,
 }
 
 fn execute(
@@ -458,6 +462,8 @@ fn execute(
         prior,
         away,
         force,
+        operator,
+        forced_before,
     }: Launch,
     exec: &ExecOptions,
     view: &mut dyn Sink,
@@ -496,6 +502,18 @@ fn execute(
             down: Default::default(),
             away,
             force,
+            operator,
+            journaled: std::sync::Mutex::new(
+                first
+                    .iter()
+                    .filter_map(|e| match e {
+                        Event::ReadinessForced { problems, .. } => Some(problems.clone()),
+                        _ => None,
+                    })
+                    .flatten()
+                    .chain(forced_before)
+                    .collect(),
+            ),
         }) as Arc<dyn runner::OtherSite>
     });
     let ctx = RunContext {
@@ -860,13 +878,18 @@ struct RestoreGuard {
     /// What this machine's journals showed at the run's start, and whether it was forced.
     away: BTreeMap<String, Away>,
     force: bool,
+    /// Who runs it (this start, or this resume).
+    operator: String,
+    /// What the journal already says was forced (at the start, or at an earlier step): not
+    /// journaled again.
+    journaled: std::sync::Mutex<BTreeSet<String>>,
 }
 
 /// How long a recovery host that did not answer a restore's question is taken as down.
 const DOWN_FOR: StdDuration = StdDuration::from_secs(120);
 
 impl runner::OtherSite for RestoreGuard {
-    fn judge(&self, step: &PlannedStep) -> (Vec<String>, Vec<String>) {
+    fn judge(&self, step: &PlannedStep) -> runner::OtherSiteSays {
         let mut known = self.down.lock().unwrap_or_else(|e| e.into_inner());
         known.retain(|_, (since, _)| since.elapsed() < DOWN_FOR);
         let mut down: HashMap<String, String> = known
@@ -886,9 +909,20 @@ impl runner::OtherSite for RestoreGuard {
                 .entry(host)
                 .or_insert_with(|| (std::time::Instant::now(), why));
         }
-        let mut judged = judge_elsewhere(Mode::Restore, &found, self.force);
-        judged.warned.append(&mut judged.forced);
-        (judged.refused, judged.warned)
+        let judged = judge_elsewhere(Mode::Restore, &found, self.force);
+        let mut journaled = self.journaled.lock().unwrap_or_else(|e| e.into_inner());
+        let (new, mut said): (Vec<String>, Vec<String>) = judged
+            .forced
+            .into_iter()
+            .partition(|p| !journaled.contains(p));
+        journaled.extend(new.iter().cloned());
+        said.extend(judged.warned);
+        runner::OtherSiteSays {
+            refused: judged.refused,
+            said,
+            forced: new,
+            operator: self.operator.clone(),
+        }
     }
 }
 
@@ -1547,6 +1581,8 @@ pub fn start(
             prior: HashMap::new(),
             away,
             force: force_restore,
+            operator: opts.operator.clone(),
+            forced_before: Vec::new(),
         },
         &opts.exec,
         view,
@@ -1762,6 +1798,15 @@ pub fn resume(
         prior,
         away,
         force: force_restore,
+        operator: operator.to_string(),
+        forced_before: events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ReadinessForced { problems, .. } => Some(problems.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect(),
     };
     // The vms left start from the points the operator asked for when the run started.
     let mut exec = exec.clone();

@@ -94,10 +94,21 @@ pub fn env_secrets() -> SecretResolver {
 /// ago (a restore waits for people at each power step), and a recovery host that did not
 /// answer then may have come back, or been failed over to, since.
 pub trait OtherSite: Send + Sync {
-    /// Blocking (it asks hosts): why the vm `step` starts must not start (each with the way
-    /// out: the step fails), and what is only said (the other site could not be asked: the
-    /// step goes on).
-    fn judge(&self, step: &PlannedStep) -> (Vec<String>, Vec<String>);
+    /// Blocking (it asks hosts): what the other site says of the vm `step` starts.
+    fn judge(&self, step: &PlannedStep) -> OtherSiteSays;
+}
+
+/// What [`OtherSite::judge`] found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OtherSiteSays {
+    /// Why the vm must not start, each with the way out: the step fails.
+    pub refused: Vec<String>,
+    /// What is only said (the other site could not be asked): the step goes on.
+    pub said: Vec<String>,
+    /// What would stop it, passed because `operator` forced the run (`--force`): journaled
+    /// as `readiness_forced` by that operator, once each, and the step goes on.
+    pub forced: Vec<String>,
+    pub operator: String,
 }
 
 /// Everything a run needs.

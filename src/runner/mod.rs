@@ -37,8 +37,8 @@ use tokio::task::JoinSet;
 
 pub use crate::ssh::OUTPUT_LIMIT;
 pub use context::{
-    Confirmations, OtherSite, PointChoice, Prior, RunContext, RunOptions, SecretResolver, Sink,
-    Unrecorded, env_secrets,
+    Confirmations, OtherSite, OtherSiteSays, PointChoice, Prior, RunContext, RunOptions,
+    SecretResolver, Sink, Unrecorded, env_secrets,
 };
 pub use exec::said_running;
 pub use record::{drill_cleaned_up, prior_from_journal};

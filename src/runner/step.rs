@@ -82,21 +82,34 @@ async fn other_site_refuses(
         return None;
     }
     let asked = step.clone();
-    let (refused, said) = tokio::task::spawn_blocking(move || other.judge(&asked))
+    let says = tokio::task::spawn_blocking(move || other.judge(&asked))
         .await
         // The question itself failed (not the host): nothing says the vm may start.
-        .unwrap_or_else(|e| {
-            (
-                vec![format!(
-                    "whether vm {} runs on the other site could not be judged ({e}); `reprise status` and the recovery host's hypervisor tell, then resume",
-                    step.vm.as_deref().unwrap_or(&step.service)
-                )],
-                Vec::new(),
-            )
+        .unwrap_or_else(|e| super::OtherSiteSays {
+            refused: vec![format!(
+                "whether vm {} runs on the other site could not be judged ({e}); `reprise status` and the recovery host's hypervisor tell, then resume",
+                step.vm.as_deref().unwrap_or(&step.service)
+            )],
+            ..Default::default()
         });
-    if refused.is_empty() && said.is_empty() {
+    let super::OtherSiteSays {
+        refused,
+        mut said,
+        forced,
+        operator,
+    } = says;
+    if refused.is_empty() && said.is_empty() && forced.is_empty() {
         return None;
     }
+    if !forced.is_empty() {
+        // Who passed it, in the journal the report reads, before the vm starts.
+        run.send(Event::ReadinessForced {
+            at: Utc::now(),
+            operator,
+            problems: forced.clone(),
+        });
+    }
+    said.extend(forced);
     if !*recorded {
         if !record_start(&run.tx, step, 1).await {
             return Some(run.outcome(StepStatus::Cancelled, 1, Some(NOT_RECORDED.into())));

@@ -1606,23 +1606,29 @@ async fn a_check_with_expect_passes_only_on_the_answer_it_names() {
 /// A restore asks the other site again as each step comes to start a vm (the run's start may
 /// be hours before): a vm found running there, or left there by a failover, since the start is
 /// not started, the step fails saying why, and what depends on it does not run; what could
-/// not be asked is said in the step's output and the vm starts; other steps ask nothing.
+/// not be asked is said in the step's output and the vm starts; what the operator forced past
+/// is journaled as forced, by that operator, and the vm starts; other steps ask nothing.
 #[test]
 fn a_restore_step_asks_the_other_site_again_before_it_starts_a_vm() {
     struct Judge(Mutex<Vec<String>>);
     impl OtherSite for Judge {
-        fn judge(&self, step: &PlannedStep) -> (Vec<String>, Vec<String>) {
+        fn judge(&self, step: &PlannedStep) -> OtherSiteSays {
             self.0.lock().unwrap().push(step.id.clone());
             match step.id.as_str() {
-                "db/start" => (
-                    vec!["vm db runs on hv-pra: fail back instead".into()],
-                    vec![],
-                ),
-                "web/start" => (
-                    vec![],
-                    vec!["whether vm web runs on hv-pra could not be asked".into()],
-                ),
-                _ => (vec![], vec![]),
+                "db/start" => OtherSiteSays {
+                    refused: vec!["vm db runs on hv-pra: fail back instead".into()],
+                    ..Default::default()
+                },
+                "web/start" => OtherSiteSays {
+                    said: vec!["whether vm web runs on hv-pra could not be asked".into()],
+                    ..Default::default()
+                },
+                "erp/start" => OtherSiteSays {
+                    forced: vec!["vm erp was left on hv-pra by failover run f1".into()],
+                    operator: "Nadia".into(),
+                    ..Default::default()
+                },
+                _ => OtherSiteSays::default(),
             }
         }
     }
@@ -1637,6 +1643,7 @@ fn a_restore_step_asks_the_other_site_again_before_it_starts_a_vm() {
         vm_step("db/start", &["power/on"], "start db"),
         exec_step("db/ready", "h1", &["db/start"], "db ready"),
         vm_step("web/start", &["power/on"], "start web"),
+        vm_step("erp/start", &["power/on"], "start erp"),
     ];
     for guarded in [true, false] {
         let fake = Arc::new(Fake::default());
@@ -1717,9 +1724,33 @@ fn a_restore_step_asks_the_other_site_again_before_it_starts_a_vm() {
             "{}",
             said("web/start")
         );
+        // Forced: journaled as such, by whom, before its start; said; started.
+        assert_eq!(sink.status("erp/start"), Some(StepStatus::Done));
+        let forced: Vec<(String, Vec<String>)> = sink
+            .0
+            .iter()
+            .filter_map(|e| match e {
+                Event::ReadinessForced {
+                    operator, problems, ..
+                } => Some((operator.clone(), problems.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            forced,
+            [(
+                "Nadia".to_string(),
+                vec!["vm erp was left on hv-pra by failover run f1".to_string()]
+            )]
+        );
+        assert!(
+            said("erp/start").contains("left on hv-pra"),
+            "{}",
+            said("erp/start")
+        );
         // Only the steps that start a vm were asked about.
         let mut asked = judge.0.lock().unwrap().clone();
         asked.sort();
-        assert_eq!(asked, ["db/start", "web/start"]);
+        assert_eq!(asked, ["db/start", "erp/start", "web/start"]);
     }
 }
