@@ -52,7 +52,17 @@ const MIN_MTIME_NS: i128 = -62_167_219_200 * 1_000_000_000;
 pub struct FileEntry {
     pub size: u64,
     pub mtime_ns: i128,
+    /// The source file's status change time (0: not known, as for a copy's own files read
+    /// again). Unlike the modification time, no program can set it back: a file rewritten
+    /// with its size and modification time kept (`touch -d`, a tool that restores times)
+    /// or copied in with its old time kept (`cp -p`, `rsync -t`) changes it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ctime_ns: i128,
     pub blake3: String,
+}
+
+fn is_zero(n: &i128) -> bool {
+    *n == 0
 }
 
 /// Every regular file of a tree, by path relative to its root (`/`-separated).
@@ -83,6 +93,11 @@ impl Tree {
 fn mtime_ns(m: &std::fs::Metadata) -> i128 {
     use std::os::unix::fs::MetadataExt as _;
     i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
+}
+
+fn ctime_ns(m: &std::fs::Metadata) -> i128 {
+    use std::os::unix::fs::MetadataExt as _;
+    i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec())
 }
 
 /// Whether the file `rel` beneath `root` is the one `entry` describes, by its size and
@@ -188,10 +203,7 @@ fn walk_all(root: &Path) -> io::Result<(Vec<(String, std::fs::Metadata)>, Vec<(S
 /// cannot be set back from userland, so a file copied in with its old modification time kept
 /// (`cp -p`, `rsync -t`) counts when it came, and a removal counts through its directory.
 fn newest_change(root: &Path) -> io::Result<i128> {
-    use std::os::unix::fs::MetadataExt as _;
-    let changed = |m: &std::fs::Metadata| {
-        mtime_ns(m).max(i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()))
-    };
+    let changed = |m: &std::fs::Metadata| mtime_ns(m).max(ctime_ns(m));
     let mut newest = changed(&std::fs::symlink_metadata(root)?);
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -244,6 +256,7 @@ fn digest_in_place(root: &Path) -> io::Result<String> {
         let entry = FileEntry {
             size,
             mtime_ns: 0,
+            ctime_ns: 0,
             blake3: h.finalize().to_hex().to_string(),
         };
         tree.files.insert(rel, entry);
@@ -287,9 +300,11 @@ pub fn scan(root: &Path) -> io::Result<Tree> {
         }
         tree.files.insert(
             rel,
+            // Not the source's: unknown (the next replication reads each file again).
             FileEntry {
                 size: meta.len(),
                 mtime_ns: mtime_ns(&meta),
+                ctime_ns: 0,
                 blake3: hash,
             },
         );
@@ -380,11 +395,12 @@ fn check_entry(path: &str, e: &FileEntry) -> Result<(), String> {
             e.size
         ));
     }
-    if !(MIN_MTIME_NS..=MAX_MTIME_NS).contains(&e.mtime_ns) {
-        return Err(format!(
-            "`{path}` is announced with an impossible time ({} ns): refused",
-            e.mtime_ns
-        ));
+    for t in [e.mtime_ns, e.ctime_ns] {
+        if !(MIN_MTIME_NS..=MAX_MTIME_NS).contains(&t) {
+            return Err(format!(
+                "`{path}` is announced with an impossible time ({t} ns): refused"
+            ));
+        }
     }
     if !is_hash(&e.blake3) {
         return Err(format!("`{path}` is announced with a malformed hash"));
@@ -453,10 +469,13 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
             return Err(changed_while_read(&path));
         };
         let known = base.files.get(&rel);
-        let (size, mtime) = (meta.len(), mtime_ns(&meta));
+        let (size, mtime, ctime) = (meta.len(), mtime_ns(&meta), ctime_ns(&meta));
+        // Not read again only when nothing about it changed, its status change time
+        // included (which no program can set back, unlike the others).
         if let Some(k) = known
             && k.size == size
             && k.mtime_ns == mtime
+            && k.ctime_ns == ctime
         {
             now.files.insert(rel, k.clone());
             continue;
@@ -471,6 +490,7 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
         let entry = FileEntry {
             size,
             mtime_ns: mtime,
+            ctime_ns: ctime,
             blake3: hash,
         };
         if known.is_some_and(|k| k.blake3 == entry.blake3 && k.size == size) {
@@ -1006,11 +1026,12 @@ impl TreeStore {
             unusable: None,
             pending: false,
             // Its files were read one after the other: what it holds was written until the
-            // newest of them.
+            // newest of them, by when each was written or came (its status change: a file
+            // copied in with an older modification time kept counts when it came).
             newest_file: tree
                 .files
                 .values()
-                .map(|f| f.mtime_ns)
+                .map(|f| f.mtime_ns.max(f.ctime_ns))
                 .max()
                 .and_then(|ns| {
                     let secs = i64::try_from(ns.div_euclid(1_000_000_000)).ok()?;
@@ -1568,7 +1589,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
         std::fs::create_dir_all(&src).unwrap();
-        let t0: chrono::DateTime<Utc> = "2026-12-04T03:00:00Z".parse().unwrap();
+        // An hour ahead: the files' status change times (now) are older than what is set.
+        let t0 = Utc::now() + chrono::Duration::hours(1);
         for (name, secs) in [("monday.sql", -3600), ("tuesday.sql", 5)] {
             let path = src.join(name);
             std::fs::write(&path, name).unwrap();
@@ -1588,6 +1610,53 @@ mod tests {
             "tuesday.sql was written after {t0}"
         );
         assert!(p.holds_only_before(t0 + chrono::Duration::seconds(5)));
+    }
+
+    /// A file's modification time can be set back; its status change time cannot. A dump
+    /// copied into the set with an old modification time kept (`cp -p`) counts as written
+    /// when it came: a point is not taken as holding only what was written before a time it
+    /// came after. A file rewritten with its size and modification time as they were
+    /// (`touch -d` after the write, a tool that restores times) is read again and sent: the
+    /// copy is the source, never the file as it was.
+    #[test]
+    fn a_file_whose_modification_time_was_set_back_is_still_known_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        let set_mtime = |path: &Path, at: std::time::SystemTime| {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        };
+        let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+        let t0 = Utc::now() - chrono::Duration::minutes(10);
+        let dump = src.join("erp.dump");
+        std::fs::write(&dump, "monday's dump").unwrap();
+        set_mtime(&dump, day_ago);
+        replicate_at(&src, &dst, "p1", t0).unwrap();
+        let p = TreeStore::new(&dst).points().unwrap().pop().unwrap();
+        assert!(
+            p.newest_file.is_some_and(|f| f > t0),
+            "{:?} (the dump came after {t0})",
+            p.newest_file
+        );
+        assert!(!p.holds_only_before(t0));
+        // Rewritten: the same size, its modification time put back.
+        std::fs::write(&dump, "tuesday dump!").unwrap();
+        set_mtime(&dump, day_ago);
+        let sent = replicate_at(&src, &dst, "p2", Utc::now()).unwrap();
+        assert_eq!(sent.files, 1);
+        assert_eq!(
+            std::fs::read(dst.join("erp.dump")).unwrap(),
+            b"tuesday dump!"
+        );
+        // Nothing changed since: nothing read again.
+        let sent =
+            replicate_at(&src, &dst, "p3", Utc::now() + chrono::Duration::seconds(1)).unwrap();
+        assert_eq!(sent.files, 0);
     }
 
     fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {

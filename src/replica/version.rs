@@ -18,7 +18,8 @@
 /// checkpoint's. Version 8: `apply --pending` holds a point read live until its freeze is
 /// confirmed (`Request::Confirm`), and a mark of a replication (torn, confirmed) stays until
 /// a point of it is recorded. Version 9: `send --audit` reads every block and says, before
-/// the end of its stream, which changed blocks its bitmap did not mark (`Record::Unmarked`).
+/// the end of its stream, which changed blocks its bitmap did not mark (`Record::Unmarked`),
+/// and a backup set's file entries carry their status change time (`FileEntry::ctime_ns`).
 pub const PROTOCOL: u32 = 9;
 
 /// The version of this program, as helpers report it.
