@@ -995,7 +995,12 @@ impl Store {
             Some(commit) => {
                 let id = commit.point.id.clone();
                 let done = self.roll_forward(&path, &journal, commit, true)?;
-                Ok(Some(super::point::completed_note(&id, done.unusable)))
+                let note = super::point::completed_note(&id, done.unusable);
+                // What its source found its bitmap missed is said by whoever completes it.
+                Ok(Some(match done.unmarked {
+                    Some(said) => format!("{note}; {said}"),
+                    None => note,
+                }))
             }
             None => {
                 let pending = self.path("delta.pending");
@@ -2540,6 +2545,67 @@ mod tests {
             read: None,
             pending: false,
         }
+    }
+
+    /// A scan that found blocks its dirty bitmap missed, its update cut right after its commit
+    /// record: whoever completes it marks the points read through the bitmap since the last
+    /// whole read, and the next update says what was found.
+    #[test]
+    fn blocks_a_bitmap_missed_are_said_by_whoever_completes_the_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let store = Store::new(&dir.path().join("dst.img"));
+        let read = |id: &str, mode: ReadMode| NewPoint {
+            read: Some(HowRead {
+                mode,
+                why: None,
+                checkpoint: None,
+                since: None,
+                created: None,
+            }),
+            ..point(id)
+        };
+        for (id, byte, mode) in [
+            ("p1", b'a', ReadMode::Scan),
+            ("p2", b'b', ReadMode::ChangedBlocks),
+        ] {
+            std::fs::write(&src, vec![byte; 3 * BLOCK]).unwrap();
+            store
+                .apply(&mut &stream_of(&src, &store)[..], read(id, mode))
+                .unwrap();
+        }
+        std::fs::write(&src, vec![b'c'; 3 * BLOCK]).unwrap();
+        // The source's word before the end record (its last 33 bytes).
+        let mut stream = stream_of(&src, &store);
+        let end = stream.split_off(stream.len() - 33);
+        wire::write_unmarked(&mut stream, 1, 2).unwrap();
+        stream.extend(end);
+        store
+            .apply_until(&mut &stream[..], read("p3", ReadMode::Scan), true)
+            .unwrap();
+        let (_, note) = store.base_manifest(false).unwrap();
+        let note = note.expect("the completed update is said");
+        assert!(
+            note.contains("an interrupted update was completed: point p3")
+                && note
+                    .contains("1 blocks differ from the copy that the dirty bitmap did not mark")
+                && note.contains("marked bad: p2"),
+            "{note}"
+        );
+        let bad: Vec<(String, bool)> = store
+            .points()
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.id, p.unusable.is_some()))
+            .collect();
+        assert_eq!(
+            bad,
+            [
+                ("p1".to_string(), false),
+                ("p2".to_string(), true),
+                ("p3".to_string(), false)
+            ]
+        );
     }
 
     /// A copy at point `p1` (blocks of byte `a`) whose update to `p2` (byte `b`) stopped, as a
