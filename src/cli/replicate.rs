@@ -1104,9 +1104,16 @@ fn copy_guest_disks(
                 // Found by an audited scan: the copy is right now, but what the bitmap
                 // missed may be missing from earlier points, and may be missed again.
                 if let Some(said) = &t.applied.unmarked {
+                    let good = match &t.applied.point.unusable {
+                        None => format!("The copy is good as of point {}", t.applied.point.id),
+                        Some(why) => format!(
+                            "Point {} is unusable all the same: {why}",
+                            t.applied.point.id
+                        ),
+                    };
                     out.stderr.push_str(&format!(
-                        "error: {}: {name}: {said}. The copy is good as of point {}. Find what writes the disk without QEMU knowing (a tool run on the image file while the vm was stopped, a restore from elsewhere) before trusting changed-block tracking again, or set `changed_blocks = false` for vm {}\n",
-                        vm.id, t.applied.point.id, vm.id
+                        "error: {}: {name}: {said}. {good}. Find what writes the disk without QEMU knowing (a tool run on the image file while the vm was stopped, a restore from elsewhere) before trusting changed-block tracking again, or set `changed_blocks = false` for vm {}\n",
+                        vm.id, vm.id
                     ));
                     out.code = exit::FAILED;
                 }

@@ -1416,6 +1416,10 @@ impl Store {
         let mut changed = 0u64;
         let mut written = 0u64;
         let mut unmarked = None;
+        // The blocks received whose bytes differ from the copy's (those of a block the copy
+        // did not hold included): what a word of the source on blocks its bitmap missed must
+        // name, else its base manifest was wrong about the copy, not its bitmap about the disk.
+        let mut differ: Vec<u64> = Vec::new();
         let whole = loop {
             let (idx, data) = match records.next(input).map_err(stream_err)? {
                 Record::Data { idx, data } => {
@@ -1424,7 +1428,22 @@ impl Store {
                 }
                 Record::Zero { idx, len } => (idx, vec![0u8; len as usize]),
                 Record::Unmarked { count, first } => {
-                    unmarked = Some((count, first));
+                    if count > changed {
+                        return Err(stream_err(format!(
+                            "the stream says {count} blocks its bitmap missed, and sent {changed}"
+                        )));
+                    }
+                    if differ.binary_search(&first).is_ok() {
+                        unmarked = Some((count, first));
+                    } else {
+                        // A leaf of the manifest the source compared against was not the
+                        // copy's (damaged; the tree is made anew below): not the bitmap.
+                        tracing::warn!(
+                            image = %self.name(),
+                            first,
+                            "the source found block {first} changed and unmarked by its bitmap, but the copy already holds its bytes: its base manifest was wrong there, not the bitmap"
+                        );
+                    }
                     continue;
                 }
                 Record::End { whole } => break whole,
@@ -1440,7 +1459,11 @@ impl Store {
             j.write_all(&c).map_err(&werr)?;
             put_block(j, &data).map_err(&werr)?;
             let before = written;
-            written += data.len() as u64 + old.write(d, idx)?;
+            let kept = old.write(d, idx)?;
+            if kept == 0 || old.buf[..kept as usize] != data[..] {
+                differ.push(idx);
+            }
+            written += data.len() as u64 + kept;
             if written / WRITEBACK_EVERY != before / WRITEBACK_EVERY {
                 start_writeback(&[j.get_ref(), d.get_ref()]);
             }
@@ -2605,6 +2628,62 @@ mod tests {
                 ("p2".to_string(), true),
                 ("p3".to_string(), false)
             ]
+        );
+        // A source whose base manifest was wrong about the copy sends a block the copy
+        // already holds as one its bitmap missed: not taken as the bitmap's miss.
+        std::fs::write(&src, vec![b'd'; 3 * BLOCK]).unwrap();
+        store
+            .apply(
+                &mut &stream_of(&src, &store)[..],
+                read("p4", ReadMode::ChangedBlocks),
+            )
+            .unwrap();
+        let (m, _) = store.base_manifest(false).unwrap();
+        let mut stream = Vec::new();
+        wire::write_header(
+            &mut stream,
+            &wire::Header {
+                base_size: m.size,
+                base_whole: m.whole,
+                size: m.size,
+            },
+        )
+        .unwrap();
+        wire::write_data(&mut stream, 2, &vec![b'd'; BLOCK]).unwrap();
+        wire::write_unmarked(&mut stream, 1, 2).unwrap();
+        wire::write_end(&mut stream, &m.whole).unwrap();
+        let applied = store
+            .apply(&mut &stream[..], read("p5", ReadMode::Scan))
+            .unwrap();
+        assert_eq!(applied.unmarked, None);
+        let p4 = store
+            .points()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.id == "p4")
+            .unwrap();
+        assert!(p4.unusable.is_none(), "{p4:?}");
+        // Nor is a count beyond the blocks sent.
+        let mut stream = Vec::new();
+        wire::write_header(
+            &mut stream,
+            &wire::Header {
+                base_size: m.size,
+                base_whole: m.whole,
+                size: m.size,
+            },
+        )
+        .unwrap();
+        wire::write_data(&mut stream, 2, &vec![b'd'; BLOCK]).unwrap();
+        wire::write_unmarked(&mut stream, 2, 2).unwrap();
+        wire::write_end(&mut stream, &m.whole).unwrap();
+        let e = store
+            .apply(&mut &stream[..], read("p6", ReadMode::Scan))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("says 2 blocks its bitmap missed, and sent 1"),
+            "{e}"
         );
     }
 
