@@ -420,15 +420,10 @@ pub fn list(state_dir: &Path) -> Result<Vec<String>, JournalError> {
         .into_iter()
         .map(|id| (started_at(&dir.join(&id).join("journal.jsonl")), id))
         .collect();
+    // By the second the id names, then the start (a journal that does not say it, being
+    // written or damaged, last in its second), then the id.
     keyed.sort_by(|(a, x), (b, y)| {
-        let second = |id: &str| id.get(..15).map(str::to_string);
-        // A journal that does not say when its run started (being written, or damaged)
-        // last in its second.
-        second(x)
-            .cmp(&second(y))
-            .then(a.is_none().cmp(&b.is_none()))
-            .then(a.cmp(b))
-            .then_with(|| x.cmp(y))
+        (x.get(..15), a.is_none(), a, x).cmp(&(y.get(..15), b.is_none(), b, y))
     });
     Ok(keyed.into_iter().map(|(_, id)| id).collect())
 }
@@ -436,21 +431,13 @@ pub fn list(state_dir: &Path) -> Result<Vec<String>, JournalError> {
 /// When a run started, as the first event of its journal says (`{"event":"run_started",
 /// "at":"…"`, the order in which reprise writes it); `None` when it does not say.
 fn started_at(journal: &Path) -> Option<DateTime<Utc>> {
-    let mut head = [0u8; 256];
-    let mut f = File::open(journal).ok()?;
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(_) => return None,
-        }
-    }
-    let head = std::str::from_utf8(&head[..n]).ok().or_else(|| {
-        // Cut inside a character: what is before it.
-        let valid = std::str::from_utf8(&head[..n]).err()?.valid_up_to();
-        std::str::from_utf8(&head[..valid]).ok()
-    })?;
+    let mut head = Vec::with_capacity(256);
+    File::open(journal)
+        .ok()?
+        .take(256)
+        .read_to_end(&mut head)
+        .ok()?;
+    let head = String::from_utf8_lossy(&head);
     let rest = head.strip_prefix("{\"event\":\"run_started\",\"at\":\"")?;
     let at = &rest[..rest.find('"')?];
     DateTime::parse_from_rfc3339(at)

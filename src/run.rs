@@ -503,17 +503,7 @@ fn execute(
             away,
             force,
             operator,
-            journaled: std::sync::Mutex::new(
-                first
-                    .iter()
-                    .filter_map(|e| match e {
-                        Event::ReadinessForced { problems, .. } => Some(problems.clone()),
-                        _ => None,
-                    })
-                    .flatten()
-                    .chain(forced_before)
-                    .collect(),
-            ),
+            journaled: std::sync::Mutex::new(forced_in(&first).chain(forced_before).collect()),
         }) as Arc<dyn runner::OtherSite>
     });
     let ctx = RunContext {
@@ -883,6 +873,18 @@ struct RestoreGuard {
     /// What the journal already says was forced (at the start, or at an earlier step): not
     /// journaled again.
     journaled: std::sync::Mutex<BTreeSet<String>>,
+}
+
+/// The problems `events` say were forced (`readiness_forced`).
+fn forced_in(events: &[Event]) -> impl Iterator<Item = String> + '_ {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ReadinessForced { problems, .. } => Some(problems),
+            _ => None,
+        })
+        .flatten()
+        .cloned()
 }
 
 /// How long a recovery host that did not answer a restore's question is taken as down.
@@ -1799,14 +1801,7 @@ pub fn resume(
         away,
         force: force_restore,
         operator: operator.to_string(),
-        forced_before: events
-            .iter()
-            .filter_map(|e| match e {
-                Event::ReadinessForced { problems, .. } => Some(problems.clone()),
-                _ => None,
-            })
-            .flatten()
-            .collect(),
+        forced_before: forced_in(&events).collect(),
     };
     // The vms left start from the points the operator asked for when the run started.
     let mut exec = exec.clone();

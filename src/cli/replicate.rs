@@ -1018,11 +1018,7 @@ fn begin_job(
                 mode: ReadMode::Scan,
                 why: Some(format!(
                     "{}libvirt refused to read the changes since checkpoint {}: {e}",
-                    if decision.audit {
-                        "asked (--scan); its bitmap cannot be checked: "
-                    } else {
-                        ""
-                    },
+                    if decision.audit { cbt::UNCHECKED } else { "" },
                     since.unwrap_or_default()
                 )),
                 since: None,

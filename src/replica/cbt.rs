@@ -119,6 +119,9 @@ pub fn disks_of(disks: &[DomDisk], sources: &[&str]) -> Result<Vec<DomDisk>, Str
         .collect()
 }
 
+/// What a scan asked for says when the bitmap it replaces cannot be read to check it.
+pub const UNCHECKED: &str = "asked (--scan); its bitmap cannot be checked: ";
+
 /// How the disks of one vm are read this time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -290,7 +293,7 @@ pub fn decide(f: &Facts) -> Decision {
     if let Some(problem) = &f.bitmap_problem {
         return Decision::scan(
             match f.asked_scan {
-                true => format!("asked (--scan); its bitmap cannot be checked: {problem}"),
+                true => format!("{UNCHECKED}{problem}"),
                 false => problem.clone(),
             },
             None,

@@ -1557,6 +1557,23 @@ mod tests {
         sent
     }
 
+    /// A folder for a guest's disk `disk.qcow2`, its copy `copy.raw` and the manifests its
+    /// source keeps (`kept`).
+    fn guest_files() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        std::path::PathBuf,
+        std::path::PathBuf,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (img, dst, kept) = (
+            dir.path().join("disk.qcow2"),
+            dir.path().join("copy.raw"),
+            dir.path().join("kept"),
+        );
+        (dir, img, dst, kept)
+    }
+
     /// [`replicate_guest`], every block read and checked against `bitmap` when `audit`,
     /// the copy not compared with the disk: what the source sent and the recovery side did.
     fn replicate_guest_as(
@@ -1635,10 +1652,7 @@ mod tests {
     #[test]
     fn a_scan_checked_against_the_bitmap_says_what_it_missed_and_marks_the_points_read_through_it()
     {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("disk.qcow2");
-        let dst = dir.path().join("copy.raw");
-        let kept = dir.path().join("kept");
+        let (_dir, img, dst, kept) = guest_files();
         let i = img.display();
         sh(&format!("qemu-img create -q -f qcow2 '{i}' 65M"));
         sh(&format!("qemu-io -c 'write -q -P 0x11 0 8M' '{i}'"));
@@ -1710,10 +1724,7 @@ mod tests {
 
     #[test]
     fn through_a_dirty_bitmap_only_the_blocks_written_are_read_and_the_copy_equals_the_disk() {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("disk.qcow2");
-        let dst = dir.path().join("copy.raw");
-        let kept = dir.path().join("kept");
+        let (_dir, img, dst, kept) = guest_files();
         let i = img.display();
         // 1040 blocks: not a power of two, so that the tree has a right edge.
         sh(&format!("qemu-img create -q -f qcow2 '{i}' 65M"));
@@ -1773,10 +1784,7 @@ mod tests {
     }
 
     fn check_rotten_leaf(rotten: u64, kept_by_source: bool, raw: bool) {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("disk.qcow2");
-        let dst = dir.path().join("copy.raw");
-        let kept = dir.path().join("kept");
+        let (_dir, img, dst, kept) = guest_files();
         let i = img.display();
         sh(&format!("qemu-img create -q -f qcow2 '{i}' 4M"));
         sh(&format!("qemu-io -c 'write -q -P 0x11 0 4M' '{i}'"));

@@ -2102,17 +2102,20 @@ pub fn process_began() {
 /// The second of the last point this process took of each item (a vm, a backup set).
 static TAKEN: std::sync::Mutex<BTreeMap<String, i64>> = std::sync::Mutex::new(BTreeMap::new());
 
+fn taken() -> std::sync::MutexGuard<'static, BTreeMap<String, i64>> {
+    TAKEN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The second a new point of `item` may not be in, nor any before it: the one this process
 /// began in (see [`process_began`]), or that of the last point of `item` this process took.
-fn last_second(item: &str) -> i64 {
+fn last_second(taken: &BTreeMap<String, i64>, item: &str) -> i64 {
     let began = *BEGAN.get_or_init(|| Utc::now().timestamp());
-    let taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
     taken.get(item).copied().unwrap_or(began).max(began)
 }
 
 /// How long to wait, now, before a point of `item` may be taken (see [`point_taken_now`]).
 pub fn wait_for_point(item: &str) -> Option<std::time::Duration> {
-    wait_after_point(last_second(item), Utc::now())
+    wait_after_point(last_second(&taken(), item), Utc::now())
 }
 
 /// The time a new point of `item` (a vm, a backup set) is taken at: now, once in a second
@@ -2126,10 +2129,8 @@ pub fn point_taken_now(item: &str) -> DateTime<Utc> {
             std::thread::sleep(wait);
         }
         let now = Utc::now();
-        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
-        let began = *BEGAN.get_or_init(|| now.timestamp());
-        let last = taken.get(item).copied().unwrap_or(began).max(began);
-        if now.timestamp() > last {
+        let mut taken = taken();
+        if now.timestamp() > last_second(&taken, item) {
             taken.insert(item.to_string(), now.timestamp());
             return now;
         }
