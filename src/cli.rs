@@ -118,7 +118,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "TIME", value_parser = parse_incident_time)]
     pub incident_at: Option<DateTime<Utc>>,
     /// Start VM from its recovery copy as it is although no verified replica point proves it
-    /// (never replicated, its metadata damaged, changed behind its points, a vm ran on it);
+    /// (never replicated, its metadata damaged, changed behind its points, a vm ran on it),
+    /// or each of its disks from its own point when no good point is on every disk;
     /// journaled as unverified. Without it such a vm is not started. A backup set's name
     /// does the same for its copy, which a drill or a failover relies on only once proven
     /// (repeatable; `all`).

@@ -387,6 +387,8 @@ fn on_every_disk(disks: &[CopyState], p: &Point, usable: impl Fn(&Point) -> bool
 /// disk (rolling back the disks whose newest it is not).
 fn failover(disks: &[CopyState], ask: &Ask, mut notes: Vec<String>) -> Decision {
     let mut want = ask.want.clone();
+    // Why the disks would each start from their own point, when no one point will do.
+    let mut apart = None;
     if want.is_none()
         && let Some((id, why)) = common_fallback(disks)
     {
@@ -396,9 +398,11 @@ fn failover(disks: &[CopyState], ask: &Ask, mut notes: Vec<String>) -> Decision 
                 notes.push(format!("{why}: every disk starts from point {id}"));
                 want = Some(Want::Id(id));
             }
-            None => notes.push(format!(
-                "{why}, and no good point is on every disk: each disk starts from its own newest good point"
-            )),
+            None => {
+                apart = Some(format!(
+                    "{why}, and no good point is on every disk: each disk would start from its own newest good point"
+                ))
+            }
         }
     }
     // Asked for by time: the newest point before it that every disk holds good, so that
@@ -422,9 +426,11 @@ fn failover(disks: &[CopyState], ask: &Ask, mut notes: Vec<String>) -> Decision 
                 ));
                 want = Some(Want::Id(id));
             }
-            None => notes.push(format!(
-                "no good point taken before {at} is on every disk: each disk starts from its own newest good point before it"
-            )),
+            None => {
+                apart = Some(format!(
+                    "no good point taken before {at} is on every disk: each disk would start from its own newest good point before it"
+                ))
+            }
         }
     }
     let mut chosen = Vec::new();
@@ -458,6 +464,37 @@ fn failover(disks: &[CopyState], ask: &Ask, mut notes: Vec<String>) -> Decision 
                 d.points[*k].taken_at.format("%H:%M:%S%.3f"),
             ));
         }
+    }
+    // Disks of different moments are no state the vm was ever in (a database on one, its
+    // log on another): started so only on the operator's word.
+    let points: Vec<&Point> = disks
+        .iter()
+        .zip(&chosen)
+        .map(|(d, &k)| &d.points[k])
+        .collect();
+    if points.iter().any(|p| !p.same_point(points[0])) {
+        let each = disks
+            .iter()
+            .zip(&points)
+            .map(|(d, p)| {
+                format!(
+                    "{} taken at {} on {}",
+                    p.id,
+                    p.taken_at.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
+                    name(&d.path)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let why = apart.unwrap_or_else(|| "its disks hold no one point".to_string());
+        if !ask.accept_unverified {
+            return Decision::Refuse(format!(
+                "{why} ({each}): that would start the vm from disks of different moments, a state it was never in, so a failover does not do it on its own. Name a point every disk holds good (`--point VM=POINT`; `reprise points VM` lists each disk's), replicate the vm again while its primary still runs (`reprise replicate VM`), or, to start each disk from its own point all the same, name the vm with --accept-unverified (journaled as not verified)"
+            ));
+        }
+        notes.push(format!(
+            "{why} ({each}): started so on the operator's explicit request (--accept-unverified)"
+        ));
     }
     start(disks, &chosen, roll_back, notes)
 }
@@ -946,9 +983,32 @@ mod tests {
         let mut only = sys.clone();
         only.points.remove(1);
         let other = disk("data", &[("P0", "2026-11-28T00:30:00Z", "yes")]);
-        let s = started(decide(&[only, other], Use::Failover, &before));
+        // No good point before the time on every disk: not started, saying what to do.
+        let why = refused(decide(
+            &[only.clone(), other.clone()],
+            Use::Failover,
+            &before,
+        ));
+        assert!(
+            why.contains("no good point taken before 2026-11-28 02:30:00 UTC is on every disk")
+                && why.contains("P1 taken at 2026-11-28 01:00:00.000 UTC on sys")
+                && why.contains("P0 taken at 2026-11-28 00:30:00.000 UTC on data")
+                && why.contains("--accept-unverified"),
+            "{why}"
+        );
+        // Named with --accept-unverified: each disk its own, said.
+        let accepted = Ask {
+            accept_unverified: true,
+            ..before
+        };
+        let s = started(decide(&[only, other], Use::Failover, &accepted));
         assert_eq!(s.point, "P1+P0");
-        assert!(s.notes.iter().any(|n| n.contains("no good point")), "{s:?}");
+        assert!(
+            s.notes
+                .iter()
+                .any(|n| n.contains("no good point") && n.contains("operator's explicit request")),
+            "{s:?}"
+        );
         // Two moments are not one verified point of the vm, each disk's point good as it is.
         assert!(!s.verified, "{s:?}");
         assert!(
@@ -1100,17 +1160,26 @@ mod tests {
         assert_eq!(s.point, "P2", "{s:?}");
         assert!(s.roll_back.is_empty());
         assert!(s.verified, "{s:?}");
-        // Left with no point they share, each disk starts from its own P2: two moments, said
-        // so in the point and the notes, and not verified.
+        // Left with no point they share, each disk would start from its own P2: two
+        // moments, so not started unless the operator names the vm.
         let only_p2 = |mut d: CopyState| {
             d.points.remove(0);
             d
         };
-        let s = started(decide(
-            &[only_p2(sys), only_p2(data)],
-            Use::Failover,
-            &Ask::default(),
-        ));
+        let apart = [only_p2(sys), only_p2(data)];
+        let why = refused(decide(&apart, Use::Failover, &Ask::default()));
+        assert!(
+            why.contains("no good point is on every disk")
+                && why.contains("different moments")
+                && why.contains("--accept-unverified"),
+            "{why}"
+        );
+        // Named: started, the two moments said in the point and the notes, not verified.
+        let accepted = Ask {
+            accept_unverified: true,
+            ..Ask::default()
+        };
+        let s = started(decide(&apart, Use::Failover, &accepted));
         assert_eq!(s.point, "P2+P2@02:00:00.700", "{s:?}");
         assert!(!s.verified, "{s:?}");
         assert!(
