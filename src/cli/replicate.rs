@@ -1274,7 +1274,7 @@ pub fn points(model: &Model, vm: &str, json: bool, ssh: &SshArgs) -> Outcome {
                 serde_json::json!({
                     "id": p.id, "taken_at": p.taken_at, "verified": v, "state": state(*v),
                     "size": p.size, "blake3": p.blake3, "source": p.source,
-                    "unusable": p.unusable,
+                    "unusable": p.unusable, "newest_file": p.newest_file,
                 })
             })
             .collect();
@@ -1308,6 +1308,14 @@ pub fn points(model: &Model, vm: &str, json: bool, ssh: &SshArgs) -> Outcome {
     for (p, _) in points.iter().rev() {
         if let Some(why) = &p.unusable {
             s.push_str(&format!("point {} is unusable: {why}\n", p.id));
+        }
+        // What `--point-before` goes by for a backup set, read file by file after its time.
+        if let Some(f) = p.newest_file.filter(|f| *f > p.taken_at) {
+            s.push_str(&format!(
+                "point {} holds files written until {} (by this machine's clock)\n",
+                p.id,
+                f.format("%Y-%m-%d %H:%M:%S UTC")
+            ));
         }
     }
     for n in &notes {

@@ -135,7 +135,20 @@ pub fn serve(
             taken_at,
             source,
             retention,
-        } => apply_files(&dir, point, taken_at, source, retention, stdin, stdout),
+            source_ahead_us,
+        } => {
+            let ahead = chrono::Duration::microseconds(source_ahead_us);
+            let new = NewPoint {
+                id: point,
+                taken_at,
+                source,
+                retention,
+                definition: None,
+                read: None,
+                pending: false,
+            };
+            apply_files(&dir, new, ahead, stdin, stdout)
+        }
         Request::Points { image } => points(&image, stdout),
         Request::Verify { image, point } => verify(&image, point.as_deref(), stdout),
         Request::Restore {
@@ -409,27 +422,14 @@ fn files_base(dir: &Path, reread: bool, stdout: &mut dyn Write) -> Result<(), St
 /// [`Request::ApplyTree`]: applies the stream on stdin to the backup set `dir`.
 fn apply_files(
     dir: &Path,
-    point: String,
-    taken_at: chrono::DateTime<chrono::Utc>,
-    source: String,
-    retention: u32,
+    new: NewPoint,
+    source_ahead: chrono::Duration,
     stdin: &mut impl Read,
     stdout: &mut dyn Write,
 ) -> Result<(), String> {
     let mut input = std::io::BufReader::with_capacity(1 << 20, stdin);
     let (point, files, recovered) = TreeStore::new(dir)
-        .apply(
-            &mut input,
-            NewPoint {
-                id: point,
-                taken_at,
-                source,
-                retention,
-                definition: None,
-                read: None,
-                pending: false,
-            },
-        )
+        .apply_from(&mut input, new, source_ahead)
         .map_err(|e| e.to_string())?;
     let applied = super::store::Applied {
         blocks: files,

@@ -73,9 +73,10 @@ pub struct Point {
     /// cut) stays so.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending: bool,
-    /// A backup set's: the newest modification time of its files (the source's clock). Its
-    /// files are read one after the other, from `taken_at` on: a point holds what was written
-    /// until then.
+    /// A backup set's: the newest modification or status change time of its files, by the
+    /// source's clock brought to the orchestrator's (the latest it may be, given how well
+    /// that clock was read). Its files are read one after the other, from `taken_at` on: a
+    /// point holds what was written until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub newest_file: Option<DateTime<Utc>>,
 }

@@ -154,6 +154,11 @@ pub enum Request {
         source: String,
         #[arg(long)]
         retention: u32,
+        /// How far, at least, the source's clock is ahead of the orchestrator's, in
+        /// microseconds (negative: behind): the point's newest file time is brought to the
+        /// orchestrator's clock by it, the latest it may be.
+        #[arg(long, allow_hyphen_values = true)]
+        source_ahead_us: i64,
     },
     /// The points, oldest first: `Vec<store::Point>`.
     Points { image: PathBuf },
@@ -522,6 +527,7 @@ mod tests {
                 taken_at: at,
                 source: "san:/export".into(),
                 retention: 1,
+                source_ahead_us: -300_000_000,
             },
         ]
     }

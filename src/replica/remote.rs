@@ -782,7 +782,7 @@ impl<'a> Helpers<'a> {
         r: &Replication,
         guest: Option<&GuestRead>,
     ) -> Result<ImageTransfer, ReplicaError> {
-        self.transfer(false, from, src, to, dst, r, guest)
+        self.transfer(None, from, src, to, dst, r, guest)
     }
 
     /// Brings the folder `to:dst` up to date with `from:src` (a backup set), file by file,
@@ -795,15 +795,33 @@ impl<'a> Helpers<'a> {
         dst: &str,
         r: &Replication,
     ) -> Result<ImageTransfer, ReplicaError> {
-        self.transfer(true, from, src, to, dst, r, None)
+        // The point says until when its files were written, by the source's clock brought to
+        // this machine's, for `--point-before`: that clock is read first.
+        let ahead = if self.is_here(from)? {
+            0
+        } else {
+            let (skew, uncertainty) = crate::check::read_clock(self.transport, from).map_err(|e| {
+                ReplicaError::Helper {
+                    host: from.to_string(),
+                    reason: format!(
+                        "its clock cannot be read ({e}): a backup set's point records until when its files were written, by that clock brought to this machine's, and without it no point of {from}:{src} could be told apart from one written after a given time; make `date +%s.%N` work on {from}"
+                    ),
+                }
+            })?;
+            // The least it may be ahead: its files' times brought over are the latest they
+            // may be.
+            ((skew - uncertainty) * 1e6).round() as i64
+        };
+        self.transfer(Some(ahead), from, src, to, dst, r, None)
     }
 
     /// One transfer: the recovery side's base, then the source's stream piped into the
-    /// recovery side's apply.
+    /// recovery side's apply. `tree`: a backup set's, its source's clock at least that many
+    /// microseconds ahead of this machine's.
     #[allow(clippy::too_many_arguments)]
     fn transfer(
         &self,
-        tree: bool,
+        tree: Option<i64>,
         from: &str,
         src: &str,
         to: &str,
@@ -1468,9 +1486,9 @@ struct Requests {
     unit: &'static str,
 }
 
-/// The requests of one transfer (see [`Requests`]).
+/// The requests of one transfer (see [`Requests`]); `tree` as [`Helpers::transfer`]'s.
 fn requests(
-    tree: bool,
+    tree: Option<i64>,
     from: &str,
     src: &str,
     dst: &str,
@@ -1484,7 +1502,7 @@ fn requests(
         format!("{from}:{src}"),
         r.retention,
     );
-    if tree {
+    if let Some(source_ahead_us) = tree {
         Requests {
             base: Request::TreeBase {
                 dir: dst_path.clone(),
@@ -1497,6 +1515,7 @@ fn requests(
                 taken_at,
                 source,
                 retention,
+                source_ahead_us,
             },
             unit: "files",
         }

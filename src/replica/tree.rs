@@ -937,12 +937,24 @@ impl TreeStore {
         Ok(t)
     }
 
-    /// Receives a stream and makes it a new point.
-    /// Returns the point and the number of files received.
+    /// Receives a stream from a source whose clock is this machine's, and makes it a new
+    /// point (see [`TreeStore::apply_from`]).
     pub fn apply(
         &self,
         input: &mut impl io::BufRead,
         new: NewPoint,
+    ) -> Result<(Point, u64, Option<String>), StoreError> {
+        self.apply_from(input, new, chrono::Duration::zero())
+    }
+
+    /// Receives a stream and makes it a new point, its newest file time brought from the
+    /// source's clock, at least `source_ahead` ahead of the orchestrator's, to the
+    /// orchestrator's. Returns the point and the number of files received.
+    pub fn apply_from(
+        &self,
+        input: &mut impl io::BufRead,
+        new: NewPoint,
+        source_ahead: chrono::Duration,
     ) -> Result<(Point, u64, Option<String>), StoreError> {
         let _lock = self.lock()?;
         self.refuse_in_use()?;
@@ -955,7 +967,7 @@ impl TreeStore {
         let _ = std::fs::remove_file(self.path("notes"));
         notes.extend(self.recover_for_update()?);
         let note = (!notes.is_empty()).then(|| notes.join("; "));
-        self.receive(input, new)
+        self.receive(input, new, source_ahead)
             .map(|(p, n)| (p, n, note))
             .inspect_err(|_| {
                 // What a failed update staged is thrown away now (a committed one completed), so
@@ -964,11 +976,12 @@ impl TreeStore {
             })
     }
 
-    /// [`TreeStore::apply`] once the lock is held and an earlier update settled.
+    /// [`TreeStore::apply_from`] once the lock is held and an earlier update settled.
     fn receive(
         &self,
         input: &mut impl io::BufRead,
         new: NewPoint,
+        source_ahead: chrono::Duration,
     ) -> Result<(Point, u64), StoreError> {
         let began = std::time::Instant::now();
         // The copy must still be what `base` gave the source to compare against: a file
@@ -1027,15 +1040,25 @@ impl TreeStore {
             pending: false,
             // Its files were read one after the other: what it holds was written until the
             // newest of them, by when each was written or came (its status change: a file
-            // copied in with an older modification time kept counts when it came).
+            // copied in with an older modification time kept counts when it came), by the
+            // source's clock brought to the orchestrator's: the latest it may be (a time
+            // that cannot be brought over is after every other).
             newest_file: tree
                 .files
                 .values()
                 .map(|f| f.mtime_ns.max(f.ctime_ns))
                 .max()
-                .and_then(|ns| {
-                    let secs = i64::try_from(ns.div_euclid(1_000_000_000)).ok()?;
-                    chrono::DateTime::from_timestamp(secs, ns.rem_euclid(1_000_000_000) as u32)
+                .map(|ns| {
+                    i64::try_from(ns.div_euclid(1_000_000_000))
+                        .ok()
+                        .and_then(|secs| {
+                            chrono::DateTime::from_timestamp(
+                                secs,
+                                ns.rem_euclid(1_000_000_000) as u32,
+                            )
+                        })
+                        .and_then(|t| t.checked_sub_signed(source_ahead))
+                        .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
                 }),
         };
         let commit = Commit {
@@ -1610,6 +1633,51 @@ mod tests {
             "tuesday.sql was written after {t0}"
         );
         assert!(p.holds_only_before(t0 + chrono::Duration::seconds(5)));
+    }
+
+    /// The point's newest file time is brought from the source's clock to the orchestrator's:
+    /// a source 10 minutes ahead wrote its newest file 10 minutes before its own clock says.
+    /// A time that cannot be brought over is after every time asked for.
+    #[test]
+    fn a_backup_set_point_is_timed_by_the_orchestrators_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        let dump = src.join("erp.dump");
+        std::fs::write(&dump, "dump").unwrap();
+        let meta = std::fs::metadata(&dump).unwrap();
+        let by_source = chrono::DateTime::<Utc>::from(meta.modified().unwrap()).max(
+            chrono::DateTime::from(std::time::UNIX_EPOCH) + {
+                use std::os::unix::fs::MetadataExt as _;
+                chrono::Duration::seconds(meta.ctime())
+                    + chrono::Duration::nanoseconds(meta.ctime_nsec())
+            },
+        );
+        let apply = |id: &str, ahead: chrono::Duration| {
+            let store = TreeStore::new(&dst);
+            let base = store.base(false).unwrap();
+            let mut stream = Vec::new();
+            send_tree(&src, &base, &mut stream).unwrap();
+            let new = NewPoint {
+                id: id.into(),
+                taken_at: Utc::now() - chrono::Duration::hours(1),
+                source: "src".into(),
+                retention: 3,
+                definition: None,
+                read: None,
+                pending: false,
+            };
+            store.apply_from(&mut &stream[..], new, ahead).unwrap().0
+        };
+        let ten = chrono::Duration::minutes(10);
+        let p = apply("ahead", ten);
+        assert_eq!(p.newest_file, Some(by_source - ten));
+        let p = apply("behind", -ten);
+        assert_eq!(p.newest_file, Some(by_source + ten));
+        assert!(!p.holds_only_before(by_source + ten - chrono::Duration::seconds(1)));
+        let p = apply("absurd", chrono::Duration::microseconds(i64::MIN));
+        assert_eq!(p.newest_file, Some(chrono::DateTime::<Utc>::MAX_UTC));
+        assert!(!p.holds_only_before(Utc::now() + chrono::Duration::days(365 * 100)));
     }
 
     /// A file's modification time can be set back; its status change time cannot. A dump

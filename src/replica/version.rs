@@ -20,7 +20,9 @@
 /// a point of it is recorded. Version 9: `send --audit` reads every block and says, before
 /// the end of its stream, which changed blocks its bitmap did not mark (`Record::Unmarked`),
 /// and a backup set's file entries carry their status change time (`FileEntry::ctime_ns`).
-pub const PROTOCOL: u32 = 9;
+/// Version 10: `apply-tree --source-ahead-us` brings a backup set's newest file time from the
+/// source's clock to the orchestrator's.
+pub const PROTOCOL: u32 = 10;
 
 /// The version of this program, as helpers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

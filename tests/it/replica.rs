@@ -576,6 +576,70 @@ fn a_backup_set_travels_file_by_file_with_deletions_and_points() {
     assert!(run.stdout.contains("BAD"), "{run:?}");
 }
 
+/// san-main's clock runs 10 minutes behind this machine's (its `date`): a dump written there
+/// now carries a time 10 minutes old by that clock. The point of its backup set records the
+/// time brought to this machine's clock, so `--point-before` never takes it as written
+/// before a time it was written after. A source whose clock cannot be read makes no point,
+/// and says why.
+#[test]
+fn a_backup_set_point_is_timed_by_its_source_clock_brought_to_this_machines() {
+    let lab = Lab::up(81);
+    let host = lab.dir.path().join("lab/hosts/san-main");
+    let src = host.join("root/export/backups/erp");
+    let dst = lab
+        .dir
+        .path()
+        .join("lab/hosts/nas-pra/root/srv/backups/erp");
+    let behind = 600;
+    let date = host.join("bin/date");
+    let shim = |script: String| {
+        std::fs::write(&date, script).unwrap();
+        std::fs::set_permissions(&date, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    };
+    shim(format!(
+        "#!/bin/sh\nexec /usr/bin/date -d \"@$(( $(/usr/bin/date +%s) - {behind} ))\" \"$@\"\n"
+    ));
+    // Written now by this machine's clock (its status change time), 10 minutes ago by
+    // san-main's.
+    let dump = src.join("erp-dumps-2026-11-05.dump");
+    std::fs::write(&dump, "day 5\n".repeat(1000)).unwrap();
+    let written = std::fs::metadata(&dump).unwrap().ctime();
+    std::thread::sleep(Duration::from_millis(1100));
+    let run = lab.run(&["replicate", "--service", "erp-dumps"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let points = lab.run(&["points", "erp-dumps", "--json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&points.stdout).unwrap();
+    let newest: chrono::DateTime<chrono::Utc> = list.last().unwrap()["newest_file"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{points:?}"))
+        .parse()
+        .unwrap();
+    // Brought forward by the 10 minutes the clock is behind (less half the round trip the
+    // reading took, at most).
+    let late = newest.timestamp() - written;
+    assert!(
+        (behind - 5..=behind + 1).contains(&late),
+        "the newest file time {newest} is {late}s after the dump's status change time"
+    );
+    // A clock that cannot be read: no point, the copy as it was.
+    shim("#!/bin/sh\necho 'not a time'\n".to_string());
+    std::fs::write(&dump, "day 5, again\n".repeat(1000)).unwrap();
+    let copy = tree(&dst);
+    let run = lab.run(&["replicate", "--service", "erp-dumps"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("san-main")
+            && run.stderr.contains("its clock cannot be read")
+            && run.stderr.contains("not a time"),
+        "{run:?}"
+    );
+    let after = lab.run(&["points", "erp-dumps", "--json"]);
+    let again: Vec<serde_json::Value> = serde_json::from_str(&after.stdout).unwrap();
+    assert_eq!(again, list, "a point was made");
+    assert_eq!(tree(&dst), copy, "the copy changed");
+}
+
 /// The pid of the recovery helper applying a stream to `image`, if running.
 fn apply_helper(image: &Path) -> Option<i32> {
     apply_helpers(&[image.to_path_buf()]).pop().flatten()
