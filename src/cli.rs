@@ -522,6 +522,8 @@ pub enum Command {
     Manpage,
     /// Release the recovery copies of a vm or backup set that a drill or a failover still
     /// holds (a lease no replication writes through): only once no drill copy or vm uses them.
+    /// For a backup set, also forget that a failback copied it back: replication may then
+    /// write over what the recovery site wrote in it after that copy back.
     #[command(
         after_help = "Examples:\n  reprise release erp-db --run 20261128T031000Z-drill\n  reprise release erp-db"
     )]

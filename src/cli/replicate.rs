@@ -1394,7 +1394,7 @@ pub fn release(model: &Model, id: &str, run: Option<&str>, ssh: &SshArgs) -> Out
     let helpers = Helpers::new(&transport);
     let mut out = Outcome::default();
     for img in &vm.images {
-        match helpers.release(&img.to, std::slice::from_ref(&img.dst), run, None) {
+        match helpers.release_all(&img.to, &img.dst, run) {
             Ok(done) if done.is_empty() => out
                 .stdout
                 .push_str(&format!("{}:{}: no lease to release\n", img.to, img.dst)),

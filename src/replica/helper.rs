@@ -215,7 +215,19 @@ pub fn serve(
             };
             take_lease(&path, &lease, &terms, stdout)
         }
-        Request::Release { paths, run, kind } => release(&paths, run.as_deref(), kind, stdout),
+        Request::Release {
+            paths,
+            run,
+            kind,
+            returned,
+            forget_returned,
+        } => {
+            let returned = Returned {
+                stamp: returned.as_deref(),
+                forget: forget_returned,
+            };
+            release(&paths, run.as_deref(), kind, returned, stdout)
+        }
     }
 }
 
@@ -537,12 +549,19 @@ fn take_lease(
     answer_json(stdout, &note)
 }
 
+/// What [`Request::Release`] records or forgets of a failback's copy back of a backup set.
+struct Returned<'a> {
+    stamp: Option<&'a str>,
+    forget: bool,
+}
+
 /// [`Request::Release`]: drops the leases on `paths` of run `run` and kind `kind` (each filter
 /// only when given).
 fn release(
     paths: &[std::path::PathBuf],
     run: Option<&str>,
     kind: Option<super::meta::LeaseKind>,
+    returned: Returned<'_>,
     stdout: &mut dyn Write,
 ) -> Result<(), String> {
     let mut released = Vec::new();
@@ -556,7 +575,19 @@ fn release(
             }
         };
         let done = if p.is_dir() {
-            TreeStore::new(p).release(which)
+            let t = TreeStore::new(p);
+            let mut done = match returned.stamp {
+                Some(stamp) => t.release_returned(which, stamp),
+                None => t.release(which),
+            }
+            .map_err(|e| e.to_string())?;
+            if returned.forget && t.forget_returned().map_err(|e| e.to_string())? {
+                done.push(
+                    "the record of a failback's copy back (replication may write over the folder again)"
+                        .to_string(),
+                );
+            }
+            Ok(done)
         } else {
             Store::new(p).release(which)
         }

@@ -258,7 +258,10 @@ pub enum Request {
         started: bool,
     },
     /// Removes the leases of copies (of run `run`, of kind `kind`; every one without them):
-    /// what was released (`Vec<String>`).
+    /// what was released (`Vec<String>`). With `returned`, a backup set's folder a failback
+    /// copied back to its primary as it was at that stamp first records it, and no
+    /// replication writes into the folder once it is written after
+    /// (`TreeStore::release_returned`); `forget_returned` forgets that record.
     Release {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -266,6 +269,12 @@ pub enum Request {
         run: Option<String>,
         #[arg(long)]
         kind: Option<super::meta::LeaseKind>,
+        #[arg(long)]
+        #[serde(default)]
+        returned: Option<String>,
+        #[arg(long)]
+        #[serde(default)]
+        forget_returned: bool,
     },
 }
 
@@ -601,6 +610,15 @@ mod tests {
                 paths: vec!["/srv/a.qcow2".into()],
                 run: None,
                 kind: Some(crate::replica::LeaseKind::Drill),
+                returned: None,
+                forget_returned: false,
+            },
+            Request::Release {
+                paths: vec!["/srv/backups/erp".into()],
+                run: Some("r".into()),
+                kind: Some(crate::replica::LeaseKind::Live),
+                returned: Some("tree 0a1b".into()),
+                forget_returned: true,
             },
         ]
     }

@@ -1278,6 +1278,45 @@ impl<'a> Helpers<'a> {
             paths: paths.iter().map(Into::into).collect(),
             run: run.map(str::to_string),
             kind,
+            returned: None,
+            forget_returned: false,
+        };
+        self.call_json(host, &req, Duration::from_secs(120))
+    }
+
+    /// A failback copied the backup set's folder `path` of `host` back to its primary as it
+    /// was at `stamp`: recorded there, then its `live` leases removed (see
+    /// [`super::tree::TreeStore::release_returned`]); what was released.
+    pub fn release_returned(
+        &self,
+        host: &str,
+        path: &str,
+        stamp: &str,
+    ) -> Result<Vec<String>, ReplicaError> {
+        let req = Request::Release {
+            paths: vec![path.into()],
+            run: None,
+            kind: Some(crate::replica::LeaseKind::Live),
+            returned: Some(stamp.to_string()),
+            forget_returned: false,
+        };
+        self.call_json(host, &req, Duration::from_secs(120))
+    }
+
+    /// `reprise release` of a copy: its leases (of run `run`), and, for a backup set's
+    /// folder, the record of a failback's copy back; what was released.
+    pub fn release_all(
+        &self,
+        host: &str,
+        path: &str,
+        run: Option<&str>,
+    ) -> Result<Vec<String>, ReplicaError> {
+        let req = Request::Release {
+            paths: vec![path.into()],
+            run: run.map(str::to_string),
+            kind: None,
+            returned: None,
+            forget_returned: true,
         };
         self.call_json(host, &req, Duration::from_secs(120))
     }

@@ -36,6 +36,18 @@ use super::version::{PROTOCOL, VERSION};
 pub const MAX_LINE: usize = 64 << 10;
 /// The copy's stamp when its tree was last given to a source (see [`TreeStore::base`]).
 const BASE_STAMP: &str = "base.stamp";
+/// A failback copied the folder back to its primary: [`Returned`].
+const RETURNED: &str = "returned.json";
+
+/// What the folder was when a failback read it to copy it back to its primary: what is
+/// written in it after is not on the primary, and no replication writes over it unnoticed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Returned {
+    /// Its [`tree_stamp`] before the copy back read it.
+    stamp: String,
+    /// When its lease was released (this host's clock).
+    at: Option<chrono::DateTime<Utc>>,
+}
 /// The most files a backup set may hold.
 pub const MAX_FILES: usize = 1_000_000;
 /// The largest file of a backup set.
@@ -835,6 +847,83 @@ impl TreeStore {
         meta::remove_leases(&self.dir, which)
     }
 
+    /// A failback copied the folder back to its primary as it was at `stamp` (its
+    /// [`tree_stamp`] before the copy back read it): that is recorded, then the leases
+    /// `which` selects are removed. A replication then writes into the folder only while it
+    /// is still that ([`Self::refuse_written_since_returned`]).
+    pub fn release_returned(
+        &self,
+        which: impl Fn(Option<&Lease>, &str) -> bool,
+        stamp: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        let returned = Returned {
+            stamp: stamp.to_string(),
+            at: Some(Utc::now()),
+        };
+        self.write_json(RETURNED, &returned)?;
+        self.release(which)
+    }
+
+    /// Forgets that a failback copied the folder back (the operator's `reprise release`):
+    /// replication may write over what was written in it since. Whether there was a record.
+    pub fn forget_returned(&self) -> Result<bool, StoreError> {
+        let path = self.path(RETURNED);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Refuses to write into a folder written after a failback read it to copy it back to its
+    /// primary (the recovery site still wrote in it: what it wrote is only here). One still as
+    /// the failback read it is written into as any copy, the record forgotten once that
+    /// update is recorded (the update itself refuses a folder changed since its base).
+    fn refuse_written_since_returned(&self) -> Result<(), StoreError> {
+        if !self.path(RETURNED).exists() {
+            return Ok(());
+        }
+        let returned: Returned = self.read_json(RETURNED)?;
+        if tree_stamp(&self.root).is_some_and(|s| s == returned.stamp) {
+            // Forgotten once an update made from this very folder is recorded.
+            return Ok(());
+        }
+        // The newest files, to show what would be lost.
+        let mut files: Vec<(i128, String)> = walk(&self.root)
+            .map(|w| w.into_iter().map(|(rel, m)| (mtime_ns(&m), rel)).collect())
+            .unwrap_or_default();
+        files.sort();
+        let newest: Vec<String> = files
+            .iter()
+            .rev()
+            .take(3)
+            .map(|(ns, rel)| {
+                let at = i64::try_from(ns.div_euclid(1_000_000_000))
+                    .ok()
+                    .and_then(|s| chrono::DateTime::<Utc>::from_timestamp(s, 0))
+                    .map(|t| t.format(" %Y-%m-%d %H:%M:%S UTC").to_string())
+                    .unwrap_or_default();
+                format!("{rel}{at}")
+            })
+            .collect();
+        let newest = if newest.is_empty() {
+            " (it holds no file now: files were removed)".to_string()
+        } else {
+            format!(" (its newest files: {})", newest.join(", "))
+        };
+        let at = returned
+            .at
+            .map(|t| t.format(" on %Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_default();
+        Err(StoreError::Refused {
+            image: self.name(),
+            reason: format!(
+                "it was written after a failback read it to copy it back to its primary (released{at}){newest}: what was written in it since is not on the primary, and this replication would delete or overwrite it; copy what is to be kept to the primary's folder, then `reprise release` of this backup set lets replication write over the copy"
+            ),
+        })
+    }
+
     /// [`Self::recover`] before a replication writes: a record of an interrupted update or
     /// roll-back that cannot be read leaves the copy in an unknown state, so its history is
     /// ended and the replication makes a first point again (said).
@@ -910,6 +999,7 @@ impl TreeStore {
     pub fn base(&self, reread: bool) -> Result<Tree, StoreError> {
         let _lock = self.lock()?;
         self.refuse_in_use()?;
+        self.refuse_written_since_returned()?;
         let mut notes: Vec<String> = self.recover_for_update()?.into_iter().collect();
         let (points, settled) = self.history_for_update()?;
         notes.extend(settled);
@@ -968,7 +1058,11 @@ impl TreeStore {
         notes.extend(self.recover_for_update()?);
         let note = (!notes.is_empty()).then(|| notes.join("; "));
         self.receive(input, new, source_ahead)
-            .map(|(p, n)| (p, n, note))
+            .map(|(p, n)| {
+                // Written over as the failback read it (its base said so): nothing to keep.
+                let _ = self.forget_returned();
+                (p, n, note)
+            })
             .inspect_err(|_| {
                 // What a failed update staged is thrown away now (a committed one completed), so
                 // that it does not hold the recovery host's space until the next run.
@@ -1678,6 +1772,54 @@ mod tests {
         let p = apply("absurd", chrono::Duration::microseconds(i64::MIN));
         assert_eq!(p.newest_file, Some(chrono::DateTime::<Utc>::MAX_UTC));
         assert!(!p.holds_only_before(Utc::now() + chrono::Duration::days(365 * 100)));
+    }
+
+    /// A failback copied the folder back to its primary: a replication writes over it only
+    /// while it is what the copy back read. A file the recovery site wrote after stops it,
+    /// naming the file and what to do, the file kept; `reprise release` lets it go on.
+    #[test]
+    fn a_folder_written_after_a_failback_copied_it_back_is_never_written_over_unnoticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("monday.dump"), "monday").unwrap();
+        replicate(&src, &dst, "p1");
+        let store = TreeStore::new(&dst);
+        let all = |_: Option<&Lease>, _: &str| true;
+        // Copied back as it is, then written into by the primary only: replicated as any copy.
+        let stamp = tree_stamp(&dst).unwrap();
+        store.release_returned(all, &stamp).unwrap();
+        std::fs::write(src.join("tuesday.dump"), "tuesday").unwrap();
+        replicate(&src, &dst, "p2");
+        assert!(
+            !store.path(RETURNED).exists(),
+            "forgotten once written over"
+        );
+        // Copied back, then the recovery site wrote a dump into the folder.
+        let stamp = tree_stamp(&dst).unwrap();
+        store.release_returned(all, &stamp).unwrap();
+        std::fs::write(dst.join("written-at-pra.dump"), "only here").unwrap();
+        let e = store.base(false).unwrap_err().to_string();
+        assert!(
+            e.contains("written after a failback read it to copy it back")
+                && e.contains("written-at-pra.dump")
+                && e.contains("`reprise release`"),
+            "{e}"
+        );
+        std::fs::write(src.join("wednesday.dump"), "wednesday").unwrap();
+        assert!(replicate_at(&src, &dst, "p3", Utc::now()).is_err());
+        assert_eq!(
+            std::fs::read_to_string(dst.join("written-at-pra.dump")).unwrap(),
+            "only here"
+        );
+        // A file removed there counts as written too.
+        std::fs::remove_file(dst.join("written-at-pra.dump")).unwrap();
+        std::fs::remove_file(dst.join("monday.dump")).unwrap();
+        assert!(store.base(false).is_err());
+        // The operator lets it go: replicated again.
+        assert!(store.forget_returned().unwrap());
+        replicate(&src, &dst, "p4");
+        assert_eq!(contents(&dst), contents(&src));
     }
 
     /// A file's modification time can be set back; its status change time cannot. A dump

@@ -21,7 +21,8 @@
 /// the end of its stream, which changed blocks its bitmap did not mark (`Record::Unmarked`),
 /// and a backup set's file entries carry their status change time (`FileEntry::ctime_ns`).
 /// Version 10: `apply-tree --source-ahead-us` brings a backup set's newest file time from the
-/// source's clock to the orchestrator's.
+/// source's clock to the orchestrator's; `release --returned` records what a failback copied
+/// back of a backup set's folder, and `release --forget-returned` forgets it.
 pub const PROTOCOL: u32 = 10;
 
 /// The version of this program, as helpers report it.

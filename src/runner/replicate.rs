@@ -97,6 +97,17 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
         items,
         guest: *guest,
     };
+    // A backup set copied back by a failback: what its recovery folder is before it is read,
+    // so that what the recovery site writes there after is never written over unnoticed.
+    let returned = match what {
+        Replicated::Backup(_) if ctx.plan.mode == crate::runbook::Mode::Failback => {
+            match stamps_before_copy_back(ctx, from_host, items).await {
+                Ok(s) => s,
+                Err(e) => return failed(run, step, report, e),
+            }
+        }
+        _ => Vec::new(),
+    };
     let freeze = Freeze::of(snapshot.as_ref());
     let (point, failure) = copy_frozen(ctx, &disks, replication, freeze, &mut report).await;
     if let Some(e) = failure {
@@ -118,34 +129,64 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
     }
     let message = match what {
         Replicated::Backup(set) if ctx.plan.mode == crate::runbook::Mode::Failback => {
-            Some(failed_back(ctx, set, from_host, items).await)
+            Some(failed_back(ctx, set, from_host, returned).await)
         }
         _ => None,
     };
     run.outcome(StepStatus::Done, 1, message)
 }
 
-/// A backup set replicated back to the primary by a failback: the lease the failover left on
-/// its recovery copy is released (what the recovery site wrote there is on the primary now),
-/// so that replication may write into the copy again. A note for the step's message.
-async fn failed_back(
+/// The stamp of each recovery folder a failback copies back (`items`' sources on `host`), read
+/// before the copy back reads it, paired with its path.
+async fn stamps_before_copy_back(
     ctx: &RunContext,
-    set: &str,
     host: &str,
     items: &[(String, String)],
-) -> String {
+) -> Result<Vec<(String, String)>, String> {
     let transport = ctx.transport.clone();
     let (h, paths): (String, Vec<String>) = (
         host.to_string(),
         items.iter().map(|(src, _)| src.clone()).collect(),
     );
+    tokio::task::spawn_blocking(move || {
+        let states = crate::replica::remote::Helpers::new(transport.as_ref())
+            .inspect(&h, &paths)
+            .map_err(|e| format!("cannot read the recovery folder to copy back on {h}: {e}"))?;
+        paths
+            .into_iter()
+            .zip(states)
+            .map(|(path, s)| match s.stamp {
+                Some(stamp) => Ok((path, stamp)),
+                None => Err(format!(
+                    "the recovery folder {h}:{path} to copy back is not there (or not a folder)"
+                )),
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| format!("the replica task failed: {e}"))?
+}
+
+/// A backup set replicated back to the primary by a failback: the lease the failover left on
+/// its recovery copy is released (what the recovery site wrote there is on the primary now),
+/// so that replication may write into the copy again, but only while it is still what the
+/// copy back read (`returned`: each folder and its stamp before). A note for the step's
+/// message.
+async fn failed_back(
+    ctx: &RunContext,
+    set: &str,
+    host: &str,
+    returned: Vec<(String, String)>,
+) -> String {
+    let transport = ctx.transport.clone();
+    let h = host.to_string();
     let released = tokio::task::spawn_blocking(move || {
-        crate::replica::remote::Helpers::new(transport.as_ref()).release(
-            &h,
-            &paths,
-            None,
-            Some(crate::replica::LeaseKind::Live),
-        )
+        let helpers = crate::replica::remote::Helpers::new(transport.as_ref());
+        let mut all = Vec::new();
+        for (path, stamp) in &returned {
+            all.extend(helpers.release_returned(&h, path, stamp)?);
+        }
+        Ok::<_, crate::replica::ReplicaError>(all)
     })
     .await
     .map_err(|e| e.to_string())
@@ -153,7 +194,7 @@ async fn failed_back(
     match released {
         Ok(r) if r.is_empty() => format!("backup set {set} is back on the primary"),
         Ok(_) => format!(
-            "backup set {set} is back on the primary: its recovery copy on {host} was released, replication may write into it again"
+            "backup set {set} is back on the primary: its recovery copy on {host} was released, replication may write into it again while it is as it was copied back (a file written there since stops the next replication, which says what to do)"
         ),
         Err(e) => format!(
             "backup set {set} is back on the primary, but the lease of its recovery copy on {host} could not be released ({e}): `reprise release {set}` frees it"

@@ -2786,6 +2786,40 @@ fn a_backup_set_copy_is_proven_before_a_run_relies_on_it_and_never_copied_back_o
         1,
         "not replicated back: still held (forced)"
     );
+    // The recovery site wrote a dump into erp-dumps' copy after the failback copied it back:
+    // the next replication, which would delete it, stops and names it; the copy of ad-state,
+    // as it was copied back, is replicated into; `reprise release` lets erp-dumps go on.
+    let late = copy.join("written-at-pra-after.dump");
+    std::fs::write(&late, "the recovery site's, after the copy back").unwrap();
+    let refused = lab.run(&["replicate", "--service", "erp-dumps"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(
+        said.contains("written after a failback read it to copy it back")
+            && said.contains("written-at-pra-after.dump")
+            && said.contains("`reprise release`"),
+        "{said}"
+    );
+    assert!(
+        late.exists(),
+        "the dump written after the copy back was removed"
+    );
+    let run = lab.run(&["replicate", "--service", "ad-state"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let released = lab.run(&["release", "erp-dumps"]);
+    assert_eq!(released.code, 0, "{released:?}");
+    assert!(
+        released
+            .stdout
+            .contains("the record of a failback's copy back"),
+        "{released:?}"
+    );
+    let run = lab.run(&["replicate", "--service", "erp-dumps"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        !late.exists(),
+        "released: the copy is the primary's folder again"
+    );
 }
 
 /// A planned failover relies on the backup sets' copies (each leased at its point), then a
