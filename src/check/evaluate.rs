@@ -60,6 +60,7 @@ pub fn evaluate(
     let mut items = host_items(model, plans, replicas, probes, opts);
     let (copies, needs) = copy_items(replicas, probes, now);
     items.extend(copies);
+    items.extend(vm_point_items(model, replicas, probes));
     items.extend(snapshot_items(model, replicas, probes));
     items.extend(drill_network_items(plans, probes));
     items.extend(overlay_space_items(plans, probes));
@@ -378,6 +379,62 @@ fn points_item(r: &ReplicaTarget, dest: &HostProbe, now: DateTime<Utc>) -> (Read
         item("replicas", &r.what, status, detail),
         !state.points.is_empty(),
     )
+}
+
+/// The vms whose disks' newest points differ (a replication stopped between two of them): a
+/// drill does not start such a vm, and a failover rolls every disk back to the newest point
+/// they all hold good, or, with none, does not start it unless the operator names it. Each
+/// copy on its own may look fine: this is the vm's point as a whole, decided as a run does
+/// ([`crate::replica::choice`]).
+fn vm_point_items(
+    model: &Model,
+    replicas: &[ReplicaTarget],
+    probes: &BTreeMap<String, HostProbe>,
+) -> Vec<ReadinessItem> {
+    use crate::replica::choice::{common_fallback, newest_differ, unverified};
+    let mut items = Vec::new();
+    for vm in model.inventory.vms.values().filter(|vm| vm.disks.len() > 1) {
+        let of_vm = format!("vm {} (", vm.id);
+        let states: Option<Vec<_>> = replicas
+            .iter()
+            .filter(|r| r.what.starts_with(&of_vm))
+            .map(|r| {
+                probes
+                    .get(&r.to_host)
+                    .and_then(|p| p.copies.get(&r.copy))
+                    .cloned()
+            })
+            .collect();
+        // A copy that cannot be read, or is unverified on its own, has its own item.
+        let Some(states) = states.filter(|s| {
+            s.len() > 1
+                && s.iter()
+                    .all(|d| d.exists && !d.busy && unverified(d, None).is_none())
+        }) else {
+            continue;
+        };
+        let Some(why) = newest_differ(&states) else {
+            continue;
+        };
+        let (status, detail) = match common_fallback(&states).and_then(|(id, _)| id) {
+            Some(id) => (
+                ItemStatus::Warning,
+                format!(
+                    "{why}: a failover would roll every disk back to point {id}, their newest good point in common, and a drill would not start it; replicate it again (`reprise replicate --service {}`)",
+                    vm.id
+                ),
+            ),
+            None => (
+                ItemStatus::Failed,
+                format!(
+                    "{why}, and no good point is on every disk: a failover would not start it (unless named with --accept-unverified, from disks of different moments), nor would a drill; replicate it again (`reprise replicate --service {}`)",
+                    vm.id
+                ),
+            ),
+        };
+        items.push(item("replicas", &format!("vm {}", vm.id), status, detail));
+    }
+    items
 }
 
 /// Snapshots of running vms left on their primary host by an interrupted replication: the vm
@@ -862,6 +919,71 @@ mod tests {
                     .ends_with("(the folder nas-pra:/srv/backups/erp)"),
             "{}",
             failed.detail
+        );
+    }
+
+    /// A vm whose disks' newest points differ (a replication stopped between them) is judged
+    /// as a run would start it: a warning while a failover can roll every disk back to a
+    /// point they share, a failure when they share none (a failover would not start it).
+    #[test]
+    fn a_vm_whose_disks_share_no_good_point_fails_though_each_copy_passes() {
+        let model = example();
+        let replicas = replica_targets(&model);
+        let now = Utc::now();
+        let of_lms: Vec<&ReplicaTarget> = replicas
+            .iter()
+            .filter(|r| r.what.starts_with("vm lms ("))
+            .collect();
+        assert_eq!(of_lms.len(), 2);
+        let point = |id: &str, mins: i64| -> crate::replica::Point {
+            serde_json::from_str(&format!(
+                r#"{{"id":"{id}","taken_at":"{}","source":"s","size":1,"blake3":"{}","verified":"yes","checked_at":null,"received_bytes":0,"duration_ms":0}}"#,
+                (now - chrono::Duration::minutes(mins)).to_rfc3339(),
+                "00".repeat(32)
+            ))
+            .unwrap()
+        };
+        let judge = |system: Vec<crate::replica::Point>, data: Vec<crate::replica::Point>| {
+            let mut dest = HostProbe::default();
+            for (r, points) in of_lms.iter().zip([system, data]) {
+                let state = crate::replica::CopyState {
+                    path: r.copy.clone(),
+                    exists: true,
+                    size: 1,
+                    managed: true,
+                    points,
+                    ..Default::default()
+                };
+                dest.copies.insert(r.copy.clone(), state);
+            }
+            let probes: BTreeMap<String, HostProbe> =
+                [(of_lms[0].to_host.clone(), dest)].into_iter().collect();
+            vm_point_items(&model, &replicas, &probes)
+        };
+        let (p1, p2) = (point("P1", 60), point("P2", 5));
+        assert!(judge(vec![p1.clone(), p2.clone()], vec![p1.clone(), p2.clone()]).is_empty());
+        let stopped = judge(vec![p1.clone(), p2.clone()], vec![p1.clone()]);
+        assert_eq!(stopped.len(), 1, "{stopped:?}");
+        assert_eq!(
+            (stopped[0].subject.as_str(), stopped[0].status),
+            ("vm lms", ItemStatus::Warning)
+        );
+        assert!(
+            stopped[0].detail.contains("newest points differ")
+                && stopped[0]
+                    .detail
+                    .contains("roll every disk back to point P1"),
+            "{}",
+            stopped[0].detail
+        );
+        let apart = judge(vec![p2], vec![p1]);
+        assert_eq!(apart.len(), 1, "{apart:?}");
+        assert_eq!(apart[0].status, ItemStatus::Failed);
+        assert!(
+            apart[0].detail.contains("no good point is on every disk")
+                && apart[0].detail.contains("reprise replicate --service lms"),
+            "{}",
+            apart[0].detail
         );
     }
 

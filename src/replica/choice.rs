@@ -330,7 +330,7 @@ fn drill(disks: &[CopyState], ask: &Ask, notes: Vec<String>) -> Decision {
 
 /// `the disks' newest points differ (P2 on a.qcow2, P1 on b.qcow2)`, when they do: by id,
 /// or by the time they were taken when their ids are one (see [`Point::same_point`]).
-fn newest_differ(disks: &[CopyState]) -> Option<String> {
+pub fn newest_differ(disks: &[CopyState]) -> Option<String> {
     let newest: Vec<Option<&Point>> = disks.iter().map(|d| d.points.last()).collect();
     let same = |a: &Option<&Point>, b: &Option<&Point>| match (a, b) {
         (Some(a), Some(b)) => a.same_point(b),
