@@ -181,6 +181,13 @@ fn rprstr() -> Vec<u8> {
     format!("RPRSTR{PROTOCOL}\n").into_bytes()
 }
 
+/// `stream` (which starts with [`rprstr`]) said to be of protocol `protocol`.
+fn of_protocol(stream: &[u8], protocol: &str) -> Vec<u8> {
+    let mut out = format!("RPRSTR{protocol}\n").into_bytes();
+    out.extend_from_slice(&stream[rprstr().len()..]);
+    out
+}
+
 fn entry(data: &[u8]) -> serde_json::Value {
     json!({
         "size": data.len(),
@@ -731,15 +738,13 @@ fn a_header_lying_about_the_size_or_the_protocol_is_refused() {
     other[20] ^= 1;
     img.refused(&other, "the copy changed since");
     // Other protocols, a damaged version, another stream.
-    let mut v1 = img.header(SIZE as u64);
-    v1[6] = b'1';
+    let v1 = of_protocol(&img.header(SIZE as u64), "1");
     let err = img.refused(&v1, "the source helper speaks protocol 1");
     assert!(
         err.contains(&format!("this helper speaks protocol {PROTOCOL}")),
         "{err}"
     );
-    let mut v9 = b"RPRSTR9999999999\n".to_vec();
-    v9.extend_from_slice(&img.header(SIZE as u64)[8..]);
+    let v9 = of_protocol(&img.header(SIZE as u64), "9999999999");
     img.refused(&v9, "the source helper speaks protocol 9999999999");
     img.refused(
         b"RPRSTR2x\n",
@@ -875,8 +880,7 @@ fn the_helper_says_its_protocol_and_refuses_requests_and_streams_of_another() {
 
     // A block stream of protocol 1 through the real recovery helper.
     let protocol = format!("--protocol={PROTOCOL}");
-    let mut v1 = img.header(SIZE as u64);
-    v1[6] = b'1';
+    let v1 = of_protocol(&img.header(SIZE as u64), "1");
     let before = img.snapshot();
     let at = Utc::now().to_rfc3339();
     let apply = [
@@ -905,10 +909,11 @@ fn the_helper_says_its_protocol_and_refuses_requests_and_streams_of_another() {
     // Taken now: the set's own first point is later than `at`, and a point taken before a
     // copy's newest is refused before its stream is read.
     let at = Utc::now().to_rfc3339();
-    let mut apply_tree = apply;
+    let mut apply_tree = apply.to_vec();
     apply_tree[0] = "apply-tree";
     apply_tree[1] = &set_copy;
     apply_tree[4] = &at;
+    apply_tree.push("--source-ahead-us=0");
     let mut t = set.base();
     t.files.insert(
         "../outside/victim".into(),
