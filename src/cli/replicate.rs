@@ -1018,7 +1018,11 @@ fn begin_job(
                 mode: ReadMode::Scan,
                 why: Some(format!(
                     "{}libvirt refused to read the changes since checkpoint {}: {e}",
-                    if decision.audit { cbt::UNCHECKED } else { "" },
+                    if decision.audit {
+                        decision.unchecked()
+                    } else {
+                        ""
+                    },
                     since.unwrap_or_default()
                 )),
                 since: None,

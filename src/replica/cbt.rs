@@ -122,6 +122,11 @@ pub fn disks_of(disks: &[DomDisk], sources: &[&str]) -> Result<Vec<DomDisk>, Str
 /// What a scan asked for says when the bitmap it replaces cannot be read to check it.
 pub const UNCHECKED: &str = "asked (--scan); its bitmap cannot be checked: ";
 
+/// What a scan made to check a bitmap again, after a check found writes it missed, says when
+/// that bitmap cannot be read to check it.
+pub const UNCHECKED_AGAIN: &str =
+    "read whole, as a check found writes its bitmap missed; its bitmap cannot be checked: ";
+
 /// How the disks of one vm are read this time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -138,6 +143,14 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// What this audited scan says when its bitmap cannot be read after all.
+    pub fn unchecked(&self) -> &'static str {
+        match &self.why {
+            Some(w) if w.starts_with("asked") => UNCHECKED,
+            _ => UNCHECKED_AGAIN,
+        }
+    }
+
     fn scan(why: impl Into<String>, since: Option<String>) -> Decision {
         Decision {
             mode: ReadMode::Scan,
@@ -290,22 +303,36 @@ pub fn decide(f: &Facts) -> Decision {
             );
         }
     }
+    // The last check found writes this bitmap missed: it is checked again, every block read,
+    // until a check finds none.
+    let distrusted = f.newest.iter().flatten().find_map(|p| {
+        p.read.as_ref().and_then(|r| r.missed).map(|n| {
+            format!(
+                "the check of point {} found {n} blocks its dirty bitmap missed",
+                p.id
+            )
+        })
+    });
     if let Some(problem) = &f.bitmap_problem {
         return Decision::scan(
-            match f.asked_scan {
-                true => format!("{UNCHECKED}{problem}"),
-                false => problem.clone(),
+            match (f.asked_scan, &distrusted) {
+                (true, _) => format!("{UNCHECKED}{problem}"),
+                (false, Some(_)) => format!("{UNCHECKED_AGAIN}{problem}"),
+                (false, None) => problem.clone(),
             },
             None,
         );
     }
-    if f.asked_scan {
+    if f.asked_scan || distrusted.is_some() {
+        let why = match &distrusted {
+            Some(d) if !f.asked_scan => format!(
+                "{d}: read whole and checked against checkpoint {since}'s dirty bitmap again, until a check finds none"
+            ),
+            _ => format!("asked (--scan); checked against checkpoint {since}'s dirty bitmap"),
+        };
         return Decision {
             audit: true,
-            ..Decision::scan(
-                format!("asked (--scan); checked against checkpoint {since}'s dirty bitmap"),
-                Some(since),
-            )
+            ..Decision::scan(why, Some(since))
         };
     }
     Decision {
@@ -695,6 +722,7 @@ pub fn guest_read(
             mode: d.mode,
             why: d.why.clone(),
             created: checkpoint.as_ref().and_then(|(_, c)| *c),
+            missed: None,
             checkpoint: checkpoint.map(|(c, _)| c),
             since: if changed { d.since.clone() } else { None },
         },
@@ -825,6 +853,7 @@ mod tests {
             checkpoint: cp.map(String::from),
             since: None,
             created: Some(MADE),
+            missed: None,
         })
     }
 
@@ -959,6 +988,55 @@ mod tests {
         f.checkpoints = vec!["reprise-2".into()];
         let d = decide(&f);
         assert_eq!((d.mode, d.audit), (ReadMode::Scan, false), "{d:?}");
+    }
+
+    /// A check that found writes the bitmap missed leaves the bitmap distrusted: the next
+    /// replications read every block and check it again (not through it), until a check
+    /// finds none; one that cannot be checked still reads every block, and says why.
+    #[test]
+    fn a_bitmap_found_missing_writes_is_checked_again_until_a_check_finds_none() {
+        let mut found = point(how(Some("reprise-1")));
+        found.read.as_mut().unwrap().missed = Some(3);
+        let clean = point(how(Some("reprise-1")));
+        let mut f = two_disks_at_reprise_1(vec![Some(&clean), Some(&found)]);
+        let d = decide(&f);
+        assert_eq!(
+            (d.mode, d.since.as_deref(), d.audit),
+            (ReadMode::Scan, Some("reprise-1"), true),
+            "{d:?}"
+        );
+        assert!(
+            d.why
+                .as_deref()
+                .unwrap()
+                .contains("found 3 blocks its dirty bitmap missed")
+                && d.why
+                    .as_deref()
+                    .unwrap()
+                    .contains("until a check finds none"),
+            "{d:?}"
+        );
+        assert_eq!(d.unchecked(), UNCHECKED_AGAIN);
+        f.bitmap_problem = Some("the bitmap of vda is inconsistent".into());
+        let d = decide(&f);
+        assert_eq!((d.mode, d.audit), (ReadMode::Scan, false), "{d:?}");
+        assert!(
+            d.why.as_deref().unwrap().starts_with(UNCHECKED_AGAIN),
+            "{d:?}"
+        );
+        // Asked for as well: said as asked.
+        f.bitmap_problem = None;
+        f.asked_scan = true;
+        let d = decide(&f);
+        assert!(
+            d.audit && d.why.as_deref().unwrap().starts_with("asked"),
+            "{d:?}"
+        );
+        assert_eq!(d.unchecked(), UNCHECKED);
+        // The check found none: the bitmap is read again.
+        f.asked_scan = false;
+        f.newest = vec![Some(&clean), Some(&clean)];
+        assert_eq!(decide(&f).mode, ReadMode::ChangedBlocks);
     }
 
     #[test]

@@ -113,6 +113,7 @@ pub fn serve(
                 checkpoint,
                 since,
                 created,
+                missed: None,
             });
             let new = NewPoint {
                 id: point,
@@ -1660,6 +1661,7 @@ mod tests {
                         checkpoint: bitmap.map(String::from),
                         since: None,
                         created: None,
+                        missed: None,
                     }),
                     pending: false,
                 },
@@ -1886,6 +1888,7 @@ mod tests {
                     checkpoint: Some("cp1".into()),
                     since: None,
                     created: None,
+                    missed: None,
                 }),
                 pending: false,
             },

@@ -179,6 +179,11 @@ pub struct HowRead {
     /// one's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<i64>,
+    /// Read whole and checked against the dirty bitmap, this many changed blocks were found
+    /// that the bitmap did not mark: the bitmap missed writes. Until a check finds none, every
+    /// replication of the disk reads it whole and checks it again ([`super::cbt::decide`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<u64>,
 }
 
 /// Which blocks of the source were read.

@@ -258,12 +258,18 @@ fn whole_of_mirror(
 /// bitmap missed writes (something wrote the disk outside QEMU's knowledge), or the copy was
 /// changed behind its point. Point `new`, read whole, holds them. The points before it that
 /// were read through a bitmap since the disk was last read whole may lack writes it missed,
-/// and no one can tell which: each is marked bad for good, saying why. What to tell.
+/// and no one can tell which: each is marked bad for good, saying why. Point `new` records
+/// the count ([`HowRead::missed`]), so that the next replications check the bitmap again.
+/// What to tell.
 fn unmarked(points: &mut [Point], new: &str, count: u64, first: u64) -> String {
     let at = points
         .iter()
         .position(|p| p.id == new)
         .unwrap_or(points.len());
+    // The bitmap is not trusted again until a check finds it missed nothing.
+    if let Some(r) = points.get_mut(at).and_then(|p| p.read.as_mut()) {
+        r.missed = Some(count);
+    }
     let mut marked = Vec::new();
     for p in points[..at].iter_mut().rev() {
         if p.read.as_ref().map(|r| r.mode) != Some(ReadMode::ChangedBlocks) {
@@ -2585,6 +2591,7 @@ mod tests {
                 checkpoint: None,
                 since: None,
                 created: None,
+                missed: None,
             }),
             ..point(id)
         };
@@ -2615,18 +2622,19 @@ mod tests {
                 && note.contains("marked bad: p2"),
             "{note}"
         );
-        let bad: Vec<(String, bool)> = store
+        let bad: Vec<(String, bool, Option<u64>)> = store
             .points()
             .unwrap()
             .into_iter()
-            .map(|p| (p.id, p.unusable.is_some()))
+            .map(|p| (p.id, p.unusable.is_some(), p.read.and_then(|r| r.missed)))
             .collect();
+        // p3 records what its check found: the next replications check the bitmap again.
         assert_eq!(
             bad,
             [
-                ("p1".to_string(), false),
-                ("p2".to_string(), true),
-                ("p3".to_string(), false)
+                ("p1".to_string(), false, None),
+                ("p2".to_string(), true, None),
+                ("p3".to_string(), false, Some(1))
             ]
         );
         // A source whose base manifest was wrong about the copy sends a block the copy
@@ -4072,6 +4080,7 @@ mod tests {
                 checkpoint: Some(cp.into()),
                 since: since.map(String::from),
                 created: None,
+                missed: None,
             }),
             ..point(id)
         };

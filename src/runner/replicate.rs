@@ -325,6 +325,7 @@ async fn copy_frozen(
             checkpoint: None,
             since: None,
             created: None,
+            missed: None,
         },
     });
     if failed.is_none() {

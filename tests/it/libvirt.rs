@@ -956,7 +956,9 @@ fn cbt_points(hv: &Hv) -> Vec<(String, bool)> {
 /// said. A block written into the stopped vm's disk while its bitmap did not record (a tool
 /// run on the image file outside QEMU) is missed by the replication through the bitmap,
 /// which cannot tell; the next scan asked for copies it, says so (exit 1, what to do), and
-/// the points read through that bitmap are marked bad, the copy equal to the disk.
+/// the points read through that bitmap are marked bad, the copy equal to the disk. The bitmap
+/// is then checked again by every replication, asked or not, which finds the next such write
+/// (exit 1), until one check finds none: the next is read through the bitmap again.
 #[test]
 fn a_scan_asked_for_finds_a_write_the_bitmap_missed_and_marks_the_points_read_through_it() {
     let hv = Hv::up();
@@ -981,20 +983,34 @@ fn a_scan_asked_for_finds_a_write_the_bitmap_missed_and_marks_the_points_read_th
     );
 
     shut_down(&hv, "cbt");
-    let cp = checkpoints(&hv, "cbt").pop().unwrap();
-    let disk = "/var/lib/libvirt/images/cbt.qcow2";
-    hv.main
-        .sh(&format!("qemu-img bitmap --disable {disk} {cp}"));
-    hv.main.sh(&format!(
-        "qemu-io -c 'write -q -P 0x6b 200M 64k' {disk} >/dev/null"
-    ));
-    hv.main.sh(&format!("qemu-img bitmap --enable {disk} {cp}"));
+    // A block written into the stopped vm's disk with its newest bitmap disabled: QEMU never
+    // sees it.
+    let outside_qemu = |pattern: &str, at: &str| {
+        let cp = checkpoints(&hv, "cbt").pop().unwrap();
+        let disk = "/var/lib/libvirt/images/cbt.qcow2";
+        hv.main
+            .sh(&format!("qemu-img bitmap --disable {disk} {cp}"));
+        hv.main.sh(&format!(
+            "qemu-io -c 'write -q -P {pattern} {at} 64k' {disk} >/dev/null"
+        ));
+        hv.main.sh(&format!("qemu-img bitmap --enable {disk} {cp}"));
+    };
+    outside_qemu("0x6b", "200M");
     let missed = replicate_cbt(&hv);
     assert!(
         read_mode(&missed, "cbt.qcow2").starts_with("changed-blocks"),
         "{missed}"
     );
-    assert_eq!(blocks_changed(&missed), 0, "{missed}");
+    // The write is not in the copy (what the guest wrote as it shut down may be).
+    let at_200m = || {
+        use std::io::{Read as _, Seek as _};
+        let mut f = std::fs::File::open(hv.pra.path(CBT_COPY)).unwrap();
+        f.seek(std::io::SeekFrom::Start(200 << 20)).unwrap();
+        let mut block = vec![0u8; 64 << 10];
+        f.read_exact(&mut block).unwrap();
+        block.iter().all(|b| *b == 0x6b)
+    };
+    assert!(!at_200m(), "the bitmap path carried the write: {missed}");
 
     let run = hv.reprise(&["replicate", "--service", "cbt", "--scan"]);
     assert_eq!(run.code, 1, "{run:?}");
@@ -1006,6 +1022,7 @@ fn a_scan_asked_for_finds_a_write_the_bitmap_missed_and_marks_the_points_read_th
     );
     assert_eq!(blocks_changed(&run.stdout), 1, "{run:?}");
     copy_equals_source(&hv);
+    assert!(at_200m());
     let points = cbt_points(&hv);
     let bad: Vec<bool> = points.iter().map(|(_, bad)| *bad).collect();
     // The first copy and the scan asked for while it ran stay good; the two read through
@@ -1016,6 +1033,42 @@ fn a_scan_asked_for_finds_a_write_the_bitmap_missed_and_marks_the_points_read_th
             .contains(&format!("marked bad: {}, {}", points[2].0, points[3].0)),
         "{run:?}"
     );
+
+    // The bitmap is not trusted again until a check finds it missed nothing: the next
+    // replication, not asked to scan, reads every block and checks it, and finds the next
+    // write made outside QEMU.
+    outside_qemu("0x6c", "150M");
+    let again = hv.reprise(&["replicate", "--service", "cbt"]);
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(
+        read_mode(&again.stdout, "cbt.qcow2").starts_with(&format!(
+            "scan: the check of point {} found 1 blocks its dirty bitmap missed",
+            points[4].0
+        )),
+        "{again:?}"
+    );
+    assert!(
+        again.stderr.contains("(the first block 2400)")
+            && again
+                .stderr
+                .contains("no earlier point was read through that bitmap"),
+        "{again:?}"
+    );
+    copy_equals_source(&hv);
+    // A check that finds none: the bitmap is read again after it.
+    let clean = replicate_cbt(&hv);
+    assert!(
+        read_mode(&clean, "cbt.qcow2").starts_with("scan: the check of point "),
+        "{clean}"
+    );
+    assert_eq!(blocks_changed(&clean), 0, "{clean}");
+    let trusted = replicate_cbt(&hv);
+    assert!(
+        read_mode(&trusted, "cbt.qcow2").starts_with("changed-blocks"),
+        "{trusted}"
+    );
+    let bad: Vec<bool> = cbt_points(&hv).iter().map(|(_, bad)| *bad).collect();
+    assert!(!bad[bad.len() - 3..].contains(&true), "{bad:?}");
 }
 
 /// Where the debug log of a replication says the stream of `disk` begins or ends.
