@@ -326,6 +326,20 @@ pub enum Command {
         /// Run id, or `latest`.
         #[arg(value_parser = parse_run_id)]
         run: String,
+        /// Start VM, of the vms the run has still to start, from this replica point (or every
+        /// one from POINT), as `failover --point` does: added to what the run was asked
+        /// (repeatable); journaled with the resume.
+        #[arg(long = "point", value_name = "[VM=]POINT", value_parser = parse_point)]
+        points: Vec<(String, String)>,
+        /// Start the vms the run has still to start from their newest good point taken before
+        /// TIME, as `failover --point-before` does; journaled with the resume.
+        #[arg(long, value_name = "TIME", value_parser = parse_incident_time)]
+        point_before: Option<DateTime<Utc>>,
+        /// Start VM as `failover --accept-unverified` does, once a start refused it (a copy
+        /// nothing proves, disks sharing no good point): added to what the run was asked
+        /// (repeatable; `all`); journaled with the resume.
+        #[arg(long = "accept-unverified", value_name = "VM")]
+        accept_unverified: Vec<String>,
         /// A failback: carry on although a copy-back not started yet would overwrite a disk on
         /// the primary written since the failover, or cannot tell (refused otherwise, exit 7,
         /// as at its start; keep a copy of the disk first); journaled.
@@ -897,7 +911,17 @@ fn run_with_model(cli: &Cli, model: &Model) -> Result<Outcome, Outcome> {
             args,
             Default::default(),
         ),
-        Command::Resume { run, force, exec } => resume(cli, model, run, *force, exec)?,
+        Command::Resume {
+            run,
+            points,
+            point_before,
+            accept_unverified,
+            force,
+            exec,
+        } => {
+            let asked = point_choice(model, points, *point_before, accept_unverified)?;
+            resume(cli, model, run, asked, *force, exec)?
+        }
         Command::Replicate {
             services,
             verify,
@@ -1091,6 +1115,26 @@ fn failover(
     force: bool,
     args: &RunArgs,
 ) -> Result<Outcome, Outcome> {
+    let choice = point_choice(model, points, point_before, &[])?;
+    Ok(start_with(
+        cli,
+        model,
+        Mode::Failover,
+        emergency,
+        force,
+        args,
+        choice,
+    ))
+}
+
+/// The point choice of `--point`, `--point-before` and `--accept-unverified`, each vm or
+/// backup set named checked against the inventory.
+fn point_choice(
+    model: &Model,
+    points: &[(String, String)],
+    point_before: Option<DateTime<Utc>>,
+    accept_unverified: &[String],
+) -> Result<crate::runner::PointChoice, Outcome> {
     for (vm, _) in points {
         let inv = &model.inventory;
         if !vm.is_empty() && !inv.vms.contains_key(vm) && !inv.backups.contains_key(vm) {
@@ -1106,7 +1150,7 @@ fn failover(
             ));
         }
     }
-    let choice = crate::runner::PointChoice {
+    let mut choice = crate::runner::PointChoice {
         by_vm: points
             .iter()
             .filter(|(vm, _)| !vm.is_empty())
@@ -1120,15 +1164,27 @@ fn failover(
         before: point_before,
         accept_unverified: Vec::new(),
     };
-    Ok(start_with(
-        cli,
-        model,
-        Mode::Failover,
-        emergency,
-        force,
-        args,
-        choice,
-    ))
+    for vm in accept_unverified {
+        let inv = &model.inventory;
+        if vm != "all" && !inv.vms.contains_key(vm) && !inv.backups.contains_key(vm) {
+            let hint = crate::diagnostic::did_you_mean(
+                vm,
+                inv.vms.keys().chain(inv.backups.keys()).map(String::as_str),
+            )
+            .map(|h| format!("hint: {h}\n"))
+            .unwrap_or_default();
+            return Err(Outcome::err(
+                exit::INVALID_INPUT,
+                format!(
+                    "error: --accept-unverified names an unknown vm `{vm}` (nor backup set)\n{hint}"
+                ),
+            ));
+        }
+        choice
+            .accept_unverified
+            .push(if vm == "all" { "*".into() } else { vm.clone() });
+    }
+    Ok(choice)
 }
 
 /// `resume`: a stopped run taken up where it stopped.
@@ -1136,17 +1192,20 @@ fn resume(
     cli: &Cli,
     model: &Model,
     run: &str,
+    asked: crate::runner::PointChoice,
     force: bool,
     exec: &ExecArgs,
 ) -> Result<Outcome, Outcome> {
     let shutdown = ctrl_c();
     let mut view = TerminalView::new(&model.inventory, Some(run));
     let operator = operator(exec);
+    let mut options = exec_options(exec)?;
+    options.run.points = asked;
     let result = crate::run::resume(
         model,
         &cli.state_dir,
         run,
-        &exec_options(exec)?,
+        &options,
         &operator,
         force,
         &mut view,
@@ -1209,25 +1268,9 @@ fn start_with(
     args: &RunArgs,
     mut points: crate::runner::PointChoice,
 ) -> Outcome {
-    for vm in &args.accept_unverified {
-        let inv = &model.inventory;
-        if vm != "all" && !inv.vms.contains_key(vm) && !inv.backups.contains_key(vm) {
-            let hint = crate::diagnostic::did_you_mean(
-                vm,
-                inv.vms.keys().chain(inv.backups.keys()).map(String::as_str),
-            )
-            .map(|h| format!("hint: {h}\n"))
-            .unwrap_or_default();
-            return Outcome::err(
-                exit::INVALID_INPUT,
-                format!(
-                    "error: --accept-unverified names an unknown vm `{vm}` (nor backup set)\n{hint}"
-                ),
-            );
-        }
-        points
-            .accept_unverified
-            .push(if vm == "all" { "*".into() } else { vm.clone() });
+    match point_choice(model, &[], None, &args.accept_unverified) {
+        Ok(accepted) => points.add(&accepted),
+        Err(o) => return o,
     }
     let plan_opts = PlanOptions {
         mode,

@@ -205,6 +205,11 @@ pub enum Event {
         at: DateTime<Utc>,
         operator: String,
         machine: String,
+        /// What the operator added to the run's point choice as it resumed it (`resume
+        /// --point`, `--accept-unverified`): the vms left start from that too
+        /// ([`PointChoice::add`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        points: Option<Box<PointChoice>>,
     },
     /// A stop was asked (a signal: `SIGINT` for Ctrl-C, `SIGTERM`, `SIGHUP`): no new step
     /// starts, running ones finish, a drill's cleanup runs, then the run ends `interrupted`.
@@ -367,6 +372,48 @@ pub struct PointChoice {
     pub accept_unverified: Vec<String>,
 }
 
+impl PointChoice {
+    /// `more`, asked when the run was resumed, over this: a point named again for a vm, or for
+    /// every vm, or a time, replaces the one before; the names accepted unverified add up.
+    pub fn add(&mut self, more: &PointChoice) {
+        self.by_vm
+            .extend(more.by_vm.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if more.all.is_some() {
+            self.all = more.all.clone();
+        }
+        if more.before.is_some() {
+            self.before = more.before;
+        }
+        for vm in &more.accept_unverified {
+            if !self.accept_unverified.contains(vm) {
+                self.accept_unverified.push(vm.clone());
+            }
+        }
+    }
+
+    /// The options that ask for it, as a person reads them.
+    pub fn words(&self) -> String {
+        let mut w: Vec<String> = self
+            .by_vm
+            .iter()
+            .map(|(vm, p)| format!("--point {vm}={p}"))
+            .collect();
+        w.extend(self.all.iter().map(|p| format!("--point {p}")));
+        w.extend(
+            self.before
+                .iter()
+                .map(|t| format!("--point-before {}", t.format("%Y-%m-%d %H:%M:%S UTC"))),
+        );
+        w.extend(self.accept_unverified.iter().map(|vm| {
+            format!(
+                "--accept-unverified {}",
+                if vm == "*" { "all" } else { vm.as_str() }
+            )
+        }));
+        w.join(" ")
+    }
+}
+
 /// How a run started, read back from its events.
 #[derive(Debug, Clone)]
 pub struct Started {
@@ -384,8 +431,22 @@ pub struct Started {
 }
 
 impl Started {
-    /// The first `run_started` event of `events`.
+    /// The first `run_started` event of `events`, its point choice with what each resume
+    /// added to it.
     pub fn of(events: &[Event]) -> Option<Started> {
+        let mut started = Self::first(events)?;
+        for e in events {
+            if let Event::RunResumed {
+                points: Some(more), ..
+            } = e
+            {
+                started.points.add(more);
+            }
+        }
+        Some(started)
+    }
+
+    fn first(events: &[Event]) -> Option<Started> {
         events.iter().find_map(|e| match e {
             Event::RunStarted {
                 at,
@@ -422,4 +483,37 @@ pub fn finished(events: &[Event]) -> Option<RunStatus> {
         Event::RunFinished { status, .. } => Some(*status),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a resume asks is added to what the run was asked: a point named again replaces
+    /// the one before, the names accepted unverified add up, once each.
+    #[test]
+    fn a_resume_adds_to_the_point_choice_of_its_run() {
+        let t = |s: i64| DateTime::<Utc>::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        let mut p = PointChoice {
+            by_vm: [("db".to_string(), "P1".to_string())].into(),
+            accept_unverified: vec!["web".into()],
+            ..Default::default()
+        };
+        p.add(&PointChoice {
+            by_vm: [("db".to_string(), "P2".to_string())].into(),
+            accept_unverified: vec!["web".into(), "app".into()],
+            ..Default::default()
+        });
+        p.add(&PointChoice {
+            before: Some(t(-60)),
+            ..Default::default()
+        });
+        assert_eq!(p.by_vm["db"], "P2");
+        assert_eq!(p.accept_unverified, ["web", "app"]);
+        assert_eq!(p.before, Some(t(-60)));
+        assert_eq!(
+            p.words(),
+            "--point db=P2 --point-before 2027-01-15 07:59:00 UTC --accept-unverified web --accept-unverified app"
+        );
+    }
 }

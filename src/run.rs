@@ -1653,6 +1653,9 @@ pub fn resume(
     view: &mut dyn Sink,
     shutdown: Shutdown,
 ) -> Result<RunOutcome, RunError> {
+    // What the operator adds to the point choice now (`exec.run.points`), journaled with the
+    // resume and added to what the run was asked before.
+    let added = exec.run.points.clone();
     let dir = RunDir::open(state_dir, run_id)?;
     let machine = journal::machine_name();
     let lock = StateLock::acquire(
@@ -1774,6 +1777,7 @@ pub fn resume(
         at: now,
         operator: operator.to_string(),
         machine,
+        points: (added != runner::PointChoice::default()).then(|| Box::new(added.clone())),
     });
     if !forced.is_empty() {
         first.push(Event::ReadinessForced {
@@ -1803,9 +1807,11 @@ pub fn resume(
         operator: operator.to_string(),
         forced_before: forced_in(&events).collect(),
     };
-    // The vms left start from the points the operator asked for when the run started.
+    // The vms left start from the points the operator asked for when the run started, and
+    // as they resumed it.
     let mut exec = exec.clone();
     exec.run.points = start.points.clone();
+    exec.run.points.add(&added);
     let (status, split_brain, refused) = execute(model, launch, &exec, view, shutdown)?;
     let pruned = after_run(state_dir, exec.keep_runs, &run_id);
     Ok(RunOutcome {

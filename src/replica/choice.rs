@@ -261,7 +261,7 @@ fn as_is(
     };
     if !ask.accept_unverified {
         return Decision::Refuse(format!(
-            "{}: {what} does not start from unverified data; replicate it (`reprise replicate`), or, to start it from its copy as it is, name it with --accept-unverified (journaled)",
+            "{}: {what} does not start from unverified data; replicate it (`reprise replicate`), or, to start it from its copy as it is, name it with --accept-unverified (journaled; `reprise resume RUN --accept-unverified VM` carries on a run this stopped)",
             reasons.join("; ")
         ));
     }
@@ -489,7 +489,7 @@ fn failover(disks: &[CopyState], ask: &Ask, mut notes: Vec<String>) -> Decision 
         let why = apart.unwrap_or_else(|| "its disks hold no one point".to_string());
         if !ask.accept_unverified {
             return Decision::Refuse(format!(
-                "{why} ({each}): that would start the vm from disks of different moments, a state it was never in, so a failover does not do it on its own. Name a point every disk holds good (`--point VM=POINT`; `reprise points VM` lists each disk's), replicate the vm again while its primary still runs (`reprise replicate VM`), or, to start each disk from its own point all the same, name the vm with --accept-unverified (journaled as not verified)"
+                "{why} ({each}): that would start the vm from disks of different moments, a state it was never in, so a failover does not do it on its own. Name a point every disk holds good (`--point VM=POINT`; `reprise points VM` lists each disk's), replicate the vm again while its primary still runs (`reprise replicate VM`), or, to start each disk from its own point all the same, name the vm with --accept-unverified (journaled as not verified; `reprise resume RUN --accept-unverified VM` carries on a run this stopped)"
             ));
         }
         notes.push(format!(

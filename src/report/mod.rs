@@ -288,6 +288,9 @@ pub struct Resume {
     pub at: DateTime<Utc>,
     pub operator: String,
     pub machine: String,
+    /// What the operator added to the point choice as they resumed the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asked: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -497,11 +500,13 @@ impl<'a> RunFacts<'a> {
                 at,
                 operator,
                 machine,
+                points,
             } => {
                 self.resumes.push(Resume {
                     at: *at,
                     operator: operator.clone(),
                     machine: machine.clone(),
+                    asked: points.as_ref().map(|p| p.words()),
                 });
                 if !self.operators.contains(operator) {
                     self.operators.push(operator.clone());
@@ -1822,10 +1827,16 @@ mod tests {
             at: t(101),
             status: RunStatus::Interrupted,
         });
+        let asked = crate::event::PointChoice {
+            by_vm: [("db".to_string(), "P1".to_string())].into(),
+            accept_unverified: vec!["app".into()],
+            ..Default::default()
+        };
         events.push(Event::RunResumed {
             at: t(-500),
             operator: "sofia".into(),
             machine: "pra-laptop".into(),
+            points: Some(Box::new(asked)),
         });
         events.extend(run("db/healthy", -490, -480, StepStatus::Done));
         events.extend(run("app/start", -480, -470, StepStatus::Done));
@@ -1833,6 +1844,15 @@ mod tests {
             at: t(-470),
             status: RunStatus::Succeeded,
         });
+        // A resume's additions are the run's from then on.
+        let points = crate::event::Started::of(&events).unwrap().points;
+        assert_eq!(
+            (
+                points.by_vm["db"].as_str(),
+                points.accept_unverified.as_slice()
+            ),
+            ("P1", &["app".to_string()][..])
+        );
         let r = build_of(&events);
         for s in &r.services {
             assert_eq!((s.achieved_rto_s, s.rto_met), (None, None), "{}", s.id);
@@ -1849,6 +1869,12 @@ mod tests {
         assert_eq!(r.result, Outcome::RecoveredWithIssues);
         let md = render::render(&r, render::Format::Md, Lang::En);
         assert!(md.contains("clock went back"), "{md}");
+        // Who resumed it, and what they asked for the vms left.
+        assert!(
+            md.contains("sofia (pra-laptop, ")
+                && md.contains("; --point db=P1 --accept-unverified app)"),
+            "{md}"
+        );
 
         let mut events = vec![started(None)];
         events.extend(run("db/start", 0, 20, StepStatus::Done));
@@ -2248,6 +2274,7 @@ mod tests {
             at: t(10),
             operator: "nadia".into(),
             machine: "laptop".into(),
+            points: None,
         });
         let [again, done] = run("db/start", 10, 20, StepStatus::Done);
         events.push(again);

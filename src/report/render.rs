@@ -136,7 +136,15 @@ fn facts(r: &RecoveryReport, l: &Labels) -> Vec<(&'static str, String)> {
     for res in &r.resumes {
         f.push((
             l.resumed_by,
-            format!("{} ({}, {})", res.operator, res.machine, time(res.at)),
+            match &res.asked {
+                Some(asked) => format!(
+                    "{} ({}, {}; {asked})",
+                    res.operator,
+                    res.machine,
+                    time(res.at)
+                ),
+                None => format!("{} ({}, {})", res.operator, res.machine, time(res.at)),
+            },
         ));
     }
     f

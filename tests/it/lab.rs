@@ -2013,6 +2013,95 @@ fn a_failback_never_copies_a_replica_over_newer_production_data() {
     assert!(std::fs::read(&disk).unwrap() == production);
 }
 
+/// An emergency failover whose vm start is refused (erp-db's data copy proven by nothing: its
+/// metadata is gone) fails there, saying to name the vm with --accept-unverified. The way out
+/// needs no new run: `resume --accept-unverified erp-db` starts it from its copy as it is,
+/// journaled with the resume, the start not verified, and the report names who asked.
+#[test]
+fn a_vm_start_refused_in_a_failover_goes_on_when_the_resume_names_it() {
+    let lab = Lab::up(250);
+    let meta = lab
+        .host_root("hv-pra")
+        .join("srv/replicas/images/erp-db-data.qcow2.reprise");
+    std::fs::remove_dir_all(&meta).unwrap();
+    lab.primary_lost(&["erp-db"]);
+    let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
+    let exit = lab.run_confirming(
+        &[&["failover", "--emergency"][..], &only[..]].concat(),
+        Duration::from_secs(240),
+    );
+    assert!(!exit.success(), "{:?}", lab.journal().last());
+    let events = lab.journal();
+    let refused = events
+        .iter()
+        .find(|e| e["event"] == "step_finished" && e["status"] == "failed")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    let why = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("erp-db-data.qcow2 has no replica point")
+            && why.contains("--accept-unverified"),
+        "{refused}"
+    );
+    assert!(!events.iter().any(|e| e["event"] == "replica_point_used"));
+    // An unknown name is refused before anything is done.
+    let typo = lab.run(&[
+        "resume",
+        "latest",
+        "--no-prompt",
+        "--accept-unverified",
+        "erp-bd",
+    ]);
+    assert_eq!(typo.code, 3, "{typo:?}");
+    assert!(typo.stderr.contains("did you mean `erp-db`"), "{typo:?}");
+    let exit = lab.run_confirming(
+        &[
+            "resume",
+            "latest",
+            "--no-prompt",
+            "--accept-unverified",
+            "erp-db",
+        ],
+        Duration::from_secs(240),
+    );
+    let events = lab.journal();
+    assert!(exit.success(), "{:?}", events.last());
+    let resumed = events
+        .iter()
+        .filter(|e| e["event"] == "run_resumed")
+        .collect::<Vec<_>>();
+    assert_eq!(
+        resumed.len(),
+        1,
+        "the refused resume was journaled: {resumed:?}"
+    );
+    assert_eq!(
+        resumed[0]["points"]["accept_unverified"],
+        serde_json::json!(["erp-db"]),
+        "{:?}",
+        resumed[0]
+    );
+    let used = events
+        .iter()
+        .find(|e| e["event"] == "replica_point_used" && e["item"] == "erp-db")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(used["verified"], false, "{used}");
+    assert!(
+        used["note"]
+            .as_str()
+            .unwrap()
+            .contains("--accept-unverified"),
+        "{used}"
+    );
+    let report = lab.run(&["report", "latest", "--format", "json"]);
+    assert_eq!(report.code, 0, "{report:?}");
+    let report: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    assert_eq!(
+        report["resumes"][0]["asked"], "--accept-unverified erp-db",
+        "{:#}",
+        report["resumes"]
+    );
+}
+
 /// An emergency failover asked to start from the last point before a time (the state before
 /// an attack), stopped while it waits for the operator, before erp-db starts: the resume
 /// starts erp-db from that point too, not from the newest one.
