@@ -1135,20 +1135,25 @@ fn point_choice(
     point_before: Option<DateTime<Utc>>,
     accept_unverified: &[String],
 ) -> Result<crate::runner::PointChoice, Outcome> {
-    for (vm, _) in points {
+    // A name the inventory does not know, refused with the nearest one it does.
+    let known = |flag: &str, vm: &str| -> Result<(), Outcome> {
         let inv = &model.inventory;
-        if !vm.is_empty() && !inv.vms.contains_key(vm) && !inv.backups.contains_key(vm) {
-            let hint = crate::diagnostic::did_you_mean(
-                vm,
-                inv.vms.keys().chain(inv.backups.keys()).map(String::as_str),
-            )
-            .map(|h| format!("hint: {h}\n"))
-            .unwrap_or_default();
-            return Err(Outcome::err(
-                exit::INVALID_INPUT,
-                format!("error: --point names an unknown vm `{vm}` (nor backup set)\n{hint}"),
-            ));
+        if inv.vms.contains_key(vm) || inv.backups.contains_key(vm) {
+            return Ok(());
         }
+        let hint = crate::diagnostic::did_you_mean(
+            vm,
+            inv.vms.keys().chain(inv.backups.keys()).map(String::as_str),
+        )
+        .map(|h| format!("hint: {h}\n"))
+        .unwrap_or_default();
+        Err(Outcome::err(
+            exit::INVALID_INPUT,
+            format!("error: {flag} names an unknown vm `{vm}` (nor backup set)\n{hint}"),
+        ))
+    };
+    for (vm, _) in points.iter().filter(|(vm, _)| !vm.is_empty()) {
+        known("--point", vm)?;
     }
     let mut choice = crate::runner::PointChoice {
         by_vm: points
@@ -1165,24 +1170,12 @@ fn point_choice(
         accept_unverified: Vec::new(),
     };
     for vm in accept_unverified {
-        let inv = &model.inventory;
-        if vm != "all" && !inv.vms.contains_key(vm) && !inv.backups.contains_key(vm) {
-            let hint = crate::diagnostic::did_you_mean(
-                vm,
-                inv.vms.keys().chain(inv.backups.keys()).map(String::as_str),
-            )
-            .map(|h| format!("hint: {h}\n"))
-            .unwrap_or_default();
-            return Err(Outcome::err(
-                exit::INVALID_INPUT,
-                format!(
-                    "error: --accept-unverified names an unknown vm `{vm}` (nor backup set)\n{hint}"
-                ),
-            ));
+        if vm == "all" {
+            choice.accept_unverified.push("*".into());
+        } else {
+            known("--accept-unverified", vm)?;
+            choice.accept_unverified.push(vm.clone());
         }
-        choice
-            .accept_unverified
-            .push(if vm == "all" { "*".into() } else { vm.clone() });
     }
     Ok(choice)
 }

@@ -1274,14 +1274,8 @@ impl<'a> Helpers<'a> {
         if paths.is_empty() {
             return Ok(Vec::new());
         }
-        let req = Request::Release {
-            paths: paths.iter().map(Into::into).collect(),
-            run: run.map(str::to_string),
-            kind,
-            returned: None,
-            forget_returned: false,
-        };
-        self.call_json(host, &req, Duration::from_secs(120))
+        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+        self.release_with(host, &paths, run, kind, None, false)
     }
 
     /// A failback copied the backup set's folder `path` of `host` back to its primary as it
@@ -1293,14 +1287,8 @@ impl<'a> Helpers<'a> {
         path: &str,
         stamp: &str,
     ) -> Result<Vec<String>, ReplicaError> {
-        let req = Request::Release {
-            paths: vec![path.into()],
-            run: None,
-            kind: Some(crate::replica::LeaseKind::Live),
-            returned: Some(stamp.to_string()),
-            forget_returned: false,
-        };
-        self.call_json(host, &req, Duration::from_secs(120))
+        let live = Some(crate::replica::LeaseKind::Live);
+        self.release_with(host, &[path], None, live, Some(stamp), false)
     }
 
     /// `reprise release` of a copy: its leases (of run `run`), and, for a backup set's
@@ -1311,12 +1299,25 @@ impl<'a> Helpers<'a> {
         path: &str,
         run: Option<&str>,
     ) -> Result<Vec<String>, ReplicaError> {
+        self.release_with(host, &[path], run, None, None, true)
+    }
+
+    /// [`Request::Release`].
+    fn release_with(
+        &self,
+        host: &str,
+        paths: &[&str],
+        run: Option<&str>,
+        kind: Option<crate::replica::LeaseKind>,
+        returned: Option<&str>,
+        forget_returned: bool,
+    ) -> Result<Vec<String>, ReplicaError> {
         let req = Request::Release {
-            paths: vec![path.into()],
+            paths: paths.iter().map(Into::into).collect(),
             run: run.map(str::to_string),
-            kind: None,
-            returned: None,
-            forget_returned: true,
+            kind,
+            returned: returned.map(str::to_string),
+            forget_returned,
         };
         self.call_json(host, &req, Duration::from_secs(120))
     }
