@@ -1124,6 +1124,8 @@ fn check_finds_a_stopped_sshd_a_stale_replica_a_bad_point_and_a_missing_tool() {
     let mut failed = check_items(&red, "failed");
     failed.sort();
     // lms's only point failed verification: nor is there a definition to define it from.
+    // erp-db's data disk now says its points were taken three days ago, its system disk not:
+    // the two disks share no point of one moment, which a failover would not start from.
     assert_eq!(
         failed,
         [
@@ -1132,6 +1134,7 @@ fn check_finds_a_stopped_sshd_a_stale_replica_a_bad_point_and_a_missing_tool() {
                 "definitions".to_string(),
                 "vm lms (emergency failover)".to_string()
             ),
+            ("replicas".to_string(), "vm erp-db".to_string()),
             (
                 "replicas".to_string(),
                 "vm erp-db (erp-db-data.qcow2)".to_string()
@@ -1156,6 +1159,12 @@ fn check_finds_a_stopped_sshd_a_stale_replica_a_bad_point_and_a_missing_tool() {
             .to_string()
     };
     assert!(
+        detail("vm erp-db").contains("come from two replications")
+            && detail("vm erp-db").contains("no good point is on every disk"),
+        "{}",
+        detail("vm erp-db")
+    );
+    assert!(
         detail("san-main").contains("127.41.0."),
         "{}",
         detail("san-main")
@@ -1171,7 +1180,7 @@ fn check_finds_a_stopped_sshd_a_stale_replica_a_bad_point_and_a_missing_tool() {
     assert_eq!(run.code, 7);
     let verdict = run.stdout.lines().last().unwrap();
     assert!(
-        verdict.starts_with("verdict: NOT READY: 6 failed"),
+        verdict.starts_with("verdict: NOT READY: 7 failed"),
         "{verdict}"
     );
     for what in [
