@@ -699,6 +699,13 @@ pub fn judge(
         ));
     }
     let live = copy.leases.iter().any(|l| l.kind == LeaseKind::Live);
+    // What only its folder holds, which no replication writes over until it is kept.
+    if let Some(why) = &copy.returned {
+        found.push((
+            Level::Failed,
+            format!("{why} (`reprise replicate {item}` stops until then)"),
+        ));
+    }
     match unverified(copy, None) {
         Some(_) if live => {}
         Some(why) => found.push((

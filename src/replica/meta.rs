@@ -606,6 +606,10 @@ pub struct CopyState {
     /// Points whose recorded definition is missing or damaged, and why.
     #[serde(default)]
     pub bad_definitions: Vec<(String, String)>,
+    /// A backup set's folder written after a failback copied it back to its primary: why no
+    /// replication writes into it, and what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub returned: Option<String>,
 }
 
 impl CopyState {

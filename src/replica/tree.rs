@@ -788,6 +788,9 @@ impl TreeStore {
         }
         state.stamp = tree_stamp(&self.root);
         inspect_dir(&self.dir, &mut state);
+        state.returned = self
+            .written_since_returned()
+            .unwrap_or_else(|e| Some(e.to_string()));
         state.changed = changed_since(&state.points, state.stamp.clone());
         if !state.busy {
             if self.path("commit.json").exists() {
@@ -881,13 +884,25 @@ impl TreeStore {
     /// the failback read it is written into as any copy, the record forgotten once that
     /// update is recorded (the update itself refuses a folder changed since its base).
     fn refuse_written_since_returned(&self) -> Result<(), StoreError> {
+        match self.written_since_returned()? {
+            None => Ok(()),
+            Some(reason) => Err(StoreError::Refused {
+                image: self.name(),
+                reason,
+            }),
+        }
+    }
+
+    /// Why no replication may write into the folder, when a failback copied it back and it
+    /// was written since ([`Self::refuse_written_since_returned`]).
+    fn written_since_returned(&self) -> Result<Option<String>, StoreError> {
         if !self.path(RETURNED).exists() {
-            return Ok(());
+            return Ok(None);
         }
         let returned: Returned = self.read_json(RETURNED)?;
         if tree_stamp(&self.root).is_some_and(|s| s == returned.stamp) {
             // Forgotten once an update made from this very folder is recorded.
-            return Ok(());
+            return Ok(None);
         }
         // The newest files, to show what would be lost.
         let mut files: Vec<(i128, String)> = walk(&self.root)
@@ -916,12 +931,9 @@ impl TreeStore {
             .at
             .map(|t| t.format(" on %Y-%m-%d %H:%M:%S UTC").to_string())
             .unwrap_or_default();
-        Err(StoreError::Refused {
-            image: self.name(),
-            reason: format!(
-                "it was written after a failback read it to copy it back to its primary (released{at}){newest}: what was written in it since is not on the primary, and this replication would delete or overwrite it; copy what is to be kept to the primary's folder, then `reprise release` of this backup set lets replication write over the copy"
-            ),
-        })
+        Ok(Some(format!(
+            "it was written after a failback read it to copy it back to its primary (released{at}){newest}: what was written in it since is not on the primary, and a replication would delete or overwrite it, so none writes into it; copy what is to be kept to the primary's folder, then `reprise release` of this backup set lets replication write over the copy"
+        )))
     }
 
     /// [`Self::recover`] before a replication writes: a record of an interrupted update or
@@ -1798,7 +1810,11 @@ mod tests {
         // Copied back, then the recovery site wrote a dump into the folder.
         let stamp = tree_stamp(&dst).unwrap();
         store.release_returned(all, &stamp).unwrap();
+        assert_eq!(store.inspect().returned, None, "as copied back");
         std::fs::write(dst.join("written-at-pra.dump"), "only here").unwrap();
+        // Said by what reads the copy (`check`), and refused by a replication.
+        let said = store.inspect().returned.unwrap_or_default();
+        assert!(said.contains("written-at-pra.dump"), "{said}");
         let e = store.base(false).unwrap_err().to_string();
         assert!(
             e.contains("written after a failback read it to copy it back")

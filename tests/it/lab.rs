@@ -2889,6 +2889,26 @@ fn a_backup_set_copy_is_proven_before_a_run_relies_on_it_and_never_copied_back_o
     // as it was copied back, is replicated into; `reprise release` lets erp-dumps go on.
     let late = copy.join("written-at-pra-after.dump");
     std::fs::write(&late, "the recovery site's, after the copy back").unwrap();
+    let run = lab.run(&["check", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let item = json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["area"] == "replicas" && i["subject"] == "backup erp-dumps")
+        .unwrap_or_else(|| panic!("{json:#}"));
+    assert_eq!(item["status"], "failed", "{item}");
+    assert!(
+        item["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("it was written after a failback read it to copy it back")
+            && item["detail"]
+                .as_str()
+                .unwrap()
+                .contains("`reprise replicate erp-dumps` stops until then"),
+        "{item}"
+    );
     let refused = lab.run(&["replicate", "--service", "erp-dumps"]);
     assert_eq!(refused.code, 1, "{refused:?}");
     let said = format!("{}{}", refused.stdout, refused.stderr);
