@@ -2658,17 +2658,22 @@ fn a_backup_set_copy_is_proven_before_a_run_relies_on_it_and_never_copied_back_o
     let primary = lab.host_root("san-main").join("export/backups/erp");
     std::fs::write(copy.join("planted.dump"), "not from the primary").unwrap();
 
-    let run = lab.run(&["check", "--json"]);
-    assert_eq!(run.code, 7, "{run:?}");
-    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    let item = json["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["area"] == "replicas" && i["subject"] == "backup erp-dumps")
-        .unwrap_or_else(|| panic!("{json:#}"));
-    assert_eq!(item["status"], "failed", "{item}");
-    let detail = item["detail"].as_str().unwrap();
+    // `check`'s verdict, and its item of erp-dumps' copy (failed, its detail).
+    let check_erp_dumps = || {
+        let run = lab.run(&["check", "--json"]);
+        let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        let item = json["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["area"] == "replicas" && i["subject"] == "backup erp-dumps")
+            .unwrap_or_else(|| panic!("{json:#}"))
+            .clone();
+        assert_eq!(item["status"], "failed", "{item}");
+        (run.code, json, item["detail"].as_str().unwrap().to_string())
+    };
+    let (code, json, detail) = check_erp_dumps();
+    assert_eq!(code, 7);
     assert!(
         detail.starts_with("UNVERIFIED: the copy changed since its newest point")
             && detail.contains("`reprise verify erp-dumps`")
@@ -2889,25 +2894,11 @@ fn a_backup_set_copy_is_proven_before_a_run_relies_on_it_and_never_copied_back_o
     // as it was copied back, is replicated into; `reprise release` lets erp-dumps go on.
     let late = copy.join("written-at-pra-after.dump");
     std::fs::write(&late, "the recovery site's, after the copy back").unwrap();
-    let run = lab.run(&["check", "--json"]);
-    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    let item = json["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["area"] == "replicas" && i["subject"] == "backup erp-dumps")
-        .unwrap_or_else(|| panic!("{json:#}"));
-    assert_eq!(item["status"], "failed", "{item}");
+    let (_, _, detail) = check_erp_dumps();
     assert!(
-        item["detail"]
-            .as_str()
-            .unwrap()
-            .starts_with("it was written after a failback read it to copy it back")
-            && item["detail"]
-                .as_str()
-                .unwrap()
-                .contains("`reprise replicate erp-dumps` stops until then"),
-        "{item}"
+        detail.starts_with("it was written after a failback read it to copy it back")
+            && detail.contains("`reprise replicate erp-dumps` stops until then"),
+        "{detail}"
     );
     let refused = lab.run(&["replicate", "--service", "erp-dumps"]);
     assert_eq!(refused.code, 1, "{refused:?}");
