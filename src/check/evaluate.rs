@@ -381,6 +381,15 @@ fn points_item(r: &ReplicaTarget, dest: &HostProbe, now: DateTime<Utc>) -> (Read
     )
 }
 
+/// The copies of vm `id`'s disks, in its order.
+fn copies_of<'a>(
+    replicas: &'a [ReplicaTarget],
+    id: &str,
+) -> impl Iterator<Item = &'a ReplicaTarget> {
+    let of_vm = format!("vm {id} (");
+    replicas.iter().filter(move |r| r.what.starts_with(&of_vm))
+}
+
 /// The vms whose disks' newest points differ (a replication stopped between two of them): a
 /// drill does not start such a vm, and a failover rolls every disk back to the newest point
 /// they all hold good, or, with none, does not start it unless the operator names it. Each
@@ -394,10 +403,7 @@ fn vm_point_items(
     use crate::replica::choice::{common_fallback, newest_differ, unverified};
     let mut items = Vec::new();
     for vm in model.inventory.vms.values().filter(|vm| vm.disks.len() > 1) {
-        let of_vm = format!("vm {} (", vm.id);
-        let states: Option<Vec<_>> = replicas
-            .iter()
-            .filter(|r| r.what.starts_with(&of_vm))
+        let states: Option<Vec<_>> = copies_of(replicas, &vm.id)
             .map(|r| {
                 probes
                     .get(&r.to_host)
@@ -457,16 +463,12 @@ fn snapshot_items(
         let subject = format!("vm {} (snapshot)", vm.id);
         // A replication holding the vm's copies right now has its own snapshot on the
         // primary: it merges it back when it ends. Only one no replication holds is left.
-        let of_vm = format!("vm {} (", vm.id);
-        let replicating = replicas
-            .iter()
-            .filter(|r| r.what.starts_with(&of_vm))
-            .any(|r| {
-                probes
-                    .get(&r.to_host)
-                    .and_then(|p| p.copies.get(&r.copy))
-                    .is_some_and(|s| s.busy)
-            });
+        let replicating = copies_of(replicas, &vm.id).any(|r| {
+            probes
+                .get(&r.to_host)
+                .and_then(|p| p.copies.get(&r.copy))
+                .is_some_and(|s| s.busy)
+        });
         match found {
             Ok(left) if left.is_empty() => {}
             Ok(left) if replicating => items.push(item(

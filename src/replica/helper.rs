@@ -223,7 +223,7 @@ pub fn serve(
             returned,
             forget_returned,
         } => {
-            let returned = Returned {
+            let returned = CopiedBack {
                 stamp: returned.as_deref(),
                 forget: forget_returned,
             };
@@ -551,7 +551,7 @@ fn take_lease(
 }
 
 /// What [`Request::Release`] records or forgets of a failback's copy back of a backup set.
-struct Returned<'a> {
+struct CopiedBack<'a> {
     stamp: Option<&'a str>,
     forget: bool,
 }
@@ -562,7 +562,7 @@ fn release(
     paths: &[std::path::PathBuf],
     run: Option<&str>,
     kind: Option<super::meta::LeaseKind>,
-    returned: Returned<'_>,
+    returned: CopiedBack<'_>,
     stdout: &mut dyn Write,
 ) -> Result<(), String> {
     let mut released = Vec::new();

@@ -789,7 +789,7 @@ impl TreeStore {
         state.stamp = tree_stamp(&self.root);
         inspect_dir(&self.dir, &mut state);
         state.returned = self
-            .written_since_returned()
+            .written_since_returned(state.stamp.as_deref())
             .unwrap_or_else(|e| Some(e.to_string()));
         state.changed = changed_since(&state.points, state.stamp.clone());
         if !state.busy {
@@ -884,7 +884,10 @@ impl TreeStore {
     /// the failback read it is written into as any copy, the record forgotten once that
     /// update is recorded (the update itself refuses a folder changed since its base).
     fn refuse_written_since_returned(&self) -> Result<(), StoreError> {
-        match self.written_since_returned()? {
+        if !self.path(RETURNED).exists() {
+            return Ok(());
+        }
+        match self.written_since_returned(tree_stamp(&self.root).as_deref())? {
             None => Ok(()),
             Some(reason) => Err(StoreError::Refused {
                 image: self.name(),
@@ -894,13 +897,14 @@ impl TreeStore {
     }
 
     /// Why no replication may write into the folder, when a failback copied it back and it
-    /// was written since ([`Self::refuse_written_since_returned`]).
-    fn written_since_returned(&self) -> Result<Option<String>, StoreError> {
+    /// was written since ([`Self::refuse_written_since_returned`]); `stamp` is the folder's
+    /// [`tree_stamp`] now.
+    fn written_since_returned(&self, stamp: Option<&str>) -> Result<Option<String>, StoreError> {
         if !self.path(RETURNED).exists() {
             return Ok(None);
         }
         let returned: Returned = self.read_json(RETURNED)?;
-        if tree_stamp(&self.root).is_some_and(|s| s == returned.stamp) {
+        if stamp == Some(returned.stamp.as_str()) {
             // Forgotten once an update made from this very folder is recorded.
             return Ok(None);
         }

@@ -136,15 +136,16 @@ fn facts(r: &RecoveryReport, l: &Labels) -> Vec<(&'static str, String)> {
     for res in &r.resumes {
         f.push((
             l.resumed_by,
-            match &res.asked {
-                Some(asked) => format!(
-                    "{} ({}, {}; {asked})",
-                    res.operator,
-                    res.machine,
-                    time(res.at)
-                ),
-                None => format!("{} ({}, {})", res.operator, res.machine, time(res.at)),
-            },
+            format!(
+                "{} ({}, {}{})",
+                res.operator,
+                res.machine,
+                time(res.at),
+                res.asked
+                    .as_ref()
+                    .map(|a| format!("; {a}"))
+                    .unwrap_or_default()
+            ),
         ));
     }
     f
