@@ -992,12 +992,7 @@ fn begin_job(
             // Its writes are in no checkpoint's bitmap: the changes since the copies'
             // checkpoint would miss them.
             Some((note, false)) => {
-                *decision = cbt::Decision {
-                    mode: ReadMode::Scan,
-                    why: Some(note),
-                    since: None,
-                    audit: false,
-                };
+                *decision = cbt::Decision::scan(note, None);
             }
             None => {}
         }
@@ -1014,20 +1009,17 @@ fn begin_job(
         Err(e) if since.is_some() => {
             // A lost or inconsistent bitmap (the vm killed, a checkpoint damaged): libvirt
             // refuses the incremental backup; every block is read instead, and said.
-            *decision = cbt::Decision {
-                mode: ReadMode::Scan,
-                why: Some(format!(
-                    "{}libvirt refused to read the changes since checkpoint {}: {e}",
-                    if decision.audit {
-                        decision.unchecked()
-                    } else {
-                        ""
-                    },
-                    since.unwrap_or_default()
-                )),
-                since: None,
-                audit: false,
-            };
+            let refused = format!(
+                "libvirt refused to read the changes since checkpoint {}: {e}",
+                since.unwrap_or_default()
+            );
+            *decision = cbt::Decision::scan(
+                match decision.audit {
+                    true => decision.unchecked(&refused),
+                    false => refused,
+                },
+                None,
+            );
             match cbt::begin(transport, host, dom, all, ours, None, new) {
                 Ok(c) => c,
                 Err(e) => return Err(format!("the backup of domain {dom} could not begin: {e}")),

@@ -127,6 +127,10 @@ pub const UNCHECKED: &str = "asked (--scan); its bitmap cannot be checked: ";
 pub const UNCHECKED_AGAIN: &str =
     "read whole, as a check found writes its bitmap missed; its bitmap cannot be checked: ";
 
+/// How such a scan ends what it says: no check was made, so nothing is trusted again.
+pub const STILL_DISTRUSTED: &str =
+    "; it stays distrusted, and the next replications check it until a check finds none";
+
 /// How the disks of one vm are read this time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -140,23 +144,30 @@ pub struct Decision {
     /// instead: every block is read and checked against that bitmap, so that one that missed
     /// writes is found and said, not silently mended.
     pub audit: bool,
+    /// The scan was asked for (`--scan`), not made because a check found the bitmap missing
+    /// writes.
+    pub asked: bool,
 }
 
 impl Decision {
-    /// What this audited scan says when its bitmap cannot be read after all.
-    pub fn unchecked(&self) -> &'static str {
-        match &self.why {
-            Some(w) if w.starts_with("asked") => UNCHECKED,
-            _ => UNCHECKED_AGAIN,
+    /// What this audited scan says when its bitmap cannot be read after all (`problem`): a
+    /// bitmap found missing writes stays distrusted (the recovery side carries it, see
+    /// [`HowRead::missed`]).
+    pub fn unchecked(&self, problem: &str) -> String {
+        match self.asked {
+            true => format!("{UNCHECKED}{problem}"),
+            false => format!("{UNCHECKED_AGAIN}{problem}{STILL_DISTRUSTED}"),
         }
     }
 
-    fn scan(why: impl Into<String>, since: Option<String>) -> Decision {
+    /// Every block read, for `why`; no bitmap checked.
+    pub fn scan(why: impl Into<String>, since: Option<String>) -> Decision {
         Decision {
             mode: ReadMode::Scan,
             why: Some(why.into()),
             since,
             audit: false,
+            asked: false,
         }
     }
 }
@@ -305,20 +316,24 @@ pub fn decide(f: &Facts) -> Decision {
     }
     // The last check found writes this bitmap missed: it is checked again, every block read,
     // until a check finds none.
+    // (Carried from point to point until then: the newest may not be the one checked.)
     let distrusted = f.newest.iter().flatten().find_map(|p| {
         p.read.as_ref().and_then(|r| r.missed).map(|n| {
             format!(
-                "the check of point {} found {n} blocks its dirty bitmap missed",
+                "a check found {n} blocks its dirty bitmap missed, and none since found it whole (point {})",
                 p.id
             )
         })
     });
     if let Some(problem) = &f.bitmap_problem {
+        let audit = Decision {
+            asked: f.asked_scan,
+            ..Decision::scan("", None)
+        };
         return Decision::scan(
             match (f.asked_scan, &distrusted) {
-                (true, _) => format!("{UNCHECKED}{problem}"),
-                (false, Some(_)) => format!("{UNCHECKED_AGAIN}{problem}"),
                 (false, None) => problem.clone(),
+                _ => audit.unchecked(problem),
             },
             None,
         );
@@ -332,6 +347,7 @@ pub fn decide(f: &Facts) -> Decision {
         };
         return Decision {
             audit: true,
+            asked: f.asked_scan,
             ..Decision::scan(why, Some(since))
         };
     }
@@ -340,6 +356,7 @@ pub fn decide(f: &Facts) -> Decision {
         why: None,
         since: Some(since),
         audit: false,
+        asked: false,
     }
 }
 
@@ -1016,12 +1033,16 @@ mod tests {
                     .contains("until a check finds none"),
             "{d:?}"
         );
-        assert_eq!(d.unchecked(), UNCHECKED_AGAIN);
+        assert_eq!(
+            d.unchecked("gone"),
+            format!("{UNCHECKED_AGAIN}gone{STILL_DISTRUSTED}")
+        );
         f.bitmap_problem = Some("the bitmap of vda is inconsistent".into());
         let d = decide(&f);
         assert_eq!((d.mode, d.audit), (ReadMode::Scan, false), "{d:?}");
+        let why = d.why.as_deref().unwrap();
         assert!(
-            d.why.as_deref().unwrap().starts_with(UNCHECKED_AGAIN),
+            why.starts_with(UNCHECKED_AGAIN) && why.ends_with(STILL_DISTRUSTED),
             "{d:?}"
         );
         // Asked for as well: said as asked.
@@ -1032,7 +1053,7 @@ mod tests {
             d.audit && d.why.as_deref().unwrap().starts_with("asked"),
             "{d:?}"
         );
-        assert_eq!(d.unchecked(), UNCHECKED);
+        assert_eq!(d.unchecked("gone"), format!("{UNCHECKED}gone"));
         // The check found none: the bitmap is read again.
         f.asked_scan = false;
         f.newest = vec![Some(&clean), Some(&clean)];

@@ -895,7 +895,9 @@ pub fn send_nbd(
     drop(client);
     let (whole, kept) = hashes.root(n, &changed, single, &mut sent)?;
     let whole = whole.or(single).unwrap_or(*blake3::hash(b"").as_bytes());
-    if unmarked.0 > 0 {
+    // Said whenever the check was made, none missed included: the recovery side keeps
+    // distrusting a bitmap found missing writes until a check finds none.
+    if marked.is_some() {
         wire::write_unmarked(w, unmarked.0, unmarked.1).map_err(werr)?;
     }
     wire::write_end(w, &whole).map_err(werr)?;
@@ -1681,7 +1683,7 @@ mod tests {
     /// tell. A scan checked against the bitmap sends them, says how many and which came
     /// first, and the recovery side marks bad every point read through the bitmap since the
     /// disk was last read whole (the first copy stays good); a scan that finds nothing
-    /// missed says nothing.
+    /// missed marks nothing, and its point trusts the bitmap again.
     #[test]
     fn a_scan_checked_against_the_bitmap_says_what_it_missed_and_marks_the_points_read_through_it()
     {
@@ -1753,6 +1755,12 @@ mod tests {
             points[3..].iter().all(|p| p.unusable.is_none()),
             "{points:?}"
         );
+        // The check that found none says so, and the bitmap is trusted again.
+        let missed: Vec<Option<u64>> = points
+            .iter()
+            .map(|p| p.read.as_ref().and_then(|r| r.missed))
+            .collect();
+        assert_eq!(missed[3..], [Some(2), None]);
     }
 
     #[test]

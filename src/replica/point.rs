@@ -181,7 +181,8 @@ pub struct HowRead {
     pub created: Option<i64>,
     /// Read whole and checked against the dirty bitmap, this many changed blocks were found
     /// that the bitmap did not mark: the bitmap missed writes. Until a check finds none, every
-    /// replication of the disk reads it whole and checks it again ([`super::cbt::decide`]).
+    /// replication of the disk reads it whole and checks it again ([`super::cbt::decide`]);
+    /// a point whose read made no check keeps the count of the point before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missed: Option<u64>,
 }

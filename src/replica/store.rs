@@ -295,6 +295,23 @@ fn unmarked(points: &mut [Point], new: &str, count: u64, first: u64) -> String {
     )
 }
 
+/// How a new point of a disk was read, as recorded: a bitmap found missing writes stays
+/// distrusted ([`HowRead::missed`] carried from the copy's newest point, `prev`) until a read
+/// is `checked` against it. A read that made no check (the bitmap could not be read, no
+/// checkpoint to check, a runbook step's read, a disk whose size changed) proves nothing of
+/// the bitmap the next replications would read through.
+fn still_distrusted(
+    read: Option<&HowRead>,
+    prev: Option<&Point>,
+    checked: bool,
+) -> Option<HowRead> {
+    let mut read = read?.clone();
+    if !checked && read.missed.is_none() {
+        read.missed = prev.and_then(|p| p.read.as_ref()).and_then(|r| r.missed);
+    }
+    Some(read)
+}
+
 /// The commit record of a journal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Commit {
@@ -1348,7 +1365,7 @@ impl Store {
                 duration_ms: 0,
                 stamp: None,
                 definition: new.definition.clone(),
-                read: new.read.clone(),
+                read: still_distrusted(new.read.as_ref(), prev, s.checked),
                 unusable: None,
                 pending: false,
                 newest_file: None,
@@ -1422,6 +1439,7 @@ impl Store {
         let mut changed = 0u64;
         let mut written = 0u64;
         let mut unmarked = None;
+        let mut checked = false;
         // The blocks received whose bytes differ from the copy's (those of a block the copy
         // did not hold included): what a word of the source on blocks its bitmap missed must
         // name, else its base manifest was wrong about the copy, not its bitmap about the disk.
@@ -1434,6 +1452,10 @@ impl Store {
                 }
                 Record::Zero { idx, len } => (idx, vec![0u8; len as usize]),
                 Record::Unmarked { count, first } => {
+                    checked = true;
+                    if count == 0 {
+                        continue;
+                    }
                     if count > changed {
                         return Err(stream_err(format!(
                             "the stream says {count} blocks its bitmap missed, and sent {changed}"
@@ -1509,6 +1531,7 @@ impl Store {
             received,
             changed,
             unmarked,
+            checked,
         })
     }
 
@@ -2370,6 +2393,9 @@ struct Streamed {
     received: u64,
     changed: u64,
     unmarked: Option<(u64, u64)>,
+    /// The source checked the blocks it read against its dirty bitmap and said what it found
+    /// ([`wire::Record::Unmarked`], none missed included).
+    checked: bool,
 }
 
 /// A block in a journal or delta: length, a zero flag, and the bytes unless zero.
@@ -2681,6 +2707,51 @@ mod tests {
             e.contains("says 2 blocks its bitmap missed, and sent 1"),
             "{e}"
         );
+    }
+
+    /// A bitmap a check found missing writes stays distrusted through every point whose read
+    /// made no check (its bitmap unreadable, a checkpoint made anew, a runbook step's read),
+    /// and is trusted again only by a check that found none.
+    #[test]
+    fn a_bitmap_found_missing_writes_stays_distrusted_until_a_check_finds_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let store = Store::new(&dir.path().join("dst.img"));
+        let read = |id: &str| NewPoint {
+            read: Some(HowRead {
+                mode: ReadMode::Scan,
+                why: None,
+                checkpoint: None,
+                since: None,
+                created: None,
+                missed: None,
+            }),
+            ..point(id)
+        };
+        // Each update rewrites block 2; `said` is the source's word on its check, if any.
+        let update = |id: &str, byte: u8, said: Option<(u64, u64)>| {
+            let mut data = vec![b'a'; 3 * BLOCK];
+            data[2 * BLOCK..].fill(byte);
+            std::fs::write(&src, data).unwrap();
+            let mut stream = stream_of(&src, &store);
+            if let Some((count, first)) = said {
+                let end = stream.split_off(stream.len() - 33);
+                wire::write_unmarked(&mut stream, count, first).unwrap();
+                stream.extend(end);
+            }
+            store.apply(&mut &stream[..], read(id)).unwrap();
+            let p = store.points().unwrap().pop().unwrap();
+            assert_eq!(p.id, id);
+            p.read.and_then(|r| r.missed)
+        };
+        assert_eq!(update("p1", b'a', None), None);
+        assert_eq!(update("p2", b'b', Some((1, 2))), Some(1));
+        // No check made: still distrusted, twice over.
+        assert_eq!(update("p3", b'c', None), Some(1));
+        assert_eq!(update("p4", b'd', None), Some(1));
+        // A check that found none trusts the bitmap again; then nothing is carried.
+        assert_eq!(update("p5", b'e', Some((0, 0))), None);
+        assert_eq!(update("p6", b'f', None), None);
     }
 
     /// A copy at point `p1` (blocks of byte `a`) whose update to `p2` (byte `b`) stopped, as a

@@ -22,8 +22,11 @@
 /// and a backup set's file entries carry their status change time (`FileEntry::ctime_ns`).
 /// Version 10: `apply-tree --source-ahead-us` brings a backup set's newest file time from the
 /// source's clock to the orchestrator's; `release --returned` records what a failback copied
-/// back of a backup set's folder, and `release --forget-returned` forgets it.
-pub const PROTOCOL: u32 = 10;
+/// back of a backup set's folder, and `release --forget-returned` forgets it. Version 11:
+/// `send --audit` says it made its check even when it found nothing missed
+/// (`Record::Unmarked` of count 0), and the recovery side keeps a bitmap distrusted through
+/// points whose read made no check.
+pub const PROTOCOL: u32 = 11;
 
 /// The version of this program, as helpers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

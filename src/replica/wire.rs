@@ -42,7 +42,8 @@ pub enum Record {
     },
     /// Sent before the end by a source that read every block of a disk and checked them
     /// against a dirty bitmap (`send --audit`): `count` blocks differ from the copy and the
-    /// bitmap does not mark them as written, the first of them `first`. At most once.
+    /// bitmap does not mark them as written, the first of them `first` (none: `count` and
+    /// `first` 0). Sent whenever the check was made, at most once.
     Unmarked {
         count: u64,
         first: u64,
@@ -226,7 +227,11 @@ impl Records {
                 if std::mem::replace(&mut self.unmarked, true) {
                     return Err("the stream says twice which blocks its bitmap missed".into());
                 }
-                if *count == 0 || *count > self.count || *first >= self.count {
+                let first_ok = match count {
+                    0 => *first == 0,
+                    _ => *first < self.count,
+                };
+                if *count > self.count || !first_ok {
                     return Err(format!(
                         "the stream says {count} blocks its bitmap missed, the first {first}, of an image of {} blocks",
                         self.count
@@ -425,8 +430,9 @@ mod tests {
         assert!(read_record(&mut &short[..]).is_err());
     }
 
-    /// A source's word on the blocks its bitmap missed comes once, before the end, and names
-    /// blocks of the image: said twice, or of blocks it does not have, it is refused.
+    /// A source's word on the blocks its bitmap missed (none included) comes once, before the
+    /// end, and names blocks of the image: said twice, or of blocks it does not have, it is
+    /// refused.
     #[test]
     fn blocks_a_bitmap_missed_are_said_once_within_the_image() {
         let h = Header {
@@ -459,6 +465,9 @@ mod tests {
         };
         let got = all(&stream(&[(2, 1)])).unwrap();
         assert_eq!(got[1], Record::Unmarked { count: 2, first: 1 });
+        // A check that found none says so.
+        let got = all(&stream(&[(0, 0)])).unwrap();
+        assert_eq!(got[1], Record::Unmarked { count: 0, first: 0 });
         assert!(
             all(&stream(&[(1, 1), (1, 1)]))
                 .unwrap_err()
