@@ -601,7 +601,7 @@ pub struct CopyState {
     pub bad_leases: Vec<String>,
     /// The end of its last point history, when no point was made since.
     pub ended: Option<Ended>,
-    /// Its stamp now (size, mtime, inode; a file-list digest for a backup set).
+    /// Its stamp now (size, mtime, inode; a backup set's seal, `tree::tree_seal`).
     pub stamp: Option<String>,
     /// Points whose recorded definition is missing or damaged, and why.
     #[serde(default)]

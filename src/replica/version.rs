@@ -25,7 +25,7 @@
 /// back of a backup set's folder, and `release --forget-returned` forgets it. Version 11:
 /// `send --audit` says it made its check even when it found nothing missed
 /// (`Record::Unmarked` of count 0), and the recovery side keeps a bitmap distrusted through
-/// points whose read made no check.
+/// points whose read made no check; a backup set's stamp is its seal (`tree::tree_seal`).
 pub const PROTOCOL: u32 = 11;
 
 /// The version of this program, as helpers report it.

@@ -136,7 +136,7 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
     run.outcome(StepStatus::Done, 1, message)
 }
 
-/// The stamp of each recovery folder a failback copies back (`items`' sources on `host`), read
+/// The seal of each recovery folder a failback copies back (`items`' sources on `host`), read
 /// before the copy back reads it, paired with its path.
 async fn stamps_before_copy_back(
     ctx: &RunContext,
