@@ -2602,15 +2602,9 @@ mod tests {
         }
     }
 
-    /// A scan that found blocks its dirty bitmap missed, its update cut right after its commit
-    /// record: whoever completes it marks the points read through the bitmap since the last
-    /// whole read, and the next update says what was found.
-    #[test]
-    fn blocks_a_bitmap_missed_are_said_by_whoever_completes_the_update() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src.img");
-        let store = Store::new(&dir.path().join("dst.img"));
-        let read = |id: &str, mode: ReadMode| NewPoint {
+    /// A new point named `id` of a disk read through QEMU as `mode`, keeping 5.
+    fn read_as(id: &str, mode: ReadMode) -> NewPoint {
+        NewPoint {
             read: Some(HowRead {
                 mode,
                 why: None,
@@ -2620,7 +2614,27 @@ mod tests {
                 missed: None,
             }),
             ..point(id)
-        };
+        }
+    }
+
+    /// `stream` with the source's word on its check against a bitmap before its end record
+    /// (its last 33 bytes).
+    fn said_unmarked(mut stream: Vec<u8>, count: u64, first: u64) -> Vec<u8> {
+        let end = stream.split_off(stream.len() - 33);
+        wire::write_unmarked(&mut stream, count, first).unwrap();
+        stream.extend(end);
+        stream
+    }
+
+    /// A scan that found blocks its dirty bitmap missed, its update cut right after its commit
+    /// record: whoever completes it marks the points read through the bitmap since the last
+    /// whole read, and the next update says what was found.
+    #[test]
+    fn blocks_a_bitmap_missed_are_said_by_whoever_completes_the_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let store = Store::new(&dir.path().join("dst.img"));
+        let read = read_as;
         for (id, byte, mode) in [
             ("p1", b'a', ReadMode::Scan),
             ("p2", b'b', ReadMode::ChangedBlocks),
@@ -2631,11 +2645,7 @@ mod tests {
                 .unwrap();
         }
         std::fs::write(&src, vec![b'c'; 3 * BLOCK]).unwrap();
-        // The source's word before the end record (its last 33 bytes).
-        let mut stream = stream_of(&src, &store);
-        let end = stream.split_off(stream.len() - 33);
-        wire::write_unmarked(&mut stream, 1, 2).unwrap();
-        stream.extend(end);
+        let stream = said_unmarked(stream_of(&src, &store), 1, 2);
         store
             .apply_until(&mut &stream[..], read("p3", ReadMode::Scan), true)
             .unwrap();
@@ -2717,17 +2727,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src.img");
         let store = Store::new(&dir.path().join("dst.img"));
-        let read = |id: &str| NewPoint {
-            read: Some(HowRead {
-                mode: ReadMode::Scan,
-                why: None,
-                checkpoint: None,
-                since: None,
-                created: None,
-                missed: None,
-            }),
-            ..point(id)
-        };
         // Each update rewrites block 2; `said` is the source's word on its check, if any.
         let update = |id: &str, byte: u8, said: Option<(u64, u64)>| {
             let mut data = vec![b'a'; 3 * BLOCK];
@@ -2735,11 +2734,11 @@ mod tests {
             std::fs::write(&src, data).unwrap();
             let mut stream = stream_of(&src, &store);
             if let Some((count, first)) = said {
-                let end = stream.split_off(stream.len() - 33);
-                wire::write_unmarked(&mut stream, count, first).unwrap();
-                stream.extend(end);
+                stream = said_unmarked(stream, count, first);
             }
-            store.apply(&mut &stream[..], read(id)).unwrap();
+            store
+                .apply(&mut &stream[..], read_as(id, ReadMode::Scan))
+                .unwrap();
             let p = store.points().unwrap().pop().unwrap();
             assert_eq!(p.id, id);
             p.read.and_then(|r| r.missed)

@@ -1830,6 +1830,16 @@ mod tests {
         assert!(!p.holds_only_before(Utc::now() + chrono::Duration::days(365 * 100)));
     }
 
+    /// Writes `text` into the file at `path` and puts its modification time back (as `touch
+    /// -r` or `rsync -t` can), past the file system's clock tick of its last change.
+    fn rewrite_keeping_its_time(path: &Path, text: &str) {
+        let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(path, text).unwrap();
+        let f = File::options().write(true).open(path).unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+
     /// A failback copied the folder back to its primary: a replication writes over it only
     /// while it is what the copy back read. A file the recovery site wrote after stops it,
     /// naming the file and what to do, the file kept; `reprise release` lets it go on.
@@ -1857,12 +1867,8 @@ mod tests {
         store.release_returned(all, &stamp).unwrap();
         assert_eq!(store.inspect().returned, None, "as copied back");
         let stamp_of = |dst: &Path| stamps(dst).unwrap().0;
-        let (monday, listed) = (dst.join("monday.dump"), stamp_of(&dst));
-        let mtime = std::fs::metadata(&monday).unwrap().modified().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        std::fs::write(&monday, "MONDAY").unwrap();
-        let f = std::fs::File::options().write(true).open(&monday).unwrap();
-        f.set_modified(mtime).unwrap();
+        let listed = stamp_of(&dst);
+        rewrite_keeping_its_time(&dst.join("monday.dump"), "MONDAY");
         assert_eq!(stamp_of(&dst), listed, "its list of files is unchanged");
         let said = store.inspect().returned.unwrap_or_default();
         assert!(said.contains("monday.dump"), "{said}");
@@ -2409,12 +2415,7 @@ mod tests {
             send_tree(&src, &base, &mut stream).unwrap();
             // Written into the copy after the source compared against it, at its size and
             // with its modification time put back.
-            let b = dst.join("b.dump");
-            let mtime = std::fs::metadata(&b).unwrap().modified().unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            std::fs::write(&b, "XX").unwrap();
-            let f = std::fs::File::options().write(true).open(&b).unwrap();
-            f.set_modified(mtime).unwrap();
+            rewrite_keeping_its_time(&dst.join("b.dump"), "XX");
             let result = store.apply(
                 &mut &stream[..],
                 NewPoint {
@@ -2531,17 +2532,11 @@ mod tests {
         ];
         for (k, change) in changes.into_iter().enumerate() {
             let a = dst.join("a.dump");
-            let mtime = std::fs::metadata(&a).unwrap().modified().unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(20));
             match change {
                 "added" => std::fs::write(dst.join("new.dump"), "n").unwrap(),
                 "removed" => std::fs::remove_file(&a).unwrap(),
                 "rewritten" => std::fs::write(&a, "a2").unwrap(),
-                _ => {
-                    std::fs::write(&a, "a3").unwrap();
-                    let f = File::options().write(true).open(&a).unwrap();
-                    f.set_modified(mtime).unwrap();
-                }
+                _ => rewrite_keeping_its_time(&a, "a3"),
             }
             let live = lease(meta::LeaseKind::Live, "r1", &at);
             let err = store
@@ -2680,15 +2675,7 @@ mod tests {
         assert_eq!(std::fs::read(&blocker).unwrap(), b"no copy here");
         assert_eq!(store.points().unwrap()[1].verified, Verified::Yes);
 
-        let rotted = dst.join("sub/b.dump");
-        let mtime = std::fs::metadata(&rotted).unwrap().modified().unwrap();
-        std::fs::write(&rotted, "x").unwrap();
-        File::options()
-            .write(true)
-            .open(&rotted)
-            .unwrap()
-            .set_modified(mtime)
-            .unwrap();
+        rewrite_keeping_its_time(&dst.join("sub/b.dump"), "x");
         // Seen by its status change time (rot on the disk would not be: what verify reads).
         assert!(store.inspect().changed.is_some());
         assert_eq!(store.verify(Some("p2")).unwrap(), [v("p2", false)]);
