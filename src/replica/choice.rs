@@ -1037,6 +1037,7 @@ mod tests {
         let mut ended = disk("data", &[]);
         ended.managed = true;
         ended.ended = Some(Ended {
+            missed: None,
             at: "2026-11-28T04:00:00Z".parse().unwrap(),
             why: "vm erp-db was started on it by run r1".into(),
             points: vec!["P1".into()],

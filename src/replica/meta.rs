@@ -561,6 +561,10 @@ pub struct Ended {
     pub why: String,
     /// The points given up, oldest first.
     pub points: Vec<String>,
+    /// What the newest of them recorded of a dirty bitmap found missing writes
+    /// (`HowRead::missed`): the first point after keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<u64>,
 }
 
 pub fn read_ended(dir: &Path) -> Option<Ended> {

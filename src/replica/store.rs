@@ -296,20 +296,21 @@ fn unmarked(points: &mut [Point], new: &str, count: u64, first: u64) -> String {
 }
 
 /// How a new point of a disk was read, as recorded: a bitmap found missing writes stays
-/// distrusted ([`HowRead::missed`] carried from the copy's newest point, `prev`) until a read
-/// is `checked` against it. A read that made no check (the bitmap could not be read, no
+/// distrusted ([`HowRead::missed`] carried from what came `before`: the copy's newest point,
+/// or the history ended before a first point) until a read is `checked` against it. A read that made no check (the bitmap could not be read, no
 /// checkpoint to check, a runbook step's read, a disk whose size changed) proves nothing of
 /// the bitmap the next replications would read through.
-fn still_distrusted(
-    read: Option<&HowRead>,
-    prev: Option<&Point>,
-    checked: bool,
-) -> Option<HowRead> {
+fn still_distrusted(read: Option<&HowRead>, before: Option<u64>, checked: bool) -> Option<HowRead> {
     let mut read = read?.clone();
     if !checked && read.missed.is_none() {
-        read.missed = prev.and_then(|p| p.read.as_ref()).and_then(|r| r.missed);
+        read.missed = before;
     }
     Some(read)
+}
+
+/// What `point` records of a dirty bitmap found missing writes ([`HowRead::missed`]).
+fn missed_by(point: Option<&Point>) -> Option<u64> {
+    point.and_then(|p| p.read.as_ref()).and_then(|r| r.missed)
 }
 
 /// The commit record of a journal.
@@ -504,17 +505,26 @@ impl Store {
         changed_since(points, self.stamp())
     }
 
+    /// What came before a new point recorded of a dirty bitmap found missing writes
+    /// ([`HowRead::missed`]): the copy's newest point `prev`, or with none, the history ended
+    /// before it.
+    fn missed_before(&self, prev: Option<&Point>) -> Option<u64> {
+        match prev {
+            Some(_) => missed_by(prev),
+            None => meta::read_ended(&self.dir).and_then(|e| e.missed),
+        }
+    }
+
     /// Ends the copy's point history: its points and deltas go, `ended.json` says why. The
     /// copy itself is left as it is.
     fn end_history(&self, why: String) -> Result<String, StoreError> {
-        let given_up: Vec<String> = self
-            .points()
-            .map(|p| p.into_iter().map(|p| p.id).collect())
-            .unwrap_or_default();
+        let points = self.points().unwrap_or_default();
+        let given_up: Vec<String> = points.iter().map(|p| p.id.clone()).collect();
         let ended = meta::Ended {
             at: Utc::now(),
             why: why.clone(),
             points: given_up.clone(),
+            missed: missed_by(points.last()),
         };
         let json = serde_json::to_vec_pretty(&ended).expect("serializes");
         meta::write_file(&self.dir, "ended.json", &json, false)?;
@@ -1288,7 +1298,9 @@ impl Store {
             received_bytes: received,
             duration_ms: 0,
             definition: new.definition.clone(),
-            read: new.read.clone(),
+            // Read whole with nothing to check against: the distrust of a history ended
+            // before it is kept.
+            read: still_distrusted(new.read.as_ref(), self.missed_before(None), false),
             unusable: None,
             pending: false,
             newest_file: None,
@@ -1365,7 +1377,7 @@ impl Store {
                 duration_ms: 0,
                 stamp: None,
                 definition: new.definition.clone(),
-                read: still_distrusted(new.read.as_ref(), prev, s.checked),
+                read: still_distrusted(new.read.as_ref(), self.missed_before(prev), s.checked),
                 unusable: None,
                 pending: false,
                 newest_file: None,
@@ -2751,6 +2763,14 @@ mod tests {
         // A check that found none trusts the bitmap again; then nothing is carried.
         assert_eq!(update("p5", b'e', Some((0, 0))), None);
         assert_eq!(update("p6", b'f', None), None);
+        // Nor does the end of the copy's history end it: its first point after keeps it.
+        assert_eq!(update("p7", b'g', Some((1, 2))), Some(1));
+        let mut copy = std::fs::read(dir.path().join("dst.img")).unwrap();
+        copy[0] = b'z';
+        std::fs::write(dir.path().join("dst.img"), copy).unwrap();
+        assert_eq!(update("p8", b'h', None), Some(1));
+        let points: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(points, ["p8"], "its history ended");
     }
 
     /// A copy at point `p1` (blocks of byte `a`) whose update to `p2` (byte `b`) stopped, as a

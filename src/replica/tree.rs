@@ -784,6 +784,7 @@ impl TreeStore {
             .map(|p| p.into_iter().map(|p| p.id).collect())
             .unwrap_or_default();
         let ended = meta::Ended {
+            missed: None,
             at: Utc::now(),
             why: why.clone(),
             points: given_up.clone(),
