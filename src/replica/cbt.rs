@@ -131,6 +131,15 @@ pub const UNCHECKED_AGAIN: &str =
 pub const STILL_DISTRUSTED: &str =
     "; it stays distrusted, and the next replications check it until a check finds none";
 
+/// What a scan that was to check a bitmap says when that bitmap cannot be read (`problem`):
+/// one `asked` for (`--scan`), or one made because a check found the bitmap missing writes.
+fn unchecked(asked: bool, problem: &str) -> String {
+    match asked {
+        true => format!("{UNCHECKED}{problem}"),
+        false => format!("{UNCHECKED_AGAIN}{problem}{STILL_DISTRUSTED}"),
+    }
+}
+
 /// How the disks of one vm are read this time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -154,10 +163,7 @@ impl Decision {
     /// bitmap found missing writes stays distrusted (the recovery side carries it, see
     /// [`HowRead::missed`]).
     pub fn unchecked(&self, problem: &str) -> String {
-        match self.asked {
-            true => format!("{UNCHECKED}{problem}"),
-            false => format!("{UNCHECKED_AGAIN}{problem}{STILL_DISTRUSTED}"),
-        }
+        unchecked(self.asked, problem)
     }
 
     /// Every block read, for `why`; no bitmap checked.
@@ -326,14 +332,10 @@ pub fn decide(f: &Facts) -> Decision {
         })
     });
     if let Some(problem) = &f.bitmap_problem {
-        let audit = Decision {
-            asked: f.asked_scan,
-            ..Decision::scan("", None)
-        };
         return Decision::scan(
             match (f.asked_scan, &distrusted) {
                 (false, None) => problem.clone(),
-                _ => audit.unchecked(problem),
+                _ => unchecked(f.asked_scan, problem),
             },
             None,
         );
