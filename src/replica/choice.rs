@@ -723,6 +723,21 @@ pub fn judge(
                     ),
                 ));
             }
+            // The copy is right as of its newest point, but the disk is written where QEMU
+            // does not see: every replication reads it whole until a check finds none.
+            if let Some(n) = copy
+                .points
+                .last()
+                .and_then(|p| p.read.as_ref())
+                .and_then(|r| r.missed)
+            {
+                found.push((
+                    Level::Warning,
+                    format!(
+                        "a check found {n} blocks its dirty bitmap missed (something writes the disk outside QEMU: a tool run on the image file while the vm was stopped, a restore from elsewhere), and none has found it whole since: every replication reads the whole disk and checks it again, taking the time of a first copy's read, until a check finds none; find what writes it, or set `changed_blocks = false` for vm {item}"
+                    ),
+                ));
+            }
             if let Some(PointsSource::Previous { damage }) = &copy.points_from {
                 found.push((
                     Level::Warning,
@@ -1341,5 +1356,23 @@ mod tests {
         let (level, detail) = judge(&good, "erp-db", Some(60), now);
         assert_eq!(level, Level::Failed);
         assert!(detail.contains("older than the RPO"), "{detail}");
+        // A bitmap found missing writes, and not found whole since: said, not failed (the
+        // copy holds what the check read).
+        let mut distrusted = good.clone();
+        distrusted.points[0].read = Some(crate::replica::store::HowRead {
+            mode: crate::replica::store::ReadMode::Scan,
+            why: None,
+            checkpoint: None,
+            since: None,
+            created: None,
+            missed: Some(3),
+        });
+        let (level, detail) = judge(&distrusted, "erp-db", Some(900), now);
+        assert_eq!(level, Level::Warning);
+        assert!(
+            detail.contains("a check found 3 blocks its dirty bitmap missed")
+                && detail.contains("`changed_blocks = false` for vm erp-db"),
+            "{detail}"
+        );
     }
 }
