@@ -120,7 +120,9 @@ pub struct RunArgs {
     /// Start VM from its recovery copy as it is although no verified replica point proves it
     /// (never replicated, its metadata damaged, changed behind its points, a vm ran on it),
     /// or each of its disks from its own point when no good point is on every disk;
-    /// journaled as unverified. Without it such a vm is not started. A backup set's name
+    /// journaled as unverified. Without it such a vm is not started. A copy started as it
+    /// is rolls nothing back: with --point, or --point-before a time its disks are newer
+    /// than, the vm is still not started, and the refusal says why. A backup set's name
     /// does the same for its copy, which a drill or a failover relies on only once proven
     /// (repeatable; `all`).
     #[arg(long = "accept-unverified", value_name = "VM")]

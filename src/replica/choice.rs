@@ -265,6 +265,14 @@ fn as_is(
             reasons.join("; ")
         ));
     }
+    // The disks as they are roll nothing back: a point or a time asked for is honoured only
+    // where they are already no newer, never dropped without a word.
+    if let Some(why) = as_is_misses(disks, ask) {
+        return Decision::Refuse(format!(
+            "{}: --accept-unverified starts its disks as they are, which is not what was asked: {why}; make the copies' points usable (`reprise verify`, or `reprise replicate` while the primary runs), then resume the run",
+            reasons.join("; ")
+        ));
+    }
     notes.push(format!(
         "started from its copy as it is, UNVERIFIED, on the operator's explicit request (--accept-unverified): {}",
         reasons.join("; ")
@@ -299,6 +307,43 @@ fn as_is(
         notes,
         dropped: Vec::new(),
     })
+}
+
+/// Why the disks as they are ([`as_is`]) are not the point or time `ask` names, if so: a copy
+/// started as it is was last written at its modification time, a usable one is its newest
+/// point; neither is rolled back.
+fn as_is_misses(disks: &[CopyState], ask: &Ask) -> Option<String> {
+    let run = ask.run.as_deref();
+    match ask.want.as_ref()? {
+        Want::Id(id) => Some(format!(
+            "point {id} was asked, and a copy started as it is is no point"
+        )),
+        Want::Before(t) => {
+            let newer: Vec<String> = disks
+                .iter()
+                .filter_map(|d| {
+                    let at = match d.points.last().filter(|_| unverified(d, run).is_none()) {
+                        Some(p) => p.taken_at,
+                        None => d.mtime.unwrap_or(DateTime::<Utc>::MAX_UTC),
+                    };
+                    (at > *t).then(|| {
+                        format!(
+                            "{} holds what was written until {}",
+                            name(&d.path),
+                            at.format("%Y-%m-%d %H:%M:%S UTC")
+                        )
+                    })
+                })
+                .collect();
+            (!newer.is_empty()).then(|| {
+                format!(
+                    "a point taken before {} was asked, and {}",
+                    t.format("%Y-%m-%d %H:%M:%S UTC"),
+                    newer.join(", ")
+                )
+            })
+        }
+    }
 }
 
 /// A drill starts each disk from its newest point, and never rolls a copy back: when that
@@ -1081,6 +1126,25 @@ mod tests {
                 assert_eq!(s.points, [Some("P1".to_string()), None]);
                 assert_eq!(s.point, "P1+copy-20261128T000000Z");
                 assert!(s.notes.iter().any(|n| n.contains("UNVERIFIED")), "{s:?}");
+                // A time or a point asked for is never dropped: the disks as they are start
+                // only when none is newer than the time; a point they cannot be.
+                let asking = |want: Want| Ask {
+                    want: Some(want),
+                    accept_unverified: true,
+                    ..Ask::default()
+                };
+                let before = |t: &str| asking(Want::Before(t.parse().unwrap()));
+                let why = refused(decide(&disks, how, &before("2026-11-28T00:30:00Z")));
+                assert!(
+                    why.contains("a point taken before 2026-11-28 00:30:00 UTC was asked")
+                        && why.contains("sys holds what was written until 2026-11-28 01:00:00 UTC")
+                        && !why.contains("data holds"),
+                    "{why}"
+                );
+                let s = started(decide(&disks, how, &before("2026-11-28T02:00:00Z")));
+                assert_eq!(s.point, "P1+copy-20261128T000000Z");
+                let why = refused(decide(&disks, how, &asking(Want::Id("P1".into()))));
+                assert!(why.contains("point P1 was asked"), "{why}");
             }
         }
     }
