@@ -324,7 +324,7 @@ pub fn decide(f: &Facts) -> Decision {
     // until a check finds none.
     // (Carried from point to point until then: the newest may not be the one checked.)
     let distrusted = f.newest.iter().flatten().find_map(|p| {
-        p.read.as_ref().and_then(|r| r.missed).map(|n| {
+        p.missed().map(|n| {
             format!(
                 "a check found {n} blocks its dirty bitmap missed, and none since found it whole (point {})",
                 p.id

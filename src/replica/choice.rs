@@ -770,12 +770,7 @@ pub fn judge(
             }
             // The copy is right as of its newest point, but the disk is written where QEMU
             // does not see: every replication reads it whole until a check finds none.
-            if let Some(n) = copy
-                .points
-                .last()
-                .and_then(|p| p.read.as_ref())
-                .and_then(|r| r.missed)
-            {
+            if let Some(n) = copy.points.last().and_then(Point::missed) {
                 found.push((
                     Level::Warning,
                     format!(

@@ -85,6 +85,12 @@ pub struct Point {
 pub const PENDING_WHY: &str = "its disks were read live under a freeze that was never confirmed to have held (the replication did not get to the end of its driver's replicate-end): the copy may be torn; replicate again";
 
 impl Point {
+    /// What this point records of a dirty bitmap found missing writes
+    /// ([`HowRead::missed`]): that many blocks, and no check has found none since.
+    pub fn missed(&self) -> Option<u64> {
+        self.read.as_ref().and_then(|r| r.missed)
+    }
+
     /// Whether all this point holds was written by `t`: taken by then, and, for a backup
     /// set, no file of it written after.
     pub fn holds_only_before(&self, t: DateTime<Utc>) -> bool {

@@ -297,20 +297,16 @@ fn unmarked(points: &mut [Point], new: &str, count: u64, first: u64) -> String {
 
 /// How a new point of a disk was read, as recorded: a bitmap found missing writes stays
 /// distrusted ([`HowRead::missed`] carried from what came `before`: the copy's newest point,
-/// or the history ended before a first point) until a read is `checked` against it. A read that made no check (the bitmap could not be read, no
-/// checkpoint to check, a runbook step's read, a disk whose size changed) proves nothing of
-/// the bitmap the next replications would read through.
+/// or the history ended before a first point) until a read is `checked` against it. A read
+/// that made no check (the bitmap could not be read, no checkpoint to check, a runbook
+/// step's read, a disk whose size changed) proves nothing of the bitmap the next
+/// replications would read through.
 fn still_distrusted(read: Option<&HowRead>, before: Option<u64>, checked: bool) -> Option<HowRead> {
     let mut read = read?.clone();
     if !checked && read.missed.is_none() {
         read.missed = before;
     }
     Some(read)
-}
-
-/// What `point` records of a dirty bitmap found missing writes ([`HowRead::missed`]).
-fn missed_by(point: Option<&Point>) -> Option<u64> {
-    point.and_then(|p| p.read.as_ref()).and_then(|r| r.missed)
 }
 
 /// The commit record of a journal.
@@ -510,7 +506,7 @@ impl Store {
     /// before it.
     fn missed_before(&self, prev: Option<&Point>) -> Option<u64> {
         match prev {
-            Some(_) => missed_by(prev),
+            Some(p) => p.missed(),
             None => meta::read_ended(&self.dir).and_then(|e| e.missed),
         }
     }
@@ -524,7 +520,7 @@ impl Store {
             at: Utc::now(),
             why: why.clone(),
             points: given_up.clone(),
-            missed: missed_by(points.last()),
+            missed: points.last().and_then(Point::missed),
         };
         let json = serde_json::to_vec_pretty(&ended).expect("serializes");
         meta::write_file(&self.dir, "ended.json", &json, false)?;
