@@ -676,6 +676,9 @@ pub struct Elsewhere {
     pub there: String,
     pub running: (Option<bool>, String),
     pub live: Option<Result<Vec<String>, String>>,
+    /// For a restore: its recovery copies written since their newest point (a vm may have
+    /// run on them outside reprise), each with why it is taken so.
+    pub changed: Vec<String>,
     /// Whether reprise keeps recovery copies of it (copies that a failover's lease marks).
     pub copies: bool,
     /// For a restore: the failover this machine's journals show left it on its recovery host
@@ -717,6 +720,7 @@ fn elsewhere_of(
             (vm.recovery.value.clone(), Side::Recovery)
         };
         let running = vm_state_once(model, service, vm, other, run_id, transport, down);
+        let mut changed = Vec::new();
         let live = (other == Side::Recovery).then(|| {
             if let Some(why) = down.get(&there) {
                 return Err(why.clone());
@@ -725,6 +729,14 @@ fn elsewhere_of(
                 .ok_or_else(|| format!("{there} names no images_dir"))?;
             let paths: Vec<String> = vm.disks.iter().map(|d| format!("{dir}/{d}")).collect();
             let copies = helpers.inspect(&there, &paths).map_err(|e| e.to_string())?;
+            // Written since its newest point with no failover's lease: a vm ran on it outside
+            // reprise (started by hand, or a failover's start refused or rolled back after
+            // the vm came up), and it may hold the vm's newest data.
+            changed.extend(
+                copies
+                    .iter()
+                    .filter_map(|c| c.changed.as_ref().map(|why| format!("{} ({why})", c.path))),
+            );
             let mut runs: Vec<String> = copies
                 .iter()
                 .flat_map(|c| c.leases.iter())
@@ -747,6 +759,7 @@ fn elsewhere_of(
             running,
             there,
             live,
+            changed,
             copies: !vm.disks.is_empty(),
             away,
         });
@@ -759,8 +772,9 @@ fn elsewhere_of(
 /// made), and, in an emergency failover, a primary that still runs its vm (the operator
 /// declared it lost: said loudly, not refused). A restore of a vm that runs on its recovery
 /// host, or that a failover left running on its recovery copies, would start it from its
-/// disks of before: refused. So is one that this machine's journals show a failover left
-/// there, when the recovery host cannot tell (it does not answer, or reprise keeps no copies
+/// disks of before: refused. So is one whose recovery copies were written since their newest
+/// point outside any failover (a vm ran on them by hand: `force` passes it, said). So is one
+/// that this machine's journals show a failover left there, when the recovery host cannot tell (it does not answer, or reprise keeps no copies
 /// of the vm to hold a lease): unless `force` (the recovery site and its data are lost), then
 /// said. Pure.
 pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere], force: bool) -> Judged {
@@ -796,6 +810,25 @@ pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere], force: bool) -> Judged {
                 "whether a failover left vm {vm}'s newest data on its recovery copies on {there} could not be read ({why}): if one did, fail back instead of restoring"
             )),
             Some(Err(_)) => {}
+        }
+        // A copy written since its newest point, with no failover's lease (said above when
+        // there is one): a vm ran on it outside reprise, and may have written its newest
+        // data there.
+        if mode == Mode::Restore
+            && !e.changed.is_empty()
+            && !matches!(e.running, (Some(true), _))
+            && matches!(&e.live, Some(Ok(runs)) if runs.is_empty())
+        {
+            let copies = e.changed.join("; ");
+            if force {
+                forced.push(format!(
+                    "vm {vm}: its recovery copies on {there} were written since their newest point, outside any failover: {copies}; started on {here} from its disks of before, as forced (--force): what was written there is not in them"
+                ));
+            } else {
+                refused.push(format!(
+                    "vm {vm}: its recovery copies on {there} were written since their newest point, outside any failover: {copies}; if vm {vm} ran there, its newest data is there and a restore would start it on {here} from its disks of before: stop it there and copy them back (`reprise failback --service {service} --force`, which copies them back first); if nothing of it is to be kept, `reprise restore --force` starts it from its disks on {here} (the next replication then makes the copies anew)"
+                ));
+            }
         }
         // What this machine's journals say counts only where the recovery host cannot: a
         // lease it shows (refused above), or none (released there: `reprise release`).
@@ -953,8 +986,10 @@ pub struct CopyBack {
 /// failover lost), and problems `--force` may pass: a primary whose state cannot be read, or
 /// recovery copies no failover started a vm on (no `live` lease of the vm: a replica older
 /// than the primary's disks, not the newer data of a vm that ran on them), or a primary disk
-/// written after the failover started the vm on its recovery copies (a vm started there when
-/// the site came back: what it wrote would be lost), or whose time cannot be read. Pure.
+/// written after the data the failover started the vm from on its recovery copies (a vm
+/// started there when the site came back, or writes of the primary after the last point an
+/// emergency failover started from: the recovery site never got them, and they would be
+/// lost), or whose time cannot be read. Pure.
 pub fn judge_copy_back(backs: &[CopyBack]) -> (Vec<String>, Vec<String>) {
     use crate::replica::LeaseKind;
     let (mut runs, mut problems) = (Vec::new(), Vec::new());
@@ -999,8 +1034,9 @@ pub fn judge_copy_back(backs: &[CopyBack]) -> (Vec<String>, Vec<String>) {
     (runs, problems)
 }
 
-/// The primary disks of `b` written after the failover started the vm on the recovery copy
-/// that would overwrite them (its `live` lease), or whose time cannot be read. A disk that
+/// The primary disks of `b` written after the data the failover started the vm from on the
+/// recovery copy that would overwrite them (its `live` lease: the point's time, or the
+/// failover's, whichever is earlier), or whose time cannot be read. A disk that
 /// is exactly the newest point a replication made of it (a reverse replication, which wrote
 /// it from the recovery copy) holds nothing of its own. A disk not there holds nothing.
 fn written_since(b: &CopyBack, copies: &[crate::replica::CopyState]) -> Vec<String> {
@@ -1030,11 +1066,14 @@ fn written_since(b: &CopyBack, copies: &[crate::replica::CopyState]) -> Vec<Stri
     };
     let mut problems = Vec::new();
     for (c, d) in copies.iter().zip(disks) {
+        // What the recovery site holds of the primary is its data as of the point the
+        // failover started the vm from (or of the failover, whichever is earlier): an
+        // emergency failover's last point may be older than the primary's last writes.
         let Some(at) = c
             .leases
             .iter()
             .filter(|l| l.kind == LeaseKind::Live && l.vm == *vm)
-            .map(|l| l.at)
+            .map(|l| l.taken_at.map_or(l.at, |t| t.min(l.at)))
             .min()
         else {
             continue; // no failover started it: said above
@@ -1051,7 +1090,7 @@ fn written_since(b: &CopyBack, copies: &[crate::replica::CopyState]) -> Vec<Stri
         let (m, (skew, uncertainty)) = match (d.mtime, &b.clock) {
             (None, _) => {
                 problems.push(format!(
-                    "copy-back vm {vm}: the time its disk {} on {primary} was last written cannot be read: whether it was written after the failover started vm {vm} on {} on {recovery} ({at_text}) cannot be told; {}",
+                    "copy-back vm {vm}: the time its disk {} on {primary} was last written cannot be read: whether it was written after the failover started vm {vm} on {} on {recovery} from its data as of {at_text} cannot be told; {}",
                     d.path,
                     c.path,
                     keep(&d.path)
@@ -1061,7 +1100,7 @@ fn written_since(b: &CopyBack, copies: &[crate::replica::CopyState]) -> Vec<Stri
             (Some(_), _) if replica => continue,
             (Some(_), Err(e)) => {
                 problems.push(format!(
-                    "copy-back vm {vm}: the clock of {primary} cannot be read ({e}): the time its disk {} was last written (its clock) cannot be compared with the failover's ({at_text}), so whether it was written since cannot be told; {}",
+                    "copy-back vm {vm}: the clock of {primary} cannot be read ({e}): the time its disk {} was last written (its clock) cannot be compared with the time of the data the failover started from ({at_text}), so whether it was written since cannot be told; {}",
                     d.path,
                     keep(&d.path)
                 ));
@@ -1080,7 +1119,7 @@ fn written_since(b: &CopyBack, copies: &[crate::replica::CopyState]) -> Vec<Stri
                 String::new()
             };
             problems.push(format!(
-                "copy-back vm {vm}: its disk {} on {primary} was written at {}{offset}, after the failover started vm {vm} on {} on {recovery} at {at_text}: the failback would overwrite what the primary wrote since; {}",
+                "copy-back vm {vm}: its disk {} on {primary} was written at {}{offset}, after the failover started vm {vm} on {} on {recovery} from its data as of {at_text}: the recovery site never got that write, and the failback would overwrite it; {}",
                 d.path,
                 m.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
                 c.path,
@@ -2299,6 +2338,36 @@ mod tests {
         assert!(written_after(at, f64::MAX, 0.0, at));
     }
 
+    /// An emergency failover starts the vm from its last point, older than the primary's last
+    /// writes: a primary disk written between that point and the failover holds what the
+    /// recovery site never got, and is a problem; one last written before the point is not.
+    #[test]
+    fn a_failback_never_overwrites_primary_writes_made_after_the_point_the_failover_used() {
+        let failover = Utc::now() - chrono::Duration::minutes(10);
+        let point = failover - chrono::Duration::hours(1);
+        let judge = |written: DateTime<Utc>| {
+            let mut lease = lease(LeaseKind::Live, "db");
+            (lease.at, lease.taken_at) = (failover, Some(point));
+            let mut b = back(Some(false), vec![lease]);
+            if let Ok(d) = &mut b.disks {
+                d[0].mtime = Some(written);
+            }
+            judge_copy_back(&[b]).1
+        };
+        let problems = judge(point + chrono::Duration::minutes(30));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("after the failover started vm db on /img/db.qcow2")
+                && problems[0].contains(&format!(
+                    "from its data as of {}",
+                    point.format("%Y-%m-%d %H:%M:%S%.3f UTC")
+                ))
+                && problems[0].contains("the recovery site never got that write"),
+            "{problems:?}"
+        );
+        assert!(judge(point - chrono::Duration::minutes(1)).is_empty());
+    }
+
     /// A failback copies a vm back only over a primary known stopped, from copies a failover
     /// started it on: a running primary is refused outright, a replica no failover started
     /// (a drill's lease, another vm's, none) or a state or lease that cannot be read is a
@@ -2636,6 +2705,7 @@ mod elsewhere_tests {
             there: "hv-pra".into(),
             running: (running, "said".into()),
             live,
+            changed: Vec::new(),
             copies: true,
             away: None,
         }
@@ -2740,6 +2810,43 @@ mod elsewhere_tests {
             judge_elsewhere(Mode::Failover, &[f], false)
                 .refused
                 .is_empty()
+        );
+    }
+
+    /// A recovery copy written since its newest point with no failover's lease (a vm started
+    /// on it by hand while the primary site was down): its newest data may be there, and a
+    /// restore is refused, saying which copy and what to do; `--force` passes it, journaled.
+    #[test]
+    fn a_restore_never_starts_a_vm_whose_recovery_copy_was_written_outside_reprise() {
+        let mut f = found(Some(false), Some(Ok(Vec::new())));
+        f.changed = vec!["/img/erp-db.qcow2 (the copy changed since its newest point P1)".into()];
+        let judged = judge_elsewhere(Mode::Restore, std::slice::from_ref(&f), false);
+        assert_eq!(judged.refused.len(), 1, "{judged:?}");
+        let r = &judged.refused[0];
+        assert!(
+            r.contains("/img/erp-db.qcow2 (the copy changed since its newest point P1)")
+                && r.contains("reprise failback --service erp-db --force")
+                && r.contains("`reprise restore --force`"),
+            "{r}"
+        );
+        let judged = judge_elsewhere(Mode::Restore, std::slice::from_ref(&f), true);
+        assert!(judged.refused.is_empty(), "{judged:?}");
+        assert!(
+            judged.forced.len() == 1 && judged.forced[0].contains("as forced (--force)"),
+            "{judged:?}"
+        );
+        // With a failover's lease, said once, as the failover's.
+        f.live = Some(Ok(vec!["R7".into()]));
+        let judged = judge_elsewhere(Mode::Restore, std::slice::from_ref(&f), false);
+        assert!(
+            judged.refused.len() == 1 && judged.refused[0].contains("since failover run R7"),
+            "{judged:?}"
+        );
+        // A failover does not read the recovery copies.
+        f.live = None;
+        assert_eq!(
+            judge_elsewhere(Mode::Failover, &[f], false),
+            Judged::default()
         );
     }
 

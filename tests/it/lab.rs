@@ -2376,6 +2376,43 @@ fn a_failback_never_overwrites_a_primary_write_hidden_by_a_clock_behind() {
     assert!(std::fs::read(&disk).unwrap() == primary, "the disk changed");
 }
 
+/// erp-db wrote on hv-main after its last replication, then the primary site was lost: the
+/// emergency failover started it on hv-pra from that older point. When the site comes back,
+/// the failback would copy the recovery copies over the primary's last writes, which the
+/// recovery site never got: refused (exit 7), naming the disk and the point's time, the disk
+/// untouched.
+#[test]
+fn a_failback_after_an_emergency_failover_never_overwrites_the_primary_s_last_writes() {
+    let lab = Lab::up(121);
+    let disk = lab
+        .host_root("hv-main")
+        .join("srv/datastore/images/erp-db-system.qcow2");
+    write_64k(&disk, 0x6c);
+    lab.primary_lost(&["erp-db"]);
+    let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
+    let exit = lab.run_confirming(
+        &[&["failover", "--emergency"][..], &only[..]].concat(),
+        Duration::from_secs(240),
+    );
+    assert!(exit.success(), "{:#?}", lab.journal());
+    let primary = std::fs::read(&disk).unwrap();
+    let refused = lab.run(&[&["failback"][..], &only[..]].concat());
+    assert_eq!(refused.code, 7, "{refused:?}");
+    let said = &refused.stderr;
+    assert!(
+        said.contains("erp-db-system.qcow2 on hv-main was written at ")
+            && said.contains("from its data as of ")
+            && said.contains("the recovery site never got that write")
+            && said.contains("keep a copy of it first"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("erp-db-data.qcow2 on hv-main was written"),
+        "{said}"
+    );
+    assert!(std::fs::read(&disk).unwrap() == primary, "the disk changed");
+}
+
 /// A failback stopped before it copied erp-db back (a signal while a person was awaited),
 /// then erp-db's system disk on hv-main written: `resume` judges the copy-back left as a
 /// start does, refuses (exit 7) with the disk untouched, and carries on only with `--force`,
@@ -2642,6 +2679,63 @@ fn a_restore_never_starts_a_vm_whose_newest_data_is_on_the_recovery_site() {
     assert!(out.status.success(), "{out:?}");
     let run = lab.run(&restore);
     assert_eq!(run.code, 0, "{run:?}");
+}
+
+/// While the primary site was down, erp-db was started by hand on its recovery copy on hv-pra
+/// (no failover, no lease) and wrote there. When the power comes back, a restore would start
+/// it on hv-main from its disks of before: refused (exit 6), naming the copy and what to do,
+/// nothing started; forced, it starts, and the journal says what was forced.
+#[test]
+fn a_restore_never_starts_a_vm_whose_recovery_copy_was_written_outside_reprise() {
+    let lab = Lab::up(128);
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    lab.primary_lost(&["erp-db"]);
+    let copy = lab
+        .host_root("hv-pra")
+        .join("srv/replicas/images/erp-db-system.qcow2");
+    write_64k(&copy, 0x3d);
+    let starts = || {
+        calls(&lab, "hv-main")
+            .matches("lab-vm start erp-db")
+            .count()
+    };
+    let before = starts();
+    let restore = [
+        "restore",
+        "--service",
+        "erp-db",
+        "--only",
+        "--yes",
+        "--no-prompt",
+    ];
+    let run = lab.run(&restore);
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "vm erp-db: its recovery copies on hv-pra were written since their newest point, outside any failover"
+        ) && run.stderr.contains("erp-db-system.qcow2 (the copy changed since its newest point")
+            && !run.stderr.contains("erp-db-data.qcow2 (")
+            && run.stderr.contains("reprise failback --service erp-db --force"),
+        "{run:?}"
+    );
+    assert_eq!(starts(), before, "nothing started on hv-main");
+    let forced: Vec<&str> = restore.iter().copied().chain(["--force"]).collect();
+    let run = lab.run(&forced);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(starts(), before + 1, "started on hv-main");
+    let said = lab
+        .journal()
+        .into_iter()
+        .find(|e| e["event"] == "readiness_forced")
+        .unwrap_or_else(|| panic!("the forced restore is journaled"));
+    assert!(
+        said["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("were written since their newest point, outside any failover"),
+        "{said}"
+    );
 }
 
 /// The copy of backup set erp-dumps on nas-pra gets a file behind its point: `check` fails on
