@@ -1487,6 +1487,7 @@ fn run_error(e: RunError) -> Outcome {
         RunError::NoName => Outcome::err(exit::USAGE, format!("error: {e}\n")),
         RunError::SplitBrain { .. }
         | RunError::PrimaryRuns { .. }
+        | RunError::RunsAgain { .. }
         | RunError::RunsElsewhere { .. } => {
             Outcome::err(exit::SPLIT_BRAIN, format!("error: {e}\n"))
         }

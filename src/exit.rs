@@ -19,8 +19,11 @@ pub const IO: u8 = 4;
 /// or it is not a lock (it is left as it is).
 pub const LOCKED: u8 = 5;
 /// A failback found a service running on both sites, or a vm it copies back running on the
-/// primary; or a restore found a vm it starts running on its recovery host, or left there by a
-/// failover (its newest data is on its recovery copies): nothing was done (or, found as a
+/// primary; a resumed failback or planned failover found a vm it copies running again where
+/// it stopped it; or a
+/// restore found a vm it starts running on its recovery host, or left there by a failover
+/// (its newest data is on its recovery copies), or its recovery copies written outside any
+/// failover: nothing was done (or, found as a
 /// restore's step came to start it, that step failed and what depends on it did not run). Or a run's health
 /// check found the vm it checks running on both sites (where the run brought it up and on the
 /// side it left): that check failed.

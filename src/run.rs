@@ -93,6 +93,8 @@ pub enum RunError {
         .problems.join("; ")
     )]
     NothingCopiedBack { problems: Vec<String> },
+    #[error("refusing to resume the {mode}: {}", .vms.join("; "))]
+    RunsAgain { mode: Mode, vms: Vec<String> },
     #[error("{}", not_ready(*mode, problems))]
     NotReady { mode: Mode, problems: Vec<String> },
     #[error("run `{run_id}` has no step `{step}`{}", hint.as_ref().map(|h| format!("; {h}")).unwrap_or_default())]
@@ -514,6 +516,7 @@ fn execute(
         options,
         prior,
         other_site,
+        copied: Default::default(),
     };
     let status = runner::run(ctx, &mut tee, shutdown);
     match tee.error {
@@ -1431,6 +1434,101 @@ pub fn left_held(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<L
     left
 }
 
+/// The copies of a vm between its sites that a resumed run makes again: a failback's copy
+/// back (a `replicate` of the vm to the host a step starts it on) done while a start of the
+/// vm there is not done; a planned failover's final sync done while no start of the vm there
+/// has begun (one cut relies on the point it chose, and a copy into a copy it leased is
+/// refused). Pure.
+pub fn copies_again(plan: &Plan, prior: &HashMap<String, Prior>) -> Vec<String> {
+    let failback = match plan.mode {
+        Mode::Failback => true,
+        Mode::Failover if !plan.emergency => false,
+        _ => return Vec::new(),
+    };
+    let again = |vm: &str, host: &str| {
+        let mut starts = plan.steps.iter().filter(|t| {
+            t.kind == "vm"
+                && t.action.as_deref() == Some("start")
+                && t.vm.as_deref() == Some(vm)
+                && t.host.as_deref() == Some(host)
+        });
+        match failback {
+            true => starts.any(|t| prior.get(&t.id) != Some(&Prior::Done)),
+            false => starts.all(|t| !prior.contains_key(&t.id)),
+        }
+    };
+    plan.steps
+        .iter()
+        .filter(|s| prior.get(&s.id) == Some(&Prior::Done))
+        .filter(|s| match &s.action_spec {
+            plan::Action::Replicate {
+                what: plan::Replicated::Vm(vm),
+                to_host,
+                ..
+            } => again(vm, to_host),
+            _ => false,
+        })
+        .map(|s| s.id.clone())
+        .collect()
+}
+
+/// The vms whose copy between sites is still to come in `plan` (not done, as `prior` says)
+/// while a step of it that stopped the vm on the host the copy reads is done and the vm runs
+/// there again (its driver's `status`): copied while it runs, what it writes after would be
+/// left behind, and started on the other site too, two copies would diverge.
+fn running_again(
+    model: &Model,
+    plan: &Plan,
+    prior: &HashMap<String, Prior>,
+    transport: &dyn Transport,
+) -> Vec<String> {
+    let done = |id: &str| prior.get(id) == Some(&Prior::Done);
+    let mut again: Vec<(String, String)> = Vec::new();
+    for step in plan.steps.iter().filter(|s| !done(&s.id)) {
+        let plan::Action::Replicate {
+            what: plan::Replicated::Vm(vm_id),
+            from_host,
+            ..
+        } = &step.action_spec
+        else {
+            continue;
+        };
+        let (Some(service), Some(vm)) = (
+            model.inventory.services.get(&step.service),
+            model.inventory.vms.get(vm_id),
+        ) else {
+            continue;
+        };
+        if again.iter().any(|(v, _)| v == vm_id) {
+            continue;
+        }
+        let Some(stopped) = plan.steps.iter().find(|s| {
+            s.kind == "vm"
+                && s.action.as_deref() == Some("stop")
+                && s.vm.as_deref() == Some(vm_id.as_str())
+                && s.host.as_deref() == Some(from_host.as_str())
+                && done(&s.id)
+        }) else {
+            continue;
+        };
+        let side = match *from_host == vm.primary.value {
+            true => Side::Primary,
+            false => Side::Recovery,
+        };
+        let (running, said) = vm_state(model, service, vm, side, &plan.run_id, transport);
+        if running == Some(true) {
+            again.push((
+                vm_id.clone(),
+                format!(
+                    "vm {vm_id} runs on {from_host} again (its status says `{said}`) since this {} stopped it there (step {}): copied now, what it writes there after would be left behind, and started on the other site too, two copies would diverge; stop it on {from_host} (what it wrote is then copied), then resume",
+                    plan.mode, stopped.id
+                ),
+            ));
+        }
+    }
+    again.into_iter().map(|(_, said)| said).collect()
+}
+
 /// Reads, for each vm a failback plan copies back to the primary, its state there and its
 /// recovery copies (see [`judge_copy_back`]).
 pub fn copy_backs(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<CopyBack> {
@@ -1735,8 +1833,26 @@ pub fn resume(
             at,
         });
     }
-    // A failback's copy-backs not started yet are judged again, as at its start: the primary
-    // may have been written since (a copy-back started already wrote it itself).
+    // A copy of a vm between its sites done while the vm's start on the other site is not is
+    // made again: the vm may have run where it came from since, and what it starts from is
+    // what is there now (its start checks it is still what the copy read). Refused while a
+    // vm the run stopped there runs there again.
+    let again = copies_again(&plan, &prior);
+    for id in &again {
+        prior.remove(id);
+    }
+    if plan.mode == Mode::Failback || plan.mode == Mode::Failover {
+        let runs = running_again(model, &plan, &prior, &transport(model, &exec.ssh));
+        if !runs.is_empty() {
+            return Err(RunError::RunsAgain {
+                mode: plan.mode,
+                vms: runs,
+            });
+        }
+    }
+    // A failback's copy-backs not started yet (or made again) are judged again, as at its
+    // start: the primary may have been written since (a copy-back started already wrote it
+    // itself).
     let mut forced = Vec::new();
     if plan.mode == Mode::Failback {
         let started: Vec<&str> = events
@@ -1745,6 +1861,7 @@ pub fn resume(
                 Event::StepStarted { step, .. } => Some(step.as_str()),
                 _ => None,
             })
+            .filter(|s| !again.iter().any(|a| a == s))
             .collect();
         let mut left = plan.clone();
         left.steps.retain(|s| !started.contains(&s.id.as_str()));
@@ -2336,6 +2453,53 @@ mod tests {
         let ms = chrono::Duration::milliseconds;
         assert!(written_after(at - ms(100), 0.0, 0.2, at));
         assert!(written_after(at, f64::MAX, 0.0, at));
+    }
+
+    /// A resumed failback makes a vm's copy back again while its start on the primary is not
+    /// done (the vm may have run on its recovery copies since), never once it is; a resumed
+    /// planned failover makes its final sync again while its start has not begun.
+    #[test]
+    fn a_resumed_run_copies_again_what_it_has_not_started_from() {
+        let model = crate::check::example();
+        let plan = |mode, emergency| {
+            plan::build(
+                &model,
+                &PlanOptions {
+                    services: vec!["erp-db".into()],
+                    only: true,
+                    emergency,
+                    ..PlanOptions::new(mode)
+                },
+            )
+            .unwrap()
+        };
+        let done = |ids: &[&str]| -> HashMap<String, Prior> {
+            ids.iter().map(|id| (id.to_string(), Prior::Done)).collect()
+        };
+        let back = plan(Mode::Failback, false);
+        let copied = [
+            "erp-db/stop-recovery",
+            "erp-db/no-autostart-recovery",
+            "erp-db/sync-back",
+        ];
+        assert_eq!(copies_again(&back, &done(&copied)), ["erp-db/sync-back"]);
+        let mut prior = done(&copied);
+        prior.insert("erp-db/start-primary".into(), Prior::Interrupted);
+        assert_eq!(copies_again(&back, &prior), ["erp-db/sync-back"]);
+        let started = [&copied[..], &["erp-db/start-primary"]].concat();
+        assert!(copies_again(&back, &done(&started)).is_empty());
+        assert!(copies_again(&back, &done(&copied[..2])).is_empty());
+        let over = plan(Mode::Failover, false);
+        let synced = [
+            "erp-db/stop-primary",
+            "erp-db/no-autostart-primary",
+            "erp-db/final-sync",
+        ];
+        assert_eq!(copies_again(&over, &done(&synced)), ["erp-db/final-sync"]);
+        let mut prior = done(&synced);
+        prior.insert("erp-db/start".into(), Prior::Interrupted);
+        assert!(copies_again(&over, &prior).is_empty());
+        assert!(copies_again(&plan(Mode::Failover, true), &done(&synced)).is_empty());
     }
 
     /// An emergency failover starts the vm from its last point, older than the primary's last

@@ -41,7 +41,7 @@ pub use crate::duration::human_secs;
 
 /// The example inventory and runbooks of the repository, loaded.
 #[cfg(test)]
-fn example() -> crate::model::Model {
+pub(crate) fn example() -> crate::model::Model {
     let sources = crate::sources::Sources::read(
         std::path::Path::new("inventory"),
         std::path::Path::new("runbooks"),

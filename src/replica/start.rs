@@ -665,6 +665,55 @@ pub fn before_failback(
     }
 }
 
+/// Before a vm starts on the site a copy of this run moved it to (a failback's copy back, a
+/// planned failover's final sync): what the copy read on `host` (`recorded`: each disk and
+/// its stamp before, step `step`) must still be so. A disk written since (the vm started
+/// there again while the run waited) holds what the copy does not: started, the vm would run
+/// without it, and that write would be left behind (a failback then releases the copies that
+/// hold it).
+/// `if_lost` says what to do when `host` cannot be asked.
+pub fn copied_still(
+    copies: &dyn Copies,
+    vm: &str,
+    host: &str,
+    step: &str,
+    recorded: &[(String, String)],
+    if_lost: &str,
+) -> Result<(), String> {
+    let paths: Vec<String> = recorded.iter().map(|(p, _)| p.clone()).collect();
+    let states = copies.inspect(host, &paths).map_err(|e| {
+        format!(
+            "cannot read the disks of vm {vm} on {host}, to know whether they were written since step {step} copied them: {e}; resume once {host} answers, or, {if_lost}"
+        )
+    })?;
+    let changed: Vec<String> = recorded
+        .iter()
+        .zip(&states)
+        .filter(|((_, then), now)| now.stamp.as_deref() != Some(then.as_str()))
+        .map(|((path, then), now)| {
+            format!(
+                "{path} (it was `{then}`, it is `{}`)",
+                now.stamp.as_deref().unwrap_or("missing")
+            )
+        })
+        .collect();
+    if changed.is_empty() && states.len() == recorded.len() {
+        return Ok(());
+    }
+    let changed = if changed.is_empty() {
+        format!(
+            "asked about {}, told about {}",
+            recorded.len(),
+            states.len()
+        )
+    } else {
+        changed.join(", ")
+    };
+    Err(format!(
+        "the disks of vm {vm} on {host} were written after step {step} copied them: {changed}; vm {vm} ran there again, and what it wrote is not in the copy it would start from: started, it would run without it; the copy must be made again: resume this run (`reprise resume`), which makes it again once vm {vm} is stopped on {host}"
+    ))
+}
+
 /// What a step that used a vm's recovery copies did with them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Used {
@@ -1166,6 +1215,36 @@ mod tests {
             disk("data", &[point("P1", 1, "yes")]),
         ]);
         assert_eq!(before_failback(&fake, vm, false), Ok(()));
+    }
+
+    /// A vm starts where a copy of the run moved it only while what the copy read is still
+    /// so: a disk written since is named with both stamps, the others not.
+    #[test]
+    fn a_vm_starts_only_from_a_copy_whose_source_is_unchanged_since() {
+        let stamped = |name: &str, stamp: &str| CopyState {
+            stamp: Some(stamp.into()),
+            ..disk(name, &[])
+        };
+        let fake = Fake::with(vec![
+            stamped("sys", "1 10.0 7"),
+            stamped("data", "2 10.0 8"),
+        ]);
+        let read = |sys: &str| {
+            vec![
+                ("/r/sys".to_string(), sys.to_string()),
+                ("/r/data".to_string(), "2 10.0 8".to_string()),
+            ]
+        };
+        let still =
+            |sys: &str| copied_still(&fake, "db", "hv-pra", "db/sync-back", &read(sys), "if lost");
+        assert_eq!(still("1 10.0 7"), Ok(()));
+        let why = still("1 9.0 7").unwrap_err();
+        assert!(
+            why.contains("the disks of vm db on hv-pra were written after step db/sync-back copied them: /r/sys (it was `1 9.0 7`, it is `1 10.0 7`)")
+                && !why.contains("/r/data (")
+                && why.contains("`reprise resume`"),
+            "{why}"
+        );
     }
 
     #[test]

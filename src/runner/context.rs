@@ -122,6 +122,25 @@ pub struct RunContext {
     /// Asked before each step that starts a vm; `None`: nothing is asked (only a restore
     /// asks).
     pub other_site: Option<Arc<dyn OtherSite>>,
+    /// What each copy of a vm between its sites in this run read before it read it
+    /// ([`Copied`]).
+    pub copied: Copied,
+}
+
+/// Vm → what the last copy of it from one site to the other (a planned failover's final
+/// sync, a failback's copy back) read in this process ([`CopyRead`]): the vm's start on the
+/// other site checks its source is still so (a vm started there again since wrote what the
+/// copy does not hold). A resumed run makes again a copy whose vm it has not started yet, so
+/// a start never relies on an earlier process's copy.
+pub type Copied = Arc<std::sync::Mutex<HashMap<String, CopyRead>>>;
+
+/// What a copy of a vm between its sites read: its step, the host it read, and each disk it
+/// read there with its stamp (size, modification time, inode) before.
+#[derive(Debug, Clone)]
+pub struct CopyRead {
+    pub step: String,
+    pub host: String,
+    pub stamps: Vec<(String, String)>,
 }
 
 pub use crate::event::PointChoice;

@@ -97,15 +97,19 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
         items,
         guest: *guest,
     };
-    // A backup set copied back by a failback: what its recovery folder is before it is read,
-    // so that what the recovery site writes there after is never written over unnoticed.
-    let returned = match what {
-        Replicated::Backup(_) if ctx.plan.mode == crate::runbook::Mode::Failback => {
-            match stamps_before_copy_back(ctx, from_host, items).await {
-                Ok(s) => s,
-                Err(e) => return failed(run, step, report, e),
-            }
-        }
+    // A backup set or vm copied back by a failback, or a vm by a planned failover's final
+    // sync: what its source is before it is read, so that what is written there after is
+    // never written over, nor left behind by the vm's start on the other site, unnoticed.
+    let between_sites = match ctx.plan.mode {
+        crate::runbook::Mode::Failback => true,
+        crate::runbook::Mode::Failover => matches!(what, Replicated::Vm(_)),
+        _ => false,
+    };
+    let returned = match between_sites {
+        true => match stamps_before_copy(ctx, from_host, items).await {
+            Ok(s) => s,
+            Err(e) => return failed(run, step, report, e),
+        },
         _ => Vec::new(),
     };
     let freeze = Freeze::of(snapshot.as_ref());
@@ -127,6 +131,19 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
     if let Some((point, taken_at)) = point {
         point_made(run, step.id.clone(), item.clone(), point, taken_at);
     }
+    if let Replicated::Vm(vm) = what
+        && between_sites
+    {
+        let read = super::context::CopyRead {
+            step: step.id.clone(),
+            host: from_host.clone(),
+            stamps: returned.clone(),
+        };
+        ctx.copied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(vm.clone(), read);
+    }
     let message = match what {
         Replicated::Backup(set) if ctx.plan.mode == crate::runbook::Mode::Failback => {
             Some(failed_back(ctx, set, from_host, returned).await)
@@ -136,9 +153,10 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
     run.outcome(StepStatus::Done, 1, message)
 }
 
-/// The seal of each recovery folder a failback copies back (`items`' sources on `host`), read
-/// before the copy back reads it, paired with its path.
-async fn stamps_before_copy_back(
+/// The stamp of each source a copy between sites reads (`items`' sources on `host`): a
+/// backup set folder's seal, a disk's size, modification time and inode, read before the
+/// copy reads it, paired with its path.
+async fn stamps_before_copy(
     ctx: &RunContext,
     host: &str,
     items: &[(String, String)],
@@ -151,15 +169,13 @@ async fn stamps_before_copy_back(
     tokio::task::spawn_blocking(move || {
         let states = crate::replica::remote::Helpers::new(transport.as_ref())
             .inspect(&h, &paths)
-            .map_err(|e| format!("cannot read the recovery folder to copy back on {h}: {e}"))?;
+            .map_err(|e| format!("cannot read what to copy on {h}: {e}"))?;
         paths
             .into_iter()
             .zip(states)
             .map(|(path, s)| match s.stamp {
                 Some(stamp) => Ok((path, stamp)),
-                None => Err(format!(
-                    "the recovery folder {h}:{path} to copy back is not there (or not a folder)"
-                )),
+                None => Err(format!("{h}:{path}, to copy, is not there")),
             })
             .collect()
     })

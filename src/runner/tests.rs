@@ -235,6 +235,7 @@ fn go(
         options,
         prior,
         other_site: None,
+        copied: Default::default(),
     };
     let mut sink = Collect::default();
     let status = run(ctx, &mut sink, Shutdown::manual());
@@ -447,6 +448,7 @@ async fn retries_with_backoff_until_success() {
         options: RunOptions::default(),
         prior: HashMap::new(),
         other_site: None,
+        copied: Default::default(),
     };
     let mut sink = Collect::default();
     let status = execute(ctx, &mut sink, Shutdown::manual()).await;
@@ -608,6 +610,7 @@ fn recorded_run(
         options: RunOptions::default(),
         prior: HashMap::new(),
         other_site: None,
+        copied: Default::default(),
     };
     let mut journal = SlowJournal {
         record: record.clone(),
@@ -692,6 +695,7 @@ fn a_stopped_drill_cleans_up_only_once_its_running_steps_ended() {
         options: RunOptions::default(),
         prior: HashMap::new(),
         other_site: None,
+        copied: Default::default(),
     };
     let shutdown = Shutdown::manual();
     let signal = shutdown.clone();
@@ -738,6 +742,7 @@ fn a_fault_inside_one_step_fails_that_step_not_the_run() {
         options: RunOptions::default(),
         prior: HashMap::new(),
         other_site: None,
+        copied: Default::default(),
     };
     let mut sink = Collect::default();
     let status = run(ctx, &mut sink, Shutdown::manual());
@@ -1156,6 +1161,7 @@ async fn ctrl_c_stops_new_steps_but_a_drill_still_cleans_up() {
         options: RunOptions::default(),
         prior: HashMap::new(),
         other_site: None,
+        copied: Default::default(),
     };
     let shutdown = Shutdown::manual();
     let signal = shutdown.clone();
@@ -1207,6 +1213,7 @@ async fn a_refused_host_fails_at_once_while_a_silent_one_is_tried_again() {
         options: RunOptions::default(),
         prior: HashMap::new(),
         other_site: None,
+        copied: Default::default(),
     };
     let mut sink = Collect::default();
     let begin = Instant::now();
@@ -1260,6 +1267,7 @@ async fn command_checks_poll_until_healthy_or_their_deadline() {
         options: RunOptions::default(),
         prior: HashMap::new(),
         other_site: None,
+        copied: Default::default(),
     };
     let mut sink = Collect::default();
     execute(ctx, &mut sink, Shutdown::manual()).await;
@@ -1442,6 +1450,7 @@ async fn a_vm_s_check_passes_only_while_that_vm_runs_where_the_run_started_it() 
         options: RunOptions::default(),
         prior: HashMap::new(),
         other_site: None,
+        copied: Default::default(),
     };
     let mut sink = Collect::default();
     execute(ctx, &mut sink, Shutdown::manual()).await;
@@ -1570,6 +1579,7 @@ async fn a_check_with_expect_passes_only_on_the_answer_it_names() {
         options: RunOptions::default(),
         prior: HashMap::new(),
         other_site: None,
+        copied: Default::default(),
     };
     let mut sink = Collect::default();
     execute(ctx, &mut sink, Shutdown::manual()).await;
@@ -1656,6 +1666,7 @@ fn a_restore_step_asks_the_other_site_again_before_it_starts_a_vm() {
             options: RunOptions::default(),
             prior: HashMap::new(),
             other_site: guarded.then(|| judge.clone() as Arc<dyn OtherSite>),
+            copied: Default::default(),
         };
         let mut sink = Collect::default();
         let status = run(ctx, &mut sink, Shutdown::manual());

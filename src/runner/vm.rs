@@ -10,7 +10,7 @@ use super::context::{Msg, Outcome, RunContext};
 use super::define::{self, Defined, Source};
 use super::record::output_note;
 use crate::event::{Event, StepStatus};
-use crate::plan::{PlannedStep, ReplicaRole, ReplicaUse};
+use crate::plan::{Action, PlannedStep, ReplicaRole, ReplicaUse, Replicated};
 use crate::replica::choice::Use;
 use crate::replica::start::{self, Remote, Request, SnapshotCheck, Used, Vm};
 use crate::runbook::Mode;
@@ -37,6 +37,7 @@ pub(super) async fn before_replica(
     tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
     defined: &mut Option<Defined>,
 ) -> Result<(), String> {
+    copied_still(ctx, step, replica).await?;
     let how = match replica.role {
         ReplicaRole::DrillStart => Use::Drill,
         ReplicaRole::Start => Use::Failover,
@@ -105,6 +106,66 @@ pub(super) async fn before_replica(
         dropped: s.dropped,
     }));
     Ok(())
+}
+
+/// Before a vm starts on the host a copy of this run moved it to (a failback's copy back, a
+/// planned failover's final sync): what the copy read is still so
+/// ([`start::copied_still`]). A failback's copy back not made by this process is refused (a
+/// resumed failback makes it again); a failover's start run again after it was cut relies on
+/// the point it chose then.
+async fn copied_still(
+    ctx: &RunContext,
+    step: &PlannedStep,
+    replica: &ReplicaUse,
+) -> Result<(), String> {
+    let Some(host) = step.host.as_deref() else {
+        return Ok(());
+    };
+    let copied = ctx.plan.steps.iter().any(|s| {
+        matches!(&s.action_spec, Action::Replicate { what: Replicated::Vm(v), to_host, .. }
+            if *v == replica.vm && to_host == host)
+    });
+    let failback = replica.role == ReplicaRole::FailedBack;
+    if !copied || !(failback || replica.role == ReplicaRole::Start) {
+        return Ok(());
+    }
+    let read = ctx
+        .copied
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&replica.vm)
+        .cloned();
+    let Some(read) = read else {
+        return match failback {
+            true => Err(format!(
+                "vm {} was not copied back by this run's process, so whether its recovery copies were written since cannot be told; resume the run (`reprise resume`), which copies it back again before this start",
+                replica.vm
+            )),
+            false => Ok(()),
+        };
+    };
+    let (service, host) = (&step.service, &read.host);
+    let if_lost = match failback {
+        true => format!(
+            "if {host} and what it holds are lost for good, `reprise restore --service {service} --force` starts it on the primary from what was copied back"
+        ),
+        false => format!(
+            "if {host} is lost, `reprise failover --emergency --service {service}` starts it from its newest point"
+        ),
+    };
+    let (transport, vm) = (ctx.transport.clone(), replica.vm.clone());
+    tokio::task::spawn_blocking(move || {
+        start::copied_still(
+            &Remote::new(transport.as_ref()),
+            &vm,
+            &read.host,
+            &read.step,
+            &read.stamps,
+            &if_lost,
+        )
+    })
+    .await
+    .map_err(|e| format!("the replica task failed: {e}"))?
 }
 
 /// Asks the replica side for the vm's point and to prepare its copies.

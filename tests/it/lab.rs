@@ -2518,6 +2518,305 @@ fn a_resumed_failback_never_overwrites_what_the_primary_wrote_since() {
     );
 }
 
+/// The example with a person awaited (`hold`) just before step `id` of erp-db's runbook of
+/// `mode`, in a folder of its own.
+fn held_before(mode: &str, id: &str) -> tempfile::TempDir {
+    let edited = tempfile::tempdir().unwrap();
+    for d in ["inventory", "runbooks"] {
+        crate::common::copy_tree(&root().join(d), &edited.path().join(d));
+    }
+    let erp = edited.path().join("runbooks/erp.toml");
+    let text = std::fs::read_to_string(&erp).unwrap();
+    let section = format!("[[erp-db.{mode}]]");
+    let start = text.find(&format!("{section}\nid = \"{id}\"\n")).unwrap();
+    let hold = format!(
+        "{section}\nid = \"hold\"\nkind = \"manual\"\ninstructions = \"Wait.\"\nexpected = \"1m\"\n\n"
+    );
+    std::fs::write(&erp, format!("{}{hold}{}", &text[..start], &text[start..])).unwrap();
+    edited
+}
+
+/// Starts reprise with `args` on the example of `dir` and returns once it waits for the
+/// person at `erp-db/hold`.
+fn spawn_until_held(lab: &Lab, dir: &Path, args: &[&str]) -> Child {
+    let mut child = lab.spawn_in(dir, args);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !(lab
+        .journal()
+        .iter()
+        .any(|e| e["event"] == "waiting_for_operator" && e["step"] == "erp-db/hold"))
+    {
+        assert!(Instant::now() < deadline, "no manual step waited");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+/// Confirms what `child` waits for until it ends; its exit.
+fn confirming(lab: &Lab, child: &mut Child) -> Option<std::process::ExitStatus> {
+    let mut exit = None;
+    lab.confirm_until(
+        || {
+            exit = child.try_wait().unwrap();
+            exit.is_some()
+        },
+        Duration::from_secs(240),
+    );
+    exit
+}
+
+/// `resume latest` on the example of `dir`, confirming what it waits for once it waits (not
+/// what the run it resumes waited for before); its exit.
+fn resume_confirming(lab: &Lab, dir: &Path) -> Option<std::process::ExitStatus> {
+    let resumes = || {
+        lab.journal()
+            .iter()
+            .filter(|e| e["event"] == "run_resumed")
+            .count()
+    };
+    let before = resumes();
+    let mut resumed = lab.spawn_in(dir, &["resume", "latest", "--no-prompt"]);
+    let waits = || {
+        let events = lab.journal();
+        let from = events.iter().rposition(|e| e["event"] == "run_resumed");
+        from.is_some_and(|i| {
+            events[i..]
+                .iter()
+                .any(|e| e["event"] == "waiting_for_operator")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while resumes() == before || !waits() {
+        assert!(Instant::now() < deadline, "the resume waited for no one");
+        if let Some(exit) = resumed.try_wait().unwrap() {
+            return Some(exit);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    confirming(lab, &mut resumed)
+}
+
+/// `lab-vm start erp-db` on `host`, from its disks in `images`, as a person does by hand.
+fn start_erp_db_by_hand(lab: &Lab, host: &str, images: &Path) {
+    let dir = images.to_str().unwrap();
+    let args = [
+        "start",
+        "erp-db",
+        dir,
+        "erp-db-system.qcow2",
+        "erp-db-data.qcow2",
+    ];
+    let out = crate::common::lab_vm(&lab.lab(), host, &args);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// What `lab-vm status erp-db` says on `host`.
+fn erp_db_on(lab: &Lab, host: &str) -> String {
+    let out = crate::common::lab_vm(&lab.lab(), host, &["status", "erp-db"]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A failback copied erp-db back, then waited for a person; meanwhile erp-db was started again
+/// on its recovery copy on hv-pra and wrote there. Its start on hv-main would run it without
+/// that write, and release the copy that holds it: the start is refused, naming the copy. The
+/// run is resumed while erp-db still runs on hv-pra: refused (exit 6), saying to stop it
+/// there. Once stopped, the resume copies erp-db back again and starts it on hv-main from
+/// what the recovery copy holds now.
+#[test]
+fn a_failback_never_starts_the_primary_from_a_copy_back_the_recovery_site_wrote_after() {
+    let lab = Lab::up(122);
+    let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
+    let exit = lab.run_confirming(
+        &[&["failover"][..], &only[..]].concat(),
+        Duration::from_secs(240),
+    );
+    assert!(exit.success(), "{:?}", lab.journal().last());
+    let edited = held_before("failback", "start-primary");
+    let failback = [&["failback"][..], &only[..]].concat();
+    let mut child = spawn_until_held(&lab, edited.path(), &failback);
+    // erp-db runs on hv-pra again and writes there.
+    let images = lab.host_root("hv-pra").join("srv/replicas/images");
+    start_erp_db_by_hand(&lab, "hv-pra", &images);
+    let copy = images.join("erp-db-system.qcow2");
+    write_64k(&copy, 0x4e);
+    let exit = confirming(&lab, &mut child);
+    assert_eq!(exit.and_then(|e| e.code()), Some(1), "{:#?}", lab.journal());
+    let (status, why) = finished(&lab, "erp-db/start-primary");
+    assert_eq!(status, "failed", "{why}");
+    assert!(
+        why.contains(
+            "the disks of vm erp-db on hv-pra were written after step erp-db/sync-back copied them: "
+        ) && why.contains("erp-db-system.qcow2 (it was `")
+            && !why.contains("erp-db-data.qcow2 (it was")
+            && why.contains("`reprise resume`"),
+        "{why}"
+    );
+    assert_ne!(erp_db_on(&lab, "hv-main"), "running", "started on hv-main");
+    // Resumed (the roll-back started erp-db on hv-pra again): stopped there, copied back
+    // again, started on hv-main from what the copy holds now.
+    let primary = lab
+        .host_root("hv-main")
+        .join("srv/datastore/images/erp-db-system.qcow2");
+    let exit = resume_confirming(&lab, edited.path());
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "{exit:?} {:#?}",
+        lab.journal()
+    );
+    assert_eq!(erp_db_on(&lab, "hv-main"), "running");
+    assert!(
+        std::fs::read(&primary).unwrap() == std::fs::read(&copy).unwrap(),
+        "hv-main's disk is not the recovery copy's"
+    );
+    // Failed over again; the failback is cut while it waits after its copy back, and erp-db
+    // is started on hv-pra again. The resume refuses while it runs there (exit 6), then,
+    // stopped, copies it back again.
+    let exit = lab.run_confirming(
+        &[&["failover"][..], &only[..]].concat(),
+        Duration::from_secs(240),
+    );
+    assert!(exit.success(), "{:?}", lab.journal().last());
+    let mut child = spawn_until_held(&lab, edited.path(), &failback);
+    let killed = tool("kill", &["-TERM", &child.id().to_string()]);
+    assert!(killed.status.success(), "{killed:?}");
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    start_erp_db_by_hand(&lab, "hv-pra", &images);
+    write_64k(&copy, 0x4f);
+    let args = lab.args(&["resume", "latest", "--no-prompt"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = crate::common::reprise_with_env(edited.path(), &refs, LAB_SECRETS);
+    assert_eq!(refused.code, 6, "{refused:?}");
+    assert!(
+        refused.stderr.contains(
+            "refusing to resume the failback: vm erp-db runs on hv-pra again (its status says `running`) since this failback stopped it there (step erp-db/stop-recovery)"
+        ),
+        "{}",
+        refused.stderr
+    );
+    assert_ne!(erp_db_on(&lab, "hv-main"), "running", "started on hv-main");
+    let out = crate::common::lab_vm(&lab.lab(), "hv-pra", &["stop", "erp-db"]);
+    assert!(out.status.success(), "{out:?}");
+    let exit = resume_confirming(&lab, edited.path());
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "{exit:?} {:#?}",
+        lab.journal()
+    );
+    let copied = lab
+        .journal()
+        .iter()
+        .filter(|e| e["event"] == "step_started" && e["step"] == "erp-db/sync-back")
+        .count();
+    assert_eq!(copied, 2, "the copy back was not made again");
+    assert_eq!(erp_db_on(&lab, "hv-main"), "running");
+    assert!(
+        std::fs::read(&primary).unwrap() == std::fs::read(&copy).unwrap(),
+        "hv-main's disk is not the recovery copy's"
+    );
+}
+
+/// A planned failover made its final sync of erp-db, then waited for a person; meanwhile
+/// erp-db was started again on hv-main and wrote there. Its start on hv-pra would run it
+/// without that write: the start is refused, naming the disk, and the roll-back brings
+/// production back on hv-main. Resumed, the failover stops it, makes the final sync again and
+/// starts it on hv-pra from what hv-main holds now.
+#[test]
+fn a_failover_never_starts_from_a_final_sync_the_primary_wrote_after() {
+    let lab = Lab::up(126);
+    let edited = held_before("failover", "start");
+    let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
+    let mut child = spawn_until_held(
+        &lab,
+        edited.path(),
+        &[&["failover"][..], &only[..]].concat(),
+    );
+    let images = lab.host_root("hv-main").join("srv/datastore/images");
+    start_erp_db_by_hand(&lab, "hv-main", &images);
+    let disk = images.join("erp-db-system.qcow2");
+    write_64k(&disk, 0x2a);
+    let exit = confirming(&lab, &mut child);
+    assert_eq!(exit.and_then(|e| e.code()), Some(1), "{:#?}", lab.journal());
+    let (status, why) = finished(&lab, "erp-db/start");
+    assert_eq!(status, "failed", "{why}");
+    assert!(
+        why.contains(
+            "the disks of vm erp-db on hv-main were written after step erp-db/final-sync copied them: "
+        ) && why.contains("erp-db-system.qcow2 (it was `")
+            && !why.contains("erp-db-data.qcow2 (it was"),
+        "{why}"
+    );
+    assert_ne!(erp_db_on(&lab, "hv-pra"), "running", "started on hv-pra");
+    assert_eq!(erp_db_on(&lab, "hv-main"), "running");
+    let exit = resume_confirming(&lab, edited.path());
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "{exit:?} {:#?}",
+        lab.journal()
+    );
+    let synced = lab
+        .journal()
+        .iter()
+        .filter(|e| e["event"] == "step_started" && e["step"] == "erp-db/final-sync")
+        .count();
+    assert_eq!(synced, 2, "the final sync was not made again");
+    assert_eq!(erp_db_on(&lab, "hv-pra"), "running");
+    let copy = lab
+        .host_root("hv-pra")
+        .join("srv/replicas/images/erp-db-system.qcow2");
+    assert!(
+        std::fs::read(&copy).unwrap() == std::fs::read(&disk).unwrap(),
+        "hv-pra's copy is not hv-main's disk"
+    );
+    // Back, then failed over again, cut while it waits after its final sync, and erp-db
+    // started on hv-main again: the resume refuses while it runs there (exit 6); stopped, it
+    // makes the final sync again, and starts from what hv-main wrote.
+    let exit = lab.run_confirming(
+        &[&["failback"][..], &only[..]].concat(),
+        Duration::from_secs(240),
+    );
+    assert!(exit.success(), "{:?}", lab.journal().last());
+    let mut child = spawn_until_held(
+        &lab,
+        edited.path(),
+        &[&["failover"][..], &only[..]].concat(),
+    );
+    let killed = tool("kill", &["-TERM", &child.id().to_string()]);
+    assert!(killed.status.success(), "{killed:?}");
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    start_erp_db_by_hand(&lab, "hv-main", &images);
+    write_64k(&disk, 0x2b);
+    let args = lab.args(&["resume", "latest", "--no-prompt"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = crate::common::reprise_with_env(edited.path(), &refs, LAB_SECRETS);
+    assert_eq!(refused.code, 6, "{refused:?}");
+    assert!(
+        refused.stderr.contains(
+            "refusing to resume the failover: vm erp-db runs on hv-main again (its status says `running`) since this failover stopped it there (step erp-db/stop-primary)"
+        ),
+        "{}",
+        refused.stderr
+    );
+    let out = crate::common::lab_vm(&lab.lab(), "hv-main", &["stop", "erp-db"]);
+    assert!(out.status.success(), "{out:?}");
+    let exit = resume_confirming(&lab, edited.path());
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "{exit:?} {:#?}",
+        lab.journal()
+    );
+    let synced = lab
+        .journal()
+        .iter()
+        .filter(|e| e["event"] == "step_started" && e["step"] == "erp-db/final-sync")
+        .count();
+    assert_eq!(synced, 2, "the final sync was not made again");
+    assert!(
+        std::fs::read(&copy).unwrap() == std::fs::read(&disk).unwrap(),
+        "hv-pra's copy is not hv-main's disk"
+    );
+}
+
 /// Flips one byte of `path` at `at` in place, its modification time and size kept: what a
 /// disk error does, or a write that covers its tracks. Its stamp says nothing.
 fn rot_keeping_time(path: &Path, at: usize) {
