@@ -452,6 +452,28 @@ struct Launch {
     operator: String,
     /// What its journal already says was forced (a resumed run's).
     forced_before: Vec<String>,
+    /// For a failback: the primary disks each vm's copy back overwrites, as judged before it
+    /// began ([`judged_disks`]).
+    judged: JudgedDisks,
+}
+
+/// Vm → each primary disk its copy back overwrites and its stamp (`None`: not there), as a
+/// failback judged them at its start or resume.
+type JudgedDisks = HashMap<String, Vec<(String, Option<String>)>>;
+
+/// What a failback read of the primary disks each copy back overwrites ([`CopyBack::disks`]).
+fn judged_disks(backs: &[CopyBack]) -> JudgedDisks {
+    backs
+        .iter()
+        .filter_map(|b| {
+            let disks = b.disks.as_ref().ok()?;
+            let stamps = disks
+                .iter()
+                .map(|d| (d.path.clone(), d.exists.then(|| d.stamp.clone()).flatten()))
+                .collect();
+            Some((b.vm.clone(), stamps))
+        })
+        .collect()
 }
 
 fn execute(
@@ -466,6 +488,7 @@ fn execute(
         force,
         operator,
         forced_before,
+        judged,
     }: Launch,
     exec: &ExecOptions,
     view: &mut dyn Sink,
@@ -496,8 +519,8 @@ fn execute(
             .map(|state| state.join("definitions"));
     }
     let transport: Arc<dyn Transport> = Arc::new(transport(model, ssh));
-    let other_site = (plan.mode == Mode::Restore).then(|| {
-        Arc::new(RestoreGuard {
+    let other_site = match plan.mode {
+        Mode::Restore => Some(Arc::new(RestoreGuard {
             model: model.clone(),
             run_id: plan.run_id.clone(),
             transport: transport.clone(),
@@ -506,8 +529,15 @@ fn execute(
             force,
             operator,
             journaled: std::sync::Mutex::new(forced_in(&first).chain(forced_before).collect()),
-        }) as Arc<dyn runner::OtherSite>
-    });
+        }) as Arc<dyn runner::OtherSite>),
+        Mode::Failback => Some(Arc::new(FailbackGuard {
+            model: model.clone(),
+            run_id: plan.run_id.clone(),
+            transport: transport.clone(),
+            judged,
+        }) as Arc<dyn runner::OtherSite>),
+        _ => None,
+    };
     let ctx = RunContext {
         plan: Arc::new(plan),
         transport,
@@ -960,6 +990,75 @@ impl runner::OtherSite for RestoreGuard {
             said,
             forced: new,
             operator: self.operator.clone(),
+        }
+    }
+}
+
+/// A failback's question before each copy back ([`runner::OtherSite`]): the vm must not run
+/// on the primary, and the disks the copy back overwrites there must still be as the
+/// failback judged them at its start (or resume, [`judge_copy_back`]): one written since was
+/// never seen by the operator, whatever `--force` passed then. Refused, the step fails; a
+/// resume judges them again.
+struct FailbackGuard {
+    model: Model,
+    run_id: String,
+    transport: Arc<dyn Transport>,
+    judged: JudgedDisks,
+}
+
+impl runner::OtherSite for FailbackGuard {
+    fn judge(&self, step: &PlannedStep) -> runner::OtherSiteSays {
+        let plan::Action::Replicate {
+            what: plan::Replicated::Vm(vm_id),
+            to_host,
+            ..
+        } = &step.action_spec
+        else {
+            return runner::OtherSiteSays::default();
+        };
+        let Some(then) = self.judged.get(vm_id) else {
+            return runner::OtherSiteSays::default();
+        };
+        let (model, t) = (&self.model, self.transport.as_ref());
+        let mut refused = Vec::new();
+        if let (Some(service), Some(vm)) = (
+            model.inventory.services.get(&step.service),
+            model.inventory.vms.get(vm_id),
+        ) && let (Some(true), said) =
+            vm_state(model, service, vm, Side::Primary, &self.run_id, t)
+        {
+            refused.push(format!(
+                "vm {vm_id} runs on {to_host} (its status says `{said}`): the copy back would overwrite the disks it is writing; stop it there, keep a copy of what it wrote, then resume (the failback judges its disks again)"
+            ));
+        }
+        let paths: Vec<String> = then.iter().map(|(p, _)| p.clone()).collect();
+        match crate::replica::remote::Helpers::new(t).inspect(to_host, &paths) {
+            Err(e) => refused.push(format!(
+                "the disks of vm {vm_id} on {to_host} cannot be read ({e}): whether they were written since this failback judged them cannot be told; resume once {to_host} answers"
+            )),
+            Ok(now) => {
+                for ((path, before), d) in then.iter().zip(&now) {
+                    let after = d.exists.then(|| d.stamp.clone()).flatten();
+                    // Exactly the newest point a replication made of it (an earlier copy back
+                    // of this run, while the vm still ran): nothing of its own.
+                    let replica = d.managed
+                        && !d.points.is_empty()
+                        && d.changed.is_none()
+                        && d.damaged.is_none()
+                        && d.unsettled.is_none();
+                    if after != *before && !replica {
+                        refused.push(format!(
+                            "its disk {path} on {to_host} was written since this failback judged it (it was `{}`, it is `{}`): the copy back would overwrite what was written there; keep a copy of it first (e.g. `qemu-img convert -O qcow2 {path} {path}.kept` on {to_host}), then resume (the failback judges it again; --force passes it)",
+                            before.as_deref().unwrap_or("not there"),
+                            after.as_deref().unwrap_or("not there")
+                        ));
+                    }
+                }
+            }
+        }
+        runner::OtherSiteSays {
+            refused,
+            ..Default::default()
         }
     }
 }
@@ -1611,9 +1710,11 @@ pub fn start(
     // running there is never overwritten; copies no failover started are refused unless
     // forced.
     let mut copy_back = Vec::new();
+    let mut judged = JudgedDisks::new();
     if plan.mode == Mode::Failback {
         let t = transport(model, &opts.exec.ssh);
         let backs = copy_backs(model, &plan, &t);
+        judged = judged_disks(&backs);
         let (runs, problems) = judge_copy_back(&backs);
         if !runs.is_empty() {
             return Err(RunError::PrimaryRuns { vms: runs });
@@ -1722,6 +1823,7 @@ pub fn start(
             force: force_restore,
             operator: opts.operator.clone(),
             forced_before: Vec::new(),
+            judged,
         },
         &opts.exec,
         view,
@@ -1854,6 +1956,7 @@ pub fn resume(
     // start: the primary may have been written since (a copy-back started already wrote it
     // itself).
     let mut forced = Vec::new();
+    let mut judged = JudgedDisks::new();
     if plan.mode == Mode::Failback {
         let started: Vec<&str> = events
             .iter()
@@ -1866,7 +1969,15 @@ pub fn resume(
         let mut left = plan.clone();
         left.steps.retain(|s| !started.contains(&s.id.as_str()));
         let t = transport(model, &exec.ssh);
-        let backs = copy_backs(model, &left, &t);
+        // A vm's copy back that started and did not end done runs again: judged as one not
+        // started (it wrote nothing of its own on the primary: its copy is written only once
+        // its update is committed, and then is its newest point, or is settled to it).
+        let mut to_copy = plan.clone();
+        to_copy
+            .steps
+            .retain(|s| prior.get(&s.id) != Some(&Prior::Done));
+        let backs = copy_backs(model, &to_copy, &t);
+        judged = judged_disks(&backs);
         let (runs, mut problems) = judge_copy_back(&backs);
         if !runs.is_empty() {
             return Err(RunError::PrimaryRuns { vms: runs });
@@ -1962,6 +2073,7 @@ pub fn resume(
         force: force_restore,
         operator: operator.to_string(),
         forced_before: forced_in(&events).collect(),
+        judged,
     };
     // The vms left start from the points the operator asked for when the run started, and
     // as they resumed it.

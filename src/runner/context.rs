@@ -94,7 +94,8 @@ pub fn env_secrets() -> SecretResolver {
 /// ago (a restore waits for people at each power step), and a recovery host that did not
 /// answer then may have come back, or been failed over to, since.
 pub trait OtherSite: Send + Sync {
-    /// Blocking (it asks hosts): what the other site says of the vm `step` starts.
+    /// Blocking (it asks hosts): what the other site says of the vm `step` starts (or, for
+    /// a failback, copies back).
     fn judge(&self, step: &PlannedStep) -> OtherSiteSays;
 }
 
@@ -119,8 +120,8 @@ pub struct RunContext {
     pub secrets: SecretResolver,
     pub options: RunOptions,
     pub prior: HashMap<String, Prior>,
-    /// Asked before each step that starts a vm; `None`: nothing is asked (only a restore
-    /// asks).
+    /// Asked before each step that starts or copies a vm; `None`: nothing is asked (only a
+    /// restore and a failback ask).
     pub other_site: Option<Arc<dyn OtherSite>>,
     /// What each copy of a vm between its sites in this run read before it read it
     /// ([`Copied`]).

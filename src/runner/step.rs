@@ -66,8 +66,8 @@ pub(super) async fn run_step(
     )
 }
 
-/// Before a step starts a vm (a restore's, [`super::OtherSite`]): the other site is asked
-/// again, as the run's start asked it. A vm that runs there, or whose newest data a failover
+/// Before a step starts a vm or copies one (a restore's start, a failback's copy back:
+/// [`super::OtherSite`]): the other site is asked again, as the run's start asked it. A vm that runs there, or whose newest data a failover
 /// left there, is not started: the step fails (its start and why are on disk first), saying
 /// why and the way out. What could not be asked is said in the step's output, and the step
 /// goes on, as at the start.
@@ -78,7 +78,8 @@ async fn other_site_refuses(
 ) -> Option<Outcome> {
     let step = &ctx.plan.steps[run.index];
     let other = ctx.other_site.clone()?;
-    if step.kind != "vm" || step.action.as_deref() != Some("start") {
+    let starts = step.kind == "vm" && step.action.as_deref() == Some("start");
+    if !starts && !matches!(step.action_spec, crate::plan::Action::Replicate { .. }) {
         return None;
     }
     let asked = step.clone();

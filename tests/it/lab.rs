@@ -2617,6 +2617,61 @@ fn erp_db_on(lab: &Lab, host: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// A failback judged erp-db's disks on hv-main at its start, then waited for a person before
+/// its copy back; meanwhile erp-db was started on hv-main and wrote there. The copy back
+/// would overwrite that write, which no one judged: the step fails (exit 6), naming the vm
+/// running there, the disk and both stamps, and the disk is as hv-main left it. The resume
+/// judges it again: refused (exit 7).
+#[test]
+fn a_failback_never_copies_back_over_a_primary_disk_written_since_it_judged_it() {
+    let lab = Lab::up(129);
+    let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
+    let exit = lab.run_confirming(
+        &[&["failover"][..], &only[..]].concat(),
+        Duration::from_secs(240),
+    );
+    assert!(exit.success(), "{:?}", lab.journal().last());
+    let edited = held_before("failback", "sync-back");
+    let mut child = spawn_until_held(
+        &lab,
+        edited.path(),
+        &[&["failback"][..], &only[..]].concat(),
+    );
+    let images = lab.host_root("hv-main").join("srv/datastore/images");
+    start_erp_db_by_hand(&lab, "hv-main", &images);
+    let disk = images.join("erp-db-system.qcow2");
+    write_64k(&disk, 0x61);
+    let primary = std::fs::read(&disk).unwrap();
+    let exit = confirming(&lab, &mut child);
+    assert_eq!(exit.and_then(|e| e.code()), Some(6), "{:#?}", lab.journal());
+    let (status, why) = finished(&lab, "erp-db/sync-back");
+    assert_eq!(status, "failed", "{why}");
+    assert!(
+        why.contains("vm erp-db runs on hv-main (its status says `running`)")
+            && why.contains(
+                "erp-db-system.qcow2 on hv-main was written since this failback judged it (it was `"
+            )
+            && !why.contains("erp-db-data.qcow2 on hv-main was written")
+            && why.contains("keep a copy of it first"),
+        "{why}"
+    );
+    assert!(std::fs::read(&disk).unwrap() == primary, "the disk changed");
+    let out = crate::common::lab_vm(&lab.lab(), "hv-main", &["stop", "erp-db"]);
+    assert!(out.status.success(), "{out:?}");
+    let args = lab.args(&["resume", "latest", "--no-prompt"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = crate::common::reprise_with_env(edited.path(), &refs, LAB_SECRETS);
+    assert_eq!(refused.code, 7, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("erp-db-system.qcow2 on hv-main was written at "),
+        "{}",
+        refused.stderr
+    );
+    assert!(std::fs::read(&disk).unwrap() == primary, "the disk changed");
+}
+
 /// A failback copied erp-db back, then waited for a person; meanwhile erp-db was started again
 /// on its recovery copy on hv-pra and wrote there. Its start on hv-main would run it without
 /// that write, and release the copy that holds it: the start is refused, naming the copy. The
