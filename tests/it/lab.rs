@@ -2150,12 +2150,7 @@ fn a_resumed_failover_starts_from_the_point_the_operator_asked_for() {
         assert!(child.try_wait().unwrap().is_none(), "the failover ended");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    assert_eq!(child.wait().unwrap().code(), Some(130));
+    cut(&mut child);
     assert!(
         !lab.journal()
             .iter()
@@ -2427,33 +2422,13 @@ fn a_resumed_failback_never_overwrites_what_the_primary_wrote_since() {
     );
     assert!(exit.success(), "{:?}", lab.journal().last());
     // A failback runbook with a person awaited before the copy back.
-    let edited = tempfile::tempdir().unwrap();
-    for d in ["inventory", "runbooks"] {
-        crate::common::copy_tree(&root().join(d), &edited.path().join(d));
-    }
-    let erp = edited.path().join("runbooks/erp.toml");
-    let text = std::fs::read_to_string(&erp).unwrap();
-    let sync_back = text.find("id = \"sync-back\"").unwrap();
-    let at = text[..sync_back].rfind("[[erp-db.failback]]").unwrap();
-    let hold = "[[erp-db.failback]]\nid = \"hold\"\nkind = \"manual\"\ninstructions = \"Wait.\"\nexpected = \"1m\"\n\n";
-    std::fs::write(&erp, format!("{}{hold}{}", &text[..at], &text[at..])).unwrap();
-    let mut child = lab.spawn_in(edited.path(), &[&["failback"][..], &only[..]].concat());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !(lab
-        .journal()
-        .iter()
-        .any(|e| e["event"] == "waiting_for_operator" && e["step"] == "erp-db/hold"))
-    {
-        assert!(Instant::now() < deadline, "no manual step waited");
-        assert!(child.try_wait().unwrap().is_none(), "the failback ended");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let edited = held_before("failback", "sync-back");
+    let mut child = spawn_until_held(
+        &lab,
+        edited.path(),
+        &[&["failback"][..], &only[..]].concat(),
+    );
+    cut(&mut child);
     assert!(
         !lab.journal()
             .iter()
@@ -2551,6 +2526,13 @@ fn spawn_until_held(lab: &Lab, dir: &Path, args: &[&str]) -> Child {
         std::thread::sleep(Duration::from_millis(100));
     }
     child
+}
+
+/// Stops `child` with a signal, as a person does with Ctrl-C: it ends with exit 130.
+fn cut(child: &mut Child) {
+    let killed = tool("kill", &["-TERM", &child.id().to_string()]);
+    assert!(killed.status.success(), "{killed:?}");
+    assert_eq!(child.wait().unwrap().code(), Some(130));
 }
 
 /// Confirms what `child` waits for until it ends; its exit.
@@ -2733,9 +2715,7 @@ fn a_failback_never_starts_the_primary_from_a_copy_back_the_recovery_site_wrote_
     );
     assert!(exit.success(), "{:?}", lab.journal().last());
     let mut child = spawn_until_held(&lab, edited.path(), &failback);
-    let killed = tool("kill", &["-TERM", &child.id().to_string()]);
-    assert!(killed.status.success(), "{killed:?}");
-    assert_eq!(child.wait().unwrap().code(), Some(130));
+    cut(&mut child);
     start_erp_db_by_hand(&lab, "hv-pra", &images);
     write_64k(&copy, 0x4f);
     let args = lab.args(&["resume", "latest", "--no-prompt"]);
@@ -2836,9 +2816,7 @@ fn a_failover_never_starts_from_a_final_sync_the_primary_wrote_after() {
         edited.path(),
         &[&["failover"][..], &only[..]].concat(),
     );
-    let killed = tool("kill", &["-TERM", &child.id().to_string()]);
-    assert!(killed.status.success(), "{killed:?}");
-    assert_eq!(child.wait().unwrap().code(), Some(130));
+    cut(&mut child);
     start_erp_db_by_hand(&lab, "hv-main", &images);
     write_64k(&disk, 0x2b);
     let args = lab.args(&["resume", "latest", "--no-prompt"]);
