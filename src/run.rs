@@ -457,23 +457,35 @@ struct Launch {
     judged: JudgedDisks,
 }
 
-/// Vm → each primary disk its copy back overwrites and its stamp (`None`: not there), as a
-/// failback judged them at its start or resume.
+/// `vm NAME` or `backup set NAME` → each primary disk or folder its copy back overwrites and
+/// its stamp (`None`: not there), as a failback judged them at its start or resume.
 type JudgedDisks = HashMap<String, Vec<(String, Option<String>)>>;
 
-/// What a failback read of the primary disks each copy back overwrites ([`CopyBack::disks`]).
-fn judged_disks(backs: &[CopyBack]) -> JudgedDisks {
-    backs
-        .iter()
-        .filter_map(|b| {
-            let disks = b.disks.as_ref().ok()?;
-            let stamps = disks
-                .iter()
-                .map(|d| (d.path.clone(), d.exists.then(|| d.stamp.clone()).flatten()))
-                .collect();
-            Some((b.vm.clone(), stamps))
-        })
-        .collect()
+/// The key of what a copy back copies in [`JudgedDisks`].
+fn judged_key(what: &plan::Replicated) -> String {
+    match what {
+        plan::Replicated::Vm(vm) => format!("vm {vm}"),
+        plan::Replicated::Backup(set) => format!("backup set {set}"),
+    }
+}
+
+/// What a failback read of the primary disks and folders its copy backs overwrite
+/// ([`CopyBack::disks`], [`FolderBack::folder`]).
+fn judged_disks(backs: &[CopyBack], folders: &[FolderBack]) -> JudgedDisks {
+    let stamp = |d: &crate::replica::CopyState| {
+        (d.path.clone(), d.exists.then(|| d.stamp.clone()).flatten())
+    };
+    let vms = backs.iter().filter_map(|b| {
+        let disks = b.disks.as_ref().ok()?;
+        let key = judged_key(&plan::Replicated::Vm(b.vm.clone()));
+        Some((key, disks.iter().map(stamp).collect()))
+    });
+    let sets = folders.iter().filter_map(|f| {
+        let folder = f.folder.as_ref().ok()?;
+        let key = judged_key(&plan::Replicated::Backup(f.set.clone()));
+        Some((key, vec![stamp(folder)]))
+    });
+    vms.chain(sets).collect()
 }
 
 fn execute(
@@ -994,11 +1006,11 @@ impl runner::OtherSite for RestoreGuard {
     }
 }
 
-/// A failback's question before each copy back ([`runner::OtherSite`]): the vm must not run
-/// on the primary, and the disks the copy back overwrites there must still be as the
-/// failback judged them at its start (or resume, [`judge_copy_back`]): one written since was
-/// never seen by the operator, whatever `--force` passed then. Refused, the step fails; a
-/// resume judges them again.
+/// A failback's question before each copy back ([`runner::OtherSite`]): a vm must not run on
+/// the primary, and the disks or folder the copy back overwrites there must still be as the
+/// failback judged them at its start (or resume, [`judge_copy_back`], [`judge_folder_back`]):
+/// one written since was never seen by the operator, whatever `--force` passed then.
+/// Refused, the step fails; a resume judges them again.
 struct FailbackGuard {
     model: Model,
     run_id: String,
@@ -1008,24 +1020,20 @@ struct FailbackGuard {
 
 impl runner::OtherSite for FailbackGuard {
     fn judge(&self, step: &PlannedStep) -> runner::OtherSiteSays {
-        let plan::Action::Replicate {
-            what: plan::Replicated::Vm(vm_id),
-            to_host,
-            ..
-        } = &step.action_spec
-        else {
+        let plan::Action::Replicate { what, to_host, .. } = &step.action_spec else {
             return runner::OtherSiteSays::default();
         };
-        let Some(then) = self.judged.get(vm_id) else {
+        let Some(then) = self.judged.get(&judged_key(what)) else {
             return runner::OtherSiteSays::default();
         };
         let (model, t) = (&self.model, self.transport.as_ref());
         let mut refused = Vec::new();
-        if let (Some(service), Some(vm)) = (
-            model.inventory.services.get(&step.service),
-            model.inventory.vms.get(vm_id),
-        ) && let (Some(true), said) =
-            vm_state(model, service, vm, Side::Primary, &self.run_id, t)
+        if let plan::Replicated::Vm(vm_id) = what
+            && let (Some(service), Some(vm)) = (
+                model.inventory.services.get(&step.service),
+                model.inventory.vms.get(vm_id),
+            )
+            && let (Some(true), said) = vm_state(model, service, vm, Side::Primary, &self.run_id, t)
         {
             refused.push(format!(
                 "vm {vm_id} runs on {to_host} (its status says `{said}`): the copy back would overwrite the disks it is writing; stop it there, keep a copy of what it wrote, then resume (the failback judges its disks again)"
@@ -1034,7 +1042,8 @@ impl runner::OtherSite for FailbackGuard {
         let paths: Vec<String> = then.iter().map(|(p, _)| p.clone()).collect();
         match crate::replica::remote::Helpers::new(t).inspect(to_host, &paths) {
             Err(e) => refused.push(format!(
-                "the disks of vm {vm_id} on {to_host} cannot be read ({e}): whether they were written since this failback judged them cannot be told; resume once {to_host} answers"
+                "what the copy back of {} overwrites on {to_host} cannot be read ({e}): whether it was written since this failback judged it cannot be told; resume once {to_host} answers",
+                judged_key(what)
             )),
             Ok(now) => {
                 for ((path, before), d) in then.iter().zip(&now) {
@@ -1047,8 +1056,17 @@ impl runner::OtherSite for FailbackGuard {
                         && d.damaged.is_none()
                         && d.unsettled.is_none();
                     if after != *before && !replica {
+                        let (what, keep) = match what {
+                            plan::Replicated::Vm(_) => (
+                                "its disk",
+                                format!("qemu-img convert -O qcow2 {path} {path}.kept"),
+                            ),
+                            plan::Replicated::Backup(_) => {
+                                ("its folder", format!("cp -a {path} {path}.kept"))
+                            }
+                        };
                         refused.push(format!(
-                            "its disk {path} on {to_host} was written since this failback judged it (it was `{}`, it is `{}`): the copy back would overwrite what was written there; keep a copy of it first (e.g. `qemu-img convert -O qcow2 {path} {path}.kept` on {to_host}), then resume (the failback judges it again; --force passes it)",
+                            "{what} {path} on {to_host} was written since this failback judged it (it was `{}`, it is `{}`): the copy back would overwrite or remove what was written there; keep a copy of it first (e.g. `{keep}` on {to_host}), then resume (the failback judges it again; --force passes it)",
                             before.as_deref().unwrap_or("not there"),
                             after.as_deref().unwrap_or("not there")
                         ));
@@ -1714,7 +1732,8 @@ pub fn start(
     if plan.mode == Mode::Failback {
         let t = transport(model, &opts.exec.ssh);
         let backs = copy_backs(model, &plan, &t);
-        judged = judged_disks(&backs);
+        let folders = folder_backs(&plan, &t);
+        judged = judged_disks(&backs, &folders);
         let (runs, problems) = judge_copy_back(&backs);
         if !runs.is_empty() {
             return Err(RunError::PrimaryRuns { vms: runs });
@@ -1726,7 +1745,7 @@ pub fn start(
             return Err(RunError::NothingCopiedBack { problems: uncopied });
         }
         copy_back = problems;
-        copy_back.extend(judge_folder_back(&folder_backs(&plan, &t)));
+        copy_back.extend(judge_folder_back(&folders));
         copy_back.extend(judge_left_held(&left_held(model, &plan, &t)));
     }
     // A planned failover stops production first, a failback the recovery side: each starts
@@ -1977,7 +1996,8 @@ pub fn resume(
             .steps
             .retain(|s| prior.get(&s.id) != Some(&Prior::Done));
         let backs = copy_backs(model, &to_copy, &t);
-        judged = judged_disks(&backs);
+        let folders = folder_backs(&to_copy, &t);
+        judged = judged_disks(&backs, &folders);
         let (runs, mut problems) = judge_copy_back(&backs);
         if !runs.is_empty() {
             return Err(RunError::PrimaryRuns { vms: runs });
@@ -1986,7 +2006,7 @@ pub fn resume(
         if !uncopied.is_empty() {
             return Err(RunError::NothingCopiedBack { problems: uncopied });
         }
-        problems.extend(judge_folder_back(&folder_backs(&left, &t)));
+        problems.extend(judge_folder_back(&folders));
         problems.extend(judge_left_held(&left_held(model, &plan, &t)));
         if !problems.is_empty() && !force {
             return Err(RunError::NotReady {

@@ -2496,13 +2496,19 @@ fn a_resumed_failback_never_overwrites_what_the_primary_wrote_since() {
 /// The example with a person awaited (`hold`) just before step `id` of erp-db's runbook of
 /// `mode`, in a folder of its own.
 fn held_before(mode: &str, id: &str) -> tempfile::TempDir {
+    held_in("erp", "erp-db", mode, id)
+}
+
+/// The example with a person awaited (`SERVICE/hold`) just before step `id` of the runbook
+/// of `mode` of `service` in `runbooks/FILE.toml`, in a folder of its own.
+fn held_in(file: &str, service: &str, mode: &str, id: &str) -> tempfile::TempDir {
     let edited = tempfile::tempdir().unwrap();
     for d in ["inventory", "runbooks"] {
         crate::common::copy_tree(&root().join(d), &edited.path().join(d));
     }
-    let erp = edited.path().join("runbooks/erp.toml");
+    let erp = edited.path().join(format!("runbooks/{file}.toml"));
     let text = std::fs::read_to_string(&erp).unwrap();
-    let section = format!("[[erp-db.{mode}]]");
+    let section = format!("[[{service}.{mode}]]");
     let start = text.find(&format!("{section}\nid = \"{id}\"\n")).unwrap();
     let hold = format!(
         "{section}\nid = \"hold\"\nkind = \"manual\"\ninstructions = \"Wait.\"\nexpected = \"1m\"\n\n"
@@ -2512,15 +2518,14 @@ fn held_before(mode: &str, id: &str) -> tempfile::TempDir {
 }
 
 /// Starts reprise with `args` on the example of `dir` and returns once it waits for the
-/// person at `erp-db/hold`.
+/// person at a `hold` step.
 fn spawn_until_held(lab: &Lab, dir: &Path, args: &[&str]) -> Child {
     let mut child = lab.spawn_in(dir, args);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !(lab
-        .journal()
-        .iter()
-        .any(|e| e["event"] == "waiting_for_operator" && e["step"] == "erp-db/hold"))
-    {
+    while !(lab.journal().iter().any(|e| {
+        e["event"] == "waiting_for_operator"
+            && e["step"].as_str().is_some_and(|s| s.ends_with("/hold"))
+    })) {
         assert!(Instant::now() < deadline, "no manual step waited");
         assert!(child.try_wait().unwrap().is_none(), "the run ended");
         std::thread::sleep(Duration::from_millis(100));
@@ -2652,6 +2657,46 @@ fn a_failback_never_copies_back_over_a_primary_disk_written_since_it_judged_it()
         refused.stderr
     );
     assert!(std::fs::read(&disk).unwrap() == primary, "the disk changed");
+}
+
+/// The same for a backup set: a failback of the backups judged the folder of erp-dumps on
+/// san-main at its start, then waited for a person before copying it back; meanwhile the
+/// folder got a dump (the primary's own backup job ran again). The copy back would remove it:
+/// the step fails (exit 6), naming the folder, and the dump is kept.
+#[test]
+fn a_failback_never_copies_a_backup_set_back_over_a_folder_changed_since_it_judged_it() {
+    let lab = Lab::up(132);
+    let only = ["--service", "backups", "--only", "--yes", "--no-prompt"];
+    let exit = lab.run_confirming(
+        &[&["failover"][..], &only[..]].concat(),
+        Duration::from_secs(240),
+    );
+    assert!(exit.success(), "{:?}", lab.journal().last());
+    let edited = held_in("backups", "backups", "failback", "erp-dumps-back");
+    let mut child = spawn_until_held(
+        &lab,
+        edited.path(),
+        &[&["failback"][..], &only[..]].concat(),
+    );
+    let primary = lab.host_root("san-main").join("export/backups/erp");
+    let dump = primary.join("taken-meanwhile.dump");
+    std::fs::write(&dump, "the primary's own").unwrap();
+    let exit = confirming(&lab, &mut child);
+    assert_eq!(exit.and_then(|e| e.code()), Some(6), "{:#?}", lab.journal());
+    let (status, why) = finished(&lab, "backups/erp-dumps-back");
+    assert_eq!(status, "failed", "{why}");
+    assert!(
+        why.contains(&format!(
+            "its folder {} on san-main was written since this failback judged it (it was `",
+            primary.display()
+        )) && why.contains("cp -a "),
+        "{why}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&dump).unwrap(),
+        "the primary's own",
+        "the dump is gone"
+    );
 }
 
 /// A failback copied erp-db back, then waited for a person; meanwhile erp-db was started again
