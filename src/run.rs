@@ -5,7 +5,7 @@
 //! the journal says back into the state a resumed run starts from. It never prints: events go to
 //! the journal and to the [`Sink`] the caller gives (the terminal view).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -1554,9 +1554,13 @@ pub fn left_held(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<L
 /// The copies of a vm between its sites that a resumed run makes again: a failback's copy
 /// back (a `replicate` of the vm to the host a step starts it on) done while a start of the
 /// vm there is not done; a planned failover's final sync done while no start of the vm there
-/// has begun (one cut relies on the point it chose, and a copy into a copy it leased is
-/// refused). Pure.
-pub fn copies_again(plan: &Plan, prior: &HashMap<String, Prior>) -> Vec<String> {
+/// has begun (`begun`: the steps the journal shows started; one begun relies on the point it
+/// chose, and may hold its copies leased, which a copy into them is refused). Pure.
+pub fn copies_again(
+    plan: &Plan,
+    prior: &HashMap<String, Prior>,
+    begun: &HashSet<&str>,
+) -> Vec<String> {
     let failback = match plan.mode {
         Mode::Failback => true,
         Mode::Failover if !plan.emergency => false,
@@ -1571,7 +1575,7 @@ pub fn copies_again(plan: &Plan, prior: &HashMap<String, Prior>) -> Vec<String> 
         });
         match failback {
             true => starts.any(|t| prior.get(&t.id) != Some(&Prior::Done)),
-            false => starts.all(|t| !prior.contains_key(&t.id)),
+            false => starts.all(|t| !begun.contains(t.id.as_str())),
         }
     };
     plan.steps
@@ -1958,7 +1962,14 @@ pub fn resume(
     // made again: the vm may have run where it came from since, and what it starts from is
     // what is there now (its start checks it is still what the copy read). Refused while a
     // vm the run stopped there runs there again.
-    let again = copies_again(&plan, &prior);
+    let begun: HashSet<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepStarted { step, .. } => Some(step.as_str()),
+            _ => None,
+        })
+        .collect();
+    let again = copies_again(&plan, &prior, &begun);
     for id in &again {
         prior.remove(id);
     }
@@ -2614,24 +2625,32 @@ mod tests {
             "erp-db/no-autostart-recovery",
             "erp-db/sync-back",
         ];
-        assert_eq!(copies_again(&back, &done(&copied)), ["erp-db/sync-back"]);
+        let none = HashSet::new();
+        assert_eq!(
+            copies_again(&back, &done(&copied), &none),
+            ["erp-db/sync-back"]
+        );
         let mut prior = done(&copied);
         prior.insert("erp-db/start-primary".into(), Prior::Interrupted);
-        assert_eq!(copies_again(&back, &prior), ["erp-db/sync-back"]);
+        let begun: HashSet<&str> = ["erp-db/start-primary", "erp-db/start"].into();
+        assert_eq!(copies_again(&back, &prior, &begun), ["erp-db/sync-back"]);
         let started = [&copied[..], &["erp-db/start-primary"]].concat();
-        assert!(copies_again(&back, &done(&started)).is_empty());
-        assert!(copies_again(&back, &done(&copied[..2])).is_empty());
+        assert!(copies_again(&back, &done(&started), &begun).is_empty());
+        assert!(copies_again(&back, &done(&copied[..2]), &none).is_empty());
         let over = plan(Mode::Failover, false);
         let synced = [
             "erp-db/stop-primary",
             "erp-db/no-autostart-primary",
             "erp-db/final-sync",
         ];
-        assert_eq!(copies_again(&over, &done(&synced)), ["erp-db/final-sync"]);
-        let mut prior = done(&synced);
-        prior.insert("erp-db/start".into(), Prior::Interrupted);
-        assert!(copies_again(&over, &prior).is_empty());
-        assert!(copies_again(&plan(Mode::Failover, true), &done(&synced)).is_empty());
+        assert_eq!(
+            copies_again(&over, &done(&synced), &none),
+            ["erp-db/final-sync"]
+        );
+        // Its start begun (cut, or failed after the vm came up: not in `prior`).
+        assert!(copies_again(&over, &done(&synced), &begun).is_empty());
+        let emergency = plan(Mode::Failover, true);
+        assert!(copies_again(&emergency, &done(&synced), &none).is_empty());
     }
 
     /// An emergency failover starts the vm from its last point, older than the primary's last
