@@ -1050,12 +1050,7 @@ impl runner::OtherSite for FailbackGuard {
                     let after = d.exists.then(|| d.stamp.clone()).flatten();
                     // Exactly the newest point a replication made of it (an earlier copy back
                     // of this run, while the vm still ran): nothing of its own.
-                    let replica = d.managed
-                        && !d.points.is_empty()
-                        && d.changed.is_none()
-                        && d.damaged.is_none()
-                        && d.unsettled.is_none();
-                    if after != *before && !replica {
+                    if after != *before && !d.is_newest_point() {
                         let (what, keep) = match what {
                             plan::Replicated::Vm(_) => (
                                 "its disk",
@@ -1201,11 +1196,7 @@ fn written_since(b: &CopyBack, copies: &[crate::replica::CopyState]) -> Vec<Stri
         if !d.exists {
             continue;
         }
-        let replica = d.managed
-            && !d.points.is_empty()
-            && d.changed.is_none()
-            && d.damaged.is_none()
-            && d.unsettled.is_none();
+        let replica = d.is_newest_point();
         let at_text = at.format("%Y-%m-%d %H:%M:%S%.3f UTC");
         let (m, (skew, uncertainty)) = match (d.mtime, &b.clock) {
             (None, _) => {
@@ -1367,11 +1358,7 @@ pub fn judge_folder_back(backs: &[FolderBack]) -> Vec<String> {
         if !folder.exists {
             continue;
         }
-        let replica = folder.managed
-            && !folder.points.is_empty()
-            && folder.changed.is_none()
-            && folder.damaged.is_none()
-            && folder.unsettled.is_none();
+        let replica = folder.is_newest_point();
         let since_text = since.format("%Y-%m-%d %H:%M:%S%.3f UTC");
         match (folder.mtime, &b.clock) {
             (None, _) => problems.push(format!(
@@ -1567,12 +1554,10 @@ pub fn copies_again(
         _ => return Vec::new(),
     };
     let again = |vm: &str, host: &str| {
-        let mut starts = plan.steps.iter().filter(|t| {
-            t.kind == "vm"
-                && t.action.as_deref() == Some("start")
-                && t.vm.as_deref() == Some(vm)
-                && t.host.as_deref() == Some(host)
-        });
+        let mut starts = plan
+            .steps
+            .iter()
+            .filter(|t| t.is_vm_action(vm, "start", host));
         match failback {
             true => starts.any(|t| prior.get(&t.id) != Some(&Prior::Done)),
             false => starts.all(|t| !begun.contains(t.id.as_str())),
@@ -1604,7 +1589,8 @@ fn running_again(
     transport: &dyn Transport,
 ) -> Vec<String> {
     let done = |id: &str| prior.get(id) == Some(&Prior::Done);
-    let mut again: Vec<(String, String)> = Vec::new();
+    let mut again = Vec::new();
+    let mut asked = HashSet::new();
     for step in plan.steps.iter().filter(|s| !done(&s.id)) {
         let plan::Action::Replicate {
             what: plan::Replicated::Vm(vm_id),
@@ -1620,16 +1606,14 @@ fn running_again(
         ) else {
             continue;
         };
-        if again.iter().any(|(v, _)| v == vm_id) {
+        if !asked.insert(vm_id) {
             continue;
         }
-        let Some(stopped) = plan.steps.iter().find(|s| {
-            s.kind == "vm"
-                && s.action.as_deref() == Some("stop")
-                && s.vm.as_deref() == Some(vm_id.as_str())
-                && s.host.as_deref() == Some(from_host.as_str())
-                && done(&s.id)
-        }) else {
+        let Some(stopped) = plan
+            .steps
+            .iter()
+            .find(|s| s.is_vm_action(vm_id, "stop", from_host) && done(&s.id))
+        else {
             continue;
         };
         let side = match *from_host == vm.primary.value {
@@ -1638,16 +1622,13 @@ fn running_again(
         };
         let (running, said) = vm_state(model, service, vm, side, &plan.run_id, transport);
         if running == Some(true) {
-            again.push((
-                vm_id.clone(),
-                format!(
-                    "vm {vm_id} runs on {from_host} again (its status says `{said}`) since this {} stopped it there (step {}): copied now, what it writes there after would be left behind, and started on the other site too, two copies would diverge; stop it on {from_host} (what it wrote is then copied), then resume",
-                    plan.mode, stopped.id
-                ),
+            again.push(format!(
+                "vm {vm_id} runs on {from_host} again (its status says `{said}`) since this {} stopped it there (step {}): copied now, what it writes there after would be left behind, and started on the other site too, two copies would diverge; stop it on {from_host} (what it wrote is then copied), then resume",
+                plan.mode, stopped.id
             ));
         }
     }
-    again.into_iter().map(|(_, said)| said).collect()
+    again
 }
 
 /// Reads, for each vm a failback plan copies back to the primary, its state there and its

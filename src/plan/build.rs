@@ -120,12 +120,6 @@ fn copy_order(
         }
         false
     };
-    let vm_step = |s: &PlannedStep, vm: &str, action: &str, host: &str| {
-        s.kind == "vm"
-            && s.vm.as_deref() == Some(vm)
-            && s.action.as_deref() == Some(action)
-            && s.host.as_deref() == Some(host)
-    };
     for (r, step) in steps.iter().enumerate() {
         let Action::Replicate {
             what: Replicated::Vm(vm),
@@ -136,7 +130,7 @@ fn copy_order(
             continue;
         };
         for (i, s) in steps.iter().enumerate() {
-            if vm_step(s, vm, "start", to_host) && !comes_after(i, r) {
+            if s.is_vm_action(vm, "start", to_host) && !comes_after(i, r) {
                 diags.push(
                     Diagnostic::error(format!(
                         "step `{}` starts vm `{vm}` on `{to_host}` without waiting for step `{}`, which copies its disks there: it would run on its disks of before, and the copy then write under it",
@@ -154,7 +148,7 @@ fn copy_order(
         let (Some(vm), Some(host)) = (s.vm.as_deref(), s.host.as_deref()) else {
             continue;
         };
-        if !vm_step(s, vm, "start", host) {
+        if !s.is_vm_action(vm, "start", host) {
             continue;
         }
         // The copies of vm to this host that the start waits for, by the host they leave.
@@ -176,7 +170,7 @@ fn copy_order(
         let froms: BTreeSet<&str> = copies.iter().map(|(_, f)| *f).collect();
         for from in froms {
             for (x, stop) in steps.iter().enumerate() {
-                if !vm_step(stop, vm, "stop", from) {
+                if !stop.is_vm_action(vm, "stop", from) {
                     continue;
                 }
                 if copies.iter().any(|&(r, f)| f == from && comes_after(r, x)) {

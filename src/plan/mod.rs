@@ -356,6 +356,16 @@ pub struct Estimate {
     pub critical_path: Vec<String>,
 }
 
+impl PlannedStep {
+    /// Whether this is a vm step doing `action` to vm `vm` on `host`.
+    pub fn is_vm_action(&self, vm: &str, action: &str, host: &str) -> bool {
+        self.kind == "vm"
+            && self.vm.as_deref() == Some(vm)
+            && self.action.as_deref() == Some(action)
+            && self.host.as_deref() == Some(host)
+    }
+}
+
 impl Plan {
     pub fn step(&self, id: &str) -> Option<&PlannedStep> {
         self.steps.iter().find(|s| s.id == id)

@@ -617,6 +617,16 @@ pub struct CopyState {
 }
 
 impl CopyState {
+    /// Whether the copy is exactly the newest point a replication made of it: nothing of its
+    /// own was written there since.
+    pub fn is_newest_point(&self) -> bool {
+        self.managed
+            && !self.points.is_empty()
+            && self.changed.is_none()
+            && self.damaged.is_none()
+            && self.unsettled.is_none()
+    }
+
     /// Why point `id` has no definition a vm can be defined from; `None` when it has one.
     pub fn definition_problem(&self, id: &str) -> Option<String> {
         let p = self.points.iter().find(|p| p.id == id)?;

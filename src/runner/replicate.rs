@@ -105,7 +105,7 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
         crate::runbook::Mode::Failover => matches!(what, Replicated::Vm(_)),
         _ => false,
     };
-    let returned = match between_sites {
+    let read_before = match between_sites {
         true => match stamps_before_copy(ctx, from_host, items).await {
             Ok(s) => s,
             Err(e) => return failed(run, step, report, e),
@@ -137,7 +137,7 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
         let read = super::context::CopyRead {
             step: step.id.clone(),
             host: from_host.clone(),
-            stamps: returned.clone(),
+            stamps: read_before.clone(),
         };
         ctx.copied
             .lock()
@@ -146,7 +146,7 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
     }
     let message = match what {
         Replicated::Backup(set) if ctx.plan.mode == crate::runbook::Mode::Failback => {
-            Some(failed_back(ctx, set, from_host, returned).await)
+            Some(failed_back(ctx, set, from_host, read_before).await)
         }
         _ => None,
     };
