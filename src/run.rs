@@ -1094,6 +1094,8 @@ pub struct CopyBack {
     /// reading, or why it cannot be read: the disks' times are the primary's clock, a lease's
     /// the clock of the orchestrator that took it.
     pub clock: Result<(f64, f64), String>,
+    /// What was settled of its disks before they were read (see [`settle_cut`]).
+    pub settled: Vec<String>,
 }
 
 /// What stops a failback from copying a vm back over its primary's disks: vms that run on
@@ -1292,6 +1294,8 @@ pub struct FolderBack {
     /// The primary's clock minus this machine's, and the uncertainty of that reading, or why
     /// it cannot be read (as [`CopyBack::clock`]): the folder's file times are the primary's.
     pub clock: Result<(f64, f64), String>,
+    /// What was settled of its folder before it was read (see [`settle_cut`]).
+    pub settled: Vec<String>,
 }
 
 /// What stops a failback from replicating a backup set back over its primary's folder, each
@@ -1429,16 +1433,73 @@ pub fn folder_backs(plan: &Plan, transport: &dyn Transport) -> Vec<FolderBack> {
                         .ok_or_else(|| "the helper said nothing of it".to_string())
                 })
         };
+        let mut folder = one(to_host, dst).map(|f| vec![f]);
+        let what = format!("backup set {set}: its folder");
+        let settled = settle_cut(
+            &helpers,
+            to_host,
+            &what,
+            std::slice::from_ref(dst),
+            &mut folder,
+        );
         backs.push(FolderBack {
             set: set.clone(),
             primary: to_host.clone(),
             recovery: from_host.clone(),
             copy: one(from_host, src),
-            folder: one(to_host, dst),
+            folder: folder.and_then(|mut f| {
+                f.pop()
+                    .ok_or_else(|| "the helper said nothing of it".to_string())
+            }),
             clock: crate::check::read_clock(transport, to_host),
+            settled,
         });
     }
     backs
+}
+
+/// Settles what an update of reprise's own left cut in the copies `paths` of `host` (`states`,
+/// as read there): a copy back killed after its update was committed leaves the copy half
+/// written, which is then completed; one killed before, untouched, is thrown away. They are
+/// then read again into `states`, so that a copy reprise alone wrote is judged as the point it
+/// now is, not as written since the failover. What was done (or why it could not be: the copy
+/// is then judged as it is), one line each, `what` naming each copy's owner.
+fn settle_cut(
+    helpers: &crate::replica::remote::Helpers,
+    host: &str,
+    what: &str,
+    paths: &[String],
+    states: &mut Result<Vec<crate::replica::CopyState>, String>,
+) -> Vec<String> {
+    let Ok(read) = states else {
+        return Vec::new();
+    };
+    let cut: Vec<(String, String)> = read
+        .iter()
+        .filter_map(|c| Some((c.path.clone(), c.unsettled.clone()?)))
+        .collect();
+    if cut.is_empty() {
+        return Vec::new();
+    }
+    let mut said = Vec::new();
+    for (path, why) in cut {
+        let done = match helpers.settle(host, &path, StdDuration::ZERO) {
+            Ok(note) => note.unwrap_or_else(|| "nothing was left to settle".into()),
+            Err(e) => format!("it could not be settled ({e})"),
+        };
+        said.push(format!(
+            "copy-back {what} {path} on {host} held an update of reprise's own left cut ({why}): {done}"
+        ));
+    }
+    *states = helpers.inspect(host, paths).map_err(|e| e.to_string());
+    said
+}
+
+/// What was settled before a failback's copy-backs were judged ([`settle_cut`]).
+fn settled_notes(backs: &[CopyBack], folders: &[FolderBack]) -> Vec<String> {
+    let vms = backs.iter().flat_map(|b| b.settled.iter().cloned());
+    vms.chain(folders.iter().flat_map(|f| f.settled.iter().cloned()))
+        .collect()
 }
 
 /// A backup set of a failback's services that its plan does not replicate back: its
@@ -1658,16 +1719,26 @@ pub fn copy_backs(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<
         };
         let paths: Vec<String> = items.iter().map(|(src, _)| src.clone()).collect();
         let disks: Vec<String> = items.iter().map(|(_, dst)| dst.clone()).collect();
+        let running = vm_state(model, service, vm, Side::Primary, &plan.run_id, transport);
+        let mut states = helpers.inspect(to_host, &disks).map_err(|e| e.to_string());
+        // Only under a vm known stopped: settling writes its disks.
+        let settled = if running.0 == Some(false) {
+            let what = format!("vm {vm_id}: its disk");
+            settle_cut(&helpers, to_host, &what, &disks, &mut states)
+        } else {
+            Vec::new()
+        };
         backs.push(CopyBack {
             vm: vm_id.clone(),
             primary: vm.primary.value.clone(),
             recovery: from_host.clone(),
-            running: vm_state(model, service, vm, Side::Primary, &plan.run_id, transport),
+            running,
             copies: helpers
                 .inspect(from_host, &paths)
                 .map_err(|e| e.to_string()),
-            disks: helpers.inspect(to_host, &disks).map_err(|e| e.to_string()),
+            disks: states,
             clock: crate::check::read_clock(transport, &vm.primary.value),
+            settled,
         });
     }
     backs
@@ -1718,6 +1789,7 @@ pub fn start(
         let t = transport(model, &opts.exec.ssh);
         let backs = copy_backs(model, &plan, &t);
         let folders = folder_backs(&plan, &t);
+        other_site.warned.extend(settled_notes(&backs, &folders));
         judged = judged_disks(&backs, &folders);
         let (runs, problems) = judge_copy_back(&backs);
         if !runs.is_empty() {
@@ -1968,6 +2040,7 @@ pub fn resume(
     // itself).
     let mut forced = Vec::new();
     let mut judged = JudgedDisks::new();
+    let mut settled = Vec::new();
     if plan.mode == Mode::Failback {
         let started: Vec<&str> = events
             .iter()
@@ -1989,6 +2062,7 @@ pub fn resume(
             .retain(|s| prior.get(&s.id) != Some(&Prior::Done));
         let backs = copy_backs(model, &to_copy, &t);
         let folders = folder_backs(&to_copy, &t);
+        settled = settled_notes(&backs, &folders);
         judged = judged_disks(&backs, &folders);
         let (runs, mut problems) = judge_copy_back(&backs);
         if !runs.is_empty() {
@@ -2010,7 +2084,10 @@ pub fn resume(
     }
     // The vms it may still start, as at its start; a restore started with --force carries on
     // forced.
-    let mut other_site = Judged::default();
+    let mut other_site = Judged {
+        warned: settled,
+        ..Judged::default()
+    };
     let (away, unread) = away_for(&plan, state_dir);
     let force_restore = plan.mode == Mode::Restore
         && (force
@@ -2026,6 +2103,7 @@ pub fn resume(
                 Some(runner::Prior::Done | runner::Prior::DrillOver)
             )
         });
+        let warned = std::mem::take(&mut other_site.warned);
         other_site = refuse_elsewhere(
             model,
             &left,
@@ -2033,6 +2111,7 @@ pub fn resume(
             &away,
             force_restore,
         )?;
+        other_site.warned.splice(0..0, warned);
         other_site.warned.extend(unread);
         forced.append(&mut other_site.forced);
     }
@@ -2473,6 +2552,7 @@ mod tests {
                 ..CopyState::default()
             }]),
             clock: Ok((0.0, 0.0)),
+            settled: Vec::new(),
         }
     }
 
@@ -2859,6 +2939,7 @@ mod tests {
                 ..CopyState::default()
             }),
             clock: Ok((0.0, 0.0)),
+            settled: Vec::new(),
         }
     }
 

@@ -1633,17 +1633,7 @@ fn an_emergency_failover_after_a_killed_replication_starts_from_the_last_good_po
     }
     // The recovery helper dies first, as in a crash of the recovery host: a helper whose
     // stream merely ends throws its journal away itself, this one cannot.
-    let applying = format!("helper\0apply\0{}\0", copy.display());
-    let helper = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        String::from_utf8_lossy(&cmdline)
-            .contains(&applying)
-            .then(|| e.file_name().to_str()?.parse::<i32>().ok())
-            .flatten()
-    });
-    let helper = helper.expect("the recovery helper is running");
-    // SAFETY: a plain kill(2) of the helper found above.
-    assert_eq!(unsafe { libc::kill(helper, libc::SIGKILL) }, 0);
+    kill_helper_applying(&copy);
     let _ = child.kill();
     child.wait().unwrap();
     assert!(
@@ -1651,6 +1641,7 @@ fn an_emergency_failover_after_a_killed_replication_starts_from_the_last_good_po
         "the copy was touched"
     );
     // The cut update stays until settled.
+    let applying = format!("helper\0apply\0{}\0", copy.display());
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
         std::fs::read(e.path().join("cmdline"))
@@ -2491,6 +2482,120 @@ fn a_resumed_failback_never_overwrites_what_the_primary_wrote_since() {
             .contains("erp-db-system.qcow2 on hv-main was written at ")),
         "{forced}"
     );
+}
+
+/// A failback cut (this machine and hv-main's helper killed at once, as in a crash) while its
+/// copy back wrote erp-db's data disk on hv-main, after that update was committed: the disk
+/// is half written, its update left to be settled. That write is the failback's own: `resume`
+/// settles it (the update completed), judges the disk as what it now is (the point the copy
+/// back made, nothing of hv-main's own) and carries on without `--force`, and erp-db starts on
+/// hv-main from what its recovery copy holds.
+#[test]
+fn a_failback_cut_while_writing_its_copy_back_resumes_without_force() {
+    let lab = Lab::up(134);
+    let disk = lab
+        .host_root("hv-main")
+        .join("srv/datastore/images/erp-db-data.qcow2");
+    // A data disk big enough to be caught in the middle of its copy back.
+    let made = tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "1G"],
+    );
+    assert!(made.status.success(), "{made:?}");
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
+    let exit = lab.run_confirming(
+        &[&["failover"][..], &only[..]].concat(),
+        Duration::from_secs(240),
+    );
+    assert!(exit.success(), "{:?}", lab.journal().last());
+    // What erp-db wrote on hv-pra, large enough that the copy back takes a while to write.
+    let copy = lab
+        .host_root("hv-pra")
+        .join("srv/replicas/images/erp-db-data.qcow2");
+    let wrote = tool(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x3c 0 600M",
+            copy.to_str().unwrap(),
+        ],
+    );
+    assert!(wrote.status.success(), "{wrote:?}");
+    let before = std::fs::metadata(&disk).unwrap().modified().unwrap();
+    let mut child = lab.spawn(&[&["failback"][..], &only[..]].concat());
+    // The copy is written only once its update is committed: its first write is the sign.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while std::fs::metadata(&disk).unwrap().modified().unwrap() == before {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the failback ended before it wrote the disk: {:#?}",
+            lab.journal()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the copy back never wrote the disk"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = child.kill();
+    kill_helper_applying(&disk);
+    child.wait().unwrap();
+    let journal = disk.with_extension("qcow2.reprise").join("journal");
+    assert!(
+        journal.exists(),
+        "the cut update was settled before this test could cut it"
+    );
+    assert!(
+        !lab.journal()
+            .iter()
+            .any(|e| e["event"] == "step_finished" && e["step"] == "erp-db/sync-back"),
+        "{:#?}",
+        lab.journal()
+    );
+    let resumed = lab.run(&["resume", "latest", "--no-prompt"]);
+    let events = lab.journal();
+    assert_eq!(resumed.code, 0, "{resumed:?} {events:#?}");
+    assert!(
+        !events.iter().any(|e| e["event"] == "readiness_forced"),
+        "{events:#?}"
+    );
+    let said = events
+        .iter()
+        .filter(|e| e["event"] == "other_site")
+        .map(|e| e["said"].to_string())
+        .collect::<String>();
+    assert!(
+        said.contains("erp-db-data.qcow2 on hv-main")
+            && said.contains("an interrupted update was completed"),
+        "{said}"
+    );
+    assert!(!journal.exists());
+    let same = tool(
+        "qemu-img",
+        &["compare", copy.to_str().unwrap(), disk.to_str().unwrap()],
+    );
+    assert!(same.status.success(), "{same:?}");
+    assert_eq!(erp_db_on(&lab, "hv-main"), "running");
+}
+
+/// SIGKILL to the helper applying a stream to `copy` on a lab host (there must be one), as
+/// when its host crashes: a helper whose stream merely ends settles its copy itself.
+fn kill_helper_applying(copy: &Path) {
+    let applying = format!("helper\0apply\0{}\0", copy.display());
+    let helper = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        String::from_utf8_lossy(&cmdline)
+            .contains(&applying)
+            .then(|| e.file_name().to_str()?.parse::<i32>().ok())
+            .flatten()
+    });
+    let helper = helper.expect("the recovery helper is running");
+    // SAFETY: a plain kill(2) of the helper found above.
+    assert_eq!(unsafe { libc::kill(helper, libc::SIGKILL) }, 0);
 }
 
 /// The example with a person awaited (`hold`) just before step `id` of erp-db's runbook of
