@@ -729,6 +729,9 @@ pub struct Elsewhere {
     /// For a restore: the failover this machine's journals show left it on its recovery host
     /// ([`crate::away`]), in words.
     pub away: Option<String>,
+    /// For a restore: what was settled of its recovery copies before they were judged (an
+    /// update of reprise's own cut in them, [`settle_cut`]).
+    pub settled: Vec<String>,
 }
 
 /// The vms `steps` start (their vm steps' `start` on a host of theirs), each with what the
@@ -765,7 +768,7 @@ fn elsewhere_of(
             (vm.recovery.value.clone(), Side::Recovery)
         };
         let running = vm_state_once(model, service, vm, other, run_id, transport, down);
-        let mut changed = Vec::new();
+        let (mut changed, mut settled) = (Vec::new(), Vec::new());
         let live = (other == Side::Recovery).then(|| {
             if let Some(why) = down.get(&there) {
                 return Err(why.clone());
@@ -773,7 +776,15 @@ fn elsewhere_of(
             let dir = plan::images_dir_of(&model.inventory, &there)
                 .ok_or_else(|| format!("{there} names no images_dir"))?;
             let paths: Vec<String> = vm.disks.iter().map(|d| format!("{dir}/{d}")).collect();
-            let copies = helpers.inspect(&there, &paths).map_err(|e| e.to_string())?;
+            let mut copies = helpers.inspect(&there, &paths).map_err(|e| e.to_string());
+            // A replication cut after its commit (the recovery host crashed while it wrote
+            // the copy) changed the copy itself: completed first, so that it is not taken for
+            // a vm that ran there. Only under a vm known stopped there: settling writes it.
+            if running.0 == Some(false) {
+                let what = format!("vm {}: its recovery copy", vm.id);
+                settled = settle_cut(&helpers, &there, &what, &paths, &mut copies);
+            }
+            let copies = copies?;
             // Written since its newest point with no failover's lease: a vm ran on it outside
             // reprise (started by hand, or a failover's start refused or rolled back after
             // the vm came up), and it may hold the vm's newest data.
@@ -807,6 +818,7 @@ fn elsewhere_of(
             changed,
             copies: !vm.disks.is_empty(),
             away,
+            settled,
         });
     }
     found
@@ -826,6 +838,7 @@ pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere], force: bool) -> Judged {
     let (mut refused, mut warned, mut forced) = (Vec::new(), Vec::new(), Vec::new());
     for e in found {
         let (vm, here, there, service) = (&e.vm, &e.here, &e.there, &e.service);
+        warned.extend(e.settled.iter().cloned());
         let back = format!(
             "fail back instead (`reprise failback --service {service}`), which copies its data back first"
         );
@@ -1434,7 +1447,7 @@ pub fn folder_backs(plan: &Plan, transport: &dyn Transport) -> Vec<FolderBack> {
                 })
         };
         let mut folder = one(to_host, dst).map(|f| vec![f]);
-        let what = format!("backup set {set}: its folder");
+        let what = format!("copy-back backup set {set}: its folder");
         let settled = settle_cut(
             &helpers,
             to_host,
@@ -1459,10 +1472,11 @@ pub fn folder_backs(plan: &Plan, transport: &dyn Transport) -> Vec<FolderBack> {
 }
 
 /// Settles what an update of reprise's own left cut in the copies `paths` of `host` (`states`,
-/// as read there): a copy back killed after its update was committed leaves the copy half
-/// written, which is then completed; one killed before, untouched, is thrown away. They are
+/// as read there): a copy back or a replication killed after its update was committed leaves
+/// the copy half written, which is then completed; one killed before, untouched, is thrown
+/// away. They are
 /// then read again into `states`, so that a copy reprise alone wrote is judged as the point it
-/// now is, not as written since the failover. What was done (or why it could not be: the copy
+/// now is, not as written by a vm (since the failover, or outside any). What was done (or why it could not be: the copy
 /// is then judged as it is), one line each, `what` naming each copy's owner.
 fn settle_cut(
     helpers: &crate::replica::remote::Helpers,
@@ -1488,7 +1502,7 @@ fn settle_cut(
             Err(e) => format!("it could not be settled ({e})"),
         };
         said.push(format!(
-            "copy-back {what} {path} on {host} held an update of reprise's own left cut ({why}): {done}"
+            "{what} {path} on {host} held an update of reprise's own left cut ({why}): {done}"
         ));
     }
     *states = helpers.inspect(host, paths).map_err(|e| e.to_string());
@@ -1723,7 +1737,7 @@ pub fn copy_backs(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<
         let mut states = helpers.inspect(to_host, &disks).map_err(|e| e.to_string());
         // Only under a vm known stopped: settling writes its disks.
         let settled = if running.0 == Some(false) {
-            let what = format!("vm {vm_id}: its disk");
+            let what = format!("copy-back vm {vm_id}: its disk");
             settle_cut(&helpers, to_host, &what, &disks, &mut states)
         } else {
             Vec::new()
@@ -3085,6 +3099,7 @@ mod elsewhere_tests {
             changed: Vec::new(),
             copies: true,
             away: None,
+            settled: Vec::new(),
         }
     }
 

@@ -2525,30 +2525,8 @@ fn a_failback_cut_while_writing_its_copy_back_resumes_without_force() {
         ],
     );
     assert!(wrote.status.success(), "{wrote:?}");
-    let before = std::fs::metadata(&disk).unwrap().modified().unwrap();
-    let mut child = lab.spawn(&[&["failback"][..], &only[..]].concat());
-    // The copy is written only once its update is committed: its first write is the sign.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while std::fs::metadata(&disk).unwrap().modified().unwrap() == before {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the failback ended before it wrote the disk: {:#?}",
-            lab.journal()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the copy back never wrote the disk"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let _ = child.kill();
-    kill_helper_applying(&disk);
-    child.wait().unwrap();
+    killed_once_it_writes(&disk, lab.spawn(&[&["failback"][..], &only[..]].concat()));
     let journal = disk.with_extension("qcow2.reprise").join("journal");
-    assert!(
-        journal.exists(),
-        "the cut update was settled before this test could cut it"
-    );
     assert!(
         !lab.journal()
             .iter()
@@ -2580,6 +2558,116 @@ fn a_failback_cut_while_writing_its_copy_back_resumes_without_force() {
     );
     assert!(same.status.success(), "{same:?}");
     assert_eq!(erp_db_on(&lab, "hv-main"), "running");
+}
+
+/// A replication of erp-db cut after its update was committed (hv-pra's helper and this
+/// machine killed at once, as when both lose power while it writes the copy): the recovery
+/// copy is half written. Then the primary site is lost and comes back. That copy changed
+/// since its newest point, but only by reprise's own update: the restore completes it first
+/// (said, journaled), does not take it for a vm that ran there, and starts erp-db on hv-main.
+#[test]
+fn a_restore_after_a_replication_cut_while_writing_its_copy_starts_without_force() {
+    let lab = Lab::up(138);
+    let source = lab
+        .host_root("hv-main")
+        .join("srv/datastore/images/erp-db-data.qcow2");
+    // A data disk big enough to be caught in the middle of writing its copy.
+    let made = tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            source.to_str().unwrap(),
+            "1G",
+        ],
+    );
+    assert!(made.status.success(), "{made:?}");
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let wrote = tool(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x5a 0 600M",
+            source.to_str().unwrap(),
+        ],
+    );
+    assert!(wrote.status.success(), "{wrote:?}");
+    let copy = lab
+        .host_root("hv-pra")
+        .join("srv/replicas/images/erp-db-data.qcow2");
+    killed_once_it_writes(&copy, lab.spawn(&["replicate", "--service", "erp-db"]));
+    let journal = copy.with_extension("qcow2.reprise").join("journal");
+    lab.primary_lost(&["erp-db"]);
+    let run = lab.run(&[
+        "restore",
+        "--service",
+        "erp-db",
+        "--only",
+        "--yes",
+        "--no-prompt",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let said = lab
+        .journal()
+        .iter()
+        .filter(|e| e["event"] == "other_site")
+        .map(|e| e["said"].to_string())
+        .collect::<String>();
+    assert!(
+        said.contains("vm erp-db: its recovery copy")
+            && said
+                .contains("erp-db-data.qcow2 on hv-pra held an update of reprise's own left cut")
+            && said.contains("an interrupted update was completed"),
+        "{said}"
+    );
+    assert!(!journal.exists(), "the cut update was not settled");
+    assert!(
+        !lab.journal()
+            .iter()
+            .any(|e| e["event"] == "readiness_forced"),
+        "{:#?}",
+        lab.journal()
+    );
+    let same = tool(
+        "qemu-img",
+        &["compare", source.to_str().unwrap(), copy.to_str().unwrap()],
+    );
+    assert!(same.status.success(), "{same:?}");
+    assert_eq!(erp_db_on(&lab, "hv-main"), "running");
+}
+
+/// Kills `child` (a run that copies into `copy` on a lab host) and the helper writing `copy`
+/// at once, as in a crash, as soon as the copy is first written: its update is committed (a
+/// copy is written only then), and left half written, to be settled.
+fn killed_once_it_writes(copy: &Path, mut child: Child) {
+    let before = std::fs::metadata(copy).unwrap().modified().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while std::fs::metadata(copy).unwrap().modified().unwrap() == before {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it wrote {}",
+            copy.display()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{} was never written",
+            copy.display()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = child.kill();
+    kill_helper_applying(copy);
+    child.wait().unwrap();
+    let journal = copy.with_extension("qcow2.reprise").join("journal");
+    assert!(
+        journal.exists(),
+        "the cut update was settled before this test could cut it"
+    );
 }
 
 /// SIGKILL to the helper applying a stream to `copy` on a lab host (there must be one), as
