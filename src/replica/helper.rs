@@ -275,6 +275,7 @@ fn send_disk(
     stdin: &mut impl Read,
     stdout: &mut impl Write,
 ) -> Result<(), String> {
+    refuse_half_written(image, Store::new(image).half_written())?;
     let base = match base {
         Some(digest) => Base::Kept(
             Kept::open(kept::dir().as_deref(), image, &digest)?.ok_or_else(|| {
@@ -335,6 +336,19 @@ fn send_disk(
         kept::keep(kept::dir().as_deref(), image, sent.size, &sent.whole, tree);
     }
     Ok(())
+}
+
+/// A copy reprise writes now, or left half written (`why`), is never read as the source of a
+/// replication (a failback's copy back reads a recovery copy): it holds neither the point
+/// before nor the one after, and what it holds would be copied, and started, as data.
+fn refuse_half_written(source: &Path, why: Option<String>) -> Result<(), String> {
+    match why {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "{} is not read: {why}; it holds neither the point before that update nor the one after (the run that wrote it, resumed, or the next replication into it settles it)",
+            source.display()
+        )),
+    }
 }
 
 /// [`Request::Kept`]: whether the manifest `digest` of `image` is kept here.
@@ -415,6 +429,7 @@ fn definition(image: &Path, point: &str, stdout: &mut dyn Write) -> Result<(), S
 
 /// [`Request::SendTree`]: the files of `dir` that differ from the recovery tree on stdin.
 fn send_files(dir: &Path, stdin: &mut impl Read, stdout: &mut impl Write) -> Result<(), String> {
+    refuse_half_written(dir, TreeStore::new(dir).half_written())?;
     let m = read_bounded(stdin, super::tree::MAX_TREE_BYTES, "the recovery tree")?;
     let base: Tree = serde_json::from_slice(&m)
         .map_err(|e| format!("the recovery tree is not understood: {e}"))?;

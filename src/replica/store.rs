@@ -597,14 +597,32 @@ impl Store {
         inspect_dir(&self.dir, &mut state);
         state.changed = changed_since(&state.points, state.stamp.clone());
         if !state.busy {
-            if self.path("journal").exists() {
-                state.unsettled =
-                    Some("an update was cut in the middle (its journal is still there)".into());
-            } else if self.path("rollback.json").exists() {
-                state.unsettled = Some("a roll-back was cut in the middle".into());
-            }
+            state.unsettled = self.cut();
         }
         state
+    }
+
+    /// What an update or a roll-back cut in the middle left in the copy (its journal, its
+    /// record of the roll-back), until it is settled.
+    fn cut(&self) -> Option<String> {
+        if self.path("journal").exists() {
+            Some("an update was cut in the middle (its journal is still there)".into())
+        } else if self.path("rollback.json").exists() {
+            Some("a roll-back was cut in the middle".into())
+        } else {
+            None
+        }
+    }
+
+    /// Why the copy holds neither the point before an update of reprise's nor the one after:
+    /// one writes it now, or was cut in the middle. `None` for a copy that is a point, or a
+    /// file reprise does not manage. Changes nothing.
+    pub fn half_written(&self) -> Option<String> {
+        if held(&self.dir) {
+            return Some("reprise is writing it now".into());
+        }
+        self.cut()
+            .map(|why| format!("reprise left it half written: {why}"))
     }
 
     /// Records that `lease` uses the copy, once no replication holds it (waiting up to `wait`
@@ -2302,10 +2320,16 @@ pub(super) fn inspect_dir(dir: &Path, state: &mut CopyState) {
             Err(e) => state.bad_leases.push(e),
         }
     }
-    // Held by a replication now? (Opened without creating anything.)
-    if let Ok(f) = OpenOptions::new().write(true).open(dir.join("lock")) {
-        state.busy = matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock));
-    }
+    state.busy = held(dir);
+}
+
+/// Whether a replication holds the copy whose metadata folder is `dir` now (opened without
+/// creating anything).
+pub(crate) fn held(dir: &Path) -> bool {
+    OpenOptions::new()
+        .write(true)
+        .open(dir.join("lock"))
+        .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
 }
 
 /// [`lock_store`], waiting up to `wait` for another holder to let go.

@@ -831,15 +831,31 @@ impl TreeStore {
             .unwrap_or_else(|e| Some(e.to_string()));
         state.changed = changed_since(&state.points, as_newest(&state.points, now));
         if !state.busy {
-            if self.path("commit.json").exists() {
-                state.unsettled = Some(
-                    "an update was cut in the middle (its commit record is still there)".into(),
-                );
-            } else if self.path("staging").exists() {
-                state.unsettled = Some("an update was cut before its commit".into());
-            }
+            state.unsettled = self.cut();
         }
         state
+    }
+
+    /// What an update cut in the middle left in the copy, until it is settled.
+    fn cut(&self) -> Option<String> {
+        if self.path("commit.json").exists() {
+            Some("an update was cut in the middle (its commit record is still there)".into())
+        } else if self.path("staging").exists() {
+            Some("an update was cut before its commit".into())
+        } else {
+            None
+        }
+    }
+
+    /// As [`crate::replica::store::Store::half_written`], for a backup set's copy: why its
+    /// files are neither the point before an update of reprise's nor the one after. Changes
+    /// nothing, and does not walk the files.
+    pub fn half_written(&self) -> Option<String> {
+        if crate::replica::store::held(&self.dir) {
+            return Some("reprise is writing it now".into());
+        }
+        self.cut()
+            .map(|why| format!("reprise left it half written: {why}"))
     }
 
     /// Refuses to write into a copy that a lease holds.

@@ -664,6 +664,21 @@ fn a_signal_during_a_replication_stops_it_and_merges_the_snapshot_back() {
     let staging = lab.meta(&set).join("staging");
     let mut child = lab.spawn(&["replicate", "--service", "erp-dumps"]);
     wait_mid_transfer(&mut child, &staging, 16 << 20);
+    // A copy being written is never read as the source of a replication.
+    let sent = Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(["helper", "send-tree", set.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        sent.status.code() == Some(1)
+            && sent.stdout.is_empty()
+            && String::from_utf8_lossy(&sent.stderr).contains(&format!(
+                "{} is not read: reprise is writing it now",
+                set.display()
+            )),
+        "{sent:?}"
+    );
     signal(&child, libc::SIGTERM);
     let out = wait_exit(child, Duration::from_secs(600));
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -1544,6 +1559,23 @@ fn a_recovery_helper_killed_at_each_write_of_its_manifest_completes_on_the_next_
         assert!(
             meta.join("journal").exists(),
             "write {when}: the journal is gone"
+        );
+        // Half written, the copy is never read as the source of a replication (as a
+        // failback's copy back reads a recovery copy).
+        let sent = Command::new(env!("CARGO_BIN_EXE_reprise"))
+            .args(["helper", "send", dst.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&sent.stderr);
+        assert!(
+            sent.status.code() == Some(1)
+                && sent.stdout.is_empty()
+                && said.contains(&format!(
+                    "{} is not read: reprise left it half written: an update was cut in the middle",
+                    dst.display()
+                )),
+            "write {when}: {sent:?}"
         );
         let note = store.settle().unwrap().unwrap_or_default();
         assert!(
