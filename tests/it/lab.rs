@@ -1578,22 +1578,7 @@ fn the_steps_before_a_copy_go_to_the_vm_host_in_one_command_and_a_failed_one_sto
 #[test]
 fn an_emergency_failover_after_a_killed_replication_starts_from_the_last_good_point() {
     let lab = Lab::up(44);
-    let source = lab
-        .host_root("hv-main")
-        .join("srv/datastore/images/erp-db-data.qcow2");
-    // A data disk big enough to be caught in the middle of its copy.
-    let made = tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            source.to_str().unwrap(),
-            "1G",
-        ],
-    );
-    assert!(made.status.success(), "{made:?}");
+    let source = big_erp_db_data(&lab);
     let qemu_io = |command: &str| {
         let out = tool(
             "qemu-io",
@@ -2493,15 +2478,7 @@ fn a_resumed_failback_never_overwrites_what_the_primary_wrote_since() {
 #[test]
 fn a_failback_cut_while_writing_its_copy_back_resumes_without_force() {
     let lab = Lab::up(134);
-    let disk = lab
-        .host_root("hv-main")
-        .join("srv/datastore/images/erp-db-data.qcow2");
-    // A data disk big enough to be caught in the middle of its copy back.
-    let made = tool(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "1G"],
-    );
-    assert!(made.status.success(), "{made:?}");
+    let disk = big_erp_db_data(&lab);
     let run = lab.run(&["replicate", "--service", "erp-db"]);
     assert_eq!(run.code, 0, "{run:?}");
     let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
@@ -2568,22 +2545,7 @@ fn a_failback_cut_while_writing_its_copy_back_resumes_without_force() {
 #[test]
 fn a_restore_after_a_replication_cut_while_writing_its_copy_starts_without_force() {
     let lab = Lab::up(138);
-    let source = lab
-        .host_root("hv-main")
-        .join("srv/datastore/images/erp-db-data.qcow2");
-    // A data disk big enough to be caught in the middle of writing its copy.
-    let made = tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            source.to_str().unwrap(),
-            "1G",
-        ],
-    );
-    assert!(made.status.success(), "{made:?}");
+    let source = big_erp_db_data(&lab);
     let run = lab.run(&["replicate", "--service", "erp-db"]);
     assert_eq!(run.code, 0, "{run:?}");
     let wrote = tool(
@@ -2668,6 +2630,20 @@ fn killed_once_it_writes(copy: &Path, mut child: Child) {
         journal.exists(),
         "the cut update was settled before this test could cut it"
     );
+}
+
+/// erp-db's data disk on hv-main made anew, empty, of 1 GiB: big enough for a copy of it to
+/// be caught in the middle; its path.
+fn big_erp_db_data(lab: &Lab) -> PathBuf {
+    let disk = lab
+        .host_root("hv-main")
+        .join("srv/datastore/images/erp-db-data.qcow2");
+    let made = tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "1G"],
+    );
+    assert!(made.status.success(), "{made:?}");
+    disk
 }
 
 /// SIGKILL to the helper applying a stream to `copy` on a lab host (there must be one), as
