@@ -1474,10 +1474,10 @@ pub fn folder_backs(plan: &Plan, transport: &dyn Transport) -> Vec<FolderBack> {
 /// Settles what an update of reprise's own left cut in the copies `paths` of `host` (`states`,
 /// as read there): a copy back or a replication killed after its update was committed leaves
 /// the copy half written, which is then completed; one killed before, untouched, is thrown
-/// away. They are
-/// then read again into `states`, so that a copy reprise alone wrote is judged as the point it
-/// now is, not as written by a vm (since the failover, or outside any). What was done (or why it could not be: the copy
-/// is then judged as it is), one line each, `what` naming each copy's owner.
+/// away. They are then read again into `states`, so that a copy reprise alone wrote is judged
+/// as the point it now is, not as written by a vm (since the failover, or outside any). What
+/// was done (or why it could not be: the copy is then judged as it is), one line each, `what`
+/// naming each copy's owner.
 fn settle_cut(
     helpers: &crate::replica::remote::Helpers,
     host: &str,
@@ -2098,10 +2098,7 @@ pub fn resume(
     }
     // The vms it may still start, as at its start; a restore started with --force carries on
     // forced.
-    let mut other_site = Judged {
-        warned: settled,
-        ..Judged::default()
-    };
+    let mut other_site = Judged::default();
     let (away, unread) = away_for(&plan, state_dir);
     let force_restore = plan.mode == Mode::Restore
         && (force
@@ -2117,7 +2114,6 @@ pub fn resume(
                 Some(runner::Prior::Done | runner::Prior::DrillOver)
             )
         });
-        let warned = std::mem::take(&mut other_site.warned);
         other_site = refuse_elsewhere(
             model,
             &left,
@@ -2125,10 +2121,10 @@ pub fn resume(
             &away,
             force_restore,
         )?;
-        other_site.warned.splice(0..0, warned);
         other_site.warned.extend(unread);
         forced.append(&mut other_site.forced);
     }
+    other_site.warned.extend(settled);
     let (journal, torn) = JournalWriter::resume(&dir)?;
     let now = Utc::now();
     let mut first = Vec::new();
