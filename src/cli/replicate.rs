@@ -866,7 +866,25 @@ fn replicate_guest(
             .clone()
             .map(|c| (c.clone(), made.get(&c).copied()))
     };
-    let all_done = copy_guest_disks(&g, &r, &mine, &decision, checkpoint, stopped, out);
+    let files: Vec<String> = mine.iter().map(|d| d.source.clone()).collect();
+    // A stopped vm's point is of a checkpoint older than it: its files are marked as read
+    // first (the next replication reads through that checkpoint only while they still are).
+    let marker = match (running, &checkpoint) {
+        (false, Some(_)) => {
+            let m = cbt::marker_name(&r.point);
+            if let Err(e) = cbt::add_marker(transport, host, &files, &m) {
+                return fail(out, e);
+            }
+            Some(m)
+        }
+        _ => None,
+    };
+    let read = GuestCopy {
+        decision: &decision,
+        checkpoint,
+        marker: marker.clone(),
+    };
+    let all_done = copy_guest_disks(&g, &r, &mine, &read, stopped, out);
     if job.on {
         job.on = false;
         if let Err(e) = cbt::end(transport, host, dom) {
@@ -878,10 +896,27 @@ fn replicate_guest(
         }
     }
     // Older checkpoints of reprise go once every copy is at the new one (until then the next
-    // replication still reads the changes since the older one).
+    // replication still reads the changes since the older one); so do older markers.
     if running && qcow2 && all_done {
         prune_checkpoints(&g, &new_cp, out);
     }
+    if let (Some(m), true) = (&marker, all_done)
+        && let Err(e) = cbt::remove_old_markers(transport, host, &files, m)
+    {
+        out.stdout.push_str(&format!(
+                "{}: older marks of its disks are left ({e}); the next replication of it stopped removes them\n",
+                vm.id
+            ));
+    }
+}
+
+/// How the disks of a guest are read this time, and what their points record.
+struct GuestCopy<'a> {
+    decision: &'a cbt::Decision,
+    /// The checkpoint the point is, and when libvirt made it.
+    checkpoint: Option<(String, Option<i64>)>,
+    /// The bitmap marking the files of a stopped vm as read ([`cbt::add_marker`]).
+    marker: Option<String>,
 }
 
 /// A domain whose disks are read as the guest sees them, on its primary.
@@ -950,10 +985,12 @@ fn guest_decision(
         copy_problem: states
             .iter()
             .find_map(|s| s.changed.as_ref().map(|why| format!("{}: {why}", s.path))),
+        marker_problem: None,
     };
+    let files: Vec<String> = mine.iter().map(|d| d.source.clone()).collect();
+    facts.marker_problem = cbt::marker_problem(transport, host, &files, &facts.newest);
     let mut decision = cbt::decide(&facts);
     if !running && (decision.mode == ReadMode::ChangedBlocks || decision.audit) {
-        let files: Vec<String> = mine.iter().map(|d| d.source.clone()).collect();
         let since = decision.since.clone().unwrap_or_default();
         facts.bitmap_problem = match cbt::offline_bitmap_problem(transport, host, &files, &since) {
             Ok(p) => p,
@@ -1052,8 +1089,7 @@ fn copy_guest_disks(
     g: &Guest,
     r: &Replication,
     mine: &[cbt::DomDisk],
-    decision: &cbt::Decision,
-    checkpoint: Option<(String, Option<i64>)>,
+    read: &GuestCopy,
     stopped: &(dyn Fn() -> bool + Sync),
     out: &mut Outcome,
 ) -> bool {
@@ -1073,7 +1109,14 @@ fn copy_guest_disks(
     let results = with_progress(&progress_label(vm), None, || {
         each_disk(disks.len(), stopped, |i| {
             let (img, disk) = disks[i];
-            let g = cbt::guest_read(running, dom, disk, decision, checkpoint.clone());
+            let g = cbt::guest_read(
+                running,
+                dom,
+                disk,
+                read.decision,
+                read.checkpoint.clone(),
+                read.marker.clone(),
+            );
             let r = if i == 0 { r } else { &rest };
             tracing::debug!(vm = vm.id, disk = disk_name(img), "disk stream begins");
             let done = helpers.replicate(&img.from, &img.src, &img.to, &img.dst, r, Some(&g));

@@ -196,6 +196,9 @@ pub struct Facts<'a> {
     pub bitmap_problem: Option<String>,
     /// Why a disk's copy is not its newest point (changed behind it), if so.
     pub copy_problem: Option<String>,
+    /// Why a disk file is not the one its copy's newest point read while its vm was stopped
+    /// (the bitmap marking it gone: [`marker_problem`]), if so.
+    pub marker_problem: Option<String>,
 }
 
 /// Which blocks to read: only what changed since the copies' checkpoint when every disk's
@@ -277,6 +280,21 @@ pub fn decide(f: &Facts) -> Decision {
             ),
             None,
         );
+    }
+    // A point read while its vm was stopped is of a checkpoint older than it: the changes
+    // since that checkpoint hold everything that point holds only while the file is the one
+    // read, or grew from it. Its marker says so; a point that left none cannot tell.
+    if let Some(p) = f.newest.iter().flatten().find(|p| stopped_unmarked(p)) {
+        return Decision::scan(
+            format!(
+                "point {} was read while its vm was stopped, through the older checkpoint {since}, and marked nothing in its disk file (an older reprise): whether that file was put back since cannot be told",
+                p.id
+            ),
+            Some(since),
+        );
+    }
+    if let Some(why) = &f.marker_problem {
+        return Decision::scan(why.clone(), Some(since));
     }
     // The checkpoint is known by when libvirt made it, not only by its name: one deleted and
     // made again under the same name has a bitmap that misses what was written in between.
@@ -360,6 +378,144 @@ pub fn decide(f: &Facts) -> Decision {
         audit: false,
         asked: false,
     }
+}
+
+/// Whether point `p` is of a checkpoint older than it (read while its vm was stopped) and left
+/// no marker in its disk file. A point read from a running vm is of the checkpoint its read
+/// began, named after it (`reprise-<id>`; the point's id may carry a `-N` the copy added).
+fn stopped_unmarked(p: &Point) -> bool {
+    let Some(read) = &p.read else {
+        return false;
+    };
+    let Some(of) = read
+        .checkpoint
+        .as_deref()
+        .and_then(|c| c.strip_prefix(PREFIX))
+    else {
+        return read.checkpoint.is_some() && read.marker.is_none();
+    };
+    let own = p.id == of
+        || p.id.strip_prefix(of).is_some_and(|rest| {
+            rest.strip_prefix('-')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        });
+    !own && read.marker.is_none()
+}
+
+/// The bitmaps reprise adds to the files of a stopped vm it reads are named
+/// `reprise-mark-<point id>` ([`HowRead::marker`]); no other is touched.
+pub const MARK_PREFIX: &str = "reprise-mark-";
+
+/// The marker of the point `point`.
+pub fn marker_name(point: &str) -> String {
+    format!("{MARK_PREFIX}{point}")
+}
+
+/// `qemu-img info` of the qcow2 file `f` (read shared: a running vm may hold it).
+fn image_info(t: &dyn Transport, host: &str, f: &str) -> Result<serde_json::Value, String> {
+    let json = sh(
+        t,
+        host,
+        &format!("qemu-img info -U --output=json -f qcow2 {}", shell_quote(f)),
+    )?;
+    serde_json::from_str(&json).map_err(|e| format!("qemu-img info of {f} is not understood: {e}"))
+}
+
+/// The bitmaps in a `qemu-img info` of a qcow2 file.
+fn bitmaps_in(info: &serde_json::Value) -> Vec<serde_json::Value> {
+    info["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Why a disk file is not the one its copy's newest point read while its vm was stopped, if
+/// so: the bitmap that point marked it with is gone from it (put back to an older file, or
+/// the bitmap removed). `files` and `newest` in the vm's disk order; a file whose bitmaps
+/// cannot be read is not taken as the one read either.
+pub fn marker_problem(
+    t: &dyn Transport,
+    host: &str,
+    files: &[String],
+    newest: &[Option<&Point>],
+) -> Option<String> {
+    for (f, p) in files.iter().zip(newest) {
+        let Some((id, m)) = p.and_then(|p| Some((&p.id, p.read.as_ref()?.marker.as_deref()?)))
+        else {
+            continue;
+        };
+        let gone = format!(
+            "the bitmap {m} that marked {f} as point {id} read it (its vm stopped) is gone from it: the file was put back to an older one since, or the bitmap removed, and what changed since the checkpoint may miss what the copy holds"
+        );
+        match image_info(t, host, f) {
+            Ok(info) if bitmaps_in(&info).iter().any(|b| b["name"] == m) => {}
+            Ok(_) => return Some(gone),
+            Err(e) => {
+                return Some(format!(
+                    "the bitmaps of {f} cannot be read to find {m}, which marked it as point {id} read it: {e}"
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// Marks the files of a stopped vm, before they are read as point `name`'s, with the empty,
+/// disabled bitmap `name` ([`HowRead::marker`]): of the largest granularity, it takes a few
+/// bytes, records nothing and is never read. One of that name left (a run of the same second)
+/// is made again.
+pub fn add_marker(
+    t: &dyn Transport,
+    host: &str,
+    files: &[String],
+    name: &str,
+) -> Result<(), String> {
+    let n = shell_quote(name);
+    for f in files {
+        let q = shell_quote(f);
+        sh(
+            t,
+            host,
+            &format!(
+                "qemu-img bitmap --remove {q} {n} 2>/dev/null; qemu-img bitmap --add -g 2147483648 --disable {q} {n}"
+            ),
+        )
+        .map_err(|e| format!("{f} cannot be marked with the bitmap {name} (qemu-img bitmap): {e}"))?;
+    }
+    Ok(())
+}
+
+/// Removes from the files of a stopped vm reprise's markers other than `keep` (the newest
+/// points' of every disk): how many were removed.
+pub fn remove_old_markers(
+    t: &dyn Transport,
+    host: &str,
+    files: &[String],
+    keep: &str,
+) -> Result<usize, String> {
+    let mut removed = 0;
+    for f in files {
+        let old: Vec<String> = bitmaps_in(&image_info(t, host, f)?)
+            .iter()
+            .filter_map(|b| b["name"].as_str())
+            .filter(|n| n.starts_with(MARK_PREFIX) && *n != keep)
+            .map(String::from)
+            .collect();
+        for m in old {
+            sh(
+                t,
+                host,
+                &format!(
+                    "qemu-img bitmap --remove {} {}",
+                    shell_quote(f),
+                    shell_quote(&m)
+                ),
+            )
+            .map_err(|e| format!("{f}: the bitmap {m} cannot be removed: {e}"))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// A time in seconds since the epoch, as a person reads it.
@@ -515,23 +671,14 @@ pub fn offline_bitmap_problem(
     name: &str,
 ) -> Result<Option<String>, String> {
     for f in files {
-        let json = sh(
-            t,
-            host,
-            &format!("qemu-img info -U --output=json -f qcow2 {}", shell_quote(f)),
-        )?;
-        let info: serde_json::Value = serde_json::from_str(&json)
-            .map_err(|e| format!("qemu-img info of {f} is not understood: {e}"))?;
+        let info = image_info(t, host, f)?;
         // A stopped domain's definition may not name its disks' backing files: the file does.
         if let Some(b) = info["backing-filename"].as_str() {
             return Ok(Some(format!(
                 "{f} is an overlay over {b}: what is written to that file is in no bitmap of the disk"
             )));
         }
-        let bitmaps = info["format-specific"]["data"]["bitmaps"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let bitmaps = bitmaps_in(&info);
         let Some(b) = bitmaps.iter().find(|b| b["name"] == name) else {
             return Ok(Some(format!(
                 "the bitmap {name} is missing from {f} (lost or removed)"
@@ -722,6 +869,7 @@ pub fn guest_read(
     disk: &DomDisk,
     d: &Decision,
     checkpoint: Option<(String, Option<i64>)>,
+    marker: Option<String>,
 ) -> super::remote::GuestRead {
     let changed = d.mode == ReadMode::ChangedBlocks;
     super::remote::GuestRead {
@@ -744,6 +892,7 @@ pub fn guest_read(
             missed: None,
             checkpoint: checkpoint.map(|(c, _)| c),
             since: if changed { d.since.clone() } else { None },
+            marker,
         },
     }
 }
@@ -842,9 +991,16 @@ mod tests {
         assert!(e.contains("more than one of its disks (vda, vdc)"), "{e}");
     }
 
+    /// A point read as `read` says: of a running vm, named as the checkpoint its read began.
     fn point(read: Option<HowRead>) -> Point {
+        let id = read
+            .as_ref()
+            .and_then(|r| r.checkpoint.as_deref())
+            .and_then(|c| c.strip_prefix(PREFIX))
+            .unwrap_or("p")
+            .to_string();
         Point {
-            id: "p".into(),
+            id,
             taken_at: chrono::Utc::now(),
             source: "s".into(),
             size: 1,
@@ -873,6 +1029,7 @@ mod tests {
             since: None,
             created: Some(MADE),
             missed: None,
+            marker: None,
         })
     }
 
@@ -902,6 +1059,61 @@ mod tests {
             created: made(&["reprise-1"]),
             bitmap_problem: None,
             copy_problem: None,
+            marker_problem: None,
+        }
+    }
+
+    /// A point read while its vm was stopped is of an older checkpoint than it (named after
+    /// another point): the changes since that checkpoint are read only while its marker is in
+    /// the disk files; a point that left none, or whose marker is gone, makes a scan that says
+    /// why, and the scan's point is still of that checkpoint. A running vm's point whose id
+    /// the copy gave a `-N` is its own checkpoint's.
+    #[test]
+    fn a_point_read_stopped_is_read_through_its_older_checkpoint_only_while_its_marker_is_there() {
+        let stopped = |id: &str, marker: Option<&str>| Point {
+            id: id.into(),
+            read: Some(HowRead {
+                marker: marker.map(String::from),
+                ..how(Some("reprise-1")).unwrap()
+            }),
+            ..point(None)
+        };
+        let unmarked = stopped("2", None);
+        let d = decide(&two_disks_at_reprise_1(vec![Some(&unmarked); 2]));
+        assert_eq!(
+            (d.mode, d.since.as_deref()),
+            (ReadMode::Scan, Some("reprise-1"))
+        );
+        let why = d.why.unwrap();
+        assert!(
+            why.contains("point 2 was read while its vm was stopped")
+                && why.contains("marked nothing in its disk file"),
+            "{why}"
+        );
+        let marked = stopped("2", Some("reprise-mark-2"));
+        let d = decide(&two_disks_at_reprise_1(vec![Some(&marked); 2]));
+        assert_eq!(d.mode, ReadMode::ChangedBlocks, "{d:?}");
+        let gone = Facts {
+            marker_problem: Some("the bitmap reprise-mark-2 … is gone from it".into()),
+            ..two_disks_at_reprise_1(vec![Some(&marked); 2])
+        };
+        let d = decide(&gone);
+        assert_eq!(
+            (d.mode, d.since.as_deref()),
+            (ReadMode::Scan, Some("reprise-1"))
+        );
+        assert!(d.why.unwrap().contains("is gone from it"));
+        // Of a running vm: its own checkpoint, `-N` or not; not a point of another's `-N`.
+        for (id, mode) in [
+            ("1", ReadMode::ChangedBlocks),
+            ("1-2", ReadMode::ChangedBlocks),
+            ("1-", ReadMode::Scan),
+            ("12", ReadMode::Scan),
+            ("1-x", ReadMode::Scan),
+        ] {
+            let p = stopped(id, None);
+            let d = decide(&two_disks_at_reprise_1(vec![Some(&p); 2]));
+            assert_eq!(d.mode, mode, "{id}: {d:?}");
         }
     }
 
@@ -916,6 +1128,7 @@ mod tests {
             created: made(cps),
             bitmap_problem: None,
             copy_problem: None,
+            marker_problem: None,
         };
         let d = decide(&f);
         assert_eq!(d.mode, expected.0, "{d:?}");
@@ -1168,6 +1381,7 @@ mod tests {
             created: made(&["reprise-1"]),
             bitmap_problem: None,
             copy_problem: None,
+            marker_problem: None,
         };
         assert!(decide(&f).why.unwrap().contains("disk vda is raw"));
         f.disks = vec![qcow2("vda")];

@@ -1425,6 +1425,7 @@ mod tests {
             since: None,
             created: None,
             missed: Some(3),
+            marker: None,
         });
         let (level, detail) = judge(&distrusted, "erp-db", Some(900), now);
         assert_eq!(level, Level::Warning);

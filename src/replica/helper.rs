@@ -105,6 +105,7 @@ pub fn serve(
             checkpoint,
             since,
             created,
+            marker,
             pending,
         } => {
             let read = mode.map(|mode| HowRead {
@@ -114,6 +115,7 @@ pub fn serve(
                 since,
                 created,
                 missed: None,
+                marker,
             });
             let new = NewPoint {
                 id: point,
@@ -1679,6 +1681,7 @@ mod tests {
                         since: None,
                         created: None,
                         missed: None,
+                        marker: None,
                     }),
                     pending: false,
                 },
@@ -1912,6 +1915,7 @@ mod tests {
                     since: None,
                     created: None,
                     missed: None,
+                    marker: None,
                 }),
                 pending: false,
             },

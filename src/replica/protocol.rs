@@ -113,6 +113,10 @@ pub enum Request {
         #[arg(long)]
         #[serde(default)]
         created: Option<i64>,
+        /// The bitmap marking the disk file read while its vm was stopped (`HowRead::marker`).
+        #[arg(long)]
+        #[serde(default)]
+        marker: Option<String>,
         /// Read live under a freeze only its end confirms: the point is held
         /// (`Point::pending`) until [`Request::Confirm`].
         #[arg(long)]
@@ -507,6 +511,7 @@ mod tests {
                 checkpoint: Some("reprise-20261128T031000Z".into()),
                 since: Some("--reprise-20261127T031000Z".into()),
                 created: Some(1_796_370_000),
+                marker: Some("--reprise-mark-20261128T031000Z".into()),
                 pending: true,
             },
             Request::PutDefinition {
@@ -648,6 +653,7 @@ mod tests {
             checkpoint: None,
             since: None,
             created: None,
+            marker: None,
             pending: false,
         };
         assert_eq!(req.words()[..2], ["apply", "/srv/a.qcow2"]);

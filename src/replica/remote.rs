@@ -1589,6 +1589,7 @@ fn requests(
                 checkpoint: guest.and_then(|g| g.how.checkpoint.clone()),
                 since: guest.and_then(|g| g.how.since.clone()),
                 created: guest.and_then(|g| g.how.created),
+                marker: guest.and_then(|g| g.how.marker.clone()),
                 pending: r.pending,
             },
             unit: "blocks",
@@ -2239,6 +2240,7 @@ mod tests {
             checkpoint: None,
             since: None,
             created: None,
+            marker: None,
             pending: false,
         };
         let made = Point {

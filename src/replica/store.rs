@@ -2644,6 +2644,7 @@ mod tests {
                 since: None,
                 created: None,
                 missed: None,
+                marker: None,
             }),
             ..point(id)
         }
@@ -4191,6 +4192,7 @@ mod tests {
                 since: since.map(String::from),
                 created: None,
                 missed: None,
+                marker: None,
             }),
             ..point(id)
         };

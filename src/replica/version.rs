@@ -26,7 +26,9 @@
 /// `send --audit` says it made its check even when it found nothing missed
 /// (`Record::Unmarked` of count 0), and the recovery side keeps a bitmap distrusted through
 /// points whose read made no check; a backup set's stamp is its seal (`tree::tree_seal`).
-pub const PROTOCOL: u32 = 11;
+/// Version 12: `apply --marker` records the bitmap that marks a disk file read while its vm
+/// was stopped (`HowRead::marker`).
+pub const PROTOCOL: u32 = 12;
 
 /// The version of this program, as helpers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -342,6 +342,7 @@ async fn copy_frozen(
             since: None,
             created: None,
             missed: None,
+            marker: None,
         },
     });
     if failed.is_none() {

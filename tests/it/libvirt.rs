@@ -933,6 +933,81 @@ fn a_deleted_checkpoint_a_guest_killed_and_a_lost_bitmap_each_make_a_scan_that_s
     copy_equals_source(&hv);
 }
 
+/// The bitmaps reprise marks a stopped guest's disk file with, in that file.
+fn markers(hv: &Hv) -> Vec<String> {
+    let info = hv
+        .main
+        .sh("qemu-img info -U --output=json /var/lib/libvirt/images/cbt.qcow2");
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    info["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["name"].as_str())
+        .filter(|n| n.starts_with("reprise-mark-"))
+        .map(String::from)
+        .collect()
+}
+
+/// A stopped guest is read through the bitmap of the checkpoint its copies' point was read
+/// at, older than the point when that point too was read while it was stopped. Its disk file
+/// put back since to a copy kept by hand (`cp`) between the two has that bitmap as it was
+/// then, which does not mark what the guest wrote after it and the copy holds: read through
+/// it, the copy would be neither. It is read whole instead, saying why, whether the guest is
+/// still stopped or started again, and the copy is the disk.
+#[test]
+fn a_disk_put_back_to_an_older_file_after_a_stopped_point_is_read_whole() {
+    let hv = Hv::up();
+    hv.start_guest_on_main("cbt", 12, Firmware::Bios, 4);
+    hv.wait_healthy(12, 2);
+    replicate_cbt(&hv);
+    let disk = "/var/lib/libvirt/images/cbt.qcow2";
+    let kept = "/var/lib/libvirt/images/cbt.kept";
+    for running in [false, true] {
+        // Written, stopped, its file kept by hand; started again, written elsewhere, stopped
+        // and replicated through the bitmap.
+        hv.write_blocks(12, 100, 2, 'A');
+        shut_down(&hv, "cbt");
+        hv.main.sh(&format!("cp {disk} {kept}"));
+        hv.main.virsh("start cbt");
+        hv.wait_healthy(12, 1);
+        hv.write_blocks(12, 300, 3, 'B');
+        shut_down(&hv, "cbt");
+        let stopped = replicate_cbt(&hv);
+        assert!(
+            read_mode(&stopped, "cbt.qcow2").starts_with("changed-blocks"),
+            "{stopped}"
+        );
+        copy_equals_source(&hv);
+        // One mark, the newest point's: the older ones are removed.
+        assert_eq!(markers(&hv).len(), 1, "{:?}", markers(&hv));
+
+        // Put back to the file kept.
+        hv.main.sh(&format!("cp {kept} {disk}"));
+        if running {
+            hv.main.virsh("start cbt");
+            hv.wait_healthy(12, 1);
+        }
+        let out = replicate_cbt(&hv);
+        let mode = read_mode(&out, "cbt.qcow2");
+        assert!(
+            mode.starts_with("scan") && mode.contains("put back"),
+            "{out}"
+        );
+        // The 3 blocks written after the file was kept are read back to what it holds.
+        assert!(blocks_changed(&out) >= 3, "{out}");
+        if running {
+            shut_down(&hv, "cbt");
+            replicate_cbt(&hv);
+        }
+        copy_equals_source(&hv);
+        if !running {
+            hv.main.virsh("start cbt");
+            hv.wait_healthy(12, 1);
+        }
+    }
+}
+
 /// The ids of the points of `cbt`'s copy, each with whether it is marked unusable.
 fn cbt_points(hv: &Hv) -> Vec<(String, bool)> {
     let run = hv.reprise(&["points", "cbt", "--json"]);
