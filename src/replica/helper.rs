@@ -300,6 +300,8 @@ fn send_disk(
                     export,
                     bitmap,
                     audit: from.audit,
+                    // libvirt's export is of one instant, whatever is written after.
+                    unchanged: None,
                 },
                 base,
                 &mut w,
@@ -307,6 +309,7 @@ fn send_disk(
             )?
         }
         (None, Some(DiskFormat::Qcow2)) => {
+            let unchanged = unwritten_since(image)?;
             let served = QemuNbd::serve(image, bitmap)?;
             send_nbd(
                 &NbdSource {
@@ -314,6 +317,7 @@ fn send_disk(
                     export: QemuNbd::EXPORT,
                     bitmap,
                     audit: from.audit,
+                    unchanged: Some(&unchanged),
                 },
                 base,
                 &mut w,
@@ -338,6 +342,25 @@ fn send_disk(
         kept::keep(kept::dir().as_deref(), image, sent.size, &sent.whole, tree);
     }
     Ok(())
+}
+
+/// A look at the image file `image` now, and what tells, once it is read, whether it was
+/// written since: `qemu-nbd` takes QEMU's lock, which stops QEMU, not a `cp` over the file or
+/// a peer writing it on shared storage; read while written, it is a copy of no instant.
+fn unwritten_since(image: &Path) -> Result<impl Fn() -> Result<(), String> + '_, String> {
+    let name = image.display().to_string();
+    let before =
+        blocks::settled_look(|| std::fs::metadata(image)).map_err(|e| format!("{name}: {e}"))?;
+    Ok(move || {
+        // By its path: a file renamed over it meanwhile is another file.
+        let after = std::fs::metadata(image).map_err(|e| format!("{name}: {e}"))?;
+        match blocks::same_file_state(&before, &after) {
+            true => Ok(()),
+            false => Err(format!(
+                "{name}: it was written while it was read (by a program other than QEMU, or the file replaced): a copy of no single instant, so this replication makes no point and the recovery copy keeps its last one; replicate again once nothing writes it"
+            )),
+        }
+    })
 }
 
 /// A copy reprise writes now, or left half written (`why`), is never read as the source of a
@@ -819,6 +842,10 @@ pub struct NbdSource<'a> {
     /// ([`wire::Record::Unmarked`]), and the recovery side marks the points read through
     /// that bitmap bad.
     pub audit: bool,
+    /// Asked once every block is read, before the stream ends: an error ends it without its
+    /// end (the recovery side then makes no point). `qemu-nbd` reading an image file does
+    /// not stop another program writing it: [`unwritten_since`] tells.
+    pub unchanged: Option<&'a dyn Fn() -> Result<(), String>>,
 }
 
 /// [`send`], reading the disk through an NBD export: every block, or with a bitmap only the
@@ -916,6 +943,9 @@ pub fn send_nbd(
     // distrusting a bitmap found missing writes until a check finds none.
     if marked.is_some() {
         wire::write_unmarked(w, unmarked.0, unmarked.1).map_err(werr)?;
+    }
+    if let Some(unchanged) = src.unchanged {
+        unchanged()?;
     }
     wire::write_end(w, &whole).map_err(werr)?;
     // The kept manifest is complete again once the stream is.
@@ -1651,6 +1681,7 @@ mod tests {
                 export: QemuNbd::EXPORT,
                 bitmap,
                 audit,
+                unchanged: None,
             },
             base,
             &mut stream,
@@ -1820,6 +1851,64 @@ mod tests {
         assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
     }
 
+    /// A stopped vm's qcow2 image is read through `qemu-nbd`, whose lock stops QEMU, not
+    /// another program writing the file: written all through the read (the same byte again
+    /// and again, the file's times moving), the stream has no end, so the recovery side makes
+    /// no point, and the error says why.
+    #[test]
+    fn a_qcow2_image_written_while_qemu_nbd_reads_it_makes_no_point() {
+        let (_dir, img, dst, kept) = guest_files();
+        let i = img.display();
+        sh(&format!(
+            "qemu-img create -q -f qcow2 '{i}' 8M && qemu-io -c 'write -q -P 0x11 0 4M' '{i}'"
+        ));
+        replicate_guest(&img, &dst, "p1", None, &kept);
+        sh(&format!("qemu-io -c 'write -q -P 0x22 1M 64k' '{i}'"));
+        let store = Store::new(&dst);
+        let manifest = store.base_manifest(false).unwrap().0.encode();
+        let from = SendFrom {
+            live: false,
+            nbd: None,
+            export: None,
+            format: Some(DiskFormat::Qcow2),
+            bitmap: None,
+            audit: false,
+        };
+        let mut stream = Vec::new();
+        // The first byte of a qcow2 file is its magic's `Q`: written again, it stays one.
+        let err = blocks::written_all_through(&img, b'Q', || {
+            send_disk(&img, &from, None, false, &mut &manifest[..], &mut stream)
+        })
+        .expect_err("written while read");
+        assert!(
+            err.contains(&i.to_string())
+                && err.contains("written while it was read")
+                && err.contains("makes no point"),
+            "{err}"
+        );
+        let before = std::fs::read(&dst).unwrap();
+        let new = NewPoint {
+            id: "p2".into(),
+            taken_at: Utc::now(),
+            source: "src".into(),
+            retention: 3,
+            definition: None,
+            read: Some(HowRead {
+                mode: crate::replica::store::ReadMode::Scan,
+                why: None,
+                checkpoint: None,
+                since: None,
+                created: None,
+                missed: None,
+                marker: None,
+            }),
+            pending: false,
+        };
+        assert!(store.apply(&mut &stream[..], new).is_err());
+        assert_eq!(std::fs::read(&dst).unwrap(), before);
+        assert_eq!(store.points().unwrap().len(), 1);
+    }
+
     /// A leaf of the recovery manifest rots (its header intact): an incremental replication
     /// through a dirty bitmap whose blocks do not include that leaf's never records a point
     /// verified with a hash that is not the copy's bytes', whether the rotten leaf is next to
@@ -1892,6 +1981,7 @@ mod tests {
                 export: QemuNbd::EXPORT,
                 bitmap: Some("cp1"),
                 audit: false,
+                unchanged: None,
             },
             base,
             &mut stream,
@@ -1958,6 +2048,7 @@ mod tests {
                 export: QemuNbd::EXPORT,
                 bitmap: None,
                 audit: false,
+                unchanged: None,
             };
             let mut stream = Flushes::default();
             let sent = send_nbd(&src, Base::Given(base), &mut stream, false).unwrap();
@@ -2003,6 +2094,7 @@ mod tests {
                 export: QemuNbd::EXPORT,
                 bitmap: Some("cp1"),
                 audit: false,
+                unchanged: None,
             },
             Base::Given(base),
             &mut Vec::new(),
