@@ -516,11 +516,17 @@ impl Store {
     fn end_history(&self, why: String) -> Result<String, StoreError> {
         let points = self.points().unwrap_or_default();
         let given_up: Vec<String> = points.iter().map(|p| p.id.clone()).collect();
+        // A history of points that read no bitmap (of the image file, or none) checked none:
+        // what the history before it said of its bitmap stands.
+        let checked_none = points.iter().all(|p| p.read.is_none());
         let ended = meta::Ended {
             at: Utc::now(),
             why: why.clone(),
             points: given_up.clone(),
-            missed: points.last().and_then(Point::missed),
+            missed: match checked_none {
+                true => meta::read_ended(&self.dir).and_then(|e| e.missed),
+                false => points.last().and_then(Point::missed),
+            },
         };
         let json = serde_json::to_vec_pretty(&ended).expect("serializes");
         meta::write_file(&self.dir, "ended.json", &json, false)?;
@@ -2792,6 +2798,17 @@ mod tests {
         assert_eq!(update("p8", b'h', None), Some(1));
         let points: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
         assert_eq!(points, ["p8"], "its history ended");
+        // Nor do points of the image file between (`changed_blocks` off, then on again): read
+        // whole with no bitmap, they check none, and their history's end keeps what the one
+        // before it said.
+        for id in ["p9", "p10"] {
+            std::fs::write(&src, vec![id.len() as u8; 3 * BLOCK]).unwrap();
+            store
+                .apply(&mut &stream_of(&src, &store)[..], point(id))
+                .unwrap();
+        }
+        assert_eq!(update("p11", b'i', None), Some(1));
+        assert_eq!(update("p12", b'j', Some((0, 0))), None);
     }
 
     /// A copy at point `p1` (blocks of byte `a`) whose update to `p2` (byte `b`) stopped, as a
