@@ -861,6 +861,9 @@ fn replicate_guest(
         r.taken_at = r.taken_at.max(chrono::Utc::now());
         qcow2.then(|| (new_cp.clone(), created))
     } else {
+        // Stopped when asked, maybe not when the point's time was taken: its files are read
+        // as they are now, and the point is of now (never of before what it holds).
+        r.taken_at = r.taken_at.max(chrono::Utc::now());
         decision
             .since
             .clone()
