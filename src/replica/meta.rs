@@ -167,6 +167,20 @@ pub fn new_point_problem(points: &[Point], id: &str, taken_at: DateTime<Utc>) ->
     })
 }
 
+/// Why a new point read from `source` cannot follow `points` (oldest first): they are of
+/// another disk or folder (`host:path`). The inventory then gives the copy to another source
+/// (a copy-paste, a vm's copy given to another), and a history of two would let a failover
+/// choose one's point as the other's data. Nothing is written; the message says what to do.
+pub fn other_source(points: &[Point], source: &str) -> Option<String> {
+    let newest = points.last()?;
+    (newest.source != source).then(|| {
+        format!(
+            "its points are of {} (the newest, {}), and this replication reads {source}: the inventory gives the copy to another source, and its points would be of two, a failover able to start one's data as the other's; nothing was written. If that is a mistake, give the copy back to its source in the inventory; if its source moved (another host, another file), move the copy and its `.reprise` folder aside (keep them until the new copy has a verified point) and replicate again",
+            newest.source, newest.id
+        )
+    })
+}
+
 /// Where a copy's points were read from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "from")]

@@ -1099,6 +1099,15 @@ impl Store {
         };
         let (mut points, settled) = self.history_for_update()?;
         notes.extend(settled);
+        if let Some(reason) = meta::other_source(&points, &new.source) {
+            if !notes.is_empty() {
+                let _ = meta::write_file(&self.dir, "notes", notes.join("; ").as_bytes(), false);
+            }
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason,
+            });
+        }
         if let Some(h) = &new.definition {
             meta::read_definition(&self.dir, h).map_err(|reason| StoreError::Refused {
                 image: self.name(),
@@ -2756,6 +2765,41 @@ mod tests {
             e.contains("says 2 blocks its bitmap missed, and sent 1"),
             "{e}"
         );
+    }
+
+    /// A copy whose points are of another source (the inventory gives it to another disk) is
+    /// refused untouched before anything is read, saying both and what to do, whatever the
+    /// new point's read (a history is never ended for it); its own source goes on.
+    #[test]
+    fn a_copy_of_another_source_is_refused_untouched() {
+        let (dir, src, store) = copy_of(&[("p1", b'a')], 3);
+        let before = std::fs::read(store.image()).unwrap();
+        let other = dir.path().join("other.img");
+        std::fs::write(&other, vec![b'z'; 3 * BLOCK]).unwrap();
+        for new in [point("p2"), read_as("p2", ReadMode::Scan)] {
+            let new = NewPoint {
+                source: "hv-main:/other.img".into(),
+                ..new
+            };
+            let e = store
+                .apply(&mut &stream_of(&other, &store)[..], new)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("its points are of src (the newest, p1)")
+                    && e.contains("this replication reads hv-main:/other.img")
+                    && e.contains("nothing was written"),
+                "{e}"
+            );
+            assert_eq!(std::fs::read(store.image()).unwrap(), before);
+            let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+            assert_eq!(ids, ["p1"]);
+        }
+        std::fs::write(&src, vec![b'b'; 3 * BLOCK]).unwrap();
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p2"))
+            .unwrap();
+        assert_eq!(store.points().unwrap().len(), 2);
     }
 
     /// A bitmap a check found missing writes stays distrusted through every point whose read

@@ -1162,7 +1162,9 @@ impl TreeStore {
             });
         }
         let (points, _) = self.history_for_update()?;
-        if let Some(reason) = meta::new_point_problem(&points, &new.id, new.taken_at) {
+        if let Some(reason) = meta::other_source(&points, &new.source)
+            .or_else(|| meta::new_point_problem(&points, &new.id, new.taken_at))
+        {
             return Err(StoreError::Refused {
                 image: self.name(),
                 reason,
@@ -1769,6 +1771,47 @@ mod tests {
             },
         )?;
         Ok(sent)
+    }
+
+    /// A backup set's copy whose points are of another folder (the inventory gives it to
+    /// another source) is refused untouched, saying both and what to do.
+    #[test]
+    fn a_backup_set_copy_of_another_source_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, other, dst) = (
+            dir.path().join("src"),
+            dir.path().join("other"),
+            dir.path().join("dst"),
+        );
+        for (d, text) in [(&src, "ours"), (&other, "theirs")] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("dump.sql"), text).unwrap();
+        }
+        replicate(&src, &dst, "p1");
+        let store = TreeStore::new(&dst);
+        let base = store.base(false).unwrap();
+        let mut stream = Vec::new();
+        send_tree(&other, &base, &mut stream).unwrap();
+        let new = NewPoint {
+            id: "p2".into(),
+            taken_at: Utc::now(),
+            source: "hv-files:/other".into(),
+            retention: 3,
+            definition: None,
+            read: None,
+            pending: false,
+        };
+        let e = store.apply(&mut &stream[..], new).unwrap_err().to_string();
+        assert!(
+            e.contains("its points are of src (the newest, p1)")
+                && e.contains("this replication reads hv-files:/other")
+                && e.contains("nothing was written")
+                && e.contains("move the copy and its `.reprise` folder aside"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(dst.join("dump.sql")).unwrap(), b"ours");
+        let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["p1"]);
     }
 
     /// A backup set's files are read one after the other from the point's time on: the point
