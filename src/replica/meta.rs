@@ -175,7 +175,7 @@ pub fn other_source(points: &[Point], source: &str) -> Option<String> {
     let newest = points.last()?;
     (newest.source != source).then(|| {
         format!(
-            "its points are of {} (the newest, {}), and this replication reads {source}: the inventory gives the copy to another source, and its points would be of two, a failover able to start one's data as the other's; nothing was written. If that is a mistake, give the copy back to its source in the inventory; if its source moved (another host, another file), move the copy and its `.reprise` folder aside (keep them until the new copy has a verified point) and replicate again",
+            "its points are of {} (the newest, {}), and this replication reads {source}: the inventory gives the copy to another source, and its points would be of two, a failover able to start one's data as the other's; nothing was written. If that is a mistake, give the copy back to its source in the inventory; if its source moved (another host, another file), move the copy's `.reprise` folder aside (keep it until the new source has a verified point) and replicate again: the copy is then read as it is and only what differs is sent",
             newest.source, newest.id
         )
     })

@@ -2800,6 +2800,31 @@ mod tests {
             .apply(&mut &stream_of(&src, &store)[..], point("p2"))
             .unwrap();
         assert_eq!(store.points().unwrap().len(), 2);
+        // As it says: its history moved aside, the copy follows the new source, which sends
+        // only the blocks that differ from the copy as it is.
+        std::fs::rename(
+            dir.path().join("dst.img.reprise"),
+            dir.path().join("dst.img.reprise.old"),
+        )
+        .unwrap();
+        let mut data = vec![b'z'; 3 * BLOCK];
+        data[..BLOCK].fill(b'b');
+        std::fs::write(&other, data).unwrap();
+        let stream = stream_of(&other, &store);
+        let applied = store
+            .apply(
+                &mut &stream[..],
+                NewPoint {
+                    source: "hv-main:/other.img".into(),
+                    ..point("p3")
+                },
+            )
+            .unwrap();
+        assert_eq!(applied.blocks, 2);
+        assert_eq!(
+            std::fs::read(store.image()).unwrap(),
+            std::fs::read(&other).unwrap()
+        );
     }
 
     /// A bitmap a check found missing writes stays distrusted through every point whose read

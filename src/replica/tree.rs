@@ -1806,12 +1806,32 @@ mod tests {
             e.contains("its points are of src (the newest, p1)")
                 && e.contains("this replication reads hv-files:/other")
                 && e.contains("nothing was written")
-                && e.contains("move the copy and its `.reprise` folder aside"),
+                && e.contains("move the copy's `.reprise` folder aside"),
             "{e}"
         );
         assert_eq!(std::fs::read(dst.join("dump.sql")).unwrap(), b"ours");
         let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
         assert_eq!(ids, ["p1"]);
+        // As it says: its history moved aside, the copy follows the new source.
+        std::fs::rename(
+            dst.with_extension("reprise"),
+            dir.path().join("dst.reprise.old"),
+        )
+        .unwrap();
+        let base = store.base(false).unwrap();
+        let mut stream = Vec::new();
+        send_tree(&other, &base, &mut stream).unwrap();
+        let new = NewPoint {
+            id: "p2".into(),
+            taken_at: Utc::now(),
+            source: "hv-files:/other".into(),
+            retention: 3,
+            definition: None,
+            read: None,
+            pending: false,
+        };
+        store.apply(&mut &stream[..], new).unwrap();
+        assert_eq!(std::fs::read(dst.join("dump.sql")).unwrap(), b"theirs");
     }
 
     /// A backup set's files are read one after the other from the point's time on: the point
