@@ -228,6 +228,63 @@ fn a_replicated_qcow2_is_identical_and_only_changes_travel() {
     tool("qemu-img", &["check", "-q", lab.dst().to_str().unwrap()]);
 }
 
+/// The inventory gives erp-db's copies to other files (its host's images folder changed to
+/// one whose disks of the same names are another vm's): the replication is refused, exit 1,
+/// naming both sources, the copy and its points as they were. Its history moved aside, as the
+/// refusal says, the copy follows the new source, which sends only what differs.
+#[test]
+fn a_copy_the_inventory_gives_to_another_disk_is_refused_untouched() {
+    let lab = Lab::up(139);
+    let src = lab.src();
+    new_image("qcow2", &src, "64M");
+    qemu_io("qcow2", &src, "write -P 0x11 0 32M");
+    lab.replicate();
+    let before = b3(&lab.dst());
+    let points = lab.points();
+
+    let images = src.parent().unwrap();
+    let other = images.with_file_name("other");
+    std::fs::create_dir_all(&other).unwrap();
+    for disk in ["erp-db-system.qcow2", "erp-db-data.qcow2"] {
+        std::fs::copy(images.join(disk), other.join(disk)).unwrap();
+    }
+    let new_src = other.join("erp-db-data.qcow2");
+    qemu_io("qcow2", &new_src, "write -P 0x22 4M 1M");
+    let overlay = lab.dir.path().join("lab/overlay.toml");
+    let text = std::fs::read_to_string(&overlay).unwrap();
+    let (was, now) = (images.display().to_string(), other.display().to_string());
+    assert!(text.contains(&format!("\"{was}\"")), "{text}");
+    std::fs::write(
+        &overlay,
+        text.replace(&format!("\"{was}\""), &format!("\"{now}\"")),
+    )
+    .unwrap();
+
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("its points are of hv-main:{}", src.display()))
+            && run.stderr.contains(&format!(
+                "this replication reads hv-main:{}",
+                new_src.display()
+            ))
+            && run.stderr.contains("nothing was written"),
+        "{run:?}"
+    );
+    assert_eq!(b3(&lab.dst()), before);
+    assert_eq!(lab.points(), points);
+
+    // Both disks' copies: each refused the same way.
+    for disk in ["erp-db-system.qcow2", "erp-db-data.qcow2"] {
+        let history = lab.dst().with_file_name(format!("{disk}.reprise"));
+        std::fs::rename(&history, history.with_extension("reprise.old")).unwrap();
+    }
+    let sent = lab.replicate();
+    assert!(sent < 4 << 20, "{sent} bytes sent for 1 MiB that differs");
+    assert_eq!(b3(&lab.dst()), b3(&new_src));
+}
+
 #[test]
 fn a_sparse_raw_image_stays_sparse() {
     let lab = Lab::up(71);
