@@ -321,6 +321,11 @@ struct Commit {
     old_size: u64,
     new_whole: String,
     retention: u32,
+    /// The update begins a new history (the source read another way: [`NewPoint::read`]):
+    /// the copy's points before it are given up, for this reason, as it is recorded, never
+    /// before (an update that fails leaves them as they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ends: Option<String>,
 }
 
 /// A block in a journal or delta file: where its bytes are (none for zeros).
@@ -357,6 +362,16 @@ struct RolledForward {
     recorded: Option<Point>,
     /// What [`Commit::unmarked`] made of the points before it ([`unmarked`]).
     unmarked: Option<String>,
+    /// What [`Commit::ends`] gave up, said.
+    ended: Option<String>,
+}
+
+/// What an update follows: the copy's newest point (`None`: none, or a history that ends),
+/// and, when it begins a new history, why, and what that history's end hands on of a bitmap
+/// found missing writes.
+struct Before<'a> {
+    prev: Option<&'a Point>,
+    ends: Option<(String, Option<u64>)>,
 }
 
 /// Bytes written between two requests to the kernel to start writing back: the data goes to
@@ -514,24 +529,38 @@ impl Store {
     /// Ends the copy's point history: its points and deltas go, `ended.json` says why. The
     /// copy itself is left as it is.
     fn end_history(&self, why: String) -> Result<String, StoreError> {
+        self.end_points(why, true)
+    }
+
+    /// What the end of a history of `points` hands on of a bitmap found missing writes
+    /// ([`meta::Ended::missed`]). A history of points that read no bitmap (of the image file,
+    /// or none) checked none: what the history before it said stands.
+    fn missed_at_end(&self, points: &[Point]) -> Option<u64> {
+        match points.iter().all(|p| p.read.is_none()) {
+            true => meta::read_ended(&self.dir).and_then(|e| e.missed),
+            false => points.last().and_then(Point::missed),
+        }
+    }
+
+    /// [`Self::end_history`]; with `mirror` false, the manifest and stamp are left (they are
+    /// of the copy as an update that begins a new history just left it).
+    fn end_points(&self, why: String, mirror: bool) -> Result<String, StoreError> {
         let points = self.points().unwrap_or_default();
         let given_up: Vec<String> = points.iter().map(|p| p.id.clone()).collect();
-        // A history of points that read no bitmap (of the image file, or none) checked none:
-        // what the history before it said of its bitmap stands.
-        let checked_none = points.iter().all(|p| p.read.is_none());
         let ended = meta::Ended {
             at: Utc::now(),
             why: why.clone(),
             points: given_up.clone(),
-            missed: match checked_none {
-                true => meta::read_ended(&self.dir).and_then(|e| e.missed),
-                false => points.last().and_then(Point::missed),
-            },
+            missed: self.missed_at_end(&points),
         };
         let json = serde_json::to_vec_pretty(&ended).expect("serializes");
         meta::write_file(&self.dir, "ended.json", &json, false)?;
         meta::write_file(&self.dir, "points.json", b"[]", false)?;
-        for name in ["points.json.prev", "manifest", "stamp"] {
+        let files: &[&str] = match mirror {
+            true => &["points.json.prev", "manifest", "stamp"],
+            false => &["points.json.prev"],
+        };
+        for name in files {
             remove_if_present(&self.path(name))?;
         }
         let deltas = self.path("deltas");
@@ -1116,6 +1145,7 @@ impl Store {
         }
         // Points of the image file and points of the disk as the guest sees it are not one
         // history: a delta of one is meaningless applied to the other.
+        let mut ending: Option<(String, Option<u64>)> = None;
         if let Some(newest) = points.last()
             && newest.read.is_some() != new.read.is_some()
         {
@@ -1127,7 +1157,14 @@ impl Store {
                     "its points are of the disk as the guest sees it; from now on the copy is the source's image file"
                 }
             };
-            notes.push(self.end_history(why.into())?);
+            // Ended once the update is recorded (an update that fails leaves the history as
+            // it was); a copy that is not there has nothing to keep.
+            match self.image.is_file() {
+                true => {
+                    ending = Some((why.to_string(), self.missed_at_end(&points)));
+                }
+                false => notes.push(self.end_history(why.into())?),
+            }
             points.clear();
         }
         let recovered = (!notes.is_empty()).then(|| notes.join("; "));
@@ -1210,7 +1247,11 @@ impl Store {
         let received = match base {
             None => self.receive_fresh(input, &header, &new),
             Some(base) => {
-                self.receive_update(input, &header, base, points.last(), &new, stop_at_commit)
+                let after = Before {
+                    prev: points.last(),
+                    ends: ending,
+                };
+                self.receive_update(input, &header, base, after, &new, stop_at_commit)
             }
         };
         let mut applied = received.inspect_err(|_| {
@@ -1219,7 +1260,10 @@ impl Store {
             // the recovery host's space until the next run (a full disk is a common cause).
             let _ = self.recover();
         })?;
-        applied.recovered = recovered;
+        applied.recovered = match (recovered, applied.recovered.take()) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        };
         applied.point.duration_ms = began.elapsed().as_millis() as u64;
         // The duration is known only now: record it (the point itself is already safe).
         let mut points = self.points()?;
@@ -1356,10 +1400,11 @@ impl Store {
         input: &mut impl Read,
         header: &wire::Header,
         mut base: NodeFile,
-        prev: Option<&Point>,
+        before: Before,
         new: &NewPoint,
         stop_at_commit: bool,
     ) -> Result<Applied, StoreError> {
+        let prev = before.prev;
         let mirror = File::open(&self.image).map_err(io_err(&self.image))?;
         let jpath = self.path("journal");
         let jfile = File::create(&jpath).map_err(io_err(&jpath))?;
@@ -1406,7 +1451,14 @@ impl Store {
                 duration_ms: 0,
                 stamp: None,
                 definition: new.definition.clone(),
-                read: still_distrusted(new.read.as_ref(), self.missed_before(prev), s.checked),
+                read: still_distrusted(
+                    new.read.as_ref(),
+                    match &before.ends {
+                        Some((_, missed)) => *missed,
+                        None => self.missed_before(prev),
+                    },
+                    s.checked,
+                ),
                 unusable: None,
                 pending: false,
                 newest_file: None,
@@ -1416,6 +1468,7 @@ impl Store {
             old_size: base_size,
             new_whole: hex(s.whole),
             retention: new.retention.max(1),
+            ends: before.ends.map(|(why, _)| why),
         };
         if new.pending {
             // Held in the commit record itself: whoever completes the update records it held.
@@ -1446,7 +1499,7 @@ impl Store {
             point: done.recorded.unwrap_or(point),
             blocks: s.changed,
             dropped: done.dropped,
-            recovered: None,
+            recovered: done.ended,
             unmarked: done.unmarked,
         })
     }
@@ -1752,7 +1805,16 @@ impl Store {
                 "the update that made it was damaged on the recovery host's disk after it was received{blocks}: the copy is not this point; the next replication sends what differs again"
             )
         });
-        // 4. The points, within retention; the new newest records what the mirror now is.
+        // 4. The points, within retention; the new newest records what the mirror now is. An
+        // update that begins a new history ends the one before first (again, when a crash
+        // came in between, with nothing left to give up).
+        let mut ended = None;
+        if let Some(why) = &commit.ends {
+            let before = self.points()?;
+            if !before.is_empty() && !before.iter().any(|p| p.id == commit.point.id) {
+                ended = Some(self.end_points(why.clone(), false)?);
+            }
+        }
         let mut points = self.points()?;
         if !points.iter().any(|p| p.id == commit.point.id) {
             points.push(commit.point.clone());
@@ -1793,6 +1855,7 @@ impl Store {
             unusable,
             recorded,
             unmarked,
+            ended,
         })
     }
 
@@ -2765,6 +2828,64 @@ mod tests {
             e.contains("says 2 blocks its bitmap missed, and sent 1"),
             "{e}"
         );
+    }
+
+    /// A copy whose source is read another way from now on (its image file, then the disk as
+    /// the guest sees it, and back) begins a new history: its points are given up only once
+    /// the update is recorded. One that fails keeps them and the copy as they were; one cut
+    /// right after its commit record gives them up as whoever completes it records it.
+    #[test]
+    fn a_history_ends_for_a_new_way_of_reading_only_once_its_update_is_recorded() {
+        let (_dir, src, store) = copy_of(&[("p1", b'a'), ("p2", b'b')], 3);
+        let ids = |store: &Store| -> Vec<String> {
+            store.points().unwrap().into_iter().map(|p| p.id).collect()
+        };
+        let before = std::fs::read(store.image()).unwrap();
+        std::fs::write(&src, vec![b'c'; 3 * BLOCK]).unwrap();
+        let stream = stream_of(&src, &store);
+        let cut = &stream[..stream.len() - 40];
+        let e = store
+            .apply(&mut &cut[..], read_as("p3", ReadMode::Scan))
+            .unwrap_err();
+        assert!(e.to_string().contains("ended early"), "{e}");
+        assert_eq!(ids(&store), ["p1", "p2"]);
+        assert_eq!(std::fs::read(store.image()).unwrap(), before);
+        assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
+
+        let applied = store
+            .apply(
+                &mut &stream_of(&src, &store)[..],
+                read_as("p3", ReadMode::Scan),
+            )
+            .unwrap();
+        let said = applied.recovered.unwrap_or_default();
+        assert!(
+            said.contains("its point history was ended")
+                && said.contains("points given up: p1, p2"),
+            "{said}"
+        );
+        assert_eq!(ids(&store), ["p3"]);
+        assert_eq!(
+            std::fs::read(store.image()).unwrap(),
+            std::fs::read(&src).unwrap()
+        );
+        assert_eq!(store.verify(None).unwrap(), [("p3".to_string(), true)]);
+
+        std::fs::write(&src, vec![b'd'; 3 * BLOCK]).unwrap();
+        store
+            .apply_until(&mut &stream_of(&src, &store)[..], point("p4"), true)
+            .unwrap();
+        assert_eq!(ids(&store), ["p3"], "not given up before it is recorded");
+        let (_, note) = store.base_manifest(false).unwrap();
+        assert!(note.is_some_and(|n| n.contains("an interrupted update was completed: point p4")));
+        assert_eq!(ids(&store), ["p4"]);
+        let ended = meta::read_ended(&store.dir).unwrap();
+        assert_eq!(ended.points, ["p3"]);
+        assert_eq!(
+            std::fs::read(store.image()).unwrap(),
+            std::fs::read(&src).unwrap()
+        );
+        assert_eq!(store.verify(None).unwrap(), [("p4".to_string(), true)]);
     }
 
     /// A copy whose points are of another source (the inventory gives it to another disk) is
