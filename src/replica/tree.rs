@@ -1789,19 +1789,23 @@ mod tests {
         }
         replicate(&src, &dst, "p1");
         let store = TreeStore::new(&dst);
-        let base = store.base(false).unwrap();
-        let mut stream = Vec::new();
-        send_tree(&other, &base, &mut stream).unwrap();
-        let new = NewPoint {
-            id: "p2".into(),
-            taken_at: Utc::now(),
-            source: "hv-files:/other".into(),
-            retention: 3,
-            definition: None,
-            read: None,
-            pending: false,
+        // A replication of `other` into the copy.
+        let from_other = || {
+            let base = store.base(false).unwrap();
+            let mut stream = Vec::new();
+            send_tree(&other, &base, &mut stream).unwrap();
+            let new = NewPoint {
+                id: "p2".into(),
+                taken_at: Utc::now(),
+                source: "hv-files:/other".into(),
+                retention: 3,
+                definition: None,
+                read: None,
+                pending: false,
+            };
+            store.apply(&mut &stream[..], new)
         };
-        let e = store.apply(&mut &stream[..], new).unwrap_err().to_string();
+        let e = from_other().unwrap_err().to_string();
         assert!(
             e.contains("its points are of src (the newest, p1)")
                 && e.contains("this replication reads hv-files:/other")
@@ -1818,19 +1822,7 @@ mod tests {
             dir.path().join("dst.reprise.old"),
         )
         .unwrap();
-        let base = store.base(false).unwrap();
-        let mut stream = Vec::new();
-        send_tree(&other, &base, &mut stream).unwrap();
-        let new = NewPoint {
-            id: "p2".into(),
-            taken_at: Utc::now(),
-            source: "hv-files:/other".into(),
-            retention: 3,
-            definition: None,
-            read: None,
-            pending: false,
-        };
-        store.apply(&mut &stream[..], new).unwrap();
+        from_other().unwrap();
         assert_eq!(std::fs::read(dst.join("dump.sql")).unwrap(), b"theirs");
     }
 
