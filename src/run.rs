@@ -1274,6 +1274,7 @@ pub fn uncopied(plan: &Plan, started: &[&str], transport: &dyn Transport) -> Vec
                 name: &r.vm,
                 host: &r.host,
                 paths: &r.paths,
+                sources: &r.sources,
             };
             crate::replica::start::before_failback(&remote, vm, plan.copies_back(&r.vm)).err()
         })

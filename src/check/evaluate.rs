@@ -351,6 +351,12 @@ fn points_item(r: &ReplicaTarget, dest: &HostProbe, now: DateTime<Utc>) -> (Read
         return (item("replicas", &r.what, ItemStatus::Failed, detail), false);
     };
     let id = r.what.split_whitespace().nth(1).unwrap_or(&r.what);
+    let mut state = state.clone();
+    crate::replica::choice::note_sources(
+        std::slice::from_mut(&mut state),
+        &[format!("{}:{}", r.from_host, r.source)],
+    );
+    let state = &state;
     let (level, detail) = judge(state, id, r.rpo_s, now);
     let status = match level {
         Level::Ok => ItemStatus::Ok,
@@ -887,8 +893,10 @@ mod tests {
             .unwrap();
         let now = Utc::now();
         let point: crate::replica::Point = serde_json::from_str(&format!(
-            r#"{{"id":"P1","taken_at":"{}","source":"s","size":1,"blake3":"{}","verified":"yes","checked_at":null,"received_bytes":0,"duration_ms":0,"stamp":"tree a"}}"#,
+            r#"{{"id":"P1","taken_at":"{}","source":"{}:{}","size":1,"blake3":"{}","verified":"yes","checked_at":null,"received_bytes":0,"duration_ms":0,"stamp":"tree a"}}"#,
             (now - chrono::Duration::hours(1)).to_rfc3339(),
+            r.from_host,
+            r.source,
             "00".repeat(32)
         ))
         .unwrap();

@@ -1203,7 +1203,9 @@ pub(super) fn copies(
 ) -> Result<Vec<crate::replica::CopyState>, crate::replica::remote::ReplicaError> {
     let mut out = Vec::new();
     for img in &vm.images {
-        out.extend(helpers.inspect(&img.to, std::slice::from_ref(&img.dst))?);
+        let mut states = helpers.inspect(&img.to, std::slice::from_ref(&img.dst))?;
+        crate::replica::choice::note_sources(&mut states, &[format!("{}:{}", img.from, img.src)]);
+        out.extend(states);
     }
     Ok(out)
 }

@@ -554,6 +554,7 @@ fn backup_step(
             set: set.id.clone(),
             host: host.id.clone(),
             path: set.dest_path.clone(),
+            source: format!("{}:{}", set.source_host.value, set.source_path),
             failover,
         }),
     })

@@ -184,6 +184,9 @@ pub struct ReplicaUse {
     /// The recovery host (for a failback's start on the primary, not the step's host).
     pub host: String,
     pub paths: Vec<String>,
+    /// The source (`host:path`) of each copy's points, as the inventory gives it: the vm's
+    /// disks on its primary (for a drill's or a failover's start; empty otherwise).
+    pub sources: Vec<String>,
     pub role: ReplicaRole,
     /// For a drill's start: the vm's primary host and its driver's `replicate-check`, asked
     /// (read only) whether a replication snapshot was left there.
@@ -314,6 +317,8 @@ pub struct BackupUse {
     /// The recovery host and the copy's folder there.
     pub host: String,
     pub path: String,
+    /// The source of its points (`host:path`), as the inventory gives it.
+    pub source: String,
     /// A failover (the copy becomes the data the recovery site runs on), not a drill.
     pub failover: bool,
 }

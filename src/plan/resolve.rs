@@ -734,10 +734,21 @@ impl<'a> StepAt<'a> {
             })
             .flatten();
         let define = define_use(model, service, vm, role, run_id);
+        // What a start from the copies takes as their points' source.
+        let primary = &vm.primary.value;
+        let sources = match (role, images_dir_of(self.inv(), primary)) {
+            (ReplicaRole::DrillStart | ReplicaRole::Start, Some(src)) => vm
+                .disks
+                .iter()
+                .map(|d| format!("{primary}:{src}/{d}"))
+                .collect(),
+            _ => Vec::new(),
+        };
         images_dir_of(self.inv(), recovery).map(|dir| ReplicaUse {
             vm: vm.id.clone(),
             host: recovery.clone(),
             paths: vm.disks.iter().map(|d| format!("{dir}/{d}")).collect(),
+            sources,
             role,
             snapshot_check,
             define,

@@ -82,6 +82,26 @@ pub fn name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
+/// Notes on each copy of `states` whose newest point was read from another source than
+/// `sources` gives it (`host:path`, the source the inventory gives each copy now, in the same
+/// order; a copy without one is not checked) that its points may be another disk's or
+/// folder's data ([`CopyState::other_source`]): the inventory gives the copy to another
+/// source than its points were read from (a vm's disks or copies swapped, a copy path given
+/// to another vm), or the source moved. Such a copy is unverified: nothing starts it as a
+/// point unless the operator names it, and `check` fails on it.
+pub fn note_sources(states: &mut [CopyState], sources: &[String]) {
+    for (state, source) in states.iter_mut().zip(sources) {
+        if let Some(newest) = state.points.last()
+            && newest.source != *source
+        {
+            state.other_source = Some(format!(
+                "its points are of {} (the newest, {}), and the inventory gives it to {source}: they may be another disk's data. If the inventory is wrong, put it right; if the source really moved, its newest point is still this data: start it as it is only by naming it (--accept-unverified), or move the copy's `.reprise` folder aside and replicate it again (only what differs is sent)",
+                newest.source, newest.id
+            ));
+        }
+    }
+}
+
 /// Why a copy cannot be trusted as a point at all; `None` when its points can be used.
 pub fn unverified(copy: &CopyState, run: Option<&str>) -> Option<String> {
     let n = name(&copy.path);
@@ -98,6 +118,9 @@ pub fn unverified(copy: &CopyState, run: Option<&str>) -> Option<String> {
     }
     if let Some(d) = &copy.damaged {
         return Some(format!("{n}: its replica points cannot be read: {d}"));
+    }
+    if let Some(why) = &copy.other_source {
+        return Some(format!("{n}: {why}"));
     }
     if !copy.managed {
         return Some(format!(
@@ -260,8 +283,14 @@ fn as_is(
         Use::Failover => "a failover",
     };
     if !ask.accept_unverified {
+        // A replication refuses a copy of another source: the way out is said in its reason.
+        let mend = if disks.iter().any(|d| d.other_source.is_some()) {
+            "set its source right as said"
+        } else {
+            "replicate it (`reprise replicate`)"
+        };
         return Decision::Refuse(format!(
-            "{}: {what} does not start from unverified data; replicate it (`reprise replicate`), or, to start it from its copy as it is, name it with --accept-unverified (journaled; `reprise resume RUN --accept-unverified VM` carries on a run this stopped)",
+            "{}: {what} does not start from unverified data; {mend}, or, to start it from its copy as it is, name it with --accept-unverified (journaled; `reprise resume RUN --accept-unverified VM` carries on a run this stopped)",
             reasons.join("; ")
         ));
     }
@@ -753,6 +782,11 @@ pub fn judge(
     }
     match unverified(copy, None) {
         Some(_) if live => {}
+        // A replication refuses it too: the way out is in the inventory or the history.
+        Some(why) if copy.other_source.is_some() => found.push((
+            Level::Failed,
+            format!("UNVERIFIED: {why}; `reprise replicate` refuses it until then"),
+        )),
         Some(why) => found.push((
             Level::Failed,
             format!(
@@ -894,6 +928,57 @@ mod tests {
             Decision::Refuse(why) => why,
             other => panic!("not refused: {other:?}"),
         }
+    }
+
+    /// A copy whose points were read from another source than the one the inventory gives
+    /// it now (two vms' copies swapped, a copy path given to another vm) is not started as a
+    /// point, by a failover or a drill: its points may be the other's data. Named, it starts
+    /// as it is, unverified; `check` fails on it.
+    #[test]
+    fn a_copy_whose_points_are_of_another_source_is_not_started_as_a_point() {
+        let at = "2026-11-28T01:00:00Z";
+        let mut disks = vec![
+            disk("sys", &[("P1", at, "yes")]),
+            disk("data", &[("P1", at, "yes")]),
+        ];
+        note_sources(&mut disks, &["s".to_string(), "s".to_string()]);
+        assert!(disks.iter().all(|d| d.other_source.is_none()));
+        assert!(started(decide(&disks, Use::Failover, &Ask::default())).verified);
+        // No source given: not checked.
+        note_sources(&mut disks, &[]);
+        assert!(disks.iter().all(|d| d.other_source.is_none()));
+
+        note_sources(
+            &mut disks,
+            &["s".to_string(), "hv-main:/img/other.qcow2".to_string()],
+        );
+        assert!(disks[0].other_source.is_none());
+        for how in [Use::Failover, Use::Drill] {
+            let why = refused(decide(&disks, how, &Ask::default()));
+            assert!(
+                why.contains("data: its points are of s (the newest, P1), and the inventory gives it to hv-main:/img/other.qcow2")
+                    && why.contains("set its source right as said")
+                    && !why.contains("replicate it (`reprise replicate`)"),
+                "{why}"
+            );
+        }
+        let named = Ask {
+            accept_unverified: true,
+            ..Ask::default()
+        };
+        let s = started(decide(&disks, Use::Failover, &named));
+        assert!(!s.verified, "{s:?}");
+        assert_eq!(s.points, vec![Some("P1".to_string()), None]);
+        let (level, why) = judge(&disks[1], "vm", None, at.parse().unwrap());
+        assert_eq!(level, Level::Failed, "{why}");
+        assert!(
+            why.contains("another disk's data") && why.contains("`reprise replicate` refuses it"),
+            "{why}"
+        );
+        assert_eq!(
+            judge(&disks[0], "vm", None, at.parse().unwrap()).0,
+            Level::Ok
+        );
     }
 
     #[test]

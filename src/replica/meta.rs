@@ -628,6 +628,11 @@ pub struct CopyState {
     /// replication writes into it, and what to do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub returned: Option<String>,
+    /// Its newest point was read from another source than the one the inventory now gives
+    /// the copy: why its points may be another disk's data ([`crate::replica::choice::note_sources`];
+    /// never said by the recovery host, which does not know the inventory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_source: Option<String>,
 }
 
 impl CopyState {

@@ -147,6 +147,10 @@ pub struct Vm<'a> {
     pub name: &'a str,
     pub host: &'a str,
     pub paths: &'a [String],
+    /// The source (`host:path`) the inventory gives each copy, in the order of `paths`: a
+    /// copy whose points were read from another is not started as a point
+    /// ([`choice::note_sources`]). Empty: not checked (a use that starts nothing from them).
+    pub sources: &'a [String],
 }
 
 /// The primary host's driver command that lists the replication snapshots left on the vm's
@@ -322,6 +326,7 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
         let mut states = copies
             .inspect(host, paths)
             .map_err(|e| format!("cannot read the copies of {} on {host}: {e}", req.what()))?;
+        choice::note_sources(&mut states, req.vm.sources);
         for (i, id) in &unusable {
             if let Some(p) = states[*i].points.iter_mut().find(|p| &p.id == id) {
                 p.verified = Verified::Bad;
@@ -951,6 +956,7 @@ mod tests {
                 name: "db",
                 host: "pra",
                 paths,
+                sources: &[],
             },
             how,
             ask: Ask::default(),

@@ -34,7 +34,7 @@ pub(super) async fn run(ctx: &RunContext, run: &StepRun, copy: &BackupUse) -> Ou
         copy.clone(),
     );
     let prepared = tokio::task::spawn_blocking(move || {
-        let paths = [c.path.clone()];
+        let (paths, sources) = ([c.path.clone()], [c.source.clone()]);
         let req = Request {
             run: &run_id,
             step: &id,
@@ -42,6 +42,7 @@ pub(super) async fn run(ctx: &RunContext, run: &StepRun, copy: &BackupUse) -> Ou
                 name: &c.set,
                 host: &c.host,
                 paths: &paths,
+                sources: &sources,
             },
             how,
             ask,
@@ -123,6 +124,7 @@ pub(super) async fn undo(ctx: &RunContext, copy: &BackupUse) -> (bool, String) {
             name: &c.set,
             host: &c.host,
             paths: &paths,
+            sources: &[],
         };
         start::after(
             &Remote::new(transport.as_ref()),

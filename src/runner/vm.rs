@@ -21,6 +21,7 @@ fn copies(replica: &ReplicaUse) -> Vm<'_> {
         name: &replica.vm,
         host: &replica.host,
         paths: &replica.paths,
+        sources: &replica.sources,
     }
 }
 

@@ -275,6 +275,34 @@ fn a_copy_the_inventory_gives_to_another_disk_is_refused_untouched() {
     assert_eq!(b3(&lab.dst()), before);
     assert_eq!(lab.points(), points);
 
+    // Nothing else takes those points for the new source's data: `check` fails on the
+    // copies naming both sources, `points` says so, and a drill does not start the vm.
+    let want = format!(
+        "its points are of hv-main:{} (the newest, {}), and the inventory gives it to hv-main:{}",
+        src.display(),
+        points.last().unwrap().0,
+        new_src.display()
+    );
+    let check = lab.run(&["check", "--json"]);
+    assert_ne!(check.code, 0, "{check:?}");
+    assert!(check.stdout.contains(&want), "{check:?}");
+    let shown = lab.run(&["points", "erp-db"]);
+    assert!(shown.stdout.contains(&want), "{shown:?}");
+    // (Its dependencies' vms come first, and their copies moved with the same folder.)
+    let drill = lab.run(&["drill", "--service", "erp-db", "--no-prompt"]);
+    assert_ne!(drill.code, 0, "{drill:?}");
+    assert!(
+        drill.stdout.contains(&format!(
+            "and the inventory gives it to hv-main:{}/",
+            other.display()
+        )) && drill
+            .stdout
+            .contains("a drill does not start from unverified data"),
+        "{drill:?}"
+    );
+    assert_eq!(b3(&lab.dst()), before);
+    assert_eq!(lab.points(), points);
+
     // Both disks' copies: each refused the same way.
     for disk in ["erp-db-system.qcow2", "erp-db-data.qcow2"] {
         let history = lab.dst().with_file_name(format!("{disk}.reprise"));
