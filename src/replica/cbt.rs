@@ -406,9 +406,16 @@ fn stopped_unmarked(p: &Point) -> bool {
 /// `reprise-mark-<point id>` ([`HowRead::marker`]); no other is touched.
 pub const MARK_PREFIX: &str = "reprise-mark-";
 
-/// The marker of the point `point`.
+/// A new marker for the point `point`: its id, then what makes this one unique (the process
+/// and the time). Point ids may repeat (two runs in one second, a clock put back): a run
+/// whose point is refused after it marked the files must never make again, on a file put
+/// back, the mark a recorded point holds as the proof that the file is the one it read.
 pub fn marker_name(point: &str) -> String {
-    format!("{MARK_PREFIX}{point}")
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{MARK_PREFIX}{point}-{:x}-{nanos:x}", std::process::id())
 }
 
 /// `qemu-img info` of the qcow2 file `f` (read shared: a running vm may hold it).
@@ -462,8 +469,8 @@ pub fn marker_problem(
 
 /// Marks the files of a stopped vm, before they are read as point `name`'s, with the empty,
 /// disabled bitmap `name` ([`HowRead::marker`]): of the largest granularity, it takes a few
-/// bytes, records nothing and is never read. One of that name left (a run of the same second)
-/// is made again.
+/// bytes, records nothing and is never read. A bitmap of that name already there is an error
+/// ([`marker_name`] makes new names): a mark is never made again.
 pub fn add_marker(
     t: &dyn Transport,
     host: &str,
@@ -476,11 +483,11 @@ pub fn add_marker(
         sh(
             t,
             host,
-            &format!(
-                "qemu-img bitmap --remove {q} {n} 2>/dev/null; qemu-img bitmap --add -g 2147483648 --disable {q} {n}"
-            ),
+            &format!("qemu-img bitmap --add -g 2147483648 --disable {q} {n}"),
         )
-        .map_err(|e| format!("{f} cannot be marked with the bitmap {name} (qemu-img bitmap): {e}"))?;
+        .map_err(|e| {
+            format!("{f} cannot be marked with the bitmap {name} (qemu-img bitmap): {e}")
+        })?;
     }
     Ok(())
 }
@@ -1496,6 +1503,32 @@ mod tests {
                 reason: "no pipes here".into(),
             })
         }
+    }
+
+    /// Each mark has a name of its own, even for one point id (two runs in one second), and a
+    /// mark is never made again over one of its name: a run whose point was refused cannot
+    /// make, on a file put back, the mark a recorded point takes as proof of the file it read.
+    #[test]
+    fn a_mark_is_never_made_again() {
+        let (a, b) = (
+            marker_name("20261205T110000Z"),
+            marker_name("20261205T110000Z"),
+        );
+        assert_ne!(a, b);
+        assert!(a.starts_with("reprise-mark-20261205T110000Z-"), "{a}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("d.qcow2").to_string_lossy().into_owned();
+        crate::replica::image::tests::qemu_img(&["create", "-q", "-f", "qcow2", &f, "1M"]);
+        let files = [f.clone()];
+        add_marker(&Local, "h", &files, &a).unwrap();
+        let e = add_marker(&Local, "h", &files, &a).unwrap_err();
+        assert!(e.contains("cannot be marked with the bitmap"), "{e}");
+        add_marker(&Local, "h", &files, &b).unwrap();
+        let names: Vec<String> = bitmaps_in(&image_info(&Local, "h", &f).unwrap())
+            .iter()
+            .filter_map(|m| m["name"].as_str().map(String::from))
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 
     /// A stopped domain's definition may not name its disks' backing files: the bitmap of an
