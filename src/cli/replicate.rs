@@ -832,7 +832,7 @@ fn replicate_guest(
         host,
         running,
     };
-    let (mut decision, made) = match guest_decision(&g, to, &mine, scan) {
+    let (mut decision, made, relied) = match guest_decision(&g, to, &mine, scan) {
         Ok(d) => d,
         Err(e) => return fail(out, e),
     };
@@ -886,6 +886,7 @@ fn replicate_guest(
         decision: &decision,
         checkpoint,
         marker: marker.clone(),
+        relied,
     };
     let all_done = copy_guest_disks(&g, &r, &mine, &read, stopped, out);
     if job.on {
@@ -920,6 +921,8 @@ struct GuestCopy<'a> {
     checkpoint: Option<(String, Option<i64>)>,
     /// The bitmap marking the files of a stopped vm as read ([`cbt::add_marker`]).
     marker: Option<String>,
+    /// Per disk, the mark of its copy's newest point found in its file by the decision.
+    relied: Vec<Option<String>>,
 }
 
 /// A domain whose disks are read as the guest sees them, on its primary.
@@ -948,6 +951,14 @@ impl Drop for Job<'_> {
     }
 }
 
+/// A guest's read decided: how, the checkpoints libvirt made (by name, when), and per disk
+/// the mark of its copy's newest point found in its file.
+type GuestDecision = (
+    cbt::Decision,
+    std::collections::BTreeMap<String, i64>,
+    Vec<Option<String>>,
+);
+
 /// How the disks of a guest are read this time (only the changes since a checkpoint, or
 /// every block, and why), from its copies' newest points and the domain's checkpoints.
 fn guest_decision(
@@ -955,7 +966,7 @@ fn guest_decision(
     to: &str,
     mine: &[cbt::DomDisk],
     scan: bool,
-) -> Result<(cbt::Decision, std::collections::BTreeMap<String, i64>), String> {
+) -> Result<GuestDecision, String> {
     let Guest {
         vm,
         transport,
@@ -1001,7 +1012,13 @@ fn guest_decision(
         };
         decision = cbt::decide(&facts);
     }
-    Ok((decision, created))
+    // The marks the decision found in the files, which a read through a bitmap relies on.
+    let relied = facts
+        .newest
+        .iter()
+        .map(|p| p.and_then(|p| p.read.as_ref()?.marker.clone()))
+        .collect();
+    Ok((decision, created, relied))
 }
 
 /// Begins the backup job of a running domain (a stale one ended first): every block read
@@ -1119,6 +1136,7 @@ fn copy_guest_disks(
                 read.decision,
                 read.checkpoint.clone(),
                 read.marker.clone(),
+                read.relied.get(i).cloned().flatten(),
             );
             let r = if i == 0 { r } else { &rest };
             tracing::debug!(vm = vm.id, disk = disk_name(img), "disk stream begins");

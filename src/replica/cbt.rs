@@ -869,7 +869,10 @@ pub fn end_stale_checkpoint(
     )))
 }
 
-/// The read of one disk: libvirt's export of it, or `qemu-nbd` of its file.
+/// The read of one disk: libvirt's export of it, or `qemu-nbd` of its file. `relied`: the
+/// mark of the copy's newest point, which the decision found in the file (`marker_problem`).
+/// A stopped vm's file read through a bitmap must still hold it, and the new `marker`, once
+/// `qemu-nbd` holds it (`send --mark`): put back to another file in between, it is refused.
 pub fn guest_read(
     running: bool,
     dom: &str,
@@ -877,9 +880,16 @@ pub fn guest_read(
     d: &Decision,
     checkpoint: Option<(String, Option<i64>)>,
     marker: Option<String>,
+    relied: Option<String>,
 ) -> super::remote::GuestRead {
     let changed = d.mode == ReadMode::ChangedBlocks;
+    let marks = if changed && !running {
+        relied.into_iter().chain(marker.clone()).collect()
+    } else {
+        Vec::new()
+    };
     super::remote::GuestRead {
+        marks,
         nbd: running.then(|| (socket(dom), disk.target.clone())),
         format: if disk.format == "qcow2" {
             DiskFormat::Qcow2

@@ -76,6 +76,7 @@ pub fn serve(
             bitmap,
             audit,
             base,
+            marks,
         } => {
             let from = SendFrom {
                 live,
@@ -84,6 +85,7 @@ pub fn serve(
                 format,
                 bitmap,
                 audit,
+                marks,
             };
             send_disk(&image, &from, base, compress, stdin, stdout)
         }
@@ -266,6 +268,8 @@ struct SendFrom {
     bitmap: Option<String>,
     /// Every block read, checked against `bitmap` ([`NbdSource::audit`]).
     audit: bool,
+    /// Bitmaps a qcow2 file must hold once `qemu-nbd` holds it ([`holds_marks`]).
+    marks: Vec<String>,
 }
 
 /// [`Request::Send`]: the blocks of `image` that differ from the base, as a stream.
@@ -311,6 +315,8 @@ fn send_disk(
         (None, Some(DiskFormat::Qcow2)) => {
             let unchanged = unwritten_since(image)?;
             let served = QemuNbd::serve(image, bitmap)?;
+            // Held now (against QEMU; against anything else, by `unchanged` at the end).
+            holds_marks(image, &from.marks)?;
             send_nbd(
                 &NbdSource {
                     socket: &served.socket,
@@ -361,6 +367,43 @@ fn unwritten_since(image: &Path) -> Result<impl Fn() -> Result<(), String> + '_,
             )),
         }
     })
+}
+
+/// Whether the qcow2 file `image` holds each bitmap of `marks`: the marks that prove it is
+/// the file a read through a bitmap was decided on ([`crate::replica::cbt::add_marker`]). A
+/// file put back to another (a copy kept by hand) between that decision and this read has a
+/// bitmap that misses what the recovery copy holds; read through it, the copy would be
+/// neither file.
+fn holds_marks(image: &Path, marks: &[String]) -> Result<(), String> {
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let name = image.display();
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json", "-f", "qcow2", "--"])
+        .arg(image)
+        .output()
+        .map_err(|e| format!("{name}: qemu-img info cannot run: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{name}: its bitmaps cannot be read (qemu-img info): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{name}: qemu-img info is not understood: {e}"))?;
+    let held: Vec<&str> = info["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["name"].as_str())
+        .collect();
+    match marks.iter().find(|m| !held.contains(&m.as_str())) {
+        None => Ok(()),
+        Some(m) => Err(format!(
+            "{name}: the bitmap {m} that marked it is not in it: it is not the file this replication decided to read through its dirty bitmap (put back to another since?); nothing was sent, the recovery copy keeps its last point; replicate again (the next one reads every block and says why)"
+        )),
+    }
 }
 
 /// A copy reprise writes now, or left half written (`why`), is never read as the source of a
@@ -1873,6 +1916,7 @@ mod tests {
             format: Some(DiskFormat::Qcow2),
             bitmap: None,
             audit: false,
+            marks: Vec::new(),
         };
         let mut stream = Vec::new();
         // The first byte of a qcow2 file is its magic's `Q`: written again, it stays one.
@@ -1907,6 +1951,53 @@ mod tests {
         assert!(store.apply(&mut &stream[..], new).is_err());
         assert_eq!(std::fs::read(&dst).unwrap(), before);
         assert_eq!(store.points().unwrap().len(), 1);
+    }
+
+    /// A stopped vm's file read through its dirty bitmap must hold, once `qemu-nbd` holds
+    /// it, the marks the read was decided on: a file put back to another in between (its
+    /// checkpoint's bitmap as it was, missing what the copy holds) sends nothing, naming the
+    /// mark; the file that holds them is read through its bitmap.
+    #[test]
+    fn a_file_without_the_marks_its_read_was_decided_on_sends_nothing() {
+        let (_dir, img, dst, kept) = guest_files();
+        let i = img.display();
+        sh(&format!(
+            "qemu-img create -q -f qcow2 '{i}' 8M && qemu-io -c 'write -q -P 0x11 0 4M' '{i}'"
+        ));
+        replicate_guest(&img, &dst, "p1", None, &kept);
+        sh(&format!(
+            "qemu-img bitmap --add '{i}' cp && qemu-img bitmap --add -g 2147483648 --disable '{i}' reprise-mark-p1-a && qemu-io -c 'write -q -P 0x22 1M 64k' '{i}'"
+        ));
+        let manifest = Store::new(&dst).base_manifest(false).unwrap().0.encode();
+        let send = |marks: &[&str]| {
+            let from = SendFrom {
+                live: false,
+                nbd: None,
+                export: None,
+                format: Some(DiskFormat::Qcow2),
+                bitmap: Some("cp".into()),
+                audit: false,
+                marks: marks.iter().map(|m| m.to_string()).collect(),
+            };
+            let mut stream = Vec::new();
+            send_disk(&img, &from, None, false, &mut &manifest[..], &mut stream).map(|()| stream)
+        };
+        let Err(err) = send(&["reprise-mark-p1-a", "reprise-mark-p2-b"]) else {
+            panic!("sent, a mark missing");
+        };
+        assert!(
+            err.contains(&i.to_string())
+                && err.contains("the bitmap reprise-mark-p2-b that marked it is not in it")
+                && err.contains("nothing was sent"),
+            "{err}"
+        );
+        // What it holds: read through the bitmap, the one block written.
+        let stream = send(&["reprise-mark-p1-a"]).unwrap();
+        assert!(
+            stream.len() > 64 << 10 && stream.len() < 256 << 10,
+            "{}",
+            stream.len()
+        );
     }
 
     /// A leaf of the recovery manifest rots (its header intact): an incremental replication

@@ -60,6 +60,13 @@ pub enum Request {
         audit: bool,
         #[arg(long)]
         base: Option<String>,
+        /// Bitmaps the qcow2 file read through `qemu-nbd` must hold once it holds the file
+        /// (the marks of the point whose checkpoint is read since, and of the point made):
+        /// one missing, the file is not the one the read was decided on (put back to another
+        /// meanwhile), and nothing is sent.
+        #[arg(long = "mark")]
+        #[serde(default)]
+        marks: Vec<String>,
     },
     /// Recovery side: the binary manifest to compare against (after settling an interrupted
     /// update); with `digest`, only its digest (hex, one line: the BLAKE3 of its header, which
@@ -353,6 +360,15 @@ impl Request {
                     }));
                     continue;
                 }
+                // A repeated option: `--long=value` each.
+                Some(Value::Array(items)) => {
+                    let long = arg.get_long().expect("positional lists are above");
+                    options.extend(items.iter().map(|v| match v {
+                        Value::String(s) => format!("--{long}={s}"),
+                        other => format!("--{long}={other}"),
+                    }));
+                    continue;
+                }
                 Some(Value::Bool(true)) => None,
                 Some(Value::String(s)) => Some(s.clone()),
                 Some(other) => Some(other.to_string()),
@@ -478,6 +494,7 @@ mod tests {
                 bitmap: None,
                 audit: false,
                 base: None,
+                marks: Vec::new(),
             },
             Request::Send {
                 image: "-starts-with-a-dash".into(),
@@ -489,6 +506,7 @@ mod tests {
                 bitmap: Some("-backup-vda".into()),
                 audit: true,
                 base: Some("ab12".into()),
+                marks: vec!["reprise-mark-a".into(), "-reprise mark b".into()],
             },
             Request::Manifest {
                 image: "/srv/a.qcow2".into(),

@@ -116,6 +116,8 @@ pub struct GuestRead {
     pub bitmap: Option<String>,
     /// Every block is read all the same, and checked against `bitmap` (`send --audit`).
     pub audit: bool,
+    /// Bitmaps a qcow2 file read through `qemu-nbd` must hold (`send --mark`).
+    pub marks: Vec<String>,
     /// What the point records.
     pub how: super::store::HowRead,
 }
@@ -1576,6 +1578,7 @@ fn requests(
                 bitmap: guest.and_then(|g| g.bitmap.clone()),
                 audit: guest.is_some_and(|g| g.audit),
                 base: None,
+                marks: guest.map(|g| g.marks.clone()).unwrap_or_default(),
             },
             apply: Request::Apply {
                 image: dst_path,

@@ -27,8 +27,10 @@
 /// (`Record::Unmarked` of count 0), and the recovery side keeps a bitmap distrusted through
 /// points whose read made no check; a backup set's stamp is its seal (`tree::tree_seal`).
 /// Version 12: `apply --marker` records the bitmap that marks a disk file read while its vm
-/// was stopped (`HowRead::marker`).
-pub const PROTOCOL: u32 = 12;
+/// was stopped (`HowRead::marker`). Version 13: `send --mark` names the bitmaps a stopped
+/// vm's qcow2 file must hold once `qemu-nbd` holds it (else it is not the file the read was
+/// decided on, and nothing is sent).
+pub const PROTOCOL: u32 = 13;
 
 /// The version of this program, as helpers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

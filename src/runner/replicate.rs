@@ -335,6 +335,7 @@ async fn copy_frozen(
         format: crate::replica::protocol::DiskFormat::Qcow2,
         bitmap: None,
         audit: false,
+        marks: Vec::new(),
         how: crate::replica::store::HowRead {
             mode: crate::replica::store::ReadMode::Scan,
             why: Some("read by a runbook step, which starts no checkpoint".into()),
