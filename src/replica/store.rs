@@ -1078,11 +1078,13 @@ impl Store {
                 let id = commit.point.id.clone();
                 let done = self.roll_forward(&path, &journal, commit, true)?;
                 let note = super::point::completed_note(&id, done.unusable);
-                // What its source found its bitmap missed is said by whoever completes it.
-                Ok(Some(match done.unmarked {
-                    Some(said) => format!("{note}; {said}"),
-                    None => note,
-                }))
+                // What its source found its bitmap missed, and the history it ended, are said
+                // by whoever completes it.
+                let said: Vec<String> = std::iter::once(note)
+                    .chain(done.unmarked)
+                    .chain(done.ended)
+                    .collect();
+                Ok(Some(said.join("; ")))
             }
             None => {
                 let pending = self.path("delta.pending");
@@ -2877,7 +2879,14 @@ mod tests {
             .unwrap();
         assert_eq!(ids(&store), ["p3"], "not given up before it is recorded");
         let (_, note) = store.base_manifest(false).unwrap();
-        assert!(note.is_some_and(|n| n.contains("an interrupted update was completed: point p4")));
+        // Whoever completes it says what it gave up.
+        let note = note.unwrap_or_default();
+        assert!(
+            note.contains("an interrupted update was completed: point p4")
+                && note.contains("its point history was ended")
+                && note.contains("points given up: p3"),
+            "{note}"
+        );
         assert_eq!(ids(&store), ["p4"]);
         let ended = meta::read_ended(&store.dir).unwrap();
         assert_eq!(ended.points, ["p3"]);
