@@ -92,7 +92,7 @@ pub fn name(path: &str) -> &str {
 pub fn note_sources(states: &mut [CopyState], sources: &[String]) {
     for (state, source) in states.iter_mut().zip(sources) {
         if let Some(newest) = state.points.last()
-            && newest.source != *source
+            && !super::meta::same_source(&newest.source, source)
         {
             state.other_source = Some(format!(
                 "its points are of {} (the newest, {}), and the inventory gives it to {source}: they may be another disk's data. If the inventory is wrong, put it right; if the source really moved, its newest point is still this data: start it as it is only by naming it (--accept-unverified), or move the copy's `.reprise` folder aside and replicate it again (only what differs is sent)",
@@ -947,6 +947,27 @@ mod tests {
         // No source given: not checked.
         note_sources(&mut disks, &[]);
         assert!(disks.iter().all(|d| d.other_source.is_none()));
+        // The same path written otherwise is the same source; another is not.
+        for p in disks.iter_mut().flat_map(|d| d.points.iter_mut()) {
+            p.source = "hv-main:/srv/img/a.qcow2".into();
+        }
+        for same in ["hv-main:/srv//img/./a.qcow2", "hv-main:/srv/img/a.qcow2/"] {
+            note_sources(&mut disks, &[same.to_string(), same.to_string()]);
+            assert!(disks.iter().all(|d| d.other_source.is_none()), "{same}");
+        }
+        for other in [
+            "hv-pra:/srv/img/a.qcow2",
+            "hv-main:/srv/img/b.qcow2",
+            "hv-main:srv/img/a.qcow2",
+            "hv-main:/srv/x/../img/a.qcow2",
+        ] {
+            let mut d = disks.clone();
+            note_sources(&mut d, &[other.to_string(), other.to_string()]);
+            assert!(d.iter().all(|d| d.other_source.is_some()), "{other}");
+        }
+        for p in disks.iter_mut().flat_map(|d| d.points.iter_mut()) {
+            p.source = "s".into();
+        }
 
         note_sources(
             &mut disks,

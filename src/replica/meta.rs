@@ -173,12 +173,25 @@ pub fn new_point_problem(points: &[Point], id: &str, taken_at: DateTime<Utc>) ->
 /// choose one's point as the other's data. Nothing is written; the message says what to do.
 pub fn other_source(points: &[Point], source: &str) -> Option<String> {
     let newest = points.last()?;
-    (newest.source != source).then(|| {
+    (!same_source(&newest.source, source)).then(|| {
         format!(
             "its points are of {} (the newest, {}), and this replication reads {source}: the inventory gives the copy to another source, and its points would be of two, a failover able to start one's data as the other's; nothing was written. If that is a mistake, give the copy back to its source in the inventory; if its source moved (another host, another file), move the copy's `.reprise` folder aside (keep it until the new source has a verified point) and replicate again: the copy is then read as it is and only what differs is sent",
             newest.source, newest.id
         )
     })
+}
+
+/// Whether two sources (`host:path`) are the same, however their paths are written: empty
+/// and `.` parts do not count (`/srv//dumps/./erp/` is `/srv/dumps/erp`), so that an edit of
+/// how the inventory writes a path is not taken for another source. Nothing is resolved on a
+/// host (`..`, links): those name other paths.
+pub fn same_source(a: &str, b: &str) -> bool {
+    fn key(s: &str) -> (&str, bool, Vec<&str>) {
+        let (host, path) = s.split_once(':').unwrap_or(("", s));
+        let parts = path.split('/').filter(|p| !p.is_empty() && *p != ".");
+        (host, path.starts_with('/'), parts.collect())
+    }
+    key(a) == key(b)
 }
 
 /// Where a copy's points were read from.
