@@ -3,21 +3,7 @@
 
 use std::time::Duration;
 
-use crate::hv::{Firmware, Hv, wait_for};
-
-/// The number of blocks a `reprise replicate` line says changed.
-fn blocks_changed(stdout: &str) -> u64 {
-    let line = stdout
-        .lines()
-        .find(|l| l.contains(" blocks changed"))
-        .unwrap_or_else(|| panic!("no `blocks changed` in {stdout}"));
-    let before = &line[..line.find(" blocks changed").unwrap()];
-    before
-        .rsplit(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count in {line}"))
-}
+use crate::hv::{Firmware, Hv, blocks_changed, wait_for};
 
 #[test]
 fn a_running_guest_is_replicated_twice_the_second_time_only_what_changed() {
@@ -748,6 +734,10 @@ fn a_running_guest_s_changed_blocks_are_all_that_is_read_and_a_killed_copy_recov
     let now = checkpoints(&hv, "cbt");
     assert_eq!(now.len(), 1, "the older checkpoint is deleted: {now:?}");
     assert_ne!(now, cps);
+    // 8 blocks of random data written apart (one every 300) and the counter's: those 9.
+    hv.write_spread(12, 500, 8, 300, Duration::from_secs(60));
+    let spread = replicate_cbt(&hv);
+    assert_eq!(blocks_changed(&spread), 9, "{spread}");
 
     // kill -9 in the middle of a transfer: the backup job and a new checkpoint are left.
     hv.write_blocks(12, 200, 1024, 'C');
@@ -765,7 +755,7 @@ fn a_running_guest_s_changed_blocks_are_all_that_is_read_and_a_killed_copy_recov
     child.wait().unwrap();
     let points = hv.reprise(&["points", "cbt", "--json"]);
     let points: serde_json::Value = serde_json::from_str(&points.stdout).unwrap();
-    assert_eq!(points.as_array().map(Vec::len), Some(2), "{points}");
+    assert_eq!(points.as_array().map(Vec::len), Some(3), "{points}");
     // The next run ends the job left, reads everything written since the copies' checkpoint
     // (the 1024 blocks and the counter), and leaves one checkpoint.
     let next = replicate_cbt(&hv);

@@ -4,7 +4,8 @@
 # its disk (the first sector of /dev/vda), then writes counter+1, +2, ... there every second
 # (synced), answers on TCP port 7000 with `boot B now N` (B: the counter found at boot, N: the
 # last one written), writes known blocks when asked on port 7001 (a line `FIRST COUNT CHAR`:
-# COUNT 64 KiB blocks of CHAR from block FIRST, synced; answers `wrote COUNT at FIRST`), and on
+# COUNT 64 KiB blocks of CHAR from block FIRST, synced; answers `wrote COUNT at FIRST`; with a
+# fourth word STRIDE: COUNT blocks of random data, one every STRIDE blocks from FIRST), and on
 # an ACPI power button press stops writing, syncs and powers off.
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -44,9 +45,19 @@ writer=$!
 nc -ll -p 7000 -e /bin/health &
 cat >/bin/write-blocks <<'EOF'
 #!/bin/sh
-read -r first count char
-dd if=/dev/zero bs=65536 count="$count" 2>/dev/null | tr '\000' "$char" |
-    dd of=/dev/vda bs=65536 seek="$first" conv=fsync 2>/dev/null && echo "wrote $count at $first"
+read -r first count char stride
+if [ -z "$stride" ]; then
+    dd if=/dev/zero bs=65536 count="$count" 2>/dev/null | tr '\000' "$char" |
+        dd of=/dev/vda bs=65536 seek="$first" conv=fsync 2>/dev/null && echo "wrote $count at $first"
+    exit
+fi
+i=0
+while [ "$i" -lt "$count" ]; do
+    dd if=/dev/urandom of=/dev/vda bs=65536 count=1 seek=$((first + i * stride)) conv=notrunc \
+        2>/dev/null || exit 1
+    i=$((i + 1))
+done
+sync && echo "wrote $count at $first"
 EOF
 chmod +x /bin/write-blocks
 nc -ll -p 7001 -e /bin/write-blocks &

@@ -304,6 +304,20 @@ impl Host {
     }
 }
 
+/// The number of blocks a `reprise replicate` output (or one line of it) says changed.
+pub fn blocks_changed(stdout: &str) -> u64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(" blocks changed"))
+        .unwrap_or_else(|| panic!("no `blocks changed` in {stdout}"));
+    let before = &line[..line.find(" blocks changed").unwrap()];
+    before
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line}"))
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl Hv {
@@ -514,10 +528,31 @@ impl Hv {
     /// Asks the guest at 10.126.0.`ip` to write `count` 64 KiB blocks of `char` from block
     /// `first` of its disk, and waits until it has (synced).
     pub fn write_blocks(&self, ip: u8, first: u64, count: u64, char: char) {
+        self.ask_to_write(
+            ip,
+            &format!("{first} {count} {char}"),
+            Duration::from_secs(60),
+        );
+    }
+
+    /// Asks the guest at 10.126.0.`ip` to write `count` 64 KiB blocks of random data, one
+    /// every `stride` blocks from block `first` of its disk, and waits until it has (synced),
+    /// for at most `within`.
+    pub fn write_spread(&self, ip: u8, first: u64, count: u64, stride: u64, within: Duration) {
+        self.ask_to_write(ip, &format!("{first} {count} R {stride}"), within);
+    }
+
+    /// Sends the guest's write port the line `request` (`FIRST COUNT CHAR [STRIDE]`) and
+    /// waits for its answer.
+    fn ask_to_write(&self, ip: u8, request: &str, within: Duration) {
+        let mut words = request.split_whitespace();
+        let (first, count) = (words.next().unwrap(), words.next().unwrap());
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.main.ns, "timeout", "60", "bash", "-c"])
+            .args(["netns", "exec", &self.main.ns, "timeout"])
+            .arg(within.as_secs().max(1).to_string())
+            .args(["bash", "-c"])
             .arg(format!(
-                "exec 3<>/dev/tcp/10.126.0.{ip}/7001 && echo '{first} {count} {char}' >&3 && cat <&3"
+                "exec 3<>/dev/tcp/10.126.0.{ip}/7001 && echo '{request}' >&3 && cat <&3"
             ))
             .output()
             .expect("ip netns exec runs");
