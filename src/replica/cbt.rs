@@ -429,7 +429,7 @@ fn image_info(t: &dyn Transport, host: &str, f: &str) -> Result<serde_json::Valu
 }
 
 /// The bitmaps in a `qemu-img info` of a qcow2 file.
-fn bitmaps_in(info: &serde_json::Value) -> Vec<serde_json::Value> {
+pub fn bitmaps_in(info: &serde_json::Value) -> Vec<serde_json::Value> {
     info["format-specific"]["data"]["bitmaps"]
         .as_array()
         .cloned()

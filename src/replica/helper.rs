@@ -392,13 +392,11 @@ fn holds_marks(image: &Path, marks: &[String]) -> Result<(), String> {
     }
     let info: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("{name}: qemu-img info is not understood: {e}"))?;
-    let held: Vec<&str> = info["format-specific"]["data"]["bitmaps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|b| b["name"].as_str())
-        .collect();
-    match marks.iter().find(|m| !held.contains(&m.as_str())) {
+    let held = crate::replica::cbt::bitmaps_in(&info);
+    match marks
+        .iter()
+        .find(|m| !held.iter().any(|b| b["name"] == m.as_str()))
+    {
         None => Ok(()),
         Some(m) => Err(format!(
             "{name}: the bitmap {m} that marked it is not in it: it is not the file this replication decided to read through its dirty bitmap (put back to another since?); nothing was sent, the recovery copy keeps its last point; replicate again (the next one reads every block and says why)"
