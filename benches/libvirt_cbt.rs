@@ -10,7 +10,7 @@
 //! blocks with random data (one every 1000 blocks for 0.1%, every 100 for 1%, over the whole
 //! disk, synced), and each way is timed `REPS` (3) times, with a cold page cache before each
 //! timed run (`sync; echo 3 > /proc/sys/vm/drop_caches`, the whole machine's cache; `COLD=0`
-//! keeps it). Each time is a whole replication as an operator runs it (the logins, the
+//! keeps it; `WAYS`, default `bitmap scan rsync`, the ways timed). Each time is a whole replication as an operator runs it (the logins, the
 //! driver's checkpoint and backup job, the source's read, the recovery side's apply and its
 //! point), from the orchestrator in the main site's namespace, relayed. The guest writes the
 //! same blocks again before each reprise run, so that each reads the same changed blocks;
@@ -18,7 +18,8 @@
 //!
 //! Prints Markdown tables: medians of the wall time, the ratios to the bitmap path, the
 //! blocks each reprise run says changed and rsync's bytes sent, and how the bitmap path's time
-//! grows with the size. Asserts only that each way read as asked (the bitmap path reports
+//! grows with the size. With `REPRISE_LOG` set (`reprise=debug`), each reprise run's log is
+//! printed after it, with its time. Asserts only that each way read as asked (the bitmap path reports
 //! `changed-blocks`, the scan `scan`).
 //!
 //! Needs root, what `scripts/hv-prereqs.sh` installs, and about 3 × SIZE × DATA_PCT / 100
@@ -64,6 +65,9 @@ fn one<T: FromStr + Copy>(name: &str, default: &str) -> T {
 }
 
 fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -132,6 +136,9 @@ fn replicate(hv: &Hv, args: &[&str], mode: &str) -> (f64, u64) {
     let t = Instant::now();
     let run = hv.reprise(&all);
     let secs = t.elapsed().as_secs_f64();
+    if std::env::var_os("REPRISE_LOG").is_some() {
+        eprintln!("[bench] reprise {all:?}, {secs:.2} s:\n{}", run.stderr);
+    }
     assert_eq!(run.code, 0, "reprise {all:?}: {}{}", run.stdout, run.stderr);
     let line = disk_line(&run.stdout);
     assert_eq!(
@@ -237,6 +244,8 @@ fn main() {
     let reps: usize = one("REPS", "3");
     let cold_cache = one::<u8>("COLD", "1") == 1;
     let min_free: u64 = one("MIN_FREE_GIB", "8");
+    let ways = std::env::var("WAYS").unwrap_or_else(|_| "bitmap scan rsync".into());
+    let way = |w: &str| ways.split_whitespace().any(|x| x == w);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
     let mut rows = Vec::new();
     let mut initial = Vec::new();
@@ -295,26 +304,34 @@ fn main() {
                 load: Vec::new(),
             };
             for rep in 0..reps {
-                write();
-                cold(cold_cache);
-                let (t, b) = replicate(&hv, &[], "changed-blocks");
-                row.bitmap.push(t);
-                row.blocks.push(b);
-                cold(cold_cache);
-                let (t, sent) = rsync(&hv);
-                row.rsync.push(t);
-                row.rsync_sent.push(sent);
-                write();
-                cold(cold_cache);
-                let (t, _) = replicate(&hv, &["--scan"], "scan");
-                row.scan.push(t);
+                let mut said = Vec::new();
+                if way("bitmap") {
+                    write();
+                    cold(cold_cache);
+                    let (t, b) = replicate(&hv, &[], "changed-blocks");
+                    row.bitmap.push(t);
+                    row.blocks.push(b);
+                    said.push(format!("bitmap {t:.2} s"));
+                }
+                if way("rsync") {
+                    cold(cold_cache);
+                    let (t, sent) = rsync(&hv);
+                    row.rsync.push(t);
+                    row.rsync_sent.push(sent);
+                    said.push(format!("rsync {t:.2} s"));
+                }
+                if way("scan") {
+                    write();
+                    cold(cold_cache);
+                    let (t, _) = replicate(&hv, &["--scan"], "scan");
+                    row.scan.push(t);
+                    said.push(format!("scan {t:.2} s"));
+                }
                 row.load.push(load_average());
                 eprintln!(
-                    "[bench] {size} GiB, {pct}%, run {}: bitmap {:.2} s, rsync {:.2} s, scan {:.2} s",
+                    "[bench] {size} GiB, {pct}%, run {}: {}",
                     rep + 1,
-                    row.bitmap[rep],
-                    row.rsync[rep],
-                    row.scan[rep]
+                    said.join(", ")
                 );
             }
             rows.push(row);
@@ -337,17 +354,35 @@ fn print_tables(rows: &[Row], initial: &[(u64, f64)], data_pct: f64, reps: usize
         let (b, s, y) = (median(&r.bitmap), median(&r.scan), median(&r.rsync));
         let blocks: Vec<f64> = r.blocks.iter().map(|&n| n as f64).collect();
         let sent: Vec<f64> = r.rsync_sent.iter().map(|&n| n as f64).collect();
+        // A way not timed (`WAYS`) is said so, not given as a figure.
+        let or_not = |t: f64, text: String| match t.is_nan() {
+            true => "not timed".to_string(),
+            false => text,
+        };
         println!(
-            "| {} GiB, {}% | {:.1} MB | {b:.2} s | {s:.2} s ({:.1} × the bitmap) | {y:.2} s ({:.1} ×) | {} ({:.3} × the blocks written) | {:.1} MB ({:.2} ×) | {:.1} |",
+            "| {} GiB, {}% | {:.1} MB | {} | {} | {} | {} | {} | {:.1} |",
             r.size_gib,
             r.pct,
             r.changed as f64 / 1e6,
-            s / b,
-            y / b,
-            median(&blocks),
-            median(&blocks) * BLOCK as f64 / r.changed as f64,
-            median(&sent) / 1e6,
-            median(&sent) / r.changed as f64,
+            or_not(b, format!("{b:.2} s")),
+            or_not(s, format!("{s:.2} s ({:.1} × the bitmap)", s / b)),
+            or_not(y, format!("{y:.2} s ({:.1} ×)", y / b)),
+            or_not(
+                b,
+                format!(
+                    "{} ({:.3} × the blocks written)",
+                    median(&blocks),
+                    median(&blocks) * BLOCK as f64 / r.changed as f64
+                )
+            ),
+            or_not(
+                y,
+                format!(
+                    "{:.1} MB ({:.2} ×)",
+                    median(&sent) / 1e6,
+                    median(&sent) / r.changed as f64
+                )
+            ),
             median(&r.load)
         );
     }

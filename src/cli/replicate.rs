@@ -489,21 +489,25 @@ fn replicate_all(
             let Ok(definition) = capture_definition(model, &helpers, vm, &mut out) else {
                 continue;
             };
-            let taken_at = point_taken_now(&format!("vm {}", vm.id));
-            let r = Replication {
-                point: point_id(taken_at),
-                taken_at,
-                retention: vm.retention,
-                definition,
-                reread: verify,
-                compress,
-                live: reads_live(model, &vm.id),
-                // Read through QEMU from a point in time, not frozen live.
-                pending: false,
-                deadline: std::time::Duration::from_secs(7200),
-                reads: None,
+            // The point is taken once the read is decided, which needs no point: the wait
+            // for its second (see `point_taken_now`) overlaps the decision's commands.
+            let take = || {
+                let taken_at = point_taken_now(&format!("vm {}", vm.id));
+                Replication {
+                    point: point_id(taken_at),
+                    taken_at,
+                    retention: vm.retention,
+                    definition,
+                    reread: verify,
+                    compress,
+                    live: reads_live(model, &vm.id),
+                    // Read through QEMU from a point in time, not frozen live.
+                    pending: false,
+                    deadline: std::time::Duration::from_secs(7200),
+                    reads: None,
+                }
             };
-            replicate_guest(vm, inv, transport, &helpers, &r, scan, &stopped, &mut out);
+            replicate_guest(vm, inv, transport, &helpers, take, scan, &stopped, &mut out);
             continue;
         }
         // The snapshot left by a cut replication merged back, the vm's definition captured,
@@ -799,7 +803,7 @@ fn replicate_guest(
     inv: &crate::inventory::Vm,
     transport: &crate::ssh::SshTransport,
     helpers: &Helpers,
-    r: &Replication,
+    take: impl FnOnce() -> Replication,
     scan: bool,
     stopped: &(dyn Fn() -> bool + Sync),
     out: &mut Outcome,
@@ -839,6 +843,8 @@ fn replicate_guest(
     let all: Vec<String> = disks.iter().map(|d| d.target.clone()).collect();
     let ours: Vec<String> = mine.iter().map(|d| d.target.clone()).collect();
     let qcow2 = mine.iter().all(|d| d.format == "qcow2");
+    // The point: its id names the new checkpoint and the mark.
+    let mut r = take();
     let new_cp = format!("{}{}", cbt::PREFIX, r.point);
     let mut job = Job {
         transport,
@@ -846,7 +852,6 @@ fn replicate_guest(
         dom,
         on: false,
     };
-    let mut r = r.clone();
     // The checkpoint the point is, and when libvirt made it.
     let checkpoint = if running {
         let new = qcow2.then_some(new_cp.as_str());
