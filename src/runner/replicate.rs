@@ -53,10 +53,6 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
         Replicated::Vm(vm) => format!("vm {vm}"),
         Replicated::Backup(set) => format!("backup set {set}"),
     };
-    if let Some(wait) = crate::replica::remote::wait_for_point(&item) {
-        tokio::time::sleep(wait).await;
-    }
-    let taken_at = crate::replica::remote::point_taken_now(&item);
     // The vm's definition goes with the point (beside the copy of its first disk).
     let mut captured_def = None;
     if let (Some((cmd, format)), Some((_, first))) = (capture, items.first()) {
@@ -75,21 +71,6 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
             Err(e) => return failed(run, step, report, e),
         }
     }
-    let replication = Replication {
-        point: crate::replica::remote::point_id(taken_at),
-        taken_at,
-        retention: *retention,
-        reread: false,
-        compress: false,
-        live: snapshot.as_ref().is_some_and(|h| h.live),
-        // Read live under a freeze (`Freeze::of`): held until its end says it held.
-        pending: snapshot
-            .as_ref()
-            .is_some_and(|h| h.live && h.begin.is_some()),
-        deadline,
-        definition: captured_def,
-        reads: None,
-    };
     let disks = Disks {
         folder: matches!(what, Replicated::Backup(_)),
         from: from_host,
@@ -111,6 +92,27 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
             Err(e) => return failed(run, step, report, e),
         },
         _ => Vec::new(),
+    };
+    // The point is taken last before the copy: the wait for its second (see
+    // `point_taken_now`) overlaps the definition's capture and the stamps read above.
+    if let Some(wait) = crate::replica::remote::wait_for_point(&item) {
+        tokio::time::sleep(wait).await;
+    }
+    let taken_at = crate::replica::remote::point_taken_now(&item);
+    let replication = Replication {
+        point: crate::replica::remote::point_id(taken_at),
+        taken_at,
+        retention: *retention,
+        reread: false,
+        compress: false,
+        live: snapshot.as_ref().is_some_and(|h| h.live),
+        // Read live under a freeze (`Freeze::of`): held until its end says it held.
+        pending: snapshot
+            .as_ref()
+            .is_some_and(|h| h.live && h.begin.is_some()),
+        deadline,
+        definition: captured_def,
+        reads: None,
     };
     let freeze = Freeze::of(snapshot.as_ref());
     let (point, failure) = copy_frozen(ctx, &disks, replication, freeze, &mut report).await;
