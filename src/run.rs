@@ -84,19 +84,30 @@ pub enum RunError {
     #[error("refusing to restore: {}", .vms.join("; "))]
     RunsElsewhere { vms: Vec<String> },
     #[error(
-        "refusing to failback: {}. Stop it on the primary first (in doubt, the recovery copy has the newest data), then start again",
-        .vms.join("; ")
+        "refusing to {}: {}. Stop it on the primary first (in doubt, the recovery copy has the newest data), then {}",
+        if *.resuming { "resume the failback" } else { "failback" },
+        .vms.join("; "),
+        if *.resuming { "resume it" } else { "start again" }
     )]
-    PrimaryRuns { vms: Vec<String> },
+    PrimaryRuns { vms: Vec<String>, resuming: bool },
     #[error(
-        "refusing to start a failback: {}",
+        "refusing to {}: {}",
+        if *.resuming { "resume the failback" } else { "start a failback" },
         .problems.join("; ")
     )]
-    NothingCopiedBack { problems: Vec<String> },
+    NothingCopiedBack {
+        problems: Vec<String>,
+        resuming: bool,
+    },
     #[error("refusing to resume the {mode}: {}", .vms.join("; "))]
     RunsAgain { mode: Mode, vms: Vec<String> },
-    #[error("{}", not_ready(*mode, problems))]
-    NotReady { mode: Mode, problems: Vec<String> },
+    #[error("{}", not_ready(*mode, problems, *resuming))]
+    NotReady {
+        mode: Mode,
+        problems: Vec<String>,
+        /// Said by a resume (`reprise resume`), not by a start.
+        resuming: bool,
+    },
     #[error("run `{run_id}` has no step `{step}`{}", hint.as_ref().map(|h| format!("; {h}")).unwrap_or_default())]
     UnknownStep {
         run_id: String,
@@ -149,23 +160,27 @@ pub struct StartOptions {
 }
 
 /// Why a planned failover or a failback is refused before it starts.
-fn not_ready(mode: Mode, problems: &[String]) -> String {
+fn not_ready(mode: Mode, problems: &[String], resuming: bool) -> String {
     let (what, side, first, table) = match mode {
         Mode::Failback => (
-            "a failback",
+            "failback",
             "the primary side",
             "the recovery side is stopped, or copy older data over it",
             "",
         ),
         _ => (
-            "a planned failover",
+            "planned failover",
             "the recovery side",
             "production is stopped",
             " (`reprise check` shows the whole table)",
         ),
     };
+    let (refusing, anyway) = match resuming {
+        true => (format!("resume the {what}"), "resume it"),
+        false => (format!("start a {what}"), "start it"),
+    };
     format!(
-        "refusing to start {what}: the readiness check finds {} problem{} on {side} that would stop it half-way, after {first}:\n  {}\nFix them{table}, or start it anyway with --force (journaled)",
+        "refusing to {refusing}: the readiness check finds {} problem{} on {side} that would stop it half-way, after {first}:\n  {}\nFix them{table}, or {anyway} anyway with --force (journaled)",
         problems.len(),
         if problems.len() == 1 { "" } else { "s" },
         problems.join("\n  ")
@@ -1808,13 +1823,19 @@ pub fn start(
         judged = judged_disks(&backs, &folders);
         let (runs, problems) = judge_copy_back(&backs);
         if !runs.is_empty() {
-            return Err(RunError::PrimaryRuns { vms: runs });
+            return Err(RunError::PrimaryRuns {
+                vms: runs,
+                resuming: false,
+            });
         }
         // A vm that ran on its recovery copies comes back only by copying them back: refused
         // before the recovery side is stopped, whatever --force says.
         let uncopied = uncopied(&plan, &[], &t);
         if !uncopied.is_empty() {
-            return Err(RunError::NothingCopiedBack { problems: uncopied });
+            return Err(RunError::NothingCopiedBack {
+                problems: uncopied,
+                resuming: false,
+            });
         }
         copy_back = problems;
         copy_back.extend(judge_folder_back(&folders));
@@ -1848,6 +1869,7 @@ pub fn start(
             return Err(RunError::NotReady {
                 mode: plan.mode,
                 problems,
+                resuming: false,
             });
         }
         forced = problems;
@@ -2081,11 +2103,17 @@ pub fn resume(
         judged = judged_disks(&backs, &folders);
         let (runs, mut problems) = judge_copy_back(&backs);
         if !runs.is_empty() {
-            return Err(RunError::PrimaryRuns { vms: runs });
+            return Err(RunError::PrimaryRuns {
+                vms: runs,
+                resuming: true,
+            });
         }
         let uncopied = uncopied(&plan, &started, &t);
         if !uncopied.is_empty() {
-            return Err(RunError::NothingCopiedBack { problems: uncopied });
+            return Err(RunError::NothingCopiedBack {
+                problems: uncopied,
+                resuming: true,
+            });
         }
         problems.extend(judge_folder_back(&folders));
         problems.extend(judge_left_held(&left_held(model, &plan, &t)));
@@ -2093,6 +2121,7 @@ pub fn resume(
             return Err(RunError::NotReady {
                 mode: plan.mode,
                 problems,
+                resuming: true,
             });
         }
         forced = problems;

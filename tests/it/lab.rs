@@ -2425,7 +2425,12 @@ fn a_resumed_failback_never_overwrites_what_the_primary_wrote_since() {
         refused
             .stderr
             .contains("erp-db-system.qcow2 on hv-main was written at ")
-            && refused.stderr.contains("keep a copy of it first"),
+            && refused.stderr.contains("keep a copy of it first")
+            // Said as the resume it is: a new failback is not what to run.
+            && refused.stderr.contains("refusing to resume the failback: ")
+            && refused
+                .stderr
+                .contains("or resume it anyway with --force (journaled)"),
         "{}",
         refused.stderr
     );
