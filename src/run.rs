@@ -91,9 +91,14 @@ pub enum RunError {
     )]
     PrimaryRuns { vms: Vec<String>, resuming: bool },
     #[error(
-        "refusing to {}: {}",
+        "refusing to {}: {}{}",
         if *.resuming { "resume the failback" } else { "start a failback" },
-        .problems.join("; ")
+        .problems.join("; "),
+        if *.resuming {
+            " (a resume runs the runbooks its run started with: to add a step, start a new failback instead)"
+        } else {
+            ""
+        }
     )]
     NothingCopiedBack {
         problems: Vec<String>,
@@ -2570,6 +2575,44 @@ mod tests {
             point: None,
             taken_at: None,
             verified: true,
+        }
+    }
+
+    /// A refusal met by a resume says what a resume can do: it runs the runbooks its run
+    /// started with, and a new start is not what to run.
+    #[test]
+    fn a_refused_resume_is_said_as_a_resume() {
+        let problems = vec!["vm db ran on its recovery copies".to_string()];
+        for resuming in [false, true] {
+            let said = [
+                RunError::NothingCopiedBack {
+                    problems: problems.clone(),
+                    resuming,
+                }
+                .to_string(),
+                RunError::PrimaryRuns {
+                    vms: problems.clone(),
+                    resuming,
+                }
+                .to_string(),
+                RunError::NotReady {
+                    mode: Mode::Failback,
+                    problems: problems.clone(),
+                    resuming,
+                }
+                .to_string(),
+            ];
+            for s in &said {
+                assert_eq!(
+                    s.starts_with("refusing to resume the failback: "),
+                    resuming,
+                    "{s}"
+                );
+                assert!(s.contains("vm db ran on its recovery copies"), "{s}");
+            }
+            assert_eq!(said[0].contains("start a new failback instead"), resuming);
+            assert_eq!(said[1].ends_with("then resume it"), resuming);
+            assert_eq!(said[2].contains("resume it anyway with --force"), resuming);
         }
     }
 
