@@ -281,8 +281,10 @@ pub enum Command {
         #[arg(long)]
         force: bool,
         /// Start every VM not named by --point from its newest good point taken before TIME
-        /// (e.g. the last state before a ransomware attack); a backup set's copy whose newest
-        /// point is later is not relied on (a run never rolls it back).
+        /// (e.g. the last state before a ransomware attack); a VM named by --point (here or at
+        /// a resume) starts only if its point holds nothing written after TIME, else its start
+        /// is refused, saying so; a backup set's copy whose newest point is later is not relied
+        /// on (a run never rolls it back).
         #[arg(long, value_name = "TIME", value_parser = parse_incident_time)]
         point_before: Option<DateTime<Utc>>,
         #[command(flatten)]

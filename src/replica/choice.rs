@@ -40,6 +40,10 @@ pub struct Ask {
     pub accept_unverified: bool,
     /// The run asking: a lease of its own (a resumed run) is no obstacle.
     pub run: Option<String>,
+    /// A time the run was asked to start from before (`--point-before`), which a point named
+    /// for this vm must respect too: a point named before that time was known to be bad (at
+    /// the run's start, then the time given at its resume) is never started silently.
+    pub within: Option<DateTime<Utc>>,
 }
 
 /// Something to do before the decision can be made; then inspect again and decide again.
@@ -519,6 +523,23 @@ fn failover(disks: &[CopyState], ask: &Ask, mut notes: Vec<String>) -> Decision 
             roll_back.push((i, d.points[k].id.clone()));
         }
         chosen.push(k);
+    }
+    // A point named, and a time asked too: the point must hold nothing written after it.
+    if let Some(t) = ask.within
+        && let Some((d, k)) = disks
+            .iter()
+            .zip(&chosen)
+            .find(|(d, k)| !d.points[**k].holds_only_before(t))
+    {
+        let p = &d.points[*k];
+        let until = p.newest_file.map_or(p.taken_at, |f| f.max(p.taken_at));
+        return Decision::Refuse(format!(
+            "point {} of {} was named for it, and it holds what was written until {}, after {}, the time this run was asked to start from before (--point-before): name a point taken before that time for it (`reprise points` lists them; on a resume, `--point` names it again)",
+            p.id,
+            name(&d.path),
+            until.format("%Y-%m-%d %H:%M:%S UTC"),
+            t.format("%Y-%m-%d %H:%M:%S UTC"),
+        ));
     }
     // One point asked for (or fallen back to) is one moment on every disk.
     if let Some(Want::Id(id)) = &want
@@ -1097,6 +1118,32 @@ mod tests {
             &want(Want::Before("2026-11-28T02:30:00Z".parse().unwrap())),
         ));
         assert_eq!(s.point, "P1", "the bad P2 is passed over");
+        // A point named, and a time asked too (`--point db=P2`, then `--point-before` at a
+        // resume): the named point starts only if it holds nothing written after the time.
+        let named = |id: &str, within: &str| Ask {
+            want: Some(Want::Id(id.into())),
+            within: Some(within.parse().unwrap()),
+            ..Ask::default()
+        };
+        let why = refused(decide(
+            std::slice::from_ref(&sys),
+            Use::Failover,
+            &named("P2", "2026-11-28T01:30:00Z"),
+        ));
+        assert!(
+            why.contains("point P2 of sys was named for it")
+                && why.contains(
+                    "written until 2026-11-28 02:00:00 UTC, after 2026-11-28 01:30:00 UTC"
+                )
+                && why.contains("--point-before"),
+            "{why}"
+        );
+        let s = started(decide(
+            std::slice::from_ref(&sys),
+            Use::Failover,
+            &named("P1", "2026-11-28T01:30:00Z"),
+        ));
+        assert_eq!(s.point, "P1", "a named point before the time starts");
         // A point whose newest file was written after the time (a backup set, read file by
         // file from its time on) is not taken as before it.
         let mut late = disk(

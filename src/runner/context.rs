@@ -150,7 +150,8 @@ impl PointChoice {
     /// What the operator asked for `vm`, as [`crate::replica::choice`] takes it.
     pub(super) fn ask(&self, vm: &str, run: &str, failover: bool) -> crate::replica::choice::Ask {
         use crate::replica::choice::Want;
-        let want = match (self.by_vm.get(vm).or(self.all.as_ref()), self.before) {
+        let named = self.by_vm.get(vm).or(self.all.as_ref());
+        let want = match (named, self.before) {
             (Some(id), _) => Some(Want::Id(id.clone())),
             (None, Some(t)) => Some(Want::Before(t)),
             (None, None) => None,
@@ -159,6 +160,8 @@ impl PointChoice {
             want: want.filter(|_| failover),
             accept_unverified: self.accept_unverified.iter().any(|v| v == vm || v == "*"),
             run: Some(run.to_string()),
+            // A point named for it respects the time asked too.
+            within: self.before.filter(|_| failover && named.is_some()),
         }
     }
 

@@ -1765,3 +1765,25 @@ fn a_restore_step_asks_the_other_site_again_before_it_starts_a_vm() {
         assert_eq!(asked, ["db/start", "erp/start", "web/start"]);
     }
 }
+
+/// A point named for a vm and a time asked in the same run (at its start or its resume):
+/// the vm's choice carries both, the named point and the time it must respect; a vm not
+/// named takes the time alone; a drill asks for neither.
+#[test]
+fn a_point_named_for_a_vm_is_asked_within_the_time_asked_too() {
+    use crate::replica::choice::Want;
+    let t: chrono::DateTime<chrono::Utc> = "2026-11-28T01:30:00Z".parse().unwrap();
+    let choice = PointChoice {
+        by_vm: [("db".to_string(), "P2".to_string())].into(),
+        before: Some(t),
+        ..PointChoice::default()
+    };
+    let db = choice.ask("db", "R1", true);
+    assert_eq!(db.want, Some(Want::Id("P2".into())));
+    assert_eq!(db.within, Some(t));
+    let web = choice.ask("web", "R1", true);
+    assert_eq!(web.want, Some(Want::Before(t)));
+    assert_eq!(web.within, None);
+    let drill = choice.ask("db", "R1", false);
+    assert_eq!((drill.want, drill.within), (None, None));
+}
