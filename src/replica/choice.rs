@@ -41,8 +41,8 @@ pub struct Ask {
     /// The run asking: a lease of its own (a resumed run) is no obstacle.
     pub run: Option<String>,
     /// A time the run was asked to start from before (`--point-before`), which a point named
-    /// for this vm must respect too: a point named before that time was known to be bad (at
-    /// the run's start, then the time given at its resume) is never started silently.
+    /// for this vm must respect too: a point named before the time was known (at the run's
+    /// start, the time given at its resume) never starts holding what was written after it.
     pub within: Option<DateTime<Utc>>,
 }
 
