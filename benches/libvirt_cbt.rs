@@ -10,17 +10,17 @@
 //! blocks with random data (one every 1000 blocks for 0.1%, every 100 for 1%, over the whole
 //! disk, synced), and each way is timed `REPS` (3) times, with a cold page cache before each
 //! timed run (`sync; echo 3 > /proc/sys/vm/drop_caches`, the whole machine's cache; `COLD=0`
-//! keeps it; `WAYS`, default `bitmap scan rsync`, the ways timed). Each time is a whole replication as an operator runs it (the logins, the
-//! driver's checkpoint and backup job, the source's read, the recovery side's apply and its
-//! point), from the orchestrator in the main site's namespace, relayed. The guest writes the
+//! keeps it; `WAYS`, default `bitmap scan rsync`, the ways timed). Each time is a whole
+//! replication as an operator runs it (the logins, the driver's checkpoint and backup job,
+//! the source's read, the recovery side's apply and its point), from the orchestrator in the main site's namespace, relayed. The guest writes the
 //! same blocks again before each reprise run, so that each reads the same changed blocks;
 //! rsync's copy runs after the bitmap's, on the same writes.
 //!
 //! Prints Markdown tables: medians of the wall time, the ratios to the bitmap path, the
 //! blocks each reprise run says changed and rsync's bytes sent, and how the bitmap path's time
 //! grows with the size. With `REPRISE_LOG` set (`reprise=debug`), each reprise run's log is
-//! printed after it, with its time. Asserts only that each way read as asked (the bitmap path reports
-//! `changed-blocks`, the scan `scan`).
+//! printed after it, with its time. Asserts only that each way read as asked (the bitmap path
+//! reports `changed-blocks`, the scan `scan`).
 //!
 //! Needs root, what `scripts/hv-prereqs.sh` installs, and about 3 × SIZE × DATA_PCT / 100
 //! of free disk under the temporary folder per size (the disk, reprise's copy, rsync's copy);

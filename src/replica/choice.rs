@@ -532,12 +532,11 @@ fn failover(disks: &[CopyState], ask: &Ask, mut notes: Vec<String>) -> Decision 
             .find(|(d, k)| !d.points[**k].holds_only_before(t))
     {
         let p = &d.points[*k];
-        let until = p.newest_file.map_or(p.taken_at, |f| f.max(p.taken_at));
         return Decision::Refuse(format!(
             "point {} of {} was named for it, and it holds what was written until {}, after {}, the time this run was asked to start from before (--point-before): name a point taken before that time for it (`reprise points` lists them; on a resume, `--point` names it again)",
             p.id,
             name(&d.path),
-            until.format("%Y-%m-%d %H:%M:%S UTC"),
+            p.written_until().format("%Y-%m-%d %H:%M:%S UTC"),
             t.format("%Y-%m-%d %H:%M:%S UTC"),
         ));
     }

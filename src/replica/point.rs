@@ -91,10 +91,17 @@ impl Point {
         self.read.as_ref().and_then(|r| r.missed)
     }
 
+    /// Until when what this point holds may have been written: when it was taken, or, for a
+    /// backup set, its newest file's time if later.
+    pub fn written_until(&self) -> DateTime<Utc> {
+        self.newest_file
+            .map_or(self.taken_at, |f| f.max(self.taken_at))
+    }
+
     /// Whether all this point holds was written by `t`: taken by then, and, for a backup
     /// set, no file of it written after.
     pub fn holds_only_before(&self, t: DateTime<Utc>) -> bool {
-        self.taken_at <= t && self.newest_file.is_none_or(|f| f <= t)
+        self.written_until() <= t
     }
 
     /// Whether `other`, a point of another disk of the same vm, is this point: a replication
