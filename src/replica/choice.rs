@@ -356,7 +356,7 @@ fn as_is_misses(disks: &[CopyState], ask: &Ask) -> Option<String> {
                 .iter()
                 .filter_map(|d| {
                     let at = match d.points.last().filter(|_| unverified(d, run).is_none()) {
-                        Some(p) => p.taken_at,
+                        Some(p) => p.written_until(),
                         None => d.mtime.unwrap_or(DateTime::<Utc>::MAX_UTC),
                     };
                     (at > *t).then(|| {
