@@ -6,8 +6,9 @@
 # the two applies of each stream run one after the other (in alternating order), so that both
 # see the same load. Prints each run's time and peak memory, then the medians. Asserts nothing.
 #
-# Env: SIZE_GIB (64), DATA_PCT (0.5), PCT (0.1), REPS (5), BIN_A and BIN_B (reprise binaries to
-# compare; BIN_B defaults to a release build of this checkout). Needs about
+# Env: SIZE_GIB (64), DATA_PCT (0.5), PCT (0.1), REPS (5), SAME (0; 1: every run changes the
+# same blocks, so that each apply replaces data the copy holds, not holes), BIN_A and BIN_B
+# (reprise binaries to compare; BIN_B defaults to a release build of this checkout). Needs about
 # SIZE * (2 * DATA_PCT + 3 * PCT * REPS) / 100 of free disk, under /var/tmp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,7 @@ SIZE_GIB=${SIZE_GIB:-64}
 DATA_PCT=${DATA_PCT:-0.5}
 PCT=${PCT:-0.1}
 REPS=${REPS:-5}
+SAME=${SAME:-0}
 : "${BIN_A:?BIN_A: the reprise binary to compare with}"
 if [ -z "${BIN_B:-}" ]; then
   cargo build --release --quiet
@@ -35,6 +37,13 @@ scribble() {
   py "
 import os, random
 slots = random.sample(range($SIZE // $len), $count)
+if $len == 65536 and '$SAME' == '1':
+    # The same blocks each run (as a guest rewriting its hot blocks): each apply replaces
+    # blocks the copy holds, read from its disk, not holes.
+    try:
+        slots = [int(x) for x in open('$TMP/slots').read().split()]
+    except FileNotFoundError:
+        open('$TMP/slots', 'w').write(' '.join(map(str, slots)))
 cmds = []
 for i, s in enumerate(slots):
     path = '$TMP/chunks/%d' % i
@@ -64,7 +73,7 @@ apply "$BIN_A" "$TMP/a.raw" p0 scan >/dev/null
 apply "$BIN_B" "$TMP/b.raw" p0 scan >/dev/null
 qemu-img bitmap --add "$IMG" cp
 BLOCKS=$(py "print(max(1, int($SIZE / 65536 * $PCT / 100)))")
-echo "# bench-apply: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores; $SIZE_GIB GiB, $PCT% of the blocks changed ($BLOCKS); load at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# bench-apply: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores; $SIZE_GIB GiB, $PCT% of the blocks changed ($BLOCKS, the same each run: $SAME); load at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# A: $BIN_A; B: $BIN_B"
 echo
 echo "| run | A time | A peak memory | B time | B peak memory | load |"

@@ -1749,6 +1749,11 @@ fn pipe_processes(
         Some(sink) => copy_stream(&mut source_out, sink, until, stop, &errors),
         None => Copied::default(),
     };
+    tracing::debug!(
+        bytes = copied.bytes,
+        ms = began.elapsed().as_millis() as u64,
+        "transfer: the source's stream ended"
+    );
     // The recovery side sees its input end: a whole stream, or a cut one it refuses.
     drop(recovery_in.take());
     if copied.flooded == Some(Side::Recovery) {
@@ -1774,7 +1779,17 @@ fn pipe_processes(
     if sent_all {
         read();
     }
+    tracing::debug!(
+        exit = source_exit,
+        ms = began.elapsed().as_millis() as u64,
+        "transfer: the source ended"
+    );
     let recovery_exit = wait_until(&mut recovery, until, &|| errors.recovery.over());
+    tracing::debug!(
+        exit = recovery_exit,
+        ms = began.elapsed().as_millis() as u64,
+        "transfer: the recovery side ended"
+    );
     if errors.recovery.over() {
         copied.flooded = copied.flooded.or(Some(Side::Recovery));
     }
@@ -1888,6 +1903,9 @@ fn copy_stream(
             match source_out.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
+                    if copied.bytes == 0 {
+                        tracing::debug!("transfer: the source's first bytes");
+                    }
                     if sink.write_all(&buf[..n]).is_err() {
                         copied.cut = true;
                         break;

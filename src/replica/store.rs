@@ -1540,6 +1540,9 @@ impl Store {
         // did not hold included): what a word of the source on blocks its bitmap missed must
         // name, else its base manifest was wrong about the copy, not its bitmap about the disk.
         let mut differ: Vec<u64> = Vec::new();
+        // The blocks received whose replaced blocks are being read ahead (see `READ_AHEAD`).
+        let mut ahead: std::collections::VecDeque<(u64, Vec<u8>)> =
+            std::collections::VecDeque::with_capacity(READ_AHEAD + 1);
         let whole = loop {
             let (idx, data) = match records.next(input).map_err(stream_err)? {
                 Record::Data { idx, data } => {
@@ -1548,6 +1551,11 @@ impl Store {
                 }
                 Record::Zero { idx, len } => (idx, vec![0u8; len as usize]),
                 Record::Unmarked { count, first } => {
+                    // What the copy held of every block received is known before the word
+                    // of the blocks its bitmap missed is judged.
+                    while let Some(held) = ahead.pop_front() {
+                        keep_replaced(old, d, j, held, &mut differ, &mut written)?;
+                    }
                     checked = true;
                     if count == 0 {
                         continue;
@@ -1570,7 +1578,12 @@ impl Store {
                     }
                     continue;
                 }
-                Record::End { whole } => break whole,
+                Record::End { whole } => {
+                    while let Some(held) = ahead.pop_front() {
+                        keep_replaced(old, d, j, held, &mut differ, &mut written)?;
+                    }
+                    break whole;
+                }
             };
             let c = blocks::cv(idx, &data);
             if new_n == 1 {
@@ -1582,14 +1595,12 @@ impl Store {
             j.write_all(&idx.to_le_bytes()).map_err(&werr)?;
             j.write_all(&c).map_err(&werr)?;
             put_block(j, &data).map_err(&werr)?;
-            let before = written;
-            let kept = old.write(d, idx)?;
-            if kept == 0 || old.buf[..kept as usize] != data[..] {
-                differ.push(idx);
-            }
-            written += data.len() as u64 + kept;
-            if written / WRITEBACK_EVERY != before / WRITEBACK_EVERY {
-                start_writeback(&[j.get_ref(), d.get_ref()]);
+            old.ask(idx);
+            ahead.push_back((idx, data));
+            if ahead.len() > READ_AHEAD
+                && let Some(held) = ahead.pop_front()
+            {
+                keep_replaced(old, d, j, held, &mut differ, &mut written)?;
             }
         };
         // Blocks cut off by a smaller image are kept for the previous point.
@@ -2465,6 +2476,38 @@ fn remove_if_present(path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// Blocks received ahead of the read of the blocks they replace: each replaced block is asked
+/// of the kernel as its new block arrives ([`OldBlocks::ask`]) and read this many blocks
+/// later, so that the copy's disk serves many at once. Read one after the other as each
+/// block arrived, the blocks an update replaces, scattered over the copy, cost 0.4 s of a
+/// 64 GiB apply of 0.1% with a cold cache, on the path of every block. Holds this many blocks
+/// in memory (2 MiB).
+const READ_AHEAD: usize = 32;
+
+/// Keeps the block that the received block `idx` (`data`) replaces in the reverse delta `d`,
+/// notes in `differ` whether the copy held other bytes there, and counts what the update
+/// wrote in `written` (journal `j` and delta alike), asking the kernel to write back as it
+/// grows.
+fn keep_replaced(
+    old: &mut OldBlocks,
+    d: &mut BufWriter<File>,
+    j: &BufWriter<File>,
+    (idx, data): (u64, Vec<u8>),
+    differ: &mut Vec<u64>,
+    written: &mut u64,
+) -> Result<(), StoreError> {
+    let before = *written;
+    let kept = old.write(d, idx)?;
+    if kept == 0 || old.buf[..kept as usize] != data[..] {
+        differ.push(idx);
+    }
+    *written += data.len() as u64 + kept;
+    if *written / WRITEBACK_EVERY != before / WRITEBACK_EVERY {
+        start_writeback(&[j.get_ref(), d.get_ref()]);
+    }
+    Ok(())
+}
+
 /// The reverse delta an update writes as it goes: each block it replaces, read from the
 /// mirror before the mirror changes, kept for the previous point.
 struct OldBlocks<'a> {
@@ -2478,6 +2521,20 @@ struct OldBlocks<'a> {
 }
 
 impl OldBlocks<'_> {
+    /// Asks the kernel to read the base's block `idx` ahead of [`Self::write`] (a hint:
+    /// nothing is read here, and a refusal changes nothing but the time).
+    fn ask(&self, idx: u64) {
+        let len = blocks::block_len(self.base_size, idx) as u64;
+        if let (true, Some(len)) = (self.keep, std::num::NonZeroU64::new(len)) {
+            let _ = rustix::fs::fadvise(
+                self.mirror,
+                idx * BLOCK as u64,
+                Some(len),
+                rustix::fs::Advice::WillNeed,
+            );
+        }
+    }
+
     /// Writes the base's block `idx` to the delta `d`; returns its length (0 when nothing
     /// was written).
     fn write(&mut self, d: &mut BufWriter<File>, idx: u64) -> Result<u64, StoreError> {
