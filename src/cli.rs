@@ -331,8 +331,8 @@ pub enum Command {
         #[arg(value_parser = parse_run_id)]
         run: String,
         /// Start VM, of the vms the run has still to start, from this replica point (or every
-        /// one from POINT), as `failover --point` does: added to what the run was asked
-        /// (repeatable); journaled with the resume.
+        /// one from POINT, those named before included), as `failover --point` does: added to
+        /// what the run was asked (repeatable); journaled with the resume.
         #[arg(long = "point", value_name = "[VM=]POINT", value_parser = parse_point)]
         points: Vec<(String, String)>,
         /// Start the vms the run has still to start from their newest good point taken before

@@ -391,6 +391,24 @@ impl PointChoice {
         }
     }
 
+    /// What a resume asks (this), made explicit against what its run was asked (`before`):
+    /// a point named for every vm (`--point POINT`) is for every vm, those named one by one
+    /// before included (for each of them, `--point VM=POINT`, unless the resume names it
+    /// again). `is_vm` tells a vm from a backup set, whose own point a point for every vm
+    /// never replaces. Journaled as it is returned, so that every later resume reads the same.
+    pub fn for_resume(&self, before: &PointChoice, is_vm: impl Fn(&str) -> bool) -> PointChoice {
+        let mut asked = self.clone();
+        if let Some(all) = &self.all {
+            for name in before.by_vm.keys().filter(|n| is_vm(n)) {
+                asked
+                    .by_vm
+                    .entry(name.clone())
+                    .or_insert_with(|| all.clone());
+            }
+        }
+        asked
+    }
+
     /// The options that ask for it, as a person reads them.
     pub fn words(&self) -> String {
         let mut w: Vec<String> = self
@@ -488,6 +506,41 @@ pub fn finished(events: &[Event]) -> Option<RunStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A point named for every vm at a resume replaces the points named one by one before
+    /// (db started from P2 when the operator asked every vm from P2), not a backup set's own
+    /// point, nor one the resume names again.
+    #[test]
+    fn a_point_for_every_vm_at_a_resume_replaces_the_points_named_before() {
+        let run = PointChoice {
+            by_vm: [
+                ("db".to_string(), "P1".to_string()),
+                ("web".to_string(), "P1".to_string()),
+                ("erp-dumps".to_string(), "S1".to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let resume = PointChoice {
+            by_vm: [("web".to_string(), "P3".to_string())].into(),
+            all: Some("P2".into()),
+            ..Default::default()
+        };
+        let asked = resume.for_resume(&run, |n| n != "erp-dumps");
+        let mut p = run.clone();
+        p.add(&asked);
+        assert_eq!(p.by_vm["db"], "P2");
+        assert_eq!(p.by_vm["web"], "P3");
+        assert_eq!(p.by_vm["erp-dumps"], "S1");
+        assert_eq!(p.all.as_deref(), Some("P2"));
+        assert_eq!(asked.words(), "--point db=P2 --point web=P3 --point P2");
+        // Without a point for every vm, a resume asks what it names, nothing more.
+        let only = PointChoice {
+            by_vm: [("db".to_string(), "P4".to_string())].into(),
+            ..Default::default()
+        };
+        assert_eq!(only.for_resume(&run, |_| true), only);
+    }
 
     /// What a resume asks is added to what the run was asked: a point named again replaces
     /// the one before, the names accepted unverified add up, once each.

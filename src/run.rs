@@ -2010,9 +2010,6 @@ pub fn resume(
     view: &mut dyn Sink,
     shutdown: Shutdown,
 ) -> Result<RunOutcome, RunError> {
-    // What the operator adds to the point choice now (`exec.run.points`), journaled with the
-    // resume and added to what the run was asked before.
-    let added = exec.run.points.clone();
     let dir = RunDir::open(state_dir, run_id)?;
     let machine = journal::machine_name();
     let lock = StateLock::acquire(
@@ -2027,6 +2024,13 @@ pub fn resume(
     )?;
     let events = dir.read()?;
     let start = started(&dir.run_id, &events)?;
+    // What the operator adds to the point choice now (`exec.run.points`), journaled with the
+    // resume and added to what the run was asked before: a point for every vm replaces those
+    // named one by one before.
+    let added = exec
+        .run
+        .points
+        .for_resume(&start.points, |n| model.inventory.vms.contains_key(n));
     if finished(&events) == Some(RunStatus::Succeeded) {
         return Err(RunError::AlreadyFinished(dir.run_id.clone()));
     }
