@@ -1325,6 +1325,20 @@ fn check_references(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
     for set in inv.backups.values() {
         check_ref("host", &set.source_host, &inv.hosts, diags);
         check_ref("host", &set.dest_host, &inv.hosts, diags);
+        // A vm and a backup set are named in the same places: one name for both would make
+        // each of them act on whichever is looked up first, and `--point NAME=POINT` ask
+        // both for one point.
+        if let Some(vm) = inv.vms.get(&set.id) {
+            diags.push(
+                Diagnostic::error(format!(
+                    "backup set `{}` has the id of vm `{}`",
+                    set.id, vm.id
+                ))
+                .at(set.loc.clone())
+                .note("the vm is defined here", vm.loc.clone())
+                .hint("a vm and a backup set are named in the same places (`--point NAME=POINT`, `reprise points NAME`, `verify`, `release`): give one of them another id"),
+            );
+        }
     }
     check_shared_paths(inv, diags);
 }
