@@ -1292,6 +1292,21 @@ fn check_references(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
             check_ref("host", &back.probe.host, &inv.hosts, diags);
         }
     }
+    // `--accept-unverified all` means every vm: a vm or backup set named `all` could not be
+    // named alone there, and asking for it would accept every vm's start unverified.
+    for (what, id, loc) in inv
+        .vms
+        .values()
+        .map(|v| ("vm", &v.id, &v.loc))
+        .chain(inv.backups.values().map(|b| ("backup set", &b.id, &b.loc)))
+        .filter(|(_, id, _)| id.as_str() == "all")
+    {
+        diags.push(
+            Diagnostic::error(format!("{what} id `{id}` is reserved"))
+                .at(loc.clone())
+                .hint("`--accept-unverified all` means every vm: give it another id"),
+        );
+    }
     for vm in inv.vms.values() {
         check_ref("driver", &vm.driver, &inv.drivers, diags);
         for (side, host, expected) in [
