@@ -4531,10 +4531,11 @@ mod tests {
             if read_only {
                 cmd.arg("--read-only");
             }
-            let child = cmd
-                .arg(&store.image)
-                .spawn()
-                .expect("qemu-nbd (apt-get install qemu-utils)");
+            let child = Served(
+                cmd.arg(&store.image)
+                    .spawn()
+                    .expect("qemu-nbd (apt-get install qemu-utils)"),
+            );
             let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
             while !qemu_holds(&store.image, QEMU_LOCKS).unwrap() {
                 assert!(std::time::Instant::now() < until, "qemu-nbd took no lock");
@@ -4542,10 +4543,15 @@ mod tests {
             }
             child
         };
-        let stop = |mut child: std::process::Child| {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        };
+        // Stopped when dropped, a failed assertion included: no qemu-nbd outlives the test.
+        struct Served(std::process::Child);
+        impl Drop for Served {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let stop = |child: Served| drop(child);
         let before = std::fs::read(&store.image).unwrap();
         let writer = serve(false);
         let err = store.base_manifest(false).unwrap_err().to_string();
