@@ -186,8 +186,16 @@ impl Lab {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline && !done() {
             if self.state().join("runs").exists() {
-                let events = self.journal();
-                for e in &events {
+                let all = self.journal();
+                // What the run asks since it last started or was resumed: a step waiting
+                // before a cut is asked again by the resumed run once it gets there (before,
+                // `confirm` rightly says it is running and does not ask).
+                let since = all
+                    .iter()
+                    .rposition(|e| e["event"] == "run_started" || e["event"] == "run_resumed")
+                    .unwrap_or(0);
+                let events = &all[since..];
+                for e in events {
                     if e["event"] == "waiting_for_operator" {
                         let step = e["step"].as_str().unwrap();
                         let confirmed = events
