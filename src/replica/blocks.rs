@@ -487,28 +487,16 @@ pub fn same_file_state(before: &std::fs::Metadata, after: &std::fs::Metadata) ->
     state(before) == state(after)
 }
 
-/// Runs `f` while another thread writes byte `byte` at the start of `path` again and again
-/// (every 0.2 ms, from before `f` starts until it ends): a file written all through a read.
+/// Runs `f` while the first byte of `path` is written again (its own value) at every read of
+/// it and every 0.2 ms in between ([`super::rewriter::Rewriter`]): a file written all through
+/// a read, whatever the machine's load.
 #[cfg(test)]
-pub(crate) fn written_all_through<T>(path: &Path, byte: u8, f: impl FnOnce() -> T) -> T {
-    use std::os::unix::fs::FileExt as _;
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let writer = scope.spawn(|| {
-            let file = File::options().write(true).open(path).unwrap();
-            let mut writes = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                file.write_all_at(&[byte], 0).unwrap();
-                writes += 1;
-                std::thread::sleep(std::time::Duration::from_micros(200));
-            }
-            writes
-        });
-        let done = f();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        assert!(writer.join().unwrap() > 0, "the file was written");
-        done
-    })
+pub(crate) fn written_all_through<T>(path: &Path, f: impl FnOnce() -> T) -> T {
+    let writer = super::rewriter::Rewriter::start(path);
+    let done = f();
+    let written = writer.stop();
+    assert!(written.in_reads > 0, "read while written: {written:?}");
+    done
 }
 
 /// BLAKE3 of a file, hex.

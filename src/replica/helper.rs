@@ -1918,7 +1918,7 @@ mod tests {
         };
         let mut stream = Vec::new();
         // The first byte of a qcow2 file is its magic's `Q`: written again, it stays one.
-        let err = blocks::written_all_through(&img, b'Q', || {
+        let err = blocks::written_all_through(&img, || {
             send_disk(&img, &from, None, false, &mut &manifest[..], &mut stream)
         })
         .expect_err("written while read");

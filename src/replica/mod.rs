@@ -35,6 +35,8 @@ pub mod point;
 pub mod protocol;
 pub mod reads;
 pub mod remote;
+#[cfg(test)]
+pub(crate) mod rewriter;
 pub mod snapshot;
 pub mod start;
 pub mod store;

@@ -3526,14 +3526,14 @@ mod tests {
             .unwrap();
         let before = std::fs::read(store.path("points.json")).unwrap();
         // Something writes the copy all through its read.
-        let e = blocks::written_all_through(&dst, 7, || store.verify(None)).unwrap_err();
+        let e = blocks::written_all_through(&dst, || store.verify(None)).unwrap_err();
         assert!(e.to_string().contains("written while it was read"), "{e}");
         assert_eq!(std::fs::read(store.path("points.json")).unwrap(), before);
         // Once nothing writes it, it is read again and found whole.
         assert_eq!(store.verify(None).unwrap(), [("p1".to_string(), true)]);
         // Nor is a manifest made of it for an update (which then ends its history: the copy
         // was written behind its point).
-        let e = blocks::written_all_through(&dst, 7, || store.base_manifest(true)).unwrap_err();
+        let e = blocks::written_all_through(&dst, || store.base_manifest(true)).unwrap_err();
         assert!(e.to_string().contains("written while it was read"), "{e}");
     }
 

@@ -2404,7 +2404,7 @@ mod tests {
         let before = points();
         // Something writes the copy all through its read.
         let verified =
-            crate::replica::blocks::written_all_through(&dst.join("nightly.dump"), 4, || {
+            crate::replica::blocks::written_all_through(&dst.join("nightly.dump"), || {
                 store.verify(None)
             });
         let e = verified.unwrap_err().to_string();

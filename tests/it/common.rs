@@ -321,49 +321,6 @@ impl Drop for Frozen {
     }
 }
 
-/// Writes the first byte of a file (its own value) again and again, from [`Rewriter::start`]
-/// to [`Rewriter::stop`]: a file written all through what runs meanwhile, its bytes the same.
-pub(crate) struct Rewriter {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<(u64, std::time::Duration)>,
-}
-
-impl Rewriter {
-    pub(crate) fn start(path: &Path) -> Rewriter {
-        use std::os::unix::fs::FileExt as _;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let mut first = [0u8; 1];
-        f.read_exact_at(&mut first, 0).unwrap();
-        let until = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut writes = 0u64;
-            let (mut last, mut longest) = (std::time::Instant::now(), std::time::Duration::ZERO);
-            while !until.load(std::sync::atomic::Ordering::Relaxed) {
-                f.write_all_at(&first, 0).unwrap();
-                writes += 1;
-                longest = longest.max(last.elapsed());
-                last = std::time::Instant::now();
-                std::thread::sleep(std::time::Duration::from_micros(200));
-            }
-            (writes, longest)
-        });
-        Rewriter { stop, thread }
-    }
-
-    /// Stops it: how many writes it made.
-    pub(crate) fn stop(self) -> u64 {
-        self.stop_timed().0
-    }
-
-    /// Stops it: how many writes it made, and the longest time between two of them (a writer
-    /// held off the processor or the disk for longer than a read writes nothing in it).
-    pub(crate) fn stop_timed(self) -> (u64, std::time::Duration) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
-}
+#[path = "../../src/replica/rewriter.rs"]
+mod rewriter;
+pub(crate) use rewriter::Rewriter;
