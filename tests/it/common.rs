@@ -323,4 +323,5 @@ impl Drop for Frozen {
 
 #[path = "../../src/replica/rewriter.rs"]
 mod rewriter;
+#[allow(unused_imports)] // Not every target that includes this file uses it.
 pub(crate) use rewriter::Rewriter;
