@@ -1309,6 +1309,22 @@ fn check_references(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
     }
     for vm in inv.vms.values() {
         check_ref("driver", &vm.driver, &inv.drivers, diags);
+        if let (Some(p), Some(r)) = (
+            inv.hosts.get(&vm.primary.value),
+            inv.hosts.get(&vm.recovery.value),
+        ) && p.id != r.id
+            && machine_of(p) == machine_of(r)
+        {
+            diags.push(
+                Diagnostic::error(format!(
+                    "the primary host `{}` and the recovery host `{}` of vm `{}` are one machine (address `{}`, port {})",
+                    p.id, r.id, vm.id, r.address, r.port
+                ))
+                .at(vm.recovery.loc.clone())
+                .note("the primary host is defined here", p.loc.clone())
+                .hint("its disks would be their own copies: the recovery host is another machine, so fix the address or port of one of them"),
+            );
+        }
         for (side, host, expected) in [
             ("primary", &vm.primary, SiteRole::Primary),
             ("recovery", &vm.recovery, SiteRole::Recovery),
@@ -1355,14 +1371,116 @@ fn check_references(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
             );
         }
     }
+    check_vm_handles(inv, diags);
     check_shared_paths(inv, diags);
 }
+
+/// The machine a host's address and port reach, as far as the inventory can tell: two host
+/// ids with one address (its letters' case, a final dot and an IP address's spelling aside)
+/// and one port are one machine.
+fn machine_of(host: &Host) -> (String, u16) {
+    let address = host.address.trim_end_matches('.').to_ascii_lowercase();
+    let address = match address.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => address,
+    };
+    (address, host.port)
+}
+
+/// No two vms on one machine go by one name or one vmid, nor by the name or vmid a drill gives
+/// the other's copy there (`drill-NAME`, 900000 + vmid): the hypervisor's commands for one
+/// (start, stop, status, its definition) would act on the other.
+fn check_vm_handles(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
+    use std::collections::hash_map::Entry;
+    #[derive(PartialEq, Eq, Hash)]
+    enum Handle {
+        Name(String),
+        Vmid(u32),
+    }
+    struct Holder<'a> {
+        vm: &'a Vm,
+        host: &'a str,
+        drill: bool,
+    }
+    let mut seen: std::collections::HashMap<((String, u16), Handle), Holder<'_>> =
+        Default::default();
+    let mut told_pairs = std::collections::HashSet::new();
+    for vm in inv.vms.values() {
+        let sides = [(&vm.primary, false), (&vm.recovery, true)];
+        for (host, recovery) in sides {
+            let Some(h) = inv.hosts.get(&host.value) else {
+                continue;
+            };
+            let mut handles = vec![(Handle::Name(vm.name.clone()), false)];
+            handles.extend(vm.vmid.map(|id| (Handle::Vmid(id), false)));
+            if recovery {
+                handles.push((Handle::Name(format!("drill-{}", vm.name)), true));
+                handles.extend(vm.vmid.map(|id| (Handle::Vmid(900_000 + id), true)));
+            }
+            for (handle, drill) in handles {
+                let who = |vm: &Vm, drill: bool| match drill {
+                    true => format!("the drill copy of vm `{}`", vm.id),
+                    false => format!("vm `{}`", vm.id),
+                };
+                match seen.entry((machine_of(h), handle)) {
+                    Entry::Vacant(e) => {
+                        e.insert(Holder {
+                            vm,
+                            host: &h.id,
+                            drill,
+                        });
+                    }
+                    Entry::Occupied(e) if e.get().vm.id == vm.id => {}
+                    Entry::Occupied(e) => {
+                        let other = e.get();
+                        // One error a pair of vms (one name on both of their hosts).
+                        if !told_pairs.insert((vm.id.as_str(), other.vm.id.as_str())) {
+                            continue;
+                        }
+                        let (key, handle) = e.key();
+                        let field = match handle {
+                            Handle::Name(_) => "name",
+                            Handle::Vmid(_) => "vmid",
+                        };
+                        let at = match other.host == h.id {
+                            true => format!("`{}`", h.id),
+                            false => format!("`{}` (the machine of `{}` too)", h.id, other.host),
+                        };
+                        diags.push(
+                            Diagnostic::error(format!(
+                                "{} goes by the {field} `{}` on {at}, as {} does",
+                                who(vm, drill),
+                                match handle {
+                                    Handle::Name(n) => n.clone(),
+                                    Handle::Vmid(id) => id.to_string(),
+                                },
+                                who(other.vm, other.drill),
+                            ))
+                            .at(vm.loc.clone())
+                            .note("that vm is defined here", other.vm.loc.clone())
+                            .hint(format!(
+                                "the hypervisor's commands for one vm (start, stop, status, its definition) would act on the other: give each vm on {} its own `{field}`",
+                                key.0
+                            )),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The end of the name of the overlay a driver's `replicate-begin` makes beside a running
+/// vm's disk (the disk's name without its extension, then this).
+const OVERLAY_SUFFIX: &str = "reprise-replicate";
 
 /// What a path on a host is used for, to find two uses of one file.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum PathUse {
     /// A vm disk, on its primary host or as the copy on its recovery host.
     Disk,
+    /// The overlay a running vm writes to while its disk is copied (`OVERLAY_SUFFIX`).
+    Overlay,
     BackupSource,
     BackupCopy,
 }
@@ -1374,11 +1492,18 @@ enum PathUse {
 fn check_shared_paths(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
     struct Use<'a> {
         host: &'a str,
+        /// The machine of `host` ([`machine_of`]): two host ids of one address share files.
+        machine: (String, u16),
         path: String,
         kind: PathUse,
         what: String,
         loc: &'a Location,
     }
+    let machine = |host: &str| {
+        inv.hosts
+            .get(host)
+            .map_or_else(|| (host.to_string(), 0), machine_of)
+    };
     let mut uses: Vec<Use<'_>> = Vec::new();
     for vm in inv.vms.values() {
         // One host on both sides is already an error of sites: its disk would be its own copy.
@@ -1396,12 +1521,30 @@ fn check_shared_paths(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
                 Some(VarValue::Text(d)) => d.trim_end_matches('/'),
                 _ => continue,
             };
+            let machine = machine(&host.value);
             for (disk, loc) in vm.disks.iter().zip(&vm.disks_at) {
                 uses.push(Use {
                     host: &host.value,
+                    machine: machine.clone(),
                     path: format!("{dir}/{disk}"),
                     kind: PathUse::Disk,
                     what: format!("the {side} `{disk}` of vm `{}`", vm.id),
+                    loc,
+                });
+                // Where a running vm's writes go while it is copied (the drivers'
+                // `replicate-begin`: `${d%.*}.reprise-replicate` beside the disk).
+                let stem = disk
+                    .rsplit_once('.')
+                    .map_or(disk.as_str(), |(stem, _)| stem);
+                uses.push(Use {
+                    host: &host.value,
+                    machine: machine.clone(),
+                    path: format!("{dir}/{stem}.{OVERLAY_SUFFIX}"),
+                    kind: PathUse::Overlay,
+                    what: format!(
+                        "the replication overlay `{stem}.{OVERLAY_SUFFIX}` of the {side} `{disk}` of vm `{}`",
+                        vm.id
+                    ),
                     loc,
                 });
             }
@@ -1411,6 +1554,7 @@ fn check_shared_paths(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
         let ends = [
             Use {
                 host: &set.source_host.value,
+                machine: machine(&set.source_host.value),
                 path: set.source_path.clone(),
                 kind: PathUse::BackupSource,
                 what: format!("the source of backup set `{}`", set.id),
@@ -1418,6 +1562,7 @@ fn check_shared_paths(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
             },
             Use {
                 host: &set.dest_host.value,
+                machine: machine(&set.dest_host.value),
                 path: set.dest_path.clone(),
                 kind: PathUse::BackupCopy,
                 what: format!("the copy of backup set `{}`", set.id),
@@ -1431,13 +1576,13 @@ fn check_shared_paths(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
     }
     let key = |u: &Use<'_>| (u.loc.file, u.loc.span.start);
     uses.sort_by(|a, b| {
-        a.host
-            .cmp(b.host)
+        a.machine
+            .cmp(&b.machine)
             .then_with(|| a.path.split('/').cmp(b.path.split('/')))
             .then_with(|| key(a).cmp(&key(b)))
     });
     let within = |inner: &Use<'_>, outer: &Use<'_>| {
-        inner.host == outer.host
+        inner.machine == outer.machine
             && (inner.path == outer.path
                 || inner
                     .path
@@ -1451,28 +1596,53 @@ fn check_shared_paths(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
         while open.last().is_some_and(|o| !within(u, o)) {
             open.pop();
         }
+        // Backup sets may read one folder; a copy inside a folder that is copied is copied
+        // again into itself at every replication.
         let clash = open.iter().rev().find(|o| {
             let both_read = o.kind == PathUse::BackupSource && u.kind == PathUse::BackupSource;
-            !both_read && (o.path == u.path || o.kind != PathUse::BackupSource)
+            !both_read
+                && (o.path == u.path
+                    || o.kind != PathUse::BackupSource
+                    || u.kind == PathUse::BackupCopy)
         });
         if let Some(o) = clash {
+            let same_machine = |host: &str| match o.host == u.host {
+                true => String::new(),
+                false => format!(" on `{host}` (the same machine)"),
+            };
             // The mistake is the later of two equal paths, or the folder that holds the other.
             let d = if o.path == u.path {
+                let overlay = [o.kind, u.kind].contains(&PathUse::Overlay);
                 Diagnostic::error(format!(
-                    "{} on `{}` ({}) is the same file as {}",
-                    u.what, u.host, u.path, o.what
+                    "{} on `{}` ({}) is the same file as {}{}",
+                    u.what,
+                    u.host,
+                    u.path,
+                    o.what,
+                    same_machine(o.host)
                 ))
                 .at(u.loc.clone())
                 .note("that one is set here", o.loc.clone())
-                .hint("each vm disk and each copy needs its own file: rename one, or fix `images_dir` or the path")
+                .hint(match overlay {
+                    true => "a running vm's writes go to this overlay while its disk is copied: give the disks names that differ before their extension",
+                    false => "each vm disk and each copy needs its own file: rename one, or fix `images_dir` or the path",
+                })
             } else {
                 Diagnostic::error(format!(
-                    "{} on `{}` ({}) holds {} ({})",
-                    o.what, o.host, o.path, u.what, u.path
+                    "{} on `{}` ({}) holds {}{} ({})",
+                    o.what,
+                    o.host,
+                    o.path,
+                    u.what,
+                    same_machine(u.host),
+                    u.path
                 ))
                 .at(o.loc.clone())
                 .note("that one is set here", u.loc.clone())
-                .hint("a copy is made equal to its source (what the source lacks is deleted): give it a folder of its own")
+                .hint(match o.kind {
+                    PathUse::BackupSource => "what is in a backup set's source is copied: a copy there is copied again into itself at every replication, and grows until the disk is full; give the copy a folder outside every source",
+                    _ => "a copy is made equal to its source (what the source lacks is deleted): give it a folder of its own",
+                })
             };
             // One mistake, one error (a disk name is used on both hosts of its vm).
             if reported.insert(d.location.clone()) {
