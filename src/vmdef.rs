@@ -74,6 +74,18 @@ pub enum DefinitionError {
     #[error("the definition is a <{0}>, not a <domain>")]
     NotDomain(String),
     #[error(
+        "the definition nests elements more than {MAX_DEPTH} deep, which a domain never does: refused"
+    )]
+    TooDeep,
+    #[error(
+        "the definition has {count} <{child}> in <{parent}>, where libvirt reads one: refused (what it checks in the first, libvirt could take from another)"
+    )]
+    Twice {
+        parent: String,
+        child: String,
+        count: usize,
+    },
+    #[error(
         "the definition's disk {target} uses {path}, which is not a copy of one of the vm's disks ({known}): refused"
     )]
     ForeignDisk {
@@ -193,6 +205,10 @@ fn parse_xml(text: &str) -> Result<Element, DefinitionError> {
     if text.contains("<!DOCTYPE") || text.contains("<!ENTITY") {
         return Err(DefinitionError::Doctype);
     }
+    // Read by recursion, one call a level: a deeper one would overflow the stack.
+    if depth(text) > MAX_DEPTH {
+        return Err(DefinitionError::TooDeep);
+    }
     let config = xmltree::ParserConfig::new()
         .trim_whitespace(true)
         .ignore_comments(true);
@@ -202,7 +218,98 @@ fn parse_xml(text: &str) -> Result<Element, DefinitionError> {
         return Err(DefinitionError::NotDomain(root.name.clone()));
     }
     foreign_namespace(&root, false)?;
+    read_once(&root)?;
     Ok(root)
+}
+
+/// How deep a domain's elements may nest (libvirt's go 6 or 7 deep; an application's
+/// `<metadata>` a little more).
+pub const MAX_DEPTH: usize = 64;
+
+/// How deep the elements of the XML text `text` nest, at most: every `<` that opens a tag
+/// not closed by `/>` counts one level down, every `</` one up (comments, CDATA, declarations
+/// and quoted attribute values skipped). Text that is not XML is refused by the parser after.
+fn depth(text: &str) -> usize {
+    let b = text.as_bytes();
+    let (mut i, mut level, mut deepest) = (0, 0usize, 0);
+    let skip_to = |from: usize, end: &[u8]| {
+        b[from..]
+            .windows(end.len())
+            .position(|w| w == end)
+            .map_or(b.len(), |p| from + p + end.len())
+    };
+    while i < b.len() {
+        if b[i] != b'<' {
+            i += 1;
+            continue;
+        }
+        let rest = &b[i..];
+        if rest.starts_with(b"<!--") {
+            i = skip_to(i + 4, b"-->");
+        } else if rest.starts_with(b"<![CDATA[") {
+            i = skip_to(i + 9, b"]]>");
+        } else if rest.starts_with(b"<?") {
+            i = skip_to(i + 2, b"?>");
+        } else if rest.starts_with(b"</") {
+            level = level.saturating_sub(1);
+            i = skip_to(i + 2, b">");
+        } else {
+            // A start tag: to its `>`, outside quoted values.
+            let (mut j, mut quote) = (i + 1, None);
+            while j < b.len() {
+                match (quote, b[j]) {
+                    (None, b'"' | b'\'') => quote = Some(b[j]),
+                    (Some(q), c) if c == q => quote = None,
+                    (None, b'>') => break,
+                    _ => {}
+                }
+                j += 1;
+            }
+            if !(j > i + 1 && b[j - 1] == b'/') {
+                level += 1;
+                deepest = deepest.max(level);
+            }
+            i = j + 1;
+        }
+    }
+    deepest
+}
+
+/// The elements libvirt reads once, where reprise checks and rewrites the first: the
+/// domain's own (all but `<seclabel>` and `<sysinfo>`, which may repeat), and a disk's or a
+/// NIC's `<source>`, `<target>` and `<driver>`.
+fn read_once(root: &Element) -> Result<(), DefinitionError> {
+    fn once(
+        parent: &Element,
+        only: Option<&[&str]>,
+        repeats: &[&str],
+    ) -> Result<(), DefinitionError> {
+        let mut counts: IndexMap<&str, usize> = IndexMap::new();
+        for child in parent.children.iter().filter_map(XMLNode::as_element) {
+            let name = child.name.as_str();
+            if only.is_none_or(|o| o.contains(&name)) && !repeats.contains(&name) {
+                *counts.entry(name).or_default() += 1;
+            }
+        }
+        match counts.into_iter().find(|&(_, n)| n > 1) {
+            Some((child, count)) => Err(DefinitionError::Twice {
+                parent: parent.name.clone(),
+                child: child.into(),
+                count,
+            }),
+            None => Ok(()),
+        }
+    }
+    once(root, None, &["seclabel", "sysinfo"])?;
+    let devices = root.children.iter().filter_map(XMLNode::as_element);
+    for dev in devices
+        .filter(|d| d.name == "devices")
+        .flat_map(|d| d.children.iter().filter_map(XMLNode::as_element))
+        .filter(|d| d.name == "disk" || d.name == "interface")
+    {
+        once(dev, Some(&["source", "target", "driver"]), &[])?;
+    }
+    Ok(())
 }
 
 fn canonical_xml(root: &Element) -> String {
@@ -727,6 +834,59 @@ mod tests {
             ),
         ];
         insta::assert_snapshot!(errors.join("\n"));
+    }
+
+    /// An element libvirt reads once, given twice, and a nesting that would overflow the
+    /// reader's stack, are refused when the definition is read: what reprise checks in the
+    /// first, libvirt could take from another.
+    #[test]
+    fn an_element_libvirt_reads_once_given_twice_or_a_nesting_too_deep_is_refused() {
+        let said = |text: &str| match Definition::parse(Format::LibvirtXml, text.as_bytes()) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        };
+        // A second <devices> with the host's own disk in it.
+        let e = said(&DOMAIN.replace(
+            "</devices>",
+            "</devices><devices><disk type='block' device='disk'><source dev='/dev/sda'/><target dev='vdz'/></disk></devices>",
+        ));
+        assert!(e.contains("2 <devices> in <domain>"), "{e}");
+        let e = said(&DOMAIN.replace("</os>", "</os><os><nvram>/etc/shadow</nvram></os>"));
+        assert!(e.contains("2 <os> in <domain>"), "{e}");
+        // A second <source> in a disk.
+        let e = said(&DOMAIN.replace(
+            "<source file='/var/lib/libvirt/images/erp-db-data.raw'/>",
+            "<source file='/var/lib/libvirt/images/erp-db-data.raw'/><source file='/etc/shadow'/>",
+        ));
+        assert!(e.contains("2 <source> in <disk>"), "{e}");
+        // Well within what a domain may hold (1 MiB), far deeper than the stack allows.
+        let deep = DOMAIN.replace(
+            "<metadata>",
+            &format!(
+                "<metadata>{}{}",
+                "<a>".repeat(140_000),
+                "</a>".repeat(140_000)
+            ),
+        );
+        assert!(deep.len() < MAX_BYTES);
+        assert!(said(&deep).contains("more than 64 deep"));
+        // Repeated where libvirt takes several; nested as deep as allowed.
+        let twice = DOMAIN.replace(
+            "</devices>",
+            "</devices><seclabel type='dynamic' model='selinux'/><seclabel type='dynamic' model='dac'/>",
+        );
+        Definition::parse(Format::LibvirtXml, twice.as_bytes()).unwrap();
+        let level = DOMAIN.matches("<metadata>").count() + 1;
+        let deepest = DOMAIN.replace(
+            "<metadata>",
+            &format!(
+                "<metadata>{}<!-- <b> --><c x='d>e'/>{}",
+                "<a>".repeat(MAX_DEPTH - level),
+                "</a>".repeat(MAX_DEPTH - level)
+            ),
+        );
+        Definition::parse(Format::LibvirtXml, deepest.as_bytes()).unwrap();
+        assert_eq!(super::depth(&deepest), MAX_DEPTH);
     }
 
     #[test]

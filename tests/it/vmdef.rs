@@ -46,6 +46,24 @@ fn hostile_definitions_are_refused_and_change_nothing() {
             format!("<!DOCTYPE d [<!ENTITY a 'aaaaaaaa'>]>{good}"),
             "document type declaration",
         ),
+        (
+            "a second <devices> with the host's own disk",
+            good.replacen(
+                "</devices>",
+                "</devices><devices><disk type='block' device='disk'><source dev='/dev/sda'/><target dev='vdz'/></disk></devices>",
+                1,
+            ),
+            "2 <devices> in <domain>, where libvirt reads one: refused",
+        ),
+        (
+            "nested deeper than the stack",
+            good.replacen(
+                "</devices>",
+                &format!("</devices>{}{}", "<a>".repeat(140_000), "</a>".repeat(140_000)),
+                1,
+            ),
+            "nests elements more than 64 deep",
+        ),
     ] {
         std::fs::write(&file, &text).unwrap();
         let run = lab.run(&["replicate", "--service", "erp-db"]);
