@@ -431,6 +431,7 @@ pub fn load(sources: &Sources, files: &[FileId], diags: &mut Vec<Diagnostic>) ->
     }
     check_references(&inv, diags);
     check_proxmox(&inv, diags);
+    check_live_reads(&inv, diags);
     inv
 }
 
@@ -644,6 +645,30 @@ fn read_backup_set(
         dest_at: dest_path.loc,
         retention,
         loc: id.loc.clone(),
+    }
+}
+
+/// A driver that reads disks while the guest may write them (`replicate_reads_live`) holds the
+/// guest still around the read and says afterwards whether it stayed so: without its
+/// `replicate-begin` and `replicate-end`, every copy would be read while written and recorded
+/// as one instant.
+fn check_live_reads(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
+    for driver in inv.drivers.values().filter(|d| d.reads_live) {
+        let missing: Vec<&str> = ["replicate-begin", "replicate-end"]
+            .into_iter()
+            .filter(|a| !driver.actions.contains_key(*a))
+            .collect();
+        if !missing.is_empty() {
+            diags.push(
+                Diagnostic::error(format!(
+                    "driver `{}` reads its vms' disks live (`replicate_reads_live = true`) and has no `{}`",
+                    driver.id,
+                    missing.join("` or `")
+                ))
+                .at(driver.loc.clone())
+                .hint("a disk read while its guest writes it is a copy of no instant: add a `replicate-begin` that freezes the guest and a `replicate-end` that says whether the freeze held (exit 65 when it did not), or remove `replicate_reads_live`"),
+            );
+        }
     }
 }
 
