@@ -1880,6 +1880,31 @@ fn again_between_sites(
     for id in &again {
         prior.remove(id);
     }
+    // A start cut before it started the vm runs again whole from the copy made again (its
+    // point chosen and leased anew), not as a step that may have taken effect.
+    let restarted: Vec<String> = plan
+        .steps
+        .iter()
+        .filter(|s| prior.get(&s.id) == Some(&Prior::Interrupted) && !took.contains(s.id.as_str()))
+        .filter(|s| {
+            s.replica
+                .as_ref()
+                .is_some_and(|r| r.role == plan::ReplicaRole::Start)
+        })
+        .filter(|s| {
+            again.iter().filter_map(|id| plan.step(id)).any(|c| {
+                matches!(&c.action_spec, plan::Action::Replicate {
+                    what: plan::Replicated::Vm(v),
+                    to_host,
+                    ..
+                } if s.vm.as_ref() == Some(v) && s.host.as_ref() == Some(to_host))
+            })
+        })
+        .map(|s| s.id.clone())
+        .collect();
+    for id in &restarted {
+        prior.remove(id);
+    }
     if plan.mode == Mode::Failback || plan.mode == Mode::Failover {
         let runs = running_again(model, plan, prior, transport);
         if !runs.is_empty() {
@@ -3092,14 +3117,18 @@ mod tests {
             let mut p = prior();
             let said = Status(hosts.iter().copied().collect());
             again_between_sites(&model, plan, &mut p, &begun, &said)
-                .map(|again| (again, p.contains_key("erp-db/final-sync")))
+                .map(|again| {
+                    let kept = |id: &str| p.contains_key(id);
+                    (again, kept("erp-db/final-sync"), kept("erp-db/start"))
+                })
                 .map_err(|e| e.to_string())
         };
         let (main, pra) = ("hv-main", "hv-pra");
-        // Stopped on both sites: the start did not start it, the final sync is made again.
+        // Stopped on both sites: the start did not start it, the final sync is made again,
+        // and the start runs again whole.
         assert_eq!(
             resume(&over, &[(main, "shut off"), (pra, "shut off")]),
-            Ok((vec!["erp-db/final-sync".to_string()], false))
+            Ok((vec!["erp-db/final-sync".to_string()], false, false))
         );
         // The primary runs again: refused, whatever the start did.
         for pra_said in ["shut off", "running"] {
@@ -3121,7 +3150,7 @@ mod tests {
         // Stopped on the primary, running on the recovery host: the start took effect.
         assert_eq!(
             resume(&over, &[(main, "shut off"), (pra, "running")]),
-            Ok((Vec::new(), true))
+            Ok((Vec::new(), true, true))
         );
         // The primary site lost: an emergency failover carries on without it.
         let emergency = plan(Mode::Failover, true);
