@@ -1637,12 +1637,13 @@ pub fn left_held(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<L
 /// The copies of a vm between its sites that a resumed run makes again: a failback's copy
 /// back (a `replicate` of the vm to the host a step starts it on) done while a start of the
 /// vm there is not done; a planned failover's final sync done while no start of the vm there
-/// has begun (`begun`: the steps the journal shows started; one begun relies on the point it
-/// chose, and may hold its copies leased, which a copy into them is refused). Pure.
+/// may have started it (`took`: the starts that began and whose vm's driver does not say it
+/// is stopped there, [`may_have_started`]; one that did relies on the point it chose, and
+/// the vm may run on that copy). Pure.
 pub fn copies_again(
     plan: &Plan,
     prior: &HashMap<String, Prior>,
-    begun: &HashSet<&str>,
+    took: &HashSet<&str>,
 ) -> Vec<String> {
     let failback = match plan.mode {
         Mode::Failback => true,
@@ -1656,7 +1657,7 @@ pub fn copies_again(
             .filter(|t| t.is_vm_action(vm, "start", host));
         match failback {
             true => starts.any(|t| prior.get(&t.id) != Some(&Prior::Done)),
-            false => starts.all(|t| !begun.contains(t.id.as_str())),
+            false => starts.all(|t| !took.contains(t.id.as_str())),
         }
     };
     plan.steps
@@ -1674,10 +1675,75 @@ pub fn copies_again(
         .collect()
 }
 
+/// The starts of a planned failover's vms on the recovery side that began (`begun`, as the
+/// journal says) and are not done, while the vm's driver does not say it is stopped (or not
+/// defined) on the step's host: they may have started it on the copy they chose.
+fn may_have_started(
+    model: &Model,
+    plan: &Plan,
+    prior: &HashMap<String, Prior>,
+    begun: &HashSet<&str>,
+    transport: &dyn Transport,
+) -> HashSet<String> {
+    if plan.mode != Mode::Failover || plan.emergency {
+        return HashSet::new();
+    }
+    plan.steps
+        .iter()
+        .filter(|s| begun.contains(s.id.as_str()) && prior.get(&s.id) != Some(&Prior::Done))
+        .filter(|s| {
+            s.replica
+                .as_ref()
+                .is_some_and(|r| r.role == plan::ReplicaRole::Start)
+        })
+        .filter(|s| {
+            let (Some(service), Some(vm), Some(host)) = (
+                model.inventory.services.get(&s.service),
+                s.vm.as_ref().and_then(|v| model.inventory.vms.get(v)),
+                s.host.as_deref(),
+            ) else {
+                return true;
+            };
+            let side = match host == vm.primary.value {
+                true => Side::Primary,
+                false => Side::Recovery,
+            };
+            !known_stopped(model, service, vm, side, &plan.run_id, transport)
+        })
+        .map(|s| s.id.clone())
+        .collect()
+}
+
+/// Whether `vm`'s driver says it does not run on `side`: its `status` says it is stopped, or
+/// fails as it does for a vm not defined there.
+fn known_stopped(
+    model: &Model,
+    service: &crate::inventory::Service,
+    vm: &crate::inventory::Vm,
+    side: Side,
+    run_id: &str,
+    transport: &dyn Transport,
+) -> bool {
+    let Some((host, cmd)) = plan::vm_status_command(model, service, vm, side, run_id) else {
+        return false;
+    };
+    let Ok(text) = cmd.expose(|n| std::env::var(n).ok()) else {
+        return false;
+    };
+    transport
+        .exec(&host, &text, StdDuration::from_secs(30))
+        .is_ok_and(|out| {
+            runner::said_running(&out) == Some(false) || runner::said_not_defined(&out)
+        })
+}
+
 /// The vms whose copy between sites is still to come in `plan` (not done, as `prior` says)
 /// while a step of it that stopped the vm on the host the copy reads is done and the vm runs
 /// there again (its driver's `status`): copied while it runs, what it writes after would be
-/// left behind, and started on the other site too, two copies would diverge.
+/// left behind, and started on the other site too, two copies would diverge. And, in a
+/// planned failover, the vms whose final sync is done and whose start on the recovery side is
+/// not, while the primary runs them again or cannot say it does not
+/// ([`started_past_copy`]).
 fn running_again(
     model: &Model,
     plan: &Plan,
@@ -1724,7 +1790,174 @@ fn running_again(
             ));
         }
     }
+    if plan.mode == Mode::Failover && !plan.emergency {
+        again.extend(started_past_copy(model, plan, prior, transport));
+    }
     again
+}
+
+/// The vms of a planned failover whose start on the recovery side is not done while the copy
+/// it starts from (the final sync, done: the start began and may have started the vm, see
+/// [`copies_again`]) was made after a step of the run stopped the vm on the primary, and the
+/// primary's driver says the vm runs there again, or cannot say: what it wrote since is not
+/// in that copy, and the vm may run on both sites.
+fn started_past_copy(
+    model: &Model,
+    plan: &Plan,
+    prior: &HashMap<String, Prior>,
+    transport: &dyn Transport,
+) -> Vec<String> {
+    let done = |id: &str| prior.get(id) == Some(&Prior::Done);
+    let mut refused = Vec::new();
+    let mut asked = HashSet::new();
+    for start in plan.steps.iter().filter(|s| !done(&s.id)) {
+        let (Some(vm_id), Some(host), Some(plan::ReplicaRole::Start)) = (
+            start.vm.as_deref(),
+            start.host.as_deref(),
+            start.replica.as_ref().map(|r| r.role),
+        ) else {
+            continue;
+        };
+        let Some((sync, from_host)) = plan.steps.iter().find_map(|s| match &s.action_spec {
+            plan::Action::Replicate {
+                what: plan::Replicated::Vm(v),
+                from_host,
+                to_host,
+                ..
+            } if v == vm_id && to_host == host && done(&s.id) => Some((s, from_host)),
+            _ => None,
+        }) else {
+            continue;
+        };
+        let Some(stopped) = plan
+            .steps
+            .iter()
+            .find(|s| s.is_vm_action(vm_id, "stop", from_host) && done(&s.id))
+        else {
+            continue;
+        };
+        let (Some(service), Some(vm)) = (
+            model.inventory.services.get(&start.service),
+            model.inventory.vms.get(vm_id),
+        ) else {
+            continue;
+        };
+        if !asked.insert(vm_id) {
+            continue;
+        }
+        let side = match *from_host == vm.primary.value {
+            true => Side::Primary,
+            false => Side::Recovery,
+        };
+        let state = vm_state(model, service, vm, side, &plan.run_id, transport);
+        let (sync, stopped, start, service) = (&sync.id, &stopped.id, &start.id, &service.id);
+        match state {
+            (Some(false), _) => {}
+            (Some(true), said) => refused.push(format!(
+                "vm {vm_id} runs on {from_host} again (its status says `{said}`) since this failover stopped it there (step {stopped}), and its start on {host} (step {start}) began, so it may run on {host} too, on the copy step {sync} made, which lacks what was written on {from_host} since: two copies diverge; to keep what {from_host} wrote, stop it on {host} if it runs there, then stop it on {from_host} and resume (this run then copies it again before starting it on {host}); to keep what {host} wrote, stop it on {from_host} and resume"
+            )),
+            (None, said) => refused.push(format!(
+                "whether vm {vm_id} runs on {from_host} again since this failover stopped it there (step {stopped}) cannot be told ({said}): if it ran, the copy step {sync} made on {host}, which its start there (step {start}) carries on from, lacks what was written since; resume once {from_host} answers, or, if {from_host} is lost, `reprise failover --emergency --service {service}` starts it from its newest point"
+            )),
+        }
+    }
+    refused
+}
+
+/// What a resumed failover or failback makes again of its copies between sites (the steps,
+/// taken out of `prior`: see [`copies_again`]), or why it must not carry on (a vm it stopped
+/// runs again: see [`running_again`]).
+fn again_between_sites(
+    model: &Model,
+    plan: &Plan,
+    prior: &mut HashMap<String, Prior>,
+    begun: &HashSet<&str>,
+    transport: &dyn Transport,
+) -> Result<Vec<String>, RunError> {
+    let took = may_have_started(model, plan, prior, begun, transport);
+    let took: HashSet<&str> = took.iter().map(String::as_str).collect();
+    let again = copies_again(plan, prior, &took);
+    for id in &again {
+        prior.remove(id);
+    }
+    // A start cut before it started the vm runs again whole from the copy made again (its
+    // point chosen and leased anew), not as a step that may have taken effect.
+    let restarted: Vec<String> = plan
+        .steps
+        .iter()
+        .filter(|s| prior.get(&s.id) == Some(&Prior::Interrupted) && !took.contains(s.id.as_str()))
+        .filter(|s| {
+            s.replica
+                .as_ref()
+                .is_some_and(|r| r.role == plan::ReplicaRole::Start)
+        })
+        .filter(|s| {
+            again.iter().filter_map(|id| plan.step(id)).any(|c| {
+                matches!(&c.action_spec, plan::Action::Replicate {
+                    what: plan::Replicated::Vm(v),
+                    to_host,
+                    ..
+                } if s.vm.as_ref() == Some(v) && s.host.as_ref() == Some(to_host))
+            })
+        })
+        .map(|s| s.id.clone())
+        .collect();
+    for id in &restarted {
+        prior.remove(id);
+    }
+    if plan.mode == Mode::Failback || plan.mode == Mode::Failover {
+        let runs = running_again(model, plan, prior, transport);
+        if !runs.is_empty() {
+            return Err(RunError::RunsAgain {
+                mode: plan.mode,
+                vms: runs,
+            });
+        }
+    }
+    Ok(again)
+}
+
+/// Gives back the recovery copies a planned failover's start leased when it began (`begun`)
+/// and did not start the vm, before the copy it starts from is made again (`again`): a
+/// replication never writes into a leased copy. The start takes them again once the copy is
+/// made. A copy not given back (its host does not answer) stops the copy, which says so.
+fn give_back_begun(
+    plan: &Plan,
+    begun: &HashSet<&str>,
+    again: &[String],
+    transport: &dyn Transport,
+) {
+    let copies = crate::replica::start::Remote::new(transport);
+    for step in plan.steps.iter().filter(|s| begun.contains(s.id.as_str())) {
+        let Some(r) = step
+            .replica
+            .as_ref()
+            .filter(|r| r.role == plan::ReplicaRole::Start)
+        else {
+            continue;
+        };
+        let copied_again = again.iter().filter_map(|id| plan.step(id)).any(|s| {
+            matches!(&s.action_spec, plan::Action::Replicate {
+                what: plan::Replicated::Vm(v),
+                to_host,
+                ..
+            } if *v == r.vm && Some(to_host.as_str()) == step.host.as_deref())
+        });
+        if copied_again {
+            let vm = crate::replica::start::Vm {
+                name: &r.vm,
+                host: &r.host,
+                paths: &r.paths,
+                sources: &r.sources,
+            };
+            crate::replica::start::give_back(
+                &copies,
+                vm,
+                &plan.run_id,
+                crate::replica::choice::Use::Failover,
+            );
+        }
+    }
 }
 
 /// Reads, for each vm a failback plan copies back to the primary, its state there and its
@@ -2060,7 +2293,8 @@ pub fn resume(
     // A copy of a vm between its sites done while the vm's start on the other site is not is
     // made again: the vm may have run where it came from since, and what it starts from is
     // what is there now (its start checks it is still what the copy read). Refused while a
-    // vm the run stopped there runs there again.
+    // vm the run stopped there runs there again, or, its start on the other site begun, may
+    // have.
     let begun: HashSet<&str> = events
         .iter()
         .filter_map(|e| match e {
@@ -2068,19 +2302,14 @@ pub fn resume(
             _ => None,
         })
         .collect();
-    let again = copies_again(&plan, &prior, &begun);
-    for id in &again {
-        prior.remove(id);
-    }
-    if plan.mode == Mode::Failback || plan.mode == Mode::Failover {
-        let runs = running_again(model, &plan, &prior, &transport(model, &exec.ssh));
-        if !runs.is_empty() {
-            return Err(RunError::RunsAgain {
-                mode: plan.mode,
-                vms: runs,
-            });
-        }
-    }
+    let again = again_between_sites(
+        model,
+        &plan,
+        &mut prior,
+        &begun,
+        &transport(model, &exec.ssh),
+    )?;
+    give_back_begun(&plan, &begun, &again, &transport(model, &exec.ssh));
     // A failback's copy-backs not started yet (or made again) are judged again, as at its
     // start: the primary may have been written since (a copy-back started already wrote it
     // itself).
@@ -2748,7 +2977,7 @@ mod tests {
 
     /// A resumed failback makes a vm's copy back again while its start on the primary is not
     /// done (the vm may have run on its recovery copies since), never once it is; a resumed
-    /// planned failover makes its final sync again while its start has not begun.
+    /// planned failover makes its final sync again while its start cannot have started it.
     #[test]
     fn a_resumed_run_copies_again_what_it_has_not_started_from() {
         let model = crate::check::example();
@@ -2795,10 +3024,140 @@ mod tests {
             copies_again(&over, &done(&synced), &none),
             ["erp-db/final-sync"]
         );
-        // Its start begun (cut, or failed after the vm came up: not in `prior`).
+        // Its start began and may have started it (cut, or failed after the vm came up: not
+        // in `prior`).
         assert!(copies_again(&over, &done(&synced), &begun).is_empty());
         let emergency = plan(Mode::Failover, true);
         assert!(copies_again(&emergency, &done(&synced), &none).is_empty());
+    }
+
+    /// Hosts whose driver `status` (`virsh domstate`) says what `said` gives for them (a host
+    /// not there cannot be reached).
+    struct Status(HashMap<&'static str, &'static str>);
+
+    impl Transport for Status {
+        fn exec(
+            &self,
+            host: &str,
+            command: &str,
+            _deadline: StdDuration,
+        ) -> Result<crate::ssh::ExecOutput, crate::ssh::SshError> {
+            assert!(command.starts_with("virsh domstate"), "{command}");
+            let Some(said) = self.0.get(host) else {
+                return Err(crate::ssh::SshError::Session {
+                    host: host.to_string(),
+                    reason: "no route to host".into(),
+                });
+            };
+            Ok(crate::ssh::ExecOutput {
+                exit_code: 0,
+                stdout: format!("{said}\n"),
+                stderr: String::new(),
+                truncated: false,
+                timed_out: false,
+                duration: StdDuration::ZERO,
+            })
+        }
+
+        fn pipe(
+            &self,
+            from: &str,
+            _read_cmd: &str,
+            _to: &str,
+            _write_cmd: &str,
+            _deadline: StdDuration,
+        ) -> Result<crate::ssh::PipeOutput, crate::ssh::SshError> {
+            Err(crate::ssh::SshError::Session {
+                host: from.to_string(),
+                reason: "no pipes here".into(),
+            })
+        }
+    }
+
+    /// A planned failover cut once its final sync was done and its start had begun, resumed:
+    /// the vm started again on the primary by hand since wrote what the recovery copy lacks, so
+    /// the start never carries on from that copy. A start that did not start the vm makes the
+    /// final sync again (refused while the primary runs); one that may have started it carries
+    /// on only while the primary says it is stopped. An emergency failover does not ask the
+    /// primary, nor does a drill, which runs beside it.
+    #[test]
+    fn a_resumed_failover_never_starts_from_a_copy_the_primary_ran_past() {
+        let model = crate::check::example();
+        let plan = |mode, emergency| {
+            plan::build(
+                &model,
+                &PlanOptions {
+                    services: vec!["erp-db".into()],
+                    only: true,
+                    emergency,
+                    ..PlanOptions::new(mode)
+                },
+            )
+            .unwrap()
+        };
+        let synced = [
+            "erp-db/stop-primary",
+            "erp-db/no-autostart-primary",
+            "erp-db/final-sync",
+        ];
+        let prior = || -> HashMap<String, Prior> {
+            let mut p: HashMap<String, Prior> = synced
+                .iter()
+                .map(|id| (id.to_string(), Prior::Done))
+                .collect();
+            p.insert("erp-db/start".into(), Prior::Interrupted);
+            p
+        };
+        let begun: HashSet<&str> = [&synced[..], &["erp-db/start"]]
+            .concat()
+            .into_iter()
+            .collect();
+        let over = plan(Mode::Failover, false);
+        let resume = |plan: &Plan, hosts: &[(&'static str, &'static str)]| {
+            let mut p = prior();
+            let said = Status(hosts.iter().copied().collect());
+            again_between_sites(&model, plan, &mut p, &begun, &said)
+                .map(|again| {
+                    let kept = |id: &str| p.contains_key(id);
+                    (again, kept("erp-db/final-sync"), kept("erp-db/start"))
+                })
+                .map_err(|e| e.to_string())
+        };
+        let (main, pra) = ("hv-main", "hv-pra");
+        // Stopped on both sites: the start did not start it, the final sync is made again,
+        // and the start runs again whole.
+        assert_eq!(
+            resume(&over, &[(main, "shut off"), (pra, "shut off")]),
+            Ok((vec!["erp-db/final-sync".to_string()], false, false))
+        );
+        // The primary runs again: refused, whatever the start did.
+        for pra_said in ["shut off", "running"] {
+            let e = resume(&over, &[(main, "running"), (pra, pra_said)]).unwrap_err();
+            assert!(e.starts_with("refusing to resume the failover: "), "{e}");
+            assert!(e.contains("vm erp-db runs on hv-main again"), "{e}");
+            assert!(e.contains("stop it on hv-main"), "{e}");
+        }
+        let e = resume(&over, &[(main, "running"), (pra, "running")]).unwrap_err();
+        assert!(e.contains("erp-db/final-sync"), "{e}");
+        assert!(e.contains("may run on hv-pra too"), "{e}");
+        // The primary cannot say: refused, as it may have run.
+        let e = resume(&over, &[(pra, "running")]).unwrap_err();
+        assert!(e.contains("whether vm erp-db runs on hv-main again"), "{e}");
+        assert!(
+            e.contains("reprise failover --emergency --service erp-db"),
+            "{e}"
+        );
+        // Stopped on the primary, running on the recovery host: the start took effect.
+        assert_eq!(
+            resume(&over, &[(main, "shut off"), (pra, "running")]),
+            Ok((Vec::new(), true, true))
+        );
+        // The primary site lost: an emergency failover carries on without it.
+        let emergency = plan(Mode::Failover, true);
+        assert!(resume(&emergency, &[(pra, "shut off")]).is_ok());
+        // A drill runs beside the primary.
+        let drill = plan(Mode::Drill, false);
+        assert!(resume(&drill, &[(main, "running"), (pra, "running")]).is_ok());
     }
 
     /// An emergency failover starts the vm from its last point, older than the primary's last

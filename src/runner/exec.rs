@@ -220,7 +220,7 @@ pub fn said_running(out: &ExecOutput) -> Option<bool> {
 /// `failed to get domain`, `Domain not found`; Proxmox: the vm's configuration file `does not
 /// exist`), and only so: a status that timed out, could not run, was cut, or failed for any
 /// other reason (the hypervisor not answering) says nothing about the vm.
-pub(super) fn said_not_defined(out: &ExecOutput) -> bool {
+pub fn said_not_defined(out: &ExecOutput) -> bool {
     const NOT_DEFINED: [&str; 3] = ["failed to get domain", "Domain not found", "does not exist"];
     let failed_so = out.exit_code != 0
         && !out.timed_out

@@ -40,7 +40,7 @@ pub use context::{
     Confirmations, OtherSite, OtherSiteSays, PointChoice, Prior, RunContext, RunOptions,
     SecretResolver, Sink, Unrecorded, env_secrets,
 };
-pub use exec::said_running;
+pub use exec::{said_not_defined, said_running};
 pub use record::{drill_cleaned_up, prior_from_journal};
 
 use crate::event::{Event, RunStatus, StepStatus};

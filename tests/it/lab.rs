@@ -3079,6 +3079,76 @@ fn a_failover_never_starts_from_a_final_sync_the_primary_wrote_after() {
     );
 }
 
+/// A planned failover killed (SIGKILL) as erp-db's start on hv-pra began, after its final
+/// sync; meanwhile erp-db was started again on hv-main by hand and wrote there. The resume
+/// refuses (exit 6), naming where it runs; stopped there, the resume makes the final sync
+/// again and starts erp-db on hv-pra from what hv-main wrote.
+#[test]
+fn a_resumed_failover_killed_in_its_start_never_starts_from_a_final_sync_the_primary_ran_past() {
+    let lab = Lab::up(238);
+    let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
+    let mut child = lab.spawn(&[&["failover"][..], &only[..]].concat());
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while !lab
+        .journal()
+        .iter()
+        .any(|e| e["event"] == "step_started" && e["step"] == "erp-db/start")
+    {
+        assert!(Instant::now() < deadline, "erp-db/start did not begin");
+        assert!(child.try_wait().unwrap().is_none(), "the failover ended");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let killed = tool("kill", &["-KILL", &child.id().to_string()]);
+    assert!(killed.status.success(), "{killed:?}");
+    let _ = child.wait();
+    assert_ne!(
+        erp_db_on(&lab, "hv-pra"),
+        "running",
+        "erp-db started on hv-pra before the kill"
+    );
+    let images = lab.host_root("hv-main").join("srv/datastore/images");
+    start_erp_db_by_hand(&lab, "hv-main", &images);
+    let disk = images.join("erp-db-system.qcow2");
+    write_64k(&disk, 0x2c);
+    let refused = lab.run(&["resume", "latest", "--no-prompt"]);
+    assert_eq!(refused.code, 6, "{refused:?}");
+    assert!(
+        refused.stderr.contains(
+            "refusing to resume the failover: vm erp-db runs on hv-main again (its status says `running`) since this failover stopped it there (step erp-db/stop-primary)"
+        ),
+        "{}",
+        refused.stderr
+    );
+    assert_ne!(erp_db_on(&lab, "hv-pra"), "running", "started on hv-pra");
+    let out = crate::common::lab_vm(&lab.lab(), "hv-main", &["stop", "erp-db"]);
+    assert!(out.status.success(), "{out:?}");
+    let mut resumed = lab.spawn(&["resume", "latest", "--no-prompt"]);
+    let mut exit = None;
+    lab.confirm_until(
+        || {
+            exit = resumed.try_wait().unwrap();
+            exit.is_some()
+        },
+        Duration::from_secs(150),
+    );
+    let tail: Vec<_> = lab.journal().into_iter().rev().take(12).collect();
+    assert!(exit.is_some_and(|e| e.success()), "{exit:?} {tail:#?}");
+    let synced = lab
+        .journal()
+        .iter()
+        .filter(|e| e["event"] == "step_started" && e["step"] == "erp-db/final-sync")
+        .count();
+    assert_eq!(synced, 2, "the final sync was not made again");
+    assert_eq!(erp_db_on(&lab, "hv-pra"), "running");
+    let copy = lab
+        .host_root("hv-pra")
+        .join("srv/replicas/images/erp-db-system.qcow2");
+    assert!(
+        std::fs::read(&copy).unwrap() == std::fs::read(&disk).unwrap(),
+        "hv-pra's copy is not hv-main's disk"
+    );
+}
+
 /// Flips one byte of `path` at `at` in place, its modification time and size kept: what a
 /// disk error does, or a write that covers its tracks. Its stamp says nothing.
 fn rot_keeping_time(path: &Path, at: usize) {
