@@ -46,7 +46,7 @@ impl Rewriter {
         let mut first = [0u8; 1];
         file.read_exact_at(&mut first, 0)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let reads = watch_reads(path);
+        let reads = watch(path, libc::FAN_ACCESS_PERM);
         let stop = Arc::new(AtomicBool::new(false));
         let until = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -65,13 +65,13 @@ impl Rewriter {
             while !until.load(Ordering::Relaxed) {
                 // The reads waiting now, each let go only after a write that follows its
                 // start (one that begins meanwhile waits for the next write).
-                let waiting = match wait_readable(&reads, Duration::from_micros(200)) {
-                    true => waiting_reads(&reads),
+                let held = match wait_readable(&reads, Duration::from_micros(200)) {
+                    true => waiting(&reads),
                     false => Vec::new(),
                 };
                 write(&mut done);
-                done.in_reads += waiting.len() as u64;
-                let_go(&reads, waiting);
+                done.in_reads += held.len() as u64;
+                let_go(&reads, held);
             }
             // Closing `reads` lets any read still waiting go on.
             done
@@ -102,9 +102,10 @@ impl Drop for Rewriter {
     }
 }
 
-/// A fanotify group told of each read of `path` before it happens, the read held until
-/// answered.
-fn watch_reads(path: &Path) -> OwnedFd {
+/// A fanotify group told of each access `mask` (`FAN_ACCESS_PERM`: each read;
+/// `FAN_OPEN_PERM`: each opening) of `path` before it happens, the access held until answered
+/// ([`let_go`]).
+pub fn watch(path: &Path, mask: u64) -> OwnedFd {
     use std::os::unix::ffi::OsStrExt as _;
     // SAFETY: plain system calls; the descriptor returned is owned at once.
     let fd = unsafe {
@@ -115,7 +116,7 @@ fn watch_reads(path: &Path) -> OwnedFd {
     };
     if fd < 0 {
         panic!(
-            "fanotify_init: {} (the tests of a file written while it is read run as root, on a kernel with fanotify's permission events)",
+            "fanotify_init: {} (the tests that hold a file's reads run as root, on a kernel with fanotify's permission events)",
             std::io::Error::last_os_error()
         );
     }
@@ -127,7 +128,7 @@ fn watch_reads(path: &Path) -> OwnedFd {
         libc::fanotify_mark(
             group.as_raw_fd(),
             libc::FAN_MARK_ADD,
-            libc::FAN_ACCESS_PERM,
+            mask,
             libc::AT_FDCWD,
             name.as_ptr(),
         )
@@ -142,8 +143,8 @@ fn watch_reads(path: &Path) -> OwnedFd {
     group
 }
 
-/// Whether a read waits on `group`, waiting for one at most `timeout`.
-fn wait_readable(group: &OwnedFd, timeout: Duration) -> bool {
+/// Whether an access waits on `group`, waiting for one at most `timeout`.
+pub fn wait_readable(group: &OwnedFd, timeout: Duration) -> bool {
     let mut fds = [libc::pollfd {
         fd: group.as_raw_fd(),
         events: libc::POLLIN,
@@ -158,8 +159,8 @@ fn wait_readable(group: &OwnedFd, timeout: Duration) -> bool {
     n > 0 && fds[0].revents & libc::POLLIN != 0
 }
 
-/// The reads waiting on `group` now: the descriptors of their events.
-fn waiting_reads(group: &OwnedFd) -> Vec<OwnedFd> {
+/// The accesses waiting on `group` now: the descriptors of their events.
+pub fn waiting(group: &OwnedFd) -> Vec<OwnedFd> {
     const META: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
     let mut buf = vec![0u8; 64 * META];
     let mut waiting = Vec::new();
@@ -192,8 +193,8 @@ fn waiting_reads(group: &OwnedFd) -> Vec<OwnedFd> {
     }
 }
 
-/// Lets the reads `waiting` on `group` go on.
-fn let_go(group: &OwnedFd, waiting: Vec<OwnedFd>) {
+/// Lets the accesses `waiting` on `group` go on.
+pub fn let_go(group: &OwnedFd, waiting: Vec<OwnedFd>) {
     for event in waiting {
         let response = libc::fanotify_response {
             fd: event.as_raw_fd(),

@@ -322,6 +322,62 @@ impl Drop for Frozen {
 }
 
 #[path = "../../src/replica/rewriter.rs"]
-mod rewriter;
+pub(crate) mod rewriter;
 #[allow(unused_imports)] // Not every target that includes this file uses it.
 pub(crate) use rewriter::Rewriter;
+
+/// Holds the first opening of a file by any process, from [`OpenGate::start`], until
+/// `between` has run (a thing made to happen at that moment of another process's work, as
+/// between the reads of two disks); every other opening goes on at once. `between` must not
+/// open the file itself: that opening would wait for it.
+pub(crate) struct OpenGate {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<bool>>,
+}
+
+impl OpenGate {
+    pub(crate) fn start(path: &Path, between: impl FnOnce() + Send + 'static) -> OpenGate {
+        let group = rewriter::watch(path, libc::FAN_OPEN_PERM);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let until = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut between = Some(between);
+            while !until.load(std::sync::atomic::Ordering::Relaxed) {
+                if !rewriter::wait_readable(&group, std::time::Duration::from_millis(20)) {
+                    continue;
+                }
+                let opens = rewriter::waiting(&group);
+                if !opens.is_empty()
+                    && let Some(f) = between.take()
+                {
+                    // A panic drops `group`, which lets every opening go on.
+                    f();
+                }
+                rewriter::let_go(&group, opens);
+            }
+            between.is_none()
+        });
+        OpenGate {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops holding: whether an opening was held (and `between` ran).
+    pub(crate) fn stop(mut self) -> bool {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match self.thread.take().expect("stopped once").join() {
+            Ok(held) => held,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl Drop for OpenGate {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

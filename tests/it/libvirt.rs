@@ -1250,3 +1250,95 @@ fn a_running_guest_s_two_disks_are_read_at_once_from_one_backup_job() {
         );
     }
 }
+
+/// A stopped vm's disks are read as they are, each between two looks at its file that find it
+/// unwritten. Started (or written by another program) after its first disk was read and
+/// before its second was, the vm's disks would be copies of two moments, each found
+/// unwritten while it was read: its `replicate-end` finds them written since its
+/// `replicate-begin`, and the points are marked unusable (exit 1), saying why.
+#[test]
+fn a_stopped_vm_written_between_the_reads_of_its_disks_makes_no_usable_point() {
+    let hv = Hv::up();
+    let images = "/var/lib/libvirt/images";
+    let (system, data) = (
+        format!("{images}/app.qcow2"),
+        format!("{images}/app-data.raw"),
+    );
+    hv.main.sh(&format!(
+        "qemu-img create -q -f qcow2 {system} 64M && qemu-io -c 'write -q -P 0x11 0 8M' {system} >/dev/null \
+         && qemu-img create -q -f raw {data} 8M && qemu-io -f raw -c 'write -q -P 0x22 0 8M' {data} >/dev/null"
+    ));
+    let xml = hv.domain_xml("app", &system, 10, Firmware::Bios).replace(
+        "<interface type='network'>",
+        &format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{data}'/><target dev='vdb' bus='virtio'/></disk>\n    <interface type='network'>"
+        ),
+    );
+    std::fs::write(hv.main.path("/var/tmp/app.xml"), xml).unwrap();
+    hv.main.virsh("define /var/tmp/app.xml");
+    hv.set_disks("app", &["app.qcow2", "app-data.raw"]);
+    let first = hv.reprise(&["replicate", "--service", "app"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    let points = |hv: &Hv| -> Vec<(String, bool)> {
+        let run = hv.reprise(&["points", "app", "--json"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let points: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        points
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let id = p["id"].as_str().unwrap().to_string();
+                (id, p.get("unusable").is_some_and(|u| !u.is_null()))
+            })
+            .collect()
+    };
+    assert_eq!(points(&hv).len(), 1);
+
+    // The data disk's opening for its read waits until the system disk's copy has recorded
+    // its point (its read over); then both disks are written, as a vm started then would.
+    let recorded = hv.pra.path("/srv/replicas/app.qcow2.reprise/points.json");
+    let before = std::fs::read(&recorded).unwrap();
+    let main = (hv.main.path(&system), hv.main.path(&data));
+    // Opened now: an opening of it from the gate's own thread would wait for itself.
+    let data_file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&main.1)
+        .unwrap();
+    let gate = crate::common::OpenGate::start(&main.1.clone(), move || {
+        wait_for("the system disk's point", Duration::from_secs(120), || {
+            std::fs::read(&recorded).is_ok_and(|now| now != before)
+        });
+        let wrote = std::process::Command::new("qemu-io")
+            .args(["-c", "write -q -P 0x33 0 64k"])
+            .arg(&main.0)
+            .output()
+            .unwrap();
+        assert!(wrote.status.success(), "{wrote:?}");
+        use std::os::unix::fs::FileExt as _;
+        data_file.write_all_at(&[0x33; 4096], 0).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(1100)); // point ids are per second
+    let second = hv.reprise(&["replicate", "--service", "app"]);
+    assert!(gate.stop(), "the data disk was opened: {second:?}");
+    assert_eq!(second.code, 1, "{second:?}");
+    assert!(
+        second.stderr.contains("was not running when its disks began to be read, and app.qcow2 app-data.raw changed since")
+            && second.stderr.contains("app.qcow2")
+            && second.stderr.contains("unusable"),
+        "{}",
+        second.stderr
+    );
+    let now = points(&hv);
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(
+        !now[0].1 && now[1].1,
+        "the second point is unusable: {now:?}"
+    );
+
+    // Nothing writes it now: the next replication makes a good point, of one moment.
+    std::thread::sleep(Duration::from_millis(1100));
+    let third = hv.reprise(&["replicate", "--service", "app"]);
+    assert_eq!(third.code, 0, "{third:?}");
+    assert!(!points(&hv).last().unwrap().1);
+}

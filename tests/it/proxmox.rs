@@ -712,6 +712,40 @@ fn a_proxmox_vm_started_during_its_copy_makes_an_unusable_point() {
     );
 }
 
+/// A vm stopped when its copy begins and stopped when it ends may still have been written in
+/// between (started and stopped again, another program): its files are read live, so no look
+/// at them while they are read tells. `replicate-end` finds them changed since its marker, and
+/// the point made is unusable.
+#[test]
+fn a_stopped_proxmox_vm_whose_disk_is_written_during_its_copy_makes_an_unusable_point() {
+    let lab = Lab::up(251);
+    let stopped = qm(&lab, "hv1", &["stop", "101"]);
+    assert_eq!(stopped.code, 0, "{stopped:?}");
+    let disk = lab.images("hv1").join("101/vm-101-disk-0.qcow2");
+    fill(&disk, "64M");
+    let before = lab.point_ids("db");
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // point ids are per second
+    let writer = crate::common::Rewriter::start(&disk);
+    let replicated = lab.with(&["replicate", "--service", "db"]);
+    assert!(writer.stop().in_reads > 0, "written while read");
+    assert_eq!(replicated.code, 1, "{replicated:?}");
+    assert!(
+        replicated.stderr.contains(
+            "vmid 101 was stopped when its disks began to be read, and 101/vm-101-disk-0.qcow2 changed since"
+        ) && replicated
+            .stderr
+            .contains("the copy may be torn: marked unusable, no run starts from it"),
+        "{replicated:?}"
+    );
+    let made = lab.points_since("db", &before);
+    assert_eq!(made.len(), 1, "{made:#?}");
+    assert_eq!(made[0]["verified"], "bad", "{made:#?}");
+    // Nothing writes it now: the next copy makes a good point.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let again = lab.with(&["replicate", "--service", "db"]);
+    assert_eq!(again.code, 0, "{again:?}");
+}
+
 /// A running vm's files are read live under its freeze, which only `replicate-end` can say
 /// held through the copy. When it cannot say (here its guest agent is gone by the end of the
 /// copy), the point made is unusable: whether it is of one instant is not known.
