@@ -3086,21 +3086,45 @@ fn a_failover_never_starts_from_a_final_sync_the_primary_wrote_after() {
 #[test]
 fn a_resumed_failover_killed_in_its_start_never_starts_from_a_final_sync_the_primary_ran_past() {
     let lab = Lab::up(238);
+    // hv-pra's driver holds erp-db's start (its pid said in `held`) until it is stopped: the
+    // failover is killed there, erp-db not started, whatever the machine's load.
+    let bin = lab.lab().join("hosts/hv-pra/bin/lab-vm");
+    let real = bin.with_extension("real");
+    let held = lab.lab().join("start-held");
+    std::fs::rename(&bin, &real).unwrap();
+    std::fs::write(
+        &bin,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = start ] && [ \"$2\" = erp-db ]; then echo $$ > '{}'; exec sleep 600; fi\nexec '{}' \"$@\"\n",
+            held.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
     let mut child = lab.spawn(&[&["failover"][..], &only[..]].concat());
     let deadline = Instant::now() + Duration::from_secs(240);
-    while !lab
-        .journal()
-        .iter()
-        .any(|e| e["event"] == "step_started" && e["step"] == "erp-db/start")
-    {
+    let pid = loop {
+        if let Ok(pid) = std::fs::read_to_string(&held)
+            && pid.ends_with('\n')
+        {
+            break pid.trim().to_string();
+        }
         assert!(Instant::now() < deadline, "erp-db/start did not begin");
         assert!(child.try_wait().unwrap().is_none(), "the failover ended");
         std::thread::sleep(Duration::from_millis(5));
-    }
+    };
+    assert!(
+        lab.journal()
+            .iter()
+            .any(|e| e["event"] == "step_started" && e["step"] == "erp-db/start")
+    );
     let killed = tool("kill", &["-KILL", &child.id().to_string()]);
     assert!(killed.status.success(), "{killed:?}");
     let _ = child.wait();
+    let _ = tool("kill", &["-KILL", &pid]);
+    std::fs::rename(&real, &bin).unwrap();
     assert_ne!(
         erp_db_on(&lab, "hv-pra"),
         "running",
