@@ -179,6 +179,13 @@ impl Reader<'_> {
         let start = self.i;
         let (word, opaque, next) = read_word(chars, self.i, &mut self.heredocs);
         self.i = next;
+        // A command substitution in double quotes (`"$(find …)"`) runs its programs too (a
+        // script given to `sh -c` is read whole below).
+        if self.shell.is_none() {
+            for text in quoted_substitutions(&chars[start..next]) {
+                self.words.extend(command_words_at(&text, self.depth));
+            }
+        }
         if let Some(seen_c) = self.shell {
             self.shell_argument(seen_c, &word, opaque, start);
             return;
@@ -436,6 +443,89 @@ fn read_word(
     (word, opaque, i.min(chars.len()))
 }
 
+/// The texts of the command substitutions (`$(…)`, `` `…` ``) inside the double-quoted
+/// parts of the word `chars`.
+fn quoted_substitutions(chars: &[char]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            '\'' => i = past_single(chars, i + 1),
+            '\\' => i += 2,
+            '"' => i = double_quoted(chars, i + 1, &mut found),
+            _ => i += 1,
+        }
+    }
+    found
+}
+
+/// From just inside a double-quoted string, past its closing quote (or to the end): the texts
+/// of the command substitutions in it are added to `found`.
+fn double_quoted(chars: &[char], mut i: usize, found: &mut Vec<String>) -> usize {
+    while i < chars.len() {
+        match chars[i] {
+            '"' => return i + 1,
+            '\\' => i += 2,
+            '$' if chars.get(i + 1) == Some(&'(') && chars.get(i + 2) != Some(&'(') => {
+                let end = substitution_end(chars, i + 2);
+                let inner = match chars.get(end.wrapping_sub(1)) {
+                    Some(')') if end > i + 2 => &chars[i + 2..end - 1],
+                    _ => &chars[(i + 2).min(chars.len())..end.min(chars.len())],
+                };
+                found.push(inner.iter().collect());
+                i = end;
+            }
+            '`' => {
+                let end = chars[i + 1..]
+                    .iter()
+                    .position(|c| *c == '`')
+                    .map_or(chars.len(), |p| i + 1 + p);
+                found.push(chars[i + 1..end].iter().collect());
+                i = end + 1;
+            }
+            _ => i += 1,
+        }
+    }
+    i
+}
+
+/// From just inside a single-quoted string, past its closing quote (or to the end).
+fn past_single(chars: &[char], i: usize) -> usize {
+    chars[i.min(chars.len())..]
+        .iter()
+        .position(|c| *c == '\'')
+        .map_or(chars.len(), |p| i + p + 1)
+}
+
+/// From just inside a `$(`, past its closing `)` (or to the end): parentheses counted, quoted
+/// text skipped.
+fn substitution_end(chars: &[char], mut i: usize) -> usize {
+    let mut depth = 1usize;
+    while i < chars.len() {
+        match chars[i] {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            '\'' => {
+                i = past_single(chars, i + 1);
+                continue;
+            }
+            '"' => {
+                i = double_quoted(chars, i + 1, &mut Vec::new());
+                continue;
+            }
+            '\\' => i += 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    i
+}
+
 /// `NAME=value`: a variable assignment (the value may be quoted or computed).
 fn is_assignment(word: &str) -> bool {
     word.split_once('=').is_some_and(|(name, _)| {
@@ -587,6 +677,12 @@ mod tests {
             "virsh net-info x >/dev/null 2>&1 || virsh net-start x &>/dev/null; cat <&3",
         );
         assert_eq!(w, ["virsh", "virsh", "cat"]);
+        // Command substitutions in double quotes, nested quotes and parentheses in them; a
+        // single-quoted one is text.
+        let w = command_words(
+            "[ -z \"$(find \"$dir/$d\" -maxdepth 0 -cnewer \"$sm\" 2>&1)\" ] || echo \"x `date +%s` $(basename \"$(dirname /a/b)\")\" '$(rm -rf /)'",
+        );
+        assert_eq!(w, ["find", "date", "basename", "dirname"]);
     }
 
     proptest::proptest! {
@@ -714,8 +810,8 @@ mod tests {
             "libvirt drill-network-check: grep virsh",
             "libvirt drill-stop: grep rm rmdir virsh",
             "libvirt replicate-check: awk sort virsh",
-            "libvirt replicate-begin: virsh",
-            "libvirt replicate-end: awk grep head qemu-img rm sed virsh virt-xml",
+            "libvirt replicate-begin: rm sleep stat virsh",
+            "libvirt replicate-end: awk find grep head qemu-img rm sed virsh virt-xml",
             "proxmox definition: qm",
             "proxmox define: awk cat grep mv qm readlink rm",
             "proxmox undefine: qm rm",
@@ -729,8 +825,8 @@ mod tests {
             "proxmox drill-network-check: awk ip",
             "proxmox drill-stop: grep qemu-img qm rm rmdir",
             "proxmox replicate-check: qm",
-            "proxmox replicate-begin: qm rm",
-            "proxmox replicate-end: qm rm",
+            "proxmox replicate-begin: qm rm sleep stat",
+            "proxmox replicate-end: find qm rm",
             "lab start: lab-vm",
             "lab stop: lab-vm",
             "lab status: lab-vm",
