@@ -332,11 +332,13 @@ pub enum Command {
         run: String,
         /// Start VM, of the vms the run has still to start, from this replica point (or every
         /// one from POINT, those named before included), as `failover --point` does: added to
-        /// what the run was asked (repeatable); journaled with the resume.
+        /// what the run was asked (repeatable); journaled with the resume. A vm the run has
+        /// started from another point is refused (exit 3).
         #[arg(long = "point", value_name = "[VM=]POINT", value_parser = parse_point)]
         points: Vec<(String, String)>,
         /// Start the vms the run has still to start from their newest good point taken before
-        /// TIME, as `failover --point-before` does; journaled with the resume.
+        /// TIME, as `failover --point-before` does; journaled with the resume. A vm the run has
+        /// started from a point taken after TIME is refused (exit 3).
         #[arg(long, value_name = "TIME", value_parser = parse_incident_time)]
         point_before: Option<DateTime<Utc>>,
         /// Start VM as `failover --accept-unverified` does, once a start refused it (a copy
@@ -1485,7 +1487,10 @@ fn run_error(e: RunError) -> Outcome {
         | RunError::RunOver { .. }
         | RunError::NotWaiting { .. }
         | RunError::AlreadyConfirmed { .. }
-        | RunError::DrillOver { .. } => Outcome::err(exit::INVALID_INPUT, format!("error: {e}\n")),
+        | RunError::DrillOver { .. }
+        | RunError::StartedOtherwise { .. } => {
+            Outcome::err(exit::INVALID_INPUT, format!("error: {e}\n"))
+        }
         RunError::NoName => Outcome::err(exit::USAGE, format!("error: {e}\n")),
         RunError::SplitBrain { .. }
         | RunError::PrimaryRuns { .. }

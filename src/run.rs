@@ -106,6 +106,8 @@ pub enum RunError {
     },
     #[error("refusing to resume the {mode}: {}", .vms.join("; "))]
     RunsAgain { mode: Mode, vms: Vec<String> },
+    #[error("refusing to resume the failover: {}", .vms.join("; "))]
+    StartedOtherwise { vms: Vec<String> },
     #[error("{}", not_ready(*mode, problems, *resuming))]
     NotReady {
         mode: Mode,
@@ -1864,6 +1866,55 @@ fn started_past_copy(
     refused
 }
 
+/// The vms and backup sets a failover's start has done from a point that what the resume asks
+/// now (`now`: its `--point`, `--point-before`) does not allow: that start is not made again,
+/// and carrying on would leave them on data other than asked without a word.
+fn started_otherwise(
+    model: &Model,
+    events: &[Event],
+    prior: &HashMap<String, Prior>,
+    now: &runner::PointChoice,
+    run: &str,
+) -> Vec<String> {
+    use crate::replica::choice::Want;
+    let when = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ReplicaPointUsed {
+                step,
+                item,
+                point,
+                taken_at,
+                ..
+            } if prior.get(step) == Some(&Prior::Done) => Some((step, item, point, taken_at)),
+            _ => None,
+        })
+        .filter_map(|(step, item, point, taken_at)| {
+            let ask = match model.inventory.vms.contains_key(item) {
+                true => now.ask(item, run, true),
+                false => now.ask_set(item, run, true),
+            };
+            let asked = match &ask.want {
+                Some(Want::Id(id)) if id != point => Some(format!("point {id}")),
+                Some(Want::Before(t)) if taken_at > t => {
+                    Some(format!("a point taken before {}", when(t)))
+                }
+                _ => ask
+                    .within
+                    .filter(|t| taken_at > t)
+                    .map(|t| format!("a point taken before {}", when(&t))),
+            };
+            asked.map(|asked| {
+                format!(
+                    "{item} was started by this run from point {point} (taken {}, step {step}, done): it is not started again, so it cannot start from {asked}, as asked now; resume without asking it, or, once this run is over, fail {item} over again from the point you want",
+                    when(taken_at)
+                )
+            })
+        })
+        .collect()
+}
+
 /// What a resumed failover or failback makes again of its copies between sites (the steps,
 /// taken out of `prior`: see [`copies_again`]), or why it must not carry on (a vm it stopped
 /// runs again: see [`running_again`]).
@@ -2302,6 +2353,12 @@ pub fn resume(
             _ => None,
         })
         .collect();
+    if plan.mode == Mode::Failover {
+        let refused = started_otherwise(model, &events, &prior, &added, &dir.run_id);
+        if !refused.is_empty() {
+            return Err(RunError::StartedOtherwise { vms: refused });
+        }
+    }
     let again = again_between_sites(
         model,
         &plan,
@@ -3029,6 +3086,68 @@ mod tests {
         assert!(copies_again(&over, &done(&synced), &begun).is_empty());
         let emergency = plan(Mode::Failover, true);
         assert!(copies_again(&emergency, &done(&synced), &none).is_empty());
+    }
+
+    /// A resumed failover asked for a point (or a time) that a start it has done did not use
+    /// is refused, naming the vm and the point it started from: that start is not made again,
+    /// and carrying on would leave the vm on data other than asked without a word. Asked for
+    /// the point it used, a time after it, or nothing: no refusal.
+    #[test]
+    fn a_resume_asking_another_point_for_a_vm_it_started_is_refused() {
+        let model = crate::check::example();
+        let taken_at: DateTime<Utc> = "2026-11-28T02:00:00Z".parse().unwrap();
+        let events = vec![Event::ReplicaPointUsed {
+            at: taken_at + chrono::Duration::hours(3),
+            step: "erp-db/start".into(),
+            item: "erp-db".into(),
+            point: "P2".into(),
+            taken_at,
+            verified: true,
+            note: None,
+            dropped: Vec::new(),
+        }];
+        let done: HashMap<String, Prior> = [("erp-db/start".to_string(), Prior::Done)].into();
+        let choice =
+            |by_vm: &[(&str, &str)], all: Option<&str>, before: Option<&str>| runner::PointChoice {
+                by_vm: by_vm
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                all: all.map(str::to_string),
+                before: before.map(|t| t.parse().unwrap()),
+                accept_unverified: Vec::new(),
+            };
+        for now in [
+            choice(&[("erp-db", "P1")], None, None),
+            choice(&[], Some("P1"), None),
+            choice(&[], None, Some("2026-11-28T01:00:00Z")),
+            choice(&[("erp-db", "P2")], None, Some("2026-11-28T01:00:00Z")),
+        ] {
+            let refused = started_otherwise(&model, &events, &done, &now, "r1");
+            assert_eq!(refused.len(), 1, "{now:?}");
+            assert!(
+                refused[0].starts_with("erp-db was started by this run from point P2")
+                    && refused[0].contains("it cannot start from"),
+                "{}",
+                refused[0]
+            );
+        }
+        for now in [
+            choice(&[], None, None),
+            choice(&[("erp-db", "P2")], None, None),
+            choice(&[], None, Some("2026-11-28T03:00:00Z")),
+            choice(&[("erp-app", "P1")], None, None),
+        ] {
+            assert!(
+                started_otherwise(&model, &events, &done, &now, "r1").is_empty(),
+                "{now:?}"
+            );
+        }
+        // A start not done is asked again when it runs (`choice::decide` refuses there).
+        let begun: HashMap<String, Prior> =
+            [("erp-db/start".to_string(), Prior::Interrupted)].into();
+        let now = choice(&[("erp-db", "P1")], None, None);
+        assert!(started_otherwise(&model, &events, &begun, &now, "r1").is_empty());
     }
 
     /// Hosts whose driver `status` (`virsh domstate`) says what `said` gives for them (a host

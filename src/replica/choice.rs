@@ -196,6 +196,28 @@ pub fn decide(disks: &[CopyState], how: Use, ask: &Ask) -> Decision {
         }
         let point = ids.join("+");
         let first = leases[0];
+        // Asked another point now (a resume's `--point`, `--point-before`): the copies hold
+        // what the vm wrote since it started from this one, and are no longer any point.
+        let of = |l: &Lease| l.taken_at.unwrap_or(l.at);
+        let asked = match &ask.want {
+            Some(Want::Id(id)) if leases.iter().any(|l| l.point.as_deref() != Some(id)) => {
+                Some(format!("point {id}"))
+            }
+            Some(Want::Before(t)) if leases.iter().any(|l| of(l) > *t) => Some(format!(
+                "a point taken before {}",
+                t.format("%Y-%m-%d %H:%M:%S UTC")
+            )),
+            _ => ask
+                .within
+                .filter(|t| leases.iter().any(|l| of(l) > *t))
+                .map(|t| format!("a point taken before {}", t.format("%Y-%m-%d %H:%M:%S UTC"))),
+        };
+        if let Some(asked) = asked {
+            return Decision::Refuse(format!(
+                "this run already started the vm on these copies from {point} (at {}), and they hold what it wrote since: it cannot start from {asked}, as asked; resume without asking another point for it to carry on from {point}, or stop it, give its copies back (`reprise release VM --run RUN`) and fail it over again from the point you want",
+                first.at.format("%Y-%m-%d %H:%M:%S UTC")
+            ));
+        }
         return Decision::Start(Start {
             points: leases.iter().map(|l| l.point.clone()).collect(),
             roll_back: Vec::new(),
@@ -1486,6 +1508,44 @@ mod tests {
         };
         let s = started(decide(std::slice::from_ref(&sys), Use::Failover, &mine));
         assert_eq!((s.point.as_str(), s.verified), ("P1", true));
+        // Asked at a resume for another point, or one taken before the point it started from:
+        // refused, not carried on from P1 without a word. Asked for the point it started
+        // from, or a time after it: carried on.
+        for (want, within) in [
+            (Some(Want::Id("P0".into())), None),
+            (
+                Some(Want::Before("2026-11-28T00:30:00Z".parse().unwrap())),
+                None,
+            ),
+            (
+                Some(Want::Id("P1".into())),
+                Some("2026-11-28T00:30:00Z".parse().unwrap()),
+            ),
+        ] {
+            let asked = Ask {
+                want: want.clone(),
+                within,
+                ..mine.clone()
+            };
+            let why = refused(decide(std::slice::from_ref(&sys), Use::Failover, &asked));
+            assert!(
+                why.contains("this run already started the vm on these copies from P1")
+                    && why.contains("it cannot start from")
+                    && why.contains("reprise release"),
+                "{want:?} {within:?}: {why}"
+            );
+        }
+        for want in [
+            Want::Id("P1".into()),
+            Want::Before("2026-11-28T02:00:00Z".parse().unwrap()),
+        ] {
+            let asked = Ask {
+                want: Some(want),
+                ..mine.clone()
+            };
+            let s = started(decide(std::slice::from_ref(&sys), Use::Failover, &asked));
+            assert_eq!(s.point, "P1");
+        }
         // Resumed, each disk is said from its own lease: disks started from different
         // moments are not one verified point, whatever the first disk's lease says.
         let mut data = sys.clone();

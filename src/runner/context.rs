@@ -148,7 +148,7 @@ pub use crate::event::PointChoice;
 
 impl PointChoice {
     /// What the operator asked for `vm`, as [`crate::replica::choice`] takes it.
-    pub(super) fn ask(&self, vm: &str, run: &str, failover: bool) -> crate::replica::choice::Ask {
+    pub(crate) fn ask(&self, vm: &str, run: &str, failover: bool) -> crate::replica::choice::Ask {
         use crate::replica::choice::Want;
         let named = self.by_vm.get(vm).or(self.all.as_ref());
         let want = match (named, self.before) {
@@ -167,7 +167,7 @@ impl PointChoice {
 
     /// What the operator asked for backup set `set`: its own `--point SET=POINT` or
     /// `--point-before`, never a point named for every vm (`--point POINT` is a vm's).
-    pub(super) fn ask_set(
+    pub(crate) fn ask_set(
         &self,
         set: &str,
         run: &str,
