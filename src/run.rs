@@ -2950,20 +2950,6 @@ mod tests {
                 duration: StdDuration::ZERO,
             })
         }
-
-        fn pipe(
-            &self,
-            from: &str,
-            _read_cmd: &str,
-            _to: &str,
-            _write_cmd: &str,
-            _deadline: StdDuration,
-        ) -> Result<crate::ssh::PipeOutput, crate::ssh::SshError> {
-            Err(crate::ssh::SshError::Session {
-                host: from.to_string(),
-                reason: "no pipes here".into(),
-            })
-        }
     }
 
     /// The primary's disk times are its clock's, the failover's lease time this machine's: a
@@ -3175,20 +3161,6 @@ mod tests {
                 truncated: false,
                 timed_out: false,
                 duration: StdDuration::ZERO,
-            })
-        }
-
-        fn pipe(
-            &self,
-            from: &str,
-            _read_cmd: &str,
-            _to: &str,
-            _write_cmd: &str,
-            _deadline: StdDuration,
-        ) -> Result<crate::ssh::PipeOutput, crate::ssh::SshError> {
-            Err(crate::ssh::SshError::Session {
-                host: from.to_string(),
-                reason: "no pipes here".into(),
             })
         }
     }

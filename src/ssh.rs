@@ -1520,7 +1520,8 @@ pub trait Transport: Send + Sync {
     /// Runs `command` on `host`, stopped at `deadline`.
     fn exec(&self, host: &str, command: &str, deadline: Duration) -> Result<ExecOutput, SshError>;
 
-    /// Streams the output of `read_cmd` on `from` into `write_cmd` on `to`.
+    /// Streams the output of `read_cmd` on `from` into `write_cmd` on `to` (a transport that
+    /// only runs commands, such as a test's, cannot).
     fn pipe(
         &self,
         from: &str,
@@ -1528,7 +1529,13 @@ pub trait Transport: Send + Sync {
         to: &str,
         write_cmd: &str,
         deadline: Duration,
-    ) -> Result<PipeOutput, SshError>;
+    ) -> Result<PipeOutput, SshError> {
+        let _ = (read_cmd, to, write_cmd, deadline);
+        Err(SshError::Session {
+            host: from.to_string(),
+            reason: "this transport cannot stream between hosts".into(),
+        })
+    }
 
     /// Runs `command` on `host` with `input` on its standard input; its output as bytes.
     fn exec_bytes(

@@ -1460,20 +1460,6 @@ mod tests {
                 duration: std::time::Duration::ZERO,
             })
         }
-
-        fn pipe(
-            &self,
-            from: &str,
-            _read_cmd: &str,
-            _to: &str,
-            _write_cmd: &str,
-            _deadline: std::time::Duration,
-        ) -> Result<crate::ssh::PipeOutput, crate::ssh::SshError> {
-            Err(crate::ssh::SshError::Session {
-                host: from.to_string(),
-                reason: "no pipes here".into(),
-            })
-        }
     }
 
     /// This machine as the host: each command run by `sh -c`.
@@ -1497,20 +1483,6 @@ mod tests {
                 truncated: false,
                 timed_out: false,
                 duration: std::time::Duration::ZERO,
-            })
-        }
-
-        fn pipe(
-            &self,
-            from: &str,
-            _read_cmd: &str,
-            _to: &str,
-            _write_cmd: &str,
-            _deadline: std::time::Duration,
-        ) -> Result<crate::ssh::PipeOutput, crate::ssh::SshError> {
-            Err(crate::ssh::SshError::Session {
-                host: from.to_string(),
-                reason: "no pipes here".into(),
             })
         }
     }

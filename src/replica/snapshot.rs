@@ -181,20 +181,6 @@ pub(crate) mod tests {
                 duration: std::time::Duration::ZERO,
             })
         }
-
-        fn pipe(
-            &self,
-            from: &str,
-            _read_cmd: &str,
-            _to: &str,
-            _write_cmd: &str,
-            _deadline: std::time::Duration,
-        ) -> Result<crate::ssh::PipeOutput, crate::ssh::SshError> {
-            Err(crate::ssh::SshError::Session {
-                host: from.to_string(),
-                reason: "no pipes here".into(),
-            })
-        }
     }
 
     /// An answer cut at the limit may have lost the lines that name a snapshot left: it never
