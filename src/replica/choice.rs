@@ -381,12 +381,16 @@ fn as_is_misses(disks: &[CopyState], ask: &Ask) -> Option<String> {
                         Some(p) => p.written_until(),
                         None => d.mtime.unwrap_or(DateTime::<Utc>::MAX_UTC),
                     };
-                    (at > *t).then(|| {
-                        format!(
+                    (at > *t).then(|| match at == DateTime::<Utc>::MAX_UTC {
+                        true => format!(
+                            "when {} was last written cannot be told (its host's clock could not be read)",
+                            name(&d.path)
+                        ),
+                        false => format!(
                             "{} holds what was written until {}",
                             name(&d.path),
                             at.format("%Y-%m-%d %H:%M:%S UTC")
-                        )
+                        ),
                     })
                 })
                 .collect();

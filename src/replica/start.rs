@@ -312,6 +312,18 @@ fn snapshot_left(req: &Request<'_>, left: &[String]) -> String {
     )
 }
 
+/// How far `host`'s clock is ahead of this machine's, as its `date` says, less what the
+/// round trip cannot tell (a time it gave, brought over, is the latest it may be); `None`
+/// when it cannot be read.
+fn clock_of(copies: &dyn Copies, host: &str) -> Option<chrono::Duration> {
+    let before = Utc::now();
+    let said = copies.ask(host, "date +%s.%N")?;
+    let after = Utc::now();
+    let (secs, nanos) = said.trim().split_once('.')?;
+    let theirs = chrono::DateTime::from_timestamp(secs.parse().ok()?, nanos.parse().ok()?)?;
+    Some(theirs - after - (after - before))
+}
+
 /// Inspects, prepares and decides until a decision holds, then rolls back and leases.
 fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
     let (host, paths) = (req.vm.host, req.vm.paths);
@@ -322,11 +334,25 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
     let mut done: Vec<Prep> = Vec::new();
     // Points read again by hash in this choice, found whole.
     let mut whole: Vec<(usize, String)> = Vec::new();
+    // A copy started as it is (nothing proves it) is judged against a time asked by its
+    // file's time, which the recovery host's clock gave: brought to this machine's clock, and
+    // later by what reading it cannot tell, or none when it cannot be read.
+    let times_asked =
+        matches!(req.ask.want, Some(choice::Want::Before(_))) || req.ask.within.is_some();
+    let clock = (req.ask.accept_unverified && times_asked).then(|| clock_of(copies, host));
     for _ in 0..(4 + 4 * paths.len()) {
         let mut states = copies
             .inspect(host, paths)
             .map_err(|e| format!("cannot read the copies of {} on {host}: {e}", req.what()))?;
         choice::note_sources(&mut states, req.vm.sources);
+        if let Some(clock) = &clock {
+            for s in &mut states {
+                s.mtime = match clock {
+                    Some(ahead) => s.mtime.map(|t| t - *ahead),
+                    None => s.mtime.map(|_| chrono::DateTime::<Utc>::MAX_UTC),
+                };
+            }
+        }
         for (i, id) in &unusable {
             if let Some(p) = states[*i].points.iter_mut().find(|p| &p.id == id) {
                 p.verified = Verified::Bad;
@@ -850,6 +876,8 @@ mod tests {
         held: Vec<String>,
         /// (copy, point) whose bytes no longer give its hash.
         damaged: Vec<(String, String)>,
+        /// How far the host's clock is ahead (`date`); `None`: it cannot be read.
+        clock_ahead: Option<chrono::Duration>,
     }
 
     impl Fake {
@@ -944,6 +972,14 @@ mod tests {
 
         fn ask(&self, host: &str, command: &str) -> Option<String> {
             self.call(format!("ask {host} {command}"));
+            if command == "date +%s.%N" {
+                let now = Utc::now() + self.clock_ahead?;
+                return Some(format!(
+                    "{}.{:09}\n",
+                    now.timestamp(),
+                    now.timestamp_subsec_nanos()
+                ));
+            }
             Some(String::new())
         }
     }
@@ -1251,6 +1287,52 @@ mod tests {
                 && why.contains("`reprise resume`"),
             "{why}"
         );
+    }
+
+    /// A copy started as it is, judged against a time asked, by its file's time: the recovery
+    /// host's clock's, brought to this machine's. Behind by 15 minutes, a copy written at 02:40
+    /// says 02:25: it is not taken for one of before 02:30. Its clock unread, when it was last
+    /// written cannot be told: refused too.
+    #[test]
+    fn a_copy_started_as_it_is_is_judged_by_its_time_on_this_machine_s_clock() {
+        let written: chrono::DateTime<Utc> = "2026-11-28T02:40:00Z".parse().unwrap();
+        let behind = chrono::Duration::minutes(15);
+        let copy = CopyState {
+            mtime: Some(written - behind),
+            ..disk("sys", &[])
+        };
+        let paths = ["/r/sys".to_string()];
+        let mut req = request(&paths, Use::Failover);
+        req.ask = Ask {
+            want: Some(choice::Want::Before(
+                "2026-11-28T02:30:00Z".parse().unwrap(),
+            )),
+            accept_unverified: true,
+            ..req.ask.clone()
+        };
+        for (clock, said) in [
+            (
+                Some(-behind),
+                "holds what was written until 2026-11-28 02:40",
+            ),
+            (None, "cannot be told (its host's clock could not be read)"),
+        ] {
+            let fake = Fake {
+                clock_ahead: clock,
+                ..Fake::with(vec![copy.clone()])
+            };
+            let Err(why) = prepare(&fake, &req) else {
+                panic!("{clock:?}: started as it is");
+            };
+            assert!(why.contains(said), "{clock:?}: {why}");
+            assert!(!fake.calls().iter().any(|c| c.starts_with("lease")));
+        }
+        // Its clock right, the copy is of 02:25: started as it is.
+        let fake = Fake {
+            clock_ahead: Some(chrono::Duration::zero()),
+            ..Fake::with(vec![copy])
+        };
+        assert!(prepare(&fake, &req).is_ok());
     }
 
     #[test]
