@@ -893,7 +893,43 @@ fn replicate_guest(
         marker: marker.clone(),
         relied,
     };
+    // A stopped vm's disks are read one by one, each between two looks at its file: started
+    // (or written) between the reads of two of them, its copies would be of two moments, each
+    // found unwritten while it was read. A mark a tick old before the first read tells.
+    let since = match running {
+        true => None,
+        false => match cbt::stopped_mark(transport, host, dom, &files) {
+            Ok(m) => Some(m),
+            Err(e) => return fail(out, e),
+        },
+    };
     let all_done = copy_guest_disks(&g, &r, &mine, &read, stopped, out);
+    if let Some(mark) = &since {
+        let torn = match cbt::changed_since_mark(transport, host, mark, &files) {
+            Ok(changed) if changed.is_empty() => None,
+            Ok(changed) => Some(format!(
+                "domain {dom} was not running when its disks began to be read, and {} changed since (the vm started during the copy, or another program wrote them): its disks may be copies of different moments",
+                changed.join(" ")
+            )),
+            Err(e) => Some(format!(
+                "whether the disks of domain {dom} changed while they were read cannot be told ({e})"
+            )),
+        };
+        if let Some(why) = torn {
+            let copies: Vec<(&str, &str)> = vm
+                .images
+                .iter()
+                .map(|img| (img.to.as_str(), img.dst.as_str()))
+                .collect();
+            let note =
+                crate::replica::snapshot::torn_note(helpers.mark_torn(&copies, r.taken_at, &why));
+            out.stderr.push_str(&format!(
+                "error: {}: {why}: {note}; replicate it again\n",
+                vm.id
+            ));
+            out.code = exit::FAILED;
+        }
+    }
     if job.on {
         job.on = false;
         if let Err(e) = cbt::end(transport, host, dom) {
