@@ -3018,24 +3018,27 @@ mod tests {
         assert!(written_after(at, f64::MAX, 0.0, at));
     }
 
+    /// The example's plan of `mode` for erp-db alone.
+    fn erp_db_plan(model: &Model, mode: Mode, emergency: bool) -> Plan {
+        plan::build(
+            model,
+            &PlanOptions {
+                services: vec!["erp-db".into()],
+                only: true,
+                emergency,
+                ..PlanOptions::new(mode)
+            },
+        )
+        .unwrap()
+    }
+
     /// A resumed failback makes a vm's copy back again while its start on the primary is not
     /// done (the vm may have run on its recovery copies since), never once it is; a resumed
     /// planned failover makes its final sync again while its start cannot have started it.
     #[test]
     fn a_resumed_run_copies_again_what_it_has_not_started_from() {
         let model = crate::check::example();
-        let plan = |mode, emergency| {
-            plan::build(
-                &model,
-                &PlanOptions {
-                    services: vec!["erp-db".into()],
-                    only: true,
-                    emergency,
-                    ..PlanOptions::new(mode)
-                },
-            )
-            .unwrap()
-        };
+        let plan = |mode, emergency| erp_db_plan(&model, mode, emergency);
         let done = |ids: &[&str]| -> HashMap<String, Prior> {
             ids.iter().map(|id| (id.to_string(), Prior::Done)).collect()
         };
@@ -3174,18 +3177,7 @@ mod tests {
     #[test]
     fn a_resumed_failover_never_starts_from_a_copy_the_primary_ran_past() {
         let model = crate::check::example();
-        let plan = |mode, emergency| {
-            plan::build(
-                &model,
-                &PlanOptions {
-                    services: vec!["erp-db".into()],
-                    only: true,
-                    emergency,
-                    ..PlanOptions::new(mode)
-                },
-            )
-            .unwrap()
-        };
+        let plan = |mode, emergency| erp_db_plan(&model, mode, emergency);
         let synced = [
             "erp-db/stop-primary",
             "erp-db/no-autostart-primary",

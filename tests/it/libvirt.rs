@@ -1000,7 +1000,12 @@ fn a_disk_put_back_to_an_older_file_after_a_stopped_point_is_read_whole() {
 
 /// The ids of the points of `cbt`'s copy, each with whether it is marked unusable.
 fn cbt_points(hv: &Hv) -> Vec<(String, bool)> {
-    let run = hv.reprise(&["points", "cbt", "--json"]);
+    points_of(hv, "cbt")
+}
+
+/// The ids of the points of `vm`'s copies, each with whether it is marked unusable.
+fn points_of(hv: &Hv, vm: &str) -> Vec<(String, bool)> {
+    let run = hv.reprise(&["points", vm, "--json"]);
     assert_eq!(run.code, 0, "{run:?}");
     let points: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     points
@@ -1302,20 +1307,7 @@ fn stopped_vm_written_between_its_disks_reads(name: &str, ip: u8, said: &str) {
     hv.set_disks(name, &[&system_disk, &data_disk]);
     let first = hv.reprise(&["replicate", "--service", name]);
     assert_eq!(first.code, 0, "{first:?}");
-    let points = |hv: &Hv| -> Vec<(String, bool)> {
-        let run = hv.reprise(&["points", name, "--json"]);
-        assert_eq!(run.code, 0, "{run:?}");
-        let points: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-        points
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                let id = p["id"].as_str().unwrap().to_string();
-                (id, p.get("unusable").is_some_and(|u| !u.is_null()))
-            })
-            .collect()
-    };
+    let points = |hv: &Hv| points_of(hv, name);
     assert_eq!(points(&hv).len(), 1);
 
     // The data disk's opening for its read waits until the system disk's copy has recorded
