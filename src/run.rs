@@ -659,6 +659,32 @@ fn vm_state(
     )
 }
 
+/// The host `vm`'s driver `status` runs on for `side`, and its command with its secrets;
+/// why there is none.
+fn status_command(
+    model: &Model,
+    service: &crate::inventory::Service,
+    vm: &crate::inventory::Vm,
+    side: Side,
+    run_id: &str,
+) -> Result<(String, String), String> {
+    let Some((host, cmd)) = plan::vm_status_command(model, service, vm, side, run_id) else {
+        return Err("its driver has no `status` action".into());
+    };
+    let Ok(text) = cmd.expose(|n| std::env::var(n).ok()) else {
+        return Err("a secret of its `status` action is not set".into());
+    };
+    Ok((host, text))
+}
+
+/// The side of `vm` that `host` is.
+fn side_of(vm: &crate::inventory::Vm, host: &str) -> Side {
+    match host == vm.primary.value {
+        true => Side::Primary,
+        false => Side::Recovery,
+    }
+}
+
 /// [`vm_state`], a host that could not be reached once (`down`: host → why) not asked again:
 /// a lost site costs one connection timeout, not one per vm.
 fn vm_state_once(
@@ -670,11 +696,9 @@ fn vm_state_once(
     transport: &dyn Transport,
     down: &mut HashMap<String, String>,
 ) -> (Option<bool>, String) {
-    let Some((host, cmd)) = plan::vm_status_command(model, service, vm, side, run_id) else {
-        return (None, "its driver has no `status` action".into());
-    };
-    let Ok(text) = cmd.expose(|n| std::env::var(n).ok()) else {
-        return (None, "a secret of its `status` action is not set".into());
+    let (host, text) = match status_command(model, service, vm, side, run_id) {
+        Ok(c) => c,
+        Err(why) => return (None, why),
     };
     if let Some(why) = down.get(&host) {
         return (None, why.clone());
@@ -1706,10 +1730,7 @@ fn may_have_started(
             ) else {
                 return true;
             };
-            let side = match host == vm.primary.value {
-                true => Side::Primary,
-                false => Side::Recovery,
-            };
+            let side = side_of(vm, host);
             !known_stopped(model, service, vm, side, &plan.run_id, transport)
         })
         .map(|s| s.id.clone())
@@ -1726,10 +1747,7 @@ fn known_stopped(
     run_id: &str,
     transport: &dyn Transport,
 ) -> bool {
-    let Some((host, cmd)) = plan::vm_status_command(model, service, vm, side, run_id) else {
-        return false;
-    };
-    let Ok(text) = cmd.expose(|n| std::env::var(n).ok()) else {
+    let Ok((host, text)) = status_command(model, service, vm, side, run_id) else {
         return false;
     };
     transport
@@ -1780,10 +1798,7 @@ fn running_again(
         else {
             continue;
         };
-        let side = match *from_host == vm.primary.value {
-            true => Side::Primary,
-            false => Side::Recovery,
-        };
+        let side = side_of(vm, from_host);
         let (running, said) = vm_state(model, service, vm, side, &plan.run_id, transport);
         if running == Some(true) {
             again.push(format!(
@@ -1847,10 +1862,7 @@ fn started_past_copy(
         if !asked.insert(vm_id) {
             continue;
         }
-        let side = match *from_host == vm.primary.value {
-            true => Side::Primary,
-            false => Side::Recovery,
-        };
+        let side = side_of(vm, from_host);
         let state = vm_state(model, service, vm, side, &plan.run_id, transport);
         let (sync, stopped, start, service) = (&sync.id, &stopped.id, &start.id, &service.id);
         match state {
