@@ -15,6 +15,7 @@ use crate::exit;
 use crate::model::Model;
 use crate::replica::batch::{self, Step};
 use crate::replica::remote::Helpers;
+use crate::replica::window::Window;
 
 /// A driver hook around the replication of a running vm (`replicate-begin`, `replicate-end`).
 pub(super) fn snapshot_hook(
@@ -116,17 +117,19 @@ fn run_hook_torn(
         .exec(host, &text, std::time::Duration::from_secs(600))
         .map_err(|e| (e.to_string(), None))?;
     if out.exit_code != 0 {
-        return Err((
-            format!(
-                "exited with {} on {host}: {}",
-                out.exit_code,
-                out.stderr.trim()
-            ),
-            (out.exit_code == crate::replica::snapshot::TORN)
-                .then(|| crate::replica::snapshot::torn_why(&out.stderr)),
-        ));
+        return Err(hook_failed(host, out.exit_code, &out.stderr));
     }
     Ok((began.elapsed().as_secs_f64(), out.stdout))
+}
+
+/// Why a hook that exited with `code` on `host` failed, and, when that code is
+/// [`crate::replica::snapshot::TORN`], why the points the replication made are unusable.
+fn hook_failed(host: &str, code: i32, stderr: &str) -> (String, Option<String>) {
+    (
+        format!("exited with {code} on {host}: {}", stderr.trim()),
+        (code == crate::replica::snapshot::TORN)
+            .then(|| crate::replica::snapshot::torn_why(stderr)),
+    )
 }
 
 /// What a hook printed, each line for `vm`.
@@ -147,42 +150,153 @@ pub(super) struct Snapshot<'a> {
     /// The disks are read while the guest runs frozen (`replicate_reads_live`): only
     /// `replicate-end` says whether the freeze held through the copy.
     live: bool,
+    /// The read window of the vm's disks, once its marks are left: checked before
+    /// `replicate-end` (a snapshot merged back writes the disks).
+    window: Option<(String, Window)>,
 }
 
+/// How [`Snapshot::end`] ended: what to print, and the failure (with, when the points
+/// made are unusable, why).
+pub(super) type Ending = (Option<String>, Result<(), (String, Option<String>)>);
+
 impl Snapshot<'_> {
-    /// Whether the disks are read live under a freeze whose end says it held: the points are
-    /// held until it does ([`crate::replica::Point::pending`]).
+    /// Whether the points wait for the end to say the disks are of one instant: read live
+    /// under a freeze whose end says it held, or read in a window its check closes
+    /// ([`crate::replica::Point::pending`]).
     pub(super) fn confirms(&self) -> bool {
-        self.live && self.end.is_some()
+        self.live && self.end.is_some() || self.window.is_some()
+    }
+
+    /// What the end said when the points it held are confirmed.
+    pub(super) fn held(&self) -> &'static str {
+        match self.window {
+            Some(_) => "no disk was written while they were read",
+            None => "the freeze held through the copy",
+        }
     }
 
     /// Runs `replicate-end` now: what to print. A failure says why, and, when the hook said
     /// the copy may be torn ([`crate::replica::snapshot::TORN`]), why the points made are
     /// unusable.
-    pub(super) fn end(mut self) -> Result<Option<String>, (String, Option<String>)> {
-        let Some((host, cmd)) = self.end.take() else {
-            return Ok(None);
+    pub(super) fn end(mut self) -> Ending {
+        let window = self.window.take();
+        let end = self.end.take();
+        let (checked, ended) = check_then_end(self.transport, window.as_ref(), end.as_ref());
+        let torn = checked.and_then(|found| Window::torn_why(&self.vm, &found));
+        let mut said = None;
+        let mut failed: Option<(String, Option<String>)> = torn.map(|why| {
+            (
+                format!(
+                    "error: {}: {why}; replicate it again once nothing else writes them\n",
+                    self.vm
+                ),
+                Some(why),
+            )
+        });
+        let mut fail = |e: String, why: Option<String>| {
+            failed = Some(match failed.take() {
+                None => (e, why),
+                Some((first, first_why)) => (format!("{first}{e}"), first_why.or(why)),
+            });
         };
-        match run_hook_torn(self.transport, &host, &cmd) {
-            Ok((secs, said)) => Ok(Some(format!(
-                "{}{}: snapshot merged back (replicate-end on {host}, {secs:.1}s)\n",
-                hook_lines(&self.vm, &said),
-                self.vm
-            ))),
-            Err((e, Some(why))) => Err((
+        match (ended, end) {
+            (None, _) | (_, None) => {}
+            (Some(Ok((secs, out))), Some((host, _))) => {
+                said = Some(format!(
+                    "{}{}: snapshot merged back (replicate-end on {host}, {secs:.1}s)\n",
+                    hook_lines(&self.vm, &out),
+                    self.vm
+                ))
+            }
+            (Some(Err((e, Some(why)))), _) => fail(
                 format!("error: {}: replicate-end {e}\n", self.vm),
                 Some(why),
-            )),
-            Err((e, None)) => Err((
+            ),
+            (Some(Err((e, None))), Some((host, cmd))) => fail(
                 format!(
                     "error: {}: its snapshot was NOT merged back (replicate-end {e}): the vm still writes to overlays; run on {host}: {}\n",
                     self.vm, cmd
                 ),
                 self.live
                     .then(|| crate::replica::snapshot::unconfirmed_why(&e)),
-            )),
+            ),
         }
+        (said, failed.map_or(Ok(()), Err))
     }
+}
+
+/// Closes the read `window` (what its check found) and then runs `replicate-end` (its
+/// duration and output, or why it failed): in one remote command when both go to one host,
+/// the end alone again when that command did not say it ran.
+#[allow(clippy::type_complexity)]
+fn check_then_end(
+    transport: &dyn crate::ssh::Transport,
+    window: Option<&(String, Window)>,
+    end: Option<&(String, crate::template::Command)>,
+) -> (
+    Option<Result<Vec<String>, String>>,
+    Option<Result<(f64, String), (String, Option<String>)>>,
+) {
+    let deadline = std::time::Duration::from_secs(600);
+    let check_alone =
+        |host: &str, w: &Window| match transport.exec(host, &w.check_command(), deadline) {
+            Ok(out) => w.changed(&out.stdout, &out.stderr),
+            Err(e) => Err(e.to_string()),
+        };
+    let end_alone =
+        |(host, cmd): &(String, crate::template::Command)| run_hook_torn(transport, host, cmd);
+    let (Some((wh, w)), Some((eh, cmd))) = (window, end) else {
+        return (window.map(|(h, w)| check_alone(h, w)), end.map(end_alone));
+    };
+    let Ok(text) = cmd.expose(|n| std::env::var(n).ok()) else {
+        return (
+            Some(check_alone(wh, w)),
+            Some(end_alone(end.expect("some"))),
+        );
+    };
+    if wh != eh {
+        return (
+            Some(check_alone(wh, w)),
+            Some(end_alone(end.expect("some"))),
+        );
+    }
+    let nonce = batch::nonce();
+    let check = w.check_command();
+    let steps = [
+        Step {
+            command: &check,
+            stop_if_said: None,
+        },
+        Step {
+            command: &text,
+            stop_if_said: None,
+        },
+    ];
+    tracing::debug!(
+        host = eh,
+        end = %text.chars().take(100).collect::<String>(),
+        "the read window's check, then replicate-end, in one command"
+    );
+    let began = std::time::Instant::now();
+    let ran = match transport.exec(eh, &batch::script(&nonce, &steps), deadline) {
+        Ok(out) => batch::parse(&nonce, out.stdout.as_bytes(), &out.stderr),
+        Err(e) => {
+            tracing::debug!(host = eh, error = %e, "the window's check and replicate-end, at once: cut");
+            Vec::new()
+        }
+    };
+    let secs = began.elapsed().as_secs_f64();
+    let checked = match ran.first() {
+        Some(r) => w.changed(&String::from_utf8_lossy(&r.stdout), &r.stderr),
+        None => Err(format!("its check on {wh} did not answer")),
+    };
+    let ended = match ran.get(1) {
+        Some(r) if r.exit_code == 0 => Ok((secs, String::from_utf8_lossy(&r.stdout).into_owned())),
+        Some(r) => Err(hook_failed(eh, r.exit_code, &r.stderr)),
+        // Not said to have run: alone (it finds nothing left to do when it had).
+        None => end_alone(end.expect("some")),
+    };
+    (Some(checked), Some(ended))
 }
 
 impl Drop for Snapshot<'_> {
@@ -252,12 +366,60 @@ pub(super) fn prepare<'t>(
     out: &mut Outcome,
     frozen: &mut bool,
 ) -> Option<(Option<String>, Snapshot<'t>)> {
-    let from = match at_once(model, transport, helpers, vm, stopped, out, frozen) {
-        AtOnce::Ready(definition, snapshot) => return Some((definition, snapshot)),
-        AtOnce::Refused => return None,
-        AtOnce::From(stage) => stage,
-    };
-    one_by_one(model, transport, helpers, vm, from, out, frozen)
+    let (definition, mut snapshot) =
+        match at_once(model, transport, helpers, vm, stopped, out, frozen) {
+            AtOnce::Ready(definition, snapshot) => (definition, snapshot),
+            AtOnce::Refused => return None,
+            AtOnce::From(stage) => one_by_one(model, transport, helpers, vm, stage, out, frozen)?,
+        };
+    // The read window, when the steps before did not open it.
+    if snapshot.window.is_none()
+        && let Some((host, w)) = window_of(model, vm)
+    {
+        let opened = crate::ssh::Transport::exec(
+            transport,
+            &host,
+            &w.open_command(),
+            std::time::Duration::from_secs(120),
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|o| match o.exit_code {
+            0 => Ok(()),
+            c => Err(match o.stderr.trim() {
+                "" => format!("exited with {c} on {host}"),
+                said => said.to_string(),
+            }),
+        });
+        if let Err(e) = opened {
+            out.stderr.push_str(&format!(
+                "error: {}: {e}: whether its disks are written between their reads could not be told, so they are not read; not replicated, its copy is as it was\n",
+                vm.id
+            ));
+            out.code = exit::FAILED;
+            if let (_, Err((e, _))) = snapshot.end() {
+                out.stderr.push_str(&e);
+            }
+            return None;
+        }
+        snapshot.window = Some((host, w));
+    }
+    Some((definition, snapshot))
+}
+
+/// The read window of `vm`'s disks on their host ([`Window`]): none for a backup set, a
+/// single disk, or disks read live under a freeze (`replicate_reads_live`).
+pub(super) fn window_of(model: &Model, vm: &VmImages) -> Option<(String, Window)> {
+    if vm.backup || super::replicate::reads_live(model, &vm.id) {
+        return None;
+    }
+    let host = &vm.images.first()?.from;
+    let files: Vec<String> = vm
+        .images
+        .iter()
+        .filter(|i| &i.from == host)
+        .map(|i| i.src.clone())
+        .collect();
+    Window::of(&vm.id, &files).map(|w| (host.clone(), w))
 }
 
 /// The steps of [`prepare`] from `from`, one command each.
@@ -287,6 +449,7 @@ fn one_by_one<'t>(
         vm: vm.id.clone(),
         end: None,
         live: super::replicate::reads_live(model, &vm.id),
+        window: None,
     };
     if let Some((host, cmd)) = hook("replicate-begin") {
         // Whatever its result, the end runs: a begin cut half-way may have made overlays.
@@ -315,7 +478,7 @@ fn not_frozen(vm: &VmImages, why: &str, snapshot: Snapshot, out: &mut Outcome) {
     ));
     out.code = exit::FAILED;
     // Nothing was copied: a copy said torn made no point.
-    if let Err((e, _)) = snapshot.end() {
+    if let (_, Err((e, _))) = snapshot.end() {
         out.stderr.push_str(&e);
     }
 }
@@ -349,10 +512,12 @@ fn at_once<'t>(
     let check = hook("replicate-check").filter(|_| hook("replicate-end").is_some());
     let capture = capture_action(model, vm).filter(|_| !vm.images.is_empty());
     let begin = hook("replicate-begin");
+    let window = window_of(model, vm);
     let hosts: Vec<&str> = [
         check.as_ref().map(|(h, _)| h.as_str()),
         capture.as_ref().map(|(h, _, _)| h.as_str()),
         begin.as_ref().map(|(h, _)| h.as_str()),
+        window.as_ref().map(|(h, _)| h.as_str()),
     ]
     .into_iter()
     .flatten()
@@ -387,6 +552,8 @@ fn at_once<'t>(
     let ic = add(check_text, Some("overlay"));
     let id = add(capture_text, None);
     let ib = add(begin_text, None);
+    // The read window's marks, once the disks are frozen.
+    let iw = add(window.as_ref().map(|(_, w)| w.open_command()), None);
     let steps: Vec<Step> = owned
         .iter()
         .map(|(command, said)| Step {
@@ -437,6 +604,7 @@ fn at_once<'t>(
         vm: vm.id.clone(),
         end: None,
         live: super::replicate::reads_live(model, &vm.id),
+        window: None,
     };
     if ib.is_some() {
         // From here the begin may have run: whatever comes, the end runs.
@@ -488,6 +656,12 @@ fn at_once<'t>(
                 return AtOnce::Refused;
             }
         }
+    }
+    // Else opened alone by `prepare`.
+    if let (Some(i), Some(w)) = (iw, window)
+        && ran.get(i).is_some_and(|r| r.exit_code == 0)
+    {
+        snapshot.window = Some(w);
     }
     AtOnce::Ready(definition, snapshot)
 }

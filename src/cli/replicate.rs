@@ -16,6 +16,7 @@ use crate::replica::remote::{
     Helpers, HostUse, Replication, STREAMS, image_path, point_id, point_taken_now,
 };
 use crate::replica::store::ReadMode;
+use crate::replica::window::Window;
 use crate::replica::{Point, Verified};
 use crate::run::SshOptions;
 use crate::ssh::{HostKeyPolicy, SshClient};
@@ -333,10 +334,23 @@ fn replicate_plan(model: &Model, vms: &[VmImages]) -> String {
         if let Some((host, cmd, _)) = capture_action(model, vm) {
             s.push_str(&format!("  definition from {host}: {cmd}\n"));
         }
+        let window = freeze::window_of(model, vm);
+        let when = if guest.is_some() { " (stopped)" } else { "" };
+        if let Some((host, w)) = &window {
+            s.push_str(&format!(
+                "  on {host}{when}: the start of the reads marked ({}), a clock tick old before the first disk is read\n",
+                w.marks().join(", ")
+            ));
+        }
         for img in &vm.images {
             s.push_str(&format!(
                 "  {}:{} → {}:{}\n",
                 img.from, img.src, img.to, img.dst
+            ));
+        }
+        if let Some((host, _)) = &window {
+            s.push_str(&format!(
+                "  on {host}{when}: any disk written since the mark named, and the points (held until then) unusable\n"
             ));
         }
         if let Some((host, cmd)) = hook("replicate-end") {
@@ -527,6 +541,7 @@ fn replicate_all(
             continue;
         };
         let taken_at = point_taken_now(&format!("vm {}", vm.id));
+        let held = snapshot.held();
         let reads = std::sync::Arc::new(Reads::new(vm.images.len()));
         let r = Replication {
             point: point_id(taken_at),
@@ -559,7 +574,7 @@ fn replicate_all(
             (end.join(), made)
         });
         let (ended, made) = ended;
-        let ended = match ended {
+        let (said, ended) = match ended {
             Ok(ended) => ended,
             Err(panic) => std::panic::resume_unwind(panic),
         };
@@ -573,7 +588,7 @@ fn replicate_all(
         };
         if ended.is_ok() && r.pending && !made.is_empty() {
             // The freeze held: the points read under it, held until now, are good.
-            match crate::replica::snapshot::confirm_note(helpers.confirm(&made, r.taken_at)) {
+            match crate::replica::snapshot::confirm_note(held, helpers.confirm(&made, r.taken_at)) {
                 Ok(line) => out.stdout.push_str(&format!("{}: {line}\n", vm.id)),
                 Err(e) => {
                     out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
@@ -581,9 +596,11 @@ fn replicate_all(
                 }
             }
         }
+        if let Some(line) = said {
+            out.stdout.push_str(&line);
+        }
         match ended {
-            Ok(Some(line)) => out.stdout.push_str(&line),
-            Ok(None) => {}
+            Ok(()) => {}
             Err((e, torn)) => {
                 out.stderr.push_str(&e);
                 if let Some(why) = torn {
@@ -893,34 +910,51 @@ fn replicate_guest(
         marker: marker.clone(),
         relied,
     };
-    // A stopped vm's disks are read one by one, each between two looks at its file: started
-    // (or written) between the reads of two of them, its copies would be of two moments, each
-    // found unwritten while it was read. A mark a tick old before the first read tells.
-    let since = match running {
+    // A stopped vm's disks are read in a window: started (or written) between the reads of
+    // two of them, its copies would be of two moments, each found unwritten while it was read.
+    let window = match running {
         true => None,
-        false => match cbt::stopped_mark(transport, host, dom, &files) {
-            Ok(m) => Some(m),
-            Err(e) => return fail(out, e),
-        },
+        false => Window::of(&vm.id, &files),
     };
+    if let Some(w) = &window {
+        let opened = crate::ssh::Transport::exec(
+            transport,
+            host,
+            &w.open_command(),
+            std::time::Duration::from_secs(120),
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|o| match o.exit_code {
+            0 => Ok(()),
+            c => Err(format!("exited with {c} on {host}: {}", o.stderr.trim())),
+        });
+        if let Err(e) = opened {
+            return fail(
+                out,
+                format!(
+                    "{e}: whether its disks are written between their reads could not be told, so they are not read"
+                ),
+            );
+        }
+        // Held until the window's check says no disk was written.
+        r.pending = true;
+    }
     let all_done = copy_guest_disks(&g, &r, &mine, &read, stopped, out);
-    if let Some(mark) = &since {
-        let torn = match cbt::changed_since_mark(transport, host, mark, &files) {
-            Ok(changed) if changed.is_empty() => None,
-            Ok(changed) => Some(format!(
-                "domain {dom} was not running when its disks began to be read, and {} changed since (the vm started during the copy, or another program wrote them): its disks may be copies of different moments",
-                changed.join(" ")
-            )),
-            Err(e) => Some(format!(
-                "whether the disks of domain {dom} changed while they were read cannot be told ({e})"
-            )),
-        };
-        if let Some(why) = torn {
-            let copies: Vec<(&str, &str)> = vm
-                .images
-                .iter()
-                .map(|img| (img.to.as_str(), img.dst.as_str()))
-                .collect();
+    if let Some(w) = &window {
+        let copies: Vec<(&str, &str)> = vm
+            .images
+            .iter()
+            .map(|img| (img.to.as_str(), img.dst.as_str()))
+            .collect();
+        let found = crate::ssh::Transport::exec(
+            transport,
+            host,
+            &w.check_command(),
+            std::time::Duration::from_secs(600),
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|o| w.changed(&o.stdout, &o.stderr));
+        if let Some(why) = Window::torn_why(&vm.id, &found) {
             let note =
                 crate::replica::snapshot::torn_note(helpers.mark_torn(&copies, r.taken_at, &why));
             out.stderr.push_str(&format!(
@@ -928,6 +962,17 @@ fn replicate_guest(
                 vm.id
             ));
             out.code = exit::FAILED;
+        } else if all_done {
+            match crate::replica::snapshot::confirm_note(
+                "no disk was written while they were read",
+                helpers.confirm(&copies, r.taken_at),
+            ) {
+                Ok(line) => out.stdout.push_str(&format!("{}: {line}\n", vm.id)),
+                Err(e) => {
+                    out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
+                    out.code = exit::FAILED;
+                }
+            }
         }
     }
     if job.on {

@@ -492,58 +492,6 @@ pub fn add_marker(
     Ok(())
 }
 
-/// Leaves a mark beside the first of a stopped vm's disk `files` (`.reprise-stopped-DOM`), a
-/// clock tick old when this returns (a second where the file system keeps times to the
-/// second): a file whose status changes after it was written after this (see
-/// [`changed_since_mark`]). The mark's path.
-pub fn stopped_mark(
-    t: &dyn Transport,
-    host: &str,
-    dom: &str,
-    files: &[String],
-) -> Result<String, String> {
-    let dir = files
-        .first()
-        .and_then(|f| f.rsplit_once('/'))
-        .map_or("/var/tmp", |(dir, _)| dir);
-    let mark = format!("{dir}/.reprise-stopped-{dom}");
-    let m = shell_quote(&mark);
-    sh(
-        t,
-        host,
-        &format!(
-            ": > {m} && case $(stat -c %y {m}) in *.000000000*) sleep 1;; *) sleep 0.03;; esac"
-        ),
-    )
-    .map_err(|e| format!("the mark of its copy's start cannot be left at {mark}: {e}"))?;
-    Ok(mark)
-}
-
-/// The `files` whose status changed after the mark [`stopped_mark`] left (which this removes):
-/// written since, whatever their reads found.
-pub fn changed_since_mark(
-    t: &dyn Transport,
-    host: &str,
-    mark: &str,
-    files: &[String],
-) -> Result<Vec<String>, String> {
-    let m = shell_quote(mark);
-    let list: Vec<String> = files.iter().map(|f| shell_quote(f)).collect();
-    let said = sh(
-        t,
-        host,
-        &format!(
-            "find {} -maxdepth 0 -cnewer {m} -print && rm -f {m}",
-            list.join(" ")
-        ),
-    )?;
-    Ok(said
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_string)
-        .collect())
-}
-
 /// Removes from the files of a stopped vm reprise's markers other than `keep` (the newest
 /// points' of every disk): how many were removed.
 pub fn remove_old_markers(

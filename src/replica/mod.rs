@@ -42,6 +42,7 @@ pub mod start;
 pub mod store;
 pub mod tree;
 pub mod version;
+pub mod window;
 pub mod wire;
 
 pub use blocks::{BLOCK, Manifest};

@@ -97,7 +97,7 @@ impl ImageTransfer {
                 .map(|n| format!(" ({n})"))
                 .unwrap_or_default(),
             if self.applied.point.pending {
-                ", held until its freeze is confirmed"
+                ", held until it is confirmed of one instant"
             } else {
                 ""
             },

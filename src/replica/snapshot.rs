@@ -31,16 +31,14 @@ pub fn torn_note(marked: Result<Vec<String>, String>) -> String {
     }
 }
 
-/// What [`super::remote::Helpers::confirm`] did, in words: the freeze held, and the points
-/// held until then are good; or they stay unusable, and what to do.
-pub fn confirm_note(confirmed: Result<Vec<String>, String>) -> Result<String, String> {
+/// What [`super::remote::Helpers::confirm`] did, in words: what `held` (the freeze, or the
+/// read window: nothing wrote the disks while they were read), and the points held until
+/// then are good; or they stay unusable, and what to do.
+pub fn confirm_note(held: &str, confirmed: Result<Vec<String>, String>) -> Result<String, String> {
     match confirmed {
-        Ok(c) => Ok(format!(
-            "the freeze held through the copy: points confirmed: {}",
-            c.join(", ")
-        )),
+        Ok(c) => Ok(format!("{held}: points confirmed: {}", c.join(", "))),
         Err(e) => Err(format!(
-            "the freeze held through the copy, but its points could NOT be confirmed ({e}): they stay unusable; replicate again"
+            "{held}, but its points could NOT be confirmed ({e}): they stay unusable; replicate again"
         )),
     }
 }

@@ -13,6 +13,7 @@ use super::hooks::Freeze;
 use crate::event::{Event, StepStatus};
 use crate::plan::{Action, PlannedStep, Replicated, SnapshotHooks};
 use crate::replica::remote::{GuestRead, HostUse, Replication, STREAMS};
+use crate::replica::window::Window;
 
 /// Runs a replicate step.
 pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
@@ -99,23 +100,44 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
         tokio::time::sleep(wait).await;
     }
     let taken_at = crate::replica::remote::point_taken_now(&item);
+    let live = snapshot.as_ref().is_some_and(|h| h.live);
+    // A vm's disks not read live are read in a window ([`Window`]).
+    let window = match what {
+        Replicated::Vm(vm) if !live => {
+            let files: Vec<String> = items.iter().map(|(src, _)| src.clone()).collect();
+            Window::of(vm, &files)
+        }
+        _ => None,
+    };
     let replication = Replication {
         point: crate::replica::remote::point_id(taken_at),
         taken_at,
         retention: *retention,
         reread: false,
         compress: false,
-        live: snapshot.as_ref().is_some_and(|h| h.live),
-        // Read live under a freeze (`Freeze::of`): held until its end says it held.
+        live,
+        // Read live under a freeze (`Freeze::of`): held until its end says it held; read in
+        // a window: until its check says no disk was written.
         pending: snapshot
             .as_ref()
-            .is_some_and(|h| h.live && h.begin.is_some()),
+            .is_some_and(|h| h.live && h.begin.is_some())
+            || window.is_some(),
         deadline,
         definition: captured_def,
         reads: None,
     };
     let freeze = Freeze::of(snapshot.as_ref());
-    let (point, failure) = copy_frozen(ctx, &disks, replication, freeze, &mut report).await;
+    let item_name = match what {
+        Replicated::Vm(v) | Replicated::Backup(v) => v.as_str(),
+    };
+    let (point, failure) = copy_frozen(
+        ctx,
+        &disks,
+        replication,
+        (freeze, window.map(|w| (item_name, w))),
+        &mut report,
+    )
+    .await;
     if let Some(e) = failure {
         return failed(run, step, report, e);
     }
@@ -313,13 +335,31 @@ async fn copy_frozen(
     ctx: &RunContext,
     disks: &Disks<'_>,
     mut replication: Replication,
-    freeze: Option<Freeze>,
+    (freeze, window): (Option<Freeze>, Option<(&str, Window)>),
     report: &mut String,
 ) -> (Option<(String, DateTime<Utc>)>, Option<String>) {
     let mut failed = match &freeze {
         Some(f) => f.begin(ctx, report).await.err(),
         None => None,
     };
+    // The read window's marks, once the disks are frozen.
+    if let (None, Some((vm, w))) = (&failed, &window) {
+        failed = on_host(ctx, disks.from, w.open_command())
+            .await
+            .and_then(|o| match o.exit_code {
+                0 => Ok(()),
+                c => Err(match o.stderr.trim() {
+                    "" => format!("exited with {c}"),
+                    said => said.to_string(),
+                }),
+            })
+            .err()
+            .map(|e| {
+                format!(
+                    "{e}: whether the disks of {vm} are written between their reads could not be told, so they are not read; not replicated, the copy keeps its last point"
+                )
+            });
+    }
     if freeze.is_some() && failed.is_none() {
         // What the copy holds is the disks as the freeze left them: its point is of the
         // moment the freeze was in place, never of before (a point chosen as taken before a
@@ -360,8 +400,48 @@ async fn copy_frozen(
             }
         }
     }
+    // Closed before the end (a snapshot merged back writes the disks): a disk written since
+    // the window opened makes the points unusable.
+    let torn = match &window {
+        Some((vm, w)) if copied => {
+            let found = on_host(ctx, disks.from, w.check_command())
+                .await
+                .and_then(|o| w.changed(&o.stdout, &o.stderr));
+            Window::torn_why(vm, &found)
+        }
+        _ => None,
+    };
+    let taken_at = replication.taken_at;
+    if let Some(why) = torn.clone() {
+        let said = why.clone();
+        let e = format!(
+            "{said}; {}; replicate it again once nothing else writes them",
+            crate::replica::snapshot::torn_note(
+                on_copies(ctx, disks, move |h, c| h.mark_torn(c, taken_at, &why)).await
+            )
+        );
+        failed = Some(match failed {
+            Some(first) => format!("{first}; {e}"),
+            None => e,
+        });
+    }
+    if freeze.is_none() && torn.is_none() && point.is_some() && replication.pending {
+        let e = confirm(
+            ctx,
+            disks,
+            taken_at,
+            "no disk was written while they were read",
+            report,
+        )
+        .await;
+        if let Some(e) = e {
+            failed = Some(match failed {
+                Some(first) => format!("{first}; {e}"),
+                None => e,
+            });
+        }
+    }
     if let Some(f) = &freeze {
-        let taken_at = replication.taken_at;
         let e = match f.end(ctx, report).await {
             Err((mut e, torn)) => {
                 if let Some(why) = torn.filter(|_| copied) {
@@ -375,17 +455,14 @@ async fn copy_frozen(
                 Some(e)
             }
             // The freeze held: the points read under it, held until now, are good (a copy
-            // that failed leaves its disks' points held).
-            Ok(()) if point.is_some() && replication.pending => {
-                let confirmed = on_copies(ctx, disks, move |h, c| h.confirm(c, taken_at)).await;
-                match crate::replica::snapshot::confirm_note(confirmed) {
-                    Ok(line) => {
-                        report.push_str(&line);
-                        report.push('\n');
-                        None
-                    }
-                    Err(e) => Some(e),
-                }
+            // that failed leaves its disks' points held); so did the window, unless it
+            // found them torn.
+            Ok(()) if point.is_some() && replication.pending && torn.is_none() => {
+                let held = match window {
+                    Some(_) => "no disk was written while they were read",
+                    None => "the freeze held through the copy",
+                };
+                confirm(ctx, disks, taken_at, held, report).await
             }
             Ok(()) => None,
         };
@@ -397,6 +474,42 @@ async fn copy_frozen(
         }
     }
     (point, failed)
+}
+
+/// Confirms the points of the copies of every disk, held until what `held` was known: a line
+/// in `report`, or why they stay unusable.
+async fn confirm(
+    ctx: &RunContext,
+    disks: &Disks<'_>,
+    taken_at: DateTime<Utc>,
+    held: &str,
+    report: &mut String,
+) -> Option<String> {
+    let confirmed = on_copies(ctx, disks, move |h, c| h.confirm(c, taken_at)).await;
+    match crate::replica::snapshot::confirm_note(held, confirmed) {
+        Ok(line) => {
+            report.push_str(&line);
+            report.push('\n');
+            None
+        }
+        Err(e) => Some(e),
+    }
+}
+
+/// Runs the shell text `text` on `host`, off the runtime's threads.
+async fn on_host(
+    ctx: &RunContext,
+    host: &str,
+    text: String,
+) -> Result<crate::ssh::ExecOutput, String> {
+    let (transport, host) = (ctx.transport.clone(), host.to_string());
+    tokio::task::spawn_blocking(move || {
+        transport
+            .exec(&host, &text, StdDuration::from_secs(600))
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the task failed: {e}")))
 }
 
 /// After a `replicate-end`, `ask` (a [`crate::replica::remote::Helpers`] call: `mark_torn`,

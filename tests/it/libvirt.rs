@@ -1259,26 +1259,25 @@ fn a_running_guest_s_two_disks_are_read_at_once_from_one_backup_job() {
 /// A stopped vm's disks are read as they are, each between two looks at its file that find it
 /// unwritten. Started (or written by another program) after its first disk was read and
 /// before its second was, the vm's disks would be copies of two moments, each found
-/// unwritten while it was read: its `replicate-end` finds them written since its
-/// `replicate-begin`, and the points are marked unusable (exit 1), saying why.
+/// unwritten while it was read: reprise's read window finds them written since the reads
+/// began, and the points are marked unusable (exit 1), saying why.
 #[test]
 fn a_stopped_vm_written_between_the_reads_of_its_disks_makes_no_usable_point() {
     stopped_vm_written_between_its_disks_reads(
         "app",
         10,
-        "app was not running when its disks began to be read, and app.qcow2 app-data.raw changed since",
+        "/var/lib/libvirt/images/app.qcow2 /var/lib/libvirt/images/app-data.raw changed while the disks of app were read",
     );
 }
 
 /// The same through changed-block tracking (`changed_blocks`), whose copies of a stopped
-/// domain are read through `qemu-nbd` without the driver's hooks: reprise leaves the mark
-/// itself.
+/// domain are read through `qemu-nbd`.
 #[test]
 fn a_stopped_changed_blocks_vm_written_between_the_reads_of_its_disks_makes_no_usable_point() {
     stopped_vm_written_between_its_disks_reads(
         "cbt",
         12,
-        "domain cbt was not running when its disks began to be read, and /var/lib/libvirt/images/cbt.qcow2 /var/lib/libvirt/images/cbt-data.raw changed since",
+        "/var/lib/libvirt/images/cbt.qcow2 /var/lib/libvirt/images/cbt-data.raw changed while the disks of cbt were read",
     );
 }
 

@@ -568,7 +568,7 @@ fn a_running_proxmox_vm_whose_disk_is_written_under_its_freeze_is_copied() {
     assert!(
         replicated
             .stdout
-            .contains("held until its freeze is confirmed")
+            .contains("held until it is confirmed of one instant")
             && replicated
                 .stdout
                 .contains("db: the freeze held through the copy: points confirmed: hv2:"),

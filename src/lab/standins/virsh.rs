@@ -84,8 +84,7 @@ pub(super) fn lab_vm(state: &LabState, host: &str, args: &[String]) -> i32 {
                 return 2;
             };
             let running = running(&state.host_dir(host).join("run"), &process).is_some();
-            let stopped_mark = Path::new(dir).join(format!(".reprise-stopped-{name}"));
-            snapshot(verb, Path::new(dir), disks, running, &stopped_mark)
+            snapshot(verb, Path::new(dir), disks, running)
         }
         other => {
             eprintln!("lab-vm: unknown action `{other}`");
@@ -188,45 +187,7 @@ fn overlay_of(dir: &Path, disk: &str) -> PathBuf {
 /// disks each get a qcow2 overlay backed by them (refused when one is already there, as
 /// libvirt refuses); `thaw` commits each overlay into its disk and removes it (a stopped vm
 /// too, as the libvirt driver's `replicate-end` does); `snapshot-check` names the overlays.
-/// A stopped vm's `freeze` leaves `stopped_mark`, a clock tick old when it ends, and its
-/// `thaw` exits 65 when a disk changed since (as the libvirt driver's hooks do).
-fn snapshot(verb: &str, dir: &Path, disks: &[String], running: bool, stopped_mark: &Path) -> i32 {
-    match verb {
-        "freeze" if !running => {
-            if let Err(e) = std::fs::write(stopped_mark, "") {
-                eprintln!("lab-vm: {}: {e}", stopped_mark.display());
-                return 1;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(30));
-        }
-        "freeze" => {
-            let _ = std::fs::remove_file(stopped_mark);
-        }
-        "thaw" if stopped_mark.exists() => {
-            use std::os::unix::fs::MetadataExt as _;
-            let mark = std::fs::metadata(stopped_mark).map(|m| (m.mtime(), m.mtime_nsec()));
-            let changed: Vec<&str> = disks
-                .iter()
-                .filter(|d| {
-                    let disk = std::fs::metadata(dir.join(d)).map(|m| (m.ctime(), m.ctime_nsec()));
-                    match (&disk, &mark) {
-                        (Ok(disk), Ok(mark)) => disk > mark,
-                        _ => true,
-                    }
-                })
-                .map(String::as_str)
-                .collect();
-            let _ = std::fs::remove_file(stopped_mark);
-            if !changed.is_empty() {
-                eprintln!(
-                    "the vm was not running when its disks began to be read, and {} changed since (the vm started during the copy, or another program wrote them): its disks may be copies of different moments: reprise marks the point unusable; replicate it again",
-                    changed.join(" ")
-                );
-                return 65;
-            }
-        }
-        _ => {}
-    }
+fn snapshot(verb: &str, dir: &Path, disks: &[String], running: bool) -> i32 {
     let qemu_img = |args: &[&std::ffi::OsStr]| -> Result<(), String> {
         let out = Command::new("qemu-img")
             .args(args)
