@@ -348,7 +348,10 @@ pub enum Command {
         accept_unverified: Vec<String>,
         /// A failback: carry on although a copy-back not started yet would overwrite a disk on
         /// the primary written since the failover, or cannot tell (refused otherwise, exit 7,
-        /// as at its start; keep a copy of the disk first); journaled.
+        /// as at its start; keep a copy of the disk first). A planned failover whose start on
+        /// the recovery side began: carry on from its final sync although the primary's disks
+        /// were written since it read them, or cannot tell (refused otherwise, exit 6; what was
+        /// written there is left behind). Journaled.
         #[arg(long)]
         force: bool,
         #[command(flatten)]
@@ -1767,6 +1770,20 @@ fn event_line(run_id: &str, e: &Event) -> String {
         } => format!(
             "{step}: SPLIT BRAIN: vm {vm} runs on {}",
             hosts.join(" and on ")
+        ),
+        Event::SourceRead {
+            step,
+            vm,
+            host,
+            stamps,
+            ..
+        } => format!(
+            "{step}: vm {vm}'s disks on {host} before they were read: {}",
+            stamps
+                .iter()
+                .map(|(path, stamp)| format!("{path} `{stamp}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         Event::VmStateBefore {
             step,

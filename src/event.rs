@@ -191,6 +191,18 @@ pub enum Event {
         unknown: Option<String>,
         rpo_target_s: Option<u64>,
     },
+    /// What a copy of a vm between its sites (a planned failover's final sync, a failback's
+    /// copy back) read, before it read it: each disk on `host` with its stamp (size,
+    /// modification time, inode). A resumed failover whose start of the vm on the other site
+    /// may have taken effect checks the disks are still so: a vm run there since wrote what
+    /// that copy lacks.
+    SourceRead {
+        at: DateTime<Utc>,
+        step: String,
+        vm: String,
+        host: String,
+        stamps: Vec<(String, String)>,
+    },
     /// A vm's health check found the vm running on both sites (where the run brought it up
     /// and on the side it left): the answer may come from either, both may be writing; the
     /// check failed, and the run exits with the split-brain code.
@@ -248,6 +260,7 @@ impl Event {
             | Event::ReplicaPointUsed { at, .. }
             | Event::LagMeasured { at, .. }
             | Event::RunResumed { at, .. }
+            | Event::SourceRead { at, .. }
             | Event::StopRequested { at, .. }
             | Event::JournalRepaired { at, .. }
             | Event::RunFinished { at, .. } => *at,

@@ -256,6 +256,9 @@ fn log(event: &Event) {
         Event::SplitBrain {
             step, vm, hosts, ..
         } => tracing::error!(step, vm, ?hosts, "split brain: the vm runs on both sites"),
+        Event::SourceRead { step, vm, host, .. } => {
+            tracing::info!(step, vm, host, "what a copy between sites read, before")
+        }
         Event::StopRequested { reason, .. } => tracing::warn!(reason, "stop requested"),
         Event::JournalRepaired {
             line,
@@ -1769,7 +1772,8 @@ fn running_again(
     plan: &Plan,
     prior: &HashMap<String, Prior>,
     transport: &dyn Transport,
-) -> Vec<String> {
+    past: &PastCopy,
+) -> (Vec<String>, Vec<String>) {
     let done = |id: &str| prior.get(id) == Some(&Prior::Done);
     let mut again = Vec::new();
     let mut asked = HashSet::new();
@@ -1807,25 +1811,41 @@ fn running_again(
             ));
         }
     }
+    let mut forced = Vec::new();
     if plan.mode == Mode::Failover && !plan.emergency {
-        again.extend(started_past_copy(model, plan, prior, transport));
+        let (refused, passed) = started_past_copy(model, plan, prior, transport, past);
+        again.extend(refused);
+        forced = passed;
     }
-    again
+    (again, forced)
+}
+
+/// What a resumed planned failover knows of its final syncs beyond the hosts' answers: the
+/// run's journal (what each final sync read, [`Event::SourceRead`]), whether the operator
+/// forced the resume, and how to read the disks' stamps now.
+pub(crate) struct PastCopy<'a> {
+    pub(crate) events: &'a [Event],
+    pub(crate) force: bool,
+    pub(crate) copies: &'a dyn crate::replica::start::Copies,
 }
 
 /// The vms of a planned failover whose start on the recovery side is not done while the copy
 /// it starts from (the final sync, done: the start began and may have started the vm, see
 /// [`copies_again`]) was made after a step of the run stopped the vm on the primary, and the
-/// primary's driver says the vm runs there again, or cannot say: what it wrote since is not
-/// in that copy, and the vm may run on both sites.
+/// primary's driver says the vm runs there again, or cannot say, or says it is stopped while
+/// its disks are no longer what the final sync read (it ran there since, and stopped again):
+/// what it wrote since is not in that copy, and the vm may run on both sites. The last is
+/// passed when the operator forces the resume (said in the second list, journaled).
 fn started_past_copy(
     model: &Model,
     plan: &Plan,
     prior: &HashMap<String, Prior>,
     transport: &dyn Transport,
-) -> Vec<String> {
+    past: &PastCopy,
+) -> (Vec<String>, Vec<String>) {
     let done = |id: &str| prior.get(id) == Some(&Prior::Done);
     let mut refused = Vec::new();
+    let mut forced = Vec::new();
     let mut asked = HashSet::new();
     for start in plan.steps.iter().filter(|s| !done(&s.id)) {
         let (Some(vm_id), Some(host), Some(plan::ReplicaRole::Start)) = (
@@ -1866,16 +1886,45 @@ fn started_past_copy(
         let state = vm_state(model, service, vm, side, &plan.run_id, transport);
         let (sync, stopped, start, service) = (&sync.id, &stopped.id, &start.id, &service.id);
         match state {
-            (Some(false), _) => {}
+            (Some(false), _) => {
+                // Stopped now; maybe run and stopped again since the final sync read it.
+                let read = past.events.iter().rev().find_map(|e| match e {
+                    Event::SourceRead {
+                        step, host, stamps, ..
+                    } if step == sync && host == from_host => Some(stamps),
+                    _ => None,
+                });
+                let Some(read) = read else {
+                    continue;
+                };
+                let found = match crate::replica::start::written_since(past.copies, from_host, read) {
+                    Ok(None) => continue,
+                    Ok(Some(changed)) => format!(
+                        "its disks on {from_host} were written since the final sync (step {sync}) read them: {changed}; it ran there again after this failover stopped it (step {stopped}) and was stopped again"
+                    ),
+                    Err(e) => format!(
+                        "whether its disks on {from_host} were written since the final sync (step {sync}) read them cannot be told ({e})"
+                    ),
+                };
+                if past.force {
+                    forced.push(format!(
+                        "vm {vm_id}: {found}; its start on {host} (step {start}) carries on from the copy step {sync} made, as forced (--force): what was written on {from_host} since is not in it"
+                    ));
+                } else {
+                    refused.push(format!(
+                        "vm {vm_id}: {found}; its start on {host} (step {start}) began, so it may run on {host} on the copy step {sync} made, which lacks what was written on {from_host}: two copies diverge; to keep what {from_host} wrote, stop it on {host} if it runs there and resume (this run then copies it again before starting it on {host}); to keep what {host} has, resume with --force (journaled; what {from_host} wrote since is left there)"
+                    ));
+                }
+            }
             (Some(true), said) => refused.push(format!(
-                "vm {vm_id} runs on {from_host} again (its status says `{said}`) since this failover stopped it there (step {stopped}), and its start on {host} (step {start}) began, so it may run on {host} too, on the copy step {sync} made, which lacks what was written on {from_host} since: two copies diverge; to keep what {from_host} wrote, stop it on {host} if it runs there, then stop it on {from_host} and resume (this run then copies it again before starting it on {host}); to keep what {host} wrote, stop it on {from_host} and resume"
+                "vm {vm_id} runs on {from_host} again (its status says `{said}`) since this failover stopped it there (step {stopped}), and its start on {host} (step {start}) began, so it may run on {host} too, on the copy step {sync} made, which lacks what was written on {from_host} since: two copies diverge; to keep what {from_host} wrote, stop it on {host} if it runs there, then stop it on {from_host} and resume (this run then copies it again before starting it on {host}); to keep what {host} wrote, stop it on {from_host} and resume with --force (journaled)"
             )),
             (None, said) => refused.push(format!(
                 "whether vm {vm_id} runs on {from_host} again since this failover stopped it there (step {stopped}) cannot be told ({said}): if it ran, the copy step {sync} made on {host}, which its start there (step {start}) carries on from, lacks what was written since; resume once {from_host} answers, or, if {from_host} is lost, `reprise failover --emergency --service {service}` starts it from its newest point"
             )),
         }
     }
-    refused
+    (refused, forced)
 }
 
 /// The vms and backup sets a failover's start has done from a point that what the resume asks
@@ -1936,7 +1985,8 @@ fn again_between_sites(
     prior: &mut HashMap<String, Prior>,
     begun: &HashSet<&str>,
     transport: &dyn Transport,
-) -> Result<Vec<String>, RunError> {
+    past: &PastCopy,
+) -> Result<(Vec<String>, Vec<String>), RunError> {
     let took = may_have_started(model, plan, prior, begun, transport);
     let took: HashSet<&str> = took.iter().map(String::as_str).collect();
     let again = copies_again(plan, prior, &took);
@@ -1968,16 +2018,18 @@ fn again_between_sites(
     for id in &restarted {
         prior.remove(id);
     }
+    let mut forced = Vec::new();
     if plan.mode == Mode::Failback || plan.mode == Mode::Failover {
-        let runs = running_again(model, plan, prior, transport);
+        let (runs, passed) = running_again(model, plan, prior, transport, past);
         if !runs.is_empty() {
             return Err(RunError::RunsAgain {
                 mode: plan.mode,
                 vms: runs,
             });
         }
+        forced = passed;
     }
-    Ok(again)
+    Ok((again, forced))
 }
 
 /// Gives back the recovery copies a planned failover's start leased when it began (`begun`)
@@ -2371,18 +2423,17 @@ pub fn resume(
             return Err(RunError::StartedOtherwise { vms: refused });
         }
     }
-    let again = again_between_sites(
-        model,
-        &plan,
-        &mut prior,
-        &begun,
-        &transport(model, &exec.ssh),
-    )?;
-    give_back_begun(&plan, &begun, &again, &transport(model, &exec.ssh));
+    let t = transport(model, &exec.ssh);
+    let past = PastCopy {
+        events: &events,
+        force,
+        copies: &crate::replica::start::Remote::new(&t),
+    };
+    let (again, mut forced) = again_between_sites(model, &plan, &mut prior, &begun, &t, &past)?;
+    give_back_begun(&plan, &begun, &again, &t);
     // A failback's copy-backs not started yet (or made again) are judged again, as at its
     // start: the primary may have been written since (a copy-back started already wrote it
     // itself).
-    let mut forced = Vec::new();
     let mut judged = JudgedDisks::new();
     let mut settled = Vec::new();
     if plan.mode == Mode::Failback {
@@ -2431,7 +2482,7 @@ pub fn resume(
                 resuming: true,
             });
         }
-        forced = problems;
+        forced.extend(problems);
     }
     // The vms it may still start, as at its start; a restore started with --force carries on
     // forced.
@@ -3153,6 +3204,66 @@ mod tests {
 
     /// Hosts whose driver `status` (`virsh domstate`) says what `said` gives for them (a host
     /// not there cannot be reached).
+    /// [`crate::replica::start::Copies`] that tells only stamps: each path's, or, with
+    /// none, that the host cannot be read.
+    struct Stamps(Option<Vec<(String, String)>>);
+
+    impl crate::replica::start::Copies for Stamps {
+        fn inspect(
+            &self,
+            _host: &str,
+            paths: &[String],
+        ) -> Result<Vec<crate::replica::CopyState>, String> {
+            let Some(known) = &self.0 else {
+                return Err("the host does not answer".into());
+            };
+            Ok(paths
+                .iter()
+                .map(|p| crate::replica::CopyState {
+                    path: p.clone(),
+                    exists: true,
+                    stamp: known.iter().find(|(k, _)| k == p).map(|(_, s)| s.clone()),
+                    ..Default::default()
+                })
+                .collect())
+        }
+        fn settle(&self, _: &str, _: &str, _: StdDuration) -> Result<Option<String>, String> {
+            Err("not asked".into())
+        }
+        fn verify(&self, _: &str, _: &str, _: &str) -> Result<bool, String> {
+            Err("not asked".into())
+        }
+        fn roll_back(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+        ) -> Result<crate::replica::store::RolledBack, String> {
+            Err("not asked".into())
+        }
+        fn take_lease(
+            &self,
+            _: &str,
+            _: &str,
+            _: &crate::replica::Lease,
+            _: crate::replica::start::Take<'_>,
+        ) -> Result<Option<String>, String> {
+            Err("not asked".into())
+        }
+        fn release(
+            &self,
+            _: &str,
+            _: &[String],
+            _: Option<&str>,
+            _: Option<crate::replica::LeaseKind>,
+        ) -> Result<Vec<String>, String> {
+            Err("not asked".into())
+        }
+        fn ask(&self, _: &str, _: &str) -> Option<String> {
+            None
+        }
+    }
+
     struct Status(HashMap<&'static str, &'static str>);
 
     impl Transport for Status {
@@ -3208,15 +3319,31 @@ mod tests {
             .into_iter()
             .collect();
         let over = plan(Mode::Failover, false);
-        let resume = |plan: &Plan, hosts: &[(&'static str, &'static str)]| {
+        let no_journal = PastCopy {
+            events: &[],
+            force: false,
+            copies: &Stamps(None),
+        };
+        let resume_with = |plan: &Plan, hosts: &[(&'static str, &'static str)], past: &PastCopy| {
             let mut p = prior();
             let said = Status(hosts.iter().copied().collect());
-            again_between_sites(&model, plan, &mut p, &begun, &said)
-                .map(|again| {
+            again_between_sites(&model, plan, &mut p, &begun, &said, past)
+                .map(|(again, forced)| {
                     let kept = |id: &str| p.contains_key(id);
-                    (again, kept("erp-db/final-sync"), kept("erp-db/start"))
+                    (
+                        again,
+                        kept("erp-db/final-sync"),
+                        kept("erp-db/start"),
+                        forced,
+                    )
                 })
                 .map_err(|e| e.to_string())
+        };
+        let resume = |plan: &Plan, hosts: &[(&'static str, &'static str)]| {
+            resume_with(plan, hosts, &no_journal).map(|(a, s, t, forced)| {
+                assert!(forced.is_empty(), "{forced:?}");
+                (a, s, t)
+            })
         };
         let (main, pra) = ("hv-main", "hv-pra");
         // Stopped on both sites: the start did not start it, the final sync is made again,
@@ -3246,6 +3373,55 @@ mod tests {
         assert_eq!(
             resume(&over, &[(main, "shut off"), (pra, "running")]),
             Ok((Vec::new(), true, true))
+        );
+        // The same, the primary's disks still what the final sync read (its journal says):
+        // carried on. Written since (the vm ran there and was stopped again), or unreadable:
+        // refused, unless forced (then said, for the journal).
+        let disks = [
+            "/srv/datastore/images/erp-db-system.qcow2",
+            "/srv/datastore/images/erp-db-data.qcow2",
+        ];
+        let read = [Event::SourceRead {
+            at: Utc::now(),
+            step: "erp-db/final-sync".into(),
+            vm: "erp-db".into(),
+            host: main.into(),
+            stamps: disks
+                .iter()
+                .map(|d| (d.to_string(), "1 2 3".to_string()))
+                .collect(),
+        }];
+        let now = |second: &str| {
+            Stamps(Some(vec![
+                (disks[0].to_string(), "1 2 3".to_string()),
+                (disks[1].to_string(), second.to_string()),
+            ]))
+        };
+        let (same, written, unreadable) = (now("1 2 3"), now("1 9 3"), Stamps(None));
+        let past = |copies, force| PastCopy {
+            events: &read,
+            force,
+            copies,
+        };
+        let after = [(main, "shut off"), (pra, "running")];
+        assert_eq!(
+            resume_with(&over, &after, &past(&same, false)),
+            Ok((Vec::new(), true, true, Vec::new()))
+        );
+        let e = resume_with(&over, &after, &past(&written, false)).unwrap_err();
+        assert!(
+            e.contains("its disks on hv-main were written since the final sync (step erp-db/final-sync) read them")
+                && e.contains("erp-db-data.qcow2 (it was `1 2 3`, it is `1 9 3`)")
+                && e.contains("resume with --force"),
+            "{e}"
+        );
+        let e = resume_with(&over, &after, &past(&unreadable, false)).unwrap_err();
+        assert!(e.contains("cannot be told"), "{e}");
+        let (again, _, _, forced) = resume_with(&over, &after, &past(&written, true)).unwrap();
+        assert!(again.is_empty());
+        assert!(
+            forced.len() == 1 && forced[0].contains("as forced (--force)"),
+            "{forced:?}"
         );
         // The primary site lost: an emergency failover carries on without it.
         let emergency = plan(Mode::Failover, true);

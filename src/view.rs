@@ -298,6 +298,7 @@ impl TerminalView {
             | Event::WaitingForOperator { .. }
             | Event::RunFinished { .. }
             | Event::VmStateBefore { .. }
+            | Event::SourceRead { .. }
             | Event::StepOutput { .. } => return None,
         };
         Some(text)
@@ -350,7 +351,7 @@ impl Sink for TerminalView {
             } => self.waiting(&clock, step, instructions),
             Event::RunFinished { status, .. } => self.run_finished(&clock, *status),
             // Kept in the journal, not shown.
-            Event::VmStateBefore { .. } | Event::StepOutput { .. } => {}
+            Event::VmStateBefore { .. } | Event::SourceRead { .. } | Event::StepOutput { .. } => {}
             other => {
                 if let Some(text) = self.said(other) {
                     self.line(format!("{clock} {text}"));

@@ -711,12 +711,29 @@ pub fn copied_still(
     recorded: &[(String, String)],
     if_lost: &str,
 ) -> Result<(), String> {
-    let paths: Vec<String> = recorded.iter().map(|(p, _)| p.clone()).collect();
-    let states = copies.inspect(host, &paths).map_err(|e| {
+    let changed = written_since(copies, host, recorded).map_err(|e| {
         format!(
             "cannot read the disks of vm {vm} on {host}, to know whether they were written since step {step} copied them: {e}; resume once {host} answers, or, {if_lost}"
         )
     })?;
+    let Some(changed) = changed else {
+        return Ok(());
+    };
+    Err(format!(
+        "the disks of vm {vm} on {host} were written after step {step} copied them: {changed}; vm {vm} ran there again, and what it wrote is not in the copy it would start from: started, it would run without it; the copy must be made again: resume this run (`reprise resume`), which makes it again once vm {vm} is stopped on {host}"
+    ))
+}
+
+/// Which of the disks on `host` whose stamps a copy `recorded` before it read them are no
+/// longer so (`None`: every one is): each with its stamp then and now. `Err`: they cannot
+/// be read.
+pub fn written_since(
+    copies: &dyn Copies,
+    host: &str,
+    recorded: &[(String, String)],
+) -> Result<Option<String>, String> {
+    let paths: Vec<String> = recorded.iter().map(|(p, _)| p.clone()).collect();
+    let states = copies.inspect(host, &paths)?;
     let changed: Vec<String> = recorded
         .iter()
         .zip(&states)
@@ -729,9 +746,9 @@ pub fn copied_still(
         })
         .collect();
     if changed.is_empty() && states.len() == recorded.len() {
-        return Ok(());
+        return Ok(None);
     }
-    let changed = if changed.is_empty() {
+    Ok(Some(if changed.is_empty() {
         format!(
             "asked about {}, told about {}",
             recorded.len(),
@@ -739,10 +756,7 @@ pub fn copied_still(
         )
     } else {
         changed.join(", ")
-    };
-    Err(format!(
-        "the disks of vm {vm} on {host} were written after step {step} copied them: {changed}; vm {vm} ran there again, and what it wrote is not in the copy it would start from: started, it would run without it; the copy must be made again: resume this run (`reprise resume`), which makes it again once vm {vm} is stopped on {host}"
-    ))
+    }))
 }
 
 /// What a step that used a vm's recovery copies did with them.

@@ -537,7 +537,7 @@ impl<'a> RunFacts<'a> {
                 },
             }),
             // The check that found it failed, and says so.
-            Event::VmStateBefore { .. } | Event::SplitBrain { .. } => {}
+            Event::VmStateBefore { .. } | Event::SplitBrain { .. } | Event::SourceRead { .. } => {}
             Event::JournalRepaired {
                 at,
                 line,

@@ -158,6 +158,13 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
     if let Replicated::Vm(vm) = what
         && between_sites
     {
+        run.send(Event::SourceRead {
+            at: Utc::now(),
+            step: step.id.clone(),
+            vm: vm.clone(),
+            host: from_host.clone(),
+            stamps: read_before.clone(),
+        });
         let read = super::context::CopyRead {
             step: step.id.clone(),
             host: from_host.clone(),

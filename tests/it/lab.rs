@@ -3107,45 +3107,7 @@ fn a_failover_never_starts_from_a_final_sync_the_primary_wrote_after() {
 #[test]
 fn a_resumed_failover_killed_in_its_start_never_starts_from_a_final_sync_the_primary_ran_past() {
     let lab = Lab::up(238);
-    // hv-pra's driver holds erp-db's start (its pid said in `held`) until it is stopped: the
-    // failover is killed there, erp-db not started, whatever the machine's load.
-    let bin = lab.lab().join("hosts/hv-pra/bin/lab-vm");
-    let real = bin.with_extension("real");
-    let held = lab.lab().join("start-held");
-    std::fs::rename(&bin, &real).unwrap();
-    std::fs::write(
-        &bin,
-        format!(
-            "#!/bin/sh\nif [ \"$1\" = start ] && [ \"$2\" = erp-db ]; then echo $$ > '{}'; exec sleep 600; fi\nexec '{}' \"$@\"\n",
-            held.display(),
-            real.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
-    let mut child = lab.spawn(&[&["failover"][..], &only[..]].concat());
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let pid = loop {
-        if let Ok(pid) = std::fs::read_to_string(&held)
-            && pid.ends_with('\n')
-        {
-            break pid.trim().to_string();
-        }
-        assert!(Instant::now() < deadline, "erp-db/start did not begin");
-        assert!(child.try_wait().unwrap().is_none(), "the failover ended");
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    assert!(
-        lab.journal()
-            .iter()
-            .any(|e| e["event"] == "step_started" && e["step"] == "erp-db/start")
-    );
-    let killed = tool("kill", &["-KILL", &child.id().to_string()]);
-    assert!(killed.status.success(), "{killed:?}");
-    let _ = child.wait();
-    let _ = tool("kill", &["-KILL", &pid]);
-    std::fs::rename(&real, &bin).unwrap();
+    failover_killed_in_erp_db_start(&lab, false);
     assert_ne!(
         erp_db_on(&lab, "hv-pra"),
         "running",
@@ -3192,6 +3154,110 @@ fn a_resumed_failover_killed_in_its_start_never_starts_from_a_final_sync_the_pri
         std::fs::read(&copy).unwrap() == std::fs::read(&disk).unwrap(),
         "hv-pra's copy is not hv-main's disk"
     );
+}
+
+/// A planned failover of erp-db alone, killed (SIGKILL) in erp-db's start on hv-pra, after its
+/// final sync: hv-pra's driver holds the start (its pid said in `held`), after starting
+/// erp-db there when `started`, until it is stopped, so that the kill comes there whatever
+/// the machine's load.
+fn failover_killed_in_erp_db_start(lab: &Lab, started: bool) {
+    let bin = lab.lab().join("hosts/hv-pra/bin/lab-vm");
+    let real = bin.with_extension("real");
+    let held = lab.lab().join("start-held");
+    std::fs::rename(&bin, &real).unwrap();
+    let start = if started {
+        format!("'{}' \"$@\" || exit 1; ", real.display())
+    } else {
+        String::new()
+    };
+    std::fs::write(
+        &bin,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = start ] && [ \"$2\" = erp-db ]; then {start}echo $$ > '{}'; exec sleep 600; fi\nexec '{}' \"$@\"\n",
+            held.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
+    let mut child = lab.spawn(&[&["failover"][..], &only[..]].concat());
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let pid = loop {
+        if let Ok(pid) = std::fs::read_to_string(&held)
+            && pid.ends_with('\n')
+        {
+            break pid.trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "erp-db/start did not begin");
+        assert!(child.try_wait().unwrap().is_none(), "the failover ended");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(
+        lab.journal()
+            .iter()
+            .any(|e| e["event"] == "step_started" && e["step"] == "erp-db/start")
+    );
+    let killed = tool("kill", &["-KILL", &child.id().to_string()]);
+    assert!(killed.status.success(), "{killed:?}");
+    let _ = child.wait();
+    let _ = tool("kill", &["-KILL", &pid]);
+    std::fs::rename(&real, &bin).unwrap();
+}
+
+/// The same failover killed once its start on hv-pra had started erp-db there; meanwhile
+/// erp-db was started again on hv-main by hand, wrote there, and was stopped again. Both
+/// sites say it is stopped on hv-main, but its disks there are not what the final sync read
+/// (the run's journal says what it read): the resume refuses (exit 6), naming the disk; to
+/// keep what hv-pra has, `resume --force` carries on, journaled.
+#[test]
+fn a_resumed_failover_never_carries_on_from_a_final_sync_the_primary_ran_past_and_stopped() {
+    let lab = Lab::up(254);
+    failover_killed_in_erp_db_start(&lab, true);
+    assert_eq!(erp_db_on(&lab, "hv-pra"), "running");
+    let images = lab.host_root("hv-main").join("srv/datastore/images");
+    start_erp_db_by_hand(&lab, "hv-main", &images);
+    write_64k(&images.join("erp-db-data.qcow2"), 0x2d);
+    let out = crate::common::lab_vm(&lab.lab(), "hv-main", &["stop", "erp-db"]);
+    assert!(out.status.success(), "{out:?}");
+    let refused = lab.run(&["resume", "latest", "--no-prompt"]);
+    assert_eq!(refused.code, 6, "{refused:?}");
+    assert!(
+        refused.stderr.contains(
+            "its disks on hv-main were written since the final sync (step erp-db/final-sync) read them"
+        ) && refused.stderr.contains("erp-db-data.qcow2 (it was `")
+            && refused.stderr.contains("resume with --force"),
+        "{}",
+        refused.stderr
+    );
+    let mut resumed = lab.spawn(&["resume", "latest", "--no-prompt", "--force"]);
+    let mut exit = None;
+    lab.confirm_until(
+        || {
+            exit = resumed.try_wait().unwrap();
+            exit.is_some()
+        },
+        Duration::from_secs(150),
+    );
+    let journal = lab.journal();
+    let tail: Vec<_> = journal.iter().rev().take(12).collect();
+    assert!(exit.is_some_and(|e| e.success()), "{exit:?} {tail:#?}");
+    let forced = journal
+        .iter()
+        .find(|e| e["event"] == "readiness_forced")
+        .unwrap_or_else(|| panic!("not journaled: {tail:#?}"));
+    assert!(
+        forced["problems"]
+            .to_string()
+            .contains("as forced (--force)"),
+        "{forced}"
+    );
+    let synced = journal
+        .iter()
+        .filter(|e| e["event"] == "step_started" && e["step"] == "erp-db/final-sync")
+        .count();
+    assert_eq!(synced, 1, "the final sync was made again");
+    assert_eq!(erp_db_on(&lab, "hv-pra"), "running");
 }
 
 /// Flips one byte of `path` at `at` in place, its modification time and size kept: what a
