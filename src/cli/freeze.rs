@@ -155,9 +155,18 @@ pub(super) struct Snapshot<'a> {
     window: Option<(String, Window)>,
 }
 
-/// How [`Snapshot::end`] ended: what to print, and the failure (with, when the points
-/// made are unusable, why).
-pub(super) type Ending = (Option<String>, Result<(), (String, Option<String>)>);
+/// How [`Snapshot::end`] ended.
+pub(super) struct Ending {
+    /// What to print.
+    pub(super) said: Option<String>,
+    /// The failure, with, when the points made are unusable, why.
+    pub(super) failed: Result<(), (String, Option<String>)>,
+    /// Whether the points held until the end ([`Snapshot::confirms`]) may be confirmed: the
+    /// read window found no disk written (a `replicate-end` that failed otherwise, but did
+    /// not say the copy may be torn, says nothing of the disks' reads), or, read live, the
+    /// end said the freeze held.
+    pub(super) held: bool,
+}
 
 impl Snapshot<'_> {
     /// Whether the points wait for the end to say the disks are of one instant: read live
@@ -182,6 +191,11 @@ impl Snapshot<'_> {
         let window = self.window.take();
         let end = self.end.take();
         let (checked, ended) = check_then_end(self.transport, window.as_ref(), end.as_ref());
+        let said_torn = matches!(&ended, Some(Err((_, Some(_)))));
+        let held = match &checked {
+            Some(found) => matches!(found, Ok(c) if c.is_empty()) && !said_torn,
+            None => matches!(&ended, Some(Ok(_))),
+        };
         let torn = checked.and_then(|found| Window::torn_why(&self.vm, &found));
         let mut said = None;
         let mut failed: Option<(String, Option<String>)> = torn.map(|why| {
@@ -221,7 +235,11 @@ impl Snapshot<'_> {
                     .then(|| crate::replica::snapshot::unconfirmed_why(&e)),
             ),
         }
-        (said, failed.map_or(Ok(()), Err))
+        Ending {
+            said,
+            failed: failed.map_or(Ok(()), Err),
+            held,
+        }
     }
 }
 
@@ -396,7 +414,7 @@ pub(super) fn prepare<'t>(
                 vm.id
             ));
             out.code = exit::FAILED;
-            if let (_, Err((e, _))) = snapshot.end() {
+            if let Err((e, _)) = snapshot.end().failed {
                 out.stderr.push_str(&e);
             }
             return None;
@@ -478,7 +496,7 @@ fn not_frozen(vm: &VmImages, why: &str, snapshot: Snapshot, out: &mut Outcome) {
     ));
     out.code = exit::FAILED;
     // Nothing was copied: a copy said torn made no point.
-    if let (_, Err((e, _))) = snapshot.end() {
+    if let Err((e, _)) = snapshot.end().failed {
         out.stderr.push_str(&e);
     }
 }

@@ -336,10 +336,10 @@ fn replicate_plan(model: &Model, vms: &[VmImages]) -> String {
         }
         let window = freeze::window_of(model, vm);
         let when = if guest.is_some() { " (stopped)" } else { "" };
-        if let Some((host, w)) = &window {
+        if let Some((host, _)) = &window {
             s.push_str(&format!(
                 "  on {host}{when}: the start of the reads marked ({}), a clock tick old before the first disk is read\n",
-                w.marks().join(", ")
+                Window::shown(&vm.id)
             ));
         }
         for img in &vm.images {
@@ -574,7 +574,11 @@ fn replicate_all(
             (end.join(), made)
         });
         let (ended, made) = ended;
-        let (said, ended) = match ended {
+        let super::freeze::Ending {
+            said,
+            failed: ended,
+            held: confirmed,
+        } = match ended {
             Ok(ended) => ended,
             Err(panic) => std::panic::resume_unwind(panic),
         };
@@ -586,7 +590,7 @@ fn replicate_all(
                 .map(|img| (img.to.as_str(), img.dst.as_str()))
                 .collect()
         };
-        if ended.is_ok() && r.pending && !made.is_empty() {
+        if confirmed && r.pending && !made.is_empty() {
             // The freeze held: the points read under it, held until now, are good.
             match crate::replica::snapshot::confirm_note(held, helpers.confirm(&made, r.taken_at)) {
                 Ok(line) => out.stdout.push_str(&format!("{}: {line}\n", vm.id)),
@@ -936,8 +940,10 @@ fn replicate_guest(
                 ),
             );
         }
-        // Held until the window's check says no disk was written.
+        // Held until the window's check says no disk was written; of the moment the reads
+        // may begin, never of before.
         r.pending = true;
+        r.taken_at = r.taken_at.max(chrono::Utc::now());
     }
     let all_done = copy_guest_disks(&g, &r, &mine, &read, stopped, out);
     if let Some(w) = &window {

@@ -17,87 +17,88 @@
 //! writes them (`replicate_reads_live`) says through its `replicate-end` whether its freeze
 //! held: its files are written while they are read, and the window does not apply.
 
-use std::collections::BTreeMap;
-
 use crate::template::shell_quote;
 
 /// The first word of the line the check prints once every disk was looked at.
 const CHECKED: &str = "reprise-window-checked";
 
-/// The marks of one vm's disks, on the host they are read on.
+/// The marks of one replication of a vm's disks, on the host they are read on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
-    /// Per folder of the disks: its mark, and the disks in it.
-    marks: BTreeMap<String, (String, Vec<String>)>,
     /// The disks, in the vm's order.
     files: Vec<String>,
+    /// The marks' file name, new for every replication (two of one vm at once never move
+    /// each other's mark): one beside each disk's file, its links followed (where its times
+    /// are kept, by its file system's clock).
+    name: String,
 }
 
 impl Window {
-    /// The window of vm `vm`'s disk `files` (absolute paths on one host); `None` for a
-    /// single file, whose own looks suffice.
+    /// The window of vm `vm`'s disk `files` (paths on one host); `None` for a single file,
+    /// whose own looks suffice.
     pub fn of(vm: &str, files: &[String]) -> Option<Window> {
         if files.len() < 2 {
             return None;
         }
-        let mut marks: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
-        for f in files {
-            let dir = match f.rsplit_once('/') {
-                Some(("", _)) => "/".to_string(),
-                Some((dir, _)) => dir.to_string(),
-                None => ".".to_string(),
-            };
-            let mark = format!("{}/.reprise-read-{vm}", dir.trim_end_matches('/'));
-            marks
-                .entry(dir)
-                .or_insert_with(|| (mark, Vec::new()))
-                .1
-                .push(f.clone());
-        }
+        let nonce = super::batch::nonce();
+        let unique = nonce.rsplit('-').next().unwrap_or(&nonce);
         Some(Window {
-            marks,
             files: files.to_vec(),
+            name: format!(".reprise-read-{vm}-{}", &unique[..unique.len().min(16)]),
         })
     }
 
-    /// The marks' paths, one per folder.
-    pub fn marks(&self) -> Vec<&str> {
-        self.marks.values().map(|(m, _)| m.as_str()).collect()
+    /// Where the marks are, in words (for a dry run).
+    pub fn shown(vm: &str) -> String {
+        format!(".reprise-read-{vm}-… beside each disk, its links followed")
+    }
+
+    /// The shell text that sets `m` to the mark of disk `file` (beside the file its links
+    /// lead to), or runs `or`.
+    fn mark_of(&self, file: &str, or: &str) -> String {
+        format!(
+            "if d=$(readlink -f -- {f}); then m=\"$(dirname -- \"$d\")\"/{n}; else {or}; fi\n",
+            f = shell_quote(file),
+            n = shell_quote(&self.name),
+        )
     }
 
     /// The shell text that leaves every mark and returns a clock tick after (a second when a
-    /// mark's time is to the second); it fails, saying which, when a mark cannot be left.
+    /// mark's time is to the second, or cannot be read); it fails, saying which, when a mark
+    /// cannot be left.
     pub fn open_command(&self) -> String {
         let mut s = String::from("t=0.03\n");
-        for (mark, _) in self.marks.values() {
-            let m = shell_quote(mark);
-            s.push_str(&format!(
-                "if ! e=$( (: > {m}) 2>&1); then echo \"the mark of the start of the reads cannot be left at \"{m}\": $e\" >&2; exit 1; fi\ncase $(stat -c %y {m}) in *.000000000*) t=1;; esac\n"
+        for f in &self.files {
+            let lost = shell_quote(&format!(
+                "the file {f} cannot be found to leave the mark of the start of the reads beside it"
             ));
+            s.push_str(&self.mark_of(f, &format!("printf '%s\\n' {lost} >&2; exit 1")));
+            s.push_str(
+                "if ! e=$( (: > \"$m\") 2>&1); then echo \"the mark of the start of the reads cannot be left at $m: $e\" >&2; exit 1; fi\n\
+                 case $(stat -c %y -- \"$m\" 2>/dev/null || echo .000000000) in *.000000000*) t=1;; esac\n",
+            );
         }
         s.push_str("sleep \"$t\"\n");
         s
     }
 
-    /// The shell text that prints every disk whose status changed after its folder's mark,
-    /// then [`CHECKED`] once all were looked at, and removes the marks; it exits 0 whatever
-    /// it found (what it printed says).
+    /// The shell text that prints every disk whose status (that of the file its links lead
+    /// to) changed after its mark, then [`CHECKED`] once all were looked at, and removes the
+    /// marks; it exits 0 whatever it found (what it printed says).
     pub fn check_command(&self) -> String {
         let mut s = String::from("ok=1\n");
-        let mut all = Vec::new();
-        for (mark, files) in self.marks.values() {
-            let m = shell_quote(mark);
-            let list: Vec<String> = files.iter().map(|f| shell_quote(f)).collect();
+        for f in &self.files {
+            s.push_str(&self.mark_of(f, "ok=0; m=/nonexistent"));
             s.push_str(&format!(
-                "find {} -maxdepth 0 -cnewer {m} -print || ok=0\n",
-                list.join(" ")
+                "find -H {} -maxdepth 0 -cnewer \"$m\" -print || ok=0\n",
+                shell_quote(f)
             ));
-            all.push(m);
         }
-        s.push_str(&format!(
-            "rm -f {}\n[ \"$ok\" = 1 ] && echo {CHECKED}\nexit 0\n",
-            all.join(" ")
-        ));
+        for f in &self.files {
+            s.push_str(&self.mark_of(f, "m="));
+            s.push_str("[ -z \"$m\" ] || rm -f -- \"$m\"\n");
+        }
+        s.push_str(&format!("[ \"$ok\" = 1 ] && echo {CHECKED}\nexit 0\n"));
         s
     }
 
@@ -169,56 +170,81 @@ mod tests {
         )
     }
 
+    fn append(path: &str) {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        f.write_all(b"later").unwrap();
+    }
+
+    /// The marks left in `dirs`.
+    fn marks(dirs: &[&std::path::Path]) -> Vec<String> {
+        dirs.iter()
+            .flat_map(|d| std::fs::read_dir(d).unwrap().flatten())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".reprise-read-"))
+            .collect()
+    }
+
     #[test]
-    fn one_disk_has_no_window_and_every_folder_its_own_mark() {
+    fn one_disk_has_no_window_and_each_replication_its_own_marks() {
         assert_eq!(Window::of("db", &["/i/db.qcow2".into()]), None);
-        let w = Window::of(
-            "db",
-            &[
-                "/i/db.qcow2".into(),
-                "/d/db-data.raw".into(),
-                "/i/db-2.raw".into(),
-            ],
-        )
-        .unwrap();
-        assert_eq!(w.marks(), ["/d/.reprise-read-db", "/i/.reprise-read-db"]);
+        let two = ["/i/db.qcow2".to_string(), "/d/db-data.raw".to_string()];
+        let (a, b) = (
+            Window::of("db", &two).unwrap(),
+            Window::of("db", &two).unwrap(),
+        );
+        assert!(
+            a.name.starts_with(".reprise-read-db-") && a.name != b.name,
+            "{a:?} {b:?}"
+        );
     }
 
     #[test]
     fn a_disk_written_after_the_reads_began_is_named_and_one_written_before_is_not() {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        let mut disks = files(a.path(), &["sys.qcow2", "data.raw"]);
+        let mut disks = files(a.path(), &["sys.qcow2", "data raw's \"x\".raw"]);
         disks.extend(files(b.path(), &["logs.raw"]));
         let w = Window::of("db", &disks).unwrap();
         let opened = sh(&w.open_command());
         assert!(opened.status.success(), "{opened:?}");
-        for m in w.marks() {
-            assert!(std::path::Path::new(m).exists(), "{m}");
-        }
+        assert_eq!(marks(&[a.path(), b.path()]).len(), 2);
         // Read one after the other; then the data disk and the other folder's are written,
         // as a vm started between the reads would.
-        for d in [&disks[1], &disks[2]] {
-            use std::io::Write as _;
-            let mut f = std::fs::OpenOptions::new().append(true).open(d).unwrap();
-            f.write_all(b"later").unwrap();
-        }
+        append(&disks[1]);
+        append(&disks[2]);
         let found = check(&w);
         assert_eq!(found, Ok(vec![disks[1].clone(), disks[2].clone()]));
         let why = Window::torn_why("db", &found).unwrap();
         assert!(
-            why.contains("data.raw") && why.contains("different moments"),
+            why.contains("x\".raw") && why.contains("different moments"),
             "{why}"
         );
-        for m in w.marks() {
-            assert!(!std::path::Path::new(m).exists(), "removed: {m}");
-        }
+        assert!(marks(&[a.path(), b.path()]).is_empty(), "removed");
 
         // Nothing written between the marks and the check: nothing named.
-        let opened = sh(&w.open_command());
-        assert!(opened.status.success(), "{opened:?}");
+        let w = Window::of("db", &disks).unwrap();
+        assert!(sh(&w.open_command()).status.success());
         assert_eq!(check(&w), Ok(vec![]));
         assert_eq!(Window::torn_why("db", &Ok(vec![])), None);
+    }
+
+    /// A disk named by a link: what is written is the file it leads to, whose status is
+    /// looked at, beside which the mark is left (its file system's clock).
+    #[test]
+    fn a_disk_behind_a_link_is_looked_at_where_it_is() {
+        let images = tempfile::tempdir().unwrap();
+        let store = tempfile::tempdir().unwrap();
+        let real = files(store.path(), &["data.raw"]);
+        let mut disks = files(images.path(), &["sys.qcow2"]);
+        let link = images.path().join("data.raw");
+        std::os::unix::fs::symlink(&real[0], &link).unwrap();
+        disks.push(link.to_string_lossy().into_owned());
+        let w = Window::of("db", &disks).unwrap();
+        assert!(sh(&w.open_command()).status.success());
+        assert_eq!(marks(&[store.path()]).len(), 1, "beside the file itself");
+        append(&real[0]);
+        assert_eq!(check(&w), Ok(vec![disks[1].clone()]));
     }
 
     #[test]
@@ -229,10 +255,7 @@ mod tests {
         let opened = sh(&gone.open_command());
         assert!(!opened.status.success());
         let said = String::from_utf8_lossy(&opened.stderr);
-        assert!(
-            said.contains("/nonexistent/.reprise-read-db") && said.contains("cannot be left"),
-            "{said}"
-        );
+        assert!(said.contains("/nonexistent/x.raw"), "{said}");
 
         let w = Window::of("db", &disks).unwrap();
         assert!(sh(&w.open_command()).status.success());
@@ -241,6 +264,21 @@ mod tests {
         assert!(found.is_err(), "{found:?}");
         let why = Window::torn_why("db", &found).unwrap();
         assert!(why.contains("cannot be told"), "{why}");
+        // A mark gone (another program removed it): cannot be told either.
+        let w = Window::of(
+            "db",
+            &disks[..1]
+                .iter()
+                .cloned()
+                .chain([disks[0].clone()])
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert!(sh(&w.open_command()).status.success());
+        for m in marks(&[dir.path()]) {
+            std::fs::remove_file(dir.path().join(m)).unwrap();
+        }
+        assert!(check(&w).is_err());
         // A check whose output says nothing of having looked passes nothing.
         assert!(w.changed("", "").is_err());
     }

@@ -366,6 +366,8 @@ async fn copy_frozen(
                     "{e}: whether the disks of {vm} are written between their reads could not be told, so they are not read; not replicated, the copy keeps its last point"
                 )
             });
+        // Of the moment the reads may begin, never of before.
+        replication.taken_at = replication.taken_at.max(chrono::Utc::now());
     }
     if freeze.is_some() && failed.is_none() {
         // What the copy holds is the disks as the freeze left them: its point is of the
@@ -432,25 +434,21 @@ async fn copy_frozen(
             None => e,
         });
     }
-    if freeze.is_none() && torn.is_none() && point.is_some() && replication.pending {
-        let e = confirm(
-            ctx,
-            disks,
-            taken_at,
-            "no disk was written while they were read",
-            report,
-        )
-        .await;
+    let mut join = |e: Option<String>| {
         if let Some(e) = e {
-            failed = Some(match failed {
+            failed = Some(match failed.take() {
                 Some(first) => format!("{first}; {e}"),
                 None => e,
             });
         }
-    }
+    };
+    // Whether the freeze's end said the copy may be torn, or did not end cleanly.
+    let (mut end_torn, mut end_ok) = (false, true);
     if let Some(f) = &freeze {
         let e = match f.end(ctx, report).await {
             Err((mut e, torn)) => {
+                end_ok = false;
+                end_torn = torn.is_some();
                 if let Some(why) = torn.filter(|_| copied) {
                     e = format!(
                         "{e}; {}",
@@ -461,24 +459,20 @@ async fn copy_frozen(
                 }
                 Some(e)
             }
-            // The freeze held: the points read under it, held until now, are good (a copy
-            // that failed leaves its disks' points held); so did the window, unless it
-            // found them torn.
-            Ok(()) if point.is_some() && replication.pending && torn.is_none() => {
-                let held = match window {
-                    Some(_) => "no disk was written while they were read",
-                    None => "the freeze held through the copy",
-                };
-                confirm(ctx, disks, taken_at, held, report).await
-            }
             Ok(()) => None,
         };
-        if let Some(e) = e {
-            failed = Some(match failed {
-                Some(first) => format!("{first}; {e}"),
-                None => e,
-            });
-        }
+        join(e);
+    }
+    // The points held until now are good (a copy that failed leaves its disks' points held):
+    // read in a window, when it found no disk written (and the end did not say torn); read
+    // live, when the freeze's end said it held.
+    let held = match &window {
+        Some(_) => (copied && torn.is_none() && !end_torn)
+            .then_some("no disk was written while they were read"),
+        None => end_ok.then_some("the freeze held through the copy"),
+    };
+    if let (Some(held), Some(_), true) = (held, &point, replication.pending) {
+        join(confirm(ctx, disks, taken_at, held, report).await);
     }
     (point, failed)
 }

@@ -4521,7 +4521,7 @@ fn a_stopped_vm_of_a_driver_without_hooks_written_between_its_disks_reads_makes_
         marked.is_some_and(|((m, c), n)| m < c && c < n)
             && plan
                 .stdout
-                .contains("srv/datastore/images/.reprise-read-erp-db)"),
+                .contains("(.reprise-read-erp-db-… beside each disk, its links followed)"),
         "{plan:?}"
     );
     let first = replicate();
@@ -4645,4 +4645,51 @@ fn a_final_sync_written_between_its_disks_reads_is_never_started_from() {
         .into_iter()
         .any(|e| e["step"] == "erp-db/start" && e["event"] == "step_started");
     assert!(!started, "erp-db was started from a torn copy");
+}
+
+/// A `replicate-end` that fails without saying the copy may be torn (exit 1: its snapshot
+/// not merged back) says nothing of how the disks were read: the read window that found no
+/// disk written confirms the points all the same, and the failure is said.
+#[test]
+fn a_failed_replicate_end_leaves_no_point_held_when_the_window_found_the_disks_unwritten() {
+    let lab = Lab::up(255);
+    let edited = tempfile::tempdir().unwrap();
+    for d in ["inventory", "runbooks"] {
+        crate::common::copy_tree(&root().join(d), &edited.path().join(d));
+    }
+    let vms = edited.path().join("inventory/vms.toml");
+    let mut text = std::fs::read_to_string(&vms).unwrap();
+    text.push_str(
+        "\n[drivers.lab]\nreplicate-end = \"lab-vm thaw {{ vm.name }} {{ host.images_dir }} {{ vm.disks }}; echo 'the merge could not be checked' >&2; exit 1\"\n",
+    );
+    std::fs::write(&vms, text).unwrap();
+    let args = lab.args(&["replicate", "--service", "erp-db"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = crate::common::reprise_with_env(edited.path(), &args, LAB_SECRETS);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("the merge could not be checked")
+            && run
+                .stdout
+                .contains("no disk was written while they were read: points confirmed"),
+        "{run:?}"
+    );
+    let point = run
+        .stdout
+        .lines()
+        .find_map(|l| {
+            l.split_once(": point ")
+                .map(|(_, r)| r.split(',').next().unwrap().to_string())
+        })
+        .unwrap_or_else(|| panic!("{run:?}"));
+    let status = lab.run(&["status", "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let row = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["item"] == "erp-db")
+        .unwrap()
+        .clone();
+    assert_eq!(row["newest_good_point"], point.as_str(), "{row}");
 }
