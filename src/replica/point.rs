@@ -67,10 +67,11 @@ pub struct Point {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unusable: Option<String>,
     /// The disks were read live under their driver's freeze (`replicate_reads_live`), and
-    /// only its `replicate-end` says whether the freeze held through the copy: until the
-    /// orchestrator says it did ([`Point::confirm`]), the point is bad, `unusable` saying
-    /// why. One whose replication never got that far (the orchestrator killed, the link
-    /// cut) stays so.
+    /// only its `replicate-end` says whether the freeze held through the copy; or read one
+    /// after the other in a read window ([`crate::replica::window`]), closed after the last:
+    /// until the orchestrator says they are of one instant ([`Point::confirm`]), the point
+    /// is bad, `unusable` saying why. One whose replication never got that far (the
+    /// orchestrator killed, the link cut) stays so.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending: bool,
     /// A backup set's: the newest modification or status change time of its files, by the
@@ -81,8 +82,9 @@ pub struct Point {
     pub newest_file: Option<DateTime<Utc>>,
 }
 
-/// Why a point read live is not usable before its freeze is confirmed ([`Point::pending`]).
-pub const PENDING_WHY: &str = "its disks were read live under a freeze that was never confirmed to have held (the replication did not get to the end of its driver's replicate-end): the copy may be torn; replicate again";
+/// Why a point held until its disks are confirmed to be of one instant is not usable
+/// ([`Point::pending`]).
+pub const PENDING_WHY: &str = "its disks were never confirmed to be of one instant (the replication did not get to the end: its driver's replicate-end, for disks read live under a freeze, or its look at the disks after their reads): the copy may be torn; replicate again";
 
 impl Point {
     /// What this point records of a dirty bitmap found missing writes

@@ -216,7 +216,15 @@ pub fn prepare(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, Strin
             Waited::Gone(note) => leftover = note,
         },
     }
+    // A replication that has just made its points holds them until it says its disks are
+    // of one instant: a drill, which never rolls a copy back to an older point, waits for
+    // that as it waits for one holding the copies (a failover starts from the newest good
+    // point at once, and says which).
+    let held = (!req.may_roll_back)
+        .then(|| wait_held(copies, req))
+        .flatten();
     let mut prepared = choose(copies, req)?;
+    prepared.notes.extend(held);
     if ask_again && let Waited::Gone(note) = wait_snapshots(copies, req, false)? {
         leftover = note;
     }
@@ -257,6 +265,46 @@ fn ask_snapshots(copies: &dyn Copies, req: &Request<'_>) -> Snapshots {
             "whether a replication snapshot was left on {} could not be asked",
             check.host
         )),
+    }
+}
+
+/// How recent a held point must be for a start to wait for its replication to confirm it
+/// (one older was left by a replication that did not end).
+const HELD_RECENT: Duration = Duration::from_secs(600);
+
+/// Waits, for up to [`COPY_WAIT`], while the newest point of a copy of the vm is held
+/// ([`super::Point::pending`]) and was taken in the last [`HELD_RECENT`]: its replication
+/// confirms it (or marks it unusable) once it has looked at every disk. A note when one is
+/// still held at the end (the point chosen is then an older one).
+fn wait_held(copies: &dyn Copies, req: &Request<'_>) -> Option<String> {
+    let deadline = Instant::now() + COPY_WAIT;
+    let recent = chrono::Duration::from_std(HELD_RECENT).unwrap_or_default();
+    loop {
+        let held: Vec<String> = copies
+            .inspect(req.vm.host, req.vm.paths)
+            .map(|states| {
+                states
+                    .iter()
+                    .filter(|s| {
+                        s.points
+                            .last()
+                            .is_some_and(|p| p.pending && chrono::Utc::now() - p.taken_at < recent)
+                    })
+                    .map(|s| s.path.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if held.is_empty() {
+            return None;
+        }
+        if Instant::now() >= deadline {
+            return Some(format!(
+                "the newest point of {} is still held after {} s, its replication never saying its disks are of one instant: not used",
+                held.join(", "),
+                COPY_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

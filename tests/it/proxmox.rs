@@ -643,7 +643,7 @@ fn a_proxmox_point_whose_replication_never_reached_its_end_is_unusable() {
     assert!(
         made[0]["unusable"]
             .as_str()
-            .is_some_and(|w| w.contains("a freeze that was never confirmed to have held")),
+            .is_some_and(|w| w.contains("its disks were never confirmed to be of one instant")),
         "{made:#?}"
     );
     // The next replication makes a good point; the held one stays unusable.
