@@ -256,11 +256,7 @@ fn check_then_end(
     Option<Result<(f64, String), (String, Option<String>)>>,
 ) {
     let deadline = std::time::Duration::from_secs(600);
-    let check_alone =
-        |host: &str, w: &Window| match transport.exec(host, &w.check_command(), deadline) {
-            Ok(out) => w.changed(&out.stdout, &out.stderr),
-            Err(e) => Err(e.to_string()),
-        };
+    let check_alone = |host: &str, w: &Window| w.close(transport, host);
     let end_alone =
         |(host, cmd): &(String, crate::template::Command)| run_hook_torn(transport, host, cmd);
     let (Some((wh, w)), Some((eh, cmd))) = (window, end) else {
@@ -394,21 +390,7 @@ pub(super) fn prepare<'t>(
     if snapshot.window.is_none()
         && let Some((host, w)) = window_of(model, vm)
     {
-        let opened = crate::ssh::Transport::exec(
-            transport,
-            &host,
-            &w.open_command(),
-            std::time::Duration::from_secs(120),
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|o| match o.exit_code {
-            0 => Ok(()),
-            c => Err(match o.stderr.trim() {
-                "" => format!("exited with {c} on {host}"),
-                said => said.to_string(),
-            }),
-        });
-        if let Err(e) = opened {
+        if let Err(e) = w.open(transport, &host) {
             out.stderr.push_str(&format!(
                 "error: {}: {e}: whether its disks are written between their reads could not be told, so they are not read; not replicated, its copy is as it was\n",
                 vm.id

@@ -921,18 +921,7 @@ fn replicate_guest(
         false => Window::of(&vm.id, &files),
     };
     if let Some(w) = &window {
-        let opened = crate::ssh::Transport::exec(
-            transport,
-            host,
-            &w.open_command(),
-            std::time::Duration::from_secs(120),
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|o| match o.exit_code {
-            0 => Ok(()),
-            c => Err(format!("exited with {c} on {host}: {}", o.stderr.trim())),
-        });
-        if let Err(e) = opened {
+        if let Err(e) = w.open(transport, host) {
             return fail(
                 out,
                 format!(
@@ -952,14 +941,7 @@ fn replicate_guest(
             .iter()
             .map(|img| (img.to.as_str(), img.dst.as_str()))
             .collect();
-        let found = crate::ssh::Transport::exec(
-            transport,
-            host,
-            &w.check_command(),
-            std::time::Duration::from_secs(600),
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|o| w.changed(&o.stdout, &o.stderr));
+        let found = w.close(transport, host);
         if let Some(why) = Window::torn_why(&vm.id, &found) {
             let note =
                 crate::replica::snapshot::torn_note(helpers.mark_torn(&copies, r.taken_at, &why));

@@ -102,6 +102,35 @@ impl Window {
         s
     }
 
+    /// Leaves the marks on `host` ([`Window::open_command`]); why it could not.
+    pub fn open(&self, t: &dyn crate::ssh::Transport, host: &str) -> Result<(), String> {
+        let o = t
+            .exec(
+                host,
+                &self.open_command(),
+                std::time::Duration::from_secs(120),
+            )
+            .map_err(|e| e.to_string())?;
+        match (o.exit_code, o.stderr.trim()) {
+            (0, _) => Ok(()),
+            (c, "") => Err(format!("exited with {c} on {host}")),
+            (_, said) => Err(said.to_string()),
+        }
+    }
+
+    /// Looks at the disks on `host` and removes the marks ([`Window::check_command`]): the
+    /// disks written since the reads began, as [`Window::changed`] says.
+    pub fn close(&self, t: &dyn crate::ssh::Transport, host: &str) -> Result<Vec<String>, String> {
+        let o = t
+            .exec(
+                host,
+                &self.check_command(),
+                std::time::Duration::from_secs(600),
+            )
+            .map_err(|e| e.to_string())?;
+        self.changed(&o.stdout, &o.stderr)
+    }
+
     /// What the check printed: the disks written since the reads began, or why that cannot
     /// be told (`stderr`: what it said otherwise).
     pub fn changed(&self, stdout: &str, stderr: &str) -> Result<Vec<String>, String> {

@@ -351,15 +351,8 @@ async fn copy_frozen(
     };
     // The read window's marks, once the disks are frozen.
     if let (None, Some((vm, w))) = (&failed, &window) {
-        failed = on_host(ctx, disks.from, w.open_command())
+        failed = on_host(ctx, disks.from, w, Window::open)
             .await
-            .and_then(|o| match o.exit_code {
-                0 => Ok(()),
-                c => Err(match o.stderr.trim() {
-                    "" => format!("exited with {c}"),
-                    said => said.to_string(),
-                }),
-            })
             .err()
             .map(|e| {
                 format!(
@@ -413,27 +406,12 @@ async fn copy_frozen(
     // the window opened makes the points unusable.
     let torn = match &window {
         Some((vm, w)) if copied => {
-            let found = on_host(ctx, disks.from, w.check_command())
-                .await
-                .and_then(|o| w.changed(&o.stdout, &o.stderr));
+            let found = on_host(ctx, disks.from, w, Window::close).await;
             Window::torn_why(vm, &found)
         }
         _ => None,
     };
     let taken_at = replication.taken_at;
-    if let Some(why) = torn.clone() {
-        let said = why.clone();
-        let e = format!(
-            "{said}; {}; replicate it again once nothing else writes them",
-            crate::replica::snapshot::torn_note(
-                on_copies(ctx, disks, move |h, c| h.mark_torn(c, taken_at, &why)).await
-            )
-        );
-        failed = Some(match failed {
-            Some(first) => format!("{first}; {e}"),
-            None => e,
-        });
-    }
     let mut join = |e: Option<String>| {
         if let Some(e) = e {
             failed = Some(match failed.take() {
@@ -442,6 +420,15 @@ async fn copy_frozen(
             });
         }
     };
+    if let Some(why) = torn.clone() {
+        let said = why.clone();
+        join(Some(format!(
+            "{said}; {}; replicate it again once nothing else writes them",
+            crate::replica::snapshot::torn_note(
+                on_copies(ctx, disks, move |h, c| h.mark_torn(c, taken_at, &why)).await
+            )
+        )));
+    }
     // Whether the freeze's end said the copy may be torn, or did not end cleanly.
     let (mut end_torn, mut end_ok) = (false, true);
     if let Some(f) = &freeze {
@@ -497,20 +484,17 @@ async fn confirm(
     }
 }
 
-/// Runs the shell text `text` on `host`, off the runtime's threads.
-async fn on_host(
+/// Runs `what` (opens or closes the read window `w`) on `host`, off the runtime's threads.
+async fn on_host<T: Send + 'static>(
     ctx: &RunContext,
     host: &str,
-    text: String,
-) -> Result<crate::ssh::ExecOutput, String> {
-    let (transport, host) = (ctx.transport.clone(), host.to_string());
-    tokio::task::spawn_blocking(move || {
-        transport
-            .exec(&host, &text, StdDuration::from_secs(600))
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("the task failed: {e}")))
+    w: &Window,
+    what: fn(&Window, &dyn crate::ssh::Transport, &str) -> Result<T, String>,
+) -> Result<T, String> {
+    let (transport, host, w) = (ctx.transport.clone(), host.to_string(), w.clone());
+    tokio::task::spawn_blocking(move || what(&w, transport.as_ref(), &host))
+        .await
+        .unwrap_or_else(|e| Err(format!("the task failed: {e}")))
 }
 
 /// After a `replicate-end`, `ask` (a [`crate::replica::remote::Helpers`] call: `mark_torn`,
