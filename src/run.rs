@@ -773,6 +773,9 @@ pub struct Elsewhere {
     /// For a restore: its recovery copies written since their newest point (a vm may have
     /// run on them outside reprise), each with why it is taken so.
     pub changed: Vec<String>,
+    /// For a restore: its recovery copies whose leases cannot be read (a lease file damaged,
+    /// the leases folder unreadable), each with why: a failover's lease may be among them.
+    pub unread_leases: Vec<String>,
     /// Whether reprise keeps recovery copies of it (copies that a failover's lease marks).
     pub copies: bool,
     /// For a restore: the failover this machine's journals show left it on its recovery host
@@ -817,7 +820,7 @@ fn elsewhere_of(
             (vm.recovery.value.clone(), Side::Recovery)
         };
         let running = vm_state_once(model, service, vm, other, run_id, transport, down);
-        let (mut changed, mut settled) = (Vec::new(), Vec::new());
+        let (mut changed, mut settled, mut unread_leases) = (Vec::new(), Vec::new(), Vec::new());
         let live = (other == Side::Recovery).then(|| {
             if let Some(why) = down.get(&there) {
                 return Err(why.clone());
@@ -842,6 +845,12 @@ fn elsewhere_of(
                     .iter()
                     .filter_map(|c| c.changed.as_ref().map(|why| format!("{} ({why})", c.path))),
             );
+            unread_leases.extend(
+                copies
+                    .iter()
+                    .filter(|c| !c.bad_leases.is_empty())
+                    .map(|c| format!("{} ({})", c.path, c.bad_leases.join("; "))),
+            );
             let mut runs: Vec<String> = copies
                 .iter()
                 .flat_map(|c| c.leases.iter())
@@ -865,6 +874,7 @@ fn elsewhere_of(
             there,
             live,
             changed,
+            unread_leases,
             copies: !vm.disks.is_empty(),
             away,
             settled,
@@ -934,6 +944,24 @@ pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere], force: bool) -> Judged {
             } else {
                 refused.push(format!(
                     "vm {vm}: its recovery copies on {there} were written since their newest point, outside any failover: {copies}; if vm {vm} ran there, its newest data is there and a restore would start it on {here} from its disks of before: stop it there and copy them back (`reprise failback --service {service} --force`, which copies them back first); if nothing of it is to be kept, `reprise restore --force` starts it from its disks on {here} (the next replication then makes the copies anew)"
+                ));
+            }
+        }
+        // A lease that cannot be read may be a failover's: the copies may hold the vm's newest
+        // data, as a lease read would say (refused above when one is read).
+        if mode == Mode::Restore
+            && !e.unread_leases.is_empty()
+            && !matches!(e.running, (Some(true), _))
+            && matches!(&e.live, Some(Ok(runs)) if runs.is_empty())
+        {
+            let copies = e.unread_leases.join("; ");
+            if force {
+                forced.push(format!(
+                    "vm {vm}: the leases of its recovery copies on {there} cannot be read: {copies}; started on {here} from its disks of before, as forced (--force): if a failover left it running there, what it wrote there is not in them"
+                ));
+            } else {
+                refused.push(format!(
+                    "vm {vm}: the leases of its recovery copies on {there} cannot be read: {copies}; a failover's lease may be among them, and then its newest data is there and a restore would start it on {here} from its disks of before: make them readable on {there} and run the restore again (a failover's lease then says to fail back: `reprise failback --service {service}`); if vm {vm} never ran there, or nothing it wrote there is to be kept, `reprise restore --force` starts it from its disks on {here}"
                 ));
             }
         }
@@ -3800,6 +3828,7 @@ mod elsewhere_tests {
             running: (running, "said".into()),
             live,
             changed: Vec::new(),
+            unread_leases: Vec::new(),
             copies: true,
             away: None,
             settled: Vec::new(),
@@ -3846,6 +3875,45 @@ mod elsewhere_tests {
         assert!(refused.is_empty(), "{refused:?}");
         assert_eq!(warned.len(), 2, "{warned:?}");
         assert!(warned[1].contains("no route to host"), "{warned:?}");
+    }
+
+    /// A recovery copy whose leases cannot be read (a damaged lease file, a leases folder
+    /// that cannot be listed) may hold a failover's lease: a restore refuses to start the vm
+    /// from its disks of before, naming the copy and why, unless forced (then said as forced).
+    #[test]
+    fn a_restore_refuses_a_vm_whose_recovery_copies_leases_cannot_be_read() {
+        let mut damaged = found(Some(false), Some(Ok(Vec::new())));
+        damaged.unread_leases =
+            vec!["/srv/replicas/images/erp-db-data.qcow2 (live-R7.json: damaged)".into()];
+        let judged = judge_elsewhere(Mode::Restore, std::slice::from_ref(&damaged), false);
+        assert_eq!(judged.refused.len(), 1, "{judged:?}");
+        let r = &judged.refused[0];
+        assert!(
+            r.contains("erp-db-data.qcow2 (live-R7.json: damaged)")
+                && r.contains("cannot be read")
+                && r.contains("reprise failback --service erp-db")
+                && r.contains("`reprise restore --force`"),
+            "{r}"
+        );
+        let judged = judge_elsewhere(Mode::Restore, std::slice::from_ref(&damaged), true);
+        assert!(judged.refused.is_empty(), "{judged:?}");
+        assert!(
+            judged.forced.len() == 1 && judged.forced[0].contains("live-R7.json: damaged"),
+            "{judged:?}"
+        );
+        // A lease read says it all (refused once, for it); a failover is not judged so.
+        let mut leased = damaged.clone();
+        leased.live = Some(Ok(vec!["R7".into()]));
+        let judged = judge_elsewhere(Mode::Restore, &[leased], false);
+        assert_eq!(judged.refused.len(), 1, "{judged:?}");
+        assert!(
+            judged.refused[0].contains("since failover run R7"),
+            "{judged:?}"
+        );
+        assert_eq!(
+            judge_elsewhere(Mode::Failover, &[damaged], false),
+            Judged::default()
+        );
     }
 
     /// The recovery host cannot be asked, but this machine's journals show a failover started

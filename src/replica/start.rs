@@ -735,8 +735,22 @@ pub fn before_failback(
             .find(|l| l.kind == LeaseKind::Live)
             .map(|l| (choice::name(&s.path).to_string(), l.describe()))
     });
+    let unread: Vec<String> = states
+        .iter()
+        .filter(|s| !s.bad_leases.is_empty())
+        .map(|s| format!("{} ({})", s.path, s.bad_leases.join("; ")))
+        .collect();
     match ran {
-        None => Ok(()),
+        None if unread.is_empty() => Ok(()),
+        // A lease that cannot be read may be a failover's.
+        None => Err(format!(
+            "the leases of vm {}'s recovery copies on {} cannot be read: {}; a failover's lease may be among them, and this failback copies none of them back: started on the primary, it would run on its disks as they were before the failover and lose what it wrote since; make them readable on {} and run again, or add a `replicate` step of vm {} before its start in the failback runbook",
+            vm.name,
+            vm.host,
+            unread.join("; "),
+            vm.host,
+            vm.name
+        )),
         Some((disk, who)) => Err(format!(
             "vm {} ran on its recovery copies on {} since a failover ({disk} is the disk of {who}), and this failback copies none of them back: started on the primary, it would run on its disks as they were before the failover and lose what it wrote since; add a `replicate` step of vm {} before its start in the failback runbook, or, if what it wrote there is not to be kept, release its copies first (`reprise release {}`)",
             vm.name, vm.host, vm.name, vm.name
@@ -1319,6 +1333,18 @@ mod tests {
             disk("data", &[point("P1", 1, "yes")]),
         ]);
         assert_eq!(before_failback(&fake, vm, false), Ok(()));
+        // A lease that cannot be read may be a failover's: refused, naming it.
+        let mut data = disk("data", &[point("P1", 1, "yes")]);
+        data.bad_leases = vec!["live-R0.json: damaged".into()];
+        let fake = Fake::with(vec![disk("sys", &[point("P1", 1, "yes")]), data]);
+        let why = before_failback(&fake, vm, false).unwrap_err();
+        assert!(
+            why.contains("cannot be read")
+                && why.contains("live-R0.json: damaged")
+                && why.contains("add a `replicate` step"),
+            "{why}"
+        );
+        assert_eq!(before_failback(&fake, vm, true), Ok(()));
     }
 
     /// A vm starts where a copy of the run moved it only while what the copy read is still

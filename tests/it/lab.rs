@@ -3381,6 +3381,61 @@ fn a_restore_never_starts_a_vm_whose_newest_data_is_on_the_recovery_site() {
         "{run:?}"
     );
     assert_eq!(starts(), before, "nothing started on hv-main");
+    // The failover's lease can no longer be read (a damaged file after the power cut): it
+    // may be a failover's, so the restore still refuses, naming the file.
+    let leases = lab
+        .host_root("hv-pra")
+        .join("srv/replicas/images/erp-db-data.qcow2.reprise/leases");
+    let lease = std::fs::read_dir(&leases)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("live-")
+        })
+        .unwrap_or_else(|| panic!("a live lease in {}", leases.display()));
+    let kept = std::fs::read(&lease).unwrap();
+    std::fs::write(&lease, b"{").unwrap();
+    let system = lab
+        .host_root("hv-pra")
+        .join("srv/replicas/images/erp-db-system.qcow2.reprise/leases");
+    let system_kept = std::fs::read_dir(&system)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("live-")
+        })
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            std::fs::write(&p, b"{").unwrap();
+            (p, bytes)
+        })
+        .collect::<Vec<_>>();
+    assert!(
+        !system_kept.is_empty(),
+        "a live lease in {}",
+        system.display()
+    );
+    let run = lab.run(&restore);
+    assert_eq!(run.code, 6, "{run:?}");
+    let name = lease.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        run.stderr
+            .contains("the leases of its recovery copies on hv-pra cannot be read")
+            && run.stderr.contains(&name)
+            && run.stderr.contains("`reprise restore --force`"),
+        "{run:?}"
+    );
+    assert_eq!(starts(), before, "nothing started on hv-main");
+    std::fs::write(&lease, kept).unwrap();
+    for (p, bytes) in system_kept {
+        std::fs::write(p, bytes).unwrap();
+    }
     // The recovery host no longer answers: its leases cannot say, this machine's journals
     // do (the failover run, and no failback since).
     let failover = lab.journal()[0]["run_id"].as_str().unwrap().to_string();
