@@ -281,6 +281,9 @@ fn send_disk(
     stdin: &mut impl Read,
     stdout: &mut impl Write,
 ) -> Result<(), String> {
+    if let Some(why) = Store::new(image).written_by_its_own_copy() {
+        return Err(format!("{} is not read: {why}", image.display()));
+    }
     refuse_half_written(image, Store::new(image).half_written())?;
     let base = match base {
         Some(digest) => Base::Kept(
@@ -306,6 +309,7 @@ fn send_disk(
                     audit: from.audit,
                     // libvirt's export is of one instant, whatever is written after.
                     unchanged: None,
+                    origin: origin_of(image),
                 },
                 base,
                 &mut w,
@@ -324,6 +328,7 @@ fn send_disk(
                     bitmap,
                     audit: from.audit,
                     unchanged: Some(&unchanged),
+                    origin: origin_of(image),
                 },
                 base,
                 &mut w,
@@ -348,6 +353,11 @@ fn send_disk(
         kept::keep(kept::dir().as_deref(), image, sent.size, &sent.whole, tree);
     }
     Ok(())
+}
+
+/// Which file on this machine `image` is ([`wire::Origin`]), its links followed.
+fn origin_of(image: &Path) -> Option<wire::Origin> {
+    wire::Origin::of(&std::fs::metadata(image).ok()?)
 }
 
 /// A look at the image file `image` now, and what tells, once it is read, whether it was
@@ -767,6 +777,7 @@ pub fn send_image(
             base_size: base.size,
             base_whole: base.whole,
             size,
+            origin: wire::Origin::of(&before),
         },
     )
     .map_err(werr)?;
@@ -887,6 +898,8 @@ pub struct NbdSource<'a> {
     /// end (the recovery side then makes no point). `qemu-nbd` reading an image file does
     /// not stop another program writing it: [`unwritten_since`] tells.
     pub unchanged: Option<&'a dyn Fn() -> Result<(), String>>,
+    /// The disk file the export is of, when it can be told ([`wire::Origin`]).
+    pub origin: Option<wire::Origin>,
 }
 
 /// [`send`], reading the disk through an NBD export: every block, or with a bitmap only the
@@ -928,6 +941,7 @@ pub fn send_nbd(
             base_size: base.size(),
             base_whole: base.whole(),
             size,
+            origin: src.origin,
         },
     )
     .map_err(werr)?;
@@ -1477,6 +1491,7 @@ mod tests {
             base_size: 0,
             base_whole: [0; 32],
             size: 0,
+            origin: None,
         };
         wire::write_header(&mut header, &any).unwrap();
         let mut at = header.len();
@@ -1723,6 +1738,7 @@ mod tests {
                 bitmap,
                 audit,
                 unchanged: None,
+                origin: None,
             },
             base,
             &mut stream,
@@ -2071,6 +2087,7 @@ mod tests {
                 bitmap: Some("cp1"),
                 audit: false,
                 unchanged: None,
+                origin: None,
             },
             base,
             &mut stream,
@@ -2138,6 +2155,7 @@ mod tests {
                 bitmap: None,
                 audit: false,
                 unchanged: None,
+                origin: None,
             };
             let mut stream = Flushes::default();
             let sent = send_nbd(&src, Base::Given(base), &mut stream, false).unwrap();
@@ -2184,6 +2202,7 @@ mod tests {
                 bitmap: Some("cp1"),
                 audit: false,
                 unchanged: None,
+                origin: None,
             },
             Base::Given(base),
             &mut Vec::new(),

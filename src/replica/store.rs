@@ -411,6 +411,37 @@ fn start_writeback(files: &[&File]) {
     });
 }
 
+/// Records in the copy's lock file, once it is held by an update, which machine writes it
+/// (its boot id) and from which source (`host:path`): a source helper asked to read that
+/// very file, finding it held ([`Store::written_by_its_own_copy`]), then knows why. Best
+/// effort: without it, the source says only that the file is being written.
+fn writing_from(lock: &File, source: &str) {
+    let Some(boot) = wire::boot_id() else {
+        return;
+    };
+    let mut record = boot.to_vec();
+    record.push(b'\n');
+    record.extend_from_slice(source.as_bytes());
+    record.push(b'\n');
+    let _ = lock.set_len(0);
+    let _ = lock.write_all_at(&record, 0);
+}
+
+/// Why `copy` may not be written by a stream whose source read `origin`: it is that very
+/// file, on this machine (`None`: it is not, or it does not exist).
+pub fn same_file_as_source(copy: &Path, origin: Option<&wire::Origin>) -> Option<String> {
+    let origin = origin?;
+    let here = wire::Origin::of(&std::fs::metadata(copy).ok()?)?;
+    (here == *origin).then(|| {
+        format!(
+            "it is the very file the source read, on this machine (boot id {}, device {}, inode {}): the primary host and the recovery host are one machine reached under two names (or share the disk's folder), and the disk would be its own copy; nothing was written: give the copy a path of its own on a recovery host that is another machine",
+            origin.boot_text(),
+            origin.dev,
+            origin.ino
+        )
+    })
+}
+
 impl Store {
     pub fn new(image: &Path) -> Store {
         let mut dir = image.as_os_str().to_owned();
@@ -652,6 +683,26 @@ impl Store {
     /// Why the copy holds neither the point before an update of reprise's nor the one after:
     /// one writes it now, or was cut in the middle. `None` for a copy that is a point, or a
     /// file reprise does not manage. Changes nothing.
+    /// For a source helper about to read `self.image`: why it may not, when an update on this
+    /// machine holds it as a copy while it receives from a source of this very path (the
+    /// recovery host this machine under another name, the copy the disk itself).
+    pub fn written_by_its_own_copy(&self) -> Option<String> {
+        if !held(&self.dir) {
+            return None;
+        }
+        let record = std::fs::read(self.path("lock")).ok()?;
+        let text = String::from_utf8_lossy(&record);
+        let mut lines = text.lines();
+        let (boot, source) = (lines.next()?, lines.next()?);
+        let here = wire::boot_id()?;
+        let (_, path) = source.split_once(':')?;
+        (boot.as_bytes() == here && Path::new(path) == self.image).then(|| {
+            format!(
+                "it is the very file the copy is written to, on this machine (boot id {boot}): the primary host and the recovery host are one machine reached under two names (or share the disk's folder), and the disk would be its own copy; nothing was written: give the copy a path of its own on a recovery host that is another machine"
+            )
+        })
+    }
+
     pub fn half_written(&self) -> Option<String> {
         if held(&self.dir) {
             return Some("reprise is writing it now".into());
@@ -1113,7 +1164,8 @@ impl Store {
         stop_at_commit: bool,
     ) -> Result<Applied, StoreError> {
         let began = std::time::Instant::now();
-        let _lock = self.lock()?;
+        let lock = self.lock()?;
+        writing_from(&lock, &new.source);
         self.refuse_in_use()?;
         self.refuse_held_by_qemu(false)?;
         let mut notes: Vec<String> = meta::read_file(&self.path("notes"))
@@ -1215,6 +1267,18 @@ impl Store {
             }
             stream_err(e)
         })?;
+        // The very file the source read (two host names for one machine, one folder for the
+        // disk and its copy): written, the disk would be its own copy, or the copy of
+        // another disk's blocks.
+        if let Some(reason) = same_file_as_source(&self.image, header.origin.as_ref()) {
+            if let Some(n) = &recovered {
+                let _ = meta::write_file(&self.dir, "notes", n.as_bytes(), false);
+            }
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason,
+            });
+        }
         let fresh = !self.image.is_file();
         let base = if fresh {
             None
@@ -2758,6 +2822,49 @@ use super::meta::sync_dir;
 mod tests {
     use super::*;
 
+    /// A copy that is the very file a stream's source read, on this machine, is named so;
+    /// another file, a copy not made yet, or a source that could not say, is not.
+    #[test]
+    fn a_copy_that_is_the_file_its_source_read_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (disk, other) = (d.path().join("disk.qcow2"), d.path().join("copy.qcow2"));
+        std::fs::write(&disk, b"disk").unwrap();
+        std::fs::write(&other, b"disk").unwrap();
+        let origin = wire::Origin::of(&std::fs::metadata(&disk).unwrap()).unwrap();
+        let said = same_file_as_source(&disk, Some(&origin)).unwrap_or_default();
+        assert!(
+            said.contains("it is the very file the source read")
+                && said.contains(&origin.boot_text()),
+            "{said}"
+        );
+        std::os::unix::fs::symlink(&disk, d.path().join("link")).unwrap();
+        assert!(same_file_as_source(&d.path().join("link"), Some(&origin)).is_some());
+        assert_eq!(same_file_as_source(&other, Some(&origin)), None);
+        assert_eq!(
+            same_file_as_source(&d.path().join("new"), Some(&origin)),
+            None
+        );
+        assert_eq!(same_file_as_source(&disk, None), None);
+        // The source finds the copy's lock held by an update receiving from its own path.
+        let store = Store::new(&disk);
+        let lock = store.lock().unwrap();
+        writing_from(&lock, &format!("hv-main:{}", disk.display()));
+        let held = std::thread::scope(|s| {
+            s.spawn(|| Store::new(&disk).written_by_its_own_copy())
+                .join()
+                .unwrap()
+        });
+        assert!(
+            held.as_deref()
+                .is_some_and(|w| w.contains("it is the very file the copy is written to")),
+            "{held:?}"
+        );
+        writing_from(&lock, "hv-main:/srv/another.qcow2");
+        assert_eq!(Store::new(&disk).written_by_its_own_copy(), None);
+        drop(lock);
+        assert_eq!(Store::new(&disk).written_by_its_own_copy(), None);
+    }
+
     /// A new point named `id`, keeping 5.
     fn point(id: &str) -> NewPoint {
         NewPoint {
@@ -2860,6 +2967,7 @@ mod tests {
                 base_size: m.size,
                 base_whole: m.whole,
                 size: m.size,
+                origin: None,
             };
             wire::write_header(&mut stream, &header).unwrap();
             wire::write_data(&mut stream, 2, &vec![b'd'; BLOCK]).unwrap();
@@ -3972,6 +4080,7 @@ mod tests {
                 base_size: base.size,
                 base_whole: base.whole,
                 size,
+                origin: None,
             },
         )
         .unwrap();

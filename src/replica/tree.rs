@@ -361,7 +361,7 @@ pub fn scan(root: &Path) -> io::Result<Tree> {
 }
 
 // The stream: JSON header lines and raw file bytes.
-//   {"hello": {protocol}}\n                  first, and only first
+//   {"hello": {protocol, origin}}\n          first, and only first
 //   {"file": {path, entry: {size, mtime_ns, blake3}}}\n <size bytes>
 //   {"touch": {path, entry}}\n                 same content, new time
 //   {"delete": {path}}\n
@@ -369,11 +369,26 @@ pub fn scan(root: &Path) -> io::Result<Tree> {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 enum Rec {
-    Hello { protocol: u32 },
-    File { path: String, entry: FileEntry },
-    Touch { path: String, entry: FileEntry },
-    Delete { path: String },
-    End { digest: String },
+    Hello {
+        protocol: u32,
+        /// Which folder on which machine the source read, when it can say ([`FolderOrigin`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<FolderOrigin>,
+    },
+    File {
+        path: String,
+        entry: FileEntry,
+    },
+    Touch {
+        path: String,
+        entry: FileEntry,
+    },
+    Delete {
+        path: String,
+    },
+    End {
+        digest: String,
+    },
 }
 
 fn put(w: &mut impl Write, rec: &Rec) -> io::Result<()> {
@@ -410,7 +425,72 @@ fn get(r: &mut impl io::BufRead) -> Result<Rec, String> {
 }
 
 /// Reads the first record, which must say the sender speaks this protocol.
-fn hello(r: &mut impl io::BufRead) -> Result<(), String> {
+/// A folder as one running machine knows it: its boot id ([`super::wire::Origin`]), and the
+/// device and inode of the folder then of each folder it lies in, up to `/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FolderOrigin {
+    boot: String,
+    chain: Vec<(u64, u64)>,
+}
+
+impl FolderOrigin {
+    /// `folder` on this machine, its links followed; `None` when it cannot be told.
+    pub fn of(folder: &Path) -> Option<FolderOrigin> {
+        use std::os::unix::fs::MetadataExt;
+        let boot = super::wire::boot_id()?;
+        let mut at = std::fs::canonicalize(folder).ok()?;
+        let mut chain = Vec::new();
+        loop {
+            let m = std::fs::metadata(&at).ok()?;
+            chain.push((m.dev(), m.ino()));
+            if !at.pop() || chain.len() > 4096 {
+                break;
+            }
+        }
+        Some(FolderOrigin {
+            boot: String::from_utf8_lossy(&boot).into_owned(),
+            chain,
+        })
+    }
+}
+
+/// Why the copy `copy` may not be written by a stream of the folder `source`: one is the
+/// other, or lies in it, on this machine (two host names for one machine, or folders set
+/// inside each other). A copy made equal to a source inside it would delete the rest of the
+/// copy's folder; one inside its source would be copied into itself at each run.
+pub fn folder_overlap(copy: &Path, source: Option<&FolderOrigin>) -> Option<String> {
+    let source = source?;
+    // A copy not made yet would be made in the nearest folder that is.
+    let (here, made) = match FolderOrigin::of(copy) {
+        Some(here) => (here, true),
+        None => (copy.ancestors().skip(1).find_map(FolderOrigin::of)?, false),
+    };
+    if here.boot != source.boot {
+        return None;
+    }
+    let (copy_id, source_id) = (here.chain.first()?, source.chain.first()?);
+    let how = if !made {
+        if !here.chain.contains(source_id) {
+            return None;
+        }
+        "would be made inside the folder the source read"
+    } else if copy_id == source_id {
+        "is the very folder the source read"
+    } else if source.chain.contains(copy_id) {
+        "holds the folder the source read"
+    } else if here.chain.contains(source_id) {
+        "lies inside the folder the source read"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "it {how}, on this machine (boot id {}): the primary host and the recovery host are one machine reached under two names (or the folders are set inside each other), and making the copy equal to its source would delete or copy into that folder; nothing was written: give the copy a folder of its own, apart from the backup set's, on a recovery host that is another machine",
+        source.boot
+    ))
+}
+
+fn hello(r: &mut impl io::BufRead) -> Result<Option<FolderOrigin>, String> {
     let first = line(r)?;
     let value: serde_json::Value = serde_json::from_str(&first)
         .map_err(|_| "the source did not send a reprise tree stream".to_string())?;
@@ -426,7 +506,18 @@ fn hello(r: &mut impl io::BufRead) -> Result<(), String> {
         None => None,
     };
     match theirs {
-        Some(p) if p == u64::from(PROTOCOL) => Ok(()),
+        Some(p) if p == u64::from(PROTOCOL) => {
+            let origin = value
+                .get("hello")
+                .and_then(|h| h.get("origin"))
+                .filter(|o| !o.is_null())
+                .map(|o| serde_json::from_value::<FolderOrigin>(o.clone()))
+                .transpose()
+                .map_err(|e| {
+                    format!("the header of the stream from the source is damaged ({e})")
+                })?;
+            Ok(origin)
+        }
         Some(p) => Err(format!(
             "the source helper speaks protocol {p}; this helper speaks protocol {PROTOCOL} (reprise {VERSION}): both hosts must run the same reprise"
         )),
@@ -484,7 +575,14 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
     let err = |e: io::Error| format!("{name}: {e}");
     let mut now = Tree::default();
     let mut sent = TreeSent::default();
-    put(w, &Rec::Hello { protocol: PROTOCOL }).map_err(err)?;
+    put(
+        w,
+        &Rec::Hello {
+            protocol: PROTOCOL,
+            origin: FolderOrigin::of(root),
+        },
+    )
+    .map_err(err)?;
     let (files, others) = walk_all(root).map_err(err)?;
     // Left out, the copy would lack what the folder holds, with nothing said: a link's target
     // (a folder of dumps linked in), or what a restore looks for by that name.
@@ -1274,7 +1372,13 @@ impl TreeStore {
         let mut seen = std::collections::HashSet::new();
         let mut received = 0u64;
         let mut buf = vec![0u8; 1 << 20];
-        hello(input).map_err(stream_err)?;
+        let origin = hello(input).map_err(stream_err)?;
+        if let Some(reason) = folder_overlap(&self.root, origin.as_ref()) {
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason,
+            });
+        }
         let digest = loop {
             let rec = get(input).map_err(stream_err)?;
             let path = match &rec {
@@ -1708,6 +1812,53 @@ pub fn lease_refusal(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backup set's copy folder that is its source, holds it, lies in it, or would be made
+    /// in it, on this machine, is named so; folders side by side are not.
+    #[test]
+    fn a_copy_folder_that_is_holds_or_lies_in_its_source_on_this_machine_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (exports, source, beside) = (
+            d.path().join("exports"),
+            d.path().join("exports/erp"),
+            d.path().join("copies"),
+        );
+        for f in [&source, &beside, &source.join("inner")] {
+            std::fs::create_dir_all(f).unwrap();
+        }
+        let from = FolderOrigin::of(&source).expect("a folder of this machine");
+        let said = |copy: &Path| folder_overlap(copy, Some(&from)).unwrap_or_default();
+        assert!(said(&source).contains("is the very folder the source read"));
+        assert!(said(&exports).contains("holds the folder the source read"));
+        assert!(said(&source.join("inner")).contains("lies inside the folder the source read"));
+        assert!(
+            said(&source.join("not-yet/made"))
+                .contains("would be made inside the folder the source read")
+        );
+        // Through a link: the folder it leads to.
+        std::os::unix::fs::symlink(&exports, d.path().join("link")).unwrap();
+        assert!(said(&d.path().join("link")).contains("holds the folder the source read"));
+        assert_eq!(folder_overlap(&beside, Some(&from)), None);
+        assert_eq!(folder_overlap(&beside.join("new"), Some(&from)), None);
+        // Another machine's folder (another boot id), or a source that could not say.
+        let mut elsewhere = from.clone();
+        elsewhere.boot = "00000000-0000-0000-0000-000000000000".into();
+        assert_eq!(folder_overlap(&source, Some(&elsewhere)), None);
+        assert_eq!(folder_overlap(&source, None), None);
+        // It travels in the stream's first line, and a damaged one is refused.
+        let mut w = Vec::new();
+        put(
+            &mut w,
+            &Rec::Hello {
+                protocol: PROTOCOL,
+                origin: Some(from.clone()),
+            },
+        )
+        .unwrap();
+        assert_eq!(hello(&mut &w[..]).unwrap(), Some(from));
+        let bad = format!("{{\"hello\":{{\"protocol\":{PROTOCOL},\"origin\":{{\"boot\":1}}}}}}\n");
+        assert!(hello(&mut bad.as_bytes()).unwrap_err().contains("damaged"));
+    }
 
     /// A file listed in the tick of now is read against a look once its times are a tick
     /// old, which must be of the file listed: one replaced meanwhile is not taken for it.

@@ -29,8 +29,10 @@
 /// Version 12: `apply --marker` records the bitmap that marks a disk file read while its vm
 /// was stopped (`HowRead::marker`). Version 13: `send --mark` names the bitmaps a stopped
 /// vm's qcow2 file must hold once `qemu-nbd` holds it (else it is not the file the read was
-/// decided on, and nothing is sent).
-pub const PROTOCOL: u32 = 13;
+/// decided on, and nothing is sent). Version 14: a block stream's header says which file on
+/// which machine the source read (`wire::Origin`), and a backup set's `Rec::Hello` which
+/// folder: the recovery side refuses to write into it.
+pub const PROTOCOL: u32 = 14;
 
 /// The version of this program, as helpers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

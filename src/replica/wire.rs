@@ -27,6 +27,50 @@ pub struct Header {
     pub base_whole: [u8; 32],
     /// Size of the source image.
     pub size: u64,
+    /// Which file on which machine the source read ([`Origin::of`]), when it can say: the
+    /// recovery side refuses to write into that very file (two host names for one machine,
+    /// or one folder for the disk and its copy).
+    pub origin: Option<Origin>,
+}
+
+/// A file as one running machine knows it: its boot id (two machines, or two boots of one,
+/// never share one; containers of one kernel do, and then share the file when they share
+/// its device and inode), the device and inode of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub boot: [u8; 36],
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl Origin {
+    /// The file `meta` is of, on this machine; `None` when this machine's boot id cannot be
+    /// read (not Linux, no /proc).
+    pub fn of(meta: &std::fs::Metadata) -> Option<Origin> {
+        use std::os::unix::fs::MetadataExt;
+        Some(Origin {
+            boot: boot_id()?,
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// The boot id, in words.
+    pub fn boot_text(&self) -> String {
+        String::from_utf8_lossy(&self.boot).into_owned()
+    }
+}
+
+/// This machine's boot id (`/proc/sys/kernel/random/boot_id`, a UUID of 36 characters).
+pub fn boot_id() -> Option<[u8; 36]> {
+    static BOOT: std::sync::OnceLock<Option<[u8; 36]>> = std::sync::OnceLock::new();
+    *BOOT.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let id: [u8; 36] = text.trim().as_bytes().try_into().ok()?;
+        id.iter()
+            .all(|b| b.is_ascii_hexdigit() || *b == b'-')
+            .then_some(id)
+    })
 }
 
 /// One record after the header.
@@ -58,7 +102,16 @@ pub fn write_header(w: &mut impl Write, h: &Header) -> io::Result<()> {
     w.write_all(format!("{PROTOCOL}\n").as_bytes())?;
     w.write_all(&h.base_size.to_le_bytes())?;
     w.write_all(&h.base_whole)?;
-    w.write_all(&h.size.to_le_bytes())
+    w.write_all(&h.size.to_le_bytes())?;
+    match &h.origin {
+        None => w.write_all(&[0]),
+        Some(o) => {
+            w.write_all(&[1])?;
+            w.write_all(&o.boot)?;
+            w.write_all(&o.dev.to_le_bytes())?;
+            w.write_all(&o.ino.to_le_bytes())
+        }
+    }
 }
 
 pub fn write_data(w: &mut impl Write, idx: u64, data: &[u8]) -> io::Result<()> {
@@ -168,10 +221,26 @@ pub fn read_header(r: &mut impl Read) -> Result<Header, String> {
             ));
         }
     }
+    let mut said = [0u8; 1];
+    r.read_exact(&mut said).map_err(truncated)?;
+    let origin = match said[0] {
+        0 => None,
+        1 => {
+            let mut boot = [0u8; 36];
+            r.read_exact(&mut boot).map_err(truncated)?;
+            Some(Origin {
+                boot,
+                dev: u64_of(r)?,
+                ino: u64_of(r)?,
+            })
+        }
+        _ => return Err("the header of the stream from the source is damaged".into()),
+    };
     Ok(Header {
         base_size,
         base_whole,
         size,
+        origin,
     })
 }
 
@@ -374,6 +443,11 @@ mod tests {
             base_size: 5,
             base_whole: [1; 32],
             size: 9,
+            origin: Some(Origin {
+                boot: *b"0b9c1a4e-2f7d-4c7e-9a55-3e1f0c2d4b6a",
+                dev: 2049,
+                ino: 1 << 40,
+            }),
         };
         write_header(&mut buf, &h).unwrap();
         write_data(&mut buf, 3, b"abc").unwrap();
@@ -439,6 +513,7 @@ mod tests {
             base_size: 3 * BLOCK as u64,
             base_whole: [1; 32],
             size: 3 * BLOCK as u64,
+            origin: None,
         };
         let stream = |unmarked: &[(u64, u64)]| {
             let mut buf = Vec::new();

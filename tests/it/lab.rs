@@ -4748,3 +4748,110 @@ fn a_failed_replicate_end_leaves_no_point_held_when_the_window_found_the_disks_u
         .clone();
     assert_eq!(row["newest_good_point"], point.as_str(), "{row}");
 }
+
+/// Two host ids of the inventory that are one machine reached under two names (here hv-pra
+/// and nas-pra, which the lab runs on this machine, as it runs hv-main and san-main) pass the
+/// inventory's checks, which compare addresses. A copy set on the very file it copies, or a
+/// backup set's copy folder set on the folder that holds its source, is refused when the
+/// stream comes, before anything is written: the disk is not recorded as its own copy, and
+/// the folders beside the backup set are not deleted to make the copy equal to it.
+#[test]
+fn a_copy_that_is_its_own_source_on_one_machine_under_two_names_is_refused_before_anything_is_written()
+ {
+    let lab = Lab::up(239);
+    let images = lab.host_root("hv-main").join("srv/datastore/images");
+    let exports = lab.host_root("san-main").join("export/backups");
+    let overlay = lab.dir.path().join("one-machine.toml");
+    std::fs::write(
+        &overlay,
+        format!(
+            "[hosts.hv-pra.vars]\nimages_dir = {:?}\n\n[backups.erp-dumps]\ndest_path = {:?}\n",
+            images.display().to_string(),
+            exports.display().to_string()
+        ),
+    )
+    .unwrap();
+    let b3 = |p: &Path| {
+        blake3::hash(&std::fs::read(p).unwrap())
+            .to_hex()
+            .to_string()
+    };
+    let disks = ["erp-db-system.qcow2", "erp-db-data.qcow2"].map(|d| images.join(d));
+    let before: Vec<String> = disks.iter().map(|d| b3(d)).collect();
+    let listed = |dir: &Path| {
+        let mut all: Vec<(String, String)> = walk(dir)
+            .into_iter()
+            .filter(|p| p.is_file())
+            .map(|p| (p.display().to_string(), b3(&p)))
+            .collect();
+        all.sort();
+        all
+    };
+    let exported = listed(&exports);
+    assert!(
+        exported.iter().any(|(p, _)| p.contains("/erp/"))
+            && exported.iter().any(|(p, _)| p.contains("/shares/")),
+        "{exported:?}"
+    );
+    let run = |service: &str| {
+        let args = lab.args(&[
+            "--overlay",
+            overlay.to_str().unwrap(),
+            "replicate",
+            "--service",
+            service,
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::common::reprise_with_env(&root(), &args, LAB_SECRETS)
+    };
+    let set = run("erp-dumps");
+    assert_eq!(set.code, 1, "{set:?}");
+    assert!(
+        set.stderr
+            .contains("it holds the folder the source read, on this machine")
+            && set.stderr.contains("nothing was written"),
+        "{set:?}"
+    );
+    let left: Vec<(String, String)> = listed(&exports)
+        .into_iter()
+        .filter(|(p, _)| !p.contains("/.reprise"))
+        .collect();
+    assert_eq!(
+        left, exported,
+        "nothing of the exports was deleted or written"
+    );
+    let disk = run("erp-db");
+    assert_eq!(disk.code, 1, "{disk:?}");
+    assert!(
+        // Said by whichever side finds it first: the recovery side, from the stream's
+        // header, or the source, from the copy's lock it finds held by this very update.
+        (disk
+            .stderr
+            .contains("it is the very file the source read, on this machine")
+            || disk
+                .stderr
+                .contains("it is the very file the copy is written to, on this machine"))
+            && disk.stderr.contains("one machine reached under two names")
+            && disk.stderr.contains("nothing was written"),
+        "{disk:?}"
+    );
+    let after: Vec<String> = disks.iter().map(|d| b3(d)).collect();
+    assert_eq!(after, before, "the disks are as they were");
+    // The copy as the overlay places it (the lab's own copies keep their points).
+    let args = lab.args(&[
+        "--overlay",
+        overlay.to_str().unwrap(),
+        "points",
+        "erp-db",
+        "--json",
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let points = crate::common::reprise_with_env(&root(), &args, LAB_SECRETS);
+    let listed: serde_json::Value =
+        serde_json::from_str(&points.stdout).unwrap_or_else(|e| panic!("{e}: {points:?}"));
+    assert_eq!(
+        listed,
+        serde_json::json!([]),
+        "no point recorded: {points:?}"
+    );
+}
