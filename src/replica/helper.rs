@@ -593,7 +593,7 @@ fn roll_back(image: &Path, point: &str, stdout: &mut dyn Write) -> Result<(), St
 /// lock held by another.
 fn settle(image: &Path, wait: u64, stdout: &mut dyn Write) -> Result<(), String> {
     let wait = std::time::Duration::from_secs(wait);
-    let until = std::time::Instant::now() + wait;
+    let until = super::store::instant_after(wait);
     let note = loop {
         let settled = if image.is_dir() {
             TreeStore::new(image).settle()
@@ -1486,15 +1486,10 @@ mod tests {
 
     /// Where each record of `stream` ends: (block, end); the end record as block `u64::MAX`.
     fn record_ends(stream: &[u8]) -> Vec<(u64, usize)> {
-        let mut header = Vec::new();
-        let any = wire::Header {
-            base_size: 0,
-            base_whole: [0; 32],
-            size: 0,
-            origin: None,
-        };
-        wire::write_header(&mut header, &any).unwrap();
-        let mut at = header.len();
+        // The header as it was sent (its length depends on the origin it names).
+        let mut rest = stream;
+        wire::read_header(&mut rest).unwrap();
+        let mut at = stream.len() - rest.len();
         let mut ends = vec![(u64::MAX - 1, at)];
         loop {
             let kind = stream[at];

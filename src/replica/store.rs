@@ -2487,6 +2487,15 @@ pub(crate) fn held(dir: &Path) -> bool {
         .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
 }
 
+/// The instant `wait` from now; for a wait beyond what the clock can say (`--wait` of
+/// billions of seconds), a century from now: in effect, for ever, never a panic.
+pub(crate) fn instant_after(wait: std::time::Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(std::time::Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
 /// [`lock_store`], waiting up to `wait` for another holder to let go.
 /// The bytes QEMU locks in an image file it uses (`raw_apply_lock_bytes` in its file-posix
 /// driver): from 100, one a permission it uses; from 200, one a permission it does not share.
@@ -2521,7 +2530,7 @@ pub(super) fn lock_wait(
     name: &str,
     wait: std::time::Duration,
 ) -> Result<File, StoreError> {
-    let until = std::time::Instant::now() + wait;
+    let until = instant_after(wait);
     loop {
         match lock_store(dir, name) {
             Err(StoreError::Locked { .. }) if std::time::Instant::now() < until => {
@@ -2821,6 +2830,15 @@ use super::meta::sync_dir;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_beyond_the_clock_is_for_ever_not_a_panic() {
+        let now = std::time::Instant::now();
+        let far = instant_after(std::time::Duration::from_secs(u64::MAX));
+        assert!(far > now + std::time::Duration::from_secs(50 * 365 * 86_400));
+        let soon = instant_after(std::time::Duration::from_secs(5));
+        assert!(soon >= now + std::time::Duration::from_secs(5) && soon < far);
+    }
 
     /// A copy that is the very file a stream's source read, on this machine, is named so;
     /// another file, a copy not made yet, or a source that could not say, is not.
