@@ -71,10 +71,42 @@ pub fn fetch(
     let d = helpers
         .definition(host, copy, point)
         .map_err(|e| e.to_string())?;
+    // The definition the point recorded, and no other: an answer about another point (a
+    // helper that mixed them up) would define the vm from another configuration.
+    let points = helpers
+        .points(host, copy)
+        .map_err(|e| format!("cannot read the points of {host}:{copy}: {e}"))?;
+    let recorded = points.iter().find(|p| p.id == point).map(|p| &p.definition);
+    if let Some(problem) = unlike_recorded(recorded, &d.blake3, &format!("{host}:{copy}"), point) {
+        return Err(problem);
+    }
     let def = Definition::parse(format, d.text.as_bytes()).map_err(|e| {
         format!("the definition of point {point} of {host}:{copy} cannot be used: {e}")
     })?;
     Ok((def, d.blake3, d.guest_view))
+}
+
+/// Why a definition of BLAKE3 `got`, answered for point `point` of `copy`, is not the one
+/// that point records (`recorded`: `None`, no such point; `Some(None)`, it records none).
+/// Pure.
+fn unlike_recorded(
+    recorded: Option<&Option<String>>,
+    got: &str,
+    copy: &str,
+    point: &str,
+) -> Option<String> {
+    match recorded {
+        Some(Some(h)) if h == got => None,
+        Some(Some(h)) => Some(format!(
+            "the definition answered for point {point} of {copy} has the BLAKE3 {got}, and the point records {h}: it is another point's, refused (the vm is not defined from it)"
+        )),
+        Some(None) => Some(format!(
+            "point {point} of {copy} records no definition, yet one was answered: refused"
+        )),
+        None => Some(format!(
+            "{copy} has no point {point} now: its definition is not used (replicate, or name a point it has)"
+        )),
+    }
 }
 
 /// Gives a fitted definition to the driver's `define` action on `host`.
@@ -359,6 +391,28 @@ pub fn fetch_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_definition_is_used_only_when_its_point_records_it() {
+        let h = "a".repeat(64);
+        assert_eq!(
+            unlike_recorded(Some(&Some(h.clone())), &h, "hv-pra:/c", "P2"),
+            None
+        );
+        let other =
+            unlike_recorded(Some(&Some("b".repeat(64))), &h, "hv-pra:/c", "P2").unwrap_or_default();
+        assert!(
+            other.contains("another point's") && other.contains("point P2 of hv-pra:/c"),
+            "{other}"
+        );
+        assert!(
+            unlike_recorded(Some(&None), &h, "hv-pra:/c", "P2")
+                .is_some_and(|w| w.contains("records no definition"))
+        );
+        assert!(
+            unlike_recorded(None, &h, "hv-pra:/c", "P2").is_some_and(|w| w.contains("no point P2"))
+        );
+    }
     use crate::replica::{Point, Verified};
 
     fn point(id: &str, verified: Verified) -> Point {

@@ -1446,14 +1446,26 @@ impl<'a> Helpers<'a> {
         image: &str,
         point: &str,
     ) -> Result<crate::replica::store::RolledBack, ReplicaError> {
-        self.call_json(
+        let r: crate::replica::store::RolledBack = self.call_json(
             host,
             &Request::RollBack {
                 image: image.into(),
                 point: point.into(),
             },
             Duration::from_secs(7200),
-        )
+        )?;
+        // An answer about another point would be noted as this roll-back, and the vm started
+        // on disks of another moment than the one chosen.
+        if r.point != point {
+            return Err(ReplicaError::Helper {
+                host: host.to_string(),
+                reason: format!(
+                    "{image}: asked to roll back to point {point}, it answered that it rolled back to point {}: refused",
+                    r.point
+                ),
+            });
+        }
+        Ok(r)
     }
 }
 
