@@ -81,18 +81,23 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 /// Reads a metadata file: `None` when absent; an error names what is wrong with it.
 pub fn read_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    read_file_up_to(path, MAX_META)
+}
+
+/// [`read_file`] of a file that may be up to `limit` bytes (a backup set's tree of a million
+/// files is hundreds of MiB).
+pub fn read_file_up_to(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, String> {
     let f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.to_string()),
     };
     let len = f.metadata().map_err(|e| e.to_string())?.len();
-    if len > MAX_META {
+    if len > limit {
         return Err(format!("{len} bytes, more than a metadata file can be"));
     }
     let mut bytes = Vec::with_capacity(len as usize);
-    io::Read::read_to_end(&mut io::Read::take(f, MAX_META), &mut bytes)
-        .map_err(|e| e.to_string())?;
+    io::Read::read_to_end(&mut io::Read::take(f, limit), &mut bytes).map_err(|e| e.to_string())?;
     Ok(Some(bytes))
 }
 

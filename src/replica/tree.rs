@@ -100,7 +100,9 @@ impl Tree {
     }
 
     pub fn total(&self) -> u64 {
-        self.files.values().map(|f| f.size).sum()
+        self.files
+            .values()
+            .fold(0u64, |n, f| n.saturating_add(f.size))
     }
 }
 
@@ -803,7 +805,8 @@ impl TreeStore {
         name: &str,
     ) -> Result<T, StoreError> {
         let path = self.path(name);
-        match meta::read_file(&path) {
+        // Its tree and commit record hold an entry for each file: up to what a source takes.
+        match meta::read_file_up_to(&path, MAX_TREE_BYTES) {
             Ok(Some(b)) => serde_json::from_slice(&b).map_err(|e| StoreError::Damaged {
                 path: path.display().to_string(),
                 reason: e.to_string(),
@@ -1114,7 +1117,7 @@ impl TreeStore {
         let staging = self.path("staging");
         let commit = self.path("commit.json");
         if commit.exists() {
-            let c: Commit = meta::read_file(&commit)
+            let c: Commit = meta::read_file_up_to(&commit, MAX_TREE_BYTES)
                 .and_then(|b| {
                     serde_json::from_slice(&b.unwrap_or_default()).map_err(|e| e.to_string())
                 })
@@ -1678,7 +1681,7 @@ impl TreeStore {
         for j in (k..points.len() - 1).rev() {
             let d = self.path(&format!("deltas/{}", points[j].id));
             let undo_path = d.join("undo.json");
-            let undo: Undo = meta::read_file(&undo_path)
+            let undo: Undo = meta::read_file_up_to(&undo_path, MAX_TREE_BYTES)
                 .and_then(|b| b.ok_or_else(|| "missing".to_string()))
                 .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
                 .map_err(|reason| StoreError::Damaged {
@@ -1922,6 +1925,27 @@ mod tests {
             },
         )?;
         Ok(sent)
+    }
+
+    /// A backup set of hundreds of thousands of files has a tree file of hundreds of MiB:
+    /// read back for the next update as any tree a source takes (here one grown past the
+    /// 64 MiB of a points file by the spaces JSON allows), not refused as damaged.
+    #[test]
+    fn a_backup_set_s_tree_file_larger_than_a_points_file_is_read_for_the_next_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.dump"), b"a1").unwrap();
+        replicate(&src, &dst, "p1");
+        let store = TreeStore::new(&dst);
+        let mut tree = std::fs::read(store.path("tree.json")).unwrap();
+        tree.extend(std::iter::repeat_n(b' ', 65 << 20));
+        std::fs::write(store.path("tree.json"), &tree).unwrap();
+        std::fs::write(src.join("a.dump"), b"a2, changed").unwrap();
+        replicate(&src, &dst, "p2");
+        assert_eq!(std::fs::read(dst.join("a.dump")).unwrap(), b"a2, changed");
+        let p2 = store.points().unwrap().pop().unwrap();
+        assert_eq!((p2.id.as_str(), p2.verified), ("p2", Verified::Yes));
     }
 
     /// A backup set's copy whose points are of another folder (the inventory gives it to
