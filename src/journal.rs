@@ -457,6 +457,14 @@ pub fn new_run_id(state_dir: &Path, now: DateTime<Utc>, mode: &str) -> String {
     id
 }
 
+/// The second a run began, as its id says ([`new_run_id`]); `None` for an id not made so.
+pub fn run_began(run_id: &str) -> Option<DateTime<Utc>> {
+    let head = run_id.get(..15)?;
+    chrono::NaiveDateTime::parse_from_str(head, "%Y%m%d-%H%M%S")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
 /// Who holds the state lock.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LockHolder {
@@ -601,6 +609,27 @@ pub fn machine_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_id_says_the_second_its_run_began() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-12-06T03:10:26.750Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let id = new_run_id(dir.path(), now, "failback");
+        assert_eq!(
+            run_began(&id),
+            Some(chrono::Timelike::with_nanosecond(&now, 0).unwrap()),
+            "{id}"
+        );
+        assert_eq!(
+            run_began("20261206-031026-failback-2").map(|t| t.timestamp()),
+            Some(now.timestamp())
+        );
+        for bad in ["", "R1", "2026120-031026-x", "20261306-031026-failback"] {
+            assert_eq!(run_began(bad), None, "{bad}");
+        }
+    }
     use crate::event::{RunStatus, StepStatus};
 
     fn at() -> DateTime<Utc> {

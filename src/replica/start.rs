@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::choice::{self, Ask, Decision, Prep, Start, Use};
 use super::remote::Helpers;
@@ -826,6 +826,11 @@ pub fn written_since(
 pub enum Used {
     /// The vm started on its copies (a failover).
     Started,
+    /// A failback's start on the primary undone: the vm runs on its copies again, and they
+    /// hold its data as of `since` (when the failback began, before it stopped the vm
+    /// there): what it wrote on the primary after that is not in them, and a later failback
+    /// must see it written after its lease.
+    StartedAgain { since: DateTime<Utc> },
     /// A failover's start that failed: the vm did not start on them.
     NotStarted,
     /// A drill's cleanup stopped the vm on its overlay.
@@ -848,7 +853,11 @@ pub fn after(
 ) -> Result<Option<String>, String> {
     let (host, paths, name) = (vm.host, vm.paths, vm.name);
     match used {
-        Used::Started => {
+        Used::Started | Used::StartedAgain { .. } => {
+            let since = match used {
+                Used::StartedAgain { since } => Some(since),
+                _ => None,
+            };
             let mut notes = Vec::new();
             for path in paths {
                 let lease = Lease {
@@ -874,6 +883,14 @@ pub fn after(
                             .find(|l| l.kind == LeaseKind::Live && l.run == run)
                     })
                     .unwrap_or(lease);
+                // Its data is of no later than the failback's beginning.
+                let held = Lease {
+                    taken_at: match (held.taken_at, since) {
+                        (Some(t), Some(s)) => Some(t.min(s)),
+                        (t, s) => t.or(s),
+                    },
+                    ..held
+                };
                 let take = Take {
                     expect: None,
                     wait: COPY_WAIT,
@@ -954,6 +971,8 @@ mod tests {
         damaged: Vec<(String, String)>,
         /// How far the host's clock is ahead (`date`); `None`: it cannot be read.
         clock_ahead: Option<chrono::Duration>,
+        /// The leases taken, as given.
+        leased: Mutex<Vec<Lease>>,
     }
 
     impl Fake {
@@ -1029,6 +1048,7 @@ mod tests {
             take: Take<'_>,
         ) -> Result<Option<String>, String> {
             self.call(format!("lease {path} {:?} {:?}", lease.kind, take.expect));
+            self.leased.lock().unwrap().push(lease.clone());
             if self.held.iter().any(|h| h == path) {
                 return Err("a replication holds it".into());
             }
@@ -1434,5 +1454,22 @@ mod tests {
         let note = after(&fake, vm, "R1", "db/back", Used::FailedBack).unwrap();
         assert!(note.unwrap().contains("were released"));
         assert_eq!(fake.calls()[1], "release [\"/r/sys\"] Some(Live)");
+        assert_eq!(fake.leased.lock().unwrap()[0].taken_at, None);
+    }
+
+    /// A failback's start on the primary undone: the copies are leased to the vm again, and
+    /// their data is of no later than the failback's beginning, so that what the vm wrote on
+    /// the primary since is seen by the next failback as written after the lease.
+    #[test]
+    fn a_failback_undone_leases_the_copies_again_as_of_its_beginning() {
+        let fake = Fake::with(vec![disk("sys", &[point("P1", 1, "yes")])]);
+        let paths = ["/r/sys".to_string()];
+        let vm = request(&paths, Use::Failover).vm;
+        let since = Utc::now() - chrono::Duration::minutes(40);
+        after(&fake, vm, "FB", "db/back", Used::StartedAgain { since }).unwrap();
+        assert_eq!(fake.calls(), ["lease /r/sys Live None"]);
+        let lease = fake.leased.lock().unwrap()[0].clone();
+        assert_eq!(lease.taken_at, Some(since), "{lease:?}");
+        assert!(lease.at > since);
     }
 }

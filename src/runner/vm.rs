@@ -331,7 +331,11 @@ pub(super) async fn undone(ctx: &RunContext, step: &PlannedStep) -> Option<Strin
         .filter(|r| matches!(r.role, ReplicaRole::Start | ReplicaRole::FailedBack))?;
     let failed_back = replica.role == ReplicaRole::FailedBack;
     let used = if failed_back {
-        Used::Started
+        // The copies hold its data as of no later than the failback's beginning (run ids
+        // say the second it began; else now, as before).
+        Used::StartedAgain {
+            since: crate::journal::run_began(&ctx.plan.run_id).unwrap_or_else(chrono::Utc::now),
+        }
     } else {
         Used::NotStarted
     };
@@ -340,7 +344,7 @@ pub(super) async fn undone(ctx: &RunContext, step: &PlannedStep) -> Option<Strin
     Some(match (result, failed_back) {
         (Ok(_), false) => format!("the recovery copies of vm {vm} were released"),
         (Ok(_), true) => format!(
-            "the recovery copies of vm {vm} are leased to it again: they hold what it wrote there since the failover, and no replication writes into them"
+            "the recovery copies of vm {vm} are leased to it again: they hold what it wrote there since the failover, and no replication writes into them; what it wrote on its primary since this failback began is not in them, and the next failback says so before it would overwrite it"
         ),
         (Err(e), false) => format!(
             "the recovery copies of vm {vm} are still leased to this run ({e}): `reprise release {vm}` frees them"
