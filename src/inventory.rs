@@ -1499,6 +1499,17 @@ fn check_vm_handles(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
 /// vm's disk (the disk's name without its extension, then this).
 const OVERLAY_SUFFIX: &str = "reprise-replicate";
 
+/// The overlay a driver's `replicate-begin` makes beside the disk file `disk` (a path, or a
+/// name) of a running vm: `DIR/STEM.reprise-replicate`.
+pub fn replication_overlay(disk: &str) -> String {
+    let (dir, name) = disk.rsplit_once('/').map_or(("", disk), |(d, n)| (d, n));
+    let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
+    match disk.contains('/') {
+        true => format!("{dir}/{stem}.{OVERLAY_SUFFIX}"),
+        false => format!("{stem}.{OVERLAY_SUFFIX}"),
+    }
+}
+
 /// What a path on a host is used for, to find two uses of one file.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum PathUse {
@@ -1558,16 +1569,14 @@ fn check_shared_paths(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
                 });
                 // Where a running vm's writes go while it is copied (the drivers'
                 // `replicate-begin`: `${d%.*}.reprise-replicate` beside the disk).
-                let stem = disk
-                    .rsplit_once('.')
-                    .map_or(disk.as_str(), |(stem, _)| stem);
+                let overlay = replication_overlay(disk);
                 uses.push(Use {
                     host: &host.value,
                     machine: machine.clone(),
-                    path: format!("{dir}/{stem}.{OVERLAY_SUFFIX}"),
+                    path: format!("{dir}/{overlay}"),
                     kind: PathUse::Overlay,
                     what: format!(
-                        "the replication overlay `{stem}.{OVERLAY_SUFFIX}` of the {side} `{disk}` of vm `{}`",
+                        "the replication overlay `{overlay}` of the {side} `{disk}` of vm `{}`",
                         vm.id
                     ),
                     loc,
@@ -1680,6 +1689,20 @@ fn check_shared_paths(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_disk_s_replication_overlay_is_beside_it_without_its_extension() {
+        use super::replication_overlay;
+        assert_eq!(
+            replication_overlay("/srv/images/erp-db-system.qcow2"),
+            "/srv/images/erp-db-system.reprise-replicate"
+        );
+        assert_eq!(replication_overlay("disk.img"), "disk.reprise-replicate");
+        assert_eq!(
+            replication_overlay("/srv/raw"),
+            "/srv/raw.reprise-replicate"
+        );
+    }
+
     #[test]
     fn an_ipv6_endpoint_is_bracketed() {
         assert_eq!(super::endpoint("192.0.2.1", 22), "192.0.2.1:22");

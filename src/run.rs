@@ -1186,6 +1186,11 @@ pub struct CopyBack {
     pub clock: Result<(f64, f64), String>,
     /// What was settled of its disks before they were read (see [`settle_cut`]).
     pub settled: Vec<String>,
+    /// The replication overlays beside its primary's disks (see
+    /// [`crate::inventory::replication_overlay`]), as the helper reads them there, or why
+    /// they cannot be read: one left by a replication cut (the primary lost its power while
+    /// it copied) is what the vm's domain writes into when it starts there again.
+    pub overlays: Result<Vec<crate::replica::CopyState>, String>,
 }
 
 /// What stops a failback from copying a vm back over its primary's disks: vms that run on
@@ -1209,6 +1214,22 @@ pub fn judge_copy_back(backs: &[CopyBack]) -> (Vec<String>, Vec<String>) {
             (Some(false), _) => {}
             (None, said) => problems.push(format!(
                 "copy-back vm {vm}: its state on {primary} cannot be read ({said}); its disks there are about to be overwritten, so it must be known stopped (--force once it is known stopped or not defined there)"
+            )),
+        }
+        // A replication's overlay left on the primary: the vm's domain names it as its disk
+        // and writes into it when started there again. Copied back under it, the vm would
+        // start on that overlay over other data; what it wrote there would be lost beside.
+        match &b.overlays {
+            Ok(overlays) => {
+                for o in overlays.iter().filter(|o| o.exists) {
+                    runs.push(format!(
+                        "vm {vm}: a replication's snapshot overlay {} is left on {primary} (a replication cut there, by a power cut say): its domain writes into it when it starts there, and it may hold what vm {vm} wrote on {primary} after the failover; copied back under it, vm {vm} would start on that overlay over other data. Merge it into its disk first, with the vm stopped (`qemu-img commit {}`, then point the domain's disk back at its file: `virsh edit {vm}`), and fail back again: what it wrote there is then judged as any write to the disk",
+                        o.path, o.path
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!(
+                "copy-back vm {vm}: whether a replication's snapshot overlay is left beside its disks on {primary} cannot be read ({e}); one would hold what it wrote there (--force once none is there)"
             )),
         }
         match &b.copies {
@@ -2150,6 +2171,15 @@ pub fn copy_backs(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<
             disks: states,
             clock: crate::check::read_clock(transport, &vm.primary.value),
             settled,
+            overlays: helpers
+                .inspect(
+                    to_host,
+                    &disks
+                        .iter()
+                        .map(|d| crate::inventory::replication_overlay(d))
+                        .collect::<Vec<_>>(),
+                )
+                .map_err(|e| e.to_string()),
         });
     }
     backs
@@ -3017,7 +3047,39 @@ mod tests {
             }]),
             clock: Ok((0.0, 0.0)),
             settled: Vec::new(),
+            overlays: Ok(vec![CopyState {
+                path: "/srv/db.reprise-replicate".into(),
+                ..CopyState::default()
+            }]),
         }
+    }
+
+    /// A replication's overlay left beside a primary disk (a replication cut by the
+    /// primary's power cut) is what the vm's domain runs on there: a failback refuses it
+    /// outright, naming it and how to merge it; one that cannot be looked for is a problem.
+    #[test]
+    fn a_failback_never_copies_back_under_a_replication_overlay_left_on_the_primary() {
+        let live = || vec![lease(LeaseKind::Live, "db")];
+        let mut left = back(Some(false), live());
+        if let Ok(o) = &mut left.overlays {
+            o[0].exists = true;
+        }
+        let (runs, problems) = judge_copy_back(&[left]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(
+            runs.len() == 1
+                && runs[0].contains("/srv/db.reprise-replicate is left on hv-main")
+                && runs[0].contains("qemu-img commit /srv/db.reprise-replicate"),
+            "{runs:?}"
+        );
+        let mut unread = back(Some(false), live());
+        unread.overlays = Err("no helper".into());
+        let (runs, problems) = judge_copy_back(&[unread]);
+        assert!(runs.is_empty(), "{runs:?}");
+        assert!(
+            problems.len() == 1 && problems[0].contains("cannot be read (no helper)"),
+            "{problems:?}"
+        );
     }
 
     /// A host whose `date +%s.%N` prints what its function makes of this machine's clock now.

@@ -4855,3 +4855,56 @@ fn a_copy_that_is_its_own_source_on_one_machine_under_two_names_is_refused_befor
         "no point recorded: {points:?}"
     );
 }
+
+/// A replication of erp-db was cut on hv-main (its power went while it copied), leaving the
+/// snapshot overlay its domain runs on when it starts there again; an emergency failover
+/// followed. A failback would copy the recovery copies under that overlay, and erp-db would
+/// start on it over other data: refused (exit 6) before anything runs, naming the overlay and
+/// how to merge it; the disks are as they were.
+#[test]
+fn a_failback_never_copies_back_under_a_replication_overlay_left_on_the_primary() {
+    let lab = Lab::up(229);
+    let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
+    let exit = lab.run_confirming(
+        &[&["failover"][..], &only[..]].concat(),
+        Duration::from_secs(240),
+    );
+    assert!(exit.success(), "{:?}", lab.journal().last());
+    let images = lab.host_root("hv-main").join("srv/datastore/images");
+    let disk = images.join("erp-db-system.qcow2");
+    let overlay = images.join("erp-db-system.reprise-replicate");
+    let made = tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            disk.to_str().unwrap(),
+            overlay.to_str().unwrap(),
+        ],
+    );
+    assert!(made.status.success(), "{made:?}");
+    let before = std::fs::read(&disk).unwrap();
+    let runs = || {
+        std::fs::read_dir(lab.state().join("runs"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let started = runs();
+    let refused = lab.run(&[&["failback"][..], &only[..]].concat());
+    assert_eq!(refused.code, 6, "{refused:?}");
+    assert!(
+        refused.stderr.contains(&format!(
+            "a replication's snapshot overlay {} is left on hv-main",
+            overlay.display()
+        )) && refused.stderr.contains("qemu-img commit"),
+        "{refused:?}"
+    );
+    assert_eq!(runs(), started, "a refused failback started a run");
+    assert!(std::fs::read(&disk).unwrap() == before, "the disk changed");
+    assert!(overlay.exists());
+}
