@@ -488,12 +488,11 @@ fn block_seeds() -> Vec<(&'static str, Vec<u8>)> {
 /// The header's base replaced by the copy's, so that a mutated stream reaches its records.
 fn rebase(bytes: &[u8], base: &Manifest) -> Vec<u8> {
     let mut b = bytes.to_vec();
-    if b.len() >= 56
-        && b.starts_with(format!("RPRSTR{}\n", reprise::replica::protocol::PROTOCOL).as_bytes())
-        && b[8..16] != [0; 8]
-    {
-        b[8..16].copy_from_slice(&base.size.to_le_bytes());
-        b[16..48].copy_from_slice(&base.whole);
+    let magic = format!("RPRSTR{}\n", reprise::replica::protocol::PROTOCOL);
+    let at = magic.len();
+    if b.len() >= at + 48 && b.starts_with(magic.as_bytes()) && b[at..at + 8] != [0; 8] {
+        b[at..at + 8].copy_from_slice(&base.size.to_le_bytes());
+        b[at + 8..at + 40].copy_from_slice(&base.whole);
     }
     b
 }

@@ -622,6 +622,8 @@ impl Image {
         h.extend_from_slice(&base.size.to_le_bytes());
         h.extend_from_slice(&base.whole);
         h.extend_from_slice(&size.to_le_bytes());
+        // No origin named (a source that cannot say which file it read).
+        h.push(0);
         h
     }
 
@@ -763,6 +765,7 @@ fn a_header_lying_about_the_size_or_the_protocol_is_refused() {
     s.extend_from_slice(&empty.size.to_le_bytes());
     s.extend_from_slice(&empty.whole);
     s.extend_from_slice(&(60u64 << 40).to_le_bytes());
+    s.push(0);
     s.extend_from_slice(&data_rec(0, &vec![3; BLOCK]));
     s.extend_from_slice(&end_block_rec([0; 32]));
     let err = unlocked(|| fresh.apply(&mut &s[..], point("huge")))
