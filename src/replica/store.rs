@@ -411,20 +411,31 @@ fn start_writeback(files: &[&File]) {
     });
 }
 
-/// Records in the copy's lock file, once it is held by an update, which machine writes it
-/// (its boot id) and from which source (`host:path`): a source helper asked to read that
-/// very file, finding it held ([`Store::written_by_its_own_copy`]), then knows why. Best
-/// effort: without it, the source says only that the file is being written.
-fn writing_from(lock: &File, source: &str) {
-    let Some(boot) = wire::boot_id() else {
-        return;
-    };
-    let mut record = boot.to_vec();
-    record.push(b'\n');
-    record.extend_from_slice(source.as_bytes());
-    record.push(b'\n');
-    let _ = lock.set_len(0);
-    let _ = lock.write_all_at(&record, 0);
+/// Records beside the copy's lock, once it is held by an update (`writing` in its metadata
+/// folder), which machine writes it (its boot id) and from which source (`host:path`): a
+/// source helper asked to read that very file, finding it held
+/// ([`Store::written_by_its_own_copy`]), then knows why. Best effort: without it, the source
+/// says only that the file is being written. The record goes with the returned guard, before
+/// the lock is let go; one a crash left is read only while an update holds the lock again.
+fn writing_from(dir: &Path, source: &str) -> WritingFrom {
+    let path = dir.join("writing");
+    if let Some(boot) = wire::boot_id() {
+        let mut record = boot.to_vec();
+        record.push(b'\n');
+        record.extend_from_slice(source.as_bytes());
+        record.push(b'\n');
+        let _ = std::fs::write(&path, record);
+    }
+    WritingFrom(path)
+}
+
+/// Removes the record [`writing_from`] left when it goes.
+struct WritingFrom(PathBuf);
+
+impl Drop for WritingFrom {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Why `copy` may not be written by a stream whose source read `origin`: it is that very
@@ -651,13 +662,17 @@ impl Store {
             path: self.name(),
             ..CopyState::default()
         };
-        if let Ok(m) = std::fs::metadata(&self.image) {
-            state.exists = m.is_file();
-            state.size = m.len();
-            state.mtime = DateTime::<Utc>::from_timestamp(
-                m.mtime(),
-                u32::try_from(m.mtime_nsec()).unwrap_or(0),
-            );
+        match std::fs::metadata(&self.image) {
+            Ok(m) => {
+                state.exists = m.is_file();
+                state.size = m.len();
+                state.mtime = DateTime::<Utc>::from_timestamp(
+                    m.mtime(),
+                    u32::try_from(m.mtime_nsec()).unwrap_or(0),
+                );
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => state.unreadable = Some(e.to_string()),
         }
         state.stamp = self.stamp();
         inspect_dir(&self.dir, &mut state);
@@ -690,7 +705,7 @@ impl Store {
         if !held(&self.dir) {
             return None;
         }
-        let record = std::fs::read(self.path("lock")).ok()?;
+        let record = std::fs::read(self.path("writing")).ok()?;
         let text = String::from_utf8_lossy(&record);
         let mut lines = text.lines();
         let (boot, source) = (lines.next()?, lines.next()?);
@@ -1164,8 +1179,8 @@ impl Store {
         stop_at_commit: bool,
     ) -> Result<Applied, StoreError> {
         let began = std::time::Instant::now();
-        let lock = self.lock()?;
-        writing_from(&lock, &new.source);
+        let _lock = self.lock()?;
+        let _writing = writing_from(&self.dir, &new.source);
         self.refuse_in_use()?;
         self.refuse_held_by_qemu(false)?;
         let mut notes: Vec<String> = meta::read_file(&self.path("notes"))
@@ -2866,7 +2881,7 @@ mod tests {
         // The source finds the copy's lock held by an update receiving from its own path.
         let store = Store::new(&disk);
         let lock = store.lock().unwrap();
-        writing_from(&lock, &format!("hv-main:{}", disk.display()));
+        let writing = writing_from(store.meta_dir(), &format!("hv-main:{}", disk.display()));
         let held = std::thread::scope(|s| {
             s.spawn(|| Store::new(&disk).written_by_its_own_copy())
                 .join()
@@ -2877,10 +2892,40 @@ mod tests {
                 .is_some_and(|w| w.contains("it is the very file the copy is written to")),
             "{held:?}"
         );
-        writing_from(&lock, "hv-main:/srv/another.qcow2");
+        drop(writing);
+        // Gone when the update ends: another holder of the lock is not taken for it.
+        assert!(!store.path("writing").exists());
         assert_eq!(Store::new(&disk).written_by_its_own_copy(), None);
+        let other = writing_from(store.meta_dir(), "hv-main:/srv/another.qcow2");
+        assert_eq!(Store::new(&disk).written_by_its_own_copy(), None);
+        drop(other);
         drop(lock);
         assert_eq!(Store::new(&disk).written_by_its_own_copy(), None);
+    }
+
+    /// A stream whose source read the very file the copy is (its header names it) is refused
+    /// by the recovery side before anything is written: no point, the file as it was.
+    #[test]
+    fn a_stream_of_the_copy_itself_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("erp-db-system.qcow2");
+        let bytes: Vec<u8> = (0..3 * BLOCK + 17).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&disk, &bytes).unwrap();
+        let store = Store::new(&disk);
+        let stream = stream_of(&disk, &store);
+        let err = store.apply(&mut &stream[..], point("p1")).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Refused { reason, .. }
+                if reason.contains("it is the very file the source read")),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&disk).unwrap(), bytes);
+        assert!(store.points().unwrap().is_empty());
+        // The same stream into another file is taken.
+        let other = Store::new(&dir.path().join("copy.qcow2"));
+        let stream = stream_of(&disk, &other);
+        other.apply(&mut &stream[..], point("p1")).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("copy.qcow2")).unwrap(), bytes);
     }
 
     /// A new point named `id`, keeping 5.
