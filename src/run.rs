@@ -84,7 +84,7 @@ pub enum RunError {
     #[error("refusing to restore: {}", .vms.join("; "))]
     RunsElsewhere { vms: Vec<String> },
     #[error(
-        "refusing to {}: {}. Stop it on the primary first (in doubt, the recovery copy has the newest data), then {}",
+        "refusing to {}: {}. Settle it on the primary first (a vm that runs there: stop it; in doubt, the recovery copy has the newest data), then {}",
         if *.resuming { "resume the failback" } else { "failback" },
         .vms.join("; "),
         if *.resuming { "resume it" } else { "start again" }
@@ -1221,6 +1221,14 @@ pub fn judge_copy_back(backs: &[CopyBack]) -> (Vec<String>, Vec<String>) {
         // start on that overlay over other data; what it wrote there would be lost beside.
         match &b.overlays {
             Ok(overlays) => {
+                for o in overlays {
+                    if let Some(e) = &o.unreadable {
+                        problems.push(format!(
+                            "copy-back vm {vm}: whether a replication's snapshot overlay {} is left on {primary} cannot be told ({e}); one would hold what it wrote there (--force once none is there)",
+                            o.path
+                        ));
+                    }
+                }
                 for o in overlays.iter().filter(|o| o.exists) {
                     runs.push(format!(
                         "vm {vm}: a replication's snapshot overlay {} is left on {primary} (a replication cut there, by a power cut say): its domain writes into it when it starts there, and it may hold what vm {vm} wrote on {primary} after the failover; copied back under it, vm {vm} would start on that overlay over other data. Merge it into its disk first, with the vm stopped (`qemu-img commit {}`, then point the domain's disk back at its file: `virsh edit {vm}`), and fail back again: what it wrote there is then judged as any write to the disk",
@@ -1306,6 +1314,16 @@ fn written_since(b: &CopyBack, copies: &[crate::replica::CopyState]) -> Vec<Stri
         else {
             continue; // no failover started it: said above
         };
+        if let Some(e) = &d.unreadable {
+            problems.push(format!(
+                "copy-back vm {vm}: its disk {} on {primary} cannot be looked at ({e}): whether it was written after the failover started vm {vm} on {} on {recovery} from its data as of {} cannot be told; {}",
+                d.path,
+                c.path,
+                at.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
+                keep(&d.path)
+            ));
+            continue;
+        }
         if !d.exists {
             continue;
         }
@@ -3071,6 +3089,22 @@ mod tests {
                 && runs[0].contains("/srv/db.reprise-replicate is left on hv-main")
                 && runs[0].contains("qemu-img commit /srv/db.reprise-replicate"),
             "{runs:?}"
+        );
+        let mut denied = back(Some(false), live());
+        if let Ok(o) = &mut denied.overlays {
+            o[0].unreadable = Some("Permission denied (os error 13)".into());
+        }
+        if let Ok(d) = &mut denied.disks {
+            d[0].unreadable = Some("Input/output error (os error 5)".into());
+            d[0].exists = false;
+        }
+        let (runs, problems) = judge_copy_back(&[denied]);
+        assert!(runs.is_empty(), "{runs:?}");
+        assert!(
+            problems.len() == 2
+                && problems[0].contains("cannot be told (Permission denied")
+                && problems[1].contains("cannot be looked at (Input/output error"),
+            "{problems:?}"
         );
         let mut unread = back(Some(false), live());
         unread.overlays = Err("no helper".into());

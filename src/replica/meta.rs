@@ -639,6 +639,10 @@ pub struct CopyState {
     pub ended: Option<Ended>,
     /// Its stamp now (size, mtime, inode; a backup set's seal, `tree::tree_seal`).
     pub stamp: Option<String>,
+    /// Why the file itself cannot be looked at (denied, an I/O error: not "not there"):
+    /// whether it exists cannot be told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
     /// Points whose recorded definition is missing or damaged, and why.
     #[serde(default)]
     pub bad_definitions: Vec<(String, String)>,
