@@ -1277,6 +1277,38 @@ impl TreeStore {
         let _ = std::fs::remove_dir_all(&staging_path);
         let staging = Dir::open(&staging_path, true).map_err(io_err(&staging_path))?;
         let r = self.receive_records(input, &mut tree, &staging, &staging_path)?;
+        // A first copy deletes nothing: what its folder holds that the source lacks was not
+        // put there by reprise (another set's copy, a vm's copies, the folder that holds the
+        // source: a folder given by mistake, or one machine, or one shared storage, under two
+        // names), and making the copy equal to the source would delete it.
+        if points.is_empty() && !self.path("ended.json").exists() && !r.changes.deleted.is_empty() {
+            let _ = std::fs::remove_dir_all(&staging_path);
+            let shown: Vec<String> = r
+                .changes
+                .deleted
+                .iter()
+                .take(5)
+                .map(|p| beneath::shown(p).to_string())
+                .collect();
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason: format!(
+                    "this first copy would delete {} file{} its folder holds and the source does not ({}{}): reprise did not put them there, so they are not a copy's; nothing was written: give the backup set a folder of its own (empty, or a copy of the source made by hand), or move them out",
+                    r.changes.deleted.len(),
+                    if r.changes.deleted.len() == 1 {
+                        ""
+                    } else {
+                        "s"
+                    },
+                    shown.join(", "),
+                    if r.changes.deleted.len() > 5 {
+                        ", …"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
         if tree.digest() != r.digest {
             let _ = std::fs::remove_dir_all(&staging_path);
             return Err(StoreError::Mismatch {
@@ -1925,6 +1957,42 @@ mod tests {
             },
         )?;
         Ok(sent)
+    }
+
+    /// A first copy into a folder that holds what the source does not (another set's copy, a
+    /// vm's copies, the folder of the source itself on shared storage) deletes nothing and
+    /// makes no point; once the copy has a history, what its source deleted goes from it.
+    #[test]
+    fn a_first_copy_never_deletes_what_its_folder_held_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(dst.join("images")).unwrap();
+        std::fs::write(src.join("a.dump"), b"a1").unwrap();
+        std::fs::write(dst.join("images/erp-db-system.qcow2"), b"another copy").unwrap();
+        let err = replicate_at(&src, &dst, "p1", Utc::now())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("this first copy would delete 1 file")
+                && err.contains("images/erp-db-system.qcow2")
+                && err.contains("nothing was written"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(dst.join("images/erp-db-system.qcow2")).unwrap(),
+            b"another copy"
+        );
+        assert!(!dst.join("a.dump").exists());
+        assert!(TreeStore::new(&dst).points().unwrap().is_empty());
+        // Moved out, the first copy is made; later, what the source deletes goes.
+        std::fs::remove_dir_all(dst.join("images")).unwrap();
+        replicate(&src, &dst, "p1");
+        std::fs::write(src.join("b.dump"), b"b1").unwrap();
+        replicate(&src, &dst, "p2");
+        std::fs::remove_file(src.join("a.dump")).unwrap();
+        replicate(&src, &dst, "p3");
+        assert!(!dst.join("a.dump").exists() && dst.join("b.dump").exists());
     }
 
     /// A backup set of hundreds of thousands of files has a tree file of hundreds of MiB:
