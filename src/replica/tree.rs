@@ -492,6 +492,29 @@ pub fn folder_overlap(copy: &Path, source: Option<&FolderOrigin>) -> Option<Stri
     ))
 }
 
+/// Why an update of the copy at `root` may not make `changes`: it would delete or replace
+/// what another copy of reprise's keeps in the folder (a path through a metadata folder,
+/// `NAME.reprise` or `.reprise`, or a file beside its own `NAME.reprise`).
+fn another_copy_in(root: &Path, changes: &Changes) -> Option<String> {
+    let theirs = |path: &str| {
+        path.split('/').any(|c| c.ends_with(".reprise"))
+            || root.join(format!("{path}.reprise")).is_dir()
+    };
+    let hit: Vec<&String> = changes
+        .deleted
+        .iter()
+        .chain(&changes.replaced)
+        .filter(|p| theirs(p))
+        .collect();
+    let first = hit.first()?;
+    Some(format!(
+        "making it equal to its source would delete or replace {} file{} of another reprise copy kept in its folder (the first: {}): a vm's recovery copy or another backup set's copy, whose points would go with it; nothing was written: give the backup set a folder of its own, apart from every other copy (two host ids may be one machine, or share one storage, under two names)",
+        hit.len(),
+        if hit.len() == 1 { "" } else { "s" },
+        beneath::shown(first)
+    ))
+}
+
 fn hello(r: &mut impl io::BufRead) -> Result<Option<FolderOrigin>, String> {
     let first = line(r)?;
     let value: serde_json::Value = serde_json::from_str(&first)
@@ -820,10 +843,13 @@ impl TreeStore {
     }
 
     fn write_json(&self, name: &str, value: &impl Serialize) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec_pretty(value).expect("serializes");
         if name == "points.json" {
+            let bytes = serde_json::to_vec_pretty(value).expect("serializes");
             return meta::write_points_file(&self.dir, &bytes);
         }
+        // A tree and a commit record hold an entry (and a commit a path or more) per file:
+        // compact, a million files stay well within what is read back ([`MAX_TREE_BYTES`]).
+        let bytes = serde_json::to_vec(value).expect("serializes");
         meta::write_file(&self.dir, name, &bytes, false)
     }
 
@@ -1277,36 +1303,15 @@ impl TreeStore {
         let _ = std::fs::remove_dir_all(&staging_path);
         let staging = Dir::open(&staging_path, true).map_err(io_err(&staging_path))?;
         let r = self.receive_records(input, &mut tree, &staging, &staging_path)?;
-        // A first copy deletes nothing: what its folder holds that the source lacks was not
-        // put there by reprise (another set's copy, a vm's copies, the folder that holds the
-        // source: a folder given by mistake, or one machine, or one shared storage, under two
-        // names), and making the copy equal to the source would delete it.
-        if points.is_empty() && !self.path("ended.json").exists() && !r.changes.deleted.is_empty() {
+        // Another copy of reprise's kept in this folder (a vm's recovery copy and its
+        // metadata folder, another set's copy: the recovery host of vms the same machine as
+        // this one under another name, or one storage shared) is never deleted or replaced to
+        // make this copy equal to its source: its points would go with it.
+        if let Some(reason) = another_copy_in(&self.root, &r.changes) {
             let _ = std::fs::remove_dir_all(&staging_path);
-            let shown: Vec<String> = r
-                .changes
-                .deleted
-                .iter()
-                .take(5)
-                .map(|p| beneath::shown(p).to_string())
-                .collect();
             return Err(StoreError::Refused {
                 image: self.name(),
-                reason: format!(
-                    "this first copy would delete {} file{} its folder holds and the source does not ({}{}): reprise did not put them there, so they are not a copy's; nothing was written: give the backup set a folder of its own (empty, or a copy of the source made by hand), or move them out",
-                    r.changes.deleted.len(),
-                    if r.changes.deleted.len() == 1 {
-                        ""
-                    } else {
-                        "s"
-                    },
-                    shown.join(", "),
-                    if r.changes.deleted.len() > 5 {
-                        ", …"
-                    } else {
-                        ""
-                    }
-                ),
+                reason,
             });
         }
         if tree.digest() != r.digest {
@@ -1959,22 +1964,28 @@ mod tests {
         Ok(sent)
     }
 
-    /// A first copy into a folder that holds what the source does not (another set's copy, a
-    /// vm's copies, the folder of the source itself on shared storage) deletes nothing and
-    /// makes no point; once the copy has a history, what its source deleted goes from it.
+    /// A copy whose folder also keeps another copy of reprise's (a vm's recovery copy and
+    /// its metadata folder) never deletes it to be equal to its source, first copy or not;
+    /// what else its folder holds the source does not is deleted, as a copy must.
     #[test]
-    fn a_first_copy_never_deletes_what_its_folder_held_before_it() {
+    fn a_copy_never_deletes_another_reprise_copy_kept_in_its_folder() {
         let dir = tempfile::tempdir().unwrap();
         let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
         std::fs::create_dir_all(&src).unwrap();
-        std::fs::create_dir_all(dst.join("images")).unwrap();
+        std::fs::create_dir_all(dst.join("images/erp-db-system.qcow2.reprise")).unwrap();
         std::fs::write(src.join("a.dump"), b"a1").unwrap();
         std::fs::write(dst.join("images/erp-db-system.qcow2"), b"another copy").unwrap();
+        std::fs::write(
+            dst.join("images/erp-db-system.qcow2.reprise/points.json"),
+            b"[]",
+        )
+        .unwrap();
+        std::fs::write(dst.join("stray.txt"), b"not a copy").unwrap();
         let err = replicate_at(&src, &dst, "p1", Utc::now())
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("this first copy would delete 1 file")
+            err.contains("would delete or replace 2 files of another reprise copy")
                 && err.contains("images/erp-db-system.qcow2")
                 && err.contains("nothing was written"),
             "{err}"
@@ -1983,16 +1994,12 @@ mod tests {
             std::fs::read(dst.join("images/erp-db-system.qcow2")).unwrap(),
             b"another copy"
         );
-        assert!(!dst.join("a.dump").exists());
+        assert!(dst.join("stray.txt").exists() && !dst.join("a.dump").exists());
         assert!(TreeStore::new(&dst).points().unwrap().is_empty());
-        // Moved out, the first copy is made; later, what the source deletes goes.
+        // Moved out, the copy is made: what else the folder held goes.
         std::fs::remove_dir_all(dst.join("images")).unwrap();
         replicate(&src, &dst, "p1");
-        std::fs::write(src.join("b.dump"), b"b1").unwrap();
-        replicate(&src, &dst, "p2");
-        std::fs::remove_file(src.join("a.dump")).unwrap();
-        replicate(&src, &dst, "p3");
-        assert!(!dst.join("a.dump").exists() && dst.join("b.dump").exists());
+        assert!(!dst.join("stray.txt").exists() && dst.join("a.dump").exists());
     }
 
     /// A backup set of hundreds of thousands of files has a tree file of hundreds of MiB:
