@@ -1391,11 +1391,13 @@ pub fn points(model: &Model, vm: &str, json: bool, ssh: &SshArgs) -> Outcome {
     let notes = copy_notes(&vm, &disks);
     // A point of a copy that is no longer it (changed, in use, unreadable history) is no
     // good point, whatever it was when made.
+    // A lease that cannot be read may be a failover's (the copy then is no point of it).
     let usable = notes.iter().all(|n| !n.starts_with("UNVERIFIED"))
         && !disks.iter().any(|d| {
-            d.leases
-                .iter()
-                .any(|l| l.kind == crate::replica::LeaseKind::Live)
+            !d.bad_leases.is_empty()
+                || d.leases
+                    .iter()
+                    .any(|l| l.kind == crate::replica::LeaseKind::Live)
         });
     let state = |v: Verified| match (v, usable) {
         (Verified::Bad, _) => "bad",

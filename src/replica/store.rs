@@ -2259,8 +2259,21 @@ impl Store {
             .collect())
     }
 
-    /// Writes point `id` to `out` (sparse), and checks its hash.
+    /// Writes point `id` to `out` (sparse), and checks its hash. Never over the copy itself,
+    /// nor over a file of its metadata: the point is read from them.
     pub fn restore(&self, id: &str, out: &Path) -> Result<(), StoreError> {
+        let over_metadata = std::fs::symlink_metadata(out).is_ok()
+            && crate::replica::tree::writes_into(out, &[&self.dir]).is_some();
+        if let Some(reason) = crate::replica::tree::writes_into(out, &[&self.image]).or_else(|| {
+            over_metadata
+                .then(|| crate::replica::tree::writes_into(out, &[&self.dir]))
+                .flatten()
+        }) {
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason,
+            });
+        }
         let _lock = self.lock()?;
         self.recover()?;
         let points = self.points()?;
@@ -2926,6 +2939,34 @@ mod tests {
         let stream = stream_of(&disk, &other);
         other.apply(&mut &stream[..], point("p1")).unwrap();
         assert_eq!(std::fs::read(dir.path().join("copy.qcow2")).unwrap(), bytes);
+    }
+
+    /// A point is never restored over the copy it is read from, nor over its metadata: the
+    /// copy would be cut before it was read.
+    #[test]
+    fn a_point_is_never_restored_over_its_own_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let bytes: Vec<u8> = (0..2 * BLOCK + 5).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&src, &bytes).unwrap();
+        let copy = dir.path().join("copy.img");
+        let store = Store::new(&copy);
+        let stream = stream_of(&src, &store);
+        store.apply(&mut &stream[..], point("p1")).unwrap();
+        std::os::unix::fs::symlink(&copy, dir.path().join("link.img")).unwrap();
+        for out in [
+            copy.clone(),
+            dir.path().join("link.img"),
+            store.path("points.json"),
+        ] {
+            let err = store.restore("p1", &out).unwrap_err().to_string();
+            assert!(err.contains("which the point is read from"), "{err}");
+        }
+        assert_eq!(std::fs::read(&copy).unwrap(), bytes);
+        assert_eq!(store.points().unwrap().len(), 1);
+        let out = dir.path().join("restored.img");
+        store.restore("p1", &out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), bytes);
     }
 
     /// A new point named `id`, keeping 5.

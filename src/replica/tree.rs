@@ -515,6 +515,43 @@ fn another_copy_in(root: &Path, changes: &Changes) -> Option<String> {
     ))
 }
 
+/// Why a restore may not write to `out`: it is, holds or lies in one of `read` (a copy, its
+/// metadata folder), which the restore reads the point from, links followed (`None`: it does
+/// not, or cannot be told so on this machine).
+pub fn writes_into(out: &Path, read: &[&Path]) -> Option<String> {
+    let chain_of = |p: &Path| -> Option<Vec<(u64, u64)>> {
+        match FolderOrigin::of(p) {
+            Some(o) => Some(o.chain),
+            // A file, or not made yet: its own identity first, then its folder's chain.
+            None => {
+                use std::os::unix::fs::MetadataExt;
+                let own = std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+                let parent = p.ancestors().skip(1).find_map(FolderOrigin::of)?;
+                Some(own.into_iter().chain(parent.chain).collect())
+            }
+        }
+    };
+    let out_chain = chain_of(out)?;
+    let out_exists = std::fs::symlink_metadata(out).is_ok();
+    for r in read {
+        let Some(r_chain) = chain_of(r) else {
+            continue;
+        };
+        let r_id = r_chain.first()?;
+        let hit = (out_exists && out_chain.first() == Some(r_id))
+            || out_chain.contains(r_id)
+            || (out_exists && r_chain.contains(out_chain.first()?));
+        if hit {
+            return Some(format!(
+                "{} is, holds or lies in {}, which the point is read from: nothing was written; restore to a path apart from the copy",
+                out.display(),
+                r.display()
+            ));
+        }
+    }
+    None
+}
+
 fn hello(r: &mut impl io::BufRead) -> Result<Option<FolderOrigin>, String> {
     let first = line(r)?;
     let value: serde_json::Value = serde_json::from_str(&first)
@@ -1697,8 +1734,15 @@ impl TreeStore {
         Ok(unusable)
     }
 
-    /// Writes point `id` into the folder `out` and checks its digest.
+    /// Writes point `id` into the folder `out` and checks its digest. Never into the copy,
+    /// which the point is rebuilt from, nor into a folder that holds it or lies in it.
     pub fn restore(&self, id: &str, out: &Path) -> Result<(), StoreError> {
+        if let Some(reason) = writes_into(out, &[&self.root]) {
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason,
+            });
+        }
         let _lock = self.lock()?;
         self.recover()?;
         self.restore_locked(id, out)
@@ -1962,6 +2006,31 @@ mod tests {
             },
         )?;
         Ok(sent)
+    }
+
+    /// A backup set's point is never restored into its copy, into a folder inside it, or
+    /// into the folder that holds it: it is rebuilt from the copy.
+    #[test]
+    fn a_backup_set_point_is_never_restored_into_its_own_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.dump"), b"a1").unwrap();
+        replicate(&src, &dst, "p1");
+        let store = TreeStore::new(&dst);
+        for out in [dst.clone(), dst.join("inner"), dir.path().to_path_buf()] {
+            let err = store.restore("p1", &out).unwrap_err().to_string();
+            assert!(
+                err.contains("which the point is read from"),
+                "{}: {err}",
+                out.display()
+            );
+        }
+        assert_eq!(std::fs::read(dst.join("a.dump")).unwrap(), b"a1");
+        assert!(!dst.join("inner").exists());
+        let out = dir.path().join("restored");
+        store.restore("p1", &out).unwrap();
+        assert_eq!(std::fs::read(out.join("a.dump")).unwrap(), b"a1");
     }
 
     /// A copy whose folder also keeps another copy of reprise's (a vm's recovery copy and
