@@ -695,9 +695,6 @@ impl Store {
         }
     }
 
-    /// Why the copy holds neither the point before an update of reprise's nor the one after:
-    /// one writes it now, or was cut in the middle. `None` for a copy that is a point, or a
-    /// file reprise does not manage. Changes nothing.
     /// For a source helper about to read `self.image`: why it may not, when an update on this
     /// machine holds it as a copy while it receives from a source of this very path (the
     /// recovery host this machine under another name, the copy the disk itself).
@@ -718,6 +715,9 @@ impl Store {
         })
     }
 
+    /// Why the copy holds neither the point before an update of reprise's nor the one after:
+    /// one writes it now, or was cut in the middle. `None` for a copy that is a point, or a
+    /// file reprise does not manage. Changes nothing.
     pub fn half_written(&self) -> Option<String> {
         if held(&self.dir) {
             return Some("reprise is writing it now".into());

@@ -426,7 +426,6 @@ fn get(r: &mut impl io::BufRead) -> Result<Rec, String> {
         .map_err(|e| format!("the stream from the source is damaged: {e}"))
 }
 
-/// Reads the first record, which must say the sender speaks this protocol.
 /// A folder as one running machine knows it: its boot id ([`super::wire::Origin`]), and the
 /// device and inode of the folder then of each folder it lies in, up to `/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -552,6 +551,8 @@ pub fn writes_into(out: &Path, read: &[&Path]) -> Option<String> {
     None
 }
 
+/// Reads the first record, which must say the sender speaks this protocol; the folder it
+/// read, when it says.
 fn hello(r: &mut impl io::BufRead) -> Result<Option<FolderOrigin>, String> {
     let first = line(r)?;
     let value: serde_json::Value = serde_json::from_str(&first)
