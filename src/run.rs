@@ -848,8 +848,7 @@ fn elsewhere_of(
             unread_leases.extend(
                 copies
                     .iter()
-                    .filter(|c| !c.bad_leases.is_empty())
-                    .map(|c| format!("{} ({})", c.path, c.bad_leases.join("; "))),
+                    .filter_map(crate::replica::CopyState::unread_leases),
             );
             let mut runs: Vec<String> = copies
                 .iter()

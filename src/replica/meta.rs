@@ -658,6 +658,13 @@ pub struct CopyState {
 }
 
 impl CopyState {
+    /// Its leases that cannot be read, in words (`PATH (why; why)`), when there are any: a
+    /// failover's may be among them.
+    pub fn unread_leases(&self) -> Option<String> {
+        (!self.bad_leases.is_empty())
+            .then(|| format!("{} ({})", self.path, self.bad_leases.join("; ")))
+    }
+
     /// Whether the copy is exactly the newest point a replication made of it: nothing of its
     /// own was written there since.
     pub fn is_newest_point(&self) -> bool {

@@ -735,11 +735,7 @@ pub fn before_failback(
             .find(|l| l.kind == LeaseKind::Live)
             .map(|l| (choice::name(&s.path).to_string(), l.describe()))
     });
-    let unread: Vec<String> = states
-        .iter()
-        .filter(|s| !s.bad_leases.is_empty())
-        .map(|s| format!("{} ({})", s.path, s.bad_leases.join("; ")))
-        .collect();
+    let unread: Vec<String> = states.iter().filter_map(CopyState::unread_leases).collect();
     match ran {
         None if unread.is_empty() => Ok(()),
         // A lease that cannot be read may be a failover's.

@@ -2262,13 +2262,14 @@ impl Store {
     /// Writes point `id` to `out` (sparse), and checks its hash. Never over the copy itself,
     /// nor over a file of its metadata: the point is read from them.
     pub fn restore(&self, id: &str, out: &Path) -> Result<(), StoreError> {
-        let over_metadata = std::fs::symlink_metadata(out).is_ok()
-            && crate::replica::tree::writes_into(out, &[&self.dir]).is_some();
-        if let Some(reason) = crate::replica::tree::writes_into(out, &[&self.image]).or_else(|| {
-            over_metadata
+        // A new file in the metadata folder is harmless; one there already is not.
+        let exists = std::fs::symlink_metadata(out).is_ok();
+        let refused = crate::replica::tree::writes_into(out, &[&self.image]).or_else(|| {
+            exists
                 .then(|| crate::replica::tree::writes_into(out, &[&self.dir]))
                 .flatten()
-        }) {
+        });
+        if let Some(reason) = refused {
             return Err(StoreError::Refused {
                 image: self.name(),
                 reason,
