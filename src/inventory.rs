@@ -1701,6 +1701,15 @@ mod tests {
             replication_overlay("/srv/raw"),
             "/srv/raw.reprise-replicate"
         );
+        // A dot in a folder's name is not an extension (libvirt drops the file name's only).
+        assert_eq!(
+            replication_overlay("/srv/v1.d/data"),
+            "/srv/v1.d/data.reprise-replicate"
+        );
+        assert_eq!(
+            replication_overlay("100/vm-100-disk-0.qcow2"),
+            "100/vm-100-disk-0.reprise-replicate"
+        );
     }
 
     #[test]

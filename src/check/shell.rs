@@ -883,6 +883,17 @@ mod tests {
     /// against stand-ins of `virsh`, `qemu-img` and `virt-xml` that print what they print.
     #[test]
     fn libvirt_s_snapshot_hooks_read_a_disk_path_with_spaces_whole() {
+        libvirt_s_snapshot_hooks_find_the_overlay_of("data disk.qcow2");
+    }
+    /// libvirt names an external snapshot's file by dropping the extension of the disk's file
+    /// name only: the overlay of `v1.d/data` is `v1.d/data.reprise-replicate`, never
+    /// `v1.reprise-replicate`, which is another disk's overlay (`v1.qcow2`'s) that the hooks
+    /// must neither take for this one nor remove.
+    #[test]
+    fn libvirt_s_snapshot_hooks_take_the_extension_of_the_file_name_only() {
+        libvirt_s_snapshot_hooks_find_the_overlay_of("v1.d/data");
+    }
+    fn libvirt_s_snapshot_hooks_find_the_overlay_of(disk: &str) {
         let doc: toml::Table = crate::inventory::BUILTIN_DRIVERS.parse().unwrap();
         let libvirt = doc["drivers"]["libvirt"].as_table().unwrap();
         let tmp = tempfile::tempdir().unwrap();
@@ -897,11 +908,20 @@ mod tests {
                 .unwrap()
                 .replace("{{ vm.name }}", "app")
                 .replace("{{ host.images_dir }}", &q(dir.to_str().unwrap()))
-                .replace("{{ vm.disks }}", &q("data disk.qcow2"))
+                .replace("{{ vm.disks }}", &q(disk))
         };
-        let overlay = dir.join("data disk.reprise-replicate");
+        let overlay = dir.join(crate::inventory::replication_overlay(disk));
+        let base = dir.join(disk);
+        std::fs::create_dir_all(base.parent().unwrap()).unwrap();
         std::fs::write(&overlay, b"overlay").unwrap();
-        std::fs::write(dir.join("data disk.qcow2"), b"base").unwrap();
+        std::fs::write(&base, b"base").unwrap();
+        // Where the extension of the whole path would put it (`${d%.*}`): another disk's.
+        let careless = disk.rsplit_once('.').map_or(disk, |(stem, _)| stem);
+        let other = dir.join(format!("{careless}.reprise-replicate"));
+        let other_kept = other != overlay;
+        if other_kept {
+            std::fs::write(&other, b"another vm's overlay").unwrap();
+        }
         // The domain (shut off) uses the overlay until virt-xml points it back at its disk.
         let uses = tmp.path().join("uses-overlay");
         std::fs::write(&uses, b"").unwrap();
@@ -928,7 +948,7 @@ esac"#,
                 log = q(log.to_str().unwrap()),
                 uses = q(uses.to_str().unwrap()),
                 ov = q(overlay.to_str().unwrap()),
-                base = q(dir.join("data disk.qcow2").to_str().unwrap()),
+                base = q(base.to_str().unwrap()),
             ),
         );
         stub(
@@ -976,5 +996,11 @@ case "$1" in info) printf '{{\n    "format": "qcow2",\n}}\n';; esac"#,
             .unwrap_or_else(|| panic!("the domain is pointed back at its disk: {log}"));
         assert!(commit < edit, "{log}");
         assert!(!overlay.exists(), "removed once no longer used: {log}");
+        if other_kept {
+            assert!(
+                other.exists(),
+                "another disk's overlay is left alone: {log}"
+            );
+        }
     }
 }

@@ -1356,3 +1356,48 @@ fn stopped_vm_written_between_its_disks_reads(name: &str, ip: u8, said: &str) {
     assert_eq!(third.code, 0, "{third:?}");
     assert!(!points(&hv).last().unwrap().1);
 }
+
+/// libvirt names a running disk's snapshot overlay after the disk's file name without its
+/// extension: `v1.d/app` makes `v1.d/app.reprise-replicate`. The driver's hooks find, merge
+/// and remove that file, in the running and the defined domain, and never touch
+/// `v1.reprise-replicate`, another disk's overlay (a `v1.qcow2`'s) that the extension of the
+/// whole path would name.
+#[test]
+fn a_disk_in_a_folder_with_a_dot_has_its_own_overlay_merged_and_no_other_touched() {
+    let hv = Hv::up();
+    let images = "/var/lib/libvirt/images";
+    let disk = format!("{images}/v1.d/app");
+    hv.main.sh(&format!(
+        "mkdir -p {images}/v1.d && qemu-img create -q -f qcow2 {disk} 256M"
+    ));
+    let other = format!("{images}/v1.reprise-replicate");
+    hv.main
+        .sh(&format!("echo another vm\\'s overlay > {other}"));
+    let xml = hv.domain_xml("app", &disk, 10, Firmware::Bios);
+    std::fs::write(hv.main.path("/var/tmp/app.xml"), xml).unwrap();
+    hv.main.virsh("define /var/tmp/app.xml");
+    hv.main.virsh("start app");
+    hv.set_disks("app", &["v1.d/app"]);
+    hv.wait_healthy(10, 2);
+
+    let run = hv.reprise(&["replicate", "--service", "app"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        hv.main.sh(&format!("cat {other}")).trim(),
+        "another vm's overlay",
+        "{run:?}"
+    );
+    let own = format!("{disk}.reprise-replicate");
+    assert!(!hv.main.path(&own).exists(), "{own} is left: {run:?}");
+    for defined in ["", " --inactive"] {
+        let blocks = hv.main.virsh(&format!("domblklist app --details{defined}"));
+        assert!(
+            blocks.contains(&disk) && !blocks.contains("reprise-replicate"),
+            "{defined}: {blocks}"
+        );
+    }
+    // The guest goes on writing to its disk, and the copy holds what it had written.
+    let (_, now) = hv.wait_healthy(10, 0);
+    hv.wait_healthy(10, now + 2);
+    assert!(hv.pra.counter_on_disk("/srv/replicas/v1.d/app") >= 2);
+}

@@ -174,13 +174,9 @@ fn start(state: &LabState, host: &str, vm: &LabVm, name: &str, args: &[String]) 
 }
 
 /// The overlay of a lab disk during a replication: `DIR/STEM.reprise-replicate`, as libvirt
-/// names an external snapshot's file.
+/// names an external snapshot's file (the disk's path without its file name's extension).
 fn overlay_of(dir: &Path, disk: &str) -> PathBuf {
-    let stem = Path::new(disk)
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_else(|| disk.to_string());
-    dir.join(format!("{stem}.reprise-replicate"))
+    dir.join(crate::inventory::replication_overlay(disk))
 }
 
 /// `lab-vm freeze|thaw|snapshot-check`: libvirt's external snapshot, on files. A running vm's
