@@ -545,8 +545,10 @@ pub enum Command {
     Manpage,
     /// Release the recovery copies of a vm or backup set that a drill or a failover still
     /// holds (a lease no replication writes through): only once no drill copy or vm uses them.
-    /// For a backup set, also forget that a failback copied it back: replication may then
-    /// write over what the recovery site wrote in it after that copy back.
+    /// For a backup set, also forget that a failback copied it back. Without --run, also let
+    /// go what was written in the copies outside reprise since their newest point (a vm
+    /// started on one by hand, a file written into a set's copy): the next replication
+    /// overwrites it, where it would otherwise stop.
     #[command(
         after_help = "Examples:\n  reprise release erp-db --run 20261128T031000Z-drill\n  reprise release erp-db"
     )]

@@ -519,6 +519,7 @@ fn replicate_all(
                     pending: false,
                     deadline: std::time::Duration::from_secs(7200),
                     reads: None,
+                    overwrite_changed: false,
                 }
             };
             replicate_guest(vm, inv, transport, &helpers, take, scan, &stopped, &mut out);
@@ -554,6 +555,7 @@ fn replicate_all(
             deadline: std::time::Duration::from_secs(7200),
             definition,
             reads: Some(reads.clone()),
+            overwrite_changed: false,
         };
         // The snapshot is merged back as soon as every disk was read to its end (none is read
         // again), while the recovery side commits; else once every stream has ended.

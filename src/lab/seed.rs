@@ -55,6 +55,7 @@ pub(super) fn seed_points(model: &Model) -> Result<(), LabError> {
         deadline: Duration::from_secs(600),
         definition,
         reads: None,
+        overwrite_changed: false,
     };
     let copies = seeds(model, &helpers)?;
     let mut hosts: Vec<&str> = copies

@@ -94,7 +94,8 @@ pub fn serve(
             image,
             reread,
             digest,
-        } => base_manifest(&image, reread, digest, stdout),
+            overwrite_changed,
+        } => base_manifest(&image, (reread, overwrite_changed), digest, stdout),
         Request::Apply {
             image,
             point,
@@ -109,6 +110,7 @@ pub fn serve(
             created,
             marker,
             pending,
+            overwrite_changed,
         } => {
             let read = mode.map(|mode| HowRead {
                 mode,
@@ -127,13 +129,18 @@ pub fn serve(
                 definition,
                 read,
                 pending,
+                overwrite_changed,
             };
             apply_disk(&image, new, stdin, stdout)
         }
         Request::PutDefinition { image, blake3 } => put_definition(&image, &blake3, stdin),
         Request::Definition { image, point } => definition(&image, &point, stdout),
         Request::SendTree { dir } => send_files(&dir, stdin, stdout),
-        Request::TreeBase { dir, reread } => files_base(&dir, reread, stdout),
+        Request::TreeBase {
+            dir,
+            reread,
+            overwrite_changed,
+        } => files_base(&dir, (reread, overwrite_changed), stdout),
         Request::ApplyTree {
             dir,
             point,
@@ -141,6 +148,7 @@ pub fn serve(
             source,
             retention,
             source_ahead_us,
+            overwrite_changed,
         } => {
             let ahead = chrono::Duration::microseconds(source_ahead_us);
             let new = NewPoint {
@@ -151,6 +159,7 @@ pub fn serve(
                 definition: None,
                 read: None,
                 pending: false,
+                overwrite_changed,
             };
             apply_files(&dir, new, ahead, stdin, stdout)
         }
@@ -226,10 +235,12 @@ pub fn serve(
             kind,
             returned,
             forget_returned,
+            accept,
         } => {
             let returned = CopiedBack {
                 stamp: returned.as_deref(),
                 forget: forget_returned,
+                accept,
             };
             release(&paths, run.as_deref(), kind, returned, stdout)
         }
@@ -433,19 +444,24 @@ fn is_kept(image: &Path, digest: &str, stdout: &mut dyn Write) -> Result<(), Str
     answer(stdout, if kept { b"true" } else { b"false" })
 }
 
-/// [`Request::Manifest`]: the base manifest of `image`, or only its digest.
+/// [`Request::Manifest`]: the base manifest of `image`, or only its digest; `(reread,
+/// overwrite)` as [`Store::base_manifest`]'s.
 fn base_manifest(
     image: &Path,
-    reread: bool,
+    (reread, overwrite): (bool, bool),
     digest: bool,
     stdout: &mut dyn Write,
 ) -> Result<(), String> {
     let store = Store::new(image);
     if digest {
-        let d = store.base_digest(reread).map_err(|e| e.to_string())?;
+        let d = store
+            .base_digest(reread, overwrite)
+            .map_err(|e| e.to_string())?;
         answer(stdout, format!("{d}\n").as_bytes())
     } else {
-        let (m, _) = store.base_manifest(reread).map_err(|e| e.to_string())?;
+        let (m, _) = store
+            .base_manifest(reread, overwrite)
+            .map_err(|e| e.to_string())?;
         answer(stdout, &m.encode())
     }
 }
@@ -515,10 +531,15 @@ fn send_files(dir: &Path, stdin: &mut impl Read, stdout: &mut impl Write) -> Res
     Ok(())
 }
 
-/// [`Request::TreeBase`]: the tree of the backup set `dir` to compare against.
-fn files_base(dir: &Path, reread: bool, stdout: &mut dyn Write) -> Result<(), String> {
+/// [`Request::TreeBase`]: the tree of the backup set `dir` to compare against; `(reread,
+/// overwrite)` as [`TreeStore::base`]'s.
+fn files_base(
+    dir: &Path,
+    (reread, overwrite): (bool, bool),
+    stdout: &mut dyn Write,
+) -> Result<(), String> {
     let t = TreeStore::new(dir)
-        .base(reread)
+        .base(reread, overwrite)
         .map_err(|e| e.to_string())?;
     answer_json(stdout, &t)
 }
@@ -641,10 +662,12 @@ fn take_lease(
     answer_json(stdout, &note)
 }
 
-/// What [`Request::Release`] records or forgets of a failback's copy back of a backup set.
+/// What [`Request::Release`] records or forgets of a failback's copy back of a backup set,
+/// and whether what was written in the copies since their newest point is let go.
 struct CopiedBack<'a> {
     stamp: Option<&'a str>,
     forget: bool,
+    accept: bool,
 }
 
 /// [`Request::Release`]: drops the leases on `paths` of run `run` and kind `kind` (each filter
@@ -679,14 +702,31 @@ fn release(
                         .to_string(),
                 );
             }
-            Ok(done)
+            if returned.accept
+                && let Some(why) = t.accept_changes().map_err(|e| e.to_string())?
+            {
+                done.push(let_go(&why));
+            }
+            done
         } else {
-            Store::new(p).release(which)
-        }
-        .map_err(|e| e.to_string())?;
+            let s = Store::new(p);
+            let mut done = s.release(which).map_err(|e| e.to_string())?;
+            if returned.accept
+                && let Some(why) = s.accept_changes().map_err(|e| e.to_string())?
+            {
+                done.push(let_go(&why));
+            }
+            done
+        };
         released.extend(done.into_iter().map(|d| format!("{}: {d}", p.display())));
     }
     answer_json(stdout, &released)
+}
+
+/// What [`Request::Release`] says of a copy whose change since its newest point (`why`) it
+/// let go.
+fn let_go(why: &str) -> String {
+    format!("what was written in it outside reprise ({why}): the next replication overwrites it")
 }
 
 /// What a copy (an image, or a backup set's folder) and its metadata say.
@@ -1275,7 +1315,7 @@ mod tests {
     /// One replication, as the two helpers do it, without the network.
     fn replicate(src: &Path, dst: &Path, id: &str, retention: u32) -> (u64, Sent) {
         let store = Store::new(dst);
-        let (m, _) = store.base_manifest(false).unwrap();
+        let (m, _) = store.base_manifest(false, false).unwrap();
         let mut stream = Vec::new();
         let sent = send(src, &m, &mut stream, false).unwrap();
         let applied = store
@@ -1289,6 +1329,7 @@ mod tests {
                     definition: None,
                     read: None,
                     pending: false,
+                    overwrite_changed: false,
                 },
             )
             .unwrap();
@@ -1421,7 +1462,7 @@ mod tests {
                 replicate(&src, &dst, "p1", 3);
                 write_at(&src, BLOCK as u64, &[2u8; BLOCK]);
                 let store = Store::new(&dst);
-                let (m, _) = store.base_manifest(false).unwrap();
+                let (m, _) = store.base_manifest(false, false).unwrap();
                 let mut stream = WrittenMeanwhile {
                     bytes: Vec::new(),
                     flushed: false,
@@ -1438,6 +1479,7 @@ mod tests {
                     definition: None,
                     read: None,
                     pending: false,
+                    overwrite_changed: false,
                 };
                 let applied = store.apply(&mut &stream.bytes[..], new);
                 if live {
@@ -1562,7 +1604,7 @@ mod tests {
         data.extend(vec![0u8; BLOCK]);
         std::fs::write(&src, &data).unwrap();
         let store = Store::new(&dst);
-        let (m, _) = store.base_manifest(false).unwrap();
+        let (m, _) = store.base_manifest(false, false).unwrap();
         let (mut plain, mut packed) = (Vec::new(), Vec::new());
         let sent_plain = send(&src, &m, &mut plain, false).unwrap();
         let sent_packed = send(&src, &m, &mut packed, true).unwrap();
@@ -1591,6 +1633,7 @@ mod tests {
                     definition: None,
                     read: None,
                     pending: false,
+                    overwrite_changed: false,
                 },
             )
             .unwrap();
@@ -1604,7 +1647,12 @@ mod tests {
         let dst = dir.path().join("dst.img");
         std::fs::write(&src, vec![9u8; 4 * BLOCK]).unwrap();
         replicate(&src, &dst, "p1", 5);
+        // Rot: the byte changes, the file's times do not.
+        let modified = std::fs::metadata(&dst).unwrap().modified().unwrap();
         write_at(&dst, 2 * BLOCK as u64 + 10, b"X");
+        let f = std::fs::OpenOptions::new().write(true).open(&dst).unwrap();
+        f.set_modified(modified).unwrap();
+        drop(f);
         let store = Store::new(&dst);
         assert_eq!(store.verify(None).unwrap(), [("p1".to_string(), false)]);
         assert_eq!(store.points().unwrap()[0].verified, Verified::Bad);
@@ -1623,7 +1671,7 @@ mod tests {
         let before = std::fs::read(&dst).unwrap();
         write_at(&src, 0, &vec![6u8; 8 * BLOCK]);
         let store = Store::new(&dst);
-        let (m, _) = store.base_manifest(false).unwrap();
+        let (m, _) = store.base_manifest(false, false).unwrap();
         let mut stream = Vec::new();
         send(&src, &m, &mut stream, false).unwrap();
         let cut = &stream[..stream.len() / 2];
@@ -1638,6 +1686,7 @@ mod tests {
                     definition: None,
                     read: None,
                     pending: false,
+                    overwrite_changed: false,
                 },
             )
             .unwrap_err();
@@ -1717,8 +1766,8 @@ mod tests {
         kept: &Path,
     ) -> (Sent, Applied) {
         let store = Store::new(dst);
-        let digest = store.base_digest(false).unwrap();
-        let (m, _) = store.base_manifest(false).unwrap();
+        let digest = store.base_digest(false, false).unwrap();
+        let (m, _) = store.base_manifest(false, false).unwrap();
         assert_eq!(m.digest(), digest);
         let base = match Kept::open(Some(kept), img, &digest).unwrap() {
             Some(k) => Base::Kept(k),
@@ -1767,6 +1816,7 @@ mod tests {
                         marker: None,
                     }),
                     pending: false,
+                    overwrite_changed: false,
                 },
             )
             .unwrap();
@@ -1917,7 +1967,7 @@ mod tests {
         replicate_guest(&img, &dst, "p1", None, &kept);
         sh(&format!("qemu-io -c 'write -q -P 0x22 1M 64k' '{i}'"));
         let store = Store::new(&dst);
-        let manifest = store.base_manifest(false).unwrap().0.encode();
+        let manifest = store.base_manifest(false, false).unwrap().0.encode();
         let from = SendFrom {
             live: false,
             nbd: None,
@@ -1956,6 +2006,7 @@ mod tests {
                 marker: None,
             }),
             pending: false,
+            overwrite_changed: false,
         };
         assert!(store.apply(&mut &stream[..], new).is_err());
         assert_eq!(std::fs::read(&dst).unwrap(), before);
@@ -1977,7 +2028,11 @@ mod tests {
         sh(&format!(
             "qemu-img bitmap --add '{i}' cp && qemu-img bitmap --add -g 2147483648 --disable '{i}' reprise-mark-p1-a && qemu-io -c 'write -q -P 0x22 1M 64k' '{i}'"
         ));
-        let manifest = Store::new(&dst).base_manifest(false).unwrap().0.encode();
+        let manifest = Store::new(&dst)
+            .base_manifest(false, false)
+            .unwrap()
+            .0
+            .encode();
         let send = |marks: &[&str]| {
             let from = SendFrom {
                 live: false,
@@ -2058,7 +2113,7 @@ mod tests {
         if !kept_by_source {
             let _ = std::fs::remove_dir_all(&kept);
         }
-        let digest = store.base_digest(false).unwrap();
+        let digest = store.base_digest(false, false).unwrap();
         // The rotten leaves as the file holds them, under its intact header: what the
         // recovery side gives when it does not check them, the recovery manifest left
         // rotten for the update.
@@ -2071,7 +2126,7 @@ mod tests {
                     .collect(),
                 ..copy
             }),
-            None => Base::Given(store.base_manifest(false).unwrap().0),
+            None => Base::Given(store.base_manifest(false, false).unwrap().0),
         };
         let served = QemuNbd::serve(&img, Some("cp1")).unwrap();
         let mut stream = Vec::new();
@@ -2109,6 +2164,7 @@ mod tests {
                     marker: None,
                 }),
                 pending: false,
+                overwrite_changed: false,
             },
         );
         let bytes = blake3::hash(&std::fs::read(&dst).unwrap())

@@ -599,6 +599,33 @@ pub struct Ended {
     pub missed: Option<u64>,
 }
 
+/// The record that the operator (`reprise release`), or a failback that copied the copy
+/// back, let go what was written in it since its newest point: the copy's stamp then.
+pub const ACCEPTED: &str = "accepted";
+
+/// Records that what was written in the copy since its newest point may be overwritten while
+/// its stamp is still `stamp` ([`ACCEPTED`]).
+pub fn write_accepted(dir: &Path, stamp: &str) -> Result<(), StoreError> {
+    write_file(dir, ACCEPTED, stamp.as_bytes(), false)
+}
+
+/// The stamp [`write_accepted`] recorded, if any (one that cannot be read is none: the
+/// copy is then refused, as if never let go).
+pub fn read_accepted(dir: &Path) -> Option<String> {
+    read_file(&dir.join(ACCEPTED))
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+}
+
+/// Why a replication does not write into a copy written outside reprise since its newest
+/// point (`why`, from `changed_since`), and what to do.
+pub fn written_outside(why: &str) -> String {
+    format!(
+        "{why}; what was written there since is in no point and not on the primary, and this replication would overwrite it: nothing was written. To keep it (a vm ran there), fail back from it first (`reprise failback --service SERVICE --force` copies it back to the primary); if it is not needed, `reprise release NAME` (NAME: the vm or backup set this copy is of) lets the next replication overwrite it"
+    )
+}
+
 pub fn read_ended(dir: &Path) -> Option<Ended> {
     read_file(&dir.join("ended.json"))
         .ok()

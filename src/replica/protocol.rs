@@ -78,6 +78,12 @@ pub enum Request {
         #[arg(long)]
         #[serde(default)]
         digest: bool,
+        /// The copy may have been written outside reprise since its newest point and is to
+        /// be overwritten all the same: a failback's copy back into the primary (judged by
+        /// the failback first). Otherwise such a copy is refused.
+        #[arg(long)]
+        #[serde(default)]
+        overwrite_changed: bool,
     },
     /// Source side: whether it kept the manifest of `image` whose digest is `digest` (the
     /// one it computed when it last sent it): `true` or `false`. A replication no longer asks
@@ -129,6 +135,12 @@ pub enum Request {
         #[arg(long)]
         #[serde(default)]
         pending: bool,
+        /// The copy may have been written outside reprise since its newest point and is to
+        /// be overwritten all the same: a failback's copy back into the primary (judged by
+        /// the failback first). Otherwise such a copy is refused.
+        #[arg(long)]
+        #[serde(default)]
+        overwrite_changed: bool,
     },
     /// Recovery side: stores the vm definition on stdin (at most `vmdef::MAX_BYTES`) beside
     /// the copy `image`, atomically, named by its BLAKE3, which must be `blake3`; no answer.
@@ -152,6 +164,12 @@ pub enum Request {
         dir: PathBuf,
         #[arg(long)]
         reread: bool,
+        /// The copy may have been written outside reprise since its newest point and is to
+        /// be overwritten all the same: a failback's copy back into the primary (judged by
+        /// the failback first). Otherwise such a copy is refused.
+        #[arg(long)]
+        #[serde(default)]
+        overwrite_changed: bool,
     },
     /// Recovery side of a backup set: applies a tree stream as a new point; answers
     /// `store::Applied` (its `blocks` count files).
@@ -170,6 +188,12 @@ pub enum Request {
         /// orchestrator's clock by it, the latest it may be.
         #[arg(long, allow_hyphen_values = true)]
         source_ahead_us: i64,
+        /// The copy may have been written outside reprise since its newest point and is to
+        /// be overwritten all the same: a failback's copy back into the primary (judged by
+        /// the failback first). Otherwise such a copy is refused.
+        #[arg(long)]
+        #[serde(default)]
+        overwrite_changed: bool,
     },
     /// The points, oldest first: `Vec<store::Point>`.
     Points { image: PathBuf },
@@ -286,6 +310,11 @@ pub enum Request {
         #[arg(long)]
         #[serde(default)]
         forget_returned: bool,
+        /// What was written in the copies since their newest point is let go: a replication
+        /// may overwrite it while they are as they are now (`Store::accept_changes`).
+        #[arg(long)]
+        #[serde(default)]
+        accept: bool,
     },
 }
 
@@ -512,6 +541,7 @@ mod tests {
                 image: "/srv/a.qcow2".into(),
                 reread: true,
                 digest: true,
+                overwrite_changed: true,
             },
             Request::Kept {
                 image: "/srv/a.qcow2".into(),
@@ -531,6 +561,7 @@ mod tests {
                 created: Some(1_796_370_000),
                 marker: Some("--reprise-mark-20261128T031000Z".into()),
                 pending: true,
+                overwrite_changed: false,
             },
             Request::PutDefinition {
                 image: "/srv/a.qcow2".into(),
@@ -552,6 +583,7 @@ mod tests {
             Request::TreeBase {
                 dir: "/srv/backups".into(),
                 reread: false,
+                overwrite_changed: true,
             },
             Request::ApplyTree {
                 dir: "/srv/backups".into(),
@@ -560,6 +592,7 @@ mod tests {
                 source: "san:/export".into(),
                 retention: 1,
                 source_ahead_us: -300_000_000,
+                overwrite_changed: true,
             },
         ]
     }
@@ -635,6 +668,7 @@ mod tests {
                 kind: Some(crate::replica::LeaseKind::Drill),
                 returned: None,
                 forget_returned: false,
+                accept: false,
             },
             Request::Release {
                 paths: vec!["/srv/backups/erp".into()],
@@ -642,6 +676,7 @@ mod tests {
                 kind: Some(crate::replica::LeaseKind::Live),
                 returned: Some("tree 0a1b".into()),
                 forget_returned: true,
+                accept: true,
             },
         ]
     }
@@ -673,6 +708,7 @@ mod tests {
             created: None,
             marker: None,
             pending: false,
+            overwrite_changed: false,
         };
         assert_eq!(req.words()[..2], ["apply", "/srv/a.qcow2"]);
         assert_eq!(Request::Version.words(), ["version"]);

@@ -146,6 +146,10 @@ pub struct Replication {
     /// The reads of the vm's source disks while its snapshot freezes them: each source read
     /// to its end is said there, and none is read again ([`super::reads`]).
     pub reads: Option<std::sync::Arc<super::reads::Reads>>,
+    /// A failback's copy back into the primary, judged by the failback first: written even
+    /// where the target was written outside reprise since its newest point
+    /// ([`super::store::NewPoint::overwrite_changed`]).
+    pub overwrite_changed: bool,
 }
 
 /// The helper deployed on hosts, for one orchestrator process.
@@ -863,6 +867,7 @@ impl<'a> Helpers<'a> {
                         image: dst_image.clone(),
                         reread: false,
                         digest: true,
+                        overwrite_changed: r.overwrite_changed,
                     },
                     &[],
                     r.deadline,
@@ -1277,7 +1282,24 @@ impl<'a> Helpers<'a> {
             return Ok(Vec::new());
         }
         let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
-        self.release_with(host, &paths, run, kind, None, false)
+        self.release_with(host, &paths, run, kind, None, (false, false))
+    }
+
+    /// A failback copied the vm's recovery copies `paths` of `host` back to its primary:
+    /// their `live` leases are removed, and what was written in them outside reprise since
+    /// their newest point (a vm run there by hand, now on the primary) is let go
+    /// ([`super::store::Store::accept_changes`]); what was released.
+    pub fn release_copied_back(
+        &self,
+        host: &str,
+        paths: &[String],
+    ) -> Result<Vec<String>, ReplicaError> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let live = Some(crate::replica::LeaseKind::Live);
+        self.release_with(host, &paths, None, live, None, (false, true))
     }
 
     /// A failback copied the backup set's folder `path` of `host` back to its primary as it
@@ -1290,21 +1312,25 @@ impl<'a> Helpers<'a> {
         stamp: &str,
     ) -> Result<Vec<String>, ReplicaError> {
         let live = Some(crate::replica::LeaseKind::Live);
-        self.release_with(host, &[path], None, live, Some(stamp), false)
+        self.release_with(host, &[path], None, live, Some(stamp), (false, false))
     }
 
-    /// `reprise release` of a copy: its leases (of run `run`), and, for a backup set's
-    /// folder, the record of a failback's copy back; what was released.
+    /// `reprise release` of a copy: its leases (of run `run`), for a backup set's folder the
+    /// record of a failback's copy back, and, without `run`, what was written in it outside
+    /// reprise since its newest point (let go: the next replication overwrites it); what was
+    /// released.
     pub fn release_all(
         &self,
         host: &str,
         path: &str,
         run: Option<&str>,
     ) -> Result<Vec<String>, ReplicaError> {
-        self.release_with(host, &[path], run, None, None, true)
+        self.release_with(host, &[path], run, None, None, (true, run.is_none()))
     }
 
-    /// [`Request::Release`].
+    /// [`Request::Release`]: also forgets a backup set's record of a failback's copy back, and
+    /// lets go what was written in the copies outside reprise since their newest point, as
+    /// `(forget_returned, accept)` say.
     fn release_with(
         &self,
         host: &str,
@@ -1312,7 +1338,7 @@ impl<'a> Helpers<'a> {
         run: Option<&str>,
         kind: Option<crate::replica::LeaseKind>,
         returned: Option<&str>,
-        forget_returned: bool,
+        (forget_returned, accept): (bool, bool),
     ) -> Result<Vec<String>, ReplicaError> {
         let req = Request::Release {
             paths: paths.iter().map(Into::into).collect(),
@@ -1320,6 +1346,7 @@ impl<'a> Helpers<'a> {
             kind,
             returned: returned.map(str::to_string),
             forget_returned,
+            accept,
         };
         self.call_json(host, &req, Duration::from_secs(120))
     }
@@ -1561,6 +1588,7 @@ fn requests(
             base: Request::TreeBase {
                 dir: dst_path.clone(),
                 reread: r.reread,
+                overwrite_changed: r.overwrite_changed,
             },
             send: Request::SendTree { dir: src_path },
             apply: Request::ApplyTree {
@@ -1570,6 +1598,7 @@ fn requests(
                 source,
                 retention,
                 source_ahead_us,
+                overwrite_changed: r.overwrite_changed,
             },
             unit: "files",
         }
@@ -1579,6 +1608,7 @@ fn requests(
                 image: dst_path.clone(),
                 reread: r.reread,
                 digest: false,
+                overwrite_changed: r.overwrite_changed,
             },
             send: Request::Send {
                 image: src_path,
@@ -1606,6 +1636,7 @@ fn requests(
                 created: guest.and_then(|g| g.how.created),
                 marker: guest.and_then(|g| g.how.marker.clone()),
                 pending: r.pending,
+                overwrite_changed: r.overwrite_changed,
             },
             unit: "blocks",
         }
@@ -2284,6 +2315,7 @@ mod tests {
             created: None,
             marker: None,
             pending: false,
+            overwrite_changed: false,
         };
         let made = Point {
             id: "20261203T100000Z".into(),

@@ -53,6 +53,12 @@ pub trait Copies {
         run: Option<&str>,
         kind: Option<LeaseKind>,
     ) -> Result<Vec<String>, String>;
+    /// A failback copied the copies `paths` back to the primary: their `live` leases are
+    /// removed, and what was written in them outside reprise since their newest point is
+    /// let go (`Helpers::release_copied_back`).
+    fn release_copied_back(&self, host: &str, paths: &[String]) -> Result<Vec<String>, String> {
+        self.release(host, paths, None, Some(LeaseKind::Live))
+    }
     /// Runs a read-only command on a host: its standard output when it exited 0 and was read
     /// whole.
     fn ask(&self, host: &str, command: &str) -> Option<String>;
@@ -128,6 +134,12 @@ impl Copies for Remote<'_> {
     ) -> Result<Vec<String>, String> {
         self.helpers
             .release(host, paths, run, kind)
+            .map_err(|e| e.to_string())
+    }
+
+    fn release_copied_back(&self, host: &str, paths: &[String]) -> Result<Vec<String>, String> {
+        self.helpers
+            .release_copied_back(host, paths)
             .map_err(|e| e.to_string())
     }
 
@@ -906,9 +918,7 @@ pub fn after(
         Used::DrillStopped => copies
             .release(host, paths, Some(run), Some(LeaseKind::Drill))
             .map(|_| None),
-        Used::FailedBack => copies
-            .release(host, paths, None, Some(LeaseKind::Live))
-            .map(|r| {
+        Used::FailedBack => copies.release_copied_back(host, paths).map(|r| {
                 (!r.is_empty()).then(|| {
                     format!("the recovery copies of vm {name} were released: replication may write into them again")
                 })

@@ -93,6 +93,10 @@ pub struct NewPoint {
     /// Read live under a freeze that only its end confirms: the point is held
     /// ([`Point::pending`]) until [`Store::confirm`].
     pub pending: bool,
+    /// The copy may have been written outside reprise since its newest point, and that is
+    /// to be overwritten: a failback's copy back into the primary's disk or folder (judged by
+    /// the failback first). Otherwise such a copy is refused ([`meta::written_outside`]).
+    pub overwrite_changed: bool,
 }
 
 /// What an update did.
@@ -532,7 +536,11 @@ impl Store {
     /// With the lock held, before the copy is written: its points, or none when its history
     /// cannot go on (its points cannot be read, or the copy changed behind its newest point),
     /// which is then ended (and said): the next point is a first one.
-    fn history_for_update(&self) -> Result<(Vec<Point>, Vec<String>), StoreError> {
+    /// A copy written outside reprise since its newest point (a vm run on it by hand, an
+    /// edit) is refused, since what was written there is in no point and would be
+    /// overwritten: unless `overwrite` (a failback's copy back, judged before), or the
+    /// operator let it go as it now is ([`Self::accept_changes`]).
+    fn history_for_update(&self, overwrite: bool) -> Result<(Vec<Point>, Vec<String>), StoreError> {
         let mut notes = Vec::new();
         let points = match self.checked_points() {
             Ok((p, n)) => {
@@ -546,10 +554,32 @@ impl Store {
             Err(e) => return Err(e),
         };
         if let Some(why) = self.changed_since(&points) {
+            let stamp = self.stamp();
+            if !overwrite && meta::read_accepted(&self.dir).is_none_or(|a| Some(a) != stamp) {
+                return Err(StoreError::Refused {
+                    image: self.name(),
+                    reason: meta::written_outside(&why),
+                });
+            }
             notes.push(self.end_history(why)?);
             return Ok((Vec::new(), notes));
         }
         Ok((points, notes))
+    }
+
+    /// The operator (`reprise release`) or a failback that copied it back let what was
+    /// written in the copy since its newest point go: a replication may overwrite it while
+    /// the copy is still as it is now ([`Self::history_for_update`]). Whether the copy has a
+    /// history to record it in. What was let go: the copy's change since its newest point,
+    /// if it changed.
+    pub fn accept_changes(&self) -> Result<Option<String>, StoreError> {
+        if !meta::has_history(&self.dir) {
+            return Ok(None);
+        }
+        let _lock = self.lock()?;
+        let stamp = self.stamp().unwrap_or_default();
+        meta::write_accepted(&self.dir, &stamp)?;
+        Ok(self.points().ok().and_then(|p| self.changed_since(&p)))
     }
 
     /// Why the mirror is no longer its newest point: its stamp differs from the one recorded
@@ -599,8 +629,8 @@ impl Store {
         meta::write_file(&self.dir, "ended.json", &json, false)?;
         meta::write_file(&self.dir, "points.json", b"[]", false)?;
         let files: &[&str] = match mirror {
-            true => &["points.json.prev", "manifest", "stamp"],
-            false => &["points.json.prev"],
+            true => &["points.json.prev", "manifest", "stamp", meta::ACCEPTED],
+            false => &["points.json.prev", meta::ACCEPTED],
         };
         for name in files {
             remove_if_present(&self.path(name))?;
@@ -952,12 +982,17 @@ impl Store {
     /// The manifest the source must compare against (the empty one when there is no point
     /// yet), after settling an interrupted update. `reread` hashes the mirror again instead
     /// of trusting the saved manifest; blocks that changed are then sent again.
-    pub fn base_manifest(&self, reread: bool) -> Result<(Manifest, Option<String>), StoreError> {
+    /// `overwrite`: as [`NewPoint::overwrite_changed`].
+    pub fn base_manifest(
+        &self,
+        reread: bool,
+        overwrite: bool,
+    ) -> Result<(Manifest, Option<String>), StoreError> {
         let _lock = self.lock()?;
         self.refuse_in_use()?;
         self.refuse_held_by_qemu(false)?;
         let mut notes: Vec<String> = self.recover_for_update()?.into_iter().collect();
-        let (points, settled) = self.history_for_update()?;
+        let (points, settled) = self.history_for_update(overwrite)?;
         notes.extend(settled);
         let note = (!notes.is_empty()).then(|| notes.join("; "));
         // Said again by the update that follows, which reports to the operator.
@@ -990,11 +1025,12 @@ impl Store {
     /// The digest of [`Self::base_manifest`] ([`Manifest::digest`]): from the saved
     /// manifest's header alone when it can be trusted, so that it costs the same for any size
     /// of copy.
-    pub fn base_digest(&self, reread: bool) -> Result<String, StoreError> {
+    pub fn base_digest(&self, reread: bool, overwrite: bool) -> Result<String, StoreError> {
         if !reread && let Some((size, whole)) = self.trusted_header()? {
             return Ok(blocks::digest(size, &whole));
         }
-        self.base_manifest(reread).map(|(m, _)| m.digest())
+        self.base_manifest(reread, overwrite)
+            .map(|(m, _)| m.digest())
     }
 
     /// The size and whole hash of the saved manifest, when [`Self::base_manifest`] would
@@ -1195,7 +1231,7 @@ impl Store {
             image: self.name(),
             reason,
         };
-        let (mut points, settled) = self.history_for_update()?;
+        let (mut points, settled) = self.history_for_update(new.overwrite_changed)?;
         notes.extend(settled);
         if let Some(reason) = meta::other_source(&points, &new.source) {
             if !notes.is_empty() {
@@ -2980,6 +3016,7 @@ mod tests {
             definition: None,
             read: None,
             pending: false,
+            overwrite_changed: false,
         }
     }
 
@@ -3031,7 +3068,7 @@ mod tests {
         store
             .apply_until(&mut &stream[..], read("p3", ReadMode::Scan), true)
             .unwrap();
-        let (_, note) = store.base_manifest(false).unwrap();
+        let (_, note) = store.base_manifest(false, false).unwrap();
         let note = note.expect("the completed update is said");
         assert!(
             note.contains("an interrupted update was completed: point p3")
@@ -3065,7 +3102,7 @@ mod tests {
             )
             .unwrap();
         // Block 2 as the copy holds it, said missed by the bitmap, `count` blocks in all.
-        let (m, _) = store.base_manifest(false).unwrap();
+        let (m, _) = store.base_manifest(false, false).unwrap();
         let said_missed = |count: u64| {
             let mut stream = Vec::new();
             let header = wire::Header {
@@ -3148,7 +3185,7 @@ mod tests {
             .apply_until(&mut &stream_of(&src, &store)[..], point("p4"), true)
             .unwrap();
         assert_eq!(ids(&store), ["p3"], "not given up before it is recorded");
-        let (_, note) = store.base_manifest(false).unwrap();
+        let (_, note) = store.base_manifest(false, false).unwrap();
         // Whoever completes it says what it gave up.
         let note = note.unwrap_or_default();
         assert!(
@@ -3264,6 +3301,7 @@ mod tests {
         let mut copy = std::fs::read(dir.path().join("dst.img")).unwrap();
         copy[0] = b'z';
         std::fs::write(dir.path().join("dst.img"), copy).unwrap();
+        store.accept_changes().unwrap();
         assert_eq!(update("p8", b'h', None), Some(1));
         let points: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
         assert_eq!(points, ["p8"], "its history ended");
@@ -3301,7 +3339,7 @@ mod tests {
 
     /// The stream the source helper sends for `src` against `store`'s manifest.
     fn stream_of(src: &Path, store: &Store) -> Vec<u8> {
-        let (m, _) = store.base_manifest(false).unwrap();
+        let (m, _) = store.base_manifest(false, false).unwrap();
         let mut out = Vec::new();
         crate::replica::helper::send(src, &m, &mut out, false).unwrap();
         out
@@ -3438,7 +3476,7 @@ mod tests {
         assert_eq!(writes, 2 + runs);
         // Its digest is read from its header.
         assert_eq!(
-            store.base_digest(false).unwrap(),
+            store.base_digest(false, false).unwrap(),
             Manifest::of_file(&dst).unwrap().digest()
         );
         // The image grows: the tree changes shape, the manifest is written whole.
@@ -3518,7 +3556,7 @@ mod tests {
                 assert!(store.open_tree(&[MANIFEST_MAGIC]).unwrap().is_none(), "{k}");
             }
             assert_eq!(store.trusted_header().unwrap(), None, "{k}");
-            let (m, note) = store.base_manifest(false).unwrap();
+            let (m, note) = store.base_manifest(false, false).unwrap();
             assert!(note.unwrap().contains("completed"), "{k}");
             assert_eq!(std::fs::read(&dst).unwrap(), v2, "{k}");
             assert!(
@@ -3554,7 +3592,7 @@ mod tests {
                 // reads but does not write.
                 _ => scribble(&manifest, 56 + 32 * (62 + 9), 32, 0),
             }
-            let (_, note) = store.base_manifest(false).unwrap();
+            let (_, note) = store.base_manifest(false, false).unwrap();
             assert!(note.unwrap().contains("completed"), "{damage}");
             assert_eq!(std::fs::read(&dst).unwrap(), v2, "{damage}");
             assert!(
@@ -3591,7 +3629,7 @@ mod tests {
                     store.trusted_header().unwrap(),
                     Some((flat.size, flat.whole))
                 );
-                assert_eq!(store.base_digest(false).unwrap(), digest);
+                assert_eq!(store.base_digest(false, false).unwrap(), digest);
             }
             data[(round * 3) * BLOCK + 1] ^= 0x77;
             std::fs::write(&src, &data).unwrap();
@@ -3668,7 +3706,7 @@ mod tests {
         // Marked, then the points file damaged at once: its previous generation, which is
         // read instead, has the mark too.
         std::fs::write(&src, vec![3u8; 3 * BLOCK]).unwrap();
-        let (m, _) = store.base_manifest(false).unwrap();
+        let (m, _) = store.base_manifest(false, false).unwrap();
         let mut out = Vec::new();
         crate::replica::helper::send(&src, &m, &mut out, false).unwrap();
         store.apply(&mut &out[..], point("p3")).unwrap();
@@ -3746,7 +3784,7 @@ mod tests {
         assert_eq!(store.verify(None).unwrap(), [("p1".to_string(), true)]);
         // Nor is a manifest made of it for an update (which then ends its history: the copy
         // was written behind its point).
-        let e = blocks::written_all_through(&dst, || store.base_manifest(true)).unwrap_err();
+        let e = blocks::written_all_through(&dst, || store.base_manifest(true, false)).unwrap_err();
         assert!(e.to_string().contains("written while it was read"), "{e}");
     }
 
@@ -3758,7 +3796,7 @@ mod tests {
         let store = Store::new(&dst);
         let replicate = |id: &str, content: &[u8]| {
             std::fs::write(&src, content).unwrap();
-            let (m, _) = store.base_manifest(false).unwrap();
+            let (m, _) = store.base_manifest(false, false).unwrap();
             let mut out = Vec::new();
             crate::replica::helper::send(&src, &m, &mut out, false).unwrap();
             let new = NewPoint {
@@ -3769,6 +3807,7 @@ mod tests {
                 definition: None,
                 read: None,
                 pending: false,
+                overwrite_changed: false,
             };
             store.apply(&mut &out[..], new).unwrap();
         };
@@ -3816,13 +3855,13 @@ mod tests {
         // A roll-back cut after its intent was written is completed by the next use.
         store.restore("p2", &store.path("rollback.img")).unwrap();
         std::fs::write(store.path("rollback.json"), br#"{"point":"p2"}"#).unwrap();
-        store.base_manifest(false).unwrap();
+        store.base_manifest(false, false).unwrap();
         assert_eq!(std::fs::read(&dst).unwrap(), v2);
         let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
         assert_eq!(ids, ["p1", "p2"]);
         // One cut before its intent is thrown away: the copy was not touched.
         std::fs::write(store.path("rollback.img"), b"partial").unwrap();
-        store.base_manifest(false).unwrap();
+        store.base_manifest(false, false).unwrap();
         assert!(!store.path("rollback.img").exists());
         assert_eq!(std::fs::read(&dst).unwrap(), v2);
     }
@@ -3903,7 +3942,7 @@ mod tests {
         assert_eq!(std::fs::read(&dst).unwrap(), v1, "the mirror was touched");
         assert!(store.path("journal").exists());
         // The next run completes it before anything else.
-        let (m, note) = store.base_manifest(false).unwrap();
+        let (m, note) = store.base_manifest(false, false).unwrap();
         assert!(note.unwrap().contains("completed"));
         assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
         assert_eq!(m, Manifest::of_file(&dst).unwrap());
@@ -3937,7 +3976,7 @@ mod tests {
         // As a crash right after the first stage of the roll-forward leaves it.
         std::fs::rename(store.path("delta.pending"), store.path("deltas/p1.rdelta")).unwrap();
         assert_eq!(std::fs::read(&dst).unwrap(), v1);
-        let (_, note) = store.base_manifest(false).unwrap();
+        let (_, note) = store.base_manifest(false, false).unwrap();
         assert!(note.unwrap().contains("completed"));
         assert!(!store.path("journal").exists());
         assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
@@ -3981,7 +4020,7 @@ mod tests {
         );
         // The manifest tells what the mirror holds, so the next update sends the block again.
         let real = Manifest::of_file(&store.image).unwrap();
-        let (m, _) = store.base_manifest(false).unwrap();
+        let (m, _) = store.base_manifest(false, false).unwrap();
         assert_eq!(m.whole, real.whole);
         let applied = store
             .apply(&mut &stream_of(&src, &store)[..], point("p3"))
@@ -4172,7 +4211,7 @@ mod tests {
         store
             .apply(&mut &stream_of(&src, &store)[..], point("p1"))
             .unwrap();
-        let (base, _) = store.base_manifest(false).unwrap();
+        let (base, _) = store.base_manifest(false, false).unwrap();
         let size = 3 * BLOCK as u64;
         let third = vec![7u8; BLOCK];
         // The whole hash the recovery side computes when block 1 is not sent: its own hash
@@ -4210,7 +4249,7 @@ mod tests {
         assert!(err.contains("neither here nor"), "{err}");
         assert_eq!(std::fs::read(&dst).unwrap(), v1, "the mirror was touched");
         // A replication ends the history instead (and says so), then makes a first point.
-        let (_, note) = store.base_manifest(false).unwrap();
+        let (_, note) = store.base_manifest(false, false).unwrap();
         let note = note.unwrap();
         assert!(
             note.contains("its point history was ended") && note.contains("neither here nor"),
@@ -4233,7 +4272,7 @@ mod tests {
         std::fs::write(&src, vec![4u8; 5 * BLOCK]).unwrap();
         let store = Store::new(&dst);
         let replicate = |id: &str| {
-            let (m, _) = store.base_manifest(false).unwrap();
+            let (m, _) = store.base_manifest(false, false).unwrap();
             let mut out = Vec::new();
             let sent = crate::replica::helper::send(&src, &m, &mut out, false).unwrap();
             store
@@ -4247,6 +4286,7 @@ mod tests {
                         definition: None,
                         read: None,
                         pending: false,
+                        overwrite_changed: false,
                     },
                 )
                 .unwrap();
@@ -4261,6 +4301,8 @@ mod tests {
             .unwrap()
             .write_all_at(b"written by the vm", 3 * BLOCK as u64)
             .unwrap();
+        // What it wrote is let go (`reprise release`): the next replication may overwrite it.
+        store.accept_changes().unwrap();
         assert_eq!(replicate("p2"), 1);
         assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
     }
@@ -4363,7 +4405,24 @@ mod tests {
             store.verify(Some("p2")).unwrap(),
             [("p2".to_string(), false)]
         );
-        let (m, note) = store.base_manifest(false).unwrap();
+        // What the vm wrote is in no point: a replication does not overwrite it unnoticed.
+        let written = std::fs::read(&dst).unwrap();
+        let refused = store.base_manifest(false, false).unwrap_err().to_string();
+        assert!(
+            refused.contains("changed since its newest point p2")
+                && refused.contains("this replication would overwrite it: nothing was written")
+                && refused.contains("`reprise release NAME`"),
+            "{refused}"
+        );
+        assert_eq!(std::fs::read(&dst).unwrap(), written);
+        // Let go by the operator (`reprise release`), as it is now: then it is overwritten.
+        let let_go = store.accept_changes().unwrap();
+        assert!(
+            let_go
+                .unwrap()
+                .contains("changed since its newest point p2")
+        );
+        let (m, note) = store.base_manifest(false, false).unwrap();
         assert!(note.unwrap().contains("points given up: p1, p2"));
         let mut stream = Vec::new();
         let sent = crate::replica::helper::send(&src, &m, &mut stream, false).unwrap();
@@ -4768,7 +4827,7 @@ mod tests {
         let stop = |child: Served| drop(child);
         let before = std::fs::read(&store.image).unwrap();
         let writer = serve(false);
-        let err = store.base_manifest(false).unwrap_err().to_string();
+        let err = store.base_manifest(false, false).unwrap_err().to_string();
         assert!(err.contains("a QEMU process has it open"), "{err}");
         let stream = {
             let m = Manifest::of_file(&store.image).unwrap();
@@ -4788,7 +4847,7 @@ mod tests {
         stop(writer);
         // A reader: no update in place under it, but a roll-back puts another file there.
         let reader = serve(true);
-        assert!(store.base_manifest(false).is_err());
+        assert!(store.base_manifest(false, false).is_err());
         assert_eq!(store.roll_back("p1").unwrap().dropped, ["p2"]);
         stop(reader);
         // Nobody: written.
@@ -4841,7 +4900,7 @@ mod tests {
         store
             .take_lease(&lease(LeaseKind::Drill, "r1"), Some("p1"), wait, false)
             .unwrap();
-        let err = store.base_manifest(false).unwrap_err().to_string();
+        let err = store.base_manifest(false, false).unwrap_err().to_string();
         assert!(
             err.contains("is in use: a drill copy of vm erp-db (run r1)"),
             "{err}"
@@ -4860,7 +4919,7 @@ mod tests {
             None
         );
         assert!(
-            store.base_manifest(false).is_err(),
+            store.base_manifest(false, false).is_err(),
             "a leased copy is not replicated into"
         );
         assert_eq!(
@@ -4882,7 +4941,7 @@ mod tests {
             "{state:?}"
         );
         assert!(
-            store.base_manifest(false).is_err(),
+            store.base_manifest(false, false).is_err(),
             "a live copy is not replicated into"
         );
     }
@@ -4934,7 +4993,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(&dir.path().join("img"));
         let _held = store.lock().unwrap();
-        let err = store.base_manifest(false).unwrap_err();
+        let err = store.base_manifest(false, false).unwrap_err();
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
     }
 }

@@ -922,7 +922,12 @@ impl TreeStore {
     /// With the lock held, before the copy is written: its points, or none when its history
     /// cannot go on (points unreadable, or the copy changed behind its newest point), which
     /// is then ended (and said).
-    fn history_for_update(&self) -> Result<(Vec<Point>, Vec<String>), StoreError> {
+    /// A folder written outside reprise since its newest point (a file added, changed or
+    /// removed there) is refused, since what was written there is in no point and would be
+    /// deleted or overwritten: unless `overwrite` (a failback's copy back, judged before), a
+    /// failback copied it back as it now is, or the operator let it go as it now is
+    /// ([`Self::accept_changes`]).
+    fn history_for_update(&self, overwrite: bool) -> Result<(Vec<Point>, Vec<String>), StoreError> {
         let mut notes = Vec::new();
         let points = match self.checked_points() {
             Ok((p, n)) => {
@@ -935,11 +940,38 @@ impl TreeStore {
             }
             Err(e) => return Err(e),
         };
-        if let Some(why) = changed_since(&points, as_newest(&points, stamps(&self.root))) {
+        let now = stamps(&self.root);
+        if let Some(why) = changed_since(&points, as_newest(&points, now.clone())) {
+            let accepted = meta::read_accepted(&self.dir)
+                .is_some_and(|a| as_recorded(Some(&a), now.clone()).as_ref() == Some(&a));
+            let returned =
+                self.path(RETURNED).exists() && self.written_since_returned(now)?.is_none();
+            if !(overwrite || accepted || returned) {
+                return Err(StoreError::Refused {
+                    image: self.name(),
+                    reason: meta::written_outside(&why),
+                });
+            }
             notes.push(self.end_history(why)?);
             return Ok((Vec::new(), notes));
         }
         Ok((points, notes))
+    }
+
+    /// The operator (`reprise release`) let what was written in the folder since its newest
+    /// point go: a replication may delete or overwrite it while the folder is still as it is
+    /// now ([`Self::history_for_update`]). What was let go: the folder's change since its
+    /// newest point, if it changed.
+    pub fn accept_changes(&self) -> Result<Option<String>, StoreError> {
+        if !meta::has_history(&self.dir) {
+            return Ok(None);
+        }
+        let _lock = self.lock()?;
+        let now = stamps(&self.root);
+        let seal = now.clone().map(|s| s.1).unwrap_or_default();
+        meta::write_accepted(&self.dir, &seal)?;
+        let points = self.points().unwrap_or_default();
+        Ok(changed_since(&points, as_newest(&points, now)))
     }
 
     /// Ends the copy's point history: points and deltas go, `ended.json` says why.
@@ -957,6 +989,7 @@ impl TreeStore {
         self.write_json("ended.json", &ended)?;
         meta::write_file(&self.dir, "points.json", b"[]", false)?;
         let _ = std::fs::remove_file(self.path("points.json.prev"));
+        let _ = std::fs::remove_file(self.path(meta::ACCEPTED));
         let _ = std::fs::remove_dir_all(self.path("deltas"));
         std::fs::create_dir_all(self.path("deltas")).map_err(io_err(&self.dir))?;
         meta::sync_dir(&self.dir)?;
@@ -1234,12 +1267,13 @@ impl TreeStore {
     /// The tree the source compares against, after settling an interrupted update. A copy
     /// without points is read whole (so the first point sends only what differs, and files
     /// the source does not have are deleted); a damaged `tree.json` is read again too.
-    pub fn base(&self, reread: bool) -> Result<Tree, StoreError> {
+    /// `overwrite`: as [`NewPoint::overwrite_changed`].
+    pub fn base(&self, reread: bool, overwrite: bool) -> Result<Tree, StoreError> {
         let _lock = self.lock()?;
         self.refuse_in_use()?;
         self.refuse_written_since_returned()?;
         let mut notes: Vec<String> = self.recover_for_update()?.into_iter().collect();
-        let (points, settled) = self.history_for_update()?;
+        let (points, settled) = self.history_for_update(overwrite)?;
         notes.extend(settled);
         if !notes.is_empty() {
             // Said again by the update that follows, which reports to the operator.
@@ -1326,7 +1360,7 @@ impl TreeStore {
                 reason: "the copy changed since the source compared against it; run the replication again".into(),
             });
         }
-        let (points, _) = self.history_for_update()?;
+        let (points, _) = self.history_for_update(new.overwrite_changed)?;
         if let Some(reason) = meta::other_source(&points, &new.source)
             .or_else(|| meta::new_point_problem(&points, &new.id, new.taken_at))
         {
@@ -1991,7 +2025,7 @@ mod tests {
         taken_at: chrono::DateTime<Utc>,
     ) -> Result<TreeSent, StoreError> {
         let store = TreeStore::new(dst);
-        let base = store.base(false)?;
+        let base = store.base(false, false)?;
         let mut stream = Vec::new();
         let sent = send_tree(src, &base, &mut stream).unwrap();
         store.apply(
@@ -2004,6 +2038,7 @@ mod tests {
                 definition: None,
                 read: None,
                 pending: false,
+                overwrite_changed: false,
             },
         )?;
         Ok(sent)
@@ -2111,7 +2146,7 @@ mod tests {
         let store = TreeStore::new(&dst);
         // A replication of `other` into the copy.
         let from_other = || {
-            let base = store.base(false).unwrap();
+            let base = store.base(false, false).unwrap();
             let mut stream = Vec::new();
             send_tree(&other, &base, &mut stream).unwrap();
             let new = NewPoint {
@@ -2122,6 +2157,7 @@ mod tests {
                 definition: None,
                 read: None,
                 pending: false,
+                overwrite_changed: false,
             };
             store.apply(&mut &stream[..], new)
         };
@@ -2197,7 +2233,7 @@ mod tests {
         );
         let apply = |id: &str, ahead: chrono::Duration| {
             let store = TreeStore::new(&dst);
-            let base = store.base(false).unwrap();
+            let base = store.base(false, false).unwrap();
             let mut stream = Vec::new();
             send_tree(&src, &base, &mut stream).unwrap();
             let new = NewPoint {
@@ -2208,6 +2244,7 @@ mod tests {
                 definition: None,
                 read: None,
                 pending: false,
+                overwrite_changed: false,
             };
             store.apply_from(&mut &stream[..], new, ahead).unwrap().0
         };
@@ -2264,13 +2301,13 @@ mod tests {
         assert_eq!(stamp_of(&dst), listed, "its list of files is unchanged");
         let said = store.inspect().returned.unwrap_or_default();
         assert!(said.contains("monday.dump"), "{said}");
-        assert!(store.base(false).is_err());
+        assert!(store.base(false, false).is_err());
         // Then a dump written into the folder.
         std::fs::write(dst.join("written-at-pra.dump"), "only here").unwrap();
         // Said by what reads the copy (`check`), and refused by a replication.
         let said = store.inspect().returned.unwrap_or_default();
         assert!(said.contains("written-at-pra.dump"), "{said}");
-        let e = store.base(false).unwrap_err().to_string();
+        let e = store.base(false, false).unwrap_err().to_string();
         assert!(
             e.contains("written after a failback read it to copy it back")
                 && e.contains("written-at-pra.dump")
@@ -2286,9 +2323,10 @@ mod tests {
         // A file removed there counts as written too.
         std::fs::remove_file(dst.join("written-at-pra.dump")).unwrap();
         std::fs::remove_file(dst.join("monday.dump")).unwrap();
-        assert!(store.base(false).is_err());
+        assert!(store.base(false, false).is_err());
         // The operator lets it go: replicated again.
         assert!(store.forget_returned().unwrap());
+        assert!(store.accept_changes().unwrap().is_some());
         replicate(&src, &dst, "p4");
         assert_eq!(contents(&dst), contents(&src));
     }
@@ -2375,6 +2413,9 @@ mod tests {
         std::fs::write(dst.join("c.dump"), "X").unwrap();
         let checked = store.verify(Some("p3")).unwrap();
         assert_eq!(checked, [("p3".to_string(), false)]);
+        // Written outside reprise: mended once let go (`reprise release`).
+        assert!(replicate_at(&src, &dst, "p4", Utc::now()).is_err());
+        store.accept_changes().unwrap();
         assert_eq!(replicate(&src, &dst, "p4").files, 1);
         assert_eq!(contents(&dst), contents(&src));
     }
@@ -2639,6 +2680,7 @@ mod tests {
                             definition: None,
                             read: None,
                             pending: false,
+                            overwrite_changed: false,
                         },
                     )
                     .is_err(),
@@ -2698,6 +2740,7 @@ mod tests {
             definition: None,
             read: None,
             pending: false,
+            overwrite_changed: false,
         };
         assert!(store.apply(&mut &stream[..], point).is_err());
         assert_eq!(std::fs::read(store.path("points.json")).unwrap(), before);
@@ -2802,7 +2845,7 @@ mod tests {
         replicate(&src, &dst, "p1");
         for reread in [false, true] {
             let store = TreeStore::new(&dst);
-            let base = store.base(reread).unwrap();
+            let base = store.base(reread, false).unwrap();
             let mut stream = Vec::new();
             send_tree(&src, &base, &mut stream).unwrap();
             // Written into the copy after the source compared against it, at its size and
@@ -2818,6 +2861,7 @@ mod tests {
                     definition: None,
                     read: None,
                     pending: false,
+                    overwrite_changed: false,
                 },
             );
             let err = match result {
@@ -2833,7 +2877,10 @@ mod tests {
                 "{:?}",
                 store.points()
             );
-            // The next replication mends it.
+            // Written outside reprise: let go (`reprise release`), the next replication
+            // mends it.
+            assert!(replicate_at(&src, &dst, "p3", Utc::now()).is_err());
+            store.accept_changes().unwrap();
             replicate(&src, &dst, "p3");
             assert_eq!(contents(&dst), contents(&src));
         }
@@ -2863,6 +2910,14 @@ mod tests {
         std::fs::write(dst.join("a.dump"), "edited").unwrap();
         assert!(store.inspect().changed.is_some());
         std::fs::write(src.join("b.dump"), "b").unwrap();
+        // Refused until let go (`reprise release`): what was written there is in no point.
+        let e = store.base(false, false).unwrap_err().to_string();
+        assert!(e.contains("this replication would overwrite it"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(dst.join("a.dump")).unwrap(),
+            "edited"
+        );
+        store.accept_changes().unwrap();
         replicate(&src, &dst, "p3");
         assert_eq!(contents(&dst), contents(&src));
         let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
@@ -2874,7 +2929,7 @@ mod tests {
         // A lease (even one that cannot be read) holds the copy.
         std::fs::create_dir_all(meta.join("leases")).unwrap();
         std::fs::write(meta.join("leases/drill-x.json"), "not json").unwrap();
-        let err = store.base(false).unwrap_err().to_string();
+        let err = store.base(false, false).unwrap_err().to_string();
         assert!(err.contains("lease drill-x.json is damaged"), "{err}");
     }
 
@@ -2943,8 +2998,9 @@ mod tests {
                 store.inspect().leases.is_empty(),
                 "{change}: nothing recorded"
             );
-            // Mended by the next replication, a point of its own.
+            // Mended by the next replication once let go, a point of its own.
             let _ = std::fs::remove_file(dst.join("new.dump"));
+            store.accept_changes().unwrap();
             at = format!("p{}", k + 2);
             replicate(&src, &dst, &at);
             assert!(store.inspect().changed.is_none(), "{change}: mended");

@@ -31,8 +31,11 @@
 /// vm's qcow2 file must hold once `qemu-nbd` holds it (else it is not the file the read was
 /// decided on, and nothing is sent). Version 14: a block stream's header says which file on
 /// which machine the source read (`wire::Origin`), and a backup set's `Rec::Hello` which
-/// folder: the recovery side refuses to write into it.
-pub const PROTOCOL: u32 = 14;
+/// folder: the recovery side refuses to write into it. Version 15: a copy written outside
+/// reprise since its newest point is refused by `manifest`, `apply`, `tree-base` and
+/// `apply-tree` unless they say `--overwrite-changed` (a failback's copy back) or it was let
+/// go (`release --accept`).
+pub const PROTOCOL: u32 = 15;
 
 /// The version of this program, as helpers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -125,6 +125,8 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
         deadline,
         definition: captured_def,
         reads: None,
+        // A failback's copy back into the primary, judged by the failback before it ran.
+        overwrite_changed: ctx.plan.mode == crate::runbook::Mode::Failback,
     };
     let freeze = Freeze::of(snapshot.as_ref());
     let item_name = match what {

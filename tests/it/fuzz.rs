@@ -413,6 +413,7 @@ fn point(id: &str) -> NewPoint {
         definition: None,
         read: None,
         pending: false,
+        overwrite_changed: false,
     }
 }
 
@@ -546,7 +547,7 @@ fn fuzz_block_stream_applied_to_a_copy() {
             }
             return;
         }
-        let (base, _) = unlocked(|| store.base_manifest(false)).unwrap();
+        let (base, _) = unlocked(|| store.base_manifest(false, false)).unwrap();
         let before = (
             hash_file(&fixture.join("copy.img")).unwrap(),
             store.points().unwrap(),
@@ -588,7 +589,7 @@ fn tree_copy(dir: &Path) -> TreeStore {
     std::fs::create_dir_all(dir.join("outside")).unwrap();
     std::fs::write(dir.join("outside/victim"), "precious").unwrap();
     let store = TreeStore::new(&dir.join("copy"));
-    let base = unlocked(|| store.base(false)).unwrap();
+    let base = unlocked(|| store.base(false, false)).unwrap();
     let mut s = Vec::new();
     send_tree(&dir.join("src"), &base, &mut s).unwrap();
     unlocked(|| store.apply(&mut &s[..], point("p1"))).unwrap();
@@ -600,7 +601,7 @@ fn tree_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let src = dir.path().join("src");
     tree_source(&src);
     let store = tree_copy(&dir.path().join("fixture"));
-    let base = unlocked(|| store.base(false)).unwrap();
+    let base = unlocked(|| store.base(false, false)).unwrap();
     let stream = || {
         let mut s = Vec::new();
         send_tree(&src, &base, &mut s).unwrap();
@@ -646,7 +647,7 @@ fn fuzz_tree_stream_applied_to_a_copy() {
     let mut expected = outside();
     fuzz("tree-stream", 400, |bytes| {
         // The copy gives its tree to the source first, as in a replication.
-        unlocked(|| store.base(false)).unwrap();
+        unlocked(|| store.base(false, false)).unwrap();
         let before = store.points().unwrap();
         match unlocked(|| store.apply(&mut &bytes[..], point("p"))) {
             Ok(_) => {

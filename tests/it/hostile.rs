@@ -32,6 +32,7 @@ fn point(id: &str) -> NewPoint {
         definition: None,
         read: None,
         pending: false,
+        overwrite_changed: false,
     }
 }
 
@@ -125,7 +126,7 @@ impl Set {
 
     /// The stream the source would send now.
     fn stream(&self) -> Vec<u8> {
-        let base = unlocked(|| self.store().base(false)).unwrap();
+        let base = unlocked(|| self.store().base(false, false)).unwrap();
         let mut s = Vec::new();
         send_tree(&self.src(), &base, &mut s).unwrap();
         s
@@ -143,7 +144,7 @@ impl Set {
     }
 
     fn base(&self) -> Tree {
-        unlocked(|| self.store().base(false)).unwrap()
+        unlocked(|| self.store().base(false, false)).unwrap()
     }
 
     /// What must not change when a stream is refused.
@@ -609,7 +610,7 @@ impl Image {
     }
 
     fn stream(&self) -> Vec<u8> {
-        let (base, _) = unlocked(|| self.store().base_manifest(false)).unwrap();
+        let (base, _) = unlocked(|| self.store().base_manifest(false, false)).unwrap();
         let mut s = Vec::new();
         send(&self.src(), &base, &mut s, true).unwrap();
         s
@@ -617,7 +618,7 @@ impl Image {
 
     /// The header of a stream against the copy's current manifest, announcing `size`.
     fn header(&self, size: u64) -> Vec<u8> {
-        let (base, _) = unlocked(|| self.store().base_manifest(false)).unwrap();
+        let (base, _) = unlocked(|| self.store().base_manifest(false, false)).unwrap();
         let mut h = rprstr();
         h.extend_from_slice(&base.size.to_le_bytes());
         h.extend_from_slice(&base.whole);
@@ -1041,7 +1042,7 @@ fn a_compromised_source_cannot_reach_outside_the_copy_of_a_backup_set() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(std::fs::read(hosts.path("copy/a.dump")).unwrap(), b"a1");
     let store = TreeStore::new(&hosts.path("copy"));
-    let base = unlocked(|| store.base(false)).unwrap();
+    let base = unlocked(|| store.base(false, false)).unwrap();
     let victim = hosts.path("outside/victim");
     let absolute = victim.display().to_string();
     // Each record type with one way out (every way with every type is tried above, on the

@@ -4908,3 +4908,57 @@ fn a_failback_never_copies_back_under_a_replication_overlay_left_on_the_primary(
     assert!(std::fs::read(&disk).unwrap() == before, "the disk changed");
     assert!(overlay.exists());
 }
+
+/// While the primary site was down, erp-db was started by hand on its recovery copy on hv-pra
+/// and wrote there. When hv-main answers again (erp-db stopped there), the next replication
+/// would make that copy its primary's disks of before, and what the vm wrote on the recovery
+/// site would be gone: refused (exit 1) before the copy is written, naming it and what to do.
+/// Once the operator lets it go (`reprise release`), the next replication overwrites it.
+#[test]
+fn a_replication_never_overwrites_a_recovery_copy_written_outside_reprise() {
+    let lab = Lab::up(140);
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    lab.primary_lost(&["erp-db"]);
+    let copy = lab
+        .host_root("hv-pra")
+        .join("srv/replicas/images/erp-db-system.qcow2");
+    write_64k(&copy, 0x3d);
+    let written = std::fs::read(&copy).unwrap();
+    let replicate = ["replicate", "--service", "erp-db"];
+    let run = lab.run(&replicate);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("erp-db-system.qcow2: the copy changed since its newest point")
+            && run
+                .stderr
+                .contains("this replication would overwrite it: nothing was written")
+            && run
+                .stderr
+                .contains("`reprise failback --service SERVICE --force`")
+            && run.stderr.contains("`reprise release NAME`"),
+        "{run:?}"
+    );
+    assert!(
+        std::fs::read(&copy).unwrap() == written,
+        "the copy was overwritten: {run:?}"
+    );
+    // Refused again while nobody lets it go.
+    assert_eq!(lab.run(&replicate).code, 1);
+    let run = lab.run(&["release", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("the next replication overwrites it"),
+        "{run:?}"
+    );
+    let run = lab.run(&replicate);
+    assert_eq!(run.code, 0, "{run:?}");
+    let primary = lab
+        .host_root("hv-main")
+        .join("srv/datastore/images/erp-db-system.qcow2");
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(&primary).unwrap()
+    );
+}

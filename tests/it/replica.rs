@@ -961,16 +961,17 @@ fn an_update_whose_writes_fail_keeps_the_point_and_frees_its_journal() {
         definition: None,
         read: None,
         pending: false,
+        overwrite_changed: false,
     };
     let mut stream = Vec::new();
-    let (base, _) = store.base_manifest(false).unwrap();
+    let (base, _) = store.base_manifest(false, false).unwrap();
     reprise::replica::helper::send(&src, &base, &mut stream, false).unwrap();
     store.apply(&mut &stream[..], point("p1")).unwrap();
     let before = std::fs::read(&dst).unwrap();
 
     // Every block changes: the update's journal would grow to 4 MiB; files may not pass 1 MiB.
     std::fs::write(&src, random_bytes(4 << 20)).unwrap();
-    let (base, _) = store.base_manifest(false).unwrap();
+    let (base, _) = store.base_manifest(false, false).unwrap();
     let mut stream = Vec::new();
     reprise::replica::helper::send(&src, &base, &mut stream, false).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_reprise"));

@@ -1446,6 +1446,7 @@ fn a_recovery_helper_killed_at_each_write_of_its_manifest_completes_on_the_next_
         definition: None,
         read: None,
         pending: false,
+        overwrite_changed: false,
     };
     let v1 = random_bytes(49 * BLOCK - 100);
     let mut v2 = v1.clone();
@@ -1456,7 +1457,7 @@ fn a_recovery_helper_killed_at_each_write_of_its_manifest_completes_on_the_next_
     let mut v3 = v2.clone();
     v3[20 * BLOCK + 3] ^= 0x5a;
     let send = |src: &Path, store: &Store| {
-        let (base, _) = store.base_manifest(false).unwrap();
+        let (base, _) = store.base_manifest(false, false).unwrap();
         let mut stream = Vec::new();
         reprise::replica::helper::send(src, &base, &mut stream, false).unwrap();
         stream
@@ -1600,7 +1601,7 @@ fn a_recovery_helper_killed_at_each_write_of_its_manifest_completes_on_the_next_
             "write {when}"
         );
         assert_eq!(
-            store.base_digest(false).unwrap(),
+            store.base_digest(false, false).unwrap(),
             m.digest(),
             "write {when}"
         );
