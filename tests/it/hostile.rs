@@ -350,6 +350,16 @@ fn a_link_planted_in_the_copy_is_never_followed() {
     std::os::unix::fs::symlink(outside.join("dir"), copy.join("sub")).unwrap();
     std::fs::remove_file(copy.join("a.dump")).unwrap();
     std::os::unix::fs::symlink(outside.join("victim"), copy.join("a.dump")).unwrap();
+    // Written behind its point, the copy is not replicated into until let go (`reprise
+    // release`); let go, the links are still never gone through.
+    let refused = unlocked(|| set.store().base(false, false)).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("this replication would overwrite it"),
+        "{refused}"
+    );
+    unlocked(|| set.store().accept_changes()).unwrap();
     let base = set.base();
     let with = |path: &str, data: &[u8]| {
         let mut t = base.clone();

@@ -353,7 +353,10 @@ fn a_flipped_byte_is_found_marked_bad_and_mended_by_the_next_run() {
     assert_eq!(run.code, 0, "{run:?}");
 
     {
+        // Rot: a byte flips, the file's times do not change (a write would be one outside
+        // reprise, which no replication writes over unnoticed).
         use std::os::unix::fs::FileExt as _;
+        let modified = std::fs::metadata(lab.dst()).unwrap().modified().unwrap();
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -362,6 +365,7 @@ fn a_flipped_byte_is_found_marked_bad_and_mended_by_the_next_run() {
         let mut b = [0u8; 1];
         f.read_exact_at(&mut b, 5 << 20).unwrap();
         f.write_all_at(&[b[0] ^ 0xff], 5 << 20).unwrap();
+        f.set_modified(modified).unwrap();
     }
     let run = lab.run(&["verify", "erp-db"]);
     assert_eq!(run.code, 1, "{run:?}");

@@ -1184,6 +1184,24 @@ fn a_drill_a_replication_and_a_started_vm_never_share_a_copy_unseen() {
         "read again by hash, found damaged: the drill did not start it".into(),
         drilled.message.chars().take(120).collect(),
     ]);
+    // What the vm wrote there is in no point: no replication writes over it until the
+    // operator lets it go.
+    let written = b3(&copy);
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("this replication would overwrite it: nothing was written"),
+        "{run:?}"
+    );
+    assert_eq!(b3(&copy), written);
+    rows.push(vec![
+        "a replication into the copy written behind its newest point".into(),
+        "refused, the copy kept, until `reprise release`".into(),
+        run.stderr.chars().take(120).collect(),
+    ]);
+    let run = lab.run(&["release", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
     let run = lab.run(&["replicate", "--service", "erp-db"]);
     assert_eq!(run.code, 0, "{run:?}");
 
