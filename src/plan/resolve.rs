@@ -642,6 +642,20 @@ impl<'a> StepAt<'a> {
             .map(|s| s.loc.clone())
             .unwrap_or_else(|| step.id.loc.clone());
         self.site_allows(&h.value, &host_loc, diags)?;
+        if mode == Mode::Drill && !DRILL_VM_ACTIONS.contains(&action) {
+            diags.push(
+                Diagnostic::error(format!(
+                    "step `{id}`: a drill must not `{action}` vm `{}` itself: that acts on the real vm on {} (its own name, disks, MAC addresses and networks), not on a throw-away copy",
+                    vm.id, h.value
+                ))
+                .at(step.id.loc.clone())
+                .hint(format!(
+                    "a drill boots its copy with `action = \"drill-start\"` and removes it with `drill-stop` (cleanup); its other vm actions only read: {}",
+                    DRILL_VM_ACTIONS.join(", ")
+                )),
+            );
+            return None;
+        }
         let mut scope = self.scope();
         scope.host = inv.hosts.get(&h.value);
         scope.vm = Some((vm, side_v));
@@ -908,6 +922,17 @@ struct Transfer {
     capture: Option<(Command, crate::vmdef::Format)>,
     guest: Option<bool>,
 }
+
+/// The vm actions a drill may take: its copy's own, and those that only read.
+const DRILL_VM_ACTIONS: &[&str] = &[
+    "drill-start",
+    "drill-stop",
+    "drill-status",
+    "drill-network-check",
+    "status",
+    "replicate-check",
+    "definition",
+];
 
 /// A step on `host` that the mode forbids: a drill never touches the primary site, a failover
 /// step on it must need the primary, a restore never runs on the recovery site.
