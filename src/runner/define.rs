@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::context::{Outcome, RunContext};
 use crate::event::StepStatus;
+use crate::ssh::ExecOutput;
 
 /// After a step that defined its vm: what it defined, when it succeeded (put back if the run
 /// rolls it back). A step that failed puts back what it defined itself, and says so in its
@@ -274,7 +275,28 @@ pub(super) async fn define_vm(
                             d.fit.name, d.host
                         )
                     })?;
-                (out.exit_code == 0).then_some(out.stdout)
+                let said = ExecOutput {
+                    exit_code: out.exit_code,
+                    stdout: String::new(),
+                    stderr: out.stderr.clone(),
+                    truncated: false,
+                    timed_out: false,
+                    duration: out.duration,
+                };
+                if out.exit_code == 0 {
+                    Some(out.stdout)
+                } else if super::exec::said_not_defined(&said) {
+                    None
+                } else {
+                    // Taken for "nothing defined", a start that fails would remove what is.
+                    return Err(format!(
+                        "cannot tell what is defined as {} on {} (exit {}: {}): nothing was defined",
+                        d.fit.name,
+                        d.host,
+                        out.exit_code,
+                        out.stderr.trim()
+                    ));
+                }
             }
         };
         let said = crate::replica::definitions::define(&helpers, &d.host, &command, &fitted.text)?;
