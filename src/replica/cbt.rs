@@ -778,17 +778,21 @@ pub fn begin(
 
 /// Ends the backup job (the export goes away) and removes its scratch files.
 pub fn end(t: &dyn Transport, host: &str, dom: &str) -> Result<(), String> {
-    sh(
-        t,
-        host,
-        &format!(
-            "virsh domjobabort {} >/dev/null; rm -f {} {}",
-            shell_quote(dom),
-            shell_quote(&socket(dom)),
-            shell_quote(&format!("/var/tmp/reprise-backup-{dom}-")) + "*.scratch"
-        ),
+    sh(t, host, &end_script(dom)).map(|_| ())
+}
+
+/// [`end`]'s command. A job that cannot be aborted (other than for want of one) fails it,
+/// and its export and scratch files are left to it. Only this domain's scratch files are
+/// removed: `DOM-TARGET.scratch`, a disk target never holding a `-`, where another domain's
+/// (`DOM-2`'s `DOM-2-vda.scratch`) would also match `DOM-*.scratch`.
+fn end_script(dom: &str) -> String {
+    let prefix = format!("/var/tmp/reprise-backup-{dom}-");
+    format!(
+        "if ! e=$(virsh domjobabort {q} 2>&1); then case $e in *'no job is active'*) ;; *) printf '%s\\n' \"$e\" >&2; exit 1;; esac; fi; rm -f {sock}; p={p}; for f in \"$p\"*.scratch; do r=${{f#\"$p\"}}; case $r in *-*) ;; *) rm -f \"$f\";; esac; done",
+        q = shell_quote(dom),
+        sock = shell_quote(&socket(dom)),
+        p = shell_quote(&prefix),
     )
-    .map(|_| ())
 }
 
 /// Deletes reprise's checkpoints other than `keep` (their bitmaps merge into the others):
@@ -916,6 +920,68 @@ pub fn guest_read(
 
 #[cfg(test)]
 mod tests {
+    /// The end of a backup job removes its domain's scratch files only, never another
+    /// domain's whose name begins with this one's (`web-2`'s, ending `web`), and leaves
+    /// everything to a job it cannot abort. Run against a stand-in of `virsh`.
+    #[test]
+    fn a_backup_job_s_end_removes_its_own_scratch_files_only() {
+        for (abort, ends) in [
+            ("exit 0", true),
+            (
+                "echo 'error: Requested operation is not valid: no job is active on the domain' >&2; exit 1",
+                true,
+            ),
+            (
+                "echo 'error: failed to connect to the hypervisor' >&2; exit 1",
+                false,
+            ),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let (bin, dir) = (tmp.path().join("bin"), tmp.path().join("tmp"));
+            std::fs::create_dir_all(&bin).unwrap();
+            std::fs::create_dir_all(&dir).unwrap();
+            let virsh = bin.join("virsh");
+            std::fs::write(&virsh, format!("#!/bin/sh\n{abort}\n")).unwrap();
+            let mut perms = std::fs::metadata(&virsh).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+            std::fs::set_permissions(&virsh, perms).unwrap();
+            let files = [
+                "reprise-backup-web-vda.scratch",
+                "reprise-backup-web-vdb.scratch",
+                "reprise-backup-web.sock",
+                "reprise-backup-web-2-vda.scratch",
+                "reprise-backup-web-2.sock",
+            ];
+            for f in files {
+                std::fs::write(dir.join(f), b"").unwrap();
+            }
+            let script =
+                super::end_script("web").replace("/var/tmp/", &format!("{}/", dir.display()));
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .env(
+                    "PATH",
+                    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+                )
+                .output()
+                .unwrap();
+            assert_eq!(out.status.success(), ends, "{abort}: {out:?}");
+            let left: Vec<&str> = files.into_iter().filter(|f| dir.join(f).exists()).collect();
+            match ends {
+                true => assert_eq!(
+                    left,
+                    [
+                        "reprise-backup-web-2-vda.scratch",
+                        "reprise-backup-web-2.sock"
+                    ],
+                    "{abort}"
+                ),
+                false => assert_eq!(left, files, "{abort}"),
+            }
+        }
+    }
+
     /// A `virsh` or `qemu-img` answer cut at the output limit (a list of checkpoints, a
     /// document) is refused, never read as a shorter one.
     #[test]
