@@ -4962,3 +4962,55 @@ fn a_replication_never_overwrites_a_recovery_copy_written_outside_reprise() {
         std::fs::read(&primary).unwrap()
     );
 }
+
+/// What is defined as erp-db on hv-pra cannot be read (its driver's `definition` fails, and
+/// not by saying erp-db is not defined: the hypervisor does not answer). Taken for "nothing
+/// defined", a start that failed after its define would undefine what was there. The start
+/// step stops before anything is defined, saying why.
+#[test]
+fn a_start_never_defines_over_a_definition_it_cannot_read() {
+    let lab = Lab::up(141);
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let stub = lab.lab().join("hosts/hv-pra/bin/lab-vm");
+    let script = std::fs::read_to_string(&stub).unwrap();
+    let (shebang, rest) = script.split_once('\n').unwrap();
+    std::fs::write(
+        &stub,
+        format!(
+            "{shebang}\nif [ \"$1\" = definition ]; then echo 'error: failed to connect to the hypervisor' >&2; exit 1; fi\n{rest}"
+        ),
+    )
+    .unwrap();
+    lab.primary_lost(&["erp-db"]);
+    let status = lab.run_confirming(
+        &[
+            "failover",
+            "--emergency",
+            "--service",
+            "erp-db",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ],
+        Duration::from_secs(90),
+    );
+    assert!(!status.success(), "{status:?}");
+    let events = lab.journal();
+    let start = events
+        .iter()
+        .find(|e| e["event"] == "step_finished" && e["step"] == "erp-db/start")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(start["status"], "failed", "{start}");
+    assert!(
+        start["message"].as_str().unwrap().contains(
+            "cannot tell what is defined as erp-db on hv-pra (exit 1: error: failed to connect to the hypervisor): nothing was defined"
+        ),
+        "{start}"
+    );
+    let called = calls(&lab, "hv-pra");
+    assert!(
+        !called.contains("lab-vm define erp-db") && !called.contains("lab-vm undefine erp-db"),
+        "{called}"
+    );
+}
