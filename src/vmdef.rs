@@ -165,7 +165,13 @@ impl Definition {
             return Err(DefinitionError::Empty);
         }
         let body = match format {
-            Format::LibvirtXml => Body::Xml(parse_xml(text)?),
+            Format::LibvirtXml => {
+                let root = parse_xml(text)?;
+                if is_drill_copy(&root) {
+                    return Err(DefinitionError::DrillCopy);
+                }
+                Body::Xml(root)
+            }
             Format::ProxmoxConf => Body::Conf(proxmox::Conf::parse(text)?),
         };
         Ok(Definition { body })
@@ -406,10 +412,46 @@ pub fn rewrite(def: &Definition, fit: &Fit) -> Result<Fitted, DefinitionError> {
     }
 }
 
+/// What begins the `<description>` of a drill's copy (libvirt): its `drill-stop` removes
+/// only a domain whose description begins so, and no definition that does is taken for a
+/// vm's own.
+pub const DRILL_MARK: &str = "reprise-drill";
+
+/// The name of a libvirt domain definition read as XML only (a drill copy's too, which
+/// [`Definition::parse`] refuses to take for a vm's own).
+pub fn libvirt_name(bytes: &[u8]) -> Result<String, DefinitionError> {
+    if bytes.len() > MAX_BYTES {
+        return Err(DefinitionError::TooLarge(bytes.len()));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| DefinitionError::NotText)?;
+    let root = parse_xml(text)?;
+    Ok(root
+        .get_child("name")
+        .and_then(|n| n.get_text())
+        .map(|t| t.into_owned())
+        .unwrap_or_default())
+}
+
+/// Whether a libvirt domain is a drill's copy ([`DRILL_MARK`]).
+fn is_drill_copy(root: &Element) -> bool {
+    root.get_child("description")
+        .and_then(|d| d.get_text())
+        .is_some_and(|t| t.trim_start().starts_with(DRILL_MARK))
+}
+
 fn rewrite_xml(root: &Element, fit: &Fit) -> Result<Fitted, DefinitionError> {
     let mut root = root.clone();
     let mut notes = Vec::new();
     set_text(child_or_new(&mut root, "name"), &fit.name);
+    if fit.drill {
+        set_text(
+            child_or_new(&mut root, "description"),
+            &format!(
+                "{DRILL_MARK}: a throw-away copy of a replica point, made by reprise ({}); its drill-stop removes it",
+                fit.seed
+            ),
+        );
+    }
     if !fit.keep_uuid {
         remove_children(&mut root, "uuid");
     }

@@ -811,7 +811,7 @@ mod tests {
             "libvirt drill-stop: grep rm rmdir virsh",
             "libvirt replicate-check: awk sort virsh",
             "libvirt replicate-begin: virsh",
-            "libvirt replicate-end: awk grep head qemu-img rm sed virsh virt-xml",
+            "libvirt replicate-end: awk grep qemu-img rm sed virsh virt-xml",
             "proxmox definition: qm",
             "proxmox define: awk cat grep mv qm readlink rm",
             "proxmox undefine: qm rm",
@@ -883,7 +883,7 @@ mod tests {
     /// against stand-ins of `virsh`, `qemu-img` and `virt-xml` that print what they print.
     #[test]
     fn libvirt_s_snapshot_hooks_read_a_disk_path_with_spaces_whole() {
-        libvirt_s_snapshot_hooks_find_the_overlay_of("data disk.qcow2");
+        libvirt_s_snapshot_hooks_find_the_overlay_of("data disk.qcow2", Domain::ShutOff);
     }
     /// libvirt names an external snapshot's file by dropping the extension of the disk's file
     /// name only: the overlay of `v1.d/data` is `v1.d/data.reprise-replicate`, never
@@ -891,9 +891,30 @@ mod tests {
     /// must neither take for this one nor remove.
     #[test]
     fn libvirt_s_snapshot_hooks_take_the_extension_of_the_file_name_only() {
-        libvirt_s_snapshot_hooks_find_the_overlay_of("v1.d/data");
+        libvirt_s_snapshot_hooks_find_the_overlay_of("v1.d/data", Domain::ShutOff);
     }
-    fn libvirt_s_snapshot_hooks_find_the_overlay_of(disk: &str) {
+    /// A running domain's overlay is merged into its disk alone (`--shallow`: a disk that is
+    /// a template's linked clone keeps its template untouched), then the defined domain is
+    /// pointed back at the disk with the disk's own format, as `qemu-img info` prints it
+    /// (QEMU 8 and later list the file's child node, format `file`, first in JSON).
+    #[test]
+    fn libvirt_s_snapshot_hooks_merge_a_running_domain_s_overlay_into_its_disk_alone() {
+        libvirt_s_snapshot_hooks_find_the_overlay_of("data.qcow2", Domain::Running);
+    }
+    /// `virsh domblklist` failing (libvirtd restarting) is never read as "no overlay in use":
+    /// the hooks fail, nothing is merged, pointed elsewhere or removed.
+    #[test]
+    fn libvirt_s_snapshot_hooks_fail_when_the_domain_s_disks_cannot_be_listed() {
+        libvirt_s_snapshot_hooks_find_the_overlay_of("data.qcow2", Domain::Unlisted);
+    }
+    #[derive(Clone, Copy, PartialEq)]
+    enum Domain {
+        ShutOff,
+        Running,
+        /// Running, and `virsh domblklist` fails.
+        Unlisted,
+    }
+    fn libvirt_s_snapshot_hooks_find_the_overlay_of(disk: &str, domain: Domain) {
         let doc: toml::Table = crate::inventory::BUILTIN_DRIVERS.parse().unwrap();
         let libvirt = doc["drivers"]["libvirt"].as_table().unwrap();
         let tmp = tempfile::tempdir().unwrap();
@@ -922,9 +943,18 @@ mod tests {
         if other_kept {
             std::fs::write(&other, b"another vm's overlay").unwrap();
         }
-        // The domain (shut off) uses the overlay until virt-xml points it back at its disk.
+        // The defined domain uses the overlay until virt-xml points it back at its disk; a
+        // running one until blockcommit pivots it.
         let uses = tmp.path().join("uses-overlay");
         std::fs::write(&uses, b"").unwrap();
+        let live = tmp.path().join("runs-on-overlay");
+        if domain != Domain::ShutOff {
+            std::fs::write(&live, b"").unwrap();
+        }
+        let unlisted = tmp.path().join("unlisted");
+        if domain == Domain::Unlisted {
+            std::fs::write(&unlisted, b"").unwrap();
+        }
         let log = tmp.path().join("log");
         let stub = |name: &str, body: &str| {
             let path = bin.join(name);
@@ -938,15 +968,20 @@ mod tests {
             &format!(
                 r#"echo "virsh $*" >> {log}
 case "$1" in
-domstate) echo 'shut off';;
+domstate) if [ -e {live} ]; then echo running; else echo 'shut off'; fi;;
 domblklist)
+  if [ -e {unlisted} ]; then echo 'error: failed to connect to the hypervisor' >&2; exit 1; fi
   printf ' Type   Device   Target   Source\n------------------------------------------------\n'
-  if [ -e {uses} ]; then src={ov}; else src={base}; fi
+  case "$*" in *--inactive*) on={uses};; *) on={live}; [ -e {live} ] || on={uses};; esac
+  if [ -e "$on" ]; then src={ov}; else src={base}; fi
   printf ' file   disk     vda      %s\n' "$src"
   printf ' file   cdrom    sda      -\n';;
+blockcommit) rm -f {live};;
 esac"#,
                 log = q(log.to_str().unwrap()),
                 uses = q(uses.to_str().unwrap()),
+                live = q(live.to_str().unwrap()),
+                unlisted = q(unlisted.to_str().unwrap()),
                 ov = q(overlay.to_str().unwrap()),
                 base = q(base.to_str().unwrap()),
             ),
@@ -955,7 +990,10 @@ esac"#,
             "qemu-img",
             &format!(
                 r#"echo "qemu-img $*" >> {log}
-case "$1" in info) printf '{{\n    "format": "qcow2",\n}}\n';; esac"#,
+case "$1 $*" in
+info*--output=json*) printf '{{\n    "children": [\n        {{\n            "name": "file",\n            "info": {{\n                "format": "file"\n            }}\n        }}\n    ],\n    "format": "qcow2"\n}}\n';;
+info*) printf 'image: x\nfile format: qcow2\nvirtual size: 1 MiB (1048576 bytes)\nChild node '"'"'/file'"'"':\n    filename: x\n    protocol type: file\n';;
+esac"#,
                 log = q(log.to_str().unwrap())
             ),
         );
@@ -978,9 +1016,26 @@ case "$1" in info) printf '{{\n    "format": "qcow2",\n}}\n';; esac"#,
             let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
             (out.status.code(), text(&out.stdout), text(&out.stderr))
         };
-        let (code, out, err) = run("replicate-check");
-        assert_eq!(code, Some(0), "{err}");
         let ov = overlay.display().to_string();
+        let (code, out, err) = run("replicate-check");
+        if domain == Domain::Unlisted {
+            assert_ne!(code, Some(0), "{out}");
+            let (code, _, err) = run("replicate-end");
+            assert_ne!(code, Some(0), "{err}");
+            let log = std::fs::read_to_string(&log).unwrap();
+            assert!(
+                !log.contains("blockcommit")
+                    && !log.contains("commit -q")
+                    && !log.contains("virt-xml"),
+                "{log}"
+            );
+            assert!(
+                overlay.exists(),
+                "an overlay that may be in use is kept: {log}"
+            );
+            return;
+        }
+        assert_eq!(code, Some(0), "{err}");
         assert!(
             out.contains(&format!("overlay disk vda uses {ov}")),
             "{out}"
@@ -988,13 +1043,21 @@ case "$1" in info) printf '{{\n    "format": "qcow2",\n}}\n';; esac"#,
         let (code, _, err) = run("replicate-end");
         assert_eq!(code, Some(0), "{err}");
         let log = std::fs::read_to_string(&log).unwrap();
-        let commit = log
-            .find(&format!("qemu-img commit -q {ov}"))
-            .unwrap_or_else(|| panic!("the overlay is committed back: {log}"));
+        let merged = match domain {
+            Domain::Running => log
+                .find("virsh blockcommit app vda --active --shallow --pivot --wait")
+                .unwrap_or_else(|| panic!("merged into its disk alone: {log}")),
+            _ => log
+                .find(&format!("qemu-img commit -q {ov}"))
+                .unwrap_or_else(|| panic!("the overlay is committed back: {log}")),
+        };
         let edit = log
-            .find("virt-xml app --edit target=vda --disk path=")
+            .find(&format!(
+                "virt-xml app --edit target=vda --disk path={},driver.type=qcow2",
+                base.display()
+            ))
             .unwrap_or_else(|| panic!("the domain is pointed back at its disk: {log}"));
-        assert!(commit < edit, "{log}");
+        assert!(merged < edit, "{log}");
         assert!(!overlay.exists(), "removed once no longer used: {log}");
         if other_kept {
             assert!(

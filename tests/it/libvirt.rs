@@ -123,7 +123,8 @@ fn drill_and_check(hv: &Hv, vm: &str, ip: u8) {
     // network, every disk an overlay of this run, a new UUID.
     let copy_xml = step_stdout(hv, &format!("{vm}/show-copy"));
     assert!(
-        copy_xml.contains(&format!("<name>drill-{vm}</name>")),
+        copy_xml.contains(&format!("<name>drill-{vm}</name>"))
+            && copy_xml.contains("<description>reprise-drill: "),
         "{copy_xml}"
     );
     let nics = elements(&copy_xml, "interface");
@@ -1400,4 +1401,91 @@ fn a_disk_in_a_folder_with_a_dot_has_its_own_overlay_merged_and_no_other_touched
     let (_, now) = hv.wait_healthy(10, 0);
     hv.wait_healthy(10, now + 2);
     assert!(hv.pra.counter_on_disk("/srv/replicas/v1.d/app") >= 2);
+}
+
+/// A disk that is a template's linked clone (a qcow2 file backed by another): its snapshot
+/// overlay is merged back into that disk alone (`--shallow`), never down the chain into the
+/// template, which other clones share. The template is left byte for byte, the disk keeps
+/// its backing file, and the domain runs on the disk again.
+#[test]
+fn a_linked_clone_s_snapshot_is_merged_into_the_clone_never_into_its_template() {
+    let hv = Hv::up();
+    let images = "/var/lib/libvirt/images";
+    let (template, disk) = (
+        format!("{images}/debian-template.qcow2"),
+        format!("{images}/app.qcow2"),
+    );
+    hv.main.sh(&format!(
+        "qemu-img create -q -f qcow2 {template} 256M && qemu-io -c 'write -q -P 0x5a 1M 8M' {template} >/dev/null && qemu-img create -q -f qcow2 -F qcow2 -b {template} {disk}"
+    ));
+    let template_before = sha256(&hv.main, &template);
+    let xml = hv.domain_xml("app", &disk, 10, Firmware::Bios);
+    std::fs::write(hv.main.path("/var/tmp/app.xml"), xml).unwrap();
+    hv.main.virsh("define /var/tmp/app.xml");
+    hv.main.virsh("start app");
+    hv.wait_healthy(10, 2);
+
+    // Its copy would not hold all its data: refused, and the snapshot merged back.
+    let run = hv.reprise(&["replicate", "--service", "app"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    hv.wait_healthy(10, 0);
+    assert_eq!(sha256(&hv.main, &template), template_before, "{run:?}");
+    let info = hv.main.sh(&format!("qemu-img info -U {disk}"));
+    assert!(
+        info.contains(&format!("backing file: {template}")),
+        "{info}"
+    );
+    for defined in ["", " --inactive"] {
+        let blocks = hv.main.virsh(&format!("domblklist app --details{defined}"));
+        assert!(
+            blocks.contains(&disk) && !blocks.contains("reprise-replicate"),
+            "{defined}: {blocks}"
+        );
+    }
+    assert!(
+        !hv.main
+            .path(&format!("{images}/app.reprise-replicate"))
+            .exists()
+    );
+}
+
+/// A domain named `drill-app` on the recovery host that is not a drill copy of reprise (an
+/// administrator's): a drill of app neither replaces its definition (libvirt refuses the
+/// copy, of a new UUID) nor destroys it (its cleanup removes only a copy marked
+/// `reprise-drill` in its description); the drill fails, saying why.
+#[test]
+fn a_drill_never_replaces_or_removes_a_domain_of_its_copy_s_name_that_is_not_its_own() {
+    let hv = Hv::up();
+    hv.start_guest_on_main("app", 10, Firmware::Bios, 0);
+    hv.wait_healthy(10, 2);
+    let run = hv.reprise(&["replicate", "--service", "app"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let disk = "/srv/replicas/admins-own.qcow2";
+    hv.pra
+        .sh(&format!("qemu-img create -q -f qcow2 {disk} 64M"));
+    let xml = hv.domain_xml("drill-app", disk, 20, Firmware::Bios);
+    std::fs::write(hv.pra.path("/var/tmp/drill-app.xml"), xml).unwrap();
+    hv.pra.virsh("define /var/tmp/drill-app.xml");
+    let before = hv.pra.virsh("dumpxml --inactive drill-app");
+
+    let run = hv.reprise(&["drill", "--no-prompt", "--service", "app", "--only"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert_eq!(
+        hv.pra.virsh("dumpxml --inactive drill-app"),
+        before,
+        "{run:?}"
+    );
+    assert!(
+        hv.pra.domains().contains(&"drill-app".to_string()),
+        "{run:?}"
+    );
+    let said = hv.journal().iter().any(|e| {
+        e.to_string()
+            .contains("drill-app is defined here but is not a drill copy of reprise")
+    });
+    assert!(said, "{run:?}\n{:#?}", hv.journal());
+
+    // Its own copy, marked, is what a drill defines and removes.
+    hv.pra.virsh("undefine drill-app");
+    drill_and_check(&hv, "app", 10);
 }

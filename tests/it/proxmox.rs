@@ -746,6 +746,56 @@ fn a_stopped_proxmox_vm_whose_disk_is_written_during_its_copy_makes_an_unusable_
     assert_eq!(again.code, 0, "{again:?}");
 }
 
+/// A running vm frozen for its copy is thawed during it (by hand, or by the guest), writes,
+/// then stops before the copy ends: at the end no guest agent can say whether the freeze
+/// held, but its disk changed since the freeze did. `replicate-end` tells, and the point
+/// made is unusable.
+#[test]
+fn a_frozen_proxmox_vm_thawed_written_and_stopped_during_its_copy_makes_an_unusable_point() {
+    let lab = Lab::up(184);
+    let disk = lab.images("hv1").join("101/vm-101-disk-0.qcow2");
+    fill(&disk, "256M");
+    let before = lab.point_ids("db");
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // point ids are per second
+    let journal = lab
+        .images("hv2")
+        .join("101/vm-101-disk-0.qcow2.reprise/journal");
+    let (replicated, stopped) = std::thread::scope(|scope| {
+        let meddler = scope.spawn(|| {
+            copy_began(|| journal.exists());
+            let thawed = qm(&lab, "hv1", &["guest", "cmd", "101", "fsfreeze-thaw"]);
+            assert_eq!(thawed.code, 0, "{thawed:?}");
+            // A write by the thawed guest: one block rewritten with the bytes it held.
+            use std::os::unix::fs::FileExt as _;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&disk)
+                .unwrap();
+            let mut block = vec![0u8; 65536];
+            f.read_exact_at(&mut block, 1 << 20).unwrap();
+            f.write_all_at(&block, 1 << 20).unwrap();
+            drop(f);
+            qm(&lab, "hv1", &["stop", "101"])
+        });
+        let replicated = lab.with(&["replicate", "--service", "db"]);
+        (replicated, meddler.join().unwrap())
+    });
+    assert_eq!(stopped.code, 0, "{stopped:?}");
+    assert_eq!(replicated.code, 1, "{replicated:?}");
+    assert!(
+        replicated.stderr.contains(
+            "vmid 101 was frozen for its copy and is stopped now, and 101/vm-101-disk-0.qcow2 changed since it was frozen"
+        ) && replicated
+            .stderr
+            .contains("the copy may be torn: marked unusable, no run starts from it"),
+        "{replicated:?}"
+    );
+    let made = lab.points_since("db", &before);
+    assert_eq!(made.len(), 1, "{made:#?}");
+    assert_eq!(made[0]["verified"], "bad", "{made:#?}");
+}
+
 /// A running vm's files are read live under its freeze, which only `replicate-end` can say
 /// held through the copy. When it cannot say (here its guest agent is gone by the end of the
 /// copy), the point made is unusable: whether it is of one instant is not known.

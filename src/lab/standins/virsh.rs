@@ -104,14 +104,14 @@ fn define(defs: &Path, name: &str) -> i32 {
         eprintln!("lab-vm: reading the definition: {e}");
         return 1;
     }
-    let defined_name =
-        match crate::vmdef::Definition::parse(crate::vmdef::Format::LibvirtXml, &bytes) {
-            Ok(d) => d.name().unwrap_or_default(),
-            Err(e) => {
-                eprintln!("lab-vm: {e}");
-                return 1;
-            }
-        };
+    // Read as libvirt reads it: a drill copy's definition is defined as any other.
+    let defined_name = match crate::vmdef::libvirt_name(&bytes) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("lab-vm: {e}");
+            return 1;
+        }
+    };
     if defined_name != *name && defined_name != format!("drill-{name}") {
         eprintln!("lab-vm: the definition is of `{defined_name}`, not of {name}");
         return 1;
