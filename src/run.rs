@@ -942,7 +942,7 @@ pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere], force: bool) -> Judged {
                 ));
             } else {
                 refused.push(format!(
-                    "vm {vm}: its recovery copies on {there} were written since their newest point, outside any failover: {copies}; if vm {vm} ran there, its newest data is there and a restore would start it on {here} from its disks of before: stop it there and copy them back (`reprise failback --service {service} --force`, which copies them back first); if nothing of it is to be kept, `reprise restore --force` starts it from its disks on {here} (the next replication then makes the copies anew)"
+                    "vm {vm}: its recovery copies on {there} were written since their newest point, outside any failover: {copies}; if vm {vm} ran there, its newest data is there and a restore would start it on {here} from its disks of before: stop it there and copy them back (`reprise failback --service {service} --force`, which copies them back first); if nothing of it is to be kept, `reprise restore --force` starts it from its disks on {here} (the next replication then stops on those copies until `reprise release {vm}` lets what was written there go)"
                 ));
             }
         }

@@ -781,14 +781,15 @@ pub fn end(t: &dyn Transport, host: &str, dom: &str) -> Result<(), String> {
     sh(t, host, &end_script(dom)).map(|_| ())
 }
 
-/// [`end`]'s command. A job that cannot be aborted (other than for want of one) fails it,
-/// and its export and scratch files are left to it. Only this domain's scratch files are
-/// removed: `DOM-TARGET.scratch`, a disk target never holding a `-`, where another domain's
-/// (`DOM-2`'s `DOM-2-vda.scratch`) would also match `DOM-*.scratch`.
+/// [`end`]'s command. A job that cannot be aborted, of a domain that runs (one shut off has
+/// no job), fails it, and its export and scratch files are left to it; libvirt's words are
+/// read in English (`LC_ALL=C`). Only this domain's scratch files are removed:
+/// `DOM-TARGET.scratch`, a disk target never holding a `-`, where another domain's (`DOM-2`'s
+/// `DOM-2-vda.scratch`) would also match `DOM-*.scratch`.
 fn end_script(dom: &str) -> String {
     let prefix = format!("/var/tmp/reprise-backup-{dom}-");
     format!(
-        "if ! e=$(virsh domjobabort {q} 2>&1); then case $e in *'no job is active'*) ;; *) printf '%s\\n' \"$e\" >&2; exit 1;; esac; fi; rm -f {sock}; p={p}; for f in \"$p\"*.scratch; do r=${{f#\"$p\"}}; case $r in *-*) ;; *) rm -f \"$f\";; esac; done",
+        "if ! e=$(LC_ALL=C virsh domjobabort {q} 2>&1); then s=$(LC_ALL=C virsh domstate {q} 2>/dev/null); case $e in *'no job is active'*) ;; *) if [ \"$s\" = running ] || [ \"$s\" = paused ]; then printf '%s\\n' \"$e\" >&2; exit 1; fi;; esac; fi; rm -f {sock}; p={p}; for f in \"$p\"*.scratch; do r=${{f#\"$p\"}}; case $r in *-*) ;; *) rm -f \"$f\";; esac; done",
         q = shell_quote(dom),
         sock = shell_quote(&socket(dom)),
         p = shell_quote(&prefix),
@@ -932,8 +933,13 @@ mod tests {
                 true,
             ),
             (
-                "echo 'error: failed to connect to the hypervisor' >&2; exit 1",
+                "case $1 in domstate) echo running;; *) echo 'error: failed to connect to the hypervisor' >&2; exit 1;; esac",
                 false,
+            ),
+            // A guest shut down once its reads were done: no job is left to abort.
+            (
+                "case $1 in domstate) echo 'shut off';; *) echo 'error: Requested operation is not valid: domain is not running' >&2; exit 1;; esac",
+                true,
             ),
         ] {
             let tmp = tempfile::tempdir().unwrap();

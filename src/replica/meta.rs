@@ -622,7 +622,7 @@ pub fn read_accepted(dir: &Path) -> Option<String> {
 /// point (`why`, from `changed_since`), and what to do.
 pub fn written_outside(why: &str) -> String {
     format!(
-        "{why}; what was written there since is in no point and not on the primary, and this replication would overwrite it: nothing was written. To keep it (a vm ran there), fail back from it first (`reprise failback --service SERVICE --force` copies it back to the primary); if it is not needed, `reprise release NAME` (NAME: the vm or backup set this copy is of) lets the next replication overwrite it"
+        "{why}; what was written there since is in no point and not on the primary, and this replication would overwrite it: nothing was written. To keep it (a vm ran there), fail back from it first (`reprise failback --service SERVICE --force` copies it back over the primary's disks or folder: stop the vm on the primary first, and make sure nothing newer is there); if it is not needed, `reprise release NAME` (NAME: the vm or backup set this copy is of) lets the next replication overwrite it"
     )
 }
 

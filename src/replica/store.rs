@@ -553,9 +553,12 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
+        let stamp = self.stamp();
+        let accepted = meta::read_accepted(&self.dir);
+        let let_go = accepted.is_some() && accepted == stamp;
         if let Some(why) = self.changed_since(&points) {
-            let stamp = self.stamp();
-            if !overwrite && meta::read_accepted(&self.dir).is_none_or(|a| Some(a) != stamp) {
+            // A copy that is gone holds nothing to lose.
+            if !overwrite && !let_go && stamp.is_some() {
                 return Err(StoreError::Refused {
                     image: self.name(),
                     reason: meta::written_outside(&why),
@@ -563,6 +566,21 @@ impl Store {
             }
             notes.push(self.end_history(why)?);
             return Ok((Vec::new(), notes));
+        }
+        // No point to compare with (its history ended, a failover started on it): once let
+        // go (a failback's copy back, `reprise release`), it is refused when written again.
+        if points.is_empty()
+            && !overwrite
+            && !let_go
+            && stamp.is_some()
+            && let Some(a) = accepted
+        {
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason: meta::written_outside(&format!(
+                    "the copy changed since it was let go (by a failback or `reprise release`: it was `{a}`)"
+                )),
+            });
         }
         Ok((points, notes))
     }
@@ -4853,6 +4871,52 @@ mod tests {
         // Nobody: written.
         store
             .apply(&mut &stream_of(&src, &store)[..], point("p3"))
+            .unwrap();
+        assert_eq!(
+            std::fs::read(&store.image).unwrap(),
+            std::fs::read(&src).unwrap()
+        );
+    }
+
+    /// A copy that is gone holds nothing to lose: its history ends and it is made anew. A copy
+    /// with no point to compare with (a failover started on it, then a failback let it go)
+    /// is refused once written again after it was let go.
+    #[test]
+    fn a_copy_gone_is_made_anew_and_one_let_go_is_refused_when_written_again() {
+        use std::os::unix::fs::FileExt as _;
+        let (_dir, src, store) = copy_of(&[("p1", 1), ("p2", 2)], 2);
+        std::fs::remove_file(&store.image).unwrap();
+        let (_, note) = store.base_manifest(false, false).unwrap();
+        assert!(note.unwrap().contains("points given up: p1, p2"));
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p3"))
+            .unwrap();
+        assert_eq!(
+            std::fs::read(&store.image).unwrap(),
+            std::fs::read(&src).unwrap()
+        );
+        // A failover starts the vm on it: its history ends; a failback lets it go.
+        let wait = std::time::Duration::from_millis(10);
+        store
+            .take_lease(&lease_of(LeaseKind::Live, "r1", "p3"), None, wait, true)
+            .unwrap();
+        assert!(store.points().unwrap().is_empty());
+        assert_eq!(store.release(|_, _| true).unwrap().len(), 1);
+        assert_eq!(store.accept_changes().unwrap(), None);
+        assert!(store.base_manifest(false, false).is_ok(), "as let go");
+        // Started there by hand afterwards, it writes.
+        let f = OpenOptions::new().write(true).open(&store.image).unwrap();
+        f.write_all_at(b"by hand", 0).unwrap();
+        drop(f);
+        let refused = store.base_manifest(false, false).unwrap_err().to_string();
+        assert!(
+            refused.contains("the copy changed since it was let go")
+                && refused.contains("this replication would overwrite it"),
+            "{refused}"
+        );
+        store.accept_changes().unwrap();
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p4"))
             .unwrap();
         assert_eq!(
             std::fs::read(&store.image).unwrap(),

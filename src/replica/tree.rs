@@ -929,7 +929,7 @@ impl TreeStore {
     /// ([`Self::accept_changes`]).
     fn history_for_update(&self, overwrite: bool) -> Result<(Vec<Point>, Vec<String>), StoreError> {
         let mut notes = Vec::new();
-        let points = match self.checked_points() {
+        let mut points = match self.checked_points() {
             Ok((p, n)) => {
                 notes.extend(n);
                 p
@@ -941,12 +941,18 @@ impl TreeStore {
             Err(e) => return Err(e),
         };
         let now = stamps(&self.root);
+        let accepted = meta::read_accepted(&self.dir)
+            .is_some_and(|a| as_recorded(Some(&a), now.clone()).as_ref() == Some(&a));
         if let Some(why) = changed_since(&points, as_newest(&points, now.clone())) {
-            let accepted = meta::read_accepted(&self.dir)
-                .is_some_and(|a| as_recorded(Some(&a), now.clone()).as_ref() == Some(&a));
             let returned =
-                self.path(RETURNED).exists() && self.written_since_returned(now)?.is_none();
-            if !(overwrite || accepted || returned) {
+                self.path(RETURNED).exists() && self.written_since_returned(now.clone())?.is_none();
+            // A folder that is gone holds nothing to lose; one whose files are still those
+            // of its newest point changed only in their status (owner, mode, labels, a
+            // device number after a remount): that point is it again.
+            if !(overwrite || accepted || returned || now.is_none()) {
+                if self.still_newest(&mut points)? {
+                    return Ok((points, notes));
+                }
                 return Err(StoreError::Refused {
                     image: self.name(),
                     reason: meta::written_outside(&why),
@@ -955,7 +961,39 @@ impl TreeStore {
             notes.push(self.end_history(why)?);
             return Ok((Vec::new(), notes));
         }
+        // No point to compare with (its history ended, a failover started on it): once let
+        // go (a failback's copy back, `reprise release`), it is refused when written again.
+        if points.is_empty()
+            && !overwrite
+            && now.is_some()
+            && let Some(a) = meta::read_accepted(&self.dir)
+            && !accepted
+        {
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason: meta::written_outside(&format!(
+                    "the copy changed since it was let go (by a failback or `reprise release`: it was `{a}`)"
+                )),
+            });
+        }
         Ok((points, notes))
+    }
+
+    /// Whether the folder, whose seal differs from its newest point's, still holds exactly
+    /// that point's files (read whole, and not written while read): the point's seal is
+    /// then recorded anew.
+    fn still_newest(&self, points: &mut [Point]) -> Result<bool, StoreError> {
+        let Some(newest) = points.last_mut() else {
+            return Ok(false);
+        };
+        let before = tree_seal(&self.root);
+        let whole = digest_in_place(&self.root).is_ok_and(|d| d == newest.blake3);
+        if !whole || tree_seal(&self.root) != before {
+            return Ok(false);
+        }
+        newest.stamp = before;
+        self.write_json("points.json", &points.to_vec())?;
+        Ok(true)
     }
 
     /// The operator (`reprise release`) let what was written in the folder since its newest
@@ -2884,6 +2922,31 @@ mod tests {
             replicate(&src, &dst, "p3");
             assert_eq!(contents(&dst), contents(&src));
         }
+    }
+
+    /// A copy whose files changed in their status only (mode, owner, labels: their change
+    /// time) holds its newest point still: the next replication reads it whole, finds it so,
+    /// records its seal anew and goes on, its history kept. A copy gone is made anew.
+    #[test]
+    fn a_copy_changed_in_its_files_status_only_keeps_its_history() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.dump"), "a1").unwrap();
+        replicate(&src, &dst, "p1");
+        let store = TreeStore::new(&dst);
+        std::fs::set_permissions(dst.join("a.dump"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        assert!(store.inspect().changed.is_some());
+        std::fs::write(src.join("b.dump"), "b1").unwrap();
+        replicate(&src, &dst, "p2");
+        let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["p1", "p2"], "its history kept");
+        assert_eq!(contents(&dst), contents(&src));
+        std::fs::remove_dir_all(&dst).unwrap();
+        replicate(&src, &dst, "p3");
+        assert_eq!(contents(&dst), contents(&src));
     }
 
     #[test]
