@@ -1562,3 +1562,52 @@ fn a_proxmox_vmid_of_another_node_of_the_cluster_is_never_defined_here() {
         "{status}"
     );
 }
+
+/// A copy that names another file (a qcow2 backed by a template, carried over by hand) does
+/// not hold all its data: a drill that starts it as it is (named with --accept-unverified)
+/// refuses it at its `drill-start`, before any overlay follows the reference, and says why.
+#[test]
+fn a_proxmox_drill_never_starts_a_copy_that_refers_to_another_file() {
+    let lab = Lab::up(185);
+    let images = lab.images("hv2");
+    let copy = images.join("101/vm-101-disk-0.qcow2");
+    let base = images.join("101/base-101-disk-0.qcow2");
+    for args in [
+        vec!["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "64M"],
+        vec![
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            "base-101-disk-0.qcow2",
+            copy.to_str().unwrap(),
+        ],
+    ] {
+        let out = Command::new("qemu-img").args(&args).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let drill = lab.with(&[
+        "drill",
+        "--no-prompt",
+        "--service",
+        "db",
+        "--only",
+        "--accept-unverified",
+        "db",
+    ]);
+    assert_ne!(drill.code, 0, "{drill:?}");
+    let shown = lab.shown();
+    assert!(
+        shown.contains(
+            "refers to another file (a backing or data file): a copy must hold all its data"
+        ),
+        "{shown}"
+    );
+    assert!(
+        !images.join("900101/vm-900101-disk-0.qcow2").exists(),
+        "an overlay was made: {drill:?}"
+    );
+}
