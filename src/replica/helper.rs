@@ -702,19 +702,15 @@ fn release(
                         .to_string(),
                 );
             }
-            if returned.accept
-                && let Some(why) = t.accept_changes().map_err(|e| e.to_string())?
-            {
-                done.push(let_go(&why));
+            if returned.accept {
+                done.extend(let_go(t.accept_changes())?);
             }
             done
         } else {
             let s = Store::new(p);
             let mut done = s.release(which).map_err(|e| e.to_string())?;
-            if returned.accept
-                && let Some(why) = s.accept_changes().map_err(|e| e.to_string())?
-            {
-                done.push(let_go(&why));
+            if returned.accept {
+                done.extend(let_go(s.accept_changes())?);
             }
             done
         };
@@ -723,10 +719,14 @@ fn release(
     answer_json(stdout, &released)
 }
 
-/// What [`Request::Release`] says of a copy whose change since its newest point (`why`) it
-/// let go.
-fn let_go(why: &str) -> String {
-    format!("what was written in it outside reprise ({why}): the next replication overwrites it")
+/// What [`Request::Release`] says of a copy it let go: its change since its newest point
+/// (`accepted`, from `accept_changes`), if it changed.
+fn let_go(accepted: Result<Option<String>, super::StoreError>) -> Result<Option<String>, String> {
+    Ok(accepted.map_err(|e| e.to_string())?.map(|why| {
+        format!(
+            "what was written in it outside reprise ({why}): the next replication overwrites it"
+        )
+    }))
 }
 
 /// What a copy (an image, or a backup set's folder) and its metadata say.

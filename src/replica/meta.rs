@@ -626,6 +626,14 @@ pub fn written_outside(why: &str) -> String {
     )
 }
 
+/// Why a replication does not write into a copy with no point that was let go at `stamp`
+/// ([`write_accepted`]) and written since.
+pub fn written_since_let_go(stamp: &str) -> String {
+    written_outside(&format!(
+        "the copy changed since it was let go (by a failback or `reprise release`: it was `{stamp}`)"
+    ))
+}
+
 pub fn read_ended(dir: &Path) -> Option<Ended> {
     read_file(&dir.join("ended.json"))
         .ok()

@@ -971,9 +971,7 @@ impl TreeStore {
         {
             return Err(StoreError::Refused {
                 image: self.name(),
-                reason: meta::written_outside(&format!(
-                    "the copy changed since it was let go (by a failback or `reprise release`: it was `{a}`)"
-                )),
+                reason: meta::written_since_let_go(&a),
             });
         }
         Ok((points, notes))
