@@ -14,6 +14,7 @@ pub mod validate;
 mod vm;
 
 pub use build::{LAG_STEP, backup_sets_of, build};
+pub use resolve::url_host;
 pub use vm::{images_dir_of, replicate_hook, vm_action_command, vm_status_command};
 
 use serde::Serialize;
@@ -176,6 +177,18 @@ pub struct Instance {
     pub left: Option<(String, Command)>,
 }
 
+/// A production address a drill's check must not reach: production answers there, not the
+/// drill's copy, and the check would pass for it. The plan refuses a check whose address is
+/// one of them as written; the run refuses one that resolves to where one of them resolves
+/// (a name for an address, two names for one machine).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Production {
+    pub address: String,
+    /// What answers there, for messages: `the production address of vm erp-app`, `the
+    /// address of host hv-main (site paris, primary)`.
+    pub what: String,
+}
+
 /// The recovery copies a vm step uses: the vm, the host holding them and their paths, and
 /// what the step does with them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,6 +267,8 @@ pub enum Action {
         instance: Option<Instance>,
         /// Text the server must send first (its banner).
         expect: Option<String>,
+        /// A drill's: the production addresses it must not reach (see [`Production`]).
+        production: Vec<Production>,
     },
     Http {
         url: String,
@@ -265,6 +280,8 @@ pub enum Action {
         instance: Option<Instance>,
         /// Text the body of the answer must contain.
         expect: Option<String>,
+        /// A drill's: the production addresses it must not reach (see [`Production`]).
+        production: Vec<Production>,
     },
     Probe {
         run: Command,

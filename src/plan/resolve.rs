@@ -9,8 +9,8 @@ use crate::model::Model;
 use crate::plan::scope::{StepScope, render, render_plain};
 use crate::plan::vm::{define_use, images_dir_of, undo_action, vm_action_command};
 use crate::plan::{
-    Action, Instance, PlanOptions, PlannedStep, ReplicaRole, ReplicaUse, Replicated, SnapshotHooks,
-    Tls,
+    Action, Instance, PlanOptions, PlannedStep, Production, ReplicaRole, ReplicaUse, Replicated,
+    SnapshotHooks, Tls,
 };
 use crate::runbook::{Mode, Probe, ReplicaSource, Side, Step, StepKind};
 use crate::template::{Command, Template};
@@ -296,11 +296,12 @@ impl<'a> StepAt<'a> {
             } => {
                 let mut scope = self.scope();
                 let (inv, service, mode) = (self.inv(), self.service, self.mode());
+                self.target_site_allows(host, diags)?;
                 let target =
                     probe_target(inv, service, host, vm, mode, &mut scope, &self.id, diags)?;
                 let address = self.tcp_address(address.as_ref(), target, &scope, diags)?;
                 let instance = self.instance(host, vm, diags)?;
-                self.not_production(instance.as_ref(), &address, diags)?;
+                let production = self.not_production(instance.as_ref(), &address, diags)?;
                 let expect = self.expect(expect.as_ref(), &scope, instance.as_ref(), diags)?;
                 Some(Resolved::new(
                     None,
@@ -316,6 +317,7 @@ impl<'a> StepAt<'a> {
                         interval,
                         instance,
                         expect,
+                        production,
                     },
                 ))
             }
@@ -328,6 +330,7 @@ impl<'a> StepAt<'a> {
             } => {
                 let mut scope = self.scope();
                 let (inv, service, mode) = (self.inv(), self.service, self.mode());
+                self.target_site_allows(host, diags)?;
                 probe_target(inv, service, host, vm, mode, &mut scope, &self.id, diags)?;
                 let url = render_plain(url_template, &scope, diags)?;
                 let https = self.http_url(&url, url_template, diags)?;
@@ -342,7 +345,7 @@ impl<'a> StepAt<'a> {
                     }
                 };
                 let instance = self.instance(host, vm, diags)?;
-                self.not_production(instance.as_ref(), url_host(&url), diags)?;
+                let production = self.not_production(instance.as_ref(), url_host(&url), diags)?;
                 let expect = self.expect(expect.as_ref(), &scope, instance.as_ref(), diags)?;
                 Some(Resolved::new(
                     None,
@@ -359,6 +362,7 @@ impl<'a> StepAt<'a> {
                         tls,
                         instance,
                         expect,
+                        production,
                     },
                 ))
             }
@@ -437,38 +441,59 @@ impl<'a> StepAt<'a> {
         }))
     }
 
-    /// A drill's check of a vm must not probe the vm's production address: production
-    /// answers there, not the drill's copy, and the check would pass for it. `None` when
-    /// reported.
+    /// A tcp or http check aimed at a host (`host = ...`) obeys the site rules of a step
+    /// run there: a drill's never probes the primary site. `None` when reported.
+    fn target_site_allows(
+        &self,
+        host: &Option<Sp<String>>,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<()> {
+        match host {
+            Some(h) => self.site_allows(&h.value, &h.loc, diags),
+            None => Some(()),
+        }
+    }
+
+    /// A drill's check must not probe a production address: production answers there, not
+    /// the drill's copy, and the check would pass for it. The production addresses are its
+    /// vm's own, those of the vms a drill copies (their primary hosts on the primary site)
+    /// and those of the primary site's hosts. The run compares them again as they resolve.
+    /// `None` when reported; the addresses otherwise (none outside a drill).
     fn not_production(
         &self,
         instance: Option<&Instance>,
         probed: &str,
         diags: &mut Vec<Diagnostic>,
-    ) -> Option<()> {
+    ) -> Option<Vec<Production>> {
         if self.mode() != Mode::Drill {
-            return Some(());
+            return Some(Vec::new());
         }
-        let Some(vm) = instance.and_then(|i| self.inv().vms.get(&i.vm)) else {
-            return Some(());
+        let production = production_addresses(self.inv(), instance.map(|i| i.vm.as_str()));
+        let Some(hit) = production.iter().find(|p| same_address(&p.address, probed)) else {
+            return Some(production);
         };
-        match &vm.address {
-            Some(production) if production.eq_ignore_ascii_case(probed) => {
-                diags.push(
-                    Diagnostic::error(format!(
-                        "drill check `{}` probes {probed}, the production address of vm {}: production answers there, not the drill's copy, so the check would pass for it",
-                        self.id, vm.id
-                    ))
-                    .at(self.step.id.loc.clone())
-                    .hint(format!(
-                        "give vm {} a `recovery_address` its drill copy answers on, or check the copy from the recovery host (`probe = \"command\"`, `host = \"{}\"`)",
-                        vm.id, vm.recovery.value
-                    )),
-                );
-                None
-            }
-            _ => Some(()),
-        }
+        let hint = match instance.and_then(|i| self.inv().vms.get(&i.vm)) {
+            Some(vm) if vm.recovery_address.is_some() => format!(
+                "probe the drill copy of vm {} at its `recovery_address`, {} (the check's default), or check it from the recovery host (`probe = \"command\"`, `host = \"{}\"`)",
+                vm.id,
+                vm.recovery_address.as_deref().unwrap_or_default(),
+                vm.recovery.value
+            ),
+            Some(vm) => format!(
+                "give vm {} a `recovery_address` its drill copy answers on, or check the copy from the recovery host (`probe = \"command\"`, `host = \"{}\"`)",
+                vm.id, vm.recovery.value
+            ),
+            None => "probe the drill's copy at its recovery address, or check it from a recovery-site host (`probe = \"command\"`)".to_string(),
+        };
+        diags.push(
+            Diagnostic::error(format!(
+                "drill check `{}` probes {probed}, {}: production answers there, not the drill's copy, so the check would pass for it",
+                self.id, hit.what
+            ))
+            .at(self.step.id.loc.clone())
+            .hint(hint),
+        );
+        None
     }
 
     /// A check's `expect`, rendered with the values of what it targets (the host of its vm:
@@ -1014,7 +1039,7 @@ fn probe_target<'a>(
 }
 
 /// The host part of an http(s) url (an IPv6 address without its brackets).
-fn url_host(url: &str) -> &str {
+pub fn url_host(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
@@ -1051,6 +1076,51 @@ fn proves(instance: Option<&Instance>) -> String {
             i.shown, i.host
         ),
     }
+}
+
+/// The production addresses a drill's check must not reach (see [`Production`]): `own`
+/// vm's production address, those of the vms whose primary host is on the primary site, and
+/// those of the primary site's hosts.
+fn production_addresses(inv: &Inventory, own: Option<&str>) -> Vec<Production> {
+    let primary_site = |host: &str| {
+        inv.site_of(host)
+            .is_some_and(|s| s.role == Some(SiteRole::Primary))
+    };
+    let mut out: Vec<Production> = Vec::new();
+    let vms = inv
+        .vms
+        .values()
+        .filter(|vm| Some(vm.id.as_str()) == own || primary_site(&vm.primary.value));
+    for vm in vms {
+        if let Some(address) = &vm.address {
+            out.push(Production {
+                address: address.clone(),
+                what: format!("the production address of vm {}", vm.id),
+            });
+        }
+    }
+    for host in inv.hosts.values().filter(|h| primary_site(&h.id)) {
+        let site = inv.site_of(&host.id).map_or("", |s| s.id.as_str());
+        out.push(Production {
+            address: host.address.clone(),
+            what: format!("the address of host {} (site {site}, primary)", host.id),
+        });
+    }
+    out
+}
+
+/// Whether two addresses, as written, are one: names compare without case or a final dot,
+/// an IPv6 address with or without its brackets.
+fn same_address(a: &str, b: &str) -> bool {
+    let plain = |x: &str| {
+        let x = x.trim();
+        let x = x
+            .strip_prefix('[')
+            .and_then(|x| x.strip_suffix(']'))
+            .unwrap_or(x);
+        x.strip_suffix('.').unwrap_or(x).to_ascii_lowercase()
+    };
+    plain(a) == plain(b)
 }
 
 /// Where a service answers for the side the mode brings up.

@@ -12,7 +12,7 @@ use super::exec::{TryError, exec, exec_on};
 use super::record::output_event;
 use crate::duration::Duration;
 use crate::event::{Event, StepStatus};
-use crate::plan::{Instance, PlannedStep};
+use crate::plan::{Instance, PlannedStep, Production};
 use crate::template::Command;
 
 /// A lag step's probe, as planned.
@@ -102,6 +102,8 @@ pub(super) struct TcpProbe<'a> {
     pub(super) address: &'a str,
     pub(super) port: u16,
     pub(super) expect: Option<&'a str>,
+    /// A drill's: the production addresses it must not reach.
+    pub(super) production: &'a [Production],
 }
 
 /// How long a tcp check waits for the server's banner.
@@ -122,10 +124,18 @@ pub(super) async fn tcp(
     let step = &ctx.plan.steps[run.index];
     let target = crate::inventory::endpoint(probe.address, probe.port);
     let target = &target;
+    let production = &production_ips(probe.production).await;
     poll(step, run, interval, move || async move {
+        // Connects to the addresses it compared, not to the name resolved again.
+        let addrs = resolve(probe.address, probe.port)
+            .await
+            .map_err(|e| TryError::from(format!("{target}: {e}")))?;
+        if let Some(refused) = reaches_production(target, &addrs, production) {
+            return Err(refused);
+        }
         let stream = match tokio::time::timeout(
             StdDuration::from_secs(5),
-            tokio::net::TcpStream::connect(target),
+            tokio::net::TcpStream::connect(&addrs[..]),
         )
         .await
         {
@@ -151,6 +161,66 @@ pub(super) async fn tcp(
         proved(ctx, run, instance, answered).await.map(Some)
     })
     .await
+}
+
+/// How long a drill's check waits for its production addresses to resolve, all at once.
+const PRODUCTION_LOOKUP: StdDuration = StdDuration::from_secs(5);
+
+/// Where a drill's production addresses resolve now; one that does not resolve (within
+/// [`PRODUCTION_LOOKUP`]) is left out: no check reaches it through that name either.
+async fn production_ips(production: &[Production]) -> Vec<(std::net::IpAddr, Production)> {
+    let mut lookups = tokio::task::JoinSet::new();
+    for p in production {
+        let p = p.clone();
+        lookups.spawn(async move {
+            let ips = resolve(&p.address, 0).await.unwrap_or_default();
+            ips.into_iter()
+                .map(|a| (a.ip(), p.clone()))
+                .collect::<Vec<_>>()
+        });
+    }
+    let mut out = Vec::new();
+    let until = tokio::time::Instant::now() + PRODUCTION_LOOKUP;
+    while let Ok(Some(done)) = tokio::time::timeout_at(until, lookups.join_next()).await {
+        out.extend(done.unwrap_or_default());
+    }
+    out
+}
+
+/// The socket addresses `address` (a name, an IPv4 or IPv6 address, bracketed or not)
+/// resolves to now.
+async fn resolve(address: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, String> {
+    let host = address
+        .strip_prefix('[')
+        .and_then(|a| a.strip_suffix(']'))
+        .unwrap_or(address);
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            if addrs.is_empty() {
+                Err(format!("{host} resolves to no address"))
+            } else {
+                Ok(addrs)
+            }
+        }
+        Err(e) => Err(format!("{host} does not resolve: {e}")),
+    }
+}
+
+/// A drill's check that would reach a production address: refused at once (asking again
+/// would reach it again).
+fn reaches_production(
+    target: &str,
+    addrs: &[std::net::SocketAddr],
+    production: &[(std::net::IpAddr, Production)],
+) -> Option<TryError> {
+    addrs.iter().find_map(|a| {
+        let (ip, p) = production.iter().find(|(ip, _)| *ip == a.ip())?;
+        Some(TryError::refused(format!(
+            "{target} resolves to {ip}, where {} ({}) resolves too: production answers there, not the drill's copy, so the check would pass for it; probe the drill's copy at an address of the recovery site (the vm's `recovery_address`)",
+            p.what, p.address
+        )))
+    })
 }
 
 /// What a server sends first, until it contains `expect`, it closes, [`BANNER_WAIT`] passes
@@ -185,6 +255,8 @@ pub(super) struct HttpProbe<'a> {
     pub(super) status: u16,
     pub(super) tls: &'a crate::plan::Tls,
     pub(super) expect: Option<&'a str>,
+    /// A drill's: the production addresses it must not reach.
+    pub(super) production: &'a [Production],
 }
 
 /// An HTTP(S) URL polled until it answers the expected status (and body), and, for a vm,
@@ -198,9 +270,19 @@ pub(super) async fn http(
 ) -> Outcome {
     let step = &ctx.plan.steps[run.index];
     let expected = probe.status;
+    let production = &production_ips(probe.production).await;
     poll(step, run, interval, move || async move {
         let (asked, tls) = (probe.url.to_string(), probe.tls.clone());
         let url = probe.url;
+        if !production.is_empty() {
+            let host = crate::plan::url_host(url);
+            let addrs = resolve(host, 0)
+                .await
+                .map_err(|e| TryError::from(format!("{url}: {e}")))?;
+            if let Some(refused) = reaches_production(url, &addrs, production) {
+                return Err(refused);
+            }
+        }
         let got = tokio::task::spawn_blocking(move || {
             crate::http::get(&asked, &tls, StdDuration::from_secs(10), ANSWER_LIMIT)
         })

@@ -221,11 +221,13 @@ async fn run_step_inner(
             interval,
             instance,
             expect,
+            production,
         } => {
             let tcp = check::TcpProbe {
                 address,
                 port: *port,
                 expect: expect.as_deref(),
+                production,
             };
             check::tcp(ctx, run, &tcp, *interval, instance.as_ref()).await
         }
@@ -236,12 +238,14 @@ async fn run_step_inner(
             tls,
             instance,
             expect,
+            production,
         } => {
             let http = check::HttpProbe {
                 url,
                 status: *status,
                 tls,
                 expect: expect.as_deref(),
+                production,
             };
             check::http(ctx, run, &http, *interval, instance.as_ref()).await
         }

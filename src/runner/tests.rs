@@ -1432,6 +1432,7 @@ async fn a_vm_s_check_passes_only_while_that_vm_runs_where_the_run_started_it() 
                 )),
             }),
             expect: None,
+            production: Vec::new(),
         };
         s
     };
@@ -1548,6 +1549,7 @@ async fn a_check_with_expect_passes_only_on_the_answer_it_names() {
             interval: Duration(1),
             instance: None,
             expect: Some("erp-db".into()),
+            production: Vec::new(),
         };
         s
     };
@@ -1562,6 +1564,7 @@ async fn a_check_with_expect_passes_only_on_the_answer_it_names() {
             tls: Default::default(),
             instance: None,
             expect: Some("erp-db".into()),
+            production: Vec::new(),
         };
         s
     };
@@ -1611,6 +1614,110 @@ async fn a_check_with_expect_passes_only_on_the_answer_it_names() {
         d.contains("its body does not contain \"erp-db\": it sent \"lab vm-print is up\""),
         "{d}"
     );
+}
+
+/// A drill's tcp or http check that reaches a production address under another name (a name
+/// for the address, two names for one machine) fails at once, saying which production address
+/// it reaches: production would answer, not the drill's copy. One at an address of its own
+/// passes.
+#[tokio::test]
+async fn a_drill_s_check_that_resolves_to_a_production_address_fails_at_once() {
+    let answering = |addr: &str| {
+        let listener = std::net::TcpListener::bind(format!("{addr}:0")).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut stream = stream;
+                let _ = std::io::Write::write_all(
+                    &mut stream,
+                    b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nup\n",
+                );
+            }
+        });
+        port
+    };
+    let (production_port, copy_port) = (answering("127.0.0.1"), answering("127.0.0.2"));
+    let production = vec![crate::plan::Production {
+        address: "127.0.0.1".into(),
+        what: "the production address of vm erp-db".into(),
+    }];
+    let tcp = |id: &str, address: &str, port: u16| {
+        let mut s = exec_step(id, "unused", &[], "");
+        s.host = None;
+        s.timeout_s = Some(20);
+        s.action_spec = Action::Tcp {
+            address: address.into(),
+            port,
+            interval: Duration(1),
+            instance: None,
+            expect: None,
+            production: production.clone(),
+        };
+        s
+    };
+    let http = |id: &str, url: String| {
+        let mut s = exec_step(id, "unused", &[], "");
+        s.host = None;
+        s.timeout_s = Some(20);
+        s.action_spec = Action::Http {
+            url,
+            status: 200,
+            interval: Duration(1),
+            tls: Default::default(),
+            instance: None,
+            expect: None,
+            production: production.clone(),
+        };
+        s
+    };
+    let steps = vec![
+        tcp("a/tcp", "localhost", production_port),
+        http("b/http", format!("http://localhost:{production_port}/")),
+        tcp("c/tcp", "127.0.0.2", copy_port),
+        http("d/http", format!("http://127.0.0.2:{copy_port}/")),
+    ];
+    let ctx = RunContext {
+        plan: plan(Mode::Drill, false, steps),
+        transport: Arc::new(Fake::default()),
+        confirmations: Arc::new(Confirm(Mutex::new(0))),
+        secrets: env_secrets(),
+        options: RunOptions::default(),
+        prior: HashMap::new(),
+        other_site: None,
+        copied: Default::default(),
+    };
+    let mut sink = Collect::default();
+    execute(ctx, &mut sink, Shutdown::manual()).await;
+    let message = |step: &str| {
+        sink.0
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Event::StepFinished {
+                    step: s, message, ..
+                } if s == step => message.clone(),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    for step in ["a/tcp", "b/http"] {
+        assert_eq!(sink.status(step), Some(StepStatus::Failed), "{step}");
+        let m = message(step);
+        assert!(
+            m.contains("resolves to 127.0.0.1")
+                && m.contains("the production address of vm erp-db")
+                && m.contains("not the drill's copy"),
+            "{step}: {m}"
+        );
+    }
+    for step in ["c/tcp", "d/http"] {
+        assert_eq!(
+            sink.status(step),
+            Some(StepStatus::Done),
+            "{step}: {}",
+            message(step)
+        );
+    }
 }
 
 /// A restore asks the other site again as each step comes to start a vm (the run's start may
