@@ -309,6 +309,12 @@ fn as_is(
         Use::Failover => "a failover",
     };
     if !ask.accept_unverified {
+        if disks.iter().any(|d| d.written_outside().is_some()) && how == Use::Failover {
+            return Decision::Refuse(format!(
+                "{}: nothing was rolled back. To keep what was written (a vm ran there), start the vm from its copies as they are: name it with --accept-unverified (journaled; `reprise resume RUN --accept-unverified VM` carries on a run this stopped); if it is not needed (damage, an attack), `reprise release VM` lets it go, and the failover then rolls the copies back (`reprise resume RUN`)",
+                reasons.join("; ")
+            ));
+        }
         // A replication refuses a copy of another source: the way out is said in its reason.
         let mend = if disks.iter().any(|d| d.other_source.is_some()) {
             "set its source right as said"
@@ -323,8 +329,13 @@ fn as_is(
     // The disks as they are roll nothing back: a point or a time asked for is honoured only
     // where they are already no newer, never dropped without a word.
     if let Some(why) = as_is_misses(disks, ask) {
+        let mend = if disks.iter().any(|d| d.written_outside().is_some()) {
+            "if what was written in them is not needed, `reprise release VM` lets it go and a failover then rolls them back (`reprise resume RUN`)"
+        } else {
+            "make the copies' points usable (`reprise verify`, or `reprise replicate` while the primary runs), then resume the run"
+        };
         return Decision::Refuse(format!(
-            "{}: --accept-unverified starts its disks as they are, which is not what was asked: {why}; make the copies' points usable (`reprise verify`, or `reprise replicate` while the primary runs), then resume the run",
+            "{}: --accept-unverified starts its disks as they are, which is not what was asked: {why}; {mend}",
             reasons.join("; ")
         ));
     }
@@ -336,7 +347,8 @@ fn as_is(
     let mut ids = Vec::new();
     let mut oldest: Option<DateTime<Utc>> = None;
     for d in disks {
-        let usable = unverified(d, ask.run.as_deref()).is_none();
+        // A copy written since its newest point is not that point.
+        let usable = unverified(d, ask.run.as_deref()).is_none() && d.written_outside().is_none();
         let (id, at) = match d.points.last().filter(|_| usable) {
             Some(p) => {
                 points.push(Some(p.id.clone()));
@@ -377,7 +389,8 @@ fn as_is_misses(disks: &[CopyState], ask: &Ask) -> Option<String> {
             let newer: Vec<String> = disks
                 .iter()
                 .filter_map(|d| {
-                    let at = match d.points.last().filter(|_| unverified(d, run).is_none()) {
+                    let usable = unverified(d, run).is_none() && d.written_outside().is_none();
+                    let at = match d.points.last().filter(|_| usable) {
                         Some(p) => p.written_until(),
                         None => d.mtime.unwrap_or(DateTime::<Utc>::MAX_UTC),
                     };
@@ -549,6 +562,23 @@ fn failover(disks: &[CopyState], ask: &Ask, mut notes: Vec<String>) -> Decision 
             roll_back.push((i, d.points[k].id.clone()));
         }
         chosen.push(k);
+    }
+    // A roll-back replaces what was written in the copy outside reprise since its newest
+    // point (a vm run on it by hand), which no point holds: the vm starts from the copies as
+    // they are on the operator's word, or once that was let go (`reprise release`).
+    let written: Vec<String> = roll_back
+        .iter()
+        .filter_map(|(i, id)| {
+            let d = &disks[*i];
+            let why = d.written_outside()?;
+            Some(format!(
+                "{}: {why}; rolling it back to point {id} would replace what was written there since, which is in no point",
+                name(&d.path)
+            ))
+        })
+        .collect();
+    if !written.is_empty() {
+        return as_is(disks, Use::Failover, ask, written, notes);
     }
     // A point named, and a time asked too: the point must hold nothing written after it.
     if let Some(t) = ask.within
@@ -1354,6 +1384,55 @@ mod tests {
         two.changed = sys.changed.clone();
         let s = started(decide(
             std::slice::from_ref(&two),
+            Use::Failover,
+            &Ask::default(),
+        ));
+        assert_eq!(s.roll_back, [(0, "P0".to_string())]);
+        // Written outside reprise (its stamp moved; a vm run on it by hand): what was written
+        // is in no point, and the failover does not roll it back without a word.
+        let mut written = two.clone();
+        written.stamp = Some("4096 1764300000.000000000 7".into());
+        let why = refused(decide(
+            std::slice::from_ref(&written),
+            Use::Failover,
+            &Ask::default(),
+        ));
+        assert!(
+            why.contains("rolling it back to point P0 would replace what was written")
+                && why.contains("nothing was rolled back")
+                && why.contains("--accept-unverified")
+                && why.contains("reprise release VM"),
+            "{why}"
+        );
+        // Named: started as it is, as no point (not its damaged newest one), nothing rolled back.
+        let named = Ask {
+            accept_unverified: true,
+            ..Ask::default()
+        };
+        let s = started(decide(
+            std::slice::from_ref(&written),
+            Use::Failover,
+            &named,
+        ));
+        assert!(s.roll_back.is_empty(), "{s:?}");
+        assert_eq!(s.points, [None]);
+        assert!(!s.verified && s.point.starts_with("copy-"), "{s:?}");
+        // A point named: a copy as it is is not it; the way out is to let what was written go.
+        let point = Ask {
+            want: Some(Want::Id("P0".into())),
+            accept_unverified: true,
+            ..Ask::default()
+        };
+        let why = refused(decide(
+            std::slice::from_ref(&written),
+            Use::Failover,
+            &point,
+        ));
+        assert!(why.contains("reprise release VM"), "{why}");
+        // Let go as it is now (`reprise release`): rolled back.
+        written.accepted = written.stamp.clone();
+        let s = started(decide(
+            std::slice::from_ref(&written),
             Use::Failover,
             &Ask::default(),
         ));

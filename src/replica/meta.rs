@@ -626,6 +626,14 @@ pub fn written_outside(why: &str) -> String {
     )
 }
 
+/// Why a copy written outside reprise since its newest point (`why`, from `changed_since`)
+/// is not rolled back to its older `point`, and what to do.
+pub fn rolled_back_over(why: &str, point: &str) -> String {
+    format!(
+        "{why}; rolling it back to point {point} would replace what was written there since, which is in no point: nothing was rolled back. To keep it (a vm ran there), start the vm from its copy as it is (`--accept-unverified VM`); if it is not needed (damage, an attack), `reprise release VM` lets it go, and a failover then rolls the copy back"
+    )
+}
+
 /// Why a replication does not write into a copy with no point that was let go at `stamp`
 /// ([`write_accepted`]) and written since.
 pub fn written_since_let_go(stamp: &str) -> String {
@@ -690,9 +698,23 @@ pub struct CopyState {
     /// never said by the recovery host, which does not know the inventory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub other_source: Option<String>,
+    /// The stamp at which what was written in the copy outside reprise was let go
+    /// ([`write_accepted`]): while the copy is still so, it may be overwritten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<String>,
 }
 
 impl CopyState {
+    /// Why the copy holds what was written outside reprise since its newest point (a vm run on
+    /// it by hand, an edit), which no point holds and nothing may replace without a word:
+    /// unless it was let go as it now is, or it is gone.
+    pub fn written_outside(&self) -> Option<&str> {
+        let let_go = self.accepted.is_some() && self.accepted == self.stamp;
+        self.changed
+            .as_deref()
+            .filter(|_| self.stamp.is_some() && !let_go)
+    }
+
     /// Its leases that cannot be read, in words (`PATH (why; why)`), when there are any: a
     /// failover's may be among them.
     pub fn unread_leases(&self) -> Option<String> {

@@ -2428,6 +2428,18 @@ impl Store {
             });
         }
         self.refuse_held_by_qemu(true)?;
+        // What was written in the copy outside reprise since its newest point is in no
+        // point: replaced only once let go (`reprise release`).
+        let (stamp, accepted) = (self.stamp(), meta::read_accepted(&self.dir));
+        if let Some(why) = self.changed_since(&points)
+            && stamp.is_some()
+            && accepted != stamp
+        {
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason: meta::rolled_back_over(&why, id),
+            });
+        }
         let tmp = self.path("rollback.img");
         self.restore_unlocked(&points, k, &tmp)?;
         let intent = RollBackIntent {
@@ -2556,6 +2568,7 @@ pub(super) fn inspect_dir(dir: &Path, state: &mut CopyState) {
             Err(e) => state.bad_leases.push(e),
         }
     }
+    state.accepted = meta::read_accepted(dir);
     state.busy = held(dir);
 }
 
@@ -3835,10 +3848,50 @@ mod tests {
         replicate("p2", &v2);
         replicate("p3", &v3);
 
-        // The copy rots; verification marks the newest point bad, the older ones stay good.
+        // Written outside reprise (its times move: a vm run on it by hand): what was written
+        // is in no point, and no roll-back replaces it until it is let go.
+        let written = {
+            use std::os::unix::fs::FileExt as _;
+            let f = OpenOptions::new().write(true).open(&dst).unwrap();
+            f.write_all_at(b"by hand", (5 * BLOCK) as u64).unwrap();
+            f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+                .unwrap();
+            std::fs::read(&dst).unwrap()
+        };
+        let e = store.roll_back("p2").unwrap_err().to_string();
+        assert!(
+            e.contains("rolling it back to point p2 would replace what was written")
+                && e.contains("nothing was rolled back"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&dst).unwrap(), written);
+        assert_eq!(store.points().unwrap().len(), 3);
+        // Let go (`reprise release`), then put back as it was, the times kept: only rot.
+        store.accept_changes().unwrap();
+        {
+            use std::os::unix::fs::FileExt as _;
+            let mtime = std::fs::metadata(&dst).unwrap().modified().unwrap();
+            let f = OpenOptions::new().write(true).open(&dst).unwrap();
+            f.write_all_at(&v3[5 * BLOCK..5 * BLOCK + 7], (5 * BLOCK) as u64)
+                .unwrap();
+            f.set_modified(mtime).unwrap();
+        }
+
+        // The copy rots (its times kept); verification marks the newest point bad, the older
+        // ones stay good.
         let mut rotten = std::fs::read(&dst).unwrap();
         rotten[5 * BLOCK + 7] ^= 0xff;
-        std::fs::write(&dst, &rotten).unwrap();
+        {
+            use std::os::unix::fs::FileExt as _;
+            let mtime = std::fs::metadata(&dst).unwrap().modified().unwrap();
+            let f = OpenOptions::new().write(true).open(&dst).unwrap();
+            f.write_all_at(
+                &rotten[5 * BLOCK + 7..5 * BLOCK + 8],
+                (5 * BLOCK + 7) as u64,
+            )
+            .unwrap();
+            f.set_modified(mtime).unwrap();
+        }
         let checked = store.verify(None).unwrap();
         assert_eq!(
             checked,

@@ -34,8 +34,10 @@
 /// folder: the recovery side refuses to write into it. Version 15: a copy written outside
 /// reprise since its newest point is refused by `manifest`, `apply`, `tree-base` and
 /// `apply-tree` unless they say `--overwrite-changed` (a failback's copy back) or it was let
-/// go (`release --accept`).
-pub const PROTOCOL: u32 = 15;
+/// go (`release --accept`). Version 16: `inspect` says the stamp a copy was let go at
+/// (`CopyState::accepted`), and `roll-back` refuses a copy written outside reprise since its
+/// newest point unless it was let go.
+pub const PROTOCOL: u32 = 16;
 
 /// The version of this program, as helpers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -4963,6 +4963,84 @@ fn a_replication_never_overwrites_a_recovery_copy_written_outside_reprise() {
     );
 }
 
+/// While the primary site was down, erp-db was started by hand on its recovery copies and
+/// wrote its data disk. The emergency failover then finds that copy's newest point damaged (it
+/// was written) and would roll it back to the point before, replacing what the vm wrote with
+/// the point's blocks: refused, the copy untouched, saying how to keep it or let it go.
+/// `resume --accept-unverified erp-db` starts it from the copies as they are, nothing rolled
+/// back (its system disk from its newest point, which brings the vm's definition).
+#[test]
+fn a_failover_never_rolls_back_over_what_was_written_in_a_copy_outside_reprise() {
+    let lab = Lab::up(142);
+    let replicate = ["replicate", "--service", "erp-db"];
+    let run = lab.run(&replicate);
+    assert_eq!(run.code, 0, "{run:?}");
+    // The next point's reverse delta holds the first 64 KiB of the data disk.
+    let primary = lab
+        .host_root("hv-main")
+        .join("srv/datastore/images/erp-db-data.qcow2");
+    write_64k(&primary, 0x2c);
+    let run = lab.run(&replicate);
+    assert_eq!(run.code, 0, "{run:?}");
+    lab.primary_lost(&["erp-db"]);
+    let copy = lab
+        .host_root("hv-pra")
+        .join("srv/replicas/images/erp-db-data.qcow2");
+    write_64k(&copy, 0x3d);
+    let written = std::fs::read(&copy).unwrap();
+    let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
+    let exit = lab.run_confirming(
+        &[&["failover", "--emergency"][..], &only[..]].concat(),
+        Duration::from_secs(240),
+    );
+    assert!(!exit.success(), "{:?}", lab.journal().last());
+    let events = lab.journal();
+    let start = events
+        .iter()
+        .find(|e| e["event"] == "step_finished" && e["step"] == "erp-db/start")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(start["status"], "failed", "{start}");
+    let why = start["message"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("erp-db-data.qcow2: the copy changed since its newest point")
+            && why.contains("would replace what was written there since")
+            && why.contains("nothing was rolled back")
+            && why.contains("--accept-unverified")
+            && why.contains("`reprise release VM`"),
+        "{start}"
+    );
+    assert!(!events.iter().any(|e| e["event"] == "replica_point_used"));
+    assert!(
+        std::fs::read(&copy).unwrap() == written,
+        "the copy was rolled back over what was written in it"
+    );
+    let exit = lab.run_confirming(
+        &[
+            "resume",
+            "latest",
+            "--no-prompt",
+            "--accept-unverified",
+            "erp-db",
+        ],
+        Duration::from_secs(240),
+    );
+    let events = lab.journal();
+    assert!(exit.success(), "{:?}", events.last());
+    let used = events
+        .iter()
+        .find(|e| e["event"] == "replica_point_used" && e["item"] == "erp-db")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(used["verified"], false, "{used}");
+    let note = used["note"].as_str().unwrap_or_default();
+    assert!(!note.contains("rolled back to point"), "{used}");
+    let mut now = std::fs::read(&copy).unwrap();
+    now.truncate(written.len());
+    assert!(
+        now[..written.len().min(1 << 20)] == written[..written.len().min(1 << 20)],
+        "what was written by hand is not what the vm started on"
+    );
+}
+
 /// What is defined as erp-db on hv-pra cannot be read (its driver's `definition` fails, and
 /// not by saying erp-db is not defined: the hypervisor does not answer). Taken for "nothing
 /// defined", a start that failed after its define would undefine what was there. The start
