@@ -17,8 +17,9 @@ use crate::ssh::Transport;
 /// `replication-lag` step would stop it there, after the primary side is stopped); a vm it
 /// defines there whose definition would not fit; the copy of a backup set it relies on
 /// without a final sync of its own that is not proven (no good point, unverified, changed
-/// behind its point). Problems of the primary side (and of copies, which its final sync
-/// brings up to date) do not stop it.
+/// behind its point); a copy its final sync would refuse to write (a drill that still reads
+/// it, what was written in it outside reprise: `vm X (replication)`). Problems of the primary
+/// side (and of copies, which its final sync brings up to date) do not stop it.
 pub fn failover_blockers(model: &Model, plan: &Plan, items: &[ReadinessItem]) -> Vec<String> {
     let inv = &model.inventory;
     let recovery_hosts: BTreeSet<&str> = plan
@@ -67,6 +68,19 @@ pub fn failover_blockers(model: &Model, plan: &Plan, items: &[ReadinessItem]) ->
             _ => None,
         })
         .collect();
+    // The vms and backup sets its final sync copies, as `replicas` items name a replication
+    // refused now: the sync would stop the failover there, after the primary is stopped.
+    let refused_sync: BTreeSet<String> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action_spec {
+            Action::Replicate { what, .. } => Some(match what {
+                crate::plan::Replicated::Vm(v) => format!("vm {v} (replication)"),
+                crate::plan::Replicated::Backup(b) => format!("backup {b} (replication)"),
+            }),
+            _ => None,
+        })
+        .collect();
     let relied_on: BTreeSet<String> = plan
         .steps
         .iter()
@@ -77,10 +91,14 @@ pub fn failover_blockers(model: &Model, plan: &Plan, items: &[ReadinessItem]) ->
             _ => None,
         })
         .collect();
+    let sync_refused = |i: &ReadinessItem| {
+        i.area == "replicas" && i.status != ItemStatus::Ok && refused_sync.contains(&i.subject)
+    };
     items
         .iter()
-        .filter(|i| i.status == ItemStatus::Failed)
+        .filter(|i| i.status == ItemStatus::Failed || sync_refused(i))
         .filter(|i| match i.area.as_str() {
+            "replicas" if sync_refused(i) => true,
             "replicas" => relied_on.contains(&i.subject),
             "ssh" | "tools" | "space" => recovery_hosts.contains(i.subject.as_str()),
             "shell" => steps.contains(i.subject.as_str()),
@@ -90,6 +108,10 @@ pub fn failover_blockers(model: &Model, plan: &Plan, items: &[ReadinessItem]) ->
             _ => false,
         })
         .map(|i| match i.area.as_str() {
+            "replicas" if sync_refused(i) => format!(
+                "replicas {}: {}; the failover's final sync would refuse it after the primary side is stopped, and the failover would roll back there, --force or not",
+                i.subject, i.detail
+            ),
             "lag" => format!(
                 "lag {}: {}; its replication-lag step reads it again before the switch and stops the failover there while it is unknown or over the RPO, --force or not",
                 i.subject, i.detail
@@ -196,6 +218,43 @@ mod tests {
                 "replicas backup erp-dumps: UNVERIFIED: the copy changed since its newest point P1 was made"
             ]
         );
+    }
+
+    /// A copy its final sync would refuse to write (a drill that still reads it, what was
+    /// written in it outside reprise) blocks the planned failover that syncs it, warning or
+    /// not: the sync would stop it after the primary side is stopped. Not another's, not a drill.
+    #[test]
+    fn a_copy_its_final_sync_would_refuse_blocks_a_planned_failover() {
+        let model = example();
+        let mut opts = PlanOptions::new(Mode::Failover);
+        opts.services = vec!["erp-db".into()];
+        opts.only = true;
+        let plan = plan::build(&model, &opts).unwrap();
+        let items = [
+            item(
+                "replicas",
+                "vm erp-db (replication)",
+                ItemStatus::Warning,
+                "a replication refuses to write its copy now: erp-db-data.qcow2: read by a drill"
+                    .into(),
+            ),
+            item(
+                "replicas",
+                "vm erp-app (replication)",
+                ItemStatus::Warning,
+                "a replication refuses to write its copy now: erp-app.qcow2: read by a drill"
+                    .into(),
+            ),
+        ];
+        let blockers = failover_blockers(&model, &plan, &items);
+        assert_eq!(blockers.len(), 1, "{blockers:?}");
+        assert!(
+            blockers[0].starts_with("replicas vm erp-db (replication): a replication refuses")
+                && blockers[0].contains("final sync would refuse it"),
+            "{blockers:?}"
+        );
+        let drill = plan::build(&model, &PlanOptions::new(Mode::Drill)).unwrap();
+        assert!(failover_blockers(&model, &drill, &items).is_empty());
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub fn evaluate(
     let (copies, needs) = copy_items(replicas, probes, now);
     items.extend(copies);
     items.extend(vm_point_items(model, replicas, probes));
+    items.extend(refused_replication_items(replicas, probes));
     items.extend(snapshot_items(model, replicas, probes));
     items.extend(drill_network_items(plans, probes));
     items.extend(overlay_space_items(plans, probes));
@@ -447,6 +448,52 @@ fn vm_point_items(
         items.push(item("replicas", &format!("vm {}", vm.id), status, detail));
     }
     items
+}
+
+/// Copies a replication would refuse to write now (`replica::choice::replication_refusal`),
+/// one item a vm or backup set, `vm erp-db (replication)`: they are not brought up to date,
+/// and a planned failover whose final sync copies them would stop there, after the primary
+/// is stopped ([`super::failover_blockers`] stops it before).
+fn refused_replication_items(
+    replicas: &[ReplicaTarget],
+    probes: &BTreeMap<String, HostProbe>,
+) -> Vec<ReadinessItem> {
+    use crate::replica::choice::{name, note_sources, replication_refusal};
+    let mut by_item: Vec<(String, Vec<String>)> = Vec::new();
+    for r in replicas {
+        let Some(state) = probes.get(&r.to_host).and_then(|p| p.copies.get(&r.copy)) else {
+            continue;
+        };
+        let mut state = state.clone();
+        note_sources(
+            std::slice::from_mut(&mut state),
+            &[format!("{}:{}", r.from_host, r.source)],
+        );
+        let of = r.what.split(" (").next().unwrap_or(&r.what).to_string();
+        let id = of.split_whitespace().nth(1).unwrap_or(&of);
+        let Some(why) = replication_refusal(&state, id) else {
+            continue;
+        };
+        let why = format!("{}: {why}", name(&r.copy));
+        match by_item.iter_mut().find(|(o, _)| *o == of) {
+            Some((_, all)) => all.push(why),
+            None => by_item.push((of, vec![why])),
+        }
+    }
+    by_item
+        .into_iter()
+        .map(|(of, why)| {
+            item(
+                "replicas",
+                &format!("{of} (replication)"),
+                ItemStatus::Warning,
+                format!(
+                    "a replication refuses to write its copy now, so it is not kept up to date: {}",
+                    why.join("; ")
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Snapshots of running vms left on their primary host by an interrupted replication: the vm

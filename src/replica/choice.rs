@@ -793,6 +793,50 @@ pub enum Level {
     Failed,
 }
 
+/// Why a replication into the copy would be refused now, before anything is written in it
+/// (as `Store::apply` and a backup set's `apply-tree` refuse it): a lease (a drill that still
+/// reads it, a vm or a failover that uses it, one that cannot be read); what was written in it
+/// outside reprise and not let go; a backup set's folder written after a failback copied it
+/// back; points read from another source ([`note_sources`] first). `None` when it would be
+/// written.
+pub fn replication_refusal(copy: &CopyState, item: &str) -> Option<String> {
+    let mut why: Vec<String> = Vec::new();
+    why.extend(copy.bad_leases.iter().map(|b| {
+        format!("{b}: it holds the copy (`reprise release {item}` frees it once nothing uses it)")
+    }));
+    for l in &copy.leases {
+        why.push(match l.kind {
+            LeaseKind::Drill => format!(
+                "read by {} (`reprise resume {}` cleans that drill up; once its drill copy is gone, `reprise release {item} --run {}`)",
+                l.describe(),
+                l.run,
+                l.run
+            ),
+            LeaseKind::Live => format!("used by {}", l.describe()),
+        });
+    }
+    if let Some(w) = copy.written_outside() {
+        why.push(format!(
+            "{w}; it is in no point (`reprise release {item}` lets it go, or a failback copies it back)"
+        ));
+    } else if copy.points.is_empty()
+        && copy.stamp.is_some()
+        && copy.accepted.is_some()
+        && copy.accepted != copy.stamp
+    {
+        why.push(format!(
+            "the copy changed since it was let go (by a failback or `reprise release`); it is in no point (`reprise release {item}` lets it go again)"
+        ));
+    }
+    if let Some(r) = &copy.returned {
+        why.push(r.clone());
+    }
+    if let Some(o) = &copy.other_source {
+        why.push(o.clone());
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
 /// One copy judged against its RPO target: the worst of what is wrong with it, and why.
 pub fn judge(
     copy: &CopyState,
@@ -871,12 +915,16 @@ pub fn judge(
         )),
         None => {
             if let Some(why) = &copy.changed {
-                found.push((
-                    Level::Failed,
-                    format!(
-                        "UNVERIFIED: {why}; `reprise verify {item}` reads it again by hash, `reprise replicate` makes a new point"
+                // Written outside reprise and not let go, a replication refuses it too.
+                let mend = match copy.written_outside() {
+                    Some(_) => format!(
+                        "`reprise verify {item}` reads it again by hash (a copy only touched is its point again); written, what it holds is in no point, and a replication or a failover's roll-back refuses to replace it until `reprise release {item}` lets it go (or a failback copies it back)"
                     ),
-                ));
+                    None => format!(
+                        "`reprise verify {item}` reads it again by hash, `reprise replicate` makes a new point"
+                    ),
+                };
+                found.push((Level::Failed, format!("UNVERIFIED: {why}; {mend}")));
             }
             // The copy is right as of its newest point, but the disk is written where QEMU
             // does not see: every replication reads it whole until a check finds none.
@@ -1558,6 +1606,56 @@ mod tests {
         assert!(why.contains("P2 on sys, P1 on data"), "{why}");
         let s = started(decide(&[ahead], Use::Drill, &Ask::default()));
         assert_eq!((s.point.as_str(), s.verified), ("P2", true));
+    }
+
+    /// What a replication refuses to write, said before it is tried: a drill's lease, what
+    /// was written outside reprise (until let go), a copy written since it was let go.
+    #[test]
+    fn a_replication_s_refusal_is_told_from_the_copy_s_state() {
+        let mut data = disk("data", &[("P1", "2026-11-28T01:00:00Z", "yes")]);
+        data.stamp = Some("1 100.0 7".into());
+        assert_eq!(replication_refusal(&data, "erp-db"), None);
+        let mut leased = data.clone();
+        leased.leases.push(Lease {
+            kind: LeaseKind::Drill,
+            run: "r1".into(),
+            vm: "erp-db".into(),
+            step: "erp-db/start-copy".into(),
+            machine: "m".into(),
+            pid: 1,
+            at: "2026-11-28T05:00:00Z".parse().unwrap(),
+            point: Some("P1".into()),
+            taken_at: Some("2026-11-28T01:00:00Z".parse().unwrap()),
+            verified: true,
+        });
+        let why = replication_refusal(&leased, "erp-db").unwrap();
+        assert!(
+            why.contains("read by") && why.contains("`reprise resume r1`"),
+            "{why}"
+        );
+        let mut written = data.clone();
+        written.changed = Some("the copy changed since its newest point P1 was made".into());
+        let why = replication_refusal(&written, "erp-db").unwrap();
+        assert!(
+            why.contains("changed since its newest point P1")
+                && why.contains("`reprise release erp-db`"),
+            "{why}"
+        );
+        written.accepted = written.stamp.clone();
+        assert_eq!(replication_refusal(&written, "erp-db"), None);
+        // Gone: nothing to lose.
+        written.accepted = None;
+        written.stamp = None;
+        assert_eq!(replication_refusal(&written, "erp-db"), None);
+        // No point to compare with, let go, and written since.
+        let mut bare = disk("data", &[]);
+        bare.managed = true;
+        bare.stamp = Some("1 200.0 7".into());
+        bare.accepted = Some("1 100.0 7".into());
+        let why = replication_refusal(&bare, "erp-db").unwrap();
+        assert!(why.contains("changed since it was let go"), "{why}");
+        bare.accepted = bare.stamp.clone();
+        assert_eq!(replication_refusal(&bare, "erp-db"), None);
     }
 
     #[test]

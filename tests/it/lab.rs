@@ -5041,6 +5041,72 @@ fn a_failover_never_rolls_back_over_what_was_written_in_a_copy_outside_reprise()
     );
 }
 
+/// erp-db's data copy was written outside reprise (started by hand during an outage, then
+/// stopped). A planned failover stops production, then its final sync would refuse to
+/// overwrite that copy and the failover would roll back: the readiness gate refuses it
+/// before production is touched (exit 7), naming the copy and the way out; `check` says it.
+#[test]
+fn a_planned_failover_whose_final_sync_would_be_refused_stops_before_production_is_touched() {
+    let lab = Lab::up(143);
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let copy = lab
+        .host_root("hv-pra")
+        .join("srv/replicas/images/erp-db-data.qcow2");
+    write_64k(&copy, 0x3d);
+    let written = std::fs::read(&copy).unwrap();
+    let check = lab.run(&["check", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&check.stdout)
+        .unwrap_or_else(|e| panic!("check --json: {e}: {check:?}"));
+    let item = json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["subject"] == "vm erp-db (replication)")
+        .unwrap_or_else(|| panic!("{json:#}"));
+    assert_eq!(item["status"], "warning", "{item}");
+    let detail = item["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("erp-db-data.qcow2: the copy changed since its newest point")
+            && detail.contains("`reprise release erp-db`"),
+        "{item}"
+    );
+    let runs = || {
+        std::fs::read_dir(lab.state().join("runs"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = runs();
+    let failover = lab.run(&[
+        "failover",
+        "--yes",
+        "--no-prompt",
+        "--service",
+        "erp-db",
+        "--only",
+    ]);
+    assert_eq!(failover.code, 7, "{failover:?}");
+    assert!(
+        failover.stderr.contains("replicas vm erp-db (replication)")
+            && failover
+                .stderr
+                .contains("erp-db-data.qcow2: the copy changed")
+            && failover.stderr.contains(
+                "the failover's final sync would refuse it after the primary side is stopped"
+            ),
+        "{failover:?}"
+    );
+    assert_eq!(runs(), before, "a refused failover started a run");
+    assert!(std::fs::read(&copy).unwrap() == written, "the copy changed");
+    let status = lab.run(&["lab", "status", "--lab-dir", lab.lab().to_str().unwrap()]);
+    let line = status
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("erp-db"))
+        .unwrap_or_default();
+    assert!(line.contains("primary (hv-main"), "{status:?}");
+}
+
 /// What is defined as erp-db on hv-pra cannot be read (its driver's `definition` fails, and
 /// not by saying erp-db is not defined: the hypervisor does not answer). Taken for "nothing
 /// defined", a start that failed after its define would undefine what was there. The start

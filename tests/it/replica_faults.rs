@@ -1105,6 +1105,39 @@ fn a_drill_a_replication_and_a_started_vm_never_share_a_copy_unseen() {
             .map(|(_, r)| format!("in use{}", r.chars().take(120).collect::<String>()))
             .unwrap_or_default(),
     ]);
+    // A planned failover of erp-db would stop production, then its final sync would refuse
+    // the copy the drill still holds: refused before anything is done, naming the drill.
+    let (status, detail) = lab.check("vm erp-db (replication)");
+    assert_eq!(status, "warning", "{detail}");
+    assert!(
+        detail.contains("erp-db-data.qcow2: read by") && detail.contains(&format!("run {run_id}")),
+        "{detail}"
+    );
+    let state = lab.path("state");
+    let runs_before = crate::common::run_ids(&state).len();
+    let failover = lab.run(&[
+        "failover",
+        "--yes",
+        "--no-prompt",
+        "--service",
+        "erp-db",
+        "--only",
+    ]);
+    assert_eq!(failover.code, 7, "{failover:?}");
+    assert!(
+        failover.stderr.contains("replicas vm erp-db (replication)")
+            && failover.stderr.contains(&format!("run {run_id}"))
+            && failover.stderr.contains(
+                "the failover's final sync would refuse it after the primary side is stopped"
+            ),
+        "{failover:?}"
+    );
+    assert_eq!(
+        crate::common::run_ids(&state).len(),
+        runs_before,
+        "a refused failover started a run"
+    );
+    assert_eq!(b3(&copy), before, "the copy was written");
     // The resume hands the steps the kill cut to the operator (confirmed here), then cleans up.
     let mut resumed = lab.spawn(&["resume", "latest", "--no-prompt"]);
     let deadline = Instant::now() + Duration::from_secs(600);
