@@ -330,7 +330,15 @@ struct Commit {
     /// before (an update that fails leaves them as they were).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ends: Option<String>,
+    /// The copy's stamp when the update found it its newest point (or let go): written since,
+    /// until the update writes it ([`ROLLING`]), outside reprise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    before: Option<String>,
 }
+
+/// Written (synced) before a committed update writes the copy, removed with its journal:
+/// from then on the copy's stamp moves by the update's own writes.
+const ROLLING: &str = "rolling";
 
 /// A block in a journal or delta file: where its bytes are (none for zeros).
 #[derive(Debug, Clone, Copy)]
@@ -376,6 +384,8 @@ struct RolledForward {
 struct Before<'a> {
     prev: Option<&'a Point>,
     ends: Option<(String, Option<u64>)>,
+    /// The copy's stamp when the update found it fit ([`Commit::before`]).
+    stamp: Option<String>,
 }
 
 /// Bytes written between two requests to the kernel to start writing back: the data goes to
@@ -1115,6 +1125,7 @@ impl Store {
                     "journal",
                     "delta.pending",
                     "staging",
+                    ROLLING,
                 ] {
                     remove_if_present(&self.path(name))?;
                 }
@@ -1248,6 +1259,8 @@ impl Store {
             reason,
         };
         let (mut points, settled) = self.history_for_update(new.overwrite_changed)?;
+        // The copy as found fit to update: written after this, it is not completed over.
+        let checked_stamp = self.stamp();
         notes.extend(settled);
         if let Some(reason) = meta::other_source(&points, &new.source) {
             if !notes.is_empty() {
@@ -1383,6 +1396,7 @@ impl Store {
                 let after = Before {
                     prev: points.last(),
                     ends: ending,
+                    stamp: checked_stamp,
                 };
                 self.receive_update(input, &header, base, after, &new, stop_at_commit)
             }
@@ -1602,6 +1616,7 @@ impl Store {
             new_whole: hex(s.whole),
             retention: new.retention.max(1),
             ends: before.ends.map(|(why, _)| why),
+            before: before.stamp,
         };
         if new.pending {
             // Held in the commit record itself: whoever completes the update records it held.
@@ -1854,6 +1869,23 @@ impl Store {
                 ),
             });
         }
+        // Written since the update found it fit (a vm started on it by hand after a crash
+        // cut the update): completing it would write over what was written, which is in no
+        // point, and record a point that is not the copy. Unless let go.
+        let rolling = self.path(ROLLING);
+        if let Some(before) = &commit.before
+            && !rolling.exists()
+        {
+            let now = self.stamp();
+            let let_go = now.is_some() && meta::read_accepted(&self.dir) == now;
+            if let Some(now) = now.filter(|n| n != before && !let_go) {
+                return Err(StoreError::Refused {
+                    image: self.name(),
+                    reason: meta::completed_over(before, &now),
+                });
+            }
+        }
+        meta::write_file(&self.dir, ROLLING, commit.point.id.as_bytes(), false)?;
         let jf = File::open(jpath).map_err(io_err(jpath))?;
         let read_slot = |slot: &Slot| -> Result<Vec<u8>, StoreError> {
             let mut buf = vec![0u8; slot.len as usize];
@@ -1991,6 +2023,7 @@ impl Store {
         }
         meta::prune_definitions(&self.dir, &points);
         std::fs::remove_file(jpath).map_err(io_err(jpath))?;
+        remove_if_present(&rolling)?;
         sync_dir(&self.dir)?;
         // Its marks have done their work (the point is recorded, and no update is left).
         self.remove_marks(marks, commit.point.taken_at)?;
@@ -4020,6 +4053,68 @@ mod tests {
         let out = dir.path().join("p1.out");
         store.restore("p1", &out).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), v1);
+        assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
+    }
+
+    /// An update committed and cut before it wrote the copy; then the copy is written outside
+    /// reprise (a vm started on it by hand): completing the update would write over that and
+    /// record a point that is not the copy. Refused, the copy untouched, until it is let go.
+    /// A roll-forward that had begun writing the copy is completed whatever its stamp says.
+    #[test]
+    fn a_committed_update_is_never_completed_over_what_was_written_after_it() {
+        use std::os::unix::fs::FileExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        std::fs::write(&src, vec![1u8; 6 * BLOCK]).unwrap();
+        let store = Store::new(&dst);
+        let stream = |store: &Store| stream_of(&src, store);
+        store.apply(&mut &stream(&store)[..], point("p1")).unwrap();
+        std::fs::write(&src, vec![2u8; 6 * BLOCK]).unwrap();
+        store
+            .apply_until(&mut &stream(&store)[..], point("p2"), true)
+            .unwrap();
+        let f = OpenOptions::new().write(true).open(&dst).unwrap();
+        f.write_all_at(b"by hand", 5 * BLOCK as u64).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+            .unwrap();
+        let written = std::fs::read(&dst).unwrap();
+        for e in [
+            store.settle().unwrap_err(),
+            store.verify(None).unwrap_err(),
+            store.base_manifest(false, false).unwrap_err(),
+        ] {
+            let e = e.to_string();
+            assert!(
+                e.contains("changed after a replication into it was committed")
+                    && e.contains("nothing was written")
+                    && e.contains("`reprise release NAME`"),
+                "{e}"
+            );
+        }
+        assert_eq!(std::fs::read(&dst).unwrap(), written);
+        assert!(store.path("journal").exists());
+        let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["p1"]);
+        // Let go: completed.
+        store.accept_changes().unwrap();
+        assert!(store.settle().unwrap().unwrap().contains("completed"));
+        assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+        assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
+
+        // Cut while it wrote the copy: its own writes moved the stamp; completed.
+        std::fs::write(&src, vec![3u8; 6 * BLOCK]).unwrap();
+        store
+            .apply_until(&mut &stream(&store)[..], point("p3"), true)
+            .unwrap();
+        meta::write_file(&store.dir, ROLLING, b"p3", false).unwrap();
+        let f = OpenOptions::new().write(true).open(&dst).unwrap();
+        f.write_all_at(&[3u8; BLOCK], 0).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(9))
+            .unwrap();
+        assert!(store.settle().unwrap().unwrap().contains("completed"));
+        assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+        assert!(!store.path(ROLLING).exists());
         assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
     }
 

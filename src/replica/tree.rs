@@ -798,7 +798,15 @@ struct Commit {
     touched: Vec<String>,
     tree: Tree,
     retention: u32,
+    /// The copy's seal when the update found it fit: written since, until the update moves
+    /// files in it ([`ROLLING`]), outside reprise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    before: Option<String>,
 }
+
+/// Written before a committed update moves files in the copy, removed with its record: from
+/// then on the copy's seal moves by the update's own moves.
+const ROLLING: &str = "rolling";
 
 /// How to undo an update: put back `files/…`, remove `added`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -1238,6 +1246,7 @@ impl TreeStore {
         match self.recover() {
             Err(StoreError::Damaged { path, reason }) => {
                 let _ = std::fs::remove_file(self.path("commit.json"));
+                let _ = std::fs::remove_file(self.path(ROLLING));
                 let _ = std::fs::remove_dir_all(self.path("staging"));
                 Ok(Some(self.end_history(format!("{path}: {reason}"))?))
             }
@@ -1485,6 +1494,7 @@ impl TreeStore {
             touched: r.changes.touched,
             tree,
             retention: new.retention.max(1),
+            before: Some(now),
         };
         // The staged files' names are durable before the record that commits them (each
         // file's data was synced as it came): a power cut never leaves a commit whose files
@@ -1704,6 +1714,21 @@ impl TreeStore {
         // history would start again from this point, the older ones lost unsaid); nothing is
         // moved, and the next replication ends the history, saying why.
         let mut points = self.points()?;
+        // Written since the update found it fit (a crash cut the update, then a program
+        // wrote there): completing it would move files over what was written, which is in no
+        // point, and record a point that is not the copy. Unless let go.
+        let rolling = self.path(ROLLING);
+        if let Some(before) = &c.before
+            && !rolling.exists()
+            && let Some(now) = tree_seal(&self.root).filter(|n| n != before)
+            && meta::read_accepted(&self.dir).as_ref() != Some(&now)
+        {
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason: meta::completed_over(before, &now),
+            });
+        }
+        meta::write_file(&self.dir, ROLLING, c.point.id.as_bytes(), false)?;
         let staging_path = self.path("staging");
         let root = Dir::open(&self.root, true).map_err(io_err(&self.root))?;
         let staging = Dir::open(&staging_path, true).map_err(io_err(&staging_path))?;
@@ -1802,6 +1827,7 @@ impl TreeStore {
         let _ = std::fs::remove_dir_all(&staging_path);
         let commit = self.path("commit.json");
         std::fs::remove_file(&commit).map_err(io_err(&commit))?;
+        let _ = std::fs::remove_file(&rolling);
         Ok(unusable)
     }
 
@@ -2515,6 +2541,7 @@ mod tests {
             touched: vec![],
             tree: scan(&dst).unwrap(),
             retention,
+            before: tree_seal(&dst),
         };
         store.write_json("commit.json", &commit).unwrap();
         (dir, src, dst, store)
@@ -2596,6 +2623,31 @@ mod tests {
         let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
         assert_eq!(ids, ["p4"]);
         assert_eq!(contents(&dst), contents(&src));
+    }
+
+    /// An update committed and cut before it moved its files; then a file is written into
+    /// the copy outside reprise: completing the update would record a point that is not the
+    /// copy, over what was written. Refused, nothing moved, until it is let go.
+    #[test]
+    fn a_committed_update_is_never_completed_over_what_was_written_after_it() {
+        let (_dir, _src, dst, store) = committed_after_two_points(3);
+        std::fs::write(dst.join("by-hand.txt"), b"written by hand").unwrap();
+        let e = store.settle().unwrap_err().to_string();
+        assert!(
+            e.contains("changed after a replication into it was committed")
+                && e.contains("nothing was written"),
+            "{e}"
+        );
+        assert!(store.path("commit.json").exists());
+        let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["p1", "p2"]);
+        assert_eq!(
+            std::fs::read(dst.join("by-hand.txt")).unwrap(),
+            b"written by hand"
+        );
+        store.accept_changes().unwrap();
+        assert!(store.settle().unwrap().unwrap().contains("completed"));
+        assert!(!store.path("commit.json").exists() && !store.path(ROLLING).exists());
     }
 
     /// A commit record that keeps no point (a damaged file: a replication always keeps at
