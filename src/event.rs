@@ -143,6 +143,12 @@ pub enum Event {
         operator: String,
         /// The blocking problems, as `AREA SUBJECT: DETAIL`.
         problems: Vec<String>,
+        /// The vms among them whose start this let pass on data that lacks what was written
+        /// on the other side after it (its disks written since the final sync read them; the
+        /// primary's disks a failback overwrote): the report does not measure their data
+        /// loss. Absent in older journals.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        diverged: Vec<String>,
     },
     /// What the other site showed as a restore or an emergency failover started: a vm still
     /// running there (two copies of its data diverge), or what could not be asked there; or,
@@ -155,6 +161,11 @@ pub enum Event {
         step: Option<String>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         refused: bool,
+        /// The vms said to run still on the side left as an emergency failover started them
+        /// from their copies: what they wrote after their point is not in them, and the
+        /// report does not measure their data loss. Absent in older journals.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        diverged: Vec<String>,
     },
     /// A replica point chosen for a VM or backup set (failover, failback, drill): the data-loss
     /// window of that item is the time between `taken_at` and the incident (or the run's start).

@@ -894,6 +894,7 @@ fn elsewhere_of(
 /// said. Pure.
 pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere], force: bool) -> Judged {
     let (mut refused, mut warned, mut forced) = (Vec::new(), Vec::new(), Vec::new());
+    let mut diverged = Vec::new();
     for e in found {
         let (vm, here, there, service) = (&e.vm, &e.here, &e.there, &e.service);
         warned.extend(e.settled.iter().cloned());
@@ -901,9 +902,12 @@ pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere], force: bool) -> Judged {
             "fail back instead (`reprise failback --service {service}`), which copies its data back first"
         );
         match &e.running {
-            (Some(true), said) if mode == Mode::Failover => warned.push(format!(
-                "vm {vm} still runs on {there} (its status says `{said}`): its copy started on {here} makes two copies of its data that diverge; stop it on {there} or cut it off now (a planned failover, without --emergency, stops it first and copies its last writes)"
-            )),
+            (Some(true), said) if mode == Mode::Failover => {
+                diverged.push(vm.clone());
+                warned.push(format!(
+                    "vm {vm} still runs on {there} (its status says `{said}`): its copy started on {here} makes two copies of its data that diverge; stop it on {there} or cut it off now (a planned failover, without --emergency, stops it first and copies its last writes)"
+                ))
+            }
             (Some(true), said) => refused.push(format!(
                 "vm {vm} runs on {there} (its status says `{said}`): a restore would start it on {here} from its disks of before, and two copies would diverge; {back}"
             )),
@@ -992,6 +996,7 @@ pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere], force: bool) -> Judged {
         refused,
         warned,
         forced,
+        diverged,
     }
 }
 
@@ -1002,6 +1007,9 @@ pub struct Judged {
     pub refused: Vec<String>,
     pub warned: Vec<String>,
     pub forced: Vec<String>,
+    /// The vms said to run still on the side left (an emergency failover starts them all the
+    /// same): their data loss is not measured ([`Event::OtherSite`]).
+    pub diverged: Vec<String>,
 }
 
 /// For a restore: the vms this machine's journals show a failover left on their recovery host
@@ -1267,6 +1275,21 @@ pub fn judge_copy_back(backs: &[CopyBack]) -> (Vec<String>, Vec<String>) {
         }
     }
     (runs, problems)
+}
+
+/// The vms of `backs` whose primary disks a copy back would overwrite though they were
+/// written after the data the failover started the vm from, or cannot be read
+/// ([`written_since`]): forced past, what they held is lost, unmeasured.
+fn overwritten_by_copy_back(backs: &[CopyBack]) -> Vec<String> {
+    backs
+        .iter()
+        .filter(|b| {
+            b.copies
+                .as_ref()
+                .is_ok_and(|copies| !written_since(b, copies).is_empty())
+        })
+        .map(|b| b.vm.clone())
+        .collect()
 }
 
 /// The primary disks of `b` written after the data the failover started the vm from on the
@@ -1839,7 +1862,7 @@ fn running_again(
     prior: &HashMap<String, Prior>,
     transport: &dyn Transport,
     past: &PastCopy,
-) -> (Vec<String>, Vec<String>) {
+) -> (Vec<String>, Vec<String>, Vec<String>) {
     let done = |id: &str| prior.get(id) == Some(&Prior::Done);
     let mut again = Vec::new();
     let mut asked = HashSet::new();
@@ -1877,13 +1900,14 @@ fn running_again(
             ));
         }
     }
-    let mut forced = Vec::new();
+    let (mut forced, mut diverged) = (Vec::new(), Vec::new());
     if plan.mode == Mode::Failover && !plan.emergency {
-        let (refused, passed) = started_past_copy(model, plan, prior, transport, past);
+        let (refused, passed, past_copy) = started_past_copy(model, plan, prior, transport, past);
         again.extend(refused);
         forced = passed;
+        diverged = past_copy;
     }
-    (again, forced)
+    (again, forced, diverged)
 }
 
 /// What a resumed planned failover knows of its final syncs beyond the hosts' answers: the
@@ -1908,10 +1932,11 @@ fn started_past_copy(
     prior: &HashMap<String, Prior>,
     transport: &dyn Transport,
     past: &PastCopy,
-) -> (Vec<String>, Vec<String>) {
+) -> (Vec<String>, Vec<String>, Vec<String>) {
     let done = |id: &str| prior.get(id) == Some(&Prior::Done);
     let mut refused = Vec::new();
     let mut forced = Vec::new();
+    let mut diverged = Vec::new();
     let mut asked = HashSet::new();
     for start in plan.steps.iter().filter(|s| !done(&s.id)) {
         let (Some(vm_id), Some(host), Some(plan::ReplicaRole::Start)) = (
@@ -1973,6 +1998,7 @@ fn started_past_copy(
                     ),
                 };
                 if past.force {
+                    diverged.push(vm_id.to_string());
                     forced.push(format!(
                         "vm {vm_id}: {found}; its start on {host} (step {start}) carries on from the copy step {sync} made, as forced (--force): what was written on {from_host} since is not in it"
                     ));
@@ -1990,7 +2016,7 @@ fn started_past_copy(
             )),
         }
     }
-    (refused, forced)
+    (refused, forced, diverged)
 }
 
 /// The vms and backup sets a failover's start has done from a point that what the resume asks
@@ -2042,6 +2068,10 @@ fn started_otherwise(
         .collect()
 }
 
+/// What [`again_between_sites`] found: the copy steps to make again, what `--force` let pass,
+/// and the vms it let start on a copy that lacks writes made since on the side left.
+type Between = (Vec<String>, Vec<String>, Vec<String>);
+
 /// What a resumed failover or failback makes again of its copies between sites (the steps,
 /// taken out of `prior`: see [`copies_again`]), or why it must not carry on (a vm it stopped
 /// runs again: see [`running_again`]).
@@ -2052,7 +2082,7 @@ fn again_between_sites(
     begun: &HashSet<&str>,
     transport: &dyn Transport,
     past: &PastCopy,
-) -> Result<(Vec<String>, Vec<String>), RunError> {
+) -> Result<Between, RunError> {
     let took = may_have_started(model, plan, prior, begun, transport);
     let took: HashSet<&str> = took.iter().map(String::as_str).collect();
     let again = copies_again(plan, prior, &took);
@@ -2084,9 +2114,9 @@ fn again_between_sites(
     for id in &restarted {
         prior.remove(id);
     }
-    let mut forced = Vec::new();
+    let (mut forced, mut diverged) = (Vec::new(), Vec::new());
     if plan.mode == Mode::Failback || plan.mode == Mode::Failover {
-        let (runs, passed) = running_again(model, plan, prior, transport, past);
+        let (runs, passed, past_copy) = running_again(model, plan, prior, transport, past);
         if !runs.is_empty() {
             return Err(RunError::RunsAgain {
                 mode: plan.mode,
@@ -2094,8 +2124,9 @@ fn again_between_sites(
             });
         }
         forced = passed;
+        diverged = past_copy;
     }
-    Ok((again, forced))
+    Ok((again, forced, diverged))
 }
 
 /// Gives back the recovery copies a planned failover's start leased when it began (`begun`)
@@ -2242,6 +2273,7 @@ pub fn start(
     // running there is never overwritten; copies no failover started are refused unless
     // forced.
     let mut copy_back = Vec::new();
+    let mut overwritten = Vec::new();
     let mut judged = JudgedDisks::new();
     if plan.mode == Mode::Failback {
         let t = transport(model, &opts.exec.ssh);
@@ -2256,6 +2288,7 @@ pub fn start(
                 resuming: false,
             });
         }
+        overwritten = overwritten_by_copy_back(&backs);
         // A vm that ran on its recovery copies comes back only by copying them back: refused
         // before the recovery side is stopped, whatever --force says.
         let uncopied = uncopied(&plan, &[], &t);
@@ -2302,6 +2335,11 @@ pub fn start(
         }
         forced = problems;
     }
+    // What --force let a failback overwrite on the primary is lost; its loss is not measured.
+    let forced_diverged = match forced.is_empty() {
+        true => Vec::new(),
+        false => overwritten,
+    };
     forced.append(&mut other_site.forced);
     let machine = journal::machine_name();
     let lock = StateLock::acquire(
@@ -2341,6 +2379,7 @@ pub fn start(
             at: Utc::now(),
             operator: opts.operator.clone(),
             problems: forced,
+            diverged: forced_diverged,
         });
     }
     if !other_site.warned.is_empty() {
@@ -2349,6 +2388,7 @@ pub fn start(
             said: other_site.warned,
             step: None,
             refused: false,
+            diverged: other_site.diverged,
         });
     }
     let path = dir.path.clone();
@@ -2504,7 +2544,8 @@ pub fn resume(
         force,
         copies: &crate::replica::start::Remote::new(&t),
     };
-    let (again, mut forced) = again_between_sites(model, &plan, &mut prior, &begun, &t, &past)?;
+    let (again, mut forced, mut diverged) =
+        again_between_sites(model, &plan, &mut prior, &begun, &t, &past)?;
     give_back_begun(&plan, &begun, &again, &t);
     // A failback's copy-backs not started yet (or made again) are judged again, as at its
     // start: the primary may have been written since (a copy-back started already wrote it
@@ -2557,6 +2598,9 @@ pub fn resume(
                 resuming: true,
             });
         }
+        if !problems.is_empty() {
+            diverged.extend(overwritten_by_copy_back(&backs));
+        }
         forced.extend(problems);
     }
     // The vms it may still start, as at its start; a restore started with --force carries on
@@ -2588,6 +2632,8 @@ pub fn resume(
         forced.append(&mut other_site.forced);
     }
     other_site.warned.extend(settled);
+    diverged.sort();
+    diverged.dedup();
     let (journal, torn) = JournalWriter::resume(&dir)?;
     let now = Utc::now();
     let mut first = Vec::new();
@@ -2615,6 +2661,7 @@ pub fn resume(
             at: now,
             operator: operator.to_string(),
             problems: forced,
+            diverged,
         });
     }
     if !other_site.warned.is_empty() {
@@ -2623,6 +2670,7 @@ pub fn resume(
             said: other_site.warned,
             step: None,
             refused: false,
+            diverged: other_site.diverged,
         });
     }
     let path = dir.path.clone();
@@ -3451,7 +3499,7 @@ mod tests {
             let mut p = prior();
             let said = Status(hosts.iter().copied().collect());
             again_between_sites(&model, plan, &mut p, &begun, &said, past)
-                .map(|(again, forced)| {
+                .map(|(again, forced, _)| {
                     let kept = |id: &str| p.contains_key(id);
                     (
                         again,
@@ -4113,6 +4161,11 @@ mod elsewhere_tests {
         let mut f = found(Some(true), None);
         (f.here, f.there) = ("hv-pra".into(), "hv-main".into());
         let (refused, warned) = judge(Mode::Failover, &[f.clone()]);
+        // The report measures no data loss for it (journaled with the warning).
+        assert_eq!(
+            judge_elsewhere(Mode::Failover, &[f.clone()], false).diverged,
+            ["erp-db"]
+        );
         // A primary that cannot be asked is the emergency itself: nothing to add.
         f.running = (None, "connection refused".into());
         assert_eq!(judge(Mode::Failover, &[f]), (Vec::new(), Vec::new()));

@@ -307,6 +307,17 @@ impl Labels {
         }
     }
 
+    pub fn loss_diverged(&self, item: &str, point: &str) -> String {
+        match self.lang {
+            Lang::En => format!(
+                "{item} was started from point {point} while the journal shows writes the point lacks (it still ran on the side left, or the run was forced past writes made there after it): what they were is not measured, and is lost"
+            ),
+            Lang::Fr => format!(
+                "{item} a été démarrée depuis le point {point} alors que le journal montre des écritures absentes de ce point (elle tournait encore sur le site quitté, ou la reprise a été forcée malgré des écritures faites après) : ce qu'elles étaient n'est pas mesuré, et est perdu"
+            ),
+        }
+    }
+
     pub fn loss_unknown(&self, why: &str) -> String {
         match self.lang {
             Lang::En => format!("data loss not measured: {why}"),

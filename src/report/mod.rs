@@ -427,6 +427,9 @@ struct RunFacts<'a> {
     stop_reason: Option<String>,
     /// The problems the journal states as such (a forced readiness, a repaired journal).
     repairs: Vec<Problem>,
+    /// The vms started on data that lacks what was written elsewhere after it (forced past
+    /// writes a copy lacks; still running on the side left): no data loss is measured.
+    diverged: std::collections::BTreeSet<String>,
     /// The latest time journaled so far, and the first time the clock went back from it.
     latest: Option<DateTime<Utc>>,
     clock_back: Option<(DateTime<Utc>, DateTime<Utc>)>,
@@ -524,18 +527,31 @@ impl<'a> RunFacts<'a> {
                 at,
                 operator,
                 problems,
-            } => self.repairs.push(Problem::ReadinessForced {
-                at: *at,
-                operator: operator.clone(),
-                problems: problems.clone(),
-            }),
-            Event::OtherSite { at, said, step, .. } => self.repairs.push(Problem::OtherSite {
-                at: *at,
-                said: match step {
-                    Some(step) => said.iter().map(|s| format!("{step}: {s}")).collect(),
-                    None => said.clone(),
-                },
-            }),
+                diverged,
+            } => {
+                self.diverged.extend(diverged.iter().cloned());
+                self.repairs.push(Problem::ReadinessForced {
+                    at: *at,
+                    operator: operator.clone(),
+                    problems: problems.clone(),
+                })
+            }
+            Event::OtherSite {
+                at,
+                said,
+                step,
+                diverged,
+                ..
+            } => {
+                self.diverged.extend(diverged.iter().cloned());
+                self.repairs.push(Problem::OtherSite {
+                    at: *at,
+                    said: match step {
+                        Some(step) => said.iter().map(|s| format!("{step}: {s}")).collect(),
+                        None => said.clone(),
+                    },
+                })
+            }
             // The check that found it failed, and says so.
             Event::VmStateBefore { .. } | Event::SplitBrain { .. } | Event::SourceRead { .. } => {}
             Event::JournalRepaired {
@@ -1050,11 +1066,25 @@ fn copy_loss(run: &Run, id: &str, p: &PointUsed) -> Result<f64, String> {
     if !p.verified && p.point.split('+').any(|x| x.starts_with("copy-")) {
         return Err(run.l.loss_unverified(&p.item, &p.point));
     }
+    // Written elsewhere after its point, and started all the same: what that was is not
+    // known here.
+    if run.facts.diverged.contains(&p.item) {
+        return Err(run.l.loss_diverged(&p.item, &p.point));
+    }
+    // A vm's own stop: another vm of the service stopped says nothing of what it wrote (a
+    // journal of before steps named their vm counts the service's). A backup set's: any of
+    // its service's.
+    let is_vm = run
+        .steps
+        .records
+        .iter()
+        .any(|s| s.vm.as_deref() == Some(p.item.as_str()));
     let stops: Vec<DateTime<Utc>> = run
         .steps
         .records
         .iter()
         .filter(|s| s.service == id && s.kind == "vm" && s.action.as_deref() == Some("stop"))
+        .filter(|s| !is_vm || s.vm.as_deref().is_none_or(|v| v == p.item))
         .filter(|s| run.steps.status_of(&s.id) == Some(StepStatus::Done))
         .filter_map(|s| run.steps.facts.get(s.id.as_str()).and_then(|f| f.end))
         .collect();
@@ -2249,6 +2279,107 @@ mod tests {
             ),
             "{db:?}"
         );
+    }
+
+    /// A service of two vms whose final sync of db is taken at 10 s, after the run stopped
+    /// its other vm only: db may have written after its point; not measured. Its own stop
+    /// counts.
+    #[test]
+    fn the_stop_of_another_vm_of_the_service_is_no_stop_of_the_vm() {
+        let report = |stopped: &str| {
+            let steps = vec![
+                StepRecord {
+                    vm: Some(stopped.into()),
+                    ..vm_step("db/stop-primary", "stop", &[])
+                },
+                step("db/final-sync", "replicate", &[]),
+                StepRecord {
+                    vm: Some("db".into()),
+                    ..vm_step("db/start", "start", &["db/final-sync"])
+                },
+            ];
+            let mut events = vec![db_run(None, steps)];
+            events.extend(run("db/stop-primary", 1, 4, StepStatus::Done));
+            events.extend(run("db/final-sync", 5, 12, StepStatus::Done));
+            events.push(point_at("db/final-sync", "p9", t(10), 12));
+            events.push(point_at("db/start", "p9", t(10), 13));
+            events.extend(run("db/start", 12, 20, StepStatus::Done));
+            events.sort_by_key(Event::at);
+            events.push(Event::RunFinished {
+                at: t(60),
+                status: RunStatus::Succeeded,
+            });
+            let r = build_of(&events);
+            r.services.into_iter().find(|s| s.id == "db").unwrap()
+        };
+        let db = report("db-replica");
+        assert_eq!((db.data_loss_s, db.rpo_met), (None, None), "{db:?}");
+        assert!(
+            db.data_loss_unknown
+                .as_deref()
+                .is_some_and(|w| w.contains("nothing in the journal shows db stopped")),
+            "{db:?}"
+        );
+        let db = report("db");
+        assert_eq!((db.data_loss_s, db.rpo_met), (Some(0.0), Some(true)));
+    }
+
+    /// An emergency failover of db while db still ran on the primary (journaled as the run
+    /// began), or a run forced past writes its copy lacks: what db wrote after its point is
+    /// not in it, and no data loss is claimed, nor the RPO met.
+    #[test]
+    fn a_vm_started_on_data_that_lacks_writes_made_elsewhere_claims_no_data_loss() {
+        let report = |said: Option<Event>| {
+            let mut events = vec![db_run(
+                Some(t(-120)),
+                vec![vm_step("db/start", "start", &[])],
+            )];
+            events.extend(said);
+            events.push(point_at("db/start", "p1", t(-300), 2));
+            events.extend(run("db/start", 1, 20, StepStatus::Done));
+            events.sort_by_key(Event::at);
+            events.push(Event::RunFinished {
+                at: t(21),
+                status: RunStatus::Succeeded,
+            });
+            let r = build_of(&events);
+            r.services.into_iter().find(|s| s.id == "db").unwrap()
+        };
+        let db = report(None);
+        assert_eq!((db.data_loss_s, db.rpo_met), (Some(180.0), Some(true)));
+        for said in [
+            Event::OtherSite {
+                at: t(0),
+                said: vec!["vm db still runs on hv-main".into()],
+                step: None,
+                refused: false,
+                diverged: vec!["db".into()],
+            },
+            Event::ReadinessForced {
+                at: t(0),
+                operator: "nadia".into(),
+                problems: vec!["vm db: its disks on hv-main were written since".into()],
+                diverged: vec!["db".into()],
+            },
+        ] {
+            let db = report(Some(said));
+            assert_eq!((db.data_loss_s, db.rpo_met), (None, None), "{db:?}");
+            assert!(
+                db.data_loss_unknown
+                    .as_deref()
+                    .is_some_and(|w| w.contains("writes the point lacks")),
+                "{db:?}"
+            );
+        }
+        // Another vm's: db's loss stands.
+        let other = report(Some(Event::OtherSite {
+            at: t(0),
+            said: vec!["vm web still runs on hv-main".into()],
+            step: None,
+            refused: false,
+            diverged: vec!["web".into()],
+        }));
+        assert_eq!(other.data_loss_s, Some(180.0));
     }
 
     /// An emergency failover (incident 2 min before the run) whose start of db was cut by a

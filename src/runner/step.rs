@@ -108,6 +108,7 @@ async fn other_site_refuses(
             at: Utc::now(),
             operator,
             problems: forced.clone(),
+            diverged: Vec::new(),
         });
     }
     said.extend(forced);
@@ -138,6 +139,7 @@ async fn other_site_refuses(
         said: refused,
         step: Some(step.id.clone()),
         refused: true,
+        diverged: Vec::new(),
     });
     Some(run.outcome(StepStatus::Failed, 1, Some(text)))
 }

@@ -1279,10 +1279,9 @@ fn a_failover_after_a_bad_point_starts_from_the_previous_good_one_and_says_so() 
     std::thread::sleep(Duration::from_millis(1100)); // point ids are per second
     let run = lab.run(&["replicate", "--service", "erp-db"]);
     assert_eq!(run.code, 0, "{run:?}");
-    // A byte of the copy rots where the second point wrote; verify marks that point bad.
-    let mut bytes = std::fs::read(&copy).unwrap();
-    bytes[changed_at] ^= 0xff;
-    std::fs::write(&copy, &bytes).unwrap();
+    // A byte of the copy rots where the second point wrote (its times kept: nothing wrote
+    // it); verify marks that point bad.
+    rot_keeping_time(&copy, changed_at);
     let run = lab.run(&["verify", "erp-db"]);
     assert_ne!(run.code, 0, "{run:?}");
 
@@ -4012,6 +4011,13 @@ fn an_emergency_failover_with_the_primary_still_running_is_a_split_brain_not_a_r
         said.len() == 1 && said[0].contains("vm erp-db still runs on hv-main"),
         "{said:?}"
     );
+    let diverged: Vec<serde_json::Value> = lab
+        .journal()
+        .iter()
+        .filter(|e| e["event"] == "other_site")
+        .map(|e| e["diverged"].clone())
+        .collect();
+    assert_eq!(diverged, [serde_json::json!(["erp-db"])]);
     let reported = reported_service(&lab, "erp-db");
     assert_ne!(reported["status"], "recovered", "{reported:#}");
     let reason = reported["reason"].as_str().unwrap_or_default();
@@ -4029,6 +4035,16 @@ fn an_emergency_failover_with_the_primary_still_running_is_a_split_brain_not_a_r
     );
     let reported = reported_service(&lab, "erp-db");
     assert_eq!(reported["status"], "recovered", "{reported:#}");
+    // It ran on hv-main after its point: what it wrote there is not in its copy, and no data
+    // loss is claimed for it.
+    assert!(
+        reported["data_loss_s"].is_null()
+            && reported["rpo_met"].is_null()
+            && reported["data_loss_unknown"]
+                .as_str()
+                .is_some_and(|w| w.contains("writes the point lacks")),
+        "{reported:#}"
+    );
     let proved = reported["checks_proved"].to_string();
     assert!(
         proved.contains("erp-db/healthy: ") && proved.contains("proved by its driver's status"),

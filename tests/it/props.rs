@@ -269,10 +269,11 @@ impl GenInventory {
                             );
                         }
                         1 => {
-                            // Without an address, the service's host is the target.
+                            // Without an address, the service's host is the target (a
+                            // drill's never is: it may be production's).
                             let _ =
                                 write!(tables, "kind = \"check\"\nprobe = \"tcp\"\nport = 443\n");
-                            if own_host.is_none() || !step.default_host {
+                            if own_host.is_none() || !step.default_host || mode == Mode::Drill {
                                 let _ = writeln!(tables, "address = \"10.0.{s}.{k}\"");
                             }
                         }
