@@ -837,6 +837,18 @@ fn elsewhere_of(
                 settled = settle_cut(&helpers, &there, &what, &paths, &mut copies);
             }
             let copies = copies?;
+            // A copy not there (its storage not mounted after a power cut, say) holds leases
+            // nobody can read: whether a failover's vm wrote its newest data there cannot be
+            // told.
+            if let Some(c) = copies.iter().find(|c| !c.exists) {
+                return Err(match &c.unreadable {
+                    Some(e) => format!("its copy {} cannot be looked at ({e})", c.path),
+                    None => format!(
+                        "its copy {} is not there (its storage not mounted?)",
+                        c.path
+                    ),
+                });
+            }
             // Written since its newest point with no failover's lease: a vm ran on it outside
             // reprise (started by hand, or a failover's start refused or rolled back after
             // the vm came up), and it may hold the vm's newest data.

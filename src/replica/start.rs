@@ -741,6 +741,18 @@ pub fn before_failback(
             vm.name, vm.host
         )
     })?;
+    // A copy not there (its storage not mounted, say) cannot say that no failover's vm ran
+    // on it.
+    if let Some(s) = states.iter().find(|s| !s.exists) {
+        let why = match &s.unreadable {
+            Some(e) => format!("cannot be looked at ({e})"),
+            None => "is not there (its storage not mounted?)".to_string(),
+        };
+        return Err(format!(
+            "vm {}'s recovery copy {} on {} {why}: whether it ran on its copies since a failover cannot be told, and this failback copies none of them back; make the copies' storage available on {} and run again; if they are lost for good, nothing of it runs there to fail back: a restore starts it from its disks on the primary",
+            vm.name, s.path, vm.host, vm.host
+        ));
+    }
     let ran = states.iter().find_map(|s| {
         s.leases
             .iter()
@@ -1368,6 +1380,16 @@ mod tests {
             why.contains("cannot be read")
                 && why.contains("live-R0.json: damaged")
                 && why.contains("add a `replicate` step"),
+            "{why}"
+        );
+        assert_eq!(before_failback(&fake, vm, true), Ok(()));
+        // A copy not there (its storage not mounted) cannot say that no failover ran it.
+        let mut gone = disk("data", &[]);
+        gone.exists = false;
+        let fake = Fake::with(vec![disk("sys", &[point("P1", 1, "yes")]), gone]);
+        let why = before_failback(&fake, vm, false).unwrap_err();
+        assert!(
+            why.contains("/r/data on") && why.contains("is not there (its storage not mounted?)"),
             "{why}"
         );
         assert_eq!(before_failback(&fake, vm, true), Ok(()));

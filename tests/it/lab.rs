@@ -3435,6 +3435,24 @@ fn a_restore_never_starts_a_vm_whose_newest_data_is_on_the_recovery_site() {
     for (p, bytes) in system_kept {
         std::fs::write(p, bytes).unwrap();
     }
+    // The copies' storage is not mounted after the power cut: hv-pra answers, the copies
+    // and their leases are not there. That is no "no failover": this machine's journals
+    // say one left it there.
+    let images = lab.host_root("hv-pra").join("srv/replicas/images");
+    let unmounted = images.with_extension("unmounted");
+    std::fs::rename(&images, &unmounted).unwrap();
+    std::fs::create_dir(&images).unwrap();
+    let run = lab.run(&restore);
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("is not there (its storage not mounted?)")
+            && run.stderr.contains("`reprise restore --force`"),
+        "{run:?}"
+    );
+    assert_eq!(starts(), before, "nothing started on hv-main");
+    std::fs::remove_dir(&images).unwrap();
+    std::fs::rename(&unmounted, &images).unwrap();
     // The recovery host no longer answers: its leases cannot say, this machine's journals
     // do (the failover run, and no failback since).
     let failover = lab.journal()[0]["run_id"].as_str().unwrap().to_string();
