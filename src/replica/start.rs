@@ -892,11 +892,20 @@ pub fn after(
                     taken_at: None,
                     verified: false,
                 };
-                // The lease of the start is kept as it was; only the history ends.
-                let held = copies
+                // The lease of the start is kept as it was (its point's time is what a
+                // failback judges the primary's disks by); only the history ends. One that
+                // cannot be read now is left as it is, never replaced by one of now.
+                let state = copies
                     .inspect(host, std::slice::from_ref(path))
-                    .ok()
-                    .and_then(|s| s.into_iter().next())
+                    .map_err(|e| {
+                        format!(
+                            "{}: its lease cannot be read to end its point history ({e}); the lease the start took is left as it is",
+                            choice::name(path)
+                        )
+                    })?;
+                let held = state
+                    .into_iter()
+                    .next()
                     .and_then(|s| {
                         s.leases
                             .into_iter()
@@ -991,6 +1000,8 @@ mod tests {
         clock_ahead: Option<chrono::Duration>,
         /// The leases taken, as given.
         leased: Mutex<Vec<Lease>>,
+        /// Why `inspect` fails (a host that does not answer), if it does.
+        unreadable: Option<String>,
     }
 
     impl Fake {
@@ -1012,6 +1023,9 @@ mod tests {
 
     impl Copies for Fake {
         fn inspect(&self, _host: &str, paths: &[String]) -> Result<Vec<CopyState>, String> {
+            if let Some(why) = &self.unreadable {
+                return Err(why.clone());
+            }
             let states = self.states.lock().unwrap();
             Ok(paths
                 .iter()
@@ -1483,6 +1497,18 @@ mod tests {
         assert!(note.unwrap().contains("were released"));
         assert_eq!(fake.calls()[1], "release [\"/r/sys\"] Some(Live)");
         assert_eq!(fake.leased.lock().unwrap()[0].taken_at, None);
+        // The start's lease cannot be read now: left as it is (its point's time is what a
+        // failback judges by), never replaced by a lease of now; the step says so.
+        let fake = Fake {
+            unreadable: Some("connection reset".into()),
+            ..Fake::with(vec![disk("sys", &[point("P1", 1, "yes")])])
+        };
+        let why = after(&fake, vm, "R1", "db/start", Used::Started).unwrap_err();
+        assert!(
+            why.contains("connection reset") && why.contains("left as it is"),
+            "{why}"
+        );
+        assert!(fake.leased.lock().unwrap().is_empty());
     }
 
     /// A failback's start on the primary undone: the copies are leased to the vm again, and
