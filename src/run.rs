@@ -572,6 +572,8 @@ fn execute(
             run_id: plan.run_id.clone(),
             transport: transport.clone(),
             judged,
+            force,
+            operator,
         }) as Arc<dyn runner::OtherSite>),
         _ => None,
     };
@@ -1125,6 +1127,43 @@ struct FailbackGuard {
     run_id: String,
     transport: Arc<dyn Transport>,
     judged: JudgedDisks,
+    /// The run was forced (`--force`), by `operator`.
+    force: bool,
+    operator: String,
+}
+
+/// Before a vm's copy back: what its state on the primary (`to_host`) says. Running, the copy
+/// back would overwrite the disks it writes: refused, forced or not. Not known (the host does
+/// not answer the question, a state such as `paused`): refused unless the run was forced
+/// (then said as forced). Pure.
+pub fn judge_primary_before_copy_back(
+    vm: &str,
+    to_host: &str,
+    state: (Option<bool>, String),
+    force: bool,
+) -> (Vec<String>, Vec<String>) {
+    let (running, said) = state;
+    match running {
+        Some(true) => (
+            vec![format!(
+                "vm {vm} runs on {to_host} (its status says `{said}`): the copy back would overwrite the disks it is writing; stop it there, keep a copy of what it wrote, then resume (the failback judges its disks again)"
+            )],
+            Vec::new(),
+        ),
+        Some(false) => (Vec::new(), Vec::new()),
+        None if force => (
+            Vec::new(),
+            vec![format!(
+                "vm {vm}: its state on {to_host} cannot be told ({said}); its disks there are overwritten by the copy back, as forced (--force)"
+            )],
+        ),
+        None => (
+            vec![format!(
+                "vm {vm}: its state on {to_host} cannot be told ({said}): if it runs, the copy back would overwrite the disks it is writing; resume once its state can be read (it must be stopped), or with --force once it is known stopped or not defined there"
+            )],
+            Vec::new(),
+        ),
+    }
 }
 
 impl runner::OtherSite for FailbackGuard {
@@ -1132,22 +1171,30 @@ impl runner::OtherSite for FailbackGuard {
         let plan::Action::Replicate { what, to_host, .. } = &step.action_spec else {
             return runner::OtherSiteSays::default();
         };
-        let Some(then) = self.judged.get(&judged_key(what)) else {
-            return runner::OtherSiteSays::default();
-        };
         let (model, t) = (&self.model, self.transport.as_ref());
-        let mut refused = Vec::new();
+        let (mut refused, mut forced) = (Vec::new(), Vec::new());
+        // Whatever was judged at the start (a vm whose disks could not be read then, forced
+        // past, was not): a vm running on the primary is never copied over.
         if let plan::Replicated::Vm(vm_id) = what
             && let (Some(service), Some(vm)) = (
                 model.inventory.services.get(&step.service),
                 model.inventory.vms.get(vm_id),
             )
-            && let (Some(true), said) = vm_state(model, service, vm, Side::Primary, &self.run_id, t)
         {
-            refused.push(format!(
-                "vm {vm_id} runs on {to_host} (its status says `{said}`): the copy back would overwrite the disks it is writing; stop it there, keep a copy of what it wrote, then resume (the failback judges its disks again)"
-            ));
+            let state = vm_state(model, service, vm, Side::Primary, &self.run_id, t);
+            let (r, f) = judge_primary_before_copy_back(vm_id, to_host, state, self.force);
+            refused.extend(r);
+            forced.extend(f);
         }
+        let says = |refused, forced| runner::OtherSiteSays {
+            refused,
+            forced,
+            operator: self.operator.clone(),
+            ..Default::default()
+        };
+        let Some(then) = self.judged.get(&judged_key(what)) else {
+            return says(refused, forced);
+        };
         let paths: Vec<String> = then.iter().map(|(p, _)| p.clone()).collect();
         match crate::replica::remote::Helpers::new(t).inspect(to_host, &paths) {
             Err(e) => refused.push(format!(
@@ -1178,10 +1225,7 @@ impl runner::OtherSite for FailbackGuard {
                 }
             }
         }
-        runner::OtherSiteSays {
-            refused,
-            ..Default::default()
-        }
+        says(refused, forced)
     }
 }
 
@@ -4165,6 +4209,43 @@ mod elsewhere_tests {
         assert_eq!(
             judge_elsewhere(Mode::Failover, &[f], false),
             Judged::default()
+        );
+    }
+
+    /// Before each copy back: a vm running on the primary is never copied over, forced or
+    /// not; one whose state cannot be told is not either, unless the run was forced.
+    #[test]
+    fn a_copy_back_never_overwrites_a_primary_vm_that_runs_or_may_run() {
+        let judge = |running: Option<bool>, force: bool| {
+            judge_primary_before_copy_back(
+                "erp-db",
+                "hv-main",
+                (running, "paused".to_string()),
+                force,
+            )
+        };
+        for force in [false, true] {
+            let (refused, forced) = judge(Some(true), force);
+            assert!(
+                refused.len() == 1 && refused[0].contains("vm erp-db runs on hv-main"),
+                "{refused:?}"
+            );
+            assert!(forced.is_empty());
+            assert_eq!(judge(Some(false), force), (Vec::new(), Vec::new()));
+        }
+        let (refused, forced) = judge(None, false);
+        assert!(
+            refused.len() == 1
+                && refused[0].contains("cannot be told (paused)")
+                && refused[0].contains("--force"),
+            "{refused:?}"
+        );
+        assert!(forced.is_empty());
+        let (refused, forced) = judge(None, true);
+        assert!(refused.is_empty());
+        assert!(
+            forced.len() == 1 && forced[0].contains("as forced"),
+            "{forced:?}"
         );
     }
 
