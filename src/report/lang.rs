@@ -307,6 +307,18 @@ impl Labels {
         }
     }
 
+    pub fn undo_failed(&self, step: &str, why: Option<&str>) -> String {
+        let why = why.unwrap_or_default();
+        match self.lang {
+            Lang::En => format!(
+                "{step}: the roll-back could not undo it ({why}): what it left is not known, neither recovered nor rolled back"
+            ),
+            Lang::Fr => format!(
+                "{step} : le retour arrière n'a pas pu l'annuler ({why}) : ce qu'il a laissé n'est pas connu, ni reprise ni retour arrière"
+            ),
+        }
+    }
+
     pub fn loss_diverged(&self, item: &str, point: &str) -> String {
         match self.lang {
             Lang::En => format!(

@@ -1148,6 +1148,23 @@ fn service_report(run: &Run, id: &str) -> ServiceReport {
         .count();
     let status = service_status(&statuses, done);
     let reason = service_reason(run, status, &main, &statuses);
+    // A roll-back that could not undo one of its steps left it in a state nothing proved:
+    // neither recovered nor rolled back.
+    let undo_failed = main.iter().find_map(|s| {
+        match run
+            .steps
+            .facts
+            .get(s.id.as_str())
+            .and_then(|f| f.undo.as_ref())
+        {
+            Some((false, why)) => Some(run.l.undo_failed(&s.id, why.as_deref())),
+            _ => None,
+        }
+    });
+    let (status, reason) = match undo_failed {
+        Some(why) => (ServiceStatus::Failed, Some(why)),
+        None => (status, reason),
+    };
     // A clock that went back makes any span of the run's times unknown.
     let clock_sure = run.facts.clock_back.is_none();
     let achieved = if status == ServiceStatus::Recovered && clock_sure {
@@ -2445,6 +2462,35 @@ mod tests {
                 .iter()
                 .any(|p| matches!(p, Problem::Blocked { service, .. } if service == "app"))
         );
+    }
+
+    /// A roll-back that could not undo a step of db (its start: the vm's state before could
+    /// not be read) leaves db in a state nothing proved: not recovered, nor rolled back.
+    #[test]
+    fn a_service_whose_undo_failed_is_not_reported_recovered() {
+        let mut events = vec![started(None)];
+        events.extend(run("db/start", 0, 5, StepStatus::Done));
+        events.extend(run("db/healthy", 5, 6, StepStatus::Done));
+        let recovered = build_of(&events);
+        let db = recovered.services.iter().find(|s| s.id == "db").unwrap();
+        assert_eq!(db.status, ServiceStatus::Recovered);
+        events.push(Event::UndoFinished {
+            at: t(9),
+            step: "db/start".into(),
+            ok: false,
+            message: Some("its state before the step was not recorded".into()),
+        });
+        let r = build_of(&events);
+        let db = r.services.iter().find(|s| s.id == "db").unwrap();
+        assert_eq!(db.status, ServiceStatus::Failed, "{db:?}");
+        assert!(
+            db.reason.as_deref().is_some_and(|w| w.contains(
+                "db/start: the roll-back could not undo it (its state before the step was not recorded)"
+            )),
+            "{db:?}"
+        );
+        assert_ne!(db.rto_met, Some(true));
+        assert_eq!(db.rpo_met, None);
     }
 
     /// A step run again (a resume after a roll-back) is reported as its last attempt ended:
