@@ -371,6 +371,17 @@ impl Labels {
         }
     }
 
+    pub fn two_clocks(&self, before: &str, after: &str) -> String {
+        match self.lang {
+            Lang::En => format!(
+                "resumed on {after}, after running on {before}: the times before and after come from two machines' clocks that nothing compared, so no RTO is measured"
+            ),
+            Lang::Fr => format!(
+                "relancée sur {after}, après avoir tourné sur {before} : les heures d'avant et d'après viennent des horloges de deux machines que rien n'a comparées, aucun RTO n'est donc mesuré"
+            ),
+        }
+    }
+
     pub fn interrupted(&self, reason: Option<&str>) -> String {
         match (self.lang, reason) {
             (Lang::En, None) => "run interrupted by the operator".to_string(),

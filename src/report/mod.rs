@@ -273,6 +273,14 @@ pub enum Problem {
         /// The latest time journaled before it.
         after: DateTime<Utc>,
     },
+    /// The run was resumed at `at` on another machine than the one that ran it until then:
+    /// the times on either side come from two clocks that nothing compared (one behind by
+    /// less than the pause is not seen going back), so no RTO is measured.
+    TwoClocks {
+        at: DateTime<Utc>,
+        before: String,
+        after: String,
+    },
 }
 
 /// A recommendation, derived from the data; `text` is in the report's language.
@@ -433,6 +441,9 @@ struct RunFacts<'a> {
     /// The latest time journaled so far, and the first time the clock went back from it.
     latest: Option<DateTime<Utc>>,
     clock_back: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// The machine whose clock dates the events so far, and the first resume on another.
+    machine: Option<String>,
+    two_clocks: Option<(DateTime<Utc>, String, String)>,
     operators: Vec<String>,
 }
 
@@ -505,6 +516,12 @@ impl<'a> RunFacts<'a> {
                 machine,
                 points,
             } => {
+                if let Some(before) = self.machine.replace(machine.clone())
+                    && before != *machine
+                {
+                    self.two_clocks
+                        .get_or_insert((*at, before, machine.clone()));
+                }
                 self.resumes.push(Resume {
                     at: *at,
                     operator: operator.clone(),
@@ -566,7 +583,9 @@ impl<'a> RunFacts<'a> {
                 bytes: *bytes,
                 kept_in: kept_in.clone(),
             }),
-            Event::RunStarted { .. } => {}
+            Event::RunStarted { machine, .. } => {
+                self.machine.get_or_insert(machine.clone());
+            }
         }
     }
 
@@ -1166,7 +1185,7 @@ fn service_report(run: &Run, id: &str) -> ServiceReport {
         None => (status, reason),
     };
     // A clock that went back makes any span of the run's times unknown.
-    let clock_sure = run.facts.clock_back.is_none();
+    let clock_sure = run.facts.clock_back.is_none() && run.facts.two_clocks.is_none();
     let achieved = if status == ServiceStatus::Recovered && clock_sure {
         achieved_rto(run, &main)
     } else {
@@ -1332,6 +1351,9 @@ fn problems(run: &Run, services: &[ServiceReport]) -> Vec<Problem> {
     problems.extend(run.facts.repairs.iter().cloned());
     if let Some((at, after)) = run.facts.clock_back {
         problems.push(Problem::ClockWentBack { at, after });
+    }
+    if let Some((at, before, after)) = run.facts.two_clocks.clone() {
+        problems.push(Problem::TwoClocks { at, before, after });
     }
     problems
 }
@@ -1866,6 +1888,51 @@ mod tests {
     /// before the run started, which is no RTO at all. None is claimed, and the report says
     /// why; a confirmation dated by the process that gave it, or events a moment out of
     /// order, are no clock gone back.
+    #[test]
+    fn no_rto_is_claimed_across_two_machines_clocks() {
+        let report = |machine: &str| {
+            let mut events = vec![started(None)];
+            events.extend(run("db/start", 0, 100, StepStatus::Done));
+            events.push(Event::RunFinished {
+                at: t(101),
+                status: RunStatus::Interrupted,
+            });
+            events.push(Event::RunResumed {
+                at: t(400),
+                operator: "sofia".into(),
+                machine: machine.into(),
+                points: None,
+            });
+            events.extend(run("db/healthy", 401, 410, StepStatus::Done));
+            events.extend(run("app/start", 410, 420, StepStatus::Done));
+            events.push(Event::RunFinished {
+                at: t(421),
+                status: RunStatus::Succeeded,
+            });
+            build_of(&events)
+        };
+        // Resumed on the machine that ran it: one clock.
+        let same = report("laptop");
+        assert!(same.services.iter().any(|s| s.achieved_rto_s.is_some()));
+        // Resumed on another (its clock perhaps minutes behind, less than the pause): the
+        // times cannot be compared, and nothing claims an RTO.
+        let other = report("pra-laptop");
+        for s in &other.services {
+            assert_eq!((s.achieved_rto_s, s.rto_met), (None, None), "{}", s.id);
+        }
+        assert!(
+            other.problems.iter().any(|p| matches!(
+                p,
+                Problem::TwoClocks { at, before, after }
+                    if *at == t(400) && before == "laptop" && after == "pra-laptop"
+            )),
+            "{:?}",
+            other.problems
+        );
+        let md = render::render(&other, render::Format::Md, Lang::En);
+        assert!(md.contains("two machines' clocks"), "{md}");
+    }
+
     #[test]
     fn no_rto_is_claimed_across_a_clock_that_went_back() {
         let mut events = vec![started(None)];

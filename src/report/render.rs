@@ -241,6 +241,7 @@ fn problem_line(p: &Problem, l: &Labels) -> (String, String, Option<String>) {
             l.clock_went_back(&time(*after), (*after - *at).num_seconds()),
             None,
         ),
+        Problem::TwoClocks { at, before, after } => (time(*at), l.two_clocks(before, after), None),
     }
 }
 
