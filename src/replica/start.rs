@@ -210,6 +210,10 @@ pub struct Prepared {
     /// The decision; its `notes` are moved into [`Prepared::notes`].
     pub start: Start,
     pub notes: Vec<String>,
+    /// A drill's: some copy was leased to this run before this attempt (a resumed drill's
+    /// earlier attempt, another drill step of the vm), whose drill copy may still read it:
+    /// a start that fails does not give the leases back (the drill's cleanup does).
+    pub held_before: bool,
 }
 
 /// Decides the point `req.vm` starts from and prepares its copies for it (see the module's
@@ -475,7 +479,13 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
             continue;
         }
         lease(copies, req, &states, &start, &mut notes)?;
-        return Ok(Prepared { start, notes });
+        let held_before =
+            req.how == Use::Drill && (0..paths.len()).any(|i| held_by_run(req, &states, i));
+        return Ok(Prepared {
+            start,
+            notes,
+            held_before,
+        });
     }
     Err(format!(
         "the copies of {} on {host} kept changing while the run chose its point; start the run again",
@@ -710,12 +720,31 @@ fn lease(
                 leased.push(path.clone());
             }
             Err(e) => {
-                let _ = copies.release(host, &leased, Some(run), Some(kind));
+                // Only what this attempt leased: a drill copy of this run's earlier attempt
+                // may still read a copy leased before.
+                let mine: Vec<String> = leased
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| !(req.how == Use::Drill && held_by_run(req, states, *j)))
+                    .map(|(_, p)| p.clone())
+                    .collect();
+                if !mine.is_empty() {
+                    let _ = copies.release(host, &mine, Some(run), Some(kind));
+                }
                 return Err(format!("cannot take {} for this run: {e}", path));
             }
         }
     }
     Ok(())
+}
+
+/// Whether copy `i` was leased to this run, of the kind its start takes, before this attempt.
+fn held_by_run(req: &Request<'_>, states: &[CopyState], i: usize) -> bool {
+    states.get(i).is_some_and(|s| {
+        s.leases
+            .iter()
+            .any(|l| l.run == req.run && l.kind == kind(req.how))
+    })
 }
 
 /// Gives back the copies a start leased when the vm was not started after all.
@@ -1234,6 +1263,32 @@ mod tests {
         assert_eq!(
             fake.calls().last().unwrap(),
             "release [\"/r/sys\"] Some(Drill)"
+        );
+        // A resumed drill whose earlier attempt leased sys (its drill copy may still read
+        // it): what this attempt did not lease is not given back.
+        let mut sys = disk("sys", &good);
+        sys.leases.push(Lease {
+            kind: LeaseKind::Drill,
+            run: "R1".into(),
+            vm: "db".into(),
+            step: "db/start-copy".into(),
+            machine: "m".into(),
+            pid: 1,
+            at: Utc::now(),
+            point: Some("P1".into()),
+            taken_at: None,
+            verified: true,
+        });
+        let fake = Fake {
+            held: vec!["/r/data".into()],
+            ..Fake::with(vec![sys, disk("data", &good)])
+        };
+        let why = prepare(&fake, &request(&paths, Use::Drill)).unwrap_err();
+        assert!(why.contains("a replication holds it"), "{why}");
+        assert!(
+            !fake.calls().iter().any(|c| c.starts_with("release")),
+            "{:?}",
+            fake.calls()
         );
     }
 

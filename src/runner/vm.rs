@@ -85,7 +85,13 @@ pub(super) async fn before_replica(
                 }
             }
             Err(e) => {
-                // Not started: the copies it leased are given back.
+                // Not started: the copies it leased are given back; not those a drill copy
+                // of this run's earlier attempt may still read (its cleanup gives them back).
+                if prepared.held_before {
+                    return Err(format!(
+                        "{e}; the copies stay leased to this run (a drill copy of an earlier attempt may still read them): the drill's cleanup gives them back"
+                    ));
+                }
                 give_back(ctx, replica, how).await;
                 return Err(e);
             }
