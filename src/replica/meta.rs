@@ -634,14 +634,6 @@ pub fn rolled_back_over(why: &str, point: &str) -> String {
     )
 }
 
-/// Why an update committed to a copy (`before`: its stamp when the update found it fit) and
-/// cut before it wrote the copy is not completed over what was written there since (`now`).
-pub fn completed_over(before: &str, now: &str) -> String {
-    format!(
-        "the copy changed after a replication into it was committed and before it was written (it was `{before}`, it is `{now}`): a vm may have run on it, or it was edited; completing the update would write over what was written there, which is in no point, and make a point that is not the copy: nothing was written. If it is not needed, `reprise release NAME` (NAME: the vm or backup set this copy is of) lets it go, and the next use of the copy completes the update; to keep it, copy it aside first (`cp -a --sparse=always COPY COPY.kept`)"
-    )
-}
-
 /// Why a replication does not write into a copy with no point that was let go at `stamp`
 /// ([`write_accepted`]) and written since.
 pub fn written_since_let_go(stamp: &str) -> String {

@@ -1185,6 +1185,41 @@ impl Store {
         Ok(())
     }
 
+    /// Why the copy was written after `commit` found it fit and before the update began
+    /// writing it (a vm started on it by hand after a crash cut the update, or while it was
+    /// received): completing it would write over what was written, which is in no point, and
+    /// record a point that is not the copy. `None` once the update began writing it (its
+    /// [`ROLLING`] marker names it), or what was written was let go.
+    fn written_after_commit(&self, commit: &Commit) -> Option<String> {
+        let before = commit.before.as_ref()?;
+        let marker = meta::read_file(&self.path(ROLLING)).ok().flatten();
+        if marker.as_deref() == Some(commit.point.id.as_bytes()) {
+            return None;
+        }
+        // A copy that is not a file now (moved aside for a while) is not judged: the update
+        // waits for it.
+        if !self.image.is_file() {
+            return None;
+        }
+        let now = self.stamp()?;
+        let let_go = meta::read_accepted(&self.dir).as_ref() == Some(&now);
+        (now != *before && !let_go).then(|| {
+            format!(
+                "the copy changed after a replication into it was committed and before it was written (it was `{before}`, it is `{now}`): a vm may have run on it, or it was edited; that update was thrown away, the copy left as it is (no point holds what was written there)"
+            )
+        })
+    }
+
+    /// Throws away a committed update that never wrote the copy ([`Self::written_after_commit`]):
+    /// the copy's newest point is what it was before it.
+    fn discard_update(&self, jpath: &Path) -> Result<(), StoreError> {
+        for name in ["delta.pending", ROLLING] {
+            remove_if_present(&self.path(name))?;
+        }
+        remove_if_present(jpath)?;
+        sync_dir(&self.dir)
+    }
+
     /// Completes or throws away an interrupted update, roll-back or first copy.
     fn recover_update(&self) -> Result<Option<String>, StoreError> {
         let staging = self.path("staging");
@@ -1195,14 +1230,18 @@ impl Store {
         }
         let path = self.path("journal");
         if !path.exists() {
-            let pending = self.path("delta.pending");
-            if pending.exists() {
-                std::fs::remove_file(&pending).map_err(io_err(&pending))?;
+            // A marker left by a crash after its journal went is of no update.
+            for name in ["delta.pending", ROLLING] {
+                remove_if_present(&self.path(name))?;
             }
             return Ok(note);
         }
         let journal = read_journal(&path)?;
         match journal.commit.clone() {
+            Some(commit) if let Some(why) = self.written_after_commit(&commit) => {
+                self.discard_update(&path)?;
+                Ok(Some(why))
+            }
             Some(commit) => {
                 let id = commit.point.id.clone();
                 let done = self.roll_forward(&path, &journal, commit, true)?;
@@ -1634,6 +1673,13 @@ impl Store {
                 unmarked: None,
             });
         }
+        if let Some(why) = self.written_after_commit(&commit) {
+            self.discard_update(&jpath)?;
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason: meta::written_outside(&why),
+            });
+        }
         let journal = read_journal(&jpath)?;
         let done = self.roll_forward(&jpath, &journal, commit, false)?;
         if let Some(why) = done.unusable {
@@ -1869,22 +1915,9 @@ impl Store {
                 ),
             });
         }
-        // Written since the update found it fit (a vm started on it by hand after a crash
-        // cut the update): completing it would write over what was written, which is in no
-        // point, and record a point that is not the copy. Unless let go.
+        // From here on the copy's stamp moves by the update's own writes
+        // ([`Self::written_after_commit`]).
         let rolling = self.path(ROLLING);
-        if let Some(before) = &commit.before
-            && !rolling.exists()
-        {
-            let now = self.stamp();
-            let let_go = now.is_some() && meta::read_accepted(&self.dir) == now;
-            if let Some(now) = now.filter(|n| n != before && !let_go) {
-                return Err(StoreError::Refused {
-                    image: self.name(),
-                    reason: meta::completed_over(before, &now),
-                });
-            }
-        }
         meta::write_file(&self.dir, ROLLING, commit.point.id.as_bytes(), false)?;
         let jf = File::open(jpath).map_err(io_err(jpath))?;
         let read_slot = |slot: &Slot| -> Result<Vec<u8>, StoreError> {
@@ -4079,30 +4112,70 @@ mod tests {
         f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
             .unwrap();
         let written = std::fs::read(&dst).unwrap();
-        for e in [
-            store.settle().unwrap_err(),
-            store.verify(None).unwrap_err(),
-            store.base_manifest(false, false).unwrap_err(),
-        ] {
-            let e = e.to_string();
-            assert!(
-                e.contains("changed after a replication into it was committed")
-                    && e.contains("nothing was written")
-                    && e.contains("`reprise release NAME`"),
-                "{e}"
-            );
-        }
+        // Thrown away, the copy left as it is: it is written outside reprise since p1.
+        let note = store.settle().unwrap().unwrap();
+        assert!(
+            note.contains("changed after a replication into it was committed")
+                && note.contains("that update was thrown away"),
+            "{note}"
+        );
         assert_eq!(std::fs::read(&dst).unwrap(), written);
-        assert!(store.path("journal").exists());
+        assert!(!store.path("journal").exists() && !store.path("delta.pending").exists());
         let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
         assert_eq!(ids, ["p1"]);
-        // Let go: completed.
+        assert!(store.inspect().written_outside().is_some());
+        let e = store.base_manifest(false, false).unwrap_err().to_string();
+        assert!(e.contains("this replication would overwrite it"), "{e}");
+        // Let go: replicated over.
         store.accept_changes().unwrap();
-        assert!(store.settle().unwrap().unwrap().contains("completed"));
+        store.apply(&mut &stream(&store)[..], point("p2")).unwrap();
         assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
-        assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
+
+        // Written while the update was received (after its start found the copy fit):
+        // refused at its commit, nothing written, the copy left as it is.
+        std::fs::write(&src, vec![4u8; 6 * BLOCK]).unwrap();
+        struct WrittenDuring<'a> {
+            body: &'a [u8],
+            dst: &'a Path,
+            done: bool,
+        }
+        impl Read for WrittenDuring<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                // Once its header and some blocks were read: the update found the copy fit.
+                if !self.done && self.body.len() < 2 * BLOCK {
+                    self.done = true;
+                    let f = OpenOptions::new().write(true).open(self.dst)?;
+                    f.write_all_at(b"by hand", 0)?;
+                    f.set_modified(
+                        std::time::SystemTime::now() + std::time::Duration::from_secs(7),
+                    )?;
+                }
+                self.body.read(buf)
+            }
+        }
+        let body = stream(&store);
+        let mut during = WrittenDuring {
+            body: &body,
+            dst: &dst,
+            done: false,
+        };
+        let e = store
+            .apply(&mut during, point("p4"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("that update was thrown away")
+                && e.contains("this replication would overwrite it"),
+            "{e}"
+        );
+        let mut hand = std::fs::read(&src).unwrap();
+        hand.fill(2);
+        hand[..7].copy_from_slice(b"by hand");
+        assert_eq!(std::fs::read(&dst).unwrap(), hand);
+        assert!(!store.path("journal").exists());
 
         // Cut while it wrote the copy: its own writes moved the stamp; completed.
+        store.accept_changes().unwrap();
         std::fs::write(&src, vec![3u8; 6 * BLOCK]).unwrap();
         store
             .apply_until(&mut &stream(&store)[..], point("p3"), true)
@@ -4116,6 +4189,10 @@ mod tests {
         assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
         assert!(!store.path(ROLLING).exists());
         assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
+        // A marker of another update (left by a crash after its journal went) is none.
+        meta::write_file(&store.dir, ROLLING, b"p0", false).unwrap();
+        assert_eq!(store.settle().unwrap(), None);
+        assert!(!store.path(ROLLING).exists());
     }
 
     #[test]

@@ -1283,10 +1283,16 @@ impl TreeStore {
                          the copy may be half updated; replicate it again once this file is removed"
                     ),
                 })?;
+            if let Some(why) = self.written_after_commit(&c) {
+                self.discard_update()?;
+                return Ok(Some(why));
+            }
             let id = c.point.id.clone();
             let unusable = self.roll_forward(c)?;
             return Ok(Some(super::point::completed_note(&id, unusable)));
         }
+        // A marker left by a crash after its record went is of no update.
+        let _ = std::fs::remove_file(self.path(ROLLING));
         if staging.exists() {
             std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
             return Ok(Some(
@@ -1294,6 +1300,37 @@ impl TreeStore {
             ));
         }
         Ok(None)
+    }
+
+    /// Why the folder was written after `c` found it fit and before the update began moving
+    /// files in it (a crash cut the update, then a program wrote there; or it was written
+    /// while the update was received): completing it would move files over what was written,
+    /// which is in no point, and record a point that is not the folder. `None` once the
+    /// update began (its [`ROLLING`] marker names it), or what was written was let go.
+    fn written_after_commit(&self, c: &Commit) -> Option<String> {
+        let before = c.before.as_ref()?;
+        let marker = meta::read_file(&self.path(ROLLING)).ok().flatten();
+        if marker.as_deref() == Some(c.point.id.as_bytes()) {
+            return None;
+        }
+        let now = tree_seal(&self.root)?;
+        let let_go = meta::read_accepted(&self.dir).as_ref() == Some(&now);
+        (now != *before && !let_go).then(|| {
+            format!(
+                "the folder changed after a replication into it was committed and before it was written (it was `{before}`, it is `{now}`): a program wrote there, or a vm ran on it; that update was thrown away, the folder left as it is (no point holds what was written there)"
+            )
+        })
+    }
+
+    /// Throws away a committed update that never moved a file in the folder.
+    fn discard_update(&self) -> Result<(), StoreError> {
+        let _ = std::fs::remove_dir_all(self.path("staging"));
+        let _ = std::fs::remove_file(self.path(ROLLING));
+        let commit = self.path("commit.json");
+        if commit.exists() {
+            std::fs::remove_file(&commit).map_err(io_err(&commit))?;
+        }
+        Ok(())
     }
 
     /// Settles an interrupted update and repairs a damaged points file; what was done.
@@ -1503,6 +1540,13 @@ impl TreeStore {
         // The commit record: from here on the update is completed, now or by the next run.
         let files = commit.put.len() as u64;
         self.write_json("commit.json", &commit)?;
+        if let Some(why) = self.written_after_commit(&commit) {
+            self.discard_update()?;
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason: meta::written_outside(&why),
+            });
+        }
         if let Some(why) = self.roll_forward(commit)? {
             return Err(super::point::recorded_unusable(
                 self.name(),
@@ -1714,20 +1758,9 @@ impl TreeStore {
         // history would start again from this point, the older ones lost unsaid); nothing is
         // moved, and the next replication ends the history, saying why.
         let mut points = self.points()?;
-        // Written since the update found it fit (a crash cut the update, then a program
-        // wrote there): completing it would move files over what was written, which is in no
-        // point, and record a point that is not the copy. Unless let go.
+        // From here on the copy's seal moves by the update's own moves
+        // ([`Self::written_after_commit`]).
         let rolling = self.path(ROLLING);
-        if let Some(before) = &c.before
-            && !rolling.exists()
-            && let Some(now) = tree_seal(&self.root).filter(|n| n != before)
-            && meta::read_accepted(&self.dir).as_ref() != Some(&now)
-        {
-            return Err(StoreError::Refused {
-                image: self.name(),
-                reason: meta::completed_over(before, &now),
-            });
-        }
         meta::write_file(&self.dir, ROLLING, c.point.id.as_bytes(), false)?;
         let staging_path = self.path("staging");
         let root = Dir::open(&self.root, true).map_err(io_err(&self.root))?;
@@ -2632,22 +2665,20 @@ mod tests {
     fn a_committed_update_is_never_completed_over_what_was_written_after_it() {
         let (_dir, _src, dst, store) = committed_after_two_points(3);
         std::fs::write(dst.join("by-hand.txt"), b"written by hand").unwrap();
-        let e = store.settle().unwrap_err().to_string();
+        let note = store.settle().unwrap().unwrap();
         assert!(
-            e.contains("changed after a replication into it was committed")
-                && e.contains("nothing was written"),
-            "{e}"
+            note.contains("changed after a replication into it was committed")
+                && note.contains("that update was thrown away"),
+            "{note}"
         );
-        assert!(store.path("commit.json").exists());
+        assert!(!store.path("commit.json").exists() && !store.path(ROLLING).exists());
         let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
         assert_eq!(ids, ["p1", "p2"]);
         assert_eq!(
             std::fs::read(dst.join("by-hand.txt")).unwrap(),
             b"written by hand"
         );
-        store.accept_changes().unwrap();
-        assert!(store.settle().unwrap().unwrap().contains("completed"));
-        assert!(!store.path("commit.json").exists() && !store.path(ROLLING).exists());
+        assert!(store.inspect().written_outside().is_some());
     }
 
     /// A commit record that keeps no point (a damaged file: a replication always keeps at
