@@ -574,6 +574,7 @@ fn execute(
             judged,
             force,
             operator,
+            journaled: std::sync::Mutex::new(forced_in(&first).chain(forced_before).collect()),
         }) as Arc<dyn runner::OtherSite>),
         _ => None,
     };
@@ -715,7 +716,10 @@ fn vm_state_once(
                 .find(|t| !t.is_empty())
                 .map(|t| t.chars().take(200).collect())
                 .unwrap_or_else(|| format!("exit status {} and nothing said", out.exit_code));
-            (runner::said_running(&out), text)
+            // A vm its hypervisor does not define there does not run there.
+            let running = runner::said_running(&out)
+                .or_else(|| runner::said_not_defined(&out).then_some(false));
+            (running, text)
         }
         Err(e) => {
             down.insert(host, e.to_string());
@@ -1130,6 +1134,8 @@ struct FailbackGuard {
     /// The run was forced (`--force`), by `operator`.
     force: bool,
     operator: String,
+    /// What the journal already says was forced: not journaled again.
+    journaled: std::sync::Mutex<BTreeSet<String>>,
 }
 
 /// Before a vm's copy back: what its state on the primary (`to_host`) says. Running, the copy
@@ -1186,11 +1192,17 @@ impl runner::OtherSite for FailbackGuard {
             refused.extend(r);
             forced.extend(f);
         }
-        let says = |refused, forced| runner::OtherSiteSays {
-            refused,
-            forced,
-            operator: self.operator.clone(),
-            ..Default::default()
+        let says = |refused, forced: Vec<String>| {
+            let mut journaled = self.journaled.lock().unwrap_or_else(|e| e.into_inner());
+            let (new, said): (Vec<String>, Vec<String>) =
+                forced.into_iter().partition(|p| !journaled.contains(p));
+            journaled.extend(new.iter().cloned());
+            runner::OtherSiteSays {
+                refused,
+                said,
+                forced: new,
+                operator: self.operator.clone(),
+            }
         };
         let Some(then) = self.judged.get(&judged_key(what)) else {
             return says(refused, forced);

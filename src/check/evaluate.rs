@@ -471,7 +471,7 @@ fn refused_replication_items(
         );
         let of = r.what.split(" (").next().unwrap_or(&r.what).to_string();
         let id = of.split_whitespace().nth(1).unwrap_or(&of);
-        let Some(why) = replication_refusal(&state, id) else {
+        let Some(why) = replication_refusal(&state, id, r.dir) else {
             continue;
         };
         let why = format!("{}: {why}", name(&r.copy));

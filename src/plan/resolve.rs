@@ -441,16 +441,17 @@ impl<'a> StepAt<'a> {
         }))
     }
 
-    /// A tcp or http check aimed at a host (`host = ...`) obeys the site rules of a step
-    /// run there: a drill's never probes the primary site. `None` when reported.
+    /// A drill's tcp or http check aimed at a host (`host = ...`) never probes the primary
+    /// site (production would answer). `None` when reported. Other modes' checks may probe
+    /// any site (a restore's check of the recovery site's directory, say).
     fn target_site_allows(
         &self,
         host: &Option<Sp<String>>,
         diags: &mut Vec<Diagnostic>,
     ) -> Option<()> {
         match host {
-            Some(h) => self.site_allows(&h.value, &h.loc, diags),
-            None => Some(()),
+            Some(h) if self.mode() == Mode::Drill => self.site_allows(&h.value, &h.loc, diags),
+            _ => Some(()),
         }
     }
 

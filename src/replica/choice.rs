@@ -288,7 +288,7 @@ pub fn decide(disks: &[CopyState], how: Use, ask: &Ask) -> Decision {
     }
     let reasons: Vec<String> = disks.iter().filter_map(|d| unverified(d, run)).collect();
     if !reasons.is_empty() {
-        return as_is(disks, how, ask, reasons, notes);
+        return as_is(disks, how, ask, reasons, notes, false);
     }
     match how {
         Use::Drill => drill(disks, ask, notes),
@@ -303,13 +303,16 @@ fn as_is(
     ask: &Ask,
     reasons: Vec<String>,
     mut notes: Vec<String>,
+    // A failover's roll-back refused over what was written in a copy outside reprise: the
+    // reasons are that, and letting it go lets the roll-back through.
+    over_written: bool,
 ) -> Decision {
     let what = match how {
         Use::Drill => "a drill",
         Use::Failover => "a failover",
     };
     if !ask.accept_unverified {
-        if disks.iter().any(|d| d.written_outside().is_some()) && how == Use::Failover {
+        if over_written {
             return Decision::Refuse(format!(
                 "{}: nothing was rolled back. To keep what was written (a vm ran there), start the vm from its copies as they are: name it with --accept-unverified (journaled; `reprise resume RUN --accept-unverified VM` carries on a run this stopped); if it is not needed (damage, an attack), `reprise release VM` lets it go, and the failover then rolls the copies back (`reprise resume RUN`)",
                 reasons.join("; ")
@@ -329,7 +332,7 @@ fn as_is(
     // The disks as they are roll nothing back: a point or a time asked for is honoured only
     // where they are already no newer, never dropped without a word.
     if let Some(why) = as_is_misses(disks, ask) {
-        let mend = if disks.iter().any(|d| d.written_outside().is_some()) {
+        let mend = if over_written {
             "if what was written in them is not needed, `reprise release VM` lets it go and a failover then rolls them back (`reprise resume RUN`)"
         } else {
             "make the copies' points usable (`reprise verify`, or `reprise replicate` while the primary runs), then resume the run"
@@ -439,7 +442,7 @@ fn drill(disks: &[CopyState], ask: &Ask, notes: Vec<String>) -> Decision {
         ));
     }
     if !reasons.is_empty() {
-        return as_is(disks, Use::Drill, ask, reasons, notes);
+        return as_is(disks, Use::Drill, ask, reasons, notes, false);
     }
     let chosen: Vec<usize> = disks.iter().map(|d| d.points.len() - 1).collect();
     start(disks, &chosen, Vec::new(), notes)
@@ -578,7 +581,7 @@ fn failover(disks: &[CopyState], ask: &Ask, mut notes: Vec<String>) -> Decision 
         })
         .collect();
     if !written.is_empty() {
-        return as_is(disks, Use::Failover, ask, written, notes);
+        return as_is(disks, Use::Failover, ask, written, notes, true);
     }
     // A point named, and a time asked too: the point must hold nothing written after it.
     if let Some(t) = ask.within
@@ -798,8 +801,10 @@ pub enum Level {
 /// reads it, a vm or a failover that uses it, one that cannot be read); what was written in it
 /// outside reprise and not let go; a backup set's folder written after a failback copied it
 /// back; points read from another source ([`note_sources`] first). `None` when it would be
-/// written.
-pub fn replication_refusal(copy: &CopyState, item: &str) -> Option<String> {
+/// written. A backup set's folder (`folder`) whose seal moved is not counted as written: a
+/// change of its files' status only (a remount, `chown`, a relabel) moves it too, and the
+/// replication reads such a folder whole and goes on when its files are still its point's.
+pub fn replication_refusal(copy: &CopyState, item: &str, folder: bool) -> Option<String> {
     let mut why: Vec<String> = Vec::new();
     why.extend(copy.bad_leases.iter().map(|b| {
         format!("{b}: it holds the copy (`reprise release {item}` frees it once nothing uses it)")
@@ -815,11 +820,12 @@ pub fn replication_refusal(copy: &CopyState, item: &str) -> Option<String> {
             LeaseKind::Live => format!("used by {}", l.describe()),
         });
     }
-    if let Some(w) = copy.written_outside() {
+    if let Some(w) = copy.written_outside().filter(|_| !folder) {
         why.push(format!(
             "{w}; it is in no point (`reprise release {item}` lets it go, or a failback copies it back)"
         ));
-    } else if copy.points.is_empty()
+    } else if !folder
+        && copy.points.is_empty()
         && copy.stamp.is_some()
         && copy.accepted.is_some()
         && copy.accepted != copy.stamp
@@ -1614,7 +1620,7 @@ mod tests {
     fn a_replication_s_refusal_is_told_from_the_copy_s_state() {
         let mut data = disk("data", &[("P1", "2026-11-28T01:00:00Z", "yes")]);
         data.stamp = Some("1 100.0 7".into());
-        assert_eq!(replication_refusal(&data, "erp-db"), None);
+        assert_eq!(replication_refusal(&data, "erp-db", false), None);
         let mut leased = data.clone();
         leased.leases.push(Lease {
             kind: LeaseKind::Drill,
@@ -1628,34 +1634,40 @@ mod tests {
             taken_at: Some("2026-11-28T01:00:00Z".parse().unwrap()),
             verified: true,
         });
-        let why = replication_refusal(&leased, "erp-db").unwrap();
+        let why = replication_refusal(&leased, "erp-db", false).unwrap();
         assert!(
             why.contains("read by") && why.contains("`reprise resume r1`"),
             "{why}"
         );
         let mut written = data.clone();
         written.changed = Some("the copy changed since its newest point P1 was made".into());
-        let why = replication_refusal(&written, "erp-db").unwrap();
+        let why = replication_refusal(&written, "erp-db", false).unwrap();
         assert!(
             why.contains("changed since its newest point P1")
                 && why.contains("`reprise release erp-db`"),
             "{why}"
         );
         written.accepted = written.stamp.clone();
-        assert_eq!(replication_refusal(&written, "erp-db"), None);
+        assert_eq!(replication_refusal(&written, "erp-db", false), None);
         // Gone: nothing to lose.
         written.accepted = None;
         written.stamp = None;
-        assert_eq!(replication_refusal(&written, "erp-db"), None);
+        assert_eq!(replication_refusal(&written, "erp-db", false), None);
         // No point to compare with, let go, and written since.
         let mut bare = disk("data", &[]);
         bare.managed = true;
         bare.stamp = Some("1 200.0 7".into());
         bare.accepted = Some("1 100.0 7".into());
-        let why = replication_refusal(&bare, "erp-db").unwrap();
+        let why = replication_refusal(&bare, "erp-db", false).unwrap();
         assert!(why.contains("changed since it was let go"), "{why}");
         bare.accepted = bare.stamp.clone();
-        assert_eq!(replication_refusal(&bare, "erp-db"), None);
+        assert_eq!(replication_refusal(&bare, "erp-db", false), None);
+        // A backup set's folder whose seal moved may have changed in its files' status only,
+        // which the replication accepts once it has read it whole: not counted.
+        let mut folder = data.clone();
+        folder.changed = Some("the copy changed since its newest point P1 was made".into());
+        assert_eq!(replication_refusal(&folder, "erp-dumps", true), None);
+        assert!(replication_refusal(&folder, "erp-dumps", false).is_some());
     }
 
     #[test]

@@ -907,7 +907,7 @@ pub fn after(
                 Used::StartedAgain { since } => Some(since),
                 _ => None,
             };
-            let mut notes = Vec::new();
+            let (mut notes, mut unread) = (Vec::new(), Vec::new());
             for path in paths {
                 let lease = Lease {
                     kind: LeaseKind::Live,
@@ -924,14 +924,17 @@ pub fn after(
                 // The lease of the start is kept as it was (its point's time is what a
                 // failback judges the primary's disks by); only the history ends. One that
                 // cannot be read now is left as it is, never replaced by one of now.
-                let state = copies
-                    .inspect(host, std::slice::from_ref(path))
-                    .map_err(|e| {
-                        format!(
+                // The other disks are done all the same.
+                let state = match copies.inspect(host, std::slice::from_ref(path)) {
+                    Ok(state) => state,
+                    Err(e) => {
+                        unread.push(format!(
                             "{}: its lease cannot be read to end its point history ({e}); the lease the start took is left as it is",
                             choice::name(path)
-                        )
-                    })?;
+                        ));
+                        continue;
+                    }
+                };
                 let held = state
                     .into_iter()
                     .next()
@@ -955,6 +958,9 @@ pub fn after(
                     started: true,
                 };
                 notes.extend(copies.take_lease(host, path, &held, take)?);
+            }
+            if !unread.is_empty() {
+                return Err(unread.join("; "));
             }
             Ok((!notes.is_empty()).then(|| {
                 format!(
@@ -1029,8 +1035,8 @@ mod tests {
         clock_ahead: Option<chrono::Duration>,
         /// The leases taken, as given.
         leased: Mutex<Vec<Lease>>,
-        /// Why `inspect` fails (a host that does not answer), if it does.
-        unreadable: Option<String>,
+        /// A copy whose `inspect` fails, and why (a host that does not answer).
+        unreadable: Option<(String, String)>,
     }
 
     impl Fake {
@@ -1052,7 +1058,9 @@ mod tests {
 
     impl Copies for Fake {
         fn inspect(&self, _host: &str, paths: &[String]) -> Result<Vec<CopyState>, String> {
-            if let Some(why) = &self.unreadable {
+            if let Some((path, why)) = &self.unreadable
+                && paths.contains(path)
+            {
                 return Err(why.clone());
             }
             let states = self.states.lock().unwrap();
@@ -1554,16 +1562,24 @@ mod tests {
         assert_eq!(fake.leased.lock().unwrap()[0].taken_at, None);
         // The start's lease cannot be read now: left as it is (its point's time is what a
         // failback judges by), never replaced by a lease of now; the step says so.
+        // One disk's: the others are done all the same.
         let fake = Fake {
-            unreadable: Some("connection reset".into()),
-            ..Fake::with(vec![disk("sys", &[point("P1", 1, "yes")])])
+            unreadable: Some(("/r/sys".into(), "connection reset".into())),
+            ..Fake::with(vec![
+                disk("sys", &[point("P1", 1, "yes")]),
+                disk("data", &[point("P1", 1, "yes")]),
+            ])
         };
+        let both = ["/r/sys".to_string(), "/r/data".to_string()];
+        let vm = request(&both, Use::Failover).vm;
         let why = after(&fake, vm, "R1", "db/start", Used::Started).unwrap_err();
         assert!(
-            why.contains("connection reset") && why.contains("left as it is"),
+            why.contains("sys: its lease cannot be read")
+                && why.contains("connection reset")
+                && why.contains("left as it is"),
             "{why}"
         );
-        assert!(fake.leased.lock().unwrap().is_empty());
+        assert_eq!(fake.calls(), ["lease /r/data Live None"]);
     }
 
     /// A failback's start on the primary undone: the copies are leased to the vm again, and

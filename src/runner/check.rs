@@ -124,8 +124,8 @@ pub(super) async fn tcp(
     let step = &ctx.plan.steps[run.index];
     let target = crate::inventory::endpoint(probe.address, probe.port);
     let target = &target;
-    let production = &production_ips(probe.production).await;
     poll(step, run, interval, move || async move {
+        let production = &production_ips(probe.production).await;
         // Connects to the addresses it compared, not to the name resolved again.
         let addrs = resolve(probe.address, probe.port)
             .await
@@ -158,6 +158,7 @@ pub(super) async fn tcp(
                 format!("{target} answered with {expect:?}")
             }
         };
+        let answered = production.said(answered);
         proved(ctx, run, instance, answered).await.map(Some)
     })
     .await
@@ -166,25 +167,53 @@ pub(super) async fn tcp(
 /// How long a drill's check waits for its production addresses to resolve, all at once.
 const PRODUCTION_LOOKUP: StdDuration = StdDuration::from_secs(5);
 
-/// Where a drill's production addresses resolve now; one that does not resolve (within
-/// [`PRODUCTION_LOOKUP`]) is left out: no check reaches it through that name either.
-async fn production_ips(production: &[Production]) -> Vec<(std::net::IpAddr, Production)> {
+/// Where a drill's production addresses resolve now, asked again at each try (a name may
+/// move); and those that did not resolve (within [`PRODUCTION_LOOKUP`]), which the check
+/// names when it passes: they could not be compared.
+struct ProductionIps {
+    ips: Vec<(std::net::IpAddr, Production)>,
+    unresolved: Vec<String>,
+}
+
+impl ProductionIps {
+    /// What a passing check adds to its message: the production names not compared.
+    fn said(&self, answered: String) -> String {
+        match self.unresolved.is_empty() {
+            true => answered,
+            false => format!(
+                "{answered} (production addresses that did not resolve, so not compared with it: {})",
+                self.unresolved.join(", ")
+            ),
+        }
+    }
+}
+
+async fn production_ips(production: &[Production]) -> ProductionIps {
     let mut lookups = tokio::task::JoinSet::new();
     for p in production {
         let p = p.clone();
         lookups.spawn(async move {
             let ips = resolve(&p.address, 0).await.unwrap_or_default();
-            ips.into_iter()
-                .map(|a| (a.ip(), p.clone()))
-                .collect::<Vec<_>>()
+            (p, ips)
         });
     }
-    let mut out = Vec::new();
+    let mut ips = Vec::new();
+    let mut resolved = std::collections::BTreeSet::new();
     let until = tokio::time::Instant::now() + PRODUCTION_LOOKUP;
     while let Ok(Some(done)) = tokio::time::timeout_at(until, lookups.join_next()).await {
-        out.extend(done.unwrap_or_default());
+        if let Ok((p, found)) = done
+            && !found.is_empty()
+        {
+            resolved.insert(p.address.clone());
+            ips.extend(found.into_iter().map(|a| (a.ip(), p.clone())));
+        }
     }
-    out
+    let unresolved = production
+        .iter()
+        .map(|p| p.address.clone())
+        .filter(|a| !resolved.contains(a))
+        .collect();
+    ProductionIps { ips, unresolved }
 }
 
 /// The socket addresses `address` (a name, an IPv4 or IPv6 address, bracketed or not)
@@ -212,10 +241,10 @@ async fn resolve(address: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, 
 fn reaches_production(
     target: &str,
     addrs: &[std::net::SocketAddr],
-    production: &[(std::net::IpAddr, Production)],
+    production: &ProductionIps,
 ) -> Option<TryError> {
     addrs.iter().find_map(|a| {
-        let (ip, p) = production.iter().find(|(ip, _)| *ip == a.ip())?;
+        let (ip, p) = production.ips.iter().find(|(ip, _)| *ip == a.ip())?;
         Some(TryError::refused(format!(
             "{target} resolves to {ip}, where {} ({}) resolves too: production answers there, not the drill's copy, so the check would pass for it; probe the drill's copy at an address of the recovery site (the vm's `recovery_address`)",
             p.what, p.address
@@ -270,11 +299,11 @@ pub(super) async fn http(
 ) -> Outcome {
     let step = &ctx.plan.steps[run.index];
     let expected = probe.status;
-    let production = &production_ips(probe.production).await;
     poll(step, run, interval, move || async move {
         let (asked, tls) = (probe.url.to_string(), probe.tls.clone());
         let url = probe.url;
-        if !production.is_empty() {
+        let production = &production_ips(probe.production).await;
+        if !probe.production.is_empty() {
             let host = crate::plan::url_host(url);
             let addrs = resolve(host, 0)
                 .await
@@ -313,6 +342,7 @@ pub(super) async fn http(
                 .into());
             }
         };
+        let answered = production.said(answered);
         proved(ctx, run, instance, answered).await.map(Some)
     })
     .await

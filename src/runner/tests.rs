@@ -1637,10 +1637,16 @@ async fn a_drill_s_check_that_resolves_to_a_production_address_fails_at_once() {
         port
     };
     let (production_port, copy_port) = (answering("127.0.0.1"), answering("127.0.0.2"));
-    let production = vec![crate::plan::Production {
-        address: "127.0.0.1".into(),
-        what: "the production address of vm erp-db".into(),
-    }];
+    let production = vec![
+        crate::plan::Production {
+            address: "127.0.0.1".into(),
+            what: "the production address of vm erp-db".into(),
+        },
+        crate::plan::Production {
+            address: "erp-db.paris.invalid".into(),
+            what: "the production address of vm erp-app".into(),
+        },
+    ];
     let tcp = |id: &str, address: &str, port: u16| {
         let mut s = exec_step(id, "unused", &[], "");
         s.host = None;
@@ -1714,6 +1720,14 @@ async fn a_drill_s_check_that_resolves_to_a_production_address_fails_at_once() {
         assert_eq!(
             sink.status(step),
             Some(StepStatus::Done),
+            "{step}: {}",
+            message(step)
+        );
+        // What could not be compared is said.
+        assert!(
+            message(step).contains(
+                "production addresses that did not resolve, so not compared with it: erp-db.paris.invalid"
+            ),
             "{step}: {}",
             message(step)
         );

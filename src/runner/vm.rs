@@ -312,6 +312,11 @@ pub(super) async fn after_replica(
     let note = match result {
         Ok(Some(note)) => note,
         Ok(None) => return out,
+        // A vm running on its copies: its failover's lease is what a failback and a restore
+        // go by, never to be released by hand.
+        Err(e) if used == Used::Started => format!(
+            "the leases of vm {vm}'s recovery copies could not be updated ({e}): see `reprise check`; they stay held by this run while vm {vm} runs on them"
+        ),
         Err(e) => format!(
             "the leases of vm {vm}'s recovery copies could not be updated ({e}): see `reprise check`; `reprise release {vm}` frees them"
         ),
