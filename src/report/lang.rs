@@ -157,6 +157,7 @@ impl Labels {
             (Lang::En, ServiceStatus::Cancelled) => "cancelled",
             (Lang::En, ServiceStatus::NotFinished) => "not finished",
             (Lang::En, ServiceStatus::NothingToDo) => "nothing to do",
+            (Lang::En, ServiceStatus::AnsweredInPlace) => "answered in place (not moved)",
             (Lang::Fr, ServiceStatus::Recovered) => "rétabli",
             (Lang::Fr, ServiceStatus::Failed) => "en échec",
             (Lang::Fr, ServiceStatus::Blocked) => "bloqué",
@@ -164,6 +165,7 @@ impl Labels {
             (Lang::Fr, ServiceStatus::Cancelled) => "interrompu",
             (Lang::Fr, ServiceStatus::NotFinished) => "non terminé",
             (Lang::Fr, ServiceStatus::NothingToDo) => "rien à faire",
+            (Lang::Fr, ServiceStatus::AnsweredInPlace) => "a répondu sur place (non déplacé)",
         }
     }
 

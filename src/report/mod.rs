@@ -96,6 +96,10 @@ pub enum ServiceStatus {
     NotFinished,
     /// The plan had nothing to do for it in this mode.
     NothingToDo,
+    /// Its health checks passed where it runs, and the run did nothing else for it (a
+    /// drill, failover or failback that does not move it): it was never down, so nothing
+    /// was recovered and no RTO is measured.
+    AnsweredInPlace,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1184,6 +1188,14 @@ fn service_report(run: &Run, id: &str) -> ServiceReport {
         Some(why) => (ServiceStatus::Failed, Some(why)),
         None => (status, reason),
     };
+    // Only checks, where a run that moves services does not move it: it answered in place.
+    let in_place = status == ServiceStatus::Recovered
+        && run.head.mode != Mode::Restore
+        && main.iter().all(|s| s.kind == "check");
+    let status = match in_place {
+        true => ServiceStatus::AnsweredInPlace,
+        false => status,
+    };
     // A clock that went back makes any span of the run's times unknown.
     let clock_sure = run.facts.clock_back.is_none() && run.facts.two_clocks.is_none();
     let achieved = if status == ServiceStatus::Recovered && clock_sure {
@@ -1193,7 +1205,7 @@ fn service_report(run: &Run, id: &str) -> ServiceReport {
     };
     let rto_target_s = rec.map(|r| r.rto_target_s).unwrap_or(0);
     let rto_met = match status {
-        ServiceStatus::NothingToDo => None,
+        ServiceStatus::NothingToDo | ServiceStatus::AnsweredInPlace => None,
         _ if rec.is_none() || !clock_sure => None,
         _ => Some(achieved.is_some_and(|a| a <= rto_target_s as f64)),
     };
@@ -1372,7 +1384,12 @@ impl Counts {
     fn of(services: &[ServiceReport]) -> Counts {
         let in_scope: Vec<&ServiceReport> = services
             .iter()
-            .filter(|s| s.status != ServiceStatus::NothingToDo)
+            .filter(|s| {
+                !matches!(
+                    s.status,
+                    ServiceStatus::NothingToDo | ServiceStatus::AnsweredInPlace
+                )
+            })
             .collect();
         Counts {
             recovered: in_scope
@@ -1747,7 +1764,11 @@ pub fn last_drills(
             continue;
         };
         for s in &report.services {
-            if s.status == ServiceStatus::NothingToDo {
+            // A service the drill does not move is not drilled by it.
+            if matches!(
+                s.status,
+                ServiceStatus::NothingToDo | ServiceStatus::AnsweredInPlace
+            ) {
                 continue;
             }
             let entry = match last.iter_mut().find(|l| l.service == s.id) {
@@ -2529,6 +2550,36 @@ mod tests {
                 .iter()
                 .any(|p| matches!(p, Problem::Blocked { service, .. } if service == "app"))
         );
+    }
+
+    /// A failover that only checks db (its runbook moves nothing: a service of another site
+    /// it depends on) recovered nothing of it: db answered in place, and neither counts as
+    /// recovered nor claims an RTO. A restore's checks are its recovery.
+    #[test]
+    fn a_service_only_checked_answered_in_place_and_is_not_counted_recovered() {
+        let report = |mode: Mode| {
+            let mut start = db_run(None, vec![step("db/ldap", "check", &[])]);
+            if let Event::RunStarted { mode: m, .. } = &mut start {
+                *m = mode;
+            }
+            let mut events = vec![start];
+            events.extend(run("db/ldap", 1, 2, StepStatus::Done));
+            events.push(Event::RunFinished {
+                at: t(3),
+                status: RunStatus::Succeeded,
+            });
+            build_of(&events)
+        };
+        let r = report(Mode::Failover);
+        let db = r.services.iter().find(|s| s.id == "db").unwrap();
+        assert_eq!(db.status, ServiceStatus::AnsweredInPlace, "{db:?}");
+        assert_eq!((db.achieved_rto_s, db.rto_met), (None, None));
+        assert_eq!((r.services_recovered, r.services_in_scope), (0, 0));
+        let md = render(&r, Format::Md, Lang::En);
+        assert!(md.contains("answered in place (not moved)"), "{md}");
+        let r = report(Mode::Restore);
+        let db = r.services.iter().find(|s| s.id == "db").unwrap();
+        assert_eq!(db.status, ServiceStatus::Recovered, "{db:?}");
     }
 
     /// A roll-back that could not undo a step of db (its start: the vm's state before could
