@@ -167,8 +167,9 @@ fn context(model: &Model, state_dir: &Path) -> Context {
     }
 }
 
-/// The services a drill of the whole inventory has main steps for; every service when the
-/// drill cannot be planned (a drill would then fail for all of them).
+/// The services a drill of the whole inventory recovers: those it has main steps for other
+/// than health checks (one it only checks answers in place, and no drill recovers it); every
+/// service when the drill cannot be planned (a drill would then fail for all of them).
 fn drilled_services(model: &Model) -> Vec<String> {
     use crate::plan::PlanOptions;
     use crate::runbook::{Mode, Phase};
@@ -179,7 +180,7 @@ fn drilled_services(model: &Model) -> Vec<String> {
             .filter(|s| {
                 plan.steps
                     .iter()
-                    .any(|st| st.service == s.id && st.phase == Phase::Main)
+                    .any(|st| st.service == s.id && st.phase == Phase::Main && st.kind != "check")
             })
             .map(|s| s.id.clone())
             .collect(),
