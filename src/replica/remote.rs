@@ -1302,6 +1302,24 @@ impl<'a> Helpers<'a> {
         self.release_with(host, &paths, None, live, None, (false, true))
     }
 
+    /// A failover's start of run `run` did not start the vm on its recovery copies `paths` of
+    /// `host`, or was undone: that run's `live` leases are removed, and the copies are let go
+    /// as they now are ([`super::store::Store::accept_changes`]): written again afterwards (a
+    /// vm started there by hand), a replication refuses to overwrite them. What was released.
+    pub fn release_not_started(
+        &self,
+        host: &str,
+        paths: &[String],
+        run: &str,
+    ) -> Result<Vec<String>, ReplicaError> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let live = Some(crate::replica::LeaseKind::Live);
+        self.release_with(host, &paths, Some(run), live, None, (false, true))
+    }
+
     /// A failback copied the backup set's folder `path` of `host` back to its primary as it
     /// was at `stamp`: recorded there, then its `live` leases removed (see
     /// [`super::tree::TreeStore::release_returned`]); what was released.

@@ -59,6 +59,18 @@ pub trait Copies {
     fn release_copied_back(&self, host: &str, paths: &[String]) -> Result<Vec<String>, String> {
         self.release(host, paths, None, Some(LeaseKind::Live))
     }
+    /// A failover's start of run `run` did not start the vm, or was undone: its `live`
+    /// leases are removed, and the copies are let go as they are now (what the vm wrote there
+    /// while it ran is given up for the primary's data): a vm started on them by hand
+    /// afterwards is then seen by the next replication, which refuses to overwrite it.
+    fn release_not_started(
+        &self,
+        host: &str,
+        paths: &[String],
+        run: &str,
+    ) -> Result<Vec<String>, String> {
+        self.release(host, paths, Some(run), Some(LeaseKind::Live))
+    }
     /// Runs a read-only command on a host: its standard output when it exited 0 and was read
     /// whole.
     fn ask(&self, host: &str, command: &str) -> Option<String>;
@@ -140,6 +152,17 @@ impl Copies for Remote<'_> {
     fn release_copied_back(&self, host: &str, paths: &[String]) -> Result<Vec<String>, String> {
         self.helpers
             .release_copied_back(host, paths)
+            .map_err(|e| e.to_string())
+    }
+
+    fn release_not_started(
+        &self,
+        host: &str,
+        paths: &[String],
+        run: &str,
+    ) -> Result<Vec<String>, String> {
+        self.helpers
+            .release_not_started(host, paths, run)
             .map_err(|e| e.to_string())
     }
 
@@ -969,7 +992,7 @@ pub fn after(
             }))
         }
         Used::NotStarted => copies
-            .release(host, paths, Some(run), Some(LeaseKind::Live))
+            .release_not_started(host, paths, run)
             .map(|_| None),
         Used::DrillStopped => copies
             .release(host, paths, Some(run), Some(LeaseKind::Drill))

@@ -2266,6 +2266,24 @@ fn a_rolled_back_failover_leaves_no_copy_a_failback_would_take_for_newer_data() 
         run.stderr
     );
     assert!(std::fs::read(&disk).unwrap() == production);
+    // The roll-back let the copies go as they were; erp-db is then started on them by hand
+    // and writes there: no replication overwrites that without a word.
+    let copy = lab
+        .host_root("hv-pra")
+        .join("srv/replicas/images/erp-db-system.qcow2");
+    write_64k(&copy, 0x3d);
+    let written = std::fs::read(&copy).unwrap();
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("the copy changed since it was let go")
+            && run.stderr.contains("`reprise release NAME`"),
+        "{run:?}"
+    );
+    assert!(
+        std::fs::read(&copy).unwrap() == written,
+        "the copy was overwritten"
+    );
 }
 
 /// After a failover, the primary site came back and its hypervisor started erp-db, which wrote
