@@ -1302,11 +1302,11 @@ impl<'a> Helpers<'a> {
         self.release_with(host, &paths, None, live, None, (false, true))
     }
 
-    /// A failover's start of run `run` did not start the vm on its recovery copies `paths` of
-    /// `host`, or was undone: that run's `live` leases are removed, and the copies are let go
+    /// A failover's start of run `run` on the recovery copies `paths` of `host` was undone by a
+    /// roll-back: that run's `live` leases are removed, and the copies are let go
     /// as they now are ([`super::store::Store::accept_changes`]): written again afterwards (a
     /// vm started there by hand), a replication refuses to overwrite them. What was released.
-    pub fn release_not_started(
+    pub fn release_undone(
         &self,
         host: &str,
         paths: &[String],

@@ -59,11 +59,11 @@ pub trait Copies {
     fn release_copied_back(&self, host: &str, paths: &[String]) -> Result<Vec<String>, String> {
         self.release(host, paths, None, Some(LeaseKind::Live))
     }
-    /// A failover's start of run `run` did not start the vm, or was undone: its `live`
-    /// leases are removed, and the copies are let go as they are now (what the vm wrote there
-    /// while it ran is given up for the primary's data): a vm started on them by hand
-    /// afterwards is then seen by the next replication, which refuses to overwrite it.
-    fn release_not_started(
+    /// A failover's start of run `run` was undone by a roll-back: its `live` leases are
+    /// removed, and the copies are let go as they are now (what the vm wrote there while it
+    /// ran is given up for the primary's data): a vm started on them by hand afterwards is
+    /// then seen by the next replication, which refuses to overwrite it.
+    fn release_undone(
         &self,
         host: &str,
         paths: &[String],
@@ -155,14 +155,14 @@ impl Copies for Remote<'_> {
             .map_err(|e| e.to_string())
     }
 
-    fn release_not_started(
+    fn release_undone(
         &self,
         host: &str,
         paths: &[String],
         run: &str,
     ) -> Result<Vec<String>, String> {
         self.helpers
-            .release_not_started(host, paths, run)
+            .release_undone(host, paths, run)
             .map_err(|e| e.to_string())
     }
 
@@ -905,6 +905,9 @@ pub enum Used {
     StartedAgain { since: DateTime<Utc> },
     /// A failover's start that failed: the vm did not start on them.
     NotStarted,
+    /// A failover's start undone by a roll-back: the vm ran on them and was stopped,
+    /// production runs on the primary again.
+    Undone,
     /// A drill's cleanup stopped the vm on its overlay.
     DrillStopped,
     /// A failback started the vm on the primary again.
@@ -991,8 +994,14 @@ pub fn after(
                 )
             }))
         }
+        // Nothing ran on them: released as they are, what was there before kept as it was
+        // (a copy written by hand, refused by the start, stays refused).
         Used::NotStarted => copies
-            .release_not_started(host, paths, run)
+            .release(host, paths, Some(run), Some(LeaseKind::Live))
+            .map(|_| None),
+        // What the vm wrote there while it ran is given up for the primary's data: let go.
+        Used::Undone => copies
+            .release_undone(host, paths, run)
             .map(|_| None),
         Used::DrillStopped => copies
             .release(host, paths, Some(run), Some(LeaseKind::Drill))

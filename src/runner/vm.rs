@@ -348,7 +348,7 @@ pub(super) async fn undone(ctx: &RunContext, step: &PlannedStep) -> Option<Strin
             since: crate::journal::run_began(&ctx.plan.run_id).unwrap_or_else(chrono::Utc::now),
         }
     } else {
-        Used::NotStarted
+        Used::Undone
     };
     let vm = replica.vm.clone();
     let result = leases_after(ctx, step, replica, used).await;
