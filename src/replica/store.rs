@@ -4091,7 +4091,8 @@ mod tests {
 
     /// An update committed and cut before it wrote the copy; then the copy is written outside
     /// reprise (a vm started on it by hand): completing the update would write over that and
-    /// record a point that is not the copy. Refused, the copy untouched, until it is let go.
+    /// record a point that is not the copy. The update is thrown away, the copy left as it
+    /// is (written outside reprise); written while received, refused at its commit.
     /// A roll-forward that had begun writing the copy is completed whatever its stamp says.
     #[test]
     fn a_committed_update_is_never_completed_over_what_was_written_after_it() {

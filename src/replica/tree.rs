@@ -2660,7 +2660,7 @@ mod tests {
 
     /// An update committed and cut before it moved its files; then a file is written into
     /// the copy outside reprise: completing the update would record a point that is not the
-    /// copy, over what was written. Refused, nothing moved, until it is let go.
+    /// copy, over what was written. The update is thrown away, nothing moved.
     #[test]
     fn a_committed_update_is_never_completed_over_what_was_written_after_it() {
         let (_dir, _src, dst, store) = committed_after_two_points(3);
