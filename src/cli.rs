@@ -548,7 +548,9 @@ pub enum Command {
     /// For a backup set, also forget that a failback copied it back. Without --run, also let
     /// go what was written in the copies outside reprise since their newest point (a vm
     /// started on one by hand, a file written into a set's copy): the next replication
-    /// overwrites it, where it would otherwise stop.
+    /// overwrites it, where it would otherwise stop; and take what is at a copy's path that
+    /// reprise did not make (a copy made by hand, seeded) as a copy, as it now is: the next
+    /// replication updates it in place.
     #[command(
         after_help = "Examples:\n  reprise release erp-db --run 20261128T031000Z-drill\n  reprise release erp-db"
     )]

@@ -288,19 +288,18 @@ fn sshd_config(lab: &Path, host: &crate::inventory::Host, key: &Path, auth: &Pat
     )
 }
 
-/// Disk images: the primary copies, and the replicas on the recovery host.
+/// Disk images: the primary copies, and the recovery host's folder for the replicas (made
+/// by the lab's first replication: a file reprise did not make is no copy it writes over).
 fn disk_images(model: &Model, state: &LabState, qemu_img: &Path) -> Result<(), LabError> {
     for (id, vm) in &state.vms {
         let base_vm = &model.inventory.vms[id];
-        for (host, var) in [
-            (&vm.primary_host, "images_dir"),
-            (&vm.recovery_host, "images_dir"),
-        ] {
-            let Some(VarValue::Text(dir)) = model.inventory.hosts[host].vars.get(var) else {
+        for (host, make) in [(&vm.primary_host, true), (&vm.recovery_host, false)] {
+            let Some(VarValue::Text(dir)) = model.inventory.hosts[host].vars.get("images_dir")
+            else {
                 continue;
             };
             std::fs::create_dir_all(dir).map_err(io("create", Path::new(dir)))?;
-            for disk in &base_vm.disks {
+            for disk in base_vm.disks.iter().filter(|_| make) {
                 let path = Path::new(dir).join(disk);
                 // Proxmox names disks in a folder per vm: `100/vm-100-disk-0.qcow2`.
                 if let Some(parent) = path.parent() {
@@ -318,8 +317,8 @@ fn disk_images(model: &Model, state: &LabState, qemu_img: &Path) -> Result<(), L
     Ok(())
 }
 
-/// Backup sets: a few files at the source, as the nightly jobs leave them, and last night's
-/// copy on the recovery storage.
+/// Backup sets: a few files at the source, as the nightly jobs leave them, and the folder of
+/// their copy on the recovery storage (filled by the lab's first replication).
 fn backup_files(model: &Model) -> Result<(), LabError> {
     for set in model.inventory.backups.values() {
         let src = Path::new(&set.source_path);
@@ -331,13 +330,6 @@ fn backup_files(model: &Model) -> Result<(), LabError> {
         }
         let dest = Path::new(&set.dest_path);
         std::fs::create_dir_all(dest).map_err(io("create", dest))?;
-        for entry in std::fs::read_dir(src).map_err(io("read", src))? {
-            let from = entry.map_err(io("read", src))?.path();
-            if let Some(name) = from.file_name() {
-                let to = dest.join(name);
-                std::fs::copy(&from, &to).map_err(io("write", &to))?;
-            }
-        }
     }
     Ok(())
 }

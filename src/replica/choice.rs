@@ -834,6 +834,9 @@ pub fn replication_refusal(copy: &CopyState, item: &str, folder: bool) -> Option
             "the copy changed since it was let go (by a failback or `reprise release`); it is in no point (`reprise release {item}` lets it go again)"
         ));
     }
+    if let Some(f) = &copy.foreign {
+        why.push(f.clone());
+    }
     if let Some(r) = &copy.returned {
         why.push(r.clone());
     }
@@ -913,6 +916,10 @@ pub fn judge(
             Level::Failed,
             format!("UNVERIFIED: {why}; `reprise replicate` refuses it until then"),
         )),
+        // No replication writes over it until it is taken as a copy or moved.
+        Some(why) if let Some(f) = &copy.foreign => {
+            found.push((Level::Failed, format!("UNVERIFIED: {why}; {f}")))
+        }
         Some(why) => found.push((
             Level::Failed,
             format!(

@@ -722,11 +722,14 @@ fn release(
 /// What [`Request::Release`] says of a copy it let go: its change since its newest point
 /// (`accepted`, from `accept_changes`), if it changed.
 fn let_go(accepted: Result<Option<String>, super::StoreError>) -> Result<Option<String>, String> {
-    Ok(accepted.map_err(|e| e.to_string())?.map(|why| {
-        format!(
-            "what was written in it outside reprise ({why}): the next replication overwrites it"
-        )
-    }))
+    Ok(accepted
+        .map_err(|e| e.to_string())?
+        .map(|why| match why.starts_with(super::meta::TAKEN) {
+            true => why,
+            false => format!(
+                "what was written in it outside reprise ({why}): the next replication overwrites it"
+            ),
+        }))
 }
 
 /// What a copy (an image, or a backup set's folder) and its metadata say.

@@ -180,7 +180,7 @@ pub fn other_source(points: &[Point], source: &str) -> Option<String> {
     let newest = points.last()?;
     (!same_source(&newest.source, source)).then(|| {
         format!(
-            "its points are of {} (the newest, {}), and this replication reads {source}: the inventory gives the copy to another source, and its points would be of two, a failover able to start one's data as the other's; nothing was written. If that is a mistake, give the copy back to its source in the inventory; if its source moved (another host, another file), move the copy's `.reprise` folder aside (keep it until the new source has a verified point) and replicate again: the copy is then read as it is and only what differs is sent",
+            "its points are of {} (the newest, {}), and this replication reads {source}: the inventory gives the copy to another source, and its points would be of two, a failover able to start one's data as the other's; nothing was written. If that is a mistake, give the copy back to its source in the inventory; if its source moved (another host, another file), move the copy's `.reprise` folder aside (keep it until the new source has a verified point), take the copy as it is (`reprise release NAME`, NAME: the vm or backup set) and replicate again: only what differs is sent",
             newest.source, newest.id
         )
     })
@@ -626,6 +626,32 @@ pub fn written_outside(why: &str) -> String {
     )
 }
 
+/// The record, in a vm copy's metadata folder, that reprise's first copy made the file:
+/// written before the file is put in place, so that a file put there whose first point a
+/// crash kept from being recorded is still known as reprise's own.
+pub const MADE: &str = "made";
+
+/// How `accept_changes` says it took what reprise did not make as a copy made by hand.
+pub const TAKEN: &str = "taken as a copy made by hand";
+
+/// Why a replication does not write over `what` (a file, a folder and its files) found at a
+/// copy's path that reprise neither made nor made a point of: another vm's disk, or data put
+/// there by hand, would be lost. `taken`: the stamp at which the operator took it as a copy
+/// made by hand (`reprise release`), when it changed since.
+pub fn not_a_copy(what: &str, taken: Option<&str>) -> String {
+    let found = match taken {
+        Some(stamp) => format!(
+            "{what} at the copy's path was taken as a copy made by hand (`reprise release`) when it was `{stamp}`, and it changed since"
+        ),
+        None => format!(
+            "{what} is at the copy's path, and reprise did not make it and has no point of it: it may be another vm's disk, or data put there by hand"
+        ),
+    };
+    format!(
+        "{found}; this replication would write over it: nothing was written. If it is a copy of this very disk or folder made by hand (seeded), `reprise release NAME` (NAME: the vm or backup set) takes it as one as it now is, and the next replication updates it in place; if it is anything else, give the copy a path of its own (the host's `images_dir` or the disk's name, the backup set's `dest_path`) or move it away"
+    )
+}
+
 /// Why a copy written outside reprise since its newest point (`why`, from `changed_since`)
 /// is not rolled back to its older `point`, and what to do.
 pub fn rolled_back_over(why: &str, point: &str) -> String {
@@ -702,6 +728,11 @@ pub struct CopyState {
     /// ([`write_accepted`]): while the copy is still so, it may be overwritten.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepted: Option<String>,
+    /// What is at the copy's path although reprise neither made it nor made a point of it
+    /// (another vm's disk, data put there by hand), and the operator did not take it as a
+    /// copy as it now is: why no replication writes over it ([`not_a_copy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign: Option<String>,
 }
 
 impl CopyState {

@@ -40,7 +40,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::blocks::{self, BLOCK, Cv, Manifest, tree};
-use super::meta::{self, CopyState, Lease, LeaseKind, PointsRead, PointsSource};
+use super::meta::{self, CopyState, Lease, LeaseKind, PointsRead, PointsSource, TAKEN};
 use super::nodes::{self, NodeFile};
 use super::wire::{self, Record};
 
@@ -551,6 +551,12 @@ impl Store {
     /// overwritten: unless `overwrite` (a failback's copy back, judged before), or the
     /// operator let it go as it now is ([`Self::accept_changes`]).
     fn history_for_update(&self, overwrite: bool) -> Result<(Vec<Point>, Vec<String>), StoreError> {
+        if let Some(reason) = self.foreign().filter(|_| !overwrite) {
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason,
+            });
+        }
         let mut notes = Vec::new();
         let points = match self.checked_points() {
             Ok((p, n)) => {
@@ -598,14 +604,38 @@ impl Store {
     /// the copy is still as it is now ([`Self::history_for_update`]). Whether the copy has a
     /// history to record it in. What was let go: the copy's change since its newest point,
     /// if it changed.
+    /// A file at the copy's path that reprise neither made nor made a point of is taken as a
+    /// copy made by hand as it now is: `Some` says so.
     pub fn accept_changes(&self) -> Result<Option<String>, StoreError> {
-        if !meta::has_history(&self.dir) {
+        let foreign = self.foreign().is_some();
+        if !meta::has_history(&self.dir) && !foreign {
             return Ok(None);
         }
         let _lock = self.lock()?;
         let stamp = self.stamp().unwrap_or_default();
         meta::write_accepted(&self.dir, &stamp)?;
+        if foreign {
+            return Ok(Some(format!(
+                "{TAKEN} as it is now (`{stamp}`): a file reprise did not make; the next replication updates it in place"
+            )));
+        }
         Ok(self.points().ok().and_then(|p| self.changed_since(&p)))
+    }
+
+    /// Why what is at the copy's path is not to be written over ([`meta::not_a_copy`]): reprise
+    /// neither made it (its first copy, [`meta::MADE`]) nor made a point of it, and the operator
+    /// did not take it as a copy as it now is. `None` when nothing is there.
+    pub fn foreign(&self) -> Option<String> {
+        std::fs::symlink_metadata(&self.image).ok()?;
+        if meta::has_history(&self.dir) || self.path(meta::MADE).exists() {
+            return None;
+        }
+        let taken = meta::read_accepted(&self.dir);
+        let stamp = self.stamp();
+        if taken.is_some() && taken == stamp {
+            return None;
+        }
+        Some(meta::not_a_copy("a file", taken.as_deref()))
     }
 
     /// Why the mirror is no longer its newest point: its stamp differs from the one recorded
@@ -732,6 +762,7 @@ impl Store {
         }
         state.stamp = self.stamp();
         inspect_dir(&self.dir, &mut state);
+        state.foreign = self.foreign();
         state.changed = changed_since(&state.points, state.stamp.clone());
         if !state.busy {
             state.unsettled = self.cut();
@@ -1534,6 +1565,9 @@ impl Store {
         }
         f.sync_all().map_err(io_err(&staging))?;
         drop(f);
+        // Known as reprise's own before it is in place: a crash before its point is recorded
+        // leaves no file that looks put there by someone else.
+        meta::write_file(&self.dir, meta::MADE, new.id.as_bytes(), false)?;
         std::fs::rename(&staging, &self.image).map_err(io_err(&self.image))?;
         if let Some(parent) = self.image.parent() {
             sync_dir(parent)?;
@@ -3057,6 +3091,10 @@ mod tests {
         let bytes: Vec<u8> = (0..3 * BLOCK + 17).map(|i| (i % 251) as u8).collect();
         std::fs::write(&disk, &bytes).unwrap();
         let store = Store::new(&disk);
+        // A file reprise did not make is refused as such first; taken as a copy by mistake,
+        // it is still the very file the source reads.
+        assert!(store.base_manifest(false, false).is_err());
+        store.accept_changes().unwrap();
         let stream = stream_of(&disk, &store);
         let err = store.apply(&mut &stream[..], point("p1")).unwrap_err();
         assert!(
@@ -3332,8 +3370,8 @@ mod tests {
             .apply(&mut &stream_of(&src, &store)[..], point("p2"))
             .unwrap();
         assert_eq!(store.points().unwrap().len(), 2);
-        // As it says: its history moved aside, the copy follows the new source, which sends
-        // only the blocks that differ from the copy as it is.
+        // As it says: its history moved aside and the copy taken as it is, the copy follows
+        // the new source, which sends only the blocks that differ from the copy as it is.
         std::fs::rename(
             dir.path().join("dst.img.reprise"),
             dir.path().join("dst.img.reprise.old"),
@@ -3342,6 +3380,7 @@ mod tests {
         let mut data = vec![b'z'; 3 * BLOCK];
         data[..BLOCK].fill(b'b');
         std::fs::write(&other, data).unwrap();
+        assert!(store.accept_changes().unwrap().is_some());
         let stream = stream_of(&other, &store);
         let applied = store
             .apply(
@@ -3357,6 +3396,75 @@ mod tests {
             std::fs::read(store.image()).unwrap(),
             std::fs::read(&other).unwrap()
         );
+    }
+
+    /// A file at a copy's path that reprise neither made nor made a point of (another vm's
+    /// stopped disk on the recovery host, a file put there by hand) is never written over:
+    /// refused untouched by the manifest and by the update, and said by `inspect`, until
+    /// the operator takes it as a copy as it now is (`reprise release`); changed since, it is
+    /// refused again. A copy reprise made whose first point a crash kept from being recorded
+    /// is reprise's own.
+    #[test]
+    fn a_file_reprise_did_not_make_at_a_copy_s_path_is_never_written_over_unless_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        std::fs::write(&src, vec![b'a'; 3 * BLOCK]).unwrap();
+        let store = Store::new(&dir.path().join("dst.img"));
+        let theirs = vec![b'z'; 3 * BLOCK];
+        std::fs::write(store.image(), &theirs).unwrap();
+        // A whole stream, as a source sends for a new copy.
+        let whole = stream_of(&src, &Store::new(&dir.path().join("none.img")));
+        let manifest_err = store.base_manifest(false, false).unwrap_err().to_string();
+        let apply_err = store
+            .apply(&mut &whole[..], point("p1"))
+            .unwrap_err()
+            .to_string();
+        for e in [&manifest_err, &apply_err] {
+            assert!(
+                e.contains("a file is at the copy's path")
+                    && e.contains("another vm's disk")
+                    && e.contains("nothing was written")
+                    && e.contains("`reprise release NAME`"),
+                "{e}"
+            );
+        }
+        assert_eq!(std::fs::read(store.image()).unwrap(), theirs);
+        assert!(store.points().unwrap().is_empty());
+        let state = store.inspect();
+        assert!(state.foreign.is_some());
+        let refusal = crate::replica::choice::replication_refusal(&state, "erp-db", false);
+        assert!(refusal.is_some_and(|r| r.contains("a file is at the copy's path")));
+        // A failback's copy back writes over its primary's own disk, judged before.
+        store.base_manifest(false, true).unwrap();
+        // Taken as it is, then written: refused again, saying so.
+        let said = store.accept_changes().unwrap().unwrap();
+        assert!(said.contains("taken as a copy made by hand"), "{said}");
+        assert_eq!(store.inspect().foreign, None);
+        scribble(store.image(), 0, 16, b'y');
+        let e = store.base_manifest(false, false).unwrap_err().to_string();
+        assert!(
+            e.contains("taken as a copy made by hand") && e.contains("changed since"),
+            "{e}"
+        );
+        // Taken again as it now is: updated in place, only what differs is sent.
+        store.accept_changes().unwrap();
+        let applied = store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        assert_eq!(applied.blocks, 3);
+        assert_eq!(
+            std::fs::read(store.image()).unwrap(),
+            std::fs::read(&src).unwrap()
+        );
+        assert_eq!(store.inspect().foreign, None);
+        // A first copy whose point a crash kept from being recorded: reprise's own.
+        let (_d, _src, made) = copy_of(&[("p1", b'a')], 2);
+        for name in ["points.json", "points.json.prev"] {
+            let _ = std::fs::remove_file(made.path(name));
+        }
+        assert!(!meta::has_history(made.meta_dir()));
+        assert_eq!(made.inspect().foreign, None);
+        made.base_manifest(false, false).unwrap();
     }
 
     /// A bitmap a check found missing writes stays distrusted through every point whose read

@@ -936,6 +936,12 @@ impl TreeStore {
     /// failback copied it back as it now is, or the operator let it go as it now is
     /// ([`Self::accept_changes`]).
     fn history_for_update(&self, overwrite: bool) -> Result<(Vec<Point>, Vec<String>), StoreError> {
+        if let Some(reason) = self.foreign().filter(|_| !overwrite) {
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason,
+            });
+        }
         let mut notes = Vec::new();
         let mut points = match self.checked_points() {
             Ok((p, n)) => {
@@ -1006,16 +1012,51 @@ impl TreeStore {
     /// point go: a replication may delete or overwrite it while the folder is still as it is
     /// now ([`Self::history_for_update`]). What was let go: the folder's change since its
     /// newest point, if it changed.
+    /// A folder at the copy's path holding files of which reprise made no point is taken as a
+    /// copy made by hand as it now is: `Some` says so.
     pub fn accept_changes(&self) -> Result<Option<String>, StoreError> {
-        if !meta::has_history(&self.dir) {
+        let foreign = self.foreign().is_some();
+        if !meta::has_history(&self.dir) && !foreign {
             return Ok(None);
         }
         let _lock = self.lock()?;
         let now = stamps(&self.root);
         let seal = now.clone().map(|s| s.1).unwrap_or_default();
         meta::write_accepted(&self.dir, &seal)?;
+        if foreign {
+            return Ok(Some(format!(
+                "{} as it is now: a folder holding files reprise made no point of; the next replication makes it equal to its source (what the source lacks is deleted)",
+                meta::TAKEN
+            )));
+        }
         let points = self.points().unwrap_or_default();
         Ok(changed_since(&points, as_newest(&points, now)))
+    }
+
+    /// Why what is at the copy's path is not to be written over ([`meta::not_a_copy`]): files
+    /// of which reprise made no point (another set's or an application's data on shared
+    /// storage, a folder filled by hand), that the operator did not take as a copy as they now
+    /// are; a replication would delete what its source lacks. `None` for nothing there or an
+    /// empty folder (nothing to lose).
+    pub fn foreign(&self) -> Option<String> {
+        let m = std::fs::symlink_metadata(&self.root).ok()?;
+        if meta::has_history(&self.dir) {
+            return None;
+        }
+        let what = match m.is_dir() {
+            true => {
+                if std::fs::read_dir(&self.root).is_ok_and(|mut d| d.next().is_none()) {
+                    return None;
+                }
+                "a folder holding files"
+            }
+            false => "a file, not a folder,",
+        };
+        let taken = meta::read_accepted(&self.dir);
+        if taken.is_some() && as_recorded(taken.as_deref(), stamps(&self.root)) == taken {
+            return None;
+        }
+        Some(meta::not_a_copy(what, taken.as_deref()))
     }
 
     /// Ends the copy's point history: points and deltas go, `ended.json` says why.
@@ -1068,6 +1109,7 @@ impl TreeStore {
         let now = stamps(&self.root);
         state.stamp = now.clone().map(|s| s.1);
         inspect_dir(&self.dir, &mut state);
+        state.foreign = self.foreign();
         state.returned = self
             .written_since_returned(now.clone())
             .unwrap_or_else(|e| Some(e.to_string()));
@@ -2181,6 +2223,8 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dst.join("stray.txt"), b"not a copy").unwrap();
+        // Taken as a copy made by hand, as the operator may: the other copy still stands.
+        assert!(TreeStore::new(&dst).accept_changes().unwrap().is_some());
         let err = replicate_at(&src, &dst, "p1", Utc::now())
             .unwrap_err()
             .to_string();
@@ -2196,10 +2240,94 @@ mod tests {
         );
         assert!(dst.join("stray.txt").exists() && !dst.join("a.dump").exists());
         assert!(TreeStore::new(&dst).points().unwrap().is_empty());
-        // Moved out, the copy is made: what else the folder held goes.
+        // Moved out and taken again as it now is, the copy is made: what else the folder
+        // held goes.
         std::fs::remove_dir_all(dst.join("images")).unwrap();
+        assert!(TreeStore::new(&dst).accept_changes().unwrap().is_some());
         replicate(&src, &dst, "p1");
         assert!(!dst.join("stray.txt").exists() && dst.join("a.dump").exists());
+    }
+
+    /// A folder at a set's copy path holding files reprise made no point of (another
+    /// application's data on shared storage, a folder filled by hand) is never made equal to
+    /// the source, which would delete them: refused untouched, at the base and at the update,
+    /// until the operator takes it as a copy as it now is (`reprise release`); changed since,
+    /// it is refused again. An empty folder, or none, holds nothing to lose.
+    #[test]
+    fn a_folder_reprise_made_no_point_of_is_never_made_equal_to_a_source_unless_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(dst.join("scans")).unwrap();
+        std::fs::write(src.join("a.dump"), b"a1").unwrap();
+        std::fs::write(dst.join("scans/xray-0001.dcm"), b"a patient's image").unwrap();
+        let store = TreeStore::new(&dst);
+        let foreign = store.inspect().foreign.expect("said by inspect");
+        assert!(foreign.contains("a folder holding files is at the copy's path"));
+        let base_err = store.base(false, false).unwrap_err().to_string();
+        // A stream made against an empty folder, as a source would send for a new copy.
+        let empty = dir.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        let base = TreeStore::new(&empty).base(false, false).unwrap();
+        let mut stream = Vec::new();
+        send_tree(&src, &base, &mut stream).unwrap();
+        std::fs::write(store.path(BASE_STAMP), tree_seal(&dst).unwrap()).unwrap();
+        let new = || NewPoint {
+            id: "p1".into(),
+            taken_at: Utc::now(),
+            source: "src".into(),
+            retention: 3,
+            definition: None,
+            read: None,
+            pending: false,
+            overwrite_changed: false,
+        };
+        let apply_err = store
+            .apply(&mut &stream[..], new())
+            .unwrap_err()
+            .to_string();
+        for e in [&base_err, &apply_err] {
+            assert!(
+                e.contains("reprise did not make it and has no point of it")
+                    && e.contains("nothing was written")
+                    && e.contains("`reprise release NAME`"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            std::fs::read(dst.join("scans/xray-0001.dcm")).unwrap(),
+            b"a patient's image"
+        );
+        assert!(!dst.join("a.dump").exists() && store.points().unwrap().is_empty());
+        // A failback's copy back writes over its primary's own folder, judged before.
+        store.base(false, true).unwrap();
+        // Taken as it is, then written: refused again, saying so.
+        let said = store.accept_changes().unwrap().unwrap();
+        assert!(said.contains("taken as a copy made by hand"), "{said}");
+        assert_eq!(store.inspect().foreign, None);
+        std::fs::write(dst.join("scans/xray-0002.dcm"), b"another").unwrap();
+        let e = replicate_at(&src, &dst, "p1", Utc::now())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("taken as a copy made by hand") && e.contains("changed since"),
+            "{e}"
+        );
+        assert!(dst.join("scans/xray-0002.dcm").exists());
+        // Taken again as it now is: the copy is made, what the source lacks goes.
+        store.accept_changes().unwrap();
+        replicate(&src, &dst, "p1");
+        assert!(!dst.join("scans/xray-0001.dcm").exists() && dst.join("a.dump").exists());
+        assert_eq!(store.inspect().foreign, None);
+        // An empty folder, and no folder, are new copies.
+        for fresh in [dir.path().join("made-empty"), dir.path().join("none")] {
+            if fresh.ends_with("made-empty") {
+                std::fs::create_dir_all(&fresh).unwrap();
+            }
+            assert_eq!(TreeStore::new(&fresh).inspect().foreign, None);
+            replicate(&src, &fresh, "p1");
+            assert!(fresh.join("a.dump").exists());
+        }
     }
 
     /// A backup set of hundreds of thousands of files has a tree file of hundreds of MiB:
@@ -2267,12 +2395,14 @@ mod tests {
         assert_eq!(std::fs::read(dst.join("dump.sql")).unwrap(), b"ours");
         let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
         assert_eq!(ids, ["p1"]);
-        // As it says: its history moved aside, the copy follows the new source.
+        // As it says: its history moved aside and the folder taken as it is, the copy
+        // follows the new source.
         std::fs::rename(
             dst.with_extension("reprise"),
             dir.path().join("dst.reprise.old"),
         )
         .unwrap();
+        assert!(store.accept_changes().unwrap().is_some());
         from_other().unwrap();
         assert_eq!(std::fs::read(dst.join("dump.sql")).unwrap(), b"theirs");
     }

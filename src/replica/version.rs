@@ -36,8 +36,11 @@
 /// `apply-tree` unless they say `--overwrite-changed` (a failback's copy back) or it was let
 /// go (`release --accept`). Version 16: `inspect` says the stamp a copy was let go at
 /// (`CopyState::accepted`), and `roll-back` refuses a copy written outside reprise since its
-/// newest point unless it was let go.
-pub const PROTOCOL: u32 = 16;
+/// newest point unless it was let go. Version 17: what is at a copy's path that reprise
+/// neither made nor made a point of (a file; a folder holding files) is refused by
+/// `manifest`, `apply`, `tree-base` and `apply-tree` unless they say `--overwrite-changed` or
+/// `release --accept` took it as a copy as it now is (`CopyState::foreign`).
+pub const PROTOCOL: u32 = 17;
 
 /// The version of this program, as helpers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

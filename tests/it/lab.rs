@@ -1051,6 +1051,16 @@ fn check_finds_a_stopped_sshd_a_stale_replica_a_bad_point_and_a_missing_tool() {
         ]
     );
 
+    // No replication writes over a file reprise did not make until it is taken as a copy.
+    assert!(
+        run.stdout
+            .contains("reprise did not make it and has no point of it"),
+        "{run:?}"
+    );
+    let run = lab.run(&["replicate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let run = lab.run(&["release", "planning"]);
+    assert_eq!(run.code, 0, "{run:?}");
     let run = lab.run(&["replicate"]);
     assert_eq!(run.code, 0, "{run:?}");
     let run = lab.run(&["check", "--json"]);

@@ -303,14 +303,63 @@ fn a_copy_the_inventory_gives_to_another_disk_is_refused_untouched() {
     assert_eq!(b3(&lab.dst()), before);
     assert_eq!(lab.points(), points);
 
-    // Both disks' copies: each refused the same way.
+    // Both disks' copies: each refused the same way. As the refusal says: their histories
+    // moved aside and the copies taken as they are, only what differs travels.
     for disk in ["erp-db-system.qcow2", "erp-db-data.qcow2"] {
         let history = lab.dst().with_file_name(format!("{disk}.reprise"));
         std::fs::rename(&history, history.with_extension("reprise.old")).unwrap();
     }
+    let taken = lab.run(&["release", "erp-db"]);
+    assert_eq!(taken.code, 0, "{taken:?}");
     let sent = lab.replicate();
     assert!(sent < 4 << 20, "{sent} bytes sent for 1 MiB that differs");
     assert_eq!(b3(&lab.dst()), b3(&new_src));
+}
+
+/// A file at a disk's copy path on the recovery host that reprise neither made nor made a
+/// point of (another vm's stopped disk there, a disk put there by hand) is never written over:
+/// the replication is refused (exit 1) untouched, naming the file and the ways out, and
+/// `check` says so before; `reprise release VM` takes it as a copy made by hand, and the
+/// next replication updates it in place.
+#[test]
+fn a_file_reprise_did_not_make_at_a_copy_s_path_is_never_written_over_unless_taken() {
+    let lab = Lab::up(144);
+    let dst = lab.dst();
+    // The lab's copy goes; another disk (random data, qemu-img's qcow2) takes its path.
+    std::fs::remove_file(&dst).unwrap();
+    let mut history = dst.clone().into_os_string();
+    history.push(".reprise");
+    std::fs::remove_dir_all(&history).unwrap();
+    new_image("qcow2", &dst, "64M");
+    qemu_io("qcow2", &dst, "write -P 0x5a 0 8M");
+    let theirs = b3(&dst);
+    let why = "a file is at the copy's path, and reprise did not make it and has no point of it";
+
+    let check = lab.run(&["check", "--json"]);
+    assert_eq!(check.code, 7, "{check:?}");
+    assert!(check.stdout.contains(why), "{check:?}");
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(why)
+            && run.stderr.contains(&dst.display().to_string())
+            && run.stderr.contains("nothing was written")
+            && run.stderr.contains("`reprise release NAME`"),
+        "{run:?}"
+    );
+    assert_eq!(b3(&dst), theirs, "the file was written over");
+
+    // Taken by the operator as a copy of erp-db's data disk made by hand.
+    let taken = lab.run(&["release", "erp-db"]);
+    assert_eq!(taken.code, 0, "{taken:?}");
+    assert!(
+        taken.stdout.contains("taken as a copy made by hand"),
+        "{taken:?}"
+    );
+    lab.replicate();
+    assert_eq!(b3(&dst), b3(&lab.src()));
+    let newest = lab.points().last().unwrap().clone();
+    assert_eq!(newest.1, "yes", "{newest:?}");
 }
 
 #[test]
