@@ -4866,6 +4866,26 @@ fn a_copy_that_is_its_own_source_on_one_machine_under_two_names_is_refused_befor
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         crate::common::reprise_with_env(&root(), &args, LAB_SECRETS)
     };
+    // What is there is no copy reprise made: refused as such first. Taken as copies by
+    // mistake (`reprise release`), they are still the very files and folder read.
+    let release = |item: &str| {
+        let args = lab.args(&["--overlay", overlay.to_str().unwrap(), "release", item]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::common::reprise_with_env(&root(), &args, LAB_SECRETS)
+    };
+    for item in ["erp-dumps", "erp-db"] {
+        let refused = run(item);
+        assert_eq!(refused.code, 1, "{refused:?}");
+        assert!(
+            refused
+                .stderr
+                .contains("is at the copy's path, and reprise did not make it")
+                && refused.stderr.contains("nothing was written"),
+            "{refused:?}"
+        );
+        let taken = release(item);
+        assert_eq!(taken.code, 0, "{taken:?}");
+    }
     let set = run("erp-dumps");
     assert_eq!(set.code, 1, "{set:?}");
     assert!(
