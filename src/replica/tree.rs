@@ -955,6 +955,11 @@ impl TreeStore {
             Err(e) => return Err(e),
         };
         let now = stamps(&self.root);
+        // Gone is only a folder that is not there: one that cannot be read whole (a file or
+        // folder there denied, an I/O error) may hold what was written outside reprise.
+        if now.is_none() {
+            self.refuse_unreadable()?;
+        }
         let accepted = meta::read_accepted(&self.dir)
             .is_some_and(|a| as_recorded(Some(&a), now.clone()).as_ref() == Some(&a));
         if let Some(why) = changed_since(&points, as_newest(&points, now.clone())) {
@@ -989,6 +994,49 @@ impl TreeStore {
             });
         }
         Ok((points, notes))
+    }
+
+    /// An error when the copy's folder is on another file system than its metadata folder
+    /// beside it (a mount point, a link to elsewhere): an update is staged in the metadata
+    /// folder and moved into the copy's, which cannot cross file systems; found at the first
+    /// move, the update would be left half done, files already removed.
+    fn refuse_other_filesystem(&self) -> Result<(), StoreError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let (Ok(root), Ok(meta)) = (std::fs::metadata(&self.root), std::fs::metadata(&self.dir))
+        else {
+            return Ok(());
+        };
+        if root.dev() == meta.dev() {
+            return Ok(());
+        }
+        Err(StoreError::Refused {
+            image: self.name(),
+            reason: format!(
+                "the folder is on another file system than {} beside it (a mount point, or a link to elsewhere): an update is staged there and moved into the folder, which cannot cross file systems; nothing was written. Give the backup set a folder inside that file system (a subfolder of the mount point) as its `dest_path` (or its `source_path`, for a failback's copy back)",
+                self.dir.display()
+            ),
+        })
+    }
+
+    /// An error when the copy's folder is there but cannot be read whole (not a folder, a
+    /// part of it denied, an I/O error): its stamp is none, as if it were gone, and it may
+    /// hold what was written outside reprise. Nothing there is no error.
+    fn refuse_unreadable(&self) -> Result<(), StoreError> {
+        let why = match std::fs::symlink_metadata(&self.root) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => e.to_string(),
+            Ok(m) if !m.is_dir() => "it is not a folder".to_string(),
+            Ok(_) => match walk(&self.root) {
+                Ok(_) => return Ok(()),
+                Err(e) => e.to_string(),
+            },
+        };
+        Err(StoreError::Refused {
+            image: self.name(),
+            reason: format!(
+                "the copy's folder cannot be read whole ({why}): what it holds cannot be compared with its newest point, and nothing is written over it or ended; make it readable by the helper's user (or move what is in the way), then run again"
+            ),
+        })
     }
 
     /// Whether the folder, whose seal differs from its newest point's, still holds exactly
@@ -1395,6 +1443,7 @@ impl TreeStore {
     pub fn base(&self, reread: bool, overwrite: bool) -> Result<Tree, StoreError> {
         let _lock = self.lock()?;
         self.refuse_in_use()?;
+        self.refuse_other_filesystem()?;
         self.refuse_written_since_returned()?;
         let mut notes: Vec<String> = self.recover_for_update()?.into_iter().collect();
         let (points, settled) = self.history_for_update(overwrite)?;
@@ -1408,6 +1457,10 @@ impl TreeStore {
         } else {
             self.read_json::<Tree>("tree.json").ok()
         };
+        // Sealed before it is read: a file written while the folder is scanned would
+        // otherwise be in the seal the update checks, and not in the tree the source compares
+        // against (kept, or replaced, unseen).
+        let sealed = tree_seal(&self.root);
         let t = match saved.filter(|_| self.path("tree.json").exists()) {
             Some(t) => t,
             None => {
@@ -1416,9 +1469,16 @@ impl TreeStore {
                 t
             }
         };
+        if tree_seal(&self.root) != sealed {
+            let _ = std::fs::remove_file(self.path("tree.json"));
+            return Err(StoreError::Stream {
+                image: self.name(),
+                reason: "the copy's folder was written while it was read (something writes there: a job of this host, a vm): nothing was written; run again once it is done".into(),
+            });
+        }
         // What the copy was when the source was given its tree: the update that follows is
         // refused if the copy changed since (the tree would no longer describe it).
-        let stamp = tree_seal(&self.root).unwrap_or_default();
+        let stamp = sealed.unwrap_or_default();
         meta::write_file(&self.dir, BASE_STAMP, stamp.as_bytes(), false)?;
         Ok(t)
     }
@@ -1444,6 +1504,7 @@ impl TreeStore {
     ) -> Result<(Point, u64, Option<String>), StoreError> {
         let _lock = self.lock()?;
         self.refuse_in_use()?;
+        self.refuse_other_filesystem()?;
         let mut notes: Vec<String> = meta::read_file(&self.path("notes"))
             .ok()
             .flatten()
@@ -2328,6 +2389,144 @@ mod tests {
             replicate(&src, &fresh, "p1");
             assert!(fresh.join("a.dump").exists());
         }
+    }
+
+    /// A copy's folder that is there but cannot be read whole (here folders nested past the
+    /// longest path the system takes, as root reads everything else; the same for a part
+    /// denied to the helper's user, or an I/O error), or that is no longer a folder, is not
+    /// taken for a folder that is gone: its history is not ended, nothing is written, and what
+    /// is in it is not deleted by the next replication.
+    #[test]
+    fn a_copy_folder_that_cannot_be_read_whole_is_never_taken_for_one_that_is_gone() {
+        use rustix::fs::{Mode, OFlags, mkdirat, openat};
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.dump"), b"a1").unwrap();
+        replicate(&src, &dst, "p1");
+        std::fs::write(src.join("a.dump"), b"a2").unwrap();
+        replicate(&src, &dst, "p2");
+        let store = TreeStore::new(&dst);
+        let name = "d".repeat(200);
+        let mut fd = openat(rustix::fs::CWD, &dst, OFlags::DIRECTORY, Mode::empty()).unwrap();
+        for _ in 0..30 {
+            mkdirat(&fd, name.as_str(), Mode::RWXU).unwrap();
+            fd = openat(&fd, name.as_str(), OFlags::DIRECTORY, Mode::empty()).unwrap();
+        }
+        let deep = dst.join(&name);
+        let ids = || -> Vec<String> { store.points().unwrap().into_iter().map(|p| p.id).collect() };
+        let e = replicate_at(&src, &dst, "p3", Utc::now())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot be read whole") && e.contains("nothing is written"),
+            "{e}"
+        );
+        assert_eq!(ids(), ["p1", "p2"]);
+        assert!(store.path("deltas/p1").exists() && deep.exists());
+        std::fs::remove_dir_all(&deep).unwrap();
+        // No longer a folder: not gone either.
+        let moved = dir.path().join("dst.moved");
+        std::fs::rename(&dst, &moved).unwrap();
+        std::fs::write(&dst, b"a file where the folder was").unwrap();
+        let e = store.base(false, false).unwrap_err().to_string();
+        assert!(e.contains("it is not a folder"), "{e}");
+        assert_eq!(ids(), ["p1", "p2"]);
+        assert_eq!(std::fs::read(&dst).unwrap(), b"a file where the folder was");
+        // Put back, it is its newest point again.
+        std::fs::remove_file(&dst).unwrap();
+        std::fs::rename(&moved, &dst).unwrap();
+        replicate(&src, &dst, "p3");
+        assert_eq!(ids(), ["p1", "p2", "p3"]);
+    }
+
+    /// A set's folder on another file system than its metadata folder beside it (a mount
+    /// point; here a link to a folder of `/dev/shm`) is refused before anything is written:
+    /// the update's files, staged beside, could not be moved in, and it would be left half
+    /// done with files already removed.
+    #[test]
+    fn a_set_folder_on_another_file_system_than_its_metadata_is_refused_untouched() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir_in("/dev/shm").unwrap();
+        assert_ne!(
+            std::fs::metadata(dir.path()).unwrap().dev(),
+            std::fs::metadata(elsewhere.path()).unwrap().dev(),
+            "/dev/shm is on the temporary folder's file system here: no other to try"
+        );
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.dump"), b"a1").unwrap();
+        std::fs::write(elsewhere.path().join("old.dump"), b"there").unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), &dst).unwrap();
+        let store = TreeStore::new(&dst);
+        for overwrite in [false, true] {
+            let e = store.base(false, overwrite).unwrap_err().to_string();
+            assert!(
+                e.contains("on another file system") && e.contains("nothing was written"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            std::fs::read(elsewhere.path().join("old.dump")).unwrap(),
+            b"there"
+        );
+        assert!(!elsewhere.path().join("a.dump").exists());
+    }
+
+    /// A folder written while its base is scanned (a job of the host writing there as a
+    /// failback copies back, a vm) is refused: the seal the update checks is the one taken
+    /// before the scan, never one that already holds what the scan did not see.
+    #[test]
+    fn a_copy_folder_written_while_its_base_is_scanned_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let dst = dir.path().join("dst");
+        std::fs::create_dir_all(&dst).unwrap();
+        for i in 0..200 {
+            std::fs::write(dst.join(format!("{i:03}.dump")), vec![i as u8; 64 << 10]).unwrap();
+        }
+        let store = TreeStore::new(&dst);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let written = std::sync::atomic::AtomicU64::new(0);
+        let got = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                // Whole new files (renamed in): each read whole if listed, so the scan
+                // itself finds nothing written while read; those that come after it listed
+                // the folder are what it did not see.
+                let mut n = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let tmp = dir.path().join("new.tmp");
+                    std::fs::write(&tmp, n.to_string()).unwrap();
+                    std::fs::rename(&tmp, dst.join(format!("new-{n}.log"))).unwrap();
+                    written.store(n, std::sync::atomic::Ordering::Relaxed);
+                    std::thread::sleep(std::time::Duration::from_micros(100));
+                }
+            });
+            // A failback's copy back: the primary's folder, written over as judged. Asked
+            // while the writer writes (a few times: a loaded machine may not let it write
+            // during one scan; without the check, every one of them passes).
+            let mut got = Ok(Tree::default());
+            for _ in 0..5 {
+                while written.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                    std::thread::yield_now();
+                }
+                got = store.base(false, true);
+                if got.is_err() {
+                    break;
+                }
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            got
+        });
+        let e = got.unwrap_err().to_string();
+        assert!(
+            e.contains("the copy's folder was written while it was read"),
+            "{e}"
+        );
+        assert!(!store.path("tree.json").exists());
+        // Left alone, it is read.
+        store.base(false, true).unwrap();
     }
 
     /// A backup set of hundreds of thousands of files has a tree file of hundreds of MiB:
