@@ -2421,6 +2421,11 @@ impl Store {
                 .then(|| crate::replica::tree::writes_into(out, &[&self.dir]))
                 .flatten()
         });
+        // What is there would be written over before the point is checked.
+        let holds = std::fs::symlink_metadata(out).is_ok_and(|m| !m.is_file() || m.len() > 0);
+        let refused = refused.or_else(|| {
+            holds.then(|| format!("{} is there already: a point is restored into a new or empty file only, never over what a file holds", out.display()))
+        });
         if let Some(reason) = refused {
             return Err(StoreError::Refused {
                 image: self.name(),
@@ -3134,6 +3139,13 @@ mod tests {
         }
         assert_eq!(std::fs::read(&copy).unwrap(), bytes);
         assert_eq!(store.points().unwrap().len(), 1);
+        // Nor over another file that holds data (the primary's disk): it would be written
+        // over before the point is checked.
+        let disk = dir.path().join("disk.img");
+        std::fs::write(&disk, b"newer data").unwrap();
+        let err = store.restore("p1", &disk).unwrap_err().to_string();
+        assert!(err.contains("is there already"), "{err}");
+        assert_eq!(std::fs::read(&disk).unwrap(), b"newer data");
         let out = dir.path().join("restored.img");
         store.restore("p1", &out).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), bytes);

@@ -1970,7 +1970,14 @@ impl TreeStore {
     /// Writes point `id` into the folder `out` and checks its digest. Never into the copy,
     /// which the point is rebuilt from, nor into a folder that holds it or lies in it.
     pub fn restore(&self, id: &str, out: &Path) -> Result<(), StoreError> {
-        if let Some(reason) = writes_into(out, &[&self.root]) {
+        // What is there would be written over or removed before the point is checked.
+        let holds = std::fs::symlink_metadata(out).is_ok_and(|m| {
+            !m.is_dir() || std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some())
+        });
+        let refused = writes_into(out, &[&self.root, &self.dir]).or_else(|| {
+            holds.then(|| format!("{} is there already: a point is restored into a new or empty folder only, never over what a folder holds", out.display()))
+        });
+        if let Some(reason) = refused {
             return Err(StoreError::Refused {
                 image: self.name(),
                 reason,
@@ -2262,6 +2269,14 @@ mod tests {
         }
         assert_eq!(std::fs::read(dst.join("a.dump")).unwrap(), b"a1");
         assert!(!dst.join("inner").exists());
+        // Nor into a folder that holds files (the primary's live folder): they would be
+        // written over or removed before the point is checked.
+        let live = dir.path().join("live");
+        std::fs::create_dir_all(&live).unwrap();
+        std::fs::write(live.join("a.dump"), b"newer").unwrap();
+        let err = store.restore("p1", &live).unwrap_err().to_string();
+        assert!(err.contains("is there already"), "{err}");
+        assert_eq!(std::fs::read(live.join("a.dump")).unwrap(), b"newer");
         let out = dir.path().join("restored");
         store.restore("p1", &out).unwrap();
         assert_eq!(std::fs::read(out.join("a.dump")).unwrap(), b"a1");
