@@ -238,6 +238,10 @@ impl Said {
     }
 }
 
+/// Why a write to a remote command that no longer reads its input (its storage hung, the
+/// command stopped) while its host still answers was given up.
+const STOPPED_READING: &str = "the command on this host stopped reading its input and had not read it again by the deadline: given up (its storage or the command may hang there)";
+
 /// Bytes relayed so far by every pipe of this process: what a progress display reads.
 pub static PIPED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -961,6 +965,11 @@ impl Session {
                                 dst_stopped = true;
                                 break Err("the command on this host stopped reading".to_string());
                             }
+                            // A command that no longer reads (its storage hung) while its
+                            // host still answers never holds the relay past its deadline.
+                            if Instant::now() > until {
+                                break Err(STOPPED_READING.to_string());
+                            }
                             wait_socket(&dest.raw);
                         }
                         Err(e) => break Err(format!("write: {e}")),
@@ -1182,7 +1191,14 @@ impl Session {
             // (see [`Session::drain`]).
             let mut early = Said::keeping(READ_LIMIT as usize);
             let mut errors = Said::default();
-            let fed = self.feed(&mut channel, input, &mut early, &mut errors, counted);
+            let until = began + Duration::from_secs(secs + KILL_AFTER_SECS + 30);
+            let fed = self.feed(
+                &mut channel,
+                input,
+                (&mut early, &mut errors),
+                counted,
+                until,
+            );
             self.raw.set_blocking(true);
             let stopped_reading = fed?;
             if !stopped_reading {
@@ -1235,9 +1251,9 @@ impl Session {
         &self,
         channel: &mut ssh2::Channel,
         input: &mut dyn Read,
-        early: &mut Said,
-        errors: &mut Said,
+        (early, errors): (&mut Said, &mut Said),
         counted: bool,
+        until: Instant,
     ) -> Result<bool, SshError> {
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -1268,6 +1284,15 @@ impl Session {
                         if channel.eof() {
                             self.raw.set_blocking(true);
                             return Ok(true);
+                        }
+                        // A command that no longer reads while its host still answers
+                        // never holds the write past the deadline.
+                        if Instant::now() > until {
+                            self.raw.set_blocking(true);
+                            return Err(SshError::Session {
+                                host: self.spec.id.clone(),
+                                reason: STOPPED_READING.to_string(),
+                            });
                         }
                         wait_socket(&self.raw);
                     }

@@ -1949,6 +1949,11 @@ fn copy_stream(
     use std::io::Read as _;
     let mut copied = Copied::default();
     let mut buf = vec![0u8; 1 << 20];
+    // Written without blocking: a recovery side that stops reading (its storage hung, the
+    // helper stopped) fills the pipe and the link, and a blocking write would wait forever,
+    // past the deadline and past a stop.
+    let _ = rustix::fs::fcntl_getfl(&*sink)
+        .and_then(|f| rustix::fs::fcntl_setfl(&*sink, f | rustix::fs::OFlags::NONBLOCK));
     loop {
         if std::time::Instant::now() > until {
             copied.late = true;
@@ -1976,8 +1981,25 @@ fn copy_stream(
                     if copied.bytes == 0 {
                         tracing::debug!("transfer: the source's first bytes");
                     }
-                    if sink.write_all(&buf[..n]).is_err() {
-                        copied.cut = true;
+                    let give_up = || {
+                        if stop() {
+                            Some(Written::Stopped)
+                        } else if errors.source.over() {
+                            Some(Written::Flooded(Side::Source))
+                        } else if errors.recovery.over() {
+                            Some(Written::Flooded(Side::Recovery))
+                        } else {
+                            None
+                        }
+                    };
+                    match write_until(sink, &buf[..n], until, &give_up) {
+                        Written::All => {}
+                        Written::Gone => copied.cut = true,
+                        Written::Late => copied.late = true,
+                        Written::Stopped => copied.stopped = true,
+                        Written::Flooded(side) => copied.flooded = Some(side),
+                    }
+                    if copied.cut || copied.late || copied.stopped || copied.flooded.is_some() {
                         break;
                     }
                     copied.bytes += n as u64;
@@ -1994,6 +2016,53 @@ fn copy_stream(
         }
     }
     copied
+}
+
+/// How [`write_until`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    All,
+    /// The recovery side no longer reads.
+    Gone,
+    Late,
+    Stopped,
+    Flooded(Side),
+}
+
+/// Writes all of `data` into `sink` (non-blocking), waiting up to 200 ms at a time for room,
+/// until `until` passes or `give_up` says why not (a stop, a side flooding its errors): a
+/// reader that stopped reading never holds the transfer past them.
+fn write_until(
+    sink: &mut ChildStdin,
+    mut data: &[u8],
+    until: std::time::Instant,
+    give_up: &dyn Fn() -> Option<Written>,
+) -> Written {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    use std::io::Write as _;
+    while !data.is_empty() {
+        match sink.write(data) {
+            Ok(0) => return Written::Gone,
+            Ok(k) => data = &data[k..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() > until {
+                    return Written::Late;
+                }
+                if let Some(why) = give_up() {
+                    return why;
+                }
+                let mut fds = [PollFd::new(&*sink, PollFlags::OUT)];
+                let timeout = Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 200_000_000,
+                };
+                let _ = poll(&mut fds, Some(&timeout));
+            }
+            Err(_) => return Written::Gone,
+        }
+    }
+    Written::All
 }
 
 /// What one poll of a transfer's pipes found.
@@ -2313,6 +2382,45 @@ pub fn image_path(dir: &str, disk: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A recovery side that stops reading (its storage hung, its helper stopped: here a
+    /// process that never reads its input) never holds the transfer's write: past the
+    /// deadline it ends as late, on a stop as stopped, each within a poll's wait; a reader
+    /// that ends is gone.
+    #[test]
+    fn a_reader_that_stops_reading_never_holds_the_transfer_past_its_deadline_or_a_stop() {
+        let data = vec![7u8; 8 << 20];
+        let reader = || {
+            std::process::Command::new("sleep")
+                .arg("30")
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let mut child = reader();
+        let mut sink = child.stdin.take().unwrap();
+        let _ = rustix::fs::fcntl_getfl(&sink)
+            .and_then(|f| rustix::fs::fcntl_setfl(&sink, f | rustix::fs::OFlags::NONBLOCK));
+        let began = std::time::Instant::now();
+        let until = began + Duration::from_millis(300);
+        assert_eq!(
+            write_until(&mut sink, &data, until, &|| None),
+            Written::Late
+        );
+        // A guard against a hang, not a measure: the write returned at all.
+        assert!(began.elapsed() < Duration::from_secs(20));
+        let far = std::time::Instant::now() + Duration::from_secs(3600);
+        let asked = std::sync::atomic::AtomicBool::new(false);
+        let stop = || {
+            asked.store(true, std::sync::atomic::Ordering::Relaxed);
+            Some(Written::Stopped)
+        };
+        assert_eq!(write_until(&mut sink, &data, far, &stop), Written::Stopped);
+        assert!(asked.load(std::sync::atomic::Ordering::Relaxed));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(write_until(&mut sink, &data, far, &|| None), Written::Gone);
+    }
 
     /// An update's answer is believed only about the point asked: its id (or the id with
     /// `-N`), its time, its source, its definition, verified.

@@ -811,6 +811,55 @@ fn apply_helpers(images: &[PathBuf]) -> Vec<Option<i32>> {
     found
 }
 
+/// The recovery helper stops reading mid-update (its storage hung: here SIGSTOP), the
+/// pipes and the link fill: a SIGINT still ends the replication (exit 130) within seconds,
+/// instead of a write that waits forever past its deadline and the stop; the last good point
+/// stays whole.
+#[test]
+fn a_recovery_side_that_stops_reading_never_holds_a_replication_past_a_stop() {
+    let lab = Lab::up(145);
+    let src = lab.src();
+    new_image("raw", &src, "1G");
+    qemu_io("raw", &src, "write -P 0x21 0 8M");
+    lab.replicate();
+    let first = lab.points().last().unwrap().0.clone();
+    let before = b3(&lab.dst());
+    qemu_io("raw", &src, "write -P 0x31 0 900M");
+    let mut child = lab.spawn_replicate(&[]);
+    let pid = lab.wait_mid_update(&mut child).to_string();
+    tool("kill", &["-STOP", &pid]);
+    // The helper's input, its sshd's channel and this side's pipe fill.
+    std::thread::sleep(Duration::from_secs(3));
+    tool("kill", &["-INT", &child.id().to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ended = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    tool("kill", &["-CONT", &pid]);
+    let Some(status) = ended else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the replication still ran 60 s after SIGINT, its recovery side not reading");
+    };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = lab.verify_when_free(&first, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(lab.points().last().unwrap().0, first);
+    assert_eq!(b3(&lab.dst()), before);
+}
+
 #[test]
 fn a_killed_recovery_helper_fails_the_run_and_leaves_the_last_point_good() {
     let lab = Lab::up(78);
