@@ -130,9 +130,50 @@ impl Template {
     fn render_with(&self, scope: &dyn Scope, quote: bool) -> Result<Command, Vec<Diagnostic>> {
         let mut out = Command::default();
         let mut errors = Vec::new();
+        // Whether the command's own text leaves the placeholder inside quotes.
+        let mut quoting = Quoting::None;
         for part in &self.parts {
             match part {
-                Part::Lit(s) => out.push_text(s),
+                Part::Lit(s) => {
+                    quoting = quoting.after(s);
+                    out.push_text(s)
+                }
+                Part::Var {
+                    namespace,
+                    name,
+                    raw: false,
+                    loc,
+                } if quote && quoting != Quoting::None => match scope.lookup(namespace, name) {
+                    // Inside quotes, a value is written as it is when no shell reads anything
+                    // in it; one that holds what a shell reads cannot be quoted there (the
+                    // quoted text may be run again: `sh -c '…'`).
+                    Lookup::Found(TemplateValue::Text(t)) if is_plain(&t) => out.push_text(&t),
+                    Lookup::Found(TemplateValue::List(items))
+                        if items.iter().all(|i| is_plain(i)) =>
+                    {
+                        out.push_text(&items.join(" "))
+                    }
+                    Lookup::Found(value) => {
+                        let what = match value {
+                            TemplateValue::Text(t) => format!("its value `{t}` holds"),
+                            TemplateValue::List(items) => {
+                                format!("its value `{}` holds", items.join(" "))
+                            }
+                            TemplateValue::Secret { .. } => "a secret may hold".to_string(),
+                        };
+                        errors.push(
+                            Diagnostic::error(format!(
+                                "`{{{{ {namespace}.{name} }}}}` is inside {} quotes, and {what} characters a shell reads: reprise quotes every value itself, which it cannot do inside quotes (the quoted text may be run again, as by `sh -c`), so the value could run as a command",
+                                quoting.name()
+                            ))
+                            .at(loc.clone())
+                            .hint("remove the quotes around the placeholder (reprise quotes its value), or, in a text run again by `sh -c`, pass it as an argument: sh -c 'cmd \"$1\"' sh {{ host.x }}"),
+                        );
+                    }
+                    Lookup::Missing { .. } => {
+                        errors.extend(missing(scope, namespace, name, loc));
+                    }
+                },
                 Part::Var {
                     namespace,
                     name,
@@ -160,20 +201,8 @@ impl Template {
                             out.parts.push(CommandPart::Secret { env, quote: !raw })
                         }
                     },
-                    Lookup::Missing { what, known } => {
-                        let hint =
-                            crate::diagnostic::did_you_mean(name, known.iter().map(String::as_str))
-                                .or_else(|| {
-                                    (!known.is_empty())
-                                        .then(|| format!("known: {}", known.join(", ")))
-                                });
-                        errors.push(
-                            Diagnostic::error(format!(
-                                "unknown template variable `{namespace}.{name}`: {what}"
-                            ))
-                            .at(loc.clone())
-                            .hint_opt(hint),
-                        );
+                    Lookup::Missing { .. } => {
+                        errors.extend(missing(scope, namespace, name, loc));
                     }
                 },
             }
@@ -184,6 +213,70 @@ impl Template {
             Err(errors)
         }
     }
+}
+
+/// The error of a placeholder whose variable `scope` does not have.
+fn missing(scope: &dyn Scope, namespace: &str, name: &str, loc: &Location) -> Option<Diagnostic> {
+    let Lookup::Missing { what, known } = scope.lookup(namespace, name) else {
+        return None;
+    };
+    let hint = crate::diagnostic::did_you_mean(name, known.iter().map(String::as_str))
+        .or_else(|| (!known.is_empty()).then(|| format!("known: {}", known.join(", "))));
+    Some(
+        Diagnostic::error(format!(
+            "unknown template variable `{namespace}.{name}`: {what}"
+        ))
+        .at(loc.clone())
+        .hint_opt(hint),
+    )
+}
+
+/// Where a POSIX shell is in a command's text: outside quotes, or inside single or double
+/// ones (a backslash outside single quotes escapes the next character).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quoting {
+    None,
+    Single,
+    Double,
+}
+
+impl Quoting {
+    /// Where the shell is after reading `text` from here.
+    fn after(self, text: &str) -> Quoting {
+        let mut q = self;
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            q = match (q, c) {
+                (Quoting::Single, '\'') => Quoting::None,
+                (Quoting::Single, _) => Quoting::Single,
+                (_, '\\') => {
+                    chars.next();
+                    q
+                }
+                (Quoting::None, '\'') => Quoting::Single,
+                (Quoting::None, '"') => Quoting::Double,
+                (Quoting::Double, '"') => Quoting::None,
+                _ => q,
+            };
+        }
+        q
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Quoting::Single => "single",
+            _ => "double",
+        }
+    }
+}
+
+/// Whether no shell reads anything in `s` (it is written as it is, quoted or not).
+fn is_plain(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, '-' | '_' | '.' | '/' | ':' | '@' | '%' | '+' | ',' | '=')
+        })
 }
 
 /// A value a placeholder can take.
@@ -284,12 +377,7 @@ impl fmt::Display for Command {
 
 /// Quotes `s` for a POSIX shell, leaving plain words as they are.
 pub fn shell_quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.chars().all(|c| {
-            c.is_ascii_alphanumeric()
-                || matches!(c, '-' | '_' | '.' | '/' | ':' | '@' | '%' | '+' | ',' | '=')
-        });
-    if plain {
+    if is_plain(s) {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -311,6 +399,11 @@ mod tests {
                     Lookup::Found(TemplateValue::List(vec!["a.qcow2".into(), "b c".into()]))
                 }
                 ("host", "pw") => Lookup::Found(TemplateValue::Secret { env: "PW".into() }),
+                ("host", "plain") => Lookup::Found(TemplateValue::Text("/srv/images".into())),
+                ("vm", "names") => Lookup::Found(TemplateValue::List(vec![
+                    "a.qcow2".into(),
+                    "b.qcow2".into(),
+                ])),
                 _ => Lookup::Missing {
                     what: format!("no `{name}`"),
                     known: vec!["dir".into(), "evil".into()],
@@ -337,6 +430,41 @@ mod tests {
         check("echo {{ host.evil | raw }}", "echo x; rm -rf / 'y'");
         check("for d in {{ vm.disks }}", "for d in a.qcow2 'b c'");
         check("mysql -p{{ host.pw }}", "mysql -p<secret:PW>");
+    }
+
+    /// A placeholder inside the command's own quotes cannot be quoted there (its quotes would
+    /// end the command's, and the quoted text may be run again by `sh -c`): a value a shell
+    /// reads anything in is refused at the placeholder; a plain one is written as it is;
+    /// `raw` is the author's own word; quotes escaped or closed are left.
+    #[test]
+    fn a_value_inside_the_command_s_quotes_never_runs_as_a_command() {
+        for bad in [
+            "sh -c 'cat < {{ host.evil }}'",
+            "logger \"loading {{ host.dir }}\"",
+            "sh -c \"for d in {{ vm.disks }}; do :; done\"",
+            "curl -H 'X-Token: {{ host.pw }}'",
+            "echo 'it'\\''s {{ host.evil }}'",
+        ] {
+            let errs = tpl(bad).render(&Fixed).unwrap_err();
+            assert_eq!(errs.len(), 1, "{bad}");
+            assert!(
+                errs[0].message.contains("inside") && errs[0].message.contains("quotes"),
+                "{bad}: {}",
+                errs[0].message
+            );
+            let at = errs[0].location.clone().unwrap().span;
+            let text = format!("run = \"{bad}\"");
+            assert!(text[at].starts_with("{{"), "{bad}");
+        }
+        check("sh -c 'ls {{ host.plain }}/x'", "sh -c 'ls /srv/images/x'");
+        check("echo \"{{ vm.names }}\"", "echo \"a.qcow2 b.qcow2\"");
+        check("echo 'x' {{ host.dir }}", "echo 'x' '/srv/a b'");
+        check("echo \\' {{ host.dir }}", "echo \\' '/srv/a b'");
+        check("echo \"a'b\" {{ host.dir }}", "echo \"a'b\" '/srv/a b'");
+        check(
+            "sh -c 'echo {{ host.evil | raw }}'",
+            "sh -c 'echo x; rm -rf / 'y''",
+        );
     }
 
     #[test]
