@@ -719,8 +719,10 @@ pub fn main() -> u8 {
     };
     init_logs(cli.log_format);
     let outcome = run(&cli);
-    let _ = std::io::stdout().write_all(outcome.stdout.as_bytes());
-    let _ = std::io::stderr().write_all(outcome.stderr.as_bytes());
+    // What hosts and journals said is shown, never obeyed by the terminal.
+    let text = crate::diagnostic::terminal_text;
+    let _ = std::io::stdout().write_all(text(&outcome.stdout).as_bytes());
+    let _ = std::io::stderr().write_all(text(&outcome.stderr).as_bytes());
     outcome.code
 }
 

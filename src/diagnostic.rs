@@ -217,6 +217,28 @@ const MAX_TEXT: usize = 300;
 const MAX_LINE: usize = 200;
 const MAX_NOTES: usize = 5;
 
+/// `s` as it may reach a terminal or a report: control characters other than a line feed and
+/// a tab (escape sequences that clear the screen, set the title, move the cursor; a carriage
+/// return that hides a line) shown as `�`. What is printed comes also from remote hosts and
+/// from the journal, which are not trusted.
+pub fn terminal_text(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if unsafe_char(c) {
+                    char::REPLACEMENT_CHARACTER
+                } else {
+                    c
+                }
+            })
+            .collect(),
+    )
+}
+
 /// `s` cut to `max` characters (with `…`), control characters shown as `�`.
 fn clean(s: &str, max: usize) -> String {
     let mut out = String::new();
@@ -447,6 +469,20 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
+
+    /// What reaches a terminal never carries an escape sequence, a bell or a carriage return
+    /// (a remote host's output, a name in the journal); lines and tabs stay.
+    #[test]
+    fn terminal_text_shows_control_characters_and_keeps_lines() {
+        assert!(matches!(
+            terminal_text("plain\n\ttext"),
+            std::borrow::Cow::Borrowed("plain\n\ttext")
+        ));
+        assert_eq!(
+            terminal_text("a\u{1b}[2Jb\u{7}c\rd\u{9b}e\n"),
+            "a\u{fffd}[2Jb\u{fffd}c\u{fffd}d\u{fffd}e\n"
+        );
+    }
     use super::*;
 
     #[test]

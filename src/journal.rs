@@ -163,10 +163,27 @@ impl RunDir {
     }
 
     /// Records an operator's confirmation of a manual step (atomically: written then renamed).
+    /// The name is one line and the note lines of text: control characters (escape
+    /// sequences, line breaks in a name) become spaces.
     pub fn confirm(&self, step: &str, confirmation: &Confirmation) -> Result<(), JournalError> {
         let path = self.confirmation_path(step);
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let text = serde_json::to_string(confirmation).expect("a confirmation serializes");
+        let plain = |s: &str, keep: &[char]| -> String {
+            s.chars()
+                .map(|c| match c.is_control() && !keep.contains(&c) {
+                    true => ' ',
+                    false => c,
+                })
+                .collect::<String>()
+                .trim()
+                .to_string()
+        };
+        let confirmation = Confirmation {
+            by: plain(&confirmation.by, &[]),
+            note: confirmation.note.as_deref().map(|n| plain(n, &['\n'])),
+            at: confirmation.at,
+        };
+        let text = serde_json::to_string(&confirmation).expect("a confirmation serializes");
         let mut f = File::create(&tmp).map_err(io("write", &tmp))?;
         f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
         f.sync_all().map_err(io("write", &tmp))?;

@@ -2784,7 +2784,8 @@ pub fn confirm(
     note: Option<String>,
 ) -> Result<String, RunError> {
     let by = by.trim();
-    if by.is_empty() {
+    // A name of control characters only (escape sequences) names no one.
+    if by.chars().all(|c| c.is_whitespace() || c.is_control()) {
         return Err(RunError::NoName);
     }
     let dir = RunDir::open(state_dir, run_id)?;

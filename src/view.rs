@@ -102,6 +102,8 @@ impl TerminalView {
     }
 
     fn line(&mut self, text: String) {
+        // What hosts and the operator said is shown, never obeyed by the terminal.
+        let text = crate::diagnostic::terminal_text(&text).into_owned();
         match &self.bar {
             Some(bar) => bar.println(text),
             None => {

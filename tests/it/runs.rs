@@ -238,7 +238,7 @@ fn a_confirmation_is_for_one_exact_step_that_waits_and_the_report_credits_only_i
     site.waiting("a/b__c");
     site.waiting("a__b/c");
     // No name, a step that does not wait yet, a step of no run.
-    for by in ["", "   "] {
+    for by in ["", "   ", "\u{1b}\u{7}\r"] {
         let r = confirm(&site, "a/b__c", by);
         assert_eq!(r.code, 2, "{r:?}");
     }
@@ -283,8 +283,28 @@ fn a_confirmation_is_for_one_exact_step_that_waits_and_the_report_credits_only_i
     );
     site.waiting("z/later");
     assert_eq!(confirm(&site, "a__b/c", "Karim Benali").code, 0);
-    assert_eq!(confirm(&site, "z/later", "Sofia Haddad").code, 0);
+    // A name and a note with escape sequences (clear the screen, set the title) and a line
+    // break: kept as one line of text, never sent to a terminal as they are.
+    let r = site.run(&[
+        "confirm",
+        "latest",
+        "z/later",
+        "--by",
+        "Sofia\u{1b}]0;owned\u{7} Haddad\nline2",
+        "--note",
+        "both on\u{1b}[2J\nsecond line",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(run.wait(Duration::from_secs(60)), 0);
+    let shown = site.run(&["show", "latest"]);
+    assert_eq!(shown.code, 0, "{shown:?}");
+    assert!(
+        shown.stdout.contains("Sofia ]0;owned  Haddad line2")
+            && !shown.stdout.contains('\u{1b}')
+            && !shown.stdout.contains('\u{7}'),
+        "{}",
+        shown.stdout
+    );
 
     // Over: nothing waits any more.
     let r = confirm(&site, "a__b/c", "Nadia");
@@ -310,8 +330,17 @@ fn a_confirmation_is_for_one_exact_step_that_waits_and_the_report_credits_only_i
         [
             ("a/b__c".to_string(), "Nadia Amrani".to_string()),
             ("a__b/c".to_string(), "Karim Benali".to_string()),
-            ("z/later".to_string(), "Sofia Haddad".to_string()),
+            (
+                "z/later".to_string(),
+                "Sofia ]0;owned  Haddad line2".to_string()
+            ),
         ]
+    );
+    let md = site.run(&["report", "latest"]);
+    assert!(
+        md.stdout.contains("Sofia ]0;owned  Haddad line2") && !md.stdout.contains('\u{1b}'),
+        "{}",
+        md.stdout
     );
 }
 
