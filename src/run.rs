@@ -3513,7 +3513,10 @@ mod tests {
             command: &str,
             _deadline: StdDuration,
         ) -> Result<crate::ssh::ExecOutput, crate::ssh::SshError> {
-            assert!(command.starts_with("virsh domstate"), "{command}");
+            assert!(
+                command.starts_with("export LC_ALL=C; virsh domstate"),
+                "{command}"
+            );
             let Some(said) = self.0.get(host) else {
                 return Err(crate::ssh::SshError::Session {
                     host: host.to_string(),

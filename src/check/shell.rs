@@ -778,6 +778,25 @@ mod tests {
         out + rest
     }
 
+    /// `virsh` says a domain's state in the host's language (a French hypervisor: not
+    /// "running", not "shut off"): every action of the libvirt driver reads it in English,
+    /// as the changed-blocks path does.
+    #[test]
+    fn every_libvirt_action_reads_virsh_in_english() {
+        let doc: toml::Table = crate::inventory::BUILTIN_DRIVERS.parse().unwrap();
+        let actions = doc["drivers"]["libvirt"].as_table().unwrap();
+        let mut commands = 0;
+        for (action, cmd) in actions {
+            if !crate::inventory::VM_ACTIONS.contains(&action.as_str()) {
+                continue;
+            }
+            commands += 1;
+            let cmd = cmd.as_str().unwrap();
+            assert!(cmd.starts_with("export LC_ALL=C; "), "{action}: {cmd}");
+        }
+        assert!(commands >= 15, "{commands}");
+    }
+
     /// Every action of every built-in driver, and the programs `check` looks for: exactly
     /// the tools it calls, nothing of its shell syntax.
     #[test]

@@ -1240,7 +1240,7 @@ mod tests {
                 other => panic!("{id}: {other:?}"),
             }
         };
-        let status = |h: &str, what: &str| format!("{h}: virsh domstate {what}");
+        let status = |h: &str, what: &str| format!("{h}: export LC_ALL=C; virsh domstate {what}");
         assert_eq!(
             instance(Mode::Failover, "erp-db/healthy"),
             Some((

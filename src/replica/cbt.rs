@@ -587,7 +587,9 @@ pub fn checkpoint_xml(name: &str, all: &[String], ours: &[String]) -> String {
 
 /// Runs `script` on `host`: its standard output, or its error.
 fn sh(t: &dyn Transport, host: &str, script: &str) -> Result<String, String> {
-    let out = t.exec(host, script, DEADLINE).map_err(|e| e.to_string())?;
+    // `virsh` says a domain's state in the host's language otherwise.
+    let script = format!("export LC_ALL=C; {script}");
+    let out = t.exec(host, &script, DEADLINE).map_err(|e| e.to_string())?;
     if out.exit_code != 0 {
         let err = out.stderr.trim();
         return Err(if err.is_empty() {
