@@ -1400,8 +1400,9 @@ pub fn check_host_key(spec: &HostSpec, policy: HostKeyPolicy, key: &[u8]) -> Res
     let _known_hosts = KNOWN_HOSTS_LOCK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut text = String::new();
     if spec.known_hosts.exists() {
-        let text = std::fs::read_to_string(&spec.known_hosts)
+        text = std::fs::read_to_string(&spec.known_hosts)
             .map_err(|e| known_hosts_err(e.to_string()))?;
         if read_known_hosts(&mut kh, &text, key).is_err() {
             return Err(SshError::RevokedHostKey {
@@ -1424,15 +1425,114 @@ pub fn check_host_key(spec: &HostSpec, policy: HostKeyPolicy, key: &[u8]) -> Res
                 known_hosts: spec.known_hosts.display().to_string(),
             })
         }
-        CheckResult::NotFound | CheckResult::Failure if policy == HostKeyPolicy::AcceptNew => {
-            append_known_host(spec, key)
+        // libssh2 could not judge the file against the key: never taken for "unknown".
+        CheckResult::Failure => Err(known_hosts_err(format!(
+            "the key {offered} offered by {endpoint} could not be checked against it: refused"
+        ))),
+        CheckResult::NotFound if policy == HostKeyPolicy::AcceptNew => {
+            if let Some(why) = not_to_learn(spec, &text) {
+                return Err(known_hosts_err(why));
+            }
+            append_known_host(spec, key)?;
+            // Said every time: the operator trusted this key on first sight.
+            tracing::warn!(
+                host = %spec.id,
+                "learned the host key {offered} of {} ({endpoint}) and added it to {} (--accept-new-host-keys): compare it with the host's own (`ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` there)",
+                spec.id,
+                spec.known_hosts.display()
+            );
+            Ok(())
         }
-        CheckResult::NotFound | CheckResult::Failure => Err(SshError::UnknownHostKey {
+        CheckResult::NotFound => Err(SshError::UnknownHostKey {
             host: spec.id.clone(),
             endpoint,
             offered,
         }),
     }
+}
+
+/// Why a key unknown to `spec`'s `known_hosts` (its text `text`) is not learned under
+/// accept-new: a file that keeps nothing (`/dev/null`, not a regular file: every key would
+/// be new at every login), or a line libssh2 does not read that may give this host another
+/// key (a wildcard or negated pattern, an `@cert-authority` line) — learned, a key an
+/// impostor offers would be taken where `ssh` itself refuses it.
+fn not_to_learn(spec: &HostSpec, text: &str) -> Option<String> {
+    let path = &spec.known_hosts;
+    if let Ok(m) = std::fs::metadata(path)
+        && !m.is_file()
+    {
+        return Some(format!(
+            "it is not a regular file: a host key added there would not be kept (every key would be new at every login); name a known_hosts file to learn keys into"
+        ));
+    }
+    let names = [
+        spec.address.clone(),
+        format!("[{}]:{}", spec.address, spec.port),
+    ];
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if t.is_empty() || t.starts_with('#') || t.starts_with("@revoked") {
+            continue;
+        }
+        let (ca, fields) = match t.strip_prefix("@cert-authority") {
+            Some(rest) => (true, rest.trim_start()),
+            None => (false, t),
+        };
+        let Some(hosts) = fields.split_whitespace().next() else {
+            continue;
+        };
+        let patterned = hosts.contains(['*', '?', '!']);
+        if !(ca || patterned) {
+            continue;
+        }
+        let pats: Vec<&str> = hosts.split(',').collect();
+        let covers = names.iter().any(|name| {
+            let any = pats
+                .iter()
+                .any(|p| !p.starts_with('!') && glob(&p.to_lowercase(), &name.to_lowercase()));
+            let denied = pats.iter().any(|p| {
+                p.strip_prefix('!')
+                    .is_some_and(|p| glob(&p.to_lowercase(), &name.to_lowercase()))
+            });
+            any && !denied
+        });
+        if covers {
+            let what = match ca {
+                true => "an @cert-authority line",
+                false => "a pattern line",
+            };
+            return Some(format!(
+                "its line {} ({what}: `{hosts}`) may give {} another key, and reprise does not read such lines: no key is learned for it; add its key to the file by hand, checked against the host's own (`ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` there)",
+                n + 1,
+                spec.address
+            ));
+        }
+    }
+    None
+}
+
+/// Whether `name` matches the `known_hosts` pattern `pat` (`*`: any run, `?`: one character).
+fn glob(pat: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pat.chars().collect(), name.chars().collect());
+    // Iterative wildcard match, backtracking to the last `*`.
+    let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
+    while j < n.len() {
+        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == '*' {
+            star = Some(i);
+            mark = j;
+            i += 1;
+        } else if let Some(s) = star {
+            i = s + 1;
+            mark += 1;
+            j = mark;
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|&c| c == '*')
 }
 
 /// Reads a `known_hosts` text into `kh` line by line, as `ssh` reads it: a line libssh2

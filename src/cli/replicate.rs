@@ -24,7 +24,9 @@ use crate::ssh::{HostKeyPolicy, SshClient};
 /// How to reach hosts, for the replication commands.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SshArgs {
-    /// Trust and record host keys never seen before (a changed key is always refused).
+    /// Trust and record host keys never seen before, each said with its fingerprint (a
+    /// changed key is always refused; none is learned for a host a pattern or
+    /// `@cert-authority` line of known_hosts may cover).
     #[arg(long)]
     pub accept_new_host_keys: bool,
     /// known_hosts file for hosts that name none [default: ~/.ssh/known_hosts].

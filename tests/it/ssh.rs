@@ -1365,3 +1365,57 @@ fn racing_key_checks_under_accept_new_add_each_key_once() {
         }
     }
 }
+
+/// Under accept-new, a key is learned only where nothing else may claim the host: a file
+/// that keeps nothing (`/dev/null`: every key new at every login), a wildcard pattern or an
+/// `@cert-authority` line that may give this host another key (libssh2 does not read them),
+/// each refuse it, the file untouched, naming the line; a pattern that excludes the host
+/// (`!`) does not. A key learned is kept and then known.
+#[test]
+fn a_first_seen_key_is_learned_only_where_nothing_else_may_claim_the_host() {
+    use base64::Engine as _;
+    let sshd = Sshd::start();
+    let public = std::fs::read_to_string(sshd.host_key_pub()).unwrap();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(public.split_whitespace().nth(1).unwrap())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    let spec = HostSpec {
+        known_hosts: known_hosts.clone(),
+        ..sshd.spec("hv-pra")
+    };
+    let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    let octets: Vec<&str> = spec.address.split('.').collect();
+    let wide = format!("{}.{}.{}.*", octets[0], octets[1], octets[2]);
+    let learn =
+        |spec: &HostSpec| reprise::ssh::check_host_key(spec, HostKeyPolicy::AcceptNew, &key);
+    let null = HostSpec {
+        known_hosts: "/dev/null".into(),
+        ..spec.clone()
+    };
+    let e = learn(&null).unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+    for (text, said) in [
+        (
+            format!("# the school's hosts\n{wide} {other}\n"),
+            "line 2 (a pattern line",
+        ),
+        (
+            format!("@cert-authority * {other}\n"),
+            "line 1 (an @cert-authority line",
+        ),
+    ] {
+        std::fs::write(&known_hosts, &text).unwrap();
+        let e = learn(&spec).unwrap_err().to_string();
+        assert!(e.contains(said) && e.contains("no key is learned"), "{e}");
+        assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), text);
+    }
+    // A pattern that leaves the host out claims nothing of it.
+    let text = format!("{wide},!{} {other}\n", spec.address);
+    std::fs::write(&known_hosts, &text).unwrap();
+    learn(&spec).unwrap();
+    let now = std::fs::read_to_string(&known_hosts).unwrap();
+    assert!(now.starts_with(&text) && now.lines().count() == 2, "{now}");
+    reprise::ssh::check_host_key(&spec, HostKeyPolicy::Strict, &key).unwrap();
+}
