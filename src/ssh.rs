@@ -1461,9 +1461,10 @@ fn not_to_learn(spec: &HostSpec, text: &str) -> Option<String> {
     if let Ok(m) = std::fs::metadata(path)
         && !m.is_file()
     {
-        return Some(format!(
+        return Some(
             "it is not a regular file: a host key added there would not be kept (every key would be new at every login); name a known_hosts file to learn keys into"
-        ));
+                .to_string(),
+        );
     }
     let names = [
         spec.address.clone(),
