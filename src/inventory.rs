@@ -548,7 +548,19 @@ fn read_vm(id: &Sp<String>, t: &mut Table<'_, '_>, diags: &mut Vec<Diagnostic>) 
     let recovery = t.req_text("recovery", diags).unwrap_or_else(placeholder);
     let mut disks = Vec::new();
     let mut disks_at = Vec::new();
-    for d in t.str_list("disks", diags) {
+    let listed = t.str_list("disks", diags);
+    // A vm of no disk would be "replicated" and "recovered" with nothing of its data.
+    if listed.is_empty() {
+        diags.push(
+            Diagnostic::error(format!("vm `{}` has no disks", id.value))
+                .at(id.loc.clone())
+                .hint(format!(
+                    "its replication would copy nothing and a drill or a failover would start it with no data: list its disk files in `disks`, relative to its hosts' `images_dir` (e.g. disks = [\"{}.qcow2\"])",
+                    id.value
+                )),
+        );
+    }
+    for d in listed {
         match path_problem(&d.value, false) {
             None => {
                 disks.push(d.value);
@@ -1396,8 +1408,46 @@ fn check_references(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
             );
         }
     }
+    check_sites_apart(inv, diags);
     check_vm_handles(inv, diags);
     check_shared_paths(inv, diags);
+}
+
+/// No host of a recovery site is a host of a primary site under another id (one address and
+/// port): a drill's steps on it, said not to touch production, would run on production.
+fn check_sites_apart(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
+    let role = |h: &Host| inv.site_of(&h.id).and_then(|s| s.role);
+    let primary: Vec<&Host> = inv
+        .hosts
+        .values()
+        .filter(|h| role(h) == Some(SiteRole::Primary))
+        .collect();
+    for r in inv
+        .hosts
+        .values()
+        .filter(|h| role(h) == Some(SiteRole::Recovery))
+    {
+        // A vm of these two hosts says it already, of its disks.
+        let of_a_vm = |p: &Host| {
+            inv.vms
+                .values()
+                .any(|v| v.primary.value == p.id && v.recovery.value == r.id)
+        };
+        if let Some(p) = primary
+            .iter()
+            .find(|p| machine_of(p) == machine_of(r) && !of_a_vm(p))
+        {
+            diags.push(
+                Diagnostic::error(format!(
+                    "host `{}` of a recovery site and host `{}` of a primary site are one machine (address `{}`, port {})",
+                    r.id, p.id, r.address, r.port
+                ))
+                .at(r.loc.clone())
+                .note("the primary site's host is defined here", p.loc.clone())
+                .hint("what runs on the recovery site (a drill, said not to touch production) would run on production: fix the address or port of one of them"),
+            );
+        }
+    }
 }
 
 /// The machine a host's address and port reach, as far as the inventory can tell: two host
@@ -1630,14 +1680,15 @@ fn check_shared_paths(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
         while open.last().is_some_and(|o| !within(u, o)) {
             open.pop();
         }
-        // Backup sets may read one folder; a copy inside a folder that is copied is copied
-        // again into itself at every replication.
+        // A copy inside a folder that is copied is copied again into itself at every
+        // replication. Two sets that read one folder, or one inside the other's, each write
+        // it back at a failback (and the inner one's metadata folder, beside it, lands in the
+        // outer one's source).
         let clash = open.iter().rev().find(|o| {
-            let both_read = o.kind == PathUse::BackupSource && u.kind == PathUse::BackupSource;
-            !both_read
-                && (o.path == u.path
-                    || o.kind != PathUse::BackupSource
-                    || u.kind == PathUse::BackupCopy)
+            o.path == u.path
+                || o.kind != PathUse::BackupSource
+                || u.kind == PathUse::BackupCopy
+                || u.kind == PathUse::BackupSource
         });
         if let Some(o) = clash {
             let same_machine = |host: &str| match o.host == u.host {
@@ -1657,9 +1708,10 @@ fn check_shared_paths(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
                 ))
                 .at(u.loc.clone())
                 .note("that one is set here", o.loc.clone())
-                .hint(match overlay {
-                    true => "a running vm's writes go to this overlay while its disk is copied: give the disks names that differ before their extension",
-                    false => "each vm disk and each copy needs its own file: rename one, or fix `images_dir` or the path",
+                .hint(match (overlay, o.kind, u.kind) {
+                    (true, _, _) => "a running vm's writes go to this overlay while its disk is copied: give the disks names that differ before their extension",
+                    (_, PathUse::BackupSource, PathUse::BackupSource) => "a failback copies each set back over its source: two sets of one folder would each write it back; keep one set of it",
+                    _ => "each vm disk and each copy needs its own file: rename one, or fix `images_dir` or the path",
                 })
             } else {
                 Diagnostic::error(format!(
@@ -1673,8 +1725,9 @@ fn check_shared_paths(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
                 ))
                 .at(o.loc.clone())
                 .note("that one is set here", u.loc.clone())
-                .hint(match o.kind {
-                    PathUse::BackupSource => "what is in a backup set's source is copied: a copy there is copied again into itself at every replication, and grows until the disk is full; give the copy a folder outside every source",
+                .hint(match (o.kind, u.kind) {
+                    (PathUse::BackupSource, PathUse::BackupSource) => "a failback copies each set back over its source, so the outer set's copy back would overwrite the inner one's, and the inner one's metadata folder would be in the outer one's source: give each set a folder of its own, none inside another's",
+                    (PathUse::BackupSource, _) => "what is in a backup set's source is copied: a copy there is copied again into itself at every replication, and grows until the disk is full; give the copy a folder outside every source",
                     _ => "a copy is made equal to its source (what the source lacks is deleted): give it a folder of its own",
                 })
             };
