@@ -345,9 +345,19 @@ fn text(rows: &[ReplicaRow], lags: &[LagRow]) -> Outcome {
         "VM OR SET", "NEWEST GOOD POINT", "AGE", "RPO", "STATE"
     ));
     for r in rows {
+        // Listed all the same: an item left out would look like one not replicated at all.
         if let Some(e) = &r.error {
-            out.stderr.push_str(&format!("error: {}: {e}\n", r.item));
-            out.code = exit::FAILED;
+            out.stdout.push_str(&format!(
+                "{:<12} {:<20} {:>10} {:>8}  {:<10} -\n  {}: its copies cannot be read: {e}\n",
+                r.item,
+                "unknown",
+                "-",
+                r.rpo_s
+                    .map(|s| crate::duration::Duration(s).to_string())
+                    .unwrap_or_else(|| "-".into()),
+                "UNREADABLE",
+                r.item
+            ));
             continue;
         }
         let last = r
@@ -421,14 +431,18 @@ fn json(rows: &[ReplicaRow], lags: &[LagRow]) -> Outcome {
     let mut out = Outcome::default();
     let list: Vec<serde_json::Value> = rows
         .iter()
-        .filter(|r| {
-            if let Some(e) = &r.error {
-                out.stderr.push_str(&format!("error: {}: {e}\n", r.item));
-                out.code = exit::FAILED;
-            }
-            r.error.is_none()
-        })
         .map(|r| {
+            // Listed all the same, its error said: no good point can be vouched for.
+            if let Some(e) = &r.error {
+                return serde_json::json!({
+                    "item": r.item,
+                    "kind": if r.backup { "backup_set" } else { "vm" },
+                    "newest_good_point": null,
+                    "rpo_s": r.rpo_s,
+                    "breach": true,
+                    "error": format!("its copies cannot be read: {e}"),
+                });
+            }
             serde_json::json!({
                 "item": r.item,
                 "kind": if r.backup { "backup_set" } else { "vm" },
@@ -463,11 +477,24 @@ fn json(rows: &[ReplicaRow], lags: &[LagRow]) -> Outcome {
     out
 }
 
-/// Exit 8 (and a line saying how many) when a target is missed or a lag is unknown, and no
-/// copy failed to be read.
+/// Exit 8 (and a line saying how many) when a target is missed or a lag is unknown; a copy
+/// that cannot be read proves no point within its target either.
 fn breach_exit(rows: &[ReplicaRow], lags: &[LagRow], out: &mut Outcome) {
     if out.code != exit::OK {
         return;
+    }
+    let unreadable: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.error.is_some())
+        .map(|r| r.item.as_str())
+        .collect();
+    if !unreadable.is_empty() {
+        out.stderr.push_str(&format!(
+            "the copies of {} cannot be read: no point of {} can be vouched for\n",
+            unreadable.join(", "),
+            if unreadable.len() == 1 { "it" } else { "them" }
+        ));
+        out.code = exit::RPO_BREACH;
     }
     let breaches = rows
         .iter()

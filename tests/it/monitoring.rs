@@ -270,4 +270,28 @@ fn metrics_and_the_plugin_line_follow_replicas_checks_and_drills() {
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stdout.contains("copies unreadable"), "{}", run.stdout);
     assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
+    // The table and the JSON list every item all the same, those unread as such (an item
+    // left out would look like one not replicated at all), and exit 8.
+    let run = lab.run(&["status", "--json", "--connect-timeout", "2"]);
+    assert_eq!(run.code, 8, "{run:?}");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
+    let item = |id: &str| list.iter().find(|i| i["item"] == id).cloned();
+    let erp = item("erp-db").unwrap_or_else(|| panic!("{list:#?}"));
+    assert_eq!(erp["breach"], true, "{erp}");
+    assert!(
+        erp["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot be read")),
+        "{erp}"
+    );
+    assert!(item("erp-dumps").is_some(), "{list:#?}");
+    let run = lab.run(&["status", "--connect-timeout", "2"]);
+    assert_eq!(run.code, 8, "{run:?}");
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("erp-db") && l.contains("UNREADABLE")),
+        "{}",
+        run.stdout
+    );
 }
