@@ -520,13 +520,35 @@ impl StateLock {
         let dir = runs_dir(state_dir);
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         let path = dir.join(".lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io("open", &path))?;
+        // Never through a link: the lock is written and emptied, and a link would have that
+        // done to a file elsewhere (refused as not a lock, left as it is).
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&path)
+        };
+        let file = match file {
+            Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
+            Ok(_) => {
+                return Err(JournalError::LockUnreadable {
+                    path,
+                    reason: "it is not a regular file".into(),
+                });
+            }
+            Err(_) if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink()) => {
+                return Err(JournalError::LockUnreadable {
+                    path,
+                    reason: "it is a symbolic link (a lock is written: never through a link)"
+                        .into(),
+                });
+            }
+            Err(e) => return Err(io("open", &path)(e)),
+        };
         let read_holder = |file: &File| -> Result<Option<LockHolder>, String> {
             let bytes = read_from_start(file).map_err(|e| e.to_string())?;
             if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -839,6 +861,23 @@ mod tests {
             "{text}"
         );
         assert_eq!(std::fs::read(&path).unwrap(), b"garbage\x01");
+        // A link, to a file that looks free (whitespace) or to none: never written through.
+        std::fs::remove_file(&path).unwrap();
+        let elsewhere = state.path().join("elsewhere.txt");
+        for there in [true, false] {
+            let _ = std::fs::remove_file(&elsewhere);
+            if there {
+                std::fs::write(&elsewhere, "   \n\t\n").unwrap();
+            }
+            std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+            let err = StateLock::acquire(state.path(), &holder("r1")).unwrap_err();
+            assert!(err.to_string().contains("symbolic link"), "{err}");
+            match there {
+                true => assert_eq!(std::fs::read(&elsewhere).unwrap(), b"   \n\t\n"),
+                false => assert!(!elsewhere.exists()),
+            }
+            std::fs::remove_file(&path).unwrap();
+        }
     }
 
     #[test]
