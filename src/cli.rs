@@ -957,7 +957,14 @@ fn run_with_model(cli: &Cli, model: &Model) -> Result<Outcome, Outcome> {
         Command::Verify { vm, point, ssh } => {
             replicate::verify(model, vm.as_deref(), point.as_deref(), ssh)
         }
-        Command::Status(args) => status::status(model, &cli.state_dir, args, Utc::now()),
+        Command::Status(args) => match args
+            .output
+            .as_deref()
+            .and_then(|o| overwrites_an_input(cli, o))
+        {
+            Some(why) => Outcome::err(exit::USAGE, format!("error: {why}\n")),
+            None => status::status(model, &cli.state_dir, args, Utc::now()),
+        },
         Command::Schedule(args) => ops::schedule(cli, model, args),
         Command::Release { item, run, ssh } => replicate::release(model, item, run.as_deref(), ssh),
         Command::Confirm { .. }
@@ -1527,6 +1534,9 @@ fn report(
     lang: crate::report::Lang,
 ) -> Outcome {
     use crate::report::Format;
+    if let Some(why) = output.and_then(|o| overwrites_an_input(cli, o)) {
+        return Outcome::err(exit::USAGE, format!("error: {why}\n"));
+    }
     let report = match crate::report::for_run(&cli.state_dir, run, lang) {
         Ok(r) => r,
         Err(e) => return run_error(e.into()),
@@ -1567,6 +1577,39 @@ fn report(
             ),
         },
     }
+}
+
+/// Why writing `out` would overwrite what reprise reads (the inventory, the runbooks, an
+/// overlay, the state folder: a journal), if it would.
+fn overwrites_an_input(cli: &Cli, out: &std::path::Path) -> Option<String> {
+    let target = match std::fs::canonicalize(out) {
+        Ok(t) => t,
+        Err(_) => {
+            let dir = out
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            std::fs::canonicalize(dir).ok()?.join(out.file_name()?)
+        }
+    };
+    let inputs = [&cli.inventory, &cli.runbooks, &cli.state_dir]
+        .into_iter()
+        .chain(cli.overlays.iter());
+    for input in inputs {
+        if let Ok(i) = std::fs::canonicalize(input)
+            && target.starts_with(&i)
+        {
+            let place = match target == i {
+                true => format!("is {}", input.display()),
+                false => format!("is inside {}", input.display()),
+            };
+            return Some(format!(
+                "{} {place}, which reprise reads: nothing is written there; name a file elsewhere",
+                out.display()
+            ));
+        }
+    }
+    None
 }
 
 fn history(cli: &Cli, json: bool) -> Outcome {

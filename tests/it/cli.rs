@@ -215,3 +215,46 @@ fn estimates_at_the_longest_durations_add_up_exactly_and_miss_the_target() {
         "{out}"
     );
 }
+
+/// A report, or status's metrics, is never written over what reprise reads: an inventory or runbook file, a file of
+/// the state folder (a run's journal), given as `--output` by mistake (exit 2, untouched).
+#[test]
+fn a_report_is_never_written_over_what_reprise_reads() {
+    let dir = mini_copy();
+    std::fs::create_dir_all(dir.path().join("state/runs/r1")).unwrap();
+    std::fs::write(dir.path().join("state/runs/r1/journal.jsonl"), "{}\n").unwrap();
+    for out in [
+        "inventory/hosts.toml",
+        "runbooks",
+        "state/runs/r1/journal.jsonl",
+        "./inventory/../runbooks/new.md",
+    ] {
+        let before = std::fs::read(dir.path().join(out)).ok();
+        let run = reprise(
+            dir.path(),
+            &["--state-dir", "state", "report", "latest", "--output", out],
+        );
+        assert_eq!(run.code, 2, "{out}: {run:?}");
+        assert!(
+            run.stderr.contains("which reprise reads") && run.stderr.contains(out),
+            "{out}: {}",
+            run.stderr
+        );
+        assert_eq!(std::fs::read(dir.path().join(out)).ok(), before, "{out}");
+    }
+    // Nor the metrics of `status`.
+    let run = reprise(
+        dir.path(),
+        &[
+            "--state-dir",
+            "state",
+            "status",
+            "--format",
+            "prometheus",
+            "--output",
+            "inventory/vms.toml",
+        ],
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("which reprise reads"), "{}", run.stderr);
+}
