@@ -523,7 +523,7 @@ pub enum Command {
     /// collector (with the last drill of each service and the last check's verdict);
     /// `--format nagios` prints one line and exits like a Nagios/Icinga plugin.
     #[command(
-        after_help = "Examples:\n  reprise status --json\n  reprise status --format prometheus --output /var/lib/prometheus/node-exporter/reprise.prom\n  reprise status --format nagios --warn-at 75\n\nExit codes: 0 every target held, 8 an RPO target missed or a lag unknown, 1 copies\nunreadable, 3 invalid inventory. With --format nagios: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
+        after_help = "Examples:\n  reprise status --json\n  reprise status --format prometheus --output /var/lib/prometheus/node-exporter/reprise.prom\n  reprise status --format nagios --warn-at 75\n\nExit codes: 0 every target held, 8 an RPO target missed, a lag unknown, or copies\nunreadable, 3 invalid inventory. With --format nagios: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN."
     )]
     Status(status::StatusArgs),
     /// Run the nightly `check` and every replication at the cadence its RPO needs, from
@@ -720,9 +720,19 @@ pub fn main() -> u8 {
     init_logs(cli.log_format);
     let outcome = run(&cli);
     // What hosts and journals said is shown, never obeyed by the terminal.
-    let text = crate::diagnostic::terminal_text;
-    let _ = std::io::stdout().write_all(text(&outcome.stdout).as_bytes());
-    let _ = std::io::stderr().write_all(text(&outcome.stderr).as_bytes());
+    // (On a terminal only: written to a file or a pipe, what was said is kept as it is.)
+    use std::io::IsTerminal as _;
+    let text = |s: &str, terminal: bool| match terminal {
+        true => crate::diagnostic::terminal_text(s).into_owned(),
+        false => s.to_string(),
+    };
+    let (out, err) = (std::io::stdout(), std::io::stderr());
+    let _ = out
+        .lock()
+        .write_all(text(&outcome.stdout, out.is_terminal()).as_bytes());
+    let _ = err
+        .lock()
+        .write_all(text(&outcome.stderr, err.is_terminal()).as_bytes());
     outcome.code
 }
 
@@ -1581,7 +1591,7 @@ fn report(
 
 /// Why writing `out` would overwrite what reprise reads (the inventory, the runbooks, an
 /// overlay, the state folder: a journal), if it would.
-fn overwrites_an_input(cli: &Cli, out: &std::path::Path) -> Option<String> {
+pub(crate) fn overwrites_an_input(cli: &Cli, out: &std::path::Path) -> Option<String> {
     let target = match std::fs::canonicalize(out) {
         Ok(t) => t,
         Err(_) => {
@@ -1592,7 +1602,9 @@ fn overwrites_an_input(cli: &Cli, out: &std::path::Path) -> Option<String> {
             std::fs::canonicalize(dir).ok()?.join(out.file_name()?)
         }
     };
-    let inputs = [&cli.inventory, &cli.runbooks, &cli.state_dir]
+    // Of the state folder, what reprise keeps there: the runs (their journals) and checks.
+    let (runs, checks) = (cli.state_dir.join("runs"), cli.state_dir.join("check"));
+    let inputs = [&cli.inventory, &cli.runbooks, &runs, &checks]
         .into_iter()
         .chain(cli.overlays.iter());
     for input in inputs {

@@ -1680,15 +1680,14 @@ fn check_shared_paths(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
         while open.last().is_some_and(|o| !within(u, o)) {
             open.pop();
         }
-        // A copy inside a folder that is copied is copied again into itself at every
-        // replication. Two sets that read one folder, or one inside the other's, each write
-        // it back at a failback (and the inner one's metadata folder, beside it, lands in the
-        // outer one's source).
+        // Backup sets may read one folder (a second copy kept elsewhere); a copy inside a
+        // folder that is copied is copied again into itself at every replication.
         let clash = open.iter().rev().find(|o| {
-            o.path == u.path
-                || o.kind != PathUse::BackupSource
-                || u.kind == PathUse::BackupCopy
-                || u.kind == PathUse::BackupSource
+            let both_read = o.kind == PathUse::BackupSource && u.kind == PathUse::BackupSource;
+            !both_read
+                && (o.path == u.path
+                    || o.kind != PathUse::BackupSource
+                    || u.kind == PathUse::BackupCopy)
         });
         if let Some(o) = clash {
             let same_machine = |host: &str| match o.host == u.host {
@@ -1708,10 +1707,9 @@ fn check_shared_paths(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
                 ))
                 .at(u.loc.clone())
                 .note("that one is set here", o.loc.clone())
-                .hint(match (overlay, o.kind, u.kind) {
-                    (true, _, _) => "a running vm's writes go to this overlay while its disk is copied: give the disks names that differ before their extension",
-                    (_, PathUse::BackupSource, PathUse::BackupSource) => "a failback copies each set back over its source: two sets of one folder would each write it back; keep one set of it",
-                    _ => "each vm disk and each copy needs its own file: rename one, or fix `images_dir` or the path",
+                .hint(match overlay {
+                    true => "a running vm's writes go to this overlay while its disk is copied: give the disks names that differ before their extension",
+                    false => "each vm disk and each copy needs its own file: rename one, or fix `images_dir` or the path",
                 })
             } else {
                 Diagnostic::error(format!(
@@ -1725,9 +1723,8 @@ fn check_shared_paths(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
                 ))
                 .at(o.loc.clone())
                 .note("that one is set here", u.loc.clone())
-                .hint(match (o.kind, u.kind) {
-                    (PathUse::BackupSource, PathUse::BackupSource) => "a failback copies each set back over its source, so the outer set's copy back would overwrite the inner one's, and the inner one's metadata folder would be in the outer one's source: give each set a folder of its own, none inside another's",
-                    (PathUse::BackupSource, _) => "what is in a backup set's source is copied: a copy there is copied again into itself at every replication, and grows until the disk is full; give the copy a folder outside every source",
+                .hint(match o.kind {
+                    PathUse::BackupSource => "what is in a backup set's source is copied: a copy there is copied again into itself at every replication, and grows until the disk is full; give the copy a folder outside every source",
                     _ => "a copy is made equal to its source (what the source lacks is deleted): give it a folder of its own",
                 })
             };

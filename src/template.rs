@@ -131,11 +131,12 @@ impl Template {
         let mut out = Command::default();
         let mut errors = Vec::new();
         // Whether the command's own text leaves the placeholder inside quotes.
-        let mut quoting = Quoting::None;
+        let mut shell = Shell::default();
         for part in &self.parts {
+            let quotes = shell.quotes();
             match part {
                 Part::Lit(s) => {
-                    quoting = quoting.after(s);
+                    shell.after(s);
                     out.push_text(s)
                 }
                 Part::Var {
@@ -143,7 +144,7 @@ impl Template {
                     name,
                     raw: false,
                     loc,
-                } if quote && quoting != Quoting::None => match scope.lookup(namespace, name) {
+                } if quote && quotes.is_some() => match scope.lookup(namespace, name) {
                     // Inside quotes, a value is written as it is when no shell reads anything
                     // in it; one that holds what a shell reads cannot be quoted there (the
                     // quoted text may be run again: `sh -c '…'`).
@@ -163,8 +164,8 @@ impl Template {
                         };
                         errors.push(
                             Diagnostic::error(format!(
-                                "`{{{{ {namespace}.{name} }}}}` is inside {} quotes, and {what} characters a shell reads: reprise quotes every value itself, which it cannot do inside quotes (the quoted text may be run again, as by `sh -c`), so the value could run as a command",
-                                quoting.name()
+                                "`{{{{ {namespace}.{name} }}}}` is inside {} quotes, and {what} {INSIDE_QUOTES}, which it cannot do inside quotes (the quoted text may be run again, as by `sh -c`), so the value could run as a command",
+                                quotes.unwrap_or("")
                             ))
                             .at(loc.clone())
                             .hint("remove the quotes around the placeholder (reprise quotes its value), or, in a text run again by `sh -c`, pass it as an argument: sh -c 'cmd \"$1\"' sh {{ host.x }}"),
@@ -215,6 +216,9 @@ impl Template {
     }
 }
 
+/// What the error of a placeholder inside quotes whose value a shell would read says.
+pub const INSIDE_QUOTES: &str = "characters a shell reads: reprise quotes every value itself";
+
 /// The error of a placeholder whose variable `scope` does not have.
 fn missing(scope: &dyn Scope, namespace: &str, name: &str, loc: &Location) -> Option<Diagnostic> {
     let Lookup::Missing { what, known } = scope.lookup(namespace, name) else {
@@ -231,41 +235,119 @@ fn missing(scope: &dyn Scope, namespace: &str, name: &str, loc: &Location) -> Op
     )
 }
 
-/// Where a POSIX shell is in a command's text: outside quotes, or inside single or double
-/// ones (a backslash outside single quotes escapes the next character).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Quoting {
-    None,
-    Single,
-    Double,
+/// Where a POSIX shell is in a command's text, read as far as the text before a placeholder:
+/// inside quotes (single, double, `$'…'`) or not (a command substitution `$(…)` or backticks
+/// inside double quotes start afresh, unquoted); a comment runs to the end of its line.
+/// Heredocs are not read.
+#[derive(Debug, Clone)]
+struct Shell {
+    stack: Vec<Ctx>,
+    comment: bool,
+    /// The character before, to tell a `#` that begins a word.
+    prev: char,
 }
 
-impl Quoting {
-    /// Where the shell is after reading `text` from here.
-    fn after(self, text: &str) -> Quoting {
-        let mut q = self;
-        let mut chars = text.chars();
-        while let Some(c) = chars.next() {
-            q = match (q, c) {
-                (Quoting::Single, '\'') => Quoting::None,
-                (Quoting::Single, _) => Quoting::Single,
-                (_, '\\') => {
-                    chars.next();
-                    q
-                }
-                (Quoting::None, '\'') => Quoting::Single,
-                (Quoting::None, '"') => Quoting::Double,
-                (Quoting::Double, '"') => Quoting::None,
-                _ => q,
-            };
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ctx {
+    Single,
+    Double,
+    AnsiC,
+    /// `$(`, with the parentheses opened inside it.
+    Subst(u32),
+    Backtick,
+}
+
+impl Default for Shell {
+    fn default() -> Self {
+        Shell {
+            stack: Vec::new(),
+            comment: false,
+            prev: ' ',
         }
-        q
+    }
+}
+
+impl Shell {
+    /// Reads `text` on from where the shell is.
+    fn after(&mut self, text: &str) {
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            let mut last = c;
+            if self.comment {
+                self.comment = c != '\n';
+                self.prev = c;
+                continue;
+            }
+            match self.stack.last().copied() {
+                Some(Ctx::Single) => {
+                    if c == '\'' {
+                        self.stack.pop();
+                    }
+                }
+                Some(Ctx::AnsiC) => match c {
+                    '\\' => last = chars.next().unwrap_or(c),
+                    '\'' => {
+                        self.stack.pop();
+                    }
+                    _ => {}
+                },
+                Some(Ctx::Double) => match c {
+                    '\\' => last = chars.next().unwrap_or(c),
+                    '"' => {
+                        self.stack.pop();
+                    }
+                    '`' => self.stack.push(Ctx::Backtick),
+                    '$' if chars.peek() == Some(&'(') => {
+                        chars.next();
+                        self.stack.push(Ctx::Subst(0));
+                    }
+                    _ => {}
+                },
+                top => match c {
+                    '\\' => last = chars.next().unwrap_or(c),
+                    '\'' => self.stack.push(Ctx::Single),
+                    '"' => self.stack.push(Ctx::Double),
+                    '$' if chars.peek() == Some(&'\'') => {
+                        chars.next();
+                        self.stack.push(Ctx::AnsiC);
+                    }
+                    '$' if chars.peek() == Some(&'(') => {
+                        chars.next();
+                        self.stack.push(Ctx::Subst(0));
+                    }
+                    '`' if top == Some(Ctx::Backtick) => {
+                        self.stack.pop();
+                    }
+                    '`' => self.stack.push(Ctx::Backtick),
+                    '(' => {
+                        if let Some(Ctx::Subst(d)) = self.stack.last_mut() {
+                            *d += 1;
+                        }
+                    }
+                    ')' => match self.stack.last_mut() {
+                        Some(Ctx::Subst(0)) => {
+                            self.stack.pop();
+                        }
+                        Some(Ctx::Subst(d)) => *d -= 1,
+                        _ => {}
+                    },
+                    '#' if self.prev.is_whitespace() || ";&|()".contains(self.prev) => {
+                        self.comment = true;
+                    }
+                    _ => {}
+                },
+            }
+            self.prev = last;
+        }
     }
 
-    fn name(self) -> &'static str {
-        match self {
-            Quoting::Single => "single",
-            _ => "double",
+    /// The quotes a placeholder here would be inside, if any.
+    fn quotes(&self) -> Option<&'static str> {
+        match self.stack.last() {
+            Some(Ctx::Single) => Some("single"),
+            Some(Ctx::Double) => Some("double"),
+            Some(Ctx::AnsiC) => Some("`$'…'`"),
+            _ => None,
         }
     }
 }
@@ -444,6 +526,11 @@ mod tests {
             "sh -c \"for d in {{ vm.disks }}; do :; done\"",
             "curl -H 'X-Token: {{ host.pw }}'",
             "echo 'it'\\''s {{ host.evil }}'",
+            // An apostrophe in a comment quotes nothing.
+            "# don't load twice\nsh -c 'cat < {{ host.evil }}'",
+            "echo $'a\\'b {{ host.evil }}'",
+            "echo \"$((1 + 2)) {{ host.dir }}\"",
+            "echo \"$(true) {{ host.dir }}\"",
         ] {
             let errs = tpl(bad).render(&Fixed).unwrap_err();
             assert_eq!(errs.len(), 1, "{bad}");
@@ -464,6 +551,17 @@ mod tests {
         check(
             "sh -c 'echo {{ host.evil | raw }}'",
             "sh -c 'echo x; rm -rf / 'y''",
+        );
+        // A command substitution or backticks inside double quotes start afresh, unquoted.
+        check(
+            "[ -z \"$(find {{ host.dir }} -name x)\" ]",
+            "[ -z \"$(find '/srv/a b' -name x)\" ]",
+        );
+        check("echo \"`ls {{ host.dir }}`\"", "echo \"`ls '/srv/a b'`\"");
+        check("echo a#b 'c' {{ host.dir }}", "echo a#b 'c' '/srv/a b'");
+        check(
+            "echo x # it's\nls {{ host.dir }}",
+            "echo x # it's\nls '/srv/a b'",
         );
     }
 

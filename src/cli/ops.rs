@@ -125,6 +125,13 @@ fn options(cli: &Cli, model: &Model, args: &ScheduleArgs) -> Result<Options, Out
         user: args.user.clone(),
         check_at: args.check_at.clone(),
         metrics: match &args.metrics {
+            // Refused now, not by every run of the timer.
+            Some(file) if let Some(why) = crate::cli::overwrites_an_input(cli, file) => {
+                return Err(Outcome::err(
+                    crate::exit::USAGE,
+                    format!("error: --metrics: {why}\n"),
+                ));
+            }
             Some(file) => Some(metrics_file(file)?),
             None => None,
         },

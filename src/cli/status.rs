@@ -439,7 +439,8 @@ fn json(rows: &[ReplicaRow], lags: &[LagRow]) -> Outcome {
                     "kind": if r.backup { "backup_set" } else { "vm" },
                     "newest_good_point": null,
                     "rpo_s": r.rpo_s,
-                    "breach": true,
+                    // No point within its target can be vouched for (none without one).
+                    "breach": r.rpo_s.is_some(),
                     "error": format!("its copies cannot be read: {e}"),
                 });
             }
@@ -485,7 +486,7 @@ fn breach_exit(rows: &[ReplicaRow], lags: &[LagRow], out: &mut Outcome) {
     }
     let unreadable: Vec<&str> = rows
         .iter()
-        .filter(|r| r.error.is_some())
+        .filter(|r| r.error.is_some() && r.rpo_s.is_some())
         .map(|r| r.item.as_str())
         .collect();
     if !unreadable.is_empty() {

@@ -27,6 +27,11 @@ pub fn load(sources: Sources) -> Result<(Model, Vec<Diagnostic>), Report> {
             }
         }
     }
+    for e in super::vm::driver_action_errors(&model) {
+        if seen.insert(e.clone()) {
+            diags.push(e);
+        }
+    }
     if diags.iter().any(Diagnostic::is_error) {
         return Err(model.report(diags));
     }

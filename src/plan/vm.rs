@@ -48,6 +48,60 @@ pub fn vm_action_command(
     Some((host_id.clone(), tpl.render(&scope).ok()?))
 }
 
+/// Why an action of a vm's driver cannot be rendered for it, on either of its sides (a value
+/// that cannot be written where the action puts it, a variable its host lacks): said when the
+/// files are checked, never found at run time as an action that is not there (a
+/// `replicate-end` that did not render would leave the freeze of `replicate-begin` on).
+pub fn driver_action_errors(model: &Model) -> Vec<crate::diagnostic::Diagnostic> {
+    let inv = &model.inventory;
+    let Some(service) = inv.services.values().next() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for vm in inv.vms.values() {
+        let Some(driver) = inv.drivers.get(&vm.driver.value) else {
+            continue;
+        };
+        for (side, host_id) in [
+            (Side::Primary, &vm.primary.value),
+            (Side::Recovery, &vm.recovery.value),
+        ] {
+            let Some(host) = inv.hosts.get(host_id) else {
+                continue;
+            };
+            let scope = StepScope {
+                inv,
+                host: Some(host),
+                service,
+                vm: Some((vm, side)),
+                run_id: "validate",
+                mode: Mode::Failback,
+            };
+            for tpl in driver.actions.values() {
+                let Ok(tpl) = Template::parse(tpl, model.sources.map.text(tpl.loc.file)) else {
+                    continue;
+                };
+                // Variables a side's host lacks are said by the plans that use the action
+                // there (a drill's actions run on the recovery side only).
+                if let Err(errors) = tpl.render(&scope) {
+                    for mut e in errors {
+                        // One error a placeholder, for the first vm and host it fails for.
+                        let said = out
+                            .iter()
+                            .any(|o: &crate::diagnostic::Diagnostic| o.location == e.location);
+                        if e.message.contains(crate::template::INSIDE_QUOTES) && !said {
+                            e.message =
+                                format!("{} (vm `{}` on host `{host_id}`)", e.message, vm.id);
+                            out.push(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// How a vm step of `role` defines `vm` on the host it starts it on, when its driver
 /// carries definitions: where the point's definition is, and what it becomes there.
 pub fn define_use(

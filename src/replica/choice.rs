@@ -99,7 +99,7 @@ pub fn note_sources(states: &mut [CopyState], sources: &[String]) {
             && !super::meta::same_source(&newest.source, source)
         {
             state.other_source = Some(format!(
-                "its points are of {} (the newest, {}), and the inventory gives it to {source}: they may be another disk's data. If the inventory is wrong, put it right; if the source really moved, its newest point is still this data: start it as it is only by naming it (--accept-unverified), or move the copy's `.reprise` folder aside and replicate it again (only what differs is sent)",
+                "its points are of {} (the newest, {}), and the inventory gives it to {source}: they may be another disk's data. If the inventory is wrong, put it right; if the source really moved, its newest point is still this data: start it as it is only by naming it (--accept-unverified), or move the copy's `.reprise` folder aside, take the copy as it is (`reprise release NAME`) and replicate it again (only what differs is sent)",
                 newest.source, newest.id
             ));
         }

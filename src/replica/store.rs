@@ -627,6 +627,8 @@ impl Store {
     /// did not take it as a copy as it now is. `None` when nothing is there.
     pub fn foreign(&self) -> Option<String> {
         std::fs::symlink_metadata(&self.image).ok()?;
+        // (A copy made before the mark whose points files were both lost is refused too: it
+        // proves nothing, and `reprise release` takes it.)
         if meta::has_history(&self.dir) || self.path(meta::MADE).exists() {
             return None;
         }
@@ -3469,9 +3471,10 @@ mod tests {
             std::fs::read(&src).unwrap()
         );
         assert_eq!(store.inspect().foreign, None);
-        // A first copy whose point a crash kept from being recorded: reprise's own.
+        // A first copy whose point a crash kept from being recorded (its file put in place,
+        // nothing else written yet): reprise's own, by its mark.
         let (_d, _src, made) = copy_of(&[("p1", b'a')], 2);
-        for name in ["points.json", "points.json.prev"] {
+        for name in ["points.json", "points.json.prev", "manifest", "stamp"] {
             let _ = std::fs::remove_file(made.path(name));
         }
         assert!(!meta::has_history(made.meta_dir()));

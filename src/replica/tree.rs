@@ -1026,10 +1026,13 @@ impl TreeStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => e.to_string(),
             Ok(m) if !m.is_dir() => "it is not a folder".to_string(),
-            Ok(_) => match walk(&self.root) {
-                Ok(_) => return Ok(()),
-                Err(e) => e.to_string(),
-            },
+            // Read whole now, it was not when its stamp was taken (a file gone between its
+            // listing and its look): not gone either.
+            Ok(_) => walk(&self.root)
+                .err()
+                .map_or("it changed while it was listed".to_string(), |e| {
+                    e.to_string()
+                }),
         };
         Err(StoreError::Refused {
             image: self.name(),
@@ -1088,7 +1091,9 @@ impl TreeStore {
     /// empty folder (nothing to lose).
     pub fn foreign(&self) -> Option<String> {
         let m = std::fs::symlink_metadata(&self.root).ok()?;
-        if meta::has_history(&self.dir) {
+        // A first update committed and not yet completed (a crash) is reprise's own: the
+        // next use completes it.
+        if meta::has_history(&self.dir) || self.path("commit.json").exists() {
             return None;
         }
         let what = match m.is_dir() {
@@ -1098,7 +1103,13 @@ impl TreeStore {
                 }
                 "a folder holding files"
             }
-            false => "a file, not a folder,",
+            // Never taken as a copy of a folder: only moved away.
+            false => {
+                return Some(format!(
+                    "a file, not a folder, is at the copy's path {}: a backup set's copy is a folder; nothing was written. Move the file away",
+                    self.root.display()
+                ));
+            }
         };
         let taken = meta::read_accepted(&self.dir);
         if taken.is_some() && as_recorded(taken.as_deref(), stamps(&self.root)) == taken {

@@ -216,8 +216,9 @@ fn estimates_at_the_longest_durations_add_up_exactly_and_miss_the_target() {
     );
 }
 
-/// A report, or status's metrics, is never written over what reprise reads: an inventory or runbook file, a file of
-/// the state folder (a run's journal), given as `--output` by mistake (exit 2, untouched).
+/// A report, or status's metrics, is never written over what reprise reads: an inventory or
+/// runbook file, the runs of the state folder (a run's journal), given as `--output` by
+/// mistake (exit 2, untouched).
 #[test]
 fn a_report_is_never_written_over_what_reprise_reads() {
     let dir = mini_copy();
@@ -253,6 +254,20 @@ fn a_report_is_never_written_over_what_reprise_reads() {
             "prometheus",
             "--output",
             "inventory/vms.toml",
+        ],
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("which reprise reads"), "{}", run.stderr);
+    // Nor the metrics a schedule would write every 5 minutes: refused when it is made.
+    let run = reprise(
+        dir.path(),
+        &[
+            "--state-dir",
+            "state",
+            "schedule",
+            "--cron",
+            "--metrics",
+            "state/runs/reprise.prom",
         ],
     );
     assert_eq!(run.code, 2, "{run:?}");
