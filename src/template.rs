@@ -171,8 +171,8 @@ impl Template {
                             .hint("remove the quotes around the placeholder (reprise quotes its value), or, in a text run again by `sh -c`, pass it as an argument: sh -c 'cmd \"$1\"' sh {{ host.x }}"),
                         );
                     }
-                    Lookup::Missing { .. } => {
-                        errors.extend(missing(scope, namespace, name, loc));
+                    Lookup::Missing { what, known } => {
+                        errors.push(missing(namespace, name, loc, &what, &known));
                     }
                 },
                 Part::Var {
@@ -202,8 +202,8 @@ impl Template {
                             out.parts.push(CommandPart::Secret { env, quote: !raw })
                         }
                     },
-                    Lookup::Missing { .. } => {
-                        errors.extend(missing(scope, namespace, name, loc));
+                    Lookup::Missing { what, known } => {
+                        errors.push(missing(namespace, name, loc, &what, &known));
                     }
                 },
             }
@@ -219,20 +219,22 @@ impl Template {
 /// What the error of a placeholder inside quotes whose value a shell would read says.
 pub const INSIDE_QUOTES: &str = "characters a shell reads: reprise quotes every value itself";
 
-/// The error of a placeholder whose variable `scope` does not have.
-fn missing(scope: &dyn Scope, namespace: &str, name: &str, loc: &Location) -> Option<Diagnostic> {
-    let Lookup::Missing { what, known } = scope.lookup(namespace, name) else {
-        return None;
-    };
+/// The error of a placeholder whose variable its scope does not have (`what`: why; `known`:
+/// the names it has).
+fn missing(
+    namespace: &str,
+    name: &str,
+    loc: &Location,
+    what: &str,
+    known: &[String],
+) -> Diagnostic {
     let hint = crate::diagnostic::did_you_mean(name, known.iter().map(String::as_str))
         .or_else(|| (!known.is_empty()).then(|| format!("known: {}", known.join(", "))));
-    Some(
-        Diagnostic::error(format!(
-            "unknown template variable `{namespace}.{name}`: {what}"
-        ))
-        .at(loc.clone())
-        .hint_opt(hint),
-    )
+    Diagnostic::error(format!(
+        "unknown template variable `{namespace}.{name}`: {what}"
+    ))
+    .at(loc.clone())
+    .hint_opt(hint)
 }
 
 /// Where a POSIX shell is in a command's text, read as far as the text before a placeholder:

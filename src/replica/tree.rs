@@ -2244,20 +2244,22 @@ mod tests {
         let base = store.base(false, false)?;
         let mut stream = Vec::new();
         let sent = send_tree(src, &base, &mut stream).unwrap();
-        store.apply(
-            &mut &stream[..],
-            NewPoint {
-                id: id.into(),
-                taken_at,
-                source: "src".into(),
-                retention: 3,
-                definition: None,
-                read: None,
-                pending: false,
-                overwrite_changed: false,
-            },
-        )?;
+        store.apply(&mut &stream[..], new_point(id, taken_at))?;
         Ok(sent)
+    }
+
+    /// A new point `id` of source `src` taken at `taken_at`, keeping 3.
+    fn new_point(id: &str, taken_at: chrono::DateTime<Utc>) -> NewPoint {
+        NewPoint {
+            id: id.into(),
+            taken_at,
+            source: "src".into(),
+            retention: 3,
+            definition: None,
+            read: None,
+            pending: false,
+            overwrite_changed: false,
+        }
     }
 
     /// A backup set's point is never restored into its copy, into a folder inside it, or
@@ -2359,18 +2361,8 @@ mod tests {
         let mut stream = Vec::new();
         send_tree(&src, &base, &mut stream).unwrap();
         std::fs::write(store.path(BASE_STAMP), tree_seal(&dst).unwrap()).unwrap();
-        let new = || NewPoint {
-            id: "p1".into(),
-            taken_at: Utc::now(),
-            source: "src".into(),
-            retention: 3,
-            definition: None,
-            read: None,
-            pending: false,
-            overwrite_changed: false,
-        };
         let apply_err = store
-            .apply(&mut &stream[..], new())
+            .apply(&mut &stream[..], new_point("p1", Utc::now()))
             .unwrap_err()
             .to_string();
         for e in [&base_err, &apply_err] {
