@@ -202,6 +202,42 @@ impl Dir {
         rustix::fs::renameat(&from_fd, from_name, &to_fd, to_name).map_err(Into::into)
     }
 
+    /// Whether a file can be moved from `from` to `rel` beneath this folder: `false` when the
+    /// nearest folder on `rel`'s way that exists (where the move would put it, or create the
+    /// folders it needs) is on another mount than `from` (another file system, or a bind
+    /// mount of the same one), where a move fails with EXDEV. Found by moving a name that
+    /// exists in neither: Linux compares the mounts before it looks the name up, so nothing
+    /// is moved (`ENOENT` when they are the same).
+    pub fn reachable_by_move(&self, rel: &str, from: &Dir) -> io::Result<bool> {
+        const ABSENT: &str = "reprise-mount-probe.absent";
+        check(rel).map_err(invalid)?;
+        let dirs = rel.rsplit_once('/').map(|(d, _)| d);
+        let mut fd = rustix::fs::openat(
+            &self.fd,
+            ".",
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        for c in dirs.into_iter().flat_map(|d| d.split('/')) {
+            let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC;
+            match rustix::fs::openat(&fd, c, flags, Mode::empty()) {
+                Ok(next) => fd = next,
+                Err(rustix::io::Errno::NOENT) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match rustix::fs::renameat(&from.fd, ABSENT, &fd, ABSENT) {
+            Err(rustix::io::Errno::XDEV) => Ok(false),
+            Err(rustix::io::Errno::NOENT) => Ok(true),
+            // There after all (never made by reprise): put back where it was.
+            Ok(()) => {
+                rustix::fs::renameat(&fd, ABSENT, &from.fd, ABSENT)?;
+                Ok(true)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Removes the file (or link) `rel`.
     pub fn remove_file(&self, rel: &str) -> io::Result<()> {
         let Some((fd, name)) = self.parent(rel, false)? else {

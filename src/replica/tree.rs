@@ -996,26 +996,61 @@ impl TreeStore {
         Ok((points, notes))
     }
 
-    /// An error when the copy's folder is on another file system than its metadata folder
-    /// beside it (a mount point, a link to elsewhere): an update is staged in the metadata
-    /// folder and moved into the copy's, which cannot cross file systems; found at the first
-    /// move, the update would be left half done, files already removed.
-    fn refuse_other_filesystem(&self) -> Result<(), StoreError> {
-        use std::os::unix::fs::MetadataExt as _;
-        let (Ok(root), Ok(meta)) = (std::fs::metadata(&self.root), std::fs::metadata(&self.dir))
+    /// An error when the copy's folder, or the folder within it where one of `paths` is
+    /// moved, is on another mount than its metadata folder beside it (a mount point, a bind
+    /// mount of the same file system, a link to elsewhere): an update is staged in the
+    /// metadata folder and moved into the copy's, which cannot cross mounts; found at a move,
+    /// the update would be left half done, files already removed. `paths` empty: the folder
+    /// itself.
+    fn refuse_moves_apart<'p>(
+        &self,
+        paths: impl Iterator<Item = &'p String>,
+    ) -> Result<(), StoreError> {
+        let (Ok(root), Ok(meta)) = (Dir::open(&self.root, false), Dir::open(&self.dir, false))
         else {
+            // Nothing there yet: made beside the metadata folder, on its mount.
             return Ok(());
         };
-        if root.dev() == meta.dev() {
-            return Ok(());
+        let mut seen = std::collections::BTreeSet::new();
+        let mut folders: Vec<&str> = paths
+            .map(|p| p.rsplit_once('/').map_or("", |(d, _)| d))
+            .filter(|d| seen.insert(*d))
+            .collect();
+        if folders.is_empty() {
+            folders.push("");
         }
-        Err(StoreError::Refused {
-            image: self.name(),
-            reason: format!(
-                "the folder is on another file system than {} beside it (a mount point, or a link to elsewhere): an update is staged there and moved into the folder, which cannot cross file systems; nothing was written. Give the backup set a folder inside that file system (a subfolder of the mount point) as its `dest_path` (or its `source_path`, for a failback's copy back)",
-                self.dir.display()
-            ),
-        })
+        for folder in folders {
+            let probe = if folder.is_empty() {
+                "f".to_string()
+            } else {
+                format!("{folder}/f")
+            };
+            let apart = match root.reachable_by_move(&probe, &meta) {
+                Ok(reachable) => !reachable,
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        path: format!("{}/{}", self.root.display(), beneath::shown(folder)),
+                        reason: format!("{e}; nothing was written"),
+                    });
+                }
+            };
+            if !apart {
+                continue;
+            }
+            let at = if folder.is_empty() {
+                "the folder is".to_string()
+            } else {
+                format!("its folder `{}` is", beneath::shown(folder))
+            };
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason: format!(
+                    "{at} on another mount than {} beside it (a mount point, a bind mount, or a link to elsewhere): an update is staged there and moved into the folder, which cannot cross mounts; nothing was written. Give the backup set a folder with no mount in it, inside the file system it is on (a subfolder of the mount point), as its `dest_path` (or its `source_path`, for a failback's copy back)",
+                    self.dir.display()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// An error when the copy's folder is there but cannot be read whole (not a folder, a
@@ -1454,7 +1489,7 @@ impl TreeStore {
     pub fn base(&self, reread: bool, overwrite: bool) -> Result<Tree, StoreError> {
         let _lock = self.lock()?;
         self.refuse_in_use()?;
-        self.refuse_other_filesystem()?;
+        self.refuse_moves_apart(std::iter::empty())?;
         self.refuse_written_since_returned()?;
         let mut notes: Vec<String> = self.recover_for_update()?.into_iter().collect();
         let (points, settled) = self.history_for_update(overwrite)?;
@@ -1515,7 +1550,7 @@ impl TreeStore {
     ) -> Result<(Point, u64, Option<String>), StoreError> {
         let _lock = self.lock()?;
         self.refuse_in_use()?;
-        self.refuse_other_filesystem()?;
+        self.refuse_moves_apart(std::iter::empty())?;
         let mut notes: Vec<String> = meta::read_file(&self.path("notes"))
             .ok()
             .flatten()
@@ -1591,6 +1626,16 @@ impl TreeStore {
             });
         }
         self.refuse_non_files(&r.changes)?;
+        if let Err(e) = self.refuse_moves_apart(
+            r.changes
+                .put
+                .iter()
+                .chain(&r.changes.replaced)
+                .chain(&r.changes.deleted),
+        ) {
+            let _ = std::fs::remove_dir_all(&staging_path);
+            return Err(e);
+        }
         let taken: Vec<&str> = points.iter().map(|p| p.id.as_str()).collect();
         let mut id = new.id.clone();
         let mut n = 2;
@@ -2481,7 +2526,7 @@ mod tests {
         for overwrite in [false, true] {
             let e = store.base(false, overwrite).unwrap_err().to_string();
             assert!(
-                e.contains("on another file system") && e.contains("nothing was written"),
+                e.contains("on another mount") && e.contains("nothing was written"),
                 "{e}"
             );
         }
@@ -2490,6 +2535,100 @@ mod tests {
             b"there"
         );
         assert!(!elsewhere.path().join("a.dump").exists());
+    }
+
+    /// A bind mount shares its file system's device number, so only a move tells that it is
+    /// another mount: one over the whole copy, or over a folder inside it, is refused before
+    /// anything is written, not found at the update's first move with files already removed.
+    /// The bind mounts are made in a mount namespace of this test's own (`unshare -m`, as
+    /// root), in which this test runs again: the machine's mounts are not touched.
+    #[test]
+    fn a_bind_mount_in_a_set_folder_is_refused_before_anything_is_written() {
+        const INSIDE: &str = "REPRISE_TEST_BIND_MOUNT_DIR";
+        let Ok(at) = std::env::var(INSIDE) else {
+            let dir = tempfile::tempdir().unwrap();
+            let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+            std::fs::create_dir_all(src.join("sub")).unwrap();
+            std::fs::write(src.join("a.dump"), b"a1").unwrap();
+            std::fs::write(src.join("sub/b.dump"), b"b1").unwrap();
+            replicate(&src, &dst, "p1");
+            let out = std::process::Command::new("unshare")
+                .args(["-m", "--propagation", "private"])
+                .arg(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "replica::tree::tests::a_bind_mount_in_a_set_folder_is_refused_before_anything_is_written",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(INSIDE, dir.path())
+                .output()
+                .expect("unshare (util-linux) runs this test in a mount namespace of its own");
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "{said}");
+            assert!(said.contains("1 passed"), "{said}");
+            return;
+        };
+        let dir = Path::new(&at);
+        let (src, dst) = (dir.join("src"), dir.join("dst"));
+        let bind = |from: &Path, to: &Path| {
+            let status = std::process::Command::new("mount")
+                .arg("--bind")
+                .arg(from)
+                .arg(to)
+                .status()
+                .unwrap();
+            assert!(status.success(), "mount --bind needs root");
+        };
+        let umount = |at: &Path| {
+            assert!(
+                std::process::Command::new("umount")
+                    .arg(at)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        };
+        let store = TreeStore::new(&dst);
+        // A folder inside the copy bind-mounted over itself, and a file changed there.
+        bind(&dst.join("sub"), &dst.join("sub"));
+        std::fs::write(src.join("sub/b.dump"), b"b2-changed").unwrap();
+        let e = replicate_at(&src, &dst, "p2", Utc::now())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`sub` is on another mount") && e.contains("nothing was written"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(dst.join("sub/b.dump")).unwrap(), b"b1");
+        assert!(!store.path("commit.json").exists());
+        assert!(!store.path("staging").exists());
+        assert_eq!(store.points().unwrap().len(), 1);
+        // A change elsewhere in the copy still goes through.
+        std::fs::write(src.join("sub/b.dump"), b"b1").unwrap();
+        std::fs::write(src.join("a.dump"), b"a2").unwrap();
+        replicate(&src, &dst, "p3");
+        assert_eq!(std::fs::read(dst.join("a.dump")).unwrap(), b"a2");
+        umount(&dst.join("sub"));
+        // The whole copy bind-mounted over itself: refused at its base.
+        bind(&dst, &dst);
+        std::fs::write(src.join("a.dump"), b"a3").unwrap();
+        for overwrite in [false, true] {
+            let e = store.base(false, overwrite).unwrap_err().to_string();
+            assert!(
+                e.contains("the folder is on another mount") && e.contains("nothing was written"),
+                "{e}"
+            );
+        }
+        assert_eq!(std::fs::read(dst.join("a.dump")).unwrap(), b"a2");
+        umount(&dst);
+        replicate(&src, &dst, "p4");
+        assert_eq!(std::fs::read(dst.join("a.dump")).unwrap(), b"a3");
+        assert_eq!(store.points().unwrap().len(), 3);
     }
 
     /// A folder written while its base is scanned (a job of the host writing there as a
