@@ -1453,7 +1453,7 @@ fn check_sites_apart(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
 /// The machine a host's address and port reach, as far as the inventory can tell: two host
 /// ids with one address (its letters' case, a final dot and an IP address's spelling aside)
 /// and one port are one machine.
-fn machine_of(host: &Host) -> (String, u16) {
+pub(crate) fn machine_of(host: &Host) -> (String, u16) {
     let address = host.address.trim_end_matches('.').to_ascii_lowercase();
     let address = match address.parse::<std::net::IpAddr>() {
         Ok(ip) => ip.to_string(),

@@ -46,6 +46,7 @@ pub fn build(model: &Model, opts: &PlanOptions) -> Result<Plan, Vec<Diagnostic>>
             Some(step.id.loc.clone())
         };
         copy_order(&planned.steps, located, &mut diags);
+        copies_apart(model, &planned.steps, located, &mut diags);
     }
     if diags.iter().any(Diagnostic::is_error) {
         return Err(diags);
@@ -192,6 +193,86 @@ fn copy_order(
                     .hint("put the stop before the copy in the runbook (a copy taken while it runs may come first, to shorten the last one)"),
                 );
             }
+        }
+    }
+}
+
+/// No two things one plan copies write one file or folder, or one inside the other's, on one
+/// machine. Two backup sets may read one folder (a second copy kept elsewhere), or one inside
+/// the other's, and a failback copies each back over the folder it reads: the second copy
+/// back would find the folder written by the first (its files of another point, the first's
+/// metadata folder in it) and be refused half way, or write over what the first brought
+/// back. Forward, the inventory keeps copies apart. Each error is at the later step's place.
+fn copies_apart(
+    model: &Model,
+    steps: &[PlannedStep],
+    located: impl Fn(&PlannedStep) -> Option<Location>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    // Each path a copy writes: its step, what it copies, its host, its machine, the path.
+    type Write<'s> = (&'s PlannedStep, &'s Replicated, &'s str, (String, u16), &'s str);
+    let mut writes: Vec<Write<'_>> = Vec::new();
+    for s in steps {
+        let Action::Replicate {
+            what,
+            to_host,
+            items,
+            ..
+        } = &s.action_spec
+        else {
+            continue;
+        };
+        let Some(host) = model.inventory.hosts.get(to_host) else {
+            continue;
+        };
+        for (_, dst) in items {
+            writes.push((
+                s,
+                what,
+                to_host,
+                crate::inventory::machine_of(host),
+                dst.trim_end_matches('/'),
+            ));
+        }
+    }
+    let holds = |outer: &str, inner: &str| {
+        outer == inner
+            || inner
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    let name = |w: &Replicated| match w {
+        Replicated::Vm(v) => format!("vm `{v}`"),
+        Replicated::Backup(b) => format!("backup set `{b}`"),
+    };
+    let mut said = HashSet::new();
+    for (i, a) in writes.iter().enumerate() {
+        for b in &writes[i + 1..] {
+            if a.1 == b.1 || a.3 != b.3 || !(holds(a.4, b.4) || holds(b.4, a.4)) {
+                continue;
+            }
+            if !said.insert((a.0.id.as_str(), b.0.id.as_str())) {
+                continue;
+            }
+            let how = if a.4 == b.4 { "" } else { ", inside it" };
+            let host = if a.2 == b.2 {
+                format!("`{}`", a.2)
+            } else {
+                format!("`{}` and `{}` (one machine)", a.2, b.2)
+            };
+            diags.push(
+                Diagnostic::error(format!(
+                    "steps `{}` and `{}` both copy into one folder on {host} ({} into {}, {} into {}{how}): the second would find what the first wrote there and fail half way, or write over it",
+                    a.0.id,
+                    b.0.id,
+                    name(a.1),
+                    a.4,
+                    name(b.1),
+                    b.4
+                ))
+                .at_opt(located(b.0))
+                .hint("copy back only one of them in this runbook: the one the recovery site wrote to (the other's copy stays on the recovery host, with its points)"),
+            );
         }
     }
 }

@@ -23,7 +23,7 @@ fn valid_fixture_validates() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
         run.stdout
-            .starts_with("ok: 3 sites, 4 hosts, 4 services, 2 vms, 1 backup sets"),
+            .starts_with("ok: 3 sites, 4 hosts, 4 services, 2 vms, 2 backup sets"),
         "{}",
         run.stdout
     );
