@@ -191,10 +191,27 @@ impl RunDir {
         Ok(())
     }
 
-    /// The confirmation of a manual step, once given.
+    /// The confirmation of a manual step, once given and not yet taken by the run.
     pub fn confirmation(&self, step: &str) -> Option<Confirmation> {
         let text = std::fs::read_to_string(self.confirmation_path(step)).ok()?;
         serde_json::from_str(&text).ok()
+    }
+
+    /// Takes the confirmation of a step's wait: it answers that wait only. It is moved to
+    /// `confirmations/taken/` before the run journals it, so a step that waits again later
+    /// (run again after a roll-back, or handed over again) waits for a new one, never passed
+    /// by the old; a crash before the journal has it asks again. `None` when there is none,
+    /// or it cannot be read or moved (asked again at the next look).
+    pub fn take_confirmation(&self, step: &str) -> Option<Confirmation> {
+        let path = self.confirmation_path(step);
+        let text = std::fs::read_to_string(&path).ok()?;
+        let confirmation: Confirmation = serde_json::from_str(&text).ok()?;
+        let taken = self.path.join("confirmations/taken");
+        std::fs::create_dir_all(&taken).ok()?;
+        let nanos = Utc::now().timestamp_nanos_opt().unwrap_or_default();
+        let name = format!("{}.{nanos}.json", percent_encode(step));
+        std::fs::rename(&path, taken.join(name)).ok()?;
+        Some(confirmation)
     }
 
     pub fn read(&self) -> Result<Vec<Event>, JournalError> {

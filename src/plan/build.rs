@@ -210,7 +210,13 @@ fn copies_apart(
     diags: &mut Vec<Diagnostic>,
 ) {
     // Each path a copy writes: its step, what it copies, its host, its machine, the path.
-    type Write<'s> = (&'s PlannedStep, &'s Replicated, &'s str, (String, u16), &'s str);
+    type Write<'s> = (
+        &'s PlannedStep,
+        &'s Replicated,
+        &'s str,
+        (String, u16),
+        &'s str,
+    );
     let mut writes: Vec<Write<'_>> = Vec::new();
     for s in steps {
         let Action::Replicate {

@@ -351,11 +351,32 @@ struct StepFacts {
     message: Option<String>,
     stdout: String,
     stderr: String,
-    asked: Option<DateTime<Utc>>,
-    confirmed: Option<(DateTime<Utc>, String, Option<String>)>,
+    /// Each time it waited for a person, in order: a step run again waits again, and is
+    /// confirmed again.
+    waits: Vec<Wait>,
     undo: Option<(bool, Option<String>)>,
     /// Was running when the run stopped, and ran again after the resume.
     restarted: bool,
+}
+
+/// One wait of a step for a person: when it was asked, what it said, and who confirmed it.
+struct Wait {
+    asked: Option<DateTime<Utc>>,
+    instructions: Option<String>,
+    confirmed: Option<(DateTime<Utc>, String, Option<String>)>,
+}
+
+impl StepFacts {
+    /// When its last wait was asked.
+    fn asked(&self) -> Option<DateTime<Utc>> {
+        self.waits.last().and_then(|w| w.asked)
+    }
+
+    /// Who confirmed its last wait, when, with what note: none when that wait was not
+    /// answered (an earlier wait's confirmation never answers a later one).
+    fn confirmed(&self) -> Option<&(DateTime<Utc>, String, Option<String>)> {
+        self.waits.last().and_then(|w| w.confirmed.as_ref())
+    }
 }
 
 /// How a run started, as its `run_started` event says.
@@ -651,12 +672,29 @@ impl<'a> RunFacts<'a> {
                 f.status = Some(*status);
                 f.message = message.clone();
             }
-            Event::WaitingForOperator { at, step, .. } => {
-                self.steps.entry(step).or_default().asked.get_or_insert(*at);
+            Event::WaitingForOperator {
+                at,
+                step,
+                instructions,
+            } => {
+                self.steps.entry(step).or_default().waits.push(Wait {
+                    asked: Some(*at),
+                    instructions: Some(instructions.clone()),
+                    confirmed: None,
+                });
             }
             Event::Confirmed { at, step, by, note } => {
-                self.steps.entry(step).or_default().confirmed =
-                    Some((*at, by.clone(), note.clone()));
+                let waits = &mut self.steps.entry(step).or_default().waits;
+                let answered = (*at, by.clone(), note.clone());
+                match waits.last_mut().filter(|w| w.confirmed.is_none()) {
+                    Some(w) => w.confirmed = Some(answered),
+                    // A confirmation of no wait the journal holds (its line lost).
+                    None => waits.push(Wait {
+                        asked: None,
+                        instructions: None,
+                        confirmed: Some(answered),
+                    }),
+                }
                 if !self.operators.contains(by) {
                     self.operators.push(by.clone());
                 }
@@ -875,8 +913,8 @@ fn timeline(run: &Run, critical_path: &[String]) -> Vec<TimelineStep> {
         .iter()
         .map(|s| {
             let f = run.steps.facts.get(s.id.as_str());
-            let wait_start = f.and_then(|f| f.asked);
-            let wait_s = match (wait_start, f.and_then(|f| f.confirmed.as_ref())) {
+            let wait_start = f.and_then(StepFacts::asked);
+            let wait_s = match (wait_start, f.and_then(StepFacts::confirmed)) {
                 (Some(a), Some((c, _, _))) => {
                     Some(((*c - a).num_milliseconds() as f64 / 1000.0).max(0.0))
                 }
@@ -1251,32 +1289,57 @@ fn service_report(run: &Run, id: &str) -> ServiceReport {
     }
 }
 
-/// The manual steps: who confirmed them, when, and how long they waited.
+/// The manual steps, and the steps handed to a person (one interrupted that cannot safely
+/// run twice): who confirmed them, when, and how long they waited; one row per wait (a step
+/// run again waits again).
 fn manual_steps(run: &Run) -> Vec<ManualStep> {
-    run.steps
-        .records
-        .iter()
-        .filter(|s| s.kind == "manual")
-        .map(|s| {
-            let f = run.steps.facts.get(s.id.as_str());
-            let asked = f.and_then(|f| f.asked);
-            let confirmed = f.and_then(|f| f.confirmed.clone());
-            ManualStep {
+    let mut rows = Vec::new();
+    for s in run.steps.records {
+        let waits = run
+            .steps
+            .facts
+            .get(s.id.as_str())
+            .map(|f| &f.waits[..])
+            .unwrap_or_default();
+        if s.kind != "manual" && waits.is_empty() {
+            continue;
+        }
+        let instructions = |w: Option<&Wait>| {
+            s.instructions
+                .clone()
+                .or_else(|| w.and_then(|w| w.instructions.clone()))
+                .unwrap_or_default()
+        };
+        if waits.is_empty() {
+            rows.push(ManualStep {
                 step: s.id.clone(),
-                instructions: s.instructions.clone().unwrap_or_default(),
-                asked_at: asked,
-                confirmed_at: confirmed.as_ref().map(|c| c.0),
-                by: confirmed.as_ref().map(|c| c.1.clone()),
-                note: confirmed.as_ref().and_then(|c| c.2.clone()),
-                waited_s: match (asked, &confirmed) {
+                instructions: instructions(None),
+                asked_at: None,
+                confirmed_at: None,
+                by: None,
+                note: None,
+                waited_s: None,
+            });
+        }
+        for w in waits {
+            let confirmed = w.confirmed.as_ref();
+            rows.push(ManualStep {
+                step: s.id.clone(),
+                instructions: instructions(Some(w)),
+                asked_at: w.asked,
+                confirmed_at: confirmed.map(|c| c.0),
+                by: confirmed.map(|c| c.1.clone()),
+                note: confirmed.and_then(|c| c.2.clone()),
+                waited_s: match (w.asked, confirmed) {
                     (Some(a), Some(c)) => {
                         Some(((c.0 - a).num_milliseconds() as f64 / 1000.0).max(0.0))
                     }
                     _ => None,
                 },
-            }
-        })
-        .collect()
+            });
+        }
+    }
+    rows
 }
 
 /// What went wrong, step by step, then per point, per service and for the run.
@@ -1903,6 +1966,73 @@ mod tests {
             lang: Lang::En,
         })
         .unwrap()
+    }
+
+    /// Each wait of a step for a person is its own row: a step handed to a person, confirmed,
+    /// then run again after a resume and left waiting is never shown as confirmed by the
+    /// first answer; a step handed over (not a manual one) is listed too.
+    #[test]
+    fn each_wait_for_a_person_is_reported_with_its_own_answer() {
+        let mut events = vec![started(None)];
+        events.extend(run("db/start", 0, 10, StepStatus::Done));
+        events.extend(run("db/healthy", 10, 20, StepStatus::Done));
+        let [start, done] = run("app/start", 20, 40, StepStatus::Done);
+        events.push(start);
+        events.push(Event::WaitingForOperator {
+            at: t(21),
+            step: "app/start".into(),
+            instructions: "check whether it took effect".into(),
+        });
+        events.push(Event::Confirmed {
+            at: t(30),
+            step: "app/start".into(),
+            by: "alice".into(),
+            note: None,
+        });
+        events.push(done);
+        events.push(Event::RunFinished {
+            at: t(41),
+            status: RunStatus::Failed,
+        });
+        events.push(Event::RunResumed {
+            at: t(100),
+            operator: "karim".into(),
+            machine: "laptop".into(),
+            points: None,
+        });
+        events.push(Event::StepStarted {
+            at: t(101),
+            step: "app/start".into(),
+            attempt: 1,
+            host: Some("hv".into()),
+        });
+        events.push(Event::WaitingForOperator {
+            at: t(102),
+            step: "app/start".into(),
+            instructions: "check whether it took effect".into(),
+        });
+        events.push(Event::RunFinished {
+            at: t(200),
+            status: RunStatus::Interrupted,
+        });
+        let report = build_of(&events);
+        let rows: Vec<_> = report
+            .manual
+            .iter()
+            .map(|m| (m.step.as_str(), m.asked_at, m.by.as_deref()))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("app/start", Some(t(21)), Some("alice")),
+                ("app/start", Some(t(102)), None)
+            ]
+        );
+        assert_eq!(report.manual[0].waited_s, Some(9.0));
+        assert_eq!(
+            report.manual[1].instructions,
+            "check whether it took effect"
+        );
     }
 
     /// A run resumed on a machine whose clock is ten minutes behind: its health check "ends"

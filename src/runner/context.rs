@@ -49,12 +49,14 @@ impl Default for RunOptions {
 
 /// Where manual steps find their confirmations (the run folder, or a terminal prompt feeding it).
 pub trait Confirmations: Send + Sync {
+    /// Takes the confirmation given for the step's wait, if any: once taken, it is gone (a
+    /// later wait of the same step needs its own).
     fn confirmation(&self, step: &str) -> Option<Confirmation>;
 }
 
 impl Confirmations for crate::journal::RunDir {
     fn confirmation(&self, step: &str) -> Option<Confirmation> {
-        crate::journal::RunDir::confirmation(self, step)
+        crate::journal::RunDir::take_confirmation(self, step)
     }
 }
 

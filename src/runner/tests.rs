@@ -513,6 +513,77 @@ fn manual_steps_wait_for_a_confirmation_and_record_it() {
     );
 }
 
+/// A confirmation answers one wait: the same step waiting again (run again after a
+/// roll-back made it stale, or handed to a person again) waits for a new one, never passed by
+/// the confirmation it already took.
+#[test]
+fn a_confirmation_answers_one_wait_only() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = Arc::new(crate::journal::RunDir::create(state.path(), "r1").unwrap());
+    let mut step = exec_step("directory/roles", "h1", &[], "");
+    step.host = None;
+    step.timeout_s = Some(1);
+    step.action_spec = Action::Manual {
+        instructions: "Seize the FSMO roles on dc-pra".into(),
+    };
+    let once = |dir: &Arc<crate::journal::RunDir>| {
+        let ctx = RunContext {
+            plan: plan(Mode::Failover, false, vec![step.clone()]),
+            transport: Arc::new(Fake::default()),
+            confirmations: dir.clone(),
+            secrets: env_secrets(),
+            options: RunOptions {
+                confirmation_poll: StdDuration::from_millis(5),
+                ..RunOptions::default()
+            },
+            prior: HashMap::new(),
+            other_site: None,
+            copied: Default::default(),
+        };
+        let mut sink = Collect::default();
+        let status = run(ctx, &mut sink, Shutdown::manual());
+        (status, sink)
+    };
+    let confirm = |by: &str| {
+        let c = Confirmation {
+            by: by.into(),
+            note: None,
+            at: Utc::now(),
+        };
+        dir.confirm("directory/roles", &c).unwrap();
+    };
+    confirm("alice");
+    let (status, events) = once(&dir);
+    assert_eq!(status, RunStatus::Succeeded);
+    assert!(
+        events
+            .0
+            .iter()
+            .any(|e| matches!(e, Event::Confirmed { by, .. } if by == "alice"))
+    );
+    // The step waits again: alice's confirmation was for the wait before.
+    let (status, events) = once(&dir);
+    assert_eq!(events.status("directory/roles"), Some(StepStatus::TimedOut));
+    assert_ne!(status, RunStatus::Succeeded);
+    assert!(
+        !events
+            .0
+            .iter()
+            .any(|e| matches!(e, Event::Confirmed { .. }))
+    );
+    // A new confirmation answers the new wait.
+    assert_eq!(dir.confirmation("directory/roles"), None);
+    confirm("bob");
+    let (status, events) = once(&dir);
+    assert_eq!(status, RunStatus::Succeeded);
+    assert!(
+        events
+            .0
+            .iter()
+            .any(|e| matches!(e, Event::Confirmed { by, .. } if by == "bob"))
+    );
+}
+
 /// A transport that writes each command it runs into a shared record, runs it after
 /// `hold`, and answers as `Fake` would (or stays silent past its deadline for `frozen`).
 struct Recorder {
