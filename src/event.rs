@@ -519,12 +519,14 @@ impl Started {
     }
 }
 
-/// The last status a run finished with, if it finished.
+/// The status a run finished with, if it finished: `None` once resumed after its last end
+/// (running again, or cut by a crash), never the status of the part before.
 pub fn finished(events: &[Event]) -> Option<RunStatus> {
     events.iter().rev().find_map(|e| match e {
-        Event::RunFinished { status, .. } => Some(*status),
+        Event::RunFinished { status, .. } => Some(Some(*status)),
+        Event::RunResumed { .. } => Some(None),
         _ => None,
-    })
+    })?
 }
 
 #[cfg(test)]

@@ -2909,10 +2909,16 @@ pub fn summaries(state_dir: &Path) -> Result<Vec<RunSummary>, RunError> {
                 done.insert(step.clone());
             }
         }
-        let ended = events.iter().rev().find_map(|e| match e {
-            Event::RunFinished { at, .. } => Some(*at),
-            _ => None,
-        });
+        // Not over once resumed after its last end.
+        let ended = events
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Event::RunFinished { at, .. } => Some(Some(*at)),
+                Event::RunResumed { .. } => Some(None),
+                _ => None,
+            })
+            .flatten();
         let report = crate::report::build(&crate::report::Input {
             events: &events,
             journal_bytes: &[],

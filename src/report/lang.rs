@@ -309,6 +309,17 @@ impl Labels {
         }
     }
 
+    pub fn loss_two_clocks(&self, item: &str, point: &str) -> String {
+        match self.lang {
+            Lang::En => format!(
+                "when {item} stopped writing cannot be compared with when its point {point} was taken: the run's times come from two clocks, or its clock went back (see the problems)"
+            ),
+            Lang::Fr => format!(
+                "l'arrêt des écritures de {item} ne peut être comparé à la prise de son point {point} : les heures de l'exécution viennent de deux horloges, ou son horloge a reculé (voir les problèmes)"
+            ),
+        }
+    }
+
     pub fn undo_failed(&self, step: &str, why: Option<&str>) -> String {
         let why = why.unwrap_or_default();
         match self.lang {
@@ -390,6 +401,27 @@ impl Labels {
             (Lang::En, Some(r)) => format!("run interrupted ({r})"),
             (Lang::Fr, None) => "opération interrompue par l'opérateur".to_string(),
             (Lang::Fr, Some(r)) => format!("opération interrompue ({r})"),
+        }
+    }
+
+    pub fn ended_then_resumed(&self, status: crate::event::RunStatus) -> String {
+        use crate::event::RunStatus as S;
+        let (en, fr) = match status {
+            S::Succeeded => ("succeeded", "réussie"),
+            S::Failed => (
+                "failed, rolled back where it could be",
+                "en échec, annulée où elle a pu l'être",
+            ),
+            S::Partial => ("partly done", "partielle"),
+            S::Interrupted => ("interrupted", "interrompue"),
+        };
+        match self.lang {
+            Lang::En => format!(
+                "the run ended here ({en}), then was resumed: what it did before and after is in the timeline"
+            ),
+            Lang::Fr => format!(
+                "l'opération s'est terminée ici ({fr}), puis a été reprise : ce qu'elle a fait avant et après est dans la chronologie"
+            ),
         }
     }
 

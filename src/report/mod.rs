@@ -250,6 +250,12 @@ pub enum Problem {
         /// What stopped it (`SIGTERM`, …), when the journal says.
         reason: Option<String>,
     },
+    /// The run ended (failed, rolled back, partly done) and was then resumed: what it
+    /// became after is the rest of the report, never a reason to forget this.
+    EndedThenResumed {
+        at: DateTime<Utc>,
+        status: RunStatus,
+    },
     /// A run the operator forced past what stops it otherwise (`Event::ReadinessForced`).
     ReadinessForced {
         at: DateTime<Utc>,
@@ -456,6 +462,8 @@ struct RunFacts<'a> {
     ended_at: Option<DateTime<Utc>>,
     run_status: Option<RunStatus>,
     interrupted_at: Vec<(DateTime<Utc>, Option<String>)>,
+    /// Each end other than an interruption that a resume followed.
+    ended_before: Vec<(DateTime<Utc>, RunStatus)>,
     /// Why the run was asked to stop, until it stopped.
     stop_reason: Option<String>,
     /// The problems the journal states as such (a forced readiness, a repaired journal).
@@ -541,6 +549,12 @@ impl<'a> RunFacts<'a> {
                 machine,
                 points,
             } => {
+                // A run resumed is not over, whatever its earlier part ended as.
+                if let (Some(status), Some(ended)) = (self.run_status.take(), self.ended_at.take())
+                    && status != RunStatus::Interrupted
+                {
+                    self.ended_before.push((ended, status));
+                }
                 if let Some(before) = self.machine.replace(machine.clone())
                     && before != *machine
                 {
@@ -1149,6 +1163,11 @@ fn copy_loss(run: &Run, id: &str, p: &PointUsed) -> Result<f64, String> {
         .filter(|s| run.steps.status_of(&s.id) == Some(StepStatus::Done))
         .filter_map(|s| run.steps.facts.get(s.id.as_str()).and_then(|f| f.end))
         .collect();
+    // A stop timed by a clock that went back, or by another machine's, is not compared with
+    // the point's time: the loss would be wrong either way, and "within the RPO" with it.
+    if !stops.is_empty() && (run.facts.clock_back.is_some() || run.facts.two_clocks.is_some()) {
+        return Err(run.l.loss_two_clocks(&p.item, &p.point));
+    }
     let before_incident = secs_since(p.taken_at, run.measured_from).max(0.0);
     if let Some(stopped) = stops.iter().filter(|&&e| e > p.taken_at).max() {
         return Ok(secs_since(p.taken_at, *stopped).max(before_incident));
@@ -1421,6 +1440,12 @@ fn problems(run: &Run, services: &[ServiceReport]) -> Vec<Problem> {
         problems.push(Problem::Interrupted {
             at: *at,
             reason: reason.clone(),
+        });
+    }
+    for (at, status) in &run.facts.ended_before {
+        problems.push(Problem::EndedThenResumed {
+            at: *at,
+            status: *status,
         });
     }
     problems.extend(run.facts.repairs.iter().cloned());
@@ -1968,6 +1993,54 @@ mod tests {
         .unwrap()
     }
 
+    /// A run that failed, then was resumed and cut by a crash, is not over: not "failed" with
+    /// its first end, nor "succeeded" once its second part succeeds without a word of the
+    /// first's end.
+    #[test]
+    fn a_resumed_run_is_not_reported_as_its_earlier_part_ended() {
+        let mut events = vec![started(None)];
+        events.extend(run("db/start", 0, 10, StepStatus::Failed));
+        events.push(Event::RunFinished {
+            at: t(11),
+            status: RunStatus::Failed,
+        });
+        events.push(Event::RunResumed {
+            at: t(100),
+            operator: "karim".into(),
+            machine: "laptop".into(),
+            points: None,
+        });
+        events.extend(run("db/start", 101, 110, StepStatus::Done));
+        let report = build_of(&events);
+        assert_eq!((report.run_status, report.ended_at), (None, None));
+        assert_eq!(crate::event::finished(&events), None);
+        let ended: Vec<_> = report
+            .problems
+            .iter()
+            .filter_map(|p| match p {
+                Problem::EndedThenResumed { at, status } => Some((*at, *status)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ended, [(t(11), RunStatus::Failed)]);
+        events.extend(run("db/healthy", 110, 120, StepStatus::Done));
+        events.extend(run("app/start", 120, 130, StepStatus::Done));
+        events.push(Event::RunFinished {
+            at: t(131),
+            status: RunStatus::Succeeded,
+        });
+        let report = build_of(&events);
+        assert_eq!(report.run_status, Some(RunStatus::Succeeded));
+        assert_eq!(crate::event::finished(&events), Some(RunStatus::Succeeded));
+        let md = render(&report, Format::Md, Lang::En);
+        assert!(
+            md.contains(
+                "the run ended here (failed, rolled back where it could be), then was resumed"
+            ),
+            "{md}"
+        );
+    }
+
     /// Each wait of a step for a person is its own row: a step handed to a person, confirmed,
     /// then run again after a resume and left waiting is never shown as confirmed by the
     /// first answer; a step handed over (not a manual one) is listed too.
@@ -2512,6 +2585,53 @@ mod tests {
             db.data_loss_unknown.as_deref().is_some_and(
                 |w| w.contains("nothing in the journal shows db stopped before its point p9")
             ),
+            "{db:?}"
+        );
+    }
+
+    /// A run resumed on another machine times its steps by that machine's clock: when db
+    /// stopped is not compared with when its point was taken (that machine's clock ten
+    /// minutes behind puts the stop before the point), and no RPO is claimed met.
+    #[test]
+    fn no_data_loss_is_claimed_across_two_machines_clocks() {
+        let report = |machine: &str| {
+            let steps = vec![
+                vm_step("db/stop-primary", "stop", &[]),
+                step("db/final-sync", "replicate", &["db/stop-primary"]),
+                vm_step("db/start", "start", &["db/final-sync"]),
+            ];
+            let mut events = vec![db_run(None, steps)];
+            events.extend(run("db/final-sync", 1, 8, StepStatus::Done));
+            events.push(point_at("db/final-sync", "p9", t(5), 8));
+            events.push(Event::RunFinished {
+                at: t(9),
+                status: RunStatus::Interrupted,
+            });
+            events.push(Event::RunResumed {
+                at: t(10),
+                operator: "sofia".into(),
+                machine: machine.into(),
+                points: None,
+            });
+            events.extend(run("db/stop-primary", 11, 12, StepStatus::Done));
+            events.push(point_at("db/start", "p9", t(5), 13));
+            events.extend(run("db/start", 13, 20, StepStatus::Done));
+            events.push(Event::RunFinished {
+                at: t(60),
+                status: RunStatus::Succeeded,
+            });
+            let r = build_of(&events);
+            r.services.into_iter().find(|s| s.id == "db").unwrap()
+        };
+        // One machine: stopped at 12 s, its point taken at 5 s: 7 s lost.
+        let db = report("laptop");
+        assert_eq!(db.data_loss_s, Some(7.0), "{db:?}");
+        let db = report("other-laptop");
+        assert_eq!((db.data_loss_s, db.rpo_met), (None, None), "{db:?}");
+        assert!(
+            db.data_loss_unknown
+                .as_deref()
+                .is_some_and(|w| w.contains("two clocks")),
             "{db:?}"
         );
     }

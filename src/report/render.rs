@@ -202,6 +202,9 @@ fn problem_line(p: &Problem, l: &Labels) -> (String, String, Option<String>) {
             None,
         ),
         Problem::Interrupted { at, reason } => (time(*at), l.interrupted(reason.as_deref()), None),
+        Problem::EndedThenResumed { at, status } => {
+            (time(*at), l.ended_then_resumed(*status), None)
+        }
         Problem::JournalRepaired {
             at,
             line,
