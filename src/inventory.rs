@@ -1410,7 +1410,40 @@ fn check_references(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
     }
     check_sites_apart(inv, diags);
     check_vm_handles(inv, diags);
+    check_virsh_names(inv, diags);
     check_shared_paths(inv, diags);
+}
+
+/// A vm whose driver runs `virsh` goes by a name `virsh` cannot take for another domain's
+/// handle: it reads a name made only of digits as a running domain's id, and one of 32
+/// hexadecimal digits (dashes anywhere) as a domain's UUID, before it reads it as a name:
+/// `domstate`, `shutdown`, `dumpxml` or `undefine` would act on another vm.
+fn check_virsh_names(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
+    for vm in inv.vms.values() {
+        let virsh = inv
+            .drivers
+            .get(&vm.driver.value)
+            .is_some_and(|d| d.actions.values().any(|a| a.value.contains("virsh")));
+        if !virsh {
+            continue;
+        }
+        let n = &vm.name;
+        let id = n.chars().all(|c| c.is_ascii_digit());
+        let uuid = n.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+            && n.chars().filter(char::is_ascii_hexdigit).count() == 32;
+        if !id && !uuid {
+            continue;
+        }
+        diags.push(
+            Diagnostic::error(format!(
+                "vm `{}` goes by the name `{n}`, which `virsh` reads as a domain's {} before it reads it as a name: its driver's commands could act on another vm",
+                vm.id,
+                if id { "id" } else { "UUID" }
+            ))
+            .at(vm.loc.clone())
+            .hint("give the domain a name with a letter other than a to f in it (`virsh domrename`), and set it here as `name`"),
+        );
+    }
 }
 
 /// No host of a recovery site is a host of a primary site under another id (one address and
