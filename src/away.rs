@@ -182,7 +182,16 @@ fn starts_of(run_id: &str, events: &[Event]) -> Vec<Start> {
                 Event::ReplicaPointUsed { step, item: i, .. } if step == id => {
                     item = Some(i.clone());
                 }
-                Event::UndoFinished { step, ok: true, .. } if step == id => undone = true,
+                // A start left running by the roll-back (the vm ran there before it) is not
+                // undone: the vm runs there still.
+                Event::UndoFinished {
+                    step,
+                    ok: true,
+                    message,
+                    ..
+                } if step == id => {
+                    undone = message.as_deref() != Some(crate::runner::LEFT_RUNNING);
+                }
                 _ => {}
             }
         }
@@ -435,6 +444,15 @@ mod tests {
             message: None,
         });
         assert!(left(&[(id, events)]).is_empty());
+        // Left running by the roll-back, as it ran there before the step: it runs there still.
+        let (id, mut events) = failover(0, Some(StepStatus::Done));
+        events.push(Event::UndoFinished {
+            at: t(10),
+            step: "erp/start".into(),
+            ok: true,
+            message: Some(crate::runner::LEFT_RUNNING.into()),
+        });
+        assert_eq!(left(&[(id, events)]).len(), 1);
         // A drill's start of the same step starts a copy apart: nothing moves.
         let (id, mut events) = failover(0, Some(StepStatus::Done));
         if let Event::RunStarted { mode, .. } = &mut events[0] {

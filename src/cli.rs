@@ -1517,7 +1517,9 @@ fn run_error(e: RunError) -> Outcome {
         | RunError::StartedOtherwise { .. } => {
             Outcome::err(exit::INVALID_INPUT, format!("error: {e}\n"))
         }
-        RunError::NoName => Outcome::err(exit::USAGE, format!("error: {e}\n")),
+        RunError::NoName | RunError::PointsNotForMode { .. } => {
+            Outcome::err(exit::USAGE, format!("error: {e}\n"))
+        }
         RunError::SplitBrain { .. }
         | RunError::PrimaryRuns { .. }
         | RunError::RunsAgain { .. }

@@ -58,6 +58,10 @@ pub enum RunError {
     },
     #[error("a confirmation needs the name of who gives it: --by NAME")]
     NoName,
+    #[error(
+        "run `{run_id}` is a {mode}: --point and --point-before choose the points a failover starts from, and a {mode} takes none; nothing was resumed (run `reprise resume {run_id}` without them)"
+    )]
+    PointsNotForMode { run_id: String, mode: Mode },
     #[error("run `{run_id}` is over ({status}): nothing in it waits for a confirmation")]
     RunOver { run_id: String, status: String },
     #[error("step `{step}` of run `{run_id}` does not wait for a confirmation: {why}")]
@@ -2555,6 +2559,16 @@ pub fn resume(
     )?;
     let events = dir.read()?;
     let start = started(&dir.run_id, &events)?;
+    // Points asked of a run that takes none would be journaled, and then ignored unsaid.
+    let asked = &exec.run.points;
+    if start.mode != Mode::Failover
+        && (!asked.by_vm.is_empty() || asked.all.is_some() || asked.before.is_some())
+    {
+        return Err(RunError::PointsNotForMode {
+            run_id: dir.run_id.clone(),
+            mode: start.mode,
+        });
+    }
     // What the operator adds to the point choice now (`exec.run.points`), journaled with the
     // resume and added to what the run was asked before: a point for every vm replaces those
     // named one by one before.
@@ -3520,7 +3534,7 @@ mod tests {
             _deadline: StdDuration,
         ) -> Result<crate::ssh::ExecOutput, crate::ssh::SshError> {
             assert!(
-                command.starts_with("export LC_ALL=C; virsh domstate"),
+                command.starts_with("export LC_ALL=C; n=") && command.contains("virsh domstate"),
                 "{command}"
             );
             let Some(said) = self.0.get(host) else {

@@ -818,11 +818,11 @@ mod tests {
         let expected = [
             "libvirt start: virsh",
             "libvirt stop: grep sh sleep timeout virsh",
-            "libvirt status: virsh",
+            "libvirt status: grep virsh",
             "libvirt drill-status: virsh",
             "libvirt autostart-off: virsh",
             "libvirt autostart-on: virsh",
-            "libvirt definition: virsh",
+            "libvirt definition: grep virsh",
             "libvirt define: virsh",
             "libvirt undefine: virsh",
             "libvirt drill-start: grep mkdir qemu-img sed virsh",

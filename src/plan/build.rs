@@ -1327,7 +1327,12 @@ mod tests {
                 other => panic!("{id}: {other:?}"),
             }
         };
-        let status = |h: &str, what: &str| format!("{h}: export LC_ALL=C; virsh domstate {what}");
+        let status = |h: &str, what: &str| match what.strip_prefix("drill-") {
+            Some(_) => format!("{h}: export LC_ALL=C; virsh domstate {what}"),
+            None => format!(
+                "{h}: export LC_ALL=C; n={what}; virsh domstate \"$n\" && exit 0; l=$(virsh list --all --name) || exit 1; if printf '%s\\n' \"$l\" | grep -qxF -- \"$n\"; then exit 1; fi; echo 'not defined'; exit 2"
+            ),
+        };
         assert_eq!(
             instance(Mode::Failover, "erp-db/healthy"),
             Some((

@@ -277,7 +277,7 @@ pub(super) async fn define_vm(
                     })?;
                 let said = ExecOutput {
                     exit_code: out.exit_code,
-                    stdout: String::new(),
+                    stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
                     stderr: out.stderr.clone(),
                     truncated: false,
                     timed_out: false,

@@ -22,6 +22,9 @@ pub(super) struct First {
     pub(super) recorded: bool,
     /// The step resumes an interrupted run: the vm's state before it was journaled then.
     pub(super) resumed: bool,
+    /// The vm's state before it was asked and journaled already (before its copies were
+    /// prepared).
+    pub(super) state_asked: bool,
 }
 
 /// The deadline of a step: it bounds the whole step, every attempt, the waits between them
@@ -32,6 +35,15 @@ struct Deadline {
 }
 
 impl Deadline {
+    fn of(step: &PlannedStep, run: &StepRun) -> Deadline {
+        Deadline {
+            at: step
+                .timeout_s
+                .map(|t| run.begin + StdDuration::from_secs(t)),
+            timeout_s: step.timeout_s,
+        }
+    }
+
     fn left(&self) -> Option<StdDuration> {
         self.at.map(|d| d.saturating_duration_since(Instant::now()))
     }
@@ -63,15 +75,11 @@ pub(super) async fn run(
     first: First,
 ) -> Outcome {
     let step = &ctx.plan.steps[run.index];
-    let deadline = Deadline {
-        at: step
-            .timeout_s
-            .map(|t| run.begin + StdDuration::from_secs(t)),
-        timeout_s: step.timeout_s,
-    };
+    let deadline = Deadline::of(step, run);
     if let Some(status) = &step.state_before
         && !first.resumed
-        && !state_before(ctx, run, status, &deadline).await
+        && !first.state_asked
+        && state_before(ctx, run, status, &deadline).await.is_none()
     {
         return run.outcome(StepStatus::Cancelled, 1, Some(NOT_RECORDED.into()));
     }
@@ -114,14 +122,23 @@ pub(super) async fn run(
     }
 }
 
+/// Before the vm is started, by its step's `state_before`: whether it runs already (see
+/// `VmStateBefore`), journaled; `None` when the step has no way to ask, or the answer could
+/// not be journaled.
+pub(super) async fn ask_state_before(ctx: &RunContext, run: &StepRun) -> Option<Option<bool>> {
+    let step = &ctx.plan.steps[run.index];
+    let status = step.state_before.as_ref()?;
+    state_before(ctx, run, status, &Deadline::of(step, run)).await
+}
+
 /// Before the vm is started: whether it runs already (see `VmStateBefore`), journaled;
-/// `false` when it could not be.
+/// `None` when it could not be.
 async fn state_before(
     ctx: &RunContext,
     run: &StepRun,
     status: &Command,
     deadline: &Deadline,
-) -> bool {
+) -> Option<Option<bool>> {
     let step = &ctx.plan.steps[run.index];
     let room = deadline.room(StdDuration::from_secs(60));
     let (running, said) = match exec(ctx, step, status, Some(room)).await {
@@ -136,9 +153,9 @@ async fn state_before(
     };
     let (recorded, answer) = tokio::sync::oneshot::channel();
     if run.tx.send(Msg::Recorded(event, recorded)).is_err() {
-        return false;
+        return None;
     }
-    answer.await == Ok(true)
+    (answer.await == Ok(true)).then_some(running)
 }
 
 /// What an attempt that ran says of the step: its exit status, then its `verify`.
@@ -216,21 +233,22 @@ pub fn said_running(out: &ExecOutput) -> Option<bool> {
     }
 }
 
-/// Whether a driver's `status` failed as it does for a vm not defined on its host (libvirt:
-/// `failed to get domain`, `Domain not found`; Proxmox: the vm's configuration file `does not
-/// exist`), and only so: a status that timed out, could not run, was cut, or failed for any
-/// other reason (the hypervisor not answering) says nothing about the vm.
+/// The line a driver's `status` or `definition` prints (exiting non-zero) for a vm not
+/// defined on its host, and only once the hypervisor answered a listing that lacks it.
+pub const NOT_DEFINED: &str = "not defined";
+
+/// Whether a driver's `status` (or `definition`) said the vm is not defined on its host: a
+/// line [`NOT_DEFINED`] and a non-zero exit, and only so. An error's text is never read as
+/// that (`virsh` says "failed to get domain" for a call the daemon dropped or denied too;
+/// Proxmox's `qm` says a vm "does not exist" while the cluster file system is down); a status
+/// that timed out, could not run, was cut, or failed for any other reason says nothing about
+/// the vm.
 pub fn said_not_defined(out: &ExecOutput) -> bool {
-    const NOT_DEFINED: [&str; 3] = ["failed to get domain", "Domain not found", "does not exist"];
     let failed_so = out.exit_code != 0
         && !out.timed_out
         && !out.truncated
         && !matches!(out.exit_code, 124..=127 | 137);
-    failed_so
-        && said_running(out).is_none()
-        && NOT_DEFINED
-            .iter()
-            .any(|m| out.stderr.contains(m) || out.stdout.contains(m))
+    failed_so && said_running(out).is_none() && out.stdout.lines().any(|l| l.trim() == NOT_DEFINED)
 }
 
 /// Runs a command of a step on its host, with secrets resolved and redacted from the output.
@@ -345,35 +363,43 @@ pub(super) async fn exec_on(
 mod tests {
     use super::*;
 
-    /// A vm is taken as not defined only from the error its driver gives for that: a status
-    /// that failed otherwise (the hypervisor down), timed out, could not run or was cut says
-    /// nothing.
+    /// A vm is taken as not defined only from its driver's own line for that, after a
+    /// failure: an error's text (the same for a vm not defined and a hypervisor that dropped
+    /// the call), a status that timed out, could not run or was cut says nothing.
     #[test]
-    fn only_a_status_that_failed_as_for_a_vm_not_defined_says_it_is_not_defined() {
-        let out = |stderr: &str, exit_code: i32, timed_out: bool| ExecOutput {
-            stdout: String::new(),
+    fn only_a_status_that_says_not_defined_says_it_is_not_defined() {
+        let out = |stdout: &str, stderr: &str, exit_code: i32, timed_out: bool| ExecOutput {
+            stdout: stdout.into(),
             stderr: stderr.into(),
             exit_code,
             truncated: false,
             timed_out,
             duration: StdDuration::ZERO,
         };
+        assert!(said_not_defined(&out("not defined\n", "", 2, false)));
+        assert!(said_not_defined(&out(
+            "not defined\n",
+            "error: failed to get domain 'erp-db'",
+            2,
+            false
+        )));
         let libvirt = "error: failed to get domain 'erp-db'";
         let proxmox = "Configuration file 'nodes/pve2/qemu-server/104.conf' does not exist";
-        assert!(said_not_defined(&out(libvirt, 1, false)));
-        // Proxmox's CLI exits with 255 on an error.
-        assert!(said_not_defined(&out(proxmox, 255, false)));
-        for (stderr, code, timed_out) in [
-            ("error: failed to connect to the hypervisor", 1, false),
-            ("", 1, false),
-            (libvirt, 124, true),
-            (libvirt, 137, false),
-            ("sh: 1: virsh: not found", 127, false),
-            (libvirt, 0, false),
+        for (stdout, stderr, code, timed_out) in [
+            ("", libvirt, 1, false),
+            ("", proxmox, 255, false),
+            (libvirt, "", 1, false),
+            ("", "error: failed to connect to the hypervisor", 1, false),
+            ("", "", 1, false),
+            ("not defined\n", "", 124, true),
+            ("not defined\n", "", 137, false),
+            ("not defined\n", "", 0, false),
+            ("the vm is not defined\n", "", 2, false),
+            ("", "sh: 1: virsh: not found", 127, false),
         ] {
             assert!(
-                !said_not_defined(&out(stderr, code, timed_out)),
-                "{stderr:?} exit {code}"
+                !said_not_defined(&out(stdout, stderr, code, timed_out)),
+                "{stdout:?} {stderr:?} exit {code}"
             );
         }
     }

@@ -42,6 +42,7 @@ pub use context::{
 };
 pub use exec::{said_not_defined, said_running};
 pub use record::{drill_cleaned_up, prior_from_journal};
+pub use rollback::LEFT_RUNNING;
 
 use crate::event::{Event, RunStatus, StepStatus};
 use crate::plan::Plan;

@@ -114,7 +114,13 @@ pub(super) async fn undo_done(
 async fn still_running(ctx: &RunContext, stop: &PlannedStep, starts: &[usize]) -> Option<String> {
     for &k in starts {
         let start = &ctx.plan.steps[k];
-        if start.service != stop.service || start.host == stop.host {
+        // The same vm, whichever service's step started it (a vm's steps name it; steps
+        // that do not are matched by their service).
+        let same_vm = match (&start.vm, &stop.vm) {
+            (Some(a), Some(b)) => a == b,
+            _ => start.service == stop.service,
+        };
+        if !same_vm || start.host == stop.host {
             continue;
         }
         let Some(status) = &start.state_before else {
@@ -146,6 +152,10 @@ async fn still_running(ctx: &RunContext, stop: &PlannedStep, starts: &[usize]) -
     None
 }
 
+/// What the undo of a vm's start says when it leaves the vm running, as it was before the
+/// step: the step's effect stays (the vm runs there), whatever the roll-back's success.
+pub const LEFT_RUNNING: &str = "left running: it was already running before the step";
+
 /// Runs a step's `undo`, unless its vm was running before it (or that is not known).
 async fn undo_step(
     ctx: &RunContext,
@@ -154,10 +164,7 @@ async fn undo_step(
     before: Option<Option<bool>>,
 ) -> (bool, Option<String>) {
     match before {
-        Some(Some(true)) => (
-            true,
-            Some("left running: it was already running before the step".to_string()),
-        ),
+        Some(Some(true)) => (true, Some(LEFT_RUNNING.to_string())),
         Some(None) => (
             false,
             Some(

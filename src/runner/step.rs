@@ -162,11 +162,38 @@ async fn run_step_inner(
     }
     // The step's start is on disk before anything of it runs on a host.
     let mut recorded_first = false;
+    let mut state_asked = false;
     if let Some(replica) = &step.replica {
         if !record_start(&run.tx, step, 1).await {
             return run.outcome(StepStatus::Cancelled, 1, Some(NOT_RECORDED.into()));
         }
         recorded_first = true;
+        // A vm a failover starts from its copies that already runs there was started outside
+        // this run, on disks it did not give it: its start would say "already running" and
+        // the run would report it recovered from a point it never ran from. Asked before a
+        // point is chosen, leased or defined for it (a step run again by a resume may find
+        // its own start).
+        if replica.role == crate::plan::ReplicaRole::Start
+            && step.action.as_deref() == Some("start")
+            && prior.is_none()
+            && step.state_before.is_some()
+        {
+            match super::exec::ask_state_before(ctx, run).await {
+                None => return run.outcome(StepStatus::Cancelled, 1, Some(NOT_RECORDED.into())),
+                Some(Some(true)) => {
+                    let vm = replica.vm.as_str();
+                    let host = step.host.as_deref().unwrap_or("its recovery host");
+                    return run.outcome(
+                        StepStatus::Failed,
+                        1,
+                        Some(format!(
+                            "vm {vm} already runs on {host}, started outside this run: what it runs on and what it wrote there are not the point this run would choose, and nothing was chosen, leased or defined for it; find out what it runs on, stop it there (keep what it wrote if it matters), then `reprise resume` this run"
+                        )),
+                    );
+                }
+                Some(_) => state_asked = true,
+            }
+        }
         if let Err(e) = vm::before_replica(ctx, step, replica, &run.tx, defined).await {
             return run.outcome(StepStatus::Failed, 1, Some(e));
         }
@@ -195,6 +222,7 @@ async fn run_step_inner(
             let first = super::exec::First {
                 recorded: recorded_first,
                 resumed: prior.is_some(),
+                state_asked,
             };
             *sent = true;
             super::exec::run(ctx, run, command, verify.as_ref(), first).await

@@ -76,7 +76,10 @@ impl Transport for Fake {
             };
             // Nothing to say, or an error: the command failed.
             return Ok(ExecOutput {
-                exit_code: i32::from(said.is_empty() || said.starts_with("error: ")),
+                exit_code: match said {
+                    "not defined" => 2,
+                    _ => i32::from(said.is_empty() || said.starts_with("error: ")),
+                },
                 stdout: format!("{said}\n"),
                 stderr: String::new(),
                 truncated: false,
@@ -1404,15 +1407,22 @@ fn a_roll_back_starts_no_vm_next_to_a_copy_this_run_may_have_left_running() {
             "shut off then:shut off",
             true,
         ),
-        // Its status fails as for a vm not defined there: no vm of that name runs there.
+        // Its status says it is not defined there: no vm of that name runs there.
+        (
+            "start db copy",
+            "stop db copy",
+            "shut off then:not defined",
+            true,
+        ),
+        // Its status fails otherwise (the hypervisor does not answer, or drops the lookup:
+        // libvirt's "failed to get domain" is said then too), or without a word: the copy
+        // may still run.
         (
             "start db copy",
             "stop db copy",
             "shut off then:error: failed to get domain 'db'",
-            true,
+            false,
         ),
-        // Its status fails otherwise (the hypervisor does not answer), or without a word:
-        // the copy may still run.
         (
             "start db copy",
             "stop db copy",
@@ -1473,6 +1483,64 @@ fn a_roll_back_starts_no_vm_next_to_a_copy_this_run_may_have_left_running() {
             assert!(message.contains("both sites"), "{case}: {message}");
         }
     }
+}
+
+/// The same, with the vm's start a step of another service than its stop (a plan may split
+/// them): the start is matched by the vm it starts, not by its service.
+#[test]
+fn a_roll_back_matches_a_vm_s_start_by_its_vm_whatever_its_service() {
+    let vm_step =
+        |id: &str, host: &str, vm: &str, after: &[&str], action: &str, run: &str, undo: &str| {
+            let mut s = exec_step(id, host, after, run);
+            s.kind = "vm";
+            s.vm = Some(vm.into());
+            s.action = Some(action.into());
+            s.action_spec = Action::Exec {
+                run: Command::text(run),
+                verify: None,
+                undo: Some(Command::text(undo)),
+            };
+            s.undo = Some(undo.into());
+            s
+        };
+    let stop = vm_step(
+        "db/stop-primary",
+        "h1",
+        "db",
+        &[],
+        "stop",
+        "stop db",
+        "start db",
+    );
+    let mut copy = vm_step(
+        "ops/start-db",
+        "h2",
+        "db",
+        &["db/stop-primary"],
+        "start",
+        "start db copy",
+        "stop db copy fail",
+    );
+    copy.state_before = Some(Command::text("status db copy says:shut off then:running"));
+    let check = exec_step("ops/healthy", "h2", &["ops/start-db"], "healthy fail");
+    let fake = Arc::new(Fake::default());
+    let (status, events) = go(
+        plan(Mode::Failover, false, vec![stop, copy, check]),
+        fake.clone(),
+        HashMap::new(),
+        RunOptions::default(),
+    );
+    assert_eq!(status, RunStatus::Failed);
+    let commands = fake.commands();
+    assert!(!commands.iter().any(|c| c == "start db"), "{commands:?}");
+    let undo = events.0.iter().find_map(|e| match e {
+        Event::UndoFinished {
+            step, ok, message, ..
+        } if step == "db/stop-primary" => Some((*ok, message.clone().unwrap_or_default())),
+        _ => None,
+    });
+    let (ok, message) = undo.unwrap_or_else(|| panic!("{:#?}", events.0));
+    assert!(!ok && message.contains("both sites"), "{message}");
 }
 
 /// A tcp check of a vm passes only once the vm's driver says it runs where the run brought it

@@ -273,3 +273,45 @@ fn a_report_is_never_written_over_what_reprise_reads() {
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("which reprise reads"), "{}", run.stderr);
 }
+
+/// `--point` and `--point-before` choose the points a failover starts from: asked of a
+/// drill's resume, they would be journaled and then ignored without a word. Refused (exit 2),
+/// the journal untouched.
+#[test]
+fn a_resume_that_takes_no_points_refuses_to_be_given_some() {
+    let state = tempfile::tempdir().unwrap();
+    let id = "20261129-055100-drill";
+    let run_dir = state.path().join("runs").join(id);
+    std::fs::create_dir_all(&run_dir).unwrap();
+    // The drill, cut before its end (a crash).
+    let text =
+        std::fs::read_to_string(root().join("tests/fixtures/journals/resumed.jsonl")).unwrap();
+    let journal: String = text
+        .lines()
+        .filter(|l| !l.contains("\"event\":\"run_finished\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let journal = journal.into_bytes();
+    std::fs::write(run_dir.join("journal.jsonl"), &journal).unwrap();
+    let state_arg = state.path().to_str().unwrap();
+    for asked in [
+        &["--point", "erp-db=20261128T020000Z"][..],
+        &["--point", "20261128T020000Z"],
+        &["--point-before", "2026-11-28 01:00"],
+    ] {
+        let mut args = vec!["--state-dir", state_arg, "resume", id];
+        args.extend(asked);
+        let run = reprise(&root(), &args);
+        assert_eq!(run.code, 2, "{asked:?}: {run:?}");
+        assert!(
+            run.stderr.contains(
+                "is a drill: --point and --point-before choose the points a failover starts from"
+            ),
+            "{run:?}"
+        );
+        assert_eq!(
+            std::fs::read(run_dir.join("journal.jsonl")).unwrap(),
+            journal
+        );
+    }
+}

@@ -1965,30 +1965,8 @@ fn a_failover_finds_a_point_s_definition_beside_the_disk_that_was_first_when_it_
 #[test]
 fn a_failback_never_copies_a_replica_over_newer_production_data() {
     let lab = Lab::up(232);
-    let lab_vm = |host: &str, args: &[&str], input: &[u8]| {
-        let dir = lab.lab().join("hosts").join(host);
-        let mut child = Command::new(dir.join("bin/lab-vm"))
-            .args(args)
-            .env("LAB_HOST", host)
-            .env("LAB_HOST_DIR", &dir)
-            .env("LAB_DIR", lab.lab())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "lab-vm {args:?} on {host}: {out:?}");
-        out.stdout
-    };
-    // As a failover defines it there: its NICs on hv-pra's bridges.
-    let definition = String::from_utf8(lab_vm("hv-main", &["definition", "erp-db"], b""))
-        .unwrap()
-        .replace("br-servers", "br-pra-servers")
-        .replace("br-dmz", "br-pra-dmz");
-    lab_vm("hv-pra", &["define", "erp-db"], definition.as_bytes());
+    let lab_vm = |host: &str, args: &[&str], input: &[u8]| lab_vm_fed(&lab, host, args, input);
+    define_erp_db_on_hv_pra(&lab);
     let disk = lab
         .host_root("hv-main")
         .join("srv/datastore/images/erp-db-system.qcow2");
@@ -2814,6 +2792,35 @@ fn resume_confirming(lab: &Lab, dir: &Path) -> Option<std::process::ExitStatus> 
         std::thread::sleep(Duration::from_millis(100));
     }
     confirming(lab, &mut resumed)
+}
+
+/// `lab-vm ARGS` on `host` with `input` on its standard input, which must succeed; its output.
+fn lab_vm_fed(lab: &Lab, host: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
+    let dir = lab.lab().join("hosts").join(host);
+    let mut child = Command::new(dir.join("bin/lab-vm"))
+        .args(args)
+        .env("LAB_HOST", host)
+        .env("LAB_HOST_DIR", &dir)
+        .env("LAB_DIR", lab.lab())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "lab-vm {args:?} on {host}: {out:?}");
+    out.stdout
+}
+
+/// erp-db defined on hv-pra as a failover defines it there (its NICs on hv-pra's bridges).
+fn define_erp_db_on_hv_pra(lab: &Lab) {
+    let definition = String::from_utf8(lab_vm_fed(lab, "hv-main", &["definition", "erp-db"], b""))
+        .unwrap()
+        .replace("br-servers", "br-pra-servers")
+        .replace("br-dmz", "br-pra-dmz");
+    lab_vm_fed(lab, "hv-pra", &["define", "erp-db"], definition.as_bytes());
 }
 
 /// `lab-vm start erp-db` on `host`, from its disks in `images`, as a person does by hand.
@@ -5239,4 +5246,72 @@ fn a_start_never_defines_over_a_definition_it_cannot_read() {
         !called.contains("lab-vm define erp-db") && !called.contains("lab-vm undefine erp-db"),
         "{called}"
     );
+}
+
+/// erp-db already runs on hv-pra, started there by hand on disks no run gave it, when an
+/// emergency failover comes to start it from its copies: the start would say "already
+/// running", and the run would report erp-db recovered from a point it never ran from. The
+/// step fails before any point is chosen, leased or defined for it, saying why; the report
+/// claims no recovery of erp-db.
+#[test]
+fn a_failover_never_reports_a_vm_started_from_its_point_that_already_ran_there() {
+    let lab = Lab::up(146);
+    let elsewhere = tempfile::tempdir().unwrap();
+    for disk in ["erp-db-system.qcow2", "erp-db-data.qcow2"] {
+        std::fs::copy(
+            lab.host_root("hv-main")
+                .join("srv/datastore/images")
+                .join(disk),
+            elsewhere.path().join(disk),
+        )
+        .unwrap();
+    }
+    define_erp_db_on_hv_pra(&lab);
+    start_erp_db_by_hand(&lab, "hv-pra", elsewhere.path());
+    assert_eq!(erp_db_on(&lab, "hv-pra"), "running");
+    lab.primary_lost(&["erp-db"]);
+    let exit = lab.run_confirming(
+        &[
+            "failover",
+            "--emergency",
+            "--service",
+            "erp-db",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ],
+        Duration::from_secs(240),
+    );
+    assert!(!exit.success());
+    let events = lab.journal();
+    let start = events
+        .iter()
+        .find(|e| e["event"] == "step_finished" && e["step"] == "erp-db/start")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(start["status"], "failed", "{start}");
+    let why = start["message"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("vm erp-db already runs on hv-pra, started outside this run")
+            && why.contains("nothing was chosen, leased or defined"),
+        "{start}"
+    );
+    assert!(
+        !events.iter().any(|e| e["event"] == "replica_point_used"),
+        "{events:#?}"
+    );
+    let report = lab.run(&["report", "latest", "--format", "json"]);
+    assert_eq!(report.code, 0, "{report:?}");
+    let report: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    let erp = report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "erp-db")
+        .unwrap();
+    assert_ne!(erp["status"], "recovered", "{erp:#}");
+    assert!(
+        erp["points"].as_array().is_none_or(|p| p.is_empty()),
+        "{erp:#}"
+    );
+    let _ = crate::common::lab_vm(&lab.lab(), "hv-pra", &["stop", "erp-db"]);
 }

@@ -32,8 +32,10 @@ pub(super) fn lab_vm(state: &LabState, host: &str, args: &[String]) -> i32 {
                 0
             }
             Err(_) => {
+                // As the built-in drivers say it (`runner::exec::NOT_DEFINED`).
+                println!("not defined");
                 eprintln!("lab-vm: failed to get domain '{name}': not defined on {host}");
-                1
+                2
             }
         },
         "define" => define(&defs, name),
