@@ -580,6 +580,14 @@ fn execute(
             operator,
             journaled: std::sync::Mutex::new(forced_in(&first).chain(forced_before).collect()),
         }) as Arc<dyn runner::OtherSite>),
+        Mode::Failover if !plan.emergency => Some(Arc::new(FailoverGuard {
+            model: model.clone(),
+            run_id: plan.run_id.clone(),
+            transport: transport.clone(),
+            force,
+            operator,
+            journaled: std::sync::Mutex::new(forced_in(&first).chain(forced_before).collect()),
+        }) as Arc<dyn runner::OtherSite>),
         _ => None,
     };
     let ctx = RunContext {
@@ -1125,6 +1133,108 @@ impl runner::OtherSite for RestoreGuard {
     }
 }
 
+/// Before a planned failover or a failback starts a vm on one site: what its state on the
+/// other site, the one the run leaves, says. Running, the vm would run on both sites, both
+/// writing: refused, forced or not (the runbook's stop did not stop it, or it was started
+/// again since). Not known (the host does not answer, a state such as `paused`): refused
+/// unless the run was forced (then said as forced). Pure.
+pub fn judge_other_side_before_start(
+    vm: &str,
+    other_host: &str,
+    state: (Option<bool>, String),
+    force: bool,
+) -> (Vec<String>, Vec<String>) {
+    let (running, said) = state;
+    match running {
+        Some(true) => (
+            vec![format!(
+                "vm {vm} runs on {other_host}, the side this run leaves (its status says `{said}`): started here too, it would run on both sites, both writing; stop it there (the runbook's stop did not, or it was started again), then resume"
+            )],
+            Vec::new(),
+        ),
+        Some(false) => (Vec::new(), Vec::new()),
+        None if force => (
+            Vec::new(),
+            vec![format!(
+                "vm {vm}: its state on {other_host}, the side this run leaves, cannot be told ({said}); started here all the same, as forced (--force)"
+            )],
+        ),
+        None => (
+            vec![format!(
+                "vm {vm}: its state on {other_host}, the side this run leaves, cannot be told ({said}): if it runs there, starting it here runs it on both sites; resume once its state can be read (it must be stopped), or with --force once it is known stopped there"
+            )],
+            Vec::new(),
+        ),
+    }
+}
+
+/// What the other site says of the vm a start step starts ([`judge_other_side_before_start`]);
+/// nothing for any other step.
+fn other_side_of_start(
+    model: &Model,
+    run_id: &str,
+    transport: &dyn Transport,
+    step: &PlannedStep,
+    force: bool,
+) -> (Vec<String>, Vec<String>) {
+    let starts = step.kind == "vm" && step.action.as_deref() == Some("start");
+    let (Some(vm_id), Some(host)) = (step.vm.as_deref(), step.host.as_deref()) else {
+        return (Vec::new(), Vec::new());
+    };
+    let (Some(service), Some(vm)) = (
+        model.inventory.services.get(&step.service),
+        model.inventory.vms.get(vm_id),
+    ) else {
+        return (Vec::new(), Vec::new());
+    };
+    if !starts || vm.primary.value == vm.recovery.value {
+        return (Vec::new(), Vec::new());
+    }
+    let other = match side_of(vm, host) {
+        Side::Primary => Side::Recovery,
+        Side::Recovery => Side::Primary,
+    };
+    let other_host = match other {
+        Side::Primary => &vm.primary.value,
+        Side::Recovery => &vm.recovery.value,
+    };
+    let state = vm_state(model, service, vm, other, run_id, transport);
+    judge_other_side_before_start(vm_id, other_host, state, force)
+}
+
+/// A planned failover's question before each vm start on the recovery site
+/// ([`runner::OtherSite`]): the vm must be stopped on its primary ([`other_side_of_start`]).
+struct FailoverGuard {
+    model: Model,
+    run_id: String,
+    transport: Arc<dyn Transport>,
+    force: bool,
+    operator: String,
+    journaled: std::sync::Mutex<BTreeSet<String>>,
+}
+
+impl runner::OtherSite for FailoverGuard {
+    fn judge(&self, step: &PlannedStep) -> runner::OtherSiteSays {
+        let (refused, forced) = other_side_of_start(
+            &self.model,
+            &self.run_id,
+            self.transport.as_ref(),
+            step,
+            self.force,
+        );
+        let mut journaled = self.journaled.lock().unwrap_or_else(|e| e.into_inner());
+        let (new, said): (Vec<String>, Vec<String>) =
+            forced.into_iter().partition(|p| !journaled.contains(p));
+        journaled.extend(new.iter().cloned());
+        runner::OtherSiteSays {
+            refused,
+            said,
+            forced: new,
+            operator: self.operator.clone(),
+        }
+    }
+}
+
 /// A failback's question before each copy back ([`runner::OtherSite`]): a vm must not run on
 /// the primary, and the disks or folder the copy back overwrites there must still be as the
 /// failback judged them at its start (or resume, [`judge_copy_back`], [`judge_folder_back`]):
@@ -1178,11 +1288,21 @@ pub fn judge_primary_before_copy_back(
 
 impl runner::OtherSite for FailbackGuard {
     fn judge(&self, step: &PlannedStep) -> runner::OtherSiteSays {
-        let plan::Action::Replicate { what, to_host, .. } = &step.action_spec else {
-            return runner::OtherSiteSays::default();
-        };
         let (model, t) = (&self.model, self.transport.as_ref());
-        let (mut refused, mut forced) = (Vec::new(), Vec::new());
+        let (mut refused, mut forced) =
+            other_side_of_start(model, &self.run_id, t, step, self.force);
+        let plan::Action::Replicate { what, to_host, .. } = &step.action_spec else {
+            let mut journaled = self.journaled.lock().unwrap_or_else(|e| e.into_inner());
+            let (new, said): (Vec<String>, Vec<String>) =
+                forced.into_iter().partition(|p| !journaled.contains(p));
+            journaled.extend(new.iter().cloned());
+            return runner::OtherSiteSays {
+                refused,
+                said,
+                forced: new,
+                operator: self.operator.clone(),
+            };
+        };
         // Whatever was judged at the start (a vm whose disks could not be read then, forced
         // past, was not): a vm running on the primary is never copied over.
         if let plan::Replicated::Vm(vm_id) = what
@@ -2828,7 +2948,20 @@ pub fn confirm(
             at: given.at,
         });
     }
-    if let Err(why) = waiting(&events, step) {
+    let waits = waiting(&events, step);
+    // Taken by the run already (it is no longer in the folder): the second person is told
+    // who answered the step's last wait, as before the run took it.
+    if waits.is_err()
+        && let Some((by, at)) = answered(&events, step)
+    {
+        return Err(RunError::AlreadyConfirmed {
+            run_id: dir.run_id.clone(),
+            step: step.to_string(),
+            by,
+            at,
+        });
+    }
+    if let Err(why) = waits {
         return Err(RunError::NotWaiting {
             run_id: dir.run_id.clone(),
             step: step.to_string(),
@@ -2853,6 +2986,21 @@ fn over(events: &[Event]) -> Option<RunStatus> {
         Event::RunStarted { .. } | Event::RunResumed { .. } => Some(None),
         _ => None,
     })?
+}
+
+/// Who confirmed `step`'s last wait for a person, and when, if it was answered.
+fn answered(events: &[Event], step: &str) -> Option<(String, DateTime<Utc>)> {
+    let mut last = None;
+    for e in events {
+        match e {
+            Event::WaitingForOperator { step: s, .. } if s == step => last = None,
+            Event::Confirmed {
+                step: s, by, at, ..
+            } if s == step => last = Some((by.clone(), *at)),
+            _ => {}
+        }
+    }
+    last
 }
 
 /// Whether the journal says `step` waits for a person now; if not, why.
@@ -4264,6 +4412,45 @@ mod elsewhere_tests {
             let (refused, forced) = judge(Some(true), force);
             assert!(
                 refused.len() == 1 && refused[0].contains("vm erp-db runs on hv-main"),
+                "{refused:?}"
+            );
+            assert!(forced.is_empty());
+            assert_eq!(judge(Some(false), force), (Vec::new(), Vec::new()));
+        }
+        let (refused, forced) = judge(None, false);
+        assert!(
+            refused.len() == 1
+                && refused[0].contains("cannot be told (paused)")
+                && refused[0].contains("--force"),
+            "{refused:?}"
+        );
+        assert!(forced.is_empty());
+        let (refused, forced) = judge(None, true);
+        assert!(refused.is_empty());
+        assert!(
+            forced.len() == 1 && forced[0].contains("as forced"),
+            "{forced:?}"
+        );
+    }
+
+    /// A planned failover or a failback never starts a vm on one site while its other site
+    /// runs it, forced or not; one whose state there cannot be told starts only when forced,
+    /// said as forced.
+    #[test]
+    fn a_start_never_runs_a_vm_the_side_it_leaves_still_runs() {
+        let judge = |running: Option<bool>, force: bool| {
+            judge_other_side_before_start(
+                "erp-db",
+                "hv-main",
+                (running, "paused".to_string()),
+                force,
+            )
+        };
+        for force in [false, true] {
+            let (refused, forced) = judge(Some(true), force);
+            assert!(
+                refused.len() == 1
+                    && refused[0].contains("vm erp-db runs on hv-main, the side this run leaves"),
                 "{refused:?}"
             );
             assert!(forced.is_empty());

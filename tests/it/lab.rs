@@ -5315,3 +5315,60 @@ fn a_failover_never_reports_a_vm_started_from_its_point_that_already_ran_there()
     );
     let _ = crate::common::lab_vm(&lab.lab(), "hv-pra", &["stop", "erp-db"]);
 }
+
+/// A planned failover whose runbook "stops" erp-db's primary with a command that does not
+/// stop it (here `true`, as a guest shutdown that failed quietly would): its start on hv-pra
+/// asks hv-main first, finds erp-db still running there, and is refused; erp-db never runs on
+/// both sites.
+#[test]
+fn a_planned_failover_never_starts_a_vm_its_primary_still_runs() {
+    let lab = Lab::up(147);
+    let edited = tempfile::tempdir().unwrap();
+    for d in ["inventory", "runbooks"] {
+        crate::common::copy_tree(&root().join(d), &edited.path().join(d));
+    }
+    let erp = edited.path().join("runbooks/erp.toml");
+    let text = std::fs::read_to_string(&erp).unwrap();
+    let stop = "id = \"stop-primary\"\nkind = \"vm\"\naction = \"stop\"\non = \"primary\"\n";
+    assert!(text.contains(stop), "the example stops erp-db's primary so");
+    std::fs::write(
+        &erp,
+        text.replacen(
+            stop,
+            "id = \"stop-primary\"\nkind = \"exec\"\nhost = \"hv-main\"\nrun = \"true\"\n",
+            1,
+        ),
+    )
+    .unwrap();
+    assert_eq!(erp_db_on(&lab, "hv-main"), "running");
+    let exit = lab.run_confirming_in(
+        edited.path(),
+        &[
+            "failover",
+            "--service",
+            "erp-db",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ],
+        Duration::from_secs(240),
+    );
+    let events = lab.journal();
+    assert!(!exit.success(), "{events:#?}");
+    let start = events
+        .iter()
+        .find(|e| e["event"] == "step_finished" && e["step"] == "erp-db/start")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(start["status"], "failed", "{start}");
+    let said: String = events
+        .iter()
+        .filter(|e| e["event"] == "step_output" && e["step"] == "erp-db/start")
+        .map(|e| e["stderr"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        said.contains("vm erp-db runs on hv-main, the side this run leaves"),
+        "{said}\n{events:#?}"
+    );
+    assert_eq!(erp_db_on(&lab, "hv-pra"), "shut off");
+    assert_eq!(erp_db_on(&lab, "hv-main"), "running");
+}
