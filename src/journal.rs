@@ -104,6 +104,27 @@ fn is_real_dir(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_dir())
 }
 
+/// Whether `path` is a regular file itself (a symbolic link to one does not count: a run's
+/// journal that leads to another run's would be read, appended to and cut as this one's).
+fn is_real_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
+}
+
+/// Opens a journal without following a link at its last component.
+fn open_journal(options: &mut OpenOptions, path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    options.custom_flags(libc::O_NOFOLLOW).open(path)
+}
+
+/// Makes the names in folder `dir` durable (a file or folder created, or renamed, in it):
+/// without it a power cut may lose a run folder, a journal or a confirmation whose data was
+/// synced.
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("sync", dir))
+}
+
 impl RunDir {
     /// Creates the folder of a new run.
     pub fn create(state_dir: &Path, run_id: &str) -> Result<RunDir, JournalError> {
@@ -120,6 +141,8 @@ impl RunDir {
         }
         let confirmations = path.join("confirmations");
         std::fs::create_dir(&confirmations).map_err(io("create", &confirmations))?;
+        sync_dir(&path)?;
+        sync_dir(&parent)?;
         Ok(RunDir {
             run_id: run_id.to_string(),
             path,
@@ -141,7 +164,7 @@ impl RunDir {
             run_id.to_string()
         };
         let path = runs_dir(state_dir).join(&run_id);
-        if !is_real_dir(&path) || !path.join("journal.jsonl").is_file() {
+        if !is_real_dir(&path) || !is_real_file(&path.join("journal.jsonl")) {
             return Err(JournalError::NoSuchRun {
                 run_id,
                 dir: runs_dir(state_dir),
@@ -188,7 +211,7 @@ impl RunDir {
         f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
         f.sync_all().map_err(io("write", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(io("write", &path))?;
-        Ok(())
+        sync_dir(&self.path.join("confirmations"))
     }
 
     /// The confirmation of a manual step, once given and not yet taken by the run.
@@ -271,11 +294,11 @@ impl JournalWriter {
     }
 
     fn open_path(path: PathBuf) -> Result<JournalWriter, JournalError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
+        let file = open_journal(OpenOptions::new().create(true).append(true), &path)
             .map_err(io("open", &path))?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
         let len = file.metadata().map_err(io("read", &path))?.len();
         Ok(JournalWriter {
             file,
@@ -290,10 +313,7 @@ impl JournalWriter {
     /// cut are kept beside the journal (`journal.torn-N`) and described.
     pub fn resume(dir: &RunDir) -> Result<(JournalWriter, Option<TornTail>), JournalError> {
         let path = dir.journal_path();
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&path)
+        let file = open_journal(OpenOptions::new().read(true).append(true), &path)
             .map_err(io("open", &path))?;
         let mut bytes = Vec::new();
         (&file).read_to_end(&mut bytes).map_err(io("read", &path))?;
@@ -312,6 +332,7 @@ impl JournalWriter {
                 .map_err(io("write", &kept_in))?;
             keep.write_all(tail).map_err(io("write", &kept_in))?;
             keep.sync_all().map_err(io("write", &kept_in))?;
+            sync_dir(&dir.path)?;
             file.set_len(good as u64).map_err(io("repair", &path))?;
             file.sync_all().map_err(io("repair", &path))?;
             let excerpt: String = String::from_utf8_lossy(&tail[..tail.len().min(120)])
@@ -444,7 +465,7 @@ pub fn list(state_dir: &Path) -> Result<Vec<String>, JournalError> {
             let id = e.file_name().to_str()?.to_string();
             (check_run_id(&id).is_ok()
                 && is_real_dir(&e.path())
-                && e.path().join("journal.jsonl").is_file())
+                && is_real_file(&e.path().join("journal.jsonl")))
             .then_some(id)
         })
         .collect();
@@ -918,6 +939,33 @@ mod tests {
             "{message}"
         );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    }
+
+    /// A run whose journal is a link (to another run's journal) is no run: it is never read,
+    /// appended to or cut as this one's.
+    #[test]
+    fn a_journal_that_is_a_link_is_never_taken_for_a_run_s() {
+        let state = tempfile::tempdir().unwrap();
+        let first = RunDir::create(state.path(), "20261128-031000-drill").unwrap();
+        let mut w = JournalWriter::open(&first).unwrap();
+        w.append(&Event::RunFinished {
+            at: at(),
+            status: RunStatus::Failed,
+        })
+        .unwrap();
+        drop(w);
+        let before = std::fs::read(first.journal_path()).unwrap();
+        let other = RunDir::create(state.path(), "20261128-041000-failover").unwrap();
+        std::os::unix::fs::symlink(first.journal_path(), other.journal_path()).unwrap();
+        assert!(matches!(
+            RunDir::open(state.path(), "20261128-041000-failover"),
+            Err(JournalError::NoSuchRun { .. })
+        ));
+        assert_eq!(list(state.path()).unwrap(), ["20261128-031000-drill"]);
+        // Even opened by its path, it is not written through.
+        assert!(JournalWriter::open(&other).is_err());
+        assert!(JournalWriter::resume(&other).is_err());
+        assert_eq!(std::fs::read(first.journal_path()).unwrap(), before);
     }
 
     #[test]

@@ -812,8 +812,19 @@ pub fn before_failback(
             .map(|l| (choice::name(&s.path).to_string(), l.describe()))
     });
     let unread: Vec<String> = states.iter().filter_map(CopyState::unread_leases).collect();
+    // Written since its newest point outside any failover (a vm started on it by hand): what
+    // was written there is in no point, and the failback would let it go.
+    let written = states
+        .iter()
+        .find_map(|s| Some((s.path.clone(), s.changed.clone()?)));
     match ran {
-        None if unread.is_empty() => Ok(()),
+        None if unread.is_empty() => match written {
+            None => Ok(()),
+            Some((path, why)) => Err(format!(
+                "vm {}'s recovery copy {path} on {} was written since its newest point, outside any failover ({why}), and this failback copies none of it back: started on the primary, it would run on its disks as they were, and the failback would let go of what was written there; find out what wrote it (a vm started on it by hand?); add a `replicate` step of vm {} before its start in the failback runbook to bring it back, or, if it is not to be kept, `reprise release {}` first",
+                vm.name, vm.host, vm.name, vm.name
+            )),
+        },
         // A lease that cannot be read may be a failover's.
         None => Err(format!(
             "the leases of vm {}'s recovery copies on {} cannot be read: {}; a failover's lease may be among them, and this failback copies none of them back: started on the primary, it would run on its disks as they were before the failover and lose what it wrote since; make them readable on {} and run again, or add a `replicate` step of vm {} before its start in the failback runbook",
@@ -1480,6 +1491,19 @@ mod tests {
             disk("data", &[point("P1", 1, "yes")]),
         ]);
         assert_eq!(before_failback(&fake, vm, false), Ok(()));
+        // Written since its newest point with no failover's lease (started on it by hand):
+        // what it wrote is in no point, and would be let go.
+        let mut data = disk("data", &[point("P1", 1, "yes")]);
+        data.changed = Some("its size or time is not its newest point's".into());
+        let fake = Fake::with(vec![disk("sys", &[point("P1", 1, "yes")]), data]);
+        let why = before_failback(&fake, vm, false).unwrap_err();
+        assert!(
+            why.contains("/r/data on")
+                && why.contains("was written since its newest point, outside any failover")
+                && why.contains("`reprise release db`"),
+            "{why}"
+        );
+        assert_eq!(before_failback(&fake, vm, true), Ok(()));
         // A lease that cannot be read may be a failover's: refused, naming it.
         let mut data = disk("data", &[point("P1", 1, "yes")]);
         data.bad_leases = vec!["live-R0.json: damaged".into()];

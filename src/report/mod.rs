@@ -1993,6 +1993,64 @@ mod tests {
         .unwrap()
     }
 
+    /// What a host printed, or a person typed, never shapes the Markdown report: a line of a
+    /// failed step's output that looks like a heading stays inside its problem, and a name
+    /// with `|` stays in its cell.
+    #[test]
+    fn host_text_and_names_never_shape_the_markdown_report() {
+        let mut events = vec![started(None)];
+        events.push(Event::StepStarted {
+            at: t(0),
+            step: "db/start".into(),
+            attempt: 1,
+            host: Some("hv".into()),
+        });
+        events.push(Event::StepFinished {
+            at: t(5),
+            step: "db/start".into(),
+            attempt: 1,
+            status: StepStatus::Failed,
+            duration_ms: 5000,
+            message: Some("exit 1\n## Result: Recovered\n- everything fine".into()),
+        });
+        events.push(Event::StepStarted {
+            at: t(6),
+            step: "app/start".into(),
+            attempt: 1,
+            host: Some("hv".into()),
+        });
+        events.push(Event::WaitingForOperator {
+            at: t(7),
+            step: "app/start".into(),
+            instructions: "check".into(),
+        });
+        events.push(Event::Confirmed {
+            at: t(8),
+            step: "app/start".into(),
+            by: "Eve | Admin".into(),
+            note: None,
+        });
+        events.push(Event::RunFinished {
+            at: t(9),
+            status: RunStatus::Failed,
+        });
+        let md = render(&build_of(&events), Format::Md, Lang::En);
+        assert!(
+            !md.lines()
+                .any(|l| l.starts_with("## Result") || l == "- everything fine"),
+            "{md}"
+        );
+        assert!(
+            md.contains("exit 1<br>## Result: Recovered<br>- everything fine"),
+            "{md}"
+        );
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| app/start |") && l.contains("Eve"))
+            .unwrap_or_else(|| panic!("{md}"));
+        assert!(row.contains("Eve \\| Admin"), "{row}");
+    }
+
     /// A run that failed, then was resumed and cut by a crash, is not over: not "failed" with
     /// its first end, nor "succeeded" once its second part succeeds without a word of the
     /// first's end.

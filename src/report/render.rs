@@ -270,6 +270,14 @@ fn md_cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', "<br>")
 }
 
+/// Text from hosts or people on one line of a list: its line breaks kept as `<br>`, so that
+/// a line of it never starts a heading, a list or a table of the report.
+fn md_inline(s: &str) -> String {
+    s.trim_end_matches('\n')
+        .replace('\r', "")
+        .replace('\n', "<br>")
+}
+
 fn markdown(r: &RecoveryReport, l: &Labels) -> String {
     let mut o = String::new();
     md_summary(&mut o, r, l);
@@ -354,7 +362,7 @@ fn md_services(o: &mut String, r: &RecoveryReport, l: &Labels) {
     if !proved.is_empty() {
         let _ = writeln!(o, "\n{}:\n", l.checks_proved);
         for p in proved {
-            let _ = writeln!(o, "- {p}");
+            let _ = writeln!(o, "- {}", md_inline(p));
         }
     }
 }
@@ -409,10 +417,10 @@ fn md_manual(o: &mut String, r: &RecoveryReport, l: &Labels) {
             let _ = writeln!(
                 o,
                 "| {} | {} | {} | {} | {} | {} | {} |",
-                m.step,
+                md_cell(&m.step),
                 md_cell(&m.instructions),
                 m.asked_at.map(time).unwrap_or_default(),
-                m.by.as_deref().unwrap_or(l.not_confirmed),
+                md_cell(m.by.as_deref().unwrap_or(l.not_confirmed)),
                 m.confirmed_at.map(time).unwrap_or_default(),
                 opt_dur(m.waited_s, l),
                 md_cell(m.note.as_deref().unwrap_or(""))
@@ -429,7 +437,7 @@ fn md_problems(o: &mut String, r: &RecoveryReport, l: &Labels) {
     }
     for p in &r.problems {
         let (what, text, excerpt) = problem_line(p, l);
-        let _ = writeln!(o, "- **{what}**{}{text}", l.colon);
+        let _ = writeln!(o, "- **{what}**{}{}", l.colon, md_inline(&text));
         if let Some(x) = excerpt {
             let _ = writeln!(o, "\n  ```text");
             for line in x.lines() {
@@ -447,7 +455,7 @@ fn md_recommendations(o: &mut String, r: &RecoveryReport, l: &Labels) {
         let _ = writeln!(o, "{}", l.no_recommendations);
     }
     for (i, rec) in r.recommendations.iter().enumerate() {
-        let _ = writeln!(o, "{}. {}", i + 1, rec.text);
+        let _ = writeln!(o, "{}. {}", i + 1, md_inline(&rec.text));
     }
 }
 
@@ -474,7 +482,7 @@ fn md_readiness(o: &mut String, r: &RecoveryReport, l: &Labels) {
                 l.check_status(i.status),
                 i.area,
                 i.subject,
-                i.detail
+                md_inline(&i.detail)
             );
         }
     }
@@ -485,7 +493,7 @@ fn md_evidence(o: &mut String, r: &RecoveryReport, l: &Labels) {
     let _ = writeln!(o, "\n## {}\n", l.evidence);
     let _ = writeln!(o, "| | |\n|---|---|");
     for (k, v) in evidence(r, l) {
-        let _ = writeln!(o, "| {k} | `{v}` |");
+        let _ = writeln!(o, "| {k} | `{}` |", md_cell(&v).replace('`', "'"));
     }
     let _ = writeln!(o, "\n{}", l.evidence_note);
 }
