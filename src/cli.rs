@@ -1223,6 +1223,11 @@ fn resume(
 ) -> Result<Outcome, Outcome> {
     let shutdown = ctrl_c();
     let mut view = TerminalView::new(&model.inventory, Some(run));
+    // Its time against the RTO runs from where the run began, not from this resume (what
+    // the journal cannot give, the resume itself reports).
+    if let Ok(events) = crate::journal::RunDir::open(&cli.state_dir, run).and_then(|d| d.read()) {
+        view.measure_from_journal(&events);
+    }
     let operator = operator(exec);
     let mut options = exec_options(exec)?;
     options.run.points = asked;

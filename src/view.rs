@@ -18,6 +18,9 @@ use crate::runner::{Sink, Unrecorded};
 
 pub struct TerminalView {
     began: Instant,
+    /// What a service's time to recover runs from (the incident, else the run's start), as
+    /// the report measures it: a resumed run's recovery began before this process.
+    measured_from: Option<chrono::DateTime<chrono::Utc>>,
     rto: HashMap<String, Duration>,
     total: usize,
     done: usize,
@@ -33,6 +36,7 @@ impl TerminalView {
     pub fn new(inventory: &Inventory, run_id: Option<&str>) -> Self {
         TerminalView {
             began: Instant::now(),
+            measured_from: None,
             rto: inventory
                 .services
                 .values()
@@ -119,13 +123,25 @@ impl TerminalView {
 
     fn against_rto(&self, step: &str) -> String {
         let service = step.split('/').next().unwrap_or(step);
+        let spent = match self.measured_from {
+            Some(from) => (chrono::Utc::now() - from).num_seconds().max(0) as u64,
+            None => self.began.elapsed().as_secs(),
+        };
         match self.rto.get(service) {
-            Some(rto) => format!(
-                " [{} of RTO {rto}]",
-                Duration(self.began.elapsed().as_secs())
-            ),
+            Some(rto) => format!(" [{} of RTO {rto}]", Duration(spent)),
             None => String::new(),
         }
+    }
+
+    /// Measures each service's time against its RTO from where the run's journal says its
+    /// recovery began (a resumed run's: its incident, else its first start).
+    pub fn measure_from_journal(&mut self, events: &[Event]) {
+        self.measured_from = events.iter().find_map(|e| match e {
+            Event::RunStarted {
+                at, incident_at, ..
+            } => Some(incident_at.unwrap_or(*at)),
+            _ => None,
+        });
     }
 }
 
@@ -327,13 +343,16 @@ impl Sink for TerminalView {
         let clock = self.clock();
         match event {
             Event::RunStarted {
+                at,
                 run_id,
                 mode,
                 emergency,
                 operator,
                 steps,
+                incident_at,
                 ..
             } => {
+                self.measured_from.get_or_insert(incident_at.unwrap_or(*at));
                 let mode = if *emergency {
                     "emergency failover".to_string()
                 } else {
@@ -361,5 +380,75 @@ impl Sink for TerminalView {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A run resumed three hours into an outage shows each service's time against its RTO
+    /// from the incident its journal names, as the report measures it, not from the resume.
+    #[test]
+    fn a_resumed_run_s_time_against_its_rto_runs_from_its_incident() {
+        let sources = crate::sources::Sources::read(
+            std::path::Path::new("inventory"),
+            std::path::Path::new("runbooks"),
+        )
+        .unwrap();
+        let (model, _) = crate::plan::validate::load(sources).unwrap();
+        let shown = |journal: &[Event]| {
+            let out = Arc::new(Mutex::new(Vec::new()));
+            let mut view = TerminalView::new(&model.inventory, Some("r1"));
+            view.out = Box::new(Shared(out.clone()));
+            view.measure_from_journal(journal);
+            view.emit(&Event::StepFinished {
+                at: chrono::Utc::now(),
+                step: "erp-db/start".into(),
+                attempt: 1,
+                status: crate::event::StepStatus::Done,
+                duration_ms: 1000,
+                message: None,
+            })
+            .unwrap();
+            String::from_utf8(out.lock().unwrap().clone()).unwrap()
+        };
+        let three_hours_ago = chrono::Utc::now() - chrono::Duration::hours(3);
+        let started = Event::RunStarted {
+            at: three_hours_ago + chrono::Duration::minutes(10),
+            run_id: "r1".into(),
+            mode: crate::runbook::Mode::Failover,
+            emergency: true,
+            services: Vec::new(),
+            only: false,
+            operator: "karim".into(),
+            machine: "laptop".into(),
+            version: "0".into(),
+            sources_digest: "x".into(),
+            steps: Vec::new(),
+            sites: Vec::new(),
+            incident_at: Some(three_hours_ago),
+            plan: None,
+            readiness: None,
+            points: None,
+        };
+        let line = shown(std::slice::from_ref(&started));
+        assert!(line.contains("[3h of RTO 4h]"), "{line}");
+        // With no journal to read, from this process's start.
+        let line = shown(&[]);
+        assert!(line.contains("[0s of RTO 4h]"), "{line}");
     }
 }
