@@ -323,10 +323,9 @@ fn replica_rows(
             ),
             Decision::Refuse(why) => Some(why),
         };
-        row.age_s = row
-            .good
-            .as_ref()
-            .map(|(_, at)| (now - *at).num_seconds().max(0) as u64);
+        let (age_s, ahead) = age_of(row.good.as_ref(), now);
+        row.age_s = age_s;
+        let why = why.or(ahead);
         row.breach = match (row.rpo_s, row.age_s) {
             (Some(r), Some(a)) => a > r,
             (Some(_), None) => true,
@@ -336,6 +335,29 @@ fn replica_rows(
         rows.push(row);
     }
     rows
+}
+
+/// The age of a newest good point (its id and when it was taken) at `now`; or, for one dated
+/// ahead of this machine's clock beyond a minute (the machine that replicated it has a clock
+/// ahead), no age and why: such a point is never "fresh".
+fn age_of(
+    good: Option<&(String, DateTime<Utc>)>,
+    now: DateTime<Utc>,
+) -> (Option<u64>, Option<String>) {
+    let Some((point, at)) = good else {
+        return (None, None);
+    };
+    if *at - now > chrono::Duration::seconds(60) {
+        return (
+            None,
+            Some(format!(
+                "its newest good point {point} is dated {}, {} ahead of this machine's clock (the clock of the machine that replicated it runs ahead?): its age cannot be told",
+                at.format("%Y-%m-%d %H:%M:%S UTC"),
+                crate::duration::Duration((*at - now).num_seconds().max(0) as u64)
+            )),
+        );
+    }
+    (Some((now - *at).num_seconds().max(0) as u64), None)
 }
 
 fn text(rows: &[ReplicaRow], lags: &[LagRow]) -> Outcome {
@@ -1076,6 +1098,24 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap()
+    }
+
+    /// A point dated ahead of this machine's clock is never taken as fresh: its age is
+    /// unknown (a breach of any RPO), and said why; a few seconds ahead is a clock's noise.
+    #[test]
+    fn a_point_dated_ahead_of_this_clock_has_no_age() {
+        let now = Utc::now();
+        let good = |secs: i64| ("P1".to_string(), now + chrono::Duration::seconds(secs));
+        assert_eq!(age_of(None, now), (None, None));
+        assert_eq!(age_of(Some(&good(-600)), now), (Some(600), None));
+        assert_eq!(age_of(Some(&good(5)), now), (Some(0), None));
+        let (age, why) = age_of(Some(&good(3600)), now);
+        assert_eq!(age, None);
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("P1") && w.contains("1h ahead of this machine's clock")),
+            "{why:?}"
+        );
     }
 
     #[test]
