@@ -98,6 +98,10 @@ pub enum DefinitionError {
     #[error("the definition has no disk for {0}")]
     MissingDisk(String),
     #[error(
+        "the definition's disk {target} uses {path}, which another of its disks uses too: started so, the guest would write one copy through two devices and corrupt it; refused"
+    )]
+    DiskTwice { target: String, path: String },
+    #[error(
         "NIC {nic} is on {kind} `{name}`, which has no mapping for host {host}: add `{name} = \"...\"` to the `networks` of host {host} or of its site"
     )]
     Unmapped {
@@ -556,6 +560,9 @@ fn disk(
             known: known.join(", "),
         });
     };
+    if found[i] {
+        return Err(DefinitionError::DiskTwice { target, path });
+    }
     found[i] = true;
     // Only the copy: no backing chain, no block copy under way, no data file or slice of
     // another file (children of <source>).
@@ -811,6 +818,23 @@ mod tests {
                 "the serial on the host's file /var/log/libvirt/qemu/erp-db.console is a pty here",
                 "the channel's socket /var/lib/libvirt/qemu/channel/target/erp-db.agent was left to the hypervisor to name",
             ]
+        );
+    }
+
+    /// Two disks of the definition on one copy (the data disk's device pointing at the
+    /// system disk's file, in the definition a point captured): refused, never started with
+    /// one copy behind two devices.
+    #[test]
+    fn a_definition_with_one_copy_behind_two_disks_is_refused() {
+        let twice = DOMAIN.replace(
+            "/var/lib/libvirt/images/erp-db-data.raw",
+            "/var/lib/libvirt/images/erp-db-system.qcow2",
+        );
+        let def = Definition::parse(Format::LibvirtXml, twice.as_bytes()).unwrap();
+        let e = rewrite(&def, &fit(Nics::All("br-pra".into()))).unwrap_err();
+        assert!(
+            matches!(&e, DefinitionError::DiskTwice { target, .. } if target == "vdb"),
+            "{e}"
         );
     }
 

@@ -465,6 +465,12 @@ fn disk(
     else {
         return Err(foreign());
     };
+    if found[i] {
+        return Err(DefinitionError::DiskTwice {
+            target: key.to_string(),
+            path: super::one_line(&volume),
+        });
+    }
     found[i] = true;
     opts[0] = format!("{storage}:{}", fit.disks[i].1);
     Ok(opts.join(","))
@@ -602,6 +608,20 @@ vmgenid: 0f9d1d4e-6a51-4f7e-9a43-1d2b3c4d5e6f
         // What it defines reads back as a definition, the same.
         let again = parse(&got.text).unwrap();
         assert_eq!(again.canonical(), got.text);
+    }
+
+    /// Two volumes of the configuration on one copy: refused.
+    #[test]
+    fn a_configuration_with_one_copy_behind_two_disks_is_refused() {
+        let twice = CONF.replace(
+            "scsi1: local:120/vm-120-disk-1.raw",
+            "scsi1: local:120/vm-120-disk-0.qcow2",
+        );
+        let e = rewrite(&parse(&twice).unwrap(), &fit(map())).unwrap_err();
+        assert!(
+            matches!(&e, super::super::DefinitionError::DiskTwice { target, .. } if target == "scsi1"),
+            "{e}"
+        );
     }
 
     #[test]

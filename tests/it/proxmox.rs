@@ -1468,7 +1468,8 @@ fn changes_a_vm(calls: &[String]) -> bool {
 }
 
 /// The vmid already runs on the recovery node (started there by hand): a failover does not
-/// change its configuration under it, says so and what to do, and neither starts, stops nor
+/// change its configuration under it, says so and what to do (found before any point is
+/// chosen for it: its status, asked first, says it runs), and neither starts, stops nor
 /// undefines anything.
 #[test]
 fn a_proxmox_failover_never_changes_the_configuration_of_a_running_vmid() {
@@ -1490,7 +1491,7 @@ fn a_proxmox_failover_never_changes_the_configuration_of_a_running_vmid() {
         shown.contains(
             "finished db/start: Failed in "
         ) && shown.contains(
-            "(`define` exited with 1 on hv2: vmid 101 runs on this node (status: running): its configuration is not changed under it; stop it first)"
+            "vm db already runs on hv2, started outside this run: what it runs on and what it wrote there are not the point this run would choose, and nothing was chosen, leased or defined for it"
         ),
         "{shown}"
     );
