@@ -190,7 +190,9 @@ fn starts_of(run_id: &str, events: &[Event]) -> Vec<Start> {
                     message,
                     ..
                 } if step == id => {
-                    undone = message.as_deref() != Some(crate::runner::LEFT_RUNNING);
+                    undone = !message
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with(crate::runner::LEFT_RUNNING));
                 }
                 _ => {}
             }

@@ -205,6 +205,7 @@ impl RunDir {
             by: plain(&confirmation.by, &[]),
             note: confirmation.note.as_deref().map(|n| plain(n, &['\n'])),
             at: confirmation.at,
+            asked: confirmation.asked,
         };
         let text = serde_json::to_string(&confirmation).expect("a confirmation serializes");
         let mut f = File::create(&tmp).map_err(io("write", &tmp))?;
@@ -234,6 +235,7 @@ impl RunDir {
         let nanos = Utc::now().timestamp_nanos_opt().unwrap_or_default();
         let name = format!("{}.{nanos}.json", percent_encode(step));
         std::fs::rename(&path, taken.join(name)).ok()?;
+        let _ = sync_dir(&self.path.join("confirmations"));
         Some(confirmation)
     }
 
@@ -262,6 +264,10 @@ pub struct Confirmation {
     pub by: String,
     pub note: Option<String>,
     pub at: DateTime<Utc>,
+    /// When the wait it answers was asked (its `waiting_for_operator` event's time): it
+    /// answers that wait only. `None`: written by an earlier version, taken by any wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked: Option<DateTime<Utc>>,
 }
 
 /// What was cut from the end of a journal: a line that a crash left half-written.
@@ -977,6 +983,7 @@ mod tests {
             by: "karim".into(),
             note: Some("both containers".into()),
             at: at(),
+            asked: None,
         };
         dir.confirm("power/generators", &c).unwrap();
         assert_eq!(dir.confirmation("power/generators"), Some(c.clone()));

@@ -1161,7 +1161,7 @@ pub fn judge_other_side_before_start(
         ),
         None => (
             vec![format!(
-                "vm {vm}: its state on {other_host}, the side this run leaves, cannot be told ({said}): if it runs there, starting it here runs it on both sites; resume once its state can be read (it must be stopped), or with --force once it is known stopped there"
+                "vm {vm}: its state on {other_host}, the side this run leaves, cannot be told ({said}): if it runs there, starting it here runs it on both sites; resume once its state can be read (it must be stopped; a driver's `status` says a vm is not defined there by printing a line `not defined` and exiting non-zero), or with --force once it is known stopped there"
             )],
             Vec::new(),
         ),
@@ -2968,12 +2968,18 @@ pub fn confirm(
             why,
         });
     }
+    // The wait it answers: a later wait of the same step never takes it.
+    let asked = events.iter().rev().find_map(|e| match e {
+        Event::WaitingForOperator { at, step: s, .. } if s == step => Some(*at),
+        _ => None,
+    });
     dir.confirm(
         step,
         &Confirmation {
             by: by.to_string(),
             note,
             at: Utc::now(),
+            asked,
         },
     )?;
     Ok(dir.run_id)

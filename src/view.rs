@@ -13,7 +13,7 @@ use crate::event::{Event, RunStatus, StepStatus};
 use std::path::PathBuf;
 
 use crate::inventory::Inventory;
-use crate::journal::{Confirmation, RunDir};
+use crate::journal::RunDir;
 use crate::runner::{Sink, Unrecorded};
 
 pub struct TerminalView {
@@ -77,13 +77,10 @@ impl TerminalView {
                 let mut note = String::new();
                 let _ = stdin.read_line(&mut note);
                 let note = Some(note.trim().to_string()).filter(|n| !n.is_empty());
-                let c = Confirmation {
-                    by: name.to_string(),
-                    note,
-                    at: chrono::Utc::now(),
-                };
-                if let Err(e) = dir.confirm(&step, &c) {
-                    eprintln!("cannot record the confirmation: {e}");
+                // As `reprise confirm` records it: only while the step still waits (someone
+                // may have confirmed it from another shell meanwhile), for that wait.
+                if let Err(e) = crate::run::confirm(&state_dir, &run_id, &step, name, note) {
+                    eprintln!("the confirmation was not recorded: {e}");
                 }
             }
         });

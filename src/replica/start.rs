@@ -816,7 +816,7 @@ pub fn before_failback(
     // was written there is in no point, and the failback would let it go.
     let written = states
         .iter()
-        .find_map(|s| Some((s.path.clone(), s.changed.clone()?)));
+        .find_map(|s| Some((s.path.clone(), s.written_outside()?.to_string())));
     match ran {
         None if unread.is_empty() => match written {
             None => Ok(()),
@@ -1495,7 +1495,8 @@ mod tests {
         // what it wrote is in no point, and would be let go.
         let mut data = disk("data", &[point("P1", 1, "yes")]);
         data.changed = Some("its size or time is not its newest point's".into());
-        let fake = Fake::with(vec![disk("sys", &[point("P1", 1, "yes")]), data]);
+        data.stamp = Some("s2".into());
+        let fake = Fake::with(vec![disk("sys", &[point("P1", 1, "yes")]), data.clone()]);
         let why = before_failback(&fake, vm, false).unwrap_err();
         assert!(
             why.contains("/r/data on")
@@ -1504,6 +1505,10 @@ mod tests {
             "{why}"
         );
         assert_eq!(before_failback(&fake, vm, true), Ok(()));
+        // Let go as it now is (`reprise release db`, the way out it names): started.
+        data.accepted = Some("s2".into());
+        let fake = Fake::with(vec![disk("sys", &[point("P1", 1, "yes")]), data]);
+        assert_eq!(before_failback(&fake, vm, false), Ok(()));
         // A lease that cannot be read may be a failover's: refused, naming it.
         let mut data = disk("data", &[point("P1", 1, "yes")]);
         data.bad_leases = vec!["live-R0.json: damaged".into()];

@@ -290,7 +290,7 @@ pub(super) async fn define_vm(
                 } else {
                     // Taken for "nothing defined", a start that fails would remove what is.
                     return Err(format!(
-                        "cannot tell what is defined as {} on {} (exit {}: {}): nothing was defined",
+                        "cannot tell what is defined as {} on {} (exit {}: {}): nothing was defined (a driver's `definition` says a vm is not defined there by printing a line `not defined` and exiting non-zero)",
                         d.fit.name,
                         d.host,
                         out.exit_code,

@@ -142,7 +142,11 @@ async fn state_before(
     let step = &ctx.plan.steps[run.index];
     let room = deadline.room(StdDuration::from_secs(60));
     let (running, said) = match exec(ctx, step, status, Some(room)).await {
-        Ok(out) => (said_running(&out), out.stdout.trim().to_string()),
+        // Not defined there (a vm the start defines first, from its point): not running.
+        Ok(out) => (
+            said_running(&out).or_else(|| said_not_defined(&out).then_some(false)),
+            out.stdout.trim().to_string(),
+        ),
         Err(e) => (None, e.message),
     };
     let event = Event::VmStateBefore {

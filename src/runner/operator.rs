@@ -23,14 +23,21 @@ pub(super) async fn wait_for_operator(
     if !record_start(tx, step, 1).await {
         return run.outcome(StepStatus::Cancelled, 1, Some(NOT_RECORDED.into()));
     }
+    let asked = Utc::now();
     let _ = tx.send(Msg::Event(Event::WaitingForOperator {
-        at: Utc::now(),
+        at: asked,
         step: step.id.clone(),
         instructions,
     }));
     let deadline = step.timeout_s.map(StdDuration::from_secs);
     loop {
-        if let Some(c) = ctx.confirmations.confirmation(&step.id) {
+        // One given for another wait of the step (an earlier one, answered in the moment the
+        // run took its answer) is taken and dropped: it answers no one here.
+        if let Some(c) = ctx
+            .confirmations
+            .confirmation(&step.id)
+            .filter(|c| c.asked.is_none_or(|a| a == asked))
+        {
             let _ = tx.send(Msg::Event(Event::Confirmed {
                 at: c.at,
                 step: step.id.clone(),

@@ -144,6 +144,35 @@ async fn other_site_refuses(
     Some(run.outcome(StepStatus::Failed, 1, Some(text)))
 }
 
+/// The runs whose `live` lease holds the copies a step starts a vm from (a failover's start
+/// leases them so), as their helper reads them.
+async fn leased_live(
+    ctx: &Arc<RunContext>,
+    replica: &crate::plan::ReplicaUse,
+) -> Result<Vec<String>, String> {
+    let (transport, host, paths) = (
+        ctx.transport.clone(),
+        replica.host.clone(),
+        replica.paths.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let states = crate::replica::remote::Helpers::new(transport.as_ref())
+            .inspect(&host, &paths)
+            .map_err(|e| e.to_string())?;
+        let mut runs: Vec<String> = states
+            .iter()
+            .flat_map(|s| &s.leases)
+            .filter(|l| l.kind == crate::replica::LeaseKind::Live)
+            .map(|l| l.run.clone())
+            .collect();
+        runs.sort();
+        runs.dedup();
+        Ok(runs)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
 /// `sent`: set once the step's command may have been sent to its host (a step refused
 /// before it never was).
 async fn run_step_inner(
@@ -168,11 +197,16 @@ async fn run_step_inner(
             return run.outcome(StepStatus::Cancelled, 1, Some(NOT_RECORDED.into()));
         }
         recorded_first = true;
-        // A vm a failover starts from its copies that already runs there was started outside
-        // this run, on disks it did not give it: its start would say "already running" and
-        // the run would report it recovered from a point it never ran from. Asked before a
-        // point is chosen, leased or defined for it (a step run again by a resume may find
-        // its own start).
+        // The side the run leaves, asked before a point is chosen, leased or defined.
+        if let Some(refused) = other_site_refuses(ctx, run, &mut recorded_first).await {
+            return refused;
+        }
+        // A vm a failover starts from its copies that already runs there, started outside
+        // this run, runs on disks the run did not give it: its start would say "already
+        // running" and the run would report it recovered from a point it never ran from.
+        // Asked before a point is chosen, leased or defined for it. This run's own start
+        // (one that failed or was cut after the vm came up, its copies still leased to the
+        // run) carries on.
         if replica.role == crate::plan::ReplicaRole::Start
             && step.action.as_deref() == Some("start")
             && prior.is_none()
@@ -180,25 +214,37 @@ async fn run_step_inner(
         {
             match super::exec::ask_state_before(ctx, run).await {
                 None => return run.outcome(StepStatus::Cancelled, 1, Some(NOT_RECORDED.into())),
-                Some(Some(true)) => {
-                    let vm = replica.vm.as_str();
-                    let host = step.host.as_deref().unwrap_or("its recovery host");
-                    return run.outcome(
-                        StepStatus::Failed,
-                        1,
-                        Some(format!(
-                            "vm {vm} already runs on {host}, started outside this run: what it runs on and what it wrote there are not the point this run would choose, and nothing was chosen, leased or defined for it; find out what it runs on, stop it there (keep what it wrote if it matters), then `reprise resume` this run"
-                        )),
-                    );
-                }
+                Some(Some(true)) => match leased_live(ctx, replica).await {
+                    Ok(runs) if runs.iter().any(|r| *r == ctx.plan.run_id) => state_asked = true,
+                    found => {
+                        let vm = replica.vm.as_str();
+                        let host = step.host.as_deref().unwrap_or("its recovery host");
+                        let by = match found {
+                            Ok(runs) if !runs.is_empty() => format!(
+                                "started by another run ({}, whose lease holds its copies)",
+                                runs.join(", ")
+                            ),
+                            Ok(_) => "started outside this run".to_string(),
+                            Err(e) => format!(
+                                "and whether this run started it cannot be told (its copies' leases cannot be read: {e})"
+                            ),
+                        };
+                        return run.outcome(
+                            StepStatus::Failed,
+                            1,
+                            Some(format!(
+                                "vm {vm} already runs on {host}, {by}: what it runs on and what it wrote there are not the point this run would choose, and nothing was chosen, leased or defined for it; find out what it runs on, stop it there (keep what it wrote if it matters), then `reprise resume` this run"
+                            )),
+                        );
+                    }
+                },
                 Some(_) => state_asked = true,
             }
         }
         if let Err(e) = vm::before_replica(ctx, step, replica, &run.tx, defined).await {
             return run.outcome(StepStatus::Failed, 1, Some(e));
         }
-    }
-    if let Some(refused) = other_site_refuses(ctx, run, &mut recorded_first).await {
+    } else if let Some(refused) = other_site_refuses(ctx, run, &mut recorded_first).await {
         return refused;
     }
     if !recorded_first

@@ -142,6 +142,7 @@ impl Confirmations for Confirm {
             by: "sofia".into(),
             note: None,
             at: Utc::now(),
+            asked: None,
         })
     }
 }
@@ -552,6 +553,7 @@ fn a_confirmation_answers_one_wait_only() {
             by: by.into(),
             note: None,
             at: Utc::now(),
+            asked: None,
         };
         dir.confirm("directory/roles", &c).unwrap();
     };
@@ -568,6 +570,23 @@ fn a_confirmation_answers_one_wait_only() {
     let (status, events) = once(&dir);
     assert_eq!(events.status("directory/roles"), Some(StepStatus::TimedOut));
     assert_ne!(status, RunStatus::Succeeded);
+    assert!(
+        !events
+            .0
+            .iter()
+            .any(|e| matches!(e, Event::Confirmed { .. }))
+    );
+    // One written for an earlier wait (in the moment the run took that wait's answer) is
+    // taken and dropped: it answers no one.
+    let stale = Confirmation {
+        by: "mallory".into(),
+        note: None,
+        at: Utc::now(),
+        asked: Some(Utc::now() - chrono::Duration::hours(1)),
+    };
+    dir.confirm("directory/roles", &stale).unwrap();
+    let (_, events) = once(&dir);
+    assert_eq!(events.status("directory/roles"), Some(StepStatus::TimedOut));
     assert!(
         !events
             .0
@@ -1541,6 +1560,41 @@ fn a_roll_back_matches_a_vm_s_start_by_its_vm_whatever_its_service() {
     });
     let (ok, message) = undo.unwrap_or_else(|| panic!("{:#?}", events.0));
     assert!(!ok && message.contains("both sites"), "{message}");
+}
+
+/// A vm not defined where it starts before its start (a failover defines it from its point)
+/// did not run there: the roll-back stops it, as one that was shut off.
+#[test]
+fn a_roll_back_stops_a_vm_it_started_where_it_was_not_defined() {
+    let mut copy = exec_step("db/start", "h2", &[], "start db copy");
+    copy.kind = "vm";
+    copy.vm = Some("db".into());
+    copy.action = Some("start".into());
+    copy.action_spec = Action::Exec {
+        run: Command::text("start db copy"),
+        verify: None,
+        undo: Some(Command::text("stop db copy")),
+    };
+    copy.undo = Some("stop db copy".into());
+    copy.state_before = Some(Command::text(
+        "status db copy says:not defined then:running",
+    ));
+    let check = exec_step("db/healthy", "h2", &["db/start"], "healthy fail");
+    let fake = Arc::new(Fake::default());
+    let (status, events) = go(
+        plan(Mode::Failover, false, vec![copy, check]),
+        fake.clone(),
+        HashMap::new(),
+        RunOptions::default(),
+    );
+    assert_eq!(status, RunStatus::Failed);
+    let before = events.0.iter().find_map(|e| match e {
+        Event::VmStateBefore { running, .. } => Some(*running),
+        _ => None,
+    });
+    assert_eq!(before, Some(Some(false)), "{:#?}", events.0);
+    let commands = fake.commands();
+    assert!(commands.iter().any(|c| c == "stop db copy"), "{commands:?}");
 }
 
 /// A tcp check of a vm passes only once the vm's driver says it runs where the run brought it

@@ -4373,6 +4373,19 @@ fn a_start_that_failed_after_its_vm_came_up_keeps_its_copies_leased() {
     }
     // Defined there by the start, and left so.
     assert!(definition.exists(), "{}", definition.display());
+    // Resumed, the start runs again: the vm that runs there is this run's own (its copies
+    // leased to the run), never taken for one started outside it.
+    lab.run_confirming_in(
+        edited.path(),
+        &["resume", "latest", "--no-prompt"],
+        Duration::from_secs(120),
+    );
+    let (status, why) = finished(&lab, "erp-db/start");
+    assert_eq!(status, "failed", "{why}");
+    assert!(
+        !why.contains("already runs on hv-pra") && why.contains("may have started all the same"),
+        "{why}"
+    );
 }
 
 /// A driver's `replicate-end` that says the copy just made may be torn (exit 65: Proxmox's,
