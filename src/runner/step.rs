@@ -197,7 +197,12 @@ async fn run_step_inner(
             return run.outcome(StepStatus::Cancelled, 1, Some(NOT_RECORDED.into()));
         }
         recorded_first = true;
-        // The side the run leaves, asked before a point is chosen, leased or defined.
+        // What a copy of this run moved it from is still so (a vm started there again since
+        // wrote what the copy lacks), then the side the run leaves: both asked before a point
+        // is chosen, leased or defined.
+        if let Err(e) = vm::copied_still(ctx, step, replica).await {
+            return run.outcome(StepStatus::Failed, 1, Some(e));
+        }
         if let Some(refused) = other_site_refuses(ctx, run, &mut recorded_first).await {
             return refused;
         }

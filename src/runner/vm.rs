@@ -30,7 +30,7 @@ fn copies(replica: &ReplicaUse) -> Vm<'_> {
 /// replica side (the decision `check` and `status` make too), the vm is defined from that
 /// point, and the point is journaled with whether it is verified at that moment. A failback
 /// defines the vm on the primary from the point the reverse replication made. An error stops
-/// the step before its command runs.
+/// the step before its command runs. [`copied_still`] is asked before it.
 pub(super) async fn before_replica(
     ctx: &RunContext,
     step: &PlannedStep,
@@ -38,7 +38,6 @@ pub(super) async fn before_replica(
     tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
     defined: &mut Option<Defined>,
 ) -> Result<(), String> {
-    copied_still(ctx, step, replica).await?;
     let how = match replica.role {
         ReplicaRole::DrillStart => Use::Drill,
         ReplicaRole::Start => Use::Failover,
@@ -120,7 +119,7 @@ pub(super) async fn before_replica(
 /// ([`start::copied_still`]). A failback's copy back not made by this process is refused (a
 /// resumed failback makes it again); a failover's start run again after it was cut relies on
 /// the point it chose then.
-async fn copied_still(
+pub(super) async fn copied_still(
     ctx: &RunContext,
     step: &PlannedStep,
     replica: &ReplicaUse,
