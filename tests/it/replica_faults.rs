@@ -1285,6 +1285,20 @@ fn a_drill_a_replication_and_a_started_vm_never_share_a_copy_unseen() {
         refused.stderr.contains("started on it by failover run"),
         "{refused:?}"
     );
+    // Still running there, started by the first failover: a second one never claims to
+    // start it from a point.
+    let twice = failover(&[]);
+    assert_eq!(twice.code, 1, "{twice:?}");
+    assert!(twice.point.is_none());
+    assert!(
+        twice
+            .message
+            .contains("vm erp-db already runs on hv-pra, started by another run"),
+        "{twice:?}"
+    );
+    // Stopped there by a person, then failed over again.
+    let stopped = crate::common::lab_vm(&lab.path("lab"), "hv-pra", &["stop", "erp-db"]);
+    assert!(stopped.status.success(), "{stopped:?}");
     let again = failover(&[]);
     assert_eq!(again.code, 1, "{again:?}");
     assert!(again.point.is_none());
