@@ -1117,19 +1117,34 @@ impl runner::OtherSite for RestoreGuard {
                 .or_insert_with(|| (std::time::Instant::now(), why));
         }
         let judged = judge_elsewhere(Mode::Restore, &found, self.force);
-        let mut journaled = self.journaled.lock().unwrap_or_else(|e| e.into_inner());
-        let (new, mut said): (Vec<String>, Vec<String>) = judged
-            .forced
-            .into_iter()
-            .partition(|p| !journaled.contains(p));
-        journaled.extend(new.iter().cloned());
-        said.extend(judged.warned);
-        runner::OtherSiteSays {
-            refused: judged.refused,
-            said,
-            forced: new,
-            operator: self.operator.clone(),
-        }
+        let mut says = guard_says(
+            &self.journaled,
+            &self.operator,
+            judged.refused,
+            judged.forced,
+        );
+        says.said.extend(judged.warned);
+        says
+    }
+}
+
+/// What a guard says of a step: `refused`, and what `forced` let pass, journaled once (what
+/// the journal already holds is only said again).
+fn guard_says(
+    journaled: &std::sync::Mutex<BTreeSet<String>>,
+    operator: &str,
+    refused: Vec<String>,
+    forced: Vec<String>,
+) -> runner::OtherSiteSays {
+    let mut journaled = journaled.lock().unwrap_or_else(|e| e.into_inner());
+    let (new, said): (Vec<String>, Vec<String>) =
+        forced.into_iter().partition(|p| !journaled.contains(p));
+    journaled.extend(new.iter().cloned());
+    runner::OtherSiteSays {
+        refused,
+        said,
+        forced: new,
+        operator: operator.to_string(),
     }
 }
 
@@ -1222,16 +1237,7 @@ impl runner::OtherSite for FailoverGuard {
             step,
             self.force,
         );
-        let mut journaled = self.journaled.lock().unwrap_or_else(|e| e.into_inner());
-        let (new, said): (Vec<String>, Vec<String>) =
-            forced.into_iter().partition(|p| !journaled.contains(p));
-        journaled.extend(new.iter().cloned());
-        runner::OtherSiteSays {
-            refused,
-            said,
-            forced: new,
-            operator: self.operator.clone(),
-        }
+        guard_says(&self.journaled, &self.operator, refused, forced)
     }
 }
 
@@ -1291,17 +1297,9 @@ impl runner::OtherSite for FailbackGuard {
         let (model, t) = (&self.model, self.transport.as_ref());
         let (mut refused, mut forced) =
             other_side_of_start(model, &self.run_id, t, step, self.force);
+        let says = |refused, forced| guard_says(&self.journaled, &self.operator, refused, forced);
         let plan::Action::Replicate { what, to_host, .. } = &step.action_spec else {
-            let mut journaled = self.journaled.lock().unwrap_or_else(|e| e.into_inner());
-            let (new, said): (Vec<String>, Vec<String>) =
-                forced.into_iter().partition(|p| !journaled.contains(p));
-            journaled.extend(new.iter().cloned());
-            return runner::OtherSiteSays {
-                refused,
-                said,
-                forced: new,
-                operator: self.operator.clone(),
-            };
+            return says(refused, forced);
         };
         // Whatever was judged at the start (a vm whose disks could not be read then, forced
         // past, was not): a vm running on the primary is never copied over.
@@ -1316,18 +1314,6 @@ impl runner::OtherSite for FailbackGuard {
             refused.extend(r);
             forced.extend(f);
         }
-        let says = |refused, forced: Vec<String>| {
-            let mut journaled = self.journaled.lock().unwrap_or_else(|e| e.into_inner());
-            let (new, said): (Vec<String>, Vec<String>) =
-                forced.into_iter().partition(|p| !journaled.contains(p));
-            journaled.extend(new.iter().cloned());
-            runner::OtherSiteSays {
-                refused,
-                said,
-                forced: new,
-                operator: self.operator.clone(),
-            }
-        };
         let Some(then) = self.judged.get(&judged_key(what)) else {
             return says(refused, forced);
         };
