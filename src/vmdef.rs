@@ -401,6 +401,23 @@ pub struct Fit {
     pub seed: String,
 }
 
+impl Fit {
+    /// The fit a definition the target host already holds must pass as it is (a vm started
+    /// on its copy as it is, not redefined): each disk on its copy's own path there (a disk
+    /// at its primary's path is another file on this host, or the primary's own through a
+    /// share), each NIC on one of this host's networks.
+    pub fn as_held(&self) -> Fit {
+        let mut fit = self.clone();
+        for (from, to) in &mut fit.disks {
+            *from = vec![to.clone()];
+        }
+        if let Nics::Map(map) = &fit.nics {
+            fit.nics = Nics::Map(map.values().map(|v| (v.clone(), v.clone())).collect());
+        }
+        fit
+    }
+}
+
 /// What [`rewrite`] made, and what it did that the operator should know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fitted {
@@ -836,6 +853,42 @@ mod tests {
             matches!(&e, DefinitionError::DiskTwice { target, .. } if target == "vdb"),
             "{e}"
         );
+    }
+
+    /// A vm started on its copy as it is keeps the definition its recovery host holds: one
+    /// whose disks are the copies passes; one whose disk is at its primary's path (another
+    /// file on that host, or the primary's own through a share) is refused, naming it.
+    #[test]
+    fn a_definition_held_on_the_recovery_host_passes_only_on_the_copies() {
+        let held = fit(map(&[("br-prod", "br-pra"), ("backup", "backup-pra")])).as_held();
+        let on_copies = DOMAIN
+            .replace(
+                "/var/lib/libvirt/images/erp-db-system.qcow2",
+                "/srv/replicas/erp-db-system.qcow2",
+            )
+            .replace(
+                "/var/lib/libvirt/images/erp-db-data.raw",
+                "/srv/replicas/erp-db-data.raw",
+            )
+            .replace("br-prod", "br-pra")
+            .replace("'backup'", "'backup-pra'");
+        let def = Definition::parse(Format::LibvirtXml, on_copies.as_bytes()).unwrap();
+        rewrite(&def, &held).unwrap();
+        let on_primary_path = on_copies.replace(
+            "/srv/replicas/erp-db-data.raw",
+            "/var/lib/libvirt/images/erp-db-data.raw",
+        );
+        let def = Definition::parse(Format::LibvirtXml, on_primary_path.as_bytes()).unwrap();
+        let e = rewrite(&def, &held).unwrap_err();
+        assert!(
+            matches!(&e, DefinitionError::ForeignDisk { target, path, .. }
+                if target == "vdb" && path == "/var/lib/libvirt/images/erp-db-data.raw"),
+            "{e}"
+        );
+        // On the primary's networks: not this host's.
+        let on_prod = on_copies.replace("br-pra", "br-prod");
+        let def = Definition::parse(Format::LibvirtXml, on_prod.as_bytes()).unwrap();
+        assert!(rewrite(&def, &held).is_err());
     }
 
     #[test]

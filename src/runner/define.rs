@@ -137,11 +137,9 @@ pub(super) async fn keep_defined(
     let command = current
         .expose(|n| (ctx.secrets)(n))
         .map_err(|missing| format!("secret {missing} is not set in the environment"))?;
-    let (transport, mut fit, format) = (ctx.transport.clone(), d.fit.clone(), d.format);
-    // The host's definition is already fitted: its NICs are on this host's own networks.
-    if let crate::vmdef::Nics::Map(map) = &fit.nics {
-        fit.nics = crate::vmdef::Nics::Map(map.values().map(|v| (v.clone(), v.clone())).collect());
-    }
+    // The host's definition is already fitted: its disks are the copies, its NICs on this
+    // host's own networks.
+    let (transport, fit, format) = (ctx.transport.clone(), d.fit.as_held(), d.format);
     tokio::task::spawn_blocking(move || {
         let helpers = crate::replica::remote::Helpers::new(transport.as_ref());
         let out = helpers
