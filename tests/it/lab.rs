@@ -2224,6 +2224,26 @@ fn a_rolled_back_failover_leaves_no_copy_a_failback_would_take_for_newer_data() 
             .is_some_and(|m| m.contains("the recovery copies of vm erp-db were released")),
         "{undone}"
     );
+    // hv-pra did not define erp-db before the start (which defined it from its point): it
+    // said so, which is "not running", so the roll-back stopped what the start started.
+    let before = journal
+        .iter()
+        .find(|e| e["event"] == "vm_state_before" && e["step"] == "erp-db/start")
+        .unwrap_or_else(|| panic!("{journal:#?}"));
+    assert_eq!(before["running"], false, "{before}");
+    assert_eq!(before["said"], "not defined", "{before}");
+    let hv_pra = lab.lab().join("hosts/hv-pra");
+    let state = Command::new(hv_pra.join("bin/lab-vm"))
+        .args(["status", "erp-db"])
+        .env("LAB_HOST", "hv-pra")
+        .env("LAB_HOST_DIR", &hv_pra)
+        .env("LAB_DIR", lab.lab())
+        .output()
+        .unwrap();
+    assert!(
+        !state.status.success() && String::from_utf8_lossy(&state.stdout).trim() != "running",
+        "erp-db still runs on hv-pra after the roll-back: {state:?}"
+    );
     // Production writes again, then is stopped for the failback.
     let disk = lab
         .host_root("hv-main")
@@ -5382,6 +5402,7 @@ fn a_planned_failover_never_starts_a_vm_its_primary_still_runs() {
         said.contains("vm erp-db runs on hv-main, the side this run leaves"),
         "{said}\n{events:#?}"
     );
-    assert_eq!(erp_db_on(&lab, "hv-pra"), "shut off");
+    // Refused before its define: hv-pra never defined it.
+    assert_eq!(erp_db_on(&lab, "hv-pra"), "not defined");
     assert_eq!(erp_db_on(&lab, "hv-main"), "running");
 }

@@ -58,6 +58,12 @@ pub(super) fn lab_vm(state: &LabState, host: &str, args: &[String]) -> i32 {
             if running(&state.host_dir(host).join("run"), &process).is_some() {
                 println!("running");
                 0
+            } else if !defined.exists() {
+                // As `virsh domstate` fails for a domain its host does not define, said
+                // as the built-in drivers say it (`runner::exec::NOT_DEFINED`).
+                println!("not defined");
+                eprintln!("lab-vm: failed to get domain '{name}': not defined on {host}");
+                2
             } else {
                 println!("shut off");
                 3
