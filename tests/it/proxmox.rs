@@ -1307,6 +1307,58 @@ fn a_failed_proxmox_start_undefines_the_vm_and_keeps_its_copies() {
     );
 }
 
+/// hv2's storage `local` has its folder elsewhere than hv2's images_dir, where files of the
+/// same volumes lie: a vm defined there would run on those files, not on the copies reprise
+/// keeps and verifies. A drill's copy and a failover's start are both refused, naming the
+/// volume and both files, and nothing runs on hv2.
+#[test]
+fn a_proxmox_vm_never_starts_from_a_storage_folder_that_is_not_its_copies() {
+    let lab = Lab::up(148);
+    let images = lab.images("hv2");
+    let elsewhere = lab.root("hv2").join("srv/old-vz");
+    for disk in ["101/vm-101-disk-0.qcow2"] {
+        let to = elsewhere.join("images").join(disk);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(images.join(disk), &to).unwrap();
+    }
+    let cfg = lab.root("hv2").join("etc/pve/storage.cfg");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let path = format!("\tpath {}\n", images.parent().unwrap().display());
+    assert!(text.contains(&path), "{text}");
+    std::fs::write(
+        &cfg,
+        text.replace(&path, &format!("\tpath {}\n", elsewhere.display())),
+    )
+    .unwrap();
+    let started = lab.root("hv2").join("var/lib/lab/qm/started");
+    let drill = lab.with(&["drill", "--no-prompt", "--service", "db", "--only"]);
+    assert_ne!(drill.code, 0, "{drill:?}");
+    let shown = lab.shown();
+    let overlay = images.join("900101/vm-900101-disk-0.qcow2");
+    assert!(
+        shown.contains(&format!(
+            "vmid 900101's volume local:900101/vm-900101-disk-0.qcow2 is {} on this node, not the overlay {}",
+            elsewhere.join("images/900101/vm-900101-disk-0.qcow2").display(),
+            overlay.display()
+        )),
+        "{shown}"
+    );
+    assert!(!started.join("900101.conf").exists(), "the drill copy ran");
+    primary_lost(&lab);
+    let failover = lab.with(&["failover", "--emergency", "--yes", "--no-prompt"]);
+    assert_ne!(failover.code, 0, "{failover:?}");
+    let shown = lab.shown();
+    assert!(
+        shown.contains(&format!(
+            "vmid 101's volume local:101/vm-101-disk-0.qcow2 is {} on this node, not {}, the disk reprise copies",
+            elsewhere.join("images/101/vm-101-disk-0.qcow2").display(),
+            images.join("101/vm-101-disk-0.qcow2").display()
+        )),
+        "{shown}"
+    );
+    assert!(!started.join("101.conf").exists(), "vmid 101 ran on hv2");
+}
+
 /// The recovery node already has a vm of another name under the vmid: the failover does not
 /// write over its configuration, says whose it is and what to do, and starts nothing.
 #[test]

@@ -24,6 +24,7 @@ pub use vm::serve;
 pub const STAND_INS: &[&str] = &[
     "lab-vm",
     "qm",
+    "pvesm",
     "systemctl",
     "iptables-restore",
     "iptables",
@@ -108,6 +109,7 @@ fn play(host: &Host, name: &str, args: &[String]) -> i32 {
     match name {
         "lab-vm" => virsh::lab_vm(&host.state, &host.name, args),
         "qm" => qm::qm(&host.state, &host.name, &host.root(), args),
+        "pvesm" => qm::pvesm(&host.state, &host.name, &host.root(), args),
         "systemctl" => host::systemctl(host, args),
         "iptables-restore" => host::iptables_restore(host, args),
         "iptables" | "iptables-save" => host::iptables_show(host, args),

@@ -324,6 +324,28 @@ pub(super) fn qm(state: &LabState, host: &str, root: &Path, args: &[String]) -> 
     }
 }
 
+/// `pvesm path VOLUME` on the lab host `host`: the file of a volume of a directory storage,
+/// as Proxmox's storage manager prints it (the only verb the lab plays).
+pub(super) fn pvesm(state: &LabState, host: &str, root: &Path, args: &[String]) -> i32 {
+    let node = Node { state, host, root };
+    match (args.first().map(String::as_str), args.get(1), args.len()) {
+        (Some("path"), Some(volume), 2) => match node.volume_path(volume) {
+            Ok(path) => {
+                println!("{}", path.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                FAILED
+            }
+        },
+        _ => {
+            eprintln!("400 unable to run: the lab's pvesm plays only `pvesm path VOLUME`");
+            FAILED
+        }
+    }
+}
+
 fn run(node: &Node, args: &[String]) -> Result<String, String> {
     let verb = args.first().map(String::as_str).unwrap_or("");
     if verb == "guest" {
