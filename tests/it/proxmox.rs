@@ -1316,11 +1316,10 @@ fn a_proxmox_vm_never_starts_from_a_storage_folder_that_is_not_its_copies() {
     let lab = Lab::up(148);
     let images = lab.images("hv2");
     let elsewhere = lab.root("hv2").join("srv/old-vz");
-    for disk in ["101/vm-101-disk-0.qcow2"] {
-        let to = elsewhere.join("images").join(disk);
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(images.join(disk), &to).unwrap();
-    }
+    let disk = "101/vm-101-disk-0.qcow2";
+    let old = elsewhere.join("images").join(disk);
+    std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+    std::fs::copy(images.join(disk), &old).unwrap();
     let cfg = lab.root("hv2").join("etc/pve/storage.cfg");
     let text = std::fs::read_to_string(&cfg).unwrap();
     let path = format!("\tpath {}\n", images.parent().unwrap().display());
