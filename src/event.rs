@@ -166,6 +166,12 @@ pub enum Event {
         /// report does not measure their data loss. Absent in older journals.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         diverged: Vec<String>,
+        /// The vms an emergency failover started from their copies while the side left could
+        /// not be asked whether they still ran there: when they last wrote there is not
+        /// known, and the report measures their data loss only to an incident time the
+        /// operator declared. Absent in older journals.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unasked: Vec<String>,
     },
     /// A replica point chosen for a VM or backup set (failover, failback, drill): the data-loss
     /// window of that item is the time between `taken_at` and the incident (or the run's start).

@@ -924,7 +924,7 @@ fn elsewhere_of(
 /// said. Pure.
 pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere], force: bool) -> Judged {
     let (mut refused, mut warned, mut forced) = (Vec::new(), Vec::new(), Vec::new());
-    let mut diverged = Vec::new();
+    let (mut diverged, mut unasked) = (Vec::new(), Vec::new());
     for e in found {
         let (vm, here, there, service) = (&e.vm, &e.here, &e.there, &e.service);
         warned.extend(e.settled.iter().cloned());
@@ -943,8 +943,14 @@ pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere], force: bool) -> Judged {
             )),
             (Some(false), _) => {}
             // A primary that cannot be asked is what an emergency failover is made for (its
-            // health checks ask again, and say so).
-            (None, _) if mode == Mode::Failover => {}
+            // health checks ask again, and say so); when the vm last wrote there is then not
+            // known, which the report says.
+            (None, said) if mode == Mode::Failover => {
+                unasked.push(vm.clone());
+                warned.push(format!(
+                    "whether vm {vm} still runs on {there} could not be asked ({said}): what it wrote there after its point is not in its copy, and its data loss is measured only to the incident time given (--incident)"
+                ))
+            }
             (None, said) => warned.push(format!(
                 "whether vm {vm} runs on {there} could not be asked ({said}): if it does, two copies of its data diverge; stop one"
             )),
@@ -1027,6 +1033,7 @@ pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere], force: bool) -> Judged {
         warned,
         forced,
         diverged,
+        unasked,
     }
 }
 
@@ -1040,6 +1047,10 @@ pub struct Judged {
     /// The vms said to run still on the side left (an emergency failover starts them all the
     /// same): their data loss is not measured ([`Event::OtherSite`]).
     pub diverged: Vec<String>,
+    /// The vms whose side left could not be asked whether they still run there (an
+    /// emergency failover starts them all the same): their data loss is measured only to a
+    /// declared incident time ([`Event::OtherSite`]).
+    pub unasked: Vec<String>,
 }
 
 /// For a restore: the vms this machine's journals show a failover left on their recovery host
@@ -2567,6 +2578,7 @@ pub fn start(
             step: None,
             refused: false,
             diverged: other_site.diverged,
+            unasked: other_site.unasked,
         });
     }
     let path = dir.path.clone();
@@ -2859,6 +2871,7 @@ pub fn resume(
             step: None,
             refused: false,
             diverged: other_site.diverged,
+            unasked: other_site.unasked,
         });
     }
     let path = dir.path.clone();
@@ -4474,9 +4487,19 @@ mod elsewhere_tests {
             judge_elsewhere(Mode::Failover, &[f.clone()], false).diverged,
             ["erp-db"]
         );
-        // A primary that cannot be asked is the emergency itself: nothing to add.
+        // A primary that cannot be asked is the emergency itself: not refused, but said, and
+        // journaled for the report, which measures its data loss only to an incident time.
         f.running = (None, "connection refused".into());
-        assert_eq!(judge(Mode::Failover, &[f]), (Vec::new(), Vec::new()));
+        let unasked = judge_elsewhere(Mode::Failover, &[f.clone()], false);
+        assert_eq!(unasked.unasked, ["erp-db"]);
+        assert!(unasked.diverged.is_empty() && unasked.refused.is_empty());
+        assert!(
+            unasked.warned.len() == 1
+                && unasked.warned[0].contains("whether vm erp-db still runs on hv-main could not be asked (connection refused)")
+                && unasked.warned[0].contains("--incident"),
+            "{:?}",
+            unasked.warned
+        );
         assert!(refused.is_empty(), "{refused:?}");
         assert!(
             warned.len() == 1

@@ -309,6 +309,18 @@ impl Labels {
         }
     }
 
+    pub fn loss_unasked(&self, item: &str, point: &str, to_start: f64) -> String {
+        let d = self.dur(to_start);
+        match self.lang {
+            Lang::En => format!(
+                "{item} was started from point {point} while the side it left could not be asked whether it still ran there, and no incident time was given: when it last wrote there is not known ({d} from its point to the run's start), so its data loss is not measured"
+            ),
+            Lang::Fr => format!(
+                "{item} a été démarrée depuis le point {point} alors que le site quitté n'a pu dire si elle y tournait encore, et aucune heure d'incident n'a été donnée : sa dernière écriture y est inconnue ({d} de son point au début de l'exécution), sa perte de données n'est donc pas mesurée"
+            ),
+        }
+    }
+
     pub fn loss_two_clocks(&self, item: &str, point: &str) -> String {
         match self.lang {
             Lang::En => format!(

@@ -471,6 +471,9 @@ struct RunFacts<'a> {
     /// The vms started on data that lacks what was written elsewhere after it (forced past
     /// writes a copy lacks; still running on the side left): no data loss is measured.
     diverged: std::collections::BTreeSet<String>,
+    /// The vms started while the side left could not be asked whether they ran there: their
+    /// data loss is measured only to a declared incident time.
+    unasked: std::collections::BTreeSet<String>,
     /// The latest time journaled so far, and the first time the clock went back from it.
     latest: Option<DateTime<Utc>>,
     clock_back: Option<(DateTime<Utc>, DateTime<Utc>)>,
@@ -597,9 +600,11 @@ impl<'a> RunFacts<'a> {
                 said,
                 step,
                 diverged,
+                unasked,
                 ..
             } => {
                 self.diverged.extend(diverged.iter().cloned());
+                self.unasked.extend(unasked.iter().cloned());
                 self.repairs.push(Problem::OtherSite {
                     at: *at,
                     said: match step {
@@ -1169,6 +1174,12 @@ fn copy_loss(run: &Run, id: &str, p: &PointUsed) -> Result<f64, String> {
         return Err(run.l.loss_two_clocks(&p.item, &p.point));
     }
     let before_incident = secs_since(p.taken_at, run.measured_from).max(0.0);
+    // Not stopped by the run, on a side that could not say whether it still ran: it may
+    // have written there until now, or died long before the run; only an incident time
+    // the operator declared says when its writes stopped.
+    if stops.is_empty() && run.facts.unasked.contains(&p.item) && run.head.incident_at.is_none() {
+        return Err(run.l.loss_unasked(&p.item, &p.point, before_incident));
+    }
     if let Some(stopped) = stops.iter().filter(|&&e| e > p.taken_at).max() {
         return Ok(secs_since(p.taken_at, *stopped).max(before_incident));
     }
@@ -2767,6 +2778,7 @@ mod tests {
                 step: None,
                 refused: false,
                 diverged: vec!["db".into()],
+                unasked: Vec::new(),
             },
             Event::ReadinessForced {
                 at: t(0),
@@ -2791,8 +2803,50 @@ mod tests {
             step: None,
             refused: false,
             diverged: vec!["web".into()],
+            unasked: Vec::new(),
         }));
         assert_eq!(other.data_loss_s, Some(180.0));
+    }
+
+    /// An emergency failover that could not ask the primary whether db still ran there:
+    /// db may have written there after the run's start, or died long before it. Without an
+    /// incident time, no data loss is claimed, nor the RPO met; with one (the operator says
+    /// when its writes stopped), the loss runs to it.
+    #[test]
+    fn a_vm_whose_side_left_could_not_be_asked_claims_no_data_loss_without_an_incident_time() {
+        let report = |incident: Option<DateTime<Utc>>, unasked: &str| {
+            let mut events = vec![db_run(incident, vec![vm_step("db/start", "start", &[])])];
+            events.push(Event::OtherSite {
+                at: t(0),
+                said: vec!["whether vm db still runs on hv-main could not be asked".into()],
+                step: None,
+                refused: false,
+                diverged: Vec::new(),
+                unasked: vec![unasked.into()],
+            });
+            events.push(point_at("db/start", "p1", t(-300), 2));
+            events.extend(run("db/start", 1, 20, StepStatus::Done));
+            events.sort_by_key(Event::at);
+            events.push(Event::RunFinished {
+                at: t(21),
+                status: RunStatus::Succeeded,
+            });
+            let r = build_of(&events);
+            r.services.into_iter().find(|s| s.id == "db").unwrap()
+        };
+        let db = report(None, "db");
+        assert_eq!((db.data_loss_s, db.rpo_met), (None, None), "{db:?}");
+        assert!(
+            db.data_loss_unknown.as_deref().is_some_and(|w| w
+                .contains("could not be asked whether it still ran there")
+                && w.contains("5m 00s from its point to the run's start")),
+            "{db:?}"
+        );
+        let db = report(Some(t(-120)), "db");
+        assert_eq!((db.data_loss_s, db.rpo_met), (Some(180.0), Some(true)));
+        // Another vm's: db's loss stands.
+        let db = report(None, "web");
+        assert_eq!((db.data_loss_s, db.rpo_met), (Some(300.0), Some(true)));
     }
 
     /// An emergency failover (incident 2 min before the run) whose start of db was cut by a

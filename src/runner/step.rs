@@ -140,6 +140,7 @@ async fn other_site_refuses(
         step: Some(step.id.clone()),
         refused: true,
         diverged: Vec::new(),
+        unasked: Vec::new(),
     });
     Some(run.outcome(StepStatus::Failed, 1, Some(text)))
 }
