@@ -114,7 +114,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub yes: bool,
     /// When the outage began (RFC 3339, or `YYYY-MM-DD HH:MM` in local time): the report
-    /// measures RTO and data loss from it instead of from the start of the run.
+    /// measures RTO and data loss from it instead of from the start of the run (an emergency
+    /// failover's vm whose primary could not be asked: its data loss only from it).
     #[arg(long, value_name = "TIME", value_parser = parse_incident_time)]
     pub incident_at: Option<DateTime<Utc>>,
     /// Start VM from its recovery copy as it is although no verified replica point proves it

@@ -948,7 +948,7 @@ pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere], force: bool) -> Judged {
             (None, said) if mode == Mode::Failover => {
                 unasked.push(vm.clone());
                 warned.push(format!(
-                    "whether vm {vm} still runs on {there} could not be asked ({said}): what it wrote there after its point is not in its copy, and its data loss is measured only to the incident time given (--incident)"
+                    "whether vm {vm} still runs on {there} could not be asked ({said}): what it wrote there after its point is not in its copy, and its data loss is measured only to an incident time given with --incident-at"
                 ))
             }
             (None, said) => warned.push(format!(
@@ -4496,7 +4496,7 @@ mod elsewhere_tests {
         assert!(
             unasked.warned.len() == 1
                 && unasked.warned[0].contains("whether vm erp-db still runs on hv-main could not be asked (connection refused)")
-                && unasked.warned[0].contains("--incident"),
+                && unasked.warned[0].contains("--incident-at"),
             "{:?}",
             unasked.warned
         );

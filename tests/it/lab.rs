@@ -2105,6 +2105,56 @@ fn a_vm_start_refused_in_a_failover_goes_on_when_the_resume_names_it() {
     );
 }
 
+/// An emergency failover while hv-main cannot be asked (its sshd is down, erp-db may still
+/// run and write there): erp-db starts from its copy, the run says it could not ask, and the
+/// report claims no data loss for it, nor the RPO met: when erp-db last wrote on hv-main is
+/// not known, and no incident time was given.
+#[test]
+fn an_emergency_failover_that_cannot_ask_its_primary_claims_no_data_loss_for_it() {
+    let lab = Lab::up(149);
+    let replicated = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(replicated.code, 0, "{replicated:?}");
+    let pid = std::fs::read_to_string(lab.lab().join("hosts/hv-main/run/sshd.pid")).unwrap();
+    let _ = Command::new("kill").arg(pid.trim()).status();
+    let exit = lab.run_confirming(
+        &[
+            "failover",
+            "--emergency",
+            "--service",
+            "erp-db",
+            "--only",
+            "--yes",
+            "--no-prompt",
+            "--connect-timeout",
+            "2",
+        ],
+        Duration::from_secs(240),
+    );
+    let events = lab.journal();
+    assert!(exit.success(), "{events:#?}");
+    let said = events
+        .iter()
+        .find(|e| e["event"] == "other_site")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(said["unasked"], serde_json::json!(["erp-db"]), "{said}");
+    assert!(
+        said["said"][0].as_str().is_some_and(
+            |s| s.contains("whether vm erp-db still runs on hv-main could not be asked")
+        ),
+        "{said}"
+    );
+    let reported = reported_service(&lab, "erp-db");
+    assert_eq!(reported["status"], "recovered", "{reported:#}");
+    assert!(
+        reported["data_loss_s"].is_null()
+            && reported["rpo_met"].is_null()
+            && reported["data_loss_unknown"]
+                .as_str()
+                .is_some_and(|w| w.contains("could not be asked whether it still ran there")),
+        "{reported:#}"
+    );
+}
+
 /// An emergency failover asked to start from the last point before a time (the state before
 /// an attack), stopped while it waits for the operator, before erp-db starts: the resume
 /// starts erp-db from that point too, not from the newest one.
