@@ -992,6 +992,17 @@ fn judge_points(points: &[Point], rpo_s: Option<u64>, now: DateTime<Utc>) -> (Le
                 newest.bad_words()
             ),
         ),
+        // Dated ahead of this clock (the machine that replicated it runs ahead, or this one
+        // went back): how old it is cannot be told, so it is never taken as fresh.
+        _ if newest.taken_at - now > chrono::Duration::seconds(60) => (
+            Level::Failed,
+            format!(
+                "newest point {} is dated {}, {} ahead of this machine's clock (the clock of the machine that replicated it runs ahead?): its age against the {rpo} cannot be told; set the clocks right (NTP), then replicate again",
+                newest.id,
+                newest.taken_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                crate::duration::human_secs((newest.taken_at - now).num_seconds().max(0) as u64)
+            ),
+        ),
         _ if rpo_s.is_some_and(|r| age > r) => (
             Level::Failed,
             format!(
@@ -1827,6 +1838,17 @@ mod tests {
         let (level, detail) = judge(&good, "erp-db", Some(60), now);
         assert_eq!(level, Level::Failed);
         assert!(detail.contains("older than the RPO"), "{detail}");
+        // Dated ahead of this clock: never 0 s old, so never within the RPO.
+        let ahead = disk("sys", &[("P1", "2026-11-28T01:15:00Z", "yes")]);
+        let (level, detail) = judge(&ahead, "erp-db", Some(900), now);
+        assert_eq!(level, Level::Failed, "{detail}");
+        assert!(
+            detail.contains("10m00s ahead of this machine's clock")
+                && detail.contains("cannot be told"),
+            "{detail}"
+        );
+        let just = disk("sys", &[("P1", "2026-11-28T01:05:30Z", "yes")]);
+        assert_eq!(judge(&just, "erp-db", Some(900), now).0, Level::Ok);
         // A bitmap found missing writes, and not found whole since: said, not failed (the
         // copy holds what the check read).
         let mut distrusted = good.clone();
