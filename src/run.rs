@@ -477,6 +477,9 @@ struct Launch {
     /// host, and whether the run is forced past them.
     away: BTreeMap<String, Away>,
     force: bool,
+    /// This start (or resume) was given `--force`, whatever the mode: what a step's guard
+    /// cannot tell, it passes, journaled.
+    forced_now: bool,
     /// Who starts (or resumes) it.
     operator: String,
     /// What its journal already says was forced (a resumed run's).
@@ -527,6 +530,7 @@ fn execute(
         prior,
         away,
         force,
+        forced_now,
         operator,
         forced_before,
         judged,
@@ -559,6 +563,7 @@ fn execute(
             .and_then(|p| p.parent())
             .map(|state| state.join("definitions"));
     }
+    options.forced_by = (force || forced_now).then(|| operator.clone());
     let transport: Arc<dyn Transport> = Arc::new(transport(model, ssh));
     let other_site = match plan.mode {
         Mode::Restore => Some(Arc::new(RestoreGuard {
@@ -576,7 +581,7 @@ fn execute(
             run_id: plan.run_id.clone(),
             transport: transport.clone(),
             judged,
-            force,
+            force: forced_now,
             operator,
             journaled: std::sync::Mutex::new(forced_in(&first).chain(forced_before).collect()),
         }) as Arc<dyn runner::OtherSite>),
@@ -584,7 +589,7 @@ fn execute(
             model: model.clone(),
             run_id: plan.run_id.clone(),
             transport: transport.clone(),
-            force,
+            force: forced_now,
             operator,
             journaled: std::sync::Mutex::new(forced_in(&first).chain(forced_before).collect()),
         }) as Arc<dyn runner::OtherSite>),
@@ -2592,6 +2597,7 @@ pub fn start(
             prior: HashMap::new(),
             away,
             force: force_restore,
+            forced_now: opts.force,
             operator: opts.operator.clone(),
             forced_before: Vec::new(),
             judged,
@@ -2884,6 +2890,7 @@ pub fn resume(
         prior,
         away,
         force: force_restore,
+        forced_now: force,
         operator: operator.to_string(),
         forced_before: forced_in(&events).collect(),
         judged,

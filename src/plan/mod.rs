@@ -142,8 +142,9 @@ pub struct PlannedStep {
     /// A vm started from its copy on the recovery host: the copy's age is the data lost.
     #[serde(skip)]
     pub replica: Option<ReplicaUse>,
-    /// A vm `start` whose undo is its driver's `stop`: the driver's `status`, asked before
-    /// the start, so that a roll-back never stops a vm that was already running.
+    /// A vm `start` of a failover or failback: the driver's `status`, asked before the start,
+    /// so that a roll-back never undoes the start of a vm that was already running, and a
+    /// failover never reports a vm that already ran there as started from its point.
     #[serde(skip)]
     pub state_before: Option<Command>,
     /// The vm a vm step acts on (its own `vm`, else its service's).

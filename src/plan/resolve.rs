@@ -728,9 +728,11 @@ impl<'a> StepAt<'a> {
                 .and_then(|t| parse(t, diags))
                 .and_then(|t| render(&t, &scope, diags)),
         };
-        // Undoing a start stops the vm: only if it was not running before the step.
+        // Undoing a start stops the vm: only if it was not running before the step. Asked
+        // whatever undoes it (or nothing does): a failover's start of a vm that already runs
+        // there is refused on that answer (see the runner's step).
         let mut state_before = None;
-        if rolls_back && custom_undo.is_none() && action == "start" && undo.is_some() {
+        if rolls_back && action == "start" {
             state_before = driver
                 .actions
                 .get("status")

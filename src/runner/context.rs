@@ -32,6 +32,9 @@ pub struct RunOptions {
     /// Where the last definition used per host and vm name is kept (the state folder's
     /// `definitions/`), for the dry run's diff.
     pub definitions_dir: Option<std::path::PathBuf>,
+    /// Who forced the run (`--force`): what a step cannot tell and would refuse for, it
+    /// passes, journaled as forced by them.
+    pub forced_by: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -43,6 +46,7 @@ impl Default for RunOptions {
             confirmation_poll: StdDuration::from_millis(250),
             points: PointChoice::default(),
             definitions_dir: None,
+            forced_by: None,
         }
     }
 }

@@ -244,7 +244,36 @@ async fn run_step_inner(
                         );
                     }
                 },
-                Some(_) => state_asked = true,
+                Some(Some(false)) => state_asked = true,
+                // Cannot be told: it may run there on other disks, and its start would say
+                // "already running". Only a forced run passes, journaled.
+                Some(None) => {
+                    let vm = replica.vm.as_str();
+                    let host = step.host.as_deref().unwrap_or("its recovery host");
+                    let why = format!(
+                        "whether vm {vm} already runs on {host} cannot be told (its driver's status said neither `running` nor `shut off` nor `not defined`: see its answer in the journal)"
+                    );
+                    match &ctx.options.forced_by {
+                        Some(operator) => {
+                            run.send(Event::ReadinessForced {
+                                at: Utc::now(),
+                                operator: operator.clone(),
+                                problems: vec![format!("vm {vm}: {why}")],
+                                diverged: Vec::new(),
+                            });
+                            state_asked = true;
+                        }
+                        None => {
+                            return run.outcome(
+                                StepStatus::Failed,
+                                1,
+                                Some(format!(
+                                    "{why}: if it runs there, it runs on disks this run did not give it, and it would be reported recovered from a point it never ran from; nothing was chosen, leased or defined for it; find out, then `reprise resume` this run (with --force if it does not run there)"
+                                )),
+                            );
+                        }
+                    }
+                }
             }
         }
         if let Err(e) = vm::before_replica(ctx, step, replica, &run.tx, defined).await {

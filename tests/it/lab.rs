@@ -2155,6 +2155,65 @@ fn an_emergency_failover_that_cannot_ask_its_primary_claims_no_data_loss_for_it(
     );
 }
 
+/// An emergency failover whose recovery host cannot say whether erp-db already runs there
+/// (its status says `in shutdown` once): the start is refused before any point is chosen,
+/// leased or defined, saying why; `resume --force` passes it, journaled as forced.
+#[test]
+fn a_failover_never_starts_a_vm_whose_recovery_host_cannot_say_whether_it_runs() {
+    let lab = Lab::up(159);
+    lab.primary_lost(&["erp-db"]);
+    let edited = tempfile::tempdir().unwrap();
+    for d in ["inventory", "runbooks"] {
+        crate::common::copy_tree(&root().join(d), &edited.path().join(d));
+    }
+    // A status that answers neither `running` nor `shut off` once, while a flag is there.
+    let flag = lab.host_root("hv-pra").join("status-unknown");
+    let vms = edited.path().join("inventory/vms.toml");
+    let mut text = std::fs::read_to_string(&vms).unwrap();
+    text.push_str(&format!(
+        "\n[drivers.lab]\nstatus = \"if [ \\\"$LAB_HOST\\\" = hv-pra ] && [ -e {f} ]; then rm -f {f}; echo 'in shutdown'; exit 0; fi; lab-vm status {{{{ vm.name }}}}\"\n",
+        f = flag.display()
+    ));
+    std::fs::write(&vms, text).unwrap();
+    let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
+    std::fs::write(&flag, "").unwrap();
+    let exit = lab.run_confirming_in(
+        edited.path(),
+        &[&["failover", "--emergency"][..], &only[..]].concat(),
+        Duration::from_secs(240),
+    );
+    let events = lab.journal();
+    assert!(!exit.success(), "{events:#?}");
+    assert!(!flag.exists(), "its status was never asked");
+    let (status, why) = finished(&lab, "erp-db/start");
+    assert_eq!(status, "failed", "{why}");
+    assert!(
+        why.contains("whether vm erp-db already runs on hv-pra cannot be told")
+            && why.contains("nothing was chosen, leased or defined"),
+        "{why}"
+    );
+    assert!(!events.iter().any(|e| e["event"] == "replica_point_used"));
+    std::fs::write(&flag, "").unwrap();
+    let exit = lab.run_confirming_in(
+        edited.path(),
+        &["resume", "latest", "--no-prompt", "--force"],
+        Duration::from_secs(240),
+    );
+    let events = lab.journal();
+    assert!(exit.success(), "{events:#?}");
+    let forced = events
+        .iter()
+        .find(|e| e["event"] == "readiness_forced")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert!(
+        forced["problems"][0]
+            .as_str()
+            .is_some_and(|p| p.contains("whether vm erp-db already runs on hv-pra cannot be told")),
+        "{forced}"
+    );
+    assert_eq!(finished(&lab, "erp-db/start").0, "done");
+}
+
 /// An emergency failover asked to start from the last point before a time (the state before
 /// an attack), stopped while it waits for the operator, before erp-db starts: the resume
 /// starts erp-db from that point too, not from the newest one.
