@@ -105,6 +105,124 @@ pub fn back_of(runs: &[(String, Vec<Event>)]) -> BTreeMap<String, String> {
     back
 }
 
+/// A service its application replicates (a standby promoted, not a disk copy started) that
+/// a failover switched to its other side: a main step of it done on a host other than its
+/// own, and not undone, with no failback or restore of it done since, as these journals
+/// show. Keyed by service: the failover run, its step and when it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switched {
+    pub run_id: String,
+    pub step: String,
+    pub host: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// The services of `services` (each with its own host, `None`: any step counts) that a
+/// failover switched, from every run's events (in any order). Pure.
+pub fn switched_of(
+    runs: &[(String, Vec<Event>)],
+    services: &BTreeMap<String, Option<String>>,
+) -> BTreeMap<String, Switched> {
+    // (when, service, Some(switch) for a failover's, None for a failback's or restore's).
+    let mut moves: Vec<(DateTime<Utc>, String, Option<Switched>)> = Vec::new();
+    for (run_id, events) in runs {
+        let Some((mode, Some(plan))) = events.iter().find_map(|e| match e {
+            Event::RunStarted { mode, plan, .. } => Some((*mode, plan.as_ref())),
+            _ => None,
+        }) else {
+            continue;
+        };
+        if !matches!(mode, Mode::Failover | Mode::Failback | Mode::Restore) {
+            continue;
+        }
+        for step in &plan.steps {
+            let Some(own) = services.get(&step.service) else {
+                continue;
+            };
+            // What changes a side: not a check, nor a lag reading.
+            if step.phase != crate::runbook::Phase::Main
+                || matches!(step.kind.as_str(), "check" | "lag")
+            {
+                continue;
+            }
+            let mut done: Option<DateTime<Utc>> = None;
+            for e in events {
+                match e {
+                    Event::StepStarted { step: s, .. } if *s == step.id => done = None,
+                    Event::StepFinished {
+                        at,
+                        step: s,
+                        status,
+                        ..
+                    } if *s == step.id => {
+                        done = (*status == StepStatus::Done).then_some(*at);
+                    }
+                    Event::UndoFinished {
+                        step: s, ok: true, ..
+                    } if *s == step.id => done = None,
+                    _ => {}
+                }
+            }
+            let Some(at) = done else { continue };
+            if mode == Mode::Failover {
+                // On its other side: a step on a host, not its own.
+                if own.is_some() && (step.host.is_none() || step.host == *own) {
+                    continue;
+                }
+                moves.push((
+                    at,
+                    step.service.clone(),
+                    Some(Switched {
+                        run_id: run_id.clone(),
+                        step: step.id.clone(),
+                        host: step.host.clone(),
+                        at,
+                    }),
+                ));
+            } else {
+                moves.push((at, step.service.clone(), None));
+            }
+        }
+    }
+    moves.sort_by_key(|(at, _, _)| *at);
+    let mut out = BTreeMap::new();
+    for (_, service, switch) in moves {
+        match switch {
+            // The first step of a run that switched it names the switch.
+            Some(s) => {
+                if out
+                    .get(&service)
+                    .is_none_or(|o: &Switched| o.run_id != s.run_id)
+                {
+                    out.insert(service, s);
+                }
+            }
+            None => {
+                out.remove(&service);
+            }
+        }
+    }
+    out
+}
+
+/// Every run's events this machine keeps, and a note for each journal that could not be read.
+pub fn read_runs(state_dir: &Path) -> (Vec<(String, Vec<Event>)>, Vec<String>) {
+    let mut runs = Vec::new();
+    let mut unread = Vec::new();
+    let ids = match journal::list(state_dir) {
+        Ok(ids) => ids,
+        Err(e) => return (Vec::new(), vec![e.to_string()]),
+    };
+    for id in ids {
+        let path = journal::runs_dir(state_dir).join(&id).join("journal.jsonl");
+        match journal::read_lenient(&path) {
+            Ok((events, _)) => runs.push((id, events)),
+            Err(e) => unread.push(format!("{id}: {e}")),
+        }
+    }
+    (runs, unread)
+}
+
 /// The vm starts of every run that moved a vm, oldest first.
 fn sorted_starts(runs: &[(String, Vec<Event>)]) -> Vec<Start> {
     let mut starts: Vec<Start> = runs
@@ -245,19 +363,7 @@ fn starts_of(run_id: &str, events: &[Event]) -> Vec<Start> {
 /// [`away_of`] the runs of a state folder. A journal that cannot be read to its end counts for
 /// what comes before the damage; one that cannot be read at all is named in the second list.
 pub fn read(state_dir: &Path) -> (BTreeMap<String, Away>, Vec<String>) {
-    let mut runs = Vec::new();
-    let mut unread = Vec::new();
-    let ids = match journal::list(state_dir) {
-        Ok(ids) => ids,
-        Err(e) => return (BTreeMap::new(), vec![e.to_string()]),
-    };
-    for id in ids {
-        let path = journal::runs_dir(state_dir).join(&id).join("journal.jsonl");
-        match journal::read_lenient(&path) {
-            Ok((events, _)) => runs.push((id, events)),
-            Err(e) => unread.push(format!("{id}: {e}")),
-        }
-    }
+    let (runs, unread) = read_runs(state_dir);
     (away_of(&runs), unread)
 }
 
@@ -542,5 +648,97 @@ mod tests {
             left(&[(id, events)]),
             [("erp-db".to_string(), "R0".to_string(), true)]
         );
+    }
+
+    fn exec_step(id: &str, host: &str) -> StepRecord {
+        StepRecord {
+            kind: "exec".into(),
+            action: None,
+            ..start_step(id, None, host)
+        }
+    }
+
+    /// lms-db, which PostgreSQL replicates to pg-pra: a failover's step done on pg-pra (the
+    /// promote) switches it; one done on its own host (the primary's stop) does not; one
+    /// rolled back does not; a failback or restore of it done since brings it back; another
+    /// service's steps say nothing of it.
+    #[test]
+    fn a_service_its_application_replicates_is_switched_by_a_failover_step_on_its_other_side() {
+        let services: BTreeMap<String, Option<String>> =
+            [("lms-db".to_string(), Some("moodle-db".to_string()))].into();
+        let steps = || {
+            vec![
+                exec_step("lms-db/stop-primary", "moodle-db"),
+                exec_step("lms-db/promote", "pg-pra"),
+            ]
+        };
+        let failover = |at: i64, promoted: StepStatus, then: Vec<Event>| {
+            let mut events = vec![
+                began("lms-db/stop-primary", at + 1),
+                ended("lms-db/stop-primary", at + 2, StepStatus::Done),
+                began("lms-db/promote", at + 3),
+                ended("lms-db/promote", at + 4, promoted),
+            ];
+            events.extend(then);
+            (format!("R{at}"), run(Mode::Failover, at, steps(), events))
+        };
+        let promoted = failover(0, StepStatus::Done, Vec::new());
+        let got = switched_of(std::slice::from_ref(&promoted), &services);
+        let s = &got["lms-db"];
+        assert_eq!(
+            (s.run_id.as_str(), s.step.as_str(), s.at),
+            ("R0", "lms-db/promote", t(4))
+        );
+        assert_eq!(got.len(), 1);
+        // Only the primary stopped (and the standby's lag read, a check run there): not
+        // switched.
+        let mut lag = exec_step("lms-db/replication-lag", "pg-pra");
+        lag.kind = "lag".into();
+        let mut stopped = failover(
+            0,
+            StepStatus::Failed,
+            vec![
+                began("lms-db/replication-lag", 5),
+                ended("lms-db/replication-lag", 6, StepStatus::Done),
+            ],
+        );
+        if let Some(Event::RunStarted { plan: Some(p), .. }) = stopped.1.first_mut() {
+            p.steps.push(lag);
+        }
+        assert!(switched_of(&[stopped], &services).is_empty());
+        // Rolled back: not switched.
+        let undone = failover(
+            0,
+            StepStatus::Done,
+            vec![Event::UndoFinished {
+                at: t(9),
+                step: "lms-db/promote".into(),
+                ok: true,
+                message: None,
+            }],
+        );
+        assert!(switched_of(&[undone], &services).is_empty());
+        // A failback of it since: back.
+        let failback = (
+            "R100".to_string(),
+            run(
+                Mode::Failback,
+                100,
+                vec![exec_step("lms-db/start", "moodle-db")],
+                vec![
+                    began("lms-db/start", 101),
+                    ended("lms-db/start", 102, StepStatus::Done),
+                ],
+            ),
+        );
+        assert!(switched_of(&[promoted.clone(), failback.clone()], &services).is_empty());
+        // A failback that failed brings nothing back.
+        let mut failed = failback.clone();
+        if let Some(Event::StepFinished { status, .. }) = failed.1.last_mut() {
+            *status = StepStatus::Failed;
+        }
+        assert_eq!(switched_of(&[promoted.clone(), failed], &services).len(), 1);
+        // A service its disks replicate is not asked about.
+        assert!(switched_of(&[promoted], &BTreeMap::new()).is_empty());
     }
 }

@@ -780,6 +780,58 @@ fn refuse_elsewhere(
     }
 }
 
+/// A restore of a service its application replicates (a standby promoted by a failover, not
+/// a disk copy) that this machine's journals show a failover switched to its other side,
+/// with no failback or restore of it since: starting it on its own host would make a second
+/// primary on its data of before. Refused ([`RunError::RunsElsewhere`]); with `force` (that
+/// side and its data are lost), said and returned, to be journaled as forced. Pure but for
+/// reading the journals.
+fn refuse_switched(
+    model: &Model,
+    plan: &Plan,
+    state_dir: &Path,
+    force: bool,
+) -> Result<Vec<String>, RunError> {
+    if plan.mode != Mode::Restore {
+        return Ok(Vec::new());
+    }
+    let services: BTreeMap<String, Option<String>> = plan
+        .steps
+        .iter()
+        .filter_map(|s| model.inventory.services.get(&s.service))
+        .filter(|s| s.lag().is_some())
+        .map(|s| (s.id.clone(), s.host().map(str::to_string)))
+        .collect();
+    if services.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (runs, _) = crate::away::read_runs(state_dir);
+    let said = judge_switched(&crate::away::switched_of(&runs, &services));
+    if said.is_empty() || force {
+        for s in &said {
+            tracing::warn!("{s}");
+        }
+        return Ok(said);
+    }
+    Err(RunError::RunsElsewhere { vms: said })
+}
+
+/// What [`refuse_switched`] says of each service a failover switched. Pure.
+fn judge_switched(switched: &BTreeMap<String, crate::away::Switched>) -> Vec<String> {
+    switched
+        .iter()
+        .map(|(service, s)| {
+            let host = s.host.as_deref().map(|h| format!(" on {h}")).unwrap_or_default();
+            format!(
+                "service {service}: failover run {} switched it to its other side (step {} done{host} at {}), and no failback or restore of it has run since, as this machine's journals show: its application's newest data is there, and a restore would start it on its own host from its data of before, making two primaries that diverge; fail back instead (`reprise failback --service {service}`), or, if that side and its data are lost, `reprise restore --force`",
+                s.run_id,
+                s.step,
+                s.at.format("%Y-%m-%d %H:%M:%S UTC"),
+            )
+        })
+        .collect()
+}
+
 /// A vm a run is about to start on one site, as the other site shows it: whether it runs
 /// there (its driver's `status`; `None`: it could not say, with what was said), and, for a
 /// restore, the failovers that left its newest data on its recovery copies (their `live`
@@ -2463,6 +2515,12 @@ pub fn start(
         force_restore,
     )?;
     other_site.warned.extend(unread);
+    other_site.forced.extend(refuse_switched(
+        model,
+        &plan,
+        &opts.state_dir,
+        force_restore,
+    )?);
     // What a failback copies back over the primary's disks must be newer than them: a vm
     // running there is never overwritten; copies no failover started are refused unless
     // forced.
@@ -2835,6 +2893,9 @@ pub fn resume(
             force_restore,
         )?;
         other_site.warned.extend(unread);
+        other_site
+            .forced
+            .extend(refuse_switched(model, &left, state_dir, force_restore)?);
         forced.append(&mut other_site.forced);
     }
     other_site.warned.extend(settled);

@@ -428,3 +428,46 @@ fn a_failback_reads_the_reverse_replication_just_before_the_switch_back() {
     assert_eq!(s["rpo_met"], true, "{s}");
     assert_eq!(s["lag"]["host"], "moodle-db", "{s}");
 }
+
+/// An emergency failover promoted pg-pra, lms-db's standby: its newest data is there. A
+/// restore of lms-db (the main site's power back) would start PostgreSQL on moodle-db from
+/// its data of before, a second primary: refused (exit 6) before anything runs, naming the
+/// failover and the way back; `--force` (pg-pra and its data lost) passes it, journaled.
+#[test]
+fn a_restore_never_starts_a_service_whose_standby_a_failover_promoted() {
+    let lab = Lab::up(162);
+    let s = failover_of_lms_db(&lab);
+    assert_eq!(s["status"], "recovered", "{s}");
+    let runs = || {
+        std::fs::read_dir(lab.state().join("runs"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = runs();
+    let only = ["--service", "lms-db", "--only", "--yes", "--no-prompt"];
+    let refused = lab.run(&[&["restore"][..], &only[..]].concat());
+    assert_eq!(refused.code, 6, "{refused:?}");
+    assert!(
+        refused.stderr.contains("service lms-db: failover run")
+            && refused
+                .stderr
+                .contains("(step lms-db/promote done on pg-pra")
+            && refused.stderr.contains("reprise failback --service lms-db"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(runs(), before, "a refused restore started a run");
+    let forced = lab.run(&[&["restore", "--force"][..], &only[..]].concat());
+    assert_eq!(forced.code, 0, "{forced:?}");
+    let events = journal(&lab);
+    let said = events
+        .iter()
+        .find(|e| e["event"] == "readiness_forced")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert!(
+        said["problems"][0]
+            .as_str()
+            .is_some_and(|p| p.starts_with("service lms-db: failover run")),
+        "{said}"
+    );
+}
