@@ -1525,16 +1525,30 @@ pub fn judge_copy_back(backs: &[CopyBack]) -> (Vec<String>, Vec<String>) {
 
 /// The vms of `backs` whose primary disks a copy back would overwrite though they were
 /// written after the data the failover started the vm from, or cannot be read
-/// ([`written_since`]): forced past, what they held is lost, unmeasured.
-fn overwritten_by_copy_back(backs: &[CopyBack]) -> Vec<String> {
-    backs
+/// ([`written_since`]), or whose recovery copies no failover shows it relied on (no `live`
+/// lease of the vm, leases that cannot be read, copies that cannot be looked at: nothing
+/// dates what the primary holds against them); and the backup sets of `folders` that
+/// [`judge_folder_back`] finds a problem with: forced past, what they held on the primary
+/// is lost, unmeasured.
+fn overwritten_by_copy_back(backs: &[CopyBack], folders: &[FolderBack]) -> Vec<String> {
+    use crate::replica::LeaseKind;
+    let vms = backs.iter().filter(|b| match &b.copies {
+        Err(_) => true,
+        Ok(copies) => {
+            copies.iter().any(|c| {
+                !c.bad_leases.is_empty()
+                    || !c
+                        .leases
+                        .iter()
+                        .any(|l| l.kind == LeaseKind::Live && l.vm == b.vm)
+            }) || !written_since(b, copies).is_empty()
+        }
+    });
+    let sets = folders
         .iter()
-        .filter(|b| {
-            b.copies
-                .as_ref()
-                .is_ok_and(|copies| !written_since(b, copies).is_empty())
-        })
-        .map(|b| b.vm.clone())
+        .filter(|f| !judge_folder_back(std::slice::from_ref(f)).is_empty());
+    vms.map(|b| b.vm.clone())
+        .chain(sets.map(|f| f.set.clone()))
         .collect()
 }
 
@@ -2540,7 +2554,7 @@ pub fn start(
                 resuming: false,
             });
         }
-        overwritten = overwritten_by_copy_back(&backs);
+        overwritten = overwritten_by_copy_back(&backs, &folders);
         // A vm that ran on its recovery copies comes back only by copying them back: refused
         // before the recovery side is stopped, whatever --force says.
         let uncopied = uncopied(&plan, &[], &t);
@@ -2863,7 +2877,7 @@ pub fn resume(
             });
         }
         if !problems.is_empty() {
-            diverged.extend(overwritten_by_copy_back(&backs));
+            diverged.extend(overwritten_by_copy_back(&backs, &folders));
         }
         forced.extend(problems);
     }
@@ -4142,6 +4156,36 @@ mod tests {
             clock: Ok((0.0, 0.0)),
             settled: Vec::new(),
         }
+    }
+
+    /// What a forced failback overwrites on the primary without a failover dating it (no
+    /// live lease: a copy a vm was started on by hand, or a replica of the primary) is lost,
+    /// unmeasured: the vm or set is counted with those whose data loss the report does not
+    /// claim. One a failover's lease dates, and whose primary disk is older, is not.
+    #[test]
+    fn a_forced_copy_back_no_failover_dates_claims_no_data_loss() {
+        let mut live = lease(LeaseKind::Live, "db");
+        live.at = Utc::now() - chrono::Duration::minutes(10);
+        assert!(
+            overwritten_by_copy_back(&[back(Some(false), vec![live])], &[]).is_empty(),
+            "a failover's copy over an older primary disk"
+        );
+        assert_eq!(
+            overwritten_by_copy_back(&[back(Some(false), Vec::new())], &[]),
+            ["db"]
+        );
+        let mut bad = back(Some(false), Vec::new());
+        if let Ok(c) = &mut bad.copies {
+            c[0].bad_leases = vec!["live-x: damaged".into()];
+        }
+        assert_eq!(overwritten_by_copy_back(&[bad], &[]), ["db"]);
+        let mut set_lease = lease(LeaseKind::Live, "erp-dumps");
+        set_lease.at = Utc::now() - chrono::Duration::minutes(10);
+        assert!(overwritten_by_copy_back(&[], &[folder_back(vec![set_lease])]).is_empty());
+        assert_eq!(
+            overwritten_by_copy_back(&[], &[folder_back(Vec::new())]),
+            ["erp-dumps"]
+        );
     }
 
     /// The folder's file times are the primary's clock, the point's this machine's: a
