@@ -816,7 +816,7 @@ mod tests {
             }
         }
         let expected = [
-            "libvirt start: virsh",
+            "libvirt start: grep virsh",
             "libvirt stop: grep sh sleep timeout virsh",
             "libvirt status: grep virsh",
             "libvirt drill-status: virsh",

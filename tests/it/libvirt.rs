@@ -1489,3 +1489,50 @@ fn a_drill_never_replaces_or_removes_a_domain_of_its_copy_s_name_that_is_not_its
     hv.pra.virsh("undefine drill-app");
     drill_and_check(&hv, "app", 10);
 }
+
+/// app on hv-main is shut off with a saved memory image (`virsh managedsave`, as
+/// libvirt-guests leaves guests at a host's shutdown): its disks lack what that memory holds,
+/// and `virsh start` would resume it over whatever its disks are then. Its driver's status
+/// says so (not `shut off`), and a planned failover never takes it as cleanly stopped: the
+/// run fails before app starts on hv-pra, naming the image and what to do; the image is left.
+#[test]
+fn a_vm_with_a_saved_memory_image_is_never_taken_as_cleanly_stopped() {
+    let hv = Hv::up();
+    hv.start_guest_on_main("app", 10, Firmware::Bios, 4);
+    hv.wait_healthy(10, 2);
+    let run = hv.reprise(&["replicate", "--service", "app"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    hv.main.virsh("managedsave app");
+    assert_eq!(hv.main.domstate("app"), "shut off");
+    let saved = || {
+        hv.main
+            .virsh("dominfo app")
+            .lines()
+            .any(|l| l.starts_with("Managed save:") && l.ends_with("yes"))
+    };
+    assert!(saved(), "{}", hv.main.virsh("dominfo app"));
+    let run = hv.reprise(&[
+        "failover",
+        "--yes",
+        "--no-prompt",
+        "--service",
+        "app",
+        "--only",
+    ]);
+    assert_ne!(run.code, 0, "{run:?}");
+    let said = format!("{}\n{:?}", run.stderr, hv.journal());
+    assert!(
+        said.contains("with a saved memory image (virsh managedsave)"),
+        "{said}"
+    );
+    assert!(
+        !hv.pra
+            .domains()
+            .iter()
+            .any(|d| hv.pra.domstate(d) == "running"),
+        "something runs on hv-pra: {:?}",
+        hv.pra.domains()
+    );
+    assert!(saved(), "the saved memory image was not left as it was");
+    assert_eq!(hv.main.domstate("app"), "shut off");
+}
