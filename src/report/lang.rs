@@ -321,6 +321,17 @@ impl Labels {
         }
     }
 
+    pub fn loss_point_ahead(&self, item: &str, point: &str) -> String {
+        match self.lang {
+            Lang::En => format!(
+                "{item}'s point {point} is dated after the run used it (the clock of the machine that replicated it runs ahead of this one): how old its data was cannot be told, so its data loss is not measured"
+            ),
+            Lang::Fr => format!(
+                "le point {point} de {item} est daté d'après son emploi par l'exécution (l'horloge de la machine qui l'a répliqué avance sur celle-ci) : l'âge de ses données ne peut être dit, sa perte de données n'est donc pas mesurée"
+            ),
+        }
+    }
+
     pub fn loss_two_clocks(&self, item: &str, point: &str) -> String {
         match self.lang {
             Lang::En => format!(

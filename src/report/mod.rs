@@ -158,6 +158,9 @@ pub struct PointUsed {
     /// Newer points given up by a roll-back to this one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dropped: Vec<String>,
+    /// When the run journaled its use (this machine's clock).
+    #[serde(skip)]
+    pub used_at: Option<DateTime<Utc>>,
 }
 
 /// One bar of the timeline, in seconds from the start of the run.
@@ -505,6 +508,7 @@ impl<'a> RunFacts<'a> {
             | Event::Confirmed { .. }
             | Event::UndoFinished { .. } => self.record_step(e),
             Event::ReplicaPointUsed {
+                at,
                 step,
                 item,
                 point,
@@ -512,7 +516,6 @@ impl<'a> RunFacts<'a> {
                 verified,
                 note,
                 dropped,
-                ..
             } => self.points.push((
                 step.clone(),
                 PointUsed {
@@ -522,6 +525,7 @@ impl<'a> RunFacts<'a> {
                     verified: *verified,
                     note: note.clone(),
                     dropped: dropped.clone(),
+                    used_at: Some(*at),
                 },
             )),
             Event::LagMeasured {
@@ -1145,6 +1149,13 @@ fn copy_loss(run: &Run, id: &str, p: &PointUsed) -> Result<f64, String> {
     // lacks.
     if !p.verified && p.point.split('+').any(|x| x.starts_with("copy-")) {
         return Err(run.l.loss_unverified(&p.item, &p.point));
+    }
+    // Dated after the run used it (the clock of the machine that replicated it runs ahead
+    // of this one): its age, and so the loss, cannot be told.
+    if p.used_at
+        .is_some_and(|used| p.taken_at - used > chrono::Duration::seconds(60))
+    {
+        return Err(run.l.loss_point_ahead(&p.item, &p.point));
     }
     // Written elsewhere after its point, and started all the same: what that was is not
     // known here.
@@ -2806,6 +2817,47 @@ mod tests {
             unasked: Vec::new(),
         }));
         assert_eq!(other.data_loss_s, Some(180.0));
+    }
+
+    /// A planned failover whose final sync's point is dated ten minutes after the run used
+    /// it (the replicating machine's clock ahead): after the stop of db by that date, it
+    /// would read as "nothing lost" and "RPO met"; its age cannot be told, so no loss is
+    /// claimed. Dated a few seconds after its use (clocks a little apart), it counts.
+    #[test]
+    fn a_point_dated_after_its_use_claims_no_data_loss() {
+        let report = |taken: DateTime<Utc>| {
+            let steps = vec![
+                vm_step("db/stop-primary", "stop", &[]),
+                step("db/final-sync", "replicate", &["db/stop-primary"]),
+                vm_step("db/start", "start", &["db/final-sync"]),
+            ];
+            let mut events = vec![db_run(None, steps)];
+            events.extend(run("db/stop-primary", 1, 4, StepStatus::Done));
+            events.extend(run("db/final-sync", 5, 8, StepStatus::Done));
+            events.push(point_at("db/final-sync", "p9", taken, 8));
+            events.push(point_at("db/start", "p9", taken, 9));
+            events.extend(run("db/start", 9, 20, StepStatus::Done));
+            events.push(Event::RunFinished {
+                at: t(21),
+                status: RunStatus::Succeeded,
+            });
+            let r = build_of(&events);
+            r.services.into_iter().find(|s| s.id == "db").unwrap()
+        };
+        let db = report(t(600));
+        assert_eq!((db.data_loss_s, db.rpo_met), (None, None), "{db:?}");
+        assert!(
+            db.data_loss_unknown
+                .as_deref()
+                .is_some_and(|w| w.contains("is dated after the run used it")),
+            "{db:?}"
+        );
+        let db = report(t(10));
+        assert_eq!(
+            (db.data_loss_s, db.rpo_met),
+            (Some(0.0), Some(true)),
+            "{db:?}"
+        );
     }
 
     /// An emergency failover that could not ask the primary whether db still ran there:
