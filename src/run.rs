@@ -2300,10 +2300,23 @@ fn started_otherwise(
                 point,
                 taken_at,
                 ..
-            } if prior.get(step) == Some(&Prior::Done) => Some((step, item, point, taken_at)),
+            } => match prior.get(step) {
+                Some(Prior::Done) => Some((step, item, point, taken_at, "done")),
+                // Cut after it chose that point: it may have started the vm from it, and the
+                // resume hands it to a person, who confirms what it did; no point is chosen
+                // again.
+                Some(Prior::Interrupted) => Some((
+                    step,
+                    item,
+                    point,
+                    taken_at,
+                    "cut after it chose that point: it may have started it",
+                )),
+                _ => None,
+            },
             _ => None,
         })
-        .filter_map(|(step, item, point, taken_at)| {
+        .filter_map(|(step, item, point, taken_at, how)| {
             let ask = match model.inventory.vms.contains_key(item) {
                 true => now.ask(item, run, true),
                 false => now.ask_set(item, run, true),
@@ -2320,7 +2333,7 @@ fn started_otherwise(
             };
             asked.map(|asked| {
                 format!(
-                    "{item} was started by this run from point {point} (taken {}, step {step}, done): it is not started again, so it cannot start from {asked}, as asked now; resume without asking it, or, once this run is over, fail {item} over again from the point you want",
+                    "{item} was started by this run from point {point} (taken {}, step {step}, {how}): it is not started again, so it cannot start from {asked}, as asked now; resume without asking it, or, once this run is over, fail {item} over again from the point you want",
                     when(taken_at)
                 )
             })
@@ -3690,11 +3703,19 @@ mod tests {
                 "{now:?}"
             );
         }
-        // A start not done is asked again when it runs (`choice::decide` refuses there).
+        // A start cut after it chose its point may have started the vm from it, and is
+        // handed to a person, not chosen again: refused the same way.
         let begun: HashMap<String, Prior> =
             [("erp-db/start".to_string(), Prior::Interrupted)].into();
         let now = choice(&[("erp-db", "P1")], None, None);
-        assert!(started_otherwise(&model, &events, &begun, &now, "r1").is_empty());
+        let refused = started_otherwise(&model, &events, &begun, &now, "r1");
+        assert!(
+            refused.len() == 1 && refused[0].contains("cut after it chose that point"),
+            "{refused:?}"
+        );
+        // One that failed runs again, and `choice::decide` refuses there.
+        let failed: HashMap<String, Prior> = HashMap::new();
+        assert!(started_otherwise(&model, &events, &failed, &now, "r1").is_empty());
     }
 
     /// Hosts whose driver `status` (`virsh domstate`) says what `said` gives for them (a host
