@@ -250,6 +250,44 @@ fn a_drill_boots_a_throw_away_copy_of_the_replica_and_leaves_it_unchanged() {
     );
     // The copy reprise defined for it is gone with the drill's cleanup.
     assert!(hv.pra.domains().is_empty(), "{:?}", hv.pra.domains());
+
+    // Started so, then redefined isolated while it runs: libvirt keeps what it was started
+    // with (still bridged to production) until it is restarted. Refused as it runs.
+    hv.pra.virsh("net-start pra-drill");
+    let uuid = hv.pra.virsh("net-uuid pra-drill");
+    std::fs::write(
+        hv.pra.path("/var/tmp/isolated.xml"),
+        format!(
+            "<network><name>pra-drill</name><uuid>{}</uuid><bridge name='virbr-drl'/></network>",
+            uuid.trim()
+        ),
+    )
+    .unwrap();
+    hv.pra.virsh("net-define /var/tmp/isolated.xml");
+    assert!(
+        !hv.pra
+            .virsh("net-dumpxml --inactive pra-drill")
+            .contains("<forward"),
+        "the definition still forwards"
+    );
+    assert!(
+        hv.pra.virsh("net-dumpxml pra-drill").contains("<forward"),
+        "the running network no longer forwards"
+    );
+    let net = check_item(&hv, "network", "hv-pra (pra-drill)");
+    assert_eq!(net["status"], "failed", "{net}");
+    assert!(
+        net["detail"].as_str().unwrap().contains("as it runs"),
+        "{net}"
+    );
+    let run = hv.reprise(&["drill", "--no-prompt", "--service", "app", "--only"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        step_stderr(&hv, "app/start-copy").contains("not isolated"),
+        "{:#?}",
+        hv.journal()
+    );
+    assert!(hv.pra.domains().is_empty(), "{:?}", hv.pra.domains());
 }
 
 #[test]
