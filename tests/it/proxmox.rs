@@ -965,7 +965,7 @@ impl Lab {
 }
 
 /// A drill puts every NIC of its copies on the recovery node's own drill bridge
-/// (`drill_network`, default vmbr-drill). That bridge must exist with no port but vms': a
+/// (`drill_network`, default vmbr-drill). That bridge must exist with no port but drill copies': a
 /// production bridge (a physical NIC on it) or a missing one is refused by check and by the
 /// drill, before anything is made.
 #[test]
@@ -977,7 +977,7 @@ fn a_proxmox_drill_uses_the_recovery_nodes_drill_bridge_and_refuses_one_that_rea
         net["detail"]
             .as_str()
             .unwrap()
-            .contains("bridge vmbr-drill exists, with no port but vms'"),
+            .contains("bridge vmbr-drill exists, with no port but drill copies'"),
         "{net}"
     );
 
@@ -989,7 +989,7 @@ fn a_proxmox_drill_uses_the_recovery_nodes_drill_bridge_and_refuses_one_that_rea
         net["detail"]
             .as_str()
             .unwrap()
-            .contains("bridge vmbr0 has ports that are not vms' (eno1): a drill copy on it could reach production"),
+            .contains("bridge vmbr0 has ports that are not drill copies' (eno1): a drill copy on it could reach production"),
         "{net}"
     );
     let check = lab.with(&["check"]);
@@ -998,7 +998,7 @@ fn a_proxmox_drill_uses_the_recovery_nodes_drill_bridge_and_refuses_one_that_rea
     assert_eq!(drill.code, 1, "{drill:?}");
     let shown = lab.shown();
     assert!(
-        shown.contains("bridge vmbr0 has ports that are not vms' (eno1)"),
+        shown.contains("bridge vmbr0 has ports that are not drill copies' (eno1)"),
         "{shown}"
     );
     // A bridge the node does not have.
@@ -1042,6 +1042,22 @@ fn a_proxmox_drill_uses_the_recovery_nodes_drill_bridge_and_refuses_one_that_rea
         ),
         "{}",
         lab.shown()
+    );
+    // Another vm's NIC on that bridge (vmid 150, a production vm of the node, not a drill
+    // copy): a copy on it could reach production through that vm. Refused.
+    let text = std::fs::read_to_string(&interfaces).unwrap().replace(
+        "iface vmbr9 inet manual\n\tbridge-ports none",
+        "iface vmbr9 inet manual\n\tbridge-ports tap150i0",
+    );
+    std::fs::write(&interfaces, text).unwrap();
+    let net = lab.check_item("network", "hv2 (vmbr9)");
+    assert_eq!(net["status"], "failed", "{net}");
+    assert!(
+        net["detail"]
+            .as_str()
+            .unwrap()
+            .contains("bridge vmbr9 has ports that are not drill copies' (tap150i0)"),
+        "{net}"
     );
 }
 
