@@ -226,6 +226,30 @@ fn a_drill_boots_a_throw_away_copy_of_the_replica_and_leaves_it_unchanged() {
     let space = check_item(&hv, "space", "hv-pra (drill overlays)");
     assert_eq!(space["status"], "ok", "{space}");
 
+    // A port added to its bridge by hand (a NIC, a bond, a VLAN: here a veth link) could
+    // carry a copy to production: refused; gone, it passes again.
+    let info = hv.pra.virsh("net-info pra-drill");
+    let bridge = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Bridge:"))
+        .unwrap_or_else(|| panic!("{info}"))
+        .trim()
+        .to_string();
+    hv.pra.sh(&format!(
+        "ip link add drl-nic0 type veth peer name drl-nic1 && ip link set drl-nic0 master {bridge}"
+    ));
+    let net = check_item(&hv, "network", "hv-pra (pra-drill)");
+    assert_eq!(net["status"], "failed", "{net}");
+    assert!(
+        net["detail"].as_str().unwrap().contains(&format!(
+            "bridge {bridge} has ports that are not vms' (drl-nic0)"
+        )),
+        "{net}"
+    );
+    hv.pra.sh("ip link del drl-nic0");
+    let net = check_item(&hv, "network", "hv-pra (pra-drill)");
+    assert_eq!(net["status"], "ok", "{net}");
+
     // A network of that name that reaches production is refused by the check and the drill.
     hv.pra.virsh("net-destroy pra-drill");
     hv.pra.virsh("net-undefine pra-drill");
