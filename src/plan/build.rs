@@ -614,6 +614,7 @@ fn backup_step(
         action: None,
         replica: None,
         state_before: None,
+        undo_stops: false,
         vm: None,
         command: format!(
             "prove the copy {} of backup set {} (its point, verified, unchanged){}",
@@ -977,6 +978,7 @@ fn lag_step(
         action: None,
         replica: None,
         state_before: None,
+        undo_stops: false,
         vm: None,
         command: run.to_string(),
         verify: None,

@@ -147,6 +147,10 @@ pub struct PlannedStep {
     /// failover never reports a vm that already ran there as started from its point.
     #[serde(skip)]
     pub state_before: Option<Command>,
+    /// Its undo is its driver's `stop` (no runbook `undo`): a roll-back undoes it only for a
+    /// vm `state_before` found not running. A runbook's own undo runs whatever it found.
+    #[serde(skip)]
+    pub undo_stops: bool,
     /// The vm a vm step acts on (its own `vm`, else its service's).
     #[serde(skip)]
     pub vm: Option<String>,

@@ -64,10 +64,12 @@ pub(super) async fn undo_done(
             });
             continue;
         }
-        // A start is undone only for a vm that was not running before it.
+        // A start is undone by its driver's stop only for a vm that was not running before
+        // it; a runbook's own undo runs as it did, whatever was found.
         let before = step
             .state_before
             .as_ref()
+            .filter(|_| step.undo_stops)
             .map(|_| out.running_before.get(&step.id).copied().flatten());
         let (ok, mut message) = undo_step(ctx, step, undo, before).await;
         // A failover's start undone: the vm no longer runs on its recovery copies; a

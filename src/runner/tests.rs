@@ -198,6 +198,7 @@ fn exec_step(id: &str, host: &str, after: &[&str], run: &str) -> PlannedStep {
         },
         replica: None,
         state_before: None,
+        undo_stops: false,
         vm: None,
     }
 }
@@ -330,6 +331,35 @@ fn planned_failover_stops_and_undoes_in_reverse_order() {
     assert_eq!(undone, ["b/1", "a/1"]);
 }
 
+/// A start whose undo is the runbook's own (not its driver's stop) is undone by it whatever
+/// its driver's `status` told before it: the state asked for the start's own checks does
+/// not change what the runbook says to do.
+#[test]
+fn a_runbook_s_own_undo_of_a_start_runs_whatever_was_running_before() {
+    let mut s = exec_step("a/1", "h1", &[], "start a/1");
+    s.action_spec = Action::Exec {
+        run: Command::text("start a/1"),
+        verify: None,
+        undo: Some(Command::text("own-undo a/1")),
+    };
+    s.undo = Some("own-undo a/1".into());
+    s.state_before = Some(Command::text("status a says:running"));
+    let steps = vec![s, exec_step("d/1", "h1", &["a/1"], "d1 fail")];
+    let fake = Arc::new(Fake::default());
+    let (status, _) = go(
+        plan(Mode::Failover, false, steps),
+        fake.clone(),
+        HashMap::new(),
+        RunOptions::default(),
+    );
+    assert_eq!(status, RunStatus::Failed);
+    assert!(
+        fake.commands().iter().any(|c| c == "own-undo a/1"),
+        "{:?}",
+        fake.commands()
+    );
+}
+
 /// A start undone stops the vm only if it was not running before the step: the state its
 /// driver's `status` told just before, journaled.
 #[test]
@@ -343,6 +373,7 @@ fn a_start_is_undone_only_for_a_vm_that_was_not_running_before() {
         };
         s.undo = Some(format!("stop {id}"));
         s.state_before = Some(Command::text(status));
+        s.undo_stops = true;
         s
     };
     let steps = vec![
