@@ -1005,7 +1005,7 @@ pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere], force: bool) -> Judged {
             (None, said) if mode == Mode::Failover => {
                 unasked.push(vm.clone());
                 warned.push(format!(
-                    "whether vm {vm} still runs on {there} could not be asked ({said}): what it wrote there after its point is not in its copy, and its data loss is measured only to an incident time given with --incident-at"
+                    "whether vm {vm} still runs on {there} could not be asked ({said}): what it wrote there after its point is not in its copy, and its data loss is measured only to the incident time the run was started with (--incident-at), if any"
                 ))
             }
             (None, said) => warned.push(format!(

@@ -1332,7 +1332,7 @@ mod tests {
         let status = |h: &str, what: &str| match what.strip_prefix("drill-") {
             Some(_) => format!("{h}: export LC_ALL=C; virsh domstate {what}"),
             None => format!(
-                "{h}: export LC_ALL=C; n={what}; if st=$(virsh domstate \"$n\"); then if [ \"$st\" = 'shut off' ] && virsh dominfo \"$n\" | grep -Eq '^Managed save: +yes$'; then echo 'shut off, with a saved memory image (virsh managedsave): a start resumes that memory'; exit 0; fi; printf '%s\\n' \"$st\"; exit 0; fi; l=$(virsh list --all --name) || exit 1; if printf '%s\\n' \"$l\" | grep -qxF -- \"$n\"; then exit 1; fi; echo 'not defined'; exit 2"
+                "{h}: export LC_ALL=C; n={what}; if st=$(virsh domstate \"$n\"); then if [ \"$st\" = 'shut off' ]; then i=$(virsh dominfo \"$n\") || exit 1; if printf '%s\\n' \"$i\" | grep -Eq '^Managed save: +yes$'; then echo 'shut off, with a saved memory image (virsh managedsave): a start resumes that memory'; exit 0; fi; fi; printf '%s\\n' \"$st\"; exit 0; fi; l=$(virsh list --all --name) || exit 1; if printf '%s\\n' \"$l\" | grep -qxF -- \"$n\"; then exit 1; fi; echo 'not defined'; exit 2"
             ),
         };
         assert_eq!(

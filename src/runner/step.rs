@@ -259,7 +259,9 @@ async fn run_step_inner(
                                 at: Utc::now(),
                                 operator: operator.clone(),
                                 problems: vec![format!("vm {vm}: {why}")],
-                                diverged: Vec::new(),
+                                // If it did run there, it runs on disks no point dates:
+                                // no data loss is claimed for it.
+                                diverged: vec![vm.to_string()],
                             });
                             state_asked = true;
                         }
@@ -268,7 +270,7 @@ async fn run_step_inner(
                                 StepStatus::Failed,
                                 1,
                                 Some(format!(
-                                    "{why}: if it runs there, it runs on disks this run did not give it, and it would be reported recovered from a point it never ran from; nothing was chosen, leased or defined for it; find out, then `reprise resume` this run (with --force if it does not run there)"
+                                    "{why}: if it runs there, it runs on disks this run did not give it, and it would be reported recovered from a point it never ran from; nothing was chosen, leased or defined for it; find out, then `reprise resume` this run (with --force if it does not run there: that passes the resume's other forceable checks too, each journaled)"
                                 )),
                             );
                         }
