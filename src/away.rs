@@ -115,6 +115,8 @@ pub struct Switched {
     pub step: String,
     pub host: Option<String>,
     pub at: DateTime<Utc>,
+    /// The step ended done; else it failed, timed out or never ended, and may have.
+    pub done: bool,
 }
 
 /// The services of `services` (each with its own host, `None`: any step counts) that a
@@ -145,30 +147,43 @@ pub fn switched_of(
             {
                 continue;
             }
-            let mut done: Option<DateTime<Utc>> = None;
+            // Its last attempt: when it began, and how it ended (done, or not: failed, timed
+            // out, never ended); undone, nothing.
+            let mut began: Option<DateTime<Utc>> = None;
+            let mut ended: Option<(DateTime<Utc>, StepStatus)> = None;
             for e in events {
                 match e {
-                    Event::StepStarted { step: s, .. } if *s == step.id => done = None,
+                    Event::StepStarted { at, step: s, .. } if *s == step.id => {
+                        began = Some(*at);
+                        ended = None;
+                    }
                     Event::StepFinished {
                         at,
                         step: s,
                         status,
                         ..
-                    } if *s == step.id => {
-                        done = (*status == StepStatus::Done).then_some(*at);
-                    }
+                    } if *s == step.id => ended = Some((*at, *status)),
                     Event::UndoFinished {
                         step: s, ok: true, ..
-                    } if *s == step.id => done = None,
+                    } if *s == step.id => began = None,
                     _ => {}
                 }
             }
-            let Some(at) = done else { continue };
+            let Some(began) = began else { continue };
+            // On its own host (or, when it has none, anywhere).
+            let on_own = own.is_none() || (step.host.is_some() && step.host == *own);
             if mode == Mode::Failover {
-                // On its other side: a step on a host, not its own.
-                if own.is_some() && (step.host.is_none() || step.host == *own) {
+                // On its other side: a step on a host, not its own. One that failed, timed
+                // out or never ended may have switched it too (a promotion that timed out).
+                if on_own {
                     continue;
                 }
+                let (at, done) = match ended {
+                    Some((at, StepStatus::Done)) => (at, true),
+                    Some((at, StepStatus::Failed | StepStatus::TimedOut)) => (at, false),
+                    None => (began, false),
+                    Some(_) => continue,
+                };
                 moves.push((
                     at,
                     step.service.clone(),
@@ -177,9 +192,13 @@ pub fn switched_of(
                         step: step.id.clone(),
                         host: step.host.clone(),
                         at,
+                        done,
                     }),
                 ));
-            } else {
+            } else if let Some((at, StepStatus::Done)) = ended
+                && on_own
+            {
+                // Brought back: a step of a failback or restore done on its own host.
                 moves.push((at, step.service.clone(), None));
             }
         }
@@ -705,6 +724,16 @@ mod tests {
         if let Some(Event::RunStarted { plan: Some(p), .. }) = stopped.1.first_mut() {
             p.steps.push(lag);
         }
+        // The promotion failed (or timed out, or never ended): it may have switched it.
+        let got = switched_of(std::slice::from_ref(&stopped), &services);
+        assert!(
+            got.len() == 1 && !got["lms-db"].done && got["lms-db"].step == "lms-db/promote",
+            "{got:?}"
+        );
+        // Never begun: only the primary stopped, and the lag read.
+        stopped.1.retain(|e| {
+            !matches!(e, Event::StepStarted { step, .. } | Event::StepFinished { step, .. } if step == "lms-db/promote")
+        });
         assert!(switched_of(&[stopped], &services).is_empty());
         // Rolled back: not switched.
         let undone = failover(
@@ -732,6 +761,21 @@ mod tests {
             ),
         );
         assert!(switched_of(&[promoted.clone(), failback.clone()], &services).is_empty());
+        // A failback whose only step done is on the other side (its reverse replication set
+        // up there), rolled back before moodle-db is primary again: not back.
+        let half = (
+            "R100".to_string(),
+            run(
+                Mode::Failback,
+                100,
+                vec![exec_step("lms-db/reverse", "pg-pra")],
+                vec![
+                    began("lms-db/reverse", 101),
+                    ended("lms-db/reverse", 102, StepStatus::Done),
+                ],
+            ),
+        );
+        assert_eq!(switched_of(&[promoted.clone(), half], &services).len(), 1);
         // A failback that failed brings nothing back.
         let mut failed = failback.clone();
         if let Some(Event::StepFinished { status, .. }) = failed.1.last_mut() {

@@ -800,7 +800,14 @@ fn refuse_switched(
         .iter()
         .filter_map(|s| model.inventory.services.get(&s.service))
         .filter(|s| s.lag().is_some())
-        .map(|s| (s.id.clone(), s.host().map(str::to_string)))
+        .map(|s| {
+            let own = s.host().map(str::to_string).or_else(|| {
+                s.vm()
+                    .and_then(|v| model.inventory.vms.get(v))
+                    .map(|v| v.primary.value.clone())
+            });
+            (s.id.clone(), own)
+        })
         .collect();
     if services.is_empty() {
         return Ok(Vec::new());
@@ -822,8 +829,12 @@ fn judge_switched(switched: &BTreeMap<String, crate::away::Switched>) -> Vec<Str
         .iter()
         .map(|(service, s)| {
             let host = s.host.as_deref().map(|h| format!(" on {h}")).unwrap_or_default();
+            let (how, did) = match s.done {
+                true => ("switched", "done"),
+                false => ("may have switched", "not done: it failed, timed out or never ended"),
+            };
             format!(
-                "service {service}: failover run {} switched it to its other side (step {} done{host} at {}), and no failback or restore of it has run since, as this machine's journals show: its application's newest data is there, and a restore would start it on its own host from its data of before, making two primaries that diverge; fail back instead (`reprise failback --service {service}`), or, if that side and its data are lost, `reprise restore --force`",
+                "service {service}: failover run {} {how} it to its other side (step {} {did}{host}, at {}), and no failback or restore of it has brought it back since, as this machine's journals show: its application's newest data may be there, and a restore would start it on its own host from its data of before, making two primaries that diverge; fail back instead (`reprise failback --service {service}`), or, if that side and its data are lost, `reprise restore --force`",
                 s.run_id,
                 s.step,
                 s.at.format("%Y-%m-%d %H:%M:%S UTC"),
