@@ -278,7 +278,9 @@ pub enum Command {
         /// Start a planned failover although `reprise check` finds problems on the recovery
         /// side that would stop it half-way (it refuses otherwise, exit 7); journaled, and
         /// shown by the report. A replication lag unknown or over its RPO still stops it
-        /// before the switch (only --emergency accepts that loss).
+        /// before the switch (only --emergency accepts that loss). Also passes a start whose
+        /// host cannot say whether the vm already runs there (journaled; no data loss is
+        /// claimed for that vm), or whose primary cannot say whether it still runs it.
         #[arg(long)]
         force: bool,
         /// Start every VM not named by --point from its newest good point taken before TIME
@@ -296,14 +298,16 @@ pub enum Command {
     /// A vm that runs on its recovery host, or that a failover left running on its recovery
     /// copies, is refused (exit 6): its newest data is there; fail back instead. When the
     /// recovery host cannot be asked, the journals of this machine are: a vm a failover
-    /// started there, and no failback or restore since, is refused too.
+    /// started there, and no failback or restore since, is refused too; so is a service its
+    /// application replicates that a failover switched to its standby (a second primary).
     #[command(after_help = "Example:\n  reprise restore --parallel 4")]
     Restore {
         /// Start a vm although this machine's journals show a failover left it on its
         /// recovery host, which cannot be asked (that site and its data are lost): it starts
         /// from its primary disks of before, without what it wrote since; journaled, and shown
         /// by the report. A vm its recovery host shows running there or leased by a failover
-        /// is still refused.
+        /// is still refused. Also starts a service its application replicates that these
+        /// journals show a failover switched to its standby, with no failback since.
         #[arg(long)]
         force: bool,
         #[command(flatten)]
@@ -352,7 +356,9 @@ pub enum Command {
         /// as at its start; keep a copy of the disk first). A planned failover whose start on
         /// the recovery side began: carry on from its final sync although the primary's disks
         /// were written since it read them, or cannot tell (refused otherwise, exit 6; what was
-        /// written there is left behind). Journaled.
+        /// written there is left behind). A failover's start whose host cannot say whether
+        /// the vm already runs there, or a guard that cannot tell the state of the side left:
+        /// carry on. Journaled.
         #[arg(long)]
         force: bool,
         #[command(flatten)]
