@@ -175,7 +175,7 @@ pub fn switched_of(
             if mode == Mode::Failover {
                 // On its other side: a step on a host, not its own. One that failed, timed
                 // out or never ended may have switched it too (a promotion that timed out).
-                if on_own {
+                if own.is_some() && on_own {
                     continue;
                 }
                 let (at, done) = match ended {
@@ -222,6 +222,76 @@ pub fn switched_of(
         }
     }
     out
+}
+
+/// For `prune`, which knows no inventory: the runs [`switched_of`] reads to judge a service,
+/// for every service these journals name (any host its own): each service's newest failover
+/// that switched it, and the failback or restore that brought it back since. Kept, a
+/// restore's judgement of a service its application replicates does not change.
+pub fn switch_runs(runs: &[(String, Vec<Event>)]) -> BTreeMap<String, String> {
+    let services: BTreeMap<String, Option<String>> = runs
+        .iter()
+        .flat_map(|(_, events)| events.iter())
+        .filter_map(|e| match e {
+            Event::RunStarted { plan: Some(p), .. } => Some(p.steps.iter()),
+            _ => None,
+        })
+        .flatten()
+        .map(|s| (s.service.clone(), None))
+        .collect();
+    let mut out = BTreeMap::new();
+    // The newest failover of each service, switched or brought back since.
+    for (id, events) in runs {
+        let Some(mode) = events.iter().find_map(|e| match e {
+            Event::RunStarted { mode, .. } => Some(*mode),
+            _ => None,
+        }) else {
+            continue;
+        };
+        if !matches!(mode, Mode::Failover | Mode::Failback | Mode::Restore) {
+            continue;
+        }
+        let alone = [(id.clone(), events.clone())];
+        let switched = switched_of(&alone, &services);
+        for (service, s) in switched {
+            out.insert(service, (s.at, s.run_id.clone(), None::<String>));
+        }
+    }
+    // What brought each back since: the newest failback or restore after it.
+    for (id, events) in runs {
+        let Some((mode, at)) = events.iter().find_map(|e| match e {
+            Event::RunStarted { mode, at, .. } => Some((*mode, *at)),
+            _ => None,
+        }) else {
+            continue;
+        };
+        if !matches!(mode, Mode::Failback | Mode::Restore) {
+            continue;
+        }
+        for (service, (since, _, back)) in out.iter_mut() {
+            let touches = events.iter().any(|e| match e {
+                Event::RunStarted { plan: Some(p), .. } => {
+                    p.steps.iter().any(|s| s.service == *service)
+                }
+                _ => false,
+            });
+            if touches && at > *since {
+                *back = Some(id.clone());
+            }
+        }
+    }
+    let mut keep = BTreeMap::new();
+    for (service, (_, failover, back)) in out {
+        keep.entry(failover).or_insert_with(|| {
+            format!("it may have switched service {service} to its other side: a restore reads it")
+        });
+        if let Some(back) = back {
+            keep.entry(back).or_insert_with(|| {
+                format!("it may have brought service {service} back after a failover: a restore reads it")
+            });
+        }
+    }
+    keep
 }
 
 /// Every run's events this machine keeps, and a note for each journal that could not be read.
@@ -782,6 +852,12 @@ mod tests {
             *status = StepStatus::Failed;
         }
         assert_eq!(switched_of(&[promoted.clone(), failed], &services).len(), 1);
+        // A service with no host of its own: any step of the failover switches it.
+        let anywhere: BTreeMap<String, Option<String>> = [("lms-db".to_string(), None)].into();
+        assert_eq!(switched_of(std::slice::from_ref(&promoted), &anywhere).len(), 1);
+        // `prune` keeps the failover that switched it and the failback that brought it back.
+        let keep = switch_runs(&[promoted.clone(), failback.clone()]);
+        assert_eq!(keep.keys().collect::<Vec<_>>(), ["R0", "R100"]);
         // A service its disks replicate is not asked about.
         assert!(switched_of(&[promoted], &BTreeMap::new()).is_empty());
     }

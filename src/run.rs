@@ -3372,6 +3372,11 @@ fn needed_runs(state_dir: &Path) -> Result<HashMap<String, String>, RunError> {
             )
         });
     }
+    // And what a restore of a service its application replicates reads: the failover that
+    // may have switched it, and what brought it back.
+    for (id, why) in crate::away::switch_runs(&runs) {
+        needed.entry(id).or_insert(why);
+    }
     for drill in crate::report::last_drills(state_dir)? {
         if let Some(id) = drill.run_id {
             needed
