@@ -854,7 +854,10 @@ mod tests {
         assert_eq!(switched_of(&[promoted.clone(), failed], &services).len(), 1);
         // A service with no host of its own: any step of the failover switches it.
         let anywhere: BTreeMap<String, Option<String>> = [("lms-db".to_string(), None)].into();
-        assert_eq!(switched_of(std::slice::from_ref(&promoted), &anywhere).len(), 1);
+        assert_eq!(
+            switched_of(std::slice::from_ref(&promoted), &anywhere).len(),
+            1
+        );
         // `prune` keeps the failover that switched it and the failback that brought it back.
         let keep = switch_runs(&[promoted.clone(), failback.clone()]);
         assert_eq!(keep.keys().collect::<Vec<_>>(), ["R0", "R100"]);
