@@ -119,14 +119,22 @@ pub struct Switched {
     pub done: bool,
 }
 
-/// The services of `services` (each with its own host, `None`: any step counts) that a
-/// failover switched, from every run's events (in any order). Pure.
-pub fn switched_of(
+/// What one step of a run did to a service: switched it (a failover's step on its other
+/// side), or brought it back (a failback's or restore's step done on its own host).
+struct Move {
+    at: DateTime<Utc>,
+    run_id: String,
+    service: String,
+    switched: Option<Switched>,
+}
+
+/// The moves of the services of `services` (each with its own host, `None`: any step
+/// counts) that every run's events show, oldest first. Pure.
+fn moves_of(
     runs: &[(String, Vec<Event>)],
     services: &BTreeMap<String, Option<String>>,
-) -> BTreeMap<String, Switched> {
-    // (when, service, Some(switch) for a failover's, None for a failback's or restore's).
-    let mut moves: Vec<(DateTime<Utc>, String, Option<Switched>)> = Vec::new();
+) -> Vec<Move> {
+    let mut moves = Vec::new();
     for (run_id, events) in runs {
         let Some((mode, Some(plan))) = events.iter().find_map(|e| match e {
             Event::RunStarted { mode, plan, .. } => Some((*mode, plan.as_ref())),
@@ -172,6 +180,12 @@ pub fn switched_of(
             let Some(began) = began else { continue };
             // On its own host (or, when it has none, anywhere).
             let on_own = own.is_none() || (step.host.is_some() && step.host == *own);
+            let moved = |at, switched| Move {
+                at,
+                run_id: run_id.clone(),
+                service: step.service.clone(),
+                switched,
+            };
             if mode == Mode::Failover {
                 // On its other side: a step on a host, not its own. One that failed, timed
                 // out or never ended may have switched it too (a promotion that timed out).
@@ -184,9 +198,8 @@ pub fn switched_of(
                     None => (began, false),
                     Some(_) => continue,
                 };
-                moves.push((
+                moves.push(moved(
                     at,
-                    step.service.clone(),
                     Some(Switched {
                         run_id: run_id.clone(),
                         step: step.id.clone(),
@@ -199,25 +212,34 @@ pub fn switched_of(
                 && on_own
             {
                 // Brought back: a step of a failback or restore done on its own host.
-                moves.push((at, step.service.clone(), None));
+                moves.push(moved(at, None));
             }
         }
     }
-    moves.sort_by_key(|(at, _, _)| *at);
+    moves.sort_by_key(|m| m.at);
+    moves
+}
+
+/// The services of `services` (each with its own host, `None`: any step counts) that a
+/// failover switched, from every run's events (in any order). Pure.
+pub fn switched_of(
+    runs: &[(String, Vec<Event>)],
+    services: &BTreeMap<String, Option<String>>,
+) -> BTreeMap<String, Switched> {
     let mut out = BTreeMap::new();
-    for (_, service, switch) in moves {
-        match switch {
+    for m in moves_of(runs, services) {
+        match m.switched {
             // The first step of a run that switched it names the switch.
             Some(s) => {
                 if out
-                    .get(&service)
+                    .get(&m.service)
                     .is_none_or(|o: &Switched| o.run_id != s.run_id)
                 {
-                    out.insert(service, s);
+                    out.insert(m.service, s);
                 }
             }
             None => {
-                out.remove(&service);
+                out.remove(&m.service);
             }
         }
     }
@@ -239,49 +261,22 @@ pub fn switch_runs(runs: &[(String, Vec<Event>)]) -> BTreeMap<String, String> {
         .flatten()
         .map(|s| (s.service.clone(), None))
         .collect();
-    let mut out = BTreeMap::new();
-    // The newest failover of each service, switched or brought back since.
-    for (id, events) in runs {
-        let Some(mode) = events.iter().find_map(|e| match e {
-            Event::RunStarted { mode, .. } => Some(*mode),
-            _ => None,
-        }) else {
-            continue;
-        };
-        if !matches!(mode, Mode::Failover | Mode::Failback | Mode::Restore) {
-            continue;
-        }
-        let alone = [(id.clone(), events.clone())];
-        let switched = switched_of(&alone, &services);
-        for (service, s) in switched {
-            out.insert(service, (s.at, s.run_id.clone(), None::<String>));
-        }
-    }
-    // What brought each back since: the newest failback or restore after it.
-    for (id, events) in runs {
-        let Some((mode, at)) = events.iter().find_map(|e| match e {
-            Event::RunStarted { mode, at, .. } => Some((*mode, *at)),
-            _ => None,
-        }) else {
-            continue;
-        };
-        if !matches!(mode, Mode::Failback | Mode::Restore) {
-            continue;
-        }
-        for (service, (since, _, back)) in out.iter_mut() {
-            let touches = events.iter().any(|e| match e {
-                Event::RunStarted { plan: Some(p), .. } => {
-                    p.steps.iter().any(|s| s.service == *service)
+    // Per service: its newest failover, and what brought it back since.
+    let mut last: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
+    for m in moves_of(runs, &services) {
+        match m.switched {
+            Some(_) => {
+                last.insert(m.service, (m.run_id, None));
+            }
+            None => {
+                if let Some((_, back)) = last.get_mut(&m.service) {
+                    *back = Some(m.run_id);
                 }
-                _ => false,
-            });
-            if touches && at > *since {
-                *back = Some(id.clone());
             }
         }
     }
     let mut keep = BTreeMap::new();
-    for (service, (_, failover, back)) in out {
+    for (service, (failover, back)) in last {
         keep.entry(failover).or_insert_with(|| {
             format!("it may have switched service {service} to its other side: a restore reads it")
         });
@@ -294,7 +289,8 @@ pub fn switch_runs(runs: &[(String, Vec<Event>)]) -> BTreeMap<String, String> {
     keep
 }
 
-/// Every run's events this machine keeps, and a note for each journal that could not be read.
+/// Every run's events of a state folder, and a note for each journal that could not be read:
+/// one that cannot be read to its end counts for what comes before the damage.
 pub fn read_runs(state_dir: &Path) -> (Vec<(String, Vec<Event>)>, Vec<String>) {
     let mut runs = Vec::new();
     let mut unread = Vec::new();
@@ -447,13 +443,6 @@ fn starts_of(run_id: &str, events: &[Event]) -> Vec<Start> {
         }
     }
     out
-}
-
-/// [`away_of`] the runs of a state folder. A journal that cannot be read to its end counts for
-/// what comes before the damage; one that cannot be read at all is named in the second list.
-pub fn read(state_dir: &Path) -> (BTreeMap<String, Away>, Vec<String>) {
-    let (runs, unread) = read_runs(state_dir);
-    (away_of(&runs), unread)
 }
 
 #[cfg(test)]

@@ -789,7 +789,7 @@ fn refuse_elsewhere(
 fn refuse_switched(
     model: &Model,
     plan: &Plan,
-    state_dir: &Path,
+    runs: &[(String, Vec<Event>)],
     force: bool,
 ) -> Result<Vec<String>, RunError> {
     if plan.mode != Mode::Restore {
@@ -812,8 +812,7 @@ fn refuse_switched(
     if services.is_empty() {
         return Ok(Vec::new());
     }
-    let (runs, _) = crate::away::read_runs(state_dir);
-    let said = judge_switched(&crate::away::switched_of(&runs, &services));
+    let said = judge_switched(&crate::away::switched_of(runs, &services));
     if said.is_empty() || force {
         for s in &said {
             tracing::warn!("{s}");
@@ -1121,13 +1120,18 @@ pub struct Judged {
     pub unasked: Vec<String>,
 }
 
+/// What a restore reads of this machine's journals: every run's events ([`crate::away`]).
+type Runs = Vec<(String, Vec<Event>)>;
+
 /// For a restore: the vms this machine's journals show a failover left on their recovery host
-/// ([`crate::away`]), and a warning for each journal that could not be read.
-fn away_for(plan: &Plan, state_dir: &Path) -> (BTreeMap<String, Away>, Vec<String>) {
+/// ([`crate::away`]), a warning for each journal that could not be read, and the runs read
+/// (for [`refuse_switched`]).
+fn away_for(plan: &Plan, state_dir: &Path) -> (BTreeMap<String, Away>, Vec<String>, Runs) {
     if plan.mode != Mode::Restore {
-        return (BTreeMap::new(), Vec::new());
+        return (BTreeMap::new(), Vec::new(), Vec::new());
     }
-    let (away, unread) = crate::away::read(state_dir);
+    let (runs, unread) = crate::away::read_runs(state_dir);
+    let away = crate::away::away_of(&runs);
     let unread = unread
         .into_iter()
         .map(|why| {
@@ -1136,7 +1140,7 @@ fn away_for(plan: &Plan, state_dir: &Path) -> (BTreeMap<String, Away>, Vec<Strin
             )
         })
         .collect();
-    (away, unread)
+    (away, unread, runs)
 }
 
 /// A restore's question to the recovery site before each step that starts a vm
@@ -2543,7 +2547,7 @@ pub fn start(
     }
     // A vm never starts on one site while it runs on the other, or while the other holds
     // newer data of it (or, for a restore, this machine's journals say it does).
-    let (away, unread) = away_for(&plan, &opts.state_dir);
+    let (away, unread, runs) = away_for(&plan, &opts.state_dir);
     let force_restore = plan.mode == Mode::Restore && opts.force;
     let mut other_site = refuse_elsewhere(
         model,
@@ -2553,12 +2557,9 @@ pub fn start(
         force_restore,
     )?;
     other_site.warned.extend(unread);
-    other_site.forced.extend(refuse_switched(
-        model,
-        &plan,
-        &opts.state_dir,
-        force_restore,
-    )?);
+    other_site
+        .forced
+        .extend(refuse_switched(model, &plan, &runs, force_restore)?);
     // What a failback copies back over the primary's disks must be newer than them: a vm
     // running there is never overwritten; copies no failover started are refused unless
     // forced.
@@ -2908,7 +2909,7 @@ pub fn resume(
     // The vms it may still start, as at its start; a restore started with --force carries on
     // forced.
     let mut other_site = Judged::default();
-    let (away, unread) = away_for(&plan, state_dir);
+    let (away, unread, runs) = away_for(&plan, state_dir);
     let force_restore = plan.mode == Mode::Restore
         && (force
             || events
@@ -2933,7 +2934,7 @@ pub fn resume(
         other_site.warned.extend(unread);
         other_site
             .forced
-            .extend(refuse_switched(model, &left, state_dir, force_restore)?);
+            .extend(refuse_switched(model, &left, &runs, force_restore)?);
         forced.append(&mut other_site.forced);
     }
     other_site.warned.extend(settled);

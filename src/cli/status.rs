@@ -347,7 +347,7 @@ fn age_of(
     let Some((point, at)) = good else {
         return (None, None);
     };
-    if *at - now > chrono::Duration::seconds(60) {
+    if crate::replica::point::dated_ahead(*at, now) {
         return (
             None,
             Some(format!(

@@ -994,7 +994,7 @@ fn judge_points(points: &[Point], rpo_s: Option<u64>, now: DateTime<Utc>) -> (Le
         ),
         // Dated ahead of this clock (the machine that replicated it runs ahead, or this one
         // went back): how old it is cannot be told, so it is never taken as fresh.
-        _ if newest.taken_at - now > chrono::Duration::seconds(60) => (
+        _ if crate::replica::point::dated_ahead(newest.taken_at, now) => (
             Level::Failed,
             format!(
                 "newest point {} is dated {}, {} ahead of this machine's clock (the clock of the machine that replicated it runs ahead?): its age against the {rpo} cannot be told; set the clocks right (NTP), then replicate again",

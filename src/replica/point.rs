@@ -86,6 +86,13 @@ pub struct Point {
 /// ([`Point::pending`]).
 pub const PENDING_WHY: &str = "its disks were never confirmed to be of one instant (the replication did not get to the end: its driver's replicate-end, for disks read live under a freeze, or its look at the disks after their reads): the copy may be torn; replicate again";
 
+/// Whether a time some clock gave (a point's, taken by the machine that replicated it) is
+/// ahead of `now`, this machine's, by more than clocks kept by NTP drift apart: its age
+/// cannot be told, and it is never taken as fresh.
+pub fn dated_ahead(at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    at - now > chrono::Duration::seconds(60)
+}
+
 impl Point {
     /// What this point records of a dirty bitmap found missing writes
     /// ([`HowRead::missed`]): that many blocks, and no check has found none since.

@@ -1153,7 +1153,7 @@ fn copy_loss(run: &Run, id: &str, p: &PointUsed) -> Result<f64, String> {
     // Dated after the run used it (the clock of the machine that replicated it runs ahead
     // of this one): its age, and so the loss, cannot be told.
     if p.used_at
-        .is_some_and(|used| p.taken_at - used > chrono::Duration::seconds(60))
+        .is_some_and(|used| crate::replica::point::dated_ahead(p.taken_at, used))
     {
         return Err(run.l.loss_point_ahead(&p.item, &p.point));
     }
