@@ -473,7 +473,7 @@ pub enum Command {
     /// goes with each new point; `--dry-run` shows them. The disks of a VM stream at once
     /// (four at most), the VMs one after the other.
     #[command(
-        after_help = "Examples:\n  reprise replicate\n  reprise replicate --service erp-db --verify\n  reprise replicate --scan    (every block read, also for vms with changed_blocks)\n  REPRISE_HERE=hv-pra reprise replicate --compress    (on the recovery host, over a slow link)"
+        after_help = "Examples:\n  reprise replicate\n  reprise replicate --service erp-db --verify\n  reprise replicate --scan    (every block read, also for vms with changed_blocks)\n  REPRISE_HERE=hv-pra reprise replicate --compress    (on the recovery host, over a slow link)\n  reprise replicate --every 5m --here hv-pra    (runs on, its SSH connections kept between rounds)"
     )]
     Replicate {
         /// Only the vm of this service (or this vm) (repeatable).
@@ -497,6 +497,14 @@ pub enum Command {
         /// they are).
         #[arg(long)]
         compress: bool,
+        /// Keep running: replicate again every DURATION (`5m`, `7m30s`; 10 s at least) until
+        /// SIGTERM or Ctrl-C, keeping the SSH connections to the hosts between rounds (no new
+        /// login per round, which over a WAN is a good part of a small replication). Each
+        /// round reads the inventory again and prints what it did, when and how long it took;
+        /// a failed round is said and the next one runs as planned. Exits 0 when stopped
+        /// between rounds, 130 when a round was cut.
+        #[arg(long, value_name = "DURATION", value_parser = parse_every, conflicts_with = "dry_run")]
+        every: Option<std::time::Duration>,
         #[command(flatten)]
         ssh: replicate::SshArgs,
     },
@@ -726,6 +734,12 @@ pub fn main() -> u8 {
     };
     init_logs(cli.log_format);
     let outcome = run(&cli);
+    print(&outcome);
+    outcome.code
+}
+
+/// Writes an outcome's standard output and error.
+fn print(outcome: &Outcome) {
     // What hosts and journals said is shown, never obeyed by the terminal.
     // (On a terminal only: written to a file or a pipe, what was said is kept as it is.)
     use std::io::IsTerminal as _;
@@ -734,13 +748,12 @@ pub fn main() -> u8 {
         false => s.to_string(),
     };
     let (out, err) = (std::io::stdout(), std::io::stderr());
-    let _ = out
-        .lock()
-        .write_all(text(&outcome.stdout, out.is_terminal()).as_bytes());
-    let _ = err
-        .lock()
-        .write_all(text(&outcome.stderr, err.is_terminal()).as_bytes());
-    outcome.code
+    let mut o = out.lock();
+    let _ = o.write_all(text(&outcome.stdout, out.is_terminal()).as_bytes());
+    let _ = o.flush();
+    let mut e = err.lock();
+    let _ = e.write_all(text(&outcome.stderr, err.is_terminal()).as_bytes());
+    let _ = e.flush();
 }
 
 fn load(cli: &Cli) -> Result<(Model, String), Outcome> {
@@ -772,6 +785,33 @@ fn load(cli: &Cli) -> Result<(Model, String), Outcome> {
     }
 }
 
+/// [`load`], and the command's `--here` host must be one of the inventory's.
+fn load_here(cli: &Cli) -> Result<(Model, String), Outcome> {
+    let (model, warnings) = load(cli)?;
+    if let Some(here) = cli.command.here()
+        && !model.inventory.hosts.contains_key(here)
+    {
+        let known: Vec<&str> = model.inventory.hosts.keys().map(String::as_str).collect();
+        return Err(Outcome::err(
+            exit::USAGE,
+            format!(
+                "error: --here {here}: no such host in the inventory (hosts: {})\n",
+                known.join(", ")
+            ),
+        ));
+    }
+    Ok((model, warnings))
+}
+
+/// `--every`: a duration of 10 s at least.
+fn parse_every(s: &str) -> Result<std::time::Duration, String> {
+    let d: crate::duration::Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if d.secs() < 10 {
+        return Err(format!("{d} is too short: 10s at least"));
+    }
+    Ok(std::time::Duration::from_secs(d.secs()))
+}
+
 fn invalid(report: &Report) -> Outcome {
     Outcome::err(exit::INVALID_INPUT, report.render())
 }
@@ -781,22 +821,27 @@ pub fn run(cli: &Cli) -> Outcome {
     if let Some(outcome) = run_without_model(cli) {
         return outcome;
     }
-    let (model, warnings) = match load(cli) {
+    if let Command::Replicate {
+        services,
+        verify,
+        scan,
+        compress,
+        ssh,
+        every: Some(every),
+        ..
+    } = &cli.command
+    {
+        let flags = replicate::Flags {
+            verify: *verify,
+            scan: *scan || *verify,
+            compress: *compress,
+        };
+        return replicate::serve(|| load_here(cli), services, flags, ssh, *every);
+    }
+    let (model, warnings) = match load_here(cli) {
         Ok(m) => m,
         Err(o) => return o,
     };
-    if let Some(here) = cli.command.here()
-        && !model.inventory.hosts.contains_key(here)
-    {
-        let known: Vec<&str> = model.inventory.hosts.keys().map(String::as_str).collect();
-        return Outcome::err(
-            exit::USAGE,
-            format!(
-                "error: --here {here}: no such host in the inventory (hosts: {})\n",
-                known.join(", ")
-            ),
-        );
-    }
     let mut outcome = match run_with_model(cli, &model) {
         Ok(o) => o,
         Err(o) => return o,
@@ -961,6 +1006,7 @@ fn run_with_model(cli: &Cli, model: &Model) -> Result<Outcome, Outcome> {
             dry_run,
             compress,
             ssh,
+            every: _,
         } => replicate::replicate(
             model,
             services,

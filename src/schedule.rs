@@ -32,6 +32,9 @@ pub struct Options {
     /// Where `reprise status --format prometheus` writes its metrics every 5 minutes (a file
     /// in node-exporter's textfile folder), absolute; `None`: no metrics job.
     pub metrics: Option<String>,
+    /// The replications run as long-running services (`replicate --every`), which keep
+    /// their SSH connections between rounds, instead of from timers.
+    pub keep_connected: bool,
 }
 
 /// One scheduled command.
@@ -46,6 +49,8 @@ pub struct Job {
     pub args: Vec<String>,
     /// Longest a run may take before it is stopped (SIGTERM: it stops cleanly).
     pub timeout_min: u64,
+    /// A service that runs on its own (`replicate --every`), not a timer's one shot.
+    pub long_running: bool,
 }
 
 /// The jobs for a model: the nightly check, then one replication job per cadence.
@@ -56,6 +61,7 @@ pub fn jobs(model: &Model, opts: &Options) -> Vec<Job> {
         every_min: None,
         args: with_globals(opts, &["check"]),
         timeout_min: 60,
+        long_running: false,
     }];
     // Per cadence, the vms and backup sets whose RPO it holds.
     let mut by_cadence: BTreeMap<u64, Vec<String>> = BTreeMap::new();
@@ -89,7 +95,12 @@ pub fn jobs(model: &Model, opts: &Options) -> Vec<Job> {
         }
     }
     for (every, items) in by_cadence {
+        let cadence = label(every);
         let mut args: Vec<&str> = vec!["replicate"];
+        if opts.keep_connected {
+            args.push("--every");
+            args.push(&cadence);
+        }
         for id in &items {
             args.push("--service");
             args.push(id);
@@ -109,6 +120,7 @@ pub fn jobs(model: &Model, opts: &Options) -> Vec<Job> {
             args: with_globals(opts, &args),
             // A replication stuck past two periods is stopped so the next one can run.
             timeout_min: (every * 2).clamp(60, 1440),
+            long_running: opts.keep_connected,
         });
     }
     if let Some(file) = &opts.metrics {
@@ -129,6 +141,7 @@ pub fn jobs(model: &Model, opts: &Options) -> Vec<Job> {
             every_min: Some(5),
             args: with_globals(opts, &args),
             timeout_min: 5,
+            long_running: false,
         });
     }
     jobs
@@ -192,6 +205,10 @@ fn on_calendar(job: &Job, opts: &Options) -> String {
 pub fn systemd_units(jobs: &[Job], opts: &Options) -> Vec<(String, String)> {
     let mut units = Vec::new();
     for job in jobs {
+        if job.long_running {
+            units.push((format!("{}.service", job.name), long_running(job, opts)));
+            continue;
+        }
         let service = format!(
             "# Written by `reprise schedule`.\n\
              [Unit]\n\
@@ -236,6 +253,40 @@ pub fn systemd_units(jobs: &[Job], opts: &Options) -> Vec<(String, String)> {
         units.push((format!("{}.timer", job.name), timer));
     }
     units
+}
+
+/// The unit of a job that runs on its own: started at boot, started again 30 s after it
+/// fails; SIGTERM stops it cleanly (a round under way merges its snapshots back: exit 130).
+fn long_running(job: &Job, opts: &Options) -> String {
+    format!(
+        "# Written by `reprise schedule --keep-connected`.\n\
+         [Unit]\n\
+         Description={}\n\
+         After=network-online.target\n\
+         Wants=network-online.target\n\
+         \n\
+         [Service]\n\
+         Type=exec\n\
+         User={}\n\
+         WorkingDirectory={}\n\
+         ExecStart={}\n\
+         Restart=on-failure\n\
+         RestartSec=30s\n\
+         # SIGTERM stops reprise cleanly (a round under way merges its snapshots back).\n\
+         KillMode=mixed\n\
+         TimeoutStopSec=5min\n\
+         SuccessExitStatus=130\n\
+         Nice=10\n\
+         IOSchedulingClass=best-effort\n\
+         IOSchedulingPriority=7\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        job.description,
+        opts.user,
+        opts.workdir,
+        systemd_line(opts, &job.args),
+    )
 }
 
 /// The cron alternative: one `/etc/cron.d` file; `flock -n` keeps a run from starting while

@@ -1854,6 +1854,71 @@ impl SshTransport {
         self
     }
 
+    /// Whether `other` reaches every host as this transport does (the same hosts, addresses,
+    /// ports, users, keys and options): then this one's connections may serve it.
+    pub fn same_hosts(&self, other: &SshTransport) -> bool {
+        self.hosts == other.hosts
+            && self.policy == other.policy
+            && self.connect_timeout == other.connect_timeout
+            && self.here == other.here
+            && self.client == other.client
+    }
+
+    /// Sends a keepalive on every idle session that has been quiet for its interval (so that
+    /// a firewall or NAT between the sites keeps the connection); a session whose connection
+    /// ended is dropped (the next command to its host makes a new one).
+    pub fn keep_alive(&self) {
+        let mut idle = self.idle.lock().expect("not poisoned");
+        for (host, sessions) in idle.iter_mut() {
+            sessions.retain(|s| match s.raw.keepalive_send() {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::debug!(host, error = %e.message(), "idle ssh session ended");
+                    false
+                }
+            });
+        }
+    }
+
+    /// Checks every kept connection, all at once: an idle session that cannot open a channel
+    /// within `limit`, or a master connection that cannot run `true` within it, is ended (a
+    /// link that went down, a host frozen), so that the next command to its host makes a new
+    /// one at once instead of waiting on it for the connect timeout.
+    pub fn probe(&self, limit: Duration) {
+        let idle = std::mem::take(&mut *self.idle.lock().expect("not poisoned"));
+        std::thread::scope(|scope| {
+            for (host, sessions) in idle {
+                for session in sessions {
+                    let host = host.clone();
+                    scope.spawn(move || {
+                        session
+                            .raw
+                            .set_timeout(limit.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
+                        match session.open_channel() {
+                            Ok(mut channel) => {
+                                let _ = channel.close();
+                                drop(channel);
+                                session.raw.set_timeout(
+                                    self.connect_timeout
+                                        .as_millis()
+                                        .min(u128::from(u32::MAX))
+                                        as u32,
+                                );
+                                self.give_back(&host, session);
+                            }
+                            Err(e) => {
+                                tracing::debug!(host, error = %e, "idle ssh session did not answer: ended");
+                            }
+                        }
+                    });
+                }
+            }
+            scope.spawn(|| {
+                self.masters.probe(&self.hosts, self.connect_timeout, limit);
+            });
+        });
+    }
+
     fn idle_session(&self, host: &str) -> Option<Session> {
         self.idle
             .lock()

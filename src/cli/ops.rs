@@ -47,6 +47,11 @@ pub struct ScheduleArgs {
     /// /var/lib/prometheus/node-exporter/reprise.prom; its folder must exist.
     #[arg(long, value_name = "FILE")]
     pub metrics: Option<PathBuf>,
+    /// Each replication runs as a long-running service (`replicate --every`) that keeps its
+    /// SSH connections between rounds, instead of a timer starting a new command each time,
+    /// which logs in to every host again (over a WAN, a good part of a small replication).
+    #[arg(long, conflicts_with = "cron")]
+    pub keep_connected: bool,
 }
 
 fn parse_time(text: &str) -> Result<String, String> {
@@ -124,6 +129,7 @@ fn options(cli: &Cli, model: &Model, args: &ScheduleArgs) -> Result<Options, Out
         here: args.here.clone(),
         user: args.user.clone(),
         check_at: args.check_at.clone(),
+        keep_connected: args.keep_connected,
         metrics: match &args.metrics {
             // Refused now, not by every run of the timer.
             Some(file) if let Some(why) = crate::cli::overwrites_an_input(cli, file) => {
@@ -179,7 +185,13 @@ pub fn schedule(cli: &Cli, model: &Model, args: &ScheduleArgs) -> Outcome {
         .map(|(p, _)| format!("wrote {}\n", p.display()))
         .collect();
     if !args.cron {
-        let timers: Vec<String> = jobs.iter().map(|j| format!("{}.timer", j.name)).collect();
+        let timers: Vec<String> = jobs
+            .iter()
+            .map(|j| match j.long_running {
+                true => format!("{}.service", j.name),
+                false => format!("{}.timer", j.name),
+            })
+            .collect();
         out.push_str(&format!(
             "now run: systemctl daemon-reload && systemctl enable --now {}\n",
             timers.join(" ")

@@ -448,32 +448,181 @@ pub fn replicate(
         Ok(t) => t,
         Err(o) => return o,
     };
+    let flags = Flags {
+        verify,
+        scan,
+        compress,
+    };
+    let out = round(model, &vms, flags, &transport, &shutdown);
+    // The OpenSSH master connections end with the transport, on every way out (a signal
+    // included), once every snapshot is merged back.
+    drop(transport);
+    out
+}
+
+/// How `reprise replicate` reads and sends.
+#[derive(Debug, Clone, Copy)]
+pub struct Flags {
+    /// `--verify`.
+    pub verify: bool,
+    /// `--scan` (or `--verify`).
+    pub scan: bool,
+    /// `--compress`.
+    pub compress: bool,
+}
+
+/// One replication of `vms` through `transport`; a signal cuts it cleanly.
+fn round(
+    model: &Model,
+    vms: &[VmImages],
+    flags: Flags,
+    transport: &crate::ssh::SshTransport,
+    shutdown: &crate::shutdown::Shutdown,
+) -> Outcome {
+    let Flags {
+        verify,
+        scan,
+        compress,
+    } = flags;
     let stop = std::sync::atomic::AtomicBool::new(false);
     let finished = std::sync::atomic::AtomicBool::new(false);
     use std::sync::atomic::Ordering;
-    let out = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         // A signal cuts the transfers under way (their helpers stop, the recovery copies
         // keep their last point); what follows still runs: the snapshot is merged back.
         scope.spawn(|| {
             while !finished.load(Ordering::Relaxed) {
                 if shutdown.requested() {
                     stop.store(true, Ordering::Relaxed);
-                    crate::ssh::Transport::interrupt(&transport);
+                    crate::ssh::Transport::interrupt(transport);
                     return;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
         });
         let out = replicate_all(
-            model, &vms, verify, scan, compress, &transport, &stop, &shutdown,
+            model, vms, verify, scan, compress, transport, &stop, shutdown,
         );
         finished.store(true, Ordering::Relaxed);
         out
-    });
-    // The OpenSSH master connections end with the transport, on every way out (a signal
-    // included), once every snapshot is merged back.
-    drop(transport);
-    out
+    })
+}
+
+/// How often `reprise replicate --every` keeps its idle connections alive between rounds.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How long before a round `reprise replicate --every` checks its kept connections, and how
+/// long each may take to answer.
+const PROBE_LEAD: std::time::Duration = std::time::Duration::from_secs(5);
+const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `reprise replicate --every`: a round every `every` until a signal, each with the inventory
+/// as `load` reads it then, through SSH connections kept from round to round while the hosts'
+/// addresses, users and keys stay as they were (a connection that ended is made again).
+pub fn serve(
+    load: impl Fn() -> Result<(Model, String), Outcome>,
+    services: &[String],
+    flags: Flags,
+    ssh: &SshArgs,
+    every: std::time::Duration,
+) -> Outcome {
+    let shutdown = crate::shutdown::Shutdown::listen();
+    let mut kept: Option<crate::ssh::SshTransport> = None;
+    let mut number: u64 = 0;
+    loop {
+        number += 1;
+        let began = std::time::Instant::now();
+        let at = chrono::Utc::now();
+        let mut reached = false;
+        let mut out = match load() {
+            Err(o) => o,
+            Ok((model, warnings)) => {
+                let mut o = match select(&model, services).and_then(|vms| {
+                    let fresh = transport(&model, ssh)?;
+                    // A host reached otherwise now (address, port, user, key, options) gets
+                    // new connections: the kept ones end with the transport they belong to.
+                    let t = match kept.take() {
+                        Some(t) if t.same_hosts(&fresh) => t,
+                        _ => fresh,
+                    };
+                    reached = true;
+                    let o = round(&model, &vms, flags, &t, &shutdown);
+                    kept = Some(t);
+                    Ok(o)
+                }) {
+                    Ok(o) | Err(o) => o,
+                };
+                o.stderr = warnings + &o.stderr;
+                o
+            }
+        };
+        if !reached && number == 1 {
+            // A mistake in the command or the files, said to whoever starts it: no loop.
+            return out;
+        }
+        if !reached {
+            out.stderr.push_str(
+                "error: this round replicated nothing (the copies keep their points); the next one reads the inventory again\n",
+            );
+        }
+        let took = began.elapsed();
+        let next = at + chrono::Duration::from_std(every).unwrap_or_default();
+        out.stdout = format!(
+            "round {number}, {}: {} in {:.2} s{}\n{}",
+            at.format("%Y-%m-%dT%H:%M:%SZ"),
+            if out.code == exit::OK { "ok" } else { "FAILED" },
+            took.as_secs_f64(),
+            if shutdown.requested() {
+                String::new()
+            } else if took >= every {
+                format!(
+                    "; it took longer than --every {}: the next round starts now",
+                    crate::duration::Duration::from_secs(every.as_secs())
+                )
+            } else {
+                format!("; next round at {}", next.format("%H:%M:%SZ"))
+            },
+            out.stdout
+        );
+        let code = out.code;
+        super::print(&out);
+        if shutdown.requested() {
+            return Outcome {
+                code: if code == exit::INTERRUPTED {
+                    code
+                } else {
+                    exit::OK
+                },
+                ..Outcome::default()
+            };
+        }
+        // Until the next round: the idle connections kept alive (one that ended is
+        // dropped), a signal heard within 0.1 s.
+        let mut alive = std::time::Instant::now();
+        let mut probed = false;
+        while began.elapsed() < every {
+            if shutdown.requested() {
+                return Outcome::ok(format!(
+                    "stopped by {} between rounds\n",
+                    shutdown.reason().unwrap_or("a signal")
+                ));
+            }
+            if !probed && began.elapsed() + PROBE_LEAD >= every {
+                // Shortly before the round, not in it: a connection that stalled would hold
+                // the round up for the connect timeout at each of its commands.
+                if let Some(t) = &kept {
+                    t.probe(PROBE_LIMIT);
+                }
+                probed = true;
+            } else if alive.elapsed() >= KEEP_ALIVE {
+                if let Some(t) = &kept {
+                    t.keep_alive();
+                }
+                alive = std::time::Instant::now();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

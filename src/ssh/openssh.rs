@@ -374,6 +374,77 @@ impl Masters {
         })
     }
 
+    /// Runs `true` through every master that serves, all at once: one that does not answer
+    /// within `limit` (its connection stalled: a link down, a host frozen) or fails is ended,
+    /// so that the next stream to its host starts a new one instead of waiting on it.
+    pub fn probe(
+        &self,
+        specs: &HashMap<String, HostSpec>,
+        connect_timeout: Duration,
+        limit: Duration,
+    ) {
+        let slots: Vec<(String, Arc<Mutex<Slot>>)> = self
+            .hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(h, s)| (h.clone(), s.clone()))
+            .collect();
+        std::thread::scope(|scope| {
+            for (host, slot) in &slots {
+                let Some(spec) = specs.get(host) else {
+                    continue;
+                };
+                scope.spawn(move || {
+                    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+                    let key_type = slot.key_type.clone().unwrap_or_default();
+                    let Some(master) = slot.master.as_mut() else {
+                        return;
+                    };
+                    if !master.ready || !master.running() {
+                        return;
+                    }
+                    let answered = stream_command(
+                        spec,
+                        &key_type,
+                        connect_timeout,
+                        Some(&master.control),
+                        "true",
+                    )
+                    .ok()
+                    .and_then(|mut cmd| {
+                        cmd.stdin(Stdio::null())
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null());
+                        spawn_tied(cmd).ok()
+                    })
+                    .is_some_and(|mut child| {
+                        let until = Instant::now() + limit;
+                        loop {
+                            match child.try_wait() {
+                                Ok(Some(status)) => return status.success(),
+                                Ok(None) if Instant::now() < until => {
+                                    std::thread::sleep(Duration::from_millis(5));
+                                }
+                                _ => {
+                                    let _ = child.kill();
+                                    let _ = child.wait();
+                                    return false;
+                                }
+                            }
+                        }
+                    });
+                    if !answered {
+                        tracing::debug!(host, "ssh master did not answer: ended");
+                        if let Some(master) = slot.master.take() {
+                            master.close();
+                        }
+                    }
+                });
+            }
+        });
+    }
+
     fn slot(&self, host: &str) -> Arc<Mutex<Slot>> {
         self.hosts
             .lock()

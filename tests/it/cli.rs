@@ -315,3 +315,33 @@ fn a_resume_that_takes_no_points_refuses_to_be_given_some() {
         );
     }
 }
+
+#[test]
+fn a_replication_service_started_wrong_says_so_at_once_and_does_not_loop() {
+    let dir = mini_copy();
+    // Too short, or a dry run: a usage error.
+    let run = reprise(dir.path(), &["replicate", "--every", "5s"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("10s at least"), "{}", run.stderr);
+    let run = reprise(dir.path(), &["replicate", "--every", "10m", "--dry-run"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    // A name the inventory lacks, in the first round: said and ended there (exit 3), before
+    // any host is reached; a later round would say it and go on.
+    let run = reprise(
+        dir.path(),
+        &["replicate", "--every", "10m", "--service", "nope"],
+    );
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("unknown service, vm or backup set `nope`"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stdout.contains("round 1"), "{}", run.stdout);
+    // A broken inventory likewise.
+    std::fs::write(dir.path().join("inventory/hosts.toml"), "[hosts.x\n").unwrap();
+    let run = reprise(dir.path(), &["replicate", "--every", "10m"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stderr.contains("hosts.toml"), "{}", run.stderr);
+}

@@ -5515,3 +5515,162 @@ fn a_planned_failover_never_starts_a_vm_its_primary_still_runs() {
     assert_eq!(erp_db_on(&lab, "hv-pra"), "not defined");
     assert_eq!(erp_db_on(&lab, "hv-main"), "running");
 }
+
+/// A `reprise replicate --every` running in the background, its output in files.
+struct Service {
+    child: crate::common::Background,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Service {
+    /// What it printed so far.
+    fn out(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn err(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until round `n` has ended (its line printed) and gives that line.
+    fn round(&self, n: u32) -> String {
+        let head = format!("round {n}, ");
+        let until = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(line) = self.out().lines().find(|l| l.starts_with(&head)) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < until,
+                "round {n} never ended: {}\n{}",
+                self.out(),
+                self.err()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The logins it made so far (libssh2 sessions and OpenSSH masters).
+    fn logins(&self) -> usize {
+        self.err()
+            .lines()
+            .filter(|l| l.contains("ssh login") || l.contains("ssh master login"))
+            .count()
+    }
+}
+
+/// Sends `sig` (`-STOP`, `-CONT`, `-TERM`) to the per-connection processes of `host`'s sshd:
+/// the connections reprise holds to it, not its listener.
+fn signal_connections(lab: &Lab, host: &str, sig: &str) {
+    let pid = sshd_pid(lab, host);
+    let _ = Command::new("pkill").args([sig, "-P", pid.trim()]).status();
+}
+
+/// Continues the connections of a host stopped by [`signal_connections`], on every way out.
+struct Stopped<'a>(&'a Lab, &'a str);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        signal_connections(self.0, self.1, "-CONT");
+    }
+}
+
+#[test]
+fn a_replication_service_keeps_its_connections_between_rounds_and_replaces_those_that_end() {
+    let lab = Lab::up(163);
+    let dir = tempfile::tempdir().unwrap();
+    crate::common::copy_tree(&root().join("inventory"), &dir.path().join("inventory"));
+    crate::common::copy_tree(&root().join("runbooks"), &dir.path().join("runbooks"));
+    let (stdout, stderr) = (dir.path().join("out.txt"), dir.path().join("err.txt"));
+    let child = Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(lab.args(&["replicate", "--every", "10s", "--service", "erp-db"]))
+        .envs(LAB_SECRETS.iter().copied())
+        .env("REPRISE_LOG", "reprise=debug")
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut service = Service {
+        child: crate::common::Background(child),
+        stdout,
+        stderr,
+    };
+    let source = lab
+        .host_root("hv-main")
+        .join("srv/datastore/images/erp-db-data.qcow2");
+    let copy = lab
+        .host_root("hv-pra")
+        .join("srv/replicas/images/erp-db-data.qcow2");
+    let first = service.round(1);
+    assert!(first.contains(": ok in "), "{first}\n{}", service.err());
+    assert!(service.logins() > 0, "{}", service.err());
+
+    // Rounds 2 and 3 log in nowhere: the connections of round 1 carry them.
+    let logins = service.logins();
+    let line = service.round(3);
+    assert!(line.contains(": ok in "), "{line}\n{}", service.err());
+    assert_eq!(service.logins(), logins, "{}", service.err());
+
+    // What the guest writes between rounds is in the next round's copy, and connections its
+    // hosts ended between rounds are made again: the round does not fail for them.
+    write_64k(&source, 0x5a);
+    signal_connections(&lab, "hv-main", "-TERM");
+    signal_connections(&lab, "hv-pra", "-TERM");
+    let line = service.round(4);
+    assert!(line.contains(": ok in "), "{line}\n{}", service.err());
+    assert!(service.logins() > logins, "{}", service.err());
+    assert!(
+        std::fs::read(&copy).unwrap() == std::fs::read(&source).unwrap(),
+        "the copy is not the source after round 4"
+    );
+
+    // Connections that stall (the host or the link stops answering) are found before the
+    // round and ended; the round makes new ones.
+    {
+        let _stopped = Stopped(&lab, "hv-pra");
+        signal_connections(&lab, "hv-pra", "-STOP");
+        let line = service.round(5);
+        assert!(line.contains(": ok in "), "{line}\n{}", service.err());
+        let err = service.err();
+        assert!(
+            err.lines().any(|l| l.contains("did not answer: ended")
+                && l.contains("host=\"hv-pra\"")
+                && l.contains("idle ssh session")),
+            "{err}"
+        );
+        assert!(
+            err.lines()
+                .any(|l| l.contains("ssh master did not answer: ended") && l.contains("hv-pra")),
+            "{err}"
+        );
+    }
+
+    // An inventory broken between rounds: the round says where and replicates nothing, the
+    // next one (mended) runs as planned.
+    let hosts = dir.path().join("inventory/hosts.toml");
+    let good = std::fs::read_to_string(&hosts).unwrap();
+    std::fs::write(&hosts, format!("{good}\n[hosts.broken\n")).unwrap();
+    let line = service.round(6);
+    assert!(line.contains(": FAILED in "), "{line}");
+    let err = service.err();
+    assert!(err.contains("hosts.toml"), "{err}");
+    assert!(
+        err.contains("this round replicated nothing (the copies keep their points)"),
+        "{err}"
+    );
+    std::fs::write(&hosts, &good).unwrap();
+    let line = service.round(7);
+    assert!(line.contains(": ok in "), "{line}\n{}", service.err());
+
+    // SIGTERM between rounds: it ends at once, with 0.
+    service.child.signal(libc::SIGTERM);
+    assert_eq!(service.child.wait(Duration::from_secs(30)), 0);
+    assert!(
+        service.out().contains("stopped by SIGTERM between rounds"),
+        "{}",
+        service.out()
+    );
+}

@@ -104,6 +104,69 @@ fn schedule_units_pass_systemd_verification_and_follow_each_rpo() {
 }
 
 #[test]
+fn kept_connected_replications_are_services_that_run_on_their_own() {
+    tool("systemd-analyze");
+    let dir = tempfile::tempdir().unwrap();
+    let units = dir.path().join("units");
+    std::fs::create_dir(&units).unwrap();
+    let run = reprise(
+        &root(),
+        &[
+            "schedule",
+            "--keep-connected",
+            "--install",
+            "--dir",
+            units.to_str().unwrap(),
+            "--here",
+            "hv-pra",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut files: Vec<String> = std::fs::read_dir(&units)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    files.sort();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let read = |name: &str| std::fs::read_to_string(units.join(name)).unwrap();
+    // erp-db's RPO is 15 minutes: a service replicating it every 5, kept running.
+    let fast = read("reprise-replicate-5min.service");
+    assert!(
+        fast.contains("replicate --every 5min --service erp-db"),
+        "{fast}"
+    );
+    assert!(fast.contains("Restart=on-failure"), "{fast}");
+    assert!(fast.contains("SuccessExitStatus=130"), "{fast}");
+    assert!(fast.contains("WantedBy=multi-user.target"), "{fast}");
+    assert!(!units.join("reprise-replicate-5min.timer").exists());
+    // The nightly check keeps its timer; what to enable says both kinds.
+    assert!(read("reprise-check.timer").contains("OnCalendar=*-*-* 02:00:00"));
+    assert!(
+        run.stdout.contains("reprise-check.timer")
+            && run.stdout.contains("reprise-replicate-5min.service"),
+        "{}",
+        run.stdout
+    );
+    // Every replication is a service; cron cannot keep a connection.
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.contains("replicate") && f.ends_with(".timer"))
+    );
+    let cron = reprise(&root(), &["schedule", "--keep-connected", "--cron"]);
+    assert_eq!(cron.code, 2, "{cron:?}");
+}
+
+#[test]
 fn the_cron_alternative_runs_each_job_once_at_a_time() {
     let run = reprise(&root(), &["schedule", "--cron"]);
     assert_eq!(run.code, 0, "{run:?}");
