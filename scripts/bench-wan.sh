@@ -28,7 +28,9 @@
 # Env: RATE_MBIT (100), RTT_MS (30), LOSS_PCT (0.1), INIT_MIB (256), UPDATE_MIB (1024), PCTS ("1 10"),
 # REPS (3), NET (170: the lab's 127.NET addresses, inside "near"), LINK (auto | netem | tun),
 # CC (the TCP congestion control of both namespaces; default: as the machine's),
-# MODES ("openssh openssh-compress libssh2 libssh2-compress"), KEEP (0), LOG_DIR (each timed
+# MODES ("openssh openssh-compress libssh2 libssh2-compress"; also openssh-kept and
+# libssh2-kept: a round of a `replicate --every` kept running, its connections kept between
+# rounds, asked with SIGUSR1 and timed from the signal to the round's end), KEEP (0), LOG_DIR (each timed
 # reprise run's output appended to LOG_DIR/reprise-wan.log; with REPRISE_LOG=reprise=debug,
 # every login, remote command and stream, timed), MIN_FREE_GIB (8: refused
 # when the images, their copies and rsync's would leave less free disk), BIN (a reprise binary;
@@ -75,11 +77,13 @@ LAB=$TMP/lab
 NEAR=reprise-wan-near-$$
 FAR=reprise-wan-far-$$
 LINK_PID=
+declare -A KEPT_PID=()
 cleanup() {
   set +e
   for side in near far; do
     [ -f "$TMP/$side-sshd.pid" ] && kill "$(cat "$TMP/$side-sshd.pid")" 2>/dev/null
   done
+  for pid in "${KEPT_PID[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
   [ -n "$LINK_PID" ] && kill "$LINK_PID" 2>/dev/null && wait "$LINK_PID" 2>/dev/null
   "$BIN" lab down --lab-dir "$LAB" >/dev/null 2>&1
   ip netns del "$NEAR" 2>/dev/null
@@ -203,13 +207,50 @@ print(k * 65536)"
 }
 declare -A MODE_ARGS=(
   [openssh]="--ssh-client openssh" [openssh-compress]="--ssh-client openssh --compress"
-  [libssh2]="--ssh-client libssh2" [libssh2-compress]="--ssh-client libssh2 --compress")
+  [libssh2]="--ssh-client libssh2" [libssh2-compress]="--ssh-client libssh2 --compress"
+  [openssh-kept]="--ssh-client openssh" [libssh2-kept]="--ssh-client libssh2")
 declare -A MODE_NAME=(
   [openssh]="reprise, OpenSSH client" [openssh-compress]="reprise, OpenSSH client, \`--compress\`"
-  [libssh2]="reprise, libssh2" [libssh2-compress]="reprise, libssh2, \`--compress\`")
+  [libssh2]="reprise, libssh2" [libssh2-compress]="reprise, libssh2, \`--compress\`"
+  [openssh-kept]="reprise \`--every\`, a round, OpenSSH client"
+  [libssh2-kept]="reprise \`--every\`, a round, libssh2")
+# The modes ending in -kept run as `replicate --every 24h`, started once (its first round
+# untimed) and kept running; a timed run is one round asked with SIGUSR1, timed from the
+# signal to the round's line (its connections' check before the round included).
+start_kept() {
+  local mode=$1
+  # shellcheck disable=SC2086
+  ip netns exec "$FAR" "$BIN" --overlay "$TMP/wan-overlay.toml" --state-dir "$TMP/state" \
+    replicate --service erp-db --here hv-pra ${MODE_ARGS[$mode]} --every 24h \
+    > "$TMP/$mode.out" 2> "$TMP/$mode.err" &
+  KEPT_PID[$mode]=$!
+  kept_wait "$mode" 0
+}
+kept_rounds() { grep -c '^round ' "$TMP/$1.out" || true; }
+kept_wait() { # mode rounds-before: waits for the next round's line; fails unless it is ok
+  local n
+  for _ in $(seq 12000); do
+    n=$(kept_rounds "$1")
+    if [ "$n" -gt "$2" ]; then
+      grep '^round ' "$TMP/$1.out" | tail -1 | grep -q ': ok in ' && return 0
+      log "reprise --every failed: $(tail -20 "$TMP/$1.out" "$TMP/$1.err")"; exit 1
+    fi
+    kill -0 "${KEPT_PID[$1]}" 2>/dev/null || { log "reprise --every ended: $(cat "$TMP/$1.err")"; exit 1; }
+    sleep 0.01
+  done
+  log "reprise --every: no round within 120 s"; exit 1
+}
 # Timed replication over the link in mode $1: "seconds link_bytes".
 reprise_wan() {
-  local b0 t0 out
+  local b0 t0 out n
+  if [ -n "${KEPT_PID[$1]:-}" ]; then
+    n=$(kept_rounds "$1")
+    b0=$(link_bytes); t0=$EPOCHREALTIME
+    kill -USR1 "${KEPT_PID[$1]}"
+    kept_wait "$1" "$n"
+    echo "$(py "print($EPOCHREALTIME - $t0)") $(($(link_bytes) - b0))"
+    return
+  fi
   b0=$(link_bytes); t0=$EPOCHREALTIME
   # shellcheck disable=SC2086
   out=$(in_far "$BIN" --overlay "$TMP/wan-overlay.toml" --state-dir "$TMP/state" \
@@ -242,6 +283,9 @@ echo "# load at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
 # Helpers deployed (untimed), on the lab's loopback.
 make_image 1
 reprise_local
+for mode in "${MODES[@]}"; do
+  case $mode in *-kept) start_kept "$mode" ;; esac
+done
 
 # 1. Initial copy (INIT_MIB=0: none).
 INIT=$((INIT_MIB << 20))

@@ -501,8 +501,9 @@ pub enum Command {
         /// SIGTERM or Ctrl-C, keeping the SSH connections to the hosts between rounds (no new
         /// login per round, which over a WAN is a good part of a small replication). Each
         /// round reads the inventory again and prints what it did, when and how long it took;
-        /// a failed round is said and the next one runs as planned. Exits 0 when stopped
-        /// between rounds, 130 when a round was cut.
+        /// a failed round is said and the next one runs as planned. SIGUSR1 starts a round at
+        /// once (a fresh point before a planned failover). Exits 0 when stopped between
+        /// rounds, 130 when a round was cut.
         #[arg(long, value_name = "DURATION", value_parser = parse_every, conflicts_with = "dry_run")]
         every: Option<std::time::Duration>,
         #[command(flatten)]

@@ -95,6 +95,49 @@ impl Shutdown {
     }
 }
 
+/// SIGUSR1 heard: a long-running command's "now, not at the next time" (`reprise replicate
+/// --every` starts its next round at once).
+pub struct Asked(Arc<std::sync::atomic::AtomicBool>);
+
+impl Asked {
+    /// Starts listening for SIGUSR1 (on a thread of its own); returns once the handler is set,
+    /// so that the signal no longer ends the process. `None` if it could not be set.
+    pub fn listen() -> Option<Asked> {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let set = flag.clone();
+        let (ready_tx, ready) = std::sync::mpsc::channel::<bool>();
+        std::thread::Builder::new()
+            .name("reprise-usr1".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                else {
+                    let _ = ready_tx.send(false);
+                    return;
+                };
+                rt.block_on(async move {
+                    use tokio::signal::unix::{SignalKind, signal};
+                    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+                        let _ = ready_tx.send(false);
+                        return;
+                    };
+                    let _ = ready_tx.send(true);
+                    while usr1.recv().await.is_some() {
+                        set.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            })
+            .ok()?;
+        ready.recv().ok()?.then_some(Asked(flag))
+    }
+
+    /// Whether SIGUSR1 came since the last call.
+    pub fn take(&self) -> bool {
+        self.0.swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -527,8 +527,10 @@ pub fn serve(
     every: std::time::Duration,
 ) -> Outcome {
     let shutdown = crate::shutdown::Shutdown::listen();
+    let asked = crate::shutdown::Asked::listen();
     let mut kept: Option<crate::ssh::SshTransport> = None;
     let mut number: u64 = 0;
+    let mut now = false;
     loop {
         number += 1;
         let began = std::time::Instant::now();
@@ -568,7 +570,8 @@ pub fn serve(
         let took = began.elapsed();
         let next = at + chrono::Duration::from_std(every).unwrap_or_default();
         out.stdout = format!(
-            "round {number}, {}: {} in {:.2} s{}\n{}",
+            "round {number}{}, {}: {} in {:.2} s{}\n{}",
+            if now { " (asked by SIGUSR1)" } else { "" },
             at.format("%Y-%m-%dT%H:%M:%SZ"),
             if out.code == exit::OK { "ok" } else { "FAILED" },
             took.as_secs_f64(),
@@ -600,12 +603,22 @@ pub fn serve(
         // dropped), a signal heard within 0.1 s.
         let mut alive = std::time::Instant::now();
         let mut probed = false;
+        now = false;
         while began.elapsed() < every {
             if shutdown.requested() {
                 return Outcome::ok(format!(
                     "stopped by {} between rounds\n",
                     shutdown.reason().unwrap_or("a signal")
                 ));
+            }
+            if asked.as_ref().is_some_and(crate::shutdown::Asked::take) {
+                // A round now (`systemctl kill -s USR1 …`: a fresh point before a planned
+                // failover), its connections checked first.
+                if let Some(t) = &kept {
+                    t.probe(PROBE_LIMIT);
+                }
+                now = true;
+                break;
             }
             if !probed && began.elapsed() + PROBE_LEAD >= every {
                 // Shortly before the round, not in it: a connection that stalled would hold
@@ -620,7 +633,7 @@ pub fn serve(
                 }
                 alive = std::time::Instant::now();
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 }

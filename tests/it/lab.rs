@@ -5535,10 +5535,14 @@ impl Service {
 
     /// Waits until round `n` has ended (its line printed) and gives that line.
     fn round(&self, n: u32) -> String {
-        let head = format!("round {n}, ");
+        let heads = [format!("round {n}, "), format!("round {n} (")];
         let until = Instant::now() + Duration::from_secs(90);
         loop {
-            if let Some(line) = self.out().lines().find(|l| l.starts_with(&head)) {
+            let out = self.out();
+            if let Some(line) = out
+                .lines()
+                .find(|l| heads.iter().any(|h| l.starts_with(h.as_str())))
+            {
                 return line.to_string();
             }
             assert!(
@@ -5663,6 +5667,12 @@ fn a_replication_service_keeps_its_connections_between_rounds_and_replaces_those
     );
     std::fs::write(&hosts, &good).unwrap();
     let line = service.round(7);
+    assert!(line.contains(": ok in "), "{line}\n{}", service.err());
+
+    // SIGUSR1: a round at once, not at the next time.
+    service.child.signal(libc::SIGUSR1);
+    let line = service.round(8);
+    assert!(line.contains("round 8 (asked by SIGUSR1), "), "{line}");
     assert!(line.contains(": ok in "), "{line}\n{}", service.err());
 
     // SIGTERM between rounds: it ends at once, with 0.
