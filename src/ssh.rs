@@ -1864,6 +1864,22 @@ impl SshTransport {
             && self.client == other.client
     }
 
+    /// What the known_hosts files of this transport's hosts hold now (a digest of each, `None`
+    /// when it cannot be read): connections kept while it changes would go on trusting a key
+    /// that may no longer be trusted.
+    pub fn trust_stamp(&self) -> Vec<(PathBuf, Option<[u8; 32]>)> {
+        let mut files: Vec<&PathBuf> = self.hosts.values().map(|h| &h.known_hosts).collect();
+        files.sort();
+        files.dedup();
+        files
+            .into_iter()
+            .map(|f| {
+                let digest = std::fs::read(f).ok().map(|b| *blake3::hash(&b).as_bytes());
+                (f.clone(), digest)
+            })
+            .collect()
+    }
+
     /// Sends a keepalive on every idle session that has been quiet for its interval (so that
     /// a firewall or NAT between the sites keeps the connection); a session whose connection
     /// ended is dropped (the next command to its host makes a new one).

@@ -528,7 +528,9 @@ pub fn serve(
 ) -> Outcome {
     let shutdown = crate::shutdown::Shutdown::listen();
     let asked = crate::shutdown::Asked::listen();
-    let mut kept: Option<crate::ssh::SshTransport> = None;
+    // The transport kept from the last round, with what its hosts' known_hosts held then.
+    type Stamp = Vec<(PathBuf, Option<[u8; 32]>)>;
+    let mut kept: Option<(crate::ssh::SshTransport, Stamp)> = None;
     let mut number: u64 = 0;
     let mut now = false;
     loop {
@@ -541,15 +543,22 @@ pub fn serve(
             Ok((model, warnings)) => {
                 let mut o = match select(&model, services).and_then(|vms| {
                     let fresh = transport(&model, ssh)?;
-                    // A host reached otherwise now (address, port, user, key, options) gets
-                    // new connections: the kept ones end with the transport they belong to.
+                    // A host reached otherwise now (address, port, user, key, options), or a
+                    // known_hosts file changed (a key removed is no longer trusted), gets new
+                    // connections: the kept ones end with the transport they belong to.
                     let t = match kept.take() {
-                        Some(t) if t.same_hosts(&fresh) => t,
+                        Some((t, stamp))
+                            if t.same_hosts(&fresh) && stamp == fresh.trust_stamp() =>
+                        {
+                            t
+                        }
                         _ => fresh,
                     };
                     reached = true;
                     let o = round(&model, &vms, flags, &t, &shutdown);
-                    kept = Some(t);
+                    // Taken after the round: a key it learned (accept-new) is its own doing.
+                    let stamp = t.trust_stamp();
+                    kept = Some((t, stamp));
                     Ok(o)
                 }) {
                     Ok(o) | Err(o) => o,
@@ -582,8 +591,10 @@ pub fn serve(
                     "; it took longer than --every {}: the next round starts now",
                     crate::duration::Duration::from_secs(every.as_secs())
                 )
-            } else {
+            } else if next.date_naive() == at.date_naive() {
                 format!("; next round at {}", next.format("%H:%M:%SZ"))
+            } else {
+                format!("; next round at {}", next.format("%Y-%m-%dT%H:%M:%SZ"))
             },
             out.stdout
         );
@@ -614,7 +625,7 @@ pub fn serve(
             if asked.as_ref().is_some_and(crate::shutdown::Asked::take) {
                 // A round now (`systemctl kill -s USR1 …`: a fresh point before a planned
                 // failover), its connections checked first.
-                if let Some(t) = &kept {
+                if let Some((t, _)) = &kept {
                     t.probe(PROBE_LIMIT);
                 }
                 now = true;
@@ -623,12 +634,12 @@ pub fn serve(
             if !probed && began.elapsed() + PROBE_LEAD >= every {
                 // Shortly before the round, not in it: a connection that stalled would hold
                 // the round up for the connect timeout at each of its commands.
-                if let Some(t) = &kept {
+                if let Some((t, _)) = &kept {
                     t.probe(PROBE_LIMIT);
                 }
                 probed = true;
             } else if alive.elapsed() >= KEEP_ALIVE {
-                if let Some(t) = &kept {
+                if let Some((t, _)) = &kept {
                     t.keep_alive();
                 }
                 alive = std::time::Instant::now();

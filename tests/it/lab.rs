@@ -5675,6 +5675,35 @@ fn a_replication_service_keeps_its_connections_between_rounds_and_replaces_those
     assert!(line.contains("round 8 (asked by SIGUSR1), "), "{line}");
     assert!(line.contains(": ok in "), "{line}\n{}", service.err());
 
+    // A key taken out of known_hosts between rounds is no longer trusted: the kept
+    // connections are not used, and the host is refused until it is back.
+    let known_hosts = lab.lab().join("client/known_hosts");
+    let trusted = std::fs::read_to_string(&known_hosts).unwrap();
+    let lab_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.lab().join("lab.json")).unwrap())
+            .unwrap();
+    let address = lab_json["hosts"]["hv-main"]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let without: String = trusted
+        .lines()
+        .filter(|l| !l.contains(&format!("[{address}]:")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(without.len() < trusted.len(), "{trusted}");
+    std::fs::write(&known_hosts, without).unwrap();
+    let seen = service.err().len();
+    service.child.signal(libc::SIGUSR1);
+    let line = service.round(9);
+    assert!(line.contains(": FAILED in "), "{line}");
+    let said = service.err()[seen..].to_string();
+    assert!(said.contains("unknown host key for hv-main"), "{said}");
+    std::fs::write(&known_hosts, &trusted).unwrap();
+    service.child.signal(libc::SIGUSR1);
+    let line = service.round(10);
+    assert!(line.contains(": ok in "), "{line}\n{}", service.err());
+
     // SIGTERM between rounds: it ends at once, with 0.
     service.child.signal(libc::SIGTERM);
     assert_eq!(service.child.wait(Duration::from_secs(30)), 0);
