@@ -210,27 +210,11 @@ pub fn systemd_units(jobs: &[Job], opts: &Options) -> Vec<(String, String)> {
             continue;
         }
         let service = format!(
-            "# Written by `reprise schedule`.\n\
-             [Unit]\n\
-             Description={}\n\
-             After=network-online.target\n\
-             Wants=network-online.target\n\
-             \n\
-             [Service]\n\
-             Type=oneshot\n\
-             User={}\n\
-             WorkingDirectory={}\n\
-             ExecStart={}\n\
-             TimeoutStartSec={}min\n\
+            "{}TimeoutStartSec={}min\n\
              # SIGTERM stops reprise cleanly (snapshots merged back, journal closed).\n\
              KillMode=mixed\n\
-             Nice=10\n\
-             IOSchedulingClass=best-effort\n\
-             IOSchedulingPriority=7\n",
-            job.description,
-            opts.user,
-            opts.workdir,
-            systemd_line(opts, &job.args),
+             {GENTLE}",
+            service_head(job, opts, "reprise schedule", "oneshot"),
             job.timeout_min,
         );
         let timer = format!(
@@ -255,37 +239,45 @@ pub fn systemd_units(jobs: &[Job], opts: &Options) -> Vec<(String, String)> {
     units
 }
 
-/// The unit of a job that runs on its own: started at boot, started again 30 s after it
-/// fails; SIGTERM stops it cleanly (a round under way merges its snapshots back: exit 130).
-fn long_running(job: &Job, opts: &Options) -> String {
+/// What every reprise service does to leave production the machine first.
+const GENTLE: &str = "Nice=10\nIOSchedulingClass=best-effort\nIOSchedulingPriority=7\n";
+
+/// A service unit up to its `ExecStart=`, of systemd type `kind`, written by `by`.
+fn service_head(job: &Job, opts: &Options, by: &str, kind: &str) -> String {
     format!(
-        "# Written by `reprise schedule --keep-connected`.\n\
+        "# Written by `{by}`.\n\
          [Unit]\n\
          Description={}\n\
          After=network-online.target\n\
          Wants=network-online.target\n\
          \n\
          [Service]\n\
-         Type=exec\n\
+         Type={kind}\n\
          User={}\n\
          WorkingDirectory={}\n\
-         ExecStart={}\n\
-         Restart=on-failure\n\
+         ExecStart={}\n",
+        job.description,
+        opts.user,
+        opts.workdir,
+        systemd_line(opts, &job.args),
+    )
+}
+
+/// The unit of a job that runs on its own: started at boot, started again 30 s after it
+/// fails; SIGTERM stops it cleanly (a round under way merges its snapshots back: exit 130).
+fn long_running(job: &Job, opts: &Options) -> String {
+    format!(
+        "{}Restart=on-failure\n\
          RestartSec=30s\n\
          # SIGTERM stops reprise cleanly (a round under way merges its snapshots back).\n\
          KillMode=mixed\n\
          TimeoutStopSec=5min\n\
          SuccessExitStatus=130\n\
-         Nice=10\n\
-         IOSchedulingClass=best-effort\n\
-         IOSchedulingPriority=7\n\
+         {GENTLE}\
          \n\
          [Install]\n\
          WantedBy=multi-user.target\n",
-        job.description,
-        opts.user,
-        opts.workdir,
-        systemd_line(opts, &job.args),
+        service_head(job, opts, "reprise schedule --keep-connected", "exec"),
     )
 }
 
