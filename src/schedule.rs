@@ -263,11 +263,20 @@ fn service_head(job: &Job, opts: &Options, by: &str, kind: &str) -> String {
     )
 }
 
-/// The unit of a job that runs on its own: started at boot, started again 30 s after it
-/// fails; SIGTERM stops it cleanly (a round under way merges its snapshots back: exit 130).
+/// The unit of a job that runs on its own: started at boot once the clock is set (its point
+/// ids are to the second), started again 30 s after it ends unless stopped (a stray signal, a
+/// round past its limit, an upgrade of the binary); `systemctl reload` asks it for a round now
+/// (SIGUSR1 to it alone: its ssh connections and helpers are not told); SIGTERM stops it
+/// cleanly (a round under way merges its snapshots back: exit 130).
 fn long_running(job: &Job, opts: &Options) -> String {
+    let head = service_head(job, opts, "reprise schedule --keep-connected", "exec").replace(
+        "After=network-online.target\nWants=network-online.target\n",
+        "After=network-online.target time-sync.target\nWants=network-online.target\n",
+    );
     format!(
-        "{}Restart=on-failure\n\
+        "{head}# `systemctl reload` asks for a round now.\n\
+         ExecReload=/bin/kill -USR1 $MAINPID\n\
+         Restart=always\n\
          RestartSec=30s\n\
          # SIGTERM stops reprise cleanly (a round under way merges its snapshots back).\n\
          KillMode=mixed\n\
@@ -276,8 +285,7 @@ fn long_running(job: &Job, opts: &Options) -> String {
          {GENTLE}\
          \n\
          [Install]\n\
-         WantedBy=multi-user.target\n",
-        service_head(job, opts, "reprise schedule --keep-connected", "exec"),
+         WantedBy=multi-user.target\n"
     )
 }
 

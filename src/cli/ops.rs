@@ -169,6 +169,28 @@ pub fn schedule(cli: &Cli, model: &Model, args: &ScheduleArgs) -> Outcome {
         }
         return Outcome::ok(out);
     }
+    // A unit of the other kind from an earlier install would start the job a second way
+    // (a timer starting the long-running service of its name, a long-running service left
+    // enabled beside its new timer): disabled first.
+    let mut earlier = Vec::new();
+    if !args.cron {
+        for job in &jobs {
+            let timer = args.dir.join(format!("{}.timer", job.name));
+            if job.long_running && timer.exists() {
+                earlier.push(format!(
+                    "systemctl disable --now {}.timer && rm {} && ",
+                    job.name,
+                    crate::template::shell_quote(&timer.display().to_string())
+                ));
+            }
+            let service = args.dir.join(format!("{}.service", job.name));
+            let was_long_running = std::fs::read_to_string(&service)
+                .is_ok_and(|t| t.contains("reprise schedule --keep-connected"));
+            if !job.long_running && was_long_running {
+                earlier.push(format!("systemctl disable --now {}.service && ", job.name));
+            }
+        }
+    }
     for (path, text) in &files {
         let tmp = path.with_extension("reprise-tmp");
         let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
@@ -193,7 +215,8 @@ pub fn schedule(cli: &Cli, model: &Model, args: &ScheduleArgs) -> Outcome {
             })
             .collect();
         out.push_str(&format!(
-            "now run: systemctl daemon-reload && systemctl enable --now {}\n",
+            "now run: {}systemctl daemon-reload && systemctl enable --now {}\n",
+            earlier.concat(),
             timers.join(" ")
         ));
     }

@@ -453,7 +453,7 @@ pub fn replicate(
         scan,
         compress,
     };
-    let out = round(model, &vms, flags, &transport, &shutdown);
+    let out = round(model, &vms, flags, &transport, &shutdown, None);
     // The OpenSSH master connections end with the transport, on every way out (a signal
     // included), once every snapshot is merged back.
     drop(transport);
@@ -471,14 +471,17 @@ pub struct Flags {
     pub compress: bool,
 }
 
-/// One replication of `vms` through `transport`; a signal cuts it cleanly.
+/// One replication of `vms` through `transport`; a signal cuts it cleanly, and so does
+/// `limit` when it runs past it (then `shutdown` says [`ROUND_LIMIT`]).
 fn round(
     model: &Model,
     vms: &[VmImages],
     flags: Flags,
     transport: &crate::ssh::SshTransport,
     shutdown: &crate::shutdown::Shutdown,
+    limit: Option<std::time::Duration>,
 ) -> Outcome {
+    let began = std::time::Instant::now();
     let Flags {
         verify,
         scan,
@@ -492,6 +495,9 @@ fn round(
         // keep their last point); what follows still runs: the snapshot is merged back.
         scope.spawn(|| {
             while !finished.load(Ordering::Relaxed) {
+                if limit.is_some_and(|l| began.elapsed() > l) {
+                    shutdown.trigger(ROUND_LIMIT);
+                }
                 if shutdown.requested() {
                     stop.store(true, Ordering::Relaxed);
                     crate::ssh::Transport::interrupt(transport);
@@ -516,6 +522,38 @@ const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 const PROBE_LEAD: std::time::Duration = std::time::Duration::from_secs(5);
 const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// How long `reprise replicate --every` keeps a connection at most: then it logs in again
+/// (a name that now resolves to another address, a client key withdrawn, are then seen).
+const KEPT_AT_MOST: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Why a round of `reprise replicate --every` was stopped when it ran past its limit.
+const ROUND_LIMIT: &str = "the round's time limit";
+
+/// The longest a round of `replicate --every DURATION` may run: two periods, one hour at
+/// least and a day at most (as a timer's run of `reprise schedule`).
+fn round_limit(every: std::time::Duration) -> std::time::Duration {
+    (every * 2).clamp(
+        std::time::Duration::from_secs(3600),
+        std::time::Duration::from_secs(86_400),
+    )
+}
+
+/// This binary's file, to tell when it was replaced (an upgrade).
+fn own_file() -> Option<(PathBuf, (u64, u64))> {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = std::env::current_exe().ok()?;
+    let meta = std::fs::metadata(&path).ok()?;
+    Some((path, (meta.dev(), meta.ino())))
+}
+
+/// A connection kept from one round to the next: the transport, what its hosts' known_hosts
+/// files held when it was made (and still held after each round since), and when it was made.
+type Kept = (
+    crate::ssh::SshTransport,
+    Vec<(PathBuf, Option<[u8; 32]>)>,
+    std::time::Instant,
+);
+
 /// `reprise replicate --every`: a round every `every` until a signal, each with the inventory
 /// as `load` reads it then, through SSH connections kept from round to round while the hosts'
 /// addresses, users and keys stay as they were (a connection that ended is made again).
@@ -528,12 +566,33 @@ pub fn serve(
 ) -> Outcome {
     let shutdown = crate::shutdown::Shutdown::listen();
     let asked = crate::shutdown::Asked::listen();
-    // The transport kept from the last round, with what its hosts' known_hosts held then.
-    type Stamp = Vec<(PathBuf, Option<[u8; 32]>)>;
-    let mut kept: Option<(crate::ssh::SshTransport, Stamp)> = None;
+    let binary = own_file();
+    let stopped = |shutdown: &crate::shutdown::Shutdown| {
+        Outcome::ok(format!(
+            "stopped by {} between rounds\n",
+            shutdown.reason().unwrap_or("a signal")
+        ))
+    };
+    let mut kept: Option<Kept> = None;
     let mut number: u64 = 0;
     let mut now = false;
     loop {
+        if shutdown.requested() {
+            return stopped(&shutdown);
+        }
+        // An upgrade replaced this binary: the helper it runs here is gone with it, and the
+        // new one should run. The service manager starts it again (`Restart=always`).
+        if let Some((path, id)) = &binary
+            && own_file().is_none_or(|(p, now)| &p != path || &now != id)
+        {
+            return Outcome::err(
+                exit::FAILED,
+                format!(
+                    "error: {} was replaced (an upgrade?): exiting so that the new one is started (`reprise schedule --keep-connected` units start it again)\n",
+                    path.display()
+                ),
+            );
+        }
         number += 1;
         let began = std::time::Instant::now();
         let at = chrono::Utc::now();
@@ -542,23 +601,38 @@ pub fn serve(
             Err(o) => o,
             Ok((model, warnings)) => {
                 let mut o = match select(&model, services).and_then(|vms| {
+                    if let Some(secs) = crate::replica::remote::clock_behind_points() {
+                        reached = true;
+                        return Err(Outcome::err(
+                            exit::FAILED,
+                            format!(
+                                "error: this machine's clock went back {secs} s since this command's last points (point ids are to the second): no round until it passes them again, or restart this command\n"
+                            ),
+                        ));
+                    }
                     let fresh = transport(&model, ssh)?;
-                    // A host reached otherwise now (address, port, user, key, options), or a
-                    // known_hosts file changed (a key removed is no longer trusted), gets new
-                    // connections: the kept ones end with the transport they belong to.
-                    let t = match kept.take() {
-                        Some((t, stamp))
-                            if t.same_hosts(&fresh) && stamp == fresh.trust_stamp() =>
+                    let trusted = fresh.trust_stamp();
+                    // A host reached otherwise now (address, port, user, key, options), a
+                    // known_hosts file changed (a key taken out is no longer trusted), or
+                    // connections an hour old: new connections. The kept ones end with the
+                    // transport they belong to.
+                    let (t, made) = match kept.take() {
+                        Some((t, stamp, made))
+                            if t.same_hosts(&fresh)
+                                && stamp == trusted
+                                && made.elapsed() < KEPT_AT_MOST =>
                         {
-                            t
+                            (t, made)
                         }
-                        _ => fresh,
+                        _ => (fresh, std::time::Instant::now()),
                     };
                     reached = true;
-                    let o = round(&model, &vms, flags, &t, &shutdown);
-                    // Taken after the round: a key it learned (accept-new) is its own doing.
-                    let stamp = t.trust_stamp();
-                    kept = Some((t, stamp));
+                    let o = round(&model, &vms, flags, &t, &shutdown, Some(round_limit(every)));
+                    // Kept only if the files did not change during the round either (a key
+                    // it learned under accept-new included: the next round logs in again).
+                    if t.trust_stamp() == trusted {
+                        kept = Some((t, trusted, made));
+                    }
                     Ok(o)
                 }) {
                     Ok(o) | Err(o) => o,
@@ -600,14 +674,22 @@ pub fn serve(
         );
         let code = out.code;
         super::print(&out);
+        if shutdown.reason() == Some(ROUND_LIMIT) {
+            return Outcome::err(
+                exit::FAILED,
+                format!(
+                    "error: round {number} ran past its limit of {} and was stopped (its snapshots merged back): exiting so that the service starts afresh\n",
+                    crate::duration::Duration::from_secs(round_limit(every).as_secs())
+                ),
+            );
+        }
         if shutdown.requested() {
-            return Outcome {
-                code: if code == exit::INTERRUPTED {
-                    code
-                } else {
-                    exit::OK
+            return match code {
+                exit::INTERRUPTED => Outcome {
+                    code,
+                    ..Outcome::default()
                 },
-                ..Outcome::default()
+                _ => stopped(&shutdown),
             };
         }
         // Until the next round: the idle connections kept alive (one that ended is
@@ -617,15 +699,12 @@ pub fn serve(
         now = false;
         while began.elapsed() < every {
             if shutdown.requested() {
-                return Outcome::ok(format!(
-                    "stopped by {} between rounds\n",
-                    shutdown.reason().unwrap_or("a signal")
-                ));
+                return stopped(&shutdown);
             }
             if asked.as_ref().is_some_and(crate::shutdown::Asked::take) {
-                // A round now (`systemctl kill -s USR1 …`: a fresh point before a planned
+                // A round now (`systemctl reload …`: a fresh point before a planned
                 // failover), its connections checked first.
-                if let Some((t, _)) = &kept {
+                if let Some((t, _, _)) = &kept {
                     t.probe(PROBE_LIMIT);
                 }
                 now = true;
@@ -634,12 +713,12 @@ pub fn serve(
             if !probed && began.elapsed() + PROBE_LEAD >= every {
                 // Shortly before the round, not in it: a connection that stalled would hold
                 // the round up for the connect timeout at each of its commands.
-                if let Some((t, _)) = &kept {
+                if let Some((t, _, _)) = &kept {
                     t.probe(PROBE_LIMIT);
                 }
                 probed = true;
             } else if alive.elapsed() >= KEEP_ALIVE {
-                if let Some((t, _)) = &kept {
+                if let Some((t, _, _)) = &kept {
                     t.keep_alive();
                 }
                 alive = std::time::Instant::now();

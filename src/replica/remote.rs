@@ -2333,6 +2333,21 @@ fn last_second(taken: &BTreeMap<String, i64>, item: &str) -> i64 {
     taken.get(item).copied().unwrap_or(began).max(began)
 }
 
+/// How far this clock is now behind the newest second this process took a point in (or
+/// began in), when it is more than 2 s behind: the clock went back since (NTP stepped it).
+/// A replication would then wait, its disks frozen, until the clock passes that second
+/// again: a long-running command refuses its round instead.
+pub fn clock_behind_points() -> Option<i64> {
+    let began = *BEGAN.get_or_init(|| Utc::now().timestamp());
+    let newest = taken().values().copied().max().unwrap_or(began).max(began);
+    behind(newest, Utc::now().timestamp())
+}
+
+/// How far `now` is behind `newest` (seconds since the epoch), when more than 2 s.
+fn behind(newest: i64, now: i64) -> Option<i64> {
+    newest.checked_sub(now).filter(|b| *b > 2)
+}
+
 /// How long to wait, now, before a point of `item` may be taken (see [`point_taken_now`]).
 pub fn wait_for_point(item: &str) -> Option<std::time::Duration> {
     wait_after_point(last_second(&taken(), item), Utc::now())
@@ -2600,6 +2615,18 @@ mod tests {
         );
         assert!(cut.write_failed_first, "{cut:?}");
         assert!(!said.load(std::sync::atomic::Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_clock_gone_back_past_the_newest_point_is_told_beyond_two_seconds() {
+        assert_eq!(behind(1_000, 1_000), None);
+        assert_eq!(behind(1_000, 1_005), None);
+        // Within the wait for the next second (or two): a round simply waits.
+        assert_eq!(behind(1_002, 1_000), None);
+        assert_eq!(behind(1_003, 1_000), Some(3));
+        assert_eq!(behind(4_600, 1_000), Some(3_600));
+        assert_eq!(behind(i64::MIN, i64::MAX), None);
+        assert_eq!(behind(i64::MAX, i64::MIN), None);
     }
 
     #[test]

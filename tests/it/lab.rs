@@ -5564,11 +5564,25 @@ impl Service {
     }
 }
 
-/// Sends `sig` (`-STOP`, `-CONT`, `-TERM`) to the per-connection processes of `host`'s sshd:
-/// the connections reprise holds to it, not its listener.
+/// Sends `sig` (`-STOP`, `-CONT`, `-TERM`) to the per-connection processes of `host`'s sshd
+/// (its children and theirs, whichever handles the connection): the connections reprise holds
+/// to it, not its listener.
 fn signal_connections(lab: &Lab, host: &str, sig: &str) {
-    let pid = sshd_pid(lab, host);
-    let _ = Command::new("pkill").args([sig, "-P", pid.trim()]).status();
+    let mut parents = vec![sshd_pid(lab, host).trim().to_string()];
+    let mut all = Vec::new();
+    while let Some(parent) = parents.pop() {
+        let children = Command::new("pgrep")
+            .args(["-P", &parent])
+            .output()
+            .unwrap();
+        for child in String::from_utf8_lossy(&children.stdout).split_whitespace() {
+            parents.push(child.to_string());
+            all.push(child.to_string());
+        }
+    }
+    if !all.is_empty() {
+        let _ = Command::new("kill").arg(sig).args(&all).status();
+    }
 }
 
 /// Continues the connections of a host stopped by [`signal_connections`], on every way out.
@@ -5588,7 +5602,9 @@ fn a_replication_service_keeps_its_connections_between_rounds_and_replaces_those
     crate::common::copy_tree(&root().join("runbooks"), &dir.path().join("runbooks"));
     let (stdout, stderr) = (dir.path().join("out.txt"), dir.path().join("err.txt"));
     let child = Command::new(env!("CARGO_BIN_EXE_reprise"))
-        .args(lab.args(&["replicate", "--every", "10s", "--service", "erp-db"]))
+        // 12 s: the check of the connections, 5 s before a round, comes well after what
+        // the test does once the round before has ended.
+        .args(lab.args(&["replicate", "--every", "12s", "--service", "erp-db"]))
         .envs(LAB_SECRETS.iter().copied())
         .env("REPRISE_LOG", "reprise=debug")
         .current_dir(dir.path())
@@ -5712,4 +5728,52 @@ fn a_replication_service_keeps_its_connections_between_rounds_and_replaces_those
         "{}",
         service.out()
     );
+
+    // Its binary replaced (an upgrade) between rounds: it ends with 1 before the next round,
+    // saying why, so that the service manager starts the new one.
+    let binary = dir.path().join("reprise");
+    std::fs::copy(env!("CARGO_BIN_EXE_reprise"), &binary).unwrap();
+    let (stdout, stderr) = (dir.path().join("out2.txt"), dir.path().join("err2.txt"));
+    // A file just written may still be open in a process another test forked meanwhile
+    // (ETXTBSY): tried again.
+    let child = (0..50)
+        .find_map(|_| {
+            let spawned = Command::new(&binary)
+                .args(lab.args(&["replicate", "--every", "12s", "--service", "erp-db"]))
+                .envs(LAB_SECRETS.iter().copied())
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&stdout).unwrap())
+                .stderr(std::fs::File::create(&stderr).unwrap())
+                .spawn();
+            match spawned {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    None
+                }
+                other => Some(other.unwrap()),
+            }
+        })
+        .expect("the copied binary runs");
+    let mut upgraded = Service {
+        child: crate::common::Background(child),
+        stdout,
+        stderr,
+    };
+    let line = upgraded.round(1);
+    assert!(line.contains(": ok in "), "{line}\n{}", upgraded.err());
+    let new = dir.path().join("reprise.new");
+    std::fs::copy(env!("CARGO_BIN_EXE_reprise"), &new).unwrap();
+    std::fs::rename(&new, &binary).unwrap();
+    upgraded.child.signal(libc::SIGUSR1);
+    assert_eq!(upgraded.child.wait(Duration::from_secs(30)), 1);
+    let err = upgraded.err();
+    assert!(
+        err.contains(&format!(
+            "error: {} was replaced (an upgrade?): exiting",
+            binary.display()
+        )),
+        "{err}"
+    );
+    assert!(!upgraded.out().contains("round 2"), "{}", upgraded.out());
 }

@@ -109,6 +109,12 @@ fn kept_connected_replications_are_services_that_run_on_their_own() {
     let dir = tempfile::tempdir().unwrap();
     let units = dir.path().join("units");
     std::fs::create_dir(&units).unwrap();
+    // Timers of an earlier install, without --keep-connected.
+    let earlier = reprise(
+        &root(),
+        &["schedule", "--install", "--dir", units.to_str().unwrap()],
+    );
+    assert_eq!(earlier.code, 0, "{earlier:?}");
     let run = reprise(
         &root(),
         &[
@@ -122,6 +128,30 @@ fn kept_connected_replications_are_services_that_run_on_their_own() {
         ],
     );
     assert_eq!(run.code, 0, "{run:?}");
+    // Every replication is a service: no timer of one is written.
+    assert!(
+        !run.stdout
+            .lines()
+            .any(|l| l.starts_with("wrote ") && l.contains("replicate") && l.ends_with(".timer")),
+        "{}",
+        run.stdout
+    );
+    // The earlier timer would start the new service of its name: it goes first.
+    let timer = units.join("reprise-replicate-5min.timer");
+    assert!(
+        run.stdout.contains(&format!(
+            "now run: systemctl disable --now reprise-replicate-5min.timer && rm {} && ",
+            timer.display()
+        )),
+        "{}",
+        run.stdout
+    );
+    for f in std::fs::read_dir(&units).unwrap() {
+        let f = f.unwrap().path();
+        if f.display().to_string().contains("replicate") && f.extension().unwrap() == "timer" {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
     let mut files: Vec<String> = std::fs::read_dir(&units)
         .unwrap()
         .map(|e| e.unwrap().path().display().to_string())
@@ -144,7 +174,17 @@ fn kept_connected_replications_are_services_that_run_on_their_own() {
         fast.contains("replicate --every 5min --service erp-db"),
         "{fast}"
     );
-    assert!(fast.contains("Restart=on-failure"), "{fast}");
+    // Started again whatever ended it, unless stopped; after the clock is set; a round now
+    // on `systemctl reload`, told to reprise alone.
+    assert!(fast.contains("\nRestart=always\n"), "{fast}");
+    assert!(
+        fast.contains("After=network-online.target time-sync.target\n"),
+        "{fast}"
+    );
+    assert!(
+        fast.contains("\nExecReload=/bin/kill -USR1 $MAINPID\n"),
+        "{fast}"
+    );
     assert!(fast.contains("SuccessExitStatus=130"), "{fast}");
     assert!(fast.contains("WantedBy=multi-user.target"), "{fast}");
     assert!(!units.join("reprise-replicate-5min.timer").exists());
@@ -156,14 +196,22 @@ fn kept_connected_replications_are_services_that_run_on_their_own() {
         "{}",
         run.stdout
     );
-    // Every replication is a service; cron cannot keep a connection.
-    assert!(
-        !files
-            .iter()
-            .any(|f| f.contains("replicate") && f.ends_with(".timer"))
-    );
+    // Cron cannot keep a connection.
     let cron = reprise(&root(), &["schedule", "--keep-connected", "--cron"]);
     assert_eq!(cron.code, 2, "{cron:?}");
+    // Back to timers: the long-running service, enabled, is disabled first.
+    let back = reprise(
+        &root(),
+        &["schedule", "--install", "--dir", units.to_str().unwrap()],
+    );
+    assert_eq!(back.code, 0, "{back:?}");
+    assert!(
+        back.stdout
+            .contains("now run: systemctl disable --now reprise-replicate-5min.service && "),
+        "{}",
+        back.stdout
+    );
+    assert!(!read("reprise-replicate-5min.service").contains("--every"));
 }
 
 #[test]
