@@ -278,6 +278,8 @@ fn long_running(job: &Job, opts: &Options) -> String {
          ExecReload=/bin/kill -USR1 $MAINPID\n\
          Restart=always\n\
          RestartSec=30s\n\
+         # A wrong command line (exit 2) is not tried again.\n\
+         RestartPreventExitStatus=2\n\
          # SIGTERM stops reprise cleanly (a round under way merges its snapshots back).\n\
          KillMode=mixed\n\
          TimeoutStopSec=5min\n\

@@ -1924,6 +1924,7 @@ impl SshTransport {
                             }
                             Err(e) => {
                                 tracing::debug!(host, error = %e, "idle ssh session did not answer: ended");
+                                session.discard();
                             }
                         }
                     });

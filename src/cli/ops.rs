@@ -169,28 +169,14 @@ pub fn schedule(cli: &Cli, model: &Model, args: &ScheduleArgs) -> Outcome {
         }
         return Outcome::ok(out);
     }
-    // A unit of the other kind from an earlier install would start the job a second way
-    // (a timer starting the long-running service of its name, a long-running service left
-    // enabled beside its new timer): disabled first.
-    let mut earlier = Vec::new();
-    if !args.cron {
-        for job in &jobs {
-            let timer = args.dir.join(format!("{}.timer", job.name));
-            if job.long_running && timer.exists() {
-                earlier.push(format!(
-                    "systemctl disable --now {}.timer && rm {} && ",
-                    job.name,
-                    crate::template::shell_quote(&timer.display().to_string())
-                ));
-            }
-            let service = args.dir.join(format!("{}.service", job.name));
-            let was_long_running = std::fs::read_to_string(&service)
-                .is_ok_and(|t| t.contains("reprise schedule --keep-connected"));
-            if !job.long_running && was_long_running {
-                earlier.push(format!("systemctl disable --now {}.service && ", job.name));
-            }
-        }
-    }
+    // Units of an earlier install that this one does not write would start a job a second
+    // way (a timer starting the long-running service of its name, a long-running service left
+    // enabled beside its new timer, a cadence no RPO needs any more): disabled first.
+    let earlier = if args.cron {
+        Vec::new()
+    } else {
+        earlier_units(&args.dir, &jobs)
+    };
     for (path, text) in &files {
         let tmp = path.with_extension("reprise-tmp");
         let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
@@ -207,20 +193,79 @@ pub fn schedule(cli: &Cli, model: &Model, args: &ScheduleArgs) -> Outcome {
         .map(|(p, _)| format!("wrote {}\n", p.display()))
         .collect();
     if !args.cron {
-        let timers: Vec<String> = jobs
-            .iter()
-            .map(|j| match j.long_running {
-                true => format!("{}.service", j.name),
-                false => format!("{}.timer", j.name),
-            })
-            .collect();
+        let name = |long: bool, suffix: &str| -> Vec<String> {
+            jobs.iter()
+                .filter(|j| j.long_running == long)
+                .map(|j| format!("{}.{suffix}", j.name))
+                .collect()
+        };
+        let (timers, services) = (name(false, "timer"), name(true, "service"));
+        // A long-running service already running is restarted, so that its new command
+        // line runs (a round it cuts is merged back and taken again at once).
+        let services = match services.is_empty() {
+            true => String::new(),
+            false => format!(
+                " && systemctl enable {0} && systemctl restart {0}",
+                services.join(" ")
+            ),
+        };
         out.push_str(&format!(
-            "now run: {}systemctl daemon-reload && systemctl enable --now {}\n",
+            "now run: {}systemctl daemon-reload && systemctl enable --now {}{services}\n",
             earlier.concat(),
             timers.join(" ")
         ));
     }
     Outcome::ok(out)
+}
+
+/// The commands that take away the units of `dir` written by an earlier `reprise schedule`
+/// that `jobs` do not write as they are: each ends with ` && `.
+fn earlier_units(dir: &Path, jobs: &[crate::schedule::Job]) -> Vec<String> {
+    let written = |file: &str| {
+        jobs.iter().any(|j| {
+            file == format!("{}.service", j.name)
+                || (!j.long_running && file == format!("{}.timer", j.name))
+        })
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<(String, PathBuf)> = entries
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().to_string(), e.path()))
+        .filter(|(name, _)| name.starts_with("reprise-"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for (file, path) in files {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let long_running = text.starts_with("# Written by `reprise schedule --keep-connected`.");
+        if !long_running && !text.starts_with("# Written by `reprise schedule`.") {
+            continue;
+        }
+        let quoted = crate::template::shell_quote(&path.display().to_string());
+        if file.ends_with(".timer") && !written(&file) {
+            out.push(format!(
+                "systemctl disable --now {file} && rm -f -- {quoted} && "
+            ));
+        } else if file.ends_with(".service") && long_running {
+            // Its name may be written again as a one-shot of a timer, or not at all.
+            let again_long = jobs
+                .iter()
+                .any(|j| j.long_running && file == format!("{}.service", j.name));
+            if !again_long {
+                out.push(format!("systemctl disable --now {file} && "));
+                if !written(&file) {
+                    out.push(format!("rm -f -- {quoted} && "));
+                }
+            }
+        } else if file.ends_with(".service") && !written(&file) {
+            out.push(format!("rm -f -- {quoted} && "));
+        }
+    }
+    out
 }
 
 /// `reprise completions SHELL`: the completion script, generated from the command line's

@@ -538,12 +538,35 @@ fn round_limit(every: std::time::Duration) -> std::time::Duration {
     )
 }
 
-/// This binary's file, to tell when it was replaced (an upgrade).
+/// This binary's file as it began, to tell when it was replaced (an upgrade).
 fn own_file() -> Option<(PathBuf, (u64, u64))> {
-    use std::os::unix::fs::MetadataExt as _;
     let path = std::env::current_exe().ok()?;
-    let meta = std::fs::metadata(&path).ok()?;
-    Some((path, (meta.dev(), meta.ino())))
+    let id = file_id(&path)?;
+    Some((path, id))
+}
+
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
+/// Whether another file now lies at the path this binary began from: an upgrade replaced
+/// it. A path that cannot be read now (an upgrade under way) is not yet a replacement.
+fn replaced(binary: Option<&(PathBuf, (u64, u64))>) -> Option<&std::path::Path> {
+    let (path, id) = binary?;
+    file_id(path).is_some_and(|now| now != *id).then_some(path)
+}
+
+/// How `reprise replicate --every` ends when its binary was replaced.
+fn upgraded(path: &std::path::Path) -> Outcome {
+    Outcome::err(
+        exit::FAILED,
+        format!(
+            "error: {} was replaced (an upgrade?): exiting so that the new one is started (`reprise schedule --keep-connected` units start it again)\n",
+            path.display()
+        ),
+    )
 }
 
 /// A connection kept from one round to the next: the transport, what its hosts' known_hosts
@@ -582,18 +605,14 @@ pub fn serve(
         }
         // An upgrade replaced this binary: the helper it runs here is gone with it, and the
         // new one should run. The service manager starts it again (`Restart=always`).
-        if let Some((path, id)) = &binary
-            && own_file().is_none_or(|(p, now)| &p != path || &now != id)
-        {
-            return Outcome::err(
-                exit::FAILED,
-                format!(
-                    "error: {} was replaced (an upgrade?): exiting so that the new one is started (`reprise schedule --keep-connected` units start it again)\n",
-                    path.display()
-                ),
-            );
+        if let Some(path) = replaced(binary.as_ref()) {
+            return upgraded(path);
         }
         number += 1;
+        // A SIGUSR1 that came during the last round is answered by this one.
+        if asked.as_ref().is_some_and(crate::shutdown::Asked::take) {
+            now = true;
+        }
         let began = std::time::Instant::now();
         let at = chrono::Utc::now();
         let mut reached = false;
@@ -606,7 +625,7 @@ pub fn serve(
                         return Err(Outcome::err(
                             exit::FAILED,
                             format!(
-                                "error: this machine's clock went back {secs} s since this command's last points (point ids are to the second): no round until it passes them again, or restart this command\n"
+                                "error: this machine's clock went back {secs} s since this command's last points: no round until it passes them again (point ids are to the second, and a copy takes no point older than its newest); check the clock and its time source\n"
                             ),
                         ));
                     }
@@ -720,6 +739,9 @@ pub fn serve(
             } else if alive.elapsed() >= KEEP_ALIVE {
                 if let Some((t, _, _)) = &kept {
                     t.keep_alive();
+                }
+                if let Some(path) = replaced(binary.as_ref()) {
+                    return upgraded(path);
                 }
                 alive = std::time::Instant::now();
             }

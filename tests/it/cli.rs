@@ -325,12 +325,24 @@ fn a_replication_service_started_wrong_says_so_at_once_and_does_not_loop() {
     assert!(run.stderr.contains("10s at least"), "{}", run.stderr);
     let run = reprise(dir.path(), &["replicate", "--every", "10m", "--dry-run"]);
     assert_eq!(run.code, 2, "{run:?}");
+    // Under `timeout`: a command that went on would fail this test, not hang it.
+    let bounded = |args: &[&str]| {
+        let out = std::process::Command::new("timeout")
+            .arg("60")
+            .arg(env!("CARGO_BIN_EXE_reprise"))
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        crate::common::Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    };
     // A name the inventory lacks, in the first round: said and ended there (exit 3), before
     // any host is reached; a later round would say it and go on.
-    let run = reprise(
-        dir.path(),
-        &["replicate", "--every", "10m", "--service", "nope"],
-    );
+    let run = bounded(&["replicate", "--every", "10m", "--service", "nope"]);
     assert_eq!(run.code, 3, "{run:?}");
     assert!(
         run.stderr
@@ -341,7 +353,7 @@ fn a_replication_service_started_wrong_says_so_at_once_and_does_not_loop() {
     assert!(!run.stdout.contains("round 1"), "{}", run.stdout);
     // A broken inventory likewise.
     std::fs::write(dir.path().join("inventory/hosts.toml"), "[hosts.x\n").unwrap();
-    let run = reprise(dir.path(), &["replicate", "--every", "10m"]);
+    let run = bounded(&["replicate", "--every", "10m"]);
     assert_eq!(run.code, 3, "{run:?}");
     assert!(run.stderr.contains("hosts.toml"), "{}", run.stderr);
 }

@@ -5555,6 +5555,12 @@ impl Service {
         }
     }
 
+    /// Asks for round `n` with SIGUSR1 and waits for it (see [`Service::round`]).
+    fn ask(&self, n: u32) -> String {
+        self.child.signal(libc::SIGUSR1);
+        self.round(n)
+    }
+
     /// The logins it made so far (libssh2 sessions and OpenSSH masters).
     fn logins(&self) -> usize {
         self.err()
@@ -5602,9 +5608,9 @@ fn a_replication_service_keeps_its_connections_between_rounds_and_replaces_those
     crate::common::copy_tree(&root().join("runbooks"), &dir.path().join("runbooks"));
     let (stdout, stderr) = (dir.path().join("out.txt"), dir.path().join("err.txt"));
     let child = Command::new(env!("CARGO_BIN_EXE_reprise"))
-        // 12 s: the check of the connections, 5 s before a round, comes well after what
-        // the test does once the round before has ended.
-        .args(lab.args(&["replicate", "--every", "12s", "--service", "erp-db"]))
+        // Every round but the first asked with SIGUSR1, which checks the connections
+        // first: each comes after what the test does before it.
+        .args(lab.args(&["replicate", "--every", "1h", "--service", "erp-db"]))
         .envs(LAB_SECRETS.iter().copied())
         .env("REPRISE_LOG", "reprise=debug")
         .current_dir(dir.path())
@@ -5630,7 +5636,9 @@ fn a_replication_service_keeps_its_connections_between_rounds_and_replaces_those
 
     // Rounds 2 and 3 log in nowhere: the connections of round 1 carry them.
     let logins = service.logins();
-    let line = service.round(3);
+    let line = service.ask(2);
+    assert!(line.contains(": ok in "), "{line}\n{}", service.err());
+    let line = service.ask(3);
     assert!(line.contains(": ok in "), "{line}\n{}", service.err());
     assert_eq!(service.logins(), logins, "{}", service.err());
 
@@ -5639,7 +5647,7 @@ fn a_replication_service_keeps_its_connections_between_rounds_and_replaces_those
     write_64k(&source, 0x5a);
     signal_connections(&lab, "hv-main", "-TERM");
     signal_connections(&lab, "hv-pra", "-TERM");
-    let line = service.round(4);
+    let line = service.ask(4);
     assert!(line.contains(": ok in "), "{line}\n{}", service.err());
     assert!(service.logins() > logins, "{}", service.err());
     assert!(
@@ -5652,7 +5660,7 @@ fn a_replication_service_keeps_its_connections_between_rounds_and_replaces_those
     {
         let _stopped = Stopped(&lab, "hv-pra");
         signal_connections(&lab, "hv-pra", "-STOP");
-        let line = service.round(5);
+        let line = service.ask(5);
         assert!(line.contains(": ok in "), "{line}\n{}", service.err());
         let err = service.err();
         assert!(
@@ -5673,7 +5681,7 @@ fn a_replication_service_keeps_its_connections_between_rounds_and_replaces_those
     let hosts = dir.path().join("inventory/hosts.toml");
     let good = std::fs::read_to_string(&hosts).unwrap();
     std::fs::write(&hosts, format!("{good}\n[hosts.broken\n")).unwrap();
-    let line = service.round(6);
+    let line = service.ask(6);
     assert!(line.contains(": FAILED in "), "{line}");
     let err = service.err();
     assert!(err.contains("hosts.toml"), "{err}");
@@ -5682,7 +5690,7 @@ fn a_replication_service_keeps_its_connections_between_rounds_and_replaces_those
         "{err}"
     );
     std::fs::write(&hosts, &good).unwrap();
-    let line = service.round(7);
+    let line = service.ask(7);
     assert!(line.contains(": ok in "), "{line}\n{}", service.err());
 
     // SIGUSR1: a round at once, not at the next time.
@@ -5710,14 +5718,12 @@ fn a_replication_service_keeps_its_connections_between_rounds_and_replaces_those
     assert!(without.len() < trusted.len(), "{trusted}");
     std::fs::write(&known_hosts, without).unwrap();
     let seen = service.err().len();
-    service.child.signal(libc::SIGUSR1);
-    let line = service.round(9);
+    let line = service.ask(9);
     assert!(line.contains(": FAILED in "), "{line}");
     let said = service.err()[seen..].to_string();
     assert!(said.contains("unknown host key for hv-main"), "{said}");
     std::fs::write(&known_hosts, &trusted).unwrap();
-    service.child.signal(libc::SIGUSR1);
-    let line = service.round(10);
+    let line = service.ask(10);
     assert!(line.contains(": ok in "), "{line}\n{}", service.err());
 
     // SIGTERM between rounds: it ends at once, with 0.
@@ -5739,7 +5745,7 @@ fn a_replication_service_keeps_its_connections_between_rounds_and_replaces_those
     let child = (0..50)
         .find_map(|_| {
             let spawned = Command::new(&binary)
-                .args(lab.args(&["replicate", "--every", "12s", "--service", "erp-db"]))
+                .args(lab.args(&["replicate", "--every", "1h", "--service", "erp-db"]))
                 .envs(LAB_SECRETS.iter().copied())
                 .current_dir(dir.path())
                 .stdin(Stdio::null())

@@ -136,13 +136,23 @@ fn kept_connected_replications_are_services_that_run_on_their_own() {
         "{}",
         run.stdout
     );
-    // The earlier timer would start the new service of its name: it goes first.
+    // The earlier timer would start the new service of its name: it goes first; the
+    // service, running or not, runs its new command line.
     let timer = units.join("reprise-replicate-5min.timer");
+    assert!(timer.exists());
     assert!(
-        run.stdout.contains(&format!(
-            "now run: systemctl disable --now reprise-replicate-5min.timer && rm {} && ",
-            timer.display()
-        )),
+        run.stdout.starts_with("wrote ")
+            && run.stdout.contains("\nnow run: systemctl disable --now ")
+            && run.stdout.contains(&format!(
+                "systemctl disable --now reprise-replicate-5min.timer && rm -f -- {} && ",
+                timer.display()
+            ))
+            && run
+                .stdout
+                .contains("&& systemctl enable reprise-replicate-5min.service reprise-replicate-")
+            && run
+                .stdout
+                .contains("&& systemctl restart reprise-replicate-5min.service "),
         "{}",
         run.stdout
     );
@@ -187,7 +197,6 @@ fn kept_connected_replications_are_services_that_run_on_their_own() {
     );
     assert!(fast.contains("SuccessExitStatus=130"), "{fast}");
     assert!(fast.contains("WantedBy=multi-user.target"), "{fast}");
-    assert!(!units.join("reprise-replicate-5min.timer").exists());
     // The nightly check keeps its timer; what to enable says both kinds.
     assert!(read("reprise-check.timer").contains("OnCalendar=*-*-* 02:00:00"));
     assert!(
@@ -207,9 +216,36 @@ fn kept_connected_replications_are_services_that_run_on_their_own() {
     assert_eq!(back.code, 0, "{back:?}");
     assert!(
         back.stdout
-            .contains("now run: systemctl disable --now reprise-replicate-5min.service && "),
+            .contains("systemctl disable --now reprise-replicate-5min.service && ")
+            && back.stdout.contains("\nnow run: systemctl disable --now "),
         "{}",
         back.stdout
+    );
+    // A unit of a cadence no job has any more is taken away.
+    let orphan = units.join("reprise-replicate-7min.service");
+    std::fs::write(
+        &orphan,
+        "# Written by `reprise schedule --keep-connected`.\n[Unit]\n",
+    )
+    .unwrap();
+    let again = reprise(
+        &root(),
+        &["schedule", "--install", "--dir", units.to_str().unwrap()],
+    );
+    assert!(
+        again.stdout.contains(&format!(
+            "systemctl disable --now reprise-replicate-7min.service && rm -f -- {} && ",
+            orphan.display()
+        )),
+        "{}",
+        again.stdout
+    );
+    assert!(
+        !again
+            .stdout
+            .contains("systemctl disable --now reprise-replicate-5min.service"),
+        "{}",
+        again.stdout
     );
     assert!(!read("reprise-replicate-5min.service").contains("--every"));
 }
