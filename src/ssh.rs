@@ -259,6 +259,12 @@ pub struct ExecOutput {
 }
 
 /// OpenSSH's `SHA256:...` form of a fingerprint.
+/// A libssh2 session timeout of `d`: in milliseconds, 1 at least (0 would be none), and as
+/// long as libssh2 can say at most.
+fn timeout_ms(d: Duration) -> u32 {
+    d.as_millis().clamp(1, u128::from(u32::MAX)) as u32
+}
+
 pub fn fingerprint(sha256: &[u8]) -> String {
     format!(
         "SHA256:{}",
@@ -305,7 +311,7 @@ impl Session {
         let _ = tcp.set_nodelay(true);
         let mut raw = RawSession::new().map_err(|e| connect_err(e.to_string()))?;
         raw.set_tcp_stream(tcp);
-        raw.set_timeout(timeout.as_millis() as u32);
+        raw.set_timeout(timeout_ms(timeout));
         raw.handshake().map_err(|e| {
             if e.code() == ssh2::ErrorCode::Session(-9) || e.message().contains("Timed out") {
                 SshError::Hung {
@@ -1907,19 +1913,12 @@ impl SshTransport {
                 for session in sessions {
                     let host = host.clone();
                     scope.spawn(move || {
-                        session
-                            .raw
-                            .set_timeout(limit.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
+                        session.raw.set_timeout(timeout_ms(limit));
                         match session.open_channel() {
                             Ok(mut channel) => {
                                 let _ = channel.close();
                                 drop(channel);
-                                session.raw.set_timeout(
-                                    self.connect_timeout
-                                        .as_millis()
-                                        .min(u128::from(u32::MAX))
-                                        as u32,
-                                );
+                                session.raw.set_timeout(timeout_ms(self.connect_timeout));
                                 self.give_back(&host, session);
                             }
                             Err(e) => {
@@ -1960,9 +1959,7 @@ impl SshTransport {
             .min(limit)
             .max(Duration::from_millis(100));
         let session = Session::connect(spec, self.policy, within)?;
-        session
-            .raw
-            .set_timeout(self.connect_timeout.as_millis().min(u128::from(u32::MAX)) as u32);
+        session.raw.set_timeout(timeout_ms(self.connect_timeout));
         Ok(session)
     }
 }
