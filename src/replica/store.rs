@@ -138,6 +138,9 @@ const MANIFEST_UPDATING: &[u8; 8] = b"RPRMAN2-";
 #[cfg(test)]
 thread_local! {
     static WRITES_LEFT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    /// In unit tests: run once, right after the mirror was read whole and found unwritten
+    /// meanwhile ([`Store::read_mirror`]).
+    static AFTER_READ: std::cell::Cell<Option<Box<dyn FnOnce()>>> = const { std::cell::Cell::new(None) };
 }
 
 /// Before each write of a manifest in place: in unit tests, where [`WRITES_LEFT`] says to
@@ -904,17 +907,9 @@ impl Store {
         meta::write_points_file(&self.dir, &json)
     }
 
-    /// Size, mtime and inode of the mirror: what it was when the manifest was written.
+    /// Size, mtime and inode of the mirror as it is now ([`stamp_of`]).
     pub fn stamp(&self) -> Option<String> {
-        use std::os::unix::fs::MetadataExt as _;
-        let m = std::fs::metadata(&self.image).ok()?;
-        Some(format!(
-            "{} {}.{:09} {}",
-            m.len(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ino()
-        ))
+        Some(stamp_of(&std::fs::metadata(&self.image).ok()?))
     }
 
     /// Writes the manifest whole (replaced by an atomic rename): the header, then `nodes`,
@@ -929,16 +924,17 @@ impl Store {
         })
     }
 
-    /// Records that the manifest is of the mirror as it is now.
-    fn write_stamp(&self) -> Result<(), StoreError> {
-        let stamp = self.stamp().unwrap_or_default();
-        self.write_atomic("stamp", stamp.as_bytes())
+    /// Records that the manifest is of the mirror as `stamp` says it was: taken when the
+    /// mirror was read or last written by reprise, never later (a write in between would be
+    /// vouched for by a manifest that does not hold it).
+    fn write_stamp(&self, stamp: Option<&str>) -> Result<(), StoreError> {
+        self.write_atomic("stamp", stamp.unwrap_or_default().as_bytes())
     }
 
-    /// Writes the manifest `m` whole, then the stamp.
-    fn write_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
+    /// Writes the manifest `m` whole, then `stamp`, the mirror's when `m` was read of it.
+    fn write_manifest(&self, m: &Manifest, stamp: Option<&str>) -> Result<(), StoreError> {
         self.write_tree(m.size, &m.whole, &tree::of(m.cvs.clone()))?;
-        self.write_stamp()
+        self.write_stamp(stamp)
     }
 
     /// Writes the nodes `t` holds in memory and its new header over the manifest, in place:
@@ -1071,9 +1067,9 @@ impl Store {
         let m = match saved {
             Some(m) if !reread => m,
             _ => {
-                let m = self.read_mirror()?;
+                let (m, stamp) = self.read_mirror()?;
                 if saved.as_ref() != Some(&m) {
-                    self.write_manifest(&m)?;
+                    self.write_manifest(&m, Some(&stamp))?;
                 }
                 m
             }
@@ -1439,8 +1435,8 @@ impl Store {
                 Some(t) => Some(t),
                 None => {
                     // Saved, so that the roll-forward updates this manifest and no other.
-                    let m = self.read_mirror()?;
-                    self.write_manifest(&m)?;
+                    let (m, stamp) = self.read_mirror()?;
+                    self.write_manifest(&m, Some(&stamp))?;
                     let path = self.path("manifest");
                     Some(
                         self.open_tree(&[MANIFEST_MAGIC])?
@@ -1571,6 +1567,8 @@ impl Store {
         // leaves no file that looks put there by someone else.
         meta::write_file(&self.dir, meta::MADE, new.id.as_bytes(), false)?;
         std::fs::rename(&staging, &self.image).map_err(io_err(&self.image))?;
+        // The copy as this replication made it: a write after this is not vouched for.
+        let stamp = self.stamp();
         if let Some(parent) = self.image.parent() {
             sync_dir(parent)?;
         }
@@ -1580,9 +1578,9 @@ impl Store {
             cvs,
         };
         let id = self.unique_id(&new.id)?;
-        self.write_manifest(&manifest)?;
+        self.write_manifest(&manifest, stamp.as_deref())?;
         let point = Point {
-            stamp: self.stamp(),
+            stamp,
             id,
             taken_at: new.taken_at,
             source: new.source.clone(),
@@ -2034,9 +2032,11 @@ impl Store {
             .set_len(commit.point.size)
             .map_err(io_err(&self.image))?;
         mirror.sync_all().map_err(io_err(&self.image))?;
+        // The copy as this update left it: a write after this is not vouched for.
+        let stamp = self.stamp();
         // 3. The manifest, then the stamp.
         let whole = self.roll_manifest_forward(&changed, &commit)?;
-        self.write_stamp()?;
+        self.write_stamp(stamp.as_deref())?;
         // The copy is the point only if its hash is the one the source sent.
         let unusable = (hex(whole) != commit.new_whole).then(|| {
             let blocks = match damaged.len() {
@@ -2067,7 +2067,7 @@ impl Store {
         let mut marks = Marks::default();
         let mut unusable = unusable;
         if let Some(p) = points.last_mut().filter(|p| p.id == commit.point.id) {
-            p.stamp = self.stamp();
+            p.stamp = stamp;
             if let Some(why) = &unusable {
                 p.mark_unusable(why);
             }
@@ -2145,8 +2145,9 @@ impl Store {
                 return Ok(whole);
             }
         }
-        // The mirror as it is, whatever the point says it should be.
-        let m = self.read_mirror()?;
+        // The mirror as it is, whatever the point says it should be (its stamp, the caller's,
+        // is of before: a write since is not vouched for).
+        let (m, _) = self.read_mirror()?;
         self.write_tree(m.size, &m.whole, &tree::of(m.cvs))?;
         Ok(m.whole)
     }
@@ -2226,10 +2227,12 @@ impl Store {
         Ok(())
     }
 
-    /// The manifest of the mirror as it is, read whole: refused when the mirror was written
-    /// while it was read (a vm running on it, another program), which would give hashes of
-    /// no single instant, and with them a stamp that vouches for what was not read.
-    fn read_mirror(&self) -> Result<Manifest, StoreError> {
+    /// The manifest of the mirror as it is, read whole, and the mirror's stamp as it was
+    /// read (not as it is after: what was written since is not in the manifest): refused when
+    /// the mirror was written while it was read (a vm running on it, another program), which
+    /// would give hashes of no single instant, and with them a stamp that vouches for what was
+    /// not read.
+    fn read_mirror(&self) -> Result<(Manifest, String), StoreError> {
         let look = || std::fs::metadata(&self.image).map_err(io_err(&self.image));
         let before = super::blocks::settled_look(|| std::fs::metadata(&self.image))
             .map_err(io_err(&self.image))?;
@@ -2240,18 +2243,22 @@ impl Store {
                 reason: "it was written while it was read (a vm running on it, or another program): what was read is of no single instant, so nothing was recorded of it; run this again once nothing writes it".into(),
             });
         }
-        Ok(m)
+        #[cfg(test)]
+        AFTER_READ.with(|f| f.take().map(|f| f()));
+        Ok((m, stamp_of(&before)))
     }
 
-    /// The BLAKE3 of point `k` and, for the newest, the manifest of the mirror as it is.
+    /// The BLAKE3 of point `k` and, for the newest, the manifest of the mirror as it is, with
+    /// its stamp as it was read.
+    #[allow(clippy::type_complexity)]
     fn hash_point(
         &self,
         points: &[Point],
         k: usize,
-    ) -> Result<([u8; 32], Option<Manifest>), StoreError> {
+    ) -> Result<([u8; 32], Option<(Manifest, String)>), StoreError> {
         if k + 1 == points.len() {
-            let m = self.read_mirror()?;
-            return Ok((m.whole, Some(m)));
+            let (m, stamp) = self.read_mirror()?;
+            return Ok((m.whole, Some((m, stamp))));
         }
         let mut cvs = Vec::new();
         let mut single = None;
@@ -2281,23 +2288,27 @@ impl Store {
         };
         let mut out = Vec::new();
         for k in which {
+            // The mirror's stamp as it was read, for the newest point.
+            let mut read_as = None;
             // A point whose reverse delta is damaged cannot be rebuilt: it is bad.
             let good = match self.hash_point(&points, k) {
                 Ok((whole, manifest)) => {
-                    if let Some(m) = manifest {
+                    if let Some((m, stamp)) = manifest {
                         // The next replication must see the mirror as it really is, to mend it.
                         if self.saved_manifest()?.as_ref() != Some(&m) {
-                            self.write_manifest(&m)?;
+                            self.write_manifest(&m, Some(&stamp))?;
                         }
+                        read_as = Some(stamp);
                     }
                     hex(whole) == points[k].blake3
                 }
                 Err(StoreError::Damaged { .. }) if k + 1 < points.len() => false,
                 Err(e) => return Err(e),
             };
-            if good && k + 1 == points.len() {
-                // Read again and found whole: the copy is this point, whatever its stamp was.
-                points[k].stamp = self.stamp();
+            if good && let Some(stamp) = read_as {
+                // Read again and found whole: the copy, as it was read, is this point,
+                // whatever its stamp was (a write since is not vouched for).
+                points[k].stamp = Some(stamp);
             }
             if !good && points[k].pending {
                 // Not whole: bad for good, whatever a confirmation of its freeze says, and
@@ -2580,8 +2591,11 @@ impl Store {
             }
             Err(e) => return Err(io_err(&intent_path)(e)),
         };
+        // The copy as the roll-back made it (when an earlier try renamed it, as it is now).
+        let mut stamp = None;
         if tmp.exists() {
             std::fs::rename(&tmp, &self.image).map_err(io_err(&self.image))?;
+            stamp = self.stamp();
             sync_dir(self.image.parent().unwrap_or(Path::new("")))?;
         }
         let mut points = self.points()?;
@@ -2595,7 +2609,7 @@ impl Store {
             }
         }
         points.truncate(k + 1);
-        points[k].stamp = self.stamp();
+        points[k].stamp = stamp.or_else(|| self.stamp());
         self.write_points(&points)?;
         for name in ["manifest", "stamp"] {
             let p = self.path(name);
@@ -2627,6 +2641,19 @@ pub(super) fn points_of(dir: &Path) -> Result<Vec<Point>, StoreError> {
             reason,
         }),
     }
+}
+
+/// Size, mtime and inode of a mirror whose metadata is `m`: what it was when its manifest
+/// was written, or when a point became its newest.
+fn stamp_of(m: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    format!(
+        "{} {}.{:09} {}",
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino()
+    )
 }
 
 /// Why a copy whose stamp is `now` is no longer its newest point.
@@ -4004,6 +4031,40 @@ mod tests {
         // was written behind its point).
         let e = blocks::written_all_through(&dst, || store.base_manifest(true, false)).unwrap_err();
         assert!(e.to_string().contains("written while it was read"), "{e}");
+    }
+
+    /// A write that lands right after the copy was read whole again is not vouched for by
+    /// the stamp recorded of that read: the copy is then found changed since its newest point,
+    /// and its next replication does not trust a manifest that lacks the write.
+    #[test]
+    fn a_write_right_after_the_copy_was_read_again_is_not_vouched_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        let bytes: Vec<u8> = (0..8 * BLOCK).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&src, &bytes).unwrap();
+        let store = Store::new(&dst);
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        // Past the file system's clock tick of the copy's last write.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let copy = dst.clone();
+        AFTER_READ.with(|f| {
+            f.set(Some(Box::new(move || {
+                let f = OpenOptions::new().write(true).open(&copy).unwrap();
+                f.write_all_at(&[9u8; 512], 3 * BLOCK as u64).unwrap();
+            })))
+        });
+        // What was read is p1.
+        assert_eq!(store.verify(None).unwrap(), [("p1".to_string(), true)]);
+        let points = store.points().unwrap();
+        let why = store.changed_since(&points).unwrap_or_default();
+        assert!(why.contains("changed since its newest point p1"), "{why:?}");
+        // A failover would not take the copy for p1, and the next replication refuses to
+        // write over what was written in it.
+        let e = store.base_manifest(false, false).unwrap_err();
+        assert!(e.to_string().contains("changed since"), "{e}");
     }
 
     #[test]
