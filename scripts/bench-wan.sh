@@ -28,6 +28,9 @@
 # Env: RATE_MBIT (100), RTT_MS (30), LOSS_PCT (0.1), INIT_MIB (256), UPDATE_MIB (1024), PCTS ("1 10"),
 # REPS (3), NET (170: the lab's 127.NET addresses, inside "near"), LINK (auto | netem | tun),
 # CC (the TCP congestion control of both namespaces; default: as the machine's),
+# IDLE_RESTART (net.ipv4.tcp_slow_start_after_idle of both namespaces: 0 or 1; default: as
+# the machine's, 1 unless changed: a connection idle past its retransmission timeout starts
+# again from a small window, which a kept connection meets at each round),
 # MODES ("openssh openssh-compress libssh2 libssh2-compress"; also openssh-kept and
 # libssh2-kept: a round of a `replicate --every` kept running, its connections kept between
 # rounds, asked with SIGUSR1 and timed from the signal to the round's end), KEEP (0), LOG_DIR (each timed
@@ -130,6 +133,9 @@ fi
 if [ -n "${CC:-}" ]; then
   # The namespaces' own TCP congestion control (the machine's is left as it is).
   for ns in "$NEAR" "$FAR"; do ip netns exec "$ns" sysctl -q -w net.ipv4.tcp_congestion_control="$CC"; done
+fi
+if [ -n "${IDLE_RESTART:-}" ]; then
+  for ns in "$NEAR" "$FAR"; do ip netns exec "$ns" sysctl -q -w net.ipv4.tcp_slow_start_after_idle="$IDLE_RESTART"; done
 fi
 link_bytes() { # both ways, as "near" counts them
   echo $(($(in_near cat /sys/class/net/wan/statistics/tx_bytes) + $(in_near cat /sys/class/net/wan/statistics/rx_bytes)))
@@ -282,7 +288,7 @@ print('| $1 | %.2f s | %.1f MB | %.2f × | %s |' % (t, b / 1e6, t / (f * 8 / ($R
 
 echo "# bench-wan: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(uname -r), $(ssh -V 2>&1), $(rsync --version | head -1)"
 echo "# link: $LINK, ${RATE_MBIT} Mbit/s each way, ${RTT_MS} ms round trip, ${LOSS_PCT}% loss each way;" \
-  "measured: ping $RTT ms, one TCP stream (no ssh) $TCP_MBIT Mbit/s; TCP congestion control $(in_near cat /proc/sys/net/ipv4/tcp_congestion_control)"
+  "measured: ping $RTT ms, one TCP stream (no ssh) $TCP_MBIT Mbit/s; TCP congestion control $(in_near cat /proc/sys/net/ipv4/tcp_congestion_control), slow start after idle $(in_near cat /proc/sys/net/ipv4/tcp_slow_start_after_idle)"
 echo "# load at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Helpers deployed (untimed), on the lab's loopback.
