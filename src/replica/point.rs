@@ -93,6 +93,19 @@ pub fn dated_ahead(at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
     at - now > chrono::Duration::seconds(60)
 }
 
+/// Takes the oldest of a copy's `points` away while more than `retention` are left, but
+/// never its newest usable point (one not bad) nor those after it, whose reverse deltas
+/// rebuild it: points made since that are bad (torn, never confirmed, damaged) do not push
+/// the last good one out, however many there are. The ids taken away, oldest first.
+pub fn prune(points: &mut Vec<Point>, retention: usize) -> Vec<String> {
+    let newest_usable = points.iter().rposition(|p| p.verified != Verified::Bad);
+    let mut dropped = Vec::new();
+    while points.len() > retention && newest_usable.is_none_or(|k| dropped.len() < k) {
+        dropped.push(points.remove(0).id);
+    }
+    dropped
+}
+
 impl Point {
     /// What this point records of a dirty bitmap found missing writes
     /// ([`HowRead::missed`]): that many blocks, and no check has found none since.
@@ -285,5 +298,64 @@ pub(super) fn damage_err(path: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
             reason: "it is cut short".into(),
         },
         _ => io_err(path)(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(marks: &str) -> Vec<Point> {
+        marks
+            .chars()
+            .enumerate()
+            .map(|(i, m)| Point {
+                id: format!("p{i}"),
+                taken_at: Utc::now(),
+                source: "hv-main:/a".into(),
+                size: 1,
+                blake3: String::new(),
+                verified: if m == 'g' {
+                    Verified::Yes
+                } else {
+                    Verified::Bad
+                },
+                checked_at: None,
+                received_bytes: 0,
+                duration_ms: 0,
+                stamp: None,
+                definition: None,
+                read: None,
+                unusable: None,
+                pending: false,
+                newest_file: None,
+            })
+            .collect()
+    }
+
+    /// `g` a good point, `b` a bad one, oldest first: what retention leaves.
+    fn left(marks: &str, retention: usize) -> (String, Vec<String>) {
+        let mut points = of(marks);
+        let dropped = prune(&mut points, retention);
+        (points.into_iter().map(|p| p.id).collect(), dropped)
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_good_point_and_those_after_it() {
+        assert_eq!(
+            left("gggg", 2),
+            ("p2p3".into(), vec!["p0".into(), "p1".into()])
+        );
+        assert_eq!(left("gbbb", 2), ("p0p1p2p3".into(), vec![]));
+        assert_eq!(left("ggbb", 2), ("p1p2p3".into(), vec!["p0".into()]));
+        // The newest point pending its confirmation, one kept.
+        assert_eq!(left("gb", 1), ("p0p1".into(), vec![]));
+        assert_eq!(left("ggb", 1), ("p1p2".into(), vec!["p0".into()]));
+        // No good point at all: nothing to keep.
+        assert_eq!(
+            left("bbb", 1),
+            ("p2".into(), vec!["p0".into(), "p1".into()])
+        );
+        assert_eq!(left("gg", 5), ("p0p1".into(), vec![]));
     }
 }

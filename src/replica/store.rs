@@ -2080,11 +2080,7 @@ impl Store {
             .unmarked
             .map(|(count, first)| self::unmarked(&mut points, &commit.point.id, count, first));
         let recorded = points.last().filter(|p| p.id == commit.point.id).cloned();
-        let mut dropped = Vec::new();
-        while points.len() > commit.retention as usize {
-            let old = points.remove(0);
-            dropped.push(old.id);
-        }
+        let dropped = super::point::prune(&mut points, commit.retention as usize);
         self.write_points(&points)?;
         for id in &dropped {
             let p = self.path(&format!("deltas/{id}.rdelta"));
@@ -4065,6 +4061,51 @@ mod tests {
         // write over what was written in it.
         let e = store.base_manifest(false, false).unwrap_err();
         assert!(e.to_string().contains("changed since"), "{e}");
+    }
+
+    /// Points that are bad (here never confirmed) do not push the copy's last good point out
+    /// by retention: it stays, and can be restored, until a good point is made after it.
+    #[test]
+    fn retention_never_takes_the_last_good_point_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        let v1: Vec<u8> = (0..4 * BLOCK).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&src, &v1).unwrap();
+        let store = Store::new(&dst);
+        let keep_2 = |id: &str, pending| NewPoint {
+            retention: 2,
+            pending,
+            ..point(id)
+        };
+        store
+            .apply(&mut &stream_of(&src, &store)[..], keep_2("p1", false))
+            .unwrap();
+        for (k, id) in ["p2", "p3", "p4"].into_iter().enumerate() {
+            let mut v = v1.clone();
+            v[k * BLOCK] ^= 0xff;
+            std::fs::write(&src, &v).unwrap();
+            store
+                .apply(&mut &stream_of(&src, &store)[..], keep_2(id, true))
+                .unwrap();
+        }
+        let ids = |s: &Store| {
+            s.points()
+                .unwrap()
+                .into_iter()
+                .map(|p| p.id)
+                .collect::<Vec<_>>()
+        };
+        // p1, and the points after it whose deltas rebuild it.
+        assert_eq!(ids(&store), ["p1", "p2", "p3", "p4"]);
+        let out = dir.path().join("p1.img");
+        store.restore("p1", &out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), v1);
+        // A good point made after it: retention takes the rest as before.
+        store
+            .apply(&mut &stream_of(&src, &store)[..], keep_2("p5", false))
+            .unwrap();
+        assert_eq!(ids(&store), ["p4", "p5"]);
     }
 
     #[test]

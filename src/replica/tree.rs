@@ -2007,10 +2007,7 @@ impl TreeStore {
                 p.mark_unusable(why);
             }
         }
-        let mut dropped = Vec::new();
-        while points.len() > c.retention as usize {
-            dropped.push(points.remove(0).id);
-        }
+        let dropped = super::point::prune(&mut points, c.retention as usize);
         // Both generations: a points file damaged later is recovered whole.
         self.write_json("points.json", &points)?;
         for id in dropped {
