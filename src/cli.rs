@@ -262,7 +262,7 @@ pub enum Command {
     Drill(RunArgs),
     /// Fail over to the recovery site (planned, or --emergency when the primary site is lost).
     #[command(
-        after_help = "Examples:\n  reprise failover --dry-run\n  reprise failover --emergency --yes\n  reprise failover --emergency --point-before \"2026-11-28 01:00\" --yes\n  reprise failover --point erp-db=20261128T020000Z --yes"
+        after_help = "Examples:\n  reprise failover --dry-run\n  reprise failover --emergency --yes\n  reprise failover --emergency --point-before \"2026-11-28 01:00\" --service erp-app --as-replicated directory --yes\n  reprise failover --point erp-db=20261128T020000Z --yes"
     )]
     Failover {
         /// The primary site is lost: steps that need it are left out, and the run keeps going
@@ -290,6 +290,12 @@ pub enum Command {
         /// on (a run never rolls it back).
         #[arg(long, value_name = "TIME", value_parser = parse_incident_time)]
         point_before: Option<DateTime<Utc>>,
+        /// With --point-before or --point POINT: let SERVICE start from what its own
+        /// replication holds now, which no time or point reaches (its application's standby,
+        /// or a vm no replica point starts); without it such a failover is refused (exit 3),
+        /// naming them. Journaled, and shown by the report (repeatable; `all`).
+        #[arg(long = "as-replicated", value_name = "SERVICE")]
+        as_replicated: Vec<String>,
         #[command(flatten)]
         args: RunArgs,
     },
@@ -351,6 +357,11 @@ pub enum Command {
         /// (repeatable; `all`); journaled with the resume.
         #[arg(long = "accept-unverified", value_name = "VM")]
         accept_unverified: Vec<String>,
+        /// Let SERVICE start from what its own replication holds now, as `failover
+        /// --as-replicated` does: added to what the run was asked (repeatable; `all`);
+        /// journaled with the resume.
+        #[arg(long = "as-replicated", value_name = "SERVICE")]
+        as_replicated: Vec<String>,
         /// A failback: carry on although a copy-back not started yet would overwrite a disk on
         /// the primary written since the failover, or cannot tell (refused otherwise, exit 7,
         /// as at its start; keep a copy of the disk first). A planned failover whose start on
@@ -968,9 +979,19 @@ fn run_with_model(cli: &Cli, model: &Model) -> Result<Outcome, Outcome> {
             emergency,
             points,
             point_before,
+            as_replicated,
             force,
             args,
-        } => failover(cli, model, *emergency, points, *point_before, *force, args)?,
+        } => failover(
+            cli,
+            model,
+            *emergency,
+            points,
+            *point_before,
+            as_replicated,
+            *force,
+            args,
+        )?,
         Command::Restore { force, args } => start_with(
             cli,
             model,
@@ -994,10 +1015,12 @@ fn run_with_model(cli: &Cli, model: &Model) -> Result<Outcome, Outcome> {
             points,
             point_before,
             accept_unverified,
+            as_replicated,
             force,
             exec,
         } => {
-            let asked = point_choice(model, points, *point_before, accept_unverified)?;
+            let mut asked = point_choice(model, points, *point_before, accept_unverified)?;
+            asked.as_replicated = as_replicated_choice(model, as_replicated)?;
             resume(cli, model, run, asked, *force, exec)?
         }
         Command::Replicate {
@@ -1198,10 +1221,12 @@ fn failover(
     emergency: bool,
     points: &[(String, String)],
     point_before: Option<DateTime<Utc>>,
+    as_replicated: &[String],
     force: bool,
     args: &RunArgs,
 ) -> Result<Outcome, Outcome> {
-    let choice = point_choice(model, points, point_before, &[])?;
+    let mut choice = point_choice(model, points, point_before, &[])?;
+    choice.as_replicated = as_replicated_choice(model, as_replicated)?;
     Ok(start_with(
         cli,
         model,
@@ -1254,6 +1279,7 @@ fn point_choice(
             .map(|(_, p)| p.clone()),
         before: point_before,
         accept_unverified: Vec::new(),
+        as_replicated: Vec::new(),
     };
     for vm in accept_unverified {
         if vm == "all" {
@@ -1264,6 +1290,27 @@ fn point_choice(
         }
     }
     Ok(choice)
+}
+
+/// The services of `--as-replicated` (`*` for `all`), each checked against the inventory.
+fn as_replicated_choice(model: &Model, names: &[String]) -> Result<Vec<String>, Outcome> {
+    let services = &model.inventory.services;
+    names
+        .iter()
+        .map(|s| match s.as_str() {
+            "all" => Ok("*".to_string()),
+            s if services.contains_key(s) => Ok(s.to_string()),
+            s => {
+                let hint = crate::diagnostic::did_you_mean(s, services.keys().map(String::as_str))
+                    .map(|h| format!("hint: {h}\n"))
+                    .unwrap_or_default();
+                Err(Outcome::err(
+                    exit::INVALID_INPUT,
+                    format!("error: --as-replicated names an unknown service `{s}`\n{hint}"),
+                ))
+            }
+        })
+        .collect()
 }
 
 /// `resume`: a stopped run taken up where it stopped.
@@ -1372,7 +1419,15 @@ fn start_with(
                 ssh.accept_new_host_keys = false;
                 let ssh = ssh.options();
                 let changes = definition_changes(cli, model, &p, &ssh);
-                Outcome::ok(render_plan(model, &p, &ssh) + &changes)
+                let refused = match crate::run::points_out_of_reach(model, &p, &points) {
+                    problems if problems.is_empty() || mode != Mode::Failover => String::new(),
+                    problems => format!(
+                        "\nPoints: this failover would be refused (exit 3), what was asked ({}) cannot be given to:\n  - {}\n",
+                        points.words(),
+                        problems.join("\n  - ")
+                    ),
+                };
+                Outcome::ok(render_plan(model, &p, &ssh) + &changes + &refused)
             }
             Err(errors) => invalid(&model.report(errors)),
         };
@@ -1573,7 +1628,8 @@ fn run_error(e: RunError) -> Outcome {
         | RunError::NotWaiting { .. }
         | RunError::AlreadyConfirmed { .. }
         | RunError::DrillOver { .. }
-        | RunError::StartedOtherwise { .. } => {
+        | RunError::StartedOtherwise { .. }
+        | RunError::PointsOutOfReach { .. } => {
             Outcome::err(exit::INVALID_INPUT, format!("error: {e}\n"))
         }
         RunError::NoName | RunError::PointsNotForMode { .. } => {

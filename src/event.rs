@@ -400,6 +400,12 @@ pub struct PointChoice {
     pub before: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accept_unverified: Vec<String>,
+    /// Services (or every one, with `*`) the operator lets start from what their own
+    /// replication holds now although a point or a time is asked, which that replication
+    /// cannot give (`--as-replicated`): their application's standby, or a vm no replica point
+    /// starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub as_replicated: Vec<String>,
 }
 
 impl PointChoice {
@@ -419,6 +425,21 @@ impl PointChoice {
                 self.accept_unverified.push(vm.clone());
             }
         }
+        for service in &more.as_replicated {
+            if !self.as_replicated.contains(service) {
+                self.as_replicated.push(service.clone());
+            }
+        }
+    }
+
+    /// Whether a point or a time is asked for every vm (`--point POINT`, `--point-before`).
+    pub fn asks_every_vm(&self) -> bool {
+        self.all.is_some() || self.before.is_some()
+    }
+
+    /// Whether `service` may start from what its own replication holds now.
+    pub fn takes_as_replicated(&self, service: &str) -> bool {
+        self.as_replicated.iter().any(|s| s == service || s == "*")
     }
 
     /// What a resume asks (this), made explicit against what its run was asked (`before`):
@@ -456,6 +477,12 @@ impl PointChoice {
             format!(
                 "--accept-unverified {}",
                 if vm == "*" { "all" } else { vm.as_str() }
+            )
+        }));
+        w.extend(self.as_replicated.iter().map(|s| {
+            format!(
+                "--as-replicated {}",
+                if s == "*" { "all" } else { s.as_str() }
             )
         }));
         w.join(" ")

@@ -112,6 +112,16 @@ pub enum RunError {
     RunsAgain { mode: Mode, vms: Vec<String> },
     #[error("refusing to resume the failover: {}", .vms.join("; "))]
     StartedOtherwise { vms: Vec<String> },
+    #[error(
+        "{}: what was asked ({asked}) cannot be given to all this failover starts:\n  - {}",
+        if *resuming { "refusing to resume the failover" } else { "refusing to start the failover, nothing was done" },
+        .problems.join("\n  - ")
+    )]
+    PointsOutOfReach {
+        asked: String,
+        problems: Vec<String>,
+        resuming: bool,
+    },
     #[error("{}", not_ready(*mode, problems, *resuming))]
     NotReady {
         mode: Mode,
@@ -2294,6 +2304,71 @@ fn started_past_copy(
     (refused, forced, diverged)
 }
 
+/// What a failover's point choice cannot give in `plan`, each said: with a time or a point
+/// asked for every vm (`--point-before`, `--point POINT`), a service its application
+/// replicates (its standby holds what was replicated up to now), or one whose vm the plan
+/// starts from no replica point, unless let start as replicated (`--as-replicated`); and a
+/// vm named by `--point VM=ID` that the plan starts from no replica point. Without this, the
+/// run would start them from data other than asked, saying nothing.
+pub fn points_out_of_reach(
+    model: &Model,
+    plan: &Plan,
+    choice: &runner::PointChoice,
+) -> Vec<String> {
+    let from_points: HashSet<&str> = plan
+        .steps
+        .iter()
+        .filter_map(|s| s.replica.as_ref())
+        .filter(|r| r.role == plan::ReplicaRole::Start)
+        .map(|r| r.vm.as_str())
+        .collect();
+    let asked = match (&choice.all, choice.before) {
+        (Some(p), _) => format!("point {p}"),
+        (None, Some(t)) => format!("a point taken before {}", t.format("%Y-%m-%d %H:%M:%S UTC")),
+        (None, None) => String::new(),
+    };
+    let mut out = Vec::new();
+    if choice.asks_every_vm() {
+        for ps in plan.services.iter().filter(|s| !s.steps.is_empty()) {
+            let Some(svc) = model.inventory.services.get(&ps.id) else {
+                continue;
+            };
+            if choice.takes_as_replicated(&ps.id) {
+                continue;
+            }
+            if let Some(lag) = svc.lag() {
+                out.push(format!(
+                    "service {}: its application replicates it (its lag is read on {}): it would start from what was replicated up to now, not from {asked}; {}",
+                    ps.id,
+                    lag.host.as_str(),
+                    as_replicated_fix(&ps.id)
+                ));
+            } else if let Some(vm) = svc.vm().filter(|v| !from_points.contains(v)) {
+                out.push(format!(
+                    "service {}: its vm {vm} is started from no replica point by this failover (its recovery host keeps no copy of its disks): it would start from what is there now, not from {asked}; {}",
+                    ps.id,
+                    as_replicated_fix(&ps.id)
+                ));
+            }
+        }
+    }
+    for vm in choice.by_vm.keys() {
+        if model.inventory.vms.contains_key(vm) && !from_points.contains(vm.as_str()) {
+            out.push(format!(
+                "vm {vm}: --point names it, and this failover starts it from no replica point (it is in none of its services, or its recovery host keeps no copy of its disks): the point would not be used; ask no point for it"
+            ));
+        }
+    }
+    out
+}
+
+/// What to do about a service that no point or time asked reaches.
+fn as_replicated_fix(service: &str) -> String {
+    format!(
+        "leave it out (--service naming the others; --only not to pull it in as a dependency), or start it from what its replication holds now, knowing it: --as-replicated {service} (journaled)"
+    )
+}
+
 /// The vms and backup sets a failover's start has done from a point that what the resume asks
 /// now (`now`: its `--point`, `--point-before`) does not allow: that start is not made again,
 /// and carrying on would leave them on data other than asked without a word.
@@ -2535,6 +2610,16 @@ pub fn start(
         ..opts.plan.clone()
     };
     let plan = plan::build(model, &plan_opts).map_err(|d| RunError::Plan(model.report(d)))?;
+    if plan.mode == Mode::Failover {
+        let problems = points_out_of_reach(model, &plan, &opts.exec.run.points);
+        if !problems.is_empty() {
+            return Err(RunError::PointsOutOfReach {
+                asked: opts.exec.run.points.words(),
+                problems,
+                resuming: false,
+            });
+        }
+    }
     if plan.mode == Mode::Failback {
         // After an emergency failover the primary may have come back by itself.
         let both = running_on_both_sites(model, &plan, &transport(model, &opts.exec.ssh));
@@ -2835,6 +2920,19 @@ pub fn resume(
             _ => None,
         })
         .collect();
+    if plan.mode == Mode::Failover && (added.asks_every_vm() || !added.by_vm.is_empty()) {
+        // What the resume asks, with what the run was asked.
+        let mut asked = start.points.clone();
+        asked.add(&added);
+        let problems = points_out_of_reach(model, &plan, &asked);
+        if !problems.is_empty() {
+            return Err(RunError::PointsOutOfReach {
+                asked: asked.words(),
+                problems,
+                resuming: true,
+            });
+        }
+    }
     if plan.mode == Mode::Failover {
         let refused = started_otherwise(model, &events, &prior, &added, &dir.run_id);
         if !refused.is_empty() {
@@ -3692,7 +3790,7 @@ mod tests {
                     .collect(),
                 all: all.map(str::to_string),
                 before: before.map(|t| t.parse().unwrap()),
-                accept_unverified: Vec::new(),
+                ..Default::default()
             };
         for now in [
             choice(&[("erp-db", "P1")], None, None),

@@ -1,6 +1,6 @@
 //! End-to-end command-line behaviour: exit codes and messages for the situations a user meets.
 
-use crate::common::{mini_copy, reprise, root};
+use crate::common::{mini_copy, reprise, reprise_bounded, root};
 
 #[test]
 fn missing_folder_is_an_io_error_with_a_hint() {
@@ -316,6 +316,113 @@ fn a_resume_that_takes_no_points_refuses_to_be_given_some() {
     }
 }
 
+/// A time (or a point for every vm) asked of a failover cannot be given to a service its
+/// application replicates (its standby holds what was replicated up to now): the failover is
+/// refused before anything is reached (exit 3), naming each and what to do, unless the
+/// operator lets them start as replicated; a `--point` for a vm the plan starts from no point
+/// is refused too. A dry run says the same.
+#[test]
+fn a_time_asked_that_a_service_s_replication_cannot_give_is_refused_naming_it() {
+    let state = tempfile::tempdir().unwrap();
+    let state_arg = state.path().to_str().unwrap();
+    let failover = |more: &[&str]| {
+        let mut args = vec!["--state-dir", state_arg, "failover", "--emergency"];
+        args.extend(more);
+        reprise_bounded(&root(), &args)
+    };
+    let run = failover(&["--point-before", "2026-11-28 01:00", "--yes"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    for said in [
+        "refusing to start the failover, nothing was done",
+        "service lms-db: its application replicates it (its lag is read on pg-pra): it would start from what was replicated up to now, not from a point taken before 2026-11-28 01:00:00 UTC",
+        "--as-replicated lms-db",
+        "service directory: its application replicates it",
+    ] {
+        assert!(run.stderr.contains(said), "{said}: {}", run.stderr);
+    }
+    // Nothing was journaled, nor any host reached.
+    assert!(!state.path().join("runs").exists(), "{run:?}");
+    let run = failover(&["--point", "20261128T020000Z", "--yes"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains("not from point 20261128T020000Z"),
+        "{}",
+        run.stderr
+    );
+    let run = failover(&[
+        "--point",
+        "dc1=20261128T020000Z",
+        "--service",
+        "erp-app",
+        "--yes",
+    ]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "vm dc1: --point names it, and this failover starts it from no replica point"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(!state.path().join("runs").exists(), "{run:?}");
+    // A dry run says it would be refused, and what letting them start as replicated leaves.
+    let run = failover(&[
+        "--point-before",
+        "2026-11-28 01:00",
+        "--as-replicated",
+        "lms-db",
+        "--dry-run",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("Points: this failover would be refused (exit 3)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("service directory: its application"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains("service lms-db: its application"),
+        "{}",
+        run.stdout
+    );
+    let run = failover(&[
+        "--point-before",
+        "2026-11-28 01:00",
+        "--as-replicated",
+        "all",
+        "--dry-run",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        !run.stdout
+            .contains("Points: this failover would be refused"),
+        "{}",
+        run.stdout
+    );
+    // Without a time, nothing to refuse.
+    let run = failover(&["--dry-run"]);
+    assert!(
+        !run.stdout
+            .contains("Points: this failover would be refused"),
+        "{}",
+        run.stdout
+    );
+    // A service the inventory does not know.
+    let run = failover(&["--as-replicated", "moodle", "--dry-run"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("--as-replicated names an unknown service `moodle`"),
+        "{}",
+        run.stderr
+    );
+}
+
 #[test]
 fn a_replication_service_started_wrong_says_so_at_once_and_does_not_loop() {
     let dir = mini_copy();
@@ -326,20 +433,7 @@ fn a_replication_service_started_wrong_says_so_at_once_and_does_not_loop() {
     let run = reprise(dir.path(), &["replicate", "--every", "10m", "--dry-run"]);
     assert_eq!(run.code, 2, "{run:?}");
     // Under `timeout`: a command that went on would fail this test, not hang it.
-    let bounded = |args: &[&str]| {
-        let out = std::process::Command::new("timeout")
-            .arg("60")
-            .arg(env!("CARGO_BIN_EXE_reprise"))
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        crate::common::Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-        }
-    };
+    let bounded = |args: &[&str]| reprise_bounded(dir.path(), args);
     // A name the inventory lacks, in the first round: said and ended there (exit 3), before
     // any host is reached; a later round would say it and go on.
     let run = bounded(&["replicate", "--every", "10m", "--service", "nope"]);

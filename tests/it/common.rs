@@ -36,6 +36,24 @@ pub fn reprise_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run 
     }
 }
 
+/// [`reprise`] under `timeout 60`: a run that would go on (reach hosts, wait) fails its test
+/// instead of hanging it (exit 124).
+pub fn reprise_bounded(dir: &Path, args: &[&str]) -> Run {
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_reprise"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("timeout (coreutils) runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// Copies a folder tree.
 pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

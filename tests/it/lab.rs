@@ -2239,6 +2239,9 @@ fn a_resumed_failover_starts_from_the_point_the_operator_asked_for() {
         "erp-db",
         "--point-before",
         &before_text,
+        // The directory its application replicates: taken as it is, knowingly.
+        "--as-replicated",
+        "directory",
         "--yes",
         "--no-prompt",
     ]);
@@ -2260,6 +2263,17 @@ fn a_resumed_failover_starts_from_the_point_the_operator_asked_for() {
             .any(|e| e["event"] == "replica_point_used"),
         "erp-db started before the stop: {:#?}",
         lab.journal()
+    );
+    // Who let the directory start as replicated is journaled with the time asked.
+    let started = lab
+        .journal()
+        .into_iter()
+        .find(|e| e["event"] == "run_started")
+        .unwrap();
+    assert_eq!(
+        started["points"]["as_replicated"],
+        serde_json::json!(["directory"]),
+        "{started}"
     );
     let mut resumed = lab.spawn(&["resume", "latest", "--no-prompt"]);
     let deadline = Instant::now() + Duration::from_secs(60);
