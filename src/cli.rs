@@ -982,16 +982,11 @@ fn run_with_model(cli: &Cli, model: &Model) -> Result<Outcome, Outcome> {
             as_replicated,
             force,
             args,
-        } => failover(
-            cli,
-            model,
-            *emergency,
-            points,
-            *point_before,
-            as_replicated,
-            *force,
-            args,
-        )?,
+        } => {
+            let mut choice = point_choice(model, points, *point_before, &[])?;
+            choice.as_replicated = as_replicated_choice(model, as_replicated)?;
+            failover(cli, model, *emergency, choice, *force, args)
+        }
         Command::Restore { force, args } => start_with(
             cli,
             model,
@@ -1219,23 +1214,11 @@ fn failover(
     cli: &Cli,
     model: &Model,
     emergency: bool,
-    points: &[(String, String)],
-    point_before: Option<DateTime<Utc>>,
-    as_replicated: &[String],
+    choice: crate::runner::PointChoice,
     force: bool,
     args: &RunArgs,
-) -> Result<Outcome, Outcome> {
-    let mut choice = point_choice(model, points, point_before, &[])?;
-    choice.as_replicated = as_replicated_choice(model, as_replicated)?;
-    Ok(start_with(
-        cli,
-        model,
-        Mode::Failover,
-        emergency,
-        force,
-        args,
-        choice,
-    ))
+) -> Outcome {
+    start_with(cli, model, Mode::Failover, emergency, force, args, choice)
 }
 
 /// The point choice of `--point`, `--point-before` and `--accept-unverified`, each vm or
