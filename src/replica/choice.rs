@@ -346,16 +346,76 @@ fn as_is(
         "started from its copy as it is, UNVERIFIED, on the operator's explicit request (--accept-unverified): {}",
         reasons.join("; ")
     ));
+    // A copy written since its newest point is not that point.
+    let run = ask.run.as_deref();
+    let usable: Vec<usize> = (0..disks.len())
+        .filter(|&i| {
+            let d = &disks[i];
+            !d.points.is_empty() && unverified(d, run).is_none() && d.written_outside().is_none()
+        })
+        .collect();
+    // The disks that have usable points start from one point of theirs, as a failover's
+    // disks do (rolled back to the newest good one they share): accepting one disk as it is
+    // does not let the others start from their newest points, each of its own moment.
+    let mut chosen: Vec<Option<(String, DateTime<Utc>)>> = vec![None; disks.len()];
+    let mut roll_back = Vec::new();
+    let mut dropped = Vec::new();
+    if how == Use::Failover && !usable.is_empty() {
+        let subset: Vec<CopyState> = usable.iter().map(|&i| disks[i].clone()).collect();
+        match failover(&subset, ask, Vec::new()) {
+            Decision::Start(s) => {
+                for (j, p) in s.points.iter().enumerate() {
+                    let d = &disks[usable[j]];
+                    chosen[usable[j]] = p.as_ref().map(|id| {
+                        let at = d.points.iter().find(|q| &q.id == id).map(|q| q.taken_at);
+                        (id.clone(), at.unwrap_or(DateTime::<Utc>::MIN_UTC))
+                    });
+                }
+                roll_back = s
+                    .roll_back
+                    .into_iter()
+                    .map(|(j, id)| (usable[j], id))
+                    .collect();
+                notes.extend(s.notes);
+                dropped = s.dropped;
+            }
+            Decision::Refuse(why) => {
+                return Decision::Refuse(format!(
+                    "{}: with that accepted, its other disks still start from a point of theirs, and {why}",
+                    reasons.join("; ")
+                ));
+            }
+            Decision::Prepare(preps) => {
+                return Decision::Prepare(
+                    preps
+                        .into_iter()
+                        .map(|p| match p {
+                            Prep::Settle(j) => Prep::Settle(usable[j]),
+                            Prep::Verify(j, id) => Prep::Verify(usable[j], id),
+                        })
+                        .collect(),
+                );
+            }
+        }
+    } else {
+        // A drill never rolls a copy back: each from its newest, said when they differ.
+        for &i in &usable {
+            let p = disks[i].points.last().expect("usable: points");
+            chosen[i] = Some((p.id.clone(), p.taken_at));
+        }
+        let subset: Vec<CopyState> = usable.iter().map(|&i| disks[i].clone()).collect();
+        if let Some(why) = newest_differ(&subset) {
+            notes.push(format!("of the disks that have points, {why}"));
+        }
+    }
     let mut points = Vec::new();
     let mut ids = Vec::new();
     let mut oldest: Option<DateTime<Utc>> = None;
-    for d in disks {
-        // A copy written since its newest point is not that point.
-        let usable = unverified(d, ask.run.as_deref()).is_none() && d.written_outside().is_none();
-        let (id, at) = match d.points.last().filter(|_| usable) {
-            Some(p) => {
-                points.push(Some(p.id.clone()));
-                (p.id.clone(), p.taken_at)
+    for (d, c) in disks.iter().zip(chosen) {
+        let (id, at) = match c {
+            Some((id, at)) => {
+                points.push(Some(id.clone()));
+                (id, at)
             }
             None => {
                 points.push(None);
@@ -370,12 +430,12 @@ fn as_is(
     }
     Decision::Start(Start {
         points,
-        roll_back: Vec::new(),
+        roll_back,
         point: ids.join("+"),
         taken_at: oldest.unwrap_or(DateTime::<Utc>::MIN_UTC),
         verified: false,
         notes,
-        dropped: Vec::new(),
+        dropped,
     })
 }
 
@@ -1062,6 +1122,67 @@ mod tests {
             points_from: (!points.is_empty()).then_some(PointsSource::Current),
             ..CopyState::default()
         }
+    }
+
+    /// One disk accepted as it is (no point) does not let a failover start the vm's other
+    /// disks from their newest points, each of its own moment: those that share a good point
+    /// start from it, rolled back to it as a failover's disks are; a bad newest point is
+    /// never started from.
+    #[test]
+    fn a_disk_accepted_as_it_is_leaves_the_others_at_one_point_of_theirs() {
+        let sys = disk(
+            "sys",
+            &[
+                ("P1", "2026-11-28T01:00:00Z", "yes"),
+                ("P2", "2026-11-28T02:00:00Z", "yes"),
+            ],
+        );
+        let data = disk("data", &[("P1", "2026-11-28T01:00:00Z", "yes")]);
+        let logs = disk("logs", &[]);
+        let accepted = Ask {
+            accept_unverified: true,
+            ..Ask::default()
+        };
+        let s = started(decide(
+            &[sys.clone(), data.clone(), logs.clone()],
+            Use::Failover,
+            &accepted,
+        ));
+        assert_eq!(
+            s.points,
+            [Some("P1".into()), Some("P1".into()), None],
+            "{s:?}"
+        );
+        assert_eq!(s.roll_back, [(0, "P1".to_string())], "{s:?}");
+        assert!(!s.verified, "{s:?}");
+        assert!(s.point.starts_with("P1+copy-"), "{s:?}");
+        // The newest point of a disk bad (a torn or never confirmed copy): its good one.
+        let mut bad = sys.clone();
+        bad.points[1].verified = Verified::Bad;
+        let s = started(decide(
+            &[bad, data.clone(), logs.clone()],
+            Use::Failover,
+            &accepted,
+        ));
+        assert_eq!(
+            s.points,
+            [Some("P1".into()), Some("P1".into()), None],
+            "{s:?}"
+        );
+        // A drill rolls nothing back: each its newest, and the difference is said.
+        let s = started(decide(&[sys, data, logs], Use::Drill, &accepted));
+        assert_eq!(
+            s.points,
+            [Some("P2".into()), Some("P1".into()), None],
+            "{s:?}"
+        );
+        assert!(
+            s.notes
+                .iter()
+                .any(|n| n
+                    .contains("of the disks that have points, the disks' newest points differ")),
+            "{s:?}"
+        );
     }
 
     fn started(d: Decision) -> Start {
