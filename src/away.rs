@@ -717,6 +717,7 @@ mod tests {
                 item: "erp-db".into(),
                 point: "P1".into(),
                 taken_at: t(-60),
+                written_until: None,
                 verified: true,
                 note: None,
                 dropped: Vec::new(),

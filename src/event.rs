@@ -184,6 +184,10 @@ pub enum Event {
         point: String,
         /// When the point's source state was captured.
         taken_at: DateTime<Utc>,
+        /// The latest time what was started from may have been written (a backup set's newest
+        /// file, a copy started as it is: its last write); none: `taken_at`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        written_until: Option<DateTime<Utc>>,
         /// True only when the point's BLAKE3 matched (when made or last read) and the copy
         /// still was that point when the vm started.
         verified: bool,

@@ -2389,9 +2389,10 @@ fn started_otherwise(
                 item,
                 point,
                 taken_at,
+                written_until,
                 ..
             } => match prior.get(step) {
-                Some(Prior::Done) => Some((step, item, point, taken_at, "done")),
+                Some(Prior::Done) => Some((step, item, point, taken_at, written_until, "done")),
                 // Cut after it chose that point: it may have started the vm from it, and the
                 // resume hands it to a person, who confirms what it did; no point is chosen
                 // again.
@@ -2400,31 +2401,39 @@ fn started_otherwise(
                     item,
                     point,
                     taken_at,
+                    written_until,
                     "cut after it chose that point: it may have started it",
                 )),
                 _ => None,
             },
             _ => None,
         })
-        .filter_map(|(step, item, point, taken_at, how)| {
+        .filter_map(|(step, item, point, taken_at, written_until, how)| {
+            // What it started from may hold writes after its point's time (a backup set's
+            // files, a copy started as it is): judged by the latest.
+            let until = written_until.as_ref().unwrap_or(taken_at);
             let ask = match model.inventory.vms.contains_key(item) {
                 true => now.ask(item, run, true),
                 false => now.ask_set(item, run, true),
             };
             let asked = match &ask.want {
                 Some(Want::Id(id)) if id != point => Some(format!("point {id}")),
-                Some(Want::Before(t)) if taken_at > t => {
+                Some(Want::Before(t)) if until > t => {
                     Some(format!("a point taken before {}", when(t)))
                 }
                 _ => ask
                     .within
-                    .filter(|t| taken_at > t)
+                    .filter(|t| until > t)
                     .map(|t| format!("a point taken before {}", when(&t))),
             };
             asked.map(|asked| {
                 format!(
-                    "{item} was started by this run from point {point} (taken {}, step {step}, {how}): it is not started again, so it cannot start from {asked}, as asked now; resume without asking it, or, once this run is over, fail {item} over again from the point you want",
-                    when(taken_at)
+                    "{item} was started by this run from point {point} (taken {}{}, step {step}, {how}): it is not started again, so it cannot start from {asked}, as asked now; resume without asking it, or, once this run is over, fail {item} over again from the point you want",
+                    when(taken_at),
+                    match written_until {
+                        Some(u) if u > taken_at => format!(", holding what was written until {}", when(u)),
+                        _ => String::new(),
+                    }
                 )
             })
         })
@@ -3502,6 +3511,7 @@ mod tests {
             at: Utc::now(),
             point: None,
             taken_at: None,
+            written_until: None,
             verified: true,
         }
     }
@@ -3777,6 +3787,7 @@ mod tests {
             item: "erp-db".into(),
             point: "P2".into(),
             taken_at,
+            written_until: None,
             verified: true,
             note: None,
             dropped: Vec::new(),
@@ -3831,6 +3842,22 @@ mod tests {
         // One that failed runs again, and `choice::decide` refuses there.
         let failed: HashMap<String, Prior> = HashMap::new();
         assert!(started_otherwise(&model, &events, &failed, &now, "r1").is_empty());
+        // What it started from holds writes after its point's time (a disk started as it
+        // is, a backup set's newest file): a time before those is refused too, saying until
+        // when its data holds.
+        let mut later = events.clone();
+        if let Event::ReplicaPointUsed { written_until, .. } = &mut later[0] {
+            *written_until = Some("2026-11-28T04:00:00Z".parse().unwrap());
+        }
+        let now = choice(&[], None, Some("2026-11-28T03:00:00Z"));
+        let refused = started_otherwise(&model, &later, &done, &now, "r1");
+        assert!(
+            refused.len() == 1
+                && refused[0].contains("holding what was written until 2026-11-28 04:00:00 UTC"),
+            "{refused:?}"
+        );
+        let now = choice(&[], None, Some("2026-11-28T05:00:00Z"));
+        assert!(started_otherwise(&model, &later, &done, &now, "r1").is_empty());
     }
 
     /// Hosts whose driver `status` (`virsh domstate`) says what `said` gives for them (a host

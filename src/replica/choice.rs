@@ -67,6 +67,10 @@ pub struct Start {
     /// What the journal records: the point(s), the oldest data, whether it is verified now.
     pub point: String,
     pub taken_at: DateTime<Utc>,
+    /// The latest time anything the vm starts from may have been written: a point's
+    /// [`Point::written_until`], a copy as it is its last write (the end of time when not
+    /// known). What a time asked later (a resume's `--point-before`) is compared with.
+    pub written_until: DateTime<Utc>,
     pub verified: bool,
     pub notes: Vec<String>,
     /// The points dropped by the roll-backs, per disk name.
@@ -198,7 +202,7 @@ pub fn decide(disks: &[CopyState], how: Use, ask: &Ask) -> Decision {
         let first = leases[0];
         // Asked another point now (a resume's `--point`, `--point-before`): the copies hold
         // what the vm wrote since it started from this one, and are no longer any point.
-        let of = |l: &Lease| l.taken_at.unwrap_or(l.at);
+        let of = |l: &Lease| l.written_until.or(l.taken_at).unwrap_or(l.at);
         let asked = match &ask.want {
             Some(Want::Id(id)) if leases.iter().any(|l| l.point.as_deref() != Some(id)) => {
                 Some(format!("point {id}"))
@@ -225,6 +229,11 @@ pub fn decide(disks: &[CopyState], how: Use, ask: &Ask) -> Decision {
                 .iter()
                 .map(|l| l.taken_at.unwrap_or(l.at))
                 .min()
+                .expect("one disk at least"),
+            written_until: leases
+                .iter()
+                .map(|l| of(l))
+                .max()
                 .expect("one disk at least"),
             verified: moments.len() == 1 && leases.iter().all(|l| l.verified),
             notes: vec![format!(
@@ -357,7 +366,9 @@ fn as_is(
     // The disks that have usable points start from one point of theirs, as a failover's
     // disks do (rolled back to the newest good one they share): accepting one disk as it is
     // does not let the others start from their newest points, each of its own moment.
-    let mut chosen: Vec<Option<(String, DateTime<Utc>)>> = vec![None; disks.len()];
+    // Per disk: the point it starts from, when taken, and until when what it holds was written.
+    type Chosen = Option<(String, DateTime<Utc>, DateTime<Utc>)>;
+    let mut chosen: Vec<Chosen> = vec![None; disks.len()];
     let mut roll_back = Vec::new();
     let mut dropped = Vec::new();
     if how == Use::Failover && !usable.is_empty() {
@@ -367,8 +378,12 @@ fn as_is(
                 for (j, p) in s.points.iter().enumerate() {
                     let d = &disks[usable[j]];
                     chosen[usable[j]] = p.as_ref().map(|id| {
-                        let at = d.points.iter().find(|q| &q.id == id).map(|q| q.taken_at);
-                        (id.clone(), at.unwrap_or(DateTime::<Utc>::MIN_UTC))
+                        let q = d.points.iter().find(|q| &q.id == id);
+                        (
+                            id.clone(),
+                            q.map_or(DateTime::<Utc>::MIN_UTC, |q| q.taken_at),
+                            q.map_or(DateTime::<Utc>::MAX_UTC, Point::written_until),
+                        )
                     });
                 }
                 roll_back = s
@@ -401,7 +416,7 @@ fn as_is(
         // A drill never rolls a copy back: each from its newest, said when they differ.
         for &i in &usable {
             let p = disks[i].points.last().expect("usable: points");
-            chosen[i] = Some((p.id.clone(), p.taken_at));
+            chosen[i] = Some((p.id.clone(), p.taken_at, p.written_until()));
         }
         let subset: Vec<CopyState> = usable.iter().map(|&i| disks[i].clone()).collect();
         if let Some(why) = newest_differ(&subset) {
@@ -411,28 +426,35 @@ fn as_is(
     let mut points = Vec::new();
     let mut ids = Vec::new();
     let mut oldest: Option<DateTime<Utc>> = None;
+    let mut until = DateTime::<Utc>::MIN_UTC;
     for (d, c) in disks.iter().zip(chosen) {
-        let (id, at) = match c {
-            Some((id, at)) => {
+        let (id, at, to) = match c {
+            Some((id, at, to)) => {
                 points.push(Some(id.clone()));
-                (id, at)
+                (id, at, to)
             }
             None => {
                 points.push(None);
                 let at = d.mtime.unwrap_or(DateTime::<Utc>::MIN_UTC);
-                (format!("copy-{}", at.format("%Y%m%dT%H%M%SZ")), at)
+                (
+                    format!("copy-{}", at.format("%Y%m%dT%H%M%SZ")),
+                    at,
+                    d.mtime.unwrap_or(DateTime::<Utc>::MAX_UTC),
+                )
             }
         };
         if !ids.contains(&id) {
             ids.push(id);
         }
         oldest = Some(oldest.map_or(at, |o| o.min(at)));
+        until = until.max(to);
     }
     Decision::Start(Start {
         points,
         roll_back,
         point: ids.join("+"),
         taken_at: oldest.unwrap_or(DateTime::<Utc>::MIN_UTC),
+        written_until: until,
         verified: false,
         notes,
         dropped,
@@ -759,6 +781,12 @@ fn start(
         }
         oldest = Some(oldest.map_or(p.taken_at, |o| o.min(p.taken_at)));
     }
+    let written_until = disks
+        .iter()
+        .zip(chosen)
+        .map(|(d, &k)| d.points[k].written_until())
+        .max()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     // Disks of several moments make no one verified point of the vm, whatever each is.
     if moments.len() > 1 {
         verified = false;
@@ -779,6 +807,7 @@ fn start(
         roll_back,
         point: ids.join("+"),
         taken_at: oldest.unwrap_or(DateTime::<Utc>::MIN_UTC),
+        written_until,
         verified,
         notes,
         dropped,
@@ -1138,7 +1167,8 @@ mod tests {
             ],
         );
         let data = disk("data", &[("P1", "2026-11-28T01:00:00Z", "yes")]);
-        let logs = disk("logs", &[]);
+        let mut logs = disk("logs", &[]);
+        logs.mtime = Some("2026-11-28T03:00:00Z".parse().unwrap());
         let accepted = Ask {
             accept_unverified: true,
             ..Ask::default()
@@ -1156,6 +1186,10 @@ mod tests {
         assert_eq!(s.roll_back, [(0, "P1".to_string())], "{s:?}");
         assert!(!s.verified, "{s:?}");
         assert!(s.point.starts_with("P1+copy-"), "{s:?}");
+        // Its data is of 01:00 on two disks and of up to 03:00 on the third: a time asked
+        // later (a resume's) is judged by the latest.
+        assert_eq!(s.taken_at.to_rfc3339(), "2026-11-28T01:00:00+00:00");
+        assert_eq!(s.written_until.to_rfc3339(), "2026-11-28T03:00:00+00:00");
         // The newest point of a disk bad (a torn or never confirmed copy): its good one.
         let mut bad = sys.clone();
         bad.points[1].verified = Verified::Bad;
@@ -1771,6 +1805,7 @@ mod tests {
             at: "2026-11-28T05:00:00Z".parse().unwrap(),
             point: Some("P1".into()),
             taken_at: Some("2026-11-28T01:00:00Z".parse().unwrap()),
+            written_until: None,
             verified: true,
         });
         let why = replication_refusal(&leased, "erp-db", false).unwrap();
@@ -1823,6 +1858,7 @@ mod tests {
             at: "2026-11-28T05:00:00Z".parse().unwrap(),
             point: Some("P1".into()),
             taken_at: Some("2026-11-28T01:00:00Z".parse().unwrap()),
+            written_until: None,
             verified: true,
         });
         let why = refused(decide(

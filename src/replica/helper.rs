@@ -205,6 +205,7 @@ pub fn serve(
             pid,
             point,
             taken_at,
+            written_until,
             verified,
             expect,
             wait,
@@ -220,6 +221,7 @@ pub fn serve(
                 at: chrono::Utc::now(),
                 point,
                 taken_at,
+                written_until,
                 verified,
             };
             let terms = LeaseTerms {

@@ -305,6 +305,10 @@ pub struct Lease {
     pub point: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub taken_at: Option<DateTime<Utc>>,
+    /// The latest time what the vm started from may have been written
+    /// ([`crate::replica::choice::Start::written_until`]); none: as `taken_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_until: Option<DateTime<Utc>>,
     #[serde(default)]
     pub verified: bool,
 }
@@ -972,6 +976,7 @@ mod tests {
             at: "2026-11-28T03:10:00Z".parse().unwrap(),
             point: None,
             taken_at: None,
+            written_until: None,
             verified: false,
         };
         write_lease(d, &lease).unwrap();

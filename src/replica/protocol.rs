@@ -284,6 +284,8 @@ pub enum Request {
         #[arg(long)]
         taken_at: Option<DateTime<Utc>>,
         #[arg(long)]
+        written_until: Option<DateTime<Utc>>,
+        #[arg(long)]
         verified: bool,
         #[arg(long)]
         expect: Option<String>,
@@ -657,6 +659,7 @@ mod tests {
                 pid: 42,
                 point: Some("p1".into()),
                 taken_at: Some(at),
+                written_until: Some(at),
                 verified: true,
                 expect: Some("p1".into()),
                 wait: 60,

@@ -1261,6 +1261,7 @@ impl<'a> Helpers<'a> {
             pid: lease.pid,
             point: lease.point.clone(),
             taken_at: lease.taken_at,
+            written_until: lease.written_until,
             verified: lease.verified,
             expect: expect.map(str::to_string),
             wait: wait.as_secs(),

@@ -730,6 +730,7 @@ fn lease(
             at: Utc::now(),
             point: start.points[i].clone(),
             taken_at: Some(start.taken_at),
+            written_until: Some(start.written_until),
             verified: start.verified,
         };
         let take = Take {
@@ -956,6 +957,7 @@ pub fn after(
                     at: Utc::now(),
                     point: None,
                     taken_at: None,
+                    written_until: None,
                     verified: false,
                 };
                 // The lease of the start is kept as it was (its point's time is what a
@@ -1328,6 +1330,7 @@ mod tests {
             at: Utc::now(),
             point: Some("P1".into()),
             taken_at: None,
+            written_until: None,
             verified: true,
         });
         let fake = Fake {
@@ -1444,6 +1447,7 @@ mod tests {
             at: Utc::now(),
             point: Some("P2".into()),
             taken_at: None,
+            written_until: None,
             verified: true,
         });
         let fake = Fake {
@@ -1470,6 +1474,7 @@ mod tests {
             at: Utc::now(),
             point: Some("P1".into()),
             taken_at: None,
+            written_until: None,
             verified: true,
         });
         let fake = Fake::with(vec![sys, disk("data", &[point("P1", 1, "yes")])]);

@@ -3598,6 +3598,7 @@ mod tests {
             at: Utc::now(),
             point: Some(point.into()),
             taken_at: None,
+            written_until: None,
             verified: true,
         }
     }
@@ -5483,6 +5484,7 @@ mod tests {
             at: Utc::now(),
             point: Some("p1".into()),
             taken_at: None,
+            written_until: None,
             verified,
         };
         let wait = std::time::Duration::from_millis(10);

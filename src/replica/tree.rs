@@ -3582,6 +3582,7 @@ mod tests {
             at: Utc::now(),
             point: Some(point.into()),
             taken_at: None,
+            written_until: None,
             verified: true,
         };
         let wait = std::time::Duration::from_millis(10);

@@ -516,6 +516,7 @@ impl<'a> RunFacts<'a> {
                 verified,
                 note,
                 dropped,
+                ..
             } => self.points.push((
                 step.clone(),
                 PointUsed {
@@ -2329,6 +2330,7 @@ mod tests {
             item: "erp-db".into(),
             point: "p7".into(),
             taken_at: t(-120 - 1800),
+            written_until: None,
             verified: false,
             note: None,
             dropped: Vec::new(),
@@ -2464,6 +2466,7 @@ mod tests {
             item: "db".into(),
             point: "p1".into(),
             taken_at: t(-3600),
+            written_until: None,
             verified: true,
             note: None,
             dropped: Vec::new(),
@@ -2504,6 +2507,7 @@ mod tests {
             item: "erp-db".into(),
             point: "p6".into(),
             taken_at: t(-60),
+            written_until: None,
             verified,
             note: Some("rolled back".into()),
             dropped: dropped.iter().map(|d| d.to_string()).collect(),
@@ -2605,6 +2609,7 @@ mod tests {
             item: "db".into(),
             point: point.into(),
             taken_at,
+            written_until: None,
             verified: true,
             note: None,
             dropped: Vec::new(),

@@ -84,6 +84,7 @@ pub(super) async fn run(ctx: &RunContext, run: &StepRun, copy: &BackupUse) -> Ou
         item: copy.set.clone(),
         point: s.point.clone(),
         taken_at: s.taken_at,
+        written_until: (s.written_until != s.taken_at).then_some(s.written_until),
         verified: s.verified,
         note: Some(if notes.is_empty() {
             format!("the newest point on {}, verified", copy.host)

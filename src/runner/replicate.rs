@@ -259,6 +259,7 @@ fn point_made(run: &StepRun, step: String, item: String, point: String, taken_at
         item,
         point,
         taken_at,
+        written_until: None,
         verified: true,
         note: Some("made by this step; its BLAKE3 matched end to end".into()),
         dropped: Vec::new(),

@@ -103,6 +103,7 @@ pub(super) async fn before_replica(
         item: replica.vm.clone(),
         point: s.point,
         taken_at: s.taken_at,
+        written_until: (s.written_until != s.taken_at).then_some(s.written_until),
         verified: s.verified,
         note: Some(if notes.is_empty() {
             format!("the newest point on {}, verified", replica.host)
