@@ -1791,7 +1791,10 @@ impl Store {
                             "the stream says {count} blocks its bitmap missed, and sent {changed}"
                         )));
                     }
-                    if differ.binary_search(&first).is_ok() {
+                    // Only the first block missed is named: when it is one the copy held
+                    // already, the others may still be the bitmap's misses, so the word is
+                    // set aside only when it names that one block alone.
+                    if count > 1 || differ.binary_search(&first).is_ok() {
                         unmarked = Some((count, first));
                     } else {
                         // A leaf of the manifest the source compared against was not the
@@ -3298,7 +3301,56 @@ mod tests {
             .find(|p| p.id == "p4")
             .unwrap();
         assert!(p4.unusable.is_none(), "{p4:?}");
+        // Two blocks said missed, the first one the copy held already: the other may be the
+        // bitmap's miss, so the word is taken (the bitmap distrusted until checked again).
+        let mut v = vec![b'd'; 3 * BLOCK];
+        v[..BLOCK].fill(b'e');
+        std::fs::write(&src, &v).unwrap();
+        let (m, _) = store.base_manifest(false, false).unwrap();
+        let mut stream = Vec::new();
+        let header = wire::Header {
+            base_size: m.size,
+            base_whole: m.whole,
+            size: m.size,
+            origin: None,
+        };
+        wire::write_header(&mut stream, &header).unwrap();
+        wire::write_data(&mut stream, 0, &v[..BLOCK]).unwrap();
+        wire::write_data(&mut stream, 2, &v[2 * BLOCK..]).unwrap();
+        wire::write_unmarked(&mut stream, 2, 2).unwrap();
+        let whole = Manifest::of_file(&src).unwrap().whole;
+        wire::write_end(&mut stream, &whole).unwrap();
+        let applied = store
+            .apply(&mut &stream[..], read("p5b", ReadMode::Scan))
+            .unwrap();
+        let said = applied.unmarked.unwrap_or_default();
+        assert!(
+            said.contains("2 blocks differ from the copy that the dirty bitmap did not mark"),
+            "{said}"
+        );
+        let newest = store.points().unwrap().pop().unwrap();
+        assert_eq!(
+            newest.read.and_then(|r| r.missed),
+            Some(2),
+            "the bitmap stays distrusted"
+        );
         // Nor is a count beyond the blocks sent.
+        std::fs::write(&src, vec![b'd'; 3 * BLOCK]).unwrap();
+        let (m, _) = store.base_manifest(false, false).unwrap();
+        let said_missed = |count: u64| {
+            let mut stream = Vec::new();
+            let header = wire::Header {
+                base_size: m.size,
+                base_whole: m.whole,
+                size: m.size,
+                origin: None,
+            };
+            wire::write_header(&mut stream, &header).unwrap();
+            wire::write_data(&mut stream, 2, &vec![b'd'; BLOCK]).unwrap();
+            wire::write_unmarked(&mut stream, count, 2).unwrap();
+            wire::write_end(&mut stream, &m.whole).unwrap();
+            stream
+        };
         let e = store
             .apply(&mut &said_missed(2)[..], read("p6", ReadMode::Scan))
             .unwrap_err()
