@@ -1173,19 +1173,23 @@ mod tests {
             accept_unverified: true,
             ..Ask::default()
         };
+        // The disk taken as it is first: the others' choice maps back to their own places.
         let s = started(decide(
-            &[sys.clone(), data.clone(), logs.clone()],
+            &[logs.clone(), sys.clone(), data.clone()],
             Use::Failover,
             &accepted,
         ));
         assert_eq!(
             s.points,
-            [Some("P1".into()), Some("P1".into()), None],
+            [None, Some("P1".into()), Some("P1".into())],
             "{s:?}"
         );
-        assert_eq!(s.roll_back, [(0, "P1".to_string())], "{s:?}");
+        assert_eq!(s.roll_back, [(1, "P1".to_string())], "{s:?}");
         assert!(!s.verified, "{s:?}");
-        assert!(s.point.starts_with("P1+copy-"), "{s:?}");
+        assert!(
+            s.point.starts_with("copy-") && s.point.ends_with("+P1"),
+            "{s:?}"
+        );
         // Its data is of 01:00 on two disks and of up to 03:00 on the third: a time asked
         // later (a resume's) is judged by the latest.
         assert_eq!(s.taken_at.to_rfc3339(), "2026-11-28T01:00:00+00:00");

@@ -1562,13 +1562,14 @@ impl Store {
             });
         }
         f.sync_all().map_err(io_err(&staging))?;
+        // The copy as this replication made it (a rename keeps what the stamp holds): a write
+        // after this is not vouched for.
+        let stamp = f.metadata().ok().map(|m| stamp_of(&m));
         drop(f);
         // Known as reprise's own before it is in place: a crash before its point is recorded
         // leaves no file that looks put there by someone else.
         meta::write_file(&self.dir, meta::MADE, new.id.as_bytes(), false)?;
         std::fs::rename(&staging, &self.image).map_err(io_err(&self.image))?;
-        // The copy as this replication made it: a write after this is not vouched for.
-        let stamp = self.stamp();
         if let Some(parent) = self.image.parent() {
             sync_dir(parent)?;
         }
@@ -2035,8 +2036,9 @@ impl Store {
             .set_len(commit.point.size)
             .map_err(io_err(&self.image))?;
         mirror.sync_all().map_err(io_err(&self.image))?;
-        // The copy as this update left it: a write after this is not vouched for.
-        let stamp = self.stamp();
+        // The copy as this update left it (the file it wrote, not whatever is at its path):
+        // a write after this is not vouched for.
+        let stamp = mirror.metadata().ok().map(|m| stamp_of(&m));
         // 3. The manifest, then the stamp.
         let whole = self.roll_manifest_forward(&changed, &commit)?;
         self.write_stamp(stamp.as_deref())?;
@@ -2501,6 +2503,10 @@ pub struct RolledBack {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RollBackIntent {
     point: String,
+    /// The stamp of the point written beside the copy, which the rename keeps: what the copy
+    /// is once rolled back, whichever try renames it (none: written by an earlier version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stamp: Option<String>,
 }
 
 /// Rolling the copy back to an older point, for a failover from the last good state before a
@@ -2561,6 +2567,7 @@ impl Store {
         self.restore_unlocked(&points, k, &tmp)?;
         let intent = RollBackIntent {
             point: id.to_string(),
+            stamp: std::fs::metadata(&tmp).ok().map(|m| stamp_of(&m)),
         };
         let json = serde_json::to_vec(&intent).expect("intent serializes");
         self.write_atomic("rollback.json", &json)?;
@@ -2590,11 +2597,13 @@ impl Store {
             }
             Err(e) => return Err(io_err(&intent_path)(e)),
         };
-        // The copy as the roll-back made it (when an earlier try renamed it, as it is now).
-        let mut stamp = None;
+        // The copy as the roll-back made it, not as it is now: an earlier try may have renamed
+        // it, and a vm run on it since (its writes are in no point). An intent of an earlier
+        // version says nothing of it: the copy as it is when renamed here, else now.
+        let mut stamp = intent.stamp.clone();
         if tmp.exists() {
             std::fs::rename(&tmp, &self.image).map_err(io_err(&self.image))?;
-            stamp = self.stamp();
+            stamp = stamp.or_else(|| self.stamp());
             sync_dir(self.image.parent().unwrap_or(Path::new("")))?;
         }
         let mut points = self.points()?;
@@ -4080,6 +4089,49 @@ mod tests {
         // was written behind its point).
         let e = blocks::written_all_through(&dst, || store.base_manifest(true, false)).unwrap_err();
         assert!(e.to_string().contains("written while it was read"), "{e}");
+    }
+
+    /// A roll-back that renamed the older point over the copy and was cut there, the copy
+    /// then written (a vm started on it by hand): whoever completes the roll-back records the
+    /// copy as the roll-back made it, so the write shows as a change behind the point.
+    #[test]
+    fn a_roll_back_completed_later_does_not_vouch_for_writes_made_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        let store = Store::new(&dst);
+        for (id, byte) in [("p1", 1u8), ("p2", 2u8)] {
+            std::fs::write(&src, vec![byte; 4 * BLOCK]).unwrap();
+            store
+                .apply(&mut &stream_of(&src, &store)[..], point(id))
+                .unwrap();
+        }
+        // The first try: p1 written beside the copy, the intent, the rename; then cut.
+        let tmp = store.path("rollback.img");
+        store.restore("p1", &tmp).unwrap();
+        let intent = RollBackIntent {
+            point: "p1".into(),
+            stamp: Some(stamp_of(&std::fs::metadata(&tmp).unwrap())),
+        };
+        std::fs::write(
+            store.path("rollback.json"),
+            serde_json::to_vec(&intent).unwrap(),
+        )
+        .unwrap();
+        std::fs::rename(&tmp, &dst).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let f = OpenOptions::new().write(true).open(&dst).unwrap();
+        f.write_all_at(b"by hand", 0).unwrap();
+        drop(f);
+        // Completed by the next use of the copy.
+        store.settle().unwrap();
+        let points = store.points().unwrap();
+        assert_eq!(
+            points.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+            ["p1"]
+        );
+        let why = store.changed_since(&points).unwrap_or_default();
+        assert!(why.contains("changed since its newest point p1"), "{why:?}");
     }
 
     /// A write that lands right after the copy was read whole again is not vouched for by
