@@ -50,6 +50,7 @@ pub struct Labels {
     pub measured_from_incident: &'static str,
     pub measured_from_start: &'static str,
     pub resumed_by: &'static str,
+    pub points_asked: &'static str,
     pub services: &'static str,
     /// Above what proved each health check that passed.
     pub checks_proved: &'static str,
@@ -685,6 +686,7 @@ static EN: Labels = Labels {
     measured_from_incident: "RTO and data loss are measured from the declared incident time.",
     measured_from_start: "RTO and data loss are measured from the start of the run.",
     resumed_by: "Resumed by",
+    points_asked: "Points asked",
     services: "Services",
     checks_proved: "What proved each health check that passed",
     service: "Service",
@@ -760,6 +762,7 @@ static FR: Labels = Labels {
     measured_from_incident: "Le RTO et la perte de données sont mesurés depuis l'heure déclarée de l'incident.",
     measured_from_start: "Le RTO et la perte de données sont mesurés depuis le début de l'opération.",
     resumed_by: "Reprise par",
+    points_asked: "Points demandés",
     services: "Services",
     checks_proved: "Ce qui a prouvé chaque contrôle de santé réussi",
     service: "Service",

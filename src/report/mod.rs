@@ -64,6 +64,10 @@ pub struct RecoveryReport {
     pub problems: Vec<Problem>,
     pub recommendations: Vec<Recommendation>,
     pub resumes: Vec<Resume>,
+    /// The points the run was asked to start from, as options (`--point-before …
+    /// --as-replicated …`), when it was asked any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub points_asked: Option<String>,
     pub readiness: Option<Readiness>,
     pub evidence: Evidence,
 }
@@ -403,6 +407,7 @@ struct Head {
     incident_at: Option<DateTime<Utc>>,
     plan: RunPlan,
     readiness: Option<Readiness>,
+    points_asked: Option<String>,
 }
 
 impl Head {
@@ -423,6 +428,7 @@ impl Head {
                 incident_at,
                 plan,
                 readiness,
+                points,
                 ..
             } = e
             else {
@@ -449,6 +455,7 @@ impl Head {
                     critical_path: Vec::new(),
                 }),
                 readiness: readiness.clone().map(|r| *r),
+                points_asked: points.as_ref().map(|p| p.words()).filter(|w| !w.is_empty()),
             })
         })
     }
@@ -924,6 +931,7 @@ pub fn build(input: &Input) -> Result<RecoveryReport, ReportError> {
         problems,
         recommendations,
         resumes: facts.resumes,
+        points_asked: head.points_asked,
         readiness: head.readiness,
         evidence,
     })
@@ -2236,6 +2244,36 @@ mod tests {
         );
         let md = render::render(&other, render::Format::Md, Lang::En);
         assert!(md.contains("two machines' clocks"), "{md}");
+    }
+
+    /// The points a failover was asked at its start, and the services let start as
+    /// replicated, are in the report's head, as the options that asked them.
+    #[test]
+    fn the_points_a_run_was_asked_are_in_its_report() {
+        let mut first = started(None);
+        if let Event::RunStarted { points, .. } = &mut first {
+            *points = Some(Box::new(crate::event::PointChoice {
+                before: Some(t(-3600)),
+                as_replicated: vec!["directory".into()],
+                ..Default::default()
+            }));
+        }
+        let mut events = vec![first];
+        events.extend(run("db/start", 0, 100, StepStatus::Done));
+        let r = build_of(&events);
+        let asked = r.points_asked.clone().unwrap_or_default();
+        assert!(
+            asked.starts_with("--point-before ") && asked.ends_with(" --as-replicated directory"),
+            "{asked}"
+        );
+        let md = render::render(&r, render::Format::Md, Lang::En);
+        assert!(
+            md.contains("Points asked") && md.contains("--as-replicated directory"),
+            "{md}"
+        );
+        // None asked: no such line.
+        let r = build_of(&[started(None)]);
+        assert_eq!(r.points_asked, None);
     }
 
     #[test]

@@ -133,6 +133,9 @@ fn facts(r: &RecoveryReport, l: &Labels) -> Vec<(&'static str, String)> {
     f.push((l.duration, duration));
     f.push((l.operator, r.operator.clone()));
     f.push((l.machine, r.machine.clone()));
+    if let Some(asked) = &r.points_asked {
+        f.push((l.points_asked, asked.clone()));
+    }
     for res in &r.resumes {
         f.push((
             l.resumed_by,
