@@ -421,12 +421,11 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
     let mut done: Vec<Prep> = Vec::new();
     // Points read again by hash in this choice, found whole.
     let mut whole: Vec<(usize, String)> = Vec::new();
-    // A copy started as it is (nothing proves it) is judged against a time asked by its
-    // file's time, which the recovery host's clock gave: brought to this machine's clock, and
-    // later by what reading it cannot tell, or none when it cannot be read.
-    let times_asked =
-        matches!(req.ask.want, Some(choice::Want::Before(_))) || req.ask.within.is_some();
-    let clock = (req.ask.accept_unverified && times_asked).then(|| clock_of(copies, host));
+    // A copy started as it is (nothing proves it) is judged against a time asked, now or by a
+    // resume later (its start journals until when it was written), by its file's time, which
+    // the recovery host's clock gave: brought to this machine's clock, and later by what
+    // reading it cannot tell, or none when it cannot be read.
+    let clock = req.ask.accept_unverified.then(|| clock_of(copies, host));
     for _ in 0..(4 + 4 * paths.len()) {
         let mut states = copies
             .inspect(host, paths)
@@ -1609,9 +1608,30 @@ mod tests {
         // Its clock right, the copy is of 02:25: started as it is.
         let fake = Fake {
             clock_ahead: Some(chrono::Duration::zero()),
-            ..Fake::with(vec![copy])
+            ..Fake::with(vec![copy.clone()])
         };
         assert!(prepare(&fake, &req).is_ok());
+        // No time asked: the start still records until when the copy was written by this
+        // machine's clock, which a time a resume asks later is judged by; its clock unread,
+        // the end of time.
+        req.ask.want = None;
+        for (clock, until) in [
+            (Some(-behind), written),
+            (None, chrono::DateTime::<Utc>::MAX_UTC),
+        ] {
+            let fake = Fake {
+                clock_ahead: clock,
+                ..Fake::with(vec![copy.clone()])
+            };
+            let p = prepare(&fake, &req).unwrap();
+            // Later by what reading the clock cannot tell, never earlier.
+            let late = p.start.written_until.signed_duration_since(until);
+            assert!(
+                late >= chrono::Duration::zero() && late < chrono::Duration::seconds(1),
+                "{clock:?}: {}",
+                p.start.written_until
+            );
+        }
     }
 
     #[test]
