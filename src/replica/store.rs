@@ -3218,6 +3218,33 @@ mod tests {
         }
     }
 
+    /// An update of `store`'s copy sending `blocks` (index, bytes) and the source's word that
+    /// `count` blocks from `first` on were missed by its bitmap, ending with the whole hash of
+    /// `source` (the image it makes).
+    fn missed_update(
+        store: &Store,
+        blocks: &[(u64, &[u8])],
+        count: u64,
+        first: u64,
+        source: std::io::Result<Manifest>,
+    ) -> Vec<u8> {
+        let (m, _) = store.base_manifest(false, false).unwrap();
+        let mut stream = Vec::new();
+        let header = wire::Header {
+            base_size: m.size,
+            base_whole: m.whole,
+            size: m.size,
+            origin: None,
+        };
+        wire::write_header(&mut stream, &header).unwrap();
+        for (idx, data) in blocks {
+            wire::write_data(&mut stream, *idx, data).unwrap();
+        }
+        wire::write_unmarked(&mut stream, count, first).unwrap();
+        wire::write_end(&mut stream, &source.unwrap().whole).unwrap();
+        stream
+    }
+
     /// `stream` with the source's word on its check against a bitmap before its end record
     /// (its last 33 bytes).
     fn said_unmarked(mut stream: Vec<u8>, count: u64, first: u64) -> Vec<u8> {
@@ -3284,21 +3311,9 @@ mod tests {
             )
             .unwrap();
         // Block 2 as the copy holds it, said missed by the bitmap, `count` blocks in all.
-        let (m, _) = store.base_manifest(false, false).unwrap();
-        let said_missed = |count: u64| {
-            let mut stream = Vec::new();
-            let header = wire::Header {
-                base_size: m.size,
-                base_whole: m.whole,
-                size: m.size,
-                origin: None,
-            };
-            wire::write_header(&mut stream, &header).unwrap();
-            wire::write_data(&mut stream, 2, &vec![b'd'; BLOCK]).unwrap();
-            wire::write_unmarked(&mut stream, count, 2).unwrap();
-            wire::write_end(&mut stream, &m.whole).unwrap();
-            stream
-        };
+        let d = vec![b'd'; BLOCK];
+        let said_missed =
+            |count: u64| missed_update(&store, &[(2, &d)], count, 2, Manifest::of_file(&src));
         let applied = store
             .apply(&mut &said_missed(1)[..], read("p5", ReadMode::Scan))
             .unwrap();
@@ -3315,20 +3330,13 @@ mod tests {
         let mut v = vec![b'd'; 3 * BLOCK];
         v[..BLOCK].fill(b'e');
         std::fs::write(&src, &v).unwrap();
-        let (m, _) = store.base_manifest(false, false).unwrap();
-        let mut stream = Vec::new();
-        let header = wire::Header {
-            base_size: m.size,
-            base_whole: m.whole,
-            size: m.size,
-            origin: None,
-        };
-        wire::write_header(&mut stream, &header).unwrap();
-        wire::write_data(&mut stream, 0, &v[..BLOCK]).unwrap();
-        wire::write_data(&mut stream, 2, &v[2 * BLOCK..]).unwrap();
-        wire::write_unmarked(&mut stream, 2, 2).unwrap();
-        let whole = Manifest::of_file(&src).unwrap().whole;
-        wire::write_end(&mut stream, &whole).unwrap();
+        let stream = missed_update(
+            &store,
+            &[(0, &v[..BLOCK]), (2, &v[2 * BLOCK..])],
+            2,
+            2,
+            Manifest::of_file(&src),
+        );
         let applied = store
             .apply(&mut &stream[..], read("p5b", ReadMode::Scan))
             .unwrap();
@@ -3345,21 +3353,6 @@ mod tests {
         );
         // Nor is a count beyond the blocks sent.
         std::fs::write(&src, vec![b'd'; 3 * BLOCK]).unwrap();
-        let (m, _) = store.base_manifest(false, false).unwrap();
-        let said_missed = |count: u64| {
-            let mut stream = Vec::new();
-            let header = wire::Header {
-                base_size: m.size,
-                base_whole: m.whole,
-                size: m.size,
-                origin: None,
-            };
-            wire::write_header(&mut stream, &header).unwrap();
-            wire::write_data(&mut stream, 2, &vec![b'd'; BLOCK]).unwrap();
-            wire::write_unmarked(&mut stream, count, 2).unwrap();
-            wire::write_end(&mut stream, &m.whole).unwrap();
-            stream
-        };
         let e = store
             .apply(&mut &said_missed(2)[..], read("p6", ReadMode::Scan))
             .unwrap_err()
