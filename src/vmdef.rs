@@ -475,6 +475,20 @@ fn rewrite_xml(root: &Element, fit: &Fit) -> Result<Fitted, DefinitionError> {
     }
     if !fit.keep_uuid {
         remove_children(&mut root, "uuid");
+        // Nor under another name: the SMBIOS UUID (which libvirt takes for the domain's when
+        // <uuid> is missing) and the generation id the guest sees.
+        remove_children(&mut root, "genid");
+        if let Some(system) = root
+            .get_mut_child("sysinfo")
+            .and_then(|s| s.get_mut_child("system"))
+        {
+            system.children.retain(|c| {
+                c.as_element().is_none_or(|e| {
+                    !(e.name == "entry"
+                        && e.attributes.get("name").map(String::as_str) == Some("uuid"))
+                })
+            });
+        }
     }
     // UEFI variables are the target host's own: libvirt chooses the file (by the domain's
     // name) and fills it from the template; a path from another host is never written to.
@@ -487,6 +501,13 @@ fn rewrite_xml(root: &Element, fit: &Fit) -> Result<Fitted, DefinitionError> {
         {
             nv.children.clear();
         }
+        // Firmware QEMU may write to is a file of the host, named by another host.
+        if let Some(l) = os.get_child("loader")
+            && l.attributes.get("readonly").map(String::as_str) == Some("no")
+            && l.get_text().is_some_and(|t| !t.trim().is_empty())
+        {
+            return Err(DefinitionError::HostResource("loader readonly='no'".into()));
+        }
     }
     let Some(devices) = root.get_mut_child("devices") else {
         if let Some((_, to)) = fit.disks.first() {
@@ -497,6 +518,17 @@ fn rewrite_xml(root: &Element, fit: &Fit) -> Result<Fitted, DefinitionError> {
             notes,
         });
     };
+    // The hypervisor the primary ran it with is a program of that host: this one's own is
+    // taken (libvirt's default for the machine).
+    if devices.get_child("emulator").is_some() {
+        remove_children(devices, "emulator");
+        notes.push("the emulator is this host's default".into());
+    }
+    // USB redirection reaches out of the host, around the drill's isolated network.
+    if fit.drill && devices.get_child("redirdev").is_some() {
+        remove_children(devices, "redirdev");
+        notes.push("its USB redirections were removed (a drill's copy reaches nothing outside its network)".into());
+    }
     let mut found = vec![false; fit.disks.len()];
     let mut nic = 0;
     for dev in devices
@@ -510,12 +542,40 @@ fn rewrite_xml(root: &Element, fit: &Fit) -> Result<Fitted, DefinitionError> {
                 nic += 1;
                 interface(dev, nic, fit)?;
             }
-            // A folder, a device, a certificate store or memory of the host: what the
-            // definition names there is another host's.
-            name @ ("filesystem" | "hostdev" | "smartcard" | "shmem") => {
+            // A folder, a device, a certificate store, memory or a file of the host: what the
+            // definition names there is another host's (and may be written: a lease, a
+            // persistent store, a memory backed by a file).
+            name @ ("filesystem" | "hostdev" | "smartcard" | "shmem" | "lease" | "pstore") => {
                 return Err(DefinitionError::HostResource(name.to_string()));
             }
-            "serial" | "console" | "parallel" | "channel" => char_device(dev, &mut notes),
+            "memory" if has_path(dev) => {
+                return Err(DefinitionError::HostResource(
+                    "memory backed by a file".into(),
+                ));
+            }
+            "tpm"
+                if dev.get_child("backend").is_some_and(|b| {
+                    b.attributes.get("type").map(String::as_str) != Some("emulator")
+                }) =>
+            {
+                return Err(DefinitionError::HostResource("tpm of the host".into()));
+            }
+            "input"
+                if matches!(
+                    dev.attributes.get("type").map(String::as_str),
+                    Some("evdev" | "passthrough")
+                ) =>
+            {
+                return Err(DefinitionError::HostResource(
+                    "input device of the host".into(),
+                ));
+            }
+            "serial" | "console" | "parallel" | "channel" => char_device(dev, fit, &mut notes),
+            "audio" if dev.attributes.get("type").map(String::as_str) == Some("file") => {
+                dev.attributes.insert("type".into(), "none".into());
+                dev.attributes.shift_remove("path");
+                notes.push("its audio to a file of the host is none here".into());
+            }
             _ => {}
         }
     }
@@ -599,15 +659,45 @@ fn disk(
     Ok(())
 }
 
+/// Whether `dev` names a path of the host (`<source><path>`, or a `path` attribute).
+fn has_path(dev: &Element) -> bool {
+    dev.get_child("source").is_some_and(|s| {
+        s.attributes.contains_key("path")
+            || s.get_child("path").is_some()
+            || s.attributes.contains_key("file")
+    })
+}
+
 /// A serial port, console, parallel port or channel backed by a file, a pipe, a device or a
 /// socket path of the host: the path is another host's (and QEMU would write to it), so it
-/// becomes a pty (a channel's socket path is left to libvirt).
-fn char_device(dev: &mut Element, notes: &mut Vec<String>) {
+/// becomes a pty (a channel's socket path is left to libvirt). Its log file, whatever its
+/// type, is another host's path too (libvirt would write it, truncating what is there):
+/// removed. In a drill, one over the network (tcp, udp) becomes a pty too: a drill's copy
+/// reaches nothing outside its isolated network.
+fn char_device(dev: &mut Element, fit: &Fit, notes: &mut Vec<String>) {
     let kind = dev.attributes.get("type").cloned().unwrap_or_default();
     let path = dev
         .get_child("source")
         .and_then(|s| s.attributes.get("path").cloned());
     let what = dev.name.clone();
+    if let Some(log) = dev
+        .get_child("log")
+        .and_then(|l| l.attributes.get("file").cloned())
+    {
+        remove_children(dev, "log");
+        notes.push(format!(
+            "the {what}'s log to the host's file {log} was removed"
+        ));
+    }
+    if fit.drill && matches!(kind.as_str(), "tcp" | "udp") {
+        dev.attributes.insert("type".into(), "pty".into());
+        remove_children(dev, "source");
+        remove_children(dev, "protocol");
+        notes.push(format!(
+            "the {what} over the network ({kind}) is a pty here (a drill's copy reaches nothing outside its network)"
+        ));
+        return;
+    }
     match kind.as_str() {
         "unix" if what == "channel" => {
             if let Some(path) = path
@@ -903,6 +993,104 @@ mod tests {
         f.disks[1].1 = "/srv/overlays/run1/erp-db/erp-db-data.raw".into();
         let got = rewrite(&def, &f).unwrap();
         insta::assert_snapshot!(got.text);
+    }
+
+    /// Files of the host a definition names, which libvirt or QEMU would write on the host
+    /// it is defined on (a console's log, a memory backed by a file, a writable firmware,
+    /// audio to a file), are never named there: removed, or the definition refused; in a
+    /// drill, nothing reaches outside the isolated network (a serial port over tcp, USB
+    /// redirection).
+    #[test]
+    fn a_definition_names_no_file_of_the_host_that_would_be_written() {
+        let mapped = fit(map(&[("br-prod", "br-pra"), ("backup", "backup-pra")]));
+        let extra = "<serial type='pty'><log file='/srv/replicas/erp-db-data.raw' append='off'/><target port='1'/></serial>\
+            <console type='tcp'><source mode='connect' host='192.0.2.9' service='4555'/><log file='/var/log/x.log'/><target type='serial'/></console>\
+            <audio id='1' type='file' path='/srv/replicas/erp-db-system.qcow2'/>\
+            <redirdev bus='usb' type='tcp'><source mode='connect' host='192.0.2.9' service='4000'/></redirdev>";
+        let text = DOMAIN.replace(
+            "<devices>",
+            &format!("<devices><emulator>/usr/local/bin/qemu-evil</emulator>{extra}"),
+        );
+        let def = Definition::parse(Format::LibvirtXml, text.as_bytes()).unwrap();
+        let got = rewrite(&def, &mapped).unwrap();
+        for gone in [
+            "/srv/replicas/erp-db-data.raw' append",
+            "/var/log/x.log",
+            "qemu-evil",
+            "path='/srv/replicas/erp-db-system.qcow2'",
+        ] {
+            assert!(!got.text.contains(gone), "{gone}: {}", got.text);
+        }
+        assert!(
+            got.text.contains("<audio id=\"1\" type=\"none\""),
+            "{}",
+            got.text
+        );
+        // A failover keeps what reaches the network as the primary had it.
+        assert!(got.text.contains("192.0.2.9"), "{}", got.text);
+        assert!(
+            got.notes
+                .iter()
+                .any(|n| n
+                    .contains("log to the host's file /srv/replicas/erp-db-data.raw was removed")),
+            "{:?}",
+            got.notes
+        );
+        // A drill's copy reaches nothing outside its network, and has no identity of the vm's.
+        let text = text.replace(
+            "</os>",
+            "</os><genid>43dc0cf8-809b-4adb-9bea-a9abb5f3d90d</genid><sysinfo type='smbios'><system><entry name='manufacturer'>School</entry><entry name='uuid'>4dea22b3-1d52-d8f3-2516-782e98ab3fa0</entry></system></sysinfo>",
+        );
+        let def = Definition::parse(Format::LibvirtXml, text.as_bytes()).unwrap();
+        let mut drill = fit(Nics::All("reprise-drill".into()));
+        drill.drill = true;
+        drill.keep_uuid = false;
+        drill.keep_macs = false;
+        let got = rewrite(&def, &drill).unwrap();
+        for gone in ["4dea22b3", "43dc0cf8", "<genid"] {
+            assert!(!got.text.contains(gone), "{gone}: {}", got.text);
+        }
+        assert!(got.text.contains("School"), "{}", got.text);
+        assert!(!got.text.contains("192.0.2.9"), "{}", got.text);
+        assert!(!got.text.contains("redirdev"), "{}", got.text);
+        // What cannot be made safe is refused.
+        for (add, what) in [
+            (
+                "<memory model='nvdimm'><source><path>/srv/replicas/erp-db-data.raw</path></source><target><size unit='KiB'>524288</size></target></memory>",
+                "memory backed by a file",
+            ),
+            (
+                "<lease><lockspace>x</lockspace><key>k</key><target path='/srv/replicas/erp-db-data.raw'/></lease>",
+                "<lease>",
+            ),
+            (
+                "<tpm model='tpm-tis'><backend type='passthrough'><device path='/dev/tpm0'/></backend></tpm>",
+                "tpm of the host",
+            ),
+            (
+                "<input type='evdev'><source dev='/dev/input/event1'/></input>",
+                "input device of the host",
+            ),
+            (
+                "<pstore backend='acpi-erst'><path>/srv/replicas/erp-db-data.raw</path><size unit='KiB'>8</size></pstore>",
+                "<pstore>",
+            ),
+        ] {
+            let text = DOMAIN.replace("<devices>", &format!("<devices>{add}"));
+            let e = Definition::parse(Format::LibvirtXml, text.as_bytes())
+                .and_then(|d| rewrite(&d, &mapped))
+                .map(|f| f.text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(what) && e.contains("refused"), "{what}: {e}");
+        }
+        let text = DOMAIN.replace("<loader readonly='yes'", "<loader readonly='no'");
+        let e = Definition::parse(Format::LibvirtXml, text.as_bytes())
+            .and_then(|d| rewrite(&d, &mapped))
+            .map(|f| f.text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("loader readonly='no'"), "{e}");
     }
 
     #[test]
