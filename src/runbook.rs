@@ -268,6 +268,9 @@ pub fn load(sources: &Sources, inv: &Inventory, diags: &mut Vec<Diagnostic>) -> 
                         t.finish(diags);
                     }
                 }
+                if mode == Mode::Drill {
+                    drill_copies_removed(&book, diags);
+                }
                 let modes = books.by_service.entry(service.value.clone()).or_default();
                 if let Some(first) = modes.get(&mode) {
                     diags.push(
@@ -286,6 +289,47 @@ pub fn load(sources: &Sources, inv: &Inventory, diags: &mut Vec<Diagnostic>) -> 
         }
     }
     books
+}
+
+/// Every drill copy a drill runbook boots (`drill-start`) is removed by a step of its cleanup
+/// phase (`drill-stop`), which runs whatever happened: a copy left running holds its vm's
+/// copies (no replication writes into them) and runs beside production until someone notices.
+fn drill_copies_removed(book: &Runbook, diags: &mut Vec<Diagnostic>) {
+    let vm_of = |s: &Step, action: &str| match &s.kind {
+        StepKind::Vm { action: a, vm, .. } if a == action => {
+            Some(vm.as_ref().map(|v| v.value.clone()))
+        }
+        _ => None,
+    };
+    for start in &book.steps {
+        let Some(vm) = vm_of(start, "drill-start") else {
+            continue;
+        };
+        let stops: Vec<&Step> = book
+            .steps
+            .iter()
+            .filter(|s| vm_of(s, "drill-stop").as_ref() == Some(&vm))
+            .collect();
+        if stops.iter().any(|s| s.phase == Phase::Cleanup) {
+            continue;
+        }
+        let which = vm.map_or_else(|| "the service's vm".to_string(), |v| format!("vm `{v}`"));
+        let mut d = Diagnostic::error(format!(
+            "step `{}` boots a drill copy of {which}, and no step of the drill's cleanup removes it",
+            start.id.value
+        ))
+        .at(start.id.loc.clone())
+        .hint(
+            "add a step with `action = \"drill-stop\"` and `phase = \"cleanup\"` (the cleanup runs whatever happened): a copy left running holds the vm's copies, which no replication writes into meanwhile",
+        );
+        if let Some(s) = stops.first() {
+            d = d.note(
+                "its drill-stop is in the main phase, which a failure stops",
+                s.id.loc.clone(),
+            );
+        }
+        diags.push(d);
+    }
 }
 
 fn template(
