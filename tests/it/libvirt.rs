@@ -249,6 +249,30 @@ fn a_drill_boots_a_throw_away_copy_of_the_replica_and_leaves_it_unchanged() {
     hv.pra.sh("ip link del drl-nic0");
     let net = check_item(&hv, "network", "hv-pra (pra-drill)");
     assert_eq!(net["status"], "ok", "{net}");
+    // Nor a port of a vm that is not a drill copy (one of the recovery host's own, put on
+    // that network by hand): a drill copy could reach it. Refused while it runs there.
+    std::fs::write(
+        hv.pra.path("/var/tmp/intruder.xml"),
+        "<domain type='qemu'><name>intruder</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os><features><acpi/></features><devices>\
+         <interface type='network'><source network='pra-drill'/></interface>\
+         </devices></domain>",
+    )
+    .unwrap();
+    hv.pra.virsh("define /var/tmp/intruder.xml");
+    hv.pra.virsh("start intruder");
+    let net = check_item(&hv, "network", "hv-pra (pra-drill)");
+    assert_eq!(net["status"], "failed", "{net}");
+    assert!(
+        net["detail"].as_str().unwrap().contains(&format!(
+            "bridge {bridge} has ports of vms that are not drill copies of reprise (vnet"
+        )),
+        "{net}"
+    );
+    hv.pra.virsh("destroy intruder");
+    hv.pra.virsh("undefine intruder");
+    let net = check_item(&hv, "network", "hv-pra (pra-drill)");
+    assert_eq!(net["status"], "ok", "{net}");
 
     // A network of that name that reaches production is refused by the check and the drill.
     hv.pra.virsh("net-destroy pra-drill");
