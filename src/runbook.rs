@@ -269,7 +269,7 @@ pub fn load(sources: &Sources, inv: &Inventory, diags: &mut Vec<Diagnostic>) -> 
                     }
                 }
                 if mode == Mode::Drill {
-                    drill_copies_removed(&book, diags);
+                    drill_copies_removed(&book, inv, diags);
                 }
                 let modes = books.by_service.entry(service.value.clone()).or_default();
                 if let Some(first) = modes.get(&mode) {
@@ -294,10 +294,15 @@ pub fn load(sources: &Sources, inv: &Inventory, diags: &mut Vec<Diagnostic>) -> 
 /// Every drill copy a drill runbook boots (`drill-start`) is removed by a step of its cleanup
 /// phase (`drill-stop`), which runs whatever happened: a copy left running holds its vm's
 /// copies (no replication writes into them) and runs beside production until someone notices.
-fn drill_copies_removed(book: &Runbook, diags: &mut Vec<Diagnostic>) {
+fn drill_copies_removed(book: &Runbook, inv: &Inventory, diags: &mut Vec<Diagnostic>) {
+    // A step that names no vm acts on its service's.
+    let own = inv
+        .services
+        .get(&book.service)
+        .and_then(|s| s.vm().map(str::to_string));
     let vm_of = |s: &Step, action: &str| match &s.kind {
         StepKind::Vm { action: a, vm, .. } if a == action => {
-            Some(vm.as_ref().map(|v| v.value.clone()))
+            Some(vm.as_ref().map(|v| v.value.clone()).or_else(|| own.clone()))
         }
         _ => None,
     };

@@ -423,6 +423,42 @@ fn a_time_asked_that_a_service_s_replication_cannot_give_is_refused_naming_it() 
     );
 }
 
+/// A drill step that names its service's vm and one that names none act on the same vm: a
+/// drill-start and a cleanup drill-stop written so pair up.
+#[test]
+fn a_drill_copy_removed_by_a_step_that_names_no_vm_is_removed() {
+    let dir = mini_copy();
+    let book = dir.path().join("runbooks/db.toml");
+    let text = std::fs::read_to_string(&book).unwrap();
+    let named = text.replacen(
+        "id = \"start\"\nkind = \"vm\"\naction = \"drill-start\"",
+        "id = \"start\"\nkind = \"vm\"\nvm = \"db\"\naction = \"drill-start\"",
+        1,
+    );
+    assert_ne!(
+        named, text,
+        "the fixture's drill-start is where this test expects it"
+    );
+    std::fs::write(&book, &named).unwrap();
+    let run = reprise(dir.path(), &["validate"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    // Its cleanup drill-stop taken away: refused, naming the vm.
+    let none = named.replace(
+        "action = \"drill-stop\"\nphase = \"cleanup\"",
+        "action = \"drill-stop\"",
+    );
+    std::fs::write(&book, &none).unwrap();
+    let run = reprise(dir.path(), &["validate"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "boots a drill copy of vm `db`, and no step of the drill's cleanup removes it"
+        ),
+        "{}",
+        run.stderr
+    );
+}
+
 #[test]
 fn a_replication_service_started_wrong_says_so_at_once_and_does_not_loop() {
     let dir = mini_copy();
