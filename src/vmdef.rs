@@ -478,17 +478,33 @@ fn rewrite_xml(root: &Element, fit: &Fit) -> Result<Fitted, DefinitionError> {
         // Nor under another name: the SMBIOS UUID (which libvirt takes for the domain's when
         // <uuid> is missing) and the generation id the guest sees.
         remove_children(&mut root, "genid");
-        if let Some(system) = root
-            .get_mut_child("sysinfo")
-            .and_then(|s| s.get_mut_child("system"))
+        // Every <sysinfo> (there may be several), every <system> in it.
+        for sysinfo in root
+            .children
+            .iter_mut()
+            .filter_map(XMLNode::as_mut_element)
+            .filter(|e| e.name == "sysinfo")
         {
-            system.children.retain(|c| {
-                c.as_element().is_none_or(|e| {
-                    !(e.name == "entry"
-                        && e.attributes.get("name").map(String::as_str) == Some("uuid"))
-                })
-            });
+            for system in sysinfo
+                .children
+                .iter_mut()
+                .filter_map(XMLNode::as_mut_element)
+                .filter(|e| e.name == "system")
+            {
+                system.children.retain(|c| {
+                    c.as_element().is_none_or(|e| {
+                        !(e.name == "entry"
+                            && e.attributes.get("name").map(String::as_str) == Some("uuid"))
+                    })
+                });
+            }
         }
+    }
+    // A drill's copy runs under the host's own security labels (libvirt's dynamic ones), not
+    // those the primary gave the vm (a static label shared with production, none at all).
+    if fit.drill && root.get_child("seclabel").is_some() {
+        remove_children(&mut root, "seclabel");
+        notes.push("its security labels are the host's own".into());
     }
     // UEFI variables are the target host's own: libvirt chooses the file (by the domain's
     // name) and fills it from the template; a path from another host is never written to.
@@ -571,6 +587,23 @@ fn rewrite_xml(root: &Element, fit: &Fit) -> Result<Fitted, DefinitionError> {
                 ));
             }
             "serial" | "console" | "parallel" | "channel" => char_device(dev, fit, &mut notes),
+            "graphics" => graphics(dev, fit, &mut notes),
+            // Entropy from another host's daemon, file or socket: the host's own here.
+            "rng"
+                if dev
+                    .get_child("backend")
+                    .is_some_and(|b| b.attributes.get("model").map(String::as_str) == Some("egd")) =>
+            {
+                remove_children(dev, "backend");
+                let mut b = Element::new("backend");
+                b.attributes.insert("model".into(), "random".into());
+                b.children.push(XMLNode::Text("/dev/urandom".into()));
+                dev.children.push(XMLNode::Element(b));
+                notes.push("its entropy source is this host's /dev/urandom".into());
+            }
+            "tpm" => notes.push(
+                "its TPM's state is the primary host's own and is not replicated: it has a new, empty TPM here (keys sealed to the old one, BitLocker or LUKS, need their recovery keys)".into(),
+            ),
             "audio" if dev.attributes.get("type").map(String::as_str) == Some("file") => {
                 dev.attributes.insert("type".into(), "none".into());
                 dev.attributes.shift_remove("path");
@@ -657,6 +690,36 @@ fn disk(
             .insert("type".into(), format.clone());
     }
     Ok(())
+}
+
+/// A console's graphics: a socket path of the host's is never named (QEMU would remove what
+/// is there to bind it); in a drill, no fixed port (production's copy may need it) and no
+/// address of the host's: the hypervisor chooses.
+fn graphics(dev: &mut Element, fit: &Fit, notes: &mut Vec<String>) {
+    let mut changed = dev.attributes.shift_remove("socket").is_some();
+    let before = dev.children.len();
+    dev.children.retain(|c| {
+        c.as_element().is_none_or(|e| {
+            !(e.name == "listen"
+                && (e.attributes.get("type").map(String::as_str) == Some("socket")
+                    || e.attributes.contains_key("socket")))
+        })
+    });
+    changed |= dev.children.len() != before;
+    if fit.drill {
+        for a in ["port", "tlsPort", "websocket", "listen"] {
+            changed |= dev.attributes.shift_remove(a).is_some();
+        }
+        let before = dev.children.len();
+        remove_children(dev, "listen");
+        changed |= dev.children.len() != before;
+        if dev.attributes.contains_key("autoport") || changed {
+            dev.attributes.insert("autoport".into(), "yes".into());
+        }
+    }
+    if changed {
+        notes.push("its console's port, address or socket are the hypervisor's choice here".into());
+    }
 }
 
 /// Whether `dev` names a path of the host (`<source><path>`, or a `path` attribute).
@@ -1009,7 +1072,12 @@ mod tests {
             <redirdev bus='usb' type='tcp'><source mode='connect' host='192.0.2.9' service='4000'/></redirdev>";
         let text = DOMAIN.replace(
             "<devices>",
-            &format!("<devices><emulator>/usr/local/bin/qemu-evil</emulator>{extra}"),
+            &format!(
+                "<devices><emulator>/usr/local/bin/qemu-evil</emulator>{extra}\
+                 <graphics type='vnc' socket='/srv/replicas/socket-of-the-copy'/>\
+                 <rng model='virtio'><backend model='egd' type='file'><source path='/srv/replicas/rng-of-the-copy'/></backend></rng>\
+                 <tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>"
+            ),
         );
         let def = Definition::parse(Format::LibvirtXml, text.as_bytes()).unwrap();
         let got = rewrite(&def, &mapped).unwrap();
@@ -1026,6 +1094,17 @@ mod tests {
             "{}",
             got.text
         );
+        for gone in ["socket-of-the-copy", "rng-of-the-copy"] {
+            assert!(!got.text.contains(gone), "{gone}: {}", got.text);
+        }
+        assert!(got.text.contains(">/dev/urandom</backend>"), "{}", got.text);
+        assert!(
+            got.notes
+                .iter()
+                .any(|n| n.contains("a new, empty TPM here")),
+            "{:?}",
+            got.notes
+        );
         // A failover keeps what reaches the network as the primary had it.
         assert!(got.text.contains("192.0.2.9"), "{}", got.text);
         assert!(
@@ -1037,19 +1116,27 @@ mod tests {
             got.notes
         );
         // A drill's copy reaches nothing outside its network, and has no identity of the vm's.
-        let text = text.replace(
-            "</os>",
-            "</os><genid>43dc0cf8-809b-4adb-9bea-a9abb5f3d90d</genid><sysinfo type='smbios'><system><entry name='manufacturer'>School</entry><entry name='uuid'>4dea22b3-1d52-d8f3-2516-782e98ab3fa0</entry></system></sysinfo>",
-        );
+        let text = text
+            .replace(
+                "</os>",
+                "</os><genid>43dc0cf8-809b-4adb-9bea-a9abb5f3d90d</genid><sysinfo type='fwcfg'><entry name='opt/x'>y</entry></sysinfo><sysinfo type='smbios'><system><entry name='manufacturer'>School</entry><entry name='uuid'>4dea22b3-1d52-d8f3-2516-782e98ab3fa0</entry></system></sysinfo>",
+            )
+            .replace(
+                "</devices>",
+                "<graphics type='vnc' port='5901' autoport='no' listen='10.0.0.5'><listen type='address' address='10.0.0.5'/></graphics></devices><seclabel type='static' model='selinux' relabel='yes'><label>system_u:system_r:svirt_t:s0:c1,c2</label></seclabel>",
+            );
         let def = Definition::parse(Format::LibvirtXml, text.as_bytes()).unwrap();
         let mut drill = fit(Nics::All("reprise-drill".into()));
         drill.drill = true;
         drill.keep_uuid = false;
         drill.keep_macs = false;
         let got = rewrite(&def, &drill).unwrap();
-        for gone in ["4dea22b3", "43dc0cf8", "<genid"] {
+        for gone in [
+            "4dea22b3", "43dc0cf8", "<genid", "5901", "10.0.0.5", "seclabel", "c1,c2",
+        ] {
             assert!(!got.text.contains(gone), "{gone}: {}", got.text);
         }
+        assert!(got.text.contains("autoport=\"yes\""), "{}", got.text);
         assert!(got.text.contains("School"), "{}", got.text);
         assert!(!got.text.contains("192.0.2.9"), "{}", got.text);
         assert!(!got.text.contains("redirdev"), "{}", got.text);

@@ -426,6 +426,8 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
     // the recovery host's clock gave: brought to this machine's clock, and later by what
     // reading it cannot tell, or none when it cannot be read.
     let clock = req.ask.accept_unverified.then(|| clock_of(copies, host));
+    let times_asked =
+        matches!(req.ask.want, Some(choice::Want::Before(_))) || req.ask.within.is_some();
     for _ in 0..(4 + 4 * paths.len()) {
         let mut states = copies
             .inspect(host, paths)
@@ -435,7 +437,11 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
             for s in &mut states {
                 s.mtime = match clock {
                     Some(ahead) => s.mtime.map(|t| t - *ahead),
-                    None => s.mtime.map(|_| chrono::DateTime::<Utc>::MAX_UTC),
+                    // Unknown: judged as the latest there is against a time asked now; else
+                    // its name and time stay the host's, and until when it was written is
+                    // unknown (below).
+                    None if times_asked => s.mtime.map(|_| chrono::DateTime::<Utc>::MAX_UTC),
+                    None => s.mtime,
                 };
             }
         }
@@ -444,7 +450,7 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
                 p.verified = Verified::Bad;
             }
         }
-        let start = match choice::decide(&states, req.how, &req.ask) {
+        let mut start = match choice::decide(&states, req.how, &req.ask) {
             Decision::Refuse(why) => return Err(why),
             Decision::Prepare(preps) => {
                 for prep in preps {
@@ -471,6 +477,11 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
             }
             Decision::Start(s) => s,
         };
+        // A copy started as it is whose host's clock could not be read: until when it was
+        // written is not known on this machine's clock.
+        if matches!(clock, Some(None)) && start.points.iter().any(Option::is_none) {
+            start.written_until = chrono::DateTime::<Utc>::MAX_UTC;
+        }
         if let Some(unusable_point) = without_definition(req, &states, &start, &mut notes)? {
             unusable.push(unusable_point);
             continue;
@@ -1624,6 +1635,12 @@ mod tests {
                 ..Fake::with(vec![copy.clone()])
             };
             let p = prepare(&fake, &req).unwrap();
+            // Named by its own time, whatever is known of the clock.
+            assert!(
+                p.start.point.starts_with("copy-20261128T"),
+                "{clock:?}: {}",
+                p.start.point
+            );
             // Later by what reading the clock cannot tell, never earlier.
             let late = p.start.written_until.signed_duration_since(until);
             assert!(
