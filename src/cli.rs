@@ -178,8 +178,15 @@ fn parse_incident_time(text: &str) -> Result<DateTime<Utc>, String> {
                 )
             })?;
         match naive.and_local_timezone(chrono::Local) {
-            chrono::LocalResult::Single(t) | chrono::LocalResult::Ambiguous(t, _) => {
-                t.with_timezone(&Utc)
+            chrono::LocalResult::Single(t) => t.with_timezone(&Utc),
+            // The hour the clocks go back happens twice: which one is not guessed.
+            chrono::LocalResult::Ambiguous(a, b) => {
+                let (first, then) = if a <= b { (a, b) } else { (b, a) };
+                return Err(format!(
+                    "`{text}` happens twice in the local time zone (the clocks went back then): give it with its offset, {} (the first time) or {} (the second)",
+                    first.to_rfc3339(),
+                    then.to_rfc3339()
+                ));
             }
             chrono::LocalResult::None => {
                 return Err(format!("`{text}` does not exist in the local time zone"));
@@ -1248,6 +1255,20 @@ fn point_choice(
     };
     for (vm, _) in points.iter().filter(|(vm, _)| !vm.is_empty()) {
         known("--point", vm)?;
+    }
+    // Two points asked for one vm (or two for every vm): which one is not guessed.
+    for (i, (vm, p)) in points.iter().enumerate() {
+        if let Some((_, q)) = points[..i].iter().find(|(v, q)| v == vm && q != p) {
+            let what = if vm.is_empty() {
+                "every vm".to_string()
+            } else {
+                format!("vm `{vm}`")
+            };
+            return Err(Outcome::err(
+                exit::USAGE,
+                format!("error: --point asks two points for {what} ({q} and {p}): ask one\n"),
+            ));
+        }
     }
     let mut choice = crate::runner::PointChoice {
         by_vm: points

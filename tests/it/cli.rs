@@ -159,6 +159,47 @@ fn a_bad_incident_time_is_refused_before_anything_runs() {
     );
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("in the future"), "{}", run.stderr);
+    // A local time of the hour the clocks go back happens twice: which one is not guessed.
+    // (A POSIX rule for Paris: no time zone database needed.)
+    let paris = [("TZ", "CET-1CEST,M3.5.0,M10.5.0/3")];
+    for option in ["--incident-at", "--point-before"] {
+        let run = crate::common::reprise_with_env(
+            dir.path(),
+            &[
+                "failover",
+                "--emergency",
+                option,
+                "2025-10-26 02:30",
+                "--yes",
+            ],
+            &paris,
+        );
+        assert_eq!(run.code, 2, "{option}: {run:?}");
+        assert!(
+            run.stderr.contains("happens twice in the local time zone")
+                && run
+                    .stderr
+                    .contains("2025-10-26T02:30:00+02:00 (the first time)")
+                && run
+                    .stderr
+                    .contains("2025-10-26T02:30:00+01:00 (the second)"),
+            "{}",
+            run.stderr
+        );
+    }
+    // An hour before, it happens once.
+    let run = crate::common::reprise_with_env(
+        dir.path(),
+        &[
+            "failover",
+            "--emergency",
+            "--incident-at",
+            "2025-10-26 01:30",
+            "--dry-run",
+        ],
+        &paris,
+    );
+    assert_eq!(run.code, 0, "{run:?}");
     assert!(!dir.path().join("runs").exists());
 }
 
@@ -187,6 +228,27 @@ fn a_bad_point_request_is_refused_before_anything_runs() {
         "{}",
         run.stderr
     );
+    // Two points for one vm, or for every vm: which one is not guessed (exit 2).
+    for points in [
+        ["db=20261128T020000Z", "db=20261128T030000Z"],
+        ["20261128T020000Z", "20261128T030000Z"],
+    ] {
+        let run = reprise(
+            dir.path(),
+            &[
+                "failover", "--point", points[0], "--point", points[1], "--yes",
+            ],
+        );
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(
+            run.stderr.contains("--point asks two points for")
+                && run
+                    .stderr
+                    .contains("(20261128T020000Z and 20261128T030000Z): ask one"),
+            "{}",
+            run.stderr
+        );
+    }
     assert!(!dir.path().join("runs").exists());
 }
 
