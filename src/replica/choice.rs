@@ -371,8 +371,8 @@ fn as_is(
     let mut chosen: Vec<Chosen> = vec![None; disks.len()];
     let mut roll_back = Vec::new();
     let mut dropped = Vec::new();
+    let subset: Vec<CopyState> = usable.iter().map(|&i| disks[i].clone()).collect();
     if how == Use::Failover && !usable.is_empty() {
-        let subset: Vec<CopyState> = usable.iter().map(|&i| disks[i].clone()).collect();
         match failover(&subset, ask, Vec::new()) {
             Decision::Start(s) => {
                 for (j, p) in s.points.iter().enumerate() {
@@ -418,7 +418,6 @@ fn as_is(
             let p = disks[i].points.last().expect("usable: points");
             chosen[i] = Some((p.id.clone(), p.taken_at, p.written_until()));
         }
-        let subset: Vec<CopyState> = usable.iter().map(|&i| disks[i].clone()).collect();
         if let Some(why) = newest_differ(&subset) {
             notes.push(format!("of the disks that have points, {why}"));
         }
