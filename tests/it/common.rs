@@ -71,8 +71,9 @@ pub fn copy_tree(from: &Path, to: &Path) {
 /// The runs of the state folder `state`, in the order they started (as `reprise` orders
 /// them: `latest` is the last), a run whose journal is not written yet (starting) last.
 pub fn run_ids(state: &Path) -> Vec<String> {
-    let mut ids = reprise::journal::list(state).unwrap_or_default();
-    let starting: Vec<String> = std::fs::read_dir(state.join("runs"))
+    // The folders without a journal first, then the journals: a run whose journal appears in
+    // between is then in one list or the other, never in neither.
+    let folders: Vec<String> = std::fs::read_dir(state.join("runs"))
         .map(|d| {
             d.flatten()
                 .filter(|e| e.path().is_dir() && !e.path().join("journal.jsonl").is_file())
@@ -80,6 +81,8 @@ pub fn run_ids(state: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default();
+    let mut ids = reprise::journal::list(state).unwrap_or_default();
+    let starting: Vec<String> = folders.into_iter().filter(|id| !ids.contains(id)).collect();
     ids.extend(starting);
     ids
 }
