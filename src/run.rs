@@ -2038,11 +2038,11 @@ pub fn left_held(model: &Model, plan: &Plan, transport: &dyn Transport) -> Vec<L
 }
 
 /// The copies of a vm between its sites that a resumed run makes again: a failback's copy
-/// back (a `replicate` of the vm to the host a step starts it on) done while a start of the
-/// vm there is not done; a planned failover's final sync done while no start of the vm there
-/// may have started it (`took`: the starts that began and whose vm's driver does not say it
-/// is stopped there, [`may_have_started`]; one that did relies on the point it chose, and
-/// the vm may run on that copy). Pure.
+/// back (a `replicate` of the vm to the host a step starts it on) or a planned failover's
+/// final sync, done while no start of the vm there is done or may have started it (`took`:
+/// the starts that began and whose vm's driver does not say it is stopped there,
+/// [`may_have_started`]; one that did relies on the copy it started from, and the vm may run
+/// on it and write: a copy made again would go over what it wrote). Pure.
 pub fn copies_again(
     plan: &Plan,
     prior: &HashMap<String, Prior>,
@@ -2054,13 +2054,20 @@ pub fn copies_again(
         _ => return Vec::new(),
     };
     let again = |vm: &str, host: &str| {
-        let mut starts = plan
+        let starts: Vec<_> = plan
             .steps
             .iter()
-            .filter(|t| t.is_vm_action(vm, "start", host));
+            .filter(|t| t.is_vm_action(vm, "start", host))
+            .collect();
+        let none_took = starts.iter().all(|t| !took.contains(t.id.as_str()));
         match failback {
-            true => starts.any(|t| prior.get(&t.id) != Some(&Prior::Done)),
-            false => starts.all(|t| !took.contains(t.id.as_str())),
+            true => {
+                none_took
+                    && starts
+                        .iter()
+                        .any(|t| prior.get(&t.id) != Some(&Prior::Done))
+            }
+            false => none_took,
         }
     };
     plan.steps
@@ -2078,9 +2085,10 @@ pub fn copies_again(
         .collect()
 }
 
-/// The starts of a planned failover's vms on the recovery side that began (`begun`, as the
-/// journal says) and are not done, while the vm's driver does not say it is stopped (or not
-/// defined) on the step's host: they may have started it on the copy they chose.
+/// The starts of a planned failover's vms on the recovery side, or of a failback's on the
+/// primary, that began (`begun`, as the journal says) and are not done, while the vm's driver
+/// does not say it is stopped (or not defined) on the step's host: they may have started it on
+/// the copy they chose, or on what the failback copied back.
 fn may_have_started(
     model: &Model,
     plan: &Plan,
@@ -2088,17 +2096,15 @@ fn may_have_started(
     begun: &HashSet<&str>,
     transport: &dyn Transport,
 ) -> HashSet<String> {
-    if plan.mode != Mode::Failover || plan.emergency {
-        return HashSet::new();
-    }
+    let role = match plan.mode {
+        Mode::Failover if !plan.emergency => plan::ReplicaRole::Start,
+        Mode::Failback => plan::ReplicaRole::FailedBack,
+        _ => return HashSet::new(),
+    };
     plan.steps
         .iter()
         .filter(|s| begun.contains(s.id.as_str()) && prior.get(&s.id) != Some(&Prior::Done))
-        .filter(|s| {
-            s.replica
-                .as_ref()
-                .is_some_and(|r| r.role == plan::ReplicaRole::Start)
-        })
+        .filter(|s| s.replica.as_ref().is_some_and(|r| r.role == role))
         .filter(|s| {
             let (Some(service), Some(vm), Some(host)) = (
                 model.inventory.services.get(&s.service),
@@ -2186,7 +2192,7 @@ fn running_again(
         }
     }
     let (mut forced, mut diverged) = (Vec::new(), Vec::new());
-    if plan.mode == Mode::Failover && !plan.emergency {
+    if (plan.mode == Mode::Failover && !plan.emergency) || plan.mode == Mode::Failback {
         let (refused, passed, past_copy) = started_past_copy(model, plan, prior, transport, past);
         again.extend(refused);
         forced = passed;
@@ -2204,13 +2210,14 @@ pub(crate) struct PastCopy<'a> {
     pub(crate) copies: &'a dyn crate::replica::start::Copies,
 }
 
-/// The vms of a planned failover whose start on the recovery side is not done while the copy
-/// it starts from (the final sync, done: the start began and may have started the vm, see
-/// [`copies_again`]) was made after a step of the run stopped the vm on the primary, and the
-/// primary's driver says the vm runs there again, or cannot say, or says it is stopped while
-/// its disks are no longer what the final sync read (it ran there since, and stopped again):
-/// what it wrote since is not in that copy, and the vm may run on both sites. The last is
-/// passed when the operator forces the resume (said in the second list, journaled).
+/// The vms of a planned failover whose start on the recovery side (of a failback: on the
+/// primary) is not done while the copy it starts from (the final sync or the copy back, done:
+/// the start began and may have started the vm, see [`copies_again`]) was made after a step
+/// of the run stopped the vm on the side left, and that side's driver says the vm runs there
+/// again, or cannot say, or says it is stopped while its disks are no longer what the copy
+/// read (it ran there since, and stopped again): what it wrote since is not in that copy, and
+/// the vm may run on both sites. The last is passed when the operator forces the resume (said
+/// in the second list, journaled).
 fn started_past_copy(
     model: &Model,
     plan: &Plan,
@@ -2223,14 +2230,18 @@ fn started_past_copy(
     let mut forced = Vec::new();
     let mut diverged = Vec::new();
     let mut asked = HashSet::new();
+    let (role, copy) = match plan.mode {
+        Mode::Failback => (plan::ReplicaRole::FailedBack, "copy back"),
+        _ => (plan::ReplicaRole::Start, "final sync"),
+    };
+    let mode = plan.mode;
     for start in plan.steps.iter().filter(|s| !done(&s.id)) {
-        let (Some(vm_id), Some(host), Some(plan::ReplicaRole::Start)) = (
-            start.vm.as_deref(),
-            start.host.as_deref(),
-            start.replica.as_ref().map(|r| r.role),
-        ) else {
+        let (Some(vm_id), Some(host)) = (start.vm.as_deref(), start.host.as_deref()) else {
             continue;
         };
+        if start.replica.as_ref().map(|r| r.role) != Some(role) {
+            continue;
+        }
         let Some((sync, from_host)) = plan.steps.iter().find_map(|s| match &s.action_spec {
             plan::Action::Replicate {
                 what: plan::Replicated::Vm(v),
@@ -2261,6 +2272,14 @@ fn started_past_copy(
         let side = side_of(vm, from_host);
         let state = vm_state(model, service, vm, side, &plan.run_id, transport);
         let (sync, stopped, start, service) = (&sync.id, &stopped.id, &start.id, &service.id);
+        let if_lost = match mode {
+            Mode::Failback => format!(
+                "if {from_host} and what it holds are lost for good, `reprise restore --service {service} --force` starts it on {host} from what was copied back"
+            ),
+            _ => format!(
+                "if {from_host} is lost, `reprise failover --emergency --service {service}` starts it from its newest point"
+            ),
+        };
         match state {
             (Some(false), _) => {
                 // Stopped now; maybe run and stopped again since the final sync read it.
@@ -2276,10 +2295,10 @@ fn started_past_copy(
                 let found = match crate::replica::start::written_since(past.copies, from_host, read) {
                     Ok(None) => continue,
                     Ok(Some(changed)) => format!(
-                        "its disks on {from_host} were written since the final sync (step {sync}) read them: {changed}; it ran there again after this failover stopped it (step {stopped}) and was stopped again"
+                        "its disks on {from_host} were written since the {copy} (step {sync}) read them: {changed}; it ran there again after this {mode} stopped it (step {stopped}) and was stopped again"
                     ),
                     Err(e) => format!(
-                        "whether its disks on {from_host} were written since the final sync (step {sync}) read them cannot be told ({e})"
+                        "whether its disks on {from_host} were written since the {copy} (step {sync}) read them cannot be told ({e})"
                     ),
                 };
                 if past.force {
@@ -2294,10 +2313,10 @@ fn started_past_copy(
                 }
             }
             (Some(true), said) => refused.push(format!(
-                "vm {vm_id} runs on {from_host} again (its status says `{said}`) since this failover stopped it there (step {stopped}), and its start on {host} (step {start}) began, so it may run on {host} too, on the copy step {sync} made, which lacks what was written on {from_host} since: two copies diverge; to keep what {from_host} wrote, stop it on {host} if it runs there, then stop it on {from_host} and resume (this run then copies it again before starting it on {host}); to keep what {host} wrote, stop it on {from_host} and resume with --force (journaled)"
+                "vm {vm_id} runs on {from_host} again (its status says `{said}`) since this {mode} stopped it there (step {stopped}), and its start on {host} (step {start}) began, so it may run on {host} too, on the copy step {sync} made, which lacks what was written on {from_host} since: two copies diverge; to keep what {from_host} wrote, stop it on {host} if it runs there, then stop it on {from_host} and resume (this run then copies it again before starting it on {host}); to keep what {host} wrote, stop it on {from_host} and resume with --force (journaled)"
             )),
             (None, said) => refused.push(format!(
-                "whether vm {vm_id} runs on {from_host} again since this failover stopped it there (step {stopped}) cannot be told ({said}): if it ran, the copy step {sync} made on {host}, which its start there (step {start}) carries on from, lacks what was written since; resume once {from_host} answers, or, if {from_host} is lost, `reprise failover --emergency --service {service}` starts it from its newest point"
+                "whether vm {vm_id} runs on {from_host} again since this {mode} stopped it there (step {stopped}) cannot be told ({said}): if it ran, the copy step {sync} made on {host}, which its start there (step {start}) carries on from, lacks what was written since; resume once {from_host} answers, or, {if_lost}"
             )),
         }
     }
@@ -2480,9 +2499,12 @@ fn again_between_sites(
         .iter()
         .filter(|s| prior.get(&s.id) == Some(&Prior::Interrupted) && !took.contains(s.id.as_str()))
         .filter(|s| {
-            s.replica
-                .as_ref()
-                .is_some_and(|r| r.role == plan::ReplicaRole::Start)
+            s.replica.as_ref().is_some_and(|r| {
+                matches!(
+                    r.role,
+                    plan::ReplicaRole::Start | plan::ReplicaRole::FailedBack
+                )
+            })
         })
         .filter(|s| {
             again.iter().filter_map(|id| plan.step(id)).any(|c| {
@@ -3742,8 +3764,10 @@ mod tests {
     }
 
     /// A resumed failback makes a vm's copy back again while its start on the primary is not
-    /// done (the vm may have run on its recovery copies since), never once it is; a resumed
-    /// planned failover makes its final sync again while its start cannot have started it.
+    /// done and cannot have started it (the vm may have run on its recovery copies since),
+    /// never once it is done or may have (the vm may run on the primary on what was copied
+    /// back, and write); a resumed planned failover makes its final sync again while its start
+    /// cannot have started it.
     #[test]
     fn a_resumed_run_copies_again_what_it_has_not_started_from() {
         let model = crate::check::example();
@@ -3764,8 +3788,9 @@ mod tests {
         );
         let mut prior = done(&copied);
         prior.insert("erp-db/start-primary".into(), Prior::Interrupted);
+        assert_eq!(copies_again(&back, &prior, &none), ["erp-db/sync-back"]);
         let begun: HashSet<&str> = ["erp-db/start-primary", "erp-db/start"].into();
-        assert_eq!(copies_again(&back, &prior, &begun), ["erp-db/sync-back"]);
+        assert!(copies_again(&back, &prior, &begun).is_empty());
         let started = [&copied[..], &["erp-db/start-primary"]].concat();
         assert!(copies_again(&back, &done(&started), &begun).is_empty());
         assert!(copies_again(&back, &done(&copied[..2]), &none).is_empty());
@@ -4114,6 +4139,114 @@ mod tests {
         // A drill runs beside the primary.
         let drill = plan(Mode::Drill, false);
         assert!(resume(&drill, &[(main, "running"), (pra, "running")]).is_ok());
+    }
+
+    /// A failback cut once its copy back was done and its start on the primary had begun,
+    /// resumed. Its start may have started the vm on the primary (its driver does not say it is
+    /// stopped there): what it runs on is what was copied back, and what it wrote since is the
+    /// primary's newest data, so the copy back is not made again over it; the resume carries on
+    /// only while the recovery side has not run the vm since the copy back read its disks. One
+    /// that did not start it makes the copy back again, and starts again whole.
+    #[test]
+    fn a_resumed_failback_never_copies_back_over_a_vm_its_start_may_have_started() {
+        let model = crate::check::example();
+        let back = erp_db_plan(&model, Mode::Failback, false);
+        let copied = [
+            "erp-db/stop-recovery",
+            "erp-db/no-autostart-recovery",
+            "erp-db/sync-back",
+        ];
+        let begun: HashSet<&str> = [&copied[..], &["erp-db/start-primary"]]
+            .concat()
+            .into_iter()
+            .collect();
+        let (main, pra) = ("hv-main", "hv-pra");
+        let disks = [
+            "/srv/replicas/erp-db-system.qcow2",
+            "/srv/replicas/erp-db-data.qcow2",
+        ];
+        let read = [Event::SourceRead {
+            at: Utc::now(),
+            step: "erp-db/sync-back".into(),
+            vm: "erp-db".into(),
+            host: pra.into(),
+            stamps: disks
+                .iter()
+                .map(|d| (d.to_string(), "1 2 3".to_string()))
+                .collect(),
+        }];
+        let now = |second: &str| {
+            Stamps(Some(vec![
+                (disks[0].to_string(), "1 2 3".to_string()),
+                (disks[1].to_string(), second.to_string()),
+            ]))
+        };
+        let resume = |hosts: &[(&'static str, &'static str)], copies: &Stamps, force: bool| {
+            let mut p: HashMap<String, Prior> = copied
+                .iter()
+                .map(|id| (id.to_string(), Prior::Done))
+                .collect();
+            p.insert("erp-db/start-primary".into(), Prior::Interrupted);
+            let said = Status(hosts.iter().copied().collect());
+            let past = PastCopy {
+                events: &read,
+                force,
+                copies,
+            };
+            again_between_sites(&model, &back, &mut p, &begun, &said, &past)
+                .map(|(again, forced, _)| {
+                    let kept = |id: &str| p.contains_key(id);
+                    (
+                        again,
+                        kept("erp-db/sync-back"),
+                        kept("erp-db/start-primary"),
+                        forced.len(),
+                    )
+                })
+                .map_err(|e| e.to_string())
+        };
+        let same = now("1 2 3");
+        // Stopped on the primary: the start did not start it; copied back again, started
+        // again whole.
+        assert_eq!(
+            resume(&[(main, "shut off"), (pra, "shut off")], &same, false),
+            Ok((vec!["erp-db/sync-back".to_string()], false, false, 0))
+        );
+        // Running on the primary (or it cannot say), the recovery side as the copy back
+        // read it: carried on, the copy back kept.
+        for main_said in ["running", "paused"] {
+            assert_eq!(
+                resume(&[(main, main_said), (pra, "shut off")], &same, false),
+                Ok((Vec::new(), true, true, 0)),
+                "{main_said}"
+            );
+        }
+        // The recovery side ran it since: refused, naming what to do, unless forced.
+        let e = resume(
+            &[(main, "running"), (pra, "shut off")],
+            &now("1 9 3"),
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("its disks on hv-pra were written since the copy back (step erp-db/sync-back) read them")
+                && e.contains("erp-db-data.qcow2 (it was `1 2 3`, it is `1 9 3`)")
+                && e.contains("after this failback stopped it (step erp-db/stop-recovery)")
+                && e.contains("resume with --force"),
+            "{e}"
+        );
+        assert_eq!(
+            resume(&[(main, "running"), (pra, "shut off")], &now("1 9 3"), true).map(|r| r.3),
+            Ok(1)
+        );
+        let e = resume(&[(main, "running"), (pra, "running")], &same, false).unwrap_err();
+        assert!(e.contains("vm erp-db runs on hv-pra again"), "{e}");
+        let e = resume(&[(main, "running")], &same, false).unwrap_err();
+        assert!(
+            e.contains("whether vm erp-db runs on hv-pra again since this failback stopped it")
+                && e.contains("reprise restore --service erp-db --force"),
+            "{e}"
+        );
     }
 
     /// An emergency failover starts the vm from its last point, older than the primary's last

@@ -2653,6 +2653,77 @@ fn a_resumed_failback_never_overwrites_what_the_primary_wrote_since() {
     );
 }
 
+/// A failback cut once its start on hv-main had started erp-db there, before it could journal
+/// that the start was done (a crash of this machine at that moment: its journal is cut back
+/// to before the start's end). erp-db runs on hv-main on what was copied back and writes
+/// there. The resume never copies back again over what it wrote (nor asks for `--force` to
+/// do so): it finds the vm running, keeps the copy back it started from, and carries on.
+#[test]
+fn a_failback_cut_once_its_start_took_effect_resumes_without_copying_back_again() {
+    let lab = Lab::up(135);
+    let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
+    let exit = lab.run_confirming(
+        &[&["failover"][..], &only[..]].concat(),
+        Duration::from_secs(240),
+    );
+    assert!(exit.success(), "{:?}", lab.journal().last());
+    let edited = held_before("failback", "healthy");
+    let mut child = spawn_until_held(
+        &lab,
+        edited.path(),
+        &[&["failback"][..], &only[..]].concat(),
+    );
+    cut(&mut child);
+    assert_eq!(erp_db_on(&lab, "hv-main"), "running");
+    // The journal as the crash would have left it: the start began, its end never written.
+    let runs = lab.state().join("runs");
+    let id = crate::common::run_ids(&lab.state()).pop().unwrap();
+    let path = runs.join(id).join("journal.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let ended = lines
+        .iter()
+        .position(|l| {
+            l.contains(r#""event":"step_finished""#) && l.contains("erp-db/start-primary")
+        })
+        .unwrap_or_else(|| panic!("{text}"));
+    std::fs::write(&path, lines[..ended].join("\n") + "\n").unwrap();
+    // What erp-db wrote on hv-main since it started there.
+    let disk = lab
+        .host_root("hv-main")
+        .join("srv/datastore/images/erp-db-system.qcow2");
+    write_64k(&disk, 0x6e);
+    let written = std::fs::read(&disk).unwrap();
+    let mut resumed = lab.spawn_in(edited.path(), &["resume", "latest", "--no-prompt"]);
+    let exit = confirming(&lab, &mut resumed);
+    let events = lab.journal();
+    assert!(exit.is_some_and(|e| e.success()), "{exit:?} {events:#?}");
+    let resumed_at = events
+        .iter()
+        .position(|e| e["event"] == "run_resumed")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert!(
+        !events[resumed_at..]
+            .iter()
+            .any(|e| e["event"] == "step_started" && e["step"] == "erp-db/sync-back"),
+        "copied back again: {events:#?}"
+    );
+    assert!(
+        !events.iter().any(|e| e["event"] == "readiness_forced"),
+        "{events:#?}"
+    );
+    assert!(
+        events[resumed_at..]
+            .iter()
+            .any(|e| e["event"] == "step_finished"
+                && e["step"] == "erp-db/start-primary"
+                && e["status"] == "done"),
+        "{events:#?}"
+    );
+    assert!(std::fs::read(&disk).unwrap() == written, "the disk changed");
+    assert_eq!(erp_db_on(&lab, "hv-main"), "running");
+}
+
 /// A failback cut (this machine and hv-main's helper killed at once, as in a crash) while its
 /// copy back wrote erp-db's data disk on hv-main, after that update was committed: the disk
 /// is half written, its update left to be settled. That write is the failback's own: `resume`
