@@ -97,7 +97,10 @@ pub(super) async fn before_replica(
         }
     }
     let notes = prepared.notes;
-    let _ = tx.send(Msg::Event(Event::ReplicaPointUsed {
+    // On disk before the vm can start from it: a crash after the start leaves a journal that
+    // says which point it started from (what a resume and the report go by).
+    let (recorded, answer) = tokio::sync::oneshot::channel();
+    let event = Event::ReplicaPointUsed {
         at: Utc::now(),
         step: step.id.clone(),
         item: replica.vm.clone(),
@@ -111,7 +114,16 @@ pub(super) async fn before_replica(
             notes.join("; ")
         }),
         dropped: s.dropped,
-    }));
+    };
+    if tx.send(Msg::Recorded(event, recorded)).is_err() || !answer.await.unwrap_or(false) {
+        if !prepared.held_before {
+            give_back(ctx, replica, how).await;
+        }
+        return Err(format!(
+            "{} (the point it would start from)",
+            super::record::NOT_RECORDED
+        ));
+    }
     Ok(())
 }
 
