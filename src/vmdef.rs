@@ -386,6 +386,9 @@ pub struct Fit {
     /// The format of the disk files on the target (a drill's overlays are qcow2); `None`:
     /// as defined.
     pub disk_format: Option<String>,
+    /// The copies are raw whatever the definition says (read as the guest sees its disks):
+    /// what a drill's copy says its overlays are backed by ([`DRILL_FORMAT`]).
+    pub copies_raw: bool,
     pub nics: Nics,
     /// Keep each NIC's MAC address; else the hypervisor chooses new ones.
     pub keep_macs: bool,
@@ -452,6 +455,29 @@ pub fn libvirt_name(bytes: &[u8]) -> Result<String, DefinitionError> {
         .map(|t| t.into_owned())
         .unwrap_or_default())
 }
+
+/// The `<description>` of a libvirt domain definition (as `virsh desc` prints it), read as
+/// XML only; empty when it has none.
+pub fn libvirt_description(bytes: &[u8]) -> Result<String, DefinitionError> {
+    if bytes.len() > MAX_BYTES {
+        return Err(DefinitionError::TooLarge(bytes.len()));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| DefinitionError::NotText)?;
+    let root = parse_xml(text)?;
+    Ok(root
+        .get_child("description")
+        .and_then(|n| n.get_text())
+        .map(|t| t.into_owned())
+        .unwrap_or_default())
+}
+
+/// What a drill copy's `<description>` says of each overlay, one line a disk: `disk PATH:
+/// FORMAT`, the format of the copy it is backed by, as the point's definition gives it
+/// (`raw` when it gives none, as libvirt takes it; `raw` for copies read as the guest sees
+/// its disks). The driver's `drill-start` makes each overlay over that format, never over
+/// one read from the copy's own first bytes: a raw disk's bytes are the guest's, and a guest
+/// can write an image header there.
+pub const DRILL_FORMAT: &str = "disk";
 
 /// Whether a libvirt domain is a drill's copy ([`DRILL_MARK`]).
 fn is_drill_copy(root: &Element) -> bool {
@@ -545,7 +571,7 @@ fn rewrite_xml(root: &Element, fit: &Fit) -> Result<Fitted, DefinitionError> {
         remove_children(devices, "redirdev");
         notes.push("its USB redirections were removed (a drill's copy reaches nothing outside its network)".into());
     }
-    let mut found = vec![false; fit.disks.len()];
+    let mut found: Vec<Option<String>> = vec![None; fit.disks.len()];
     let mut nic = 0;
     for dev in devices
         .children
@@ -612,8 +638,21 @@ fn rewrite_xml(root: &Element, fit: &Fit) -> Result<Fitted, DefinitionError> {
             _ => {}
         }
     }
-    if let Some(i) = found.iter().position(|f| !f) {
+    if let Some(i) = found.iter().position(Option::is_none) {
         return Err(DefinitionError::MissingDisk(fit.disks[i].0.join(" or ")));
+    }
+    if fit.drill {
+        let description = child_or_new(&mut root, "description");
+        let mut text = description.get_text().unwrap_or_default().into_owned();
+        for ((_, to), format) in fit.disks.iter().zip(&found) {
+            // A word, or nothing the driver takes: a format is the primary's text.
+            let format = format
+                .as_deref()
+                .filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_alphanumeric()))
+                .unwrap_or("unknown");
+            text.push_str(&format!("\n{DRILL_FORMAT} {to}: {format}"));
+        }
+        set_text(description, &text);
     }
     Ok(Fitted {
         text: canonical_xml(&root),
@@ -621,10 +660,12 @@ fn rewrite_xml(root: &Element, fit: &Fit) -> Result<Fitted, DefinitionError> {
     })
 }
 
+/// A disk of the definition moved to its file on the target; `found[i]` takes the format
+/// the definition gave the copy of disk `i` (before a drill's overlay format replaces it).
 fn disk(
     dev: &mut Element,
     fit: &Fit,
-    found: &mut [bool],
+    found: &mut [Option<String>],
     notes: &mut Vec<String>,
 ) -> Result<(), DefinitionError> {
     let target = dev
@@ -670,10 +711,17 @@ fn disk(
             known: known.join(", "),
         });
     };
-    if found[i] {
+    if found[i].is_some() {
         return Err(DefinitionError::DiskTwice { target, path });
     }
-    found[i] = true;
+    // What libvirt opens the file as: the driver's type, raw when none is given.
+    found[i] = Some(match fit.copies_raw {
+        true => "raw".to_string(),
+        false => dev
+            .get_child("driver")
+            .and_then(|d| d.attributes.get("type").cloned())
+            .unwrap_or_else(|| "raw".into()),
+    });
     // Only the copy: no backing chain, no block copy under way, no data file or slice of
     // another file (children of <source>).
     remove_children(dev, "backingStore");
@@ -955,6 +1003,7 @@ mod tests {
                 ),
             ],
             disk_format: None,
+            copies_raw: false,
             nics,
             keep_macs: true,
             keep_uuid: true,
@@ -1056,6 +1105,72 @@ mod tests {
         f.disks[1].1 = "/srv/overlays/run1/erp-db/erp-db-data.raw".into();
         let got = rewrite(&def, &f).unwrap();
         insta::assert_snapshot!(got.text);
+    }
+
+    /// A drill copy's description says, for each overlay, the format of the copy it is
+    /// backed by as the point's definition gives it (its `drill-start` makes the overlay over
+    /// that format, never one read from the copy's first bytes): raw when the definition gives
+    /// none, raw for copies read as the guest sees its disks, and nothing the driver takes
+    /// when the definition's text is not a word (a line of its own smuggled in).
+    #[test]
+    fn a_drill_copy_says_the_format_of_each_copy_its_overlays_are_backed_by() {
+        let described = |text: &str, copies_raw: bool| {
+            let def = Definition::parse(Format::LibvirtXml, text.as_bytes()).unwrap();
+            let mut f = fit(Nics::All("reprise-drill".into()));
+            f.name = "drill-erp-db".into();
+            (f.keep_macs, f.keep_uuid, f.drill, f.copies_raw) = (false, false, true, copies_raw);
+            f.disk_format = Some("qcow2".into());
+            f.disks[0].1 = "/srv/overlays/run1/erp-db/erp-db-system.qcow2".into();
+            f.disks[1].1 = "/srv/overlays/run1/erp-db/erp-db-data.raw".into();
+            let got = rewrite(&def, &f).unwrap();
+            let root = parse_xml(&got.text).unwrap();
+            let overlays: Vec<String> = root
+                .get_child("devices")
+                .unwrap()
+                .children
+                .iter()
+                .filter_map(XMLNode::as_element)
+                .filter(|d| {
+                    d.name == "disk"
+                        && d.attributes.get("device").map(String::as_str) == Some("disk")
+                })
+                .map(|d| d.get_child("driver").unwrap().attributes["type"].clone())
+                .collect();
+            assert_eq!(overlays, ["qcow2", "qcow2"]);
+            let text = libvirt_description(got.text.as_bytes()).unwrap();
+            assert!(text.starts_with(DRILL_MARK), "{text}");
+            text.lines().skip(1).map(str::to_string).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            described(DOMAIN, false),
+            [
+                "disk /srv/overlays/run1/erp-db/erp-db-system.qcow2: qcow2",
+                "disk /srv/overlays/run1/erp-db/erp-db-data.raw: raw",
+            ]
+        );
+        assert_eq!(
+            described(DOMAIN, true),
+            [
+                "disk /srv/overlays/run1/erp-db/erp-db-system.qcow2: raw",
+                "disk /srv/overlays/run1/erp-db/erp-db-data.raw: raw",
+            ]
+        );
+        let untyped = DOMAIN.replace("<driver name='qemu' type='raw'/>", "<driver name='qemu'/>");
+        assert_eq!(
+            described(&untyped, false)[1],
+            "disk /srv/overlays/run1/erp-db/erp-db-data.raw: raw"
+        );
+        let smuggled = DOMAIN.replace(
+            "type='qcow2'/>",
+            "type='vmdk&#10;disk /srv/overlays/run1/erp-db/erp-db-data.raw: qcow2'/>",
+        );
+        assert_eq!(
+            described(&smuggled, false),
+            [
+                "disk /srv/overlays/run1/erp-db/erp-db-system.qcow2: unknown",
+                "disk /srv/overlays/run1/erp-db/erp-db-data.raw: raw",
+            ]
+        );
     }
 
     /// Files of the host a definition names, which libvirt or QEMU would write on the host

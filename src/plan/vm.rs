@@ -200,6 +200,7 @@ pub fn define_use(
             },
             disks,
             disk_format: drill.then(|| "qcow2".to_string()),
+            copies_raw: false,
             nics,
             // A drill's copy runs beside the vm it copies: new MACs and a new UUID.
             keep_macs: vm.keep_macs && !drill,

@@ -240,6 +240,7 @@ pub(super) async fn define_vm(
                 if guest_view && d.fit.disk_format.is_none() {
                     d.fit.disk_format = Some("raw".into());
                 }
+                d.fit.copies_raw = guest_view;
                 let from = format!("the definition of point {point} (BLAKE3 {})", &hash[..16]);
                 (def, point, from)
             }

@@ -570,6 +570,7 @@ vmgenid: 0f9d1d4e-6a51-4f7e-9a43-1d2b3c4d5e6f
                 .map(|d| (vec![format!("120/vm-120-{d}")], format!("120/vm-120-{d}")))
                 .collect(),
             disk_format: None,
+            copies_raw: false,
             nics,
             keep_macs: true,
             keep_uuid: true,

@@ -14,7 +14,7 @@ use crate::lab::{LabState, LabVm};
 pub(super) fn lab_vm(state: &LabState, host: &str, args: &[String]) -> i32 {
     let verb = args.first().map(String::as_str).unwrap_or("");
     let Some(name) = args.get(1) else {
-        eprintln!("usage: lab-vm start|stop|status|autostart NAME ...");
+        eprintln!("usage: lab-vm start|stop|status|autostart|desc NAME ...");
         return 2;
     };
     let base = name.strip_prefix("drill-").unwrap_or(name);
@@ -39,6 +39,20 @@ pub(super) fn lab_vm(state: &LabState, host: &str, args: &[String]) -> i32 {
             }
         },
         "define" => define(&defs, name),
+        // As `virsh desc`: the definition's description.
+        "desc" => match std::fs::read(&defined)
+            .map_err(|e| e.to_string())
+            .and_then(|b| crate::vmdef::libvirt_description(&b).map_err(|e| e.to_string()))
+        {
+            Ok(text) => {
+                println!("{text}");
+                0
+            }
+            Err(e) => {
+                eprintln!("lab-vm: failed to get domain '{name}': {e}");
+                1
+            }
+        },
         "undefine" => {
             if std::fs::remove_file(&defined).is_err() {
                 println!("{name} is not defined: nothing to remove");
