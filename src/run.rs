@@ -497,6 +497,40 @@ struct Launch {
     /// For a failback: the primary disks each vm's copy back overwrites, as judged before it
     /// began ([`judged_disks`]).
     judged: JudgedDisks,
+    /// For a resumed run: what its copies between sites that are done (and not made again)
+    /// read, as its journal says ([`copied_before`]): a start of the vm on the other side asks
+    /// that it is still so, as it does of a copy this process made.
+    copied: HashMap<String, runner::CopyRead>,
+}
+
+/// What the copies of a vm between its sites that `prior` holds done read, as the journal
+/// `events` says ([`Event::SourceRead`], the last of each vm).
+fn copied_before(
+    events: &[Event],
+    prior: &HashMap<String, Prior>,
+) -> HashMap<String, runner::CopyRead> {
+    let mut copied = HashMap::new();
+    for e in events {
+        if let Event::SourceRead {
+            step,
+            vm,
+            host,
+            stamps,
+            ..
+        } = e
+            && prior.get(step) == Some(&Prior::Done)
+        {
+            copied.insert(
+                vm.clone(),
+                runner::CopyRead {
+                    step: step.clone(),
+                    host: host.clone(),
+                    stamps: stamps.clone(),
+                },
+            );
+        }
+    }
+    copied
 }
 
 /// `vm NAME` or `backup set NAME` → each primary disk or folder its copy back overwrites and
@@ -544,6 +578,7 @@ fn execute(
         operator,
         forced_before,
         judged,
+        copied,
     }: Launch,
     exec: &ExecOptions,
     view: &mut dyn Sink,
@@ -613,7 +648,7 @@ fn execute(
         options,
         prior,
         other_site,
-        copied: Default::default(),
+        copied: Arc::new(std::sync::Mutex::new(copied)),
     };
     let status = runner::run(ctx, &mut tee, shutdown);
     match tee.error {
@@ -2289,10 +2324,14 @@ fn started_past_copy(
                     } if step == sync && host == from_host => Some(stamps),
                     _ => None,
                 });
-                let Some(read) = read else {
-                    continue;
+                // Not journaled (a run of an earlier version): it cannot be told either.
+                let since = match read {
+                    Some(read) => crate::replica::start::written_since(past.copies, from_host, read),
+                    None => Err(format!(
+                        "this run's journal does not say what the {copy} read there"
+                    )),
                 };
-                let found = match crate::replica::start::written_since(past.copies, from_host, read) {
+                let found = match since {
                     Ok(None) => continue,
                     Ok(Some(changed)) => format!(
                         "its disks on {from_host} were written since the {copy} (step {sync}) read them: {changed}; it ran there again after this {mode} stopped it (step {stopped}) and was stopped again"
@@ -2826,6 +2865,7 @@ pub fn start(
             operator: opts.operator.clone(),
             forced_before: Vec::new(),
             judged,
+            copied: HashMap::new(),
         },
         &opts.exec,
         view,
@@ -3124,6 +3164,7 @@ pub fn resume(
     }
     let path = dir.path.clone();
     let run_id = dir.run_id.clone();
+    let copied = copied_before(&events, &prior);
     let launch = Launch {
         plan,
         dir,
@@ -3136,6 +3177,7 @@ pub fn resume(
         operator: operator.to_string(),
         forced_before: forced_in(&events).collect(),
         judged,
+        copied,
     };
     // The vms left start from the points the operator asked for when the run started, and
     // as they resumed it.
@@ -4079,10 +4121,14 @@ mod tests {
             e.contains("reprise failover --emergency --service erp-db"),
             "{e}"
         );
-        // Stopped on the primary, running on the recovery host: the start took effect.
-        assert_eq!(
-            resume(&over, &[(main, "shut off"), (pra, "running")]),
-            Ok((Vec::new(), true, true))
+        // Stopped on the primary, running on the recovery host: the start took effect; with
+        // a journal that does not say what the final sync read (a run of an earlier version),
+        // whether the primary ran since cannot be told: refused, unless forced.
+        let e = resume(&over, &[(main, "shut off"), (pra, "running")]).unwrap_err();
+        assert!(
+            e.contains("this run's journal does not say what the final sync read there")
+                && e.contains("resume with --force"),
+            "{e}"
         );
         // The same, the primary's disks still what the final sync read (its journal says):
         // carried on. Written since (the vm ran there and was stopped again), or unreadable:
@@ -4241,6 +4287,26 @@ mod tests {
         );
         let e = resume(&[(main, "running"), (pra, "running")], &same, false).unwrap_err();
         assert!(e.contains("vm erp-db runs on hv-pra again"), "{e}");
+        // A journal that does not say what the copy back read (a run of an earlier version):
+        // whether the recovery side ran it since cannot be told.
+        let mut p: HashMap<String, Prior> = copied
+            .iter()
+            .map(|id| (id.to_string(), Prior::Done))
+            .collect();
+        p.insert("erp-db/start-primary".into(), Prior::Interrupted);
+        let said = Status([(main, "running"), (pra, "shut off")].into());
+        let unjournaled = PastCopy {
+            events: &[],
+            force: false,
+            copies: &same,
+        };
+        let e = again_between_sites(&model, &back, &mut p, &begun, &said, &unjournaled)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("this run's journal does not say what the copy back read there"),
+            "{e}"
+        );
         let e = resume(&[(main, "running")], &same, false).unwrap_err();
         assert!(
             e.contains("whether vm erp-db runs on hv-pra again since this failback stopped it")

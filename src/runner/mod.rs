@@ -37,7 +37,7 @@ use tokio::task::JoinSet;
 
 pub use crate::ssh::OUTPUT_LIMIT;
 pub use context::{
-    Confirmations, OtherSite, OtherSiteSays, PointChoice, Prior, RunContext, RunOptions,
+    Confirmations, CopyRead, OtherSite, OtherSiteSays, PointChoice, Prior, RunContext, RunOptions,
     SecretResolver, Sink, Unrecorded, env_secrets,
 };
 pub use exec::{said_not_defined, said_running};

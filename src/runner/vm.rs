@@ -129,9 +129,10 @@ pub(super) async fn before_replica(
 
 /// Before a vm starts on the host a copy of this run moved it to (a failback's copy back, a
 /// planned failover's final sync): what the copy read is still so
-/// ([`start::copied_still`]). A failback's copy back not made by this process is refused (a
-/// resumed failback makes it again); a failover's start run again after it was cut relies on
-/// the point it chose then.
+/// ([`start::copied_still`]), as this process read it or, resumed, as the run's journal says
+/// ([`crate::event::Event::SourceRead`]). A failback's copy back whose read is known neither
+/// way (a run of an earlier version) is refused; a failover's start run again after it was
+/// cut relies on the point it chose then.
 pub(super) async fn copied_still(
     ctx: &RunContext,
     step: &PlannedStep,
@@ -157,7 +158,7 @@ pub(super) async fn copied_still(
     let Some(read) = read else {
         return match failback {
             true => Err(format!(
-                "vm {} was not copied back by this run's process, so whether its recovery copies were written since cannot be told; resume the run (`reprise resume`), which copies it back again before this start",
+                "what vm {}'s copy back read is known neither to this process nor to the run's journal, so whether its recovery copies were written since cannot be told; stop it on {host} if it runs there, then resume the run (`reprise resume`), which copies it back again before this start",
                 replica.vm
             )),
             false => Ok(()),

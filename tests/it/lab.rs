@@ -2660,7 +2660,23 @@ fn a_resumed_failback_never_overwrites_what_the_primary_wrote_since() {
 /// do so): it finds the vm running, keeps the copy back it started from, and carries on.
 #[test]
 fn a_failback_cut_once_its_start_took_effect_resumes_without_copying_back_again() {
-    let lab = Lab::up(135);
+    failback_resumed_after_its_start_took_effect(135, None);
+}
+
+/// The same, the start having failed once its command was sent (it timed out while erp-db
+/// came up on hv-main): the resume runs it again from its beginning, which asks that the
+/// recovery copies are still what the copy back read, as the run's journal says, and carries
+/// on without copying back again.
+#[test]
+fn a_failback_whose_start_failed_after_it_took_effect_resumes_without_copying_back_again() {
+    failback_resumed_after_its_start_took_effect(120, Some("timed_out"));
+}
+
+/// A failback of erp-db held after its start on hv-main, cut, its journal then as a crash at
+/// the start's end would leave it (`ended`: `None`, the start's end never written; else the
+/// status it ended with), erp-db writing on hv-main, then resumed.
+fn failback_resumed_after_its_start_took_effect(net: u8, ended: Option<&str>) {
+    let lab = Lab::up(net);
     let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
     let exit = lab.run_confirming(
         &[&["failover"][..], &only[..]].concat(),
@@ -2681,13 +2697,17 @@ fn a_failback_cut_once_its_start_took_effect_resumes_without_copying_back_again(
     let path = runs.join(id).join("journal.jsonl");
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    let ended = lines
+    let end = lines
         .iter()
         .position(|l| {
             l.contains(r#""event":"step_finished""#) && l.contains("erp-db/start-primary")
         })
         .unwrap_or_else(|| panic!("{text}"));
-    std::fs::write(&path, lines[..ended].join("\n") + "\n").unwrap();
+    let mut kept: Vec<String> = lines[..end].iter().map(|l| l.to_string()).collect();
+    if let Some(status) = ended {
+        kept.push(lines[end].replace(r#""status":"done""#, &format!(r#""status":"{status}""#)));
+    }
+    std::fs::write(&path, kept.join("\n") + "\n").unwrap();
     // What erp-db wrote on hv-main since it started there.
     let disk = lab
         .host_root("hv-main")
