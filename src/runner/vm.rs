@@ -311,6 +311,17 @@ pub(super) async fn after_replica(
         return out;
     };
     let done = out.status == StepStatus::Done;
+    // A failback's start let go of the recovery copies only as its copy back read them.
+    if replica.role == ReplicaRole::FailedBack
+        && done
+        && let Some(kept) = written_since_copied_back(ctx, &replica).await
+    {
+        out.message = Some(match out.message.take() {
+            Some(old) => format!("{old}; {kept}"),
+            None => kept,
+        });
+        return out;
+    }
     let used = match (replica.role, done) {
         (ReplicaRole::Start, true) => Used::Started,
         (ReplicaRole::Start, false) if out.status == StepStatus::Failed && !may_run => {
@@ -381,6 +392,47 @@ pub(super) async fn undone(ctx: &RunContext, step: &PlannedStep) -> Option<Strin
 
 /// What the run's outcome `used` leaves to the recovery copies of `replica` ([`start::after`],
 /// off the runtime's threads).
+/// Why vm `replica`'s recovery copies are not let go once a failback started it on the
+/// primary: they were written since its copy back read them (the vm ran there again: what it
+/// wrote is not on the primary), or whether they were cannot be told. Let go, the next
+/// replication would write the primary's data over them without a word; kept leased, it is
+/// refused, and this says what to do. `None`: as the copy back read them.
+async fn written_since_copied_back(ctx: &RunContext, replica: &ReplicaUse) -> Option<String> {
+    let vm = replica.vm.clone();
+    let read = ctx
+        .copied
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&vm)
+        .cloned();
+    let keep = |why: String| {
+        format!(
+            "the recovery copies of vm {vm} stay leased, so that no replication writes into them: {why}; keep what they hold that the primary lacks (copy it over by hand), then `reprise release {vm}` lets them go"
+        )
+    };
+    let Some(read) = read else {
+        return Some(keep(
+            "what its copy back read is known neither to this process nor to the run's journal, so whether they were written since cannot be told".into(),
+        ));
+    };
+    let transport = ctx.transport.clone();
+    let host = read.host.clone();
+    let since = tokio::task::spawn_blocking(move || {
+        start::written_since(&Remote::new(transport.as_ref()), &read.host, &read.stamps)
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the replica task failed: {e}")));
+    match since {
+        Ok(None) => None,
+        Ok(Some(changed)) => Some(keep(format!(
+            "they were written on {host} since its copy back read them ({changed}): vm {vm} ran there again, and what it wrote is not on the primary"
+        ))),
+        Err(e) => Some(keep(format!(
+            "whether they were written on {host} since its copy back read them cannot be told ({e})"
+        ))),
+    }
+}
+
 async fn leases_after(
     ctx: &RunContext,
     step: &PlannedStep,

@@ -2672,10 +2672,76 @@ fn a_failback_whose_start_failed_after_it_took_effect_resumes_without_copying_ba
     failback_resumed_after_its_start_took_effect(120, Some("timed_out"));
 }
 
+/// The same cut, then erp-db run again on hv-pra and stopped there (what it wrote is not on
+/// hv-main). The resume is refused (exit 6), naming the disk written; forced, it carries on
+/// (erp-db runs on hv-main), but hv-pra's copies are not let go as they are: they stay leased,
+/// said in the start's message, and a replication of erp-db is refused instead of writing
+/// hv-main's data over what hv-pra wrote.
+#[test]
+fn a_failback_resumed_past_writes_on_the_recovery_side_keeps_them_from_replication() {
+    let (lab, edited, _, _) = failback_cut_after_its_start(165, None);
+    let copy = lab
+        .host_root("hv-pra")
+        .join("srv/replicas/images/erp-db-system.qcow2");
+    write_64k(&copy, 0x7a);
+    let args = lab.args(&["resume", "latest", "--no-prompt"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = crate::common::reprise_with_env(edited.path(), &refs, LAB_SECRETS);
+    assert_eq!(refused.code, 6, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("were written since the copy back (step erp-db/sync-back) read them")
+            && refused.stderr.contains("erp-db-system.qcow2"),
+        "{}",
+        refused.stderr
+    );
+    let mut resumed = lab.spawn_in(
+        edited.path(),
+        &["resume", "latest", "--force", "--no-prompt"],
+    );
+    let exit = confirming(&lab, &mut resumed);
+    let events = lab.journal();
+    assert!(exit.is_some_and(|e| e.success()), "{exit:?} {events:#?}");
+    let started = events
+        .iter()
+        .rev()
+        .find(|e| e["event"] == "step_finished" && e["step"] == "erp-db/start-primary")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(started["status"], "done", "{started}");
+    assert!(
+        started["message"].as_str().is_some_and(|m| m
+            .contains("the recovery copies of vm erp-db stay leased")
+            && m.contains("were written on hv-pra since its copy back read them")),
+        "{started}"
+    );
+    assert_eq!(erp_db_on(&lab, "hv-main"), "running");
+    let replicated = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_ne!(replicated.code, 0, "{replicated:?}");
+    let kept = tool(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "read -P 0x7a 0 64k",
+            copy.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        kept.status.success() && !String::from_utf8_lossy(&kept.stdout).contains("mismatch"),
+        "hv-pra's write was overwritten: {kept:?}"
+    );
+}
+
 /// A failback of erp-db held after its start on hv-main, cut, its journal then as a crash at
 /// the start's end would leave it (`ended`: `None`, the start's end never written; else the
-/// status it ended with), erp-db writing on hv-main, then resumed.
-fn failback_resumed_after_its_start_took_effect(net: u8, ended: Option<&str>) {
+/// status it ended with), then erp-db writing on hv-main: the lab, the edited example, that
+/// disk and what it holds.
+fn failback_cut_after_its_start(
+    net: u8,
+    ended: Option<&str>,
+) -> (Lab, tempfile::TempDir, PathBuf, Vec<u8>) {
     let lab = Lab::up(net);
     let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
     let exit = lab.run_confirming(
@@ -2714,6 +2780,13 @@ fn failback_resumed_after_its_start_took_effect(net: u8, ended: Option<&str>) {
         .join("srv/datastore/images/erp-db-system.qcow2");
     write_64k(&disk, 0x6e);
     let written = std::fs::read(&disk).unwrap();
+    (lab, edited, disk, written)
+}
+
+/// [`failback_cut_after_its_start`] of `net`, resumed: the copy back is not made again over
+/// what erp-db wrote on hv-main, and the run ends done.
+fn failback_resumed_after_its_start_took_effect(net: u8, ended: Option<&str>) {
+    let (lab, edited, disk, written) = failback_cut_after_its_start(net, ended);
     let mut resumed = lab.spawn_in(edited.path(), &["resume", "latest", "--no-prompt"]);
     let exit = confirming(&lab, &mut resumed);
     let events = lab.journal();
