@@ -251,7 +251,59 @@ async fn failed_back(
     }
 }
 
-/// Journals the point a replicate step made.
+/// The roll-back of a failback that copied backup set `set` back to the primary: the copy
+/// on `host` (each source folder of `items`) is leased again, `live`, to this run, its data
+/// of no later than the failback's beginning, as a vm's recovery copies are
+/// ([`super::vm::undone`]): the recovery site runs the service again and writes into it, and
+/// no replication may write the primary's folder over it. Whether it was, and what to say.
+pub(super) async fn undo_copied_back(
+    ctx: &RunContext,
+    step: &crate::plan::PlannedStep,
+    set: &str,
+    host: &str,
+    items: &[(String, String)],
+) -> (bool, String) {
+    let (transport, run_id, step_id) = (
+        ctx.transport.clone(),
+        ctx.plan.run_id.clone(),
+        step.id.clone(),
+    );
+    let since = crate::journal::run_began(&run_id).unwrap_or_else(Utc::now);
+    let (name, h) = (set.to_string(), host.to_string());
+    let paths: Vec<String> = items.iter().map(|(src, _)| src.clone()).collect();
+    let leased = tokio::task::spawn_blocking(move || {
+        crate::replica::start::after(
+            &crate::replica::start::Remote::new(transport.as_ref()),
+            crate::replica::start::Vm {
+                name: &name,
+                host: &h,
+                paths: &paths,
+                sources: &[],
+            },
+            &run_id,
+            &step_id,
+            crate::replica::start::Used::StartedAgain { since },
+        )
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the replica task failed: {e}")));
+    match leased {
+        Ok(_) => (
+            true,
+            format!(
+                "the copy of backup set {set} on {host} is leased to this run again: the recovery site writes into it again, and no replication writes into it; what the primary's folder got since this failback began is not in it, and the next failback says so before it would overwrite it"
+            ),
+        ),
+        Err(e) => (
+            false,
+            format!(
+                "the copy of backup set {set} on {host} could not be leased again ({e}): the recovery site writes into it again, and a replication of {set} could write the primary's folder over what it writes there; stop scheduled replications of {set} until a failback brings it back"
+            ),
+        ),
+    }
+}
+
+/// Journals the point a replicate step made./// Journals the point a replicate step made.
 fn point_made(run: &StepRun, step: String, item: String, point: String, taken_at: DateTime<Utc>) {
     run.send(Event::ReplicaPointUsed {
         at: Utc::now(),

@@ -43,6 +43,29 @@ pub(super) async fn undo_done(
             }
             continue;
         }
+        // A failback's copy back of a backup set undone: the recovery site relies on its copy
+        // again (a vm's copies are leased again as its start is undone).
+        if ctx.plan.mode == crate::runbook::Mode::Failback
+            && let Action::Replicate {
+                what: crate::plan::Replicated::Backup(set),
+                from_host,
+                items,
+                ..
+            } = &step.action_spec
+        {
+            let (ok, message) =
+                super::replicate::undo_copied_back(ctx, step, set, from_host, items).await;
+            out.emit(&Event::UndoFinished {
+                at: Utc::now(),
+                step: step.id.clone(),
+                ok,
+                message: Some(message),
+            });
+            if ok {
+                undone.push(i);
+            }
+            continue;
+        }
         let Action::Exec {
             undo: Some(undo), ..
         } = &step.action_spec

@@ -4252,6 +4252,77 @@ fn a_rolled_back_failover_releases_the_backup_set_copies_it_relied_on() {
     }
 }
 
+/// A failback copies the backup sets back to the primary (which releases the leases the
+/// failover held on their recovery copies), then a service that needs them fails: the
+/// roll-back leases those copies again, since the recovery site runs the service again and
+/// writes into them, so that no replication writes the primary's folders over them.
+#[test]
+fn a_rolled_back_failback_leases_the_backup_set_copies_it_copied_back_again() {
+    let lab = Lab::up(166);
+    let edited = tempfile::tempdir().unwrap();
+    for d in ["inventory", "runbooks"] {
+        crate::common::copy_tree(&root().join(d), &edited.path().join(d));
+    }
+    let services = edited.path().join("inventory/services.toml");
+    let mut text = std::fs::read_to_string(&services).unwrap();
+    text.push_str(
+        "\n[services.dump-check]\ndescription = \"A dump restored on the primary\"\nkind = \"application\"\nowner = \"Sofia Haddad\"\nrto = \"1d\"\ndepends_on = [\"backups\"]\nhost = \"san-main\"\n",
+    );
+    std::fs::write(&services, text).unwrap();
+    std::fs::write(
+        edited.path().join("runbooks/dump-check.toml"),
+        "[[dump-check.failback]]\nid = \"restore-dump\"\nkind = \"exec\"\nhost = \"san-main\"\nrun = \"false\"\ntimeout = \"1m\"\nexpected = \"10s\"\n",
+    )
+    .unwrap();
+    let exit = lab.run_confirming_in(
+        edited.path(),
+        &[
+            "failover",
+            "--service",
+            "backups",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ],
+        Duration::from_secs(180),
+    );
+    assert!(exit.success(), "{:?}", lab.journal().last());
+    let exit = lab.run_confirming_in(
+        edited.path(),
+        &[
+            "failback",
+            "--service",
+            "backups",
+            "--service",
+            "dump-check",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ],
+        Duration::from_secs(180),
+    );
+    let events = lab.journal();
+    assert_eq!(exit.code(), Some(1), "{events:#?}");
+    let undo = events
+        .iter()
+        .find(|e| e["event"] == "undo_finished" && e["step"] == "backups/erp-dumps-back")
+        .unwrap_or_else(|| panic!("not undone: {events:#?}"));
+    assert_eq!(undo["ok"], true, "{undo}");
+    assert!(
+        undo["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is leased to this run again")),
+        "{undo}"
+    );
+    let leases = lab
+        .host_root("nas-pra")
+        .join("srv/backups/erp.reprise/leases");
+    let held = std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(held, 1, "the copy of erp-dumps is not leased");
+    let refused = lab.run(&["replicate", "--service", "erp-dumps"]);
+    assert_ne!(refused.code, 0, "{refused:?}");
+}
+
 /// A file of the copy of backup set erp-dumps rots behind its point, its time and size kept
 /// (its stamp says nothing): a drill of the backups reads the point again by hash before it
 /// relies on it, finds it damaged, marks it bad and refuses, saying why.
