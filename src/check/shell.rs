@@ -852,7 +852,7 @@ mod tests {
             "lab drill-status: lab-vm",
             "lab autostart-off: lab-vm",
             "lab autostart-on: lab-vm",
-            "lab drill-start: grep lab-vm mkdir qemu-img sed",
+            "lab drill-start: grep lab-vm mkdir qemu-img",
             "lab definition: lab-vm",
             "lab define: lab-vm",
             "lab undefine: lab-vm",

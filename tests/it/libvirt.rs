@@ -135,6 +135,15 @@ fn drill_and_check(hv: &Hv, vm: &str, ip: u8) {
             "a drill NIC not on the drill network: {nic}"
         );
     }
+    // Its description says the format each overlay's copy has in the point's definition,
+    // which its drill-start read through `virsh desc` to make the overlay.
+    assert!(
+        copy_xml
+            .lines()
+            .any(|l| l.starts_with("disk /srv/overlays/")
+                && l.contains(&format!("/{vm}/{vm}.qcow2: qcow2"))),
+        "{copy_xml}"
+    );
     let disks = elements(&copy_xml, "disk");
     assert!(!disks.is_empty(), "{copy_xml}");
     for disk in &disks {
