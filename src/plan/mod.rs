@@ -13,7 +13,7 @@ pub mod text;
 pub mod validate;
 mod vm;
 
-pub use build::{LAG_STEP, backup_sets_of, build};
+pub use build::{BACKUP_STEP, LAG_STEP, backup_sets_of, build};
 pub use resolve::url_host;
 pub use vm::{images_dir_of, replicate_hook, vm_action_command, vm_status_command};
 

@@ -263,10 +263,12 @@ pub(super) async fn undo_copied_back(
     host: &str,
     items: &[(String, String)],
 ) -> (bool, String) {
+    // Named as a backup step's lease (`SERVICE/backup-SET`), as the failover's was: a set's
+    // lease, not a vm's.
     let (transport, run_id, step_id) = (
         ctx.transport.clone(),
         ctx.plan.run_id.clone(),
-        step.id.clone(),
+        format!("{}/{}{set}", step.service, crate::plan::BACKUP_STEP),
     );
     let since = crate::journal::run_began(&run_id).unwrap_or_else(Utc::now);
     let (name, h) = (set.to_string(), host.to_string());
@@ -303,7 +305,7 @@ pub(super) async fn undo_copied_back(
     }
 }
 
-/// Journals the point a replicate step made./// Journals the point a replicate step made.
+/// Journals the point a replicate step made.
 fn point_made(run: &StepRun, step: String, item: String, point: String, taken_at: DateTime<Utc>) {
     run.send(Event::ReplicaPointUsed {
         at: Utc::now(),

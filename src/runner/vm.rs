@@ -314,7 +314,7 @@ pub(super) async fn after_replica(
     // A failback's start let go of the recovery copies only as its copy back read them.
     if replica.role == ReplicaRole::FailedBack
         && done
-        && let Some(kept) = written_since_copied_back(ctx, &replica).await
+        && let Some(kept) = written_since_copied_back(ctx, step, &replica).await
     {
         out.message = Some(match out.message.take() {
             Some(old) => format!("{old}; {kept}"),
@@ -390,14 +390,25 @@ pub(super) async fn undone(ctx: &RunContext, step: &PlannedStep) -> Option<Strin
     })
 }
 
-/// What the run's outcome `used` leaves to the recovery copies of `replica` ([`start::after`],
-/// off the runtime's threads).
 /// Why vm `replica`'s recovery copies are not let go once a failback started it on the
 /// primary: they were written since its copy back read them (the vm ran there again: what it
 /// wrote is not on the primary), or whether they were cannot be told. Let go, the next
 /// replication would write the primary's data over them without a word; kept leased, it is
 /// refused, and this says what to do. `None`: as the copy back read them.
-async fn written_since_copied_back(ctx: &RunContext, replica: &ReplicaUse) -> Option<String> {
+async fn written_since_copied_back(
+    ctx: &RunContext,
+    step: &PlannedStep,
+    replica: &ReplicaUse,
+) -> Option<String> {
+    // Only a vm this run copies back to the step's host (one it does not copy back had its
+    // copies let go by hand before: nothing was read to compare with).
+    let copied = ctx.plan.steps.iter().any(|s| {
+        matches!(&s.action_spec, Action::Replicate { what: Replicated::Vm(v), to_host, .. }
+            if *v == replica.vm && Some(to_host.as_str()) == step.host.as_deref())
+    });
+    if !copied {
+        return None;
+    }
     let vm = replica.vm.clone();
     let read = ctx
         .copied
@@ -433,6 +444,8 @@ async fn written_since_copied_back(ctx: &RunContext, replica: &ReplicaUse) -> Op
     }
 }
 
+/// What the run's outcome `used` leaves to the recovery copies of `replica` ([`start::after`],
+/// off the runtime's threads).
 async fn leases_after(
     ctx: &RunContext,
     step: &PlannedStep,
