@@ -4437,6 +4437,7 @@ mod tests {
             unusable: None,
             pending: false,
             newest_file: None,
+            left_out: Vec::new(),
         };
         let replica = |d: &mut CopyState| {
             d.mtime = Some(later);

@@ -835,6 +835,7 @@ mod tests {
                     unusable: None,
                     pending: false,
                     newest_file: None,
+                    left_out: Vec::new(),
                 }];
             }
             pra.copies.insert(r.copy.clone(), state);

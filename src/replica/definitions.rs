@@ -432,6 +432,7 @@ mod tests {
             unusable: None,
             pending: false,
             newest_file: None,
+            left_out: Vec::new(),
         }
     }
 

@@ -80,6 +80,11 @@ pub struct Point {
     /// point holds what was written until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub newest_file: Option<DateTime<Utc>>,
+    /// A backup set's: what the copy of its files left out that the source folder held, a
+    /// line each (a folder with no file in it, a link within the set): a backup set is
+    /// copied as its files, and these are made again by hand where the copy is used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
 }
 
 /// Why a point held until its disks are confirmed to be of one instant is not usable
@@ -329,6 +334,7 @@ mod tests {
                 unusable: None,
                 pending: false,
                 newest_file: None,
+                left_out: Vec::new(),
             })
             .collect()
     }

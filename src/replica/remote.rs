@@ -64,7 +64,7 @@ impl ImageTransfer {
         let secs = self.duration.as_secs_f64().max(0.001);
         let total = self.sent_bytes + self.manifest_bytes;
         format!(
-            "{}:{} → {}:{}: point {}, {} bytes sent ({} of data, {} of manifest) in {:.1}s ({:.1} MB/s), {} {} changed{}, {} bytes in all, blake3 {}{}{}\n",
+            "{}:{} → {}:{}: point {}, {} bytes sent ({} of data, {} of manifest) in {:.1}s ({:.1} MB/s), {} {} changed{}, {} bytes in all, blake3 {}{}{}{}\n",
             self.from,
             self.src,
             self.to,
@@ -101,9 +101,26 @@ impl ImageTransfer {
             } else {
                 ""
             },
+            left_out_said(&self.applied.point.left_out)
+                .map(|l| format!("; {l}"))
+                .unwrap_or_default(),
         )
     }
 }
+
+/// What a backup set's copy left out ([`Point::left_out`]), said with what to do; `None`
+/// when nothing.
+pub fn left_out_said(left_out: &[String]) -> Option<String> {
+    (!left_out.is_empty()).then(|| {
+        format!(
+            "{LEFT_OUT}: {}; where a restore or a service needs them, make them again by hand in the copy (mkdir, ln -s)",
+            left_out.join(", ")
+        )
+    })
+}
+
+/// How [`left_out_said`] begins.
+pub const LEFT_OUT: &str = "not in the copy, which holds the set's files only";
 
 /// How the source side reads an image as the guest sees it (through QEMU).
 #[derive(Debug, Clone)]
@@ -2475,6 +2492,7 @@ mod tests {
             unusable: None,
             pending: false,
             newest_file: None,
+            left_out: Vec::new(),
         };
         assert_eq!(applied_as_asked(&apply, &made), Ok(()));
         let suffixed = Point {

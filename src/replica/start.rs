@@ -512,6 +512,17 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
             continue;
         }
         lease(copies, req, &states, &start, &mut notes)?;
+        // A backup set's copy holds its files only: what it left out is said where it is
+        // used, with what to do.
+        for (state, point) in states.iter().zip(&start.points) {
+            let left = point
+                .as_ref()
+                .and_then(|id| state.points.iter().find(|p| &p.id == id))
+                .and_then(|p| super::remote::left_out_said(&p.left_out));
+            if let Some(left) = left {
+                notes.push(format!("{}: {left}", state.path));
+            }
+        }
         let held_before =
             req.how == Use::Drill && (0..paths.len()).any(|i| held_by_run(req, &states, i));
         return Ok(Prepared {
@@ -1254,6 +1265,37 @@ mod tests {
                 "lease /r/sys Live Some(\"P1\")",
                 "lease /r/data Live Some(\"P1\")",
             ]
+        );
+    }
+
+    /// A backup set's copy that left out empty folders or links (its point says which):
+    /// the start that relies on it says so, with what to do; one that left out nothing says
+    /// nothing of it.
+    #[test]
+    fn a_backup_set_copy_that_left_out_folders_says_so_where_it_is_used() {
+        let mut p = point("P1", 1, "yes");
+        p.left_out = vec!["the folder pg/pg_tblspc/ (no file in it)".into()];
+        let fake = Fake::with(vec![disk("dumps", &[p])]);
+        let paths = ["/r/dumps".to_string()];
+        let mut req = request(&paths, Use::Drill);
+        req.backup = true;
+        let prepared = prepare(&fake, &req).unwrap();
+        assert!(
+            prepared.notes.iter().any(|n| n.contains("/r/dumps: ")
+                && n.contains(crate::replica::remote::LEFT_OUT)
+                && n.contains("pg/pg_tblspc/")),
+            "{:?}",
+            prepared.notes
+        );
+        let fake = Fake::with(vec![disk("dumps", &[point("P1", 1, "yes")])]);
+        let prepared = prepare(&fake, &req).unwrap();
+        assert!(
+            prepared
+                .notes
+                .iter()
+                .all(|n| !n.contains(crate::replica::remote::LEFT_OUT)),
+            "{:?}",
+            prepared.notes
         );
     }
 

@@ -1598,6 +1598,7 @@ impl Store {
             unusable: None,
             pending: false,
             newest_file: None,
+            left_out: Vec::new(),
         };
         let mut point = point;
         if new.pending {
@@ -1683,6 +1684,7 @@ impl Store {
                 unusable: None,
                 pending: false,
                 newest_file: None,
+                left_out: Vec::new(),
             },
             prev: prev.map(|p| p.id.clone()),
             unmarked: s.unmarked,

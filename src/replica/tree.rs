@@ -161,16 +161,45 @@ fn sync_dirs<'a>(root: &Path, paths: impl Iterator<Item = &'a String>) -> Result
 
 /// Regular files under `root`, sorted, with their metadata (links are not followed).
 fn walk(root: &Path) -> io::Result<Vec<(String, std::fs::Metadata)>> {
-    Ok(walk_all(root)?.0)
+    Ok(walk_all(root)?.files)
 }
 
-/// [`walk`], and the entries a copy of the files would leave out with data in them (a link
-/// that leads out of the set, a device), sorted, each with what it is.
-#[allow(clippy::type_complexity)]
-fn walk_all(root: &Path) -> io::Result<(Vec<(String, std::fs::Metadata)>, Vec<(String, String)>)> {
+/// What [`walk_all`] found under a set's folder.
+#[derive(Default)]
+struct Walked {
+    /// Its regular files, sorted, with their metadata.
+    files: Vec<(String, std::fs::Metadata)>,
+    /// The entries a copy of the files would leave out with data in them (a link that leads
+    /// out of the set, a device), sorted, each with what it is.
+    others: Vec<(String, String)>,
+    /// What a copy of its files leaves out that holds no data but may be looked for: each
+    /// folder with no file beneath it (the deepest only: making it makes those above) and
+    /// each link that leads into the set or nowhere, said as a line, sorted
+    /// ([`Point::left_out`]).
+    left_out: Vec<String>,
+}
+
+/// The most entries of [`Walked::left_out`] said, and the longest name in one.
+const LEFT_OUT_SAID: usize = 100;
+const LEFT_OUT_NAME: usize = 200;
+
+/// A name of the set as it is said in [`Walked::left_out`]: control characters escaped, at
+/// most [`LEFT_OUT_NAME`] characters.
+fn left_out_name(name: &str) -> String {
+    let shown: String = name.escape_debug().take(LEFT_OUT_NAME).collect();
+    match shown.len() < name.escape_debug().count() {
+        true => format!("{shown}…"),
+        false => shown,
+    }
+}
+
+/// The files under `root` and what a copy of them leaves out ([`Walked`]).
+fn walk_all(root: &Path) -> io::Result<Walked> {
     use std::os::unix::fs::FileTypeExt as _;
     let mut out = Vec::new();
     let mut others = Vec::new();
+    let mut folders = Vec::new();
+    let mut links = Vec::new();
     let mut inside: Option<io::Result<PathBuf>> = None;
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -180,6 +209,7 @@ fn walk_all(root: &Path) -> io::Result<(Vec<(String, std::fs::Metadata)>, Vec<(S
             let meta = entry.metadata()?;
             let kind = meta.file_type();
             if meta.is_dir() {
+                folders.push(rel.to_string_lossy().into_owned());
                 stack.push(rel);
             } else if meta.is_file() {
                 out.push((rel.to_string_lossy().into_owned(), meta));
@@ -202,6 +232,13 @@ fn walk_all(root: &Path) -> io::Result<(Vec<(String, std::fs::Metadata)>, Vec<(S
                             to.display()
                         ),
                     ));
+                } else {
+                    let to = std::fs::read_link(&at).unwrap_or_default();
+                    links.push(format!(
+                        "the link {} -> {}",
+                        left_out_name(&rel.to_string_lossy()),
+                        left_out_name(&to.to_string_lossy())
+                    ));
                 }
             } else if kind.is_block_device() || kind.is_char_device() {
                 others.push((rel.to_string_lossy().into_owned(), "a device".to_string()));
@@ -211,7 +248,44 @@ fn walk_all(root: &Path) -> io::Result<(Vec<(String, std::fs::Metadata)>, Vec<(S
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     others.sort();
-    Ok((out, others))
+    // A folder the copy makes is one a file is beneath; of the others, the deepest.
+    let made: std::collections::HashSet<&str> = out
+        .iter()
+        .flat_map(|(f, _)| {
+            let mut above = Vec::new();
+            let mut at = f.as_str();
+            while let Some((up, _)) = at.rsplit_once('/') {
+                above.push(up);
+                at = up;
+            }
+            above
+        })
+        .collect();
+    folders.sort();
+    let empty: Vec<&String> = folders
+        .iter()
+        .filter(|d| !made.contains(d.as_str()))
+        .collect();
+    let mut left_out: Vec<String> = empty
+        .iter()
+        .filter(|d| {
+            let below = format!("{d}/");
+            !empty.iter().any(|e| e.starts_with(&below))
+        })
+        .map(|d| format!("the folder {}/ (no file in it)", left_out_name(d)))
+        .chain(links)
+        .collect();
+    left_out.sort();
+    if left_out.len() > LEFT_OUT_SAID {
+        let more = left_out.len() - LEFT_OUT_SAID;
+        left_out.truncate(LEFT_OUT_SAID);
+        left_out.push(format!("{more} more"));
+    }
+    Ok(Walked {
+        files: out,
+        others,
+        left_out,
+    })
 }
 
 /// When anything under `root` (itself included) last changed: the newest modification or
@@ -390,6 +464,9 @@ enum Rec {
     },
     End {
         digest: String,
+        /// What the copy of the files leaves out ([`Walked::left_out`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        left_out: Vec<String>,
     },
 }
 
@@ -616,10 +693,12 @@ fn is_hash(h: &str) -> bool {
 }
 
 /// What the source sent.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct TreeSent {
     pub files: u64,
     pub bytes: u64,
+    /// What the copy of the files leaves out ([`Walked::left_out`]).
+    pub left_out: Vec<String>,
 }
 
 fn changed_while_read(path: &Path) -> String {
@@ -646,7 +725,11 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
         },
     )
     .map_err(err)?;
-    let (files, others) = walk_all(root).map_err(err)?;
+    let Walked {
+        files,
+        others,
+        left_out,
+    } = walk_all(root).map_err(err)?;
     // Left out, the copy would lack what the folder holds, with nothing said: a link's target
     // (a folder of dumps linked in), or what a restore looks for by that name.
     if !others.is_empty() {
@@ -743,9 +826,11 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
         w,
         &Rec::End {
             digest: now.digest(),
+            left_out: left_out.clone(),
         },
     )
     .map_err(err)?;
+    sent.left_out = left_out;
     Ok(sent)
 }
 
@@ -774,6 +859,8 @@ struct Received {
     changes: Changes,
     /// Bytes of file content received.
     received: u64,
+    /// What the source said its copy leaves out ([`Walked::left_out`]).
+    left_out: Vec<String>,
 }
 
 /// Where [`TreeStore::stage_file`] writes, and the buffer it reads through.
@@ -1648,6 +1735,7 @@ impl TreeStore {
             taken_at: new.taken_at,
             source: new.source.clone(),
             size: tree.total(),
+            left_out: r.left_out.clone(),
             blake3: r.digest,
             verified: Verified::Yes,
             checked_at: Some(Utc::now()),
@@ -1740,7 +1828,7 @@ impl TreeStore {
                 reason,
             });
         }
-        let digest = loop {
+        let (digest, left_out) = loop {
             let rec = get(input).map_err(stream_err)?;
             let path = match &rec {
                 Rec::File { path, .. } | Rec::Touch { path, .. } | Rec::Delete { path } => {
@@ -1756,11 +1844,11 @@ impl TreeStore {
                 Rec::Hello { .. } => {
                     return Err(stream_err("a second protocol header in the stream".into()));
                 }
-                Rec::End { digest } => {
-                    if !is_hash(digest) {
+                Rec::End { digest, left_out } => {
+                    if !is_hash(digest) || left_out.len() > LEFT_OUT_SAID + 1 {
                         return Err(stream_err("the end of the stream is malformed".into()));
                     }
-                    break digest.clone();
+                    break (digest.clone(), left_out.clone());
                 }
             };
             match rec {
@@ -1819,6 +1907,7 @@ impl TreeStore {
             digest,
             changes,
             received,
+            left_out,
         })
     }
 
@@ -3293,6 +3382,63 @@ mod tests {
             replicate(&src, &dst, "p2");
             assert_eq!(contents(&dst), contents(&src), "{what}");
         }
+    }
+
+    /// What a copy of a set's files leaves out that the folder held (the deepest folders with
+    /// no file beneath, links within the set or leading nowhere) is recorded with the point,
+    /// said by the replication's line, and by the step that relies on the copy; a folder made
+    /// by a file in it, a pipe, and a folder above a left-out one are not said.
+    #[test]
+    fn what_a_copy_of_the_files_leaves_out_is_recorded_with_its_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        for d in [
+            "pg/base/1",
+            "pg/pg_tblspc",
+            "pg/pg_notify",
+            "pg/deep/er/est",
+        ] {
+            std::fs::create_dir_all(src.join(d)).unwrap();
+        }
+        std::fs::write(src.join("pg/base/1/16384"), b"rows").unwrap();
+        std::fs::write(src.join("pg/PG_VERSION"), b"15").unwrap();
+        std::os::unix::fs::symlink("base/1/16384", src.join("pg/latest")).unwrap();
+        std::os::unix::fs::symlink("gone", src.join("pg/dangling")).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(src.join("pg/base/fifo"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let sent = replicate(&src, &dst, "p1");
+        let said = [
+            "the folder pg/deep/er/est/ (no file in it)",
+            "the folder pg/pg_notify/ (no file in it)",
+            "the folder pg/pg_tblspc/ (no file in it)",
+            "the link pg/dangling -> gone",
+            "the link pg/latest -> base/1/16384",
+        ];
+        assert_eq!(sent.left_out, said);
+        let points = TreeStore::new(&dst).points().unwrap();
+        assert_eq!(points.last().unwrap().left_out, said);
+        let line = crate::replica::remote::left_out_said(&points.last().unwrap().left_out).unwrap();
+        assert!(
+            line.contains("pg/pg_tblspc/") && line.contains("make them again by hand"),
+            "{line}"
+        );
+        // Made again in the source: nothing left out, nothing said.
+        for d in ["pg/pg_tblspc", "pg/pg_notify", "pg/deep/er/est"] {
+            std::fs::write(src.join(d).join("keep"), b"").unwrap();
+        }
+        std::fs::remove_file(src.join("pg/latest")).unwrap();
+        std::fs::remove_file(src.join("pg/dangling")).unwrap();
+        let sent = replicate(&src, &dst, "p2");
+        assert!(sent.left_out.is_empty(), "{:?}", sent.left_out);
+        let points = TreeStore::new(&dst).points().unwrap();
+        assert!(points.last().unwrap().left_out.is_empty());
+        assert_eq!(
+            points[0].left_out, said,
+            "the older point keeps what it left out"
+        );
     }
 
     /// A link that leads out of a backup set shows data a copy of its files would not have:

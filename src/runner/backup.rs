@@ -99,6 +99,28 @@ pub(super) async fn run(ctx: &RunContext, run: &StepRun, copy: &BackupUse) -> Ou
             copy.host, copy.path, copy.set, s.point
         )
     });
+    // What its copy left out (empty folders, links within the set) is said with the step's
+    // end, where the person running it reads, not only in the journal's point.
+    let left: Vec<&String> = notes
+        .iter()
+        .filter(|n| n.contains(crate::replica::remote::LEFT_OUT))
+        .collect();
+    let message = match (message, left.is_empty()) {
+        (m, true) => m,
+        (None, false) => Some(
+            left.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        (Some(m), false) => Some(format!(
+            "{m}; {}",
+            left.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
+    };
     run.outcome(StepStatus::Done, 1, message)
 }
 
