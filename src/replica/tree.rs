@@ -1848,7 +1848,20 @@ impl TreeStore {
                     if !is_hash(digest) || left_out.len() > LEFT_OUT_SAID + 1 {
                         return Err(stream_err("the end of the stream is malformed".into()));
                     }
-                    break (digest.clone(), left_out.clone());
+                    // Said on terminals and in reports: the source's text, shown as text.
+                    let said = left_out
+                        .iter()
+                        .map(|l| {
+                            let l: String = l.chars().take(4 * LEFT_OUT_NAME).collect();
+                            l.chars()
+                                .flat_map(|c| match c.is_control() {
+                                    true => c.escape_default().collect::<Vec<_>>(),
+                                    false => vec![c],
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    break (digest.clone(), said);
                 }
             };
             match rec {
@@ -3438,6 +3451,31 @@ mod tests {
         assert_eq!(
             points[0].left_out, said,
             "the older point keeps what it left out"
+        );
+    }
+
+    /// What a source says its copy left out is shown as text: its control characters (a
+    /// terminal's escape sequences) are escaped before the point records it.
+    #[test]
+    fn what_a_source_says_it_left_out_is_recorded_as_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(src.join("empty")).unwrap();
+        std::fs::write(src.join("f"), b"x").unwrap();
+        let store = TreeStore::new(&dst);
+        let base = store.base(false, false).unwrap();
+        let mut stream = Vec::new();
+        send_tree(&src, &base, &mut stream).unwrap();
+        let text = String::from_utf8(stream).unwrap();
+        let hostile = text.replace("the folder empty/", "\\u001b[2Jthe folder empty/");
+        assert_ne!(hostile, text);
+        store
+            .apply(&mut hostile.as_bytes(), new_point("p1", Utc::now()))
+            .unwrap();
+        let points = store.points().unwrap();
+        assert_eq!(
+            points[0].left_out,
+            ["\\u{1b}[2Jthe folder empty/ (no file in it)"]
         );
     }
 
