@@ -1691,6 +1691,7 @@ pub fn points(model: &Model, vm: &str, json: bool, ssh: &SshArgs) -> Outcome {
                     "id": p.id, "taken_at": p.taken_at, "verified": v, "state": state(*v),
                     "size": p.size, "blake3": p.blake3, "source": p.source,
                     "unusable": p.unusable, "newest_file": p.newest_file,
+                    "left_out": p.left_out,
                 })
             })
             .collect();
@@ -1732,6 +1733,10 @@ pub fn points(model: &Model, vm: &str, json: bool, ssh: &SshArgs) -> Outcome {
                 p.id,
                 f.format("%Y-%m-%d %H:%M:%S UTC")
             ));
+        }
+        // A backup set's copy holds its files only.
+        if let Some(left) = crate::replica::remote::left_out_said(&p.left_out) {
+            s.push_str(&format!("point {}: {left}\n", p.id));
         }
     }
     for n in &notes {

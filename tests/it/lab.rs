@@ -4323,6 +4323,54 @@ fn a_rolled_back_failback_leases_the_backup_set_copies_it_copied_back_again() {
     assert_ne!(refused.code, 0, "{refused:?}");
 }
 
+/// erp-dumps' folder holds a folder with no file in it and a link within it: a copy of its
+/// files leaves them out, which the replication's line, `points` and a drill relying on the
+/// copy each say, with what to do.
+#[test]
+fn what_a_backup_set_copy_leaves_out_is_said_where_it_is_seen() {
+    let lab = Lab::up(82);
+    let src = lab.host_root("san-main").join("export/backups/erp");
+    std::fs::create_dir_all(src.join("pg_tblspc")).unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(&src)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let first = files.first().expect("the lab's dumps").clone();
+    std::os::unix::fs::symlink(&first, src.join("latest.dump")).unwrap();
+    let run = lab.run(&["replicate", "--service", "erp-dumps"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let said = |text: &str| {
+        text.contains("not in the copy, which holds the set's files only")
+            && text.contains("the folder pg_tblspc/ (no file in it)")
+            && text.contains(&format!("the link latest.dump -> {first}"))
+            && text.contains("make them again by hand")
+    };
+    assert!(said(&run.stdout), "{run:?}");
+    let points = lab.run(&["points", "erp-dumps"]);
+    assert!(said(&points.stdout), "{points:?}");
+    let exit = lab.run_confirming(
+        &[
+            "drill",
+            "--service",
+            "backups",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ],
+        Duration::from_secs(120),
+    );
+    let events = lab.journal();
+    assert!(exit.success(), "{events:#?}");
+    let relied = events
+        .iter()
+        .find(|e| e["event"] == "step_finished" && e["step"] == "backups/backup-erp-dumps")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert!(relied["message"].as_str().is_some_and(said), "{relied}");
+}
+
 /// A file of the copy of backup set erp-dumps rots behind its point, its time and size kept
 /// (its stamp says nothing): a drill of the backups reads the point again by hash before it
 /// relies on it, finds it damaged, marks it bad and refuses, saying why.
