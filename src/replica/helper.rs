@@ -597,11 +597,23 @@ fn verify(image: &Path, point: Option<&str>, stdout: &mut dyn Write) -> Result<(
 /// [`Request::Restore`]: writes `point` of `image` to `output`.
 fn restore(image: &Path, point: &str, output: &Path) -> Result<(), String> {
     if image.is_dir() {
-        TreeStore::new(image).restore(point, output)
+        let store = TreeStore::new(image);
+        store.restore(point, output).map_err(|e| e.to_string())?;
+        // What the point's copy left out is not in what was restored either: said, with
+        // what to do, where the person restoring reads.
+        let left = store.points().ok().and_then(|points| {
+            let p = points.into_iter().find(|p| p.id == point)?;
+            super::remote::left_out_said(&p.left_out)
+        });
+        if let Some(left) = left {
+            eprintln!("{}: {left}", output.display());
+        }
+        Ok(())
     } else {
-        Store::new(image).restore(point, output)
+        Store::new(image)
+            .restore(point, output)
+            .map_err(|e| e.to_string())
     }
-    .map_err(|e| e.to_string())
 }
 
 /// [`Request::RollBack`].

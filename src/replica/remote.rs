@@ -113,7 +113,7 @@ impl ImageTransfer {
 pub fn left_out_said(left_out: &[String]) -> Option<String> {
     (!left_out.is_empty()).then(|| {
         format!(
-            "{LEFT_OUT}: {}; where a restore or a service needs them, make them again by hand in the copy (mkdir, ln -s)",
+            "{LEFT_OUT}: {}; where a restore or a service needs them, make them again by hand (mkdir -p, ln -s: a link's target that is a full path, as it was on the source, pointed at the same file where the copy is)",
             left_out.join(", ")
         )
     })

@@ -515,10 +515,12 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
         // A backup set's copy holds its files only: what it left out is said where it is
         // used, with what to do.
         for (state, point) in states.iter().zip(&start.points) {
-            let left = point
-                .as_ref()
-                .and_then(|id| state.points.iter().find(|p| &p.id == id))
-                .and_then(|p| super::remote::left_out_said(&p.left_out));
+            // A copy used as it is: what its newest point left out.
+            let left = match point {
+                Some(id) => state.points.iter().find(|p| &p.id == id),
+                None => state.points.last(),
+            }
+            .and_then(|p| super::remote::left_out_said(&p.left_out));
             if let Some(left) = left {
                 notes.push(format!("{}: {left}", state.path));
             }

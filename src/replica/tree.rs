@@ -179,15 +179,30 @@ struct Walked {
     left_out: Vec<String>,
 }
 
-/// The most entries of [`Walked::left_out`] said, and the longest name in one.
+/// The most entries of [`Walked::left_out`] said, the longest name in one (in characters),
+/// and the most bytes of them all: the stream's end that carries them is one line, at most
+/// [`MAX_LINE`].
 const LEFT_OUT_SAID: usize = 100;
 const LEFT_OUT_NAME: usize = 200;
+const LEFT_OUT_BYTES: usize = 16 << 10;
 
-/// A name of the set as it is said in [`Walked::left_out`]: control characters escaped, at
-/// most [`LEFT_OUT_NAME`] characters.
+/// Shown as text: what [`char::escape_debug`] escapes (control, invisible and bidi
+/// characters), escaped; quotes and backslashes as they are.
+fn as_text(name: &str) -> String {
+    name.chars()
+        .flat_map(|c| match c {
+            '\\' | '\'' | '"' => vec![c],
+            c => c.escape_debug().collect(),
+        })
+        .collect()
+}
+
+/// A name of the set as it is said in [`Walked::left_out`]: as text ([`as_text`]), at most
+/// [`LEFT_OUT_NAME`] characters.
 fn left_out_name(name: &str) -> String {
-    let shown: String = name.escape_debug().take(LEFT_OUT_NAME).collect();
-    match shown.len() < name.escape_debug().count() {
+    let all = as_text(name);
+    let shown: String = all.chars().take(LEFT_OUT_NAME).collect();
+    match shown.chars().count() < all.chars().count() {
         true => format!("{shown}…"),
         false => shown,
     }
@@ -266,20 +281,30 @@ fn walk_all(root: &Path) -> io::Result<Walked> {
         .iter()
         .filter(|d| !made.contains(d.as_str()))
         .collect();
-    let mut left_out: Vec<String> = empty
+    // The deepest: no other empty folder beneath (every folder between an empty one and one
+    // above it is empty too, so its parent says it).
+    let above: std::collections::HashSet<&str> = empty
         .iter()
-        .filter(|d| {
-            let below = format!("{d}/");
-            !empty.iter().any(|e| e.starts_with(&below))
-        })
+        .filter_map(|d| d.rsplit_once('/').map(|(up, _)| up))
+        .collect();
+    let mut all: Vec<String> = empty
+        .iter()
+        .filter(|d| !above.contains(d.as_str()))
         .map(|d| format!("the folder {}/ (no file in it)", left_out_name(d)))
         .chain(links)
         .collect();
-    left_out.sort();
-    if left_out.len() > LEFT_OUT_SAID {
-        let more = left_out.len() - LEFT_OUT_SAID;
-        left_out.truncate(LEFT_OUT_SAID);
-        left_out.push(format!("{more} more"));
+    all.sort();
+    let mut left_out = Vec::new();
+    let mut bytes = 0;
+    for line in &all {
+        if left_out.len() == LEFT_OUT_SAID || bytes + line.len() > LEFT_OUT_BYTES {
+            break;
+        }
+        bytes += line.len();
+        left_out.push(line.clone());
+    }
+    if left_out.len() < all.len() {
+        left_out.push(format!("{} more", all.len() - left_out.len()));
     }
     Ok(Walked {
         files: out,
@@ -1851,15 +1876,7 @@ impl TreeStore {
                     // Said on terminals and in reports: the source's text, shown as text.
                     let said = left_out
                         .iter()
-                        .map(|l| {
-                            let l: String = l.chars().take(4 * LEFT_OUT_NAME).collect();
-                            l.chars()
-                                .flat_map(|c| match c.is_control() {
-                                    true => c.escape_default().collect::<Vec<_>>(),
-                                    false => vec![c],
-                                })
-                                .collect()
-                        })
+                        .map(|l| as_text(&l.chars().take(4 * LEFT_OUT_NAME).collect::<String>()))
                         .collect();
                     break (digest.clone(), said);
                 }
@@ -3452,6 +3469,37 @@ mod tests {
             points[0].left_out, said,
             "the older point keeps what it left out"
         );
+    }
+
+    /// Many long names left out (links named in a script of three bytes a character) still
+    /// fit the stream's end, which is one line: the first are said, then how many more; a
+    /// name is cut at its characters, said cut, and an invisible or bidi character in it is
+    /// shown escaped.
+    #[test]
+    fn many_long_names_left_out_are_said_within_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f"), b"x").unwrap();
+        for i in 0..150 {
+            let name = format!("{i:03}{}", "é".repeat(20) + &"日".repeat(60));
+            std::os::unix::fs::symlink("f", src.join(name)).unwrap();
+        }
+        let sent = replicate(&src, &dst, "p1");
+        let (said, more) = sent.left_out.split_at(sent.left_out.len() - 1);
+        assert!(said.len() < 150, "{}", said.len());
+        assert_eq!(more, [format!("{} more", 150 - said.len())]);
+        assert!(said.iter().map(String::len).sum::<usize>() <= LEFT_OUT_BYTES);
+        assert_eq!(
+            TreeStore::new(&dst).points().unwrap()[0].left_out,
+            sent.left_out
+        );
+        let long = "é".repeat(LEFT_OUT_NAME + 1);
+        assert_eq!(
+            left_out_name(&long),
+            format!("{}…", "é".repeat(LEFT_OUT_NAME))
+        );
+        assert_eq!(left_out_name("a\u{202e}b'c"), "a\\u{202e}b'c");
     }
 
     /// What a source says its copy left out is shown as text: its control characters (a

@@ -39,8 +39,10 @@
 /// newest point unless it was let go. Version 17: what is at a copy's path that reprise
 /// neither made nor made a point of (a file; a folder holding files) is refused by
 /// `manifest`, `apply`, `tree-base` and `apply-tree` unless they say `--overwrite-changed` or
-/// `release --accept` took it as a copy as it now is (`CopyState::foreign`).
-pub const PROTOCOL: u32 = 17;
+/// `release --accept` took it as a copy as it now is (`CopyState::foreign`). Version 18: a
+/// backup set's stream ends saying what a copy of its files leaves out (`Rec::End`'s
+/// `left_out`), which its point keeps (`Point::left_out`).
+pub const PROTOCOL: u32 = 18;
 
 /// The version of this program, as helpers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
