@@ -1311,13 +1311,27 @@ impl<'a> Helpers<'a> {
         &self,
         host: &str,
         paths: &[String],
+        read: &[(String, String)],
     ) -> Result<Vec<String>, ReplicaError> {
-        if paths.is_empty() {
-            return Ok(Vec::new());
-        }
-        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
         let live = Some(crate::replica::LeaseKind::Live);
-        self.release_with(host, &paths, None, live, None, (false, true))
+        let (stamped, as_is): (Vec<&String>, Vec<&String>) = paths
+            .iter()
+            .partition(|p| read.iter().any(|(path, _)| path == *p));
+        let mut released = Vec::new();
+        // Each as the copy back read it: the helper lets it go at that stamp, under the
+        // copy's lock, or refuses one written since (it stays leased).
+        for path in stamped {
+            let stamp = read
+                .iter()
+                .find(|(p, _)| p == path)
+                .map(|(_, s)| s.as_str());
+            released.extend(self.release_with(host, &[path], None, live, stamp, (false, true))?);
+        }
+        if !as_is.is_empty() {
+            let as_is: Vec<&str> = as_is.iter().map(|p| p.as_str()).collect();
+            released.extend(self.release_with(host, &as_is, None, live, None, (false, true))?);
+        }
+        Ok(released)
     }
 
     /// A failover's start of run `run` on the recovery copies `paths` of `host` was undone by a

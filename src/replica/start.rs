@@ -55,8 +55,15 @@ pub trait Copies {
     ) -> Result<Vec<String>, String>;
     /// A failback copied the copies `paths` back to the primary: their `live` leases are
     /// removed, and what was written in them outside reprise since their newest point is
-    /// let go (`Helpers::release_copied_back`).
-    fn release_copied_back(&self, host: &str, paths: &[String]) -> Result<Vec<String>, String> {
+    /// let go (`Helpers::release_copied_back`), each only while it is as the copy back read
+    /// it (`read`: path and stamp; a path not in it as it is).
+    fn release_copied_back(
+        &self,
+        host: &str,
+        paths: &[String],
+        read: &[(String, String)],
+    ) -> Result<Vec<String>, String> {
+        let _ = read;
         self.release(host, paths, None, Some(LeaseKind::Live))
     }
     /// A failover's start of run `run` was undone by a roll-back: its `live` leases are
@@ -149,9 +156,14 @@ impl Copies for Remote<'_> {
             .map_err(|e| e.to_string())
     }
 
-    fn release_copied_back(&self, host: &str, paths: &[String]) -> Result<Vec<String>, String> {
+    fn release_copied_back(
+        &self,
+        host: &str,
+        paths: &[String],
+        read: &[(String, String)],
+    ) -> Result<Vec<String>, String> {
         self.helpers
-            .release_copied_back(host, paths)
+            .release_copied_back(host, paths, read)
             .map_err(|e| e.to_string())
     }
 
@@ -1036,18 +1048,27 @@ pub fn after(
             .release(host, paths, Some(run), Some(LeaseKind::Live))
             .map(|_| None),
         // What the vm wrote there while it ran is given up for the primary's data: let go.
-        Used::Undone => copies
-            .release_undone(host, paths, run)
-            .map(|_| None),
+        Used::Undone => copies.release_undone(host, paths, run).map(|_| None),
         Used::DrillStopped => copies
             .release(host, paths, Some(run), Some(LeaseKind::Drill))
             .map(|_| None),
-        Used::FailedBack => copies.release_copied_back(host, paths).map(|r| {
-                (!r.is_empty()).then(|| {
-                    format!("the recovery copies of vm {name} were released: replication may write into them again")
-                })
-            }),
+        Used::FailedBack => after_failback(copies, vm, &[]),
     }
+}
+
+/// A failback started the vm on the primary: its recovery copies are let go, each only while
+/// it is as the copy back read it (`read`: path and stamp), else refused and left leased.
+pub fn after_failback(
+    copies: &dyn Copies,
+    vm: Vm<'_>,
+    read: &[(String, String)],
+) -> Result<Option<String>, String> {
+    let (host, paths, name) = (vm.host, vm.paths, vm.name);
+    copies.release_copied_back(host, paths, read).map(|r| {
+        (!r.is_empty()).then(|| {
+            format!("the recovery copies of vm {name} were released: replication may write into them again")
+        })
+    })
 }
 
 #[cfg(test)]

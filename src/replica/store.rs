@@ -625,6 +625,28 @@ impl Store {
         Ok(self.points().ok().and_then(|p| self.changed_since(&p)))
     }
 
+    /// [`Store::accept_changes`] of the copy as a failback's copy back read it (`stamp`):
+    /// refused, nothing recorded, when it is no longer so (written since: what was written is
+    /// only here, and the next replication would overwrite it).
+    pub fn accept_as(&self, stamp: &str) -> Result<Option<String>, StoreError> {
+        let _lock = self.lock()?;
+        let now = self.stamp().unwrap_or_default();
+        if now != stamp {
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason: format!(
+                    "it was written since the failback's copy back read it (it was `{stamp}`, it is `{now}`): what was written there is only on this copy, which stays leased"
+                ),
+            });
+        }
+        let foreign = self.foreign().is_some();
+        if !meta::has_history(&self.dir) && !foreign {
+            return Ok(None);
+        }
+        meta::write_accepted(&self.dir, stamp)?;
+        Ok(self.points().ok().and_then(|p| self.changed_since(&p)))
+    }
+
     /// Why what is at the copy's path is not to be written over ([`meta::not_a_copy`]): reprise
     /// neither made it (its first copy, [`meta::MADE`]) nor made a point of it, and the operator
     /// did not take it as a copy as it now is. `None` when nothing is there.
@@ -5430,6 +5452,44 @@ mod tests {
     /// A copy that is gone holds nothing to lose: its history ends and it is made anew. A copy
     /// with no point to compare with (a failover started on it, then a failback let it go)
     /// is refused once written again after it was let go.
+    /// A failback lets a copy go only as its copy back read it: written since (a vm run there
+    /// again between the read and the release), it is refused and nothing is recorded, so
+    /// the next replication still refuses to write over it; as it was read, it is let go at
+    /// that stamp.
+    #[test]
+    fn a_failback_lets_a_copy_go_only_as_its_copy_back_read_it() {
+        use std::os::unix::fs::FileExt as _;
+        let (_dir, _src, store) = copy_of(&[("p1", 1)], 2);
+        let wait = std::time::Duration::from_millis(10);
+        store
+            .take_lease(&lease_of(LeaseKind::Live, "r1", "p1"), None, wait, true)
+            .unwrap();
+        let read = store.stamp().unwrap();
+        let f = OpenOptions::new().write(true).open(&store.image).unwrap();
+        f.write_all_at(b"ran again", 0).unwrap();
+        drop(f);
+        let refused = store.accept_as(&read).unwrap_err().to_string();
+        assert!(
+            refused.contains("it was written since the failback's copy back read it"),
+            "{refused}"
+        );
+        // The helper then keeps its lease: no replication writes over it.
+        assert!(
+            store.base_manifest(false, false).is_err(),
+            "what was written there is overwritten"
+        );
+        // As it was read: let go at that stamp, then released.
+        let now = store.stamp().unwrap();
+        store.accept_as(&now).unwrap();
+        store.release(|_, _| true).unwrap();
+        assert!(store.base_manifest(false, false).is_ok(), "as let go");
+        // Written after it was let go: refused again.
+        let f = OpenOptions::new().write(true).open(&store.image).unwrap();
+        f.write_all_at(b"and again", 0).unwrap();
+        drop(f);
+        assert!(store.base_manifest(false, false).is_err());
+    }
+
     #[test]
     fn a_copy_gone_is_made_anew_and_one_let_go_is_refused_when_written_again() {
         use std::os::unix::fs::FileExt as _;

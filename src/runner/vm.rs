@@ -311,15 +311,32 @@ pub(super) async fn after_replica(
         return out;
     };
     let done = out.status == StepStatus::Done;
-    // A failback's start let go of the recovery copies only as its copy back read them.
-    if replica.role == ReplicaRole::FailedBack
-        && done
-        && let Some(kept) = written_since_copied_back(ctx, step, &replica).await
-    {
-        out.message = Some(match out.message.take() {
-            Some(old) => format!("{old}; {kept}"),
-            None => kept,
-        });
+    // A failback's start lets go of the recovery copies only as its copy back read them.
+    if replica.role == ReplicaRole::FailedBack && done {
+        let note = match written_since_copied_back(ctx, step, &replica).await {
+            Err(kept) => Some(kept),
+            Ok(read) => {
+                let (transport, r) = (ctx.transport.clone(), replica.clone());
+                let vm = replica.vm.clone();
+                let released = tokio::task::spawn_blocking(move || {
+                    start::after_failback(&Remote::new(transport.as_ref()), copies(&r), &read)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("the replica task failed: {e}")));
+                match released {
+                    Ok(note) => note,
+                    Err(e) => Some(format!(
+                        "the recovery copies of vm {vm} stay leased, so that no replication writes into them: they could not be let go ({e}); keep what they hold that the primary lacks (copy it over by hand), then `reprise release {vm}` lets them go"
+                    )),
+                }
+            }
+        };
+        if let Some(note) = note {
+            out.message = Some(match out.message.take() {
+                Some(old) => format!("{old}; {note}"),
+                None => note,
+            });
+        }
         return out;
     }
     let used = match (replica.role, done) {
@@ -394,12 +411,13 @@ pub(super) async fn undone(ctx: &RunContext, step: &PlannedStep) -> Option<Strin
 /// primary: they were written since its copy back read them (the vm ran there again: what it
 /// wrote is not on the primary), or whether they were cannot be told. Let go, the next
 /// replication would write the primary's data over them without a word; kept leased, it is
-/// refused, and this says what to do. `None`: as the copy back read them.
+/// refused, and this says what to do (`Err`). Else what the copy back read, each copy and its
+/// stamp, to let them go at (none for a vm this run does not copy back).
 async fn written_since_copied_back(
     ctx: &RunContext,
     step: &PlannedStep,
     replica: &ReplicaUse,
-) -> Option<String> {
+) -> Result<Vec<(String, String)>, String> {
     // Only a vm this run copies back to the step's host (one it does not copy back had its
     // copies let go by hand before: nothing was read to compare with).
     let copied = ctx.plan.steps.iter().any(|s| {
@@ -407,7 +425,7 @@ async fn written_since_copied_back(
             if *v == replica.vm && Some(to_host.as_str()) == step.host.as_deref())
     });
     if !copied {
-        return None;
+        return Ok(Vec::new());
     }
     let vm = replica.vm.clone();
     let read = ctx
@@ -422,23 +440,24 @@ async fn written_since_copied_back(
         )
     };
     let Some(read) = read else {
-        return Some(keep(
+        return Err(keep(
             "what its copy back read is known neither to this process nor to the run's journal, so whether they were written since cannot be told".into(),
         ));
     };
     let transport = ctx.transport.clone();
     let host = read.host.clone();
+    let stamps = read.stamps.clone();
     let since = tokio::task::spawn_blocking(move || {
         start::written_since(&Remote::new(transport.as_ref()), &read.host, &read.stamps)
     })
     .await
     .unwrap_or_else(|e| Err(format!("the replica task failed: {e}")));
     match since {
-        Ok(None) => None,
-        Ok(Some(changed)) => Some(keep(format!(
+        Ok(None) => Ok(stamps),
+        Ok(Some(changed)) => Err(keep(format!(
             "they were written on {host} since its copy back read them ({changed}): vm {vm} ran there again, and what it wrote is not on the primary"
         ))),
-        Err(e) => Some(keep(format!(
+        Err(e) => Err(keep(format!(
             "whether they were written on {host} since its copy back read them cannot be told ({e})"
         ))),
     }
