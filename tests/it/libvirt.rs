@@ -135,14 +135,21 @@ fn drill_and_check(hv: &Hv, vm: &str, ip: u8) {
             "a drill NIC not on the drill network: {nic}"
         );
     }
-    // Its description says the format each overlay's copy has in the point's definition,
+    // Its description says the format each overlay's copy has in the point's definition
+    // (raw for a copy of the disk as the guest sees it, whose points say how it was read),
     // which its drill-start read through `virsh desc` to make the overlay.
+    let points = std::fs::read_to_string(hv.pra.path(&format!("{copy}.reprise/points.json")))
+        .unwrap_or_default();
+    let format = match points.contains("\"read\":") {
+        true => "raw",
+        false => "qcow2",
+    };
     assert!(
         copy_xml
             .lines()
             .any(|l| l.starts_with("disk /srv/overlays/")
-                && l.contains(&format!("/{vm}/{vm}.qcow2: qcow2"))),
-        "{copy_xml}"
+                && l.contains(&format!("/{vm}/{vm}.qcow2: {format}"))),
+        "{format}: {copy_xml}"
     );
     let disks = elements(&copy_xml, "disk");
     assert!(!disks.is_empty(), "{copy_xml}");
