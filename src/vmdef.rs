@@ -444,13 +444,19 @@ pub const DRILL_MARK: &str = "reprise-drill";
 /// The name of a libvirt domain definition read as XML only (a drill copy's too, which
 /// [`Definition::parse`] refuses to take for a vm's own).
 pub fn libvirt_name(bytes: &[u8]) -> Result<String, DefinitionError> {
+    libvirt_text(bytes, "name")
+}
+
+/// The text of the top element `child` of a libvirt domain definition read as XML only;
+/// empty when it has none.
+fn libvirt_text(bytes: &[u8], child: &str) -> Result<String, DefinitionError> {
     if bytes.len() > MAX_BYTES {
         return Err(DefinitionError::TooLarge(bytes.len()));
     }
     let text = std::str::from_utf8(bytes).map_err(|_| DefinitionError::NotText)?;
     let root = parse_xml(text)?;
     Ok(root
-        .get_child("name")
+        .get_child(child)
         .and_then(|n| n.get_text())
         .map(|t| t.into_owned())
         .unwrap_or_default())
@@ -459,16 +465,7 @@ pub fn libvirt_name(bytes: &[u8]) -> Result<String, DefinitionError> {
 /// The `<description>` of a libvirt domain definition (as `virsh desc` prints it), read as
 /// XML only; empty when it has none.
 pub fn libvirt_description(bytes: &[u8]) -> Result<String, DefinitionError> {
-    if bytes.len() > MAX_BYTES {
-        return Err(DefinitionError::TooLarge(bytes.len()));
-    }
-    let text = std::str::from_utf8(bytes).map_err(|_| DefinitionError::NotText)?;
-    let root = parse_xml(text)?;
-    Ok(root
-        .get_child("description")
-        .and_then(|n| n.get_text())
-        .map(|t| t.into_owned())
-        .unwrap_or_default())
+    libvirt_text(bytes, "description")
 }
 
 /// What a drill copy's `<description>` says of each overlay, one line a disk: `disk PATH:

@@ -4181,27 +4181,36 @@ fn a_backup_set_copy_is_proven_before_a_run_relies_on_it_and_never_copied_back_o
     );
 }
 
-/// A planned failover relies on the backup sets' copies (each leased at its point), then a
-/// service that needs them fails: the roll-back releases the copies, so that replication may
-/// write into them again and no failback takes them for data the recovery site wrote.
-#[test]
-fn a_rolled_back_failover_releases_the_backup_set_copies_it_relied_on() {
-    let lab = Lab::up(157);
+/// The example with a service `dump-check` that needs the backups and fails in a `mode` run
+/// (a step on `host` that exits 1), in a folder of its own.
+fn with_failing_dump_check(mode: &str, host: &str) -> tempfile::TempDir {
     let edited = tempfile::tempdir().unwrap();
     for d in ["inventory", "runbooks"] {
         crate::common::copy_tree(&root().join(d), &edited.path().join(d));
     }
     let services = edited.path().join("inventory/services.toml");
     let mut text = std::fs::read_to_string(&services).unwrap();
-    text.push_str(
-        "\n[services.dump-check]\ndescription = \"A dump restored on the recovery site\"\nkind = \"application\"\nowner = \"Sofia Haddad\"\nrto = \"1d\"\ndepends_on = [\"backups\"]\nhost = \"nas-pra\"\n",
-    );
+    text.push_str(&format!(
+        "\n[services.dump-check]\ndescription = \"A dump restored from the backups\"\nkind = \"application\"\nowner = \"Sofia Haddad\"\nrto = \"1d\"\ndepends_on = [\"backups\"]\nhost = \"{host}\"\n"
+    ));
     std::fs::write(&services, text).unwrap();
     std::fs::write(
         edited.path().join("runbooks/dump-check.toml"),
-        "[[dump-check.failover]]\nid = \"restore-dump\"\nkind = \"exec\"\nhost = \"nas-pra\"\nrun = \"false\"\ntimeout = \"1m\"\nexpected = \"10s\"\n",
+        format!(
+            "[[dump-check.{mode}]]\nid = \"restore-dump\"\nkind = \"exec\"\nhost = \"{host}\"\nrun = \"false\"\ntimeout = \"1m\"\nexpected = \"10s\"\n"
+        ),
     )
     .unwrap();
+    edited
+}
+
+/// A planned failover relies on the backup sets' copies (each leased at its point), then a
+/// service that needs them fails: the roll-back releases the copies, so that replication may
+/// write into them again and no failback takes them for data the recovery site wrote.
+#[test]
+fn a_rolled_back_failover_releases_the_backup_set_copies_it_relied_on() {
+    let lab = Lab::up(157);
+    let edited = with_failing_dump_check("failover", "nas-pra");
     let exit = lab.run_confirming_in(
         edited.path(),
         &[
@@ -4259,21 +4268,7 @@ fn a_rolled_back_failover_releases_the_backup_set_copies_it_relied_on() {
 #[test]
 fn a_rolled_back_failback_leases_the_backup_set_copies_it_copied_back_again() {
     let lab = Lab::up(166);
-    let edited = tempfile::tempdir().unwrap();
-    for d in ["inventory", "runbooks"] {
-        crate::common::copy_tree(&root().join(d), &edited.path().join(d));
-    }
-    let services = edited.path().join("inventory/services.toml");
-    let mut text = std::fs::read_to_string(&services).unwrap();
-    text.push_str(
-        "\n[services.dump-check]\ndescription = \"A dump restored on the primary\"\nkind = \"application\"\nowner = \"Sofia Haddad\"\nrto = \"1d\"\ndepends_on = [\"backups\"]\nhost = \"san-main\"\n",
-    );
-    std::fs::write(&services, text).unwrap();
-    std::fs::write(
-        edited.path().join("runbooks/dump-check.toml"),
-        "[[dump-check.failback]]\nid = \"restore-dump\"\nkind = \"exec\"\nhost = \"san-main\"\nrun = \"false\"\ntimeout = \"1m\"\nexpected = \"10s\"\n",
-    )
-    .unwrap();
+    let edited = with_failing_dump_check("failback", "san-main");
     let exit = lab.run_confirming_in(
         edited.path(),
         &[
