@@ -2124,6 +2124,17 @@ pub fn copies_again(
 /// primary, that began (`begun`, as the journal says) and are not done, while the vm's driver
 /// does not say it is stopped (or not defined) on the step's host: they may have started it on
 /// the copy they chose, or on what the failback copied back.
+/// The role of the starts a resumed run asks whether they took effect before it makes a copy
+/// between sites again: a planned failover's on the recovery side, a failback's on the
+/// primary; `None` for other runs (an emergency failover does not ask the primary).
+fn start_role(plan: &Plan) -> Option<plan::ReplicaRole> {
+    match plan.mode {
+        Mode::Failover if !plan.emergency => Some(plan::ReplicaRole::Start),
+        Mode::Failback => Some(plan::ReplicaRole::FailedBack),
+        _ => None,
+    }
+}
+
 fn may_have_started(
     model: &Model,
     plan: &Plan,
@@ -2131,10 +2142,8 @@ fn may_have_started(
     begun: &HashSet<&str>,
     transport: &dyn Transport,
 ) -> HashSet<String> {
-    let role = match plan.mode {
-        Mode::Failover if !plan.emergency => plan::ReplicaRole::Start,
-        Mode::Failback => plan::ReplicaRole::FailedBack,
-        _ => return HashSet::new(),
+    let Some(role) = start_role(plan) else {
+        return HashSet::new();
     };
     plan.steps
         .iter()
@@ -2227,7 +2236,7 @@ fn running_again(
         }
     }
     let (mut forced, mut diverged) = (Vec::new(), Vec::new());
-    if (plan.mode == Mode::Failover && !plan.emergency) || plan.mode == Mode::Failback {
+    if start_role(plan).is_some() {
         let (refused, passed, past_copy) = started_past_copy(model, plan, prior, transport, past);
         again.extend(refused);
         forced = passed;
@@ -2265,9 +2274,12 @@ fn started_past_copy(
     let mut forced = Vec::new();
     let mut diverged = Vec::new();
     let mut asked = HashSet::new();
-    let (role, copy) = match plan.mode {
-        Mode::Failback => (plan::ReplicaRole::FailedBack, "copy back"),
-        _ => (plan::ReplicaRole::Start, "final sync"),
+    let Some(role) = start_role(plan) else {
+        return (refused, forced, diverged);
+    };
+    let copy = match plan.mode {
+        Mode::Failback => "copy back",
+        _ => "final sync",
     };
     let mode = plan.mode;
     for start in plan.steps.iter().filter(|s| !done(&s.id)) {

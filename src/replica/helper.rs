@@ -724,18 +724,17 @@ fn release(
             let s = Store::new(p);
             // Let go as a failback's copy back read it: refused, before any lease is
             // removed, when it was written since.
-            if let (Some(stamp), true) = (returned.stamp, returned.accept) {
-                let let_go_as = let_go(s.accept_as(stamp))?;
-                let mut done = s.release(which).map_err(|e| e.to_string())?;
-                done.extend(let_go_as);
-                done
-            } else {
-                let mut done = s.release(which).map_err(|e| e.to_string())?;
-                if returned.accept {
-                    done.extend(let_go(s.accept_changes())?);
-                }
-                done
+            let as_read = match (returned.stamp, returned.accept) {
+                (Some(stamp), true) => Some(let_go(s.accept_as(stamp))?),
+                _ => None,
+            };
+            let mut done = s.release(which).map_err(|e| e.to_string())?;
+            match as_read {
+                Some(let_go_as) => done.extend(let_go_as),
+                None if returned.accept => done.extend(let_go(s.accept_changes())?),
+                None => {}
             }
+            done
         };
         released.extend(done.into_iter().map(|d| format!("{}: {d}", p.display())));
     }

@@ -1314,21 +1314,24 @@ impl<'a> Helpers<'a> {
         read: &[(String, String)],
     ) -> Result<Vec<String>, ReplicaError> {
         let live = Some(crate::replica::LeaseKind::Live);
-        let (stamped, as_is): (Vec<&String>, Vec<&String>) = paths
-            .iter()
-            .partition(|p| read.iter().any(|(path, _)| path == *p));
         let mut released = Vec::new();
-        // Each as the copy back read it: the helper lets it go at that stamp, under the
-        // copy's lock, or refuses one written since (it stays leased).
-        for path in stamped {
-            let stamp = read
-                .iter()
-                .find(|(p, _)| p == path)
-                .map(|(_, s)| s.as_str());
-            released.extend(self.release_with(host, &[path], None, live, stamp, (false, true))?);
+        let mut as_is = Vec::new();
+        for path in paths {
+            match read.iter().find(|(p, _)| p == path) {
+                // As the copy back read it: the helper lets it go at that stamp, under the
+                // copy's lock, or refuses one written since (it stays leased).
+                Some((_, stamp)) => released.extend(self.release_with(
+                    host,
+                    &[path],
+                    None,
+                    live,
+                    Some(stamp),
+                    (false, true),
+                )?),
+                None => as_is.push(path.as_str()),
+            }
         }
         if !as_is.is_empty() {
-            let as_is: Vec<&str> = as_is.iter().map(|p| p.as_str()).collect();
             released.extend(self.release_with(host, &as_is, None, live, None, (false, true))?);
         }
         Ok(released)

@@ -61,9 +61,8 @@ pub trait Copies {
         &self,
         host: &str,
         paths: &[String],
-        read: &[(String, String)],
+        _read: &[(String, String)],
     ) -> Result<Vec<String>, String> {
-        let _ = read;
         self.release(host, paths, None, Some(LeaseKind::Live))
     }
     /// A failover's start of run `run` was undone by a roll-back: its `live` leases are

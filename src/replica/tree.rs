@@ -172,11 +172,10 @@ struct Walked {
     /// The entries a copy of the files would leave out with data in them (a link that leads
     /// out of the set, a device), sorted, each with what it is.
     others: Vec<(String, String)>,
-    /// What a copy of its files leaves out that holds no data but may be looked for: each
-    /// folder with no file beneath it (the deepest only: making it makes those above) and
-    /// each link that leads into the set or nowhere, said as a line, sorted
-    /// ([`Point::left_out`]).
-    left_out: Vec<String>,
+    /// Its folders, and its links that lead into the set or nowhere: what
+    /// [`Walked::left_out`] is made of, only where it is said.
+    folders: Vec<String>,
+    links: Vec<String>,
 }
 
 /// The most entries of [`Walked::left_out`] said, the longest name in one (in characters),
@@ -248,12 +247,7 @@ fn walk_all(root: &Path) -> io::Result<Walked> {
                         ),
                     ));
                 } else {
-                    let to = std::fs::read_link(&at).unwrap_or_default();
-                    links.push(format!(
-                        "the link {} -> {}",
-                        left_out_name(&rel.to_string_lossy()),
-                        left_out_name(&to.to_string_lossy())
-                    ));
+                    links.push(rel.to_string_lossy().into_owned());
                 }
             } else if kind.is_block_device() || kind.is_char_device() {
                 others.push((rel.to_string_lossy().into_owned(), "a device".to_string()));
@@ -263,54 +257,74 @@ fn walk_all(root: &Path) -> io::Result<Walked> {
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     others.sort();
-    // A folder the copy makes is one a file is beneath; of the others, the deepest.
-    let made: std::collections::HashSet<&str> = out
-        .iter()
-        .flat_map(|(f, _)| {
-            let mut above = Vec::new();
-            let mut at = f.as_str();
-            while let Some((up, _)) = at.rsplit_once('/') {
-                above.push(up);
-                at = up;
-            }
-            above
-        })
-        .collect();
-    folders.sort();
-    let empty: Vec<&String> = folders
-        .iter()
-        .filter(|d| !made.contains(d.as_str()))
-        .collect();
-    // The deepest: no other empty folder beneath (every folder between an empty one and one
-    // above it is empty too, so its parent says it).
-    let above: std::collections::HashSet<&str> = empty
-        .iter()
-        .filter_map(|d| d.rsplit_once('/').map(|(up, _)| up))
-        .collect();
-    let mut all: Vec<String> = empty
-        .iter()
-        .filter(|d| !above.contains(d.as_str()))
-        .map(|d| format!("the folder {}/ (no file in it)", left_out_name(d)))
-        .chain(links)
-        .collect();
-    all.sort();
-    let mut left_out = Vec::new();
-    let mut bytes = 0;
-    for line in &all {
-        if left_out.len() == LEFT_OUT_SAID || bytes + line.len() > LEFT_OUT_BYTES {
-            break;
-        }
-        bytes += line.len();
-        left_out.push(line.clone());
-    }
-    if left_out.len() < all.len() {
-        left_out.push(format!("{} more", all.len() - left_out.len()));
-    }
     Ok(Walked {
         files: out,
         others,
-        left_out,
+        folders,
+        links,
     })
+}
+
+impl Walked {
+    /// What a copy of the files under `root` leaves out that holds no data but may be looked
+    /// for: each folder with no file beneath it (the deepest only: making it makes those
+    /// above) and each link that leads into the set or nowhere, said as a line, sorted, at
+    /// most [`LEFT_OUT_SAID`] lines and [`LEFT_OUT_BYTES`], then how many more
+    /// ([`Point::left_out`]).
+    fn left_out(&self, root: &Path) -> Vec<String> {
+        let (out, folders) = (&self.files, &self.folders);
+        let links = self.links.iter().map(|rel| {
+            let to = std::fs::read_link(root.join(rel)).unwrap_or_default();
+            format!(
+                "the link {} -> {}",
+                left_out_name(rel),
+                left_out_name(&to.to_string_lossy())
+            )
+        });
+        // A folder the copy makes is one a file is beneath; of the others, the deepest.
+        let made: std::collections::HashSet<&str> = out
+            .iter()
+            .flat_map(|(f, _)| {
+                let mut above = Vec::new();
+                let mut at = f.as_str();
+                while let Some((up, _)) = at.rsplit_once('/') {
+                    above.push(up);
+                    at = up;
+                }
+                above
+            })
+            .collect();
+        let empty: Vec<&String> = folders
+            .iter()
+            .filter(|d| !made.contains(d.as_str()))
+            .collect();
+        // The deepest: no other empty folder beneath (every folder between an empty one and one
+        // above it is empty too, so its parent says it).
+        let above: std::collections::HashSet<&str> = empty
+            .iter()
+            .filter_map(|d| d.rsplit_once('/').map(|(up, _)| up))
+            .collect();
+        let mut all: Vec<String> = empty
+            .iter()
+            .filter(|d| !above.contains(d.as_str()))
+            .map(|d| format!("the folder {}/ (no file in it)", left_out_name(d)))
+            .chain(links)
+            .collect();
+        all.sort();
+        let mut left_out = Vec::new();
+        let mut bytes = 0;
+        for line in &all {
+            if left_out.len() == LEFT_OUT_SAID || bytes + line.len() > LEFT_OUT_BYTES {
+                break;
+            }
+            bytes += line.len();
+            left_out.push(line.clone());
+        }
+        if left_out.len() < all.len() {
+            left_out.push(format!("{} more", all.len() - left_out.len()));
+        }
+        left_out
+    }
 }
 
 /// When anything under `root` (itself included) last changed: the newest modification or
@@ -750,11 +764,9 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
         },
     )
     .map_err(err)?;
-    let Walked {
-        files,
-        others,
-        left_out,
-    } = walk_all(root).map_err(err)?;
+    let walked = walk_all(root).map_err(err)?;
+    let left_out = walked.left_out(root);
+    let Walked { files, others, .. } = walked;
     // Left out, the copy would lack what the folder holds, with nothing said: a link's target
     // (a folder of dumps linked in), or what a restore looks for by that name.
     if !others.is_empty() {

@@ -101,26 +101,16 @@ pub(super) async fn run(ctx: &RunContext, run: &StepRun, copy: &BackupUse) -> Ou
     });
     // What its copy left out (empty folders, links within the set) is said with the step's
     // end, where the person running it reads, not only in the journal's point.
-    let left: Vec<&String> = notes
+    let said: Vec<&str> = message
         .iter()
-        .filter(|n| n.contains(crate::replica::remote::LEFT_OUT))
+        .chain(
+            notes
+                .iter()
+                .filter(|n| n.contains(crate::replica::remote::LEFT_OUT)),
+        )
+        .map(String::as_str)
         .collect();
-    let message = match (message, left.is_empty()) {
-        (m, true) => m,
-        (None, false) => Some(
-            left.iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join("; "),
-        ),
-        (Some(m), false) => Some(format!(
-            "{m}; {}",
-            left.iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join("; ")
-        )),
-    };
+    let message = (!said.is_empty()).then(|| said.join("; "));
     run.outcome(StepStatus::Done, 1, message)
 }
 

@@ -27,34 +27,24 @@ pub(super) async fn undo_done(
     let mut undone = Vec::new();
     for &i in done_order.iter().rev() {
         let step = &ctx.plan.steps[i];
-        // A failover's backup step undone: the recovery site no longer relies on the copy.
-        if let Action::BackupCopy(copy) = &step.action_spec {
-            if copy.failover {
-                let (ok, message) = super::backup::undo(ctx, copy).await;
-                out.emit(&Event::UndoFinished {
-                    at: Utc::now(),
-                    step: step.id.clone(),
-                    ok,
-                    message: Some(message),
-                });
-                if ok {
-                    undone.push(i);
-                }
-            }
-            continue;
-        }
-        // A failback's copy back of a backup set undone: the recovery site relies on its copy
-        // again (a vm's copies are leased again as its start is undone).
-        if ctx.plan.mode == crate::runbook::Mode::Failback
-            && let Action::Replicate {
+        // What a run relies on of a backup set's copy, undone: a failover's backup step (the
+        // recovery site no longer relies on the copy), a failback's copy back of the set (the
+        // recovery site relies on its copy again, as a vm's copies are leased again as its
+        // start is undone).
+        let set = match &step.action_spec {
+            Action::BackupCopy(copy) if copy.failover => Some(super::backup::undo(ctx, copy).await),
+            Action::BackupCopy(_) => continue,
+            Action::Replicate {
                 what: crate::plan::Replicated::Backup(set),
                 from_host,
                 items,
                 ..
-            } = &step.action_spec
-        {
-            let (ok, message) =
-                super::replicate::undo_copied_back(ctx, step, set, from_host, items).await;
+            } if ctx.plan.mode == crate::runbook::Mode::Failback => {
+                Some(super::replicate::undo_copied_back(ctx, step, set, from_host, items).await)
+            }
+            _ => None,
+        };
+        if let Some((ok, message)) = set {
             out.emit(&Event::UndoFinished {
                 at: Utc::now(),
                 step: step.id.clone(),
