@@ -1294,8 +1294,17 @@ impl Store {
                 Ok(Some(why))
             }
             Some(commit) => {
+                // Never written under a QEMU process that has the copy open (a vm run on it
+                // by hand since the cut): its writes would be mixed with the update's.
+                self.refuse_held_by_qemu(false)?;
                 let id = commit.point.id.clone();
-                let done = self.roll_forward(&path, &journal, commit, true)?;
+                // Found begun ([`ROLLING`]): its own writes moved the copy's stamp, so a write
+                // made since the cut cannot be told by it; the copy is read whole after.
+                let marker = meta::read_file(&self.path(ROLLING)).ok().flatten();
+                let begun = (marker.as_deref() == Some(id.as_bytes()))
+                    .then(|| self.stamp())
+                    .flatten();
+                let done = self.roll_forward(&path, &journal, commit, Some(begun))?;
                 let note = super::point::completed_note(&id, done.unusable);
                 // What its source found its bitmap missed, and the history it ended, are said
                 // by whoever completes it.
@@ -1740,7 +1749,7 @@ impl Store {
             });
         }
         let journal = read_journal(&jpath)?;
-        let done = self.roll_forward(&jpath, &journal, commit, false)?;
+        let done = self.roll_forward(&jpath, &journal, commit, None)?;
         if let Some(why) = done.unusable {
             return Err(super::point::recorded_unusable(
                 self.image.display().to_string(),
@@ -1940,8 +1949,12 @@ impl Store {
         jpath: &Path,
         journal: &Journal,
         commit: Commit,
-        reread: bool,
+        recovered: Option<Option<String>>,
     ) -> Result<RolledForward, StoreError> {
+        // Completed by a later run (the blocks read back from the journal are hashed again);
+        // `Some(Some(stamp))`: found begun, the copy then as `stamp`.
+        let reread = recovered.is_some();
+        let begun = recovered.flatten();
         // A journal damaged on disk is refused before anything is touched: an image size no
         // image has, a block beyond the image, or a block whose length is not its block's (a
         // longer one would overwrite its neighbours, a shorter one leave stale bytes, unseen
@@ -2020,8 +2033,9 @@ impl Store {
             }
             None => {}
         }
-        // 2. The mirror.
+        // 2. The mirror (read again whole after, when found begun).
         let mirror = OpenOptions::new()
+            .read(begun.is_some())
             .write(true)
             .open(&self.image)
             .map_err(io_err(&self.image))?;
@@ -2062,12 +2076,39 @@ impl Store {
         mirror.sync_all().map_err(io_err(&self.image))?;
         // The copy as this update left it (the file it wrote, not whatever is at its path):
         // a write after this is not vouched for.
-        let stamp = mirror.metadata().ok().map(|m| stamp_of(&m));
+        let mut stamp = mirror.metadata().ok().map(|m| stamp_of(&m));
+        // An update found begun, cut while it wrote the copy: a write made in the copy since
+        // the cut (a vm run on it by hand, an edit), in a block the update does not write, is
+        // still there, and its stamp cannot tell (the update's own writes moved it). The copy
+        // is read whole: one that is not the point keeps the stamp it had when it was found,
+        // so that it counts as written outside reprise (nothing replicates or rolls back over
+        // it until `reprise release`), and its manifest is read again from it.
+        let mut foreign = None;
+        if let Some(found) = &begun {
+            let real = whole_of_mirror(&mirror, &self.image, size, &changed)?;
+            if real.is_some_and(|r| hex(r) != commit.new_whole) {
+                foreign = Some(format!(
+                    "an update into it was cut while it wrote the copy, and the copy read whole once it was completed is not this point: written outside reprise since the cut (a vm run on it by hand, an edit) or damaged on this disk. What was written there is in no point, and the update's blocks were written over it; the copy counts as changed since its newest point (it was `{found}` when found)"
+                ));
+                stamp = Some(found.clone());
+            }
+        }
         // 3. The manifest, then the stamp.
-        let whole = self.roll_manifest_forward(&changed, &commit)?;
-        self.write_stamp(stamp.as_deref())?;
+        let whole = match foreign {
+            None => {
+                let whole = self.roll_manifest_forward(&changed, &commit)?;
+                self.write_stamp(stamp.as_deref())?;
+                whole
+            }
+            Some(_) => {
+                for name in ["manifest", "stamp"] {
+                    remove_if_present(&self.path(name))?;
+                }
+                [0u8; 32]
+            }
+        };
         // The copy is the point only if its hash is the one the source sent.
-        let unusable = (hex(whole) != commit.new_whole).then(|| {
+        let unusable = foreign.or_else(|| (hex(whole) != commit.new_whole).then(|| {
             let blocks = match damaged.len() {
                 0 => String::new(),
                 n => format!(
@@ -2078,7 +2119,7 @@ impl Store {
             format!(
                 "the update that made it was damaged on the recovery host's disk after it was received{blocks}: the copy is not this point; the next replication sends what differs again"
             )
-        });
+        }));
         // 4. The points, within retention; the new newest records what the mirror now is. An
         // update that begins a new history ends the one before first (again, when a crash
         // came in between, with nothing left to give up).
@@ -2626,6 +2667,9 @@ impl Store {
         // version says nothing of it: the copy as it is when renamed here, else now.
         let mut stamp = intent.stamp.clone();
         if tmp.exists() {
+            // Never put in place under a vm run on the copy by hand since the cut: what it
+            // writes would go to a file no longer the copy.
+            self.refuse_held_by_qemu(true)?;
             std::fs::rename(&tmp, &self.image).map_err(io_err(&self.image))?;
             stamp = stamp.or_else(|| self.stamp());
             sync_dir(self.image.parent().unwrap_or(Path::new("")))?;
@@ -5446,6 +5490,91 @@ mod tests {
         assert_eq!(
             std::fs::read(&store.image).unwrap(),
             std::fs::read(&src).unwrap()
+        );
+    }
+
+    /// An update cut while it wrote the copy is completed by the next command, but never under
+    /// a QEMU process that has the copy open (a vm run on it by hand since the cut), and
+    /// never as its point over a write made since the cut in a block it does not write (its
+    /// own writes moved the copy's stamp, which cannot tell): the copy is read whole, said
+    /// not to be the point, and counts as written outside reprise until let go.
+    #[test]
+    fn an_update_cut_while_it_wrote_the_copy_is_never_completed_unseen_over_writes_since() {
+        use std::os::unix::fs::FileExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        std::fs::write(&src, vec![1u8; 6 * BLOCK]).unwrap();
+        let store = Store::new(&dst);
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        let f = OpenOptions::new().write(true).open(&src).unwrap();
+        f.write_all_at(&[2u8; BLOCK], 0).unwrap();
+        drop(f);
+        store
+            .apply_until(&mut &stream_of(&src, &store)[..], point("p2"), true)
+            .unwrap();
+        // Cut once it began writing the copy.
+        meta::write_file(&store.dir, ROLLING, b"p2", false).unwrap();
+        let before = std::fs::read(&dst).unwrap();
+        {
+            let sock = dir.path().join("nbd.sock");
+            struct Served(std::process::Child);
+            impl Drop for Served {
+                fn drop(&mut self) {
+                    let _ = self.0.kill();
+                    let _ = self.0.wait();
+                }
+            }
+            let _vm = Served(
+                std::process::Command::new("qemu-nbd")
+                    .args(["-f", "raw", "-k"])
+                    .arg(&sock)
+                    .arg(&dst)
+                    .spawn()
+                    .expect("qemu-nbd (apt-get install qemu-utils)"),
+            );
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !qemu_holds(&dst, QEMU_LOCKS).unwrap() {
+                assert!(std::time::Instant::now() < until, "qemu-nbd took no lock");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let err = store.settle().unwrap_err().to_string();
+            assert!(err.contains("a QEMU process has it open"), "{err}");
+            assert_eq!(std::fs::read(&dst).unwrap(), before, "written under QEMU");
+            assert!(store.path("journal").exists());
+        }
+        // Written by hand since the cut, in a block the update does not write.
+        let f = OpenOptions::new().write(true).open(&dst).unwrap();
+        f.write_all_at(b"by hand", 5 * BLOCK as u64).unwrap();
+        drop(f);
+        let note = store.settle().unwrap().unwrap();
+        assert!(
+            note.contains("is not this point") && note.contains("written outside reprise"),
+            "{note}"
+        );
+        let copy = std::fs::read(&dst).unwrap();
+        assert_eq!(&copy[5 * BLOCK..5 * BLOCK + 7], b"by hand");
+        assert_eq!(copy[0], 2, "the update is completed");
+        let points = store.points().unwrap();
+        assert_eq!(points.last().unwrap().id, "p2");
+        assert_eq!(points.last().unwrap().verified, Verified::Bad);
+        assert!(store.inspect().written_outside().is_some());
+        let e = store.base_manifest(false, false).unwrap_err().to_string();
+        assert!(e.contains("this replication would overwrite it"), "{e}");
+        // Let go: the next replication reads the copy again and sends what differs.
+        store.accept_changes().unwrap();
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p3"))
+            .unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+        assert!(
+            store
+                .verify(Some("p3"))
+                .unwrap()
+                .iter()
+                .all(|(_, good)| *good)
         );
     }
 
