@@ -2439,6 +2439,42 @@ fn as_replicated_fix(service: &str) -> String {
     )
 }
 
+/// The vm starts (a failover's on the recovery copies, a drill's copy) cut before they
+/// journaled the point they start from: the point is on disk before a start's command is
+/// sent, so theirs never was. They run again whole (a roll-back the cut left half done is
+/// settled, the point chosen, leased and journaled again), instead of being handed to a
+/// person, who would start the vm on copies the cut may have left half rolled back, of two
+/// points. A start that journaled a point since it was last undone is not among them: its
+/// vm may run. Pure.
+fn cut_before_point(plan: &Plan, prior: &HashMap<String, Prior>, events: &[Event]) -> Vec<String> {
+    let mut pointed: HashSet<&str> = HashSet::new();
+    for e in events {
+        match e {
+            Event::ReplicaPointUsed { step, .. } => {
+                pointed.insert(step.as_str());
+            }
+            Event::UndoFinished { step, ok: true, .. } => {
+                pointed.remove(step.as_str());
+            }
+            _ => {}
+        }
+    }
+    plan.steps
+        .iter()
+        .filter(|s| prior.get(&s.id) == Some(&Prior::Interrupted))
+        .filter(|s| !pointed.contains(s.id.as_str()))
+        .filter(|s| {
+            s.replica.as_ref().is_some_and(|r| {
+                matches!(
+                    r.role,
+                    plan::ReplicaRole::Start | plan::ReplicaRole::DrillStart
+                )
+            })
+        })
+        .map(|s| s.id.clone())
+        .collect()
+}
+
 /// The vms and backup sets a failover's start has done from a point that what the resume asks
 /// now (`now`: its `--point`, `--point-before`) does not allow: that start is not made again,
 /// and carrying on would leave them on data other than asked without a word.
@@ -3002,6 +3038,9 @@ pub fn resume(
             run_id: dir.run_id.clone(),
             at,
         });
+    }
+    for id in cut_before_point(&plan, &prior, &events) {
+        prior.remove(&id);
     }
     // A copy of a vm between its sites done while the vm's start on the other site is not is
     // made again: the vm may have run where it came from since, and what it starts from is
@@ -3863,6 +3902,58 @@ mod tests {
         assert!(copies_again(&over, &done(&synced), &begun).is_empty());
         let emergency = plan(Mode::Failover, true);
         assert!(copies_again(&emergency, &done(&synced), &none).is_empty());
+    }
+
+    /// A vm start cut before it journaled its point never sent its command: a resume runs it
+    /// again whole (its point chosen again, a roll-back the cut left half done settled), not
+    /// handed to a person. One that journaled its point may have started the vm, unless a
+    /// roll-back undid it since; a failback's start on the primary journals none, and is
+    /// never run again blind.
+    #[test]
+    fn a_start_cut_before_it_journaled_its_point_runs_again_whole() {
+        let model = crate::check::example();
+        let cut =
+            |id: &str| -> HashMap<String, Prior> { [(id.to_string(), Prior::Interrupted)].into() };
+        let at: DateTime<Utc> = "2026-11-28T02:00:00Z".parse().unwrap();
+        let used = Event::ReplicaPointUsed {
+            at,
+            step: "erp-db/start".into(),
+            item: "erp-db".into(),
+            point: "P2".into(),
+            taken_at: at,
+            written_until: None,
+            verified: true,
+            note: None,
+            dropped: Vec::new(),
+        };
+        let undone = Event::UndoFinished {
+            at,
+            step: "erp-db/start".into(),
+            ok: true,
+            message: None,
+        };
+        for emergency in [true, false] {
+            let over = erp_db_plan(&model, Mode::Failover, emergency);
+            let prior = cut("erp-db/start");
+            assert_eq!(cut_before_point(&over, &prior, &[]), ["erp-db/start"]);
+            assert!(cut_before_point(&over, &prior, std::slice::from_ref(&used)).is_empty());
+            assert_eq!(
+                cut_before_point(&over, &prior, &[used.clone(), undone.clone()]),
+                ["erp-db/start"]
+            );
+            let done: HashMap<String, Prior> = [("erp-db/start".to_string(), Prior::Done)].into();
+            assert!(cut_before_point(&over, &done, &[]).is_empty());
+        }
+        let back = erp_db_plan(&model, Mode::Failback, false);
+        assert!(cut_before_point(&back, &cut("erp-db/start-primary"), &[]).is_empty());
+        // A step of no vm copy (a stop) is left as it was: verified, or handed to a person.
+        let over = erp_db_plan(&model, Mode::Failover, true);
+        let other = over
+            .steps
+            .iter()
+            .find(|s| s.replica.is_none() && s.vm.is_some())
+            .unwrap();
+        assert!(cut_before_point(&over, &cut(&other.id), &[]).is_empty());
     }
 
     /// A resumed failover asked for a point (or a time) that a start it has done did not use

@@ -3497,6 +3497,93 @@ fn a_resumed_failover_killed_in_its_start_never_starts_from_a_final_sync_the_pri
     );
 }
 
+/// An emergency failover killed (SIGKILL) in erp-db's start once its point was chosen and
+/// leased, before it was journaled (hv-pra's driver holds the definition): the start's
+/// command was never sent. The resume runs the start again whole, its point chosen and
+/// journaled, erp-db started; it is not handed to a person, who would start the vm on
+/// copies the cut may have left half rolled back.
+#[test]
+fn an_emergency_failover_cut_before_its_start_journaled_its_point_starts_again_whole() {
+    let lab = Lab::up(187);
+    lab.primary_lost(&["erp-db"]);
+    let bin = lab.lab().join("hosts/hv-pra/bin/lab-vm");
+    let real = bin.with_extension("real");
+    let held = lab.lab().join("define-held");
+    std::fs::rename(&bin, &real).unwrap();
+    std::fs::write(
+        &bin,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = define ] && [ \"$2\" = erp-db ]; then echo $$ > '{}'; exec sleep 600; fi\nexec '{}' \"$@\"\n",
+            held.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let args = [
+        "failover",
+        "--emergency",
+        "--service",
+        "erp-db",
+        "--only",
+        "--yes",
+        "--no-prompt",
+    ];
+    let mut child = lab.spawn(&args);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let pid = loop {
+        if let Ok(pid) = std::fs::read_to_string(&held)
+            && pid.ends_with('\n')
+        {
+            break pid.trim().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "erp-db's definition did not begin"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the failover ended");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let journal = lab.journal();
+    assert!(
+        journal
+            .iter()
+            .any(|e| e["event"] == "step_started" && e["step"] == "erp-db/start")
+            && !journal.iter().any(|e| e["event"] == "replica_point_used"),
+        "{journal:#?}"
+    );
+    let killed = tool("kill", &["-KILL", &child.id().to_string()]);
+    assert!(killed.status.success(), "{killed:?}");
+    let _ = child.wait();
+    let _ = tool("kill", &["-KILL", &pid]);
+    std::fs::rename(&real, &bin).unwrap();
+
+    let mut resumed = lab.spawn(&["resume", "latest", "--no-prompt"]);
+    let mut exit = None;
+    lab.confirm_until(
+        || {
+            exit = resumed.try_wait().unwrap();
+            exit.is_some()
+        },
+        Duration::from_secs(150),
+    );
+    let journal = lab.journal();
+    let tail: Vec<_> = journal.iter().rev().take(12).collect();
+    assert!(exit.is_some_and(|e| e.success()), "{exit:?} {tail:#?}");
+    assert!(
+        !journal
+            .iter()
+            .any(|e| e["event"] == "waiting_for_operator" && e["step"] == "erp-db/start"),
+        "handed to a person: {tail:#?}"
+    );
+    let used: Vec<_> = journal
+        .iter()
+        .filter(|e| e["event"] == "replica_point_used" && e["step"] == "erp-db/start")
+        .collect();
+    assert_eq!(used.len(), 1, "{used:#?}");
+    assert_eq!(erp_db_on(&lab, "hv-pra"), "running");
+}
+
 /// A planned failover of erp-db alone, killed (SIGKILL) in erp-db's start on hv-pra, after its
 /// final sync: hv-pra's driver holds the start (its pid said in `held`), after starting
 /// erp-db there when `started`, until it is stopped, so that the kill comes there whatever
