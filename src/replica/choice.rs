@@ -820,13 +820,24 @@ pub fn common_fallback(disks: &[CopyState]) -> Option<(Option<String>, String)> 
     if disks.iter().any(|d| d.points.is_empty()) {
         return None;
     }
-    let why = if disks
+    // Each disk whose newest point is bad, and why (failed verification, never confirmed
+    // as one instant, torn): the operator goes by it.
+    let bad: Vec<String> = disks
         .iter()
-        .any(|d| d.points.last().is_some_and(|p| p.verified == Verified::Bad))
-    {
-        "a newest point failed verification".to_string()
-    } else {
+        .filter_map(|d| {
+            let p = d.points.last().filter(|p| p.verified == Verified::Bad)?;
+            Some(format!(
+                "{}'s newest point {} {}",
+                name(&d.path),
+                p.id,
+                p.bad_words()
+            ))
+        })
+        .collect();
+    let why = if bad.is_empty() {
         newest_differ(disks)?
+    } else {
+        bad.join("; ")
     };
     let id = disks[0]
         .points
@@ -1334,7 +1345,19 @@ mod tests {
         assert_eq!(s.dropped, ["P2", "P3"]);
         assert!(s.verified);
         assert!(
-            s.notes[0].contains("a newest point failed verification"),
+            s.notes[0].contains("sys's newest point P3 FAILED verification")
+                && !s.notes[0].contains("data's newest point"),
+            "{s:?}"
+        );
+        // A newest point never confirmed as one instant is said as such, not as a failed
+        // verification (which `reprise verify` would not mend).
+        let mut held = sys.clone();
+        held.points.last_mut().unwrap().mark_pending();
+        let s = started(decide(std::slice::from_ref(&held), Use::Failover, &ask));
+        assert_eq!(s.point, "P2");
+        assert!(
+            s.notes[0].contains("sys's newest point P3 is unusable (")
+                && !s.notes[0].contains("FAILED verification"),
             "{s:?}"
         );
         // One disk: its newest good point.
