@@ -18,7 +18,9 @@
 #   2. An image of UPDATE_MIB (the same mix), brought up to date once (untimed, over the near
 #      namespace's loopback); a replication with nothing changed; then, for each PCT of PCTS,
 #      that share of its 64 KiB blocks rewritten with random data before each timed run:
-#      reprise against rsync (its copy brought to the same content first, with an old mtime).
+#      reprise against rsync (its copy brought to the same content first, with an old mtime),
+#      and against `cat | ssh` of the changed bytes alone through an OpenSSH master connection
+#      made once and idle for a second before each run (the peer of a kept-connection round).
 #
 # Prints, as Markdown tables, medians of REPS: the wall time, the bytes that crossed the link
 # (both ways, IP packets: every protocol's overhead included), the time over the floor (the
@@ -86,6 +88,7 @@ cleanup() {
   for side in near far; do
     [ -f "$TMP/$side-sshd.pid" ] && kill "$(cat "$TMP/$side-sshd.pid")" 2>/dev/null
   done
+  [ -S "$TMP/cm" ] && in_near $SSH -o ControlPath="$TMP/cm" -O exit root@192.0.2.2 2>/dev/null
   for pid in "${KEPT_PID[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
   [ -n "$LINK_PID" ] && kill "$LINK_PID" 2>/dev/null && wait "$LINK_PID" 2>/dev/null
   "$BIN" lab down --lab-dir "$LAB" >/dev/null 2>&1
@@ -279,6 +282,12 @@ timed() { # command...: "seconds link_bytes"
   "$@"
   echo "$(py "print($EPOCHREALTIME - $t0)") $(($(link_bytes) - b0))"
 }
+# An OpenSSH master connection to the far side, made once (untimed) and kept: the peer of a
+# round of `replicate --every`, whose connections are kept.
+ensure_master() {
+  in_near $SSH -o ControlPath="$TMP/cm" -O check root@192.0.2.2 2>/dev/null && return
+  in_near $SSH -o ControlMaster=yes -o ControlPath="$TMP/cm" -o ControlPersist=yes -f -N root@192.0.2.2
+}
 floor() { py "print($1 * 8 / ($RATE_MBIT * 1e6))"; }
 row() { # name seconds bytes floor_bytes peer_seconds
   py "
@@ -366,7 +375,7 @@ py "t, b = $rz, $(median "${RZB[@]}"); print('| rsync \`--inplace --no-whole-fil
 
 for PCT in $PCTS; do
   declare -A T=() B=()
-  RT=() RB=()
+  RT=() RB=() KT=() KB=()
   changed=0
   for i in $(seq "$REPS"); do
     for mode in "${MODES[@]}"; do
@@ -384,6 +393,15 @@ for PCT in $PCTS; do
     RT+=("$t"); RB+=("$b")
     cmp -s "$SRC" "$DST_DIR/rsync.img" || { log "the rsync copy differs"; exit 1; }
     rm -f "$DST_DIR/rsync.img"
+    # The same bytes as the change, alone, through a connection already made and idle for a
+    # second (as a round's): what one TCP stream with ssh carries them in on this link.
+    head -c "$changed" "$SRC" > "$TMP/changed.bin"
+    ensure_master
+    sleep 1
+    log "$UPDATE_MIB MiB, $PCT% changed, cat | ssh of the changed bytes (kept), run $i"
+    read -r t b < <(timed in_near sh -c "$SSH -o ControlPath='$TMP/cm' root@192.0.2.2 \"cat > '$DST_DIR/cat-changed.bin'\" < '$TMP/changed.bin'")
+    KT+=("$t"); KB+=("$b")
+    rm -f "$DST_DIR/cat-changed.bin"
     reprise_local  # rsync's change reaches reprise's copy too, untimed: the next run sends its own only
   done
   rt=$(median "${RT[@]}")
@@ -397,6 +415,7 @@ for PCT in $PCTS; do
     row "${MODE_NAME[$mode]}" "$(median ${T[$mode]})" "$(median ${B[$mode]})" "$changed" "$rt"
   done
   row 'rsync `--inplace --no-whole-file`' "$rt" "$(median "${RB[@]}")" "$changed" 0
+  row '`cat \| ssh` of the changed bytes alone, a connection kept' "$(median "${KT[@]}")" "$(median "${KB[@]}")" "$changed" "$rt"
   unset T B
 done
 echo
