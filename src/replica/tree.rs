@@ -1387,7 +1387,9 @@ impl TreeStore {
             let (points, repaired) = self.checked_points()?;
             notes.extend(repaired);
             let now = as_newest(&points, stamps(&self.root));
-            if let Some(reason) = lease_refusal(&points, now, id, lease.verified) {
+            if let Some(reason) = lease_refusal(&points, now, id, lease.verified)
+                .or_else(|| points.last().and_then(|p| links_unlike(&self.root, p)))
+            {
                 return Err(StoreError::Refused {
                     image: self.name(),
                     reason,
@@ -2289,6 +2291,65 @@ impl TreeStore {
         self.write_json("points.json", &points)?;
         Ok(out)
     }
+}
+
+/// Why the links in the copy folder `root` are not those its point `point` records
+/// ([`Point::left_out`]), if they are not. A copy of the files makes no link; one made in the
+/// copy by hand (as the replication's line says to) is never brought up to date by a later
+/// replication, and a restore through it (`latest -> dump-2026-12-04`, while the point's
+/// source said `latest -> dump-2026-12-20`) would read other data than the point: each link
+/// there must be one the point records, to the same target.
+fn links_unlike(root: &Path, point: &Point) -> Option<String> {
+    let walked = match walk_all(root) {
+        Ok(w) => w,
+        Err(e) => return Some(format!("its links cannot be read ({e})")),
+    };
+    let outside = walked.others.iter().map(|(rel, _)| rel).filter(|rel| {
+        std::fs::symlink_metadata(root.join(rel)).is_ok_and(|m| m.file_type().is_symlink())
+    });
+    let mut unlike: Vec<String> = walked
+        .links
+        .iter()
+        .chain(outside)
+        .filter_map(|rel| {
+            let to = std::fs::read_link(root.join(rel)).unwrap_or_default();
+            let link = format!(
+                "{} -> {}",
+                left_out_name(rel),
+                left_out_name(&to.to_string_lossy())
+            );
+            (!point.left_out.contains(&format!("the link {link}"))).then_some(link)
+        })
+        .collect();
+    if unlike.is_empty() {
+        return None;
+    }
+    unlike.sort();
+    let n = unlike.len();
+    unlike.truncate(10);
+    let more = match n > unlike.len() {
+        true => format!(" and {} more", n - unlike.len()),
+        false => String::new(),
+    };
+    let recorded: Vec<&str> = point
+        .left_out
+        .iter()
+        .filter_map(|l| l.strip_prefix("the link "))
+        .take(10)
+        .collect();
+    let cut = match point.left_out.last().is_some_and(|l| l.ends_with(" more")) {
+        true => " (it records only its first lines: one not among them cannot be told)",
+        false => "",
+    };
+    Some(format!(
+        "it holds links that its point {} does not record as they are: {}{more}; the point records {}{cut}. A link made in the copy is never brought up to date by replication, and one that leads elsewhere than the point's source said would give a restore through it other data than the point: make each as the point records it (`ln -sfn TARGET NAME` in the copy), or remove it, then run the step again",
+        point.id,
+        unlike.join(", "),
+        match recorded.is_empty() {
+            true => "no link".to_string(),
+            false => recorded.join(", "),
+        }
+    ))
 }
 
 /// Why a folder whose points are `points` and whose stamp is `now` is no longer point
@@ -3481,6 +3542,76 @@ mod tests {
             points[0].left_out, said,
             "the older point keeps what it left out"
         );
+    }
+
+    /// A link made in a set's copy by hand (as the replication's line says to) is used only
+    /// while its point records it, to the same target: one left as it was while the source's
+    /// moved on (`latest` to a newer dump), or one the source never had, is refused where the
+    /// copy is used, naming both, since a restore through it would read other data than the
+    /// point.
+    #[test]
+    fn a_link_in_a_set_s_copy_is_used_only_as_its_point_records_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("dump-12-04"), b"old").unwrap();
+        std::os::unix::fs::symlink("dump-12-04", src.join("latest")).unwrap();
+        replicate(&src, &dst, "p1");
+        let store = TreeStore::new(&dst);
+        let lease = |point: &str| Lease {
+            kind: meta::LeaseKind::Drill,
+            run: "r1".into(),
+            vm: "erp-dumps".into(),
+            step: "backups/backup-erp-dumps".into(),
+            machine: "m".into(),
+            pid: 1,
+            at: Utc::now(),
+            point: Some(point.into()),
+            taken_at: None,
+            written_until: None,
+            verified: true,
+        };
+        let wait = std::time::Duration::from_millis(10);
+        let release = || store.release(|_, _| true).unwrap();
+        // Made in the copy as the point records it: used.
+        std::os::unix::fs::symlink("dump-12-04", dst.join("latest")).unwrap();
+        store.take_lease(&lease("p1"), Some("p1"), wait).unwrap();
+        release();
+        // The source's link moved on to a newer dump; the copy's did not.
+        std::fs::write(src.join("dump-12-20"), b"new").unwrap();
+        std::fs::remove_file(src.join("latest")).unwrap();
+        std::os::unix::fs::symlink("dump-12-20", src.join("latest")).unwrap();
+        replicate(&src, &dst, "p2");
+        let err = store
+            .take_lease(&lease("p2"), Some("p2"), wait)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "links that its point p2 does not record as they are: latest -> dump-12-04"
+            ) && err.contains("the point records latest -> dump-12-20")
+                && err.contains("ln -sfn TARGET NAME"),
+            "{err}"
+        );
+        assert!(
+            meta::read_leases(&store.dir).is_empty(),
+            "leased all the same"
+        );
+        std::fs::remove_file(dst.join("latest")).unwrap();
+        std::os::unix::fs::symlink("dump-12-20", dst.join("latest")).unwrap();
+        store.take_lease(&lease("p2"), Some("p2"), wait).unwrap();
+        release();
+        // A link the source never had, into the copy or out of it.
+        for to in ["dump-12-04", "/etc"] {
+            std::os::unix::fs::symlink(to, dst.join("other")).unwrap();
+            let err = store
+                .take_lease(&lease("p2"), Some("p2"), wait)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("other -> {to}")), "{err}");
+            std::fs::remove_file(dst.join("other")).unwrap();
+        }
+        store.take_lease(&lease("p2"), Some("p2"), wait).unwrap();
     }
 
     /// Many long names left out (links named in a script of three bytes a character) still

@@ -4451,6 +4451,35 @@ fn what_a_backup_set_copy_leaves_out_is_said_where_it_is_seen() {
         .find(|e| e["event"] == "step_finished" && e["step"] == "backups/backup-erp-dumps")
         .unwrap_or_else(|| panic!("{events:#?}"));
     assert!(relied["message"].as_str().is_some_and(said), "{relied}");
+    // Made again by hand in the copy, but not as the point records it: the drill refuses
+    // the copy, naming both (a restore through it would read other data than the point).
+    let copy = lab.host_root("nas-pra").join("srv/backups/erp");
+    std::os::unix::fs::symlink("elsewhere.dump", copy.join("latest.dump")).unwrap();
+    let exit = lab.run_confirming(
+        &[
+            "drill",
+            "--service",
+            "backups",
+            "--only",
+            "--yes",
+            "--no-prompt",
+        ],
+        Duration::from_secs(120),
+    );
+    let events = lab.journal();
+    assert!(!exit.success(), "{events:#?}");
+    let refused = events
+        .iter()
+        .rev()
+        .find(|e| e["event"] == "step_finished" && e["step"] == "backups/backup-erp-dumps")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        refused["status"] == "failed"
+            && message.contains("latest.dump -> elsewhere.dump")
+            && message.contains(&format!("the point records latest.dump -> {first}")),
+        "{refused}"
+    );
 }
 
 /// A file of the copy of backup set erp-dumps rots behind its point, its time and size kept
