@@ -1144,7 +1144,7 @@ fn replicate_guest(
     let qcow2 = mine.iter().all(|d| d.format == "qcow2");
     // The point: its id names the new checkpoint and the mark.
     let mut r = take();
-    let new_cp = format!("{}{}", cbt::PREFIX, r.point);
+    let new_cp = cbt::checkpoint_name(&r.point);
     let mut job = Job {
         transport,
         host,
@@ -1395,17 +1395,10 @@ fn begin_job(
         Ok(None) => {}
         Err(e) => return Err(e),
     }
-    if let Some(n) = new {
-        match cbt::end_stale_checkpoint(transport, host, dom, n, decision.since.as_deref())? {
-            Some((note, true)) => out.stdout.push_str(&format!("{}: {note}\n", vm.id)),
-            // Its writes are in no checkpoint's bitmap: the changes since the copies'
-            // checkpoint would miss them.
-            Some((note, false)) => {
-                *decision = cbt::Decision::scan(note, None);
-            }
-            None => {}
-        }
-    }
+    // The checkpoint it makes has a name no other had (`cbt::checkpoint_name`): one an
+    // interrupted replication left stays in the chain, its bitmap merged by the prune once
+    // every copy is at the new one (a broken one makes libvirt refuse the incremental read,
+    // and every block is read).
     // An audited scan exports the bitmap since the checkpoint too (the export is the whole
     // disk either way).
     let since = decision

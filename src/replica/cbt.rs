@@ -387,11 +387,7 @@ fn stopped_unmarked(p: &Point) -> bool {
     let Some(read) = &p.read else {
         return false;
     };
-    let Some(of) = read
-        .checkpoint
-        .as_deref()
-        .and_then(|c| c.strip_prefix(PREFIX))
-    else {
+    let Some(of) = read.checkpoint.as_deref().and_then(checkpoint_point) else {
         return read.checkpoint.is_some() && read.marker.is_none();
     };
     let own = p.id == of
@@ -400,6 +396,27 @@ fn stopped_unmarked(p: &Point) -> bool {
                 .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         });
     !own && read.marker.is_none()
+}
+
+/// A new checkpoint for the point `point`: `reprise-<id>.<what makes this one unique>` (the
+/// process and the time). Point ids may repeat (two replications of one vm in one second, a
+/// clock put back): a checkpoint made again under a name a copy's point records would be
+/// taken for the one that point is at, and its bitmap, which misses what was written in
+/// between, read as the changes since that point. Never made twice, a name a point records
+/// is that checkpoint or none.
+pub fn checkpoint_name(point: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{PREFIX}{point}.{:x}-{nanos:x}", std::process::id())
+}
+
+/// The point id a checkpoint of reprise was made for ([`checkpoint_name`]; an earlier
+/// version's, `reprise-<id>`, included).
+fn checkpoint_point(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(PREFIX)?;
+    Some(rest.split_once('.').map_or(rest, |(id, _)| id))
 }
 
 /// The bitmaps reprise adds to the files of a stopped vm it reads are named
@@ -824,56 +841,6 @@ fn delete(t: &dyn Transport, host: &str, dom: &str, name: &str) -> Result<(), St
         ),
     )
     .map(|_| ())
-}
-
-/// Deletes the checkpoint `name` a new point is about to create when an interrupted
-/// replication of the same second left it (point ids and checkpoint names are to the second,
-/// and a killed process does not wait for the next one): no copy is at that point (a copy
-/// refuses a point of an id it has), so it is in no copy's chain, and its bitmap merges into
-/// its parent's. `since`, the checkpoint the copies are at, is never deleted. What was done,
-/// and whether its bitmap was merged: when it could not be (only libvirt's record went), the
-/// writes since it are tracked by no checkpoint, and every block must be read.
-pub fn end_stale_checkpoint(
-    t: &dyn Transport,
-    host: &str,
-    dom: &str,
-    name: &str,
-    since: Option<&str>,
-) -> Result<Option<(String, bool)>, String> {
-    if !checkpoints(t, host, dom)?.iter().any(|c| c == name) {
-        return Ok(None);
-    }
-    if since == Some(name) {
-        return Err(format!(
-            "checkpoint {name}, which the copies are at, is the one this replication would create: replicate again in a second"
-        ));
-    }
-    let (d, n) = (shell_quote(dom), shell_quote(name));
-    if sh(
-        t,
-        host,
-        &format!("virsh checkpoint-delete {d} {n} >/dev/null"),
-    )
-    .is_ok()
-    {
-        return Ok(Some((
-            format!(
-                "checkpoint {name}, left by an interrupted replication of the same second, was deleted (its writes stay tracked by its parent)"
-            ),
-            true,
-        )));
-    }
-    sh(
-        t,
-        host,
-        &format!("virsh checkpoint-delete --metadata {d} {n} >/dev/null"),
-    )?;
-    Ok(Some((
-        format!(
-            "checkpoint {name}, left by an interrupted replication of the same second, could not be merged into its parent (only libvirt's record of it was deleted): the writes since it are tracked by no checkpoint"
-        ),
-        false,
-    )))
 }
 
 /// The read of one disk: libvirt's export of it, or `qemu-nbd` of its file. `relied`: the
@@ -1503,38 +1470,40 @@ mod tests {
         assert!(c.contains("<disk name='vdb' checkpoint='no'/>"), "{c}");
     }
 
-    /// A host that answers `virsh checkpoint-list` with `list`, whose merging checkpoint-delete
-    /// exits with `merge`, and records every command.
-    struct Virsh {
-        list: &'static str,
-        merge: i32,
-        calls: std::sync::Mutex<Vec<String>>,
-    }
-
-    impl Transport for Virsh {
-        fn exec(
-            &self,
-            _host: &str,
-            command: &str,
-            _deadline: std::time::Duration,
-        ) -> Result<crate::ssh::ExecOutput, crate::ssh::SshError> {
-            self.calls.lock().unwrap().push(command.to_string());
-            let (exit_code, stdout) = if command.contains("checkpoint-list") {
-                (0, self.list.to_string())
-            } else if command.contains("checkpoint-delete --metadata") {
-                (0, String::new())
-            } else {
-                (self.merge, String::new())
-            };
-            Ok(crate::ssh::ExecOutput {
-                exit_code,
-                stdout,
-                stderr: String::new(),
-                truncated: false,
-                timed_out: false,
-                duration: std::time::Duration::ZERO,
-            })
-        }
+    /// A checkpoint's name is never made twice, even for one point id in one process, and
+    /// says which point it was made for; an earlier version's (`reprise-<id>`) too. A point
+    /// read from a running vm is of its own checkpoint either way; one read while it was
+    /// stopped, of an older one.
+    #[test]
+    fn a_checkpoint_name_is_never_made_twice_and_says_its_point() {
+        let (a, b) = (
+            checkpoint_name("20261207T071500Z"),
+            checkpoint_name("20261207T071500Z"),
+        );
+        assert_ne!(a, b);
+        assert!(a.starts_with("reprise-20261207T071500Z."), "{a}");
+        assert_eq!(checkpoint_point(&a), Some("20261207T071500Z"));
+        assert_eq!(
+            checkpoint_point("reprise-20261207T071500Z"),
+            Some("20261207T071500Z")
+        );
+        assert_eq!(checkpoint_point("nightly"), None);
+        let read = |cp: &str| HowRead {
+            mode: ReadMode::ChangedBlocks,
+            why: None,
+            checkpoint: Some(cp.to_string()),
+            since: None,
+            created: None,
+            missed: None,
+            marker: None,
+        };
+        let mut p = point(Some(read(&a)));
+        p.id = "20261207T071500Z".into();
+        assert!(!stopped_unmarked(&p));
+        p.id = "20261207T071500Z-2".into();
+        assert!(!stopped_unmarked(&p), "a -N the copy added");
+        p.id = "20261207T080000Z".into();
+        assert!(stopped_unmarked(&p), "of an older checkpoint, unmarked");
     }
 
     /// This machine as the host: each command run by `sh -c`.
@@ -1625,53 +1594,5 @@ mod tests {
             why.contains("over.qcow2 is an overlay over") && why.contains("base.qcow2"),
             "{why}"
         );
-    }
-
-    /// A replication killed after its backup began leaves its checkpoint; the next one, in the
-    /// same second, would create a checkpoint of the same name (libvirt refuses it). The one
-    /// left goes first, merged into its parent; when it cannot be merged, the writes since it
-    /// are in no bitmap, and the caller is told so (it reads every block); the copies'
-    /// own checkpoint is never deleted.
-    #[test]
-    fn a_checkpoint_left_by_a_killed_replication_of_the_same_second_gives_way() {
-        let host = |list, merge| Virsh {
-            list,
-            merge,
-            calls: Default::default(),
-        };
-        let (a, b) = ("reprise-20261202T190512Z", "reprise-20261202T190513Z");
-        // Not there: nothing done.
-        let t = host("reprise-20261202T190512Z\n", 0);
-        assert_eq!(end_stale_checkpoint(&t, "hv", "db", b, Some(a)), Ok(None));
-        assert_eq!(t.calls.lock().unwrap().len(), 1);
-        // There, merged.
-        let t = host("reprise-20261202T190512Z\nreprise-20261202T190513Z\n", 0);
-        let (note, merged) = end_stale_checkpoint(&t, "hv", "db", b, Some(a))
-            .unwrap()
-            .unwrap();
-        assert!(merged && note.contains("was deleted"), "{note}");
-        let calls = t.calls.lock().unwrap().clone();
-        assert!(
-            calls[1].contains("checkpoint-delete 'db' 'reprise-20261202T190513Z'")
-                || calls[1].contains("checkpoint-delete db reprise-20261202T190513Z"),
-            "{calls:?}"
-        );
-        assert!(!calls[1].contains("--metadata"), "{calls:?}");
-        // There, its bitmap broken: only its record goes, and the changes since the copies'
-        // checkpoint are not to be trusted.
-        let t = host("reprise-20261202T190512Z\nreprise-20261202T190513Z\n", 1);
-        let (note, merged) = end_stale_checkpoint(&t, "hv", "db", b, Some(a))
-            .unwrap()
-            .unwrap();
-        assert!(
-            !merged && note.contains("tracked by no checkpoint"),
-            "{note}"
-        );
-        assert!(t.calls.lock().unwrap()[2].contains("--metadata"));
-        // The copies' own checkpoint is never deleted.
-        let t = host("reprise-20261202T190513Z\n", 0);
-        let err = end_stale_checkpoint(&t, "hv", "db", b, Some(b)).unwrap_err();
-        assert!(err.contains("replicate again in a second"), "{err}");
-        assert_eq!(t.calls.lock().unwrap().len(), 1);
     }
 }
