@@ -1176,13 +1176,22 @@ fn replicate_guest(
     let files: Vec<String> = mine.iter().map(|d| d.source.clone()).collect();
     // A stopped vm's point is of a checkpoint older than it: its files are marked as read
     // first (the next replication reads through that checkpoint only while they still are).
+    // Each disk's file its own mark, of its copy: a file put at another disk's path (the
+    // two swapped, the wrong one restored there) holds that disk's mark, not this one's.
     let marker = match (running, &checkpoint) {
         (false, Some(_)) => {
             let m = cbt::marker_name(&r.point);
-            if let Err(e) = cbt::add_marker(transport, host, &files, &m) {
-                return fail(out, e);
+            let marks: Vec<String> = vm
+                .images
+                .iter()
+                .map(|i| cbt::disk_mark(&m, &i.to, &i.dst))
+                .collect();
+            for (f, mark) in files.iter().zip(&marks) {
+                if let Err(e) = cbt::add_marker(transport, host, std::slice::from_ref(f), mark) {
+                    return fail(out, e);
+                }
             }
-            Some(m)
+            Some(marks)
         }
         _ => None,
     };
@@ -1256,8 +1265,10 @@ fn replicate_guest(
     if running && qcow2 && all_done {
         prune_checkpoints(&g, &new_cp, out);
     }
-    if let (Some(m), true) = (&marker, all_done)
-        && let Err(e) = cbt::remove_old_markers(transport, host, &files, m)
+    if let (Some(marks), true) = (&marker, all_done)
+        && let Err(e) = files.iter().zip(marks).try_for_each(|(f, m)| {
+            cbt::remove_old_markers(transport, host, std::slice::from_ref(f), m).map(|_| ())
+        })
     {
         out.stdout.push_str(&format!(
                 "{}: older marks of its disks are left ({e}); the next replication of it stopped removes them\n",
@@ -1271,8 +1282,9 @@ struct GuestCopy<'a> {
     decision: &'a cbt::Decision,
     /// The checkpoint the point is, and when libvirt made it.
     checkpoint: Option<(String, Option<i64>)>,
-    /// The bitmap marking the files of a stopped vm as read ([`cbt::add_marker`]).
-    marker: Option<String>,
+    /// The bitmaps marking the files of a stopped vm as read, one a disk
+    /// ([`cbt::add_marker`], [`cbt::disk_mark`]).
+    marker: Option<Vec<String>>,
     /// Per disk, the mark of its copy's newest point found in its file by the decision.
     relied: Vec<Option<String>>,
 }
@@ -1480,7 +1492,7 @@ fn copy_guest_disks(
                 disk,
                 read.decision,
                 read.checkpoint.clone(),
-                read.marker.clone(),
+                read.marker.as_ref().and_then(|m| m.get(i).cloned()),
                 read.relied.get(i).cloned().flatten(),
             );
             let r = if i == 0 { r } else { &rest };

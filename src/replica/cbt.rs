@@ -435,6 +435,14 @@ pub fn marker_name(point: &str) -> String {
     format!("{MARK_PREFIX}{point}-{:x}-{nanos:x}", std::process::id())
 }
 
+/// The mark ([`marker_name`] `base`) of the disk whose copy is `dst` on `to`: each disk's
+/// file gets its own, so that a file put at another disk's path (two swapped, the wrong one
+/// restored) is not taken for the one its copy's point read.
+pub fn disk_mark(base: &str, to: &str, dst: &str) -> String {
+    let copy = blake3::hash(format!("{to}\0{dst}").as_bytes()).to_hex();
+    format!("{base}-{}", &copy[..8])
+}
+
 /// `qemu-img info` of the qcow2 file `f` (read shared: a running vm may hold it).
 fn image_info(t: &dyn Transport, host: &str, f: &str) -> Result<serde_json::Value, String> {
     let json = sh(

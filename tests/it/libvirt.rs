@@ -1275,7 +1275,8 @@ fn logged(stderr: &str, disk: &str, what: &str) -> Option<usize> {
 /// A running guest with two disks: its backup job exports both at once, and both are read at
 /// once, each through its own NBD connection: the second disk's stream begins before the
 /// first's ends, both copies are the disks as the guest sees them, the changed blocks of each
-/// are read the next time, and the copies equal the disks once the guest is stopped.
+/// are read the next time, and the copies equal the disks once the guest is stopped. Each
+/// disk's file is marked as its own: the other disk's file put at its path is read whole.
 #[test]
 fn a_running_guest_s_two_disks_are_read_at_once_from_one_backup_job() {
     let hv = Hv::up();
@@ -1283,7 +1284,7 @@ fn a_running_guest_s_two_disks_are_read_at_once_from_one_backup_job() {
     hv.wait_healthy(12, 2);
     let data = "/var/lib/libvirt/images/cbt-data.qcow2";
     hv.main.sh(&format!(
-        "qemu-img create -q -f qcow2 {data} 64M && qemu-io -c 'write -q -P 0x77 0 32M' {data} >/dev/null"
+        "qemu-img create -q -f qcow2 {data} 256M && qemu-io -c 'write -q -P 0x77 0 32M' {data} >/dev/null"
     ));
     hv.main.virsh(&format!(
         "attach-disk cbt {data} vdb --driver qemu --subdriver qcow2 --targetbus virtio --live --config"
@@ -1357,6 +1358,29 @@ fn a_running_guest_s_two_disks_are_read_at_once_from_one_backup_job() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+
+    // The data disk's file put at the system disk's path (of the same size, the wrong one
+    // restored there): it holds the checkpoint's bitmap and a mark of this replication, but
+    // the data disk's, not the system disk's. Read whole, saying why; the copy is that file.
+    let system = "/var/lib/libvirt/images/cbt.qcow2";
+    hv.main.sh(&format!("cp {data} {system}"));
+    let (swapped, _) = replicate();
+    let mode = read_mode(&swapped, "cbt.qcow2");
+    assert!(
+        mode.starts_with("scan") && mode.contains("is gone from it"),
+        "{swapped}"
+    );
+    let out = std::process::Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "qcow2", "-U"])
+        .arg(hv.pra.path(CBT_COPY))
+        .arg(hv.main.path(system))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the copy is not the file at {system}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// A stopped vm's disks are read as they are, each between two looks at its file that find it
