@@ -599,7 +599,7 @@ fn backup_step(
         )
     } else {
         format!(
-            "The copy of backup set {} ({host_id}:{}) proven as a failover would rely on it: its newest good point, verified, the folder not changed behind it",
+            "The copy of backup set {} ({host_id}:{}) proven as a failover would rely on it: its newest good point, verified, the folder not changed behind it; leased to the drill until its cleanup is over (no replication writes into it meanwhile)",
             set.id, set.dest_path
         )
     };

@@ -4,8 +4,9 @@
 //! when the operator names the set with `--accept-unverified`), leased at that point (the
 //! lease refuses a folder that is no longer it), and journaled as the point used. A failover
 //! keeps its `live` lease: the recovery site now writes into the folder, no replication
-//! writes over it, and a failback knows what the primary's folder got since. A drill gives
-//! its lease back at once: it only reads.
+//! writes over it, and a failback knows what the primary's folder got since. A drill keeps
+//! its lease until its cleanup is over: its steps read the folder, which no replication
+//! changes under them meanwhile.
 
 use chrono::Utc;
 
@@ -13,7 +14,7 @@ use super::context::{Outcome, RunContext, StepRun};
 use crate::event::{Event, StepStatus};
 use crate::plan::BackupUse;
 use crate::replica::choice::Use;
-use crate::replica::start::{self, Remote, Request, Vm};
+use crate::replica::start::{self, Copies as _, Remote, Request, Vm};
 
 /// Runs a backup step.
 pub(super) async fn run(ctx: &RunContext, run: &StepRun, copy: &BackupUse) -> Outcome {
@@ -52,12 +53,10 @@ pub(super) async fn run(ctx: &RunContext, run: &StepRun, copy: &BackupUse) -> Ou
             backup: true,
         };
         let remote = Remote::new(transport.as_ref());
-        let prepared = start::prepare(&remote, &req);
-        // A drill only reads the folder: the lease proved it still was the point.
-        if prepared.is_ok() && how == Use::Drill {
-            start::give_back(&remote, req.vm, &run_id, how);
-        }
-        prepared
+        // A drill keeps its lease until its cleanup is over ([`give_back_drilled`]): its
+        // steps read the folder, and a replication writing into it meanwhile would give them
+        // files of another point than the one journaled, or of two.
+        start::prepare(&remote, &req)
     })
     .await
     .unwrap_or_else(|e| Err(format!("the replica task failed: {e}")));
@@ -112,6 +111,36 @@ pub(super) async fn run(ctx: &RunContext, run: &StepRun, copy: &BackupUse) -> Ou
         .collect();
     let message = (!said.is_empty()).then(|| said.join("; "));
     run.outcome(StepStatus::Done, 1, message)
+}
+
+/// Once a drill's cleanup is over, the copies of backup sets its steps leased (`copies`) are
+/// given back: a replication may write into them again. What could not be, said (the
+/// replication then refuses the folder, naming this run; `reprise release SET` frees it).
+pub(super) async fn give_back_drilled(
+    ctx: &RunContext,
+    copies: Vec<(String, BackupUse)>,
+) -> Vec<(String, String)> {
+    let (transport, run_id) = (ctx.transport.clone(), ctx.plan.run_id.clone());
+    tokio::task::spawn_blocking(move || {
+        let remote = Remote::new(transport.as_ref());
+        copies
+            .iter()
+            .filter_map(|(step, c)| {
+                let paths = [c.path.clone()];
+                remote
+                    .release(&c.host, &paths, Some(&run_id), Some(crate::replica::LeaseKind::Drill))
+                    .err()
+                    .map(|e| {
+                        (step.clone(), format!(
+                            "backup set {}: the drill's lease on its copy {}:{} could not be given back ({e}); `reprise release {}` frees it",
+                            c.set, c.host, c.path, c.set
+                        ))
+                    })
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// Why the run does not rely on the copy: the set, its host and folder, and what to do.

@@ -369,6 +369,45 @@ pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -
             },
         }
     }
+    // A drill's backup sets, leased by its steps, are given back once its cleanup is over
+    // (every cleanup step ended, whatever came of it): not when the journal stopped recording
+    // (the cleanup did not run: a resume runs it, then gives them back).
+    if ctx.plan.mode == Mode::Drill && out.failed.is_none() {
+        let cleanup_over = ctx
+            .plan
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.phase == Phase::Cleanup)
+            .all(|(i, _)| matches!(board.state[i], State::Finished(_)));
+        let leased: Vec<(String, crate::plan::BackupUse)> = ctx
+            .plan
+            .steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match &s.action_spec {
+                crate::plan::Action::BackupCopy(c)
+                    if !c.failover && board.state[i] != State::Pending =>
+                {
+                    Some((s.id.clone(), c.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        if cleanup_over && !leased.is_empty() {
+            for (step, why) in backup::give_back_drilled(&ctx, leased).await {
+                tracing::warn!("{why}");
+                out.emit(&Event::StepOutput {
+                    at: Utc::now(),
+                    step,
+                    attempt: 1,
+                    stdout: String::new(),
+                    stderr: why,
+                    exit_code: None,
+                });
+            }
+        }
+    }
     // Undoing is running commands too: not once the journal stopped recording.
     if board.planned_failure && ctx.options.rollback && out.failed.is_none() {
         // The vm starts that ran, whatever came of them: a roll-back starts no vm again next

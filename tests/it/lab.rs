@@ -4482,6 +4482,68 @@ fn what_a_backup_set_copy_leaves_out_is_said_where_it_is_seen() {
     );
 }
 
+/// A drill keeps the copies of the backup sets it proved leased until its cleanup is over:
+/// a replication of erp-dumps while the drill runs (here, while its cleanup is held) is
+/// refused, naming the drill, so its steps never read files of another point; once the
+/// drill is over, the replication writes into it again.
+#[test]
+fn a_drill_holds_its_backup_set_copies_until_its_cleanup_is_over() {
+    let lab = Lab::up(188);
+    let bin = lab.lab().join("hosts/hv-pra/bin/lab-vm");
+    let real = bin.with_extension("real");
+    let (held, go) = (lab.lab().join("stop-held"), lab.lab().join("stop-wait"));
+    std::fs::rename(&bin, &real).unwrap();
+    std::fs::write(&go, b"").unwrap();
+    std::fs::write(
+        &bin,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = stop ] && [ \"$2\" = drill-erp-db ]; then echo $$ > '{}'; while [ -e '{}' ]; do sleep 0.05; done; fi\nexec '{}' \"$@\"\n",
+            held.display(),
+            go.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut drill = lab.spawn(&[
+        "drill",
+        "--service",
+        "backups",
+        "--service",
+        "erp-db",
+        "--only",
+        "--yes",
+        "--no-prompt",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while !std::fs::read_to_string(&held).is_ok_and(|p| p.ends_with('\n')) {
+        assert!(
+            Instant::now() < deadline,
+            "the drill's cleanup did not begin"
+        );
+        assert!(drill.try_wait().unwrap().is_none(), "the drill ended");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let proved = lab.journal().into_iter().any(|e| {
+        e["event"] == "step_finished"
+            && e["step"] == "backups/backup-erp-dumps"
+            && e["status"] == "done"
+    });
+    assert!(proved, "{:#?}", lab.journal());
+    let during = lab.run(&["replicate", "--service", "erp-dumps"]);
+    assert_ne!(during.code, 0, "{during:?}");
+    assert!(
+        during.stderr.contains("drill") && during.stderr.contains("erp"),
+        "{during:?}"
+    );
+    std::fs::remove_file(&go).unwrap();
+    let status = drill.wait().unwrap();
+    std::fs::rename(&real, &bin).unwrap();
+    assert!(status.success(), "{status:?} {:#?}", lab.journal());
+    let after = lab.run(&["replicate", "--service", "erp-dumps"]);
+    assert_eq!(after.code, 0, "{after:?}");
+}
+
 /// A file of the copy of backup set erp-dumps rots behind its point, its time and size kept
 /// (its stamp says nothing): a drill of the backups reads the point again by hash before it
 /// relies on it, finds it damaged, marks it bad and refuses, saying why.
