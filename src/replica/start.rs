@@ -422,10 +422,39 @@ fn clock_of(copies: &dyn Copies, host: &str) -> Option<chrono::Duration> {
     Some(theirs - after - (after - before))
 }
 
-/// Inspects, prepares and decides until a decision holds, then rolls back and leases.
+/// Inspects, prepares and decides until a decision holds, then rolls back and leases. A
+/// refusal after a copy was rolled back says so (the points it dropped are gone from the
+/// copy: a later try starts from its newest point, which no longer says it was rolled back
+/// to, and the run's report takes what it lost from what was said).
 fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
-    let (host, paths) = (req.vm.host, req.vm.paths);
     let mut notes = Vec::new();
+    choose_noting(copies, req, &mut notes).map_err(|e| with_rolled_back(e, &notes))
+}
+
+/// How a copy rolled back to an older point is said.
+const ROLLED_BACK: &str = " rolled back to point ";
+
+/// The error `e` of a start that stopped after it rolled copies back (said in `notes`), with
+/// what was rolled back.
+pub fn with_rolled_back(e: String, notes: &[String]) -> String {
+    let rolled: Vec<&str> = notes
+        .iter()
+        .filter(|n| n.contains(ROLLED_BACK))
+        .map(String::as_str)
+        .collect();
+    match rolled.is_empty() {
+        true => e,
+        false => format!("{e}; done before that: {}", rolled.join("; ")),
+    }
+}
+
+/// [`choose`], what it did noted in `notes` as it goes.
+fn choose_noting(
+    copies: &dyn Copies,
+    req: &Request<'_>,
+    notes: &mut Vec<String>,
+) -> Result<Prepared, String> {
+    let (host, paths) = (req.vm.host, req.vm.paths);
     // Points found impossible to rebuild (or without their definition) on the way: no
     // longer candidates.
     let mut unusable: Vec<(usize, String)> = Vec::new();
@@ -493,7 +522,7 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
         if matches!(clock, Some(None)) && start.points.iter().any(Option::is_none) {
             start.written_until = chrono::DateTime::<Utc>::MAX_UTC;
         }
-        if let Some(unusable_point) = without_definition(req, &states, &start, &mut notes)? {
+        if let Some(unusable_point) = without_definition(req, &states, &start, notes)? {
             unusable.push(unusable_point);
             continue;
         }
@@ -507,7 +536,7 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
             ));
         }
         if !resumed(req, &states)
-            && let Some(unusable_point) = reread(copies, req, &start, &mut whole, &mut notes)?
+            && let Some(unusable_point) = reread(copies, req, &start, &mut whole, notes)?
         {
             unusable.push(unusable_point);
             continue;
@@ -518,11 +547,11 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
                 req.vm.name
             ));
         }
-        if let Some(unusable_point) = roll_back(copies, req, &start, &mut notes)? {
+        if let Some(unusable_point) = roll_back(copies, req, &start, notes)? {
             unusable.push(unusable_point);
             continue;
         }
-        lease(copies, req, &states, &start, &mut notes)?;
+        lease(copies, req, &states, &start, notes)?;
         // A backup set's copy holds its files only: what it left out is said where it is
         // used, with what to do.
         for (state, point) in states.iter().zip(&start.points) {
@@ -540,7 +569,7 @@ fn choose(copies: &dyn Copies, req: &Request<'_>) -> Result<Prepared, String> {
             req.how == Use::Drill && (0..paths.len()).any(|i| held_by_run(req, &states, i));
         return Ok(Prepared {
             start,
-            notes,
+            notes: std::mem::take(notes),
             held_before,
         });
     }
@@ -710,7 +739,7 @@ fn roll_back(
     for (i, id) in &start.roll_back {
         match copies.roll_back(host, &paths[*i], id) {
             Ok(r) => notes.push(format!(
-                "{} rolled back to point {} (newer points dropped: {})",
+                "{}{ROLLED_BACK}{} (newer points dropped: {})",
                 name(*i),
                 r.point,
                 r.dropped.join(", ")
@@ -1363,6 +1392,46 @@ mod tests {
             err.contains("point P1 holds no definition of the vm"),
             "{err}"
         );
+    }
+
+    /// A failover's start that rolled copies back and then stopped (a lease refused, a disk
+    /// that could not be rolled back to the point asked) says what it rolled back, with the
+    /// points dropped: gone from the copies, a later try no longer sees them.
+    #[test]
+    fn a_start_that_stops_after_it_rolled_copies_back_says_so() {
+        let points = [point("P1", 1, "yes"), point("P2", 2, "bad")];
+        let fake = Fake {
+            held: vec!["/r/data".into()],
+            ..Fake::with(vec![disk("sys", &points), disk("data", &points)])
+        };
+        let paths = ["/r/sys".to_string(), "/r/data".to_string()];
+        let why = prepare(&fake, &request(&paths, Use::Failover)).unwrap_err();
+        assert!(
+            why.starts_with("cannot take /r/data for this run: a replication holds it")
+                && why.contains(
+                    "done before that: sys rolled back to point P1 (newer points dropped: newer)"
+                )
+                && why.contains("data rolled back to point P1"),
+            "{why}"
+        );
+        // The point asked for, its second disk not rebuilt: the first one's roll-back is said.
+        let newer = [
+            point("P1", 1, "yes"),
+            point("P2", 2, "yes"),
+            point("P3", 3, "yes"),
+        ];
+        let fake = Fake {
+            broken: vec!["P1".into()],
+            ..Fake::with(vec![disk("sys", &newer), disk("data", &newer)])
+        };
+        let mut req = request(&paths, Use::Failover);
+        req.ask.want = Some(choice::Want::Id("P1".into()));
+        let calls_before = fake.calls().len();
+        let why = prepare(&fake, &req).unwrap_err();
+        assert!(fake.calls().len() > calls_before);
+        assert!(why.contains("cannot roll sys back to point P1"), "{why}");
+        // Nothing was rolled back before it: nothing more said.
+        assert!(!why.contains("done before that"), "{why}");
     }
 
     #[test]

@@ -86,6 +86,7 @@ pub(super) async fn before_replica(
             Err(e) => {
                 // Not started: the copies it leased are given back; not those a drill copy
                 // of this run's earlier attempt may still read (its cleanup gives them back).
+                let e = start::with_rolled_back(e, &prepared.notes);
                 if prepared.held_before {
                     return Err(format!(
                         "{e}; the copies stay leased to this run (a drill copy of an earlier attempt may still read them): the drill's cleanup gives them back"
@@ -119,9 +120,12 @@ pub(super) async fn before_replica(
         if !prepared.held_before {
             give_back(ctx, replica, how).await;
         }
-        return Err(format!(
-            "{} (the point it would start from)",
-            super::record::NOT_RECORDED
+        return Err(start::with_rolled_back(
+            format!(
+                "{} (the point it would start from)",
+                super::record::NOT_RECORDED
+            ),
+            &notes,
         ));
     }
     Ok(())
