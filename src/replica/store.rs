@@ -934,6 +934,11 @@ impl Store {
         Some(stamp_of(&std::fs::metadata(&self.image).ok()?))
     }
 
+    /// What the saved manifest is trusted by, as the mirror is now ([`key_of`]).
+    fn key(&self) -> Option<String> {
+        Some(key_of(&std::fs::metadata(&self.image).ok()?))
+    }
+
     /// Writes the manifest whole (replaced by an atomic rename): the header, then `nodes`,
     /// the tree of the block hashes of an image of `size` bytes whose BLAKE3 is `whole`.
     /// The stamp is the caller's to write.
@@ -946,17 +951,17 @@ impl Store {
         })
     }
 
-    /// Records that the manifest is of the mirror as `stamp` says it was: taken when the
-    /// mirror was read or last written by reprise, never later (a write in between would be
-    /// vouched for by a manifest that does not hold it).
-    fn write_stamp(&self, stamp: Option<&str>) -> Result<(), StoreError> {
-        self.write_atomic("stamp", stamp.unwrap_or_default().as_bytes())
+    /// Records that the manifest is of the mirror as `key` ([`key_of`]) says it was: taken
+    /// when the mirror was read or last written by reprise, never later (a write in between
+    /// would be vouched for by a manifest that does not hold it).
+    fn write_stamp(&self, key: Option<&str>) -> Result<(), StoreError> {
+        self.write_atomic("stamp", key.unwrap_or_default().as_bytes())
     }
 
-    /// Writes the manifest `m` whole, then `stamp`, the mirror's when `m` was read of it.
-    fn write_manifest(&self, m: &Manifest, stamp: Option<&str>) -> Result<(), StoreError> {
+    /// Writes the manifest `m` whole, then `key`, the mirror's when `m` was read of it.
+    fn write_manifest(&self, m: &Manifest, key: Option<&str>) -> Result<(), StoreError> {
         self.write_tree(m.size, &m.whole, &tree::of(m.cvs.clone()))?;
-        self.write_stamp(stamp)
+        self.write_stamp(key)
     }
 
     /// Writes the nodes `t` holds in memory and its new header over the manifest, in place:
@@ -1002,8 +1007,8 @@ impl Store {
     /// good as its stamp says). A damaged manifest, or one cut in the middle of an update, is
     /// only a cache lost: `None`, and the mirror is hashed again.
     fn saved_tree(&self) -> Result<Option<NodeFile>, StoreError> {
-        let stamp = std::fs::read_to_string(self.path("stamp")).ok();
-        if stamp.is_none() || stamp != self.stamp() {
+        let key = std::fs::read_to_string(self.path("stamp")).ok();
+        if key.is_none() || key != self.key() {
             return Ok(None);
         }
         if let Some(t) = self.open_tree(&[MANIFEST_MAGIC])? {
@@ -1086,12 +1091,38 @@ impl Store {
         } else {
             self.saved_manifest()?
         };
+        let mut note = note;
         let m = match saved {
             Some(m) if !reread => m,
             _ => {
-                let (m, stamp) = self.read_mirror()?;
+                let (m, _, key) = self.read_mirror()?;
                 if saved.as_ref() != Some(&m) {
-                    self.write_manifest(&m, Some(&stamp))?;
+                    self.write_manifest(&m, Some(&key))?;
+                }
+                // Read whole, the copy is not its newest point (rot on this disk, or a write
+                // with its times put back: its stamp said nothing): that point is marked bad
+                // (`reprise verify` reads it again), and said; this replication sends what
+                // differs.
+                if let Some(p) = points
+                    .last()
+                    .filter(|p| p.verified != Verified::Bad && p.blake3 != hex(m.whole))
+                {
+                    let mut all = self.points()?;
+                    if let Some(q) = all.iter_mut().rev().find(|q| q.id == p.id) {
+                        q.verified = Verified::Bad;
+                        q.checked_at = Some(Utc::now());
+                    }
+                    self.write_points(&all)?;
+                    let said = format!(
+                        "the copy read whole is not its newest point {} (its size and times say it did not change: damaged on this disk, or written with its times put back): point {} is marked bad (`reprise verify` reads it again), and this replication sends what differs",
+                        p.id, p.id
+                    );
+                    let n = match note.take() {
+                        Some(n) => format!("{n}; {said}"),
+                        None => said,
+                    };
+                    meta::write_file(&self.dir, "notes", n.as_bytes(), false)?;
+                    note = Some(n);
                 }
                 m
             }
@@ -1136,11 +1167,11 @@ impl Store {
         else {
             return Ok(None);
         };
-        let stamp = std::fs::read_to_string(self.path("stamp")).ok();
+        let key = std::fs::read_to_string(self.path("stamp")).ok();
         if points.is_empty()
             || self.changed_since(&points).is_some()
-            || stamp.is_none()
-            || stamp != self.stamp()
+            || key.is_none()
+            || key != self.key()
         {
             return Ok(None);
         }
@@ -1466,8 +1497,8 @@ impl Store {
                 Some(t) => Some(t),
                 None => {
                     // Saved, so that the roll-forward updates this manifest and no other.
-                    let (m, stamp) = self.read_mirror()?;
-                    self.write_manifest(&m, Some(&stamp))?;
+                    let (m, _, key) = self.read_mirror()?;
+                    self.write_manifest(&m, Some(&key))?;
                     let path = self.path("manifest");
                     Some(
                         self.open_tree(&[MANIFEST_MAGIC])?
@@ -1610,7 +1641,13 @@ impl Store {
             cvs,
         };
         let id = self.unique_id(&new.id)?;
-        self.write_manifest(&manifest, stamp.as_deref())?;
+        // Its key as it is in place (a rename changes the status change time), while it is
+        // still as this replication made it; else none, and the next one hashes it again.
+        let key = std::fs::metadata(&self.image)
+            .ok()
+            .filter(|m| Some(stamp_of(m)) == stamp)
+            .map(|m| key_of(&m));
+        self.write_manifest(&manifest, key.as_deref())?;
         let point = Point {
             stamp,
             id,
@@ -1681,6 +1718,38 @@ impl Store {
         };
         let s = self.receive_blocks(input, header, &mut base, &mut j, &mut d, &mut old)?;
         drop(base);
+        // (A copy whose stamp moved meanwhile was written outside reprise while this update
+        // was received: its commit says so, below.)
+        if let (Some(&first), Some(p)) = (s.diverged.first(), prev)
+            && before.stamp.is_some()
+            && self.stamp() == before.stamp
+        {
+            // The copy is not its newest point where this update replaces it (the stamp,
+            // size, mtime and inode, said nothing: rot, or a write with its times put
+            // back), and may not be elsewhere: nothing is built on it. The point is marked
+            // bad (`reprise verify` reads it again), and the next replication reads the copy
+            // whole instead of trusting its manifest, and sends what differs.
+            drop((j, d));
+            let _ = std::fs::remove_file(&jpath);
+            let _ = std::fs::remove_file(&dpath);
+            for name in ["manifest", "stamp"] {
+                remove_if_present(&self.path(name))?;
+            }
+            let n = s.diverged.len();
+            let mut points = self.points()?;
+            if let Some(q) = points.iter_mut().rev().find(|q| q.id == p.id) {
+                q.verified = Verified::Bad;
+                q.checked_at = Some(Utc::now());
+            }
+            self.write_points(&points)?;
+            return Err(StoreError::Damaged {
+                path: self.name(),
+                reason: format!(
+                    "{n} of the blocks this update replaces (the first, block {first}) are not what its newest point {} recorded, while the copy's size and times say it did not change: damaged on this disk, or written with its times put back. Point {} is marked bad (`reprise verify` reads it again); nothing was written. The next replication reads the copy whole and sends what differs",
+                    p.id, p.id
+                ),
+            });
+        }
         if s.got != s.whole {
             drop((j, d));
             let _ = std::fs::remove_file(&jpath);
@@ -1800,6 +1869,8 @@ impl Store {
         // did not hold included): what a word of the source on blocks its bitmap missed must
         // name, else its base manifest was wrong about the copy, not its bitmap about the disk.
         let mut differ: Vec<u64> = Vec::new();
+        // The blocks replaced that are not what the newest point's manifest says.
+        let mut diverged: Vec<u64> = Vec::new();
         // The blocks received whose replaced blocks are being read ahead (see `READ_AHEAD`).
         let mut ahead: std::collections::VecDeque<(u64, Vec<u8>)> =
             std::collections::VecDeque::with_capacity(READ_AHEAD + 1);
@@ -1814,7 +1885,16 @@ impl Store {
                     // What the copy held of every block received is known before the word
                     // of the blocks its bitmap missed is judged.
                     while let Some(held) = ahead.pop_front() {
-                        keep_replaced(old, d, j, held, &mut differ, &mut written)?;
+                        keep_replaced(
+                            old,
+                            d,
+                            j,
+                            held,
+                            &mut differ,
+                            &mut written,
+                            base,
+                            &mut diverged,
+                        )?;
                     }
                     checked = true;
                     if count == 0 {
@@ -1843,7 +1923,16 @@ impl Store {
                 }
                 Record::End { whole } => {
                     while let Some(held) = ahead.pop_front() {
-                        keep_replaced(old, d, j, held, &mut differ, &mut written)?;
+                        keep_replaced(
+                            old,
+                            d,
+                            j,
+                            held,
+                            &mut differ,
+                            &mut written,
+                            base,
+                            &mut diverged,
+                        )?;
                     }
                     break whole;
                 }
@@ -1863,7 +1952,16 @@ impl Store {
             if ahead.len() > READ_AHEAD
                 && let Some(held) = ahead.pop_front()
             {
-                keep_replaced(old, d, j, held, &mut differ, &mut written)?;
+                keep_replaced(
+                    old,
+                    d,
+                    j,
+                    held,
+                    &mut differ,
+                    &mut written,
+                    base,
+                    &mut diverged,
+                )?;
             }
         };
         // Blocks cut off by a smaller image are kept for the previous point.
@@ -1902,6 +2000,7 @@ impl Store {
             changed,
             unmarked,
             checked,
+            diverged,
         })
     }
 
@@ -2076,7 +2175,9 @@ impl Store {
         mirror.sync_all().map_err(io_err(&self.image))?;
         // The copy as this update left it (the file it wrote, not whatever is at its path):
         // a write after this is not vouched for.
-        let mut stamp = mirror.metadata().ok().map(|m| stamp_of(&m));
+        let seen = mirror.metadata().ok();
+        let mut stamp = seen.as_ref().map(stamp_of);
+        let key = seen.as_ref().map(key_of);
         // An update found begun, cut while it wrote the copy: a write made in the copy since
         // the cut (a vm run on it by hand, an edit), in a block the update does not write, is
         // still there, and its stamp cannot tell (the update's own writes moved it). The copy
@@ -2097,7 +2198,7 @@ impl Store {
         let whole = match foreign {
             None => {
                 let whole = self.roll_manifest_forward(&changed, &commit)?;
-                self.write_stamp(stamp.as_deref())?;
+                self.write_stamp(key.as_deref())?;
                 whole
             }
             Some(_) => {
@@ -2213,7 +2314,7 @@ impl Store {
         }
         // The mirror as it is, whatever the point says it should be (its stamp, the caller's,
         // is of before: a write since is not vouched for).
-        let (m, _) = self.read_mirror()?;
+        let (m, _, _) = self.read_mirror()?;
         self.write_tree(m.size, &m.whole, &tree::of(m.cvs))?;
         Ok(m.whole)
     }
@@ -2298,7 +2399,7 @@ impl Store {
     /// the mirror was written while it was read (a vm running on it, another program), which
     /// would give hashes of no single instant, and with them a stamp that vouches for what was
     /// not read.
-    fn read_mirror(&self) -> Result<(Manifest, String), StoreError> {
+    fn read_mirror(&self) -> Result<(Manifest, String, String), StoreError> {
         let look = || std::fs::metadata(&self.image).map_err(io_err(&self.image));
         let before = super::blocks::settled_look(|| std::fs::metadata(&self.image))
             .map_err(io_err(&self.image))?;
@@ -2311,7 +2412,7 @@ impl Store {
         }
         #[cfg(test)]
         AFTER_READ.with(|f| f.take().map(|f| f()));
-        Ok((m, stamp_of(&before)))
+        Ok((m, stamp_of(&before), key_of(&before)))
     }
 
     /// The BLAKE3 of point `k` and, for the newest, the manifest of the mirror as it is, with
@@ -2321,10 +2422,10 @@ impl Store {
         &self,
         points: &[Point],
         k: usize,
-    ) -> Result<([u8; 32], Option<(Manifest, String)>), StoreError> {
+    ) -> Result<([u8; 32], Option<(Manifest, String, String)>), StoreError> {
         if k + 1 == points.len() {
-            let (m, stamp) = self.read_mirror()?;
-            return Ok((m.whole, Some((m, stamp))));
+            let (m, stamp, key) = self.read_mirror()?;
+            return Ok((m.whole, Some((m, stamp, key))));
         }
         let mut cvs = Vec::new();
         let mut single = None;
@@ -2359,10 +2460,10 @@ impl Store {
             // A point whose reverse delta is damaged cannot be rebuilt: it is bad.
             let good = match self.hash_point(&points, k) {
                 Ok((whole, manifest)) => {
-                    if let Some((m, stamp)) = manifest {
+                    if let Some((m, stamp, key)) = manifest {
                         // The next replication must see the mirror as it really is, to mend it.
                         if self.saved_manifest()?.as_ref() != Some(&m) {
-                            self.write_manifest(&m, Some(&stamp))?;
+                            self.write_manifest(&m, Some(&key))?;
                         }
                         read_as = Some(stamp);
                     }
@@ -2719,6 +2820,17 @@ pub(super) fn points_of(dir: &Path) -> Result<Vec<Point>, StoreError> {
     }
 }
 
+/// What the saved manifest is trusted by ([`Store::saved_tree`]): the mirror's stamp
+/// ([`stamp_of`]) and its status change time, which no one can set back. A write made with
+/// its modification time put back (`touch -r`, `rsync -t`, `cp -p`) leaves the stamp as it
+/// was, not this: the mirror is then hashed again instead of trusting the manifest, and
+/// whatever differs from its newest point is found. A change of owner or label (libvirt's
+/// relabelling of a drill's backing file) does the same, once.
+fn key_of(m: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    format!("{} {}.{:09}", stamp_of(m), m.ctime(), m.ctime_nsec())
+}
+
 /// Size, mtime and inode of a mirror whose metadata is `m`: what it was when its manifest
 /// was written, or when a point became its newest.
 fn stamp_of(m: &std::fs::Metadata) -> String {
@@ -2865,6 +2977,10 @@ const READ_AHEAD: usize = 32;
 /// notes in `differ` whether the copy held other bytes there, and counts what the update
 /// wrote in `written` (journal `j` and delta alike), asking the kernel to write back as it
 /// grows.
+/// Notes in `diverged` whether the block replaced is not what the manifest `base` (the
+/// newest point's) says the copy holds there: the copy changed behind its stamp (rot on this
+/// disk, or a write with its times put back), or the manifest's leaf did.
+#[allow(clippy::too_many_arguments)]
 fn keep_replaced(
     old: &mut OldBlocks,
     d: &mut BufWriter<File>,
@@ -2872,11 +2988,23 @@ fn keep_replaced(
     (idx, data): (u64, Vec<u8>),
     differ: &mut Vec<u64>,
     written: &mut u64,
+    base: &NodeFile,
+    diverged: &mut Vec<u64>,
 ) -> Result<(), StoreError> {
     let before = *written;
     let kept = old.write(d, idx)?;
     if kept == 0 || old.buf[..kept as usize] != data[..] {
         differ.push(idx);
+    }
+    if kept > 0
+        && idx < base.blocks()
+        && base
+            .leaves(idx, 1)
+            .map_err(io_err(base.path()))?
+            .first()
+            .is_some_and(|leaf| *leaf != blocks::cv(idx, &old.buf[..kept as usize]))
+    {
+        diverged.push(idx);
     }
     *written += data.len() as u64 + kept;
     if *written / WRITEBACK_EVERY != before / WRITEBACK_EVERY {
@@ -2942,6 +3070,8 @@ struct Streamed {
     /// The source checked the blocks it read against its dirty bitmap and said what it found
     /// ([`wire::Record::Unmarked`], none missed included).
     checked: bool,
+    /// The blocks it replaces that were not what the newest point's manifest says.
+    diverged: Vec<u64>,
 }
 
 /// A block in a journal or delta: length, a zero flag, and the bytes unless zero.
@@ -5491,6 +5621,69 @@ mod tests {
             std::fs::read(&store.image).unwrap(),
             std::fs::read(&src).unwrap()
         );
+    }
+
+    /// A copy written with its modification time put back (`touch -r`, `rsync -t`), which its
+    /// stamp does not see, is hashed again by the next replication (its status change time
+    /// moved): what differs is sent, and its newest point, which it no longer is, is marked
+    /// bad and said. One that changed without even that (rot on the disk, shown here by
+    /// setting the saved manifest's key to the copy as it is) is found where an update
+    /// replaces a block: nothing is written, the point is marked bad, and the next
+    /// replication reads the copy whole and mends it.
+    #[test]
+    fn a_copy_changed_behind_its_stamp_is_never_built_on() {
+        let (_dir, src, store) = copy_of(&[("p1", 1)], 6);
+        let dst = store.image.clone();
+        let put_back = |at: u64| {
+            let mtime = std::fs::metadata(&dst).unwrap().modified().unwrap();
+            scribble(&dst, at, 7, 9);
+            let f = OpenOptions::new().write(true).open(&dst).unwrap();
+            f.set_modified(mtime).unwrap();
+        };
+        let stamp = store.stamp();
+        put_back(5 * BLOCK as u64);
+        assert_eq!(store.stamp(), stamp, "the stamp saw the write");
+        scribble(&src, 0, BLOCK, 2);
+        let (_, note) = store.base_manifest(false, false).unwrap();
+        let note = note.unwrap_or_default();
+        assert!(
+            note.contains("the copy read whole is not its newest point p1")
+                && note.contains("point p1 is marked bad"),
+            "{note}"
+        );
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p2"))
+            .unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+        let points = store.points().unwrap();
+        assert_eq!(points[0].verified, Verified::Bad);
+        assert_eq!(points[1].verified, Verified::Yes);
+        assert!(store.verify(Some("p2")).unwrap()[0].1);
+
+        // Rot: not even the status change time moved.
+        let stamp = store.stamp();
+        put_back(3 * BLOCK as u64);
+        assert_eq!(store.stamp(), stamp);
+        store.write_stamp(store.key().as_deref()).unwrap();
+        scribble(&src, 3 * BLOCK as u64, BLOCK, 4);
+        let stream = stream_of(&src, &store);
+        let before = std::fs::read(&dst).unwrap();
+        let e = store
+            .apply(&mut &stream[..], point("p3"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("(the first, block 3) are not what its newest point p2 recorded")
+                && e.contains("nothing was written"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&dst).unwrap(), before);
+        assert_eq!(store.points().unwrap()[1].verified, Verified::Bad);
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p3"))
+            .unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+        assert!(store.verify(Some("p3")).unwrap()[0].1);
     }
 
     /// An update cut while it wrote the copy is completed by the next command, but never under
