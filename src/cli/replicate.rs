@@ -1360,9 +1360,7 @@ fn guest_decision(
         checkpoints,
         created: created.clone(),
         bitmap_problem: None,
-        copy_problem: states
-            .iter()
-            .find_map(|s| s.changed.as_ref().map(|why| format!("{}: {why}", s.path))),
+        copy_problem: copy_problem(&states),
         marker_problem: None,
     };
     let files: Vec<String> = mine.iter().map(|d| d.source.clone()).collect();
@@ -1383,6 +1381,26 @@ fn guest_decision(
         .map(|p| p.and_then(|p| p.read.as_ref()?.marker.clone()))
         .collect();
     Ok((decision, created, relied))
+}
+
+/// Why the copies' newest points (`states`) are not a base the changes since their
+/// checkpoint can be applied to, if so: a copy changed behind its newest point, or one with a
+/// cut update still to be completed, which may make another point its newest than the one
+/// read here (whose mark the decision checks in the disk's file). Pure.
+fn copy_problem(states: &[crate::replica::CopyState]) -> Option<String> {
+    states.iter().find_map(|s| {
+        s.changed
+            .as_ref()
+            .map(|why| format!("{}: {why}", s.path))
+            .or_else(|| {
+                s.unsettled.as_ref().map(|why| {
+                    format!(
+                        "{}: an interrupted update of it is still to be completed ({why}), so the point it will be at cannot be told here",
+                        s.path
+                    )
+                })
+            })
+    })
 }
 
 /// Begins the backup job of a running domain (a stale one ended first): every block read
@@ -1847,6 +1865,38 @@ mod tests {
 
     /// Six disks: four stream at once (each waits until four do: one after the other, none
     /// would ever get there), results come back in disk order.
+    /// A copy with a cut update still to be completed is no base for changes since a
+    /// checkpoint (the point it will be at is not the one read), nor is one changed behind
+    /// its point: both are said, and every block is read.
+    #[test]
+    fn a_copy_with_a_cut_update_is_no_base_for_changes_since_a_checkpoint() {
+        let fine = crate::replica::CopyState {
+            path: "/r/a".into(),
+            ..Default::default()
+        };
+        assert_eq!(super::copy_problem(std::slice::from_ref(&fine)), None);
+        let cut = crate::replica::CopyState {
+            path: "/r/b".into(),
+            unsettled: Some("an update was cut after its commit".into()),
+            ..Default::default()
+        };
+        let why = super::copy_problem(&[fine.clone(), cut]).unwrap();
+        assert!(
+            why.starts_with("/r/b: an interrupted update of it is still to be completed"),
+            "{why}"
+        );
+        let changed = crate::replica::CopyState {
+            path: "/r/c".into(),
+            changed: Some("the copy changed since its newest point".into()),
+            ..Default::default()
+        };
+        assert!(
+            super::copy_problem(&[changed])
+                .unwrap()
+                .starts_with("/r/c: the copy changed")
+        );
+    }
+
     #[test]
     fn the_disks_stream_four_at_once_and_are_said_in_order() {
         let (busy, most) = (Mutex::new(0usize), AtomicUsize::new(0));
