@@ -2184,8 +2184,10 @@ impl Store {
         // is read whole: one that is not the point keeps the stamp it had when it was found,
         // so that it counts as written outside reprise (nothing replicates or rolls back over
         // it until `reprise release`), and its manifest is read again from it.
+        // (Judged only when every block read back from the journal is what was received: a
+        // damaged one makes the point unusable below, and the next replication mends it.)
         let mut foreign = None;
-        if let Some(found) = &begun {
+        if let Some(found) = begun.as_ref().filter(|_| damaged.is_empty()) {
             let real = whole_of_mirror(&mirror, &self.image, size, &changed)?;
             if real.is_some_and(|r| hex(r) != commit.new_whole) {
                 foreign = Some(format!(
@@ -2771,6 +2773,24 @@ impl Store {
             // Never put in place under a vm run on the copy by hand since the cut: what it
             // writes would go to a file no longer the copy.
             self.refuse_held_by_qemu(true)?;
+            // Nor over what such a vm wrote there and stopped (the copy changed since its
+            // newest point, not let go): the roll-back is thrown away, the copy left as it
+            // is, written outside reprise (nothing replicates or rolls back over it until
+            // `reprise release`).
+            let now = self.stamp();
+            if let Some(why) = self.changed_since(&self.points()?)
+                && now.is_some()
+                && meta::read_accepted(&self.dir) != now
+            {
+                for path in [&tmp, &intent_path] {
+                    remove_if_present(path)?;
+                }
+                sync_dir(&self.dir)?;
+                return Ok(Some(format!(
+                    "a roll-back to point {} that was cut before it put the rebuilt copy in place was thrown away: {why}; the copy is left as it is (what was written there is in no point)",
+                    intent.point
+                )));
+            }
             std::fs::rename(&tmp, &self.image).map_err(io_err(&self.image))?;
             stamp = stamp.or_else(|| self.stamp());
             sync_dir(self.image.parent().unwrap_or(Path::new("")))?;
@@ -4323,6 +4343,41 @@ mod tests {
         );
         let why = store.changed_since(&points).unwrap_or_default();
         assert!(why.contains("changed since its newest point p1"), "{why:?}");
+
+        // Cut before the rename, then a vm run on the copy by hand (and stopped): the
+        // roll-back is thrown away, never put in place over what it wrote, which stays.
+        store.accept_changes().unwrap();
+        for (id, byte) in [("p3", 3u8), ("p4", 4u8)] {
+            std::fs::write(&src, vec![byte; 4 * BLOCK]).unwrap();
+            store
+                .apply(&mut &stream_of(&src, &store)[..], point(id))
+                .unwrap();
+        }
+        store.restore("p3", &tmp).unwrap();
+        let intent = RollBackIntent {
+            point: "p3".into(),
+            stamp: Some(stamp_of(&std::fs::metadata(&tmp).unwrap())),
+        };
+        std::fs::write(
+            store.path("rollback.json"),
+            serde_json::to_vec(&intent).unwrap(),
+        )
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let f = OpenOptions::new().write(true).open(&dst).unwrap();
+        f.write_all_at(b"ran by hand", BLOCK as u64).unwrap();
+        drop(f);
+        let written = std::fs::read(&dst).unwrap();
+        let note = store.settle().unwrap().unwrap_or_default();
+        assert!(
+            note.contains("a roll-back to point p3 that was cut before it put the rebuilt copy in place was thrown away"),
+            "{note}"
+        );
+        assert_eq!(std::fs::read(&dst).unwrap(), written);
+        assert!(!tmp.exists() && !store.path("rollback.json").exists());
+        let points = store.points().unwrap();
+        assert_eq!(points.last().unwrap().id, "p4");
+        assert!(store.inspect().written_outside().is_some());
     }
 
     /// A write that lands right after the copy was read whole again is not vouched for by
@@ -4769,11 +4824,16 @@ mod tests {
         assert_eq!(j[at - 1], 0);
         j[at..at + 4096].fill(0);
         std::fs::write(&jpath, &j).unwrap();
+        // Found begun (cut while it wrote the copy): the damage is said as such, not as a
+        // write outside reprise.
+        meta::write_file(&store.dir, ROLLING, b"p2", false).unwrap();
         let note = store.settle().unwrap().unwrap();
         assert!(
             note.contains("point p2 is UNUSABLE") && note.contains("the first block 0"),
             "{note}"
         );
+        assert!(!note.contains("written outside reprise"), "{note}");
+        assert!(store.inspect().written_outside().is_none());
         let p2 = store.points().unwrap().pop().unwrap();
         assert_eq!(p2.verified, Verified::Bad);
         assert!(
