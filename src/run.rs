@@ -2439,6 +2439,29 @@ fn as_replicated_fix(service: &str) -> String {
     )
 }
 
+/// Gives back the leases a drill (`plan`) took on the copies of the backup sets it proved;
+/// one that cannot be is left (a replication of the set says so, and `reprise release SET`
+/// frees it).
+fn give_back_drill_sets(plan: &Plan, transport: &dyn Transport) {
+    use crate::replica::start::Copies as _;
+    let copies = crate::replica::start::Remote::new(transport);
+    for step in &plan.steps {
+        if let plan::Action::BackupCopy(c) = &step.action_spec
+            && !c.failover
+        {
+            let paths = [c.path.clone()];
+            if let Err(e) = copies.release(
+                &c.host,
+                &paths,
+                Some(&plan.run_id),
+                Some(crate::replica::LeaseKind::Drill),
+            ) {
+                tracing::warn!(set = c.set, error = %e, "the drill's lease could not be given back");
+            }
+        }
+    }
+}
+
 /// The vm starts (a failover's on the recovery copies, a drill's copy) cut before they
 /// journaled the point they start from: the point is on disk before a start's command is
 /// sent, so theirs never was. They run again whole (a roll-back the cut left half done is
@@ -3034,6 +3057,9 @@ pub fn resume(
     let plan = plan::build(model, &plan_opts).map_err(|d| RunError::Plan(model.report(d)))?;
     let mut prior = runner::prior_from_journal(&events);
     if let Some(at) = runner::drill_cleaned_up(&plan, &events, &mut prior) {
+        // Its backup sets' leases are given back once its cleanup is over: again here, for a
+        // drill cut right after its cleanup, before it gave them back.
+        give_back_drill_sets(&plan, &transport(model, &exec.ssh));
         return Err(RunError::DrillOver {
             run_id: dir.run_id.clone(),
             at,

@@ -4536,12 +4536,43 @@ fn a_drill_holds_its_backup_set_copies_until_its_cleanup_is_over() {
         during.stderr.contains("drill") && during.stderr.contains("erp"),
         "{during:?}"
     );
+    // The drill's lease, as it is while the drill runs (put back below).
+    let leases = lab
+        .host_root("nas-pra")
+        .join("srv/backups/erp.reprise/leases");
+    let held_leases: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(&leases)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.path(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    assert_eq!(held_leases.len(), 1, "{held_leases:?}");
     std::fs::remove_file(&go).unwrap();
     let status = drill.wait().unwrap();
     std::fs::rename(&real, &bin).unwrap();
     assert!(status.success(), "{status:?} {:#?}", lab.journal());
     let after = lab.run(&["replicate", "--service", "erp-dumps"]);
     assert_eq!(after.code, 0, "{after:?}");
+    // Cut right after its cleanup, before it gave the lease back (and so before its end was
+    // journaled): the resume, which says the drill is over, gives it back.
+    for (path, bytes) in &held_leases {
+        std::fs::write(path, bytes).unwrap();
+    }
+    let run = crate::common::run_ids(&lab.state()).pop().unwrap();
+    let journal = lab.state().join("runs").join(run).join("journal.jsonl");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("\"event\":\"run_finished\""))
+        .collect();
+    assert_eq!(kept.len() + 1, text.lines().count(), "{text}");
+    std::fs::write(&journal, kept.join("\n") + "\n").unwrap();
+    let refused = lab.run(&["replicate", "--service", "erp-dumps"]);
+    assert_ne!(refused.code, 0, "{refused:?}");
+    let resumed = lab.run(&["resume", "latest", "--no-prompt"]);
+    assert_ne!(resumed.code, 0, "{resumed:?}");
+    assert!(resumed.stderr.contains("over"), "{resumed:?}");
+    let again = lab.run(&["replicate", "--service", "erp-dumps"]);
+    assert_eq!(again.code, 0, "{again:?}");
 }
 
 /// A file of the copy of backup set erp-dumps rots behind its point, its time and size kept
