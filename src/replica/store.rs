@@ -1103,19 +1103,20 @@ impl Store {
                 // with its times put back: its stamp said nothing): that point is marked bad
                 // (`reprise verify` reads it again), and said; this replication sends what
                 // differs.
-                if let Some(p) = points
-                    .last()
-                    .filter(|p| p.verified != Verified::Bad && p.blake3 != hex(m.whole))
-                {
+                // (One held until its freeze is confirmed included: no confirmation makes it
+                // good again.)
+                if let Some(p) = points.last().filter(|p| {
+                    (p.verified != Verified::Bad || p.pending) && p.blake3 != hex(m.whole)
+                }) {
+                    let why = "the copy read whole is not this point, while its size and times say it did not change: damaged on the recovery host's disk, or written with its times put back";
                     let mut all = self.points()?;
                     if let Some(q) = all.iter_mut().rev().find(|q| q.id == p.id) {
-                        q.verified = Verified::Bad;
-                        q.checked_at = Some(Utc::now());
+                        q.mark_unusable(why);
                     }
                     self.write_points(&all)?;
                     let said = format!(
-                        "the copy read whole is not its newest point {} (its size and times say it did not change: damaged on this disk, or written with its times put back): point {} is marked bad (`reprise verify` reads it again), and this replication sends what differs",
-                        p.id, p.id
+                        "point {} is marked unusable: {why}; this replication sends what differs",
+                        p.id
                     );
                     let n = match note.take() {
                         Some(n) => format!("{n}; {said}"),
@@ -1738,8 +1739,18 @@ impl Store {
             let n = s.diverged.len();
             let mut points = self.points()?;
             if let Some(q) = points.iter_mut().rev().find(|q| q.id == p.id) {
-                q.verified = Verified::Bad;
-                q.checked_at = Some(Utc::now());
+                match q.pending {
+                    // Held until its freeze is confirmed: no confirmation makes it good again.
+                    true => q.mark_unusable(&format!(
+                        "block {first} of the copy was found not to be what it recorded"
+                    )),
+                    // Its manifest's leaf, not the copy, may be what changed: `reprise verify`
+                    // reads it again, and finds it good if it is.
+                    false => {
+                        q.verified = Verified::Bad;
+                        q.checked_at = Some(Utc::now());
+                    }
+                }
             }
             self.write_points(&points)?;
             return Err(StoreError::Damaged {
@@ -5707,8 +5718,7 @@ mod tests {
         let (_, note) = store.base_manifest(false, false).unwrap();
         let note = note.unwrap_or_default();
         assert!(
-            note.contains("the copy read whole is not its newest point p1")
-                && note.contains("point p1 is marked bad"),
+            note.contains("point p1 is marked unusable: the copy read whole is not this point"),
             "{note}"
         );
         store
