@@ -310,7 +310,9 @@ impl Walked {
             .map(|d| format!("the folder {}/ (no file in it)", left_out_name(d)))
             .chain(links)
             .collect();
-        all.sort();
+        // Links first: a link made again by hand in the copy is used only as its point
+        // records it ([`links_unlike`]), so it must be among the lines said.
+        all.sort_by_key(|l| (!l.starts_with("the link "), l.clone()));
         let mut left_out = Vec::new();
         let mut bytes = 0;
         for line in &all {
@@ -2304,23 +2306,55 @@ fn links_unlike(root: &Path, point: &Point) -> Option<String> {
         Ok(w) => w,
         Err(e) => return Some(format!("its links cannot be read ({e})")),
     };
+    // A link that leads out of the copy never holds the point's data, whatever its text (a
+    // source's link to a path of its own leads elsewhere on this host).
     let outside = walked.others.iter().map(|(rel, _)| rel).filter(|rel| {
         std::fs::symlink_metadata(root.join(rel)).is_ok_and(|m| m.file_type().is_symlink())
     });
-    let mut unlike: Vec<String> = walked
-        .links
-        .iter()
-        .chain(outside)
-        .filter_map(|rel| {
+    let mut unlike: Vec<String> = outside
+        .map(|rel| {
             let to = std::fs::read_link(root.join(rel)).unwrap_or_default();
-            let link = format!(
-                "{} -> {}",
+            format!(
+                "{} -> {} (it leads out of the copy)",
                 left_out_name(rel),
                 left_out_name(&to.to_string_lossy())
-            );
-            (!point.left_out.contains(&format!("the link {link}"))).then_some(link)
+            )
         })
         .collect();
+    let recorded: std::collections::HashMap<&str, &str> = point
+        .left_out
+        .iter()
+        .filter_map(|l| l.strip_prefix("the link ")?.split_once(" -> "))
+        .collect();
+    let source_root = point
+        .source
+        .split_once(':')
+        .map_or(point.source.as_str(), |(_, p)| p);
+    let copy_root = std::fs::canonicalize(root).ok();
+    unlike.extend(walked.links.iter().filter_map(|rel| {
+        let to = std::fs::read_link(root.join(rel)).unwrap_or_default();
+        let (name, text) = (left_out_name(rel), left_out_name(&to.to_string_lossy()));
+        let link = format!("{name} -> {text}");
+        let want = recorded.get(name.as_str())?;
+        if *want == text {
+            return None;
+        }
+        // Written another way, to the same file of the set: as the source's resolves in
+        // the source, so this one in the copy.
+        let theirs = set_relative(rel, want, Some(source_root));
+        let ours = std::fs::canonicalize(root.join(rel)).ok().and_then(|t| {
+            let r = t.strip_prefix(copy_root.as_ref()?).ok()?;
+            Some(r.to_string_lossy().into_owned())
+        });
+        (theirs.is_none() || theirs != ours).then_some(link)
+    }));
+    // A link of a name the point does not record at all.
+    unlike.extend(walked.links.iter().filter_map(|rel| {
+        let to = std::fs::read_link(root.join(rel)).unwrap_or_default();
+        let name = left_out_name(rel);
+        (!recorded.contains_key(name.as_str()))
+            .then(|| format!("{name} -> {}", left_out_name(&to.to_string_lossy())))
+    }));
     if unlike.is_empty() {
         return None;
     }
@@ -2350,6 +2384,32 @@ fn links_unlike(root: &Path, point: &Point) -> Option<String> {
             false => recorded.join(", "),
         }
     ))
+}
+
+/// Where the link `rel` of a set, whose target is `to`, leads within the set (a path from
+/// its root), when it does: `to` relative to the link's folder, or a path under `root` (the
+/// set's folder where the link was read). Lexical, no file looked at. Pure.
+fn set_relative(rel: &str, to: &str, root: Option<&str>) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    let rest = if let Some(abs) = to.strip_prefix('/') {
+        let root = root?.trim_end_matches('/').trim_start_matches('/');
+        let under = abs.strip_prefix(root)?;
+        under.strip_prefix('/')?
+    } else {
+        parts.extend(rel.split('/'));
+        parts.pop();
+        to
+    };
+    for part in rest.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
 }
 
 /// Why a folder whose points are `points` and whose stamp is `now` is no longer point
@@ -3514,11 +3574,11 @@ mod tests {
         assert!(made.success());
         let sent = replicate(&src, &dst, "p1");
         let said = [
+            "the link pg/dangling -> gone",
+            "the link pg/latest -> base/1/16384",
             "the folder pg/deep/er/est/ (no file in it)",
             "the folder pg/pg_notify/ (no file in it)",
             "the folder pg/pg_tblspc/ (no file in it)",
-            "the link pg/dangling -> gone",
-            "the link pg/latest -> base/1/16384",
         ];
         assert_eq!(sent.left_out, said);
         let points = TreeStore::new(&dst).points().unwrap();
@@ -3612,6 +3672,83 @@ mod tests {
             std::fs::remove_file(dst.join("other")).unwrap();
         }
         store.take_lease(&lease("p2"), Some("p2"), wait).unwrap();
+    }
+
+    /// A link of the copy is judged by where it leads within the set, as the source's led
+    /// within the source: written another way to the same file passes; one that leads out of
+    /// the copy never does, even written as the source's (a path of the source's host, which
+    /// leads elsewhere on this one).
+    #[test]
+    fn a_link_of_a_set_s_copy_is_judged_by_where_it_leads_within_the_set() {
+        assert_eq!(set_relative("a/b", "../c", None).as_deref(), Some("c"));
+        assert_eq!(
+            set_relative("a/b", "./c/./d", None).as_deref(),
+            Some("a/c/d")
+        );
+        assert_eq!(
+            set_relative("x", "/srv/dumps/erp/y", Some("/srv/dumps/erp")).as_deref(),
+            Some("y")
+        );
+        assert_eq!(set_relative("x", "/etc/y", Some("/srv/dumps/erp")), None);
+        assert_eq!(
+            set_relative("x", "/srv/dumps/erpx/y", Some("/srv/dumps/erp")),
+            None
+        );
+        assert_eq!(set_relative("x", "../../etc", None), None);
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("copy");
+        std::fs::create_dir_all(copy.join("sub")).unwrap();
+        std::fs::write(copy.join("dump-12-20"), b"new").unwrap();
+        let point = Point {
+            id: "p2".into(),
+            taken_at: Utc::now(),
+            source: "nas-main:/srv/dumps/erp".into(),
+            size: 3,
+            blake3: String::new(),
+            verified: Verified::Yes,
+            checked_at: None,
+            received_bytes: 0,
+            duration_ms: 0,
+            stamp: None,
+            definition: None,
+            read: None,
+            unusable: None,
+            pending: false,
+            newest_file: None,
+            left_out: vec![
+                "the link latest -> /srv/dumps/erp/dump-12-20".into(),
+                "the link sub/up -> ../dump-12-20".into(),
+            ],
+        };
+        let link = |to: &str, name: &str| {
+            let _ = std::fs::remove_file(copy.join(name));
+            std::os::unix::fs::symlink(to, copy.join(name)).unwrap();
+        };
+        link("dump-12-20", "latest");
+        link("../dump-12-20", "sub/up");
+        assert_eq!(links_unlike(&copy, &point), None);
+        link(copy.join("dump-12-20").to_str().unwrap(), "sub/up");
+        assert_eq!(
+            links_unlike(&copy, &point),
+            None,
+            "a full path into the copy"
+        );
+        link("/etc", "latest");
+        let why = links_unlike(&copy, &point).unwrap();
+        assert!(
+            why.contains("latest -> /etc (it leads out of the copy)"),
+            "{why}"
+        );
+        link("sub", "latest");
+        let why = links_unlike(&copy, &point).unwrap();
+        assert!(
+            why.contains("latest -> sub;") || why.contains("latest -> sub"),
+            "{why}"
+        );
+        link("dump-12-20", "latest");
+        link("dump-12-20", "extra");
+        let why = links_unlike(&copy, &point).unwrap();
+        assert!(why.contains("extra -> dump-12-20"), "{why}");
     }
 
     /// Many long names left out (links named in a script of three bytes a character) still
