@@ -1293,6 +1293,85 @@ impl Store {
         })
     }
 
+    /// An update found begun (cut while it wrote the copy): each block it writes must hold
+    /// what it writes or what the copy held there before (its reverse delta); one that holds
+    /// neither was written since the cut (a vm run on the copy by hand, an edit), and
+    /// completing the update would write over it without a word. Then nothing more is
+    /// written: the update is thrown away, the copy left as it is (it counts as written
+    /// outside reprise: its stamp moved), and what the copy held before in the blocks the
+    /// update began replacing is kept beside its deltas. What was done, said; `None` when
+    /// every block is as the update or its point left it (or, without a previous point, no
+    /// delta tells).
+    fn written_since_cut(
+        &self,
+        journal: &Journal,
+        commit: &Commit,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(prev) = &commit.prev else {
+            return Ok(None);
+        };
+        let (pending, renamed) = (
+            self.path("delta.pending"),
+            self.path(&format!("deltas/{prev}.rdelta")),
+        );
+        let delta = match (pending.exists(), renamed.exists()) {
+            (true, _) => pending,
+            (false, true) => renamed,
+            (false, false) => return Ok(None),
+        };
+        let (_, slots) = read_delta(&delta)?;
+        let df = File::open(&delta).map_err(io_err(&delta))?;
+        let read_slot = |f: &File, slot: &Slot, path: &Path| -> Result<Vec<u8>, StoreError> {
+            let mut buf = vec![0u8; slot.len as usize];
+            if let Some(at) = slot.at {
+                f.read_exact_at(&mut buf, at).map_err(io_err(path))?;
+            }
+            Ok(buf)
+        };
+        let mut before: HashMap<u64, Vec<u8>> = HashMap::new();
+        for (idx, slot) in &slots {
+            before.insert(*idx, read_slot(&df, slot, &delta)?);
+        }
+        let jpath = self.path("journal");
+        let jf = File::open(&jpath).map_err(io_err(&jpath))?;
+        let mirror = File::open(&self.image).map_err(io_err(&self.image))?;
+        let len = mirror.metadata().map_err(io_err(&self.image))?.len();
+        let mut foreign: Vec<u64> = Vec::new();
+        for (idx, _, slot) in &journal.new {
+            let off = idx * BLOCK as u64;
+            let want = read_slot(&jf, slot, &jpath)?;
+            let mut now = vec![0u8; (len.saturating_sub(off)).min(BLOCK as u64) as usize];
+            mirror
+                .read_exact_at(&mut now, off)
+                .map_err(io_err(&self.image))?;
+            // As the update writes it (a short read past the end, zeros: a block of zeros).
+            let written = now == want || (now.len() < want.len() && blocks::is_zero(&want));
+            let held = match before.get(idx) {
+                Some(old) => now == *old,
+                // Beyond the copy's end before the update: nothing there yet, or zeros.
+                None => blocks::is_zero(&now),
+            };
+            if !written && !held {
+                foreign.push(*idx);
+            }
+        }
+        let Some(&first) = foreign.first() else {
+            return Ok(None);
+        };
+        let kept = self.path(&format!("deltas/{prev}.rdelta.cut"));
+        std::fs::rename(&delta, &kept).map_err(io_err(&kept))?;
+        for name in ["journal", ROLLING] {
+            remove_if_present(&self.path(name))?;
+        }
+        sync_dir(&self.dir)?;
+        Ok(Some(format!(
+            "an update into it (point {}) was cut while it wrote the copy, and {} of its blocks (the first, block {first}) hold neither what it wrote nor what they held before: written since the cut (a vm run on it by hand, an edit). Nothing more was written: the update was thrown away and the copy left as it is, a mix of point {prev}, of that update and of what was written there (it counts as written outside reprise); what it held before in the blocks the update began replacing is kept in {}",
+            commit.point.id,
+            foreign.len(),
+            kept.display()
+        )))
+    }
+
     /// Throws away a committed update that never wrote the copy ([`Self::written_after_commit`]):
     /// the copy's newest point is what it was before it.
     fn discard_update(&self, jpath: &Path) -> Result<(), StoreError> {
@@ -1336,6 +1415,11 @@ impl Store {
                 let begun = (marker.as_deref() == Some(id.as_bytes()))
                     .then(|| self.stamp())
                     .flatten();
+                if begun.is_some()
+                    && let Some(why) = self.written_since_cut(&journal, &commit)?
+                {
+                    return Ok(Some(why));
+                }
                 let done = self.roll_forward(&path, &journal, commit, Some(begun))?;
                 let note = super::point::completed_note(&id, done.unusable);
                 // What its source found its bitmap missed, and the history it ended, are said
@@ -5692,6 +5776,72 @@ mod tests {
             std::fs::read(&store.image).unwrap(),
             std::fs::read(&src).unwrap()
         );
+    }
+
+    /// An update cut while it wrote the copy, then a write by hand in a block the update
+    /// writes: completing it would write over that without a word (the whole copy would then
+    /// be the point). Each of its blocks must hold what it writes or what the copy held
+    /// before; one that holds neither stops it: thrown away, the copy left as it is, counted
+    /// as written outside reprise, what it held before kept.
+    #[test]
+    fn an_update_cut_while_it_wrote_is_never_completed_over_a_write_in_its_own_blocks() {
+        use std::os::unix::fs::FileExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        std::fs::write(&src, vec![1u8; 6 * BLOCK]).unwrap();
+        let store = Store::new(&dst);
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        let f = OpenOptions::new().write(true).open(&src).unwrap();
+        f.write_all_at(&[2u8; 2 * BLOCK], 0).unwrap();
+        drop(f);
+        store
+            .apply_until(&mut &stream_of(&src, &store)[..], point("p2"), true)
+            .unwrap();
+        // Cut once it wrote block 0; then a write by hand in block 1, which it writes too.
+        meta::write_file(&store.dir, ROLLING, b"p2", false).unwrap();
+        let f = OpenOptions::new().write(true).open(&dst).unwrap();
+        f.write_all_at(&[2u8; BLOCK], 0).unwrap();
+        f.write_all_at(b"by hand", BLOCK as u64 + 10).unwrap();
+        drop(f);
+        let written = std::fs::read(&dst).unwrap();
+        let note = store.settle().unwrap().unwrap_or_default();
+        assert!(
+            note.contains("1 of its blocks (the first, block 1) hold neither what it wrote nor what they held before")
+                && note.contains("the update was thrown away"),
+            "{note}"
+        );
+        assert_eq!(std::fs::read(&dst).unwrap(), written);
+        assert!(!store.path("journal").exists() && !store.path(ROLLING).exists());
+        assert!(store.path("deltas/p1.rdelta.cut").exists());
+        assert_eq!(store.points().unwrap().last().unwrap().id, "p1");
+        assert!(store.inspect().written_outside().is_some());
+        // A block left as it was, and one the update wrote: completed as before.
+        let other = dir.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        let store = Store::new(&other.join("dst.img"));
+        std::fs::write(&src, vec![1u8; 6 * BLOCK]).unwrap();
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        let f = OpenOptions::new().write(true).open(&src).unwrap();
+        f.write_all_at(&[2u8; 2 * BLOCK], 0).unwrap();
+        drop(f);
+        store
+            .apply_until(&mut &stream_of(&src, &store)[..], point("p2"), true)
+            .unwrap();
+        meta::write_file(&store.dir, ROLLING, b"p2", false).unwrap();
+        let f = OpenOptions::new().write(true).open(&store.image).unwrap();
+        f.write_all_at(&[2u8; BLOCK], 0).unwrap();
+        drop(f);
+        assert!(store.settle().unwrap().unwrap().contains("completed"));
+        assert_eq!(
+            std::fs::read(&store.image).unwrap(),
+            std::fs::read(&src).unwrap()
+        );
+        assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
     }
 
     /// A copy written with its modification time put back (`touch -r`, `rsync -t`), which its
