@@ -885,6 +885,9 @@ fn a_killed_recovery_helper_fails_the_run_and_leaves_the_last_point_good() {
     assert_eq!(lab.points().len(), 3, "the lab's, the first and the last");
 }
 
+/// A copy written behind its manifest with its mtime kept is hashed again by the next
+/// replication (its status change time moved), which mends it; damage that moves no time is
+/// mended by `replicate --verify`, which hashes the copy again whatever its times say.
 #[test]
 fn verify_rereads_a_copy_damaged_behind_its_manifest() {
     let lab = Lab::up(79);
@@ -892,14 +895,44 @@ fn verify_rereads_a_copy_damaged_behind_its_manifest() {
     new_image("qcow2", &src, "64M");
     qemu_io("qcow2", &src, "write -P 0x61 0 8M");
     lab.replicate();
-    // Damage that keeps size and mtime (bit rot): the manifest cannot see it.
     let dst = lab.dst();
-    let mtime = std::fs::metadata(&dst).unwrap().modified().unwrap();
-    {
+    let write_keeping_mtime = |at: u64| {
         use std::os::unix::fs::FileExt as _;
+        let mtime = std::fs::metadata(&dst).unwrap().modified().unwrap();
         let f = std::fs::OpenOptions::new().write(true).open(&dst).unwrap();
-        f.write_all_at(b"rot", 1 << 20).unwrap();
+        f.write_all_at(b"rot", at).unwrap();
         f.set_modified(mtime).unwrap();
+    };
+    // Written with its size and mtime kept (`touch -r`): its status change time moved, so
+    // the next replication hashes the copy again, sends what differs, and says that its
+    // newest point is not what it recorded.
+    write_keeping_mtime(1 << 20);
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let sent = sent_bytes(&run.stdout);
+    assert!((64 << 10..1 << 20).contains(&sent), "{sent}");
+    assert!(
+        format!("{}{}", run.stdout, run.stderr).contains("is marked unusable"),
+        "{run:?}"
+    );
+    assert_eq!(b3(&dst), b3(&src));
+    // Damage that moves no time at all (bit rot), shown by giving the saved manifest's key
+    // the copy's times as they are now: the manifest cannot see it.
+    write_keeping_mtime(2 << 20);
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(&dst).unwrap();
+        let key = format!(
+            "{} {}.{:09} {} {}.{:09}",
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ino(),
+            m.ctime(),
+            m.ctime_nsec()
+        );
+        let meta = dst.with_file_name("erp-db-data.qcow2.reprise");
+        std::fs::write(meta.join("stamp"), key).unwrap();
     }
     let sent = lab.replicate();
     assert!(sent < 64 << 10, "{sent}");
