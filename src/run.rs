@@ -1074,6 +1074,22 @@ pub fn judge_elsewhere(mode: Mode, found: &[Elsewhere], force: bool) -> Judged {
                 "vm {vm} ran on its recovery copies on {there} since failover run {}: they hold its newest data, and a restore would start it on {here} from its disks of before; {back} (if its data came back by other means, `reprise release {vm}` first)",
                 runs.join(", ")
             )),
+            // The recovery host answers, but the copies (and the leases beside them) cannot
+            // be read (its storage not mounted after the power cut, say): as a lease that
+            // cannot be read, refused unless forced.
+            Some(Err(why))
+                if mode == Mode::Restore && e.away.is_none() && e.running.0 == Some(false) =>
+            {
+                if force {
+                    forced.push(format!(
+                        "vm {vm}: its recovery copies on {there} cannot be read ({why}); started on {here} from its disks of before, as forced (--force): if a failover left it running there, what it wrote there is not in them"
+                    ));
+                } else {
+                    refused.push(format!(
+                        "vm {vm}: its recovery copies on {there} cannot be read ({why}), nor the leases beside them: a failover's may be among them, and then its newest data is there and a restore would start it on {here} from its disks of before: make them readable on {there} (mount its storage) and run the restore again; if vm {vm} never ran there, or nothing it wrote there is to be kept, `reprise restore --force` starts it from its disks on {here}"
+                    ));
+                }
+            }
             Some(Err(why)) if e.away.is_none() => warned.push(format!(
                 "whether a failover left vm {vm}'s newest data on its recovery copies on {there} could not be read ({why}): if one did, fail back instead of restoring"
             )),
@@ -1220,6 +1236,23 @@ fn forced_in(events: &[Event]) -> impl Iterator<Item = String> + '_ {
         .cloned()
 }
 
+/// Whether `host`'s SSH port takes a TCP connection within two seconds (a host taken as down
+/// that may have come back).
+fn answers_now(model: &Model, host: &str) -> bool {
+    use std::net::ToSocketAddrs as _;
+    let Some(h) = model.inventory.hosts.get(host) else {
+        return false;
+    };
+    (h.address.as_str(), h.port)
+        .to_socket_addrs()
+        .map(|mut addrs| {
+            addrs.any(|a| {
+                std::net::TcpStream::connect_timeout(&a, StdDuration::from_secs(2)).is_ok()
+            })
+        })
+        .unwrap_or(false)
+}
+
 /// How long a recovery host that did not answer a restore's question is taken as down.
 const DOWN_FOR: StdDuration = StdDuration::from_secs(120);
 
@@ -1227,6 +1260,10 @@ impl runner::OtherSite for RestoreGuard {
     fn judge(&self, step: &PlannedStep) -> runner::OtherSiteSays {
         let mut known = self.down.lock().unwrap_or_else(|e| e.into_inner());
         known.retain(|_, (since, _)| since.elapsed() < DOWN_FOR);
+        // A host that came back since (a recovery host booting after the power cut, now
+        // running a vm a failover left there) is asked again: its SSH port is knocked on,
+        // which costs seconds at most, not a connection's timeout.
+        known.retain(|host, _| !answers_now(&self.model, host));
         let mut down: HashMap<String, String> = known
             .iter()
             .map(|(h, (_, why))| (h.clone(), why.clone()))
@@ -4891,6 +4928,41 @@ mod elsewhere_tests {
         assert!(refused.is_empty(), "{refused:?}");
         assert_eq!(warned.len(), 2, "{warned:?}");
         assert!(warned[1].contains("no route to host"), "{warned:?}");
+        // It answers, but its copies cannot be read (its storage not mounted after the power
+        // cut): the leases beside them neither, so refused as a lease that cannot be read;
+        // forced, said as forced.
+        let unmounted = found(
+            Some(false),
+            Some(Err("its copy /srv/replicas/images/erp-db-data.qcow2 is not there (its storage not mounted?)".into())),
+        );
+        let (refused, _) = judge(Mode::Restore, std::slice::from_ref(&unmounted));
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0].contains("its recovery copies on hv-pra cannot be read")
+                && refused[0].contains("`reprise restore --force`"),
+            "{refused:?}"
+        );
+        let forced = judge_elsewhere(Mode::Restore, &[unmounted], true);
+        assert!(
+            forced.refused.is_empty() && forced.forced.len() == 1,
+            "{forced:?}"
+        );
+    }
+
+    /// A host taken as down is asked again once its SSH port takes a connection (a recovery
+    /// host back from the power cut); a port nobody listens on does not.
+    #[test]
+    fn a_host_taken_as_down_is_asked_again_once_its_port_answers() {
+        let mut model = crate::check::example();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let host = model.inventory.hosts.get_mut("hv-pra").unwrap();
+        host.address = "127.0.0.1".into();
+        host.port = port;
+        assert!(answers_now(&model, "hv-pra"));
+        drop(listener);
+        assert!(!answers_now(&model, "hv-pra"));
+        assert!(!answers_now(&model, "no-such-host"));
     }
 
     /// A recovery copy whose leases cannot be read (a damaged lease file, a leases folder
