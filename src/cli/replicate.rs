@@ -775,6 +775,16 @@ fn replicate_all(
             left.push(&vm.id);
             continue;
         }
+        // One replication of it at a time on this machine (a round and one run by hand).
+        let _held = match hold_item(vm, &stopped, &mut out) {
+            Ok(held) => held,
+            Err(e) => {
+                out.stderr
+                    .push_str(&format!("error: {}: {e}; not replicated now\n", vm.id));
+                out.code = exit::FAILED;
+                continue;
+            }
+        };
         if let Some(inv) = guest_copies(model, vm) {
             let Ok(definition) = capture_definition(model, &helpers, vm, &mut out) else {
                 continue;
@@ -906,6 +916,25 @@ fn replicate_all(
 /// Every host the copies of `vms` are read from or written to, once each, with how many
 /// disks of one vm at most read from it and write to it at once (the disks of a vm stream
 /// together, the vms one after the other).
+/// Holds the replication of `vm` on this machine ([`crate::replica::busy`]), keyed by its
+/// first disk or folder on its primary host, waiting (said) while another process
+/// replicates it.
+fn hold_item(
+    vm: &VmImages,
+    stopped: &dyn Fn() -> bool,
+    out: &mut Outcome,
+) -> Result<Option<std::fs::File>, String> {
+    let Some(first) = vm.images.first() else {
+        return Ok(None);
+    };
+    let source = format!("{}:{}", first.from, first.src);
+    crate::replica::busy::hold(&vm.id, &source, stopped, &mut |said| {
+        eprintln!("{}: {said}", vm.id);
+        out.stdout.push_str(&format!("{}: {said}\n", vm.id));
+    })
+    .map(Some)
+}
+
 fn hosts_of(vms: &[VmImages]) -> Vec<HostUse<'_>> {
     let mut hosts: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
     for vm in vms {

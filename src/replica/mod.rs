@@ -22,6 +22,7 @@
 pub mod batch;
 pub mod beneath;
 pub mod blocks;
+pub mod busy;
 pub mod cbt;
 pub mod choice;
 pub mod definitions;

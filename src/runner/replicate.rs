@@ -35,6 +35,38 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
         let e = "its copies are raw images of the disks as the guest sees them (changed_blocks): copying them back over the primary's disks is not done by reprise yet; convert each copy by hand (qemu-img convert -O qcow2 COPY DISK) with the vm stopped".to_string();
         return run.outcome(StepStatus::Failed, 1, Some(e));
     }
+    // One replication of it at a time on this machine: a round of `replicate --every`
+    // beside this step would take its freeze or snapshot for one left by a killed run.
+    let (name, first) = match what {
+        Replicated::Vm(vm) => (vm.clone(), items.first().map(|(src, _)| src.clone())),
+        Replicated::Backup(set) => (set.clone(), items.first().map(|(src, _)| src.clone())),
+    };
+    let _held = match first {
+        Some(src) => {
+            let (source, stop) = (format!("{from_host}:{src}"), run.shutdown.clone());
+            let (tx, stepped) = (run.tx.clone(), step.id.clone());
+            let held = tokio::task::spawn_blocking(move || {
+                crate::replica::busy::hold(&name, &source, &|| *stop.borrow(), &mut |said| {
+                    let _ = tx.send(super::context::Msg::Event(Event::StepOutput {
+                        at: Utc::now(),
+                        step: stepped.clone(),
+                        attempt: 1,
+                        stdout: format!("{said}\n"),
+                        stderr: String::new(),
+                        exit_code: None,
+                    }));
+                })
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            match held {
+                Ok(f) => Some(f),
+                Err(e) => return failed(run, step, String::new(), e),
+            }
+        }
+        None => None,
+    };
     // A snapshot left on the source by an interrupted replication: the disks are stale (the
     // vm wrote to the overlay), so it is merged back before they are read.
     let mut report = match snapshot {

@@ -4482,6 +4482,89 @@ fn what_a_backup_set_copy_leaves_out_is_said_where_it_is_seen() {
     );
 }
 
+/// Two replications of erp-db at once on one machine (a timer's round and one run by hand):
+/// the second waits for the first to end, so that it never takes the first's freeze for one
+/// left by a killed run and thaws it under the first's reads. hv-main's driver holds the
+/// first's freeze; its calls, in order, are never interleaved.
+#[test]
+fn a_second_replication_of_a_vm_waits_for_the_first() {
+    let lab = Lab::up(189);
+    let bin = lab.lab().join("hosts/hv-main/bin/lab-vm");
+    let real = bin.with_extension("real");
+    let (calls, go) = (lab.lab().join("calls"), lab.lab().join("freeze-wait"));
+    std::fs::rename(&bin, &real).unwrap();
+    std::fs::write(&go, b"").unwrap();
+    std::fs::write(
+        &bin,
+        format!(
+            "#!/bin/sh\nif [ \"$2\" = erp-db ]; then echo \"$1\" >> '{calls}'; fi\nif [ \"$1\" = freeze ] && [ \"$2\" = erp-db ]; then while [ -e '{go}' ]; do sleep 0.05; done; fi\nexec '{real}' \"$@\"\n",
+            calls = calls.display(),
+            go = go.display(),
+            real = real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let said = |what: &str| {
+        std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == what)
+            .count()
+    };
+    let mut first = lab.spawn(&["replicate", "--service", "erp-db"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while said("freeze") == 0 {
+        assert!(Instant::now() < deadline, "the first did not freeze");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_reprise"))
+        .args(lab.args(&["replicate", "--service", "erp-db"]))
+        .envs(LAB_SECRETS.iter().copied())
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        said("snapshot-check"),
+        1,
+        "the second asked while the first was frozen"
+    );
+    std::fs::remove_file(&go).unwrap();
+    assert!(first.wait().unwrap().success());
+    let out = second.wait_with_output().unwrap();
+    std::fs::rename(&real, &bin).unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("another replication of erp-db runs on this machine"),
+        "{stdout}{stderr}"
+    );
+    let order: Vec<String> = std::fs::read_to_string(&calls)
+        .unwrap()
+        .lines()
+        .filter(|l| ["snapshot-check", "freeze", "thaw"].contains(l))
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "snapshot-check",
+            "freeze",
+            "thaw",
+            "snapshot-check",
+            "freeze",
+            "thaw"
+        ],
+        "{order:?}"
+    );
+}
+
 /// A drill keeps the copies of the backup sets it proved leased until its cleanup is over:
 /// a replication of erp-dumps while the drill runs (here, while its cleanup is held) is
 /// refused, naming the drill, so its steps never read files of another point; once the
