@@ -828,7 +828,7 @@ mod tests {
             "libvirt drill-start: awk grep ip mkdir qemu-img sed virsh",
             "libvirt drill-network-check: awk grep ip sed virsh",
             "libvirt drill-stop: grep rm rmdir virsh",
-            "libvirt replicate-check: awk sort virsh",
+            "libvirt replicate-check: awk grep sort virsh",
             "libvirt replicate-begin: virsh",
             "libvirt replicate-end: awk grep qemu-img rm sed virsh virt-xml",
             "proxmox definition: qm",
@@ -925,6 +925,70 @@ mod tests {
     #[test]
     fn libvirt_s_snapshot_hooks_fail_when_the_domain_s_disks_cannot_be_listed() {
         libvirt_s_snapshot_hooks_find_the_overlay_of("data.qcow2", Domain::Unlisted);
+    }
+    /// A domain whose disk is another file than the one the inventory names (moved by a
+    /// `virsh blockcopy`, the running domain only, or an external snapshot of another tool):
+    /// libvirt's `replicate-check` refuses, naming the file, so that no replication reads a
+    /// file the vm no longer writes and makes points of it.
+    #[test]
+    fn libvirt_s_replicate_check_refuses_a_disk_file_the_domain_does_not_use() {
+        let doc: toml::Table = crate::inventory::BUILTIN_DRIVERS.parse().unwrap();
+        let check = doc["drivers"]["libvirt"]["replicate-check"]
+            .as_str()
+            .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, bin) = (tmp.path().join("images"), tmp.path().join("bin"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&bin).unwrap();
+        let q = |s: &str| crate::template::shell_quote(s);
+        let run = |running: &str, defined: &str| {
+            let virsh = bin.join("virsh");
+            std::fs::write(
+                &virsh,
+                format!(
+                    "#!/bin/sh\ncase \"$1\" in\ndomstate) echo running;;\ndomblklist) printf ' Type Device Target Source\\n------\\n'; case \"$*\" in *--inactive*) s={defined};; *) s={running};; esac; printf ' file disk vda %s\\n' \"$s\";;\nesac\n",
+                    running = q(running),
+                    defined = q(defined)
+                ),
+            )
+            .unwrap();
+            let mut perms = std::fs::metadata(&virsh).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+            std::fs::set_permissions(&virsh, perms).unwrap();
+            let text = check
+                .replace("{{ vm.name }}", "app")
+                .replace("{{ host.images_dir }}", &q(dir.to_str().unwrap()))
+                .replace("{{ vm.disks }}", "app.qcow2");
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(text)
+                .env(
+                    "PATH",
+                    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+                )
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        };
+        let disk = dir.join("app.qcow2").to_string_lossy().into_owned();
+        let (code, err) = run(&disk, &disk);
+        assert_eq!(code, Some(0), "{err}");
+        for (running, defined) in [
+            ("/elsewhere/app.qcow2", disk.as_str()),
+            (disk.as_str(), "/elsewhere/app.qcow2"),
+        ] {
+            let (code, err) = run(running, defined);
+            assert_eq!(code, Some(2), "{err}");
+            assert!(
+                err.contains(&format!(
+                    "{disk} is not a disk of domain app as it runs and as it is defined"
+                )),
+                "{err}"
+            );
+        }
     }
     #[derive(Clone, Copy, PartialEq)]
     enum Domain {
