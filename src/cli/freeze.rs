@@ -611,11 +611,20 @@ fn at_once<'t>(
         snapshot.end = hook("replicate-end");
     }
     let definition = match (id, &capture) {
-        (Some(i), Some((_, _, format))) => match ran.get(i).filter(|r| r.exit_code == 0) {
-            None => {
+        (Some(i), Some((_, _, format))) => match ran.get(i) {
+            Some(r) if r.exit_code != 0 => {
                 // Not begun: the batch stopped at the definition.
                 snapshot.end = None;
                 return AtOnce::From(Stage::Definition);
+            }
+            None => {
+                // Its end was not seen (its output cut short, say): whether the steps after
+                // it ran is not known. The snapshot's end runs as `snapshot` goes (merging
+                // back whatever was begun), and the steps are done again from the check.
+                if ib.is_some() {
+                    *frozen = true;
+                }
+                return AtOnce::From(Stage::Settle);
             }
             Some(r) => {
                 let first = &vm.images[0];

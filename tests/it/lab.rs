@@ -4482,6 +4482,36 @@ fn what_a_backup_set_copy_leaves_out_is_said_where_it_is_seen() {
     );
 }
 
+/// The steps before the copy go to hv-main as one command; when a step's end is not seen
+/// (its output cut at the limit reprise reads: here the definition writes 20 KiB of warnings),
+/// whether the steps after it ran is not known: the freeze they may have made is undone, and
+/// the steps are done again one at a time. Every freeze is thawed, and the vm is copied.
+#[test]
+fn a_step_before_the_copy_whose_end_is_not_seen_leaves_no_freeze_behind() {
+    let lab = Lab::up(190);
+    let bin = lab.lab().join("hosts/hv-main/bin/lab-vm");
+    let real = bin.with_extension("real");
+    let calls = lab.lab().join("calls");
+    std::fs::rename(&bin, &real).unwrap();
+    std::fs::write(
+        &bin,
+        format!(
+            "#!/bin/sh\nif [ \"$2\" = erp-db ]; then echo \"$1\" >> '{calls}'; fi\nif [ \"$1\" = definition ]; then head -c 20480 /dev/zero | tr '\\0' w >&2; fi\nexec '{real}' \"$@\"\n",
+            calls = calls.display(),
+            real = real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    std::fs::rename(&real, &bin).unwrap();
+    assert_eq!(run.code, 0, "{run:?}");
+    let log = std::fs::read_to_string(&calls).unwrap();
+    let count = |what: &str| log.lines().filter(|l| *l == what).count();
+    assert!(count("freeze") >= 1, "{log}");
+    assert_eq!(count("freeze"), count("thaw"), "{log}");
+}
+
 /// Two replications of erp-db at once on one machine (a timer's round and one run by hand):
 /// the second waits for the first to end, so that it never takes the first's freeze for one
 /// left by a killed run and thaws it under the first's reads. hv-main's driver holds the
