@@ -51,6 +51,15 @@ pub fn hold(
     loop {
         match file.try_lock() {
             Ok(()) => {
+                // After one that ran: its points were taken in a second already begun, and
+                // point ids are to the second (a copy refuses a second point of one id).
+                if told {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    let rest = 1_000_000_000 - u64::from(now.subsec_nanos());
+                    std::thread::sleep(std::time::Duration::from_nanos(rest + 1_000_000));
+                }
                 // Who holds it, for the one that waits (best effort).
                 let _ = file.set_len(0);
                 let _ = std::io::Write::write_all(

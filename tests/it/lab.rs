@@ -3506,20 +3506,15 @@ fn a_resumed_failover_killed_in_its_start_never_starts_from_a_final_sync_the_pri
 fn an_emergency_failover_cut_before_its_start_journaled_its_point_starts_again_whole() {
     let lab = Lab::up(187);
     lab.primary_lost(&["erp-db"]);
-    let bin = lab.lab().join("hosts/hv-pra/bin/lab-vm");
-    let real = bin.with_extension("real");
     let held = lab.lab().join("define-held");
-    std::fs::rename(&bin, &real).unwrap();
-    std::fs::write(
-        &bin,
-        format!(
-            "#!/bin/sh\nif [ \"$1\" = define ] && [ \"$2\" = erp-db ]; then echo $$ > '{}'; exec sleep 600; fi\nexec '{}' \"$@\"\n",
-            held.display(),
-            real.display()
+    let wrapped = wrap_lab_vm(
+        &lab,
+        "hv-pra",
+        &format!(
+            "if [ \"$1\" = define ] && [ \"$2\" = erp-db ]; then echo $$ > '{}'; exec sleep 600; fi",
+            held.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let args = [
         "failover",
         "--emergency",
@@ -3556,7 +3551,7 @@ fn an_emergency_failover_cut_before_its_start_journaled_its_point_starts_again_w
     assert!(killed.status.success(), "{killed:?}");
     let _ = child.wait();
     let _ = tool("kill", &["-KILL", &pid]);
-    std::fs::rename(&real, &bin).unwrap();
+    wrapped.restore();
 
     let mut resumed = lab.spawn(&["resume", "latest", "--no-prompt"]);
     let mut exit = None;
@@ -3582,6 +3577,42 @@ fn an_emergency_failover_cut_before_its_start_journaled_its_point_starts_again_w
         .collect();
     assert_eq!(used.len(), 1, "{used:#?}");
     assert_eq!(erp_db_on(&lab, "hv-pra"), "running");
+}
+
+/// `host`'s `lab-vm` with `script` (sh) run first, given its arguments, the real one as
+/// `$REAL`, which it then runs (`exec "$REAL" "$@"`) unless the script exits: the real one is
+/// put back when the guard goes ([`LabVmWrapped::restore`], or its drop).
+fn wrap_lab_vm(lab: &Lab, host: &str, script: &str) -> LabVmWrapped {
+    let bin = lab.lab().join(format!("hosts/{host}/bin/lab-vm"));
+    let real = bin.with_extension("real");
+    std::fs::rename(&bin, &real).unwrap();
+    std::fs::write(
+        &bin,
+        format!(
+            "#!/bin/sh\nREAL='{}'\n{script}\nexec \"$REAL\" \"$@\"\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    LabVmWrapped { bin, real }
+}
+
+/// A host's `lab-vm` wrapped by [`wrap_lab_vm`].
+struct LabVmWrapped {
+    bin: PathBuf,
+    real: PathBuf,
+}
+
+impl LabVmWrapped {
+    /// The real `lab-vm` back in its place.
+    fn restore(self) {}
+}
+
+impl Drop for LabVmWrapped {
+    fn drop(&mut self) {
+        let _ = std::fs::rename(&self.real, &self.bin);
+    }
 }
 
 /// A planned failover of erp-db alone, killed (SIGKILL) in erp-db's start on hv-pra, after its
@@ -4489,22 +4520,17 @@ fn what_a_backup_set_copy_leaves_out_is_said_where_it_is_seen() {
 #[test]
 fn a_step_before_the_copy_whose_end_is_not_seen_leaves_no_freeze_behind() {
     let lab = Lab::up(190);
-    let bin = lab.lab().join("hosts/hv-main/bin/lab-vm");
-    let real = bin.with_extension("real");
     let calls = lab.lab().join("calls");
-    std::fs::rename(&bin, &real).unwrap();
-    std::fs::write(
-        &bin,
-        format!(
-            "#!/bin/sh\nif [ \"$2\" = erp-db ]; then echo \"$1\" >> '{calls}'; fi\nif [ \"$1\" = definition ]; then head -c 20480 /dev/zero | tr '\\0' w >&2; fi\nexec '{real}' \"$@\"\n",
-            calls = calls.display(),
-            real = real.display()
+    let wrapped = wrap_lab_vm(
+        &lab,
+        "hv-main",
+        &format!(
+            "if [ \"$2\" = erp-db ]; then echo \"$1\" >> '{}'; fi\nif [ \"$1\" = definition ]; then head -c 20480 /dev/zero | tr '\\0' w >&2; fi",
+            calls.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let run = lab.run(&["replicate", "--service", "erp-db"]);
-    std::fs::rename(&real, &bin).unwrap();
+    wrapped.restore();
     assert_eq!(run.code, 0, "{run:?}");
     let log = std::fs::read_to_string(&calls).unwrap();
     let count = |what: &str| log.lines().filter(|l| *l == what).count();
@@ -4519,22 +4545,17 @@ fn a_step_before_the_copy_whose_end_is_not_seen_leaves_no_freeze_behind() {
 #[test]
 fn a_second_replication_of_a_vm_waits_for_the_first() {
     let lab = Lab::up(189);
-    let bin = lab.lab().join("hosts/hv-main/bin/lab-vm");
-    let real = bin.with_extension("real");
     let (calls, go) = (lab.lab().join("calls"), lab.lab().join("freeze-wait"));
-    std::fs::rename(&bin, &real).unwrap();
     std::fs::write(&go, b"").unwrap();
-    std::fs::write(
-        &bin,
-        format!(
-            "#!/bin/sh\nif [ \"$2\" = erp-db ]; then echo \"$1\" >> '{calls}'; fi\nif [ \"$1\" = freeze ] && [ \"$2\" = erp-db ]; then while [ -e '{go}' ]; do sleep 0.05; done; fi\nexec '{real}' \"$@\"\n",
+    let wrapped = wrap_lab_vm(
+        &lab,
+        "hv-main",
+        &format!(
+            "if [ \"$2\" = erp-db ]; then echo \"$1\" >> '{calls}'; fi\nif [ \"$1\" = freeze ] && [ \"$2\" = erp-db ]; then while [ -e '{go}' ]; do sleep 0.05; done; fi",
             calls = calls.display(),
-            go = go.display(),
-            real = real.display()
+            go = go.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let said = |what: &str| {
         std::fs::read_to_string(&calls)
             .unwrap_or_default()
@@ -4565,7 +4586,7 @@ fn a_second_replication_of_a_vm_waits_for_the_first() {
     std::fs::remove_file(&go).unwrap();
     assert!(first.wait().unwrap().success());
     let out = second.wait_with_output().unwrap();
-    std::fs::rename(&real, &bin).unwrap();
+    wrapped.restore();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -4602,22 +4623,17 @@ fn a_second_replication_of_a_vm_waits_for_the_first() {
 #[test]
 fn a_drill_holds_its_backup_set_copies_until_its_cleanup_is_over() {
     let lab = Lab::up(188);
-    let bin = lab.lab().join("hosts/hv-pra/bin/lab-vm");
-    let real = bin.with_extension("real");
     let (held, go) = (lab.lab().join("stop-held"), lab.lab().join("stop-wait"));
-    std::fs::rename(&bin, &real).unwrap();
     std::fs::write(&go, b"").unwrap();
-    std::fs::write(
-        &bin,
-        format!(
-            "#!/bin/sh\nif [ \"$1\" = stop ] && [ \"$2\" = drill-erp-db ]; then echo $$ > '{}'; while [ -e '{}' ]; do sleep 0.05; done; fi\nexec '{}' \"$@\"\n",
+    let wrapped = wrap_lab_vm(
+        &lab,
+        "hv-pra",
+        &format!(
+            "if [ \"$1\" = stop ] && [ \"$2\" = drill-erp-db ]; then echo $$ > '{}'; while [ -e '{}' ]; do sleep 0.05; done; fi",
             held.display(),
-            go.display(),
-            real.display()
+            go.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let mut drill = lab.spawn(&[
         "drill",
         "--service",
@@ -4661,7 +4677,7 @@ fn a_drill_holds_its_backup_set_copies_until_its_cleanup_is_over() {
     assert_eq!(held_leases.len(), 1, "{held_leases:?}");
     std::fs::remove_file(&go).unwrap();
     let status = drill.wait().unwrap();
-    std::fs::rename(&real, &bin).unwrap();
+    wrapped.restore();
     assert!(status.success(), "{status:?} {:#?}", lab.journal());
     let after = lab.run(&["replicate", "--service", "erp-dumps"]);
     assert_eq!(after.code, 0, "{after:?}");
