@@ -1313,8 +1313,8 @@ mod tests {
     }
 
     /// Where a vm's health check asks its driver whether the vm runs: on the side the mode
-    /// brings up (a drill: its copy), and, in a failover or a failback, on the side it
-    /// leaves; a check of a host (dc-pra) proves no vm.
+    /// brings up (a drill: its copy), and, in a failover, a failback or a restore, on the
+    /// other side; a check of a host (dc-pra) proves no vm.
     #[test]
     fn a_vm_s_health_check_asks_where_the_run_brings_it_up_and_where_it_leaves_it() {
         let model = example();
@@ -1351,9 +1351,15 @@ mod tests {
                 Some(status("hv-pra", "erp-app"))
             ))
         );
+        // A restore asks the recovery side too: a vm a failover left running there (or
+        // autostarted there since) beside the one restored is a split brain.
         assert_eq!(
             instance(Mode::Restore, "erp-db/healthy"),
-            Some(("vm erp-db".into(), status("hv-main", "erp-db"), None))
+            Some((
+                "vm erp-db".into(),
+                status("hv-main", "erp-db"),
+                Some(status("hv-pra", "erp-db"))
+            ))
         );
         assert_eq!(
             instance(Mode::Drill, "directory/healthy-dc2"),

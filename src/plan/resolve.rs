@@ -432,7 +432,7 @@ impl<'a> StepAt<'a> {
             Side::Primary => Side::Recovery,
             Side::Recovery => Side::Primary,
         };
-        let left = matches!(mode, Mode::Failover | Mode::Failback)
+        let left = matches!(mode, Mode::Failover | Mode::Failback | Mode::Restore)
             .then(|| vm_action_command(model, self.service, vm, other, "status", run_id))
             .flatten();
         Some(Some(Instance {

@@ -102,6 +102,9 @@ async fn other_site_refuses(
     if refused.is_empty() && said.is_empty() && forced.is_empty() {
         return None;
     }
+    // What is only said (a recovery host that could not be asked, say) goes to the report's
+    // problems too, not only to the step's output.
+    let warned = said.clone();
     if !forced.is_empty() {
         // Who passed it, in the journal the report reads, before the vm starts.
         run.send(Event::ReadinessForced {
@@ -132,6 +135,16 @@ async fn other_site_refuses(
         exit_code: None,
     });
     if refused.is_empty() {
+        if !warned.is_empty() {
+            run.send(Event::OtherSite {
+                at: Utc::now(),
+                said: warned,
+                step: Some(step.id.clone()),
+                refused: false,
+                diverged: Vec::new(),
+                unasked: Vec::new(),
+            });
+        }
         return None;
     }
     run.send(Event::OtherSite {

@@ -2080,6 +2080,27 @@ fn a_restore_step_asks_the_other_site_again_before_it_starts_a_vm() {
             "{}",
             said("web/start")
         );
+        // ... and journaled for the report's problems, not as a refusal.
+        let warned: Vec<_> = sink
+            .0
+            .iter()
+            .filter_map(|e| match e {
+                Event::OtherSite {
+                    step: Some(step),
+                    refused: false,
+                    said,
+                    ..
+                } => Some((step.clone(), said.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            warned,
+            [(
+                "web/start".to_string(),
+                vec!["whether vm web runs on hv-pra could not be asked".to_string()]
+            )]
+        );
         // Forced: journaled as such, by whom, before its start; said; started.
         assert_eq!(sink.status("erp/start"), Some(StepStatus::Done));
         let forced: Vec<(String, Vec<String>)> = sink
