@@ -41,7 +41,8 @@ Examples:
 
 Exit codes: 0 ok, 1 run failed or partial, 2 usage, 3 invalid inventory or runbooks,
 4 cannot read or write files, 5 another run holds the lock, 6 split brain (a failback refused:
-service on both sites, or running on the primary; or a health check found its vm on both sites), 7 not ready (reprise check), 8 RPO target missed (reprise status), 130 interrupted (resume it).";
+service on both sites, or running on the primary; a restore refused: the vm running, or its
+newest data possibly left, on its recovery host; or a health check found its vm on both sites), 7 not ready (reprise check), 8 RPO target missed (reprise status), 130 interrupted (resume it).";
 
 /// reprise: disaster recovery for small IT teams. Drills, failovers, restores and failbacks
 /// driven by a dependency graph of services.
