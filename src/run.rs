@@ -2480,22 +2480,16 @@ fn as_replicated_fix(service: &str) -> String {
 /// one that cannot be is left (a replication of the set says so, and `reprise release SET`
 /// frees it).
 fn give_back_drill_sets(plan: &Plan, transport: &dyn Transport) {
-    use crate::replica::start::Copies as _;
-    let copies = crate::replica::start::Remote::new(transport);
-    for step in &plan.steps {
-        if let plan::Action::BackupCopy(c) = &step.action_spec
-            && !c.failover
-        {
-            let paths = [c.path.clone()];
-            if let Err(e) = copies.release(
-                &c.host,
-                &paths,
-                Some(&plan.run_id),
-                Some(crate::replica::LeaseKind::Drill),
-            ) {
-                tracing::warn!(set = c.set, error = %e, "the drill's lease could not be given back");
-            }
-        }
+    let copies: Vec<(String, plan::BackupUse)> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action_spec {
+            plan::Action::BackupCopy(c) if !c.failover => Some((s.id.clone(), c.clone())),
+            _ => None,
+        })
+        .collect();
+    for (_, why) in runner::backup::give_back_sets(transport, &plan.run_id, &copies) {
+        tracing::warn!("{why}");
     }
 }
 

@@ -2335,7 +2335,10 @@ fn links_unlike(root: &Path, point: &Point) -> Option<String> {
         let to = std::fs::read_link(root.join(rel)).unwrap_or_default();
         let (name, text) = (left_out_name(rel), left_out_name(&to.to_string_lossy()));
         let link = format!("{name} -> {text}");
-        let want = recorded.get(name.as_str())?;
+        // A link of a name the point does not record at all.
+        let Some(want) = recorded.get(name.as_str()) else {
+            return Some(link);
+        };
         if *want == text {
             return None;
         }
@@ -2347,13 +2350,6 @@ fn links_unlike(root: &Path, point: &Point) -> Option<String> {
             Some(r.to_string_lossy().into_owned())
         });
         (theirs.is_none() || theirs != ours).then_some(link)
-    }));
-    // A link of a name the point does not record at all.
-    unlike.extend(walked.links.iter().filter_map(|rel| {
-        let to = std::fs::read_link(root.join(rel)).unwrap_or_default();
-        let name = left_out_name(rel);
-        (!recorded.contains_key(name.as_str()))
-            .then(|| format!("{name} -> {}", left_out_name(&to.to_string_lossy())))
     }));
     if unlike.is_empty() {
         return None;

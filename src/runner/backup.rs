@@ -121,26 +121,34 @@ pub(super) async fn give_back_drilled(
     copies: Vec<(String, BackupUse)>,
 ) -> Vec<(String, String)> {
     let (transport, run_id) = (ctx.transport.clone(), ctx.plan.run_id.clone());
-    tokio::task::spawn_blocking(move || {
-        let remote = Remote::new(transport.as_ref());
-        copies
-            .iter()
-            .filter_map(|(step, c)| {
-                let paths = [c.path.clone()];
-                remote
-                    .release(&c.host, &paths, Some(&run_id), Some(crate::replica::LeaseKind::Drill))
-                    .err()
-                    .map(|e| {
-                        (step.clone(), format!(
-                            "backup set {}: the drill's lease on its copy {}:{} could not be given back ({e}); `reprise release {}` frees it",
-                            c.set, c.host, c.path, c.set
-                        ))
-                    })
-            })
-            .collect()
-    })
-    .await
-    .unwrap_or_default()
+    tokio::task::spawn_blocking(move || give_back_sets(transport.as_ref(), &run_id, &copies))
+        .await
+        .unwrap_or_default()
+}
+
+/// Gives back the drill leases of run `run_id` on the backup sets' copies `copies` (each with
+/// its step): for each that could not be, its step and what to say.
+pub fn give_back_sets(
+    transport: &dyn crate::ssh::Transport,
+    run_id: &str,
+    copies: &[(String, BackupUse)],
+) -> Vec<(String, String)> {
+    let remote = Remote::new(transport);
+    copies
+        .iter()
+        .filter_map(|(step, c)| {
+            let paths = [c.path.clone()];
+            remote
+                .release(&c.host, &paths, Some(run_id), Some(crate::replica::LeaseKind::Drill))
+                .err()
+                .map(|e| {
+                    (step.clone(), format!(
+                        "backup set {}: the drill's lease on its copy {}:{} could not be given back ({e}); `reprise release {}` frees it",
+                        c.set, c.host, c.path, c.set
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// Why the run does not rely on the copy: the set, its host and folder, and what to do.

@@ -11,7 +11,7 @@
 //! [`hooks`] holds a replication's driver hooks, [`rollback`] undoes a failed switch, [`record`]
 //! journals and reads back, [`context`] is what a run is given. None of them imports this file.
 
-mod backup;
+pub mod backup;
 mod check;
 mod context;
 mod define;
