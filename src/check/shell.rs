@@ -843,7 +843,7 @@ mod tests {
             "proxmox drill-start: awk grep ip mkdir pvesm qemu-img qm readlink",
             "proxmox drill-network-check: awk ip",
             "proxmox drill-stop: grep qemu-img qm rm rmdir",
-            "proxmox replicate-check: qm",
+            "proxmox replicate-check: awk pvesm qm readlink",
             "proxmox replicate-begin: qm rm sleep stat",
             "proxmox replicate-end: find qm rm",
             "lab start: lab-vm",

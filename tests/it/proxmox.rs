@@ -1679,3 +1679,68 @@ fn a_proxmox_drill_never_starts_a_copy_that_refers_to_another_file() {
         "an overlay was made: {drill:?}"
     );
 }
+
+/// `qm move-disk` without `--delete` leaves the old volume (as `unused0`) where the inventory
+/// names the disk, and the vm writes another: a replication that read the old file would
+/// make good points every round of data the vm no longer writes. `replicate-check` refuses,
+/// naming the file and what the vm uses, and no point is made; the configuration put back,
+/// the vm is copied again.
+#[test]
+fn a_proxmox_disk_moved_to_another_volume_is_never_replicated_from_its_old_file() {
+    let lab = Lab::up(191);
+    let conf = lab.conf("hv1", 101);
+    let old = "scsi0: local:101/vm-101-disk-0.qcow2";
+    assert!(conf.contains(old), "{conf}");
+    let images = lab.images("hv1");
+    let file = images.join("101/vm-101-disk-0.qcow2");
+    let before = lab.point_ids("db");
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // point ids are per second
+    // Moved within the storage (a new volume name), then to another storage (the same name
+    // in another folder).
+    let elsewhere = lab.root("hv1").join("srv/fast");
+    let moved = elsewhere.join("images/101/vm-101-disk-0.qcow2");
+    std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
+    std::fs::copy(&file, &moved).unwrap();
+    std::fs::copy(&file, images.join("101/vm-101-disk-1.qcow2")).unwrap();
+    let cfg = lab.root("hv1").join("etc/pve/storage.cfg");
+    let storages = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{storages}\ndir: fast\n\tpath {}\n\tcontent images\n",
+            elsewhere.display()
+        ),
+    )
+    .unwrap();
+    for (now, uses) in [
+        (
+            "scsi0: local:101/vm-101-disk-1.qcow2",
+            "the vm writes another volume".to_string(),
+        ),
+        (
+            "scsi0: fast:101/vm-101-disk-0.qcow2",
+            format!(
+                "its volume fast:101/vm-101-disk-0.qcow2 is {}",
+                moved.display()
+            ),
+        ),
+    ] {
+        let edited = conf.replacen(old, now, 1) + "unused0: local:101/vm-101-disk-0.qcow2\n";
+        std::fs::write(lab.conf_path("hv1", 101), &edited).unwrap();
+        let replicated = lab.with(&["replicate", "--service", "db"]);
+        assert_ne!(replicated.code, 0, "{replicated:?}");
+        let said = format!("{replicated:?}");
+        assert!(
+            said.contains(&format!(
+                "{} is not a disk of vmid 101 as it runs and as it is configured",
+                file.display()
+            )) && said.contains(&uses),
+            "{said}"
+        );
+        assert!(lab.points_since("db", &before).is_empty(), "{said}");
+    }
+    std::fs::write(lab.conf_path("hv1", 101), &conf).unwrap();
+    let replicated = lab.with(&["replicate", "--service", "db"]);
+    assert_eq!(replicated.code, 0, "{replicated:?}");
+    assert_eq!(lab.points_since("db", &before).len(), 1);
+}
