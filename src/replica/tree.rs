@@ -2339,7 +2339,9 @@ fn links_unlike(root: &Path, point: &Point) -> Option<String> {
         let Some(want) = recorded.get(name.as_str()) else {
             return Some(link);
         };
-        if *want == text {
+        // The source's text, when it leads where it led there: a relative one within the
+        // set (a full path leads to the source's own folder on this host, not into the copy).
+        if *want == text && !want.starts_with('/') && set_relative(rel, want, None).is_some() {
             return None;
         }
         // Written another way, to the same file of the set: as the source's resolves in
@@ -2370,6 +2372,24 @@ fn links_unlike(root: &Path, point: &Point) -> Option<String> {
     let cut = match point.left_out.last().is_some_and(|l| l.ends_with(" more")) {
         true => " (it records only its first lines: one not among them cannot be told)",
         false => "",
+    };
+    // A full path of the source leads elsewhere here: said as the copy's link must read.
+    let here: Vec<String> = recorded
+        .iter()
+        .filter_map(|l| l.split_once(" -> "))
+        .filter(|(_, to)| to.starts_with('/'))
+        .filter_map(|(name, to)| {
+            let within = set_relative(name, to, Some(source_root))?;
+            let up = "../".repeat(name.matches('/').count());
+            Some(format!("{name} -> {up}{within}"))
+        })
+        .collect();
+    let cut = match here.is_empty() {
+        true => cut.to_string(),
+        false => format!(
+            "{cut}, which in the copy read {} (a full path of the source leads out of the copy here)",
+            here.join(", ")
+        ),
     };
     Some(format!(
         "it holds links that its point {} does not record as they are: {}{more}; the point records {}{cut}. A link made in the copy is never brought up to date by replication, and one that leads elsewhere than the point's source said would give a restore through it other data than the point: make each as the point records it (`ln -sfn TARGET NAME` in the copy), or remove it, then run the step again",
@@ -3739,6 +3759,15 @@ mod tests {
         let why = links_unlike(&copy, &point).unwrap();
         assert!(
             why.contains("latest -> sub;") || why.contains("latest -> sub"),
+            "{why}"
+        );
+        // The source's own text, a full path of the source: on this host it leads to that
+        // path, not into the copy (nowhere here, or to another folder made there later).
+        link("/srv/dumps/erp/dump-12-20", "latest");
+        let why = links_unlike(&copy, &point).unwrap();
+        assert!(
+            why.contains("does not record as they are: latest -> /srv/dumps/erp/dump-12-20;")
+                && why.contains("which in the copy read latest -> dump-12-20 ("),
             "{why}"
         );
         link("dump-12-20", "latest");
