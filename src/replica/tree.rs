@@ -769,6 +769,15 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
     let walked = walk_all(root).map_err(err)?;
     let left_out = walked.left_out(root);
     let Walked { files, others, .. } = walked;
+    // Its file system not mounted (NFS down, a disk not there), a folder is there and empty:
+    // made a point, it would empty the copy, and a run would rely on that point.
+    if files.is_empty() && !base.files.is_empty() {
+        return Err(format!(
+            "{name} holds no file, and its copy holds {} ({} bytes): a file system not mounted there (an NFS share, a disk) leaves its folder empty, and this replication would empty the copy; it makes no point and writes nothing. Mount it (or let the job that fills it finish), then run it again",
+            base.files.len(),
+            base.total()
+        ));
+    }
     // Left out, the copy would lack what the folder holds, with nothing said: a link's target
     // (a folder of dumps linked in), or what a restore looks for by that name.
     if !others.is_empty() {
@@ -2556,6 +2565,42 @@ mod tests {
         let sent = send_tree(src, &base, &mut stream).unwrap();
         store.apply(&mut &stream[..], new_point(id, taken_at))?;
         Ok(sent)
+    }
+
+    /// A set's folder found empty (its file system not mounted: the mount point is there)
+    /// while its copy holds files is never made a point: the copy keeps its files and its
+    /// points, and the error says why and what to do. Empty at its first copy, it is one.
+    #[test]
+    fn a_set_folder_found_empty_never_empties_its_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(src.join("erp")).unwrap();
+        std::fs::write(src.join("erp/nightly.dump"), b"the dump").unwrap();
+        std::fs::write(src.join("ad.ldif"), b"the directory").unwrap();
+        replicate(&src, &dst, "p1");
+        std::fs::remove_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&src).unwrap();
+        let store = TreeStore::new(&dst);
+        let base = store.base(false, false).unwrap();
+        let mut stream = Vec::new();
+        let err = send_tree(&src, &base, &mut stream).unwrap_err();
+        assert!(
+            err.contains("holds no file, and its copy holds 2 (21 bytes)")
+                && err.contains("it makes no point and writes nothing")
+                && err.contains("Mount it"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(dst.join("erp/nightly.dump")).unwrap(),
+            b"the dump"
+        );
+        let points = store.points().unwrap();
+        assert_eq!(points.len(), 1, "{points:?}");
+        // A set that is empty from the start is copied as it is.
+        let (empty, copy) = (dir.path().join("empty"), dir.path().join("copy"));
+        std::fs::create_dir_all(&empty).unwrap();
+        replicate(&empty, &copy, "p1");
+        assert_eq!(TreeStore::new(&copy).points().unwrap().len(), 1);
     }
 
     /// A new point `id` of source `src` taken at `taken_at`, keeping 3.
