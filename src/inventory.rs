@@ -1226,6 +1226,23 @@ fn read_var(
             );
             None
         }
+        // A path reprise puts files under is a full path, written out: never a number, a
+        // flag, or a value read from the environment at run time (which no check sees).
+        other if PATH_VARS.contains(&key.value.as_str()) => {
+            diags.push(
+                Diagnostic::error(format!(
+                    "variable `{}` must be a string, not {}",
+                    key.value,
+                    type_name(other)
+                ))
+                .at(loc)
+                .hint(format!(
+                    "reprise puts files under `{}` on the host: {ABS_PATH_HINT}",
+                    key.value
+                )),
+            );
+            None
+        }
         DeValue::Integer(i) => Some(VarValue::Text(i.as_str().replace('_', ""))),
         DeValue::Boolean(b) => Some(VarValue::Text(b.to_string())),
         DeValue::Table(_) => {
