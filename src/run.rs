@@ -1480,6 +1480,29 @@ impl runner::OtherSite for FailbackGuard {
             forced.extend(f);
         }
         let Some(then) = self.judged.get(&judged_key(what)) else {
+            // A copy back over the primary that this run's start or resume did not judge
+            // (forced past, it is said as forced): whether the primary was written since the
+            // failover cannot be told, and it is never overwritten unsaid.
+            let primary = match what {
+                plan::Replicated::Vm(v) => {
+                    model.inventory.vms.get(v).map(|v| v.primary.value.as_str())
+                }
+                plan::Replicated::Backup(b) => model
+                    .inventory
+                    .backups
+                    .get(b)
+                    .map(|b| b.source_host.value.as_str()),
+            };
+            if primary == Some(to_host.as_str()) {
+                let line = format!(
+                    "{}: what the copy back overwrites on {to_host} was not judged when this failback started or resumed: whether it was written since the failover cannot be told; keep a copy of it first, then resume with --force",
+                    judged_key(what)
+                );
+                match self.force {
+                    true => forced.push(line),
+                    false => refused.push(line),
+                }
+            }
             return says(refused, forced);
         };
         let paths: Vec<String> = then.iter().map(|(p, _)| p.clone()).collect();
@@ -1653,7 +1676,10 @@ fn overwritten_by_copy_back(backs: &[CopyBack], folders: &[FolderBack]) -> Vec<S
 /// recovery copy that would overwrite them (its `live` lease: the point's time, or the
 /// failover's, whichever is earlier), or whose time cannot be read. A disk that
 /// is exactly the newest point a replication made of it (a reverse replication, which wrote
-/// it from the recovery copy) holds nothing of its own. A disk not there holds nothing.
+/// it from the recovery copy) holds nothing of its own. A disk not there is one too: its
+/// storage may not be mounted (the copy back would be written under the mount point, and the
+/// disk of before the failover found again once it is mounted), unless the primary's disks
+/// are really gone (`--force`).
 fn written_since(b: &CopyBack, copies: &[crate::replica::CopyState]) -> Vec<String> {
     use crate::replica::LeaseKind;
     let (vm, primary, recovery) = (&b.vm, &b.primary, &b.recovery);
@@ -1704,6 +1730,10 @@ fn written_since(b: &CopyBack, copies: &[crate::replica::CopyState]) -> Vec<Stri
             continue;
         }
         if !d.exists {
+            problems.push(format!(
+                "copy-back vm {vm}: its disk {} is not on {primary}: its storage may not be mounted (the copy back would be written under its mount point, and the vm's disk of before the failover found again once it is mounted, to be replicated over the recovery copies); mount it and run again, or, if the primary's disks are really gone (a storage rebuilt), use --force to copy them back",
+                d.path
+            ));
             continue;
         }
         let replica = d.is_newest_point();
@@ -1777,16 +1807,20 @@ pub fn uncopied(plan: &Plan, started: &[&str], transport: &dyn Transport) -> Vec
 }
 
 /// Whether a disk whose modification time is `mtime` by its host's clock, a clock `skew`
-/// seconds ahead of this machine's (known within `uncertainty`), may have been written at or
-/// after `at` (this machine's clock): its time is brought to this machine's clock first, and
-/// in doubt it was. Pure.
+/// seconds ahead of this machine's now (known within `uncertainty`), may have been written at
+/// or after `at` (this machine's clock): in doubt it was. The offset is the clock's now, not
+/// when the disk was written (a host back from a power cut with its clock an hour ahead, set
+/// right by NTP before the cut): its time is taken both as it reads and brought to this
+/// machine's clock, and the later of the two counts; a correction never makes a write older.
+/// Pure.
 pub fn written_after(mtime: DateTime<Utc>, skew: f64, uncertainty: f64, at: DateTime<Utc>) -> bool {
     let ahead = skew - uncertainty.abs();
     let correction = chrono::Duration::microseconds((ahead * 1e6).round() as i64);
     // A clock so far off that the time cannot be brought over: in doubt.
-    mtime
-        .checked_sub_signed(correction)
-        .is_none_or(|local| local >= at)
+    mtime >= at
+        || mtime
+            .checked_sub_signed(correction)
+            .is_none_or(|local| local >= at)
 }
 
 /// A backup set a failback replicates back over its primary's folder, as read before it
@@ -2120,27 +2154,24 @@ pub fn copies_again(
     prior: &HashMap<String, Prior>,
     took: &HashSet<&str>,
 ) -> Vec<String> {
-    let failback = match plan.mode {
-        Mode::Failback => true,
-        Mode::Failover if !plan.emergency => false,
+    match plan.mode {
+        Mode::Failback => {}
+        Mode::Failover if !plan.emergency => {}
         _ => return Vec::new(),
-    };
+    }
     let again = |vm: &str, host: &str| {
         let starts: Vec<_> = plan
             .steps
             .iter()
             .filter(|t| t.is_vm_action(vm, "start", host))
             .collect();
+        // A start done (a planned failover's on the recovery side too: its vm runs there on
+        // the copy, and writes) or that may have taken effect: the copy is not made again.
         let none_took = starts.iter().all(|t| !took.contains(t.id.as_str()));
-        match failback {
-            true => {
-                none_took
-                    && starts
-                        .iter()
-                        .any(|t| prior.get(&t.id) != Some(&Prior::Done))
-            }
-            false => none_took,
-        }
+        let none_done = starts
+            .iter()
+            .all(|t| prior.get(&t.id) != Some(&Prior::Done));
+        none_took && none_done
     };
     plan.steps
         .iter()
@@ -3835,8 +3866,9 @@ mod tests {
 
     /// The primary's disk times are its clock's, the failover's lease time this machine's: a
     /// primary whose clock is behind never hides a write made just after the failover, one
-    /// ahead never makes a write of before it look later, and a clock that cannot be read is
-    /// a problem (whether the disk was written since cannot be told).
+    /// ahead now (perhaps not when the disk was written) never makes its time older than it
+    /// reads, and a clock that cannot be read is a problem (whether the disk was written since
+    /// cannot be told).
     #[test]
     fn a_primary_clock_behind_never_hides_a_write_made_after_the_failover() {
         let failover = Utc::now() - chrono::Duration::minutes(10);
@@ -3867,7 +3899,8 @@ mod tests {
             "{problems:?}"
         );
         assert!(judge(&behind, -30.0, s(-2)).is_empty());
-        assert!(judge(&ahead, 30.0, s(-2)).is_empty());
+        assert_eq!(judge(&ahead, 30.0, s(-2)).len(), 1);
+        assert!(judge(&ahead, 30.0, s(-40)).is_empty());
         assert_eq!(judge(&ahead, 30.0, s(2)).len(), 1);
         for said in [|_| "Wed Dec  2".to_string(), |_| "inf".to_string()] {
             let problems = judge(&Clock(said), 0.0, s(-60));
@@ -3884,15 +3917,19 @@ mod tests {
         assert_eq!(judge(&far, 0.0, s(-60)).len(), 1);
     }
 
-    /// The comparison brings the disk's time to this machine's clock, in doubt towards later.
+    /// The comparison brings the disk's time to this machine's clock, in doubt towards later:
+    /// a clock found ahead now may have been right when the disk was written, so its offset
+    /// never makes a write older than the disk's time says.
     #[test]
     fn a_disk_time_is_compared_on_this_machines_clock() {
         let at = Utc::now();
         let s = chrono::Duration::seconds;
         assert!(written_after(at + s(1) - s(30), -30.0, 0.0, at));
         assert!(!written_after(at - s(1) - s(30), -30.0, 0.0, at));
-        assert!(!written_after(at - s(1) + s(30), 30.0, 0.0, at));
+        assert!(!written_after(at - s(31), 30.0, 0.0, at));
         assert!(written_after(at + s(1) + s(30), 30.0, 0.0, at));
+        // Written 20 minutes after `at` by a clock then right, found an hour ahead now.
+        assert!(written_after(at + s(1200), 3600.0, 0.05, at));
         // Within the uncertainty of the reading: written after.
         let ms = chrono::Duration::milliseconds;
         assert!(written_after(at - ms(100), 0.0, 0.2, at));
@@ -3917,7 +3954,7 @@ mod tests {
     /// done and cannot have started it (the vm may have run on its recovery copies since),
     /// never once it is done or may have (the vm may run on the primary on what was copied
     /// back, and write); a resumed planned failover makes its final sync again while its start
-    /// cannot have started it.
+    /// is not done and cannot have started it.
     #[test]
     fn a_resumed_run_copies_again_what_it_has_not_started_from() {
         let model = crate::check::example();
@@ -3957,6 +3994,9 @@ mod tests {
         // Its start began and may have started it (cut, or failed after the vm came up: not
         // in `prior`).
         assert!(copies_again(&over, &done(&synced), &begun).is_empty());
+        // Its start done (the run cut at a later step): the vm runs on the copy and writes.
+        let started = [&synced[..], &["erp-db/start"]].concat();
+        assert!(copies_again(&over, &done(&started), &none).is_empty());
         let emergency = plan(Mode::Failover, true);
         assert!(copies_again(&emergency, &done(&synced), &none).is_empty());
     }
@@ -4201,6 +4241,40 @@ mod tests {
                 duration: StdDuration::ZERO,
             })
         }
+    }
+
+    /// A failback's copy back over the primary that its start or resume did not judge (a
+    /// resume that took it for done, then ran it again) is refused: whether the primary was
+    /// written since the failover cannot be told. Forced, it is said as forced.
+    #[test]
+    fn a_copy_back_never_overwrites_a_primary_it_did_not_judge() {
+        let model = crate::check::example();
+        let plan = erp_db_plan(&model, Mode::Failback, false);
+        let step = plan
+            .step("erp-db/sync-back")
+            .expect("the copy back")
+            .clone();
+        let guard = |force: bool| FailbackGuard {
+            model: model.clone(),
+            run_id: "r1".into(),
+            transport: Arc::new(Status([("hv-main", "shut off")].into())),
+            judged: JudgedDisks::new(),
+            force,
+            operator: "alice".into(),
+            journaled: std::sync::Mutex::new(BTreeSet::new()),
+        };
+        let says = runner::OtherSite::judge(&guard(false), &step);
+        assert_eq!(says.refused.len(), 1, "{:?}", says.refused);
+        assert!(
+            says.refused[0].contains(
+                "vm erp-db: what the copy back overwrites on hv-main was not judged when this failback started or resumed"
+            ) && says.refused[0].contains("then resume with --force"),
+            "{:?}",
+            says.refused
+        );
+        let says = runner::OtherSite::judge(&guard(true), &step);
+        assert!(says.refused.is_empty(), "{:?}", says.refused);
+        assert_eq!(says.forced.len(), 1, "{:?}", says.forced);
     }
 
     /// A planned failover cut once its final sync was done and its start had begun, resumed:
@@ -4548,7 +4622,7 @@ mod tests {
     }
 
     /// A primary disk written after the failover started the vm on the recovery copy (its
-    /// live lease), or whose time cannot be read, is a problem; one written before, absent,
+    /// live lease), whose time cannot be read, or not there, is a problem; one written before
     /// or exactly the newest point a replication made of it is not.
     #[test]
     fn a_failback_never_overwrites_a_primary_disk_written_after_the_failover() {
@@ -4574,12 +4648,17 @@ mod tests {
         let problems = with(&|d| d.mtime = None);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("cannot be read"), "{problems:?}");
+        // Not there: its storage not mounted, or its disks really gone (--force).
+        let problems = with(&|d| {
+            d.mtime = Some(later);
+            d.exists = false;
+        });
+        assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
-            with(&|d| {
-                d.mtime = Some(later);
-                d.exists = false;
-            })
-            .is_empty()
+            problems[0].contains(
+                "its disk /srv/db.qcow2 is not on hv-main: its storage may not be mounted"
+            ) && problems[0].contains("use --force"),
+            "{problems:?}"
         );
         let point = crate::replica::Point {
             id: "p".into(),
@@ -4760,9 +4839,16 @@ mod tests {
             problems[0].contains("by its clock, 30.000s behind this machine's"),
             "{problems:?}"
         );
-        assert!(
-            judge(30.0, -after).is_empty(),
+        // A clock ahead now may have been right when the file was written: its time as it
+        // reads counts too.
+        assert_eq!(
+            judge(30.0, -after).len(),
+            1,
             "a file of before, clock ahead"
+        );
+        assert!(
+            judge(30.0, -after * 4).is_empty(),
+            "a file of before even as its clock reads"
         );
         let mut l = lease(LeaseKind::Live, "erp-dumps");
         l.taken_at = Some(taken);
