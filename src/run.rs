@@ -526,6 +526,7 @@ fn copied_before(
                     step: step.clone(),
                     host: host.clone(),
                     stamps: stamps.clone(),
+                    here: false,
                 },
             );
         }

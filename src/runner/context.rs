@@ -148,6 +148,8 @@ pub struct CopyRead {
     pub step: String,
     pub host: String,
     pub stamps: Vec<(String, String)>,
+    /// Made by this process (not read from the journal of an earlier one).
+    pub here: bool,
 }
 
 pub use crate::event::PointChoice;

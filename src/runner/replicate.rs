@@ -203,6 +203,7 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
             step: step.id.clone(),
             host: from_host.clone(),
             stamps: read_before.clone(),
+            here: true,
         };
         ctx.copied
             .lock()

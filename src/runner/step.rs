@@ -225,14 +225,37 @@ async fn run_step_inner(
         // running" and the run would report it recovered from a point it never ran from.
         // Asked before a point is chosen, leased or defined for it. This run's own start
         // (one that failed or was cut after the vm came up, its copies still leased to the
-        // run) carries on.
-        if replica.role == crate::plan::ReplicaRole::Start
+        // run) carries on. A failback's start on the primary the same, once its copy back ran
+        // in this process: that copy found the vm stopped there, so one running now was
+        // started since, outside this run, on what the copy back was writing or on other
+        // disks (without it, a resume, it may be this run's own start that failed after the
+        // vm came up: it carries on, as before).
+        let failback = replica.role == crate::plan::ReplicaRole::FailedBack;
+        let copied_here = failback
+            && ctx
+                .copied
+                .lock()
+                .map(|c| c.get(&replica.vm).is_some_and(|r| r.here))
+                .unwrap_or(true);
+        if (replica.role == crate::plan::ReplicaRole::Start || failback)
             && step.action.as_deref() == Some("start")
             && prior.is_none()
             && step.state_before.is_some()
         {
             match super::exec::ask_state_before(ctx, run).await {
                 None => return run.outcome(StepStatus::Cancelled, 1, Some(NOT_RECORDED.into())),
+                Some(_) if failback && !copied_here => state_asked = true,
+                Some(Some(true)) if failback => {
+                    let vm = replica.vm.as_str();
+                    let host = step.host.as_deref().unwrap_or("its primary host");
+                    return run.outcome(
+                        StepStatus::Failed,
+                        1,
+                        Some(format!(
+                            "vm {vm} already runs on {host}, started outside this run after its copy back found it stopped there: it may run on disks the copy back was writing, or on other disks, and the failback would report it recovered from the copy and let go of its recovery copies; nothing was released. Stop it there, make sure of its disks (the copy back can be made again), then `reprise resume` this run"
+                        )),
+                    );
+                }
                 Some(Some(true)) => match leased_live(ctx, replica).await {
                     Ok(runs) if runs.iter().any(|r| *r == ctx.plan.run_id) => state_asked = true,
                     found => {
@@ -258,6 +281,8 @@ async fn run_step_inner(
                     }
                 },
                 Some(Some(false)) => state_asked = true,
+                // A failback's start as before: its own check runs after it.
+                Some(None) if failback => state_asked = true,
                 // Cannot be told: it may run there on other disks, and its start would say
                 // "already running". Only a forced run passes, journaled.
                 Some(None) => {

@@ -3205,6 +3205,54 @@ fn a_failback_never_copies_back_over_a_primary_disk_written_since_it_judged_it()
     assert!(std::fs::read(&disk).unwrap() == primary, "the disk changed");
 }
 
+/// A failback copied erp-db back, then waited for a person before its start on hv-main;
+/// meanwhile erp-db was started there by hand on other disks. Its start would say "already
+/// running" and the failback would report it recovered from the copy and let go of its
+/// recovery copies: the start fails, saying why, and the copies keep their `live` leases.
+#[test]
+fn a_failback_never_reports_a_vm_started_on_the_primary_outside_it() {
+    let lab = Lab::up(186);
+    let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
+    let exit = lab.run_confirming(
+        &[&["failover"][..], &only[..]].concat(),
+        Duration::from_secs(240),
+    );
+    assert!(exit.success(), "{:?}", lab.journal().last());
+    let edited = held_before("failback", "start-primary");
+    let mut child = spawn_until_held(
+        &lab,
+        edited.path(),
+        &[&["failback"][..], &only[..]].concat(),
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let images = lab.host_root("hv-main").join("srv/datastore/images");
+    for disk in ["erp-db-system.qcow2", "erp-db-data.qcow2"] {
+        std::fs::copy(images.join(disk), elsewhere.path().join(disk)).unwrap();
+    }
+    start_erp_db_by_hand(&lab, "hv-main", elsewhere.path());
+    let exit = confirming(&lab, &mut child);
+    assert_ne!(exit.and_then(|e| e.code()), Some(0), "{:#?}", lab.journal());
+    let (status, why) = finished(&lab, "erp-db/start-primary");
+    assert_eq!(status, "failed", "{why}");
+    assert!(
+        why.contains("vm erp-db already runs on hv-main, started outside this run after its copy back found it stopped there")
+            && why.contains("nothing was released"),
+        "{why}"
+    );
+    let copies = lab.host_root("hv-pra").join("srv/replicas/images");
+    for disk in ["erp-db-system.qcow2", "erp-db-data.qcow2"] {
+        let leases: Vec<String> = std::fs::read_dir(copies.join(format!("{disk}.reprise/leases")))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            leases.iter().any(|l| l.starts_with("live-")),
+            "{disk}: {leases:?}"
+        );
+    }
+}
+
 /// The same for a backup set: a failback of the backups judged the folder of erp-dumps on
 /// san-main at its start, then waited for a person before copying it back; meanwhile the
 /// folder got a dump (the primary's own backup job ran again). The copy back would remove it:
