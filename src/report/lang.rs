@@ -367,6 +367,13 @@ impl Labels {
         }
     }
 
+    pub fn loss_no_evidence(&self) -> String {
+        match self.lang {
+            Lang::En => "nothing the run journaled says what its data was recovered from (no replica point used, no replication lag read), though it has an RPO target: its data loss is not measured".to_string(),
+            Lang::Fr => "rien de ce que l'exécution a journalisé ne dit d'où ses données ont été reprises (aucun point de réplique employé, aucun retard de réplication lu), alors qu'il a un objectif de RPO : sa perte de données n'est donc pas mesurée".to_string(),
+        }
+    }
+
     pub fn loss_unknown(&self, why: &str) -> String {
         match self.lang {
             Lang::En => format!("data loss not measured: {why}"),

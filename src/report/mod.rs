@@ -1212,20 +1212,29 @@ fn copy_loss(run: &Run, id: &str, p: &PointUsed) -> Result<f64, String> {
 /// Data was recovered only by a service that recovered: its data loss is the largest loss of
 /// the points it finally runs from (see [`copy_loss`]), or why it is not measured. A service
 /// its application replicates: its data loss is the lag its probe read, never a disk point's
-/// age.
+/// age. One with an RPO target that a drill or a failover recovered without starting from a
+/// point or reading a lag: not measured, and said.
 fn data_loss(
     run: &Run,
     id: &str,
     status: ServiceStatus,
     lag: Option<&LagUsed>,
+    rpo_target: Option<u64>,
 ) -> (Option<f64>, Option<String>) {
     if status != ServiceStatus::Recovered {
         return (None, None);
     }
+    let points = final_points(run, id);
+    // A drill or a failover starts its data from somewhere (a restore starts a site's own
+    // disks again, a failback what it copied back).
+    let moved = matches!(run.head.mode, Mode::Drill | Mode::Failover);
+    if moved && points.is_empty() && lag.is_none() && rpo_target.is_some() {
+        return (None, Some(run.l.loss_no_evidence()));
+    }
     // The older of what was started: a copy's point, and the application's lag (a copy
     // started for a service its application replicates loses what that copy lacks).
     let mut copies_loss: Option<f64> = None;
-    for p in final_points(run, id) {
+    for p in points {
         match copy_loss(run, id, p) {
             Ok(x) => copies_loss = Some(copies_loss.map_or(x, |a| a.max(x))),
             Err(why) => return (None, Some(why)),
@@ -1299,10 +1308,10 @@ fn service_report(run: &Run, id: &str) -> ServiceReport {
     };
     let used = points_used(run, id);
     let lag = lag_used(run, id, rec);
-    let (data_loss_s, data_loss_unknown) = data_loss(run, id, status, lag.as_ref());
+    let rpo_target_s = rec.and_then(|r| r.rpo_target_s);
+    let (data_loss_s, data_loss_unknown) = data_loss(run, id, status, lag.as_ref(), rpo_target_s);
     // Within the target only when every point it used was verified; a loss beyond the
     // target is said either way.
-    let rpo_target_s = rec.and_then(|r| r.rpo_target_s);
     let all_verified = used.iter().all(|p| p.verified);
     let rpo_met = match (data_loss_s, rpo_target_s) {
         (Some(loss), Some(target)) if loss > target as f64 => Some(false),
@@ -2128,6 +2137,44 @@ mod tests {
             ),
             "{md}"
         );
+    }
+
+    /// A service with an RPO target that recovered while nothing the run journaled says what
+    /// its data came from (no point used, no lag read: a vm started by an exec step, or with
+    /// no copies) is never counted within its RPO: its loss is said not measured, a problem,
+    /// and the run is not "recovered within its targets". One without a target is not asked.
+    #[test]
+    fn a_service_recovered_with_nothing_to_measure_its_loss_by_is_said_so() {
+        let mut events = vec![started(None)];
+        events.extend(run("db/start", 0, 10, StepStatus::Done));
+        events.extend(run("db/healthy", 10, 20, StepStatus::Done));
+        events.extend(run("app/start", 20, 30, StepStatus::Done));
+        events.push(Event::RunFinished {
+            at: t(31),
+            status: RunStatus::Succeeded,
+        });
+        let report = build_of(&events);
+        let db = report.services.iter().find(|s| s.id == "db").unwrap();
+        assert_eq!(db.status, ServiceStatus::Recovered);
+        assert_eq!((db.data_loss_s, db.rpo_met), (None, None));
+        assert!(
+            db.data_loss_unknown
+                .as_deref()
+                .is_some_and(|w| w.contains("no replica point used, no replication lag read")),
+            "{:?}",
+            db.data_loss_unknown
+        );
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| matches!(p, Problem::DataLossUnknown { service, .. } if service == "db")),
+            "{:?}",
+            report.problems
+        );
+        assert_ne!(report.result, Outcome::Recovered);
+        let app = report.services.iter().find(|s| s.id == "app").unwrap();
+        assert_eq!(app.data_loss_unknown, None);
     }
 
     /// Each wait of a step for a person is its own row: a step handed to a person, confirmed,
