@@ -125,10 +125,17 @@ impl Board {
             .collect();
         let (stale, rerun) = stale_done_steps(&plan, &after, &ctx.prior);
         let mut state = vec![State::Pending; plan.steps.len()];
+        // What an earlier attempt did and no roll-back undid: a roll-back of this one undoes
+        // it too, after what this attempt does (in the plan's order: the order they ran in
+        // where one waits for another).
+        let mut done_order = Vec::new();
         for (i, s) in plan.steps.iter().enumerate() {
             match ctx.prior.get(&s.id) {
                 Some(Prior::Done) if stale.contains(&i) => {}
-                Some(Prior::Done) => state[i] = State::Finished(StepStatus::Done),
+                Some(Prior::Done) => {
+                    state[i] = State::Finished(StepStatus::Done);
+                    done_order.push(i);
+                }
                 Some(Prior::DrillOver) => {
                     state[i] = State::Finished(StepStatus::Cancelled);
                     out.emit(&finished_event(
@@ -159,7 +166,7 @@ impl Board {
             interrupted: false,
             planned_failure: false,
             keep_going,
-            done_order: Vec::new(),
+            done_order,
             defined: HashMap::new(),
         }
     }
@@ -239,6 +246,7 @@ impl Board {
             // after is done again.
             if self.stale.contains(&i) && !self.rerun.contains(&i) {
                 self.state[i] = State::Finished(StepStatus::Done);
+                self.done_order.push(i);
                 settled_again = true;
                 continue;
             }

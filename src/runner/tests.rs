@@ -331,6 +331,34 @@ fn planned_failover_stops_and_undoes_in_reverse_order() {
     assert_eq!(undone, ["b/1", "a/1"]);
 }
 
+/// The same failover resumed after its first step was done (a cut, then `reprise resume`):
+/// the roll-back of the resumed run undoes what the first attempt did too, after what it
+/// did itself, never only the steps of its last attempt.
+#[test]
+fn a_resumed_failover_rolls_back_what_its_earlier_attempt_did_too() {
+    let mut steps = diamond();
+    steps[2] = exec_step("c/1", "h3", &["b/1"], "c1 fail");
+    let fake = Arc::new(Fake::default());
+    let prior: HashMap<String, Prior> = [("a/1".to_string(), Prior::Done)].into();
+    let (status, events) = go(
+        plan(Mode::Failover, false, steps),
+        fake.clone(),
+        prior,
+        RunOptions::default(),
+    );
+    assert_eq!(status, RunStatus::Failed);
+    assert_eq!(fake.commands(), ["b1", "c1 fail", "undo b1", "undo a1"]);
+    let undone: Vec<&str> = events
+        .0
+        .iter()
+        .filter_map(|e| match e {
+            Event::UndoFinished { step, ok: true, .. } => Some(step.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(undone, ["b/1", "a/1"]);
+}
+
 /// A start whose undo is the runbook's own (not its driver's stop) is undone by it whatever
 /// its driver's `status` told before it: the state asked for the start's own checks does
 /// not change what the runbook says to do.
