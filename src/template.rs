@@ -2,7 +2,9 @@
 //! service, VM and run when a plan is made.
 //!
 //! Every substituted value is shell-quoted unless the placeholder says `| raw`, so that an
-//! inventory value can never inject a command. Secrets stay placeholders in the rendered
+//! inventory value can never inject a command: where the command's text leaves it an unquoted
+//! word; anywhere else (quotes, backquotes, heredocs, `${…}`, …) only a value no shell reads
+//! anything in is written, and any other is an error. Secrets stay placeholders in the rendered
 //! [`Command`]: they are shown redacted and resolved only by the executor. No IO here.
 
 use std::fmt;
@@ -130,83 +132,76 @@ impl Template {
     fn render_with(&self, scope: &dyn Scope, quote: bool) -> Result<Command, Vec<Diagnostic>> {
         let mut out = Command::default();
         let mut errors = Vec::new();
-        // Whether the command's own text leaves the placeholder inside quotes.
-        let mut shell = Shell::default();
+        // The command's text so far, as a shell reads it (a secret stands as one letter), to
+        // tell where each placeholder stands.
+        let mut seen = String::new();
         for part in &self.parts {
-            let quotes = shell.quotes();
-            match part {
+            let (namespace, name, raw, loc) = match part {
                 Part::Lit(s) => {
-                    shell.after(s);
-                    out.push_text(s)
+                    seen.push_str(s);
+                    out.push_text(s);
+                    continue;
                 }
-                Part::Var {
-                    namespace,
-                    name,
-                    raw: false,
-                    loc,
-                } if quote && quotes.is_some() => match scope.lookup(namespace, name) {
-                    // Inside quotes, a value is written as it is when no shell reads anything
-                    // in it; one that holds what a shell reads cannot be quoted there (the
-                    // quoted text may be run again: `sh -c '…'`).
-                    Lookup::Found(TemplateValue::Text(t)) if is_plain(&t) => out.push_text(&t),
-                    Lookup::Found(TemplateValue::List(items))
-                        if items.iter().all(|i| is_plain(i)) =>
-                    {
-                        out.push_text(&items.join(" "))
-                    }
-                    Lookup::Found(value) => {
-                        let what = match value {
-                            TemplateValue::Text(t) => format!("its value `{t}` holds"),
-                            TemplateValue::List(items) => {
-                                format!("its value `{}` holds", items.join(" "))
-                            }
-                            TemplateValue::Secret { .. } => "a secret may hold".to_string(),
-                        };
-                        errors.push(
-                            Diagnostic::error(format!(
-                                "`{{{{ {namespace}.{name} }}}}` is inside {} quotes, and {what} {INSIDE_QUOTES}, which it cannot do inside quotes (the quoted text may be run again, as by `sh -c`), so the value could run as a command",
-                                quotes.unwrap_or("")
-                            ))
-                            .at(loc.clone())
-                            .hint("remove the quotes around the placeholder (reprise quotes its value), or, in a text run again by `sh -c`, pass it as an argument: sh -c 'cmd \"$1\"' sh {{ host.x }}"),
-                        );
-                    }
-                    Lookup::Missing { what, known } => {
-                        errors.push(missing(namespace, name, loc, &what, &known));
-                    }
-                },
                 Part::Var {
                     namespace,
                     name,
                     raw,
                     loc,
-                } => match scope.lookup(namespace, name) {
-                    Lookup::Found(value) if !quote => match value {
-                        TemplateValue::Text(t) => out.push_text(&t),
-                        TemplateValue::List(items) => out.push_text(&items.join(" ")),
-                        TemplateValue::Secret { env } => {
-                            out.parts.push(CommandPart::Secret { env, quote: false })
-                        }
-                    },
-                    Lookup::Found(value) => match value {
-                        TemplateValue::Text(t) if *raw => out.push_text(&t),
-                        TemplateValue::Text(t) => out.push_text(&shell_quote(&t)),
+                } => (namespace, name, *raw, loc),
+            };
+            let value = match scope.lookup(namespace, name) {
+                Lookup::Found(value) => value,
+                Lookup::Missing { what, known } => {
+                    errors.push(missing(namespace, name, loc, &what, &known));
+                    continue;
+                }
+            };
+            let place = if quote && !raw {
+                Shell::place(&seen)
+            } else {
+                Place::Word
+            };
+            let text = match (value, place) {
+                (TemplateValue::Secret { env }, Place::Word) => {
+                    out.parts.push(CommandPart::Secret {
+                        env,
+                        quote: quote && !raw,
+                    });
+                    seen.push('x');
+                    continue;
+                }
+                (TemplateValue::Text(t), Place::Word) if raw || !quote => t,
+                (TemplateValue::Text(t), Place::Word) => shell_quote(&t),
+                (TemplateValue::List(items), Place::Word) => {
+                    let words: Vec<String> = if raw || !quote {
+                        items
+                    } else {
+                        items.iter().map(|i| shell_quote(i)).collect()
+                    };
+                    words.join(" ")
+                }
+                // Anywhere else, a value is written as it is when no shell reads anything in
+                // it; one that holds what a shell reads cannot be quoted there.
+                (TemplateValue::Text(t), Place::Guarded(_)) if is_plain(&t) => t,
+                (TemplateValue::List(items), Place::Guarded(_))
+                    if items.iter().all(|i| is_plain(i)) =>
+                {
+                    items.join(" ")
+                }
+                (value, Place::Guarded(guard)) => {
+                    let what = match value {
+                        TemplateValue::Text(t) => format!("its value `{t}` holds"),
                         TemplateValue::List(items) => {
-                            let words: Vec<String> = items
-                                .iter()
-                                .map(|i| if *raw { i.clone() } else { shell_quote(i) })
-                                .collect();
-                            out.push_text(&words.join(" "));
+                            format!("its value `{}` holds", items.join(" "))
                         }
-                        TemplateValue::Secret { env } => {
-                            out.parts.push(CommandPart::Secret { env, quote: !raw })
-                        }
-                    },
-                    Lookup::Missing { what, known } => {
-                        errors.push(missing(namespace, name, loc, &what, &known));
-                    }
-                },
-            }
+                        TemplateValue::Secret { .. } => "a secret may hold".to_string(),
+                    };
+                    errors.push(guard.error(namespace, name, &what).at(loc.clone()));
+                    continue;
+                }
+            };
+            seen.push_str(&text);
+            out.push_text(&text);
         }
         if errors.is_empty() {
             Ok(out)
@@ -216,7 +211,8 @@ impl Template {
     }
 }
 
-/// What the error of a placeholder inside quotes whose value a shell would read says.
+/// What the error of a placeholder where single quotes do not make its value one word, whose
+/// value a shell would read, says.
 pub const INSIDE_QUOTES: &str = "characters a shell reads: reprise quotes every value itself";
 
 /// The error of a placeholder whose variable its scope does not have (`what`: why; `known`:
@@ -237,16 +233,133 @@ fn missing(
     .hint_opt(hint)
 }
 
-/// Where a POSIX shell is in a command's text, read as far as the text before a placeholder:
-/// inside quotes (single, double, `$'…'`) or not (a command substitution `$(…)` or backticks
-/// inside double quotes start afresh, unquoted); a comment runs to the end of its line.
-/// Heredocs are not read.
-#[derive(Debug, Clone)]
+/// Where a placeholder stands, as a POSIX shell (dash, bash) reads the command's text before
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// An unquoted word, at the top or inside `$(…)`: a value in single quotes is one literal
+    /// word there.
+    Word,
+    /// Anywhere else: only a value no shell reads anything in is written there.
+    Guarded(Guard),
+}
+
+/// A place where single quotes do not make a value one literal word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    /// The command's own quotes: single, double or `$'…'`.
+    Quotes(&'static str),
+    Backquotes,
+    Heredoc,
+    HeredocDelimiter,
+    Parameter,
+    Arithmetic,
+    /// A `case` inside `$(…)`, between `case` and `esac`.
+    Case,
+    Comment,
+    AfterDollar,
+    AfterBackslash,
+    /// After text that shells read differently, or that is not followed here.
+    Unsure,
+}
+
+impl Guard {
+    /// The error of a placeholder here whose value (`what` holds) a shell would read.
+    fn error(self, namespace: &str, name: &str, what: &str) -> Diagnostic {
+        let placeholder = format!("{{{{ {namespace}.{name} }}}}");
+        let variable = format!(
+            "assign the value to a variable where reprise quotes it (v={placeholder}) and write \"$v\" here"
+        );
+        let (place, why, hint) = match self {
+            Guard::Quotes(quotes) => {
+                return Diagnostic::error(format!(
+                    "`{placeholder}` is inside {quotes} quotes, and {what} {INSIDE_QUOTES}, which it cannot do inside quotes (the quoted text may be run again, as by `sh -c`), so the value could run as a command"
+                ))
+                .hint("remove the quotes around the placeholder (reprise quotes its value), or, in a text run again by `sh -c`, pass it as an argument: sh -c 'cmd \"$1\"' sh {{ host.x }}");
+            }
+            Guard::Backquotes => (
+                "inside backquotes",
+                "single quotes do not hide a backquote, and backslashes change meaning there",
+                "write `$(…)` instead of backquotes: reprise quotes the value inside it"
+                    .to_string(),
+            ),
+            Guard::Heredoc => (
+                "inside a heredoc",
+                "a heredoc's text is not read as quoted words",
+                format!(
+                    "assign the value to a variable before the heredoc (v={placeholder}) and write $v in it"
+                ),
+            ),
+            Guard::HeredocDelimiter => (
+                "a heredoc's delimiter",
+                "the value would say where the heredoc ends",
+                "write the heredoc's delimiter in the command itself".to_string(),
+            ),
+            Guard::Parameter => (
+                "inside `${…}`",
+                "shells read quotes inside a parameter expansion differently",
+                variable,
+            ),
+            Guard::Arithmetic => (
+                "inside arithmetic (`$((…))`, `((…))`)",
+                "arithmetic reads its text as if in double quotes",
+                format!(
+                    "assign the value to a variable (v={placeholder}) and check that it is a number before arithmetic uses it"
+                ),
+            ),
+            Guard::Case => (
+                "inside a `case` within `$(…)`",
+                "reprise does not tell a pattern's `)` from the end of `$(…)` there",
+                variable,
+            ),
+            Guard::Comment => (
+                "in a comment",
+                "a line break in the value would end the comment",
+                "take the placeholder out of the comment".to_string(),
+            ),
+            Guard::AfterDollar => (
+                "right after a `$`",
+                "`$'…'` is a quoting of its own, which a quote escaped does not end",
+                "remove the `$` before the placeholder".to_string(),
+            ),
+            Guard::AfterBackslash => (
+                "right after a backslash",
+                "the backslash would take away the value's opening quote",
+                "remove the backslash before the placeholder".to_string(),
+            ),
+            Guard::Unsure => (
+                "after text that reprise cannot be sure how a shell reads",
+                "shells read it differently, or reprise does not follow it",
+                variable,
+            ),
+        };
+        Diagnostic::error(format!(
+            "`{placeholder}` is {place}, and {what} {INSIDE_QUOTES}, which it cannot do there ({why}), so the value could run as a command"
+        ))
+        .hint(hint)
+    }
+}
+
+/// A POSIX shell's reading of a command's text, as far as it tells where a placeholder after
+/// it stands ([`Shell::place`]): quotes, backquotes, `$(…)`, `${…}`, arithmetic, comments (a
+/// `#` that begins a word), heredocs, and `case` inside `$(…)`. What shells read differently,
+/// or what is not followed here, leaves every placeholder after it guarded.
 struct Shell {
+    chars: Vec<char>,
+    at: usize,
+    /// Never empty: the bottom is the command's top level.
     stack: Vec<Ctx>,
+    /// The `case`s being read, each with the index in `stack` of the commands it is in.
+    cases: Vec<(usize, Case)>,
+    word: Word,
+    /// Whether a word here would be a command's first (where `case` and `esac` are keywords).
+    command: bool,
     comment: bool,
-    /// The character before, to tell a `#` that begins a word.
-    prev: char,
+    /// Heredocs whose delimiters were read: their bodies begin on the next line.
+    pending: Vec<Heredoc>,
+    /// Heredocs whose bodies are being read, and the line so far.
+    bodies: Vec<Heredoc>,
+    line: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,102 +367,544 @@ enum Ctx {
     Single,
     Double,
     AnsiC,
-    /// `$(`, with the parentheses opened inside it.
-    Subst(u32),
     Backtick,
+    /// `${…}`, inside double quotes or not.
+    Parameter {
+        quoted: bool,
+    },
+    /// `$((…))` or `((…))`, with the parentheses opened inside it.
+    Arithmetic {
+        depth: u32,
+    },
+    /// Commands: the top level, or `$(…)` (`subst`), with the parentheses opened inside and the
+    /// number of heredocs pending when it began.
+    Commands {
+        subst: bool,
+        depth: u32,
+        pending: usize,
+    },
 }
 
-impl Default for Shell {
-    fn default() -> Self {
-        Shell {
-            stack: Vec::new(),
-            comment: false,
-            prev: ' ',
-        }
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Case {
+    /// After `case`: the word it matches.
+    Subject,
+    /// Then `in`.
+    In,
+    /// A pattern, up to its `)`.
+    Pattern,
+    /// A pattern's commands, up to `;;`.
+    Body,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Word {
+    open: bool,
+    /// Its text, when no quote or expansion is in it (a keyword can only be such a word).
+    text: String,
+    simple: bool,
+    /// Whether it began where a command's first word does.
+    command: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Heredoc {
+    delimiter: String,
+    /// `<<-`: tabs that begin a line are removed.
+    strip: bool,
+    /// A quoted delimiter: the body is read as it is.
+    quoted: bool,
 }
 
 impl Shell {
-    /// Reads `text` on from where the shell is.
-    fn after(&mut self, text: &str) {
-        let mut chars = text.chars().peekable();
-        while let Some(c) = chars.next() {
-            let mut last = c;
-            if self.comment {
-                self.comment = c != '\n';
-                self.prev = c;
-                continue;
-            }
-            match self.stack.last().copied() {
-                Some(Ctx::Single) => {
-                    if c == '\'' {
-                        self.stack.pop();
-                    }
-                }
-                Some(Ctx::AnsiC) => match c {
-                    '\\' => last = chars.next().unwrap_or(c),
-                    '\'' => {
-                        self.stack.pop();
-                    }
-                    _ => {}
-                },
-                Some(Ctx::Double) => match c {
-                    '\\' => last = chars.next().unwrap_or(c),
-                    '"' => {
-                        self.stack.pop();
-                    }
-                    '`' => self.stack.push(Ctx::Backtick),
-                    '$' if chars.peek() == Some(&'(') => {
-                        chars.next();
-                        self.stack.push(Ctx::Subst(0));
-                    }
-                    _ => {}
-                },
-                top => match c {
-                    '\\' => last = chars.next().unwrap_or(c),
-                    '\'' => self.stack.push(Ctx::Single),
-                    '"' => self.stack.push(Ctx::Double),
-                    '$' if chars.peek() == Some(&'\'') => {
-                        chars.next();
-                        self.stack.push(Ctx::AnsiC);
-                    }
-                    '$' if chars.peek() == Some(&'(') => {
-                        chars.next();
-                        self.stack.push(Ctx::Subst(0));
-                    }
-                    '`' if top == Some(Ctx::Backtick) => {
-                        self.stack.pop();
-                    }
-                    '`' => self.stack.push(Ctx::Backtick),
-                    '(' => {
-                        if let Some(Ctx::Subst(d)) = self.stack.last_mut() {
-                            *d += 1;
-                        }
-                    }
-                    ')' => match self.stack.last_mut() {
-                        Some(Ctx::Subst(0)) => {
-                            self.stack.pop();
-                        }
-                        Some(Ctx::Subst(d)) => *d -= 1,
-                        _ => {}
-                    },
-                    '#' if self.prev.is_whitespace() || ";&|()".contains(self.prev) => {
-                        self.comment = true;
-                    }
-                    _ => {}
-                },
-            }
-            self.prev = last;
+    /// Where a placeholder right after `text` stands.
+    fn place(text: &str) -> Place {
+        let mut shell = Shell {
+            chars: text.chars().collect(),
+            at: 0,
+            stack: vec![Ctx::Commands {
+                subst: false,
+                depth: 0,
+                pending: 0,
+            }],
+            cases: Vec::new(),
+            word: Word::default(),
+            command: true,
+            comment: false,
+            pending: Vec::new(),
+            bodies: Vec::new(),
+            line: String::new(),
+        };
+        match shell.read() {
+            Ok(()) => shell.end(),
+            Err(guard) => Place::Guarded(guard),
         }
     }
 
-    /// The quotes a placeholder here would be inside, if any.
-    fn quotes(&self) -> Option<&'static str> {
-        match self.stack.last() {
-            Some(Ctx::Single) => Some("single"),
-            Some(Ctx::Double) => Some("double"),
-            Some(Ctx::AnsiC) => Some("`$'…'`"),
+    fn peek(&self, n: usize) -> Option<char> {
+        self.chars.get(self.at + n).copied()
+    }
+
+    fn top(&self) -> Ctx {
+        *self.stack.last().expect("the top level is never left")
+    }
+
+    /// The state of the `case` being read in the innermost commands, if any.
+    fn case(&mut self) -> Option<&mut Case> {
+        let frame = self.stack.len() - 1;
+        match self.cases.last_mut() {
+            Some((f, case)) if *f == frame => Some(case),
             _ => None,
+        }
+    }
+
+    /// Where the text read leaves a placeholder.
+    fn end(&mut self) -> Place {
+        if !self.bodies.is_empty() {
+            return Place::Guarded(Guard::Heredoc);
+        }
+        if self.comment {
+            return Place::Guarded(Guard::Comment);
+        }
+        Place::Guarded(match self.top() {
+            Ctx::Single => Guard::Quotes("single"),
+            Ctx::Double => Guard::Quotes("double"),
+            Ctx::AnsiC => Guard::Quotes("`$'…'`"),
+            Ctx::Backtick => Guard::Backquotes,
+            Ctx::Parameter { .. } => Guard::Parameter,
+            Ctx::Arithmetic { .. } => Guard::Arithmetic,
+            Ctx::Commands { subst: true, .. } if self.case().is_some() => Guard::Case,
+            Ctx::Commands { .. } => return Place::Word,
+        })
+    }
+
+    fn read(&mut self) -> Result<(), Guard> {
+        while let Some(c) = self.peek(0) {
+            if !self.bodies.is_empty() {
+                self.body(c);
+                continue;
+            }
+            if self.comment {
+                if c != '\n' {
+                    self.at += 1;
+                    continue;
+                }
+                self.comment = false;
+            }
+            let next = self.peek(1);
+            match (self.top(), c) {
+                (Ctx::Single, '\'') => self.close()?,
+                (Ctx::Single, _) => self.at += 1,
+                (Ctx::AnsiC | Ctx::Double | Ctx::Backtick | Ctx::Parameter { .. }, '\\')
+                | (Ctx::Arithmetic { .. }, '\\') => self.at += 2,
+                (Ctx::AnsiC, '\'') | (Ctx::Double, '"') | (Ctx::Backtick, '`') => self.close()?,
+                (Ctx::AnsiC | Ctx::Backtick, _) => self.at += 1,
+                (Ctx::Parameter { .. }, '}') => self.close()?,
+                // Inside `${…}` in double quotes, bash reads single quotes and dash does not.
+                (Ctx::Parameter { quoted: true }, '\'') | (Ctx::Arithmetic { .. }, '\'') => {
+                    return Err(Guard::Unsure);
+                }
+                (Ctx::Parameter { quoted: false }, '\'') => self.open(Ctx::Single, 1),
+                (Ctx::Parameter { .. } | Ctx::Arithmetic { .. }, '"') => self.open(Ctx::Double, 1),
+                (Ctx::Double | Ctx::Parameter { .. } | Ctx::Arithmetic { .. }, '`') => {
+                    self.open(Ctx::Backtick, 1)
+                }
+                (Ctx::Double | Ctx::Parameter { .. } | Ctx::Arithmetic { .. }, '$') => {
+                    self.dollar(next)?
+                }
+                (Ctx::Arithmetic { depth }, '(') => {
+                    self.set_top(Ctx::Arithmetic { depth: depth + 1 });
+                    self.at += 1;
+                }
+                (Ctx::Arithmetic { depth }, ')') if depth > 0 => {
+                    self.set_top(Ctx::Arithmetic { depth: depth - 1 });
+                    self.at += 1;
+                }
+                (Ctx::Arithmetic { .. }, ')') if next == Some(')') => {
+                    self.at += 1;
+                    self.close()?;
+                }
+                // `$((cmd) …)` is a command substitution after all, in bash.
+                (Ctx::Arithmetic { .. }, ')') => return Err(Guard::Unsure),
+                (Ctx::Double | Ctx::Parameter { .. } | Ctx::Arithmetic { .. }, _) => self.at += 1,
+                (Ctx::Commands { .. }, _) => self.commands(c, next)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn set_top(&mut self, ctx: Ctx) {
+        *self.stack.last_mut().expect("the top level is never left") = ctx;
+    }
+
+    /// Enters `ctx`, which begins with `len` characters.
+    fn open(&mut self, ctx: Ctx, len: usize) {
+        self.at += len;
+        self.stack.push(ctx);
+        if let Ctx::Commands { .. } = ctx {
+            self.word = Word::default();
+            self.command = true;
+        }
+    }
+
+    /// Leaves the innermost context at its last character; what it was is part of a word.
+    fn close(&mut self) -> Result<(), Guard> {
+        self.at += 1;
+        if let Some(Ctx::Commands { pending, .. }) = self.stack.pop() {
+            // A `case` not ended, or a heredoc begun and not read, inside `$(…)`.
+            let frame = self.stack.len();
+            if self.pending.len() != pending || self.cases.last().is_some_and(|(f, _)| *f >= frame)
+            {
+                return Err(Guard::Unsure);
+            }
+        }
+        if let Ctx::Commands { .. } = self.top() {
+            self.word = Word {
+                open: true,
+                text: String::new(),
+                simple: false,
+                command: false,
+            };
+        }
+        Ok(())
+    }
+
+    /// A `$` not in single quotes, `next` after it.
+    fn dollar(&mut self, next: Option<char>) -> Result<(), Guard> {
+        let quoted = !matches!(self.top(), Ctx::Commands { .. });
+        match next {
+            Some('(') if self.peek(2) == Some('(') => self.open(Ctx::Arithmetic { depth: 0 }, 3),
+            Some('(') => self.open(
+                Ctx::Commands {
+                    subst: true,
+                    depth: 0,
+                    pending: self.pending.len(),
+                },
+                2,
+            ),
+            Some('{') => self.open(Ctx::Parameter { quoted }, 2),
+            // bash's arithmetic, a word to dash.
+            Some('[') => return Err(Guard::Unsure),
+            Some('\'' | '"') if matches!(self.top(), Ctx::Parameter { .. }) => {
+                return Err(Guard::Unsure);
+            }
+            None if !quoted => return Err(Guard::AfterDollar),
+            _ => self.at += 1,
+        }
+        Ok(())
+    }
+
+    /// A character of commands, outside any quotes.
+    fn commands(&mut self, c: char, next: Option<char>) -> Result<(), Guard> {
+        match c {
+            '\\' => match next {
+                // A line continued: the word goes on.
+                Some('\n') => self.at += 2,
+                None => return Err(Guard::AfterBackslash),
+                Some(_) => {
+                    self.word_char(None);
+                    self.at += 2;
+                }
+            },
+            '\'' => {
+                self.word_char(None);
+                self.open(Ctx::Single, 1);
+            }
+            '"' => {
+                self.word_char(None);
+                self.open(Ctx::Double, 1);
+            }
+            '`' => {
+                self.word_char(None);
+                self.open(Ctx::Backtick, 1);
+            }
+            '$' => {
+                self.word_char(None);
+                match next {
+                    Some('\'') => self.open(Ctx::AnsiC, 2),
+                    Some('"') => self.open(Ctx::Double, 2),
+                    _ => self.dollar(next)?,
+                }
+            }
+            ' ' | '\t' => {
+                self.end_word()?;
+                self.at += 1;
+            }
+            '\n' => {
+                self.end_word()?;
+                self.command = true;
+                self.at += 1;
+                self.bodies = std::mem::take(&mut self.pending);
+            }
+            '#' if !self.word.open => {
+                // `(#` and `)#` begin a comment only where the parenthesis is an operator
+                // (not in bash's extended patterns).
+                if self.at > 0 && matches!(self.chars[self.at - 1], '(' | ')') {
+                    return Err(Guard::Unsure);
+                }
+                self.comment = true;
+                self.at += 1;
+            }
+            ';' => {
+                self.end_word()?;
+                let len = match (next, self.peek(2)) {
+                    (Some(';'), Some('&')) => 3,
+                    (Some(';' | '&'), _) => 2,
+                    _ => 1,
+                };
+                if len > 1 {
+                    match self.case() {
+                        Some(case @ Case::Body) => *case = Case::Pattern,
+                        _ => return Err(Guard::Unsure),
+                    }
+                }
+                self.command = true;
+                self.at += len;
+            }
+            '&' | '|' => {
+                self.end_word()?;
+                // `a|b)`: one more pattern.
+                self.command = !(c == '|' && matches!(self.case(), Some(Case::Pattern)));
+                self.at += 1;
+            }
+            '<' | '>' => {
+                self.end_word()?;
+                self.command = false;
+                match (c, next, self.peek(2)) {
+                    ('<', Some('<'), Some('<')) => self.at += 3,
+                    ('<', Some('<'), _) => {
+                        self.at += 2;
+                        self.heredoc()?;
+                    }
+                    _ => self.at += 1,
+                }
+            }
+            '(' => {
+                let joined = self.word.open;
+                self.end_word()?;
+                let Ctx::Commands {
+                    subst,
+                    depth,
+                    pending,
+                } = self.top()
+                else {
+                    unreachable!("read only in commands")
+                };
+                if matches!(self.case(), Some(Case::Pattern)) {
+                    // `(a)`: a pattern may begin with `(`; `x(` is bash's extended pattern.
+                    if joined {
+                        return Err(Guard::Unsure);
+                    }
+                    self.at += 1;
+                } else if self.command && next == Some('(') {
+                    self.open(Ctx::Arithmetic { depth: 0 }, 2);
+                } else {
+                    self.set_top(Ctx::Commands {
+                        subst,
+                        depth: depth + 1,
+                        pending,
+                    });
+                    self.command = true;
+                    self.at += 1;
+                }
+            }
+            ')' => {
+                self.end_word()?;
+                let Ctx::Commands {
+                    subst,
+                    depth,
+                    pending,
+                } = self.top()
+                else {
+                    unreachable!("read only in commands")
+                };
+                if let Some(case @ Case::Pattern) = self.case() {
+                    *case = Case::Body;
+                    self.command = true;
+                    self.at += 1;
+                } else if depth > 0 {
+                    self.set_top(Ctx::Commands {
+                        subst,
+                        depth: depth - 1,
+                        pending,
+                    });
+                    self.command = false;
+                    self.at += 1;
+                } else if subst {
+                    self.close()?;
+                } else {
+                    return Err(Guard::Unsure);
+                }
+            }
+            _ => {
+                self.word_char(Some(c));
+                self.at += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// A character of a word (`None`: a quote or an expansion).
+    fn word_char(&mut self, c: Option<char>) {
+        if !self.word.open {
+            self.word = Word {
+                open: true,
+                text: String::new(),
+                simple: true,
+                command: self.command,
+            };
+        }
+        match c {
+            Some(c) => self.word.text.push(c),
+            None => self.word.simple = false,
+        }
+    }
+
+    /// Ends the word being read, if any, and reads it as a keyword where it is one.
+    fn end_word(&mut self) -> Result<(), Guard> {
+        if !self.word.open {
+            return Ok(());
+        }
+        let word = std::mem::take(&mut self.word);
+        let keyword = if word.simple && word.command {
+            word.text.as_str()
+        } else {
+            ""
+        };
+        let frame = self.stack.len() - 1;
+        match self.case() {
+            Some(case @ Case::Subject) => {
+                *case = Case::In;
+                self.command = false;
+            }
+            Some(case @ Case::In) => {
+                if !(word.simple && word.text == "in") {
+                    return Err(Guard::Unsure);
+                }
+                *case = Case::Pattern;
+                self.command = true;
+            }
+            Some(Case::Pattern) => {
+                if keyword == "esac" {
+                    self.cases.pop();
+                }
+                self.command = false;
+            }
+            state => {
+                let body = state.is_some();
+                self.command = match keyword {
+                    "case" => {
+                        self.cases.push((frame, Case::Subject));
+                        false
+                    }
+                    "esac" if body => {
+                        self.cases.pop();
+                        false
+                    }
+                    "if" | "then" | "else" | "elif" | "while" | "until" | "do" | "!" | "{"
+                    | "time" => true,
+                    _ => false,
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// A heredoc's delimiter, after `<<`.
+    fn heredoc(&mut self) -> Result<(), Guard> {
+        let strip = self.peek(0) == Some('-');
+        if strip {
+            self.at += 1;
+        }
+        while matches!(self.peek(0), Some(' ' | '\t')) {
+            self.at += 1;
+        }
+        let mut delimiter = String::new();
+        let mut quoted = false;
+        loop {
+            match self.peek(0) {
+                None => return Err(Guard::HeredocDelimiter),
+                Some(c) if c.is_whitespace() || ";&|<>()".contains(c) => break,
+                Some('$' | '`') => return Err(Guard::Unsure),
+                Some('\\') => {
+                    quoted = true;
+                    delimiter.push(self.peek(1).ok_or(Guard::HeredocDelimiter)?);
+                    self.at += 2;
+                }
+                Some(q @ ('\'' | '"')) => {
+                    quoted = true;
+                    self.at += 1;
+                    loop {
+                        match self.peek(0) {
+                            None => return Err(Guard::HeredocDelimiter),
+                            Some(c) if c == q => break,
+                            Some('\\') if q == '"' => {
+                                let Some(e) = self.peek(1) else {
+                                    return Err(Guard::HeredocDelimiter);
+                                };
+                                if !"$`\"\\".contains(e) {
+                                    delimiter.push('\\');
+                                }
+                                delimiter.push(e);
+                                self.at += 2;
+                            }
+                            Some(c) => {
+                                delimiter.push(c);
+                                self.at += 1;
+                            }
+                        }
+                    }
+                    self.at += 1;
+                }
+                Some(c) => {
+                    delimiter.push(c);
+                    self.at += 1;
+                }
+            }
+        }
+        if delimiter.is_empty() {
+            return Err(Guard::Unsure);
+        }
+        self.pending.push(Heredoc {
+            delimiter,
+            strip,
+            quoted,
+        });
+        Ok(())
+    }
+
+    /// A character of a heredoc's body, read line by line up to its delimiter.
+    fn body(&mut self, c: char) {
+        let doc = &self.bodies[0];
+        match c {
+            '\\' if !doc.quoted => {
+                match self.peek(1) {
+                    // A line continued, in a body whose delimiter is not quoted.
+                    Some('\n') => {}
+                    Some(e) => {
+                        self.line.push(c);
+                        self.line.push(e);
+                    }
+                    None => self.line.push(c),
+                }
+                self.at += 2;
+            }
+            '\n' => {
+                let line = if doc.strip {
+                    self.line.trim_start_matches('\t')
+                } else {
+                    &self.line
+                };
+                if line == doc.delimiter {
+                    self.bodies.remove(0);
+                }
+                self.line.clear();
+                self.at += 1;
+            }
+            c => {
+                self.line.push(c);
+                self.at += 1;
+            }
         }
     }
 }
@@ -533,6 +1088,8 @@ mod tests {
             "echo $'a\\'b {{ host.evil }}'",
             "echo \"$((1 + 2)) {{ host.dir }}\"",
             "echo \"$(true) {{ host.dir }}\"",
+            // Single quotes do not hide a backquote inside backquotes.
+            "echo \"`ls {{ host.dir }}`\"",
         ] {
             let errs = tpl(bad).render(&Fixed).unwrap_err();
             assert_eq!(errs.len(), 1, "{bad}");
@@ -554,12 +1111,15 @@ mod tests {
             "sh -c 'echo {{ host.evil | raw }}'",
             "sh -c 'echo x; rm -rf / 'y''",
         );
-        // A command substitution or backticks inside double quotes start afresh, unquoted.
+        // A command substitution inside double quotes starts afresh, unquoted.
         check(
             "[ -z \"$(find {{ host.dir }} -name x)\" ]",
             "[ -z \"$(find '/srv/a b' -name x)\" ]",
         );
-        check("echo \"`ls {{ host.dir }}`\"", "echo \"`ls '/srv/a b'`\"");
+        check(
+            "echo \"`ls {{ host.plain }}`\"",
+            "echo \"`ls /srv/images`\"",
+        );
         check("echo a#b 'c' {{ host.dir }}", "echo a#b 'c' '/srv/a b'");
         check(
             "echo x # it's\nls {{ host.dir }}",
@@ -596,6 +1156,170 @@ mod tests {
             let text = format!("run = \"{bad}\"");
             let value = Sp::new(bad.to_string(), Location::new(FileId(0), 6..text.len()));
             assert!(Template::parse(&value, &text).is_err(), "{bad}");
+        }
+    }
+
+    /// `host.v` is the value given, `host.p` a plain one.
+    struct Hostile(String);
+    impl Scope for Hostile {
+        fn lookup(&self, namespace: &str, name: &str) -> Lookup {
+            match (namespace, name) {
+                ("host", "v") => Lookup::Found(TemplateValue::Text(self.0.clone())),
+                ("host", "p") => Lookup::Found(TemplateValue::Text("/srv/images".into())),
+                _ => Lookup::Missing {
+                    what: format!("no `{name}`"),
+                    known: vec!["v".into(), "p".into()],
+                },
+            }
+        }
+    }
+
+    /// Renders `template` with values that try to create a file: each is refused at its
+    /// placeholder, or the command it gives, run by `sh -c` and by `bash -c`, creates nothing.
+    /// A plain value (in `{{ host.v }}`'s place) renders.
+    #[track_caller]
+    fn never_runs(template: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ran");
+        let f = f.display();
+        let payloads = [
+            format!("$(touch {f})"),
+            format!("'` ; touch {f} ; `'"),
+            format!("x\ntouch {f}\n"),
+        ];
+        for payload in &payloads {
+            match tpl(template).render(&Hostile(payload.clone())) {
+                Err(errs) => {
+                    assert_eq!(errs.len(), 1, "{template}");
+                    let e = &errs[0];
+                    assert!(
+                        e.message.contains("`{{ host.v }}` is")
+                            && e.message.contains(INSIDE_QUOTES)
+                            && e.message.contains("so the value could run as a command")
+                            && e.hint.is_some(),
+                        "{template}: {}",
+                        e.message
+                    );
+                    let at = e.location.clone().unwrap().span;
+                    let text = format!("run = \"{template}\"");
+                    assert!(text[at].starts_with("{{ host.v"), "{template}");
+                }
+                Ok(cmd) => {
+                    let cmd = cmd.to_string();
+                    for shell in ["sh", "bash"] {
+                        std::process::Command::new(shell)
+                            .args(["-c", &cmd])
+                            .stdin(std::process::Stdio::null())
+                            .stdout(std::process::Stdio::null())
+                            .stderr(std::process::Stdio::null())
+                            .status()
+                            .unwrap();
+                        assert!(
+                            !dir.path().join("ran").exists(),
+                            "{shell} -c ran the value of {template}: {cmd}"
+                        );
+                    }
+                }
+            }
+        }
+        let plain = template.replace("{{ host.v }}", "{{ host.p }}");
+        let cmd = tpl(template).render(&Hostile("/srv/images".into()));
+        assert!(cmd.is_ok(), "{template}: {cmd:?}");
+        assert!(tpl(&plain).render(&Hostile(String::new())).is_ok());
+    }
+
+    #[test]
+    fn a_value_in_a_parameter_expansion_never_runs_as_a_command() {
+        never_runs("echo \"${X:-\"{{ host.v }}\"}\"");
+        never_runs("echo ${X:-{{ host.v }}}");
+        never_runs("echo \"${X:-'{{ host.v }}'}\"");
+        never_runs("echo ${X:+\"a\"}\"{{ host.v }}\"");
+    }
+
+    #[test]
+    fn a_value_in_a_case_inside_a_command_substitution_never_runs_as_a_command() {
+        never_runs("echo \"$(case a in a) echo \"{{ host.v }}\";; esac)\"");
+        never_runs("echo \"$(case a in (a) echo {{ host.v }};; esac)\"");
+        never_runs("echo \"$(case a in a) echo x;; esac) {{ host.v }}\"");
+        never_runs("echo \"$(if true; then case a in a|b) echo \"{{ host.v }}\";; esac; fi)\"");
+        // `case` is a keyword only as a command's first word.
+        never_runs("echo \"$(echo case) and esac {{ host.v }}\"");
+    }
+
+    #[test]
+    fn a_hash_inside_a_word_begins_no_comment_that_hides_quotes() {
+        never_runs("t=$(date)#\"{{ host.v }}\"");
+        never_runs("t=$(date)#{{ host.v }}");
+        never_runs("echo ${X}#\"{{ host.v }}\"");
+        never_runs("echo a #\"\n{{ host.v }}");
+        // A line break in a value would end a comment.
+        never_runs("echo a # {{ host.v }}");
+        // A line continued does not end a word before a `#`.
+        never_runs("echo a \\\n# it's\necho '{{ host.v }}'");
+    }
+
+    #[test]
+    fn a_value_in_a_heredoc_never_runs_as_a_command() {
+        never_runs("cat <<EOF\n{{ host.v }}\nEOF");
+        never_runs("cat <<'EOF'\n{{ host.v }}\nEOF");
+        never_runs("cat <<-\"EOF\"\n\t{{ host.v }}\n\tEOF");
+        never_runs("x=$(cat <<EOF\n{{ host.v }}\nEOF\n)");
+        never_runs("cat <<EOF\nEOF \\\nEOF\n{{ host.v }}\nEOF");
+        never_runs("cat <<{{ host.v }}\nx\n");
+        // After its delimiter, a line is commands again.
+        never_runs("cat <<EOF >/dev/null\nit's\nEOF\necho {{ host.v }}");
+    }
+
+    #[test]
+    fn a_value_in_backquotes_never_runs_as_a_command() {
+        never_runs("echo `ls {{ host.v }}`");
+        never_runs("echo \"`ls {{ host.v }}`\"");
+        never_runs("echo `echo '{{ host.v }}'`");
+        never_runs("echo `echo \\`ls {{ host.v }}\\``");
+    }
+
+    /// What reads quotes its own way: arithmetic, `$'…'`, a backslash.
+    #[test]
+    fn a_value_where_single_quotes_do_not_make_one_word_never_runs_as_a_command() {
+        never_runs("echo $(( {{ host.v }} + 1 ))");
+        never_runs("(( {{ host.v }} > 1 )); echo");
+        never_runs("echo ${{ host.v }}");
+        never_runs("echo \\{{ host.v }}");
+        never_runs("echo $[ {{ host.v }} ]");
+    }
+
+    /// Where the command's text is read to its end, a value is quoted as before.
+    #[test]
+    fn a_value_after_what_is_read_through_is_quoted() {
+        for (template, expected) in [
+            ("t=$(date)#x {{ host.dir }}", "t=$(date)#x '/srv/a b'"),
+            (
+                "case $x in a) ;; (b|c) echo;; esac; ls {{ host.dir }}",
+                "case $x in a) ;; (b|c) echo;; esac; ls '/srv/a b'",
+            ),
+            (
+                "echo \"$(case a in a) echo;; esac)\" {{ host.dir }}",
+                "echo \"$(case a in a) echo;; esac)\" '/srv/a b'",
+            ),
+            (
+                "x=$(for d in a; do case $d in *) :;; esac; done); ls {{ host.dir }}",
+                "x=$(for d in a; do case $d in *) :;; esac; done); ls '/srv/a b'",
+            ),
+            (
+                "cat <<'EOF'\nit's\nEOF\nls {{ host.dir }}",
+                "cat <<'EOF'\nit's\nEOF\nls '/srv/a b'",
+            ),
+            (
+                "d=$((1 + (2))); x=${d%.*}; f() { ls \"$@\"; }; f {{ host.dir }}",
+                "d=$((1 + (2))); x=${d%.*}; f() { ls \"$@\"; }; f '/srv/a b'",
+            ),
+            (
+                "echo \"`date`\" {{ host.dir }}",
+                "echo \"`date`\" '/srv/a b'",
+            ),
+            ("cat <<< x {{ host.dir }}", "cat <<< x '/srv/a b'"),
+        ] {
+            check(template, expected);
         }
     }
 }
