@@ -2542,6 +2542,10 @@ fn cut_before_point(plan: &Plan, prior: &HashMap<String, Prior>, events: &[Event
             Event::UndoFinished { step, ok: true, .. } => {
                 pointed.remove(step.as_str());
             }
+            // An attempt that failed gave its copies back: what a later one did is its own.
+            Event::StepFinished { step, status, .. } if !status.succeeded() => {
+                pointed.remove(step.as_str());
+            }
             _ => {}
         }
     }
@@ -4039,6 +4043,21 @@ mod tests {
                 cut_before_point(&over, &prior, &[used.clone(), undone.clone()]),
                 ["erp-db/start"]
             );
+            // An earlier attempt journaled its point, then failed (its copies given back); a
+            // later one was cut before it journaled its own: it runs again whole.
+            let failed = Event::StepFinished {
+                at,
+                step: "erp-db/start".into(),
+                attempt: 1,
+                status: crate::event::StepStatus::Failed,
+                duration_ms: 0,
+                message: None,
+            };
+            assert_eq!(
+                cut_before_point(&over, &prior, &[used.clone(), failed.clone()]),
+                ["erp-db/start"]
+            );
+            assert!(cut_before_point(&over, &prior, &[failed, used.clone()]).is_empty());
             let done: HashMap<String, Prior> = [("erp-db/start".to_string(), Prior::Done)].into();
             assert!(cut_before_point(&over, &done, &[]).is_empty());
         }

@@ -467,6 +467,9 @@ struct RunFacts<'a> {
     steps: HashMap<&'a str, StepFacts>,
     /// The replica points used, each with the step that used it.
     points: Vec<(String, PointUsed)>,
+    /// By step, how many of `points` were journaled before its last attempt that did not
+    /// succeed: what it started from is in none of them (its copies were given back).
+    void_before: HashMap<String, usize>,
     lags: HashMap<String, LagUsed>,
     resumes: Vec<Resume>,
     ended_at: Option<DateTime<Utc>>,
@@ -507,6 +510,11 @@ impl<'a> RunFacts<'a> {
 
     fn record(&mut self, e: &'a Event) {
         self.watch_clock(e);
+        if let Event::StepFinished { step, status, .. } = e
+            && !status.succeeded()
+        {
+            self.void_before.insert(step.clone(), self.points.len());
+        }
         match e {
             Event::StepStarted { .. }
             | Event::StepOutput { .. }
@@ -1117,7 +1125,11 @@ fn final_points<'r>(run: &'r Run, id: &str) -> Vec<&'r PointUsed> {
     let mut items: Vec<&str> = Vec::new();
     let mut started: HashMap<&str, &PointUsed> = HashMap::new();
     let mut made: HashMap<&str, &PointUsed> = HashMap::new();
-    for (step, p) in &run.facts.points {
+    for (i, (step, p)) in run.facts.points.iter().enumerate() {
+        // Journaled by an attempt that failed: not what the step that ended done ran from.
+        if run.facts.void_before.get(step).is_some_and(|&n| i < n) {
+            continue;
+        }
         let Some(rec) = run
             .steps
             .index
@@ -2175,6 +2187,38 @@ mod tests {
         assert_ne!(report.result, Outcome::Recovered);
         let app = report.services.iter().find(|s| s.id == "app").unwrap();
         assert_eq!(app.data_loss_unknown, None);
+    }
+
+    /// A start that journaled its point and then failed gave its copies back: the attempt
+    /// that ended done (here by a person's hand, journaling none) did not start from it, so
+    /// its age is no measure of the data lost; a point the last attempt journaled is.
+    #[test]
+    fn a_point_of_a_failed_attempt_is_not_what_the_done_one_started_from() {
+        let base = |last_point: bool| {
+            let mut events = vec![started(None)];
+            events.push(point_at("db/start", "P1", t(-60), 1));
+            events.extend(run("db/start", 0, 5, StepStatus::Failed));
+            let [again, done] = run("db/start", 10, 20, StepStatus::Done);
+            events.push(again);
+            if last_point {
+                events.push(point_at("db/start", "P0", t(-600), 11));
+            }
+            events.push(done);
+            events.extend(run("db/healthy", 20, 30, StepStatus::Done));
+            events.extend(run("app/start", 30, 40, StepStatus::Done));
+            events.push(Event::RunFinished {
+                at: t(41),
+                status: RunStatus::Succeeded,
+            });
+            build_of(&events)
+        };
+        let report = base(false);
+        let db = report.services.iter().find(|s| s.id == "db").unwrap();
+        assert_eq!((db.data_loss_s, db.rpo_met), (None, None), "{db:?}");
+        assert!(db.data_loss_unknown.is_some(), "{db:?}");
+        let report = base(true);
+        let db = report.services.iter().find(|s| s.id == "db").unwrap();
+        assert!(db.data_loss_s.is_some_and(|l| l >= 600.0), "{db:?}");
     }
 
     /// Each wait of a step for a person is its own row: a step handed to a person, confirmed,
