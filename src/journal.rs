@@ -435,7 +435,17 @@ pub fn read_lenient(path: &Path) -> Result<(Vec<Event>, Option<JournalError>), J
             break;
         }
         match serde_json::from_slice::<Event>(&line) {
-            Ok(e) => events.push(e),
+            Ok(e) => {
+                if let Some(message) = not_of_this_run(path, &events, &e) {
+                    let damage = JournalError::Corrupt {
+                        path: path.to_path_buf(),
+                        line: number,
+                        message,
+                    };
+                    return Ok((events, Some(damage)));
+                }
+                events.push(e)
+            }
             Err(e) => {
                 let damage = JournalError::Corrupt {
                     path: path.to_path_buf(),
@@ -447,6 +457,36 @@ pub fn read_lenient(path: &Path) -> Result<(Vec<Event>, Option<JournalError>), J
         }
     }
     Ok((events, None))
+}
+
+/// Why event `e`, read after `before` from the journal at `path`, is not of one run's
+/// journal: a journal begins with its `run_started`, has one, and one in a run's folder
+/// (`runs/ID/journal.jsonl`) is that run's. A journal copied under another run's folder, or
+/// two joined, is refused at that line, never carried on as another run. Pure.
+fn not_of_this_run(path: &Path, before: &[Event], e: &Event) -> Option<String> {
+    match (before.is_empty(), e) {
+        (true, Event::RunStarted { run_id, .. }) => {
+            let folder = path.parent()?;
+            let in_runs = folder
+                .parent()
+                .and_then(Path::file_name)
+                .is_some_and(|n| n == "runs");
+            let named = folder.file_name()?.to_str()?;
+            (in_runs && named != run_id).then(|| {
+                format!(
+                    "the journal of run `{run_id}` is in the folder of run `{named}` (copied or moved there?): it is not carried on or reported as another run; put it back in runs/{run_id}/, or keep a copy outside the state folder"
+                )
+            })
+        }
+        (true, _) => Some(
+            "a journal begins with its run's `run_started`: this one does not (its first lines lost, or not a journal)"
+                .to_string(),
+        ),
+        (false, Event::RunStarted { run_id, .. }) => Some(format!(
+            "a second `run_started` (of run `{run_id}`): two journals joined into one are not one run"
+        )),
+        _ => None,
+    }
 }
 
 /// The length of a journal's torn last line (no newline at its end), if it has one.
@@ -721,12 +761,66 @@ mod tests {
             .with_timezone(&Utc)
     }
 
+    /// The `run_started` of run `id`.
+    fn started(id: &str) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "event": "run_started", "at": "2026-08-15T03:00:00Z", "run_id": id,
+            "mode": "drill", "emergency": false, "services": [], "only": false,
+            "operator": "o", "machine": "m", "version": "v", "sources_digest": "d",
+            "steps": [],
+        }))
+        .unwrap()
+    }
+
+    /// A journal copied into another run's folder, one whose first line is not its
+    /// `run_started`, and two joined into one are refused at the line that says so: never
+    /// carried on, or reported, as another run.
+    #[test]
+    fn a_journal_is_its_own_runs_alone() {
+        let state = tempfile::tempdir().unwrap();
+        let write = |id: &str, events: &[Event]| {
+            let dir = RunDir::create(state.path(), id).unwrap();
+            let mut w = JournalWriter::open(&dir).unwrap();
+            for e in events {
+                w.append(e).unwrap();
+            }
+            dir
+        };
+        let finished = Event::RunFinished {
+            at: at(),
+            status: RunStatus::Failed,
+        };
+        let copied = write("r1-keep", &[started("r1"), finished.clone()]);
+        let err = copied.read().unwrap_err().to_string();
+        assert!(
+            err.contains("journal.jsonl:1: corrupt journal line: the journal of run `r1` is in the folder of run `r1-keep`"),
+            "{err}"
+        );
+        let joined = write("r2", &[started("r2"), finished.clone(), started("r3")]);
+        let err = joined.read().unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "journal.jsonl:3: corrupt journal line: a second `run_started` (of run `r3`)"
+            ),
+            "{err}"
+        );
+        let headless = write("r4", std::slice::from_ref(&finished));
+        let err = headless.read().unwrap_err().to_string();
+        assert!(
+            err.contains("journal.jsonl:1: corrupt journal line: a journal begins with its run's `run_started`"),
+            "{err}"
+        );
+        let good = write("r5", &[started("r5"), finished]);
+        assert_eq!(good.read().unwrap().len(), 2);
+    }
+
     #[test]
     fn events_round_trip_and_a_torn_last_line_is_ignored() {
         let state = tempfile::tempdir().unwrap();
         let dir = RunDir::create(state.path(), "r1").unwrap();
         let mut w = JournalWriter::open(&dir).unwrap();
         let events = vec![
+            started("r1"),
             Event::StepFinished {
                 at: at(),
                 step: "erp-db/start".into(),
@@ -818,10 +912,11 @@ mod tests {
     fn a_corrupt_line_is_named() {
         let state = tempfile::tempdir().unwrap();
         let dir = RunDir::create(state.path(), "r1").unwrap();
-        std::fs::write(dir.journal_path(), "{\"event\":\"run_finished\",\"at\":\"2026-08-15T03:00:00Z\",\"status\":\"failed\"}\nnot json\n").unwrap();
+        let head = serde_json::to_string(&started("r1")).unwrap();
+        std::fs::write(dir.journal_path(), format!("{head}\n{{\"event\":\"run_finished\",\"at\":\"2026-08-15T03:00:00Z\",\"status\":\"failed\"}}\nnot json\n")).unwrap();
         let err = dir.read().unwrap_err().to_string();
         assert!(
-            err.contains("journal.jsonl:2: corrupt journal line"),
+            err.contains("journal.jsonl:3: corrupt journal line"),
             "{err}"
         );
     }
@@ -1047,10 +1142,7 @@ mod tests {
     fn resuming_cuts_a_torn_last_line_and_keeps_it_beside_the_journal() {
         let state = tempfile::tempdir().unwrap();
         let dir = RunDir::create(state.path(), "r1").unwrap();
-        let first = Event::RunFinished {
-            at: at(),
-            status: RunStatus::Interrupted,
-        };
+        let first = started("r1");
         let mut w = JournalWriter::open(&dir).unwrap();
         w.append(&first).unwrap();
         drop(w);

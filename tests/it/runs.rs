@@ -387,7 +387,9 @@ fn a_damaged_journal_is_listed_as_such_and_hides_no_other_run() {
     // A copy with a bad line in the middle (as an older version left after a torn write).
     let damaged = "20300101-000000-restore";
     std::fs::create_dir_all(runs.join(damaged)).unwrap();
+    let head = text.lines().next().unwrap().replace(good.as_str(), damaged);
     let mut lines: Vec<&str> = text.lines().collect();
+    lines[0] = &head;
     lines[3] = r#"{"event":"step_started","at":"{"event":"run_resumed"}"#;
     std::fs::write(
         runs.join(damaged).join("journal.jsonl"),
