@@ -813,7 +813,12 @@ fn refuse_elsewhere(
         &mut HashMap::new(),
         away,
     );
-    let judged = judge_elsewhere(plan.mode, &found, force);
+    let mut judged = judge_elsewhere(plan.mode, &found, force);
+    if plan.mode == Mode::Restore {
+        let (refused, warned) = sets_relied_on(model, plan, transport);
+        judged.refused.extend(refused);
+        judged.warned.extend(warned);
+    }
     for w in judged.warned.iter().chain(&judged.forced) {
         tracing::warn!("{w}");
     }
@@ -824,6 +829,67 @@ fn refuse_elsewhere(
             vms: judged.refused,
         })
     }
+}
+
+/// The backup sets of the services a restore brings back on their primary side (a step of the
+/// service on the set's source host, none on its copy's) whose copy a failover relies on (its
+/// `live` lease): the recovery site wrote there since (new dumps), and the primary's jobs
+/// restarted on the folder of before would leave that behind, as a vm restored on its disks
+/// of before would. Refused, forced or not (fail back instead, or release the set); a copy
+/// that cannot be read is said.
+fn sets_relied_on(
+    model: &Model,
+    plan: &Plan,
+    transport: &dyn Transport,
+) -> (Vec<String>, Vec<String>) {
+    let helpers = crate::replica::remote::Helpers::new(transport);
+    let (mut refused, mut warned) = (Vec::new(), Vec::new());
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    let services: BTreeSet<&str> = plan.steps.iter().map(|s| s.service.as_str()).collect();
+    for sid in services {
+        let hosts: BTreeSet<&str> = plan
+            .steps
+            .iter()
+            .filter(|s| s.service == sid)
+            .filter_map(|s| s.host.as_deref())
+            .collect();
+        for set in crate::plan::backup_sets_of(model, sid) {
+            let (source, dest) = (set.source_host.value.as_str(), set.dest_host.value.as_str());
+            if !hosts.contains(source) || hosts.contains(dest) || !seen.insert(&set.id) {
+                continue;
+            }
+            let back = format!(
+                "fail back instead (`reprise failback --service {sid}`), which copies it back first (if its data came back by other means, `reprise release {}` first)",
+                set.id
+            );
+            match helpers.inspect(dest, std::slice::from_ref(&set.dest_path)) {
+                Ok(copies) => {
+                    let mut runs: Vec<&str> = copies
+                        .iter()
+                        .flat_map(|c| c.leases.iter())
+                        .filter(|l| l.kind == crate::replica::LeaseKind::Live)
+                        .map(|l| l.run.as_str())
+                        .collect();
+                    runs.sort();
+                    runs.dedup();
+                    if !runs.is_empty() {
+                        refused.push(format!(
+                            "backup set {}: its copy {dest}:{} has been relied on since failover run {}: the recovery site may have written there what {source}:{} lacks, and a restore would bring service {sid} back on that folder as it was; {back}",
+                            set.id,
+                            set.dest_path,
+                            runs.join(", "),
+                            set.source_path
+                        ));
+                    }
+                }
+                Err(e) => warned.push(format!(
+                    "whether a failover relies on backup set {}'s copy on {dest} could not be read ({e}): if one does, fail back instead of restoring",
+                    set.id
+                )),
+            }
+        }
+    }
+    (refused, warned)
 }
 
 /// A restore of a service its application replicates (a standby promoted by a failover, not

@@ -3253,6 +3253,38 @@ fn a_failback_never_reports_a_vm_started_on_the_primary_outside_it() {
     }
 }
 
+/// A failover relied on the backup sets' copies (the recovery site writes its dumps there
+/// since); then a restore of the backups on the primary, after a power cut of both sites,
+/// would restart the primary's jobs on the folders of before: refused (exit 6), naming the
+/// set, its copy and the failover, and saying to fail back. Nothing runs.
+#[test]
+fn a_restore_never_brings_back_a_backup_set_a_failover_relies_on_elsewhere() {
+    let lab = Lab::up(193);
+    let only = ["--service", "backups", "--only", "--yes", "--no-prompt"];
+    let exit = lab.run_confirming(
+        &[&["failover"][..], &only[..]].concat(),
+        Duration::from_secs(240),
+    );
+    assert!(exit.success(), "{:?}", lab.journal().last());
+    let runs_before = crate::common::run_ids(&lab.state()).len();
+    let restore = lab.run(&[&["restore"][..], &only[..]].concat());
+    assert_eq!(restore.code, 6, "{restore:?}");
+    assert!(
+        restore
+            .stderr
+            .contains("refusing to restore: backup set erp-dumps: its copy ")
+            && restore
+                .stderr
+                .contains("has been relied on since failover run ")
+            && restore
+                .stderr
+                .contains("fail back instead (`reprise failback --service backups`)"),
+        "{}",
+        restore.stderr
+    );
+    assert_eq!(crate::common::run_ids(&lab.state()).len(), runs_before);
+}
+
 /// The same for a backup set: a failback of the backups judged the folder of erp-dumps on
 /// san-main at its start, then waited for a person before copying it back; meanwhile the
 /// folder got a dump (the primary's own backup job ran again). The copy back would remove it:
