@@ -220,6 +220,17 @@ fn walk_all(root: &Path) -> io::Result<Walked> {
         for entry in std::fs::read_dir(root.join(&rel))? {
             let entry = entry?;
             let rel = rel.join(entry.file_name());
+            // Names travel as text: one in another encoding (an old share's Latin-1) would be
+            // looked for under another name, and its file said missing.
+            if entry.file_name().to_str().is_none() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: a name that is not UTF-8 text (written in another encoding, as an old share's Latin-1): a backup set's names travel as text, so it cannot be copied under its own name; rename it (`convmv -f latin1 -t utf-8 --notest`), or move it out of the backup set",
+                        as_text(&rel.to_string_lossy())
+                    ),
+                ));
+            }
             let meta = entry.metadata()?;
             let kind = meta.file_type();
             if meta.is_dir() {
@@ -2601,6 +2612,26 @@ mod tests {
         std::fs::create_dir_all(&empty).unwrap();
         replicate(&empty, &copy, "p1");
         assert_eq!(TreeStore::new(&copy).points().unwrap().len(), 1);
+    }
+
+    /// A file whose name is not UTF-8 (an old share's Latin-1) is named, with what to do: not
+    /// said missing, and no point is made.
+    #[test]
+    fn a_name_that_is_not_utf8_is_said_as_such() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("compta")).unwrap();
+        let name = std::ffi::OsStr::from_bytes(b"caf\xe9.sql");
+        std::fs::write(src.join("compta").join(name), b"dump").unwrap();
+        let mut stream = Vec::new();
+        let err = send_tree(&src, &Tree::default(), &mut stream).unwrap_err();
+        assert!(
+            err.contains("compta/caf\u{fffd}.sql: a name that is not UTF-8 text")
+                && err.contains("convmv")
+                && !err.contains("No such file"),
+            "{err}"
+        );
     }
 
     /// A new point `id` of source `src` taken at `taken_at`, keeping 3.
