@@ -785,7 +785,9 @@ pub fn name_problem(s: &str) -> Option<String> {
 
 /// What is wrong with a path on a host, if anything: absolute (a folder or backup set) or
 /// relative (a disk under `images_dir`), made of plain parts: no `.` or `..`, no empty part,
-/// no control character, and no part ending in `.reprise` (replica metadata lives there).
+/// no control character, no part ending in `.reprise` (replica metadata lives there), and no
+/// part so long that a name reprise makes of it (`NAME.reprise`, `STEM.reprise-replicate`)
+/// would not fit a file name (255 bytes).
 pub fn path_problem(s: &str, absolute: bool) -> Option<String> {
     if blank(s) {
         return Some("is empty".into());
@@ -807,15 +809,38 @@ pub fn path_problem(s: &str, absolute: bool) -> Option<String> {
             p if p.ends_with(".reprise") => {
                 return Some("has a part ending in `.reprise`, kept for replica metadata".into());
             }
+            p if p.len() > MAX_PART => {
+                return Some(format!(
+                    "has a part of {} bytes: reprise names files after it with up to {} bytes more (`.reprise-replicate`), and a file name holds 255 at most; keep each part to {MAX_PART} bytes",
+                    p.len(),
+                    255 - MAX_PART
+                ));
+            }
             _ => {}
         }
     }
     None
 }
 
+/// The longest part of a path [`path_problem`] takes: 255 bytes less `.reprise-replicate`.
+const MAX_PART: usize = 255 - ".reprise-replicate".len();
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A part whose names reprise makes beside it would not fit a file name is refused at
+    /// validation, not by the host's first replication ("File name too long").
+    #[test]
+    fn a_path_part_too_long_for_the_names_made_of_it_is_refused() {
+        let fits = "a".repeat(MAX_PART);
+        assert_eq!(path_problem(&fits, false), None);
+        let long = "a".repeat(250);
+        let why = path_problem(&long, false).unwrap();
+        assert!(why.contains("has a part of 250 bytes"), "{why}");
+        let why = path_problem(&format!("/srv/{long}/x"), true).unwrap();
+        assert!(why.contains("has a part of 250 bytes"), "{why}");
+    }
 
     #[track_caller]
     fn check(problem: Option<String>, expected: Option<&str>) {
