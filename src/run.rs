@@ -617,6 +617,7 @@ fn execute(
             run_id: plan.run_id.clone(),
             transport: transport.clone(),
             down: Default::default(),
+            endpoints: ssh_endpoints(model, ssh),
             away,
             force,
             operator,
@@ -1281,6 +1282,8 @@ struct RestoreGuard {
     run_id: String,
     transport: Arc<dyn Transport>,
     down: std::sync::Mutex<HashMap<String, (std::time::Instant, String)>>,
+    /// Where each host's SSH port is, knocked on to tell one back from one still down.
+    endpoints: HashMap<String, (String, u16)>,
     /// What this machine's journals showed at the run's start, and whether it was forced.
     away: BTreeMap<String, Away>,
     force: bool,
@@ -1303,14 +1306,28 @@ fn forced_in(events: &[Event]) -> impl Iterator<Item = String> + '_ {
         .cloned()
 }
 
-/// Whether `host`'s SSH port takes a TCP connection within two seconds (a host taken as down
-/// that may have come back).
-fn answers_now(model: &Model, host: &str) -> bool {
+/// Each host's SSH address and port as its connections reach it (the inventory's, or the
+/// user's ssh configuration's `HostName` and `Port` for what the inventory does not name).
+fn ssh_endpoints(model: &Model, ssh: &SshOptions) -> HashMap<String, (String, u16)> {
+    model
+        .inventory
+        .hosts
+        .iter()
+        .map(|(id, h)| {
+            let spec = host_spec(h, ssh);
+            (id.clone(), (spec.address, spec.port))
+        })
+        .collect()
+}
+
+/// Whether `host`'s SSH port (as `endpoints` has it) takes a TCP connection within two
+/// seconds (a host taken as down that may have come back).
+fn answers_now(endpoints: &HashMap<String, (String, u16)>, host: &str) -> bool {
     use std::net::ToSocketAddrs as _;
-    let Some(h) = model.inventory.hosts.get(host) else {
+    let Some((address, port)) = endpoints.get(host) else {
         return false;
     };
-    (h.address.as_str(), h.port)
+    (address.as_str(), *port)
         .to_socket_addrs()
         .map(|mut addrs| {
             addrs.any(|a| {
@@ -1330,7 +1347,7 @@ impl runner::OtherSite for RestoreGuard {
         // A host that came back since (a recovery host booting after the power cut, now
         // running a vm a failover left there) is asked again: its SSH port is knocked on,
         // which costs seconds at most, not a connection's timeout.
-        known.retain(|host, _| !answers_now(&self.model, host));
+        known.retain(|host, _| !answers_now(&self.endpoints, host));
         let mut down: HashMap<String, String> = known
             .iter()
             .map(|(h, (_, why))| (h.clone(), why.clone()))
@@ -5125,10 +5142,39 @@ mod elsewhere_tests {
         let host = model.inventory.hosts.get_mut("hv-pra").unwrap();
         host.address = "127.0.0.1".into();
         host.port = port;
-        assert!(answers_now(&model, "hv-pra"));
+        let plain = SshOptions {
+            policy: HostKeyPolicy::Strict,
+            known_hosts: PathBuf::from("/nonexistent/known_hosts"),
+            known_hosts_given: false,
+            identity: None,
+            connect_timeout: StdDuration::from_secs(5),
+            here: None,
+            client: crate::ssh::SshClient::default(),
+            ssh_config: None,
+        };
+        let endpoints = ssh_endpoints(&model, &plain);
+        assert!(answers_now(&endpoints, "hv-pra"));
         drop(listener);
-        assert!(!answers_now(&model, "hv-pra"));
-        assert!(!answers_now(&model, "no-such-host"));
+        assert!(!answers_now(&endpoints, "hv-pra"));
+        assert!(!answers_now(&endpoints, "no-such-host"));
+        // Reached through the user's ssh configuration (`HostName`, `Port`), as its
+        // connections are: knocked on there, not at the inventory's address.
+        let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let host = model.inventory.hosts.get_mut("hv-pra").unwrap();
+        host.address = "hv-pra.example".into();
+        host.port_set = false;
+        let config = crate::ssh::config::UserSshConfig::parse(
+            Path::new("/home/k/.ssh/config"),
+            &format!("Host hv-pra.example\n  HostName 127.0.0.2\n  Port {port}\n"),
+            None,
+        )
+        .unwrap();
+        let configured = SshOptions {
+            ssh_config: Some(std::sync::Arc::new(config)),
+            ..plain
+        };
+        assert!(answers_now(&ssh_endpoints(&model, &configured), "hv-pra"));
     }
 
     /// A recovery copy whose leases cannot be read (a damaged lease file, a leases folder
