@@ -1969,7 +1969,17 @@ pub fn judge_folder_back(backs: &[FolderBack]) -> Vec<String> {
             .filter(|l| l.kind == LeaseKind::Live)
             .map(|l| l.taken_at.map_or(l.at, |t| t.min(l.at)))
             .min();
+        // Copied back already, by this failback cut before its step's end was journaled (its
+        // lease released with it): the primary's folder is what it copied, and the copy is
+        // still as it read it.
+        let copied_back = copy.copied_back
+            && b.folder
+                .as_ref()
+                .is_ok_and(crate::replica::CopyState::is_newest_point);
         let Some(since) = since else {
+            if copied_back {
+                continue;
+            }
             problems.push(format!(
                 "copy-back backup set {set}: its recovery copy {recovery}:{} was not relied on by a failover (no live lease): it holds a replica of the primary's folder, older than it, and copying it back would remove or overwrite what the folder got since; fail over first, or use --force only if the recovery site did write the data to keep there",
                 copy.path
@@ -4884,6 +4894,50 @@ mod tests {
             }),
             clock: Ok((0.0, 0.0)),
             settled: Vec::new(),
+        }
+    }
+
+    /// A failback cut after it copied a backup set back (its live lease released with it)
+    /// and before its step's end was journaled: at the resume, the copy still as the failback
+    /// read it and the primary's folder exactly what it copied are no problem (not "relied on
+    /// by no failover"); either otherwise is.
+    #[test]
+    fn a_set_copied_back_before_a_cut_is_not_refused_at_the_resume() {
+        let resumed = |copied_back: bool, primary_is_point: bool| {
+            let mut b = folder_back(Vec::new());
+            if let Ok(c) = &mut b.copy {
+                c.copied_back = copied_back;
+            }
+            if let Ok(f) = &mut b.folder
+                && primary_is_point
+            {
+                f.managed = true;
+                f.points = vec![crate::replica::Point {
+                    id: "p".into(),
+                    taken_at: Utc::now(),
+                    source: "nas-pra:/srv/backups/erp".into(),
+                    size: 0,
+                    blake3: String::new(),
+                    verified: crate::replica::Verified::Yes,
+                    checked_at: None,
+                    received_bytes: 0,
+                    duration_ms: 0,
+                    stamp: None,
+                    definition: None,
+                    read: None,
+                    unusable: None,
+                    pending: false,
+                    newest_file: None,
+                    left_out: Vec::new(),
+                }];
+            }
+            judge_folder_back(&[b])
+        };
+        assert!(resumed(true, true).is_empty());
+        for (copied_back, primary_is_point) in [(false, true), (true, false)] {
+            let problems = resumed(copied_back, primary_is_point);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].contains("no live lease"), "{problems:?}");
         }
     }
 

@@ -723,6 +723,10 @@ pub struct CopyState {
     /// replication writes into it, and what to do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub returned: Option<String>,
+    /// A backup set's folder that a failback copied back to its primary, still as that
+    /// failback read it (its record of it, and its stamp the same).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copied_back: bool,
     /// Its newest point was read from another source than the one the inventory now gives
     /// the copy: why its points may be another disk's data ([`crate::replica::choice::note_sources`];
     /// never said by the recovery host, which does not know the inventory).

@@ -1353,6 +1353,7 @@ impl TreeStore {
         state.returned = self
             .written_since_returned(now.clone())
             .unwrap_or_else(|e| Some(e.to_string()));
+        state.copied_back = state.returned.is_none() && self.path(RETURNED).exists();
         state.changed = changed_since(&state.points, as_newest(&state.points, now));
         if !state.busy {
             state.unsettled = self.cut();
@@ -2612,6 +2613,26 @@ mod tests {
         std::fs::create_dir_all(&empty).unwrap();
         replicate(&empty, &copy, "p1");
         assert_eq!(TreeStore::new(&copy).points().unwrap().len(), 1);
+    }
+
+    /// A copy a failback copied back says so while it is still as that failback read it, and
+    /// no longer once written since.
+    #[test]
+    fn a_copy_copied_back_says_so_while_it_is_as_it_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("nightly.dump"), b"the dump").unwrap();
+        replicate(&src, &dst, "p1");
+        let store = TreeStore::new(&dst);
+        assert!(!store.inspect().copied_back);
+        let stamp = store.inspect().stamp.unwrap();
+        store.release_returned(|_, _| true, &stamp).unwrap();
+        assert!(store.inspect().copied_back);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(dst.join("written-since.dump"), b"new").unwrap();
+        let state = store.inspect();
+        assert!(!state.copied_back && state.returned.is_some(), "{state:?}");
     }
 
     /// A file whose name is not UTF-8 (an old share's Latin-1) is named, with what to do: not
