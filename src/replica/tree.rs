@@ -780,6 +780,18 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
     let walked = walk_all(root).map_err(err)?;
     let left_out = walked.left_out(root);
     let Walked { files, others, .. } = walked;
+    // reprise's own files (a copy's metadata folder `NAME.reprise`, a replication overlay):
+    // copied, they would make the copy another copy's folder, which every later update
+    // refuses to touch, and the points recorded there would travel as data.
+    if let Some((rel, _)) = files.iter().find(|(rel, _)| {
+        rel.split('/')
+            .any(|c| c.ends_with(".reprise") || c.ends_with(".reprise-replicate"))
+    }) {
+        return Err(format!(
+            "{name} holds reprise's own files ({}: a recovery copy's metadata, or a replication's overlay): a backup set whose folder holds reprise copies would copy their history as data, and its copy could not be brought up to date; this replication makes no point. Make the backup set a folder that holds no recovery copy, or move them out of it",
+            as_text(rel)
+        ));
+    }
     // Its file system not mounted (NFS down, a disk not there), a folder is there and empty:
     // made a point, it would empty the copy, and a run would rely on that point.
     if files.is_empty() && !base.files.is_empty() {
@@ -2613,6 +2625,29 @@ mod tests {
         std::fs::create_dir_all(&empty).unwrap();
         replicate(&empty, &copy, "p1");
         assert_eq!(TreeStore::new(&copy).points().unwrap().len(), 1);
+    }
+
+    /// A set's folder holding reprise's own files (a copy's metadata folder, an overlay) is
+    /// refused at its first copy, naming them, rather than copied once and then refused at
+    /// every later update as another copy's folder.
+    #[test]
+    fn a_set_folder_holding_reprise_copies_is_refused_at_its_first_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("vms/db.qcow2.reprise")).unwrap();
+        std::fs::write(src.join("vms/db.qcow2"), b"disk").unwrap();
+        std::fs::write(src.join("vms/db.qcow2.reprise/points.json"), b"[]").unwrap();
+        let mut stream = Vec::new();
+        let err = send_tree(&src, &Tree::default(), &mut stream).unwrap_err();
+        assert!(
+            err.contains("holds reprise's own files (vms/db.qcow2.reprise/points.json")
+                && err.contains("this replication makes no point"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(src.join("vms/db.qcow2.reprise")).unwrap();
+        std::fs::write(src.join("vms/db.reprise-replicate"), b"overlay").unwrap();
+        let err = send_tree(&src, &Tree::default(), &mut stream).unwrap_err();
+        assert!(err.contains("vms/db.reprise-replicate"), "{err}");
     }
 
     /// A copy a failback copied back says so while it is still as that failback read it, and
