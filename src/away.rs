@@ -290,7 +290,8 @@ pub fn switch_runs(runs: &[(String, Vec<Event>)]) -> BTreeMap<String, String> {
 }
 
 /// Every run's events of a state folder, and a note for each journal that could not be read:
-/// one that cannot be read to its end counts for what comes before the damage.
+/// one that cannot be read to its end counts for what comes before the damage, and one that
+/// is not its folder's run's alone (moved, joined) counts whole: what it shows was done.
 pub fn read_runs(state_dir: &Path) -> (Vec<(String, Vec<Event>)>, Vec<String>) {
     let mut runs = Vec::new();
     let mut unread = Vec::new();
@@ -301,7 +302,18 @@ pub fn read_runs(state_dir: &Path) -> (Vec<(String, Vec<Event>)>, Vec<String>) {
     for id in ids {
         let path = journal::runs_dir(state_dir).join(&id).join("journal.jsonl");
         match journal::read_lenient(&path) {
-            Ok((events, _)) => runs.push((id, events)),
+            Ok((events, damage)) => {
+                let events = match &damage {
+                    Some(_) => journal::read_unchecked(&path)
+                        .map(|(all, _)| all)
+                        .unwrap_or(events),
+                    None => events,
+                };
+                if let Some(d) = damage {
+                    unread.push(format!("{id}: {d}"));
+                }
+                runs.push((id, events));
+            }
             Err(e) => unread.push(format!("{id}: {e}")),
         }
     }
@@ -454,6 +466,37 @@ mod tests {
 
     fn t(secs: i64) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 12, 4, 3, 0, 0).unwrap() + chrono::Duration::seconds(secs)
+    }
+
+    /// A failover's journal moved to another folder (`mv runs/ID runs/ID-incident`) is not
+    /// that folder's run, and is said so; what it shows was done still counts for a
+    /// restore's safeguards, never dropped unsaid.
+    #[test]
+    fn a_journal_moved_to_another_folder_still_counts_and_is_said() {
+        let state = tempfile::tempdir().unwrap();
+        let dir = journal::RunDir::create(state.path(), "r1-incident").unwrap();
+        let started: Event = serde_json::from_value(serde_json::json!({
+            "event": "run_started", "at": "2026-12-04T03:00:00Z", "run_id": "r1",
+            "mode": "failover", "emergency": true, "services": [], "only": false,
+            "operator": "o", "machine": "m", "version": "v", "sources_digest": "d",
+            "steps": [],
+        }))
+        .unwrap();
+        let finished = Event::RunFinished {
+            at: t(60),
+            status: crate::event::RunStatus::Succeeded,
+        };
+        let mut w = journal::JournalWriter::open(&dir).unwrap();
+        w.append(&started).unwrap();
+        w.append(&finished).unwrap();
+        let (runs, unread) = read_runs(state.path());
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].1.len(), 2, "{runs:?}");
+        assert_eq!(unread.len(), 1, "{unread:?}");
+        assert!(
+            unread[0].contains("the journal of run `r1` is in the folder of run `r1-incident`"),
+            "{unread:?}"
+        );
     }
 
     fn start_step(id: &str, vm: Option<&str>, host: &str) -> StepRecord {

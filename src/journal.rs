@@ -417,6 +417,19 @@ pub fn read(path: &Path) -> Result<Vec<Event>, JournalError> {
 /// Reads a journal as far as it can: the events before the first bad line, and the error
 /// naming that line. A last line without its newline is ignored.
 pub fn read_lenient(path: &Path) -> Result<(Vec<Event>, Option<JournalError>), JournalError> {
+    read_events(path, true)
+}
+
+/// [`read_lenient`] without asking whether the journal is its folder's run's alone: what a
+/// restore's safeguards count, of a journal moved or joined (said apart).
+pub fn read_unchecked(path: &Path) -> Result<(Vec<Event>, Option<JournalError>), JournalError> {
+    read_events(path, false)
+}
+
+fn read_events(
+    path: &Path,
+    checked: bool,
+) -> Result<(Vec<Event>, Option<JournalError>), JournalError> {
     let file = File::open(path).map_err(io("read", path))?;
     let mut reader = BufReader::new(file);
     let mut events = Vec::new();
@@ -436,7 +449,7 @@ pub fn read_lenient(path: &Path) -> Result<(Vec<Event>, Option<JournalError>), J
         }
         match serde_json::from_slice::<Event>(&line) {
             Ok(e) => {
-                if let Some(message) = not_of_this_run(path, &events, &e) {
+                if let Some(message) = not_of_this_run(path, &events, &e).filter(|_| checked) {
                     let damage = JournalError::Corrupt {
                         path: path.to_path_buf(),
                         line: number,

@@ -501,6 +501,21 @@ struct Launch {
     /// read, as its journal says ([`copied_before`]): a start of the vm on the other side asks
     /// that it is still so, as it does of a copy this process made.
     copied: HashMap<String, runner::CopyRead>,
+    /// For a resumed run: what each vm start of an earlier attempt found its vm to be before
+    /// it (`vm_state_before`), which a roll-back of this attempt goes by.
+    running_before: HashMap<String, Option<bool>>,
+}
+
+/// What each step's last `vm_state_before` in `events` said: whether its vm was running
+/// before it (`None`: not known).
+fn running_before_of(events: &[Event]) -> HashMap<String, Option<bool>> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::VmStateBefore { step, running, .. } => Some((step.clone(), *running)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// What the copies of a vm between its sites that `prior` holds done read, as the journal
@@ -580,6 +595,7 @@ fn execute(
         forced_before,
         judged,
         copied,
+        running_before,
     }: Launch,
     exec: &ExecOptions,
     view: &mut dyn Sink,
@@ -610,6 +626,7 @@ fn execute(
             .map(|state| state.join("definitions"));
     }
     options.forced_by = (force || forced_now).then(|| operator.clone());
+    options.running_before = running_before;
     let transport: Arc<dyn Transport> = Arc::new(transport(model, ssh));
     let other_site = match plan.mode {
         Mode::Restore => Some(Arc::new(RestoreGuard {
@@ -860,16 +877,35 @@ fn sets_relied_on(
                 continue;
             }
             let back = format!(
-                "fail back instead (`reprise failback --service {sid}`), which copies it back first (if its data came back by other means, `reprise release {}` first)",
+                "fail back instead (`reprise failback --service {sid}`) if its failback runbook copies the set back; else, once what the recovery site wrote there is kept or back on {source}, `reprise release {}` lets the copy go",
                 set.id
             );
             match helpers.inspect(dest, std::slice::from_ref(&set.dest_path)) {
                 Ok(copies) => {
+                    for c in copies.iter().filter(|c| !c.bad_leases.is_empty()) {
+                        warned.push(format!(
+                            "backup set {}: the leases of its copy {dest}:{} cannot be read ({}): whether a failover relies on it cannot be told; if one does, fail back instead of restoring",
+                            set.id,
+                            c.path,
+                            c.bad_leases.join(", ")
+                        ));
+                    }
+                    // Still the very point a failover relied on: the recovery site wrote
+                    // nothing there (a set a failback did not copy back keeps its lease).
+                    let as_relied_on = |c: &crate::replica::CopyState, l: &crate::replica::Lease| {
+                        l.point.is_some()
+                            && l.point.as_deref() == c.points.last().map(|p| p.id.as_str())
+                            && c.changed.is_none()
+                            && c.damaged.is_none()
+                            && c.unsettled.is_none()
+                    };
                     let mut runs: Vec<&str> = copies
                         .iter()
-                        .flat_map(|c| c.leases.iter())
-                        .filter(|l| l.kind == crate::replica::LeaseKind::Live)
-                        .map(|l| l.run.as_str())
+                        .flat_map(|c| c.leases.iter().map(move |l| (c, l)))
+                        .filter(|(c, l)| {
+                            l.kind == crate::replica::LeaseKind::Live && !as_relied_on(c, l)
+                        })
+                        .map(|(_, l)| l.run.as_str())
                         .collect();
                     runs.sort();
                     runs.dedup();
@@ -1892,20 +1928,25 @@ pub fn uncopied(plan: &Plan, started: &[&str], transport: &dyn Transport) -> Vec
 
 /// Whether a disk whose modification time is `mtime` by its host's clock, a clock `skew`
 /// seconds ahead of this machine's now (known within `uncertainty`), may have been written at
-/// or after `at` (this machine's clock): in doubt it was. The offset is the clock's now, not
-/// when the disk was written (a host back from a power cut with its clock an hour ahead, set
-/// right by NTP before the cut): its time is taken both as it reads and brought to this
-/// machine's clock, and the later of the two counts; a correction never makes a write older.
-/// Pure.
+/// or after `at` (this machine's clock): in doubt it was. Its time is brought to this
+/// machine's clock by the offset measured now. A clock found more than [`TRUSTED_AHEAD_S`]
+/// ahead may have jumped since the disk was written (a host back from a power cut with its
+/// clock an hour ahead, set right by NTP before the cut): its time as it reads counts too,
+/// and the later of the two; a correction that large never makes a write older. Pure.
 pub fn written_after(mtime: DateTime<Utc>, skew: f64, uncertainty: f64, at: DateTime<Utc>) -> bool {
     let ahead = skew - uncertainty.abs();
     let correction = chrono::Duration::microseconds((ahead * 1e6).round() as i64);
     // A clock so far off that the time cannot be brought over: in doubt.
-    mtime >= at
-        || mtime
-            .checked_sub_signed(correction)
-            .is_none_or(|local| local >= at)
+    let corrected = mtime
+        .checked_sub_signed(correction)
+        .is_none_or(|local| local >= at);
+    corrected || (ahead > TRUSTED_AHEAD_S && mtime >= at)
 }
+
+/// How far ahead a host's clock may be found and its offset trusted as it was when its files
+/// were written: a clock kept by NTP drifts by milliseconds, one back from a power cut with
+/// its hardware clock in local time is hours off.
+pub const TRUSTED_AHEAD_S: f64 = 60.0;
 
 /// A backup set a failback replicates back over its primary's folder, as read before it
 /// starts.
@@ -1933,7 +1974,8 @@ pub struct FolderBack {
 /// point the failover relied on was taken (or after the failover, whichever is earlier),
 /// or whose times cannot be read: the copy-back would overwrite or remove it. A folder that
 /// is exactly the newest point a reverse replication made of it holds nothing of its own;
-/// one not there holds nothing. Pure.
+/// one not there, or empty while the copy holds files, is a problem too (its file system not
+/// mounted?). Pure.
 pub fn judge_folder_back(backs: &[FolderBack]) -> Vec<String> {
     use crate::replica::LeaseKind;
     let mut problems = Vec::new();
@@ -1996,7 +2038,15 @@ pub fn judge_folder_back(backs: &[FolderBack]) -> Vec<String> {
                 continue;
             }
         };
-        if !folder.exists {
+        // Not there, or empty while the copy holds files: its file system may not be mounted
+        // (the copy back would be written under the mount point, and the folder of before
+        // found again once it is mounted), as a vm's disk not there.
+        if !folder.exists || (folder.size == 0 && copy.size > 0) {
+            problems.push(format!(
+                "copy-back backup set {set}: its folder {primary}:{} is {}: its file system may not be mounted (the copy back would be written under its mount point, and the folder of before found again once it is mounted, to be replicated over the recovery copy); mount it and run again, or, if the primary's folder is really gone (a storage rebuilt), use --force to copy it back",
+                folder.path,
+                if folder.exists { "empty" } else { "not there" }
+            ));
             continue;
         }
         let replica = folder.is_newest_point();
@@ -3097,6 +3147,7 @@ pub fn start(
             forced_before: Vec::new(),
             judged,
             copied: HashMap::new(),
+            running_before: HashMap::new(),
         },
         &opts.exec,
         view,
@@ -3402,6 +3453,7 @@ pub fn resume(
     let path = dir.path.clone();
     let run_id = dir.run_id.clone();
     let copied = copied_before(&events, &prior);
+    let running_before = running_before_of(&events);
     let launch = Launch {
         plan,
         dir,
@@ -3415,6 +3467,7 @@ pub fn resume(
         forced_before: forced_in(&events).collect(),
         judged,
         copied,
+        running_before,
     };
     // The vms left start from the points the operator asked for when the run started, and
     // as they resumed it.
@@ -3964,9 +4017,9 @@ mod tests {
 
     /// The primary's disk times are its clock's, the failover's lease time this machine's: a
     /// primary whose clock is behind never hides a write made just after the failover, one
-    /// ahead now (perhaps not when the disk was written) never makes its time older than it
-    /// reads, and a clock that cannot be read is a problem (whether the disk was written since
-    /// cannot be told).
+    /// ahead by seconds makes a write of before it look later no more, one far ahead (perhaps
+    /// not when the disk was written) never makes its time older than it reads, and a clock
+    /// that cannot be read is a problem (whether the disk was written since cannot be told).
     #[test]
     fn a_primary_clock_behind_never_hides_a_write_made_after_the_failover() {
         let failover = Utc::now() - chrono::Duration::minutes(10);
@@ -3997,8 +4050,7 @@ mod tests {
             "{problems:?}"
         );
         assert!(judge(&behind, -30.0, s(-2)).is_empty());
-        assert_eq!(judge(&ahead, 30.0, s(-2)).len(), 1);
-        assert!(judge(&ahead, 30.0, s(-40)).is_empty());
+        assert!(judge(&ahead, 30.0, s(-2)).is_empty());
         assert_eq!(judge(&ahead, 30.0, s(2)).len(), 1);
         for said in [|_| "Wed Dec  2".to_string(), |_| "inf".to_string()] {
             let problems = judge(&Clock(said), 0.0, s(-60));
@@ -4016,15 +4068,15 @@ mod tests {
     }
 
     /// The comparison brings the disk's time to this machine's clock, in doubt towards later:
-    /// a clock found ahead now may have been right when the disk was written, so its offset
-    /// never makes a write older than the disk's time says.
+    /// a clock found far ahead now (more than a minute) may have been right when the disk was
+    /// written, so its offset never makes a write older than the disk's time says.
     #[test]
     fn a_disk_time_is_compared_on_this_machines_clock() {
         let at = Utc::now();
         let s = chrono::Duration::seconds;
         assert!(written_after(at + s(1) - s(30), -30.0, 0.0, at));
         assert!(!written_after(at - s(1) - s(30), -30.0, 0.0, at));
-        assert!(!written_after(at - s(31), 30.0, 0.0, at));
+        assert!(!written_after(at - s(1) + s(30), 30.0, 0.0, at));
         assert!(written_after(at + s(1) + s(30), 30.0, 0.0, at));
         // Written 20 minutes after `at` by a clock then right, found an hour ahead now.
         assert!(written_after(at + s(1200), 3600.0, 0.05, at));
@@ -4897,6 +4949,35 @@ mod tests {
         }
     }
 
+    /// A set's folder on the primary that is not there, or empty while its recovery copy
+    /// holds files (its file system not mounted), is a problem, as a vm's disk not there:
+    /// the copy back would be written under the mount point.
+    #[test]
+    fn a_set_copy_back_never_goes_under_an_unmounted_primary_folder() {
+        let judged = |exists: bool, size: u64| {
+            let mut b = folder_back(vec![lease(LeaseKind::Live, "erp-dumps")]);
+            if let Ok(c) = &mut b.copy {
+                c.size = 4096;
+            }
+            if let Ok(f) = &mut b.folder {
+                f.exists = exists;
+                f.size = size;
+            }
+            judge_folder_back(&[b])
+        };
+        assert!(judged(true, 1024).is_empty());
+        for (exists, said) in [(false, "is not there"), (true, "is empty")] {
+            let problems = judged(exists, 0);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].contains(&format!(
+                    "its folder san-main:/export/backups/erp {said}: its file system may not be mounted"
+                )) && problems[0].contains("use --force"),
+                "{problems:?}"
+            );
+        }
+    }
+
     /// A failback cut after it copied a backup set back (its live lease released with it)
     /// and before its step's end was journaled: at the resume, the copy still as the failback
     /// read it and the primary's folder exactly what it copied are no problem (not "relied on
@@ -4997,15 +5078,15 @@ mod tests {
             "{problems:?}"
         );
         // A clock ahead now may have been right when the file was written: its time as it
-        // reads counts too.
-        assert_eq!(
-            judge(30.0, -after).len(),
-            1,
+        // reads counts too, when it is far ahead.
+        assert!(
+            judge(30.0, -after).is_empty(),
             "a file of before, clock ahead"
         );
-        assert!(
-            judge(30.0, -after * 4).is_empty(),
-            "a file of before even as its clock reads"
+        assert_eq!(
+            judge(3600.0, -after).len(),
+            1,
+            "a file of before, clock far ahead"
         );
         let mut l = lease(LeaseKind::Live, "erp-dumps");
         l.taken_at = Some(taken);
@@ -5021,8 +5102,8 @@ mod tests {
     /// A failback replicates a backup set back only from a copy a failover relied on (its
     /// live lease), and never over a primary folder that got a file at or after the point
     /// that failover relied on was taken, or whose times cannot be read: each a problem only
-    /// `--force` passes. A folder exactly the newest point a reverse replication made of it,
-    /// or not there, holds nothing of its own.
+    /// `--force` passes. A folder exactly the newest point a reverse replication made of it
+    /// holds nothing of its own; one not there is a problem too (not mounted?).
     #[test]
     fn a_failback_never_overwrites_files_the_primary_folder_got_after_the_failover() {
         let taken = Utc::now() - chrono::Duration::minutes(30);
@@ -5053,14 +5134,14 @@ mod tests {
         let problems = with(&|d| d.mtime = None);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("cannot be read"), "{problems:?}");
+        // Not there: its file system may not be mounted (--force when it is really gone).
         let later = Some(Utc::now());
-        assert!(
-            with(&|d| {
-                d.mtime = later;
-                d.exists = false;
-            })
-            .is_empty()
-        );
+        let problems = with(&|d| {
+            d.mtime = later;
+            d.exists = false;
+        });
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("is not there"), "{problems:?}");
         let point: crate::replica::Point = serde_json::from_str(&format!(
             r#"{{"id":"p","taken_at":"2026-11-28T01:00:00Z","source":"s","size":1,"blake3":"{}","verified":"yes","checked_at":null,"received_bytes":0,"duration_ms":0}}"#,
             "00".repeat(32)

@@ -728,7 +728,14 @@ impl Shell {
                         depth: depth - 1,
                         pending,
                     });
-                    self.command = false;
+                    // `f()`: a function's name, its body to come, a command (`{ …; }`);
+                    // after a subshell's `(…)` no command begins.
+                    let empty = self.chars[..self.at]
+                        .iter()
+                        .rev()
+                        .find(|c| !c.is_whitespace())
+                        == Some(&'(');
+                    self.command = empty;
                     self.at += 1;
                 } else if subst {
                     self.close()?;
@@ -1318,6 +1325,11 @@ mod tests {
                 "echo \"`date`\" '/srv/a b'",
             ),
             ("cat <<< x {{ host.dir }}", "cat <<< x '/srv/a b'"),
+            // A function whose body holds a `case`: its patterns are read as patterns.
+            (
+                "f() { case $1 in a) echo;; esac; }; f x; ls {{ host.dir }}",
+                "f() { case $1 in a) echo;; esac; }; f x; ls '/srv/a b'",
+            ),
         ] {
             check(template, expected);
         }

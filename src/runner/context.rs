@@ -35,6 +35,9 @@ pub struct RunOptions {
     /// Who forced the run (`--force`): what a step cannot tell and would refuse for, it
     /// passes, journaled as forced by them.
     pub forced_by: Option<String>,
+    /// For a resumed run: what each vm start of an earlier attempt found its vm to be before
+    /// it (`vm_state_before`, by step), which a roll-back of this attempt goes by.
+    pub running_before: std::collections::HashMap<String, Option<bool>>,
 }
 
 impl Default for RunOptions {
@@ -47,6 +50,7 @@ impl Default for RunOptions {
             points: PointChoice::default(),
             definitions_dir: None,
             forced_by: None,
+            running_before: Default::default(),
         }
     }
 }

@@ -328,6 +328,8 @@ impl Board {
 /// Runs the plan on the current runtime.
 pub async fn execute(ctx: RunContext, sink: &mut dyn Sink, shutdown: Shutdown) -> RunStatus {
     let mut out = Out::new(sink);
+    // What earlier attempts found before their vm starts (this attempt's own replace them).
+    out.running_before = ctx.options.running_before.clone();
     let mut board = Board::new(&ctx, &mut out);
     let ctx = Arc::new(ctx);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Msg>();

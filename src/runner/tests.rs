@@ -359,6 +359,47 @@ fn a_resumed_failover_rolls_back_what_its_earlier_attempt_did_too() {
     assert_eq!(undone, ["b/1", "a/1"]);
 }
 
+/// The same with a vm start done by the earlier attempt: its roll-back goes by what that
+/// attempt found before it (journaled, handed over by the resume): stopped before, it is
+/// stopped again; running before, it is left running.
+#[test]
+fn a_resumed_roll_back_undoes_an_earlier_attempt_s_start_by_what_it_found_before() {
+    let start = || {
+        let mut s = exec_step("a/1", "h1", &[], "start a/1");
+        s.action_spec = Action::Exec {
+            run: Command::text("start a/1"),
+            verify: None,
+            undo: Some(Command::text("stop a/1")),
+        };
+        s.undo = Some("stop a/1".into());
+        s.state_before = Some(Command::text("status a says:shut off"));
+        s.undo_stops = true;
+        s
+    };
+    for (before, stopped) in [(Some(false), true), (Some(true), false)] {
+        let steps = vec![start(), exec_step("d/1", "h1", &["a/1"], "d1 fail")];
+        let fake = Arc::new(Fake::default());
+        let prior: HashMap<String, Prior> = [("a/1".to_string(), Prior::Done)].into();
+        let options = RunOptions {
+            running_before: [("a/1".to_string(), before)].into(),
+            ..RunOptions::default()
+        };
+        let (status, _) = go(
+            plan(Mode::Failover, false, steps),
+            fake.clone(),
+            prior,
+            options,
+        );
+        assert_eq!(status, RunStatus::Failed);
+        assert_eq!(
+            fake.commands().iter().any(|c| c == "stop a/1"),
+            stopped,
+            "{before:?}: {:?}",
+            fake.commands()
+        );
+    }
+}
+
 /// A start whose undo is the runbook's own (not its driver's stop) is undone by it whatever
 /// its driver's `status` told before it: the state asked for the start's own checks does
 /// not change what the runbook says to do.

@@ -3253,10 +3253,11 @@ fn a_failback_never_reports_a_vm_started_on_the_primary_outside_it() {
     }
 }
 
-/// A failover relied on the backup sets' copies (the recovery site writes its dumps there
-/// since); then a restore of the backups on the primary, after a power cut of both sites,
-/// would restart the primary's jobs on the folders of before: refused (exit 6), naming the
-/// set, its copy and the failover, and saying to fail back. Nothing runs.
+/// A failover relied on the backup sets' copies, and the recovery site wrote a dump there;
+/// then a restore of the backups on the primary, after a power cut of both sites, would
+/// restart the primary's jobs on the folders of before: refused (exit 6), naming the set, its
+/// copy and the failover, and saying to fail back. Nothing runs. A copy still the point the
+/// failover relied on holds nothing the primary lacks: no refusal for it.
 #[test]
 fn a_restore_never_brings_back_a_backup_set_a_failover_relies_on_elsewhere() {
     let lab = Lab::up(193);
@@ -3266,6 +3267,18 @@ fn a_restore_never_brings_back_a_backup_set_a_failover_relies_on_elsewhere() {
         Duration::from_secs(240),
     );
     assert!(exit.success(), "{:?}", lab.journal().last());
+    // Nothing written at the recovery site yet: the copies are the points relied on, and
+    // a restore loses nothing of them.
+    let restore = lab.run(&[&["restore"][..], &only[..]].concat());
+    assert!(
+        !restore
+            .stderr
+            .contains("has been relied on since failover run"),
+        "{restore:?}"
+    );
+    // The recovery site's own nightly dump.
+    let copy = lab.host_root("nas-pra").join("srv/backups/erp");
+    std::fs::write(copy.join("written-at-pra.dump"), "the recovery site's").unwrap();
     let runs_before = crate::common::run_ids(&lab.state()).len();
     let restore = lab.run(&[&["restore"][..], &only[..]].concat());
     assert_eq!(restore.code, 6, "{restore:?}");
@@ -3278,7 +3291,10 @@ fn a_restore_never_brings_back_a_backup_set_a_failover_relies_on_elsewhere() {
                 .contains("has been relied on since failover run ")
             && restore
                 .stderr
-                .contains("fail back instead (`reprise failback --service backups`)"),
+                .contains("fail back instead (`reprise failback --service backups`)")
+            && restore
+                .stderr
+                .contains("`reprise release erp-dumps` lets the copy go"),
         "{}",
         restore.stderr
     );
