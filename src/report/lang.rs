@@ -374,6 +374,17 @@ impl Labels {
         }
     }
 
+    pub fn loss_no_point(&self, vm: &str) -> String {
+        match self.lang {
+            Lang::En => format!(
+                "vm {vm} was started with no replica point journaled for it: what data it runs on, and so the service's data loss, is not measured"
+            ),
+            Lang::Fr => format!(
+                "la vm {vm} a été démarrée sans point de réplique journalisé pour elle : on ne sait pas sur quelles données elle tourne, la perte de données du service n'est donc pas mesurée"
+            ),
+        }
+    }
+
     pub fn loss_unknown(&self, why: &str) -> String {
         match self.lang {
             Lang::En => format!("data loss not measured: {why}"),

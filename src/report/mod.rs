@@ -1243,6 +1243,20 @@ fn data_loss(
     if moved && points.is_empty() && lag.is_none() && rpo_target.is_some() {
         return (None, Some(run.l.loss_no_evidence()));
     }
+    // A vm of it started with no point of its own: the others' points say nothing of its data.
+    if moved && lag.is_none() && rpo_target.is_some() {
+        let unproven = run
+            .steps
+            .records
+            .iter()
+            .filter(|s| s.service == id && s.kind == "vm" && s.action.as_deref() == Some("start"))
+            .filter(|s| run.steps.status_of(&s.id) == Some(StepStatus::Done))
+            .filter_map(|s| s.vm.as_deref())
+            .find(|vm| !points.iter().any(|p| p.item == *vm));
+        if let Some(vm) = unproven {
+            return (None, Some(run.l.loss_no_point(vm)));
+        }
+    }
     // The older of what was started: a copy's point, and the application's lag (a copy
     // started for a service its application replicates loses what that copy lacks).
     let mut copies_loss: Option<f64> = None;
@@ -2187,6 +2201,53 @@ mod tests {
         assert_ne!(report.result, Outcome::Recovered);
         let app = report.services.iter().find(|s| s.id == "app").unwrap();
         assert_eq!(app.data_loss_unknown, None);
+    }
+
+    /// A service whose failover started two vms, only one of them from a journaled point:
+    /// that one's age says nothing of the other's data, so the loss is not measured (and
+    /// never within the RPO), naming the vm; with both points, it is measured.
+    #[test]
+    fn a_service_with_a_vm_started_without_a_point_claims_no_rpo() {
+        let report = |both: bool| {
+            let with_vm = |id: &str, vm: &str| StepRecord {
+                vm: Some(vm.into()),
+                ..vm_step(id, "start", &[])
+            };
+            let mut events = vec![db_run(
+                Some(t(-60)),
+                vec![
+                    with_vm("db/start", "db"),
+                    with_vm("db/start-logs", "db-logs"),
+                ],
+            )];
+            events.push(point_at("db/start", "p1", t(-300), 1));
+            if both {
+                let mut logs = point_at("db/start-logs", "p1", t(-300), 2);
+                if let Event::ReplicaPointUsed { item, .. } = &mut logs {
+                    *item = "db-logs".into();
+                }
+                events.push(logs);
+            }
+            events.extend(run("db/start", 1, 10, StepStatus::Done));
+            events.extend(run("db/start-logs", 2, 12, StepStatus::Done));
+            events.sort_by_key(Event::at);
+            events.push(Event::RunFinished {
+                at: t(20),
+                status: RunStatus::Succeeded,
+            });
+            let r = build_of(&events);
+            r.services.into_iter().find(|s| s.id == "db").unwrap()
+        };
+        let db = report(false);
+        assert_eq!((db.data_loss_s, db.rpo_met), (None, None), "{db:?}");
+        assert!(
+            db.data_loss_unknown
+                .as_deref()
+                .is_some_and(|w| w.contains("vm db-logs was started with no replica point")),
+            "{db:?}"
+        );
+        let db = report(true);
+        assert!(db.data_loss_s.is_some() && db.rpo_met.is_some(), "{db:?}");
     }
 
     /// A start that journaled its point and then failed gave its copies back: the attempt
