@@ -892,18 +892,11 @@ fn sets_relied_on(
                     }
                     // Still the very point a failover relied on: the recovery site wrote
                     // nothing there (a set a failback did not copy back keeps its lease).
-                    let as_relied_on = |c: &crate::replica::CopyState, l: &crate::replica::Lease| {
-                        l.point.is_some()
-                            && l.point.as_deref() == c.points.last().map(|p| p.id.as_str())
-                            && c.changed.is_none()
-                            && c.damaged.is_none()
-                            && c.unsettled.is_none()
-                    };
                     let mut runs: Vec<&str> = copies
                         .iter()
                         .flat_map(|c| c.leases.iter().map(move |l| (c, l)))
                         .filter(|(c, l)| {
-                            l.kind == crate::replica::LeaseKind::Live && !as_relied_on(c, l)
+                            l.kind == crate::replica::LeaseKind::Live && !c.is_point_of(l)
                         })
                         .map(|(_, l)| l.run.as_str())
                         .collect();
@@ -2228,13 +2221,7 @@ pub fn judge_left_held(left: &[LeftHeld]) -> Vec<String> {
                 .leases
                 .iter()
                 .filter(|l| l.kind == LeaseKind::Live)
-                .all(|l| {
-                    l.point.is_some()
-                        && l.point.as_deref() == c.points.last().map(|p| p.id.as_str())
-                        && c.changed.is_none()
-                        && c.damaged.is_none()
-                        && c.unsettled.is_none()
-                }) => {}
+                .all(|l| c.is_point_of(l)) => {}
             Ok(c) if c.leases.iter().any(|l| l.kind == LeaseKind::Live) => {
                 problems.push(format!(
                     "backup set {set}: its recovery copy {at} was relied on by a failover (a live lease) and this failback does not replicate it back: what the recovery site may have written there would be dropped the day it is released (the next replication overwrites it with the primary's folder); {what_to_do}"

@@ -761,6 +761,16 @@ impl CopyState {
             .then(|| format!("{} ({})", self.path, self.bad_leases.join("; ")))
     }
 
+    /// Whether the copy is still exactly the point `lease` relied on (its newest, unchanged
+    /// since): whoever holds it wrote nothing there.
+    pub fn is_point_of(&self, lease: &Lease) -> bool {
+        lease.point.is_some()
+            && lease.point.as_deref() == self.points.last().map(|p| p.id.as_str())
+            && self.changed.is_none()
+            && self.damaged.is_none()
+            && self.unsettled.is_none()
+    }
+
     /// Whether the copy is exactly the newest point a replication made of it: nothing of its
     /// own was written there since.
     pub fn is_newest_point(&self) -> bool {

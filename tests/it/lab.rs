@@ -654,18 +654,7 @@ fn a_failback_that_copies_nothing_back_never_starts_a_vm_on_its_disks_of_before(
     assert_eq!(forced.code, 7, "{forced:?}");
     assert_eq!(runs(), runs_before, "a forced failback started a run");
     // The recovery copies still hold what the vm wrote there: still leased to it.
-    let images = lab.host_root("hv-pra").join("srv/replicas/images");
-    for disk in ["erp-db-system.qcow2", "erp-db-data.qcow2"] {
-        let leases: Vec<String> = std::fs::read_dir(images.join(format!("{disk}.reprise/leases")))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        assert!(
-            leases.iter().any(|l| l.starts_with("live-")),
-            "{disk}: {leases:?}"
-        );
-    }
+    assert_erp_db_copies_leased_live(&lab);
 }
 
 #[test]
@@ -3010,6 +2999,22 @@ fn kill_helper_applying(copy: &Path) {
     assert_eq!(unsafe { libc::kill(helper, libc::SIGKILL) }, 0);
 }
 
+/// Both of erp-db's recovery copies on hv-pra are held by a failover's `live` lease.
+fn assert_erp_db_copies_leased_live(lab: &Lab) {
+    let images = lab.host_root("hv-pra").join("srv/replicas/images");
+    for disk in ["erp-db-system.qcow2", "erp-db-data.qcow2"] {
+        let leases: Vec<String> = std::fs::read_dir(images.join(format!("{disk}.reprise/leases")))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            leases.iter().any(|l| l.starts_with("live-")),
+            "{disk}: {leases:?}"
+        );
+    }
+}
+
 /// The example with a person awaited (`hold`) just before step `id` of erp-db's runbook of
 /// `mode`, in a folder of its own.
 fn held_before(mode: &str, id: &str) -> tempfile::TempDir {
@@ -3239,18 +3244,7 @@ fn a_failback_never_reports_a_vm_started_on_the_primary_outside_it() {
             && why.contains("nothing was released"),
         "{why}"
     );
-    let copies = lab.host_root("hv-pra").join("srv/replicas/images");
-    for disk in ["erp-db-system.qcow2", "erp-db-data.qcow2"] {
-        let leases: Vec<String> = std::fs::read_dir(copies.join(format!("{disk}.reprise/leases")))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        assert!(
-            leases.iter().any(|l| l.starts_with("live-")),
-            "{disk}: {leases:?}"
-        );
-    }
+    assert_erp_db_copies_leased_live(&lab);
 }
 
 /// A failover relied on the backup sets' copies, and the recovery site wrote a dump there;
@@ -5214,18 +5208,7 @@ fn a_start_that_failed_after_its_vm_came_up_keeps_its_copies_leased() {
             && why.contains("`reprise release erp-db`"),
         "{why}"
     );
-    let images = lab.host_root("hv-pra").join("srv/replicas/images");
-    for disk in ["erp-db-system.qcow2", "erp-db-data.qcow2"] {
-        let leases: Vec<String> = std::fs::read_dir(images.join(format!("{disk}.reprise/leases")))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        assert!(
-            leases.iter().any(|l| l.starts_with("live-")),
-            "{disk}: {leases:?}"
-        );
-    }
+    assert_erp_db_copies_leased_live(&lab);
     // Defined there by the start, and left so.
     assert!(definition.exists(), "{}", definition.display());
     // Resumed, the start runs again: the vm that runs there is this run's own (its copies
