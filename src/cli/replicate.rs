@@ -13,7 +13,7 @@ use crate::replica::cbt;
 use crate::replica::helper::{self, Request};
 use crate::replica::reads::{Ended, Reads};
 use crate::replica::remote::{
-    Helpers, HostUse, Replication, STREAMS, image_path, point_id, point_taken_now,
+    EarlySend, Helpers, HostUse, Replication, STREAMS, image_path, point_id, point_taken_now,
 };
 use crate::replica::store::ReadMode;
 use crate::replica::window::Window;
@@ -811,17 +811,52 @@ fn replicate_all(
             replicate_guest(vm, inv, transport, &helpers, take, scan, &stopped, &mut out);
             continue;
         }
+        let deadline = std::time::Duration::from_secs(7200);
+        // The streams of its first disks start while the steps below run: their connections,
+        // channels and helpers are ready once the freeze holds, and they open nothing before
+        // they are told to read (dropped unused, they end so).
+        let early_r = Replication {
+            point: String::new(),
+            taken_at: chrono::Utc::now(),
+            retention: vm.retention,
+            reread: verify,
+            compress,
+            live: reads_live(model, &vm.id),
+            pending: false,
+            deadline,
+            definition: None,
+            reads: None,
+            overwrite_changed: false,
+        };
         // The snapshot left by a cut replication merged back, the vm's definition captured,
         // its disks frozen by its driver's snapshot while they are read.
-        let Some((definition, snapshot)) = freeze::prepare(
-            model,
-            transport,
-            &helpers,
-            vm,
-            &stopped,
-            &mut out,
-            &mut frozen,
-        ) else {
+        let (prepared, early) = std::thread::scope(|scope| {
+            let early: Vec<_> = vm
+                .images
+                .iter()
+                .take(if vm.backup { 0 } else { STREAMS })
+                .map(|img| {
+                    let (helpers, r) = (&helpers, &early_r);
+                    scope.spawn(move || {
+                        helpers.start_send(&img.from, &img.src, &img.to, &img.dst, r)
+                    })
+                })
+                .collect();
+            let prepared = freeze::prepare(
+                model,
+                transport,
+                &helpers,
+                vm,
+                &stopped,
+                &mut out,
+                &mut frozen,
+            );
+            let early: Vec<Option<EarlySend>> =
+                early.into_iter().map(|h| h.join().ok().flatten()).collect();
+            (prepared, early)
+        });
+        let Some((definition, snapshot)) = prepared else {
+            drop(early);
             if stopped() {
                 left.push(&vm.id);
             }
@@ -838,7 +873,7 @@ fn replicate_all(
             compress,
             live: reads_live(model, &vm.id),
             pending: snapshot.confirms(),
-            deadline: std::time::Duration::from_secs(7200),
+            deadline,
             definition,
             reads: Some(reads.clone()),
             overwrite_changed: false,
@@ -857,7 +892,9 @@ fn replicate_all(
             });
             let made = {
                 let _ended = Ended(&reads);
-                copy_images(vm, transport, &helpers, &r, &stopped, &mut left, &mut out)
+                copy_images(
+                    vm, transport, &helpers, &r, early, &stopped, &mut left, &mut out,
+                )
             };
             (end.join(), made)
         });
@@ -1035,11 +1072,13 @@ fn interrupted(
 
 /// Copies the disks (or backup folder) of `vm` to their recovery copies, all at once
 /// ([`each_disk`]), said in disk order; those a stop left out are added to `left`.
+#[allow(clippy::too_many_arguments)]
 fn copy_images<'v>(
     vm: &'v VmImages,
     transport: &crate::ssh::SshTransport,
     helpers: &Helpers,
     r: &Replication,
+    early: Vec<Option<EarlySend>>,
     stopped: &(dyn Fn() -> bool + Sync),
     left: &mut Vec<&'v str>,
     out: &mut Outcome,
@@ -1055,15 +1094,22 @@ fn copy_images<'v>(
     } else {
         None
     };
+    // A disk's stream started early ([`Helpers::start_send`]) is taken by its copy; those a
+    // stop leaves unused end with this function.
+    let early: Vec<std::sync::Mutex<Option<EarlySend>>> =
+        early.into_iter().map(std::sync::Mutex::new).collect();
     let results = with_progress(&progress_label(vm), total, || {
         each_disk(vm.images.len(), stopped, |i| {
             let img = &vm.images[i];
             let r = if i == 0 { r } else { &rest };
             tracing::debug!(vm = vm.id, disk = disk_name(img), "disk stream begins");
+            let early = early
+                .get(i)
+                .and_then(|e| e.lock().ok().and_then(|mut e| e.take()));
             let done = if vm.backup {
                 helpers.replicate_tree(&img.from, &img.src, &img.to, &img.dst, r)
             } else {
-                helpers.replicate(&img.from, &img.src, &img.to, &img.dst, r, None)
+                helpers.replicate_started(&img.from, &img.src, &img.to, &img.dst, r, early)
             };
             tracing::debug!(
                 vm = vm.id,

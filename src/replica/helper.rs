@@ -15,7 +15,7 @@ use super::kept::{self, Kept};
 use super::meta::{CopyState, Lease};
 use super::nbd;
 pub use super::protocol::Request;
-use super::protocol::{DiskFormat, Hello, NOT_KEPT, PROTOCOL, refuse_request};
+use super::protocol::{DiskFormat, GO, Hello, NO_GO, NOT_KEPT, PROTOCOL, refuse_request};
 use super::store::{HowRead, NewPoint, Store};
 use super::tree::{Tree, TreeStore, send_tree};
 use super::wire;
@@ -77,7 +77,11 @@ pub fn serve(
             audit,
             base,
             marks,
+            after_go,
         } => {
+            if after_go {
+                wait_for_go(&image, stdin)?;
+            }
             let from = SendFrom {
                 live,
                 nbd,
@@ -250,6 +254,20 @@ pub fn serve(
 }
 
 /// Writes an answer whole and flushes it.
+/// Waits for [`GO`], the first byte of `stdin`, before `image` is so much as opened: the
+/// send was started while its disk's freeze was being made.
+fn wait_for_go(image: &Path, stdin: &mut impl Read) -> Result<(), String> {
+    let mut byte = [0u8; 1];
+    loop {
+        match stdin.read(&mut byte) {
+            Ok(n) if n > 0 && byte[0] == GO => return Ok(()),
+            Ok(_) => return Err(format!("{}: {NO_GO}", image.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("{}: {NO_GO} ({e})", image.display())),
+        }
+    }
+}
+
 fn answer(stdout: &mut dyn Write, bytes: &[u8]) -> Result<(), String> {
     stdout
         .write_all(bytes)
@@ -1335,6 +1353,48 @@ mod tests {
         use std::os::unix::fs::FileExt as _;
         let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
         f.write_all_at(data, off).unwrap();
+    }
+
+    /// A send started before its disk's freeze holds opens nothing until it is told to read:
+    /// its input's end, or another byte, ends it first (a disk that is not there is not
+    /// even looked for); told, it reads as any send.
+    #[test]
+    fn a_send_started_early_opens_nothing_before_it_is_told_to_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let send_of = |image: &Path| Request::Send {
+            image: image.to_path_buf(),
+            compress: false,
+            live: false,
+            nbd: None,
+            export: None,
+            format: None,
+            bitmap: None,
+            audit: false,
+            base: None,
+            marks: Vec::new(),
+            after_go: true,
+        };
+        let absent = dir.path().join("absent.img");
+        for input in [&b""[..], b"x", b"\0g"] {
+            let mut out = Vec::new();
+            let err = serve(send_of(&absent), None, &mut &input[..], &mut out).unwrap_err();
+            assert!(err.contains(NO_GO), "{input:?}: {err}");
+            assert!(out.is_empty());
+        }
+        // Told to read: the recovery manifest follows, then the disk is read.
+        let mut input = vec![GO];
+        input.extend_from_slice(&Manifest::empty().encode());
+        let mut out = Vec::new();
+        let err = serve(send_of(&absent), None, &mut &input[..], &mut out).unwrap_err();
+        assert!(!err.contains(NO_GO) && err.contains("absent.img"), "{err}");
+        // And the stream is the one a send started at once makes.
+        let src = dir.path().join("src.img");
+        std::fs::write(&src, vec![7u8; 3 * BLOCK]).unwrap();
+        let mut early = Vec::new();
+        serve(send_of(&src), None, &mut &input[..], &mut early).unwrap();
+        let mut at_once = Vec::new();
+        send(&src, &Manifest::empty(), &mut at_once, false).unwrap();
+        assert_eq!(early, at_once);
     }
 
     /// One replication, as the two helpers do it, without the network.

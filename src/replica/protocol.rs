@@ -67,6 +67,12 @@ pub enum Request {
         #[arg(long = "mark")]
         #[serde(default)]
         marks: Vec<String>,
+        /// Started before the disk's freeze holds (its connection made meanwhile): the first
+        /// byte of its input says to read ([`GO`]); anything else, or the input's end (the
+        /// freeze failed, the replication was stopped), ends it before it opens the disk.
+        #[arg(long)]
+        #[serde(default)]
+        after_go: bool,
     },
     /// Recovery side: the binary manifest to compare against (after settling an interrupted
     /// update); with `digest`, only its digest (hex, one line: the BLAKE3 of its header, which
@@ -444,6 +450,13 @@ impl Request {
 /// it kept (the orchestrator then sends the recovery manifest itself).
 pub const NOT_KEPT: &str = "is no longer kept here";
 
+/// The byte that tells a `send --after-go` to read: its disk's freeze holds.
+pub const GO: u8 = b'g';
+
+/// What a `send --after-go` says when its input ends, or brings another byte, before [`GO`]:
+/// it opened nothing.
+pub const NO_GO: &str = "was not told to read (its freeze did not hold, or the replication was stopped): nothing was read";
+
 /// Why a request of protocol `theirs` is refused by this helper.
 pub fn refuse_request(theirs: u32) -> String {
     format!(
@@ -526,6 +539,7 @@ mod tests {
                 audit: false,
                 base: None,
                 marks: Vec::new(),
+                after_go: false,
             },
             Request::Send {
                 image: "-starts-with-a-dash".into(),
@@ -538,6 +552,7 @@ mod tests {
                 audit: true,
                 base: Some("ab12".into()),
                 marks: vec!["reprise-mark-a".into(), "-reprise mark b".into()],
+                after_go: true,
             },
             Request::Manifest {
                 image: "/srv/a.qcow2".into(),

@@ -169,6 +169,29 @@ pub struct Replication {
     pub overwrite_changed: bool,
 }
 
+/// A source's `send --after-go` started while its disk's freeze is made
+/// ([`Helpers::start_send`]): its connection, its channel and its helper are ready when the
+/// freeze holds, and it reads nothing until told to ([`super::protocol::GO`]). Dropped
+/// unused, its input is closed and it is killed: the helper then ends without opening the
+/// disk.
+pub struct EarlySend {
+    /// The recovery manifest's digest it reads against (asked before it started).
+    digest: String,
+    /// Its request, `base` and `after_go` set.
+    send: Request,
+    child: Option<Child>,
+}
+
+impl Drop for EarlySend {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take());
+            kill_group(&child);
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The helper deployed on hosts, for one orchestrator process.
 pub struct Helpers<'a> {
     transport: &'a dyn Transport,
@@ -805,7 +828,80 @@ impl<'a> Helpers<'a> {
         r: &Replication,
         guest: Option<&GuestRead>,
     ) -> Result<ImageTransfer, ReplicaError> {
-        self.transfer(None, from, src, to, dst, r, guest)
+        self.transfer(None, from, src, to, dst, r, guest, None)
+    }
+
+    /// [`Helpers::replicate`] of a disk read as a file, through `early` when
+    /// [`Helpers::start_send`] started its source's stream for this very request: it is told
+    /// to read now. Call it only once the disk's freeze holds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn replicate_started(
+        &self,
+        from: &str,
+        src: &str,
+        to: &str,
+        dst: &str,
+        r: &Replication,
+        early: Option<EarlySend>,
+    ) -> Result<ImageTransfer, ReplicaError> {
+        self.transfer(None, from, src, to, dst, r, None, early)
+    }
+
+    /// Starts the source's stream of the disk `from:src` (read as a file) while its freeze is
+    /// made elsewhere: the recovery manifest's digest asked, the stream's command started
+    /// with `send --after-go`, which opens nothing before it is told to read. `None` when
+    /// there is nothing to gain or it cannot be so started (the source here, streams not
+    /// carried by the OpenSSH client, a first copy, a copy read again, an error: the
+    /// replication then meets it again and says it). `r` is as the replication will be but
+    /// for its point, which is taken once the freeze holds.
+    pub fn start_send(
+        &self,
+        from: &str,
+        src: &str,
+        to: &str,
+        dst: &str,
+        r: &Replication,
+    ) -> Option<EarlySend> {
+        if r.reread || self.is_here(from).ok()? {
+            return None;
+        }
+        for host in [to, from] {
+            if !self.is_here(host).ok()? {
+                self.transport.prepare_bulk(host);
+            }
+        }
+        let Requests { mut send, .. } = requests(None, from, src, dst, r, None);
+        let d = self
+            .call(
+                to,
+                &Request::Manifest {
+                    image: PathBuf::from(dst),
+                    reread: false,
+                    digest: true,
+                    overwrite_changed: r.overwrite_changed,
+                },
+                &[],
+                r.deadline,
+            )
+            .ok()?;
+        let digest = String::from_utf8_lossy(&d).trim().to_string();
+        if digest == super::blocks::Manifest::empty().digest() {
+            return None;
+        }
+        if let Request::Send { base, after_go, .. } = &mut send {
+            *base = Some(digest.clone());
+            *after_go = true;
+        }
+        let command = self.remote_command(from, &send).ok()?;
+        let child = self
+            .transport
+            .bulk_process(from, &command, r.deadline)?
+            .ok()?;
+        Some(EarlySend {
+            digest,
+            send,
+            child: Some(child),
+        })
     }
 
     /// Brings the folder `to:dst` up to date with `from:src` (a backup set), file by file,
@@ -835,7 +931,7 @@ impl<'a> Helpers<'a> {
             // may be.
             ((skew - uncertainty) * 1e6).round() as i64
         };
-        self.transfer(Some(ahead), from, src, to, dst, r, None)
+        self.transfer(Some(ahead), from, src, to, dst, r, None, None)
     }
 
     /// One transfer: the recovery side's base, then the source's stream piped into the
@@ -851,6 +947,7 @@ impl<'a> Helpers<'a> {
         dst: &str,
         r: &Replication,
         guest: Option<&GuestRead>,
+        early: Option<EarlySend>,
     ) -> Result<ImageTransfer, ReplicaError> {
         let began = std::time::Instant::now();
         // Both hosts' bulk connections log in while the recovery side reads its base.
@@ -865,11 +962,21 @@ impl<'a> Helpers<'a> {
             apply,
             unit,
         } = requests(tree, from, src, dst, r, guest);
+        // A stream started early serves only the very request this one makes of its digest.
+        let early = early.filter(|e| {
+            let mut asked = send.clone();
+            if let Request::Send { base, after_go, .. } = &mut asked {
+                *base = Some(e.digest.clone());
+                *after_go = true;
+            }
+            asked == e.send
+        });
         // The sides compare the digest of the recovery manifest first: the stream's request
         // names it, and the source reads against the manifest it kept when it is that very one
         // (it made it when it last sent this image); only when it is not is the manifest
         // itself sent, in a second try.
         let digest = match (&send, &base_req) {
+            _ if early.is_some() => early.as_ref().map(|e| e.digest.clone()),
             (
                 Request::Send { .. },
                 Request::Manifest {
@@ -898,10 +1005,20 @@ impl<'a> Helpers<'a> {
         if let (Request::Send { base, .. }, Some(d)) = (&mut send, &digest) {
             if *d == empty.digest() {
                 // No copy yet: its manifest is the empty one, sent as it is.
-                tried = Some(self.stream(from, src, to, dst, &send, &empty.encode(), &apply, r)?);
+                tried = Some(self.stream(
+                    from,
+                    src,
+                    to,
+                    dst,
+                    &send,
+                    &empty.encode(),
+                    &apply,
+                    r,
+                    None,
+                )?);
             } else {
                 *base = Some(d.clone());
-                let piped = self.stream(from, src, to, dst, &send, &[], &apply, r)?;
+                let piped = self.stream(from, src, to, dst, &send, &[], &apply, r, early)?;
                 let not_kept = piped.read_exit != 0
                     && !piped.write_failed_first
                     && piped.stderr.contains(NOT_KEPT);
@@ -917,7 +1034,7 @@ impl<'a> Helpers<'a> {
                     *base = None;
                 }
                 let manifest = self.call(to, &base_req, &[], r.deadline)?;
-                let piped = self.stream(from, src, to, dst, &send, &manifest, &apply, r)?;
+                let piped = self.stream(from, src, to, dst, &send, &manifest, &apply, r, None)?;
                 (piped, manifest.len())
             }
         };
@@ -928,7 +1045,9 @@ impl<'a> Helpers<'a> {
     /// The source's stream of `send` (fed `base`) piped into the recovery side's `apply`; sent
     /// again when a side's helper was not there and has been uploaded since (a side that did
     /// not start leaves the other nothing to apply: the copy is as it was). A source read to
-    /// its end, or let go, under `r.reads` is not read again: refused, saying so.
+    /// its end, or let go, under `r.reads` is not read again: refused, saying so. The first
+    /// try goes through `early` when there is one (told to read then); a second try starts
+    /// its own.
     #[allow(clippy::too_many_arguments)]
     fn stream(
         &self,
@@ -940,10 +1059,13 @@ impl<'a> Helpers<'a> {
         base: &[u8],
         apply: &Request,
         r: &Replication,
+        early: Option<EarlySend>,
     ) -> Result<PipeOutput, ReplicaError> {
         let reads = r.reads.as_deref();
         let disk = format!("{from}:{src}");
+        let early = std::cell::RefCell::new(early);
         let once = || {
+            let early = early.borrow_mut().take();
             if reads.is_some_and(|x| !x.may_read(&disk)) {
                 return Err(ReplicaError::Helper {
                     host: from.to_string(),
@@ -958,7 +1080,9 @@ impl<'a> Helpers<'a> {
                     x.read_to_end(&disk);
                 }
             };
-            self.stream_once(from, src, to, dst, send, base, apply, r.deadline, &read)
+            self.stream_once(
+                from, src, to, dst, send, base, apply, r.deadline, &read, early,
+            )
         };
         // At most one upload a side.
         for _ in 0..2 {
@@ -1000,11 +1124,54 @@ impl<'a> Helpers<'a> {
         apply: &Request,
         deadline: Duration,
         read: &dyn Fn(),
+        early: Option<EarlySend>,
     ) -> Result<PipeOutput, ReplicaError> {
         let failed = |e: String| ReplicaError::Helper {
             host: to.to_string(),
             reason: format!("replicating {from}:{src} to {to}:{dst} failed: {e}"),
         };
+        // A source started early is told to read, first thing in its input.
+        if let Some(source) = early.and_then(|mut e| e.child.take()) {
+            let recovery = if self.is_here(to)? {
+                self.spawn_here(to, apply, deadline)
+            } else {
+                self.remote_command(to, apply).and_then(|command| {
+                    self.transport
+                        .bulk_process(to, &command, deadline)
+                        .unwrap_or_else(|| {
+                            Err(SshError::Local {
+                                host: to.to_string(),
+                                reason: "this transport carries no stream through a client program"
+                                    .into(),
+                            })
+                        })
+                        .map_err(ReplicaError::from)
+                })
+            };
+            let mut source = source;
+            let recovery = match recovery {
+                Ok(recovery) => recovery,
+                Err(e) => {
+                    drop(source.stdin.take());
+                    kill_group(&source);
+                    let _ = source.wait();
+                    return Err(match e {
+                        ReplicaError::Ssh(e) => failed(e.to_string()),
+                        e => e,
+                    });
+                }
+            };
+            let mut input = vec![super::protocol::GO];
+            input.extend_from_slice(base);
+            return Ok(pipe_processes(
+                source,
+                &input,
+                recovery,
+                deadline,
+                &|| self.transport.interrupted(),
+                read,
+            ));
+        }
         // Through the OpenSSH client, each side is a process (a helper here, or `ssh` carrying
         // it); else, when this machine is one of the two hosts, its side runs here: no relay.
         if let Some((source, recovery)) = self.bulk_sides(from, send, to, apply, deadline)? {
@@ -1674,6 +1841,7 @@ fn requests(
                 audit: guest.is_some_and(|g| g.audit),
                 base: None,
                 marks: guest.map(|g| g.marks.clone()).unwrap_or_default(),
+                after_go: false,
             },
             apply: Request::Apply {
                 image: dst_path,

@@ -41,8 +41,10 @@
 /// `manifest`, `apply`, `tree-base` and `apply-tree` unless they say `--overwrite-changed` or
 /// `release --accept` took it as a copy as it now is (`CopyState::foreign`). Version 18: a
 /// backup set's stream ends saying what a copy of its files leaves out (`Rec::End`'s
-/// `left_out`), which its point keeps (`Point::left_out`).
-pub const PROTOCOL: u32 = 18;
+/// `left_out`), which its point keeps (`Point::left_out`). Version 19: `send --after-go` is
+/// started before its disk's freeze holds, and opens nothing until its input's first byte
+/// says to read (`protocol::GO`).
+pub const PROTOCOL: u32 = 19;
 
 /// The version of this program, as helpers report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
