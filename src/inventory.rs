@@ -665,6 +665,22 @@ fn read_backup_set(
 /// `replicate-begin` and `replicate-end`, every copy would be read while written and recorded
 /// as one instant.
 fn check_live_reads(inv: &Inventory, diags: &mut Vec<Diagnostic>) {
+    // Whatever it reads: a freeze with no end is never undone (a guest frozen, or its
+    // writes going to an overlay, for good).
+    for driver in inv.drivers.values().filter(|d| {
+        !d.reads_live
+            && d.actions.contains_key("replicate-begin")
+            && !d.actions.contains_key("replicate-end")
+    }) {
+        diags.push(
+            Diagnostic::error(format!(
+                "driver `{}` has a `replicate-begin` and no `replicate-end`",
+                driver.id
+            ))
+            .at(driver.loc.clone())
+            .hint("what `replicate-begin` does to a running vm (a snapshot, a freeze) must be undone once its disks are read: add a `replicate-end` that merges the snapshot back (or thaws the guest)"),
+        );
+    }
     for driver in inv.drivers.values().filter(|d| d.reads_live) {
         let missing: Vec<&str> = ["replicate-begin", "replicate-end"]
             .into_iter()

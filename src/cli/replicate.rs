@@ -785,6 +785,14 @@ fn replicate_all(
                 continue;
             }
         };
+        if let Some(why) = freeze::hooks_unwritable(model, vm) {
+            out.stderr.push_str(&format!(
+                "error: {}: {why}; not replicated, its copies are as they were\n",
+                vm.id
+            ));
+            out.code = exit::FAILED;
+            continue;
+        }
         if let Some(inv) = guest_copies(model, vm) {
             let Ok(definition) = capture_definition(model, &helpers, vm, &mut out) else {
                 continue;

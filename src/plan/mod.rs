@@ -15,7 +15,10 @@ mod vm;
 
 pub use build::{BACKUP_STEP, LAG_STEP, backup_sets_of, build};
 pub use resolve::url_host;
-pub use vm::{images_dir_of, replicate_hook, vm_action_command, vm_status_command};
+pub use vm::{
+    REPLICATE_HOOKS, images_dir_of, replicate_hook, replicate_hook_checked, vm_action_command,
+    vm_status_command,
+};
 
 use serde::Serialize;
 

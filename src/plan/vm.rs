@@ -54,14 +54,23 @@ pub fn vm_action_command(
 /// `replicate-end` that did not render would leave the freeze of `replicate-begin` on).
 pub fn driver_action_errors(model: &Model) -> Vec<crate::diagnostic::Diagnostic> {
     let inv = &model.inventory;
-    let Some(service) = inv.services.values().next() else {
-        return Vec::new();
-    };
     let mut out = Vec::new();
     for vm in inv.vms.values() {
         let Some(driver) = inv.drivers.get(&vm.driver.value) else {
             continue;
         };
+        let stand_in;
+        let service = match hook_service(inv, vm) {
+            Some(s) => s,
+            None => {
+                stand_in = stand_in_service(vm);
+                &stand_in
+            }
+        };
+        // Its replication hooks run only for a vm that can be replicated (one whose hosts
+        // lack `images_dir` is said so by the plans that replicate it).
+        let replicated = images_dir_of(inv, &vm.primary.value).is_some()
+            && images_dir_of(inv, &vm.recovery.value).is_some();
         for (side, host_id) in [
             (Side::Primary, &vm.primary.value),
             (Side::Recovery, &vm.recovery.value),
@@ -77,19 +86,23 @@ pub fn driver_action_errors(model: &Model) -> Vec<crate::diagnostic::Diagnostic>
                 run_id: "validate",
                 mode: Mode::Failback,
             };
-            for tpl in driver.actions.values() {
+            for (action, tpl) in &driver.actions {
                 let Ok(tpl) = Template::parse(tpl, model.sources.map.text(tpl.loc.file)) else {
                     continue;
                 };
                 // Variables a side's host lacks are said by the plans that use the action
-                // there (a drill's actions run on the recovery side only).
+                // there (a drill's actions run on the recovery side only); the replication
+                // hooks run on the primary outside any plan: every error is said here.
+                let hook = side == Side::Primary
+                    && replicated
+                    && REPLICATE_HOOKS.contains(&action.as_str());
                 if let Err(errors) = tpl.render(&scope) {
                     for mut e in errors {
                         // One error a placeholder, for the first vm and host it fails for.
                         let said = out
                             .iter()
                             .any(|o: &crate::diagnostic::Diagnostic| o.location == e.location);
-                        if e.message.contains(crate::template::INSIDE_QUOTES) && !said {
+                        if (hook || e.message.contains(crate::template::INSIDE_QUOTES)) && !said {
                             e.message =
                                 format!("{} (vm `{}` on host `{host_id}`)", e.message, vm.id);
                             out.push(e);
@@ -214,16 +227,99 @@ pub fn define_use(
 }
 
 /// A driver's replication hook (`replicate-begin`, `replicate-end`) of `vm`, on its primary
-/// host: the host and the command, secrets unresolved.
+/// host: the host and the command, secrets unresolved. `None` also when it does not render:
+/// a replication asks [`replicate_hook_checked`] first.
 pub fn replicate_hook(model: &Model, vm: &Vm, action: &str) -> Option<(String, Command)> {
-    let inv = &model.inventory;
-    // The templates' scope needs a service: the vm's own, else any.
-    let service = inv
-        .services
+    replicate_hook_checked(model, vm, action).ok().flatten()
+}
+
+/// The service a vm's hooks are rendered with: its own, else any.
+fn hook_service<'i>(inv: &'i Inventory, vm: &Vm) -> Option<&'i Service> {
+    inv.services
         .values()
         .find(|s| s.vm() == Some(vm.id.as_str()))
-        .or_else(|| inv.services.values().next())?;
-    vm_action_command(model, service, vm, Side::Primary, action, "replicate")
+        .or_else(|| inv.services.values().next())
+}
+
+/// A service standing for `vm` alone, for the templates of an inventory of vms and no
+/// services yet.
+fn stand_in_service(vm: &Vm) -> Service {
+    Service {
+        id: vm.id.clone(),
+        description: None,
+        kind: "vm".into(),
+        owner: None,
+        rto: crate::duration::Duration(0),
+        rpo: None,
+        depends_on: Vec::new(),
+        placement: crate::inventory::Placement::Vm(crate::fields::Sp::new(
+            vm.id.clone(),
+            vm.loc.clone(),
+        )),
+        replication: crate::inventory::Replication::Disk,
+        loc: vm.loc.clone(),
+    }
+}
+
+/// The replication hooks a driver may have, run on a vm's primary around its replication.
+pub const REPLICATE_HOOKS: [&str; 4] = [
+    "replicate-check",
+    "definition",
+    "replicate-begin",
+    "replicate-end",
+];
+
+/// [`replicate_hook`], telling a hook the driver has that cannot be written for `vm` (a
+/// variable its primary lacks, a value that cannot stand where it is put) from one the
+/// driver does not have (`Ok(None)`): a hook taken for absent would leave a running vm
+/// unfrozen while its disks are read (a copy of no instant recorded good), or frozen for
+/// good.
+pub fn replicate_hook_checked(
+    model: &Model,
+    vm: &Vm,
+    action: &str,
+) -> Result<Option<(String, Command)>, String> {
+    let inv = &model.inventory;
+    let Some(tpl) = inv
+        .drivers
+        .get(&vm.driver.value)
+        .and_then(|d| d.actions.get(action))
+    else {
+        return Ok(None);
+    };
+    let host_id = &vm.primary.value;
+    let host = inv
+        .hosts
+        .get(host_id)
+        .ok_or_else(|| format!("its primary host `{host_id}` is not in the inventory"))?;
+    // The templates' scope needs a service: the vm's own, else any, else one standing for
+    // the vm alone (an inventory of vms and no services yet).
+    let stand_in;
+    let service = match hook_service(inv, vm) {
+        Some(s) => s,
+        None => {
+            stand_in = stand_in_service(vm);
+            &stand_in
+        }
+    };
+    let scope = StepScope {
+        inv,
+        host: Some(host),
+        service,
+        vm: Some((vm, Side::Primary)),
+        run_id: "replicate",
+        mode: Mode::Failback,
+    };
+    let tpl = Template::parse(tpl, model.sources.map.text(tpl.loc.file))
+        .map_err(|e| e.message.clone())?;
+    let command = tpl.render(&scope).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| e.message.clone())
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
+    Ok(Some((host_id.clone(), command)))
 }
 
 /// The vm action that undoes `action` (a vm stopped is started again, and so on); none for
