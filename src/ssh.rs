@@ -47,11 +47,20 @@ impl HostSpec {
 
     /// The name OpenSSH writes in `known_hosts` for this host.
     fn known_name(&self) -> String {
-        if self.port == 22 {
-            self.address.clone()
-        } else {
-            format!("[{}]:{}", self.address, self.port)
-        }
+        known_name(&self.address, self.port)
+    }
+}
+
+/// The name of `address:port` in a `known_hosts` file, as OpenSSH writes and looks it up:
+/// `address` for port 22, `[address]:port` for another, and only that name. (libssh2 asked
+/// with a port tries the plain address too when `[address]:port` has no key matching: a key
+/// known for port 22 would then be taken for the key of another port of the same address,
+/// another machine behind a port forward.)
+fn known_name(address: &str, port: u16) -> String {
+    if port == 22 {
+        address.to_string()
+    } else {
+        format!("[{address}]:{port}")
     }
 }
 
@@ -1419,7 +1428,7 @@ pub fn check_host_key(spec: &HostSpec, policy: HostKeyPolicy, key: &[u8]) -> Res
             });
         }
     }
-    match kh.check_port(&spec.address, spec.port, key) {
+    match kh.check(&spec.known_name(), key) {
         CheckResult::Match => Ok(()),
         CheckResult::Mismatch => {
             let known = known_fingerprint(&raw, spec, key).unwrap_or_else(|| "another key".into());
@@ -1579,7 +1588,7 @@ pub fn known_hosts_say(text: &str, address: &str, port: u16, key: &[u8]) -> Opti
     if read_known_hosts(&mut kh, text, key).is_err() {
         return Some(false);
     }
-    match kh.check_port(address, port, key) {
+    match kh.check(&known_name(address, port), key) {
         CheckResult::Match => Some(true),
         CheckResult::Mismatch => Some(false),
         CheckResult::NotFound | CheckResult::Failure => None,
@@ -1595,10 +1604,7 @@ fn known_fingerprint(raw: &RawSession, spec: &HostSpec, key: &[u8]) -> Option<St
         .find_map(|line| {
             let mut one = raw.known_hosts().ok()?;
             one.read_str(line, KnownHostFileKind::OpenSSH).ok()?;
-            if !matches!(
-                one.check_port(&spec.address, spec.port, key),
-                CheckResult::Mismatch
-            ) {
+            if !matches!(one.check(&spec.known_name(), key), CheckResult::Mismatch) {
                 return None;
             }
             sha256_b64_key(one.hosts().ok()?.first()?.key())
@@ -2263,6 +2269,30 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_known_for_one_port_of_an_address_is_never_taken_for_another_port_s() {
+        use base64::Engine as _;
+        let b64 = |k: &str| base64::engine::general_purpose::STANDARD.decode(k).unwrap();
+        let a = "AAAAC3NzaC1lZDI1NTE5AAAAIBbJq1C1Q4wzhr8+6qKp7S0pqfGOjJ0tJxJHEdjKvXkP";
+        let b = "AAAAC3NzaC1lZDI1NTE5AAAAIAAJq1C1Q4wzhr8+6qKp7S0pqfGOjJ0tJxJHEdjKvXkP";
+        let (key_a, key_b) = (b64(a), b64(b));
+        // hv-pra1 on port 22 and hv-pra2 on port 2222 of one address (a port forward each).
+        let both = format!("gw ssh-ed25519 {a}\n[gw]:2222 ssh-ed25519 {b}\n");
+        assert_eq!(known_hosts_say(&both, "gw", 22, &key_a), Some(true));
+        assert_eq!(known_hosts_say(&both, "gw", 2222, &key_b), Some(true));
+        // The forward of 2222 now reaches hv-pra1: its key is another machine's.
+        assert_eq!(known_hosts_say(&both, "gw", 2222, &key_a), Some(false));
+        let reversed = format!("[gw]:2222 ssh-ed25519 {b}\ngw ssh-ed25519 {a}\n");
+        assert_eq!(known_hosts_say(&reversed, "gw", 2222, &key_a), Some(false));
+        // Known for port 22 alone: port 2222 is not known (as OpenSSH looks it up).
+        let only_22 = format!("gw ssh-ed25519 {a}\n");
+        assert_eq!(known_hosts_say(&only_22, "gw", 2222, &key_a), None);
+        assert_eq!(known_hosts_say(&only_22, "gw", 2222, &key_b), None);
+        // And the other way round.
+        let only_2222 = format!("[gw]:2222 ssh-ed25519 {b}\n");
+        assert_eq!(known_hosts_say(&only_2222, "gw", 22, &key_b), None);
+    }
 
     #[test]
     fn a_zero_counts_only_when_the_end_mark_tells_it_and_the_mark_counts_over_a_zero() {
