@@ -1013,8 +1013,17 @@ impl Session {
         } else {
             dst.send_eof().map_err(|e| fail(&dest.spec.id, "eof", e))?;
         }
-        // Quiet stretches (the destination completing its update) are no dead peer.
-        let until = Instant::now() + Duration::from_millis(u64::from(dest.raw.timeout()));
+        // Quiet stretches (the destination completing its update) are no dead peer, within
+        // the one window of the whole relay: a destination that hangs once all is sent (its
+        // storage stuck at its commit) never holds it twice as long. The closing calls below
+        // wait no longer either.
+        let left = until
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        let left_ms = left.as_millis().min(u128::from(u32::MAX)) as u32;
+        self.raw.set_timeout(left_ms);
+        dest.raw.set_timeout(left_ms);
+        let until = Instant::now() + left;
         dest.drain(
             dst,
             &mut |data| {
