@@ -1322,16 +1322,24 @@ impl Store {
         let (_, slots) = read_delta(&delta)?;
         let df = File::open(&delta).map_err(io_err(&delta))?;
         let read_slot = |f: &File, slot: &Slot, path: &Path| -> Result<Vec<u8>, StoreError> {
+            if slot.len as usize > BLOCK {
+                return Err(StoreError::Damaged {
+                    path: path.display().to_string(),
+                    reason: format!(
+                        "it holds a block of {} bytes, more than a block's {BLOCK}; the copy was not touched since the cut",
+                        slot.len
+                    ),
+                });
+            }
             let mut buf = vec![0u8; slot.len as usize];
             if let Some(at) = slot.at {
                 f.read_exact_at(&mut buf, at).map_err(io_err(path))?;
             }
             Ok(buf)
         };
-        let mut before: HashMap<u64, Vec<u8>> = HashMap::new();
-        for (idx, slot) in &slots {
-            before.insert(*idx, read_slot(&df, slot, &delta)?);
-        }
+        // Where each block is in the delta, read as it is compared: the delta of a large
+        // update is never held in memory.
+        let before: HashMap<u64, Slot> = slots.into_iter().collect();
         let jpath = self.path("journal");
         let jf = File::open(&jpath).map_err(io_err(&jpath))?;
         let mirror = File::open(&self.image).map_err(io_err(&self.image))?;
@@ -1347,7 +1355,7 @@ impl Store {
             // As the update writes it (a short read past the end, zeros: a block of zeros).
             let written = now == want || (now.len() < want.len() && blocks::is_zero(&want));
             let held = match before.get(idx) {
-                Some(old) => now == *old,
+                Some(old) => now == read_slot(&df, old, &delta)?,
                 // Beyond the copy's end before the update: nothing there yet, or zeros.
                 None => blocks::is_zero(&now),
             };
@@ -1431,6 +1439,24 @@ impl Store {
                 Ok(Some(said.join("; ")))
             }
             None => {
+                // Its roll-forward had begun (its marker names a point not recorded yet):
+                // the commit was there, and the copy is being written. A journal that no
+                // longer says it is damaged, never an update that did not touch the copy.
+                if let Some(id) = meta::read_file(&self.path(ROLLING)).ok().flatten()
+                    && !self
+                        .points()
+                        .is_ok_and(|ps| ps.iter().any(|p| p.id.as_bytes() == id.as_slice()))
+                {
+                    return Err(StoreError::Damaged {
+                        path: path.display().to_string(),
+                        reason: format!(
+                            "an update (point {}) was cut while it wrote the copy, and its journal no longer holds its commit: the copy is a mix of its last point and of that update, and no point of it can be rebuilt from it. Move {} and its metadata folder {} aside (keep them until the new copy is verified) and replicate again: a new first copy",
+                            String::from_utf8_lossy(&id),
+                            self.image.display(),
+                            self.dir.display()
+                        ),
+                    });
+                }
                 let pending = self.path("delta.pending");
                 if pending.exists() {
                     std::fs::remove_file(&pending).map_err(io_err(&pending))?;
@@ -2575,10 +2601,14 @@ impl Store {
                 points[k].stamp = Some(stamp);
             }
             if !good && points[k].pending {
-                // Not whole: bad for good, whatever a confirmation of its freeze says, and
-                // for that reason.
-                points[k].pending = false;
-                points[k].unusable = None;
+                // Never confirmed to be of one instant, and not whole: bad for good, whatever
+                // a confirmation of its freeze says, and whatever a later verification finds
+                // (a delta that could not be read now may be read then: the point may still
+                // be torn).
+                points[k].mark_unusable(&format!(
+                    "{} It was not whole either when it was verified.",
+                    super::point::PENDING_WHY
+                ));
             }
             // Whole, but what its source said makes it unusable: still bad.
             let good = good && points[k].unusable.is_none();
@@ -2689,7 +2719,9 @@ impl Store {
     }
 
     /// Writes point `id` to `out` (sparse), and checks its hash. Never over the copy itself,
-    /// nor over a file of its metadata: the point is read from them.
+    /// nor over a file of its metadata: the point is read from them. It is written beside
+    /// `out` first (`OUT.reprise-partial`) and renamed to `out` once checked: a restore cut
+    /// or found wrong leaves nothing at `out` that could be taken for the point.
     pub fn restore(&self, id: &str, out: &Path) -> Result<(), StoreError> {
         // A new file in the metadata folder is harmless; one there already is not.
         let exists = std::fs::symlink_metadata(out).is_ok();
@@ -2713,7 +2745,18 @@ impl Store {
         self.recover()?;
         let points = self.points()?;
         let k = self.find(&points, id)?;
-        self.restore_unlocked(&points, k, out)
+        let mut partial = out.as_os_str().to_owned();
+        partial.push(".reprise-partial");
+        let partial = PathBuf::from(partial);
+        // One left by a restore cut before: never the point.
+        let _ = std::fs::remove_file(&partial);
+        let restored = self
+            .restore_unlocked(&points, k, &partial)
+            .and_then(|()| std::fs::rename(&partial, out).map_err(io_err(out)));
+        if restored.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        restored
     }
 
     /// [`Store::restore`] with the lock held.
@@ -3325,6 +3368,14 @@ fn read_delta(path: &Path) -> Result<(u64, Vec<(u64, Slot)>), StoreError> {
     while c.at < total {
         let idx = c.u64().map_err(|e| damaged(e.to_string()))?;
         let slot = c.slot().map_err(|e| damaged(e.to_string()))?;
+        // A block, never more: a damaged length would have a block of zeros, or a read,
+        // take gigabytes.
+        if slot.len as usize > BLOCK {
+            return Err(damaged(format!(
+                "block {idx} holds {} bytes, more than a block's {BLOCK}",
+                slot.len
+            )));
+        }
         slots.push((idx, slot));
     }
     Ok((size, slots))
@@ -3464,6 +3515,61 @@ mod tests {
         let stream = stream_of(&disk, &other);
         other.apply(&mut &stream[..], point("p1")).unwrap();
         assert_eq!(std::fs::read(dir.path().join("copy.qcow2")).unwrap(), bytes);
+    }
+
+    /// A delta or journal whose block length is damaged is refused as damaged, never read
+    /// into gigabytes of memory (a block of zeros of 4 GiB).
+    #[test]
+    fn a_damaged_block_length_is_refused_not_allocated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p1.rdelta");
+        let mut bytes = DELTA_MAGIC.to_vec();
+        bytes.extend_from_slice(&(4 * BLOCK as u64).to_le_bytes());
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        bytes.push(1);
+        std::fs::write(&path, &bytes).unwrap();
+        let err = read_delta(&path).unwrap_err().to_string();
+        assert!(err.contains("more than a block's"), "{err}");
+        // One block's length is a block.
+        let n = bytes.len();
+        bytes[n - 5..n - 1].copy_from_slice(&(BLOCK as u32).to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_delta(&path).unwrap().1.len(), 1);
+    }
+
+    /// A restore that finds its point not whole leaves nothing where the point was asked:
+    /// no file of its size that could be taken for it.
+    #[test]
+    fn a_restore_found_wrong_leaves_nothing_where_the_point_was_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let store = Store::new(&dir.path().join("copy.img"));
+        std::fs::write(&src, vec![1u8; 3 * BLOCK]).unwrap();
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        std::fs::write(&src, vec![2u8; 3 * BLOCK]).unwrap();
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p2"))
+            .unwrap();
+        let delta = std::fs::read_dir(store.path("deltas"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().contains("p1"))
+            .unwrap();
+        let mut bytes = std::fs::read(&delta).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&delta, bytes).unwrap();
+        let out = dir.path().join("restored.img");
+        store.restore("p1", &out).unwrap_err();
+        assert!(!out.exists());
+        assert!(!dir.path().join("restored.img.reprise-partial").exists());
+        // A whole one is restored, and only it is there.
+        store.restore("p2", &out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), vec![2u8; 3 * BLOCK]);
+        assert!(!dir.path().join("restored.img.reprise-partial").exists());
     }
 
     /// A point is never restored over the copy it is read from, nor over its metadata: the
@@ -4867,6 +4973,55 @@ mod tests {
         assert!(!store.path(ROLLING).exists());
     }
 
+    /// An update cut while it wrote the copy, whose journal then lost its commit (damaged
+    /// on disk), is said damaged: never thrown away as an update that did not touch the copy.
+    #[test]
+    fn a_journal_that_lost_its_commit_after_the_copy_was_written_is_said_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        let store = Store::new(&dst);
+        let stream = |store: &Store| stream_of(&src, store);
+        std::fs::write(&src, vec![1u8; 4 * BLOCK]).unwrap();
+        store.apply(&mut &stream(&store)[..], point("p1")).unwrap();
+        std::fs::write(&src, vec![2u8; 4 * BLOCK]).unwrap();
+        store
+            .apply_until(&mut &stream(&store)[..], point("p2"), true)
+            .unwrap();
+        let journal = store.path("journal");
+        let whole = std::fs::read(&journal).unwrap();
+        // Cut before its commit, the copy untouched: thrown away, as before.
+        std::fs::write(&journal, &whole[..whole.len() - 1]).unwrap();
+        assert!(
+            store
+                .settle()
+                .unwrap()
+                .unwrap()
+                .contains("the mirror was not touched")
+        );
+        assert_eq!(std::fs::read(&dst).unwrap(), vec![1u8; 4 * BLOCK]);
+        // Begun writing the copy (its marker), then the commit lost.
+        store
+            .apply_until(&mut &stream(&store)[..], point("p2"), true)
+            .unwrap();
+        let whole = std::fs::read(&journal).unwrap();
+        meta::write_file(&store.dir, ROLLING, b"p2", false).unwrap();
+        std::fs::write(&journal, &whole[..whole.len() - 1]).unwrap();
+        let err = store.settle().unwrap_err().to_string();
+        assert!(err.contains("was cut while it wrote the copy"), "{err}");
+        assert!(journal.exists(), "the journal is kept");
+        // A marker of an update recorded since (left by a crash after its journal went) is
+        // none: the torn journal is of an update that never began writing.
+        meta::write_file(&store.dir, ROLLING, b"p1", false).unwrap();
+        assert!(
+            store
+                .settle()
+                .unwrap()
+                .unwrap()
+                .contains("the mirror was not touched")
+        );
+    }
+
     #[test]
     fn a_roll_forward_cut_after_its_delta_was_moved_is_completed_by_the_next_run() {
         let dir = tempfile::tempdir().unwrap();
@@ -5522,6 +5677,52 @@ mod tests {
             ("p5", Verified::Bad, Some(why), false)
         );
         assert_eq!(std::fs::read_dir(store.path("torn")).unwrap().count(), 0);
+    }
+
+    /// A held point (never confirmed to be of one instant) that a verification finds not
+    /// whole stays unusable for good: a later verification that finds it whole (its delta
+    /// readable again) never makes it good.
+    #[test]
+    fn a_held_point_found_not_whole_is_never_made_good_by_a_later_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let store = Store::new(&dir.path().join("dst.img"));
+        let write = |byte: u8| std::fs::write(&src, vec![byte; 3 * BLOCK]).unwrap();
+        write(1);
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        write(2);
+        let p2 = NewPoint {
+            pending: true,
+            ..point("p2")
+        };
+        store.apply(&mut &stream_of(&src, &store)[..], p2).unwrap();
+        write(3);
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p3"))
+            .unwrap();
+        let deltas: Vec<_> = std::fs::read_dir(store.path("deltas"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains("p2"))
+            .collect();
+        assert_eq!(deltas.len(), 1, "{deltas:?}");
+        let aside = dir.path().join("aside");
+        std::fs::rename(&deltas[0], &aside).unwrap();
+        assert_eq!(store.verify(Some("p2")).unwrap(), [("p2".into(), false)]);
+        std::fs::rename(&aside, &deltas[0]).unwrap();
+        assert_eq!(store.verify(Some("p2")).unwrap(), [("p2".into(), false)]);
+        let p2 = store.points().unwrap().remove(1);
+        assert_eq!(
+            (p2.id.as_str(), p2.verified, p2.pending),
+            ("p2", Verified::Bad, false)
+        );
+        let why = p2.unusable.unwrap_or_default();
+        assert!(why.starts_with(super::super::point::PENDING_WHY), "{why}");
+        // And no confirmation of its freeze mends it.
+        store.confirm(store.points().unwrap()[1].taken_at).unwrap();
+        assert_eq!(store.points().unwrap()[1].verified, Verified::Bad);
     }
 
     /// A mark kept by a `mark_torn` or a `confirm` that could not apply it (the copy held too
