@@ -347,10 +347,12 @@ pub fn probe_host(transport: &dyn Transport, host: &str, q: &HostQuestions) -> H
     let mut probe = HostProbe::default();
     let deadline = StdDuration::from_secs(60);
     // The answers first: this also opens the session, so the clock is read on a warm one
-    // and the round trip is short.
-    match transport.exec(host, &probe_script(q), deadline) {
+    // and the round trip is short. Read whole (a recovery host of many copies answers more
+    // than a command's usual 16 KiB), up to the transport's bound for answers.
+    match transport.exec_bytes(host, &probe_script(q), &[], deadline) {
         Ok(out) => {
-            if !parse_answers(&out.stdout, &mut probe) {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            if !parse_answers(&stdout, &mut probe) {
                 probe.error = Some(format!(
                     "the checks did not finish (exit {}): {}",
                     out.exit_code,
@@ -441,6 +443,57 @@ pub fn probe_hosts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A recovery host of many copies answers more than a command's usual 16 KiB: its
+    /// answers are read whole, never taken for a host that did not finish.
+    #[test]
+    fn a_host_of_many_copies_is_read_whole() {
+        struct Many(String);
+        impl Transport for Many {
+            // As the transport cuts a command's output.
+            fn exec(
+                &self,
+                _host: &str,
+                _command: &str,
+                _deadline: StdDuration,
+            ) -> Result<crate::ssh::ExecOutput, crate::ssh::SshError> {
+                let cut = self.0.len().min(crate::ssh::OUTPUT_LIMIT);
+                Ok(crate::ssh::ExecOutput {
+                    exit_code: 0,
+                    stdout: self.0[..cut].to_string(),
+                    stderr: String::new(),
+                    truncated: cut < self.0.len(),
+                    timed_out: false,
+                    duration: StdDuration::ZERO,
+                })
+            }
+            fn exec_bytes(
+                &self,
+                _host: &str,
+                _command: &str,
+                _input: &[u8],
+                _deadline: StdDuration,
+            ) -> Result<crate::ssh::BytesOutput, crate::ssh::SshError> {
+                Ok(crate::ssh::BytesOutput {
+                    exit_code: 0,
+                    stdout: self.0.clone().into_bytes(),
+                    stderr: String::new(),
+                    duration: StdDuration::ZERO,
+                })
+            }
+        }
+        let mut answer = String::new();
+        for i in 0..400 {
+            answer.push_str(&format!(
+                "file\t/srv/replicas/images/vm-{i:03}-data.qcow2\t1048576 1700000000\n"
+            ));
+        }
+        answer.push_str("end\n");
+        assert!(answer.len() > crate::ssh::OUTPUT_LIMIT);
+        let probe = probe_host(&Many(answer), "hv-pra", &HostQuestions::default());
+        assert_eq!(probe.error, None);
+        assert_eq!(probe.stats.len(), 400);
+    }
 
     #[test]
     fn answers_are_read_back_line_by_line() {

@@ -501,14 +501,15 @@ fn json(rows: &[ReplicaRow], lags: &[LagRow]) -> Outcome {
 }
 
 /// Exit 8 (and a line saying how many) when a target is missed or a lag is unknown; a copy
-/// that cannot be read proves no point within its target either.
+/// that cannot be read proves no point within its target either, nor any good point at all
+/// for a vm without a target (its recovery host down, its copies gone): never an exit 0.
 fn breach_exit(rows: &[ReplicaRow], lags: &[LagRow], out: &mut Outcome) {
     if out.code != exit::OK {
         return;
     }
     let unreadable: Vec<&str> = rows
         .iter()
-        .filter(|r| r.error.is_some() && r.rpo_s.is_some())
+        .filter(|r| r.error.is_some())
         .map(|r| r.item.as_str())
         .collect();
     if !unreadable.is_empty() {
@@ -1214,6 +1215,31 @@ mod tests {
         check_max_age_s: 36 * 3600,
         drill_max_age_s: 90 * 86400,
     };
+
+    #[test]
+    fn copies_that_cannot_be_read_never_exit_0_with_a_target_or_without() {
+        for rpo in [Some(900), None] {
+            let mut dead = row("web", None, rpo);
+            dead.error = Some("hv-pra: connection refused".into());
+            let rows = [row("erp-db", Some(600), Some(900)), dead];
+            for out in [json(&rows, &[]), {
+                let mut o = Outcome::default();
+                breach_exit(&rows, &[], &mut o);
+                o
+            }] {
+                assert_eq!(out.code, exit::RPO_BREACH, "rpo {rpo:?}: {}", out.stderr);
+                assert!(
+                    out.stderr.contains("the copies of web cannot be read"),
+                    "{}",
+                    out.stderr
+                );
+            }
+        }
+        // Read, and no target: nothing to breach.
+        let mut o = Outcome::default();
+        breach_exit(&[row("web", Some(600), None)], &[], &mut o);
+        assert_eq!(o.code, exit::OK);
+    }
 
     #[test]
     fn all_well_is_ok_with_each_age_as_performance_data() {
