@@ -540,12 +540,55 @@ fn rewrite_xml(root: &Element, fit: &Fit) -> Result<Fitted, DefinitionError> {
         {
             nv.children.clear();
         }
-        // Firmware QEMU may write to is a file of the host, named by another host.
+        // Firmware QEMU may write to is a file of the host, named by another host (a pflash
+        // loader is written unless it says it is read only).
         if let Some(l) = os.get_child("loader")
-            && l.attributes.get("readonly").map(String::as_str) == Some("no")
             && l.get_text().is_some_and(|t| !t.trim().is_empty())
         {
-            return Err(DefinitionError::HostResource("loader readonly='no'".into()));
+            let readonly = l.attributes.get("readonly").map(String::as_str);
+            let pflash = l.attributes.get("type").map(String::as_str) == Some("pflash");
+            if readonly == Some("no") || (pflash && readonly != Some("yes")) {
+                return Err(DefinitionError::HostResource(format!(
+                    "loader readonly='{}'",
+                    readonly.unwrap_or("")
+                )));
+            }
+        }
+        // A kernel, an initrd, a device tree or ACPI tables loaded from files of the host:
+        // another host's paths (the copy of another vm, a secret of the host) given to the
+        // guest to read.
+        for name in ["kernel", "initrd", "dtb"] {
+            if os
+                .get_child(name)
+                .and_then(|e| e.get_text())
+                .is_some_and(|t| !t.trim().is_empty())
+            {
+                return Err(DefinitionError::HostResource(format!("os/{name}")));
+            }
+        }
+        if os
+            .get_child("acpi")
+            .is_some_and(|a| a.get_child("table").is_some())
+        {
+            return Err(DefinitionError::HostResource("os/acpi/table".into()));
+        }
+    }
+    // Firmware configuration entries read from files of the host (`<sysinfo type='fwcfg'>`).
+    for sysinfo in root
+        .children
+        .iter()
+        .filter_map(XMLNode::as_element)
+        .filter(|e| e.name == "sysinfo")
+    {
+        if sysinfo
+            .children
+            .iter()
+            .filter_map(XMLNode::as_element)
+            .any(|e| e.name == "entry" && e.attributes.contains_key("file"))
+        {
+            return Err(DefinitionError::HostResource(
+                "sysinfo entry read from a file".into(),
+            ));
         }
     }
     let Some(devices) = root.get_mut_child("devices") else {
@@ -1290,6 +1333,59 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("loader readonly='no'"), "{e}");
+        // Files of the host the guest would be given to read: another vm's copy, a secret.
+        for (what, text) in [
+            (
+                "loader readonly=''",
+                DOMAIN.replace(
+                    "<loader readonly='yes' type='pflash'>",
+                    "<loader type='pflash'>",
+                ),
+            ),
+            (
+                "os/kernel",
+                DOMAIN.replace("</os>", "<kernel>/boot/vmlinuz</kernel></os>"),
+            ),
+            (
+                "os/initrd",
+                DOMAIN.replace(
+                    "</os>",
+                    "<initrd>/srv/replicas/payroll-db.qcow2</initrd></os>",
+                ),
+            ),
+            (
+                "os/dtb",
+                DOMAIN.replace("</os>", "<dtb>/etc/shadow</dtb></os>"),
+            ),
+            (
+                "os/acpi/table",
+                DOMAIN.replace(
+                    "</os>",
+                    "<acpi><table type='slic'>/etc/shadow</table></acpi></os>",
+                ),
+            ),
+            (
+                "sysinfo entry read from a file",
+                DOMAIN.replace(
+                    "</os>",
+                    "</os><sysinfo type='fwcfg'><entry name='opt/x' file='/etc/shadow'/></sysinfo>",
+                ),
+            ),
+        ] {
+            assert!(text != DOMAIN, "{what}: the sample changed");
+            let e = Definition::parse(Format::LibvirtXml, text.as_bytes())
+                .and_then(|d| rewrite(&d, &mapped))
+                .map(|f| f.text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(what) && e.contains("refused"), "{what}: {e}");
+        }
+        // A firmware read only, as `virsh dumpxml` writes it, passes.
+        assert!(
+            Definition::parse(Format::LibvirtXml, DOMAIN.as_bytes())
+                .and_then(|d| rewrite(&d, &mapped))
+                .is_ok()
+        );
     }
 
     #[test]
