@@ -42,7 +42,8 @@ pub(super) async fn run_step(
     };
     let mut defined = None;
     let mut sent = false;
-    let mut out = run_step_inner(&ctx, &run, prior, &mut defined, &mut sent).await;
+    let mut leased = false;
+    let mut out = run_step_inner(&ctx, &run, prior, &mut defined, &mut sent, &mut leased).await;
     let step = &ctx.plan.steps[index];
     let may_run = if sent {
         vm::failed_start_may_run(&ctx, step, &out, defined.is_some()).await
@@ -61,7 +62,7 @@ pub(super) async fn run_step(
     }
     let made = define::settle(&ctx, &mut out, defined, may_run.is_some()).await;
     (
-        vm::after_replica(&ctx, step, out, may_run.is_some()).await,
+        vm::after_replica(&ctx, step, out, may_run.is_some(), leased).await,
         made,
     )
 }
@@ -195,6 +196,7 @@ async fn run_step_inner(
     prior: Option<Prior>,
     defined: &mut Option<Defined>,
     sent: &mut bool,
+    leased: &mut bool,
 ) -> Outcome {
     let step = &ctx.plan.steps[run.index];
     // A step that was running when the orchestrator died.
@@ -316,7 +318,7 @@ async fn run_step_inner(
                 }
             }
         }
-        if let Err(e) = vm::before_replica(ctx, step, replica, &run.tx, defined).await {
+        if let Err(e) = vm::before_replica(ctx, step, replica, &run.tx, defined, leased).await {
             return run.outcome(StepStatus::Failed, 1, Some(e));
         }
     } else if let Some(refused) = other_site_refuses(ctx, run, &mut recorded_first).await {

@@ -37,6 +37,7 @@ pub(super) async fn before_replica(
     replica: &ReplicaUse,
     tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
     defined: &mut Option<Defined>,
+    leased: &mut bool,
 ) -> Result<(), String> {
     let how = match replica.role {
         ReplicaRole::DrillStart => Use::Drill,
@@ -61,6 +62,9 @@ pub(super) async fn before_replica(
         ReplicaRole::DrillStop => return Ok(()),
     };
     let prepared = prepare(ctx, step, replica, how).await?;
+    // What this attempt leased, which its failure gives back (never a lease an earlier
+    // attempt took: its vm may run on the copies).
+    *leased = !prepared.held_before;
     let s = prepared.start;
     if let Some(d) = &replica.define {
         let point = s.points.first().cloned().flatten();
@@ -304,12 +308,14 @@ pub(super) async fn failed_start_may_run(
 /// After a vm step that used the recovery copies, the replica side does what the step's
 /// outcome leaves to them (see [`start::after`]); what changed, or why it could not, is added
 /// to the step's message. A failed start that `may_run` (see [`failed_start_may_run`]) keeps
-/// its copies leased, as one timed out does.
+/// its copies leased, as one timed out does, and so does one stopped before it `leased`
+/// them (in an attempt before a resume, whose vm may run on them).
 pub(super) async fn after_replica(
     ctx: &RunContext,
     step: &PlannedStep,
     mut out: Outcome,
     may_run: bool,
+    leased: bool,
 ) -> Outcome {
     let Some(replica) = step.replica.clone() else {
         return out;
@@ -336,6 +342,26 @@ pub(super) async fn after_replica(
             }
         };
         if let Some(note) = note {
+            out.message = Some(match out.message.take() {
+                Some(old) => format!("{old}; {note}"),
+                None => note,
+            });
+        }
+        return out;
+    }
+    // A failed start gives back only what this attempt leased: a lease an earlier attempt
+    // took (before a resume) stays, since the vm that attempt started may run on the copies.
+    if replica.role == ReplicaRole::Start
+        && !done
+        && out.status == StepStatus::Failed
+        && !may_run
+        && !leased
+    {
+        if ctx.options.running_before.contains_key(&step.id) {
+            let vm = &replica.vm;
+            let note = format!(
+                "its recovery copies stay as an earlier attempt of this step left them (leased to this run if it leased them: vm {vm} may run on them); see whether it runs (`reprise status`), stop it if it does, then `reprise release {vm}` gives the copies back"
+            );
             out.message = Some(match out.message.take() {
                 Some(old) => format!("{old}; {note}"),
                 None => note,

@@ -5181,9 +5181,12 @@ fn a_start_that_failed_after_its_vm_came_up_keeps_its_copies_leased() {
     }
     let vms = edited.path().join("inventory/vms.toml");
     let mut text = std::fs::read_to_string(&vms).unwrap();
-    text.push_str(
-        "\n[drivers.lab]\nstart = \"lab-vm start {{ vm.name }} {{ host.images_dir }} {{ vm.disks }}; exit 1\"\n",
-    );
+    // And a status that answers neither `running` nor `shut off` once, while a flag is there.
+    let flag = lab.host_root("hv-pra").join("status-unknown");
+    text.push_str(&format!(
+        "\n[drivers.lab]\nstart = \"lab-vm start {{{{ vm.name }}}} {{{{ host.images_dir }}}} {{{{ vm.disks }}}}; exit 1\"\nstatus = \"if [ \\\"$LAB_HOST\\\" = hv-pra ] && [ -e {f} ]; then rm -f {f}; echo 'in shutdown'; exit 0; fi; lab-vm status {{{{ vm.name }}}}\"\n",
+        f = flag.display()
+    ));
     std::fs::write(&vms, text).unwrap();
     let exit = lab.run_confirming_in(
         edited.path(),
@@ -5224,6 +5227,24 @@ fn a_start_that_failed_after_its_vm_came_up_keeps_its_copies_leased() {
         !why.contains("already runs on hv-pra") && why.contains("may have started all the same"),
         "{why}"
     );
+    // Resumed again while its recovery host cannot say whether it runs: refused before this
+    // attempt leases anything, and the lease the earlier attempts took stays (the vm they
+    // started runs on the copies).
+    std::fs::write(&flag, "").unwrap();
+    lab.run_confirming_in(
+        edited.path(),
+        &["resume", "latest", "--no-prompt"],
+        Duration::from_secs(120),
+    );
+    assert!(!flag.exists(), "its status was never asked");
+    let (status, why) = finished(&lab, "erp-db/start");
+    assert_eq!(status, "failed", "{why}");
+    assert!(
+        why.contains("cannot be told")
+            && why.contains("stay as an earlier attempt of this step left them"),
+        "{why}"
+    );
+    assert_erp_db_copies_leased_live(&lab);
 }
 
 /// A driver's `replicate-end` that says the copy just made may be torn (exit 65: Proxmox's,
