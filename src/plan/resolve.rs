@@ -7,7 +7,9 @@ use crate::fields::{ADDRESS_HINT, Sp, address_problem, url_problem};
 use crate::inventory::{Inventory, Service, SiteRole, Vm};
 use crate::model::Model;
 use crate::plan::scope::{StepScope, render, render_plain};
-use crate::plan::vm::{define_use, images_dir_of, undo_action, vm_action_command};
+use crate::plan::vm::{
+    define_use, images_dir_of, undo_action, vm_action_checked, vm_action_command,
+};
 use crate::plan::{
     Action, Instance, PlanOptions, PlannedStep, Production, ReplicaRole, ReplicaUse, Replicated,
     SnapshotHooks, Tls,
@@ -906,6 +908,36 @@ impl<'a> StepAt<'a> {
         } else {
             Side::Primary
         };
+        // A hook the driver has that does not render for the vm is an error, never no hook:
+        // its copy would be read unfrozen (recorded good), or frozen for good.
+        // (On the primary, the files' check says it already, as it says a value inside
+        // quotes on either side: said here for a failback's hooks on the recovery host.)
+        let mut unwritable = Vec::new();
+        let mut said = true;
+        for name in crate::plan::REPLICATE_HOOKS {
+            if let Err(why) = vm_action_checked(model, service, vm, side, name, run_id) {
+                said &= why.contains(crate::template::INSIDE_QUOTES);
+                unwritable.push(format!("`{name}` ({why})"));
+            }
+        }
+        if !unwritable.is_empty() && (said || !reverse) {
+            return None;
+        }
+        if !unwritable.is_empty() {
+            diags.push(
+                Diagnostic::error(format!(
+                    "replicate step `{}` cannot run the hooks of vm `{}`'s driver `{}` on host `{}`: {}",
+                    self.id,
+                    vm.id,
+                    vm.driver.value,
+                    from,
+                    unwritable.join(", ")
+                ))
+                .at(self.step.id.loc.clone())
+                .hint("give the host the variables the hooks name (or the values they need)"),
+            );
+            return None;
+        }
         let action = |name: &str| vm_action_command(model, service, vm, side, name, run_id);
         let capture = inv
             .drivers

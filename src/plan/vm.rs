@@ -48,6 +48,64 @@ pub fn vm_action_command(
     Some((host_id.clone(), tpl.render(&scope).ok()?))
 }
 
+/// [`vm_action_command`], telling an action the driver has that does not render for `vm`
+/// on `side` (`Err`, what its placeholders lack) from one it does not have (`Ok(None)`).
+pub fn vm_action_checked(
+    model: &Model,
+    service: &Service,
+    vm: &Vm,
+    side: Side,
+    action: &str,
+    run_id: &str,
+) -> Result<Option<(String, Command)>, String> {
+    let has = model
+        .inventory
+        .drivers
+        .get(&vm.driver.value)
+        .is_some_and(|d| d.actions.contains_key(action));
+    match vm_action_command(model, service, vm, side, action, run_id) {
+        Some(found) => Ok(Some(found)),
+        None if !has => Ok(None),
+        None => {
+            let inv = &model.inventory;
+            let host_id = match side {
+                Side::Primary => &vm.primary.value,
+                Side::Recovery => &vm.recovery.value,
+            };
+            let Some(host) = inv.hosts.get(host_id) else {
+                return Err(format!("host `{host_id}` is not in the inventory"));
+            };
+            let scope = StepScope {
+                inv,
+                host: Some(host),
+                service,
+                vm: Some((vm, side)),
+                run_id,
+                mode: Mode::Failback,
+            };
+            let why = inv
+                .drivers
+                .get(&vm.driver.value)
+                .and_then(|d| d.actions.get(action))
+                .map(
+                    |tpl| match Template::parse(tpl, model.sources.map.text(tpl.loc.file)) {
+                        Err(e) => e.message.clone(),
+                        Ok(t) => t
+                            .render(&scope)
+                            .err()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|e| e.message.clone())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    },
+                )
+                .unwrap_or_default();
+            Err(why)
+        }
+    }
+}
+
 /// Why an action of a vm's driver cannot be rendered for it, on either of its sides (a value
 /// that cannot be written where the action puts it, a variable its host lacks): said when the
 /// files are checked, never found at run time as an action that is not there (a
