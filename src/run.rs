@@ -2618,6 +2618,29 @@ pub fn points_out_of_reach(
                     ps.id,
                     as_replicated_fix(&ps.id)
                 ));
+            } else {
+                // Another vm a step of the service starts on its recovery host (a vm step
+                // naming its own `vm`, a service placed on a host that starts one).
+                let mut told = HashSet::new();
+                for step in plan.steps.iter().filter(|s| {
+                    s.service == ps.id && s.kind == "vm" && s.action.as_deref() == Some("start")
+                }) {
+                    let Some(vm) = step.vm.as_deref().filter(|v| !from_points.contains(v)) else {
+                        continue;
+                    };
+                    let on_recovery =
+                        model.inventory.vms.get(vm).is_some_and(|v| {
+                            step.host.as_deref() == Some(v.recovery.value.as_str())
+                        });
+                    if on_recovery && told.insert(vm) {
+                        out.push(format!(
+                            "service {}: its step {} starts vm {vm} from no replica point (its recovery host keeps no copy of its disks): it would start from what is there now, not from {asked}; {}",
+                            ps.id,
+                            step.id,
+                            as_replicated_fix(&ps.id)
+                        ));
+                    }
+                }
             }
         }
     }
@@ -5573,5 +5596,70 @@ mod plan_vms_tests {
             .filter_map(|s| s.vm.as_deref())
             .collect();
         assert!(started.contains(&"dc2"), "{started:?}");
+    }
+}
+
+#[cfg(test)]
+mod out_of_reach_tests {
+    use super::*;
+
+    /// A time asked of a failover reaches no vm a step starts on its recovery host from no
+    /// replica point, whether it is its service's vm or another the step names: each is
+    /// said, and the failover refused.
+    #[test]
+    fn a_vm_a_step_starts_from_no_point_is_said_whoever_s_vm_it_is() {
+        let model = crate::check::example();
+        let mut plan = plan::build(&model, &plan::PlanOptions::new(Mode::Failover)).unwrap();
+        let choice = runner::PointChoice {
+            before: Some(Utc::now()),
+            as_replicated: vec!["*".into()],
+            ..Default::default()
+        };
+        let start = plan
+            .steps
+            .iter()
+            .find(|s| {
+                s.replica
+                    .as_ref()
+                    .is_some_and(|r| r.role == plan::ReplicaRole::Start && r.vm == "erp-db")
+            })
+            .cloned()
+            .unwrap();
+        let service = start.service.clone();
+        let asked = runner::PointChoice {
+            as_replicated: Vec::new(),
+            ..choice.clone()
+        };
+        let before = points_out_of_reach(&model, &plan, &asked);
+        assert!(
+            !before
+                .iter()
+                .any(|p| p.starts_with(&format!("service {service}:"))),
+            "{before:?}"
+        );
+        // A step of the same service that starts dc1 (on erp-db's recovery host, as dc1's)
+        // with no point.
+        let mut other = start;
+        other.id = format!("{service}/start-dc1");
+        other.vm = Some("dc1".into());
+        other.replica = None;
+        assert_eq!(
+            other.host.as_deref(),
+            Some(model.inventory.vms["dc1"].recovery.value.as_str())
+        );
+        plan.steps.push(other);
+        let said = points_out_of_reach(&model, &plan, &asked);
+        assert!(
+            said.iter().any(|p| p.contains(&format!(
+                "service {service}: its step {service}/start-dc1 starts vm dc1 from no replica point"
+            ))),
+            "{said:?}"
+        );
+        // Let start as replicated, it is not.
+        assert!(
+            !points_out_of_reach(&model, &plan, &choice)
+                .iter()
+                .any(|p| p.contains("start-dc1")),
+        );
     }
 }
