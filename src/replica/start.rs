@@ -782,6 +782,19 @@ fn lease(
         return Ok(());
     }
     let mut leased = Vec::new();
+    // Gives back what this attempt leased: a drill copy of this run's earlier attempt may
+    // still read a copy leased before.
+    let give_back = |leased: &[String]| {
+        let mine: Vec<String> = leased
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| !(req.how == Use::Drill && held_by_run(req, states, *j)))
+            .map(|(_, p)| p.clone())
+            .collect();
+        if !mine.is_empty() {
+            let _ = copies.release(host, &mine, Some(run), Some(kind));
+        }
+    };
     for (i, path) in paths.iter().enumerate() {
         let lease = Lease {
             kind,
@@ -807,19 +820,37 @@ fn lease(
                 leased.push(path.clone());
             }
             Err(e) => {
-                // Only what this attempt leased: a drill copy of this run's earlier attempt
-                // may still read a copy leased before.
-                let mine: Vec<String> = leased
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| !(req.how == Use::Drill && held_by_run(req, states, *j)))
-                    .map(|(_, p)| p.clone())
-                    .collect();
-                if !mine.is_empty() {
-                    let _ = copies.release(host, &mine, Some(run), Some(kind));
-                }
+                give_back(&leased);
                 return Err(format!("cannot take {} for this run: {e}", path));
             }
+        }
+    }
+    // A copy taken as it is (no point vouches for it) must still be what the choice judged
+    // (its time against a time asked): leased, no replication writes into it any more, so
+    // it is looked at once more now.
+    let as_is: Vec<usize> = (0..paths.len())
+        .filter(|i| start.points[*i].is_none() && states.get(*i).is_some_and(|s| s.stamp.is_some()))
+        .collect();
+    if !as_is.is_empty() {
+        let looked: Vec<String> = as_is.iter().map(|i| paths[*i].clone()).collect();
+        let changed = match copies.inspect(host, &looked) {
+            Ok(now) => as_is.iter().zip(&now).find_map(|(i, n)| {
+                (n.stamp != states[*i].stamp).then(|| {
+                    format!(
+                        "{} changed while the run chose it as it is (it was `{}`, it is `{}`): a replication, or a write on {host}, since; start the run again",
+                        paths[*i],
+                        states[*i].stamp.as_deref().unwrap_or(""),
+                        n.stamp.as_deref().unwrap_or("unreadable")
+                    )
+                })
+            }),
+            Err(e) => Some(format!(
+                "the copies taken as they are cannot be looked at again on {host} ({e}): start the run again"
+            )),
+        };
+        if let Some(why) = changed {
+            give_back(&leased);
+            return Err(why);
         }
     }
     Ok(())
@@ -1154,6 +1185,8 @@ mod tests {
         leased: Mutex<Vec<Lease>>,
         /// A copy whose `inspect` fails, and why (a host that does not answer).
         unreadable: Option<(String, String)>,
+        /// Copies a replication wrote just before their lease was taken (it waited for it).
+        written_before_lease: Vec<String>,
     }
 
     impl Fake {
@@ -1235,6 +1268,11 @@ mod tests {
         ) -> Result<Option<String>, String> {
             self.call(format!("lease {path} {:?} {:?}", lease.kind, take.expect));
             self.leased.lock().unwrap().push(lease.clone());
+            if self.written_before_lease.iter().any(|w| w == path) {
+                let mut states = self.states.lock().unwrap();
+                let s = states.iter_mut().find(|s| s.path == path).unwrap();
+                s.stamp = Some("written since".into());
+            }
             if self.held.iter().any(|h| h == path) {
                 return Err("a replication holds it".into());
             }
@@ -1782,6 +1820,53 @@ mod tests {
                 p.start.written_until
             );
         }
+    }
+
+    /// A copy started as it is, written by a replication after the choice judged it and
+    /// before its lease (which waited for that replication): refused, its lease given back;
+    /// never started on data the choice did not judge.
+    #[test]
+    fn a_copy_taken_as_it_is_and_written_before_its_lease_is_refused() {
+        let copy = CopyState {
+            mtime: Some("2026-11-28T02:20:00Z".parse().unwrap()),
+            stamp: Some("1 9.0 7".into()),
+            ..disk("sys", &[])
+        };
+        let paths = ["/r/sys".to_string()];
+        let mut req = request(&paths, Use::Failover);
+        req.ask = Ask {
+            want: Some(choice::Want::Before(
+                "2026-11-28T02:30:00Z".parse().unwrap(),
+            )),
+            accept_unverified: true,
+            ..req.ask.clone()
+        };
+        let fake = Fake {
+            clock_ahead: Some(chrono::Duration::zero()),
+            written_before_lease: vec!["/r/sys".into()],
+            ..Fake::with(vec![copy.clone()])
+        };
+        let Err(why) = prepare(&fake, &req) else {
+            panic!("started as it is on what the choice did not judge");
+        };
+        assert!(
+            why.contains("/r/sys changed while the run chose it as it is")
+                && why.contains("`written since`"),
+            "{why}"
+        );
+        assert!(
+            fake.calls()
+                .iter()
+                .any(|c| c.starts_with("release [\"/r/sys\"]")),
+            "{:?}",
+            fake.calls()
+        );
+        // Left as it was: started as it is.
+        let fake = Fake {
+            clock_ahead: Some(chrono::Duration::zero()),
+            ..Fake::with(vec![copy])
+        };
+        assert!(prepare(&fake, &req).is_ok());
     }
 
     #[test]
