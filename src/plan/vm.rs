@@ -30,22 +30,9 @@ pub fn vm_action_command(
     action: &str,
     run_id: &str,
 ) -> Option<(String, Command)> {
-    let inv = &model.inventory;
-    let host_id = match side {
-        Side::Primary => &vm.primary.value,
-        Side::Recovery => &vm.recovery.value,
-    };
-    let scope = StepScope {
-        inv,
-        host: Some(inv.hosts.get(host_id)?),
-        service,
-        vm: Some((vm, side)),
-        run_id,
-        mode: Mode::Failback,
-    };
-    let tpl = inv.drivers.get(&vm.driver.value)?.actions.get(action)?;
-    let tpl = Template::parse(tpl, model.sources.map.text(tpl.loc.file)).ok()?;
-    Some((host_id.clone(), tpl.render(&scope).ok()?))
+    vm_action_checked(model, service, vm, side, action, run_id)
+        .ok()
+        .flatten()
 }
 
 /// [`vm_action_command`], telling an action the driver has that does not render for `vm`
@@ -58,52 +45,40 @@ pub fn vm_action_checked(
     action: &str,
     run_id: &str,
 ) -> Result<Option<(String, Command)>, String> {
-    let has = model
-        .inventory
+    let inv = &model.inventory;
+    let Some(tpl) = inv
         .drivers
         .get(&vm.driver.value)
-        .is_some_and(|d| d.actions.contains_key(action));
-    match vm_action_command(model, service, vm, side, action, run_id) {
-        Some(found) => Ok(Some(found)),
-        None if !has => Ok(None),
-        None => {
-            let inv = &model.inventory;
-            let host_id = match side {
-                Side::Primary => &vm.primary.value,
-                Side::Recovery => &vm.recovery.value,
-            };
-            let Some(host) = inv.hosts.get(host_id) else {
-                return Err(format!("host `{host_id}` is not in the inventory"));
-            };
-            let scope = StepScope {
-                inv,
-                host: Some(host),
-                service,
-                vm: Some((vm, side)),
-                run_id,
-                mode: Mode::Failback,
-            };
-            let why = inv
-                .drivers
-                .get(&vm.driver.value)
-                .and_then(|d| d.actions.get(action))
-                .map(
-                    |tpl| match Template::parse(tpl, model.sources.map.text(tpl.loc.file)) {
-                        Err(e) => e.message.clone(),
-                        Ok(t) => t
-                            .render(&scope)
-                            .err()
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|e| e.message.clone())
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                    },
-                )
-                .unwrap_or_default();
-            Err(why)
-        }
-    }
+        .and_then(|d| d.actions.get(action))
+    else {
+        return Ok(None);
+    };
+    let host_id = match side {
+        Side::Primary => &vm.primary.value,
+        Side::Recovery => &vm.recovery.value,
+    };
+    let host = inv
+        .hosts
+        .get(host_id)
+        .ok_or_else(|| format!("host `{host_id}` is not in the inventory"))?;
+    let scope = StepScope {
+        inv,
+        host: Some(host),
+        service,
+        vm: Some((vm, side)),
+        run_id,
+        mode: Mode::Failback,
+    };
+    let tpl = Template::parse(tpl, model.sources.map.text(tpl.loc.file))
+        .map_err(|e| e.message.clone())?;
+    let command = tpl.render(&scope).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| e.message.clone())
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
+    Ok(Some((host_id.clone(), command)))
 }
 
 /// Why an action of a vm's driver cannot be rendered for it, on either of its sides (a value
@@ -337,47 +312,17 @@ pub fn replicate_hook_checked(
     vm: &Vm,
     action: &str,
 ) -> Result<Option<(String, Command)>, String> {
-    let inv = &model.inventory;
-    let Some(tpl) = inv
-        .drivers
-        .get(&vm.driver.value)
-        .and_then(|d| d.actions.get(action))
-    else {
-        return Ok(None);
-    };
-    let host_id = &vm.primary.value;
-    let host = inv
-        .hosts
-        .get(host_id)
-        .ok_or_else(|| format!("its primary host `{host_id}` is not in the inventory"))?;
     // The templates' scope needs a service: the vm's own, else any, else one standing for
     // the vm alone (an inventory of vms and no services yet).
     let stand_in;
-    let service = match hook_service(inv, vm) {
+    let service = match hook_service(&model.inventory, vm) {
         Some(s) => s,
         None => {
             stand_in = stand_in_service(vm);
             &stand_in
         }
     };
-    let scope = StepScope {
-        inv,
-        host: Some(host),
-        service,
-        vm: Some((vm, Side::Primary)),
-        run_id: "replicate",
-        mode: Mode::Failback,
-    };
-    let tpl = Template::parse(tpl, model.sources.map.text(tpl.loc.file))
-        .map_err(|e| e.message.clone())?;
-    let command = tpl.render(&scope).map_err(|errors| {
-        errors
-            .iter()
-            .map(|e| e.message.clone())
-            .collect::<Vec<_>>()
-            .join("; ")
-    })?;
-    Ok(Some((host_id.clone(), command)))
+    vm_action_checked(model, service, vm, Side::Primary, action, "replicate")
 }
 
 /// The vm action that undoes `action` (a vm stopped is started again, and so on); none for
