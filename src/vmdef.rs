@@ -554,23 +554,50 @@ fn rewrite_xml(root: &Element, fit: &Fit) -> Result<Fitted, DefinitionError> {
                 )));
             }
         }
-        // A kernel, an initrd, a device tree or ACPI tables loaded from files of the host:
-        // another host's paths (the copy of another vm, a secret of the host) given to the
-        // guest to read.
-        for name in ["kernel", "initrd", "dtb"] {
-            if os
-                .get_child(name)
-                .and_then(|e| e.get_text())
-                .is_some_and(|t| !t.trim().is_empty())
+        // A kernel, an initrd, a device tree or ACPI tables loaded from files of the host
+        // (a direct kernel boot): given to the guest to read, never from where the disks and
+        // copies are (another vm's copy), nor by a path that cannot be judged (relative, or
+        // climbing with `..`).
+        use std::path::Path;
+        let folders: Vec<&Path> = fit
+            .disks
+            .iter()
+            .flat_map(|(from, to)| from.iter().chain(std::iter::once(to)))
+            .filter_map(|p| Path::new(p).parent())
+            .filter(|d| d.components().count() > 1)
+            .collect();
+        let mut files: Vec<(String, String)> = ["kernel", "initrd", "dtb"]
+            .into_iter()
+            .filter_map(|name| {
+                let text = os.get_child(name)?.get_text()?.trim().to_string();
+                (!text.is_empty()).then(|| (format!("os/{name}"), text))
+            })
+            .collect();
+        if let Some(acpi) = os.get_child("acpi") {
+            for table in acpi
+                .children
+                .iter()
+                .filter_map(XMLNode::as_element)
+                .filter(|e| e.name == "table")
             {
-                return Err(DefinitionError::HostResource(format!("os/{name}")));
+                let text = table.get_text().map(|t| t.trim().to_string());
+                files.push(("os/acpi/table".into(), text.unwrap_or_default()));
             }
         }
-        if os
-            .get_child("acpi")
-            .is_some_and(|a| a.get_child("table").is_some())
-        {
-            return Err(DefinitionError::HostResource("os/acpi/table".into()));
+        for (what, path) in files {
+            let p = Path::new(&path);
+            let unjudged =
+                !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir);
+            if unjudged {
+                return Err(DefinitionError::HostResource(format!(
+                    "{what} at `{path}`, a path that cannot be judged"
+                )));
+            }
+            if folders.iter().any(|d| p.starts_with(d)) {
+                return Err(DefinitionError::HostResource(format!(
+                    "{what} at {path}, where the disks and their copies are"
+                )));
+            }
         }
     }
     // Firmware configuration entries read from files of the host (`<sysinfo type='fwcfg'>`).
@@ -1343,25 +1370,28 @@ mod tests {
                 ),
             ),
             (
-                "os/kernel",
-                DOMAIN.replace("</os>", "<kernel>/boot/vmlinuz</kernel></os>"),
-            ),
-            (
-                "os/initrd",
+                "os/kernel at /srv/replicas/payroll-db.qcow2, where the disks",
                 DOMAIN.replace(
                     "</os>",
-                    "<initrd>/srv/replicas/payroll-db.qcow2</initrd></os>",
+                    "<kernel>/srv/replicas/payroll-db.qcow2</kernel></os>",
                 ),
             ),
             (
-                "os/dtb",
-                DOMAIN.replace("</os>", "<dtb>/etc/shadow</dtb></os>"),
-            ),
-            (
-                "os/acpi/table",
+                "os/initrd at /var/lib/libvirt/images/payroll-db.qcow2, where the disks",
                 DOMAIN.replace(
                     "</os>",
-                    "<acpi><table type='slic'>/etc/shadow</table></acpi></os>",
+                    "<kernel>/boot/vmlinuz</kernel><initrd>/var/lib/libvirt/images/payroll-db.qcow2</initrd></os>",
+                ),
+            ),
+            (
+                "os/dtb at `/boot/../srv/replicas/x`, a path that cannot be judged",
+                DOMAIN.replace("</os>", "<dtb>/boot/../srv/replicas/x</dtb></os>"),
+            ),
+            (
+                "os/acpi/table at `slic.bin`, a path that cannot be judged",
+                DOMAIN.replace(
+                    "</os>",
+                    "<acpi><table type='slic'>slic.bin</table></acpi></os>",
                 ),
             ),
             (
@@ -1380,12 +1410,22 @@ mod tests {
                 .to_string();
             assert!(e.contains(what) && e.contains("refused"), "{what}: {e}");
         }
-        // A firmware read only, as `virsh dumpxml` writes it, passes.
-        assert!(
-            Definition::parse(Format::LibvirtXml, DOMAIN.as_bytes())
-                .and_then(|d| rewrite(&d, &mapped))
-                .is_ok()
-        );
+        // A firmware read only, as `virsh dumpxml` writes it, passes; and so does a direct
+        // kernel boot from the host's own files.
+        for text in [
+            DOMAIN.to_string(),
+            DOMAIN.replace(
+                "</os>",
+                "<kernel>/var/lib/reprise-boot/vmlinuz</kernel><initrd>/var/lib/reprise-boot/initrd.img</initrd></os>",
+            ),
+        ] {
+            assert!(
+                Definition::parse(Format::LibvirtXml, text.as_bytes())
+                    .and_then(|d| rewrite(&d, &mapped))
+                    .is_ok(),
+                "{text}"
+            );
+        }
     }
 
     #[test]
