@@ -27,31 +27,19 @@ pub(super) fn snapshot_hook(
 }
 
 /// Why the replication hooks of `vm`'s driver cannot all be run for it: one it has that
-/// cannot be written for it (a variable its primary lacks), or a `replicate-begin` without
-/// a `replicate-end`. A hook taken for absent would leave a running vm unfrozen while its
-/// disks are read (a copy of no instant, recorded good), or frozen for good. The files'
-/// check says so first (`validate`); this holds it at the replication too.
+/// cannot be written for it (a variable its primary lacks). A hook taken for absent would
+/// leave a running vm unfrozen while its disks are read (a copy of no instant, recorded
+/// good), or frozen for good. The files' check says so first (`validate`, which also refuses
+/// a `replicate-begin` without a `replicate-end`); this holds it at the replication too.
 pub(super) fn hooks_unwritable(model: &Model, vm: &VmImages) -> Option<String> {
     if vm.backup {
         return None;
     }
     let v = model.inventory.vms.get(&vm.id)?;
-    for action in crate::plan::REPLICATE_HOOKS {
-        if let Err(e) = crate::plan::replicate_hook_checked(model, v, action) {
-            return Some(format!(
-                "its driver's `{action}` cannot be written for it ({e})"
-            ));
-        }
-    }
-    let has = |a: &str| {
-        model
-            .inventory
-            .drivers
-            .get(&v.driver.value)
-            .is_some_and(|d| d.actions.contains_key(a))
-    };
-    (has("replicate-begin") && !has("replicate-end")).then(|| {
-        "its driver has a `replicate-begin` and no `replicate-end`: what the begin does to the running vm would never be undone".to_string()
+    crate::plan::REPLICATE_HOOKS.into_iter().find_map(|action| {
+        crate::plan::replicate_hook_checked(model, v, action)
+            .err()
+            .map(|e| format!("its driver's `{action}` cannot be written for it ({e})"))
     })
 }
 

@@ -92,14 +92,7 @@ pub fn driver_action_errors(model: &Model) -> Vec<crate::diagnostic::Diagnostic>
         let Some(driver) = inv.drivers.get(&vm.driver.value) else {
             continue;
         };
-        let stand_in;
-        let service = match hook_service(inv, vm) {
-            Some(s) => s,
-            None => {
-                stand_in = stand_in_service(vm);
-                &stand_in
-            }
-        };
+        let service = &*hook_service(inv, vm);
         // Its replication hooks run only for a vm that can be replicated (one whose hosts
         // lack `images_dir` is said so by the plans that replicate it).
         let replicated = images_dir_of(inv, &vm.primary.value).is_some()
@@ -266,16 +259,21 @@ pub fn replicate_hook(model: &Model, vm: &Vm, action: &str) -> Option<(String, C
     replicate_hook_checked(model, vm, action).ok().flatten()
 }
 
-/// The service a vm's hooks are rendered with: its own, else any.
-fn hook_service<'i>(inv: &'i Inventory, vm: &Vm) -> Option<&'i Service> {
-    inv.services
+/// The service a vm's hooks are rendered with: its own, else any, else one standing for the
+/// vm alone (an inventory of vms and no services yet).
+fn hook_service<'i>(inv: &'i Inventory, vm: &Vm) -> std::borrow::Cow<'i, Service> {
+    match inv
+        .services
         .values()
         .find(|s| s.vm() == Some(vm.id.as_str()))
         .or_else(|| inv.services.values().next())
+    {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(stand_in_service(vm)),
+    }
 }
 
-/// A service standing for `vm` alone, for the templates of an inventory of vms and no
-/// services yet.
+/// A service standing for `vm` alone.
 fn stand_in_service(vm: &Vm) -> Service {
     Service {
         id: vm.id.clone(),
@@ -314,15 +312,8 @@ pub fn replicate_hook_checked(
 ) -> Result<Option<(String, Command)>, String> {
     // The templates' scope needs a service: the vm's own, else any, else one standing for
     // the vm alone (an inventory of vms and no services yet).
-    let stand_in;
-    let service = match hook_service(&model.inventory, vm) {
-        Some(s) => s,
-        None => {
-            stand_in = stand_in_service(vm);
-            &stand_in
-        }
-    };
-    vm_action_checked(model, service, vm, Side::Primary, action, "replicate")
+    let service = hook_service(&model.inventory, vm);
+    vm_action_checked(model, &service, vm, Side::Primary, action, "replicate")
 }
 
 /// The vm action that undoes `action` (a vm stopped is started again, and so on); none for

@@ -533,20 +533,7 @@ impl<'a> Helpers<'a> {
         apply: &Request,
         deadline: Duration,
     ) -> Result<Option<(Child, Child)>, ReplicaError> {
-        let remote = |host: &str, req: &Request| -> Result<Option<Child>, ReplicaError> {
-            let command = self.remote_command(host, req)?;
-            Ok(self
-                .transport
-                .bulk_process(host, &command, deadline)
-                .transpose()?)
-        };
-        let side = |host: &str, req: &Request| -> Result<Option<Child>, ReplicaError> {
-            if self.is_here(host)? {
-                self.spawn_here(host, req, deadline).map(Some)
-            } else {
-                remote(host, req)
-            }
-        };
+        let side = |host: &str, req: &Request| self.bulk_side(host, req, deadline);
         // The side on another host first: whether it goes through a client program decides.
         let (first, second) = if self.is_here(to)? {
             ((from, send), (to, apply))
@@ -569,6 +556,24 @@ impl<'a> Helpers<'a> {
         } else {
             (other, one)
         }))
+    }
+
+    /// One side of a stream through client programs: a helper here, or `ssh` carrying it to
+    /// `host`; `None` when the transport streams itself.
+    fn bulk_side(
+        &self,
+        host: &str,
+        req: &Request,
+        deadline: Duration,
+    ) -> Result<Option<Child>, ReplicaError> {
+        if self.is_here(host)? {
+            return self.spawn_here(host, req, deadline).map(Some);
+        }
+        let command = self.remote_command(host, req)?;
+        Ok(self
+            .transport
+            .bulk_process(host, &command, deadline)
+            .transpose()?)
     }
 
     /// The shell command that runs the helper on a host (once deployed) with `req`.
@@ -847,6 +852,28 @@ impl<'a> Helpers<'a> {
         self.transfer(None, from, src, to, dst, r, None, early)
     }
 
+    /// The digest of the recovery manifest of the copy `to:image` (an interrupted update there
+    /// settled first), which a stream's request names.
+    fn recovery_digest(
+        &self,
+        to: &str,
+        image: &Path,
+        r: &Replication,
+    ) -> Result<String, ReplicaError> {
+        let d = self.call(
+            to,
+            &Request::Manifest {
+                image: image.to_path_buf(),
+                reread: false,
+                digest: true,
+                overwrite_changed: r.overwrite_changed,
+            },
+            &[],
+            r.deadline,
+        )?;
+        Ok(String::from_utf8_lossy(&d).trim().to_string())
+    }
+
     /// Starts the source's stream of the disk `from:src` (read as a file) while its freeze is
     /// made elsewhere: the recovery manifest's digest asked, the stream's command started
     /// with `send --after-go`, which opens nothing before it is told to read. `None` when
@@ -871,20 +898,7 @@ impl<'a> Helpers<'a> {
             }
         }
         let Requests { mut send, .. } = requests(None, from, src, dst, r, None);
-        let d = self
-            .call(
-                to,
-                &Request::Manifest {
-                    image: PathBuf::from(dst),
-                    reread: false,
-                    digest: true,
-                    overwrite_changed: r.overwrite_changed,
-                },
-                &[],
-                r.deadline,
-            )
-            .ok()?;
-        let digest = String::from_utf8_lossy(&d).trim().to_string();
+        let digest = self.recovery_digest(to, Path::new(dst), r).ok()?;
         if digest == super::blocks::Manifest::empty().digest() {
             return None;
         }
@@ -984,20 +998,7 @@ impl<'a> Helpers<'a> {
                     reread: false,
                     ..
                 },
-            ) => {
-                let d = self.call(
-                    to,
-                    &Request::Manifest {
-                        image: dst_image.clone(),
-                        reread: false,
-                        digest: true,
-                        overwrite_changed: r.overwrite_changed,
-                    },
-                    &[],
-                    r.deadline,
-                )?;
-                Some(String::from_utf8_lossy(&d).trim().to_string())
-            }
+            ) => Some(self.recovery_digest(to, dst_image, r)?),
             _ => None,
         };
         let empty = super::blocks::Manifest::empty();
@@ -1130,36 +1131,22 @@ impl<'a> Helpers<'a> {
             host: to.to_string(),
             reason: format!("replicating {from}:{src} to {to}:{dst} failed: {e}"),
         };
-        // A source started early is told to read, first thing in its input.
-        if let Some(source) = early.and_then(|mut e| e.child.take()) {
-            let recovery = if self.is_here(to)? {
-                self.spawn_here(to, apply, deadline)
-            } else {
-                self.remote_command(to, apply).and_then(|command| {
-                    self.transport
-                        .bulk_process(to, &command, deadline)
-                        .unwrap_or_else(|| {
-                            Err(SshError::Local {
-                                host: to.to_string(),
-                                reason: "this transport carries no stream through a client program"
-                                    .into(),
-                            })
-                        })
-                        .map_err(ReplicaError::from)
-                })
-            };
-            let mut source = source;
-            let recovery = match recovery {
-                Ok(recovery) => recovery,
-                Err(e) => {
-                    drop(source.stdin.take());
-                    kill_group(&source);
-                    let _ = source.wait();
-                    return Err(match e {
-                        ReplicaError::Ssh(e) => failed(e.to_string()),
-                        e => e,
-                    });
+        // A source started early is told to read, first thing in its input (the recovery
+        // side not started, it is dropped unread: its helper ends without opening the disk).
+        if let Some(mut early) = early.filter(|e| e.child.is_some()) {
+            let recovery = match self.bulk_side(to, apply, deadline) {
+                Ok(Some(recovery)) => recovery,
+                Ok(None) => {
+                    return Err(failed(
+                        "this transport carries no stream through a client program".into(),
+                    ));
                 }
+                Err(ReplicaError::Ssh(e)) => return Err(failed(e.to_string())),
+                Err(e) => return Err(e),
+            };
+            let Some(source) = early.child.take() else {
+                kill_group(&recovery);
+                return Err(failed("its source's stream was not there".into()));
             };
             let mut input = vec![super::protocol::GO];
             input.extend_from_slice(base);
