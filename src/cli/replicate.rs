@@ -1257,27 +1257,67 @@ fn replicate_guest(
             .map(|c| (c.clone(), made.get(&c).copied()))
     };
     let files: Vec<String> = mine.iter().map(|d| d.source.clone()).collect();
-    // A stopped vm's point is of a checkpoint older than it: its files are marked as read
-    // first (the next replication reads through that checkpoint only while they still are).
-    // Each disk's file its own mark, of its copy: a file put at another disk's path (the
-    // two swapped, the wrong one restored there) holds that disk's mark, not this one's.
-    let marker = match (running, &checkpoint) {
-        (false, Some(_)) => {
-            let m = cbt::marker_name(&r.point);
-            let marks: Vec<String> = vm
-                .images
-                .iter()
-                .map(|i| cbt::disk_mark(&m, &i.to, &i.dst))
-                .collect();
-            for (f, mark) in files.iter().zip(&marks) {
-                if let Err(e) = cbt::add_marker(transport, host, std::slice::from_ref(f), mark) {
-                    return fail(out, e);
-                }
-            }
-            Some(marks)
-        }
-        _ => None,
+    // Each disk's file gets a mark of its own, of its copy, for the point: the next
+    // replication reads it through a bitmap only while the file still holds it. A file put
+    // at another disk's path (two swapped, the wrong one restored there) holds that disk's
+    // mark, not this one's, though it holds the checkpoint's bitmap, whose name every disk
+    // of the domain shares. A stopped vm's point is of a checkpoint older than it: its files
+    // are marked before they are read. A running vm's are marked through its QEMU once the
+    // backup has begun (the export is the disks as they were then, and nothing can put
+    // another file under a running QEMU); QEMU writes the mark into the file when it stops
+    // cleanly, so a vm killed since leaves none, and is read whole.
+    let marker = checkpoint.as_ref().map(|_| {
+        let m = cbt::marker_name(&r.point);
+        vm.images
+            .iter()
+            .map(|i| cbt::disk_mark(&m, &i.to, &i.dst))
+            .collect::<Vec<String>>()
+    });
+    let marked: Vec<(String, String)> = match &marker {
+        Some(marks) => files.iter().cloned().zip(marks.iter().cloned()).collect(),
+        None => Vec::new(),
     };
+    if running && !marked.is_empty() {
+        // Still the files decided on, once the export holds them: the marks the read
+        // through the bitmap relies on are looked for again.
+        if decision.mode == ReadMode::ChangedBlocks
+            && let Some(why) = cbt::marks_missing(
+                transport,
+                host,
+                Some(dom),
+                &files
+                    .iter()
+                    .zip(&relied)
+                    .filter_map(|(f, m)| {
+                        Some((
+                            f.as_str(),
+                            "its copy's newest point".to_string(),
+                            m.as_deref()?,
+                        ))
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        {
+            return fail(
+                out,
+                format!(
+                    "{why} (found once its backup had begun): nothing was read; replicate it again, which reads every block"
+                ),
+            );
+        }
+        if let Err(e) = cbt::add_live_marks(transport, host, dom, &marked) {
+            out.stdout.push_str(&format!(
+                "{}: {e}: the next replication of it reads every block\n",
+                vm.id
+            ));
+        }
+    } else {
+        for (f, mark) in &marked {
+            if let Err(e) = cbt::add_marker(transport, host, std::slice::from_ref(f), mark) {
+                return fail(out, e);
+            }
+        }
+    }
     let read = GuestCopy {
         decision: &decision,
         checkpoint,
@@ -1348,15 +1388,19 @@ fn replicate_guest(
     if running && qcow2 && all_done {
         prune_checkpoints(&g, &new_cp, out);
     }
-    if let (Some(marks), true) = (&marker, all_done)
-        && let Err(e) = files.iter().zip(marks).try_for_each(|(f, m)| {
-            cbt::remove_old_markers(transport, host, std::slice::from_ref(f), m).map(|_| ())
-        })
-    {
-        out.stdout.push_str(&format!(
-                "{}: older marks of its disks are left ({e}); the next replication of it stopped removes them\n",
+    if all_done && !marked.is_empty() {
+        let removed = match running {
+            true => cbt::remove_old_live_marks(transport, host, dom, &marked).map(|_| ()),
+            false => marked.iter().try_for_each(|(f, m)| {
+                cbt::remove_old_markers(transport, host, std::slice::from_ref(f), m).map(|_| ())
+            }),
+        };
+        if let Err(e) = removed {
+            out.stdout.push_str(&format!(
+                "{}: older marks of its disks are left ({e}); the next replication of it removes them\n",
                 vm.id
             ));
+        }
     }
 }
 
@@ -1365,8 +1409,8 @@ struct GuestCopy<'a> {
     decision: &'a cbt::Decision,
     /// The checkpoint the point is, and when libvirt made it.
     checkpoint: Option<(String, Option<i64>)>,
-    /// The bitmaps marking the files of a stopped vm as read, one a disk
-    /// ([`cbt::add_marker`], [`cbt::disk_mark`]).
+    /// The bitmaps marking the disks' files as read, one a disk ([`cbt::add_marker`],
+    /// [`cbt::add_live_marks`], [`cbt::disk_mark`]).
     marker: Option<Vec<String>>,
     /// Per disk, the mark of its copy's newest point found in its file by the decision.
     relied: Vec<Option<String>>,
@@ -1447,7 +1491,13 @@ fn guest_decision(
         marker_problem: None,
     };
     let files: Vec<String> = mine.iter().map(|d| d.source.clone()).collect();
-    facts.marker_problem = cbt::marker_problem(transport, host, &files, &facts.newest);
+    facts.marker_problem = cbt::marker_problem(
+        transport,
+        host,
+        running.then_some(dom),
+        &files,
+        &facts.newest,
+    );
     let mut decision = cbt::decide(&facts);
     if !running && (decision.mode == ReadMode::ChangedBlocks || decision.audit) {
         let since = decision.since.clone().unwrap_or_default();

@@ -461,35 +461,239 @@ pub fn bitmaps_in(info: &serde_json::Value) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-/// Why a disk file is not the one its copy's newest point read while its vm was stopped, if
-/// so: the bitmap that point marked it with is gone from it (put back to an older file, or
-/// the bitmap removed). `files` and `newest` in the vm's disk order; a file whose bitmaps
-/// cannot be read is not taken as the one read either.
+/// Why a disk file is not the one its copy's newest point read, if so: the bitmap that point
+/// marked it with is gone from it (the file put back to an older one or to another disk's, the
+/// bitmap removed, or its vm stopped without saving its bitmaps). `files` and `newest` in the
+/// vm's disk order; a file whose bitmaps cannot be read is not taken as the one read either.
+/// `live`: the domain, when it runs, whose QEMU is asked (a mark added while it ran is in the
+/// file only once QEMU saves its bitmaps); else the files are read.
 pub fn marker_problem(
     t: &dyn Transport,
     host: &str,
+    live: Option<&str>,
     files: &[String],
     newest: &[Option<&Point>],
 ) -> Option<String> {
-    for (f, p) in files.iter().zip(newest) {
-        let Some((id, m)) = p.and_then(|p| Some((&p.id, p.read.as_ref()?.marker.as_deref()?)))
-        else {
-            continue;
-        };
+    let relied: Vec<(&str, String, &str)> = files
+        .iter()
+        .zip(newest)
+        .filter_map(|(f, p)| {
+            let p = (*p)?;
+            let m = p.read.as_ref()?.marker.as_deref()?;
+            Some((f.as_str(), format!("point {}", p.id), m))
+        })
+        .collect();
+    marks_missing(t, host, live, &relied)
+}
+
+/// Why a file of `relied` (`(file, the point that marked it, its mark)`) does not hold its
+/// mark, if one does not ([`marker_problem`]).
+pub fn marks_missing(
+    t: &dyn Transport,
+    host: &str,
+    live: Option<&str>,
+    relied: &[(&str, String, &str)],
+) -> Option<String> {
+    if relied.is_empty() {
+        return None;
+    }
+    let nodes = match live.map(|dom| live_nodes(t, host, dom)) {
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => {
+            return Some(format!(
+                "the bitmaps of {}'s disks cannot be read from its QEMU to find the marks of its copies' points: {e}",
+                live.unwrap_or_default()
+            ));
+        }
+        None => None,
+    };
+    for (f, point, m) in relied {
         let gone = format!(
-            "the bitmap {m} that marked {f} as point {id} read it (its vm stopped) is gone from it: the file was put back to an older one since, or the bitmap removed, and what changed since the checkpoint may miss what the copy holds"
+            "the bitmap {m} that marked {f} as {point} read it is gone from it: the file was put back to an older one or to another disk's since, the bitmap removed, or its vm stopped without saving its bitmaps (killed, its host crashed), and what changed since the checkpoint may miss what the copy holds"
         );
-        match image_info(t, host, f) {
-            Ok(info) if bitmaps_in(&info).iter().any(|b| b["name"] == m) => {}
-            Ok(_) => return Some(gone),
+        let held = match &nodes {
+            Some(nodes) => live_node(nodes, f).map(|n| n.bitmaps.iter().any(|b| b == m)),
+            None => {
+                image_info(t, host, f).map(|info| bitmaps_in(&info).iter().any(|b| b["name"] == *m))
+            }
+        };
+        match held {
+            Ok(true) => {}
+            Ok(false) => return Some(gone),
             Err(e) => {
                 return Some(format!(
-                    "the bitmaps of {f} cannot be read to find {m}, which marked it as point {id} read it: {e}"
+                    "the bitmaps of {f} cannot be read to find {m}, which marked it as {point} read it: {e}"
                 ));
             }
         }
     }
     None
+}
+
+/// One node of a running domain's block graph, as its QEMU says
+/// (`query-named-block-nodes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveNode {
+    pub node: String,
+    pub drv: String,
+    pub file: String,
+    pub bitmaps: Vec<String>,
+}
+
+/// The nodes in QEMU's answer to `query-named-block-nodes`, as `virsh qemu-monitor-command`
+/// prints it. An error answer, or one not understood, is an error. Pure.
+pub fn parse_live_nodes(answer: &str) -> Result<Vec<LiveNode>, String> {
+    let v: serde_json::Value = serde_json::from_str(answer.trim())
+        .map_err(|e| format!("QEMU's answer is not understood: {e}"))?;
+    if let Some(e) = v.get("error") {
+        return Err(format!(
+            "QEMU refused: {}",
+            e["desc"].as_str().unwrap_or("(no reason given)")
+        ));
+    }
+    let Some(nodes) = v["return"].as_array() else {
+        return Err("QEMU's answer holds no list of block nodes".into());
+    };
+    nodes
+        .iter()
+        .map(|n| {
+            let text = |k: &str| {
+                n[k].as_str()
+                    .map(String::from)
+                    .ok_or_else(|| format!("a block node of QEMU's answer has no {k}"))
+            };
+            Ok(LiveNode {
+                node: text("node-name")?,
+                drv: text("drv")?,
+                file: text("file")?,
+                bitmaps: n["dirty-bitmaps"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|b| b["name"].as_str().map(String::from))
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// The qcow2 node of a running domain that is the file `file`: exactly one, or an error
+/// (none, or several, is a graph reprise does not judge).
+pub fn live_node<'a>(nodes: &'a [LiveNode], file: &str) -> Result<&'a LiveNode, String> {
+    let mut of = nodes.iter().filter(|n| n.drv == "qcow2" && n.file == file);
+    match (of.next(), of.next()) {
+        (Some(n), None) => Ok(n),
+        (None, _) => Err(format!("its QEMU has no qcow2 node of {file}")),
+        (Some(_), Some(_)) => Err(format!("its QEMU has several qcow2 nodes of {file}")),
+    }
+}
+
+/// Runs the QMP command `cmd` in the running domain `dom`'s QEMU: its answer as printed.
+fn qmp(
+    t: &dyn Transport,
+    host: &str,
+    dom: &str,
+    cmd: &serde_json::Value,
+) -> Result<String, String> {
+    sh(
+        t,
+        host,
+        &format!(
+            "virsh qemu-monitor-command {} {}",
+            shell_quote(dom),
+            shell_quote(&cmd.to_string())
+        ),
+    )
+}
+
+/// The block nodes of the running domain `dom`.
+pub fn live_nodes(t: &dyn Transport, host: &str, dom: &str) -> Result<Vec<LiveNode>, String> {
+    let cmd = serde_json::json!({
+        "execute": "query-named-block-nodes",
+        "arguments": { "flat": true }
+    });
+    parse_live_nodes(&qmp(t, host, dom, &cmd)?)
+}
+
+/// Runs `actions` (one QMP transaction: all or none) in `dom`'s QEMU.
+fn transaction(
+    t: &dyn Transport,
+    host: &str,
+    dom: &str,
+    actions: Vec<serde_json::Value>,
+) -> Result<(), String> {
+    if actions.is_empty() {
+        return Ok(());
+    }
+    let cmd = serde_json::json!({
+        "execute": "transaction",
+        "arguments": { "actions": actions }
+    });
+    let answer: serde_json::Value = serde_json::from_str(qmp(t, host, dom, &cmd)?.trim())
+        .map_err(|e| format!("QEMU's answer is not understood: {e}"))?;
+    match answer.get("error") {
+        Some(e) => Err(format!(
+            "QEMU refused: {}",
+            e["desc"].as_str().unwrap_or("(no reason given)")
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Marks the disk files of the running domain `dom` as read, each `(file, mark)` with an
+/// empty, disabled, persistent bitmap added to its qcow2 node: the mark a stopped vm's file
+/// gets from [`add_marker`], which QEMU writes into the file when it stops cleanly. One
+/// transaction: every disk marked, or none.
+pub fn add_live_marks(
+    t: &dyn Transport,
+    host: &str,
+    dom: &str,
+    marks: &[(String, String)],
+) -> Result<(), String> {
+    let nodes = live_nodes(t, host, dom)?;
+    let mut actions = Vec::new();
+    for (f, m) in marks {
+        let n = live_node(&nodes, f)?;
+        actions.push(serde_json::json!({
+            "type": "block-dirty-bitmap-add",
+            "data": {
+                "node": n.node,
+                "name": m,
+                "persistent": true,
+                "disabled": true,
+                "granularity": 2_147_483_648u64
+            }
+        }));
+    }
+    transaction(t, host, dom, actions)
+        .map_err(|e| format!("its disks cannot be marked as read: {e}"))
+}
+
+/// Removes from the disks of the running domain `dom` reprise's marks other than each
+/// file's `keep`: how many were removed.
+pub fn remove_old_live_marks(
+    t: &dyn Transport,
+    host: &str,
+    dom: &str,
+    keep: &[(String, String)],
+) -> Result<usize, String> {
+    let nodes = live_nodes(t, host, dom)?;
+    let mut actions = Vec::new();
+    for (f, k) in keep {
+        let n = live_node(&nodes, f)?;
+        for b in n
+            .bitmaps
+            .iter()
+            .filter(|b| b.starts_with(MARK_PREFIX) && *b != k)
+        {
+            actions.push(serde_json::json!({
+                "type": "block-dirty-bitmap-remove",
+                "data": { "node": n.node, "name": b }
+            }));
+        }
+    }
+    let removed = actions.len();
+    transaction(t, host, dom, actions).map(|_| removed)
 }
 
 /// Marks the files of a stopped vm, before they are read as point `name`'s, with the empty,
@@ -898,6 +1102,45 @@ pub fn guest_read(
 
 #[cfg(test)]
 mod tests {
+    /// A running domain's disk is found by its qcow2 node (not the file node under it, nor
+    /// the backup's scratch node), with its bitmaps; a graph with no node of the file, or two,
+    /// and an answer of QEMU that is an error, are errors, never a node without marks.
+    #[test]
+    fn a_running_disk_s_marks_are_read_from_its_own_qcow2_node_only() {
+        let answer = r#"{"return":[
+            {"node-name":"libvirt-3-format","drv":"qcow2","file":"/var/tmp/reprise-backup-web-vda.scratch"},
+            {"node-name":"libvirt-2-format","drv":"qcow2","file":"/images/web-data.qcow2",
+             "dirty-bitmaps":[{"name":"reprise-mark-P2-1-2-aa","granularity":2147483648}]},
+            {"node-name":"libvirt-2-storage","drv":"file","file":"/images/web-data.qcow2"},
+            {"node-name":"libvirt-1-format","drv":"qcow2","file":"/images/web.qcow2",
+             "dirty-bitmaps":[{"name":"reprise-P2.1"},{"name":"reprise-mark-P2-1-2-bb"}]},
+            {"node-name":"libvirt-1-storage","drv":"file","file":"/images/web.qcow2"}
+        ],"id":"libvirt-21"}"#;
+        let nodes = super::parse_live_nodes(answer).unwrap();
+        let web = super::live_node(&nodes, "/images/web.qcow2").unwrap();
+        assert_eq!(web.node, "libvirt-1-format");
+        assert_eq!(web.bitmaps, ["reprise-P2.1", "reprise-mark-P2-1-2-bb"]);
+        let data = super::live_node(&nodes, "/images/web-data.qcow2").unwrap();
+        assert_eq!(data.bitmaps, ["reprise-mark-P2-1-2-aa"]);
+        let err = super::live_node(&nodes, "/images/other.qcow2").unwrap_err();
+        assert!(
+            err.contains("no qcow2 node of /images/other.qcow2"),
+            "{err}"
+        );
+        let mut twice = nodes.clone();
+        twice.push(web.clone());
+        let err = super::live_node(&twice, "/images/web.qcow2").unwrap_err();
+        assert!(err.contains("several"), "{err}");
+        let err = super::parse_live_nodes(
+            r#"{"id":"libvirt-9","error":{"class":"GenericError","desc":"no such thing"}}"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("no such thing"), "{err}");
+        for bad in ["", "{\"return\":{}}", "{\"return\":[{\"drv\":\"qcow2\"}]}"] {
+            assert!(super::parse_live_nodes(bad).is_err(), "{bad}");
+        }
+    }
+
     /// The end of a backup job removes its domain's scratch files only, never another
     /// domain's whose name begins with this one's (`web-2`'s, ending `web`), and leaves
     /// everything to a job it cannot abort. Run against a stand-in of `virsh`.

@@ -225,12 +225,14 @@ pub struct HowRead {
     /// a point whose read made no check keeps the count of the point before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missed: Option<u64>,
-    /// Read while its vm was stopped, through `checkpoint`, older than the point: the empty,
-    /// disabled bitmap reprise added to the disk file just before the read (never recording,
-    /// never read). While it is in the file, the file is the one read, or grew from it by
-    /// QEMU's writes, which `checkpoint`'s bitmap marks; gone, the file was put back to an
-    /// older one, whose bitmap of `checkpoint` misses what this point holds
-    /// ([`super::cbt::decide`] then reads every block).
+    /// The empty, disabled bitmap reprise added to the disk file for this point (never
+    /// recording, never read), of this disk's copy alone: just before the read when its vm
+    /// was stopped (the point is then of `checkpoint`, older than it), through QEMU once the
+    /// backup began when it ran (QEMU writes it into the file when it stops cleanly). While
+    /// the file holds it, the file is the one read, or grew from it by QEMU's writes, which
+    /// the checkpoint's bitmap marks; gone, the file was put back to an older one or to
+    /// another disk's (whose bitmap has the same name), or its vm was killed, and that bitmap
+    /// misses what this point holds ([`super::cbt::decide`] then reads every block).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub marker: Option<String>,
 }

@@ -967,20 +967,41 @@ fn a_deleted_checkpoint_a_guest_killed_and_a_lost_bitmap_each_make_a_scan_that_s
     assert_eq!(blocks_changed(&out), 3, "{out}");
 
     // Killed (as by a host crash) and started again outside reprise: its bitmap was not saved
-    // and cannot be trusted.
+    // and cannot be trusted, nor was the mark its copy's point (read while it ran) added
+    // through QEMU.
+    let kill = || {
+        let pid: i32 = std::fs::read_to_string(hv.main.path("/run/libvirt/qemu/cbt.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: a signal to the guest's QEMU, which this test's libvirt started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        wait_for("QEMU gone", Duration::from_secs(60), || {
+            hv.main.domstate("cbt") == "shut off"
+        });
+        hv.main.virsh("start cbt");
+        hv.wait_healthy(12, 1);
+    };
     hv.write_blocks(12, 900, 2, 'E');
-    let pid: i32 = std::fs::read_to_string(hv.main.path("/run/libvirt/qemu/cbt.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // SAFETY: a signal to the guest's QEMU, which this test's libvirt started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    wait_for("QEMU gone", Duration::from_secs(60), || {
-        hv.main.domstate("cbt") == "shut off"
-    });
+    kill();
+    let out = replicate_cbt(&hv);
+    let mode = read_mode(&out, "cbt.qcow2");
+    assert!(mode.starts_with("scan"), "{out}");
+    assert!(blocks_changed(&out) >= 3, "{out}");
+    assert!(
+        mode.contains("is gone from it") && mode.contains("killed"),
+        "{out}"
+    );
+
+    // Read stopped (the mark is then in the file), started, written and killed: the mark is
+    // there, the checkpoint's bitmap is broken, and libvirt refuses to read through it.
+    shut_down(&hv, "cbt");
+    replicate_cbt(&hv);
     hv.main.virsh("start cbt");
     hv.wait_healthy(12, 1);
+    hv.write_blocks(12, 1100, 2, 'G');
+    kill();
     let out = replicate_cbt(&hv);
     let mode = read_mode(&out, "cbt.qcow2");
     assert!(mode.starts_with("scan"), "{out}");
@@ -1381,6 +1402,138 @@ fn a_running_guest_s_two_disks_are_read_at_once_from_one_backup_job() {
         "the copy is not the file at {system}: {}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// Every disk of a domain holds the bitmap of each checkpoint under the checkpoint's name, the
+/// same for all. Two data disks' files swapped while their guest is stopped each hold that
+/// bitmap, of the other disk: read through it, each copy would be its own disk's old blocks
+/// with the other's changes on them, recorded good. Each disk's file also holds a mark of its
+/// own copy, added through QEMU when the guest ran (written into the file when it stopped
+/// cleanly) or into the file when it was stopped: swapped, whether the guest runs again or
+/// not, each is read whole, saying why, and each copy is its file.
+#[test]
+fn two_disks_swapped_after_a_running_or_a_stopped_read_are_read_whole() {
+    let hv = Hv::up();
+    hv.start_guest_on_main("cbt", 12, Firmware::Bios, 4);
+    hv.wait_healthy(12, 2);
+    let dir = "/var/lib/libvirt/images";
+    let (one, two) = (
+        format!("{dir}/cbt-one.qcow2"),
+        format!("{dir}/cbt-two.qcow2"),
+    );
+    for (file, target, byte) in [(&one, "vdb", "0x11"), (&two, "vdc", "0x22")] {
+        hv.main.sh(&format!(
+            "qemu-img create -q -f qcow2 {file} 64M && qemu-io -c 'write -q -P {byte} 0 16M' {file} >/dev/null"
+        ));
+        hv.main.virsh(&format!(
+            "attach-disk cbt {file} {target} --driver qemu --subdriver qcow2 --targetbus virtio --live --config"
+        ));
+    }
+    hv.set_disks("cbt", &["cbt.qcow2", "cbt-one.qcow2", "cbt-two.qcow2"]);
+    let replicate = || {
+        let out = hv
+            .command(&["replicate", "--service", "cbt"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    // Each disk written where the other is not, through QEMU (its bitmaps record it).
+    let write = |dev: &str, at: &str, byte: &str| {
+        hv.main.virsh(&format!(
+            "qemu-monitor-command cbt --hmp 'qemu-io -d {dev} \"write -P {byte} {at} 256k\"'"
+        ));
+    };
+    let copies_are_files = || {
+        for (copy, file) in [
+            ("/srv/replicas/cbt-one.qcow2", &one),
+            ("/srv/replicas/cbt-two.qcow2", &two),
+        ] {
+            let out = std::process::Command::new("qemu-img")
+                .args(["compare", "-f", "raw", "-F", "qcow2", "-U"])
+                .arg(hv.pra.path(copy))
+                .arg(hv.main.path(file))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{copy} is not {file}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    let swap = || {
+        hv.main.sh(&format!(
+            "mv {one} {dir}/swap && mv {two} {one} && mv {dir}/swap {two}"
+        ));
+    };
+    replicate();
+    write("virtio-disk1", "32M", "0x33");
+    write("virtio-disk2", "40M", "0x44");
+    let running = replicate();
+    for disk in ["cbt-one.qcow2", "cbt-two.qcow2"] {
+        assert!(
+            read_mode(&running, disk).starts_with("changed-blocks"),
+            "{running}"
+        );
+    }
+
+    // Read running, then stopped cleanly (QEMU writes the marks into the files), swapped and
+    // started again.
+    write("virtio-disk1", "48M", "0x55");
+    write("virtio-disk2", "8M", "0x66");
+    shut_down(&hv, "cbt");
+    swap();
+    hv.main.virsh("start cbt");
+    hv.wait_healthy(12, 1);
+    let out = replicate();
+    for disk in ["cbt-one.qcow2", "cbt-two.qcow2"] {
+        let mode = read_mode(&out, disk);
+        assert!(
+            mode.starts_with("scan") && mode.contains("is gone from it"),
+            "{out}"
+        );
+    }
+    // The system disk was not swapped: its own mark is there.
+    assert!(
+        read_mode(&out, "cbt.qcow2").starts_with("scan"),
+        "every disk of one domain is read one way: {out}"
+    );
+    shut_down(&hv, "cbt");
+    copies_are_files();
+
+    // Read running, stopped cleanly and read stopped through its bitmap (the marks QEMU
+    // wrote into the files are found), then swapped while stopped.
+    hv.main.virsh("start cbt");
+    hv.wait_healthy(12, 1);
+    write("virtio-disk1", "24M", "0x77");
+    replicate();
+    write("virtio-disk2", "56M", "0x78");
+    shut_down(&hv, "cbt");
+    let stopped = replicate();
+    for disk in ["cbt-one.qcow2", "cbt-two.qcow2"] {
+        assert!(
+            read_mode(&stopped, disk).starts_with("changed-blocks"),
+            "{stopped}"
+        );
+    }
+    copies_are_files();
+    swap();
+    let out = replicate();
+    for disk in ["cbt-one.qcow2", "cbt-two.qcow2"] {
+        let mode = read_mode(&out, disk);
+        assert!(
+            mode.starts_with("scan") && mode.contains("is gone from it"),
+            "{out}"
+        );
+    }
+    copies_are_files();
 }
 
 /// A stopped vm's disks are read as they are, each between two looks at its file that find it
