@@ -114,8 +114,16 @@ pub struct Host {
     pub vars: IndexMap<String, VarValue>,
     /// How the networks of vm definitions are named on this host (over its site's).
     pub networks: Option<IndexMap<String, String>>,
+    /// The folders a vm definition defined here may load a kernel, an initrd, a device tree
+    /// or ACPI tables from (a direct kernel boot): [`BOOT_FOLDERS`] when the inventory does
+    /// not say.
+    pub boot_folders: Vec<String>,
     pub loc: Location,
 }
+
+/// Where a direct kernel boot's files may be when a host's `boot_folders` does not say: the
+/// host's own kernels and libvirt's folder for boot files.
+pub const BOOT_FOLDERS: [&str; 2] = ["/boot", "/var/lib/libvirt/boot"];
 
 /// Where a service lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -469,8 +477,10 @@ fn read_host(id: &Sp<String>, t: &mut Table<'_, '_>, diags: &mut Vec<Diagnostic>
     let identity = t.text("identity", diags).map(|s| s.value);
     let vars = read_vars(t, diags);
     let networks = read_networks(t, diags);
+    let boot_folders = read_boot_folders(t, diags);
     Host {
         networks,
+        boot_folders,
         id: id.value.clone(),
         address,
         port,
@@ -1138,6 +1148,36 @@ fn non_blank(
             !blank
         })
         .collect()
+}
+
+/// A host's `boot_folders`: absolute folders, none of them `/` nor climbing with `..`
+/// ([`BOOT_FOLDERS`] when absent).
+fn read_boot_folders(t: &mut Table<'_, '_>, diags: &mut Vec<Diagnostic>) -> Vec<String> {
+    if t.get("boot_folders").is_none() {
+        return BOOT_FOLDERS.iter().map(|f| f.to_string()).collect();
+    }
+    let mut out = Vec::new();
+    for f in t.str_list("boot_folders", diags) {
+        let p = std::path::Path::new(&f.value);
+        let problem = if !p.is_absolute() {
+            Some("is not an absolute path")
+        } else if p.components().any(|c| c == std::path::Component::ParentDir) {
+            Some("climbs with `..`")
+        } else if p.parent().is_none() {
+            Some("is the whole file system")
+        } else {
+            None
+        };
+        match problem {
+            None => out.push(f.value.trim_end_matches('/').to_string()),
+            Some(problem) => diags.push(
+                Diagnostic::error(format!("boot folder `{}` {problem}", f.value))
+                    .at(f.loc.clone())
+                    .hint("name a folder that holds only kernels and initrds, e.g. `boot_folders = [\"/var/lib/libvirt/boot\"]`"),
+            ),
+        }
+    }
+    out
 }
 
 /// A `networks` table: network or bridge names of vm definitions, each to the name it has

@@ -402,6 +402,10 @@ pub struct Fit {
     /// configuration's new MACs and UUIDs: the hypervisor chooses none when its file is
     /// written): the run's id and the vm's, so each run has its own.
     pub seed: String,
+    /// The folders of the target host a direct kernel boot may load its files from (the
+    /// host's `boot_folders`): any other file named would be given to the guest to read, and
+    /// relabelled for QEMU by libvirt.
+    pub boot_folders: Vec<String>,
 }
 
 impl Fit {
@@ -555,9 +559,11 @@ fn rewrite_xml(root: &Element, fit: &Fit) -> Result<Fitted, DefinitionError> {
             }
         }
         // A kernel, an initrd, a device tree or ACPI tables loaded from files of the host
-        // (a direct kernel boot): given to the guest to read, never from where the disks and
+        // (a direct kernel boot): given to the guest to read (and relabelled for QEMU by
+        // libvirt), so only from the host's boot folders, never from where the disks and
         // copies are (another vm's copy), nor by a path that cannot be judged (relative, or
-        // climbing with `..`).
+        // climbing with `..`). The definition is another host's: a file of this host it names
+        // (`/etc/shadow` as an initrd) is not its to give.
         use std::path::Path;
         let folders: Vec<&Path> = fit
             .disks
@@ -596,6 +602,21 @@ fn rewrite_xml(root: &Element, fit: &Fit) -> Result<Fitted, DefinitionError> {
             if folders.iter().any(|d| p.starts_with(d)) {
                 return Err(DefinitionError::HostResource(format!(
                     "{what} at {path}, where the disks and their copies are"
+                )));
+            }
+            if !fit
+                .boot_folders
+                .iter()
+                .any(|d| p.starts_with(d) && p != Path::new(d))
+            {
+                return Err(DefinitionError::HostResource(format!(
+                    "{what} at {path}, outside the boot folders of {} ({}; its `boot_folders` in the inventory)",
+                    fit.host,
+                    if fit.boot_folders.is_empty() {
+                        "none".to_string()
+                    } else {
+                        fit.boot_folders.join(", ")
+                    }
                 )));
             }
         }
@@ -1076,6 +1097,7 @@ mod tests {
             keep_uuid: true,
             drill: false,
             seed: "run1/erp-db".into(),
+            boot_folders: crate::inventory::BOOT_FOLDERS.map(String::from).to_vec(),
         }
     }
 
@@ -1401,6 +1423,28 @@ mod tests {
                     "</os><sysinfo type='fwcfg'><entry name='opt/x' file='/etc/shadow'/></sysinfo>",
                 ),
             ),
+            (
+                "os/initrd at /etc/shadow, outside the boot folders of hv-pra (/boot, /var/lib/libvirt/boot;",
+                DOMAIN.replace(
+                    "</os>",
+                    "<kernel>/boot/vmlinuz</kernel><initrd>/etc/shadow</initrd></os>",
+                ),
+            ),
+            (
+                "os/kernel at /var/lib/reprise-boot/vmlinuz, outside the boot folders",
+                DOMAIN.replace(
+                    "</os>",
+                    "<kernel>/var/lib/reprise-boot/vmlinuz</kernel></os>",
+                ),
+            ),
+            (
+                "os/kernel at /boot/, outside the boot folders",
+                DOMAIN.replace("</os>", "<kernel>/boot/</kernel></os>"),
+            ),
+            (
+                "os/kernel at /bootleg/vmlinuz, outside the boot folders",
+                DOMAIN.replace("</os>", "<kernel>/bootleg/vmlinuz</kernel></os>"),
+            ),
         ] {
             assert!(text != DOMAIN, "{what}: the sample changed");
             let e = Definition::parse(Format::LibvirtXml, text.as_bytes())
@@ -1411,17 +1455,31 @@ mod tests {
             assert!(e.contains(what) && e.contains("refused"), "{what}: {e}");
         }
         // A firmware read only, as `virsh dumpxml` writes it, passes; and so does a direct
-        // kernel boot from the host's own files.
-        for text in [
-            DOMAIN.to_string(),
-            DOMAIN.replace(
-                "</os>",
-                "<kernel>/var/lib/reprise-boot/vmlinuz</kernel><initrd>/var/lib/reprise-boot/initrd.img</initrd></os>",
+        // kernel boot from the host's boot folders, the default ones or those it is given.
+        let given = Fit {
+            boot_folders: vec!["/var/lib/reprise-boot".into()],
+            ..mapped.clone()
+        };
+        for (fit, text) in [
+            (&mapped, DOMAIN.to_string()),
+            (
+                &mapped,
+                DOMAIN.replace(
+                    "</os>",
+                    "<kernel>/boot/vmlinuz-6.1.0-27-amd64</kernel><initrd>/var/lib/libvirt/boot/initrd.img</initrd></os>",
+                ),
+            ),
+            (
+                &given,
+                DOMAIN.replace(
+                    "</os>",
+                    "<kernel>/var/lib/reprise-boot/vmlinuz</kernel><initrd>/var/lib/reprise-boot/initrd.img</initrd></os>",
+                ),
             ),
         ] {
             assert!(
                 Definition::parse(Format::LibvirtXml, text.as_bytes())
-                    .and_then(|d| rewrite(&d, &mapped))
+                    .and_then(|d| rewrite(&d, fit))
                     .is_ok(),
                 "{text}"
             );

@@ -246,6 +246,11 @@ pub fn define_use(
             keep_uuid: !drill,
             drill,
             seed: format!("{run_id}/{}", vm.id),
+            boot_folders: inv
+                .hosts
+                .get(&host)
+                .map(|h| h.boot_folders.clone())
+                .unwrap_or_else(|| crate::inventory::BOOT_FOLDERS.map(String::from).to_vec()),
         },
         format,
         host,

@@ -576,6 +576,7 @@ vmgenid: 0f9d1d4e-6a51-4f7e-9a43-1d2b3c4d5e6f
             keep_uuid: true,
             drill: false,
             seed: "run1/erp-db".into(),
+            boot_folders: crate::inventory::BOOT_FOLDERS.map(String::from).to_vec(),
         }
     }
 

@@ -644,9 +644,12 @@ impl Hv {
             format!(
                 "[hosts.{id}]\naddress = \"{address}\"\nport = 2222\nuser = \"root\"\n\
                  site = \"{site}\"\nrole = \"hypervisor\"\nidentity = \"{identity}\"\n\
-                 known_hosts = \"{known}\"\n[hosts.{id}.vars]\n{vars}\n",
+                 known_hosts = \"{known}\"\nboot_folders = [\"{boot}\"]\n\
+                 [hosts.{id}.vars]\n{vars}\n",
                 identity = keys.join("client").display(),
                 known = keys.join("known_hosts").display(),
+                // The guests boot their kernel directly, from the test's own folder.
+                boot = self.guest_dir().display(),
             )
         };
         std::fs::write(
