@@ -189,7 +189,18 @@ pub fn decide(disks: &[CopyState], how: Use, ask: &Ask) -> Decision {
         for l in &leases {
             let moment = (l.point.as_deref(), l.taken_at);
             if !moments.contains(&moment) {
-                let id = moment.0.unwrap_or("as-is");
+                // A copy started as it is is named as the choice names it (`copy-TIME`, dated
+                // by its file): what reads the run's journal knows it by that name.
+                let id = match moment.0 {
+                    Some(p) => p.to_string(),
+                    None => format!(
+                        "copy-{}",
+                        moment
+                            .1
+                            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+                            .format("%Y%m%dT%H%M%SZ")
+                    ),
+                };
                 ids.push(if moments.iter().any(|m| m.0 == moment.0) {
                     format!("{id}@{}", moment.1.unwrap_or(l.at).format("%H:%M:%S%.3f"))
                 } else {
@@ -1967,6 +1978,16 @@ mod tests {
         assert_eq!(
             (s.point.as_str(), s.verified),
             ("P1+P1@00:00:00.000", false)
+        );
+        // A copy it started as it is (its lease names no point, only its file's time) is
+        // said as the choice named it, `copy-TIME`: the report measures no loss from it.
+        let mut copy = sys.clone();
+        copy.leases[0].point = None;
+        copy.leases[0].verified = false;
+        let s = started(decide(std::slice::from_ref(&copy), Use::Failover, &mine));
+        assert_eq!(
+            (s.point.as_str(), s.verified),
+            ("copy-20261128T010000Z", false)
         );
         let (level, detail) = judge(&sys, "erp-db", Some(900), Utc::now());
         assert_eq!(level, Level::Failed);

@@ -1168,7 +1168,12 @@ fn copy_loss(run: &Run, id: &str, p: &PointUsed) -> Result<f64, String> {
     // A copy started as it is (`copy-TIME`, named by the choice) is dated by its file: the
     // host's clock and its last write, not when its data was taken. Nothing measures what it
     // lacks.
-    if !p.verified && p.point.split('+').any(|x| x.starts_with("copy-")) {
+    // (`as-is`: the name a resumed start gave it in older journals.)
+    if !p.verified
+        && p.point
+            .split('+')
+            .any(|x| x.starts_with("copy-") || x == "as-is" || x.starts_with("as-is@"))
+    {
         return Err(run.l.loss_unverified(&p.item, &p.point));
     }
     // Dated after the run used it (the clock of the machine that replicated it runs ahead
@@ -2745,7 +2750,25 @@ mod tests {
         assert_eq!(db.data_loss_s, Some(60.0));
         assert_eq!(db.rpo_met, None, "an unverified copy proves no RPO");
 
-        // A copy started as it is, dated by its file: no loss is measured.
+        // A copy started as it is, dated by its file: no loss is measured, whatever name a
+        // resumed start of an older version gave it.
+        for name in ["as-is", "p6+as-is", "as-is@02:59:00.000+p6"] {
+            let mut old = events.clone();
+            for e in &mut old {
+                if let Event::ReplicaPointUsed { point, .. } = e {
+                    *point = name.into();
+                }
+            }
+            let r3 = build_of(&old);
+            let db3 = r3.services.iter().find(|s| s.id == "db").unwrap();
+            assert_eq!((db3.data_loss_s, db3.rpo_met), (None, None), "{name}");
+            assert!(
+                r3.problems.iter().any(
+                    |p| matches!(p, Problem::DataLossUnknown { service, .. } if service == "db")
+                ),
+                "{name}"
+            );
+        }
         let mut as_is = events.clone();
         for e in &mut as_is {
             if let Event::ReplicaPointUsed { point, .. } = e {
