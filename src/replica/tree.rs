@@ -1446,12 +1446,23 @@ impl TreeStore {
     /// A failback copied the folder back to its primary as it was at `stamp` (its
     /// [`tree_seal`] before the copy back read it): that is recorded, then the leases
     /// `which` selects are removed. A replication then writes into the folder only while it
-    /// is still that ([`Self::refuse_written_since_returned`]).
+    /// is still that ([`Self::refuse_written_since_returned`]). A folder already written
+    /// since (the service still ran on the recovery site) is refused, its leases kept: what
+    /// was written there is on no other host, and the failback is not said done with it.
     pub fn release_returned(
         &self,
         which: impl Fn(Option<&Lease>, &str) -> bool,
         stamp: &str,
     ) -> Result<Vec<String>, StoreError> {
+        let _lock = self.lock()?;
+        if let Some(why) = self.written_since(stamp) {
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason: format!(
+                    "{why} since the failback's copy back read it: what was written there is only on this copy, which stays leased"
+                ),
+            });
+        }
         std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         let returned = Returned {
             stamp: stamp.to_string(),
@@ -1504,6 +1515,27 @@ impl TreeStore {
             // Forgotten once an update made from this very folder is recorded.
             return Ok(None);
         }
+        let newest = self.newest_files();
+        let at = returned
+            .at
+            .map(|t| t.format(" on %Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_default();
+        Ok(Some(format!(
+            "it was written after a failback read it to copy it back to its primary (released{at}){newest}: what was written in it since is not on the primary, and a replication would delete or overwrite it, so none writes into it; copy what is to be kept to the primary's folder, then `reprise release` of this backup set lets replication write over the copy"
+        )))
+    }
+
+    /// Why the folder is no longer as it was at `stamp` (a [`tree_seal`], or an older
+    /// version's stamp), if it is not: its newest files, to show what was written.
+    fn written_since(&self, stamp: &str) -> Option<String> {
+        if as_recorded(Some(stamp), stamps(&self.root)).as_deref() == Some(stamp) {
+            return None;
+        }
+        Some(format!("it was written{}", self.newest_files()))
+    }
+
+    /// The folder's newest files, to show what would be lost: ` (its newest files: …)`.
+    fn newest_files(&self) -> String {
         // The newest files, to show what would be lost.
         let mut files: Vec<(i128, String)> = walk(&self.root)
             .map(|w| w.into_iter().map(|(rel, m)| (mtime_ns(&m), rel)).collect())
@@ -1522,18 +1554,11 @@ impl TreeStore {
                 format!("{rel}{at}")
             })
             .collect();
-        let newest = if newest.is_empty() {
+        if newest.is_empty() {
             " (it holds no file now: files were removed)".to_string()
         } else {
             format!(" (its newest files: {})", newest.join(", "))
-        };
-        let at = returned
-            .at
-            .map(|t| t.format(" on %Y-%m-%d %H:%M:%S UTC").to_string())
-            .unwrap_or_default();
-        Ok(Some(format!(
-            "it was written after a failback read it to copy it back to its primary (released{at}){newest}: what was written in it since is not on the primary, and a replication would delete or overwrite it, so none writes into it; copy what is to be kept to the primary's folder, then `reprise release` of this backup set lets replication write over the copy"
-        )))
+        }
     }
 
     /// [`Self::recover`] before a replication writes: a record of an interrupted update or
@@ -3259,6 +3284,35 @@ mod tests {
         replicate(&src, &dst, "p1");
         let store = TreeStore::new(&dst);
         let all = |_: Option<&Lease>, _: &str| true;
+        // Written on the recovery site after the copy back read it: not released, its lease
+        // kept, saying what was written.
+        let stamp = tree_seal(&dst).unwrap();
+        let live = Lease {
+            kind: meta::LeaseKind::Live,
+            run: "r9".into(),
+            vm: "shares".into(),
+            step: "files/backup-shares".into(),
+            machine: "m".into(),
+            pid: 1,
+            at: Utc::now(),
+            point: Some("p1".into()),
+            taken_at: None,
+            written_until: None,
+            verified: true,
+        };
+        meta::write_lease(&store.dir, &live).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(dst.join("late.dump"), "late").unwrap();
+        let e = store.release_returned(all, &stamp).unwrap_err().to_string();
+        assert!(
+            e.contains("it was written (its newest files: late.dump")
+                && e.contains("only on this copy, which stays leased"),
+            "{e}"
+        );
+        assert_eq!(store.inspect().leases.len(), 1, "its lease is kept");
+        assert!(!store.path(RETURNED).exists());
+        std::fs::remove_file(dst.join("late.dump")).unwrap();
+        store.release(all).unwrap();
         // Copied back as it is, then written into by the primary only: replicated as any copy.
         let stamp = tree_seal(&dst).unwrap();
         store.release_returned(all, &stamp).unwrap();

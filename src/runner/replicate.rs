@@ -278,6 +278,10 @@ async fn failed_back(
         Ok(_) => format!(
             "backup set {set} is back on the primary: its recovery copy on {host} was released, replication may write into it again while it is as it was copied back (a file written there since stops the next replication, which says what to do)"
         ),
+        // Written on the recovery site after the copy back read it: the primary lacks that.
+        Err(e) if e.contains("what was written there is only on this copy") => format!(
+            "backup set {set} was copied back to the primary as it was read, but its recovery copy on {host} was written since and stays leased, so that no replication writes over it ({e}); copy what is to be kept to the primary's folder, then `reprise release {set}` lets it go"
+        ),
         Err(e) => format!(
             "backup set {set} is back on the primary, but the lease of its recovery copy on {host} could not be released ({e}): `reprise release {set}` frees it"
         ),
