@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufRead as _, Read, Write};
+use std::io::{self, BufRead as _, Read, Seek as _, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
@@ -778,6 +778,7 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
     )
     .map_err(err)?;
     let walked = walk_all(root).map_err(err)?;
+    let folder = super::beneath::Dir::open(root, false).map_err(err)?;
     let left_out = walked.left_out(root);
     let Walked { files, others, .. } = walked;
     // reprise's own files (a copy's metadata folder `NAME.reprise`, a replication overlay):
@@ -848,8 +849,16 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
         if size >= HAND_ON_BEFORE {
             w.flush().map_err(err)?;
         }
-        let hash =
-            super::blocks::hash_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // Opened once, beneath the folder with no link followed on the way (a folder swapped
+        // for a link since the listing would lead out of the set), and only the very file
+        // listed: what is hashed and sent is read from that one descriptor.
+        let at = |e: io::Error| format!("{}: {e}", path.display());
+        let mut f = folder.open_file(&rel).map_err(at)?;
+        let opened = f.metadata().map_err(at)?;
+        if !super::blocks::same_file_state(&meta, &opened) {
+            return Err(changed_while_read(&path));
+        }
+        let hash = hash_open(&mut f).map_err(at)?;
         let entry = FileEntry {
             size,
             mtime_ns: mtime,
@@ -874,7 +883,7 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
                 },
             )
             .map_err(err)?;
-            let mut f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            f.seek(io::SeekFrom::Start(0)).map_err(at)?;
             let copied = io::copy(&mut (&mut f).take(size), w).map_err(err)?;
             if copied != size {
                 return Err(changed_while_read(&path));
@@ -884,7 +893,7 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
         }
         // What was hashed and sent is the file as it was listed only if nothing wrote it
         // meanwhile: a backup still being written would make a point of its first part.
-        let after = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let after = f.metadata().map_err(at)?;
         if !super::blocks::same_file_state(&meta, &after) {
             return Err(changed_while_read(&path));
         }
@@ -903,6 +912,21 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
     .map_err(err)?;
     sent.left_out = left_out;
     Ok(sent)
+}
+
+/// BLAKE3 of an open file, read from its start.
+fn hash_open(f: &mut File) -> io::Result<String> {
+    f.seek(io::SeekFrom::Start(0))?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().to_hex().to_string())
 }
 
 /// The recovery side of one backup set.
@@ -2596,6 +2620,65 @@ mod tests {
         std::fs::write(&other, "two").unwrap();
         std::fs::rename(&other, &path).unwrap();
         assert!(settled(listed, &path).unwrap().is_none());
+    }
+
+    /// A folder of the set swapped for a link to another folder after the listing, and put
+    /// back before its file's read ends: the file under that name is read through no link,
+    /// so the other folder's file of the same name and size never travels as the set's.
+    #[test]
+    fn a_folder_swapped_for_a_link_during_the_copy_never_lets_another_folder_s_file_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, outside) = (dir.path().join("src"), dir.path().join("outside"));
+        std::fs::create_dir_all(src.join("a")).unwrap();
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        // A first file large enough that the stream is handed on before the next is read.
+        std::fs::write(src.join("a/first"), vec![1u8; 2 << 20]).unwrap();
+        std::fs::write(src.join("d/x"), "set's own data").unwrap();
+        std::fs::write(outside.join("x"), "SECRET, ELSEWH").unwrap();
+        /// Swaps `d` for a link to `outside` once the first file's record is written, and
+        /// puts it back once the other folder's bytes have gone by.
+        struct Swapping {
+            src: PathBuf,
+            outside: PathBuf,
+            swapped: bool,
+            back: bool,
+            sent: Vec<u8>,
+        }
+        impl Write for Swapping {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.sent.extend_from_slice(buf);
+                let has = |what: &[u8], all: &[u8]| all.windows(what.len()).any(|w| w == what);
+                if !self.swapped && has(b"a/first", &self.sent) {
+                    std::fs::rename(self.src.join("d"), self.src.join("d.real"))?;
+                    std::os::unix::fs::symlink(&self.outside, self.src.join("d"))?;
+                    self.swapped = true;
+                }
+                if self.swapped && !self.back && has(b"SECRET", &self.sent) {
+                    std::fs::remove_file(self.src.join("d"))?;
+                    std::fs::rename(self.src.join("d.real"), self.src.join("d"))?;
+                    self.back = true;
+                }
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut w = Swapping {
+            src: src.clone(),
+            outside,
+            swapped: false,
+            back: false,
+            sent: Vec::new(),
+        };
+        let e = send_tree(&src, &Tree::default(), &mut w).unwrap_err();
+        assert!(w.swapped, "the folder was swapped during the copy");
+        assert!(
+            !w.sent.windows(6).any(|x| x == b"SECRET"),
+            "another folder's file was sent as the set's: {e}"
+        );
+        assert!(e.contains("d is a symbolic link"), "{e}");
     }
 
     fn replicate(src: &Path, dst: &Path, id: &str) -> TreeSent {
