@@ -639,10 +639,11 @@ impl<'a> Helpers<'a> {
                 rest.split(&end).next().unwrap_or(rest).trim_end()
             }
             // It ran (or it was stopped before it could say): a command that ran proves the
-            // helper; one stopped, or a helper the shell could not start (126, 127), says
-            // nothing, and the next command checks again.
+            // helper; one stopped (by a signal, or by its deadline's `timeout`, 124, which may
+            // have stopped the guard itself), or a helper the shell could not start (126,
+            // 127), says nothing, and the next command checks again.
             _ => {
-                if (0..=125).contains(&exit) && exit != GUARD_EXIT {
+                if (0..=125).contains(&exit) && exit != GUARD_EXIT && exit != 124 {
                     self.deployed
                         .lock()
                         .expect("not poisoned")
@@ -2709,7 +2710,8 @@ mod tests {
     }
 
     /// A command that ran proves the helper it started; one the shell could not start the
-    /// helper of (126: not executable, 127: not found), or one stopped by a signal, does not.
+    /// helper of (126: not executable, 127: not found), or one stopped by a signal or by its
+    /// deadline (124), does not.
     #[test]
     fn only_a_command_that_ran_its_helper_marks_it_deployed() {
         let transport = crate::replica::snapshot::tests::Cut;
@@ -2720,6 +2722,7 @@ mod tests {
             ("not-executable", 126, false),
             ("not-found", 127, false),
             ("killed", 137, false),
+            ("timed-out", 124, false),
             ("none", -1, false),
         ] {
             assert_eq!(helpers.guarded(host, exit, "", false).ok(), Some(false));
