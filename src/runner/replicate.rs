@@ -210,13 +210,17 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
             .unwrap_or_else(|e| e.into_inner())
             .insert(vm.clone(), read);
     }
-    let message = match what {
+    match what {
         Replicated::Backup(set) if ctx.plan.mode == crate::runbook::Mode::Failback => {
-            Some(failed_back(ctx, set, from_host, read_before).await)
+            // A copy written since the copy back read it holds what the primary now lacks:
+            // the step fails (what depends on it waits), its copy kept leased.
+            match failed_back(ctx, set, from_host, read_before).await {
+                Ok(note) => run.outcome(StepStatus::Done, 1, Some(note)),
+                Err(e) => failed(run, step, String::new(), e),
+            }
         }
-        _ => None,
-    };
-    run.outcome(StepStatus::Done, 1, message)
+        _ => run.outcome(StepStatus::Done, 1, None),
+    }
 }
 
 /// The stamp of each source a copy between sites reads (`items`' sources on `host`): a
@@ -253,13 +257,14 @@ async fn stamps_before_copy(
 /// its recovery copy is released (what the recovery site wrote there is on the primary now),
 /// so that replication may write into the copy again, but only while it is still what the
 /// copy back read (`returned`: each folder and its stamp before). A note for the step's
-/// message.
+/// message; an error when the copy was written since (what was written there is not on the
+/// primary).
 async fn failed_back(
     ctx: &RunContext,
     set: &str,
     host: &str,
     returned: Vec<(String, String)>,
-) -> String {
+) -> Result<String, String> {
     let transport = ctx.transport.clone();
     let h = host.to_string();
     let released = tokio::task::spawn_blocking(move || {
@@ -274,17 +279,19 @@ async fn failed_back(
     .map_err(|e| e.to_string())
     .and_then(|r| r.map_err(|e| e.to_string()));
     match released {
-        Ok(r) if r.is_empty() => format!("backup set {set} is back on the primary"),
-        Ok(_) => format!(
+        Ok(r) if r.is_empty() => Ok(format!("backup set {set} is back on the primary")),
+        Ok(_) => Ok(format!(
             "backup set {set} is back on the primary: its recovery copy on {host} was released, replication may write into it again while it is as it was copied back (a file written there since stops the next replication, which says what to do)"
-        ),
+        )),
         // Written on the recovery site after the copy back read it: the primary lacks that.
-        Err(e) if e.contains("what was written there is only on this copy") => format!(
-            "backup set {set} was copied back to the primary as it was read, but its recovery copy on {host} was written since and stays leased, so that no replication writes over it ({e}); copy what is to be kept to the primary's folder, then `reprise release {set}` lets it go"
-        ),
-        Err(e) => format!(
-            "backup set {set} is back on the primary, but the lease of its recovery copy on {host} could not be released ({e}): `reprise release {set}` frees it"
-        ),
+        Err(e) if e.contains("what was written there is only on this copy") => Err(format!(
+            "backup set {set} was copied back to the primary as it was read, but its recovery copy on {host} was written since and stays leased, so that no replication writes over it ({e}); stop what writes it on the recovery site, then resume the failback (`reprise resume`): this step copies it back again, with what was written"
+        )),
+        // Not released, and not known to be as it was read (its lock held by another user
+        // of the copy, say): said so, never with advice that would let it go unchecked.
+        Err(e) => Ok(format!(
+            "backup set {set} is back on the primary, but the lease of its recovery copy on {host} could not be released ({e}): it stays leased; see whether anything was written there since the copy back (`reprise status`), copy that to the primary's folder, then `reprise release {set}` frees it"
+        )),
     }
 }
 
