@@ -1306,8 +1306,8 @@ fn replicate_guest(
             );
         }
         if let Err(e) = cbt::add_live_marks(transport, host, dom, &marked) {
-            out.stdout.push_str(&format!(
-                "{}: {e}: the next replication of it reads every block\n",
+            out.stderr.push_str(&format!(
+                "warning: {}: {e}: the next replication of it reads every block\n",
                 vm.id
             ));
         }

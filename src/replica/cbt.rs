@@ -509,7 +509,7 @@ pub fn marks_missing(
     };
     for (f, point, m) in relied {
         let gone = format!(
-            "the bitmap {m} that marked {f} as {point} read it is gone from it: the file was put back to an older one or to another disk's since, the bitmap removed, or its vm stopped without saving its bitmaps (killed, its host crashed), and what changed since the checkpoint may miss what the copy holds"
+            "the bitmap {m} that marked {f} as {point} read it is gone from it: the file was put back to an older one or to another disk's since, the bitmap removed, its vm stopped without saving its bitmaps (killed, its host crashed), or the replication that made that point could not add it (it said so then), and what changed since the checkpoint may miss what the copy holds"
         );
         let held = match &nodes {
             Some(nodes) => live_node(nodes, f).map(|n| n.bitmaps.iter().any(|b| b == m)),
@@ -580,7 +580,17 @@ pub fn parse_live_nodes(answer: &str) -> Result<Vec<LiveNode>, String> {
 /// The qcow2 node of a running domain that is the file `file`: exactly one, or an error
 /// (none, or several, is a graph reprise does not judge).
 pub fn live_node<'a>(nodes: &'a [LiveNode], file: &str) -> Result<&'a LiveNode, String> {
-    let mut of = nodes.iter().filter(|n| n.drv == "qcow2" && n.file == file);
+    // QEMU names a node with options a plain file name cannot carry (a key secret, say) by
+    // a `json:{…}` description, whose file is then named inside it.
+    let named = |n: &LiveNode| {
+        n.file == file
+            || n.file.strip_prefix("json:").is_some_and(|j| {
+                serde_json::from_str::<serde_json::Value>(j).is_ok_and(|v| {
+                    v["file"]["filename"] == file || (v["file"].is_null() && v["filename"] == file)
+                })
+            })
+    };
+    let mut of = nodes.iter().filter(|n| n.drv == "qcow2" && named(n));
     match (of.next(), of.next()) {
         (Some(n), None) => Ok(n),
         (None, _) => Err(format!("its QEMU has no qcow2 node of {file}")),
@@ -1122,6 +1132,12 @@ mod tests {
         assert_eq!(web.bitmaps, ["reprise-P2.1", "reprise-mark-P2-1-2-bb"]);
         let data = super::live_node(&nodes, "/images/web-data.qcow2").unwrap();
         assert_eq!(data.bitmaps, ["reprise-mark-P2-1-2-aa"]);
+        // Named by a description that carries options (an encrypted disk's key secret).
+        let mut described = nodes.clone();
+        described[1].file = r#"json:{"encrypt.key-secret": "sec0", "driver": "qcow2", "file": {"driver": "file", "filename": "/images/web-data.qcow2"}}"#.into();
+        described.retain(|n| n.drv != "file");
+        let data = super::live_node(&described, "/images/web-data.qcow2").unwrap();
+        assert_eq!(data.node, "libvirt-2-format");
         let err = super::live_node(&nodes, "/images/other.qcow2").unwrap_err();
         assert!(
             err.contains("no qcow2 node of /images/other.qcow2"),
