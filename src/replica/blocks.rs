@@ -506,9 +506,12 @@ pub(crate) fn written_all_through<T>(path: &Path, f: impl FnOnce() -> T) -> T {
 
 /// BLAKE3 of a file, hex.
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read as _;
+    hash_read(&mut File::open(path)?)
+}
+
+/// BLAKE3 of what `f` reads to its end, hex.
+pub fn hash_read(f: &mut impl std::io::Read) -> std::io::Result<String> {
     let mut h = blake3::Hasher::new();
-    let mut f = File::open(path)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf)?;

@@ -917,16 +917,7 @@ pub fn send_tree(root: &Path, base: &Tree, w: &mut impl Write) -> Result<TreeSen
 /// BLAKE3 of an open file, read from its start.
 fn hash_open(f: &mut File) -> io::Result<String> {
     f.seek(io::SeekFrom::Start(0))?;
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().to_hex().to_string())
+    super::blocks::hash_read(f)
 }
 
 /// The recovery side of one backup set.

@@ -774,22 +774,26 @@ fn replicate_cbt(hv: &Hv) -> String {
 
 const CBT_COPY: &str = "/srv/replicas/cbt.qcow2";
 
-/// The copy of `cbt` holds what the guest sees of its disk (compared while it is stopped).
-fn copy_equals_source(hv: &Hv) {
-    let copy = hv.pra.path(CBT_COPY);
-    let source = hv.main.path("/var/lib/libvirt/images/cbt.qcow2");
+/// The raw copy `copy` on hv-pra holds what the guest sees of the qcow2 disk `disk` on
+/// hv-main (compared while it is stopped).
+fn copy_is_disk(hv: &Hv, copy: &str, disk: &str) {
     let out = std::process::Command::new("qemu-img")
         .args(["compare", "-f", "raw", "-F", "qcow2", "-U"])
-        .arg(&copy)
-        .arg(&source)
+        .arg(hv.pra.path(copy))
+        .arg(hv.main.path(disk))
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "the copy differs from the disk: {}{}",
+        "{copy} differs from {disk}: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The copy of `cbt` holds what the guest sees of its disk (compared while it is stopped).
+fn copy_equals_source(hv: &Hv) {
+    copy_is_disk(hv, CBT_COPY, "/var/lib/libvirt/images/cbt.qcow2");
 }
 
 /// Presses the guest's power button and waits until the domain is off.
@@ -1366,18 +1370,7 @@ fn a_running_guest_s_two_disks_are_read_at_once_from_one_backup_job() {
         (CBT_COPY, "/var/lib/libvirt/images/cbt.qcow2"),
         ("/srv/replicas/cbt-data.qcow2", data),
     ] {
-        let out = std::process::Command::new("qemu-img")
-            .args(["compare", "-f", "raw", "-F", "qcow2", "-U"])
-            .arg(hv.pra.path(copy))
-            .arg(hv.main.path(disk))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{copy} differs from {disk}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        copy_is_disk(&hv, copy, disk);
     }
 
     // The data disk's file put at the system disk's path (of the same size, the wrong one
@@ -1391,17 +1384,7 @@ fn a_running_guest_s_two_disks_are_read_at_once_from_one_backup_job() {
         mode.starts_with("scan") && mode.contains("is gone from it"),
         "{swapped}"
     );
-    let out = std::process::Command::new("qemu-img")
-        .args(["compare", "-f", "raw", "-F", "qcow2", "-U"])
-        .arg(hv.pra.path(CBT_COPY))
-        .arg(hv.main.path(system))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the copy is not the file at {system}: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    copy_is_disk(&hv, CBT_COPY, system);
 }
 
 /// Every disk of a domain holds the bitmap of each checkpoint under the checkpoint's name, the
@@ -1454,18 +1437,7 @@ fn two_disks_swapped_after_a_running_or_a_stopped_read_are_read_whole() {
             ("/srv/replicas/cbt-one.qcow2", &one),
             ("/srv/replicas/cbt-two.qcow2", &two),
         ] {
-            let out = std::process::Command::new("qemu-img")
-                .args(["compare", "-f", "raw", "-F", "qcow2", "-U"])
-                .arg(hv.pra.path(copy))
-                .arg(hv.main.path(file))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{copy} is not {file}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            copy_is_disk(&hv, copy, file);
         }
     };
     let swap = || {
