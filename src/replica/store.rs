@@ -1352,14 +1352,13 @@ impl Store {
             mirror
                 .read_exact_at(&mut now, off)
                 .map_err(io_err(&self.image))?;
-            // As the update writes it (a short read past the end, zeros: a block of zeros).
-            let written = now == want || (now.len() < want.len() && blocks::is_zero(&want));
-            let held = match before.get(idx) {
-                Some(old) => now == read_slot(&df, old, &delta)?,
-                // Beyond the copy's end before the update: nothing there yet, or zeros.
-                None => blocks::is_zero(&now),
+            // What the copy held there before (beyond its end before the update: nothing
+            // there yet, or zeros).
+            let old = match before.get(idx) {
+                Some(old) => Some(read_slot(&df, old, &delta)?),
+                None => None,
             };
-            if !written && !held {
+            if !cut_mix(&now, &want, old.as_deref()) {
                 foreign.push(*idx);
             }
         }
@@ -2959,6 +2958,31 @@ impl Store {
             intent.point
         )))
     }
+}
+
+/// The smallest piece of a block a cut can leave written or not: a write cut by a crash
+/// or a kill ends on a page, and a power cut loses whole sectors of what had not reached
+/// the disk, in any order.
+const SECTOR: usize = 512;
+
+/// Whether a block of the copy, `now`, is what an update cut while it wrote it may leave:
+/// each of its sectors holds what the update writes there (`want`) or what the copy held
+/// there before (`old`; `None`: beyond the copy's end before the update, nothing or zeros).
+/// A block read short (the copy's end is in it) is judged on what it holds. Any other byte
+/// was written since the cut.
+fn cut_mix(now: &[u8], want: &[u8], old: Option<&[u8]>) -> bool {
+    if now == want {
+        return true;
+    }
+    now.chunks(SECTOR).enumerate().all(|(i, piece)| {
+        let at = i * SECTOR..i * SECTOR + piece.len();
+        let as_written = want.get(at.clone()) == Some(piece);
+        let as_held = match old {
+            Some(old) => old.get(at) == Some(piece),
+            None => blocks::is_zero(piece),
+        };
+        as_written || as_held
+    })
 }
 
 /// The points of a metadata folder (see [`Store::points`]).
@@ -6048,6 +6072,64 @@ mod tests {
             std::fs::read(&src).unwrap()
         );
         assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
+    }
+
+    /// An update cut in the middle of a block's write (a kill ends a write on a page, a power
+    /// cut loses whole sectors in any order) leaves that block part written, the rest as it
+    /// was: the cut's own doing, completed (never taken for a write since the cut, which would
+    /// make a restore after a power cut need `--force`). A byte of any other content in it is
+    /// still a write since the cut.
+    #[test]
+    fn an_update_cut_in_the_middle_of_a_block_is_completed() {
+        use std::os::unix::fs::FileExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        let old: Vec<u8> = (0..6 * BLOCK).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&src, &old).unwrap();
+        let store = Store::new(&dst);
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        let new: Vec<u8> = (0..3 * BLOCK).map(|i| (i % 241) as u8 ^ 0x5a).collect();
+        let f = OpenOptions::new().write(true).open(&src).unwrap();
+        f.write_all_at(&new, 0).unwrap();
+        drop(f);
+        store
+            .apply_until(&mut &stream_of(&src, &store)[..], point("p2"), true)
+            .unwrap();
+        // Block 0 written; block 1 cut after three pages; of block 2, every other sector.
+        meta::write_file(&store.dir, ROLLING, b"p2", false).unwrap();
+        let f = OpenOptions::new().write(true).open(&dst).unwrap();
+        f.write_all_at(&new[..BLOCK + 3 * 4096], 0).unwrap();
+        for at in (2 * BLOCK..3 * BLOCK).step_by(2 * SECTOR) {
+            f.write_all_at(&new[at..at + SECTOR], at as u64).unwrap();
+        }
+        drop(f);
+        let note = store.settle().unwrap().unwrap_or_default();
+        assert!(note.contains("completed"), "{note}");
+        assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+        assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
+        // The sectors of a torn block judged one by one: what the update writes or what was
+        // there; one byte of anything else in any of them, and it is not the cut's.
+        let (want, was) = (&new[BLOCK..2 * BLOCK], &old[BLOCK..2 * BLOCK]);
+        let mut torn = was.to_vec();
+        torn[..5 * SECTOR].copy_from_slice(&want[..5 * SECTOR]);
+        assert!(cut_mix(&torn, want, Some(was)));
+        assert!(cut_mix(want, want, Some(was)) && cut_mix(was, want, Some(was)));
+        for at in [0, 5 * SECTOR - 1, 5 * SECTOR, BLOCK - 1] {
+            let mut foreign = torn.clone();
+            foreign[at] = (0..=255u8)
+                .find(|b| *b != want[at] && *b != was[at])
+                .unwrap();
+            assert!(!cut_mix(&foreign, want, Some(was)), "byte {at}");
+        }
+        // Beyond the copy's end before the update: zeros or what it writes, nothing else.
+        let mut grown = vec![0u8; BLOCK];
+        grown[..SECTOR].copy_from_slice(&want[..SECTOR]);
+        assert!(cut_mix(&grown, want, None));
+        grown[SECTOR] = 1;
+        assert!(!cut_mix(&grown, want, None));
     }
 
     /// A copy written with its modification time put back (`touch -r`, `rsync -t`), which its
