@@ -1314,9 +1314,19 @@ impl Store {
             self.path("delta.pending"),
             self.path(&format!("deltas/{prev}.rdelta")),
         );
+        // Where what the copy held before is kept once the update is thrown away: one of its
+        // own, never another cut update's.
+        let kept = self.path(&format!("deltas/{prev}.rdelta.cut-{}", commit.point.id));
         let delta = match (pending.exists(), renamed.exists()) {
             (true, _) => pending,
             (false, true) => renamed,
+            // Judged by an earlier try, which was cut before it let the update go: let go
+            // now, never completed (the blocks written since would be written over).
+            (false, false) if kept.exists() => {
+                return self
+                    .cut_update_thrown_away(commit, prev, &kept, None)
+                    .map(Some);
+            }
             (false, false) => return Ok(None),
         };
         let (_, slots) = read_delta(&delta)?;
@@ -1365,18 +1375,37 @@ impl Store {
         let Some(&first) = foreign.first() else {
             return Ok(None);
         };
-        let kept = self.path(&format!("deltas/{prev}.rdelta.cut"));
+        // Kept first: a crash from here on leaves the update judged ([`Self::written_since_cut`]
+        // finds its kept delta), never one to complete.
         std::fs::rename(&delta, &kept).map_err(io_err(&kept))?;
+        sync_dir(&self.dir)?;
+        self.cut_update_thrown_away(commit, prev, &kept, Some((foreign.len(), first)))
+            .map(Some)
+    }
+
+    /// Lets go of an update found cut with blocks written since ([`Self::written_since_cut`]),
+    /// what the copy held before kept in `kept`: what was done, with how many blocks were
+    /// found written and the first, when this try looked.
+    fn cut_update_thrown_away(
+        &self,
+        commit: &Commit,
+        prev: &str,
+        kept: &Path,
+        found: Option<(usize, u64)>,
+    ) -> Result<String, StoreError> {
         for name in ["journal", ROLLING] {
             remove_if_present(&self.path(name))?;
         }
         sync_dir(&self.dir)?;
-        Ok(Some(format!(
-            "an update into it (point {}) was cut while it wrote the copy, and {} of its blocks (the first, block {first}) hold neither what it wrote nor what they held before: written since the cut (a vm run on it by hand, an edit). Nothing more was written: the update was thrown away and the copy left as it is, a mix of point {prev}, of that update and of what was written there (it counts as written outside reprise); what it held before in the blocks the update began replacing is kept in {}",
+        let blocks = match found {
+            Some((n, first)) => format!("{n} of its blocks (the first, block {first}) hold"),
+            None => "blocks of it were found (by a try cut before it was done) to hold".into(),
+        };
+        Ok(format!(
+            "an update into it (point {}) was cut while it wrote the copy, and {blocks} neither what it wrote nor what they held before: written since the cut (a vm run on it by hand, an edit). Nothing more was written: the update was thrown away and the copy left as it is, a mix of point {prev}, of that update and of what was written there (it counts as written outside reprise); what it held before in the blocks the update began replacing is kept in {}",
             commit.point.id,
-            foreign.len(),
             kept.display()
-        )))
+        ))
     }
 
     /// Throws away a committed update that never wrote the copy ([`Self::written_after_commit`]):
@@ -2968,20 +2997,25 @@ const SECTOR: usize = 512;
 /// Whether a block of the copy, `now`, is what an update cut while it wrote it may leave:
 /// each of its sectors holds what the update writes there (`want`) or what the copy held
 /// there before (`old`; `None`: beyond the copy's end before the update, nothing or zeros).
-/// A block read short (the copy's end is in it) is judged on what it holds. Any other byte
-/// was written since the cut.
+/// Where the copy's size changes in the block, a sector may also be new bytes up to the new
+/// end and old ones past it (shrunk, its size not set yet), or either state with zeros past
+/// its end (grown, the size written before the bytes). A block read short (the copy's end is
+/// in it) is judged on what it holds. Any other byte was written since the cut.
 fn cut_mix(now: &[u8], want: &[u8], old: Option<&[u8]>) -> bool {
     if now == want {
         return true;
     }
+    let old = old.unwrap_or(&[]);
+    // Each state as the block would read, `first`'s bytes then `then`'s, zeros past both.
+    let view = |first: &[u8], then: &[u8]| -> Vec<u8> {
+        (0..now.len())
+            .map(|i| first.get(i).or_else(|| then.get(i)).copied().unwrap_or(0))
+            .collect()
+    };
+    let states = [view(want, old), view(want, &[]), view(old, &[])];
     now.chunks(SECTOR).enumerate().all(|(i, piece)| {
         let at = i * SECTOR..i * SECTOR + piece.len();
-        let as_written = want.get(at.clone()) == Some(piece);
-        let as_held = match old {
-            Some(old) => old.get(at) == Some(piece),
-            None => blocks::is_zero(piece),
-        };
-        as_written || as_held
+        states.iter().any(|s| s[at.clone()] == *piece)
     })
 }
 
@@ -6045,7 +6079,7 @@ mod tests {
         );
         assert_eq!(std::fs::read(&dst).unwrap(), written);
         assert!(!store.path("journal").exists() && !store.path(ROLLING).exists());
-        assert!(store.path("deltas/p1.rdelta.cut").exists());
+        assert!(store.path("deltas/p1.rdelta.cut-p2").exists());
         assert_eq!(store.points().unwrap().last().unwrap().id, "p1");
         assert!(store.inspect().written_outside().is_some());
         // A block left as it was, and one the update wrote: completed as before.
@@ -6072,6 +6106,56 @@ mod tests {
             std::fs::read(&src).unwrap()
         );
         assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
+    }
+
+    /// A try that found blocks written since the cut and was itself cut once it had kept what
+    /// the copy held before, before it let the update go: the next one lets it go, never
+    /// completes it over what was written (nor takes the copy for damaged and starts it
+    /// again).
+    #[test]
+    fn an_update_found_written_over_stays_let_go_when_its_settle_is_cut() {
+        use std::os::unix::fs::FileExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.img");
+        let dst = dir.path().join("dst.img");
+        std::fs::write(&src, vec![1u8; 6 * BLOCK]).unwrap();
+        let store = Store::new(&dst);
+        store
+            .apply(&mut &stream_of(&src, &store)[..], point("p1"))
+            .unwrap();
+        let f = OpenOptions::new().write(true).open(&src).unwrap();
+        f.write_all_at(&[2u8; 2 * BLOCK], 0).unwrap();
+        drop(f);
+        store
+            .apply_until(&mut &stream_of(&src, &store)[..], point("p2"), true)
+            .unwrap();
+        meta::write_file(&store.dir, ROLLING, b"p2", false).unwrap();
+        let f = OpenOptions::new().write(true).open(&dst).unwrap();
+        f.write_all_at(b"by hand", 10).unwrap();
+        drop(f);
+        let written = std::fs::read(&dst).unwrap();
+        // The first try kept the delta, and was cut there.
+        let pending = store.path("delta.pending");
+        assert!(pending.exists());
+        std::fs::rename(&pending, store.path("deltas/p1.rdelta.cut-p2")).unwrap();
+        let note = store.settle().unwrap().unwrap_or_default();
+        assert!(
+            note.contains("found (by a try cut before it was done) to hold neither what it wrote")
+                && note.contains("the update was thrown away"),
+            "{note}"
+        );
+        assert_eq!(std::fs::read(&dst).unwrap(), written);
+        assert!(!store.path("journal").exists() && !store.path(ROLLING).exists());
+        assert!(store.path("deltas/p1.rdelta.cut-p2").exists());
+        assert_eq!(store.points().unwrap().last().unwrap().id, "p1");
+        assert!(store.inspect().written_outside().is_some());
+        // Nothing replicates over it until it is let go.
+        let e = store.base_manifest(false, false).unwrap_err().to_string();
+        assert!(
+            e.contains("the copy changed since its newest point p1"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&dst).unwrap(), written);
     }
 
     /// An update cut in the middle of a block's write (a kill ends a write on a page, a power
@@ -6130,6 +6214,21 @@ mod tests {
         assert!(cut_mix(&grown, want, None));
         grown[SECTOR] = 1;
         assert!(!cut_mix(&grown, want, None));
+        // The copy's end in the block, not on a sector: grown, what it held then zeros in
+        // the sector it ended in; shrunk, the new bytes then the old ones past the new end.
+        let short = &was[..3 * SECTOR + 100];
+        let mut grew = vec![0u8; BLOCK];
+        grew[..2 * SECTOR].copy_from_slice(&want[..2 * SECTOR]);
+        grew[2 * SECTOR..3 * SECTOR + 100].copy_from_slice(&was[2 * SECTOR..3 * SECTOR + 100]);
+        assert!(cut_mix(&grew, want, Some(short)));
+        grew[3 * SECTOR + 100] = (1..=255u8).find(|b| *b != want[3 * SECTOR + 100]).unwrap();
+        assert!(!cut_mix(&grew, want, Some(short)));
+        let cut_short = &want[..2 * SECTOR + 10];
+        let mut shrank = was.to_vec();
+        shrank[..2 * SECTOR + 10].copy_from_slice(cut_short);
+        assert!(cut_mix(&shrank, cut_short, Some(was)));
+        shrank[2 * SECTOR + 20] = !was[2 * SECTOR + 20];
+        assert!(!cut_mix(&shrank, cut_short, Some(was)));
     }
 
     /// A copy written with its modification time put back (`touch -r`, `rsync -t`), which its

@@ -1624,6 +1624,9 @@ impl TreeStore {
                 self.discard_update()?;
                 return Ok(Some(why));
             }
+            if let Some(why) = self.written_since_cut(&c, &commit)? {
+                return Ok(Some(why));
+            }
             let id = c.point.id.clone();
             let unusable = self.roll_forward(c)?;
             return Ok(Some(super::point::completed_note(&id, unusable)));
@@ -1657,6 +1660,99 @@ impl TreeStore {
                 "the folder changed after a replication into it was committed and before it was written (it was `{before}`, it is `{now}`): a program wrote there, or a vm ran on it; that update was thrown away, the folder left as it is (no point holds what was written there)"
             )
         })
+    }
+
+    /// An update found begun (cut while it moved files in the copy: its [`ROLLING`] marker
+    /// names it): its own moves changed the folder's seal, so a write made in the copy since
+    /// the cut cannot be told by it. Each file must then be as the point before it or the
+    /// update leave it: a file the update does not move, as the previous tree records it and
+    /// not changed since the update was committed (its status change time, which no one can
+    /// set back); one it moves, not changed since either, or the update's very file (its
+    /// hash); none added or removed besides. Completing it over a write made since would
+    /// record a point of what is not the point (the write kept, unlisted, or overwritten
+    /// unsaid). Then nothing more is moved: the update is thrown away, the copy left as it
+    /// is (it counts as written outside reprise: its seal is no point's), what its moves
+    /// replaced kept beside its deltas. What was done, said; `None` when the copy is as the
+    /// update and its point left it.
+    fn written_since_cut(&self, c: &Commit, commit: &Path) -> Result<Option<String>, StoreError> {
+        let marker = meta::read_file(&self.path(ROLLING)).ok().flatten();
+        if marker.as_deref() != Some(c.point.id.as_bytes()) {
+            return Ok(None);
+        }
+        let committed = std::fs::metadata(commit)
+            .map(|m| mtime_ns(&m).max(ctime_ns(&m)))
+            .map_err(io_err(commit))?;
+        let old: Tree = self.read_json("tree.json")?;
+        let moved: std::collections::HashSet<&String> = c
+            .put
+            .iter()
+            .chain(&c.replaced)
+            .chain(&c.deleted)
+            .chain(&c.touched)
+            .collect();
+        let root = match Dir::open(&self.root, false) {
+            Ok(d) => d,
+            // No folder: nothing of it is judged; the roll-forward says what it finds.
+            Err(_) => return Ok(None),
+        };
+        let same = |e: Option<&FileEntry>, m: &std::fs::Metadata| {
+            e.is_some_and(|e| e.size == m.len() && e.mtime_ns == mtime_ns(m))
+        };
+        let mut foreign: Vec<String> = Vec::new();
+        let files = walk(&self.root).map_err(io_err(&self.root))?;
+        let present: std::collections::HashSet<&str> =
+            files.iter().map(|(rel, _)| rel.as_str()).collect();
+        for (rel, m) in &files {
+            let (was, will) = (old.files.get(rel), c.tree.files.get(rel));
+            let untouched = ctime_ns(m) <= committed;
+            let fits = if moved.contains(rel) {
+                // Not moved yet (as it was), or moved in: the update's file, by its hash.
+                (untouched && (same(was, m) || same(will, m)))
+                    || (same(will, m)
+                        && will.is_some_and(|e| {
+                            root.open_file(rel)
+                                .and_then(|mut f| hash_open(&mut f))
+                                .is_ok_and(|h| h == e.blake3)
+                        }))
+            } else {
+                untouched && (same(was, m) || same(will, m))
+            };
+            if !fits {
+                foreign.push(rel.clone());
+            }
+        }
+        // A file of the point the update does not move, gone: removed since.
+        for rel in old.files.keys().chain(c.tree.files.keys()) {
+            if !moved.contains(rel) && !present.contains(rel.as_str()) && !foreign.contains(rel) {
+                foreign.push(rel.clone());
+            }
+        }
+        if foreign.is_empty() {
+            return Ok(None);
+        }
+        foreign.sort();
+        // What its moves replaced (the previous point's files) kept apart from the deltas a
+        // roll-back reads, as it was.
+        let mut kept = String::new();
+        if let Some(prev) = &c.prev {
+            let delta = self.path(&format!("deltas/{prev}"));
+            if delta.exists() {
+                let cut = self.path(&format!("deltas/{prev}.cut-{}", c.point.id));
+                std::fs::rename(&delta, &cut).map_err(io_err(&cut))?;
+                kept = format!("; what its moves replaced is kept in {}", cut.display());
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.path("staging"));
+        meta::sync_dir(&self.dir)?;
+        std::fs::remove_file(commit).map_err(io_err(commit))?;
+        let _ = std::fs::remove_file(self.path(ROLLING));
+        meta::sync_dir(&self.dir)?;
+        Ok(Some(format!(
+            "an update into it (point {}) was cut while it moved files in the copy, and {} of its files (the first, {}) are neither as that update nor as the point before it left them: written, added or removed since the cut (a program run on the copy by hand). Nothing more was moved: the update was thrown away and the folder left as it is, a mix of the point before, of that update and of what was written there (it counts as written outside reprise){kept}",
+            c.point.id,
+            foreign.len(),
+            beneath::shown(&foreign[0])
+        )))
     }
 
     /// Throws away a committed update that never moved a file in the folder.
@@ -3690,6 +3786,111 @@ mod tests {
             b"written by hand"
         );
         assert!(store.inspect().written_outside().is_some());
+    }
+
+    /// An update cut while it moved its files (its marker written, one file moved in) is
+    /// completed when the copy is as the update and its point left it. A file written (even
+    /// at its size with its time put back), added or removed in the copy since the cut makes
+    /// it thrown away: never completed over what was written, never recorded as a point.
+    #[test]
+    fn an_update_cut_while_it_moved_files_is_never_completed_over_a_write_since() {
+        use std::os::unix::fs::MetadataExt as _;
+        for write in [
+            None,
+            Some("kept"),
+            Some("moved"),
+            Some("added"),
+            Some("removed"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let src = dir.path().join("src");
+            let dst = dir.path().join("dst");
+            std::fs::create_dir_all(&src).unwrap();
+            for (f, text) in [("a.dump", "a1"), ("c.dump", "c1"), ("d.dump", "d1")] {
+                std::fs::write(src.join(f), text).unwrap();
+            }
+            replicate(&src, &dst, "p1");
+            // The source changes: a rewritten, b added, c removed.
+            std::fs::write(src.join("a.dump"), b"a2 longer").unwrap();
+            std::fs::write(src.join("b.dump"), b"b2").unwrap();
+            std::fs::remove_file(src.join("c.dump")).unwrap();
+            let store = TreeStore::new(&dst);
+            let tree = scan(&src).unwrap();
+            let mut point = store.points().unwrap().pop().unwrap();
+            (point.id, point.blake3, point.size) = ("p2".into(), tree.digest(), tree.total());
+            // Staged as a replication stages them: its bytes, the source's time.
+            let staging = store.path("staging");
+            std::fs::create_dir_all(&staging).unwrap();
+            for f in ["a.dump", "b.dump"] {
+                std::fs::copy(src.join(f), staging.join(f)).unwrap();
+                let m = std::fs::metadata(src.join(f)).unwrap().modified().unwrap();
+                File::options()
+                    .write(true)
+                    .open(staging.join(f))
+                    .unwrap()
+                    .set_modified(m)
+                    .unwrap();
+            }
+            let commit = Commit {
+                point,
+                prev: Some("p1".into()),
+                put: vec!["a.dump".into(), "b.dump".into()],
+                replaced: vec!["a.dump".into()],
+                deleted: vec!["c.dump".into()],
+                touched: vec![],
+                tree,
+                retention: 3,
+                before: tree_seal(&dst),
+            };
+            store.write_json("commit.json", &commit).unwrap();
+            meta::write_file(&store.dir, ROLLING, b"p2", false).unwrap();
+            // Cut once a.dump's old version was kept and its new one moved in.
+            let kept = store.path("deltas/p1/files");
+            std::fs::create_dir_all(&kept).unwrap();
+            std::fs::rename(dst.join("a.dump"), kept.join("a.dump")).unwrap();
+            std::fs::rename(staging.join("a.dump"), dst.join("a.dump")).unwrap();
+            // Later than the commit by more than a tick of the file system's clock.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let same_size_time_put_back = |path: &Path, text: &[u8]| {
+                let m = std::fs::metadata(path).unwrap();
+                assert_eq!(m.len(), text.len() as u64);
+                std::fs::write(path, text).unwrap();
+                File::options()
+                    .write(true)
+                    .open(path)
+                    .unwrap()
+                    .set_modified(m.modified().unwrap())
+                    .unwrap();
+                assert_eq!(std::fs::metadata(path).unwrap().mtime(), m.mtime());
+            };
+            match write {
+                None => {}
+                Some("kept") => same_size_time_put_back(&dst.join("d.dump"), b"dX"),
+                Some("moved") => same_size_time_put_back(&dst.join("a.dump"), b"a2 LONGER"),
+                Some("added") => std::fs::write(dst.join("e.txt"), b"by hand").unwrap(),
+                Some(_) => std::fs::remove_file(dst.join("d.dump")).unwrap(),
+            }
+            let left = contents(&dst);
+            let note = store.settle().unwrap().unwrap_or_default();
+            let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+            if write.is_none() {
+                assert!(note.contains("completed"), "{note}");
+                assert_eq!(contents(&dst), contents(&src));
+                assert_eq!(ids, ["p1", "p2"]);
+                assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
+                continue;
+            }
+            assert!(
+                note.contains("are neither as that update nor as the point before it left them")
+                    && note.contains("the update was thrown away"),
+                "{write:?}: {note}"
+            );
+            assert_eq!(contents(&dst), left, "{write:?}");
+            assert_eq!(ids, ["p1"], "{write:?}");
+            assert!(!store.path("commit.json").exists() && !store.path(ROLLING).exists());
+            assert!(store.path("deltas/p1.cut-p2/files/a.dump").exists());
+            assert!(store.inspect().written_outside().is_some(), "{write:?}");
+        }
     }
 
     /// A commit record that keeps no point (a damaged file: a replication always keeps at
