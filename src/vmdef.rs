@@ -95,6 +95,10 @@ pub enum DefinitionError {
     },
     #[error("the definition's disk {target} is of type `{kind}`: only file disks are replicated")]
     DiskType { target: String, kind: String },
+    #[error(
+        "the definition's disk {target} has <{what}>: its copy is of the file's own bytes, which a drill's overlay over the copy cannot read through it: refused (replicate the vm while it runs, so that its copies are its disks as the guest sees them)"
+    )]
+    Layered { target: String, what: String },
     #[error("the definition has no disk for {0}")]
     MissingDisk(String),
     #[error(
@@ -810,13 +814,40 @@ fn disk(
             .and_then(|d| d.attributes.get("type").cloned())
             .unwrap_or_else(|| "raw".into()),
     });
-    // Only the copy: no backing chain, no block copy under way, no data file or slice of
-    // another file (children of <source>).
+    // Only the copy: no backing chain, no block copy under way, no data file (children of
+    // <source>). A copy of the file's own bytes is read as the primary read the file: its
+    // encryption and its slices are kept (a copy without them would give the guest the
+    // file's raw bytes). A copy read as the guest sees the disk holds the guest's bytes:
+    // read through them again, it would be another disk.
     remove_children(dev, "backingStore");
     remove_children(dev, "mirror");
+    let layered = ["encryption", "slices"].into_iter().find(|name| {
+        dev.get_child(*name).is_some()
+            || dev
+                .get_child("source")
+                .is_some_and(|s| s.get_child(*name).is_some())
+    });
+    let kept: &[&str] = match (fit.copies_raw, fit.drill, layered) {
+        (true, _, _) => {
+            remove_children(dev, "encryption");
+            &[]
+        }
+        // A drill boots an overlay over the copy: what reads the file's bytes would read the
+        // overlay's.
+        (false, true, Some(what)) => {
+            return Err(DefinitionError::Layered {
+                target,
+                what: what.to_string(),
+            });
+        }
+        (false, _, _) => &["encryption", "slices"],
+    };
     let source = dev.get_mut_child("source").expect("read above");
     source.attributes.clear();
-    source.children.clear();
+    source.children.retain(|c| {
+        c.as_element()
+            .is_some_and(|e| e.namespace.is_none() && kept.contains(&e.name.as_str()))
+    });
     source
         .attributes
         .insert("file".into(), fit.disks[i].1.clone());
@@ -1194,6 +1225,72 @@ mod tests {
         f.disks[1].1 = "/srv/overlays/run1/erp-db/erp-db-data.raw".into();
         let got = rewrite(&def, &f).unwrap();
         insta::assert_snapshot!(got.text);
+    }
+
+    /// A copy of a disk file's own bytes is read as the primary read the file: its
+    /// encryption and its slices go with it (without them the guest would get the file's
+    /// raw bytes, ciphertext or the whole file); a copy read as the guest sees the disk holds
+    /// the guest's bytes, read through nothing again. A drill, which boots an overlay over a
+    /// copy of the file's bytes, cannot carry them: refused, never booted on other data.
+    #[test]
+    fn a_disk_s_encryption_and_slices_go_with_a_copy_of_its_file_only() {
+        let layered = DOMAIN.replace(
+            "<source file='/var/lib/libvirt/images/erp-db-data.raw'/>",
+            "<source file='/var/lib/libvirt/images/erp-db-data.raw'><slices><slice type='storage' offset='1048576' size='8388608'/></slices><encryption format='luks'><secret type='passphrase' uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/></encryption><dataStore type='file'><source file='/x'/></dataStore></source>",
+        );
+        assert_ne!(layered, DOMAIN);
+        let def = Definition::parse(Format::LibvirtXml, layered.as_bytes()).unwrap();
+        let data_source = |text: &str| -> Element {
+            let root = parse_xml(text).unwrap();
+            root.get_child("devices")
+                .unwrap()
+                .children
+                .iter()
+                .filter_map(XMLNode::as_element)
+                .filter(|d| d.name == "disk")
+                .find_map(|d| {
+                    d.get_child("source").filter(|s| {
+                        s.attributes.get("file").map(String::as_str)
+                            == Some("/srv/replicas/erp-db-data.raw")
+                    })
+                })
+                .cloned()
+                .expect("the data disk's copy")
+        };
+        let names = |e: &Element| -> Vec<String> {
+            e.children
+                .iter()
+                .filter_map(XMLNode::as_element)
+                .map(|c| c.name.clone())
+                .collect()
+        };
+        let mut f = fit(Nics::All("lan".into()));
+        let got = rewrite(&def, &f).unwrap();
+        assert_eq!(names(&data_source(&got.text)), ["slices", "encryption"]);
+        f.copies_raw = true;
+        let got = rewrite(&def, &f).unwrap();
+        assert!(names(&data_source(&got.text)).is_empty(), "{}", got.text);
+        // Written under the disk itself, as older libvirt does: the same.
+        let legacy = DOMAIN.replace(
+            "<source file='/var/lib/libvirt/images/erp-db-data.raw'/>",
+            "<encryption format='luks'/><source file='/var/lib/libvirt/images/erp-db-data.raw'/>",
+        );
+        let def = Definition::parse(Format::LibvirtXml, legacy.as_bytes()).unwrap();
+        let got = rewrite(&def, &f).unwrap();
+        assert!(!got.text.contains("<encryption"), "{}", got.text);
+        f.copies_raw = false;
+        let got = rewrite(&def, &f).unwrap();
+        assert!(got.text.contains("<encryption"), "{}", got.text);
+        f.drill = true;
+        let e = rewrite(&def, &f).unwrap_err();
+        assert!(
+            matches!(&e, DefinitionError::Layered { what, .. } if what == "encryption"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("replicate the vm while it runs"),
+            "{e}"
+        );
     }
 
     /// A drill copy's description says, for each overlay, the format of the copy it is

@@ -1210,6 +1210,9 @@ fn replicate_guest(
         Ok(m) => m,
         Err(e) => return fail(out, format!("domain {dom} on {host}: {e}")),
     };
+    if !running && let Some(why) = cbt::stopped_read_problem(&mine) {
+        return fail(out, format!("domain {dom} on {host}: {why}"));
+    }
     let g = Guest {
         vm,
         transport,

@@ -32,6 +32,32 @@ pub struct DomDisk {
     /// The file its image is an overlay over, when the definition names one (a running
     /// domain's does; a stopped one's may not: [`offline_bitmap_problem`] asks the file).
     pub backing: Option<String>,
+    /// The file a qcow2 image keeps its data in (`<dataStore>`), when the definition names
+    /// one (older libvirt does not: [`offline_bitmap_problem`] and [`marks_missing`] ask).
+    pub data_file: Option<String>,
+    /// What makes the guest see other bytes than the file holds, besides its format: an
+    /// `<encryption>` (of the disk or of its source), or `<slices>` (a part of the file).
+    pub unlike_file: Option<String>,
+}
+
+/// Why a stopped domain's disks cannot be read from their files by `qemu-nbd` as the guest
+/// sees them, if so: only a qcow2 or a raw file is opened so, with nothing between the file
+/// and the guest (no encryption, no slice). Read otherwise, its copy would be the file's
+/// bytes, recorded as the guest's and started as a raw disk: another disk than the guest's.
+pub fn stopped_read_problem(disks: &[DomDisk]) -> Option<String> {
+    disks.iter().find_map(|d| {
+        let why = match (d.format.as_str(), &d.unlike_file) {
+            (_, Some(what)) => format!("disk {} ({}) is {what}", d.target, d.source),
+            ("qcow2" | "raw", None) => return None,
+            (other, None) => format!(
+                "disk {} ({}) is of format `{other}`, and a stopped domain's disks are read from their files as qcow2 or raw only",
+                d.target, d.source
+            ),
+        };
+        Some(format!(
+            "{why}: read from its file while the vm is stopped, its copy would not be what the guest sees; nothing was read. Replicate it while the vm runs (its disks are then read through QEMU, as the guest sees them), or convert the disk to a plain qcow2 or raw file"
+        ))
+    })
 }
 
 /// The file disks (`device='disk'`) of a domain's XML: the `<disk>` elements of its
@@ -87,11 +113,30 @@ pub fn parse_disks(xml: &str) -> Result<Vec<DomDisk>, String> {
                 .or_else(|| attr(s, "name"))
                 .or_else(|| Some("another image".into()))
         });
+        let src = child(disk, "source");
+        let data_file = src.and_then(|s| child(s, "dataStore")).map(|d| {
+            child(d, "source")
+                .and_then(|s| attr(s, "file").or_else(|| attr(s, "dev")))
+                .unwrap_or_else(|| "another file".into())
+        });
+        let encrypted = child(disk, "encryption")
+            .or_else(|| src.and_then(|s| child(s, "encryption")))
+            .map(|e| {
+                format!(
+                    "encrypted (<encryption format='{}'>)",
+                    attr(e, "format").unwrap_or_default()
+                )
+            });
+        let sliced = src
+            .and_then(|s| child(s, "slices"))
+            .map(|_| "a slice of its file (<slices>)".to_string());
         out.push(DomDisk {
             target,
             source,
             format,
             backing,
+            data_file,
+            unlike_file: encrypted.or(sliced),
         });
     }
     Ok(out)
@@ -222,6 +267,18 @@ pub fn decide(f: &Facts) -> Decision {
                 "disk {} is an overlay over {}: what is written to that file is in no bitmap of the disk",
                 d.target,
                 d.backing.as_deref().unwrap_or_default()
+            ),
+            None,
+        );
+    }
+    // What is written to a data file (put back from elsewhere while the vm was stopped, say)
+    // is in no bitmap of the qcow2 file that keeps the bitmaps.
+    if let Some(d) = f.disks.iter().find(|d| d.data_file.is_some()) {
+        return Decision::scan(
+            format!(
+                "disk {} keeps its data in {}: what is written to that file without QEMU is in no bitmap of the disk",
+                d.target,
+                d.data_file.as_deref().unwrap_or_default()
             ),
             None,
         );
@@ -486,6 +543,17 @@ pub fn marker_problem(
     marks_missing(t, host, live, &relied)
 }
 
+/// The external data file a qcow2 image's `format-specific` information names (from
+/// `qemu-img info` or QEMU's block node), if any: one named by a `json:` description is
+/// named by that.
+fn data_file_of(specific: &serde_json::Value) -> Option<String> {
+    match &specific["data"]["data-file"] {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(f) => Some(f.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
 /// Why a file of `relied` (`(file, the point that marked it, its mark)`) does not hold its
 /// mark, if one does not ([`marker_problem`]).
 pub fn marks_missing(
@@ -511,15 +579,27 @@ pub fn marks_missing(
         let gone = format!(
             "the bitmap {m} that marked {f} as {point} read it is gone from it: the file was put back to an older one or to another disk's since, the bitmap removed, its vm stopped without saving its bitmaps (killed, its host crashed), or the replication that made that point could not add it (it said so then), and what changed since the checkpoint may miss what the copy holds"
         );
+        // Whether it holds the mark, and the data file it keeps its data in, if any.
         let held = match &nodes {
-            Some(nodes) => live_node(nodes, f).map(|n| n.bitmaps.iter().any(|b| b == m)),
-            None => {
-                image_info(t, host, f).map(|info| bitmaps_in(&info).iter().any(|b| b["name"] == *m))
+            Some(nodes) => {
+                live_node(nodes, f).map(|n| (n.bitmaps.iter().any(|b| b == m), n.data_file.clone()))
             }
+            None => image_info(t, host, f).map(|info| {
+                (
+                    bitmaps_in(&info).iter().any(|b| b["name"] == *m),
+                    data_file_of(&info["format-specific"]),
+                )
+            }),
         };
         match held {
-            Ok(true) => {}
-            Ok(false) => return Some(gone),
+            // The mark is in the qcow2 file; the data may have been put back apart from it.
+            Ok((_, Some(d))) => {
+                return Some(format!(
+                    "{f} keeps its data in {d}: what is written to that file without QEMU is in no bitmap of the disk, nor is that file marked"
+                ));
+            }
+            Ok((true, None)) => {}
+            Ok((false, None)) => return Some(gone),
             Err(e) => {
                 return Some(format!(
                     "the bitmaps of {f} cannot be read to find {m}, which marked it as {point} read it: {e}"
@@ -538,6 +618,8 @@ pub struct LiveNode {
     pub drv: String,
     pub file: String,
     pub bitmaps: Vec<String>,
+    /// The external data file of its qcow2 image, if it has one.
+    pub data_file: Option<String>,
 }
 
 /// The nodes in QEMU's answer to `query-named-block-nodes`, as `virsh qemu-monitor-command`
@@ -572,6 +654,7 @@ pub fn parse_live_nodes(answer: &str) -> Result<Vec<LiveNode>, String> {
                     .flatten()
                     .filter_map(|b| b["name"].as_str().map(String::from))
                     .collect(),
+                data_file: data_file_of(&n["image"]["format-specific"]),
             })
         })
         .collect()
@@ -926,6 +1009,11 @@ pub fn offline_bitmap_problem(
                 "{f} is an overlay over {b}: what is written to that file is in no bitmap of the disk"
             )));
         }
+        if let Some(d) = data_file_of(&info["format-specific"]) {
+            return Ok(Some(format!(
+                "{f} keeps its data in {d}: what is written to that file without QEMU is in no bitmap of the disk"
+            )));
+        }
         let bitmaps = bitmaps_in(&info);
         let Some(b) = bitmaps.iter().find(|b| b["name"] == name) else {
             return Ok(Some(format!(
@@ -1120,7 +1208,8 @@ mod tests {
         let answer = r#"{"return":[
             {"node-name":"libvirt-3-format","drv":"qcow2","file":"/var/tmp/reprise-backup-web-vda.scratch"},
             {"node-name":"libvirt-2-format","drv":"qcow2","file":"/images/web-data.qcow2",
-             "dirty-bitmaps":[{"name":"reprise-mark-P2-1-2-aa","granularity":2147483648}]},
+             "dirty-bitmaps":[{"name":"reprise-mark-P2-1-2-aa","granularity":2147483648}],
+             "image":{"format-specific":{"type":"qcow2","data":{"compat":"1.1","data-file":"/images/web-data.raw"}}}},
             {"node-name":"libvirt-2-storage","drv":"file","file":"/images/web-data.qcow2"},
             {"node-name":"libvirt-1-format","drv":"qcow2","file":"/images/web.qcow2",
              "dirty-bitmaps":[{"name":"reprise-P2.1"},{"name":"reprise-mark-P2-1-2-bb"}]},
@@ -1132,6 +1221,9 @@ mod tests {
         assert_eq!(web.bitmaps, ["reprise-P2.1", "reprise-mark-P2-1-2-bb"]);
         let data = super::live_node(&nodes, "/images/web-data.qcow2").unwrap();
         assert_eq!(data.bitmaps, ["reprise-mark-P2-1-2-aa"]);
+        // Its data kept in another file, which no bitmap of it covers.
+        assert_eq!(data.data_file.as_deref(), Some("/images/web-data.raw"));
+        assert_eq!(web.data_file, None);
         // Named by a description that carries options (an encrypted disk's key secret).
         let mut described = nodes.clone();
         described[1].file = r#"json:{"encrypt.key-secret": "sec0", "driver": "qcow2", "file": {"driver": "file", "filename": "/images/web-data.qcow2"}}"#.into();
@@ -1247,12 +1339,16 @@ mod tests {
                     source: "/var/lib/libvirt/images/app.qcow2".into(),
                     format: "qcow2".into(),
                     backing: Some("/b&c.raw".into()),
+                    data_file: None,
+                    unlike_file: None,
                 },
                 DomDisk {
                     target: "vdb".into(),
                     source: "/data's.img".into(),
                     format: "raw".into(),
                     backing: None,
+                    data_file: None,
+                    unlike_file: None,
                 },
             ]
         );
@@ -1370,6 +1466,8 @@ mod tests {
             source: format!("/{t}"),
             format: "qcow2".into(),
             backing: None,
+            data_file: None,
+            unlike_file: None,
         }
     }
 
@@ -1859,6 +1957,117 @@ mod tests {
             .unwrap();
         assert!(
             why.contains("over.qcow2 is an overlay over") && why.contains("base.qcow2"),
+            "{why}"
+        );
+    }
+
+    /// A disk whose file is not the guest's bytes besides its format (encrypted, a slice of
+    /// the file) or of another format than qcow2 or raw is never read from its file while its
+    /// vm is stopped: its copy would be the file's bytes, recorded and started as the guest's.
+    /// One that keeps its data in another file is read whole, as an overlay is: what is
+    /// written to that file is in no bitmap of the disk.
+    #[test]
+    fn a_disk_whose_file_is_not_what_the_guest_sees_is_never_read_from_it_stopped() {
+        let disk = |inner: &str, driver: &str| {
+            format!(
+                "<domain><devices><disk type='file' device='disk'><driver name='qemu' type='{driver}'/>{inner}<target dev='vdb'/></disk></devices></domain>"
+            )
+        };
+        let of = |xml: &str| parse_disks(xml).unwrap().remove(0);
+        let plain = of(&disk("<source file='/d.img'/>", "raw"));
+        assert_eq!(
+            (plain.data_file.as_ref(), plain.unlike_file.as_ref()),
+            (None, None)
+        );
+        assert_eq!(stopped_read_problem(std::slice::from_ref(&plain)), None);
+        assert_eq!(stopped_read_problem(&[qcow2("vda"), plain.clone()]), None);
+        for (inner, driver, says) in [
+            (
+                "<source file='/d.img'><encryption format='luks'><secret type='passphrase' uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/></encryption></source>",
+                "raw",
+                "disk vdb (/d.img) is encrypted (<encryption format='luks'>)",
+            ),
+            (
+                "<encryption format='luks'/><source file='/d.img'/>",
+                "qcow2",
+                "disk vdb (/d.img) is encrypted",
+            ),
+            (
+                "<source file='/d.img'><slices><slice type='storage' offset='1048576' size='8388608'/></slices></source>",
+                "raw",
+                "disk vdb (/d.img) is a slice of its file (<slices>)",
+            ),
+            (
+                "<source file='/d.img'/>",
+                "vmdk",
+                "disk vdb (/d.img) is of format `vmdk`",
+            ),
+        ] {
+            let d = of(&disk(inner, driver));
+            let why = stopped_read_problem(&[qcow2("vda"), d]).expect(inner);
+            assert!(
+                why.contains(says) && why.contains("Replicate it while the vm runs"),
+                "{why}"
+            );
+        }
+        let stored = of(&disk(
+            "<source file='/d.qcow2'><dataStore type='file'><format type='raw'/><source file='/d.raw'/></dataStore></source>",
+            "qcow2",
+        ));
+        assert_eq!(stored.data_file.as_deref(), Some("/d.raw"));
+        assert_eq!(stopped_read_problem(std::slice::from_ref(&stored)), None);
+        let at = Some(point(how(Some("reprise-1"))));
+        let f = Facts {
+            host: "h",
+            asked_scan: false,
+            newest: vec![at.as_ref()],
+            disks: vec![stored],
+            checkpoints: vec!["reprise-1".into()],
+            created: made(&["reprise-1"]),
+            bitmap_problem: None,
+            copy_problem: None,
+            marker_problem: None,
+        };
+        let d = decide(&f);
+        assert_eq!(d.mode, ReadMode::Scan);
+        assert!(
+            d.why.unwrap().contains("disk vdb keeps its data in /d.raw"),
+            "{f:?}"
+        );
+    }
+
+    /// A qcow2 file whose data is in another file (`data_file`), which an older libvirt's
+    /// definition does not name: its bitmap and its mark are never trusted, against images
+    /// `qemu-img` makes (the data file could have been put back on its own).
+    #[test]
+    fn the_bitmap_of_a_file_whose_data_is_elsewhere_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+        let run = crate::replica::image::tests::qemu_img;
+        run(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("data_file={}", p("d.raw")),
+            &p("d.qcow2"),
+            "1M",
+        ]);
+        run(&["bitmap", "--add", &p("d.qcow2"), "reprise-1"]);
+        run(&["bitmap", "--add", &p("d.qcow2"), "reprise-mark-1"]);
+        let files = [p("d.qcow2")];
+        let why = offline_bitmap_problem(&Local, "h", &files, "reprise-1")
+            .unwrap()
+            .unwrap();
+        assert!(
+            why.contains("keeps its data in") && why.contains("d.raw"),
+            "{why}"
+        );
+        let relied = [(files[0].as_str(), "point 1".to_string(), "reprise-mark-1")];
+        let why = marks_missing(&Local, "h", None, &relied).unwrap();
+        assert!(
+            why.contains("keeps its data in") && why.contains("nor is that file marked"),
             "{why}"
         );
     }

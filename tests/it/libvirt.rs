@@ -1787,3 +1787,54 @@ fn a_vm_with_a_saved_memory_image_is_never_taken_as_cleanly_stopped() {
     assert!(saved(), "the saved memory image was not left as it was");
     assert_eq!(hv.main.domstate("app"), "shut off");
 }
+
+/// A stopped vm's disk that QEMU opens as another format than qcow2 or raw (here a VMDK) is
+/// never copied as its file's bytes, recorded as the guest's disk and started as raw:
+/// refused, saying why and what to do, its copy kept as it was. Read while the vm runs, it
+/// is the disk the guest sees.
+#[test]
+fn a_stopped_vm_s_disk_of_another_format_is_refused_and_read_as_the_guest_sees_it_while_it_runs() {
+    let hv = Hv::up();
+    hv.start_guest_on_main("cbt", 12, Firmware::Bios, 4);
+    hv.wait_healthy(12, 2);
+    replicate_cbt(&hv);
+    shut_down(&hv, "cbt");
+    let disk = "/var/lib/libvirt/images/cbt.qcow2";
+    hv.main.sh(&format!(
+        "qemu-img convert -O vmdk {disk} {disk}.vmdk && mv {disk}.vmdk {disk} && virt-xml cbt --edit target=vda --disk driver.type=vmdk"
+    ));
+    let before = cbt_points(&hv);
+    let copy = std::fs::read(hv.pra.path(CBT_COPY)).unwrap();
+    let run = hv.reprise(&["replicate", "--service", "cbt"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("disk vda (/var/lib/libvirt/images/cbt.qcow2) is of format `vmdk`")
+            && run.stderr.contains("Replicate it while the vm runs"),
+        "{run:?}"
+    );
+    assert_eq!(cbt_points(&hv), before);
+    assert!(std::fs::read(hv.pra.path(CBT_COPY)).unwrap() == copy);
+    hv.main.virsh("start cbt");
+    hv.wait_healthy(12, 1);
+    hv.write_blocks(12, 100, 2, 'V');
+    let out = replicate_cbt(&hv);
+    assert!(
+        read_mode(&out, "cbt.qcow2").contains("disk vda is vmdk"),
+        "{out}"
+    );
+    // What the guest saw once it stopped, but for the counter it writes in its first sector
+    // every second (a stopped vmdk is not read to compare after its last writes).
+    shut_down(&hv, "cbt");
+    hv.main.sh(&format!(
+        "qemu-img convert -U -f vmdk -O raw {disk} /var/tmp/cbt-seen.raw"
+    ));
+    let (copy, seen) = (
+        std::fs::read(hv.pra.path(CBT_COPY)).unwrap(),
+        std::fs::read(hv.main.path("/var/tmp/cbt-seen.raw")).unwrap(),
+    );
+    assert_eq!(copy.len(), seen.len());
+    assert!(copy.starts_with(b"counter "), "{:?}", &copy[..16]);
+    let differ = (512..copy.len()).find(|&i| copy[i] != seen[i]);
+    assert_eq!(differ, None, "the copy differs from the guest's disk");
+}
