@@ -1787,8 +1787,16 @@ impl TreeStore {
         let _lock = self.lock()?;
         self.refuse_in_use()?;
         self.refuse_moves_apart(std::iter::empty())?;
-        self.refuse_written_since_returned()?;
+        // An update cut before it was recorded is settled first: it was made from the folder
+        // as the failback left it (its base was checked), and completing it forgets that.
         let mut notes: Vec<String> = self.recover_for_update()?.into_iter().collect();
+        if let Err(e) = self.refuse_written_since_returned() {
+            // What was settled is said by the next update that gets this far.
+            if !notes.is_empty() {
+                meta::write_file(&self.dir, "notes", notes.join("; ").as_bytes(), false)?;
+            }
+            return Err(e);
+        }
         let (points, settled) = self.history_for_update(overwrite)?;
         notes.extend(settled);
         if !notes.is_empty() {
@@ -2318,6 +2326,13 @@ impl TreeStore {
             let _ = std::fs::remove_dir_all(self.path(&format!("deltas/{id}")));
         }
         let _ = std::fs::remove_dir_all(&staging_path);
+        // The update was made from the folder as a failback copied it back (its base was
+        // checked against that record): written over now, it is forgotten with the update,
+        // never left to refuse the next replication as a write of the recovery site.
+        if self.path(RETURNED).exists() {
+            self.forget_returned()?;
+            meta::sync_dir(&self.dir)?;
+        }
         let commit = self.path("commit.json");
         std::fs::remove_file(&commit).map_err(io_err(&commit))?;
         let _ = std::fs::remove_file(&rolling);
@@ -3788,6 +3803,70 @@ mod tests {
         assert!(store.inspect().written_outside().is_some());
     }
 
+    /// After point p1 of `src` in `dst`: the source changes (a.dump rewritten, b.dump
+    /// added, c.dump removed), and an update to it, p2, is staged and committed as a
+    /// replication stages and commits one (its bytes, the source's times), not begun.
+    fn committed_change(store: &TreeStore, src: &Path, dst: &Path) {
+        std::fs::write(src.join("a.dump"), b"a2 longer").unwrap();
+        std::fs::write(src.join("b.dump"), b"b2").unwrap();
+        std::fs::remove_file(src.join("c.dump")).unwrap();
+        let tree = scan(src).unwrap();
+        let mut point = store.points().unwrap().pop().unwrap();
+        (point.id, point.blake3, point.size) = ("p2".into(), tree.digest(), tree.total());
+        let staging = store.path("staging");
+        std::fs::create_dir_all(&staging).unwrap();
+        for f in ["a.dump", "b.dump"] {
+            std::fs::copy(src.join(f), staging.join(f)).unwrap();
+            let m = std::fs::metadata(src.join(f)).unwrap().modified().unwrap();
+            File::options()
+                .write(true)
+                .open(staging.join(f))
+                .unwrap()
+                .set_modified(m)
+                .unwrap();
+        }
+        let commit = Commit {
+            point,
+            prev: Some("p1".into()),
+            put: vec!["a.dump".into(), "b.dump".into()],
+            replaced: vec!["a.dump".into()],
+            deleted: vec!["c.dump".into()],
+            touched: vec![],
+            tree,
+            retention: 3,
+            before: tree_seal(dst),
+        };
+        store.write_json("commit.json", &commit).unwrap();
+    }
+
+    /// A failback copied the folder back, then a replication into it was committed and cut
+    /// (a power cut): completed, the record that the failback copied it back goes with it,
+    /// so that the next replication is not refused as if the recovery site had written
+    /// there.
+    #[test]
+    fn a_cut_update_completed_forgets_that_a_failback_copied_the_folder_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        for (f, text) in [("a.dump", "a1"), ("c.dump", "c1")] {
+            std::fs::write(src.join(f), text).unwrap();
+        }
+        replicate(&src, &dst, "p1");
+        let store = TreeStore::new(&dst);
+        let stamp = tree_seal(&dst).unwrap();
+        store
+            .release_returned(|_: Option<&Lease>, _: &str| true, &stamp)
+            .unwrap();
+        assert!(store.path(RETURNED).exists());
+        committed_change(&store, &src, &dst);
+        let note = store.settle().unwrap().unwrap_or_default();
+        assert!(note.contains("completed"), "{note}");
+        assert_eq!(contents(&dst), contents(&src));
+        assert!(!store.path(RETURNED).exists());
+        assert_eq!(store.inspect().returned, None);
+        store.base(false, false).unwrap();
+    }
+
     /// An update cut while it moved its files (its marker written, one file moved in) is
     /// completed when the copy is as the update and its point left it. A file written (even
     /// at its size with its time put back), added or removed in the copy since the cut makes
@@ -3810,45 +3889,14 @@ mod tests {
                 std::fs::write(src.join(f), text).unwrap();
             }
             replicate(&src, &dst, "p1");
-            // The source changes: a rewritten, b added, c removed.
-            std::fs::write(src.join("a.dump"), b"a2 longer").unwrap();
-            std::fs::write(src.join("b.dump"), b"b2").unwrap();
-            std::fs::remove_file(src.join("c.dump")).unwrap();
             let store = TreeStore::new(&dst);
-            let tree = scan(&src).unwrap();
-            let mut point = store.points().unwrap().pop().unwrap();
-            (point.id, point.blake3, point.size) = ("p2".into(), tree.digest(), tree.total());
-            // Staged as a replication stages them: its bytes, the source's time.
-            let staging = store.path("staging");
-            std::fs::create_dir_all(&staging).unwrap();
-            for f in ["a.dump", "b.dump"] {
-                std::fs::copy(src.join(f), staging.join(f)).unwrap();
-                let m = std::fs::metadata(src.join(f)).unwrap().modified().unwrap();
-                File::options()
-                    .write(true)
-                    .open(staging.join(f))
-                    .unwrap()
-                    .set_modified(m)
-                    .unwrap();
-            }
-            let commit = Commit {
-                point,
-                prev: Some("p1".into()),
-                put: vec!["a.dump".into(), "b.dump".into()],
-                replaced: vec!["a.dump".into()],
-                deleted: vec!["c.dump".into()],
-                touched: vec![],
-                tree,
-                retention: 3,
-                before: tree_seal(&dst),
-            };
-            store.write_json("commit.json", &commit).unwrap();
+            committed_change(&store, &src, &dst);
             meta::write_file(&store.dir, ROLLING, b"p2", false).unwrap();
             // Cut once a.dump's old version was kept and its new one moved in.
             let kept = store.path("deltas/p1/files");
             std::fs::create_dir_all(&kept).unwrap();
             std::fs::rename(dst.join("a.dump"), kept.join("a.dump")).unwrap();
-            std::fs::rename(staging.join("a.dump"), dst.join("a.dump")).unwrap();
+            std::fs::rename(store.path("staging/a.dump"), dst.join("a.dump")).unwrap();
             // Later than the commit by more than a tick of the file system's clock.
             std::thread::sleep(std::time::Duration::from_millis(50));
             let same_size_time_put_back = |path: &Path, text: &[u8]| {
