@@ -2769,18 +2769,36 @@ impl Store {
                 reason,
             });
         }
+        let mut partial = out.as_os_str().to_owned();
+        partial.push(".reprise-partial");
+        let partial = PathBuf::from(partial);
+        // Where it is first made is never the copy, nor a file of its metadata either.
+        let there = std::fs::symlink_metadata(&partial).is_ok();
+        if let Some(reason) =
+            crate::replica::tree::writes_into(&partial, &[&self.image]).or_else(|| {
+                there
+                    .then(|| crate::replica::tree::writes_into(&partial, &[&self.dir]))
+                    .flatten()
+            })
+        {
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason,
+            });
+        }
         let _lock = self.lock()?;
         self.recover()?;
         let points = self.points()?;
         let k = self.find(&points, id)?;
-        let mut partial = out.as_os_str().to_owned();
-        partial.push(".reprise-partial");
-        let partial = PathBuf::from(partial);
         // One left by a restore cut before: never the point.
         let _ = std::fs::remove_file(&partial);
         let restored = self
             .restore_unlocked(&points, k, &partial)
-            .and_then(|()| std::fs::rename(&partial, out).map_err(io_err(out)));
+            .and_then(|()| std::fs::rename(&partial, out).map_err(io_err(out)))
+            .and_then(|()| {
+                let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+                sync_dir(parent.unwrap_or(Path::new(".")))
+            });
         if restored.is_err() {
             let _ = std::fs::remove_file(&partial);
         }

@@ -126,6 +126,23 @@ fn in_place(root: &Dir, rel: &str, entry: Option<&FileEntry>) -> bool {
         .is_ok_and(|m| m.is_file() && m.len() == entry.size && mtime_ns(&m) == entry.mtime_ns)
 }
 
+/// Makes durable every regular file under `root` and the folders that name them.
+fn sync_tree(root: &Path) -> Result<(), StoreError> {
+    let files: Vec<String> = walk(root)
+        .map_err(io_err(root))?
+        .into_iter()
+        .map(|(rel, _)| rel)
+        .collect();
+    let dir = Dir::open(root, false).map_err(io_err(root))?;
+    for rel in &files {
+        let path = root.join(rel);
+        dir.open_file(rel)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&path))?;
+    }
+    sync_dirs(root, files.iter())
+}
+
 /// Makes durable the entries of `root` and of every folder on the way to each of `paths`
 /// (relative to it), each folder once; a folder that is not there is skipped.
 fn sync_dirs<'a>(root: &Path, paths: impl Iterator<Item = &'a String>) -> Result<(), StoreError> {
@@ -2355,9 +2372,36 @@ impl TreeStore {
                 reason,
             });
         }
+        // Made beside `out` (`OUT.reprise-partial`), made durable, checked, then renamed to
+        // `out`: a restore cut, or found wrong, leaves nothing at `out` that could be taken
+        // for the point, and one said done survives a power cut.
+        let mut partial = out.as_os_str().to_owned();
+        partial.push(".reprise-partial");
+        let partial = PathBuf::from(partial);
+        if let Some(reason) = writes_into(&partial, &[&self.root, &self.dir]) {
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason,
+            });
+        }
         let _lock = self.lock()?;
         self.recover()?;
-        self.restore_locked(id, out)
+        // One left by a restore cut before: never the point.
+        if std::fs::symlink_metadata(&partial).is_ok() {
+            std::fs::remove_dir_all(&partial).map_err(io_err(&partial))?;
+        }
+        let restored = self
+            .restore_locked(id, &partial)
+            .and_then(|()| sync_tree(&partial))
+            .and_then(|()| std::fs::rename(&partial, out).map_err(io_err(out)))
+            .and_then(|()| {
+                let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+                meta::sync_dir(parent.unwrap_or(Path::new(".")))
+            });
+        if restored.is_err() {
+            let _ = std::fs::remove_dir_all(&partial);
+        }
+        restored
     }
 
     fn restore_locked(&self, id: &str, out: &Path) -> Result<(), StoreError> {
@@ -2945,6 +2989,23 @@ mod tests {
         let out = dir.path().join("restored");
         store.restore("p1", &out).unwrap();
         assert_eq!(std::fs::read(out.join("a.dump")).unwrap(), b"a1");
+        assert!(!dir.path().join("restored.reprise-partial").exists());
+        // Nor where it is first made, beside `out`, when that is the copy.
+        let beside = dir.path().join("beside.reprise-partial");
+        replicate(&src, &beside, "p1");
+        let err = TreeStore::new(&beside)
+            .restore("p1", &dir.path().join("beside"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("which the point is read from"), "{err}");
+        assert_eq!(std::fs::read(beside.join("a.dump")).unwrap(), b"a1");
+        // Found not to be the point (the copy rotted): nothing at `out`, nothing beside it.
+        rewrite_keeping_its_time(&dst.join("a.dump"), "A1");
+        let out = dir.path().join("rotten");
+        let err = store.restore("p1", &out).unwrap_err();
+        assert!(matches!(err, StoreError::Mismatch { .. }), "{err}");
+        assert!(!out.exists());
+        assert!(!dir.path().join("rotten.reprise-partial").exists());
     }
 
     /// A copy whose folder also keeps another copy of reprise's (a vm's recovery copy and
