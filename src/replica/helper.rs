@@ -394,19 +394,34 @@ fn origin_of(image: &Path) -> Option<wire::Origin> {
 /// A look at the image file `image` now, and what tells, once it is read, whether it was
 /// written since: `qemu-nbd` takes QEMU's lock, which stops QEMU, not a `cp` over the file or
 /// a peer writing it on shared storage; read while written, it is a copy of no instant.
+/// The files watched are the image and what QEMU reads through it (its backing chain and
+/// data files, [`crate::replica::image::qcow2_chain`]): one written meanwhile changes the
+/// disk as much.
 fn unwritten_since(image: &Path) -> Result<impl Fn() -> Result<(), String> + '_, String> {
     let name = image.display().to_string();
-    let before =
-        blocks::settled_look(|| std::fs::metadata(image)).map_err(|e| format!("{name}: {e}"))?;
+    let files = crate::replica::image::qcow2_chain(image)?;
+    let before = files
+        .iter()
+        .map(|f| {
+            blocks::settled_look(|| std::fs::metadata(f))
+                .map_err(|e| format!("{}: {e}", f.display()))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     Ok(move || {
-        // By its path: a file renamed over it meanwhile is another file.
-        let after = std::fs::metadata(image).map_err(|e| format!("{name}: {e}"))?;
-        match blocks::same_file_state(&before, &after) {
-            true => Ok(()),
-            false => Err(format!(
-                "{name}: it was written while it was read (by a program other than QEMU, or the file replaced): a copy of no single instant, so this replication makes no point and the recovery copy keeps its last one; replicate again once nothing writes it"
-            )),
+        for (f, before) in files.iter().zip(&before) {
+            // By its path: a file renamed over it meanwhile is another file.
+            let after = std::fs::metadata(f).map_err(|e| format!("{}: {e}", f.display()))?;
+            if !blocks::same_file_state(before, &after) {
+                let which = match f.as_path() == image {
+                    true => String::new(),
+                    false => format!(" (its {} was)", f.display()),
+                };
+                return Err(format!(
+                    "{name}: it was written while it was read{which} (by a program other than QEMU, or the file replaced): a copy of no single instant, so this replication makes no point and the recovery copy keeps its last one; replicate again once nothing writes it"
+                ));
+            }
         }
+        Ok(())
     })
 }
 
@@ -2036,6 +2051,58 @@ mod tests {
         // Every point comes back as the disk was.
         let store = Store::new(&dst);
         assert!(store.verify(None).unwrap().iter().all(|(_, good)| *good));
+    }
+
+    /// What QEMU reads through a stopped overlay is watched as the overlay is: its backing
+    /// file written all through the read (a sibling overlay committed into a shared
+    /// template by a program other than QEMU) makes no point either, and is named.
+    #[test]
+    fn an_overlay_whose_backing_file_is_written_while_it_is_read_makes_no_point() {
+        let (dir, img, dst, kept) = guest_files();
+        let base = dir.path().join("base.qcow2");
+        let (i, b) = (img.display(), base.display());
+        sh(&format!(
+            "qemu-img create -q -f qcow2 '{b}' 8M && qemu-io -c 'write -q -P 0x11 0 4M' '{b}' && qemu-img create -q -f qcow2 -F qcow2 -b base.qcow2 '{i}'"
+        ));
+        assert_eq!(
+            crate::replica::image::qcow2_chain(&img).unwrap(),
+            [img.clone(), base.clone()]
+        );
+        replicate_guest(&img, &dst, "p1", None, &kept);
+        let store = Store::new(&dst);
+        let manifest = store.base_manifest(false, false).unwrap().0.encode();
+        let from = SendFrom {
+            live: false,
+            nbd: None,
+            export: None,
+            format: Some(DiskFormat::Qcow2),
+            bitmap: None,
+            audit: false,
+            marks: Vec::new(),
+        };
+        let mut stream = Vec::new();
+        let err = blocks::written_all_through(&base, || {
+            send_disk(&img, &from, None, false, &mut &manifest[..], &mut stream)
+        })
+        .expect_err("its backing file written while read");
+        assert!(
+            err.contains(&format!(
+                "{i}: it was written while it was read (its {b} was)"
+            )) && err.contains("makes no point"),
+            "{err}"
+        );
+        // A data file is watched too.
+        let data = dir.path().join("data.raw");
+        let d = dir.path().join("d.qcow2");
+        sh(&format!(
+            "qemu-img create -q -f qcow2 -o data_file='{}' '{}' 1M",
+            data.display(),
+            d.display()
+        ));
+        assert_eq!(
+            crate::replica::image::qcow2_chain(&d).unwrap(),
+            [d.clone(), data]
+        );
     }
 
     /// A stopped vm's qcow2 image is read through `qemu-nbd`, whose lock stops QEMU, not

@@ -14,6 +14,7 @@
 
 use std::fs::{File, Metadata};
 use std::os::unix::fs::{FileExt as _, FileTypeExt as _};
+use std::path::{Path, PathBuf};
 
 /// What the header of a disk file says, read from its first bytes (and, for a few formats,
 /// a name or descriptor further on).
@@ -56,6 +57,73 @@ pub fn whole_disk(file: &File, meta: &Metadata, raw: bool) -> Result<(), String>
             "{why}: a copy of this file alone is not the disk (started on the recovery host, the hypervisor would look for the other file there), so this replication makes no point; make the image whole first (with its vm stopped: qemu-img rebase -b '' FILE, or a full clone), or read it as the guest sees it (changed_blocks = true, libvirt)"
         )),
     }
+}
+
+/// The files a qcow2 image `image` reads besides itself: its backing chain (each backing
+/// file, relative names taken from the folder of the file that names them, followed while
+/// it is qcow2) and the external data file of each, from their headers. A name that is no
+/// file of this machine (a `json:` description, a network URL) is not followed. What QEMU
+/// reads through `qemu-nbd` of the image, so that what writes any of them while it is read
+/// is seen (`helper::unwritten_since`).
+pub fn qcow2_chain(image: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    let mut at = Some(image.to_path_buf());
+    while let Some(path) = at.take() {
+        if out.len() > 64 {
+            return Err(format!(
+                "{}: its backing chain is longer than 64 files",
+                image.display()
+            ));
+        }
+        let name = |raw: String| -> Option<PathBuf> {
+            let raw = raw.trim_end_matches('\0').to_string();
+            if raw.is_empty() || raw.starts_with("json:") || raw.contains("://") {
+                return None;
+            }
+            let p = PathBuf::from(raw);
+            Some(match p.is_absolute() {
+                true => p,
+                false => path.parent().unwrap_or(Path::new("")).join(p),
+            })
+        };
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            // The image itself must be there; a backing file that is not is qemu-nbd's to say.
+            Err(_) if !out.is_empty() => break,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        out.push(path.clone());
+        let mut head = vec![0u8; HEAD];
+        let n = read_at(&file, &mut head, 0)?;
+        head.truncate(n);
+        if !head.starts_with(b"QFI\xfb") {
+            break;
+        }
+        let version = be32(&head, 4).unwrap_or(0);
+        // The header's extensions (version 3: after its length, at 100): the data file's name.
+        if version >= 3 {
+            let mut ext = be32(&head, 100).unwrap_or(104) as usize;
+            while let (Some(kind), Some(len)) = (be32(&head, ext), be32(&head, ext + 4)) {
+                let len = len as usize;
+                if kind == 0 {
+                    break;
+                }
+                if kind == 0x4441_5441 {
+                    let text = head
+                        .get(ext + 8..ext + 8 + len)
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .unwrap_or_default();
+                    out.extend(name(text));
+                }
+                ext += 8 + len.div_ceil(8) * 8;
+            }
+        }
+        let (offset, size) = (be64(&head, 8).unwrap_or(0), be32(&head, 16).unwrap_or(0));
+        if offset != 0 && size != 0 {
+            at = name(text_at(&file, offset, u64::from(size))?);
+        }
+    }
+    Ok(out)
 }
 
 fn read_at(file: &File, buf: &mut [u8], at: u64) -> Result<usize, String> {
