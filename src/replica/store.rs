@@ -654,7 +654,7 @@ impl Store {
         std::fs::symlink_metadata(&self.image).ok()?;
         // (A copy made before the mark whose points files were both lost is refused too: it
         // proves nothing, and `reprise release` takes it.)
-        if meta::has_history(&self.dir) || self.path(meta::MADE).exists() {
+        if meta::has_history(&self.dir) || self.made_here() {
             return None;
         }
         let taken = meta::read_accepted(&self.dir);
@@ -663,6 +663,21 @@ impl Store {
             return None;
         }
         Some(meta::not_a_copy("a file", taken.as_deref()))
+    }
+
+    /// Whether the file at the copy's path is the one a first copy made ([`meta::MADE`]: its
+    /// device and inode; a mark of an earlier version, which names none, is taken as it is).
+    fn made_here(&self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let Ok(Some(mark)) = meta::read_file(&self.path(meta::MADE)) else {
+            return false;
+        };
+        let mark = String::from_utf8_lossy(&mark).into_owned();
+        match mark.split_once(' ') {
+            None => true,
+            Some((_, file)) => std::fs::symlink_metadata(&self.image)
+                .is_ok_and(|m| file == format!("{}:{}", m.dev(), m.ino())),
+        }
     }
 
     /// Why the mirror is no longer its newest point: its stamp differs from the one recorded
@@ -1765,11 +1780,18 @@ impl Store {
         f.sync_all().map_err(io_err(&staging))?;
         // The copy as this replication made it (a rename keeps what the stamp holds): a write
         // after this is not vouched for.
-        let stamp = f.metadata().ok().map(|m| stamp_of(&m));
+        let made = f.metadata().map_err(io_err(&staging))?;
+        let stamp = Some(stamp_of(&made));
         drop(f);
         // Known as reprise's own before it is in place: a crash before its point is recorded
-        // leaves no file that looks put there by someone else.
-        meta::write_file(&self.dir, meta::MADE, new.id.as_bytes(), false)?;
+        // leaves no file that looks put there by someone else. The very file (its device and
+        // inode, which the rename keeps): one put at the path after a crash threw this one
+        // away is not it.
+        let mark = {
+            use std::os::unix::fs::MetadataExt as _;
+            format!("{} {}:{}", new.id, made.dev(), made.ino())
+        };
+        meta::write_file(&self.dir, meta::MADE, mark.as_bytes(), false)?;
         std::fs::rename(&staging, &self.image).map_err(io_err(&self.image))?;
         if let Some(parent) = self.image.parent() {
             sync_dir(parent)?;
@@ -4052,6 +4074,20 @@ mod tests {
         assert!(!meta::has_history(made.meta_dir()));
         assert_eq!(made.inspect().foreign, None);
         made.base_manifest(false, false).unwrap();
+        // Its mark names that very file: one put at the path after the first copy was thrown
+        // away (a crash before its rename) is not reprise's, whatever the mark.
+        let put_by_hand = vec![b'h'; 2 * BLOCK];
+        // Made while the first is still there, so that it cannot get its inode back.
+        let by_hand = made.image().with_extension("by-hand");
+        std::fs::write(&by_hand, &put_by_hand).unwrap();
+        std::fs::rename(&by_hand, made.image()).unwrap();
+        assert!(made.inspect().foreign.is_some());
+        let e = made.base_manifest(false, false).unwrap_err().to_string();
+        assert!(e.contains("a file is at the copy's path"), "{e}");
+        assert_eq!(std::fs::read(made.image()).unwrap(), put_by_hand);
+        // A mark of an earlier version names no file: taken as it is.
+        meta::write_file(made.meta_dir(), meta::MADE, b"p1", false).unwrap();
+        assert_eq!(made.inspect().foreign, None);
     }
 
     /// A bitmap a check found missing writes stays distrusted through every point whose read

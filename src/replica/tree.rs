@@ -2188,12 +2188,14 @@ impl TreeStore {
                 beneath::shown(path)
             )));
         }
-        f.sync_all().map_err(io_err(&dst))?;
-        drop(f);
+        // Its time set before it is made durable, with its bytes: after a power cut, a file
+        // moved in place is known by it (`in_place`).
         staged
             .dir
             .set_mtime(path, entry.mtime_ns)
             .map_err(io_err(&dst))?;
+        f.sync_all().map_err(io_err(&dst))?;
+        drop(f);
         Ok(())
     }
 
