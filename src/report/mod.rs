@@ -1317,9 +1317,11 @@ fn service_report(run: &Run, id: &str) -> ServiceReport {
         None => (status, reason),
     };
     // Only checks, where a run that moves services does not move it: it answered in place.
+    // Reading a standby's replication lag (`lag`) moves nothing either: a drill of a service
+    // that only checks its standby and reads its lag recovered nothing of it.
     let in_place = status == ServiceStatus::Recovered
         && run.head.mode != Mode::Restore
-        && main.iter().all(|s| s.kind == "check");
+        && main.iter().all(|s| s.kind == "check" || s.kind == "lag");
     let status = match in_place {
         true => ServiceStatus::AnsweredInPlace,
         false => status,
@@ -3212,6 +3214,30 @@ mod tests {
         let r = report(Mode::Restore);
         let db = r.services.iter().find(|s| s.id == "db").unwrap();
         assert_eq!(db.status, ServiceStatus::Recovered, "{db:?}");
+        // A drill that checks a standby and reads its replication lag moved nothing either:
+        // never counted recovered, nor counted as the service's last drill.
+        let mut start = db_run(
+            None,
+            vec![
+                step("db/lag", "lag", &[]),
+                step("db/ldap", "check", &["db/lag"]),
+            ],
+        );
+        if let Event::RunStarted { mode: m, .. } = &mut start {
+            *m = Mode::Drill;
+        }
+        let mut events = vec![start];
+        events.extend(run("db/lag", 1, 2, StepStatus::Done));
+        events.extend(run("db/ldap", 2, 3, StepStatus::Done));
+        events.push(Event::RunFinished {
+            at: t(4),
+            status: RunStatus::Succeeded,
+        });
+        let r = build_of(&events);
+        let db = r.services.iter().find(|s| s.id == "db").unwrap();
+        assert_eq!(db.status, ServiceStatus::AnsweredInPlace, "{db:?}");
+        assert_eq!((db.achieved_rto_s, db.rto_met), (None, None));
+        assert_eq!((r.services_recovered, r.services_in_scope), (0, 0));
     }
 
     /// A roll-back that could not undo a step of db (its start: the vm's state before could
