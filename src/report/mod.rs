@@ -1572,6 +1572,11 @@ fn outcome(run_status: Option<RunStatus>, counts: &Counts, problems: &[Problem])
         None | Some(RunStatus::Interrupted) => Outcome::Incomplete,
         Some(RunStatus::Failed) => Outcome::Failed,
         Some(RunStatus::Partial) => Outcome::PartiallyRecovered,
+        // Every step done, yet a service not recovered (an undo that failed left it in a
+        // state nothing proved): never the headline of a recovery.
+        Some(RunStatus::Succeeded) if counts.recovered < counts.in_scope => {
+            Outcome::PartiallyRecovered
+        }
         Some(RunStatus::Succeeded) => {
             if counts.rto_met == counts.rto_measured
                 && counts.rpo_met == counts.rpo_measured
@@ -3267,6 +3272,13 @@ mod tests {
         );
         assert_ne!(db.rto_met, Some(true));
         assert_eq!(db.rpo_met, None);
+        // A run that still ended with every step done never heads its report "recovered".
+        events.push(Event::RunFinished {
+            at: t(10),
+            status: RunStatus::Succeeded,
+        });
+        let r = build_of(&events);
+        assert_eq!(r.result, Outcome::PartiallyRecovered);
     }
 
     /// A step run again (a resume after a roll-back) is reported as its last attempt ended:

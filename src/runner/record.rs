@@ -251,6 +251,14 @@ pub fn prior_from_journal(events: &[Event]) -> HashMap<String, Prior> {
             Event::UndoFinished { step, ok: true, .. } => {
                 prior.remove(step);
             }
+            // Its undo failed: what the step left is not known (neither done nor undone), so
+            // a resume never takes it as done; it is looked at again as a step cut while it
+            // ran (verified, or handed to a person).
+            Event::UndoFinished {
+                step, ok: false, ..
+            } => {
+                prior.insert(step.clone(), Prior::Interrupted);
+            }
             _ => {}
         }
     }

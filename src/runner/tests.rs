@@ -1326,6 +1326,26 @@ fn prior_state_is_read_from_a_journal() {
     });
     let prior = prior_from_journal(&again);
     assert_eq!(prior.get("a/1"), Some(&Prior::Interrupted));
+
+    // A step done whose undo then failed: never taken as done by a resume.
+    let mut undone = events.clone();
+    undone.push(Event::UndoFinished {
+        at,
+        step: "a/1".into(),
+        ok: false,
+        message: Some("its state before the step was not recorded".into()),
+    });
+    let prior = prior_from_journal(&undone);
+    assert_eq!(prior.get("a/1"), Some(&Prior::Interrupted));
+    // One whose undo succeeded is to run again.
+    let mut undone = events.clone();
+    undone.push(Event::UndoFinished {
+        at,
+        step: "a/1".into(),
+        ok: true,
+        message: None,
+    });
+    assert_eq!(prior_from_journal(&undone).get("a/1"), None);
 }
 
 #[tokio::test(start_paused = true)]
