@@ -2644,6 +2644,28 @@ pub fn points_out_of_reach(
             }
         }
     }
+    // A point named for every vm is none of a backup set's (its points are its own): a set
+    // a service relies on would be taken at its newest point, which may hold what was
+    // written after the point asked (the very dumps a going back in time flees).
+    if let (Some(p), None) = (&choice.all, choice.before) {
+        let mut told = HashSet::new();
+        for step in &plan.steps {
+            let plan::Action::BackupCopy(b) = &step.action_spec else {
+                continue;
+            };
+            if !b.failover
+                || choice.by_vm.contains_key(&b.set)
+                || choice.takes_as_replicated(&step.service)
+                || !told.insert(b.set.as_str())
+            {
+                continue;
+            }
+            out.push(format!(
+                "service {}: it relies on backup set {}, whose points are its own: --point {p} names the vms' point, and the set would be taken at its newest point, which may hold what was written after it; name one for the set (--point {}=POINT, see `reprise points {}`), or bound every point by time instead (--point-before TIME), or take the set's newest point knowing it: --as-replicated {}",
+                step.service, b.set, b.set, b.set, step.service
+            ));
+        }
+    }
     for vm in choice.by_vm.keys() {
         if model.inventory.vms.contains_key(vm) && !from_points.contains(vm.as_str()) {
             out.push(format!(
@@ -5661,5 +5683,51 @@ mod out_of_reach_tests {
                 .iter()
                 .any(|p| p.contains("start-dc1")),
         );
+    }
+
+    /// A point named for every vm (`--point POINT`, going back in time after ransomware) is
+    /// none of a backup set's: a set a service of the failover relies on is said, unless it
+    /// has a point of its own, a time bounds every point, or its newest is taken knowingly.
+    #[test]
+    fn a_point_named_for_every_vm_never_leaves_a_backup_set_at_its_newest_unsaid() {
+        let model = crate::check::example();
+        let plan = plan::build(&model, &plan::PlanOptions::new(Mode::Failover)).unwrap();
+        let (service, set) = plan
+            .steps
+            .iter()
+            .find_map(|s| match &s.action_spec {
+                plan::Action::BackupCopy(b) if b.failover => {
+                    Some((s.service.clone(), b.set.clone()))
+                }
+                _ => None,
+            })
+            .expect("the example's failover relies on a backup set");
+        let all = runner::PointChoice {
+            all: Some("20261201T090000Z".into()),
+            ..Default::default()
+        };
+        let said = |choice: &runner::PointChoice| {
+            points_out_of_reach(&model, &plan, choice)
+                .into_iter()
+                .any(|p| {
+                    p.starts_with(&format!(
+                        "service {service}: it relies on backup set {set},"
+                    )) && p.contains(&format!("--point {set}=POINT"))
+                })
+        };
+        assert!(said(&all));
+        let mut own = all.clone();
+        own.by_vm.insert(set.clone(), "20261201T080000Z".into());
+        assert!(!said(&own));
+        let bounded = runner::PointChoice {
+            before: Some(Utc::now()),
+            ..all.clone()
+        };
+        assert!(!said(&bounded));
+        let knowingly = runner::PointChoice {
+            as_replicated: vec![service.clone()],
+            ..all.clone()
+        };
+        assert!(!said(&knowingly));
     }
 }
