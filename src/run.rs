@@ -524,8 +524,17 @@ fn copied_before(
     events: &[Event],
     prior: &HashMap<String, Prior>,
 ) -> HashMap<String, runner::CopyRead> {
-    let mut copied = HashMap::new();
+    let mut copied: HashMap<String, runner::CopyRead> = HashMap::new();
+    let mut made: HashMap<(String, String), String> = HashMap::new();
     for e in events {
+        // The point the copy made, journaled right before what it read.
+        if let Event::ReplicaPointUsed {
+            step, item, point, ..
+        } = e
+            && prior.get(step) == Some(&Prior::Done)
+        {
+            made.insert((step.clone(), item.clone()), point.clone());
+        }
         if let Event::SourceRead {
             step,
             vm,
@@ -542,6 +551,7 @@ fn copied_before(
                     host: host.clone(),
                     stamps: stamps.clone(),
                     here: false,
+                    point: made.get(&(step.clone(), vm.clone())).cloned(),
                 },
             );
         }

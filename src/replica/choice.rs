@@ -424,9 +424,20 @@ fn as_is(
             }
         }
     } else {
-        // A drill never rolls a copy back: each from its newest, said when they differ.
+        // A drill never rolls a copy back: each from its newest, said when they differ. A
+        // copy whose newest point is bad is not that point (read again, it would be found bad
+        // again and again): it starts as it is, as accepted.
         for &i in &usable {
             let p = disks[i].points.last().expect("usable: points");
+            if p.verified == Verified::Bad {
+                notes.push(format!(
+                    "{}: its newest point {} {}, so its copy starts as it is",
+                    name(&disks[i].path),
+                    p.id,
+                    p.bad_words()
+                ));
+                continue;
+            }
             chosen[i] = Some((p.id.clone(), p.taken_at, p.written_until()));
         }
         if let Some(why) = newest_differ(&subset) {
@@ -1219,13 +1230,26 @@ mod tests {
         let mut bad = sys.clone();
         bad.points[1].verified = Verified::Bad;
         let s = started(decide(
-            &[bad, data.clone(), logs.clone()],
+            &[bad.clone(), data.clone(), logs.clone()],
             Use::Failover,
             &accepted,
         ));
         assert_eq!(
             s.points,
             [Some("P1".into()), Some("P1".into()), None],
+            "{s:?}"
+        );
+        // A drill, which rolls nothing back, starts that disk as it is, never from its bad
+        // newest point (read again, found bad again, without end).
+        let s = started(decide(
+            &[bad, data.clone(), logs.clone()],
+            Use::Drill,
+            &accepted,
+        ));
+        assert_eq!(s.points, [None, Some("P1".into()), None], "{s:?}");
+        assert!(
+            s.notes.iter().any(|n| n
+                .contains("its newest point P2 FAILED verification, so its copy starts as it is")),
             "{s:?}"
         );
         // A drill rolls nothing back: each its newest, and the difference is said.

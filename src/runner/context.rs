@@ -154,6 +154,10 @@ pub struct CopyRead {
     pub stamps: Vec<(String, String)>,
     /// Made by this process (not read from the journal of an earlier one).
     pub here: bool,
+    /// The point it made in the copies, when it made one: a planned failover's start
+    /// starts from that very point ([`super::vm`]), never from an older one if it is found
+    /// bad.
+    pub point: Option<String>,
 }
 
 pub use crate::event::PointChoice;

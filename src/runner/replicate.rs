@@ -186,6 +186,7 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
     let item = match what {
         Replicated::Vm(v) | Replicated::Backup(v) => v,
     };
+    let made = point.as_ref().map(|(p, _)| p.clone());
     if let Some((point, taken_at)) = point {
         point_made(run, step.id.clone(), item.clone(), point, taken_at);
     }
@@ -204,6 +205,7 @@ pub(super) async fn run(ctx: &Arc<RunContext>, run: &StepRun) -> Outcome {
             host: from_host.clone(),
             stamps: read_before.clone(),
             here: true,
+            point: made,
         };
         ctx.copied
             .lock()

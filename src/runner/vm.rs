@@ -204,10 +204,25 @@ async fn prepare(
     how: Use,
 ) -> Result<start::Prepared, String> {
     let failover = ctx.plan.mode == Mode::Failover;
-    let ask = ctx
+    let mut ask = ctx
         .options
         .points
         .ask(&replica.vm, &ctx.plan.run_id, failover);
+    // A planned failover's final sync just made the point the vm is to start from, its
+    // primary stopped: found bad now (a disk error on the recovery host), the start stops,
+    // never falls back to an older point while the primary holds the newer data intact.
+    let synced = (failover && !ctx.plan.emergency && ask.want.is_none() && !ask.accept_unverified)
+        .then(|| {
+            ctx.copied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&replica.vm)
+                .and_then(|c| c.point.clone().map(|p| (c.step.clone(), p)))
+        })
+        .flatten();
+    if let Some((_, point)) = &synced {
+        ask.want = Some(crate::replica::choice::Want::Id(point.clone()));
+    }
     let snapshot_check = replica
         .snapshot_check
         .as_ref()
@@ -237,6 +252,12 @@ async fn prepare(
     })
     .await
     .map_err(|e| format!("the replica task failed: {e}"))?
+    .map_err(|e| match &synced {
+        Some((sync, point)) => format!(
+            "{e}; point {point} is the one this failover's final sync ({sync}) made, with the vm stopped on its primary, which still holds that data: nothing older is started in its place; `reprise resume` makes the final sync again and starts from its point"
+        ),
+        None => e,
+    })
 }
 
 /// Gives back the copies a start leased, the vm not started.

@@ -6513,3 +6513,75 @@ fn a_replication_service_keeps_its_connections_between_rounds_and_replaces_those
     );
     assert!(!upgraded.out().contains("round 2"), "{}", upgraded.out());
 }
+
+/// A planned failover whose final sync's point is found damaged on the recovery host as the
+/// vm starts (a disk error: a byte of the copy changed, its times kept) stops: it never rolls
+/// back to an older point and starts from it while the stopped primary holds the newer data
+/// intact. Rolled back, the primary runs again; the resume makes the final sync again and
+/// starts from its point, the primary's data.
+#[test]
+fn a_planned_failover_never_starts_an_older_point_than_its_final_sync_made() {
+    let lab = Lab::up(120);
+    let run = lab.run(&["replicate", "--service", "erp-db"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    // Written on the primary since: the final sync's point differs from the older one there.
+    let disk = lab
+        .host_root("hv-main")
+        .join("srv/datastore/images/erp-db-system.qcow2");
+    write_64k(&disk, 0x2c);
+    let edited = held_before("failover", "start");
+    let only = ["--service", "erp-db", "--only", "--yes", "--no-prompt"];
+    let mut child = spawn_until_held(
+        &lab,
+        edited.path(),
+        &[&["failover"][..], &only[..]].concat(),
+    );
+    let copy = lab
+        .host_root("hv-pra")
+        .join("srv/replicas/images/erp-db-system.qcow2");
+    // The rot in what the final sync wrote (the guest's first 64 KiB, where the copy's
+    // qcow2 keeps them): the older point, rebuilt with what was there before, is good.
+    let map = tool(
+        "qemu-img",
+        &[
+            "map",
+            "-U",
+            "--output=json",
+            "-f",
+            "qcow2",
+            copy.to_str().unwrap(),
+        ],
+    );
+    assert!(map.status.success(), "{map:?}");
+    let map: serde_json::Value = serde_json::from_slice(&map.stdout).unwrap();
+    let at = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["start"] == 0 && e["data"] == true)
+        .and_then(|e| e["offset"].as_u64())
+        .expect("the guest's first block is in the copy's file");
+    rot_keeping_time(&copy, at as usize + 100);
+    let exit = confirming(&lab, &mut child);
+    assert_eq!(exit.and_then(|e| e.code()), Some(1), "{:#?}", lab.journal());
+    let (status, why) = finished(&lab, "erp-db/start");
+    assert_eq!(status, "failed", "{why}");
+    assert!(
+        why.contains("is the one this failover's final sync (erp-db/final-sync) made")
+            && why.contains("nothing older is started in its place"),
+        "{why}"
+    );
+    assert_ne!(erp_db_on(&lab, "hv-pra"), "running", "started on hv-pra");
+    assert_eq!(erp_db_on(&lab, "hv-main"), "running");
+    let exit = resume_confirming(&lab, edited.path());
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "{exit:?} {:#?}",
+        lab.journal()
+    );
+    assert_eq!(erp_db_on(&lab, "hv-pra"), "running");
+    assert!(
+        std::fs::read(&copy).unwrap() == std::fs::read(&disk).unwrap(),
+        "hv-pra's copy is not hv-main's disk"
+    );
+}
