@@ -510,10 +510,16 @@ impl<'a> RunFacts<'a> {
 
     fn record(&mut self, e: &'a Event) {
         self.watch_clock(e);
-        if let Event::StepFinished { step, status, .. } = e
-            && !status.succeeded()
-        {
-            self.void_before.insert(step.clone(), self.points.len());
+        // The points of an attempt that did not end done, or that a roll-back undid (its
+        // copies given back), are none the vm runs on.
+        match e {
+            Event::StepFinished { step, status, .. } if !status.succeeded() => {
+                self.void_before.insert(step.clone(), self.points.len());
+            }
+            Event::UndoFinished { step, ok: true, .. } => {
+                self.void_before.insert(step.clone(), self.points.len());
+            }
+            _ => {}
         }
         match e {
             Event::StepStarted { .. }
@@ -2714,6 +2720,30 @@ mod tests {
             note: Some("rolled back".into()),
             dropped: dropped.iter().map(|d| d.to_string()).collect(),
         };
+        // A start done from its point, then undone by a roll-back (its copies given back),
+        // then done again recording no point (handed to a person, confirmed): the undone
+        // attempt's point is none the vm runs on, and no loss is measured from it.
+        let mut events = vec![started(None)];
+        events.push(point("db/start", true, &[]));
+        events.extend(run("db/start", 0, 5, StepStatus::Done));
+        events.push(Event::UndoFinished {
+            at: t(6),
+            step: "db/start".into(),
+            ok: true,
+            message: None,
+        });
+        events.extend(run("db/start", 7, 9, StepStatus::Done));
+        events.extend(run("db/healthy", 9, 10, StepStatus::Done));
+        events.extend(run("app/start", 10, 11, StepStatus::Done));
+        events.push(Event::RunFinished {
+            at: t(11),
+            status: RunStatus::Succeeded,
+        });
+        let r = build_of(&events);
+        let db = r.services.iter().find(|s| s.id == "db").unwrap();
+        assert_eq!((db.data_loss_s, db.rpo_met), (None, None), "{db:?}");
+        assert!(db.data_loss_unknown.is_some(), "{db:?}");
+
         // The vm's start failed after its point was chosen: no data was recovered.
         let mut events = vec![started(None)];
         events.push(point("db/start", true, &[]));
