@@ -1748,6 +1748,20 @@ impl TreeStore {
             return Ok(None);
         }
         foreign.sort();
+        self.thrown_away(c, commit, &foreign, false).map(Some)
+    }
+
+    /// Throws away an update found, once it had begun moving files (`during` its moves, or
+    /// after a cut), with `foreign` files written since it was committed: nothing more is
+    /// moved, the folder is left as it is (written outside reprise: its seal is no point's),
+    /// and what its moves replaced is kept apart. What was done.
+    fn thrown_away(
+        &self,
+        c: &Commit,
+        commit: &Path,
+        foreign: &[String],
+        during: bool,
+    ) -> Result<String, StoreError> {
         // What its moves replaced (the previous point's files) kept apart from the deltas a
         // roll-back reads, as it was.
         let mut kept = String::new();
@@ -1764,12 +1778,81 @@ impl TreeStore {
         std::fs::remove_file(commit).map_err(io_err(commit))?;
         let _ = std::fs::remove_file(self.path(ROLLING));
         meta::sync_dir(&self.dir)?;
-        Ok(Some(format!(
-            "an update into it (point {}) was cut while it moved files in the copy, and {} of its files (the first, {}) are neither as that update nor as the point before it left them: written, added or removed since the cut (a program run on the copy by hand). Nothing more was moved: the update was thrown away and the folder left as it is, a mix of the point before, of that update and of what was written there (it counts as written outside reprise){kept}",
+        let found = match during {
+            false => format!(
+                "was cut while it moved files in the copy, and {} of its files (the first, {}) are neither as that update nor as the point before it left them: written, added or removed since the cut (a program run on the copy by hand)",
+                foreign.len(),
+                beneath::shown(&foreign[0])
+            ),
+            true => format!(
+                "found, as it moved files in the folder, {} written since it was committed (a program writing the folder meanwhile: a backup job still enabled, a vm run on it)",
+                beneath::shown(&foreign[0])
+            ),
+        };
+        Ok(format!(
+            "an update into it (point {}) {found}. Nothing more was moved: the update was thrown away and the folder left as it is, a mix of the point before, of that update and of what was written there (it counts as written outside reprise){kept}",
             c.point.id,
-            foreign.len(),
-            beneath::shown(&foreign[0])
-        )))
+        ))
+    }
+
+    /// Why the folder, once an update moved its files, is not the tree `c` records, if it is
+    /// not: a file of the tree missing under its very name or of another size, a file the
+    /// tree does not hold, or one the update did not move written since `committed`.
+    fn unlike_tree(&self, c: &Commit, committed: i128) -> Option<String> {
+        let files = match walk(&self.root) {
+            Ok(f) => f,
+            Err(e) => {
+                return Some(format!(
+                    "the copy's folder cannot be read whole after the update ({e})"
+                ));
+            }
+        };
+        let moved: std::collections::HashSet<&String> = c
+            .put
+            .iter()
+            .chain(&c.replaced)
+            .chain(&c.deleted)
+            .chain(&c.touched)
+            .collect();
+        let mut odd: Vec<String> = Vec::new();
+        for (rel, m) in &files {
+            match c.tree.files.get(rel) {
+                None => odd.push(format!(
+                    "{} is in the folder, not in the point",
+                    beneath::shown(rel)
+                )),
+                Some(e) if e.size != m.len() => odd.push(format!(
+                    "{} is of {} bytes in the folder, {} in the point",
+                    beneath::shown(rel),
+                    m.len(),
+                    e.size
+                )),
+                Some(_) if !moved.contains(rel) && ctime_ns(m) > committed => odd.push(format!(
+                    "{} was written during the update",
+                    beneath::shown(rel)
+                )),
+                Some(_) => {}
+            }
+        }
+        let listed: std::collections::HashSet<&str> =
+            files.iter().map(|(rel, _)| rel.as_str()).collect();
+        odd.extend(
+            c.tree
+                .files
+                .keys()
+                .filter(|rel| !listed.contains(rel.as_str()))
+                .map(|rel| {
+                    format!(
+                        "{} is not in the folder under that name (a file system that folds case or normalizes names makes two names one)",
+                        beneath::shown(rel)
+                    )
+                }),
+        );
+        let first = odd.first()?;
+        Some(format!(
+            "the copy's folder is not this point after the update moved its files ({} difference(s); the first: {first}): the next replication sends what differs",
+            odd.len()
+        ))
     }
 
     /// Throws away a committed update that never moved a file in the folder.
@@ -2255,6 +2338,35 @@ impl TreeStore {
         let staging_path = self.path("staging");
         let root = Dir::open(&self.root, true).map_err(io_err(&self.root))?;
         let staging = Dir::open(&staging_path, true).map_err(io_err(&staging_path))?;
+        // Each file moved away or over is first found as the update found it, not written
+        // since its commit (its status change time, which no one sets back, and, where the
+        // folder's tree records it, its size and time): a program writing the folder during
+        // the moves (a backup job on a failback's primary) never loses what it wrote unsaid.
+        let commit_path = self.path("commit.json");
+        let committed = std::fs::metadata(&commit_path)
+            .map(|m| mtime_ns(&m).max(ctime_ns(&m)))
+            .map_err(io_err(&commit_path))?;
+        let old: Tree = self.read_json("tree.json").unwrap_or_default();
+        let as_found = |rel: &str| {
+            root.open_file(rel)
+                .and_then(|f| f.metadata())
+                .is_ok_and(|m| {
+                    ctime_ns(&m) <= committed
+                        && old
+                            .files
+                            .get(rel)
+                            .is_none_or(|e| e.size == m.len() && e.mtime_ns == mtime_ns(&m))
+                })
+        };
+        let refuse = |rel: &String| -> StoreError {
+            match self.thrown_away(&c, &commit_path, std::slice::from_ref(rel), true) {
+                Ok(reason) => StoreError::Refused {
+                    image: self.name(),
+                    reason,
+                },
+                Err(e) => e,
+            }
+        };
         let delta = c.prev.as_ref().map(|p| self.path(&format!("deltas/{p}")));
         let mut keep = None;
         let replaced: std::collections::HashSet<&String> = c.replaced.iter().collect();
@@ -2285,9 +2397,15 @@ impl TreeStore {
             if let Some(keep) = &keep {
                 let kept = keep.path().join(p);
                 if present && keep.kind(p).map_err(io_err(&kept))?.is_none() {
+                    if !as_found(p) {
+                        return Err(refuse(p));
+                    }
                     root.rename(p, keep, p).map_err(io_err(&cur))?;
                 }
             } else if present && deleted.contains(p) {
+                if !as_found(p) {
+                    return Err(refuse(p));
+                }
                 root.remove_file(p).map_err(io_err(&cur))?;
             }
         }
@@ -2295,6 +2413,13 @@ impl TreeStore {
         for p in &c.put {
             let staged = staging_path.join(p);
             if staging.kind(p).map_err(io_err(&staged))? == Some(Kind::File) {
+                // Over nothing (a new file, or one whose old version was kept), or, with no
+                // delta to keep it in, over the old version as the update found it.
+                let there = root.kind(p).map_err(io_err(&self.root.join(p)))?.is_some();
+                let over_old = keep.is_none() && replaced.contains(p);
+                if there && !(over_old && as_found(p)) {
+                    return Err(refuse(p));
+                }
                 staging.rename(p, &root, p).map_err(io_err(&staged))?;
             } else if !in_place(&root, p, c.tree.files.get(p)) {
                 // Neither staged nor moved in place by an earlier try (a file there of
@@ -2327,6 +2452,15 @@ impl TreeStore {
                 let _ = root.set_mtime(p, f.mtime_ns);
             }
         }
+        // The folder as it now is must be the tree the point records: each of its files
+        // there under its very name (a file system that folds case or normalizes names makes
+        // two names one), of its size, and those the update did not move not written since
+        // it was committed; else the point is not the folder, and says why.
+        let unlike = self.unlike_tree(&c, committed);
+        let unusable = match (unusable, unlike) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        };
         self.write_json("tree.json", &c.tree)?;
         if !points.iter().any(|p| p.id == c.point.id) {
             points.push(c.point.clone());
@@ -3928,6 +4062,65 @@ mod tests {
         assert!(!store.path(RETURNED).exists());
         assert_eq!(store.inspect().returned, None);
         store.base(false, false).unwrap();
+    }
+
+    /// A program writing the folder while an update moves its files (a backup job still
+    /// enabled on a failback's primary): a file it is about to move away or over, written
+    /// since the commit, stops the update, thrown away, the write kept; one it does not move,
+    /// or one added, leaves the point recorded unusable, saying why, never vouching for a
+    /// folder that is not it.
+    #[test]
+    fn a_folder_written_while_an_update_moves_its_files_is_never_taken_for_the_point() {
+        for write in ["moved", "kept", "added"] {
+            let dir = tempfile::tempdir().unwrap();
+            let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+            std::fs::create_dir_all(&src).unwrap();
+            for (f, text) in [("a.dump", "a1"), ("c.dump", "c1"), ("d.dump", "d1")] {
+                std::fs::write(src.join(f), text).unwrap();
+            }
+            replicate(&src, &dst, "p1");
+            let store = TreeStore::new(&dst);
+            committed_change(&store, &src, &dst);
+            let c: Commit =
+                serde_json::from_slice(&std::fs::read(store.path("commit.json")).unwrap()).unwrap();
+            // Later than the commit by more than a tick of the file system's clock.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            match write {
+                "moved" => std::fs::write(dst.join("a.dump"), b"by hand").unwrap(),
+                "kept" => std::fs::write(dst.join("d.dump"), b"dX").unwrap(),
+                _ => std::fs::write(dst.join("e.txt"), b"by hand").unwrap(),
+            }
+            let done = store.roll_forward(c);
+            let ids: Vec<String> = store.points().unwrap().into_iter().map(|p| p.id).collect();
+            if write == "moved" {
+                let e = done.unwrap_err().to_string();
+                assert!(
+                    e.contains("found, as it moved files in the folder, a.dump written since it was committed")
+                        && e.contains("the update was thrown away"),
+                    "{e}"
+                );
+                assert_eq!(std::fs::read(dst.join("a.dump")).unwrap(), b"by hand");
+                assert_eq!(ids, ["p1"]);
+                assert!(!store.path("commit.json").exists() && !store.path(ROLLING).exists());
+                assert!(store.inspect().written_outside().is_some());
+                continue;
+            }
+            let why = done.unwrap().unwrap_or_default();
+            let says = match write {
+                "kept" => "d.dump was written during the update",
+                _ => "e.txt is in the folder, not in the point",
+            };
+            assert!(
+                why.contains(says) && why.contains("is not this point"),
+                "{write}: {why}"
+            );
+            assert_eq!(ids, ["p1", "p2"]);
+            let p2 = store.points().unwrap().pop().unwrap();
+            assert!(
+                p2.unusable.as_deref().is_some_and(|u| u.contains(says)),
+                "{p2:?}"
+            );
+        }
     }
 
     /// An update cut while it moved its files (its marker written, one file moved in) is
