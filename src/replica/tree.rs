@@ -602,6 +602,28 @@ impl FolderOrigin {
     }
 }
 
+impl FolderOrigin {
+    /// How many folders up from the folder its nearest mount point is (the first where the
+    /// device changes on the way up: 0 when the folder itself is mounted), `None` when every
+    /// folder up to `/` is on one file system. A share or disk not mounted leaves the folder
+    /// under its mount point, on the file system above: this changes.
+    pub fn mount_depth(&self) -> Option<usize> {
+        self.chain.windows(2).position(|w| w[0].0 != w[1].0)
+    }
+}
+
+/// Beside a set's copy: where the source folder's nearest mount point was
+/// ([`FolderOrigin::mount_depth`]) when its newest update was recorded.
+const MOUNT: &str = "source-mount";
+
+fn mount_said(depth: Option<usize>) -> String {
+    match depth {
+        Some(0) => "the folder itself is mounted".into(),
+        Some(n) => format!("its nearest mount point is {n} folder(s) up"),
+        None => "no folder up to / is mounted".into(),
+    }
+}
+
 /// Why the copy `copy` may not be written by a stream of the folder `source`: one is the
 /// other, or lies in it, on this machine (two host names for one machine, or folders set
 /// inside each other). A copy made equal to a source inside it would delete the rest of the
@@ -964,6 +986,8 @@ struct Received {
     received: u64,
     /// What the source said its copy leaves out ([`Walked::left_out`]).
     left_out: Vec<String>,
+    /// Where the source folder's nearest mount point is, when the source said.
+    mount: Option<Option<usize>>,
 }
 
 /// Where [`TreeStore::stage_file`] writes, and the buffer it reads through.
@@ -1299,6 +1323,13 @@ impl TreeStore {
         let now = stamps(&self.root);
         let seal = now.clone().map(|s| s.1).unwrap_or_default();
         meta::write_accepted(&self.dir, &seal)?;
+        // Its source folder taken as it now is too, on whatever file system it is.
+        match std::fs::remove_file(self.path(MOUNT)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err(&self.path(MOUNT))(e));
+            }
+            _ => {}
+        }
         if foreign {
             return Ok(Some(format!(
                 "{} as it is now: a folder holding files reprise made no point of; the next replication makes it equal to its source (what the source lacks is deleted)",
@@ -2112,7 +2143,13 @@ impl TreeStore {
                 reason: meta::written_outside(&why),
             });
         }
-        if let Some(why) = self.roll_forward(commit)? {
+        let mount = r.mount;
+        let unusable = self.roll_forward(commit)?;
+        if let Some(depth) = mount {
+            let said = serde_json::to_vec(&depth).expect("serializes");
+            meta::write_file(&self.dir, MOUNT, &said, false)?;
+        }
+        if let Some(why) = unusable {
             return Err(super::point::recorded_unusable(
                 self.name(),
                 &point.id,
@@ -2144,6 +2181,26 @@ impl TreeStore {
             return Err(StoreError::Refused {
                 image: self.name(),
                 reason,
+            });
+        }
+        // The source folder on another file system than at the newest update: a share or a
+        // disk not mounted shows what lies under its mount point, which would be copied as
+        // the set, and every file only on the share deleted from the copy.
+        let mount = origin.as_ref().map(FolderOrigin::mount_depth);
+        let recorded = meta::read_file(&self.path(MOUNT))
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<Option<usize>>(&b).ok());
+        if let (Some(now), Some(was)) = (mount, recorded)
+            && now != was
+        {
+            return Err(StoreError::Refused {
+                image: self.name(),
+                reason: format!(
+                    "the source folder is not on the file system it was on when the copy's newest point was made ({}; then {}): a share or a disk not mounted shows what lies under its mount point, which would be replicated as the set and every file only on the share deleted from the copy; nothing was written. Mount it and replicate again; if the folder moved to another file system for good, `reprise release SET` takes it as it now is",
+                    mount_said(now),
+                    mount_said(was)
+                ),
             });
         }
         let (digest, left_out) = loop {
@@ -2231,6 +2288,7 @@ impl TreeStore {
             changes,
             received,
             left_out,
+            mount,
         })
     }
 
@@ -4062,6 +4120,72 @@ mod tests {
         assert!(!store.path(RETURNED).exists());
         assert_eq!(store.inspect().returned, None);
         store.base(false, false).unwrap();
+    }
+
+    /// Where a source folder's nearest mount point is, from the devices of the folders up to
+    /// `/`; a set whose source folder is no longer on the file system of its newest point (a
+    /// share not mounted: its mount point's old files would be copied as the set) is
+    /// refused, the copy untouched, until it is mounted again or released.
+    #[test]
+    fn a_source_folder_on_another_file_system_than_before_is_refused_until_released() {
+        let origin = |devs: &[u64]| FolderOrigin {
+            boot: "b".into(),
+            chain: devs
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (*d, i as u64))
+                .collect(),
+        };
+        assert_eq!(
+            origin(&[7, 3, 3]).mount_depth(),
+            Some(0),
+            "the folder mounted"
+        );
+        assert_eq!(origin(&[7, 7, 3]).mount_depth(), Some(1));
+        assert_eq!(origin(&[3, 3, 3]).mount_depth(), None, "one file system");
+
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.dump"), b"a1").unwrap();
+        replicate(&src, &dst, "p1");
+        let store = TreeStore::new(&dst);
+        let here = FolderOrigin::of(&src).unwrap().mount_depth();
+        let recorded = std::fs::read(store.path(MOUNT)).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Option<usize>>(&recorded).unwrap(),
+            here
+        );
+        // As if the folder had been elsewhere then (its share mounted).
+        let then = match here {
+            Some(n) => Some(n + 1),
+            None => Some(0),
+        };
+        meta::write_file(
+            &store.dir,
+            MOUNT,
+            &serde_json::to_vec(&then).unwrap(),
+            false,
+        )
+        .unwrap();
+        std::fs::write(src.join("a.dump"), b"a2").unwrap();
+        let e = replicate_at(&src, &dst, "p2", Utc::now())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the source folder is not on the file system it was on")
+                && e.contains("nothing was written"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(dst.join("a.dump")).unwrap(), b"a1");
+        store.accept_changes().unwrap();
+        replicate(&src, &dst, "p2");
+        assert_eq!(std::fs::read(dst.join("a.dump")).unwrap(), b"a2");
+        let recorded = std::fs::read(store.path(MOUNT)).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Option<usize>>(&recorded).unwrap(),
+            here
+        );
     }
 
     /// A program writing the folder while an update moves its files (a backup job still
