@@ -482,13 +482,18 @@ pub fn scan(root: &Path) -> io::Result<Tree> {
     if !root.exists() {
         return Ok(tree);
     }
+    // Each file opened beneath the folder with no link followed, and hashed from that one
+    // descriptor, checked to be the file listed: a folder swapped for a link while it is
+    // read never puts another folder's files in the tree.
+    let dir = Dir::open(root, false)?;
     for (rel, meta) in walk(root)? {
         let path = root.join(&rel);
         let Some(meta) = settled(meta, &path)? else {
             return Err(written_while_read(&rel));
         };
-        let hash = super::blocks::hash_file(&path)?;
-        if !super::blocks::same_file_state(&meta, &std::fs::symlink_metadata(&path)?) {
+        let mut f = dir.open_file(&rel)?;
+        let hash = hash_open(&mut f)?;
+        if !super::blocks::same_file_state(&meta, &f.metadata()?) {
             return Err(written_while_read(&rel));
         }
         tree.files.insert(
