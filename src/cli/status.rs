@@ -168,7 +168,8 @@ fn context(model: &Model, state_dir: &Path) -> Context {
 }
 
 /// The services a drill of the whole inventory recovers: those it has main steps for other
-/// than health checks (one it only checks answers in place, and no drill recovers it); every
+/// than health checks and replication lag reads (one it only checks, or a standby it checks
+/// and reads the lag of without promoting it, answers in place, and no drill recovers it); every
 /// service when the drill cannot be planned (a drill would then fail for all of them).
 fn drilled_services(model: &Model) -> Vec<String> {
     use crate::plan::PlanOptions;
@@ -178,9 +179,12 @@ fn drilled_services(model: &Model) -> Vec<String> {
             .services
             .iter()
             .filter(|s| {
-                plan.steps
-                    .iter()
-                    .any(|st| st.service == s.id && st.phase == Phase::Main && st.kind != "check")
+                plan.steps.iter().any(|st| {
+                    st.service == s.id
+                        && st.phase == Phase::Main
+                        && st.kind != "check"
+                        && st.kind != "lag"
+                })
             })
             .map(|s| s.id.clone())
             .collect(),
