@@ -829,7 +829,7 @@ mod tests {
             "libvirt drill-network-check: awk grep ip sed virsh",
             "libvirt drill-stop: grep rm rmdir virsh",
             "libvirt replicate-check: awk grep sort virsh",
-            "libvirt replicate-begin: virsh",
+            "libvirt replicate-begin: awk virsh",
             "libvirt replicate-end: awk grep qemu-img rm sed virsh virt-xml",
             "proxmox definition: qm",
             "proxmox define: awk cat grep mv qm readlink rm",
