@@ -1023,6 +1023,26 @@ struct Commit {
     before: Option<String>,
 }
 
+impl Commit {
+    /// Every path the update moves in, away or over, or sets the time of.
+    fn moved(&self) -> std::collections::HashSet<&String> {
+        self.put
+            .iter()
+            .chain(&self.replaced)
+            .chain(&self.deleted)
+            .chain(&self.touched)
+            .collect()
+    }
+}
+
+/// When the commit record `commit` was written (its newest time): a file of the copy changed
+/// later was written since the update was committed.
+fn committed_at(commit: &Path) -> Result<i128, StoreError> {
+    std::fs::metadata(commit)
+        .map(|m| mtime_ns(&m).max(ctime_ns(&m)))
+        .map_err(io_err(commit))
+}
+
 /// Written before a committed update moves files in the copy, removed with its record: from
 /// then on the copy's seal moves by the update's own moves.
 const ROLLING: &str = "rolling";
@@ -1732,17 +1752,9 @@ impl TreeStore {
         if marker.as_deref() != Some(c.point.id.as_bytes()) {
             return Ok(None);
         }
-        let committed = std::fs::metadata(commit)
-            .map(|m| mtime_ns(&m).max(ctime_ns(&m)))
-            .map_err(io_err(commit))?;
+        let committed = committed_at(commit)?;
         let old: Tree = self.read_json("tree.json")?;
-        let moved: std::collections::HashSet<&String> = c
-            .put
-            .iter()
-            .chain(&c.replaced)
-            .chain(&c.deleted)
-            .chain(&c.touched)
-            .collect();
+        let moved = c.moved();
         let root = match Dir::open(&self.root, false) {
             Ok(d) => d,
             // No folder: nothing of it is judged; the roll-forward says what it finds.
@@ -1843,13 +1855,7 @@ impl TreeStore {
                 ));
             }
         };
-        let moved: std::collections::HashSet<&String> = c
-            .put
-            .iter()
-            .chain(&c.replaced)
-            .chain(&c.deleted)
-            .chain(&c.touched)
-            .collect();
+        let moved = c.moved();
         let mut odd: Vec<String> = Vec::new();
         for (rel, m) in &files {
             match c.tree.files.get(rel) {
@@ -2406,9 +2412,7 @@ impl TreeStore {
         // folder's tree records it, its size and time): a program writing the folder during
         // the moves (a backup job on a failback's primary) never loses what it wrote unsaid.
         let commit_path = self.path("commit.json");
-        let committed = std::fs::metadata(&commit_path)
-            .map(|m| mtime_ns(&m).max(ctime_ns(&m)))
-            .map_err(io_err(&commit_path))?;
+        let committed = committed_at(&commit_path)?;
         let old: Tree = self.read_json("tree.json").unwrap_or_default();
         let as_found = |rel: &str| {
             root.open_file(rel)
