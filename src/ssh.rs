@@ -1922,6 +1922,23 @@ impl SshTransport {
     /// link that went down, a host frozen), so that the next command to its host makes a new
     /// one at once instead of waiting on it for the connect timeout.
     pub fn probe(&self, limit: Duration) {
+        self.probe_while(limit, || ())
+    }
+
+    /// [`SshTransport::probe`], with `then` run once the idle sessions were checked, while
+    /// the masters still are (each runs `true`, a few round trips): a bulk stream `then`
+    /// opens to a host waits for its master's answer, or for a new master, so nothing goes
+    /// through a stalled connection either way.
+    pub fn probe_while<R>(&self, limit: Duration, then: impl FnOnce() -> R) -> R {
+        self.masters
+            .probe_while(&self.hosts, self.connect_timeout, limit, || {
+                self.probe_sessions(limit);
+                then()
+            })
+    }
+
+    /// The idle sessions' part of [`SshTransport::probe`].
+    fn probe_sessions(&self, limit: Duration) {
         let idle = std::mem::take(&mut *self.idle.lock().expect("not poisoned"));
         std::thread::scope(|scope| {
             for (host, sessions) in idle {
@@ -1944,9 +1961,6 @@ impl SshTransport {
                     });
                 }
             }
-            scope.spawn(|| {
-                self.masters.probe(&self.hosts, self.connect_timeout, limit);
-            });
         });
     }
 

@@ -493,7 +493,7 @@ fn round(
     std::thread::scope(|scope| {
         // A signal cuts the transfers under way (their helpers stop, the recovery copies
         // keep their last point); what follows still runs: the snapshot is merged back.
-        scope.spawn(|| {
+        let watch = scope.spawn(|| {
             while !finished.load(Ordering::Relaxed) {
                 if limit.is_some_and(|l| began.elapsed() > l) {
                     shutdown.trigger(ROUND_LIMIT);
@@ -503,13 +503,15 @@ fn round(
                     crate::ssh::Transport::interrupt(transport);
                     return;
                 }
-                std::thread::sleep(std::time::Duration::from_millis(50));
+                // Woken when the round ends: it does not wait for this.
+                std::thread::park_timeout(std::time::Duration::from_millis(50));
             }
         });
         let out = replicate_all(
             model, vms, verify, scan, compress, transport, &stop, shutdown,
         );
         finished.store(true, Ordering::Relaxed);
+        watch.thread().unpark();
         out
     })
 }
@@ -635,18 +637,45 @@ pub fn serve(
                     // known_hosts file changed (a key taken out is no longer trusted), or
                     // connections an hour old: new connections. The kept ones end with the
                     // transport they belong to.
-                    let (t, made) = match kept.take() {
+                    let (t, made, was_kept) = match kept.take() {
                         Some((t, stamp, made))
                             if t.same_hosts(&fresh)
                                 && stamp == trusted
                                 && made.elapsed() < KEPT_AT_MOST =>
                         {
-                            (t, made)
+                            (t, made, true)
                         }
-                        _ => (fresh, std::time::Instant::now()),
+                        Some((t, stamp, made)) => {
+                            let why = if !t.same_hosts(&fresh) {
+                                "a host is reached otherwise now"
+                            } else if stamp != trusted {
+                                "a known_hosts file changed"
+                            } else {
+                                "they are an hour old"
+                            };
+                            tracing::debug!(
+                                age_s = made.elapsed().as_secs(),
+                                "new connections for this round: {why}"
+                            );
+                            (fresh, std::time::Instant::now(), false)
+                        }
+                        None => (fresh, std::time::Instant::now(), false),
                     };
                     reached = true;
-                    let o = round(&model, &vms, flags, &t, &shutdown, Some(round_limit(every)));
+                    tracing::debug!(
+                        ms = began.elapsed().as_millis() as u64,
+                        "round {number}: inventory read, connections chosen"
+                    );
+                    let limit = Some(round_limit(every));
+                    let o = match was_kept && now {
+                        // Asked (SIGUSR1): its kept connections checked first, the masters'
+                        // while it begins (its first bulk stream to a host waits for the
+                        // answer): a stalled one would hold it up for the connect timeout.
+                        true => t.probe_while(PROBE_LIMIT, || {
+                            round(&model, &vms, flags, &t, &shutdown, limit)
+                        }),
+                        false => round(&model, &vms, flags, &t, &shutdown, limit),
+                    };
                     // Kept only if the files did not change during the round either (a key
                     // it learned under accept-new included: the next round logs in again).
                     if t.trust_stamp() == trusted {
@@ -723,9 +752,7 @@ pub fn serve(
             if asked.as_ref().is_some_and(crate::shutdown::Asked::take) {
                 // A round now (`systemctl reload …`: a fresh point before a planned
                 // failover), its connections checked first.
-                if let Some((t, _, _)) = &kept {
-                    t.probe(PROBE_LIMIT);
-                }
+                // (Its kept connections are checked as it begins: `probe_first`.)
                 now = true;
                 break;
             }
@@ -763,199 +790,205 @@ fn replicate_all(
 ) -> Outcome {
     use std::sync::atomic::Ordering;
     let helpers = Helpers::new(transport);
-    // Every host at once: the connections, the helper uploads and the --here check.
+    // Every host at once: the connections, the helper uploads; the --here check goes on
+    // while the first vm's steps begin.
     let hosts = hosts_of(vms);
-    helpers.prepare(&hosts);
-    let mut out = Outcome::default();
-    let stopped = || stop.load(Ordering::Relaxed);
-    let mut left: Vec<&str> = Vec::new();
-    let mut frozen = false;
-    for vm in vms {
-        if stopped() {
-            left.push(&vm.id);
-            continue;
-        }
-        // One replication of it at a time on this machine (a round and one run by hand).
-        let _held = match hold_item(vm, &stopped, &mut out) {
-            Ok(held) => held,
-            Err(e) => {
-                out.stderr
-                    .push_str(&format!("error: {}: {e}; not replicated now\n", vm.id));
+    std::thread::scope(|scope| {
+        helpers.prepare_in(scope, &hosts);
+        let mut out = Outcome::default();
+        let stopped = || stop.load(Ordering::Relaxed);
+        let mut left: Vec<&str> = Vec::new();
+        let mut frozen = false;
+        for vm in vms {
+            if stopped() {
+                left.push(&vm.id);
+                continue;
+            }
+            // One replication of it at a time on this machine (a round and one run by hand).
+            let _held = match hold_item(vm, &stopped, &mut out) {
+                Ok(held) => held,
+                Err(e) => {
+                    out.stderr
+                        .push_str(&format!("error: {}: {e}; not replicated now\n", vm.id));
+                    out.code = exit::FAILED;
+                    continue;
+                }
+            };
+            if let Some(why) = freeze::hooks_unwritable(model, vm) {
+                out.stderr.push_str(&format!(
+                    "error: {}: {why}; not replicated, its copies are as they were\n",
+                    vm.id
+                ));
                 out.code = exit::FAILED;
                 continue;
             }
-        };
-        if let Some(why) = freeze::hooks_unwritable(model, vm) {
-            out.stderr.push_str(&format!(
-                "error: {}: {why}; not replicated, its copies are as they were\n",
-                vm.id
-            ));
-            out.code = exit::FAILED;
-            continue;
-        }
-        if let Some(inv) = guest_copies(model, vm) {
-            let Ok(definition) = capture_definition(model, &helpers, vm, &mut out) else {
+            if let Some(inv) = guest_copies(model, vm) {
+                let Ok(definition) = capture_definition(model, &helpers, vm, &mut out) else {
+                    continue;
+                };
+                // The point is taken once the read is decided, which needs no point: the wait
+                // for its second (see `point_taken_now`) overlaps the decision's commands.
+                let take = || {
+                    let taken_at = point_taken_now(&format!("vm {}", vm.id));
+                    Replication {
+                        point: point_id(taken_at),
+                        taken_at,
+                        retention: vm.retention,
+                        definition,
+                        reread: verify,
+                        compress,
+                        live: reads_live(model, &vm.id),
+                        // Read through QEMU from a point in time, not frozen live.
+                        pending: false,
+                        deadline: std::time::Duration::from_secs(7200),
+                        reads: None,
+                        overwrite_changed: false,
+                    }
+                };
+                replicate_guest(vm, inv, transport, &helpers, take, scan, &stopped, &mut out);
+                continue;
+            }
+            let deadline = std::time::Duration::from_secs(7200);
+            // The streams of its first disks start while the steps below run: their connections,
+            // channels and helpers are ready once the freeze holds, and they open nothing before
+            // they are told to read (dropped unused, they end so).
+            let early_r = Replication {
+                point: String::new(),
+                taken_at: chrono::Utc::now(),
+                retention: vm.retention,
+                reread: verify,
+                compress,
+                live: reads_live(model, &vm.id),
+                pending: false,
+                deadline,
+                definition: None,
+                reads: None,
+                overwrite_changed: false,
+            };
+            // The snapshot left by a cut replication merged back, the vm's definition captured,
+            // its disks frozen by its driver's snapshot while they are read.
+            let (prepared, early) = std::thread::scope(|scope| {
+                let early: Vec<_> = vm
+                    .images
+                    .iter()
+                    .take(if vm.backup { 0 } else { STREAMS })
+                    .map(|img| {
+                        let (helpers, r) = (&helpers, &early_r);
+                        scope.spawn(move || {
+                            helpers.start_send(&img.from, &img.src, &img.to, &img.dst, r)
+                        })
+                    })
+                    .collect();
+                let prepared = freeze::prepare(
+                    model,
+                    transport,
+                    &helpers,
+                    vm,
+                    &stopped,
+                    &mut out,
+                    &mut frozen,
+                );
+                let early: Vec<Option<EarlySend>> =
+                    early.into_iter().map(|h| h.join().ok().flatten()).collect();
+                (prepared, early)
+            });
+            let Some((definition, snapshot)) = prepared else {
+                drop(early);
+                if stopped() {
+                    left.push(&vm.id);
+                }
                 continue;
             };
-            // The point is taken once the read is decided, which needs no point: the wait
-            // for its second (see `point_taken_now`) overlaps the decision's commands.
-            let take = || {
-                let taken_at = point_taken_now(&format!("vm {}", vm.id));
-                Replication {
-                    point: point_id(taken_at),
-                    taken_at,
-                    retention: vm.retention,
-                    definition,
-                    reread: verify,
-                    compress,
-                    live: reads_live(model, &vm.id),
-                    // Read through QEMU from a point in time, not frozen live.
-                    pending: false,
-                    deadline: std::time::Duration::from_secs(7200),
-                    reads: None,
-                    overwrite_changed: false,
-                }
+            let taken_at = point_taken_now(&format!("vm {}", vm.id));
+            let held = snapshot.held();
+            let reads = std::sync::Arc::new(Reads::new(vm.images.len()));
+            let r = Replication {
+                point: point_id(taken_at),
+                taken_at,
+                retention: vm.retention,
+                reread: verify,
+                compress,
+                live: reads_live(model, &vm.id),
+                pending: snapshot.confirms(),
+                deadline,
+                definition,
+                reads: Some(reads.clone()),
+                overwrite_changed: false,
             };
-            replicate_guest(vm, inv, transport, &helpers, take, scan, &stopped, &mut out);
-            continue;
-        }
-        let deadline = std::time::Duration::from_secs(7200);
-        // The streams of its first disks start while the steps below run: their connections,
-        // channels and helpers are ready once the freeze holds, and they open nothing before
-        // they are told to read (dropped unused, they end so).
-        let early_r = Replication {
-            point: String::new(),
-            taken_at: chrono::Utc::now(),
-            retention: vm.retention,
-            reread: verify,
-            compress,
-            live: reads_live(model, &vm.id),
-            pending: false,
-            deadline,
-            definition: None,
-            reads: None,
-            overwrite_changed: false,
-        };
-        // The snapshot left by a cut replication merged back, the vm's definition captured,
-        // its disks frozen by its driver's snapshot while they are read.
-        let (prepared, early) = std::thread::scope(|scope| {
-            let early: Vec<_> = vm
-                .images
-                .iter()
-                .take(if vm.backup { 0 } else { STREAMS })
-                .map(|img| {
-                    let (helpers, r) = (&helpers, &early_r);
-                    scope.spawn(move || {
-                        helpers.start_send(&img.from, &img.src, &img.to, &img.dst, r)
-                    })
-                })
-                .collect();
-            let prepared = freeze::prepare(
-                model,
-                transport,
-                &helpers,
-                vm,
-                &stopped,
-                &mut out,
-                &mut frozen,
-            );
-            let early: Vec<Option<EarlySend>> =
-                early.into_iter().map(|h| h.join().ok().flatten()).collect();
-            (prepared, early)
-        });
-        let Some((definition, snapshot)) = prepared else {
-            drop(early);
-            if stopped() {
-                left.push(&vm.id);
-            }
-            continue;
-        };
-        let taken_at = point_taken_now(&format!("vm {}", vm.id));
-        let held = snapshot.held();
-        let reads = std::sync::Arc::new(Reads::new(vm.images.len()));
-        let r = Replication {
-            point: point_id(taken_at),
-            taken_at,
-            retention: vm.retention,
-            reread: verify,
-            compress,
-            live: reads_live(model, &vm.id),
-            pending: snapshot.confirms(),
-            deadline,
-            definition,
-            reads: Some(reads.clone()),
-            overwrite_changed: false,
-        };
-        // The snapshot is merged back as soon as every disk was read to its end (none is read
-        // again), while the recovery side commits; else once every stream has ended.
-        let ended = std::thread::scope(|scope| {
-            let end = scope.spawn(|| {
-                if reads.release() {
-                    tracing::debug!(
-                        vm = vm.id,
-                        "every disk read to its end: snapshot merged back while the copies commit"
-                    );
-                }
-                snapshot.end()
+            // The snapshot is merged back as soon as every disk was read to its end (none is read
+            // again), while the recovery side commits; else once every stream has ended.
+            let ended = std::thread::scope(|scope| {
+                let end = scope.spawn(|| {
+                    if reads.release() {
+                        tracing::debug!(
+                            vm = vm.id,
+                            "every disk read to its end: snapshot merged back while the copies commit"
+                        );
+                    }
+                    snapshot.end()
+                });
+                let made = {
+                    let _ended = Ended(&reads);
+                    copy_images(
+                        vm, transport, &helpers, &r, early, &stopped, &mut left, &mut out,
+                    )
+                };
+                (end.join(), made)
             });
-            let made = {
-                let _ended = Ended(&reads);
-                copy_images(
-                    vm, transport, &helpers, &r, early, &stopped, &mut left, &mut out,
-                )
+            let (ended, made) = ended;
+            let super::freeze::Ending {
+                said,
+                failed: ended,
+                held: confirmed,
+            } = match ended {
+                Ok(ended) => ended,
+                Err(panic) => std::panic::resume_unwind(panic),
             };
-            (end.join(), made)
-        });
-        let (ended, made) = ended;
-        let super::freeze::Ending {
-            said,
-            failed: ended,
-            held: confirmed,
-        } = match ended {
-            Ok(ended) => ended,
-            Err(panic) => std::panic::resume_unwind(panic),
-        };
-        // Said torn: every copy is marked, a copy whose answer was lost included. Confirmed:
-        // only those that said they made a point (another's stays held).
-        let copies = || -> Vec<(&str, &str)> {
-            vm.images
-                .iter()
-                .map(|img| (img.to.as_str(), img.dst.as_str()))
-                .collect()
-        };
-        if confirmed && r.pending && !made.is_empty() {
-            // The freeze held: the points read under it, held until now, are good.
-            match crate::replica::snapshot::confirm_note(held, helpers.confirm(&made, r.taken_at)) {
-                Ok(line) => out.stdout.push_str(&format!("{}: {line}\n", vm.id)),
-                Err(e) => {
-                    out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
+            // Said torn: every copy is marked, a copy whose answer was lost included. Confirmed:
+            // only those that said they made a point (another's stays held).
+            let copies = || -> Vec<(&str, &str)> {
+                vm.images
+                    .iter()
+                    .map(|img| (img.to.as_str(), img.dst.as_str()))
+                    .collect()
+            };
+            if confirmed && r.pending && !made.is_empty() {
+                // The freeze held: the points read under it, held until now, are good.
+                match crate::replica::snapshot::confirm_note(
+                    held,
+                    helpers.confirm(&made, r.taken_at),
+                ) {
+                    Ok(line) => out.stdout.push_str(&format!("{}: {line}\n", vm.id)),
+                    Err(e) => {
+                        out.stderr.push_str(&format!("error: {}: {e}\n", vm.id));
+                        out.code = exit::FAILED;
+                    }
+                }
+            }
+            if let Some(line) = said {
+                out.stdout.push_str(&line);
+            }
+            match ended {
+                Ok(()) => {}
+                Err((e, torn)) => {
+                    out.stderr.push_str(&e);
+                    if let Some(why) = torn {
+                        let note = crate::replica::snapshot::torn_note(helpers.mark_torn(
+                            &copies(),
+                            r.taken_at,
+                            &why,
+                        ));
+                        out.stderr.push_str(&format!("error: {}: {note}\n", vm.id));
+                    }
                     out.code = exit::FAILED;
                 }
             }
         }
-        if let Some(line) = said {
-            out.stdout.push_str(&line);
+        if stopped() {
+            interrupted(&mut out, shutdown, &left, frozen);
         }
-        match ended {
-            Ok(()) => {}
-            Err((e, torn)) => {
-                out.stderr.push_str(&e);
-                if let Some(why) = torn {
-                    let note = crate::replica::snapshot::torn_note(helpers.mark_torn(
-                        &copies(),
-                        r.taken_at,
-                        &why,
-                    ));
-                    out.stderr.push_str(&format!("error: {}: {note}\n", vm.id));
-                }
-                out.code = exit::FAILED;
-            }
-        }
-    }
-    if stopped() {
-        interrupted(&mut out, shutdown, &left, frozen);
-    }
-    out
+        out
+    })
 }
 
 /// Every host the copies of `vms` are read from or written to, once each, with how many

@@ -261,6 +261,23 @@ impl<'a> Helpers<'a> {
     /// many are opened at once, with the first (a login takes several round trips; waiting
     /// for a busy session would cost a whole transfer).
     pub fn prepare(&self, hosts: &[HostUse]) {
+        std::thread::scope(|scope| self.prepare_in(scope, hosts));
+    }
+
+    /// [`Helpers::prepare`], the check of the `--here` host (a command over SSH to this
+    /// very machine, and the helper's version) left running in `scope`: whatever needs it
+    /// waits for it ([`Helpers::is_here`]), and the steps on the other hosts go on meanwhile.
+    pub fn prepare_in<'s, 'e: 's>(
+        &'e self,
+        scope: &'s std::thread::Scope<'s, 'e>,
+        hosts: &[HostUse],
+    ) {
+        if let Some(here) = self.transport.here()
+            && hosts.iter().any(|u| u.host == here)
+        {
+            let here = here.to_string();
+            scope.spawn(move || self.is_here(&here).is_ok());
+        }
         let sessions = |u: &HostUse| {
             let n = if self.transport.streams_take_sessions() {
                 u.reads.max(u.writes)
@@ -271,14 +288,15 @@ impl<'a> Helpers<'a> {
         };
         std::thread::scope(|scope| {
             scope.spawn(|| this_binary().is_ok());
-            for u in hosts {
-                scope.spawn(move || match self.is_here(u.host) {
-                    Ok(true) | Err(_) => {}
-                    Ok(false) => {
-                        // The bulk connection first: it logs in while the other one does.
-                        self.transport.prepare_bulk(u.host);
-                        self.transport.connect(u.host, sessions(u));
-                    }
+            // The `--here` host (checked above) is not logged in to.
+            for u in hosts
+                .iter()
+                .filter(|u| self.transport.here() != Some(u.host))
+            {
+                scope.spawn(move || {
+                    // The bulk connection first: it logs in while the other one does.
+                    self.transport.prepare_bulk(u.host);
+                    self.transport.connect(u.host, sessions(u));
                 });
             }
         });
@@ -1634,18 +1652,31 @@ impl<'a> Helpers<'a> {
         judged: impl Fn(&Point) -> Result<String, String>,
     ) -> Result<Vec<String>, String> {
         let (mut ok, mut failed) = (Vec::new(), Vec::new());
-        for (host, image) in copies {
-            let points: Vec<Point> =
-                match self.call_json(host, &request(image), Duration::from_secs(600)) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        failed.push(format!(
-                            "the points of {host}:{image} taken then could not be {} ({e})",
-                            done.0
-                        ));
-                        continue;
-                    }
-                };
+        // Each copy's helper asked at once (each holds its own copy's lock), read in order.
+        let answers: Vec<Result<Vec<Point>, ReplicaError>> = std::thread::scope(|scope| {
+            let asked: Vec<_> = copies
+                .iter()
+                .map(|(host, image)| {
+                    let req = request(image);
+                    scope.spawn(move || self.call_json(host, &req, Duration::from_secs(600)))
+                })
+                .collect();
+            asked
+                .into_iter()
+                .map(|a| a.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        for ((host, image), answer) in copies.iter().zip(answers) {
+            let points: Vec<Point> = match answer {
+                Ok(p) => p,
+                Err(e) => {
+                    failed.push(format!(
+                        "the points of {host}:{image} taken then could not be {} ({e})",
+                        done.0
+                    ));
+                    continue;
+                }
+            };
             if points.is_empty() {
                 ok.extend(none(host, image));
             }
@@ -2552,6 +2583,11 @@ pub fn wait_for_point(item: &str) -> Option<std::time::Duration> {
 pub fn point_taken_now(item: &str) -> DateTime<Utc> {
     loop {
         if let Some(wait) = wait_for_point(item) {
+            tracing::debug!(
+                item,
+                wait_ms = wait.as_millis() as u64,
+                "a point is taken in a second of its own: waiting for the next"
+            );
             std::thread::sleep(wait);
         }
         let now = Utc::now();

@@ -306,6 +306,8 @@ impl Masters {
     /// `check` checks the host key the caller's way and gives its type (`fresh`: on a new
     /// connection, as a master that ended is replaced; the host may offer another key by
     /// then). Without a folder for the sockets, `check` runs once and nothing is started.
+    /// While another thread holds the host's master (starting it, or checking it), nothing
+    /// is done: [`Masters::route`] waits for that thread.
     pub fn start(
         &self,
         spec: &HostSpec,
@@ -313,7 +315,13 @@ impl Masters {
         check: impl Fn(bool) -> Result<String, SshError>,
     ) -> Result<(), SshError> {
         let slot = self.slot(&spec.id);
-        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        // Held: being started, or checked (`probe_while`), by another thread; the stream
+        // that needs it waits for it there.
+        let mut slot = match slot.try_lock() {
+            Ok(slot) => slot,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+        };
         self.start_in(&mut slot, spec, connect_timeout, &check)
     }
 
@@ -374,15 +382,18 @@ impl Masters {
         })
     }
 
-    /// Runs `true` through every master that serves, all at once: one that does not answer
-    /// within `limit` (its connection stalled: a link down, a host frozen) or fails is ended,
-    /// so that the next stream to its host starts a new one instead of waiting on it.
-    pub fn probe(
+    /// Runs `true` through every master that serves, all at once, while `then` runs: one
+    /// that does not answer within `limit` (its connection stalled: a link down, a host
+    /// frozen) or fails is ended, so that the next stream to its host starts a new one
+    /// instead of waiting on it. Every master is held before `then` begins: a stream `then`
+    /// opens to its host waits for its answer (or for a new master).
+    pub fn probe_while<R>(
         &self,
         specs: &HashMap<String, HostSpec>,
         connect_timeout: Duration,
         limit: Duration,
-    ) {
+        then: impl FnOnce() -> R,
+    ) -> R {
         let slots: Vec<(String, Arc<Mutex<Slot>>)> = self
             .hosts
             .lock()
@@ -391,12 +402,17 @@ impl Masters {
             .map(|(h, s)| (h.clone(), s.clone()))
             .collect();
         std::thread::scope(|scope| {
+            let (held, holding) = std::sync::mpsc::channel::<()>();
+            let mut probes = 0;
             for (host, slot) in &slots {
                 let Some(spec) = specs.get(host) else {
                     continue;
                 };
+                probes += 1;
+                let held = held.clone();
                 scope.spawn(move || {
                     let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = held.send(());
                     let key_type = slot.key_type.clone().unwrap_or_default();
                     let Some(master) = slot.master.as_mut() else {
                         return;
@@ -442,7 +458,15 @@ impl Masters {
                     }
                 });
             }
-        });
+            drop(held);
+            for _ in 0..probes {
+                // A probe that ended before it held its master (a panic) holds nothing.
+                if holding.recv().is_err() {
+                    break;
+                }
+            }
+            then()
+        })
     }
 
     fn slot(&self, host: &str) -> Arc<Mutex<Slot>> {
