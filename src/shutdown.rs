@@ -101,10 +101,12 @@ pub struct Asked(Arc<std::sync::atomic::AtomicBool>);
 
 impl Asked {
     /// Starts listening for SIGUSR1 (on a thread of its own); returns once the handler is set,
-    /// so that the signal no longer ends the process. `None` if it could not be set.
+    /// so that the signal no longer ends the process. `None` if it could not be set. The
+    /// signal also wakes the thread that called this from `std::thread::park_timeout`.
     pub fn listen() -> Option<Asked> {
         let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let set = flag.clone();
+        let waiter = std::thread::current();
         let (ready_tx, ready) = std::sync::mpsc::channel::<bool>();
         std::thread::Builder::new()
             .name("reprise-usr1".into())
@@ -125,6 +127,7 @@ impl Asked {
                     let _ = ready_tx.send(true);
                     while usr1.recv().await.is_some() {
                         set.store(true, std::sync::atomic::Ordering::Relaxed);
+                        waiter.unpark();
                     }
                 });
             })

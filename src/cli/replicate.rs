@@ -772,7 +772,8 @@ pub fn serve(
                 }
                 alive = std::time::Instant::now();
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            // Woken at once by SIGUSR1 (`Asked`).
+            std::thread::park_timeout(std::time::Duration::from_millis(20));
         }
     }
 }
