@@ -752,7 +752,7 @@ pub fn serve(
             if asked.as_ref().is_some_and(crate::shutdown::Asked::take) {
                 // A round now (`systemctl reload …`: a fresh point before a planned
                 // failover), its connections checked first.
-                // (Its kept connections are checked as it begins: `probe_first`.)
+                // (Its kept connections are checked as it begins: `probe_while` above.)
                 now = true;
                 break;
             }

@@ -1652,20 +1652,25 @@ impl<'a> Helpers<'a> {
         judged: impl Fn(&Point) -> Result<String, String>,
     ) -> Result<Vec<String>, String> {
         let (mut ok, mut failed) = (Vec::new(), Vec::new());
-        // Each copy's helper asked at once (each holds its own copy's lock), read in order.
-        let answers: Vec<Result<Vec<Point>, ReplicaError>> = std::thread::scope(|scope| {
-            let asked: Vec<_> = copies
-                .iter()
-                .map(|(host, image)| {
-                    let req = request(image);
-                    scope.spawn(move || self.call_json(host, &req, Duration::from_secs(600)))
-                })
-                .collect();
-            asked
-                .into_iter()
-                .map(|a| a.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        });
+        // The copies' helpers asked [`STREAMS`] at a time (each holds its own copy's lock;
+        // as many sessions a host as a replication opens beforehand), read in order.
+        let mut answers: Vec<Result<Vec<Point>, ReplicaError>> = Vec::new();
+        for some in copies.chunks(STREAMS) {
+            std::thread::scope(|scope| {
+                let asked: Vec<_> = some
+                    .iter()
+                    .map(|(host, image)| {
+                        let req = request(image);
+                        scope.spawn(move || self.call_json(host, &req, Duration::from_secs(600)))
+                    })
+                    .collect();
+                answers.extend(
+                    asked
+                        .into_iter()
+                        .map(|a| a.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+                );
+            });
+        }
         for ((host, image), answer) in copies.iter().zip(answers) {
             let points: Vec<Point> = match answer {
                 Ok(p) => p,
