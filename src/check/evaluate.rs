@@ -60,7 +60,7 @@ pub fn evaluate(
     let mut items = host_items(model, plans, replicas, probes, opts);
     let (copies, needs) = copy_items(replicas, probes, now);
     items.extend(copies);
-    items.extend(vm_point_items(model, replicas, probes));
+    items.extend(vm_point_items(model, replicas, probes, now));
     items.extend(refused_replication_items(replicas, probes));
     items.extend(snapshot_items(model, replicas, probes));
     items.extend(drill_network_items(plans, probes));
@@ -406,6 +406,7 @@ fn vm_point_items(
     model: &Model,
     replicas: &[ReplicaTarget],
     probes: &BTreeMap<String, HostProbe>,
+    now: DateTime<Utc>,
 ) -> Vec<ReadinessItem> {
     use crate::replica::choice::{common_fallback, newest_differ, unverified};
     let mut items = Vec::new();
@@ -429,7 +430,24 @@ fn vm_point_items(
         let Some(why) = newest_differ(&states) else {
             continue;
         };
+        // The point a failover would start from is judged by the vm's target as each copy's
+        // newest is: an older one in common may be past it.
+        let rpo_s = copies_of(replicas, &vm.id).find_map(|r| r.rpo_s);
+        let past_target = |id: &str| {
+            let at = states[0].points.iter().find(|p| p.id == id)?.taken_at;
+            let age = (now - at).num_seconds().max(0) as u64;
+            rpo_s.filter(|r| age > *r).map(|r| (age, r))
+        };
         let (status, detail) = match common_fallback(&states).and_then(|(id, _)| id) {
+            Some(id) if let Some((age, rpo)) = past_target(&id) => (
+                ItemStatus::Failed,
+                format!(
+                    "{why}: a failover would roll every disk back to point {id}, their newest good point in common, taken {} ago, over the RPO target of {}, and a drill would not start it; replicate it again (`reprise replicate --service {}`)",
+                    crate::duration::Duration(age),
+                    crate::duration::Duration(rpo),
+                    vm.id
+                ),
+            ),
             Some(id) => (
                 ItemStatus::Warning,
                 format!(
@@ -1016,9 +1034,9 @@ mod tests {
             }
             let probes: BTreeMap<String, HostProbe> =
                 [(of_lms[0].to_host.clone(), dest)].into_iter().collect();
-            vm_point_items(&model, &replicas, &probes)
+            vm_point_items(&model, &replicas, &probes, Utc::now())
         };
-        let (p1, p2) = (point("P1", 60), point("P2", 5));
+        let (p1, p2) = (point("P1", 40), point("P2", 5));
         assert!(judge(vec![p1.clone(), p2.clone()], vec![p1.clone(), p2.clone()]).is_empty());
         let stopped = judge(vec![p1.clone(), p2.clone()], vec![p1.clone()]);
         assert_eq!(stopped.len(), 1, "{stopped:?}");
@@ -1033,6 +1051,30 @@ mod tests {
                     .contains("roll every disk back to point P1"),
             "{}",
             stopped[0].detail
+        );
+        // The point in common past the vm's target: a failover would start from data older
+        // than it allows, which each copy's newest point does not show.
+        let rpo_mins = (of_lms[0].rpo_s.expect("lms has a target") / 60) as i64;
+        let old = point("P0", rpo_mins + 10);
+        let past = judge(
+            vec![old.clone(), p1.clone(), p2.clone()],
+            vec![old.clone(), p1.clone()],
+        );
+        assert_eq!(past.len(), 1, "{past:?}");
+        assert_eq!(
+            past[0].status,
+            ItemStatus::Warning,
+            "P1 is within: {past:?}"
+        );
+        let past = judge(vec![old.clone(), p2.clone()], vec![old, point("P3", 2)]);
+        assert_eq!(past.len(), 1, "{past:?}");
+        assert_eq!(past[0].status, ItemStatus::Failed, "{past:?}");
+        assert!(
+            past[0].detail.contains(
+                "roll every disk back to point P0, their newest good point in common, taken "
+            ) && past[0].detail.contains(" ago, over the RPO target of "),
+            "{}",
+            past[0].detail
         );
         let apart = judge(vec![p2], vec![p1]);
         assert_eq!(apart.len(), 1, "{apart:?}");

@@ -313,6 +313,9 @@ fn replica_rows(
             d.busy = false;
         }
         let why = match choice::decide(&disks, Use::Failover, &Default::default()) {
+            Decision::Start(s) if vm.backup && !s.roll_back.is_empty() => {
+                Some(never_rolled_back(&vm.id, &s))
+            }
             Decision::Start(s) if s.verified => {
                 row.good = Some((s.point, s.taken_at));
                 None
@@ -339,6 +342,17 @@ fn replica_rows(
         rows.push(row);
     }
     rows
+}
+
+/// Why a backup set whose newest point is not good has no point a run would start from: a
+/// failover rolls a vm's copy back to an older point, never a backup set's (its step fails,
+/// [`crate::replica::start`]), so the older point `start` falls back to is not its point.
+fn never_rolled_back(set: &str, start: &crate::replica::choice::Start) -> String {
+    let to: Vec<&str> = start.roll_back.iter().map(|(_, p)| p.as_str()).collect();
+    format!(
+        "its newest point is not good, and a run never rolls a backup set's copy back to an older point ({}): replicate it for a new verified point (`reprise replicate {set}`), or restore that point by hand",
+        to.join(", ")
+    )
 }
 
 /// The age of a newest good point (its id and when it was taken) at `now`; or, for one dated
@@ -521,6 +535,21 @@ fn breach_exit(rows: &[ReplicaRow], lags: &[LagRow], out: &mut Outcome) {
             "the copies of {} cannot be read: no point of {} can be vouched for\n",
             unreadable.join(", "),
             if unreadable.len() == 1 { "it" } else { "them" }
+        ));
+        out.code = exit::RPO_BREACH;
+    }
+    // Without a target: no point a failover would start from at all.
+    let none: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.error.is_none() && r.rpo_s.is_none() && r.good.is_none())
+        .map(|r| r.item.as_str())
+        .collect();
+    if !none.is_empty() {
+        out.stderr.push_str(&format!(
+            "{} {} no verified point a failover would start from
+",
+            none.join(", "),
+            if none.len() == 1 { "has" } else { "have" }
         ));
         out.code = exit::RPO_BREACH;
     }
@@ -1243,6 +1272,16 @@ mod tests {
         let mut o = Outcome::default();
         breach_exit(&[row("web", Some(600), None)], &[], &mut o);
         assert_eq!(o.code, exit::OK);
+        // Read, no target, and no good point at all: nothing a failover would start from.
+        let mut o = Outcome::default();
+        breach_exit(&[row("web", None, None)], &[], &mut o);
+        assert_eq!(o.code, exit::RPO_BREACH, "{}", o.stderr);
+        assert!(
+            o.stderr
+                .contains("web has no verified point a failover would start from"),
+            "{}",
+            o.stderr
+        );
     }
 
     #[test]

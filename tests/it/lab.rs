@@ -4102,6 +4102,55 @@ fn a_restore_never_starts_a_vm_whose_recovery_copy_was_written_outside_reprise()
     );
 }
 
+/// A backup set whose newest point is bad (rot found by `verify`) has no point a run would
+/// start from: a run rolls a vm's copy back to an older point, never a backup set's (its step
+/// fails). `status` does not offer the older point as the set's newest good one, nor say the
+/// set is ok: it names the set, says why and what to do, and exits 8.
+#[test]
+fn a_backup_set_whose_newest_point_is_bad_is_never_reported_ok_from_an_older_one() {
+    let lab = Lab::up(48);
+    let run = lab.run(&["replicate", "--service", "backups"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let points_file = lab
+        .host_root("nas-pra")
+        .join("srv/backups/ad-systemstate.reprise/points.json");
+    let mut points: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&points_file).unwrap()).unwrap();
+    let list = points.as_array_mut().unwrap();
+    assert_eq!(list.len(), 2, "the lab's point and this test's: {list:#?}");
+    let older = list[0]["id"].as_str().unwrap().to_string();
+    // What `verify` records when the newest point's bytes rotted.
+    list[1]["verified"] = serde_json::json!("bad");
+    std::fs::write(&points_file, serde_json::to_string(&points).unwrap()).unwrap();
+
+    let status = lab.run(&["status", "--format", "json"]);
+    assert_eq!(status.code, 8, "{status:?}");
+    let rows: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["item"] == "ad-state")
+        .unwrap_or_else(|| panic!("{rows:#}"));
+    assert!(row["newest_good_point"].is_null(), "{row:#}");
+    assert_eq!(row["breach"], true, "{row:#}");
+    let why = row["why"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(&format!(
+            "a run never rolls a backup set's copy back to an older point ({older})"
+        )) && why.contains("`reprise replicate ad-state`"),
+        "{row:#}"
+    );
+    let text = lab.run(&["status"]);
+    assert_eq!(text.code, 8, "{text:?}");
+    let line = text
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("ad-state "))
+        .unwrap_or_else(|| panic!("{}", text.stdout));
+    assert!(line.contains(" none ") && !line.contains(" ok "), "{line}");
+}
+
 /// The copy of backup set erp-dumps on nas-pra gets a file behind its point: `check` fails on
 /// it naming the set and its folder (exit 7), `status` says it, and a drill of the backups
 /// refuses to rely on it (its backup step fails, naming the copy and what to do) while the
