@@ -145,6 +145,9 @@ pub fn unverified(copy: &CopyState, run: Option<&str>) -> Option<String> {
             None => format!("{n} has no replica point"),
         });
     }
+    if let Some(why) = &copy.links {
+        return Some(format!("{n}: {why}"));
+    }
     if copy.points.iter().all(|p| p.verified == Verified::Bad) {
         return Some(format!(
             "{n}: every point of it FAILED verification ({})",

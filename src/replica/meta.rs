@@ -741,6 +741,10 @@ pub struct CopyState {
     /// copy as it now is: why no replication writes over it ([`not_a_copy`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub foreign: Option<String>,
+    /// A backup set's copy whose links are not those its newest point records (one made by
+    /// hand that its source has moved since): why a run would not rely on it, and what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<String>,
 }
 
 impl CopyState {

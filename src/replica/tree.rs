@@ -1458,6 +1458,13 @@ impl TreeStore {
         if !state.busy {
             state.unsettled = self.cut();
         }
+        // What a run's lease refuses ([`TreeStore::take_lease`]), seen before the run.
+        if state.exists && state.changed.is_none() {
+            state.links = state
+                .points
+                .last()
+                .and_then(|p| links_unlike(&self.root, p));
+        }
         state
     }
 
@@ -3108,6 +3115,42 @@ mod tests {
     }
 
     /// A copy a failback copied back says so while it is still as that failback read it, and
+    /// A link made in a set's copy by hand, as the point records it, and left so after its
+    /// source's link moved: the copy's state says so (`check`, `status` and a run's choice
+    /// see it unverified, before a run's lease would refuse it).
+    #[test]
+    fn a_hand_made_link_its_newest_point_no_longer_records_leaves_the_copy_unverified() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("dump-1"), b"the first dump").unwrap();
+        std::os::unix::fs::symlink("dump-1", src.join("latest")).unwrap();
+        replicate(&src, &dst, "p1");
+        let store = TreeStore::new(&dst);
+        std::os::unix::fs::symlink("dump-1", dst.join("latest")).unwrap();
+        let state = store.inspect();
+        assert_eq!(state.links, None, "{state:?}");
+        assert_eq!(crate::replica::choice::unverified(&state, None), None);
+
+        std::fs::write(src.join("dump-2"), b"the second dump").unwrap();
+        std::fs::remove_file(src.join("latest")).unwrap();
+        std::os::unix::fs::symlink("dump-2", src.join("latest")).unwrap();
+        replicate(&src, &dst, "p2");
+        let state = store.inspect();
+        let why = state.links.clone().expect("the link is not the point's");
+        assert!(
+            why.contains("its point p2 does not record as they are: latest -> dump-1")
+                && why.contains("the point records latest -> dump-2"),
+            "{why}"
+        );
+        let said = crate::replica::choice::unverified(&state, None).unwrap();
+        assert!(said.contains("latest -> dump-1"), "{said}");
+        // Made as the point records it: the copy is its point again.
+        std::fs::remove_file(dst.join("latest")).unwrap();
+        std::os::unix::fs::symlink("dump-2", dst.join("latest")).unwrap();
+        assert_eq!(store.inspect().links, None);
+    }
+
     /// no longer once written since.
     #[test]
     fn a_copy_copied_back_says_so_while_it_is_as_it_was_read() {
