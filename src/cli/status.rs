@@ -546,8 +546,7 @@ fn breach_exit(rows: &[ReplicaRow], lags: &[LagRow], out: &mut Outcome) {
         .collect();
     if !none.is_empty() {
         out.stderr.push_str(&format!(
-            "{} {} no verified point a failover would start from
-",
+            "{} {} no verified point a failover would start from\n",
             none.join(", "),
             if none.len() == 1 { "has" } else { "have" }
         ));

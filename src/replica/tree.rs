@@ -3114,7 +3114,6 @@ mod tests {
         assert!(err.contains("vms/db.reprise-replicate"), "{err}");
     }
 
-    /// A copy a failback copied back says so while it is still as that failback read it, and
     /// A link made in a set's copy by hand, as the point records it, and left so after its
     /// source's link moved: the copy's state says so (`check`, `status` and a run's choice
     /// see it unverified, before a run's lease would refuse it).
@@ -3151,6 +3150,7 @@ mod tests {
         assert_eq!(store.inspect().links, None);
     }
 
+    /// A copy a failback copied back says so while it is still as that failback read it, and
     /// no longer once written since.
     #[test]
     fn a_copy_copied_back_says_so_while_it_is_as_it_was_read() {
